@@ -1,0 +1,31 @@
+# The two set-up commands of the README. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck bench clean
+
+$(BIN)/wadud: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/wadud
+	$(BIN)/wadud serve --host $(HOST) --port $(PORT)
+
+test: $(BIN)/wadud
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/wadud
+	$(BIN)/ruff check .
+	$(BIN)/mypy wadud bin booking
+
+bench: $(BIN)/wadud
+	$(BIN)/python benchmarks/booking/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

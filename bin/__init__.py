@@ -1,0 +1,1 @@
+"""Entry points: the `wadud` command and its roles."""

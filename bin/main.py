@@ -1,0 +1,184 @@
+"""The ``wadud`` command: one codebase, roles chosen at start.
+
+wadud serve     everything in one process, embedded defaults
+wadud api       HTTP only (REST, WebSockets, web client); stateless replicas
+wadud migrate   apply database migrations and exit
+wadud user add  create an account (how the first admin comes to be)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvloop
+
+from wadud import config, logs
+from wadud.errors import ConfigError, WadudError
+
+log = logging.getLogger("wadud.main")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML configuration file (also $WADUD_CONFIG)")
+    p.add_argument("--data-dir", dest="data_dir", help="folder for local state (default ./var)")
+
+
+def _http(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8080)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="wadud", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run everything in one process (embedded defaults)")
+    _common(p)
+    _http(p)
+    p = sub.add_parser("api", help="run the HTTP API role only")
+    _common(p)
+    _http(p)
+    p = sub.add_parser("migrate", help="apply database migrations and exit")
+    _common(p)
+
+    p = sub.add_parser("user", help="manage accounts")
+    _common(p)
+    user_sub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = user_sub.add_parser("add", help="create an account")
+    add.add_argument("--email", required=True)
+    add.add_argument(
+        "--role", required=True, choices=["admin", "clinic_staff", "doctor", "patient"]
+    )
+    add.add_argument("--clinic-id", dest="clinic_id")
+    add.add_argument("--name", default="")
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of prompting",
+    )
+    return top
+
+
+def load_settings(args: argparse.Namespace) -> config.Settings:
+    overrides: dict[str, Any] = {
+        name: getattr(args, name, None) for name in ("host", "port", "data_dir")
+    }
+    return config.load(file=getattr(args, "config", None), overrides=overrides)
+
+
+def _run(coro: Any) -> Any:
+    return uvloop.run(coro)
+
+
+def cmd_serve(settings: config.Settings, *, role: str) -> int:
+    from aiohttp import web
+
+    from wadud.app import build_app
+
+    if role == "api" and not settings.secret_key:
+        raise ConfigError("wadud api needs WADUD_SECRET_KEY: every replica must share it")
+    if role == "api" and not settings.database_url:
+        raise ConfigError("wadud api needs WADUD_DATABASE_URL (the embedded one is for serve)")
+    app = build_app(settings)
+
+    def announce(*_: Any) -> None:
+        print(f"Wadud is serving on {settings.base_url}/  (Ctrl+C to stop)", flush=True)
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        print=announce,
+        loop=loop,
+    )
+    return 0
+
+
+def cmd_migrate(settings: config.Settings) -> int:
+    from wadud import db, migrate
+
+    async def go() -> list[str]:
+        async with contextlib.AsyncExitStack() as stack:
+            url = settings.database_url or await stack.enter_async_context(
+                db.embedded_postgres(settings.data_dir)
+            )
+            conn = await db.connect(url)
+            try:
+                return await migrate.migrate(conn)
+            finally:
+                await conn.close()
+
+    applied = _run(go())
+    print("applied: " + ", ".join(applied) if applied else "nothing to apply; schema is current")
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
+    from uuid import UUID
+
+    from wadud import accounts, db, migrate
+    from wadud.api import Role
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password: ")
+    if len(password) < 8:
+        raise ConfigError("the password needs at least 8 characters")
+
+    async def go() -> accounts.User:
+        async with contextlib.AsyncExitStack() as stack:
+            url = settings.database_url or await stack.enter_async_context(
+                db.embedded_postgres(settings.data_dir)
+            )
+            conn = await db.connect(url)
+            try:
+                await migrate.migrate(conn)
+                return await accounts.create_user(
+                    conn,
+                    email=args.email,
+                    password=password,
+                    role=Role(args.role),
+                    clinic_id=UUID(args.clinic_id) if args.clinic_id else None,
+                    display_name=args.name,
+                )
+            finally:
+                await conn.close()
+
+    user = _run(go())
+    print(f"created {user.role.value} {user.email} ({user.id})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+        logs.configure(settings.log_level, settings.log_format)
+        if args.command in ("serve", "api"):
+            return cmd_serve(settings, role=args.command)
+        if args.command == "migrate":
+            return cmd_migrate(settings)
+        if args.command == "user" and args.user_command == "add":
+            return cmd_user_add(args, settings)
+    except WadudError as exc:
+        print(f"wadud: {exc.detail}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+
+from tests.conftest import Api
+from wadud import auth, keys
+from wadud.api import Principal, Role
+
+
+async def test_register_login_refresh_logout(api: Api) -> None:
+    t = await api.post(
+        "/api/v1/auth/register",
+        {"email": "Amina@Example.test", "password": "long enough pw", "display_name": "Amina"},
+        expect=201,
+    )
+    assert t["role"] == "patient"
+    me = await api.get("/api/v1/me", token=t["access_token"], expect=200)
+    assert me["email"] == "Amina@Example.test" and not me["anonymous"]
+    # Email is unique whatever its case.
+    dup = await api.post(
+        "/api/v1/auth/register",
+        {"email": "amina@example.test", "password": "another pw 123"},
+        expect=409,
+    )
+    assert dup["code"] == "email-taken"
+    bad = await api.post(
+        "/api/v1/auth/login", {"email": "amina@example.test", "password": "wrong"}, expect=401
+    )
+    assert bad["code"] == "bad-credentials"
+    t2 = await api.post(
+        "/api/v1/auth/login",
+        {"email": "amina@example.test", "password": "long enough pw"},
+        expect=200,
+    )
+    # Rotation: the new refresh token works once; the old one, replayed,
+    # revokes the family, so even the newest tokens of it stop working.
+    t3 = await api.post("/api/v1/auth/refresh", {"refresh_token": t2["refresh_token"]}, expect=200)
+    assert t3["refresh_token"] != t2["refresh_token"]
+    await api.get("/api/v1/me", token=t3["access_token"], expect=200)
+    reused = await api.post(
+        "/api/v1/auth/refresh", {"refresh_token": t2["refresh_token"]}, expect=401
+    )
+    assert reused["code"] == "refresh-token-reused"
+    await api.post("/api/v1/auth/refresh", {"refresh_token": t3["refresh_token"]}, expect=401)
+    await api.get("/api/v1/me", token=t3["access_token"], expect=401)
+    # The first login's session is another family and still works, until logout.
+    await api.get("/api/v1/me", token=t["access_token"], expect=200)
+    await api.post("/api/v1/auth/logout", token=t["access_token"], expect=204)
+    await api.get("/api/v1/me", token=t["access_token"], expect=401)
+    await api.post("/api/v1/auth/refresh", {"refresh_token": t["refresh_token"]}, expect=401)
+
+
+async def test_anonymous_session_upgrades_in_place(api: Api) -> None:
+    anon = await api.post("/api/v1/auth/anonymous", {"display_name": "Guest"}, expect=201)
+    me = await api.get("/api/v1/me", token=anon["access_token"], expect=200)
+    assert me["anonymous"] and me["email"] is None
+    up = await api.post(
+        "/api/v1/auth/register",
+        {"email": "guest@example.test", "password": "a fine password"},
+        token=anon["access_token"],
+        expect=201,
+    )
+    assert up["user_id"] == anon["user_id"]
+    me2 = await api.get("/api/v1/me", token=up["access_token"], expect=200)
+    assert not me2["anonymous"] and me2["display_name"] == "Guest"
+    # The anonymous session's tokens were retired with the upgrade.
+    await api.get("/api/v1/me", token=anon["access_token"], expect=401)
+
+
+async def test_bad_tokens_are_401_never_anonymous(api: Api) -> None:
+    for header in ("Bearer nonsense", "Basic abc", "Bearer "):
+        body = await api.get("/api/v1/me", headers={"Authorization": header}, expect=401)
+        assert body["status"] == 401
+    settings = api.app[keys.SETTINGS]
+    expired = auth.issue_access_token(
+        settings,
+        Principal(uuid.uuid4(), Role.ADMIN, None, False, None),
+        now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+    )
+    await api.get("/api/v1/me", token=expired, expect=401)
+    forged = auth.issue_access_token(
+        settings.__class__(secret_key="another key entirely, long enough for HS256"),
+        Principal(uuid.uuid4(), Role.ADMIN, None, False, None),
+    )
+    await api.get("/api/v1/me", token=forged, expect=401)
+
+
+async def test_roles_and_clinic_scoping_of_user_creation(api: Api) -> None:
+    admin = await api.user(Role.ADMIN)
+    patient = await api.user(Role.PATIENT)
+    body = {"email": "s@example.test", "password": "staff password", "role": "clinic_staff"}
+    await api.post("/api/v1/users", body, token=patient, expect=403)
+    # Staff need a clinic; a made-up one is 404.
+    await api.post("/api/v1/users", body, token=admin, expect=422)
+    missing = {**body, "clinic_id": "00000000-0000-0000-0000-000000000000"}
+    await api.post("/api/v1/users", missing, token=admin, expect=404)
+
+
+def test_room_token_round_trip_and_window() -> None:
+    from wadud.config import Settings
+
+    s = Settings(secret_key="k" * 40)
+    now = dt.datetime.now(dt.UTC)
+    grant = auth.RoomGrant("room-1", "u1", "Dr A", "doctor", admin=True)
+    tok = auth.issue_room_token(
+        s, grant, not_before=now - dt.timedelta(minutes=1), expires=now + dt.timedelta(minutes=5)
+    )
+    assert auth.decode_room_token(s, tok) == grant
+    early = auth.issue_room_token(
+        s, grant, not_before=now + dt.timedelta(minutes=10), expires=now + dt.timedelta(minutes=50)
+    )
+    with pytest.raises(auth.InvalidToken):
+        auth.decode_room_token(s, early)
+    with pytest.raises(auth.InvalidToken):
+        auth.decode_room_token(Settings(secret_key="z" * 40), tok)

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from tests.conftest import RedisServer
+from wadud import bus, keys, outbox
+from wadud.app import build_app
+from wadud.config import Settings
+
+
+async def _exercise(b: bus.Bus) -> None:
+    sub = await b.subscribe("t1", "t2")
+    await b.publish("t1", {"n": 1, "text": "سلام"})
+    await b.publish("other", {"n": 0})
+    await b.publish("t2", {"n": 2})
+    got = []
+    async for msg in sub:
+        got.append((msg.topic, msg.data["n"]))
+        if len(got) == 2:
+            break
+    assert got == [("t1", 1), ("t2", 2)]
+    await sub.close()
+    first = await b.append("s", {"i": 1})
+    await b.append("s", {"i": 2})
+    entries = await b.read("s", "0")
+    assert [e[1]["i"] for e in entries] == [1, 2]
+    assert [e[1]["i"] for e in await b.read("s", first)] == [2]
+    waiter = asyncio.create_task(b.read("s", entries[-1][0], block=2.0))
+    await asyncio.sleep(0.1)
+    await b.append("s", {"i": 3})
+    assert [e[1]["i"] for e in await waiter] == [3]
+
+
+async def test_local_bus() -> None:
+    b = bus.LocalBus()
+    await _exercise(b)
+    await b.close()
+
+
+async def test_redis_bus(redis_server: RedisServer) -> None:
+    b = bus.RedisBus(redis_server.url)
+    await b.redis.flushdb()
+    await _exercise(b)
+    await b.close()
+
+
+@pytest.mark.parametrize("use_redis", [False, True])
+async def test_outbox_publishes_only_committed(
+    settings: Settings, redis_server: RedisServer, use_redis: bool
+) -> None:
+    if use_redis:
+        settings = dataclasses.replace(settings, redis_url=redis_server.url)
+    app = build_app(settings)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        b = app[keys.BUS]
+        assert isinstance(b, bus.RedisBus if use_redis else bus.LocalBus)
+        sub = await b.subscribe("test.event")
+        pool = app[keys.DB]
+        async with pool.acquire() as conn:
+            tr = conn.transaction()
+            await tr.start()
+            await outbox.emit(conn, "test.event", {"n": "rolled back"})
+            await tr.rollback()
+            async with conn.transaction():
+                await outbox.emit(conn, "test.event", {"n": "committed"})
+        it = aiter(sub)
+        msg = await asyncio.wait_for(anext(it), 5)
+        assert msg.data["data"] == {"n": "committed"}
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(it), 0.5)
+        pending = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        assert pending == 0
+        replay = await b.read(outbox.STREAM, "0")
+        assert [e[1]["data"] for e in replay if e[1]["topic"] == "test.event"][-1] == {
+            "n": "committed"
+        }
+        await sub.close()
+    finally:
+        await client.close()

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from wadud import config
+from wadud.errors import ConfigError
+
+DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
+
+
+def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
+    f = tmp_path / "w.toml"
+    f.write_text('port = 9000\n[database]\nurl = "postgresql://file/db"\npool_max = 7\n')
+    s = config.load(file=f, env={})
+    assert (s.port, s.database_url, s.database_pool_max) == (9000, "postgresql://file/db", 7)
+    s = config.load(file=f, env={"WADUD_PORT": "9100", "WADUD_DATABASE_MIGRATE": "off"})
+    assert s.port == 9100 and s.database_migrate is False
+    s = config.load(file=f, env={"WADUD_PORT": "9100"}, overrides={"port": 9200, "host": None})
+    assert s.port == 9200 and s.host == "127.0.0.1"
+    s = config.load(env={"WADUD_PAYMENTS_CARD_WEBHOOK_SECRETS": "a, b"})
+    assert s.payments_card_webhook_secrets == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("env", "text"),
+    [
+        ({"WADUD_PORTT": "1"}, "unknown setting"),
+        ({"WADUD_PORT": "eighty"}, "not a valid"),
+        ({"WADUD_DATABASE_MIGRATE": "maybe"}, "not a valid"),
+        ({"WADUD_LOG_FORMAT": "xml"}, "log_format"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], text: str) -> None:
+    with pytest.raises(ConfigError, match=text):
+        config.load(env=env)
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    f = tmp_path / "w.toml"
+    f.write_text("[database]\nulr = 'x'\n")
+    with pytest.raises(ConfigError, match="database_ulr"):
+        config.load(file=f, env={})
+
+
+def test_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
+    s = config.Settings(data_dir=tmp_path)
+    a, b = s.with_secret(), s.with_secret()
+    assert a.secret_key and a.secret_key == b.secret_key
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_every_setting_is_documented() -> None:
+    text = DOC.read_text()
+    documented = set(re.findall(r"`WADUD_([A-Z0-9_]+)`", text))
+    fields = {name.upper() for name in config.FIELDS}
+    assert fields - documented == set(), "settings missing from docs/configuration.md"
+    assert documented - fields - {"CONFIG"} == set(), "docs name settings that do not exist"

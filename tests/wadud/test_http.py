@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+from tests.conftest import Api
+from wadud import keys
+from wadud.api import Role
+
+
+async def test_health_ready_metrics_openapi(api: Api) -> None:
+    assert (await api.get("/healthz", expect=200)) == {"status": "ok"}
+    ready = await api.get("/readyz", expect=200)
+    assert ready["status"] == "ready" and ready["migrations"]
+    text = await api.get("/metrics", expect=200)
+    assert "wadud_http_requests_total" in text and "wadud_db_pool_connections" in text
+    assert "wadud_outbox_lag_seconds" in text
+    doc = await api.get("/api/v1/openapi.json", expect=200)
+    assert doc["openapi"] == "3.1.0"
+    # Every served route is described.
+    served = {(ep.method.lower(), ep.doc_path) for ep in api.app[keys.ENDPOINTS]}
+    described = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert served == described
+    assert "/api/v1/auth/login" in doc["paths"]
+
+
+async def test_malformed_requests_get_problem_json(api: Api) -> None:
+    c = api.client
+    cases = [
+        (dict(data=b"{not json", headers={"Content-Type": "application/json"}), 400),
+        (dict(data=b"[]", headers={"Content-Type": "application/json"}), 422),
+        (dict(data=b'{"display_name": 5}', headers={"Content-Type": "application/json"}), 422),
+        (
+            dict(
+                data=b'{"display_name": "x", "extra": 1}',
+                headers={"Content-Type": "application/json"},
+            ),
+            422,
+        ),
+        (
+            dict(
+                data=b"display_name=x",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            ),
+            415,
+        ),
+        (
+            dict(
+                data=io.BytesIO(b"{" + b" " * 2_000_000 + b"}"),
+                headers={"Content-Type": "application/json"},
+            ),
+            413,
+        ),
+    ]
+    for kw, status in cases:
+        resp = await c.post("/api/v1/auth/anonymous", **kw)
+        assert resp.status == status, await resp.text()
+        assert resp.headers["Content-Type"].startswith("application/problem+json")
+        body = await resp.json(content_type=None)
+        assert body["status"] == status and body["type"].startswith("https://")
+        assert "request_id" in body
+    resp = await c.delete("/healthz")
+    assert resp.status == 405
+    assert (await resp.json(content_type=None))["code"] == "method-not-allowed"
+    # Malformed ids never reach SQL.
+    resp = await c.get("/api/v1/clinics/not-a-uuid")
+    assert resp.status == 404
+
+
+async def test_request_id_is_kept_or_made(api: Api) -> None:
+    resp = await api.client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert resp.headers["X-Request-ID"] == "abc-123"
+    resp = await api.client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
+    assert resp.headers["X-Request-ID"] != "bad id with spaces"
+
+
+async def test_idempotency_key_replays_first_answer(api: Api) -> None:
+    h = {"Idempotency-Key": "k-1"}
+    first = await api.post("/api/v1/auth/anonymous", {"display_name": "A"}, headers=h, expect=201)
+    resp = await api.client.post("/api/v1/auth/anonymous", json={"display_name": "A"}, headers=h)
+    assert resp.status == 201 and resp.headers["Idempotent-Replayed"] == "true"
+    assert json.loads(await resp.text()) == first
+    reused = await api.post("/api/v1/auth/anonymous", {"display_name": "B"}, headers=h, expect=422)
+    assert reused["code"] == "idempotency-key-reused"
+    # Errors (4xx) are answers too, and replayed as such.
+    admin = await api.user(Role.ADMIN)
+    body = {"email": "x@example.test", "password": "password!", "role": "doctor"}
+    h2 = {"Idempotency-Key": "k-2"}
+    a = await api.post("/api/v1/users", body, token=admin, headers=h2, expect=422)
+    b = await api.post("/api/v1/users", body, token=admin, headers=h2, expect=422)
+    assert a == b
+    # Concurrent duplicates: exactly one runs.
+    h3 = {"Idempotency-Key": "k-3"}
+    results = await asyncio.gather(
+        *(api.client.post("/api/v1/auth/anonymous", json={}, headers=h3) for _ in range(20))
+    )
+    statuses = sorted(r.status for r in results)
+    users = {(await r.json(content_type=None)).get("user_id") for r in results if r.status == 201}
+    assert len(users) == 1
+    assert set(statuses) <= {201, 409}

@@ -1,0 +1,383 @@
+"""Declaring HTTP endpoints once: route, models, rights, and docs.
+
+Each resource module makes a :class:`Routes` and decorates its handlers::
+
+    routes = Routes("clinics")
+
+    @routes.post("/api/v1/clinics", body=ClinicIn, returns=ClinicOut, status=201,
+                 roles={Role.ADMIN})
+    async def create_clinic(call: Call[ClinicIn, None]) -> ClinicOut:
+        "Create a clinic (tenant)."
+        ...
+
+The wrapper parses and validates the body (JSON only, unknown fields refused)
+and the query string against pydantic models, checks the caller's role, calls
+the handler, and serialises what it returns. The same declarations build the
+OpenAPI 3.1 document, so the document describes exactly what is served.
+
+Path parameters of the form ``{name:uuid}`` match only UUIDs, so a malformed
+id is a plain 404 and never reaches SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+from uuid import UUID
+
+import asyncpg
+import pydantic
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import models_json_schema
+
+from wadud import keys
+from wadud.config import Settings
+from wadud.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType
+from wadud.principal import Principal, Role
+
+__all__ = ["ApiModel", "Call", "Principal", "Role", "Routes", "openapi"]
+
+B = TypeVar("B", bound=BaseModel | None)
+Q = TypeVar("Q", bound=BaseModel | None)
+
+_UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_PARAM = re.compile(r"\{(\w+)(?::([^{}]+))?\}")
+
+
+class ApiModel(BaseModel):
+    """Base of request, query and response models. Unknown fields are an
+    error. JSON bodies are validated strictly (a number is not a string);
+    query strings, being text, convert (``?limit=10`` is an int)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Auth = Literal["public", "optional", "any"] | frozenset[Role] | set[Role]
+
+
+@dataclass
+class Call(Generic[B, Q]):
+    """What a handler gets: the request, the validated body and query, and
+    the caller."""
+
+    request: web.Request
+    body: B
+    query: Q
+    principal: Principal | None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.request.app[keys.DB]
+
+    @property
+    def settings(self) -> Settings:
+        return self.request.app[keys.SETTINGS]
+
+    def path(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    def path_uuid(self, name: str) -> UUID:
+        return UUID(self.request.match_info[name])
+
+    @property
+    def user(self) -> Principal:
+        """The caller, for handlers whose route requires one."""
+        if self.principal is None:
+            raise Unauthorized("this endpoint needs a bearer token")
+        return self.principal
+
+
+Handler = Callable[[Call[Any, Any]], Awaitable[Any]]
+
+
+@dataclass
+class Endpoint:
+    method: str
+    path: str  # as served, with aiohttp patterns
+    doc_path: str  # as documented, OpenAPI style
+    handler: Handler
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    returns: Any
+    status: int
+    auth: Auth
+    tag: str
+    summary: str
+    description: str
+    params: list[tuple[str, str | None]]
+    raw_body: dict[str, Any] | None = None
+    responses: dict[int, str] = field(default_factory=dict)
+
+
+class Routes:
+    def __init__(self, tag: str, description: str = "") -> None:
+        self.tag = tag
+        self.description = description
+        self.endpoints: list[Endpoint] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        returns: Any = None,
+        status: int = 200,
+        auth: Auth = "any",
+        raw_body: dict[str, Any] | None = None,
+        responses: dict[int, str] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler. ``auth``: ``"public"`` (no token looked at),
+        ``"optional"`` (a token if given), ``"any"`` (any valid token), or a set
+        of roles. ``returns``: a model, ``list[Model]``, or ``None`` (204 /
+        handler builds its own ``web.Response``). ``raw_body``: an OpenAPI
+        requestBody for handlers that read a non-JSON body themselves."""
+
+        def deco(fn: Handler) -> Handler:
+            params = [(m.group(1), m.group(2)) for m in _PARAM.finditer(path)]
+            served = _PARAM.sub(
+                lambda m: f"{{{m.group(1)}:{_UUID_RE}}}" if m.group(2) == "uuid" else m.group(0),
+                path,
+            )
+            doc_path = _PARAM.sub(lambda m: f"{{{m.group(1)}}}", path)
+            doc = (fn.__doc__ or "").strip()
+            summary, _, description = doc.partition("\n")
+            auth_value: Auth = frozenset(auth) if isinstance(auth, set) else auth
+            self.endpoints.append(
+                Endpoint(
+                    method=method.upper(),
+                    path=served,
+                    doc_path=doc_path,
+                    handler=fn,
+                    body=body,
+                    query=query,
+                    returns=returns,
+                    status=status,
+                    auth=auth_value,
+                    tag=self.tag,
+                    summary=summary.strip() or fn.__name__.replace("_", " "),
+                    description=description.strip(),
+                    params=params,
+                    raw_body=raw_body,
+                    responses=dict(responses or {}),
+                )
+            )
+            return fn
+
+        return deco
+
+    def get(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **kw)
+
+    def patch(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("PATCH", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **kw)
+
+    def install(self, app: web.Application) -> None:
+        app[keys.ENDPOINTS].extend(self.endpoints)
+        for ep in self.endpoints:
+            app.router.add_route(ep.method, ep.path, _wrap(ep))
+
+
+def _check_auth(ep: Endpoint, principal: Principal | None) -> None:
+    if ep.auth in ("public", "optional"):
+        return
+    if principal is None:
+        raise Unauthorized("this endpoint needs a bearer token")
+    if ep.auth == "any":
+        return
+    assert isinstance(ep.auth, frozenset)
+    if principal.role not in ep.auth:
+        raise Forbidden(f"role {principal.role.value} may not {ep.method} {ep.doc_path}")
+
+
+async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"", strict=True)
+    except pydantic.ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequest("the body is not valid JSON") from exc
+        raise
+
+
+def _parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    data: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        info = model.model_fields.get(key)
+        is_list = info is not None and getattr(info.annotation, "__origin__", None) is list
+        data[key] = values if is_list or len(values) > 1 else values[0]
+    return model.model_validate(data)
+
+
+def _serialise(value: Any) -> bytes:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json().encode()
+    if isinstance(value, list):
+        items = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+        return json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        principal = None if ep.auth == "public" else request.get(keys.PRINCIPAL)
+        _check_auth(ep, principal)
+        body = await _parse_body(request, ep.body) if ep.body is not None else None
+        query = _parse_query(request, ep.query) if ep.query is not None else None
+        result = await ep.handler(Call(request, body, query, principal))
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None:
+            return web.Response(status=204 if ep.status == 200 else ep.status)
+        return web.Response(
+            body=_serialise(result), status=ep.status, content_type="application/json"
+        )
+
+    handler.__name__ = ep.handler.__name__
+    return handler
+
+
+# -- OpenAPI ---------------------------------------------------------------
+
+_PROBLEM = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "code": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "additionalProperties": True,
+}
+
+
+def _model_of(returns: Any) -> tuple[type[BaseModel] | None, bool]:
+    if isinstance(returns, type) and issubclass(returns, BaseModel):
+        return returns, False
+    args = getattr(returns, "__args__", None)
+    if getattr(returns, "__origin__", None) is list and args:
+        inner = args[0]
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner, True
+    return None, False
+
+
+def openapi(endpoints: list[Endpoint], *, title: str, version: str) -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = []
+    for ep in endpoints:
+        if ep.body is not None:
+            models.append((ep.body, "validation"))
+        model, _ = _model_of(ep.returns)
+        if model is not None:
+            models.append((model, "serialization"))
+    refs, schema = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    components = dict(schema.get("$defs", {}))
+    components["Problem"] = _PROBLEM
+
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        op: dict[str, Any] = {
+            "operationId": ep.handler.__name__,
+            "tags": [ep.tag],
+            "summary": ep.summary,
+        }
+        if ep.description:
+            op["description"] = ep.description
+        params: list[dict[str, Any]] = []
+        for name, kind in ep.params:
+            p_schema: dict[str, Any] = {"type": "string"}
+            if kind == "uuid":
+                p_schema["format"] = "uuid"
+            elif kind:
+                p_schema["pattern"] = f"^{kind}$"
+            params.append({"name": name, "in": "path", "required": True, "schema": p_schema})
+        if ep.query is not None:
+            q_schema = ep.query.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, prop in q_schema.get("properties", {}).items():
+                components.update(q_schema.get("$defs", {}))
+                params.append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": name in q_schema.get("required", []),
+                        "schema": prop,
+                        **({"explode": True} if prop.get("type") == "array" else {}),
+                    }
+                )
+        if params:
+            op["parameters"] = params
+        if ep.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": refs[(ep.body, "validation")]}},
+            }
+        elif ep.raw_body is not None:
+            op["requestBody"] = ep.raw_body
+        responses: dict[str, Any] = {}
+        model, many = _model_of(ep.returns)
+        if model is not None:
+            ref = refs[(model, "serialization")]
+            responses[str(ep.status)] = {
+                "description": "Success",
+                "content": {
+                    "application/json": {"schema": {"type": "array", "items": ref} if many else ref}
+                },
+            }
+        elif ep.returns is None:
+            code = 204 if ep.status == 200 else ep.status
+            responses[str(code)] = {"description": "Success"}
+        else:
+            responses[str(ep.status)] = {"description": "Success", **ep.returns}
+        for code, text in ep.responses.items():
+            responses.setdefault(str(code), {"description": text})
+        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        errors = {400: "Malformed request", 422: "Invalid values"}
+        if ep.auth not in ("public", "optional"):
+            errors[401] = "Missing or invalid token"
+            if ep.auth != "any":
+                errors[403] = "Role not allowed"
+        if ep.params:
+            errors[404] = "Not found"
+        for code, text in errors.items():
+            responses.setdefault(str(code), {"description": text, "content": problem})
+        op["responses"] = responses
+        if ep.auth not in ("public", "optional"):
+            op["security"] = [{"bearer": []}]
+        elif ep.auth == "optional":
+            op["security"] = [{}, {"bearer": []}]
+        paths.setdefault(ep.doc_path, {})[ep.method.lower()] = op
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }

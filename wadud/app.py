@@ -1,0 +1,124 @@
+"""Assembling the aiohttp application.
+
+Startup is a stack of ``cleanup_ctx`` contexts, so shutdown is its mirror:
+database (embedded or configured) and migrations, pool, bus, outbox relay,
+then each package's own resources. Packages plug in through an ``install(app)``
+function that adds their routes and contexts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from aiohttp import web
+
+from wadud import accounts, bus, db, http, idempotency, keys, migrate, ops, outbox
+from wadud.config import Settings
+
+log = logging.getLogger("wadud.app")
+
+Installer = Callable[[web.Application], None]
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.database_url
+        if not url:
+            url = await stack.enter_async_context(db.embedded_postgres(settings.data_dir))
+        app[keys.DATABASE_URL] = url
+        if settings.database_migrate:
+            conn = await db.connect(url)
+            try:
+                applied = await migrate.migrate(conn)
+            finally:
+                await conn.close()
+            if applied:
+                log.info("migrations applied", extra={"migrations": applied})
+        app[keys.DB] = await stack.enter_async_context(db.pool(settings, url))
+        yield
+
+
+async def _bus(app: web.Application) -> AsyncIterator[None]:
+    b = bus.create(app[keys.SETTINGS].redis_url)
+    app[keys.BUS] = b
+    try:
+        yield
+    finally:
+        await b.close()
+
+
+async def _outbox(app: web.Application) -> AsyncIterator[None]:
+    s = app[keys.SETTINGS]
+    relay = outbox.Relay(
+        app[keys.DB],
+        app[keys.BUS],
+        batch=s.outbox_batch,
+        poll_interval=s.outbox_poll_interval,
+        retention=s.outbox_retention,
+    )
+    await relay.start()
+    app[keys.EXTRAS]["outbox"] = relay
+    try:
+        yield
+    finally:
+        await relay.close()
+
+
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            try:
+                await idempotency.prune(app[keys.DB])
+            except Exception:
+                log.exception("housekeeping failed")
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(loop(), name="housekeeping")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def default_installers() -> list[Installer]:
+    """Every package's ``install``; imported here so ``wadud.app`` is the one
+    place that knows them all."""
+    installers: list[Installer] = [ops.routes.install, accounts.routes.install]
+    try:
+        import booking.http
+    except ImportError:  # pragma: no cover - the package is part of every install
+        pass
+    else:
+        installers.append(booking.http.install)
+    return installers
+
+
+def build_app(settings: Settings, installers: Iterable[Installer] | None = None) -> web.Application:
+    settings = settings.with_secret()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        # observe > problems > authenticate > idempotency > problems > handler:
+        # the inner ``problems`` turns a handler's errors into responses that
+        # idempotency can keep; the outer one catches everything else.
+        middlewares=[
+            http.observe,
+            http.problems,
+            http.authenticate,
+            idempotency.idempotency,
+            http.problems,
+        ],
+        handler_args={"max_field_size": 16384},
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.ENDPOINTS] = []
+    app[keys.EXTRAS] = {"index_links": []}
+    app.cleanup_ctx.extend([_database, _bus, _outbox, _housekeeping])
+    for install in default_installers() if installers is None else installers:
+        install(app)
+    return app

@@ -1,0 +1,291 @@
+"""Credentials and tokens.
+
+* Passwords: argon2id (argon2-cffi), hashed off the event loop.
+* Access tokens: short-lived JWTs (HS256) naming the user, role, clinic and the
+  refresh-token family they came from; a revoked family makes its access
+  tokens fail at once, not at expiry.
+* Refresh tokens: opaque random strings stored hashed; each use rotates to a
+  new one in the same family, and replaying a used one revokes the family.
+* Room tokens: JWTs granting one room with explicit rights for a time window;
+  booking's video links are room tokens, and signalling verifies them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from wadud.api import Principal, Role
+from wadud.config import Settings
+from wadud.errors import Unauthorized
+
+_hasher = PasswordHasher()
+ALGORITHM = "HS256"
+
+
+class InvalidToken(Unauthorized):
+    code = "invalid-token"
+    title = "Invalid or expired token"
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.get_running_loop().run_in_executor(None, _hasher.hash, password)
+
+
+async def check_password(stored: str, password: str) -> bool:
+    def verify() -> bool:
+        try:
+            return _hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.get_running_loop().run_in_executor(None, verify)
+
+
+# A hash to verify against when the email is unknown, so a login for an
+# unknown account takes as long as one with a wrong password.
+DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def issue_access_token(
+    settings: Settings, principal: Principal, *, now: dt.datetime | None = None
+) -> str:
+    now = now or _now()
+    claims: dict[str, Any] = {
+        "iss": settings.auth_issuer,
+        "typ": "access",
+        "sub": str(principal.user_id),
+        "role": principal.role.value,
+        "anon": principal.anonymous,
+        "iat": now,
+        "exp": now + dt.timedelta(seconds=settings.auth_access_ttl),
+    }
+    if principal.clinic_id is not None:
+        claims["clinic"] = str(principal.clinic_id)
+    if principal.family_id is not None:
+        claims["sid"] = str(principal.family_id)
+    return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
+
+
+def decode_access_token(settings: Settings, token: str) -> Principal:
+    try:
+        claims = jwt.decode(
+            token,
+            settings.secret_key,
+            algorithms=[ALGORITHM],
+            issuer=settings.auth_issuer,
+            options={"require": ["exp", "sub", "typ", "role"]},
+        )
+        if claims["typ"] != "access":
+            raise InvalidToken("not an access token")
+        return Principal(
+            user_id=UUID(claims["sub"]),
+            role=Role(claims["role"]),
+            clinic_id=UUID(claims["clinic"]) if claims.get("clinic") else None,
+            anonymous=bool(claims.get("anon", False)),
+            family_id=UUID(claims["sid"]) if claims.get("sid") else None,
+        )
+    except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidToken(str(exc) or "invalid token") from exc
+
+
+async def principal_is_live(conn: asyncpg.Pool | asyncpg.Connection, principal: Principal) -> bool:
+    """False when the token's family was revoked (logout, reuse) or the user
+    was disabled since the token was issued."""
+    row = await conn.fetchrow(
+        """SELECT u.disabled, f.revoked_at
+           FROM users u LEFT JOIN token_families f ON f.id = $2 AND f.user_id = u.id
+           WHERE u.id = $1""",
+        principal.user_id,
+        principal.family_id,
+    )
+    if row is None or row["disabled"]:
+        return False
+    return principal.family_id is None or row["revoked_at"] is None
+
+
+def _hash_refresh(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    principal: Principal
+
+
+async def _new_refresh(conn: asyncpg.Connection, settings: Settings, family_id: UUID) -> str:
+    token = secrets.token_urlsafe(32)
+    await conn.execute(
+        """INSERT INTO refresh_tokens (token_hash, family_id, expires_at)
+           VALUES ($1, $2, now() + make_interval(secs => $3))""",
+        _hash_refresh(token),
+        family_id,
+        float(settings.auth_refresh_ttl),
+    )
+    return token
+
+
+def _principal(row: asyncpg.Record, family_id: UUID) -> Principal:
+    return Principal(
+        user_id=row["id"],
+        role=Role(row["role"]),
+        clinic_id=row["clinic_id"],
+        anonymous=row["anonymous"],
+        family_id=family_id,
+    )
+
+
+async def start_session(conn: asyncpg.Connection, settings: Settings, user_id: UUID) -> TokenPair:
+    """A new token family for ``user_id`` (a login)."""
+    user = await conn.fetchrow(
+        "SELECT id, role, clinic_id, anonymous FROM users WHERE id = $1", user_id
+    )
+    assert user is not None
+    family_id = await conn.fetchval(
+        "INSERT INTO token_families (user_id) VALUES ($1) RETURNING id", user_id
+    )
+    principal = _principal(user, family_id)
+    refresh = await _new_refresh(conn, settings, family_id)
+    return TokenPair(
+        issue_access_token(settings, principal), refresh, settings.auth_access_ttl, principal
+    )
+
+
+class RefreshReused(InvalidToken):
+    code = "refresh-token-reused"
+    title = "Refresh token reused; the session is revoked"
+
+
+async def rotate(conn: asyncpg.Connection, settings: Settings, refresh_token: str) -> TokenPair:
+    """Exchange a refresh token for a new pair (RFC 6819 section 5.2.2.3,
+    rotation). The old token is locked while it is spent; a spent token
+    presented again revokes its family (and that revocation is committed even
+    though the request fails)."""
+    async with conn.transaction():
+        pair = await _rotate(conn, settings, refresh_token)
+    if pair is None:
+        raise RefreshReused("this refresh token was used before; sign in again")
+    return pair
+
+
+async def _rotate(
+    conn: asyncpg.Connection, settings: Settings, refresh_token: str
+) -> TokenPair | None:
+    row = await conn.fetchrow(
+        """SELECT t.family_id, t.expires_at, t.used_at, f.revoked_at, f.user_id
+           FROM refresh_tokens t JOIN token_families f ON f.id = t.family_id
+           WHERE t.token_hash = $1 FOR UPDATE OF t, f""",
+        _hash_refresh(refresh_token),
+    )
+    if row is None:
+        raise InvalidToken("unknown refresh token")
+    if row["revoked_at"] is not None:
+        raise InvalidToken("this session was revoked")
+    if row["used_at"] is not None:
+        # A rotated-out token came back: someone holds a copy. End the family.
+        await revoke_family(conn, row["family_id"], "refresh token reused")
+        return None
+    if row["expires_at"] <= _now():
+        raise InvalidToken("refresh token expired")
+    user = await conn.fetchrow(
+        "SELECT id, role, clinic_id, anonymous, disabled FROM users WHERE id = $1",
+        row["user_id"],
+    )
+    if user is None or user["disabled"]:
+        raise InvalidToken("account disabled")
+    await conn.execute(
+        "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
+        _hash_refresh(refresh_token),
+    )
+    principal = _principal(user, row["family_id"])
+    refresh = await _new_refresh(conn, settings, row["family_id"])
+    return TokenPair(
+        issue_access_token(settings, principal), refresh, settings.auth_access_ttl, principal
+    )
+
+
+async def revoke_family(conn: asyncpg.Connection, family_id: UUID, reason: str) -> None:
+    await conn.execute(
+        """UPDATE token_families SET revoked_at = now(), revoked_reason = $2
+           WHERE id = $1 AND revoked_at IS NULL""",
+        family_id,
+        reason,
+    )
+
+
+# -- room tokens --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoomGrant:
+    room: str
+    identity: str
+    name: str
+    role: str  # "doctor", "patient", "staff", ... (display and policy)
+    publish: bool = True
+    subscribe: bool = True
+    admin: bool = False
+
+
+def issue_room_token(
+    settings: Settings,
+    grant: RoomGrant,
+    *,
+    not_before: dt.datetime,
+    expires: dt.datetime,
+) -> str:
+    claims = {
+        "iss": settings.auth_issuer,
+        "typ": "room",
+        "room": grant.room,
+        "sub": grant.identity,
+        "name": grant.name,
+        "role": grant.role,
+        "grants": {"publish": grant.publish, "subscribe": grant.subscribe, "admin": grant.admin},
+        "nbf": not_before,
+        "exp": expires,
+    }
+    return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
+
+
+def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> RoomGrant:
+    try:
+        c = jwt.decode(
+            token,
+            settings.secret_key,
+            algorithms=[ALGORITHM],
+            issuer=settings.auth_issuer,
+            leeway=leeway,
+            options={"require": ["exp", "nbf", "sub", "room", "typ"]},
+        )
+        if c["typ"] != "room":
+            raise InvalidToken("not a room token")
+        g = c.get("grants") or {}
+        return RoomGrant(
+            room=str(c["room"]),
+            identity=str(c["sub"]),
+            name=str(c.get("name", "")),
+            role=str(c.get("role", "")),
+            publish=bool(g.get("publish", False)),
+            subscribe=bool(g.get("subscribe", False)),
+            admin=bool(g.get("admin", False)),
+        )
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
+        raise InvalidToken(str(exc) or "invalid room token") from exc

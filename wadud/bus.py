@@ -1,0 +1,259 @@
+"""The bus: how processes tell each other things.
+
+One interface, two implementations:
+
+* :class:`LocalBus`, in-process, for ``wadud serve`` and single-process tests;
+* :class:`RedisBus`, Redis pub/sub for fan-out and Redis streams for
+  durable, replayable logs, for everything that runs as several processes.
+
+Pub/sub is fire-and-forget: a subscriber that is not listening misses the
+message. Streams keep messages (trimmed to ``maxlen``) and a reader names the
+last id it saw, so it can catch up after a restart. Messages are JSON objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("wadud.bus")
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    data: dict[str, Any]
+
+
+class Subscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[Message]: ...
+    async def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        """Send ``data`` to everyone subscribed to ``topic`` now."""
+
+    async def subscribe(self, *topics: str) -> Subscription:
+        """Start receiving messages on ``topics``; subscribed when this returns."""
+
+    async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
+        """Add ``data`` to ``stream``; return its id (ids sort in stream order)."""
+
+    async def read(
+        self, stream: str, after: str = "0", *, count: int = 100, block: float = 0.0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Entries of ``stream`` after id ``after``, waiting up to ``block`` seconds
+        for the first when there are none."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def _encode(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# ---------------------------------------------------------------------------
+
+
+class _LocalSubscription:
+    def __init__(self, bus: LocalBus, topics: tuple[str, ...]) -> None:
+        self._bus = bus
+        self.topics = topics
+        self.queue: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=10_000)
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        while True:
+            msg = await self.queue.get()
+            if msg is None:
+                return
+            yield msg
+
+    async def close(self) -> None:
+        self._bus._drop(self)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+
+class LocalBus:
+    """The bus inside one process. Slow subscribers lose messages rather than
+    stall publishers, as a Redis subscriber that falls behind would."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[_LocalSubscription]] = defaultdict(set)
+        self._streams: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        self._stream_changed = asyncio.Condition()
+        self._seq = itertools.count(1)
+
+    async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        # Round-trip through JSON so in-process behaviour matches Redis exactly.
+        payload = json.loads(_encode(data))
+        for sub in list(self._subs.get(topic, ())):
+            try:
+                sub.queue.put_nowait(Message(topic, payload))
+            except asyncio.QueueFull:
+                log.warning("local bus subscriber is full; message dropped", extra={"topic": topic})
+
+    async def subscribe(self, *topics: str) -> _LocalSubscription:
+        sub = _LocalSubscription(self, topics)
+        for t in topics:
+            self._subs[t].add(sub)
+        return sub
+
+    def _drop(self, sub: _LocalSubscription) -> None:
+        for t in sub.topics:
+            self._subs[t].discard(sub)
+
+    async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
+        entry_id = f"{int(time.time() * 1000)}-{next(self._seq)}"
+        entries = self._streams[stream]
+        entries.append((entry_id, json.loads(_encode(data))))
+        if len(entries) > maxlen:
+            del entries[: len(entries) - maxlen]
+        async with self._stream_changed:
+            self._stream_changed.notify_all()
+        return entry_id
+
+    async def read(
+        self, stream: str, after: str = "0", *, count: int = 100, block: float = 0.0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        def newer() -> list[tuple[str, dict[str, Any]]]:
+            key = _id_key(after)
+            return [e for e in self._streams.get(stream, []) if _id_key(e[0]) > key][:count]
+
+        found = newer()
+        if found or block <= 0:
+            return found
+        async with self._stream_changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stream_changed.wait_for(lambda: bool(newer())), block)
+        return newer()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                await sub.close()
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# ---------------------------------------------------------------------------
+
+
+class _RedisSubscription:
+    """A pub/sub subscription that survives Redis restarts: when the
+    connection drops it reconnects with backoff and subscribes again. Messages
+    published while Redis was away are lost, as pub/sub promises; consumers
+    that must not lose anything resume from PostgreSQL or a stream."""
+
+    def __init__(self, bus: RedisBus, topics: tuple[str, ...]) -> None:
+        self._bus = bus
+        self.topics = topics
+        self._pubsub: Any = None
+        self._closed = False
+
+    async def _connect(self) -> None:
+        self._pubsub = self._bus.redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(*self.topics)
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        delay = 0.1
+        while not self._closed:
+            try:
+                if self._pubsub is None:
+                    await self._connect()
+                    delay = 0.1
+                msg = await self._pubsub.get_message(timeout=1.0)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis subscription lost; reconnecting", extra={"error": str(exc)})
+                await self._reset()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if msg is None or msg.get("type") != "message":
+                continue
+            try:
+                data = json.loads(msg["data"])
+            except (ValueError, TypeError):
+                log.warning("undecodable bus message dropped", extra={"topic": msg["channel"]})
+                continue
+            topic = msg["channel"]
+            yield Message(topic.decode() if isinstance(topic, bytes) else topic, data)
+
+    async def _reset(self) -> None:
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._reset()
+
+
+class RedisBus:
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.from_url(
+            url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2
+        )
+
+    async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        await self.redis.publish(topic, _encode(data))
+
+    async def subscribe(self, *topics: str) -> _RedisSubscription:
+        sub = _RedisSubscription(self, topics)
+        await sub._connect()
+        return sub
+
+    async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
+        entry_id = await self.redis.xadd(
+            stream, {"d": _encode(data)}, maxlen=maxlen, approximate=True
+        )
+        return entry_id if isinstance(entry_id, str) else entry_id.decode()
+
+    async def read(
+        self, stream: str, after: str = "0", *, count: int = 100, block: float = 0.0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        kwargs: dict[str, Any] = {"count": count}
+        if block > 0:
+            kwargs["block"] = int(block * 1000)
+        result: Any = await self.redis.xread({stream: after}, **kwargs)
+        out = []
+        for _name, entries in result or []:
+            for entry_id, fields in entries:
+                out.append((entry_id, json.loads(fields["d"])))
+        return out
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def create(redis_url: str) -> Bus:
+    return RedisBus(redis_url) if redis_url else LocalBus()

@@ -1,0 +1,266 @@
+"""Settings: one frozen dataclass, filled from defaults, a TOML file, the
+environment and command-line flags, in that order of precedence.
+
+Every field is documented in ``docs/configuration.md``; a test keeps the two in
+step. Names map mechanically so there is nothing to remember:
+
+* field ``database_url``
+* environment ``WADUD_DATABASE_URL``
+* TOML ``database_url = ...`` at top level, or ``url = ...`` under ``[database]``
+  (a section name and key are joined with ``_``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wadud.errors import ConfigError
+
+ENV_PREFIX = "WADUD_"
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # [server]
+    host: str = field(default="127.0.0.1", metadata=_doc("Address the HTTP server binds."))
+    port: int = field(default=8080, metadata=_doc("TCP port of the HTTP server."))
+    public_url: str = field(
+        default="",
+        metadata=_doc(
+            "Base URL users reach this server at (links in emails, checkout redirects, join"
+            " links). Empty: http://HOST:PORT."
+        ),
+    )
+    data_dir: Path = field(
+        default=Path("var"),
+        metadata=_doc(
+            "Folder for local state: the embedded PostgreSQL cluster, the generated secret"
+            " key, uploaded files."
+        ),
+    )
+    secret_key: str = field(
+        default="",
+        metadata=_doc(
+            "Key that signs access and room tokens (HS256). Empty: generated once and kept in"
+            " DATA_DIR/secret_key (fine for `wadud serve`; `wadud api` replicas must share one)."
+        ),
+    )
+    max_body_bytes: int = field(
+        default=1_048_576, metadata=_doc("Largest request body accepted; larger gets 413.")
+    )
+    shutdown_timeout: float = field(
+        default=10.0,
+        metadata=_doc("Seconds in-flight requests get to finish after SIGTERM."),
+    )
+    log_level: str = field(default="info", metadata=_doc("debug, info, warning or error."))
+    log_format: str = field(
+        default="json", metadata=_doc("json (one object per line) or text (for a terminal).")
+    )
+    # [database]
+    database_url: str = field(
+        default="",
+        metadata=_doc(
+            "PostgreSQL URL (postgresql://user:pass@host:port/db). Empty: an embedded"
+            " PostgreSQL 16 under DATA_DIR/postgres, started and stopped with the server."
+        ),
+    )
+    database_pool_min: int = field(default=2, metadata=_doc("Connections kept open."))
+    database_pool_max: int = field(default=20, metadata=_doc("Most connections at once."))
+    database_migrate: bool = field(
+        default=True,
+        metadata=_doc(
+            "Apply pending migrations at start (under an advisory lock). Off: run"
+            " `wadud migrate` yourself before starting."
+        ),
+    )
+    # [redis]
+    redis_url: str = field(
+        default="",
+        metadata=_doc(
+            "Redis URL for the bus (pub/sub and streams). Empty: an in-process bus, which"
+            " only works when everything runs in one process (`wadud serve`)."
+        ),
+    )
+    # [auth]
+    auth_access_ttl: int = field(default=900, metadata=_doc("Access token lifetime, seconds."))
+    auth_refresh_ttl: int = field(
+        default=30 * 86400, metadata=_doc("Refresh token lifetime, seconds.")
+    )
+    auth_issuer: str = field(default="wadud", metadata=_doc("`iss` claim of issued tokens."))
+    # [outbox]
+    outbox_batch: int = field(default=200, metadata=_doc("Events relayed per round."))
+    outbox_poll_interval: float = field(
+        default=1.0,
+        metadata=_doc("Seconds between outbox polls when no NOTIFY wakes the relay."),
+    )
+    outbox_retention: float = field(
+        default=86400.0, metadata=_doc("Seconds published outbox rows are kept.")
+    )
+    # [booking]
+    booking_hold_minutes: int = field(
+        default=10, metadata=_doc("How long a held slot waits for payment before it lapses.")
+    )
+    booking_search_page_max: int = field(
+        default=100, metadata=_doc("Largest page size of doctor search.")
+    )
+    booking_upload_max_bytes: int = field(
+        default=10 * 1_048_576, metadata=_doc("Largest credential document upload.")
+    )
+    # [payments]
+    payments_default_gateway: str = field(
+        default="sandbox", metadata=_doc("Gateway used when a payment names none.")
+    )
+    payments_sandbox_secret: str = field(
+        default="",
+        metadata=_doc("Signs sandbox checkout callbacks. Empty: derived from SECRET_KEY."),
+    )
+    payments_platform_commission_bp: int = field(
+        default=1500,
+        metadata=_doc("Platform commission in basis points (1500 = 15%) when a clinic sets none."),
+    )
+    payments_jazzcash_merchant_id: str = field(default="", metadata=_doc("JazzCash merchant id."))
+    payments_jazzcash_password: str = field(default="", metadata=_doc("JazzCash password."))
+    payments_jazzcash_integrity_salt: str = field(
+        default="", metadata=_doc("JazzCash integrity salt (the secure-hash key).")
+    )
+    payments_jazzcash_endpoint: str = field(
+        default="", metadata=_doc("JazzCash API base URL (sandbox or live).")
+    )
+    payments_card_api_base: str = field(default="", metadata=_doc("Card gateway API base URL."))
+    payments_card_api_key: str = field(default="", metadata=_doc("Card gateway API key."))
+    payments_card_webhook_secrets: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Card gateway webhook signing secrets, comma separated; all verify, so a secret"
+            " can rotate without dropping events."
+        ),
+    )
+    payments_webhook_tolerance: int = field(
+        default=300, metadata=_doc("Oldest webhook signature timestamp accepted, seconds.")
+    )
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    def with_secret(self) -> Settings:
+        """The settings with ``secret_key`` filled in, generating and keeping one
+        under ``data_dir`` the first time."""
+        if self.secret_key:
+            return self
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            key = path.read_text().strip()
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_urlsafe(48)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key + "\n")
+        return dataclasses.replace(self, secret_key=key)
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    hint = _HINTS[name]
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is Path:
+            return Path(value)
+        if typing.get_origin(hint) is list or isinstance(hint, types.GenericAlias):
+            if isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise ValueError(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except ValueError:
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {hint}") from None
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}".replace("-", "_")
+        if isinstance(value, dict) and name not in FIELDS:
+            out.update(_flatten(value, name + "_"))
+        else:
+            out[name] = value
+    return out
+
+
+def load(
+    *,
+    file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings: defaults, then the TOML ``file`` (or ``$WADUD_CONFIG``),
+    then ``WADUD_*`` environment variables, then ``overrides`` (command-line
+    flags; ``None`` values are ignored). Unknown keys are errors, not silence."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    file = file or env.get(ENV_PREFIX + "CONFIG") or None
+    if file:
+        try:
+            with open(file, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration file {file}: {exc}") from exc
+        for name, value in _flatten(data).items():
+            if name not in FIELDS:
+                raise ConfigError(f"{file}: unknown setting {name!r}")
+            values[name] = _coerce(name, value, str(file))
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in FIELDS:
+            raise ConfigError(f"environment: unknown setting {key}")
+        values[name] = _coerce(name, value, "environment")
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value, "command line")
+    settings = Settings(**values)
+    if settings.log_format not in {"json", "text"}:
+        raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
+    if settings.secret_key and len(settings.secret_key.encode()) < 32:
+        # RFC 7518 section 3.2: an HS256 key is at least 256 bits.
+        raise ConfigError("secret_key must be at least 32 bytes")
+    if settings.database_pool_min > settings.database_pool_max:
+        raise ConfigError("database_pool_min is larger than database_pool_max")
+    return settings

@@ -1,0 +1,157 @@
+"""The middlewares every HTTP request goes through, outermost first:
+
+1. ``observe``: request id (kept from ``X-Request-ID`` when sane), one JSON
+   log line and the Prometheus counters per request.
+2. ``problems``: turns every error into an RFC 9457 ``application/problem+json``
+   body: our typed errors with their own status, validation errors as 422,
+   aiohttp's own (404, 405, 413) with theirs, anything unexpected as a 500
+   that names the request id and hides the rest.
+3. ``authenticate``: reads a bearer token, if any, into the request's
+   principal; a bad, expired or revoked token is a 401, never silently
+   anonymous.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+import pydantic
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from wadud import auth, keys, logs, metrics
+from wadud.errors import WadudError
+
+log = logging.getLogger("wadud.http")
+_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+PROBLEM_TYPE = "https://wadud.dev/problems/"
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    if info.http_exception is not None:
+        return "unmatched"
+    resource = info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-ID", "")
+    rid = incoming if _RID.match(incoming) else uuid.uuid4().hex
+    token = logs.request_id.set(rid)
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-ID"] = rid
+        return response
+    finally:
+        elapsed = time.perf_counter() - start
+        route = _route_name(request)
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        metrics.HTTP_LATENCY.labels(request.method, route).observe(elapsed)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": status,
+                "ms": round(elapsed * 1000, 2),
+                "remote": request.remote,
+            },
+        )
+        logs.request_id.reset(token)
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str = "",
+    instance: str = "",
+    **extra: Any,
+) -> web.Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + code,
+        "title": title,
+        "status": status,
+        "code": code,
+    }
+    if detail:
+        body["detail"] = detail
+    if instance:
+        body["instance"] = instance
+    rid = logs.request_id.get()
+    if rid:
+        body["request_id"] = rid
+    body.update(extra)
+    metrics.HTTP_ERRORS.labels(code).inc()
+    return web.json_response(body, status=status, content_type="application/problem+json")
+
+
+def _validation_errors(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except WadudError as exc:
+        return problem(exc.http_status, exc.code, exc.title, exc.detail, request.path, **exc.extra)
+    except pydantic.ValidationError as exc:
+        return problem(
+            422,
+            "validation-error",
+            "Request values are invalid",
+            f"{exc.error_count()} invalid value(s)",
+            request.path,
+            errors=_validation_errors(exc),
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {
+            404: "not-found",
+            405: "method-not-allowed",
+            413: "payload-too-large",
+        }.get(exc.status, f"http-{exc.status}")
+        resp = problem(exc.status, code, exc.reason, exc.text or "", request.path)
+        for name in ("Allow",):
+            if name in exc.headers:
+                resp.headers[name] = exc.headers[name]
+        return resp
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return problem(
+            500,
+            "internal-error",
+            "Internal server error",
+            "the error was logged with this request id",
+            request.path,
+        )
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise auth.InvalidToken("use an Authorization: Bearer <token> header")
+        settings = request.app[keys.SETTINGS]
+        principal = auth.decode_access_token(settings, token.strip())
+        if not await auth.principal_is_live(request.app[keys.DB], principal):
+            raise auth.InvalidToken("this session was revoked")
+        request[keys.PRINCIPAL] = principal
+    return await handler(request)

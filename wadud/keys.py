@@ -1,0 +1,26 @@
+"""Typed keys of application and request state (``web.AppKey``), in one
+place so every package names shared resources the same way."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from aiohttp import web
+
+from wadud.bus import Bus
+from wadud.config import Settings
+from wadud.principal import Principal
+
+if TYPE_CHECKING:
+    from wadud.api import Endpoint
+
+SETTINGS = web.AppKey("settings", Settings)
+DB = web.AppKey("db", asyncpg.Pool)
+DATABASE_URL = web.AppKey("database_url", str)
+BUS = web.AppKey("bus", Bus)
+ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints", list)
+#: Named extras other packages hang on the app (gateways, TURN server, ...).
+EXTRAS = web.AppKey("extras", dict[str, Any])
+
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)

@@ -1,0 +1,147 @@
+"""The transactional outbox: a domain event is published if and only if the
+transaction that produced it committed.
+
+A handler calls :func:`emit` on the connection of its transaction; the row and
+a ``NOTIFY`` become visible together at commit. :class:`Relay` wakes on the
+notification (or polls, in case one was missed while it reconnected), claims
+unpublished rows with ``FOR UPDATE SKIP LOCKED`` so several relays share the
+work, publishes them on the bus, and marks them published in the same
+transaction. Delivery is at least once: a relay that dies after publishing and
+before committing publishes again. Every event carries its outbox ``id`` so a
+consumer can tell a repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+
+from wadud import metrics
+from wadud.bus import Bus
+
+log = logging.getLogger("wadud.outbox")
+CHANNEL = "wadud_outbox"
+#: Every event also goes to this stream, so a consumer can replay what it missed.
+STREAM = "events"
+
+
+async def emit(conn: asyncpg.Connection, topic: str, payload: dict[str, Any]) -> None:
+    """Record ``payload`` for ``topic``; call inside the domain transaction."""
+    await conn.execute("INSERT INTO outbox (topic, payload) VALUES ($1, $2::jsonb)", topic, payload)
+    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+
+
+class Relay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        bus: Bus,
+        *,
+        batch: int = 200,
+        poll_interval: float = 1.0,
+        retention: float = 86400.0,
+    ) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._unlisten()
+
+    async def _listen(self) -> None:
+        conn = await self.pool.acquire()
+        await conn.add_listener(CHANNEL, self._notified)
+        self._listener = conn
+
+    async def _unlisten(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(CHANNEL, self._notified)
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        last_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    await self._unlisten()
+                    await self._listen()
+                while await self.relay_once() >= self.batch:
+                    pass
+                if loop.time() - last_prune > 60:
+                    await self.prune()
+                    last_prune = loop.time()
+                await self.observe()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay round failed; retrying")
+                await self._unlisten()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def relay_once(self) -> int:
+        """Publish one batch of pending events; return how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, topic, payload, created_at FROM outbox
+                   WHERE published_at IS NULL ORDER BY id LIMIT $1
+                   FOR UPDATE SKIP LOCKED""",
+                self.batch,
+            )
+            for row in rows:
+                event = {
+                    "id": row["id"],
+                    "topic": row["topic"],
+                    "at": row["created_at"].isoformat(),
+                    "data": row["payload"],
+                }
+                await self.bus.publish(row["topic"], event)
+                await self.bus.append(STREAM, event)
+            if rows:
+                await conn.execute(
+                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+                    [r["id"] for r in rows],
+                )
+        metrics.OUTBOX_RELAYED.inc(len(rows))
+        return len(rows)
+
+    async def observe(self) -> None:
+        row = await self.pool.fetchrow(
+            """SELECT count(*) AS n,
+                      COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) AS lag
+               FROM outbox WHERE published_at IS NULL"""
+        )
+        assert row is not None
+        metrics.OUTBOX_PENDING.set(row["n"])
+        metrics.OUTBOX_LAG.set(float(row["lag"]))
+
+    async def prune(self) -> None:
+        await self.pool.execute(
+            """DELETE FROM outbox WHERE published_at IS NOT NULL
+               AND published_at < now() - make_interval(secs => $1)""",
+            self.retention,
+        )

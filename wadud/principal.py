@@ -1,0 +1,23 @@
+"""Who is calling: roles and the principal a valid access token names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from uuid import UUID
+
+
+class Role(StrEnum):
+    PATIENT = "patient"
+    DOCTOR = "doctor"
+    CLINIC_STAFF = "clinic_staff"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: UUID
+    role: Role
+    clinic_id: UUID | None
+    anonymous: bool
+    family_id: UUID | None
