@@ -1,0 +1,413 @@
+"""The gateway interface, its value types, the shared webhook signature, the registry.
+
+Every gateway (built-in sandbox, JazzCash, card) is a hosted checkout:
+
+1. :meth:`Gateway.create` turns a :class:`~booking.payments.intent.PaymentIntent`
+   into a :class:`CheckoutSession` (a URL to send the browser to, or form
+   fields to POST there).
+2. The gateway sends the browser back to ``intent.return_url``. Those
+   parameters passed through the patient's browser, so
+   :meth:`Gateway.verify_callback` proves them (HMAC or an inquiry) before a
+   :class:`VerifiedResult` exists. Nothing else may move an intent.
+3. The gateway may also call us server to server;
+   :meth:`Gateway.parse_webhook` verifies and parses that into a
+   :class:`WebhookEvent` whose ``event_id`` the caller deduplicates on.
+4. :meth:`Gateway.inquire` asks the gateway for the truth (expiry sweeps,
+   lost callbacks); :meth:`Gateway.refund` gives money back.
+
+Times are parameters (``now``), never read here.
+
+Signed webhooks (card gateway and sandbox share this scheme, so one verifier
+serves both) follow Stripe's published recipe for ``Stripe-Signature``:
+header ``t=<unix seconds>,v1=<hex>[,v1=<hex>...]``; the signed payload is the
+ASCII timestamp, a ``.``, then the raw body bytes exactly as received;
+``v1`` is the lowercase hex HMAC-SHA256 of that payload keyed with the
+endpoint secret; other schemes (``v0``) are ignored; any ``v1`` matching any
+configured secret passes (secret rotation), compared in constant time; the
+timestamp must be within a tolerance of ``now`` (300 s by default).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
+
+from booking.payments.errors import (
+    AmountMismatch,
+    InvalidSignature,
+    StaleWebhook,
+    UnknownGateway,
+)
+from booking.payments.intent import IntentEvent, Money, PaymentIntent
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from booking.payments.card import CardSettings
+    from booking.payments.jazzcash import JazzCashSettings
+    from booking.payments.sandbox import SandboxSettings
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "SIGNATURE_HEADERS",
+    "CheckoutSession",
+    "Gateway",
+    "GatewayRegistry",
+    "InquiryResult",
+    "PaymentSettings",
+    "PaymentStatus",
+    "RefundResult",
+    "VerifiedResult",
+    "WebhookEvent",
+    "get_header",
+    "sign_webhook",
+    "unix_seconds",
+    "verify_webhook",
+]
+
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
+class PaymentStatus(enum.StrEnum):
+    """A gateway's verdict on one payment attempt."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    #: The gateway has not decided (wallet awaiting PIN, voucher awaiting
+    #: cash). No intent event: wait for the webhook or inquire later.
+    PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutSession:
+    """Where to send the patient to pay.
+
+    ``method == "GET"``: redirect the browser to ``url``. ``method == "POST"``:
+    render an auto-submitting form posting ``fields`` to ``url`` (JazzCash
+    page redirection works this way).
+    """
+
+    gateway: str
+    reference: str
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    fields: Mapping[str, str] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedResult:
+    """A callback whose origin has been proven; only these may move an intent."""
+
+    gateway: str
+    reference: str
+    status: PaymentStatus
+    amount: Money | None
+    gateway_code: str = ""
+    message: str = ""
+    raw: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def event(self) -> IntentEvent | None:
+        """The intent event this result stands for, None while pending."""
+        return _STATUS_EVENT.get(self.status)
+
+    def check_amount(self, expected: Money) -> None:
+        """Raise :class:`AmountMismatch` unless the gateway confirmed ``expected``.
+
+        A correctly signed result for the wrong amount is the classic
+        tampered-checkout attack (edit the amount before the hash is made by a
+        careless merchant), so a succeeded result must name the amount.
+        """
+        if self.amount is None:
+            if self.status is PaymentStatus.SUCCEEDED:
+                raise AmountMismatch(
+                    f"{self.gateway} did not confirm an amount for {self.reference}"
+                )
+            return
+        if self.amount != expected:
+            raise AmountMismatch(f"{self.gateway} confirmed {self.amount}, intent asked {expected}")
+
+
+_STATUS_EVENT: Final = MappingProxyType(
+    {
+        PaymentStatus.SUCCEEDED: IntentEvent.VERIFIED_SUCCESS,
+        PaymentStatus.FAILED: IntentEvent.VERIFIED_FAILURE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InquiryResult:
+    """The gateway's own answer about a reference (authoritative, no browser involved)."""
+
+    gateway: str
+    reference: str
+    status: PaymentStatus
+    amount: Money | None = None
+    gateway_code: str = ""
+    message: str = ""
+    #: The gateway's id of the captured payment when it differs from the
+    #: checkout reference (card gateways refund by payment id).
+    payment_id: str | None = None
+
+    @property
+    def event(self) -> IntentEvent | None:
+        return _STATUS_EVENT.get(self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """What the gateway said about one refund request.
+
+    A refusal is ``succeeded=False`` with the gateway's code, not an exception:
+    the gateway answered, the caller records it and does not post a ledger
+    refund. Transport failures raise :class:`~booking.payments.errors.GatewayError`.
+    """
+
+    gateway: str
+    reference: str
+    amount: Money
+    succeeded: bool
+    refund_id: str | None = None
+    gateway_code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """A verified server-to-server notification.
+
+    ``event_id`` is what the caller deduplicates on (gateways redeliver until
+    they get a 2xx). ``status`` is None for events that are not a payment
+    verdict (refund notices and the like); ``type`` carries the gateway's name.
+    """
+
+    gateway: str
+    event_id: str
+    type: str
+    reference: str | None
+    status: PaymentStatus | None
+    amount: Money | None
+    created_at: datetime | None
+    payload: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def event(self) -> IntentEvent | None:
+        return None if self.status is None else _STATUS_EVENT.get(self.status)
+
+
+@runtime_checkable
+class Gateway(Protocol):
+    """What every payment gateway adapter offers. All I/O is async."""
+
+    name: str
+
+    async def create(self, intent: PaymentIntent) -> CheckoutSession:
+        """Open a hosted checkout for ``intent``."""
+        ...
+
+    async def verify_callback(
+        self, params: Mapping[str, str], headers: Mapping[str, str], now: datetime
+    ) -> VerifiedResult:
+        """Prove the browser's return parameters; raise InvalidSignature if forged."""
+        ...
+
+    async def inquire(self, reference: str) -> InquiryResult:
+        """Ask the gateway for the status of ``reference``."""
+        ...
+
+    async def refund(
+        self, reference: str, amount: Money, *, idempotency_key: str | None = None
+    ) -> RefundResult:
+        """Refund ``amount`` of the payment under ``reference``.
+
+        ``idempotency_key`` (our refund's id) makes a retried call safe where
+        the gateway supports it; where it does not, inquire before retrying.
+        """
+        ...
+
+    async def parse_webhook(
+        self, body: bytes, headers: Mapping[str, str], now: datetime
+    ) -> WebhookEvent:
+        """Verify and parse a server-to-server notification."""
+        ...
+
+
+# --- the shared Stripe-style webhook signature -----------------------------
+
+#: Header names carrying the signature, ours first; Stripe's is accepted so a
+#: Stripe-compatible card processor can post to us unchanged.
+SIGNATURE_HEADERS: Final = ("Wadud-Signature", "Stripe-Signature")
+DEFAULT_TOLERANCE: Final = timedelta(seconds=300)
+_SCHEME: Final = "v1"
+
+
+def unix_seconds(now: datetime) -> int:
+    """Whole Unix seconds of an aware datetime (naive ones would use the host zone)."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    return int(now.timestamp())
+
+
+def get_header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup that works on plain dicts too (RFC 9110 §5.1)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+def _v1(secret: str, timestamp: int, body: bytes) -> str:
+    # Bytes all the way: the raw body is signed as received, never re-decoded.
+    payload = str(timestamp).encode("ascii") + b"." + body
+    return hmac.new(secret.encode("utf-8"), payload, hashlib.sha256).hexdigest()
+
+
+def sign_webhook(body: bytes, secrets: str | Sequence[str], timestamp: int) -> str:
+    """Build the signature header value for ``body`` (one ``v1`` per secret).
+
+    Signing with several secrets is what a sender does during a rotation.
+    """
+    keys = [secrets] if isinstance(secrets, str) else list(secrets)
+    if not keys:
+        raise ValueError("at least one secret is needed to sign")
+    parts = [f"t={timestamp}"] + [f"{_SCHEME}={_v1(key, timestamp, body)}" for key in keys]
+    return ",".join(parts)
+
+
+def _parse_header(value: str) -> tuple[int, list[bytes]]:
+    timestamp: int | None = None
+    signatures: list[bytes] = []
+    for item in value.split(","):
+        key, sep, val = item.strip().partition("=")
+        if not sep:
+            continue
+        if key == "t":
+            # Reject "+5", " 5" and non-ASCII digits: int() accepts them, the recipe does not.
+            if not val.isascii() or not val.isdigit():
+                raise InvalidSignature("signature header timestamp is not an integer")
+            timestamp = int(val)
+        elif key == _SCHEME:
+            # surrogateescape keeps non-ASCII junk comparable as bytes; hmac.compare_digest
+            # raises TypeError on non-ASCII str, which must not become a 500.
+            signatures.append(val.encode("utf-8", "surrogateescape"))
+    if timestamp is None:
+        raise InvalidSignature("signature header has no timestamp")
+    if not signatures:
+        raise InvalidSignature(f"signature header has no {_SCHEME} signature")
+    return timestamp, signatures
+
+
+def verify_webhook(
+    body: bytes,
+    headers: Mapping[str, str],
+    secrets: Sequence[str],
+    now: datetime,
+    tolerance: timedelta = DEFAULT_TOLERANCE,
+) -> int:
+    """Verify a Stripe-style signed body; return its signed Unix timestamp.
+
+    The signature is checked before the timestamp so an unauthenticated sender
+    learns nothing about our clock. Unlike Stripe's libraries, a timestamp too
+    far in the *future* is refused as well: a sender whose clock runs ahead
+    could otherwise mint messages that stay valid for longer than the tolerance.
+    Raises :class:`InvalidSignature` or :class:`StaleWebhook`.
+    """
+    if not secrets:
+        raise InvalidSignature("no webhook secret configured")
+    value = None
+    for name in SIGNATURE_HEADERS:
+        value = get_header(headers, name)
+        if value is not None:
+            break
+    if value is None:
+        raise InvalidSignature(f"missing {SIGNATURE_HEADERS[0]} header")
+    timestamp, candidates = _parse_header(value)
+    expected = [_v1(secret, timestamp, body).encode("ascii") for secret in secrets]
+    # No early exit: every pair is compared so timing does not reveal which matched.
+    matched = False
+    for want in expected:
+        for got in candidates:
+            matched |= hmac.compare_digest(want, got)
+    if not matched:
+        raise InvalidSignature("no v1 signature matches a configured secret")
+    age = unix_seconds(now) - timestamp
+    if abs(age) > tolerance.total_seconds():
+        raise StaleWebhook(f"signature timestamp is {age} s from now, tolerance {tolerance}")
+    return timestamp
+
+
+# --- registry --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSettings:
+    """Which gateways this deployment offers; None means not configured."""
+
+    sandbox: SandboxSettings | None = None
+    jazzcash: JazzCashSettings | None = None
+    card: CardSettings | None = None
+
+
+class GatewayRegistry:
+    """Gateway name -> adapter. Names are the ``gateway`` column of intents."""
+
+    def __init__(self, gateways: Sequence[Gateway] = ()) -> None:
+        self._gateways: dict[str, Gateway] = {}
+        for gateway in gateways:
+            self.register(gateway)
+
+    def register(self, gateway: Gateway) -> None:
+        if gateway.name in self._gateways:
+            raise ValueError(f"gateway {gateway.name!r} registered twice")
+        self._gateways[gateway.name] = gateway
+
+    def get(self, name: str) -> Gateway:
+        try:
+            return self._gateways[name]
+        except KeyError:
+            raise UnknownGateway(f"no payment gateway named {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._gateways
+
+    def names(self) -> list[str]:
+        return sorted(self._gateways)
+
+    @classmethod
+    def from_settings(
+        cls, settings: PaymentSettings, session: aiohttp.ClientSession | None = None
+    ) -> GatewayRegistry:
+        """Build every configured gateway.
+
+        ``session`` is owned by the caller (opened in the app's cleanup_ctx);
+        the HTTP gateways (JazzCash, card) require it.
+        """
+        # Imported here, not at the top: the adapters import this module for
+        # the interface types, and the registry is the one place that needs them.
+        from booking.payments.card import CardGateway
+        from booking.payments.jazzcash import JazzCashGateway
+        from booking.payments.sandbox import SandboxGateway
+
+        registry = cls()
+        if settings.sandbox is not None:
+            registry.register(SandboxGateway(settings.sandbox))
+        if settings.jazzcash is not None or settings.card is not None:
+            if session is None:
+                raise ValueError("the JazzCash and card gateways need an aiohttp.ClientSession")
+            if settings.jazzcash is not None:
+                registry.register(JazzCashGateway(settings.jazzcash, session))
+            if settings.card is not None:
+                registry.register(CardGateway(settings.card, session))
+        return registry
