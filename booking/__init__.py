@@ -1,0 +1,1 @@
+"""Booking: doctors' availability, slots, the booking lifecycle and refunds."""
