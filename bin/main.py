@@ -49,9 +49,9 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("user", help="manage accounts")
-    _common(p)
     user_sub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     add = user_sub.add_parser("add", help="create an account")
+    _common(add)
     add.add_argument("--email", required=True)
     add.add_argument(
         "--role", required=True, choices=["admin", "clinic_staff", "doctor", "patient"]

@@ -31,7 +31,7 @@ from uuid import UUID
 import asyncpg
 import pydantic
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic.json_schema import models_json_schema
 
 from wadud import keys
@@ -54,6 +54,25 @@ class ApiModel(BaseModel):
     query strings, being text, convert (``?limit=10`` is an int)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL text cannot hold U+0000; refuse it here as a 422 rather
+        # than let it reach SQL as a 500.
+        if _has_nul(value):
+            raise ValueError("text may not contain the NUL character")
+        return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
 
 
 Auth = Literal["public", "optional", "any"] | frozenset[Role] | set[Role]

@@ -108,7 +108,11 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         return await handler(request)
     except WadudError as exc:
-        return problem(exc.http_status, exc.code, exc.title, exc.detail, request.path, **exc.extra)
+        # Subclasses with their own __init__ may skip WadudError's; str(exc)
+        # is then the detail.
+        detail = getattr(exc, "detail", None) or str(exc)
+        extra = getattr(exc, "extra", {})
+        return problem(exc.http_status, exc.code, exc.title, detail, request.path, **extra)
     except pydantic.ValidationError as exc:
         return problem(
             422,

@@ -99,3 +99,10 @@ async def test_idempotency_key_replays_first_answer(api: Api) -> None:
     users = {(await r.json(content_type=None)).get("user_id") for r in results if r.status == 201}
     assert len(users) == 1
     assert set(statuses) <= {201, 409}
+
+
+async def test_nul_characters_are_422_not_500(api: Api) -> None:
+    body = await api.post(
+        "/api/v1/auth/login", {"email": "a\u0000@b.test", "password": "x\u0000"}, expect=422
+    )
+    assert body["code"] == "validation-error"
