@@ -55,7 +55,7 @@ class ApiModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @field_validator("*", mode="before")
+    @field_validator("*", mode="after")
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
         # PostgreSQL text cannot hold U+0000; refuse it here as a 422 rather
