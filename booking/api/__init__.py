@@ -1,0 +1,1 @@
+"""HTTP resources of the booking API, one module per resource."""

@@ -1,0 +1,302 @@
+"""Clinics (tenants), and per-region settings: feature flags and commission.
+
+A clinic belongs to one region and bills in that region's currency. Admins
+manage clinics; clinic staff and doctors see only their own (another clinic is
+a 404, so ids do not leak).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal, cast
+from uuid import UUID
+
+import asyncpg
+from pydantic import Field, StringConstraints
+
+from wadud import outbox
+from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud.errors import NotFound, Unprocessable
+
+routes = Routes("clinics", "Clinics (tenants) and per-region settings.")
+
+Region = Literal["PK", "AE", "QA", "SA"]
+REGION_CURRENCY: dict[str, str] = {"PK": "PKR", "AE": "AED", "QA": "QAR", "SA": "SAR"}
+_REGION_PATH = "{region:(PK|AE|QA|SA)}"
+# Path patterns may not contain braces (the route syntax uses them), so the
+# length limit of a feature name is checked in the handler.
+_FEATURE_PATH = "{feature:[a-z][a-z0-9_.-]*}"
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+BasisPoints = Annotated[int, Field(ge=0, le=10_000)]
+Minor = Annotated[int, Field(ge=0, le=10**12)]
+
+
+class ClinicIn(ApiModel):
+    name: Name
+    region: Region
+    commission_bp: BasisPoints | None = None
+    commission_fixed_minor: Minor = 0
+
+
+class ClinicPatch(ApiModel):
+    name: Name | None = None
+    #: ``null`` returns the clinic to the region's (or the platform's) default.
+    commission_bp: BasisPoints | None = None
+    commission_fixed_minor: Minor | None = None
+
+
+class Clinic(ApiModel):
+    id: UUID
+    name: str
+    region: Region
+    currency: str
+    commission_bp: int | None
+    commission_fixed_minor: int
+    created_at: dt.datetime
+
+
+class ClinicPage(ApiModel):
+    items: list[Clinic]
+    next_after: UUID | None = Field(
+        description="Pass as ?after= for the next page; null on the last."
+    )
+
+
+class ClinicQuery(ApiModel):
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    after: UUID | None = None
+
+
+class Features(ApiModel):
+    region: Region
+    features: dict[str, bool]
+
+
+class FeatureIn(ApiModel):
+    enabled: bool
+
+
+class Feature(ApiModel):
+    region: Region
+    feature: str
+    enabled: bool
+
+
+class CommissionIn(ApiModel):
+    commission_bp: BasisPoints
+    commission_fixed_minor: Minor = 0
+
+
+class Commission(ApiModel):
+    region: Region
+    commission_bp: int
+    commission_fixed_minor: int
+
+
+_COLS = "id, name, region, currency, commission_bp, commission_fixed_minor, created_at"
+
+
+def _region(value: str) -> Region:
+    # The route pattern admits only the four regions.
+    return cast(Region, value)
+
+
+def _own_clinic(me: Principal, clinic_id: UUID) -> None:
+    if me.role != Role.ADMIN and me.clinic_id != clinic_id:
+        raise NotFound("no such clinic")
+
+
+@routes.post("/api/v1/clinics", body=ClinicIn, returns=Clinic, status=201, auth={Role.ADMIN})
+async def create_clinic(call: Call[ClinicIn, None]) -> Clinic:
+    """Create a clinic (tenant).
+
+    The currency follows the region (PK: PKR, AE: AED, QA: QAR, SA: SAR)."""
+    body = call.body
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""INSERT INTO clinics (name, region, currency, commission_bp,
+                                     commission_fixed_minor)
+                VALUES ($1, $2, $3, $4, $5) RETURNING {_COLS}""",
+            body.name,
+            body.region,
+            REGION_CURRENCY[body.region],
+            body.commission_bp,
+            body.commission_fixed_minor,
+        )
+        assert row is not None
+        await outbox.emit(
+            conn, "clinic.created", {"clinic_id": str(row["id"]), "region": body.region}
+        )
+    return Clinic(**dict(row))
+
+
+@routes.get(
+    "/api/v1/clinics",
+    query=ClinicQuery,
+    returns=ClinicPage,
+    auth={Role.ADMIN, Role.CLINIC_STAFF, Role.DOCTOR},
+)
+async def list_clinics(call: Call[None, ClinicQuery]) -> ClinicPage:
+    """List clinics: an admin sees all, staff and doctors their own.
+
+    Ordered by id; page with ``after``."""
+    me, q = call.user, call.query
+    own = None if me.role == Role.ADMIN else me.clinic_id
+    rows = await call.pool.fetch(
+        f"""SELECT {_COLS} FROM clinics
+            WHERE ($1::uuid IS NULL OR id = $1)
+              AND ($2::uuid IS NULL OR id > $2)
+            ORDER BY id LIMIT $3""",
+        own,
+        q.after,
+        q.limit + 1,
+    )
+    items = [Clinic(**dict(r)) for r in rows[: q.limit]]
+    return ClinicPage(items=items, next_after=items[-1].id if len(rows) > q.limit else None)
+
+
+@routes.get(
+    "/api/v1/clinics/{clinic_id:uuid}",
+    returns=Clinic,
+    auth={Role.ADMIN, Role.CLINIC_STAFF, Role.DOCTOR},
+)
+async def get_clinic(call: Call[None, None]) -> Clinic:
+    """A clinic: admins any, staff and doctors their own."""
+    clinic_id = call.path_uuid("clinic_id")
+    _own_clinic(call.user, clinic_id)
+    row = await call.pool.fetchrow(f"SELECT {_COLS} FROM clinics WHERE id = $1", clinic_id)
+    if row is None:
+        raise NotFound("no such clinic")
+    return Clinic(**dict(row))
+
+
+@routes.patch(
+    "/api/v1/clinics/{clinic_id:uuid}", body=ClinicPatch, returns=Clinic, auth={Role.ADMIN}
+)
+async def update_clinic(call: Call[ClinicPatch, None]) -> Clinic:
+    """Rename a clinic or change its commission.
+
+    Only the fields sent change; ``commission_bp: null`` clears the clinic's
+    own rate so the region's or platform's default applies."""
+    body = call.body
+    sent = body.model_fields_set
+    if "name" in sent and body.name is None:
+        raise Unprocessable("name cannot be null")
+    if "commission_fixed_minor" in sent and body.commission_fixed_minor is None:
+        raise Unprocessable("commission_fixed_minor cannot be null")
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""UPDATE clinics SET
+                    name = CASE WHEN $2 THEN $3 ELSE name END,
+                    commission_bp = CASE WHEN $4 THEN $5 ELSE commission_bp END,
+                    commission_fixed_minor =
+                        CASE WHEN $6 THEN $7 ELSE commission_fixed_minor END
+                WHERE id = $1 RETURNING {_COLS}""",
+            call.path_uuid("clinic_id"),
+            "name" in sent,
+            body.name,
+            "commission_bp" in sent,
+            body.commission_bp,
+            "commission_fixed_minor" in sent,
+            body.commission_fixed_minor,
+        )
+        if row is None:
+            raise NotFound("no such clinic")
+        await outbox.emit(
+            conn, "clinic.updated", {"clinic_id": str(row["id"]), "fields": sorted(sent)}
+        )
+    return Clinic(**dict(row))
+
+
+@routes.get(f"/api/v1/regions/{_REGION_PATH}/features", returns=Features, auth="public")
+async def region_features(call: Call[None, None]) -> Features:
+    """Feature flags of a region (e.g. instant consultations, a gateway)."""
+    region = call.path("region")
+    rows = await call.pool.fetch(
+        "SELECT feature, enabled FROM region_features WHERE region = $1 ORDER BY feature", region
+    )
+    return Features(region=_region(region), features={r["feature"]: r["enabled"] for r in rows})
+
+
+@routes.put(
+    f"/api/v1/regions/{_REGION_PATH}/features/{_FEATURE_PATH}",
+    body=FeatureIn,
+    returns=Feature,
+    auth={Role.ADMIN},
+)
+async def set_region_feature(call: Call[FeatureIn, None]) -> Feature:
+    """Turn a region's feature flag on or off."""
+    region, feature = call.path("region"), call.path("feature")
+    if len(feature) > 63:
+        raise Unprocessable("a feature name has at most 63 characters")
+    async with call.pool.acquire() as conn, conn.transaction():
+        try:
+            await conn.execute(
+                """INSERT INTO region_features (region, feature, enabled) VALUES ($1, $2, $3)
+                   ON CONFLICT (region, feature) DO UPDATE SET enabled = EXCLUDED.enabled""",
+                region,
+                feature,
+                call.body.enabled,
+            )
+        except asyncpg.CheckViolationError:
+            raise Unprocessable(f"{feature!r} is not a valid feature name") from None
+        await outbox.emit(
+            conn,
+            "region.feature_changed",
+            {"region": region, "feature": feature, "enabled": call.body.enabled},
+        )
+    return Feature(region=_region(region), feature=feature, enabled=call.body.enabled)
+
+
+@routes.put(
+    f"/api/v1/regions/{_REGION_PATH}/commission",
+    body=CommissionIn,
+    returns=Commission,
+    auth={Role.ADMIN},
+)
+async def set_region_commission(call: Call[CommissionIn, None]) -> Commission:
+    """Set the platform commission of a region.
+
+    A clinic's own commission overrides it; with neither, the configured
+    platform default applies."""
+    region, body = call.path("region"), call.body
+    async with call.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO region_commissions (region, commission_bp, commission_fixed_minor)
+               VALUES ($1, $2, $3)
+               ON CONFLICT (region) DO UPDATE
+                   SET commission_bp = EXCLUDED.commission_bp,
+                       commission_fixed_minor = EXCLUDED.commission_fixed_minor""",
+            region,
+            body.commission_bp,
+            body.commission_fixed_minor,
+        )
+        await outbox.emit(
+            conn,
+            "region.commission_changed",
+            {
+                "region": region,
+                "commission_bp": body.commission_bp,
+                "commission_fixed_minor": body.commission_fixed_minor,
+            },
+        )
+    return Commission(
+        region=_region(region),
+        commission_bp=body.commission_bp,
+        commission_fixed_minor=body.commission_fixed_minor,
+    )
+
+
+@routes.get(f"/api/v1/regions/{_REGION_PATH}/commission", returns=Commission, auth={Role.ADMIN})
+async def region_commission(call: Call[None, None]) -> Commission:
+    """The platform commission set for a region (404 if none is set)."""
+    region = call.path("region")
+    row = await call.pool.fetchrow(
+        "SELECT region, commission_bp, commission_fixed_minor FROM region_commissions"
+        " WHERE region = $1",
+        region,
+    )
+    if row is None:
+        raise NotFound(f"no commission is set for {region}")
+    return Commission(**dict(row))

@@ -1,0 +1,322 @@
+"""Database glue around the pure :mod:`booking.availability` core.
+
+The core knows nothing of rows; this module reads a doctor's settings, weekly
+rules and date overrides into an :class:`~booking.availability.Availability`,
+reads the doctor's active bookings as busy time, and asks the core for free
+slots. Handlers (catalogue, bookings, queue) call these functions on the
+connection of their own transaction, so a slot they check and the booking they
+insert see the same snapshot; the exclusion constraint on ``bookings`` stays
+the final word on races.
+
+Booking-core errors (:class:`booking.errors.BookingError`) are not
+``WadudError``s, so the problem middleware would turn them into 500s;
+:func:`translate` and :func:`booking_errors` map them to typed HTTP errors
+carrying the core's status and code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from booking import availability as av
+from booking.errors import BookingError, InvalidTimeRange
+from booking.lifecycle import ACTIVE_STATES
+from wadud.errors import BadRequest, Conflict, NotFound, Unprocessable, WadudError
+
+__all__ = [
+    "ACTIVE_STATE_VALUES",
+    "blocked",
+    "booking_errors",
+    "build_availability",
+    "busy_intervals",
+    "free_slots",
+    "is_offered",
+    "load_availability",
+    "parse_windows",
+    "refresh_next_free",
+    "translate",
+]
+
+#: The ``bookings.status`` values that occupy a doctor's time.
+ACTIVE_STATE_VALUES: list[str] = sorted(s.value for s in ACTIVE_STATES)
+
+# Busy rows are fetched this far beyond a queried range: a slot starting in the
+# range may end up to a day later (the longest slot) plus its buffers, and a
+# booking's blocked range may start up to its own buffer before the range.
+_BUSY_MARGIN = timedelta(days=1, hours=5)
+
+_ERROR_BASES: Mapping[int, type[WadudError]] = {
+    400: BadRequest,
+    404: NotFound,
+    409: Conflict,
+    422: Unprocessable,
+}
+_translated: dict[tuple[int, str], type[WadudError]] = {}
+
+
+def translate(exc: BookingError) -> WadudError:
+    """The HTTP error for a booking-core error: same status, same code slug."""
+    status = exc.http_status if exc.http_status in _ERROR_BASES else 422
+    cls = _translated.get((status, exc.code))
+    if cls is None:
+        base = _ERROR_BASES[status]
+        cls = type(
+            f"Http{type(exc).__name__}",
+            (base,),
+            {"code": exc.code.replace("_", "-"), "title": base.title},
+        )
+        _translated[(status, exc.code)] = cls
+    return cls(str(exc))
+
+
+@contextlib.contextmanager
+def booking_errors() -> Iterator[None]:
+    """Re-raise booking-core errors inside the block as typed HTTP errors."""
+    try:
+        yield
+    except BookingError as exc:
+        raise translate(exc) from exc
+
+
+# -- reading availability ------------------------------------------------------
+
+
+def _time(text: str, *, is_end: bool) -> time:
+    # "24:00" is accepted as an end, meaning midnight at the end of the day
+    # (the core spells that time(0)).
+    if is_end and text == "24:00":
+        return time(0)
+    try:
+        t = time.fromisoformat(text)
+    except ValueError:
+        raise Unprocessable(f"{text!r} is not a wall time HH:MM") from None
+    return t
+
+
+def parse_windows(items: Sequence[Mapping[str, Any]]) -> tuple[av.TimeWindow, ...]:
+    """Windows from their stored / JSON form ``{"start", "end", "types"}``."""
+    with booking_errors():
+        return tuple(
+            av.TimeWindow(
+                _time(str(w["start"]), is_end=False),
+                _time(str(w["end"]), is_end=True),
+                frozenset(av.ConsultationType.parse(str(t)) for t in w.get("types", ["video"])),
+            )
+            for w in items
+        )
+
+
+def build_availability(
+    doctor: Mapping[str, Any],
+    rules: Sequence[Mapping[str, Any]],
+    overrides: Sequence[Mapping[str, Any]],
+) -> av.Availability:
+    """The core's availability from a doctors row (or the same keys from a
+    request), weekly rule rows and override rows. Raises typed HTTP errors
+    (422) when the combination is inconsistent."""
+    with booking_errors():
+        weekly = tuple(
+            av.WeeklyRule(
+                int(r["weekday"]),
+                r["start_local"],
+                r["end_local"],
+                frozenset(av.ConsultationType.parse(t) for t in r["types"]),
+            )
+            for r in rules
+        )
+        days = tuple(
+            av.DateOverride.day_off(o["day"])
+            if o["closed"]
+            else av.DateOverride(o["day"], parse_windows(o["windows"]))
+            for o in overrides
+        )
+        lengths = {av.ConsultationType.parse(k): int(v) for k, v in doctor["slot_minutes"].items()}
+        return av.Availability(
+            time_zone=av.parse_time_zone(doctor["time_zone"]),
+            weekly=weekly,
+            slot_minutes=lengths,
+            overrides=days,
+            buffer_before_minutes=int(doctor["buffer_before_min"]),
+            buffer_after_minutes=int(doctor["buffer_after_min"]),
+            min_notice_minutes=int(doctor["min_notice_min"]),
+            horizon_days=int(doctor["horizon_days"]),
+        )
+
+
+async def load_availability(
+    conn: asyncpg.Connection, doctor_id: UUID, *, lock: bool = False
+) -> tuple[asyncpg.Record, av.Availability]:
+    """The doctors row and its availability; :class:`NotFound` if no such doctor.
+
+    ``lock=True`` takes the doctor's row ``FOR UPDATE`` (serialises writers of
+    one doctor's schedule)."""
+    row = await conn.fetchrow(
+        "SELECT * FROM doctors WHERE id = $1" + (" FOR UPDATE" if lock else ""), doctor_id
+    )
+    if row is None:
+        raise NotFound("no such doctor")
+    rules = await conn.fetch(
+        """SELECT weekday, start_local, end_local, types FROM availability_rules
+           WHERE doctor_id = $1 ORDER BY weekday, start_local""",
+        doctor_id,
+    )
+    # Overrides of dates long past change nothing; a two-day margin covers
+    # every time zone's "today".
+    overrides = await conn.fetch(
+        """SELECT day, windows, closed FROM availability_overrides
+           WHERE doctor_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 2
+           ORDER BY day""",
+        doctor_id,
+    )
+    return row, build_availability(row, rules, overrides)
+
+
+async def busy_intervals(
+    conn: asyncpg.Connection,
+    doctor_id: UUID,
+    start: datetime,
+    end: datetime,
+    *,
+    now: datetime | None = None,
+) -> list[av.BusyInterval]:
+    """Blocked ranges of the doctor's active bookings overlapping ``[start, end)``.
+
+    Holds whose ``hold_expires_at`` has passed (at ``now``, default the
+    database clock) no longer count, even before the sweeper expires them.
+    Each range is the stored ``bookings.blocked`` (already widened by the
+    buffers in force at booking time), so it carries no buffer of its own.
+    """
+    rows = await conn.fetch(
+        """SELECT lower(blocked) AS lo, upper(blocked) AS hi FROM bookings
+           WHERE doctor_id = $1
+             AND status = ANY($2::text[])
+             AND NOT (status = 'held' AND hold_expires_at IS NOT NULL
+                      AND hold_expires_at <= coalesce($5::timestamptz, now()))
+             AND starts_at < $4
+             AND starts_at >= $3::timestamptz - interval '2 days'
+             AND blocked && tstzrange($3, $4)
+           ORDER BY lo""",
+        doctor_id,
+        ACTIVE_STATE_VALUES,
+        start,
+        end,
+        now,
+    )
+    return [av.BusyInterval(r["lo"], r["hi"], 0, 0) for r in rows]
+
+
+async def free_slots(
+    conn: asyncpg.Connection,
+    doctor_id: UUID,
+    consultation_type: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+) -> list[av.Slot]:
+    """Free slots of the doctor starting in ``[start, end)``, as of ``now``.
+
+    Does not look at the doctor's status; callers decide who may see a
+    draft's or a suspended doctor's slots. Raises 404 for an unknown doctor,
+    422 for an unknown or unoffered type or a bad range."""
+    _, availability = await load_availability(conn, doctor_id)
+    return await _free(conn, doctor_id, availability, consultation_type, start, end, now)
+
+
+async def _free(
+    conn: asyncpg.Connection,
+    doctor_id: UUID,
+    availability: av.Availability,
+    consultation_type: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+) -> list[av.Slot]:
+    with booking_errors():
+        if end < start:
+            raise InvalidTimeRange("the range ends before it starts")
+        busy = await busy_intervals(
+            conn, doctor_id, start - _BUSY_MARGIN, end + _BUSY_MARGIN, now=now
+        )
+        return av.free_slots(availability, consultation_type, start, end, now, busy)
+
+
+async def is_offered(
+    conn: asyncpg.Connection,
+    doctor_id: UUID,
+    consultation_type: str,
+    starts_at: datetime,
+    now: datetime,
+) -> av.Slot | None:
+    """The free slot starting exactly at ``starts_at``, or ``None`` if there is
+    none now (off the grid, outside the windows, too soon, beyond the horizon,
+    or taken)."""
+    slots = await free_slots(
+        conn, doctor_id, consultation_type, starts_at, starts_at + timedelta(microseconds=1), now
+    )
+    for slot in slots:
+        if slot.start == starts_at:
+            return slot
+    return None
+
+
+def blocked(
+    doctor_row: Mapping[str, Any], start: datetime, end: datetime
+) -> tuple[datetime, datetime]:
+    """The range to store in ``bookings.blocked`` for ``[start, end)``: the
+    slot widened by the doctor's current buffers."""
+    with booking_errors():
+        return av.blocked_range(
+            start,
+            end,
+            timedelta(minutes=int(doctor_row["buffer_before_min"])),
+            timedelta(minutes=int(doctor_row["buffer_after_min"])),
+        )
+
+
+async def next_free(
+    conn: asyncpg.Connection, doctor_id: UUID, availability: av.Availability, now: datetime
+) -> datetime | None:
+    """The start of the doctor's earliest free slot of any offered type."""
+    horizon_end = datetime.combine(
+        now.astimezone(availability.time_zone).date()
+        + timedelta(days=availability.horizon_days + 2),
+        time(),
+        UTC,
+    )
+    busy = await busy_intervals(conn, doctor_id, now - _BUSY_MARGIN, horizon_end, now=now)
+    best: datetime | None = None
+    for ctype in availability.slot_minutes:
+        slot = av.next_free_slot(availability, ctype, now, busy)
+        if slot is not None and (best is None or slot.start < best):
+            best = slot.start
+    return best
+
+
+async def refresh_next_free(
+    conn: asyncpg.Connection, doctor_id: UUID, now: datetime
+) -> datetime | None:
+    """Recompute and store ``doctors.next_free_at``; call after a change to
+    the doctor's availability or bookings (inside that transaction)."""
+    _, availability = await load_availability(conn, doctor_id)
+    value = await next_free(conn, doctor_id, availability, now)
+    await conn.execute(
+        """UPDATE doctors SET next_free_at = $2, next_free_checked_at = $3 WHERE id = $1""",
+        doctor_id,
+        value,
+        now,
+    )
+    return value
+
+
+def day_of(text: str) -> date:
+    """A ``YYYY-MM-DD`` path segment as a date (422 if no such date)."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise Unprocessable(f"{text!r} is not a calendar date YYYY-MM-DD") from None
