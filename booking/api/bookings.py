@@ -1,0 +1,532 @@
+"""Bookings over HTTP: holds, the lifecycle, cancellation and rescheduling,
+the patient's tokenised manage links, and a booking's video links.
+
+Who sees what: a patient their own bookings, a doctor theirs, clinic staff
+their clinic's, admins all. A booking outside the caller's scope is a 404, the
+same as one that does not exist, so ids do not leak across tenants.
+
+The rules themselves (locks, the lifecycle table, refunds, the exclusion
+constraint) live in :mod:`booking.service`; handlers decide who may act and
+translate the caller into the service's terms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+from pydantic import AwareDatetime, BeforeValidator, Field, StringConstraints
+
+from booking import service
+from booking.lifecycle import Event, State, allowed_events
+from booking.refunds import CANCELLERS, Canceller
+from booking.service import BookingNotFound, TooEarly
+from wadud import auth, keys
+from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud.errors import BadRequest, Conflict, NotFound
+
+routes = Routes("bookings", "Bookings, their lifecycle, manage links and video links.")
+log = logging.getLogger("booking.bookings")
+
+#: A consultation may start, and its video link opens, this long before the slot.
+EARLY_JOIN = dt.timedelta(minutes=10)
+#: Seconds between sweeps that expire lapsed holds.
+HOLD_SWEEP_INTERVAL = 15.0
+
+STAFF = {Role.DOCTOR, Role.CLINIC_STAFF, Role.ADMIN}
+
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+ManageToken = "{token:[A-Za-z0-9_-]+}"
+
+
+def _iso(value: Any) -> Any:
+    # ApiModel's field-wide "before" validator makes pydantic validate JSON
+    # bodies in strict Python mode, where a datetime is never parsed from a
+    # string; parse ISO 8601 here so a JSON timestamp is accepted (and a
+    # naive one still refused by AwareDatetime).
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return dt.datetime.fromisoformat(value)
+    return value
+
+
+#: A timezone-aware ISO 8601 instant in a JSON body.
+Instant = Annotated[AwareDatetime, BeforeValidator(_iso)]
+
+
+class BookingIn(ApiModel):
+    doctor_id: UUID
+    type: Literal["video", "in_person"]
+    starts_at: Instant
+
+
+class CancelIn(ApiModel):
+    reason: Reason = ""
+
+
+class RescheduleIn(ApiModel):
+    starts_at: Instant
+
+
+class BookingOut(ApiModel):
+    id: UUID
+    clinic_id: UUID
+    doctor_id: UUID
+    patient_id: UUID
+    type: Literal["video", "in_person"]
+    status: State
+    starts_at: dt.datetime
+    ends_at: dt.datetime
+    hold_expires_at: dt.datetime | None
+    price_minor: int
+    currency: str
+    cancelled_by: str | None
+    cancel_reason: str | None
+    refund_minor: int
+    instant: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    #: Lifecycle events the booking's state accepts (whoever may send them).
+    allowed_events: list[Event]
+
+
+class BookingPage(ApiModel):
+    items: list[BookingOut]
+    #: Pass as ``cursor`` for the next page; null on the last page.
+    next_cursor: str | None
+
+
+class BookingQuery(ApiModel):
+    status: list[State] = Field(default_factory=list)
+    doctor_id: UUID | None = None
+    #: Bookings starting at or after this instant.
+    start_from: AwareDatetime | None = Field(default=None, alias="from")
+    #: Bookings starting before this instant.
+    to: AwareDatetime | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class ManageLink(ApiModel):
+    booking_id: UUID
+    token: str
+    #: The public manage resource for this token (GET, and POST .../cancel or
+    #: .../reschedule).
+    url: str
+
+
+class VideoLink(ApiModel):
+    booking_id: UUID
+    room: str
+    role: str
+    url: str
+    token: str
+    not_before: dt.datetime
+    expires_at: dt.datetime
+    admin: bool
+
+
+def booking_out(row: asyncpg.Record) -> BookingOut:
+    data = {k: row[k] for k in BookingOut.model_fields if k != "allowed_events"}
+    events = sorted(allowed_events(State(row["status"])))
+    return BookingOut(**data, allowed_events=events)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def scope(me: Principal, args: list[Any], alias: str = "b") -> str:
+    """The SQL condition restricting bookings ``alias`` to what ``me`` may
+    see; appends its parameters to ``args``."""
+    if me.role is Role.ADMIN:
+        return "true"
+    if me.role is Role.PATIENT:
+        args.append(me.user_id)
+        return f"{alias}.patient_id = ${len(args)}"
+    if me.clinic_id is None:  # a doctor or staff token always names a clinic
+        return "false"
+    args.append(me.clinic_id)
+    clinic = f"{alias}.clinic_id = ${len(args)}"
+    if me.role is Role.DOCTOR:
+        args.append(me.user_id)
+        return (
+            f"{clinic} AND {alias}.doctor_id IN "
+            f"(SELECT id FROM doctors WHERE user_id = ${len(args)})"
+        )
+    return clinic
+
+
+async def visible_booking(
+    conn: asyncpg.Connection, booking_id: UUID, me: Principal, *, lock: bool = False
+) -> asyncpg.Record:
+    """The booking if ``me`` may see it (locked ``FOR UPDATE`` with ``lock``),
+    else :class:`BookingNotFound`."""
+    args: list[Any] = [booking_id]
+    cond = scope(me, args)
+    row = await conn.fetchrow(
+        f"SELECT b.* FROM bookings b WHERE b.id = $1 AND {cond}"
+        + (" FOR UPDATE OF b" if lock else ""),
+        *args,
+    )
+    if row is None:
+        raise BookingNotFound("no such booking")
+    return row
+
+
+# -- holds and reading -----------------------------------------------------------
+
+
+@routes.post("/api/v1/bookings", body=BookingIn, returns=BookingOut, status=201,
+             auth={Role.PATIENT})  # fmt: skip
+async def create_booking(call: Call[BookingIn, None]) -> BookingOut:
+    """Hold a slot while the patient pays.
+
+    The slot must be offered now (see the doctor's slots). The booking starts
+    as ``held`` until ``hold_expires_at``; a successful payment turns it into a
+    request for the doctor. Two patients racing for overlapping time: exactly
+    one gets the hold, the other a 409 ``slot-taken``. Anonymous patient
+    sessions may book."""
+    body = call.body
+    async with call.pool.acquire() as conn:
+        row = await service.create_hold(
+            conn,
+            patient_id=call.user.user_id,
+            doctor_id=body.doctor_id,
+            consultation_type=body.type,
+            starts_at=body.starts_at,
+            hold_minutes=call.settings.booking_hold_minutes,
+        )
+    return booking_out(row)
+
+
+def _encode_cursor(row: asyncpg.Record) -> str:
+    raw = f"{row['starts_at'].isoformat()}|{row['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, ident = raw.partition("|")
+        when = dt.datetime.fromisoformat(at)
+        if when.utcoffset() is None:
+            raise ValueError("naive")
+        return when, UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequest("cursor is not one this API returned") from None
+
+
+@routes.get("/api/v1/bookings", query=BookingQuery, returns=BookingPage, auth="any")
+async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
+    """List bookings the caller may see, by start time.
+
+    Patients see their own, doctors theirs, clinic staff their clinic's,
+    admins all. Filter by ``status`` (repeatable), ``doctor_id`` and a
+    ``from``/``to`` start-time range; page with ``cursor``."""
+    q = call.query
+    args: list[Any] = []
+    where = [scope(call.user, args)]
+    if q.status:
+        args.append([s.value for s in q.status])
+        where.append(f"b.status = ANY(${len(args)}::text[])")
+    if q.doctor_id is not None:
+        args.append(q.doctor_id)
+        where.append(f"b.doctor_id = ${len(args)}")
+    if q.start_from is not None:
+        args.append(q.start_from)
+        where.append(f"b.starts_at >= ${len(args)}")
+    if q.to is not None:
+        args.append(q.to)
+        where.append(f"b.starts_at < ${len(args)}")
+    if q.cursor is not None:
+        at, ident = _decode_cursor(q.cursor)
+        args.extend([at, ident])
+        where.append(f"(b.starts_at, b.id) > (${len(args) - 1}, ${len(args)})")
+    args.append(q.limit + 1)
+    rows = await call.pool.fetch(
+        f"""SELECT b.* FROM bookings b WHERE {" AND ".join(where)}
+            ORDER BY b.starts_at, b.id LIMIT ${len(args)}""",
+        *args,
+    )
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    return BookingPage(
+        items=[booking_out(r) for r in rows],
+        next_cursor=_encode_cursor(rows[-1]) if more else None,
+    )
+
+
+@routes.get("/api/v1/bookings/{id:uuid}", returns=BookingOut, auth="any")
+async def get_booking(call: Call[None, None]) -> BookingOut:
+    """One booking (404 unless the caller may see it)."""
+    async with call.pool.acquire() as conn:
+        return booking_out(await visible_booking(conn, call.path_uuid("id"), call.user))
+
+
+# -- the doctor's side of the lifecycle ------------------------------------------
+
+
+async def _act(call: Call[Any, Any], event: Event) -> BookingOut:
+    me = call.user
+    now = _now()
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
+        if event is Event.START and now < row["starts_at"] - EARLY_JOIN:
+            raise TooEarly(f"the consultation can start from {row['starts_at'] - EARLY_JOIN}")
+        if event is Event.MARK_NO_SHOW and now < row["starts_at"]:
+            raise TooEarly("a patient is absent only once the slot has started")
+        updated = await service.apply_event(conn, row, event, actor_id=me.user_id, now=now)
+    return booking_out(updated)
+
+
+@routes.post("/api/v1/bookings/{id:uuid}/accept", returns=BookingOut, auth=STAFF)
+async def accept_booking(call: Call[None, None]) -> BookingOut:
+    """Accept a requested booking (its doctor, or staff of its clinic)."""
+    return await _act(call, Event.ACCEPT)
+
+
+@routes.post("/api/v1/bookings/{id:uuid}/decline", returns=BookingOut, auth=STAFF)
+async def decline_booking(call: Call[None, None]) -> BookingOut:
+    """Decline a requested booking; the patient is refunded in full."""
+    me = call.user
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
+        updated = await service.cancel_booking(
+            conn,
+            row["id"],
+            by=CANCELLERS[Event.DECLINE],
+            actor_id=me.user_id,
+            reason="declined",
+            decline=True,
+        )
+    return booking_out(updated)
+
+
+@routes.post("/api/v1/bookings/{id:uuid}/start", returns=BookingOut, auth=STAFF)
+async def start_booking(call: Call[None, None]) -> BookingOut:
+    """Start the consultation (from 10 minutes before the slot)."""
+    return await _act(call, Event.START)
+
+
+@routes.post("/api/v1/bookings/{id:uuid}/complete", returns=BookingOut, auth=STAFF)
+async def complete_booking(call: Call[None, None]) -> BookingOut:
+    """Complete a consultation in progress."""
+    return await _act(call, Event.COMPLETE)
+
+
+@routes.post("/api/v1/bookings/{id:uuid}/no-show", returns=BookingOut, auth=STAFF)
+async def no_show_booking(call: Call[None, None]) -> BookingOut:
+    """Record that the patient did not turn up (once the slot has started).
+
+    A doctor who does not turn up is a cancellation by the doctor, never a
+    no-show."""
+    return await _act(call, Event.MARK_NO_SHOW)
+
+
+# -- cancel and reschedule -------------------------------------------------------
+
+
+def _canceller(me: Principal) -> Canceller:
+    if me.role is Role.PATIENT:
+        return Canceller.PATIENT
+    if me.role is Role.DOCTOR:
+        return Canceller.DOCTOR
+    return Canceller.CLINIC
+
+
+@routes.post("/api/v1/bookings/{id:uuid}/cancel", body=CancelIn, returns=BookingOut, auth="any")
+async def cancel_booking(call: Call[CancelIn, None]) -> BookingOut:
+    """Cancel a booking (its patient, its doctor, or staff of its clinic).
+
+    The refund follows the cancellation policy: a patient cancelling 24 h or
+    more ahead gets everything back, from 2 h half, later nothing; a doctor or
+    clinic cancelling refunds in full; an unpaid hold refunds nothing. The
+    booking records who cancelled, why, and ``refund_minor``."""
+    me = call.user
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
+        updated = await service.cancel_booking(
+            conn, row["id"], by=_canceller(me), actor_id=me.user_id, reason=call.body.reason
+        )
+    return booking_out(updated)
+
+
+@routes.post("/api/v1/bookings/{id:uuid}/reschedule", body=RescheduleIn, returns=BookingOut,
+             auth={Role.PATIENT, Role.CLINIC_STAFF, Role.ADMIN})  # fmt: skip
+async def reschedule_booking(call: Call[RescheduleIn, None]) -> BookingOut:
+    """Move a requested or accepted booking to another offered slot.
+
+    Atomic: the booking moves only if the new slot is offered and nobody holds
+    the time (409 ``slot-taken``); otherwise it stays where it was."""
+    me = call.user
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
+        updated = await service.reschedule_booking(
+            conn, row["id"], call.body.starts_at, actor_id=me.user_id
+        )
+    return booking_out(updated)
+
+
+# -- manage links ----------------------------------------------------------------
+
+
+def _manage_url(call: Call[Any, Any], token: str) -> str:
+    return f"{call.settings.base_url}/api/v1/manage/{token}"
+
+
+@routes.post("/api/v1/bookings/{id:uuid}/manage-link", returns=ManageLink,
+             auth={Role.PATIENT})  # fmt: skip
+async def new_manage_link(call: Call[None, None]) -> ManageLink:
+    """A fresh manage link for one of the patient's bookings.
+
+    Anyone holding the link can view, cancel and reschedule that booking (and
+    nothing else) without signing in, so it can be emailed. A new link
+    replaces the previous one, which stops working. Bookings get a first link
+    automatically when they become requested (sent with the
+    ``booking.requested`` event)."""
+    me = call.user
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
+        token = await service.rotate_manage_token(conn, row["id"])
+    return ManageLink(booking_id=row["id"], token=token, url=_manage_url(call, token))
+
+
+async def _by_token(conn: asyncpg.Connection, token: str, *, lock: bool = False) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "SELECT * FROM bookings WHERE manage_token_hash = $1" + (" FOR UPDATE" if lock else ""),
+        service.hash_manage_token(token),
+    )
+    if row is None:
+        raise NotFound("no booking has this manage link; ask for a new one")
+    return row
+
+
+@routes.get(f"/api/v1/manage/{ManageToken}", returns=BookingOut, auth="public")
+async def manage_view(call: Call[None, None]) -> BookingOut:
+    """The booking a manage link is for."""
+    async with call.pool.acquire() as conn:
+        return booking_out(await _by_token(conn, call.path("token")))
+
+
+@routes.post(f"/api/v1/manage/{ManageToken}/cancel", body=CancelIn, returns=BookingOut,
+             auth="public")  # fmt: skip
+async def manage_cancel(call: Call[CancelIn, None]) -> BookingOut:
+    """Cancel the booking of a manage link, as its patient (same refund policy)."""
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await _by_token(conn, call.path("token"), lock=True)
+        updated = await service.cancel_booking(
+            conn,
+            row["id"],
+            by=Canceller.PATIENT,
+            actor_id=row["patient_id"],
+            reason=call.body.reason,
+        )
+    return booking_out(updated)
+
+
+@routes.post(f"/api/v1/manage/{ManageToken}/reschedule", body=RescheduleIn,
+             returns=BookingOut, auth="public")  # fmt: skip
+async def manage_reschedule(call: Call[RescheduleIn, None]) -> BookingOut:
+    """Reschedule the booking of a manage link, as its patient."""
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await _by_token(conn, call.path("token"), lock=True)
+        updated = await service.reschedule_booking(
+            conn, row["id"], call.body.starts_at, actor_id=row["patient_id"]
+        )
+    return booking_out(updated)
+
+
+# -- video links -----------------------------------------------------------------
+
+
+class NoVideoLink(Conflict):
+    code = "video-link-unavailable"
+    title = "This booking has no video consultation now"
+
+
+@routes.get("/api/v1/bookings/{id:uuid}/video-link", returns=VideoLink,
+            auth={Role.PATIENT, Role.DOCTOR, Role.CLINIC_STAFF})  # fmt: skip
+async def video_link(call: Call[None, None]) -> VideoLink:
+    """The caller's link into the booking's consultation room.
+
+    For an accepted or in-progress video booking. The patient's link publishes
+    and subscribes; the doctor's (and clinic staff's) also has admin rights
+    (admit, mute, end). The room token is valid from 10 minutes before the
+    slot until its end."""
+    me = call.user
+    async with call.pool.acquire() as conn:
+        row = await visible_booking(conn, call.path_uuid("id"), me)
+        if row["status"] not in (State.ACCEPTED, State.IN_PROGRESS):
+            raise NoVideoLink(f"the booking is {row['status']}; links open once it is accepted")
+        if row["type"] != "video":
+            raise NoVideoLink("this is an in-person consultation")
+        if me.role is Role.DOCTOR:
+            name = await conn.fetchval(
+                "SELECT display_name FROM doctors WHERE id = $1", row["doctor_id"]
+            )
+        else:
+            name = await conn.fetchval("SELECT display_name FROM users WHERE id = $1", me.user_id)
+    room = f"booking-{row['id']}"
+    is_patient = me.role is Role.PATIENT
+    grant = auth.RoomGrant(
+        room=room,
+        identity=str(me.user_id),
+        name=name or "",
+        role="patient" if is_patient else ("doctor" if me.role is Role.DOCTOR else "staff"),
+        publish=True,
+        subscribe=True,
+        admin=not is_patient,
+    )
+    not_before = row["starts_at"] - EARLY_JOIN
+    expires = row["ends_at"]
+    token = auth.issue_room_token(call.settings, grant, not_before=not_before, expires=expires)
+    return VideoLink(
+        booking_id=row["id"],
+        room=room,
+        role=grant.role,
+        url=f"{call.settings.base_url}/call/{room}?token={token}",
+        token=token,
+        not_before=not_before,
+        expires_at=expires,
+        admin=grant.admin,
+    )
+
+
+# -- background ------------------------------------------------------------------
+
+
+async def _sweep_forever(pool: asyncpg.Pool, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            n = await service.sweep_holds(pool)
+            if n:
+                log.info("expired lapsed holds", extra={"count": n})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("hold sweep failed; retrying next round")
+
+
+async def lifespan(app: web.Application) -> AsyncIterator[None]:
+    """Expire lapsed holds every ``HOLD_SWEEP_INTERVAL`` seconds (a booking
+    request also expires its doctor's at once, so this only tidies up)."""
+    task = asyncio.create_task(
+        _sweep_forever(app[keys.DB], HOLD_SWEEP_INTERVAL), name="booking-hold-sweeper"
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,523 @@
+"""Bookings in the database: holds, lifecycle transitions, cancellation with
+refunds, rescheduling, manage tokens and the hold sweeper.
+
+Every function here runs on the caller's connection, inside the caller's
+transaction (each also opens one of its own, which nests as a savepoint), so
+an HTTP handler, the payments service and the sweeper all get the same rules:
+
+* the row is locked ``FOR UPDATE`` before its state is read, and the pure
+  table in :mod:`booking.lifecycle` decides the next state;
+* every change writes a ``booking_events`` row and an outbox event
+  ``booking.<new state>`` in the same transaction, so the event exists if and
+  only if the change committed;
+* time is arbitrated by the ``bookings_no_overlap`` exclusion constraint, never
+  by a check in Python: a check can only be a courtesy that gives a clearer
+  error, the constraint is what makes a race impossible.
+
+Lock order, to keep deadlocks out: booking rows first (a doctor's lapsed holds
+ordered by ``(hold_expires_at, id)``, or the one booking acted on), then the
+doctor's row last (``refresh_next_free`` updates it just before commit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from booking import availability as av
+from booking import refunds, slots
+from booking.errors import InvalidTransition
+from booking.lifecycle import ACTIVE_STATES, Event, State, transition
+from booking.refunds import Canceller
+from wadud import outbox
+from wadud.errors import Conflict, NotFound
+
+__all__ = [
+    "HOLD_SWEEP_BATCH",
+    "BookingNotFound",
+    "SlotNotOffered",
+    "SlotTaken",
+    "TooEarly",
+    "TransitionRefused",
+    "amount_paid",
+    "cancel_booking",
+    "create_hold",
+    "expire_lapsed_holds",
+    "hash_manage_token",
+    "new_manage_token",
+    "reschedule_booking",
+    "sweep_holds",
+    "transition_booking",
+]
+
+log = logging.getLogger("booking.service")
+
+#: Lapsed holds expired per sweeper transaction.
+HOLD_SWEEP_BATCH = 200
+_EPSILON = dt.timedelta(microseconds=1)
+
+_CANCEL_EVENTS: Mapping[Canceller, Event] = {
+    Canceller.PATIENT: Event.CANCEL_BY_PATIENT,
+    Canceller.DOCTOR: Event.CANCEL_BY_DOCTOR,
+    Canceller.CLINIC: Event.CANCEL_BY_CLINIC,
+}
+
+
+class BookingNotFound(NotFound):
+    code = "booking-not-found"
+    title = "No such booking"
+
+
+class SlotTaken(Conflict):
+    code = "slot-taken"
+    title = "Someone else has this time"
+
+
+class SlotNotOffered(Conflict):
+    code = "slot-not-offered"
+    title = "The doctor does not offer this slot now"
+
+
+class TransitionRefused(Conflict):
+    code = "invalid-transition"
+    title = "Not allowed in the booking's current state"
+
+
+class TooEarly(Conflict):
+    code = "too-early"
+    title = "Too early for this action"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def next_state(state: str, event: Event) -> State:
+    """The lifecycle's next state, as a typed HTTP 409 when it refuses."""
+    try:
+        return transition(State(state), event)
+    except (InvalidTransition, ValueError):
+        raise TransitionRefused(f"cannot {event.value} a booking that is {state}") from None
+
+
+# -- manage tokens -------------------------------------------------------------
+
+
+def new_manage_token() -> str:
+    """A fresh secret for a patient's manage link (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_manage_token(token: str) -> bytes:
+    """What ``bookings.manage_token_hash`` stores: the secret is never kept."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+# -- events --------------------------------------------------------------------
+
+
+def event_payload(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The booking as outbox events carry it (JSON-ready)."""
+    return {
+        "booking_id": str(row["id"]),
+        "clinic_id": str(row["clinic_id"]),
+        "doctor_id": str(row["doctor_id"]),
+        "patient_id": str(row["patient_id"]),
+        "type": row["type"],
+        "status": row["status"],
+        "starts_at": row["starts_at"].isoformat(),
+        "ends_at": row["ends_at"].isoformat(),
+        "price_minor": row["price_minor"],
+        "currency": row["currency"],
+        "instant": row["instant"],
+    }
+
+
+async def record_event(
+    conn: asyncpg.Connection,
+    row: Mapping[str, Any],
+    event: str,
+    from_state: str | None,
+    *,
+    actor_id: UUID | None,
+    detail: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write the audit row and the outbox event ``booking.<row's state>``.
+
+    ``extra`` goes to the outbox event only (secrets such as a fresh manage
+    token must reach the notifier but never the audit table)."""
+    await conn.execute(
+        """INSERT INTO booking_events
+               (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)""",
+        row["id"],
+        row["clinic_id"],
+        event,
+        from_state,
+        row["status"],
+        actor_id,
+        detail or {},
+    )
+    payload = event_payload(row)
+    payload.update(
+        event=event,
+        from_state=from_state,
+        actor_id=str(actor_id) if actor_id else None,
+        detail=detail or {},
+        **(extra or {}),
+    )
+    await outbox.emit(conn, f"booking.{row['status']}", payload)
+
+
+# -- transitions ---------------------------------------------------------------
+
+
+async def _lock(conn: asyncpg.Connection, booking_id: UUID) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT * FROM bookings WHERE id = $1 FOR UPDATE", booking_id)
+    if row is None:
+        raise BookingNotFound("no such booking")
+    return row
+
+
+async def transition_booking(
+    conn: asyncpg.Connection,
+    booking_id: UUID,
+    event: Event,
+    *,
+    actor_id: UUID | None,
+    detail: dict[str, Any] | None = None,
+) -> asyncpg.Record:
+    """Apply ``event`` to a booking and return the updated row.
+
+    Locks the row ``FOR UPDATE``, asks :func:`booking.lifecycle.transition`
+    for the next state (:class:`TransitionRefused`, HTTP 409, when the table
+    has no entry), stores it, writes a ``booking_events`` row and the outbox
+    event ``booking.<new state>``, and refreshes the doctor's
+    ``next_free_at`` when the booking starts or stops occupying time. A
+    booking entering ``requested`` gets a new manage token, whose secret
+    travels only in that outbox event (``manage_token``) so the notifier can
+    send the patient their link. Raises :class:`BookingNotFound` for an
+    unknown id. Call inside the caller's transaction."""
+    async with conn.transaction():
+        row = await _lock(conn, booking_id)
+        return await apply_event(conn, row, event, actor_id=actor_id, detail=detail)
+
+
+async def apply_event(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    event: Event,
+    *,
+    actor_id: UUID | None,
+    detail: dict[str, Any] | None = None,
+    now: dt.datetime | None = None,
+    refresh: bool = True,
+) -> asyncpg.Record:
+    """:func:`transition_booking` on a row the caller has locked already."""
+    now = now or _now()
+    old = State(row["status"])
+    new = next_state(row["status"], event)
+    token: str | None = None
+    if new is State.REQUESTED and old is not State.REQUESTED:
+        token = new_manage_token()
+    updated = await conn.fetchrow(
+        """UPDATE bookings
+           SET status = $2, updated_at = $3,
+               manage_token_hash = coalesce($4, manage_token_hash)
+           WHERE id = $1 RETURNING *""",
+        row["id"],
+        new.value,
+        now,
+        hash_manage_token(token) if token else None,
+    )
+    assert updated is not None
+    await record_event(
+        conn,
+        updated,
+        event.value,
+        old.value,
+        actor_id=actor_id,
+        detail=detail,
+        extra={"manage_token": token} if token else None,
+    )
+    occupancy_changed = (old in ACTIVE_STATES) != (new in ACTIVE_STATES)
+    if refresh and (occupancy_changed or event is Event.RESCHEDULE):
+        await slots.refresh_next_free(conn, updated["doctor_id"], now)
+    return updated
+
+
+# -- holds -----------------------------------------------------------------------
+
+
+async def expire_lapsed_holds(
+    conn: asyncpg.Connection,
+    now: dt.datetime,
+    *,
+    doctor_id: UUID | None = None,
+    limit: int = HOLD_SWEEP_BATCH,
+    skip_locked: bool = True,
+    refresh: bool = True,
+) -> int:
+    """Expire up to ``limit`` holds whose time ran out (of one doctor, or all).
+
+    The sweeper skips rows another transaction holds (``SKIP LOCKED``), so
+    several API replicas share the work. A booking request expiring its
+    doctor's holds waits for them instead (``skip_locked=False``): a hold
+    another transaction is expiring still counts against the exclusion
+    constraint until that commits, and waiting here, before inserting anything,
+    keeps the lock order the same for every request of that doctor."""
+    where = "status = 'held' AND hold_expires_at <= $1"
+    args: list[Any] = [now, limit]
+    if doctor_id is not None:
+        where += " AND doctor_id = $3"
+        args.append(doctor_id)
+    rows = await conn.fetch(
+        f"""SELECT * FROM bookings WHERE {where}
+            ORDER BY hold_expires_at, id LIMIT $2
+            FOR UPDATE{" SKIP LOCKED" if skip_locked else ""}""",
+        *args,
+    )
+    for row in rows:
+        await apply_event(
+            conn,
+            row,
+            Event.EXPIRE_HOLD,
+            actor_id=None,
+            detail={"hold_expires_at": row["hold_expires_at"].isoformat()},
+            now=now,
+            refresh=False,
+        )
+    if refresh:
+        for did in sorted({r["doctor_id"] for r in rows}):
+            await slots.refresh_next_free(conn, did, now)
+    return len(rows)
+
+
+async def sweep_holds(
+    pool: asyncpg.Pool, *, now: dt.datetime | None = None, batch: int = HOLD_SWEEP_BATCH
+) -> int:
+    """Expire every lapsed hold, one batch per transaction; return how many."""
+    total = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            n = await expire_lapsed_holds(conn, now or _now(), limit=batch)
+        total += n
+        if n < batch:
+            return total
+
+
+async def _taken_or_not_offered(
+    conn: asyncpg.Connection,
+    doctor_id: UUID,
+    consultation_type: str,
+    starts_at: dt.datetime,
+    now: dt.datetime,
+) -> Conflict:
+    # is_offered says None both for a time outside the schedule and for a time
+    # somebody holds. Asking the pure core again with nobody busy tells them
+    # apart, so a loser of the race hears "taken" whether it lost at this
+    # check or at the constraint, and a bad time is called a bad time.
+    _, availability = await slots.load_availability(conn, doctor_id)
+    with slots.booking_errors():
+        free = av.free_slots(availability, consultation_type, starts_at, starts_at + _EPSILON, now)
+    if any(s.start == starts_at for s in free):
+        return SlotTaken("this time was booked by someone else; pick another slot")
+    return SlotNotOffered("the doctor does not offer a slot at this time")
+
+
+async def create_hold(
+    conn: asyncpg.Connection,
+    *,
+    patient_id: UUID,
+    doctor_id: UUID,
+    consultation_type: str,
+    starts_at: dt.datetime,
+    hold_minutes: int,
+    now: dt.datetime | None = None,
+) -> asyncpg.Record:
+    """Hold an offered slot for ``hold_minutes`` while the patient pays.
+
+    Raises 404 for an unknown or unpublished doctor, 409 ``slot-not-offered``
+    when the slot is not offered now, 409 ``slot-taken`` when the time is
+    (or, racing, becomes) someone else's."""
+    now = now or _now()
+    async with conn.transaction():
+        doctor = await conn.fetchrow(
+            "SELECT * FROM doctors WHERE id = $1 AND status = 'published'", doctor_id
+        )
+        if doctor is None:
+            raise NotFound("no such doctor")
+        # Lapsed holds still count against the constraint until expired;
+        # expiring them here frees their time at once rather than at the
+        # next sweep.
+        await expire_lapsed_holds(conn, now, doctor_id=doctor_id, skip_locked=False, refresh=False)
+        slot = await slots.is_offered(conn, doctor_id, consultation_type, starts_at, now)
+        if slot is None:
+            raise await _taken_or_not_offered(conn, doctor_id, consultation_type, starts_at, now)
+        lo, hi = slots.blocked(doctor, slot.start, slot.end)
+        try:
+            row = await conn.fetchrow(
+                """INSERT INTO bookings
+                       (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at, ends_at,
+                        blocked, status, hold_expires_at, price_minor, currency,
+                        created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, tstzrange($8, $9), 'held', $10,
+                           $11, $12, $13, $13)
+                   RETURNING *""",
+                doctor["clinic_id"],
+                doctor_id,
+                doctor["key"],
+                patient_id,
+                slot.consultation_type.value,
+                slot.start,
+                slot.end,
+                lo,
+                hi,
+                now + dt.timedelta(minutes=hold_minutes),
+                doctor["fee_minor"],
+                doctor["currency"],
+                now,
+            )
+        except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
+            # Deadlock: two requests that each expire and insert can, in rare
+            # interleavings, wait on each other; PostgreSQL aborts one, which
+            # lost the race just as surely as at the constraint.
+            raise SlotTaken("this time was booked by someone else; pick another slot") from None
+        assert row is not None
+        await record_event(conn, row, "hold", None, actor_id=patient_id)
+        await slots.refresh_next_free(conn, doctor_id, now)
+        return row
+
+
+# -- cancellation and refunds ----------------------------------------------------
+
+
+async def amount_paid(conn: asyncpg.Connection, booking_id: UUID) -> int:
+    """Minor units paid for the booking and not refunded yet."""
+    value = await conn.fetchval(
+        """SELECT coalesce(sum(amount_minor - refunded_minor), 0) FROM payment_intents
+           WHERE booking_id = $1 AND status IN ('succeeded', 'partially_refunded')""",
+        booking_id,
+    )
+    return int(value)
+
+
+async def _refund(conn: asyncpg.Connection, booking_id: UUID, amount: int, reason: str) -> int:
+    # Imported here: payments is another module's, and a booking that was
+    # never paid must cancel whether or not it is installed.
+    try:
+        from booking.payments.service import refund_booking
+    except ImportError:  # pragma: no cover - payments ships with booking
+        log.error("payments service missing; refund not issued", extra={"booking": booking_id})
+        return 0
+    return int(await refund_booking(conn, booking_id, amount, reason))
+
+
+async def cancel_booking(
+    conn: asyncpg.Connection,
+    booking_id: UUID,
+    *,
+    by: Canceller,
+    actor_id: UUID | None,
+    reason: str = "",
+    decline: bool = False,
+    now: dt.datetime | None = None,
+) -> asyncpg.Record:
+    """Cancel (or, with ``decline``, decline) a booking and refund per policy.
+
+    The refund is :func:`booking.refunds.refund_amount` of what was paid
+    (nothing for an unpaid hold), issued through the payments service in the
+    same transaction; ``cancelled_by``, ``cancel_reason`` and ``refund_minor``
+    record the outcome."""
+    now = now or _now()
+    event = Event.DECLINE if decline else _CANCEL_EVENTS[by]
+    async with conn.transaction():
+        row = await _lock(conn, booking_id)
+        next_state(row["status"], event)  # refuse before any money moves
+        paid = await amount_paid(conn, booking_id)
+        due = refunds.refund_amount(
+            slot_start=row["starts_at"], cancelled_at=now, cancelled_by=by, amount_paid=paid
+        )
+        refunded = await _refund(conn, booking_id, due, reason or event.value) if due else 0
+        row = await conn.fetchrow(
+            """UPDATE bookings SET cancelled_by = $2, cancel_reason = $3, refund_minor = $4
+               WHERE id = $1 RETURNING *""",
+            booking_id,
+            by.value,
+            reason,
+            refunded,
+        )
+        assert row is not None
+        detail = {"cancelled_by": by.value, "reason": reason, "paid_minor": paid}
+        detail["refund_minor"] = refunded
+        return await apply_event(conn, row, event, actor_id=actor_id, detail=detail, now=now)
+
+
+# -- rescheduling ----------------------------------------------------------------
+
+
+async def reschedule_booking(
+    conn: asyncpg.Connection,
+    booking_id: UUID,
+    starts_at: dt.datetime,
+    *,
+    actor_id: UUID | None,
+    now: dt.datetime | None = None,
+) -> asyncpg.Record:
+    """Move a booking to another offered slot of the same type, atomically.
+
+    The blocked range is updated in place, so the exclusion constraint judges
+    the new time against everyone else's (409 ``slot-taken``), and a failure
+    leaves the booking where it was."""
+    now = now or _now()
+    async with conn.transaction():
+        row = await _lock(conn, booking_id)
+        next_state(row["status"], Event.RESCHEDULE)
+        doctor = await conn.fetchrow("SELECT * FROM doctors WHERE id = $1", row["doctor_id"])
+        assert doctor is not None
+        slot = await slots.is_offered(conn, row["doctor_id"], row["type"], starts_at, now)
+        if slot is None:
+            raise await _taken_or_not_offered(conn, row["doctor_id"], row["type"], starts_at, now)
+        lo, hi = slots.blocked(doctor, slot.start, slot.end)
+        try:
+            moved = await conn.fetchrow(
+                """UPDATE bookings SET starts_at = $2, ends_at = $3, blocked = tstzrange($4, $5)
+                   WHERE id = $1 RETURNING *""",
+                booking_id,
+                slot.start,
+                slot.end,
+                lo,
+                hi,
+            )
+        except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
+            raise SlotTaken("this time was booked by someone else; pick another slot") from None
+        assert moved is not None
+        detail = {
+            "from_starts_at": row["starts_at"].isoformat(),
+            "to_starts_at": slot.start.isoformat(),
+        }
+        return await apply_event(
+            conn, moved, Event.RESCHEDULE, actor_id=actor_id, detail=detail, now=now
+        )
+
+
+async def rotate_manage_token(conn: asyncpg.Connection, booking_id: UUID) -> str:
+    """A fresh manage-link secret for the booking; the previous link stops
+    working."""
+    token = new_manage_token()
+    done = await conn.fetchval(
+        "UPDATE bookings SET manage_token_hash = $2 WHERE id = $1 RETURNING true",
+        booking_id,
+        hash_manage_token(token),
+    )
+    if not done:
+        raise BookingNotFound("no such booking")
+    return token
