@@ -89,14 +89,10 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 def default_installers() -> list[Installer]:
     """Every package's ``install``; imported here so ``wadud.app`` is the one
     place that knows them all."""
-    installers: list[Installer] = [ops.routes.install, accounts.routes.install]
-    try:
-        import booking.http
-    except ImportError:  # pragma: no cover - the package is part of every install
-        pass
-    else:
-        installers.append(booking.http.install)
-    return installers
+    import booking.http
+    import turn.http
+
+    return [ops.routes.install, accounts.routes.install, turn.http.install, booking.http.install]
 
 
 def build_app(settings: Settings, installers: Iterable[Installer] | None = None) -> web.Application:

@@ -1,0 +1,21 @@
+"""Plugs the booking and payments API into the app: every resource module's
+routes, and the background tasks they own (``lifespan``, a cleanup context)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from aiohttp import web
+
+from booking.api import bookings, clinics, doctors, queue, reviews, search
+from booking.payments import api as payments
+
+MODULES: tuple[ModuleType, ...] = (clinics, doctors, search, bookings, queue, reviews, payments)
+
+
+def install(app: web.Application) -> None:
+    for module in MODULES:
+        module.routes.install(app)
+        lifespan = getattr(module, "lifespan", None)
+        if lifespan is not None:
+            app.cleanup_ctx.append(lifespan)

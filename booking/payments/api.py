@@ -1,0 +1,785 @@
+"""Payments over HTTP: intents and their checkout, the redirect landing,
+gateway webhooks, refunds, payouts, a doctor's earnings and a clinic's ledger.
+
+The service layer (:mod:`booking.payments.service`) stores and moves money;
+these handlers check who may ask, open the transaction and shape the answer.
+Tenancy: clinic staff see their clinic's payments, doctors their own
+earnings, patients their own payments; another tenant's row is a 404, not a
+403, so ids do not leak. Admins see everything.
+
+One live intent per booking: asking again for a booking's payment while one
+is live returns that intent and its checkout (200, not 201), since the patient
+most likely reloaded the page. Asking for another gateway meanwhile is a 409:
+money may already be moving through the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode, urlsplit, urlunsplit
+from uuid import UUID, uuid4
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from pydantic import Field, StringConstraints
+
+from booking.payments import checkout, service
+from booking.payments.errors import PaymentError
+from booking.payments.gateway import GatewayRegistry
+from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent
+from booking.payments.ledger import PAYOUTS_CLEARING, doctor_payable, payout
+from booking.payments.service import GATEWAYS, INTENT_COLUMNS
+from wadud import keys, outbox
+from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud.errors import Conflict, NotFound, Unprocessable
+
+__all__ = ["SWEEP_INTERVAL", "lifespan", "routes"]
+
+log = logging.getLogger("wadud.payments")
+
+routes = Routes(
+    "payments",
+    "Payment intents, hosted checkout, gateway webhooks, refunds, payouts and the ledger.",
+)
+routes.endpoints.extend(checkout.routes.endpoints)
+
+#: Seconds between sweeps of stale intents.
+SWEEP_INTERVAL = 30.0
+
+_STAFF = {Role.CLINIC_STAFF, Role.ADMIN}
+_VIEWERS = {Role.PATIENT, Role.CLINIC_STAFF, Role.ADMIN}
+
+GatewayName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+Amount = Annotated[int, Field(gt=0, le=10**12)]
+
+
+class BookingNotPayable(PaymentError, Conflict):
+    """The booking is not held for payment (paid, expired, cancelled, or free)."""
+
+    http_status = 409
+    code = "booking_not_payable"
+
+
+class LivePaymentExists(PaymentError, Conflict):
+    """The booking has a live payment on another gateway."""
+
+    http_status = 409
+    code = "live_payment_exists"
+
+
+class PayoutExceedsPayable(PaymentError, Conflict):
+    """A payout larger than what the platform owes the doctor."""
+
+    http_status = 409
+    code = "payout_exceeds_payable"
+
+
+# --- models -------------------------------------------------------------------
+
+
+class CreatePayment(ApiModel):
+    gateway: GatewayName | None = Field(
+        default=None, description="Gateway name; the configured default when absent."
+    )
+    return_url: Annotated[str, StringConstraints(max_length=2000)] | None = Field(
+        default=None,
+        description="Where the browser goes once the result is verified (http or https).",
+    )
+
+
+class Checkout(ApiModel):
+    """Where to send the patient: redirect to ``url`` (GET), or POST ``fields``
+    there as a form (an auto-submitting form for gateways such as JazzCash)."""
+
+    url: str
+    method: Literal["GET", "POST"]
+    fields: dict[str, str]
+
+
+class Payment(ApiModel):
+    id: UUID
+    booking_id: UUID
+    clinic_id: UUID
+    patient_id: UUID
+    amount_minor: int
+    currency: str
+    gateway: str
+    status: IntentState
+    refunded_minor: int
+    failure_reason: str | None
+    expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    checkout: Checkout | None = Field(
+        default=None, description="Present for the patient while the payment is live."
+    )
+
+
+class PaymentsQuery(ApiModel):
+    booking_id: UUID | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class PaymentResult(ApiModel):
+    """The verified outcome the redirect landing reports."""
+
+    payment_id: UUID
+    booking_id: UUID
+    status: IntentState
+
+
+class WebhookAck(ApiModel):
+    received: bool = True
+    duplicate: bool
+    event_id: str
+    payment_id: UUID | None
+    status: str | None
+
+
+class RefundIn(ApiModel):
+    amount_minor: Amount
+    reason: Reason = ""
+
+
+class Refund(ApiModel):
+    id: UUID
+    payment_id: UUID
+    clinic_id: UUID
+    amount_minor: int
+    currency: str
+    status: str
+    gateway_ref: str | None
+    reason: str
+    created_at: datetime
+    payment_status: IntentState
+    payment_refunded_minor: int
+
+
+class PayoutIn(ApiModel):
+    amount_minor: Amount
+    reference: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+
+
+class Payout(ApiModel):
+    id: UUID
+    clinic_id: UUID
+    doctor_id: UUID
+    amount_minor: int
+    currency: str
+    reference: str
+    created_by: UUID | None
+    created_at: datetime
+    payable_minor: int = Field(description="What is still owed to the doctor after this payout.")
+
+
+class CurrencyEarnings(ApiModel):
+    currency: str
+    gross_minor: int
+    refunds_minor: int
+    commission_minor: int
+    paid_out_minor: int
+    payable_minor: int
+
+
+class Earnings(ApiModel):
+    """``gross - refunds - commission - paid_out == payable``, per currency."""
+
+    doctor_id: UUID
+    currencies: list[CurrencyEarnings]
+
+
+class LedgerQuery(ApiModel):
+    kind: Literal["capture", "refund", "payout", "adjustment"] | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class LedgerEntry(ApiModel):
+    account: str
+    amount_minor: int = Field(description="Debit positive, credit negative.")
+    currency: str
+
+
+class LedgerTransaction(ApiModel):
+    id: UUID
+    kind: str
+    reference: str
+    payment_id: UUID | None
+    booking_id: UUID | None
+    created_at: datetime
+    entries: list[LedgerEntry]
+
+
+class LedgerPage(ApiModel):
+    items: list[LedgerTransaction]
+    next_offset: int | None
+
+
+# --- helpers --------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _registry(call: Call[Any, Any]) -> GatewayRegistry:
+    return call.request.app[GATEWAYS]
+
+
+def _sees(me: Principal, row: asyncpg.Record) -> bool:
+    if me.role == Role.ADMIN:
+        return True
+    if me.role == Role.CLINIC_STAFF:
+        return me.clinic_id is not None and row["clinic_id"] == me.clinic_id
+    if me.role == Role.PATIENT:
+        return bool(row["patient_id"] == me.user_id)
+    return False
+
+
+def _payment(row: asyncpg.Record, me: Principal | None = None) -> Payment:
+    live = IntentState(row["status"]) in service.LIVE_STATES
+    show = live and me is not None and me.user_id == row["patient_id"] and row["checkout_url"]
+    return Payment(
+        id=row["id"],
+        booking_id=row["booking_id"],
+        clinic_id=row["clinic_id"],
+        patient_id=row["patient_id"],
+        amount_minor=row["amount_minor"],
+        currency=row["currency"],
+        gateway=row["gateway"],
+        status=IntentState(row["status"]),
+        refunded_minor=row["refunded_minor"],
+        failure_reason=row["failure_reason"],
+        expires_at=row["expires_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        checkout=Checkout(
+            url=row["checkout_url"],
+            method=row["checkout_method"],
+            fields=dict(row["checkout_fields"] or {}),
+        )
+        if show
+        else None,
+    )
+
+
+def _check_return_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise Unprocessable("return_url must be an absolute http or https URL")
+    return url
+
+
+def _with_query(url: str, params: Mapping[str, str]) -> str:
+    parts = urlsplit(url)
+    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
+    return urlunsplit(parts._replace(query=query))
+
+
+async def _visible_intent(
+    conn: asyncpg.Connection, me: Principal, payment_id: UUID, *, lock: bool = False
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        payment_id,
+    )
+    if row is None or not _sees(me, row):
+        raise NotFound("no such payment")
+    return row
+
+
+# --- intents --------------------------------------------------------------------
+
+
+@routes.post(
+    "/api/v1/bookings/{booking_id:uuid}/payments",
+    body=CreatePayment,
+    returns=Payment,
+    status=201,
+    auth={Role.PATIENT},
+    responses={200: "The booking's live payment, handed out again", 409: "Not payable now"},
+)
+async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Response:
+    """Start paying for a held booking.
+
+    Creates a payment intent for the booking's price that expires with the
+    hold, opens the gateway's hosted checkout and returns where to send the
+    patient. Asking again while the intent is live returns it (200)."""
+    me, body, settings = call.user, call.body, call.settings
+    booking_id = call.path_uuid("booking_id")
+    return_url = _check_return_url(body.return_url)
+    registry = _registry(call)
+    now = _now()
+    async with call.pool.acquire() as conn, conn.transaction():
+        # Locking the booking serialises concurrent attempts for it, so the
+        # one-live-intent index is never the loser's surprise.
+        booking = await conn.fetchrow(
+            """SELECT b.id, b.clinic_id, b.patient_id, b.status, b.hold_expires_at,
+                      b.price_minor, b.currency, d.display_name
+               FROM bookings b JOIN doctors d ON d.id = b.doctor_id
+               WHERE b.id = $1 FOR UPDATE OF b""",
+            booking_id,
+        )
+        if booking is None or booking["patient_id"] != me.user_id:
+            raise NotFound("no such booking")
+        hold = booking["hold_expires_at"]
+        if booking["status"] != "held" or hold is None or hold <= now:
+            raise BookingNotPayable(f"the booking is {booking['status']}, not held for payment")
+        if booking["price_minor"] <= 0:
+            raise BookingNotPayable("the booking is free; there is nothing to pay")
+        live = await conn.fetchrow(
+            f"""SELECT {INTENT_COLUMNS} FROM payment_intents
+                WHERE booking_id = $1 AND status IN ('requires_payment', 'processing')
+                FOR UPDATE""",
+            booking_id,
+        )
+        if live is not None:
+            if body.gateway is not None and body.gateway != live["gateway"]:
+                raise LivePaymentExists(
+                    f"a {live['gateway']} payment for this booking is under way"
+                    f" until {live['expires_at'].isoformat()}"
+                )
+            live = await service.move_intent(conn, live, IntentEvent.REDIRECT, {"again": True})
+            return web.Response(
+                body=_payment(live, me).model_dump_json(),
+                status=200,
+                content_type="application/json",
+            )
+        gateway = registry.get(body.gateway or settings.payments_default_gateway)
+        intent_id = uuid4()
+        intent = PaymentIntent(
+            id=str(intent_id),
+            amount=Money(int(booking["price_minor"]), booking["currency"]),
+            description=f"Consultation with {booking['display_name']}"[:200],
+            return_url=f"{settings.base_url}/api/v1/payments/{intent_id}/return",
+            created_at=now,
+            expires_at=hold,
+        )
+        session = await gateway.create(intent)
+        try:
+            row = await conn.fetchrow(
+                f"""INSERT INTO payment_intents
+                        (id, clinic_id, booking_id, patient_id, amount_minor, currency, gateway,
+                         gateway_ref, status, checkout_url, checkout_method, checkout_fields,
+                         return_url, expires_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requires_payment', $9, $10,
+                            $11::jsonb, $12, $13)
+                    RETURNING {INTENT_COLUMNS}""",
+                intent_id,
+                booking["clinic_id"],
+                booking_id,
+                me.user_id,
+                booking["price_minor"],
+                booking["currency"],
+                gateway.name,
+                session.reference,
+                session.url,
+                session.method,
+                dict(session.fields),
+                return_url,
+                hold,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict("the gateway reused a payment reference; try again") from None
+        assert row is not None
+        await service.record_intent_event(conn, row, "create", None, row["status"], {})
+        # Handing the checkout out is the machine's ``redirect``.
+        row = await service.move_intent(conn, row, IntentEvent.REDIRECT, {"url": session.url})
+        await outbox.emit(conn, "payment.created", service.payment_payload(row))
+    return _payment(row, me)
+
+
+@routes.get("/api/v1/payments/{payment_id:uuid}", returns=Payment, auth=_VIEWERS)
+async def get_payment(call: Call[None, None]) -> Payment:
+    """A payment: its patient, staff of its clinic, or an admin."""
+    async with call.pool.acquire() as conn:
+        row = await _visible_intent(conn, call.user, call.path_uuid("payment_id"))
+    return _payment(row, call.user)
+
+
+@routes.get("/api/v1/payments", query=PaymentsQuery, returns=list[Payment], auth=_VIEWERS)
+async def list_payments(call: Call[None, PaymentsQuery]) -> list[Payment]:
+    """Payments the caller may see, newest first, optionally of one booking."""
+    me, q = call.user, call.query
+    where: list[str] = ["($1::uuid IS NULL OR booking_id = $1)"]
+    args: list[Any] = [q.booking_id]
+    if me.role == Role.CLINIC_STAFF:
+        args.append(me.clinic_id)
+        where.append(f"clinic_id = ${len(args)}")
+    elif me.role == Role.PATIENT:
+        args.append(me.user_id)
+        where.append(f"patient_id = ${len(args)}")
+    args += [q.limit, q.offset]
+    rows = await call.pool.fetch(
+        f"""SELECT {INTENT_COLUMNS} FROM payment_intents WHERE {" AND ".join(where)}
+            ORDER BY created_at DESC, id LIMIT ${len(args) - 1} OFFSET ${len(args)}""",
+        *args,
+    )
+    return [_payment(r, me) for r in rows]
+
+
+# --- the redirect landing -----------------------------------------------------------
+
+
+async def _landing(call: Call[None, None], params: Mapping[str, str]) -> web.StreamResponse:
+    payment_id = call.path_uuid("payment_id")
+    registry = _registry(call)
+    known = await call.pool.fetchrow(
+        "SELECT gateway FROM payment_intents WHERE id = $1", payment_id
+    )
+    if known is None:
+        raise NotFound("no such payment")
+    gateway = registry.get(known["gateway"])
+    # The parameters came through the patient's browser: the gateway proves
+    # them (signature or inquiry) or raises; nothing is applied before that.
+    result = await gateway.verify_callback(params, call.request.headers, _now())
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await service.apply_verdict(
+            conn,
+            service.Verdict.of_callback(result),
+            default_bp=call.settings.payments_platform_commission_bp,
+            registry=registry,
+            intent_id=payment_id,
+        )
+    outcome = PaymentResult(
+        payment_id=row["id"], booking_id=row["booking_id"], status=row["status"]
+    )
+    if row["return_url"]:
+        target = _with_query(
+            row["return_url"], {"payment_id": str(row["id"]), "status": row["status"]}
+        )
+        return web.Response(status=303, headers={"Location": target})
+    return web.Response(body=outcome.model_dump_json(), content_type="application/json")
+
+
+@routes.get(
+    "/api/v1/payments/{payment_id:uuid}/return",
+    returns=PaymentResult,
+    auth="public",
+    responses={303: "Verified; on to the client's return_url"},
+)
+async def payment_return(call: Call[None, None]) -> web.StreamResponse:
+    """Where the gateway sends the browser back after checkout.
+
+    The query is verified by the gateway (signature or inquiry) before
+    anything is applied; a forged result is a 400 and changes nothing. Answers
+    with the payment's status, or redirects to the client's ``return_url``."""
+    return await _landing(call, dict(call.request.query))
+
+
+@routes.post(
+    "/api/v1/payments/{payment_id:uuid}/return",
+    returns=PaymentResult,
+    auth="public",
+    raw_body={
+        "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}},
+    },
+    responses={303: "Verified; on to the client's return_url"},
+)
+async def payment_return_post(call: Call[None, None]) -> web.StreamResponse:
+    """The same landing for gateways that post the result back (JazzCash)."""
+    return await _landing(call, await service.read_form(call.request))
+
+
+# --- webhooks -------------------------------------------------------------------------
+
+
+@routes.post(
+    "/api/v1/webhooks/{gateway:[a-z0-9_-]+}",
+    returns=WebhookAck,
+    auth="public",
+    raw_body={
+        "description": "The gateway's notification exactly as signed.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+)
+async def webhook(call: Call[None, None]) -> WebhookAck:
+    """A gateway's server-to-server notification.
+
+    Verified against the raw body and signature header (timestamp tolerance,
+    any current or previous secret), deduplicated by the gateway's event id
+    (a repeat answers 200 and does nothing), applied in one transaction."""
+    name = call.path("gateway")
+    registry = _registry(call)
+    if name not in registry:
+        raise NotFound(f"no payment gateway named {name!r}")
+    body = await call.request.read()
+    outcome = await service.handle_webhook(
+        call.pool,
+        registry,
+        name,
+        body,
+        call.request.headers,
+        _now(),
+        default_bp=call.settings.payments_platform_commission_bp,
+    )
+    return WebhookAck(
+        duplicate=outcome.duplicate,
+        event_id=outcome.event_id,
+        payment_id=outcome.payment_id,
+        status=outcome.status,
+    )
+
+
+# --- refunds --------------------------------------------------------------------------
+
+
+@routes.post(
+    "/api/v1/payments/{payment_id:uuid}/refunds",
+    body=RefundIn,
+    returns=Refund,
+    status=201,
+    auth=_STAFF,
+    responses={409: "More than captured, or nothing captured", 502: "The gateway refused"},
+)
+async def refund_payment(call: Call[RefundIn, None]) -> Refund:
+    """Refund part or all of a captured payment (staff of its clinic, admins).
+
+    The ledger posts the exact reverse of the capture's split, proportionally;
+    the total refunded never exceeds what was captured (409)."""
+    me, body = call.user, call.body
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await _visible_intent(conn, me, call.path_uuid("payment_id"), lock=True)
+        refund, row = await service.refund_intent(
+            conn, row, body.amount_minor, body.reason, registry=_registry(call)
+        )
+        await conn.execute(
+            """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
+               WHERE id = $1""",
+            row["booking_id"],
+            body.amount_minor,
+        )
+    return Refund(
+        id=refund["id"],
+        payment_id=refund["payment_intent_id"],
+        clinic_id=refund["clinic_id"],
+        amount_minor=refund["amount_minor"],
+        currency=row["currency"],
+        status=refund["status"],
+        gateway_ref=refund["gateway_ref"],
+        reason=refund["reason"],
+        created_at=refund["created_at"],
+        payment_status=IntentState(row["status"]),
+        payment_refunded_minor=row["refunded_minor"],
+    )
+
+
+# --- doctors: payouts and earnings -----------------------------------------------------
+
+
+async def _doctor(
+    conn: asyncpg.Connection, me: Principal, doctor_id: UUID, *, lock: bool = False
+) -> asyncpg.Record:
+    # NO KEY UPDATE: serialises payouts of one doctor without blocking the
+    # KEY SHARE locks that booking inserts take on the doctor row.
+    row = await conn.fetchrow(
+        "SELECT id, clinic_id, user_id, currency FROM doctors WHERE id = $1"
+        + (" FOR NO KEY UPDATE" if lock else ""),
+        doctor_id,
+    )
+    if row is None:
+        raise NotFound("no such doctor")
+    allowed = (
+        me.role == Role.ADMIN
+        or (me.role == Role.CLINIC_STAFF and row["clinic_id"] == me.clinic_id)
+        or (me.role == Role.DOCTOR and row["user_id"] == me.user_id)
+    )
+    if not allowed:
+        raise NotFound("no such doctor")
+    return row
+
+
+@routes.post(
+    "/api/v1/doctors/{doctor_id:uuid}/payouts",
+    body=PayoutIn,
+    returns=Payout,
+    status=201,
+    auth=_STAFF,
+    responses={409: "More than the doctor's payable balance"},
+)
+async def create_payout(call: Call[PayoutIn, None]) -> Payout:
+    """Record money paid out to a doctor (staff of the clinic, admins).
+
+    Posts a payout to the ledger; refused beyond the doctor's payable balance
+    in the doctor's currency."""
+    me, body = call.user, call.body
+    async with call.pool.acquire() as conn, conn.transaction():
+        doctor = await _doctor(conn, me, call.path_uuid("doctor_id"), lock=True)
+        account = doctor_payable(str(doctor["id"]))
+        payable = int(
+            await conn.fetchval(
+                """SELECT COALESCE(-sum(amount_minor), 0) FROM ledger_entries
+                   WHERE account = $1 AND currency = $2""",
+                account,
+                doctor["currency"],
+            )
+        )
+        if body.amount_minor > payable:
+            raise PayoutExceedsPayable(
+                f"the doctor is owed {Money(payable, doctor['currency'])},"
+                f" not {Money(body.amount_minor, doctor['currency'])}"
+            )
+        row = await conn.fetchrow(
+            """INSERT INTO payouts (clinic_id, doctor_id, amount_minor, currency, reference,
+                                    created_by)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               RETURNING id, clinic_id, doctor_id, amount_minor, currency, reference,
+                         created_by, created_at""",
+            doctor["clinic_id"],
+            doctor["id"],
+            body.amount_minor,
+            doctor["currency"],
+            body.reference,
+            me.user_id,
+        )
+        assert row is not None
+        txn = payout(
+            str(doctor["id"]), Money(body.amount_minor, doctor["currency"]), str(row["id"])
+        )
+        await service.post_transaction(conn, txn, clinic_id=doctor["clinic_id"])
+        await outbox.emit(
+            conn,
+            "payout.created",
+            {
+                "payout_id": str(row["id"]),
+                "doctor_id": str(doctor["id"]),
+                "clinic_id": str(doctor["clinic_id"]),
+                "amount_minor": body.amount_minor,
+                "currency": doctor["currency"],
+                "account": PAYOUTS_CLEARING,
+            },
+        )
+    return Payout(**dict(row), payable_minor=payable - body.amount_minor)
+
+
+@routes.get(
+    "/api/v1/doctors/{doctor_id:uuid}/earnings",
+    returns=Earnings,
+    auth={Role.DOCTOR, Role.CLINIC_STAFF, Role.ADMIN},
+)
+async def doctor_earnings(call: Call[None, None]) -> Earnings:
+    """A doctor's earnings per currency, from the ledger (the doctor, staff of
+    the clinic, admins): gross, refunds, commission, paid out, payable."""
+    async with call.pool.acquire() as conn:
+        doctor = await _doctor(conn, call.user, call.path_uuid("doctor_id"))
+        figures = await service.doctor_earnings(conn, doctor["id"])
+    return Earnings(
+        doctor_id=doctor["id"],
+        currencies=[
+            CurrencyEarnings(
+                currency=f.currency,
+                gross_minor=f.gross_minor,
+                refunds_minor=f.refunds_minor,
+                commission_minor=f.commission_minor,
+                paid_out_minor=f.paid_out_minor,
+                payable_minor=f.payable_minor,
+            )
+            for f in figures
+        ],
+    )
+
+
+# --- the clinic's ledger ----------------------------------------------------------------
+
+
+@routes.get(
+    "/api/v1/clinics/{clinic_id:uuid}/ledger",
+    query=LedgerQuery,
+    returns=LedgerPage,
+    auth=_STAFF,
+)
+async def clinic_ledger(call: Call[None, LedgerQuery]) -> LedgerPage:
+    """A clinic's ledger transactions with their entries, newest first (staff
+    of the clinic, admins). Page with ``offset``/``limit``."""
+    me, q = call.user, call.query
+    clinic_id = call.path_uuid("clinic_id")
+    if me.role != Role.ADMIN and me.clinic_id != clinic_id:
+        raise NotFound("no such clinic")
+    async with call.pool.acquire() as conn:
+        if not await conn.fetchval("SELECT 1 FROM clinics WHERE id = $1", clinic_id):
+            raise NotFound("no such clinic")
+        headers = await conn.fetch(
+            """SELECT id, kind, reference, payment_intent_id, booking_id, created_at
+               FROM ledger_transactions
+               WHERE clinic_id = $1 AND ($2::text IS NULL OR kind = $2)
+               ORDER BY created_at DESC, id LIMIT $3 OFFSET $4""",
+            clinic_id,
+            q.kind,
+            q.limit + 1,
+            q.offset,
+        )
+        page = headers[: q.limit]
+        entries = await conn.fetch(
+            """SELECT transaction_id, account, amount_minor, currency FROM ledger_entries
+               WHERE transaction_id = ANY($1::uuid[]) ORDER BY id""",
+            [h["id"] for h in page],
+        )
+    by_txn: dict[UUID, list[LedgerEntry]] = {}
+    for e in entries:
+        by_txn.setdefault(e["transaction_id"], []).append(
+            LedgerEntry(
+                account=e["account"], amount_minor=e["amount_minor"], currency=e["currency"]
+            )
+        )
+    return LedgerPage(
+        items=[
+            LedgerTransaction(
+                id=h["id"],
+                kind=h["kind"],
+                reference=h["reference"],
+                payment_id=h["payment_intent_id"],
+                booking_id=h["booking_id"],
+                created_at=h["created_at"],
+                entries=by_txn.get(h["id"], []),
+            )
+            for h in page
+        ],
+        next_offset=q.offset + q.limit if len(headers) > q.limit else None,
+    )
+
+
+# --- lifespan: gateways and the sweeper -------------------------------------------------
+
+
+async def lifespan(app: web.Application) -> AsyncIterator[None]:
+    """Build the gateways once (one HTTP client session for the remote ones,
+    closed on shutdown) and run the sweeper of stale intents."""
+    settings = app[keys.SETTINGS]
+    async with aiohttp.ClientSession() as session:
+        registry = service.build_registry(settings, session)
+        app[GATEWAYS] = registry
+        service.use_registry(registry)
+
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(SWEEP_INTERVAL)
+                try:
+                    await service.sweep_once(
+                        app[keys.DB],
+                        registry,
+                        _now(),
+                        default_bp=settings.payments_platform_commission_bp,
+                    )
+                except Exception:
+                    log.exception("payments sweep failed")
+
+        task = asyncio.create_task(sweep(), name="payments-sweeper")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if service.current_registry_or_none() is registry:
+                service.use_registry(None)

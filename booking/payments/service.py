@@ -1,0 +1,1019 @@
+"""Payments persistence: intents in PostgreSQL, verdicts, refunds, the ledger.
+
+The pure cores decide (:mod:`.intent` the state machine, :mod:`.ledger` the
+postings, the gateway adapters the signatures); this module stores what they
+decide, inside the caller's transaction, with the row locks that make
+concurrent deliveries safe:
+
+* every change of an intent goes through :func:`_move` (the core's transition
+  table, a ``payment_events`` row, the new state) on a row locked
+  ``FOR UPDATE``; a verdict that arrives twice (callback and webhook, or two
+  deliveries racing) finds the state already moved and is a no-op;
+* :func:`post_transaction` is the only writer of ``ledger_transactions`` and
+  ``ledger_entries``; the database's deferred trigger judges each transaction
+  whole at commit, the builders in :mod:`.ledger` already did so in Python;
+* gateway calls that move money (refunds) happen inside the transaction that
+  records them. For the built-in sandbox that is a dict lookup; for a remote
+  gateway it holds the intent's row lock for one HTTP round trip (bounded by
+  the adapter's timeout). The alternative, calling first and recording in a
+  second transaction, loses the record when the process dies in between; here
+  a lost commit is repaired by the retry, because the refund's idempotency key
+  is derived from the intent's state (:func:`_refund_key`) and the gateway
+  answers the retry with its first result instead of refunding twice.
+
+Refund rows are stored in the ledger with their own id as ``reference``
+(``ledger_transactions`` is unique on ``(kind, reference)`` and one payment may
+be refunded several times); :func:`_load_ledger` rebuilds the core's
+:class:`~booking.payments.ledger.Transaction` with the payment id as reference,
+which is what :func:`booking.payments.ledger.refund` expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+
+from booking import lifecycle
+from booking.payments import ledger
+from booking.payments.card import CardSettings
+from booking.payments.errors import (
+    AmountMismatch,
+    GatewayError,
+    InvalidSignature,
+    InvalidTransition,
+    PaymentError,
+    UnknownReference,
+)
+from booking.payments.gateway import (
+    GatewayRegistry,
+    PaymentSettings,
+    PaymentStatus,
+    VerifiedResult,
+    WebhookEvent,
+)
+from booking.payments.intent import (
+    Currency,
+    IntentEvent,
+    IntentState,
+    Money,
+    refund_event,
+    transition,
+)
+from booking.payments.jazzcash import JazzCashSettings
+from booking.payments.sandbox import SandboxSettings
+from wadud import outbox
+from wadud.config import Settings
+from wadud.errors import BadRequest, Conflict, NotFound, WadudError
+
+__all__ = [
+    "GATEWAYS",
+    "INTENT_COLUMNS",
+    "LIVE_STATES",
+    "Earnings",
+    "Verdict",
+    "apply_verdict",
+    "build_registry",
+    "commission_for",
+    "current_registry",
+    "current_registry_or_none",
+    "doctor_earnings",
+    "handle_webhook",
+    "ledger_is_balanced",
+    "move_intent",
+    "payment_payload",
+    "post_transaction",
+    "read_form",
+    "record_intent_event",
+    "refund_booking",
+    "refund_intent",
+    "sandbox_secret",
+    "sweep_once",
+    "use_registry",
+]
+
+log = logging.getLogger("wadud.payments")
+
+#: The app's gateways, built once in :func:`booking.payments.api.lifespan`.
+GATEWAYS: Final = web.AppKey("payments_gateways", GatewayRegistry)
+
+LIVE_STATES: Final = frozenset({IntentState.REQUIRES_PAYMENT, IntentState.PROCESSING})
+_REFUNDABLE: Final = frozenset({IntentState.SUCCEEDED, IntentState.PARTIALLY_REFUNDED})
+#: Processing intents younger than this are left to the webhook and callback.
+INQUIRE_AFTER: Final = timedelta(minutes=5)
+#: Intents handled per sweep round.
+SWEEP_BATCH: Final = 100
+_REFUND_NS: Final = uuid.UUID("6f1d7c9e-3b0a-4c55-9a51-2f4b8f0f7d31")
+
+INTENT_COLUMNS: Final = (
+    "id, clinic_id, booking_id, patient_id, amount_minor, currency, gateway, gateway_ref,"
+    " status, checkout_url, checkout_method, checkout_fields, return_url, refunded_minor,"
+    " failure_reason, expires_at, created_at, updated_at"
+)
+
+
+class RefundRefused(GatewayError):
+    """The gateway answered a refund request with a refusal."""
+
+    code = "refund_refused"
+
+
+class DuplicatePosting(PaymentError, Conflict):
+    """A ledger transaction of that kind and reference exists already."""
+
+    http_status = 409
+    code = "duplicate_posting"
+
+
+# --- the gateway registry ---------------------------------------------------
+
+_current: GatewayRegistry | None = None
+
+
+def use_registry(registry: GatewayRegistry | None) -> None:
+    """Make ``registry`` the process's default (set by the app's lifespan).
+
+    :func:`refund_booking` is called by the bookings code, which has a
+    connection but no app; it falls back on this.
+    """
+    global _current
+    _current = registry
+
+
+def current_registry_or_none() -> GatewayRegistry | None:
+    return _current
+
+
+def current_registry() -> GatewayRegistry:
+    if _current is None:
+        raise PaymentError("payment gateways are not configured (app not started)")
+    return _current
+
+
+def sandbox_secret(settings: Settings) -> str:
+    """The sandbox signing secret: configured, or derived from ``secret_key``.
+
+    Derived with HMAC under a purpose label so the sandbox secret reveals
+    nothing about the key that signs access tokens.
+    """
+    if settings.payments_sandbox_secret:
+        return settings.payments_sandbox_secret
+    return hmac.new(
+        settings.secret_key.encode(), b"wadud/payments/sandbox", hashlib.sha256
+    ).hexdigest()
+
+
+def payment_settings(settings: Settings) -> PaymentSettings:
+    """Which gateways the configuration asks for: the sandbox always, the
+    others when their credentials are filled in."""
+    tolerance = timedelta(seconds=settings.payments_webhook_tolerance)
+    sandbox = SandboxSettings(
+        secret=sandbox_secret(settings), base_url=settings.base_url, tolerance=tolerance
+    )
+    jazzcash = None
+    if (
+        settings.payments_jazzcash_merchant_id
+        and settings.payments_jazzcash_password
+        and settings.payments_jazzcash_integrity_salt
+    ):
+        extra: dict[str, Any] = {}
+        base = settings.payments_jazzcash_endpoint.rstrip("/")
+        if base:
+            extra = {
+                "checkout_url": f"{base}/CustomerPortal/transactionmanagement/merchantform/",
+                "inquiry_url": f"{base}/ApplicationAPI/API/PaymentInquiry/Inquire",
+                "refund_url": f"{base}/ApplicationAPI/API/Purchase/domwalletrefundtransaction",
+            }
+        jazzcash = JazzCashSettings(
+            merchant_id=settings.payments_jazzcash_merchant_id,
+            password=settings.payments_jazzcash_password,
+            integrity_salt=settings.payments_jazzcash_integrity_salt,
+            **extra,
+        )
+    card = None
+    if (
+        settings.payments_card_api_base
+        and settings.payments_card_api_key
+        and settings.payments_card_webhook_secrets
+    ):
+        card = CardSettings(
+            api_base=settings.payments_card_api_base,
+            api_key=settings.payments_card_api_key,
+            webhook_secrets=tuple(settings.payments_card_webhook_secrets),
+            tolerance=tolerance,
+        )
+    return PaymentSettings(sandbox=sandbox, jazzcash=jazzcash, card=card)
+
+
+def build_registry(settings: Settings, session: Any = None) -> GatewayRegistry:
+    """Every configured gateway; ``session`` (an aiohttp ClientSession owned by
+    the caller) serves the remote ones."""
+    return GatewayRegistry.from_settings(payment_settings(settings), session)
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """A posted form's text fields (files ignored); a body that is not a
+    readable form is a 400, never a 500."""
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, AssertionError) as exc:
+        raise BadRequest(f"the body is not a readable form: {exc}") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+# --- intents ----------------------------------------------------------------
+
+
+async def move_intent(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    event: IntentEvent,
+    detail: Mapping[str, Any] | None = None,
+    **updates: Any,
+) -> asyncpg.Record:
+    """Apply ``event`` to a locked intent row: the core's table decides, the
+    row and a ``payment_events`` line record it. Extra columns in ``updates``."""
+    before = IntentState(row["status"])
+    after = transition(before, event)
+    sets = ["status = $2", "updated_at = now()"]
+    args: list[Any] = [row["id"], after.value]
+    for column, value in updates.items():
+        args.append(value)
+        sets.append(f"{column} = ${len(args)}")
+    new = await conn.fetchrow(
+        f"UPDATE payment_intents SET {', '.join(sets)} WHERE id = $1 RETURNING {INTENT_COLUMNS}",
+        *args,
+    )
+    assert new is not None
+    await record_intent_event(conn, row, event.value, before.value, after.value, detail)
+    return new
+
+
+async def record_intent_event(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    event: str,
+    before: str | None,
+    after: str,
+    detail: Mapping[str, Any] | None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO payment_events
+               (payment_intent_id, clinic_id, event, from_state, to_state, detail)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb)""",
+        row["id"],
+        row["clinic_id"],
+        event,
+        before,
+        after,
+        dict(detail or {}),
+    )
+
+
+def payment_payload(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
+    return {
+        "payment_id": str(row["id"]),
+        "booking_id": str(row["booking_id"]),
+        "clinic_id": str(row["clinic_id"]),
+        "patient_id": str(row["patient_id"]),
+        "gateway": row["gateway"],
+        "status": row["status"],
+        "amount_minor": row["amount_minor"],
+        "currency": row["currency"],
+        "refunded_minor": row["refunded_minor"],
+        **extra,
+    }
+
+
+def _money(row: asyncpg.Record, column: str = "amount_minor") -> Money:
+    return Money(int(row[column]), Currency(row["currency"]))
+
+
+# --- the ledger ---------------------------------------------------------------
+
+
+async def post_transaction(
+    conn: asyncpg.Connection,
+    txn: ledger.Transaction,
+    *,
+    clinic_id: UUID,
+    reference: str | None = None,
+    payment_intent_id: UUID | None = None,
+    booking_id: UUID | None = None,
+) -> UUID:
+    """Persist a balanced ``txn`` (header and entries); the ledger's only writer.
+
+    ``reference`` overrides ``txn.reference`` in the table (refunds: their own
+    id). Call inside a transaction: the balance trigger runs at commit.
+    """
+    try:
+        async with conn.transaction():
+            txn_id: UUID = await conn.fetchval(
+                """INSERT INTO ledger_transactions
+                       (clinic_id, kind, reference, payment_intent_id, booking_id)
+                   VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+                clinic_id,
+                txn.kind,
+                reference or txn.reference,
+                payment_intent_id,
+                booking_id,
+            )
+    except asyncpg.UniqueViolationError:
+        raise DuplicatePosting(
+            f"{txn.kind} {reference or txn.reference} is posted already"
+        ) from None
+    await conn.executemany(
+        """INSERT INTO ledger_entries (transaction_id, clinic_id, account, amount_minor, currency)
+           VALUES ($1, $2, $3, $4, $5)""",
+        [(txn_id, clinic_id, e.account, e.amount_minor, e.currency.value) for e in txn.entries],
+    )
+    return txn_id
+
+
+async def _load_ledger(
+    conn: asyncpg.Connection, payment_intent_id: UUID, kind: str
+) -> list[ledger.Transaction]:
+    """A payment's postings of ``kind``, rebuilt as core transactions whose
+    reference is the payment id (see the module docstring)."""
+    rows = await conn.fetch(
+        """SELECT t.id, e.account, e.amount_minor, e.currency
+           FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id
+           WHERE t.payment_intent_id = $1 AND t.kind = $2
+           ORDER BY t.created_at, t.id, e.id""",
+        payment_intent_id,
+        kind,
+    )
+    grouped: dict[UUID, list[ledger.Entry]] = {}
+    for r in rows:
+        grouped.setdefault(r["id"], []).append(
+            ledger.Entry(r["account"], int(r["amount_minor"]), Currency(r["currency"]))
+        )
+    return [ledger.Transaction(kind, str(payment_intent_id), tuple(e)) for e in grouped.values()]
+
+
+async def ledger_is_balanced(
+    conn: asyncpg.Connection | asyncpg.Pool, clinic_id: UUID | None = None
+) -> bool:
+    """Whether the ledger (or one clinic's part) holds together: every
+    transaction has at least two entries of its own clinic and sums to zero
+    per currency, and so the whole sums to zero per currency."""
+    return bool(
+        await conn.fetchval(
+            """SELECT NOT EXISTS (
+                       SELECT 1 FROM ledger_entries
+                       WHERE $1::uuid IS NULL OR clinic_id = $1
+                       GROUP BY currency HAVING sum(amount_minor) <> 0)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_entries
+                       WHERE $1::uuid IS NULL OR clinic_id = $1
+                       GROUP BY transaction_id, currency HAVING sum(amount_minor) <> 0)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_transactions t
+                       WHERE ($1::uuid IS NULL OR t.clinic_id = $1)
+                         AND (SELECT count(*) FROM ledger_entries e
+                              WHERE e.transaction_id = t.id AND e.clinic_id = t.clinic_id) < 2)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_entries e JOIN ledger_transactions t
+                         ON t.id = e.transaction_id
+                       WHERE ($1::uuid IS NULL OR t.clinic_id = $1)
+                         AND e.clinic_id <> t.clinic_id)""",
+            clinic_id,
+        )
+    )
+
+
+async def commission_for(
+    conn: asyncpg.Connection, clinic_id: UUID, default_bp: int
+) -> ledger.Commission:
+    """The clinic's own commission, else its region's, else the configured default."""
+    row = await conn.fetchrow(
+        """SELECT c.commission_bp, c.commission_fixed_minor,
+                  r.commission_bp AS region_bp, r.commission_fixed_minor AS region_fixed
+           FROM clinics c LEFT JOIN region_commissions r ON r.region = c.region
+           WHERE c.id = $1""",
+        clinic_id,
+    )
+    if row is None:
+        raise NotFound("no such clinic")
+    if row["commission_bp"] is not None:
+        return ledger.Commission(row["commission_bp"], int(row["commission_fixed_minor"]))
+    if row["region_bp"] is not None:
+        return ledger.Commission(row["region_bp"], int(row["region_fixed"]))
+    return ledger.Commission(default_bp, 0)
+
+
+async def _capture(conn: asyncpg.Connection, row: asyncpg.Record, default_bp: int) -> UUID:
+    doctor_id = await conn.fetchval(
+        "SELECT doctor_id FROM bookings WHERE id = $1", row["booking_id"]
+    )
+    commission = await commission_for(conn, row["clinic_id"], default_bp)
+    txn = ledger.capture(
+        ledger.CapturedPayment(
+            payment_id=str(row["id"]),
+            gateway=row["gateway"],
+            doctor_id=str(doctor_id),
+            amount=_money(row),
+        ),
+        commission,
+    )
+    return await post_transaction(
+        conn,
+        txn,
+        clinic_id=row["clinic_id"],
+        payment_intent_id=row["id"],
+        booking_id=row["booking_id"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Earnings:
+    """A doctor's money in one currency, from the ledger.
+
+    ``gross - refunds - commission - paid_out == payable``.
+    """
+
+    currency: str
+    gross_minor: int
+    refunds_minor: int
+    commission_minor: int
+    paid_out_minor: int
+    payable_minor: int
+
+
+async def doctor_earnings(
+    conn: asyncpg.Connection | asyncpg.Pool, doctor_id: UUID
+) -> list[Earnings]:
+    """Per currency: captured, refunded, the platform's net commission, paid
+    out, and the balance still owed to the doctor."""
+    account = ledger.doctor_payable(str(doctor_id))
+    rows = await conn.fetch(
+        """WITH mine AS (
+               -- By booking, not only by account: a capture or refund whose
+               -- doctor share rounds to zero has no entry on the doctor's
+               -- account but is still the doctor's gross.
+               SELECT t.id AS transaction_id FROM ledger_transactions t
+                 JOIN bookings b ON b.id = t.booking_id
+               WHERE b.doctor_id = $3 AND t.kind IN ('capture', 'refund')
+               UNION
+               SELECT e.transaction_id FROM ledger_entries e WHERE e.account = $1)
+           SELECT e.currency,
+                  COALESCE(sum(e.amount_minor) FILTER (
+                      WHERE t.kind = 'capture' AND e.account LIKE 'gateway_clearing:%'), 0)
+                      AS gross,
+                  COALESCE(-sum(e.amount_minor) FILTER (
+                      WHERE t.kind = 'refund' AND e.account LIKE 'gateway_clearing:%'), 0)
+                      AS refunds,
+                  COALESCE(-sum(e.amount_minor) FILTER (
+                      WHERE t.kind IN ('capture', 'refund') AND e.account = $2), 0) AS commission,
+                  COALESCE(sum(e.amount_minor) FILTER (
+                      WHERE t.kind = 'payout' AND e.account = $1), 0) AS paid_out,
+                  COALESCE(-sum(e.amount_minor) FILTER (WHERE e.account = $1), 0) AS payable
+           FROM mine JOIN ledger_transactions t ON t.id = mine.transaction_id
+                JOIN ledger_entries e ON e.transaction_id = t.id
+           GROUP BY e.currency ORDER BY e.currency""",
+        account,
+        ledger.PLATFORM_REVENUE,
+        doctor_id,
+    )
+    return [
+        Earnings(
+            currency=r["currency"],
+            gross_minor=int(r["gross"]),
+            refunds_minor=int(r["refunds"]),
+            commission_minor=int(r["commission"]),
+            paid_out_minor=int(r["paid_out"]),
+            payable_minor=int(r["payable"]),
+        )
+        for r in rows
+    ]
+
+
+# --- refunds ----------------------------------------------------------------
+
+
+def _refund_key(row: asyncpg.Record, amount_minor: int) -> UUID:
+    # Deterministic in the intent's committed state: a retry after a lost
+    # commit asks the gateway with the same key and gets its first answer;
+    # a later, legitimate refund of the same amount sees another refunded_minor.
+    return uuid.uuid5(_REFUND_NS, f"{row['id']}:{row['refunded_minor']}:{amount_minor}")
+
+
+async def refund_intent(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    amount_minor: int,
+    reason: str,
+    *,
+    registry: GatewayRegistry | None = None,
+    move_state: bool = True,
+) -> tuple[asyncpg.Record, asyncpg.Record]:
+    """Refund ``amount_minor`` of the intent ``row`` (locked ``FOR UPDATE`` by
+    the caller): gateway refund, ``refunds`` row, intent state, reversing
+    ledger posting, outbox event. Returns (refund row, intent row).
+
+    Raises :class:`RefundExceedsCapture` (409) beyond the capture,
+    :class:`InvalidTransition` (409) for an intent that was never captured,
+    :class:`RefundRefused` (502) when the gateway says no.
+    ``move_state=False`` is for a capture recorded on an intent whose state
+    cannot take it (a late success on a cancelled intent): the money goes back
+    and the state stays.
+    """
+    registry = registry or current_registry()
+    state = IntentState(row["status"])
+    if move_state and state not in _REFUNDABLE:
+        raise InvalidTransition(state.value, "refund")
+    amount = Money(amount_minor, Currency(row["currency"]))
+    event = refund_event(_money(row), _money(row, "refunded_minor"), amount)
+    captures = await _load_ledger(conn, row["id"], "capture")
+    if len(captures) != 1:
+        raise PaymentError(f"payment {row['id']} has {len(captures)} capture postings")
+    previous = await _load_ledger(conn, row["id"], "refund")
+    # Built before the gateway is asked, so a posting the ledger would refuse
+    # never leaves money moved and unrecorded.
+    txn = ledger.refund(captures[0], amount, previous)
+    refund_id = _refund_key(row, amount_minor)
+    result = await registry.get(row["gateway"]).refund(
+        row["gateway_ref"], amount, idempotency_key=str(refund_id)
+    )
+    if not result.succeeded:
+        log.warning(
+            "gateway refused a refund",
+            extra={"payment_id": str(row["id"]), "code": result.gateway_code},
+        )
+        raise RefundRefused(
+            f"{row['gateway']} refused the refund: {result.gateway_code} {result.message}".strip()
+        )
+    refund = await conn.fetchrow(
+        """INSERT INTO refunds (id, payment_intent_id, clinic_id, amount_minor, status,
+                               gateway_ref, reason)
+           VALUES ($1, $2, $3, $4, 'succeeded', $5, $6)
+           RETURNING id, payment_intent_id, clinic_id, amount_minor, status, gateway_ref,
+                     reason, created_at""",
+        refund_id,
+        row["id"],
+        row["clinic_id"],
+        amount_minor,
+        result.refund_id,
+        reason,
+    )
+    assert refund is not None
+    refunded = int(row["refunded_minor"]) + amount_minor
+    detail = {"refund_id": str(refund_id), "amount_minor": amount_minor, "reason": reason}
+    if move_state:
+        row = await move_intent(conn, row, event, detail, refunded_minor=refunded)
+    else:
+        row = await conn.fetchrow(
+            f"""UPDATE payment_intents SET refunded_minor = $2, updated_at = now()
+                WHERE id = $1 RETURNING {INTENT_COLUMNS}""",
+            row["id"],
+            refunded,
+        )
+        assert row is not None
+        await record_intent_event(
+            conn, row, "refund_after_late_capture", state.value, state.value, detail
+        )
+    await post_transaction(
+        conn,
+        txn,
+        clinic_id=row["clinic_id"],
+        reference=str(refund_id),
+        payment_intent_id=row["id"],
+        booking_id=row["booking_id"],
+    )
+    await outbox.emit(
+        conn,
+        "payment.refunded",
+        payment_payload(row, refund_id=str(refund_id), refund_minor=amount_minor, reason=reason),
+    )
+    return refund, row
+
+
+async def refund_booking(
+    conn: asyncpg.Connection,
+    booking_id: UUID,
+    amount_minor: int,
+    reason: str,
+    *,
+    registry: GatewayRegistry | None = None,
+) -> int:
+    """Refund up to ``amount_minor`` of what was paid for a booking; return
+    the amount refunded (0 when nothing was paid or ``amount_minor <= 0``).
+
+    Call inside the caller's transaction (the cancellation's). The request is
+    capped at what is still refundable, so a policy computed from the price
+    cannot fail on a booking already partly refunded; the return value says
+    what went back. ``bookings.refund_minor`` is the caller's to update. A
+    gateway refusal raises :class:`RefundRefused` (502) so the cancellation
+    rolls back and can be retried rather than completing without the money.
+    """
+    if amount_minor <= 0:
+        return 0
+    rows = await conn.fetch(
+        f"""SELECT {INTENT_COLUMNS} FROM payment_intents
+            WHERE booking_id = $1 AND status IN ('succeeded', 'partially_refunded')
+            ORDER BY created_at, id FOR UPDATE""",
+        booking_id,
+    )
+    left, done = amount_minor, 0
+    for row in rows:
+        take = min(left, int(row["amount_minor"]) - int(row["refunded_minor"]))
+        if take <= 0:
+            continue
+        await refund_intent(conn, row, take, reason, registry=registry)
+        left -= take
+        done += take
+        if left == 0:
+            break
+    return done
+
+
+# --- verdicts -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A proven gateway outcome (callback, webhook or inquiry), whatever its source."""
+
+    gateway: str
+    reference: str
+    status: PaymentStatus
+    amount: Money | None
+    code: str = ""
+    message: str = ""
+    source: str = ""
+
+    @property
+    def event(self) -> IntentEvent | None:
+        if self.status is PaymentStatus.SUCCEEDED:
+            return IntentEvent.VERIFIED_SUCCESS
+        if self.status is PaymentStatus.FAILED:
+            return IntentEvent.VERIFIED_FAILURE
+        return None
+
+    @classmethod
+    def of_callback(cls, result: VerifiedResult) -> Verdict:
+        return cls(
+            result.gateway,
+            result.reference,
+            result.status,
+            result.amount,
+            result.gateway_code,
+            result.message,
+            "callback",
+        )
+
+    @classmethod
+    def of_webhook(cls, event: WebhookEvent) -> Verdict:
+        assert event.reference is not None
+        assert event.status is not None
+        return cls(
+            event.gateway,
+            event.reference,
+            event.status,
+            event.amount,
+            event.type,
+            "",
+            f"webhook {event.event_id}",
+        )
+
+    def check_amount(self, expected: Money) -> None:
+        VerifiedResult(self.gateway, self.reference, self.status, self.amount).check_amount(
+            expected
+        )
+
+
+TransitionBooking = Callable[..., Awaitable[asyncpg.Record]]
+
+
+def _transition_booking() -> TransitionBooking:
+    """The bookings module's transition function, or a minimal stand-in.
+
+    Imported lazily: ``booking.service`` imports this module (cancellation
+    refunds), and was being written alongside it.
+    """
+    try:
+        from booking import service
+    except ImportError:
+        return _fallback_transition_booking
+    found: TransitionBooking | None = getattr(service, "transition_booking", None)
+    return found or _fallback_transition_booking
+
+
+async def _fallback_transition_booking(
+    conn: asyncpg.Connection,
+    booking_id: UUID,
+    event: lifecycle.Event,
+    *,
+    actor_id: UUID | None,
+    detail: dict[str, Any] | None = None,
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "SELECT id, clinic_id, status FROM bookings WHERE id = $1 FOR UPDATE", booking_id
+    )
+    if row is None:
+        raise NotFound("no such booking")
+    before = lifecycle.State(row["status"])
+    after = lifecycle.transition(before, event)
+    new = await conn.fetchrow(
+        """UPDATE bookings SET status = $2, updated_at = now(),
+                  hold_expires_at = CASE WHEN $2 = 'held' THEN hold_expires_at END
+           WHERE id = $1 RETURNING *""",
+        booking_id,
+        after.value,
+    )
+    await conn.execute(
+        """INSERT INTO booking_events (booking_id, clinic_id, event, from_state, to_state,
+                                      actor_id, detail)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)""",
+        booking_id,
+        row["clinic_id"],
+        event.value,
+        before.value,
+        after.value,
+        actor_id,
+        detail or {},
+    )
+    await outbox.emit(
+        conn,
+        f"booking.{after.value}",
+        {"booking_id": str(booking_id), "event": event.value, "from": before.value},
+    )
+    assert new is not None
+    return new
+
+
+async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str | None:
+    """Move the paid booking from held to requested; return why not, if not."""
+    booking = await conn.fetchrow(
+        "SELECT status FROM bookings WHERE id = $1 FOR UPDATE", row["booking_id"]
+    )
+    if booking is None:  # pragma: no cover - a foreign key guarantees it
+        return "the booking is gone"
+    if booking["status"] != lifecycle.State.HELD.value:
+        return f"the booking is {booking['status']}, no longer held for payment"
+    try:
+        # A savepoint: a refusal must not abort the payment's transaction.
+        async with conn.transaction():
+            await _transition_booking()(
+                conn,
+                row["booking_id"],
+                lifecycle.Event.CONFIRM_PAYMENT,
+                actor_id=None,
+                detail={"payment_id": str(row["id"])},
+            )
+    except WadudError as exc:
+        return f"the booking could not be confirmed: {exc}"
+    return None
+
+
+async def apply_verdict(
+    conn: asyncpg.Connection,
+    verdict: Verdict,
+    *,
+    default_bp: int,
+    registry: GatewayRegistry | None = None,
+    intent_id: UUID | None = None,
+) -> asyncpg.Record:
+    """Apply a proven outcome to its intent, idempotently; return the intent row.
+
+    Success: intent succeeded, ledger capture with the commission split, the
+    booking confirmed, or, when the booking can no longer be confirmed, an
+    automatic full refund with the reason recorded. Failure: intent failed.
+    A repeated verdict is a no-op. ``intent_id``, when given (the redirect
+    landing names its intent in the path), must be the intent the verdict is
+    about. Call inside a transaction.
+    """
+    row = await conn.fetchrow(
+        f"""SELECT {INTENT_COLUMNS} FROM payment_intents
+            WHERE gateway = $1 AND gateway_ref = $2 FOR UPDATE""",
+        verdict.gateway,
+        verdict.reference,
+    )
+    if row is None:
+        raise UnknownReference(f"no {verdict.gateway} payment {verdict.reference!r}")
+    if intent_id is not None and row["id"] != intent_id:
+        raise InvalidSignature("the signed result is about another payment")
+    event = verdict.event
+    if event is None:
+        return row
+    try:
+        verdict.check_amount(_money(row))
+    except AmountMismatch:
+        log.error(
+            "gateway confirmed another amount than the intent asked",
+            extra={
+                "payment_id": str(row["id"]),
+                "gateway": verdict.gateway,
+                "confirmed": str(verdict.amount),
+                "expected": str(_money(row)),
+                "source": verdict.source,
+            },
+        )
+        raise
+    state = IntentState(row["status"])
+    detail = {"source": verdict.source, "code": verdict.code, "message": verdict.message}
+    if state is IntentState.REQUIRES_PAYMENT:
+        # A verdict proves the patient reached the checkout we handed out.
+        row = await move_intent(conn, row, IntentEvent.REDIRECT, {"implied_by": verdict.source})
+        state = IntentState.PROCESSING
+    if event is IntentEvent.VERIFIED_SUCCESS and state in (
+        IntentState.CANCELLED,
+        IntentState.FAILED,
+    ):
+        return await _late_success(conn, row, detail, default_bp, registry)
+    if event is IntentEvent.VERIFIED_FAILURE and state is IntentState.CANCELLED:
+        return row  # nobody paid, and the intent already says so
+    if transition(state, event) is state:
+        return row  # the same verdict again (callback and webhook both report it)
+    if event is IntentEvent.VERIFIED_FAILURE:
+        reason = f"{verdict.code} {verdict.message}".strip() or "failed"
+        row = await move_intent(conn, row, event, detail, failure_reason=reason)
+        await outbox.emit(conn, "payment.failed", payment_payload(row, reason=reason))
+        return row
+    row = await move_intent(conn, row, event, detail)
+    await _capture(conn, row, default_bp)
+    await outbox.emit(conn, "payment.succeeded", payment_payload(row))
+    why = await _confirm_booking(conn, row)
+    if why is not None:
+        log.warning(
+            "paid booking could not be confirmed; refunding",
+            extra={"payment_id": str(row["id"]), "reason": why},
+        )
+        _, row = await refund_intent(
+            conn, row, int(row["amount_minor"]), f"automatic: {why}", registry=registry
+        )
+        await conn.execute(
+            """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
+               WHERE id = $1""",
+            row["booking_id"],
+            int(row["amount_minor"]),
+        )
+    return row
+
+
+async def _late_success(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    detail: Mapping[str, Any],
+    default_bp: int,
+    registry: GatewayRegistry | None,
+) -> asyncpg.Record:
+    """Money taken for an intent already failed or cancelled (the gateway
+    changed its mind after our inquiry). The state machine keeps the intent
+    where it is; the money is recorded and given back."""
+    if await conn.fetchval(
+        "SELECT 1 FROM ledger_transactions WHERE kind = 'capture' AND payment_intent_id = $1",
+        row["id"],
+    ):
+        return row  # handled already
+    log.warning("late success on a closed payment; refunding", extra={"payment_id": str(row["id"])})
+    await record_intent_event(conn, row, "late_success", row["status"], row["status"], detail)
+    await _capture(conn, row, default_bp)
+    _, row = await refund_intent(
+        conn,
+        row,
+        int(row["amount_minor"]),
+        f"automatic: paid after the payment was {row['status']}",
+        registry=registry,
+        move_state=False,
+    )
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    duplicate: bool
+    event_id: str
+    payment_id: UUID | None
+    status: str | None
+
+
+async def handle_webhook(
+    pool: asyncpg.Pool,
+    registry: GatewayRegistry,
+    gateway_name: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    now: datetime,
+    *,
+    default_bp: int,
+) -> WebhookOutcome:
+    """Verify, deduplicate and apply one webhook delivery, in one transaction.
+
+    A bad signature or stale timestamp raises before anything is stored. A
+    delivery whose event id was seen is acknowledged and ignored; the
+    ``webhook_events`` insert and the verdict commit together, so a delivery
+    that failed half way is applied whole when the gateway redelivers.
+    Concurrent deliveries of one event serialise on that row's primary key.
+    """
+    gateway = registry.get(gateway_name)
+    event = await gateway.parse_webhook(body, headers, now)
+    async with pool.acquire() as conn, conn.transaction():
+        fresh = await conn.fetchval(
+            """INSERT INTO webhook_events (gateway, event_id, payload) VALUES ($1, $2, $3::jsonb)
+               ON CONFLICT DO NOTHING RETURNING true""",
+            gateway.name,
+            event.event_id,
+            dict(event.payload),
+        )
+        if not fresh:
+            return WebhookOutcome(True, event.event_id, None, None)
+        if event.reference is None or event.status is None:
+            return WebhookOutcome(False, event.event_id, None, None)
+        row = await apply_verdict(
+            conn, Verdict.of_webhook(event), default_bp=default_bp, registry=registry
+        )
+        return WebhookOutcome(False, event.event_id, row["id"], row["status"])
+
+
+# --- the sweeper --------------------------------------------------------------
+
+
+async def _expire(conn: asyncpg.Connection, intent_id: UUID, why: str) -> None:
+    row = await conn.fetchrow(
+        f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1 FOR UPDATE", intent_id
+    )
+    if row is None or IntentState(row["status"]) not in LIVE_STATES:
+        return
+    row = await move_intent(conn, row, IntentEvent.EXPIRE, {"reason": why}, failure_reason=why)
+    await outbox.emit(conn, "payment.expired", payment_payload(row, reason=why))
+
+
+async def sweep_once(
+    pool: asyncpg.Pool, registry: GatewayRegistry, now: datetime, *, default_bp: int
+) -> int:
+    """One round: expire unpaid intents past their window; ask the gateway
+    about processing ones older than :data:`INQUIRE_AFTER` and apply its
+    answer (expiring only on a non-success answer past the window, as the
+    state machine requires). Returns how many intents changed or were checked.
+    """
+    done = 0
+    async with pool.acquire() as conn, conn.transaction():
+        stale = await conn.fetch(
+            """SELECT id FROM payment_intents
+               WHERE status = 'requires_payment' AND expires_at <= $1
+               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            now,
+            SWEEP_BATCH,
+        )
+        for r in stale:
+            await _expire(conn, r["id"], "checkout window closed unpaid")
+        done += len(stale)
+    candidates = await pool.fetch(
+        """SELECT id, gateway, gateway_ref, expires_at FROM payment_intents
+           WHERE status = 'processing' AND gateway_ref IS NOT NULL
+             AND (created_at <= $1 OR expires_at <= $2)
+           ORDER BY created_at LIMIT $3""",
+        now - INQUIRE_AFTER,
+        now,
+        SWEEP_BATCH,
+    )
+    for r in candidates:
+        # The inquiry is I/O and holds no lock; applying its answer locks the
+        # row and is idempotent, so a webhook racing with it is harmless.
+        try:
+            if r["gateway"] not in registry:
+                raise UnknownReference(f"gateway {r['gateway']} is not configured")
+            answer = await registry.get(r["gateway"]).inquire(r["gateway_ref"])
+            status = answer.status
+        except UnknownReference:
+            status = PaymentStatus.PENDING  # the gateway forgot it; only expiry can close it
+            answer = None
+        except GatewayError:
+            log.warning("inquiry failed", extra={"payment_id": str(r["id"])}, exc_info=True)
+            continue
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if answer is not None and status is not PaymentStatus.PENDING:
+                    verdict = Verdict(
+                        answer.gateway,
+                        answer.reference,
+                        status,
+                        answer.amount,
+                        answer.gateway_code,
+                        answer.message,
+                        "inquiry",
+                    )
+                    await apply_verdict(conn, verdict, default_bp=default_bp, registry=registry)
+                elif r["expires_at"] <= now:
+                    await _expire(
+                        conn, r["id"], "checkout window closed; gateway reports no payment"
+                    )
+        except WadudError:
+            log.warning(
+                "sweep could not settle a payment",
+                extra={"payment_id": str(r["id"])},
+                exc_info=True,
+            )
+            continue
+        done += 1
+    return done
