@@ -71,7 +71,13 @@ async def pool(settings: Settings, url: str) -> AsyncIterator[asyncpg.Pool]:
         yield p
     finally:
         metrics.POOLS.pools.discard(p)
-        await p.close()
+        try:
+            # A connection some task failed to release must not hold the
+            # shutdown hostage: after a grace period, close them by force.
+            await asyncio.wait_for(p.close(), 10)
+        except TimeoutError:
+            log.warning("database pool did not close in 10 s; terminating connections")
+            p.terminate()
 
 
 def record(row: asyncpg.Record | None) -> dict[str, Any] | None:

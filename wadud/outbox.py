@@ -65,9 +65,10 @@ class Relay:
         await self._unlisten()
 
     async def _listen(self) -> None:
-        conn = await self.pool.acquire()
-        await conn.add_listener(CHANNEL, self._notified)
-        self._listener = conn
+        # Keep the connection where _unlisten finds it before anything else
+        # can be cancelled, so a shutdown mid-setup still releases it.
+        self._listener = await self.pool.acquire()
+        await self._listener.add_listener(CHANNEL, self._notified)
 
     async def _unlisten(self) -> None:
         conn, self._listener = self._listener, None
