@@ -19,6 +19,7 @@ from typing import Any
 
 import uvloop
 
+from turn.errors import TurnConfigError
 from wadud import config, logs
 from wadud.errors import ConfigError, WadudError
 
@@ -47,6 +48,11 @@ def parser() -> argparse.ArgumentParser:
     _http(p)
     p = sub.add_parser("migrate", help="apply database migrations and exit")
     _common(p)
+    p = sub.add_parser("turn", help="run the TURN/STUN relay (RFC 8656)")
+    p.add_argument("--config", help="TOML configuration file (also $WADUD_CONFIG)")
+    from turn.cli import add_arguments
+
+    add_arguments(p)
 
     p = sub.add_parser("user", help="manage accounts")
     user_sub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
@@ -80,13 +86,17 @@ def _run(coro: Any) -> Any:
 def cmd_serve(settings: config.Settings, *, role: str) -> int:
     from aiohttp import web
 
-    from wadud.app import build_app
+    import turn.http
+    from wadud.app import build_app, default_installers
 
     if role == "api" and not settings.secret_key:
         raise ConfigError("wadud api needs WADUD_SECRET_KEY: every replica must share it")
     if role == "api" and not settings.database_url:
         raise ConfigError("wadud api needs WADUD_DATABASE_URL (the embedded one is for serve)")
-    app = build_app(settings)
+    installers = default_installers()
+    if role == "serve":
+        installers.append(turn.http.install_embedded)
+    app = build_app(settings, installers)
 
     def announce(*_: Any) -> None:
         print(f"Wadud is serving on {settings.base_url}/  (Ctrl+C to stop)", flush=True)
@@ -102,6 +112,19 @@ def cmd_serve(settings: config.Settings, *, role: str) -> int:
         print=announce,
         loop=loop,
     )
+    return 0
+
+
+def cmd_turn(args: argparse.Namespace, settings: config.Settings) -> int:
+    from turn.cli import config_from_args, run
+    from turn.config import TurnConfig
+
+    base = dict(settings.turn_relay)
+    if settings.turn_secrets:
+        base["secrets"] = settings.turn_secrets
+    turn_config = config_from_args(args, TurnConfig.from_mapping(base))
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(run(turn_config))
     return 0
 
 
@@ -168,12 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format)
         if args.command in ("serve", "api"):
             return cmd_serve(settings, role=args.command)
+        if args.command == "turn":
+            return cmd_turn(args, settings)
         if args.command == "migrate":
             return cmd_migrate(settings)
         if args.command == "user" and args.user_command == "add":
             return cmd_user_add(args, settings)
-    except WadudError as exc:
-        print(f"wadud: {exc.detail}", file=sys.stderr)
+    except (WadudError, TurnConfigError) as exc:
+        print(f"wadud: {getattr(exc, 'detail', None) or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -151,6 +151,103 @@ class Settings:
     payments_webhook_tolerance: int = field(
         default=300, metadata=_doc("Oldest webhook signature timestamp accepted, seconds.")
     )
+    # [chat]
+    chat_max_body_bytes: int = field(
+        default=8192,
+        metadata=_doc("Largest chat message body, in bytes of UTF-8; larger is refused."),
+    )
+    chat_rate_per_second: float = field(
+        default=5.0,
+        metadata=_doc("Chat messages a user may send per second (sustained), per API node."),
+    )
+    chat_rate_burst: int = field(
+        default=30,
+        metadata=_doc("Chat messages a user may send in a burst before the rate applies."),
+    )
+    chat_attachment_max_bytes: int = field(
+        default=10 * 1_048_576, metadata=_doc("Largest chat attachment (image or PDF) upload.")
+    )
+    chat_attachment_url_ttl: int = field(
+        default=300, metadata=_doc("Lifetime of a signed chat attachment URL, seconds.")
+    )
+    chat_encryption_keys: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Chat encryption keys at rest as KID:KEY (KEY: 32 bytes, urlsafe base64), comma"
+            " separated; the first encrypts, all decrypt, so a key can rotate. Empty: one key"
+            " derived from SECRET_KEY."
+        ),
+    )
+    chat_reconcile_interval: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Seconds between checks of PostgreSQL for chat events the bus did not deliver"
+            " (lost pub/sub messages, a Redis restart)."
+        ),
+    )
+    chat_typing_interval: float = field(
+        default=2.0, metadata=_doc("Least seconds between two relayed typing indicators of a user.")
+    )
+    chat_client_queue_max: int = field(
+        default=5000,
+        metadata=_doc(
+            "Chat frames queued for one slow WebSocket client before it is disconnected"
+            " (it resumes from its last sequence)."
+        ),
+    )
+    # [storage]
+    storage_backend: str = field(
+        default="local",
+        metadata=_doc("Where uploaded files live: local (DATA_DIR/uploads) or s3."),
+    )
+    storage_s3_endpoint: str = field(
+        default="",
+        metadata=_doc("S3-compatible endpoint URL (MinIO, ...). Empty: AWS S3 of S3_REGION."),
+    )
+    storage_s3_bucket: str = field(default="", metadata=_doc("S3 bucket for uploaded files."))
+    storage_s3_region: str = field(default="us-east-1", metadata=_doc("S3 region."))
+    storage_s3_access_key: str = field(default="", metadata=_doc("S3 access key id."))
+    storage_s3_secret_key: str = field(default="", metadata=_doc("S3 secret access key."))
+
+    # [turn]  (the relay's own keys, e.g. listen_udp or relay_ips, are read
+    # from the same table by `wadud turn`; see docs/turn.md)
+    turn_secrets: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Shared secrets of the TURN relay's REST credentials (coturn use-auth-secret),"
+            " comma separated; the first signs, all verify. The API and `wadud turn` read the"
+            " same key. Empty in `wadud serve`: its own relay generates one."
+        ),
+    )
+    turn_urls: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "TURN URLs handed to clients with their credentials, e.g."
+            " turn:turn.example.com:3478?transport=udp. Empty in `wadud serve`: the"
+            " embedded relay's."
+        ),
+    )
+    turn_credential_ttl: int = field(
+        default=14_400,
+        metadata=_doc("Lifetime of TURN credentials handed to users, seconds."),
+    )
+    turn_embedded: bool = field(
+        default=True,
+        metadata=_doc("`wadud serve` only: run a TURN relay on 127.0.0.1 in the same process."),
+    )
+    turn_embedded_port: int = field(
+        default=3478,
+        metadata=_doc(
+            "Port of the embedded relay (UDP and TCP); when taken, a free port is used instead."
+        ),
+    )
+    turn_relay: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "The other keys of the [turn] table: the relay's own settings.",
+            "env": False,
+        },
+    )
 
     @property
     def base_url(self) -> str:
@@ -199,6 +296,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         if hint is Path:
             return Path(value)
+        if typing.get_origin(hint) is dict:
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
         if typing.get_origin(hint) is list or isinstance(hint, types.GenericAlias):
             if isinstance(value, str):
                 return [part.strip() for part in value.split(",") if part.strip()]
@@ -216,7 +317,18 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}".replace("-", "_")
-        if isinstance(value, dict) and name not in FIELDS:
+        if name == "turn" and isinstance(value, dict):
+            # The [turn] table is shared with `wadud turn`: keys that are our
+            # settings are ours, the rest are the relay's (turn.config).
+            relay = {}
+            for k, v in value.items():
+                field_name = "turn_" + k.replace("-", "_")
+                if field_name in FIELDS and field_name != "turn_relay":
+                    out[field_name] = v
+                else:
+                    relay[k.replace("-", "_")] = v
+            out["turn_relay"] = relay
+        elif isinstance(value, dict) and name not in FIELDS:
             out.update(_flatten(value, name + "_"))
         else:
             out[name] = value
@@ -249,7 +361,7 @@ def load(
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name not in FIELDS:
+        if name not in FIELDS or FIELDS[name].metadata.get("env") is False:
             raise ConfigError(f"environment: unknown setting {key}")
         values[name] = _coerce(name, value, "environment")
     for name, value in (overrides or {}).items():
@@ -258,6 +370,14 @@ def load(
     settings = Settings(**values)
     if settings.log_format not in {"json", "text"}:
         raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
+    if settings.turn_relay:
+        from turn.config import TurnConfig
+        from turn.errors import TurnConfigError
+
+        try:
+            TurnConfig.from_mapping(settings.turn_relay)
+        except (TurnConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"[turn]: {exc}") from exc
     if settings.secret_key and len(settings.secret_key.encode()) < 32:
         # RFC 7518 section 3.2: an HS256 key is at least 256 bits.
         raise ConfigError("secret_key must be at least 32 bytes")

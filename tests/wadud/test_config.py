@@ -55,6 +55,25 @@ def test_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
 def test_every_setting_is_documented() -> None:
     text = DOC.read_text()
     documented = set(re.findall(r"`WADUD_([A-Z0-9_]+)`", text))
-    fields = {name.upper() for name in config.FIELDS}
+    fields = {
+        name.upper() for name, f in config.FIELDS.items() if f.metadata.get("env") is not False
+    }
     assert fields - documented == set(), "settings missing from docs/configuration.md"
     assert documented - fields - {"CONFIG"} == set(), "docs name settings that do not exist"
+
+
+def test_turn_table_is_shared_with_the_relay(tmp_path: Path) -> None:
+    f = tmp_path / "w.toml"
+    f.write_text(
+        '[turn]\nsecrets = ["s1", "s2"]\nurls = ["turn:t.example:3478"]\n'
+        'relay_ips = ["203.0.113.5"]\nlisten_udp = ["0.0.0.0:3478"]\n'
+    )
+    s = config.load(file=f, env={})
+    assert s.turn_secrets == ["s1", "s2"]
+    assert s.turn_urls == ["turn:t.example:3478"]
+    assert s.turn_relay == {"relay_ips": ["203.0.113.5"], "listen_udp": ["0.0.0.0:3478"]}
+    f.write_text("[turn]\nrelay_ipz = ['x']\n")
+    with pytest.raises(ConfigError, match="relay_ipz"):
+        config.load(file=f, env={})
+    with pytest.raises(ConfigError, match="unknown setting"):
+        config.load(env={"WADUD_TURN_RELAY": "x"})

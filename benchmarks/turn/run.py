@@ -1,0 +1,445 @@
+"""Side-by-side TURN relay benchmark: coturn against Wadud's relay.
+
+Both servers run at once on loopback (coturn from the Debian package with
+``--relay-threads=1``, ours as ``python -m turn.cli`` on uvloop), behind the
+same ``turnutils_peer`` echo peer, and are driven in turn by identical
+``turnutils_uclient`` loads:
+
+* ``channel-100``: ChannelData, 100-byte payloads
+* ``channel-1200``: ChannelData, 1200-byte payloads
+* ``send-100``: Send/Data indications, 100-byte payloads
+
+For each it reports relayed packets (client to peer plus peer to client) per
+CPU-second of the server process (user + system, from /proc via psutil), the
+offered rate, loss, and the ratio ours/coturn. Added round-trip time comes
+from a separate probe: sequential 100-byte ChannelData pings through each
+relay, minus the p50 of the same pings sent straight to the echo peer.
+
+Everything stays on 127.0.0.1; every load is bounded in count and time.
+
+    .venv/bin/python benchmarks/turn/run.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from turn import stun  # noqa: E402
+from turn.credentials import rest_credentials  # noqa: E402
+
+SECRET = "bench-secret"
+REALM = "bench.wadud"
+HOST = "127.0.0.1"
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for both UDP and TCP on loopback."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                t.bind((HOST, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class LoadResult:
+    server: str
+    scenario: str
+    sent: int
+    received: int
+    lost: int
+    loss_pct: float
+    cpu_seconds: float
+    wall_seconds: float
+    offered_pps: float
+    relayed_per_cpu_second: float
+    # Kernel-wide UDP receive-buffer overflows during the run (any socket:
+    # server, uclient or peer), to tell scheduling stalls from relay drops.
+    udp_rcvbuf_errors: int
+
+
+@dataclass
+class RttResult:
+    server: str
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    added_p50_us: float
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None):
+        self.name = name
+        self.port = port
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        wait_stun(port)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def wait_stun(port: int, deadline: float = 15.0) -> None:
+    """Block until a Binding request to ``port`` is answered."""
+    end = time.monotonic() + deadline
+    req = bytes(stun.Message(stun.BINDING, stun.REQUEST, os.urandom(12)))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < end:
+            s.sendto(req, (HOST, port))
+            try:
+                s.recvfrom(2048)
+                return
+            except OSError:
+                continue
+    raise RuntimeError(f"server on {port} did not answer")
+
+
+def start_coturn(port: int, min_port: int, max_port: int, tmp: Path) -> Server:
+    argv = [
+        "turnserver",
+        "-n",
+        "--listening-ip", HOST,
+        "--listening-port", str(port),
+        "--relay-ip", HOST,
+        "--min-port", str(min_port),
+        "--max-port", str(max_port),
+        "--use-auth-secret",
+        "--static-auth-secret", SECRET,
+        "--realm", REALM,
+        "--relay-threads=1",
+        "--allow-loopback-peers",
+        "--no-tls", "--no-dtls", "--no-cli",
+        "--no-stdout-log",
+        "--log-file", str(tmp / "coturn.log"),
+        "--pidfile", str(tmp / "coturn.pid"),
+    ]  # fmt: skip
+    return Server("coturn", argv, port)
+
+
+def start_ours(port: int, min_port: int, max_port: int) -> Server:
+    argv = [
+        sys.executable, "-m", "turn.cli",
+        "--listen", f"{HOST}:{port}",
+        "--relay-ip", HOST,
+        "--min-port", str(min_port),
+        "--max-port", str(max_port),
+        "--secret", SECRET,
+        "--realm", REALM,
+        "--allow-peer", "127.0.0.0/8",
+        "--user-quota", "1000",
+        "--unauth-rate", "0",
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return Server("wadud", argv, port, env)
+
+
+_UCLIENT_TOTALS = re.compile(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
+_UCLIENT_LOST = re.compile(r"Total lost packets (\d+)")
+_UCLIENT_TIME = re.compile(r"Total transmit time is (\d+)")
+
+
+def run_uclient(
+    server: Server, peer_port: int, scenario: str, sessions: int, count: int
+) -> LoadResult:
+    size = 1200 if scenario.endswith("1200") else 100
+    argv = [
+        "turnutils_uclient",
+        "-c",  # no RTCP twin allocations
+        "-W", SECRET,
+        "-e", HOST, "-r", str(peer_port),
+        "-p", str(server.port),
+        "-m", str(sessions),
+        "-n", str(count),
+        "-z", "1",
+        "-l", str(size),
+    ]  # fmt: skip
+    if scenario.startswith("send"):
+        argv.append("-s")
+    argv.append(HOST)
+    cpu0 = server.cpu()
+    drops0 = udp_rcvbuf_errors()
+    t0 = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False).stdout
+    wall = time.monotonic() - t0
+    cpu = server.cpu() - cpu0
+    drops = udp_rcvbuf_errors() - drops0
+    totals = _UCLIENT_TOTALS.findall(out)
+    if not totals:
+        raise RuntimeError(f"uclient against {server.name} printed no totals:\n{out[-2000:]}")
+    sent, received = (int(x) for x in totals[-1])
+    lost_match = _UCLIENT_LOST.search(out)
+    lost = int(lost_match.group(1)) if lost_match else sent - received
+    # uclient's "transmit time" is whole seconds, so the rate is approximate.
+    time_match = _UCLIENT_TIME.findall(out)
+    transmit = max(1, int(time_match[-1])) if time_match else max(1.0, wall)
+    relayed = sent + received
+    return LoadResult(
+        server=server.name,
+        scenario=scenario,
+        sent=sent,
+        received=received,
+        lost=lost,
+        loss_pct=round(100.0 * lost / sent, 3) if sent else 0.0,
+        cpu_seconds=round(cpu, 3),
+        wall_seconds=round(wall, 2),
+        offered_pps=round(sent / transmit),
+        relayed_per_cpu_second=round(relayed / cpu) if cpu > 0 else 0,
+        udp_rcvbuf_errors=drops,
+    )
+
+
+def udp_rcvbuf_errors() -> int:
+    """RcvbufErrors of the Udp line in /proc/net/snmp (0 where unavailable)."""
+    try:
+        lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
+    except OSError:
+        return 0
+    udp = [ln for ln in lines if ln and ln[0] == "Udp:"]
+    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
+        return 0
+    return int(udp[1][udp[0].index("RcvbufErrors")])
+
+
+# --- round-trip probe: a tiny blocking TURN client -------------------------------------
+
+
+def _request(sock: socket.socket, server: tuple[str, int], msg: stun.Message) -> stun.Message:
+    data = bytes(msg)
+    for _ in range(10):
+        sock.sendto(data, server)
+        try:
+            while True:
+                reply, _ = sock.recvfrom(4096)
+                if reply[0] < 0x40:
+                    parsed = stun.Message.parse(reply)
+                    if parsed.transaction_id == msg.transaction_id:
+                        return parsed
+        except TimeoutError:
+            continue
+    raise RuntimeError("no answer")
+
+
+def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> socket.socket:
+    """Allocate and bind channel 0x4000 to ``peer``; returns the connected socket."""
+    username, password = rest_credentials(SECRET, "probe", 600, time.time())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(0.5)
+    req = stun.Message(stun.ALLOCATE, stun.REQUEST, os.urandom(12))
+    req.add(stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
+    challenge = _request(sock, server, req)
+    nonce = challenge.get(stun.NONCE)
+    realm = challenge.get(stun.REALM)
+    assert nonce is not None
+    assert realm is not None
+    key = stun.long_term_key(username, realm.decode(), password)
+
+    def signed(method: int, *attrs: tuple[int, Any]) -> stun.Message:
+        m = stun.Message(method, stun.REQUEST, os.urandom(12))
+        for t, v in attrs:
+            # Address values are XORed with this message's transaction id.
+            m.set(t, v) if t == stun.XOR_PEER_ADDRESS else m.add(t, v)
+        m.add(stun.USERNAME, username.encode()).add(stun.REALM, realm).add(stun.NONCE, nonce)
+        return m.add_integrity(key)
+
+    tr = stun.pack_transport(stun.TRANSPORT_UDP)
+    ok = _request(sock, server, signed(stun.ALLOCATE, (stun.REQUESTED_TRANSPORT, tr)))
+    assert ok.cls == stun.SUCCESS, ok
+    ch = stun.pack_channel(0x4000)
+    bind = signed(stun.CHANNEL_BIND, (stun.CHANNEL_NUMBER, ch), (stun.XOR_PEER_ADDRESS, peer))
+    ok = _request(sock, server, bind)
+    assert ok.cls == stun.SUCCESS, ok
+    sock.connect(server)
+    return sock
+
+
+def ping(sock: socket.socket, payload: bytes, count: int) -> list[float]:
+    """Sequential round trips in microseconds; each waits for its echo."""
+    out: list[float] = []
+    sock.settimeout(1.0)
+    for _ in range(count):
+        t0 = time.perf_counter_ns()
+        sock.send(payload)
+        try:
+            sock.recv(4096)
+        except TimeoutError:
+            continue
+        out.append((time.perf_counter_ns() - t0) / 1000.0)
+    return out
+
+
+def rtt_probe(servers: list[Server], peer_port: int, count: int) -> list[RttResult]:
+    payload = bytes(100)
+    direct = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    direct.connect((HOST, peer_port))
+    framed = struct.pack("!HH", 0x4000, len(payload)) + payload
+    socks = {s.name: open_channel((HOST, s.port), (HOST, peer_port)) for s in servers}
+    samples: dict[str, list[float]] = {"direct": [], **{name: [] for name in socks}}
+    # Interleave rounds so drift in machine load hits every path alike.
+    rounds = 10
+    for _ in range(rounds):
+        samples["direct"] += ping(direct, payload, count // rounds)
+        for name, sock in socks.items():
+            samples[name] += ping(sock, framed, count // rounds)
+    base = statistics.median(samples["direct"])
+    results = [RttResult("direct", round(base, 1), *_pcts(samples["direct"])[1:], 0.0)]
+    for name in socks:
+        p50, p90, p99 = _pcts(samples[name])
+        results.append(RttResult(name, p50, p90, p99, round(p50 - base, 1)))
+    for sock in socks.values():
+        sock.close()
+    direct.close()
+    return results
+
+
+def _pcts(xs: list[float]) -> tuple[float, float, float]:
+    xs = sorted(xs)
+    n = len(xs)
+    return (
+        round(xs[n // 2], 1),
+        round(xs[min(n - 1, int(n * 0.9))], 1),
+        round(xs[min(n - 1, int(n * 0.99))], 1),
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small loads, for a smoke test")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "turn.json"))
+    parser.add_argument("--sessions", type=int, default=None, help="uclient sessions (-m)")
+    parser.add_argument("--count", type=int, default=None, help="messages per session (-n)")
+    parser.add_argument("--scenarios", default=None, help="comma-separated subset to run")
+    args = parser.parse_args()
+    for tool in ("turnserver", "turnutils_uclient", "turnutils_peer"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: apt-get install -y coturn", file=sys.stderr)
+            return 2
+    sessions = args.sessions or (10 if args.quick else 110)
+    count = args.count or (300 if args.quick else 1200)
+    scenarios = ["channel-100"] if args.quick else ["channel-100", "channel-1200", "send-100"]
+    if args.scenarios:
+        scenarios = args.scenarios.split(",")
+    rtt_count = 500 if args.quick else 4000
+
+    tmp = Path(tempfile.mkdtemp(prefix="turn-bench-"))
+    peer_port = free_port()
+    peer = subprocess.Popen(
+        ["turnutils_peer", "-L", HOST, "-p", str(peer_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    servers: list[Server] = []
+    loads: list[LoadResult] = []
+    try:
+        servers.append(start_coturn(free_port(), 40000, 44999, tmp))
+        servers.append(start_ours(free_port(), 45000, 49999))
+        time.sleep(0.3)
+        rtts = rtt_probe(servers, peer_port, rtt_count)
+        for scenario in scenarios:
+            for server in servers:
+                loads.append(run_uclient(server, peer_port, scenario, sessions, count))
+    finally:
+        for server in servers:
+            server.stop()
+        os.killpg(peer.pid, signal.SIGTERM)
+        peer.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    by = {(r.server, r.scenario): r for r in loads}
+    print(f"\nTURN relay benchmark ({sessions} uclient sessions x {count} messages, -z 1)\n")
+    header = (
+        f"{'scenario':<14}{'server':<8}{'sent':>8}{'lost':>7}{'loss%':>7}{'pps':>8}"
+        f"{'cpu s':>8}{'relayed/cpu-s':>15}{'rcvbuf drops':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    ratios: dict[str, float] = {}
+    for scenario in scenarios:
+        for name in ("coturn", "wadud"):
+            r = by[(name, scenario)]
+            print(
+                f"{scenario:<14}{name:<8}{r.sent:>8}{r.lost:>7}{r.loss_pct:>7.2f}{r.offered_pps:>8.0f}"
+                f"{r.cpu_seconds:>8.2f}{r.relayed_per_cpu_second:>15,.0f}{r.udp_rcvbuf_errors:>14}"
+            )
+        c, w = by[("coturn", scenario)], by[("wadud", scenario)]
+        ratios[scenario] = (
+            round(w.relayed_per_cpu_second / c.relayed_per_cpu_second, 3)
+            if c.relayed_per_cpu_second
+            else 0.0
+        )
+        print(f"{'':<14}ours/coturn per CPU-second: {ratios[scenario]:.2f}x")
+    print(f"\nround trip, 100-byte ChannelData, {rtt_count} sequential pings")
+    print(f"{'path':<10}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}{'added p50':>12}")
+    for q in rtts:
+        print(
+            f"{q.server:<10}{q.p50_us:>10.1f}{q.p90_us:>10.1f}{q.p99_us:>10.1f}{q.added_p50_us:>12.1f}"
+        )
+    rtt = {q.server: q for q in rtts}
+    diff = round(rtt["wadud"].added_p50_us - rtt["coturn"].added_p50_us, 1)
+    print(f"added p50, ours minus coturn: {diff:+.1f} us")
+
+    result: dict[str, Any] = {
+        "quick": args.quick,
+        "sessions": sessions,
+        "count": count,
+        "loads": [asdict(r) for r in loads],
+        "ratio_per_cpu_second": ratios,
+        "rtt": [asdict(r) for r in rtts],
+        "added_p50_diff_us": diff,
+        "time": time.time(),
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""coturn's own clients against our relay: turnutils_uclient and turnutils_stunclient.
+
+CI installs the Debian ``coturn`` package; without it these tests skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.turn.conftest import SECRET, need_binary
+from turn.aio import TurnServer
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def coturn_peer() -> AsyncIterator[int]:
+    """turnutils_peer: coturn's UDP echo peer."""
+    need_binary("turnutils_peer")
+    port = _free_udp_port()
+    proc = await asyncio.create_subprocess_exec(
+        "turnutils_peer", "-L", "127.0.0.1", "-p", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    await asyncio.sleep(0.2)
+    try:
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        await proc.wait()
+
+
+async def uclient(server: TurnServer, peer_port: int, *flags: str, secret: str = SECRET) -> str:
+    need_binary("turnutils_uclient")
+    port = server.udp_addresses[0][1]
+    proc = await asyncio.create_subprocess_exec(
+        "turnutils_uclient", *flags, "-W", secret, "-e", "127.0.0.1", "-r", str(peer_port),
+        "-p", str(port), "127.0.0.1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    return out.decode(errors="replace")
+
+
+def totals(out: str) -> tuple[int, int, int]:
+    sent, received = (
+        int(x) for x in re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", out)[-1]
+    )
+    lost = int(re.search(r"Total lost packets (\d+)", out).group(1))  # type: ignore[union-attr]
+    return sent, received, lost
+
+
+async def test_uclient_relays_without_loss(server_factory: Any, coturn_peer: int) -> None:
+    """Channels and Send indications, over UDP and TCP, all four at once.
+
+    Moderate load: 5 sessions each (uclient adds one), 300 messages every 2 ms,
+    400-byte payloads; run together so the file stays quick.
+    """
+    variants = {
+        "udp-channels": (),
+        "udp-send": ("-s",),
+        "tcp-channels": ("-t",),
+        "tcp-send": ("-t", "-s"),
+    }
+    load = ("-m", "5", "-n", "300", "-z", "2", "-l", "400")
+    # uclient's REST usernames are all one user: lift the per-user quota.
+    turn_server = await server_factory(user_quota=100)
+    outs = await asyncio.gather(
+        *(uclient(turn_server, coturn_peer, *f, *load) for f in variants.values())
+    )
+    for name, out in zip(variants, outs, strict=True):
+        sent, received, lost = totals(out)
+        assert sent >= 1500, (name, out[-2000:])
+        assert received == sent, name
+        assert lost == 0, name
+        assert "error" not in out.lower(), (name, out[-2000:])
+    snap = turn_server.core.snapshot()
+    total = sum(totals(out)[0] for out in outs)
+    assert snap["to_peer_pkts"] >= total
+    assert snap["from_peer_pkts"] >= total
+
+
+async def test_uclient_with_wrong_secret_is_refused(
+    turn_server: TurnServer, coturn_peer: int
+) -> None:
+    out = await uclient(turn_server, coturn_peer, "-n", "5", secret="not-the-secret")
+    assert "tot_recv_msgs" not in out or totals(out)[1] == 0
+    assert re.search(r"error 401|Unauthorized|Cannot complete Allocation", out), out[-2000:]
+
+
+async def test_uclient_refused_loopback_peer_by_default(
+    server_factory: Any, coturn_peer: int
+) -> None:
+    server = await server_factory(allow_peers=())
+    out = await uclient(server, coturn_peer, "-n", "5")
+    assert "403" in out or "Forbidden" in out, out[-2000:]
+
+
+async def test_stunclient_gets_the_right_mapped_address(turn_server: TurnServer) -> None:
+    need_binary("turnutils_stunclient")
+    seen: list[Any] = []
+    handle = turn_server.core.handle
+
+    def recording(side: Any, client: Any, data: bytes, now: float) -> bytes | None:
+        seen.append(client)
+        return handle(side, client, data, now)
+
+    turn_server.core.handle = recording  # type: ignore[method-assign]
+    proc = await asyncio.create_subprocess_exec(
+        "turnutils_stunclient", "-p", str(turn_server.udp_addresses[0][1]), "127.0.0.1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    text = out.decode()
+    mapped = re.findall(r"UDP reflexive addr: ([\d.]+):(\d+)", text)
+    assert mapped, text
+    assert (mapped[0][0], int(mapped[0][1])) in seen
