@@ -249,7 +249,16 @@ async def apply_event(
         extra={"manage_token": token} if token else None,
     )
     occupancy_changed = (old in ACTIVE_STATES) != (new in ACTIVE_STATES)
-    if refresh and (occupancy_changed or event is Event.RESCHEDULE):
+    if refresh and occupancy_changed:
+        blocked = updated["blocked"]
+        await slots.refresh_next_free(
+            conn,
+            updated["doctor_id"],
+            now,
+            changed=(blocked.lower, blocked.upper),
+            occupied=new in ACTIVE_STATES,
+        )
+    elif refresh and event is Event.RESCHEDULE:
         await slots.refresh_next_free(conn, updated["doctor_id"], now)
     return updated
 
@@ -393,7 +402,7 @@ async def create_hold(
             raise SlotTaken("this time was booked by someone else; pick another slot") from None
         assert row is not None
         await record_event(conn, row, "hold", None, actor_id=patient_id)
-        await slots.refresh_next_free(conn, doctor_id, now)
+        await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi))
         return row
 
 

@@ -299,10 +299,29 @@ async def next_free(
 
 
 async def refresh_next_free(
-    conn: asyncpg.Connection, doctor_id: UUID, now: datetime
+    conn: asyncpg.Connection,
+    doctor_id: UUID,
+    now: datetime,
+    *,
+    changed: tuple[datetime, datetime] | None = None,
+    occupied: bool = True,
 ) -> datetime | None:
     """Recompute and store ``doctors.next_free_at``; call after a change to
-    the doctor's availability or bookings (inside that transaction)."""
+    the doctor's availability or bookings (inside that transaction).
+
+    ``changed`` is the blocked range a booking just took (``occupied``) or
+    gave back. Most changes cannot move the earliest free slot: time taken
+    that misses that slot's buffered range, or time given back after it.
+    Those skip the recomputation, which is the costliest part of a hold."""
+    if changed is not None:
+        doctor = await conn.fetchrow(
+            """SELECT next_free_at, buffer_before_min, buffer_after_min, slot_minutes
+               FROM doctors WHERE id = $1""",
+            doctor_id,
+        )
+        if doctor is not None and not _may_move(doctor, changed, occupied, now):
+            current: datetime | None = doctor["next_free_at"]
+            return current
     _, availability = await load_availability(conn, doctor_id)
     value = await next_free(conn, doctor_id, availability, now)
     await conn.execute(
@@ -312,6 +331,24 @@ async def refresh_next_free(
         now,
     )
     return value
+
+
+def _may_move(
+    doctor: asyncpg.Record, changed: tuple[datetime, datetime], occupied: bool, now: datetime
+) -> bool:
+    first: datetime | None = doctor["next_free_at"]
+    if first is None or first <= now:
+        return True
+    lo, hi = changed
+    if not occupied:
+        # Time given back after the earliest free slot cannot make an earlier one.
+        return lo < first
+    # Taken time moves the earliest slot only if it conflicts with it; the
+    # longest slot length of any type stands for "that slot", conservatively.
+    longest = max((int(m) for m in doctor["slot_minutes"].values()), default=0)
+    slot_lo = first - timedelta(minutes=doctor["buffer_before_min"])
+    slot_hi = first + timedelta(minutes=longest + doctor["buffer_after_min"])
+    return lo < slot_hi and slot_lo < hi
 
 
 def day_of(text: str) -> date:

@@ -39,7 +39,11 @@ async def readyz(call: Call[None, None]) -> web.Response:
     try:
         async with call.pool.acquire(timeout=2) as conn:
             db_ok = await conn.fetchval("SELECT true")
-            pending = [m.name for m in await migrate.pending(conn)]
+            try:
+                pending = [m.name for m in await migrate.pending(conn)]
+            except migrate.MigrationError as exc:
+                # The schema and this code disagree: not ready, and say why.
+                pending = [exc.detail]
     except Exception:
         db_ok = False
     bus_ok = await call.request.app[keys.BUS].ping()
