@@ -1,0 +1,144 @@
+"""Property-based fuzz of the whole HTTP API from its own OpenAPI document.
+
+schemathesis (a client no one here wrote) generates requests from the
+document: valid ones, edge cases and malformed ones, anonymous and with an
+admin's and a patient's token, against a real ``wadud serve`` process on a
+real PostgreSQL. The check is that no request gets a 5xx; the server's own
+4xx validation is what the generated garbage should meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import free_port
+
+BIN = Path(sys.executable).parent
+SECRET = "fuzz-secret-" + "y" * 40
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "WADUD_DATABASE_URL": database_url,
+        "WADUD_SECRET_KEY": SECRET,
+        "WADUD_LOG_LEVEL": "info",
+    }
+    proc = subprocess.Popen(
+        [str(BIN / "wadud"), "serve", "--port", str(port), "--data-dir", str(tmp_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "server.log", "wb"),  # noqa: SIM115 - closed with the process
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log = (tmp_path / "server.log").read_text()
+        # The server logs every unhandled error and every request's status; a
+        # fuzz run must leave neither an unhandled error nor a 5xx.
+        bad = [
+            line
+            for line in log.splitlines()
+            if "unhandled error" in line or re.search(r'"status": 5\d\d', line)
+        ]
+        assert not bad, "\n".join(bad)[-6000:]
+
+
+async def _ready(base: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):
+            try:
+                async with s.get(base + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+async def _token(base: str, tmp_path: Path, database_url: str, role: str) -> str:
+    email = f"{role}@fuzz.test"
+    password = "fuzz password 123"
+    if role == "patient":
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                base + "/api/v1/auth/register", json={"email": email, "password": password}
+            ) as r,
+        ):
+            return str((await r.json())["access_token"])
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "wadud"),
+        "user",
+        "add",
+        "--email",
+        email,
+        "--role",
+        role,
+        "--password-stdin",
+        "--data-dir",
+        str(tmp_path),
+        stdin=subprocess.PIPE,
+        env={**os.environ, "WADUD_DATABASE_URL": database_url, "WADUD_SECRET_KEY": SECRET},
+    )
+    await proc.communicate(password.encode() + b"\n")
+    assert proc.returncode == 0
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(base + "/api/v1/auth/login", json={"email": email, "password": password}) as r,
+    ):
+        return str((await r.json())["access_token"])
+
+
+@pytest.mark.timeout(600)
+async def test_fuzz_finds_no_server_errors(server: str, tmp_path: Path, database_url: str) -> None:
+    if shutil.which("schemathesis", path=str(BIN)) is None:
+        pytest.fail("schemathesis is a test dependency; install wadud[test]")
+    await _ready(server)
+    admin = await _token(server, tmp_path, database_url, "admin")
+    patient = await _token(server, tmp_path, database_url, "patient")
+    for name, headers in (
+        ("anonymous", []),
+        ("admin", ["-H", f"Authorization: Bearer {admin}"]),
+        ("patient", ["-H", f"Authorization: Bearer {patient}"]),
+    ):
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "schemathesis"),
+            "run",
+            f"{server}/api/v1/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            os.environ.get("WADUD_FUZZ_EXAMPLES", "12"),
+            "--seed",
+            "20261122",
+            "--max-time",
+            os.environ.get("WADUD_FUZZ_SECONDS", "40"),
+            "--exclude-path",
+            "/api/v1/auth/logout",
+            "--no-color",
+            "--warnings",
+            "off",
+            *headers,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+        out, _ = await proc.communicate()
+        text = out.decode(errors="replace")
+        assert proc.returncode == 0, f"{name}:\n{text[-6000:]}"
