@@ -22,10 +22,11 @@ test: $(BIN)/wadud
 
 lint: $(BIN)/wadud
 	$(BIN)/ruff check .
-	$(BIN)/mypy wadud bin booking
+	$(BIN)/mypy wadud bin booking turn
 
 bench: $(BIN)/wadud
 	$(BIN)/python benchmarks/booking/run.py
+	$(BIN)/python benchmarks/turn/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
