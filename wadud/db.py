@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,8 +25,11 @@ async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
     """Start (or join) a PostgreSQL cluster under ``data_dir/postgres`` from the
     ``pgserver`` wheel and yield its URL; the data survives restarts. The
     server stops when the last process using it lets go."""
-    # Imported late: only the embedded default needs it.
-    from pgserver.postgres_server import get_server
+    # Imported late: only the embedded default needs it. Its platformdirs
+    # warns when XDG_RUNTIME_DIR is unset (root, containers), which is noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from pgserver.postgres_server import get_server
 
     path = (data_dir / "postgres").resolve()
     path.mkdir(parents=True, exist_ok=True)
