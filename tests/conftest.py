@@ -46,10 +46,10 @@ class PgCluster:
 def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
     """A real PostgreSQL 16 for the whole session, with the schema migrated
     into a template database that every test clones."""
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     path = tmp_path_factory.mktemp("pg")
-    server = pgserver.get_server(path, cleanup_mode="delete")
+    server = get_server(path, cleanup_mode="delete")
     cluster = PgCluster(server)
 
     async def prepare() -> None:

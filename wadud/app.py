@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 
-from wadud import accounts, bus, db, http, idempotency, keys, migrate, ops, outbox
+from wadud import accounts, bus, db, http, idempotency, keys, migrate, ops, outbox, storage
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.app")
@@ -68,6 +68,14 @@ async def _outbox(app: web.Application) -> AsyncIterator[None]:
         await relay.close()
 
 
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    # The file store (local folder or S3) opens on first use; this closes it.
+    try:
+        yield
+    finally:
+        await storage.close_storage(app)
+
+
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
@@ -90,9 +98,16 @@ def default_installers() -> list[Installer]:
     """Every package's ``install``; imported here so ``wadud.app`` is the one
     place that knows them all."""
     import booking.http
+    import chat.http
     import turn.http
 
-    return [ops.routes.install, accounts.routes.install, turn.http.install, booking.http.install]
+    return [
+        ops.routes.install,
+        accounts.routes.install,
+        turn.http.install,
+        booking.http.install,
+        chat.http.install,
+    ]
 
 
 def build_app(settings: Settings, installers: Iterable[Installer] | None = None) -> web.Application:
@@ -114,7 +129,7 @@ def build_app(settings: Settings, installers: Iterable[Installer] | None = None)
     app[keys.SETTINGS] = settings
     app[keys.ENDPOINTS] = []
     app[keys.EXTRAS] = {"index_links": []}
-    app.cleanup_ctx.extend([_database, _bus, _outbox, _housekeeping])
+    app.cleanup_ctx.extend([_database, _bus, _outbox, _storage, _housekeeping])
     for install in default_installers() if installers is None else installers:
         install(app)
     return app

@@ -28,7 +28,6 @@ from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from booking import slots as slot_db
-from booking.storage import storage_of
 from wadud import accounts, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import (
@@ -39,6 +38,7 @@ from wadud.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
+from wadud.storage import storage_of
 
 routes = Routes("doctors", "Doctor profiles, credentials, availability and slots.")
 

@@ -1,0 +1,289 @@
+"""Chat operations shared by the WebSocket and REST adapters: send, edit,
+delete, read, typing; attachments in and out. Each state change is one
+transaction committed before it is acknowledged."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from chat import store
+from chat.crypto import Keyring, attachment_aad
+from chat.errors import AttachmentType, LinkExpired, RateLimited
+from chat.hub import Hub
+from chat.protocol import InvalidFrame, check_body
+from wadud.config import Settings
+from wadud.principal import Principal
+from wadud.storage import Storage
+
+# Magic numbers: the type comes from the bytes, never the name or header.
+_SNIFF: list[tuple[bytes, int, str]] = [
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"GIF87a", 0, "image/gif"),
+    (b"GIF89a", 0, "image/gif"),
+    (b"%PDF-", 0, "application/pdf"),
+]
+
+
+def sniff(data: bytes) -> str | None:
+    """The attachment type of ``data`` by content, or None if not allowed."""
+    for magic, offset, ctype in _SNIFF:
+        if data[offset : offset + len(magic)] == magic:
+            return ctype
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+class RateLimiter:
+    """Token bucket per user (per node: a user spread over several nodes
+    gets the rate on each, which is the price of not needing Redis to send)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[UUID, tuple[float, float]] = {}
+
+    def take(self, user: UUID, now: float) -> float:
+        """0 if allowed, else the seconds to wait."""
+        tokens, at = self._buckets.get(user, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[user] = (tokens, now)
+            return (1.0 - tokens) / self.rate if self.rate > 0 else 60.0
+        self._buckets[user] = (tokens - 1.0, now)
+        if len(self._buckets) > 100_000:
+            self._buckets = {u: v for u, v in self._buckets.items() if now - v[1] < 60}
+        return 0.0
+
+
+@dataclass(frozen=True)
+class Ack:
+    conversation_id: UUID
+    client_id: str
+    seq: int
+    at: str
+    duplicate: bool
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "conversation_id": str(self.conversation_id),
+            "client_id": self.client_id,
+            "seq": self.seq,
+            "at": self.at,
+            "duplicate": self.duplicate,
+        }
+
+
+class ChatService:
+    def __init__(
+        self, pool: asyncpg.Pool, hub: Hub, keyring: Keyring, settings: Settings, storage: Storage
+    ) -> None:
+        self.pool = pool
+        self.hub = hub
+        self.keyring = keyring
+        self.settings = settings
+        self.storage = storage
+        self.limiter = RateLimiter(settings.chat_rate_per_second, settings.chat_rate_burst)
+        self.appender = store.Appender(pool)
+        self._staff_joined: set[tuple[UUID, UUID]] = set()
+
+    def _rate(self, who: Principal) -> None:
+        wait = self.limiter.take(who.user_id, time.monotonic())
+        if wait > 0:
+            raise RateLimited(
+                f"at most {self.settings.chat_rate_per_second:g} messages per second",
+                retry_after=round(wait, 3),
+            )
+
+    async def _append(
+        self,
+        acc: store.Access,
+        who: Principal,
+        *,
+        client_id: str,
+        kind: str,
+        body: str | None,
+        target_seq: int | None = None,
+        attachment_id: UUID | None = None,
+        ref: str | None = None,
+    ) -> Ack:
+        store.require_write(acc)
+        data = check_body(body, self.settings.chat_max_body_bytes, ref=ref) if body else None
+        if kind == "message" and data is None and attachment_id is None:
+            raise InvalidFrame("a message needs a body or an attachment", ref=ref)
+        if kind == "edit" and data is None:
+            raise InvalidFrame("an edit needs a body", ref=ref)
+        self._rate(who)
+        attachment = None
+        if attachment_id is not None:
+            attachment = await store.attachment_meta(self.pool, acc, who, attachment_id)
+        if target_seq is not None:
+            await store.check_target(self.pool, acc, who, kind, target_seq)
+        if acc.member_role == "clinic_staff" and (acc.conversation_id, who.user_id) not in (
+            self._staff_joined
+        ):
+            await store.ensure_member(self.pool, acc, who)
+            self._staff_joined.add((acc.conversation_id, who.user_id))
+        res = await store.append(
+            self.appender,
+            self.keyring,
+            acc,
+            who.user_id,
+            client_id=client_id,
+            kind=kind,
+            body=data,
+            target_seq=target_seq,
+            attachment_id=attachment_id,
+        )
+        if not res.duplicate:
+            self.hub.committed(
+                store.event_of(
+                    acc.conversation_id,
+                    seq=res.seq,
+                    kind=kind,
+                    sender_id=who.user_id,
+                    client_id=client_id,
+                    body=body if data is not None else None,
+                    target_seq=target_seq,
+                    attachment=attachment,
+                    at=res.at,
+                )
+            )
+        return Ack(acc.conversation_id, client_id, res.seq, res.at.isoformat(), res.duplicate)
+
+    async def send(
+        self,
+        acc: store.Access,
+        who: Principal,
+        *,
+        client_id: str,
+        body: str,
+        attachment_id: UUID | None = None,
+        ref: str | None = None,
+    ) -> Ack:
+        return await self._append(
+            acc,
+            who,
+            client_id=client_id,
+            kind="message",
+            body=body,
+            attachment_id=attachment_id,
+            ref=ref,
+        )
+
+    async def edit(
+        self,
+        acc: store.Access,
+        who: Principal,
+        *,
+        client_id: str,
+        target_seq: int,
+        body: str,
+        ref: str | None = None,
+    ) -> Ack:
+        return await self._append(
+            acc, who, client_id=client_id, kind="edit", body=body, target_seq=target_seq, ref=ref
+        )
+
+    async def delete(
+        self,
+        acc: store.Access,
+        who: Principal,
+        *,
+        client_id: str,
+        target_seq: int,
+        ref: str | None = None,
+    ) -> Ack:
+        return await self._append(
+            acc, who, client_id=client_id, kind="delete", body=None, target_seq=target_seq, ref=ref
+        )
+
+    async def read(self, acc: store.Access, who: Principal, seq: int) -> int:
+        pos = await store.mark_read(self.pool, acc, who, seq)
+        if acc.member_role is not None:
+            self.hub.ephemeral(
+                acc.conversation_id,
+                {
+                    "v": 1,
+                    "type": "read",
+                    "conversation_id": str(acc.conversation_id),
+                    "user_id": str(who.user_id),
+                    "seq": pos,
+                },
+            )
+        return pos
+
+    def typing(self, acc: store.Access, who: Principal) -> bool:
+        store.require_write(acc)
+        if not self.hub.typing_allowed(who.user_id, acc.conversation_id, time.monotonic()):
+            return False
+        self.hub.ephemeral(
+            acc.conversation_id,
+            {
+                "v": 1,
+                "type": "typing",
+                "conversation_id": str(acc.conversation_id),
+                "user_id": str(who.user_id),
+            },
+            skip_user=who.user_id,
+        )
+        return True
+
+    # -- attachments --------------------------------------------------------------
+
+    async def upload(self, acc: store.Access, who: Principal, data: bytes) -> dict[str, Any]:
+        store.require_write(acc)
+        ctype = sniff(data)
+        if ctype is None:
+            raise AttachmentType("the file is not a JPEG, PNG, GIF, WebP image or a PDF")
+        attachment_id = uuid.uuid4()
+        sealed = self.keyring.seal(data, attachment_aad(attachment_id))
+        key = await self.storage.put(sealed.data)
+        return await store.insert_attachment(
+            self.pool,
+            acc,
+            who,
+            attachment_id=attachment_id,
+            content_type=ctype,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            storage_key=key,
+            key_id=sealed.key_id,
+            nonce=sealed.nonce,
+        )
+
+    def _mac(self, attachment_id: UUID, expires: int) -> str:
+        key = hashlib.sha256(b"wadud-chat-attachment-url" + self.settings.secret_key.encode())
+        mac = hmac.new(key.digest(), f"{attachment_id}:{expires}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+
+    def sign(self, attachment_id: UUID, now: float) -> tuple[str, int]:
+        """A short-lived link to an attachment's bytes: (path with query,
+        expiry as Unix seconds). Whoever holds it may fetch until then, so it
+        is only handed to members."""
+        expires = int(now) + self.settings.chat_attachment_url_ttl
+        sig = self._mac(attachment_id, expires)
+        return f"/api/v1/chat/attachments/{attachment_id}/content?exp={expires}&sig={sig}", expires
+
+    def verify(self, attachment_id: UUID, expires: int, sig: str, now: float) -> None:
+        # Bytes, not str: compare_digest refuses non-ASCII text with a
+        # TypeError, and a forged link must be a 403 like any other.
+        good = hmac.compare_digest(self._mac(attachment_id, expires).encode(), sig.encode())
+        if not good or expires < now:
+            raise LinkExpired("ask a conversation member's client for a fresh link")
+
+    async def download(self, attachment_id: UUID) -> tuple[str, bytes]:
+        row = await store.attachment_row(self.pool, attachment_id)
+        sealed = await self.storage.get(row["storage_key"])
+        data = self.keyring.open(row["key_id"], row["nonce"], sealed, attachment_aad(row["id"]))
+        return row["content_type"], data
