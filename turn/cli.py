@@ -173,9 +173,11 @@ async def run(config: TurnConfig) -> None:
     server = TurnServer(config)
     runner = None
     try:
-        await server.start()
+        # Metrics first: once the relay answers, everything it does is
+        # already observable.
         if config.metrics_listen is not None:
             runner = await _serve_metrics(config.metrics_listen)
+        await server.start()
         await stop.wait()
         logger.info("turn relay stopping on signal")
     finally:

@@ -104,7 +104,8 @@ def _free_port() -> int:
 async def test_process_serves_metrics_and_stops_on_sigterm() -> None:
     port, metrics_port = _free_port(), _free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "turn.cli", "--listen", f"127.0.0.1:{port}", "--secret", SECRET,
+        str(Path(sys.executable).parent / "wadud"), "turn",
+        "--listen", f"127.0.0.1:{port}", "--secret", SECRET,
         "--metrics-listen", f"127.0.0.1:{metrics_port}",
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
