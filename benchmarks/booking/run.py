@@ -1,0 +1,337 @@
+"""Booking API benchmark against a real ``wadud serve``.
+
+Starts ``wadud serve`` on a fresh data folder (its embedded PostgreSQL),
+seeds N doctors (10,000 by default) straight into the database, then
+measures, with C concurrent HTTP clients:
+
+* end-to-end bookings per second: hold a slot, create a payment, pay on the
+  sandbox's hosted checkout (which delivers the signed webhook that confirms
+  the booking), and see the booking ``requested``;
+* doctor search latency p50/p95/p99 over mixed filters and sorts.
+
+It prints a table and writes JSON (``--out``, default
+``benchmarks/results/booking.json``). Figures, not assertions: these machines
+are shared and noisy, so quote medians and ratios.
+
+    .venv/bin/python benchmarks/booking/run.py [--quick] [--clients 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SPECIALTIES = ["general", "cardiology", "dermatology", "pediatrics", "psychiatry", "gynecology"]
+LANGS = ["en", "ur", "ar", "pa", "hi"]
+REGIONS = {"PK": "PKR", "AE": "AED", "QA": "QAR", "SA": "SAR"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
+    for _ in range(300):
+        try:
+            async with session.get(base + "/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise SystemExit("wadud serve did not become ready")
+
+
+async def seed(db_url: str, doctors: int) -> list[tuple[str, str]]:
+    """Clinics in every region and ``doctors`` published doctors with a
+    09:00-17:00 week, inserted with set-based SQL. Returns (clinic id, region)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        clinics = []
+        for region, currency in REGIONS.items():
+            cid = await conn.fetchval(
+                "INSERT INTO clinics (name, region, currency) VALUES ($1, $2, $3) RETURNING id",
+                f"Bench {region}",
+                region,
+                currency,
+            )
+            clinics.append((str(cid), region))
+        await conn.execute(
+            """
+            INSERT INTO doctors (clinic_id, display_name, specialty, languages, fee_minor,
+                                 currency, region, status, published_at, time_zone,
+                                 min_notice_min, rating_count, rating_sum)
+            SELECT c.id, 'Dr. Bench ' || g, ($2::text[])[1 + g % array_length($2, 1)],
+                   ARRAY[($3::text[])[1 + g % 5], ($3::text[])[1 + (g / 5) % 5]],
+                   50000 + (g % 40) * 2500, c.currency, c.region, 'published', now(),
+                   'Asia/Karachi', 0, g % 7, (g % 7) * (1 + g % 5)
+            FROM generate_series(1, $1) AS g
+            JOIN LATERAL (SELECT id, currency, region FROM clinics
+                          WHERE name LIKE 'Bench %' ORDER BY name
+                          OFFSET g % 4 LIMIT 1) c ON true
+            """,
+            doctors,
+            SPECIALTIES,
+            LANGS,
+        )
+        await conn.execute(
+            """
+            INSERT INTO availability_rules (doctor_id, clinic_id, weekday, start_local,
+                                            end_local, types)
+            SELECT d.id, d.clinic_id, w, '09:00', '17:00', '{video,in_person}'
+            FROM doctors d CROSS JOIN generate_series(0, 6) AS w
+            """
+        )
+        # next_free_at as the periodic refresher would set it: spread over the
+        # coming days so sorting and available_before filters have work to do.
+        await conn.execute(
+            """UPDATE doctors SET next_free_at =
+                   date_trunc('hour', now()) + make_interval(hours => 1 + (key % 96)::int)"""
+        )
+        await conn.execute("ANALYZE")
+        return clinics
+    finally:
+        await conn.close()
+
+
+async def booking_flow(
+    session: aiohttp.ClientSession,
+    base: str,
+    token: str,
+    doctor_id: str,
+    starts_at: str,
+) -> bool:
+    h = {"Authorization": f"Bearer {token}"}
+    async with session.post(
+        base + "/api/v1/bookings",
+        json={"doctor_id": doctor_id, "type": "video", "starts_at": starts_at},
+        headers=h,
+    ) as r:
+        if r.status != 201:
+            return False
+        booking = await r.json()
+    async with session.post(
+        base + f"/api/v1/bookings/{booking['id']}/payments", json={}, headers=h
+    ) as r:
+        if r.status not in (200, 201):
+            return False
+        payment = await r.json()
+    checkout = payment["checkout"]["url"]
+    async with session.post(checkout, data={"action": "pay"}, allow_redirects=False) as r:
+        if r.status != 303:
+            return False
+    async with session.get(base + f"/api/v1/bookings/{booking['id']}", headers=h) as r:
+        return r.status == 200 and (await r.json())["status"] == "requested"
+
+
+async def run(
+    args: argparse.Namespace, server: subprocess.Popen[bytes], base: str, data_dir: Path
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "doctors": args.doctors,
+        "clients": args.clients,
+        "machine": {"cpus": os.cpu_count()},
+    }
+    conn = aiohttp.TCPConnector(limit=args.clients * 2)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        await wait_ready(session, base)
+        from pgserver.postgres_server import get_server
+
+        db_url = get_server(data_dir / "postgres", cleanup_mode=None).get_uri()
+        t0 = time.perf_counter()
+        await seed(db_url, args.doctors)
+        results["seed_seconds"] = round(time.perf_counter() - t0, 2)
+
+        # -- search ---------------------------------------------------
+        rnd = random.Random(7)
+        horizon = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+        queries = []
+        for _ in range(args.searches):
+            q: dict[str, str] = {"limit": "20"}
+            if rnd.random() < 0.8:
+                q["specialty"] = rnd.choice(SPECIALTIES)
+            if rnd.random() < 0.5:
+                q["region"] = rnd.choice(list(REGIONS))
+            if rnd.random() < 0.4:
+                q["language"] = rnd.choice(LANGS)
+            if rnd.random() < 0.3:
+                q["max_fee"] = str(rnd.choice([80000, 100000, 120000]))
+            if rnd.random() < 0.2:
+                q["min_rating"] = "3"
+            if rnd.random() < 0.2:
+                q["available_before"] = horizon.isoformat()
+            q["sort"] = rnd.choice(["next_free", "price", "rating"])
+            queries.append(q)
+        latencies: list[float] = []
+        errors = 0
+        sem = asyncio.Semaphore(args.search_concurrency)
+
+        async def one_search(q: dict[str, str]) -> None:
+            nonlocal errors
+            async with sem:
+                start = time.perf_counter()
+                async with session.get(base + "/api/v1/doctors", params=q) as r:
+                    await r.read()
+                    ok = r.status == 200
+                latencies.append(time.perf_counter() - start)
+                errors += not ok
+
+        await asyncio.gather(*(one_search(q) for q in queries[:20]))  # warm up
+        latencies.clear()
+        await asyncio.gather(*(one_search(q) for q in queries))
+        results["search"] = {
+            "requests": len(latencies),
+            "concurrency": args.search_concurrency,
+            "errors": errors,
+            "p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "p95_ms": round(pct(latencies, 95) * 1000, 2),
+            "p99_ms": round(pct(latencies, 99) * 1000, 2),
+        }
+
+        # -- bookings -------------------------------------------------
+        tokens = []
+        for _ in range(args.clients):
+            async with session.post(base + "/api/v1/auth/anonymous", json={}) as r:
+                tokens.append((await r.json())["access_token"])
+        pool = await asyncpg.connect(db_url)
+        doctor_ids = [
+            str(r["id"])
+            for r in await pool.fetch(
+                "SELECT id FROM doctors ORDER BY key LIMIT $1", args.clients * 8
+            )
+        ]
+        await pool.close()
+        # Each client books its own doctors, so clients never race for a
+        # slot: this measures throughput, not the 409 path.
+        work: list[list[tuple[str, str]]] = [[] for _ in range(args.clients)]
+        day_from = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        for i, doctor in enumerate(doctor_ids):
+            async with session.get(
+                base + f"/api/v1/doctors/{doctor}/slots",
+                params={
+                    "type": "video",
+                    "from": day_from.isoformat(),
+                    "to": (day_from + dt.timedelta(days=3)).isoformat(),
+                },
+            ) as r:
+                slots = (await r.json())["slots"]
+            work[i % args.clients].extend((doctor, s["start"]) for s in slots)
+
+        done = 0
+        failed = 0
+        per_booking: list[float] = []
+        deadline = time.perf_counter() + args.seconds
+
+        async def client(token: str, items: list[tuple[str, str]]) -> None:
+            nonlocal done, failed
+            for doctor, start in items:
+                if time.perf_counter() >= deadline or done >= args.max_bookings:
+                    return
+                t = time.perf_counter()
+                if await booking_flow(session, base, token, doctor, start):
+                    done += 1
+                    per_booking.append(time.perf_counter() - t)
+                else:
+                    failed += 1
+
+        cpu0 = cpu_seconds(server.pid)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(tok, w) for tok, w in zip(tokens, work, strict=True)))
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(server.pid) - cpu0
+        results["bookings"] = {
+            "completed": done,
+            "failed": failed,
+            "wall_seconds": round(wall, 2),
+            "per_second": round(done / wall, 1),
+            "server_cpu_seconds": round(cpu, 2),
+            "per_server_cpu_second": round(done / cpu, 1) if cpu else None,
+            "latency_p50_ms": round(statistics.median(per_booking) * 1000, 1)
+            if per_booking
+            else None,
+            "latency_p95_ms": round(pct(per_booking, 95) * 1000, 1) if per_booking else None,
+        }
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--doctors", type=int, default=10_000)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=20.0, help="booking phase length")
+    p.add_argument("--max-bookings", type=int, default=20_000)
+    p.add_argument("--searches", type=int, default=2000)
+    p.add_argument("--search-concurrency", type=int, default=8)
+    p.add_argument("--quick", action="store_true", help="small run for a smoke test")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "booking.json")
+    args = p.parse_args()
+    if args.quick:
+        args.doctors, args.clients, args.seconds, args.searches = 500, 4, 3.0, 100
+    data_dir = Path(tempfile.mkdtemp(prefix="wadud-bench-"))
+    port = free_port()
+    env = {**os.environ, "WADUD_LOG_LEVEL": "warning", "WADUD_DATABASE_POOL_MAX": "20"}
+    server = subprocess.Popen(
+        [str(BIN / "wadud"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        results = asyncio.run(run(args, server, f"http://127.0.0.1:{port}", data_dir))
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    results["run_id"] = uuid.uuid4().hex[:8]
+    results["at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    s, b = results["search"], results["bookings"]
+    print(f"doctors seeded:       {results['doctors']} in {results['seed_seconds']} s")
+    print(
+        f"search ({s['requests']} requests, {s['concurrency']} concurrent): "
+        f"p50 {s['p50_ms']} ms  p95 {s['p95_ms']} ms  p99 {s['p99_ms']} ms  errors {s['errors']}"
+    )
+    print(
+        f"bookings ({results['clients']} clients, hold+pay+confirm): {b['completed']} in "
+        f"{b['wall_seconds']} s = {b['per_second']}/s; {b['per_server_cpu_second']} per server "
+        f"CPU-second; p50 {b['latency_p50_ms']} ms p95 {b['latency_p95_ms']} ms; "
+        f"failed {b['failed']}"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
