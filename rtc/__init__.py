@@ -1,0 +1,1 @@
+"""WebRTC transport pieces: sans-I/O protocol cores with thin asyncio adapters."""

@@ -1,0 +1,446 @@
+"""DTLS-SRTP core: our client against our server through an in-memory link that
+drops and reorders, on a fake clock; fingerprint and timeout failures; and a
+handshake against aiortc's RTCDtlsTransport (a peer no one here wrote) in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    RTCDtlsParameters,
+    RTCDtlsTransport,
+    certificate_digest,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rtc.dtls import (
+    SRTP_AEAD_AES_128_GCM,
+    SRTP_AES128_CM_SHA1_80,
+    ApplicationData,
+    Closed,
+    DtlsCertificate,
+    DtlsEndpoint,
+    DtlsRole,
+    DtlsState,
+    HandshakeComplete,
+    HandshakeFailed,
+    SrtpKeys,
+    local_setup,
+    role_for_remote_setup,
+)
+from rtc.errors import (
+    DtlsError,
+    DtlsFingerprintError,
+    DtlsHandshakeError,
+    DtlsStateError,
+    DtlsTimeoutError,
+)
+from rtc.srtp import SrtpSession
+
+T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+CERT_A = DtlsCertificate.generate(T0)
+CERT_B = DtlsCertificate.generate(T0)
+
+# A filter sees (direction, index of the datagram in that direction, data) and
+# says whether to drop it.
+Drop = Callable[[str, int, bytes], bool]
+
+
+class Pair:
+    """Two endpoints joined by an in-memory link with a fake clock (aioquic's transfer())."""
+
+    def __init__(
+        self,
+        client: DtlsEndpoint,
+        server: DtlsEndpoint,
+        *,
+        drop: Drop | None = None,
+        reorder: bool = False,
+    ) -> None:
+        self.client, self.server = client, server
+        self.drop = drop or (lambda d, i, data: False)
+        self.reorder = reorder
+        self.now = 0.0
+        # None: a fake clock that jumps to the next timer. Else a real one to sleep on.
+        self.clock: Callable[[], float] | None = None
+        self.sent = {"c2s": 0, "s2c": 0}
+        self.dropped = 0
+        self.events: dict[str, list[Any]] = {"client": [], "server": []}
+
+    def _move(self, src: DtlsEndpoint, dst: DtlsEndpoint, direction: str) -> bool:
+        batch = src.datagrams_to_send()
+        if self.reorder:
+            batch.reverse()
+        for data in batch:
+            index = self.sent[direction]
+            self.sent[direction] += 1
+            if self.drop(direction, index, data):
+                self.dropped += 1
+                continue
+            dst.receive(data, self.now)
+        return bool(batch)
+
+    def _collect(self) -> None:
+        for name, ep in (("client", self.client), ("server", self.server)):
+            while (e := ep.next_event()) is not None:
+                self.events[name].append(e)
+
+    def pump(self) -> None:
+        while self._move(self.client, self.server, "c2s") | self._move(
+            self.server, self.client, "s2c"
+        ):
+            pass
+        self._collect()
+
+    def run(self, limit: float = 300.0) -> None:
+        """Start both, then move datagrams and fire timers until both settle."""
+        if self.clock is not None:
+            self.now = self.clock()
+            limit += self.now
+        for ep in (self.server, self.client):
+            if ep.state is DtlsState.NEW:
+                ep.start(self.now)
+        while True:
+            self.pump()
+            if all(ep.state is not DtlsState.CONNECTING for ep in (self.client, self.server)):
+                return
+            timers = [t for t in (self.client.get_timer(), self.server.get_timer()) if t]
+            if not timers or self.now > limit:
+                return
+            if self.clock is None:
+                self.now = max(self.now, min(timers))
+            else:
+                time.sleep(max(0.0, min(timers) - self.clock()))
+                self.now = self.clock()
+            self.client.handle_timer(self.now)
+            self.server.handle_timer(self.now)
+
+
+def endpoints(**kwargs: Any) -> tuple[DtlsEndpoint, DtlsEndpoint]:
+    client_kw = {k[2:]: v for k, v in kwargs.items() if k.startswith("c_")}
+    server_kw = {k[2:]: v for k, v in kwargs.items() if k.startswith("s_")}
+    client = DtlsEndpoint(CERT_A, DtlsRole.CLIENT, [("sha-256", CERT_B.fingerprint())], **client_kw)
+    server = DtlsEndpoint(CERT_B, DtlsRole.SERVER, [("sha-256", CERT_A.fingerprint())], **server_kw)
+    return client, server
+
+
+def completed(events: list[Any]) -> HandshakeComplete:
+    done = [e for e in events if isinstance(e, HandshakeComplete)]
+    assert len(done) == 1, events
+    return done[0]
+
+
+def test_handshake_completes_with_the_same_keys() -> None:
+    pair = Pair(*endpoints())
+    pair.run()
+    assert pair.client.state is DtlsState.CONNECTED
+    assert pair.server.state is DtlsState.CONNECTED
+    c, s = completed(pair.events["client"]), completed(pair.events["server"])
+    assert c.profile == s.profile == SRTP_AEAD_AES_128_GCM  # preferred when both offer it
+    assert c.keys == s.keys
+    assert len(c.keys.client_key) == 16 and len(c.keys.client_salt) == 12
+    assert c.keys.client_key != c.keys.server_key
+    assert (c.role, s.role) == (DtlsRole.CLIENT, DtlsRole.SERVER)
+    assert pair.now == 0.0  # no timer was needed
+    assert "client_key" not in repr(c.keys)  # no secrets in logs
+    assert pair.client.get_timer() is None and pair.server.get_timer() is None
+
+
+@pytest.mark.parametrize(
+    ("client_profiles", "server_profiles"),
+    [
+        ((SRTP_AES128_CM_SHA1_80,), (SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80)),
+        ((SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80), (SRTP_AES128_CM_SHA1_80,)),
+    ],
+)
+def test_falls_back_to_aes_cm(client_profiles: Any, server_profiles: Any) -> None:
+    pair = Pair(*endpoints(c_profiles=client_profiles, s_profiles=server_profiles))
+    pair.run()
+    c = completed(pair.events["client"])
+    assert c.profile == SRTP_AES128_CM_SHA1_80
+    assert len(c.keys.client_salt) == 14
+    assert c.keys == completed(pair.events["server"]).keys
+
+
+def test_no_common_profile_fails() -> None:
+    pair = Pair(
+        *endpoints(c_profiles=(SRTP_AES128_CM_SHA1_80,), s_profiles=(SRTP_AEAD_AES_128_GCM,))
+    )
+    pair.run()
+    # OpenSSL's server goes on without use_srtp; both sides refuse the result.
+    assert pair.client.state is DtlsState.FAILED
+    assert pair.server.state is DtlsState.FAILED
+    assert isinstance(pair.events["server"][0].error, DtlsHandshakeError)
+
+
+@pytest.mark.parametrize(
+    ("direction", "index"),
+    [
+        ("c2s", 0),  # ClientHello
+        ("s2c", 0),  # ServerHello .. ServerHelloDone
+        ("c2s", 1),  # Certificate .. Finished
+        ("s2c", 1),  # the server's final ChangeCipherSpec + Finished
+    ],
+)
+def test_a_dropped_flight_is_retransmitted_on_the_timer(direction: str, index: int) -> None:
+    pair = Pair(*endpoints(), drop=lambda d, i, data: (d, i) == (direction, index))
+    pair.run()
+    assert pair.dropped == 1
+    assert pair.client.state is DtlsState.CONNECTED
+    assert pair.server.state is DtlsState.CONNECTED
+    assert completed(pair.events["client"]).keys == completed(pair.events["server"]).keys
+    assert 0.9 <= pair.now <= 3.0  # one retransmission timeout (OpenSSL says ~1 s), not more
+
+
+def test_every_flight_dropped_twice_still_completes() -> None:
+    seen: dict[tuple[str, bytes], int] = {}
+
+    def drop(direction: str, index: int, data: bytes) -> bool:
+        key = (direction, data[:13])
+        seen[key] = seen.get(key, 0) + 1
+        return seen[key] <= 2
+
+    pair = Pair(*endpoints(), drop=drop)
+    pair.run()
+    assert pair.client.state is DtlsState.CONNECTED
+    assert pair.server.state is DtlsState.CONNECTED
+    assert completed(pair.events["client"]).keys == completed(pair.events["server"]).keys
+
+
+def test_small_mtu_packs_whole_records() -> None:
+    oversized: list[bytes] = []
+
+    def record(direction: str, index: int, data: bytes) -> bool:
+        if len(data) > 200:
+            oversized.append(data)
+        return False
+
+    pair = Pair(*endpoints(c_mtu=200, s_mtu=200), drop=record)
+    pair.run()
+    assert pair.sent["s2c"] > 3  # the server's flight really was split
+    # Only a record that alone exceeds the MTU goes out bigger, and then alone.
+    assert oversized
+    assert all(int.from_bytes(d[11:13], "big") + 13 == len(d) for d in oversized)
+    assert pair.client.state is DtlsState.CONNECTED
+    assert pair.server.state is DtlsState.CONNECTED
+    assert pair.now == 0.0
+
+
+def test_reordered_flights_recover_with_openssl_retransmission() -> None:
+    """Every flight arrives in reverse order, so the receiver reads a ChangeCipherSpec
+    before the messages it follows and discards it. Only OpenSSL's own retransmission
+    (fresh record numbers) repairs that, and it runs on OpenSSL's wall clock: this
+    test drives the endpoints with the real monotonic clock, as the adapter does."""
+    pair = Pair(*endpoints(c_mtu=200, s_mtu=200), reorder=True)
+    start = time.monotonic()
+    pair.clock = time.monotonic
+    pair.run()
+    assert pair.client.state is DtlsState.CONNECTED
+    assert pair.server.state is DtlsState.CONNECTED
+    assert completed(pair.events["client"]).keys == completed(pair.events["server"]).keys
+    assert 0.9 <= time.monotonic() - start < 4.0  # one OpenSSL timeout, about 1 s
+
+
+def test_timeout_when_nothing_gets_through() -> None:
+    pair = Pair(*endpoints(c_max_retransmissions=3), drop=lambda d, i, data: True)
+    pair.run()
+    assert pair.client.state is DtlsState.FAILED
+    failure = pair.events["client"][-1]
+    assert isinstance(failure, HandshakeFailed)
+    assert isinstance(failure.error, DtlsTimeoutError)
+    # 1 + 2 + 4 s of backoff, then the fourth timeout gives up.
+    assert pair.now == pytest.approx(15.0, abs=0.1)
+    assert pair.server.state is DtlsState.CONNECTING  # it never heard anything
+
+
+@pytest.mark.parametrize("liar", ["client", "server"])
+def test_wrong_fingerprint_fails_the_handshake(liar: str) -> None:
+    wrong = [("sha-256", DtlsCertificate.generate(T0).fingerprint())]
+    client, server = endpoints()
+    if liar == "server":  # the client expects someone else
+        client = DtlsEndpoint(CERT_A, DtlsRole.CLIENT, wrong)
+    else:
+        server = DtlsEndpoint(CERT_B, DtlsRole.SERVER, wrong)
+    pair = Pair(client, server)
+    pair.run()
+    checker = pair.client if liar == "server" else pair.server
+    checker_events = pair.events["client" if liar == "server" else "server"]
+    assert checker.state is DtlsState.FAILED
+    assert isinstance(checker_events[-1].error, DtlsFingerprintError)
+    assert checker.keys is None
+    # The other side got the fatal alert and failed too; neither exported keys.
+    assert pair.client.state is DtlsState.FAILED and pair.server.state is DtlsState.FAILED
+    assert not any(isinstance(e, HandshakeComplete) for e in pair.events["client"])
+    assert not any(isinstance(e, HandshakeComplete) for e in pair.events["server"])
+
+
+def test_fingerprint_rules() -> None:
+    with pytest.raises(DtlsFingerprintError):
+        DtlsEndpoint(CERT_A, DtlsRole.CLIENT, [("md5", "00:11")])
+    # Unknown algorithms are ignored; every known one must match, in any case.
+    fp = CERT_B.fingerprint().lower()
+    client = DtlsEndpoint(CERT_A, DtlsRole.CLIENT, [("md5", "00"), ("SHA-256", fp)])
+    _, server = endpoints()
+    pair = Pair(client, server)
+    pair.run()
+    assert pair.client.state is DtlsState.CONNECTED
+    both = [("sha-256", CERT_B.fingerprint()), ("sha-1", "00:11")]
+    pair = Pair(DtlsEndpoint(CERT_A, DtlsRole.CLIENT, both), endpoints()[1])
+    pair.run()
+    assert pair.client.state is DtlsState.FAILED
+
+
+def test_fingerprint_format_matches_aiortc() -> None:
+    for algorithm in ("sha-256", "sha-384", "sha-512"):
+        assert CERT_A.fingerprint(algorithm) == certificate_digest(CERT_A.certificate, algorithm)
+    with pytest.raises(DtlsError):
+        CERT_A.fingerprint("md5")
+
+
+def test_application_data_and_close_notify() -> None:
+    pair = Pair(*endpoints())
+    pair.run()
+    pair.client.send(b"sctp init")
+    pair.pump()
+    assert pair.events["server"][-1] == ApplicationData(b"sctp init")
+    pair.server.send(b"sctp init-ack")
+    pair.pump()
+    assert pair.events["client"][-1] == ApplicationData(b"sctp init-ack")
+    pair.client.close()
+    pair.pump()
+    assert pair.client.state is DtlsState.CLOSED
+    assert pair.server.state is DtlsState.CLOSED
+    assert pair.events["server"][-1] == Closed(None)
+    with pytest.raises(DtlsStateError):
+        pair.client.send(b"late")
+
+
+def test_state_errors_and_drops() -> None:
+    client, server = endpoints()
+    with pytest.raises(DtlsStateError):
+        client.send(b"too early")
+    server.receive(b"\x16\xfe\xfd", 0.0)  # not started: dropped
+    server.start(0.0)
+    with pytest.raises(DtlsStateError):
+        server.start(0.0)
+    server.receive(b"\x80\x60rtp", 0.0)  # not DTLS: dropped
+    server.receive(b"", 0.0)
+    assert server.dropped == 3
+    server.close()
+    assert server.state is DtlsState.CLOSED
+    server.close()
+
+
+def test_roles_from_sdp() -> None:
+    assert role_for_remote_setup("active") is DtlsRole.SERVER
+    assert role_for_remote_setup("passive") is DtlsRole.CLIENT
+    assert role_for_remote_setup("actpass") is DtlsRole.CLIENT
+    assert role_for_remote_setup("actpass", default=DtlsRole.SERVER) is DtlsRole.SERVER
+    assert local_setup(DtlsRole.CLIENT) == "active"
+    assert local_setup(DtlsRole.SERVER) == "passive"
+    with pytest.raises(DtlsError):
+        role_for_remote_setup("holdconn")
+
+
+def test_keying_material_split() -> None:
+    """RFC 5764 section 4.2: client key, server key, client salt, server salt."""
+    material = bytes(range(56))
+    keys = SrtpKeys.from_material(SRTP_AEAD_AES_128_GCM, material)
+    assert keys.client_key == material[0:16] and keys.server_key == material[16:32]
+    assert keys.client_salt == material[32:44] and keys.server_salt == material[44:56]
+    assert keys.local_key(DtlsRole.CLIENT) == keys.remote_key(DtlsRole.SERVER)
+    with pytest.raises(DtlsError):
+        SrtpKeys.from_material(SRTP_AES128_CM_SHA1_80, material)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(garbage=st.lists(st.binary(min_size=1, max_size=120), max_size=4), connected=st.booleans())
+def test_random_datagrams_never_raise(garbage: list[bytes], connected: bool) -> None:
+    client, server = endpoints()
+    if connected:
+        Pair(client, server).run()
+    else:
+        server.start(0.0)
+    for data in garbage:
+        # Put most of them in DTLS's range so OpenSSL really reads them.
+        server.receive(bytes([20 + data[0] % 44]) + data[1:], 1.0)
+        server.datagrams_to_send()
+        server.handle_timer(2.0)
+    while server.next_event() is not None:
+        pass
+    assert server.state in (DtlsState.CONNECTING, DtlsState.CONNECTED, DtlsState.FAILED)
+
+
+# --- cross-check against aiortc, in memory ------------------------------------------
+
+
+class _MemoryIce:
+    """Just what RTCDtlsTransport uses of an RTCIceTransport: _send, _recv and role."""
+
+    def __init__(self, role: str, inbox: asyncio.Queue[bytes], outbox: asyncio.Queue[bytes]):
+        self.role = role
+        self._inbox, self._outbox = inbox, outbox
+
+    async def _recv(self) -> bytes:
+        return await self._inbox.get()
+
+    async def _send(self, data: bytes) -> None:
+        await self._outbox.put(data)
+
+
+async def _drive(ep: DtlsEndpoint, inbox: asyncio.Queue[bytes], out: asyncio.Queue[bytes]) -> None:
+    loop = asyncio.get_running_loop()
+    ep.start(loop.time())
+    while ep.state is DtlsState.CONNECTING:
+        for data in ep.datagrams_to_send():
+            await out.put(data)
+        timer = ep.get_timer()
+        wait = 0.05 if timer is None else max(0.0, timer - loop.time())
+        try:
+            data = await asyncio.wait_for(inbox.get(), wait)
+        except TimeoutError:
+            ep.handle_timer(loop.time())
+        else:
+            ep.receive(data, loop.time())
+    for data in ep.datagrams_to_send():
+        await out.put(data)
+
+
+@pytest.mark.parametrize("our_role", [DtlsRole.SERVER, DtlsRole.CLIENT])
+async def test_against_aiortc(our_role: DtlsRole) -> None:
+    to_us: asyncio.Queue[bytes] = asyncio.Queue()
+    to_them: asyncio.Queue[bytes] = asyncio.Queue()
+    certificate = RTCCertificate.generateCertificate()
+    theirs = RTCDtlsTransport(_MemoryIce("controlled", to_them, to_us), [certificate])  # type: ignore[arg-type]
+    theirs._set_role("client" if our_role is DtlsRole.SERVER else "server")
+    ours = DtlsEndpoint(
+        CERT_A,
+        our_role,
+        [(f.algorithm, f.value) for f in certificate.getFingerprints()],
+    )
+    params = RTCDtlsParameters(fingerprints=[RTCDtlsFingerprint("sha-256", CERT_A.fingerprint())])
+    await asyncio.wait_for(asyncio.gather(theirs.start(params), _drive(ours, to_us, to_them)), 10)
+    try:
+        assert theirs.state == "connected"
+        assert ours.state is DtlsState.CONNECTED
+        done = ours.next_event()
+        assert isinstance(done, HandshakeComplete)
+        assert done.profile == SRTP_AEAD_AES_128_GCM
+        # Their SRTP sessions come from their own key split: packets must cross.
+        session = SrtpSession.from_keys(done.keys, our_role)
+        rtp = bytes([0x80, 0x60, 0x12, 0x34]) + (7).to_bytes(4, "big") + bytes(4) + b"media" * 20
+        assert session.unprotect(theirs._tx_srtp.protect(rtp)) == rtp
+        assert theirs._rx_srtp.unprotect(session.protect(rtp)) == rtp
+        rtcp = bytes([0x80, 201, 0, 1]) + (7).to_bytes(4, "big")
+        assert theirs._rx_srtp.unprotect_rtcp(session.protect_rtcp(rtcp)) == rtcp
+        assert session.unprotect_rtcp(theirs._tx_srtp.protect_rtcp(rtcp)) == rtcp
+    finally:
+        await theirs.stop()
