@@ -1,0 +1,1 @@
+"""The media worker: rooms, tracks, subscriptions and the RTP forwarding core."""

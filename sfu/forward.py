@@ -1,0 +1,1016 @@
+"""The SFU's forwarding core: routing table, per-packet fan-out and RTP repair.
+
+Sans-I/O (STYLE.md): nothing here touches a socket or the clock. The worker's
+adapter unprotects a publisher's SRTP packet once, hands the plain RTP to
+:meth:`Forwarder.route` with ``now``, and protects and sends what comes back,
+one packet per subscriber. RTCP the core wants sent (NACKs and keyframe
+requests to publishers) is drained from :meth:`Forwarder.rtcp_to_send`, and
+:meth:`Forwarder.get_timer` / :meth:`Forwarder.handle_timer` drive NACK
+retries and throttled keyframe requests (aioquic's shape).
+
+The table: a publisher's track is keyed by its SSRC; each track has a list of
+subscriptions, one per subscriber that receives it. A subscription carries what
+that subscriber's leg negotiated: its outgoing SSRC, a payload type map, the
+header extension ids (Chromium and Firefox number RFC 8285 extensions
+differently, so ids are rewritten per subscriber), an
+:class:`rtc.rtp.RtpRewriter` that keeps sequence numbers and timestamps
+continuous across pauses, RTX (RFC 4588) if negotiated, and pause state. The
+transport-wide sequence counter (draft-holmer-rmcat-transport-wide-cc-
+extensions-01) belongs to the subscriber, not the subscription: one counter
+per transport, which BUNDLE makes one per subscriber.
+
+The hot path (:meth:`Forwarder.route_into`) builds no object per packet beyond
+the bytes it emits: one working ``bytearray`` per incoming packet is rewritten
+in place for each subscriber in turn (mediasoup's "rewrite, emit, reuse") and
+each subscriber gets one ``bytes`` copy of it, which is what SRTP protect
+takes. Header fields are read with precompiled :class:`struct.Struct` objects.
+
+What the core does on the way:
+
+- drops duplicates and packets too late for the history, and keeps every
+  packet in a per-track :class:`~sfu.history.PacketHistory`;
+- sees upstream gaps and asks the publisher for them (generic NACK, RFC 4585
+  section 6.2.1) with a retry limit; packets repaired by the publisher's RTX
+  stream (RFC 4588 section 4) are unwrapped and forwarded like late originals;
+- holds a new (or resumed) video subscriber until a keyframe starts (VP8,
+  RFC 7741 section 4.3; H.264, RFC 6184 section 5) and asks the publisher for
+  one (PLI, RFC 4585 section 6.3.1, or FIR, RFC 5104 section 4.3.1), at most
+  once per ``keyframe_interval`` per track, coalescing requests;
+- answers a subscriber's NACK from the history, RTX-wrapped when negotiated.
+
+Malformed packets are counted in :attr:`Forwarder.stats` and dropped; the
+routing calls raise nothing. Calls that change the table raise
+:class:`~sfu.errors.SfuStateError` when asked for a track or subscription that
+does not exist (or already does).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Literal
+
+from rtc.errors import RtpParseError
+from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
+from rtc.rtp import ONE_BYTE_PROFILE, TWO_BYTE_PROFILE, RtpRewriter, payload_range
+from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
+from sfu.errors import SfuStateError
+from sfu.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
+
+__all__ = [
+    "Forwarder",
+    "ForwarderStats",
+    "Subscription",
+    "Track",
+    "h264_keyframe_start",
+    "vp8_keyframe_start",
+]
+
+Buffer = bytes | bytearray | memoryview
+Key = Hashable
+Routed = list[tuple[Key, bytes]]
+
+_FIXED = struct.Struct("!BBHII")
+_REWRITE = struct.Struct("!BHII")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_EXT_HEADER = struct.Struct("!HH")
+
+# Upstream gaps larger than this are a stream restart or a long outage: NACKing
+# each packet would flood the publisher, so ask for a keyframe instead.
+_MAX_NACK_GAP = 256
+# Missing packets tracked per track; beyond this the oldest are given up.
+_MAX_MISSING = 512
+
+
+# -- keyframe detection -------------------------------------------------------------
+
+
+def vp8_keyframe_start(data: Buffer, start: int, end: int) -> bool:
+    """Whether the payload ``data[start:end]`` starts a VP8 keyframe (RFC 7741 4.2, 4.3).
+
+    True for the first packet of partition 0 (S bit set, PID 0) whose VP8
+    payload header has the P (inverse key frame) bit clear (RFC 6386 9.1).
+    """
+    if start >= end:
+        return False
+    b = data[start]
+    if b & 0x17 != 0x10:  # S set, PID 0
+        return False
+    pos = start + 1
+    if b & 0x80:  # X: extended control bits follow
+        if pos >= end:
+            return False
+        x = data[pos]
+        pos += 1
+        if x & 0x80:  # I: picture id, 7 or 15 bits (M)
+            if pos >= end:
+                return False
+            pos += 2 if data[pos] & 0x80 else 1
+        if x & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if x & 0x30:  # T or K: TID/Y/KEYIDX byte
+            pos += 1
+    return pos < end and not data[pos] & 0x01
+
+
+_H264_IDR = 5
+_H264_SPS = 7
+_H264_STAP_A = 24
+_H264_FU_A = 28
+
+
+def h264_keyframe_start(data: Buffer, start: int, end: int) -> bool:
+    """Whether the payload ``data[start:end]`` starts an H.264 IDR access unit (RFC 6184 5.6-5.8).
+
+    True for an IDR NAL unit (type 5) or an SPS (type 7) alone, inside a
+    STAP-A, or as the start fragment of an FU-A. The SPS counts because
+    browsers send SPS and PPS just before each IDR of the same access unit:
+    a subscriber that started at the IDR itself would miss the parameter sets
+    it needs to decode it.
+    """
+    if start >= end:
+        return False
+    nal = data[start] & 0x1F
+    if nal in (_H264_IDR, _H264_SPS):
+        return True
+    if nal == _H264_STAP_A:
+        pos = start + 1
+        while pos + 2 < end:
+            size = (data[pos] << 8) | data[pos + 1]
+            pos += 2
+            if size == 0 or pos + size > end:
+                return False
+            t = data[pos] & 0x1F
+            if t in (_H264_IDR, _H264_SPS):
+                return True
+            pos += size
+        return False
+    if nal == _H264_FU_A:
+        # FU header: S bit and the fragmented NAL unit's type.
+        return start + 1 < end and data[start + 1] & 0x9F == 0x80 | _H264_IDR
+    return False
+
+
+_KEYFRAME_DETECTORS = {"vp8": vp8_keyframe_start, "h264": h264_keyframe_start}
+
+
+# -- RFC 8285 extension elements ------------------------------------------------------
+
+
+def _extension_elements(data: Buffer) -> tuple[bool, int, int, list[tuple[int, int, int]]]:
+    """``(two_byte, block_start, block_end, [(header_offset, id, value_length)])``.
+
+    ``block_start == block_end == 0`` without an RFC 8285 block. Raises
+    :class:`RtpParseError` for an element that overruns its block.
+    """
+    b0 = data[0]
+    if not b0 & 0x10:
+        return False, 0, 0, []
+    pos = 12 + (b0 & 0x0F) * 4
+    profile, words = _EXT_HEADER.unpack_from(data, pos)
+    pos += 4
+    end = pos + words * 4
+    block = pos
+    elements: list[tuple[int, int, int]] = []
+    if profile == ONE_BYTE_PROFILE:
+        while pos < end:
+            b = data[pos]
+            if b == 0:
+                pos += 1
+                continue
+            xid = b >> 4
+            if xid == 15:
+                break
+            length = (b & 0x0F) + 1
+            if pos + 1 + length > end:
+                raise RtpParseError("RTP one-byte extension element overruns its block")
+            elements.append((pos, xid, length))
+            pos += 1 + length
+        return False, block, end, elements
+    if profile & 0xFFF0 == TWO_BYTE_PROFILE:
+        while pos < end:
+            xid = data[pos]
+            if xid == 0:
+                pos += 1
+                continue
+            if pos + 2 > end:
+                raise RtpParseError("RTP two-byte extension element header is truncated")
+            length = data[pos + 1]
+            if pos + 2 + length > end:
+                raise RtpParseError("RTP two-byte extension element overruns its block")
+            elements.append((pos, xid, length))
+            pos += 2 + length
+        return True, block, end, elements
+    return False, 0, 0, []
+
+
+# -- the table ---------------------------------------------------------------------
+
+
+class ForwarderStats:
+    """Counters of one forwarder, for metrics (plain ints: the hot path bumps them)."""
+
+    __slots__ = (
+        "duplicate",
+        "forwarded",
+        "keyframe_requests",
+        "late",
+        "malformed",
+        "nack_gave_up",
+        "nack_received",
+        "nack_requested",
+        "nack_unanswered",
+        "received",
+        "recovered",
+        "retransmitted",
+        "rtx_padding",
+        "unknown_ssrc",
+        "waiting_keyframe",
+    )
+
+    def __init__(self) -> None:
+        self.received = 0
+        """RTP packets from publishers accepted for forwarding."""
+        self.forwarded = 0
+        """Packets emitted to subscribers (not counting retransmissions)."""
+        self.malformed = 0
+        self.unknown_ssrc = 0
+        self.duplicate = 0
+        self.late = 0
+        """Packets older than the history: too late to be useful."""
+        self.recovered = 0
+        """Packets that filled an upstream gap."""
+        self.rtx_padding = 0
+        """RTX packets with no payload (bandwidth probes)."""
+        self.waiting_keyframe = 0
+        """Packets held back from subscribers waiting for a keyframe."""
+        self.keyframe_requests = 0
+        self.nack_requested = 0
+        """Sequence numbers asked of publishers (retries included)."""
+        self.nack_gave_up = 0
+        self.nack_received = 0
+        """Sequence numbers subscribers asked for."""
+        self.retransmitted = 0
+        self.nack_unanswered = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Every counter by name."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class _Transport:
+    """Per-subscriber state shared by its subscriptions: the transport-wide counter."""
+
+    __slots__ = ("by_ssrc", "key", "twcc_seq")
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.twcc_seq = 0
+        self.by_ssrc: dict[int, Subscription] = {}
+
+
+class Subscription:
+    """One subscriber's view of one track: what its leg negotiated and where it stands.
+
+    Read-only for callers except through :class:`Forwarder`; ``packets_sent``,
+    ``octets_sent`` and ``rewriter.highest`` feed sender reports (RFC 3550 6.4.1).
+    """
+
+    __slots__ = (
+        "abs_send_time",
+        "ext_table",
+        "key",
+        "octets_sent",
+        "packets_sent",
+        "paused",
+        "pt_map",
+        "retransmitted",
+        "rewriter",
+        "rtx_pt",
+        "rtx_seq",
+        "rtx_ssrc",
+        "ssrc",
+        "track",
+        "transport",
+        "twcc",
+        "unanswered",
+        "waiting_keyframe",
+    )
+
+    def __init__(
+        self,
+        key: Key,
+        track: Track,
+        transport: _Transport,
+        ssrc: int,
+        pt_map: dict[int, int] | None,
+        ext_table: bytes | None,
+        twcc: bool,
+        abs_send_time: bool,
+        rtx_ssrc: int | None,
+        rtx_pt: dict[int, int],
+    ) -> None:
+        self.key = key
+        self.track = track
+        self.transport = transport
+        self.ssrc = ssrc
+        self.pt_map = pt_map
+        self.ext_table = ext_table
+        self.twcc = twcc
+        self.abs_send_time = abs_send_time
+        self.rtx_ssrc = rtx_ssrc
+        self.rtx_pt = rtx_pt
+        self.rtx_seq = 0
+        self.rewriter = RtpRewriter(track.clock_rate)
+        self.paused = False
+        self.waiting_keyframe = track.is_video
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.retransmitted = 0
+        self.unanswered = 0
+
+
+class Track:
+    """A publisher's track (one media SSRC) with its history and upstream repair state."""
+
+    __slots__ = (
+        "abs_id",
+        "clock_rate",
+        "codec",
+        "extensions",
+        "fir",
+        "fir_seq",
+        "highest",
+        "history",
+        "is_keyframe",
+        "is_video",
+        "kf_last",
+        "kf_pending",
+        "missing",
+        "muted",
+        "nack",
+        "publisher",
+        "rtx_apt",
+        "rtx_ssrc",
+        "ssrc",
+        "subscriptions",
+        "tcc_id",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        publisher: Key,
+        ssrc: int,
+        kind: str,
+        codec: str,
+        clock_rate: int,
+        rtx_ssrc: int | None,
+        rtx_apt: dict[int, int],
+        extensions: dict[str, int],
+        nack: bool,
+        fir: bool,
+        history: PacketHistory,
+    ) -> None:
+        self.publisher = publisher
+        self.ssrc = ssrc
+        self.is_video = kind == "video"
+        self.codec = codec.lower()
+        self.is_keyframe = _KEYFRAME_DETECTORS.get(self.codec)
+        self.clock_rate = clock_rate
+        self.rtx_ssrc = rtx_ssrc
+        self.rtx_apt = rtx_apt
+        self.extensions = extensions
+        self.tcc_id = extensions.get(TRANSPORT_CC, 0)
+        self.abs_id = extensions.get(ABS_SEND_TIME, 0)
+        self.nack = nack
+        self.fir = fir
+        self.fir_seq = 0
+        self.history = history
+        self.subscriptions: list[Subscription] = []
+        self.muted = False
+        # Subscriptions waiting for a keyframe: the detector runs only while > 0.
+        self.waiting = 0
+        # Extended highest sequence number received, -1 before the first.
+        self.highest = -1
+        # Extended sequence number -> [requests sent, next request due].
+        self.missing: dict[int, list[float]] = {}
+        self.kf_last = float("-inf")
+        self.kf_pending = False
+
+
+class Forwarder:
+    """Routing table and fan-out of one worker's RTP (RFC 3550 section 7.1 translator).
+
+    Keys for publishers and subscribers are whatever the adapter uses for a
+    peer (hashable). Times are seconds on any monotonic clock the adapter
+    chooses.
+
+    ``keyframe_interval``: at most one keyframe request per track per this
+    many seconds; requests in between are coalesced into one at its end.
+    ``keyframe_retry``: while a subscriber still waits, ask again this often.
+    ``nack_delay``: how long a gap may be a reordering before it is NACKed;
+    ``nack_interval``/``nack_retries``: spacing and count of requests per
+    missing packet (about one round trip apart is best; the adapter may set
+    ``nack_interval`` from RTCP's RTT).
+    """
+
+    def __init__(
+        self,
+        *,
+        feedback_ssrc: int = 1,
+        history_size: int = DEFAULT_CAPACITY,
+        history_age: float = DEFAULT_MAX_AGE,
+        keyframe_interval: float = 0.5,
+        keyframe_retry: float = 1.0,
+        nack_delay: float = 0.01,
+        nack_interval: float = 0.1,
+        nack_retries: int = 5,
+    ) -> None:
+        self.feedback_ssrc = feedback_ssrc
+        self.history_size = history_size
+        self.history_age = history_age
+        self.keyframe_interval = keyframe_interval
+        self.keyframe_retry = keyframe_retry
+        self.nack_delay = nack_delay
+        self.nack_interval = nack_interval
+        self.nack_retries = nack_retries
+        self.stats = ForwarderStats()
+        self._tracks: dict[int, Track] = {}
+        self._rtx_tracks: dict[int, Track] = {}
+        self._transports: dict[Key, _Transport] = {}
+        self._rtcp: list[tuple[Key, RtcpPacket]] = []
+        self._timer: float | None = None
+
+    # -- the table --------------------------------------------------------------
+
+    def add_track(
+        self,
+        publisher: Key,
+        ssrc: int,
+        *,
+        kind: Literal["audio", "video"],
+        codec: str,
+        clock_rate: int,
+        rtx_ssrc: int | None = None,
+        rtx_payload_types: Mapping[int, int] | None = None,
+        extensions: Mapping[str, int] | None = None,
+        nack: bool | None = None,
+        fir: bool = False,
+    ) -> Track:
+        """Register a publisher's track by its media SSRC (RFC 3550 section 8).
+
+        ``codec`` names the encoding (``"vp8"``, ``"h264"``, ``"opus"``); video
+        in a codec without a keyframe detector is forwarded from any packet.
+        ``rtx_payload_types`` maps the publisher's RTX payload types to the
+        media payload types they repair (``apt``, RFC 4588 section 8.6).
+        ``extensions`` maps URIs to the publisher's extension ids (RFC 8285).
+        ``nack``: whether to NACK upstream gaps (default: video only, as
+        browsers negotiate ``nack`` for video only); ``fir`` asks for
+        keyframes with FIR instead of PLI.
+        """
+        if ssrc in self._tracks or ssrc in self._rtx_tracks:
+            raise SfuStateError(f"SSRC {ssrc} is already routed")
+        if rtx_ssrc is not None and (rtx_ssrc in self._tracks or rtx_ssrc in self._rtx_tracks):
+            raise SfuStateError(f"SSRC {rtx_ssrc} is already routed")
+        exts = dict(extensions or {})
+        track = Track(
+            publisher,
+            ssrc,
+            kind,
+            codec,
+            clock_rate,
+            rtx_ssrc,
+            dict(rtx_payload_types or {}),
+            exts,
+            kind == "video" if nack is None else nack,
+            fir,
+            PacketHistory(self.history_size, self.history_age),
+        )
+        self._tracks[ssrc] = track
+        if rtx_ssrc is not None:
+            self._rtx_tracks[rtx_ssrc] = track
+        return track
+
+    def remove_track(self, ssrc: int) -> None:
+        """Unpublish: forget the track and every subscription to it."""
+        track = self._tracks.pop(ssrc, None)
+        if track is None:
+            raise SfuStateError(f"no track with SSRC {ssrc}")
+        if track.rtx_ssrc is not None:
+            self._rtx_tracks.pop(track.rtx_ssrc, None)
+        for sub in track.subscriptions:
+            sub.transport.by_ssrc.pop(sub.ssrc, None)
+        track.subscriptions = []
+
+    def remove_publisher(self, publisher: Key) -> None:
+        """Forget every track of a publisher that left."""
+        for ssrc in [s for s, t in self._tracks.items() if t.publisher == publisher]:
+            self.remove_track(ssrc)
+
+    def track(self, ssrc: int) -> Track:
+        """The track with this media SSRC."""
+        track = self._tracks.get(ssrc)
+        if track is None:
+            raise SfuStateError(f"no track with SSRC {ssrc}")
+        return track
+
+    @property
+    def tracks(self) -> list[Track]:
+        """Every published track."""
+        return list(self._tracks.values())
+
+    def subscribe(
+        self,
+        subscriber: Key,
+        track_ssrc: int,
+        now: float,
+        *,
+        ssrc: int,
+        payload_types: Mapping[int, int] | None = None,
+        extensions: Mapping[str, int] | None = None,
+        rtx_ssrc: int | None = None,
+        rtx_payload_types: Mapping[int, int] | None = None,
+    ) -> Subscription:
+        """Forward a track to a subscriber under its own SSRC (RFC 3550 section 7.1).
+
+        ``payload_types`` maps the publisher's payload types to the
+        subscriber's (identity by default; a payload type not in a given map
+        is not forwarded). ``extensions`` maps URIs to the subscriber's
+        extension ids (the publisher's ids by default): elements the
+        subscriber did not negotiate are blanked to RFC 8285 padding.
+        ``rtx_payload_types`` maps the subscriber's media payload types to its
+        RTX payload types; with ``rtx_ssrc``, retransmissions go as RTX
+        (RFC 4588 section 4). A video subscription waits for a keyframe, and
+        one is requested.
+        """
+        track = self.track(track_ssrc)
+        transport = self._transports.get(subscriber)
+        if transport is None:
+            transport = self._transports[subscriber] = _Transport(subscriber)
+        if ssrc in transport.by_ssrc or (rtx_ssrc is not None and rtx_ssrc in transport.by_ssrc):
+            raise SfuStateError(f"subscriber {subscriber!r} already receives SSRC {ssrc}")
+        if any(s.transport is transport for s in track.subscriptions):
+            raise SfuStateError(f"subscriber {subscriber!r} already receives track {track_ssrc}")
+        pub_exts = track.extensions
+        ext_table: bytes | None = None
+        twcc = track.tcc_id != 0
+        abs_time = track.abs_id != 0
+        if extensions is not None:
+            # Ids the publisher never negotiated are blanked too: they mean
+            # nothing we could translate.
+            table = bytearray(256)
+            for uri, pub_id in pub_exts.items():
+                table[pub_id] = extensions.get(uri, 0)
+            if any(table[i] != i for i in pub_exts.values()):
+                ext_table = bytes(table)
+            twcc = twcc and extensions.get(TRANSPORT_CC, 0) != 0
+            abs_time = abs_time and extensions.get(ABS_SEND_TIME, 0) != 0
+        sub = Subscription(
+            subscriber,
+            track,
+            transport,
+            ssrc,
+            None if payload_types is None else dict(payload_types),
+            ext_table,
+            twcc,
+            abs_time,
+            rtx_ssrc,
+            dict(rtx_payload_types or {}),
+        )
+        track.subscriptions.append(sub)
+        transport.by_ssrc[ssrc] = sub
+        if sub.waiting_keyframe:
+            if track.is_keyframe is None:
+                sub.waiting_keyframe = False
+            else:
+                track.waiting += 1
+                self.request_keyframe(track_ssrc, now)
+        return sub
+
+    def unsubscribe(self, subscriber: Key, track_ssrc: int) -> None:
+        """Stop forwarding a track to a subscriber."""
+        sub = self._subscription_for(subscriber, track_ssrc)
+        track = sub.track
+        track.subscriptions = [s for s in track.subscriptions if s is not sub]
+        if sub.waiting_keyframe:
+            track.waiting -= 1
+        sub.transport.by_ssrc.pop(sub.ssrc, None)
+
+    def remove_subscriber(self, subscriber: Key) -> None:
+        """Forget a subscriber that left: all its subscriptions and its transport counter."""
+        transport = self._transports.pop(subscriber, None)
+        if transport is None:
+            return
+        for sub in list(transport.by_ssrc.values()):
+            track = sub.track
+            track.subscriptions = [s for s in track.subscriptions if s is not sub]
+            if sub.waiting_keyframe:
+                track.waiting -= 1
+        transport.by_ssrc.clear()
+
+    def subscription(self, subscriber: Key, ssrc: int) -> Subscription | None:
+        """The subscription a subscriber knows by its outgoing SSRC, if any."""
+        transport = self._transports.get(subscriber)
+        return None if transport is None else transport.by_ssrc.get(ssrc)
+
+    def _subscription_for(self, subscriber: Key, track_ssrc: int) -> Subscription:
+        track = self.track(track_ssrc)
+        for sub in track.subscriptions:
+            if sub.key == subscriber:
+                return sub
+        raise SfuStateError(f"subscriber {subscriber!r} does not receive track {track_ssrc}")
+
+    def set_paused(self, subscriber: Key, track_ssrc: int, paused: bool, now: float) -> None:
+        """Pause or resume one subscription (the subscriber muted it or lacks bandwidth).
+
+        Resuming starts a new run of the rewriter, so the subscriber sees no
+        sequence gap, and a video subscription waits for a keyframe.
+        """
+        sub = self._subscription_for(subscriber, track_ssrc)
+        if sub.paused == paused:
+            return
+        sub.paused = paused
+        if not paused:
+            self._resume(sub, now)
+
+    def set_muted(self, track_ssrc: int, muted: bool, now: float) -> None:
+        """Mute or unmute a publisher's track for everyone; unmuting is a resume for each."""
+        track = self.track(track_ssrc)
+        if track.muted == muted:
+            return
+        track.muted = muted
+        if not muted:
+            for sub in track.subscriptions:
+                if not sub.paused:
+                    self._resume(sub, now)
+
+    def _resume(self, sub: Subscription, now: float) -> None:
+        sub.rewriter.switch()
+        track = sub.track
+        if track.is_video and track.is_keyframe is not None and not sub.waiting_keyframe:
+            sub.waiting_keyframe = True
+            track.waiting += 1
+            self.request_keyframe(track.ssrc, now)
+
+    # -- the hot path ------------------------------------------------------------
+
+    def route(self, packet: bytes, now: float) -> Routed:
+        """``[(subscriber, packet)]``: an incoming plain RTP packet, rewritten per subscriber."""
+        out: Routed = []
+        self.route_into(packet, now, out)
+        return out
+
+    def route_into(self, packet: bytes, now: float, out: Routed) -> None:
+        """Append ``(subscriber, packet)`` for each subscriber of the packet's track.
+
+        ``packet`` is one unprotected RTP packet from a publisher; each emitted
+        packet is ready for the subscriber's SRTP ``protect``. Nothing is
+        appended for a malformed, unknown, duplicate or late packet (counted
+        in :attr:`stats`). Never raises for any input bytes.
+        """
+        stats = self.stats
+        n = len(packet)
+        if n < 12 or packet[0] & 0xC0 != 0x80:
+            stats.malformed += 1
+            return
+        b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
+        track = self._tracks.get(ssrc)
+        if track is None:
+            track = self._rtx_tracks.get(ssrc)
+            if track is None:
+                stats.unknown_ssrc += 1
+                return
+            unwrapped = self._unwrap_rtx(track, packet)
+            if unwrapped is None:
+                return
+            packet = unwrapped
+            b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
+        try:
+            start, end = payload_range(packet)
+            two_byte, ext_start, ext_end, elements = (
+                _extension_elements(packet) if b0 & 0x10 else (False, 0, 0, _NO_ELEMENTS)
+            )
+        except RtpParseError:
+            stats.malformed += 1
+            return
+
+        # Reception: duplicates, lateness and upstream gaps (RFC 3550 A.1's
+        # extended sequence number, relative to the highest so far).
+        highest = track.highest
+        if highest < 0:
+            track.highest = seq + 0x10000
+        else:
+            ext = highest + (((seq - highest + 0x8000) & 0xFFFF) - 0x8000)
+            if ext > highest:
+                if ext > highest + 1 and track.nack:
+                    self._gap(track, highest + 1, ext, now)
+                track.highest = ext
+            elif highest - ext >= self.history_size:
+                stats.late += 1
+                return
+            elif track.history.contains(seq):
+                stats.duplicate += 1
+                return
+            elif track.missing.pop(ext, None) is not None:
+                stats.recovered += 1
+        track.history.put(seq, packet, now)
+        stats.received += 1
+
+        if track.muted:
+            return
+        subs = track.subscriptions
+        if not subs:
+            return
+        keyframe = False
+        if track.waiting:
+            detect = track.is_keyframe
+            keyframe = detect is not None and detect(packet, start, end)
+            if keyframe:
+                track.kf_pending = False
+
+        pt = b1 & 0x7F
+        buf = bytearray(packet)
+        dirty = False
+        abs_value = -1
+        tcc_off = abs_off = -1
+        if elements:
+            tcc_id, abs_id = track.tcc_id, track.abs_id
+            for hdr, xid, length in elements:
+                if xid == tcc_id and length >= 2:
+                    tcc_off = hdr + (2 if two_byte else 1)
+                elif xid == abs_id and length == 3:
+                    abs_off = hdr + (2 if two_byte else 1)
+            if abs_off >= 0:
+                abs_value = int(now * 262144.0) & 0xFFFFFF  # 6.18 fixed point seconds
+        payload_octets = end - start
+        pack_header = _REWRITE.pack_into
+        marker = b1 & 0x80
+        forwarded = 0
+        for sub in subs:
+            if sub.paused:
+                continue
+            if sub.waiting_keyframe:
+                if not keyframe:
+                    stats.waiting_keyframe += 1
+                    continue
+                sub.waiting_keyframe = False
+                track.waiting -= 1
+                sub.rewriter.switch()
+            pt_map = sub.pt_map
+            out_pt = pt if pt_map is None else pt_map.get(pt)
+            if out_pt is None:
+                continue
+            mapped = sub.rewriter.rewrite(seq, ts, now)
+            if mapped is None:
+                continue
+            pack_header(buf, 1, marker | out_pt, mapped[0], mapped[1], sub.ssrc)
+            if elements:
+                table = sub.ext_table
+                if table is not None:
+                    if dirty:
+                        buf[ext_start:ext_end] = packet[ext_start:ext_end]
+                    _remap(buf, elements, table, two_byte)
+                    dirty = True
+                elif dirty:
+                    buf[ext_start:ext_end] = packet[ext_start:ext_end]
+                    dirty = False
+                if sub.twcc and tcc_off >= 0:
+                    transport = sub.transport
+                    _U16.pack_into(buf, tcc_off, transport.twcc_seq)
+                    transport.twcc_seq = (transport.twcc_seq + 1) & 0xFFFF
+                if sub.abs_send_time and abs_off >= 0:
+                    buf[abs_off] = abs_value >> 16
+                    buf[abs_off + 1] = (abs_value >> 8) & 0xFF
+                    buf[abs_off + 2] = abs_value & 0xFF
+            out.append((sub.key, bytes(buf)))
+            sub.packets_sent += 1
+            sub.octets_sent += payload_octets
+            forwarded += 1
+        stats.forwarded += forwarded
+
+    def _unwrap_rtx(self, track: Track, packet: bytes) -> bytes | None:
+        """The original packet inside a publisher's RTX packet (RFC 4588 section 4)."""
+        try:
+            start, end = payload_range(packet)
+        except RtpParseError:
+            self.stats.malformed += 1
+            return None
+        apt = track.rtx_apt.get(packet[1] & 0x7F)
+        if apt is None:
+            self.stats.malformed += 1
+            return None
+        if end - start < 2:
+            # An RTX packet without a payload is a bandwidth probe, not a repair.
+            self.stats.rtx_padding += 1
+            return None
+        osn = (packet[start] << 8) | packet[start + 1]
+        buf = bytearray(packet[:start])
+        buf += packet[start + 2 : end]
+        buf[0] &= 0xDF  # the RTX padding is not the original's
+        _REWRITE.pack_into(
+            buf, 1, (packet[1] & 0x80) | apt, osn, _U32.unpack_from(packet, 4)[0], track.ssrc
+        )
+        return bytes(buf)
+
+    # -- upstream repair -------------------------------------------------------------
+
+    def _gap(self, track: Track, first: int, stop: int, now: float) -> None:
+        missing = track.missing
+        if stop - first > _MAX_NACK_GAP:
+            missing.clear()
+            self.request_keyframe(track.ssrc, now)
+            return
+        due = now + self.nack_delay
+        for ext in range(first, stop):
+            missing[ext] = [0, due]
+        while len(missing) > _MAX_MISSING:
+            del missing[next(iter(missing))]
+            self.stats.nack_gave_up += 1
+        self._arm(due)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is None or when < self._timer:
+            self._timer = when
+
+    def request_keyframe(self, track_ssrc: int, now: float) -> None:
+        """Ask the publisher for a keyframe (PLI, RFC 4585 6.3.1; FIR, RFC 5104 4.3.1), throttled.
+
+        At most one request per track per ``keyframe_interval``; a request
+        inside the interval is coalesced into one sent when it ends. A
+        subscriber's PLI or FIR is forwarded upstream through here.
+        """
+        track = self._tracks.get(track_ssrc)
+        if track is None:
+            return
+        if now - track.kf_last >= self.keyframe_interval:
+            self._send_keyframe_request(track, now)
+        else:
+            track.kf_pending = True
+            self._arm(track.kf_last + self.keyframe_interval)
+
+    def _send_keyframe_request(self, track: Track, now: float) -> None:
+        track.kf_last = now
+        track.kf_pending = False
+        packet: RtcpPacket
+        if track.fir:
+            track.fir_seq = (track.fir_seq + 1) & 0xFF
+            packet = Fir(self.feedback_ssrc, [(track.ssrc, track.fir_seq)])
+        else:
+            packet = Pli(self.feedback_ssrc, track.ssrc)
+        self._rtcp.append((track.publisher, packet))
+        self.stats.keyframe_requests += 1
+        if track.waiting:
+            self._arm(now + self.keyframe_retry)
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` next wants to run, or ``None``."""
+        return self._timer
+
+    def handle_timer(self, now: float) -> None:
+        """Send due NACK retries and coalesced or retried keyframe requests."""
+        self._timer = None
+        interval = self.nack_interval
+        retries = self.nack_retries
+        for track in self._tracks.values():
+            if track.kf_pending or track.waiting:
+                wait = self.keyframe_interval if track.kf_pending else self.keyframe_retry
+                due = track.kf_last + wait
+                if now >= due:
+                    self._send_keyframe_request(track, now)
+                else:
+                    self._arm(due)
+            missing = track.missing
+            if not missing:
+                continue
+            lost: list[int] = []
+            given_up: list[int] = []
+            for ext, entry in missing.items():
+                if entry[1] <= now:
+                    if entry[0] >= retries:
+                        given_up.append(ext)
+                        continue
+                    entry[0] += 1
+                    entry[1] = now + interval
+                    lost.append(ext & 0xFFFF)
+                self._arm(entry[1])
+            for ext in given_up:
+                del missing[ext]
+            self.stats.nack_gave_up += len(given_up)
+            if lost:
+                self._rtcp.append(
+                    (track.publisher, Nack.from_lost(self.feedback_ssrc, track.ssrc, lost))
+                )
+                self.stats.nack_requested += len(lost)
+
+    def rtcp_to_send(self) -> list[tuple[Key, RtcpPacket]]:
+        """``[(publisher, packet)]`` of feedback to send upstream, drained."""
+        out, self._rtcp = self._rtcp, []
+        return out
+
+    # -- downstream repair -------------------------------------------------------------
+
+    def handle_nack(
+        self, subscriber: Key, media_ssrc: int, lost: Iterable[int], now: float
+    ) -> Routed:
+        """Answer a subscriber's generic NACK (RFC 4585 section 6.2.1) from the history.
+
+        ``media_ssrc`` and ``lost`` are the subscriber's (its SSRC and sequence
+        numbers, as in :meth:`rtc.rtcp.Nack.lost`). Each packet still in the
+        history is rewritten as it was first sent, RTX-wrapped if negotiated
+        (RFC 4588 section 4: original sequence number first, the RTX SSRC, its
+        payload type and its own sequence numbers). The rest are counted.
+        """
+        out: Routed = []
+        sub = self.subscription(subscriber, media_ssrc)
+        if sub is None:
+            self.stats.unknown_ssrc += 1
+            return out
+        track = sub.track
+        history = track.history
+        stats = self.stats
+        for out_seq in lost:
+            stats.nack_received += 1
+            seq = sub.rewriter.original_sequence(out_seq & 0xFFFF)
+            packet = None if seq is None else history.get(seq, now)
+            if packet is None or sub.paused:
+                stats.nack_unanswered += 1
+                sub.unanswered += 1
+                continue
+            built = self._retransmission(sub, packet, now)
+            if built is None:
+                stats.nack_unanswered += 1
+                sub.unanswered += 1
+                continue
+            out.append((subscriber, built))
+            stats.retransmitted += 1
+            sub.retransmitted += 1
+        return out
+
+    def _retransmission(self, sub: Subscription, packet: bytes, now: float) -> bytes | None:
+        b1 = packet[1]
+        _, _, seq, ts, _ = _FIXED.unpack_from(packet)
+        pt = b1 & 0x7F
+        out_pt = pt if sub.pt_map is None else sub.pt_map.get(pt)
+        mapped = sub.rewriter.rewrite(seq, ts, now)
+        if out_pt is None or mapped is None:
+            return None
+        # The history only holds packets the hot path already parsed.
+        start, _ = payload_range(packet)
+        two_byte, _, _, elements = _extension_elements(packet)
+        rtx_pt = sub.rtx_pt.get(out_pt) if sub.rtx_ssrc is not None else None
+        if rtx_pt is not None and sub.rtx_ssrc is not None:
+            buf = bytearray(packet[:start])
+            buf += _U16.pack(mapped[0])
+            buf += packet[start:]
+            _REWRITE.pack_into(buf, 1, (b1 & 0x80) | rtx_pt, sub.rtx_seq, mapped[1], sub.rtx_ssrc)
+            sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
+        else:
+            buf = bytearray(packet)
+            _REWRITE.pack_into(buf, 1, (b1 & 0x80) | out_pt, mapped[0], mapped[1], sub.ssrc)
+        if elements:
+            if sub.ext_table is not None:
+                _remap(buf, elements, sub.ext_table, two_byte)
+            track = sub.track
+            for hdr, xid, length in elements:
+                off = hdr + (2 if two_byte else 1)
+                if xid == track.tcc_id and length >= 2 and sub.twcc:
+                    transport = sub.transport
+                    _U16.pack_into(buf, off, transport.twcc_seq)
+                    transport.twcc_seq = (transport.twcc_seq + 1) & 0xFFFF
+                elif xid == track.abs_id and length == 3 and sub.abs_send_time:
+                    value = int(now * 262144.0) & 0xFFFFFF
+                    buf[off : off + 3] = value.to_bytes(3, "big")
+        return bytes(buf)
+
+    def handle_keyframe_request(self, subscriber: Key, media_ssrc: int, now: float) -> None:
+        """A subscriber's PLI or FIR for its SSRC: forwarded upstream, throttled."""
+        sub = self.subscription(subscriber, media_ssrc)
+        if sub is None:
+            self.stats.unknown_ssrc += 1
+            return
+        self.request_keyframe(sub.track.ssrc, now)
+
+
+_NO_ELEMENTS: list[tuple[int, int, int]] = []
+
+
+def _remap(
+    buf: bytearray, elements: list[tuple[int, int, int]], table: bytes, two_byte: bool
+) -> None:
+    """Rewrite extension ids per ``table`` in place; 0 blanks to padding (RFC 8285 4.2)."""
+    for hdr, xid, length in elements:
+        new = table[xid]
+        if new == xid:
+            continue
+        if two_byte:
+            if new:
+                buf[hdr] = new
+                continue
+            buf[hdr : hdr + 2 + length] = bytes(2 + length)
+        else:
+            if 0 < new < 15:
+                buf[hdr] = (new << 4) | (length - 1)
+                continue
+            buf[hdr : hdr + 1 + length] = bytes(1 + length)
