@@ -45,7 +45,9 @@ B = TypeVar("B", bound=BaseModel | None)
 Q = TypeVar("Q", bound=BaseModel | None)
 
 _UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_PARAM = re.compile(r"\{(\w+)(?::([^{}]+))?\}")
+# ``{name}`` or ``{name:regex}``; the regex may hold one level of braces
+# (``{seq:\d{1,18}}``).
+_PARAM = re.compile(r"\{(\w+)(?::((?:[^{}]|\{[^{}]*\})+))?\}")
 
 
 class ApiModel(BaseModel):

@@ -35,3 +35,28 @@ def test_nul_is_refused_anywhere_in_text(text: str, names: list[str]) -> None:
             Sample.model_validate_json(raw, strict=True)
     else:
         assert Sample.model_validate_json(raw, strict=True).names == all_names
+
+
+def test_documented_paths_drop_route_regexes() -> None:
+    from aiohttp import web
+
+    from wadud import keys
+    from wadud.api import Routes, openapi
+
+    routes = Routes("t")
+
+    @routes.get("/x/{id:uuid}/m/{seq:\\d{1,18}}/{name}", auth="public")
+    async def handler(call: object) -> None:
+        """Doc."""
+
+    app = web.Application()
+    app[keys.ENDPOINTS] = []
+    routes.install(app)
+    (ep,) = app[keys.ENDPOINTS]
+    assert ep.doc_path == "/x/{id}/m/{seq}/{name}"
+    params = openapi([ep], title="t", version="1")["paths"][ep.doc_path]["get"]["parameters"]
+    assert [(p["name"], p["schema"]) for p in params] == [
+        ("id", {"type": "string", "format": "uuid"}),
+        ("seq", {"type": "string", "pattern": "^\\d{1,18}$"}),
+        ("name", {"type": "string"}),
+    ]
