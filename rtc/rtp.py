@@ -387,16 +387,16 @@ def set_audio_level(buf: WritableBuffer, ext_id: int, voice: bool, level: int) -
     return True
 
 
-def parse_extensions(profile: int, body: Buffer) -> list[tuple[int, bytes]]:
-    """Every ``(id, value)`` element of an extension block body (RFC 8285 sections 4.2, 4.3).
-
-    An unknown profile yields no elements: its body is opaque.
-    """
-    elements: list[tuple[int, bytes]] = []
-    pos, end = 0, len(body)
+def _walk_elements(
+    data: Buffer, pos: int, end: int, profile: int
+) -> tuple[bool, list[tuple[int, int, int]]] | None:
+    """The elements of an extension block body in ``data[pos:end]`` as
+    ``(two_byte, [(element_offset, id, value_length)])``; ``None`` for an
+    unknown profile, whose body is opaque (RFC 8285 sections 4.2, 4.3)."""
+    elements: list[tuple[int, int, int]] = []
     if profile == ONE_BYTE_PROFILE:
         while pos < end:
-            b = body[pos]
+            b = data[pos]
             if b == 0:
                 pos += 1
                 continue
@@ -404,26 +404,57 @@ def parse_extensions(profile: int, body: Buffer) -> list[tuple[int, bytes]]:
             if xid == 15:
                 break
             length = (b & 0x0F) + 1
-            pos += 1
-            if pos + length > end:
+            if pos + 1 + length > end:
                 raise RtpParseError("RTP one-byte extension element overruns its block")
-            elements.append((xid, bytes(body[pos : pos + length])))
-            pos += length
-    elif profile & 0xFFF0 == TWO_BYTE_PROFILE:
+            elements.append((pos, xid, length))
+            pos += 1 + length
+        return False, elements
+    if profile & 0xFFF0 == TWO_BYTE_PROFILE:
         while pos < end:
-            xid = body[pos]
+            xid = data[pos]
             if xid == 0:
                 pos += 1
                 continue
             if pos + 2 > end:
                 raise RtpParseError("RTP two-byte extension element header is truncated")
-            length = body[pos + 1]
-            pos += 2
-            if pos + length > end:
+            length = data[pos + 1]
+            if pos + 2 + length > end:
                 raise RtpParseError("RTP two-byte extension element overruns its block")
-            elements.append((xid, bytes(body[pos : pos + length])))
-            pos += length
-    return elements
+            elements.append((pos, xid, length))
+            pos += 2 + length
+        return True, elements
+    return None
+
+
+def extension_elements(data: Buffer) -> tuple[bool, int, int, list[tuple[int, int, int]]]:
+    """A packet's extension elements, for rewriting them in place:
+    ``(two_byte, block_start, block_end, [(element_offset, id, value_length)])``,
+    the value starting 1 (one-byte form) or 2 (two-byte form) bytes after
+    its element offset. ``block_start == block_end == 0`` without an RFC 8285
+    block. Raises :class:`RtpParseError` for an element that overruns it."""
+    b0 = data[0]
+    if not b0 & 0x10:
+        return False, 0, 0, []
+    pos = 12 + (b0 & 0x0F) * 4
+    profile, words = _EXT_HEADER.unpack_from(data, pos)
+    pos += 4
+    end = pos + words * 4
+    walked = _walk_elements(data, pos, end, profile)
+    if walked is None:
+        return False, 0, 0, []
+    return walked[0], pos, end, walked[1]
+
+
+def parse_extensions(profile: int, body: Buffer) -> list[tuple[int, bytes]]:
+    """Every ``(id, value)`` element of an extension block body (RFC 8285 sections 4.2, 4.3).
+
+    An unknown profile yields no elements: its body is opaque.
+    """
+    walked = _walk_elements(body, 0, len(body), profile)
+    if walked is None:
+        return []
+    header = 2 if walked[0] else 1
+    return [(xid, bytes(body[off + header : off + header + n])) for off, xid, n in walked[1]]
 
 
 def build_extensions(

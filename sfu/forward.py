@@ -52,7 +52,7 @@ from typing import Literal
 
 from rtc.errors import RtpParseError
 from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
-from rtc.rtp import ONE_BYTE_PROFILE, TWO_BYTE_PROFILE, RtpRewriter, payload_range
+from rtc.rtp import RtpRewriter, extension_elements, payload_range
 from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
@@ -74,7 +74,6 @@ _FIXED = struct.Struct("!BBHII")
 _REWRITE = struct.Struct("!BHII")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_EXT_HEADER = struct.Struct("!HH")
 
 # Upstream gaps larger than this are a stream restart or a long outage: NACKing
 # each packet would flood the publisher, so ask for a keyframe instead.
@@ -153,56 +152,6 @@ def h264_keyframe_start(data: Buffer, start: int, end: int) -> bool:
 
 
 _KEYFRAME_DETECTORS = {"vp8": vp8_keyframe_start, "h264": h264_keyframe_start}
-
-
-# -- RFC 8285 extension elements ------------------------------------------------------
-
-
-def _extension_elements(data: Buffer) -> tuple[bool, int, int, list[tuple[int, int, int]]]:
-    """``(two_byte, block_start, block_end, [(header_offset, id, value_length)])``.
-
-    ``block_start == block_end == 0`` without an RFC 8285 block. Raises
-    :class:`RtpParseError` for an element that overruns its block.
-    """
-    b0 = data[0]
-    if not b0 & 0x10:
-        return False, 0, 0, []
-    pos = 12 + (b0 & 0x0F) * 4
-    profile, words = _EXT_HEADER.unpack_from(data, pos)
-    pos += 4
-    end = pos + words * 4
-    block = pos
-    elements: list[tuple[int, int, int]] = []
-    if profile == ONE_BYTE_PROFILE:
-        while pos < end:
-            b = data[pos]
-            if b == 0:
-                pos += 1
-                continue
-            xid = b >> 4
-            if xid == 15:
-                break
-            length = (b & 0x0F) + 1
-            if pos + 1 + length > end:
-                raise RtpParseError("RTP one-byte extension element overruns its block")
-            elements.append((pos, xid, length))
-            pos += 1 + length
-        return False, block, end, elements
-    if profile & 0xFFF0 == TWO_BYTE_PROFILE:
-        while pos < end:
-            xid = data[pos]
-            if xid == 0:
-                pos += 1
-                continue
-            if pos + 2 > end:
-                raise RtpParseError("RTP two-byte extension element header is truncated")
-            length = data[pos + 1]
-            if pos + 2 + length > end:
-                raise RtpParseError("RTP two-byte extension element overruns its block")
-            elements.append((pos, xid, length))
-            pos += 2 + length
-        return True, block, end, elements
-    return False, 0, 0, []
 
 
 # -- the table ---------------------------------------------------------------------
@@ -690,7 +639,7 @@ class Forwarder:
         try:
             start, end = payload_range(packet)
             two_byte, ext_start, ext_end, elements = (
-                _extension_elements(packet) if b0 & 0x10 else (False, 0, 0, _NO_ELEMENTS)
+                extension_elements(packet) if b0 & 0x10 else (False, 0, 0, _NO_ELEMENTS)
             )
         except RtpParseError:
             stats.malformed += 1
@@ -958,7 +907,7 @@ class Forwarder:
             return None
         # The history only holds packets the hot path already parsed.
         start, _ = payload_range(packet)
-        two_byte, _, _, elements = _extension_elements(packet)
+        two_byte, _, _, elements = extension_elements(packet)
         rtx_pt = sub.rtx_pt.get(out_pt) if sub.rtx_ssrc is not None else None
         if rtx_pt is not None and sub.rtx_ssrc is not None:
             buf = bytearray(packet[:start])
