@@ -33,13 +33,13 @@ from wadud.errors import (
     BadRequest,
     Forbidden,
     NotFound,
-    PayloadTooLarge,
     Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
     WadudError,
 )
-from wadud.storage import storage_of
+from wadud.http import read_upload
+from wadud.storage import sniff_type, storage_of
 
 log = logging.getLogger("wadud.chat")
 
@@ -350,37 +350,15 @@ async def upload_attachment(call: Call[None, None]) -> Attachment:
     if declared not in _ACCEPTED and declared != "application/octet-stream":
         raise UnsupportedMediaType("send an image (JPEG, PNG, GIF, WebP) or a PDF")
     limit = call.settings.chat_attachment_max_bytes
-    data = await _read_upload(request, limit)
+    data = await read_upload(request, limit, "an attachment")
     if not data:
         raise Unprocessable("the attachment is empty")
     svc = _svc(call)
-    from chat.service import sniff
-
-    found = sniff(data)
+    found = sniff_type(data)
     if found is None or (declared != "application/octet-stream" and found != declared):
         raise UnsupportedMediaType(f"the content is not {declared}")
     row = await svc.upload(acc, call.user, data)
     return Attachment.model_validate(row)
-
-
-async def _read_upload(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"an attachment is at most {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    # Read the stream ourselves: request.read() stops at the app-wide body
-    # limit, which is smaller than a photo.
-    async for chunk in request.content.iter_chunked(65_536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"an attachment is at most {limit} bytes")
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    if not data and request.body_exists:
-        data = await request.read()  # already read by the idempotency middleware
-        if len(data) > limit:
-            raise PayloadTooLarge(f"an attachment is at most {limit} bytes")
-    return data
 
 
 @routes.get("/api/v1/chat/attachments/{attachment_id:uuid}/url", returns=AttachmentUrl)

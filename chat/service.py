@@ -22,26 +22,7 @@ from chat.hub import Hub
 from chat.protocol import InvalidFrame, check_body
 from wadud.config import Settings
 from wadud.principal import Principal
-from wadud.storage import Storage
-
-# Magic numbers: the type comes from the bytes, never the name or header.
-_SNIFF: list[tuple[bytes, int, str]] = [
-    (b"\xff\xd8\xff", 0, "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
-    (b"GIF87a", 0, "image/gif"),
-    (b"GIF89a", 0, "image/gif"),
-    (b"%PDF-", 0, "application/pdf"),
-]
-
-
-def sniff(data: bytes) -> str | None:
-    """The attachment type of ``data`` by content, or None if not allowed."""
-    for magic, offset, ctype in _SNIFF:
-        if data[offset : offset + len(magic)] == magic:
-            return ctype
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
+from wadud.storage import Storage, sniff_type
 
 
 class RateLimiter:
@@ -243,7 +224,7 @@ class ChatService:
 
     async def upload(self, acc: store.Access, who: Principal, data: bytes) -> dict[str, Any]:
         store.require_write(acc)
-        ctype = sniff(data)
+        ctype = sniff_type(data)
         if ctype is None:
             raise AttachmentType("the file is not a JPEG, PNG, GIF, WebP image or a PDF")
         attachment_id = uuid.uuid4()

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from wadud import auth, keys, logs, metrics
-from wadud.errors import WadudError
+from wadud.errors import PayloadTooLarge, WadudError
 
 log = logging.getLogger("wadud.http")
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -159,3 +159,26 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             raise auth.InvalidToken("this session was revoked")
         request[keys.PRINCIPAL] = principal
     return await handler(request)
+
+
+async def read_upload(request: web.Request, limit: int, what: str) -> bytes:
+    """A raw upload body of at most ``limit`` bytes (413 beyond, naming
+    ``what``). Read from the stream: ``request.read()`` stops at the app-wide
+    body limit, which is smaller than a scanned document or a photo."""
+    too_large = f"{what} is at most {limit} bytes"
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(too_large)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65_536):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(too_large)
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data and request.body_exists:
+        # Already read (and capped) by the idempotency middleware; cached.
+        data = await request.read()
+        if len(data) > limit:
+            raise PayloadTooLarge(too_large)
+    return data

@@ -31,6 +31,29 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 _EXTRA = "storage"
 
 
+# Magic numbers: a stored file's type comes from its bytes, never its name or
+# a header the client chose.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"%PDF-", "application/pdf"),
+)
+
+
+def sniff_type(data: bytes) -> str | None:
+    """The content type of ``data`` judged by its first bytes: JPEG, PNG,
+    GIF, WebP or PDF; None for anything else. Callers narrow it to the types
+    they accept."""
+    for magic, ctype in _MAGIC:
+        if data.startswith(magic):
+            return ctype
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 class Storage(Protocol):
     async def put(self, data: bytes) -> str:
         """Store ``data``; return its key (the hex SHA-256)."""

@@ -34,11 +34,11 @@ from wadud.errors import (
     Conflict,
     Forbidden,
     NotFound,
-    PayloadTooLarge,
     Unprocessable,
     UnsupportedMediaType,
 )
-from wadud.storage import storage_of
+from wadud.http import read_upload
+from wadud.storage import sniff_type, storage_of
 
 routes = Routes("doctors", "Doctor profiles, credentials, availability and slots.")
 
@@ -475,22 +475,19 @@ async def suspend_doctor(call: Call[None, None]) -> Doctor:
 
 # -- credential documents --------------------------------------------------------------
 
-#: Accepted upload types and the magic bytes that prove them.
-_MAGIC: tuple[tuple[bytes, str, str], ...] = (
-    (b"%PDF-", "application/pdf", ".pdf"),
-    (b"\x89PNG\r\n\x1a\n", "image/png", ".png"),
-    (b"\xff\xd8\xff", "image/jpeg", ".jpg"),
-)
-_ACCEPTED = {ctype for _, ctype, _ in _MAGIC}
+#: Accepted credential document types and the extension each is stored with.
+_EXTENSIONS = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg"}
+_ACCEPTED = set(_EXTENSIONS)
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
 
 
 def sniff(data: bytes) -> tuple[str, str] | None:
-    """``(content type, extension)`` of ``data`` judged by its first bytes."""
-    for magic, ctype, ext in _MAGIC:
-        if data.startswith(magic):
-            return ctype, ext
-    return None
+    """``(content type, extension)`` of ``data`` judged by its first bytes,
+    for the document types we accept."""
+    ctype = sniff_type(data)
+    if ctype not in _EXTENSIONS:
+        return None
+    return ctype, _EXTENSIONS[ctype]
 
 
 def _safe_filename(name: str | None, default: str) -> str:
@@ -501,27 +498,6 @@ def _safe_filename(name: str | None, default: str) -> str:
     base = re.split(r"[\\/]", name)[-1]
     base = _UNSAFE_NAME.sub("_", base).strip(" .")[:255]
     return base or default
-
-
-async def _read_upload(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"a document is at most {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    # Read the stream ourselves: request.read() stops at the app-wide body
-    # limit, which is smaller than a scanned credential.
-    async for chunk in request.content.iter_chunked(65_536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"a document is at most {limit} bytes")
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    if not data and request.body_exists:
-        # Already read (and capped) by the idempotency middleware; cached.
-        data = await request.read()
-        if len(data) > limit:
-            raise PayloadTooLarge(f"a document is at most {limit} bytes")
-    return data
 
 
 _DOC_COLS = """id, doctor_id, kind, filename, content_type, size_bytes, sha256, status,
@@ -554,7 +530,7 @@ async def upload_document(call: Call[None, DocumentQuery]) -> Document:
         await fetch_doctor(conn, call.user, doctor_id, need="manage")
     if request.content_type not in _ACCEPTED:
         raise UnsupportedMediaType("send a PDF, PNG or JPEG with its Content-Type")
-    data = await _read_upload(request, call.settings.booking_upload_max_bytes)
+    data = await read_upload(request, call.settings.booking_upload_max_bytes, "a document")
     if not data:
         raise Unprocessable("the document is empty")
     found = sniff(data)

@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 
 from chat import protocol as p
 from chat.crypto import DecryptError, Keyring, message_aad, reencrypt
-from chat.service import RateLimiter, sniff
+from chat.service import RateLimiter
 from tests.chat.conftest import World
 from tests.conftest import Api
 from wadud import keys
 from wadud.config import Settings
+from wadud.storage import sniff_type as sniff
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
