@@ -241,6 +241,57 @@ class Settings:
             "Port of the embedded relay (UDP and TCP); when taken, a free port is used instead."
         ),
     )
+    media_host: str = field(
+        default="127.0.0.1",
+        metadata=_doc("Address the media worker's UDP socket binds (0.0.0.0 on a media node)."),
+    )
+    media_port: int = field(
+        default=40000,
+        metadata=_doc(
+            "UDP port of the media worker, shared by every peer (ICE-lite). In `wadud serve`,"
+            " when taken, a free port is used instead."
+        ),
+    )
+    media_announced_addresses: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Addresses put in the worker's ICE candidates, comma separated, when peers"
+            " reach it at another address than it binds (NAT, cloud public IPs)."
+            " Empty: the bind address."
+        ),
+    )
+    media_consent_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds without a peer's ICE consent checks (RFC 7675) before its transport"
+            " is closed."
+        ),
+    )
+    call_resume_grace: float = field(
+        default=20.0,
+        metadata=_doc(
+            "Seconds a participant whose WebSocket dropped stays in the room, media"
+            " flowing, waiting to resume."
+        ),
+    )
+    call_ping_interval: float = field(
+        default=15.0,
+        metadata=_doc("Seconds between the server's pings on call WebSockets."),
+    )
+    call_max_frame_bytes: int = field(
+        default=65_536,
+        metadata=_doc("Largest signalling frame read; a bigger one closes the socket (1009)."),
+    )
+    call_max_participants: int = field(
+        default=16, metadata=_doc("Most participants (waiting included) in one room.")
+    )
+    call_demo: bool = field(
+        default=False,
+        metadata=_doc(
+            "Serve /demo, which creates a demo room and hands out doctor and patient links"
+            " to anyone. `wadud serve` turns it on; never on a public deployment."
+        ),
+    )
     turn_relay: dict[str, Any] = field(
         default_factory=dict,
         metadata={

@@ -13,6 +13,7 @@ from wadud.config import Settings
 from wadud.principal import Principal
 
 if TYPE_CHECKING:
+    from sfu.control import MediaControl
     from wadud.api import Endpoint
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,6 +21,8 @@ DB = web.AppKey("db", asyncpg.Pool)
 DATABASE_URL = web.AppKey("database_url", str)
 BUS = web.AppKey("bus", Bus)
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints", list)
+#: The media worker signalling drives (in-process in `wadud serve`).
+MEDIA: web.AppKey[MediaControl] = web.AppKey("media")
 #: Named extras other packages hang on the app (gateways, TURN server, ...).
 EXTRAS = web.AppKey("extras", dict[str, Any])
 
