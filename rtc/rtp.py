@@ -747,3 +747,10 @@ class RtpRewriter:
     def highest(self) -> tuple[int, int]:
         """Highest outgoing ``(sequence_number, timestamp)`` so far (for sender reports)."""
         return self._out_max_seq, self._out_max_ts
+
+    @property
+    def timestamp_offset(self) -> int | None:
+        """What this run adds to incoming timestamps (mod 2**32), or None before the
+        first packet: a sender report maps the publisher's NTP/RTP pair through it
+        so the subscriber's lip-sync stays right (RFC 3550 section 6.4.1)."""
+        return self._ts_offset if self._started else None

@@ -467,3 +467,15 @@ def test_rewriter_survives_long_runs_across_wraps() -> None:
     r.rewrite(60000, 0, 0.0)
     for i in range(1, 70000, 7):
         assert r.rewrite((60000 + i) & 0xFFFF, i, 0.0) == ((60000 + i) & 0xFFFF, i)
+
+
+def test_rewriter_timestamp_offset_follows_runs() -> None:
+    r = rtp.RtpRewriter(90000)
+    assert r.timestamp_offset is None
+    assert r.rewrite(100, 5000, 0.0) == (100, 5000)
+    assert r.timestamp_offset == 0
+    r.switch()
+    # A new source with unrelated numbers, one second later.
+    seq, ts = r.rewrite(7, 1_000_000, 1.0) or (0, 0)
+    assert (seq, ts) == (101, 5000 + 90000)
+    assert r.timestamp_offset == (ts - 1_000_000) & 0xFFFFFFFF
