@@ -1,0 +1,62 @@
+"""The media worker inside the aiohttp application.
+
+``install(app)`` starts one :class:`sfu.worker.MediaWorker` with the app and
+stores it as ``app[wadud.keys.MEDIA]``, where signalling finds it (the
+in-process :class:`sfu.control.MediaControl` of ``wadud serve``). It binds
+``media_host:media_port``; when that port is taken (a second ``wadud serve``,
+a test run beside a running server) it takes a free port instead, as the
+embedded TURN relay does, since its candidates carry whatever port it got.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from sfu.worker import MediaWorker
+from wadud import keys
+from wadud.config import Settings
+
+log = logging.getLogger("wadud.sfu.http")
+
+#: The concrete worker, for what MediaControl does not offer (metrics, tests).
+WORKER = web.AppKey("media_worker", MediaWorker)
+
+
+def _worker(settings: Settings, port: int) -> MediaWorker:
+    return MediaWorker(
+        host=settings.media_host,
+        port=port,
+        announced_addresses=settings.media_announced_addresses,
+        consent_timeout=settings.media_consent_timeout,
+    )
+
+
+async def _media(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    worker = _worker(settings, settings.media_port)
+    try:
+        await worker.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or settings.media_port == 0:
+            raise
+        log.warning(
+            "media port taken; the media worker uses a free port instead",
+            extra={"port": settings.media_port},
+        )
+        worker = _worker(settings, 0)
+        await worker.start()
+    app[keys.MEDIA] = worker
+    app[WORKER] = worker
+    try:
+        yield
+    finally:
+        await worker.close()
+
+
+def install(app: web.Application) -> None:
+    """Run a media worker for the app's lifetime (``app[keys.MEDIA]``)."""
+    app.cleanup_ctx.append(_media)

@@ -1,0 +1,477 @@
+"""One peer's WebRTC transport on the worker's shared socket, sans-I/O.
+
+A :class:`PeerTransport` joins the three pieces of a BUNDLE transport (RFC
+8843) that the ``rtc`` package provides one by one: the ICE-lite agent (RFC
+8445 section 2.5, consent freshness of RFC 7675), the DTLS endpoint that keys
+SRTP (RFC 5764) and the SRTP session itself (RFC 3711). It never touches a
+socket or the clock; the worker feeds it datagrams with ``now`` and sends what
+it returns (aioquic's shape: :meth:`~PeerTransport.receive_datagram`,
+:meth:`~PeerTransport.datagrams_to_send`, :meth:`~PeerTransport.get_timer`,
+:meth:`~PeerTransport.handle_timer`, :meth:`~PeerTransport.next_event`).
+
+Only STUN and DTLS go through :meth:`~PeerTransport.receive_datagram`. Media
+is the hot path: the worker unprotects and protects with :attr:`srtp`
+directly, once the transport is CONNECTED, without a call through here.
+
+Which DTLS role we take comes from the peer's ``a=setup`` (RFC 8842 section
+5, :func:`rtc.dtls.role_for_remote_setup`): a publisher's offer says
+``actpass`` and :func:`rtc.sdp.answer` answers ``active``, so we are the DTLS
+client and send the ClientHello as soon as ICE has selected an address; a
+subscriber answers our ``actpass`` offer with ``active``, so we are the server
+and wait. A subscriber may finish ICE and send its ClientHello before its
+answer reached us through signalling; those records are kept (a few) until
+:meth:`~PeerTransport.set_remote` says who the peer is.
+
+Security: DTLS is accepted only from addresses that passed an ICE check with
+our password (RFC 8445 section 7.3); anything else is dropped and counted. The
+worker applies the same rule to SRTP by routing media through the addresses
+in :class:`AddressValidated` events only.
+
+The machine, in one table (:data:`TRANSITIONS`):
+
+* NEW until the first valid ICE check, then CHECKING.
+* CHECKING becomes CONNECTED once ICE has selected a pair (USE-CANDIDATE)
+  *and* the DTLS handshake is done *and* SRTP is keyed; in whichever order
+  those happen, the last one does it.
+* A later nomination of another address (the peer moved) keeps CONNECTED and
+  says so with :class:`AddressSelected`.
+* Any failure (ICE connect timeout, consent expiry, a DTLS alert or timeout,
+  a fingerprint mismatch, unusable SRTP keys) makes it FAILED. A close_notify
+  from the peer, or :meth:`~PeerTransport.close`, makes it CLOSED. Both are
+  terminal: a peer that comes back needs a new transport.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rtc import demux
+from rtc.dtls import (
+    DEFAULT_PROFILES,
+    ApplicationData,
+    Closed,
+    DtlsCertificate,
+    DtlsEndpoint,
+    DtlsRole,
+    DtlsState,
+    HandshakeComplete,
+    HandshakeFailed,
+    SrtpProfile,
+    role_for_remote_setup,
+)
+from rtc.errors import SrtpError
+from rtc.ice import (
+    CONNECT_TIMEOUT,
+    CONSENT_TIMEOUT,
+    DISCONNECT_TIMEOUT,
+    Address,
+    IceLiteAgent,
+    IceState,
+    SelectedAddress,
+    ValidatedAddress,
+    random_credentials,
+)
+from rtc.ice import StateChanged as IceStateChanged
+from rtc.srtp import SrtpSession
+from sfu.errors import SfuStateError
+
+__all__ = [
+    "TRANSITIONS",
+    "AddressForgotten",
+    "AddressSelected",
+    "AddressValidated",
+    "PeerState",
+    "PeerTransport",
+    "StateChanged",
+    "TransportEvent",
+]
+
+# DTLS records a subscriber may send before its answer arrives: its first
+# flight is one or two datagrams, and it retransmits anyway.
+MAX_EARLY_DTLS = 8
+
+
+class PeerState(enum.Enum):
+    NEW = "new"
+    CHECKING = "checking"
+    CONNECTED = "connected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class _Input(enum.Enum):
+    CHECK = "check"  # ICE accepted a check, or selected a pair, before SRTP is keyed
+    READY = "ready"  # ICE selected and SRTP keyed
+    FAIL = "fail"
+    CLOSE = "close"
+
+
+_S, _In = PeerState, _Input
+
+TRANSITIONS: dict[tuple[PeerState, _Input], PeerState] = {
+    (_S.NEW, _In.CHECK): _S.CHECKING,
+    (_S.NEW, _In.FAIL): _S.FAILED,
+    (_S.NEW, _In.CLOSE): _S.CLOSED,
+    (_S.CHECKING, _In.CHECK): _S.CHECKING,
+    (_S.CHECKING, _In.READY): _S.CONNECTED,
+    (_S.CHECKING, _In.FAIL): _S.FAILED,
+    (_S.CHECKING, _In.CLOSE): _S.CLOSED,
+    (_S.CONNECTED, _In.CHECK): _S.CONNECTED,
+    (_S.CONNECTED, _In.READY): _S.CONNECTED,
+    (_S.CONNECTED, _In.FAIL): _S.FAILED,
+    (_S.CONNECTED, _In.CLOSE): _S.CLOSED,
+}
+
+TERMINAL = frozenset({PeerState.FAILED, PeerState.CLOSED})
+
+
+# --- events -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The transport moved from ``old`` to ``new``; ``reason`` says what did it."""
+
+    old: PeerState
+    new: PeerState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddressValidated:
+    """``address`` proved it knows our ICE password: its DTLS and SRTP are this peer's."""
+
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class AddressForgotten:
+    """``address`` fell out of the validated set (too many addresses): route it no more."""
+
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class AddressSelected:
+    """The peer nominated ``address`` (RFC 8445 section 7.3.1.5): send media there."""
+
+    address: Address
+
+
+TransportEvent = StateChanged | AddressValidated | AddressForgotten | AddressSelected
+
+
+class PeerTransport:
+    """ICE-lite + DTLS-SRTP for one peer connection (RFC 8445 2.5, RFC 5764, RFC 8843).
+
+    ``certificate`` is the worker's (one for every peer). Local ICE
+    credentials are fresh unless given (RFC 8839 section 5.4). The remote
+    side (ICE credentials, fingerprints, ``a=setup``) comes from its SDP
+    through :meth:`set_remote`, at once for a publisher (its offer) or later
+    for a subscriber (its answer). ``counters`` counts what was dropped and
+    why, for the worker's metrics; the ICE agent keeps its own
+    (``ice.counters``).
+    """
+
+    def __init__(
+        self,
+        certificate: DtlsCertificate,
+        *,
+        now: float,
+        local_ufrag: str | None = None,
+        local_pwd: str | None = None,
+        consent_timeout: float = CONSENT_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        profiles: Sequence[SrtpProfile] = DEFAULT_PROFILES,
+        mtu: int = 1200,
+    ) -> None:
+        if local_ufrag is None or local_pwd is None:
+            local_ufrag, local_pwd = random_credentials()
+        self.certificate = certificate
+        self.ice = IceLiteAgent(
+            local_ufrag,
+            local_pwd,
+            now=now,
+            consent_timeout=consent_timeout,
+            disconnect_timeout=min(DISCONNECT_TIMEOUT, consent_timeout),
+            connect_timeout=connect_timeout,
+        )
+        self.dtls: DtlsEndpoint | None = None
+        self.srtp: SrtpSession | None = None
+        self.state = PeerState.NEW
+        self.reason = ""
+        """Why the transport is in its current state (the last transition's reason)."""
+        self.remote: Address | None = None
+        """The selected address: where media and DTLS go."""
+        self.counters: Counter[str] = Counter()
+        self._profiles = tuple(profiles)
+        self._mtu = mtu
+        self._validated: set[Address] = set()
+        self._fingerprints: list[tuple[str, str]] = []
+        self._early: list[tuple[bytes, Address]] = []
+        self._dtls_addr: Address | None = None
+        self._out: list[tuple[bytes, Address]] = []
+        self._events: list[TransportEvent] = []
+
+    # -- identity ----------------------------------------------------------------
+
+    @property
+    def local_ufrag(self) -> str:
+        return self.ice.local_ufrag
+
+    @property
+    def local_pwd(self) -> str:
+        return self.ice.local_pwd
+
+    @property
+    def role(self) -> DtlsRole | None:
+        """Our DTLS role, once the remote ``a=setup`` is known."""
+        return None if self.dtls is None else self.dtls.role
+
+    @property
+    def remote_fingerprints(self) -> list[tuple[str, str]]:
+        """The peer's ``a=fingerprint`` pairs, once :meth:`set_remote` was called."""
+        return list(self._fingerprints)
+
+    @property
+    def validated(self) -> frozenset[Address]:
+        """Addresses whose DTLS and SRTP this transport accepts."""
+        return frozenset(self._validated)
+
+    def set_remote(
+        self,
+        ice_ufrag: str,
+        ice_pwd: str,
+        fingerprints: Sequence[tuple[str, str]],
+        setup: str,
+        now: float,
+    ) -> None:
+        """Learn the peer from its SDP (RFC 8839 section 5.4, RFC 8122 section 5, RFC 8842).
+
+        ``setup`` is the peer's ``a=setup``; ``actpass`` (an offer) makes us
+        the DTLS client, as :func:`rtc.sdp.answer` answers ``active``. Calling
+        it again with the same parameters (a renegotiation) changes nothing;
+        other credentials or fingerprints would be an ICE restart or a new
+        DTLS association, which this transport does not do: SfuStateError.
+        Raises :class:`rtc.errors.DtlsError` for an unusable ``setup`` or no
+        fingerprint with a known hash function.
+        """
+        ice = self.ice
+        if self.dtls is not None:
+            if (ice.remote_ufrag, ice.remote_pwd) != (ice_ufrag, ice_pwd):
+                raise SfuStateError("new ICE credentials: an ICE restart needs a new transport")
+            if self._fingerprints != _normal(fingerprints):
+                raise SfuStateError("new DTLS fingerprint: a new association needs a new transport")
+            return
+        if self.state in TERMINAL:
+            raise SfuStateError(f"transport is {self.state.value}")
+        role = role_for_remote_setup(setup, default=DtlsRole.CLIENT)
+        dtls = DtlsEndpoint(
+            self.certificate, role, fingerprints, profiles=self._profiles, mtu=self._mtu
+        )
+        ice.set_remote_credentials(ice_ufrag, ice_pwd)
+        self._fingerprints = _normal(fingerprints)
+        self.dtls = dtls
+        if role is DtlsRole.SERVER:
+            dtls.start(now)
+            early, self._early = self._early, []
+            for data, addr in early:
+                self._dtls_addr = addr
+                dtls.receive(data, now)
+            self._dtls_io(now)
+        elif self.remote is not None:
+            # ICE finished before we knew the peer's fingerprint: start now.
+            dtls.start(now)
+            self._dtls_io(now)
+
+    # -- input -------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Process one STUN or DTLS datagram from ``addr`` (RFC 7983 section 7).
+
+        Never raises for any input: what cannot be used is counted in
+        :attr:`counters` (``dtls_unvalidated``, ``dtls_early_dropped``,
+        ``not_control``, ``closed``) and dropped.
+        """
+        if self.state in TERMINAL:
+            self.counters["closed"] += 1
+            return
+        kind = demux.classify(data)
+        if kind == demux.STUN:
+            response = self.ice.receive_stun(data, addr, now)
+            if response is not None:
+                self._out.append((response, addr))
+            self._ice_events(now)
+        elif kind == demux.DTLS:
+            if addr not in self._validated:
+                # RFC 8445 section 7.3 and 8826 section 4.2: only a checked
+                # address may speak DTLS to us; a stranger gets nothing.
+                self.counters["dtls_unvalidated"] += 1
+                return
+            dtls = self.dtls
+            if dtls is None:
+                if len(self._early) >= MAX_EARLY_DTLS:
+                    self.counters["dtls_early_dropped"] += 1
+                else:
+                    self._early.append((data, addr))
+                return
+            self._dtls_addr = addr
+            dtls.receive(data, now)
+            self._dtls_io(now)
+        else:
+            # SRTP and SRTCP are the worker's (its hot path); anything else is garbage.
+            self.counters["not_control"] += 1
+
+    def get_timer(self) -> float | None:
+        """The next ICE (connect, consent) or DTLS (retransmission) deadline, or None."""
+        if self.state in TERMINAL:
+            return None
+        timer = self.ice.get_timer()
+        if self.dtls is not None:
+            dtls_timer = self.dtls.get_timer()
+            if dtls_timer is not None and (timer is None or dtls_timer < timer):
+                timer = dtls_timer
+        return timer
+
+    def handle_timer(self, now: float) -> None:
+        """Apply due deadlines: ICE connect or consent expiry (RFC 7675 5.1), DTLS resends."""
+        if self.state in TERMINAL:
+            return
+        timer = self.ice.get_timer()
+        if timer is not None and now >= timer:
+            self.ice.handle_timer(now)
+            self._ice_events(now)
+        dtls = self.dtls
+        if dtls is not None and self.state not in TERMINAL:
+            timer = dtls.get_timer()
+            if timer is not None and now >= timer:
+                dtls.handle_timer(now)
+                self._dtls_io(now)
+
+    def close(self, reason: str = "closed") -> None:
+        """Close: a DTLS close_notify is queued if the association is up, and ICE stops."""
+        if self.state in TERMINAL:
+            return
+        if self.dtls is not None:
+            self.dtls.close()
+            self._flush_dtls()
+        self.ice.close()
+        self.srtp = None
+        self._transition(_In.CLOSE, reason)
+
+    # -- output ------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        """``[(datagram, address)]`` to send, oldest first; the queue is emptied."""
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> TransportEvent | None:
+        """The oldest event not yet read, or None."""
+        return self._events.pop(0) if self._events else None
+
+    # -- internals ---------------------------------------------------------------
+
+    def _transition(self, event: _Input, reason: str) -> None:
+        try:
+            new = TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise SfuStateError(f"no transition from {self.state.value} on {event.value}") from None
+        if new is not self.state:
+            self._events.append(StateChanged(self.state, new, reason))
+            self.state = new
+            self.reason = reason
+
+    def _fail(self, reason: str) -> None:
+        if self.state in TERMINAL:
+            return
+        self.ice.close()
+        if self.dtls is not None and self.dtls.state in (DtlsState.NEW, DtlsState.CONNECTING):
+            self.dtls.close()
+        self.srtp = None
+        self._transition(_In.FAIL, reason)
+
+    def _ice_events(self, now: float) -> None:
+        ice = self.ice
+        while (event := ice.next_event()) is not None:
+            if isinstance(event, ValidatedAddress):
+                self._add_validated(event.address)
+            elif isinstance(event, SelectedAddress):
+                self.remote = event.address
+                self._events.append(AddressSelected(event.address))
+                dtls = self.dtls
+                if dtls is not None and dtls.state is DtlsState.NEW:
+                    dtls.start(now)
+                    self._dtls_io(now)
+                self._ready()
+            elif isinstance(event, IceStateChanged):
+                if event.new is IceState.FAILED:
+                    self._fail(f"ICE: {event.reason}")
+                elif event.new is IceState.CHECKING and self.state is PeerState.NEW:
+                    self._transition(_In.CHECK, "ICE check")
+                # DISCONNECTED is a warning only: the peer's checks may come back.
+
+    def _add_validated(self, address: Address) -> None:
+        if address in self._validated:
+            return
+        self._validated.add(address)
+        self._events.append(AddressValidated(address))
+        current = self.ice.validated
+        if len(self._validated) > len(current):
+            # The agent forgot its oldest addresses (rtc.ice.MAX_VALIDATED).
+            for gone in [a for a in self._validated if a not in current]:
+                self._validated.discard(gone)
+                self._events.append(AddressForgotten(gone))
+
+    def _flush_dtls(self) -> None:
+        dtls = self.dtls
+        if dtls is None:
+            return
+        dest = self.remote or self._dtls_addr
+        datagrams = dtls.datagrams_to_send()
+        if dest is None:
+            # Nowhere to send yet; the handshake's retransmission covers it.
+            self.counters["dtls_unsent"] += len(datagrams)
+            return
+        for datagram in datagrams:
+            self._out.append((datagram, dest))
+
+    def _dtls_io(self, now: float) -> None:
+        dtls = self.dtls
+        if dtls is None:
+            return
+        self._flush_dtls()
+        while (event := dtls.next_event()) is not None:
+            if isinstance(event, HandshakeComplete):
+                try:
+                    self.srtp = SrtpSession.from_keys(event.keys, event.role)
+                except SrtpError as exc:
+                    self._fail(f"SRTP: {exc}")
+                    return
+                self._ready()
+            elif isinstance(event, HandshakeFailed):
+                self._fail(f"DTLS: {event.error}")
+            elif isinstance(event, Closed):
+                self.srtp = None
+                self.ice.close()
+                if event.alert is None:
+                    self._transition(_In.CLOSE, "DTLS close_notify from the peer")
+                else:
+                    self._transition(_In.FAIL, f"DTLS: {event.alert}")
+            elif isinstance(event, ApplicationData):
+                # No data channels (SCTP, RFC 8261) on the worker yet.
+                self.counters["dtls_application_data"] += 1
+
+    def _ready(self) -> None:
+        if self.remote is None or self.srtp is None or self.state in TERMINAL:
+            return
+        if self.state is PeerState.NEW:
+            self._transition(_In.CHECK, "ICE check")
+        self._transition(_In.READY, "ICE selected, DTLS done, SRTP keyed")
+
+
+def _normal(fingerprints: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return sorted((a.lower(), v.strip().upper()) for a, v in fingerprints)
