@@ -4,6 +4,7 @@ wadud serve     everything in one process, embedded defaults
 wadud api       HTTP only (REST, WebSockets, web client); stateless replicas
 wadud migrate   apply database migrations and exit
 wadud user add  create an account (how the first admin comes to be)
+wadud token     print a call link (room token) for one participant
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def parser() -> argparse.ArgumentParser:
     from turn.cli import add_arguments
 
     add_arguments(p)
+
+    p = sub.add_parser("token", help="print a join link for a call room")
+    _common(p)
+    p.add_argument("--room", required=True, help="room name")
+    p.add_argument("--identity", required=True, help="who joins: a stable id for the person")
+    p.add_argument(
+        "--role",
+        required=True,
+        choices=["doctor", "patient", "staff"],
+        help="doctors and staff get the admin right (admit, mute, remove, end)",
+    )
+    p.add_argument("--name", help="display name (default: the identity)")
+    p.add_argument(
+        "--ttl", type=int, default=4 * 3600, help="seconds the link is valid (default 4 hours)"
+    )
 
     p = sub.add_parser("user", help="manage accounts")
     user_sub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
@@ -184,6 +200,45 @@ def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+#: Room and identity names: what fits in a URL path and a log line unharmed.
+_NAME_MAX = 128
+
+
+def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
+    import datetime as dt
+    from urllib.parse import quote
+
+    from wadud.auth import RoomGrant, issue_room_token
+
+    for what, value in (("--room", args.room), ("--identity", args.identity)):
+        if not value or len(value) > _NAME_MAX or not value.isprintable():
+            raise ConfigError(f"{what} must be 1 to {_NAME_MAX} printable characters")
+    if args.ttl <= 0:
+        raise ConfigError("--ttl must be a positive number of seconds")
+    # The secret that `wadud serve` verifies with: configured, or kept under
+    # the data folder (created here first if serve has not run yet).
+    settings = settings.with_secret()
+    grant = RoomGrant(
+        room=args.room,
+        identity=args.identity,
+        name=args.name or args.identity,
+        role=args.role,
+        publish=True,
+        subscribe=True,
+        admin=args.role in ("doctor", "staff"),
+    )
+    now = dt.datetime.now(dt.UTC)
+    token = issue_room_token(
+        settings,
+        grant,
+        # A minute back, so a server whose clock is a little behind accepts it.
+        not_before=now - dt.timedelta(seconds=60),
+        expires=now + dt.timedelta(seconds=args.ttl),
+    )
+    print(f"{settings.base_url}/call/{quote(args.room, safe='')}?token={token}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -193,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(settings, role=args.command)
         if args.command == "turn":
             return cmd_turn(args, settings)
+        if args.command == "token":
+            return cmd_token(args, settings)
         if args.command == "migrate":
             return cmd_migrate(settings)
         if args.command == "user" and args.user_command == "add":

@@ -1,0 +1,132 @@
+"""Signalling's errors: one root under :class:`wadud.errors.WadudError`.
+
+Every error carries its wire ``code`` (the ``error`` frame's code, see
+docs/protocol.md "Calls (signalling)") and, for the refusals that end a
+connection, the WebSocket ``close_code`` (RFC 6455 section 7.4.2 leaves
+4000-4999 to applications; ours mirror HTTP statuses). An error with no
+close code leaves the connection open.
+
+As in h11, "the peer broke the protocol" (:class:`signalling.protocol.ProtocolError`
+and its children, also ``ValueError``) is kept apart from "the peer asked for
+something the room does not allow" (the children of :class:`CallError` here).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from wadud.errors import Conflict, Forbidden, Gone, NotFound, TooManyRequests, WadudError
+
+#: Close codes of the call WebSocket.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_TIMEOUT = 4408
+CLOSE_REPLACED = 4409
+CLOSE_ENDED = 4410
+CLOSE_FULL = 4429
+
+
+class SignallingError(WadudError):
+    """Root of every error signalling raises on purpose."""
+
+    code = "internal-error"
+    title = "Signalling failed"
+    #: Set on refusals: send the error with ``fatal: true`` and close with it.
+    close_code: ClassVar[int | None] = None
+
+    @property
+    def fatal(self) -> bool:
+        return self.close_code is not None
+
+
+# -- refusals: the error frame is fatal and the connection is closed -----------
+
+
+class Unauthorized(SignallingError):
+    """Bad signature, expired or not yet valid token, not a room token."""
+
+    http_status = 401
+    code = "unauthorized"
+    title = "Invalid or expired room token"
+    close_code = CLOSE_UNAUTHORIZED
+
+
+class WrongRoom(SignallingError, Forbidden):
+    """The token grants another room than the one the URL names."""
+
+    code = "forbidden"
+    title = "The token is for another room"
+    close_code = CLOSE_FORBIDDEN
+
+
+class RoomEnded(SignallingError, Gone):
+    code = "room-ended"
+    title = "The room was ended"
+    close_code = CLOSE_ENDED
+
+
+class RoomFull(SignallingError, TooManyRequests):
+    code = "room-full"
+    title = "The room is full"
+    close_code = CLOSE_FULL
+
+
+class JoinTimeout(SignallingError):
+    code = "join-timeout"
+    title = "No join in time"
+    close_code = CLOSE_TIMEOUT
+
+
+# -- requests the room refuses; the connection stays ---------------------------
+
+
+class CallError(SignallingError):
+    """A well-formed request that the room's state or the caller's rights do not allow."""
+
+    code = "bad-state"
+    title = "Not possible now"
+
+
+class NotJoined(CallError):
+    code = "not-joined"
+    title = "Join the room first"
+
+
+class NotAllowed(CallError, Forbidden):
+    """A missing grant (publish, subscribe) or admin right."""
+
+    code = "forbidden"
+    title = "Not allowed"
+
+
+class UnknownTarget(CallError, NotFound):
+    """No such participant or track in this room."""
+
+    code = "not-found"
+    title = "No such participant or track"
+
+
+class BadState(CallError, Conflict):
+    """The target exists but is not in a state for this (an ``answer`` with no
+    offer outstanding; admitting someone who is not waiting)."""
+
+    code = "bad-state"
+    title = "Not in a state for this"
+
+
+class BadSdp(CallError):
+    """Malformed or unanswerable SDP (from :class:`rtc.errors.SdpError`)."""
+
+    http_status = 400
+    code = "bad-sdp"
+    title = "Malformed or unanswerable SDP"
+
+
+class MediaUnavailable(SignallingError):
+    """No media worker is installed or it is shutting down: our fault, not the peer's."""
+
+    code = "internal-error"
+    title = "No media worker"

@@ -1,0 +1,72 @@
+"""Call signalling on the HTTP side: ``GET /ws`` and the service behind it.
+
+``install(app)`` adds the WebSocket route and a cleanup context that owns the
+:class:`signalling.service.CallService`; the media worker is whatever
+``app[keys.MEDIA]`` holds when a client first needs it (``sfu.http`` installs
+one in ``wadud serve``), so the order of installers does not matter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from sfu.control import MediaControl
+from signalling.service import CallService
+from turn.credentials import ice_server
+from wadud import keys
+
+CALLS = web.AppKey("calls", CallService)
+
+
+def ice_servers_for(app: web.Application, participant_id: str) -> list[dict[str, Any]]:
+    """``RTCIceServer`` entries for ``joined``: our TURN relay with short-lived
+    REST credentials (the same as ``GET /api/v1/turn/credentials``), from the
+    embedded relay of ``wadud serve`` or the configured secret and URLs; empty
+    when there is no relay."""
+    import turn.http
+
+    settings = app[keys.SETTINGS]
+    embedded = app.get(turn.http.EMBEDDED)
+    if embedded is not None and embedded.config.secrets:
+        secret, urls = embedded.config.secrets[0], embedded.urls()
+    elif settings.turn_secrets and settings.turn_urls:
+        secret, urls = settings.turn_secrets[0], list(settings.turn_urls)
+    else:
+        return []
+    return [ice_server(secret, participant_id, settings.turn_credential_ttl, time.time(), urls)]
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """``GET /ws``: the call signalling WebSocket (docs/protocol.md, "Calls")."""
+    return await request.app[CALLS].serve(request)
+
+
+async def _context(app: web.Application) -> AsyncIterator[None]:
+    def media() -> MediaControl | None:
+        return app.get(keys.MEDIA)
+
+    service = CallService(app[keys.SETTINGS], media, lambda pid: ice_servers_for(app, pid))
+    app[CALLS] = service
+    try:
+        yield
+    finally:
+        await service.close()
+
+
+async def _shutdown(app: web.Application) -> None:
+    service = app.get(CALLS)
+    if service is not None:
+        service.shutdown()
+
+
+def install(app: web.Application) -> None:
+    app.router.add_get("/ws", websocket, name="call-ws")
+    app.cleanup_ctx.append(_context)
+    app.on_shutdown.append(_shutdown)
+
+
+__all__ = ["CALLS", "ice_servers_for", "install"]

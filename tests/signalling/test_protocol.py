@@ -1,0 +1,222 @@
+"""The call frame codec, without sockets: every client frame of
+docs/protocol.md parses and round-trips, bad input gets the documented codes
+(and keeps its ``ref``), and nothing but a ProtocolError ever escapes parse."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from signalling import errors
+from signalling import protocol as p
+
+VALID: list[dict[str, Any]] = [
+    {"type": "join", "token": "t.o.k"},
+    {"type": "join", "token": "t.o.k", "resume": "SESSION", "id": "1"},
+    {"type": "publish", "sdp": "v=0\r\n", "sources": {"0": "microphone", "1": "camera"}},
+    {"type": "publish", "sdp": "v=0\r\n"},
+    {"type": "answer", "sdp": "v=0\r\n", "id": "a"},
+    {
+        "type": "candidate",
+        "transport": "publish",
+        "candidate": {
+            "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 5000 typ host",
+            "sdpMid": "0",
+            "sdpMLineIndex": 0,
+            "usernameFragment": "abcd",
+        },
+    },
+    {"type": "candidate", "transport": "subscribe", "candidate": None},
+    {"type": "mute", "track_id": "t-1", "muted": True},
+    {"type": "unpublish", "track_id": "t-1"},
+    {"type": "admit", "participant_id": "p-1"},
+    {"type": "deny", "participant_id": "p-1"},
+    {"type": "remove", "participant_id": "p-1"},
+    {"type": "room_settings", "require_admission": False},
+    {"type": "end", "v": 1},
+    {"type": "leave"},
+    {"type": "ping", "id": "x" * 64},
+    {"type": "pong"},
+]
+
+
+@pytest.mark.parametrize("data", VALID, ids=lambda d: str(d["type"]))
+def test_every_client_frame_parses_and_round_trips(data: dict[str, Any]) -> None:
+    frame = p.parse(json.dumps(data))
+    assert frame.type == data["type"]
+    assert frame.id == data.get("id")
+    again = json.loads(p.encode(frame))
+    # What was sent comes back as sent; defaults (``sources: {}``) are added.
+    assert {k: again[k] for k in data} == data
+    assert again["v"] == 1
+    assert p.parse(p.encode(frame)) == frame
+
+
+def test_every_documented_type_is_known() -> None:
+    assert set(p.TYPES) == {str(d["type"]) for d in VALID}
+
+
+def test_end_of_candidates() -> None:
+    end = p.parse('{"type":"candidate","transport":"publish","candidate":null}')
+    assert isinstance(end, p.Candidate) and end.end_of_candidates
+    legacy = p.parse('{"type":"candidate","transport":"publish","candidate":{"candidate":""}}')
+    assert isinstance(legacy, p.Candidate) and legacy.end_of_candidates
+    some = p.parse(json.dumps(VALID[5]))
+    assert isinstance(some, p.Candidate) and not some.end_of_candidates
+
+
+def test_unknown_keys_inside_a_browser_candidate_are_ignored_but_not_on_frames() -> None:
+    frame = p.parse(
+        '{"type":"candidate","transport":"publish","candidate":{"candidate":"c","relayProtocol":"udp"}}'
+    )
+    assert isinstance(frame, p.Candidate) and frame.candidate is not None
+    with pytest.raises(p.InvalidFrame) as exc:
+        p.parse('{"type":"leave","extra":1,"id":"r"}')
+    assert exc.value.ref == "r"
+    assert exc.value.errors[0]["loc"] == ["extra"]
+
+
+def j(**kw: Any) -> str:
+    return json.dumps(kw)
+
+
+BAD: list[tuple[str | bytes, str, str | None]] = [
+    ("{not json", "bad-frame", None),
+    (b"\xff\xfe", "bad-frame", None),
+    ("[1, 2]", "bad-frame", None),
+    ('"join"', "bad-frame", None),
+    (j(id="a"), "bad-frame", "a"),
+    (j(type=7, id="b"), "bad-frame", "b"),
+    (j(type="dance", id="c"), "unknown-type", "c"),
+    (j(v=2, type="ping", id="d"), "unsupported-version", "d"),
+    (j(v=True, type="ping", id="e"), "unsupported-version", "e"),
+    (j(type="join", id="f"), "invalid", "f"),
+    (j(type="join", token="", id="g"), "invalid", "g"),
+    (j(type="join", token="x" * 5000, id="h"), "invalid", "h"),
+    (j(type="publish", sdp="v=0", sources={"0": "webcam"}, id="i"), "invalid", "i"),
+    (j(type="publish", sdp="v=0", sources={"a b": "camera"}, id="j"), "invalid", "j"),
+    (j(type="publish", sdp=7, id="k"), "invalid", "k"),
+    (j(type="mute", track_id="t", muted="yes", id="l"), "invalid", "l"),
+    (j(type="mute", track_id="t", muted=1, id="m"), "invalid", "m"),
+    (j(type="candidate", transport="both", candidate=None, id="n"), "invalid", "n"),
+    (j(type="candidate", transport="publish", id="o"), "invalid", "o"),
+    (j(type="admit", participant_id="", id="q"), "invalid", "q"),
+    (j(type="room_settings", id="r"), "invalid", "r"),
+    ('{"type":"join","token":"\\ud800","id":"s"}', "invalid", "s"),
+    ('{"type":"ping","id":"\\udc00"}', "invalid", None),
+    (j(type="ping", id=""), "invalid", None),
+    (j(type="ping", id="x" * 65), "invalid", None),
+]
+
+
+@pytest.mark.parametrize(("text", "code", "ref"), BAD)
+def test_bad_frames_get_typed_errors_with_their_ref(
+    text: str | bytes, code: str, ref: str | None
+) -> None:
+    with pytest.raises(p.ProtocolError) as exc:
+        p.parse(text)
+    assert exc.value.code == code
+    assert exc.value.ref == ref
+    assert isinstance(exc.value, ValueError)
+    frame = p.error_from(exc.value)
+    assert frame["type"] == "error" and frame["code"] == code and "fatal" not in frame
+    assert frame.get("ref") == ref
+    json.dumps(frame)  # always sendable
+
+
+def test_error_frames_of_refusals_are_fatal_with_their_close_codes() -> None:
+    cases = [
+        (errors.Unauthorized("x"), "unauthorized", 4401),
+        (errors.WrongRoom("x"), "forbidden", 4403),
+        (errors.RoomEnded("x"), "room-ended", 4410),
+        (errors.RoomFull("x"), "room-full", 4429),
+        (errors.JoinTimeout("x"), "join-timeout", 4408),
+    ]
+    for exc, code, close in cases:
+        frame = p.error_from(exc, "r1")
+        assert (frame["code"], frame["fatal"], frame["ref"]) == (code, True, "r1")
+        assert exc.close_code == close
+    for soft in (
+        errors.NotJoined(),
+        errors.NotAllowed(),
+        errors.UnknownTarget(),
+        errors.BadState(),
+        errors.BadSdp(),
+    ):
+        assert soft.close_code is None and "fatal" not in p.error_from(soft)
+    assert {e.code for e in (errors.NotJoined(), errors.NotAllowed(), errors.BadSdp())} == {
+        "not-joined",
+        "forbidden",
+        "bad-sdp",
+    }
+
+
+def test_server_frames_keep_text_as_utf8() -> None:
+    text = p.encode(p.reply("participant_joined", participant={"name": "ڈاکٹر آمنہ"}))
+    assert "ڈاکٹر آمنہ" in text
+    assert json.loads(text) == {
+        "v": 1,
+        "type": "participant_joined",
+        "participant": {"name": "ڈاکٹر آمنہ"},
+    }
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+CODES = {"parsed", "bad-frame", "unsupported-version", "unknown-type", "invalid"}
+
+
+@given(st.text() | st.binary())
+def test_parse_arbitrary_input_only_raises_protocol_errors(data: str | bytes) -> None:
+    code = "parsed"
+    try:
+        p.parse(data)
+    except p.ProtocolError as exc:
+        code = exc.code
+    assert code in CODES
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(sorted(p.TYPES)),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "v",
+                "id",
+                "token",
+                "resume",
+                "sdp",
+                "sources",
+                "transport",
+                "candidate",
+                "track_id",
+                "muted",
+                "participant_id",
+                "require_admission",
+                "extra",
+            ]
+        ),
+        json_values,
+        max_size=5,
+    ),
+)
+def test_parse_frames_with_arbitrary_fields(kind: str, fields: dict[str, Any]) -> None:
+    text = json.dumps({"type": kind, **fields})
+    try:
+        frame = p.parse(text)
+    except p.ProtocolError as exc:
+        code = exc.code
+        json.dumps(p.error_from(exc))
+    else:
+        code = "parsed"
+        # Whatever parses encodes back to the same frame.
+        assert p.parse(p.encode(frame)) == frame
+    assert code in CODES

@@ -1,0 +1,528 @@
+"""The room core without sockets or clocks: admission, the waiting room,
+rights, replace and resume with a fake ``now``, tracks and subscriptions, and
+a hypothesis state machine that drives random sequences through the
+transition table and checks the room's invariants after every step."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from sfu.control import TrackInfo
+from signalling import errors
+from signalling.room import (
+    TRANSITIONS,
+    Close,
+    Event,
+    MediaCloseRoom,
+    MediaLeave,
+    Output,
+    Resubscribe,
+    Room,
+    Send,
+    State,
+)
+from wadud.auth import RoomGrant
+
+ROOM = "consult-1"
+GRACE = 20.0
+
+
+def grant(identity: str, role: str = "patient", **kw: Any) -> RoomGrant:
+    fields: dict[str, Any] = {
+        "room": ROOM,
+        "identity": identity,
+        "name": identity.title(),
+        "role": role,
+        "admin": role in ("doctor", "staff"),
+    }
+    fields.update(kw)
+    return RoomGrant(**fields)
+
+
+DOCTOR = grant("dr-amina", "doctor")
+PATIENT = grant("pt-bilal")
+FAMILY = grant("fam-sara")
+
+
+def new_room(**kw: Any) -> Room:
+    counter = itertools.count(1)
+    sessions = itertools.count(1)
+    args: dict[str, Any] = {
+        "max_participants": 16,
+        "resume_grace": GRACE,
+        "ping_interval": 15.0,
+        "ice_servers": lambda pid: [{"urls": ["turn:x"], "username": pid, "credential": "c"}],
+        "new_id": lambda: f"p-{next(counter)}",
+        "new_session": lambda: f"s-{next(sessions)}",
+    }
+    args.update(kw)
+    return Room(ROOM, **args)
+
+
+def frames(outputs: list[Output], conn: str) -> list[dict[str, Any]]:
+    return [o.frame for o in outputs if isinstance(o, Send) and o.conn == conn]
+
+
+def types(outputs: list[Output], conn: str) -> list[str]:
+    return [f["type"] for f in frames(outputs, conn)]
+
+
+def closes(outputs: list[Output]) -> dict[Any, int]:
+    return {o.conn: o.code for o in outputs if isinstance(o, Close)}
+
+
+def track(tid: str, pid: str, kind: str = "video") -> TrackInfo:
+    return TrackInfo(tid, pid, kind, "camera" if kind == "video" else "microphone", "0")  # type: ignore[arg-type]
+
+
+def test_doctor_first_then_patient_joins_directly() -> None:
+    room = new_room()
+    d = room.join("c-doc", DOCTOR, 0.0, ref="1")
+    [joined] = frames(d.outputs, "c-doc")
+    assert joined["type"] == "joined" and joined["ref"] == "1"
+    assert joined["participant"] == {
+        "id": "p-1",
+        "identity": "dr-amina",
+        "name": "Dr-Amina",
+        "role": "doctor",
+        "grants": {"publish": True, "subscribe": True, "admin": True},
+    }
+    assert joined["session"] == "s-1"
+    assert joined["ice_servers"][0]["username"] == "p-1"
+    assert (joined["participants"], joined["tracks"], joined["waiting"]) == ([], [], [])
+    assert joined["ping_interval"] == 15.0
+    pt = room.join("c-pt", PATIENT, 1.0, ref="j")
+    assert types(pt.outputs, "c-pt") == ["joined"]
+    assert frames(pt.outputs, "c-pt")[0]["participants"] == [
+        {"id": "p-1", "identity": "dr-amina", "name": "Dr-Amina", "role": "doctor"}
+    ]
+    [event] = frames(pt.outputs, "c-doc")
+    assert event == {
+        "v": 1,
+        "type": "participant_joined",
+        "participant": {"id": "p-2", "identity": "pt-bilal", "name": "Pt-Bilal", "role": "patient"},
+    }
+    assert pt.participant.state is State.JOINED
+
+
+def test_patient_before_doctor_waits_until_admitted() -> None:
+    room = new_room()
+    pt = room.join("c-pt", PATIENT, 0.0, ref="1")
+    assert pt.participant.state is State.WAITING
+    [waiting] = frames(pt.outputs, "c-pt")
+    assert (waiting["type"], waiting["ref"], waiting["session"]) == ("waiting", "1", "s-1")
+    assert waiting["participant"]["id"] == "p-1"
+    # A waiting participant can do nothing but leave (and ping, in the adapter).
+    with pytest.raises(errors.NotJoined):
+        room.check_publish("c-pt")
+    with pytest.raises(errors.NotJoined):
+        room.admit("c-pt", "p-1")
+    d = room.join("c-doc", DOCTOR, 1.0, ref="2")
+    [joined] = frames(d.outputs, "c-doc")
+    assert joined["waiting"] == [
+        {"id": "p-1", "identity": "pt-bilal", "name": "Pt-Bilal", "role": "patient"}
+    ]
+    assert frames(d.outputs, "c-pt") == []  # the waiting one sees nothing of the room
+    out = room.admit("c-doc", "p-1")
+    [admitted] = frames(out, "c-pt")
+    assert admitted["type"] == "joined" and "ref" not in admitted
+    assert admitted["participants"][0]["identity"] == "dr-amina"
+    assert types(out, "c-doc") == ["participant_joined", "waiting"]
+    assert frames(out, "c-doc")[1]["waiting"] == []
+    assert room.get("p-1") is not None and room.get("p-1").state is State.JOINED  # type: ignore[union-attr]
+    with pytest.raises(errors.BadState):
+        room.admit("c-doc", "p-1")
+    with pytest.raises(errors.UnknownTarget):
+        room.admit("c-doc", "p-nobody")
+
+
+def test_deny_closes_the_waiting_connection_with_4403() -> None:
+    room = new_room()
+    room.join("c-pt", PATIENT, 0.0)
+    room.join("c-doc", DOCTOR, 0.0)
+    out = room.deny("c-doc", "p-1")
+    assert types(out, "c-pt") == ["denied"]
+    assert closes(out) == {"c-pt": 4403}
+    assert frames(out, "c-doc")[0] == {"v": 1, "type": "waiting", "waiting": []}
+    assert not any(isinstance(o, MediaLeave) for o in out)  # never had media
+    assert room.get("p-1") is None
+
+
+def test_patient_cannot_use_admin_rights() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.join("c-fam", FAMILY, 0.0)
+    calls: list[Callable[[], object]] = [
+        lambda: room.admit("c-pt", "p-3"),
+        lambda: room.deny("c-pt", "p-3"),
+        lambda: room.remove("c-pt", "p-1"),
+        lambda: room.end("c-pt"),
+        lambda: room.set_require_admission("c-pt", True),
+    ]
+    for call in calls:
+        with pytest.raises(errors.NotAllowed) as exc:
+            call()
+        assert exc.value.code == "forbidden" and exc.value.close_code is None
+    with pytest.raises(errors.NotJoined):
+        room.leave("c-stranger")
+
+
+def test_require_admission_makes_everyone_without_admin_wait() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    out = room.set_require_admission("c-doc", True)
+    assert frames(out, "c-doc") == [{"v": 1, "type": "room_settings", "require_admission": True}]
+    assert room.join("c-pt", PATIENT, 0.0).participant.state is State.WAITING
+    staff = room.join("c-staff", grant("nurse-1", "staff"), 0.0)
+    assert staff.participant.state is State.JOINED
+    assert frames(staff.outputs, "c-staff")[0]["waiting"][0]["identity"] == "pt-bilal"
+
+
+def test_a_new_connection_for_the_same_identity_replaces_the_old() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.published("p-2", [track("t-1", "p-2")], [])
+    again = room.join("c-pt2", PATIENT, 5.0, ref="9")
+    assert again.participant.id == "p-3" and not again.resumed
+    out = again.outputs
+    assert types(out, "c-pt") == ["replaced"]
+    assert closes(out) == {"c-pt": 4409}
+    assert types(out, "c-doc") == ["track_unpublished", "participant_left", "participant_joined"]
+    assert frames(out, "c-doc")[1] == {
+        "v": 1,
+        "type": "participant_left",
+        "participant_id": "p-2",
+        "reason": "replaced",
+    }
+    assert MediaLeave("p-2") in out
+    assert types(out, "c-pt2") == ["joined"]
+    assert [p.id for p in room.present()] == ["p-1", "p-3"]
+
+
+def test_resume_within_grace_keeps_the_participant() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    pt = room.join("c-pt", PATIENT, 0.0)
+    room.published("p-2", [track("t-1", "p-2")], [])
+    assert room.disconnect("c-pt", 10.0) == []  # nobody is told: media still flows
+    assert pt.participant.state is State.DETACHED
+    assert room.get_timer() == 10.0 + GRACE
+    assert room.handle_timer(29.0) == []
+    res = room.join("c-pt-new", PATIENT, 29.5, ref="r", resume="s-2")
+    assert res.resumed and res.participant is pt.participant
+    [joined] = frames(res.outputs, "c-pt-new")
+    assert joined["participant"]["id"] == "p-2" and joined["ref"] == "r"
+    assert [t["track_id"] for t in joined["tracks"]] == ["t-1"]  # its own, as the room has it
+    assert frames(res.outputs, "c-doc") == []
+    assert room.get_timer() is None
+    # A disconnect of the old connection, noticed late, changes nothing.
+    assert room.disconnect("c-pt", 30.0) == []
+    assert room.get("p-2") is not None and room.get("p-2").state.value == "joined"  # type: ignore[union-attr]
+
+
+def test_resume_takes_over_a_half_open_connection() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    res = room.join("c-doc-2", DOCTOR, 1.0, resume="s-1")
+    assert res.resumed
+    assert types(res.outputs, "c-doc") == ["replaced"]
+    assert closes(res.outputs) == {"c-doc": 4409}
+
+
+def test_grace_over_means_gone_and_the_last_one_closes_the_room() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.disconnect("c-pt", 1.0)
+    out = room.handle_timer(1.0 + GRACE)
+    assert frames(out, "c-doc") == [
+        {"v": 1, "type": "participant_left", "participant_id": "p-2", "reason": "timeout"}
+    ]
+    assert MediaLeave("p-2") in out and MediaCloseRoom() not in out
+    # A resume after the grace period is a fresh join: a new participant id.
+    late = room.join("c-pt-late", PATIENT, 40.0, resume="s-2")
+    assert not late.resumed and late.participant.id == "p-3"
+    room.disconnect("c-doc", 41.0)
+    room.leave("c-pt-late")
+    out = room.handle_timer(41.0 + GRACE)
+    assert out[-1] == MediaCloseRoom()
+    assert room.empty
+
+
+def test_resume_with_other_rights_starts_afresh() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.disconnect("c-pt", 1.0)
+    res = room.join("c-pt2", grant("pt-bilal", publish=False), 2.0, resume="s-2")
+    assert not res.resumed and res.participant.id == "p-3"
+    assert MediaLeave("p-2") in res.outputs
+
+
+def test_a_waiting_participant_who_drops_is_gone() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.set_require_admission("c-doc", True)
+    room.join("c-pt", PATIENT, 0.0)
+    out = room.disconnect("c-pt", 1.0)
+    assert frames(out, "c-doc") == [{"v": 1, "type": "waiting", "waiting": []}]
+    assert room.get("p-2") is None
+
+
+def test_remove_and_end() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.join("c-fam", FAMILY, 0.0)
+    out = room.remove("c-doc", "p-3")
+    assert types(out, "c-fam") == ["removed"] and closes(out) == {"c-fam": 4403}
+    assert types(out, "c-pt") == ["participant_left"]
+    assert frames(out, "c-pt")[0]["reason"] == "removed"
+    assert MediaLeave("p-3") in out
+    with pytest.raises(errors.UnknownTarget):
+        room.remove("c-doc", "p-3")
+    out = room.end("c-doc")
+    assert types(out, "c-doc") == ["room_ended"] and types(out, "c-pt") == ["room_ended"]
+    assert closes(out) == {"c-doc": 4410, "c-pt": 4410}
+    assert out[-1] == MediaCloseRoom()
+    assert room.ended and room.empty
+    with pytest.raises(errors.RoomEnded) as exc:
+        room.join("c-x", DOCTOR, 1.0)
+    assert exc.value.close_code == 4410
+
+
+def test_room_full_counts_the_waiting_and_frees_a_replaced_seat() -> None:
+    room = new_room(max_participants=2)
+    room.join("c-pt", PATIENT, 0.0)  # waiting
+    room.join("c-doc", DOCTOR, 0.0)
+    with pytest.raises(errors.RoomFull) as exc:
+        room.join("c-fam", FAMILY, 0.0)
+    assert exc.value.close_code == 4429
+    # The same identity again replaces: no extra seat needed, and nothing
+    # happened to the room when the join was refused. (The doctor is in now,
+    # so the patient no longer waits.)
+    again = room.join("c-pt2", PATIENT, 1.0)
+    assert again.participant.state is State.JOINED
+    assert closes(again.outputs) == {"c-pt": 4409}
+    assert len(room.participants) == 2
+
+
+def test_tracks_subscriptions_and_mute_rights() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.join("c-obs", grant("observer", subscribe=True, publish=False), 0.0)
+    with pytest.raises(errors.NotAllowed):
+        room.check_publish("c-obs")
+    out = room.published("p-2", [track("t-a", "p-2", "audio"), track("t-v", "p-2")], [])
+    assert types(out, "c-pt") == []
+    assert types(out, "c-doc") == ["track_published", "track_published"]
+    assert frames(out, "c-doc")[0]["track"] == {
+        "track_id": "t-a",
+        "participant": "p-2",
+        "kind": "audio",
+        "source": "microphone",
+        "mid": "0",
+        "muted": False,
+    }
+    assert Resubscribe(("p-1", "p-3")) in out
+    assert [t.track_id for t in room.wanted("p-1")] == ["t-a", "t-v"]
+    assert room.wanted("p-2") == []  # never its own
+    # Mute: one's own tracks, admins any; everyone hears of it.
+    with pytest.raises(errors.NotAllowed):
+        room.check_mute("c-obs", "t-a")
+    with pytest.raises(errors.UnknownTarget):
+        room.check_mute("c-pt", "t-none")
+    by, t = room.check_mute("c-doc", "t-a")
+    out = room.muted(by.id, t.track_id, True)
+    assert {o.conn for o in out if isinstance(o, Send)} == {"c-doc", "c-pt", "c-obs"}
+    assert frames(out, "c-pt")[0] == {
+        "v": 1,
+        "type": "track_muted",
+        "track_id": "t-a",
+        "muted": True,
+        "by": "p-1",
+    }
+    assert room.tracks_of("p-2")[0].muted
+    # Unpublish: one's own tracks only.
+    with pytest.raises(errors.NotAllowed):
+        room.check_unpublish("c-doc", "t-v")
+    room.check_unpublish("c-pt", "t-v")
+    out = room.unpublished("p-2", "t-v")
+    assert frames(out, "c-doc") == [{"v": 1, "type": "track_unpublished", "track_id": "t-v"}]
+    # A subscriber without the grant receives nothing.
+    assert room.wanted("p-3") == [t for t in room.tracks() if t.participant != "p-3"]
+    room.join("c-deaf", grant("deaf", subscribe=False), 0.0)
+    assert room.wanted("p-4") == []
+
+
+def test_leaving_with_tracks_unpublishes_them_and_renegotiates_others() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.published("p-2", [track("t-1", "p-2")], [])
+    out = room.leave("c-pt")
+    assert closes(out) == {"c-pt": 1000}
+    assert types(out, "c-doc") == ["track_unpublished", "participant_left"]
+    assert Resubscribe(("p-1",)) in out and MediaLeave("p-2") in out
+    assert room.wanted("p-1") == []
+
+
+def test_active_speaker_is_deduplicated_and_cleared_on_leave() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    out = room.speaker("p-2")
+    assert frames(out, "c-doc") == [{"v": 1, "type": "active_speaker", "participant_id": "p-2"}]
+    assert room.speaker("p-2") == []
+    # Someone not in the room is nobody.
+    assert frames(room.speaker("p-nobody"), "c-pt")[0]["participant_id"] is None
+    assert room.speaker(None) == []
+    room.speaker("p-2")
+    out = room.leave("c-pt")
+    assert frames(out, "c-doc")[-1] == {"v": 1, "type": "active_speaker", "participant_id": None}
+
+
+def test_the_transition_table_has_one_terminal_state() -> None:
+    assert not any(state is State.GONE for state, _ in TRANSITIONS)
+    reachable = {State.WAITING, State.JOINED}
+    for (state, _), new in TRANSITIONS.items():
+        if state in reachable:
+            reachable.add(new)
+    assert reachable == set(State)
+    assert all((s, Event.END) in TRANSITIONS for s in State if s is not State.GONE)
+
+
+# -- random sequences ----------------------------------------------------------
+
+IDENTITIES = ["dr-a", "dr-b", "pt-1", "pt-2", "fam-1"]
+CONNS = [f"c{i}" for i in range(8)]
+
+
+class RoomMachine(RuleBasedStateMachine):
+    """Random joins, resumes, drops, admin actions, publishes and timer ticks;
+    only typed errors may come out, and the room stays consistent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = new_room(max_participants=4)
+        self.now = 0.0
+        self.closed: set[str] = set()
+        self.tracks = itertools.count()
+
+    def _apply(self, outputs: list[Output]) -> None:
+        for o in outputs:
+            if isinstance(o, Send):
+                assert o.conn not in self.closed, f"frame after close on {o.conn}"
+            elif isinstance(o, Close):
+                assert o.conn not in self.closed
+                self.closed.add(str(o.conn))
+
+    def _try(self, call: Any) -> None:
+        code = ""
+        try:
+            out = call()
+        except errors.SignallingError as exc:
+            code = exc.code
+        else:
+            self._apply(out.outputs if hasattr(out, "outputs") else out)
+        # Only the room's own refusals, never a crash or a protocol error.
+        assert code in {
+            "",
+            "not-joined",
+            "forbidden",
+            "not-found",
+            "bad-state",
+            "room-full",
+            "room-ended",
+        }
+
+    @rule(conn=st.sampled_from(CONNS), who=st.sampled_from(IDENTITIES), resume=st.booleans())
+    def join(self, conn: str, who: str, resume: bool) -> None:
+        if conn in self.closed or self.room.participant_of(conn) is not None:
+            return
+        role = "doctor" if who.startswith("dr") else "patient"
+        session = None
+        if resume:
+            session = next(
+                (p.session for p in self.room.participants.values() if p.grant.identity == who),
+                "stale",
+            )
+        self._try(lambda: self.room.join(conn, grant(who, role), self.now, resume=session))
+
+    @rule(conn=st.sampled_from(CONNS))
+    def drop(self, conn: str) -> None:
+        self._apply(self.room.disconnect(conn, self.now))
+        self.closed.add(conn)
+
+    @rule(conn=st.sampled_from(CONNS))
+    def leave(self, conn: str) -> None:
+        self._try(lambda: self.room.leave(conn))
+
+    @rule(conn=st.sampled_from(CONNS), victim=st.integers(1, 12), op=st.integers(0, 2))
+    def admin(self, conn: str, victim: int, op: int) -> None:
+        fn = (self.room.admit, self.room.deny, self.room.remove)[op]
+        self._try(lambda: fn(conn, f"p-{victim}"))
+
+    @rule(conn=st.sampled_from(CONNS), flag=st.booleans())
+    def admission(self, conn: str, flag: bool) -> None:
+        self._try(lambda: self.room.set_require_admission(conn, flag))
+
+    @precondition(lambda self: not self.room.ended)
+    @rule(conn=st.sampled_from(CONNS))
+    def end(self, conn: str) -> None:
+        self._try(lambda: self.room.end(conn))
+
+    @rule(conn=st.sampled_from(CONNS))
+    def publish(self, conn: str) -> None:
+        try:
+            p = self.room.check_publish(conn)
+        except errors.CallError:
+            return
+        self._apply(self.room.published(p.id, [track(f"t-{next(self.tracks)}", p.id)], []))
+
+    @rule(dt=st.floats(0.5, 30.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        when = self.room.get_timer()
+        if when is not None and when <= self.now:
+            self._apply(self.room.handle_timer(self.now))
+        assert all(
+            p.deadline is None or p.deadline > self.now for p in self.room.participants.values()
+        ) or (when is not None and when > self.now)
+
+    @invariant()
+    def consistent(self) -> None:
+        room = self.room
+        people = list(room.participants.values())
+        assert len(people) <= room.max_participants
+        identities = [p.grant.identity for p in people]
+        assert len(identities) == len(set(identities)), "one participant per identity"
+        conns = [p.conn for p in people if p.conn is not None]
+        assert len(conns) == len(set(conns)), "one participant per connection"
+        for p in people:
+            assert p.state is not State.GONE
+            assert (p.state is State.DETACHED) == (p.conn is None)
+            assert (p.deadline is not None) == (p.state is State.DETACHED)
+            if p.state is State.WAITING:
+                assert not p.admin
+                assert not p.tracks
+            for t in room.wanted(p.id):
+                assert t.participant != p.id
+                owner = room.get(t.participant)
+                assert owner is not None and owner.present
+        if room.ended:
+            assert room.empty
+
+
+TestRoomMachine = RoomMachine.TestCase
+TestRoomMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
