@@ -7,7 +7,9 @@ RFC 6464 section 3) and a voice-activity flag. The worker reads it with
 
 Per participant the detector keeps the samples of the last ``window`` seconds
 and scores the participant by their mean loudness (``127 - level``, so dB
-above the floor; a sample flagged as no voice counts as silence). A
+above the floor; a sample flagged as no voice counts as silence, but only from
+a sender that has ever set the flag: aiortc, for one, always leaves it clear,
+and its levels alone must still count). A
 participant whose packets stop (muted, left, Opus DTX in silence) loses their
 samples as the window slides and scores zero.
 
@@ -45,11 +47,14 @@ class SpeakerChanged:
 
 
 class _Participant:
-    __slots__ = ("samples", "total")
+    __slots__ = ("samples", "total", "uses_vad")
 
     def __init__(self) -> None:
         self.samples: deque[tuple[float, int]] = deque()
         self.total = 0
+        # RFC 6464 makes the V flag optional to compute; trust it only from a
+        # sender that has been seen to set it.
+        self.uses_vad = False
 
 
 class ActiveSpeaker:
@@ -85,7 +90,9 @@ class ActiveSpeaker:
         p = self._participants.get(participant)
         if p is None:
             p = self._participants[participant] = _Participant()
-        loudness = _SILENCE - (level & 0x7F) if voice else 0
+        if voice:
+            p.uses_vad = True
+        loudness = _SILENCE - (level & 0x7F) if voice or not p.uses_vad else 0
         p.samples.append((now, loudness))
         p.total += loudness
         if self._next is None:

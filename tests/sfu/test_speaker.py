@@ -82,13 +82,25 @@ def test_speaker_leaving_hands_over() -> None:
     assert det.remove("carol", 1.0) is None
 
 
-def test_no_voice_flag_counts_as_silence() -> None:
+def test_no_voice_flag_counts_as_silence_from_a_sender_that_sets_it() -> None:
+    det = ActiveSpeaker()
+    det.update("alice", True, 10, 0.0)
+    for i in range(1, 51):
+        det.update("alice", False, 10, i * 0.02)
+    assert det.score("alice", 1.5) == 0
+    assert det.handle_timer(1.5) is None
+    assert det.speaker is None
+
+
+def test_levels_count_from_a_sender_that_never_sets_the_voice_flag() -> None:
+    # aiortc leaves V clear on every packet; its levels must still elect it.
     det = ActiveSpeaker()
     for i in range(50):
-        det.update("alice", False, 10, i * 0.02)
-    assert det.score("alice", 1.0) == 0
-    assert det.handle_timer(1.0) is None
-    assert det.speaker is None
+        det.update("bot", False, 10, i * 0.02)
+    assert det.score("bot", 1.0) == 117
+    ev = det.handle_timer(1.0)
+    assert ev is not None
+    assert ev.speaker == "bot"
 
 
 @settings(max_examples=60, deadline=None)
