@@ -1,0 +1,1032 @@
+"""A Python participant in a call, on aiortc: the client side of the
+"Calls (signalling)" protocol in docs/protocol.md.
+
+It is for tests, load generation and headless participants (a recorder, an
+interpreter's bridge), so it favours being observable over being small: every
+server frame is kept in :attr:`CallClient.history` and put on
+:attr:`CallClient.events`, every received track is consumed and its decoded
+frames counted and timed (:class:`ReceivedTrack`), and :meth:`CallClient.wait_until`
+waits for any condition on that state.
+
+A participant holds two peer connections to the media worker (the protocol's
+"Media: two peer connections"): *publish*, where this client offers what it
+sends and the server answers, and *subscribe*, where the server offers what
+this client receives and the client answers. The server is ICE-lite
+(RFC 8445 section 2.5), so aiortc is always the controlling agent and the
+server's candidates arrive inside its SDP; aiortc puts all of its own
+candidates in its SDP too, so nothing is trickled.
+
+Run ``python -m signalling.client --url URL --token TOKEN`` to join a room and
+publish a synthetic test pattern (``URL`` may also be a join link printed by
+``wadud token``, which carries the token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import ipaddress
+import itertools
+import json
+import logging
+import math
+import os
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import av
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+__all__ = [
+    "CallClient",
+    "CallError",
+    "ConnectionClosed",
+    "Event",
+    "ReceivedTrack",
+    "RequestFailed",
+    "TestPatternVideo",
+    "ToneAudio",
+    "allow_loopback_candidates",
+    "main",
+    "ws_url",
+]
+
+log = logging.getLogger("signalling.client")
+
+PROTOCOL_VERSION = 1
+Direction = Literal["publish", "subscribe"]
+Source = Literal["microphone", "camera", "screen", "screen_audio"]
+SdpFilter = Callable[[str, Direction], str]
+
+# Server frames that end the participant's time in the room; the server closes
+# the socket right after them.
+_FINAL = {"denied", "removed", "room_ended", "replaced"}
+# Close codes after which there is nothing to resume.
+_FINAL_CLOSE = {1000, 4401, 4403, 4409, 4410, 4429}
+
+
+class CallError(Exception):
+    """Root of the client's errors."""
+
+
+class RequestFailed(CallError):
+    """The server answered a request with an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, *, fatal: bool = False, frame: Any = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+        self.frame = frame
+
+
+class ConnectionClosed(CallError, ConnectionError):
+    """The signalling WebSocket closed; ``code`` is its close code (4401,
+    4403, 4409, 4410, ... as in the protocol), or None if it never opened."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        super().__init__(f"signalling connection closed ({code}) {reason}".rstrip())
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Event:
+    """One frame from the server, as received, with its arrival time
+    (``time.monotonic()``)."""
+
+    type: str
+    data: dict[str, Any]
+    at: float
+
+
+@dataclass
+class ReceivedTrack:
+    """A track this client receives on its subscribe connection: which m=
+    section (``mid``) carries it, whose it is (from the ``tracks`` of the
+    server's ``offer``), and what arrived. Times are ``time.monotonic()``."""
+
+    mid: str
+    track_id: str
+    participant: str
+    kind: str
+    source: str
+    track: Any = None  # aiortc's RemoteStreamTrack
+    active: bool = True
+    frames: int = 0
+    first_frame_at: float | None = None
+    last_frame_at: float | None = None
+    max_gap: float = 0.0
+    #: Recent frame arrival times, newest last.
+    frame_times: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    width: int | None = None
+    height: int | None = None
+
+    def reset_gap(self) -> None:
+        """Start a new window for :attr:`max_gap` (e.g. after warm-up)."""
+        self.max_gap = 0.0
+
+    def _frame(self, frame: Any, now: float) -> None:
+        if self.last_frame_at is not None:
+            self.max_gap = max(self.max_gap, now - self.last_frame_at)
+        else:
+            self.first_frame_at = now
+        self.last_frame_at = now
+        self.frames += 1
+        self.frame_times.append(now)
+        if isinstance(frame, av.VideoFrame):
+            self.width, self.height = frame.width, frame.height
+
+
+class _NackRetry:
+    """Asks again for packets that stay missing, as browsers do.
+
+    aiortc's receiver NACKs a gap once, when it first sees it, and again only
+    when a later gap appears; its video jitter buffer then waits for the
+    missing packet for up to 512 packets before it gives up and sends a PLI.
+    So one lost NACK or one lost retransmission freezes its video for seconds
+    (about 6 s at 15 fps in our loss test), while a browser re-asks every
+    round trip (Chromium's NackRequester) and recovers in a few. This repeats
+    the NACK for every packet still missing after ``interval``, at most
+    ``retries`` times (RFC 4585 section 6.2.1 leaves the policy to the
+    receiver). It reaches into aiortc's receiver (1.x internals); when they
+    are not there it does nothing.
+    """
+
+    def __init__(self, receiver: Any, interval: float, retries: int) -> None:
+        self.interval = interval
+        self.retries = retries
+        self.generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+        self.ssrc: int | None = None
+        self.resent = 0
+        #: Sequence number -> (when last asked, times asked).
+        self.asked: dict[int, tuple[float, int]] = {}
+        self._send = getattr(receiver, "_send_rtcp_nack", None)
+        if self.generator is None or self._send is None:
+            return
+        send = self._send
+
+        async def remember(media_ssrc: int, lost: list[int]) -> None:
+            self.ssrc = media_ssrc
+            now = time.monotonic()
+            for seq in lost:
+                count = self.asked.get(seq, (now, 0))[1]
+                self.asked[seq] = (now, count + 1)
+            await send(media_ssrc, lost)
+
+        receiver._send_rtcp_nack = remember
+
+    async def tick(self, now: float) -> None:
+        if self.generator is None or self._send is None or self.ssrc is None:
+            return
+        missing = self.generator.missing
+        for seq in [s for s in self.asked if s not in missing]:
+            del self.asked[seq]
+        due = [
+            seq
+            for seq, (last, count) in self.asked.items()
+            if now - last >= self.interval and count <= self.retries
+        ]
+        if not due:
+            return
+        for seq in due:
+            self.asked[seq] = (now, self.asked[seq][1] + 1)
+        self.resent += len(due)
+        await self._send(self.ssrc, sorted(due))
+
+
+def ws_url(url: str) -> tuple[str, str | None, str | None]:
+    """The WebSocket URL of a server, and the token and room if ``url`` is a
+    join link (``https://host/call/ROOM?token=...``). ``url`` may also be
+    the server's base URL or its ``/ws`` URL, over http(s) or ws(s)."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"not an http(s) or ws(s) URL: {url}")
+    query = parse_qs(parts.query)
+    token = query.get("token", [None])[0]
+    room = query.get("room", [None])[0]
+    path = parts.path.rstrip("/")
+    if path.startswith("/call/"):
+        room = room or path[len("/call/") :].split("/")[0] or None
+        path = ""
+    if not path.endswith("/ws"):
+        path += "/ws"
+    return urlunsplit((scheme, parts.netloc, path, "", "")), token, room
+
+
+def allow_loopback_candidates() -> None:
+    """Make aioice offer 127.0.0.1 as a host candidate (it leaves loopback out,
+    so a client cannot otherwise reach a server on the same machine). This
+    changes aioice for the whole process; tests prefer ``monkeypatch``."""
+    import aioice.ice
+
+    original = aioice.ice.get_host_addresses
+
+    def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        found = list(original(use_ipv4=use_ipv4, use_ipv6=use_ipv6))
+        if use_ipv4 and "127.0.0.1" not in found:
+            found.append("127.0.0.1")
+        return found
+
+    aioice.ice.get_host_addresses = with_loopback
+
+
+class CallClient:
+    """One participant: a signalling WebSocket and two peer connections.
+
+    ``url`` is the server's ``/ws`` URL (or any URL :func:`ws_url` accepts);
+    ``room`` adds ``?room=`` so the server refuses a token for another room.
+    ``ice_servers`` overrides the ones ``joined`` gives (a list of
+    ``{"urls", "username"?, "credential"?}``). ``sdp_filter`` rewrites every
+    SDP from the server before it is applied (tests point the server's
+    candidates at a lossy relay with it). ``consume`` starts a task per
+    received track that reads and counts its frames; without it frames queue
+    up in aiortc until someone calls ``track.recv()``. ``nack_retry``
+    repeats NACKs for video packets still missing after that many seconds
+    (see :class:`_NackRetry`); None leaves aiortc's receiver as it is.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        room: str | None = None,
+        ice_servers: Sequence[Mapping[str, Any]] | None = None,
+        sdp_filter: SdpFilter | None = None,
+        consume: bool = True,
+        label: str = "",
+        request_timeout: float = 10.0,
+        nack_retry: float | None = 0.1,
+        http: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url, _, url_room = ws_url(url)
+        room = room or url_room
+        if room:
+            self.url += "?" + urlencode({"room": room})
+        self.token = token
+        self.label = label
+        self.sdp_filter = sdp_filter
+        self.consume = consume
+        self.request_timeout = request_timeout
+        self.nack_retry = nack_retry
+        self._ice_override = [dict(s) for s in ice_servers] if ice_servers is not None else None
+        self._http = http
+        self._own_http = http is None
+
+        #: ``new`` → ``waiting`` → ``joined`` → ``closed``; ``disconnected``
+        #: when the socket dropped without the server ending our stay (then
+        #: :meth:`resume` within the grace period).
+        self.state: Literal["new", "waiting", "joined", "disconnected", "closed"] = "new"
+        self.participant: dict[str, Any] = {}
+        self.session: str | None = None
+        self.ice_servers: list[dict[str, Any]] = []
+        self.ping_interval: float | None = None
+        #: Others in the room, by participant id (as in ``joined.participants``).
+        self.participants: dict[str, dict[str, Any]] = {}
+        #: Every published track in the room, ours included, by track id.
+        self.room_tracks: dict[str, dict[str, Any]] = {}
+        #: Who waits for admission (sent to admins only).
+        self.waiting: list[dict[str, Any]] = []
+        #: The room's dominant speaker (participant id), from ``active_speaker``.
+        self.active_speaker: str | None = None
+        self.require_admission = False
+        #: Our published tracks by track id (from ``published.tracks``).
+        self.published: dict[str, dict[str, Any]] = {}
+        #: What the subscribe connection receives, by mid.
+        self.received: dict[str, ReceivedTrack] = {}
+        self.history: list[Event] = []
+        self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
+        #: Failures the client met on its own (an offer it could not answer).
+        self.errors: list[BaseException] = []
+        self.close_code: int | None = None
+        self.publish_pc: Any = None
+        self.subscribe_pc: Any = None
+        #: ``time.monotonic()`` when each peer connection reached ``connected``.
+        self.connected_at: dict[Direction, float] = {}
+
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._offer_task: asyncio.Task[None] | None = None
+        self._consumers: set[asyncio.Task[None]] = set()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._waiters: list[asyncio.Future[None]] = []
+        self._sources: dict[str, str] = {}  # publish mid -> source
+        self._transceivers: dict[str, Any] = {}  # publish mid -> transceiver
+        self._publish_lock = asyncio.Lock()
+        self._retries: dict[str, _NackRetry] = {}  # subscribe mid -> its video receiver's
+        self._retry_task: asyncio.Task[None] | None = None
+
+    @property
+    def participant_id(self) -> str | None:
+        pid = self.participant.get("id")
+        return str(pid) if pid is not None else None
+
+    def __repr__(self) -> str:
+        return f"<CallClient {self.label or self.participant_id} {self.state}>"
+
+    # -- connection ---------------------------------------------------------
+
+    async def join(self, *, resume: str | None = None) -> dict[str, Any]:
+        """Open the WebSocket and send ``join``; returns the ``joined`` or
+        ``waiting`` frame. Raises :class:`RequestFailed` (``unauthorized``,
+        ``forbidden``, ``room-full``, ...) when the server refuses."""
+        await self._open()
+        fields: dict[str, Any] = {"token": self.token}
+        if resume is not None:
+            fields["resume"] = resume
+        return await self.request("join", **fields)
+
+    async def resume(self) -> dict[str, Any]:
+        """Reconnect the WebSocket (dropped or not) and resume the session
+        within the server's grace period; the peer connections stay as they
+        are."""
+        if self.session is None:
+            raise CallError("nothing to resume: never joined")
+        await self._drop_socket()
+        return await self.join(resume=self.session)
+
+    async def wait_admitted(self, within: float = 30.0) -> None:
+        """Wait until this participant is in the room (after ``waiting``)."""
+        await self.wait_until(lambda: self.state == "joined", within)
+
+    async def leave(self) -> None:
+        """Say goodbye (``leave``) and close everything."""
+        if self._ws is not None and not self._ws.closed and self.state != "closed":
+            with contextlib.suppress(CallError, asyncio.TimeoutError):
+                await self.request("leave")
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the WebSocket and both peer connections, without ``leave``
+        (the server notices the socket and the transports go)."""
+        self.state = "closed"
+        for task in (self._offer_task, self._retry_task, *self._consumers):
+            if task is not None:
+                task.cancel()
+        await self._drop_socket()
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None:
+                await pc.close()
+        for task in (self._offer_task, self._retry_task, *self._consumers):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._consumers.clear()
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+        self._notify()
+
+    async def __aenter__(self) -> CallClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _open(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        self.close_code = None
+        self._ws = await self._http.ws_connect(self.url, heartbeat=None, autoping=True)
+        self._reader = asyncio.create_task(self._read(self._ws), name=f"call-read {self.label}")
+        if self._offer_task is None:
+            self._offer_task = asyncio.create_task(self._answer_offers(), name="call-offers")
+
+    async def _drop_socket(self) -> None:
+        ws, reader = self._ws, self._reader
+        self._ws = self._reader = None
+        if ws is not None:
+            await ws.close()
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        self._fail_pending(ConnectionClosed(ws.close_code if ws else None, "dropped by client"))
+
+    # -- requests -----------------------------------------------------------
+
+    async def request(self, type: str, **fields: Any) -> dict[str, Any]:
+        """Send a frame with a fresh ``id`` and return the server's answer to
+        it (``ok``, ``joined``, ``published``, ``pong``, ...); an ``error``
+        answer raises :class:`RequestFailed`, no answer within
+        :attr:`request_timeout` raises TimeoutError."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise ConnectionClosed(self.close_code, "not connected")
+        rid = str(next(self._ids))
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await ws.send_str(
+                json.dumps({"v": PROTOCOL_VERSION, "type": type, "id": rid, **fields})
+            )
+            return await asyncio.wait_for(fut, self.request_timeout)
+        finally:
+            self._pending.pop(rid, None)
+
+    async def send(self, type: str, **fields: Any) -> None:
+        """Send a frame that has no answer (``pong``)."""
+        if self._ws is None or self._ws.closed:
+            raise ConnectionClosed(self.close_code, "not connected")
+        await self._ws.send_str(json.dumps({"v": PROTOCOL_VERSION, "type": type, **fields}))
+
+    async def ping(self) -> float:
+        """Round-trip time of a ``ping`` in seconds."""
+        start = time.monotonic()
+        await self.request("ping")
+        return time.monotonic() - start
+
+    async def mute(self, track_id: str, muted: bool = True) -> None:
+        """Ask the server to stop (or resume) forwarding a track: our own, or
+        anyone's with ``admin``. Our encoder keeps running; the server drops."""
+        await self.request("mute", track_id=track_id, muted=muted)
+
+    async def unpublish(self, track_id: str) -> None:
+        """Withdraw one of our tracks, and stop sending it."""
+        info = self.published.get(track_id)
+        await self.request("unpublish", track_id=track_id)
+        self.published.pop(track_id, None)
+        if info is not None:
+            transceiver = self._transceivers.get(str(info.get("mid")))
+            if transceiver is not None:
+                transceiver.sender.replaceTrack(None)
+
+    async def admit(self, participant_id: str) -> None:
+        await self.request("admit", participant_id=participant_id)
+
+    async def deny(self, participant_id: str) -> None:
+        await self.request("deny", participant_id=participant_id)
+
+    async def remove(self, participant_id: str) -> None:
+        await self.request("remove", participant_id=participant_id)
+
+    async def end(self) -> None:
+        """End the room for everyone (admin)."""
+        await self.request("end")
+
+    async def room_settings(self, *, require_admission: bool) -> None:
+        await self.request("room_settings", require_admission=require_admission)
+
+    async def candidate(self, transport: Direction, candidate: Mapping[str, Any] | None) -> None:
+        """Trickle one ICE candidate (RTCIceCandidateInit), or None for
+        end-of-candidates. aiortc puts its candidates in the SDP, so the
+        client itself never needs this; it is here for protocol tests."""
+        await self.request(
+            "candidate", transport=transport, candidate=dict(candidate) if candidate else None
+        )
+
+    # -- media --------------------------------------------------------------
+
+    def _configuration(self) -> Any:
+        servers = self._ice_override if self._ice_override is not None else self.ice_servers
+        ice = [
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in servers
+        ]
+        # An empty list, not None: aiortc's default adds a public STUN server.
+        return RTCConfiguration(iceServers=ice, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+    def _new_pc(self, direction: Direction) -> Any:
+        pc = RTCPeerConnection(self._configuration())
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "connected":
+                self.connected_at.setdefault(direction, time.monotonic())
+            self._notify()
+
+        return pc
+
+    async def publish(
+        self, tracks: Mapping[str, Any] | Iterable[tuple[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Send ``tracks`` (source → aiortc MediaStreamTrack: ``microphone``,
+        ``camera``, ``screen``, ``screen_audio``) on the publish connection:
+        one ``sendonly`` transceiver each, then a ``publish`` offer. Calling
+        it again adds tracks by renegotiating the same connection. Returns
+        ``published.tracks``: our tracks as the server now lists them (each
+        with the ``track_id`` others will see)."""
+        items = list(tracks.items()) if isinstance(tracks, Mapping) else list(tracks)
+        async with self._publish_lock:
+            if self.publish_pc is None:
+                self.publish_pc = self._new_pc("publish")
+            pc = self.publish_pc
+            new = [
+                (source, pc.addTransceiver(track, direction="sendonly")) for source, track in items
+            ]
+            await pc.setLocalDescription(await pc.createOffer())
+            for source, transceiver in new:
+                self._sources[transceiver.mid] = source
+                self._transceivers[transceiver.mid] = transceiver
+            answer = await self.request(
+                "publish",
+                sdp=pc.localDescription.sdp,
+                sources=dict(self._sources),
+            )
+            sdp = self._filter(str(answer["sdp"]), "publish")
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            listed = [dict(t) for t in answer.get("tracks") or []]
+            for t in listed:
+                self.published[str(t["track_id"])] = t
+                self.room_tracks[str(t["track_id"])] = t
+            self._notify()
+            return listed
+
+    def track_id_of(self, source: str) -> str | None:
+        """The track id the server gave our ``source`` track."""
+        for tid, t in self.published.items():
+            if t.get("source") == source:
+                return tid
+        return None
+
+    def _filter(self, sdp: str, direction: Direction) -> str:
+        return self.sdp_filter(sdp, direction) if self.sdp_filter else sdp
+
+    async def _answer_offers(self) -> None:
+        # One at a time, in order: the server sends the next offer only after
+        # the previous one is answered, and a resumed session may resend one.
+        while True:
+            frame = await self._offers.get()
+            try:
+                await self._answer(frame)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not answer the server's offer: %r", exc)
+                self.errors.append(exc)
+                self._notify()
+
+    async def _answer(self, frame: dict[str, Any]) -> None:
+        if self.subscribe_pc is None:
+            self.subscribe_pc = self._new_pc("subscribe")
+        pc = self.subscribe_pc
+        sdp = self._filter(str(frame["sdp"]), "subscribe")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        by_mid = {str(t["mid"]): t for t in frame.get("tracks") or []}
+        for transceiver in pc.getTransceivers():
+            mid = transceiver.mid
+            if mid is None:
+                continue
+            info = by_mid.get(mid)
+            current = self.received.get(mid)
+            if info is None:
+                # The m= section is stopped (port 0) or carries nothing now.
+                if current is not None:
+                    current.active = False
+                continue
+            track = transceiver.receiver.track
+            if current is not None and current.track_id == info["track_id"]:
+                current.active = True
+                continue
+            received = ReceivedTrack(
+                mid=mid,
+                track_id=str(info["track_id"]),
+                participant=str(info["participant"]),
+                kind=str(info.get("kind", transceiver.kind)),
+                source=str(info.get("source", "")),
+                track=track,
+            )
+            self.received[mid] = received
+            if self.nack_retry is not None and received.kind == "video":
+                if mid not in self._retries:
+                    self._retries[mid] = _NackRetry(transceiver.receiver, self.nack_retry, 10)
+                if self._retry_task is None:
+                    self._retry_task = asyncio.create_task(self._retry_nacks(), name="nack-retry")
+            if self.consume and track is not None:
+                task = asyncio.create_task(self._consume(received), name=f"consume {mid}")
+                self._consumers.add(task)
+                task.add_done_callback(self._consumers.discard)
+        await self.request("answer", sdp=pc.localDescription.sdp)
+        self._notify()
+
+    async def _retry_nacks(self) -> None:
+        assert self.nack_retry is not None
+        while True:
+            await asyncio.sleep(self.nack_retry / 2)
+            now = time.monotonic()
+            for retry in list(self._retries.values()):
+                with contextlib.suppress(ConnectionError):
+                    await retry.tick(now)
+
+    @property
+    def nacks_resent(self) -> int:
+        """Sequence numbers NACKed again by :class:`_NackRetry`."""
+        return sum(r.resent for r in self._retries.values())
+
+    async def _consume(self, received: ReceivedTrack) -> None:
+        track = received.track
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                received.active = False
+                self._notify()
+                return
+            first = received.frames == 0
+            received._frame(frame, time.monotonic())
+            if first:
+                self._notify()
+
+    # -- reading ------------------------------------------------------------
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    frame = json.loads(msg.data)
+                except ValueError:
+                    log.warning("server sent a frame that is not JSON")
+                    continue
+                if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+                    log.warning("server sent a frame without a type")
+                    continue
+                await self._dispatch(frame)
+        finally:
+            if ws is self._ws:
+                code = self.close_code = ws.close_code
+                # These end our stay (a refusal, `leave`, removal, the room's
+                # end...); anything else (the network, a ping timeout, a server
+                # restart's 1001) can be resumed within the grace period.
+                if self.state != "closed" and code in _FINAL_CLOSE:
+                    self.state = "closed"
+                elif self.state in ("waiting", "joined"):
+                    self.state = "disconnected"
+                self._fail_pending(ConnectionClosed(code))
+                self._notify()
+
+    async def _dispatch(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        event = Event(kind, frame, time.monotonic())
+        self._track_state(event)
+        ref = frame.get("ref")
+        fut = self._pending.get(str(ref)) if ref is not None else None
+        if fut is not None and not fut.done():
+            if kind == "error":
+                fut.set_exception(
+                    RequestFailed(
+                        str(frame.get("code")),
+                        str(frame.get("message", "")),
+                        fatal=bool(frame.get("fatal")),
+                        frame=frame,
+                    )
+                )
+            else:
+                fut.set_result(frame)
+        if kind == "ping":
+            with contextlib.suppress(ConnectionError, CallError):
+                await self.send("pong")
+        elif kind == "offer":
+            self._offers.put_nowait(frame)
+        self.history.append(event)
+        if self.events.full():
+            self.events.get_nowait()
+        self.events.put_nowait(event)
+        self._notify()
+
+    def _track_state(self, event: Event) -> None:
+        f = event.data
+        kind = event.type
+        if kind in ("joined", "waiting") and "participant" in f:
+            self.participant = dict(f["participant"])
+            session = f.get("session")
+            if isinstance(session, str):
+                self.session = session
+        if kind == "joined":
+            self.state = "joined"
+            self.ice_servers = list(f.get("ice_servers") or [])
+            self.ping_interval = f.get("ping_interval")
+            me = self.participant_id
+            self.participants = {
+                str(p["id"]): dict(p) for p in f.get("participants") or [] if p.get("id") != me
+            }
+            self.room_tracks = {str(t["track_id"]): dict(t) for t in f.get("tracks") or []}
+            # After a resume the room's tracks include ours.
+            self.published.update(
+                (tid, t) for tid, t in self.room_tracks.items() if t.get("participant") == me
+            )
+            self.waiting = list(f.get("waiting") or [])
+            self.active_speaker = f.get("active_speaker")
+            self.require_admission = bool(f.get("require_admission", False))
+        elif kind == "waiting":
+            if "ref" in f:
+                self.state = "waiting"
+            if "waiting" in f:
+                self.waiting = list(f["waiting"] or [])
+        elif kind == "participant_joined":
+            p = dict(f["participant"])
+            self.participants[str(p["id"])] = p
+        elif kind == "participant_left":
+            pid = f.get("participant_id")
+            self.participants.pop(str(pid), None)
+            for tid in [k for k, t in self.room_tracks.items() if t.get("participant") == pid]:
+                del self.room_tracks[tid]
+        elif kind == "track_published":
+            t = dict(f["track"])
+            self.room_tracks[str(t["track_id"])] = t
+        elif kind == "track_unpublished":
+            self.room_tracks.pop(str(f.get("track_id")), None)
+        elif kind == "track_muted":
+            muted = self.room_tracks.get(str(f.get("track_id")))
+            if muted is not None:
+                muted["muted"] = bool(f.get("muted"))
+        elif kind == "active_speaker":
+            self.active_speaker = f.get("participant_id")
+        elif kind == "room_settings":
+            self.require_admission = bool(f.get("require_admission"))
+        elif kind in _FINAL:
+            self.state = "closed"
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # -- waiting ------------------------------------------------------------
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_until(self, predicate: Callable[[], object], within: float = 10.0) -> None:
+        """Wait until ``predicate()`` is true; it is checked whenever a frame
+        arrives or a connection, offer or received track changes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"{self!r}: condition not met within {within} s")
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(fut)
+            with contextlib.suppress(asyncio.TimeoutError):
+                # Frames are counted without a notification each (only the
+                # first one notifies), so poll as well.
+                await asyncio.wait_for(fut, min(remaining, 0.05))
+
+    async def wait_for(
+        self,
+        type: str,
+        predicate: Callable[[dict[str, Any]], object] | None = None,
+        *,
+        since: int = 0,
+        within: float = 10.0,
+    ) -> dict[str, Any]:
+        """The first frame of ``type`` (matching ``predicate``) in
+        :attr:`history` from index ``since``, waiting for it if needed."""
+        found: list[dict[str, Any]] = []
+
+        def seen() -> bool:
+            for event in self.history[since:]:
+                if event.type == type and (predicate is None or predicate(event.data)):
+                    found.append(event.data)
+                    return True
+            return False
+
+        await self.wait_until(seen, within)
+        return found[0]
+
+    def received_from(
+        self, participant: str, kind: str | None = None, *, active: bool = True
+    ) -> list[ReceivedTrack]:
+        """Tracks received from ``participant`` (of ``kind``)."""
+        return [
+            r
+            for r in self.received.values()
+            if r.participant == participant
+            and (kind is None or r.kind == kind)
+            and (r.active or not active)
+        ]
+
+
+# -- synthetic media -----------------------------------------------------------
+
+
+class TestPatternVideo(MediaStreamTrack):
+    """Moving bars and a ``noise`` x ``noise`` patch of noise, so the encoder
+    has work to do: a still or simply moving picture encodes to a few hundred
+    bytes a frame, one packet, and never exercises loss recovery the way a
+    camera's multi-packet frames do."""
+
+    kind = "video"
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(
+        self, width: int = 320, height: int = 240, fps: float = 15.0, noise: int = 64
+    ) -> None:
+        super().__init__()
+        self.noise = noise
+        self.width = width - width % 2
+        self.height = height - height % 2
+        self.fps = fps
+        self._count = 0
+        self._start: float | None = None
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        # One luma row twice as long as the picture: each frame shows a
+        # different window of it, so the bars slide sideways.
+        luma_line = frame.planes[0].line_size
+        self._luma_row = bytes(
+            40 if (x // 32) % 2 else 60 + (x * 160) // (2 * luma_line) for x in range(2 * luma_line)
+        )
+        self._chroma = [
+            bytes([(90 + 60 * i) & 0xFF]) * p.buffer_size for i, p in enumerate(frame.planes[1:])
+        ]
+        self._luma_line = luma_line
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        due = self._start + self._count / self.fps
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        shift = (self._count * 4) % self._luma_line
+        row = self._luma_row[shift : shift + self._luma_line]
+        # A band that moves down, so motion is two-dimensional.
+        band = (self._count * 2) % self.height
+        rows = [row] * self.height
+        for y in range(band, min(self.height, band + 8)):
+            rows[y] = b"\xeb" * self._luma_line
+        if self.noise:
+            # A patch of fresh noise each frame: it cannot be predicted, so
+            # every frame spans several RTP packets, as a camera's does.
+            width = min(self._luma_line, self.noise)
+            for y in range(min(self.height, self.noise)):
+                rows[y] = os.urandom(width) + rows[y][width:]
+        frame.planes[0].update(b"".join(rows))
+        for plane, data in zip(frame.planes[1:], self._chroma, strict=True):
+            plane.update(data)
+        frame.pts = int(self._count * 90_000 / self.fps)
+        frame.time_base = fractions.Fraction(1, 90_000)
+        self._count += 1
+        return frame
+
+
+class ToneAudio(MediaStreamTrack):
+    """A 400 Hz tone in 20 ms frames of 48 kHz mono (400 Hz fits a 20 ms frame
+    a whole number of times, so one frame's samples serve for all)."""
+
+    kind = "audio"
+
+    def __init__(self, frequency: int = 400, level: float = 0.3) -> None:
+        super().__init__()
+        self.rate = 48_000
+        self.samples = 960
+        self._count = 0
+        self._start: float | None = None
+        amplitude = int(32767 * level)
+        self._pcm = struct.pack(
+            f"<{self.samples}h",
+            *(
+                int(amplitude * math.sin(2 * math.pi * frequency * i / self.rate))
+                for i in range(self.samples)
+            ),
+        )
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        due = self._start + self._count * self.samples / self.rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        frame = av.AudioFrame(format="s16", layout="mono", samples=self.samples)
+        frame.planes[0].update(self._pcm)
+        frame.sample_rate = self.rate
+        frame.pts = self._count * self.samples
+        frame.time_base = fractions.Fraction(1, self.rate)
+        self._count += 1
+        return frame
+
+
+# -- command line --------------------------------------------------------------
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _run(args: argparse.Namespace) -> int:
+    url, token, _ = ws_url(args.url)
+    token = args.token or token
+    if not token:
+        print("no token: give --token or a join link with ?token=", file=sys.stderr)
+        return 2
+    if _is_loopback(url):
+        allow_loopback_candidates()
+    client = CallClient(url, token, room=args.room, label=args.name or "cli")
+
+    def show(what: str, **data: Any) -> None:
+        print(json.dumps({"t": round(time.monotonic(), 3), "what": what, **data}), flush=True)
+
+    try:
+        try:
+            first = await client.join()
+        except RequestFailed as exc:
+            show("refused", code=exc.code, message=exc.message)
+            return 1
+        show(first["type"], participant=client.participant, tracks=list(client.room_tracks))
+        if client.state == "waiting":
+            await client.wait_admitted(within=args.duration or 3600)
+            show("admitted")
+        tracks: dict[str, Any] = {}
+        if not args.no_audio:
+            tracks["microphone"] = ToneAudio()
+        if not args.no_video:
+            tracks["camera"] = TestPatternVideo(args.width, args.height, args.fps)
+        if tracks and client.participant.get("grants", {}).get("publish", True):
+            show("published", tracks=await client.publish(tracks))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + args.duration if args.duration else math.inf
+        seen = 0
+        while client.state != "closed" and loop.time() < end:
+            await asyncio.sleep(min(args.report, max(0.0, end - loop.time())))
+            if client.state == "disconnected":
+                try:
+                    await client.resume()
+                    show("resumed")
+                except (CallError, OSError, aiohttp.ClientError, TimeoutError) as exc:
+                    show("resume-failed", error=str(exc))
+            for event in client.history[seen:]:
+                if event.type not in ("ping", "pong"):
+                    show("event", frame=event.data)
+            seen = len(client.history)
+            show(
+                "receiving",
+                tracks={
+                    r.mid: {"from": r.participant, "kind": r.kind, "frames": r.frames}
+                    for r in client.received.values()
+                },
+            )
+        if client.state == "closed":
+            show("closed", code=client.close_code)
+            return 1
+        await client.leave()
+        return 0
+    finally:
+        await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m signalling.client",
+        description="Join a Wadud call as a headless participant and publish a test pattern.",
+    )
+    parser.add_argument("--url", required=True, help="server URL, /ws URL or join link")
+    parser.add_argument("--token", help="room token (else the join link's ?token=)")
+    parser.add_argument("--room", help="room the token must be for (?room=)")
+    parser.add_argument("--name", help="label in the output")
+    parser.add_argument("--duration", type=float, default=0, help="seconds, 0 = until stopped")
+    parser.add_argument("--report", type=float, default=2.0, help="seconds between reports")
+    parser.add_argument("--no-audio", action="store_true")
+    parser.add_argument("--no-video", action="store_true")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--fps", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

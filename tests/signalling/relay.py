@@ -1,0 +1,227 @@
+"""A userspace UDP relay that puts loss and delay on one client's leg.
+
+This kernel has no ``netem`` qdisc (TESTING.md), so a test that wants a lossy
+or slow path between a client and the media worker puts this relay between
+them: the client sends to the relay's port, the relay sends on to the server
+from a socket of its own (so the server, being ICE-lite, learns the relay's
+address from the client's ICE checks) and sends the server's datagrams back
+to the last address the client used.
+
+Loss and delay follow a :class:`Schedule` seeded per direction, so a run can
+be repeated: the n-th datagram in a direction meets the same fate every time
+(which datagram is n-th still depends on timing). Delayed datagrams are sent
+from ``loop.call_at``; with jitter they can overtake each other, as on a real
+path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Address = tuple[str, int]
+Direction = Literal["up", "down"]  # up: client to server; down: server to client
+
+
+class Schedule:
+    """The fate of each datagram in one direction: dropped (None) or sent after
+    a delay in seconds. ``loss`` is a probability in [0, 1); ``delay`` and
+    ``jitter`` (uniform, +/-) are seconds; ``burst`` > 1 drops that many
+    datagrams in a row each time a loss starts (the mean loss rate stays
+    ``loss``)."""
+
+    def __init__(
+        self,
+        *,
+        loss: float = 0.0,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        burst: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= loss < 1.0:
+            raise ValueError(f"loss must be in [0, 1), not {loss}")
+        if delay < 0 or not 0 <= jitter <= delay:
+            # Jitter wider than the delay would need negative delays.
+            raise ValueError("need delay >= 0 and 0 <= jitter <= delay")
+        if burst < 1:
+            raise ValueError("burst must be >= 1")
+        self.loss = loss
+        self.delay = delay
+        self.jitter = jitter
+        self.burst = burst
+        self._random = random.Random(seed)
+        self._dropping = 0
+        # A loss starts with probability loss/burst so the mean stays `loss`.
+        self._start = loss / burst
+
+    def next(self) -> float | None:
+        """The next datagram's fate: None to drop it, else its delay."""
+        draw = self._random.random()
+        jitter = self._random.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+        if self._dropping:
+            self._dropping -= 1
+            return None
+        if draw < self._start:
+            self._dropping = self.burst - 1
+            return None
+        return self.delay + jitter
+
+
+@dataclass
+class RelayStats:
+    """What the relay did, per direction."""
+
+    received: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    forwarded: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    dropped: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+
+
+class _Side(asyncio.DatagramProtocol):
+    def __init__(self, relay: UdpRelay, direction: Direction) -> None:
+        self.relay = relay
+        self.direction = direction
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.relay._received(self.direction, data, (addr[0], addr[1]))
+
+
+class UdpRelay:
+    """Relays one client's datagrams to ``upstream`` and back.
+
+    ``up`` and ``down`` are the schedules for client-to-server and
+    server-to-client datagrams; ``lossy`` decides which datagrams the schedule
+    applies to (all by default; e.g. :func:`is_rtp_or_rtcp`, so ICE and the
+    DTLS handshake are spared); ``enabled = False`` turns the schedules off."""
+
+    def __init__(
+        self,
+        upstream: Address,
+        *,
+        up: Schedule | None = None,
+        down: Schedule | None = None,
+        lossy: Callable[[bytes], bool] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.upstream = upstream
+        self.schedules: dict[Direction, Schedule] = {
+            "up": up or Schedule(),
+            "down": down or Schedule(),
+        }
+        self.lossy = lossy
+        self.host = host
+        self.stats = RelayStats()
+        self.client: Address | None = None
+        self.enabled = True
+        self._front: asyncio.DatagramTransport | None = None
+        self._back: asyncio.DatagramTransport | None = None
+        self._pending: set[asyncio.TimerHandle] = set()
+
+    @property
+    def address(self) -> Address:
+        """Where clients send: the relay's client-facing address."""
+        assert self._front is not None, "relay not started"
+        host, port = self._front.get_extra_info("sockname")[:2]
+        return (str(host), int(port))
+
+    async def start(self) -> Address:
+        loop = asyncio.get_running_loop()
+        self._front, _ = await loop.create_datagram_endpoint(
+            lambda: _Side(self, "up"), local_addr=(self.host, 0)
+        )
+        self._back, _ = await loop.create_datagram_endpoint(
+            lambda: _Side(self, "down"), local_addr=(self.host, 0)
+        )
+        return self.address
+
+    def close(self) -> None:
+        for handle in self._pending:
+            handle.cancel()
+        self._pending.clear()
+        for transport in (self._front, self._back):
+            if transport is not None:
+                transport.close()
+        self._front = self._back = None
+
+    async def __aenter__(self) -> UdpRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def _received(self, direction: Direction, data: bytes, addr: Address) -> None:
+        stats = self.stats
+        stats.received[direction] += 1
+        if direction == "up":
+            # The client's address is whatever it last sent from (it may
+            # change while ICE tries pairs).
+            self.client = addr
+            dest: Address | None = self.upstream
+            out = self._back
+        else:
+            if addr != self.upstream:
+                stats.dropped[direction] += 1
+                return
+            dest = self.client
+            out = self._front
+        if dest is None or out is None:
+            stats.dropped[direction] += 1
+            return
+        schedule = self.schedules[direction]
+        if not self.enabled:
+            delay: float | None = 0.0
+        elif self.lossy is None or self.lossy(data):
+            delay = schedule.next()
+        else:
+            # Spared from loss (and jitter), not from the path's delay.
+            delay = schedule.delay
+        if delay is None:
+            stats.dropped[direction] += 1
+            return
+        stats.forwarded[direction] += 1
+        if delay <= 0:
+            out.sendto(data, dest)
+            return
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def send() -> None:
+            self._pending.discard(handle)
+            if not out.is_closing():
+                out.sendto(data, dest)
+
+        handle = loop.call_later(delay, send)
+        self._pending.add(handle)
+
+
+def is_rtp_or_rtcp(data: bytes) -> bool:
+    """RFC 7983 section 7: a first byte in 128..191 is RTP or RTCP."""
+    return len(data) > 0 and 128 <= data[0] <= 191
+
+
+_CANDIDATE = re.compile(
+    r"^(a=candidate:\S+ \d+ (?:udp|UDP) \d+ )(\S+) (\d+)( typ host.*)$", re.MULTILINE
+)
+
+
+def rewrite_candidates(sdp: str, address: Address) -> str:
+    """The server's SDP with its UDP host candidates pointing at ``address``
+    (the relay), so the client's ICE checks and media go through the relay."""
+    host, port = address
+    out, n = _CANDIDATE.subn(lambda m: f"{m.group(1)}{host} {port}{m.group(4)}", sdp)
+    if n == 0:
+        raise ValueError("no UDP host candidate in the SDP")
+    return out
+
+
+def host_candidate(sdp: str) -> Address:
+    """The first UDP host candidate's address in an SDP."""
+    m = _CANDIDATE.search(sdp)
+    if m is None:
+        raise ValueError("no UDP host candidate in the SDP")
+    return (m.group(2), int(m.group(3)))
