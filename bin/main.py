@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import logging
 import sys
@@ -112,10 +113,18 @@ def cmd_serve(settings: config.Settings, *, role: str) -> int:
     installers = default_installers()
     if role == "serve":
         installers.append(turn.http.install_embedded)
+        # A newcomer's first call: the demo page hands out a doctor's and a
+        # patient's link. Only `serve` turns it on by itself.
+        settings = dataclasses.replace(settings, call_demo=True)
     app = build_app(settings, installers)
 
     def announce(*_: Any) -> None:
         print(f"Wadud is serving on {settings.base_url}/  (Ctrl+C to stop)", flush=True)
+        if settings.call_demo:
+            print(
+                f"Open {settings.base_url}/demo for a test call between two browser tabs",
+                flush=True,
+            )
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

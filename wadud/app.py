@@ -99,6 +99,9 @@ def default_installers() -> list[Installer]:
     place that knows them all."""
     import booking.http
     import chat.http
+    import sfu.http
+    import signalling.http
+    import signalling.pages
     import turn.http
 
     return [
@@ -106,7 +109,10 @@ def default_installers() -> list[Installer]:
         accounts.routes.install,
         turn.http.install,
         booking.http.install,
+        sfu.http.install,
         chat.http.install,
+        signalling.http.install,
+        signalling.pages.install,
     ]
 
 

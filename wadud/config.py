@@ -263,8 +263,14 @@ class Settings:
     media_consent_timeout: float = field(
         default=30.0,
         metadata=_doc(
-            "Seconds without a peer's ICE consent checks (RFC 7675) before its transport"
-            " is closed."
+            "Seconds without a peer's ICE consent checks (RFC 7675) before its transport is closed."
+        ),
+    )
+    media_remb_max_bitrate: int = field(
+        default=2_500_000,
+        metadata=_doc(
+            "Most bits per second the media worker's REMB lets a publisher without"
+            " transport-cc send (its bandwidth estimate is capped here)."
         ),
     )
     call_resume_grace: float = field(
@@ -284,6 +290,13 @@ class Settings:
     )
     call_max_participants: int = field(
         default=16, metadata=_doc("Most participants (waiting included) in one room.")
+    )
+    call_frame_ancestors: str = field(
+        default="*",
+        metadata=_doc(
+            "Who may put the call page in an iframe: a CSP frame-ancestors source list,"
+            " e.g. `https://clinic.example https://*.clinic.example`. `*`: any site."
+        ),
     )
     call_demo: bool = field(
         default=False,

@@ -1,0 +1,575 @@
+// Wadud call client: the browser side of the signalling protocol in
+// docs/protocol.md, "Calls (signalling)". A plain ES module, no build step:
+//
+//   import { WadudCall } from '/static/call/wadud-call.js';
+//   const call = new WadudCall({ token, room });
+//   call.addEventListener('track', (e) => show(e.detail));
+//   await call.join();                       // 'joined' or 'waiting'
+//   await call.publish({ microphone: micTrack, camera: camTrack });
+//
+// Media uses two peer connections to the server's SFU: `publish` (we offer
+// what we send) and `subscribe` (the server offers what we receive). The
+// server is ICE-lite, so its candidates come in its SDP.
+//
+// Events (CustomEvent, data in `detail`):
+//   state              {state, reason}  connecting | waiting | joined |
+//                      reconnecting | left | ended | denied | removed |
+//                      replaced | failed
+//   participantjoined  {participant}     participantleft {participant, reason}
+//   track              a remote track we now receive (see `remoteTracks`)
+//   trackremoved       {track_id, participant}
+//   trackmuted         {track_id, muted, by, local}
+//   activespeaker      {participant_id}
+//   waiting            {waiting}         (admins) who waits to be admitted
+//   roomsettings       {require_admission}
+//   connection         {transport, state} a peer connection's connectionState
+//   error              {code, message}   a request failed or a frame was odd
+//
+// After a refusal (`state` failed or ended), `refusal` holds the error
+// frame's {code, message}: unauthorized, forbidden, room-full, ...
+
+const PROTOCOL = 1;
+// Close codes after which coming back makes no sense (protocol.md).
+const FINAL_CLOSES = {
+  4401: 'failed', 4403: 'removed', 4408: 'failed', 4409: 'replaced',
+  4410: 'ended', 4429: 'failed',
+};
+// Reconnect this long after a dropped socket; the server keeps us in the
+// room for `call_resume_grace` (20 s by default).
+const RESUME_FOR_MS = 30000;
+
+export class WadudCallError extends Error {
+  constructor(code, message, frame) {
+    super(message || code);
+    this.name = 'WadudCallError';
+    this.code = code;
+    this.frame = frame;
+  }
+}
+
+export class WadudCall extends EventTarget {
+  // token: the room token. room: the room named in the page's URL; the
+  // server then refuses a token for another room. url: the /ws endpoint
+  // (default: this page's server). rtcConfig: extra RTCPeerConnection settings.
+  constructor({ token, room = null, url = null, rtcConfig = {} }) {
+    super();
+    this.token = token;
+    this.room = room;
+    this.url = url || defaultUrl(room);
+    this.rtcConfig = rtcConfig;
+    this.state = 'new';
+    this.me = null; // our participant: {id, identity, name, role, grants}
+    this.participants = new Map(); // id -> {id, identity, name, role}
+    this.roomTracks = new Map(); // track_id -> track as in `joined.tracks`
+    this.remoteTracks = new Map(); // track_id -> {..., mid, track, transceiver}
+    this.localTracks = new Map(); // source -> {source, track, transceiver, track_id}
+    this.waiting = [];
+    this.activeSpeaker = null;
+    this.refusal = null; // {code, message} of a fatal error frame
+    this.iceServers = [];
+    this.session = null;
+    this.publishPc = null;
+    this.subscribePc = null;
+    this._ws = null;
+    this._nextId = 1;
+    this._pending = new Map(); // request id -> {resolve, reject, type}
+    this._midMap = new Map(); // subscribe mid -> track info from the last offer
+    this._pubChain = Promise.resolve(); // publish renegotiations, one at a time
+    this._subChain = Promise.resolve(); // subscribe offers, in arrival order
+    this._leaving = false;
+    this._resumeUntil = 0;
+    this._joinWaiter = null;
+  }
+
+  // ---- joining, leaving, resuming ----------------------------------------
+
+  // Connect and join; resolves with 'joined' or 'waiting' (then a `state`
+  // event says 'joined' once an admin admits us), rejects on a refusal.
+  join() {
+    return new Promise((resolve, reject) => {
+      this._joinWaiter = { resolve, reject };
+      this._connect(null);
+    });
+  }
+
+  // Leave the room: the server closes the socket, media stops.
+  async leave() {
+    if (this._leaving) return;
+    this._leaving = true;
+    try {
+      if (this._ws && this._ws.readyState === WebSocket.OPEN) {
+        await withTimeout(this.request('leave'), 2000);
+      }
+    } catch (_) { /* leaving anyway */ }
+    this._finish('left', 'left');
+  }
+
+  _connect(resume) {
+    this._setState(resume ? 'reconnecting' : 'connecting');
+    const ws = new WebSocket(this.url);
+    this._ws = ws;
+    ws.onopen = () => {
+      const frame = { type: 'join', token: this.token };
+      if (resume) frame.resume = resume;
+      this._send(frame, 'join');
+    };
+    ws.onmessage = (e) => this._onFrame(e.data);
+    ws.onclose = (e) => this._onClose(ws, e.code, e.reason);
+  }
+
+  _onClose(ws, code, reason) {
+    if (ws !== this._ws) return; // an older socket we already replaced
+    for (const p of this._pending.values()) {
+      p.reject(new WadudCallError('disconnected', 'the connection dropped'));
+    }
+    this._pending.clear();
+    if (this._leaving || isFinal(this.state)) return this._finish(this.state, reason);
+    if (FINAL_CLOSES[code]) return this._finish(FINAL_CLOSES[code], reason || String(code));
+    if (code === 1000 || !this.session) return this._finish('failed', reason || `closed ${code}`);
+    // A dropped socket (network change, proxy timeout): the server keeps our
+    // place and our media for a grace period; come back with `resume`.
+    if (!this._resumeUntil) this._resumeUntil = Date.now() + RESUME_FOR_MS;
+    if (Date.now() > this._resumeUntil) return this._finish('failed', 'could not reconnect');
+    this._setState('reconnecting');
+    setTimeout(() => {
+      if (!this._leaving && !isFinal(this.state)) this._connect(this.session);
+    }, 1000);
+  }
+
+  _finish(state, reason) {
+    this._leaving = true;
+    clearInterval(this._watchdog);
+    if (this._ws) {
+      this._ws.onclose = null;
+      try { this._ws.close(1000); } catch (_) { /* already closed */ }
+    }
+    for (const t of this.localTracks.values()) if (t.track) t.track.stop();
+    if (this.publishPc) this.publishPc.close();
+    if (this.subscribePc) this.subscribePc.close();
+    if (this._joinWaiter) {
+      this._joinWaiter.reject(new WadudCallError(state, reason));
+      this._joinWaiter = null;
+    }
+    this._setState(state, reason);
+  }
+
+  _setState(state, reason = '') {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit('state', { state, reason });
+  }
+
+  // ---- frames ------------------------------------------------------------
+
+  // Send a request; resolves with the server's answer (the frame whose `ref`
+  // is our id), rejects with a WadudCallError on an `error` frame.
+  request(type, fields = {}) {
+    return new Promise((resolve, reject) => {
+      const id = this._send({ type, ...fields }, type);
+      this._pending.set(id, { resolve, reject, type });
+    });
+  }
+
+  _send(frame, what) {
+    if (!this._ws || this._ws.readyState !== WebSocket.OPEN) {
+      throw new WadudCallError('disconnected', `cannot send ${what}: not connected`);
+    }
+    const id = String(this._nextId++);
+    const out = { v: PROTOCOL, ...frame };
+    if (frame.type !== 'pong') out.id = id;
+    this._ws.send(JSON.stringify(out));
+    return id;
+  }
+
+  _onFrame(data) {
+    this._lastFrameAt = Date.now();
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch (_) {
+      return this._emit('error', { code: 'bad-frame', message: 'server sent non-JSON' });
+    }
+    const waiter = f.ref !== undefined ? this._pending.get(f.ref) : undefined;
+    if (waiter && f.type !== 'joined' && f.type !== 'waiting') {
+      this._pending.delete(f.ref);
+      if (f.type === 'error') waiter.reject(new WadudCallError(f.code, f.message, f));
+      else waiter.resolve(f);
+      return;
+    }
+    const handler = this[`_on_${f.type}`];
+    if (handler) handler.call(this, f);
+  }
+
+  _on_ping() { this._send({ type: 'pong' }, 'pong'); }
+
+  _on_error(f) {
+    if (f.fatal) {
+      // A refusal: keep its code (unauthorized, forbidden, room-full, ...)
+      // for the page to explain; the server closes the socket next.
+      this.refusal = { code: f.code, message: f.message };
+      return this._finish(f.code === 'room-ended' ? 'ended' : 'failed', f.message);
+    }
+    this._emit('error', { code: f.code, message: f.message });
+  }
+
+  _on_waiting(f) {
+    if (f.participant) { // our own answer: we wait to be admitted
+      this._takeSession(f);
+      this._setState('waiting');
+      this._settleJoin('waiting');
+    } else { // to admins: the list of those waiting changed
+      this.waiting = f.waiting || [];
+      this._emit('waiting', { waiting: this.waiting });
+    }
+  }
+
+  _on_joined(f) {
+    // The same participant id after `resume` (or after waiting): our peer
+    // connections still stand. Another id: the server forgot us (the grace
+    // period ran out) and media must start over.
+    const forgotten = this.me && this.me.id !== f.participant.id && this.publishPc;
+    this._takeSession(f);
+    this.iceServers = f.ice_servers || [];
+    this.waiting = f.waiting || [];
+    this._syncParticipants(f.participants || []);
+    this.roomTracks = new Map((f.tracks || []).map((t) => [t.track_id, t]));
+    for (const t of this.roomTracks.values()) this._applyMuted(t.track_id, t.muted);
+    if (this.waiting.length) this._emit('waiting', { waiting: this.waiting });
+    this._resumeUntil = 0;
+    this._watch((f.ping_interval || 15) * 1000);
+    this._setState('joined');
+    this._settleJoin('joined');
+    // Whoever is speaking as we arrive: later changes come as events.
+    if ((f.active_speaker || null) !== this.activeSpeaker) {
+      this._on_active_speaker({ participant_id: f.active_speaker || null });
+    }
+    if (forgotten) this._restartMedia();
+    else if (this.publishPc && this.publishPc.signalingState !== 'stable') this._renegotiate();
+    else this._publishNow();
+  }
+
+  // The server pings every `ping_interval`; three silent intervals mean the
+  // socket is dead even if the browser has not noticed (a half-open TCP
+  // connection after a network change): drop it and resume.
+  _watch(intervalMs) {
+    clearInterval(this._watchdog);
+    this._lastFrameAt = Date.now();
+    this._watchdog = setInterval(() => {
+      if (isFinal(this.state)) return clearInterval(this._watchdog);
+      const ws = this._ws;
+      if (Date.now() - this._lastFrameAt <= 3 * intervalMs || !ws) return;
+      ws.close(4000, 'silent');
+      this._onClose(ws, 4000, 'the server went silent');
+    }, intervalMs);
+  }
+
+  _takeSession(f) {
+    this.me = f.participant;
+    this.session = f.session;
+  }
+
+  _settleJoin(state) {
+    if (this._joinWaiter) {
+      this._joinWaiter.resolve(state);
+      this._joinWaiter = null;
+    }
+  }
+
+  _syncParticipants(list) {
+    const now = new Map(list.map((p) => [p.id, p]));
+    for (const [id, p] of this.participants) {
+      if (!now.has(id)) {
+        this.participants.delete(id);
+        this._emit('participantleft', { participant: p, reason: 'left' });
+      }
+    }
+    for (const [id, p] of now) {
+      if (!this.participants.has(id)) {
+        this.participants.set(id, p);
+        this._emit('participantjoined', { participant: p });
+      }
+    }
+  }
+
+  _on_participant_joined(f) {
+    this.participants.set(f.participant.id, f.participant);
+    this._emit('participantjoined', { participant: f.participant });
+  }
+
+  _on_participant_left(f) {
+    const p = this.participants.get(f.participant_id) || { id: f.participant_id };
+    this.participants.delete(f.participant_id);
+    this._emit('participantleft', { participant: p, reason: f.reason });
+  }
+
+  _on_track_published(f) { this.roomTracks.set(f.track.track_id, f.track); }
+
+  _on_track_unpublished(f) {
+    this.roomTracks.delete(f.track_id);
+    // Its m= section stays (port 0) until the next offer; the picture is gone now.
+    const r = this.remoteTracks.get(f.track_id);
+    if (r) {
+      this.remoteTracks.delete(f.track_id);
+      this._emit('trackremoved', { track_id: f.track_id, participant: r.participant });
+    }
+  }
+
+  _on_track_muted(f) { this._applyMuted(f.track_id, f.muted, f.by); }
+
+  _applyMuted(trackId, muted, by = null) {
+    const room = this.roomTracks.get(trackId);
+    if (room) room.muted = muted;
+    const remote = this.remoteTracks.get(trackId);
+    if (remote) remote.muted = muted;
+    const local = [...this.localTracks.values()].find((t) => t.track_id === trackId);
+    if (local) {
+      local.muted = muted;
+      // An admin muted us: stop sending too, so unmuting is our own choice.
+      if (local.track && local.source === 'microphone') local.track.enabled = !muted;
+    }
+    this._emit('trackmuted', { track_id: trackId, muted, by, local: Boolean(local) });
+  }
+
+  _on_active_speaker(f) {
+    this.activeSpeaker = f.participant_id;
+    this._emit('activespeaker', { participant_id: f.participant_id });
+  }
+
+  _on_room_settings(f) { this._emit('roomsettings', { require_admission: f.require_admission }); }
+  _on_removed() { this._finish('removed', 'removed by the host'); }
+  _on_denied() { this._finish('denied', 'the host did not admit you'); }
+  _on_room_ended() { this._finish('ended', 'the host ended the call'); }
+  _on_replaced() { this._finish('replaced', 'you joined from another window'); }
+
+  // ---- publishing --------------------------------------------------------
+
+  // Send these tracks: {microphone, camera, screen, screen_audio} ->
+  // MediaStreamTrack (or null for "not now"). Before `joined` they are kept
+  // and published on joining.
+  publish(tracks) {
+    for (const [source, track] of Object.entries(tracks)) {
+      if (track) this.localTracks.set(source, { source, track, transceiver: null, track_id: null, muted: false });
+    }
+    if (this.state === 'joined') return this._publishNow();
+    return Promise.resolve();
+  }
+
+  // Stop sending one source (e.g. 'screen'): its transceiver stops and the
+  // server learns it from the renegotiation.
+  async unpublish(source) {
+    const local = this.localTracks.get(source);
+    if (!local) return;
+    this.localTracks.delete(source);
+    if (local.track) local.track.stop();
+    if (local.transceiver) {
+      local.transceiver.stop();
+      await this._renegotiate();
+    }
+  }
+
+  // Switch what a source sends without renegotiating (another camera, or
+  // null to stop the device, e.g. to turn the camera light off).
+  async replaceTrack(source, track) {
+    const local = this.localTracks.get(source);
+    if (!local || !local.transceiver) return this.publish({ [source]: track });
+    if (local.track && local.track !== track) local.track.stop();
+    local.track = track;
+    await local.transceiver.sender.replaceTrack(track);
+  }
+
+  // Mute or unmute one of our sources; everyone gets `track_muted`.
+  async setMuted(source, muted) {
+    const local = this.localTracks.get(source);
+    if (!local) return;
+    local.muted = muted;
+    if (local.track) local.track.enabled = !muted;
+    if (local.track_id) await this.request('mute', { track_id: local.track_id, muted });
+  }
+
+  _publishNow() {
+    const fresh = [...this.localTracks.values()].some((t) => !t.transceiver);
+    return fresh ? this._renegotiate() : Promise.resolve();
+  }
+
+  _renegotiate() {
+    const run = async () => {
+      if (this.state !== 'joined') return;
+      const pc = this.publishPc || (this.publishPc = this._newPc('publish'));
+      for (const local of this.localTracks.values()) {
+        if (!local.transceiver) {
+          local.transceiver = pc.addTransceiver(local.track, { direction: 'sendonly' });
+        }
+      }
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription(offer);
+      // Mids exist only once the offer is applied.
+      const sources = {};
+      for (const local of this.localTracks.values()) sources[local.transceiver.mid] = local.source;
+      const answer = await this.request('publish', { sdp: pc.localDescription.sdp, sources });
+      await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+      for (const t of answer.tracks || []) {
+        const local = [...this.localTracks.values()].find((l) => l.transceiver.mid === t.mid);
+        if (!local) continue;
+        local.track_id = t.track_id;
+        this.roomTracks.set(t.track_id, t);
+        // Muted before the server knew the track: tell it now.
+        if (local.muted) await this.request('mute', { track_id: t.track_id, muted: true });
+      }
+      this._trickle(pc, 'publish');
+    };
+    this._pubChain = this._pubChain.then(run, run);
+    return this._pubChain;
+  }
+
+  // After the server counted us as a new participant (resume came too late):
+  // fresh peer connections, same local tracks.
+  _restartMedia() {
+    for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
+    this.publishPc = this.subscribePc = null;
+    for (const [id, r] of this.remoteTracks) {
+      this._emit('trackremoved', { track_id: id, participant: r.participant });
+    }
+    this.remoteTracks.clear();
+    this._midMap.clear();
+    for (const local of this.localTracks.values()) {
+      local.transceiver = null;
+      local.track_id = null;
+    }
+    return this._renegotiate();
+  }
+
+  // ---- receiving ---------------------------------------------------------
+
+  _on_offer(f) {
+    const run = async () => {
+      if (isFinal(this.state)) return;
+      const pc = this.subscribePc || (this.subscribePc = this._newPc('subscribe'));
+      // Which m= section carries whose track; needed before `track` fires
+      // inside setRemoteDescription.
+      this._midMap = new Map((f.tracks || []).map((t) => [t.mid, t]));
+      await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
+      await pc.setLocalDescription(await pc.createAnswer());
+      await this.request('answer', { sdp: pc.localDescription.sdp });
+      this._syncRemoteTracks(pc);
+      this._trickle(pc, 'subscribe');
+    };
+    this._subChain = this._subChain.then(run, run).catch((e) => {
+      this._emit('error', { code: e.code || 'negotiation-failed', message: String(e.message || e) });
+    });
+  }
+
+  // Bring `remoteTracks` in line with the last offer: a section can go quiet
+  // (port 0) when its track ends, and one mid maps to one track at a time.
+  _syncRemoteTracks(pc) {
+    const live = new Map();
+    for (const tr of pc.getTransceivers()) {
+      const info = tr.mid !== null ? this._midMap.get(tr.mid) : undefined;
+      if (info && !tr.stopped && tr.currentDirection !== 'inactive') live.set(info.track_id, [info, tr]);
+    }
+    for (const [id, r] of this.remoteTracks) {
+      if (!live.has(id)) {
+        this.remoteTracks.delete(id);
+        this._emit('trackremoved', { track_id: id, participant: r.participant });
+      }
+    }
+    for (const [id, [info, tr]] of live) {
+      if (this.remoteTracks.has(id)) continue;
+      const room = this.roomTracks.get(id);
+      const remote = { ...info, muted: room ? room.muted : false, track: tr.receiver.track, transceiver: tr };
+      this.remoteTracks.set(id, remote);
+      this._emit('track', remote);
+    }
+  }
+
+  // ---- peer connections and ICE ------------------------------------------
+
+  _newPc(transport) {
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers,
+      bundlePolicy: 'max-bundle',
+      ...this.rtcConfig,
+    });
+    pc._wadudCandidates = [];
+    pc._wadudReady = false;
+    // Candidates found before the server has this transport would be refused;
+    // they wait until the offer/answer is done (see _trickle).
+    pc.onicecandidate = (e) => {
+      const c = e.candidate ? e.candidate.toJSON() : null;
+      if (pc._wadudReady) this._sendCandidate(transport, c);
+      else pc._wadudCandidates.push(c);
+    };
+    pc.onconnectionstatechange = () => this._emit('connection', { transport, state: pc.connectionState });
+    return pc;
+  }
+
+  // The server is ICE-lite and learns our addresses from our checks, so
+  // candidates are a courtesy; they go once the transport exists on its side.
+  _trickle(pc, transport) {
+    if (pc._wadudReady) return;
+    pc._wadudReady = true;
+    for (const c of pc._wadudCandidates.splice(0)) this._sendCandidate(transport, c);
+  }
+
+  _sendCandidate(transport, candidate) {
+    if (this.state !== 'joined') return;
+    this.request('candidate', { transport, candidate }).catch(() => { /* optional */ });
+  }
+
+  // ---- admin -------------------------------------------------------------
+
+  admit(participantId) { return this.request('admit', { participant_id: participantId }); }
+  deny(participantId) { return this.request('deny', { participant_id: participantId }); }
+  remove(participantId) { return this.request('remove', { participant_id: participantId }); }
+  muteTrack(trackId, muted = true) { return this.request('mute', { track_id: trackId, muted }); }
+  setRequireAdmission(on) { return this.request('room_settings', { require_admission: on }); }
+  async end() {
+    await this.request('end');
+  }
+
+  // ---- stats -------------------------------------------------------------
+
+  // What is arriving from whom, from getStats(): per remote participant the
+  // video frames decoded and the audio packets and samples received, plus
+  // what we send. Rising numbers mean media flows.
+  async stats() {
+    const out = { participants: {}, sent: { audio: 0, video: 0 } };
+    for (const r of this.remoteTracks.values()) {
+      const p = out.participants[r.participant] || (out.participants[r.participant] = {
+        framesDecoded: 0, videoPackets: 0, audioPackets: 0, totalSamplesReceived: 0,
+      });
+      const report = await r.transceiver.receiver.getStats();
+      report.forEach((s) => {
+        if (s.type !== 'inbound-rtp') return;
+        if (s.kind === 'video') {
+          p.framesDecoded += s.framesDecoded || 0;
+          p.videoPackets += s.packetsReceived || 0;
+        } else {
+          p.audioPackets += s.packetsReceived || 0;
+          p.totalSamplesReceived += s.totalSamplesReceived || 0;
+        }
+      });
+    }
+    if (this.publishPc) {
+      (await this.publishPc.getStats()).forEach((s) => {
+        if (s.type === 'outbound-rtp') out.sent[s.kind] += s.packetsSent || 0;
+      });
+    }
+    return out;
+  }
+
+  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+}
+
+function defaultUrl(room) {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const query = room ? `?room=${encodeURIComponent(room)}` : '';
+  return `${scheme}//${location.host}/ws${query}`;
+}
+
+function isFinal(state) {
+  return ['left', 'ended', 'denied', 'removed', 'replaced', 'failed'].includes(state);
+}
+
+function withTimeout(promise, ms) {
+  return Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), ms))]);
+}

@@ -1,0 +1,1089 @@
+"""Calls between headless Chromium pages through our own SFU, with nothing
+else on the network.
+
+Each test re-executes this module as a driver inside a fresh network
+namespace that has only loopback (``unshare --net``, then ``ip link set lo
+up``): the driver runs the app (real media worker, signalling and pages; the
+test's PostgreSQL is reached over its Unix socket, which no namespace hides),
+starts one Chromium per participant, and drives the call page through the
+DevTools protocol, the way a user would: wait for the device check, press
+"Join now", admit from the waiting room. It reads what each page receives
+from ``window.wadudCall.stats()`` (``getStats()``: inbound video
+``framesDecoded``, inbound audio ``packetsReceived`` and
+``totalSamplesReceived``) twice, a moment apart, and prints one JSON line;
+the test asserts on it. Media "flows" when every number rose between the two
+readings.
+
+Run one scenario by hand (as root, from the repository):
+
+    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
+        tests.signalling.test_browser_call three --database-url URL --work /tmp/x'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import struct
+import sys
+import time
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+HTTP_PORT = 8080  # the namespace is ours alone: every port is free
+EMBED_PORT = 9090
+PROXY_PORT = 8081
+SECRET = "browser-test-secret-" + "x" * 32
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--remote-debugging-port=0",
+    "--window-size=960,640",
+]
+
+
+# -- the pytest side -----------------------------------------------------------
+
+
+def _namespace_command() -> list[str]:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2)")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs /usr/bin/chromium")
+    # Root may make a namespace outright; anyone else maps themselves to root
+    # in a user namespace first.
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    return ["unshare", *user, "--net", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
+
+
+async def run_scenario(
+    scenario: str, database_url: str, work: Path, budget: float
+) -> dict[str, Any]:
+    """Run the driver in its own loopback-only namespace; its JSON result."""
+    cmd = [
+        *_namespace_command(),
+        sys.executable, "-m", "tests.signalling.test_browser_call", scenario,
+        "--database-url", database_url, "--work", str(work), "--budget", str(budget),
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), budget + 30)
+    except TimeoutError:
+        out = b"driver timed out"
+        _kill_groups([proc.pid])
+    finally:
+        # The driver ends its browsers; these are left only if it could not.
+        _kill_groups(_browser_groups(work))
+        with contextlib.suppress(ProcessLookupError):
+            await proc.wait()
+    lines = out.decode(errors="replace").strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        pytest.fail("driver gave no result:\n" + "\n".join(lines[-60:]))
+    if "error" in result:
+        logs = "\n".join(lines[-40:-1])
+        pytest.fail(f"{result['error']}\n{json.dumps(result, indent=1)[:6000]}\n{logs}")
+    return result
+
+
+def _browser_groups(work: Path) -> list[int]:
+    path = work / "browser-groups"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _kill_groups(groups: list[int]) -> None:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+def assert_flowing(pair: dict[str, Any]) -> None:
+    """Between the two readings of what ``to`` receives from ``frm``, video
+    frames were decoded and audio arrived (packets, and samples played out)."""
+    before, after = pair["before"], pair["after"]
+    what = f"{pair['to']} from {pair['frm']}: {before} -> {after}"
+    assert before["framesDecoded"] > 0, what
+    assert after["framesDecoded"] > before["framesDecoded"], what
+    assert after["audioPackets"] > before["audioPackets"] > 0, what
+    assert after["totalSamplesReceived"] > before["totalSamplesReceived"], what
+
+
+@pytest.mark.timeout(120)
+async def test_device_check_top_level_and_in_a_frame(database_url: str, tmp_path: Path) -> None:
+    """Before joining: camera preview, device pickers and a moving
+    microphone meter, on the page itself and framed by another site with
+    ``allow``; a frame without ``allow`` gets no devices and says so."""
+    result = await run_scenario("devices", database_url, tmp_path, budget=60)
+    print(json.dumps(result))
+    for where in ("top", "allowed"):
+        check = result[where]
+        assert check["screen"] == "prejoin", check
+        assert check["preview"], check
+        assert check["cameras"] >= 1 and check["mics"] >= 1, check
+        assert check["heard"], check
+        assert check["error"] is None, check
+    refused = result["refused"]
+    assert not refused["preview"], refused
+    assert "unavailable" in refused["error"], refused
+
+
+@pytest.mark.timeout(120)
+async def test_links_that_cannot_join_say_why(database_url: str, tmp_path: Path) -> None:
+    """An expired link is flagged at the device check and refused on
+    joining; a link opened under another room's URL is refused too; each
+    end screen says why in plain words, with no "Join again"."""
+    result = await run_scenario("refusals", database_url, tmp_path, budget=60)
+    print(json.dumps(result))
+    expired = result["expired"]
+    assert "expired" in expired["who"], expired
+    assert expired["code"] == "unauthorized", expired
+    assert expired["title"] == "This link does not work", expired
+    assert not expired["rejoin"], expired
+    other = result["other_room"]
+    assert other["code"] == "forbidden", other
+    assert other["title"] == "This link is for another call", other
+    assert not other["rejoin"], other
+
+
+@pytest.mark.timeout(240)
+async def test_three_pages_hold_a_call_through_the_sfu(database_url: str, tmp_path: Path) -> None:
+    """The must-show: two pages decode each other's video and receive each
+    other's audio; a third joins and sees and hears both, and they it."""
+    result = await run_scenario("three", database_url, tmp_path, budget=150)
+    names = ["doctor", "patient", "relative"]
+    assert {(p["to"], p["frm"]) for p in result["two"]} == {
+        ("doctor", "patient"),
+        ("patient", "doctor"),
+    }
+    # Once the third is in, all six directions (the first two again too).
+    assert {(p["to"], p["frm"]) for p in result["three"]} == {
+        (a, b) for a in names for b in names if a != b
+    }
+    for pair in result["two"] + result["three"]:
+        assert_flowing(pair)
+    # The page shows it too: three tiles each, named.
+    for name in names:
+        captions = result["captions"][name]
+        assert len(captions) == 3, captions
+    # Sana talks (her fake microphone plays a voice-like sound): every page
+    # outlines her.
+    assert result["speaking"] == dict.fromkeys(names, result["ids"]["relative"])
+    assert "Dr Amina (you)" in result["captions"]["doctor"]
+    assert "Bilal" in result["captions"]["doctor"]
+    print(json.dumps(result))
+
+
+@pytest.mark.timeout(200)
+async def test_call_page_controls(database_url: str, tmp_path: Path) -> None:
+    """Each button does what it says, as the other participant sees it:
+    mute, camera off and on, screen share, the doctor's mute and remove,
+    a dropped socket resumed without renegotiating, end."""
+    result = await run_scenario("controls", database_url, tmp_path, budget=150)
+    print(json.dumps(result))
+    assert result["start"]["framesDecoded"] > 0 and result["start"]["audioPackets"] > 0
+    # Muted audio is not forwarded (a packet or two may be in flight).
+    assert result["mic_muted"]["audioPackets"] <= 3, result["mic_muted"]
+    assert result["mic_muted"]["framesDecoded"] > 0, result["mic_muted"]
+    assert result["mic_unmuted"]["audioPackets"] > 10, result["mic_unmuted"]
+    assert result["camera_light"] is True
+    assert result["camera_off"]["framesDecoded"] <= 2, result["camera_off"]
+    assert result["camera_on"]["framesDecoded"] > 0, result["camera_on"]
+    assert result["screen_caption"] == "Bilal (screen)"
+    assert result["screen_frames"] > 0
+    assert result["admin_muted"] == "Unmute"
+    resume = result["resume"]
+    assert resume["same_participant"] and resume["same_pc"] == "kept", resume
+    assert resume["doctor_tiles"] == 2, resume
+    assert resume["flow"]["framesDecoded"] > 0, resume
+    assert result["removed_title"] == "You were removed from the call"
+
+
+@pytest.mark.timeout(200)
+async def test_leave_and_join_again(database_url: str, tmp_path: Path) -> None:
+    """After leaving, "Join again" makes a new participant whom the one who
+    stayed sees and hears (their subscribe connection had every section
+    stopped in between)."""
+    result = await run_scenario("rejoin", database_url, tmp_path, budget=120)
+    print(json.dumps(result))
+    assert result["new_participant"]
+    assert "Bilal" in result["doctor_captions"]
+    for pair in result["pairs"]:
+        assert_flowing(pair)
+
+
+@pytest.mark.timeout(200)
+async def test_demo_links_hold_a_call(database_url: str, tmp_path: Path) -> None:
+    """A newcomer's path: /demo makes a room; the patient's link waits until
+    the doctor, on the other link, admits them; then they hold a call."""
+    result = await run_scenario("demo", database_url, tmp_path, budget=120)
+    print(json.dumps(result))
+    assert result["patient_screen_before_doctor"] == "waiting"
+    assert result["doctor_saw_waiting"] == ["Patient"]
+    for pair in result["pairs"]:
+        assert_flowing(pair)
+    assert len(result["pairs"]) == 2
+
+
+@pytest.mark.timeout(200)
+async def test_call_page_in_another_sites_iframe(database_url: str, tmp_path: Path) -> None:
+    """A clinic's page on another origin frames the call page with
+    ``allow="camera; microphone; display-capture"``: the framed page gets
+    the devices, joins, and media flows both ways."""
+    result = await run_scenario("iframe", database_url, tmp_path, budget=120)
+    print(json.dumps(result))
+    assert result["embedder_origin"] != result["call_origin"]
+    assert "joined" in result["embedder_saw"]
+    for pair in result["pairs"]:
+        assert_flowing(pair)
+    assert len(result["pairs"]) == 2
+
+
+# -- the driver: runs inside the namespace ------------------------------------
+
+
+class DriverError(Exception):
+    """A step did not happen in time; carries what the pages showed."""
+
+
+class Cdp:
+    """A tiny Chrome DevTools protocol client over one browser-page socket;
+    ``session`` addresses an attached frame (flat sessions)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.contexts: dict[tuple[str, int], dict[str, Any]] = {}
+        self.frames: dict[str, dict[str, Any]] = {}  # session id -> target info
+        self.tasks: set[asyncio.Future[None]] = set()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            data = json.loads(msg.data)
+            if "id" in data:
+                fut = self.waiting.pop(data["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(data)
+                continue
+            method, params, session = (
+                data.get("method"),
+                data.get("params", {}),
+                data.get("sessionId", ""),
+            )
+            if method == "Runtime.executionContextCreated":
+                ctx = params["context"]
+                self.contexts[(session, ctx["id"])] = ctx
+            elif method == "Runtime.executionContextDestroyed":
+                self.contexts.pop((session, params["executionContextId"]), None)
+            elif method == "Runtime.executionContextsCleared":
+                for key in [k for k in self.contexts if k[0] == session]:
+                    del self.contexts[key]
+            elif method == "Target.attachedToTarget":
+                self.frames[params["sessionId"]] = params["targetInfo"]
+                # The frame's scripts run once it is told to go on.
+                task = asyncio.ensure_future(self._start_frame(params["sessionId"]))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(DriverError("DevTools connection closed"))
+
+    async def _start_frame(self, session: str) -> None:
+        with contextlib.suppress(DriverError):
+            await self.send("Runtime.enable", session=session)
+            await self.send("Runtime.runIfWaitingForDebugger", session=session)
+
+    async def send(self, method: str, session: str = "", **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting[msg_id] = fut
+        msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = session
+        await self.ws.send_str(json.dumps(msg))
+        reply = await asyncio.wait_for(fut, 30)
+        if "error" in reply:
+            raise DriverError(f"{method}: {reply['error']}")
+        return dict(reply["result"])
+
+
+@dataclass
+class Page:
+    """One participant: a Chromium with one tab, and where to run script in
+    it (the tab, or the call page inside its iframe)."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    http: aiohttp.ClientSession
+    cdp: Cdp
+    session: str = ""
+    context: int | None = None
+    log: list[str] = field(default_factory=list)
+
+    async def eval(self, expression: str) -> Any:
+        params: dict[str, Any] = {
+            "expression": expression,
+            "awaitPromise": True,
+            "returnByValue": True,
+            # As if the user clicked: joining starts audio playback.
+            "userGesture": True,
+        }
+        if self.context is not None:
+            params["contextId"] = self.context
+        reply = await self.cdp.send("Runtime.evaluate", session=self.session, **params)
+        if "exceptionDetails" in reply:
+            details = reply["exceptionDetails"]
+            text = details.get("exception", {}).get("description") or details.get("text")
+            raise DriverError(f"{self.name}: {expression[:80]}: {text}")
+        return reply["result"].get("value")
+
+    async def wait_for(self, expression: str, what: str, within: float = 20) -> Any:
+        deadline = time.monotonic() + within
+        while True:
+            with contextlib.suppress(DriverError):
+                value = await self.eval(expression)
+                if value:
+                    return value
+            if time.monotonic() > deadline:
+                raise DriverError(f"{self.name}: {what} did not happen in {within:.0f} s")
+            await asyncio.sleep(0.2)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """What the page shows, for a failure report."""
+        try:
+            return dict(
+                await self.eval(
+                    """(async () => ({screen: document.body.dataset.screen,
+                        state: document.body.dataset.state,
+                        toast: document.getElementById('toast')?.textContent,
+                        error: document.getElementById('device-error')?.textContent,
+                        me: window.wadudCall?.me?.id,
+                        pcs: [window.wadudCall?.publishPc?.connectionState,
+                              window.wadudCall?.subscribePc?.connectionState],
+                        stats: window.wadudCall ? await window.wadudCall.stats() : null,
+                        tiles: [...document.querySelectorAll('#grid .tile')].map(t => {
+                          const v = t.querySelector('video');
+                          return [t.dataset.key, t.className, v.videoWidth, v.paused,
+                                  v.srcObject?.getTracks().map(x => x.kind + ':' + x.readyState)];
+                        })}))()"""
+                )
+            )
+        except DriverError as exc:
+            return {"error": str(exc)}
+
+
+def _log_fd(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+
+def _note_group(work: Path, pgid: int) -> None:
+    with (work / "browser-groups").open("a") as f:
+        f.write(f"{pgid}\n")
+
+
+class Browsers:
+    """Starts one Chromium per participant, each in its own process group
+    (written down so the test can end them even if this driver dies)."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.pages: list[Page] = []
+
+    async def open(self, name: str, url: str, *flags: str) -> Page:
+        profile = self.work / f"chrome-{name}"
+        profile.mkdir(parents=True)
+        log = _log_fd(self.work / f"chrome-{name}.log")
+        proc = await asyncio.create_subprocess_exec(
+            CHROMIUM, *FLAGS, *flags, f"--user-data-dir={profile}", url,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(log)
+        _note_group(self.work, proc.pid)
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(150):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise DriverError(f"{name}: Chromium did not open its DevTools port")
+        port = int(port_file.read_text().split()[0])
+        http = aiohttp.ClientSession()
+        async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+            targets = await resp.json()
+        (target,) = [t for t in targets if t["type"] == "page"]
+        ws = await http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
+        cdp = Cdp(ws)
+        await cdp.send("Runtime.enable")
+        # Frames of other sites live in their own processes: attach to them.
+        await cdp.send(
+            "Target.setAutoAttach", autoAttach=True, waitForDebuggerOnStart=False, flatten=True
+        )
+        page = Page(name, proc, http, cdp)
+        self.pages.append(page)
+        return page
+
+    async def close(self) -> None:
+        for page in self.pages:
+            with contextlib.suppress(Exception):
+                await page.cdp.ws.close()
+            await page.http.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(page.proc.pid, signal.SIGKILL)
+            await page.proc.wait()
+
+
+@dataclass
+class World:
+    base: str
+    settings: Any
+    browsers: Browsers
+    room: str = "consult-4411"
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def mark(self, what: str) -> None:
+        while what in self.timings:
+            what += " again"
+        self.timings[what] = round(time.monotonic() - self.started, 2)
+
+    def link(
+        self,
+        identity: str,
+        name: str,
+        role: str,
+        *,
+        admin: bool = False,
+        expires_in: dt.timedelta = dt.timedelta(hours=1),
+    ) -> str:
+        from wadud.auth import RoomGrant, issue_room_token
+
+        now = dt.datetime.now(dt.UTC)
+        token = issue_room_token(
+            self.settings,
+            RoomGrant(room=self.room, identity=identity, name=name, role=role, admin=admin),
+            not_before=now - dt.timedelta(hours=2),
+            expires=now + expires_in,
+        )
+        return f"{self.base}/call/{self.room}?token={token}"
+
+
+async def join(page: Page, expect: str = "joined") -> None:
+    """Wait for the device check, press "Join now", wait for ``expect``."""
+    await page.wait_for(
+        "document.body.dataset.screen === 'prejoin'"
+        " && typeof document.getElementById('join').onclick === 'function'",
+        "the device check",
+    )
+    await page.eval("document.getElementById('join').click(), true")
+    await page.wait_for(f"document.body.dataset.state === '{expect}'", f"state {expect}")
+
+
+async def participant_id(page: Page) -> str:
+    return str(await page.wait_for("window.wadudCall?.me?.id", "a participant id"))
+
+
+async def receiving(world: World, pages: list[Page], within: float = 30) -> list[dict[str, Any]]:
+    """Wait until every page decodes video and receives audio from every
+    other; then read twice, 1.5 s apart, and give both readings per pair."""
+    ids = {p.name: await participant_id(p) for p in pages}
+    expr = "window.wadudCall.stats().then(s => s.participants)"
+
+    def ready(stats: dict[str, Any], frm: str) -> bool:
+        s = stats.get(ids[frm])
+        return bool(s and s["framesDecoded"] > 0 and s["audioPackets"] > 0)
+
+    deadline = time.monotonic() + within
+    while True:
+        first = {p.name: await p.eval(expr) for p in pages}
+        if all(ready(first[p.name], q.name) for p in pages for q in pages if p is not q):
+            break
+        if time.monotonic() > deadline:
+            raise DriverError(f"media did not reach everyone in {within:.0f} s: {first}")
+        await asyncio.sleep(0.3)
+    world.mark("flowing " + "+".join(ids))
+    await asyncio.sleep(1.5)
+    second = {p.name: await p.eval(expr) for p in pages}
+    return [
+        {"to": p.name, "frm": q.name, "before": first[p.name][ids[q.name]],
+         "after": second[p.name][ids[q.name]]}
+        for p in pages for q in pages if p is not q
+    ]  # fmt: skip
+
+
+async def captions(page: Page) -> list[str]:
+    return list(
+        await page.eval(
+            "[...document.querySelectorAll('#grid .tile figcaption')].map(c => c.textContent)"
+        )
+    )
+
+
+def talking(path: Path) -> Path:
+    """Four seconds (Chromium loops it) of something like a voice for a fake
+    microphone: a gliding tone whose loudness rises and falls three times a
+    second, well above the worker's speaking threshold."""
+    rate = 48_000
+    samples = bytearray()
+    for i in range(rate * 4):
+        t = i / rate
+        envelope = 0.5 + 0.5 * math.sin(2 * math.pi * 3 * t)
+        pitch = 220 + 80 * math.sin(2 * math.pi * 0.5 * t)
+        samples += struct.pack("<h", int(12_000 * envelope * math.sin(2 * math.pi * pitch * t)))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(samples))
+    return path
+
+
+async def scenario_three(world: World) -> dict[str, Any]:
+    doctor = await world.browsers.open(
+        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    )
+    await join(doctor)
+    world.mark("doctor joined")
+    patient = await world.browsers.open("patient", world.link("pt-991", "Bilal", "patient"))
+    await join(patient)
+    world.mark("patient joined")
+    two = await receiving(world, [doctor, patient])
+    # The others' fake microphones only beep now and then; Sana talks.
+    relative = await world.browsers.open(
+        "relative",
+        world.link("rel-17", "Sana", "family"),
+        f"--use-file-for-fake-audio-capture={talking(world.browsers.work / 'talk.wav')}",
+    )
+    await join(relative)
+    world.mark("relative joined")
+    three = await receiving(world, [doctor, patient, relative])
+    # The worker finds her the active speaker, and every page outlines her
+    # tile, and only hers.
+    outlined = "(() => { const s = document.querySelectorAll('#grid .tile.speaking');"
+    outlined += " return s.length === 1 && s[0].dataset.key; })()"
+    speaking = {}
+    for page in (doctor, patient, relative):
+        speaking[page.name] = await page.wait_for(outlined, "an outlined speaker")
+    return {
+        "speaking": speaking,
+        "ids": {p.name: await participant_id(p) for p in (doctor, patient, relative)},
+        "two": two,
+        "three": three,
+        "captions": {p.name: await captions(p) for p in (doctor, patient, relative)},
+        "timings": world.timings,
+    }
+
+
+async def scenario_demo(world: World) -> dict[str, Any]:
+    demo = await world.browsers.open("demo", f"{world.base}/demo")
+    await demo.wait_for("typeof document.getElementById('create').onclick === 'function'", "demo")
+    await demo.eval("document.getElementById('create').click(), true")
+    links = await demo.wait_for(
+        "!document.getElementById('links').hidden && {"
+        "doctor: document.getElementById('doctor').href,"
+        " patient: document.getElementById('patient').href}",
+        "the demo links",
+    )
+    world.mark("demo links")
+    # The patient comes first: no doctor yet, so the waiting room.
+    patient = await world.browsers.open("patient", links["patient"])
+    await join(patient, expect="waiting")
+    screen = await patient.eval("document.body.dataset.screen")
+    doctor = await world.browsers.open("doctor", links["doctor"])
+    await join(doctor)
+    world.mark("doctor joined")
+    waiting = await doctor.wait_for(
+        "[...document.querySelectorAll('#waiting-list li span')].map(s => s.textContent)"
+        ".filter(Boolean)",
+        "the patient in the doctor's waiting list",
+    )
+    await doctor.eval(
+        "[...document.querySelectorAll('#waiting-list button')]"
+        ".find(b => b.textContent === 'Admit').click(), true"
+    )
+    await patient.wait_for("document.body.dataset.state === 'joined'", "admission")
+    world.mark("patient admitted")
+    pairs = await receiving(world, [doctor, patient])
+    return {
+        "patient_screen_before_doctor": screen,
+        "doctor_saw_waiting": waiting,
+        "pairs": pairs,
+        "timings": world.timings,
+    }
+
+
+EMBEDDER = """<!doctype html><html><head><title>Clinic</title></head><body>
+<h1>Example Clinic: your consultation</h1>
+<iframe id="call" src="{src}" allow="camera; microphone; display-capture"
+        style="width: 900px; height: 560px; border: 0"></iframe>
+<script>
+  window.seen = [];
+  window.addEventListener('message', (e) => {{
+    if (e.data && e.data.source === 'wadud-call') window.seen.push(e.data.state);
+  }});
+</script></body></html>"""
+
+
+async def scenario_iframe(world: World) -> dict[str, Any]:
+    # Another site: localhost against the call server's 127.0.0.1.
+    call_url = world.link("pt-991", "Bilal", "patient")
+
+    async def clinic(_: web.Request) -> web.Response:
+        return web.Response(text=EMBEDDER.format(src=call_url), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/clinic", clinic)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", EMBED_PORT).start()
+    try:
+        doctor = await world.browsers.open(
+            "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+        )
+        await join(doctor)
+        embedder = await world.browsers.open("clinic", f"http://localhost:{EMBED_PORT}/clinic")
+        framed = await frame_of(embedder, world.base)
+        await join(framed)
+        world.mark("framed patient joined")
+        pairs = await receiving(world, [doctor, framed])
+        seen = await embedder.eval("window.seen")
+        origin = await embedder.eval("location.origin")
+    finally:
+        await runner.cleanup()
+    return {
+        "pairs": pairs,
+        "embedder_saw": seen,
+        "embedder_origin": origin,
+        "call_origin": world.base,
+        "timings": world.timings,
+    }
+
+
+async def frame_of(page: Page, url: str) -> Page:
+    """A Page that runs script in the frame of ``page`` showing ``url`` (or
+    a URL under it): a frame of another site has its own target (site
+    isolation), a frame of the same site only its own context."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for (session, ctx_id), ctx in list(page.cdp.contexts.items()):
+            if not ctx.get("auxData", {}).get("isDefault") or not url.startswith(ctx["origin"]):
+                continue
+            frame = Page(f"{page.name}-frame", page.proc, page.http, page.cdp, session, ctx_id)
+            with contextlib.suppress(DriverError):
+                if str(await frame.eval("location.href")).startswith(url):
+                    return frame
+        await asyncio.sleep(0.2)
+    contexts = [c.get("origin") for c in page.cdp.contexts.values()]
+    raise DriverError(f"no frame showing {url} in {page.name}; contexts: {contexts}")
+
+
+async def from_peer(page: Page, peer: str) -> dict[str, int]:
+    """What ``page`` has received from participant ``peer`` so far (zeros
+    when nothing: a removed track takes its counters with it)."""
+    stats = await page.eval(f"window.wadudCall.stats().then(s => s.participants['{peer}'])")
+    zero = {"framesDecoded": 0, "videoPackets": 0, "audioPackets": 0, "totalSamplesReceived": 0}
+    return dict(stats or zero)
+
+
+async def flow(page: Page, peer: str, seconds: float = 1.5) -> dict[str, int]:
+    """How much of each counter rose over ``seconds``."""
+    before = await from_peer(page, peer)
+    await asyncio.sleep(seconds)
+    after = await from_peer(page, peer)
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+async def click(page: Page, selector: str) -> None:
+    await page.eval(f"document.querySelector({json.dumps(selector)}).click(), true")
+
+
+async def until_flowing(page: Page, peer: str, key: str, within: float = 15) -> dict[str, int]:
+    deadline = time.monotonic() + within
+    while True:
+        rise = await flow(page, peer, 1.0)
+        if rise[key] > 0 or time.monotonic() > deadline:
+            return rise
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the server whose connections the test can cut,
+    as a network change on a phone would: the page's WebSocket breaks without
+    a closing handshake (1006), while its UDP media goes on directly."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, port: int) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    def cut(self) -> int:
+        cut = len(self.writers)
+        for w in self.writers:
+            w.transport.abort()
+        return cut
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def scenario_controls(world: World) -> dict[str, Any]:
+    """The buttons of the call page, each checked on the other side."""
+    doctor = await world.browsers.open(
+        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    )
+    await join(doctor)
+    # The patient reaches the server through a proxy, to lose the socket later.
+    proxy = CuttableProxy(HTTP_PORT)
+    await proxy.start(PROXY_PORT)
+    try:
+        return await _controls(world, doctor, proxy)
+    finally:
+        await proxy.close()
+
+
+async def _controls(world: World, doctor: Page, proxy: CuttableProxy) -> dict[str, Any]:
+    link = world.link("pt-991", "Bilal", "patient").replace(f":{HTTP_PORT}/", f":{PROXY_PORT}/")
+    patient = await world.browsers.open("patient", link)
+    await join(patient)
+    await receiving(world, [doctor, patient])
+    pid = await participant_id(patient)
+    tile = f"#grid .tile[data-key='{pid}']"
+    out: dict[str, Any] = {"start": await flow(doctor, pid)}
+
+    # Microphone: the others see the mute and stop getting audio.
+    await click(patient, "#mic")
+    await doctor.wait_for(f"document.querySelector(\"{tile}\").classList.contains('audio-off')",
+                          "the patient's mute on the doctor's page")  # fmt: skip
+    await asyncio.sleep(0.3)  # packets already on their way
+    out["mic_muted"] = await flow(doctor, pid)
+    await click(patient, "#mic")
+    await doctor.wait_for(f"!document.querySelector(\"{tile}\").classList.contains('audio-off')",
+                          "the patient's unmute")  # fmt: skip
+    out["mic_unmuted"] = await until_flowing(doctor, pid, "audioPackets")
+    world.mark("microphone")
+
+    # Camera: off stops the device and the video; on again starts both.
+    await click(patient, "#cam")
+    await doctor.wait_for(f"document.querySelector(\"{tile}\").classList.contains('video-off')",
+                          "the patient's camera off")  # fmt: skip
+    out["camera_light"] = await patient.eval(
+        "window.wadudCall.localTracks.get('camera').track === null"
+    )
+    await asyncio.sleep(0.3)
+    out["camera_off"] = await flow(doctor, pid)
+    await click(patient, "#cam")
+    out["camera_on"] = await until_flowing(doctor, pid, "framesDecoded")
+    world.mark("camera")
+
+    # Screen share: a new publish offer; the doctor gets a second tile.
+    screen_tile = f"#grid .tile[data-key='{pid}:screen']"
+    await click(patient, "#screen")
+    out["screen_caption"] = await doctor.wait_for(
+        f'document.querySelector("{screen_tile} figcaption")?.textContent',
+        "the patient's screen on the doctor's page",
+    )
+    out["screen_frames"] = await doctor.wait_for(
+        f'(() => {{ const v = document.querySelector("{screen_tile} video");'
+        " return v && v.videoWidth > 0 && v.videoWidth; })()",
+        "frames of the shared screen",
+    )
+    await click(patient, "#screen")
+    await doctor.wait_for(f'!document.querySelector("{screen_tile}")', "the screen tile going")
+    world.mark("screen")
+
+    # The doctor mutes the patient from the admin panel.
+    await doctor.wait_for(
+        "[...document.querySelectorAll('#people-list button')].some(b => b.textContent === 'Mute')",
+        "a Mute button for the patient",
+    )
+    await doctor.eval(
+        "[...document.querySelectorAll('#people-list button')]"
+        ".find(b => b.textContent === 'Mute').click(), true"
+    )
+    out["admin_muted"] = await patient.wait_for(
+        "document.getElementById('mic').getAttribute('aria-pressed') === 'false'"
+        " && document.getElementById('mic').textContent",
+        "the patient's page showing the mute",
+    )
+    await click(patient, "#mic")  # and unmutes themselves
+    world.mark("admin mute")
+
+    # The patient's socket drops: the page resumes, same participant, and
+    # media never stopped (no renegotiation).
+    pc_before = await patient.eval("window.wadudCall.publishPc.__marker = 'kept', true")
+    assert proxy.cut() > 0
+    await patient.wait_for("document.body.dataset.state === 'reconnecting'", "reconnecting", 5)
+    await patient.wait_for("document.body.dataset.state === 'joined'", "the resume")
+    out["resume"] = {
+        "same_participant": await patient.eval("window.wadudCall.me.id") == pid,
+        "same_pc": pc_before and await patient.eval("window.wadudCall.publishPc.__marker"),
+        "doctor_tiles": len(await captions(doctor)),
+        "flow": await flow(doctor, pid),
+    }
+    world.mark("resume")
+
+    # Removed by the doctor.
+    await doctor.eval(
+        "[...document.querySelectorAll('#people-list button')]"
+        ".find(b => b.textContent === 'Remove').click(), true"
+    )
+    await patient.wait_for("document.body.dataset.state === 'removed'", "removal")
+    out["removed_title"] = await patient.eval("document.getElementById('ended-title').textContent")
+    await doctor.wait_for(f'!document.querySelector("{tile}")', "the patient's tile going")
+    world.mark("remove")
+
+    await doctor.eval("window.confirm = () => true")
+    await click(doctor, "#end")
+    await doctor.wait_for("document.body.dataset.state === 'ended'", "the end")
+    out["timings"] = world.timings
+    return out
+
+
+async def scenario_rejoin(world: World) -> dict[str, Any]:
+    """Leave, then "Join again" from the end screen: a new participant, seen
+    and heard again by the one who stayed."""
+    doctor = await world.browsers.open(
+        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    )
+    await join(doctor)
+    patient = await world.browsers.open("patient", world.link("pt-991", "Bilal", "patient"))
+    await join(patient)
+    first = await participant_id(patient)
+    await receiving(world, [doctor, patient])
+    await click(patient, "#leave")
+    await patient.wait_for("document.body.dataset.state === 'left'", "leaving")
+    await doctor.wait_for("document.querySelectorAll('#grid .tile').length === 1", "an empty room")
+    world.mark("left")
+    await click(patient, "#rejoin")
+    await join(patient)
+    world.mark("back")
+    second = await participant_id(patient)
+    pairs = await receiving(world, [doctor, patient])
+    return {
+        "new_participant": first != second,
+        "pairs": pairs,
+        "doctor_captions": await captions(doctor),
+        "timings": world.timings,
+    }
+
+
+async def refused(page: Page) -> dict[str, Any]:
+    await join(page, expect="failed")
+    return {
+        "who": await page.eval("document.getElementById('who').textContent"),
+        "title": await page.eval("document.getElementById('ended-title').textContent"),
+        "code": await page.eval("window.wadudCall.refusal?.code"),
+        "rejoin": not await page.eval("document.getElementById('rejoin').hidden"),
+    }
+
+
+async def scenario_refusals(world: World) -> dict[str, Any]:
+    """Links that cannot join: expired, and for another room."""
+    expired = world.link("pt-991", "Bilal", "patient", expires_in=-dt.timedelta(minutes=5))
+    page = await world.browsers.open("patient", expired)
+    out = {"expired": await refused(page)}
+    elsewhere = world.link("pt-991", "Bilal", "patient").replace(world.room, "another-room")
+    await page.cdp.send("Page.navigate", url=elsewhere)
+    await page.wait_for("document.body.dataset.screen !== 'ended'", "the new page")
+    out["other_room"] = await refused(page)
+    return out
+
+
+DEVICE_CHECK = """(() => {
+  const v = document.getElementById('preview');
+  return {screen: document.body.dataset.screen,
+          preview: v.videoWidth > 0 && !v.paused,
+          cameras: document.getElementById('camera-select').options.length,
+          mics: document.getElementById('mic-select').options.length,
+          level: parseFloat(document.getElementById('level').style.width) || 0,
+          hint: !document.getElementById('meter-hint').hidden,
+          error: document.getElementById('device-error').hidden ? null
+                 : document.getElementById('device-error').textContent};
+})()"""
+MIC_HEARD = (
+    "document.body.dispatchEvent(new PointerEvent('pointerdown')),"
+    " parseFloat(document.getElementById('level').style.width) > 0"
+)
+
+
+async def device_check(page: Page, *, expect_devices: bool = True) -> dict[str, Any]:
+    """The device check as the user sees it: a live preview, pickers, and a
+    level meter that moves once the user has touched the page."""
+    ready = "document.body.dataset.screen === 'prejoin'"
+    if expect_devices:
+        ready += " && document.getElementById('preview').videoWidth > 0"
+    else:
+        ready += " && !document.getElementById('device-error').hidden"
+    await page.wait_for(ready, "the device check")
+    state = dict(await page.eval(DEVICE_CHECK))
+    if expect_devices:
+        state["heard"] = bool(await page.wait_for(MIC_HEARD, "the microphone level", within=10))
+    return state
+
+
+EMBED_TWO = """<!doctype html><html><body>
+<iframe src="{allowed}" allow="camera; microphone; display-capture"></iframe>
+<iframe src="{refused}"></iframe></body></html>"""
+
+
+async def scenario_devices(world: World) -> dict[str, Any]:
+    """No call: the device check, top level and framed by another site
+    with and without ``allow``."""
+    top = await world.browsers.open("top", world.link("pt-991", "Bilal", "patient"))
+    result: dict[str, Any] = {"top": await device_check(top)}
+    allowed = world.link("pt-992", "Amal", "patient").replace(world.room, "allowed")
+    refused = world.link("pt-993", "Omar", "patient").replace(world.room, "refused")
+
+    async def clinic(_: web.Request) -> web.Response:
+        page = EMBED_TWO.format(allowed=allowed, refused=refused)
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/clinic", clinic)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", EMBED_PORT).start()
+    try:
+        embedder = await world.browsers.open("clinic", f"http://localhost:{EMBED_PORT}/clinic")
+        result["allowed"] = await device_check(
+            await frame_of(embedder, world.base + "/call/allowed")
+        )
+        result["refused"] = await device_check(
+            await frame_of(embedder, world.base + "/call/refused"), expect_devices=False
+        )
+    finally:
+        await runner.cleanup()
+    result["timings"] = world.timings
+    return result
+
+
+SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
+    "three": scenario_three,
+    "demo": scenario_demo,
+    "iframe": scenario_iframe,
+    "devices": scenario_devices,
+    "controls": scenario_controls,
+    "rejoin": scenario_rejoin,
+    "refusals": scenario_refusals,
+}
+
+
+@contextlib.asynccontextmanager
+async def serving(database_url: str, work: Path) -> AsyncIterator[Any]:
+    from wadud import keys
+    from wadud.app import build_app
+    from wadud.config import Settings
+
+    settings = Settings(
+        data_dir=work / "data",
+        database_url=database_url,
+        secret_key=SECRET,
+        database_pool_min=1,
+        database_pool_max=5,
+        host="127.0.0.1",
+        port=HTTP_PORT,
+        call_demo=True,
+        log_format="text",
+    )
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", HTTP_PORT).start()
+    try:
+        yield app[keys.SETTINGS]
+    finally:
+        await runner.cleanup()
+
+
+async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
+    browsers = Browsers(work)
+    async with serving(database_url, work) as settings:
+        world = World(f"http://127.0.0.1:{HTTP_PORT}", settings, browsers)
+        try:
+            return await asyncio.wait_for(SCENARIOS[scenario](world), budget)
+        except (DriverError, TimeoutError) as exc:
+            pages = {p.name: await p.snapshot() for p in browsers.pages}
+            return {"error": str(exc) or "timed out", "pages": pages, "timings": world.timings}
+        finally:
+            await browsers.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--budget", type=float, default=120)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
+    import uvloop
+
+    result = uvloop.run(drive(args.scenario, args.database_url, args.work, args.budget))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
