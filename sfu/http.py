@@ -32,6 +32,7 @@ def _worker(settings: Settings, port: int) -> MediaWorker:
         port=port,
         announced_addresses=settings.media_announced_addresses,
         consent_timeout=settings.media_consent_timeout,
+        remb_max_bitrate=settings.media_remb_max_bitrate,
     )
 
 

@@ -8,8 +8,11 @@ only bumps plain integers on its own objects, because a labelled
 
 Per room: participants, tracks and the forwarder's counters (received,
 forwarded, duplicates, NACKs, keyframe requests, ...). Per peer (room,
-participant, direction): packets and bytes received, RTCP received, packets
-and payload bytes sent, SRTP failures, and whether its transport is up.
+participant, direction): packets and bytes received, RTCP received and sent,
+packets and payload bytes sent, SRTP failures, whether its transport is up,
+and what RTCP tells about its leg: packets lost from a publisher (RFC 3550
+A.3), a subscriber leg's round-trip time (RFC 3550 6.4.1), the REMB estimate
+sent to a publisher.
 Worker-wide: datagrams dropped by reason (garbage, strangers, refused STUN,
 ...) and forwarder totals that include rooms already closed, so they never go
 down.
@@ -36,6 +39,7 @@ _PEER_COUNTERS = (
     ("packets_in", "sfu_peer_packets_received", "SRTP packets received from the peer."),
     ("octets_in", "sfu_peer_bytes_received", "SRTP bytes received from the peer."),
     ("rtcp_in", "sfu_peer_rtcp_received", "SRTCP compound packets received from the peer."),
+    ("rtcp_out", "sfu_peer_rtcp_sent", "SRTCP compound packets sent to the peer."),
     (
         "packets_out",
         "sfu_peer_packets_sent",
@@ -47,6 +51,31 @@ _PEER_COUNTERS = (
         "RTP payload bytes forwarded to the peer.",
     ),
     ("srtp_errors", "sfu_peer_srtp_errors", "SRTP/SRTCP packets that failed protect or unprotect."),
+    (
+        "twcc_feedback",
+        "sfu_peer_transport_cc_feedback",
+        "transport-cc feedback packets sent to the publisher (absent without transport-cc).",
+    ),
+)
+
+
+# Gauges of a peer, left out while the peer has no value (no RTT sample yet, no REMB).
+_PEER_GAUGES = (
+    (
+        "packets_lost",
+        "sfu_peer_packets_lost",
+        "Packets expected from the peer but not received, over its tracks (RFC 3550 A.3).",
+    ),
+    (
+        "rtt",
+        "sfu_peer_rtt_seconds",
+        "Smoothed round-trip time of the peer's leg, from its receiver reports.",
+    ),
+    (
+        "remb_bitrate",
+        "sfu_peer_remb_bitrate",
+        "Bitrate cap (bits/s) the worker tells the publisher with REMB.",
+    ),
 )
 
 
@@ -99,10 +128,14 @@ class _WorkerCollector(Collector):
         connected = GaugeMetricFamily(
             "sfu_peer_connected", "1 when the peer's transport is connected.", labels=peer_labels
         )
-        peer_families = {
+        peer_families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             key: CounterMetricFamily(name, text, labels=peer_labels)
             for key, name, text in _PEER_COUNTERS
         }
+        peer_families.update(
+            (key, GaugeMetricFamily(name, text, labels=peer_labels))
+            for key, name, text in _PEER_GAUGES
+        )
         for s in snapshots:
             for room in s["rooms"]:
                 name = room["room"]
@@ -114,7 +147,9 @@ class _WorkerCollector(Collector):
                     labels = [name, peer["participant"], peer["direction"]]
                     connected.add_metric(labels, 1 if peer["state"] == "connected" else 0)
                     for key, family in peer_families.items():
-                        family.add_metric(labels, peer[key])
+                        value = peer.get(key)
+                        if value is not None:
+                            family.add_metric(labels, value)
         yield workers
         yield rooms
         yield transports

@@ -44,8 +44,21 @@ a *subscribe* transport (we offer, the client answers), see
 subscriber's transport is connected: the keyframe it asks for on subscribing
 must not be spent before the subscriber can decrypt it.
 
-Where the RTCP reports and bandwidth feedback being written in
-``sfu/reports.py`` and ``sfu/bandwidth.py`` plug in is marked ``HOOK`` below.
+RTCP reports and bandwidth feedback (:mod:`sfu.reports`, :mod:`sfu.bandwidth`)
+are one :class:`~sfu.reports.ReportScheduler` and one
+:class:`~sfu.bandwidth.BandwidthFeedback` per worker, not per room, as their
+cores are written: each publisher's tracks have a
+:class:`~sfu.reports.ReceiveStatistics` fed on the hot path, each subscription
+a :class:`~sfu.reports.SendStatistics`, each publisher transport a
+transport-cc recorder or a REMB estimator. Per worker, the feedback timer ticks
+ten times a second however many rooms there are, and the reports of many legs
+fall due together (they are run up to ``_REPORT_SLACK`` late, which the
+interval's own randomisation over [0.5, 1.5] dwarfs). These periodic wake-ups
+have a timer handle of their own: on the main one each would walk every room
+and transport to re-arm, which at a few hundred transports cost more than the
+reports themselves. Every room's forwarder uses the worker's feedback SSRC, so
+a publisher sees its receiver reports, NACKs, PLIs and bandwidth feedback come
+from one SSRC.
 """
 
 from __future__ import annotations
@@ -58,6 +71,7 @@ import logging
 import secrets
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -76,12 +90,10 @@ from rtc.rtcp import (
     ReceiverReport,
     Remb,
     RtcpPacket,
-    SenderReport,
     TransportCc,
-    build_compound,
     parse_compound,
 )
-from rtc.rtp import audio_level
+from rtc.rtp import audio_level, transport_sequence_number
 from rtc.sdp import (
     ABS_SEND_TIME,
     AUDIO_LEVEL,
@@ -100,6 +112,7 @@ from rtc.sdp import (
     offer_for_subscriber,
 )
 from sfu import metrics
+from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
 from sfu.control import (
     ActiveSpeaker,
     MediaEvent,
@@ -109,7 +122,8 @@ from sfu.control import (
     TransportState,
 )
 from sfu.errors import SfuStateError
-from sfu.forward import Forwarder, ForwarderStats
+from sfu.forward import Forwarder, ForwarderStats, Subscription
+from sfu.reports import ReceiveStatistics, ReportScheduler, SendStatistics, nack_interval_for
 from sfu.speaker import ActiveSpeaker as SpeakerDetector
 from sfu.transport import (
     TERMINAL,
@@ -131,6 +145,7 @@ _Leg = Literal["publish", "subscribe"]
 # path catches these itself instead of going through rtc.srtp's wrapper.
 _SRTP_ERRORS = (pylibsrtp.Error, ValueError, TypeError)
 _SSRC = struct.Struct("!I")
+_FIXED = struct.Struct("!BBHII")
 # Extensions forwarded to subscribers. The mid extension is not among them:
 # its value is the publisher's mid, which means nothing on the subscriber's
 # transport, and our offers carry a=ssrc lines to demultiplex by.
@@ -139,6 +154,19 @@ _FORWARDED_EXTENSIONS = (ABS_SEND_TIME, TRANSPORT_CC, AUDIO_LEVEL)
 # browsers use when 96-127 are full (RFC 8866 section 6.6 allows 35-63 with rtcp-mux).
 _FREE_PAYLOAD_TYPES = tuple(itertools.chain(range(96, 128), range(35, 64)))
 _SOCKET_BUFFER = 4 * 1024 * 1024
+# How late the report timer may run, so the reports of legs due close together
+# go out in one wake-up (see the module docstring).
+_REPORT_SLACK = 0.05
+# A compound per SR (or RR), each with an SDES of one chunk. aiortc (our
+# Python client) misreads an SDES of several chunks: it takes a chunk's end
+# to be the null item type and one length octet, not the null octets up to
+# the next 32-bit boundary (RFC 3550 6.5), so unless each CNAME's length is a
+# multiple of 4 it loses the whole compound, SRs and BYE included. A few more,
+# smaller packets per leg and second is all this costs.
+_ONE_REPORT_PER_COMPOUND = 0
+# Feedback compounds are split to stay under this many bytes before SRTCP
+# (the size our transport-cc feedback is built for).
+_RTCP_MAX = 1200
 
 
 # --- records -------------------------------------------------------------------------
@@ -169,15 +197,13 @@ class _Participant:
 class _Peer:
     """One transport of one participant, and the forwarder's key for it.
 
-    The hot path reads ``addr``, ``forwarder``, ``levels``, the SRTP methods
-    (bound once when the transport connects, None when it is not) and bumps
-    ``packets_in``/``octets_in``.
+    The hot path reads ``addr``, ``forwarder``, ``levels``, ``recv_stats``,
+    ``twcc``/``twcc_id``, the SRTP methods (bound once when the transport
+    connects, None when it is not) and bumps ``packets_in``/``octets_in``.
     """
 
     __slots__ = (
-        # hot
         "addr",
-        # cold
         "addresses",
         "direction",
         "ext_ids",
@@ -191,14 +217,18 @@ class _Peer:
         "pending_offer",
         "protect",
         "protect_rtcp",
+        "recv_stats",
+        "reporting",
         "room",
         "rtcp_in",
+        "rtcp_out",
         "sections",
-        "sender_reports",
         "srtp_errors",
         "ssrcs",
         "tracks",
         "transport",
+        "twcc",
+        "twcc_id",
         "unprotect",
         "unprotect_rtcp",
     )
@@ -215,6 +245,12 @@ class _Peer:
         self.forwarder = room.forwarder
         self.levels: dict[int, int] = {}
         """Publisher's audio SSRC -> its ssrc-audio-level extension id (RFC 6464)."""
+        self.recv_stats: dict[int, ReceiveStatistics] = {}
+        """Publisher's media SSRC -> its reception statistics (RFC 3550 A.1, A.3, A.8)."""
+        self.twcc: TransportCcRecorder | None = None
+        """Set while the worker sends this publisher transport-cc feedback."""
+        self.twcc_id = 0
+        """The publisher's transport-wide-cc extension id (RFC 8285), with ``twcc``."""
         self.octets_in = 0
         self.packets_in = 0
         self.protect: Callable[[bytes], bytes] | None = None
@@ -229,10 +265,11 @@ class _Peer:
         self.participant = participant
         self.pending_offer = False
         self.room = room
+        self.reporting = False
+        """Whether the worker's report scheduler has this leg (from its connection on)."""
         self.rtcp_in = 0
+        self.rtcp_out = 0
         self.sections: list[_Section] = []
-        self.sender_reports: dict[int, tuple[int, int, float]] = {}
-        """Publisher's SSRC -> (NTP, RTP timestamp, arrival) of its last SR (RFC 3550 6.4.1)."""
         self.ssrcs: set[int] = set()
         self.srtp_errors = 0
         self.tracks: dict[str, _Track] = {}
@@ -340,7 +377,9 @@ class MediaWorker(asyncio.DatagramProtocol):
     the worker at another address (NAT, cloud); default the bound host.
     ``consent_timeout``: seconds without ICE consent checks (RFC 7675) before
     a transport fails. ``forwarder_options`` go to each room's
-    :class:`~sfu.forward.Forwarder`.
+    :class:`~sfu.forward.Forwarder`. ``remb_max_bitrate`` (bits/s) caps the
+    REMB estimate sent to publishers without transport-cc
+    (draft-alvestrand-rmcat-remb-03).
     """
 
     def __init__(
@@ -353,6 +392,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         connect_timeout: float = CONNECT_TIMEOUT,
         certificate: DtlsCertificate | None = None,
         forwarder_options: Mapping[str, Any] | None = None,
+        remb_max_bitrate: int = 2_500_000,
     ) -> None:
         self.host = host
         self.port = port
@@ -364,6 +404,18 @@ class MediaWorker(asyncio.DatagramProtocol):
         )
         self._fingerprint = self.certificate.fingerprint("sha-256")
         self.forwarder_options = dict(forwarder_options or {})
+        self.remb_max_bitrate = remb_max_bitrate
+        self.feedback_ssrc = secrets.randbits(32) or 1
+        """The SSRC our RTCP (reports, NACK, PLI, bandwidth feedback) is sent from."""
+        self.reports = ReportScheduler(
+            ssrc=self.feedback_ssrc,
+            cname="wadud",
+            wall_offset=0.0,
+            max_size=_ONE_REPORT_PER_COMPOUND,
+        )
+        """SR/RR/SDES of every leg (RFC 3550 6.4); ``wall_offset`` is set by :meth:`start`."""
+        self.bandwidth = BandwidthFeedback()
+        """transport-cc or REMB to every publisher transport that negotiated one."""
         self.counters: Counter[str] = Counter()
         """Datagrams dropped by the worker itself, by reason (metrics: ``sfu_dropped_total``)."""
         self.totals: Counter[str] = Counter()
@@ -381,6 +433,8 @@ class MediaWorker(asyncio.DatagramProtocol):
         self._v6 = False
         self._timer: asyncio.TimerHandle | None = None
         self._when: float | None = None
+        self._rtcp_timer: asyncio.TimerHandle | None = None
+        self._rtcp_when: float | None = None
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -389,6 +443,8 @@ class MediaWorker(asyncio.DatagramProtocol):
         """Bind the socket; raises OSError (EADDRINUSE) if the port is taken."""
         loop = self._loop = asyncio.get_running_loop()
         self._time = loop.time
+        # NTP timestamps in reports are wall-clock time; everything else runs on the loop's clock.
+        self.reports.wall_offset = time.time() - loop.time()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -425,6 +481,9 @@ class MediaWorker(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._rtcp_timer is not None:
+            self._rtcp_timer.cancel()
+            self._rtcp_timer = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -510,12 +569,28 @@ class MediaWorker(asyncio.DatagramProtocol):
                 peer.packets_in += 1
                 peer.octets_in += len(data)
                 now = self._time()
+                # libsrtp refuses a packet shorter than its RTP header, so
+                # the fixed header is there to read.
+                _, _, seq, ts, ssrc = _FIXED.unpack_from(plain)
+                stats = peer.recv_stats.get(ssrc)
+                if stats is not None:
+                    stats.on_packet(seq, ts, now, len(plain))
+                twcc = peer.twcc
+                if twcc is not None:
+                    # Every packet with the extension, RTX and padding probes
+                    # too: the sender's estimator wants each one's arrival.
+                    try:
+                        tseq = transport_sequence_number(plain, peer.twcc_id)
+                    except RtpParseError:
+                        tseq = None
+                    if tseq is not None:
+                        twcc.on_packet(tseq, now)
                 if peer.levels:
                     self._audio_level(peer, plain, now)
                 out = self._routed
                 forwarder = peer.forwarder
-                stats = forwarder.stats
-                keyframe_requests = stats.keyframe_requests
+                fstats = forwarder.stats
+                keyframe_requests = fstats.keyframe_requests
                 forwarder.route_into(plain, now, out)
                 if out:
                     sendto = self._sendto
@@ -527,7 +602,7 @@ class MediaWorker(asyncio.DatagramProtocol):
                             except _SRTP_ERRORS:
                                 sub.srtp_errors += 1
                     out.clear()
-                if stats.keyframe_requests != keyframe_requests:
+                if fstats.keyframe_requests != keyframe_requests:
                     # A long upstream gap: the forwarder asked for a keyframe
                     # instead of NACKs; send it now, not at the next timer.
                     self._flush_rtcp(peer.room)
@@ -592,6 +667,10 @@ class MediaWorker(asyncio.DatagramProtocol):
             return
         peer.rtcp_in += 1
         forwarder = peer.forwarder
+        # SRs (lip-sync mapping, LSR/DLSR of our RRs) and the report blocks
+        # about what we send (RTT), RFC 3550 6.4.
+        if self.reports.on_rtcp(peer, packets, now) is not None:
+            self._update_nack_interval(peer.room)
         for packet in packets:
             if isinstance(packet, Nack):
                 routed = forwarder.handle_nack(peer, packet.media_ssrc, packet.lost(), now)
@@ -607,22 +686,28 @@ class MediaWorker(asyncio.DatagramProtocol):
             elif isinstance(packet, Fir):
                 for ssrc, _seq in packet.entries:
                     forwarder.handle_keyframe_request(peer, ssrc, now)
-            elif isinstance(packet, SenderReport):
-                # HOOK sfu.reports: a publisher's SR, for lip-sync of the SRs
-                # we send subscribers and for the DLSR of our RRs (RFC 3550 6.4).
-                peer.sender_reports[packet.ssrc] = (
-                    packet.ntp_timestamp,
-                    packet.rtp_timestamp,
-                    now,
-                )
-            elif isinstance(packet, ReceiverReport):
-                # HOOK sfu.reports: a subscriber's RR (loss, jitter, RTT for nack_interval).
-                pass
             elif isinstance(packet, TransportCc | Remb):
                 # HOOK sfu.bandwidth: a subscriber's bandwidth feedback (layer choice).
                 pass
         self._flush_rtcp(peer.room)
         self._soon(forwarder.get_timer())
+
+    def _update_nack_interval(self, room: _Room) -> None:
+        """Space upstream NACK retries by the room's round-trip times (RFC 4585 3.2).
+
+        Only subscriber legs measure an RTT (a publisher's leg carries no
+        stream of ours for it to report on), and each participant's two legs
+        share one path, so the slowest subscriber leg stands in for the
+        slowest publisher: a retry sooner than its RTT would only duplicate.
+        """
+        rtts = []
+        for p in room.participants.values():
+            if p.subscribe is not None:
+                rtt = self.reports.rtt(p.subscribe)
+                if rtt is not None:
+                    rtts.append(rtt)
+        if rtts:
+            room.forwarder.nack_interval = nack_interval_for(max(rtts))
 
     def _audio_level(self, peer: _Peer, plain: bytes, now: float) -> None:
         ext_id = peer.levels.get(_SSRC.unpack_from(plain, 8)[0])
@@ -686,18 +771,71 @@ class MediaWorker(asyncio.DatagramProtocol):
         )
         self._emit(TransportState(peer.room.name, peer.participant, peer.direction, "connected"))
         now = self._now()
+        # Reports start with the connection: before it nothing can be sent or received.
+        if not peer.reporting:
+            self.reports.add_leg(peer, now)
+            peer.reporting = True
+            for stats in peer.recv_stats.values():
+                self.reports.add_receive(peer, stats)
         if peer.direction == "subscribe":
             self._apply_subscriptions(peer, now)
         else:
+            self._start_bandwidth_feedback(peer, now)
             # Subscribers may have waited for this publisher: ask for keyframes now.
             for track in peer.tracks.values():
                 if track.info.kind == "video" and track.live:
                     peer.forwarder.request_keyframe(track.ssrc, now)
         self._flush_rtcp(peer.room)
         self._soon(peer.forwarder.get_timer())
+        self._soon_rtcp()
+
+    def _start_bandwidth_feedback(self, peer: _Peer, now: float) -> None:
+        """Give a connected publisher transport-cc feedback, else REMB, if it negotiated one.
+
+        transport-cc (draft-holmer-rmcat-transport-wide-cc-extensions-01)
+        needs both the rtcp-fb and the header extension; it is per transport
+        (BUNDLE), so the first track that has it sets it up. REMB
+        (draft-alvestrand-rmcat-remb-03) goes only to publishers without
+        transport-cc: libwebrtc takes a REMB as a cap even when it runs its
+        own transport-cc estimator. Called again as tracks are added, so a
+        REMB estimator counts every video track.
+        """
+        if not peer.reporting:
+            return  # again when it connects
+        member = self.bandwidth.get(peer)
+        if member is None:
+            for track in peer.tracks.values():
+                ext_id = track.extensions.get(TRANSPORT_CC, 0)
+                if ext_id and _has_feedback(track.codec, "transport-cc"):
+                    recorder = TransportCcRecorder(self.feedback_ssrc, media_ssrc=track.ssrc)
+                    peer.twcc, peer.twcc_id = recorder, ext_id
+                    self.bandwidth.add(peer, recorder, now)
+                    self._soon_rtcp()
+                    return
+            if not any(
+                t.info.kind == "video" and _has_feedback(t.codec, "goog-remb")
+                for t in peer.tracks.values()
+            ):
+                return
+            member = RembEstimator(self.feedback_ssrc, max_bitrate=self.remb_max_bitrate)
+            self.bandwidth.add(peer, member, now)
+            self._soon_rtcp()
+        if isinstance(member, RembEstimator):
+            for track in peer.tracks.values():
+                stats = peer.recv_stats.get(track.ssrc)
+                if (
+                    track.info.kind == "video"
+                    and stats is not None
+                    and track.ssrc not in member.sources
+                ):
+                    member.add_source(stats)
 
     def _down(self, peer: _Peer, state: PeerState, reason: str) -> None:
         peer.unprotect = peer.unprotect_rtcp = peer.protect = peer.protect_rtcp = None
+        self.reports.remove_leg(peer)
+        self.bandwidth.remove(peer)
+        peer.reporting = False
+        peer.twcc = None
         for address in peer.addresses:
             if self._by_addr.get(address) is peer:
                 del self._by_addr[address]
@@ -824,8 +962,6 @@ class MediaWorker(asyncio.DatagramProtocol):
                 change = room.speaker.handle_timer(now)
                 if change is not None:
                     self._speaker_changed(room, cast(str | None, change.speaker))
-            # HOOK sfu.reports / sfu.bandwidth: their get_timer()/handle_timer()
-            # go here (periodic SR/RR per leg, REMB or transport-cc to publishers).
             self._flush_rtcp(room)
         for peer in list(self._peers):
             when = peer.transport.get_timer()
@@ -834,26 +970,87 @@ class MediaWorker(asyncio.DatagramProtocol):
                 self._service(peer)
         self._rearm()
 
+    # -- the periodic RTCP timer: reports and bandwidth feedback ---------------------------
+
+    def _rtcp_due(self) -> float | None:
+        when = self.bandwidth.get_timer()
+        due = self.reports.get_timer()
+        if due is not None:
+            due += _REPORT_SLACK
+            if when is None or due < when:
+                when = due
+        return when
+
+    def _soon_rtcp(self) -> None:
+        """Make sure the RTCP timer fires by the reports' or the feedback's next deadline."""
+        when = self._rtcp_due()
+        if when is None or self._closed or self._loop is None:
+            return
+        if self._rtcp_when is not None and self._rtcp_when <= when:
+            return
+        if self._rtcp_timer is not None:
+            self._rtcp_timer.cancel()
+        self._rtcp_when = when
+        self._rtcp_timer = self._loop.call_at(when, self._on_rtcp_timer)
+
+    def _on_rtcp_timer(self) -> None:
+        due = self._rtcp_when
+        self._rtcp_timer = self._rtcp_when = None
+        now = self._now() if due is None else max(self._now(), due)
+        when = self.reports.get_timer()
+        if when is not None and when <= now:
+            for key, compound in self.reports.handle_timer(now):
+                self._send_rtcp(cast(_Peer, key), compound)
+        when = self.bandwidth.get_timer()
+        if when is not None and when <= now:
+            feedback = self.bandwidth.handle_timer(now)
+            if feedback:
+                self._send_feedback(feedback)
+        self._soon_rtcp()
+
     def _flush_rtcp(self, room: _Room) -> None:
         pending = room.forwarder.rtcp_to_send()
-        if not pending:
-            return
-        by_peer: dict[_Peer, list[RtcpPacket]] = {}
+        if pending:
+            self._send_feedback(pending)
+
+    def _send_feedback(self, pending: Sequence[tuple[object, RtcpPacket]]) -> None:
+        """Send feedback packets (NACK, PLI, FIR, transport-cc, REMB) to their peers.
+
+        A compound packet starts with a report (RFC 3550 6.1): an empty RR
+        keeps peers that did not negotiate rtcp-rsize (RFC 5506) happy. One
+        compound per peer, split where it would pass ``_RTCP_MAX`` bytes.
+        """
+        by_peer: dict[_Peer, list[bytes]] = {}
         for key, packet in pending:
-            by_peer.setdefault(cast(_Peer, key), []).append(packet)
-        feedback_ssrc = room.forwarder.feedback_ssrc
+            by_peer.setdefault(cast(_Peer, key), []).append(bytes(packet))
+        head = bytes(ReceiverReport(self.feedback_ssrc))
         for peer, packets in by_peer.items():
-            protect = peer.protect_rtcp
-            if protect is None or peer.addr is None:
+            if peer.protect_rtcp is None or peer.addr is None:
                 self.counters["rtcp_unsent"] += len(packets)
                 continue
-            # A compound packet starts with a report (RFC 3550 6.1): an empty
-            # RR keeps peers that did not negotiate rtcp-rsize (RFC 5506) happy.
-            compound = build_compound([ReceiverReport(feedback_ssrc), *packets])
-            try:
-                self._send(protect(compound), peer.addr)
-            except _SRTP_ERRORS:
-                peer.srtp_errors += 1
+            compound = [head]
+            size = len(head)
+            for data in packets:
+                if len(compound) > 1 and size + len(data) > _RTCP_MAX:
+                    self._send_rtcp(peer, b"".join(compound))
+                    compound, size = [head], len(head)
+                compound.append(data)
+                size += len(data)
+            self._send_rtcp(peer, b"".join(compound))
+
+    def _send_rtcp(self, peer: _Peer, compound: bytes) -> None:
+        """Protect and send one compound RTCP packet on a peer's transport (RFC 3711 3.4)."""
+        protect = peer.protect_rtcp
+        addr = peer.addr
+        if protect is None or addr is None:
+            self.counters["rtcp_unsent"] += 1
+            return
+        try:
+            self._send(protect(compound), addr)
+        except _SRTP_ERRORS:
+            peer.srtp_errors += 1
+            return
+        peer.rtcp_out += 1
 
     def _emit(self, event: MediaEvent) -> None:
         for listener in list(self._listeners):
@@ -873,7 +1070,7 @@ class MediaWorker(asyncio.DatagramProtocol):
     def _room(self, name: str) -> _Room:
         room = self._rooms.get(name)
         if room is None:
-            forwarder = Forwarder(feedback_ssrc=secrets.randbits(32) or 1, **self.forwarder_options)
+            forwarder = Forwarder(feedback_ssrc=self.feedback_ssrc, **self.forwarder_options)
             room = self._rooms[name] = _Room(name, forwarder, SpeakerDetector())
         return room
 
@@ -923,12 +1120,34 @@ class MediaWorker(asyncio.DatagramProtocol):
         if publisher.tracks.get(track.info.mid) is track:
             del publisher.tracks[track.info.mid]
         publisher.levels.pop(track.ssrc, None)
+        publisher.recv_stats.pop(track.ssrc, None)
+        self.reports.remove_receive(publisher, track.ssrc)
+        estimator = self.bandwidth.get(publisher)
+        if isinstance(estimator, RembEstimator):
+            estimator.remove_source(track.ssrc)
+        now = self._now()
         for p in room.participants.values():
             sub = p.subscribe
             if sub is not None:
                 for section in sub.sections:
-                    if section.track is track:
+                    if section.track is track and section.subscribed:
                         section.subscribed = False
+                        self._end_send(sub, section, now)
+
+    def _end_send(self, peer: _Peer, section: _Section, now: float) -> None:
+        """A subscription ended: say BYE for its SSRCs (RFC 3550 6.6), stop reporting on it.
+
+        The BYE lets the subscriber end the stream at once rather than time
+        it out; the section itself stops with the next offer.
+        """
+        forwarded = section.forwarded
+        ssrcs = [forwarded.ssrc]
+        if section.use_rtx and forwarded.rtx_ssrc is not None:
+            ssrcs.append(forwarded.rtx_ssrc)
+        if peer.reporting:
+            for compound in self.reports.goodbye(peer, ssrcs, now):
+                self._send_rtcp(peer, compound)
+        self.reports.remove_send(peer, forwarded.ssrc)
 
     # -- MediaControl ----------------------------------------------------------------------
 
@@ -1018,6 +1237,8 @@ class MediaWorker(asyncio.DatagramProtocol):
             if mid not in seen:
                 removed.append(track.info.track_id)
                 self._remove_track(room, track)
+        if added:
+            self._start_bandwidth_feedback(peer, now)
         log.info(
             "%s/%s publish negotiated: added %s, removed %s",
             room.name,
@@ -1083,6 +1304,10 @@ class MediaWorker(asyncio.DatagramProtocol):
         )
         room.tracks[track_id] = track
         peer.tracks[item.mid] = track
+        stats = ReceiveStatistics(item.ssrc, item.codec.clock_rate)
+        peer.recv_stats[item.ssrc] = stats
+        if peer.reporting:
+            self.reports.add_receive(peer, stats)
         level_id = item.extensions.get(AUDIO_LEVEL)
         if item.kind == "audio" and level_id:
             peer.levels[item.ssrc] = level_id
@@ -1120,13 +1345,14 @@ class MediaWorker(asyncio.DatagramProtocol):
             tracks.append(track)
         p = room.participants.get(participant)
         peer = p.subscribe if p is not None else None
-        if peer is not None and peer.pending_offer:
-            raise SfuStateError("the last subscribe offer is not answered yet")
         if peer is not None and peer.transport.state in TERMINAL:
-            # Its client needs a new peer connection: start over.
+            # Its client needs a new peer connection: start over, whatever
+            # offer the dead transport still had outstanding.
             self._close_peer(peer, "replaced")
             assert p is not None
             p.subscribe = peer = None
+        if peer is not None and peer.pending_offer:
+            raise SfuStateError("the last subscribe offer is not answered yet")
         if peer is None and not tracks:
             return None
 
@@ -1148,6 +1374,7 @@ class MediaWorker(asyncio.DatagramProtocol):
                 with contextlib.suppress(SfuStateError):
                     peer.forwarder.unsubscribe(peer, track.ssrc)
                 section.subscribed = False
+                self._end_send(peer, section, now)
             section.stop(index == 0)
             changed = True
         for track in tracks:
@@ -1308,7 +1535,7 @@ class MediaWorker(asyncio.DatagramProtocol):
             if not section.live or not section.negotiated or section.subscribed or not track.live:
                 continue
             forwarded = section.forwarded
-            forwarder.subscribe(
+            sub = forwarder.subscribe(
                 peer,
                 track.ssrc,
                 now,
@@ -1319,6 +1546,15 @@ class MediaWorker(asyncio.DatagramProtocol):
                 rtx_payload_types=section.rtx_map,
             )
             section.subscribed = True
+            source = track.publisher.recv_stats.get(track.ssrc)
+            if peer.reporting and source is not None:
+                # SRs carry the publisher's NTP/RTP pairing through this
+                # subscription's timestamp offset, under the CNAME its offer
+                # gave the SSRC, so the subscriber lip-syncs the participant.
+                self.reports.add_send(
+                    peer,
+                    SendStatistics(sub, source, _offset_of(sub), cname=forwarded.cname or ""),
+                )
 
     async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
         """Stop or resume forwarding a track; resuming video waits for a keyframe (requested)."""
@@ -1385,6 +1621,7 @@ class MediaWorker(asyncio.DatagramProtocol):
                             if sub is not None:
                                 sent += sub.packets_sent + sub.retransmitted
                                 octets += sub.octets_sent
+                    estimator = self.bandwidth.get(peer)
                     peers.append(
                         {
                             "participant": p.id,
@@ -1393,9 +1630,23 @@ class MediaWorker(asyncio.DatagramProtocol):
                             "packets_in": peer.packets_in,
                             "octets_in": peer.octets_in,
                             "rtcp_in": peer.rtcp_in,
+                            "rtcp_out": peer.rtcp_out,
                             "packets_out": sent,
                             "payload_octets_out": octets,
                             "srtp_errors": peer.srtp_errors,
+                            # RFC 3550 A.3: expected less received, over its tracks.
+                            "packets_lost": sum(
+                                s.cumulative_lost for s in peer.recv_stats.values()
+                            ),
+                            "rtt": self.reports.rtt(peer),
+                            "remb_bitrate": (
+                                estimator.estimate if isinstance(estimator, RembEstimator) else None
+                            ),
+                            "twcc_feedback": (
+                                estimator.sent
+                                if isinstance(estimator, TransportCcRecorder)
+                                else None
+                            ),
                         }
                     )
             rooms.append(
@@ -1425,6 +1676,17 @@ def _running_loop_time() -> float:
 
 def _no_socket(data: bytes, addr: Any) -> None:
     """``sendto`` before the socket is open or after it closed: nothing goes out."""
+
+
+def _offset_of(sub: Subscription) -> Callable[[], int | None]:
+    """The subscription's current RTP timestamp offset, read when a report is built."""
+    rewriter = sub.rewriter
+    return lambda: rewriter.timestamp_offset
+
+
+def _has_feedback(codec: Codec, kind: str) -> bool:
+    """Whether a negotiated codec carries ``a=rtcp-fb`` ``kind`` (RFC 4585 4.2)."""
+    return any(f.type == kind and not f.parameter for f in codec.feedback)
 
 
 def _parse_tracks(offer: SessionDescription, answered: SessionDescription) -> list[_Parsed]:

@@ -34,9 +34,12 @@ async def test_worker_takes_a_free_port_when_the_configured_one_is_taken() -> No
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        worker = await _run(Settings(media_port=port, media_consent_timeout=7.0))
+        worker = await _run(
+            Settings(media_port=port, media_consent_timeout=7.0, media_remb_max_bitrate=300_000)
+        )
     assert worker.port not in (0, port)
     assert worker.consent_timeout == 7.0
+    assert worker.remb_max_bitrate == 300_000
     assert worker._transport is None  # closed with the app
 
 
