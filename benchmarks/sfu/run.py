@@ -1,0 +1,1146 @@
+"""SFU load benchmark: synthetic publishers and subscribers against one media worker.
+
+Starts ``wadud serve`` (embedded PostgreSQL, the media worker and ``/ws``
+signalling in one process) with a temporary data folder and free ports, and a
+load process (benchmarks/sfu/load.py) that owns every synthetic transport. For
+each scenario it opens rooms over the real ``/ws`` protocol (docs/protocol.md,
+"Calls (signalling)") with room tokens minted by :func:`wadud.auth.issue_room_token`
+under the server's secret: participants join, publishers send a VP8 offer and
+get the worker's answer, subscribers answer the worker's offers; then every
+transport does real ICE (USE-CANDIDATE checks) and DTLS-SRTP handshakes, and
+the load process sends pre-built, pre-protected RTP at video rate (``--pps``
+packets per second per publisher in ``--fps`` frames, paced as a browser
+paces them, a keyframe first) for a warm-up and a measured window.
+
+Scenarios (what one room holds):
+
+* ``1x10``: one publisher, ten subscribers per room (fan-out 10);
+* ``4x4``: a group consultation: four participants per room, each publishing
+  and receiving the other three (fan-out 3);
+* ``1x50``: one publisher, fifty subscribers per room (fan-out 50).
+
+Load scales by the number of rooms (``--out-rate`` forwarded packets per
+second in total), each publisher at a real video rate. The default keeps the
+worker near 0.8 of a core and leaves the rest of the two cores to the load
+process: forwarded packets per CPU-second rise with load (more datagrams per
+wake-up of the event loop), so a lighter load understates them. For each scenario it
+prints forwarded packets per CPU-second of the server process (psutil, user +
+system, over the measured window only), the server's CPU use, loss, and the
+one-way latency through the worker measured on probe subscribers that unprotect
+each packet (from just before the publisher's ``send`` to the kernel's arrival
+stamp on the subscriber's socket, SO_TIMESTAMPNS, so the load process's own
+delay in reading is left out; it is reported apart as ``latency_read_us``).
+Then a latency run: ``1x10`` at half the load the worker could carry with a
+whole CPU (half its median forwarded packets per CPU-second), every subscriber
+a probe; and a direct baseline (the same packets straight from
+socket to socket, no worker) whose median is subtracted to give the added
+latency. ``--profile`` samples the server with py-spy during an extra run and
+prints the functions it spends its time in.
+
+Columns: ``cpu`` is the server's CPU-seconds per second of the window (1.00 is
+a whole core); ``fwd/cpu-s`` forwarded packets received by subscribers in the
+window per CPU-second of the server; ``loss%`` over the whole run (exact:
+counted after the tail); ``p50``/``p99`` one-way latency through the worker on
+the probes, ``+p50``/``+p99`` the same minus the direct baseline's median;
+``others`` the CPU-seconds per second every other process on the machine used
+meanwhile (machine-wide minus ours; the two accountings differ by a few
+hundredths of a core, so it can dip below zero): the machine has two cores and
+is shared, so when ``others`` nears 1 the worker waits for a core and latency
+and loss say more about the machine than about the worker. The summary keeps
+to runs with ``others`` under 0.3 when there are any (``--repeat`` runs each
+scenario again; ``--quiet-wait`` waits for a quiet machine before each run).
+
+Everything is on 127.0.0.1; every loop is bounded in count and time.
+
+    .venv/bin/python benchmarks/sfu/run.py [--quick] [--scenarios 1x10,4x4,1x50]
+        [--out-rate 50000] [--seconds 8] [--profile] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil  # type: ignore[import-untyped]
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.sfu import load  # noqa: E402
+from wadud import auth  # noqa: E402
+from wadud.config import Settings  # noqa: E402
+
+SECRET = "sfu-bench-secret-" + "k" * 40
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    publishers: int  # per room
+    subscribers: int  # per room, receive only; with mesh, every publisher also receives
+    mesh: bool = False
+
+    @property
+    def fanout(self) -> int:
+        return self.publishers - 1 if self.mesh else self.subscribers
+
+    @property
+    def streams_out(self) -> int:
+        """Forwarded streams per room: publisher tracks times their subscribers."""
+        return self.publishers * self.fanout
+
+
+SCENARIOS = {
+    "1x10": Scenario("1x10", 1, 10),
+    "4x4": Scenario("4x4", 4, 0, mesh=True),
+    "1x50": Scenario("1x50", 1, 50),
+}
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+# -- the server -------------------------------------------------------------------------
+
+
+class Server:
+    """``wadud serve`` in its own process group, so its CPU is its own."""
+
+    def __init__(self, work: Path, participants: int, *, gc_log: bool = False) -> None:
+        self.port = free_port()
+        self.media_port = free_port(socket.SOCK_DGRAM)
+        data = self.data = work / "data"
+        data.mkdir()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WADUD_")},
+            "WADUD_SECRET_KEY": SECRET,
+            "WADUD_MEDIA_HOST": HOST,
+            "WADUD_MEDIA_PORT": str(self.media_port),
+            "WADUD_TURN_EMBEDDED": "false",
+            "WADUD_CALL_MAX_PARTICIPANTS": str(participants),
+            "WADUD_LOG_LEVEL": "warning",
+            # The checkout, not whatever an older editable install maps.
+            "PYTHONPATH": str(ROOT),
+        }
+        self.log_path = work / "server.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
+        argv = [str(Path(sys.executable).parent / "wadud"), "serve", "--host", HOST]
+        if gc_log:
+            argv[:2] = [sys.executable, "-c", _GC_LOGGER, "serve"]
+        argv += ["--port", str(self.port), "--data-dir", str(data)]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        self.base = f"http://{HOST}:{self.port}"
+
+    async def ready(self, session: aiohttp.ClientSession, within: float = 60.0) -> None:
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"wadud serve exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                async with session.get(self.base + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise SystemExit(f"wadud serve not ready after {within} s:\n{self.tail()}")
+
+    async def rtp_totals(self, session: aiohttp.ClientSession) -> dict[str, int]:
+        """The worker's forwarder totals (``sfu_rtp_total`` by event) from /metrics."""
+        async with session.get(self.base + "/metrics") as r:
+            text = await r.text()
+        return {
+            m.group(1): int(float(m.group(2)))
+            for m in re.finditer(r'^sfu_rtp_total\{event="([a-z_]+)"\} (\S+)$', text, re.M)
+        }
+
+    def tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def problems(self, limit: int = 10) -> list[str]:
+        """Warning, error and traceback lines the server logged (it logs at warning)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        found = [
+            ln[:300] for ln in lines if re.search(r"WARNING|ERROR|Traceback|warning|error", ln)
+        ]
+        return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else [])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+# ``wadud serve`` with a note in its log for each garbage collection that held
+# the loop for over 2 ms (``--gc-log``): a stall the latency tail would show.
+_GC_LOGGER = """
+import gc, sys, time
+_t = [0.0]
+def _gc(phase, info):
+    if phase == "start":
+        _t[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _t[0]
+    if took > 0.002:
+        print(f"gc-pause {time.monotonic():.3f} gen={info['generation']} "
+              f"ms={took * 1000:.1f}", file=sys.stderr, flush=True)
+gc.callbacks.append(_gc)
+from bin.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def gc_pauses(log: Path) -> list[tuple[float, int, float]]:
+    """(monotonic time, generation, milliseconds) of each logged collection pause."""
+    found = []
+    with contextlib.suppress(OSError):
+        for m in re.finditer(
+            r"gc-pause ([0-9.]+) gen=(\d) ms=([0-9.]+)", log.read_text(errors="replace")
+        ):
+            found.append((float(m.group(1)), int(m.group(2)), float(m.group(3))))
+    return found
+
+
+# -- the load process -------------------------------------------------------------------
+
+
+class LoadClient:
+    """Commands to the load process. It answers them in order, one at a time;
+    a reader thread hands each answer to its caller, so a caller that was
+    cancelled (a participant closing mid-answer) cannot shift the others."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=load.serve, args=(child,), name="sfu-bench-load")
+        self.proc.start()
+        child.close()
+        self.loop = asyncio.get_running_loop()
+        self.waiting: collections.deque[asyncio.Future[tuple[str, Any]]] = collections.deque()
+        self.reader = threading.Thread(target=self._read, name="sfu-bench-load-reader")
+        self.reader.daemon = True
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                reply = self.conn.recv()
+            except (EOFError, OSError):
+                reply = ("error", "the load process is gone")
+                with contextlib.suppress(RuntimeError):  # the loop already closed
+                    self.loop.call_soon_threadsafe(self._fail_all, reply)
+                return
+            try:
+                self.loop.call_soon_threadsafe(self._deliver, reply)
+            except RuntimeError:
+                return
+
+    def _deliver(self, reply: tuple[str, Any]) -> None:
+        if not self.waiting:
+            return  # the answer to "quit"
+        fut = self.waiting.popleft()
+        if not fut.done():
+            fut.set_result(reply)
+
+    def _fail_all(self, reply: tuple[str, Any]) -> None:
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(reply)
+
+    async def call(self, command: str, *args: Any, within: float = 120.0) -> Any:
+        fut: asyncio.Future[tuple[str, Any]] = self.loop.create_future()
+        # Sent and queued in one step of the loop: replies come in this order.
+        self.waiting.append(fut)
+        self.conn.send((command, args))
+        status, result = await asyncio.wait_for(asyncio.shield(fut), within)
+        if status != "ok":
+            raise RuntimeError(f"load process: {command} failed: {result}")
+        return result
+
+    def pid(self) -> int:
+        return int(self.proc.pid or 0)
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(OSError, EOFError):
+                self.conn.send(("quit", ()))
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+# -- signalling -----------------------------------------------------------------------
+
+
+class SignallingError(RuntimeError):
+    pass
+
+
+class Participant:
+    """One participant's WebSocket: requests with ids, events, pings answered."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self, bench: Bench, room: str, identity: str, *, publish: bool, admin: bool
+    ) -> None:
+        self.bench = bench
+        self.room = room
+        self.identity = identity
+        self.publish = publish
+        self.admin = admin
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.pid = ""
+        self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.reader: asyncio.Task[None] | None = None
+        self.joined = asyncio.Event()
+        self.pub_tid = 0
+        self.sub_tid = 0
+        self.number = 0  # stream number when publishing
+        self.ssrc = 0
+        self.offered: list[dict[str, Any]] = []  # tracks of the last answered offer
+        self.offers = 0
+        self.changed = asyncio.Event()
+        self.errors: list[dict[str, Any]] = []
+        self._answering: asyncio.Lock = asyncio.Lock()
+        # Leaving: the offers others' departures cause need no answer.
+        self.closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def connect(self, token: str) -> None:
+        url = f"ws://{HOST}:{self.bench.server.port}/ws"
+        self.ws = await self.bench.http.ws_connect(url, max_msg_size=1 << 20)
+        self.reader = asyncio.create_task(self._read())
+        reply = await self.request("join", token=token)
+        if reply["type"] == "waiting":
+            await asyncio.wait_for(self.joined.wait(), 20)
+        elif reply["type"] != "joined":
+            raise SignallingError(f"{self.identity}: join answered {reply}")
+        else:
+            self.pid = reply["participant"]["id"]
+            self.joined.set()
+
+    async def request(self, kind: str, within: float = 30.0, **fields: Any) -> dict[str, Any]:
+        assert self.ws is not None
+        rid = str(next(self._ids))
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        await self.ws.send_str(json.dumps({"v": 1, "type": kind, "id": rid, **fields}))
+        try:
+            reply = await asyncio.wait_for(fut, within)
+        finally:
+            self.pending.pop(rid, None)
+        if reply["type"] == "error":
+            raise SignallingError(f"{self.identity}: {kind} refused: {reply}")
+        return reply
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            frame = json.loads(msg.data)
+            kind = frame.get("type")
+            ref = frame.get("ref")
+            if ref is not None and ref in self.pending:
+                if kind == "waiting":
+                    self.pid = frame["participant"]["id"]
+                self.pending[ref].set_result(frame)
+                continue
+            if kind == "ping":
+                await self.ws.send_str(json.dumps({"v": 1, "type": "pong"}))
+            elif kind == "offer" and not self.closing:
+                self._spawn(self._answer(frame))
+            elif kind == "joined":
+                self.pid = frame["participant"]["id"]
+                self.joined.set()
+            elif kind == "waiting" and self.admin:
+                for who in frame.get("waiting", []):
+                    self._spawn(self._admit(who["id"]))
+            elif kind == "error":
+                self.errors.append(frame)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _admit(self, pid: str) -> None:
+        try:
+            await self.request("admit", participant_id=pid)
+        except SignallingError as exc:
+            self.errors.append({"admit": str(exc)})
+
+    async def _answer(self, frame: dict[str, Any]) -> None:
+        async with self._answering:
+            if not self.sub_tid:
+                self.sub_tid = await self.bench.load.call("new")
+            try:
+                answer, _ = await self.bench.load.call("answer", self.sub_tid, frame["sdp"])
+                await self.request("answer", sdp=answer)
+            except (RuntimeError, SignallingError) as exc:
+                self.errors.append({"answer": str(exc)})
+                return
+            self.offered = list(frame.get("tracks", []))
+            self.offers += 1
+            self.changed.set()
+
+    async def close(self) -> None:
+        self.closing = True
+        if self.ws is not None and not self.ws.closed:
+            with contextlib.suppress(SignallingError, TimeoutError, ConnectionError):
+                await self.request("leave", within=5)
+            await self.ws.close()
+        if self.reader is not None:
+            self.reader.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+# -- a scenario run -----------------------------------------------------------------------
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    purpose: str
+    rooms: int
+    publishers: int
+    subscriber_transports: int
+    fanout: int
+    pps_per_publisher: float
+    offered_in_pps: float
+    forwarded_out_pps: float
+    window_seconds: float
+    forwarded_window: int
+    worker_cpu_seconds: float
+    worker_cpu_share: float
+    forwarded_per_cpu_second: float
+    load_cpu_seconds: float
+    others_cpu_seconds: float
+    loss_pct: float
+    loss_pct_window: float
+    probe_packets: int
+    probe_loss_pct: float
+    latency_us: dict[str, float]
+    added_latency_us: dict[str, float]
+    latency_p99_us_by_second: list[float]
+    latency_read_us: dict[str, float]
+    late_send_p99_us: float
+    auth_failures: int
+    rcvbuf_errors: int
+    machine_load_1min: float
+    srtp_profile: str
+    setup_seconds: float
+    waited_for_quiet_seconds: float
+    rtcp_to_publishers: dict[str, int] = field(default_factory=dict)
+    # Where packets went missing over the run: the worker's own counters.
+    sent_total: int = 0
+    worker_received: int = 0
+    worker_forwarded: int = 0
+    delivered_total: int = 0
+    worker_counters: dict[str, int] = field(default_factory=dict)
+    # Collections over 2 ms in the server during the window (only with --gc-log).
+    gc_pauses: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    xs = sorted(values)
+    n = len(xs)
+
+    def at(p: float) -> float:
+        return round(xs[min(n - 1, int(p * n))], 1)
+
+    return {
+        "count": n,
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": round(xs[-1], 1),
+        "mean": round(statistics.fmean(xs), 1),
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, server: Server, http: aiohttp.ClientSession):
+        self.args = args
+        self.server = server
+        self.http = http
+        self.load = LoadClient()
+        self.settings = Settings(secret_key=SECRET)
+        self.numbers = itertools.count(1)
+        self.rooms = itertools.count(1)
+        self.direct_p50: float | None = None
+
+    def token(self, room: str, identity: str, *, admin: bool, publish: bool) -> str:
+        now = dt.datetime.now(dt.UTC)
+        grant = auth.RoomGrant(
+            room=room,
+            identity=identity,
+            name=identity,
+            role="doctor" if admin else "patient",
+            publish=publish,
+            subscribe=True,
+            admin=admin,
+        )
+        return auth.issue_room_token(
+            self.settings,
+            grant,
+            not_before=now - dt.timedelta(minutes=1),
+            expires=now + dt.timedelta(hours=2),
+        )
+
+    async def room(self, scenario: Scenario) -> list[Participant]:
+        """Join, publish and subscribe one room; returns its participants."""
+        room = f"bench-{scenario.name}-{next(self.rooms)}"
+        people: list[Participant] = []
+        for i in range(scenario.publishers):
+            people.append(Participant(self, room, f"pub{i}", publish=True, admin=True))
+        for i in range(scenario.subscribers):
+            people.append(Participant(self, room, f"sub{i}", publish=False, admin=False))
+        # Admins first, so nobody waits; then everyone else at once.
+        for p in people[: scenario.publishers]:
+            await p.connect(self.token(room, p.identity, admin=True, publish=True))
+        await asyncio.gather(
+            *(
+                p.connect(self.token(room, p.identity, admin=False, publish=False))
+                for p in people[scenario.publishers :]
+            )
+        )
+        for p in people[: scenario.publishers]:
+            p.number = next(self.numbers)
+            p.ssrc = 0x10000000 + p.number * 2
+            p.pub_tid = await self.load.call("new")
+            offer = await self.load.call("offer", p.pub_tid, p.ssrc, p.ssrc + 1)
+            reply = await p.request("publish", sdp=offer, sources={"0": "camera"})
+            if reply["type"] != "published":
+                raise SignallingError(f"publish answered {reply}")
+            await self.load.call("published", p.pub_tid, reply["sdp"])
+        return people
+
+    @staticmethod
+    async def settled(people: list[Participant], scenario: Scenario, within: float) -> None:
+        """Until every receiver has answered an offer carrying all it should receive."""
+        end = time.monotonic() + within
+        for p in people:
+            # Each receives every other publisher's track; in a mesh room that
+            # is all but its own, otherwise publishers receive nothing.
+            if scenario.mesh:
+                want = scenario.publishers - 1
+            else:
+                want = 0 if p.publish else scenario.publishers
+            while len(p.offered) < want:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise SignallingError(
+                        f"{p.room}/{p.identity}: offered {len(p.offered)} of {want} tracks"
+                        f" after {within} s; errors {p.errors[:2]}"
+                    )
+                p.changed.clear()
+                if len(p.offered) < want:
+                    try:
+                        await asyncio.wait_for(p.changed.wait(), left)
+                    except TimeoutError:
+                        continue
+
+    async def run_scenario(
+        self,
+        scenario: Scenario,
+        *,
+        out_rate: float,
+        purpose: str,
+        probe_rooms: int,
+        all_probes: bool = False,
+        on_measure: Any = None,
+    ) -> ScenarioResult:
+        args = self.args
+        rooms = max(1, math.ceil(out_rate / (scenario.streams_out * args.pps)))
+        if args.rooms:
+            rooms = args.rooms
+        t0 = time.monotonic()
+        people_by_room: list[list[Participant]] = []
+        errors: list[str] = []
+        try:
+            # A few rooms at a time: the server is one process, and so are we.
+            for start in range(0, rooms, 4):
+                batch = await asyncio.gather(
+                    *(self.room(scenario) for _ in range(start, min(rooms, start + 4)))
+                )
+                people_by_room.extend(batch)
+            everyone = [p for room in people_by_room for p in room]
+            await self.settled(everyone, scenario, within=60)
+            tids = [t for p in everyone for t in (p.pub_tid, p.sub_tid) if t]
+            profiles = await self.load.call("connect", tids, 30.0, within=90)
+            setup = time.monotonic() - t0
+            await asyncio.sleep(0.3)
+
+            by_pid = {p.pid: p for p in everyone}
+            publishers = [
+                load.Publisher(p.pub_tid, p.number, p.ssrc) for p in everyone if p.pub_tid
+            ]
+            subscribers = []
+            for r, room in enumerate(people_by_room):
+                for p in room:
+                    if not p.sub_tid:
+                        continue
+                    numbers = [by_pid[t["participant"]].number for t in p.offered]
+                    probe = all_probes or r < probe_rooms
+                    subscribers.append(load.Subscriber(p.sub_tid, numbers, probe=probe))
+            plan = load.Plan(
+                publishers=publishers,
+                subscribers=subscribers,
+                pps=args.pps,
+                fps=args.fps,
+                warmup=args.warmup,
+                measure=args.seconds,
+                worker_pid=self.server.proc.pid,
+            )
+            waited = await self.wait_quiet(args.quiet_wait)
+            # Read outside the window: rendering /metrics costs the server CPU.
+            before = await self.server.rtp_totals(self.http)
+            runner = asyncio.create_task(
+                self.load.call("run", plan, False, within=args.warmup + args.seconds + 120)
+            )
+            # The load process starts 50 ms after the command; look inside its window.
+            await asyncio.sleep(args.warmup + 0.1)
+            others0 = others_cpu(self.ours())
+            t_others = time.monotonic()
+            if on_measure is not None:
+                await on_measure(args.seconds - 0.3)
+            else:
+                await asyncio.sleep(args.seconds - 0.3)
+            others1 = others_cpu(self.ours())
+            t_end = time.monotonic()
+            span = t_end - t_others
+            raw: dict[str, Any] = await runner
+            pauses = [p for p in gc_pauses(self.server.log_path) if t_others <= p[0] <= t_end]
+            raw["gc"] = {
+                "pauses_over_2ms": len(pauses),
+                "max_ms": max((p[2] for p in pauses), default=0.0),
+                "total_ms": round(sum(p[2] for p in pauses), 1),
+                "by_generation": dict(Counter(str(p[1]) for p in pauses)),
+            }
+            # Per process, from precise run times: the machine-wide counters are
+            # sampled at each tick and miss much of bursty work like a worker's.
+            raw["others_share"] = sum(
+                cpu - others0.get(pid, (created, 0.0))[1]
+                for pid, (created, cpu) in others1.items()
+                if others0.get(pid, (created, 0.0))[0] == created
+            ) / max(span, 1e-3)
+            after = await self.server.rtp_totals(self.http)
+            raw["worker"] = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            for room in people_by_room:
+                for p in room:
+                    errors += [json.dumps(e) for e in p.errors]
+        finally:
+            everyone = [p for room in people_by_room for p in room]
+            await asyncio.gather(*(p.close() for p in everyone), return_exceptions=True)
+            tids = [t for p in everyone for t in (p.pub_tid, p.sub_tid) if t]
+            await self.load.call("close", tids)
+        counts = (len(publishers), len(subscribers))
+        raw["waited"] = waited
+        return self.summarise(scenario, purpose, rooms, raw, counts, profiles, setup, errors)
+
+    def summarise(
+        self,
+        scenario: Scenario,
+        purpose: str,
+        rooms: int,
+        raw: dict[str, Any],
+        counts: tuple[int, int],
+        profiles: dict[int, str],
+        setup: float,
+        errors: list[str],
+    ) -> ScenarioResult:
+        window = raw["window_seconds"] or 1.0
+        cpu = raw["worker_cpu"]
+        forwarded = raw["received_window"]
+        lat = percentiles(raw["latency_us"])
+        by_second: dict[int, list[float]] = {}
+        for value, at in zip(raw["latency_us"], raw["latency_sent_ms"], strict=True):
+            by_second.setdefault(int(at // 1000), []).append(value)
+        added: dict[str, float] = {}
+        if lat and self.direct_p50 is not None:
+            base = self.direct_p50
+            added = {k: round(v - base, 1) for k, v in lat.items() if k not in ("count", "mean")}
+        exp_w, exp_t = raw["expected_window"], raw["expected_total"]
+        probe_exp = raw["probe_expected_window"]
+        return ScenarioResult(
+            scenario=scenario.name,
+            purpose=purpose,
+            rooms=rooms,
+            publishers=counts[0],
+            subscriber_transports=counts[1],
+            fanout=scenario.fanout,
+            pps_per_publisher=self.args.pps,
+            offered_in_pps=round(raw["sent_window"] / window, 1),
+            forwarded_out_pps=round(forwarded / window, 1),
+            window_seconds=round(window, 3),
+            forwarded_window=forwarded,
+            worker_cpu_seconds=round(cpu, 3),
+            worker_cpu_share=round(cpu / window, 3),
+            forwarded_per_cpu_second=round(forwarded / cpu) if cpu > 0 else 0,
+            load_cpu_seconds=round(raw["load_cpu"], 3),
+            # Everything else on this shared machine during the window (other
+            # people's tests, PostgreSQL): it competes for the two cores. The
+            # larger of two estimates that each miss some of it: processes'
+            # own run times (misses processes that ended in the window) and
+            # the machine's tick-sampled busy time (misses short bursts).
+            others_cpu_seconds=round(
+                max(raw["others_share"] * window, raw["machine_busy"] - cpu - raw["load_cpu"]),
+                2,
+            ),
+            # Whole run, counted after the tail: exact. The window's figure
+            # compares counts taken at its edges and is only approximate.
+            loss_pct=(
+                round(100 * max(0, exp_t - raw["received_total"]) / exp_t, 3) if exp_t else 0.0
+            ),
+            loss_pct_window=round(100 * (exp_w - forwarded) / exp_w, 3) if exp_w else 0.0,
+            probe_packets=raw["probe_received_window"],
+            probe_loss_pct=(
+                round(100 * (probe_exp - raw["probe_received_window"]) / probe_exp, 3)
+                if probe_exp
+                else 0.0
+            ),
+            latency_us=lat,
+            added_latency_us=added,
+            latency_read_us=percentiles(raw["latency_read_us"]),
+            latency_p99_us_by_second=[percentiles(by_second[k])["p99"] for k in sorted(by_second)],
+            late_send_p99_us=round(raw["late_send_p99_us"], 1),
+            auth_failures=raw["auth_failures"],
+            rcvbuf_errors=raw["rcvbuf_errors"],
+            machine_load_1min=round(os.getloadavg()[0], 2),
+            srtp_profile=",".join(sorted(Counter(profiles.values()))),
+            setup_seconds=round(setup, 2),
+            waited_for_quiet_seconds=raw["waited"],
+            rtcp_to_publishers=raw["rtcp_to_publishers"],
+            sent_total=raw["sent_total"],
+            worker_received=raw["worker"].get("received", 0),
+            worker_forwarded=raw["worker"].get("forwarded", 0),
+            delivered_total=raw["received_total"],
+            worker_counters={k: v for k, v in raw["worker"].items() if v},
+            gc_pauses=raw["gc"] if self.args.gc_log else {},
+            errors=errors[:5] + ([f"... {len(errors) - 5} more"] if len(errors) > 5 else []),
+        )
+
+    def ours(self) -> set[int]:
+        """This benchmark's processes, the server's embedded PostgreSQL included."""
+        pids = {os.getpid(), self.server.proc.pid, self.load.pid()}
+        with contextlib.suppress(psutil.Error):
+            pids.update(c.pid for c in self.server.ps.children(recursive=True))
+        with contextlib.suppress(psutil.Error):
+            pids.update(c.pid for c in psutil.Process().children(recursive=True))
+        # pgserver's postmaster detaches from the server: find it by its data folder.
+        data = str(self.server.data)
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(data in part for part in proc.info.get("cmdline") or ()):
+                pids.add(proc.pid)
+                with contextlib.suppress(psutil.Error):
+                    pids.update(c.pid for c in proc.children(recursive=True))
+        return pids
+
+    async def wait_quiet(self, limit: float) -> float:
+        """Wait (at most ``limit`` seconds) until the rest of the machine uses
+        under QUIET of a core for two seconds; returns the seconds waited. The
+        two cores are shared with other people's work, which the worker would
+        wait behind."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit:
+            before = others_cpu(self.ours())
+            await asyncio.sleep(2.0)
+            after = others_cpu(self.ours())
+            used = sum(
+                cpu - before.get(pid, (created, 0.0))[1]
+                for pid, (created, cpu) in after.items()
+                if before.get(pid, (created, 0.0))[0] == created
+            )
+            if used / 2.0 < QUIET:
+                break
+        return round(time.monotonic() - t0, 1)
+
+    async def direct(self, streams: int) -> dict[str, float]:
+        """Baseline one-way latency: the same packets socket to socket, no worker."""
+        publishers = [load.Publisher(0, 100000 + i, 0x20000000 + i) for i in range(streams)]
+        plan = load.Plan(
+            publishers=publishers,
+            subscribers=[],
+            pps=self.args.pps,
+            fps=self.args.fps,
+            warmup=min(1.0, self.args.warmup),
+            measure=min(4.0, self.args.seconds),
+        )
+        raw = await self.load.call("run", plan, True, within=60)
+        lat = percentiles(raw["latency_us"])
+        self.direct_p50 = lat.get("p50")
+        return lat
+
+
+def others_cpu(ours: set[int]) -> dict[int, tuple[float, float]]:
+    """``{pid: (start time, CPU-seconds)}`` of every process on the machine but ours."""
+    found: dict[int, tuple[float, float]] = {}
+    for proc in psutil.process_iter(["create_time", "cpu_times"]):
+        if proc.pid in ours:
+            continue
+        info = proc.info
+        t = info.get("cpu_times")
+        if t is not None:
+            found[proc.pid] = (float(info.get("create_time") or 0.0), float(t.user + t.system))
+    return found
+
+
+# -- profiling ----------------------------------------------------------------------------
+
+
+def py_spy() -> str | None:
+    found = Path(sys.executable).parent / "py-spy"
+    return str(found) if found.exists() else shutil.which("py-spy")
+
+
+async def profile(pid: int, seconds: float, out: Path) -> None:
+    exe = py_spy()
+    if exe is None:
+        raise RuntimeError("py-spy not found (.venv/bin/pip install py-spy)")
+    proc = await asyncio.create_subprocess_exec(
+        exe, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+        "--rate", "250", "--format", "raw", "--nonblocking", "--output", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+
+
+def top_functions(raw: Path, limit: int = 20) -> dict[str, Any]:
+    """Self and inclusive shares of the samples, per function and per line (self).
+
+    py-spy's raw format is one collapsed stack per line, ``frame;frame;... count``,
+    each frame ``function (file:line)``. Time in C (a ``sendto``, libsrtp under
+    cffi) counts for the Python line that called it.
+    """
+    own: Counter[str] = Counter()
+    own_line: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for text in raw.read_text().splitlines():
+        stack, _, count_text = text.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        functions = [re.sub(r":\d+\)$", ")", f) for f in frames]
+        own[functions[-1]] += count
+        own_line[frames[-1]] += count
+        for name in set(functions):
+            inclusive[name] += count
+
+    def share(c: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / max(1, total), 1)) for name, n in c.most_common(limit)]
+
+    return {
+        "samples": total,
+        "self_pct": share(own),
+        "inclusive_pct": share(inclusive),
+        "self_pct_by_line": share(own_line),
+    }
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def print_table(results: list[ScenarioResult]) -> None:
+    header = (
+        f"{'scenario':<9}{'purpose':<11}{'rooms':>6}{'fan':>5}{'in pps':>9}{'out pps':>9}"
+        f"{'cpu':>7}{'fwd/cpu-s':>11}{'loss%':>7}{'p50 us':>9}{'p99 us':>9}"
+        f"{'+p50':>8}{'+p99':>8}{'others':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        lat, add = r.latency_us, r.added_latency_us
+        print(
+            f"{r.scenario:<9}{r.purpose:<11}{r.rooms:>6}{r.fanout:>5}{r.offered_in_pps:>9.0f}"
+            f"{r.forwarded_out_pps:>9.0f}{r.worker_cpu_share:>7.2f}"
+            f"{r.forwarded_per_cpu_second:>11,.0f}{r.loss_pct:>7.2f}"
+            f"{lat.get('p50', float('nan')):>9.0f}{lat.get('p99', float('nan')):>9.0f}"
+            f"{add.get('p50', float('nan')):>8.0f}{add.get('p99', float('nan')):>8.0f}"
+            f"{r.others_cpu_seconds / r.window_seconds:>8.2f}"
+        )
+        if r.loss_pct > 0 and r.worker_forwarded:
+            before = r.sent_total - r.worker_received
+            after = r.worker_forwarded - r.delivered_total
+            print(
+                f"{'':<9}lost: {before} of {r.sent_total} sent never reached the worker's"
+                f" forwarder; {after} of {r.worker_forwarded} forwarded never reached a subscriber"
+            )
+
+
+async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    names = args.scenarios.split(",")
+    for name in names:
+        if name not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    biggest = max(s.publishers + s.subscribers for s in SCENARIOS.values())
+    server = Server(work, participants=biggest + 4, gc_log=args.gc_log)
+    results: list[ScenarioResult] = []
+    out: dict[str, Any] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        bench: Bench | None = None
+        try:
+            await server.ready(http)
+            bench = Bench(args, server, http)
+            print(f"wadud serve pid {server.proc.pid} ready; load process pid {bench.load.pid()}")
+            direct = await bench.direct(2 if args.quick else 16)
+            print(f"direct baseline (no worker) one-way us: {direct}", flush=True)
+            for _ in range(args.repeat):
+                for name in names:
+                    r = await bench.run_scenario(
+                        SCENARIOS[name], out_rate=args.out_rate, purpose="throughput", probe_rooms=1
+                    )
+                    results.append(r)
+                    print_table([r])
+                    sys.stdout.flush()
+            fan10 = [r.forwarded_per_cpu_second for r in results if r.scenario == "1x10"]
+            quiet10 = [
+                r.forwarded_per_cpu_second
+                for r in results
+                if r.scenario == "1x10" and undisturbed(r)
+            ]
+            if fan10 and not args.no_latency:
+                half = statistics.median(quiet10 or fan10) / 2
+                for _ in range(args.repeat):
+                    r = await bench.run_scenario(
+                        SCENARIOS["1x10"],
+                        out_rate=half,
+                        purpose="latency",
+                        probe_rooms=0,
+                        all_probes=True,
+                    )
+                    results.append(r)
+                    print_table([r])
+                    if undisturbed(r):
+                        break
+            if args.profile:
+                raw_path = work / "py-spy.txt"
+
+                async def sample(seconds: float) -> None:
+                    await profile(server.proc.pid, seconds, raw_path)
+
+                r = await bench.run_scenario(
+                    SCENARIOS["1x10"],
+                    out_rate=args.out_rate,
+                    purpose="profiled",
+                    probe_rooms=1,
+                    on_measure=sample,
+                )
+                results.append(r)
+                out["profile"] = top_functions(raw_path)
+                out["profile"]["scenario"] = "1x10 at --out-rate, py-spy --nonblocking, 250 Hz"
+        finally:
+            if bench is not None:
+                bench.load.stop()
+            server.stop()
+            out["server_log_problems"] = server.problems()
+    out["direct_baseline_us"] = direct
+    out["results"] = [asdict(r) for r in results]
+    out["summary"] = summary(results)
+    return out
+
+
+QUIET = 0.3  # others' CPU share under which a run counts as undisturbed
+
+
+def undisturbed(r: ScenarioResult) -> bool:
+    """The rest of the machine left the worker its core: no one else above QUIET."""
+    return r.others_cpu_seconds / r.window_seconds < QUIET
+
+
+def summary(results: list[ScenarioResult]) -> dict[str, Any]:
+    """Per scenario: the median and range of forwarded packets per CPU-second over
+    the undisturbed throughput runs (all runs when none was), and the latency
+    runs' figures against the targets. Every run stays in ``results``."""
+    out: dict[str, Any] = {"undisturbed_means_others_cpu_share_below": QUIET}
+    for name in SCENARIOS:
+        runs = [r for r in results if r.scenario == name and r.purpose == "throughput"]
+        if not runs:
+            continue
+        quiet = [r for r in runs if undisturbed(r)]
+        used = quiet or runs
+        fpcs = [r.forwarded_per_cpu_second for r in used]
+        out[name] = {
+            "runs": len(runs),
+            "undisturbed_runs": len(quiet),
+            "forwarded_per_cpu_second_median": round(statistics.median(fpcs)),
+            "forwarded_per_cpu_second_range": [min(fpcs), max(fpcs)],
+            "loss_pct_max": max(r.loss_pct for r in used),
+            "latency_us_p50_median": statistics.median(r.latency_us.get("p50", 0) for r in used),
+        }
+    if "1x10" in out:
+        out["target_60000_at_fanout_10"] = out["1x10"]["forwarded_per_cpu_second_median"] >= 60_000
+    latency = [r for r in results if r.purpose == "latency"]
+    if latency:
+        quiet = [r for r in latency if undisturbed(r)]
+        out["latency_runs"] = len(latency)
+        out["latency_undisturbed_runs"] = len(quiet)
+        r = min(quiet or latency, key=lambda r: r.others_cpu_seconds)
+        out["latency_run"] = {
+            "forwarded_out_pps": r.forwarded_out_pps,
+            "worker_cpu_share": r.worker_cpu_share,
+            "latency_us": r.latency_us,
+            "added_latency_us": r.added_latency_us,
+            "others_cpu_share": round(r.others_cpu_seconds / r.window_seconds, 2),
+        }
+        out["target_added_p99_below_2ms"] = r.added_latency_us.get("p99", 1e9) < 2000
+    return out
+
+
+def code_identity() -> dict[str, str]:
+    """The commit and a digest of each file on the forwarding path, as measured."""
+    ident: dict[str, str] = {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        ident["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    for name in ("sfu/worker.py", "sfu/forward.py", "rtc/srtp.py", "rtc/rtp.py"):
+        with contextlib.suppress(OSError):
+            ident[name] = hashlib.sha1((ROOT / name).read_bytes()).hexdigest()[:12]
+    return ident
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="one small room, ~1 s: a smoke test")
+    parser.add_argument("--scenarios", default="1x10,4x4,1x50")
+    parser.add_argument(
+        "--out-rate", type=float, default=50_000, help="forwarded packets/s to aim for"
+    )
+    parser.add_argument("--rooms", type=int, default=0, help="rooms per scenario (overrides)")
+    parser.add_argument("--pps", type=float, default=180, help="packets/s per publisher")
+    parser.add_argument("--fps", type=float, default=30, help="frames/s per publisher")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured window, seconds")
+    parser.add_argument("--no-latency", action="store_true", help="skip the half-load run")
+    parser.add_argument("--repeat", type=int, default=1, help="throughput runs per scenario")
+    parser.add_argument(
+        "--gc-log", action="store_true", help="log the server's garbage-collection pauses"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each run wait up to this many seconds for the machine to go quiet",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the server in a run")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "sfu.json"))
+    args = parser.parse_args()
+    if args.quick:
+        args.scenarios = args.scenarios if "--scenarios" in sys.argv else "1x10"
+        args.rooms = args.rooms or 1
+        args.out_rate = 1800
+        args.warmup = 0.5
+        args.seconds = 1.0
+        args.no_latency = True
+    started = time.time()
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="wadud-sfu-bench-") as tmp:
+        os.chmod(tmp, 0o755)  # pgserver may run PostgreSQL as another user
+        out = uvloop.run(main_async(args, Path(tmp)))
+    results = [ScenarioResult(**r) for r in out["results"]]
+    print(f"\nSFU benchmark ({args.pps:g} pkt/s per publisher at {args.fps:g} fps, "
+          f"{args.seconds:g} s measured after {args.warmup:g} s)\n")  # fmt: skip
+    print_table(results)
+    print(f"direct baseline one-way (us): {out['direct_baseline_us']}")
+    print(f"summary: {json.dumps(out['summary'], indent=1)}")
+    if "profile" in out:
+        print(f"\nwhere the server's time goes ({out['profile']['samples']} samples, self %):")
+        for name, pct in out["profile"]["self_pct"][:12]:
+            print(f"  {pct:5.1f}  {name}")
+        print("inclusive %:")
+        for name, pct in out["profile"]["inclusive_pct"][:12]:
+            print(f"  {pct:5.1f}  {name}")
+        print("self %, by line (C calls count for the line that made them):")
+        for name, pct in out["profile"]["self_pct_by_line"][:8]:
+            print(f"  {pct:5.1f}  {name}")
+    out.update(
+        {
+            "quick": args.quick,
+            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "command": " ".join([".venv/bin/python", "benchmarks/sfu/run.py", *sys.argv[1:]]),
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - started, 1),
+            "cpus": os.cpu_count(),
+            # The worker is under active development: say which code was measured.
+            "code": code_identity(),
+            "machine_load_1min": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
+        }
+    )
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
