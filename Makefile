@@ -22,11 +22,13 @@ test: $(BIN)/wadud
 
 lint: $(BIN)/wadud
 	$(BIN)/ruff check .
-	$(BIN)/mypy wadud bin booking turn
+	$(BIN)/mypy wadud bin booking turn chat rtc sfu signalling
 
 bench: $(BIN)/wadud
 	$(BIN)/python benchmarks/booking/run.py
 	$(BIN)/python benchmarks/turn/run.py
+	$(BIN)/python benchmarks/chat/run.py
+	$(BIN)/python benchmarks/sfu/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
