@@ -35,6 +35,7 @@ from sfu.control import ActiveSpeaker
 from sfu.errors import SfuStateError
 from sfu.reports import nack_interval_for
 from sfu.worker import MediaWorker
+from tests.chromium import CHROMIUM, FLAGS
 from tests.sfu.conftest import (
     HEIGHT,
     WIDTH,
@@ -763,25 +764,6 @@ async def test_forwarded_packets_per_cpu_second_at_fan_out_10(
 
 # --- Chromium as a publisher: transport-cc ----------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--mute-audio",
-]
 # Publishes camera and microphone to the worker (the test serves /offer), then
 # reads its own getStats(): the sender's bandwidth estimate (candidate-pair
 # availableOutgoingBitrate) and what our receiver reports told it
@@ -850,7 +832,7 @@ async def test_chromium_publisher_gets_transport_cc_feedback_and_receiver_report
     await site.start()
     port = runner.addresses[0][1]
     browser = await asyncio.create_subprocess_exec(
-        CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+        CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
         f"http://127.0.0.1:{port}/",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True,

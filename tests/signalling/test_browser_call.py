@@ -46,29 +46,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.chromium import CHROMIUM
+from tests.chromium import FLAGS as CHROMIUM_FLAGS
+
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 HTTP_PORT = 8080  # the namespace is ours alone: every port is free
 EMBED_PORT = 9090
 PROXY_PORT = 8081
 SECRET = "browser-test-secret-" + "x" * 32
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--mute-audio",
+    *CHROMIUM_FLAGS,
     "--remote-debugging-port=0",
     "--window-size=960,640",
 ]

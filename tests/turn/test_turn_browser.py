@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.chromium import FLAGS
 from tests.turn.conftest import need_binary
 from turn.aio import TurnServer
 
@@ -56,25 +57,6 @@ async function main() {
 }
 main().catch(e => fetch('/result', {method: 'POST', body: JSON.stringify({error: String(e)})}));
 </script></body></html>"""
-
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--mute-audio",
-]
 
 
 @pytest.fixture
