@@ -15,61 +15,70 @@ The full protocol, with examples, is in ``docs/protocol.md`` ("Chat").
 from __future__ import annotations
 
 import contextlib
-import json
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
-from chat.errors import ChatError
-from wadud.errors import BadRequest
+from wadud.frames import (
+    VERSION,
+    BadFrame,
+    Envelope,
+    Frame,
+    InvalidFrame,
+    ProtocolError,
+    RequestId,
+    UnknownType,
+    UnsupportedVersion,
+    encode,
+    error_frame,
+    reply,
+    sound_text,
+    types_of,
+)
 
-VERSION = 1
+# The envelope (errors, ``Frame``, :func:`encode`, :func:`reply`,
+# :func:`error_frame`) is shared with call signalling in wadud.frames and
+# re-exported here, so ``chat.protocol.X`` still names it.
+__all__ = [
+    "CLOSE_AUTH_TIMEOUT",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TOO_BIG",
+    "CLOSE_UNAUTHORIZED",
+    "TYPES",
+    "VERSION",
+    "Auth",
+    "BadFrame",
+    "BodyTooLarge",
+    "ClientFrame",
+    "Delete",
+    "Edit",
+    "Frame",
+    "History",
+    "InvalidFrame",
+    "Ping",
+    "ProtocolError",
+    "Read",
+    "RequestId",
+    "Send",
+    "Subscribe",
+    "Typing",
+    "UnknownType",
+    "Unsubscribe",
+    "UnsupportedVersion",
+    "check_body",
+    "encode",
+    "error_frame",
+    "parse",
+    "reply",
+    "sound_text",
+]
+
 #: Close codes (RFC 6455 section 7.4.2 leaves 4000-4999 to applications).
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_AUTH_TIMEOUT = 4408
 CLOSE_SLOW_CONSUMER = 1013  # "try again later": resume from the last sequence
 CLOSE_TOO_BIG = 1009
-
-
-class ProtocolError(ChatError, BadRequest):
-    """The peer sent something this protocol does not allow. ``code`` is the
-    ``error`` frame's code; ``ref`` the offending frame's ``id`` if it had
-    one."""
-
-    code = "bad-frame"
-    title = "Malformed frame"
-    fatal: ClassVar[bool] = False
-
-    def __init__(self, detail: str, *, ref: str | None = None) -> None:
-        super().__init__(detail)
-        self.ref = ref
-
-
-class BadFrame(ProtocolError):
-    code = "bad-frame"
-
-
-class UnsupportedVersion(ProtocolError):
-    code = "unsupported-version"
-    title = "Unsupported protocol version"
-
-
-class UnknownType(ProtocolError):
-    code = "unknown-type"
-    title = "Unknown frame type"
-
-
-class InvalidFrame(ProtocolError):
-    code = "invalid"
-    title = "Invalid frame fields"
-
-    def __init__(
-        self, detail: str, *, ref: str | None = None, errors: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(detail, ref=ref)
-        self.errors = errors or []
 
 
 class BodyTooLarge(ProtocolError):
@@ -81,16 +90,8 @@ class BodyTooLarge(ProtocolError):
 # -- client frames -------------------------------------------------------------
 
 ClientId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Seq = Annotated[int, Field(ge=0, le=2**62)]
 TargetSeq = Annotated[int, Field(ge=1, le=2**62)]
-
-
-class Frame(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    v: Literal[1] = 1
-    id: RequestId | None = None
 
 
 class Auth(Frame):
@@ -161,21 +162,10 @@ class Ping(Frame):
 
 ClientFrame = Auth | Subscribe | Unsubscribe | Send | Edit | Delete | Typing | Read | History | Ping
 
-TYPES: dict[str, type[Frame]] = {
-    "auth": Auth,
-    "subscribe": Subscribe,
-    "unsubscribe": Unsubscribe,
-    "send": Send,
-    "edit": Edit,
-    "delete": Delete,
-    "typing": Typing,
-    "read": Read,
-    "history": History,
-    "ping": Ping,
-}
+TYPES = types_of(ClientFrame)
 
 
-def _uuid_strings(data: dict[str, Any], model: type[Frame]) -> dict[str, Any]:
+def _uuid_strings(data: dict[str, Any], model: type[Frame], ref: str | None) -> dict[str, Any]:
     # JSON has no UUID type; strict mode would refuse the string, so convert
     # the UUID fields here and let everything else stay strict.
     out = dict(data)
@@ -188,39 +178,7 @@ def _uuid_strings(data: dict[str, Any], model: type[Frame]) -> dict[str, Any]:
     return out
 
 
-def parse(text: str | bytes) -> ClientFrame:
-    """One client frame from a text frame; :class:`ProtocolError` if it is
-    not one."""
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadFrame("the frame is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadFrame("a frame is a JSON object")
-    raw_id = data.get("id")
-    ref = (
-        raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 64 and sound_text(raw_id) else None
-    )
-    version = data.get("v", VERSION)
-    if version != VERSION or isinstance(version, bool):
-        raise UnsupportedVersion(f"this server speaks version {VERSION}", ref=ref)
-    kind = data.get("type")
-    if not isinstance(kind, str):
-        raise BadFrame('a frame needs a string "type"', ref=ref)
-    model = TYPES.get(kind)
-    if model is None:
-        raise UnknownType(f"unknown frame type {kind[:40]!r}", ref=ref)
-    try:
-        frame = model.model_validate(_uuid_strings(data, model))
-    except pydantic.ValidationError as exc:
-        errors = [
-            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
-        first = errors[0]
-        raise InvalidFrame(
-            f"{'.'.join(first['loc']) or 'frame'}: {first['msg']}", ref=ref, errors=errors
-        ) from None
+def _checks(frame: Frame, ref: str | None) -> None:
     for name in ("id", "client_id", "body", "token"):
         value = getattr(frame, name, None)
         if isinstance(value, str) and not sound_text(value):
@@ -230,16 +188,15 @@ def parse(text: str | bytes) -> ClientFrame:
     if "\x00" in getattr(frame, "body", ""):
         # PostgreSQL text cannot hold U+0000 and no client means to send it.
         raise InvalidFrame("body: text may not contain the NUL character", ref=ref)
-    return frame  # type: ignore[return-value]
 
 
-def sound_text(text: str) -> bool:
-    """True if ``text`` encodes as UTF-8 (no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+_ENVELOPE = Envelope(TYPES, prepare=_uuid_strings, check=_checks)
+
+
+def parse(text: str | bytes) -> ClientFrame:
+    """One client frame from a text frame; :class:`ProtocolError` if it is
+    not one."""
+    return _ENVELOPE.parse(text)  # type: ignore[return-value]
 
 
 def check_body(body: str, max_bytes: int, *, ref: str | None = None) -> bytes:
@@ -251,42 +208,3 @@ def check_body(body: str, max_bytes: int, *, ref: str | None = None) -> bytes:
     if len(data) > max_bytes:
         raise BodyTooLarge(f"the body is {len(data)} bytes; at most {max_bytes}", ref=ref)
     return data
-
-
-def encode(frame: Frame | dict[str, Any]) -> str:
-    """A frame as the JSON text sent on the wire (UTF-8 as is, not escaped:
-    Urdu and Arabic travel as themselves)."""
-    if isinstance(frame, Frame):
-        fields = type(frame).model_fields
-        # Leave out a None only where None is the default, so an explicit
-        # ``"after": null`` survives the round trip.
-        data = {
-            k: v
-            for k, v in frame.model_dump(mode="json").items()
-            if v is not None or fields[k].default is not None
-        }
-    else:
-        data = frame
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
-# -- server frames -------------------------------------------------------------
-
-
-def error_frame(
-    code: str, message: str, *, ref: str | None = None, fatal: bool = False, **extra: Any
-) -> dict[str, Any]:
-    frame: dict[str, Any] = {"v": VERSION, "type": "error", "code": code, "message": message}
-    if ref is not None:
-        frame["ref"] = ref
-    if fatal:
-        frame["fatal"] = True
-    frame.update(extra)
-    return frame
-
-
-def reply(kind: str, ref: str | None, **fields: Any) -> dict[str, Any]:
-    frame: dict[str, Any] = {"v": VERSION, "type": kind, **fields}
-    if ref is not None:
-        frame["ref"] = ref
-    return frame

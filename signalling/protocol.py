@@ -18,17 +18,14 @@ The full protocol, with examples: docs/protocol.md, "Calls (signalling)".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from signalling.errors import SignallingError
-from wadud.errors import BadRequest
-
-VERSION = 1
+from wadud import frames
+from wadud.frames import VERSION, Frame, encode, error_frame, reply, sound_text
 
 __all__ = [
     "TYPES",
@@ -40,6 +37,7 @@ __all__ = [
     "ClientFrame",
     "Deny",
     "End",
+    "Frame",
     "IceCandidateInit",
     "InvalidFrame",
     "Join",
@@ -57,51 +55,38 @@ __all__ = [
     "UnsupportedVersion",
     "encode",
     "error_frame",
+    "error_from",
+    "frame_types",
     "parse",
     "reply",
 ]
 
 
-class ProtocolError(SignallingError, BadRequest):
+# The envelope is shared with chat (wadud.frames); the errors here also
+# inherit SignallingError because the service answers every error of ours
+# (frame errors included) with one ``except SignallingError``.
+
+
+class ProtocolError(frames.ProtocolError, SignallingError):
     """The peer sent something this protocol does not allow. ``ref`` is the
     offending frame's ``id`` when it had a usable one. Never fatal."""
 
-    code = "bad-frame"
-    title = "Malformed frame"
 
-    def __init__(self, detail: str, *, ref: str | None = None) -> None:
-        super().__init__(detail)
-        self.ref = ref
-
-
-class BadFrame(ProtocolError):
+class BadFrame(ProtocolError, frames.BadFrame):
     """Not JSON, not an object, no string ``type``, a binary frame, ``join`` twice."""
 
-    code = "bad-frame"
+
+class UnsupportedVersion(ProtocolError, frames.UnsupportedVersion):
+    pass
 
 
-class UnsupportedVersion(ProtocolError):
-    code = "unsupported-version"
-    title = "Unsupported protocol version"
+class UnknownType(ProtocolError, frames.UnknownType):
+    pass
 
 
-class UnknownType(ProtocolError):
-    code = "unknown-type"
-    title = "Unknown frame type"
-
-
-class InvalidFrame(ProtocolError):
+class InvalidFrame(ProtocolError, frames.InvalidFrame):
     """A field missing, of the wrong type, out of range or unknown; ``errors``
     lists each (pydantic's locations and messages, without the input)."""
-
-    code = "invalid"
-    title = "Invalid frame fields"
-
-    def __init__(
-        self, detail: str, *, ref: str | None = None, errors: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(detail, ref=ref)
-        self.errors = errors or []
 
 
 class TooLarge(ProtocolError):
@@ -116,7 +101,6 @@ class TooLarge(ProtocolError):
 
 # -- client frames -------------------------------------------------------------
 
-RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 # Bounded well above any real offer (a dozen m= sections with simulcast is
@@ -128,13 +112,6 @@ Mid = Annotated[
     StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+$"),
 ]
 SourceName = Literal["microphone", "camera", "screen", "screen_audio"]
-
-
-class Frame(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    v: Literal[1] = 1
-    id: RequestId | None = None
 
 
 class Join(Frame):
@@ -254,25 +231,7 @@ ClientFrame = (
     | Pong
 )
 
-TYPES: dict[str, type[Frame]] = {
-    m.model_fields["type"].default: m
-    for m in (
-        Join,
-        Publish,
-        Answer,
-        Candidate,
-        Mute,
-        Unpublish,
-        Admit,
-        Deny,
-        Remove,
-        RoomSettings,
-        End,
-        Leave,
-        Ping,
-        Pong,
-    )
-}
+TYPES = frames.types_of(ClientFrame)
 
 
 def _sound(value: object, depth: int = 0) -> bool:
@@ -282,11 +241,7 @@ def _sound(value: object, depth: int = 0) -> bool:
     if depth > 8:
         return True  # deeper values fail validation anyway
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
+        return sound_text(value)
     if isinstance(value, dict):
         return all(_sound(k, depth) and _sound(v, depth + 1) for k, v in value.items())
     if isinstance(value, list):
@@ -294,77 +249,22 @@ def _sound(value: object, depth: int = 0) -> bool:
     return True
 
 
-def parse(text: str | bytes) -> ClientFrame:
-    """One client frame from a text frame; :class:`ProtocolError` if it is not one."""
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadFrame("the frame is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadFrame("a frame is a JSON object")
-    raw_id = data.get("id")
-    ref = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 64 and _sound(raw_id) else None
-    version = data.get("v", VERSION)
-    if version != VERSION or isinstance(version, bool):
-        raise UnsupportedVersion(f"this server speaks version {VERSION}", ref=ref)
-    kind = data.get("type")
-    if not isinstance(kind, str):
-        raise BadFrame('a frame needs a string "type"', ref=ref)
-    model = TYPES.get(kind)
-    if model is None:
-        raise UnknownType(f"unknown frame type {kind[:40]!r}", ref=ref)
+def _sound_frame(data: dict[str, Any], model: type[Frame], ref: str | None) -> dict[str, Any]:
     if not _sound(data):
         raise InvalidFrame("the frame holds text that is not valid Unicode", ref=ref)
-    try:
-        frame = model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        errors = [
-            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False, include_context=False)
-        ]
-        first = errors[0]
-        raise InvalidFrame(
-            f"{'.'.join(first['loc']) or 'frame'}: {first['msg']}", ref=ref, errors=errors
-        ) from None
-    return frame  # type: ignore[return-value]
+    return data
 
 
-def encode(frame: Frame | dict[str, Any]) -> str:
-    """A frame as the JSON text sent on the wire (UTF-8 as is: names in Urdu
-    and Arabic travel as themselves)."""
-    if isinstance(frame, Frame):
-        fields = type(frame).model_fields
-        # Leave out a None only where None is the default, so an explicit
-        # ``"candidate": null`` (end of candidates) survives the round trip.
-        data = {
-            k: v
-            for k, v in frame.model_dump(mode="json").items()
-            if v is not None or not (fields[k].default is None and not fields[k].is_required())
-        }
-    else:
-        data = frame
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+_ENVELOPE = frames.Envelope(
+    TYPES,
+    errors=frames.ErrorFamily(BadFrame, UnsupportedVersion, UnknownType, InvalidFrame),
+    prepare=_sound_frame,
+)
 
 
-# -- server frames -------------------------------------------------------------
-
-
-def reply(kind: str, ref: str | None = None, **fields: Any) -> dict[str, Any]:
-    """A server frame: an answer (with ``ref``) or an event (without)."""
-    frame: dict[str, Any] = {"v": VERSION, "type": kind, **fields}
-    if ref is not None:
-        frame["ref"] = ref
-    return frame
-
-
-def error_frame(
-    code: str, message: str, *, ref: str | None = None, fatal: bool = False, **extra: Any
-) -> dict[str, Any]:
-    frame = reply("error", ref, code=code, message=message)
-    if fatal:
-        frame["fatal"] = True
-    frame.update(extra)
-    return frame
+def parse(text: str | bytes) -> ClientFrame:
+    """One client frame from a text frame; :class:`ProtocolError` if it is not one."""
+    return _ENVELOPE.parse(text)  # type: ignore[return-value]
 
 
 def error_from(exc: SignallingError, ref: str | None = None) -> dict[str, Any]:
