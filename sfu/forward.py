@@ -391,6 +391,8 @@ class Forwarder:
         self._transports: dict[Key, _Transport] = {}
         self._rtcp: list[tuple[Key, RtcpPacket]] = []
         self._timer: float | None = None
+        # Interned extension-id tables (at most one per distinct mapping).
+        self._ext_tables: dict[bytes, bytes] = {}
 
     # -- the table --------------------------------------------------------------
 
@@ -513,7 +515,7 @@ class Forwarder:
             for uri, pub_id in pub_exts.items():
                 table[pub_id] = extensions.get(uri, 0)
             if any(table[i] != i for i in pub_exts.values()):
-                ext_table = bytes(table)
+                ext_table = self._ext_tables.setdefault(bytes(table), bytes(table))
             twcc = twcc and extensions.get(TRANSPORT_CC, 0) != 0
             abs_time = abs_time and extensions.get(ABS_SEND_TIME, 0) != 0
         sub = Subscription(
@@ -681,7 +683,10 @@ class Forwarder:
 
         pt = b1 & 0x7F
         buf = bytearray(packet)
-        dirty = False
+        # The extension table ``buf`` holds now (None: the publisher's ids).
+        # Subscribers with equal tables share one interned table object, so a
+        # room of one browser kind remaps once per packet, not once per copy.
+        applied: bytes | None = None
         abs_value = -1
         tcc_off = abs_off = -1
         if elements:
@@ -717,14 +722,12 @@ class Forwarder:
             pack_header(buf, 1, marker | out_pt, mapped[0], mapped[1], sub.ssrc)
             if elements:
                 table = sub.ext_table
-                if table is not None:
-                    if dirty:
+                if table is not applied:
+                    if applied is not None:
                         buf[ext_start:ext_end] = packet[ext_start:ext_end]
-                    _remap(buf, elements, table, two_byte)
-                    dirty = True
-                elif dirty:
-                    buf[ext_start:ext_end] = packet[ext_start:ext_end]
-                    dirty = False
+                    if table is not None:
+                        _remap(buf, elements, table, two_byte)
+                    applied = table
                 if sub.twcc and tcc_off >= 0:
                     transport = sub.transport
                     _U16.pack_into(buf, tcc_off, transport.twcc_seq)

@@ -257,6 +257,37 @@ def test_unnegotiated_extension_is_blanked() -> None:
     assert rtp.parse_extensions(profile, packet[start:end]) == [(4, b"1")]
 
 
+def test_equal_extension_tables_are_shared_and_interleaved_copies_stay_right() -> None:
+    # Subscribers with equal mappings share one table, which route_into applies
+    # once per packet; a different table (or none) in between must restore the
+    # publisher's bytes first.
+    fwd = make_forwarder()
+    order = [("ff1", FIREFOX_EXT), ("plain", None), ("ff2", FIREFOX_EXT), ("blank", {MID: 4})]
+    order.append(("ff3", FIREFOX_EXT))
+    for n, (key, exts) in enumerate(order):
+        fwd.subscribe(key, VIDEO_SSRC, 0.0, ssrc=100 + n, extensions=exts)
+    tables = {key: fwd.subscription(key, 100 + n).ext_table for n, (key, _) in enumerate(order)}
+    assert tables["ff1"] is tables["ff2"] is tables["ff3"] is not None
+    routed: list[tuple[Hashable, bytes]] = []
+    stream = vp8_frames(10, 3, keyframes={0})
+    for i, packet in enumerate(stream):
+        fwd.route_into(packet, 0.01 * i, routed)
+    subs = by_subscriber(routed)
+    firefox = ext_map(FIREFOX_EXT)
+    for key in ("ff1", "ff2", "ff3"):
+        for got, sent in zip(subs[key], stream, strict=True):
+            assert artp.RtpPacket.parse(got, firefox).extensions.mid == "1"
+            assert rtp.get_extension(got, 4) is None
+            assert artp.RtpPacket.parse(got, firefox).payload == (
+                artp.RtpPacket.parse(sent, PUB_MAP).payload
+            )
+    for got in subs["plain"]:
+        assert artp.RtpPacket.parse(got, PUB_MAP).extensions.mid == "1"
+    for got in subs["blank"]:
+        profile, start, end = rtp.extension_block(got)
+        assert rtp.parse_extensions(profile, got[start:end]) == [(4, b"1")]
+
+
 def test_payload_type_not_mapped_is_not_forwarded() -> None:
     fwd = make_forwarder()
     fwd.subscribe("s", VIDEO_SSRC, 0.0, ssrc=5, payload_types={100: 100})
