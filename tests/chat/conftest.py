@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from aiohttp import web
 
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api, free_port
+from tests.wsframes import FrameSocket
 from wadud import keys
 from wadud.api import Role
 from wadud.app import build_app
@@ -105,56 +105,14 @@ async def world(api: Api) -> World:
 
 
 @dataclass
-class Ws:
+class Ws(FrameSocket):
     """A test chat client: every frame received is kept, events by sequence."""
 
-    ws: aiohttp.ClientWebSocketResponse
-    frames: list[dict[str, Any]] = field(default_factory=list)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    new: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    closed: bool = False
 
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                frame = json.loads(msg.data)
-                self.frames.append(frame)
-                if frame.get("type") == "event":
-                    self.events.setdefault(frame["conversation_id"], []).append(frame)
-                self.new.set()
-        finally:
-            self.closed = True
-            self.new.set()
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
-
-    async def wait_for(self, pred: Any, within: float = 10.0) -> dict[str, Any]:
-        """The first frame (from now on or already received) matching ``pred``."""
-        seen = 0
-
-        async def find() -> dict[str, Any]:
-            nonlocal seen
-            while True:
-                for frame in self.frames[seen:]:
-                    if pred(frame):
-                        return frame
-                seen = len(self.frames)
-                if self.closed:
-                    raise AssertionError(f"closed before a match; last: {self.frames[-3:]}")
-                self.new.clear()
-                await self.new.wait()
-
-        return await asyncio.wait_for(find(), within)
-
-    async def reply(self, ref: str, within: float = 10.0) -> dict[str, Any]:
-        return await self.wait_for(lambda f: f.get("ref") == ref, within)
+    async def received(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "event":
+            self.events.setdefault(frame["conversation_id"], []).append(frame)
 
     def seqs(self, cid: str) -> list[int]:
         return [e["seq"] for e in self.events.get(cid, [])]
@@ -164,12 +122,6 @@ class Ws:
             lambda f: f.get("type") == "event" and f["conversation_id"] == cid and f["seq"] >= seq,
             within,
         )
-
-    async def close(self) -> None:
-        await self.ws.close()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
 
 @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -20,6 +20,7 @@ from aiohttp import web
 
 from signalling.http import CALLS
 from tests.conftest import Api
+from tests.wsframes import FrameSocket
 from wadud import keys
 from wadud.api import Role
 from wadud.app import build_app
@@ -67,58 +68,17 @@ def token(
 
 
 @dataclass
-class Ws:
+class Ws(FrameSocket):
     """A test client that keeps every frame it receives."""
 
-    ws: aiohttp.ClientWebSocketResponse
-    frames: list[dict[str, Any]] = field(default_factory=list)
-    new: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    closed: bool = False
     answer_pings: bool = True
 
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for msg in self.ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    break
-                frame = json.loads(msg.data)
-                self.frames.append(frame)
-                if frame.get("type") == "ping" and self.answer_pings:
-                    await self.send({"type": "pong"})
-                self.new.set()
-        finally:
-            self.closed = True
-            self.new.set()
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
-
-    async def wait_for(self, pred: Any, within: float = 10.0) -> dict[str, Any]:
-        seen = 0
-
-        async def find() -> dict[str, Any]:
-            nonlocal seen
-            while True:
-                for frame in self.frames[seen:]:
-                    if pred(frame):
-                        return frame
-                seen = len(self.frames)
-                if self.closed:
-                    raise AssertionError(f"closed before a match; last: {self.frames[-3:]}")
-                self.new.clear()
-                await self.new.wait()
-
-        return await asyncio.wait_for(find(), within)
+    async def received(self, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "ping" and self.answer_pings:
+            await self.send({"type": "pong"})
 
     async def type(self, kind: str, within: float = 10.0) -> dict[str, Any]:
         return await self.wait_for(lambda f: f.get("type") == kind, within)
-
-    async def reply(self, ref: str, within: float = 10.0) -> dict[str, Any]:
-        return await self.wait_for(lambda f: f.get("ref") == ref, within)
 
     async def request(self, frame: dict[str, Any], ref: str) -> dict[str, Any]:
         await self.send({**frame, "id": ref})
@@ -128,12 +88,6 @@ class Ws:
         assert self.task is not None
         await asyncio.wait_for(self.task, within)
         return self.ws.close_code
-
-    async def close(self) -> None:
-        await self.ws.close()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
 
 @contextlib.asynccontextmanager
