@@ -826,7 +826,34 @@ class CallClient:
 # -- synthetic media -----------------------------------------------------------
 
 
-class TestPatternVideo(MediaStreamTrack):
+class _PacedTrack(MediaStreamTrack):
+    """A synthetic source that hands out frames in real time, one every
+    ``interval`` seconds from its first ``recv()``, as a camera or microphone
+    would; :meth:`_next_frame` waits for the next one's turn."""
+
+    interval: float
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._count = 0
+        self._start: float | None = None
+
+    async def _next_frame(self) -> int:
+        """Wait until the next frame is due; its index."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        delay = self._start + self._count * self.interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        n = self._count
+        self._count += 1
+        return n
+
+
+class TestPatternVideo(_PacedTrack):
     """Moving bars and a ``noise`` x ``noise`` patch of noise, so the encoder
     has work to do: a still or simply moving picture encodes to a few hundred
     bytes a frame, one packet, and never exercises loss recovery the way a
@@ -843,8 +870,7 @@ class TestPatternVideo(MediaStreamTrack):
         self.width = width - width % 2
         self.height = height - height % 2
         self.fps = fps
-        self._count = 0
-        self._start: float | None = None
+        self.interval = 1 / fps
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         # One luma row twice as long as the picture: each frame shows a
         # different window of it, so the bars slide sideways.
@@ -858,20 +884,12 @@ class TestPatternVideo(MediaStreamTrack):
         self._luma_line = luma_line
 
     async def recv(self) -> Any:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        due = self._start + self._count / self.fps
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        n = await self._next_frame()
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        shift = (self._count * 4) % self._luma_line
+        shift = (n * 4) % self._luma_line
         row = self._luma_row[shift : shift + self._luma_line]
         # A band that moves down, so motion is two-dimensional.
-        band = (self._count * 2) % self.height
+        band = (n * 2) % self.height
         rows = [row] * self.height
         for y in range(band, min(self.height, band + 8)):
             rows[y] = b"\xeb" * self._luma_line
@@ -884,13 +902,12 @@ class TestPatternVideo(MediaStreamTrack):
         frame.planes[0].update(b"".join(rows))
         for plane, data in zip(frame.planes[1:], self._chroma, strict=True):
             plane.update(data)
-        frame.pts = int(self._count * 90_000 / self.fps)
+        frame.pts = int(n * 90_000 / self.fps)
         frame.time_base = fractions.Fraction(1, 90_000)
-        self._count += 1
         return frame
 
 
-class ToneAudio(MediaStreamTrack):
+class ToneAudio(_PacedTrack):
     """A 400 Hz tone in 20 ms frames of 48 kHz mono (400 Hz fits a 20 ms frame
     a whole number of times, so one frame's samples serve for all)."""
 
@@ -900,8 +917,7 @@ class ToneAudio(MediaStreamTrack):
         super().__init__()
         self.rate = 48_000
         self.samples = 960
-        self._count = 0
-        self._start: float | None = None
+        self.interval = self.samples / self.rate
         amplitude = int(32767 * level)
         self._pcm = struct.pack(
             f"<{self.samples}h",
@@ -912,21 +928,12 @@ class ToneAudio(MediaStreamTrack):
         )
 
     async def recv(self) -> Any:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        due = self._start + self._count * self.samples / self.rate
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        n = await self._next_frame()
         frame = av.AudioFrame(format="s16", layout="mono", samples=self.samples)
         frame.planes[0].update(self._pcm)
         frame.sample_rate = self.rate
-        frame.pts = self._count * self.samples
+        frame.pts = n * self.samples
         frame.time_base = fractions.Fraction(1, self.rate)
-        self._count += 1
         return frame
 
 
