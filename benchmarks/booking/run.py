@@ -38,23 +38,14 @@ import aiohttp
 import asyncpg
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import cpu_seconds, free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SPECIALTIES = ["general", "cardiology", "dermatology", "pediatrics", "psychiatry", "gynecology"]
 LANGS = ["en", "ur", "ar", "pa", "hi"]
 REGIONS = {"PK": "PKR", "AE": "AED", "QA": "QAR", "SA": "SAR"}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:

@@ -34,11 +34,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from benchmarks.common import udp_rcvbuf_errors
 from benchmarks.sfu import peer
 from rtc import rtcp
 from rtc.dtls import SRTP_AEAD_AES_128_GCM, DtlsCertificate
@@ -113,18 +113,6 @@ def _busy() -> float:
     """CPU-seconds the whole machine has spent busy since boot (all cores)."""
     t = psutil.cpu_times()
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-
-def udp_rcvbuf_errors() -> int:
-    """RcvbufErrors of /proc/net/snmp's Udp line: datagrams any socket dropped."""
-    try:
-        lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
-    except OSError:
-        return 0
-    udp = [ln for ln in lines if ln and ln[0] == "Udp:"]
-    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
-        return 0
-    return int(udp[1][udp[0].index("RcvbufErrors")])
 
 
 class LoadProcess:

@@ -91,6 +91,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import free_port  # noqa: E402
 from benchmarks.sfu import load  # noqa: E402
 from wadud import auth  # noqa: E402
 from wadud.config import Settings  # noqa: E402
@@ -121,12 +122,6 @@ SCENARIOS = {
     "4x4": Scenario("4x4", 4, 0, mesh=True),
     "1x50": Scenario("1x50", 1, 50),
 }
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # -- the server -------------------------------------------------------------------------

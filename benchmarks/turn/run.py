@@ -44,6 +44,7 @@ import psutil  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import udp_rcvbuf_errors  # noqa: E402
 from turn import stun  # noqa: E402
 from turn.credentials import rest_credentials  # noqa: E402
 
@@ -230,18 +231,6 @@ def run_uclient(
         relayed_per_cpu_second=round(relayed / cpu) if cpu > 0 else 0,
         udp_rcvbuf_errors=drops,
     )
-
-
-def udp_rcvbuf_errors() -> int:
-    """RcvbufErrors of the Udp line in /proc/net/snmp (0 where unavailable)."""
-    try:
-        lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
-    except OSError:
-        return 0
-    udp = [ln for ln in lines if ln and ln[0] == "Udp:"]
-    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
-        return 0
-    return int(udp[1][udp[0].index("RcvbufErrors")])
 
 
 # --- round-trip probe: a tiny blocking TURN client -------------------------------------
