@@ -960,7 +960,13 @@ async def device_check(page: Page, *, expect_devices: bool = True) -> dict[str, 
     level meter that moves once the user has touched the page."""
     ready = "document.body.dataset.screen === 'prejoin'"
     if expect_devices:
-        ready += " && document.getElementById('preview').videoWidth > 0"
+        # What DEVICE_CHECK calls a live preview: an autoplaying <video> knows
+        # its size (metadata) a moment before it starts playing (enough data),
+        # and under load a single reading can fall between the two.
+        ready += (
+            " && document.getElementById('preview').videoWidth > 0"
+            " && !document.getElementById('preview').paused"
+        )
     else:
         ready += " && !document.getElementById('device-error').hidden"
     await page.wait_for(ready, "the device check")
