@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", help="run the HTTP API role only")
     _common(p)
     _http(p)
+    p.add_argument("--region", help="region of this replica (rooms are placed there by default)")
     p = sub.add_parser("migrate", help="apply database migrations and exit")
     _common(p)
     p = sub.add_parser("turn", help="run the TURN/STUN relay (RFC 8656)")
@@ -67,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
         help="doctors and staff get the admin right (admit, mute, remove, end)",
     )
     p.add_argument("--name", help="display name (default: the identity)")
+    p.add_argument(
+        "--region", default="", help="media region for this participant (default: the replica's)"
+    )
     p.add_argument(
         "--ttl", type=int, default=4 * 3600, help="seconds the link is valid (default 4 hours)"
     )
@@ -93,6 +97,8 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
     overrides: dict[str, Any] = {
         name: getattr(args, name, None) for name in ("host", "port", "data_dir")
     }
+    if args.command in ("api", "media"):
+        overrides["region"] = getattr(args, "region", None)
     return config.load(file=getattr(args, "config", None), overrides=overrides)
 
 
@@ -235,6 +241,7 @@ def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
         publish=True,
         subscribe=True,
         admin=args.role in ("doctor", "staff"),
+        region=args.region,
     )
     now = dt.datetime.now(dt.UTC)
     token = issue_room_token(

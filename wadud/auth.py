@@ -242,6 +242,9 @@ class RoomGrant:
     publish: bool = True
     subscribe: bool = True
     admin: bool = False
+    #: Where the participant's media should go (a media node region); empty:
+    #: the region of the API replica they reach.
+    region: str = ""
 
 
 def issue_room_token(
@@ -262,6 +265,8 @@ def issue_room_token(
         "nbf": not_before,
         "exp": expires,
     }
+    if grant.region:
+        claims["region"] = grant.region
     return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
 
 
@@ -286,6 +291,7 @@ def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> R
             publish=bool(g.get("publish", False)),
             subscribe=bool(g.get("subscribe", False)),
             admin=bool(g.get("admin", False)),
+            region=str(c.get("region") or ""),
         )
     except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
         raise InvalidToken(str(exc) or "invalid room token") from exc

@@ -273,6 +273,74 @@ class Settings:
             " transport-cc send (its bandwidth estimate is capped here)."
         ),
     )
+    media_workers: int = field(
+        default=0,
+        metadata=_doc(
+            "Worker processes of `wadud media`, each owning one UDP port (media_port,"
+            " media_port+1, ...). 0: one per core."
+        ),
+    )
+    media_http: str = field(
+        default="127.0.0.1:9300",
+        metadata=_doc(
+            "ADDR:PORT where `wadud media` serves /healthz, /readyz and /metrics"
+            " (every worker's sfu_* metrics, labelled by worker)."
+        ),
+    )
+    media_node_id: str = field(
+        default="",
+        metadata=_doc(
+            "Name of this media node in the registry. Empty: the host name and a short"
+            " random suffix."
+        ),
+    )
+    media_capacity: int = field(
+        default=400,
+        metadata=_doc(
+            "Transports one worker takes before placement passes it over for new rooms"
+            " (each participant has up to two)."
+        ),
+    )
+    media_heartbeat: float = field(
+        default=1.0,
+        metadata=_doc("Seconds between a media worker's registry updates (load, state)."),
+    )
+    media_worker_ttl: float = field(
+        default=3.0,
+        metadata=_doc(
+            "Seconds a media worker's registry entry lives without a heartbeat; after"
+            " that it counts as dead and its rooms are placed elsewhere."
+        ),
+    )
+    media_rpc_timeout: float = field(
+        default=5.0,
+        metadata=_doc(
+            "Seconds signalling waits for a media worker's reply over Redis before the"
+            " call fails as media-unavailable."
+        ),
+    )
+    media_drain_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a draining media node (SIGTERM) waits for its rooms to move"
+            " before its workers stop anyway."
+        ),
+    )
+    region: str = field(
+        default="",
+        metadata=_doc(
+            "Region of this process: a `wadud api` replica places rooms of tokens"
+            " without a region claim there; a `wadud media` node registers its"
+            " workers under it. Empty: no region (any worker)."
+        ),
+    )
+    call_owner_lease: float = field(
+        default=3.0,
+        metadata=_doc(
+            "Seconds an API replica's ownership of a call room lives without renewal;"
+            " when the owner dies another replica takes the room over after this."
+        ),
+    )
     call_resume_grace: float = field(
         default=20.0,
         metadata=_doc(
