@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 __all__ = [
     "ActiveSpeaker",
@@ -30,6 +30,7 @@ __all__ = [
     "Source",
     "TrackInfo",
     "TransportState",
+    "event_from_dict",
     "event_to_dict",
 ]
 
@@ -49,6 +50,18 @@ class TrackInfo:
     mid: str
     muted: bool = False
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrackInfo:
+        """The inverse of :func:`dataclasses.asdict` (data that crossed the bus)."""
+        return cls(
+            track_id=str(data["track_id"]),
+            participant=str(data["participant"]),
+            kind=data["kind"],
+            source=data["source"],
+            mid=str(data["mid"]),
+            muted=bool(data.get("muted", False)),
+        )
+
 
 @dataclass(frozen=True)
 class PublishResult:
@@ -58,6 +71,15 @@ class PublishResult:
     answer: str
     added: list[TrackInfo] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PublishResult:
+        """The inverse of :func:`dataclasses.asdict` (data that crossed the bus)."""
+        return cls(
+            answer=str(data["answer"]),
+            added=[TrackInfo.from_dict(t) for t in data.get("added", ())],
+            removed=[str(t) for t in data.get("removed", ())],
+        )
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,25 @@ MediaEvent = TransportState | ActiveSpeaker
 def event_to_dict(event: MediaEvent) -> dict[str, object]:
     """An event as JSON-ready data (for the bus)."""
     return asdict(event)
+
+
+def event_from_dict(data: Mapping[str, Any]) -> MediaEvent:
+    """The inverse of :func:`event_to_dict`; ValueError for an unknown ``type``."""
+    kind = data.get("type")
+    if kind == "transport_state":
+        return TransportState(
+            room=str(data["room"]),
+            participant=str(data["participant"]),
+            direction=data["direction"],
+            state=data["state"],
+            reason=str(data.get("reason", "")),
+        )
+    if kind == "active_speaker":
+        speaker = data.get("participant")
+        return ActiveSpeaker(
+            room=str(data["room"]), participant=None if speaker is None else str(speaker)
+        )
+    raise ValueError(f"not a media event: {kind!r}")
 
 
 class MediaControl(Protocol):
