@@ -26,13 +26,9 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import itertools
 import json
 import logging
 import math
-import os
-import shutil
-import signal
 import struct
 import sys
 import time
@@ -42,37 +38,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.chromium import CHROMIUM
-from tests.chromium import FLAGS as CHROMIUM_FLAGS
+from tests.browser import (
+    Browsers,
+    DriverError,
+    Page,
+    assert_flowing,
+    browser_groups,
+    captions,
+    click,
+    flow,
+    frame_of,
+    join,
+    kill_groups,
+    namespace_command,
+    participant_id,
+    receiving,
+    until_flowing,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_PORT = 8080  # the namespace is ours alone: every port is free
 EMBED_PORT = 9090
 PROXY_PORT = 8081
 SECRET = "browser-test-secret-" + "x" * 32
-FLAGS = [
-    *CHROMIUM_FLAGS,
-    "--remote-debugging-port=0",
-    "--window-size=960,640",
-]
 
 
 # -- the pytest side -----------------------------------------------------------
-
-
-def _namespace_command() -> list[str]:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs unshare and ip (util-linux, iproute2)")
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("needs /usr/bin/chromium")
-    # Root may make a namespace outright; anyone else maps themselves to root
-    # in a user namespace first.
-    user = [] if os.geteuid() == 0 else ["--map-root-user"]
-    return ["unshare", *user, "--net", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
 
 
 async def run_scenario(
@@ -80,7 +74,7 @@ async def run_scenario(
 ) -> dict[str, Any]:
     """Run the driver in its own loopback-only namespace; its JSON result."""
     cmd = [
-        *_namespace_command(),
+        *namespace_command(),
         sys.executable, "-m", "tests.signalling.test_browser_call", scenario,
         "--database-url", database_url, "--work", str(work), "--budget", str(budget),
     ]  # fmt: skip
@@ -95,10 +89,10 @@ async def run_scenario(
         out, _ = await asyncio.wait_for(proc.communicate(), budget + 30)
     except TimeoutError:
         out = b"driver timed out"
-        _kill_groups([proc.pid])
+        kill_groups([proc.pid])
     finally:
         # The driver ends its browsers; these are left only if it could not.
-        _kill_groups(_browser_groups(work))
+        kill_groups(browser_groups(work))
         with contextlib.suppress(ProcessLookupError):
             await proc.wait()
     lines = out.decode(errors="replace").strip().splitlines()
@@ -110,28 +104,6 @@ async def run_scenario(
         logs = "\n".join(lines[-40:-1])
         pytest.fail(f"{result['error']}\n{json.dumps(result, indent=1)[:6000]}\n{logs}")
     return result
-
-
-def _browser_groups(work: Path) -> list[int]:
-    path = work / "browser-groups"
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
-def _kill_groups(groups: list[int]) -> None:
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-
-
-def assert_flowing(pair: dict[str, Any]) -> None:
-    """Between the two readings of what ``to`` receives from ``frm``, video
-    frames were decoded and audio arrived (packets, and samples played out)."""
-    before, after = pair["before"], pair["after"]
-    what = f"{pair['to']} from {pair['frm']}: {before} -> {after}"
-    assert before["framesDecoded"] > 0, what
-    assert after["framesDecoded"] > before["framesDecoded"], what
-    assert after["audioPackets"] > before["audioPackets"] > 0, what
-    assert after["totalSamplesReceived"] > before["totalSamplesReceived"], what
 
 
 @pytest.mark.timeout(120)
@@ -267,202 +239,6 @@ async def test_call_page_in_another_sites_iframe(database_url: str, tmp_path: Pa
 # -- the driver: runs inside the namespace ------------------------------------
 
 
-class DriverError(Exception):
-    """A step did not happen in time; carries what the pages showed."""
-
-
-class Cdp:
-    """A tiny Chrome DevTools protocol client over one browser-page socket;
-    ``session`` addresses an attached frame (flat sessions)."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.ids = itertools.count(1)
-        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.contexts: dict[tuple[str, int], dict[str, Any]] = {}
-        self.frames: dict[str, dict[str, Any]] = {}  # session id -> target info
-        self.tasks: set[asyncio.Future[None]] = set()
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            if "id" in data:
-                fut = self.waiting.pop(data["id"], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(data)
-                continue
-            method, params, session = (
-                data.get("method"),
-                data.get("params", {}),
-                data.get("sessionId", ""),
-            )
-            if method == "Runtime.executionContextCreated":
-                ctx = params["context"]
-                self.contexts[(session, ctx["id"])] = ctx
-            elif method == "Runtime.executionContextDestroyed":
-                self.contexts.pop((session, params["executionContextId"]), None)
-            elif method == "Runtime.executionContextsCleared":
-                for key in [k for k in self.contexts if k[0] == session]:
-                    del self.contexts[key]
-            elif method == "Target.attachedToTarget":
-                self.frames[params["sessionId"]] = params["targetInfo"]
-                # The frame's scripts run once it is told to go on.
-                task = asyncio.ensure_future(self._start_frame(params["sessionId"]))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-        for fut in self.waiting.values():
-            if not fut.done():
-                fut.set_exception(DriverError("DevTools connection closed"))
-
-    async def _start_frame(self, session: str) -> None:
-        with contextlib.suppress(DriverError):
-            await self.send("Runtime.enable", session=session)
-            await self.send("Runtime.runIfWaitingForDebugger", session=session)
-
-    async def send(self, method: str, session: str = "", **params: Any) -> dict[str, Any]:
-        msg_id = next(self.ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiting[msg_id] = fut
-        msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params}
-        if session:
-            msg["sessionId"] = session
-        await self.ws.send_str(json.dumps(msg))
-        reply = await asyncio.wait_for(fut, 30)
-        if "error" in reply:
-            raise DriverError(f"{method}: {reply['error']}")
-        return dict(reply["result"])
-
-
-@dataclass
-class Page:
-    """One participant: a Chromium with one tab, and where to run script in
-    it (the tab, or the call page inside its iframe)."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    http: aiohttp.ClientSession
-    cdp: Cdp
-    session: str = ""
-    context: int | None = None
-    log: list[str] = field(default_factory=list)
-
-    async def eval(self, expression: str) -> Any:
-        params: dict[str, Any] = {
-            "expression": expression,
-            "awaitPromise": True,
-            "returnByValue": True,
-            # As if the user clicked: joining starts audio playback.
-            "userGesture": True,
-        }
-        if self.context is not None:
-            params["contextId"] = self.context
-        reply = await self.cdp.send("Runtime.evaluate", session=self.session, **params)
-        if "exceptionDetails" in reply:
-            details = reply["exceptionDetails"]
-            text = details.get("exception", {}).get("description") or details.get("text")
-            raise DriverError(f"{self.name}: {expression[:80]}: {text}")
-        return reply["result"].get("value")
-
-    async def wait_for(self, expression: str, what: str, within: float = 20) -> Any:
-        deadline = time.monotonic() + within
-        while True:
-            with contextlib.suppress(DriverError):
-                value = await self.eval(expression)
-                if value:
-                    return value
-            if time.monotonic() > deadline:
-                raise DriverError(f"{self.name}: {what} did not happen in {within:.0f} s")
-            await asyncio.sleep(0.2)
-
-    async def snapshot(self) -> dict[str, Any]:
-        """What the page shows, for a failure report."""
-        try:
-            return dict(
-                await self.eval(
-                    """(async () => ({screen: document.body.dataset.screen,
-                        state: document.body.dataset.state,
-                        toast: document.getElementById('toast')?.textContent,
-                        error: document.getElementById('device-error')?.textContent,
-                        me: window.wadudCall?.me?.id,
-                        pcs: [window.wadudCall?.publishPc?.connectionState,
-                              window.wadudCall?.subscribePc?.connectionState],
-                        stats: window.wadudCall ? await window.wadudCall.stats() : null,
-                        tiles: [...document.querySelectorAll('#grid .tile')].map(t => {
-                          const v = t.querySelector('video');
-                          return [t.dataset.key, t.className, v.videoWidth, v.paused,
-                                  v.srcObject?.getTracks().map(x => x.kind + ':' + x.readyState)];
-                        })}))()"""
-                )
-            )
-        except DriverError as exc:
-            return {"error": str(exc)}
-
-
-def _log_fd(path: Path) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-
-
-def _note_group(work: Path, pgid: int) -> None:
-    with (work / "browser-groups").open("a") as f:
-        f.write(f"{pgid}\n")
-
-
-class Browsers:
-    """Starts one Chromium per participant, each in its own process group
-    (written down so the test can end them even if this driver dies)."""
-
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.pages: list[Page] = []
-
-    async def open(self, name: str, url: str, *flags: str) -> Page:
-        profile = self.work / f"chrome-{name}"
-        profile.mkdir(parents=True)
-        log = _log_fd(self.work / f"chrome-{name}.log")
-        proc = await asyncio.create_subprocess_exec(
-            CHROMIUM, *FLAGS, *flags, f"--user-data-dir={profile}", url,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )  # fmt: skip
-        os.close(log)
-        _note_group(self.work, proc.pid)
-        port_file = profile / "DevToolsActivePort"
-        for _ in range(150):
-            if port_file.exists() and port_file.read_text().strip():
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise DriverError(f"{name}: Chromium did not open its DevTools port")
-        port = int(port_file.read_text().split()[0])
-        http = aiohttp.ClientSession()
-        async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
-            targets = await resp.json()
-        (target,) = [t for t in targets if t["type"] == "page"]
-        ws = await http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
-        cdp = Cdp(ws)
-        await cdp.send("Runtime.enable")
-        # Frames of other sites live in their own processes: attach to them.
-        await cdp.send(
-            "Target.setAutoAttach", autoAttach=True, waitForDebuggerOnStart=False, flatten=True
-        )
-        page = Page(name, proc, http, cdp)
-        self.pages.append(page)
-        return page
-
-    async def close(self) -> None:
-        for page in self.pages:
-            with contextlib.suppress(Exception):
-                await page.cdp.ws.close()
-            await page.http.close()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(page.proc.pid, signal.SIGKILL)
-            await page.proc.wait()
-
-
 @dataclass
 class World:
     base: str
@@ -496,57 +272,6 @@ class World:
             expires=now + expires_in,
         )
         return f"{self.base}/call/{self.room}?token={token}"
-
-
-async def join(page: Page, expect: str = "joined") -> None:
-    """Wait for the device check, press "Join now", wait for ``expect``."""
-    await page.wait_for(
-        "document.body.dataset.screen === 'prejoin'"
-        " && typeof document.getElementById('join').onclick === 'function'",
-        "the device check",
-    )
-    await page.eval("document.getElementById('join').click(), true")
-    await page.wait_for(f"document.body.dataset.state === '{expect}'", f"state {expect}")
-
-
-async def participant_id(page: Page) -> str:
-    return str(await page.wait_for("window.wadudCall?.me?.id", "a participant id"))
-
-
-async def receiving(world: World, pages: list[Page], within: float = 30) -> list[dict[str, Any]]:
-    """Wait until every page decodes video and receives audio from every
-    other; then read twice, 1.5 s apart, and give both readings per pair."""
-    ids = {p.name: await participant_id(p) for p in pages}
-    expr = "window.wadudCall.stats().then(s => s.participants)"
-
-    def ready(stats: dict[str, Any], frm: str) -> bool:
-        s = stats.get(ids[frm])
-        return bool(s and s["framesDecoded"] > 0 and s["audioPackets"] > 0)
-
-    deadline = time.monotonic() + within
-    while True:
-        first = {p.name: await p.eval(expr) for p in pages}
-        if all(ready(first[p.name], q.name) for p in pages for q in pages if p is not q):
-            break
-        if time.monotonic() > deadline:
-            raise DriverError(f"media did not reach everyone in {within:.0f} s: {first}")
-        await asyncio.sleep(0.3)
-    world.mark("flowing " + "+".join(ids))
-    await asyncio.sleep(1.5)
-    second = {p.name: await p.eval(expr) for p in pages}
-    return [
-        {"to": p.name, "frm": q.name, "before": first[p.name][ids[q.name]],
-         "after": second[p.name][ids[q.name]]}
-        for p in pages for q in pages if p is not q
-    ]  # fmt: skip
-
-
-async def captions(page: Page) -> list[str]:
-    return list(
-        await page.eval(
-            "[...document.querySelectorAll('#grid .tile figcaption')].map(c => c.textContent)"
-        )
-    )
 
 
 def talking(path: Path) -> Path:
@@ -687,52 +412,6 @@ async def scenario_iframe(world: World) -> dict[str, Any]:
         "call_origin": world.base,
         "timings": world.timings,
     }
-
-
-async def frame_of(page: Page, url: str) -> Page:
-    """A Page that runs script in the frame of ``page`` showing ``url`` (or
-    a URL under it): a frame of another site has its own target (site
-    isolation), a frame of the same site only its own context."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for (session, ctx_id), ctx in list(page.cdp.contexts.items()):
-            if not ctx.get("auxData", {}).get("isDefault") or not url.startswith(ctx["origin"]):
-                continue
-            frame = Page(f"{page.name}-frame", page.proc, page.http, page.cdp, session, ctx_id)
-            with contextlib.suppress(DriverError):
-                if str(await frame.eval("location.href")).startswith(url):
-                    return frame
-        await asyncio.sleep(0.2)
-    contexts = [c.get("origin") for c in page.cdp.contexts.values()]
-    raise DriverError(f"no frame showing {url} in {page.name}; contexts: {contexts}")
-
-
-async def from_peer(page: Page, peer: str) -> dict[str, int]:
-    """What ``page`` has received from participant ``peer`` so far (zeros
-    when nothing: a removed track takes its counters with it)."""
-    stats = await page.eval(f"window.wadudCall.stats().then(s => s.participants['{peer}'])")
-    zero = {"framesDecoded": 0, "videoPackets": 0, "audioPackets": 0, "totalSamplesReceived": 0}
-    return dict(stats or zero)
-
-
-async def flow(page: Page, peer: str, seconds: float = 1.5) -> dict[str, int]:
-    """How much of each counter rose over ``seconds``."""
-    before = await from_peer(page, peer)
-    await asyncio.sleep(seconds)
-    after = await from_peer(page, peer)
-    return {k: after[k] - before.get(k, 0) for k in after}
-
-
-async def click(page: Page, selector: str) -> None:
-    await page.eval(f"document.querySelector({json.dumps(selector)}).click(), true")
-
-
-async def until_flowing(page: Page, peer: str, key: str, within: float = 15) -> dict[str, int]:
-    deadline = time.monotonic() + within
-    while True:
-        rise = await flow(page, peer, 1.0)
-        if rise[key] > 0 or time.monotonic() > deadline:
-            return rise
 
 
 class CuttableProxy:
