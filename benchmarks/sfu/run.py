@@ -1055,7 +1055,13 @@ def code_identity() -> dict[str, str]:
             timeout=10,
             check=False,
         ).stdout.strip()
-    for name in ("sfu/worker.py", "sfu/forward.py", "rtc/srtp.py", "rtc/rtp.py"):
+    for name in (
+        "sfu/worker.py",
+        "sfu/records.py",
+        "sfu/forward.py",
+        "rtc/srtp.py",
+        "rtc/rtp.py",
+    ):
         with contextlib.suppress(OSError):
             ident[name] = hashlib.sha1((ROOT / name).read_bytes()).hexdigest()[:12]
     return ident

@@ -1,0 +1,211 @@
+"""What a media worker knows of its rooms: rooms, participants, transports, tracks, m= sections.
+
+The records both sides of :class:`sfu.worker.MediaWorker` share. The datagram
+side (:mod:`sfu.worker`) reads a :class:`Peer` on every packet: its SRTP
+methods, selected address, forwarder and per-packet counters. The control
+side (:mod:`sfu.negotiation`) creates and changes them as participants
+publish, subscribe and leave. A :class:`Peer` is also the forwarder's key for
+its subscriber, so the hot path needs no lookup per subscriber.
+
+Plain classes with ``__slots__`` rather than dataclasses: the hot path reads
+their attributes per packet, and identity (not equality) is what the
+forwarder's and the report scheduler's tables key on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Literal
+
+from rtc.ice import Address
+from rtc.sdp import Codec, ForwardedTrack, LocalParameters
+from sfu.bandwidth import TransportCcRecorder
+from sfu.control import TrackInfo
+from sfu.forward import Forwarder
+from sfu.reports import ReceiveStatistics
+from sfu.speaker import ActiveSpeaker as SpeakerDetector
+from sfu.transport import PeerTransport
+
+__all__ = ["Leg", "Participant", "Peer", "Room", "Section", "Track"]
+
+Leg = Literal["publish", "subscribe"]
+"""A participant's two transports: it publishes on one and receives on the other."""
+
+
+class Room:
+    __slots__ = ("forwarder", "name", "participants", "speaker", "speaker_sent", "tracks")
+
+    def __init__(self, name: str, forwarder: Forwarder, speaker: SpeakerDetector) -> None:
+        self.name = name
+        self.forwarder = forwarder
+        self.speaker = speaker
+        self.speaker_sent: str | None = None
+        self.participants: dict[str, Participant] = {}
+        self.tracks: dict[str, Track] = {}
+
+
+class Participant:
+    __slots__ = ("id", "publish", "room", "subscribe")
+
+    def __init__(self, room: Room, participant: str) -> None:
+        self.room = room
+        self.id = participant
+        self.publish: Peer | None = None
+        self.subscribe: Peer | None = None
+
+
+class Peer:
+    """One transport of one participant, and the forwarder's key for it.
+
+    The hot path reads ``addr``, ``forwarder``, ``levels``, ``recv_stats``,
+    ``twcc``/``twcc_id``, the SRTP methods (bound once when the transport
+    connects, None when it is not) and bumps ``packets_in``/``octets_in``.
+    """
+
+    __slots__ = (
+        "addr",
+        "addresses",
+        "direction",
+        "ext_ids",
+        "forwarder",
+        "levels",
+        "local",
+        "next_mid",
+        "octets_in",
+        "packets_in",
+        "participant",
+        "pending_offer",
+        "protect",
+        "protect_rtcp",
+        "recv_stats",
+        "reporting",
+        "room",
+        "rtcp_in",
+        "rtcp_out",
+        "sections",
+        "srtp_errors",
+        "ssrcs",
+        "tracks",
+        "transport",
+        "twcc",
+        "twcc_id",
+        "unprotect",
+        "unprotect_rtcp",
+    )
+
+    def __init__(
+        self,
+        room: Room,
+        participant: str,
+        direction: Leg,
+        transport: PeerTransport,
+        local: LocalParameters,
+    ) -> None:
+        self.addr: Address | None = None
+        self.forwarder = room.forwarder
+        self.levels: dict[int, int] = {}
+        """Publisher's audio SSRC -> its ssrc-audio-level extension id (RFC 6464)."""
+        self.recv_stats: dict[int, ReceiveStatistics] = {}
+        """Publisher's media SSRC -> its reception statistics (RFC 3550 A.1, A.3, A.8)."""
+        self.twcc: TransportCcRecorder | None = None
+        """Set while the worker sends this publisher transport-cc feedback."""
+        self.twcc_id = 0
+        """The publisher's transport-wide-cc extension id (RFC 8285), with ``twcc``."""
+        self.octets_in = 0
+        self.packets_in = 0
+        self.protect: Callable[[bytes], bytes] | None = None
+        self.protect_rtcp: Callable[[bytes], bytes] | None = None
+        self.unprotect: Callable[[bytes], bytes] | None = None
+        self.unprotect_rtcp: Callable[[bytes], bytes] | None = None
+        self.addresses: set[Address] = set()
+        self.direction: Leg = direction
+        self.ext_ids: dict[str, int] = {}
+        self.local = local
+        self.next_mid = 0
+        self.participant = participant
+        self.pending_offer = False
+        self.room = room
+        self.reporting = False
+        """Whether the worker's report scheduler has this leg (from its connection on)."""
+        self.rtcp_in = 0
+        self.rtcp_out = 0
+        self.sections: list[Section] = []
+        self.ssrcs: set[int] = set()
+        self.srtp_errors = 0
+        self.tracks: dict[str, Track] = {}
+        """Publish side: mid -> track."""
+        self.transport = transport
+
+    def __repr__(self) -> str:
+        return f"<peer {self.room.name}/{self.participant} {self.direction}>"
+
+
+class Track:
+    __slots__ = ("codec", "extensions", "info", "live", "publisher", "rtx", "rtx_ssrc", "ssrc")
+
+    def __init__(
+        self,
+        info: TrackInfo,
+        publisher: Peer,
+        ssrc: int,
+        rtx_ssrc: int | None,
+        codec: Codec,
+        rtx: Codec | None,
+        extensions: dict[str, int],
+    ) -> None:
+        self.info = info
+        self.publisher = publisher
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.codec = codec
+        self.rtx = rtx
+        self.extensions = extensions
+        self.live = True
+
+
+class Section:
+    """One m= section of a subscribe transport: the track it carries as the subscriber sees it.
+
+    A section whose track ended is *stopped* (port 0, RFC 3264 section 8.2),
+    except the first one, which is *parked* instead: it carries the BUNDLE tag
+    (RFC 8843 section 7.2), and rejecting it would move the BUNDLE transport
+    to another m= section (section 7.5.3), which Chromium does by closing the
+    DTLS association and starting a new one. A parked section stays in the
+    BUNDLE group with its port, ``a=inactive``, no msid and no SSRC.
+    """
+
+    __slots__ = (
+        "forwarded",
+        "negotiated",
+        "parked",
+        "pt_map",
+        "rtx_map",
+        "sub_extensions",
+        "subscribed",
+        "track",
+        "use_rtx",
+    )
+
+    def __init__(self, track: Track, forwarded: ForwardedTrack, pt_map: dict[int, int]) -> None:
+        self.track = track
+        self.forwarded = forwarded
+        self.pt_map = pt_map
+        """Publisher payload type -> the subscriber's (media only; RTX is the forwarder's)."""
+        self.rtx_map: dict[int, int] = {}
+        self.sub_extensions: dict[str, int] = {}
+        self.negotiated = False
+        self.parked = False
+        self.subscribed = False
+        self.use_rtx = False
+
+    @property
+    def live(self) -> bool:
+        """Whether the section carries its track (neither stopped nor parked)."""
+        return not self.forwarded.stopped and not self.parked
+
+    def stop(self, first: bool) -> None:
+        if first:
+            self.parked = True
+        else:
+            self.forwarded = replace(self.forwarded, stopped=True)
