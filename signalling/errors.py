@@ -126,7 +126,8 @@ class BadSdp(CallError):
 
 
 class MediaUnavailable(SignallingError):
-    """No media worker is installed or it is shutting down: our fault, not the peer's."""
+    """No media worker is live, or the room's did not answer: our fault, not
+    the peer's; retry (the room is placed again when its worker died)."""
 
-    code = "internal-error"
+    code = "media-unavailable"
     title = "No media worker"

@@ -15,6 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from sfu.control import MediaControl
+from sfu.rpc import MediaClient
+from signalling.cluster import Cluster
+from signalling.placement import Placement
 from signalling.service import CallService
 from turn.credentials import ice_server
 from wadud import keys
@@ -49,12 +52,34 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     def media() -> MediaControl | None:
         return app.get(keys.MEDIA)
 
-    service = CallService(app[keys.SETTINGS], media, lambda pid: ice_servers_for(app, pid))
+    settings = app[keys.SETTINGS]
+    # With Redis, rooms are shared by every replica (signalling.cluster); with
+    # no media worker in this process (`wadud api`), they are placed on the
+    # registered media nodes and driven over Redis (sfu.rpc).
+    redis = getattr(app[keys.BUS], "redis", None) if settings.redis_url else None
+    cluster = placement = client = None
+    if redis is not None:
+        cluster = Cluster(redis, lease=settings.call_owner_lease)
+        if keys.MEDIA not in app:
+            placement = Placement(redis)
+            client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
+            await client.start()
+    service = CallService(
+        settings,
+        media,
+        lambda pid: ice_servers_for(app, pid),
+        cluster=cluster,
+        placement=placement,
+        media_client=client,
+    )
     app[CALLS] = service
     try:
+        await service.start()
         yield
     finally:
         await service.close()
+        if client is not None:
+            await client.close()
 
 
 async def _shutdown(app: web.Application) -> None:

@@ -40,16 +40,34 @@ Each participant is in one :class:`State`, and moves only along
 * GONE: out of the room for good; nothing is ever sent to it again.
 
 A connection's participant is WAITING when it has no ``admin`` grant and
-either nobody with ``admin`` is in the room (JOINED or DETACHED) or the room
-requires admission; an admin admits or denies. A ``join`` without a resume
-for an identity already in the room replaces the older participant.
+either nobody with ``admin`` is in the room (JOINED or DETACHED), the room
+requires admission, or an admin denied or removed that identity before (a
+removal holds: the same link waits for admission again, until an admin admits
+it); an admin admits or denies. A ``join`` without a resume for an identity
+already in the room replaces the older participant.
+
+Media moves
+-----------
+
+When the room's media worker is lost or drained, :meth:`Room.media_reset`
+forgets every track and tells each connected participant ``media_reconnect``
+(new peer connections, publish again); a DETACHED one hears it when it
+resumes.
+
+Snapshots
+---------
+
+:meth:`Room.snapshot` and :meth:`Room.restore` turn the room into plain data
+and back, so an API replica can take over a room whose owner died; the
+adapter maps connection handles to strings and back and says which of them
+still stand.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +205,8 @@ class Participant:
     deadline: float | None = None
     #: Its published tracks, by id, in publish order.
     tracks: dict[str, TrackInfo] = field(default_factory=dict)
+    #: The room's media moved while it was DETACHED: tell it on resume.
+    media_stale: bool = False
 
     @property
     def admin(self) -> bool:
@@ -270,6 +290,9 @@ class Room:
         self.participants: dict[str, Participant] = {}
         self._sessions: dict[str, str] = {}
         self._speaker: str | None = None
+        #: Identities an admin denied or removed: they wait for admission,
+        #: whatever the room's setting, until an admin admits them.
+        self.blocked: set[str] = set()
 
     # -- views -----------------------------------------------------------------
 
@@ -357,6 +380,9 @@ class Room:
             self._move(old, Event.RESUME)
             old.conn, old.deadline = conn, None
             out += self._welcome(old, ref)
+            if old.media_stale and old.state is J:
+                old.media_stale = False
+                out += self._to(old, reply("media_reconnect", reason="media-moved"))
             return JoinResult(old, out, resumed=True)
         older = [p for p in self.participants.values() if p.grant.identity == grant.identity]
         if len(self.participants) - len(older) >= self.max_participants:
@@ -366,7 +392,9 @@ class Room:
         pid = self._new_id()
         while pid in self.participants:
             pid = self._new_id()
-        waits = not grant.admin and (self.require_admission or not self._admin_present())
+        waits = not grant.admin and (
+            self.require_admission or not self._admin_present() or grant.identity in self.blocked
+        )
         p = Participant(pid, grant, self._new_session(), W if waits else J, conn)
         self.participants[pid] = p
         self._sessions[p.session] = pid
@@ -444,6 +472,7 @@ class Room:
     def remove(self, conn: ConnId, target_id: str) -> list[Output]:
         self._admin(conn)
         target = self._target(target_id)
+        self._block(target)
         out = self._to(target, reply("removed"))
         out += self._depart(
             target, Event.REMOVE, "removed", close=(errors.CLOSE_FORBIDDEN, "removed")
@@ -513,6 +542,7 @@ class Room:
         self._admin(conn)
         p = self._target(target_id)
         self._move(p, Event.ADMIT)
+        self.blocked.discard(p.grant.identity)
         return self._welcome(p, None) + self._announce_joined(p) + self._waiting_changed()
 
     def deny(self, conn: ConnId, target_id: str) -> list[Output]:
@@ -520,8 +550,14 @@ class Room:
         p = self._target(target_id)
         if p.state is not W:
             raise errors.BadState(f"{target_id} is not waiting")
+        self._block(p)
         out = self._to(p, reply("denied"))
         return out + self._depart(p, Event.DENY, "denied", close=(errors.CLOSE_FORBIDDEN, "denied"))
+
+    def _block(self, p: Participant) -> None:
+        # An admin's token comes back as admin whatever we note here.
+        if not p.admin:
+            self.blocked.add(p.grant.identity)
 
     def set_require_admission(self, conn: ConnId, value: bool) -> list[Output]:
         self._admin(conn)
@@ -603,6 +639,101 @@ class Room:
             return []
         self._speaker = participant_id
         return self._broadcast(reply("active_speaker", participant_id=participant_id))
+
+    # -- media moves -----------------------------------------------------------
+
+    def media_reset(self, reason: str) -> list[Output]:
+        """The room's media worker is gone (or draining): every track is
+        forgotten, connected participants are told ``media_reconnect`` and
+        DETACHED ones will be told when they resume. The adapter points the
+        room at its new worker first."""
+        out: list[Output] = []
+        for p in self.present():
+            for t in p.tracks.values():
+                out += self._broadcast(reply("track_unpublished", track_id=t.track_id), p)
+            p.tracks.clear()
+        for p in self.present():
+            if p.state is J and p.conn is not None:
+                out += self._to(p, reply("media_reconnect", reason=reason))
+            else:
+                p.media_stale = True
+        if self._speaker is not None:
+            self._speaker = None
+            out += self._broadcast(reply("active_speaker", participant_id=None))
+        return out
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def snapshot(self, now: float, conn_ref: Callable[[ConnId], str | None]) -> dict[str, Any]:
+        """The room as plain data; deadlines as seconds left after ``now``."""
+        return {
+            "name": self.name,
+            "require_admission": self.require_admission,
+            "ended": self.ended,
+            "speaker": self._speaker,
+            "blocked": sorted(self.blocked),
+            "participants": [
+                {
+                    "id": p.id,
+                    "grant": asdict(p.grant),
+                    "session": p.session,
+                    "state": p.state.value,
+                    "conn": conn_ref(p.conn) if p.conn is not None else None,
+                    "grace_left": None if p.deadline is None else p.deadline - now,
+                    "tracks": [asdict(t) for t in p.tracks.values()],
+                    "media_stale": p.media_stale,
+                }
+                for p in self.participants.values()
+            ],
+        }
+
+    def restore(
+        self,
+        data: dict[str, Any],
+        now: float,
+        *,
+        conn_of: Callable[[str], ConnId | None],
+        grant_of: Callable[[dict[str, Any]], RoomGrant],
+        elapsed: float = 0.0,
+    ) -> list[Output]:
+        """Take over a room from :meth:`snapshot` (``elapsed`` seconds old).
+        ``conn_of`` gives the handle of a connection that still stands, or
+        None: its participant is DETACHED with a fresh grace period (or gone,
+        if it was waiting). Returns what that changes for the others."""
+        self.require_admission = bool(data.get("require_admission", False))
+        self.ended = bool(data.get("ended", False))
+        self._speaker = data.get("speaker")
+        self.blocked = set(data.get("blocked", ()))
+        self.participants.clear()
+        self._sessions.clear()
+        lost: list[Participant] = []
+        for d in data.get("participants", ()):
+            grant = grant_of(d["grant"])
+            conn = conn_of(d["conn"]) if d.get("conn") else None
+            p = Participant(
+                id=d["id"],
+                grant=grant,
+                session=d["session"],
+                state=State(d["state"]),
+                conn=conn,
+                media_stale=bool(d.get("media_stale", False)),
+            )
+            p.tracks = {t["track_id"]: TrackInfo(**t) for t in d.get("tracks", ())}
+            left = d.get("grace_left")
+            if p.state is D and left is not None:
+                p.deadline = now + max(0.0, left - elapsed)
+            self.participants[p.id] = p
+            self._sessions[p.session] = p.id
+            if p.conn is None and p.state is not D:
+                lost.append(p)
+        out: list[Output] = []
+        for p in lost:
+            if p.state is W:
+                out += self._depart(p, Event.DISCONNECT, "left")
+            else:
+                self._move(p, Event.DISCONNECT)
+                p.deadline = now + self.resume_grace
+        return out + self._maybe_close()
 
     # -- helpers ---------------------------------------------------------------
 

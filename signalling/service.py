@@ -17,6 +17,14 @@ returns:
 
 Errors from one frame become an ``error`` frame on that connection only;
 nothing a client sends can take another connection down.
+
+With Redis (``wadud api`` replicas), a room lives on one replica at a time,
+its owner (:mod:`signalling.cluster`): a connection on another replica has its
+frames forwarded there and receives what the owner sends, through
+:class:`RemoteConnection` handles on the owner's side. The room's media
+worker is chosen by :mod:`signalling.placement` and driven over Redis
+(:mod:`sfu.rpc`); when it dies or drains, the owner places the room again and
+tells everyone to reconnect media.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -37,10 +46,15 @@ from prometheus_client.registry import Collector
 
 from rtc.errors import SdpError
 from rtc.sdp import SessionDescription
+from sfu import registry
 from sfu.control import ActiveSpeaker, MediaControl, MediaEvent, TrackInfo, TransportState
 from sfu.errors import SfuStateError
+from sfu.rpc import MediaClient
+from sfu.rpc import MediaUnavailable as WorkerUnavailable
 from signalling import errors
 from signalling import protocol as p
+from signalling.cluster import Cluster, conn_replica
+from signalling.placement import Placed, Placement
 from signalling.room import (
     Close,
     MediaCloseRoom,
@@ -67,6 +81,8 @@ QUEUE_MAX = 512
 #: How long an ended room's name keeps refusing joins (``room-ended``).
 ENDED_MEMORY = 24 * 3600.0
 ENDED_MAX = 100_000
+#: Seconds between the cluster watcher's rounds (leases, dead replicas and workers).
+WATCH_INTERVAL = 1.0
 
 FRAMES = Counter(
     "wadud_call_frames",
@@ -76,6 +92,14 @@ FRAMES = Counter(
 ERRORS = Counter("wadud_call_errors", "Signalling error frames sent, by code.", ["code"])
 MEDIA_EVENTS = Counter(
     "wadud_call_media_events", "Media worker events received, by type and state.", ["type", "state"]
+)
+MEDIA_MOVES = Counter(
+    "wadud_call_media_moves",
+    "Rooms placed on another media worker because theirs died or drained, by reason.",
+    ["reason"],
+)
+TAKEOVERS = Counter(
+    "wadud_call_room_takeovers", "Rooms this replica took over from a replica that died."
 )
 
 
@@ -121,13 +145,20 @@ REGISTRY.register(COLLECTOR)
 class Connection:
     """One WebSocket's outbound side: frames in order, then maybe a close."""
 
-    def __init__(self, ws: web.WebSocketResponse, room_hint: str | None, now: float) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, room_hint: str | None, now: float, ref: str = ""
+    ) -> None:
         self.ws = ws
         self.room_hint = room_hint
+        #: The room, when this replica owns it; else None and see ``room_name``.
         self.room: CallRoom | None = None
+        #: The room this connection joined, wherever its owner runs.
+        self.room_name: str | None = None
         self.participant_id: str | None = None
         self.last_seen = now
         self.closing = False
+        #: The connection's name across replicas (``"{replica}/{n}"``).
+        self.ref = ref
         self.queue: asyncio.Queue[str | tuple[int, str] | None] = asyncio.Queue()
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -161,6 +192,51 @@ class Connection:
                 await self.ws.send_str(item)
         except (ConnectionError, RuntimeError):
             return  # the peer went away; the reader ends too
+
+
+class RemoteConnection:
+    """A client connected to another replica, as the room's owner sees it:
+    what is sent goes to that replica, which writes it to the socket."""
+
+    def __init__(self, service: CallService, ref: str, room_name: str) -> None:
+        self.service = service
+        self.ref = ref
+        self.replica = conn_replica(ref)
+        self.room: CallRoom | None = None
+        self.room_name: str | None = room_name
+        self.participant_id: str | None = None
+        self.closing = False
+        self.last_seen = 0.0
+        self.inbox: asyncio.Queue[str] = asyncio.Queue()
+        self.reader: asyncio.Task[None] | None = None
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if self.closing:
+            return
+        if frame.get("type") == "error":
+            ERRORS.labels(frame["code"]).inc()
+        cluster = self.service.cluster
+        if cluster is not None:
+            cluster.send(self.replica, {"k": "out", "conn": self.ref, "frame": frame})
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            cluster = self.service.cluster
+            if cluster is not None:
+                msg = {"k": "close", "conn": self.ref, "code": code, "reason": reason}
+                cluster.send(self.replica, msg)
+
+
+AnyConnection = Connection | RemoteConnection
+
+
+class _Moved(Exception):
+    """The room is owned by another replica (raised before anything changed)."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
 
 
 # -- media ---------------------------------------------------------------------
@@ -279,7 +355,7 @@ class Subscriber:
                 if ids == self.asked and not self.force:
                     continue
                 try:
-                    media = self.room.service.media()
+                    media = await self.room.service.media_for(self.room)
                     sdp = await self.room.media_call(
                         partial(media.subscribe, self.room.name, self.pid, ids)
                     )
@@ -308,7 +384,7 @@ class Subscriber:
     async def answer(self, sdp: str) -> None:
         if self.offer is None:
             raise errors.BadState("no offer is waiting for an answer")
-        media = self.room.service.media()
+        media = await self.room.service.media_for(self.room)
         await self.room.media_call(partial(media.answer, self.room.name, self.pid, sdp))
         self.offer = None
         if self.dirty:
@@ -350,20 +426,29 @@ def offer_tracks(sdp: str, wanted: Iterable[TrackInfo]) -> list[dict[str, Any]]:
 class CallRoom:
     """A live room: its sans-I/O core, timer, subscribers and media lane."""
 
-    def __init__(self, service: CallService, core: Room, lane: MediaLane) -> None:
+    def __init__(self, service: CallService, core: Room, lane: MediaLane, region: str) -> None:
         self.service = service
         self.core = core
         self.name = core.name
         self.lane = lane
         self.subscribers: dict[str, Subscriber] = {}
         self.timer: asyncio.TimerHandle | None = None
+        #: Where the room's media goes (the first participant's region).
+        self.region = region
+        #: The worker it was placed on, and the control for it (cluster mode).
+        self.placed: Placed | None = None
+        self.media: MediaControl | None = None
 
     def media_call(self, call: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         return self.lane.submit(call)
 
     def send_to(self, participant_id: str, frame: dict[str, Any]) -> None:
         who = self.core.get(participant_id)
-        if who is not None and isinstance(who.conn, Connection) and who.state is State.JOINED:
+        if (
+            who is not None
+            and isinstance(who.conn, Connection | RemoteConnection)
+            and who.state is State.JOINED
+        ):
             who.conn.send(frame)
 
     def subscriber(self, participant_id: str) -> Subscriber:
@@ -374,31 +459,69 @@ class CallRoom:
 
 
 class CallService:
-    """Every room of this process and the connections in them."""
+    """Every room this process owns, the connections it holds, and (with
+    Redis) its part in the cluster of replicas."""
 
     def __init__(
         self,
         settings: Settings,
         media: Callable[[], MediaControl | None],
         ice_servers: Callable[[str], list[dict[str, Any]]],
+        *,
+        cluster: Cluster | None = None,
+        placement: Placement | None = None,
+        media_client: MediaClient | None = None,
     ) -> None:
         self.settings = settings
         self._get_media = media
         self._listening: set[int] = set()
         self._ice_servers = ice_servers
+        self.cluster = cluster
+        self.placement = placement
+        self.media_client = media_client
         self.rooms: dict[str, CallRoom] = {}
         self.lanes: dict[str, MediaLane] = {}
         self.ended: dict[str, float] = {}
         self.connections: set[Connection] = set()
+        #: This replica's connections by reference (cluster messages name them).
+        self.local: dict[str, Connection] = {}
+        #: Other replicas' connections in rooms this replica owns.
+        self.remote: dict[str, RemoteConnection] = {}
         #: Negotiations still running for subscribers whose room is gone.
         self._orphans: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Rooms whose snapshot must be written (None: forget it).
+        self._dirty: dict[str, CallRoom | None] = {}
+        self._dirty_event = asyncio.Event()
+        self._watch_now = asyncio.Event()
+        self._closed = False
         self.join_timeout = JOIN_TIMEOUT
         self.ping_interval = settings.call_ping_interval
         COLLECTOR.services.add(self)
 
+    # -- cluster life ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the cluster (with Redis): listen for other replicas' messages,
+        watch leases, replicas and workers, and write room snapshots."""
+        if self.media_client is not None:
+            self.media_client.add_listener(self._on_worker_message)
+        if self.cluster is None:
+            return
+        await self.cluster.start(self._on_cluster)
+        self._spawn(self._watcher(), "call-cluster-watch")
+        self._spawn(self._writer(), "call-cluster-write")
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     # -- the media worker ------------------------------------------------------
 
     def media(self) -> MediaControl:
+        """The in-process worker (``wadud serve``)."""
         media = self._get_media()
         if media is None:
             raise errors.MediaUnavailable("no media worker is running")
@@ -407,6 +530,44 @@ class CallService:
             self._listening.add(id(media))
             media.add_listener(self.on_media_event)
         return media
+
+    def _media_of(self, room: CallRoom) -> MediaControl | None:
+        """The room's media control if it has one now (for background calls)."""
+        if self.placement is None:
+            media = self._get_media()
+            return self.media() if media is not None else None
+        return room.media
+
+    async def media_for(self, room: CallRoom) -> MediaControl:
+        """The room's media worker: in-process, or placed over Redis on first use."""
+        if self.placement is None or self.media_client is None:
+            return self.media()
+        if room.media is None:
+            placed = await self.placement.place(room.name, room.region)
+            if placed is None:
+                raise errors.MediaUnavailable("no media worker is live")
+            if self.rooms.get(room.name) is room and room.media is None:
+                self._point(room, placed)
+        if room.media is None:
+            raise errors.MediaUnavailable("the room has no media worker")
+        return room.media
+
+    def _point(self, room: CallRoom, placed: Placed) -> None:
+        assert self.media_client is not None
+        room.placed = placed
+        room.media = self.media_client.remote(placed.worker, placed.incarnation)
+        self._mark(room)
+        log.info(
+            "call room placed",
+            extra={"room": room.name, "worker": placed.worker, "region": room.region},
+        )
+
+    def _on_worker_message(self, worker: str, incarnation: str, payload: Any) -> None:
+        if isinstance(payload, str):
+            # A worker's life changed (stopped, draining): check placements now.
+            self._watch_now.set()
+        else:
+            self.on_media_event(payload)
 
     def on_media_event(self, event: MediaEvent) -> None:
         try:
@@ -452,7 +613,7 @@ class CallService:
             lane = self.lanes[name] = MediaLane(idle)
         return lane
 
-    def room(self, name: str) -> CallRoom:
+    def room(self, name: str, region: str = "") -> CallRoom:
         room = self.rooms.get(name)
         if room is None:
             s = self.settings
@@ -463,12 +624,18 @@ class CallService:
                 ping_interval=s.call_ping_interval,
                 ice_servers=self._ice_servers,
             )
-            room = self.rooms[name] = CallRoom(self, core, self._lane(name))
+            room = CallRoom(self, core, self._lane(name), region or s.region)
+            self.rooms[name] = room
         return room
 
-    def _drop_room(self, room: CallRoom) -> None:
+    def _drop_room(self, room: CallRoom, *, forget: bool = True) -> None:
+        """Stop running ``room`` here. ``forget``: the room is over (its
+        snapshot, lease and placement go); else another replica has it now."""
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            if self.cluster is not None and forget:
+                self._dirty[room.name] = None
+                self._dirty_event.set()
         if room.timer is not None:
             room.timer.cancel()
             room.timer = None
@@ -477,6 +644,15 @@ class CallService:
         room.subscribers.clear()
         if not room.lane.busy and self.lanes.get(room.name) is room.lane:
             del self.lanes[room.name]
+        for conn in self._conns_of(room):
+            conn.room = None
+            if isinstance(conn, RemoteConnection) and forget:
+                self.remote.pop(conn.ref, None)
+
+    def _conns_of(self, room: CallRoom) -> list[AnyConnection]:
+        out: list[AnyConnection] = [c for c in self.connections if c.room is room]
+        out += [c for c in self.remote.values() if c.room is room]
+        return out
 
     def _retire(self, sub: Subscriber) -> None:
         sub.close()
@@ -487,28 +663,29 @@ class CallService:
         self.ended[name] = now
         while len(self.ended) > ENDED_MAX:
             del self.ended[next(iter(self.ended))]
+        if self.cluster is not None:
+            self._spawn(self.cluster.mark_ended(name), "call-mark-ended")
 
-    def _is_ended(self, name: str, now: float) -> bool:
+    async def _is_ended(self, name: str, now: float) -> bool:
         when = self.ended.get(name)
-        if when is None:
-            return False
-        if now - when > ENDED_MEMORY:
+        if when is not None:
+            if now - when <= ENDED_MEMORY:
+                return True
             del self.ended[name]
-            return False
-        return True
+        return self.cluster is not None and await self.cluster.is_ended(name)
 
     def apply(self, room: CallRoom, outputs: Iterable[Output]) -> None:
         """Carry out what the room core asked for, then rearm its timer."""
         loop = asyncio.get_running_loop()
-        media = self._get_media()
+        media = self._media_of(room)
         closed = False
         for out in outputs:
             match out:
                 case Send(conn, frame):
-                    if isinstance(conn, Connection):
+                    if isinstance(conn, Connection | RemoteConnection):
                         conn.send(frame)
                 case Close(conn, code, reason):
-                    if isinstance(conn, Connection):
+                    if isinstance(conn, Connection | RemoteConnection):
                         conn.close(code, reason)
                 case MediaLeave(pid):
                     sub = room.subscribers.pop(pid, None)
@@ -521,6 +698,8 @@ class CallService:
                         self._remember_ended(room.name, loop.time())
                     if media is not None:
                         room.lane.background("close_room", partial(media.close_room, room.name))
+                    if self.placement is not None and room.placed is not None:
+                        self._spawn(self.placement.release(room.name, room.placed), "call-release")
                     closed = True
                 case Resubscribe(pids):
                     for pid in pids:
@@ -530,6 +709,7 @@ class CallService:
             self._drop_room(room)
         else:
             self._arm(room)
+            self._mark(room)
 
     def _arm(self, room: CallRoom) -> None:
         if room.timer is not None:
@@ -548,14 +728,99 @@ class CallService:
 
     # -- connections -----------------------------------------------------------
 
-    def disconnected(self, conn: Connection) -> None:
+    def disconnected(self, conn: AnyConnection) -> None:
         """The connection is over, however it ended."""
-        self.connections.discard(conn)
+        if isinstance(conn, Connection):
+            self.connections.discard(conn)
+            self.local.pop(conn.ref, None)
+        else:
+            self.remote.pop(conn.ref, None)
+            if conn.reader is not None:
+                conn.reader.cancel()
         room = conn.room
         if room is not None and self.rooms.get(room.name) is room:
             self.apply(room, room.core.disconnect(conn, asyncio.get_running_loop().time()))
+        elif self.cluster is not None and conn.room_name is not None:
+            # Its room runs elsewhere: the owner hears of it.
+            self._spawn(self._forward_gone(conn.room_name, conn.ref), "call-gone")
 
-    async def on_text(self, conn: Connection, text: str) -> None:
+    async def _forward_gone(self, room: str, ref: str) -> None:
+        assert self.cluster is not None
+        try:
+            owner = await self.cluster.owner(room)
+            if owner is not None and owner != self.cluster.replica:
+                self.cluster.send(owner, {"k": "gone", "room": room, "conn": ref})
+        except Exception as exc:
+            log.warning("could not tell the room's owner of a closed connection: %s", exc)
+
+    async def route(self, conn: AnyConnection, text: str) -> None:
+        """One text frame from a client, handled here when this replica owns
+        (or can take) its room, else forwarded to the owner."""
+        if self.cluster is None:
+            await self.on_text(conn, text)
+            return
+        name = conn.room_name
+        if name is None and isinstance(conn, Connection):
+            name = self._join_room_of(conn, text)
+            if name is None:
+                # Not a join, or a join this replica refuses by itself.
+                await self.on_text(conn, text)
+                return
+        if name is None:
+            return
+        deadline = asyncio.get_running_loop().time() + 2 * self.cluster.lease + 2
+        while True:
+            if name in self.rooms or await self._own(name):
+                try:
+                    await self.on_text(conn, text)
+                    return
+                except _Moved as moved:
+                    owner: str | None = moved.owner
+                else:
+                    return
+            else:
+                owner = await self.cluster.owner(name)
+            if owner is not None and owner != self.cluster.replica:
+                msg = {"k": "in", "room": name, "conn": conn.ref, "text": text}
+                if await self.cluster.deliver(owner, msg):
+                    return
+            # The owner is gone (its lease not yet over) or changing hands.
+            if asyncio.get_running_loop().time() > deadline:
+                conn.send(p.error_frame("internal-error", "the room is not reachable; try again"))
+                return
+            await asyncio.sleep(0.2)
+
+    def _join_room_of(self, conn: Connection, text: str) -> str | None:
+        """The room a ``join`` frame asks for, if its token is good (this
+        replica answers bad frames and tokens itself)."""
+        try:
+            frame = p.parse(text)
+        except p.ProtocolError:
+            return None
+        if not isinstance(frame, p.Join):
+            return None
+        try:
+            grant = decode_room_token(self.settings, frame.token)
+        except InvalidToken:
+            return None
+        if conn.room_hint is not None and conn.room_hint != grant.room:
+            return None
+        conn.room_name = grant.room
+        return grant.room
+
+    async def _own(self, name: str) -> bool:
+        """This replica owns room ``name`` now, taking it over if free."""
+        if name in self.rooms:
+            return True
+        if self.cluster is None:
+            return True
+        if not await self.cluster.claim(name):
+            return False
+        if name not in self.rooms:
+            await self._take_over(name)
+        return True
+
+    async def on_text(self, conn: AnyConnection, text: str) -> None:
         """One text frame: parse, handle, and answer errors on this connection only."""
         conn.last_seen = asyncio.get_running_loop().time()
         ref: str | None = None
@@ -568,7 +833,7 @@ class CallService:
             FRAMES.labels(frame.type).inc()
             ref = frame.id
             await self.handle(conn, frame)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _Moved):
             raise
         except errors.SignallingError as exc:
             conn.send(p.error_from(exc, ref))
@@ -578,11 +843,15 @@ class CallService:
             conn.send(p.error_frame("bad-sdp", str(exc) or "bad SDP", ref=ref))
         except SfuStateError as exc:
             conn.send(p.error_frame("bad-state", str(exc) or "not in a state for this", ref=ref))
+        except WorkerUnavailable as exc:
+            log.warning("media worker unavailable: %s", exc)
+            conn.send(p.error_from(errors.MediaUnavailable(str(exc)), ref))
+            self._watch_now.set()
         except Exception:
             log.exception("call frame failed")
             conn.send(p.error_frame("internal-error", "the server failed; try again", ref=ref))
 
-    async def handle(self, conn: Connection, frame: p.ClientFrame) -> None:
+    async def handle(self, conn: AnyConnection, frame: p.ClientFrame) -> None:
         if isinstance(frame, p.Ping):
             conn.send(p.reply("pong", frame.id))
             return
@@ -591,7 +860,7 @@ class CallService:
         if isinstance(frame, p.Join):
             if conn.room is not None:
                 raise p.BadFrame("already joined", ref=frame.id)
-            self._join(conn, frame)
+            await self._join(conn, frame)
             return
         room = conn.room
         if room is None or self.rooms.get(room.name) is not room:
@@ -601,7 +870,7 @@ class CallService:
         match frame:
             case p.Publish():
                 who = core.check_publish(conn)
-                media = self.media()
+                media = await self.media_for(room)
                 result = await room.media_call(
                     partial(media.publish, room.name, who.id, frame.sdp, frame.sources)
                 )
@@ -633,7 +902,7 @@ class CallService:
             case p.Mute():
                 who, track = core.check_mute(conn, frame.track_id)
                 try:
-                    media = self.media()
+                    media = await self.media_for(room)
                     await room.media_call(
                         partial(media.set_muted, room.name, track.track_id, frame.muted)
                     )
@@ -645,7 +914,7 @@ class CallService:
             case p.Unpublish():
                 who = core.check_unpublish(conn, frame.track_id)
                 try:
-                    media = self.media()
+                    media = await self.media_for(room)
                     await room.media_call(
                         partial(media.unpublish, room.name, who.id, frame.track_id)
                     )
@@ -679,18 +948,21 @@ class CallService:
                 conn.send(ok)
                 self.apply(room, outputs)
 
-    def _join(self, conn: Connection, frame: p.Join) -> None:
+    async def _join(self, conn: AnyConnection, frame: p.Join) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
         try:
             grant: RoomGrant = decode_room_token(self.settings, frame.token)
         except InvalidToken as exc:
             raise errors.Unauthorized(exc.detail) from exc
-        if conn.room_hint is not None and conn.room_hint != grant.room:
+        if isinstance(conn, Connection) and conn.room_hint not in (None, grant.room):
             raise errors.WrongRoom("the token is for another room than this link's")
-        if self._is_ended(grant.room, now):
+        if await self._is_ended(grant.room, loop.time()):
             raise errors.RoomEnded("this room was ended")
-        room = self.room(grant.room)
+        # Ownership may have moved while this frame travelled.
+        if self.cluster is not None and not await self._own(grant.room):
+            raise _Moved(await self.cluster.owner(grant.room) or "")
+        now = loop.time()
+        room = self.room(grant.room, grant.region)
         try:
             result = room.core.join(conn, grant, now, ref=frame.id, resume=frame.resume)
         except errors.SignallingError:
@@ -698,6 +970,7 @@ class CallService:
                 self._drop_room(room)
             raise
         conn.room, conn.participant_id = room, result.participant.id
+        conn.room_name = room.name
         self.apply(room, result.outputs)
         if result.resumed:
             sub = room.subscribers.get(result.participant.id)
@@ -721,26 +994,31 @@ class CallService:
         ws = web.WebSocketResponse(max_msg_size=self.settings.call_max_frame_bytes)
         await ws.prepare(request)
         loop = asyncio.get_running_loop()
-        conn = Connection(ws, request.query.get("room"), loop.time())
+        ref = self.cluster.new_ref() if self.cluster is not None else ""
+        conn = Connection(ws, request.query.get("room"), loop.time(), ref)
         self.connections.add(conn)
+        if ref:
+            self.local[ref] = conn
         writer = asyncio.create_task(conn.write(), name="call-ws-writer")
         pinger = asyncio.create_task(self._pinger(conn), name="call-ws-ping")
         deadline = loop.time() + self.join_timeout
         try:
             while not ws.closed:
-                timeout = None if conn.room is not None else deadline - loop.time()
+                joined = conn.room is not None or conn.room_name is not None
+                timeout = None if joined else deadline - loop.time()
                 if timeout is not None and timeout <= 0:
                     self._join_timed_out(conn)
                     break
                 try:
                     msg = await ws.receive(timeout=timeout)
                 except TimeoutError:
-                    if conn.room is None:
+                    if conn.room is None and conn.room_name is None:
                         self._join_timed_out(conn)
                         break
                     continue
                 if msg.type == WSMsgType.TEXT:
-                    await self.on_text(conn, msg.data)
+                    conn.last_seen = loop.time()
+                    await self.route(conn, msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     FRAMES.labels("malformed").inc()
                     conn.send(p.error_frame("bad-frame", "frames are JSON text, not binary"))
@@ -770,15 +1048,249 @@ class CallService:
         interval = self.ping_interval
         while not conn.closing:
             await asyncio.sleep(interval)
-            if conn.room is None:
+            if conn.room is None and conn.room_name is None:
                 continue
             if loop.time() - conn.last_seen > MISSED_PINGS * interval:
-                log.info("call client silent; disconnecting", extra={"room": conn.room.name})
+                log.info("call client silent; disconnecting", extra={"room": conn.room_name})
                 conn.close(errors.CLOSE_TIMEOUT, "ping timeout")
                 # Do not wait for a dead peer's close handshake to detach.
                 self.disconnected(conn)
                 return
             conn.send(p.reply("ping"))
+
+    # -- the cluster -----------------------------------------------------------
+
+    def _on_cluster(self, msg: dict[str, Any]) -> None:
+        """A message from another replica (see :mod:`signalling.cluster`)."""
+        kind, ref = msg.get("k"), msg.get("conn")
+        if not isinstance(ref, str):
+            return
+        if kind == "out":
+            local = self.local.get(ref)
+            if local is not None and isinstance(msg.get("frame"), dict):
+                local.send(msg["frame"])
+        elif kind == "close":
+            local = self.local.get(ref)
+            if local is not None:
+                local.close(int(msg.get("code", errors.CLOSE_GOING_AWAY)), str(msg.get("reason")))
+        elif kind == "in":
+            name, text = msg.get("room"), msg.get("text")
+            if not isinstance(name, str) or not isinstance(text, str):
+                return
+            remote = self.remote.get(ref)
+            if remote is None:
+                remote = self.remote[ref] = RemoteConnection(self, ref, name)
+            remote.inbox.put_nowait(text)
+            if remote.reader is None or remote.reader.done():
+                remote.reader = asyncio.create_task(self._read_remote(remote), name="call-remote")
+        elif kind == "gone":
+            remote = self.remote.get(ref)
+            if remote is not None:
+                self.disconnected(remote)
+        elif kind == "check":
+            # A new owner asks whether a connection it restored still stands.
+            sender = msg.get("from")
+            if ref not in self.local and isinstance(sender, str) and self.cluster is not None:
+                self.cluster.send(sender, {"k": "gone", "room": msg.get("room"), "conn": ref})
+
+    async def _read_remote(self, conn: RemoteConnection) -> None:
+        """A remote client's frames, one at a time, in order (as ``serve``
+        reads a local one's)."""
+        while not conn.inbox.empty():
+            text = conn.inbox.get_nowait()
+            conn.last_seen = asyncio.get_running_loop().time()
+            try:
+                await self.route(conn, text)
+            except Exception:
+                log.exception("remote call frame failed")
+
+    def _mark(self, room: CallRoom) -> None:
+        if self.cluster is not None and self.rooms.get(room.name) is room:
+            self._dirty[room.name] = room
+            self._dirty_event.set()
+
+    def _snapshot(self, room: CallRoom) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+
+        def ref(conn: Any) -> str | None:
+            return getattr(conn, "ref", None) or None
+
+        data = room.core.snapshot(now, ref)
+        data["at"] = time.time()
+        data["region"] = room.region
+        data["media"] = str(room.placed) if room.placed is not None else None
+        data["subscribers"] = {
+            pid: {"asked": list(sub.asked), "offer": sub.offer}
+            for pid, sub in room.subscribers.items()
+        }
+        return data
+
+    async def _writer(self) -> None:
+        """Writes changed rooms' snapshots, coalescing bursts of changes."""
+        assert self.cluster is not None
+        while True:
+            await self._dirty_event.wait()
+            await asyncio.sleep(0.01)
+            self._dirty_event.clear()
+            batch, self._dirty = self._dirty, {}
+            states = {
+                name: self._snapshot(room) if room is not None else None
+                for name, room in batch.items()
+            }
+            try:
+                await self.cluster.save(states)
+                for name, state in states.items():
+                    if state is None and name not in self.rooms:
+                        await self.cluster.disown(name)
+            except Exception as exc:
+                log.warning("room snapshots not written: %s", exc)
+                for name, room in batch.items():
+                    self._dirty.setdefault(name, room)
+                await asyncio.sleep(0.5)
+                self._dirty_event.set()
+
+    async def _take_over(self, name: str) -> None:
+        """This replica just became the owner of ``name``: restore it from its
+        snapshot, if there is one (its previous owner died or let it go)."""
+        assert self.cluster is not None
+        data = await self.cluster.load(name)
+        if data is None or name in self.rooms:
+            return
+        refs = {p_["conn"] for p_ in data.get("participants", ()) if p_.get("conn")}
+        others = {conn_replica(r) for r in refs} - {self.cluster.replica}
+        alive = await self.cluster.alive(others)
+        if name in self.rooms:
+            return
+        room = self.room(name, str(data.get("region") or ""))
+        loop = asyncio.get_running_loop()
+
+        me = self.cluster.replica
+
+        def conn_of(ref: str) -> AnyConnection | None:
+            owner = conn_replica(ref)
+            if owner == me:
+                return self.local.get(ref)
+            if owner in alive:
+                remote = self.remote.get(ref)
+                if remote is None:
+                    remote = self.remote[ref] = RemoteConnection(self, ref, name)
+                return remote
+            return None
+
+        outputs = room.core.restore(
+            data,
+            loop.time(),
+            conn_of=conn_of,
+            grant_of=lambda d: RoomGrant(**d),
+            elapsed=max(0.0, time.time() - float(data.get("at") or time.time())),
+        )
+        for participant in room.core.participants.values():
+            conn = participant.conn
+            if isinstance(conn, Connection | RemoteConnection):
+                conn.room, conn.participant_id, conn.room_name = room, participant.id, name
+            if isinstance(conn, RemoteConnection):
+                # Its close may have gone to the dead owner: ask its replica.
+                check = {"k": "check", "room": name, "conn": conn.ref, "from": me}
+                self.cluster.send(conn.replica, check)
+        if data.get("media") and self.placement is not None:
+            self._point(room, Placed.parse(str(data["media"])))
+        for pid, sub_data in (data.get("subscribers") or {}).items():
+            if room.core.get(pid) is None:
+                continue
+            sub = room.subscriber(pid)
+            sub.asked = tuple(sub_data.get("asked") or ())
+            sub.offer = sub_data.get("offer")
+        TAKEOVERS.inc()
+        log.info("call room taken over", extra={"room": name})
+        self.apply(room, outputs)
+        self._watch_now.set()
+
+    async def _watcher(self) -> None:
+        """Each second (or at once when a worker's life changes): renew
+        leases, notice dead replicas and workers, adopt orphaned rooms."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._watch_now.wait(), WATCH_INTERVAL)
+            self._watch_now.clear()
+            try:
+                await self._watch_once()
+            except Exception as exc:
+                log.warning("cluster watch failed: %s", exc)
+
+    async def _watch_once(self) -> None:
+        assert self.cluster is not None
+        lost = await self.cluster.renew(list(self.rooms))
+        for name in lost:
+            room = self.rooms.get(name)
+            if room is not None:
+                log.warning("lost the lease of a call room; another replica has it")
+                self._drop_room(room, forget=False)
+        if self.placement is not None:
+            await self.placement.refresh([r for r in self.rooms if self.rooms[r].placed])
+        # Replicas whose clients are in our rooms: a dead one's are detached.
+        replicas = {c.replica for c in self.remote.values()}
+        if replicas:
+            alive = await self.cluster.alive(replicas)
+            for conn in [c for c in self.remote.values() if c.replica not in alive]:
+                self.disconnected(conn)
+        # Our clients in rooms nobody owns (their owner died): take them over.
+        orphaned = {c.room_name for c in self.connections if c.room is None and c.room_name}
+        for name in orphaned:
+            if (
+                name is not None
+                and name not in self.rooms
+                and await self.cluster.owner(name) is None
+            ):
+                await self._own(name)
+        await self._check_media()
+
+    async def _check_media(self) -> None:
+        """Rooms whose worker died or drains move to another worker."""
+        if self.placement is None:
+            return
+        placed = {name: r for name, r in self.rooms.items() if r.placed is not None}
+        if not placed:
+            return
+        redis = self.placement.redis
+        workers = {w.worker: w for w in await registry.workers(redis)}
+        for name, room in placed.items():
+            at = room.placed
+            if at is None:
+                continue
+            info = workers.get(at.worker)
+            if info is None or info.incarnation != at.incarnation:
+                reason = "media-lost"
+            elif info.state == "draining":
+                reason = "media-draining"
+            else:
+                continue
+            if not await registry.alive(redis, at.worker, at.incarnation):
+                reason = "media-lost"
+            if self.rooms.get(name) is room and room.placed == at:
+                await self._move_media(room, at, reason)
+
+    async def _move_media(self, room: CallRoom, old: Placed, reason: str) -> None:
+        assert self.placement is not None
+        new = await self.placement.place(room.name, room.region, replacing=old)
+        if new is None or new == old:
+            log.error("no media worker to move a call room to", extra={"room": room.name})
+            return
+        if self.rooms.get(room.name) is not room:
+            return
+        MEDIA_MOVES.labels(reason).inc()
+        old_media = room.media
+        log.warning(
+            "call room moves to another media worker",
+            extra={"room": room.name, "from": old.worker, "to": new.worker, "reason": reason},
+        )
+        self._point(room, new)
+        if reason == "media-draining" and old_media is not None:
+            room.lane.background("close_room", partial(old_media.close_room, room.name))
+        for sub in room.subscribers.values():
+            sub.offer, sub.asked, sub.force = None, (), True
+        self.apply(room, room.core.media_reset(reason))
+
+    # -- shutdown ----------------------------------------------------------------
 
     def shutdown(self) -> None:
         """The server is stopping: every client is told to come back (1001)."""
@@ -788,10 +1300,24 @@ class CallService:
     async def close(self) -> None:
         """Stop timers, negotiations and queued media calls (the app's cleanup,
         before the media worker closes)."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.cluster is not None:
+            # Another replica takes our rooms over from their snapshots.
+            if self.rooms:
+                with contextlib.suppress(Exception):
+                    await self.cluster.save({n: self._snapshot(r) for n, r in self.rooms.items()})
+                for name in list(self.rooms):
+                    with contextlib.suppress(Exception):
+                        await self.cluster.disown(name)
+            await self.cluster.close()
         for room in list(self.rooms.values()):
-            self._drop_room(room)
+            self._drop_room(room, forget=False)
         tasks = [t for t in (lane.task for lane in self.lanes.values()) if t is not None]
         tasks += list(self._orphans)
+        tasks += [c.reader for c in self.remote.values() if c.reader is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,280 @@
+"""Call rooms across API replicas: one owner per room, messages through Redis.
+
+Any ``wadud api`` replica may hold any participant's WebSocket. Each room has
+one *owner*, the replica that runs its :class:`signalling.room.Room` core,
+its timers and its media calls; the others forward their connections' frames
+to it and deliver what it sends back. Ownership is a lease in Redis
+(``SET NX PX``) that the owner renews; the room's state is written to Redis
+after every change, so when an owner dies, the first replica that needs the
+room (one of its clients' frames, or its watcher, within about a lease) takes
+it over from that snapshot: participants whose connections stood on the dead
+replica are DETACHED and resume on a live one with the same id; the others
+never notice.
+
+Keys and channels:
+
+* ``wadud:call:room:{room}:owner``: the owner's replica id (lease, PX);
+* ``wadud:call:room:{room}:state``: the room's snapshot (JSON);
+* ``wadud:call:ended:{room}``: an ended room refuses joins for a day;
+* ``wadud:call:replica:{id}``: a replica is alive while this key is (lease);
+  it is also the channel the replica listens on.
+
+Messages on a replica's channel (JSON): ``in`` (a client's text frame for a
+room this replica owns), ``gone`` (that client's connection ended), ``out``
+(a frame for a client connected here) and ``close`` (close that client's
+connection). Everything one replica publishes goes out through one ordered
+queue on one connection, so a client sees the owner's frames in the order
+they were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+log = logging.getLogger("wadud.signalling.cluster")
+
+__all__ = ["Cluster", "conn_replica"]
+
+OWNER_KEY = "wadud:call:room:{room}:owner"
+STATE_KEY = "wadud:call:room:{room}:state"
+ENDED_KEY = "wadud:call:ended:{room}"
+REPLICA_KEY = "wadud:call:replica:{replica}"
+#: How long a room's snapshot outlives its last change, and an ended room's mark.
+STATE_TTL = 24 * 3600
+
+_RENEW = """
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    n = n + 1
+  end
+end
+return n
+"""
+
+_LOST = """
+local lost = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= ARGV[1] then
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+def conn_replica(ref: str) -> str:
+    """The replica a connection reference (``"{replica}/{n}"``) lives on."""
+    return ref.partition("/")[0]
+
+
+def _encode(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+class Cluster:
+    """This replica's side of the cluster: identity, lease, ordered publishing
+    and its channel. Owns two Redis connections' worth of work: the shared
+    client for commands and one pub/sub subscription."""
+
+    def __init__(self, redis: Any, *, lease: float, replica_id: str | None = None) -> None:
+        self.redis = redis
+        self.lease = lease
+        self.replica = replica_id or "api-" + secrets.token_hex(5)
+        self._lease_ms = max(int(lease * 1000), 500)
+        self._renew = redis.register_script(_RENEW)
+        self._lost = redis.register_script(_LOST)
+        self._release = redis.register_script(_RELEASE)
+        self._out: asyncio.Queue[tuple[str, str, asyncio.Future[int] | None]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handler: Callable[[dict[str, Any]], None] = lambda _m: None
+        self._pubsub: Any = None
+        self._closed = False
+        self._seq = 0
+
+    # -- identity ---------------------------------------------------------------
+
+    def new_ref(self) -> str:
+        """A reference for a connection of this replica, unique in the cluster."""
+        self._seq += 1
+        return f"{self.replica}/{self._seq}"
+
+    def channel(self, replica: str) -> str:
+        return REPLICA_KEY.format(replica=replica)
+
+    # -- life -------------------------------------------------------------------
+
+    async def start(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        self._handler = handler
+        await self.redis.set(self.channel(self.replica), "1", px=self._lease_ms)
+        await self._subscribe()
+        self._tasks = [
+            asyncio.create_task(self._publisher(), name="cluster-publish"),
+            asyncio.create_task(self._listen(), name="cluster-listen"),
+            asyncio.create_task(self._heartbeat(), name="cluster-heartbeat"),
+        ]
+
+    async def close(self) -> None:
+        self._closed = True
+        # What is queued (last frames, closes) still goes out, briefly.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._out.join(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self.channel(self.replica))
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+    async def _subscribe(self) -> None:
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.channel(self.replica))
+
+    async def _listen(self) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        delay = 0.1
+        while not self._closed:
+            try:
+                if self._pubsub is None:
+                    await self._subscribe()
+                    delay = 0.1
+                msg = await self._pubsub.get_message(timeout=1.0)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("cluster channel lost; resubscribing", extra={"error": str(exc)})
+                with contextlib.suppress(Exception):
+                    await self._pubsub.aclose()
+                self._pubsub = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if msg is None or msg.get("type") != "message":
+                continue
+            try:
+                data = json.loads(msg["data"])
+            except (TypeError, ValueError):
+                log.warning("undecodable cluster message dropped")
+                continue
+            try:
+                self._handler(data)
+            except Exception:
+                log.exception("cluster message failed")
+
+    async def _heartbeat(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self.redis.set(self.channel(self.replica), "1", px=self._lease_ms)
+            except Exception as exc:
+                log.warning("cluster heartbeat failed", extra={"error": str(exc)})
+
+    # -- publishing, in order -----------------------------------------------------
+
+    def send(self, replica: str, data: Mapping[str, Any]) -> None:
+        """Queue a message for ``replica`` (fire and forget, in order)."""
+        self._out.put_nowait((self.channel(replica), _encode(data), None))
+
+    async def deliver(self, replica: str, data: Mapping[str, Any]) -> int:
+        """Send in order and return how many listened (0: the replica is gone)."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._out.put_nowait((self.channel(replica), _encode(data), fut))
+        return await fut
+
+    async def _publisher(self) -> None:
+        while True:
+            batch = [await self._out.get()]
+            while not self._out.empty() and len(batch) < 256:
+                batch.append(self._out.get_nowait())
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for channel, payload, _ in batch:
+                        pipe.publish(channel, payload)
+                    counts = await pipe.execute()
+            except Exception as exc:
+                log.warning("cluster publish failed", extra={"error": str(exc)})
+                counts = [0] * len(batch)
+            for (_, _, fut), n in zip(batch, counts, strict=True):
+                if fut is not None and not fut.done():
+                    fut.set_result(int(n))
+                self._out.task_done()
+
+    # -- ownership ------------------------------------------------------------------
+
+    async def owner(self, room: str) -> str | None:
+        value = await self.redis.get(OWNER_KEY.format(room=room))
+        return str(value) if value else None
+
+    async def claim(self, room: str) -> bool:
+        """Become the room's owner if nobody is."""
+        return bool(
+            await self.redis.set(
+                OWNER_KEY.format(room=room), self.replica, nx=True, px=self._lease_ms
+            )
+        )
+
+    async def renew(self, rooms: list[str]) -> list[str]:
+        """Renew the leases of ``rooms``; returns those no longer ours."""
+        if not rooms:
+            return []
+        keys = [OWNER_KEY.format(room=r) for r in rooms]
+        await self._renew(keys=keys, args=[self.replica, self._lease_ms])
+        lost = await self._lost(keys=keys, args=[self.replica])
+        return [rooms[int(i) - 1] for i in lost]
+
+    async def disown(self, room: str) -> None:
+        await self._release(keys=[OWNER_KEY.format(room=room)], args=[self.replica])
+
+    async def alive(self, replicas: set[str]) -> set[str]:
+        """Which of ``replicas`` hold their lease."""
+        if not replicas:
+            return set()
+        names = sorted(replicas)
+        values = await self.redis.mget([self.channel(r) for r in names])
+        return {r for r, v in zip(names, values, strict=True) if v}
+
+    # -- state ------------------------------------------------------------------------
+
+    async def save(self, states: Mapping[str, dict[str, Any] | None]) -> None:
+        """Write rooms' snapshots (None: the room is over, forget it)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room, state in states.items():
+                if state is None:
+                    pipe.delete(STATE_KEY.format(room=room))
+                else:
+                    pipe.set(STATE_KEY.format(room=room), _encode(state), ex=STATE_TTL)
+            await pipe.execute()
+
+    async def load(self, room: str) -> dict[str, Any] | None:
+        value = await self.redis.get(STATE_KEY.format(room=room))
+        if not value:
+            return None
+        try:
+            data = json.loads(value)
+        except ValueError:
+            log.error("unreadable room snapshot ignored", extra={"room": room})
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def mark_ended(self, room: str) -> None:
+        await self.redis.set(ENDED_KEY.format(room=room), "1", ex=STATE_TTL)
+
+    async def is_ended(self, room: str) -> bool:
+        return bool(await self.redis.exists(ENDED_KEY.format(room=room)))

@@ -1,0 +1,157 @@
+"""Which media worker holds a call room: atomic placement over Redis.
+
+A room goes to the least-loaded live worker of the region of its first
+participant (the join token's ``region`` claim, else the replica's own
+region); when that region has no live worker it goes to any live worker. The
+choice is one Lua script, so two API replicas placing the same room at the
+same moment agree (Redis runs scripts one at a time): the first sets the
+room's key, the second reads it back.
+
+Keys (see :mod:`sfu.registry` for the workers' own):
+
+* ``wadud:room:{room}:media``: ``"{worker}|{incarnation}"`` of the room's worker;
+* ``wadud:media:worker:{worker}:rooms``: the rooms placed on a worker, whose
+  size is the load placement balances (registry load figures lag by a
+  heartbeat, so fifty rooms opened at once would all see the same numbers).
+
+A worker counts as a candidate when its registry entry is live, ``ready``
+(not draining) and below its transport capacity.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sfu import registry
+
+log = logging.getLogger("wadud.signalling.placement")
+
+__all__ = ["Placed", "Placement", "room_key"]
+
+ROOM_KEY = "wadud:room:{room}:media"
+#: The placement of a room outlives a crash of its owner by this much; the
+#: owner refreshes it while the room lives.
+ROOM_TTL = 24 * 3600
+
+# KEYS[1]: the room's key. ARGV: room, ttl, then candidates "wid|inc" in the
+# caller's order of preference (by reported load), ties broken by that order.
+# ARGV[3] is the placement to replace ("" for none): the room moves only if
+# it still points there, so two replicas moving one room agree too.
+_PLACE = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[3] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return current
+end
+if current then
+  local wid = string.match(current, '^([^|]*)')
+  redis.call('SREM', 'wadud:media:worker:' .. wid .. ':rooms', ARGV[1])
+  redis.call('DEL', KEYS[1])
+end
+local best, best_n = nil, nil
+for i = 4, #ARGV do
+  local wid = string.match(ARGV[i], '^([^|]*)')
+  local n = redis.call('SCARD', 'wadud:media:worker:' .. wid .. ':rooms')
+  if best_n == nil or n < best_n then
+    best, best_n = ARGV[i], n
+  end
+end
+if best == nil then
+  return false
+end
+redis.call('SET', KEYS[1], best, 'EX', ARGV[2])
+redis.call('SADD', 'wadud:media:worker:' .. string.match(best, '^([^|]*)') .. ':rooms', ARGV[1])
+return best
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  local wid = string.match(ARGV[2], '^([^|]*)')
+  redis.call('SREM', 'wadud:media:worker:' .. wid .. ':rooms', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def room_key(room: str) -> str:
+    return ROOM_KEY.format(room=room)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A room's worker: its id and the incarnation (process) it was placed on."""
+
+    worker: str
+    incarnation: str
+
+    def __str__(self) -> str:
+        return f"{self.worker}|{self.incarnation}"
+
+    @classmethod
+    def parse(cls, value: str) -> Placed:
+        worker, _, incarnation = value.partition("|")
+        return cls(worker, incarnation)
+
+
+class Placement:
+    """Places rooms on media workers (see the module docstring)."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._place = redis.register_script(_PLACE)
+        self._release = redis.register_script(_RELEASE)
+
+    async def candidates(
+        self, region: str, *, exclude: frozenset[str] = frozenset()
+    ) -> list[registry.WorkerInfo]:
+        """Live, ready workers below capacity: the region's own, else any."""
+        live = [
+            w
+            for w in await registry.workers(self.redis)
+            if w.state == "ready" and w.transports < w.capacity and w.worker not in exclude
+        ]
+        local = [w for w in live if w.region == region] if region else live
+        if not local and live:
+            log.warning(
+                "no live media worker in region; placing in another",
+                extra={"region": region},
+            )
+            local = live
+        return sorted(local, key=lambda w: (w.transports / max(w.capacity, 1), w.worker))
+
+    async def current(self, room: str) -> Placed | None:
+        value = await self.redis.get(room_key(room))
+        return Placed.parse(value) if value else None
+
+    async def place(
+        self,
+        room: str,
+        region: str,
+        *,
+        replacing: Placed | None = None,
+    ) -> Placed | None:
+        """The room's worker: the one it already has, or a new choice (None
+        when no worker is live). With ``replacing``, a room still on that
+        worker moves to another one."""
+        exclude = frozenset({replacing.worker}) if replacing is not None else frozenset()
+        workers = await self.candidates(region, exclude=exclude)
+        args = [room, ROOM_TTL, str(replacing) if replacing is not None else ""]
+        args += [f"{w.worker}|{w.incarnation}" for w in workers]
+        value = await self._place(keys=[room_key(room)], args=args)
+        return Placed.parse(value) if value else None
+
+    async def refresh(self, rooms: list[str]) -> None:
+        """Keep the placements of live rooms from expiring."""
+        if rooms:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.expire(room_key(room), ROOM_TTL)
+                await pipe.execute()
+
+    async def release(self, room: str, placed: Placed) -> None:
+        """The room is over: forget its placement (if still this one)."""
+        await self._release(keys=[room_key(room)], args=[room, str(placed)])
