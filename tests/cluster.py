@@ -103,6 +103,8 @@ class Proc:
     groups: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    started_at: float = 0.0
+    """Unix time of the last start."""
 
     def start(self) -> None:
         with self.log.open("ab") as log:
@@ -118,6 +120,7 @@ class Proc:
                 start_new_session=True,
             )
         self.starts += 1
+        self.started_at = time.time()
         if self.groups is not None:
             note_group(self.groups, self.popen.pid)
 
@@ -327,12 +330,19 @@ class Cluster:
 
     async def wait_registered(self, node: MediaNode, within: float = 30.0) -> dict[str, Any]:
         """Wait until every worker of ``node`` has a live registry entry in
-        state ``ready``; those entries."""
+        state ``ready``, refreshed since the node last started (not what a
+        killed one left behind); those entries."""
         deadline = time.monotonic() + max(within, 1.0)
+
+        def fresh(entry: dict[str, str]) -> bool:
+            with contextlib.suppress(ValueError):
+                return float(entry.get("updated", 0)) >= node.proc.started_at - 0.5
+            return False
+
         async with self.redis() as redis:
             while True:
                 entries = {wid: await redis.hgetall(worker_key(wid)) for wid in node.worker_ids}
-                if all(e.get("state") == "ready" for e in entries.values()):
+                if all(e.get("state") == "ready" and fresh(e) for e in entries.values()):
                     return entries
                 if time.monotonic() > deadline:
                     raise ClusterError(
