@@ -321,6 +321,8 @@ class CallClient:
         self.subscribe_pc: Any = None
         #: ``time.monotonic()`` when each peer connection reached ``connected``.
         self.connected_at: dict[Direction, float] = {}
+        #: How often the room moved to another media worker (``media_reconnect``).
+        self.media_moves = 0
 
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -552,6 +554,44 @@ class CallClient:
             self._notify()
             return listed
 
+    def _media_moved(self) -> None:
+        """``media_reconnect``: the room is on another media worker now. Drop
+        both peer connections at once (the next offer is for a new one) and
+        publish the same tracks again on a fresh connection."""
+        old = [pc for pc in (self.publish_pc, self.subscribe_pc) if pc is not None]
+        self.publish_pc = self.subscribe_pc = None
+        items = [
+            (self._sources[mid], t.sender.track)
+            for mid, t in self._transceivers.items()
+            if mid in self._sources and t.sender.track is not None
+        ]
+        self._sources.clear()
+        self._transceivers.clear()
+        for tid in self.published:
+            self.room_tracks.pop(tid, None)
+        self.published.clear()
+        for received in self.received.values():
+            received.active = False
+        self.received.clear()
+        self._retries.clear()
+        self.connected_at.clear()
+        self.media_moves += 1
+        task = asyncio.create_task(self._republish(old, items), name="media-reconnect")
+        self._consumers.add(task)
+        task.add_done_callback(self._consumers.discard)
+
+    async def _republish(self, old: list[Any], items: list[tuple[str, Any]]) -> None:
+        for pc in old:
+            with contextlib.suppress(Exception):
+                await pc.close()
+        if items and self.state != "closed":
+            try:
+                await self.publish(items)
+            except (CallError, ConnectionError, TimeoutError) as exc:
+                log.warning("could not publish again after the media moved: %r", exc)
+                self.errors.append(exc)
+                self._notify()
+
     def track_id_of(self, source: str) -> str | None:
         """The track id the server gave our ``source`` track."""
         for tid, t in self.published.items():
@@ -700,6 +740,8 @@ class CallClient:
                 await self.send("pong")
         elif kind == "offer":
             self._offers.put_nowait(frame)
+        elif kind == "media_reconnect":
+            self._media_moved()
         self.history.append(event)
         if self.events.full():
             self.events.get_nowait()

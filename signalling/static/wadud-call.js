@@ -421,6 +421,14 @@ export class WadudCall extends EventTarget {
     return this._pubChain;
   }
 
+  // The room moved to another media worker (its worker died or is being
+  // drained): the same participant, new peer connections to the new worker.
+  _on_media_reconnect(f) {
+    this.mediaMoves = (this.mediaMoves || 0) + 1;
+    this._emit('mediareconnect', { reason: f.reason || '' });
+    return this._restartMedia();
+  }
+
   // After the server counted us as a new participant (resume came too late):
   // fresh peer connections, same local tracks.
   _restartMedia() {
