@@ -526,3 +526,80 @@ class RoomMachine(RuleBasedStateMachine):
 
 TestRoomMachine = RoomMachine.TestCase
 TestRoomMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def test_a_removed_or_denied_identity_waits_again_until_admitted() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.remove("c-doc", "p-2")
+    # The same link again: the doctor is in and admission is off, yet it waits.
+    again = room.join("c-pt2", PATIENT, 1.0)
+    assert again.participant.state is State.WAITING
+    assert types(again.outputs, "c-doc") == ["waiting"]
+    room.deny("c-doc", again.participant.id)
+    third = room.join("c-pt3", PATIENT, 2.0)
+    assert third.participant.state is State.WAITING
+    # Others are not affected, and an admit lifts the block for good.
+    assert room.join("c-fam", FAMILY, 2.0).participant.state is State.JOINED
+    room.admit("c-doc", third.participant.id)
+    room.leave("c-pt3")
+    assert room.join("c-pt4", PATIENT, 3.0).participant.state is State.JOINED
+
+
+def test_media_reset_forgets_tracks_and_tells_joined_now_and_detached_on_resume() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.published("p-2", [track("t-v", "p-2")], [])
+    room.speaker("p-2")
+    room.disconnect("c-pt", 1.0)
+    out = room.media_reset("media-lost")
+    assert types(out, "c-doc") == ["track_unpublished", "media_reconnect", "active_speaker"]
+    assert frames(out, "c-doc")[1]["reason"] == "media-lost"
+    assert room.tracks() == []
+    resumed = room.join("c-pt2", PATIENT, 2.0, resume="s-2")
+    assert resumed.resumed
+    assert types(resumed.outputs, "c-pt2") == ["joined", "media_reconnect"]
+    # Only once.
+    room.disconnect("c-pt2", 3.0)
+    again = room.join("c-pt3", PATIENT, 4.0, resume="s-2")
+    assert types(again.outputs, "c-pt3") == ["joined"]
+
+
+def test_snapshot_and_restore_keep_the_room_and_detach_lost_connections() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.join("c-fam", FAMILY, 0.0)
+    room.published("p-1", [track("t-v", "p-1")], [])
+    room.remove("c-doc", "p-3")
+    room.join("c-fam2", FAMILY, 1.0)  # waits: removed before
+    room.disconnect("c-pt", 2.0)  # detached, 20 s grace from 2.0
+    data = room.snapshot(5.0, lambda conn: f"r/{conn}")
+
+    copy = new_room()
+    standing = {"r/c-doc"}
+    out = copy.restore(
+        data,
+        100.0,
+        conn_of=lambda ref: ref.removeprefix("r/") if ref in standing else None,
+        grant_of=lambda d: RoomGrant(**d),
+        elapsed=1.0,
+    )
+    doc, pt = copy.get("p-1"), copy.get("p-2")
+    assert doc is not None and doc.state is State.JOINED and doc.conn == "c-doc"
+    assert [t.track_id for t in copy.tracks()] == ["t-v"]
+    # Detached stays detached, its deadline carried over (17 s left - 1 s).
+    assert pt is not None and pt.state is State.DETACHED
+    assert pt.deadline == pytest.approx(100.0 + 16.0)
+    # The waiting family member's connection is gone with the old owner.
+    assert copy.get("p-4") is None and "fam-sara" in copy.blocked
+    assert types(out, "c-doc") == ["waiting"]
+    # The detached one resumes on the new owner with its session.
+    assert copy.join("c-pt9", PATIENT, 101.0, resume="s-2").resumed
+    # A joined participant whose replica died is detached with a fresh grace.
+    lost = new_room()
+    lost.restore(data, 50.0, conn_of=lambda ref: None, grant_of=lambda d: RoomGrant(**d))
+    d = lost.get("p-1")
+    assert d is not None and d.state is State.DETACHED and d.deadline == 50.0 + GRACE
