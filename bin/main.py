@@ -2,6 +2,7 @@
 
 wadud serve     everything in one process, embedded defaults
 wadud api       HTTP only (REST, WebSockets, web client); stateless replicas
+wadud media     a media node: one worker process per core, registered in Redis
 wadud migrate   apply database migrations and exit
 wadud user add  create an account (how the first admin comes to be)
 wadud token     print a call link (room token) for one participant
@@ -49,6 +50,18 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     _http(p)
     p.add_argument("--region", help="region of this replica (rooms are placed there by default)")
+    p = sub.add_parser("media", help="run a media node: one worker process per core")
+    _common(p)
+    p.add_argument("--region", help="region the node's workers register under")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--http", help="ADDR:PORT for /healthz, /readyz and /metrics")
+    p.add_argument(
+        "--udp-port", dest="udp_port", type=int, help="UDP port of worker 0; worker i takes +i"
+    )
+    p.add_argument(
+        "--announce", help="address(es) peers reach the workers at, comma separated (NAT, cloud)"
+    )
+    p.add_argument("--node-id", dest="node_id", help="name of the node in the registry")
     p = sub.add_parser("migrate", help="apply database migrations and exit")
     _common(p)
     p = sub.add_parser("turn", help="run the TURN/STUN relay (RFC 8656)")
@@ -99,6 +112,14 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
     }
     if args.command in ("api", "media"):
         overrides["region"] = getattr(args, "region", None)
+    if args.command == "media":
+        overrides.update(
+            media_workers=args.workers,
+            media_http=args.http,
+            media_port=args.udp_port,
+            media_announced_addresses=args.announce,
+            media_node_id=args.node_id,
+        )
     return config.load(file=getattr(args, "config", None), overrides=overrides)
 
 
@@ -156,6 +177,24 @@ def cmd_turn(args: argparse.Namespace, settings: config.Settings) -> int:
     turn_config = config_from_args(args, TurnConfig.from_mapping(base))
     with contextlib.suppress(KeyboardInterrupt):
         _run(run(turn_config))
+    return 0
+
+
+def cmd_media(settings: config.Settings) -> int:
+    from sfu import node
+
+    if not settings.redis_url:
+        raise ConfigError(
+            "wadud media needs WADUD_REDIS_URL: workers register and take requests there"
+        )
+    if settings.media_workers < 0:
+        raise ConfigError("--workers must be 0 (one per core) or more")
+    try:
+        node.http_address(settings.media_http)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    with contextlib.suppress(KeyboardInterrupt):
+        return node.run(settings)
     return 0
 
 
@@ -262,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.configure(settings.log_level, settings.log_format)
         if args.command in ("serve", "api"):
             return cmd_serve(settings, role=args.command)
+        if args.command == "media":
+            return cmd_media(settings)
         if args.command == "turn":
             return cmd_turn(args, settings)
         if args.command == "token":

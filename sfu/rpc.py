@@ -69,6 +69,7 @@ __all__ = [
     "MediaServer",
     "MediaUnavailable",
     "RemoteMedia",
+    "publish_lifecycle",
     "reply_channel",
 ]
 
@@ -101,6 +102,13 @@ class MediaError(SfuError):
 
 def _encode(data: Mapping[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+async def publish_lifecycle(redis: Redis, wid: str, incarnation: str, state: Lifecycle) -> None:
+    """``{"worker", "incarnation", "lifecycle"}`` on the events channel; the node
+    supervisor sends "stopped" for a worker that died without saying so."""
+    message = {"worker": wid, "incarnation": incarnation, "lifecycle": state}
+    await redis.publish(EVENTS, _encode(message))
 
 
 def _subscriber(redis: Redis) -> RedisBus:
@@ -394,10 +402,7 @@ class MediaServer:
 
     async def lifecycle(self, state: Lifecycle) -> None:
         """Tell every API process this worker is ready, draining or stopped."""
-        await self.redis.publish(
-            EVENTS,
-            _encode({"worker": self.wid, "incarnation": self.incarnation, "lifecycle": state}),
-        )
+        await publish_lifecycle(self.redis, self.wid, self.incarnation, state)
 
     def _on_event(self, event: MediaEvent) -> None:
         message = {"worker": self.wid, "incarnation": self.incarnation}

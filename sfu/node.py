@@ -1,0 +1,597 @@
+"""``wadud media``: a media node, one supervisor and one worker process per core.
+
+DESIGN.md ("Processes"): each worker process owns one UDP port (``media_port
++ index``; 0 lets each take a free port) that all its peers share, runs one
+:class:`sfu.worker.MediaWorker` on uvloop, takes MediaControl requests from
+Redis (:class:`sfu.rpc.MediaServer`) and keeps its registry entry alive
+(:class:`sfu.registry.Registration`). The supervisor starts the workers,
+restarts one that dies (a new incarnation, after a backoff that grows with
+crashes in a row up to 30 s) and at once publishes ``stopped`` for the dead
+incarnation, so room owners re-place its rooms without waiting for the
+registry TTL. It serves, on ``media_http``:
+
+* ``/healthz``: 200 while the supervisor runs;
+* ``/readyz``: 200 when Redis answers and every worker's entry is there with
+  its current incarnation and ``ready``; else 503 with a JSON reason
+  (``draining``, ``degraded``);
+* ``/metrics``: every worker's metrics (the ``sfu_*`` families among them),
+  scraped from each worker's unix socket and labelled ``worker``, and the
+  node's own gauges.
+
+Workers are children in the supervisor's process group with a parent-death
+signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``): a supervisor killed with
+SIGKILL takes them with it, so no orphan keeps a UDP port or a registry entry
+alive. SIGTERM or SIGINT on the supervisor drains the node: each worker
+marks itself ``draining`` in the registry and on the events channel
+(placement stops choosing it, owners move its rooms), waits until its rooms
+set is empty and its transports are gone (at most ``media_drain_timeout``)
+and exits 0; the supervisor exits 0 when they all did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from sfu import registry, rpc
+from sfu.registry import Registration, WorkerInfo
+from sfu.rpc import MediaServer
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from sfu.worker import MediaWorker
+    from wadud.config import Settings
+
+__all__ = ["Supervisor", "WorkerSpec", "http_address", "node_id", "run", "worker_count"]
+
+log = logging.getLogger("wadud.sfu.node")
+
+#: prctl(2) option: the signal the kernel sends a child when its parent dies.
+_PR_SET_PDEATHSIG = 1
+#: Backoff between restarts of a worker that keeps dying, and how long a
+#: worker must have run for its next crash to count as the first again.
+_BACKOFF_FIRST = 0.5
+_BACKOFF_MAX = 30.0
+_STABLE_AFTER = 30.0
+#: Seconds the supervisor gives its workers beyond media_drain_timeout.
+_DRAIN_GRACE = 10.0
+
+
+def node_id(settings: Settings) -> str:
+    """``media_node_id``, else the host name and a short random suffix."""
+    return settings.media_node_id or f"{socket.gethostname()}-{secrets.token_hex(2)}"
+
+
+def worker_count(settings: Settings) -> int:
+    """``media_workers``, 0 meaning one per core."""
+    return settings.media_workers if settings.media_workers > 0 else (os.cpu_count() or 1)
+
+
+def _redis(url: str) -> Redis:
+    import redis.asyncio as aioredis
+
+    return aioredis.from_url(
+        url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2
+    )
+
+
+# --- the worker process ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the supervisor hands a worker process (pickled by multiprocessing)."""
+
+    settings: Settings
+    node: str
+    index: int
+    incarnation: str
+    port: int
+    metrics_socket: str
+    parent: int
+
+    @property
+    def wid(self) -> str:
+        return f"{self.node}-{self.index}"
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed", extra={"errno": ctypes.get_errno()})
+    # The parent may have died before the line above: then nobody would signal us.
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def worker_process(spec: WorkerSpec) -> None:
+    """A worker process's main (the multiprocessing target); exits with its status."""
+    _die_with_parent(spec.parent)
+    import uvloop
+
+    from wadud import logs
+
+    logs.configure(spec.settings.log_level, spec.settings.log_format)
+    try:
+        code = uvloop.run(_worker_main(spec))
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
+
+
+class _Load:
+    """The load a worker reports at each heartbeat: transports, packets per
+    second received and forwarded, and the share of one core it used, all
+    over the interval since the last call."""
+
+    def __init__(self, worker: MediaWorker) -> None:
+        self.worker = worker
+        self._at = time.monotonic()
+        self._cpu = time.process_time()
+        self._packets = 0
+        self._rates = {"pps": 0.0, "cpu": 0.0}
+
+    def __call__(self) -> dict[str, float]:
+        snap = self.worker.snapshot()
+        totals = snap["totals"]
+        packets = int(totals.get("received", 0)) + int(totals.get("forwarded", 0))
+        now, cpu = time.monotonic(), time.process_time()
+        span = now - self._at
+        # Rates over a few milliseconds (the first beat, right after start) say nothing.
+        if span >= 0.1:
+            self._rates = {
+                "pps": max(0, packets - self._packets) / span,
+                "cpu": (cpu - self._cpu) / span,
+            }
+            self._at, self._cpu, self._packets = now, cpu, packets
+        return {"transports": float(snap["transports"]), **self._rates}
+
+    def transports(self) -> int:
+        return int(self.worker.snapshot()["transports"])
+
+
+async def _metrics(_: web.Request) -> web.Response:
+    body = generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _worker_main(spec: WorkerSpec) -> int:
+    from sfu.worker import MediaWorker
+
+    settings = spec.settings
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    redis = _redis(settings.redis_url)
+    worker = MediaWorker(
+        host=settings.media_host,
+        port=spec.port,
+        announced_addresses=settings.media_announced_addresses,
+        consent_timeout=settings.media_consent_timeout,
+        remb_max_bitrate=settings.media_remb_max_bitrate,
+    )
+    extra = {"worker": spec.wid, "incarnation": spec.incarnation}
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(redis.aclose)
+        await worker.start()
+        stack.push_async_callback(worker.close)
+        load = _Load(worker)
+        server = MediaServer(
+            redis,
+            worker,
+            spec.wid,
+            spec.incarnation,
+            info=lambda: {"transports": load.transports()},
+        )
+        await server.start()
+        stack.push_async_callback(server.close)
+        info = WorkerInfo(
+            worker=spec.wid,
+            incarnation=spec.incarnation,
+            node=spec.node,
+            region=settings.region,
+            index=spec.index,
+            host=worker.candidate_addresses[0][0],
+            port=worker.port,
+            capacity=settings.media_capacity,
+        )
+        registration = Registration(
+            redis,
+            info,
+            heartbeat=settings.media_heartbeat,
+            ttl=settings.media_worker_ttl,
+            load=load,
+        )
+        await registration.start()
+        stack.push_async_callback(registration.close)
+        app = web.Application()
+        app.router.add_get("/metrics", _metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.UnixSite(runner, spec.metrics_socket).start()
+        await server.lifecycle("ready")
+        log.info("media worker ready", extra={**extra, "port": worker.port})
+
+        await stop.wait()
+        log.info("media worker draining", extra=extra)
+        with contextlib.suppress(Exception):
+            await registration.set_state(registry.DRAINING)
+            await server.lifecycle("draining")
+        deadline = loop.time() + settings.media_drain_timeout
+        while loop.time() < deadline:
+            try:
+                if await registration.rooms() == 0 and load.transports() == 0:
+                    break
+            except Exception as exc:
+                log.warning("drain: cannot read the rooms set", extra={**extra, "error": repr(exc)})
+            await asyncio.sleep(0.2)
+        else:
+            log.warning("drain timed out; stopping anyway", extra=extra)
+        with contextlib.suppress(Exception):
+            await server.lifecycle("stopped")
+    log.info("media worker stopped", extra=extra)
+    return 0
+
+
+# --- the supervisor ----------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    """One worker position (index, UDP port) and the process filling it now."""
+
+    index: int
+    wid: str
+    metrics_socket: str
+    incarnation: str = ""
+    process: BaseProcess | None = None
+    started: float = 0.0
+    crashes: int = 0
+    restarts: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+    restart: asyncio.TimerHandle | None = None
+
+
+SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("media_supervisor")
+
+
+class Supervisor:
+    """Starts, watches, restarts and drains the worker processes of one node."""
+
+    def __init__(self, settings: Settings, *, node: str | None = None) -> None:
+        self.settings = settings
+        self.node = node or node_id(settings)
+        self.count = worker_count(settings)
+        self._runtime = Path(tempfile.mkdtemp(prefix="wadud-media-"))
+        self.slots = [
+            _Slot(i, f"{self.node}-{i}", str(self._runtime / f"worker-{i}.sock"))
+            for i in range(self.count)
+        ]
+        self.draining = False
+        self.redis = _redis(settings.redis_url)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._done = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_NodeCollector(self))
+
+    # -- processes ---------------------------------------------------------------------
+
+    def running(self) -> list[_Slot]:
+        return [s for s in self.slots if s.process is not None]
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.restart = None
+        if self.draining:
+            return
+        assert self._loop is not None
+        slot.incarnation = secrets.token_hex(8)
+        base = self.settings.media_port
+        spec = WorkerSpec(
+            settings=self.settings,
+            node=self.node,
+            index=slot.index,
+            incarnation=slot.incarnation,
+            port=base + slot.index if base else 0,
+            metrics_socket=slot.metrics_socket,
+            parent=os.getpid(),
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(slot.metrics_socket)
+        # daemon: if the supervisor itself fails, multiprocessing ends the workers at exit.
+        process = self._ctx.Process(
+            target=worker_process, args=(spec,), name=f"wadud-media-{slot.wid}", daemon=True
+        )
+        process.start()
+        slot.process = process
+        slot.started = time.monotonic()
+        self._loop.add_reader(process.sentinel, self._exited, slot, process)
+        log.info(
+            "media worker started",
+            extra={"worker": slot.wid, "incarnation": slot.incarnation, "pid": process.pid},
+        )
+
+    def _exited(self, slot: _Slot, process: BaseProcess) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(process.sentinel)
+        self._reap(slot, process)
+
+    def _reap(self, slot: _Slot, process: BaseProcess) -> None:
+        assert self._loop is not None
+        # The sentinel pipe closes while the child exits, a moment before
+        # waitpid can collect it.
+        process.join(0)
+        if process.exitcode is None:
+            self._loop.call_later(0.01, self._reap, slot, process)
+            return
+        code = process.exitcode
+        process.close()
+        if slot.process is process:
+            slot.process = None
+        slot.exit_codes.append(code)
+        incarnation = slot.incarnation
+        extra = {"worker": slot.wid, "incarnation": incarnation, "code": code}
+        self._loop.create_task(self._forget(slot.wid, incarnation))
+        if self.draining:
+            log.info("media worker exited", extra=extra)
+            if not self.running():
+                self._done.set()
+            return
+        uptime = time.monotonic() - slot.started
+        slot.crashes = 1 if uptime > _STABLE_AFTER else slot.crashes + 1
+        delay = (
+            0.0
+            if slot.crashes == 1
+            else min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (slot.crashes - 2))
+        )
+        slot.restarts += 1
+        log.error("media worker died; restarting", extra={**extra, "restart_in": delay})
+        slot.restart = self._loop.call_later(delay, self._spawn, slot)
+
+    async def _forget(self, wid: str, incarnation: str) -> None:
+        """A dead incarnation: tell room owners now, and drop its registry entry."""
+        try:
+            await rpc.publish_lifecycle(self.redis, wid, incarnation, "stopped")
+            await registry.forget(self.redis, wid, incarnation)
+        except Exception as exc:
+            log.warning(
+                "could not announce a stopped worker; its entry expires by itself",
+                extra={"worker": wid, "error": repr(exc)},
+            )
+
+    def drain(self) -> None:
+        """Stop taking work: every worker drains and exits; then the supervisor does."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("media node draining", extra={"node": self.node})
+        for slot in self.slots:
+            if slot.restart is not None:
+                slot.restart.cancel()
+                slot.restart = None
+            if slot.process is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    slot.process.terminate()
+        if self._loop is not None:
+            self._watchdog = self._loop.create_task(self.watchdog())
+        if not self.running():
+            self._done.set()
+
+    async def run(self) -> int:
+        """Run the node until drained; 0 when every worker exited cleanly."""
+        loop = self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.drain)
+        app = web.Application()
+        app[SUPERVISOR] = self
+        _NodeApi(self).register(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        host, port = http_address(self.settings.media_http)
+        try:
+            await web.TCPSite(runner, host, port).start()
+            log.info(
+                "media node started",
+                extra={"node": self.node, "workers": self.count, "http": self.settings.media_http},
+            )
+            for slot in self.slots:
+                self._spawn(slot)
+            await self._done.wait()
+            return await self._finish()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            await runner.cleanup()
+            await self.redis.aclose()
+            shutil.rmtree(self._runtime, ignore_errors=True)
+
+    async def _finish(self) -> int:
+        # _done is set only while draining, when the last worker exited.
+        failed = [s.wid for s in self.slots if s.exit_codes and s.exit_codes[-1] != 0]
+        # Let the last "stopped" announcements go out before the connection closes.
+        await asyncio.sleep(0.05)
+        if failed:
+            log.error("media node stopped; workers failed to drain", extra={"workers": failed})
+            return 1
+        log.info("media node stopped", extra={"node": self.node})
+        return 0
+
+    async def watchdog(self) -> None:
+        """After a drain began: SIGKILL workers still there after their timeout."""
+        await asyncio.sleep(self.settings.media_drain_timeout + _DRAIN_GRACE)
+        for slot in self.running():
+            if slot.process is not None and slot.process.pid is not None:
+                log.error("media worker did not drain; killing it", extra={"worker": slot.wid})
+                with contextlib.suppress(OSError):
+                    os.kill(slot.process.pid, signal.SIGKILL)
+
+    # -- readiness and metrics ---------------------------------------------------------
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        if self.draining:
+            return False, {"status": "draining", "reason": "the node is draining (SIGTERM)"}
+        try:
+            await self.redis.ping()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for slot in self.slots:
+                    pipe.hgetall(registry.worker_key(slot.wid))
+                entries: list[dict[str, str]] = await pipe.execute()
+        except Exception as exc:
+            return False, {"status": "degraded", "reason": f"redis: {exc!r}"}
+        workers: list[dict[str, Any]] = []
+        waiting: list[str] = []
+        for slot, entry in zip(self.slots, entries, strict=True):
+            ready = (
+                slot.process is not None
+                and entry.get("incarnation") == slot.incarnation
+                and entry.get("state") == registry.READY
+            )
+            workers.append({"worker": slot.wid, "incarnation": slot.incarnation, "ready": ready})
+            if not ready:
+                waiting.append(slot.wid)
+        if waiting:
+            reason = "workers not registered and ready: " + ", ".join(waiting)
+            return False, {"status": "degraded", "reason": reason, "workers": workers}
+        return True, {"status": "ready", "workers": workers}
+
+    async def scrape(self) -> bytes:
+        """Every running worker's metrics with a ``worker`` label, and the node's."""
+        slots = self.running()
+        texts = await asyncio.gather(*(_scrape(s.metrics_socket) for s in slots))
+        collector = _Relabelled([(s.wid, t) for s, t in zip(slots, texts, strict=True) if t])
+        out = CollectorRegistry(auto_describe=False)
+        out.register(collector)
+        return generate_latest(out) + generate_latest(self._registry)
+
+
+def http_address(text: str) -> tuple[str, int]:
+    """``media_http`` as (host, port); ValueError when it is not ADDR:PORT."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"media_http must be ADDR:PORT, not {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def _scrape(path: str) -> str:
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=path),
+                timeout=aiohttp.ClientTimeout(total=2.0),
+            ) as session,
+            session.get("http://worker/metrics") as response,
+        ):
+            return await response.text()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.warning("cannot scrape a media worker", extra={"socket": path, "error": repr(exc)})
+        return ""
+
+
+class _Relabelled(Collector):
+    """Workers' exposition text parsed back into families, one family per
+    name across workers, each sample labelled with its worker."""
+
+    def __init__(self, texts: list[tuple[str, str]]) -> None:
+        self.texts = texts
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for wid, text in self.texts:
+            for family in text_string_to_metric_families(text):
+                samples = [s._replace(labels={**s.labels, "worker": wid}) for s in family.samples]
+                merged = families.setdefault(family.name, family)
+                if merged is family:
+                    merged.samples = samples
+                else:
+                    merged.samples.extend(samples)
+        yield from families.values()
+
+
+class _NodeCollector(Collector):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        sup = self.supervisor
+        running = GaugeMetricFamily(
+            "wadud_media_workers_running", "Worker processes of this media node running now."
+        )
+        running.add_metric([], len(sup.running()))
+        configured = GaugeMetricFamily(
+            "wadud_media_workers_configured", "Worker processes this media node keeps running."
+        )
+        configured.add_metric([], sup.count)
+        draining = GaugeMetricFamily("wadud_media_draining", "1 while the node drains.")
+        draining.add_metric([], 1 if sup.draining else 0)
+        restarts = CounterMetricFamily(
+            "wadud_media_worker_restarts",
+            "Worker processes restarted after they died, by worker.",
+            labels=["worker"],
+        )
+        for slot in sup.slots:
+            restarts.add_metric([slot.wid], slot.restarts)
+        yield running
+        yield configured
+        yield draining
+        yield restarts
+
+
+class _NodeApi:
+    """/healthz, /readyz and /metrics of the supervisor."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        sup = self.supervisor
+        workers = {s.wid: (s.process.pid if s.process else None) for s in sup.slots}
+        return web.json_response(
+            {"status": "ok", "node": sup.node, "draining": sup.draining, "workers": workers}
+        )
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        ready, body = await self.supervisor.readiness()
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        body = await self.supervisor.scrape()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def run(settings: Settings) -> int:
+    """``wadud media``: run the node in this process until it is drained."""
+    import uvloop
+
+    return uvloop.run(Supervisor(settings).run())
