@@ -1,0 +1,179 @@
+"""The media node registry as admins and Prometheus see it from the API side.
+
+``GET /api/v1/admin/media/workers`` lists every live worker of every
+``wadud media`` node (its region, address, state and load, and how many
+rooms are placed on it); the API replica's ``/metrics`` carries the same as
+gauges (workers by region and state, and each worker's transports, rooms,
+CPU and packet rate), refreshed every few seconds from Redis, so an alert
+does not need a scrape of every media node. Worker ids are the only label
+beyond region and state: a bounded set, unlike rooms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sfu import registry
+from wadud import keys
+from wadud.api import ApiModel, Call, Role, Routes
+from wadud.errors import Unavailable
+
+log = logging.getLogger("wadud.signalling.nodes")
+
+routes = Routes("media", "Media nodes and their workers (admins).")
+
+#: Seconds between reads of the registry for the API side's gauges.
+REFRESH = 2.0
+
+
+class MediaWorker(ApiModel):
+    worker: str
+    incarnation: str
+    node: str
+    region: str
+    index: int
+    host: str
+    port: int
+    state: str
+    capacity: int
+    transports: int
+    rooms: int
+    packets_per_second: float
+    cpu: float
+    updated: float
+
+
+class MediaWorkers(ApiModel):
+    items: list[MediaWorker]
+
+
+def _redis(app: web.Application) -> Any:
+    return getattr(app[keys.BUS], "redis", None)
+
+
+def _model(w: registry.WorkerInfo) -> MediaWorker:
+    return MediaWorker(
+        worker=w.worker,
+        incarnation=w.incarnation,
+        node=w.node,
+        region=w.region,
+        index=w.index,
+        host=w.host,
+        port=w.port,
+        state=w.state,
+        capacity=w.capacity,
+        transports=w.transports,
+        rooms=w.rooms,
+        packets_per_second=w.pps,
+        cpu=w.cpu,
+        updated=w.updated,
+    )
+
+
+@routes.get("/api/v1/admin/media/workers", returns=MediaWorkers, auth={Role.ADMIN})
+async def list_workers(call: Call[None, None]) -> MediaWorkers:
+    """Live media workers of every node, with their region, address and load.
+
+    503 when this deployment has no Redis (``wadud serve`` runs its media
+    worker in process; see its ``/metrics``)."""
+    redis = _redis(call.request.app)
+    if redis is None:
+        raise Unavailable("no media registry: this server runs without Redis")
+    found = await registry.workers(redis)
+    return MediaWorkers(items=[_model(w) for w in sorted(found, key=lambda w: w.worker)])
+
+
+class _Collector(Collector):
+    """The last registry read of every app in this process."""
+
+    def __init__(self) -> None:
+        self.views: weakref.WeakSet[_View] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Metric]:
+        count = GaugeMetricFamily(
+            "wadud_media_workers",
+            "Live media workers, by region and state.",
+            labels=["region", "state"],
+        )
+        transports = GaugeMetricFamily(
+            "wadud_media_worker_transports", "Transports on each media worker.", labels=["worker"]
+        )
+        rooms = GaugeMetricFamily(
+            "wadud_media_worker_rooms", "Call rooms placed on each media worker.", labels=["worker"]
+        )
+        cpu = GaugeMetricFamily(
+            "wadud_media_worker_cpu",
+            "Fraction of a core each media worker used.",
+            labels=["worker"],
+        )
+        pps = GaugeMetricFamily(
+            "wadud_media_worker_packets_per_second",
+            "Packets per second each media worker received and sent.",
+            labels=["worker"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        seen: set[str] = set()
+        for view in list(self.views):
+            for w in view.workers:
+                if w.worker in seen:
+                    continue
+                seen.add(w.worker)
+                counts[(w.region, w.state)] = counts.get((w.region, w.state), 0) + 1
+                transports.add_metric([w.worker], w.transports)
+                rooms.add_metric([w.worker], w.rooms)
+                cpu.add_metric([w.worker], w.cpu)
+                pps.add_metric([w.worker], w.pps)
+        for (region, state), n in sorted(counts.items()):
+            count.add_metric([region, state], n)
+        yield from (count, transports, rooms, cpu, pps)
+
+
+COLLECTOR = _Collector()
+REGISTRY.register(COLLECTOR)
+
+
+class _View:
+    def __init__(self) -> None:
+        self.workers: list[registry.WorkerInfo] = []
+
+
+async def _gauges(app: web.Application) -> AsyncIterator[None]:
+    redis = _redis(app)
+    if redis is None:
+        yield
+        return
+    view = _View()
+    COLLECTOR.views.add(view)
+
+    async def refresh() -> None:
+        while True:
+            try:
+                view.workers = await registry.workers(redis)
+            except Exception as exc:
+                log.warning("media registry not readable: %s", exc)
+            await asyncio.sleep(REFRESH)
+
+    task = asyncio.create_task(refresh(), name="media-registry-gauges")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        COLLECTOR.views.discard(view)
+
+
+def install(app: web.Application) -> None:
+    """The admin endpoint and the API-side gauges of the media registry."""
+    routes.install(app)
+    app.cleanup_ctx.append(_gauges)
