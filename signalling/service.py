@@ -976,6 +976,13 @@ class CallService:
             sub = room.subscribers.get(result.participant.id)
             if sub is not None and sub.offer is not None:
                 conn.send(sub.offer)
+        if self.placement is not None and room.media is None:
+            # The room goes to a worker of its first participant's region now,
+            # so its first publish does not wait for placement.
+            try:
+                await self.media_for(room)
+            except errors.MediaUnavailable as exc:
+                log.warning("call room not placed yet: %s", exc, extra={"room": room.name})
         log.info(
             "call %s",
             "resumed" if result.resumed else result.participant.state.value,
