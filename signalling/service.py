@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -46,15 +45,15 @@ from prometheus_client.registry import Collector
 
 from rtc.errors import SdpError
 from rtc.sdp import SessionDescription
-from sfu import registry
 from sfu.control import ActiveSpeaker, MediaControl, MediaEvent, TrackInfo, TransportState
 from sfu.errors import SfuStateError
 from sfu.rpc import MediaClient
 from sfu.rpc import MediaUnavailable as WorkerUnavailable
-from signalling import errors
+from signalling import errors, replicas
 from signalling import protocol as p
-from signalling.cluster import Cluster, conn_replica
+from signalling.cluster import Cluster
 from signalling.placement import Placed, Placement
+from signalling.replicas import RemoteConnection, _Moved
 from signalling.room import (
     Close,
     MediaCloseRoom,
@@ -81,9 +80,6 @@ QUEUE_MAX = 512
 #: How long an ended room's name keeps refusing joins (``room-ended``).
 ENDED_MEMORY = 24 * 3600.0
 ENDED_MAX = 100_000
-#: Seconds between the cluster watcher's rounds (leases, dead replicas and workers).
-WATCH_INTERVAL = 1.0
-
 FRAMES = Counter(
     "wadud_call_frames",
     "Signalling frames received, by type (malformed: not a frame at all).",
@@ -92,14 +88,6 @@ FRAMES = Counter(
 ERRORS = Counter("wadud_call_errors", "Signalling error frames sent, by code.", ["code"])
 MEDIA_EVENTS = Counter(
     "wadud_call_media_events", "Media worker events received, by type and state.", ["type", "state"]
-)
-MEDIA_MOVES = Counter(
-    "wadud_call_media_moves",
-    "Rooms placed on another media worker because theirs died or drained, by reason.",
-    ["reason"],
-)
-TAKEOVERS = Counter(
-    "wadud_call_room_takeovers", "Rooms this replica took over from a replica that died."
 )
 
 
@@ -194,49 +182,7 @@ class Connection:
             return  # the peer went away; the reader ends too
 
 
-class RemoteConnection:
-    """A client connected to another replica, as the room's owner sees it:
-    what is sent goes to that replica, which writes it to the socket."""
-
-    def __init__(self, service: CallService, ref: str, room_name: str) -> None:
-        self.service = service
-        self.ref = ref
-        self.replica = conn_replica(ref)
-        self.room: CallRoom | None = None
-        self.room_name: str | None = room_name
-        self.participant_id: str | None = None
-        self.closing = False
-        self.last_seen = 0.0
-        self.inbox: asyncio.Queue[str] = asyncio.Queue()
-        self.reader: asyncio.Task[None] | None = None
-
-    def send(self, frame: dict[str, Any]) -> None:
-        if self.closing:
-            return
-        if frame.get("type") == "error":
-            ERRORS.labels(frame["code"]).inc()
-        cluster = self.service.cluster
-        if cluster is not None:
-            cluster.send(self.replica, {"k": "out", "conn": self.ref, "frame": frame})
-
-    def close(self, code: int, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            cluster = self.service.cluster
-            if cluster is not None:
-                msg = {"k": "close", "conn": self.ref, "code": code, "reason": reason}
-                cluster.send(self.replica, msg)
-
-
 AnyConnection = Connection | RemoteConnection
-
-
-class _Moved(Exception):
-    """The room is owned by another replica (raised before anything changed)."""
-
-    def __init__(self, owner: str) -> None:
-        super().__init__(owner)
-        self.owner = owner
 
 
 # -- media ---------------------------------------------------------------------
@@ -552,23 +498,6 @@ class CallService:
             raise errors.MediaUnavailable("the room has no media worker")
         return room.media
 
-    def _point(self, room: CallRoom, placed: Placed) -> None:
-        assert self.media_client is not None
-        room.placed = placed
-        room.media = self.media_client.remote(placed.worker, placed.incarnation)
-        self._mark(room)
-        log.info(
-            "call room placed",
-            extra={"room": room.name, "worker": placed.worker, "region": room.region},
-        )
-
-    def _on_worker_message(self, worker: str, incarnation: str, payload: Any) -> None:
-        if isinstance(payload, str):
-            # A worker's life changed (stopped, draining): check placements now.
-            self._watch_now.set()
-        else:
-            self.on_media_event(payload)
-
     def on_media_event(self, event: MediaEvent) -> None:
         try:
             room = self.rooms.get(event.room)
@@ -743,82 +672,6 @@ class CallService:
         elif self.cluster is not None and conn.room_name is not None:
             # Its room runs elsewhere: the owner hears of it.
             self._spawn(self._forward_gone(conn.room_name, conn.ref), "call-gone")
-
-    async def _forward_gone(self, room: str, ref: str) -> None:
-        assert self.cluster is not None
-        try:
-            owner = await self.cluster.owner(room)
-            if owner is not None and owner != self.cluster.replica:
-                self.cluster.send(owner, {"k": "gone", "room": room, "conn": ref})
-        except Exception as exc:
-            log.warning("could not tell the room's owner of a closed connection: %s", exc)
-
-    async def route(self, conn: AnyConnection, text: str) -> None:
-        """One text frame from a client, handled here when this replica owns
-        (or can take) its room, else forwarded to the owner."""
-        if self.cluster is None:
-            await self.on_text(conn, text)
-            return
-        name = conn.room_name
-        if name is None and isinstance(conn, Connection):
-            name = self._join_room_of(conn, text)
-            if name is None:
-                # Not a join, or a join this replica refuses by itself.
-                await self.on_text(conn, text)
-                return
-        if name is None:
-            return
-        deadline = asyncio.get_running_loop().time() + 2 * self.cluster.lease + 2
-        while True:
-            if name in self.rooms or await self._own(name):
-                try:
-                    await self.on_text(conn, text)
-                    return
-                except _Moved as moved:
-                    owner: str | None = moved.owner
-                else:
-                    return
-            else:
-                owner = await self.cluster.owner(name)
-            if owner is not None and owner != self.cluster.replica:
-                msg = {"k": "in", "room": name, "conn": conn.ref, "text": text}
-                if await self.cluster.deliver(owner, msg):
-                    return
-            # The owner is gone (its lease not yet over) or changing hands.
-            if asyncio.get_running_loop().time() > deadline:
-                conn.send(p.error_frame("internal-error", "the room is not reachable; try again"))
-                return
-            await asyncio.sleep(0.2)
-
-    def _join_room_of(self, conn: Connection, text: str) -> str | None:
-        """The room a ``join`` frame asks for, if its token is good (this
-        replica answers bad frames and tokens itself)."""
-        try:
-            frame = p.parse(text)
-        except p.ProtocolError:
-            return None
-        if not isinstance(frame, p.Join):
-            return None
-        try:
-            grant = decode_room_token(self.settings, frame.token)
-        except InvalidToken:
-            return None
-        if conn.room_hint is not None and conn.room_hint != grant.room:
-            return None
-        conn.room_name = grant.room
-        return grant.room
-
-    async def _own(self, name: str) -> bool:
-        """This replica owns room ``name`` now, taking it over if free."""
-        if name in self.rooms:
-            return True
-        if self.cluster is None:
-            return True
-        if not await self.cluster.claim(name):
-            return False
-        if name not in self.rooms:
-            await self._take_over(name)
-        return True
 
     async def on_text(self, conn: AnyConnection, text: str) -> None:
         """One text frame: parse, handle, and answer errors on this connection only."""
@@ -1065,237 +918,23 @@ class CallService:
                 return
             conn.send(p.reply("ping"))
 
-    # -- the cluster -----------------------------------------------------------
-
-    def _on_cluster(self, msg: dict[str, Any]) -> None:
-        """A message from another replica (see :mod:`signalling.cluster`)."""
-        kind, ref = msg.get("k"), msg.get("conn")
-        if not isinstance(ref, str):
-            return
-        if kind == "out":
-            local = self.local.get(ref)
-            if local is not None and isinstance(msg.get("frame"), dict):
-                local.send(msg["frame"])
-        elif kind == "close":
-            local = self.local.get(ref)
-            if local is not None:
-                local.close(int(msg.get("code", errors.CLOSE_GOING_AWAY)), str(msg.get("reason")))
-        elif kind == "in":
-            name, text = msg.get("room"), msg.get("text")
-            if not isinstance(name, str) or not isinstance(text, str):
-                return
-            remote = self.remote.get(ref)
-            if remote is None:
-                remote = self.remote[ref] = RemoteConnection(self, ref, name)
-            remote.inbox.put_nowait(text)
-            if remote.reader is None or remote.reader.done():
-                remote.reader = asyncio.create_task(self._read_remote(remote), name="call-remote")
-        elif kind == "gone":
-            remote = self.remote.get(ref)
-            if remote is not None:
-                self.disconnected(remote)
-        elif kind == "check":
-            # A new owner asks whether a connection it restored still stands.
-            sender = msg.get("from")
-            if ref not in self.local and isinstance(sender, str) and self.cluster is not None:
-                self.cluster.send(sender, {"k": "gone", "room": msg.get("room"), "conn": ref})
-
-    async def _read_remote(self, conn: RemoteConnection) -> None:
-        """A remote client's frames, one at a time, in order (as ``serve``
-        reads a local one's)."""
-        while not conn.inbox.empty():
-            text = conn.inbox.get_nowait()
-            conn.last_seen = asyncio.get_running_loop().time()
-            try:
-                await self.route(conn, text)
-            except Exception:
-                log.exception("remote call frame failed")
-
-    def _mark(self, room: CallRoom) -> None:
-        if self.cluster is not None and self.rooms.get(room.name) is room:
-            self._dirty[room.name] = room
-            self._dirty_event.set()
-
-    def _snapshot(self, room: CallRoom) -> dict[str, Any]:
-        now = asyncio.get_running_loop().time()
-
-        def ref(conn: Any) -> str | None:
-            return getattr(conn, "ref", None) or None
-
-        data = room.core.snapshot(now, ref)
-        data["at"] = time.time()
-        data["region"] = room.region
-        data["media"] = str(room.placed) if room.placed is not None else None
-        data["subscribers"] = {
-            pid: {"asked": list(sub.asked), "offer": sub.offer}
-            for pid, sub in room.subscribers.items()
-        }
-        return data
-
-    async def _writer(self) -> None:
-        """Writes changed rooms' snapshots, coalescing bursts of changes."""
-        assert self.cluster is not None
-        while True:
-            await self._dirty_event.wait()
-            await asyncio.sleep(0.01)
-            self._dirty_event.clear()
-            batch, self._dirty = self._dirty, {}
-            states = {
-                name: self._snapshot(room) if room is not None else None
-                for name, room in batch.items()
-            }
-            try:
-                await self.cluster.save(states)
-                for name, state in states.items():
-                    if state is None and name not in self.rooms:
-                        await self.cluster.disown(name)
-            except Exception as exc:
-                log.warning("room snapshots not written: %s", exc)
-                for name, room in batch.items():
-                    self._dirty.setdefault(name, room)
-                await asyncio.sleep(0.5)
-                self._dirty_event.set()
-
-    async def _take_over(self, name: str) -> None:
-        """This replica just became the owner of ``name``: restore it from its
-        snapshot, if there is one (its previous owner died or let it go)."""
-        assert self.cluster is not None
-        data = await self.cluster.load(name)
-        if data is None or name in self.rooms:
-            return
-        refs = {p_["conn"] for p_ in data.get("participants", ()) if p_.get("conn")}
-        others = {conn_replica(r) for r in refs} - {self.cluster.replica}
-        alive = await self.cluster.alive(others)
-        if name in self.rooms:
-            return
-        room = self.room(name, str(data.get("region") or ""))
-        loop = asyncio.get_running_loop()
-
-        me = self.cluster.replica
-
-        def conn_of(ref: str) -> AnyConnection | None:
-            owner = conn_replica(ref)
-            if owner == me:
-                return self.local.get(ref)
-            if owner in alive:
-                remote = self.remote.get(ref)
-                if remote is None:
-                    remote = self.remote[ref] = RemoteConnection(self, ref, name)
-                return remote
-            return None
-
-        outputs = room.core.restore(
-            data,
-            loop.time(),
-            conn_of=conn_of,
-            grant_of=lambda d: RoomGrant(**d),
-            elapsed=max(0.0, time.time() - float(data.get("at") or time.time())),
-        )
-        for participant in room.core.participants.values():
-            conn = participant.conn
-            if isinstance(conn, Connection | RemoteConnection):
-                conn.room, conn.participant_id, conn.room_name = room, participant.id, name
-            if isinstance(conn, RemoteConnection):
-                # Its close may have gone to the dead owner: ask its replica.
-                check = {"k": "check", "room": name, "conn": conn.ref, "from": me}
-                self.cluster.send(conn.replica, check)
-        if data.get("media") and self.placement is not None:
-            self._point(room, Placed.parse(str(data["media"])))
-        for pid, sub_data in (data.get("subscribers") or {}).items():
-            if room.core.get(pid) is None:
-                continue
-            sub = room.subscriber(pid)
-            sub.asked = tuple(sub_data.get("asked") or ())
-            sub.offer = sub_data.get("offer")
-        TAKEOVERS.inc()
-        log.info("call room taken over", extra={"room": name})
-        self.apply(room, outputs)
-        self._watch_now.set()
-
-    async def _watcher(self) -> None:
-        """Each second (or at once when a worker's life changes): renew
-        leases, notice dead replicas and workers, adopt orphaned rooms."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._watch_now.wait(), WATCH_INTERVAL)
-            self._watch_now.clear()
-            try:
-                await self._watch_once()
-            except Exception as exc:
-                log.warning("cluster watch failed: %s", exc)
-
-    async def _watch_once(self) -> None:
-        assert self.cluster is not None
-        lost = await self.cluster.renew(list(self.rooms))
-        for name in lost:
-            room = self.rooms.get(name)
-            if room is not None:
-                log.warning("lost the lease of a call room; another replica has it")
-                self._drop_room(room, forget=False)
-        if self.placement is not None:
-            await self.placement.refresh([r for r in self.rooms if self.rooms[r].placed])
-        # Replicas whose clients are in our rooms: a dead one's are detached.
-        replicas = {c.replica for c in self.remote.values()}
-        if replicas:
-            alive = await self.cluster.alive(replicas)
-            for conn in [c for c in self.remote.values() if c.replica not in alive]:
-                self.disconnected(conn)
-        # Our clients in rooms nobody owns (their owner died): take them over.
-        orphaned = {c.room_name for c in self.connections if c.room is None and c.room_name}
-        for name in orphaned:
-            if (
-                name is not None
-                and name not in self.rooms
-                and await self.cluster.owner(name) is None
-            ):
-                await self._own(name)
-        await self._check_media()
-
-    async def _check_media(self) -> None:
-        """Rooms whose worker died or drains move to another worker."""
-        if self.placement is None:
-            return
-        placed = {name: r for name, r in self.rooms.items() if r.placed is not None}
-        if not placed:
-            return
-        redis = self.placement.redis
-        workers = {w.worker: w for w in await registry.workers(redis)}
-        for name, room in placed.items():
-            at = room.placed
-            if at is None:
-                continue
-            info = workers.get(at.worker)
-            if info is None or info.incarnation != at.incarnation:
-                reason = "media-lost"
-            elif info.state == "draining":
-                reason = "media-draining"
-            else:
-                continue
-            if not await registry.alive(redis, at.worker, at.incarnation):
-                reason = "media-lost"
-            if self.rooms.get(name) is room and room.placed == at:
-                await self._move_media(room, at, reason)
-
-    async def _move_media(self, room: CallRoom, old: Placed, reason: str) -> None:
-        assert self.placement is not None
-        new = await self.placement.place(room.name, room.region, replacing=old)
-        if new is None or new == old:
-            log.error("no media worker to move a call room to", extra={"room": room.name})
-            return
-        if self.rooms.get(room.name) is not room:
-            return
-        MEDIA_MOVES.labels(reason).inc()
-        old_media = room.media
-        log.warning(
-            "call room moves to another media worker",
-            extra={"room": room.name, "from": old.worker, "to": new.worker, "reason": reason},
-        )
-        self._point(room, new)
-        if reason == "media-draining" and old_media is not None:
-            room.lane.background("close_room", partial(old_media.close_room, room.name))
-        for sub in room.subscribers.values():
-            sub.offer, sub.asked, sub.force = None, (), True
-        self.apply(room, room.core.media_reset(reason))
+    # The cluster side (signalling.replicas), bound here as methods.
+    _point = replicas._point
+    _on_worker_message = replicas._on_worker_message
+    _forward_gone = replicas._forward_gone
+    route = replicas.route
+    _join_room_of = replicas._join_room_of
+    _own = replicas._own
+    _on_cluster = replicas._on_cluster
+    _read_remote = replicas._read_remote
+    _mark = replicas._mark
+    _snapshot = replicas._snapshot
+    _writer = replicas._writer
+    _take_over = replicas._take_over
+    _watcher = replicas._watcher
+    _watch_once = replicas._watch_once
+    _check_media = replicas._check_media
+    _move_media = replicas._move_media
 
     # -- shutdown ----------------------------------------------------------------
 

@@ -1,0 +1,420 @@
+"""The call service's side in a cluster of API replicas (with Redis).
+
+:mod:`signalling.cluster` is the link (leases, snapshots, ordered messages);
+this module is what the call service does with it: route a client's frames
+to its room's owner, serve other replicas' clients in the rooms this one
+owns (:class:`RemoteConnection`), write room snapshots, take a room over when
+its owner died, and move a room to another media worker when its own died or
+drains. The functions here are
+:class:`signalling.service.CallService` methods (bound there by name), kept
+apart because they run only when the service has a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+
+from sfu import registry
+from signalling import errors
+from signalling import protocol as p
+from signalling.cluster import conn_replica
+from signalling.placement import Placed
+from wadud.auth import InvalidToken, RoomGrant, decode_room_token
+
+if TYPE_CHECKING:
+    from signalling.service import AnyConnection, CallRoom, CallService, Connection
+
+log = logging.getLogger("wadud.signalling")
+
+#: Seconds between the cluster watcher's rounds (leases, dead replicas and workers).
+WATCH_INTERVAL = 1.0
+
+MEDIA_MOVES = Counter(
+    "wadud_call_media_moves",
+    "Rooms placed on another media worker because theirs died or drained, by reason.",
+    ["reason"],
+)
+TAKEOVERS = Counter(
+    "wadud_call_room_takeovers", "Rooms this replica took over from a replica that died."
+)
+
+
+class RemoteConnection:
+    """A client connected to another replica, as the room's owner sees it:
+    what is sent goes to that replica, which writes it to the socket."""
+
+    def __init__(self, service: CallService, ref: str, room_name: str) -> None:
+        self.service = service
+        self.ref = ref
+        self.replica = conn_replica(ref)
+        self.room: CallRoom | None = None
+        self.room_name: str | None = room_name
+        self.participant_id: str | None = None
+        self.closing = False
+        self.last_seen = 0.0
+        self.inbox: asyncio.Queue[str] = asyncio.Queue()
+        self.reader: asyncio.Task[None] | None = None
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if self.closing:
+            return
+        # Error frames are counted where they reach the socket.
+        cluster = self.service.cluster
+        if cluster is not None:
+            cluster.send(self.replica, {"k": "out", "conn": self.ref, "frame": frame})
+
+    def close(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            cluster = self.service.cluster
+            if cluster is not None:
+                msg = {"k": "close", "conn": self.ref, "code": code, "reason": reason}
+                cluster.send(self.replica, msg)
+
+
+class _Moved(Exception):
+    """The room is owned by another replica (raised before anything changed)."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
+def _point(svc: CallService, room: CallRoom, placed: Placed) -> None:
+    assert svc.media_client is not None
+    room.placed = placed
+    room.media = svc.media_client.remote(placed.worker, placed.incarnation)
+    svc._mark(room)
+    log.info(
+        "call room placed",
+        extra={"room": room.name, "worker": placed.worker, "region": room.region},
+    )
+
+
+def _on_worker_message(svc: CallService, worker: str, incarnation: str, payload: Any) -> None:
+    if isinstance(payload, str):
+        # A worker's life changed (stopped, draining): check placements now.
+        svc._watch_now.set()
+    else:
+        svc.on_media_event(payload)
+
+
+async def _forward_gone(svc: CallService, room: str, ref: str) -> None:
+    assert svc.cluster is not None
+    try:
+        owner = await svc.cluster.owner(room)
+        if owner is not None and owner != svc.cluster.replica:
+            svc.cluster.send(owner, {"k": "gone", "room": room, "conn": ref})
+    except Exception as exc:
+        log.warning("could not tell the room's owner of a closed connection: %s", exc)
+
+
+async def route(svc: CallService, conn: AnyConnection, text: str) -> None:
+    """One text frame from a client, handled here when this replica owns
+    (or can take) its room, else forwarded to the owner."""
+    if svc.cluster is None:
+        await svc.on_text(conn, text)
+        return
+    name = conn.room_name
+    if name is None and isinstance(conn, Connection):
+        name = svc._join_room_of(conn, text)
+        if name is None:
+            # Not a join, or a join this replica refuses by itself.
+            await svc.on_text(conn, text)
+            return
+    if name is None:
+        return
+    deadline = asyncio.get_running_loop().time() + 2 * svc.cluster.lease + 2
+    while True:
+        if name in svc.rooms or await svc._own(name):
+            try:
+                await svc.on_text(conn, text)
+                return
+            except _Moved as moved:
+                owner: str | None = moved.owner
+            else:
+                return
+        else:
+            owner = await svc.cluster.owner(name)
+        if owner is not None and owner != svc.cluster.replica:
+            msg = {"k": "in", "room": name, "conn": conn.ref, "text": text}
+            if await svc.cluster.deliver(owner, msg):
+                return
+        # The owner is gone (its lease not yet over) or changing hands.
+        if asyncio.get_running_loop().time() > deadline:
+            conn.send(p.error_frame("internal-error", "the room is not reachable; try again"))
+            return
+        await asyncio.sleep(0.2)
+
+
+def _join_room_of(svc: CallService, conn: Connection, text: str) -> str | None:
+    """The room a ``join`` frame asks for, if its token is good (this
+    replica answers bad frames and tokens itself)."""
+    try:
+        frame = p.parse(text)
+    except p.ProtocolError:
+        return None
+    if not isinstance(frame, p.Join):
+        return None
+    try:
+        grant = decode_room_token(svc.settings, frame.token)
+    except InvalidToken:
+        return None
+    if conn.room_hint is not None and conn.room_hint != grant.room:
+        return None
+    conn.room_name = grant.room
+    return grant.room
+
+
+async def _own(svc: CallService, name: str) -> bool:
+    """This replica owns room ``name`` now, taking it over if free."""
+    if name in svc.rooms:
+        return True
+    if svc.cluster is None:
+        return True
+    if not await svc.cluster.claim(name):
+        return False
+    if name not in svc.rooms:
+        await svc._take_over(name)
+    return True
+
+
+def _on_cluster(svc: CallService, msg: dict[str, Any]) -> None:
+    """A message from another replica (see :mod:`signalling.cluster`)."""
+    kind, ref = msg.get("k"), msg.get("conn")
+    if not isinstance(ref, str):
+        return
+    if kind == "out":
+        local = svc.local.get(ref)
+        if local is not None and isinstance(msg.get("frame"), dict):
+            local.send(msg["frame"])
+    elif kind == "close":
+        local = svc.local.get(ref)
+        if local is not None:
+            local.close(int(msg.get("code", errors.CLOSE_GOING_AWAY)), str(msg.get("reason")))
+    elif kind == "in":
+        name, text = msg.get("room"), msg.get("text")
+        if not isinstance(name, str) or not isinstance(text, str):
+            return
+        remote = svc.remote.get(ref)
+        if remote is None:
+            remote = svc.remote[ref] = RemoteConnection(svc, ref, name)
+        remote.inbox.put_nowait(text)
+        if remote.reader is None or remote.reader.done():
+            remote.reader = asyncio.create_task(svc._read_remote(remote), name="call-remote")
+    elif kind == "gone":
+        remote = svc.remote.get(ref)
+        if remote is not None:
+            svc.disconnected(remote)
+    elif kind == "check":
+        # A new owner asks whether a connection it restored still stands.
+        sender = msg.get("from")
+        if ref not in svc.local and isinstance(sender, str) and svc.cluster is not None:
+            svc.cluster.send(sender, {"k": "gone", "room": msg.get("room"), "conn": ref})
+
+
+async def _read_remote(svc: CallService, conn: RemoteConnection) -> None:
+    """A remote client's frames, one at a time, in order (as ``serve``
+    reads a local one's)."""
+    while not conn.inbox.empty():
+        text = conn.inbox.get_nowait()
+        conn.last_seen = asyncio.get_running_loop().time()
+        try:
+            await svc.route(conn, text)
+        except Exception:
+            log.exception("remote call frame failed")
+
+
+def _mark(svc: CallService, room: CallRoom) -> None:
+    if svc.cluster is not None and svc.rooms.get(room.name) is room:
+        svc._dirty[room.name] = room
+        svc._dirty_event.set()
+
+
+def _snapshot(svc: CallService, room: CallRoom) -> dict[str, Any]:
+    now = asyncio.get_running_loop().time()
+
+    def ref(conn: Any) -> str | None:
+        return getattr(conn, "ref", None) or None
+
+    data = room.core.snapshot(now, ref)
+    data["at"] = time.time()
+    data["region"] = room.region
+    data["media"] = str(room.placed) if room.placed is not None else None
+    data["subscribers"] = {
+        pid: {"asked": list(sub.asked), "offer": sub.offer} for pid, sub in room.subscribers.items()
+    }
+    return data
+
+
+async def _writer(svc: CallService) -> None:
+    """Writes changed rooms' snapshots, coalescing bursts of changes."""
+    assert svc.cluster is not None
+    while True:
+        await svc._dirty_event.wait()
+        await asyncio.sleep(0.01)
+        svc._dirty_event.clear()
+        batch, svc._dirty = svc._dirty, {}
+        states = {
+            name: svc._snapshot(room) if room is not None else None for name, room in batch.items()
+        }
+        try:
+            await svc.cluster.save(states)
+            for name, state in states.items():
+                if state is None and name not in svc.rooms:
+                    await svc.cluster.disown(name)
+        except Exception as exc:
+            log.warning("room snapshots not written: %s", exc)
+            for name, room in batch.items():
+                svc._dirty.setdefault(name, room)
+            await asyncio.sleep(0.5)
+            svc._dirty_event.set()
+
+
+async def _take_over(svc: CallService, name: str) -> None:
+    """This replica just became the owner of ``name``: restore it from its
+    snapshot, if there is one (its previous owner died or let it go)."""
+    assert svc.cluster is not None
+    data = await svc.cluster.load(name)
+    if data is None or name in svc.rooms:
+        return
+    refs = {p_["conn"] for p_ in data.get("participants", ()) if p_.get("conn")}
+    others = {conn_replica(r) for r in refs} - {svc.cluster.replica}
+    alive = await svc.cluster.alive(others)
+    if name in svc.rooms:
+        return
+    room = svc.room(name, str(data.get("region") or ""))
+    loop = asyncio.get_running_loop()
+
+    me = svc.cluster.replica
+
+    def conn_of(ref: str) -> AnyConnection | None:
+        owner = conn_replica(ref)
+        if owner == me:
+            return svc.local.get(ref)
+        if owner in alive:
+            remote = svc.remote.get(ref)
+            if remote is None:
+                remote = svc.remote[ref] = RemoteConnection(svc, ref, name)
+            return remote
+        return None
+
+    outputs = room.core.restore(
+        data,
+        loop.time(),
+        conn_of=conn_of,
+        grant_of=lambda d: RoomGrant(**d),
+        elapsed=max(0.0, time.time() - float(data.get("at") or time.time())),
+    )
+    for participant in room.core.participants.values():
+        conn = participant.conn
+        if isinstance(conn, Connection | RemoteConnection):
+            conn.room, conn.participant_id, conn.room_name = room, participant.id, name
+        if isinstance(conn, RemoteConnection):
+            # Its close may have gone to the dead owner: ask its replica.
+            check = {"k": "check", "room": name, "conn": conn.ref, "from": me}
+            svc.cluster.send(conn.replica, check)
+    if data.get("media") and svc.placement is not None:
+        svc._point(room, Placed.parse(str(data["media"])))
+    for pid, sub_data in (data.get("subscribers") or {}).items():
+        if room.core.get(pid) is None:
+            continue
+        sub = room.subscriber(pid)
+        sub.asked = tuple(sub_data.get("asked") or ())
+        sub.offer = sub_data.get("offer")
+    TAKEOVERS.inc()
+    log.info("call room taken over", extra={"room": name})
+    svc.apply(room, outputs)
+    svc._watch_now.set()
+
+
+async def _watcher(svc: CallService) -> None:
+    """Each second (or at once when a worker's life changes): renew
+    leases, notice dead replicas and workers, adopt orphaned rooms."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(svc._watch_now.wait(), WATCH_INTERVAL)
+        svc._watch_now.clear()
+        try:
+            await svc._watch_once()
+        except Exception as exc:
+            log.warning("cluster watch failed: %s", exc)
+
+
+async def _watch_once(svc: CallService) -> None:
+    assert svc.cluster is not None
+    lost = await svc.cluster.renew(list(svc.rooms))
+    for name in lost:
+        room = svc.rooms.get(name)
+        if room is not None:
+            log.warning("lost the lease of a call room; another replica has it")
+            svc._drop_room(room, forget=False)
+    if svc.placement is not None:
+        await svc.placement.refresh([r for r in svc.rooms if svc.rooms[r].placed])
+    # Replicas whose clients are in our rooms: a dead one's are detached.
+    replicas = {c.replica for c in svc.remote.values()}
+    if replicas:
+        alive = await svc.cluster.alive(replicas)
+        for conn in [c for c in svc.remote.values() if c.replica not in alive]:
+            svc.disconnected(conn)
+    # Our clients in rooms nobody owns (their owner died): take them over.
+    orphaned = {c.room_name for c in svc.connections if c.room is None and c.room_name}
+    for name in orphaned:
+        if name is not None and name not in svc.rooms and await svc.cluster.owner(name) is None:
+            await svc._own(name)
+    await svc._check_media()
+
+
+async def _check_media(svc: CallService) -> None:
+    """Rooms whose worker died or drains move to another worker."""
+    if svc.placement is None:
+        return
+    placed = {name: r for name, r in svc.rooms.items() if r.placed is not None}
+    if not placed:
+        return
+    redis = svc.placement.redis
+    workers = {w.worker: w for w in await registry.workers(redis)}
+    for name, room in placed.items():
+        at = room.placed
+        if at is None:
+            continue
+        info = workers.get(at.worker)
+        if info is None or info.incarnation != at.incarnation:
+            reason = "media-lost"
+        elif info.state == "draining":
+            reason = "media-draining"
+        else:
+            continue
+        if not await registry.alive(redis, at.worker, at.incarnation):
+            reason = "media-lost"
+        if svc.rooms.get(name) is room and room.placed == at:
+            await svc._move_media(room, at, reason)
+
+
+async def _move_media(svc: CallService, room: CallRoom, old: Placed, reason: str) -> None:
+    assert svc.placement is not None
+    new = await svc.placement.place(room.name, room.region, replacing=old)
+    if new is None or new == old:
+        log.error("no media worker to move a call room to", extra={"room": room.name})
+        return
+    if svc.rooms.get(room.name) is not room:
+        return
+    MEDIA_MOVES.labels(reason).inc()
+    old_media = room.media
+    log.warning(
+        "call room moves to another media worker",
+        extra={"room": room.name, "from": old.worker, "to": new.worker, "reason": reason},
+    )
+    svc._point(room, new)
+    if reason == "media-draining" and old_media is not None:
+        room.lane.background("close_room", partial(old_media.close_room, room.name))
+    for sub in room.subscribers.values():
+        sub.offer, sub.asked, sub.force = None, (), True
+    svc.apply(room, room.core.media_reset(reason))
