@@ -54,13 +54,20 @@ def free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
+_UDP_HANDED_OUT: set[int] = set()
+
+
 def free_udp_ports(count: int, start: int = 40000, end: int = 60000) -> int:
-    """The first of ``count`` consecutive UDP ports that are free now."""
+    """The first of ``count`` consecutive UDP ports that are free now and
+    were not handed out before by this process (nodes bind theirs later)."""
     base = start + (os.getpid() * 37) % (end - start - 1000)
     for first in range(base, end - count, count):
+        wanted = range(first, first + count)
+        if _UDP_HANDED_OUT.intersection(wanted):
+            continue
         socks: list[socket.socket] = []
         try:
-            for port in range(first, first + count):
+            for port in wanted:
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 socks.append(s)
                 s.bind((HOST, port))
@@ -69,6 +76,7 @@ def free_udp_ports(count: int, start: int = 40000, end: int = 60000) -> int:
         finally:
             for s in socks:
                 s.close()
+        _UDP_HANDED_OUT.update(wanted)
         return first
     raise RuntimeError(f"no {count} consecutive free UDP ports")
 
