@@ -174,12 +174,10 @@ def _join_room_of(svc: CallService, conn: Connection, text: str) -> str | None:
 
 
 async def _own(svc: CallService, name: str) -> bool:
-    """This replica owns room ``name`` now, taking it over if free."""
-    if name in svc.rooms:
+    """This replica owns room ``name`` now, taking it over if it was free."""
+    if name in svc.rooms or svc.cluster is None:
         return True
-    if svc.cluster is None:
-        return True
-    if not await svc.cluster.claim(name):
+    if not await svc.cluster.claim(name) and await svc.cluster.owner(name) != svc.cluster.replica:
         return False
     if name not in svc.rooms:
         await svc._take_over(name)
@@ -373,7 +371,9 @@ async def _watch_once(svc: CallService) -> None:
 
 
 async def _check_media(svc: CallService) -> None:
-    """Rooms whose worker died or drains move to another worker."""
+    """Rooms whose worker died (its registry entry expired, its incarnation
+    changed, or nobody listens on its control channel) or drains move to
+    another worker."""
     if svc.placement is None:
         return
     placed = {name: r for name, r in svc.rooms.items() if r.placed is not None}
@@ -381,21 +381,20 @@ async def _check_media(svc: CallService) -> None:
         return
     redis = svc.placement.redis
     workers = {w.worker: w for w in await registry.workers(redis)}
-    for name, room in placed.items():
-        at = room.placed
-        if at is None:
-            continue
+    verdicts: dict[Placed, str | None] = {}
+    for at in {r.placed for r in placed.values() if r.placed is not None}:
         info = workers.get(at.worker)
-        if info is None or info.incarnation != at.incarnation:
-            reason = "media-lost"
+        if info is None or not await registry.alive(redis, at.worker, at.incarnation):
+            verdicts[at] = "media-lost"
         elif info.state == "draining":
-            reason = "media-draining"
+            verdicts[at] = "media-draining"
         else:
-            continue
-        if not await registry.alive(redis, at.worker, at.incarnation):
-            reason = "media-lost"
-        if svc.rooms.get(name) is room and room.placed == at:
-            await svc._move_media(room, at, reason)
+            verdicts[at] = None
+    for name, room in placed.items():
+        now_at = room.placed
+        reason = verdicts.get(now_at) if now_at is not None else None
+        if now_at is not None and reason is not None and svc.rooms.get(name) is room:
+            await svc._move_media(room, now_at, reason)
 
 
 async def _move_media(svc: CallService, room: CallRoom, old: Placed, reason: str) -> None:
