@@ -160,6 +160,8 @@ class MediaClient:
         self.timeout = timeout
         self.reply_to = reply_channel(caller_id)
         self._pending: dict[str, asyncio.Future[Any]] = {}
+        #: Which worker incarnation each pending request went to.
+        self._targets: dict[str, tuple[str, str]] = {}
         self._listeners: list[Listener] = []
         self._subscription: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -193,6 +195,15 @@ class MediaClient:
         """The MediaControl of one worker incarnation."""
         return RemoteMedia(self, wid, incarnation)
 
+    def abandon(self, wid: str, incarnation: str) -> None:
+        """The worker is gone: fail its requests in flight now rather than at
+        their timeout, so what waits behind them (a room's next media call)
+        goes on at once."""
+        for rid, target in list(self._targets.items()):
+            fut = self._pending.get(rid)
+            if target == (wid, incarnation) and fut is not None and not fut.done():
+                fut.set_exception(MediaUnavailable(f"media worker {wid} is gone"))
+
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(wid, incarnation, event_or_lifecycle)`` for every
         message on the events channel, from any worker."""
@@ -211,6 +222,7 @@ class MediaClient:
         rid = uuid.uuid4().hex
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
+        self._targets[rid] = (wid, incarnation)
         message = {
             "id": rid,
             "incarnation": incarnation,
@@ -234,6 +246,7 @@ class MediaClient:
                 ) from None
         finally:
             self._pending.pop(rid, None)
+            self._targets.pop(rid, None)
         if reply.get("ok"):
             return reply.get("result")
         _raise(wid, reply.get("error") or {})
@@ -258,6 +271,8 @@ class MediaClient:
         what: MediaEvent | str
         if "lifecycle" in data:
             what = str(data["lifecycle"])
+            if what == "stopped":
+                self.abandon(wid, incarnation)
         elif "event" in data:
             what = event_from_dict(data["event"])
         else:

@@ -411,6 +411,8 @@ async def _move_media(svc: CallService, room: CallRoom, old: Placed, reason: str
         "call room moves to another media worker",
         extra={"room": room.name, "from": old.worker, "to": new.worker, "reason": reason},
     )
+    if reason == "media-lost" and svc.media_client is not None:
+        svc.media_client.abandon(old.worker, old.incarnation)
     svc._point(room, new)
     if reason == "media-draining" and old_media is not None:
         room.lane.background("close_room", partial(old_media.close_room, room.name))
