@@ -161,6 +161,12 @@ async def alive(redis: Redis, wid: str, incarnation: str) -> bool:
     current = await redis.hget(worker_key(wid), "incarnation")
     if current != incarnation:
         return False
+    return await listening(redis, wid)
+
+
+async def listening(redis: Redis, wid: str) -> bool:
+    """Some process takes requests on the worker's control channel; a killed
+    worker's subscription is gone as soon as Redis sees its socket close."""
     counts = await redis.pubsub_numsub(control_channel(wid))
     return any(int(n) > 0 for _, n in counts)
 

@@ -20,6 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from sfu import registry
 from signalling import errors
@@ -118,7 +119,9 @@ async def _forward_gone(svc: CallService, room: str, ref: str) -> None:
 
 async def route(svc: CallService, conn: AnyConnection, text: str) -> None:
     """One text frame from a client, handled here when this replica owns
-    (or can take) its room, else forwarded to the owner."""
+    (or can take) its room, else forwarded to the owner. Pings and pongs are
+    answered where the socket is; the owner of each room is remembered until
+    a delivery finds nobody listening."""
     if svc.cluster is None:
         await svc.on_text(conn, text)
         return
@@ -129,26 +132,46 @@ async def route(svc: CallService, conn: AnyConnection, text: str) -> None:
             # Not a join, or a join this replica refuses by itself.
             await svc.on_text(conn, text)
             return
-    if name is None:
+    if name is None or (name not in svc.rooms and _keepalive(text)):
+        await svc.on_text(conn, text)
         return
-    deadline = asyncio.get_running_loop().time() + 2 * svc.cluster.lease + 2
+    try:
+        await _route(svc, conn, name, text)
+    except RedisError as exc:
+        log.warning("call frame not routed: redis: %s", exc, extra={"room": name})
+        conn.send(p.error_frame("internal-error", "the server is busy; try again in a moment"))
+
+
+def _keepalive(text: str) -> bool:
+    try:
+        frame = p.parse(text)
+    except p.ProtocolError:
+        return False
+    return isinstance(frame, p.Ping | p.Pong)
+
+
+async def _route(svc: CallService, conn: AnyConnection, name: str, text: str) -> None:
+    assert svc.cluster is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2 * svc.cluster.lease + 2
     while True:
-        if name in svc.rooms or await svc._own(name):
+        owner = svc.owners.get(name)
+        if name in svc.rooms or (owner is None and await svc._own(name)):
             try:
                 await svc.on_text(conn, text)
                 return
             except _Moved as moved:
-                owner: str | None = moved.owner
-            else:
-                return
-        else:
+                owner = moved.owner or None
+        if owner is None:
             owner = await svc.cluster.owner(name)
         if owner is not None and owner != svc.cluster.replica:
             msg = {"k": "in", "room": name, "conn": conn.ref, "text": text}
             if await svc.cluster.deliver(owner, msg):
+                svc.owners[name] = owner
                 return
         # The owner is gone (its lease not yet over) or changing hands.
-        if asyncio.get_running_loop().time() > deadline:
+        svc.owners.pop(name, None)
+        if loop.time() > deadline:
             conn.send(p.error_frame("internal-error", "the room is not reachable; try again"))
             return
         await asyncio.sleep(0.2)
@@ -351,7 +374,14 @@ async def _watch_once(svc: CallService) -> None:
     lost = await svc.cluster.renew(list(svc.rooms))
     for name in lost:
         room = svc.rooms.get(name)
-        if room is not None:
+        if room is None:
+            continue
+        if await svc.cluster.claim(name):
+            # Nobody holds it (Redis restarted, or the lease ran out while
+            # Redis was away): keep the room and write its snapshot again.
+            log.warning("call room lease renewed after a gap", extra={"room": name})
+            svc._mark(room)
+        else:
             log.warning("lost the lease of a call room; another replica has it")
             svc._drop_room(room, forget=False)
     if svc.placement is not None:
@@ -364,6 +394,8 @@ async def _watch_once(svc: CallService) -> None:
             svc.disconnected(conn)
     # Our clients in rooms nobody owns (their owner died): take them over.
     orphaned = {c.room_name for c in svc.connections if c.room is None and c.room_name}
+    for name in set(svc.owners) - orphaned:
+        del svc.owners[name]
     for name in orphaned:
         if name is not None and name not in svc.rooms and await svc.cluster.owner(name) is None:
             await svc._own(name)
@@ -382,14 +414,24 @@ async def _check_media(svc: CallService) -> None:
     redis = svc.placement.redis
     workers = {w.worker: w for w in await registry.workers(redis)}
     verdicts: dict[Placed, str | None] = {}
+    now = time.monotonic()
     for at in {r.placed for r in placed.values() if r.placed is not None}:
         info = workers.get(at.worker)
-        if info is None or not await registry.alive(redis, at.worker, at.incarnation):
-            verdicts[at] = "media-lost"
-        elif info.state == "draining":
-            verdicts[at] = "media-draining"
+        listening = await registry.listening(redis, at.worker)
+        if info is not None and info.incarnation == at.incarnation:
+            svc.unregistered.pop(at, None)
+            verdicts[at] = (
+                "media-lost" if not listening else "media-draining" if info.draining else None
+            )
+        elif info is None and listening:
+            # Its process still takes requests but its entry is gone: Redis
+            # lost it (a restart) and the next heartbeat writes it again.
+            # Only a worker silent for several TTLs is given up.
+            since = svc.unregistered.setdefault(at, now)
+            grace = 3 * svc.settings.media_worker_ttl
+            verdicts[at] = "media-lost" if now - since > grace else None
         else:
-            verdicts[at] = None
+            verdicts[at] = "media-lost"
     for name, room in placed.items():
         now_at = room.placed
         reason = verdicts.get(now_at) if now_at is not None else None

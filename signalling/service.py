@@ -433,6 +433,10 @@ class CallService:
         self.local: dict[str, Connection] = {}
         #: Other replicas' connections in rooms this replica owns.
         self.remote: dict[str, RemoteConnection] = {}
+        #: The last known owner of rooms this replica forwards to.
+        self.owners: dict[str, str] = {}
+        #: Placed workers seen alive but missing from the registry, since when.
+        self.unregistered: dict[Placed, float] = {}
         #: Negotiations still running for subscribers whose room is gone.
         self._orphans: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -878,7 +882,12 @@ class CallService:
                     continue
                 if msg.type == WSMsgType.TEXT:
                     conn.last_seen = loop.time()
-                    await self.route(conn, msg.data)
+                    try:
+                        await self.route(conn, msg.data)
+                    except Exception:
+                        # Nothing one frame does may end the connection.
+                        log.exception("call frame failed")
+                        conn.send(p.error_frame("internal-error", "the server failed; try again"))
                 elif msg.type == WSMsgType.BINARY:
                     FRAMES.labels("malformed").inc()
                     conn.send(p.error_frame("bad-frame", "frames are JSON text, not binary"))

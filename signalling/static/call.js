@@ -4,7 +4,8 @@
 //
 // For tests and embedders: `window.wadudCall` is the WadudCall once joining
 // starts (see its stats()), and a page that frames this one receives
-// {source: 'wadud-call', type: 'state', state, reason} messages.
+// {source: 'wadud-call', type: 'state', state, reason} messages, and
+// {source: 'wadud-call', type: 'media', reason} when media reconnects.
 
 import { WadudCall } from './wadud-call.js';
 
@@ -237,6 +238,13 @@ async function join() {
   call.addEventListener('waiting', renderAdmin);
   call.addEventListener('roomsettings', (e) => { $('require-admission').checked = e.detail.require_admission; });
   call.addEventListener('error', (e) => toast(e.detail.message || e.detail.code));
+  call.addEventListener('mediareconnect', (e) => {
+    // The room moved to another media server; the call reconnects by itself.
+    toast('Reconnecting video…');
+    if (window.parent !== window) {
+      window.parent.postMessage({ source: 'wadud-call', type: 'media', reason: e.detail.reason }, '*');
+    }
+  });
 
   await call.publish({ microphone, camera: wantCamera ? camera : null });
   if (microphone && !wantMic) await call.setMuted('microphone', true);

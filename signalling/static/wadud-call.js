@@ -128,12 +128,20 @@ export class WadudCall extends EventTarget {
     if (code === 1000 || !this.session) return this._finish('failed', reason || `closed ${code}`);
     // A dropped socket (network change, proxy timeout): the server keeps our
     // place and our media for a grace period; come back with `resume`.
-    if (!this._resumeUntil) this._resumeUntil = Date.now() + RESUME_FOR_MS;
+    if (!this._resumeUntil) {
+      this._resumeUntil = Date.now() + RESUME_FOR_MS;
+      this._attempt = 0;
+    }
     if (Date.now() > this._resumeUntil) return this._finish('failed', 'could not reconnect');
     this._setState('reconnecting');
+    // Back off (0.25, 0.5, 1, 2, 2... s, jittered) so that a replica that
+    // died does not get every client back at the same instant; the load
+    // balancer sends the retries to a live replica.
+    const delay = Math.min(250 * 2 ** (this._attempt || 0), 2000) * (0.75 + Math.random() * 0.5);
+    this._attempt = (this._attempt || 0) + 1;
     setTimeout(() => {
       if (!this._leaving && !isFinal(this.state)) this._connect(this.session);
-    }, 1000);
+    }, delay);
   }
 
   _finish(state, reason) {
