@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import getpass
 import logging
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import uvloop
 
+from bin import assembly
 from turn.errors import TurnConfigError
 from wadud import config, logs
 from wadud.errors import ConfigError, WadudError
@@ -120,7 +120,8 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
             media_announced_addresses=args.announce,
             media_node_id=args.node_id,
         )
-    return config.load(file=getattr(args, "config", None), overrides=overrides)
+    settings = config.load(file=getattr(args, "config", None), overrides=overrides)
+    return assembly.check_settings(settings)
 
 
 def _run(coro: Any) -> Any:
@@ -130,20 +131,10 @@ def _run(coro: Any) -> Any:
 def cmd_serve(settings: config.Settings, *, role: str) -> int:
     from aiohttp import web
 
-    import turn.http
-    from wadud.app import build_app, default_installers
+    from wadud import keys
 
-    if role == "api" and not settings.secret_key:
-        raise ConfigError("wadud api needs WADUD_SECRET_KEY: every replica must share it")
-    if role == "api" and not settings.database_url:
-        raise ConfigError("wadud api needs WADUD_DATABASE_URL (the embedded one is for serve)")
-    installers = default_installers()
-    if role == "serve":
-        installers.append(turn.http.install_embedded)
-        # A newcomer's first call: the demo page hands out a doctor's and a
-        # patient's link. Only `serve` turns it on by itself.
-        settings = dataclasses.replace(settings, call_demo=True)
-    app = build_app(settings, installers)
+    app = assembly.role_app("serve" if role == "serve" else "api", settings)
+    settings = app[keys.SETTINGS]
 
     def announce(*_: Any) -> None:
         print(f"Wadud is serving on {settings.base_url}/  (Ctrl+C to stop)", flush=True)

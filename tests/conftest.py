@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from bin.assembly import build_app
 from wadud import db, migrate
 from wadud.api import Role
-from wadud.app import build_app
 from wadud.config import Settings
 
 TEMPLATE = "wadud_template"

@@ -15,9 +15,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turn.errors import TurnConfigError
+from wadud.errors import ConfigError
+
+if TYPE_CHECKING:
+    from wadud.config import Settings
 
 Address = tuple[str, int]
 
@@ -200,3 +204,15 @@ def _addr(value: Any, default_port: int) -> Address:
         return parse_hostport(value, default_port)
     host, port = value
     return str(host), int(port)
+
+
+def check_settings(settings: Settings) -> None:
+    """Check the relay's keys of wadud's ``[turn]`` table (``settings.turn_relay``) as
+    :meth:`TurnConfig.from_mapping` will read them, so a typo fails every command at
+    start, not only ``wadud turn``. The assembly (:mod:`bin.assembly`) runs it."""
+    if not settings.turn_relay:
+        return
+    try:
+        TurnConfig.from_mapping(settings.turn_relay)
+    except (TurnConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"[turn]: {exc}") from exc

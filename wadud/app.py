@@ -3,7 +3,9 @@
 Startup is a stack of ``cleanup_ctx`` contexts, so shutdown is its mirror:
 database (embedded or configured) and migrations, pool, bus, outbox relay,
 then each package's own resources. Packages plug in through an ``install(app)``
-function that adds their routes and contexts.
+function that adds their routes and contexts; which ones make up a role is
+the assembly's business (:mod:`bin.assembly`), above every feature: this
+module knows none of them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 
-from wadud import accounts, bus, db, http, idempotency, keys, migrate, ops, outbox, storage
+from wadud import bus, db, http, idempotency, keys, migrate, outbox, storage
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.app")
@@ -94,29 +96,8 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-def default_installers() -> list[Installer]:
-    """Every package's ``install``; imported here so ``wadud.app`` is the one
-    place that knows them all."""
-    import booking.http
-    import chat.http
-    import sfu.http
-    import signalling.http
-    import signalling.pages
-    import turn.http
-
-    return [
-        ops.routes.install,
-        accounts.routes.install,
-        turn.http.install,
-        booking.http.install,
-        sfu.http.install,
-        chat.http.install,
-        signalling.http.install,
-        signalling.pages.install,
-    ]
-
-
-def build_app(settings: Settings, installers: Iterable[Installer] | None = None) -> web.Application:
+def build_app(settings: Settings, installers: Iterable[Installer]) -> web.Application:
+    """The application: the ground's middlewares and contexts, then each installer."""
     settings = settings.with_secret()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -136,6 +117,6 @@ def build_app(settings: Settings, installers: Iterable[Installer] | None = None)
     app[keys.ENDPOINTS] = []
     app[keys.EXTRAS] = {"index_links": []}
     app.cleanup_ctx.extend([_database, _bus, _outbox, _storage, _housekeeping])
-    for install in default_installers() if installers is None else installers:
+    for install in installers:
         install(app)
     return app

@@ -502,14 +502,6 @@ def load(
     settings = Settings(**values)
     if settings.log_format not in {"json", "text"}:
         raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
-    if settings.turn_relay:
-        from turn.config import TurnConfig
-        from turn.errors import TurnConfigError
-
-        try:
-            TurnConfig.from_mapping(settings.turn_relay)
-        except (TurnConfigError, TypeError, ValueError) as exc:
-            raise ConfigError(f"[turn]: {exc}") from exc
     if settings.secret_key and len(settings.secret_key.encode()) < 32:
         # RFC 7518 section 3.2: an HS256 key is at least 256 bits.
         raise ConfigError("secret_key must be at least 32 bytes")

@@ -23,12 +23,12 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from bin.assembly import build_app
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api, free_port
 from tests.wsframes import FrameSocket
 from wadud import keys
 from wadud.api import Role
-from wadud.app import build_app
 from wadud.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -704,8 +704,8 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
 
 @contextlib.asynccontextmanager
 async def serving(database_url: str, work: Path) -> AsyncIterator[Any]:
+    from bin.assembly import build_app
     from wadud import keys
-    from wadud.app import build_app
     from wadud.config import Settings
 
     settings = Settings(

@@ -645,7 +645,7 @@ async def test_client_answers_pings_and_a_silent_one_is_dropped(
 ) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from wadud.app import build_app
+    from bin.assembly import build_app
 
     app = build_app(dataclasses.replace(settings, call_ping_interval=0.2))
     http: TestClient[Any, Any] = TestClient(TestServer(app))

@@ -15,10 +15,10 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bin.assembly import build_app
 from signalling.pages import STATIC
 from tests.conftest import Api
 from wadud import keys
-from wadud.app import build_app
 from wadud.auth import decode_room_token
 from wadud.config import Settings
 

@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bin.assembly import build_app
 from bin.main import main
 from wadud import config
-from wadud.app import build_app
 from wadud.auth import decode_room_token
 from wadud.config import Settings
 

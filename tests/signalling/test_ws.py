@@ -18,12 +18,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bin.assembly import build_app
 from signalling.http import CALLS
 from tests.conftest import Api
 from tests.wsframes import FrameSocket
 from wadud import keys
 from wadud.api import Role
-from wadud.app import build_app
 from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
 

@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 
+from bin.main import main
 from tests.turn.conftest import SECRET, RawClient
 from turn import cli, stun
-from turn.config import TurnConfig
+from turn.config import TurnConfig, check_settings
 from turn.errors import TurnConfigError
+from wadud import config
+from wadud.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,6 +85,22 @@ def test_wildcard_listen_needs_a_relay_ip() -> None:
     with pytest.raises(TurnConfigError, match="relay ip"):
         cfg.effective_relay_ips()
     assert parse("--secret", "s", "--listen", "127.0.0.1:1").effective_relay_ips() == ("127.0.0.1",)
+
+
+def test_a_bad_turn_table_stops_every_command_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # wadud's [turn] table is shared with the relay: the ground reads it, the
+    # relay checks its own keys, and bin.main runs that check for every command.
+    f = tmp_path / "w.toml"
+    f.write_text("[turn]\nsecrets = ['s']\nrelay_ips = ['203.0.113.5']\n")
+    check_settings(config.load(file=f, env={}))
+    f.write_text("[turn]\nrelay_ipz = ['x']\n")
+    with pytest.raises(ConfigError, match=r"\[turn\]: .*relay_ipz"):
+        check_settings(config.load(file=f, env={}))
+    argv = ["token", "--config", str(f), "--room", "r", "--identity", "i", "--role", "doctor"]
+    assert main(argv) == 2
+    assert "relay_ipz" in capsys.readouterr().err
 
 
 async def test_run_until_cancelled_closes_cleanly() -> None:

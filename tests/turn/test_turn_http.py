@@ -13,18 +13,17 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aioice import turn as aioice_turn
 
-import turn.http
+from bin.assembly import build_app, installers
 from tests.conftest import Api
 from tests.turn.test_turn_server import Collect, EchoPeer
 from wadud.api import Role
-from wadud.app import build_app, default_installers
 from wadud.config import Settings
 
 
 @pytest.fixture
 async def serve_api(settings: Settings) -> AsyncIterator[Api]:
     settings = dataclasses.replace(settings, turn_embedded_port=0)
-    app = build_app(settings, [*default_installers(), turn.http.install_embedded])
+    app = build_app(settings, installers("serve"))
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:

@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bin.assembly import build_app
 from tests.conftest import RedisServer
 from wadud import bus, keys, outbox
-from wadud.app import build_app
 from wadud.config import Settings
 
 

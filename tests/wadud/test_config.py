@@ -72,8 +72,8 @@ def test_turn_table_is_shared_with_the_relay(tmp_path: Path) -> None:
     assert s.turn_secrets == ["s1", "s2"]
     assert s.turn_urls == ["turn:t.example:3478"]
     assert s.turn_relay == {"relay_ips": ["203.0.113.5"], "listen_udp": ["0.0.0.0:3478"]}
+    # The relay's keys are the relay's to check (tests/turn/test_turn_cli.py).
     f.write_text("[turn]\nrelay_ipz = ['x']\n")
-    with pytest.raises(ConfigError, match="relay_ipz"):
-        config.load(file=f, env={})
+    assert config.load(file=f, env={}).turn_relay == {"relay_ipz": ["x"]}
     with pytest.raises(ConfigError, match="unknown setting"):
         config.load(env={"WADUD_TURN_RELAY": "x"})
