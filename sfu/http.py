@@ -1,7 +1,7 @@
 """The media worker inside the aiohttp application.
 
 ``install(app)`` starts one :class:`sfu.worker.MediaWorker` with the app and
-stores it as ``app[wadud.keys.MEDIA]``, where signalling finds it (the
+stores it as ``app[MEDIA]``, where signalling finds it (the
 in-process :class:`sfu.control.MediaControl` of ``wadud serve``). It binds
 ``media_host:media_port``; when that port is taken (a second ``wadud serve``,
 a test run beside a running server) it takes a free port instead, as the
@@ -16,12 +16,15 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from sfu.control import MediaControl
 from sfu.worker import MediaWorker
 from wadud import keys
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.sfu.http")
 
+#: The media worker signalling drives (in-process in `wadud serve`).
+MEDIA: web.AppKey[MediaControl] = web.AppKey("media")
 #: The concrete worker, for what MediaControl does not offer (metrics, tests).
 WORKER = web.AppKey("media_worker", MediaWorker)
 
@@ -50,7 +53,7 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
         )
         worker = _worker(settings, 0)
         await worker.start()
-    app[keys.MEDIA] = worker
+    app[MEDIA] = worker
     app[WORKER] = worker
     try:
         yield
@@ -59,5 +62,5 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
 
 
 def install(app: web.Application) -> None:
-    """Run a media worker for the app's lifetime (``app[keys.MEDIA]``)."""
+    """Run a media worker for the app's lifetime (``app[MEDIA]``)."""
     app.cleanup_ctx.append(_media)

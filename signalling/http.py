@@ -2,7 +2,7 @@
 
 ``install(app)`` adds the WebSocket route and a cleanup context that owns the
 :class:`signalling.service.CallService`; the media worker is whatever
-``app[keys.MEDIA]`` holds when a client first needs it (``sfu.http`` installs
+``app[sfu.http.MEDIA]`` holds when a client first needs it (``sfu.http`` installs
 one in ``wadud serve``), so the order of installers does not matter.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from sfu.control import MediaControl
+from sfu.http import MEDIA
 from sfu.rpc import MediaClient
 from signalling.cluster import Cluster
 from signalling.placement import Placement
@@ -50,7 +51,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 async def _context(app: web.Application) -> AsyncIterator[None]:
     def media() -> MediaControl | None:
-        return app.get(keys.MEDIA)
+        return app.get(MEDIA)
 
     settings = app[keys.SETTINGS]
     # With Redis, rooms are shared by every replica (signalling.cluster); with
@@ -60,7 +61,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     cluster = placement = client = None
     if redis is not None:
         cluster = Cluster(redis, lease=settings.call_owner_lease)
-        if keys.MEDIA not in app:
+        if MEDIA not in app:
             placement = Placement(redis)
             client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
             await client.start()

@@ -1,5 +1,9 @@
 """Typed keys of application and request state (``web.AppKey``), in one
-place so every package names shared resources the same way."""
+place so every package names shared resources the same way.
+
+Only the ground's resources: a key to a feature's object lives with that
+feature (``sfu.http.MEDIA``, ``signalling.http.CALLS``), so this module
+imports none of them."""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ from wadud.config import Settings
 from wadud.principal import Principal
 
 if TYPE_CHECKING:
-    from sfu.control import MediaControl
     from wadud.api import Endpoint
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,8 +24,6 @@ DB = web.AppKey("db", asyncpg.Pool)
 DATABASE_URL = web.AppKey("database_url", str)
 BUS = web.AppKey("bus", Bus)
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints", list)
-#: The media worker signalling drives (in-process in `wadud serve`).
-MEDIA: web.AppKey[MediaControl] = web.AppKey("media")
 #: Named extras other packages hang on the app (gateways, TURN server, ...).
 EXTRAS = web.AppKey("extras", dict[str, Any])
 

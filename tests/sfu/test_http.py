@@ -7,7 +7,7 @@ import socket
 
 from aiohttp import web
 
-from sfu.http import WORKER, install
+from sfu.http import MEDIA, WORKER, install
 from sfu.worker import MediaWorker
 from wadud import keys
 from wadud.config import Settings
@@ -21,7 +21,7 @@ async def _run(settings: Settings) -> MediaWorker:
     await runner.setup()
     try:
         worker = app[WORKER]
-        assert app[keys.MEDIA] is worker
+        assert app[MEDIA] is worker
         assert worker.candidate_addresses == [
             (a, worker.port) for a in (settings.media_announced_addresses or ["127.0.0.1"])
         ]

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sfu.http import MEDIA
 from signalling.client import (
     CallClient,
     ReceivedTrack,
@@ -285,7 +286,7 @@ class Call:
 
     @property
     def media(self) -> Any:
-        return self.api.app[keys.MEDIA]
+        return self.api.app[MEDIA]
 
     def forwarder_stats(self) -> dict[str, int]:
         """The worker's forwarding counters (NACKs, retransmissions, keyframe
