@@ -6,9 +6,12 @@ routes and cleanup contexts, and checks the settings it owns; this module, on
 the top floor with :mod:`bin.main`, lists them:
 
 * :func:`features`: every package's ``install``, in the order they go on
-  the app (what ``wadud api`` runs, and what tests build apps from);
-* :func:`installers`: a role's list, :func:`features` and what only that role
-  adds (``wadud serve`` embeds the TURN relay);
+  the app (what ``wadud api`` runs: its calls' media is on ``wadud media``
+  nodes, reached over Redis);
+* :func:`in_process`: :func:`features` with a media worker in the same
+  process (what tests build apps from);
+* :func:`installers`: a role's list (``wadud serve`` is :func:`in_process`
+  and embeds the TURN relay too);
 * :func:`build_app` / :func:`role_app`: :func:`wadud.app.build_app` with them;
 * :func:`check_settings`: each feature's check of its own settings, run by
   ``bin.main`` as soon as they are loaded (the ``[turn]`` table is the relay's,
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 
     from wadud.app import Installer
 
-__all__ = ["Role", "build_app", "check_settings", "features", "installers", "role_app"]
+__all__ = ["Role", "build_app", "check_settings", "features", "in_process", "installers", "role_app"]
 
 Role = Literal["serve", "api"]
 
@@ -51,8 +54,8 @@ def features() -> list[Installer]:
     # module, and only the roles that serve HTTP need the app's code.
     import booking.http
     import chat.http
-    import sfu.http
     import signalling.http
+    import signalling.nodes
     import signalling.pages
     import turn.http
     from wadud import accounts, ops
@@ -62,29 +65,46 @@ def features() -> list[Installer]:
         accounts.routes.install,
         turn.http.install,
         booking.http.install,
-        sfu.http.install,
         chat.http.install,
         signalling.http.install,
         signalling.pages.install,
+        signalling.nodes.install,
     ]
+
+
+def in_process() -> list[Installer]:
+    """:func:`features` with a media worker in this process, installed before
+    signalling so that calls use it instead of media nodes."""
+    import sfu.http
+
+    out = features()
+    out.insert(out.index(_signalling_install()), sfu.http.install)
+    return out
+
+
+def _signalling_install() -> Installer:
+    import signalling.http
+
+    return signalling.http.install
 
 
 def installers(role: Role) -> list[Installer]:
     """What a role's app is made of: :func:`features`, then what only that role adds."""
     import turn.http
 
-    out = features()
-    if role == "serve":
-        # The relay in the same process, so a newcomer's calls cross NATs with no set-up.
-        out.append(turn.http.install_embedded)
+    if role == "api":
+        return features()
+    out = in_process()
+    # The relay in the same process, so a newcomer's calls cross NATs with no set-up.
+    out.append(turn.http.install_embedded)
     return out
 
 
 def build_app(settings: Settings, installers: Iterable[Installer] | None = None) -> web.Application:
-    """The application with ``installers`` (default: :func:`features`)."""
+    """The application with ``installers`` (default: :func:`in_process`)."""
     from wadud import app as ground
 
-    return ground.build_app(settings, features() if installers is None else installers)
+    return ground.build_app(settings, in_process() if installers is None else installers)
 
 
 def role_app(role: Role, settings: Settings) -> web.Application:
@@ -94,6 +114,11 @@ def role_app(role: Role, settings: Settings) -> web.Application:
         raise ConfigError("wadud api needs WADUD_SECRET_KEY: every replica must share it")
     if role == "api" and not settings.database_url:
         raise ConfigError("wadud api needs WADUD_DATABASE_URL (the embedded one is for serve)")
+    if role == "api" and not settings.redis_url:
+        raise ConfigError(
+            "wadud api needs WADUD_REDIS_URL: replicas share call rooms and reach"
+            " media nodes through it"
+        )
     if role == "serve":
         # A newcomer's first call: the demo page hands out a doctor's and a
         # patient's link. Only `serve` turns it on by itself.

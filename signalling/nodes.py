@@ -23,10 +23,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+import sfu.http
 from sfu import registry
 from wadud import keys
 from wadud.api import ApiModel, Call, Role, Routes
-from wadud.errors import Unavailable
 
 log = logging.getLogger("wadud.signalling.nodes")
 
@@ -84,13 +84,32 @@ def _model(w: registry.WorkerInfo) -> MediaWorker:
 async def list_workers(call: Call[None, None]) -> MediaWorkers:
     """Live media workers of every node, with their region, address and load.
 
-    503 when this deployment has no Redis (``wadud serve`` runs its media
-    worker in process; see its ``/metrics``)."""
-    redis = _redis(call.request.app)
-    if redis is None:
-        raise Unavailable("no media registry: this server runs without Redis")
-    found = await registry.workers(redis)
+    Without Redis (``wadud serve``), the one worker running in this process."""
+    app = call.request.app
+    redis = _redis(app) if call.settings.redis_url else None
+    if redis is not None and sfu.http.WORKER not in app:
+        found = await registry.workers(redis)
+    else:
+        found = [_local(app)] if sfu.http.WORKER in app else []
     return MediaWorkers(items=[_model(w) for w in sorted(found, key=lambda w: w.worker)])
+
+
+def _local(app: web.Application) -> registry.WorkerInfo:
+    worker = app[sfu.http.WORKER]
+    settings = app[keys.SETTINGS]
+    host, port = worker.address[0], worker.address[1]
+    return registry.WorkerInfo(
+        worker="local-0",
+        incarnation="",
+        node="local",
+        region=settings.region,
+        index=0,
+        host=(settings.media_announced_addresses or [host])[0],
+        port=port,
+        capacity=settings.media_capacity,
+        transports=int(worker.snapshot()["transports"]),
+        rooms=len(worker.rooms()),
+    )
 
 
 class _Collector(Collector):
@@ -148,8 +167,8 @@ class _View:
 
 
 async def _gauges(app: web.Application) -> AsyncIterator[None]:
-    redis = _redis(app)
-    if redis is None:
+    redis = _redis(app) if app[keys.SETTINGS].redis_url else None
+    if redis is None or sfu.http.WORKER in app:
         yield
         return
     view = _View()
