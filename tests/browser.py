@@ -312,7 +312,9 @@ async def receiving(world: Timeline, pages: list[Page], within: float = 30) -> l
     second = {p.name: await p.eval(expr) for p in pages}
     return [
         {"to": p.name, "frm": q.name, "before": first[p.name][ids[q.name]],
-         "after": second[p.name][ids[q.name]]}
+         # A peer gone by the second reading (its tracks removed) has
+         # nothing: zeros, for assert_flowing to say so.
+         "after": second[p.name].get(ids[q.name], dict.fromkeys(first[p.name][ids[q.name]], 0))}
         for p in pages for q in pages if p is not q
     ]  # fmt: skip
 

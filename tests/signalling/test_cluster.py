@@ -48,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ PEOPLE = [
     ("patient", "pt-991", "Bilal", "patient", "B"),
     ("interpreter", "int-17", "Sana (interpreter)", "patient", "A"),
 ]
+# Frames that tell a page something happened to the call.
+NEWS = {"participant_left", "participant_joined", "track_unpublished", "media_reconnect", "joined"}
 # Short, so a drain that waits for its deadline instead of its rooms shows.
 DRAIN_TIMEOUT = 20
 
@@ -202,7 +205,13 @@ def cluster(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield driver
     finally:
         driver.close()
-        asyncio.run(_database(pg_cluster.url(), name, drop=True))
+        try:
+            asyncio.run(_database(pg_cluster.url(), name, drop=True))
+        except (OSError, asyncpg.PostgresError) as exc:
+            log = Path(pg_cluster.server.log)
+            tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            print(f"\ncould not drop {name}: {exc!r}\n--- postgres log ---\n{tail}")
+            raise
 
 
 @pytest.mark.timeout(360)
@@ -335,6 +344,23 @@ PROBE_READ = """(() => { const p = window.__probe; if (!p) return null;
           me: window.wadudCall.me && window.wadudCall.me.id,
           state: document.body.dataset.state, screen: document.body.dataset.screen}; })()"""
 STATS = "window.wadudCall.stats().then(s => s.participants)"
+# The UDP port of the worker each peer connection is connected to.
+MEDIA_PORTS = """(async () => { const c = window.wadudCall, out = {};
+  for (const [k, pc] of [['publish', c.publishPc], ['subscribe', c.subscribePc]]) {
+    out[k] = null;
+    if (!pc) continue;
+    const stats = await pc.getStats(), byId = new Map();
+    stats.forEach((s) => byId.set(s.id, s));
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        pair = byId.get(s.selectedCandidatePairId);
+      }
+    });
+    const remote = pair && byId.get(pair.remoteCandidateId);
+    out[k] = remote ? remote.port : pc.connectionState;
+  }
+  return out; })()"""
 MARK_PCS = """(() => { const c = window.wadudCall;
   for (const pc of [c.publishPc, c.subscribePc]) if (pc) pc.__before = true;
   return !!(c.publishPc && c.subscribePc); })()"""
@@ -409,7 +435,13 @@ async def ensure_call(world: World) -> list[Page]:
     """The three pages in the call, media flowing: the ones already open if
     they are well, else three new ones."""
     if await pages_healthy(world):
-        return list(world.pages.values())
+        pages = list(world.pages.values())
+        try:
+            await receiving(world, pages, within=10)
+            return pages
+        except DriverError as exc:
+            # A test before left the call broken: start this one afresh.
+            world.mark(f"pages reopened ({str(exc)[:60]})")
     await close_pages(world)
     world.generation += 1
     world.browsers = browsers = Browsers(world.work / f"browsers-{world.generation}")
@@ -449,6 +481,33 @@ async def probes(pages: list[Page]) -> dict[str, Any]:
     return out
 
 
+async def media_workers(world: World, pages: list[Page]) -> dict[str, Any]:
+    """Which worker each page's publish and subscribe connections reach (by
+    the remote candidate's port), and the room's worker in the registry."""
+    by_port = {e.get("port"): wid for wid, e in (await world.cluster.workers()).items()}
+    out: dict[str, Any] = {"registry": await world.cluster.worker_of(ROOM)}
+    for page in pages:
+        try:
+            ports = await page.eval(MEDIA_PORTS)
+        except DriverError as exc:
+            out[page.name] = str(exc)
+            continue
+        out[page.name] = {k: by_port.get(str(v), v) for k, v in ports.items()}
+    return out
+
+
+def frames_since(read: dict[str, Any], wall0: float, kinds: set[str]) -> dict[str, Any]:
+    """Each page's frames of ``kinds`` since ``wall0`` (ms), as [seconds after, type, detail]."""
+    return {
+        name: [
+            [round((f[0] - wall0) / 1000, 2), f[1], f[2]]
+            for f in r.get("frames", [])
+            if f[0] >= wall0 and f[1] in kinds
+        ]
+        for name, r in read.items()
+    }
+
+
 def same_pages(world: World, read: dict[str, Any]) -> bool:
     """The probe is still there with the same id, on the same WadudCall: no reload."""
     return all(
@@ -478,13 +537,16 @@ async def watch_recovery(
     baseline: dict[tuple[str, str], int | None],
     t0: float,
     within: float,
+    sustain: float = 1.0,
 ) -> dict[str, Any]:
     """After media stopped at ``t0``: when each page decodes each other page
     again. A pair is back when its framesDecoded rises after having stood
-    still (or gone down, with new receivers, or been unreadable): frames
-    still in the jitter buffer at the kill are not a recovery."""
+    still (or gone down, with new receivers, or been unreadable), and keeps
+    rising for ``sustain`` seconds: frames still in the jitter buffer at the
+    kill are not a recovery, nor is a moment of media between two moves."""
     last = dict(baseline)
     stalled: dict[tuple[str, str], float] = {}
+    rising: dict[tuple[str, str], float] = {}  # since when, after the stall
     back: dict[tuple[str, str], float] = {}
     while len(back) < len(last) and time.monotonic() - t0 < within:
         now = await poll_decoded(pages, ids)
@@ -497,8 +559,11 @@ async def watch_recovery(
                 continue
             if value is None or prev is None or value <= prev:
                 stalled.setdefault(pair, at)
+                rising.pop(pair, None)
             elif pair in stalled:
-                back[pair] = at
+                since = rising.setdefault(pair, at)
+                if at - since >= sustain:
+                    back[pair] = since
         await asyncio.sleep(0.1)
     return {
         "back": {f"{a}<-{b}": round(t, 2) for (a, b), t in back.items()},
@@ -537,7 +602,13 @@ async def scenario_call(world: World) -> dict[str, Any]:
         "ids": await ids_of(pages),
         "replicas": replicas,
         "placed_on": placed,
-        "report": {"placed_on": placed, "replicas": replicas, "timings": world.timings},
+        "report": {
+            "placed_on": placed,
+            "replicas": replicas,
+            "placements": await world.cluster.placement(),
+            "media_workers": await media_workers(world, pages),
+            "timings": world.timings,
+        },
     }
 
 
@@ -549,10 +620,12 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     if len(killed_workers) != 1:
         raise DriverError(f"room {ROOM} is on {killed_workers}, not on one worker")
     node = world.cluster.node_of_worker(killed_workers[0])
+    workers_before = await media_workers(world, pages)
     for page in pages:
         await page.eval(MARK_PCS)
     baseline = await poll_decoded(pages, ids)
     t0 = time.monotonic()
+    wall0 = time.time() * 1000
     node.proc.signal(signal.SIGKILL)
     world.mark(f"kill -9 {node.node_id}")
     recovery = await watch_recovery(pages, ids, baseline, t0, within=25)
@@ -566,14 +639,16 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
         "udp_ports_free": udp_ports_free(node.udp_base, node.workers),
         "moved_to": await world.cluster.worker_of(ROOM),
         "pcs_replaced": {p.name: await p.eval(PCS_REPLACED) for p in pages},
+        "workers_before": workers_before,
+        "workers_after": await media_workers(world, pages),
     }
     pairs = await receiving(world, pages) if not recovery["missing"] else []
     read = await probes(pages)
     report["same_pages"] = same_pages(world, read)
-    report["states_seen"] = {n: [s[1] for s in r.get("states", [])] for n, r in read.items()}
-    report["media_reconnects"] = {
-        n: sum(1 for f in r.get("frames", []) if f[1] == "media_reconnect") for n, r in read.items()
+    report["states_seen"] = {
+        n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
     }
+    report["frames_after_kill"] = frames_since(read, wall0, NEWS)
     # Back to two nodes for the next test.
     node.proc.start()
     await world.cluster.ready()
@@ -641,8 +716,7 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
         if s1[n] <= s0[n]
     ]
     # What would tell the patient something happened to the others.
-    news = {"participant_left", "participant_joined", "track_unpublished", "media_reconnect"}
-    after_kill = [f for f in read["patient"].get("frames", []) if f[0] >= wall0 and f[1] in news]
+    after_kill = [f for f in read["patient"].get("frames", []) if f[0] >= wall0 and f[1] in NEWS]
     report = {
         "back": back,
         "same_ids": {p.name: read[p.name].get("me") == ids[p.name] for p in on_a},
@@ -676,6 +750,7 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
         raise DriverError(f"room {ROOM} is on {drained}, not on one worker")
     node = world.cluster.node_of_worker(drained[0])
     screens = {p.name: await p.eval("document.body.dataset.screen") for p in pages}
+    workers_before = await media_workers(world, pages)
     for page in pages:
         await page.eval(MARK_PCS)
     t0 = time.monotonic()
@@ -729,6 +804,9 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
         "toasts": {n: [t for t in r.get("toasts", []) if t[0] >= wall0] for n, r in read.items()},
         "same_pages": same_pages(world, read),
         "exit": code,
+        "workers_before": workers_before,
+        "workers_after": await media_workers(world, pages),
+        "frames_after_sigterm": frames_since(read, wall0, NEWS),
     }
     if code is None:
         node.proc.signal(signal.SIGKILL)
@@ -888,10 +966,12 @@ async def run_one(world: World, name: str, budget: float) -> dict[str, Any]:
         if restarted:
             world.mark("restarted " + ",".join(restarted))
         return await asyncio.wait_for(SCENARIOS[name](world), budget)
-    except (DriverError, ClusterError, TimeoutError, AssertionError) as exc:
+    except Exception as exc:  # the driver lives on to report, and for the next test
+        logging.exception("scenario %s failed", name)
         pages = {p.name: await p.snapshot() for p in world.pages.values()}
         return {
             "error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+            "traceback": traceback.format_exc(limit=6),
             "pages": pages,
             "probes": await probes(list(world.pages.values())),
             "registry": await world.cluster.workers(),
