@@ -68,6 +68,15 @@ class RoomEnded(SignallingError, Gone):
     close_code = CLOSE_ENDED
 
 
+class BookingClosed(SignallingError, Gone):
+    """A booking's video link whose booking was cancelled, completed, marked
+    no-show or moved to another slot: the link no longer opens the room."""
+
+    code = "booking-closed"
+    title = "This consultation is no longer open"
+    close_code = CLOSE_ENDED
+
+
 class RoomFull(SignallingError, TooManyRequests):
     code = "room-full"
     title = "The room is full"

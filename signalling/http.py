@@ -8,12 +8,15 @@ one in ``wadud serve``), so the order of installers does not matter.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
+import booking.calls
 from sfu.control import MediaControl
 from sfu.http import MEDIA
 from sfu.rpc import MediaClient
@@ -22,6 +25,7 @@ from signalling.placement import Placement
 from signalling.service import CallService
 from turn.credentials import ice_server
 from wadud import keys
+from wadud.auth import RoomGrant
 
 CALLS = web.AppKey("calls", CallService)
 
@@ -65,6 +69,10 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             placement = Placement(redis)
             client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
             await client.start()
+
+    async def guard(grant: RoomGrant) -> str | None:
+        return await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
+
     service = CallService(
         settings,
         media,
@@ -72,15 +80,34 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         cluster=cluster,
         placement=placement,
         media_client=client,
+        guard=guard,
     )
     app[CALLS] = service
+    ending = asyncio.create_task(_end_cancelled(app, service), name="call-booking-ends")
     try:
         await service.start()
         yield
     finally:
+        ending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ending
         await service.close()
         if client is not None:
             await client.close()
+
+
+async def _end_cancelled(app: web.Application, service: CallService) -> None:
+    """A cancelled booking's call ends for whoever is in it (on the replica
+    that owns the room; every replica hears the event)."""
+    sub = await app[keys.BUS].subscribe(*booking.calls.ENDING_TOPICS)
+    try:
+        async for msg in sub:
+            data = msg.data.get("data") or {}
+            booking_id = data.get("booking_id")
+            if isinstance(booking_id, str):
+                service.end_room(booking.calls.room_of(booking_id), "booking-cancelled")
+    finally:
+        await sub.close()
 
 
 async def _shutdown(app: web.Application) -> None:

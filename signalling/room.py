@@ -493,6 +493,20 @@ class Room:
         out.append(MediaCloseRoom())
         return out
 
+    def close(self, reason: str) -> list[Output]:
+        """The server ends the room (its booking was cancelled): everyone is
+        told ``room_ended`` with ``reason`` and closed; joins are refused."""
+        out: list[Output] = []
+        for p in list(self.participants.values()):
+            out += self._to(p, reply("room_ended", reason=reason))
+            if p.conn is not None:
+                out.append(Close(p.conn, errors.CLOSE_ENDED, reason))
+            self._move(p, Event.END)
+            self._forget(p)
+        self.ended = True
+        out.append(MediaCloseRoom())
+        return out
+
     def _depart(
         self,
         p: Participant,

@@ -417,6 +417,7 @@ class CallService:
         cluster: Cluster | None = None,
         placement: Placement | None = None,
         media_client: MediaClient | None = None,
+        guard: Callable[[RoomGrant], Awaitable[str | None]] | None = None,
     ) -> None:
         self.settings = settings
         self._get_media = media
@@ -425,6 +426,8 @@ class CallService:
         self.cluster = cluster
         self.placement = placement
         self.media_client = media_client
+        #: Why a grant no longer opens its room (a booking's link), or None.
+        self.guard = guard
         self.rooms: dict[str, CallRoom] = {}
         self.lanes: dict[str, MediaLane] = {}
         self.ended: dict[str, float] = {}
@@ -813,6 +816,10 @@ class CallService:
             raise errors.Unauthorized(exc.detail) from exc
         if isinstance(conn, Connection) and conn.room_hint not in (None, grant.room):
             raise errors.WrongRoom("the token is for another room than this link's")
+        if grant.booking and self.guard is not None:
+            refusal = await self.guard(grant)
+            if refusal is not None:
+                raise errors.BookingClosed(refusal)
         if await self._is_ended(grant.room, loop.time()):
             raise errors.RoomEnded("this room was ended")
         # Ownership may have moved while this frame travelled.
@@ -906,6 +913,13 @@ class CallService:
             if not writer.done():
                 writer.cancel()
         return ws
+
+    def end_room(self, name: str, reason: str) -> None:
+        """End room ``name`` if it runs here (its owner): everyone is sent away."""
+        room = self.rooms.get(name)
+        if room is not None:
+            log.info("call room ended by the server", extra={"room": name, "reason": reason})
+            self.apply(room, room.core.close(reason))
 
     def _join_timed_out(self, conn: Connection) -> None:
         exc = errors.JoinTimeout(f"no join within {self.join_timeout:g} seconds")

@@ -245,6 +245,12 @@ class RoomGrant:
     #: Where the participant's media should go (a media node region); empty:
     #: the region of the API replica they reach.
     region: str = ""
+    #: A booking's video link: the booking id and the slot start (ISO 8601)
+    #: the link was issued for. Signalling checks both against the booking
+    #: at every join and resume, so a cancelled, completed or rescheduled
+    #: booking's links stop working before their token expires.
+    booking: str = ""
+    slot: str = ""
 
 
 def issue_room_token(
@@ -267,6 +273,8 @@ def issue_room_token(
     }
     if grant.region:
         claims["region"] = grant.region
+    if grant.booking:
+        claims["booking"] = {"id": grant.booking, "slot": grant.slot}
     return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
 
 
@@ -292,6 +300,8 @@ def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> R
             subscribe=bool(g.get("subscribe", False)),
             admin=bool(g.get("admin", False)),
             region=str(c.get("region") or ""),
+            booking=str((c.get("booking") or {}).get("id") or ""),
+            slot=str((c.get("booking") or {}).get("slot") or ""),
         )
     except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
         raise InvalidToken(str(exc) or "invalid room token") from exc

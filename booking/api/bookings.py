@@ -486,6 +486,8 @@ async def video_link(call: Call[None, None]) -> VideoLink:
         publish=True,
         subscribe=True,
         admin=not is_patient,
+        booking=str(row["id"]),
+        slot=row["starts_at"].isoformat(),
     )
     not_before = row["starts_at"] - EARLY_JOIN
     expires = row["ends_at"]
