@@ -92,6 +92,7 @@ PEOPLE = [
 ]
 # Frames that tell a page something happened to the call.
 NEWS = {"participant_left", "participant_joined", "track_unpublished", "media_reconnect", "joined"}
+SEEN = NEWS | {"error", "waiting", "removed", "denied", "room_ended"}
 # Short, so a drain that waits for its deadline instead of its rooms shows.
 DRAIN_TIMEOUT = 20
 
@@ -272,7 +273,11 @@ def test_media_node_drained(cluster: Driver) -> None:
     the other node, no page shows a failure, and the node exits 0."""
     result = cluster.run("media_drain", budget=150)
     report = result["report"]
-    print(f"\nMEDIA NODE SIGTERM: moved after {report['moved_after']} s, exit {report['exit']}")
+    print(
+        f"\nMEDIA NODE SIGTERM: pages moved after {report['moved_after']} s, longest stall"
+        f" {max(report['longest_stall'].values())} s, exit {report['exit']}"
+        f" after {report['exited_after']} s"
+    )
     assert report["moved_to"] and report["moved_to"][0] not in report["drained_workers"], report
     assert report["all_pages_moved"], report
     assert report["failures_shown"] == {}, report
@@ -318,7 +323,7 @@ PROBE = """(() => {
   if (window.__probe) return window.__probe.id;
   const c = window.wadudCall;
   const p = window.__probe = {id: Math.random().toString(36).slice(2), call: c,
-                              states: [], toasts: [], errors: [], frames: []};
+                              states: [], toasts: [], errors: [], frames: [], sent: []};
   c.addEventListener('state', (e) => p.states.push([Date.now(), e.detail.state, e.detail.reason]));
   c.addEventListener('error', (e) => p.errors.push([Date.now(), e.detail.code, e.detail.message]));
   const onFrame = c._onFrame.bind(c);
@@ -327,10 +332,16 @@ PROBE = """(() => {
       const f = JSON.parse(data);
       if (!['ping', 'offer', 'active_speaker'].includes(f.type) && p.frames.length < 500) {
         const who = f.participant ? f.participant.id : (f.participant_id || f.reason || '');
-        p.frames.push([Date.now(), f.type, who]);
+        p.frames.push([Date.now(), f.type, who, f.ref || null, f.code || null]);
       }
     } catch (_) { /* the page reports it */ }
     return onFrame(data);
+  };
+  const send = c._send.bind(c);
+  c._send = (frame, what) => {
+    const id = send(frame, what);
+    if (frame.type !== 'pong' && p.sent.length < 500) p.sent.push([Date.now(), frame.type, id]);
+    return id;
   };
   const t = document.getElementById('toast');
   if (t) new MutationObserver(() => {
@@ -340,7 +351,7 @@ PROBE = """(() => {
 })()"""
 PROBE_READ = """(() => { const p = window.__probe; if (!p) return null;
   return {id: p.id, same_call: p.call === window.wadudCall, states: p.states,
-          toasts: p.toasts, errors: p.errors, frames: p.frames,
+          toasts: p.toasts, errors: p.errors, frames: p.frames, sent: p.sent,
           me: window.wadudCall.me && window.wadudCall.me.id,
           state: document.body.dataset.state, screen: document.body.dataset.screen}; })()"""
 STATS = "window.wadudCall.stats().then(s => s.participants)"
@@ -497,15 +508,22 @@ async def media_workers(world: World, pages: list[Page]) -> dict[str, Any]:
 
 
 def frames_since(read: dict[str, Any], wall0: float, kinds: set[str]) -> dict[str, Any]:
-    """Each page's frames of ``kinds`` since ``wall0`` (ms), as [seconds after, type, detail]."""
-    return {
-        name: [
-            [round((f[0] - wall0) / 1000, 2), f[1], f[2]]
-            for f in r.get("frames", [])
-            if f[0] >= wall0 and f[1] in kinds
+    """Each page's frames of ``kinds`` since ``wall0`` (ms), as [seconds
+    after, type, detail, ref, error code], its requests since then as
+    [seconds after, "> " type, id, answer], where the answer is the type of
+    the frame that referred to it, or None for a request never answered."""
+    out: dict[str, Any] = {}
+    for name, r in read.items():
+        frames = [f for f in r.get("frames", []) if f[0] >= wall0]
+        answers = {f[3]: f[1] + (f":{f[4]}" if f[4] else "") for f in frames if f[3]}
+        rows = [[round((f[0] - wall0) / 1000, 2), *f[1:]] for f in frames if f[1] in kinds]
+        rows += [
+            [round((x[0] - wall0) / 1000, 2), "> " + x[1], x[2], answers.get(x[2])]
+            for x in r.get("sent", [])
+            if x[0] >= wall0
         ]
-        for name, r in read.items()
-    }
+        out[name] = sorted(rows, key=lambda row: row[0])
+    return out
 
 
 def same_pages(world: World, read: dict[str, Any]) -> bool:
@@ -648,7 +666,7 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     report["states_seen"] = {
         n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
     }
-    report["frames_after_kill"] = frames_since(read, wall0, NEWS)
+    report["frames_after_kill"] = frames_since(read, wall0, SEEN)
     # Back to two nodes for the next test.
     node.proc.start()
     await world.cluster.ready()
@@ -728,6 +746,7 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
         "same_pages": same_pages(world, read),
         "patient_samples": len(samples),
         "patient_stalls": stalls,
+        "frames_after_kill": frames_since(read, wall0, SEEN),
         "patient_disturbed": after_kill
         + [s for s in read["patient"].get("states", []) if s[0] >= wall0],
         "states_seen": {
@@ -764,9 +783,12 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
     rose = dict.fromkeys(last, t0)
     stall = dict.fromkeys(last, 0.0)
     settled = None
+    exited_after = None
     while time.monotonic() - t0 < 25:
         now = await poll_decoded(pages, ids)
         at = time.monotonic()
+        if exited_after is None and node.proc.returncode is not None:
+            exited_after = round(at - t0, 2)
         for pair, value in now.items():
             prev = last[pair]
             if value is not None and (prev is None or value > prev):
@@ -786,6 +808,8 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
     world.mark("pages moved")
     pairs = await receiving(world, pages) if len(moved_pages) == len(pages) else []
     code = await node.proc.wait(DRAIN_TIMEOUT + 10)
+    if exited_after is None and code is not None:
+        exited_after = round(time.monotonic() - t0, 2)
     world.mark(f"{node.node_id} exited {code}")
     read = await probes(pages)
     failures = {}
@@ -804,9 +828,10 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
         "toasts": {n: [t for t in r.get("toasts", []) if t[0] >= wall0] for n, r in read.items()},
         "same_pages": same_pages(world, read),
         "exit": code,
+        "exited_after": exited_after,
         "workers_before": workers_before,
         "workers_after": await media_workers(world, pages),
-        "frames_after_sigterm": frames_since(read, wall0, NEWS),
+        "frames_after_sigterm": frames_since(read, wall0, SEEN),
     }
     if code is None:
         node.proc.signal(signal.SIGKILL)
@@ -930,9 +955,13 @@ async def scenario_fifty(world: World) -> dict[str, Any]:
     finally:
         for ws in sockets:
             with contextlib.suppress(Exception):
+                await ws.send_str(json.dumps({"v": 1, "type": "leave", "id": "2"}))
+        await asyncio.sleep(0.5)
+        for ws in sockets:
+            with contextlib.suppress(Exception):
                 await ws.close()
         await http.close()
-    # Closed rooms leave the registry.
+    # Rooms everyone left end, and leave the registry.
     t1 = time.monotonic()
     left: dict[str, set[str]] = {}
     while time.monotonic() - t1 < 15:
