@@ -114,9 +114,7 @@ async def publish_lifecycle(redis: Redis, wid: str, incarnation: str, state: Lif
 def _subscriber(redis: Redis) -> RedisBus:
     # wadud.bus's RedisBus owns the subscription that reconnects after a Redis
     # restart; give it the caller's client rather than a second pool.
-    bus = RedisBus.__new__(RedisBus)
-    bus.redis = redis
-    return bus
+    return RedisBus.from_client(redis)
 
 
 def _error_of(exc: BaseException) -> dict[str, str]:

@@ -218,6 +218,15 @@ class RedisBus:
             url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2
         )
 
+    @classmethod
+    def from_client(cls, redis: Any) -> RedisBus:
+        """A bus over an existing ``redis.asyncio`` client (``decode_responses``
+        on), for code that holds one already and wants the subscriptions that
+        survive Redis restarts."""
+        bus = cls.__new__(cls)
+        bus.redis = redis
+        return bus
+
     async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
         await self.redis.publish(topic, _encode(data))
 
