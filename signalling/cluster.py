@@ -37,6 +37,8 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from wadud.bus import RedisBus, Subscription
+
 log = logging.getLogger("wadud.signalling.cluster")
 
 __all__ = ["Cluster", "conn_replica"]
@@ -103,7 +105,7 @@ class Cluster:
         self._out: asyncio.Queue[tuple[str, str, asyncio.Future[int] | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._handler: Callable[[dict[str, Any]], None] = lambda _m: None
-        self._pubsub: Any = None
+        self._sub: Subscription | None = None
         self._closed = False
         self._seq = 0
 
@@ -139,42 +141,19 @@ class Cluster:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.redis.delete(self.channel(self.replica))
-        if self._pubsub is not None:
+        if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+                await self._sub.close()
 
     async def _subscribe(self) -> None:
-        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self.channel(self.replica))
+        # wadud.bus's subscription resubscribes by itself after a Redis restart.
+        self._sub = await RedisBus.from_client(self.redis).subscribe(self.channel(self.replica))
 
     async def _listen(self) -> None:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        delay = 0.1
-        while not self._closed:
+        assert self._sub is not None
+        async for msg in self._sub:
             try:
-                if self._pubsub is None:
-                    await self._subscribe()
-                    delay = 0.1
-                msg = await self._pubsub.get_message(timeout=1.0)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("cluster channel lost; resubscribing", extra={"error": str(exc)})
-                with contextlib.suppress(Exception):
-                    await self._pubsub.aclose()
-                self._pubsub = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            if msg is None or msg.get("type") != "message":
-                continue
-            try:
-                data = json.loads(msg["data"])
-            except (TypeError, ValueError):
-                log.warning("undecodable cluster message dropped")
-                continue
-            try:
-                self._handler(data)
+                self._handler(msg.data)
             except Exception:
                 log.exception("cluster message failed")
 
