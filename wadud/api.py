@@ -21,17 +21,26 @@ id is a plain 404 and never reaches SQL.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import asyncpg
 import pydantic
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.json_schema import models_json_schema
 
 from wadud import keys
@@ -39,7 +48,18 @@ from wadud.config import Settings
 from wadud.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType
 from wadud.principal import Principal, Role
 
-__all__ = ["ApiModel", "Call", "Principal", "Role", "Routes", "openapi"]
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "ApiModel",
+    "Call",
+    "Instant",
+    "Principal",
+    "Role",
+    "Routes",
+    "in_sane_range",
+    "openapi",
+]
 
 B = TypeVar("B", bound=BaseModel | None)
 Q = TypeVar("Q", bound=BaseModel | None)
@@ -59,11 +79,15 @@ class ApiModel(BaseModel):
 
     @field_validator("*", mode="after")
     @classmethod
-    def _no_nul(cls, value: Any) -> Any:
+    def _no_nul(cls, value: Any, info: ValidationInfo) -> Any:
         # PostgreSQL text cannot hold U+0000; refuse it here as a 422 rather
         # than let it reach SQL as a 500.
         if _has_nul(value):
             raise ValueError("text may not contain the NUL character")
+        # What a client sends (the Routes wrapper passes this context) holds
+        # no instant PostgreSQL or our date arithmetic cannot take.
+        if info.context and info.context.get("request") and not _sane_instants(value):
+            raise ValueError(f"instants lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
         return value
 
 
@@ -75,6 +99,56 @@ def _has_nul(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     return False
+
+
+#: The instants a request may name. PostgreSQL's timestamptz ends in year
+#: 294276 but Python's datetime ends in 9999, and year 1 with an offset is
+#: before year 1 in UTC: either way a 500. No consultation, slot or report
+#: lies outside these.
+EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def in_sane_range(when: dt.datetime) -> bool:
+    """Whether ``when`` lies in [EARLIEST, LATEST) (a naive one read as UTC)."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        when = when.replace(tzinfo=dt.UTC)
+    try:
+        return EARLIEST <= when < LATEST
+    except OverflowError:
+        return False
+
+
+def _sane_instants(value: Any) -> bool:
+    if isinstance(value, dt.datetime):
+        return in_sane_range(value)
+    if isinstance(value, list | tuple):
+        return all(_sane_instants(v) for v in value)
+    return True
+
+
+def _iso(value: Any) -> Any:
+    # JSON bodies are validated in strict mode, where a datetime is never
+    # parsed from a string; parse ISO 8601 here so a JSON timestamp is
+    # accepted (and a naive one still refused by AwareDatetime).
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _check_range(value: dt.datetime) -> dt.datetime:
+    if not in_sane_range(value):
+        raise ValueError(f"instants lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    return value
+
+
+#: A timezone-aware ISO 8601 instant between EARLIEST and LATEST, in a body or
+#: a query string. Every request model's instants are range-checked anyway
+#: (:class:`ApiModel`); this type also parses JSON strings in strict mode.
+Instant = Annotated[AwareDatetime, BeforeValidator(_iso), AfterValidator(_check_range)]
 
 
 Auth = Literal["public", "optional", "any"] | frozenset[Role] | set[Role]
@@ -225,12 +299,16 @@ def _check_auth(ep: Endpoint, principal: Principal | None) -> None:
         raise Forbidden(f"role {principal.role.value} may not {ep.method} {ep.doc_path}")
 
 
+#: Validation context of what a client sent (see ApiModel._no_nul).
+_REQUEST = {"request": True}
+
+
 async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
     raw = await request.read()
     try:
-        return model.model_validate_json(raw or b"", strict=True)
+        return model.model_validate_json(raw or b"", strict=True, context=_REQUEST)
     except pydantic.ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise BadRequest("the body is not valid JSON") from exc
@@ -244,7 +322,7 @@ def _parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
         info = model.model_fields.get(key)
         is_list = info is not None and getattr(info.annotation, "__origin__", None) is list
         data[key] = values if is_list or len(values) > 1 else values[0]
-    return model.model_validate(data)
+    return model.model_validate(data, context=_REQUEST)
 
 
 def _serialise(value: Any) -> bytes:

@@ -13,26 +13,24 @@ translate the caller into the service's terms.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import asyncpg
 from aiohttp import web
-from pydantic import AwareDatetime, BeforeValidator, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from booking import service
 from booking.lifecycle import Event, State, allowed_events
 from booking.refunds import CANCELLERS, Canceller
 from booking.service import BookingNotFound, TooEarly
-from wadud import auth, keys
-from wadud.api import ApiModel, Call, Principal, Role, Routes
-from wadud.errors import BadRequest, Conflict, NotFound
+from wadud import auth, cursor, keys
+from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes, in_sane_range
+from wadud.errors import Conflict, NotFound
 
 routes = Routes("bookings", "Bookings, their lifecycle, manage links and video links.")
 log = logging.getLogger("booking.bookings")
@@ -46,21 +44,6 @@ STAFF = {Role.DOCTOR, Role.CLINIC_STAFF, Role.ADMIN}
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
 ManageToken = "{token:[A-Za-z0-9_-]+}"
-
-
-def _iso(value: Any) -> Any:
-    # ApiModel's field-wide "before" validator makes pydantic validate JSON
-    # bodies in strict Python mode, where a datetime is never parsed from a
-    # string; parse ISO 8601 here so a JSON timestamp is accepted (and a
-    # naive one still refused by AwareDatetime).
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return dt.datetime.fromisoformat(value)
-    return value
-
-
-#: A timezone-aware ISO 8601 instant in a JSON body.
-Instant = Annotated[AwareDatetime, BeforeValidator(_iso)]
 
 
 class BookingIn(ApiModel):
@@ -109,11 +92,11 @@ class BookingQuery(ApiModel):
     status: list[State] = Field(default_factory=list)
     doctor_id: UUID | None = None
     #: Bookings starting at or after this instant.
-    start_from: AwareDatetime | None = Field(default=None, alias="from")
+    start_from: Instant | None = Field(default=None, alias="from")
     #: Bookings starting before this instant.
-    to: AwareDatetime | None = None
+    to: Instant | None = None
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+    cursor: Annotated[str, StringConstraints(max_length=400)] | None = None
 
 
 class ManageLink(ApiModel):
@@ -209,21 +192,19 @@ async def create_booking(call: Call[BookingIn, None]) -> BookingOut:
     return booking_out(row)
 
 
-def _encode_cursor(row: asyncpg.Record) -> str:
-    raw = f"{row['starts_at'].isoformat()}|{row['id']}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _encode_cursor(secret: str, row: Mapping[str, Any]) -> str:
+    return cursor.encode(secret, "bookings", row["starts_at"].isoformat(), str(row["id"]))
 
 
-def _decode_cursor(cursor: str) -> tuple[dt.datetime, UUID]:
+def _decode_cursor(secret: str, text: str) -> tuple[dt.datetime, UUID]:
+    at, ident = cursor.decode(secret, "bookings", text, 2)
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, ident = raw.partition("|")
-        when = dt.datetime.fromisoformat(at)
-        if when.utcoffset() is None:
-            raise ValueError("naive")
-        return when, UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequest("cursor is not one this API returned") from None
+        when = dt.datetime.fromisoformat(str(at))
+        if when.utcoffset() is None or not in_sane_range(when):
+            raise ValueError("not an instant we hand out")
+        return when, UUID(str(ident))
+    except ValueError:
+        raise cursor.InvalidCursor("the cursor is not one this API handed out") from None
 
 
 @routes.get("/api/v1/bookings", query=BookingQuery, returns=BookingPage, auth="any")
@@ -249,7 +230,7 @@ async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
         args.append(q.to)
         where.append(f"b.starts_at < ${len(args)}")
     if q.cursor is not None:
-        at, ident = _decode_cursor(q.cursor)
+        at, ident = _decode_cursor(call.settings.secret_key, q.cursor)
         args.extend([at, ident])
         where.append(f"(b.starts_at, b.id) > (${len(args) - 1}, ${len(args)})")
     args.append(q.limit + 1)
@@ -262,7 +243,7 @@ async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
     rows = rows[: q.limit]
     return BookingPage(
         items=[booking_out(r) for r in rows],
-        next_cursor=_encode_cursor(rows[-1]) if more else None,
+        next_cursor=_encode_cursor(call.settings.secret_key, rows[-1]) if more else None,
     )
 
 

@@ -15,10 +15,9 @@ import asyncpg
 from pydantic import Field, StringConstraints
 
 from booking.api.doctors import fetch_doctor
-from booking.api.search import decode_cursor, encode_cursor
-from wadud import outbox
-from wadud.api import ApiModel, Call, Role, Routes
-from wadud.errors import Conflict, NotFound, Unprocessable
+from wadud import cursor, outbox
+from wadud.api import ApiModel, Call, Role, Routes, in_sane_range
+from wadud.errors import Conflict, NotFound
 
 routes = Routes("reviews", "Patients' reviews of doctors.")
 
@@ -52,7 +51,7 @@ class ReviewPage(ApiModel):
 
 class ReviewQuery(ApiModel):
     limit: Annotated[int, Field(ge=1, le=100)] = 20
-    cursor: Annotated[str, StringConstraints(max_length=300)] | None = None
+    cursor: Annotated[str, StringConstraints(max_length=400)] | None = None
 
 
 class HideIn(ApiModel):
@@ -137,11 +136,14 @@ async def list_reviews(call: Call[None, ReviewQuery]) -> ReviewPage:
         args: list[object] = [doctor["id"], q.limit + 1]
         after = ""
         if q.cursor is not None:
-            created, last = decode_cursor(q.cursor, 2)
+            created, last = cursor.decode(call.settings.secret_key, "reviews", q.cursor, 2)
             try:
-                args += [dt.datetime.fromisoformat(str(created)), UUID(str(last))]
+                when = dt.datetime.fromisoformat(str(created))
+                if when.utcoffset() is None or not in_sane_range(when):
+                    raise ValueError("not an instant we hand out")
+                args += [when, UUID(str(last))]
             except ValueError:
-                raise Unprocessable("the cursor is malformed") from None
+                raise cursor.InvalidCursor("the cursor is malformed") from None
             after = "AND (created_at, id) < ($3, $4)"
         rows = await conn.fetch(
             f"""SELECT id, rating, body, created_at FROM reviews
@@ -150,11 +152,16 @@ async def list_reviews(call: Call[None, ReviewQuery]) -> ReviewPage:
             *args,
         )
     items = [PublicReview(**dict(r)) for r in rows[: q.limit]]
-    cursor = None
+    next_cursor = None
     if len(rows) > q.limit:
         last_row = rows[q.limit - 1]
-        cursor = encode_cursor(last_row["created_at"].isoformat(), str(last_row["id"]))
-    return ReviewPage(items=items, next_cursor=cursor)
+        next_cursor = cursor.encode(
+            call.settings.secret_key,
+            "reviews",
+            last_row["created_at"].isoformat(),
+            str(last_row["id"]),
+        )
+    return ReviewPage(items=items, next_cursor=next_cursor)
 
 
 @routes.post(

@@ -15,12 +15,10 @@ several API replicas share the work.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import datetime as dt
-import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -31,8 +29,8 @@ from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from booking import slots as slot_db
-from wadud import keys
-from wadud.api import ApiModel, Call, Routes
+from wadud import cursor, keys
+from wadud.api import ApiModel, Call, Routes, in_sane_range
 from wadud.errors import Unprocessable
 
 log = logging.getLogger("booking.search")
@@ -63,7 +61,7 @@ class SearchQuery(ApiModel):
     )
     sort: Sort = "next_free"
     limit: Annotated[int, Field(ge=1, le=10_000)] = 20
-    cursor: Annotated[str, StringConstraints(max_length=300)] | None = None
+    cursor: Annotated[str, StringConstraints(max_length=400)] | None = None
 
 
 class DoctorSummary(ApiModel):
@@ -88,22 +86,14 @@ class SearchPage(ApiModel):
 # -- cursors -------------------------------------------------------------------
 
 
-def encode_cursor(*parts: Any) -> str:
-    """An opaque cursor for keyset pagination (URL-safe base64 of JSON)."""
-    raw = json.dumps(parts, separators=(",", ":"), default=str).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def encode_cursor(secret: str, *parts: Any) -> str:
+    """An opaque, signed cursor for keyset pagination (:mod:`wadud.cursor`)."""
+    return cursor.encode(secret, "doctors", *parts)
 
 
-def decode_cursor(cursor: str, arity: int) -> list[Any]:
-    """The parts of a cursor from :func:`encode_cursor` (422 if malformed)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        parts = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise Unprocessable("the cursor is malformed") from None
-    if not isinstance(parts, list) or len(parts) != arity:
-        raise Unprocessable("the cursor is malformed")
-    return parts
+def decode_cursor(secret: str, text: str, arity: int) -> list[Any]:
+    """The parts of a cursor from :func:`encode_cursor` (422 if not ours)."""
+    return cursor.decode(secret, "doctors", text, arity)
 
 
 # The sort key expressions match the 0004 indexes exactly, so they are used.
@@ -116,18 +106,27 @@ _KEYS: dict[str, tuple[str, str, str]] = {
 
 
 def _cursor_key(sort: str, value: Any) -> Any:
+    # The cursor is signed, so these are values this API produced; checked
+    # anyway, so that a key leak cannot turn into 500s.
     try:
         if sort == "next_free":
-            return None if value is None else datetime.fromisoformat(value)
+            if value is None:
+                return None
+            when = datetime.fromisoformat(value)
+            if not in_sane_range(when):
+                raise ValueError(value)
+            return when
         if sort == "price":
-            if not isinstance(value, int) or isinstance(value, bool):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
                 raise ValueError(value)
             return value
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(value)
+        if not math.isfinite(value):
+            raise ValueError(value)
         return float(value)
     except (TypeError, ValueError):
-        raise Unprocessable("the cursor is malformed") from None
+        raise cursor.InvalidCursor("the cursor is malformed") from None
 
 
 @routes.get("/api/v1/doctors", query=SearchQuery, returns=SearchPage, auth="public")
@@ -178,7 +177,7 @@ async def search_doctors(call: Call[None, SearchQuery]) -> SearchPage:
 
     expr, direction, cmp = _KEYS[q.sort]
     if q.cursor is not None:
-        sort, raw_key, last_id = decode_cursor(q.cursor, 3)
+        sort, raw_key, last_id = decode_cursor(call.settings.secret_key, q.cursor, 3)
         if sort != q.sort:
             raise Unprocessable("the cursor belongs to another sort order")
         try:
@@ -210,7 +209,7 @@ async def search_doctors(call: Call[None, SearchQuery]) -> SearchPage:
             value = last_row["fee_minor"]
         else:
             value = last_row["rating_sum"] / max(last_row["rating_count"], 1)
-        next_cursor = encode_cursor(q.sort, value, str(last_row["id"]))
+        next_cursor = encode_cursor(call.settings.secret_key, q.sort, value, str(last_row["id"]))
     return SearchPage(items=items, next_cursor=next_cursor)
 
 

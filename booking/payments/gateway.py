@@ -247,6 +247,7 @@ class Gateway(Protocol):
 SIGNATURE_HEADERS: Final = ("Wadud-Signature", "Stripe-Signature")
 DEFAULT_TOLERANCE: Final = timedelta(seconds=300)
 _SCHEME: Final = "v1"
+_TIMESTAMP_DIGITS: Final = 12
 
 
 def unix_seconds(now: datetime) -> int:
@@ -297,6 +298,10 @@ def _parse_header(value: str) -> tuple[int, list[bytes]]:
             # Reject "+5", " 5" and non-ASCII digits: int() accepts them, the recipe does not.
             if not val.isascii() or not val.isdigit():
                 raise InvalidSignature("signature header timestamp is not an integer")
+            # Unix seconds have 10 digits until 2286; a longer one is no
+            # timestamp (and past 4,300 digits int() itself refuses it).
+            if len(val) > _TIMESTAMP_DIGITS:
+                raise InvalidSignature("signature header timestamp is out of range")
             timestamp = int(val)
         elif key == _SCHEME:
             # surrogateescape keeps non-ASCII junk comparable as bytes; hmac.compare_digest
