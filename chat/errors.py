@@ -25,6 +25,13 @@ class ConversationNotFound(ChatError, NotFound):
     title = "No such conversation"
 
 
+class PatientNotFound(ChatError, NotFound):
+    """The same for an id that names no one and for another clinic's patient."""
+
+    code = "patient-not-found"
+    title = "No such patient at this clinic"
+
+
 class NotAllowed(ChatError, Forbidden):
     code = "forbidden"
     title = "Not allowed in this conversation"

@@ -213,7 +213,9 @@ async def open_conversation(call: Call[OpenConversation, None]) -> Conversation:
     With ``booking_id``: the booking's patient, its doctor, its clinic's staff
     or an admin may open it; one conversation per booking. With
     ``patient_id`` and ``doctor_id``: clinic staff (a doctor of their own
-    clinic) or an admin; one such conversation per patient and doctor."""
+    clinic) or an admin, with a patient who has a booking at the doctor's
+    clinic; one such conversation per patient and doctor. Any other
+    ``patient_id``, real or not, is the same 404 ``patient-not-found``."""
     who = call.user
     async with call.pool.acquire() as conn:
         if call.body.booking_id is not None:

@@ -23,9 +23,10 @@ from chat.errors import (
     BadSequence,
     ConversationNotFound,
     NotAllowed,
+    PatientNotFound,
 )
 from wadud import outbox
-from wadud.errors import NotFound, Unprocessable
+from wadud.errors import NotFound
 from wadud.principal import Principal, Role
 
 Event = dict[str, Any]
@@ -207,16 +208,26 @@ async def open_for_booking(conn: asyncpg.Connection, who: Principal, booking_id:
 async def open_direct(
     conn: asyncpg.Connection, who: Principal, patient_id: UUID, doctor_id: UUID
 ) -> UUID:
-    """A clinic-opened conversation between a patient and one of the
-    clinic's doctors (clinic staff, or an admin)."""
+    """A clinic-opened conversation between a patient of the clinic (one
+    with a booking there) and one of the clinic's doctors (clinic staff, or
+    an admin)."""
     d = await conn.fetchrow("SELECT clinic_id, user_id FROM doctors WHERE id = $1", doctor_id)
     if d is None or (who.role != Role.ADMIN and d["clinic_id"] != who.clinic_id):
         raise NotFound("no such doctor")
-    is_patient = await conn.fetchval(
-        "SELECT role = 'patient' AND NOT disabled FROM users WHERE id = $1", patient_id
+    # Only a patient of this clinic: one with a booking here that got past
+    # the hold. Any other id, real or not, gets the same answer, so the
+    # endpoint tells no one which user ids exist.
+    known = await conn.fetchval(
+        """SELECT EXISTS (
+               SELECT 1 FROM bookings b JOIN users u ON u.id = b.patient_id
+               WHERE b.patient_id = $1 AND b.clinic_id = $2
+                 AND b.status NOT IN ('held', 'expired')
+                 AND u.role = 'patient' AND NOT u.disabled)""",
+        patient_id,
+        d["clinic_id"],
     )
-    if not is_patient:
-        raise Unprocessable("patient_id does not name a patient")
+    if not known:
+        raise PatientNotFound("no patient with a booking at this clinic has that id")
     return await _get_or_create(
         conn,
         clinic_id=d["clinic_id"],

@@ -165,6 +165,39 @@ async def test_clinic_opens_conversation_between_patient_and_its_doctor(api: Api
     assert bad["status"] == 422
 
 
+async def test_staff_open_conversations_only_with_their_clinics_patients(api: Api) -> None:
+    """Issue 12, finding 6: staff of one clinic named another clinic's patient
+    (who then had an unread conversation), and the answer told a real patient
+    id from a random one."""
+    mine = await make_world(api, open_conversation=False)
+    theirs = await make_world(api, open_conversation=False)  # another clinic, its patient
+    url = "/api/v1/chat/conversations"
+    staff = mine.clinic.staff_token
+    answers = []
+    for patient_id in (theirs.patient_id, str(uuid.uuid4()), theirs.doctor.user_id):
+        resp = await api.client.post(
+            url,
+            json={"patient_id": patient_id, "doctor_id": mine.doctor.id},
+            headers={"Authorization": f"Bearer {staff}"},
+        )
+        body = await resp.json(content_type=None)
+        answers.append((resp.status, {k: body[k] for k in ("code", "title", "detail")}))
+    # One answer for another clinic's patient, a random id and a non-patient.
+    assert answers[0][0] == 404, answers
+    assert answers[0] == answers[1] == answers[2], answers
+    # The other clinic's patient got nothing.
+    assert await api.get(url, token=theirs.patient_token, expect=200) == []
+    # A patient whose only "booking" is a lapsed hold is not the clinic's patient.
+    token, pid = await make_patient(api)
+    await api.app[keys.DB].execute(
+        "UPDATE bookings SET patient_id = $1, status = 'expired' WHERE id = $2",
+        uuid.UUID(pid),
+        uuid.UUID(mine.booking_id),
+    )
+    await api.post(url, {"patient_id": pid, "doctor_id": mine.doctor.id}, token=staff, expect=404)
+    assert await api.get(url, token=token, expect=200) == []
+
+
 async def test_edits_and_deletes_are_events(api: Api, world: World) -> None:
     w = world
     await api.post(
