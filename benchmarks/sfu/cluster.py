@@ -148,7 +148,18 @@ async def failover(cluster: Cluster, room: str) -> dict[str, Any]:
         node = cluster.node_of_worker(wid)
         t0 = time.monotonic()
         node.proc.signal(signal.SIGKILL)
-        at = await first_video(patient, doctor.participant_id or "", t0 + 0.5, 30)
+        try:
+            at = await first_video(patient, doctor.participant_id or "", t0 + 0.5, 30)
+        except TimeoutError:
+            return {
+                "room": room,
+                "killed": wid,
+                "moved_to": await cluster.worker_of(room),
+                "gap": None,
+                "error": "the patient decoded nothing from the doctor for 30 s after the kill",
+                "media_moves": {"doctor": doctor.media_moves, "patient": patient.media_moves},
+                "client_errors": [repr(e) for e in doctor.errors + patient.errors][:6],
+            }
         moved = await cluster.worker_of(room)
         return {"room": room, "killed": wid, "moved_to": moved, "gap": at - t0}
     finally:
@@ -200,6 +211,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for i in range(args.failover):
             trial = await failover(cluster, f"failover-{run_id}-{i}")
             out["failover"].append(trial)
+            if trial["gap"] is None:
+                print(f"failover {i}: {trial['error']}: {json.dumps(trial)[:1000]}", flush=True)
+                continue
             print(
                 f"failover {i}: kill -9 of the node of {trial['killed']}, decoding again on "
                 f"{','.join(trial['moved_to'])} after {trial['gap']:.2f} s",
@@ -225,7 +239,10 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
             "connected_to_frame",
         )
     }
-    summary["failover_gap_ms"] = percentiles([t["gap"] for t in out["failover"]])
+    summary["failover_gap_ms"] = percentiles(
+        [t["gap"] for t in out["failover"] if t["gap"] is not None]
+    )
+    summary["failover_failed"] = sum(1 for t in out["failover"] if t["gap"] is None)
     workers: dict[str, int] = {}
     for r in rooms:
         for wid in r["worker"]:
@@ -243,20 +260,25 @@ def main() -> int:
     parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "sfu-cluster.json"
     )
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep the logs there")
     args = parser.parse_args()
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="wadud-cluster-bench-") as tmp:
-        os.chmod(tmp, 0o755)  # pgserver may run PostgreSQL as another user
-        import uvloop
+    import uvloop
 
-        out = uvloop.run(run(args, Path(tmp)))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        out = uvloop.run(run(args, args.keep))
+    else:
+        with tempfile.TemporaryDirectory(prefix="wadud-cluster-bench-") as tmp:
+            os.chmod(tmp, 0o755)  # pgserver may run PostgreSQL as another user
+            out = uvloop.run(run(args, Path(tmp)))
     out["summary"] = summarise(out)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     out.update(
         {
-            "args": {k: v for k, v in vars(args).items() if k != "json"},
+            "args": {k: str(v) for k, v in vars(args).items() if k != "json"},
             "command": " ".join([".venv/bin/python", "benchmarks/sfu/cluster.py", *sys.argv[1:]]),
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 1),
@@ -276,7 +298,10 @@ def main() -> int:
         p = s[key + "_ms"]
         print(f"  {key:22s} ms: p50 {p['p50']}  p95 {p['p95']}  max {p['max']}  (n={p['n']})")
     f = s["failover_gap_ms"]
-    print(f"  {'media failover gap':22s} ms: p50 {f['p50']}  max {f['max']}  (n={f['n']})")
+    print(
+        f"  {'media failover gap':22s} ms: p50 {f['p50']}  max {f['max']}  (n={f['n']},"
+        f" {s['failover_failed']} never recovered)"
+    )
     print(f"  rooms per worker: {s['rooms_per_worker']}")
     if out.get("problems"):
         print(f"  problems in logs: {json.dumps(out['problems'])[:2000]}")
