@@ -13,6 +13,8 @@ apart from "we were asked to do something the state does not allow"
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -25,6 +27,11 @@ class WadudError(Exception):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.extra = extra
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """HTTP headers the problem response carries besides its body."""
+        return {}
 
 
 class ConfigError(WadudError):
@@ -86,13 +93,28 @@ class Unprocessable(WadudError, ValueError):
     title = "Request is well-formed but cannot be processed"
 
 
-class TooManyRequests(WadudError):
+class _RetryLater(WadudError):
+    """An error that may say when to come back (``Retry-After``, RFC 9110
+    section 10.2.3, in whole seconds rounded up)."""
+
+    def __init__(self, detail: str = "", *, retry_after: float | None = None, **extra: Any) -> None:
+        self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
+        if self.retry_after is not None:
+            extra.setdefault("retry_after", self.retry_after)
+        super().__init__(detail, **extra)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class TooManyRequests(_RetryLater):
     http_status = 429
     code = "too-many-requests"
     title = "Too many requests"
 
 
-class Unavailable(WadudError):
+class Unavailable(_RetryLater):
     http_status = 503
     code = "unavailable"
     title = "Service unavailable"

@@ -112,7 +112,9 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         # is then the detail.
         detail = getattr(exc, "detail", None) or str(exc)
         extra = getattr(exc, "extra", {})
-        return problem(exc.http_status, exc.code, exc.title, detail, request.path, **extra)
+        resp = problem(exc.http_status, exc.code, exc.title, detail, request.path, **extra)
+        resp.headers.update(exc.headers)
+        return resp
     except pydantic.ValidationError as exc:
         return problem(
             422,
