@@ -1,6 +1,11 @@
 """Accounts and sessions over HTTP: register, log in, anonymous patient
 sessions and their upgrade, token refresh, logout, and the admin's user
-management. The token mechanics live in :mod:`wadud.auth`."""
+management. The token mechanics live in :mod:`wadud.auth`.
+
+Sign-in is rate limited (:mod:`wadud.ratelimit`, docs/security.md): guesses
+per account and per client address with growing delays, registrations and
+anonymous sessions per client address. Its answers hold tokens, so the
+idempotency layer never keeps or replays them (:mod:`wadud.idempotency`)."""
 
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ from uuid import UUID
 import asyncpg
 from pydantic import StringConstraints
 
-from wadud import auth
+from wadud import auth, ratelimit
 from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud.config import Settings
 from wadud.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
 
 routes = Routes("auth", "Accounts, sessions and tokens.")
@@ -104,12 +110,13 @@ async def create_user(
     role: Role,
     clinic_id: UUID | None = None,
     display_name: str = "",
+    passwords: auth.Passwords | None = None,
 ) -> User:
     """Create an account with credentials. Used by the API and by
     ``wadud user add`` (how the first admin comes to be)."""
     if (role in (Role.DOCTOR, Role.CLINIC_STAFF)) != (clinic_id is not None):
         raise Unprocessable("doctors and clinic staff need a clinic_id; other roles take none")
-    pw_hash = await auth.hash_password(password)
+    pw_hash = await auth.hash_password(password, passwords)
     try:
         row = await conn.fetchrow(
             f"""INSERT INTO users (email, password_hash, role, clinic_id, display_name)
@@ -135,10 +142,16 @@ async def register(call: Call[Register, None]) -> Tokens:
     Called with an anonymous session's token, the anonymous patient becomes this
     account, keeping its id and so its bookings and conversations."""
     body, settings = call.body, call.settings
+    app = call.request.app
+    rate = ratelimit.Rate(settings.limits_register_burst, settings.limits_register_per_hour)
+    await app[ratelimit.LIMITER].take(
+        "register", ratelimit.client_address(call.request), rate, "registrations"
+    )
+    passwords = app[auth.PASSWORDS]
     async with call.pool.acquire() as conn, conn.transaction():
         me = call.principal
         if me is not None and me.anonymous:
-            pw_hash = await auth.hash_password(body.password)
+            pw_hash = await auth.hash_password(body.password, passwords)
             try:
                 await conn.execute(
                     """UPDATE users SET email = $2, password_hash = $3, anonymous = false,
@@ -163,6 +176,7 @@ async def register(call: Call[Register, None]) -> Tokens:
             password=body.password,
             role=Role.PATIENT,
             display_name=body.display_name,
+            passwords=passwords,
         )
         return _tokens(await auth.start_session(conn, settings, user.id))
 
@@ -170,7 +184,12 @@ async def register(call: Call[Register, None]) -> Tokens:
 @routes.post("/api/v1/auth/anonymous", body=Anonymous, returns=Tokens, status=201, auth="public")
 async def anonymous(call: Call[Anonymous, None]) -> Tokens:
     """Start an anonymous patient session (search, book and pay without an
-    account; register later to keep it)."""
+    account; register later to keep it). Limited per client address."""
+    s = call.settings
+    rate = ratelimit.Rate(s.limits_anonymous_burst, s.limits_anonymous_per_hour)
+    await call.request.app[ratelimit.LIMITER].take(
+        "anonymous", ratelimit.client_address(call.request), rate, "anonymous sessions"
+    )
     async with call.pool.acquire() as conn, conn.transaction():
         user_id = await conn.fetchval(
             """INSERT INTO users (role, anonymous, display_name)
@@ -182,18 +201,58 @@ async def anonymous(call: Call[Anonymous, None]) -> Tokens:
 
 @routes.post("/api/v1/auth/login", body=Login, returns=Tokens, auth="public")
 async def login(call: Call[Login, None]) -> Tokens:
-    """Log in with email and password."""
-    row = await call.pool.fetchrow(
-        "SELECT id, password_hash, disabled FROM users WHERE lower(email) = lower($1)",
-        call.body.email,
+    """Log in with email and password.
+
+    Guesses are limited per account and per client address: after a few
+    failures each further attempt must wait, twice as long each time (429
+    with Retry-After)."""
+    app, settings = call.request.app, call.settings
+    limiter = app[ratelimit.LIMITER]
+    by_address, by_account = _login_rules(settings)
+    # A guess at one account counts before the password is checked, so a
+    # burst of concurrent guesses is stopped before it costs a hash (refunded
+    # if the request never got to guess: busy, gone). An address counts only
+    # its failures: many patients behind one NAT may sign in at once.
+    address = await limiter.attempt(
+        "login-address",
+        ratelimit.client_address(call.request),
+        by_address,
+        "failed sign-ins",
+        count=False,
     )
-    ok = await auth.check_password(
-        row["password_hash"] if row else auth.DUMMY_HASH, call.body.password
+    account = await limiter.attempt(
+        "login-account", call.body.email.lower(), by_account, "failed sign-ins to this account"
     )
+    guessed = False
+    try:
+        row = await call.pool.fetchrow(
+            "SELECT id, password_hash, disabled FROM users WHERE lower(email) = lower($1)",
+            call.body.email,
+        )
+        ok = await auth.check_password(
+            row["password_hash"] if row else auth.DUMMY_HASH,
+            call.body.password,
+            app[auth.PASSWORDS],
+        )
+        guessed = True
+    finally:
+        if not guessed:
+            await limiter.refund(account)
     if row is None or not ok or row["disabled"]:
+        await limiter.fail(address, by_address)
         raise BadCredentials()
+    await limiter.forget(account)
     async with call.pool.acquire() as conn, conn.transaction():
-        return _tokens(await auth.start_session(conn, call.settings, row["id"]))
+        return _tokens(await auth.start_session(conn, settings, row["id"]))
+
+
+def _login_rules(s: Settings) -> tuple[ratelimit.Backoff, ratelimit.Backoff]:
+    """(per client address, per account)."""
+    delays = (s.limits_login_delay, s.limits_login_delay_max, s.limits_login_forget)
+    return (
+        ratelimit.Backoff(s.limits_login_address_free, *delays),
+        ratelimit.Backoff(s.limits_login_account_free, *delays),
+    )
 
 
 @routes.post("/api/v1/auth/refresh", body=Refresh, returns=Tokens, auth="public")
@@ -243,6 +302,7 @@ async def add_user(call: Call[CreateUser, None]) -> User:
         role=body.role,
         clinic_id=body.clinic_id,
         display_name=body.display_name,
+        passwords=call.request.app[auth.PASSWORDS],
     )
 
 

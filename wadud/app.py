@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 
-from wadud import bus, db, http, idempotency, keys, migrate, outbox, storage
+from wadud import auth, bus, db, http, idempotency, keys, migrate, outbox, ratelimit, storage
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.app")
@@ -51,6 +51,15 @@ async def _bus(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await b.close()
+
+
+async def _passwords(app: web.Application) -> AsyncIterator[None]:
+    s = app[keys.SETTINGS]
+    app[auth.PASSWORDS] = passwords = auth.Passwords(s.auth_hash_concurrency, s.auth_hash_wait)
+    try:
+        yield
+    finally:
+        passwords.close()
 
 
 async def _outbox(app: web.Application) -> AsyncIterator[None]:
@@ -116,7 +125,17 @@ def build_app(settings: Settings, installers: Iterable[Installer]) -> web.Applic
     app[keys.SETTINGS] = settings
     app[keys.ENDPOINTS] = []
     app[keys.EXTRAS] = {"index_links": []}
-    app.cleanup_ctx.extend([_database, _bus, _outbox, _storage, _housekeeping])
+    app.cleanup_ctx.extend(
+        [
+            _database,
+            _bus,
+            ratelimit.limits_context,
+            _passwords,
+            _outbox,
+            _storage,
+            _housekeeping,
+        ]
+    )
     for install in installers:
         install(app)
     return app

@@ -1,6 +1,7 @@
 """Credentials and tokens.
 
-* Passwords: argon2id (argon2-cffi), hashed off the event loop.
+* Passwords: argon2id (argon2-cffi), hashed off the event loop in a bounded
+  pool (:class:`Passwords`).
 * Access tokens: short-lived JWTs (HS256) naming the user, role, clinic and the
   refresh-token family they came from; a revoked family makes its access
   tokens fail at once, not at expiry.
@@ -13,23 +14,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
+import os
 import secrets
+import threading
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
 import jwt
+from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from wadud.api import Principal, Role
 from wadud.config import Settings
-from wadud.errors import Unauthorized
+from wadud.errors import Unauthorized, Unavailable
 
 _hasher = PasswordHasher()
+_T = TypeVar("_T")
 ALGORITHM = "HS256"
 
 
@@ -38,18 +47,87 @@ class InvalidToken(Unauthorized):
     title = "Invalid or expired token"
 
 
-async def hash_password(password: str) -> str:
-    return await asyncio.get_running_loop().run_in_executor(None, _hasher.hash, password)
+class HashingBusy(Unavailable):
+    code = "password-hashing-busy"
+    title = "Too many sign-ins at once; retry shortly"
 
 
-async def check_password(stored: str, password: str) -> bool:
-    def verify() -> bool:
+def _lower_priority() -> None:
+    # Linux nice values are per thread (and inherited by the lanes argon2
+    # starts), so hashing yields the CPU to the event loop and to PostgreSQL.
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _verify(stored: str, password: str) -> bool:
+    try:
+        return _hasher.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+class Passwords:
+    """Argon2id hashing and verifying, at most ``concurrency`` at once.
+
+    Each hash takes 64 MiB and a few CPU-hungry lanes (RFC 9106 section 4,
+    the low-memory choice, argon2-cffi's default), so a burst of sign-ins left
+    unbounded takes memory and CPU from everyone else. Hashes run in a thread
+    pool of their own (not the loop's default executor, which DNS lookups and
+    file I/O share) at low priority; callers beyond ``concurrency`` queue for
+    at most ``wait`` seconds and are then refused with 503 and Retry-After.
+    """
+
+    def __init__(self, concurrency: int = 2, wait: float = 10.0) -> None:
+        self.concurrency = max(1, concurrency)
+        self.wait = wait
+        self._executor: ThreadPoolExecutor | None = None
+        # A semaphore belongs to one event loop; tests run many.
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def _run(self, fn: Callable[[str, str], _T], a: str, b: str) -> _T:
+        loop = asyncio.get_running_loop()
+        gate = self._gates.get(loop)
+        if gate is None:
+            gate = self._gates[loop] = asyncio.Semaphore(self.concurrency)
         try:
-            return _hasher.verify(stored, password)
-        except (VerificationError, InvalidHashError):
-            return False
+            await asyncio.wait_for(gate.acquire(), self.wait)
+        except TimeoutError:
+            raise HashingBusy("every password hashing slot is busy", retry_after=1) from None
+        try:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.concurrency, "argon2", initializer=_lower_priority
+                )
+            return await loop.run_in_executor(self._executor, fn, a, b)
+        finally:
+            gate.release()
 
-    return await asyncio.get_running_loop().run_in_executor(None, verify)
+    async def hash(self, password: str) -> str:
+        return await self._run(lambda p, _: _hasher.hash(p), password, "")
+
+    async def check(self, stored: str, password: str) -> bool:
+        return await self._run(_verify, stored, password)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+#: The pool of code that has no application at hand (``wadud user add``);
+#: an application has its own, sized by its settings (:data:`PASSWORDS`).
+DEFAULT_PASSWORDS = Passwords()
+PASSWORDS = web.AppKey("passwords", Passwords)
+
+
+async def hash_password(password: str, passwords: Passwords | None = None) -> str:
+    return await (passwords or DEFAULT_PASSWORDS).hash(password)
+
+
+async def check_password(stored: str, password: str, passwords: Passwords | None = None) -> bool:
+    return await (passwords or DEFAULT_PASSWORDS).check(stored, password)
 
 
 # A hash to verify against when the email is unknown, so a login for an

@@ -100,6 +100,61 @@ class Settings:
         default=30 * 86400, metadata=_doc("Refresh token lifetime, seconds.")
     )
     auth_issuer: str = field(default="wadud", metadata=_doc("`iss` claim of issued tokens."))
+    auth_hash_concurrency: int = field(
+        default=2,
+        metadata=_doc(
+            "Password hashes (argon2id, 64 MiB each) computed at once, in threads of"
+            " their own at low CPU priority; more wait their turn."
+        ),
+    )
+    auth_hash_wait: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds a sign-in waits for a hashing slot before it is refused with 503"
+            " and Retry-After."
+        ),
+    )
+    # [limits]  (docs/security.md, "Rate limits"; shared by replicas through Redis)
+    limits_login_account_free: int = field(
+        default=5,
+        metadata=_doc(
+            "Failed sign-ins to one account before each further one must wait (429 with"
+            " Retry-After); the wait doubles from LIMITS_LOGIN_DELAY. 0: no limit."
+        ),
+    )
+    limits_login_address_free: int = field(
+        default=30,
+        metadata=_doc(
+            "Failed sign-ins from one client address (any account) before each further"
+            " one must wait, as for an account. 0: no limit."
+        ),
+    )
+    limits_login_delay: float = field(
+        default=1.0, metadata=_doc("First wait, seconds, once the free sign-in failures are spent.")
+    )
+    limits_login_delay_max: float = field(
+        default=900.0, metadata=_doc("Longest wait between sign-in attempts, seconds.")
+    )
+    limits_login_forget: float = field(
+        default=3600.0,
+        metadata=_doc("Seconds after the last failed sign-in that the failures are forgotten."),
+    )
+    limits_anonymous_burst: int = field(
+        default=10,
+        metadata=_doc("Anonymous sessions one client address may start at once. 0: no limit."),
+    )
+    limits_anonymous_per_hour: float = field(
+        default=60.0,
+        metadata=_doc("Anonymous sessions per hour and client address once the burst is spent."),
+    )
+    limits_register_burst: int = field(
+        default=10,
+        metadata=_doc("Registrations one client address may make at once. 0: no limit."),
+    )
+    limits_register_per_hour: float = field(
+        default=30.0,
+        metadata=_doc("Registrations per hour and client address once the burst is spent."),
+    )
     # [outbox]
     outbox_batch: int = field(default=200, metadata=_doc("Events relayed per round."))
     outbox_poll_interval: float = field(
@@ -230,6 +285,14 @@ class Settings:
     turn_credential_ttl: int = field(
         default=14_400,
         metadata=_doc("Lifetime of TURN credentials handed to users, seconds."),
+    )
+    turn_credentials_burst: int = field(
+        default=20,
+        metadata=_doc("TURN credentials one user may fetch at once. 0: no limit."),
+    )
+    turn_credentials_per_hour: float = field(
+        default=120.0,
+        metadata=_doc("TURN credentials per hour and user once the burst is spent."),
     )
     turn_embedded: bool = field(
         default=True,

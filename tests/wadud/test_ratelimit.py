@@ -1,0 +1,184 @@
+"""Issue 12, finding 4: password guessing and session creation are limited.
+
+The review's attack was 120 wrong passwords in a row with no 429; here they
+meet growing delays per account and per address, with Retry-After, and the
+limits hold across replicas through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bin.assembly import build_app
+from tests.conftest import Api, RedisServer
+from wadud import accounts, auth, keys, ratelimit
+from wadud.api import Role
+from wadud.config import Settings
+
+PASSWORD = "correct horse battery"
+
+
+async def _account(api: Api, email: str) -> None:
+    await accounts.create_user(api.app[keys.DB], email=email, password=PASSWORD, role=Role.PATIENT)
+
+
+async def _login(api: Api, email: str, password: str) -> aiohttp.ClientResponse:
+    resp = await api.client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    await resp.read()
+    return resp
+
+
+async def test_120_wrong_passwords_meet_growing_delays(api: Api) -> None:
+    await _account(api, "victim@example.test")
+    statuses = [
+        (await _login(api, "victim@example.test", f"guess {i}")).status for i in range(120)
+    ]
+    # Five free failures, a sixth that starts the clock, and then 429s.
+    assert statuses[:6] == [401] * 6
+    assert set(statuses[6:]) == {429}
+    limited = await _login(api, "victim@example.test", PASSWORD)
+    assert limited.status == 429, "the right password is not even checked while limited"
+    assert limited.headers["Retry-After"] == "1"
+    assert (await limited.json(content_type=None))["code"] == "rate-limited"
+    await asyncio.sleep(1.05)
+    assert (await _login(api, "victim@example.test", "guess 121")).status == 401
+    # The next wait is twice as long.
+    again = await _login(api, "victim@example.test", "guess 122")
+    assert again.status == 429 and again.headers["Retry-After"] == "2"
+    await asyncio.sleep(2.05)
+    # The owner, once the wait is over, signs in, and that clears the account.
+    assert (await _login(api, "victim@example.test", PASSWORD)).status == 200
+    assert (await _login(api, "victim@example.test", "typo")).status == 401
+
+
+async def test_guessing_across_accounts_is_limited_per_address(api: Api) -> None:
+    emails = [f"user{i}@example.test" for i in range(40)]
+    for e in emails:
+        await _account(api, e)
+    statuses = [(await _login(api, e, "wrong password")).status for e in emails]
+    assert statuses[:31] == [401] * 31 and set(statuses[31:]) == {429}
+    # Someone at another address is not held up.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as other:
+        url = api.client.make_url("/api/v1/auth/login")
+        async with other.post(url, json={"email": emails[0], "password": PASSWORD}) as r:
+            assert r.status == 200
+
+
+async def test_concurrent_guesses_are_stopped_before_hashing(api: Api) -> None:
+    await _account(api, "burst@example.test")
+    results = await asyncio.gather(
+        *(_login(api, "burst@example.test", f"guess {i}") for i in range(50))
+    )
+    statuses = [r.status for r in results]
+    assert statuses.count(401) <= 6 and statuses.count(429) >= 44
+    assert all(r.headers.get("Retry-After") for r in results if r.status == 429)
+
+
+async def test_successful_sign_ins_never_trip_the_limits(api: Api) -> None:
+    # More sign-ins than the 30 failures an address is allowed, all in flight
+    # at once, as from a clinic behind one NAT.
+    emails = [f"ok{i}@example.test" for i in range(40)]
+    for e in emails:
+        await _account(api, e)
+    results = await asyncio.gather(*(_login(api, e, PASSWORD) for e in emails))
+    assert {r.status for r in results} == {200}
+    await api.user(Role.PATIENT)
+
+
+async def test_anonymous_sessions_and_registrations_per_address(api: Api) -> None:
+    anon = [(await api.client.post("/api/v1/auth/anonymous", json={})) for _ in range(30)]
+    assert [r.status for r in anon[:10]] == [201] * 10
+    assert {r.status for r in anon[10:]} == {429}
+    assert int(anon[-1].headers["Retry-After"]) >= 1
+    regs = [
+        await api.client.post(
+            "/api/v1/auth/register",
+            json={"email": f"reg{i}@example.test", "password": "long enough pw"},
+        )
+        for i in range(15)
+    ]
+    assert [r.status for r in regs[:10]] == [201] * 10
+    assert {r.status for r in regs[10:]} == {429}
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=connector) as other:
+        url = api.client.make_url("/api/v1/auth/anonymous")
+        async with other.post(url, json={}) as r:
+            assert r.status == 201
+
+
+@pytest.fixture
+async def replicas(settings: Settings, redis_server: RedisServer) -> AsyncIterator[list[Api]]:
+    """Two API replicas sharing one database and one Redis."""
+    s = dataclasses.replace(settings, redis_url=redis_server.url)
+    clients: list[TestClient[Any, Any]] = []
+    try:
+        for _ in range(2):
+            app = build_app(s, [accounts.routes.install])
+            client: TestClient[Any, Any] = TestClient(TestServer(app))
+            await client.start_server()
+            clients.append(client)
+        yield [Api(c, c.app) for c in clients]
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_limits_are_shared_by_replicas_through_redis(replicas: list[Api]) -> None:
+    a, b = replicas
+    email = f"shared-{time.monotonic_ns()}@example.test"
+    await _account(a, email)
+    statuses = [(await _login((a, b)[i % 2], email, f"guess {i}")).status for i in range(10)]
+    assert statuses[:6] == [401] * 6 and set(statuses[6:]) == {429}
+    assert isinstance(a.app[ratelimit.LIMITER].store, ratelimit.RedisStore)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_store_arithmetic(backend: str, redis_server: RedisServer) -> None:
+    store: ratelimit.Store = (
+        ratelimit.MemoryStore() if backend == "memory" else ratelimit.RedisStore(redis_server.url)
+    )
+    limiter = ratelimit.Limiter(store, "k" * 32, prefix=f"test:{time.monotonic_ns()}:")
+    try:
+        rate = ratelimit.Rate(burst=3, per_hour=3600)  # one a second
+        for _ in range(3):
+            await limiter.take("t", "x", rate, "things")
+        with pytest.raises(ratelimit.RateLimited) as info:
+            await limiter.take("t", "x", rate, "things")
+        assert info.value.retry_after == 1 and info.value.http_status == 429
+        await limiter.take("t", "y", rate, "things")  # another key, its own bucket
+        rule = ratelimit.Backoff(free=2, delay=0.2, delay_max=0.4, forget=60)
+        keys_ = [await limiter.attempt("a", "x", rule, "tries") for _ in range(3)]
+        with pytest.raises(ratelimit.RateLimited):
+            await limiter.attempt("a", "x", rule, "tries")
+        await asyncio.sleep(0.25)
+        await limiter.attempt("a", "x", rule, "tries")  # the 4th: now 0.4 s to wait
+        await asyncio.sleep(0.25)
+        with pytest.raises(ratelimit.RateLimited):
+            await limiter.attempt("a", "x", rule, "tries")
+        await limiter.forget(keys_[0])
+        await limiter.attempt("a", "x", rule, "tries")
+    finally:
+        await store.close()
+
+
+async def test_hashing_pool_is_bounded_and_refuses_after_its_wait() -> None:
+    passwords = auth.Passwords(concurrency=1, wait=0.05)
+    try:
+        stored = await passwords.hash("pw")
+        results = await asyncio.gather(
+            *(passwords.check(stored, "pw") for _ in range(4)), return_exceptions=True
+        )
+        assert results[0] is True
+        assert any(isinstance(r, auth.HashingBusy) for r in results)
+        busy = next(r for r in results if isinstance(r, auth.HashingBusy))
+        assert busy.http_status == 503 and busy.headers["Retry-After"] == "1"
+    finally:
+        passwords.close()
