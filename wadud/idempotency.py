@@ -11,23 +11,34 @@ retried for real.
 The row is claimed before the handler runs (``INSERT ... ON CONFLICT DO
 NOTHING``), so two concurrent requests with one key cannot both run. A claim
 left by a crashed process is taken over after ``STALE_AFTER`` seconds.
+
+Sign-in (everything under ``/api/v1/auth/``: login, refresh, anonymous,
+register, logout) ignores the header: each of those calls must run for real
+(a refresh token presented twice is a theft signal that revokes the session,
+which a replay would hide), and their answers are tokens, which must not sit
+in this table. A caller without a token owns its keys together with its
+client address (as an HMAC under the secret key, so the table holds no
+addresses), so nobody else can replay its answers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from wadud import keys
+from wadud import keys, ratelimit
 from wadud.errors import BadRequest, Conflict, Unprocessable
 
 HEADER = "Idempotency-Key"
 METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 STALE_AFTER = 120.0
 KEEP_DAYS = 2
+#: Sign-in: never kept, never replayed (see the module doc).
+NEVER_REPLAYED = "/api/v1/auth/"
 
 
 class KeyReused(Unprocessable):
@@ -42,13 +53,17 @@ class KeyInFlight(Conflict):
 
 def _owner(request: web.Request) -> str:
     principal = request.get(keys.PRINCIPAL)
-    return f"user:{principal.user_id}" if principal is not None else "anonymous"
+    if principal is not None:
+        return f"user:{principal.user_id}"
+    secret = request.app[keys.SETTINGS].secret_key.encode()
+    address = ratelimit.client_address(request).encode()
+    return "address:" + hmac.new(secret, address, hashlib.sha256).hexdigest()[:32]
 
 
 @web.middleware
 async def idempotency(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.headers.get(HEADER)
-    if key is None or request.method not in METHODS:
+    if key is None or request.method not in METHODS or request.path.startswith(NEVER_REPLAYED):
         return await handler(request)
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise BadRequest(f"{HEADER} must be 1 to 255 printable characters")

@@ -76,27 +76,33 @@ async def test_request_id_is_kept_or_made(api: Api) -> None:
 
 
 async def test_idempotency_key_replays_first_answer(api: Api) -> None:
+    # Sign-in never replays (tests/wadud/test_signin_idempotency.py); creating
+    # an account as an admin does.
+    admin = await api.user(Role.ADMIN)
+    auth = {"Authorization": f"Bearer {admin}"}
+    body = {"email": "k1@example.test", "password": "password!", "role": "patient"}
     h = {"Idempotency-Key": "k-1"}
-    first = await api.post("/api/v1/auth/anonymous", {"display_name": "A"}, headers=h, expect=201)
-    resp = await api.client.post("/api/v1/auth/anonymous", json={"display_name": "A"}, headers=h)
+    first = await api.post("/api/v1/users", body, token=admin, headers=h, expect=201)
+    resp = await api.client.post("/api/v1/users", json=body, headers={**h, **auth})
     assert resp.status == 201 and resp.headers["Idempotent-Replayed"] == "true"
     assert json.loads(await resp.text()) == first
-    reused = await api.post("/api/v1/auth/anonymous", {"display_name": "B"}, headers=h, expect=422)
+    other = {**body, "email": "k1b@example.test"}
+    reused = await api.post("/api/v1/users", other, token=admin, headers=h, expect=422)
     assert reused["code"] == "idempotency-key-reused"
     # Errors (4xx) are answers too, and replayed as such.
-    admin = await api.user(Role.ADMIN)
     body = {"email": "x@example.test", "password": "password!", "role": "doctor"}
     h2 = {"Idempotency-Key": "k-2"}
     a = await api.post("/api/v1/users", body, token=admin, headers=h2, expect=422)
     b = await api.post("/api/v1/users", body, token=admin, headers=h2, expect=422)
     assert a == b
     # Concurrent duplicates: exactly one runs.
-    h3 = {"Idempotency-Key": "k-3"}
+    h3 = {"Idempotency-Key": "k-3", **auth}
+    body = {"email": "k3@example.test", "password": "password!", "role": "patient"}
     results = await asyncio.gather(
-        *(api.client.post("/api/v1/auth/anonymous", json={}, headers=h3) for _ in range(20))
+        *(api.client.post("/api/v1/users", json=body, headers=h3) for _ in range(20))
     )
     statuses = sorted(r.status for r in results)
-    users = {(await r.json(content_type=None)).get("user_id") for r in results if r.status == 201}
+    users = {(await r.json(content_type=None)).get("id") for r in results if r.status == 201}
     assert len(users) == 1
     assert set(statuses) <= {201, 409}
 
