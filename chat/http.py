@@ -451,6 +451,8 @@ class Session:
         self.principal: Principal | None = None
         self.client: Client | None = None
         self.access: dict[UUID, store.Access] = {}
+        #: Closing the connection after a revocation (kept so it is not collected).
+        self.closing: asyncio.Task[None] | None = None
 
     def send(self, frame: dict[str, object]) -> None:
         if self.client is not None:
@@ -601,17 +603,34 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 ws.close(code=p.CLOSE_SLOW_CONSUMER, message=b"slow consumer; resume")
             )
 
+        def revoked(reason: str) -> None:
+            # The last frame says why; the writer sends it, then the close.
+            client.queue.put_nowait(
+                p.encode(
+                    p.error_frame(
+                        "session-revoked", f"this session ended ({reason}); sign in", fatal=True
+                    )
+                )
+            )
+            client.queue.put_nowait(None)
+            session.closing = asyncio.get_running_loop().create_task(_close_revoked(ws, writer))
+
         client = Client(
             principal.user_id,
             queue_max=settings.chat_client_queue_max,
             on_overflow=overflow,
+            principal=principal,
+            on_revoked=revoked,
         )
         session.client = client
         writer = asyncio.create_task(_writer(ws, client))
+        request.app[CHAT].hub.attach(client)
         session.send(
             p.reply("ready", None, user_id=str(principal.user_id), role=principal.role.value)
         )
         async for msg in ws:
+            if client.revoked:
+                break
             if msg.type == WSMsgType.TEXT:
                 await _one(session, msg.data)
             elif msg.type == WSMsgType.BINARY:
@@ -625,11 +644,24 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         if writer is not None:
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await asyncio.wait_for(writer, 5.0)
+        if session.closing is not None:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
+                await asyncio.wait_for(session.closing, 5.0)
     return ws
+
+
+async def _close_revoked(ws: web.WebSocketResponse, writer: asyncio.Task[None] | None) -> None:
+    """Close a connection whose session was revoked, after its last frame."""
+    if writer is not None:
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(writer), 2.0)
+    await ws.close(code=p.CLOSE_UNAUTHORIZED, message=b"session revoked")
 
 
 async def _one(session: Session, text: str) -> None:
     ref: str | None = None
+    if session.client is not None and session.client.revoked:
+        return  # the session ended: nothing more is read, written or answered
     try:
         frame = p.parse(text)
         ref = frame.id

@@ -20,6 +20,10 @@ The shape:
 * A client subscribing from ``after`` is registered first and then catches up
   from PostgreSQL; live events that arrive meanwhile wait in its buffer. The
   union has no hole and no repeat (see :meth:`Hub.subscribe`).
+* Revocation (:mod:`wadud.revocation`): the hub listens on ``auth.revoked``
+  and ends the sockets a logout, a revoked session or a change of rights
+  covers, on every node; a liveness loop re-checks every connected principal
+  every ``liveness_interval`` seconds in case the bus lost that message.
 
 In-memory state here is only a delivery cache; losing a node loses nothing,
 its clients resume from their last sequence on another.
@@ -42,11 +46,16 @@ from chat import store
 from chat.crypto import Keyring
 from chat.errors import BadSequence
 from chat.protocol import VERSION, encode
+from wadud import revocation
 from wadud.bus import Bus
+from wadud.principal import Principal
 
 log = logging.getLogger("wadud.chat")
 TOPIC = "chat"
 CATCH_UP_PAGE = 500
+#: Seconds between re-checks of every connected principal (revoked session,
+#: disabled account, changed role) in case an ``auth.revoked`` message was lost.
+LIVENESS_INTERVAL = 10.0
 
 
 class Client:
@@ -54,16 +63,36 @@ class Client:
     frames and a callback that cuts the connection if it falls too far
     behind (it then resumes from its last sequence)."""
 
-    def __init__(self, user_id: UUID, *, queue_max: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        user_id: UUID,
+        *,
+        queue_max: int,
+        on_overflow: Callable[[], None],
+        principal: Principal | None = None,
+        on_revoked: Callable[[str], None] | None = None,
+    ) -> None:
         self.user_id = user_id
+        self.principal = principal
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.queue_max = queue_max
         self._on_overflow = on_overflow
+        self._on_revoked = on_revoked
         self.overflowed = False
+        self.revoked = False
         self.subs: dict[UUID, Sub] = {}
 
+    def revoke(self, reason: str) -> None:
+        """The session behind this connection ended: send nothing more, and
+        let the connection close itself (once)."""
+        if self.revoked:
+            return
+        self.revoked = True
+        if self._on_revoked is not None:
+            self._on_revoked(reason)
+
     def put(self, text: str) -> None:
-        if self.overflowed:
+        if self.overflowed or self.revoked:
             return
         if self.queue.qsize() >= self.queue_max:
             self.overflowed = True
@@ -128,28 +157,41 @@ class Hub:
         *,
         reconcile_interval: float = 1.0,
         typing_interval: float = 2.0,
+        liveness_interval: float = LIVENESS_INTERVAL,
     ) -> None:
         self.pool = pool
         self.bus = bus
         self.keyring = keyring
         self.node = uuid.uuid4().hex
         self.rooms: dict[UUID, Room] = {}
+        #: Connected clients by user, for revocation.
+        self.clients: dict[UUID, set[Client]] = {}
+        self.liveness_interval = liveness_interval
         self.reconcile_interval = reconcile_interval
         self.typing_interval = typing_interval
         self._outgoing: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._typing_seen: dict[tuple[UUID, UUID], float] = {}
-        self.stats = {"published": 0, "publish_failed": 0, "gap_fills": 0, "bus_received": 0}
+        self.stats = {
+            "published": 0,
+            "publish_failed": 0,
+            "gap_fills": 0,
+            "bus_received": 0,
+            "revoked": 0,
+        }
 
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
         sub = await self.bus.subscribe(TOPIC)
         self._sub = sub
+        self._revocations = await self.bus.subscribe(revocation.TOPIC)
         self._tasks = [
             asyncio.create_task(self._listen(), name="chat-listen"),
             asyncio.create_task(self._publish_loop(), name="chat-publish"),
             asyncio.create_task(self._reconcile_loop(), name="chat-reconcile"),
+            asyncio.create_task(self._listen_revocations(), name="chat-revocations"),
+            asyncio.create_task(self._liveness_loop(), name="chat-liveness"),
         ]
 
     async def close(self) -> None:
@@ -162,6 +204,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self._sub.close()
+        await self._revocations.close()
 
     # -- subscriptions ----------------------------------------------------------
 
@@ -225,9 +268,72 @@ class Hub:
                 room.filling.cancel()
             del self.rooms[conversation_id]
 
+    def attach(self, client: Client) -> None:
+        """Count ``client`` among its user's connections (for revocation)."""
+        self.clients.setdefault(client.user_id, set()).add(client)
+
     def drop(self, client: Client) -> None:
         for cid in list(client.subs):
             self.unsubscribe(client, cid)
+        mine = self.clients.get(client.user_id)
+        if mine is not None:
+            mine.discard(client)
+            if not mine:
+                del self.clients[client.user_id]
+
+    # -- revocation -------------------------------------------------------------
+
+    def revoke(self, rev: revocation.Revocation) -> int:
+        """End the local connections ``rev`` covers; return how many."""
+        ended = 0
+        for client in list(self.clients.get(rev.user_id, ())):
+            if client.principal is not None and rev.covers(client.principal):
+                client.revoke(rev.reason)
+                self.drop(client)
+                ended += 1
+        self.stats["revoked"] += ended
+        return ended
+
+    async def _listen_revocations(self) -> None:
+        while True:
+            try:
+                async for msg in self._revocations:
+                    rev = revocation.parse(msg.data)
+                    if rev is None:
+                        log.warning("malformed revocation dropped")
+                        continue
+                    self.revoke(rev)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("revocation listener failed; restarting")
+                await asyncio.sleep(0.5)
+
+    async def check_liveness(self) -> int:
+        """Re-check every connected principal; end the stale ones."""
+        principals = {
+            c.principal for cs in self.clients.values() for c in cs if c.principal is not None
+        }
+        stale = await revocation.stale(self.pool, principals)
+        ended = 0
+        for cs in list(self.clients.values()):
+            for client in list(cs):
+                if client.principal in stale:
+                    client.revoke("session ended")
+                    self.drop(client)
+                    ended += 1
+        self.stats["revoked"] += ended
+        return ended
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.liveness_interval)
+            try:
+                await self.check_liveness()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("chat liveness check failed")
 
     # -- events -----------------------------------------------------------------
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from typing import Any
 
 import aiohttp
 
+from chat.http import CHAT
 from tests.chat.conftest import Node, Ws, make_world, wait_ready, ws_connect
 from tests.conftest import Api
+from wadud import keys
 
 N = 1000
 
@@ -226,3 +229,85 @@ def _principal(w: Any) -> Any:
     from wadud.principal import Principal, Role
 
     return Principal(_uuid.UUID(w.patient_id), Role.PATIENT, None, False, None)
+
+
+async def _closed_with(ws: Ws, within: float = 5.0) -> dict[str, Any]:
+    """Wait for the server to close ``ws``; return its last frame."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not ws.closed:
+        assert loop.time() < deadline, f"still open after {within} s: {ws.frames[-3:]}"
+        ws.new.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ws.new.wait(), 0.1)
+    assert ws.ws.close_code == 4401, ws.ws.close_code
+    return ws.frames[-1]
+
+
+async def test_logout_and_role_change_close_chat_sockets_on_every_node(
+    api: Api, node_pair: tuple[Node, Node]
+) -> None:
+    """Issue 12, finding 7: after logout an open chat socket kept reading
+    history and sending. Now logout on one replica closes the session's
+    sockets on both within seconds, and a role change closes the user's."""
+    a, b = node_pair
+    w = await make_world(api)
+    cid = w.conversation_id
+    # The in-process app shares the database but not Redis: its outbox relay
+    # would publish some events where the nodes never hear them. In a
+    # deployment every replica's relay publishes to the same Redis.
+    await api.app[keys.EXTRAS]["outbox"].close()
+    await asyncio.gather(wait_ready(a), wait_ready(b))
+    async with (
+        aiohttp.ClientSession() as s,
+        ws_connect(s, a.ws_url, w.patient_token) as pat_a,
+        ws_connect(s, b.ws_url, w.patient_token) as pat_b,
+        ws_connect(s, a.ws_url, w.doctor.token) as doc,
+    ):
+        for ws in (pat_a, pat_b, doc):
+            await ws.send({"type": "subscribe", "id": "sub", "conversation_id": cid, "after": 0})
+            assert (await ws.reply("sub"))["type"] == "subscribed"
+        async with s.post(
+            b.url + "/api/v1/auth/logout", headers={"Authorization": f"Bearer {w.patient_token}"}
+        ) as r:
+            assert r.status < 300, await r.text()
+        t0 = asyncio.get_running_loop().time()
+        for ws in (pat_a, pat_b):
+            last = await _closed_with(ws)
+            assert last["type"] == "error" and last["code"] == "session-revoked", last
+        print(f"sockets closed {asyncio.get_running_loop().time() - t0:.2f} s after logout")
+        # The doctor's session is another one: it still reads and writes.
+        await doc.send(
+            {"type": "send", "id": "m", "conversation_id": cid, "client_id": "m", "body": "hi"}
+        )
+        assert (await doc.reply("m"))["type"] == "ack"
+        # A change of rights (here by SQL, as an operator would) ends the user's sockets.
+        await api.app[keys.DB].execute(
+            "UPDATE users SET role = 'clinic_staff' WHERE id = $1", uuid.UUID(w.doctor.user_id)
+        )
+        last = await _closed_with(doc)
+        assert last["code"] == "session-revoked", last
+
+
+async def test_liveness_check_closes_sockets_whose_revocation_message_was_lost(
+    api: Api,
+) -> None:
+    w = await make_world(api)
+    hub = api.app[CHAT].hub
+    async with (
+        aiohttp.ClientSession() as s,
+        ws_connect(s, str(api.client.make_url("/api/v1/chat/ws")), w.patient_token) as pat,
+    ):
+        await pat.send({"type": "ping", "id": "p"})
+        await pat.reply("p")
+        assert await hub.check_liveness() == 0
+        # Revoke with the triggers off: no auth.revoked message is ever sent.
+        async with api.app[keys.DB].acquire() as conn:
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute("UPDATE token_families SET revoked_at = now()")
+            await conn.execute("RESET session_replication_role")
+        await asyncio.sleep(0.5)
+        assert not pat.closed
+        assert await hub.check_liveness() == 1
+        last = await _closed_with(pat)
+        assert last["code"] == "session-revoked"
