@@ -72,6 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--deny-peer", action="append", metavar="CIDR", help="also refuse peers in CIDR")
     add("--user-quota", type=int, help="allocations per user (default 10)")
+    add(
+        "--anonymous-quota",
+        type=int,
+        help="allocations per anonymous patient session, users anon-* (default 2)",
+    )
     add("--total-quota", type=int, help="allocations in total (default 10000)")
     add("--max-bps", type=int, help="bits/s per allocation, both ways; 0 = unlimited")
     add("--max-permissions", type=int, help="permissions per allocation (default 64)")
@@ -119,6 +124,7 @@ def config_from_args(args: argparse.Namespace, base: TurnConfig | None = None) -
         ("max_port", "max_port"),
         ("realm", "realm"),
         ("user_quota", "user_quota"),
+        ("anonymous_quota", "anonymous_quota"),
         ("total_quota", "total_quota"),
         ("max_bps", "max_bps"),
         ("max_permissions", "max_permissions"),

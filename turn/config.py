@@ -86,8 +86,13 @@ class TurnConfig:
     channel_lifetime: int = 600
     reservation_lifetime: int = 30
 
-    # Quotas.
+    # Quotas, per user: the part after ``expiry:`` of a REST username, so
+    # every credential of one user shares one count. Anonymous patient
+    # sessions (``anon-<id>``, turn.credentials.ANONYMOUS_PREFIX) are cheap to
+    # start, so they get a small quota: one call needs one allocation per
+    # peer connection.
     user_quota: int = 10
+    anonymous_quota: int = 2
     total_quota: int = 10000
     max_permissions: int = 64
     max_bps: int = 0  # bits per second per allocation, both ways; 0 means unlimited

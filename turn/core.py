@@ -42,7 +42,7 @@ from turn.allocation import (
     next_state,
 )
 from turn.config import TurnConfig
-from turn.credentials import CredentialVerifier, NonceFactory
+from turn.credentials import ANONYMOUS_PREFIX, CredentialVerifier, NonceFactory
 from turn.errors import StunParseError, StunRequestError
 from turn.policy import PeerPolicy
 from turn.stun import (
@@ -565,7 +565,8 @@ class TurnCore:
         if family not in self.relay_ips:
             raise StunRequestError(440)
         cfg = self.config
-        if self.by_user.get(user, 0) >= cfg.user_quota:
+        quota = cfg.anonymous_quota if user.startswith(ANONYMOUS_PREFIX) else cfg.user_quota
+        if self.by_user.get(user, 0) >= quota:
             metrics.QUOTA_REFUSALS.labels("user").inc()
             raise StunRequestError(486)
         if len(self.allocations) >= cfg.total_quota:

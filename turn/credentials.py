@@ -28,6 +28,15 @@ from turn.errors import StunRequestError
 from turn.stun import long_term_key
 
 REST_SEPARATOR = ":"
+#: The user part of an anonymous patient session's username: ``anon-<user id>``.
+#: The relay gives such users ``anonymous_quota`` allocations, not ``user_quota``.
+ANONYMOUS_PREFIX = "anon-"
+
+
+def rest_user(user_id: str, *, anonymous: bool) -> str:
+    """The user part of a REST username for an account: its stable id, so the
+    relay counts allocations per person, not per credential."""
+    return ANONYMOUS_PREFIX + user_id if anonymous else user_id
 
 
 def rest_password(secret: str, username: str) -> str:
@@ -121,7 +130,9 @@ class CredentialVerifier:
 
     @staticmethod
     def user_of(username: str) -> str:
-        """The quota bucket of a username: the user part of ``expiry:user``."""
+        """The quota bucket of a username: the user part of ``expiry:user``, the
+        same for every credential minted for that user (a fresh credential is
+        no fresh quota)."""
         if rest_expiry(username) is not None:
             return username.split(REST_SEPARATOR, 1)[1] if REST_SEPARATOR in username else ""
         return username

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from turn.aio import TurnServer
 from turn.config import TurnConfig
-from turn.credentials import ice_server
-from wadud import keys
+from turn.credentials import ice_server, rest_user
+from wadud import keys, ratelimit
 from wadud.api import ApiModel, Call, Routes
 
 log = logging.getLogger("wadud.turn.http")
@@ -40,9 +40,15 @@ async def turn_credentials(call: Call[None, None]) -> IceServers:
     """Short-lived TURN credentials and URLs for the caller.
 
     REST credentials in coturn's ``use-auth-secret`` form (username
-    ``expiry:user-id``, password the base64 HMAC-SHA1 of it), valid for
-    ``turn_credential_ttl`` seconds."""
-    settings = call.settings
+    ``expiry:user-id``, or ``expiry:anon-user-id`` for an anonymous session,
+    password the base64 HMAC-SHA1 of it), valid for ``turn_credential_ttl``
+    seconds. The relay's quota counts allocations per user id, whatever the
+    credential; how often a user may ask is limited too."""
+    settings, me = call.settings, call.user
+    rate = ratelimit.Rate(settings.turn_credentials_burst, settings.turn_credentials_per_hour)
+    await call.request.app[ratelimit.LIMITER].take(
+        "turn-credentials", str(me.user_id), rate, "TURN credential requests"
+    )
     embedded = call.request.app.get(EMBEDDED)
     if embedded is not None:
         secret, urls = embedded.config.secrets[0], embedded.urls()
@@ -50,9 +56,8 @@ async def turn_credentials(call: Call[None, None]) -> IceServers:
         secret, urls = settings.turn_secrets[0], settings.turn_urls
     else:
         return IceServers(ice_servers=[])
-    entry = ice_server(
-        secret, str(call.user.user_id), settings.turn_credential_ttl, time.time(), urls
-    )
+    user = rest_user(str(me.user_id), anonymous=me.anonymous)
+    entry = ice_server(secret, user, settings.turn_credential_ttl, time.time(), urls)
     return IceServers(ice_servers=[IceServer.model_validate(entry)])
 
 
