@@ -33,7 +33,15 @@ if TYPE_CHECKING:
 
     from wadud.app import Installer
 
-__all__ = ["Role", "build_app", "check_settings", "features", "in_process", "installers", "role_app"]
+__all__ = [
+    "Role",
+    "build_app",
+    "check_settings",
+    "features",
+    "in_process",
+    "installers",
+    "role_app",
+]
 
 Role = Literal["serve", "api"]
 
@@ -61,7 +69,7 @@ def features() -> list[Installer]:
     from wadud import accounts, ops
 
     return [
-        ops.routes.install,
+        ops.install,
         accounts.routes.install,
         turn.http.install,
         booking.http.install,

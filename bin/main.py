@@ -121,6 +121,10 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
             media_node_id=args.node_id,
         )
     settings = config.load(file=getattr(args, "config", None), overrides=overrides)
+    if settings.metrics_listen and args.command in ("serve", "api"):
+        from wadud.ops import listen_address
+
+        listen_address(settings.metrics_listen)  # a typo fails at start, not at first scrape
     return assembly.check_settings(settings)
 
 
@@ -143,6 +147,8 @@ def cmd_serve(settings: config.Settings, *, role: str) -> int:
                 f"Open {settings.base_url}/demo for a test call between two browser tabs",
                 flush=True,
             )
+        if settings.metrics_listen:
+            print(f"Prometheus metrics: http://{settings.metrics_listen}/metrics", flush=True)
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -6,13 +6,16 @@ by one collector, as ``turn.metrics`` does for the relay: the forwarding path
 only bumps plain integers on its own objects, because a labelled
 ``Counter.inc()`` takes a lock and costs more than forwarding the packet.
 
-Per room: participants, tracks and the forwarder's counters (received,
-forwarded, duplicates, NACKs, keyframe requests, ...). Per peer (room,
-participant, direction): packets and bytes received, RTCP received and sent,
-packets and payload bytes sent, SRTP failures, whether its transport is up,
-and what RTCP tells about its leg: packets lost from a publisher (RFC 3550
-A.3), a subscriber leg's round-trip time (RFC 3550 6.4.1), the REMB estimate
-sent to a publisher.
+No label names a room, booking or participant (issue 12, finding 1): they
+would tell anyone who reads /metrics which consultations are live, and a series
+per room or peer grows without bound. Peers are summed by direction: packets
+and bytes received, RTCP received and sent, packets and payload bytes sent,
+SRTP failures, transport-cc feedback (counters that keep what departed peers
+counted), how many are connected, and the mean, min and max of what RTCP tells
+about their legs (loss from publishers, RFC 3550 A.3; round-trip time, RFC 3550
+6.4.1; the REMB estimate). Per-room detail stays in each worker's
+:meth:`~sfu.worker.MediaWorker.snapshot`.
+
 Worker-wide: datagrams dropped by reason (garbage, strangers, refused STUN,
 ...) and forwarder totals that include rooms already closed, so they never go
 down.
@@ -20,7 +23,9 @@ down.
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +90,13 @@ def register_worker(worker: MediaWorker) -> None:
 
 
 class _WorkerCollector(Collector):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: Peer counters at the last scrape, by (worker, port, room, participant, direction).
+        self._last: dict[tuple[Any, ...], dict[str, int]] = {}
+        #: What peers that are gone had counted, by (counter, direction).
+        self._gone: Counter[tuple[str, str]] = Counter()
+
     def collect(self) -> Iterator[Metric]:
         snapshots: list[dict[str, Any]] = [w.snapshot() for w in list(_WORKERS)]
         workers = GaugeMetricFamily("sfu_workers", "Media workers running in this process.")
@@ -115,41 +127,66 @@ class _WorkerCollector(Collector):
         for key, value in sorted(merged_totals.items()):
             totals.add_metric([key], value)
 
+        # No room, booking or participant names as label values: they name
+        # live consultations to whoever can read /metrics, and a series per
+        # room or peer grows without bound. Per-room detail is in each
+        # worker's snapshot(), for admins; here everything is summed.
         participants = GaugeMetricFamily(
-            "sfu_room_participants", "Participants with media state in a room.", labels=["room"]
+            "sfu_participants", "Participants with media state on this process's workers."
         )
-        tracks = GaugeMetricFamily(
-            "sfu_room_tracks", "Published tracks in a room.", labels=["room"]
+        tracks = GaugeMetricFamily("sfu_tracks", "Published tracks on this process's workers.")
+        peers = GaugeMetricFamily(
+            "sfu_peers",
+            "Peer transports by direction and whether they are connected.",
+            labels=["direction", "state"],
         )
-        room_rtp = CounterMetricFamily(
-            "sfu_room_rtp", "A room's forwarder counters, by event.", labels=["room", "event"]
-        )
-        peer_labels = ["room", "participant", "direction"]
-        connected = GaugeMetricFamily(
-            "sfu_peer_connected", "1 when the peer's transport is connected.", labels=peer_labels
-        )
-        peer_families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
-            key: CounterMetricFamily(name, text, labels=peer_labels)
-            for key, name, text in _PEER_COUNTERS
-        }
-        peer_families.update(
-            (key, GaugeMetricFamily(name, text, labels=peer_labels))
-            for key, name, text in _PEER_GAUGES
-        )
-        for s in snapshots:
+        live: dict[tuple[Any, ...], dict[str, int]] = {}
+        peer_counts: dict[tuple[str, str], int] = {}
+        gauges: dict[tuple[str, str], list[float]] = {}
+        n_participants = n_tracks = 0
+        for index, s in enumerate(snapshots):
             for room in s["rooms"]:
-                name = room["room"]
-                participants.add_metric([name], room["participants"])
-                tracks.add_metric([name], room["tracks"])
-                for event, value in sorted(room["stats"].items()):
-                    room_rtp.add_metric([name, event], value)
+                n_participants += room["participants"]
+                n_tracks += room["tracks"]
                 for peer in room["peers"]:
-                    labels = [name, peer["participant"], peer["direction"]]
-                    connected.add_metric(labels, 1 if peer["state"] == "connected" else 0)
-                    for key, family in peer_families.items():
-                        value = peer.get(key)
-                        if value is not None:
-                            family.add_metric(labels, value)
+                    direction = peer["direction"]
+                    state = "connected" if peer["state"] == "connected" else "other"
+                    peer_counts[(direction, state)] = peer_counts.get((direction, state), 0) + 1
+                    ident = (index, s.get("port"), room["room"], peer["participant"], direction)
+                    live[ident] = {
+                        key: int(peer[key])
+                        for key, _, _ in _PEER_COUNTERS
+                        if peer.get(key) is not None
+                    }
+                    for key, _, _ in _PEER_GAUGES:
+                        if peer.get(key) is not None:
+                            gauges.setdefault((key, direction), []).append(float(peer[key]))
+        participants.add_metric([], n_participants)
+        tracks.add_metric([], n_tracks)
+        for direction in ("publish", "subscribe"):
+            for state in ("connected", "other"):
+                peers.add_metric([direction, state], peer_counts.get((direction, state), 0))
+        totals_by = self._peer_totals(live)
+        counters = []
+        for key, name, text in _PEER_COUNTERS:
+            family = CounterMetricFamily(
+                name, text + " Summed over peers, gone ones included.", labels=["direction"]
+            )
+            for direction in ("publish", "subscribe"):
+                family.add_metric([direction], totals_by.get((key, direction), 0))
+            counters.append(family)
+        summaries = []
+        for key, name, text in _PEER_GAUGES:
+            summary = GaugeMetricFamily(
+                name, text + " Over the peers that have one.", labels=["direction", "stat"]
+            )
+            for direction in ("publish", "subscribe"):
+                values = gauges.get((key, direction))
+                if values:
+                    summary.add_metric([direction, "mean"], sum(values) / len(values))
+                    summary.add_metric([direction, "max"], max(values))
+                    summary.add_metric([direction, "min"], min(values))
+            summaries.append(summary)
         yield workers
         yield rooms
         yield transports
@@ -157,9 +194,27 @@ class _WorkerCollector(Collector):
         yield totals
         yield participants
         yield tracks
-        yield room_rtp
-        yield connected
-        yield from peer_families.values()
+        yield peers
+        yield from counters
+        yield from summaries
+
+    def _peer_totals(
+        self, live: dict[tuple[Any, ...], dict[str, int]]
+    ) -> dict[tuple[str, str], int]:
+        """Per-direction sums of peer counters that never go down: a peer that
+        left (or whose counters restarted) keeps what it had at the last scrape."""
+        with self._lock:
+            for ident, values in self._last.items():
+                now = live.get(ident)
+                if now is None or any(now.get(k, 0) < v for k, v in values.items()):
+                    for key, value in values.items():
+                        self._gone[(key, ident[-1])] += value
+            self._last = live
+            out: dict[tuple[str, str], int] = dict(self._gone)
+            for ident, values in live.items():
+                for key, value in values.items():
+                    out[(key, ident[-1])] = out.get((key, ident[-1]), 0) + value
+            return out
 
 
 COLLECTOR = _WorkerCollector()

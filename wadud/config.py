@@ -69,6 +69,20 @@ class Settings:
     log_format: str = field(
         default="json", metadata=_doc("json (one object per line) or text (for a terminal).")
     )
+    metrics_listen: str = field(
+        default="",
+        metadata=_doc(
+            "ADDR:PORT of a listener of its own that serves Prometheus /metrics, e.g."
+            " 127.0.0.1:9100. Empty: no metrics. The public port never serves /metrics."
+        ),
+    )
+    metrics_token: str = field(
+        default="",
+        metadata=_doc(
+            "When set, the metrics listener answers only `Authorization: Bearer TOKEN`"
+            " (401 otherwise); for a listener other hosts can reach."
+        ),
+    )
     # [database]
     database_url: str = field(
         default="",

@@ -1,16 +1,29 @@
-"""Operational endpoints: liveness, readiness, metrics, the OpenAPI document
-and the landing page."""
+"""Operational endpoints: liveness, readiness, the OpenAPI document and the
+landing page on the public port; Prometheus metrics on a listener of their own.
+
+Metrics never go on the public port (issue 12, finding 1): they describe the
+service to anyone who reads them. ``metrics_listen`` opens a second, tiny
+aiohttp site (like ``wadud turn --metrics-listen`` and ``wadud media
+--http``) that serves only ``/metrics``, optionally behind
+``metrics_token`` (``Authorization: Bearer``, compared in constant time).
+"""
 
 from __future__ import annotations
 
+import hmac
 import html
+import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from wadud import __version__, keys, metrics, migrate
 from wadud.api import ApiModel, Call, Routes, openapi
+from wadud.errors import ConfigError
 
-routes = Routes("ops", "Health, readiness, metrics and API description.")
+log = logging.getLogger("wadud.ops")
+
+routes = Routes("ops", "Health, readiness and API description.")
 
 
 class Health(ApiModel):
@@ -62,18 +75,6 @@ async def readyz(call: Call[None, None]) -> web.Response:
 
 
 @routes.get(
-    "/metrics",
-    auth="public",
-    returns={"content": {"text/plain": {"schema": {"type": "string"}}}},
-)
-async def metrics_page(call: Call[None, None]) -> web.Response:
-    """Prometheus metrics, text exposition format."""
-    resp = web.Response(body=metrics.generate_latest())
-    resp.headers["Content-Type"] = metrics.CONTENT_TYPE_LATEST
-    return resp
-
-
-@routes.get(
     "/api/v1/openapi.json",
     auth="public",
     returns={"content": {"application/json": {"schema": {"type": "object"}}}},
@@ -104,6 +105,66 @@ padding:0 1rem}}</style>
 <p>Telehealth real-time communications server, running at <code>{base}</code>.</p>
 <ul>{items}
 <li><a href="/api/v1/openapi.json">API description (OpenAPI 3.1)</a></li>
-<li><a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a> &middot;
-<a href="/metrics">/metrics</a></li></ul></body></html>"""
+<li><a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a></li>
+</ul></body></html>"""
     return web.Response(text=page, content_type="text/html")
+
+
+# -- the metrics listener ------------------------------------------------------------
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` as (host, port); ConfigError otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"metrics_listen = {value!r} is not ADDR:PORT")
+    return host, int(port)
+
+
+def metrics_app(token: str = "") -> web.Application:
+    """The metrics listener's app: ``GET /metrics`` and nothing else."""
+
+    async def page(request: web.Request) -> web.Response:
+        if token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return web.Response(
+                    status=401,
+                    text="scrape with Authorization: Bearer <metrics_token>\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
+        resp = web.Response(body=metrics.generate_latest())
+        resp.headers["Content-Type"] = metrics.CONTENT_TYPE_LATEST
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/metrics", page)
+    return app
+
+
+#: The metrics listener's runner, when one is open (tests read its port).
+METRICS_RUNNER = web.AppKey("metrics_runner", web.AppRunner)
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    if not settings.metrics_listen:
+        yield
+        return
+    host, port = listen_address(settings.metrics_listen)
+    runner = web.AppRunner(metrics_app(settings.metrics_token), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        app[METRICS_RUNNER] = runner
+        log.info("metrics listener open", extra={"address": settings.metrics_listen})
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def install(app: web.Application) -> None:
+    """The public operational routes, and the metrics listener when configured."""
+    routes.install(app)
+    app.cleanup_ctx.append(_metrics_listener)

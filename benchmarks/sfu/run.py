@@ -144,6 +144,8 @@ class Server:
     def __init__(self, work: Path, participants: int, *, gc_log: bool = False) -> None:
         self.port = free_port()
         self.media_port = free_port(socket.SOCK_DGRAM)
+        # Metrics are on a listener of their own, never the public port.
+        metrics_port = free_port()
         data = self.data = work / "data"
         data.mkdir()
         env = {
@@ -153,6 +155,7 @@ class Server:
             "WADUD_MEDIA_PORT": str(self.media_port),
             "WADUD_TURN_EMBEDDED": "false",
             "WADUD_CALL_MAX_PARTICIPANTS": str(participants),
+            "WADUD_METRICS_LISTEN": f"{HOST}:{metrics_port}",
             "WADUD_LOG_LEVEL": "warning",
             # The checkout, not whatever an older editable install maps.
             "PYTHONPATH": str(ROOT),
@@ -173,6 +176,7 @@ class Server:
         )
         self.ps = psutil.Process(self.proc.pid)
         self.base = f"http://{HOST}:{self.port}"
+        self.metrics_base = f"http://{HOST}:{metrics_port}"
 
     async def ready(self, session: aiohttp.ClientSession, within: float = 60.0) -> None:
         end = time.monotonic() + within
@@ -195,7 +199,7 @@ class Server:
     async def rtp_totals(self, session: aiohttp.ClientSession) -> dict[str, int]:
         """The worker's forwarder totals (``sfu_rtp_total`` by event) from /metrics,
         summed over workers (a media node labels each by ``worker``)."""
-        async with session.get(self.base + "/metrics") as r:
+        async with session.get(self.metrics_base + "/metrics") as r:
             text = await r.text()
         totals: Counter[str] = Counter()
         pattern = r'^sfu_rtp_total\{event="([a-z_]+)"(?:,[^}]*)?\} (\S+)$'
@@ -273,6 +277,7 @@ class MediaNode(Server):
         )
         self.ps = psutil.Process(self.proc.pid)
         self.base = f"http://{HOST}:{self.port}"
+        self.metrics_base = self.base  # the node's --http listener is private already
         self._worker_pid = 0
 
     async def ready(self, session: aiohttp.ClientSession, within: float = 60.0) -> None:

@@ -1,21 +1,28 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
+from typing import Any
 
-from tests.conftest import Api
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bin.assembly import build_app
+from tests.conftest import Api, free_port
 from wadud import keys
 from wadud.api import Role
+from wadud.config import Settings
 
 
 async def test_health_ready_metrics_openapi(api: Api) -> None:
     assert (await api.get("/healthz", expect=200)) == {"status": "ok"}
     ready = await api.get("/readyz", expect=200)
     assert ready["status"] == "ready" and ready["migrations"]
-    text = await api.get("/metrics", expect=200)
-    assert "wadud_http_requests_total" in text and "wadud_db_pool_connections" in text
-    assert "wadud_outbox_lag_seconds" in text
+    # Metrics are on a listener of their own, never the public port.
+    await api.get("/metrics", expect=404)
     doc = await api.get("/api/v1/openapi.json", expect=200)
     assert doc["openapi"] == "3.1.0"
     # Every served route is described.
@@ -112,3 +119,41 @@ async def test_nul_characters_are_422_not_500(api: Api) -> None:
         "/api/v1/auth/login", {"email": "a\u0000@b.test", "password": "x\u0000"}, expect=422
     )
     assert body["code"] == "validation-error"
+
+
+async def test_metrics_only_on_their_own_listener_and_with_the_token(
+    settings: Settings,
+) -> None:
+    """Issue 12, finding 1: /metrics was public. Now the public port answers
+    404, and the metrics listener answers 401 without the scrape token."""
+    port = free_port()
+    app = build_app(
+        dataclasses.replace(
+            settings, metrics_listen=f"127.0.0.1:{port}", metrics_token="scrape-" + "t" * 24
+        )
+    )
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        async with client.get("/metrics") as r:
+            assert r.status == 404
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url) as r:
+                assert r.status == 401
+            async with s.get(url, headers={"Authorization": "Bearer wrong"}) as r:
+                assert r.status == 401
+            auth = {"Authorization": "Bearer scrape-" + "t" * 24}
+            async with s.get(url, headers=auth) as r:
+                assert r.status == 200
+                text = await r.text()
+            async with s.get(f"http://127.0.0.1:{port}/healthz", headers=auth) as r:
+                assert r.status == 404  # metrics only
+        assert "wadud_http_requests_total" in text and "wadud_db_pool_connections" in text
+        assert "wadud_outbox_lag_seconds" in text
+    finally:
+        await client.close()
+    # Closed with the app.
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await s.get(f"http://127.0.0.1:{port}/metrics")
