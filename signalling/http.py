@@ -9,22 +9,24 @@ one in ``wadud serve``), so the order of installers does not matter.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
+import asyncpg
 from aiohttp import web
 
 import booking.calls
 from sfu.control import MediaControl
 from sfu.http import MEDIA
 from sfu.rpc import MediaClient
+from signalling import errors
 from signalling.cluster import Cluster
 from signalling.placement import Placement
 from signalling.service import CallService
 from turn.credentials import ice_server
-from wadud import keys
+from wadud import keys, revocation
 from wadud.auth import RoomGrant
 
 CALLS = web.AppKey("calls", CallService)
@@ -70,8 +72,13 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
             await client.start()
 
-    async def guard(grant: RoomGrant) -> str | None:
-        return await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
+    async def guard(grant: RoomGrant) -> None:
+        if grant.sid and not await _session_live(app[keys.DB], grant.identity, grant.sid):
+            raise errors.Unauthorized("you signed out since this link was made")
+        if grant.booking:
+            why = await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
+            if why is not None:
+                raise errors.BookingClosed(why)
 
     service = CallService(
         settings,
@@ -83,17 +90,52 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         guard=guard,
     )
     app[CALLS] = service
-    ending = asyncio.create_task(_end_cancelled(app, service), name="call-booking-ends")
+    listeners = [
+        asyncio.create_task(_end_cancelled(app, service), name="call-booking-ends"),
+        asyncio.create_task(_revocations(app, service), name="call-revocations"),
+    ]
     try:
         await service.start()
         yield
     finally:
-        ending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ending
+        for task in listeners:
+            task.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
         await service.close()
         if client is not None:
             await client.close()
+
+
+async def _session_live(pool: asyncpg.Pool, identity: str, sid: str) -> bool:
+    """The sign-in session a link was issued to still stands (not revoked, the
+    account neither disabled nor gone)."""
+    try:
+        user, family = UUID(identity), UUID(sid)
+    except ValueError:
+        return False
+    return bool(
+        await pool.fetchval(
+            """SELECT f.revoked_at IS NULL AND NOT u.disabled
+               FROM token_families f JOIN users u ON u.id = f.user_id
+               WHERE f.id = $1 AND f.user_id = $2""",
+            family,
+            user,
+        )
+    )
+
+
+async def _revocations(app: web.Application, service: CallService) -> None:
+    """``auth.revoked`` (wadud.revocation): the account's participants leave
+    the calls whose links came from the revoked session."""
+    sub = await app[keys.BUS].subscribe(revocation.TOPIC)
+    try:
+        async for msg in sub:
+            rev = revocation.parse(msg.data)
+            if rev is not None:
+                family = str(rev.family_id) if rev.family_id is not None else None
+                service.revoked(str(rev.user_id), family)
+    finally:
+        await sub.close()
 
 
 async def _end_cancelled(app: web.Application, service: CallService) -> None:

@@ -507,6 +507,20 @@ class Room:
         out.append(MediaCloseRoom())
         return out
 
+    def revoke(self, identity: str, sid: str | None) -> list[Output]:
+        """The account ``identity`` signed out of session ``sid`` (None: every
+        session; its rights changed): its participants whose links came from
+        that session leave (``removed``, reason ``signed-out``; close 4401)."""
+        out: list[Output] = []
+        for p in list(self.participants.values()):
+            if p.grant.identity != identity or (sid is not None and p.grant.sid != sid):
+                continue
+            out += self._to(p, reply("removed", reason="signed-out"))
+            out += self._depart(
+                p, Event.REMOVE, "signed-out", close=(errors.CLOSE_UNAUTHORIZED, "signed out")
+            )
+        return out + self._maybe_close()
+
     def _depart(
         self,
         p: Participant,

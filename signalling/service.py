@@ -417,7 +417,7 @@ class CallService:
         cluster: Cluster | None = None,
         placement: Placement | None = None,
         media_client: MediaClient | None = None,
-        guard: Callable[[RoomGrant], Awaitable[str | None]] | None = None,
+        guard: Callable[[RoomGrant], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self._get_media = media
@@ -426,7 +426,8 @@ class CallService:
         self.cluster = cluster
         self.placement = placement
         self.media_client = media_client
-        #: Why a grant no longer opens its room (a booking's link), or None.
+        #: Raises the refusal of a grant that no longer opens its room (the
+        #: link's booking or sign-in session is over), at join and resume.
         self.guard = guard
         self.rooms: dict[str, CallRoom] = {}
         self.lanes: dict[str, MediaLane] = {}
@@ -816,10 +817,8 @@ class CallService:
             raise errors.Unauthorized(exc.detail) from exc
         if isinstance(conn, Connection) and conn.room_hint not in (None, grant.room):
             raise errors.WrongRoom("the token is for another room than this link's")
-        if grant.booking and self.guard is not None:
-            refusal = await self.guard(grant)
-            if refusal is not None:
-                raise errors.BookingClosed(refusal)
+        if self.guard is not None:
+            await self.guard(grant)
         if await self._is_ended(grant.room, loop.time()):
             raise errors.RoomEnded("this room was ended")
         # Ownership may have moved while this frame travelled.
@@ -913,6 +912,13 @@ class CallService:
             if not writer.done():
                 writer.cancel()
         return ws
+
+    def revoked(self, identity: str, sid: str | None) -> None:
+        """An account signed out or lost its rights: its participants leave
+        every room this replica owns (each replica hears the bus event)."""
+        for room in list(self.rooms.values()):
+            if any(p.grant.identity == identity for p in room.core.participants.values()):
+                self.apply(room, room.core.revoke(identity, sid))
 
     def end_room(self, name: str, reason: str) -> None:
         """End room ``name`` if it runs here (its owner): everyone is sent away."""

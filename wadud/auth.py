@@ -329,6 +329,9 @@ class RoomGrant:
     #: booking's links stop working before their token expires.
     booking: str = ""
     slot: str = ""
+    #: The sign-in session (token family) the link was issued to: signing out
+    #: of it, or any revocation of the account, ends the link and the call.
+    sid: str = ""
 
 
 def issue_room_token(
@@ -353,6 +356,8 @@ def issue_room_token(
         claims["region"] = grant.region
     if grant.booking:
         claims["booking"] = {"id": grant.booking, "slot": grant.slot}
+    if grant.sid:
+        claims["sid"] = grant.sid
     return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
 
 
@@ -380,6 +385,7 @@ def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> R
             region=str(c.get("region") or ""),
             booking=str((c.get("booking") or {}).get("id") or ""),
             slot=str((c.get("booking") or {}).get("slot") or ""),
+            sid=str(c.get("sid") or ""),
         )
     except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
         raise InvalidToken(str(exc) or "invalid room token") from exc

@@ -469,6 +469,7 @@ async def video_link(call: Call[None, None]) -> VideoLink:
         admin=not is_patient,
         booking=str(row["id"]),
         slot=row["starts_at"].isoformat(),
+        sid=str(me.family_id) if me.family_id else "",
     )
     not_before = row["starts_at"] - EARLY_JOIN
     expires = row["ends_at"]

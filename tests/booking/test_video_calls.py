@@ -91,3 +91,24 @@ async def test_a_completed_booking_s_links_stop_working_on_resume(
             )
             assert answer["code"] == "booking-closed"
             assert await again.closed_with() == 4410
+
+
+async def test_signing_out_ends_the_call_and_the_link(api: Api, doctor: Doctor) -> None:
+    """Issue 12, finding 7 for calls: logout reaches a live call socket, and
+    the link made in that session no longer joins."""
+    _bid, patient, pt_link, dr_link = await _live_booking(api, doctor)
+    async with joined(api, dr_link) as (dr, _dj), joined(api, pt_link) as (pt, pj):
+        assert pj["type"] == "joined"
+        await api.post("/api/v1/auth/logout", token=patient, expect=204)
+        removed = await pt.type("removed")
+        assert removed["reason"] == "signed-out"
+        assert await pt.closed_with() == 4401
+        left = await dr.type("participant_left")
+        assert left["reason"] == "signed-out"
+    async with connect(api) as ws:
+        answer = await ws.request({"type": "join", "token": pt_link}, "j")
+        assert answer["code"] == "unauthorized"
+        assert await ws.closed_with() == 4401
+    # The doctor's link (another session) still works.
+    async with joined(api, dr_link) as (_ws, again):
+        assert again["type"] == "joined"
