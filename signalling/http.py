@@ -32,7 +32,7 @@ from wadud.auth import RoomGrant
 CALLS = web.AppKey("calls", CallService)
 
 
-def ice_servers_for(app: web.Application, participant_id: str) -> list[dict[str, Any]]:
+def ice_servers_for(app: web.Application, identity: str) -> list[dict[str, Any]]:
     """``RTCIceServer`` entries for ``joined``: our TURN relay with short-lived
     REST credentials (the same as ``GET /api/v1/turn/credentials``), from the
     embedded relay of ``wadud serve`` or the configured secret and URLs; empty
@@ -47,7 +47,7 @@ def ice_servers_for(app: web.Application, participant_id: str) -> list[dict[str,
         secret, urls = settings.turn_secrets[0], list(settings.turn_urls)
     else:
         return []
-    return [ice_server(secret, participant_id, settings.turn_credential_ttl, time.time(), urls)]
+    return [ice_server(secret, identity, settings.turn_credential_ttl, time.time(), urls)]
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:

@@ -434,7 +434,9 @@ class Room:
             room=self.name,
             participant=participant_info(p, grants=True),
             session=p.session,
-            ice_servers=self._ice_servers(p.id),
+            # TURN credentials name the person, not this participant: the
+            # relay's quota is per stable identity, however often one rejoins.
+            ice_servers=self._ice_servers(p.grant.identity),
             participants=others,
             tracks=[track_info(t) for t in self.tracks()],
             waiting=[participant_info(w) for w in self.waiting()] if p.admin else [],

@@ -95,7 +95,7 @@ def test_doctor_first_then_patient_joins_directly() -> None:
         "grants": {"publish": True, "subscribe": True, "admin": True},
     }
     assert joined["session"] == "s-1"
-    assert joined["ice_servers"][0]["username"] == "p-1"
+    assert joined["ice_servers"][0]["username"] == "dr-amina"
     assert (joined["participants"], joined["tracks"], joined["waiting"]) == ([], [], [])
     assert joined["ping_interval"] == 15.0
     pt = room.join("c-pt", PATIENT, 1.0, ref="j")

@@ -150,7 +150,8 @@ async def test_ice_servers_come_from_the_configured_relay(settings: Settings) ->
             [server] = j["ice_servers"]
             assert server["urls"] == ["turn:turn.example:3478"]
             expiry, user = server["username"].split(":")
-            assert user == j["participant"]["id"] and int(expiry) > 0
+            # The person's identity: the relay's quota follows it across rejoins.
+            assert user == "dr-amina" and int(expiry) > 0
             from turn.credentials import rest_password
 
             assert server["credential"] == rest_password("relay-secret", server["username"])
