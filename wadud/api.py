@@ -206,6 +206,9 @@ class Endpoint:
     params: list[tuple[str, str | None]]
     raw_body: dict[str, Any] | None = None
     responses: dict[int, str] = field(default_factory=dict)
+    #: Request headers the handler reads, name to JSON schema (documented, so
+    #: the schemathesis run sends them too).
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Routes:
@@ -226,6 +229,7 @@ class Routes:
         auth: Auth = "any",
         raw_body: dict[str, Any] | None = None,
         responses: dict[int, str] | None = None,
+        headers: dict[str, dict[str, Any]] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler. ``auth``: ``"public"`` (no token looked at),
         ``"optional"`` (a token if given), ``"any"`` (any valid token), or a set
@@ -260,6 +264,7 @@ class Routes:
                     params=params,
                     raw_body=raw_body,
                     responses=dict(responses or {}),
+                    headers=dict(headers or {}),
                 )
             )
             return fn
@@ -426,6 +431,8 @@ def openapi(endpoints: list[Endpoint], *, title: str, version: str) -> dict[str,
                         **({"explode": True} if prop.get("type") == "array" else {}),
                     }
                 )
+        for name, h_schema in ep.headers.items():
+            params.append({"name": name, "in": "header", "required": False, "schema": h_schema})
         if params:
             op["parameters"] = params
         if ep.body is not None:

@@ -503,6 +503,13 @@ async def payment_return_post(call: Call[None, None]) -> web.StreamResponse:
         "description": "The gateway's notification exactly as signed.",
         "content": {"application/json": {"schema": {"type": "object"}}},
     },
+    headers={
+        "Wadud-Signature": {
+            "type": "string",
+            "pattern": "^t=[0-9]+,v1=[0-9a-f]+$",
+            "description": "t=UNIX_SECONDS,v1=HEX_HMAC_SHA256 (Stripe's recipe).",
+        }
+    },
 )
 async def webhook(call: Call[None, None]) -> WebhookAck:
     """A gateway's server-to-server notification.
