@@ -182,16 +182,19 @@ def decode_access_token(settings: Settings, token: str) -> Principal:
 
 
 async def principal_is_live(conn: asyncpg.Pool | asyncpg.Connection, principal: Principal) -> bool:
-    """False when the token's family was revoked (logout, reuse) or the user
-    was disabled since the token was issued."""
+    """False when the token's family was revoked (logout, reuse), the user was
+    disabled, or the user's role or clinic is no longer the one the token
+    names (a demoted doctor's token does not keep a doctor's rights)."""
     row = await conn.fetchrow(
-        """SELECT u.disabled, f.revoked_at
+        """SELECT u.disabled, u.role, u.clinic_id, f.revoked_at
            FROM users u LEFT JOIN token_families f ON f.id = $2 AND f.user_id = u.id
            WHERE u.id = $1""",
         principal.user_id,
         principal.family_id,
     )
     if row is None or row["disabled"]:
+        return False
+    if row["role"] != principal.role.value or row["clinic_id"] != principal.clinic_id:
         return False
     return principal.family_id is None or row["revoked_at"] is None
 

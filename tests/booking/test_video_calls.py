@@ -75,11 +75,9 @@ async def test_a_rescheduled_booking_s_old_links_stop_working(api: Api, doctor: 
         assert again["type"] == "waiting"
 
 
-async def test_a_completed_booking_s_links_stop_working_on_resume(
-    api: Api, doctor: Doctor
-) -> None:
+async def test_a_completed_booking_s_links_stop_working_on_resume(api: Api, doctor: Doctor) -> None:
     bid, _patient, pt_link, dr_link = await _live_booking(api, doctor)
-    async with joined(api, dr_link) as (_dr, dj), joined(api, pt_link) as (pt, pj):
+    async with joined(api, dr_link) as (_dr, _dj), joined(api, pt_link) as (pt, pj):
         assert pj["type"] == "joined"
         await api.post(f"/api/v1/bookings/{bid}/start", token=doctor.token, expect=200)
         await api.post(f"/api/v1/bookings/{bid}/complete", token=doctor.token, expect=200)

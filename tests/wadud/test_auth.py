@@ -116,3 +116,28 @@ def test_room_token_round_trip_and_window() -> None:
         auth.decode_room_token(s, early)
     with pytest.raises(auth.InvalidToken):
         auth.decode_room_token(Settings(secret_key="z" * 40), tok)
+
+
+async def test_a_changed_role_or_clinic_ends_the_old_access_token(api: Api) -> None:
+    """A doctor demoted (or moved to another clinic) keeps no rights from a
+    token issued before: the REST side of issue 12, finding 7."""
+    admin = await api.user(Role.ADMIN)
+    clinics = []
+    for name in ("One", "Two"):
+        c = await api.post(
+            "/api/v1/clinics", {"name": name, "region": "PK"}, token=admin, expect=201
+        )
+        clinics.append(c["id"])
+    staff = await api.user(Role.CLINIC_STAFF, clinic_id=clinics[0])
+    me = await api.get("/api/v1/me", token=staff, expect=200)
+    pool = api.app[keys.DB]
+    await pool.execute("UPDATE users SET clinic_id = $2 WHERE id = $1::uuid", me["id"], clinics[1])
+    await api.get("/api/v1/me", token=staff, expect=401)
+    patient = await api.user(Role.PATIENT)
+    who = await api.get("/api/v1/me", token=patient, expect=200)
+    await pool.execute(
+        "UPDATE users SET role = 'clinic_staff', clinic_id = $2 WHERE id = $1::uuid",
+        who["id"],
+        clinics[0],
+    )
+    await api.get("/api/v1/me", token=patient, expect=401)
