@@ -62,6 +62,8 @@ def _base_url(request: web.Request) -> str:
     returns=DemoRoom,
     auth="public",
     responses={404: "The demo is turned off (call_demo)"},
+    # Its links hold room tokens: never kept in the idempotency store.
+    replay=False,
 )
 async def create_demo_room(call: Call[None, None]) -> DemoRoom:
     """Make a demo room: a random name and two join links.

@@ -43,7 +43,7 @@ from pydantic import (
 )
 from pydantic.json_schema import models_json_schema
 
-from wadud import keys
+from wadud import idempotency, keys
 from wadud.config import Settings
 from wadud.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType
 from wadud.principal import Principal, Role
@@ -206,6 +206,9 @@ class Endpoint:
     params: list[tuple[str, str | None]]
     raw_body: dict[str, Any] | None = None
     responses: dict[int, str] = field(default_factory=dict)
+    #: False for answers that hold secrets (tokens, links with tokens): the
+    #: idempotency store never keeps or replays them.
+    replay: bool = True
     #: Request headers the handler reads, name to JSON schema (documented, so
     #: the schemathesis run sends them too).
     headers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -229,6 +232,7 @@ class Routes:
         auth: Auth = "any",
         raw_body: dict[str, Any] | None = None,
         responses: dict[int, str] | None = None,
+        replay: bool = True,
         headers: dict[str, dict[str, Any]] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler. ``auth``: ``"public"`` (no token looked at),
@@ -264,6 +268,7 @@ class Routes:
                     params=params,
                     raw_body=raw_body,
                     responses=dict(responses or {}),
+                    replay=replay,
                     headers=dict(headers or {}),
                 )
             )
@@ -355,6 +360,8 @@ def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         )
 
     handler.__name__ = ep.handler.__name__
+    if not ep.replay:
+        setattr(handler, idempotency.NO_REPLAY, True)
     return handler
 
 

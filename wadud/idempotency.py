@@ -16,9 +16,11 @@ Sign-in (everything under ``/api/v1/auth/``: login, refresh, anonymous,
 register, logout) ignores the header: each of those calls must run for real
 (a refresh token presented twice is a theft signal that revokes the session,
 which a replay would hide), and their answers are tokens, which must not sit
-in this table. A caller without a token owns its keys together with its
-client address (as an HMAC under the secret key, so the table holds no
-addresses), so nobody else can replay its answers.
+in this table. The same holds for any route declared with ``replay=False``
+(a booking's fresh manage link, the demo's join links). A caller without a
+token owns its keys together with its client address (as an HMAC under the
+secret key, so the table holds no addresses), so nobody else can replay its
+answers.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ STALE_AFTER = 120.0
 KEEP_DAYS = 2
 #: Sign-in: never kept, never replayed (see the module doc).
 NEVER_REPLAYED = "/api/v1/auth/"
+#: Set on a route's handler whose answers hold secrets (``replay=False`` in
+#: wadud.api): like sign-in, never kept, never replayed.
+NO_REPLAY = "wadud_no_replay"
 
 
 class KeyReused(Unprocessable):
@@ -63,7 +68,12 @@ def _owner(request: web.Request) -> str:
 @web.middleware
 async def idempotency(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.headers.get(HEADER)
-    if key is None or request.method not in METHODS or request.path.startswith(NEVER_REPLAYED):
+    if (
+        key is None
+        or request.method not in METHODS
+        or request.path.startswith(NEVER_REPLAYED)
+        or getattr(request.match_info.handler, NO_REPLAY, False)
+    ):
         return await handler(request)
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise BadRequest(f"{HEADER} must be 1 to 255 printable characters")

@@ -366,7 +366,7 @@ def _manage_url(call: Call[Any, Any], token: str) -> str:
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/manage-link", returns=ManageLink,
-             auth={Role.PATIENT})  # fmt: skip
+             auth={Role.PATIENT}, replay=False)  # fmt: skip
 async def new_manage_link(call: Call[None, None]) -> ManageLink:
     """A fresh manage link for one of the patient's bookings.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,9 +16,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bin.assembly import build_app
+from bin.assembly import build_app, in_process
 from tests.conftest import Api
 from wadud import keys
+from wadud.api import ApiModel, Call, Routes
 from wadud.config import Settings
 
 
@@ -111,23 +113,54 @@ async def test_another_caller_reusing_a_key_gets_its_own_anonymous_session(
     assert mine["access_token"] not in await resp.text()
 
 
+_echo = Routes("test", "A public route that answers something new each time.")
+
+
+class _Fresh(ApiModel):
+    value: str
+
+
+@_echo.post("/api/v1/test/fresh", returns=_Fresh, status=201, auth="public")
+async def _fresh(call: Call[None, None]) -> _Fresh:
+    """Something new each time."""
+    return _Fresh(value=secrets.token_hex(8))
+
+
 async def test_unauthenticated_keys_are_scoped_to_the_caller(
     settings: Settings, other_caller: Caller
 ) -> None:
-    """Where a public endpoint does replay (the demo room), a key replays only
-    to the address that first sent it."""
-    app = build_app(dataclasses.replace(settings, call_demo=True))
+    """Where a public endpoint replays, a key replays only to the address that
+    first sent it."""
+    app = build_app(settings, [*in_process(), _echo.install])
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
         other_caller.base = str(client.make_url("")).rstrip("/")
-        h = {"Idempotency-Key": "demo-1"}
-        first = await client.post("/api/v1/calls/demo", json={}, headers=h)
-        assert first.status in (200, 201), await first.text()
-        again = await client.post("/api/v1/calls/demo", json={}, headers=h)
+        h = {"Idempotency-Key": "fresh-1"}
+        first = await client.post("/api/v1/test/fresh", json={}, headers=h)
+        assert first.status == 201, await first.text()
+        again = await client.post("/api/v1/test/fresh", json={}, headers=h)
         assert again.headers.get("Idempotent-Replayed") == "true"
-        elsewhere = await other_caller.post("/api/v1/calls/demo", {}, h)
+        assert await again.json() == await first.json()
+        elsewhere = await other_caller.post("/api/v1/test/fresh", {}, h)
         assert "Idempotent-Replayed" not in elsewhere.headers
-        assert json.loads(await elsewhere.text()) != json.loads(await first.text())
+        assert json.loads(await elsewhere.text()) != await first.json()
+    finally:
+        await client.close()
+
+
+async def test_routes_whose_answers_hold_tokens_are_never_stored(api: Api) -> None:
+    """The demo's join links (room tokens) with an Idempotency-Key: each call
+    runs for real and nothing of it is kept for replay."""
+    settings = dataclasses.replace(api.app[keys.SETTINGS], call_demo=True)
+    client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings)))
+    await client.start_server()
+    try:
+        demo = Api(client, client.server.app)
+        first = await demo.post("/api/v1/calls/demo", headers={"Idempotency-Key": "d1"}, expect=200)
+        again = await demo.post("/api/v1/calls/demo", headers={"Idempotency-Key": "d1"}, expect=200)
+        assert first["room"] != again["room"]
+        stored = await demo.app[keys.DB].fetchval("SELECT count(*) FROM idempotency_keys")
+        assert stored == 0
     finally:
         await client.close()
