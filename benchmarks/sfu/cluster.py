@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import free_port  # noqa: E402
 from signalling.client import (  # noqa: E402
     CallClient,
+    CallError,
     TestPatternVideo,
     ToneAudio,
     allow_loopback_candidates,
@@ -114,16 +115,21 @@ async def open_room(cluster: Cluster, room: str) -> tuple[CallClient, CallClient
     a, b = cluster.apis["A"].url, cluster.apis["B"].url
     doctor = CallClient(f"{a}/call/{room}", token(room, "dr", "doctor"), label="doctor")
     patient = CallClient(f"{b}/call/{room}", token(room, "pt", "patient"), label="patient")
-    await doctor.join()
-    await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
-    t0 = time.monotonic()
-    joined = await patient.join()
-    t_joined = time.monotonic()
-    publisher = doctor.participant_id or ""
-    offer = await patient.wait_for("offer", within=20)
-    t_offer = next(e.at for e in patient.history if e.data is offer)
-    await patient.wait_until(lambda: "subscribe" in patient.connected_at, 20)
-    t_first = await first_video(patient, publisher, t0, 20)
+    try:
+        await doctor.join()
+        await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+        t0 = time.monotonic()
+        joined = await patient.join()
+        t_joined = time.monotonic()
+        publisher = doctor.participant_id or ""
+        offer = await patient.wait_for("offer", within=20)
+        t_offer = next(e.at for e in patient.history if e.data is offer)
+        await patient.wait_until(lambda: "subscribe" in patient.connected_at, 20)
+        t_first = await first_video(patient, publisher, t0, 20)
+    except BaseException:
+        for client in (patient, doctor):
+            await client.close()
+        raise
     return (
         doctor,
         patient,
@@ -198,8 +204,15 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         await cluster.start()
         out["started_in_s"] = round(time.monotonic() - t, 2)
         run_id = uuid.uuid4().hex[:6]
+        out["room_errors"] = []
         for i in range(args.rooms):
-            doctor, patient, timings = await open_room(cluster, f"bench-{run_id}-{i}")
+            try:
+                doctor, patient, timings = await open_room(cluster, f"bench-{run_id}-{i}")
+            except (CallError, OSError, TimeoutError) as exc:
+                # A set-up that cannot hold a call at all: say so once, with the logs.
+                out["room_errors"].append(repr(exc))
+                print(f"room {i}: no call: {exc!r}", flush=True)
+                break
             out["rooms"].append(timings)
             for client in (patient, doctor):
                 await client.leave()
@@ -208,7 +221,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 f"{timings['join_to_first_frame'] * 1000:7.1f} ms",
                 flush=True,
             )
-        for i in range(args.failover):
+        for i in range(args.failover if out["rooms"] else 0):
             trial = await failover(cluster, f"failover-{run_id}-{i}")
             out["failover"].append(trial)
             if trial["gap"] is None:
