@@ -433,11 +433,23 @@ class Cluster:
         kill_noted(self.groups)
         return {p.name: c for p, c in zip(self.procs, codes, strict=True)}
 
-    def problems(self, limit: int = 20) -> dict[str, list[str]]:
-        """Tracebacks and error lines in each process's log, for a report."""
+    def log_sizes(self) -> dict[str, int]:
+        """How long each process's log is now (see :meth:`problems`)."""
+        return {p.name: p.log.stat().st_size if p.log.exists() else 0 for p in self.procs}
+
+    def problems(
+        self, limit: int = 20, since: dict[str, int] | None = None
+    ) -> dict[str, list[str]]:
+        """Tracebacks and error lines in each process's log (written after
+        ``since``, from :meth:`log_sizes`), for a report."""
         out = {}
         for proc in self.procs:
-            lines = proc.tail(200_000).splitlines()
+            try:
+                with proc.log.open("rb") as f:
+                    f.seek((since or {}).get(proc.name, 0))
+                    lines = f.read().decode(errors="replace").splitlines()
+            except OSError:
+                continue
             bad = [ln for ln in lines if "Traceback" in ln or "ERROR" in ln or "Error:" in ln]
             if bad:
                 out[proc.name] = bad[-limit:]

@@ -998,6 +998,7 @@ def emit(result: dict[str, Any]) -> None:
 
 
 async def run_one(world: World, name: str, budget: float) -> dict[str, Any]:
+    logs = world.cluster.log_sizes()
     try:
         restarted = await world.cluster.heal()
         if restarted:
@@ -1013,7 +1014,7 @@ async def run_one(world: World, name: str, budget: float) -> dict[str, Any]:
             "probes": await probes(list(world.pages.values())),
             "registry": await world.cluster.workers(),
             "placement": await world.cluster.placement([ROOM]),
-            "problems": world.cluster.problems(),
+            "problems": world.cluster.problems(since=logs),
             "timings": world.timings,
         }
 
