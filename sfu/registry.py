@@ -167,8 +167,16 @@ async def alive(redis: Redis, wid: str, incarnation: str) -> bool:
 async def listening(redis: Redis, wid: str) -> bool:
     """Some process takes requests on the worker's control channel; a killed
     worker's subscription is gone as soon as Redis sees its socket close."""
-    counts = await redis.pubsub_numsub(control_channel(wid))
-    return any(int(n) > 0 for _, n in counts)
+    return wid in await listening_many(redis, [wid])
+
+
+async def listening_many(redis: Redis, wids: list[str]) -> set[str]:
+    """Those of ``wids`` whose control channel has a subscriber (one round trip)."""
+    if not wids:
+        return set()
+    counts = await redis.pubsub_numsub(*[control_channel(w) for w in wids])
+    by_channel = {ch.decode() if isinstance(ch, bytes) else str(ch): int(n) for ch, n in counts}
+    return {w for w in wids if by_channel.get(control_channel(w), 0) > 0}
 
 
 Load = Callable[[], Mapping[str, float]]

@@ -323,6 +323,8 @@ class CallClient:
         self.connected_at: dict[Direction, float] = {}
         #: How often the room moved to another media worker (``media_reconnect``).
         self.media_moves = 0
+        #: What we publish, by source: sent again when the room's media moves.
+        self._local: dict[str, Any] = {}
 
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -469,6 +471,8 @@ class CallClient:
         await self.request("unpublish", track_id=track_id)
         self.published.pop(track_id, None)
         if info is not None:
+            self._local.pop(str(info.get("source")), None)
+        if info is not None:
             transceiver = self._transceivers.get(str(info.get("mid")))
             if transceiver is not None:
                 transceiver.sender.replaceTrack(None)
@@ -529,6 +533,7 @@ class CallClient:
         ``published.tracks``: our tracks as the server now lists them (each
         with the ``track_id`` others will see)."""
         items = list(tracks.items()) if isinstance(tracks, Mapping) else list(tracks)
+        self._local.update(items)
         async with self._publish_lock:
             if self.publish_pc is None:
                 self.publish_pc = self._new_pc("publish")
@@ -560,11 +565,9 @@ class CallClient:
         publish the same tracks again on a fresh connection."""
         old = [pc for pc in (self.publish_pc, self.subscribe_pc) if pc is not None]
         self.publish_pc = self.subscribe_pc = None
-        items = [
-            (self._sources[mid], t.sender.track)
-            for mid, t in self._transceivers.items()
-            if mid in self._sources and t.sender.track is not None
-        ]
+        # From what we chose to publish, not from the transceivers: a second
+        # move while the first republish runs finds those cleared already.
+        items = list(self._local.items())
         self._sources.clear()
         self._transceivers.clear()
         for tid in self.published:
@@ -584,10 +587,13 @@ class CallClient:
         for pc in old:
             with contextlib.suppress(Exception):
                 await pc.close()
+        moves = self.media_moves
         if items and self.state != "closed":
             try:
                 await self.publish(items)
-            except (CallError, ConnectionError, TimeoutError) as exc:
+            except Exception as exc:
+                if moves != self.media_moves:
+                    return  # another move superseded this one; it publishes again
                 log.warning("could not publish again after the media moved: %r", exc)
                 self.errors.append(exc)
                 self._notify()

@@ -135,15 +135,18 @@ class Cluster:
         self._closed = True
         # What is queued (last frames, closes) still goes out, briefly.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._out.join(), 2.0)
+            async with asyncio.timeout(2.0):
+                await self._out.join()
+        if self._sub is not None:
+            # Ends the listening loop (a cancel alone may be taken for a
+            # dropped connection inside the Redis client and retried).
+            with contextlib.suppress(Exception):
+                await self._sub.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.redis.delete(self.channel(self.replica))
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.close()
 
     async def _subscribe(self) -> None:
         # wadud.bus's subscription resubscribes by itself after a Redis restart.

@@ -28,6 +28,7 @@ from signalling.service import CallService
 from turn.credentials import ice_server
 from wadud import keys, revocation
 from wadud.auth import RoomGrant
+from wadud.bus import Subscription
 
 CALLS = web.AppKey("calls", CallService)
 
@@ -90,14 +91,21 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         guard=guard,
     )
     app[CALLS] = service
+    bus = app[keys.BUS]
+    cancelled = await bus.subscribe(*booking.calls.ENDING_TOPICS)
+    revoked = await bus.subscribe(revocation.TOPIC)
     listeners = [
-        asyncio.create_task(_end_cancelled(app, service), name="call-booking-ends"),
-        asyncio.create_task(_revocations(app, service), name="call-revocations"),
+        asyncio.create_task(_end_cancelled(cancelled, service), name="call-booking-ends"),
+        asyncio.create_task(_revocations(revoked, service), name="call-revocations"),
     ]
     try:
         await service.start()
         yield
     finally:
+        # Closing a subscription ends its loop; a cancel alone may land
+        # inside the Redis client's read and be retried.
+        for sub in (cancelled, revoked):
+            await sub.close()
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
@@ -124,32 +132,24 @@ async def _session_live(pool: asyncpg.Pool, identity: str, sid: str) -> bool:
     )
 
 
-async def _revocations(app: web.Application, service: CallService) -> None:
+async def _revocations(sub: Subscription, service: CallService) -> None:
     """``auth.revoked`` (wadud.revocation): the account's participants leave
     the calls whose links came from the revoked session."""
-    sub = await app[keys.BUS].subscribe(revocation.TOPIC)
-    try:
-        async for msg in sub:
-            rev = revocation.parse(msg.data)
-            if rev is not None:
-                family = str(rev.family_id) if rev.family_id is not None else None
-                service.revoked(str(rev.user_id), family)
-    finally:
-        await sub.close()
+    async for msg in sub:
+        rev = revocation.parse(msg.data)
+        if rev is not None:
+            family = str(rev.family_id) if rev.family_id is not None else None
+            service.revoked(str(rev.user_id), family)
 
 
-async def _end_cancelled(app: web.Application, service: CallService) -> None:
+async def _end_cancelled(sub: Subscription, service: CallService) -> None:
     """A cancelled booking's call ends for whoever is in it (on the replica
     that owns the room; every replica hears the event)."""
-    sub = await app[keys.BUS].subscribe(*booking.calls.ENDING_TOPICS)
-    try:
-        async for msg in sub:
-            data = msg.data.get("data") or {}
-            booking_id = data.get("booking_id")
-            if isinstance(booking_id, str):
-                service.end_room(booking.calls.room_of(booking_id), "booking-cancelled")
-    finally:
-        await sub.close()
+    async for msg in sub:
+        data = msg.data.get("data") or {}
+        booking_id = data.get("booking_id")
+        if isinstance(booking_id, str):
+            service.end_room(booking.calls.room_of(booking_id), "booking-cancelled")
 
 
 async def _shutdown(app: web.Application) -> None:

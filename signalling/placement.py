@@ -108,12 +108,17 @@ class Placement:
     async def candidates(
         self, region: str, *, exclude: frozenset[str] = frozenset()
     ) -> list[registry.WorkerInfo]:
-        """Live, ready workers below capacity: the region's own, else any."""
-        live = [
+        """Live, ready workers below capacity: the region's own, else any. A
+        worker counts as live only while something listens on its control
+        channel: a killed node's workers keep their registry entries until
+        the TTL, and a room placed there would move again at once."""
+        ready = [
             w
             for w in await registry.workers(self.redis)
             if w.state == "ready" and w.transports < w.capacity and w.worker not in exclude
         ]
+        listening = await registry.listening_many(self.redis, [w.worker for w in ready])
+        live = [w for w in ready if w.worker in listening]
         local = [w for w in live if w.region == region] if region else live
         if not local and live:
             log.warning(

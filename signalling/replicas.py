@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import Counter
 from redis.exceptions import RedisError
@@ -126,7 +126,7 @@ async def route(svc: CallService, conn: AnyConnection, text: str) -> None:
         await svc.on_text(conn, text)
         return
     name = conn.room_name
-    if name is None and isinstance(conn, Connection):
+    if name is None and not isinstance(conn, RemoteConnection):
         name = svc._join_room_of(conn, text)
         if name is None:
             # Not a join, or a join this replica refuses by itself.
@@ -278,7 +278,7 @@ def _snapshot(svc: CallService, room: CallRoom) -> dict[str, Any]:
 async def _writer(svc: CallService) -> None:
     """Writes changed rooms' snapshots, coalescing bursts of changes."""
     assert svc.cluster is not None
-    while True:
+    while not svc._closed:
         await svc._dirty_event.wait()
         await asyncio.sleep(0.01)
         svc._dirty_event.clear()
@@ -335,8 +335,9 @@ async def _take_over(svc: CallService, name: str) -> None:
         elapsed=max(0.0, time.time() - float(data.get("at") or time.time())),
     )
     for participant in room.core.participants.values():
-        conn = participant.conn
-        if isinstance(conn, Connection | RemoteConnection):
+        # The handles conn_of gave: this replica's connections or RemoteConnections.
+        conn = cast("AnyConnection | None", participant.conn)
+        if conn is not None:
             conn.room, conn.participant_id, conn.room_name = room, participant.id, name
         if isinstance(conn, RemoteConnection):
             # Its close may have gone to the dead owner: ask its replica.
@@ -359,9 +360,14 @@ async def _take_over(svc: CallService, name: str) -> None:
 async def _watcher(svc: CallService) -> None:
     """Each second (or at once when a worker's life changes): renew
     leases, notice dead replicas and workers, adopt orphaned rooms."""
-    while True:
+    # Well inside the lease, so it is renewed before it runs out.
+    interval = min(WATCH_INTERVAL, svc.cluster.lease / 3) if svc.cluster else WATCH_INTERVAL
+    # The flag, not only the cancel, ends the loop: Python 3.11's wait_for
+    # can lose a cancel that meets its timeout, and asyncio.timeout cannot.
+    while not svc._closed:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(svc._watch_now.wait(), WATCH_INTERVAL)
+            async with asyncio.timeout(interval):
+                await svc._watch_now.wait()
         svc._watch_now.clear()
         try:
             await svc._watch_once()

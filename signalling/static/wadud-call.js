@@ -76,6 +76,7 @@ export class WadudCall extends EventTarget {
     this._midMap = new Map(); // subscribe mid -> track info from the last offer
     this._pubChain = Promise.resolve(); // publish renegotiations, one at a time
     this._subChain = Promise.resolve(); // subscribe offers, in arrival order
+    this._mediaGen = 0; // bumped when media restarts: older queued work stops
     this._leaving = false;
     this._resumeUntil = 0;
     this._joinWaiter = null;
@@ -400,8 +401,9 @@ export class WadudCall extends EventTarget {
   }
 
   _renegotiate() {
+    const gen = this._mediaGen;
     const run = async () => {
-      if (this.state !== 'joined') return;
+      if (this.state !== 'joined' || gen !== this._mediaGen) return;
       const pc = this.publishPc || (this.publishPc = this._newPc('publish'));
       for (const local of this.localTracks.values()) {
         if (!local.transceiver) {
@@ -409,11 +411,14 @@ export class WadudCall extends EventTarget {
         }
       }
       const offer = await pc.createOffer();
+      if (gen !== this._mediaGen) return;
       await pc.setLocalDescription(offer);
+      if (gen !== this._mediaGen) return;
       // Mids exist only once the offer is applied.
       const sources = {};
       for (const local of this.localTracks.values()) sources[local.transceiver.mid] = local.source;
       const answer = await this.request('publish', { sdp: pc.localDescription.sdp, sources });
+      if (gen !== this._mediaGen) return;
       await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
       for (const t of answer.tracks || []) {
         const local = [...this.localTracks.values()].find((l) => l.transceiver.mid === t.mid);
@@ -440,6 +445,12 @@ export class WadudCall extends EventTarget {
   // After the server counted us as a new participant (resume came too late):
   // fresh peer connections, same local tracks.
   _restartMedia() {
+    // Work queued on the old connections may never settle once they close
+    // (a closed RTCPeerConnection leaves pending operations hanging): start
+    // fresh chains, and let old runs see they belong to an older generation.
+    this._mediaGen += 1;
+    this._pubChain = Promise.resolve();
+    this._subChain = Promise.resolve();
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
     this.publishPc = this.subscribePc = null;
     for (const [id, r] of this.remoteTracks) {
@@ -457,14 +468,19 @@ export class WadudCall extends EventTarget {
   // ---- receiving ---------------------------------------------------------
 
   _on_offer(f) {
+    const gen = this._mediaGen;
     const run = async () => {
-      if (isFinal(this.state)) return;
+      if (isFinal(this.state) || gen !== this._mediaGen) return;
       const pc = this.subscribePc || (this.subscribePc = this._newPc('subscribe'));
       // Which m= section carries whose track; needed before `track` fires
       // inside setRemoteDescription.
       this._midMap = new Map((f.tracks || []).map((t) => [t.mid, t]));
       await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
-      await pc.setLocalDescription(await pc.createAnswer());
+      if (gen !== this._mediaGen) return;
+      const answer = await pc.createAnswer();
+      if (gen !== this._mediaGen) return;
+      await pc.setLocalDescription(answer);
+      if (gen !== this._mediaGen) return;
       await this.request('answer', { sdp: pc.localDescription.sdp });
       this._syncRemoteTracks(pc);
       this._trickle(pc, 'subscribe');

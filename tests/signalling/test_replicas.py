@@ -1,0 +1,98 @@
+"""Two API replicas in this process sharing one Redis: a room behaves as one
+whichever replica each participant reached, removals hold across them, and a
+replica that goes away hands its rooms to the other (signalling.cluster,
+signalling.replicas). Fast and without media; the same with real processes,
+media nodes and browsers is tests/signalling/test_cluster.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bin.assembly import build_app
+from tests.conftest import Api
+from tests.signalling.test_ws import connect, joined, token
+from wadud.config import Settings
+
+
+@pytest.fixture
+async def replicas(settings: Settings, redis_server: Any) -> AsyncIterator[list[Api]]:
+    shared = dataclasses.replace(settings, redis_url=redis_server.url, call_owner_lease=1.0)
+    out: list[Api] = []
+    clients: list[TestClient[Any, Any]] = []
+    for _ in range(2):
+        client: TestClient[Any, Any] = TestClient(TestServer(build_app(shared)))
+        await client.start_server()
+        clients.append(client)
+        out.append(Api(client, client.server.app))
+    try:
+        yield out
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def room() -> str:
+    return "room-" + uuid.uuid4().hex[:10]
+
+
+async def test_participants_on_two_replicas_share_one_room(replicas: list[Api]) -> None:
+    a, b = replicas
+    name = room()
+    async with joined(a, token(a, "dr-amina", "doctor", room=name)) as (doc, dj):
+        assert dj["type"] == "joined"
+        async with joined(b, token(b, "pt-bilal", room=name)) as (pat, pj):
+            assert pj["type"] == "joined"
+            assert [p["identity"] for p in pj["participants"]] == ["dr-amina"]
+            arrived = await doc.type("participant_joined")
+            assert arrived["participant"]["id"] == pj["participant"]["id"]
+            # Pings are answered where the socket is; requests reach the owner.
+            assert (await pat.request({"type": "ping"}, "p1"))["type"] == "pong"
+            answer = await pat.request({"type": "mute", "track_id": "nope", "muted": True}, "m")
+            assert answer["code"] == "not-found"
+
+
+async def test_removal_on_one_replica_holds_on_the_other(replicas: list[Api]) -> None:
+    a, b = replicas
+    name = room()
+    async with joined(a, token(a, "dr-amina", "doctor", room=name)) as (doc, _dj):
+        async with joined(b, token(b, "pt-bilal", room=name)) as (pat, pj):
+            ok = await doc.request(
+                {"type": "remove", "participant_id": pj["participant"]["id"]}, "r"
+            )
+            assert ok["type"] == "ok"
+            await pat.type("removed")
+            assert await pat.closed_with() == 4403
+        # The same link through the other replica: the waiting room.
+        async with joined(b, token(b, "pt-bilal", room=name)) as (_again, aj):
+            assert aj["type"] == "waiting"
+            waiting = await doc.type("waiting")
+            assert [w["identity"] for w in waiting["waiting"]] == ["pt-bilal"]
+
+
+async def test_a_replica_going_away_hands_its_rooms_over(replicas: list[Api]) -> None:
+    a, b = replicas
+    name = room()
+    async with connect(a) as doc:
+        dj = await doc.request(
+            {"type": "join", "token": token(a, "dr-amina", "doctor", room=name)}, "j"
+        )
+        async with joined(b, token(b, "pt-bilal", room=name)) as (pat, pj):
+            # A owns the room (the doctor came first); it shuts down.
+            await a.client.close()
+            assert await doc.closed_with() == 1001
+            # The doctor resumes through B: the same participant.
+            async with connect(b) as again:
+                frame = {"type": "join", "token": token(b, "dr-amina", "doctor", room=name),
+                         "resume": dj["session"]}  # fmt: skip
+                back = await again.request(frame, "j2")
+                assert back["type"] == "joined"
+                assert back["participant"]["id"] == dj["participant"]["id"]
+                assert [p["id"] for p in back["participants"]] == [pj["participant"]["id"]]
+                # The patient, on B all along, saw nobody leave.
+                assert not [f for f in pat.frames if f.get("type") == "participant_left"]
