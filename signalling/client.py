@@ -585,6 +585,11 @@ class CallClient:
 
     async def _republish(self, old: list[Any], items: list[tuple[str, Any]]) -> None:
         for pc in old:
+            # aiortc stops a sender's track when the sender stops (on close):
+            # take our tracks back first, to send them on the new connection.
+            for transceiver in pc.getTransceivers():
+                with contextlib.suppress(Exception):
+                    transceiver.sender.replaceTrack(None)
             with contextlib.suppress(Exception):
                 await pc.close()
         moves = self.media_moves
