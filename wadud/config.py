@@ -44,6 +44,15 @@ class Settings:
             " links). Empty: http://HOST:PORT."
         ),
     )
+    trusted_proxies: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Addresses or networks of the load balancers or reverse proxies in front"
+            " of the API, comma separated. A request from one of them is counted"
+            " (rate limits, logs) as coming from the right-most address in"
+            " X-Forwarded-For that is not one of them. Empty: the TCP peer is the client."
+        ),
+    )
     data_dir: Path = field(
         default=Path("var"),
         metadata=_doc(

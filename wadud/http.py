@@ -23,7 +23,7 @@ import pydantic
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from wadud import auth, keys, logs, metrics
+from wadud import auth, keys, logs, metrics, ratelimit
 from wadud.errors import PayloadTooLarge, WadudError
 
 log = logging.getLogger("wadud.http")
@@ -64,7 +64,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 "route": route,
                 "status": status,
                 "ms": round(elapsed * 1000, 2),
-                "remote": request.remote,
+                "remote": ratelimit.client_address(request),
             },
         )
         logs.request_id.reset(token)

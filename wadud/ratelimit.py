@@ -26,8 +26,10 @@ A refused call raises :class:`RateLimited` (429 with ``Retry-After``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -338,8 +340,37 @@ LIMITER = web.AppKey("limiter", Limiter)
 
 
 def client_address(request: web.Request) -> str:
-    """The address a request came from, as the limits see it."""
-    return request.remote or "unknown"
+    """The address a request came from, as the limits see it: the TCP peer,
+    or behind ``trusted_proxies`` the right-most X-Forwarded-For hop that is
+    not one of them (what each trusted hop appended; anything further left
+    the client may have written itself)."""
+    peer = request.remote or "unknown"
+    trusted = _trusted(tuple(request.app[keys.SETTINGS].trusted_proxies))
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",")]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage where an address should be: count the proxy
+    return peer
+
+
+@functools.lru_cache(maxsize=8)
+def _trusted(entries: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(e.strip(), strict=False) for e in entries if e.strip())
+
+
+def _is_trusted(
+    address: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
 
 
 async def limits_context(app: web.Application) -> AsyncIterator[None]:
