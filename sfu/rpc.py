@@ -117,6 +117,20 @@ def _subscriber(redis: Redis) -> RedisBus:
     return RedisBus.from_client(redis)
 
 
+async def _stop_reading(
+    reader: asyncio.Task[None] | None, subscription: Subscription | None
+) -> None:
+    """End a reader of ``subscription``: the subscription closes first, which
+    ends its loop for good (a cancel alone can land inside the Redis client's
+    read and be taken for a dropped connection), then the reader is awaited."""
+    if subscription is not None:
+        await subscription.close()
+    if reader is not None:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
 def _error_of(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, SdpError):
         kind = "sdp"
@@ -169,14 +183,8 @@ class MediaClient:
         self._reader = asyncio.create_task(self._read(), name=f"media-client-{self.caller_id}")
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
-        if self._subscription is not None:
-            await self._subscription.close()
-            self._subscription = None
+        await _stop_reading(self._reader, self._subscription)
+        self._reader = self._subscription = None
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(MediaUnavailable("the media client closed"))
@@ -394,14 +402,8 @@ class MediaServer:
 
     async def close(self) -> None:
         """Stop taking requests; events already queued are published first."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
-        if self._subscription is not None:
-            await self._subscription.close()
-            self._subscription = None
+        await _stop_reading(self._reader, self._subscription)
+        self._reader = self._subscription = None
         for task in list(self._tasks):
             task.cancel()
         if self._publisher is not None:
