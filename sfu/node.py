@@ -59,6 +59,7 @@ from prometheus_client.registry import Collector
 from sfu import registry, rpc
 from sfu.registry import Registration, WorkerInfo
 from sfu.rpc import MediaServer
+from wadud.bus import redis_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -92,11 +93,8 @@ def worker_count(settings: Settings) -> int:
 
 
 def _redis(url: str) -> Redis:
-    import redis.asyncio as aioredis
-
-    return aioredis.from_url(
-        url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2
-    )
+    client: Redis = redis_client(url)
+    return client
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -240,13 +238,19 @@ async def _worker_main(spec: WorkerSpec) -> int:
 
         await stop.wait()
         log.info("media worker draining", extra=extra)
+        # Every Redis call here is bounded: a drain must end within
+        # media_drain_timeout whatever Redis does, or the supervisor kills
+        # the worker and the node exits 1.
         with contextlib.suppress(Exception):
-            await registration.set_state(registry.DRAINING)
-            await server.lifecycle("draining")
+            async with asyncio.timeout(2.0):
+                await registration.set_state(registry.DRAINING)
+                await server.lifecycle("draining")
         deadline = loop.time() + settings.media_drain_timeout
         while loop.time() < deadline:
             try:
-                if await registration.rooms() == 0 and load.transports() == 0:
+                async with asyncio.timeout(1.0):
+                    rooms = await registration.rooms()
+                if rooms == 0 and load.transports() == 0:
                     break
             except Exception as exc:
                 log.warning("drain: cannot read the rooms set", extra={**extra, "error": repr(exc)})
@@ -254,7 +258,8 @@ async def _worker_main(spec: WorkerSpec) -> int:
         else:
             log.warning("drain timed out; stopping anyway", extra=extra)
         with contextlib.suppress(Exception):
-            await server.lifecycle("stopped")
+            async with asyncio.timeout(2.0):
+                await server.lifecycle("stopped")
     log.info("media worker stopped", extra=extra)
     return 0
 

@@ -210,13 +210,36 @@ class _RedisSubscription:
         await self._reset()
 
 
+#: Connections one process opens to Redis at most. Every subscription holds
+#: one for its life and commands borrow one each; redis-py's default pool
+#: (100 connections, failing at once when none is free) refused joins when
+#: fifty rooms opened together.
+REDIS_CONNECTIONS = 512
+#: Seconds a command waits for a free connection before it fails.
+REDIS_POOL_WAIT = 5.0
+
+
+def redis_client(url: str, *, decode_responses: bool = True, **options: Any) -> Any:
+    """A ``redis.asyncio`` client for ``url`` whose pool makes commands wait
+    for a free connection (up to REDIS_POOL_WAIT) instead of failing; every
+    Redis user in Wadud gets its client here."""
+    import redis.asyncio as aioredis
+
+    options.setdefault("socket_connect_timeout", 2)
+    options.setdefault("health_check_interval", 10)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=REDIS_POOL_WAIT,
+        decode_responses=decode_responses,
+        **options,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 class RedisBus:
     def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
-
-        self.redis = aioredis.from_url(
-            url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2
-        )
+        self.redis = redis_client(url)
 
     @classmethod
     def from_client(cls, redis: Any) -> RedisBus:

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from wadud import keys
+from wadud.bus import redis_client
 from wadud.errors import TooManyRequests
 
 log = logging.getLogger("wadud.ratelimit")
@@ -219,9 +220,7 @@ class RedisStore:
     Redis fails."""
 
     def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
-
-        self.redis: Any = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        self.redis: Any = redis_client(url, decode_responses=False, socket_timeout=2)
         self._take = self.redis.register_script(_TAKE)
         self._attempt = self.redis.register_script(_ATTEMPT)
         self._refund = self.redis.register_script(_REFUND)
