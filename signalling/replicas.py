@@ -421,9 +421,11 @@ async def _check_media(svc: CallService) -> None:
     workers = {w.worker: w for w in await registry.workers(redis)}
     verdicts: dict[Placed, str | None] = {}
     now = time.monotonic()
-    for at in {r.placed for r in placed.values() if r.placed is not None}:
+    targets = {r.placed for r in placed.values() if r.placed is not None}
+    subscribed = await registry.listening_many(redis, sorted({at.worker for at in targets}))
+    for at in targets:
         info = workers.get(at.worker)
-        listening = await registry.listening(redis, at.worker)
+        listening = at.worker in subscribed
         if info is not None and info.incarnation == at.incarnation:
             svc.unregistered.pop(at, None)
             verdicts[at] = (
