@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +55,7 @@ from sfu.control import (
 )
 from sfu.errors import SfuError, SfuStateError
 from sfu.registry import control_channel
-from wadud.bus import Message, RedisBus, Subscription
+from wadud.bus import Message, RedisBus, Subscription, encode
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -100,15 +99,11 @@ class MediaError(SfuError):
     code = "media-error"
 
 
-def _encode(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
 async def publish_lifecycle(redis: Redis, wid: str, incarnation: str, state: Lifecycle) -> None:
     """``{"worker", "incarnation", "lifecycle"}`` on the events channel; the node
     supervisor sends "stopped" for a worker that died without saying so."""
     message = {"worker": wid, "incarnation": incarnation, "lifecycle": state}
-    await redis.publish(EVENTS, _encode(message))
+    await redis.publish(EVENTS, encode(message))
 
 
 def _subscriber(redis: Redis) -> RedisBus:
@@ -238,7 +233,7 @@ class MediaClient:
         }
         try:
             try:
-                listeners = await self.redis.publish(control_channel(wid), _encode(message))
+                listeners = await self.redis.publish(control_channel(wid), encode(message))
             except (RedisError, OSError) as exc:
                 raise MediaUnavailable(f"media worker {wid}: redis: {exc}") from exc
             if not listeners:
@@ -430,7 +425,7 @@ class MediaServer:
         while True:
             message = await self._events.get()
             try:
-                await self.redis.publish(EVENTS, _encode(message))
+                await self.redis.publish(EVENTS, encode(message))
             except (RedisError, OSError) as exc:
                 log.warning("media event not published", extra={"error": repr(exc)})
             finally:
@@ -461,7 +456,7 @@ class MediaServer:
         if not isinstance(reply_to, str) or not reply_to:
             return
         try:
-            await self.redis.publish(reply_to, _encode(reply))
+            await self.redis.publish(reply_to, encode(reply))
         except (RedisError, OSError) as exc:
             log.warning("media reply not published", extra={"error": repr(exc)})
 

@@ -37,7 +37,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from wadud.bus import RedisBus, Subscription
+from wadud.bus import RedisBus, Subscription, encode
 
 log = logging.getLogger("wadud.signalling.cluster")
 
@@ -83,10 +83,6 @@ return 0
 def conn_replica(ref: str) -> str:
     """The replica a connection reference (``"{replica}/{n}"``) lives on."""
     return ref.partition("/")[0]
-
-
-def _encode(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 class Cluster:
@@ -172,12 +168,12 @@ class Cluster:
 
     def send(self, replica: str, data: Mapping[str, Any]) -> None:
         """Queue a message for ``replica`` (fire and forget, in order)."""
-        self._out.put_nowait((self.channel(replica), _encode(data), None))
+        self._out.put_nowait((self.channel(replica), encode(data), None))
 
     async def deliver(self, replica: str, data: Mapping[str, Any]) -> int:
         """Send in order and return how many listened (0: the replica is gone)."""
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._out.put_nowait((self.channel(replica), _encode(data), fut))
+        self._out.put_nowait((self.channel(replica), encode(data), fut))
         return await fut
 
     async def _publisher(self) -> None:
@@ -241,7 +237,7 @@ class Cluster:
                 if state is None:
                     pipe.delete(STATE_KEY.format(room=room))
                 else:
-                    pipe.set(STATE_KEY.format(room=room), _encode(state), ex=STATE_TTL)
+                    pipe.set(STATE_KEY.format(room=room), encode(state), ex=STATE_TTL)
             await pipe.execute()
 
     async def load(self, room: str) -> dict[str, Any] | None:

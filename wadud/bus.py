@@ -59,7 +59,10 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
-def _encode(data: Mapping[str, Any]) -> str:
+def encode(data: Mapping[str, Any]) -> str:
+    """A message as the bus writes it (compact JSON); subscriptions decode
+    with json.loads. Code that publishes to Redis itself (media RPC, the call
+    cluster) encodes with this too."""
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -97,7 +100,7 @@ class LocalBus:
 
     async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
         # Round-trip through JSON so in-process behaviour matches Redis exactly.
-        payload = json.loads(_encode(data))
+        payload = json.loads(encode(data))
         for sub in list(self._subs.get(topic, ())):
             try:
                 sub.queue.put_nowait(Message(topic, payload))
@@ -117,7 +120,7 @@ class LocalBus:
     async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
         entry_id = f"{int(time.time() * 1000)}-{next(self._seq)}"
         entries = self._streams[stream]
-        entries.append((entry_id, json.loads(_encode(data))))
+        entries.append((entry_id, json.loads(encode(data))))
         if len(entries) > maxlen:
             del entries[: len(entries) - maxlen]
         async with self._stream_changed:
@@ -251,7 +254,7 @@ class RedisBus:
         return bus
 
     async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
-        await self.redis.publish(topic, _encode(data))
+        await self.redis.publish(topic, encode(data))
 
     async def subscribe(self, *topics: str) -> _RedisSubscription:
         sub = _RedisSubscription(self, topics)
@@ -260,7 +263,7 @@ class RedisBus:
 
     async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
         entry_id = await self.redis.xadd(
-            stream, {"d": _encode(data)}, maxlen=maxlen, approximate=True
+            stream, {"d": encode(data)}, maxlen=maxlen, approximate=True
         )
         return entry_id if isinstance(entry_id, str) else entry_id.decode()
 
