@@ -19,7 +19,6 @@ from aiohttp import web
 from sfu.control import MediaControl
 from sfu.worker import MediaWorker
 from wadud import keys
-from wadud.config import Settings
 
 log = logging.getLogger("wadud.sfu.http")
 
@@ -29,19 +28,9 @@ MEDIA: web.AppKey[MediaControl] = web.AppKey("media")
 WORKER = web.AppKey("media_worker", MediaWorker)
 
 
-def _worker(settings: Settings, port: int) -> MediaWorker:
-    return MediaWorker(
-        host=settings.media_host,
-        port=port,
-        announced_addresses=settings.media_announced_addresses,
-        consent_timeout=settings.media_consent_timeout,
-        remb_max_bitrate=settings.media_remb_max_bitrate,
-    )
-
-
 async def _media(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    worker = _worker(settings, settings.media_port)
+    worker = MediaWorker.from_settings(settings, settings.media_port)
     try:
         await worker.start()
     except OSError as exc:
@@ -51,7 +40,7 @@ async def _media(app: web.Application) -> AsyncIterator[None]:
             "media port taken; the media worker uses a free port instead",
             extra={"port": settings.media_port},
         )
-        worker = _worker(settings, 0)
+        worker = MediaWorker.from_settings(settings, 0)
         await worker.start()
     app[MEDIA] = worker
     app[WORKER] = worker

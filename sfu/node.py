@@ -186,13 +186,7 @@ async def _worker_main(spec: WorkerSpec) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     redis = _redis(settings.redis_url)
-    worker = MediaWorker(
-        host=settings.media_host,
-        port=spec.port,
-        announced_addresses=settings.media_announced_addresses,
-        consent_timeout=settings.media_consent_timeout,
-        remb_max_bitrate=settings.media_remb_max_bitrate,
-    )
+    worker = MediaWorker.from_settings(settings, spec.port)
     extra = {"worker": spec.wid, "incarnation": spec.incarnation}
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(redis.aclose)

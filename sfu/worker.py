@@ -69,7 +69,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pylibsrtp
 
@@ -106,6 +106,10 @@ from sfu.transport import (
 )
 
 __all__ = ["MediaWorker"]
+
+
+if TYPE_CHECKING:
+    from wadud.config import Settings
 
 log = logging.getLogger("wadud.sfu.worker")
 
@@ -202,6 +206,18 @@ class MediaWorker(WorkerControl, asyncio.DatagramProtocol):
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: Settings, port: int) -> MediaWorker:
+        """A worker on ``port`` as the media_* settings describe it (the
+        in-process worker of ``wadud serve`` and each of ``wadud media``'s)."""
+        return cls(
+            host=settings.media_host,
+            port=port,
+            announced_addresses=settings.media_announced_addresses,
+            consent_timeout=settings.media_consent_timeout,
+            remb_max_bitrate=settings.media_remb_max_bitrate,
+        )
 
     async def start(self) -> None:
         """Bind the socket; raises OSError (EADDRINUSE) if the port is taken."""
