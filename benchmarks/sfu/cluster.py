@@ -240,18 +240,19 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+#: What each room's timings hold, in the order a join goes through them.
+STAGES = (
+    "join_to_first_frame",
+    "join_to_joined",
+    "joined_to_offer",
+    "offer_to_connected",
+    "connected_to_frame",
+)
+
+
 def summarise(out: dict[str, Any]) -> dict[str, Any]:
     rooms = out["rooms"]
-    summary: dict[str, Any] = {
-        key + "_ms": percentiles([r[key] for r in rooms])
-        for key in (
-            "join_to_first_frame",
-            "join_to_joined",
-            "joined_to_offer",
-            "offer_to_connected",
-            "connected_to_frame",
-        )
-    }
+    summary: dict[str, Any] = {key + "_ms": percentiles([r[key] for r in rooms]) for key in STAGES}
     summary["failover_gap_ms"] = percentiles(
         [t["gap"] for t in out["failover"] if t["gap"] is not None]
     )
@@ -301,13 +302,7 @@ def main() -> int:
     )
     s = out["summary"]
     print(f"\nmulti-node: 2 api replicas, {args.nodes} media nodes x {args.workers} workers")
-    for key in (
-        "join_to_first_frame",
-        "join_to_joined",
-        "joined_to_offer",
-        "offer_to_connected",
-        "connected_to_frame",
-    ):
+    for key in STAGES:
         p = s[key + "_ms"]
         print(f"  {key:22s} ms: p50 {p['p50']}  p95 {p['p95']}  max {p['max']}  (n={p['n']})")
     f = s["failover_gap_ms"]
