@@ -10,7 +10,9 @@ does not import it.
 from __future__ import annotations
 
 import ast
-from concurrent.futures import ThreadPoolExecutor
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,24 +47,38 @@ def upward(tree: ast.AST) -> list[tuple[int, str]]:
     return [(line, name) for line, name in imported(tree) if name.split(".")[0] in ABOVE]
 
 
-def _parse(path: Path) -> ast.AST:
-    return ast.parse(path.read_text(), str(path))
+_PARSE = (
+    "import ast, pickle, sys\n"
+    "sources = pickle.load(sys.stdin.buffer)\n"
+    "sys.stdout.buffer.write(pickle.dumps([ast.parse(text, name) for name, text in sources]))\n"
+)
+
+
+def _parse_all(sources: list[tuple[str, str]]) -> list[ast.AST]:
+    """ast.parse in a fresh interpreter. CPython 3.11 keeps the AST builder's
+    recursion counter in interpreter-wide state, and a full test run (other
+    threads, other parsers) can leave it off balance: "AST constructor
+    recursion depth mismatch", seen twice in CI runs. The trees come back
+    pickled, which rebuilds them without that builder."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PARSE],
+        input=pickle.dumps(sources),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    trees: list[ast.AST] = pickle.loads(done.stdout)
+    return trees
 
 
 def _parse_source(source: str) -> ast.AST:
-    with ThreadPoolExecutor(1) as pool:  # see below: a fresh thread's counter
-        return pool.submit(ast.parse, source).result()
+    return _parse_all([("<test>", source)])[0]
 
 
 def test_the_ground_imports_no_feature_and_no_assembly() -> None:
     files = sorted(GROUND.rglob("*.py"))
     assert len(files) > 10, "the ground's modules were not found"
-    # Parsed on a thread of its own: CPython 3.11's AST builder checks a
-    # per-thread recursion counter that earlier tests in this process can
-    # leave off balance ("AST constructor recursion depth mismatch", seen
-    # once in a full run); a fresh thread starts from zero.
-    with ThreadPoolExecutor(1) as pool:
-        trees = list(pool.map(_parse, files))
+    trees = _parse_all([(str(path), path.read_text()) for path in files])
     offences = [
         f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
         for path, tree in zip(files, trees, strict=True)
