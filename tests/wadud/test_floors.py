@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 GROUND = Path(__file__).resolve().parents[2] / "wadud"
-ABOVE = frozenset({"booking", "chat", "rtc", "sfu", "signalling", "turn", "bin"})
+ABOVE = frozenset({"booking", "chat", "privacy", "rtc", "sfu", "signalling", "turn", "bin"})
 
 
 def imported(tree: ast.AST) -> list[tuple[int, str]]:
@@ -109,3 +109,23 @@ def test_the_check_sees_every_kind_of_import(source: str) -> None:
 )
 def test_the_check_leaves_the_ground_and_lookalikes_alone(source: str) -> None:
     assert upward(_parse_source(source)) == []
+
+
+PRIVACY = GROUND.parent / "privacy"
+PRIVACY_ABOVE = frozenset({"booking", "chat", "sfu", "signalling", "turn", "bin"})
+
+
+def test_privacy_imports_no_feature_above_it() -> None:
+    """privacy/ stands below booking, chat and signalling: they import it, never
+    the other way (export and erasure reach features through providers the
+    assembly registers)."""
+    files = sorted(PRIVACY.rglob("*.py"))
+    assert files, "privacy/ was not found"
+    trees = _parse_all([(str(path), path.read_text()) for path in files])
+    offences = [
+        f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
+        for path, tree in zip(files, trees, strict=True)
+        for line, name in imported(tree)
+        if name.split(".")[0] in PRIVACY_ABOVE
+    ]
+    assert offences == []
