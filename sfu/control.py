@@ -27,6 +27,10 @@ __all__ = [
     "MediaControl",
     "MediaEvent",
     "PublishResult",
+    "RelayCodec",
+    "RelayPeer",
+    "RelayState",
+    "RelayedTrack",
     "Source",
     "TrackInfo",
     "TransportState",
@@ -83,6 +87,106 @@ class PublishResult:
 
 
 @dataclass(frozen=True)
+class RelayPeer:
+    """Another media worker, as a relay link to it needs it (from its registry
+    entry, :class:`sfu.registry.WorkerInfo`): its id, the UDP address it
+    announced and its DTLS certificate fingerprint, ``"sha-256 AB:CD:..."``
+    (RFC 8122 section 5), which the link's handshake must present."""
+
+    worker: str
+    host: str
+    port: int
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RelayPeer:
+        """The inverse of :meth:`to_dict` (data that crossed the bus)."""
+        return cls(
+            worker=str(data["worker"]),
+            host=str(data["host"]),
+            port=int(data["port"]),
+            fingerprint=str(data["fingerprint"]),
+        )
+
+
+@dataclass(frozen=True)
+class RelayCodec:
+    """A payload type as a relay link carries it: ``rtpmap`` (name, clock
+    rate, channels), ``fmtp`` as sent, and the ``rtcp-fb`` values (``"nack"``,
+    ``"nack pli"``, ``"ccm fir"``...; RFC 4585 section 4.2)."""
+
+    payload_type: int
+    name: str
+    clock_rate: int
+    channels: int | None = None
+    fmtp: str | None = None
+    feedback: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "feedback": list(self.feedback)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RelayCodec:
+        """The inverse of :meth:`to_dict` (data that crossed the bus)."""
+        channels = data.get("channels")
+        fmtp = data.get("fmtp")
+        return cls(
+            payload_type=int(data["payload_type"]),
+            name=str(data["name"]),
+            clock_rate=int(data["clock_rate"]),
+            channels=None if channels is None else int(channels),
+            fmtp=None if fmtp is None else str(fmtp),
+            feedback=tuple(str(f) for f in data.get("feedback", ())),
+        )
+
+
+@dataclass(frozen=True)
+class RelayedTrack:
+    """A track as it arrives on a relay link: what the receiving worker needs
+    to register it and offer it to its own subscribers as if it had been
+    published there. ``info`` is the publisher's (its participant and mid on
+    the publishing worker); ``ssrc`` is the SSRC the link carries it with
+    (unique on the link, chosen by the sending worker), ``codec`` its media
+    payload type on the link, ``rtx_ssrc``/``rtx`` its RTX stream (RFC 4588)
+    when the link repairs with RTX, ``extensions`` the RFC 8285 header
+    extensions URI -> id as written on the link."""
+
+    info: TrackInfo
+    ssrc: int
+    codec: RelayCodec
+    rtx_ssrc: int | None = None
+    rtx: RelayCodec | None = None
+    extensions: Mapping[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "info": asdict(self.info),
+            "ssrc": self.ssrc,
+            "codec": self.codec.to_dict(),
+            "rtx_ssrc": self.rtx_ssrc,
+            "rtx": None if self.rtx is None else self.rtx.to_dict(),
+            "extensions": dict(self.extensions),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RelayedTrack:
+        """The inverse of :meth:`to_dict` (data that crossed the bus)."""
+        rtx_ssrc = data.get("rtx_ssrc")
+        rtx = data.get("rtx")
+        return cls(
+            info=TrackInfo.from_dict(data["info"]),
+            ssrc=int(data["ssrc"]),
+            codec=RelayCodec.from_dict(data["codec"]),
+            rtx_ssrc=None if rtx_ssrc is None else int(rtx_ssrc),
+            rtx=None if rtx is None else RelayCodec.from_dict(rtx),
+            extensions={str(k): int(v) for k, v in dict(data.get("extensions", {})).items()},
+        )
+
+
+@dataclass(frozen=True)
 class TransportState:
     """A participant's transport changed state. ``state`` is ``connected`` once
     ICE and DTLS are up and SRTP keyed; ``failed`` when ICE, DTLS or consent
@@ -106,7 +210,21 @@ class ActiveSpeaker:
     type: Literal["active_speaker"] = "active_speaker"
 
 
-MediaEvent = TransportState | ActiveSpeaker
+@dataclass(frozen=True)
+class RelayState:
+    """A relay link to another worker changed state: ``connected`` once DTLS
+    is up (fingerprint verified) and SRTP keyed; ``failed`` when the handshake
+    failed (a wrong fingerprint) or nothing came from the peer for a few
+    seconds; ``closed`` when no room uses the link any more (or the worker
+    closed). ``peer_worker`` is the other worker's id."""
+
+    peer_worker: str
+    state: Literal["connected", "failed", "closed"]
+    reason: str = ""
+    type: Literal["relay_state"] = "relay_state"
+
+
+MediaEvent = TransportState | ActiveSpeaker | RelayState
 
 
 def event_to_dict(event: MediaEvent) -> dict[str, object]:
@@ -129,6 +247,12 @@ def event_from_dict(data: Mapping[str, Any]) -> MediaEvent:
         speaker = data.get("participant")
         return ActiveSpeaker(
             room=str(data["room"]), participant=None if speaker is None else str(speaker)
+        )
+    if kind == "relay_state":
+        return RelayState(
+            peer_worker=str(data["peer_worker"]),
+            state=data["state"],
+            reason=str(data.get("reason", "")),
         )
     raise ValueError(f"not a media event: {kind!r}")
 
@@ -172,6 +296,34 @@ class MediaControl(Protocol):
 
     async def close_room(self, room: str) -> None:
         """Everyone leaves; the room is forgotten."""
+        ...
+
+    def relay_identity(self) -> tuple[str, str]:
+        """This worker's id and its DTLS certificate fingerprint
+        (``"sha-256 AB:CD:..."``), what another worker's :class:`RelayPeer`
+        for it holds. Local only: over the bus the registry entry has both."""
+        ...
+
+    async def relay_send(
+        self, room: str, peer: RelayPeer, track_ids: Sequence[str]
+    ) -> list[RelayedTrack]:
+        """Make ``track_ids`` exactly the set of this room's *local* tracks
+        this worker sends to ``peer`` (idempotent; ``[]`` stops sending this
+        room's tracks there). Returns each track as it will arrive on the link,
+        for the peer's :meth:`relay_receive`. The link (one per pair of
+        workers, both directions, every room) is set up on first use and torn
+        down when no room uses it either way."""
+        ...
+
+    async def relay_receive(
+        self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack]
+    ) -> None:
+        """Make ``tracks`` exactly the remote tracks this worker receives from
+        ``peer`` for this room (idempotent; ``[]`` stops). They are subscribable
+        here by track id with :meth:`subscribe` like local tracks; a track no
+        longer listed is removed with its subscriptions (like
+        :meth:`unpublish`). SfuStateError for a track id the room already has
+        from elsewhere."""
         ...
 
     def add_listener(self, listener: Callable[[MediaEvent], None]) -> None:

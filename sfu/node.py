@@ -186,7 +186,7 @@ async def _worker_main(spec: WorkerSpec) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     redis = _redis(settings.redis_url)
-    worker = MediaWorker.from_settings(settings, spec.port)
+    worker = MediaWorker.from_settings(settings, spec.port, spec.wid)
     extra = {"worker": spec.wid, "incarnation": spec.incarnation}
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(redis.aclose)
@@ -211,6 +211,7 @@ async def _worker_main(spec: WorkerSpec) -> int:
             host=worker.candidate_addresses[0][0],
             port=worker.port,
             capacity=settings.media_capacity,
+            fingerprint=worker.relay_identity()[1],
         )
         registration = Registration(
             redis,

@@ -71,7 +71,10 @@ class WorkerInfo:
     UDP socket; ``incarnation`` changes with every process start, so a reply
     or an event from a worker's previous life is never taken for its current
     one; ``cpu`` is the fraction of one core it used over the last heartbeat;
-    ``pps`` packets per second received plus forwarded."""
+    ``pps`` packets per second received plus forwarded; ``fingerprint`` the
+    worker's DTLS certificate fingerprint (``"sha-256 AB:CD:..."``), which a
+    relay link to it checks (:class:`sfu.control.RelayPeer`); empty from a
+    worker that predates relay links."""
 
     worker: str
     incarnation: str
@@ -81,6 +84,7 @@ class WorkerInfo:
     host: str
     port: int
     capacity: int
+    fingerprint: str = ""
     transports: int = 0
     rooms: int = 0
     pps: float = 0.0
@@ -116,7 +120,7 @@ class WorkerInfo:
         return cls(**values)
 
 
-_OPTIONAL = {"transports", "rooms", "pps", "cpu", "state", "updated"}
+_OPTIONAL = {"fingerprint", "transports", "rooms", "pps", "cpu", "state", "updated"}
 
 
 def _text(value: object) -> str:

@@ -49,6 +49,8 @@ from sfu.control import (
     MediaControl,
     MediaEvent,
     PublishResult,
+    RelayedTrack,
+    RelayPeer,
     Source,
     event_from_dict,
     event_to_dict,
@@ -192,9 +194,10 @@ class MediaClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def remote(self, wid: str, incarnation: str) -> RemoteMedia:
-        """The MediaControl of one worker incarnation."""
-        return RemoteMedia(self, wid, incarnation)
+    def remote(self, wid: str, incarnation: str, fingerprint: str = "") -> RemoteMedia:
+        """The MediaControl of one worker incarnation (``fingerprint``: its
+        registry entry's, for :meth:`RemoteMedia.relay_identity`)."""
+        return RemoteMedia(self, wid, incarnation, fingerprint)
 
     def abandon(self, wid: str, incarnation: str) -> None:
         """The worker is gone: fail its requests in flight now rather than at
@@ -292,10 +295,13 @@ class RemoteMedia:
     or not answering) or :class:`MediaError`.
     """
 
-    def __init__(self, client: MediaClient, wid: str, incarnation: str) -> None:
+    def __init__(
+        self, client: MediaClient, wid: str, incarnation: str, fingerprint: str = ""
+    ) -> None:
         self.client = client
         self.wid = wid
         self.incarnation = incarnation
+        self.fingerprint = fingerprint
 
     def __repr__(self) -> str:
         return f"RemoteMedia({self.wid!r}, {self.incarnation!r})"
@@ -337,6 +343,28 @@ class RemoteMedia:
     async def close_room(self, room: str) -> None:
         await self._call("close_room", room=room)
 
+    def relay_identity(self) -> tuple[str, str]:
+        """The worker's id and the fingerprint its registry entry gave
+        :meth:`MediaClient.remote` (no round trip); MediaError without one."""
+        if not self.fingerprint:
+            raise MediaError(f"media worker {self.wid}: fingerprint unknown (read the registry)")
+        return self.wid, self.fingerprint
+
+    async def relay_send(
+        self, room: str, peer: RelayPeer, track_ids: Sequence[str]
+    ) -> list[RelayedTrack]:
+        result = await self._call(
+            "relay_send", room=room, peer=peer.to_dict(), track_ids=list(track_ids)
+        )
+        return [RelayedTrack.from_dict(t) for t in result]
+
+    async def relay_receive(
+        self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack]
+    ) -> None:
+        await self._call(
+            "relay_receive", room=room, peer=peer.to_dict(), tracks=[t.to_dict() for t in tracks]
+        )
+
     def add_listener(self, listener: Callable[[MediaEvent], None]) -> None:
         """Call ``listener`` with this incarnation's media events (not lifecycle)."""
 
@@ -354,7 +382,17 @@ if TYPE_CHECKING:
 # --- the worker's side --------------------------------------------------------------------
 
 _OPS = frozenset(
-    {"publish", "subscribe", "answer", "set_muted", "unpublish", "leave", "close_room"}
+    {
+        "publish",
+        "subscribe",
+        "answer",
+        "set_muted",
+        "unpublish",
+        "leave",
+        "close_room",
+        "relay_send",
+        "relay_receive",
+    }
 )
 
 
@@ -475,7 +513,25 @@ class MediaServer:
             }
         if op not in _OPS:
             raise MediaError(f"unknown op {op!r}")
+        if op in ("relay_send", "relay_receive"):
+            return await self._relay(str(op), args)
         result = await getattr(self.worker, str(op))(**args)
         if isinstance(result, PublishResult):
             return asdict(result)
         return result
+
+    async def _relay(self, op: str, args: Mapping[str, Any]) -> Any:
+        try:
+            room = str(args["room"])
+            peer = RelayPeer.from_dict(args["peer"])
+            if op == "relay_send":
+                track_ids = [str(t) for t in args["track_ids"]]
+            else:
+                tracks = [RelayedTrack.from_dict(t) for t in args["tracks"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MediaError(f"malformed {op} request: {exc!r}") from exc
+        if op == "relay_send":
+            sent = await self.worker.relay_send(room, peer, track_ids)
+            return [t.to_dict() for t in sent]
+        await self.worker.relay_receive(room, peer, tracks)
+        return None

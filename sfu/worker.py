@@ -93,6 +93,7 @@ from sfu import metrics
 from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
 from sfu.control import MediaEvent, TransportState
 from sfu.forward import Forwarder
+from sfu.links import WorkerLinks
 from sfu.negotiation import WorkerControl
 from sfu.records import Peer, Room
 from sfu.reports import ReportScheduler, nack_interval_for
@@ -137,7 +138,7 @@ _RTCP_MAX = 1200
 # --- the worker -------------------------------------------------------------------------
 
 
-class MediaWorker(WorkerControl, asyncio.DatagramProtocol):
+class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
     """An SFU worker on one UDP port (RFC 8445 2.5 ICE-lite, RFC 5764 DTLS-SRTP, RFC 3550 7.1).
 
     ``host``/``port``: what the socket binds (port 0: any free port).
@@ -147,12 +148,14 @@ class MediaWorker(WorkerControl, asyncio.DatagramProtocol):
     a transport fails. ``forwarder_options`` go to each room's
     :class:`~sfu.forward.Forwarder`. ``remb_max_bitrate`` (bits/s) caps the
     REMB estimate sent to publishers without transport-cc
-    (draft-alvestrand-rmcat-remb-03).
+    (draft-alvestrand-rmcat-remb-03). ``worker_id`` names the worker to
+    other workers' relay links (its registry id; random by default).
     """
 
     def __init__(
         self,
         *,
+        worker_id: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         announced_addresses: Sequence[str] = (),
@@ -162,6 +165,7 @@ class MediaWorker(WorkerControl, asyncio.DatagramProtocol):
         forwarder_options: Mapping[str, Any] | None = None,
         remb_max_bitrate: int = 2_500_000,
     ) -> None:
+        self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
         self.host = host
         self.port = port
         self.announced_addresses = list(announced_addresses)
@@ -208,10 +212,13 @@ class MediaWorker(WorkerControl, asyncio.DatagramProtocol):
     # -- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: Settings, port: int) -> MediaWorker:
+    def from_settings(
+        cls, settings: Settings, port: int, worker_id: str | None = None
+    ) -> MediaWorker:
         """A worker on ``port`` as the media_* settings describe it (the
         in-process worker of ``wadud serve`` and each of ``wadud media``'s)."""
         return cls(
+            worker_id=worker_id,
             host=settings.media_host,
             port=port,
             announced_addresses=settings.media_announced_addresses,
