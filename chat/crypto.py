@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chat.errors import ChatError
+from privacy.subject_keys import KeyShredded, SubjectKeys, is_subject_kid
 from wadud.config import Settings
-from wadud.errors import ConfigError
+from wadud.errors import ConfigError, Gone
 
 DERIVED_KID = "sk1"
 
@@ -33,6 +34,13 @@ DERIVED_KID = "sk1"
 class DecryptError(ChatError):
     code = "decrypt-failed"
     title = "Stored chat data could not be decrypted"
+
+
+class Shredded(ChatError, Gone):
+    """The data was sealed with an erased patient's key."""
+
+    code = "erased"
+    title = "This data was erased at the patient's request"
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class Keyring:
                 raise ConfigError(f"chat key id {kid!r} appears twice")
             self._aead[kid] = AESGCM(key)
         self.current = keys[0][0]
+        #: Patients' data keys, wrapped by this ring.
+        self.subjects = SubjectKeys(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Keyring:
@@ -89,7 +99,43 @@ class Keyring:
         nonce = os.urandom(12)
         return Sealed(self.current, nonce, self._aead[self.current].encrypt(nonce, plaintext, aad))
 
+    async def seal_for(
+        self, conn: asyncpg.Connection | asyncpg.Pool, subject: UUID, plaintext: bytes, aad: bytes
+    ) -> Sealed:
+        """Seal with the data key of ``subject`` (the conversation's patient)."""
+        key = await self.subjects.key_for(conn, subject)
+        nonce, data = key.seal(plaintext, aad)
+        return Sealed(key.kid, nonce, data)
+
+    async def load(self, conn: asyncpg.Connection | asyncpg.Pool, key_ids: set[str]) -> None:
+        """Fetch the subject keys among ``key_ids``, so :meth:`open` can use them."""
+        await self.subjects.preload(conn, key_ids)
+
+    async def open_any(
+        self,
+        conn: asyncpg.Connection | asyncpg.Pool,
+        key_id: str,
+        nonce: bytes,
+        data: bytes,
+        aad: bytes,
+    ) -> bytes:
+        """:meth:`open`, fetching a subject key first when the row names one."""
+        if is_subject_kid(key_id):
+            await self.subjects.preload(conn, {key_id})
+        return self.open(key_id, nonce, data, aad)
+
     def open(self, key_id: str, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        """Open a ciphertext; a subject key must be loaded first (:meth:`load`)
+        (:class:`Shredded` when the patient was erased)."""
+        if is_subject_kid(key_id):
+            try:
+                return self.subjects.cached(key_id).open(nonce, data, aad)
+            except KeyShredded:
+                raise Shredded("sealed with an erased patient's key") from None
+            except KeyError:
+                raise DecryptError(f"subject key {key_id!r} was not loaded") from None
+            except InvalidTag:
+                raise DecryptError("a stored chat ciphertext failed authentication") from None
         aead = self._aead.get(key_id)
         if aead is None:
             raise DecryptError(f"chat key {key_id!r} is not configured")
@@ -110,16 +156,19 @@ def attachment_aad(attachment_id: UUID) -> bytes:
 async def reencrypt(pool: asyncpg.Pool, keyring: Keyring, *, batch: int = 500) -> int:
     """Re-seal message bodies not under the current key; return how many.
 
-    Bodies only: attachments are content-addressed objects in the store and
+    Bodies sealed by a server key only (subject keys are re-wrapped instead,
+    :meth:`privacy.subject_keys.SubjectKeys.rewrap`, which this calls first).
+    Attachments are content-addressed objects in the store and
     are re-sealed by uploading again (their rows name their own key, so old
     ones keep opening while the old key is configured). Rows are taken with
     ``SKIP LOCKED`` so several nodes can run this at once."""
+    await keyring.subjects.rewrap(pool)
     done = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT conversation_id, seq, key_id, nonce, body FROM chat_events
-                   WHERE key_id IS NOT NULL AND key_id <> $1
+                   WHERE key_id IS NOT NULL AND key_id <> $1 AND key_id NOT LIKE 's:%'
                    LIMIT $2 FOR UPDATE SKIP LOCKED""",
                 keyring.current,
                 batch,

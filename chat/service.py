@@ -228,7 +228,9 @@ class ChatService:
         if ctype is None:
             raise AttachmentType("the file is not a JPEG, PNG, GIF, WebP image or a PDF")
         attachment_id = uuid.uuid4()
-        sealed = self.keyring.seal(data, attachment_aad(attachment_id))
+        sealed = await self.keyring.seal_for(
+            self.pool, acc.patient_id, data, attachment_aad(attachment_id)
+        )
         key = await self.storage.put(sealed.data)
         return await store.insert_attachment(
             self.pool,
@@ -266,5 +268,7 @@ class ChatService:
     async def download(self, attachment_id: UUID) -> tuple[str, bytes]:
         row = await store.attachment_row(self.pool, attachment_id)
         sealed = await self.storage.get(row["storage_key"])
-        data = self.keyring.open(row["key_id"], row["nonce"], sealed, attachment_aad(row["id"]))
+        data = await self.keyring.open_any(
+            self.pool, row["key_id"], row["nonce"], sealed, attachment_aad(row["id"])
+        )
         return row["content_type"], data

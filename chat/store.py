@@ -17,7 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
-from chat.crypto import Keyring, message_aad
+from chat.crypto import Keyring, Shredded, message_aad
 from chat.errors import (
     AttachmentNotFound,
     BadSequence,
@@ -183,14 +183,22 @@ async def open_for_booking(conn: asyncpg.Connection, who: Principal, booking_id:
     """The conversation of a booking, opened on first ask, by its patient,
     its doctor, its clinic's staff or an admin."""
     b = await conn.fetchrow(
-        """SELECT b.clinic_id, b.patient_id, b.doctor_id, d.user_id AS doctor_user_id
-           FROM bookings b JOIN doctors d ON d.id = b.doctor_id WHERE b.id = $1""",
+        """SELECT b.clinic_id, b.patient_id, b.doctor_id, d.user_id AS doctor_user_id,
+                  u.erased_at IS NOT NULL AS erased
+           FROM bookings b JOIN doctors d ON d.id = b.doctor_id
+           JOIN users u ON u.id = b.patient_id WHERE b.id = $1""",
         booking_id,
     )
-    allowed = b is not None and (
-        who.role == Role.ADMIN
-        or who.user_id in (b["patient_id"], b["doctor_user_id"])
-        or (who.role == Role.CLINIC_STAFF and who.clinic_id == b["clinic_id"])
+    # An erased patient's bookings stay for the ledger; their chat does not
+    # come back.
+    allowed = (
+        b is not None
+        and not b["erased"]
+        and (
+            who.role == Role.ADMIN
+            or who.user_id in (b["patient_id"], b["doctor_user_id"])
+            or (who.role == Role.CLINIC_STAFF and who.clinic_id == b["clinic_id"])
+        )
     )
     if b is None or not allowed:
         raise NotFound("no such booking")
@@ -515,7 +523,11 @@ async def append(
 ) -> Appended:
     """Commit one event (and its outbox row) and return its sequence; a
     repeated ``client_id`` from the same sender returns the first result."""
-    sealed = keyring.seal(body, message_aad(acc.conversation_id)) if body is not None else None
+    sealed = None
+    if body is not None:
+        sealed = await keyring.seal_for(
+            appender.pool, acc.patient_id, body, message_aad(acc.conversation_id)
+        )
     return await appender.append(
         _Item(
             acc.conversation_id,
@@ -570,7 +582,10 @@ def _events(rows: list[asyncpg.Record], conversation_id: UUID, keyring: Keyring)
     for r in rows:
         body = None
         if r["body"] is not None:
-            body = keyring.open(r["key_id"], r["nonce"], r["body"], aad).decode("utf-8")
+            try:
+                body = keyring.open(r["key_id"], r["nonce"], r["body"], aad).decode("utf-8")
+            except Shredded:
+                body = None  # the patient was erased while this was being read
         att = None
         if r["att_id"] is not None:
             att = {"id": str(r["att_id"]), "content_type": r["att_type"], "size": r["att_size"]}
@@ -609,6 +624,7 @@ async def events_after(
         upto,
         limit,
     )
+    await keyring.load(conn, {r["key_id"] for r in rows if r["key_id"]})
     return _events(rows, conversation_id, keyring)
 
 
@@ -625,6 +641,7 @@ async def events_before(
         before,
         limit,
     )
+    await keyring.load(conn, {r["key_id"] for r in rows if r["key_id"]})
     return _events(rows, conversation_id, keyring)
 
 

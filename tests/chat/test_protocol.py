@@ -196,13 +196,35 @@ async def test_reencrypt_moves_rows_to_the_current_key(api: Api, world: World) -
             {"client_id": str(i), "body": f"نص {i}"},
             token=w.patient_token,
         )
-    rotated = svc.keyring.rotated("k-new", os.urandom(32))
     pool = api.app[keys.DB]
-    assert await reencrypt(pool, rotated, batch=2) == 5
+    # New bodies are sealed with the patient's data key; two rows stand for
+    # bodies sealed by the server key before subject keys existed.
     kids = await pool.fetch("SELECT DISTINCT key_id FROM chat_events")
-    assert [r["key_id"] for r in kids] == ["k-new"]
-    svc.keyring = rotated
-    svc.hub.keyring = rotated
+    assert [r["key_id"][:2] for r in kids] == ["s:"]
+    cid = uuid.UUID(w.conversation_id)
+    for seq in (1, 2):
+        legacy = svc.keyring.seal(f"نص {seq - 1}".encode(), message_aad(cid))
+        await pool.execute(
+            "UPDATE chat_events SET key_id = $3, nonce = $4, body = $5"
+            " WHERE conversation_id = $1 AND seq = $2",
+            cid,
+            seq,
+            legacy.key_id,
+            legacy.nonce,
+            legacy.data,
+        )
+    new_key = os.urandom(32)
+    rotated = svc.keyring.rotated("k-new", new_key)
+    assert await reencrypt(pool, rotated, batch=1) == 2
+    kids = await pool.fetch("SELECT DISTINCT left(key_id, 2) AS k FROM chat_events ORDER BY 1")
+    assert [r["k"] for r in kids] == ["k-", "s:"]
+    # The patient's data key is now wrapped by the new server key.
+    wraps = await pool.fetch("SELECT DISTINCT wrap_key_id FROM subject_keys")
+    assert [r["wrap_key_id"] for r in wraps] == ["k-new"]
+    # Everything opens with the new key alone: the old one can be dropped.
+    only_new = Keyring([("k-new", new_key)])
+    svc.keyring = only_new
+    svc.hub.keyring = only_new
     events = await api.get(
         f"/api/v1/chat/conversations/{w.conversation_id}/events?after=0", token=w.doctor.token
     )
