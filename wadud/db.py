@@ -4,8 +4,12 @@ when no ``database_url`` is configured."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
+import subprocess
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,26 +24,126 @@ from wadud.config import Settings
 log = logging.getLogger("wadud.db")
 
 
+#: Which ``wadud`` processes use an embedded cluster: a JSON list of pids in
+#: its folder. pgserver keeps a list of its own, but any process that calls
+#: ``get_server`` on the folder (a benchmark seeding data, a debugging shell)
+#: lands in it and then keeps the server alive forever, and a killed process
+#: never leaves it. This one counts only wadud's own roles, and only live ones.
+_HANDLES = ".wadud_handles.json"
+
+#: How long a fast shutdown (clients disconnected, a checkpoint) may take
+#: before an immediate one, then SIGKILL.
+_STOP_SECONDS = 20
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its parent has stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _handles(path: Path) -> list[int]:
+    try:
+        pids = json.loads((path / _HANDLES).read_text())
+    except (OSError, ValueError):
+        return []
+    return [int(p) for p in pids if isinstance(p, int)]
+
+
+def _join(path: Path) -> Any:
+    """Start or join the cluster, and count this process among its users."""
+    from pgserver.postgres_server import PostgresServer, get_server
+
+    # cleanup_mode=None: pgserver's own exit hook never stops the server;
+    # :func:`_let_go` decides, from wadud's live users alone.
+    server = get_server(path, cleanup_mode=None)
+    with PostgresServer._lock:
+        pids = [p for p in _handles(path) if p != os.getpid() and _alive(p)]
+        (path / _HANDLES).write_text(json.dumps([*pids, os.getpid()]))
+    return server
+
+
+def _let_go(server: Any) -> None:
+    """Leave the cluster; the last live wadud process stops it, whoever else
+    (psql, a benchmark, a stale pgserver handle) is still connected."""
+    from pgserver.postgres_server import PostgresServer
+
+    path: Path = server.pgdata
+    with PostgresServer._lock:
+        server.global_process_id_list.get_and_remove(os.getpid())
+        others = [p for p in _handles(path) if p != os.getpid() and _alive(p)]
+        (path / _HANDLES).write_text(json.dumps(others))
+        # A later start in this process must not reuse the stopped instance.
+        PostgresServer._instances.pop(path, None)
+        if others:
+            log.info(
+                "embedded PostgreSQL left running for other wadud processes",
+                extra={"pgdata": str(path), "pids": others},
+            )
+            return
+        stop_embedded(path, user=server.system_user)
+
+
+def stop_embedded(path: Path, *, user: str | None = None) -> bool:
+    """Stop the PostgreSQL cluster in ``path`` if it runs: a fast shutdown
+    (open sessions are ended, their transactions rolled back), then an
+    immediate one, then SIGKILL to the postmaster. True if one was running."""
+    from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(path)
+    if info is None or not _alive(info.pid):
+        return False
+    log.info("stopping embedded PostgreSQL", extra={"pgdata": str(path), "pid": info.pid})
+    for mode in ("fast", "immediate"):
+        try:
+            subprocess.run(
+                [
+                    *(str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(path), "-m", mode),
+                    *("-w", "-t", str(_STOP_SECONDS), "stop"),
+                ],
+                user=user,
+                timeout=_STOP_SECONDS + 5,
+                check=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            log.warning("pg_ctl stop failed", extra={"pgdata": str(path), "mode": mode})
+        if not _alive(info.pid):
+            return True
+    with contextlib.suppress(OSError):
+        os.kill(info.pid, signal.SIGKILL)
+        log.warning("embedded PostgreSQL killed", extra={"pgdata": str(path), "pid": info.pid})
+    return True
+
+
 @asynccontextmanager
 async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
     """Start (or join) a PostgreSQL cluster under ``data_dir/postgres`` from the
-    ``pgserver`` wheel and yield its URL; the data survives restarts. The
-    server stops when the last process using it lets go."""
+    ``pgserver`` wheel and yield its URL; the data survives restarts. On the
+    way out the last live wadud process using the cluster stops it, even with
+    other clients still connected (see :func:`stop_embedded`)."""
     # Imported late: only the embedded default needs it. Its platformdirs
     # warns when XDG_RUNTIME_DIR is unset (root, containers), which is noise.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        from pgserver.postgres_server import get_server
+        import pgserver.postgres_server  # noqa: F401
 
     path = (data_dir / "postgres").resolve()
     path.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     log.info("starting embedded PostgreSQL", extra={"pgdata": str(path)})
-    server = await loop.run_in_executor(None, lambda: get_server(path, cleanup_mode="stop"))
+    server = await loop.run_in_executor(None, _join, path)
     try:
         yield str(server.get_uri())
     finally:
-        await loop.run_in_executor(None, server.cleanup)
+        # Shielded: a cancelled shutdown must still stop what it started.
+        await asyncio.shield(loop.run_in_executor(None, _let_go, server))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -25,12 +25,16 @@ import datetime as dt
 import json
 import os
 import random
+import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,86 @@ async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
             pass
         await asyncio.sleep(0.1)
     raise SystemExit("wadud serve did not become ready")
+
+
+#: Transactions committed or rolled back in the server's databases so far
+#: (the statistics lag by at most a second, so the run sleeps before reading).
+XACTS = """SELECT sum(xact_commit + xact_rollback)::bigint FROM pg_stat_database, pg_sleep(1.1)"""
+
+
+def count_statements(log: bytes) -> Counter[str]:
+    """Statements in a PostgreSQL log written with ``log_statement = 'all'``,
+    by their first words (simple and extended protocol alike)."""
+    found: Counter[str] = Counter()
+    for line in log.decode(errors="replace").splitlines():
+        _, sep, rest = line.partition("LOG:  ")
+        if not sep:
+            continue
+        if rest.startswith("statement: "):
+            sql = rest[len("statement: ") :]
+        elif rest.startswith("execute "):
+            sql = rest.split(": ", 1)[1] if ": " in rest else ""
+        else:
+            continue
+        sql = re.sub(r"__asyncpg_savepoint_\w+__", "sp", sql)
+        words = sql.split()
+        key = " ".join(words[:3]) if words else "?"
+        found[key[:60]] += 1
+    found["total"] = sum(found.values())
+    return found
+
+
+def database_url(data_dir: Path) -> str:
+    """The URL of the server's embedded PostgreSQL, read from its pid file.
+    Not pgserver's ``get_server``: that would count this process as one of the
+    cluster's users (it used to keep the cluster running after the run)."""
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir / "postgres")
+    if info is None:
+        raise SystemExit("wadud serve is ready but its PostgreSQL has no pid file")
+    return str(info.get_uri())
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited postmaster waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_server(server: subprocess.Popen[bytes], data_dir: Path) -> dict[str, Any]:
+    """SIGTERM ``wadud serve`` and check it stopped its PostgreSQL; whatever
+    is left (it should be nothing) is killed and reported."""
+    pm = postmaster_pid(data_dir)
+    t0 = time.perf_counter()
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    report: dict[str, Any] = {
+        "serve_exit_code": server.returncode,
+        "serve_stop_seconds": round(time.perf_counter() - t0, 2),
+        "postgres_left_running": False,
+    }
+    deadline = time.monotonic() + 5
+    while pm is not None and running(pm) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pm is not None and running(pm):
+        report["postgres_left_running"] = True
+        os.kill(pm, signal.SIGINT)  # fast shutdown of the cluster this run started
+        print(f"wadud serve left its PostgreSQL (pid {pm}) running; stopped it", file=sys.stderr)
+    return report
 
 
 async def seed(db_url: str, doctors: int) -> list[tuple[str, str]]:
@@ -157,9 +241,7 @@ async def run(
     conn = aiohttp.TCPConnector(limit=args.clients * 2)
     async with aiohttp.ClientSession(connector=conn) as session:
         await wait_ready(session, base)
-        from pgserver.postgres_server import get_server
-
-        db_url = get_server(data_dir / "postgres", cleanup_mode=None).get_uri()
+        db_url = database_url(data_dir)
         t0 = time.perf_counter()
         await seed(db_url, args.doctors)
         results["seed_seconds"] = round(time.perf_counter() - t0, 2)
@@ -256,12 +338,29 @@ async def run(
                 else:
                     failed += 1
 
+        conn = await asyncpg.connect(db_url)
+        log_file = data_dir / "postgres" / "log"
+        if args.count_statements:
+            # Profiling only: every statement the server runs goes to the
+            # log, which slows the run; the figures then count, not time.
+            await conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+            await conn.execute("SELECT pg_reload_conf()")
+            await asyncio.sleep(0.5)
+        log_at = log_file.stat().st_size
+        xact0 = await conn.fetchval(XACTS)
         cpu0 = cpu_seconds(server.pid)
         t0 = time.perf_counter()
         await asyncio.gather(*(client(tok, w) for tok, w in zip(tokens, work, strict=True)))
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(server.pid) - cpu0
-        conn = await asyncpg.connect(db_url)
+        xacts = await conn.fetchval(XACTS) - xact0 - 1
+        statements = None
+        if args.count_statements:
+            await conn.execute("ALTER SYSTEM RESET log_statement")
+            await conn.execute("SELECT pg_reload_conf()")
+            with log_file.open("rb") as f:
+                f.seek(log_at)
+                statements = count_statements(f.read())
         confirmed = await conn.fetchval(
             """SELECT count(*) FROM bookings b JOIN payment_intents p ON p.booking_id = b.id
                WHERE b.status = 'requested' AND p.status = 'succeeded'"""
@@ -279,7 +378,12 @@ async def run(
             if per_booking
             else None,
             "latency_p95_ms": round(pct(per_booking, 95) * 1000, 1) if per_booking else None,
+            "transactions_per_booking": round(xacts / done, 2) if done else None,
         }
+        if statements is not None:
+            results["bookings"]["statements_per_booking"] = (
+                {k: round(v / done, 2) for k, v in statements.most_common()} if done else {}
+            )
     return results
 
 
@@ -292,13 +396,26 @@ def main() -> None:
     p.add_argument("--searches", type=int, default=2000)
     p.add_argument("--search-concurrency", type=int, default=8)
     p.add_argument("--quick", action="store_true", help="small run for a smoke test")
+    p.add_argument("--keep-data", action="store_true", help="keep the server's data folder")
+    p.add_argument(
+        "--count-statements",
+        action="store_true",
+        help="log every SQL statement of the booking phase and count them per booking "
+        "(profiling: slows the run)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "booking.json")
     args = p.parse_args()
     if args.quick:
         args.doctors, args.clients, args.seconds, args.searches = 500, 4, 3.0, 100
     data_dir = Path(tempfile.mkdtemp(prefix="wadud-bench-"))
     port = free_port()
-    env = {**os.environ, "WADUD_LOG_LEVEL": "warning", "WADUD_DATABASE_POOL_MAX": "20"}
+    env = {
+        **os.environ,
+        "WADUD_LOG_LEVEL": "warning",
+        "WADUD_DATABASE_POOL_MAX": "20",
+        # Every client signs in anonymously from 127.0.0.1.
+        "WADUD_LIMITS_ANONYMOUS_BURST": "0",
+    }
     server = subprocess.Popen(
         [str(BIN / "wadud"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
         env=env,
@@ -307,11 +424,10 @@ def main() -> None:
     try:
         results = asyncio.run(run(args, server, f"http://127.0.0.1:{port}", data_dir))
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stopped = stop_server(server, data_dir)
+        if not args.keep_data:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    results["shutdown"] = stopped
     results["run_id"] = uuid.uuid4().hex[:8]
     results["at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     s, b = results["search"], results["bookings"]
@@ -328,6 +444,11 @@ def main() -> None:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    print(
+        f"shutdown: wadud serve exited {stopped['serve_exit_code']} in "
+        f"{stopped['serve_stop_seconds']} s; PostgreSQL left running: "
+        f"{stopped['postgres_left_running']}"
+    )
     print(f"wrote {args.out}")
 
 
