@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,10 +195,12 @@ class ApiReplica:
     name: str
     port: int
     proc: Proc
+    host: str = HOST
+    region: str = ""
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 @dataclass
@@ -208,10 +210,12 @@ class MediaNode:
     udp_base: int
     workers: int
     proc: Proc
+    host: str = HOST
+    region: str = ""
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def worker_ids(self) -> list[str]:
@@ -236,6 +240,9 @@ class Cluster:
     region: str = "pk"
     public_url: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    wrap: Callable[[str | None, list[str]], list[str]] | None = None
+    """Where each process runs: given a place (None: the default one) and
+    an argv, the argv to start (tests/regions.py puts it in a namespace)."""
     apis: dict[str, ApiReplica] = field(default_factory=dict)
     media: dict[str, MediaNode] = field(default_factory=dict)
 
@@ -260,24 +267,47 @@ class Cluster:
         env.update(more)
         return env
 
-    def _proc(self, name: str, argv: list[str]) -> Proc:
-        return Proc(name, argv, self.env(), self.work / f"{name}.log", self.groups)
+    def _proc(self, name: str, argv: list[str], place: str | None = None, **env: str) -> Proc:
+        if self.wrap is not None:
+            argv = self.wrap(place, argv)
+        return Proc(name, argv, self.env(**env), self.work / f"{name}.log", self.groups)
 
-    def add_api(self, name: str, port: int | None = None) -> ApiReplica:
+    def add_api(
+        self,
+        name: str,
+        port: int | None = None,
+        *,
+        host: str = HOST,
+        region: str | None = None,
+        place: str | None = None,
+    ) -> ApiReplica:
         port = port or free_tcp_port()
-        argv = [WADUD, "api", "--host", HOST, "--port", str(port), "--region", self.region]
-        replica = ApiReplica(name, port, self._proc(f"api-{name}", argv))
+        region = self.region if region is None else region
+        argv = [WADUD, "api", "--host", host, "--port", str(port), "--region", region]
+        proc = self._proc(f"api-{name}", argv, place, WADUD_MEDIA_HOST=host)
+        replica = ApiReplica(name, port, proc, host, region)
         self.apis[name] = replica
         return replica
 
-    def add_media(self, node_id: str, workers: int = 2) -> MediaNode:
+    def add_media(
+        self,
+        node_id: str,
+        workers: int = 2,
+        *,
+        host: str = HOST,
+        region: str | None = None,
+        place: str | None = None,
+    ) -> MediaNode:
+        """A media node; ``host`` is the address it binds and announces."""
         http_port = free_tcp_port()
         base = free_udp_ports(workers)
+        region = self.region if region is None else region
         argv = [
-            WADUD, "media", "--region", self.region, "--workers", str(workers),
-            "--http", f"{HOST}:{http_port}", "--udp-port", str(base), "--node-id", node_id,
+            WADUD, "media", "--region", region, "--workers", str(workers),
+            "--http", f"{host}:{http_port}", "--udp-port", str(base), "--node-id", node_id,
         ]  # fmt: skip
-        node = MediaNode(node_id, http_port, base, workers, self._proc(f"media-{node_id}", argv))
+        proc = self._proc(f"media-{node_id}", argv, place, WADUD_MEDIA_HOST=host)
+        node = MediaNode(node_id, http_port, base, workers, proc, host, region)
         self.media[node_id] = node
         return node
 

@@ -1,0 +1,237 @@
+"""The simulated-regions harness itself (tests/regions.py): delays, loss,
+counters and services behind the userspace bridge, measured from inside the
+namespaces. The wadud topology on top of it is tested in
+tests/signalling/test_regions.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.regions import Regions, start_postgres, start_redis, unavailable_reason, wait_tcp
+
+ECHO_PORT = 7000
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regions]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    r = Regions(tmp_path_factory.mktemp("regions"), ["pk", "ae", "sa", "db"], seed=7)
+    r.start()
+    try:
+        yield r
+    finally:
+        r.close()
+    assert not any(Path("/run/netns", ns).exists() for ns in r.namespaces)
+
+
+async def _echo_server(address: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+    await loop.create_datagram_endpoint(Echo, local_addr=(address, port))
+
+
+@pytest.fixture(scope="module")
+def echo(regions: Regions) -> None:
+    """A UDP echo server in ``ae`` and one in ``sa``."""
+    for host in ("ae", "sa"):
+        addr = regions[host].address
+        regions.loop(host).call(lambda addr=addr: _echo_server(addr, ECHO_PORT))  # type: ignore[misc]
+
+
+async def _udp_rtts(address: str, count: int, *, wait: float = 2.0) -> list[float | None]:
+    """``count`` ping-pongs to an echo server, one at a time: each RTT, or None if lost."""
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            got.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(address, ECHO_PORT))
+    out: list[float | None] = []
+    try:
+        for i in range(count):
+            tag = i.to_bytes(4, "big") + os.urandom(60)
+            t0 = time.monotonic()
+            transport.sendto(tag)
+            try:
+                while (await asyncio.wait_for(got.get(), wait)) != tag:
+                    pass
+                out.append(time.monotonic() - t0)
+            except TimeoutError:
+                out.append(None)
+    finally:
+        transport.close()
+    return out
+
+
+@pytest.mark.usefixtures("echo")
+async def test_round_trip_times_follow_the_configured_delays(regions: Regions) -> None:
+    for dst, want in (("ae", 0.080), ("sa", 0.120)):
+        rtts = await regions.run_in("pk", lambda dst=dst: _udp_rtts(regions[dst].address, 12))  # type: ignore[misc]
+        got = [r for r in rtts[2:] if r is not None]  # the first pays for ARP
+        median = statistics.median(got)
+        print(f"\npk<->{dst} RTT median {median * 1000:.1f} ms, max {max(got) * 1000:.1f} ms")
+        assert len(got) == 10
+        assert want <= median < want + 0.015, (dst, median)
+        assert 2 * regions.delay("pk", dst) == pytest.approx(want)
+
+
+async def _blast(address: str, count: int, port: int = ECHO_PORT) -> int:
+    """Send ``count`` datagrams (paced a little), then count the echoes back."""
+    loop = asyncio.get_running_loop()
+    seen = 0
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            nonlocal seen
+            seen += 1
+
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(address, port))
+    try:
+        for i in range(count):
+            transport.sendto(i.to_bytes(4, "big") + b"x" * 100)
+            if i % 50 == 49:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)
+        return seen
+    finally:
+        transport.close()
+
+
+@pytest.mark.usefixtures("echo")
+async def test_loss_is_seeded_per_region_pair_and_counted(regions: Regions) -> None:
+    bridge = regions.bridge
+    await regions.run_in("pk", lambda: _udp_rtts(regions["ae"].address, 1))  # ARP first
+    bridge.reset()
+    bridge.set_loss("pk", "ae", 0.2)
+    try:
+        echoed = await regions.run_in("pk", lambda: _blast(regions["ae"].address, 1000))
+        # pk->ae is counted at the bridge before the draw: all 1000 arrive
+        # there, about a fifth are dropped, and the echoes meet the loss again.
+        there = bridge.count("pk", "ae", "udp", dport=ECHO_PORT)
+        back = bridge.count("ae", "pk", "udp", sport=ECHO_PORT)
+        print(f"\n20% loss: {there.dropped}/{there.packets} dropped pk->ae,"
+              f" {back.dropped}/{back.packets} ae->pk, {echoed} echoes")  # fmt: skip
+        assert there.packets == 1000
+        assert 140 < there.dropped < 260
+        assert back.packets == 1000 - there.dropped
+        assert echoed == back.packets - back.dropped
+        # Other pairs keep no loss.
+        sa = await regions.run_in("pk", lambda: _blast(regions["sa"].address, 200))
+        assert sa == 200
+    finally:
+        bridge.set_loss("pk", "ae", 0.0)
+    assert await regions.run_in("pk", lambda: _blast(regions["ae"].address, 300)) == 300
+
+
+async def _tcp_sink(address: str, port: int, digests: asyncio.Queue[str]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        h = hashlib.sha256()
+        while chunk := await reader.read(1 << 16):
+            h.update(chunk)
+        digests.put_nowait(h.hexdigest())
+        writer.close()
+
+    return await asyncio.start_server(handle, address, port)
+
+
+async def test_bulk_tcp_crosses_intact(regions: Regions) -> None:
+    """A stack that leaves segmentation and checksums to the "hardware"
+    (veth offloads, nothing here to turn them off) still gets its bytes
+    across: the bridge keeps the virtio header with each frame."""
+    digests: asyncio.Queue[str] = asyncio.Queue()
+    server = await regions.run_in("ae", lambda: _tcp_sink(regions["ae"].address, 7100, digests))
+    payload = os.urandom(4 << 20)
+
+    async def send() -> float:
+        t0 = time.monotonic()
+        _, writer = await asyncio.open_connection(regions["ae"].address, 7100)
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        return time.monotonic() - t0
+
+    took = await regions.run_in("pk", send)
+
+    async def digest() -> str:
+        return await asyncio.wait_for(digests.get(), 30)
+
+    got = await regions.run_in("ae", digest)
+    await regions.run_in("ae", lambda: _close(server))
+    print(f"\n4 MiB pk->ae over TCP in {took:.2f} s")
+    assert got == hashlib.sha256(payload).hexdigest()
+
+
+async def _close(server: asyncio.Server) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        await server.wait_closed()
+
+
+async def test_redis_and_postgres_in_db_are_reached_from_pk_with_the_delay(
+    regions: Regions,
+) -> None:
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    db = regions["db"].address
+    start_redis(regions, "db")
+    start_postgres(regions, "db")
+
+    async def probe() -> tuple[float, float]:
+        await wait_tcp(db, 6379)
+        await wait_tcp(db, 5432)
+        client = aioredis.from_url(f"redis://{db}:6379/0")
+        try:
+            await client.ping()
+            t0 = time.monotonic()
+            for _ in range(10):
+                assert await client.ping()
+            redis_rtt = (time.monotonic() - t0) / 10
+        finally:
+            await client.aclose()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = await asyncpg.connect(f"postgresql://postgres@{db}:5432/postgres")
+                break
+            except (OSError, asyncpg.PostgresError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        try:
+            assert await conn.fetchval("SELECT 1") == 1
+            t0 = time.monotonic()
+            for _ in range(10):
+                await conn.fetchval("SELECT 1")
+            pg_rtt = (time.monotonic() - t0) / 10
+        finally:
+            await conn.close()
+        return redis_rtt, pg_rtt
+
+    redis_rtt, pg_rtt = await regions.run_in("pk", probe)
+    want = 2 * regions.delay("pk", "db")
+    print(f"\nfrom pk: Redis PING {redis_rtt * 1000:.1f} ms, SELECT 1 {pg_rtt * 1000:.1f} ms")
+    assert want <= redis_rtt < want + 0.010
+    assert want <= pg_rtt < want + 0.020
+    assert regions.bridge.count("pk", "db", "tcp", dport=6379).packets >= 11
