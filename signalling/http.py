@@ -23,12 +23,13 @@ from sfu.http import MEDIA
 from sfu.rpc import MediaClient
 from signalling import errors
 from signalling.cluster import Cluster
-from signalling.placement import Placement
+from signalling.placement import Placement, parse_distances
 from signalling.service import CallService
 from turn.credentials import ice_server
 from wadud import keys, revocation
 from wadud.auth import RoomGrant
 from wadud.bus import Subscription
+from wadud.errors import ConfigError
 
 CALLS = web.AppKey("calls", CallService)
 
@@ -69,7 +70,11 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     if redis is not None:
         cluster = Cluster(redis, lease=settings.call_owner_lease)
         if MEDIA not in app:
-            placement = Placement(redis)
+            try:
+                distances = parse_distances(settings.media_region_distances)
+            except ValueError as exc:
+                raise ConfigError(f"media_region_distances: {exc}") from None
+            placement = Placement(redis, distances)
             client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
             await client.start()
 

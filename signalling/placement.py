@@ -1,15 +1,20 @@
-"""Which media worker holds a call room: atomic placement over Redis.
+"""Which media workers hold a call room: atomic placement over Redis.
 
-A room goes to the least-loaded live worker of the region of its first
-participant (the join token's ``region`` claim, else the replica's own
-region); when that region has no live worker it goes to any live worker. The
-choice is one Lua script, so two API replicas placing the same room at the
-same moment agree (Redis runs scripts one at a time): the first sets the
-room's key, the second reads it back.
+A room has one worker per region its participants come from (the join
+token's ``region`` claim, else the region of the API replica they reached):
+the room's *site* in that region. Everyone of one region shares the site, so
+a track crosses to another region once however many watch it there
+(:mod:`signalling.relays` drives the relay links between sites). A site goes
+to the least-loaded live worker of its region; when the region has no live
+worker, to one of the nearest region that has (``media_region_distances``),
+else of any region. The choice is one Lua script, so two API replicas placing
+the same site at the same moment agree (Redis runs scripts one at a time):
+the first sets the site's key, the second reads it back.
 
 Keys (see :mod:`sfu.registry` for the workers' own):
 
-* ``wadud:room:{room}:media``: ``"{worker}|{incarnation}"`` of the room's worker;
+* ``wadud:room:{room}:media:{region}``: ``"{worker}|{incarnation}"`` of the
+  room's site in a region (``-`` for a region-less one);
 * ``wadud:media:worker:{worker}:rooms``: the rooms placed on a worker, whose
   size is the load placement balances (registry load figures lag by a
   heartbeat, so fifty rooms opened at once would all see the same numbers).
@@ -28,9 +33,9 @@ from sfu import registry
 
 log = logging.getLogger("wadud.signalling.placement")
 
-__all__ = ["Placed", "Placement", "room_key"]
+__all__ = ["Placed", "Placement", "nearest", "parse_distances", "room_key"]
 
-ROOM_KEY = "wadud:room:{room}:media"
+ROOM_KEY = "wadud:room:{room}:media:{region}"
 #: The placement of a room outlives a crash of its owner by this much; the
 #: owner refreshes it while the room lives.
 ROOM_TTL = 24 * 3600
@@ -66,19 +71,56 @@ redis.call('SADD', 'wadud:media:worker:' .. string.match(best, '^([^|]*)') .. ':
 return best
 """
 
+# ARGV[3]: "1" when another site of the room stays on the same worker (two
+# regions that fell back to one), so the worker keeps counting the room.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
-  local wid = string.match(ARGV[2], '^([^|]*)')
-  redis.call('SREM', 'wadud:media:worker:' .. wid .. ':rooms', ARGV[1])
+  if ARGV[3] ~= '1' then
+    local wid = string.match(ARGV[2], '^([^|]*)')
+    redis.call('SREM', 'wadud:media:worker:' .. wid .. ':rooms', ARGV[1])
+  end
   return 1
 end
 return 0
 """
 
 
-def room_key(room: str) -> str:
-    return ROOM_KEY.format(room=room)
+def room_key(room: str, region: str = "") -> str:
+    return ROOM_KEY.format(room=room, region=region or "-")
+
+
+def parse_distances(text: str) -> dict[frozenset[str], float]:
+    """``"pk-ae=40, pk-sa=60"`` as {{pk, ae}: 40, ...}: how far regions are
+    apart (any unit; milliseconds of one-way delay is the natural one).
+    ValueError names a malformed entry."""
+    out: dict[frozenset[str], float] = {}
+    for item in text.replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        pair, sep, value = item.partition("=")
+        a, dash, b = pair.strip().partition("-")
+        try:
+            distance = float(value)
+        except ValueError:
+            distance = -1.0
+        if not sep or not dash or not a.strip() or not b.strip() or distance < 0:
+            raise ValueError(f"not a region distance (want A-B=N): {item!r}")
+        out[frozenset((a.strip(), b.strip()))] = distance
+    return out
+
+
+def nearest(region: str, regions: set[str], distances: dict[frozenset[str], float]) -> list[str]:
+    """``regions`` from nearest to farthest from ``region`` (itself first;
+    a pair with no configured distance is farthest, ties by name)."""
+
+    def far(other: str) -> tuple[float, str]:
+        if other == region:
+            return (-1.0, other)
+        return (distances.get(frozenset((region, other)), float("inf")), other)
+
+    return sorted(regions, key=far)
 
 
 @dataclass(frozen=True)
@@ -100,18 +142,20 @@ class Placed:
 class Placement:
     """Places rooms on media workers (see the module docstring)."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, distances: dict[frozenset[str], float] | None = None) -> None:
         self.redis = redis
+        self.distances = distances or {}
         self._place = redis.register_script(_PLACE)
         self._release = redis.register_script(_RELEASE)
 
     async def candidates(
         self, region: str, *, exclude: frozenset[str] = frozenset()
     ) -> list[registry.WorkerInfo]:
-        """Live, ready workers below capacity: the region's own, else any. A
-        worker counts as live only while something listens on its control
-        channel: a killed node's workers keep their registry entries until
-        the TTL, and a room placed there would move again at once."""
+        """Live, ready workers below capacity: the region's own, else the
+        nearest region's that has any, else any. A worker counts as live only
+        while something listens on its control channel: a killed node's
+        workers keep their registry entries until the TTL, and a room placed
+        there would move again at once."""
         ready = [
             w
             for w in await registry.workers(self.redis)
@@ -121,15 +165,16 @@ class Placement:
         live = [w for w in ready if w.worker in listening]
         local = [w for w in live if w.region == region] if region else live
         if not local and live:
+            ranked = nearest(region, {w.region for w in live}, self.distances)
+            local = [w for w in live if w.region == ranked[0]]
             log.warning(
-                "no live media worker in region; placing in another",
-                extra={"region": region},
+                "no live media worker in region; placing in the nearest",
+                extra={"region": region, "to": ranked[0]},
             )
-            local = live
         return sorted(local, key=lambda w: (w.transports / max(w.capacity, 1), w.worker))
 
-    async def current(self, room: str) -> Placed | None:
-        value = await self.redis.get(room_key(room))
+    async def current(self, room: str, region: str = "") -> Placed | None:
+        value = await self.redis.get(room_key(room, region))
         return Placed.parse(value) if value else None
 
     async def place(
@@ -139,24 +184,28 @@ class Placement:
         *,
         replacing: Placed | None = None,
     ) -> Placed | None:
-        """The room's worker: the one it already has, or a new choice (None
-        when no worker is live). With ``replacing``, a room still on that
-        worker moves to another one."""
+        """The room's site in ``region``: the worker it already has, or a new
+        choice (None when no worker is live). With ``replacing``, a site
+        still on that worker moves to another one."""
         exclude = frozenset({replacing.worker}) if replacing is not None else frozenset()
         workers = await self.candidates(region, exclude=exclude)
         args = [room, ROOM_TTL, str(replacing) if replacing is not None else ""]
         args += [f"{w.worker}|{w.incarnation}" for w in workers]
-        value = await self._place(keys=[room_key(room)], args=args)
+        value = await self._place(keys=[room_key(room, region)], args=args)
         return Placed.parse(value) if value else None
 
-    async def refresh(self, rooms: list[str]) -> None:
-        """Keep the placements of live rooms from expiring."""
-        if rooms:
+    async def refresh(self, sites: list[tuple[str, str]]) -> None:
+        """Keep the placements of live rooms' sites, (room, region), from expiring."""
+        if sites:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for room in rooms:
-                    pipe.expire(room_key(room), ROOM_TTL)
+                for room, region in sites:
+                    pipe.expire(room_key(room, region), ROOM_TTL)
                 await pipe.execute()
 
-    async def release(self, room: str, placed: Placed) -> None:
-        """The room is over: forget its placement (if still this one)."""
-        await self._release(keys=[room_key(room)], args=[room, str(placed)])
+    async def release(
+        self, room: str, placed: Placed, region: str = "", *, shared: bool = False
+    ) -> None:
+        """The room's site in ``region`` is over: forget it (if still this
+        worker). ``shared``: another site of the room stays on that worker."""
+        args = [room, str(placed), "1" if shared else "0"]
+        await self._release(keys=[room_key(room, region)], args=args)

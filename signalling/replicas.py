@@ -3,9 +3,9 @@
 :mod:`signalling.cluster` is the link (leases, snapshots, ordered messages);
 this module is what the call service does with it: route a client's frames
 to its room's owner, serve other replicas' clients in the rooms this one
-owns (:class:`RemoteConnection`), write room snapshots, take a room over when
-its owner died, and move a room to another media worker when its own died or
-drains. The functions here are
+owns (:class:`RemoteConnection`), write room snapshots, and take a room over
+when its owner died (moving a room's media is :mod:`signalling.sites`).
+The functions here are
 :class:`signalling.service.CallService` methods (bound there by name), kept
 apart because they run only when the service has a cluster.
 """
@@ -16,13 +16,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from sfu import registry
 from signalling import errors
 from signalling import protocol as p
 from signalling.cluster import conn_replica
@@ -37,11 +35,6 @@ log = logging.getLogger("wadud.signalling")
 #: Seconds between the cluster watcher's rounds (leases, dead replicas and workers).
 WATCH_INTERVAL = 1.0
 
-MEDIA_MOVES = Counter(
-    "wadud_call_media_moves",
-    "Rooms placed on another media worker because theirs died or drained, by reason.",
-    ["reason"],
-)
 TAKEOVERS = Counter(
     "wadud_call_room_takeovers", "Rooms this replica took over from a replica that died."
 )
@@ -58,6 +51,8 @@ class RemoteConnection:
         self.room: CallRoom | None = None
         self.room_name: str | None = room_name
         self.participant_id: str | None = None
+        #: The region of the replica the client reached (from its messages).
+        self.region = ""
         self.closing = False
         self.last_seen = 0.0
         self.inbox: asyncio.Queue[str] = asyncio.Queue()
@@ -88,23 +83,12 @@ class _Moved(Exception):
         self.owner = owner
 
 
-def _point(svc: CallService, room: CallRoom, placed: Placed) -> None:
-    assert svc.media_client is not None
-    room.placed = placed
-    room.media = svc.media_client.remote(placed.worker, placed.incarnation)
-    svc._mark(room)
-    log.info(
-        "call room placed",
-        extra={"room": room.name, "worker": placed.worker, "region": room.region},
-    )
-
-
 def _on_worker_message(svc: CallService, worker: str, incarnation: str, payload: Any) -> None:
     if isinstance(payload, str):
         # A worker's life changed (stopped, draining): check placements now.
         svc._watch_now.set()
     else:
-        svc.on_media_event(payload)
+        svc.on_media_event(payload, worker)
 
 
 async def _forward_gone(svc: CallService, room: str, ref: str) -> None:
@@ -165,7 +149,13 @@ async def _route(svc: CallService, conn: AnyConnection, name: str, text: str) ->
         if owner is None:
             owner = await svc.cluster.owner(name)
         if owner is not None and owner != svc.cluster.replica:
-            msg = {"k": "in", "room": name, "conn": conn.ref, "text": text}
+            msg = {
+                "k": "in",
+                "room": name,
+                "conn": conn.ref,
+                "text": text,
+                "region": svc.settings.region,
+            }
             if await svc.cluster.deliver(owner, msg):
                 svc.owners[name] = owner
                 return
@@ -227,6 +217,7 @@ def _on_cluster(svc: CallService, msg: dict[str, Any]) -> None:
         remote = svc.remote.get(ref)
         if remote is None:
             remote = svc.remote[ref] = RemoteConnection(svc, ref, name)
+        remote.region = str(msg.get("region") or "")
         remote.inbox.put_nowait(text)
         if remote.reader is None or remote.reader.done():
             remote.reader = asyncio.create_task(svc._read_remote(remote), name="call-remote")
@@ -268,7 +259,8 @@ def _snapshot(svc: CallService, room: CallRoom) -> dict[str, Any]:
     data = room.core.snapshot(now, ref)
     data["at"] = time.time()
     data["region"] = room.region
-    data["media"] = str(room.placed) if room.placed is not None else None
+    data["sites"] = {region: str(site.placed) for region, site in room.sites.items()}
+    data["regions"] = dict(room.regions)
     data["subscribers"] = {
         pid: {"asked": list(sub.asked), "offer": sub.offer} for pid, sub in room.subscribers.items()
     }
@@ -343,8 +335,10 @@ async def _take_over(svc: CallService, name: str) -> None:
             # Its close may have gone to the dead owner: ask its replica.
             check = {"k": "check", "room": name, "conn": conn.ref, "from": me}
             svc.cluster.send(conn.replica, check)
-    if data.get("media") and svc.placement is not None:
-        svc._point(room, Placed.parse(str(data["media"])))
+    room.regions.update({str(k): str(v) for k, v in (data.get("regions") or {}).items()})
+    if svc.placement is not None:
+        for region, placed in (data.get("sites") or {}).items():
+            await svc._point(room, str(region), Placed.parse(str(placed)))
     for pid, sub_data in (data.get("subscribers") or {}).items():
         if room.core.get(pid) is None:
             continue
@@ -391,7 +385,9 @@ async def _watch_once(svc: CallService) -> None:
             log.warning("lost the lease of a call room; another replica has it")
             svc._drop_room(room, forget=False)
     if svc.placement is not None:
-        await svc.placement.refresh([r for r in svc.rooms if svc.rooms[r].placed])
+        await svc.placement.refresh(
+            [(name, region) for name, r in svc.rooms.items() for region in r.sites]
+        )
     # Replicas whose clients are in our rooms: a dead one's are detached.
     replicas = {c.replica for c in svc.remote.values()}
     if replicas:
@@ -406,66 +402,3 @@ async def _watch_once(svc: CallService) -> None:
         if name is not None and name not in svc.rooms and await svc.cluster.owner(name) is None:
             await svc._own(name)
     await svc._check_media()
-
-
-async def _check_media(svc: CallService) -> None:
-    """Rooms whose worker died (its registry entry expired, its incarnation
-    changed, or nobody listens on its control channel) or drains move to
-    another worker."""
-    if svc.placement is None:
-        return
-    placed = {name: r for name, r in svc.rooms.items() if r.placed is not None}
-    if not placed:
-        return
-    redis = svc.placement.redis
-    workers = {w.worker: w for w in await registry.workers(redis)}
-    verdicts: dict[Placed, str | None] = {}
-    now = time.monotonic()
-    targets = {r.placed for r in placed.values() if r.placed is not None}
-    subscribed = await registry.listening_many(redis, sorted({at.worker for at in targets}))
-    for at in targets:
-        info = workers.get(at.worker)
-        listening = at.worker in subscribed
-        if info is not None and info.incarnation == at.incarnation:
-            svc.unregistered.pop(at, None)
-            verdicts[at] = (
-                "media-lost" if not listening else "media-draining" if info.draining else None
-            )
-        elif info is None and listening:
-            # Its process still takes requests but its entry is gone: Redis
-            # lost it (a restart) and the next heartbeat writes it again.
-            # Only a worker silent for several TTLs is given up.
-            since = svc.unregistered.setdefault(at, now)
-            grace = 3 * svc.settings.media_worker_ttl
-            verdicts[at] = "media-lost" if now - since > grace else None
-        else:
-            verdicts[at] = "media-lost"
-    for name, room in placed.items():
-        now_at = room.placed
-        reason = verdicts.get(now_at) if now_at is not None else None
-        if now_at is not None and reason is not None and svc.rooms.get(name) is room:
-            await svc._move_media(room, now_at, reason)
-
-
-async def _move_media(svc: CallService, room: CallRoom, old: Placed, reason: str) -> None:
-    assert svc.placement is not None
-    new = await svc.placement.place(room.name, room.region, replacing=old)
-    if new is None or new == old:
-        log.error("no media worker to move a call room to", extra={"room": room.name})
-        return
-    if svc.rooms.get(room.name) is not room:
-        return
-    MEDIA_MOVES.labels(reason).inc()
-    old_media = room.media
-    log.warning(
-        "call room moves to another media worker",
-        extra={"room": room.name, "from": old.worker, "to": new.worker, "reason": reason},
-    )
-    if reason == "media-lost" and svc.media_client is not None:
-        svc.media_client.abandon(old.worker, old.incarnation)
-    svc._point(room, new)
-    if reason == "media-draining" and old_media is not None:
-        room.lane.background("close_room", partial(old_media.close_room, room.name))
-    for sub in room.subscribers.values():
-        sub.offer, sub.asked, sub.force = None, (), True
-    svc.apply(room, room.core.media_reset(reason))

@@ -66,7 +66,7 @@ still stand.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -672,22 +672,24 @@ class Room:
 
     # -- media moves -----------------------------------------------------------
 
-    def media_reset(self, reason: str) -> list[Output]:
-        """The room's media worker is gone (or draining): every track is
-        forgotten, connected participants are told ``media_reconnect`` and
-        DETACHED ones will be told when they resume. The adapter points the
-        room at its new worker first."""
+    def media_reset(self, reason: str, only: Collection[str] | None = None) -> list[Output]:
+        """A media worker is gone (or draining): the tracks of everyone on it
+        (everyone, or the participants in ``only`` when the room spans
+        several workers) are forgotten, those connected are told
+        ``media_reconnect`` and DETACHED ones will be told when they resume.
+        The adapter points the room at the new worker first."""
         out: list[Output] = []
-        for p in self.present():
+        moved = [p for p in self.present() if only is None or p.id in only]
+        for p in moved:
             for t in p.tracks.values():
                 out += self._broadcast(reply("track_unpublished", track_id=t.track_id), p)
             p.tracks.clear()
-        for p in self.present():
+        for p in moved:
             if p.state is J and p.conn is not None:
                 out += self._to(p, reply("media_reconnect", reason=reason))
             else:
                 p.media_stale = True
-        if self._speaker is not None:
+        if self._speaker is not None and (only is None or self._speaker in only):
             self._speaker = None
             out += self._broadcast(reply("active_speaker", participant_id=None))
         return out

@@ -45,11 +45,18 @@ from prometheus_client.registry import Collector
 
 from rtc.errors import SdpError
 from rtc.sdp import SessionDescription
-from sfu.control import ActiveSpeaker, MediaControl, MediaEvent, TrackInfo, TransportState
+from sfu.control import (
+    ActiveSpeaker,
+    MediaControl,
+    MediaEvent,
+    RelayState,
+    TrackInfo,
+    TransportState,
+)
 from sfu.errors import SfuStateError
 from sfu.rpc import MediaClient
 from sfu.rpc import MediaUnavailable as WorkerUnavailable
-from signalling import errors, replicas
+from signalling import errors, replicas, sites
 from signalling import protocol as p
 from signalling.cluster import Cluster
 from signalling.placement import Placed, Placement
@@ -65,6 +72,7 @@ from signalling.room import (
     State,
     track_info,
 )
+from signalling.sites import Site
 from wadud.auth import InvalidToken, RoomGrant, decode_room_token
 from wadud.config import Settings
 
@@ -147,6 +155,8 @@ class Connection:
         self.closing = False
         #: The connection's name across replicas (``"{replica}/{n}"``).
         self.ref = ref
+        #: The region of the replica the client reached ("": this one's).
+        self.region = ""
         self.queue: asyncio.Queue[str | tuple[int, str] | None] = asyncio.Queue()
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -301,9 +311,10 @@ class Subscriber:
                 if ids == self.asked and not self.force:
                     continue
                 try:
-                    media = await self.room.service.media_for(self.room)
+                    service = self.room.service
+                    media = await service.media_for(self.room, self.pid)
                     sdp = await self.room.media_call(
-                        partial(media.subscribe, self.room.name, self.pid, ids)
+                        partial(service.subscribe_relayed, self.room, media, self.pid, ids)
                     )
                 except SfuStateError as exc:
                     # A track went between reading the room and the worker's
@@ -330,7 +341,7 @@ class Subscriber:
     async def answer(self, sdp: str) -> None:
         if self.offer is None:
             raise errors.BadState("no offer is waiting for an answer")
-        media = await self.room.service.media_for(self.room)
+        media = await self.room.service.media_for(self.room, self.pid)
         await self.room.media_call(partial(media.answer, self.room.name, self.pid, sdp))
         self.offer = None
         if self.dirty:
@@ -379,11 +390,12 @@ class CallRoom:
         self.lane = lane
         self.subscribers: dict[str, Subscriber] = {}
         self.timer: asyncio.TimerHandle | None = None
-        #: Where the room's media goes (the first participant's region).
+        #: The room's home region (its first participant's).
         self.region = region
-        #: The worker it was placed on, and the control for it (cluster mode).
-        self.placed: Placed | None = None
-        self.media: MediaControl | None = None
+        #: Each participant's region, fixed at their first join (cluster mode).
+        self.regions: dict[str, str] = {}
+        #: The room's worker per region, and their relays (signalling.sites).
+        self.sites: dict[str, Site] = {}
 
     def media_call(self, call: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         return self.lane.submit(call)
@@ -485,33 +497,40 @@ class CallService:
             media.add_listener(self.on_media_event)
         return media
 
-    def _media_of(self, room: CallRoom) -> MediaControl | None:
-        """The room's media control if it has one now (for background calls)."""
+    def _media_of(self, room: CallRoom, pid: str | None = None) -> MediaControl | None:
+        """The media control a participant's transports are on now (for
+        background calls), if the room has one in their region."""
         if self.placement is None:
             media = self._get_media()
             return self.media() if media is not None else None
-        return room.media
+        site = room.sites.get(self._region_of(room, pid)) if pid is not None else None
+        return site.media if site is not None else None
 
-    async def media_for(self, room: CallRoom) -> MediaControl:
-        """The room's media worker: in-process, or placed over Redis on first use."""
-        if self.placement is None or self.media_client is None:
-            return self.media()
-        if room.media is None:
-            placed = await self.placement.place(room.name, room.region)
-            if placed is None:
-                raise errors.MediaUnavailable("no media worker is live")
-            if self.rooms.get(room.name) is room and room.media is None:
-                self._point(room, placed)
-        if room.media is None:
-            raise errors.MediaUnavailable("the room has no media worker")
-        return room.media
+    async def subscribe_relayed(
+        self, room: CallRoom, media: MediaControl, pid: str, ids: tuple[str, ...]
+    ) -> str | None:
+        """``subscribe`` after the relays it needs are set (in the room's lane)."""
+        if room.sites:
+            await self.sync_relays(room)
+        return await media.subscribe(room.name, pid, ids)
 
-    def on_media_event(self, event: MediaEvent) -> None:
+    def on_media_event(self, event: MediaEvent, worker: str | None = None) -> None:
         try:
+            if isinstance(event, RelayState):
+                MEDIA_EVENTS.labels("relay_state", event.state).inc()
+                log.info(
+                    "media relay link %s",
+                    event.state,
+                    extra={"worker": worker, "peer": event.peer_worker, "reason": event.reason},
+                )
+                if event.state == "failed":
+                    # Most often a worker died: the watcher moves its sites.
+                    self._watch_now.set()
+                return
             room = self.rooms.get(event.room)
             if isinstance(event, ActiveSpeaker):
                 MEDIA_EVENTS.labels("active_speaker", "").inc()
-                if room is not None:
+                if room is not None and self._speaker_counts(room, worker):
                     self.apply(room, room.core.speaker(event.participant))
             elif isinstance(event, TransportState):
                 MEDIA_EVENTS.labels("transport_state", event.state).inc()
@@ -614,7 +633,6 @@ class CallService:
     def apply(self, room: CallRoom, outputs: Iterable[Output]) -> None:
         """Carry out what the room core asked for, then rearm its timer."""
         loop = asyncio.get_running_loop()
-        media = self._media_of(room)
         closed = False
         for out in outputs:
             match out:
@@ -628,15 +646,22 @@ class CallService:
                     sub = room.subscribers.pop(pid, None)
                     if sub is not None:
                         self._retire(sub)
+                    media = self._media_of(room, pid)
                     if media is not None:
                         room.lane.background("leave", partial(media.leave, room.name, pid))
+                        self._relays_changed(room)
                 case MediaCloseRoom():
                     if room.core.ended:
                         self._remember_ended(room.name, loop.time())
-                    if media is not None:
+                    controls = (
+                        [s.media for s in room.sites.values()]
+                        if self.placement is not None
+                        else [m for m in [self._media_of(room)] if m is not None]
+                    )
+                    for media in controls:
                         room.lane.background("close_room", partial(media.close_room, room.name))
-                    if self.placement is not None and room.placed is not None:
-                        self._spawn(self.placement.release(room.name, room.placed), "call-release")
+                    if room.sites:
+                        self._spawn(self._release_all(room), "call-release")
                     closed = True
                 case Resubscribe(pids):
                     for pid in pids:
@@ -731,7 +756,7 @@ class CallService:
         match frame:
             case p.Publish():
                 who = core.check_publish(conn)
-                media = await self.media_for(room)
+                media = await self.media_for(room, who.id)
                 result = await room.media_call(
                     partial(media.publish, room.name, who.id, frame.sdp, frame.sources)
                 )
@@ -763,7 +788,7 @@ class CallService:
             case p.Mute():
                 who, track = core.check_mute(conn, frame.track_id)
                 try:
-                    media = await self.media_for(room)
+                    media = await self.media_for(room, track.participant)
                     await room.media_call(
                         partial(media.set_muted, room.name, track.track_id, frame.muted)
                     )
@@ -775,7 +800,7 @@ class CallService:
             case p.Unpublish():
                 who = core.check_unpublish(conn, frame.track_id)
                 try:
-                    media = await self.media_for(room)
+                    media = await self.media_for(room, who.id)
                     await room.media_call(
                         partial(media.unpublish, room.name, who.id, frame.track_id)
                     )
@@ -825,7 +850,8 @@ class CallService:
         if self.cluster is not None and not await self._own(grant.room):
             raise _Moved(await self.cluster.owner(grant.room) or "")
         now = loop.time()
-        room = self.room(grant.room, grant.region)
+        region = grant.region or conn.region or self.settings.region
+        room = self.room(grant.room, region)
         try:
             result = room.core.join(conn, grant, now, ref=frame.id, resume=frame.resume)
         except errors.SignallingError:
@@ -834,16 +860,18 @@ class CallService:
             raise
         conn.room, conn.participant_id = room, result.participant.id
         conn.room_name = room.name
+        room.regions.setdefault(result.participant.id, region)
         self.apply(room, result.outputs)
         if result.resumed:
             sub = room.subscribers.get(result.participant.id)
             if sub is not None and sub.offer is not None:
                 conn.send(sub.offer)
-        if self.placement is not None and room.media is None:
-            # The room goes to a worker of its first participant's region now,
-            # so its first publish does not wait for placement.
+        region = self._region_of(room, result.participant.id)
+        if self.placement is not None and region not in room.sites:
+            # The room gets a worker in the participant's region now, so
+            # their first publish does not wait for placement.
             try:
-                await self.media_for(room)
+                await self.media_for(room, result.participant.id)
             except errors.MediaUnavailable as exc:
                 log.warning("call room not placed yet: %s", exc, extra={"room": room.name})
         log.info(
@@ -948,7 +976,6 @@ class CallService:
             conn.send(p.reply("ping"))
 
     # The cluster side (signalling.replicas), bound here as methods.
-    _point = replicas._point
     _on_worker_message = replicas._on_worker_message
     _forward_gone = replicas._forward_gone
     route = replicas.route
@@ -962,8 +989,16 @@ class CallService:
     _take_over = replicas._take_over
     _watcher = replicas._watcher
     _watch_once = replicas._watch_once
-    _check_media = replicas._check_media
-    _move_media = replicas._move_media
+    # Sites and relays (signalling.sites), bound here as methods.
+    media_for = sites.media_for
+    sync_relays = sites.sync_relays
+    _region_of = sites.region_of
+    _point = sites._point
+    _relays_changed = sites.relays_changed
+    _speaker_counts = sites.speaker_counts
+    _check_media = sites.check_media
+    _move_site = sites.move_site
+    _release_all = sites.release_all
 
     # -- shutdown ----------------------------------------------------------------
 

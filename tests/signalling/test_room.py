@@ -567,6 +567,20 @@ def test_media_reset_forgets_tracks_and_tells_joined_now_and_detached_on_resume(
     assert types(again.outputs, "c-pt3") == ["joined"]
 
 
+def test_media_reset_of_one_site_keeps_the_other_sites_tracks() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.published("p-1", [track("t-doc", "p-1")], [])
+    room.published("p-2", [track("t-pt", "p-2")], [])
+    room.speaker("p-1")
+    out = room.media_reset("media-lost", ["p-2"])
+    assert types(out, "c-pt") == ["media_reconnect"]
+    assert types(out, "c-doc") == ["track_unpublished"]
+    assert frames(out, "c-doc")[0]["track_id"] == "t-pt"
+    assert [t.track_id for t in room.tracks()] == ["t-doc"]
+
+
 def test_snapshot_and_restore_keep_the_room_and_detach_lost_connections() -> None:
     room = new_room()
     room.join("c-doc", DOCTOR, 0.0)

@@ -1,0 +1,338 @@
+"""A call room across media workers: one site per region, relays between them.
+
+With ``wadud api`` replicas and ``wadud media`` nodes, each participant sends
+and receives media through a worker of their own region (the join token's
+``region`` claim, else the region of the API replica they reached). All of a
+room's participants from one region share that region's worker, the room's
+*site* there (:mod:`signalling.placement` chooses it; a region with no live
+worker falls back to the nearest one that has). A room with participants in
+two regions has two sites.
+
+A participant receives tracks published on other sites through relay links
+between workers (:meth:`sfu.control.MediaControl.relay_send` and
+``relay_receive``). Each track crosses to another site once, however many
+subscribers it has there: the set a site receives from another is the union
+of what its participants want from that one (:func:`plan`). The owner of the
+room (:mod:`signalling.cluster`) keeps the sets: before a participant's
+subscribe offer it brings the relays into line (:func:`sync_relays`), and
+after a track or participant goes. Both calls are idempotent set
+assignments, so a new owner that took the room over from a snapshot simply
+sets them all again.
+
+When a site's worker dies or drains, only that site moves
+(:func:`move_site`): its participants are told ``media_reconnect``; the
+other sites keep their media flowing, drop the relays to the lost worker and
+get new ones to its replacement as subscriptions come back.
+
+Only one site's ``active_speaker`` events count: every site that receives
+the room's audio computes the same speaker, so the room takes the home
+site's (the first participant's region), or any site's when it has none.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+from sfu import registry
+from sfu.control import MediaControl, RelayedTrack, RelayPeer
+from signalling import errors
+from signalling.placement import Placed
+
+if TYPE_CHECKING:
+    from signalling.service import CallRoom, CallService
+
+log = logging.getLogger("wadud.signalling.sites")
+
+__all__ = ["Site", "plan"]
+
+MEDIA_MOVES = Counter(
+    "wadud_call_media_moves",
+    "Call room sites placed on another media worker because theirs died or drained, by reason.",
+    ["reason"],
+)
+RELAY_CHANGES = Counter(
+    "wadud_call_relay_changes_total",
+    "Changes to the set of tracks one site of a call room relays to another.",
+)
+
+Pair = tuple[str, str]
+"""(sending site's region, receiving site's region)."""
+
+
+@dataclass
+class Site:
+    """A room's worker for the participants of one region."""
+
+    region: str
+    placed: Placed
+    media: MediaControl
+    #: The worker as a relay link names it (from its registry entry); None
+    #: until read, or when the entry lacks a fingerprint (an older worker).
+    peer: RelayPeer | None = None
+    #: Relayed tracks this site was last told to receive, by sending region.
+    receiving: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def plan(
+    publisher_of: Mapping[str, str],
+    wants: Mapping[str, Iterable[str]],
+    region_of: Mapping[str, str],
+) -> dict[Pair, tuple[str, ...]]:
+    """The relays a room needs: for each (sending, receiving) pair of sites,
+    the sorted track ids the receiving site's participants want from the
+    sending site's publishers. ``publisher_of`` maps track ids to their
+    participants, ``wants`` participants to the tracks they should receive,
+    ``region_of`` participants to their site."""
+    out: dict[Pair, set[str]] = {}
+    for pid, tracks in wants.items():
+        dst = region_of.get(pid)
+        if dst is None:
+            continue
+        for track in tracks:
+            publisher = publisher_of.get(track)
+            src = region_of.get(publisher) if publisher is not None else None
+            if src is not None and src != dst:
+                out.setdefault((src, dst), set()).add(track)
+    return {pair: tuple(sorted(ids)) for pair, ids in out.items()}
+
+
+# -- bound to CallService (as its methods) ---------------------------------------------
+
+
+def region_of(svc: CallService, room: CallRoom, pid: str) -> str:
+    """The site a participant's media goes to (fixed when they first join)."""
+    return room.regions.get(pid) or room.region
+
+
+async def media_for(svc: CallService, room: CallRoom, pid: str | None = None) -> MediaControl:
+    """The worker a participant's transports are on: in-process, or the
+    room's site in their region, placed over Redis on first use."""
+    if svc.placement is None or svc.media_client is None:
+        return svc.media()
+    region = region_of(svc, room, pid) if pid is not None else room.region
+    site = room.sites.get(region)
+    if site is None:
+        placed = await svc.placement.place(room.name, region)
+        if placed is None:
+            raise errors.MediaUnavailable("no media worker is live")
+        if svc.rooms.get(room.name) is room and region not in room.sites:
+            await svc._point(room, region, placed)
+        site = room.sites.get(region)
+    if site is None:
+        raise errors.MediaUnavailable("the room has no media worker")
+    return site.media
+
+
+async def _point(svc: CallService, room: CallRoom, region: str, placed: Placed) -> None:
+    """The room's site in ``region`` is on ``placed`` from now on."""
+    assert svc.media_client is not None
+    old = room.sites.get(region)
+    site = Site(region, placed, svc.media_client.remote(placed.worker, placed.incarnation))
+    room.sites[region] = site
+    if old is not None:
+        # Whatever went to or came from the old worker must be set up again.
+        for other in room.sites.values():
+            other.receiving.pop(region, None)
+    svc._mark(room)
+    log.info(
+        "call room site placed",
+        extra={"room": room.name, "worker": placed.worker, "region": region},
+    )
+    await _read_peer(svc, site)
+
+
+async def _read_peer(svc: CallService, site: Site) -> RelayPeer | None:
+    """The site's worker as a relay peer, from its registry entry."""
+    if site.peer is None and svc.placement is not None:
+        entries = await registry.workers(svc.placement.redis)
+        info = next((w for w in entries if w.worker == site.placed.worker), None)
+        fingerprint = getattr(info, "fingerprint", "") if info is not None else ""
+        if info is not None and info.incarnation == site.placed.incarnation and fingerprint:
+            site.peer = RelayPeer(info.worker, info.host, info.port, fingerprint)
+    return site.peer
+
+
+def _wants(room: CallRoom) -> tuple[dict[str, str], dict[str, list[str]]]:
+    publisher_of: dict[str, str] = {}
+    wants: dict[str, list[str]] = {}
+    for participant in room.core.present():
+        for track in participant.tracks.values():
+            publisher_of[track.track_id] = participant.id
+        wants[participant.id] = [t.track_id for t in room.core.wanted(participant.id)]
+    return publisher_of, wants
+
+
+async def sync_relays(svc: CallService, room: CallRoom) -> None:
+    """Bring every site's relays in line with what its participants want
+    (see the module docstring). Runs in the room's media lane. A pair whose
+    worker does not answer is left for the next call; the error is logged."""
+    if len(room.sites) < 2 and not any(s.receiving for s in room.sites.values()):
+        return
+    publisher_of, wants = _wants(room)
+    regions = {pid: region_of(svc, room, pid) for pid in wants}
+    needed = plan(publisher_of, wants, regions)
+    for dst in list(room.sites.values()):
+        sources = {src for (src, d) in needed if d == dst.region} | set(dst.receiving)
+        for src_region in sorted(sources):
+            want = needed.get((src_region, dst.region), ())
+            if dst.receiving.get(src_region) == want:
+                continue
+            src = room.sites.get(src_region)
+            if src is None or src.placed == dst.placed:
+                # Two regions that fell back to one worker share its tracks.
+                dst.receiving.pop(src_region, None)
+                continue
+            try:
+                await _relay(svc, room, src, dst, want)
+            except Exception as exc:
+                log.warning(
+                    "relay not set: %s",
+                    exc,
+                    extra={"room": room.name, "from": src_region, "to": dst.region},
+                )
+
+
+async def _relay(
+    svc: CallService, room: CallRoom, src: Site, dst: Site, want: tuple[str, ...]
+) -> None:
+    src_peer = await _read_peer(svc, src)
+    dst_peer = await _read_peer(svc, dst)
+    if src_peer is None or dst_peer is None:
+        raise errors.MediaUnavailable("a worker has no relay identity in the registry")
+    tracks: list[RelayedTrack] = await src.media.relay_send(room.name, dst_peer, list(want))
+    await dst.media.relay_receive(room.name, src_peer, tracks)
+    RELAY_CHANGES.inc()
+    if want:
+        dst.receiving[src.region] = want
+    else:
+        dst.receiving.pop(src.region, None)
+    log.info(
+        "call relay set",
+        extra={"room": room.name, "from": src.region, "to": dst.region, "tracks": len(want)},
+    )
+
+
+def relays_changed(svc: CallService, room: CallRoom) -> None:
+    """A track or participant went: drop relays nobody needs (in the background)."""
+    if svc.placement is not None and len(room.sites) > 1:
+        room.lane.background("relays", partial(svc.sync_relays, room))
+
+
+def speaker_counts(svc: CallService, room: CallRoom, worker: str | None) -> bool:
+    """Whether an ``active_speaker`` event from ``worker`` speaks for the room."""
+    if worker is None or len(room.sites) < 2:
+        return True
+    home = room.sites.get(room.region) or next(iter(room.sites.values()))
+    return home.placed.worker == worker
+
+
+# -- workers that die or drain -------------------------------------------------------
+
+
+async def check_media(svc: CallService) -> None:
+    """Sites whose worker died (its registry entry expired, its incarnation
+    changed, or nobody listens on its control channel) or drains move to
+    another worker."""
+    if svc.placement is None:
+        return
+    sites = [(room, site) for room in svc.rooms.values() for site in room.sites.values()]
+    if not sites:
+        return
+    redis = svc.placement.redis
+    workers = {w.worker: w for w in await registry.workers(redis)}
+    verdicts: dict[Placed, str | None] = {}
+    now = time.monotonic()
+    targets = {site.placed for _, site in sites}
+    subscribed = await registry.listening_many(redis, sorted({at.worker for at in targets}))
+    for at in targets:
+        info = workers.get(at.worker)
+        listening = at.worker in subscribed
+        if info is not None and info.incarnation == at.incarnation:
+            svc.unregistered.pop(at, None)
+            verdicts[at] = (
+                "media-lost" if not listening else "media-draining" if info.draining else None
+            )
+        elif info is None and listening:
+            # Its process still takes requests but its entry is gone: Redis
+            # lost it (a restart) and the next heartbeat writes it again.
+            # Only a worker silent for several TTLs is given up.
+            since = svc.unregistered.setdefault(at, now)
+            grace = 3 * svc.settings.media_worker_ttl
+            verdicts[at] = "media-lost" if now - since > grace else None
+        else:
+            verdicts[at] = "media-lost"
+    for room, site in sites:
+        reason = verdicts.get(site.placed)
+        current = svc.rooms.get(room.name) is room and room.sites.get(site.region) is site
+        if reason is not None and current:
+            await svc._move_site(room, site, reason)
+
+
+async def move_site(svc: CallService, room: CallRoom, old: Site, reason: str) -> None:
+    assert svc.placement is not None
+    new = await svc.placement.place(room.name, old.region, replacing=old.placed)
+    if new is None or new == old.placed:
+        log.error(
+            "no media worker to move a call room site to",
+            extra={"room": room.name, "region": old.region},
+        )
+        return
+    if svc.rooms.get(room.name) is not room or room.sites.get(old.region) is not old:
+        return
+    MEDIA_MOVES.labels(reason).inc()
+    log.warning(
+        "call room site moves to another media worker",
+        extra={
+            "room": room.name,
+            "region": old.region,
+            "from": old.placed.worker,
+            "to": new.worker,
+            "reason": reason,
+        },
+    )
+    if reason == "media-lost" and svc.media_client is not None:
+        svc.media_client.abandon(old.placed.worker, old.placed.incarnation)
+    await svc._point(room, old.region, new)
+    moved = [pid for pid in room.core.participants if region_of(svc, room, pid) == old.region]
+    if reason == "media-draining":
+        room.lane.background("close_room", partial(old.media.close_room, room.name))
+    # The other sites stop relaying to and from the old worker; what its
+    # participants want comes back through sync_relays as they subscribe.
+    if old.peer is not None:
+        for other in list(room.sites.values()):
+            if other.region == old.region or other.placed == old.placed:
+                continue
+            other.receiving.pop(old.region, None)
+            room.lane.background(
+                "relay-stop", partial(other.media.relay_send, room.name, old.peer, [])
+            )
+            room.lane.background(
+                "relay-stop", partial(other.media.relay_receive, room.name, old.peer, [])
+            )
+    for pid in moved:
+        sub = room.subscribers.get(pid)
+        if sub is not None:
+            sub.offer, sub.asked, sub.force = None, (), True
+    outputs = room.core.media_reset(reason, moved if len(room.sites) > 1 else None)
+    svc.apply(room, outputs)
+    # Participants elsewhere lost the moved site's tracks: offer again.
+    for pid, sub in room.subscribers.items():
+        if pid not in moved:
+            sub.kick()
+
+
+async def release_all(svc: CallService, room: CallRoom) -> None:
+    """The room is over: forget every site's placement."""
+    if svc.placement is None:
+        return
+    sites = list(room.sites.values())
+    for i, site in enumerate(sites):
+        shared = any(o.placed == site.placed for o in sites[i + 1 :])
+        await svc.placement.release(room.name, site.placed, site.region, shared=shared)
