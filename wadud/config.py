@@ -470,6 +470,111 @@ class Settings:
             " to anyone. `wadud serve` turns it on; never on a public deployment."
         ),
     )
+    # [notify]: notifications (notify/, docs/notifications.md)
+    notify_in_serve: bool = field(
+        default=True,
+        metadata=_doc(
+            "Run the notifier inside `wadud serve`. Deployments of `wadud api` run"
+            " `wadud notify` (one or more replicas) instead."
+        ),
+    )
+    notify_poll_interval: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Seconds between the notifier's looks for new events, due jobs and due"
+            " deliveries (it also wakes on the outbox's NOTIFY)."
+        ),
+    )
+    notify_concurrency: int = field(
+        default=4, metadata=_doc("Deliveries one notifier sends at once.")
+    )
+    notify_max_attempts: int = field(
+        default=8,
+        metadata=_doc("Tries of one delivery before it is logged as failed for good."),
+    )
+    notify_backoff_base: float = field(
+        default=30.0,
+        metadata=_doc("Seconds before the first retry; each later retry waits twice as long."),
+    )
+    notify_backoff_max: float = field(
+        default=3600.0, metadata=_doc("Longest wait between two tries of a delivery.")
+    )
+    notify_send_timeout: float = field(
+        default=20.0, metadata=_doc("Seconds one send (SMTP, push, webhook) may take.")
+    )
+    notify_reminder_minutes: list[str] = field(
+        default_factory=lambda: ["1440", "15"],
+        metadata=_doc(
+            "Reminders before a booking's start, in minutes, comma separated."
+            ' 360 or more use the "upcoming consultation" wording.'
+        ),
+    )
+    notify_chat_delay: float = field(
+        default=120.0,
+        metadata=_doc(
+            "Seconds a chat message may stay unread before its recipient is notified"
+            " (someone online reads it sooner, and hears nothing)."
+        ),
+    )
+    notify_email_from: str = field(
+        default="Wadud <no-reply@localhost>", metadata=_doc("From address of emails.")
+    )
+    notify_smtp_host: str = field(
+        default="", metadata=_doc("SMTP server for email. Empty: no email.")
+    )
+    notify_smtp_port: int = field(default=587, metadata=_doc("SMTP server port."))
+    notify_smtp_tls: str = field(
+        default="starttls",
+        metadata=_doc("starttls (port 587), tls (implicit TLS, port 465) or none (local relay)."),
+    )
+    notify_smtp_username: str = field(default="", metadata=_doc("SMTP user name, if any."))
+    notify_smtp_password: str = field(default="", metadata=_doc("SMTP password, if any."))
+    notify_vapid_private_key: str = field(
+        default="",
+        metadata=_doc(
+            "Web push VAPID private key (base64url raw P-256 key or PEM). Empty: no web push."
+        ),
+    )
+    notify_vapid_subject: str = field(
+        default="",
+        metadata=_doc("VAPID contact (`mailto:ops@example.com` or an https URL)."),
+    )
+    notify_fcm_service_account: str = field(
+        default="",
+        metadata=_doc("Path of the Firebase service account JSON file. Empty: no FCM."),
+    )
+    notify_fcm_url: str = field(
+        default="https://fcm.googleapis.com", metadata=_doc("FCM HTTP v1 API base URL.")
+    )
+    notify_apns_key_file: str = field(
+        default="", metadata=_doc("Path of the APNs auth key (.p8). Empty: no APNs.")
+    )
+    notify_apns_key_id: str = field(default="", metadata=_doc("APNs auth key id (JWT `kid`)."))
+    notify_apns_team_id: str = field(default="", metadata=_doc("Apple team id (JWT `iss`)."))
+    notify_apns_topic: str = field(
+        default="", metadata=_doc("The iOS app's bundle id (`apns-topic`).")
+    )
+    notify_apns_url: str = field(
+        default="https://api.push.apple.com",
+        metadata=_doc("APNs base URL (https://api.sandbox.push.apple.com for development)."),
+    )
+    notify_sms_url: str = field(
+        default="", metadata=_doc("SMS provider webhook URL. Empty: no SMS.")
+    )
+    notify_whatsapp_url: str = field(
+        default="", metadata=_doc("WhatsApp provider webhook URL. Empty: no WhatsApp.")
+    )
+    notify_webhook_secret: str = field(
+        default="",
+        metadata=_doc("Secret that signs SMS and WhatsApp webhooks (HMAC-SHA256)."),
+    )
+    notify_ca_file: str = field(
+        default="",
+        metadata=_doc(
+            "Extra CA certificates (PEM) trusted for SMTP TLS, push and webhook"
+            " endpoints. Empty: the system's."
+        ),
+    )
     turn_relay: dict[str, Any] = field(
         default_factory=dict,
         metadata={

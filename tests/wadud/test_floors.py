@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 GROUND = Path(__file__).resolve().parents[2] / "wadud"
-ABOVE = frozenset({"booking", "chat", "privacy", "rtc", "sfu", "signalling", "turn", "bin"})
+ABOVE = frozenset(
+    {"booking", "chat", "notify", "privacy", "rtc", "sfu", "signalling", "turn", "bin"}
+)
 
 
 def imported(tree: ast.AST) -> list[tuple[int, str]]:
@@ -127,5 +129,24 @@ def test_privacy_imports_no_feature_above_it() -> None:
         for path, tree in zip(files, trees, strict=True)
         for line, name in imported(tree)
         if name.split(".")[0] in PRIVACY_ABOVE
+    ]
+    assert offences == []
+
+
+NOTIFY = GROUND.parent / "notify"
+NOTIFY_ABOVE = frozenset({"booking", "chat", "sfu", "signalling", "turn", "bin"})
+
+
+def test_notify_imports_no_feature() -> None:
+    """notify/ stands beside booking and chat: it reads their events as plain
+    data (and a few of their tables in SQL), never their code."""
+    files = sorted(NOTIFY.rglob("*.py"))
+    assert files, "notify/ was not found"
+    trees = _parse_all([(str(path), path.read_text()) for path in files])
+    offences = [
+        f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
+        for path, tree in zip(files, trees, strict=True)
+        for line, name in imported(tree)
+        if name.split(".")[0] in NOTIFY_ABOVE
     ]
     assert offences == []

@@ -1,0 +1,378 @@
+"""What the notifier does, decided without I/O.
+
+Three steps, each a pure function the store and the service call:
+
+1. :func:`plan_event`: an outbox event (with the names and ids the store
+   looked up for it, :class:`Context`) becomes jobs: who hears what, and when.
+   A booking entering ``requested`` or ``accepted`` schedules its reminders
+   (24 h and 15 min before by default); a reschedule or cancellation cancels
+   the reminders of the old time. Job keys are made from the event id (or,
+   for reminders, the booking, offset, start time and recipient), so reading
+   an event twice plans nothing new.
+2. :func:`expand`: a due job becomes deliveries, one per channel (and per
+   device for push) that the recipient has and wants, each due now or, on an
+   intrusive channel during the recipient's quiet hours, when they end.
+3. :func:`backoff`: when a failed delivery is tried again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from notify.templates import TEMPLATES, zone
+
+__all__ = [
+    "CHANNELS",
+    "INTRUSIVE",
+    "Context",
+    "Delivery",
+    "Device",
+    "Event",
+    "Job",
+    "Plan",
+    "Policy",
+    "Preferences",
+    "Recipient",
+    "backoff",
+    "expand",
+    "plan_event",
+    "quiet_until",
+]
+
+CHANNELS = ("email", "webpush", "fcm", "apns", "sms", "whatsapp")
+#: Channels that buzz a phone: held back during quiet hours. Email waits in
+#: an inbox anyway, so it goes at once.
+INTRUSIVE = frozenset({"webpush", "fcm", "apns", "sms", "whatsapp"})
+PUSH = frozenset({"webpush", "fcm", "apns"})
+#: Reminders this many minutes ahead or more use the "upcoming" wording.
+_LONG_REMINDER = 360
+
+
+@dataclass(frozen=True)
+class Event:
+    """An outbox event as the notifier reads it from ``notify_inbox``."""
+
+    id: int
+    topic: str
+    data: Mapping[str, Any]
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the store looked up for an event: the people it concerns."""
+
+    patient_id: UUID | None = None
+    patient_name: str = ""
+    doctor_user_id: UUID | None = None
+    doctor_name: str = ""
+    #: Chat: the conversation's members other than the sender, and the sender's name.
+    chat_recipients: Sequence[UUID] = ()
+    sender_name: str = ""
+    sender_role: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The settings planning depends on."""
+
+    reminder_minutes: Sequence[int] = (1440, 15)
+    chat_delay: float = 120.0
+    waiting_ttl: float = 1800.0
+    base_url: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    event_id: str
+    recipient_id: UUID
+    template: str
+    params: Mapping[str, Any]
+    due_at: dt.datetime
+    expires_at: dt.datetime | None = None
+    booking_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+    #: Cancel the booking's scheduled reminders, except those for this start
+    #: time (``keep``; None: cancel them all).
+    cancel_reminders: UUID | None = None
+    keep: str | None = None
+
+
+def _uuid(value: Any) -> UUID | None:
+    try:
+        return UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _time(value: Any) -> dt.datetime | None:
+    try:
+        when = dt.datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when
+
+
+def reminders(
+    event: Event, booking_id: UUID, starts_at: dt.datetime, ctx: Context, policy: Policy
+) -> list[Job]:
+    """The booking's reminders that are still ahead of the moment it was made
+    (a booking made 3 hours ahead gets no 24-hour reminder)."""
+    out: list[Job] = []
+    stamp = starts_at.astimezone(dt.UTC).isoformat()
+    for minutes in policy.reminder_minutes:
+        due = starts_at - dt.timedelta(minutes=minutes)
+        if due <= event.at:
+            continue
+        template = "reminder_24h" if minutes >= _LONG_REMINDER else "reminder_15m"
+        people: list[tuple[UUID | None, str, str]] = [(ctx.patient_id, ctx.doctor_name, "doctor")]
+        if minutes < _LONG_REMINDER:
+            people.append((ctx.doctor_user_id, ctx.patient_name, "patient"))
+        for who, other, other_role in people:
+            if who is None:
+                continue
+            event_id = f"reminder:{booking_id}:{minutes}:{stamp}"
+            out.append(
+                Job(
+                    key=f"{event_id}:{who}",
+                    event_id=event_id,
+                    recipient_id=who,
+                    template=template,
+                    params={
+                        "booking_id": str(booking_id),
+                        "starts_at": stamp,
+                        "minutes": minutes,
+                        "other": other,
+                        "other_role": other_role,
+                    },
+                    due_at=due,
+                    expires_at=starts_at,
+                    booking_id=booking_id,
+                )
+            )
+    return out
+
+
+def _job(
+    event: Event,
+    template: str,
+    who: UUID | None,
+    params: Mapping[str, Any],
+    *,
+    due: dt.datetime | None = None,
+    expires: dt.datetime | None = None,
+    booking_id: UUID | None = None,
+) -> list[Job]:
+    if who is None:
+        return []
+    return [
+        Job(
+            key=f"event:{event.id}:{template}:{who}",
+            event_id=str(event.id),
+            recipient_id=who,
+            template=template,
+            params=dict(params),
+            due_at=due or event.at,
+            expires_at=expires,
+            booking_id=booking_id,
+        )
+    ]
+
+
+def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
+    """The jobs ``event`` calls for (see the module's docstring)."""
+    d = event.data
+    topic = event.topic
+    if topic.startswith("booking."):
+        return _plan_booking(event, ctx, policy)
+    if topic in ("payment.succeeded", "payment.refunded"):
+        refund = topic == "payment.refunded"
+        amount = d.get("refund_minor") if refund else d.get("amount_minor")
+        if not isinstance(amount, int):
+            return Plan()
+        params = {
+            "amount_minor": amount,
+            "currency": str(d.get("currency", "")),
+            "reference": str(d.get("refund_id") if refund else d.get("payment_id", ""))[:8],
+            "booking_id": str(d.get("booking_id", "")),
+        }
+        template = "payment_refunded" if refund else "payment_receipt"
+        return Plan(jobs=_job(event, template, ctx.patient_id, params))
+    if topic == "chat.message.sent":
+        due = event.at + dt.timedelta(seconds=policy.chat_delay)
+        params = {
+            "conversation_id": str(d.get("conversation_id", "")),
+            "seq": d.get("seq"),
+            "other": ctx.sender_name,
+            "other_role": ctx.sender_role,
+        }
+        jobs: list[Job] = []
+        for who in ctx.chat_recipients:
+            jobs += _job(event, "chat_message", who, params, due=due)
+        return Plan(jobs=jobs)
+    if topic == "call.waiting":
+        params = {
+            "booking_id": str(d.get("booking_id", "")),
+            "other": str(d.get("name") or ctx.patient_name),
+            "other_role": "patient",
+        }
+        expires = event.at + dt.timedelta(seconds=policy.waiting_ttl)
+        return Plan(jobs=_job(event, "call_waiting", ctx.doctor_user_id, params, expires=expires))
+    return Plan()
+
+
+def _plan_booking(event: Event, ctx: Context, policy: Policy) -> Plan:
+    d = event.data
+    booking_id = _uuid(d.get("booking_id"))
+    starts_at = _time(d.get("starts_at"))
+    if booking_id is None or starts_at is None:
+        return Plan()
+    state = event.topic.removeprefix("booking.")
+    what = str(d.get("event", ""))
+    actor = _uuid(d.get("actor_id"))
+    stamp = starts_at.astimezone(dt.UTC).isoformat()
+    to_patient = {"starts_at": stamp, "other": ctx.doctor_name, "other_role": "doctor"}
+    to_doctor = {"starts_at": stamp, "other": ctx.patient_name, "other_role": "patient"}
+    to_patient["booking_id"] = to_doctor["booking_id"] = str(booking_id)
+    jobs: list[Job] = []
+
+    def both(template: str, extra: Mapping[str, Any] | None = None) -> None:
+        nonlocal jobs
+        for who, params in ((ctx.patient_id, to_patient), (ctx.doctor_user_id, to_doctor)):
+            if who is not None and who != actor:
+                merged = {**params, **(extra or {})}
+                jobs += _job(event, template, who, merged, booking_id=booking_id)
+
+    if state == "cancelled":
+        both("booking_cancelled")
+        return Plan(jobs=jobs, cancel_reminders=booking_id)
+    if state not in ("requested", "accepted"):
+        return Plan()
+    upcoming = [] if d.get("instant") else reminders(event, booking_id, starts_at, ctx, policy)
+    if what == "reschedule":
+        detail = d.get("detail") or {}
+        old = _time(detail.get("from_starts_at")) if isinstance(detail, Mapping) else None
+        extra = {"old_starts_at": old.astimezone(dt.UTC).isoformat()} if old else {}
+        both("booking_rescheduled", extra)
+        return Plan(jobs=jobs + upcoming, cancel_reminders=booking_id, keep=stamp)
+    if state == "requested":
+        token = d.get("manage_token")
+        link = f"{policy.base_url.rstrip('/')}/api/v1/manage/{token}" if token else ""
+        jobs += _job(
+            event,
+            "booking_received",
+            ctx.patient_id,
+            {**to_patient, "link": link},
+            booking_id=booking_id,
+        )
+        jobs += _job(
+            event, "doctor_new_booking", ctx.doctor_user_id, to_doctor, booking_id=booking_id
+        )
+    elif what == "accept":
+        jobs += _job(event, "booking_confirmed", ctx.patient_id, to_patient, booking_id=booking_id)
+    return Plan(jobs=jobs + upcoming)
+
+
+# -- expanding a due job --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipient:
+    id: UUID
+    email: str | None
+    phone: str | None
+    locale: str | None
+    time_zone: str | None
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class Preferences:
+    channels: frozenset[str] = frozenset({"email", "webpush", "fcm", "apns"})
+    muted: frozenset[str] = frozenset()
+    quiet_start: dt.time | None = None
+    quiet_end: dt.time | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    id: UUID
+    kind: str
+    token: str
+    keys: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    channel: str
+    target: str
+    due_at: dt.datetime
+
+
+def quiet_until(prefs: Preferences, tz: str | None, now: dt.datetime) -> dt.datetime | None:
+    """When the recipient's quiet hours end, if ``now`` is inside them."""
+    start, end = prefs.quiet_start, prefs.quiet_end
+    if start is None or end is None or start == end:
+        return None
+    zone_ = zone(tz)
+    local = now.astimezone(zone_)
+    t = local.time().replace(tzinfo=None)
+    today = local.date()
+    if start < end:
+        if not start <= t < end:
+            return None
+        day = today
+    elif t >= start:
+        day = today + dt.timedelta(days=1)
+    elif t < end:
+        day = today
+    else:
+        return None
+    return dt.datetime.combine(day, end, tzinfo=zone_).astimezone(dt.UTC)
+
+
+def expand(
+    job: Job,
+    recipient: Recipient,
+    prefs: Preferences,
+    devices: Iterable[Device],
+    available: Iterable[str],
+    now: dt.datetime,
+) -> list[Delivery]:
+    """The deliveries of a due job: the channels the recipient wants, the
+    server can send on and the recipient can be reached on."""
+    template = TEMPLATES[job.template]
+    if template.category in prefs.muted:
+        return []
+    wanted = prefs.channels & frozenset(available)
+    hold = None if template.urgent else quiet_until(prefs, recipient.time_zone, now)
+    out: list[Delivery] = []
+    for channel in CHANNELS:
+        if channel not in wanted:
+            continue
+        due = hold if hold is not None and channel in INTRUSIVE else now
+        if channel == "email" and recipient.email:
+            out.append(Delivery("email", "", due))
+        elif channel in ("sms", "whatsapp") and recipient.phone:
+            out.append(Delivery(channel, "", due))
+        elif channel in PUSH:
+            out += [Delivery(channel, str(d.id), due) for d in devices if d.kind == channel]
+    return out
+
+
+def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Seconds before try ``attempt + 1``: base, 2 base, 4 base, ... up to
+    ``cap``, and never sooner than the service's Retry-After."""
+    delay = min(base * 2.0 ** max(attempt - 1, 0), cap)
+    return max(delay, retry_after or 0.0)

@@ -1,0 +1,354 @@
+"""The notifier: the loops that turn events into jobs, due jobs into
+deliveries, and due deliveries into emails, pushes and webhooks.
+
+Runs as ``wadud notify`` (:func:`run`) or inside ``wadud serve``
+(``notify.http.install_worker``); any number of replicas share one database.
+
+Guarantees, and where they come from:
+
+* In: at least once. ``notify_inbox`` is written by a trigger in the domain
+  transaction (migration 0011); a batch of inbox rows is planned and deleted
+  in one transaction, so a crash replays it, and job keys make the replay
+  plan nothing new.
+* Out: once per (event, channel, recipient, device), as a database
+  invariant: the unique key of ``notify_deliveries``. A delivery is claimed
+  ``FOR UPDATE SKIP LOCKED`` and marked sent *in the transaction that
+  claimed it*, with the row lock held across the send. Two replicas never
+  send one row; a notifier killed before its commit leaves the row pending,
+  and PostgreSQL drops the lock at once when its connection dies, so the
+  other replica (or the restarted one) picks it up without waiting for a
+  lease. The one window left is "the provider accepted, our commit was
+  lost": that delivery is sent again (at least once, not at most once), with
+  the same Message-ID / apns-id / collapse key / Idempotency-Key so the far
+  end can fold it. We chose this over "mark, then send" (at most once),
+  which would silently lose a reminder whenever a send crashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import time
+from collections.abc import Callable
+from uuid import UUID
+
+import asyncpg
+
+from notify import channels as ch
+from notify import plan, store
+from notify.errors import DeliveryFailed, PermanentFailure
+from notify.templates import render
+from wadud import outbox
+from wadud.config import Settings
+
+log = logging.getLogger("wadud.notify")
+
+__all__ = ["Notifier", "policy", "run"]
+
+
+def policy(settings: Settings) -> plan.Policy:
+    try:
+        minutes = tuple(int(m) for m in settings.notify_reminder_minutes)
+    except ValueError:
+        from wadud.errors import ConfigError
+
+        raise ConfigError("notify_reminder_minutes must be whole minutes") from None
+    return plan.Policy(
+        reminder_minutes=minutes,
+        chat_delay=settings.notify_chat_delay,
+        base_url=settings.base_url,
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Notifier:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        senders: dict[str, ch.Channel],
+        *,
+        clock: Callable[[], dt.datetime] = _now,
+        batch: int = 100,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.senders = senders
+        self.available = frozenset(senders)
+        self.policy = policy(settings)
+        self.clock = clock
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self._send_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncpg.Connection | None = None
+        self.sent = 0
+
+    # -- life --------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._plan_loop(), name="notify-plan"))
+        for i in range(max(1, self.settings.notify_concurrency)):
+            self._tasks.append(asyncio.create_task(self._send_loop(), name=f"notify-send-{i}"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._unlisten()
+
+    async def _listen(self) -> None:
+        self._listener = await self.pool.acquire()
+        await self._listener.add_listener(outbox.CHANNEL, self._notified)
+
+    async def _unlisten(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(outbox.CHANNEL, self._notified)
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _plan_loop(self) -> None:
+        while True:
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    await self._unlisten()
+                    await self._listen()
+                while await self.plan_events() >= self.batch:
+                    pass
+                while await self.expand_jobs() >= self.batch:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("notifier planning round failed; retrying")
+                await self._unlisten()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.notify_poll_interval)
+
+    async def _send_loop(self) -> None:
+        while True:
+            try:
+                if await self.send_one():
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("notifier send round failed; retrying")
+            self._send_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._send_wake.wait(), self.settings.notify_poll_interval)
+
+    # -- the three steps ---------------------------------------------------
+
+    async def plan_events(self) -> int:
+        """Turn one batch of inbox events into jobs; return how many events."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            events = await store.claim_events(conn, self.batch)
+            for event in events:
+                ctx = await store.context_for(conn, event)
+                await store.save_plan(conn, plan.plan_event(event, ctx, self.policy))
+            if events:
+                await store.delete_events(conn, [e.id for e in events])
+        return len(events)
+
+    async def expand_jobs(self) -> int:
+        """Turn one batch of due jobs into deliveries; return how many jobs."""
+        now = self.clock()
+        added = False
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await store.claim_jobs(conn, now, self.batch)
+            for row in rows:
+                job = store.job_of(row)
+                if job.expires_at is not None and job.expires_at <= now:
+                    await store.finish_job(conn, job.key, "expired")
+                    continue
+                if not await store.still_wanted(conn, job, self.policy.chat_delay):
+                    await store.finish_job(conn, job.key, "skipped")
+                    continue
+                who = await store.recipient(conn, job.recipient_id)
+                if who is None:
+                    await store.finish_job(conn, job.key, "skipped")
+                    continue
+                deliveries = plan.expand(
+                    job,
+                    who,
+                    await store.preferences(conn, who.id),
+                    await store.devices(conn, who.id),
+                    self.available,
+                    now,
+                )
+                await store.add_deliveries(conn, job, deliveries)
+                await store.finish_job(conn, job.key, "done")
+                added = added or bool(deliveries)
+        if added:
+            self._send_wake.set()
+        return len(rows)
+
+    async def send_one(self) -> bool:
+        """Send the next due delivery, if any; False when there was none."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            now = self.clock()
+            row = await store.claim_delivery(conn, now)
+            if row is None:
+                return False
+            delivery_id, attempt = row["id"], row["attempts"] + 1
+            if row["expires_at"] is not None and row["expires_at"] <= now:
+                await conn.execute(
+                    "UPDATE notify_deliveries SET status = 'expired' WHERE id = $1", delivery_id
+                )
+                return True
+            try:
+                detail = await self._send(conn, row)
+            except PermanentFailure as exc:
+                if exc.drop_device and row["target"]:
+                    await conn.execute(
+                        "DELETE FROM notify_devices WHERE id = $1", UUID(row["target"])
+                    )
+                await store.record_attempt(
+                    conn, delivery_id, attempt, status="failed", ok=False, detail=exc.detail
+                )
+                log.warning(
+                    "notification refused for good",
+                    extra={"delivery": delivery_id, "channel": row["channel"], "error": exc.detail},
+                )
+                return True
+            except DeliveryFailed as exc:
+                await self._retry(conn, row, attempt, exc.detail, exc.retry_after)
+                return True
+            except Exception as exc:  # a sender's bug must not stop the others
+                log.exception("notification send crashed", extra={"delivery": delivery_id})
+                await self._retry(conn, row, attempt, f"{type(exc).__name__}: {exc}", None)
+                return True
+            await store.record_attempt(
+                conn, delivery_id, attempt, status="sent", ok=True, detail=detail
+            )
+        self.sent += 1
+        log.info(
+            "notification sent",
+            extra={"delivery": delivery_id, "channel": row["channel"], "template": row["template"]},
+        )
+        return True
+
+    async def _retry(
+        self,
+        conn: asyncpg.Connection,
+        row: asyncpg.Record,
+        attempt: int,
+        detail: str,
+        retry_after: float | None,
+    ) -> None:
+        s = self.settings
+        if attempt >= s.notify_max_attempts:
+            await store.record_attempt(
+                conn, row["id"], attempt, status="failed", ok=False, detail=detail
+            )
+            log.warning(
+                "notification failed after every retry",
+                extra={"delivery": row["id"], "channel": row["channel"], "error": detail},
+            )
+            return
+        wait = plan.backoff(
+            attempt, base=s.notify_backoff_base, cap=s.notify_backoff_max, retry_after=retry_after
+        )
+        await store.record_attempt(
+            conn,
+            row["id"],
+            attempt,
+            status="pending",
+            ok=False,
+            detail=detail,
+            next_attempt_at=self.clock() + dt.timedelta(seconds=wait),
+        )
+        log.info(
+            "notification will be retried",
+            extra={"delivery": row["id"], "attempt": attempt, "in": wait, "error": detail},
+        )
+
+    async def _send(self, conn: asyncpg.Connection, row: asyncpg.Record) -> str:
+        sender = self.senders.get(row["channel"])
+        if sender is None:
+            raise DeliveryFailed(f"{row['channel']}: channel not configured on this notifier")
+        who = await store.recipient(conn, row["recipient_id"])
+        if who is None:
+            raise PermanentFailure("recipient gone or disabled")
+        device = None
+        if row["target"]:
+            device = await store.device(conn, row["target"])
+            if device is None:
+                raise PermanentFailure("device removed")
+        expires = row["expires_at"]
+        msg = ch.Message(
+            key=f"{row['event_id']}/{row['channel']}/{row['recipient_id']}/{row['target']}",
+            template=row["template"],
+            rendered=render(row["template"], who.locale, who.time_zone, row["params"]),
+            recipient=who,
+            params=row["params"],
+            device=device,
+            expires_at=expires.timestamp() if expires is not None else None,
+        )
+        try:
+            return await asyncio.wait_for(sender.send(msg), self.settings.notify_send_timeout + 5)
+        except TimeoutError:
+            raise DeliveryFailed(f"{row['channel']}: no answer in time") from None
+
+    async def run_until_idle(self, seconds: float = 10.0) -> int:
+        """Plan, expand and send until nothing is due (tests and tools)."""
+        deadline = time.monotonic() + seconds
+        sent = 0
+        while time.monotonic() < deadline:
+            n = await self.plan_events() + await self.expand_jobs()
+            while await self.send_one():
+                sent += 1
+                n += 1
+            if n == 0:
+                break
+        return sent
+
+
+async def run(settings: Settings) -> int:
+    """``wadud notify``: the notifier until SIGTERM or SIGINT."""
+    from wadud import db, migrate
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.database_url or await stack.enter_async_context(
+            db.embedded_postgres(settings.data_dir)
+        )
+        if settings.database_migrate:
+            conn = await db.connect(url)
+            try:
+                await migrate.migrate(conn)
+            finally:
+                await conn.close()
+        pool = await stack.enter_async_context(db.pool(settings, url))
+        opened = await ch.open_channels(settings)
+        stack.push_async_callback(opened.close)
+        notifier = Notifier(pool, settings, opened.senders)
+        await notifier.start()
+        stack.push_async_callback(notifier.close)
+        log.info("notifier running", extra={"channels": sorted(opened.senders)})
+        print(
+            f"wadud notify: running ({', '.join(sorted(opened.senders)) or 'no channels'})",
+            flush=True,
+        )
+        await stop.wait()
+        log.info("notifier stopping")
+    return 0

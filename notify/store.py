@@ -1,0 +1,336 @@
+"""The notifier's SQL: the inbox, the schedule (``notify_jobs``), the
+delivery log, and the few facts it reads from other features' tables.
+
+Every claim is ``FOR UPDATE SKIP LOCKED``, so any number of notifiers share
+the work and no row is handled by two at once. The other features' tables
+are read, never written, and only for what an event does not carry: names,
+a doctor's user id, a conversation's members, and whether a booking still
+stands or a chat message is still unread when its job falls due.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+from uuid import UUID
+
+import asyncpg
+
+from notify.plan import Context, Delivery, Device, Event, Job, Plan, Preferences, Recipient
+
+__all__ = [
+    "add_deliveries",
+    "claim_delivery",
+    "claim_events",
+    "claim_jobs",
+    "context_for",
+    "delete_events",
+    "device",
+    "devices",
+    "finish_job",
+    "preferences",
+    "recipient",
+    "save_plan",
+    "still_wanted",
+]
+
+Conn: TypeAlias = asyncpg.Connection
+
+
+async def claim_events(conn: Conn, limit: int) -> list[Event]:
+    rows = await conn.fetch(
+        """SELECT event_id, topic, payload, at FROM notify_inbox
+           ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+    )
+    return [Event(r["event_id"], r["topic"], r["payload"], r["at"]) for r in rows]
+
+
+async def delete_events(conn: Conn, ids: Sequence[int]) -> None:
+    await conn.execute("DELETE FROM notify_inbox WHERE event_id = ANY($1::bigint[])", list(ids))
+
+
+def _uuid(value: Any) -> UUID | None:
+    try:
+        return UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def _name(conn: Conn, user_id: UUID | None) -> str:
+    if user_id is None:
+        return ""
+    # A doctor is known by their public name; anyone else by their account's.
+    name = await conn.fetchval(
+        """SELECT coalesce(nullif(d.display_name, ''), u.display_name)
+           FROM users u LEFT JOIN doctors d ON d.user_id = u.id WHERE u.id = $1""",
+        user_id,
+    )
+    return str(name or "")
+
+
+async def context_for(conn: Conn, event: Event) -> Context:
+    """The people an event concerns, looked up by the ids it carries."""
+    d = event.data
+    if event.topic.startswith("booking.") or event.topic == "call.waiting":
+        booking_id = _uuid(d.get("booking_id"))
+        patient_id = _uuid(d.get("patient_id"))
+        doctor_id = _uuid(d.get("doctor_id"))
+        if (patient_id is None or doctor_id is None) and booking_id is not None:
+            row = await conn.fetchrow(
+                "SELECT patient_id, doctor_id FROM bookings WHERE id = $1", booking_id
+            )
+            if row is not None:
+                patient_id, doctor_id = row["patient_id"], row["doctor_id"]
+        doctor = None
+        if doctor_id is not None:
+            doctor = await conn.fetchrow(
+                "SELECT user_id, display_name FROM doctors WHERE id = $1", doctor_id
+            )
+        return Context(
+            patient_id=patient_id,
+            patient_name=await _name(conn, patient_id),
+            doctor_user_id=doctor["user_id"] if doctor else None,
+            doctor_name=str(doctor["display_name"]) if doctor else "",
+        )
+    if event.topic.startswith("payment."):
+        return Context(patient_id=_uuid(d.get("patient_id")))
+    if event.topic == "chat.message.sent":
+        conversation = _uuid(d.get("conversation_id"))
+        sender = _uuid(d.get("sender_id"))
+        if conversation is None or sender is None:
+            return Context()
+        rows = await conn.fetch(
+            """SELECT c.patient_id AS user_id FROM chat_conversations c WHERE c.id = $1
+               UNION SELECT d.user_id FROM chat_conversations c
+                     JOIN doctors d ON d.id = c.doctor_id WHERE c.id = $1
+               UNION SELECT m.user_id FROM chat_members m WHERE m.conversation_id = $1""",
+            conversation,
+        )
+        role = await conn.fetchval("SELECT role FROM users WHERE id = $1", sender)
+        return Context(
+            chat_recipients=sorted(
+                (r["user_id"] for r in rows if r["user_id"] not in (None, sender)), key=str
+            ),
+            sender_name=await _name(conn, sender),
+            sender_role=str(role or ""),
+        )
+    return Context()
+
+
+async def save_plan(conn: Conn, plan: Plan) -> None:
+    if plan.cancel_reminders is not None:
+        await conn.execute(
+            """UPDATE notify_jobs SET state = 'cancelled', done_at = now()
+               WHERE booking_id = $1 AND state = 'scheduled'
+                 AND template IN ('reminder_24h', 'reminder_15m')
+                 AND ($2::text IS NULL OR params->>'starts_at' <> $2)""",
+            plan.cancel_reminders,
+            plan.keep,
+        )
+    if plan.jobs:
+        await conn.executemany(
+            """INSERT INTO notify_jobs (key, event_id, recipient_id, template, params,
+                                        booking_id, due_at, expires_at)
+               SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $8
+               WHERE EXISTS (SELECT 1 FROM users WHERE id = $3)
+               ON CONFLICT (key) DO NOTHING""",
+            [
+                (
+                    j.key,
+                    j.event_id,
+                    j.recipient_id,
+                    j.template,
+                    dict(j.params),
+                    j.booking_id,
+                    j.due_at,
+                    j.expires_at,
+                )
+                for j in plan.jobs
+            ],
+        )
+
+
+async def claim_jobs(conn: Conn, now: dt.datetime, limit: int) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """SELECT * FROM notify_jobs WHERE state = 'scheduled' AND due_at <= $1
+               ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            now,
+            limit,
+        )
+    )
+
+
+def job_of(row: asyncpg.Record) -> Job:
+    return Job(
+        key=row["key"],
+        event_id=row["event_id"],
+        recipient_id=row["recipient_id"],
+        template=row["template"],
+        params=row["params"],
+        due_at=row["due_at"],
+        expires_at=row["expires_at"],
+        booking_id=row["booking_id"],
+    )
+
+
+async def still_wanted(conn: Conn, job: Job, chat_delay: float) -> bool:
+    """Whether a due job still has something to say: a reminder's booking
+    still stands at the time it names; a chat message is still unread and its
+    recipient was not told about this conversation moments ago."""
+    p = job.params
+    if job.template in ("reminder_24h", "reminder_15m"):
+        row = await conn.fetchrow(
+            "SELECT status, starts_at FROM bookings WHERE id = $1", job.booking_id
+        )
+        return (
+            row is not None
+            and row["status"] in ("requested", "accepted")
+            and row["starts_at"] == dt.datetime.fromisoformat(str(p["starts_at"]))
+        )
+    if job.template == "chat_message":
+        conversation = _uuid(p.get("conversation_id"))
+        read = await conn.fetchval(
+            """SELECT last_read_seq FROM chat_members
+               WHERE conversation_id = $1 AND user_id = $2""",
+            conversation,
+            job.recipient_id,
+        )
+        if read is not None and int(read) >= int(p.get("seq") or 0):
+            return False
+        told = await conn.fetchval(
+            """SELECT 1 FROM notify_jobs
+               WHERE recipient_id = $1 AND template = 'chat_message' AND state = 'done'
+                 AND params->>'conversation_id' = $2
+                 AND done_at > now() - make_interval(secs => $3)""",
+            job.recipient_id,
+            str(conversation),
+            chat_delay,
+        )
+        return told is None
+    return True
+
+
+async def recipient(conn: Conn, user_id: UUID) -> Recipient | None:
+    row = await conn.fetchrow(
+        """SELECT u.id, u.email, u.phone, u.locale, u.display_name,
+                  coalesce(u.time_zone, d.time_zone,
+                           CASE c.region WHEN 'PK' THEN 'Asia/Karachi' WHEN 'AE' THEN 'Asia/Dubai'
+                                         WHEN 'QA' THEN 'Asia/Qatar' WHEN 'SA' THEN 'Asia/Riyadh'
+                           END) AS time_zone
+           FROM users u
+           LEFT JOIN doctors d ON d.user_id = u.id
+           LEFT JOIN clinics c ON c.id = u.clinic_id
+           WHERE u.id = $1 AND NOT u.disabled""",
+        user_id,
+    )
+    if row is None:
+        return None
+    return Recipient(
+        id=row["id"],
+        email=row["email"],
+        phone=row["phone"],
+        locale=row["locale"],
+        time_zone=row["time_zone"],
+        display_name=row["display_name"] or "",
+    )
+
+
+async def preferences(conn: Conn, user_id: UUID) -> Preferences:
+    row = await conn.fetchrow("SELECT * FROM notify_preferences WHERE user_id = $1", user_id)
+    if row is None:
+        return Preferences()
+    return Preferences(
+        channels=frozenset(row["channels"]),
+        muted=frozenset(row["muted"]),
+        quiet_start=row["quiet_start"],
+        quiet_end=row["quiet_end"],
+    )
+
+
+def _device(row: asyncpg.Record) -> Device:
+    return Device(row["id"], row["kind"], row["token"], row["keys"])
+
+
+async def devices(conn: Conn, user_id: UUID) -> list[Device]:
+    rows = await conn.fetch(
+        "SELECT id, kind, token, keys FROM notify_devices WHERE user_id = $1 ORDER BY created_at",
+        user_id,
+    )
+    return [_device(r) for r in rows]
+
+
+async def device(conn: Conn, device_id: str) -> Device | None:
+    did = _uuid(device_id)
+    if did is None:
+        return None
+    row = await conn.fetchrow("SELECT id, kind, token, keys FROM notify_devices WHERE id = $1", did)
+    return _device(row) if row else None
+
+
+async def add_deliveries(conn: Conn, job: Job, deliveries: Sequence[Delivery]) -> None:
+    if not deliveries:
+        return
+    await conn.executemany(
+        """INSERT INTO notify_deliveries (event_id, channel, recipient_id, target, job_key,
+                                          next_attempt_at, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (event_id, channel, recipient_id, target) DO NOTHING""",
+        [
+            (job.event_id, d.channel, job.recipient_id, d.target, job.key, d.due_at, job.expires_at)
+            for d in deliveries
+        ],
+    )
+
+
+async def finish_job(conn: Conn, key: str, state: str) -> None:
+    await conn.execute(
+        "UPDATE notify_jobs SET state = $2, done_at = now() WHERE key = $1", key, state
+    )
+
+
+async def claim_delivery(conn: Conn, now: dt.datetime) -> asyncpg.Record | None:
+    """The next due delivery, locked until the caller's transaction ends."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """SELECT d.*, j.template, j.params FROM notify_deliveries d
+           JOIN notify_jobs j ON j.key = d.job_key
+           WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+           ORDER BY d.next_attempt_at LIMIT 1 FOR UPDATE OF d SKIP LOCKED""",
+        now,
+    )
+    return row
+
+
+async def record_attempt(
+    conn: Conn,
+    delivery_id: int,
+    attempt: int,
+    *,
+    status: str,
+    ok: bool,
+    detail: str,
+    next_attempt_at: dt.datetime | None = None,
+) -> None:
+    await conn.execute(
+        """UPDATE notify_deliveries
+           SET status = $2, attempts = $3, last_error = CASE WHEN $4 THEN NULL ELSE $5 END,
+               sent_at = CASE WHEN $2 = 'sent' THEN clock_timestamp() END,
+               next_attempt_at = coalesce($6, next_attempt_at)
+           WHERE id = $1""",
+        delivery_id,
+        status,
+        attempt,
+        ok,
+        detail[:1000],
+        next_attempt_at,
+    )
+    await conn.execute(
+        """INSERT INTO notify_attempts (delivery_id, attempt, ok, detail)
+           VALUES ($1, $2, $3, $4)""",
+        delivery_id,
+        attempt,
+        ok,
+        detail[:1000],
+    )
