@@ -78,6 +78,23 @@ class Settings:
     log_format: str = field(
         default="json", metadata=_doc("json (one object per line) or text (for a terminal).")
     )
+    otel_endpoint: str = field(
+        default="",
+        metadata=_doc(
+            "OpenTelemetry: base URL of an OTLP/HTTP collector (e.g. http://otel:4318) that"
+            " receives traces of requests, SQL, the outbox and the bus. Empty: tracing off."
+        ),
+    )
+    otel_service_name: str = field(
+        default="wadud", metadata=_doc("OpenTelemetry service.name of this process's spans.")
+    )
+    otel_sample_ratio: float = field(
+        default=1.0,
+        metadata=_doc(
+            "Share of new traces kept, 0 to 1; a request that arrives with a sampled"
+            " traceparent is always kept."
+        ),
+    )
     metrics_listen: str = field(
         default="",
         metadata=_doc(
@@ -710,3 +727,7 @@ def load(
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError("database_pool_min is larger than database_pool_max")
     return settings
+    if not 0.0 <= settings.otel_sample_ratio <= 1.0:
+        raise ConfigError("otel_sample_ratio must be between 0 and 1")
+    if settings.otel_endpoint and not settings.otel_endpoint.startswith(("http://", "https://")):
+        raise ConfigError("otel_endpoint must be an http:// or https:// URL")
