@@ -1,25 +1,184 @@
 """Relay links between media workers: the worker's side of :mod:`sfu.relay`.
 
-Work in progress: the interface signalling calls is in place
-(:meth:`WorkerLinks.relay_send`, :meth:`WorkerLinks.relay_receive`); the
-media plane lands next.
+A room may live on several workers (participants are placed in their own
+region). When a track has subscribers on another worker, signalling asks the
+publishing worker to send it there (:meth:`WorkerLinks.relay_send`) and the
+other worker to take it (:meth:`WorkerLinks.relay_receive`); the track then
+crosses once, however many subscribers it has over there, and each worker
+fans it out to its own.
+
+One :class:`Link` per peer worker carries every room the two share, both
+ways, over one DTLS-SRTP association (:class:`sfu.relay.RelayLink`). Inside
+each room it shares, a link is two legs of the room's
+:class:`~sfu.forward.Forwarder` (:class:`sfu.records.RelayRoom`), so the
+forwarding core needs nothing new:
+
+* *egress*, a subscriber: one subscription per relayed local track, under
+  an SSRC unique on the link (the sending side chooses it), payload types and
+  header extension ids as the publisher sent them (no rewriting), RTX when
+  the publisher negotiated it. The link's NACKs are answered from the
+  forwarder's history per subscription, its PLI/FIR coalesced toward the
+  publisher like any subscriber's; its SRs carry the publisher's NTP/RTP
+  pairing (:class:`~sfu.reports.SendStatistics`), and the peer's RRs give the
+  link's RTT.
+* *ingress*, a publisher: the peer's tracks, registered by their link SSRC,
+  offered to local subscribers like local tracks. Gaps on the link are
+  NACKed by the forwarder (per hop: the peer answers from its history), local
+  keyframe requests go to the peer (which coalesces them toward the
+  publisher), the peer's SRs feed the local subscribers' SRs (lip-sync), and
+  relayed audio levels (RFC 6464) feed the local speaker detector under each
+  remote participant's name, so every worker that gets all of a room's audio
+  computes the same active speaker.
+
+No transport-cc or REMB is sent on a link: congestion feedback ends at each
+hop. The link's SRTP session is shared by every room, so an incoming
+datagram is routed by SSRC to its room's ingress leg (media) or to the leg
+its RTCP is about.
+
+The link is set up on first use and closed when no room uses it either way;
+a link that fails retries while it is used (:mod:`sfu.relay`). Its state
+changes go to listeners as :class:`~sfu.control.RelayState`.
+
+Like :mod:`sfu.negotiation`, this half never touches the socket, the loop or
+the clock: :class:`sfu.worker.MediaWorker` provides ``_now``, ``_send``,
+``_route`` and the RTCP helpers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import abc
+import contextlib
+import logging
+import secrets
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, cast
 
-from sfu.control import RelayedTrack, RelayPeer
+from rtc import demux
+from rtc.errors import RtcpParseError
+from rtc.ice import Address
+from rtc.rtcp import Fir, Nack, Pli, ReceiverReport, RtcpPacket, SenderReport, parse_compound
+from rtc.sdp import AUDIO_LEVEL, Codec, LocalParameters, RtcpFeedback
+from sfu.control import (
+    RelayCodec,
+    RelayedTrack,
+    RelayPeer,
+    RelayState,
+)
 from sfu.errors import SfuStateError
+from sfu.forward import Subscription
+from sfu.negotiation import WorkerControl
+from sfu.records import Peer, RelayRoom, Room, Track
+from sfu.relay import LinkState, RelayLink, parse_fingerprint
+from sfu.reports import ReceiveStatistics, SendStatistics
+from sfu.transport import PeerTransport
 
-__all__ = ["WorkerLinks"]
+__all__ = ["Link", "WorkerLinks"]
+
+log = logging.getLogger("wadud.sfu.links")
+
+_SSRC = struct.Struct("!I")
+# DTLS ClientHellos kept from addresses no link knows yet: a link's client may
+# learn of the link (and send its first flight) before the server does.
+_EARLY_ADDRESSES = 16
+_EARLY_PER_ADDRESS = 4
 
 
-class WorkerLinks:
-    """The relay-link half of :class:`sfu.worker.MediaWorker`."""
+def _srtp_errors() -> tuple[type[BaseException], ...]:
+    import pylibsrtp
+
+    return (pylibsrtp.Error, ValueError, TypeError)
+
+
+_SRTP_ERRORS = _srtp_errors()
+
+
+class Link:
+    """A relay link to one peer worker as the worker keeps it: the core, the
+    rooms that use it, and the SSRC tables its datagrams are routed by."""
+
+    __slots__ = (
+        "core",
+        "forged",
+        "incoming",
+        "octets_in",
+        "outgoing",
+        "packets_in",
+        "protect",
+        "protect_rtcp",
+        "rooms",
+        "routed",
+        "rtcp_in",
+        "sent_gone",
+        "unknown_ssrc",
+        "unprotect",
+        "unprotect_rtcp",
+    )
+
+    def __init__(self, core: RelayLink) -> None:
+        self.core = core
+        self.rooms: dict[str, RelayRoom] = {}
+        self.incoming: dict[int, Peer] = {}
+        """Link SSRCs (media and RTX) the peer sends us -> the room's ingress leg."""
+        self.outgoing: dict[int, Peer] = {}
+        """Link SSRCs we send the peer -> the room's egress leg (RTCP about them)."""
+        self.protect: Callable[[bytes], bytes] | None = None
+        self.protect_rtcp: Callable[[bytes], bytes] | None = None
+        self.unprotect: Callable[[bytes], bytes] | None = None
+        self.unprotect_rtcp: Callable[[bytes], bytes] | None = None
+        self.packets_in = 0
+        self.octets_in = 0
+        self.rtcp_in = 0
+        self.routed = 0
+        """Packets from the link the forwarders accepted (no duplicates)."""
+        self.forged = 0
+        """Datagrams from the peer's address that failed SRTP authentication."""
+        self.unknown_ssrc = 0
+        self.sent_gone = 0
+        """Packets sent by subscriptions that ended."""
+
+    @property
+    def peer_worker(self) -> str:
+        return self.core.peer.worker
+
+    @property
+    def used(self) -> bool:
+        return any(r.used for r in self.rooms.values())
+
+
+class WorkerLinks(WorkerControl):
+    """The relay-link part of :class:`sfu.worker.MediaWorker` (see the module docstring),
+    on top of its control side."""
 
     worker_id: str
-    _fingerprint: str
+    counters: Counter[str]
+    link_options: dict[str, Any]
+
+    # -- provided by the other halves --------------------------------------------------------
+
+    @abc.abstractmethod
+    def _send(self, data: bytes, addr: Address) -> None: ...
+
+    @abc.abstractmethod
+    def _route(self, peer: Peer, plain: bytes, now: float) -> None: ...
+
+    @abc.abstractmethod
+    def _rtcp_packets(self, peer: Peer, packets: Sequence[RtcpPacket], now: float) -> None: ...
+
+    @abc.abstractmethod
+    def _soon(self, when: float | None) -> None: ...
+
+    @abc.abstractmethod
+    def _soon_rtcp(self) -> None: ...
+
+    def _init_links(self) -> None:
+        self._links: dict[str, Link] = {}
+        self._link_addrs: dict[Address, Link] = {}
+        self._early_dtls: dict[Address, list[bytes]] = {}
+
+    # -- MediaControl --------------------------------------------------------------------
 
     def relay_identity(self) -> tuple[str, str]:
         """This worker's id and DTLS fingerprint, ``"sha-256 AB:CD:..."`` (RFC 8122 section 5)."""
@@ -28,9 +187,641 @@ class WorkerLinks:
     async def relay_send(
         self, room: str, peer: RelayPeer, track_ids: Sequence[str]
     ) -> list[RelayedTrack]:
-        raise SfuStateError("relay links are not implemented yet")
+        """Send exactly ``track_ids`` (local tracks of ``room``) to ``peer``; see
+        :meth:`sfu.control.MediaControl.relay_send`."""
+        wanted = list(dict.fromkeys(track_ids))
+        self._check_peer(peer)
+        r = self._rooms.get(room)
+        tracks: list[Track] = []
+        for track_id in wanted:
+            track = r.tracks.get(track_id) if r is not None else None
+            if r is None or track is None:
+                raise SfuStateError(f"no track {track_id!r} in room {room!r}")
+            if track.publisher.owners is not None:
+                raise SfuStateError(f"track {track_id!r} is relayed here, not published here")
+            tracks.append(track)
+        now = self._now()
+        if r is None:
+            return []
+        link = self._links.get(peer.worker)
+        if not tracks and (link is None or room not in link.rooms):
+            return []
+        link = self._link(peer, now)
+        try:
+            relay = self._relay_room(link, r, now)
+            self._set_sent(link, relay, tracks, now)
+            return [relay.sent[t][0] for t in wanted]
+        finally:
+            self._after(link, r)
 
     async def relay_receive(
         self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack]
     ) -> None:
-        raise SfuStateError("relay links are not implemented yet")
+        """Receive exactly ``tracks`` of ``room`` from ``peer``; see
+        :meth:`sfu.control.MediaControl.relay_receive`."""
+        self._check_peer(peer)
+        wanted = {t.info.track_id: t for t in tracks}
+        r = self._rooms.get(room)
+        link = self._links.get(peer.worker)
+        if not wanted and (r is None or link is None or room not in link.rooms):
+            return
+        r = self._room(room)
+        current = r.relays.get(peer.worker)
+        mine = current.ingress if current is not None else None
+        ours: set[int] = set()
+        for ssrc, leg in (link.incoming.items() if link is not None else ()):
+            if leg.room is not r:
+                ours.add(ssrc)  # another room on this link: the sender keeps them unique
+        taken: dict[int, Track] = {}
+        for track in r.tracks.values():
+            if track.publisher is mine:
+                continue
+            taken[track.ssrc] = track
+            if track.rtx_ssrc is not None:
+                taken[track.rtx_ssrc] = track
+        for t in tracks:
+            existing = r.tracks.get(t.info.track_id)
+            if existing is not None and existing.publisher is not mine:
+                self._forget_if_empty(r)
+                raise SfuStateError(f"room {room!r} already has a track {t.info.track_id!r}")
+            for maybe in (t.ssrc, t.rtx_ssrc):
+                if maybe is not None and (maybe in taken or maybe in ours):
+                    self._forget_if_empty(r)
+                    raise SfuStateError(f"SSRC {maybe} is already in use in room {room!r}")
+        now = self._now()
+        link = self._link(peer, now)
+        try:
+            relay = self._relay_room(link, r, now)
+            self._set_received(link, relay, wanted, now)
+        finally:
+            self._after(link, r)
+
+    def _check_peer(self, peer: RelayPeer) -> None:
+        if peer.worker == self.worker_id:
+            raise SfuStateError("a worker cannot relay to itself")
+        try:
+            parse_fingerprint(peer.fingerprint)
+        except ValueError as exc:
+            raise SfuStateError(str(exc)) from None
+
+    def _after(self, link: Link, room: Room) -> None:
+        relay = room.relays.get(link.peer_worker)
+        if relay is not None and not relay.used:
+            self._drop_relay_room(link, relay)
+        if not link.used:
+            self._close_link(link, "no room uses the link")
+        self._forget_if_empty(room)
+        self._flush_rtcp(room)
+        self._service_link(link)
+        self._rearm()
+
+    # -- links ---------------------------------------------------------------------------
+
+    def _link(self, peer: RelayPeer, now: float) -> Link:
+        """The link to ``peer``, set up now if new; a peer with another address or
+        certificate (a new incarnation) starts it over, and so does a call while
+        it is failed (signalling still wants it: no need to wait for the retry)."""
+        link = self._links.get(peer.worker)
+        if link is None:
+            core = RelayLink(self.certificate, self.worker_id, peer, now=now, **self.link_options)
+            link = self._links[peer.worker] = Link(core)
+            self._link_addrs[core.address] = link
+            core.start(now)
+            log.info(
+                "relay link to %s at %s:%d (%s)",
+                peer.worker,
+                peer.host,
+                peer.port,
+                core.role.value,
+                extra={"peer_worker": peer.worker, "role": core.role.value},
+            )
+            for data in self._early_dtls.pop(core.address, ()):
+                core.receive_datagram(data, now)
+        elif link.core.peer != peer:
+            old = link.core.address
+            if self._link_addrs.get(old) is link:
+                del self._link_addrs[old]
+            link.core.restart(peer, now)
+            self._link_addrs[link.core.address] = link
+        elif link.core.state is LinkState.FAILED:
+            link.core.start(now, "asked for again")
+        self._service_link(link)
+        return link
+
+    def _relay_room(self, link: Link, room: Room, now: float) -> RelayRoom:
+        relay = room.relays.get(link.peer_worker)
+        if relay is None:
+            egress = self._leg(room, link, "subscribe", now)
+            ingress = self._leg(room, link, "publish", now)
+            relay = room.relays[link.peer_worker] = RelayRoom(
+                room, link.peer_worker, egress, ingress
+            )
+            link.rooms[room.name] = relay
+            if link.core.state is LinkState.CONNECTED:
+                self._leg_up(link, egress, now)
+                self._leg_up(link, ingress, now)
+        return relay
+
+    def _leg(self, room: Room, link: Link, direction: str, now: float) -> Peer:
+        # A leg is a Peer to the forwarder and the report scheduler; its
+        # transport is never used (the link's DTLS is the link's own).
+        transport = PeerTransport(self.certificate, now=now)
+        transport.close("a relay link's leg")
+        local = LocalParameters(transport.local_ufrag, transport.local_pwd, [], [])
+        leg = Peer(
+            room,
+            f"relay:{link.peer_worker}",
+            "subscribe" if direction == "subscribe" else "publish",
+            transport,
+            local,
+        )
+        leg.owners = {}
+        return leg
+
+    def _leg_up(self, link: Link, leg: Peer, now: float) -> None:
+        leg.addr = link.core.address
+        leg.protect = link.protect
+        leg.protect_rtcp = link.protect_rtcp
+        if not leg.reporting:
+            self.reports.add_leg(leg, now)
+            leg.reporting = True
+            for stats in leg.recv_stats.values():
+                self.reports.add_receive(leg, stats)
+
+    def _leg_down(self, leg: Peer) -> None:
+        leg.protect = leg.protect_rtcp = None
+        if leg.reporting:
+            self.reports.remove_leg(leg)
+            leg.reporting = False
+
+    def _drop_relay_room(self, link: Link, relay: RelayRoom) -> None:
+        room = relay.room
+        self._set_sent(link, relay, [], self._now())
+        self._set_received(link, relay, {}, self._now())
+        for leg in (relay.egress, relay.ingress):
+            self._leg_down(leg)
+        room.forwarder.remove_subscriber(relay.egress)
+        if room.relays.get(link.peer_worker) is relay:
+            del room.relays[link.peer_worker]
+        if link.rooms.get(room.name) is relay:
+            del link.rooms[room.name]
+
+    def _close_link(self, link: Link, reason: str) -> None:
+        for relay in list(link.rooms.values()):
+            self._drop_relay_room(link, relay)
+        core = link.core
+        core.close(reason)
+        self._service_link(link)
+        if self._links.get(link.peer_worker) is link:
+            del self._links[link.peer_worker]
+        if self._link_addrs.get(core.address) is link:
+            del self._link_addrs[core.address]
+        self.totals["relay_in"] += link.packets_in
+        self.totals["relay_out"] += self._link_sent(link)
+        self.totals["relay_routed"] += link.routed
+        self.totals["relay_forged"] += link.forged
+
+    def _close_links(self, reason: str) -> None:
+        for link in list(self._links.values()):
+            self._close_link(link, reason)
+
+    def _close_room_relays(self, room: Room) -> None:
+        for peer_worker, relay in list(room.relays.items()):
+            link = self._links.get(peer_worker)
+            if link is None:
+                del room.relays[peer_worker]
+                continue
+            self._drop_relay_room(link, relay)
+            if not link.used:
+                self._close_link(link, "no room uses the link")
+
+    def _service_link(self, link: Link) -> None:
+        core = link.core
+        for datagram in core.datagrams_to_send():
+            self._send(datagram, core.address)
+        while (event := core.next_event()) is not None:
+            if event.new is LinkState.CONNECTED:
+                self._link_up(link)
+            elif event.old is LinkState.CONNECTED:
+                self._link_down(link)
+            if event.new in (LinkState.CONNECTED, LinkState.FAILED, LinkState.CLOSED):
+                state = cast(Any, event.new.value)
+                level = logging.INFO if event.new is not LinkState.FAILED else logging.WARNING
+                log.log(
+                    level,
+                    "relay link to %s %s: %s",
+                    link.peer_worker,
+                    event.new.value,
+                    event.reason,
+                    extra={"peer_worker": link.peer_worker, "reason": event.reason},
+                )
+                self._emit(RelayState(link.peer_worker, state, event.reason))
+        self._soon(core.get_timer())
+
+    def _link_up(self, link: Link) -> None:
+        srtp = link.core.srtp
+        assert srtp is not None  # CONNECTED means keyed
+        link.protect = srtp.outbound.protect
+        link.protect_rtcp = srtp.outbound.protect_rtcp
+        link.unprotect = srtp.inbound.unprotect
+        link.unprotect_rtcp = srtp.inbound.unprotect_rtcp
+        now = self._now()
+        for relay in link.rooms.values():
+            self._leg_up(link, relay.egress, now)
+            self._leg_up(link, relay.ingress, now)
+            self._subscribe_sent(link, relay, now)
+            # Local subscribers may have waited for the link: ask for keyframes now.
+            for track in relay.ingress.tracks.values():
+                if track.info.kind == "video" and track.live:
+                    relay.room.forwarder.request_keyframe(track.ssrc, now)
+            self._flush_rtcp(relay.room)
+        self._soon_rtcp()
+
+    def _link_down(self, link: Link) -> None:
+        link.protect = link.protect_rtcp = link.unprotect = link.unprotect_rtcp = None
+        for relay in link.rooms.values():
+            # Subscriptions stay: their sequence numbers go on where they
+            # stopped when the link is back, which the peer sees as a gap.
+            self._leg_down(relay.egress)
+            self._leg_down(relay.ingress)
+
+    # -- what a room sends and receives --------------------------------------------------
+
+    def _set_sent(self, link: Link, relay: RelayRoom, tracks: list[Track], now: float) -> None:
+        room = relay.room
+        keep = {t.info.track_id for t in tracks}
+        for track_id in [t for t in relay.sent if t not in keep]:
+            relayed, track = relay.sent.pop(track_id)
+            if track_id in relay.subscribed:
+                relay.subscribed.discard(track_id)
+                sub = room.forwarder.subscription(relay.egress, relayed.ssrc)
+                if sub is not None:
+                    link.sent_gone += sub.packets_sent + sub.retransmitted
+                with contextlib.suppress(SfuStateError):
+                    room.forwarder.unsubscribe(relay.egress, track.ssrc)
+                self.reports.remove_send(relay.egress, relayed.ssrc)
+            link.outgoing.pop(relayed.ssrc, None)
+            if relayed.rtx_ssrc is not None:
+                link.outgoing.pop(relayed.rtx_ssrc, None)
+        for track in tracks:
+            current = relay.sent.get(track.info.track_id)
+            if current is not None and current[1] is track and track.live:
+                continue
+            relayed = self._describe(link, track)
+            relay.sent[track.info.track_id] = (relayed, track)
+            link.outgoing[relayed.ssrc] = relay.egress
+            if relayed.rtx_ssrc is not None:
+                link.outgoing[relayed.rtx_ssrc] = relay.egress
+        if link.core.state is LinkState.CONNECTED:
+            self._subscribe_sent(link, relay, now)
+
+    def _describe(self, link: Link, track: Track) -> RelayedTrack:
+        """How a local track goes on the link: a fresh SSRC unique on it, the
+        publisher's payload types and extension ids (the link rewrites neither)."""
+        taken = set(link.outgoing) | set(link.incoming)
+        ssrc = _new_ssrc(taken)
+        rtx_ssrc = _new_ssrc(taken) if track.rtx is not None and track.rtx_ssrc else None
+        return RelayedTrack(
+            info=track.info,
+            ssrc=ssrc,
+            codec=_relay_codec(track.codec),
+            rtx_ssrc=rtx_ssrc,
+            rtx=_relay_codec(track.rtx) if rtx_ssrc is not None and track.rtx else None,
+            extensions=dict(track.extensions),
+        )
+
+    def _subscribe_sent(self, link: Link, relay: RelayRoom, now: float) -> None:
+        """Subscribe the egress leg to the tracks it sends and does not yet (the link is up)."""
+        forwarder = relay.room.forwarder
+        for track_id, (relayed, track) in relay.sent.items():
+            if track_id in relay.subscribed or not track.live:
+                continue
+            rtx_map = (
+                {relayed.codec.payload_type: relayed.rtx.payload_type}
+                if relayed.rtx is not None and relayed.rtx_ssrc is not None
+                else {}
+            )
+            sub = forwarder.subscribe(
+                relay.egress,
+                track.ssrc,
+                now,
+                ssrc=relayed.ssrc,
+                rtx_ssrc=relayed.rtx_ssrc,
+                rtx_payload_types=rtx_map,
+            )
+            relay.subscribed.add(track_id)
+            self._report_send(relay, track, sub)
+
+    def _report_send(self, relay: RelayRoom, track: Track, sub: Subscription) -> None:
+        source = track.publisher.recv_stats.get(track.ssrc)
+        if relay.egress.reporting and source is not None:
+            rewriter = sub.rewriter
+            self.reports.add_send(
+                relay.egress,
+                SendStatistics(
+                    sub,
+                    source,
+                    lambda: rewriter.timestamp_offset,
+                    cname=track.info.participant,
+                ),
+            )
+
+    def _set_received(
+        self, link: Link, relay: RelayRoom, wanted: dict[str, RelayedTrack], now: float
+    ) -> None:
+        leg = relay.ingress
+        for track_id, track in list(leg.tracks.items()):
+            new = wanted.get(track_id)
+            if new is not None and _same(track, new):
+                if new.info.muted != track.info.muted:
+                    track.info = replace(track.info, muted=new.info.muted)
+                continue
+            self._remove_relayed(link, relay, track)
+        for track_id, relayed in wanted.items():
+            if track_id in leg.tracks:
+                continue
+            self._add_relayed(link, relay, relayed, now)
+
+    def _add_relayed(self, link: Link, relay: RelayRoom, relayed: RelayedTrack, now: float) -> None:
+        room = relay.room
+        leg = relay.ingress
+        codec = _codec(relayed.codec)
+        rtx = _codec(relayed.rtx) if relayed.rtx is not None else None
+        feedback = {(f.type, f.parameter) for f in codec.feedback}
+        room.forwarder.add_track(
+            leg,
+            relayed.ssrc,
+            kind=relayed.info.kind,
+            codec=codec.name or "",
+            clock_rate=codec.clock_rate,
+            rtx_ssrc=relayed.rtx_ssrc if rtx is not None else None,
+            rtx_payload_types={rtx.payload_type: codec.payload_type} if rtx is not None else None,
+            extensions=dict(relayed.extensions),
+            nack=("nack", None) in feedback,
+            fir=("nack", "pli") not in feedback and ("ccm", "fir") in feedback,
+        )
+        track = Track(
+            relayed.info,
+            leg,
+            relayed.ssrc,
+            relayed.rtx_ssrc if rtx is not None else None,
+            codec,
+            rtx,
+            dict(relayed.extensions),
+        )
+        room.tracks[relayed.info.track_id] = track
+        leg.tracks[relayed.info.track_id] = track
+        stats = ReceiveStatistics(relayed.ssrc, codec.clock_rate)
+        leg.recv_stats[relayed.ssrc] = stats
+        if leg.reporting:
+            self.reports.add_receive(leg, stats)
+        assert leg.owners is not None
+        leg.owners[relayed.ssrc] = relayed.info.participant
+        level_id = relayed.extensions.get(AUDIO_LEVEL)
+        if relayed.info.kind == "audio" and level_id and not relayed.info.muted:
+            leg.levels[relayed.ssrc] = level_id
+        link.incoming[relayed.ssrc] = leg
+        if track.rtx_ssrc is not None:
+            link.incoming[track.rtx_ssrc] = leg
+        if relayed.info.kind == "video" and link.core.state is LinkState.CONNECTED:
+            room.forwarder.request_keyframe(relayed.ssrc, now)
+
+    def _remove_relayed(self, link: Link, relay: RelayRoom, track: Track) -> None:
+        leg = relay.ingress
+        self._remove_track(relay.room, track)
+        leg.tracks.pop(track.info.track_id, None)
+        assert leg.owners is not None
+        participant = leg.owners.pop(track.ssrc, None)
+        link.incoming.pop(track.ssrc, None)
+        if track.rtx_ssrc is not None:
+            link.incoming.pop(track.rtx_ssrc, None)
+        if participant is not None and participant not in leg.owners.values():
+            self._speaker_left(relay.room, participant)
+
+    def _relay_track_removed(self, room: Room, track: Track) -> None:
+        """A local track ended (unpublish, leave): forget it on every link it went over."""
+        for peer_worker, relay in room.relays.items():
+            entry = relay.sent.get(track.info.track_id)
+            if entry is None or entry[1] is not track:
+                continue
+            link = self._links.get(peer_worker)
+            relay.sent.pop(track.info.track_id)
+            relay.subscribed.discard(track.info.track_id)
+            relayed = entry[0]
+            self.reports.remove_send(relay.egress, relayed.ssrc)
+            if link is not None:
+                link.outgoing.pop(relayed.ssrc, None)
+                if relayed.rtx_ssrc is not None:
+                    link.outgoing.pop(relayed.rtx_ssrc, None)
+
+    # -- datagrams -----------------------------------------------------------------------
+
+    def _link_datagram(self, link: Link, data: bytes) -> None:
+        """A datagram from a link's peer address: SRTP media on the hot path,
+        SRTCP and DTLS here too (RFC 7983 section 7)."""
+        if len(data) > 11 and 127 < data[0] < 192:
+            now = self._now()
+            if 191 < data[1] < 224:
+                self._link_rtcp(link, data, now)
+                return
+            unprotect = link.unprotect
+            if unprotect is None:
+                self.counters["relay_not_keyed"] += 1
+                return
+            try:
+                plain = unprotect(data)
+            except _SRTP_ERRORS:
+                link.forged += 1
+                return
+            link.core.heard = now
+            link.packets_in += 1
+            link.octets_in += len(data)
+            leg = link.incoming.get(_SSRC.unpack_from(plain, 8)[0])
+            if leg is None:
+                link.unknown_ssrc += 1
+                return
+            fstats = leg.forwarder.stats
+            before = fstats.received
+            self._route(leg, plain, now)
+            link.routed += fstats.received - before
+            return
+        if demux.classify(data) == demux.DTLS:
+            link.core.receive_datagram(data, self._now())
+            self._service_link(link)
+        else:
+            self.counters["relay_garbage"] += 1
+
+    def _link_rtcp(self, link: Link, data: bytes, now: float) -> None:
+        unprotect = link.unprotect_rtcp
+        if unprotect is None:
+            self.counters["relay_not_keyed"] += 1
+            return
+        try:
+            plain = unprotect(data)
+        except _SRTP_ERRORS:
+            link.forged += 1
+            return
+        link.core.heard = now
+        link.rtcp_in += 1
+        try:
+            packets = parse_compound(plain)
+        except RtcpParseError:
+            self.counters["rtcp_malformed"] += 1
+            return
+        # One SRTCP session for every room on the link: each packet goes to
+        # the leg whose stream it is about.
+        by_leg: dict[Peer, list[RtcpPacket]] = {}
+        for packet in packets:
+            legs: list[Peer | None] = []
+            if isinstance(packet, SenderReport):
+                legs.append(link.incoming.get(packet.ssrc))
+                legs.extend(link.outgoing.get(b.ssrc) for b in packet.reports)
+            elif isinstance(packet, ReceiverReport):
+                legs.extend(link.outgoing.get(b.ssrc) for b in packet.reports)
+            elif isinstance(packet, Nack | Pli):
+                legs.append(link.outgoing.get(packet.media_ssrc))
+            elif isinstance(packet, Fir):
+                legs.extend(link.outgoing.get(ssrc) for ssrc, _ in packet.entries)
+            for leg in legs:
+                if leg is not None:
+                    found = by_leg.setdefault(leg, [])
+                    if not found or found[-1] is not packet:
+                        found.append(packet)
+        for leg, mine in by_leg.items():
+            self._rtcp_packets(leg, mine, now)
+
+    def _early_link_dtls(self, data: bytes, addr: Address) -> None:
+        """Keep a few DTLS datagrams from an unknown address for a link set up soon."""
+        early = self._early_dtls.get(addr)
+        if early is None:
+            if len(self._early_dtls) >= _EARLY_ADDRESSES:
+                self._early_dtls.pop(next(iter(self._early_dtls)))
+            early = self._early_dtls[addr] = []
+        if len(early) < _EARLY_PER_ADDRESS:
+            early.append(data)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _links_due(self) -> float | None:
+        when: float | None = None
+        for link in self._links.values():
+            due = link.core.get_timer()
+            if due is not None and (when is None or due < when):
+                when = due
+        return when
+
+    def _links_timer(self, now: float) -> None:
+        for link in list(self._links.values()):
+            due = link.core.get_timer()
+            if due is not None and due <= now:
+                link.core.handle_timer(now)
+                self._service_link(link)
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def _link_sent(self, link: Link) -> int:
+        sent = link.sent_gone
+        for relay in link.rooms.values():
+            for relayed, _ in relay.sent.values():
+                sub = relay.room.forwarder.subscription(relay.egress, relayed.ssrc)
+                if sub is not None:
+                    sent += sub.packets_sent + sub.retransmitted
+        return sent
+
+    def relay_snapshot(self) -> dict[str, Any]:
+        """Relay links for metrics: totals that never go down, and one entry per link."""
+        links = []
+        totals = Counter(
+            {
+                "in": self.totals["relay_in"],
+                "out": self.totals["relay_out"],
+                "routed": self.totals["relay_routed"],
+                "forged": self.totals["relay_forged"],
+            }
+        )
+        for link in self._links.values():
+            sent = self._link_sent(link)
+            expected = lost = 0
+            rtts: list[float] = []
+            for relay in link.rooms.values():
+                for stats in relay.ingress.recv_stats.values():
+                    if stats.started:
+                        expected += stats.expected
+                        lost += max(0, stats.cumulative_lost)
+                rtt = self.reports.rtt(relay.egress)
+                if rtt is not None:
+                    rtts.append(rtt)
+            totals["in"] += link.packets_in
+            totals["out"] += sent
+            totals["routed"] += link.routed
+            totals["forged"] += link.forged
+            links.append(
+                {
+                    "peer_worker": link.peer_worker,
+                    "state": link.core.state.value,
+                    "rooms": len(link.rooms),
+                    "packets_in": link.packets_in,
+                    "octets_in": link.octets_in,
+                    "packets_out": sent,
+                    "rtcp_in": link.rtcp_in,
+                    "forged": link.forged,
+                    "unknown_ssrc": link.unknown_ssrc,
+                    "loss": lost / expected if expected else None,
+                    "rtt": max(rtts) if rtts else None,
+                    **{f"link_{k}": v for k, v in link.core.counters.items()},
+                }
+            )
+        return {**totals, "links": links}
+
+    def link_of(self, peer_worker: str) -> Link | None:
+        """The live link to a peer worker (for tests and tools)."""
+        return self._links.get(peer_worker)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _new_ssrc(taken: set[int]) -> int:
+    while True:
+        ssrc = secrets.randbits(32)
+        if ssrc and ssrc not in taken:
+            taken.add(ssrc)
+            return ssrc
+
+
+def _relay_codec(codec: Codec) -> RelayCodec:
+    return RelayCodec(
+        payload_type=codec.payload_type,
+        name=codec.name or "",
+        clock_rate=codec.clock_rate,
+        channels=codec.channels,
+        fmtp=codec.fmtp,
+        feedback=tuple(str(f) for f in codec.feedback),
+    )
+
+
+def _codec(codec: RelayCodec) -> Codec:
+    feedback = []
+    for text in codec.feedback:
+        kind, _, parameter = text.partition(" ")
+        feedback.append(RtcpFeedback(kind, parameter or None))
+    return Codec(
+        payload_type=codec.payload_type,
+        name=codec.name or None,
+        clock_rate=codec.clock_rate,
+        channels=codec.channels,
+        fmtp=codec.fmtp,
+        feedback=feedback,
+    )
+
+
+def _same(track: Track, relayed: RelayedTrack) -> bool:
+    """Whether a relayed track is still described the same (else it is replaced)."""
+    return (
+        track.ssrc == relayed.ssrc
+        and track.rtx_ssrc == (relayed.rtx_ssrc if relayed.rtx is not None else None)
+        and _relay_codec(track.codec) == relayed.codec
+        and track.info.kind == relayed.info.kind
+        and track.info.participant == relayed.info.participant
+    )
+

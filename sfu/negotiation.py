@@ -148,6 +148,16 @@ class WorkerControl(abc.ABC):
     def _rearm(self) -> None:
         """Re-arm the worker's timer at the earliest deadline of every core."""
 
+    # -- provided by the relay-link side (sfu.links) ----------------------------------------
+
+    @abc.abstractmethod
+    def _relay_track_removed(self, room: Room, track: Track) -> None:
+        """A local track ended: forget it on the relay links it went over."""
+
+    @abc.abstractmethod
+    def _close_room_relays(self, room: Room) -> None:
+        """The room closes: stop relaying it either way."""
+
     # -- transports ----------------------------------------------------------------------------
 
     def _new_peer(self, room: Room, participant: str, direction: Leg, now: float) -> Peer:
@@ -212,7 +222,7 @@ class WorkerControl(abc.ABC):
         return p
 
     def _forget_if_empty(self, room: Room) -> None:
-        if room.participants or self._rooms.get(room.name) is not room:
+        if room.participants or room.relays or self._rooms.get(room.name) is not room:
             return
         del self._rooms[room.name]
         self._add_totals(room.forwarder.stats)
@@ -227,6 +237,7 @@ class WorkerControl(abc.ABC):
             return
         for participant in list(room.participants):
             self._leave(room, participant, reason)
+        self._close_room_relays(room)
         self._forget_if_empty(room)
 
     def _leave(self, room: Room, participant: str, reason: str) -> None:
@@ -236,6 +247,10 @@ class WorkerControl(abc.ABC):
         for peer in (p.publish, p.subscribe):
             if peer is not None:
                 self._close_peer(peer, reason)
+        self._speaker_left(room, participant)
+
+    def _speaker_left(self, room: Room, participant: str) -> None:
+        """A participant (local, or remote behind a relay link) has no audio here any more."""
         change = room.speaker.remove(participant, self._now())
         if change is not None:
             self._speaker_changed(room, cast(str | None, change.speaker))
@@ -247,6 +262,8 @@ class WorkerControl(abc.ABC):
         with contextlib.suppress(SfuStateError):
             room.forwarder.remove_track(track.ssrc)
         room.tracks.pop(track.info.track_id, None)
+        if room.relays:
+            self._relay_track_removed(room, track)
         publisher = track.publisher
         if publisher.tracks.get(track.info.mid) is track:
             del publisher.tracks[track.info.mid]

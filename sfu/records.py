@@ -21,20 +21,28 @@ from typing import Literal
 from rtc.ice import Address
 from rtc.sdp import Codec, ForwardedTrack, LocalParameters
 from sfu.bandwidth import TransportCcRecorder
-from sfu.control import TrackInfo
+from sfu.control import RelayedTrack, TrackInfo
 from sfu.forward import Forwarder
 from sfu.reports import ReceiveStatistics
 from sfu.speaker import ActiveSpeaker as SpeakerDetector
 from sfu.transport import PeerTransport
 
-__all__ = ["Leg", "Participant", "Peer", "Room", "Section", "Track"]
+__all__ = ["Leg", "Participant", "Peer", "RelayRoom", "Room", "Section", "Track"]
 
 Leg = Literal["publish", "subscribe"]
 """A participant's two transports: it publishes on one and receives on the other."""
 
 
 class Room:
-    __slots__ = ("forwarder", "name", "participants", "speaker", "speaker_sent", "tracks")
+    __slots__ = (
+        "forwarder",
+        "name",
+        "participants",
+        "relays",
+        "speaker",
+        "speaker_sent",
+        "tracks",
+    )
 
     def __init__(self, name: str, forwarder: Forwarder, speaker: SpeakerDetector) -> None:
         self.name = name
@@ -43,6 +51,8 @@ class Room:
         self.speaker_sent: str | None = None
         self.participants: dict[str, Participant] = {}
         self.tracks: dict[str, Track] = {}
+        self.relays: dict[str, RelayRoom] = {}
+        """Peer worker id -> what this room sends to and receives from it (:mod:`sfu.links`)."""
 
 
 class Participant:
@@ -73,6 +83,7 @@ class Peer:
         "local",
         "next_mid",
         "octets_in",
+        "owners",
         "packets_in",
         "participant",
         "pending_offer",
@@ -123,6 +134,8 @@ class Peer:
         self.ext_ids: dict[str, int] = {}
         self.local = local
         self.next_mid = 0
+        self.owners: dict[int, str] | None = None
+        """A relay link's leg only: its tracks' SSRCs -> the remote participants (speakers)."""
         self.participant = participant
         self.pending_offer = False
         self.room = room
@@ -139,6 +152,29 @@ class Peer:
 
     def __repr__(self) -> str:
         return f"<peer {self.room.name}/{self.participant} {self.direction}>"
+
+
+class RelayRoom:
+    """One room's share of a relay link (:mod:`sfu.links`): two legs that the
+    room's forwarder sees as a subscriber (``egress``: our local tracks the
+    peer worker receives, each under a link SSRC) and a publisher
+    (``ingress``: the peer's tracks, whose ``tracks`` are keyed by track id)."""
+
+    __slots__ = ("egress", "ingress", "peer_worker", "room", "sent", "subscribed")
+
+    def __init__(self, room: Room, peer_worker: str, egress: Peer, ingress: Peer) -> None:
+        self.room = room
+        self.peer_worker = peer_worker
+        self.egress = egress
+        self.ingress = ingress
+        self.sent: dict[str, tuple[RelayedTrack, Track]] = {}
+        """Track id -> how it goes on the link, and the local track."""
+        self.subscribed: set[str] = set()
+        """Track ids of ``sent`` the forwarder has a subscription for."""
+
+    @property
+    def used(self) -> bool:
+        return bool(self.sent or self.ingress.tracks)
 
 
 class Track:

@@ -94,7 +94,6 @@ from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
 from sfu.control import MediaEvent, TransportState
 from sfu.forward import Forwarder
 from sfu.links import WorkerLinks
-from sfu.negotiation import WorkerControl
 from sfu.records import Peer, Room
 from sfu.reports import ReportScheduler, nack_interval_for
 from sfu.transport import (
@@ -138,7 +137,7 @@ _RTCP_MAX = 1200
 # --- the worker -------------------------------------------------------------------------
 
 
-class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
+class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
     """An SFU worker on one UDP port (RFC 8445 2.5 ICE-lite, RFC 5764 DTLS-SRTP, RFC 3550 7.1).
 
     ``host``/``port``: what the socket binds (port 0: any free port).
@@ -149,7 +148,8 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
     :class:`~sfu.forward.Forwarder`. ``remb_max_bitrate`` (bits/s) caps the
     REMB estimate sent to publishers without transport-cc
     (draft-alvestrand-rmcat-remb-03). ``worker_id`` names the worker to
-    other workers' relay links (its registry id; random by default).
+    other workers' relay links (its registry id; random by default);
+    ``link_options`` go to each :class:`~sfu.relay.RelayLink`.
     """
 
     def __init__(
@@ -164,6 +164,7 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
         certificate: DtlsCertificate | None = None,
         forwarder_options: Mapping[str, Any] | None = None,
         remb_max_bitrate: int = 2_500_000,
+        link_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
         self.host = host
@@ -177,6 +178,8 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
         self._fingerprint = self.certificate.fingerprint("sha-256")
         self.forwarder_options = dict(forwarder_options or {})
         self.remb_max_bitrate = remb_max_bitrate
+        self.link_options = dict(link_options or {})
+        """Keyword arguments of each relay link (:class:`sfu.relay.RelayLink`): timeouts."""
         self.feedback_ssrc = secrets.randbits(32) or 1
         """The SSRC our RTCP (reports, NACK, PLI, bandwidth feedback) is sent from."""
         self.reports = ReportScheduler(
@@ -208,6 +211,7 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
         self._rtcp_timer: asyncio.TimerHandle | None = None
         self._rtcp_when: float | None = None
         self._closed = False
+        self._init_links()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -265,6 +269,7 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
         self._closed = True
         for name in list(self._rooms):
             self._close_room(name, "worker closed")
+        self._close_links("worker closed")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -355,49 +360,57 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
                     return
                 peer.packets_in += 1
                 peer.octets_in += len(data)
-                now = self._time()
-                # libsrtp refuses a packet shorter than its RTP header, so
-                # the fixed header is there to read.
-                _, _, seq, ts, ssrc = _FIXED.unpack_from(plain)
-                stats = peer.recv_stats.get(ssrc)
-                if stats is not None:
-                    stats.on_packet(seq, ts, now, len(plain))
-                twcc = peer.twcc
-                if twcc is not None:
-                    # Every packet with the extension, RTX and padding probes
-                    # too: the sender's estimator wants each one's arrival.
-                    try:
-                        tseq = transport_sequence_number(plain, peer.twcc_id)
-                    except RtpParseError:
-                        tseq = None
-                    if tseq is not None:
-                        twcc.on_packet(tseq, now)
-                if peer.levels:
-                    self._audio_level(peer, plain, now)
-                out = self._routed
-                forwarder = peer.forwarder
-                fstats = forwarder.stats
-                keyframe_requests = fstats.keyframe_requests
-                forwarder.route_into(plain, now, out)
-                if out:
-                    sendto = self._sendto
-                    for sub, packet in out:
-                        protect = sub.protect
-                        if protect is not None:
-                            try:
-                                sendto(protect(packet), sub.addr)
-                            except _SRTP_ERRORS:
-                                sub.srtp_errors += 1
-                    out.clear()
-                if fstats.keyframe_requests != keyframe_requests:
-                    # A long upstream gap: the forwarder asked for a keyframe
-                    # instead of NACKs; send it now, not at the next timer.
-                    self._flush_rtcp(peer.room)
-                due = forwarder.get_timer()
-                if due is not None and (self._when is None or due < self._when):
-                    self._arm(due)
+                self._route(peer, plain, self._time())
+                return
+        elif peer is None:
+            link = self._link_addrs.get(addr)
+            if link is not None:
+                self._link_datagram(link, data)
                 return
         self._slow_path(data, addr, peer)
+
+    def _route(self, peer: Peer, plain: bytes, now: float) -> None:
+        """Forward one unprotected RTP packet of a publisher (or a relay link's ingress leg)."""
+        # libsrtp refuses a packet shorter than its RTP header, so
+        # the fixed header is there to read.
+        _, _, seq, ts, ssrc = _FIXED.unpack_from(plain)
+        stats = peer.recv_stats.get(ssrc)
+        if stats is not None:
+            stats.on_packet(seq, ts, now, len(plain))
+        twcc = peer.twcc
+        if twcc is not None:
+            # Every packet with the extension, RTX and padding probes
+            # too: the sender's estimator wants each one's arrival.
+            try:
+                tseq = transport_sequence_number(plain, peer.twcc_id)
+            except RtpParseError:
+                tseq = None
+            if tseq is not None:
+                twcc.on_packet(tseq, now)
+        if peer.levels:
+            self._audio_level(peer, plain, now)
+        out = self._routed
+        forwarder = peer.forwarder
+        fstats = forwarder.stats
+        keyframe_requests = fstats.keyframe_requests
+        forwarder.route_into(plain, now, out)
+        if out:
+            sendto = self._sendto
+            for sub, packet in out:
+                protect = sub.protect
+                if protect is not None:
+                    try:
+                        sendto(protect(packet), sub.addr)
+                    except _SRTP_ERRORS:
+                        sub.srtp_errors += 1
+            out.clear()
+        if fstats.keyframe_requests != keyframe_requests:
+            # A long upstream gap: the forwarder asked for a keyframe
+            # instead of NACKs; send it now, not at the next timer.
+            self._flush_rtcp(peer.room)
+        due = forwarder.get_timer()
+        if due is not None and (self._when is None or due < self._when):
+            self._arm(due)
 
     # -- the slow path ------------------------------------------------------------------
 
@@ -422,6 +435,8 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
             self._service(target)
             self._soon(target.transport.get_timer())
         elif peer is None:
+            if kind == demux.DTLS:
+                self._early_link_dtls(data, addr)
             reason = {
                 demux.DTLS: "dtls_stranger",
                 demux.RTP: "srtp_stranger",
@@ -453,6 +468,10 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
             self.counters["rtcp_malformed"] += 1
             return
         peer.rtcp_in += 1
+        self._rtcp_packets(peer, packets, now)
+
+    def _rtcp_packets(self, peer: Peer, packets: Sequence[RtcpPacket], now: float) -> None:
+        """Act on a leg's RTCP: reports, NACKs answered from the history, keyframe requests."""
         forwarder = peer.forwarder
         # SRs (lip-sync mapping, LSR/DLSR of our RRs) and the report blocks
         # about what we send (RTT), RFC 3550 6.4.
@@ -497,7 +516,8 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
             room.forwarder.nack_interval = nack_interval_for(max(rtts))
 
     def _audio_level(self, peer: Peer, plain: bytes, now: float) -> None:
-        ext_id = peer.levels.get(_SSRC.unpack_from(plain, 8)[0])
+        ssrc = _SSRC.unpack_from(plain, 8)[0]
+        ext_id = peer.levels.get(ssrc)
         if ext_id is None:
             return
         try:
@@ -507,7 +527,11 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
         if level is None:
             return
         speaker = peer.room.speaker
-        speaker.update(peer.participant, level[0], level[1], now)
+        owners = peer.owners
+        # A relay link's leg carries the audio of remote participants: each
+        # speaks under its own name, so every worker computes the same speaker.
+        who = peer.participant if owners is None else owners.get(ssrc, peer.participant)
+        speaker.update(who, level[0], level[1], now)
         due = speaker.get_timer()
         if due is not None and (self._when is None or due < self._when):
             self._arm(due)
@@ -696,6 +720,9 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
             due = peer.transport.get_timer()
             if due is not None and (when is None or due < when):
                 when = due
+        due = self._links_due()
+        if due is not None and (when is None or due < when):
+            when = due
         if when == self._when:
             return
         if when is None:
@@ -727,6 +754,7 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
             if when is not None and when <= now:
                 peer.transport.handle_timer(now)
                 self._service(peer)
+        self._links_timer(now)
         self._rearm()
 
     # -- the periodic RTCP timer: reports and bandwidth feedback ---------------------------
@@ -869,12 +897,17 @@ class MediaWorker(WorkerLinks, WorkerControl, asyncio.DatagramProtocol):
                     "peers": peers,
                 }
             )
+        relays = self.relay_snapshot()
+        # Packets from the worker's own publishers only: what came over relay
+        # links is counted as relay "in" (sfu_relay_packets_total).
+        totals["received"] -= relays["routed"]
         return {
             "port": self.port,
             "dropped": dict(self.counters),
             "totals": dict(totals),
             "transports": len(self._peers),
             "rooms": rooms,
+            "relays": relays,
         }
 
 
