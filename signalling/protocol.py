@@ -18,24 +18,31 @@ The full protocol, with examples: docs/protocol.md, "Calls (signalling)".
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from signalling.errors import SignallingError
 from wadud import frames
 from wadud.frames import VERSION, Frame, encode, error_frame, reply, sound_text
 
 __all__ = [
+    "EVENTS",
+    "QUALITIES",
     "TYPES",
     "VERSION",
     "Admit",
     "Answer",
+    "AudioOnly",
     "BadFrame",
     "Candidate",
     "ClientFrame",
+    "ConnectionQuality",
     "Deny",
+    "DisplayName",
+    "Encoding",
     "End",
     "Frame",
     "IceCandidateInit",
@@ -49,7 +56,11 @@ __all__ = [
     "Publish",
     "Remove",
     "RoomSettings",
+    "ServerEvent",
+    "SetEncodings",
     "TooLarge",
+    "TrackPaused",
+    "TrackView",
     "UnknownType",
     "Unpublish",
     "UnsupportedVersion",
@@ -58,6 +69,7 @@ __all__ = [
     "error_from",
     "frame_types",
     "parse",
+    "parse_event",
     "reply",
 ]
 
@@ -114,13 +126,34 @@ Mid = Annotated[
 SourceName = Literal["microphone", "camera", "screen", "screen_audio"]
 
 
+def _display_name(value: str) -> str:
+    # What others will read on a tile: one line of printable text. Control
+    # and format characters (a newline, a right-to-left override) could
+    # forge or hide what is shown, so they are refused, not stripped.
+    value = unicodedata.normalize("NFC", value.strip())
+    if not value:
+        raise ValueError("a name needs a visible character")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        raise ValueError("a name may not hold control or format characters")
+    return value
+
+
+#: A person's name as others see it: trimmed, NFC, 1 to 64 characters.
+DisplayName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_display_name)
+]
+
+
 class Join(Frame):
     """Enter the room with a room token; ``resume`` is the ``session`` of an
-    earlier connection whose participant is still in the room."""
+    earlier connection whose participant is still in the room. ``name`` is
+    the display name the person typed, used only when the token names
+    nobody (an anonymous patient's link); a token's own ``name`` wins."""
 
     type: Literal["join"] = "join"
     token: Token
     resume: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    name: DisplayName | None = None
 
 
 class Publish(Frame):
@@ -202,6 +235,33 @@ class End(Frame):
     type: Literal["end"] = "end"
 
 
+#: Bound on a reported size: no screen is 16k CSS pixels times its scale.
+Pixels = Annotated[int, Field(ge=0, le=16_384)]
+
+
+class TrackView(Frame):
+    """How large a remote video track is shown: the rendered size of the
+    largest element showing it, in device pixels (CSS pixels times
+    ``devicePixelRatio``), and whether anyone can see it (a hidden tab or
+    tile: ``visible`` false). The server picks the layer to forward from it
+    and sends nothing to a hidden one. No answer: sent often, on resize and
+    visibility changes (debounced)."""
+
+    type: Literal["track_view"] = "track_view"
+    track_id: Ident
+    width: Pixels
+    height: Pixels
+    visible: bool
+
+
+class AudioOnly(Frame):
+    """The participant's own choice to send and receive no video (a weak or
+    metered link); ``enabled`` false turns video back on. Answered ``ok``."""
+
+    type: Literal["audio_only"] = "audio_only"
+    enabled: bool
+
+
 class Leave(Frame):
     type: Literal["leave"] = "leave"
 
@@ -226,12 +286,96 @@ ClientFrame = (
     | Remove
     | RoomSettings
     | End
+    | TrackView
+    | AudioOnly
     | Leave
     | Ping
     | Pong
 )
 
 TYPES = frames.types_of(ClientFrame)
+
+
+# -- server events of the weak-network work --------------------------------------
+#
+# Built and checked here so signalling, the media worker and the Python client
+# agree on their shape; the call page reads them (wadud-call.js). Each is a
+# model (strict, closed, like client frames) with ``frame()`` giving the dict
+# that ``encode`` sends, and ``parse_event`` reads one back (for clients).
+
+#: Connection quality, best first: ``lost`` means nothing arrived for a while.
+QUALITIES = ("excellent", "good", "poor", "lost")
+Quality = Literal["excellent", "good", "poor", "lost"]
+# RFC 8851 section 10: rid-id = 1*(alpha-numeric / "-" / "_"); browsers use
+# short ones ("q", "h", "f"), and 16 is plenty.
+Rid = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class ServerEvent(BaseModel):
+    """A server event: strict and closed, with ``v`` and ``type`` as sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    v: Literal[1] = 1
+
+    def frame(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class ConnectionQuality(ServerEvent):
+    """A participant's connection quality changed (yours included), from the
+    loss, round-trip time, jitter and bandwidth the media worker sees on its
+    legs. Sent on change, to everyone in the room."""
+
+    type: Literal["connection_quality"] = "connection_quality"
+    participant_id: Ident
+    quality: Quality
+
+
+class TrackPaused(ServerEvent):
+    """The server stopped (``paused`` true) or resumed forwarding a video
+    track to this subscriber: ``bandwidth`` when its link cannot carry the
+    lowest layer (audio goes on), ``hidden`` when no element shows it,
+    ``audio_only`` when the subscriber chose audio only. ``reason`` is
+    informative on resume."""
+
+    type: Literal["track_paused"] = "track_paused"
+    track_id: Ident
+    paused: bool
+    reason: Literal["bandwidth", "hidden", "audio_only"]
+
+
+class Encoding(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    rid: Rid
+    active: bool
+
+
+class SetEncodings(ServerEvent):
+    """Dynacast: which simulcast encodings of one of your own tracks to keep
+    sending (W3C webrtc-pc ``RTCRtpEncodingParameters.active``). Encodings
+    not listed keep their state; the page applies it with
+    ``RTCRtpSender.setParameters``."""
+
+    type: Literal["set_encodings"] = "set_encodings"
+    track_id: Ident
+    encodings: Annotated[list[Encoding], Field(min_length=1, max_length=4)]
+
+
+EVENTS: dict[str, type[ServerEvent]] = {
+    m.model_fields["type"].default: m for m in (ConnectionQuality, TrackPaused, SetEncodings)
+}
+
+
+def parse_event(data: dict[str, Any]) -> ServerEvent:
+    """One of the events above from a decoded server frame (for clients and
+    tests); ``ValueError`` (pydantic's) when it is not a valid one."""
+    kind = data.get("type")
+    model = EVENTS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ValueError(f"not a known server event: {kind!r}")
+    return model.model_validate(data)
 
 
 def _sound(value: object, depth: int = 0) -> bool:

@@ -17,6 +17,7 @@ from signalling import protocol as p
 VALID: list[dict[str, Any]] = [
     {"type": "join", "token": "t.o.k"},
     {"type": "join", "token": "t.o.k", "resume": "SESSION", "id": "1"},
+    {"type": "join", "token": "t.o.k", "name": "بلال احمد"},
     {"type": "publish", "sdp": "v=0\r\n", "sources": {"0": "microphone", "1": "camera"}},
     {"type": "publish", "sdp": "v=0\r\n"},
     {"type": "answer", "sdp": "v=0\r\n", "id": "a"},
@@ -38,6 +39,9 @@ VALID: list[dict[str, Any]] = [
     {"type": "remove", "participant_id": "p-1"},
     {"type": "room_settings", "require_admission": False},
     {"type": "end", "v": 1},
+    {"type": "track_view", "track_id": "t-1", "width": 640, "height": 360, "visible": True},
+    {"type": "track_view", "track_id": "t-1", "width": 0, "height": 0, "visible": False},
+    {"type": "audio_only", "enabled": True, "id": "a1"},
     {"type": "leave"},
     {"type": "ping", "id": "x" * 64},
     {"type": "pong"},
@@ -65,7 +69,7 @@ def test_end_of_candidates() -> None:
     assert isinstance(end, p.Candidate) and end.end_of_candidates
     legacy = p.parse('{"type":"candidate","transport":"publish","candidate":{"candidate":""}}')
     assert isinstance(legacy, p.Candidate) and legacy.end_of_candidates
-    some = p.parse(json.dumps(VALID[5]))
+    some = p.parse(json.dumps(next(d for d in VALID if d["type"] == "candidate")))
     assert isinstance(some, p.Candidate) and not some.end_of_candidates
 
 
@@ -110,6 +114,25 @@ BAD: list[tuple[str | bytes, str, str | None]] = [
     ('{"type":"ping","id":"\\udc00"}', "invalid", None),
     (j(type="ping", id=""), "invalid", None),
     (j(type="ping", id="x" * 65), "invalid", None),
+    (j(type="join", token="t", name="", id="t1"), "invalid", "t1"),
+    (j(type="join", token="t", name="   ", id="t2"), "invalid", "t2"),
+    (j(type="join", token="t", name="x" * 65, id="t3"), "invalid", "t3"),
+    (j(type="join", token="t", name="Dr\nAmina", id="t4"), "invalid", "t4"),
+    (j(type="join", token="t", name="\u202eanimA", id="t5"), "invalid", "t5"),
+    (j(type="join", token="t", name=7, id="t6"), "invalid", "t6"),
+    (
+        j(type="track_view", track_id="t", width=-1, height=1, visible=True, id="u1"),
+        "invalid",
+        "u1",
+    ),
+    (j(type="track_view", track_id="t", width=1, height=16385, visible=True), "invalid", None),
+    (j(type="track_view", track_id="t", width=1.5, height=1, visible=True), "invalid", None),
+    (j(type="track_view", track_id="t", width="1", height=1, visible=True), "invalid", None),
+    (j(type="track_view", track_id="t", width=1, height=1, visible=1), "invalid", None),
+    (j(type="track_view", track_id="t", width=1, height=1), "invalid", None),
+    (j(type="track_view", track_id="", width=1, height=1, visible=True), "invalid", None),
+    (j(type="audio_only", id="w"), "invalid", "w"),
+    (j(type="audio_only", enabled="yes"), "invalid", None),
 ]
 
 
@@ -201,6 +224,11 @@ def test_parse_arbitrary_input_only_raises_protocol_errors(data: str | bytes) ->
                 "muted",
                 "participant_id",
                 "require_admission",
+                "name",
+                "width",
+                "height",
+                "visible",
+                "enabled",
                 "extra",
             ]
         ),
@@ -220,3 +248,105 @@ def test_parse_frames_with_arbitrary_fields(kind: str, fields: dict[str, Any]) -
         # Whatever parses encodes back to the same frame.
         assert p.parse(p.encode(frame)) == frame
     assert code in CODES
+
+
+def test_a_typed_name_is_trimmed_and_normalised() -> None:
+    frame = p.parse(j(type="join", token="t", name="  Jose\u0301  "))
+    assert isinstance(frame, p.Join)
+    assert frame.name == "Jos\u00e9"
+
+
+@given(st.text(max_size=80))
+def test_names_that_parse_are_one_clean_line(name: str) -> None:
+    try:
+        frame = p.parse(j(type="join", token="t", name=name))
+    except p.InvalidFrame:
+        return
+    assert isinstance(frame, p.Join) and frame.name is not None
+    assert 0 < len(frame.name) <= 64 and frame.name == frame.name.strip()
+    assert not any(c in frame.name for c in "\n\r\t\x00\u202e\u200b")
+
+
+@given(
+    st.integers(min_value=-10, max_value=20_000),
+    st.integers(min_value=-10, max_value=20_000),
+    st.booleans(),
+)
+def test_track_view_sizes_are_bounded(width: int, height: int, visible: bool) -> None:
+    text = j(type="track_view", track_id="t-1", width=width, height=height, visible=visible)
+    ok = 0 <= width <= 16_384 and 0 <= height <= 16_384
+    try:
+        frame = p.parse(text)
+    except p.InvalidFrame:
+        assert not ok
+    else:
+        assert ok and isinstance(frame, p.TrackView)
+        assert (frame.width, frame.height, frame.visible) == (width, height, visible)
+
+
+# -- server events ---------------------------------------------------------------
+
+EVENTS: list[dict[str, Any]] = [
+    {"type": "connection_quality", "participant_id": "p-1", "quality": "excellent"},
+    {"type": "connection_quality", "participant_id": "p-1", "quality": "lost"},
+    {"type": "track_paused", "track_id": "t-1", "paused": True, "reason": "bandwidth"},
+    {"type": "track_paused", "track_id": "t-1", "paused": False, "reason": "hidden"},
+    {
+        "type": "set_encodings",
+        "track_id": "t-1",
+        "encodings": [{"rid": "q", "active": True}, {"rid": "f", "active": False}],
+    },
+]
+
+
+@pytest.mark.parametrize("data", EVENTS, ids=lambda d: str(d["type"]))
+def test_server_events_build_and_read_back(data: dict[str, Any]) -> None:
+    event = p.parse_event(data)
+    sent = json.loads(p.encode(event.frame()))
+    assert sent == {"v": 1, **data}
+    assert p.parse_event(sent) == event
+
+
+def test_every_server_event_is_listed() -> None:
+    assert set(p.EVENTS) == {str(d["type"]) for d in EVENTS}
+    assert p.QUALITIES == ("excellent", "good", "poor", "lost")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"type": "connection_quality", "participant_id": "p-1", "quality": "great"},
+        {"type": "connection_quality", "participant_id": "p-1"},
+        {"type": "track_paused", "track_id": "t-1", "paused": "yes", "reason": "bandwidth"},
+        {"type": "track_paused", "track_id": "t-1", "paused": True, "reason": "boredom"},
+        {"type": "set_encodings", "track_id": "t-1", "encodings": []},
+        {"type": "set_encodings", "track_id": "t-1", "encodings": [{"rid": "a b", "active": True}]},
+        {"type": "set_encodings", "track_id": "t-1", "encodings": [{"rid": "q", "active": 1}]},
+        {"type": "set_encodings", "track_id": "t-1", "encodings": [{"rid": "q"}]},
+        {"type": "offer", "sdp": "v=0"},
+        {"quality": "good"},
+    ],
+)
+def test_bad_server_events_are_value_errors(data: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"\S"):
+        p.parse_event(data)
+
+
+@given(
+    st.sampled_from(sorted(p.EVENTS)),
+    st.dictionaries(
+        st.sampled_from(
+            ["v", "participant_id", "quality", "track_id", "paused", "reason", "encodings", "x"]
+        ),
+        json_values,
+        max_size=5,
+    ),
+)
+def test_reading_arbitrary_server_events_only_raises_value_errors(
+    kind: str, fields: dict[str, Any]
+) -> None:
+    try:
+        event = p.parse_event({"type": kind, **fields})
+    except ValueError:
+        return
+    assert p.parse_event(json.loads(p.encode(event.frame()))) == event
