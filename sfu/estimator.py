@@ -1,0 +1,384 @@
+"""How much a subscriber's downlink carries: send-side bandwidth estimation.
+
+The worker sends each subscriber what that subscriber's own path can carry
+(simulcast layer choice, audio-only fallback): it needs an estimate per
+subscriber transport. Browsers give one through transport-wide CC
+(draft-holmer-rmcat-transport-wide-cc-extensions-01): the worker numbers
+every packet it sends a subscriber, the subscriber reports when each one
+arrived, and the worker, as sender, estimates. This module is that
+estimator, in the spirit of Google Congestion Control
+(draft-ietf-rmcat-gcc-02) as libwebrtc runs it on the send side:
+
+- **Delay-based.** Packets sent within ``BURST`` of each other form a group.
+  For consecutive groups the one-way delay variation is the difference of
+  their arrival spacing and their send spacing; its accumulation, smoothed,
+  is fitted by a least-squares line over the last ``WINDOW`` groups (the
+  *trendline* filter). A rising slope means a queue is building: *overuse*,
+  judged against an adaptive threshold (gcc-02 section 5.4) so that a
+  competing TCP flow does not starve us. Overuse cuts the rate to
+  ``BETA`` times what was acknowledged; otherwise the rate grows by 8 % a
+  second while far from the last known capacity, additively near it
+  (section 5.5), and never beyond 1.5 times what was acknowledged plus a
+  margin, since a rate never sent is a rate never tested.
+- **Loss-based.** Each feedback's share of packets not received: above 10 %
+  the loss-based rate falls by half the loss; below 2 % it grows by 8 % a
+  second (section 6). The estimate is the lower of the two.
+- **Probing.** Going up past what the media itself sends needs traffic that
+  tests the path: :meth:`SendSideEstimator.probe` asks for a *cluster* of
+  padding at a higher rate when the caller wants more than the estimate
+  allows; the rate at which the cluster's packets arrived (bounded by the
+  rate they were sent at) becomes the estimate when it is higher. Probes are
+  spaced ``PROBE_INTERVAL`` apart and stop while the delay signal says
+  overuse.
+
+Sans-I/O: ``now`` is seconds on the caller's monotonic clock; sizes are
+bytes, rates bits per second. :meth:`SendSideEstimator.on_sent` is on the
+hot path: two stores into preallocated rings and a comparison, nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from rtc.rtcp import TransportCc
+
+__all__ = ["Probe", "SendSideEstimator", "Usage"]
+
+#: Packets sent within this many seconds of a group's first form one group.
+BURST = 0.005
+#: Groups the trendline fits its slope over (libwebrtc: 20).
+WINDOW = 20
+#: Smoothing of the accumulated delay (libwebrtc: 0.9).
+SMOOTHING = 0.9
+#: Gain from the slope to the compared trend (libwebrtc: 4).
+TREND_GAIN = 4.0
+#: Adaptive threshold: start, bounds, and its up and down rates (gcc-02 5.4).
+THRESHOLD_START = 12.5
+THRESHOLD_MIN, THRESHOLD_MAX = 6.0, 600.0
+K_UP, K_DOWN = 0.0087, 0.039
+#: Overuse must last this long before it counts.
+OVERUSE_TIME = 0.01
+#: Rate after overuse: this times the acknowledged rate.
+BETA = 0.85
+#: Multiplicative increase per second far from capacity, and the loss-based one.
+GROWTH = 1.08
+#: Seconds of arrivals the acknowledged rate is measured over.
+ACKED_WINDOW = 0.5
+#: Loss thresholds of the loss-based controller.
+LOSS_HIGH, LOSS_LOW = 0.10, 0.02
+#: Probing: seconds between clusters, a cluster's length and least packets.
+PROBE_INTERVAL = 2.0
+PROBE_DURATION = 0.015
+PROBE_MIN_PACKETS = 5
+#: Feedback for a cluster must arrive within this, else the cluster is given up.
+PROBE_TIMEOUT = 1.0
+
+_RING = 1 << 16
+_MASK = _RING - 1
+
+
+class Usage(enum.Enum):
+    """What the delay signal says of the path (gcc-02 section 5.4)."""
+
+    NORMAL = "normal"
+    OVERUSING = "overusing"
+    UNDERUSING = "underusing"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A cluster of padding to send: ``size`` bytes in total, ``packets``
+    packets at ``bitrate`` (so over ``size * 8 / bitrate`` seconds), marked
+    with ``cluster`` in :meth:`SendSideEstimator.on_sent`."""
+
+    cluster: int
+    bitrate: int
+    size: int
+    packets: int
+
+
+class _Cluster:
+    __slots__ = ("bitrate", "first_sent", "id", "last_sent", "received", "sent", "started")
+
+    def __init__(self, cid: int, bitrate: int, started: float) -> None:
+        self.id = cid
+        self.bitrate = bitrate
+        self.started = started
+        self.sent = 0
+        self.first_sent = math.inf
+        self.last_sent = -math.inf
+        self.received: list[tuple[float, int]] = []
+
+
+class SendSideEstimator:
+    """The estimate for one subscriber transport (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        start: int = 600_000,
+        min_bitrate: int = 30_000,
+        max_bitrate: int = 5_000_000,
+    ) -> None:
+        self.min_bitrate = min_bitrate
+        self.max_bitrate = max_bitrate
+        self._delay_rate = float(start)
+        self._loss_rate = float(start)
+        # Rings by transport sequence number: send time, size, probe cluster.
+        self._sent_at = [-1.0] * _RING
+        self._size = [0] * _RING
+        self._cluster = [0] * _RING
+        # Arrival reconstruction: the feedback's reference time unwrapped.
+        self._last_reference: int | None = None
+        self._reference_base = 0.0
+        # Grouping and the trendline.
+        self._group_send: float | None = None
+        self._group_arrival = 0.0
+        self._prev_send: float | None = None
+        self._prev_arrival = 0.0
+        self._accumulated = 0.0
+        self._smoothed = 0.0
+        self._first_arrival: float | None = None
+        self._points: deque[tuple[float, float]] = deque(maxlen=WINDOW)
+        self._deltas = 0
+        self._threshold = THRESHOLD_START
+        self._last_compare: float | None = None
+        self._overuse_since: float | None = None
+        self._prev_trend = 0.0
+        self.usage = Usage.NORMAL
+        # Rate control.
+        self._last_update: float | None = None
+        self._capacity: float | None = None
+        self._acked: deque[tuple[float, int]] = deque()
+        self._acked_bytes = 0
+        self.acked_bitrate = 0.0
+        #: Share of packets the last feedbacks reported lost (smoothed).
+        self.loss = 0.0
+        # Probing.
+        self._clusters: dict[int, _Cluster] = {}
+        self._next_cluster = 1
+        self._last_probe = -math.inf
+        self.probes_sent = 0
+        self.probes_succeeded = 0
+
+    @property
+    def estimate(self) -> int:
+        """The bitrate the path should carry now, in bits per second."""
+        rate = min(self._delay_rate, self._loss_rate)
+        return int(max(self.min_bitrate, min(self.max_bitrate, rate)))
+
+    # -- the hot path -------------------------------------------------------------
+
+    def on_sent(self, seq: int, size: int, now: float, cluster: int = 0) -> None:
+        """A packet with transport sequence number ``seq`` (and ``size``
+        bytes on the wire) was sent at ``now``; ``cluster`` names the probe
+        cluster it belongs to (0: none)."""
+        i = seq & _MASK
+        self._sent_at[i] = now
+        self._size[i] = size
+        self._cluster[i] = cluster
+        if cluster:
+            c = self._clusters.get(cluster)
+            if c is not None:
+                c.sent += size
+                c.first_sent = min(c.first_sent, now)
+                c.last_sent = max(c.last_sent, now)
+
+    # -- feedback ---------------------------------------------------------------
+
+    def on_feedback(self, fb: TransportCc, now: float) -> None:
+        """A subscriber's transport-wide CC feedback (draft-holmer-...-01 3.1)."""
+        arrival = self._reference(fb.reference_time)
+        seq = fb.base_sequence
+        received = lost = 0
+        for delta in fb.deltas:
+            i = seq & _MASK
+            seq += 1
+            sent = self._sent_at[i]
+            if delta is None:
+                if sent >= 0:
+                    lost += 1
+                continue
+            arrival += delta / 4000.0
+            if sent < 0:
+                continue
+            received += 1
+            size = self._size[i]
+            self._sent_at[i] = -1.0
+            self._on_arrival(sent, arrival, size, now)
+            cid = self._cluster[i]
+            if cid:
+                c = self._clusters.get(cid)
+                if c is not None:
+                    c.received.append((arrival, size))
+        if received + lost:
+            share = lost / (received + lost)
+            self.loss = 0.7 * self.loss + 0.3 * share
+            self._update_loss(share, now)
+        self._update_delay(now)
+        self._finish_probes(now)
+
+    def _reference(self, reference: int) -> float:
+        # The 24-bit reference time counts 64 ms and wraps every ~12 days;
+        # unwrap it against the previous one so arrivals stay monotonic.
+        if self._last_reference is not None:
+            diff = (reference - self._last_reference) & 0xFFFFFF
+            if diff > 0x800000:
+                diff -= 0x1000000
+            self._reference_base += diff * 0.064
+        self._last_reference = reference
+        return self._reference_base
+
+    def _on_arrival(self, sent: float, arrival: float, size: int, now: float) -> None:
+        self._acked.append((arrival, size))
+        self._acked_bytes += size
+        while self._acked and self._acked[0][0] < arrival - ACKED_WINDOW:
+            self._acked_bytes -= self._acked.popleft()[1]
+        # n packets span n - 1 gaps: the first one's bytes arrived before the span.
+        span = max(arrival - self._acked[0][0], 0.05)
+        self.acked_bitrate = (self._acked_bytes - self._acked[0][1]) * 8 / span
+        if self._group_send is None:
+            self._group_send, self._group_arrival = sent, arrival
+            return
+        if sent - self._group_send <= BURST:
+            self._group_arrival = max(self._group_arrival, arrival)
+            return
+        # A group is complete: compare it with the previous one.
+        if self._prev_send is not None:
+            variation = (self._group_arrival - self._prev_arrival) - (
+                self._group_send - self._prev_send
+            )
+            self._trend(variation * 1000.0, self._group_arrival, now)
+        self._prev_send, self._prev_arrival = self._group_send, self._group_arrival
+        self._group_send, self._group_arrival = sent, arrival
+
+    def _trend(self, variation_ms: float, arrival: float, now: float) -> None:
+        if self._first_arrival is None:
+            self._first_arrival = arrival
+        self._deltas = min(self._deltas + 1, 60)
+        self._accumulated += variation_ms
+        self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * self._accumulated
+        self._points.append(((arrival - self._first_arrival) * 1000.0, self._smoothed))
+        if len(self._points) < WINDOW:
+            return
+        slope = _slope(self._points)
+        trend = slope * self._deltas * TREND_GAIN
+        self._detect(trend, now)
+
+    def _detect(self, trend: float, now: float) -> None:
+        if trend > self._threshold:
+            if self._overuse_since is None:
+                self._overuse_since = now
+            if now - self._overuse_since >= OVERUSE_TIME and trend >= self._prev_trend:
+                self.usage = Usage.OVERUSING
+        elif trend < -self._threshold:
+            self._overuse_since = None
+            self.usage = Usage.UNDERUSING
+        else:
+            self._overuse_since = None
+            self.usage = Usage.NORMAL
+        self._prev_trend = trend
+        # The threshold follows the trend (gcc-02 5.4), but not its outliers.
+        if self._last_compare is not None and abs(trend) < self._threshold + 15.0:
+            k = K_DOWN if abs(trend) < self._threshold else K_UP
+            dt = min(now - self._last_compare, 0.1)
+            self._threshold += k * (abs(trend) - self._threshold) * dt * 1000.0
+            self._threshold = max(THRESHOLD_MIN, min(THRESHOLD_MAX, self._threshold))
+        self._last_compare = now
+
+    def _update_delay(self, now: float) -> None:
+        last, self._last_update = self._last_update, now
+        dt = 0.0 if last is None else min(now - last, 1.0)
+        rate = self._delay_rate
+        acked = self.acked_bitrate
+        if self.usage is Usage.OVERUSING:
+            if acked > 0:
+                # Remember the capacity we hit (section 5.5's "link capacity").
+                self._capacity = acked
+                rate = min(rate, BETA * acked)
+        elif self.usage is Usage.NORMAL and dt > 0:
+            near = self._capacity is not None and abs(rate - self._capacity) < 0.15 * rate
+            if near:
+                # Additive: about one 1,200-byte packet per 100 ms round trip.
+                rate += 1200 * 8 / 0.1 * dt
+            else:
+                rate *= GROWTH**dt
+            if acked > 0:
+                rate = min(rate, 1.5 * acked + 10_000)
+        # UNDERUSING: hold, the queue is draining.
+        self._delay_rate = max(float(self.min_bitrate), min(float(self.max_bitrate), rate))
+
+    def _update_loss(self, share: float, now: float) -> None:
+        if share > LOSS_HIGH:
+            self._loss_rate *= 1 - 0.5 * share
+        elif share < LOSS_LOW:
+            dt = 0.1 if self._last_update is None else min(max(now - self._last_update, 0), 1.0)
+            self._loss_rate = min(self._loss_rate * GROWTH**dt, self._delay_rate * 1.5)
+        self._loss_rate = max(
+            float(self.min_bitrate), min(float(self.max_bitrate), self._loss_rate)
+        )
+
+    # -- probing -------------------------------------------------------------------
+
+    def probe(self, wanted: int, now: float) -> Probe | None:
+        """A cluster of padding to send now, when the caller ``wanted`` more
+        than the estimate and a probe is due; else None."""
+        estimate = self.estimate
+        if (
+            wanted <= estimate
+            or self.usage is Usage.OVERUSING
+            or self.loss > LOSS_HIGH / 2
+            or now - self._last_probe < PROBE_INTERVAL
+            or self._clusters
+        ):
+            return None
+        self._last_probe = now
+        bitrate = int(min(max(wanted, 2 * estimate), 3 * estimate, self.max_bitrate))
+        size = max(int(bitrate * PROBE_DURATION / 8), PROBE_MIN_PACKETS * 200)
+        packets = max(PROBE_MIN_PACKETS, math.ceil(size / 1000))
+        cid = self._next_cluster
+        self._next_cluster = cid % 0xFFFF + 1
+        self._clusters[cid] = _Cluster(cid, bitrate, now)
+        self.probes_sent += 1
+        return Probe(cid, bitrate, size, packets)
+
+    def _finish_probes(self, now: float) -> None:
+        for cid, c in list(self._clusters.items()):
+            if now - c.started > PROBE_TIMEOUT:
+                del self._clusters[cid]
+                continue
+            if len(c.received) < PROBE_MIN_PACKETS or c.sent == 0:
+                continue
+            del self._clusters[cid]
+            arrivals = sorted(t for t, _ in c.received)
+            span = arrivals[-1] - arrivals[0]
+            got = sum(size for _, size in c.received) - c.received[0][1]
+            if span <= 0:
+                continue
+            received_rate = got * 8 / span
+            send_span = max(c.last_sent - c.first_sent, 1e-3)
+            sent_rate = c.sent * 8 / send_span
+            result = min(received_rate, sent_rate)
+            if (
+                result > self.estimate
+                and self.usage is not Usage.OVERUSING
+                and self.loss < LOSS_HIGH
+            ):
+                # Probes reach a little beyond what the path takes for long.
+                found = 0.95 * result
+                self.probes_succeeded += 1
+                self._delay_rate = max(self._delay_rate, found)
+                self._loss_rate = max(self._loss_rate, found)
+
+
+def _slope(points: deque[tuple[float, float]]) -> float:
+    """Least-squares slope of ``(x, y)`` points."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    den = sum((x - mean_x) ** 2 for x, _ in points)
+    return num / den if den else 0.0
