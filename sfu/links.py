@@ -229,7 +229,7 @@ class WorkerLinks(WorkerControl):
         current = r.relays.get(peer.worker)
         mine = current.ingress if current is not None else None
         ours: set[int] = set()
-        for ssrc, leg in (link.incoming.items() if link is not None else ()):
+        for ssrc, leg in link.incoming.items() if link is not None else ():
             if leg.room is not r:
                 ours.add(ssrc)  # another room on this link: the sender keeps them unique
         taken: dict[int, Track] = {}
@@ -824,4 +824,3 @@ def _same(track: Track, relayed: RelayedTrack) -> bool:
         and track.info.kind == relayed.info.kind
         and track.info.participant == relayed.info.participant
     )
-
