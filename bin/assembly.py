@@ -31,6 +31,7 @@ from wadud.errors import ConfigError
 if TYPE_CHECKING:
     from aiohttp import web
 
+    import privacy.retention
     from wadud.app import Installer
 
 __all__ = [
@@ -74,10 +75,37 @@ def features() -> list[Installer]:
         turn.http.install,
         booking.http.install,
         chat.http.install,
+        data_rights,
         signalling.http.install,
         signalling.pages.install,
         signalling.nodes.install,
     ]
+
+
+def data_rights(app: web.Application) -> None:
+    """Export, erasure and retention (privacy/): the features' providers and
+    rules, registered on privacy's endpoints and schedule, since privacy/
+    stands below the features and imports none of them."""
+    import booking.privacy
+    import chat.privacy
+    import privacy.retention
+    import privacy.rights
+    import privacy.rights_http
+
+    privacy.rights.register(app, booking.privacy.BookingProvider())
+    privacy.rights.register(app, chat.privacy.ChatProvider(app))
+    privacy.retention.register(app, retention_rules())
+    privacy.rights_http.install(app)
+    privacy.retention.install(app)
+
+
+def retention_rules() -> list[privacy.retention.Rule]:
+    """Every feature's retention rules (``wadud retention run`` adds the
+    ground's own, :func:`privacy.retention.core_rules`)."""
+    import booking.privacy
+    import chat.privacy
+
+    return [*booking.privacy.retention_rules(), *chat.privacy.retention_rules()]
 
 
 def in_process() -> list[Installer]:

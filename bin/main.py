@@ -5,6 +5,7 @@ wadud api       HTTP only (REST, WebSockets, web client); stateless replicas
 wadud media     a media node: one worker process per core, registered in Redis
 wadud migrate   apply database migrations and exit
 wadud user add  create an account (how the first admin comes to be)
+wadud retention run [--dry-run]  delete data past its retention period
 wadud token     print a call link (room token) for one participant
 """
 
@@ -86,6 +87,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ttl", type=int, default=4 * 3600, help="seconds the link is valid (default 4 hours)"
+    )
+
+    p = sub.add_parser("retention", help="delete data past its retention period")
+    ret_sub = p.add_subparsers(dest="retention_command", required=True, metavar="ACTION")
+    ret = ret_sub.add_parser("run", help="run one retention round now (docs/privacy.md)")
+    _common(ret)
+    ret.add_argument(
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="count what each rule would delete; delete nothing",
     )
 
     p = sub.add_parser("user", help="manage accounts")
@@ -251,6 +263,38 @@ def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     return 0
 
 
+def cmd_retention_run(args: argparse.Namespace, settings: config.Settings) -> int:
+    from privacy import retention
+    from wadud import db, migrate, storage
+
+    rules = [*retention.core_rules(), *assembly.retention_rules()]
+
+    async def go() -> list[retention.Outcome]:
+        async with contextlib.AsyncExitStack() as stack:
+            url = settings.database_url or await stack.enter_async_context(
+                db.embedded_postgres(settings.data_dir)
+            )
+            store = storage.create(settings)
+            stack.push_async_callback(store.close)
+            conn = await db.connect(url)
+            try:
+                await migrate.migrate(conn)
+                done = await retention.run(
+                    conn, rules, settings, storage=store, dry_run=args.dry_run
+                )
+                assert done is not None
+                return done
+            finally:
+                await conn.close()
+
+    outcomes = _run(go())
+    verb = "would delete" if args.dry_run else "deleted"
+    for o in outcomes:
+        kept = f"{o.days:g} days" if o.days > 0 else "kept (0: until erased)"
+        print(f"{o.rule:<16} {kept:<24} {verb} {o.rows:>8}  {o.data_class}")
+    return 0
+
+
 #: Room and identity names: what fits in a URL path and a log line unharmed.
 _NAME_MAX = 128
 
@@ -306,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_token(args, settings)
         if args.command == "migrate":
             return cmd_migrate(settings)
+        if args.command == "retention" and args.retention_command == "run":
+            return cmd_retention_run(args, settings)
         if args.command == "user" and args.user_command == "add":
             return cmd_user_add(args, settings)
     except (WadudError, TurnConfigError) as exc:

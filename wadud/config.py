@@ -301,6 +301,46 @@ class Settings:
             " (it resumes from its last sequence)."
         ),
     )
+    # [privacy]  (docs/privacy.md, "Erasure")
+    privacy_erasure_confirm_seconds: int = field(
+        default=900,
+        metadata=_doc(
+            "Seconds a patient's erasure confirmation token stays valid between the"
+            " request and the confirmation."
+        ),
+    )
+    # [retention]  (docs/privacy.md, "Retention"; 0 days: kept until erased)
+    retention_interval: float = field(
+        default=3600.0,
+        metadata=_doc(
+            "Seconds between retention rounds inside `wadud serve` and `wadud api` (one"
+            " replica runs each round, under an advisory lock). 0: no scheduled rounds;"
+            " run `wadud retention run` yourself."
+        ),
+    )
+    retention_batch: int = field(
+        default=1000, metadata=_doc("Rows one retention delete statement removes at most.")
+    )
+    retention_chat_days: int = field(
+        default=0,
+        metadata=_doc(
+            "Days a consultation conversation is kept after its last message; then it is"
+            " deleted whole (messages, attachments). 0: kept until the patient is erased."
+        ),
+    )
+    retention_expired_holds_days: int = field(
+        default=30, metadata=_doc("Days an unpaid, lapsed booking hold is kept.")
+    )
+    retention_webhook_days: int = field(
+        default=180,
+        metadata=_doc("Days payment gateways' webhook payloads (the deduplication log) are kept."),
+    )
+    retention_sessions_days: int = field(
+        default=30,
+        metadata=_doc(
+            "Days ended sign-in sessions (revoked, or expired) and their tokens are kept."
+        ),
+    )
     # [storage]
     storage_backend: str = field(
         default="local",
