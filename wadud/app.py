@@ -17,12 +17,37 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 
-from wadud import auth, bus, db, http, idempotency, keys, migrate, outbox, ratelimit, storage
+from wadud import (
+    auth,
+    bus,
+    db,
+    http,
+    idempotency,
+    keys,
+    migrate,
+    outbox,
+    ratelimit,
+    storage,
+    tracing,
+)
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.app")
 
 Installer = Callable[[web.Application], None]
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    # First in, last out: pool connections trace their statements from the
+    # start, and the spans of shutdown are flushed.
+    s = app[keys.SETTINGS]
+    tracing.configure(
+        s.otel_endpoint, service=s.otel_service_name, sample_ratio=s.otel_sample_ratio
+    )
+    try:
+        yield
+    finally:
+        await tracing.aclose()
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -110,10 +135,11 @@ def build_app(settings: Settings, installers: Iterable[Installer]) -> web.Applic
     settings = settings.with_secret()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # observe > problems > authenticate > idempotency > problems > handler:
+        # (trace >) observe > problems > authenticate > idempotency > problems > handler:
         # the inner ``problems`` turns a handler's errors into responses that
         # idempotency can keep; the outer one catches everything else.
         middlewares=[
+            *([tracing.middleware()] if settings.otel_endpoint else []),
             http.observe,
             http.problems,
             http.authenticate,
@@ -127,6 +153,7 @@ def build_app(settings: Settings, installers: Iterable[Installer]) -> web.Applic
     app[keys.EXTRAS] = {"index_links": []}
     app.cleanup_ctx.extend(
         [
+            *([_tracing] if settings.otel_endpoint else []),
             _database,
             _bus,
             ratelimit.limits_context,

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from wadud import metrics
+from wadud import metrics, tracing
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.db")
@@ -147,6 +147,7 @@ async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    tracing.instrument_connection(conn)
     # jsonb in and out as Python objects, so no handler calls json.dumps itself.
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(

@@ -1,5 +1,7 @@
 """Structured logs: one JSON object per line, with the request id of the
-request being served (a context variable, so tasks it spawns inherit it)."""
+request being served (a context variable, so tasks it spawns inherit it) and,
+when tracing is on (:mod:`wadud.tracing`), the trace and span ids of the span
+current where the line was written."""
 
 from __future__ import annotations
 
@@ -8,7 +10,12 @@ import datetime as dt
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
+
+#: Set by :func:`wadud.tracing.configure`: the current (trace id, span id), or
+#: None outside any span. None while tracing is off, so logging pays nothing.
+trace_ids: Callable[[], tuple[str, str] | None] | None = None
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -30,6 +37,9 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid is not None:
             out["request_id"] = rid
+        ids = trace_ids() if trace_ids is not None else None
+        if ids is not None:
+            out["trace_id"], out["span_id"] = ids
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value
@@ -45,6 +55,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         rid = request_id.get()
+        ids = trace_ids() if trace_ids is not None else None
+        if ids is not None:
+            rid = f"{rid or ''} trace={ids[0]}".strip()
         return f"{text} [{rid}]" if rid else text
 
 

@@ -2,7 +2,7 @@
 transaction that produced it committed.
 
 A handler calls :func:`emit` on the connection of its transaction; the row and
-a ``NOTIFY`` become visible together at commit. :class:`Relay` wakes on the
+a ``NOTIFY`` (one statement) become visible together at commit. :class:`Relay` wakes on the
 notification (or polls, in case one was missed while it reconnected), claims
 unpublished rows with ``FOR UPDATE SKIP LOCKED`` so several relays share the
 work, publishes them on the bus, and marks them published in the same
@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from wadud import metrics
+from wadud import metrics, tracing
 from wadud.bus import Bus
 
 log = logging.getLogger("wadud.outbox")
@@ -29,10 +29,20 @@ CHANNEL = "wadud_outbox"
 STREAM = "events"
 
 
+#: One round trip: the row, and the NOTIFY that wakes the relays at commit.
+_EMIT = f"""WITH e AS (INSERT INTO outbox (topic, payload, trace) VALUES ($1, $2::jsonb, $3::jsonb))
+            SELECT pg_notify('{CHANNEL}', '')"""
+
+
 async def emit(conn: asyncpg.Connection, topic: str, payload: dict[str, Any]) -> None:
-    """Record ``payload`` for ``topic``; call inside the domain transaction."""
-    await conn.execute("INSERT INTO outbox (topic, payload) VALUES ($1, $2::jsonb)", topic, payload)
-    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
+    """Record ``payload`` for ``topic``; call inside the domain transaction.
+    With tracing on, the row keeps the current trace context, so publishing it
+    later continues this trace."""
+    if not tracing.enabled():
+        await conn.execute(_EMIT, topic, payload, None)
+        return
+    with tracing.span(f"outbox emit {topic}", attributes={"messaging.destination.name": topic}):
+        await conn.execute(_EMIT, topic, payload, tracing.inject() or None)
 
 
 class Relay:
@@ -108,7 +118,7 @@ class Relay:
         """Publish one batch of pending events; return how many."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """SELECT id, topic, payload, created_at FROM outbox
+                """SELECT id, topic, payload, created_at, trace FROM outbox
                    WHERE published_at IS NULL ORDER BY id LIMIT $1
                    FOR UPDATE SKIP LOCKED""",
                 self.batch,
@@ -120,8 +130,11 @@ class Relay:
                     "at": row["created_at"].isoformat(),
                     "data": row["payload"],
                 }
-                await self.bus.publish(row["topic"], event)
-                await self.bus.append(STREAM, event)
+                if tracing.enabled():
+                    await self._publish_traced(event, row["trace"])
+                else:
+                    await self.bus.publish(row["topic"], event)
+                    await self.bus.append(STREAM, event)
             if rows:
                 await conn.execute(
                     "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
@@ -129,6 +142,20 @@ class Relay:
                 )
         metrics.OUTBOX_RELAYED.inc(len(rows))
         return len(rows)
+
+    async def _publish_traced(self, event: dict[str, Any], trace: Any) -> None:
+        """Publish inside spans that continue the emitting transaction's
+        trace; the event carries the publish span's context to consumers
+        (:func:`wadud.tracing.consume`)."""
+        topic = event["topic"]
+        attrs = {"messaging.destination.name": topic, "messaging.message.id": str(event["id"])}
+        with (
+            tracing.span(f"outbox relay {topic}", parent=tracing.extract(trace), attributes=attrs),
+            tracing.span(f"bus publish {topic}", kind="producer", attributes=attrs),
+        ):
+            event[tracing.EVENT_KEY] = tracing.inject()
+            await self.bus.publish(topic, event)
+            await self.bus.append(STREAM, event)
 
     async def observe(self) -> None:
         row = await self.pool.fetchrow(
