@@ -16,6 +16,14 @@ about their legs (loss from publishers, RFC 3550 A.3; round-trip time, RFC 3550
 6.4.1; the REMB estimate). Per-room detail stays in each worker's
 :meth:`~sfu.worker.MediaWorker.snapshot`.
 
+Relay links between workers (:mod:`sfu.links`): how many are up
+(``sfu_relay_links``), packets in and out over them
+(``sfu_relay_packets_total{direction}``), datagrams from a link's address that
+failed authentication, and each link's loss and round-trip time labelled by
+the peer *worker* id (a bounded set, and no consultation's name).
+``sfu_rtp_total{event="received"}`` counts packets from the workers' own
+publishers only: what came over a link is relay ``in``.
+
 Worker-wide: datagrams dropped by reason (garbage, strangers, refused STUN,
 ...) and forwarder totals that include rooms already closed, so they never go
 down.
@@ -187,6 +195,7 @@ class _WorkerCollector(Collector):
                     summary.add_metric([direction, "max"], max(values))
                     summary.add_metric([direction, "min"], min(values))
             summaries.append(summary)
+        yield from self._relays(snapshots)
         yield workers
         yield rooms
         yield transports
@@ -197,6 +206,54 @@ class _WorkerCollector(Collector):
         yield peers
         yield from counters
         yield from summaries
+
+    def _relays(self, snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
+        links = GaugeMetricFamily(
+            "sfu_relay_links", "Relay links to other workers, by state.", labels=["state"]
+        )
+        packets = CounterMetricFamily(
+            "sfu_relay_packets",
+            "RTP packets over relay links: in (authenticated, from peer workers) and out.",
+            labels=["direction"],
+        )
+        forged = CounterMetricFamily(
+            "sfu_relay_forged_datagrams",
+            "Datagrams from a relay link's peer address that failed SRTP authentication.",
+        )
+        loss = GaugeMetricFamily(
+            "sfu_relay_loss_ratio",
+            "Share of the packets a peer worker sent over the link that never arrived "
+            "(RFC 3550 A.3), before repair.",
+            labels=["peer_worker"],
+        )
+        rtt = GaugeMetricFamily(
+            "sfu_relay_rtt_seconds",
+            "Round-trip time of a relay link, from the peer worker's receiver reports.",
+            labels=["peer_worker"],
+        )
+        states: Counter[str] = Counter()
+        total_in = total_out = total_forged = 0
+        for s in snapshots:
+            relays = s.get("relays") or {}
+            total_in += int(relays.get("in", 0))
+            total_out += int(relays.get("out", 0))
+            total_forged += int(relays.get("forged", 0))
+            for link in relays.get("links", ()):
+                states[link["state"]] += 1
+                if link.get("loss") is not None:
+                    loss.add_metric([link["peer_worker"]], float(link["loss"]))
+                if link.get("rtt") is not None:
+                    rtt.add_metric([link["peer_worker"]], float(link["rtt"]))
+        for state in ("connected", "connecting", "failed"):
+            links.add_metric([state], states.get(state, 0))
+        packets.add_metric(["in"], total_in)
+        packets.add_metric(["out"], total_out)
+        forged.add_metric([], total_forged)
+        yield links
+        yield packets
+        yield forged
+        yield loss
+        yield rtt
 
     def _peer_totals(
         self, live: dict[tuple[Any, ...], dict[str, int]]

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY, generate_latest
 
 from sfu.control import RelayedTrack, RelayPeer, RelayState, event_from_dict, event_to_dict
 from sfu.errors import SfuStateError
@@ -217,6 +218,14 @@ async def test_one_track_crosses_once_to_three_subscribers(
     # Sender reports crossed (lip-sync) and receiver reports came back (the link's RTT).
     await wait_until(lambda: b.snapshot()["relays"]["links"][0]["loss"] is not None, limit=5)
     await wait_until(lambda: a.snapshot()["relays"]["links"][0]["rtt"] is not None, limit=5)
+
+    # Metrics: links, packets each way, forged datagrams, the link's loss and RTT by peer worker.
+    text = generate_latest(REGISTRY).decode()
+    assert 'sfu_relay_links{state="connected"}' in text
+    assert f'sfu_relay_rtt_seconds{{peer_worker="{b.worker_id}"}}' in text
+    assert f'sfu_relay_loss_ratio{{peer_worker="{a.worker_id}"}}' in text
+    assert 'sfu_relay_packets_total{direction="in"}' in text
+    assert "sfu_relay_forged_datagrams_total" in text
 
     # Tearing down: A stops sending, B stops receiving; the link closes both ends.
     for sub in subs:
