@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Literal
 
+import privacy.consent
 import turn.config
 from wadud.config import Settings
 from wadud.errors import ConfigError
@@ -47,7 +48,10 @@ __all__ = [
 Role = Literal["serve", "api"]
 
 #: Each feature's check of the settings it owns; raises ConfigError.
-_SETTINGS_CHECKS: tuple[Callable[[Settings], None], ...] = (turn.config.check_settings,)
+_SETTINGS_CHECKS: tuple[Callable[[Settings], None], ...] = (
+    turn.config.check_settings,
+    privacy.consent.check_settings,
+)
 
 
 def check_settings(settings: Settings) -> Settings:
@@ -63,6 +67,7 @@ def features() -> list[Installer]:
     # module, and only the roles that serve HTTP need the app's code.
     import booking.http
     import chat.http
+    import privacy.http
     import signalling.http
     import signalling.nodes
     import signalling.pages
@@ -72,6 +77,7 @@ def features() -> list[Installer]:
     return [
         ops.install,
         accounts.routes.install,
+        privacy.http.install,
         turn.http.install,
         booking.http.install,
         chat.http.install,

@@ -13,6 +13,7 @@ something the room does not allow" (the children of :class:`CallError` here).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from wadud.errors import Conflict, Forbidden, Gone, NotFound, TooManyRequests, WadudError
@@ -75,6 +76,23 @@ class BookingClosed(SignallingError, Gone):
     code = "booking-closed"
     title = "This consultation is no longer open"
     close_code = CLOSE_ENDED
+
+
+class ConsentMissing(SignallingError, Forbidden):
+    """The patient has not accepted (or withdrew) a consent the clinic's
+    region requires for a consultation; the message names each purpose."""
+
+    code = "consent_required"
+    title = "Consent required"
+    close_code = CLOSE_FORBIDDEN
+
+    def __init__(self, missing: Sequence[str], *, region: str) -> None:
+        super().__init__(
+            "accept these consents before joining: " + ", ".join(missing),
+            missing=list(missing),
+            region=region,
+        )
+        self.missing = tuple(missing)
 
 
 class RoomFull(SignallingError, TooManyRequests):

@@ -18,6 +18,8 @@ import asyncpg
 from aiohttp import web
 
 import booking.calls
+from privacy import consent
+from privacy.errors import ConsentRequired
 from sfu.control import MediaControl
 from sfu.http import MEDIA
 from sfu.rpc import MediaClient
@@ -85,6 +87,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             why = await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
             if why is not None:
                 raise errors.BookingClosed(why)
+            await _require_consent(app, grant)
 
     service = CallService(
         settings,
@@ -117,6 +120,30 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         await service.close()
         if client is not None:
             await client.close()
+
+
+#: The region whose consent rules apply to the call of booking $4.
+_BOOKING_REGION = (
+    "SELECT c.region FROM bookings b JOIN clinics c ON c.id = b.clinic_id WHERE b.id = $4"
+)
+
+
+async def _require_consent(app: web.Application, grant: RoomGrant) -> None:
+    """A patient's join of a booking's call needs the consents the clinic's
+    region requires (docs/privacy.md). Only a booking's patient link names a
+    known patient: a link made with ``wadud token`` or the demo page names no
+    account, and doctors and staff consent to nothing here."""
+    if grant.role != "patient":
+        return
+    try:
+        user, booking_id = UUID(grant.identity), UUID(grant.booking)
+    except ValueError:
+        return
+    settings = app[keys.SETTINGS]
+    try:
+        await consent.require(app[keys.DB], settings, user, _BOOKING_REGION, booking_id)
+    except ConsentRequired as exc:
+        raise errors.ConsentMissing(exc.missing, region=exc.region) from None
 
 
 async def _session_live(pool: asyncpg.Pool, identity: str, sid: str) -> bool:

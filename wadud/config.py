@@ -165,6 +165,17 @@ class Settings:
         default="Wadud",
         metadata=_doc("Issuer name authenticator apps show beside a TOTP enrolment."),
     )
+    auth_totp_admins: bool = field(
+        default=False,
+        metadata=_doc(
+            "Admins must sign in with a TOTP code (RFC 6238) besides their password."
+            " Doctors and staff: per clinic (PUT /api/v1/clinics/{id}/totp)."
+        ),
+    )
+    auth_totp_issuer: str = field(
+        default="Wadud",
+        metadata=_doc("Issuer name authenticator apps show beside a TOTP enrolment."),
+    )
     # [limits]  (docs/security.md, "Rate limits"; shared by replicas through Redis)
     limits_login_account_free: int = field(
         default=5,
@@ -339,6 +350,23 @@ class Settings:
         default=30,
         metadata=_doc(
             "Days ended sign-in sessions (revoked, or expired) and their tokens are kept."
+        ),
+    )
+    # [consent]  (docs/privacy.md)
+    consent_required: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Consent purposes a patient must have accepted to book and to join a"
+            " booking's call, comma separated (telehealth_consultation, data_processing,"
+            " call_recording, marketing). Empty: none required."
+        ),
+    )
+    consent_required_regions: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Per-region overrides of consent_required as REGION:purpose+purpose, comma"
+            " separated, e.g. AE:telehealth_consultation+data_processing+call_recording."
+            " REGION: with nothing after it requires nothing there."
         ),
     )
     # [storage]

@@ -28,6 +28,7 @@ from booking import service
 from booking.lifecycle import Event, State, allowed_events
 from booking.refunds import CANCELLERS, Canceller
 from booking.service import BookingNotFound, TooEarly
+from privacy import audit, consent
 from wadud import auth, cursor, keys
 from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes, in_sane_range
 from wadud.errors import Conflict, NotFound
@@ -166,6 +167,29 @@ async def visible_booking(
     return row
 
 
+async def _audit(
+    conn: asyncpg.Connection | asyncpg.Pool, me: Principal, action: str, row: asyncpg.Record
+) -> None:
+    """An audit row when a doctor, staff member or admin reads or changes a
+    patient's booking (docs/privacy.md); a patient's own are not accesses."""
+    if me.role is Role.PATIENT:
+        return
+    await audit.record(
+        conn,
+        actor=me,
+        action=action,
+        subject=row["patient_id"],
+        clinic=row["clinic_id"],
+        object=f"booking/{row['id']}",
+    )
+
+
+#: The region whose consent rules apply to a booking with doctor $4.
+_DOCTOR_REGION = (
+    "SELECT c.region FROM doctors d JOIN clinics c ON c.id = d.clinic_id WHERE d.id = $4"
+)
+
+
 # -- holds and reading -----------------------------------------------------------
 
 
@@ -178,9 +202,14 @@ async def create_booking(call: Call[BookingIn, None]) -> BookingOut:
     as ``held`` until ``hold_expires_at``; a successful payment turns it into a
     request for the doctor. Two patients racing for overlapping time: exactly
     one gets the hold, the other a 409 ``slot-taken``. Anonymous patient
-    sessions may book."""
+    sessions may book. Refused with 403 ``consent_required``, naming the
+    purposes, until the patient has accepted the consents the doctor's
+    region requires (docs/privacy.md)."""
     body = call.body
     async with call.pool.acquire() as conn:
+        await consent.require(
+            conn, call.settings, call.user.user_id, _DOCTOR_REGION, body.doctor_id
+        )
         row = await service.create_hold(
             conn,
             patient_id=call.user.user_id,
@@ -241,6 +270,16 @@ async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
     )
     more = len(rows) > q.limit
     rows = rows[: q.limit]
+    if call.user.role is not Role.PATIENT:
+        await audit.record_many(
+            call.pool,
+            actor=call.user,
+            action="booking.list",
+            entries=[
+                audit.Entry(f"booking/{r['id']}", subject=r["patient_id"], clinic=r["clinic_id"])
+                for r in rows
+            ],
+        )
     return BookingPage(
         items=[booking_out(r) for r in rows],
         next_cursor=_encode_cursor(call.settings.secret_key, rows[-1]) if more else None,
@@ -249,9 +288,12 @@ async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
 
 @routes.get("/api/v1/bookings/{id:uuid}", returns=BookingOut, auth="any")
 async def get_booking(call: Call[None, None]) -> BookingOut:
-    """One booking (404 unless the caller may see it)."""
+    """One booking (404 unless the caller may see it). A doctor's, staff
+    member's or admin's read is written to the audit trail."""
     async with call.pool.acquire() as conn:
-        return booking_out(await visible_booking(conn, call.path_uuid("id"), call.user))
+        row = await visible_booking(conn, call.path_uuid("id"), call.user)
+        await _audit(conn, call.user, "booking.read", row)
+    return booking_out(row)
 
 
 # -- the doctor's side of the lifecycle ------------------------------------------
@@ -267,6 +309,7 @@ async def _act(call: Call[Any, Any], event: Event) -> BookingOut:
         if event is Event.MARK_NO_SHOW and now < row["starts_at"]:
             raise TooEarly("a patient is absent only once the slot has started")
         updated = await service.apply_event(conn, row, event, actor_id=me.user_id, now=now)
+        await _audit(conn, me, f"booking.{event.value}", row)
     return booking_out(updated)
 
 
@@ -290,6 +333,7 @@ async def decline_booking(call: Call[None, None]) -> BookingOut:
             reason="declined",
             decline=True,
         )
+        await _audit(conn, me, "booking.decline", row)
     return booking_out(updated)
 
 
@@ -339,6 +383,7 @@ async def cancel_booking(call: Call[CancelIn, None]) -> BookingOut:
         updated = await service.cancel_booking(
             conn, row["id"], by=_canceller(me), actor_id=me.user_id, reason=call.body.reason
         )
+        await _audit(conn, me, "booking.cancel", row)
     return booking_out(updated)
 
 
@@ -355,6 +400,7 @@ async def reschedule_booking(call: Call[RescheduleIn, None]) -> BookingOut:
         updated = await service.reschedule_booking(
             conn, row["id"], call.body.starts_at, actor_id=me.user_id
         )
+        await _audit(conn, me, "booking.reschedule", row)
     return booking_out(updated)
 
 

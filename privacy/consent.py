@@ -1,0 +1,177 @@
+"""Consent: versioned texts, patients' answers, and the check where it matters.
+
+A consent text belongs to a region (``PK``, ``AE``, ``QA``, ``SA``), a purpose
+(:data:`PURPOSES`) and a language (:data:`LANGUAGES`), and has a version;
+texts are never edited, a change is a new version (``material`` versions
+make earlier acceptances stop counting). A patient accepts a text (so a
+version, in a language) or withdraws a purpose; every answer is appended to
+``consent_events`` and the latest per (patient, region, purpose) is the one
+that counts.
+
+Which purposes a region requires is configuration (``consent_required`` and
+``consent_required_regions``, :func:`requirements`). :func:`missing_sql` is
+the check as one SQL statement, so the booking and join paths spend one
+query on it, and :func:`require` raises :class:`ConsentRequired` naming what
+is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from privacy.errors import ConsentRequired, InvalidConsentText
+from wadud.config import Settings
+from wadud.errors import ConfigError
+
+__all__ = [
+    "LANGUAGES",
+    "PURPOSES",
+    "REGIONS",
+    "check_settings",
+    "current_state",
+    "missing",
+    "parse_requirements",
+    "require",
+    "requirements",
+]
+
+PURPOSES = ("telehealth_consultation", "data_processing", "call_recording", "marketing")
+LANGUAGES = ("en", "ur", "ar")
+REGIONS = ("PK", "AE", "QA", "SA")
+
+
+def _purposes(text: str, where: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.replace("+", ",").split(",") if p.strip())
+    for name in names:
+        if name not in PURPOSES:
+            raise InvalidConsentText(
+                f"{where}: unknown consent purpose {name!r} (one of {', '.join(PURPOSES)})"
+            )
+    return names
+
+
+def parse_requirements(
+    default: Sequence[str], by_region: Sequence[str]
+) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """``consent_required`` (purposes) and ``consent_required_regions``
+    (``REGION:purpose+purpose`` entries; ``REGION:`` requires nothing there)
+    as (default, per-region overrides); ValueError when malformed."""
+    base = _purposes(",".join(default), "consent_required")
+    regions: dict[str, tuple[str, ...]] = {}
+    for entry in by_region:
+        region, colon, names = entry.partition(":")
+        region = region.strip().upper()
+        if not colon or region not in REGIONS:
+            raise InvalidConsentText(
+                f"consent_required_regions: {entry!r} is not REGION:purpose+purpose"
+                f" with REGION one of {', '.join(REGIONS)}"
+            )
+        regions[region] = _purposes(names, f"consent_required_regions {region}")
+    return base, regions
+
+
+def check_settings(settings: Settings) -> None:
+    """The consent requirements parse (ConfigError otherwise); run at start."""
+    try:
+        requirements(settings)
+    except InvalidConsentText as exc:
+        raise ConfigError(exc.detail) from None
+
+
+def requirements(settings: Settings) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    return parse_requirements(settings.consent_required, settings.consent_required_regions)
+
+
+def required_in(settings: Settings, region: str) -> tuple[str, ...]:
+    base, regions = requirements(settings)
+    return regions.get(region, base)
+
+
+def enforced(settings: Settings) -> bool:
+    """Whether any region requires anything (if not, no check runs at all)."""
+    base, regions = requirements(settings)
+    return bool(base) or any(regions.values())
+
+
+# The purposes of the region that are not currently accepted (at a version no
+# older than the newest material one). $1: user id, $2: per-region
+# requirements (jsonb object), $3: the default (jsonb array); the region is
+# a scalar subquery the caller supplies (parameters from $4 on).
+_MISSING = """
+WITH r AS (SELECT ({region}) AS region)
+SELECT r.region, ARRAY(
+    SELECT p.purpose
+    FROM jsonb_array_elements_text(
+        coalesce($2::text::jsonb -> r.region, $3::text::jsonb)) AS p(purpose)
+    WHERE NOT EXISTS (
+        SELECT 1
+        FROM (SELECT e.action, e.version FROM consent_events e
+              WHERE e.user_id = $1 AND e.region = r.region AND e.purpose = p.purpose
+              ORDER BY e.id DESC LIMIT 1) AS latest
+        WHERE latest.action = 'accept'
+          AND latest.version >= coalesce(
+              (SELECT max(t.version) FROM consent_texts t
+               WHERE t.region = r.region AND t.purpose = p.purpose AND t.material), 0))
+    ORDER BY p.purpose) AS missing
+FROM r"""
+
+
+async def missing(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    settings: Settings,
+    user_id: UUID,
+    region_sql: str,
+    *args: Any,
+) -> tuple[str | None, list[str]]:
+    """(region, purposes missing) for ``user_id`` where the region is what the
+    scalar SQL ``region_sql`` gives (its parameters are ``$4`` on: ``args``),
+    e.g. ``SELECT region FROM clinics WHERE id = $4``. One statement. A NULL
+    region (the booking or doctor does not exist) gives (None, [])."""
+    base, regions = requirements(settings)
+    row = await conn.fetchrow(
+        _MISSING.format(region=region_sql),
+        user_id,
+        json.dumps({k: list(v) for k, v in regions.items()}),
+        json.dumps(list(base)),
+        *args,
+    )
+    if row is None or row["region"] is None:
+        return None, []
+    return row["region"], list(row["missing"])
+
+
+async def require(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    settings: Settings,
+    user_id: UUID,
+    region_sql: str,
+    *args: Any,
+) -> None:
+    """Raise :class:`ConsentRequired` (403, naming the purposes) unless
+    ``user_id`` has accepted every consent the region requires. Costs nothing
+    when no region requires any."""
+    if not enforced(settings):
+        return
+    region, lacking = await missing(conn, settings, user_id, region_sql, *args)
+    if region is not None and lacking:
+        raise ConsentRequired(lacking, region=region)
+
+
+async def current_state(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID
+) -> list[Mapping[str, Any]]:
+    """The latest answer per (region, purpose) of ``user_id``."""
+    return list(
+        await conn.fetch(
+            """SELECT DISTINCT ON (region, purpose) region, purpose, action, version,
+                      text_id, at
+               FROM consent_events WHERE user_id = $1
+               ORDER BY region, purpose, id DESC""",
+            user_id,
+        )
+    )
