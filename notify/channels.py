@@ -153,11 +153,13 @@ class Email:
         # The same delivery always has the same Message-ID: a resend after a
         # lost acknowledgement is a duplicate any mail store can fold.
         m["Message-ID"] = f"<{msg.tag}@{self.domain}>"
-        m["Content-Language"] = r.language
         m["Auto-Submitted"] = "auto-generated"
         m["X-Wadud-Notification"] = msg.template
         m.set_content(r.text)
         m.add_alternative(r.html, subtype="html")
+        # After the parts exist: making the alternative moves Content-* headers
+        # into the first part.
+        m["Content-Language"] = r.language
         return m
 
     async def send(self, msg: Message) -> str:
