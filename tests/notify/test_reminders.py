@@ -1,0 +1,148 @@
+"""Reminders: a durable schedule in PostgreSQL, one email per reminder, in the
+recipient's language and time zone; cancelled and moved with the booking."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from notify import channels as ch
+from notify.service import Notifier
+from tests.notify.conftest import Inbox, World, emit, make_booking, set_status, wait_for
+from wadud.config import Settings
+
+
+@pytest.fixture
+async def notifier(pool: asyncpg.Pool, notify_settings: Settings) -> AsyncIterator[Notifier]:
+    opened = await ch.open_channels(notify_settings)
+    n = Notifier(pool, notify_settings, opened.senders)
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.close()
+        await opened.close()
+
+
+def _soon(seconds: float) -> dt.datetime:
+    """A start time whose 15-minute reminder falls due in ``seconds``."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return now + dt.timedelta(minutes=15, seconds=seconds)
+
+
+async def test_a_reminder_due_in_seconds_is_one_email_in_urdu_at_karachi_time(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, notifier: Notifier
+) -> None:
+    starts = _soon(2)
+    row = await make_booking(pool, world, starts)
+    await emit(pool, row, "confirm_payment", "held", extra={"manage_token": "tok-secret"})
+
+    # The 15-minute reminder is in the schedule; the 24-hour one is not (the
+    # booking was made less than a day ahead).
+    jobs = await wait_for(
+        lambda: pool.fetch(
+            "SELECT template, recipient_id, due_at FROM notify_jobs WHERE template LIKE 'reminder%'"
+        )
+    )
+    assert {(j["template"], j["recipient_id"]) for j in jobs} == {
+        ("reminder_15m", world.patient),
+        ("reminder_15m", world.doctor_user),
+    }
+    assert not smtp.of("reminder_15m"), "a reminder went before it was due"
+
+    await wait_for(lambda: len(smtp.of("reminder_15m")) >= 2, seconds=8)
+    await asyncio.sleep(1.0)  # anything extra would have arrived by now
+    to_patient = [m for m in smtp.of("reminder_15m") if world.patient_email in m["To"]]
+    assert len(to_patient) == 1
+    assert len(smtp.of("reminder_15m")) == 2  # the doctor's, in English
+
+    msg = to_patient[0]
+    assert msg["Content-Language"] == "ur"
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    local = starts.astimezone(dt.timezone(dt.timedelta(hours=5)))  # PKT, no DST
+    assert f"{local:%H:%M} (PKT)" in text
+    assert f"{starts:%H:%M}" not in text or starts.hour == local.hour
+    assert "مشاورت" in text and "Dr. Ayesha Khan" in text and "15 منٹ" in text
+    assert 'dir="rtl"' in html and 'lang="ur"' in html
+    assert "مشاورت" in msg["Subject"]
+
+    doctor_msg = next(m for m in smtp.of("reminder_15m") if m is not msg)
+    assert doctor_msg["Content-Language"] == "en"
+    assert "Bilal Ahmed" in doctor_msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+    # The confirmation went once too, with the manage link.
+    received = smtp.of("booking_received")
+    assert len(received) == 1
+    body = received[0].get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "https://wadud.test/api/v1/manage/tok-secret" in body
+
+    sent = await pool.fetchval(
+        """SELECT count(*) FROM notify_deliveries
+           WHERE status = 'sent' AND event_id LIKE 'reminder:%'"""
+    )
+    assert sent == 2
+
+
+async def test_a_cancelled_booking_sends_no_reminder(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, notifier: Notifier
+) -> None:
+    row = await make_booking(pool, world, _soon(1.5))
+    await emit(pool, row, "confirm_payment", "held")
+    await wait_for(lambda: smtp.of("booking_received"))
+    row = await set_status(pool, row, "cancelled")
+    await emit(pool, row, "cancel_by_patient", "requested", actor=world.patient)
+    await wait_for(lambda: smtp.of("booking_cancelled"))
+    await asyncio.sleep(2.5)
+    assert smtp.of("reminder_15m") == []
+    # The patient cancelled: only the doctor is told.
+    assert [m["To"] for m in smtp.of("booking_cancelled")] != []
+    assert all(world.patient_email not in m["To"] for m in smtp.of("booking_cancelled"))
+    states = await pool.fetch(
+        "SELECT DISTINCT state FROM notify_jobs WHERE template = 'reminder_15m'"
+    )
+    assert {s["state"] for s in states} == {"cancelled"}
+
+
+async def test_a_rescheduled_booking_is_reminded_at_its_new_time_only(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, notifier: Notifier
+) -> None:
+    old = _soon(1.5)
+    row = await make_booking(pool, world, old)
+    await emit(pool, row, "confirm_payment", "held")
+    await wait_for(lambda: smtp.of("booking_received"))
+    new = _soon(3)
+    row = await pool.fetchrow(
+        """UPDATE bookings
+           SET starts_at = $2::timestamptz, ends_at = $2::timestamptz + interval '20 minutes',
+                  blocked = tstzrange($2::timestamptz, $2::timestamptz + interval '20 minutes')
+                  WHERE id = $1 RETURNING *""",
+        row["id"],
+        new,
+    )
+    assert row is not None
+    await emit(
+        pool,
+        row,
+        "reschedule",
+        "requested",
+        actor=world.patient,
+        detail={"from_starts_at": old.isoformat(), "to_starts_at": new.isoformat()},
+    )
+    moved = await wait_for(lambda: smtp.of("booking_rescheduled"))
+    assert len(moved) == 1  # to the doctor; the patient moved it
+    await wait_for(lambda: len(smtp.of("reminder_15m")) >= 2, seconds=8)
+    await asyncio.sleep(1.0)
+    assert len(smtp.of("reminder_15m")) == 2
+    # Sent for the new time, and at or after it was due.
+    params = await pool.fetch(
+        "SELECT params->>'starts_at' AS s, state FROM notify_jobs WHERE template = 'reminder_15m'"
+    )
+    assert {(p["s"], p["state"]) for p in params} == {
+        (old.isoformat(), "cancelled"),
+        (new.isoformat(), "done"),
+    }
