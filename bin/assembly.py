@@ -47,9 +47,17 @@ __all__ = [
 
 Role = Literal["serve", "api"]
 
+def _notify_settings(settings: Settings) -> None:
+    # Imported when called: the senders' libraries are the notifier's business.
+    from notify.channels import check_settings as notify_check
+
+    notify_check(settings)
+
+
 #: Each feature's check of the settings it owns; raises ConfigError.
 _SETTINGS_CHECKS: tuple[Callable[[Settings], None], ...] = (
     turn.config.check_settings,
+    _notify_settings,
     privacy.consent.check_settings,
 )
 
@@ -67,6 +75,7 @@ def features() -> list[Installer]:
     # module, and only the roles that serve HTTP need the app's code.
     import booking.http
     import chat.http
+    import notify.http
     import privacy.http
     import signalling.http
     import signalling.nodes
@@ -81,6 +90,7 @@ def features() -> list[Installer]:
         turn.http.install,
         booking.http.install,
         chat.http.install,
+        notify.http.install,
         data_rights,
         signalling.http.install,
         signalling.pages.install,
@@ -136,9 +146,14 @@ def installers(role: Role) -> list[Installer]:
 
     if role == "api":
         return features()
+    import notify.http
+
     out = in_process()
     # The relay in the same process, so a newcomer's calls cross NATs with no set-up.
     out.append(turn.http.install_embedded)
+    # And the notifier (unless notify_in_serve is off): `wadud api` deployments
+    # run `wadud notify` beside their replicas instead.
+    out.append(notify.http.install_worker)
     return out
 
 

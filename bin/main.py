@@ -4,6 +4,7 @@ wadud serve     everything in one process, embedded defaults
 wadud api       HTTP only (REST, WebSockets, web client); stateless replicas
 wadud media     a media node: one worker process per core, registered in Redis
 wadud migrate   apply database migrations and exit
+wadud notify    send notifications (email, push, SMS, WhatsApp); any number of replicas
 wadud user add  create an account (how the first admin comes to be)
 wadud retention run [--dry-run]  delete data past its retention period
 wadud token     print a call link (room token) for one participant
@@ -64,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--node-id", dest="node_id", help="name of the node in the registry")
     p = sub.add_parser("migrate", help="apply database migrations and exit")
+    _common(p)
+    p = sub.add_parser("notify", help="send notifications and reminders (docs/notifications.md)")
     _common(p)
     p = sub.add_parser("turn", help="run the TURN/STUN relay (RFC 8656)")
     p.add_argument("--config", help="TOML configuration file (also $WADUD_CONFIG)")
@@ -226,6 +229,14 @@ def cmd_migrate(settings: config.Settings) -> int:
     return 0
 
 
+def cmd_notify(settings: config.Settings) -> int:
+    from notify.service import run
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(_run(run(settings)))
+    return 0
+
+
 def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     from uuid import UUID
 
@@ -350,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_token(args, settings)
         if args.command == "migrate":
             return cmd_migrate(settings)
+        if args.command == "notify":
+            return cmd_notify(settings)
         if args.command == "retention" and args.retention_command == "run":
             return cmd_retention_run(args, settings)
         if args.command == "user" and args.user_command == "add":
