@@ -47,6 +47,7 @@ __all__ = [
 
 Role = Literal["serve", "api"]
 
+
 def _notify_settings(settings: Settings) -> None:
     # Imported when called: the senders' libraries are the notifier's business.
     from notify.channels import check_settings as notify_check
