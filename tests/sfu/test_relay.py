@@ -9,6 +9,7 @@ a publisher on worker A, subscribers on worker B.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import random
 import secrets
@@ -17,17 +18,20 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY, generate_latest
 
+from rtc.dtls import DtlsCertificate
 from sfu.control import RelayedTrack, RelayPeer, RelayState, event_from_dict, event_to_dict
 from sfu.errors import SfuStateError
-from sfu.relay import LinkState
+from sfu.relay import TRANSITIONS, LinkState, RelayLink, _Input
 from sfu.rpc import MediaClient, MediaServer
 from sfu.worker import MediaWorker
 from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone, wait_until
 
 ROOM = "cross-region"
-FAST = {"keepalive": 0.2, "timeout": 1.5, "connect_timeout": 3.0, "retry": 0.5}
+FAST: dict[str, Any] = {"keepalive": 0.2, "timeout": 1.5, "connect_timeout": 3.0, "retry": 0.5}
 
 
 class _Side(asyncio.DatagramProtocol):
@@ -396,3 +400,95 @@ async def test_relay_calls_over_redis(
         await client.close()
         for server in servers:
             await server.close()
+
+
+# --- the sans-I/O core, with a fake clock ---------------------------------------------------
+
+
+def _core_pair(
+    fingerprint_of_b: str | None = None,
+) -> tuple[RelayLink, RelayLink]:
+    now = 0.0
+    cert_a = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
+    cert_b = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
+    fp_a = f"sha-256 {cert_a.fingerprint()}"
+    fp_b = fingerprint_of_b or f"sha-256 {cert_b.fingerprint()}"
+    a = RelayLink(cert_a, "a", RelayPeer("b", "10.0.0.2", 2, fp_b), now=now, **FAST)
+    b = RelayLink(cert_b, "b", RelayPeer("a", "10.0.0.1", 1, fp_a), now=now, **FAST)
+    return a, b
+
+
+def _exchange(a: RelayLink, b: RelayLink, now: float, *, drop_b_to_a: bool = False) -> None:
+    for _ in range(10):
+        moved = False
+        for src, dst, drop in ((a, b, False), (b, a, drop_b_to_a)):
+            for data in src.datagrams_to_send():
+                moved = True
+                if data[0] < 64 and not drop:  # DTLS; SRTCP keepalives are the worker's
+                    dst.receive_datagram(data, now)
+        if not moved:
+            return
+
+
+def _states(link: RelayLink) -> list[str]:
+    out = []
+    while (event := link.next_event()) is not None:
+        out.append(event.new.value)
+    return out
+
+
+def test_core_connects_stays_up_on_keepalives_fails_on_silence_and_retries() -> None:
+    a, b = _core_pair()
+    assert a.role.value == "client" and b.role.value == "server"
+    a.start(0.0)
+    b.start(0.0)
+    _exchange(a, b, 0.0)
+    assert _states(a) == ["connecting", "connected"]
+    assert _states(b) == ["connecting", "connected"]
+    assert a.srtp is not None and b.srtp is not None
+    # Keepalives are authenticated SRTCP the peer can unprotect.
+    a.handle_timer(FAST["keepalive"])
+    (keepalive,) = a.datagrams_to_send()
+    assert b.srtp.inbound.unprotect_rtcp(keepalive)
+    # Heard from: stays up. Silent past the timeout: fails, then retries.
+    a.heard = 1.0
+    a.handle_timer(1.0 + FAST["timeout"] - 0.01)
+    assert a.state is LinkState.CONNECTED
+    a.handle_timer(1.0 + FAST["timeout"])
+    assert a.state.value == "failed"
+    assert "nothing from the peer" in a.reason
+    due = a.get_timer()
+    assert due == 1.0 + FAST["timeout"] + FAST["retry"]
+    assert due is not None
+    a.handle_timer(due)
+    assert a.state.value == "connecting"
+    # The server, still "connected", takes the new ClientHello as a restart.
+    _exchange(a, b, due)
+    assert a.state is LinkState.CONNECTED and b.state is LinkState.CONNECTED
+    a.close("done")
+    _exchange(a, b, due)
+    assert a.state.value == "closed"
+    assert b.state is LinkState.FAILED  # the peer closed while b still uses it: b retries
+
+
+def test_core_refuses_a_certificate_that_is_not_the_registered_one() -> None:
+    other = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
+    a, b = _core_pair(fingerprint_of_b=f"sha-256 {other.fingerprint()}")
+    a.start(0.0)
+    b.start(0.0)
+    _exchange(a, b, 0.0)
+    assert a.state is LinkState.FAILED
+    assert "DTLS" in a.reason
+    assert b.state is not LinkState.CONNECTED
+
+
+@given(st.lists(st.sampled_from(list(_Input)), max_size=30))
+def test_core_transition_table_never_leaves_closed(inputs: list[_Input]) -> None:
+    state = LinkState.NEW
+    for event in inputs:
+        new = TRANSITIONS.get((state, event))
+        if state is LinkState.CLOSED:
+            assert new is None
+        if new is not None:
+            state = new
+    assert all(s is not LinkState.CLOSED for (s, _) in TRANSITIONS)
