@@ -150,12 +150,12 @@ async def _age_world(api: Api) -> Aged:
             )
         )
     outbox = []
-    for days_ago in (3, 0.1):
+    for age in (3 * DAY, DAY / 10):
         outbox.append(
             await pool.fetchval(
                 """INSERT INTO outbox (topic, payload, published_at)
                    VALUES ('test.retention', '{}', $1) RETURNING id""",
-                now - days_ago * DAY,
+                now - age,
             )
         )
     assert old_file is not None and new_file is not None
