@@ -5,18 +5,25 @@ management. The token mechanics live in :mod:`wadud.auth`.
 Sign-in is rate limited (:mod:`wadud.ratelimit`, docs/security.md): guesses
 per account and per client address with growing delays, registrations and
 anonymous sessions per client address. Its answers hold tokens, so the
-idempotency layer never keeps or replays them (:mod:`wadud.idempotency`)."""
+idempotency layer never keeps or replays them (:mod:`wadud.idempotency`).
+
+Staff and admins may sign in with a TOTP code as a second factor
+(:mod:`wadud.totp`): required once a user has enrolled, of a clinic's doctors
+and staff when the clinic says so, and of admins when ``auth_totp_admins`` is
+on. Every sign-in, successful or not, is written to the audit trail
+(:mod:`wadud.audit`)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+import time
+from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
 from pydantic import StringConstraints
 
-from wadud import auth, ratelimit
+from wadud import audit, auth, ratelimit, totp
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.config import Settings
 from wadud.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
@@ -43,6 +50,38 @@ class BadCredentials(Unauthorized):
     title = "Wrong email or password"
 
 
+class TotpRequired(Unauthorized):
+    """The password was right; this account signs in with a TOTP code too."""
+
+    code = "totp-required"
+    title = "A one-time code from the authenticator app is required"
+
+
+class TotpInvalid(Unauthorized):
+    """A wrong, expired or already used TOTP code."""
+
+    code = "totp-invalid"
+    title = "Wrong or already used one-time code"
+
+
+class TotpEnrolmentRequired(Unauthorized):
+    """The password was right, but the account must enrol an authenticator
+    first. The body's ``enrolment_token`` (valid 10 minutes) opens
+    ``/api/v1/auth/totp/enrol`` and ``/confirm``, and nothing else."""
+
+    code = "totp-enrolment-required"
+    title = "Enrol an authenticator app to sign in"
+
+
+class TotpAlreadyEnrolled(Conflict):
+    code = "totp-already-enrolled"
+    title = "An authenticator is enrolled already"
+
+
+Code = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
+EnrolmentToken = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+
 class Register(ApiModel):
     email: Email
     password: Password
@@ -52,6 +91,8 @@ class Register(ApiModel):
 class Login(ApiModel):
     email: Email
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    #: The authenticator app's current code, for accounts that use TOTP.
+    totp_code: Code | None = None
 
 
 class Anonymous(ApiModel):
@@ -225,10 +266,7 @@ async def login(call: Call[Login, None]) -> Tokens:
     )
     guessed = False
     try:
-        row = await call.pool.fetchrow(
-            "SELECT id, password_hash, disabled FROM users WHERE lower(email) = lower($1)",
-            call.body.email,
-        )
+        row = await call.pool.fetchrow(_LOGIN_ROW, call.body.email)
         ok = await auth.check_password(
             row["password_hash"] if row else auth.DUMMY_HASH,
             call.body.password,
@@ -238,12 +276,98 @@ async def login(call: Call[Login, None]) -> Tokens:
     finally:
         if not guessed:
             await limiter.refund(account)
+    pool = call.pool
     if row is None or not ok or row["disabled"]:
         await limiter.fail(address, by_address)
+        reason = "unknown-account" if row is None else "disabled" if ok else "bad-password"
+        await _signin_audit(pool, row, "auth.signin_failed", reason=reason)
         raise BadCredentials()
+    second = _needs_totp(settings, row)
+    if second and row["totp_confirmed_at"] is None:
+        await _signin_audit(pool, row, "auth.signin_failed", reason="totp-enrolment-required")
+        raise TotpEnrolmentRequired(
+            "this account must enrol an authenticator app: POST /api/v1/auth/totp/enrol"
+            " with this enrolment_token, then /api/v1/auth/totp/confirm with a code",
+            enrolment_token=auth.issue_enrolment_token(settings, row["id"]),
+        )
+    if second:
+        code = call.body.totp_code
+        if code is None:
+            await _signin_audit(pool, row, "auth.signin_failed", reason="totp-required")
+            raise TotpRequired("send totp_code with the email and password")
+        if not await _spend_code(pool, row["id"], row["totp_secret"], code, row["totp_last_step"]):
+            await limiter.fail(address, by_address)
+            await _signin_audit(pool, row, "auth.signin_failed", reason="totp-invalid")
+            raise TotpInvalid()
     await limiter.forget(account)
-    async with call.pool.acquire() as conn, conn.transaction():
-        return _tokens(await auth.start_session(conn, settings, row["id"]))
+    async with pool.acquire() as conn, conn.transaction():
+        pair = await auth.start_session(conn, settings, row["id"])
+        await _signin_audit(conn, row, "auth.signin", totp=second)
+        return _tokens(pair)
+
+
+_LOGIN_ROW = """SELECT u.id, u.password_hash, u.disabled, u.role, u.clinic_id, u.email,
+                       u.totp_secret, u.totp_confirmed_at, u.totp_last_step,
+                       coalesce(c.require_totp, false) AS clinic_requires_totp
+                FROM users u LEFT JOIN clinics c ON c.id = u.clinic_id
+                WHERE lower(u.email) = lower($1)"""
+
+
+def _needs_totp(settings: Settings, row: asyncpg.Record) -> bool:
+    """Whether this account signs in with a TOTP code: once enrolled always;
+    a clinic's doctors and staff when the clinic requires it; admins when
+    ``auth_totp_admins`` is on. Patients never have to."""
+    if row["totp_confirmed_at"] is not None:
+        return True
+    if row["role"] == Role.ADMIN.value:
+        return settings.auth_totp_admins
+    return row["role"] in (Role.DOCTOR.value, Role.CLINIC_STAFF.value) and bool(
+        row["clinic_requires_totp"]
+    )
+
+
+async def _spend_code(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    user_id: UUID,
+    secret: str,
+    code: str,
+    last_step: int | None,
+) -> bool:
+    """Whether ``code`` is valid now and not used before; it is spent if so
+    (two racing sign-ins with one code: one wins)."""
+    step = totp.matching_step(secret, code, time.time(), last_step)
+    if step is None:
+        return False
+    spent = await conn.fetchval(
+        """UPDATE users SET totp_last_step = $2
+           WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2) RETURNING id""",
+        user_id,
+        step,
+    )
+    return spent is not None
+
+
+async def _signin_audit(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    row: asyncpg.Record | None,
+    action: str,
+    **detail: Any,
+) -> None:
+    """A sign-in's audit row: the account by id (an unknown one by nothing:
+    the email typed is personal data and never goes into the chain)."""
+    if row is None:
+        await audit.record(conn, actor=None, role="anonymous", action=action, detail=detail)
+        return
+    await audit.record(
+        conn,
+        actor=row["id"],
+        role=row["role"],
+        action=action,
+        subject=row["id"] if row["role"] == Role.PATIENT.value else None,
+        clinic=row["clinic_id"],
+        object=f"user/{row['id']}",
+        detail=detail,
+    )
 
 
 def _login_rules(s: Settings) -> tuple[ratelimit.Backoff, ratelimit.Backoff]:
@@ -304,6 +428,145 @@ async def add_user(call: Call[CreateUser, None]) -> User:
         display_name=body.display_name,
         passwords=call.request.app[auth.PASSWORDS],
     )
+
+
+# -- TOTP enrolment -------------------------------------------------------------------
+
+
+class EnrolIn(ApiModel):
+    #: From a sign-in refused with ``totp-enrolment-required``; omit when
+    #: calling with a bearer token (enrolling of one's own accord).
+    enrolment_token: EnrolmentToken | None = None
+
+
+class Enrolment(ApiModel):
+    #: Base32 secret to type into an authenticator app, or ...
+    secret: str
+    #: ... the ``otpauth://`` URI to show as a QR code.
+    otpauth_uri: str
+
+
+class ConfirmIn(ApiModel):
+    code: Code
+    enrolment_token: EnrolmentToken | None = None
+
+
+class Confirmed(ApiModel):
+    enrolled: bool = True
+    #: A session, when the enrolment came from a sign-in (enrolment_token).
+    tokens: Tokens | None = None
+
+
+class ClinicTotp(ApiModel):
+    #: Doctors and staff of the clinic sign in with a TOTP code.
+    required: bool
+
+
+async def _enrolling(call: Call[Any, None], token: str | None) -> UUID:
+    """Whose enrolment this is: the enrolment token's user, or the caller's."""
+    if token is not None:
+        return auth.decode_enrolment_token(call.settings, token)
+    if call.principal is None:
+        raise Unauthorized("send a bearer token or the enrolment_token of a sign-in")
+    if call.principal.anonymous:
+        raise Forbidden("anonymous sessions have no sign-in to protect")
+    return call.principal.user_id
+
+
+@routes.post("/api/v1/auth/totp/enrol", body=EnrolIn, returns=Enrolment, auth="optional",
+             replay=False)  # fmt: skip
+async def totp_enrol(call: Call[EnrolIn, None]) -> Enrolment:
+    """Start enrolling an authenticator app (RFC 6238 TOTP).
+
+    Returns a new secret; it takes effect once confirmed with a code. Asking
+    again before confirming replaces the secret."""
+    user_id = await _enrolling(call, call.body.enrolment_token)
+    secret = totp.new_secret()
+    email = await call.pool.fetchval(
+        """UPDATE users SET totp_secret = $2, totp_last_step = NULL
+           WHERE id = $1 AND totp_confirmed_at IS NULL RETURNING email""",
+        user_id,
+        secret,
+    )
+    if email is None:
+        raise TotpAlreadyEnrolled("an authenticator is enrolled; an admin can reset it")
+    uri = totp.provisioning_uri(secret, email, call.settings.auth_totp_issuer)
+    return Enrolment(secret=secret, otpauth_uri=uri)
+
+
+@routes.post("/api/v1/auth/totp/confirm", body=ConfirmIn, returns=Confirmed, auth="optional",
+             replay=False)  # fmt: skip
+async def totp_confirm(call: Call[ConfirmIn, None]) -> Confirmed:
+    """Confirm an enrolment with the app's current code; from then on every
+    sign-in of this account needs a code. With an ``enrolment_token`` the
+    answer also holds a session (the sign-in that asked for enrolment)."""
+    token = call.body.enrolment_token
+    user_id = await _enrolling(call, token)
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """SELECT id, role, clinic_id, totp_secret, totp_confirmed_at, totp_last_step
+               FROM users WHERE id = $1 FOR UPDATE""",
+            user_id,
+        )
+        if row is None or row["totp_secret"] is None:
+            raise Conflict("start with POST /api/v1/auth/totp/enrol")
+        if row["totp_confirmed_at"] is not None:
+            raise TotpAlreadyEnrolled("this authenticator is confirmed already")
+        if not await _spend_code(
+            conn, user_id, row["totp_secret"], call.body.code, row["totp_last_step"]
+        ):
+            raise TotpInvalid()
+        await conn.execute("UPDATE users SET totp_confirmed_at = now() WHERE id = $1", user_id)
+        await _signin_audit(conn, row, "auth.totp_enrolled")
+        if token is None:
+            return Confirmed()
+        pair = await auth.start_session(conn, call.settings, user_id)
+        await _signin_audit(conn, row, "auth.signin", totp=True)
+        return Confirmed(tokens=_tokens(pair))
+
+
+@routes.delete("/api/v1/users/{id:uuid}/totp", auth={Role.ADMIN, Role.CLINIC_STAFF})
+async def totp_reset(call: Call[None, None]) -> None:
+    """Remove a user's authenticator (a lost phone): admins for anyone,
+    clinic staff for their clinic's doctors and staff. The user enrols again
+    at their next sign-in if TOTP is required of them."""
+    me = call.user
+    done = await call.pool.fetchval(
+        """UPDATE users SET totp_secret = NULL, totp_confirmed_at = NULL, totp_last_step = NULL
+           WHERE id = $1 AND ($2::uuid IS NULL OR clinic_id = $2) RETURNING id""",
+        call.path_uuid("id"),
+        None if me.role is Role.ADMIN else principal_clinic(me),
+    )
+    if done is None:
+        raise NotFound("no such user")
+
+
+@routes.put("/api/v1/clinics/{id:uuid}/totp", body=ClinicTotp, returns=ClinicTotp,
+            auth={Role.ADMIN, Role.CLINIC_STAFF})  # fmt: skip
+async def clinic_totp(call: Call[ClinicTotp, None]) -> ClinicTotp:
+    """Require (or stop requiring) a TOTP code at sign-in of the clinic's
+    doctors and staff: admins, or the clinic's own staff."""
+    me, clinic = call.user, call.path_uuid("id")
+    if me.role is Role.CLINIC_STAFF and me.clinic_id != clinic:
+        raise NotFound("no such clinic")
+    async with call.pool.acquire() as conn, conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE clinics SET require_totp = $2 WHERE id = $1 RETURNING id",
+            clinic,
+            call.body.required,
+        )
+        if done is None:
+            raise NotFound("no such clinic")
+        if me.role is not Role.ADMIN:  # an admin's request is audited by its route
+            await audit.record(
+                conn,
+                actor=me,
+                action="clinic.totp_required",
+                clinic=clinic,
+                object=f"clinic/{clinic}",
+                detail={"required": call.body.required},
+            )
+    return ClinicTotp(required=call.body.required)
 
 
 def principal_clinic(me: Principal) -> UUID:

@@ -311,6 +311,44 @@ async def revoke_family(conn: asyncpg.Connection, family_id: UUID, reason: str) 
     )
 
 
+# -- TOTP enrolment tokens ----------------------------------------------------
+
+#: How long a sign-in that must enrol TOTP first has to do it.
+ENROLMENT_TTL = 600
+
+
+def issue_enrolment_token(
+    settings: Settings, user_id: UUID, *, now: dt.datetime | None = None
+) -> str:
+    """A short token that lets a user whose password was right, but who must
+    enrol an authenticator first, do that and nothing else."""
+    now = now or _now()
+    claims = {
+        "iss": settings.auth_issuer,
+        "typ": "totp-enrol",
+        "sub": str(user_id),
+        "iat": now,
+        "exp": now + dt.timedelta(seconds=ENROLMENT_TTL),
+    }
+    return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
+
+
+def decode_enrolment_token(settings: Settings, token: str) -> UUID:
+    try:
+        claims = jwt.decode(
+            token,
+            settings.secret_key,
+            algorithms=[ALGORITHM],
+            issuer=settings.auth_issuer,
+            options={"require": ["exp", "sub", "typ"]},
+        )
+        if claims["typ"] != "totp-enrol":
+            raise InvalidToken("not an enrolment token")
+        return UUID(claims["sub"])
+    except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidToken(str(exc) or "invalid enrolment token") from exc
+
+
 # -- room tokens --------------------------------------------------------------
 
 
