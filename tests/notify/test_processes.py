@@ -1,0 +1,176 @@
+"""``wadud notify`` as real processes: a reminder survives a notifier killed
+and started again, and two replicas racing for the same due reminders send
+each one once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.notify.conftest import Inbox, World, emit, make_booking, wait_for
+from wadud.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Role:
+    """One ``wadud notify`` process in its own process group."""
+
+    def __init__(self, settings: Settings, smtp: Inbox, name: str) -> None:
+        env = {
+            **os.environ,
+            "WADUD_DATABASE_URL": settings.database_url,
+            "WADUD_DATABASE_MIGRATE": "false",
+            "WADUD_DATABASE_POOL_MIN": "1",
+            "WADUD_DATABASE_POOL_MAX": "6",
+            "WADUD_DATA_DIR": str(settings.data_dir),
+            "WADUD_SECRET_KEY": settings.secret_key,
+            "WADUD_LOG_FORMAT": "text",
+            "WADUD_NOTIFY_SMTP_HOST": "127.0.0.1",
+            "WADUD_NOTIFY_SMTP_PORT": str(smtp.port),
+            "WADUD_NOTIFY_SMTP_TLS": "none",
+            "WADUD_NOTIFY_POLL_INTERVAL": "0.1",
+            "WADUD_NOTIFY_BACKOFF_BASE": "0.2",
+        }
+        self.name = name
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bin.main", "notify"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            if "wadud notify: running" in line:
+                self.ready.set()
+
+    async def started(self) -> None:
+        await wait_for(lambda: self.ready.is_set() or self.proc.poll() is not None, seconds=30)
+        assert self.ready.is_set(), "\n".join(self.lines)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, connections dropped mid-transaction."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._reader.join(5)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            code = self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = self.proc.wait(5)
+        self._reader.join(5)
+        return code
+
+    def sent(self) -> int:
+        return sum("notification sent" in line for line in self.lines)
+
+
+@pytest.fixture
+def roles(settings: Settings, smtp: Inbox) -> Iterator[list[Role]]:
+    started: list[Role] = []
+    yield started
+    for role in started:
+        role.kill()
+
+
+def _soon(seconds: float) -> dt.datetime:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return now + dt.timedelta(minutes=15, seconds=seconds)
+
+
+async def test_a_reminder_is_sent_once_across_a_killed_and_restarted_notifier(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, settings: Settings, roles: list[Role]
+) -> None:
+    first = Role(settings, smtp, "first")
+    roles.append(first)
+    await first.started()
+    starts = _soon(5)
+    row = await make_booking(pool, world, starts)
+    await emit(pool, row, "confirm_payment", "held")
+    # The first notifier planned the reminders (and sent the confirmations)...
+    await wait_for(
+        lambda: pool.fetchval("SELECT count(*) FROM notify_jobs WHERE template = 'reminder_15m'")
+    )
+    await wait_for(lambda: len(smtp.of("booking_received")) == 1)
+    # ...and dies before they fall due.
+    first.kill()
+    assert dt.datetime.now(dt.UTC) < starts - dt.timedelta(minutes=15)
+
+    second = Role(settings, smtp, "second")
+    roles.append(second)
+    await second.started()
+    await wait_for(lambda: len(smtp.of("reminder_15m")) >= 2, seconds=15)
+    # The one that sent dies too; a third starts and finds nothing left to send.
+    second.kill()
+    third = Role(settings, smtp, "third")
+    roles.append(third)
+    await third.started()
+    await asyncio.sleep(1.5)
+    assert third.stop() == 0
+    to_patient = [m for m in smtp.of("reminder_15m") if world.patient_email in m["To"]]
+    assert len(to_patient) == 1
+    assert len(smtp.of("reminder_15m")) == 2
+    assert len(smtp.of("booking_received")) == 1
+    assert len(smtp.of("doctor_new_booking")) == 1
+    assert third.sent() == 0
+
+
+async def test_two_replicas_send_each_reminder_once(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, settings: Settings, roles: list[Role]
+) -> None:
+    a, b = Role(settings, smtp, "a"), Role(settings, smtp, "b")
+    roles += [a, b]
+    await asyncio.gather(a.started(), b.started())
+    bookings = 8
+    for i in range(bookings):
+        # Back to back, 20 minutes each (one doctor: they may not overlap).
+        starts = _soon(3) + dt.timedelta(minutes=20 * i)
+        row = await make_booking(pool, world, starts)
+        await emit(pool, row, "confirm_payment", "held")
+    await wait_for(lambda: len(smtp.of("booking_received")) == bookings, seconds=15)
+    # Only the first booking's reminders fall due in the test; make the rest
+    # due now too, so both replicas race for a crowd of them at once.
+    await pool.execute(
+        "UPDATE notify_jobs SET due_at = now() + interval '1 second' WHERE state = 'scheduled'"
+    )
+    await wait_for(lambda: len(smtp.of("reminder_15m")) >= 2 * bookings, seconds=20)
+    await asyncio.sleep(1.5)
+    assert a.stop() == 0 and b.stop() == 0
+
+    ids = [m["Message-ID"] for m in smtp.messages]
+    assert len(ids) == len(set(ids)), "a delivery went out twice"
+    assert len(smtp.of("reminder_15m")) == 2 * bookings
+    assert len(smtp.of("booking_received")) == bookings
+    assert len(smtp.of("doctor_new_booking")) == bookings
+    assert a.sent() + b.sent() == len(smtp.messages)
+    dupes = await pool.fetchval(
+        """SELECT count(*) FROM (SELECT event_id, channel, recipient_id FROM notify_deliveries
+                                 GROUP BY 1, 2, 3 HAVING count(*) > 1) x"""
+    )
+    assert dupes == 0
+    print(f"replica a sent {a.sent()}, replica b sent {b.sent()}")
