@@ -48,15 +48,16 @@ from privacy import audit as privacy_audit
 from privacy import subject_keys
 from privacy.errors import PrivacyError
 from wadud import audit
-from wadud.errors import Conflict, Forbidden, NotFound, Unprocessable
+from wadud.errors import Conflict, NotFound, Unprocessable
 from wadud.storage import Storage
 
 __all__ = [
     "PROVIDERS",
     "AccountProvider",
+    "AlreadyErased",
     "ArchiveFile",
     "Erased",
-    "ErasureRefused",
+    "ErasureNotConfirmed",
     "Part",
     "Provider",
     "Subject",
@@ -69,14 +70,6 @@ log = logging.getLogger("wadud.privacy")
 
 FORMAT = "wadud-export"
 FORMAT_VERSION = 1
-
-
-class ErasureRefused(PrivacyError, Forbidden):
-    """This account cannot erase itself here (not a patient, or not confirmed)."""
-
-    http_status = 403
-    code = "erasure_refused"
-    title = "Erasure refused"
 
 
 class ErasureNotConfirmed(PrivacyError, Unprocessable):
