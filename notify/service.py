@@ -307,17 +307,17 @@ class Notifier:
             raise DeliveryFailed(f"{row['channel']}: no answer in time") from None
 
     async def run_until_idle(self, seconds: float = 10.0) -> int:
-        """Plan, expand and send until nothing is due (tests and tools)."""
+        """Plan, expand and send until nothing is due; return how many were
+        sent (tests and tools)."""
         deadline = time.monotonic() + seconds
-        sent = 0
+        before = self.sent
         while time.monotonic() < deadline:
             n = await self.plan_events() + await self.expand_jobs()
             while await self.send_one():
-                sent += 1
                 n += 1
             if n == 0:
                 break
-        return sent
+        return self.sent - before
 
 
 async def run(settings: Settings) -> int:
