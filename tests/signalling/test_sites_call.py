@@ -1,0 +1,152 @@
+"""A call across two regions on loopback: each participant's media on their
+own region's node, tracks crossing between the nodes over a relay link.
+
+Real processes (tests/cluster.py): one ``wadud api`` (region pk), a
+``wadud media`` node in pk and one in ae, PostgreSQL and Redis from the
+session's fixtures; aiortc clients (signalling/client.py) as the doctor (a
+token for ae) and the patient (a token for pk). The simulated regions with
+delay and loss, and browsers, are tests/signalling/test_regions.py; this one
+is the quick check that runs by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import aiohttp
+import pytest
+
+from signalling.client import CallClient, TestPatternVideo, ToneAudio
+from tests.cluster import Cluster, ClusterError
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.timeout(240)
+
+SECRET = "sites-call-secret-" + "s" * 40
+
+
+@pytest.fixture
+async def world(
+    tmp_path: Path, database_url: str, redis_server: RedisServer
+) -> AsyncIterator[Cluster]:
+    cluster = Cluster(tmp_path / "cluster", database_url, redis_server.url, SECRET, region="pk")
+    cluster.add_api("pk", region="pk")
+    cluster.add_media("pk1", workers=1, region="pk")
+    cluster.add_media("ae1", workers=1, region="ae")
+    try:
+        try:
+            await cluster.start()
+        except ClusterError as exc:
+            pytest.fail(f"the topology did not start: {exc}")
+        yield cluster
+    finally:
+        await cluster.close()
+        # Nothing of this test may outlive it in the session's Redis.
+        async with cluster.redis() as redis:
+            keys = await redis.keys("wadud:*")
+            if keys:
+                await redis.delete(*keys)
+
+
+async def metrics(node_url: str) -> dict[str, float]:
+    """The node's /metrics as {"name{labels}": value}."""
+    async with aiohttp.ClientSession() as http, http.get(node_url + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def total(values: dict[str, float], name: str, **labels: str) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(
+        v
+        for k, v in values.items()
+        if (k == name or k.startswith(name + "{")) and all(w in k for w in want)
+    )
+
+
+async def join(world: Cluster, room: str, identity: str, role: str, region: str) -> CallClient:
+    link = await world.token_link(
+        room, identity, role, name=identity, public_url=world.apis["pk"].url, region=region
+    )
+    token = parse_qs(urlparse(link).query)["token"][0]
+    client = CallClient(world.apis["pk"].url, token, room=room, label=identity)
+    await client.join()
+    return client
+
+
+async def decoding(client: CallClient, kind: str, within: float = 20.0) -> dict[str, Any]:
+    async def frames() -> int:
+        return sum(t.frames for t in client.received.values() if t.kind == kind)
+
+    start = await frames()
+    deadline = asyncio.get_running_loop().time() + within
+    while await frames() < start + 10:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{client.label} decodes no {kind}: {client.received}")
+        await asyncio.sleep(0.1)
+    return {t.track_id: t.frames for t in client.received.values() if t.kind == kind}
+
+
+async def test_doctor_in_ae_and_patient_in_pk_meet_through_their_own_nodes(
+    world: Cluster,
+) -> None:
+    room = "visit-" + secrets.token_hex(4)
+    doctor = await join(world, room, "dr-rania", "doctor", "ae")
+    patient = await join(world, room, "pt-bilal", "patient", "pk")
+    try:
+        if patient.state == "waiting":
+            await doctor.wait_until(lambda: bool(doctor.waiting), 10)
+            await doctor.admit(doctor.waiting[0]["id"])
+            await patient.wait_admitted(10)
+        await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+        await patient.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+        await decoding(doctor, "video")
+        await decoding(patient, "video")
+        await decoding(doctor, "audio")
+        await decoding(patient, "audio")
+
+        pk = await metrics(world.media["pk1"].url)
+        ae = await metrics(world.media["ae1"].url)
+        # Each node holds exactly its own region's participant: two
+        # transports (publish, subscribe) each.
+        assert total(pk, "sfu_transports") == 2, pk
+        assert total(ae, "sfu_transports") == 2, ae
+        # The tracks crossed over a relay link, both ways, and were counted
+        # as relayed, not as the node's own publishers' packets.
+        for node in (pk, ae):
+            assert total(node, "sfu_relay_links", state="connected") == 1, node
+            assert total(node, "sfu_relay_packets_total", direction="in") > 100, node
+            assert total(node, "sfu_relay_packets_total", direction="out") > 100, node
+        # Each worker received RTP from its own publisher only: one
+        # participant's audio and video, far fewer packets than it relayed
+        # in and out together would suggest if relayed packets counted too.
+        for node in (pk, ae):
+            own = total(node, "sfu_rtp_total", event="received")
+            relayed_in = total(node, "sfu_relay_packets_total", direction="in")
+            assert 0 < own < 3 * relayed_in, (own, relayed_in)
+
+        # The doctor leaves: the patient's node stops receiving relayed media.
+        await doctor.leave()
+        await asyncio.sleep(3)
+        before = total(
+            await metrics(world.media["pk1"].url), "sfu_relay_packets_total", direction="in"
+        )
+        await asyncio.sleep(1.5)
+        after = total(
+            await metrics(world.media["pk1"].url), "sfu_relay_packets_total", direction="in"
+        )
+        assert after - before < 20, (before, after)
+    finally:
+        for client in (doctor, patient):
+            await client.close()
