@@ -24,7 +24,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from chat import protocol as p
 from chat import store
 from chat.crypto import Keyring
-from chat.errors import BadSequence, ChatError, NotAllowed
+from chat.errors import BadSequence, ChatError, ConversationNotFound, NotAllowed
 from chat.hub import Client, Hub
 from chat.service import ChatService
 from wadud import auth, keys
@@ -44,6 +44,9 @@ from wadud.storage import sniff_type, storage_of
 log = logging.getLogger("wadud.chat")
 
 CHAT = web.AppKey("chat", ChatService)
+#: Set on a request by a handler that authenticated it some other way (the
+#: call page's room token): the WebSocket may use this one conversation only.
+ONLY_CONVERSATION: web.RequestKey[UUID] = web.RequestKey("chat_only_conversation", UUID)
 routes = Routes("chat", "Consultation chat: conversations, messages, attachments.")
 
 _CONV = "/api/v1/chat/conversations/{conversation_id:uuid}"
@@ -451,6 +454,7 @@ class Session:
         self.principal: Principal | None = None
         self.client: Client | None = None
         self.access: dict[UUID, store.Access] = {}
+        self.only = request.get(ONLY_CONVERSATION)
         #: Closing the connection after a revocation (kept so it is not collected).
         self.closing: asyncio.Task[None] | None = None
 
@@ -466,6 +470,8 @@ class Session:
 
     async def _access(self, cid: UUID) -> store.Access:
         acc = self.access.get(cid)
+        if self.only is not None and cid != self.only:
+            raise ConversationNotFound("no such conversation")
         if acc is None:
             assert self.principal is not None
             acc = await store.access(self.svc.pool, self.principal, cid)
