@@ -4,6 +4,7 @@ wadud serve     everything in one process, embedded defaults
 wadud api       HTTP only (REST, WebSockets, web client); stateless replicas
 wadud media     a media node: one worker process per core, registered in Redis
 wadud migrate   apply database migrations and exit
+wadud audit verify  walk the audit trail's hash chain; exit 1 naming the first bad row
 wadud notify    send notifications (email, push, SMS, WhatsApp); any number of replicas
 wadud user add  create an account (how the first admin comes to be)
 wadud retention run [--dry-run]  delete data past its retention period
@@ -66,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id", dest="node_id", help="name of the node in the registry")
     p = sub.add_parser("migrate", help="apply database migrations and exit")
     _common(p)
+    p = sub.add_parser("audit", help="the audit trail (docs/privacy.md)")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_sub.add_parser(
+        "verify", help="recompute the hash chain; exit 0 with the count, 1 naming the first bad row"
+    )
+    _common(verify)
     p = sub.add_parser("notify", help="send notifications and reminders (docs/notifications.md)")
     _common(p)
     p = sub.add_parser("turn", help="run the TURN/STUN relay (RFC 8656)")
@@ -237,6 +244,41 @@ def cmd_notify(settings: config.Settings) -> int:
     return 0
 
 
+def cmd_audit_verify(settings: config.Settings) -> int:
+    """Exit 0 and print the count and head when the chain verifies; 1 and
+    the first altered, inserted or missing row when it does not."""
+    import asyncpg
+
+    from privacy import audit
+    from wadud import db
+
+    async def go() -> audit.Verdict:
+        async with contextlib.AsyncExitStack() as stack:
+            url = settings.database_url or await stack.enter_async_context(
+                db.embedded_postgres(settings.data_dir)
+            )
+            conn = await db.connect(url)
+            try:
+                return await audit.verify(conn)
+            except asyncpg.UndefinedTableError:
+                raise ConfigError("this database has no audit trail; run `wadud migrate`") from None
+            finally:
+                await conn.close()
+
+    verdict = _run(go())
+    if verdict.ok:
+        print(
+            f"audit chain intact: {verdict.count} rows"
+            f" (head: row {verdict.head_seq}, hash {verdict.head_hash})"
+        )
+        return 0
+    print(
+        f"audit chain broken at row {verdict.bad_seq}: {verdict.problem}"
+        f" ({verdict.count} rows before it verify)"
+    )
+    return 1
+
+
 def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     from uuid import UUID
 
@@ -365,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_notify(settings)
         if args.command == "retention" and args.retention_command == "run":
             return cmd_retention_run(args, settings)
+        if args.command == "audit" and args.audit_command == "verify":
+            return cmd_audit_verify(settings)
         if args.command == "user" and args.user_command == "add":
             return cmd_user_add(args, settings)
     except (WadudError, TurnConfigError) as exc:

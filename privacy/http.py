@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import asyncpg
+import pydantic
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from pydantic import Field, StringConstraints
@@ -35,7 +36,7 @@ from privacy import audit, consent
 from privacy.errors import InvalidConsentText, StaleConsentVersion, UnknownConsentVersion
 from wadud import cursor, keys
 from wadud.api import ApiModel, Call, Role, Routes
-from wadud.errors import Forbidden
+from wadud.errors import Forbidden, WadudError
 from wadud.principal import Principal
 
 routes = Routes("privacy", "Consent texts and answers; the audit trail.")
@@ -416,8 +417,16 @@ async def admin_actions(request: web.Request, handler: Handler) -> web.StreamRes
         response = await handler(request)
         status = response.status
         return response
+    # Innermost: the handler's errors pass here before the problem
+    # middleware turns them into responses.
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except WadudError as exc:
+        status = exc.http_status
+        raise
+    except pydantic.ValidationError:
+        status = 422
         raise
     finally:
         info = request.match_info
@@ -433,6 +442,6 @@ async def admin_actions(request: web.Request, handler: Handler) -> web.StreamRes
 
 def install(app: web.Application) -> None:
     routes.install(app)
-    # Innermost, after authentication and the inner problem middleware, so
-    # it sees the principal and the final status.
+    # Innermost, after authentication: it sees the principal, and the
+    # handler's answer or error.
     app.middlewares.append(admin_actions)

@@ -5,6 +5,10 @@ of patient data, sign-ins and admin actions write."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,7 +17,11 @@ import asyncpg
 import pytest
 
 from privacy import audit
-from wadud import db
+from tests.booking.factories import make_clinic, make_doctor
+from tests.booking.test_bookings import local, requested
+from tests.conftest import Api
+from wadud import db, keys
+from wadud.api import Role
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,3 +115,198 @@ async def test_concurrent_writers_keep_one_chain(database_url: str) -> None:
         )
     finally:
         await pool.close()
+
+
+# -- `wadud audit verify`, a real subprocess ---------------------------------------
+
+
+def wadud(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bin.main", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def _as_superuser(url: str, sql: str) -> None:
+    """Bypass the table's triggers, as only a superuser can (replica mode)."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_verify_names_an_altered_row(database_url: str, tmp_path: Path) -> None:
+    conn = await _connect(database_url)
+    try:
+        await _write(conn, 6)
+    finally:
+        await conn.close()
+    env = {"WADUD_DATABASE_URL": database_url}
+    intact = wadud("audit", "verify", "--data-dir", str(tmp_path), env=env)
+    assert intact.returncode == 0, intact.stderr
+    assert "intact: 6 rows" in intact.stdout
+
+    await _as_superuser(database_url, """UPDATE audit_log SET detail = '{"i":99}' WHERE seq = 3""")
+    broken = wadud("audit", "verify", "--data-dir", str(tmp_path), env=env)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "broken at row 3" in broken.stdout and "altered" in broken.stdout
+
+
+async def test_verify_names_a_deleted_row(database_url: str, tmp_path: Path) -> None:
+    conn = await _connect(database_url)
+    try:
+        await _write(conn, 5)
+    finally:
+        await conn.close()
+    await _as_superuser(database_url, "DELETE FROM audit_log WHERE seq = 4")
+    broken = wadud("audit", "verify", "--data-dir", str(tmp_path),
+                   env={"WADUD_DATABASE_URL": database_url})  # fmt: skip
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "broken at row 4: row 4 is missing" in broken.stdout
+
+
+async def test_verify_names_a_row_whose_hash_was_recomputed(database_url: str) -> None:
+    """Rewriting a row and its own hash (as the algorithm is public) breaks
+    the next row's link; re-pointing a subject breaks its digest."""
+    conn = await _connect(database_url)
+    try:
+        await _write(conn, 4)
+        await _as_superuser(
+            database_url,
+            """UPDATE audit_log SET action = 'booking.list',
+                   hash = sha256(
+                       (SELECT hash FROM audit_log WHERE seq = 1)
+                       || convert_to(audit_content(seq, at, actor_id, actor_role, 'booking.list',
+                                     clinic_id, object, subject_digest, detail), 'UTF8'))
+               WHERE seq = 2""",
+        )
+        verdict = await audit.verify(conn)
+        assert (verdict.bad_seq, verdict.count) == (3, 2), verdict
+    finally:
+        await conn.close()
+
+
+async def test_verify_with_the_embedded_database_of_a_data_dir(tmp_path: Path) -> None:
+    """`--data-dir D` alone: the embedded PostgreSQL under D, as `wadud serve` left it."""
+    done = wadud("migrate", "--data-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    async with db.embedded_postgres(tmp_path) as url:
+        conn = await _connect(url)
+        try:
+            await _write(conn, 3)
+        finally:
+            await conn.close()
+        intact = wadud("audit", "verify", "--data-dir", str(tmp_path))
+        assert intact.returncode == 0, intact.stdout + intact.stderr
+        assert "intact: 3 rows" in intact.stdout
+        await _as_superuser(url, "UPDATE audit_log SET actor_role = 'admin' WHERE seq = 2")
+        broken = wadud("audit", "verify", "--data-dir", str(tmp_path))
+        assert broken.returncode == 1 and "broken at row 2" in broken.stdout, broken.stdout
+
+
+# -- what the API writes ------------------------------------------------------------
+
+
+async def test_staff_reads_and_changes_are_audited_and_shown(api: Api) -> None:
+    clinic = await make_clinic(api)
+    doctor = await make_doctor(api, clinic)
+    other_clinic = await make_clinic(api, name="Other")
+    patient, bid, _ = await requested(api, doctor, local(2, "10:00"))
+    pool = api.app[keys.DB]
+    patient_id = await pool.fetchval("SELECT patient_id FROM bookings WHERE id = $1",
+                                     uuid.UUID(bid))  # fmt: skip
+
+    # The patient's own reads are not accesses.
+    await api.get(f"/api/v1/bookings/{bid}", token=patient, expect=200)
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE action LIKE 'booking.%'") == 0
+
+    await api.get(f"/api/v1/bookings/{bid}", token=clinic.staff_token, expect=200)
+    rows = await pool.fetch("SELECT * FROM audit_log WHERE action = 'booking.read'")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["subject_id"] == patient_id
+    assert str(row["clinic_id"]) == clinic.id
+    assert row["object"] == f"booking/{bid}"
+    assert row["actor_role"] == "clinic_staff"
+    await api.get("/api/v1/bookings", token=doctor.token, expect=200)
+    await api.post(f"/api/v1/bookings/{bid}/accept", token=doctor.token, expect=200)
+
+    # The patient sees who accessed their data; nobody else's rows.
+    mine = await api.get("/api/v1/me/audit", token=patient, expect=200)
+    actions = [r["action"] for r in mine["items"]]
+    assert actions == ["booking.accept", "booking.list", "booking.read"]
+    assert {r["actor_role"] for r in mine["items"]} == {"doctor", "clinic_staff"}
+    page = await api.get("/api/v1/me/audit?limit=2", token=patient, expect=200)
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    rest = await api.get(f"/api/v1/me/audit?limit=2&cursor={page['next_cursor']}",
+                         token=patient, expect=200)  # fmt: skip
+    assert [r["action"] for r in rest["items"]] == ["booking.read"] and rest["next_cursor"] is None
+
+    # Staff see their clinic's rows, not another clinic's; admins choose.
+    theirs = await api.get("/api/v1/audit", token=clinic.staff_token, expect=200)
+    assert {r["clinic_id"] for r in theirs["items"]} == {clinic.id}
+    # The three accesses, and the staff member's and the doctor's sign-ins.
+    assert sorted(r["action"] for r in theirs["items"]) == [
+        "auth.signin",
+        "auth.signin",
+        "booking.accept",
+        "booking.list",
+        "booking.read",
+    ]
+    others = await api.get("/api/v1/audit", token=other_clinic.staff_token, expect=200)
+    assert all(r["clinic_id"] == other_clinic.id for r in others["items"])
+    await api.get(f"/api/v1/audit?clinic_id={clinic.id}", token=other_clinic.staff_token,
+                  expect=403)  # fmt: skip
+    await api.get("/api/v1/audit", token=doctor.token, expect=403)
+    await api.get("/api/v1/audit", token=patient, expect=403)
+
+    async with pool.acquire() as conn:
+        assert (await audit.verify(conn)).ok
+
+
+async def test_admin_actions_and_sign_ins_are_audited(api: Api) -> None:
+    admin = await api.user(Role.ADMIN)
+    pool = api.app[keys.DB]
+    created = await api.post("/api/v1/clinics", {"name": "New", "region": "QA"}, token=admin,
+                             expect=201)  # fmt: skip
+    await api.post("/api/v1/clinics", {"name": "", "region": "QA"}, token=admin, expect=422)
+    rows = await pool.fetch(
+        "SELECT object, detail FROM audit_log WHERE action = 'admin.request' ORDER BY seq"
+    )
+    details = [json.loads(r["detail"]) for r in rows]
+    assert [(d["method"], d["route"], d["status"]) for d in details] == [
+        ("POST", "/api/v1/clinics", 201),
+        ("POST", "/api/v1/clinics", 422),
+    ]
+    await api.patch(f"/api/v1/clinics/{created['id']}", {"name": "Renamed"}, token=admin,
+                    expect=200)  # fmt: skip
+    last = await pool.fetchrow("SELECT * FROM audit_log ORDER BY seq DESC LIMIT 1")
+    assert last["object"] == f"clinics/{created['id']}"
+    # An admin's reads are not admin actions (reads of patient data are
+    # audited where they happen).
+    before = await pool.fetchval("SELECT count(*) FROM audit_log")
+    await api.get("/api/v1/clinics", token=admin, expect=200)
+    assert await pool.fetchval("SELECT count(*) FROM audit_log") == before
+
+    # Sign-ins: success and failure, an unknown account by nothing personal.
+    await api.post("/api/v1/auth/login", {"email": "nobody@example.test", "password": "x" * 8},
+                   expect=401)  # fmt: skip
+    failed = await pool.fetchrow(
+        "SELECT * FROM audit_log WHERE action = 'auth.signin_failed' ORDER BY seq DESC LIMIT 1"
+    )
+    assert failed["actor_id"] is None and json.loads(failed["detail"]) == {
+        "reason": "unknown-account"
+    }
+    signins = await pool.fetchval("SELECT count(*) FROM audit_log WHERE action = 'auth.signin'")
+    assert signins == 1  # the admin's
+    all_rows = await api.get("/api/v1/audit?limit=500", token=admin, expect=200)
+    assert {"admin.request", "auth.signin", "auth.signin_failed"} <= {
+        r["action"] for r in all_rows["items"]
+    }
