@@ -265,7 +265,11 @@ def cmd_audit_verify(settings: config.Settings) -> int:
             finally:
                 await conn.close()
 
-    verdict = _run(go())
+    try:
+        verdict = _run(go())
+    except (OSError, asyncpg.PostgresError) as exc:
+        # Exit 2, not 1: the chain was not checked, so nothing is known about it.
+        raise ConfigError(f"could not read the audit trail: {exc}") from None
     if verdict.ok:
         print(
             f"audit chain intact: {verdict.count} rows"
