@@ -28,7 +28,7 @@ from signalling.cluster import Cluster
 from signalling.placement import Placement, parse_distances
 from signalling.service import CallService
 from turn.credentials import ice_server
-from wadud import keys, revocation
+from wadud import keys, outbox, revocation
 from wadud.auth import RoomGrant
 from wadud.bus import Subscription
 from wadud.errors import ConfigError
@@ -89,6 +89,17 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
                 raise errors.BookingClosed(why)
             await _require_consent(app, grant)
 
+    async def waiting(grant: RoomGrant) -> None:
+        # A patient in a booking's waiting room: an outbox event, which the
+        # notifier (notify/) turns into a heads-up to the doctor.
+        if grant.booking and grant.role == "patient":
+            async with app[keys.DB].acquire() as conn, conn.transaction():
+                await outbox.emit(
+                    conn,
+                    "call.waiting",
+                    {"booking_id": grant.booking, "room": grant.room, "name": grant.name},
+                )
+
     service = CallService(
         settings,
         media,
@@ -97,6 +108,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         placement=placement,
         media_client=client,
         guard=guard,
+        on_waiting=waiting,
     )
     app[CALLS] = service
     bus = app[keys.BUS]

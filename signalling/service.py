@@ -430,6 +430,7 @@ class CallService:
         placement: Placement | None = None,
         media_client: MediaClient | None = None,
         guard: Callable[[RoomGrant], Awaitable[None]] | None = None,
+        on_waiting: Callable[[RoomGrant], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self._get_media = media
@@ -441,6 +442,8 @@ class CallService:
         #: Raises the refusal of a grant that no longer opens its room (the
         #: link's booking or sign-in session is over), at join and resume.
         self.guard = guard
+        #: Told when someone enters a waiting room (the notifier tells the doctor).
+        self.on_waiting = on_waiting
         self.rooms: dict[str, CallRoom] = {}
         self.lanes: dict[str, MediaLane] = {}
         self.ended: dict[str, float] = {}
@@ -862,6 +865,15 @@ class CallService:
         conn.room_name = room.name
         room.regions.setdefault(result.participant.id, region)
         self.apply(room, result.outputs)
+        if (
+            self.on_waiting is not None
+            and result.participant.state is State.WAITING
+            and not result.resumed
+        ):
+            try:
+                await self.on_waiting(grant)
+            except Exception:  # the join stands; only the heads-up is lost
+                log.exception("waiting-room event not recorded", extra={"room": grant.room})
         if result.resumed:
             sub = room.subscribers.get(result.participant.id)
             if sub is not None and sub.offer is not None:
