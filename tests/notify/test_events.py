@@ -46,7 +46,8 @@ def _to(inbox: Inbox, template: str, address: str) -> list[str]:
 
 async def _doctor_email(api: Api, doctor: Doctor) -> str:
     pool: asyncpg.Pool = api.app[keys.DB]
-    return str(await pool.fetchval("SELECT email FROM users WHERE id = $1", uuid.UUID(doctor.user_id)))
+    found = await pool.fetchval("SELECT email FROM users WHERE id = $1", uuid.UUID(doctor.user_id))
+    return str(found)
 
 
 async def test_a_booking_s_life_tells_each_party_once_in_their_language(
@@ -90,7 +91,9 @@ async def test_a_booking_s_life_tells_each_party_once_in_their_language(
     # Moved by the patient: the doctor hears of it, the patient (who did it) does not.
     later = local(3, "11:00")
     await api.post(
-        f"/api/v1/bookings/{bid}/reschedule", {"starts_at": later.isoformat()}, token=patient,
+        f"/api/v1/bookings/{bid}/reschedule",
+        {"starts_at": later.isoformat()},
+        token=patient,
         expect=200,
     )
     await notifier.run_until_idle()
