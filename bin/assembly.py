@@ -105,11 +105,14 @@ def data_rights(app: web.Application) -> None:
     stands below the features and imports none of them."""
     import booking.privacy
     import chat.privacy
+    import notify.privacy
     import privacy.retention
     import privacy.rights
     import privacy.rights_http
 
+    # In this order: notify finds jobs by the conversations chat then deletes.
     privacy.rights.register(app, booking.privacy.BookingProvider())
+    privacy.rights.register(app, notify.privacy.NotifyProvider())
     privacy.rights.register(app, chat.privacy.ChatProvider(app))
     privacy.retention.register(app, retention_rules())
     privacy.rights_http.install(app)
@@ -121,8 +124,13 @@ def retention_rules() -> list[privacy.retention.Rule]:
     ground's own, :func:`privacy.retention.core_rules`)."""
     import booking.privacy
     import chat.privacy
+    import notify.privacy
 
-    return [*booking.privacy.retention_rules(), *chat.privacy.retention_rules()]
+    return [
+        *booking.privacy.retention_rules(),
+        *chat.privacy.retention_rules(),
+        *notify.privacy.retention_rules(),
+    ]
 
 
 def in_process() -> list[Installer]:

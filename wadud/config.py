@@ -346,6 +346,12 @@ class Settings:
         default=180,
         metadata=_doc("Days payment gateways' webhook payloads (the deduplication log) are kept."),
     )
+    retention_notify_days: int = field(
+        default=90,
+        metadata=_doc(
+            "Days the notification log (finished jobs, their deliveries and attempts) is kept."
+        ),
+    )
     retention_sessions_days: int = field(
         default=30,
         metadata=_doc(

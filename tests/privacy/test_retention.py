@@ -41,6 +41,7 @@ def settings(settings: Settings) -> Settings:
         retention_expired_holds_days=30,
         retention_webhook_days=180,
         retention_sessions_days=30,
+        retention_notify_days=90,
         outbox_retention=86400.0,
         retention_batch=2,  # several batches for a handful of rows
         retention_interval=0,
@@ -158,6 +159,18 @@ async def _age_world(api: Api) -> Aged:
                 now - age,
             )
         )
+    jobs = []
+    for age in (100 * DAY, 5 * DAY):
+        key = f"event:{uuid.uuid4().hex}"
+        await pool.execute(
+            """INSERT INTO notify_jobs (key, event_id, recipient_id, template, params, due_at,
+                   state, created_at, done_at)
+               VALUES ($1, $1, $2, 'payment_receipt', '{}', $3, 'done', $3, $3)""",
+            key,
+            uid,
+            now - age,
+        )
+        jobs.append(key)
     assert old_file is not None and new_file is not None
     return Aged(
         old={
@@ -166,6 +179,7 @@ async def _age_world(api: Api) -> Aged:
             "webhook_events": [hooks[0]],
             "sessions": [fams[0]],
             "outbox": [outbox[0]],
+            "notify_log": [jobs[0]],
         },
         fresh={
             "chat": [uuid.UUID(new_conv)],
@@ -173,6 +187,7 @@ async def _age_world(api: Api) -> Aged:
             "webhook_events": [hooks[1]],
             "sessions": [fams[1]],
             "outbox": [outbox[1]],
+            "notify_log": [jobs[1]],
         },
         files={"old": old_file, "new": new_file},
     )
@@ -184,6 +199,7 @@ _EXISTS = {
     "webhook_events": "SELECT count(*) FROM webhook_events WHERE event_id = ANY($1::text[])",
     "sessions": "SELECT count(*) FROM token_families WHERE id = ANY($1::uuid[])",
     "outbox": "SELECT count(*) FROM outbox WHERE id = ANY($1::bigint[])",
+    "notify_log": "SELECT count(*) FROM notify_jobs WHERE key = ANY($1::text[])",
 }
 
 

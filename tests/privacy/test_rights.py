@@ -154,6 +154,38 @@ async def _world(api: Api) -> World:
             text_id,
         )
         await api.get(f"/api/v1/bookings/{p.booking_id}", token=clinic.staff_token, expect=200)
+        # What the notifier keeps: the doctor's reminder naming the patient,
+        # with its delivery and a failed attempt that quotes the address; the
+        # patient's phone as a push device.
+        key = f"reminder:{p.booking_id}:15:{p.id}"
+        await pool.execute(
+            """INSERT INTO notify_jobs (key, event_id, recipient_id, template, params,
+                   booking_id, due_at)
+               VALUES ($1, $2, $3, 'reminder', $4, $5, now())""",
+            key,
+            f"reminder:{p.booking_id}",
+            uuid.UUID(doctor.user_id),
+            {"other": p.name, "booking_id": p.booking_id},
+            uuid.UUID(p.booking_id),
+        )
+        delivery = await pool.fetchval(
+            """INSERT INTO notify_deliveries (event_id, channel, recipient_id, job_key)
+               VALUES ($1, 'email', $2, $3) RETURNING id""",
+            f"reminder:{p.booking_id}",
+            uuid.UUID(p.id),
+            key,
+        )
+        await pool.execute(
+            """INSERT INTO notify_attempts (delivery_id, attempt, ok, detail)
+               VALUES ($1, 1, false, $2)""",
+            delivery,
+            f"550 mailbox {p.email} unavailable",
+        )
+        await pool.execute(
+            "INSERT INTO notify_devices (user_id, kind, token) VALUES ($1, 'fcm', $2)",
+            uuid.UUID(p.id),
+            f"fcm-token-{p.phone}",
+        )
         await audit.record(
             pool,
             actor=uuid.UUID(doctor.user_id),
@@ -208,6 +240,7 @@ async def test_export_holds_the_patient_s_data_and_no_one_else_s(api: Api) -> No
     assert _part(files, "booking/bookings.json")[0]["doctor_name"] == "Dr. Samina Yousaf"
     assert [r["id"] for r in _part(files, "booking/payments.json")] == [a.payment_id]
     assert [r["purpose"] for r in _part(files, "account/consents.json")] == ["data_processing"]
+    assert [r["kind"] for r in _part(files, "notify/devices.json")] == ["fcm"]
     # The chat, decrypted: the patient's words and the doctor's.
     bodies = [m["body"] for m in _part(files, "chat/messages.json")]
     assert bodies == [*a.texts, "the rash"]
@@ -325,6 +358,7 @@ async def test_erasure_leaves_no_plaintext_and_keeps_ledger_and_audit(
     counts = done["counts"]
     assert counts["chat.conversations"] == 1 and counts["chat.attachments"] == 1
     assert counts["privacy.subject_keys"] == 1 and counts["files.deleted"] == 1
+    assert counts["notify.jobs"] == 1 and counts["notify.devices"] == 1
 
     # No plaintext of A in any table or stored file.
     dump = _dump(settings)
