@@ -1,0 +1,151 @@
+"""The delivery log: retries with backoff against a real SMTP server that
+refuses, a permanent refusal, the last try, and the one window where a
+message can go twice (the server took it, our commit was lost), which must
+then carry the same Message-ID."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import uuid
+
+import asyncpg
+import pytest
+
+from notify import channels as ch
+from notify.channels import Message
+from notify.service import Notifier
+from tests.notify.conftest import Inbox, World, wait_for
+from wadud import outbox
+from wadud.config import Settings
+
+
+async def _receipt(pool: asyncpg.Pool, world: World) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.emit(
+            conn,
+            "payment.succeeded",
+            {"payment_id": str(uuid.uuid4()), "patient_id": str(world.patient),
+             "amount_minor": 250000, "currency": "PKR"},
+        )  # fmt: skip
+
+
+async def _delivery(pool: asyncpg.Pool) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM notify_deliveries")
+    assert row is not None
+    return row
+
+
+async def test_a_refusing_smtp_server_is_retried_with_growing_waits(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, notify_settings: Settings
+) -> None:
+    settings = dataclasses.replace(notify_settings, notify_backoff_base=0.3, notify_backoff_max=5)
+    opened = await ch.open_channels(settings)
+    n = Notifier(pool, settings, opened.senders)
+    try:
+        smtp.refuse += ["451 4.3.0 try again later", "451 4.3.0 try again later"]
+        await _receipt(pool, world)
+        assert await n.run_until_idle() == 0
+        first = await _delivery(pool)
+        assert (first["status"], first["attempts"]) == ("pending", 1)
+        await _until(first["next_attempt_at"])
+        assert await n.run_until_idle() == 0
+        second = await _delivery(pool)
+        assert second["attempts"] == 2
+        await _until(second["next_attempt_at"])
+        assert await n.run_until_idle() == 1
+        done = await _delivery(pool)
+        assert (done["status"], done["attempts"], done["last_error"]) == ("sent", 3, None)
+        log = await pool.fetch("SELECT attempt, ok, at, detail FROM notify_attempts ORDER BY 1")
+        assert [(r["attempt"], r["ok"]) for r in log] == [(1, False), (2, False), (3, True)]
+        assert "451" in log[0]["detail"]
+        gaps = [(b["at"] - a["at"]).total_seconds() for a, b in itertools.pairwise(log)]
+        assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # base, then twice the base
+        assert len(smtp.messages) == 1
+    finally:
+        await opened.close()
+
+
+async def test_a_permanent_refusal_and_the_last_try_are_logged_as_failed(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, notify_settings: Settings
+) -> None:
+    settings = dataclasses.replace(notify_settings, notify_max_attempts=2)
+    opened = await ch.open_channels(settings)
+    n = Notifier(pool, settings, opened.senders)
+    try:
+        smtp.refuse.append("550 5.1.1 no such mailbox")
+        await _receipt(pool, world)
+        await n.run_until_idle()
+        row = await _delivery(pool)
+        assert (row["status"], row["attempts"]) == ("failed", 1)
+        assert "550" in row["last_error"]
+
+        await pool.execute("DELETE FROM notify_deliveries")
+        await pool.execute("DELETE FROM notify_jobs")
+        smtp.refuse += ["421 4.7.0 busy", "421 4.7.0 busy"]
+        await _receipt(pool, world)
+        await n.run_until_idle()
+        await _until((await _delivery(pool))["next_attempt_at"])
+        await n.run_until_idle()
+        row = await _delivery(pool)
+        assert (row["status"], row["attempts"]) == ("failed", 2)  # notify_max_attempts
+        assert smtp.messages == []
+    finally:
+        await opened.close()
+
+
+class _LoseTheCommit:
+    """Sends for real, then ends the notifier's database session before it can
+    commit: the provider has the message, our log does not know it."""
+
+    name = "email"
+
+    def __init__(self, real: ch.Channel, pool: asyncpg.Pool) -> None:
+        self.real = real
+        self.pool = pool
+        self.armed = True
+
+    async def send(self, msg: Message) -> str:
+        detail = await self.real.send(msg)
+        if self.armed:
+            self.armed = False
+            await self.pool.execute(
+                """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                   WHERE datname = current_database() AND state = 'idle in transaction'
+                     AND pid <> pg_backend_pid()"""
+            )
+        return detail
+
+
+async def test_a_lost_commit_after_the_server_took_the_mail_resends_the_same_message_id(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, notify_settings: Settings
+) -> None:
+    """The documented window of at-least-once delivery: no loss, and the
+    repeat is recognisable as the same message."""
+    opened = await ch.open_channels(notify_settings)
+    senders = dict(opened.senders)
+    senders["email"] = _LoseTheCommit(opened.senders["email"], pool)
+    n = Notifier(pool, notify_settings, senders)
+    try:
+        await _receipt(pool, world)
+        await n.plan_events()
+        await n.expand_jobs()
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await n.send_one()
+        assert len(smtp.messages) == 1
+        assert (await _delivery(pool))["status"] == "pending"  # the commit was lost
+        await wait_for(lambda: n.send_one())
+        assert len(smtp.messages) == 2
+        first, again = smtp.messages
+        assert first["Message-ID"] == again["Message-ID"]
+        assert (await _delivery(pool))["status"] == "sent"
+        assert await n.run_until_idle() == 0
+    finally:
+        await opened.close()
+
+
+async def _until(when: dt.datetime) -> None:
+    import asyncio
+
+    await asyncio.sleep(max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds()) + 0.05)
