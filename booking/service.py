@@ -154,18 +154,6 @@ async def record_event(
 
     ``extra`` goes to the outbox event only (secrets such as a fresh manage
     token must reach the notifier but never the audit table)."""
-    await conn.execute(
-        """INSERT INTO booking_events
-               (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
-           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)""",
-        row["id"],
-        row["clinic_id"],
-        event,
-        from_state,
-        row["status"],
-        actor_id,
-        detail or {},
-    )
     payload = event_payload(row)
     payload.update(
         event=event,
@@ -174,7 +162,24 @@ async def record_event(
         detail=detail or {},
         **(extra or {}),
     )
-    await outbox.emit(conn, f"booking.{row['status']}", payload)
+    # The history row rides with the outbox row: one round trip.
+    await outbox.emit(
+        conn,
+        f"booking.{row['status']}",
+        payload,
+        also="""INSERT INTO booking_events
+                    (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
+                VALUES ($4, $5, $6, $7, $8, $9, $10::jsonb)""",
+        args=(
+            row["id"],
+            row["clinic_id"],
+            event,
+            from_state,
+            row["status"],
+            actor_id,
+            detail or {},
+        ),
+    )
 
 
 # -- transitions ---------------------------------------------------------------
@@ -368,7 +373,9 @@ async def create_hold(
         # expiring them here frees their time at once rather than at the
         # next sweep.
         await expire_lapsed_holds(conn, now, doctor_id=doctor_id, skip_locked=False, refresh=False)
-        slot = await slots.is_offered(conn, doctor_id, consultation_type, starts_at, now)
+        slot = await slots.is_offered(
+            conn, doctor_id, consultation_type, starts_at, now, doctor=doctor
+        )
         if slot is None:
             raise await _taken_or_not_offered(conn, doctor_id, consultation_type, starts_at, now)
         lo, hi = slots.blocked(doctor, slot.start, slot.end)
@@ -402,7 +409,7 @@ async def create_hold(
             raise SlotTaken("this time was booked by someone else; pick another slot") from None
         assert row is not None
         await record_event(conn, row, "hold", None, actor_id=patient_id)
-        await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi))
+        await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi), doctor=doctor)
         return row
 
 

@@ -150,15 +150,22 @@ def build_availability(
 
 
 async def load_availability(
-    conn: asyncpg.Connection, doctor_id: UUID, *, lock: bool = False
+    conn: asyncpg.Connection,
+    doctor_id: UUID,
+    *,
+    lock: bool = False,
+    doctor: asyncpg.Record | None = None,
 ) -> tuple[asyncpg.Record, av.Availability]:
     """The doctors row and its availability; :class:`NotFound` if no such doctor.
 
     ``lock=True`` takes the doctor's row ``FOR UPDATE`` (serialises writers of
-    one doctor's schedule)."""
-    row = await conn.fetchrow(
-        "SELECT * FROM doctors WHERE id = $1" + (" FOR UPDATE" if lock else ""), doctor_id
-    )
+    one doctor's schedule). ``doctor``: the row, when the caller read it in
+    this transaction already (one round trip fewer)."""
+    row = doctor
+    if row is None:
+        row = await conn.fetchrow(
+            "SELECT * FROM doctors WHERE id = $1" + (" FOR UPDATE" if lock else ""), doctor_id
+        )
     if row is None:
         raise NotFound("no such doctor")
     rules = await conn.fetch(
@@ -218,13 +225,16 @@ async def free_slots(
     start: datetime,
     end: datetime,
     now: datetime,
+    *,
+    doctor: asyncpg.Record | None = None,
 ) -> list[av.Slot]:
     """Free slots of the doctor starting in ``[start, end)``, as of ``now``.
 
     Does not look at the doctor's status; callers decide who may see a
     draft's or a suspended doctor's slots. Raises 404 for an unknown doctor,
-    422 for an unknown or unoffered type or a bad range."""
-    _, availability = await load_availability(conn, doctor_id)
+    422 for an unknown or unoffered type or a bad range. ``doctor``: its row,
+    if the caller has it."""
+    _, availability = await load_availability(conn, doctor_id, doctor=doctor)
     return await _free(conn, doctor_id, availability, consultation_type, start, end, now)
 
 
@@ -252,13 +262,14 @@ async def is_offered(
     consultation_type: str,
     starts_at: datetime,
     now: datetime,
+    *,
+    doctor: asyncpg.Record | None = None,
 ) -> av.Slot | None:
     """The free slot starting exactly at ``starts_at``, or ``None`` if there is
     none now (off the grid, outside the windows, too soon, beyond the horizon,
-    or taken)."""
-    slots = await free_slots(
-        conn, doctor_id, consultation_type, starts_at, starts_at + timedelta(microseconds=1), now
-    )
+    or taken). ``doctor``: its row, if the caller has it."""
+    end = starts_at + timedelta(microseconds=1)
+    slots = await free_slots(conn, doctor_id, consultation_type, starts_at, end, now, doctor=doctor)
     for slot in slots:
         if slot.start == starts_at:
             return slot
@@ -305,6 +316,7 @@ async def refresh_next_free(
     *,
     changed: tuple[datetime, datetime] | None = None,
     occupied: bool = True,
+    doctor: asyncpg.Record | None = None,
 ) -> datetime | None:
     """Recompute and store ``doctors.next_free_at``; call after a change to
     the doctor's availability or bookings (inside that transaction).
@@ -312,13 +324,16 @@ async def refresh_next_free(
     ``changed`` is the blocked range a booking just took (``occupied``) or
     gave back. Most changes cannot move the earliest free slot: time taken
     that misses that slot's buffered range, or time given back after it.
-    Those skip the recomputation, which is the costliest part of a hold."""
+    Those skip the recomputation, which is the costliest part of a hold.
+    ``doctor``: the doctor's row as this transaction read it, if the caller
+    has it (its ``next_free_at`` and buffers decide the skip)."""
     if changed is not None:
-        doctor = await conn.fetchrow(
-            """SELECT next_free_at, buffer_before_min, buffer_after_min, slot_minutes
-               FROM doctors WHERE id = $1""",
-            doctor_id,
-        )
+        if doctor is None:
+            doctor = await conn.fetchrow(
+                """SELECT next_free_at, buffer_before_min, buffer_after_min, slot_minutes
+                   FROM doctors WHERE id = $1""",
+                doctor_id,
+            )
         if doctor is not None and not _may_move(doctor, changed, occupied, now):
             current: datetime | None = doctor["next_free_at"]
             return current

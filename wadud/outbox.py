@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -29,20 +30,32 @@ CHANNEL = "wadud_outbox"
 STREAM = "events"
 
 
-#: One round trip: the row, and the NOTIFY that wakes the relays at commit.
-_EMIT = f"""WITH e AS (INSERT INTO outbox (topic, payload, trace) VALUES ($1, $2::jsonb, $3::jsonb))
-            SELECT pg_notify('{CHANNEL}', '')"""
+#: The row, and the NOTIFY that wakes the relays at commit, in one statement.
+_EMIT = """INSERT INTO outbox (topic, payload, trace) VALUES ($1, $2::jsonb, $3::jsonb)"""
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
 
 
-async def emit(conn: asyncpg.Connection, topic: str, payload: dict[str, Any]) -> None:
+async def emit(
+    conn: asyncpg.Connection,
+    topic: str,
+    payload: dict[str, Any],
+    *,
+    also: str = "",
+    args: Sequence[Any] = (),
+) -> None:
     """Record ``payload`` for ``topic``; call inside the domain transaction.
-    With tracing on, the row keeps the current trace context, so publishing it
-    later continues this trace."""
+
+    ``also``: one more data-modifying statement (an INSERT of the change's
+    own history row, say) sent in the same round trip, its parameters
+    numbered from ``$4`` and given in ``args``. With tracing on, the row keeps
+    the current trace context, so publishing it later continues this trace."""
+    ctes = f"a AS ({also}), " if also else ""
+    query = f"WITH {ctes}e AS ({_EMIT}) {_NOTIFY}"
     if not tracing.enabled():
-        await conn.execute(_EMIT, topic, payload, None)
+        await conn.execute(query, topic, payload, None, *args)
         return
     with tracing.span(f"outbox emit {topic}", attributes={"messaging.destination.name": topic}):
-        await conn.execute(_EMIT, topic, payload, tracing.inject() or None)
+        await conn.execute(query, topic, payload, tracing.inject() or None, *args)
 
 
 class Relay:

@@ -32,7 +32,7 @@ from pydantic import Field, StringConstraints
 from booking.payments import checkout, service
 from booking.payments.errors import PaymentError
 from booking.payments.gateway import GatewayRegistry
-from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent
+from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
 from booking.payments.ledger import PAYOUTS_CLEARING, doctor_payable, payout
 from booking.payments.service import GATEWAYS, INTENT_COLUMNS
 from wadud import keys, outbox
@@ -367,15 +367,30 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
             expires_at=hold,
         )
         session = await gateway.create(intent)
+        # Handing the checkout out is the machine's ``redirect``: the intent is
+        # stored in the state that follows, with both lines of its history,
+        # in one round trip.
+        created = IntentState.REQUIRES_PAYMENT
+        handed_out = transition(created, IntentEvent.REDIRECT)
         try:
             row = await conn.fetchrow(
-                f"""INSERT INTO payment_intents
-                        (id, clinic_id, booking_id, patient_id, amount_minor, currency, gateway,
-                         gateway_ref, status, checkout_url, checkout_method, checkout_fields,
-                         return_url, expires_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'requires_payment', $9, $10,
-                            $11::jsonb, $12, $13)
-                    RETURNING {INTENT_COLUMNS}""",
+                f"""WITH i AS (
+                        INSERT INTO payment_intents
+                            (id, clinic_id, booking_id, patient_id, amount_minor, currency,
+                             gateway, gateway_ref, status, checkout_url, checkout_method,
+                             checkout_fields, return_url, expires_at)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $15, $9, $10,
+                                $11::jsonb, $12, $13)
+                        RETURNING {INTENT_COLUMNS}),
+                    e AS (
+                        INSERT INTO payment_events
+                            (payment_intent_id, clinic_id, event, from_state, to_state, detail)
+                        SELECT i.id, i.clinic_id, x.event, x.from_state, x.to_state, x.detail
+                        FROM i, (VALUES (1, 'create', NULL, $14, '{{}}'::jsonb),
+                                        (2, $16, $14, $15, $17::jsonb))
+                                AS x(n, event, from_state, to_state, detail)
+                        ORDER BY x.n)
+                    SELECT * FROM i""",
                 intent_id,
                 booking["clinic_id"],
                 booking_id,
@@ -389,13 +404,14 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
                 dict(session.fields),
                 return_url,
                 hold,
+                created.value,
+                handed_out.value,
+                IntentEvent.REDIRECT.value,
+                {"url": session.url},
             )
         except asyncpg.UniqueViolationError:
             raise Conflict("the gateway reused a payment reference; try again") from None
         assert row is not None
-        await service.record_intent_event(conn, row, "create", None, row["status"], {})
-        # Handing the checkout out is the machine's ``redirect``.
-        row = await service.move_intent(conn, row, IntentEvent.REDIRECT, {"url": session.url})
         await outbox.emit(conn, "payment.created", service.payment_payload(row))
     return _payment(row, me)
 

@@ -244,17 +244,22 @@ async def move_intent(
     row and a ``payment_events`` line record it. Extra columns in ``updates``."""
     before = IntentState(row["status"])
     after = transition(before, event)
+    args: list[Any] = [row["id"], after.value, event.value, before.value, dict(detail or {})]
     sets = ["status = $2", "updated_at = now()"]
-    args: list[Any] = [row["id"], after.value]
     for column, value in updates.items():
         args.append(value)
         sets.append(f"{column} = ${len(args)}")
+    # One round trip: the row and its payment_events line.
     new = await conn.fetchrow(
-        f"UPDATE payment_intents SET {', '.join(sets)} WHERE id = $1 RETURNING {INTENT_COLUMNS}",
+        f"""WITH u AS (UPDATE payment_intents SET {", ".join(sets)} WHERE id = $1
+                       RETURNING {INTENT_COLUMNS}),
+                 e AS (INSERT INTO payment_events
+                           (payment_intent_id, clinic_id, event, from_state, to_state, detail)
+                       SELECT id, clinic_id, $3, $4, $2, $5::jsonb FROM u)
+            SELECT * FROM u""",
         *args,
     )
     assert new is not None
-    await record_intent_event(conn, row, event.value, before.value, after.value, detail)
     return new
 
 
@@ -315,27 +320,30 @@ async def post_transaction(
     ``reference`` overrides ``txn.reference`` in the table (refunds: their own
     id). Call inside a transaction: the balance trigger runs at commit.
     """
-    try:
-        async with conn.transaction():
-            txn_id: UUID = await conn.fetchval(
-                """INSERT INTO ledger_transactions
-                       (clinic_id, kind, reference, payment_intent_id, booking_id)
-                   VALUES ($1, $2, $3, $4, $5) RETURNING id""",
-                clinic_id,
-                txn.kind,
-                reference or txn.reference,
-                payment_intent_id,
-                booking_id,
-            )
-    except asyncpg.UniqueViolationError:
-        raise DuplicatePosting(
-            f"{txn.kind} {reference or txn.reference} is posted already"
-        ) from None
-    await conn.executemany(
-        """INSERT INTO ledger_entries (transaction_id, clinic_id, account, amount_minor, currency)
-           VALUES ($1, $2, $3, $4, $5)""",
-        [(txn_id, clinic_id, e.account, e.amount_minor, e.currency.value) for e in txn.entries],
+    # One round trip, and no savepoint: a duplicate (kind, reference) inserts
+    # nothing (ON CONFLICT) rather than aborting the caller's transaction.
+    txn_id: UUID | None = await conn.fetchval(
+        """WITH t AS (INSERT INTO ledger_transactions
+                          (clinic_id, kind, reference, payment_intent_id, booking_id)
+                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING id),
+                e AS (INSERT INTO ledger_entries
+                          (transaction_id, clinic_id, account, amount_minor, currency)
+                      SELECT t.id, $1, x.account, x.amount_minor, x.currency
+                      FROM t, unnest($6::text[], $7::bigint[], $8::text[])
+                              WITH ORDINALITY AS x(account, amount_minor, currency, n)
+                      ORDER BY x.n)
+           SELECT id FROM t""",
+        clinic_id,
+        txn.kind,
+        reference or txn.reference,
+        payment_intent_id,
+        booking_id,
+        [e.account for e in txn.entries],
+        [e.amount_minor for e in txn.entries],
+        [e.currency.value for e in txn.entries],
     )
+    if txn_id is None:
+        raise DuplicatePosting(f"{txn.kind} {reference or txn.reference} is posted already")
     return txn_id
 
 
@@ -395,15 +403,19 @@ async def commission_for(
     conn: asyncpg.Connection, clinic_id: UUID, default_bp: int
 ) -> ledger.Commission:
     """The clinic's own commission, else its region's, else the configured default."""
-    row = await conn.fetchrow(
-        """SELECT c.commission_bp, c.commission_fixed_minor,
-                  r.commission_bp AS region_bp, r.commission_fixed_minor AS region_fixed
-           FROM clinics c LEFT JOIN region_commissions r ON r.region = c.region
-           WHERE c.id = $1""",
-        clinic_id,
-    )
+    row = await conn.fetchrow(f"SELECT {_COMMISSION} WHERE c.id = $1", clinic_id)
     if row is None:
         raise NotFound("no such clinic")
+    return _commission(row, default_bp)
+
+
+#: The clinic's and its region's commission (``FROM clinics c ...``).
+_COMMISSION = """c.commission_bp, c.commission_fixed_minor,
+       r.commission_bp AS region_bp, r.commission_fixed_minor AS region_fixed
+    FROM clinics c LEFT JOIN region_commissions r ON r.region = c.region"""
+
+
+def _commission(row: asyncpg.Record, default_bp: int) -> ledger.Commission:
     if row["commission_bp"] is not None:
         return ledger.Commission(row["commission_bp"], int(row["commission_fixed_minor"]))
     if row["region_bp"] is not None:
@@ -412,10 +424,15 @@ async def commission_for(
 
 
 async def _capture(conn: asyncpg.Connection, row: asyncpg.Record, default_bp: int) -> UUID:
-    doctor_id = await conn.fetchval(
-        "SELECT doctor_id FROM bookings WHERE id = $1", row["booking_id"]
+    found = await conn.fetchrow(
+        f"""SELECT b.doctor_id, {_COMMISSION}
+            JOIN bookings b ON b.id = $2 WHERE c.id = $1""",
+        row["clinic_id"],
+        row["booking_id"],
     )
-    commission = await commission_for(conn, row["clinic_id"], default_bp)
+    if found is None:
+        raise NotFound("no such clinic")
+    doctor_id, commission = found["doctor_id"], _commission(found, default_bp)
     txn = ledger.capture(
         ledger.CapturedPayment(
             payment_id=str(row["id"]),
@@ -708,6 +725,17 @@ def _transition_booking() -> TransitionBooking:
     return found or _fallback_transition_booking
 
 
+def _apply_booking_event() -> TransitionBooking | None:
+    """``booking.service.apply_event`` (a transition on a row locked already),
+    when the bookings module is there."""
+    try:
+        from booking import service
+    except ImportError:  # pragma: no cover - payments ships with booking
+        return None
+    found: TransitionBooking | None = getattr(service, "apply_event", None)
+    return found
+
+
 async def _fallback_transition_booking(
     conn: asyncpg.Connection,
     booking_id: UUID,
@@ -754,12 +782,30 @@ async def _fallback_transition_booking(
 async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str | None:
     """Move the paid booking from held to requested; return why not, if not."""
     booking = await conn.fetchrow(
-        "SELECT status FROM bookings WHERE id = $1 FOR UPDATE", row["booking_id"]
+        "SELECT * FROM bookings WHERE id = $1 FOR UPDATE", row["booking_id"]
     )
     if booking is None:  # pragma: no cover - a foreign key guarantees it
         return "the booking is gone"
     if booking["status"] != lifecycle.State.HELD.value:
         return f"the booking is {booking['status']}, no longer held for payment"
+    apply = _apply_booking_event()
+    if apply is not None:
+        # The row is locked and held, and held -> requested is in the table
+        # (the pure core refuses before any statement): nothing can refuse
+        # half way, so no savepoint; an unexpected database error aborts the
+        # whole payment transaction, as it should.
+        try:
+            lifecycle.transition(lifecycle.State.HELD, lifecycle.Event.CONFIRM_PAYMENT)
+        except WadudError as exc:  # pragma: no cover - the table allows it
+            return f"the booking could not be confirmed: {exc}"
+        await apply(
+            conn,
+            booking,
+            lifecycle.Event.CONFIRM_PAYMENT,
+            actor_id=None,
+            detail={"payment_id": str(row["id"])},
+        )
+        return None
     try:
         # A savepoint: a refusal must not abort the payment's transaction.
         async with conn.transaction():
