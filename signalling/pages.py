@@ -8,6 +8,7 @@
 * ``GET /demo`` and ``POST /api/v1/calls/demo`` (only with ``call_demo``): a
   page that makes a throwaway room and hands out a doctor and a patient link,
   so a newcomer can hold a call in two tabs.
+* The consultation's chat for the call page, by room token: signalling/callchat.py.
 
 Clinics embed the call page in their own sites, so it may be framed by any
 origin (``frame-ancestors``) and delegates camera, microphone and screen
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from signalling import callchat
 from wadud import keys
 from wadud.api import ApiModel, Call, Routes
 from wadud.auth import RoomGrant, issue_room_token
@@ -184,6 +186,7 @@ def install(app: web.Application) -> None:
     app.router.add_get("/static/call/{name}", pages.asset, name="call-asset")
     app.router.add_get("/demo", pages.demo_page, name="call-demo")
     routes.install(app)
+    callchat.install(app)
     if settings.call_demo:
         app[keys.EXTRAS].setdefault("index_links", []).append(
             ("/demo", "Try a video call: make a demo room and open its two links")

@@ -1,6 +1,21 @@
 // The call page, /call/<room>?token=...: a device check, then the call
 // (or the waiting room), then an end screen. All protocol work is in
-// wadud-call.js; this file only turns its state and events into the page.
+// wadud-call.js (and consult-chat.js for the chat); this file only turns
+// their state and events into a telehealth visit:
+//
+// * 1:1: the other person fills the stage, your own preview is small in a
+//   corner; a shared screen takes the stage whole; three or more: a grid.
+//   Video is never cropped (letterboxed), so nothing at its edge is lost.
+// * People are shown by name, never by id; a link without a name (an
+//   anonymous patient) asks for one before joining.
+// * The doctor hears a short tone, sees the count in the tab title and a
+//   toast with Admit/Deny when someone waits.
+// * Connection bars on each tile, a note when the server paused a video for
+//   a weak link, an "Audio only" switch, and the consultation's chat beside
+//   the video (a slide-over panel on a phone) with an unread badge.
+//
+// Page options (query string, kept after the token is taken out):
+// `simulcast=1` publishes the camera as three layers (captured at 1280x720).
 //
 // For tests and embedders: `window.wadudCall` is the WadudCall once joining
 // starts (see its stats()), and a page that frames this one receives
@@ -8,21 +23,39 @@
 // {source: 'wadud-call', type: 'media', reason} when media reconnects.
 
 import { WadudCall } from './wadud-call.js';
+import { ConsultChat } from './consult-chat.js';
 
 const $ = (id) => document.getElementById(id);
 const room = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
 const token = takeToken();
 const claims = readClaims(token);
+const options = new URLSearchParams(location.search);
+const SIMULCAST = options.get('simulcast') === '1';
+const BASE_TITLE = document.title;
 
-const VIDEO = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } };
+// With simulcast Chrome sends three layers only from 960x540 up.
+const VIDEO = SIMULCAST
+  ? { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 24 } }
+  : { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } };
 const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+// Who someone is when their link carries no name: a role, never an id.
+const ROLE_NAMES = { doctor: 'Doctor', patient: 'Patient', staff: 'Clinic staff', family: 'Family member', interpreter: 'Interpreter' };
+const QUALITY_WORDS = { excellent: 'excellent', good: 'good', poor: 'poor', lost: 'lost' };
+const WIDE = window.matchMedia('(min-width: 721px)');
 
 let call = null;
+let chat = null;
 let camera = null; // local camera track, null while the camera is off
 let microphone = null;
 let wantCamera = true;
 let wantMic = true;
 let meter = null;
+let typedName = '';
+let audioOnly = false;
+let cameraBeforeAudioOnly = false;
+let alertSound = null; // an AudioContext made on the Join click (a user gesture)
+let seenWaiting = new Set();
+let side = { open: false, tab: 'chat' };
 const tiles = new Map(); // participant id (or "<id>:screen") -> tile
 
 // ---- the token ------------------------------------------------------------
@@ -55,6 +88,10 @@ function readClaims(jwt) {
   } catch (_) {
     return null;
   }
+}
+
+function roleName(role) {
+  return ROLE_NAMES[role] || 'Guest';
 }
 
 // ---- screens ----------------------------------------------------------------
@@ -96,6 +133,9 @@ function showEnded(state, reason) {
   const final = state === 'denied' || state === 'ended' || (call && call.refusal && call.refusal.code !== 'room-full');
   $('rejoin').hidden = !token || final;
   stopLocal();
+  if (chat) chat.close();
+  hideAlert();
+  document.title = BASE_TITLE;
   show('ended');
 }
 
@@ -109,10 +149,22 @@ function tellParent(state, reason) {
 
 async function prejoin() {
   show('prejoin');
-  const who = claims ? `${claims.name || claims.sub} (${claims.role || 'guest'})` : '';
-  $('who').textContent = who ? `Joining as ${who}` : '';
+  const named = Boolean(claims && claims.name);
+  const role = claims ? roleName(claims.role) : '';
+  $('who').textContent = claims ? (named ? `Joining as ${claims.name} (${role.toLowerCase()})` : `Joining as a ${role.toLowerCase()}`) : '';
   if (claims && claims.exp && claims.exp * 1000 < Date.now()) {
     $('who').textContent += ' · this link has expired; ask for a new one';
+  }
+  // A link without a name (an anonymous patient): ask, so nobody is shown
+  // as a number.
+  if (claims && !named) {
+    $('name-form').hidden = false;
+    const input = $('display-name');
+    try { input.value = sessionStorage.getItem(`wadud-call-name:${room}`) || ''; } catch (_) { /* blocked */ }
+    const sync = () => { $('join').disabled = !input.value.trim(); };
+    input.oninput = sync;
+    sync();
+    $('name-form').onsubmit = (e) => { e.preventDefault(); if (!$('join').disabled) join(); };
   }
   await openDevices({ audio: AUDIO, video: VIDEO });
   await listDevices();
@@ -224,9 +276,16 @@ function stopLocal() {
 // ---- joining ----------------------------------------------------------------
 
 async function join() {
+  if (!$('name-form').hidden) {
+    typedName = $('display-name').value.trim().slice(0, 64);
+    if (!typedName) return $('display-name').focus();
+    try { sessionStorage.setItem(`wadud-call-name:${room}`, typedName); } catch (_) { /* blocked */ }
+  }
   $('join').disabled = true;
   stopMeter();
-  call = new WadudCall({ token, room });
+  // Made on this click, so the waiting-room tone may play later.
+  try { alertSound = new AudioContext(); } catch (_) { alertSound = null; }
+  call = new WadudCall({ token, room, simulcast: SIMULCAST, name: typedName || null });
   window.wadudCall = call;
   call.addEventListener('state', (e) => onState(e.detail));
   call.addEventListener('participantjoined', (e) => addPerson(e.detail.participant));
@@ -235,7 +294,10 @@ async function join() {
   call.addEventListener('trackremoved', (e) => removeTrack(e.detail));
   call.addEventListener('trackmuted', (e) => onMuted(e.detail));
   call.addEventListener('activespeaker', (e) => onSpeaker(e.detail.participant_id));
-  call.addEventListener('waiting', renderAdmin);
+  call.addEventListener('waiting', onWaiting);
+  call.addEventListener('quality', (e) => showQuality(e.detail.participant_id, e.detail.quality));
+  call.addEventListener('trackpaused', (e) => onPaused(e.detail));
+  call.addEventListener('views', () => scheduleViews());
   call.addEventListener('roomsettings', (e) => { $('require-admission').checked = e.detail.require_admission; });
   call.addEventListener('error', (e) => toast(e.detail.message || e.detail.code));
   call.addEventListener('mediareconnect', (e) => {
@@ -268,28 +330,53 @@ function enterCall() {
   show('incall');
   if (entered) return renderAdmin();
   entered = true;
-  const self = tile(call.me.id, `${call.me.name || 'You'} (you)`);
+  const self = tile(call.me.id, `${myName()} (you)`);
   self.el.classList.add('self');
   self.video.muted = true;
   if (camera) self.stream.addTrack(camera);
   self.video.srcObject = self.stream;
   self.el.classList.toggle('video-off', !camera);
   for (const p of call.participants.values()) addPerson(p);
+  for (const button of document.querySelectorAll('#controls button[data-icon]')) decorate(button);
   pressed($('mic'), wantMic && Boolean(microphone), 'Mute', 'Unmute');
   pressed($('cam'), Boolean(camera), 'Stop video', 'Start video');
   $('mic').disabled = !microphone;
   $('mic').onclick = toggleMic;
   $('cam').onclick = toggleCamera;
+  $('audio-only').onclick = toggleAudioOnly;
   $('screen').onclick = toggleScreen;
-  $('screen').hidden = !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
+  $('screen').hidden = !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia) || !WIDE.matches;
   $('leave').onclick = () => call.leave();
   $('waiting-leave').onclick = () => call.leave();
-  $('admin').hidden = !(call.me.grants && call.me.grants.admin);
+  const admin = isAdmin();
+  $('open-people').hidden = !admin;
+  $('tab-people').hidden = !admin;
   $('end').onclick = () => {
     if (confirmEnd()) call.end().catch((e) => toast(e.message));
   };
   $('require-admission').onchange = (e) => call.setRequireAdmission(e.target.checked).catch((err) => toast(err.message));
+  $('alert-admit').onclick = () => answerAlert('admit');
+  $('alert-deny').onclick = () => answerAlert('deny');
+  setupSide();
+  startChat();
+  new ResizeObserver(() => { layout(); }).observe($('grid'));
+  document.addEventListener('visibilitychange', scheduleViews);
+  WIDE.addEventListener('change', () => {
+    // Narrowed to a phone's width: the panel would cover the video.
+    if (!WIDE.matches && side.open) closeSide();
+    $('screen').hidden = !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia) || !WIDE.matches;
+    layout();
+  });
   renderAdmin();
+  layout();
+}
+
+function isAdmin() {
+  return Boolean(call && call.me && call.me.grants && call.me.grants.admin);
+}
+
+function myName() {
+  return (call.me && call.me.name) || typedName || roleName(call.me && call.me.role);
 }
 
 function confirmEnd() {
@@ -298,6 +385,34 @@ function confirmEnd() {
 }
 
 // ---- controls -----------------------------------------------------------------
+
+// Icons are drawn here, so a button's text stays exactly its label.
+const ICONS = {
+  mic: 'M12 3a3 3 0 0 0-3 3v6a3 3 0 0 0 6 0V6a3 3 0 0 0-3-3zM5 11a7 7 0 0 0 14 0M12 18v3',
+  cam: 'M3 7h12v10H3zM15 10l6-3v10l-6-3',
+  audio: 'M4 14v-2a8 8 0 0 1 16 0v2M4 14h3v6H4zM17 14h3v6h-3z',
+  screen: 'M3 4h18v12H3zM8 20h8M12 16v4',
+  chat: 'M4 5h16v11H9l-5 4z',
+  people: 'M9 11a3 3 0 1 0 0-6 3 3 0 0 0 0 6zM3 20a6 6 0 0 1 12 0M16 5a3 3 0 0 1 0 6M17 14a5 5 0 0 1 4 6',
+  leave: 'M10 17l-5-5 5-5M5 12h11M14 4h5v16h-5',
+};
+
+function decorate(button) {
+  if (button.querySelector('svg')) return;
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  const path = document.createElementNS('http://www.w3.org/2000/svg', 'path');
+  path.setAttribute('d', ICONS[button.dataset.icon]);
+  svg.append(path);
+  const label = document.createElement('span');
+  label.className = 'label';
+  // The first text node is the label; a badge span stays where it is.
+  const text = [...button.childNodes].find((n) => n.nodeType === Node.TEXT_NODE);
+  label.textContent = text ? text.textContent.trim() : '';
+  if (text) text.remove();
+  button.prepend(svg, label);
+}
 
 async function toggleMic() {
   wantMic = !wantMic;
@@ -328,6 +443,26 @@ async function toggleCamera() {
   pressed($('cam'), Boolean(camera), 'Stop video', 'Start video');
 }
 
+// Audio only: for a weak or metered link. We stop sending video (the camera
+// goes off) and the server stops sending us any; turning it off brings the
+// camera back if it was on.
+async function toggleAudioOnly() {
+  audioOnly = !audioOnly;
+  pressed($('audio-only'), audioOnly, 'Audio only', 'Audio only');
+  document.body.classList.toggle('audio-only', audioOnly);
+  if (audioOnly) {
+    cameraBeforeAudioOnly = Boolean(camera);
+    if (camera) await toggleCamera();
+  } else if (cameraBeforeAudioOnly && !camera) {
+    await toggleCamera();
+  }
+  $('cam').disabled = audioOnly;
+  call.setAudioOnly(audioOnly);
+  for (const t of tiles.values()) if (!t.el.classList.contains('self')) setNote(t);
+  scheduleViews();
+  toast(audioOnly ? 'Audio only: video is off both ways' : 'Video is back on');
+}
+
 async function toggleScreen() {
   if (call.localTracks.has('screen')) return stopScreen();
   let stream;
@@ -352,10 +487,11 @@ async function stopScreen() {
 
 function pressed(button, on, textOn, textOff) {
   button.setAttribute('aria-pressed', String(on));
-  button.textContent = on ? textOn : textOff;
+  const label = button.querySelector('.label');
+  (label || button).textContent = on ? textOn : textOff;
 }
 
-// ---- the grid -----------------------------------------------------------------
+// ---- the stage ----------------------------------------------------------------
 
 function tile(key, label) {
   let t = tiles.get(key);
@@ -363,6 +499,7 @@ function tile(key, label) {
   const el = document.createElement('figure');
   el.className = 'tile video-off';
   el.dataset.key = key;
+  if (key.endsWith(':screen')) el.classList.add('screen');
   const video = document.createElement('video');
   video.autoplay = true;
   video.playsInline = true;
@@ -370,13 +507,27 @@ function tile(key, label) {
   caption.textContent = label;
   const initials = document.createElement('div');
   initials.className = 'placeholder';
-  initials.textContent = label.split(/\s+/).map((w) => w[0] || '').join('').slice(0, 2).toUpperCase();
-  el.append(video, initials, caption);
+  initials.textContent = initialsOf(label);
+  const bars = document.createElement('div');
+  bars.className = 'bars';
+  bars.dataset.quality = 'unknown';
+  bars.setAttribute('role', 'img');
+  bars.append(...[1, 2, 3, 4].map(() => document.createElement('i')));
+  const note = document.createElement('div');
+  note.className = 'note';
+  note.hidden = true;
+  el.append(video, initials, bars, note, caption);
   $('grid').append(el);
-  t = { el, video, stream: new MediaStream(), caption };
+  t = { el, video, stream: new MediaStream(), caption, bars, note, initials };
   tiles.set(key, t);
+  const pid = key.split(':')[0];
+  if (call && call.quality.has(pid) && !key.endsWith(':screen')) showQuality(pid, call.quality.get(pid));
   layout();
   return t;
+}
+
+function initialsOf(label) {
+  return label.replace(/\(.*?\)/g, '').trim().split(/\s+/).map((w) => w[0] || '').join('').slice(0, 2).toUpperCase();
 }
 
 function removeTile(key) {
@@ -388,21 +539,69 @@ function removeTile(key) {
   layout();
 }
 
+// Which tile goes where. 1:1 and a shared screen: "focus" (one tile fills
+// the stage, your preview in a corner, any others in a strip); alone:
+// your own preview; three or more: a grid sized so 16:9 pictures come out
+// as large as the stage allows.
 function layout() {
-  const n = Math.max(1, tiles.size);
+  if (!call || !call.me) return;
+  const self = tiles.get(call.me.id);
+  const others = [...tiles.values()].filter((t) => t !== self);
+  const screens = others.filter((t) => t.el.classList.contains('screen'));
+  const cameras = others.filter((t) => !t.el.classList.contains('screen'));
+  for (const t of tiles.values()) {
+    t.el.classList.remove('main', 'pip', 'strip');
+    t.el.style.removeProperty('--slot');
+  }
   const grid = $('grid');
-  grid.style.setProperty('--cols', String(Math.ceil(Math.sqrt(n))));
+  let mode;
+  if (!others.length) {
+    mode = 'solo';
+  } else if (screens.length || cameras.length === 1) {
+    mode = 'focus';
+    const main = screens[0] || cameras[0];
+    main.el.classList.add('main');
+    if (self) self.el.classList.add('pip');
+    others.filter((t) => t !== main).forEach((t, i) => {
+      t.el.classList.add('strip');
+      t.el.style.setProperty('--slot', String(i));
+    });
+  } else {
+    mode = 'grid';
+  }
+  document.body.dataset.layout = mode;
+  $('alone').hidden = mode !== 'solo';
+  // Others first, you last, in the order they came.
+  const order = mode === 'grid' ? [...cameras, ...screens, self] : [...others, self];
+  for (const t of order) if (t && t.el.parentNode === grid && grid.lastElementChild !== t.el) grid.append(t.el);
+  const n = mode === 'grid' ? order.filter(Boolean).length : 1;
+  grid.style.setProperty('--cols', String(bestColumns(n, grid.clientWidth, grid.clientHeight)));
+  scheduleViews();
+}
+
+function bestColumns(n, width, height) {
+  let best = 1;
+  let bestArea = 0;
+  for (let cols = 1; cols <= n; cols += 1) {
+    const rows = Math.ceil(n / cols);
+    const w = width / cols;
+    const h = height / rows;
+    const fit = Math.min(w, (h * 16) / 9); // a 16:9 picture's width in that cell
+    if (fit > bestArea + 1) { best = cols; bestArea = fit; }
+  }
+  return best;
 }
 
 function personLabel(id) {
   const p = call.participants.get(id);
-  return p ? p.name || p.identity : 'Guest';
+  return p ? p.name || roleName(p.role) : 'Guest';
 }
 
 function addPerson(p) {
   if (!entered || p.id === call.me.id) return;
   tile(p.id, personLabel(p.id));
   renderAdmin();
+  if (chat) chat.rename();
 }
 
 function removePerson(p) {
@@ -423,6 +622,8 @@ function addTrack(info) {
   if (info.kind === 'video') t.el.classList.toggle('video-off', Boolean(info.muted));
   if (info.kind === 'audio') t.el.classList.toggle('audio-off', Boolean(info.muted));
   t.el.dataset[`${info.kind}Track`] = info.track_id;
+  if (info.kind === 'video' && info.paused) onPaused({ track_id: info.track_id, paused: true, reason: info.paused });
+  scheduleViews();
 }
 
 function removeTrack({ track_id: trackId }) {
@@ -431,7 +632,11 @@ function removeTrack({ track_id: trackId }) {
       if (t.el.dataset[`${kind}Track`] !== trackId) continue;
       delete t.el.dataset[`${kind}Track`];
       for (const old of t.stream.getTracks()) if (old.kind === kind) t.stream.removeTrack(old);
-      if (kind === 'video') t.el.classList.add('video-off');
+      if (kind === 'video') {
+        t.el.classList.add('video-off');
+        t.el.classList.remove('paused');
+        setNote(t);
+      }
       if (key.endsWith(':screen') && !t.stream.getTracks().length) removeTile(key);
     }
   }
@@ -458,12 +663,132 @@ function onSpeaker(id) {
   for (const [key, t] of tiles) t.el.classList.toggle('speaking', id !== null && key === id);
 }
 
+// ---- weak networks: quality bars, paused video, what we show ----------------
+
+function showQuality(participantId, quality) {
+  const t = tiles.get(participantId);
+  if (!t) return;
+  const word = QUALITY_WORDS[quality] || 'unknown';
+  t.bars.dataset.quality = word;
+  t.bars.setAttribute('aria-label', `Connection: ${word}`);
+  t.bars.title = `Connection: ${word}`;
+}
+
+function onPaused({ track_id: trackId, paused, reason }) {
+  for (const t of tiles.values()) {
+    if (t.el.dataset.videoTrack !== trackId) continue;
+    // Hidden tiles are paused because nobody sees them: nothing to say.
+    t.el.classList.toggle('paused', Boolean(paused) && reason !== 'hidden');
+    t.pausedFor = paused ? reason : null;
+    setNote(t);
+  }
+}
+
+function setNote(t) {
+  let text = '';
+  if (audioOnly) text = 'Audio only';
+  else if (t.pausedFor === 'bandwidth') text = 'Video paused: weak connection';
+  t.note.textContent = text;
+  t.note.hidden = !text;
+}
+
+// Tell the server how large each remote video is shown, so it sends the
+// layer that fits (and nothing to a hidden one); debounced.
+let viewsTimer = null;
+function scheduleViews() {
+  clearTimeout(viewsTimer);
+  viewsTimer = setTimeout(reportViews, 300);
+}
+
+function reportViews() {
+  if (!call || call.state !== 'joined') return;
+  const dpr = window.devicePixelRatio || 1;
+  const pageVisible = document.visibilityState === 'visible';
+  for (const r of call.remoteTracks.values()) {
+    if (r.kind !== 'video') continue;
+    let best = null;
+    for (const t of tiles.values()) {
+      if (t.el.dataset.videoTrack !== r.track_id) continue;
+      const box = t.video.getBoundingClientRect();
+      if (!best || box.width * box.height > best.width * best.height) best = box;
+    }
+    const width = best ? best.width * dpr : 0;
+    const height = best ? best.height * dpr : 0;
+    call.setView(r.track_id, { width, height, visible: pageVisible && !audioOnly && width > 0 && height > 0 });
+  }
+}
+
 // ---- admin: the waiting room and the people in the call --------------------
 
+// Someone new waits: a short tone, the count in the tab title (seen from
+// another tab), and a toast with Admit and Deny.
+function onWaiting() {
+  renderAdmin();
+  const waiting = call.waiting;
+  const fresh = waiting.filter((p) => !seenWaiting.has(p.id));
+  seenWaiting = new Set(waiting.map((p) => p.id));
+  document.title = waiting.length ? `(${waiting.length}) waiting - ${BASE_TITLE}` : BASE_TITLE;
+  const badge = $('waiting-badge');
+  badge.textContent = String(waiting.length);
+  badge.hidden = !waiting.length;
+  if (fresh.length) {
+    beep();
+    showAlert(fresh[fresh.length - 1]);
+  } else if (alertFor && !waiting.some((p) => p.id === alertFor.id)) {
+    // Whoever the toast named was let in or left; name the next one.
+    if (waiting.length) showAlert(waiting[waiting.length - 1]);
+    else hideAlert();
+  }
+}
+
+let alertFor = null;
+function showAlert(person) {
+  if (!isAdmin()) return;
+  alertFor = person;
+  const name = person.name || roleName(person.role);
+  const more = call.waiting.length - 1;
+  $('alert-text').textContent = more > 0
+    ? `${name} and ${more} more ${more === 1 ? 'is' : 'are'} waiting to join`
+    : `${name} is waiting to join`;
+  $('alert').hidden = false;
+  document.body.dataset.alert = '1';
+}
+
+function hideAlert() {
+  alertFor = null;
+  $('alert').hidden = true;
+  delete document.body.dataset.alert;
+}
+
+function answerAlert(action) {
+  const person = alertFor;
+  hideAlert();
+  if (person) call[action](person.id).catch((e) => toast(e.message));
+}
+
+function beep() {
+  const ctx = alertSound;
+  if (!ctx) return;
+  document.body.dataset.beeps = String(Number(document.body.dataset.beeps || 0) + 1);
+  ctx.resume().catch(() => {});
+  const start = ctx.currentTime + 0.01;
+  for (const [at, freq] of [[0, 880], [0.18, 660]]) {
+    const osc = ctx.createOscillator();
+    const gain = ctx.createGain();
+    osc.frequency.value = freq;
+    gain.gain.setValueAtTime(0.0001, start + at);
+    gain.gain.exponentialRampToValueAtTime(0.2, start + at + 0.02);
+    gain.gain.exponentialRampToValueAtTime(0.0001, start + at + 0.15);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start(start + at);
+    osc.stop(start + at + 0.16);
+  }
+}
+
 function renderAdmin() {
-  if (!call || !call.me || !(call.me.grants && call.me.grants.admin)) return;
+  if (!isAdmin()) return;
   const waitingList = $('waiting-list');
-  waitingList.replaceChildren(...call.waiting.map((p) => item(p.name || p.identity, [
+  waitingList.replaceChildren(...call.waiting.map((p) => item(p.name || roleName(p.role), [
     ['Admit', () => call.admit(p.id)],
     ['Deny', () => call.deny(p.id)],
   ])));
@@ -473,7 +798,7 @@ function renderAdmin() {
     const actions = [];
     if (mic && !mic.muted) actions.push(['Mute', () => call.muteTrack(mic.track_id, true)]);
     actions.push(['Remove', () => call.remove(p.id)]);
-    return item(`${p.name || p.identity} · ${p.role}`, actions);
+    return item(`${p.name || roleName(p.role)} · ${roleName(p.role).toLowerCase()}`, actions);
   }));
 }
 
@@ -497,6 +822,87 @@ function note(text) {
   li.className = 'muted';
   li.textContent = text;
   return li;
+}
+
+// ---- the side panel: chat and people ------------------------------------------
+
+function setupSide() {
+  $('open-chat').onclick = () => toggleSide('chat');
+  $('open-people').onclick = () => toggleSide('people');
+  $('tab-chat').onclick = () => openSide('chat');
+  $('tab-people').onclick = () => openSide('people');
+  $('side-close').onclick = closeSide;
+  // Wide screens start with the chat (or the doctor's people list) open
+  // beside the video; phones start with the video alone.
+  const first = hasChat() ? 'chat' : (isAdmin() ? 'people' : null);
+  if (first && WIDE.matches) openSide(first);
+  else renderSide();
+}
+
+function hasChat() {
+  return Boolean(claims && claims.booking && claims.booking.id);
+}
+
+function toggleSide(tab) {
+  if (side.open && side.tab === tab) closeSide();
+  else openSide(tab);
+}
+
+function openSide(tab) {
+  side = { open: true, tab };
+  renderSide();
+}
+
+function closeSide() {
+  side = { open: false, tab: side.tab };
+  renderSide();
+}
+
+function renderSide() {
+  const chatOn = hasChat() && !(chat && chat.unavailable);
+  if (side.tab === 'chat' && !chatOn) side.tab = 'people';
+  if (side.tab === 'people' && !isAdmin()) side.open = false;
+  $('side').hidden = !side.open;
+  $('tab-chat').hidden = !chatOn;
+  $('open-chat').hidden = !chatOn;
+  $('chat').hidden = side.tab !== 'chat';
+  $('admin').hidden = side.tab !== 'people';
+  $('tab-chat').setAttribute('aria-selected', String(side.tab === 'chat'));
+  $('tab-people').setAttribute('aria-selected', String(side.tab === 'people'));
+  $('open-chat').setAttribute('aria-expanded', String(side.open && side.tab === 'chat'));
+  $('open-people').setAttribute('aria-expanded', String(side.open && side.tab === 'people'));
+  if (chat) chat.setVisible(side.open && side.tab === 'chat');
+  layout();
+}
+
+function startChat() {
+  if (!hasChat()) return;
+  chat = new ConsultChat({
+    token,
+    log: $('chat-log'),
+    note: $('chat-note'),
+    form: $('chat-form'),
+    input: $('chat-input'),
+    nameOf: senderName,
+    onUnread: (n) => {
+      const badge = $('unread');
+      badge.textContent = n > 9 ? '9+' : String(n);
+      badge.hidden = n === 0;
+      $('open-chat').setAttribute('aria-label', n ? `Chat, ${n} unread` : 'Chat');
+    },
+    onUnavailable: () => renderSide(),
+  });
+  window.wadudChat = chat;
+  chat.setVisible(side.open && side.tab === 'chat');
+  chat.start();
+}
+
+// A chat sender by name: the people in the call are the booking's people
+// (their room identity is their user id); anyone else by role.
+function senderName(userId, mine) {
+  if (mine) return 'You';
+  for (const p of call.participants.values()) if (p.identity === userId) return p.name || roleName(p.role);
+  return 'Clinic';
 }
 
 // ---- start ------------------------------------------------------------------

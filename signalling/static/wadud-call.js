@@ -23,7 +23,19 @@
 //   waiting            {waiting}         (admins) who waits to be admitted
 //   roomsettings       {require_admission}
 //   connection         {transport, state} a peer connection's connectionState
+//   quality            {participant_id, quality} excellent | good | poor | lost
+//   trackpaused        {track_id, paused, reason} the server stopped (or
+//                      resumed) sending us that video: bandwidth | hidden |
+//                      audio_only
+//   encodings          {track_id, encodings} which simulcast layers of our
+//                      own track the server asked us to send (applied)
 //   error              {code, message}   a request failed or a frame was odd
+//
+// Options: `simulcast` publishes the camera as three layers (rid q, h, f at
+// 1/4, 1/2 and full resolution); `name` is the display name sent with
+// `join`, used only when the token names nobody (an anonymous patient).
+// The page tells the server what it shows with setView() and audio only
+// with setAudioOnly().
 //
 // After a refusal (`state` failed or ended), `refusal` holds the error
 // frame's {code, message}: unauthorized, forbidden, room-full, ...
@@ -37,6 +49,13 @@ const FINAL_CLOSES = {
 // Reconnect this long after a dropped socket; the server keeps us in the
 // room for `call_resume_grace` (20 s by default).
 const RESUME_FOR_MS = 30000;
+// The camera as three simulcast layers, lowest first (Chrome sends all three
+// from a 960x540 capture up; the page captures 1280x720 with simulcast on).
+export const SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+];
 
 export class WadudCallError extends Error {
   constructor(code, message, frame) {
@@ -51,9 +70,14 @@ export class WadudCall extends EventTarget {
   // token: the room token. room: the room named in the page's URL; the
   // server then refuses a token for another room. url: the /ws endpoint
   // (default: this page's server). rtcConfig: extra RTCPeerConnection settings.
-  constructor({ token, room = null, url = null, rtcConfig = {} }) {
+  constructor({ token, room = null, url = null, rtcConfig = {}, simulcast = false, name = null }) {
     super();
     this.token = token;
+    this.simulcast = simulcast;
+    this.name = name;
+    this.quality = new Map(); // participant id -> excellent | good | poor | lost
+    this.audioOnly = false;
+    this._views = new Map(); // track_id -> last track_view sent, as JSON
     this.room = room;
     this.url = url || defaultUrl(room);
     this.rtcConfig = rtcConfig;
@@ -112,6 +136,7 @@ export class WadudCall extends EventTarget {
     ws.onopen = () => {
       const frame = { type: 'join', token: this.token };
       if (resume) frame.resume = resume;
+      if (this.name) frame.name = this.name;
       this._send(frame, 'join');
     };
     ws.onmessage = (e) => this._onFrame(e.data);
@@ -177,6 +202,15 @@ export class WadudCall extends EventTarget {
       const id = this._send({ type, ...fields }, type);
       this._pending.set(id, { resolve, reject, type });
     });
+  }
+
+  // Send a frame whose answer (if any) nobody waits for: track_view, and
+  // audio_only. Silently skipped while disconnected: the state is sent again
+  // after a resume.
+  notify(type, fields = {}) {
+    if (!this._ws || this._ws.readyState !== WebSocket.OPEN || this.state !== 'joined') return false;
+    this._send({ type, ...fields }, type);
+    return true;
   }
 
   _send(frame, what) {
@@ -248,6 +282,10 @@ export class WadudCall extends EventTarget {
     this._watch((f.ping_interval || 15) * 1000);
     this._setState('joined');
     this._settleJoin('joined');
+    // A new connection knows nothing of what we showed: tell it again.
+    this._views.clear();
+    if (this.audioOnly) this.notify('audio_only', { enabled: true });
+    this._emit('views', {});
     // Whoever is speaking as we arrive: later changes come as events.
     if ((f.active_speaker || null) !== this.activeSpeaker) {
       this._on_active_speaker({ participant_id: f.active_speaker || null });
@@ -345,6 +383,67 @@ export class WadudCall extends EventTarget {
   }
 
   _on_room_settings(f) { this._emit('roomsettings', { require_admission: f.require_admission }); }
+
+  // ---- weak networks -----------------------------------------------------
+
+  _on_connection_quality(f) {
+    this.quality.set(f.participant_id, f.quality);
+    this._emit('quality', { participant_id: f.participant_id, quality: f.quality });
+  }
+
+  _on_track_paused(f) {
+    const r = this.remoteTracks.get(f.track_id);
+    if (r) r.paused = f.paused ? f.reason : null;
+    this._emit('trackpaused', { track_id: f.track_id, paused: f.paused, reason: f.reason });
+  }
+
+  // Dynacast: keep sending only the layers somebody wants.
+  async _on_set_encodings(f) {
+    const local = [...this.localTracks.values()].find((t) => t.track_id === f.track_id);
+    if (!local || !local.transceiver) return;
+    const sender = local.transceiver.sender;
+    const params = sender.getParameters();
+    const wanted = new Map(f.encodings.map((e) => [e.rid, e.active]));
+    let changed = false;
+    for (const enc of params.encodings || []) {
+      const key = enc.rid || null;
+      if (key !== null && wanted.has(key) && enc.active !== wanted.get(key)) {
+        enc.active = wanted.get(key);
+        changed = true;
+      }
+    }
+    try {
+      if (changed) await sender.setParameters(params);
+      local.encodings = (params.encodings || []).map((e) => ({ rid: e.rid, active: e.active }));
+      this._emit('encodings', { track_id: f.track_id, encodings: local.encodings });
+    } catch (e) {
+      this._emit('error', { code: 'set-encodings-failed', message: String(e.message || e) });
+    }
+  }
+
+  // How large a remote video is shown ({width, height} in device pixels,
+  // visible false when nobody can see it). Sent only when it changed; the
+  // page debounces resizes.
+  setView(trackId, { width, height, visible }) {
+    const view = {
+      track_id: trackId,
+      width: Math.max(0, Math.min(16384, Math.round(width))),
+      height: Math.max(0, Math.min(16384, Math.round(height))),
+      visible: Boolean(visible),
+    };
+    const key = JSON.stringify(view);
+    if (this._views.get(trackId) === key) return false;
+    if (!this.notify('track_view', view)) return false;
+    this._views.set(trackId, key);
+    return true;
+  }
+
+  // Audio only: the server forwards us no video, and we send none (the page
+  // stops the camera). False turns video back on.
+  setAudioOnly(enabled) {
+    this.audioOnly = Boolean(enabled);
+    this.notify('audio_only', { enabled: this.audioOnly });
+  }
   _on_removed() { this._finish('removed', 'removed by the host'); }
   _on_denied() { this._finish('denied', 'the host did not admit you'); }
   _on_room_ended() { this._finish('ended', 'the host ended the call'); }
@@ -407,7 +506,19 @@ export class WadudCall extends EventTarget {
       const pc = this.publishPc || (this.publishPc = this._newPc('publish'));
       for (const local of this.localTracks.values()) {
         if (!local.transceiver) {
-          local.transceiver = pc.addTransceiver(local.track, { direction: 'sendonly' });
+          const init = { direction: 'sendonly' };
+          if (this.simulcast && local.source === 'camera') {
+            init.sendEncodings = SIMULCAST.map((e) => ({ ...e }));
+          } else if (local.source === 'screen') {
+            // One layer, sharp text over smooth motion.
+            init.sendEncodings = [{ maxBitrate: 2500000 }];
+          }
+          local.transceiver = pc.addTransceiver(local.track, init);
+          if (local.source === 'screen') {
+            const params = local.transceiver.sender.getParameters();
+            params.degradationPreference = 'maintain-resolution';
+            local.transceiver.sender.setParameters(params).catch(() => { /* not everywhere */ });
+          }
         }
       }
       const offer = await pc.createOffer();
@@ -564,10 +675,12 @@ export class WadudCall extends EventTarget {
   // video frames decoded and the audio packets and samples received, plus
   // what we send. Rising numbers mean media flows.
   async stats() {
-    const out = { participants: {}, sent: { audio: 0, video: 0 } };
+    // sentByRid: packets sent per simulcast layer (rid), for dynacast checks.
+    const out = { participants: {}, sent: { audio: 0, video: 0 }, sentByRid: {} };
     for (const r of this.remoteTracks.values()) {
       const p = out.participants[r.participant] || (out.participants[r.participant] = {
         framesDecoded: 0, videoPackets: 0, audioPackets: 0, totalSamplesReceived: 0,
+        frameWidth: 0, frameHeight: 0, freezeCount: 0, totalFreezesDuration: 0,
       });
       const report = await r.transceiver.receiver.getStats();
       report.forEach((s) => {
@@ -575,6 +688,13 @@ export class WadudCall extends EventTarget {
         if (s.kind === 'video') {
           p.framesDecoded += s.framesDecoded || 0;
           p.videoPackets += s.packetsReceived || 0;
+          // The camera's, not the screen's: the larger of what arrives.
+          if ((s.frameWidth || 0) > p.frameWidth) {
+            p.frameWidth = s.frameWidth || 0;
+            p.frameHeight = s.frameHeight || 0;
+          }
+          p.freezeCount += s.freezeCount || 0;
+          p.totalFreezesDuration += s.totalFreezesDuration || 0;
         } else {
           p.audioPackets += s.packetsReceived || 0;
           p.totalSamplesReceived += s.totalSamplesReceived || 0;
@@ -583,7 +703,9 @@ export class WadudCall extends EventTarget {
     }
     if (this.publishPc) {
       (await this.publishPc.getStats()).forEach((s) => {
-        if (s.type === 'outbound-rtp') out.sent[s.kind] += s.packetsSent || 0;
+        if (s.type !== 'outbound-rtp') return;
+        out.sent[s.kind] += s.packetsSent || 0;
+        if (s.rid) out.sentByRid[s.rid] = (out.sentByRid[s.rid] || 0) + (s.packetsSent || 0);
       });
     }
     return out;
