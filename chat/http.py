@@ -27,6 +27,7 @@ from chat.crypto import Keyring
 from chat.errors import BadSequence, ChatError, ConversationNotFound, NotAllowed
 from chat.hub import Client, Hub
 from chat.service import ChatService
+from privacy import audit
 from wadud import auth, keys
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import (
@@ -246,6 +247,17 @@ async def get_conversation(call: Call[None, None]) -> Conversation:
     return _conversation(row)
 
 
+async def _audit_read(pool: Any, who: Principal, acc: store.Access, action: str, obj: str) -> None:
+    """An audit row when a doctor, staff member or admin reads a patient's
+    chat or its documents (docs/privacy.md); the patient's own reads are not
+    accesses."""
+    if who.role is Role.PATIENT:
+        return
+    await audit.record(
+        pool, actor=who, action=action, subject=acc.patient_id, clinic=acc.clinic_id, object=obj
+    )
+
+
 @routes.get(_CONV + "/events", query=EventsQuery, returns=list[ChatEvent])
 async def list_events(call: Call[None, EventsQuery]) -> list[ChatEvent]:
     """Events of a conversation: resume (``after``) or page back (``before``).
@@ -264,6 +276,8 @@ async def list_events(call: Call[None, EventsQuery]) -> list[ChatEvent]:
         events = await store.events_before(
             call.pool, svc.keyring, acc.conversation_id, q.before, limit=q.limit
         )
+    obj = f"conversation/{acc.conversation_id}"
+    await _audit_read(call.pool, call.user, acc, "chat.read", obj)
     return [ChatEvent.model_validate(e) for e in events]
 
 
@@ -372,9 +386,10 @@ async def attachment_url(call: Call[None, None]) -> AttachmentUrl:
     aid = call.path_uuid("attachment_id")
     try:
         row = await store.attachment_row(call.pool, aid)
-        await store.access(call.pool, call.user, row["conversation_id"])
+        acc = await store.access(call.pool, call.user, row["conversation_id"])
     except NotFound:
         raise NotFound("no such attachment") from None
+    await _audit_read(call.pool, call.user, acc, "chat.attachment_read", f"attachment/{aid}")
     path, expires = _svc(call).sign(aid, time.time())
     return AttachmentUrl(
         url=call.settings.base_url + path if call.settings.public_url else path,
@@ -497,6 +512,9 @@ class Session:
                 )
                 if frame.after is not None and frame.after > last:
                     raise BadSequence(f"after = {frame.after} is past the last sequence ({last})")
+                # The backlog that follows is a read of the conversation.
+                obj = f"conversation/{acc.conversation_id}"
+                await _audit_read(self.svc.pool, who, acc, "chat.read", obj)
                 self.send(
                     p.reply(
                         "subscribed",
@@ -563,6 +581,8 @@ class Session:
                     frame.before,
                     limit=frame.limit,
                 )
+                obj = f"conversation/{acc.conversation_id}"
+                await _audit_read(self.svc.pool, who, acc, "chat.read", obj)
                 self.send(
                     p.reply(
                         "history",

@@ -310,3 +310,23 @@ async def test_admin_actions_and_sign_ins_are_audited(api: Api) -> None:
     assert {"admin.request", "auth.signin", "auth.signin_failed"} <= {
         r["action"] for r in all_rows["items"]
     }
+
+
+async def test_staff_reads_of_a_patient_s_chat_are_audited(api: Api) -> None:
+    from tests.chat.conftest import make_world
+
+    w = await make_world(api)
+    conv = f"/api/v1/chat/conversations/{w.conversation_id}"
+    pool = api.app[keys.DB]
+    await api.post(conv + "/messages", {"client_id": "m1", "body": "fever since Monday"},
+                   token=w.patient_token, expect=201)  # fmt: skip
+    await api.get(conv + "/events?after=0", token=w.patient_token, expect=200)
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE action LIKE 'chat.%'") == 0
+    await api.get(conv + "/events?after=0", token=w.doctor.token, expect=200)
+    await api.get(conv + "/events", token=w.clinic.staff_token, expect=200)
+    rows = await pool.fetch("SELECT * FROM audit_log WHERE action = 'chat.read' ORDER BY seq")
+    assert [r["actor_role"] for r in rows] == ["doctor", "clinic_staff"]
+    assert {str(r["subject_id"]) for r in rows} == {w.patient_id}
+    assert {r["object"] for r in rows} == {f"conversation/{w.conversation_id}"}
+    # Nothing of the message itself went into the chain.
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE detail LIKE '%fever%'") == 0
