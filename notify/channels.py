@@ -71,6 +71,7 @@ __all__ = [
     "available",
     "open_channels",
     "sign_webhook",
+    "vapid",
 ]
 
 
@@ -191,12 +192,29 @@ class Email:
 # -- web push ------------------------------------------------------------------
 
 
+def vapid(settings: Settings) -> Any:
+    """The VAPID key (a py_vapid ``Vapid``) from ``notify_vapid_private_key``:
+    base64url raw or DER, a PEM text, or the path of a PEM file."""
+    from py_vapid import Vapid  # type: ignore[import-untyped]
+
+    value = settings.notify_vapid_private_key.strip()
+    try:
+        if value.startswith("-----BEGIN"):
+            return Vapid.from_pem(value.encode())
+        if Path(value).is_file():
+            return Vapid.from_file(value)
+        return Vapid.from_string(value)
+    except Exception as exc:
+        raise ConfigError(f"notify_vapid_private_key: not a P-256 private key: {exc}") from None
+
+
 class WebPush:
     name = "webpush"
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
         self.settings = settings
         self.session = session
+        self.key = vapid(settings)
 
     async def send(self, msg: Message) -> str:
         from pywebpush import WebPushException, webpush_async
@@ -217,7 +235,7 @@ class WebPush:
                     "keys": dict(msg.device.keys or {}),
                 },
                 data=payload,
-                vapid_private_key=self.settings.notify_vapid_private_key,
+                vapid_private_key=self.key,
                 # A fresh dict each time: pywebpush writes aud and exp into it.
                 vapid_claims={"sub": self.settings.notify_vapid_subject},
                 ttl=ttl,

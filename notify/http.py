@@ -248,14 +248,12 @@ async def vapid_key(call: Call[None, None]) -> VapidKey:
     """The server's VAPID public key, for a browser's push subscription (404
     when web push is not configured)."""
     from cryptography.hazmat.primitives import serialization
-    from py_vapid import Vapid  # type: ignore[import-untyped]
 
     from wadud.errors import NotFound
 
-    private = call.settings.notify_vapid_private_key
-    if not private:
+    if not call.settings.notify_vapid_private_key:
         raise NotFound("web push is not configured on this server")
-    raw = Vapid.from_string(private_key=private).public_key.public_bytes(
+    raw = ch.vapid(call.settings).public_key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
     return VapidKey(public_key=base64.urlsafe_b64encode(raw).rstrip(b"=").decode())

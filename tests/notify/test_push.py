@@ -367,3 +367,21 @@ async def _sleep_until(when: dt.datetime) -> None:
     import asyncio
 
     await asyncio.sleep(max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds()) + 0.05)
+
+
+def test_the_vapid_key_is_read_raw_as_pem_text_or_from_a_pem_file(
+    push_settings: Settings, keys: Keys, tmp_path: Path
+) -> None:
+    pem = keys.vapid_private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path = tmp_path / "vapid.pem"
+    path.write_text(pem)
+    want = keys.vapid_private.public_key().public_numbers()
+    for value in (push_settings.notify_vapid_private_key, pem, str(path)):
+        s = dataclasses.replace(push_settings, notify_vapid_private_key=value)
+        assert ch.vapid(s).public_key.public_numbers() == want
+    with pytest.raises(ch.ConfigError):
+        ch.vapid(dataclasses.replace(push_settings, notify_vapid_private_key="bm90IGEga2V5"))
