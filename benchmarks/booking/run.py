@@ -15,6 +15,14 @@ It prints a table and writes JSON (``--out``, default
 are shared and noisy, so quote medians and ratios.
 
     .venv/bin/python benchmarks/booking/run.py [--quick] [--clients 32]
+
+By default the server requires consent (telehealth_consultation and
+data_processing, every region) and each patient accepts it before the booking
+phase, so every hold pays for the consent check (``--no-consent`` to leave it
+out). The booking phase waits (``--wait-quiet``, 60 s at most) until other
+work on the machine leaves it mostly idle, and the JSON says how busy it was.
+``--count-statements`` logs every SQL statement of the booking phase and
+reports them per booking (a profile; it slows the run).
 """
 
 from __future__ import annotations
@@ -94,6 +102,60 @@ def count_statements(log: bytes) -> Counter[str]:
         found[key[:60]] += 1
     found["total"] = sum(found.values())
     return found
+
+
+#: What the server requires before a booking when the run checks consent.
+CONSENTS = ["telehealth_consultation", "data_processing"]
+
+
+async def consent_texts(db_url: str) -> list[str]:
+    """Publish version 1 of each required consent in every region (as an
+    admin would); return their ids."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            """INSERT INTO consent_texts (region, purpose, language, version, title, body)
+               SELECT r, p, 'en', 1, 'Bench ' || p, 'I agree to ' || p || '.'
+               FROM unnest($1::text[]) AS r, unnest($2::text[]) AS p
+               RETURNING id""",
+            list(REGIONS),
+            CONSENTS,
+        )
+        return [str(r["id"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+def machine_busy(seconds: float = 2.0) -> float:
+    """Share of all cores busy over ``seconds`` (/proc/stat), whoever uses them."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields), idle
+
+    t0, i0 = sample()
+    time.sleep(seconds)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def postgres_cpu_seconds(data_dir: Path) -> float:
+    """CPU seconds of the cluster's postmaster and its live backends."""
+    pm = postmaster_pid(data_dir)
+    if pm is None:
+        return 0.0
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        pid = int(stat.parent.name)
+        if pid == pm or int(fields[1]) == pm:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def database_url(data_dir: Path) -> str:
@@ -297,6 +359,21 @@ async def run(
         for _ in range(args.clients):
             async with session.post(base + "/api/v1/auth/anonymous", json={}) as r:
                 tokens.append((await r.json())["access_token"])
+        if args.consent:
+            # The server requires CONSENTS in every region (see main); each
+            # patient accepts the current texts first, as the app would make
+            # them, so every hold pays for the consent check.
+            texts = await consent_texts(db_url)
+            for token in tokens:
+                for text_id in texts:
+                    async with session.post(
+                        base + "/api/v1/me/consents/accept",
+                        json={"text_id": text_id},
+                        headers={"Authorization": f"Bearer {token}"},
+                    ) as r:
+                        if r.status != 200:
+                            raise SystemExit(f"consent accept: {r.status} {await r.text()}")
+        results["consent_required"] = CONSENTS if args.consent else []
         pool = await asyncpg.connect(db_url)
         doctor_ids = [
             str(r["id"])
@@ -348,11 +425,23 @@ async def run(
             await asyncio.sleep(0.5)
         log_at = log_file.stat().st_size
         xact0 = await conn.fetchval(XACTS)
+        # Other people's work shares these cores: wait (a while) for a quiet
+        # moment, and say how busy the machine was.
+        waited = time.perf_counter()
+        busy = await asyncio.to_thread(machine_busy)
+        while busy > args.quiet and time.perf_counter() - waited < args.wait_quiet:
+            busy = await asyncio.to_thread(machine_busy)
+        results["machine"]["busy_before"] = round(busy, 2)
+        results["machine"]["waited_for_quiet_seconds"] = round(time.perf_counter() - waited, 1)
         cpu0 = cpu_seconds(server.pid)
+        pg0 = postgres_cpu_seconds(data_dir)
+        deadline = time.perf_counter() + args.seconds
         t0 = time.perf_counter()
         await asyncio.gather(*(client(tok, w) for tok, w in zip(tokens, work, strict=True)))
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(server.pid) - cpu0
+        pg_cpu = postgres_cpu_seconds(data_dir) - pg0
+        results["machine"]["load_1min_after"] = round(os.getloadavg()[0], 2)
         xacts = await conn.fetchval(XACTS) - xact0 - 1
         statements = None
         if args.count_statements:
@@ -374,6 +463,10 @@ async def run(
             "per_second": round(done / wall, 1),
             "server_cpu_seconds": round(cpu, 2),
             "per_server_cpu_second": round(done / cpu, 1) if cpu else None,
+            "postgres_cpu_seconds": round(pg_cpu, 2),
+            "per_cpu_second_server_and_postgres": round(done / (cpu + pg_cpu), 1)
+            if cpu + pg_cpu
+            else None,
             "latency_p50_ms": round(statistics.median(per_booking) * 1000, 1)
             if per_booking
             else None,
@@ -398,6 +491,21 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small run for a smoke test")
     p.add_argument("--keep-data", action="store_true", help="keep the server's data folder")
     p.add_argument(
+        "--no-consent",
+        dest="consent",
+        action="store_false",
+        help="do not require consents (default: required, and accepted by every patient)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        help="seconds to wait at most for the machine to be quiet before the booking phase",
+    )
+    p.add_argument(
+        "--quiet", type=float, default=0.25, help="share of all cores busy that counts as quiet"
+    )
+    p.add_argument(
         "--count-statements",
         action="store_true",
         help="log every SQL statement of the booking phase and count them per booking "
@@ -416,6 +524,8 @@ def main() -> None:
         # Every client signs in anonymously from 127.0.0.1.
         "WADUD_LIMITS_ANONYMOUS_BURST": "0",
     }
+    if args.consent:
+        env["WADUD_CONSENT_REQUIRED"] = ",".join(CONSENTS)
     server = subprocess.Popen(
         [str(BIN / "wadud"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
         env=env,
@@ -439,11 +549,18 @@ def main() -> None:
     print(
         f"bookings ({results['clients']} clients, hold+pay+confirm): {b['completed']} in "
         f"{b['wall_seconds']} s = {b['per_second']}/s; {b['per_server_cpu_second']} per server "
-        f"CPU-second; p50 {b['latency_p50_ms']} ms p95 {b['latency_p95_ms']} ms; "
+        f"CPU-second ({b['per_cpu_second_server_and_postgres']} per CPU-second of server and "
+        f"PostgreSQL); p50 {b['latency_p50_ms']} ms p95 {b['latency_p95_ms']} ms; "
         f"failed {b['failed']}; confirmed in the database {b['confirmed_in_database']}"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    m = results["machine"]
+    print(
+        f"consent required: {results['consent_required'] or 'none'}; machine busy before the "
+        f"booking phase: {m['busy_before']:.0%} (waited {m['waited_for_quiet_seconds']} s), "
+        f"load after: {m['load_1min_after']}"
+    )
     print(
         f"shutdown: wadud serve exited {stopped['serve_exit_code']} in "
         f"{stopped['serve_stop_seconds']} s; PostgreSQL left running: "
