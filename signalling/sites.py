@@ -176,9 +176,14 @@ async def sync_relays(svc: CallService, room: CallRoom) -> None:
     if len(room.sites) < 2 and not any(s.receiving for s in room.sites.values()):
         return
     publisher_of, wants = _wants(room)
-    regions = {pid: region_of(svc, room, pid) for pid in wants}
-    needed = plan(publisher_of, wants, regions)
-    for dst in list(room.sites.values()):
+    # Two regions that fell back to one worker are one site to relay to.
+    canon: dict[Placed, str] = {}
+    for region in sorted(room.sites):
+        canon.setdefault(room.sites[region].placed, region)
+    site_of = {region: canon[site.placed] for region, site in room.sites.items()}
+    regions = {pid: site_of.get(region_of(svc, room, pid), "") for pid in wants}
+    needed = plan(publisher_of, wants, {p: r for p, r in regions.items() if r})
+    for dst in [room.sites[region] for region in canon.values()]:
         sources = {src for (src, d) in needed if d == dst.region} | set(dst.receiving)
         for src_region in sorted(sources):
             want = needed.get((src_region, dst.region), ())
@@ -186,7 +191,6 @@ async def sync_relays(svc: CallService, room: CallRoom) -> None:
                 continue
             src = room.sites.get(src_region)
             if src is None or src.placed == dst.placed:
-                # Two regions that fell back to one worker share its tracks.
                 dst.receiving.pop(src_region, None)
                 continue
             try:
@@ -322,10 +326,11 @@ async def move_site(svc: CallService, room: CallRoom, old: Site, reason: str) ->
             sub.offer, sub.asked, sub.force = None, (), True
     outputs = room.core.media_reset(reason, moved if len(room.sites) > 1 else None)
     svc.apply(room, outputs)
-    # Participants elsewhere lost the moved site's tracks: offer again.
-    for pid, sub in room.subscribers.items():
-        if pid not in moved:
-            sub.kick()
+    # The moved get an offer on the new worker (after their media_reconnect,
+    # so their client takes it for a new connection) even if they only
+    # receive; the others lost the moved site's tracks and get a new offer.
+    for sub in room.subscribers.values():
+        sub.kick()
 
 
 async def release_all(svc: CallService, room: CallRoom) -> None:

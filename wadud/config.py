@@ -165,6 +165,17 @@ class Settings:
         default="Wadud",
         metadata=_doc("Issuer name authenticator apps show beside a TOTP enrolment."),
     )
+    auth_totp_admins: bool = field(
+        default=False,
+        metadata=_doc(
+            "Admins must sign in with a TOTP code (RFC 6238) besides their password."
+            " Doctors and staff: per clinic (PUT /api/v1/clinics/{id}/totp)."
+        ),
+    )
+    auth_totp_issuer: str = field(
+        default="Wadud",
+        metadata=_doc("Issuer name authenticator apps show beside a TOTP enrolment."),
+    )
     # [limits]  (docs/security.md, "Rate limits"; shared by replicas through Redis)
     limits_login_account_free: int = field(
         default=5,

@@ -3,11 +3,19 @@ workers goes (signalling.sites.plan, signalling.placement's distances)."""
 
 from __future__ import annotations
 
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signalling.placement import nearest, parse_distances
+from sfu import registry
+from sfu.registry import Registration, WorkerInfo
+from signalling.placement import Placement, nearest, parse_distances
 from signalling.sites import plan
 
 
@@ -67,3 +75,73 @@ def test_region_distances_parse_and_rank() -> None:
 def test_malformed_distances_are_refused_by_name(bad: str) -> None:
     with pytest.raises(ValueError, match="A-B=N"):
         parse_distances(bad)
+
+
+# -- placement over a real Redis ---------------------------------------------------
+
+
+@pytest.fixture
+async def redis(redis_server: Any) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def workers(redis: aioredis.Redis, regions: list[str]) -> AsyncIterator[list[WorkerInfo]]:
+    """One registered, listening worker per region (as a media node's are)."""
+    infos, regs = [], []
+    pubsub = redis.pubsub()
+    for region in regions:
+        node = "t" + secrets.token_hex(4)
+        info = WorkerInfo(
+            worker=f"{node}-0",
+            incarnation=secrets.token_hex(8),
+            node=node,
+            region=region,
+            index=0,
+            host="127.0.0.1",
+            port=40000,
+            capacity=400,
+        )
+        reg = Registration(redis, info, heartbeat=0.2, ttl=3.0, load=lambda: {})
+        await reg.start()
+        await pubsub.subscribe(registry.control_channel(info.worker))
+        infos.append(info)
+        regs.append(reg)
+    try:
+        yield infos
+    finally:
+        await pubsub.aclose()
+        for reg in regs:
+            await reg.close()
+
+
+async def test_each_region_gets_its_own_site_and_a_dark_region_the_nearest(
+    redis: aioredis.Redis,
+) -> None:
+    tag = secrets.token_hex(3)
+    pk, ae, sa = f"pk{tag}", f"ae{tag}", f"sa{tag}"
+    distances = parse_distances(f"{pk}-{ae}=40,{pk}-{sa}=60,{ae}-{sa}=30")
+    placement = Placement(redis, distances)
+    room = "visit-" + tag
+    async with workers(redis, [pk, ae]) as (w_pk, w_ae):
+        at_pk = await placement.place(room, pk)
+        at_ae = await placement.place(room, ae)
+        assert at_pk is not None and at_ae is not None
+        assert (at_pk.worker, at_ae.worker) == (w_pk.worker, w_ae.worker)
+        # sa has no worker: its participants go to ae, the nearer region.
+        at_sa = await placement.place(room, sa)
+        assert at_sa is not None and at_sa.worker == w_ae.worker
+        assert await placement.current(room, sa) == at_sa
+        # Placing again answers the same; each site has its own key.
+        assert await placement.place(room, pk) == at_pk
+        held = await redis.smembers(registry.rooms_key(w_ae.worker))
+        assert room in held
+        # The sa site goes; ae still holds the room on the same worker.
+        await placement.release(room, at_sa, sa, shared=True)
+        assert room in await redis.smembers(registry.rooms_key(w_ae.worker))
+        await placement.release(room, at_ae, ae)
+        await placement.release(room, at_pk, pk)
+        assert room not in await redis.smembers(registry.rooms_key(w_ae.worker))
+        assert await placement.current(room, pk) is None

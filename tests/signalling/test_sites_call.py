@@ -35,7 +35,14 @@ SECRET = "sites-call-secret-" + "s" * 40
 async def world(
     tmp_path: Path, database_url: str, redis_server: RedisServer
 ) -> AsyncIterator[Cluster]:
-    cluster = Cluster(tmp_path / "cluster", database_url, redis_server.url, SECRET, region="pk")
+    cluster = Cluster(
+        tmp_path / "cluster",
+        database_url,
+        redis_server.url,
+        SECRET,
+        region="pk",
+        extra_env={"WADUD_MEDIA_REGION_DISTANCES": "pk-ae=40,pk-sa=60,ae-sa=30"},
+    )
     cluster.add_api("pk", region="pk")
     cluster.add_media("pk1", workers=1, region="pk")
     cluster.add_media("ae1", workers=1, region="ae")
@@ -85,6 +92,14 @@ async def join(world: Cluster, room: str, identity: str, role: str, region: str)
     return client
 
 
+async def admitted(doctor: CallClient, guest: CallClient) -> None:
+    """The doctor admits ``guest`` if it waits (a patient's link does)."""
+    if guest.state == "waiting":
+        await doctor.wait_until(lambda: bool(doctor.waiting), 10)
+        await doctor.admit(doctor.waiting[0]["id"])
+        await guest.wait_admitted(10)
+
+
 async def decoding(client: CallClient, kind: str, within: float = 20.0) -> dict[str, Any]:
     async def frames() -> int:
         return sum(t.frames for t in client.received.values() if t.kind == kind)
@@ -104,11 +119,9 @@ async def test_doctor_in_ae_and_patient_in_pk_meet_through_their_own_nodes(
     room = "visit-" + secrets.token_hex(4)
     doctor = await join(world, room, "dr-rania", "doctor", "ae")
     patient = await join(world, room, "pt-bilal", "patient", "pk")
+    clients = [doctor, patient]
     try:
-        if patient.state == "waiting":
-            await doctor.wait_until(lambda: bool(doctor.waiting), 10)
-            await doctor.admit(doctor.waiting[0]["id"])
-            await patient.wait_admitted(10)
+        await admitted(doctor, patient)
         await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
         await patient.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
         await decoding(doctor, "video")
@@ -116,12 +129,22 @@ async def test_doctor_in_ae_and_patient_in_pk_meet_through_their_own_nodes(
         await decoding(doctor, "audio")
         await decoding(patient, "audio")
 
+        # An interpreter in sa, a region with no media node, is placed in
+        # the nearest region that has one (ae) and shares the doctor's worker.
+        interpreter = await join(world, room, "int-sana", "patient", "sa")
+        clients.append(interpreter)
+        await admitted(doctor, interpreter)
+        await interpreter.publish({"microphone": ToneAudio()})
+        seen = await decoding(interpreter, "video")
+        assert len(seen) == 2, seen
+        await decoding(patient, "audio")
+
         pk = await metrics(world.media["pk1"].url)
         ae = await metrics(world.media["ae1"].url)
-        # Each node holds exactly its own region's participant: two
+        # Each node holds exactly its own region's participants: two
         # transports (publish, subscribe) each.
         assert total(pk, "sfu_transports") == 2, pk
-        assert total(ae, "sfu_transports") == 2, ae
+        assert total(ae, "sfu_transports") == 4, ae
         # The tracks crossed over a relay link, both ways, and were counted
         # as relayed, not as the node's own publishers' packets.
         for node in (pk, ae):
@@ -136,17 +159,16 @@ async def test_doctor_in_ae_and_patient_in_pk_meet_through_their_own_nodes(
             relayed_in = total(node, "sfu_relay_packets_total", direction="in")
             assert 0 < own < 3 * relayed_in, (own, relayed_in)
 
-        # The doctor leaves: the patient's node stops receiving relayed media.
+        # The doctor and the interpreter leave: the patient's node stops
+        # receiving relayed media.
         await doctor.leave()
+        await interpreter.leave()
         await asyncio.sleep(3)
-        before = total(
-            await metrics(world.media["pk1"].url), "sfu_relay_packets_total", direction="in"
-        )
+        pk_url = world.media["pk1"].url
+        before = total(await metrics(pk_url), "sfu_relay_packets_total", direction="in")
         await asyncio.sleep(1.5)
-        after = total(
-            await metrics(world.media["pk1"].url), "sfu_relay_packets_total", direction="in"
-        )
+        after = total(await metrics(pk_url), "sfu_relay_packets_total", direction="in")
         assert after - before < 20, (before, after)
     finally:
-        for client in (doctor, patient):
+        for client in clients:
             await client.close()
