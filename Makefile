@@ -29,6 +29,7 @@ bench: $(BIN)/wadud
 	$(BIN)/python benchmarks/turn/run.py
 	$(BIN)/python benchmarks/chat/run.py
 	$(BIN)/python benchmarks/sfu/run.py
+	$(BIN)/python benchmarks/cascade/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
