@@ -73,6 +73,7 @@ async def test_call_page_needs_one_room_segment(api: Api, path: str) -> None:
     ("name", "ctype"),
     [
         ("wadud-call.js", "text/javascript; charset=utf-8"),
+        ("consult-chat.js", "text/javascript; charset=utf-8"),
         ("call.js", "text/javascript; charset=utf-8"),
         ("demo.js", "text/javascript; charset=utf-8"),
         ("call.css", "text/css; charset=utf-8"),
@@ -110,7 +111,7 @@ async def test_every_asset_a_page_or_module_names_is_served(api: Api) -> None:
         wanted |= set(re.findall(r'(?:src|href)="/static/call/([^"]+)"', html))
     for script in STATIC.glob("*.js"):
         wanted |= set(re.findall(r"from '\./([^']+)'", script.read_text()))
-    assert {"call.js", "call.css", "demo.js", "wadud-call.js"} <= wanted
+    assert {"call.js", "call.css", "demo.js", "wadud-call.js", "consult-chat.js"} <= wanted
     for name in sorted(wanted):
         resp = await api.client.get(f"/static/call/{name}")
         assert resp.status == 200, name
@@ -185,5 +186,8 @@ async def test_demo_endpoint_is_in_the_openapi_document(api: Api) -> None:
     assert "security" not in op
     schema = doc["components"]["schemas"]["DemoRoom"]
     assert set(schema["required"]) == {"room", "doctor_url", "patient_url"}
+    chat = doc["paths"]["/api/v1/calls/chat"]["post"]
+    assert chat["tags"] == ["calls"] and "security" not in chat
+    assert {"401", "404", "410"} <= set(chat["responses"])
     # The HTML pages are not part of the JSON API.
     assert not any(p.startswith(("/call", "/static", "/demo")) for p in doc["paths"])
