@@ -24,15 +24,19 @@ from typing import Any, Literal, Protocol
 
 __all__ = [
     "ActiveSpeaker",
+    "ConnectionQuality",
+    "LayersWanted",
     "MediaControl",
     "MediaEvent",
     "PublishResult",
     "RelayCodec",
     "RelayPeer",
     "RelayState",
+    "RelayedLayer",
     "RelayedTrack",
     "Source",
     "TrackInfo",
+    "TrackPaused",
     "TransportState",
     "event_from_dict",
     "event_to_dict",
@@ -53,6 +57,8 @@ class TrackInfo:
     source: Source
     mid: str
     muted: bool = False
+    rids: tuple[str, ...] = ()
+    """A simulcast track's RIDs (RFC 8851), lowest layer first; empty for one layer."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrackInfo:
@@ -64,6 +70,7 @@ class TrackInfo:
             source=data["source"],
             mid=str(data["mid"]),
             muted=bool(data.get("muted", False)),
+            rids=tuple(str(r) for r in data.get("rids", ())),
         )
 
 
@@ -144,6 +151,29 @@ class RelayCodec:
 
 
 @dataclass(frozen=True)
+class RelayedLayer:
+    """One simulcast layer of a relayed track: its RID and the SSRCs the link
+    carries it (and its RTX) with. ``ssrc`` 0: the layer is not crossing now
+    (nobody on the receiving worker wants it)."""
+
+    rid: str
+    ssrc: int
+    rtx_ssrc: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RelayedLayer:
+        rtx = data.get("rtx_ssrc")
+        return cls(
+            rid=str(data["rid"]),
+            ssrc=int(data["ssrc"]),
+            rtx_ssrc=None if rtx is None else int(rtx),
+        )
+
+
+@dataclass(frozen=True)
 class RelayedTrack:
     """A track as it arrives on a relay link: what the receiving worker needs
     to register it and offer it to its own subscribers as if it had been
@@ -152,7 +182,10 @@ class RelayedTrack:
     (unique on the link, chosen by the sending worker), ``codec`` its media
     payload type on the link, ``rtx_ssrc``/``rtx`` its RTX stream (RFC 4588)
     when the link repairs with RTX, ``extensions`` the RFC 8285 header
-    extensions URI -> id as written on the link."""
+    extensions URI -> id as written on the link. A simulcast track
+    (``info.rids``) crosses as ``layers``, each on its own link SSRC, lowest
+    first; ``ssrc``/``rtx_ssrc`` are then its lowest layer's (what a worker
+    that knows nothing of layers would take)."""
 
     info: TrackInfo
     ssrc: int
@@ -160,15 +193,17 @@ class RelayedTrack:
     rtx_ssrc: int | None = None
     rtx: RelayCodec | None = None
     extensions: Mapping[str, int] = field(default_factory=dict)
+    layers: tuple[RelayedLayer, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "info": asdict(self.info),
+            "info": {**asdict(self.info), "rids": list(self.info.rids)},
             "ssrc": self.ssrc,
             "codec": self.codec.to_dict(),
             "rtx_ssrc": self.rtx_ssrc,
             "rtx": None if self.rtx is None else self.rtx.to_dict(),
             "extensions": dict(self.extensions),
+            "layers": [layer.to_dict() for layer in self.layers],
         }
 
     @classmethod
@@ -183,6 +218,7 @@ class RelayedTrack:
             rtx_ssrc=None if rtx_ssrc is None else int(rtx_ssrc),
             rtx=None if rtx is None else RelayCodec.from_dict(rtx),
             extensions={str(k): int(v) for k, v in dict(data.get("extensions", {})).items()},
+            layers=tuple(RelayedLayer.from_dict(x) for x in data.get("layers", ())),
         )
 
 
@@ -224,7 +260,60 @@ class RelayState:
     type: Literal["relay_state"] = "relay_state"
 
 
-MediaEvent = TransportState | ActiveSpeaker | RelayState
+@dataclass(frozen=True)
+class TrackPaused:
+    """The worker stopped (``paused``) or resumed forwarding a video track to
+    one subscriber (``participant``): ``bandwidth`` when the subscriber's
+    estimated bandwidth cannot carry the track's lowest layer next to its
+    audio (audio goes on; resumed by itself when it can), ``hidden`` when
+    the subscriber's view of it is not visible (:meth:`MediaControl.set_view`),
+    ``audio_only`` when the subscriber asked for audio only
+    (:meth:`MediaControl.set_audio_only`). On resume ``reason`` says what the
+    pause was. Signalling sends it to that subscriber as ``track_paused``."""
+
+    room: str
+    participant: str
+    track_id: str
+    paused: bool
+    reason: Literal["bandwidth", "hidden", "audio_only"]
+    type: Literal["track_paused"] = "track_paused"
+
+
+@dataclass(frozen=True)
+class LayersWanted:
+    """Dynacast: the simulcast layers of a track that some subscriber (or a
+    relay link) on this worker wants. ``rids`` are all the track's RIDs,
+    lowest first, ``active_rids`` those to keep sending; a layer nobody has
+    wanted for ``dynacast_delay`` seconds is dropped from ``active_rids``,
+    a layer wanted again is added at once. Signalling turns it into
+    ``set_encodings`` for the publisher (``participant``). Emitted on change,
+    and once when a simulcast track is published (every layer active)."""
+
+    room: str
+    track_id: str
+    participant: str
+    rids: list[str]
+    active_rids: list[str]
+    type: Literal["layers_wanted"] = "layers_wanted"
+
+
+@dataclass(frozen=True)
+class ConnectionQuality:
+    """A participant's connection quality changed (``excellent``, ``good``,
+    ``poor``, ``lost``), from the loss and jitter of what it sends, the loss
+    and RTT its receiver reports give and the bandwidth estimated toward it
+    (:mod:`sfu.quality`, with hysteresis). Emitted on change, and once with
+    the first evaluation after the participant connects."""
+
+    room: str
+    participant: str
+    quality: Literal["excellent", "good", "poor", "lost"]
+    type: Literal["connection_quality"] = "connection_quality"
+
+
+MediaEvent = (
+    TransportState | ActiveSpeaker | RelayState | TrackPaused | LayersWanted | ConnectionQuality
+)
 
 
 def event_to_dict(event: MediaEvent) -> dict[str, object]:
@@ -253,6 +342,28 @@ def event_from_dict(data: Mapping[str, Any]) -> MediaEvent:
             peer_worker=str(data["peer_worker"]),
             state=data["state"],
             reason=str(data.get("reason", "")),
+        )
+    if kind == "track_paused":
+        return TrackPaused(
+            room=str(data["room"]),
+            participant=str(data["participant"]),
+            track_id=str(data["track_id"]),
+            paused=bool(data["paused"]),
+            reason=data["reason"],
+        )
+    if kind == "layers_wanted":
+        return LayersWanted(
+            room=str(data["room"]),
+            track_id=str(data["track_id"]),
+            participant=str(data["participant"]),
+            rids=[str(r) for r in data["rids"]],
+            active_rids=[str(r) for r in data["active_rids"]],
+        )
+    if kind == "connection_quality":
+        return ConnectionQuality(
+            room=str(data["room"]),
+            participant=str(data["participant"]),
+            quality=data["quality"],
         )
     raise ValueError(f"not a media event: {kind!r}")
 
@@ -288,6 +399,30 @@ class MediaControl(Protocol):
 
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
         """Forget a track and every subscription to it."""
+        ...
+
+    async def set_view(
+        self,
+        room: str,
+        participant: str,
+        track_id: str,
+        width: int,
+        height: int,
+        visible: bool,
+    ) -> None:
+        """How the subscriber ``participant`` shows a video track (the page's
+        ``track_view``): the largest element's size in device pixels (0 x 0:
+        unknown, no cap) and whether it is visible. The worker sends the
+        smallest simulcast layer that covers the size (within the bandwidth
+        it estimates) and nothing to an invisible view (TrackPaused
+        ``hidden``). May come before the subscription exists; kept until the
+        participant leaves. SfuStateError for an unknown room."""
+        ...
+
+    async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
+        """The subscriber ``participant`` receives no video while ``enabled``
+        (TrackPaused ``audio_only`` for each video track it receives), and
+        video again when not. SfuStateError for an unknown room."""
         ...
 
     async def leave(self, room: str, participant: str) -> None:

@@ -75,6 +75,8 @@ PROBE_DURATION = 0.015
 PROBE_MIN_PACKETS = 5
 #: Feedback for a cluster must arrive within this, else the cluster is given up.
 PROBE_TIMEOUT = 1.0
+#: Seconds a probe's finding holds against the acknowledged-rate cap.
+PROBE_HOLD = 3.0
 
 _RING = 1 << 16
 _MASK = _RING - 1
@@ -161,8 +163,19 @@ class SendSideEstimator:
         self._clusters: dict[int, _Cluster] = {}
         self._next_cluster = 1
         self._last_probe = -math.inf
+        # What the last successful probe found, and until when it holds
+        # against the acknowledged-rate cap (the media has to catch up).
+        self._probe_floor = 0.0
+        self._probe_until = -math.inf
         self.probes_sent = 0
         self.probes_succeeded = 0
+
+    def rings(self) -> tuple[list[float], list[int]]:
+        """The send-time and size rings, indexed by transport sequence number
+        (16 bits, so the index is the number itself): the forwarder's hot
+        path stores into them directly instead of calling :meth:`on_sent`
+        (two list stores per packet, no call)."""
+        return self._sent_at, self._size
 
     @property
     def estimate(self) -> int:
@@ -211,6 +224,9 @@ class SendSideEstimator:
             self._on_arrival(sent, arrival, size, now)
             cid = self._cluster[i]
             if cid:
+                # Media written through rings() leaves the ring's cluster
+                # as it was: clear it so a later packet is not taken for a probe.
+                self._cluster[i] = 0
                 c = self._clusters.get(cid)
                 if c is not None:
                     c.received.append((arrival, size))
@@ -307,7 +323,12 @@ class SendSideEstimator:
             else:
                 rate *= GROWTH**dt
             if acked > 0:
-                rate = min(rate, 1.5 * acked + 10_000)
+                cap = 1.5 * acked + 10_000
+                if now < self._probe_until and self.loss < LOSS_LOW:
+                    # A probe just showed the path carries more than is sent:
+                    # give the sender time to use it before the cap applies.
+                    cap = max(cap, self._probe_floor)
+                rate = min(rate, cap)
         # UNDERUSING: hold, the queue is draining.
         self._delay_rate = max(float(self.min_bitrate), min(float(self.max_bitrate), rate))
 
@@ -372,6 +393,8 @@ class SendSideEstimator:
                 self.probes_succeeded += 1
                 self._delay_rate = max(self._delay_rate, found)
                 self._loss_rate = max(self._loss_rate, found)
+                self._probe_floor = found
+                self._probe_until = now + PROBE_HOLD
 
 
 def _slope(points: deque[tuple[float, float]]) -> float:

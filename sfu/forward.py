@@ -47,24 +47,32 @@ does not exist (or already does).
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Literal
 
 from rtc.errors import RtpParseError
 from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
-from rtc.rtp import RtpRewriter, extension_elements, payload_range
+from rtc.rtp import extension_elements, payload_range
 from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
+from sfu.groups import SimulcastTable
 from sfu.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
+from sfu.keyframes import h264_keyframe_start, vp8_keyframe_start, vp8_size
+from sfu.simulcast import Vp8Rewriter
+from sfu.table import ForwarderStats, Group, Subscription, Track, TransportState
 
 __all__ = [
     "Forwarder",
     "ForwarderStats",
+    "Group",
     "Subscription",
     "Track",
     "h264_keyframe_start",
     "vp8_keyframe_start",
 ]
+# Re-exported: they were defined here before the split.
+_ = (ForwarderStats, h264_keyframe_start, vp8_keyframe_start)
 
 Buffer = bytes | bytearray | memoryview
 Key = Hashable
@@ -82,274 +90,7 @@ _MAX_NACK_GAP = 256
 _MAX_MISSING = 512
 
 
-# -- keyframe detection -------------------------------------------------------------
-
-
-def vp8_keyframe_start(data: Buffer, start: int, end: int) -> bool:
-    """Whether the payload ``data[start:end]`` starts a VP8 keyframe (RFC 7741 4.2, 4.3).
-
-    True for the first packet of partition 0 (S bit set, PID 0) whose VP8
-    payload header has the P (inverse key frame) bit clear (RFC 6386 9.1).
-    """
-    if start >= end:
-        return False
-    b = data[start]
-    if b & 0x17 != 0x10:  # S set, PID 0
-        return False
-    pos = start + 1
-    if b & 0x80:  # X: extended control bits follow
-        if pos >= end:
-            return False
-        x = data[pos]
-        pos += 1
-        if x & 0x80:  # I: picture id, 7 or 15 bits (M)
-            if pos >= end:
-                return False
-            pos += 2 if data[pos] & 0x80 else 1
-        if x & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if x & 0x30:  # T or K: TID/Y/KEYIDX byte
-            pos += 1
-    return pos < end and not data[pos] & 0x01
-
-
-_H264_IDR = 5
-_H264_SPS = 7
-_H264_STAP_A = 24
-_H264_FU_A = 28
-
-
-def h264_keyframe_start(data: Buffer, start: int, end: int) -> bool:
-    """Whether the payload ``data[start:end]`` starts an H.264 IDR access unit (RFC 6184 5.6-5.8).
-
-    True for an IDR NAL unit (type 5) or an SPS (type 7) alone, inside a
-    STAP-A, or as the start fragment of an FU-A. The SPS counts because
-    browsers send SPS and PPS just before each IDR of the same access unit:
-    a subscriber that started at the IDR itself would miss the parameter sets
-    it needs to decode it.
-    """
-    if start >= end:
-        return False
-    nal = data[start] & 0x1F
-    if nal in (_H264_IDR, _H264_SPS):
-        return True
-    if nal == _H264_STAP_A:
-        pos = start + 1
-        while pos + 2 < end:
-            size = (data[pos] << 8) | data[pos + 1]
-            pos += 2
-            if size == 0 or pos + size > end:
-                return False
-            t = data[pos] & 0x1F
-            if t in (_H264_IDR, _H264_SPS):
-                return True
-            pos += size
-        return False
-    if nal == _H264_FU_A:
-        # FU header: S bit and the fragmented NAL unit's type.
-        return start + 1 < end and data[start + 1] & 0x9F == 0x80 | _H264_IDR
-    return False
-
-
-_KEYFRAME_DETECTORS = {"vp8": vp8_keyframe_start, "h264": h264_keyframe_start}
-
-
-# -- the table ---------------------------------------------------------------------
-
-
-class ForwarderStats:
-    """Counters of one forwarder, for metrics (plain ints: the hot path bumps them)."""
-
-    __slots__ = (
-        "duplicate",
-        "forwarded",
-        "keyframe_requests",
-        "late",
-        "malformed",
-        "nack_gave_up",
-        "nack_received",
-        "nack_requested",
-        "nack_unanswered",
-        "received",
-        "recovered",
-        "retransmitted",
-        "rtx_padding",
-        "unknown_ssrc",
-        "waiting_keyframe",
-    )
-
-    def __init__(self) -> None:
-        self.received = 0
-        """RTP packets from publishers accepted for forwarding."""
-        self.forwarded = 0
-        """Packets emitted to subscribers (not counting retransmissions)."""
-        self.malformed = 0
-        self.unknown_ssrc = 0
-        self.duplicate = 0
-        self.late = 0
-        """Packets older than the history: too late to be useful."""
-        self.recovered = 0
-        """Packets that filled an upstream gap."""
-        self.rtx_padding = 0
-        """RTX packets with no payload (bandwidth probes)."""
-        self.waiting_keyframe = 0
-        """Packets held back from subscribers waiting for a keyframe."""
-        self.keyframe_requests = 0
-        self.nack_requested = 0
-        """Sequence numbers asked of publishers (retries included)."""
-        self.nack_gave_up = 0
-        self.nack_received = 0
-        """Sequence numbers subscribers asked for."""
-        self.retransmitted = 0
-        self.nack_unanswered = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """Every counter by name."""
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
-class _Transport:
-    """Per-subscriber state shared by its subscriptions: the transport-wide counter."""
-
-    __slots__ = ("by_ssrc", "key", "twcc_seq")
-
-    def __init__(self, key: Key) -> None:
-        self.key = key
-        self.twcc_seq = 0
-        self.by_ssrc: dict[int, Subscription] = {}
-
-
-class Subscription:
-    """One subscriber's view of one track: what its leg negotiated and where it stands.
-
-    Read-only for callers except through :class:`Forwarder`; ``packets_sent``,
-    ``octets_sent`` and ``rewriter.highest`` feed sender reports (RFC 3550 6.4.1).
-    """
-
-    __slots__ = (
-        "abs_send_time",
-        "ext_table",
-        "key",
-        "octets_sent",
-        "packets_sent",
-        "paused",
-        "pt_map",
-        "retransmitted",
-        "rewriter",
-        "rtx_pt",
-        "rtx_seq",
-        "rtx_ssrc",
-        "ssrc",
-        "track",
-        "transport",
-        "twcc",
-        "unanswered",
-        "waiting_keyframe",
-    )
-
-    def __init__(
-        self,
-        key: Key,
-        track: Track,
-        transport: _Transport,
-        ssrc: int,
-        pt_map: dict[int, int] | None,
-        ext_table: bytes | None,
-        twcc: bool,
-        abs_send_time: bool,
-        rtx_ssrc: int | None,
-        rtx_pt: dict[int, int],
-    ) -> None:
-        self.key = key
-        self.track = track
-        self.transport = transport
-        self.ssrc = ssrc
-        self.pt_map = pt_map
-        self.ext_table = ext_table
-        self.twcc = twcc
-        self.abs_send_time = abs_send_time
-        self.rtx_ssrc = rtx_ssrc
-        self.rtx_pt = rtx_pt
-        self.rtx_seq = 0
-        self.rewriter = RtpRewriter(track.clock_rate)
-        self.paused = False
-        self.waiting_keyframe = track.is_video
-        self.packets_sent = 0
-        self.octets_sent = 0
-        self.retransmitted = 0
-        self.unanswered = 0
-
-
-class Track:
-    """A publisher's track (one media SSRC) with its history and upstream repair state."""
-
-    __slots__ = (
-        "abs_id",
-        "clock_rate",
-        "codec",
-        "extensions",
-        "fir",
-        "fir_seq",
-        "highest",
-        "history",
-        "is_keyframe",
-        "is_video",
-        "kf_last",
-        "kf_pending",
-        "missing",
-        "muted",
-        "nack",
-        "publisher",
-        "rtx_apt",
-        "rtx_ssrc",
-        "ssrc",
-        "subscriptions",
-        "tcc_id",
-        "waiting",
-    )
-
-    def __init__(
-        self,
-        publisher: Key,
-        ssrc: int,
-        kind: str,
-        codec: str,
-        clock_rate: int,
-        rtx_ssrc: int | None,
-        rtx_apt: dict[int, int],
-        extensions: dict[str, int],
-        nack: bool,
-        fir: bool,
-        history: PacketHistory,
-    ) -> None:
-        self.publisher = publisher
-        self.ssrc = ssrc
-        self.is_video = kind == "video"
-        self.codec = codec.lower()
-        self.is_keyframe = _KEYFRAME_DETECTORS.get(self.codec)
-        self.clock_rate = clock_rate
-        self.rtx_ssrc = rtx_ssrc
-        self.rtx_apt = rtx_apt
-        self.extensions = extensions
-        self.tcc_id = extensions.get(TRANSPORT_CC, 0)
-        self.abs_id = extensions.get(ABS_SEND_TIME, 0)
-        self.nack = nack
-        self.fir = fir
-        self.fir_seq = 0
-        self.history = history
-        self.subscriptions: list[Subscription] = []
-        self.muted = False
-        # Subscriptions waiting for a keyframe: the detector runs only while > 0.
-        self.waiting = 0
-        # Extended highest sequence number received, -1 before the first.
-        self.highest = -1
-        # Extended sequence number -> [requests sent, next request due].
-        self.missing: dict[int, list[float]] = {}
-        self.kf_last = float("-inf")
-        self.kf_pending = False
-
-
-class Forwarder:
+class Forwarder(SimulcastTable):
     """Routing table and fan-out of one worker's RTP (RFC 3550 section 7.1 translator).
 
     Keys for publishers and subscribers are whatever the adapter uses for a
@@ -388,11 +129,14 @@ class Forwarder:
         self.stats = ForwarderStats()
         self._tracks: dict[int, Track] = {}
         self._rtx_tracks: dict[int, Track] = {}
-        self._transports: dict[Key, _Transport] = {}
+        self._transports: dict[Key, TransportState] = {}
         self._rtcp: list[tuple[Key, RtcpPacket]] = []
         self._timer: float | None = None
         # Interned extension-id tables (at most one per distinct mapping).
         self._ext_tables: dict[bytes, bytes] = {}
+        self._groups: dict[int, Group] = {}
+        self.switch_times: deque[float] = deque(maxlen=4096)
+        """Seconds from each layer switch's decision to the new layer's first packet."""
 
     # -- the table --------------------------------------------------------------
 
@@ -445,7 +189,17 @@ class Forwarder:
         return track
 
     def remove_track(self, ssrc: int) -> None:
-        """Unpublish: forget the track and every subscription to it."""
+        """Unpublish: forget the track (or simulcast group) and every subscription to it."""
+        group = self._groups.pop(ssrc, None)
+        if group is not None:
+            for layer in group.layers:
+                if layer is not None:
+                    self.remove_track(layer.ssrc)
+            for sub in group.subscriptions:
+                sub.transport.by_ssrc.pop(sub.ssrc, None)
+            group.subscriptions = []
+            group.idle.subscriptions = []
+            return
         track = self._tracks.pop(ssrc, None)
         if track is None:
             raise SfuStateError(f"no track with SSRC {ssrc}")
@@ -457,11 +211,16 @@ class Forwarder:
 
     def remove_publisher(self, publisher: Key) -> None:
         """Forget every track of a publisher that left."""
+        for gid in [g for g, x in self._groups.items() if x.publisher == publisher]:
+            self.remove_track(gid)
         for ssrc in [s for s, t in self._tracks.items() if t.publisher == publisher]:
             self.remove_track(ssrc)
 
     def track(self, ssrc: int) -> Track:
-        """The track with this media SSRC."""
+        """The track with this media SSRC (a group's idle track for its id)."""
+        group = self._groups.get(ssrc)
+        if group is not None:
+            return group.idle
         track = self._tracks.get(ssrc)
         if track is None:
             raise SfuStateError(f"no track with SSRC {ssrc}")
@@ -499,10 +258,14 @@ class Forwarder:
         track = self.track(track_ssrc)
         transport = self._transports.get(subscriber)
         if transport is None:
-            transport = self._transports[subscriber] = _Transport(subscriber)
+            transport = self._transports[subscriber] = TransportState(subscriber)
         if ssrc in transport.by_ssrc or (rtx_ssrc is not None and rtx_ssrc in transport.by_ssrc):
             raise SfuStateError(f"subscriber {subscriber!r} already receives SSRC {ssrc}")
-        if any(s.transport is transport for s in track.subscriptions):
+        group = self._groups.get(track_ssrc)
+        if any(
+            s.transport is transport
+            for s in (track.subscriptions if group is None else group.subscriptions)
+        ):
             raise SfuStateError(f"subscriber {subscriber!r} already receives track {track_ssrc}")
         pub_exts = track.extensions
         ext_table: bytes | None = None
@@ -532,6 +295,15 @@ class Forwarder:
         )
         track.subscriptions.append(sub)
         transport.by_ssrc[ssrc] = sub
+        group = self._groups.get(track_ssrc)
+        if group is not None:
+            # Nothing until set_layer gives it a layer.
+            sub.group = group
+            sub.waiting_keyframe = False
+            group.subscriptions.append(sub)
+            if track.codec == "vp8":
+                sub.vp8 = Vp8Rewriter()
+            return sub
         if sub.waiting_keyframe:
             if track.is_keyframe is None:
                 sub.waiting_keyframe = False
@@ -543,10 +315,7 @@ class Forwarder:
     def unsubscribe(self, subscriber: Key, track_ssrc: int) -> None:
         """Stop forwarding a track to a subscriber."""
         sub = self._subscription_for(subscriber, track_ssrc)
-        track = sub.track
-        track.subscriptions = [s for s in track.subscriptions if s is not sub]
-        if sub.waiting_keyframe:
-            track.waiting -= 1
+        self._detach(sub)
         sub.transport.by_ssrc.pop(sub.ssrc, None)
 
     def remove_subscriber(self, subscriber: Key) -> None:
@@ -555,10 +324,7 @@ class Forwarder:
         if transport is None:
             return
         for sub in list(transport.by_ssrc.values()):
-            track = sub.track
-            track.subscriptions = [s for s in track.subscriptions if s is not sub]
-            if sub.waiting_keyframe:
-                track.waiting -= 1
+            self._detach(sub)
         transport.by_ssrc.clear()
 
     def subscription(self, subscriber: Key, ssrc: int) -> Subscription | None:
@@ -567,8 +333,9 @@ class Forwarder:
         return None if transport is None else transport.by_ssrc.get(ssrc)
 
     def _subscription_for(self, subscriber: Key, track_ssrc: int) -> Subscription:
-        track = self.track(track_ssrc)
-        for sub in track.subscriptions:
+        group = self._groups.get(track_ssrc)
+        subs = self.track(track_ssrc).subscriptions if group is None else group.subscriptions
+        for sub in subs:
             if sub.key == subscriber:
                 return sub
         raise SfuStateError(f"subscriber {subscriber!r} does not receive track {track_ssrc}")
@@ -588,18 +355,28 @@ class Forwarder:
 
     def set_muted(self, track_ssrc: int, muted: bool, now: float) -> None:
         """Mute or unmute a publisher's track for everyone; unmuting is a resume for each."""
+        group = self._groups.get(track_ssrc)
         track = self.track(track_ssrc)
         if track.muted == muted:
             return
         track.muted = muted
+        if group is not None:
+            for layer in group.layers:
+                if layer is not None:
+                    layer.muted = muted
+        subs = track.subscriptions if group is None else group.subscriptions
         if not muted:
-            for sub in track.subscriptions:
+            for sub in subs:
                 if not sub.paused:
                     self._resume(sub, now)
 
     def _resume(self, sub: Subscription, now: float) -> None:
         sub.rewriter.switch()
+        if sub.vp8 is not None:
+            sub.vp8.switch()
         track = sub.track
+        if sub.group is not None and track is sub.group.idle:
+            return
         if track.is_video and track.is_keyframe is not None and not sub.waiting_keyframe:
             sub.waiting_keyframe = True
             track.waiting += 1
@@ -671,15 +448,22 @@ class Forwarder:
 
         if track.muted:
             return
-        subs = track.subscriptions
-        if not subs:
-            return
         keyframe = False
-        if track.waiting:
+        if track.waiting or track.sizing:
             detect = track.is_keyframe
             keyframe = detect is not None and detect(packet, start, end)
             if keyframe:
                 track.kf_pending = False
+                if track.sizing:
+                    size = vp8_size(packet, start, end)
+                    if size is not None:
+                        track.width, track.height = size
+                        track.sizing = False
+                if track.pending:
+                    self._switch_in(track, now)
+        subs = track.subscriptions
+        if not subs:
+            return
 
         pt = b1 & 0x7F
         buf = bytearray(packet)
@@ -720,6 +504,9 @@ class Forwarder:
             if mapped is None:
                 continue
             pack_header(buf, 1, marker | out_pt, mapped[0], mapped[1], sub.ssrc)
+            vp8 = sub.vp8
+            if vp8 is not None:
+                vp8.rewrite(buf, start, end, packet)
             if elements:
                 table = sub.ext_table
                 if table is not applied:
@@ -730,8 +517,13 @@ class Forwarder:
                     applied = table
                 if sub.twcc and tcc_off >= 0:
                     transport = sub.transport
-                    _U16.pack_into(buf, tcc_off, transport.twcc_seq)
-                    transport.twcc_seq = (transport.twcc_seq + 1) & 0xFFFF
+                    tseq = transport.twcc_seq
+                    _U16.pack_into(buf, tcc_off, tseq)
+                    transport.twcc_seq = (tseq + 1) & 0xFFFF
+                    sent_at = transport.sent_at
+                    if sent_at is not None:
+                        sent_at[tseq] = now
+                        transport.sizes[tseq] = n  # type: ignore[index]
                 if sub.abs_send_time and abs_off >= 0:
                     buf[abs_off] = abs_value >> 16
                     buf[abs_off + 1] = (abs_value >> 8) & 0xFF
@@ -795,6 +587,12 @@ class Forwarder:
         """
         track = self._tracks.get(track_ssrc)
         if track is None:
+            group = self._groups.get(track_ssrc)
+            if group is not None:
+                # For the group: each layer someone waits for or receives.
+                for layer in group.layers:
+                    if layer is not None and (layer.waiting or layer.subscriptions):
+                        self.request_keyframe(layer.ssrc, now)
             return
         if now - track.kf_last >= self.keyframe_interval:
             self._send_keyframe_request(track, now)
@@ -929,12 +727,59 @@ class Forwarder:
                 off = hdr + (2 if two_byte else 1)
                 if xid == track.tcc_id and length >= 2 and sub.twcc:
                     transport = sub.transport
-                    _U16.pack_into(buf, off, transport.twcc_seq)
-                    transport.twcc_seq = (transport.twcc_seq + 1) & 0xFFFF
+                    tseq = transport.twcc_seq
+                    _U16.pack_into(buf, off, tseq)
+                    transport.twcc_seq = (tseq + 1) & 0xFFFF
+                    if transport.sent_at is not None and transport.sizes is not None:
+                        transport.sent_at[tseq] = now
+                        transport.sizes[tseq] = len(buf)
                 elif xid == track.abs_id and length == 3 and sub.abs_send_time:
                     value = int(now * 262144.0) & 0xFFFFFF
                     buf[off : off + 3] = value.to_bytes(3, "big")
         return bytes(buf)
+
+    def set_send_rings(
+        self, subscriber: Key, sent_at: list[float] | None, sizes: list[int] | None
+    ) -> None:
+        """Record each packet sent to ``subscriber`` with a transport sequence
+        number into these rings (:meth:`sfu.estimator.SendSideEstimator.rings`)."""
+        transport = self._transports.get(subscriber)
+        if transport is None:
+            transport = self._transports[subscriber] = TransportState(subscriber)
+        transport.sent_at, transport.sizes = sent_at, sizes
+
+    def padding(self, subscriber: Key, size: int, now: float) -> tuple[bytes, int] | None:
+        """A padding-only RTX packet (RFC 4588, RFC 3550 5.1 P bit) of about
+        ``size`` octets for a bandwidth probe, with the transport-wide
+        sequence number (returned with it); None when the subscriber has no
+        video subscription with RTX and transport-cc to carry one."""
+        transport = self._transports.get(subscriber)
+        if transport is None:
+            return None
+        for sub in transport.by_ssrc.values():
+            if sub.rtx_ssrc is None or not sub.rtx_pt or not sub.twcc or not sub.packets_sent:
+                continue
+            tcc_id = sub.track.tcc_id
+            ext_id = tcc_id if sub.ext_table is None else sub.ext_table[tcc_id]
+            if not 0 < ext_id < 15:
+                continue
+            count = max(1, min(255, size - 20))
+            tseq = transport.twcc_seq
+            transport.twcc_seq = (tseq + 1) & 0xFFFF
+            buf = bytearray(20 + count)
+            rtx_pt = next(iter(sub.rtx_pt.values()))
+            _FIXED.pack_into(
+                buf, 0, 0xB0, rtx_pt, sub.rtx_seq, sub.rewriter.highest[1], sub.rtx_ssrc
+            )
+            sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
+            # RFC 8285 one-byte header: the transport-wide sequence number.
+            buf[12:20] = bytes((0xBE, 0xDE, 0, 1, ext_id << 4 | 1, tseq >> 8, tseq & 0xFF, 0))
+            buf[-1] = count
+            if transport.sent_at is not None and transport.sizes is not None:
+                transport.sent_at[tseq] = now
+                transport.sizes[tseq] = len(buf)
+            return bytes(buf), tseq
+        return None
 
     def handle_keyframe_request(self, subscriber: Key, media_ssrc: int, now: float) -> None:
         """A subscriber's PLI or FIR for its SSRC: forwarded upstream, throttled."""

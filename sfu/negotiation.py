@@ -58,7 +58,7 @@ from sfu.bandwidth import BandwidthFeedback, RembEstimator
 from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Source, TrackInfo
 from sfu.errors import SfuStateError
 from sfu.forward import Forwarder, ForwarderStats, Subscription
-from sfu.records import Leg, Participant, Peer, Room, Section, Track
+from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track
 from sfu.reports import ReceiveStatistics, ReportScheduler, SendStatistics
 from sfu.speaker import ActiveSpeaker as SpeakerDetector
 from sfu.transport import TERMINAL, PeerState, PeerTransport
@@ -90,6 +90,8 @@ class _Parsed:
     extensions: dict[str, int]
     nack: bool
     fir: bool
+    rids: tuple[str, ...] = ()
+    """RFC 8853 simulcast without a=ssrc: the layers' RIDs (``ssrc`` is 0)."""
 
 
 # --- the control side -----------------------------------------------------------------
@@ -107,6 +109,7 @@ class WorkerControl(abc.ABC):
     consent_timeout: float
     connect_timeout: float
     forwarder_options: dict[str, Any]
+    simulcast: bool
     feedback_ssrc: int
     reports: ReportScheduler
     bandwidth: BandwidthFeedback
@@ -172,6 +175,7 @@ class WorkerControl(abc.ABC):
             ice_pwd=transport.local_pwd,
             fingerprints=[Fingerprint("sha-256", self._fingerprint)],
             addresses=self.candidate_addresses,
+            simulcast=self.simulcast and direction == "publish",
         )
         peer = Peer(room, participant, direction, transport, local)
         self._peers.add(peer)
@@ -270,6 +274,12 @@ class WorkerControl(abc.ABC):
         publisher.levels.pop(track.ssrc, None)
         publisher.recv_stats.pop(track.ssrc, None)
         self.reports.remove_receive(publisher, track.ssrc)
+        if publisher.rid_tracks.get(track.info.mid) is track:
+            del publisher.rid_tracks[track.info.mid]
+        for layer in track.layers:
+            if layer.ssrc:
+                publisher.recv_stats.pop(layer.ssrc, None)
+                self.reports.remove_receive(publisher, layer.ssrc)
         estimator = self.bandwidth.get(publisher)
         if isinstance(estimator, RembEstimator):
             estimator.remove_source(track.ssrc)
@@ -372,7 +382,9 @@ class WorkerControl(abc.ABC):
         for item in parsed:
             seen.add(item.mid)
             existing = peer.tracks.get(item.mid)
-            if existing is not None and existing.ssrc == item.ssrc:
+            if existing is not None and (
+                existing.info.rids == item.rids if item.rids else existing.ssrc == item.ssrc
+            ):
                 continue
             if existing is not None:
                 removed.append(existing.info.track_id)
@@ -419,7 +431,7 @@ class WorkerControl(abc.ABC):
         seen: set[int] = set()
         for item in parsed:
             for ssrc in (item.ssrc, item.rtx_ssrc):
-                if ssrc is None:
+                if not ssrc:
                     continue
                 if ssrc in taken or ssrc in seen:
                     raise SdpNegotiationError(f"SSRC {ssrc} is already in use in this room")
@@ -431,7 +443,9 @@ class WorkerControl(abc.ABC):
         default: Source = "microphone" if item.kind == "audio" else "camera"
         source = sources.get(item.mid, default)
         track_id = _new_id("t-", room.tracks)
-        info = TrackInfo(track_id, peer.participant, item.kind, source, item.mid)
+        info = TrackInfo(track_id, peer.participant, item.kind, source, item.mid, rids=item.rids)
+        if item.rids:
+            return self._add_simulcast_track(room, peer, item, info)
         room.forwarder.add_track(
             peer,
             item.ssrc,
@@ -456,6 +470,32 @@ class WorkerControl(abc.ABC):
         level_id = item.extensions.get(AUDIO_LEVEL)
         if item.kind == "audio" and level_id:
             peer.levels[item.ssrc] = level_id
+        return track
+
+    def _add_simulcast_track(self, room: Room, peer: Peer, item: _Parsed, info: TrackInfo) -> Track:
+        """A simulcast track: a forwarder group under an id no packet uses;
+        its layers' SSRCs are learnt from the first packets (sfu.layers)."""
+        taken = {t.ssrc for t in room.tracks.values()} | {
+            t.rtx_ssrc for t in room.tracks.values() if t.rtx_ssrc
+        }
+        gid = _new_ssrc(taken)
+        room.forwarder.add_group(
+            peer,
+            gid,
+            len(item.rids),
+            codec=item.codec.name or "",
+            clock_rate=item.codec.clock_rate,
+            rtx_payload_types=item.rtx_payload_types,
+            extensions=item.extensions,
+            nack=item.nack,
+            fir=item.fir,
+        )
+        track = Track(info, peer, gid, None, item.codec, item.rtx, dict(item.extensions))
+        now = self._now()
+        track.layers = [LayerInfo(rid, now) for rid in item.rids]
+        room.tracks[info.track_id] = track
+        peer.tracks[item.mid] = track
+        peer.rid_tracks[item.mid] = track
         return track
 
     async def subscribe(self, room: str, participant: str, track_ids: Sequence[str]) -> str | None:
@@ -582,7 +622,7 @@ class WorkerControl(abc.ABC):
         used[media_pt] = _meaning(kind, codec)
         rtx: Codec | None = None
         rtx_ssrc: int | None = None
-        if track.rtx is not None and track.rtx_ssrc is not None:
+        if track.rtx is not None and (track.rtx_ssrc is not None or track.layers):
             rtx = replace(track.rtx, fmtp=f"apt={media_pt}", feedback=[])
             rtx_pt = _payload_type(used, _meaning(kind, rtx), track.rtx.payload_type)
             rtx = replace(rtx, payload_type=rtx_pt)
@@ -689,7 +729,9 @@ class WorkerControl(abc.ABC):
                 rtx_payload_types=section.rtx_map,
             )
             section.subscribed = True
-            source = track.publisher.recv_stats.get(track.ssrc)
+            source: ReceiveStatistics | None = track.publisher.recv_stats.get(track.ssrc)
+            if track.layers:
+                source = cast(ReceiveStatistics, _LayerSource(sub, track))
             if peer.reporting and source is not None:
                 # SRs carry the publisher's NTP/RTP pairing through this
                 # subscription's timestamp offset, under the CNAME its offer
@@ -747,6 +789,22 @@ class WorkerControl(abc.ABC):
 # --- helpers --------------------------------------------------------------------------
 
 
+class _LayerSource:
+    """What a sender report reads of its source, for a simulcast subscription:
+    the statistics of the layer it forwards now (RFC 3550 6.4.1)."""
+
+    __slots__ = ("clock_rate", "sub", "track")
+
+    def __init__(self, sub: Subscription, track: Track) -> None:
+        self.sub = sub
+        self.track = track
+        self.clock_rate = track.codec.clock_rate
+
+    def rtp_timestamp_at(self, now: float) -> int | None:
+        stats = self.track.publisher.recv_stats.get(self.sub.track.ssrc)
+        return None if stats is None else stats.rtp_timestamp_at(now)
+
+
 def _offset_of(sub: Subscription) -> Callable[[], int | None]:
     """The subscription's current RTP timestamp offset, read when a report is built."""
     rewriter = sub.rewriter
@@ -773,13 +831,16 @@ def _parse_tracks(offer: SessionDescription, answered: SessionDescription) -> li
         fid = offered.fid_pairs()
         rtx_ssrcs = set(fid.values())
         ssrcs = [s.ssrc for s in offered.ssrcs if s.ssrc not in rtx_ssrcs]
+        rids = _send_rids(section.simulcast) if offered.kind == "video" else ()
+        if rids:
+            # RFC 8853 simulcast: SSRCs are learnt from the RID header
+            # extension (RFC 8852) of the first packets, not from a=ssrc.
+            ssrcs = [0]
         if not ssrcs:
-            # RFC 8851 simulcast without a=ssrc: not forwarded yet (the SSRCs
-            # would have to be learnt from the RID header extension).
             continue
         ssrc = ssrcs[0]
         rtx = section.rtx_for(codec.payload_type)
-        rtx_ssrc = fid.get(ssrc) if rtx is not None else None
+        rtx_ssrc = fid.get(ssrc) if rtx is not None and ssrc else None
         feedback = {(f.type, f.parameter) for f in codec.feedback}
         out.append(
             _Parsed(
@@ -788,7 +849,7 @@ def _parse_tracks(offer: SessionDescription, answered: SessionDescription) -> li
                 ssrc=ssrc,
                 rtx_ssrc=rtx_ssrc,
                 codec=codec,
-                rtx=rtx if rtx_ssrc is not None else None,
+                rtx=rtx if rtx_ssrc is not None or rids else None,
                 rtx_payload_types={
                     c.payload_type: c.apt
                     for c in section.codecs
@@ -797,9 +858,24 @@ def _parse_tracks(offer: SessionDescription, answered: SessionDescription) -> li
                 extensions={e.uri: e.id for e in section.extmaps},
                 nack=("nack", None) in feedback,
                 fir=("nack", "pli") not in feedback and ("ccm", "fir") in feedback,
+                rids=rids,
             )
         )
     return out
+
+
+def _send_rids(simulcast: str | None) -> tuple[str, ...]:
+    """The RIDs a publisher sends, from our answer's ``a=simulcast:recv ...``
+    (RFC 8853 section 5.1: alternatives split by ``,``, streams by ``;``, a
+    ``~`` prefix marks one paused at first). One RID is no simulcast."""
+    if not simulcast:
+        return ()
+    parts = simulcast.split()
+    for direction, streams in zip(parts[::2], parts[1::2], strict=False):
+        if direction == "recv":
+            rids = tuple(s.split(",")[0].lstrip("~") for s in streams.split(";") if s)
+            return rids if len(rids) > 1 else ()
+    return ()
 
 
 def _new_connection(

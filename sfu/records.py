@@ -27,7 +27,17 @@ from sfu.reports import ReceiveStatistics
 from sfu.speaker import ActiveSpeaker as SpeakerDetector
 from sfu.transport import PeerTransport
 
-__all__ = ["Leg", "Participant", "Peer", "RelayRoom", "Room", "Section", "Track"]
+__all__ = [
+    "LayerInfo",
+    "Leg",
+    "Participant",
+    "Peer",
+    "RelayRoom",
+    "Room",
+    "Section",
+    "Track",
+    "View",
+]
 
 Leg = Literal["publish", "subscribe"]
 """A participant's two transports: it publishes on one and receives on the other."""
@@ -35,6 +45,7 @@ Leg = Literal["publish", "subscribe"]
 
 class Room:
     __slots__ = (
+        "audio_only",
         "forwarder",
         "name",
         "participants",
@@ -42,6 +53,7 @@ class Room:
         "speaker",
         "speaker_sent",
         "tracks",
+        "views",
     )
 
     def __init__(self, name: str, forwarder: Forwarder, speaker: SpeakerDetector) -> None:
@@ -53,6 +65,10 @@ class Room:
         self.tracks: dict[str, Track] = {}
         self.relays: dict[str, RelayRoom] = {}
         """Peer worker id -> what this room sends to and receives from it (:mod:`sfu.links`)."""
+        self.views: dict[tuple[str, str], View] = {}
+        """(subscriber, track id) -> how the subscriber shows the track (:mod:`sfu.layers`)."""
+        self.audio_only: set[str] = set()
+        """Subscribers that asked for no video."""
 
 
 class Participant:
@@ -91,6 +107,7 @@ class Peer:
         "protect_rtcp",
         "recv_stats",
         "reporting",
+        "rid_tracks",
         "room",
         "rtcp_in",
         "rtcp_out",
@@ -148,6 +165,8 @@ class Peer:
         self.srtp_errors = 0
         self.tracks: dict[str, Track] = {}
         """Publish side: mid -> track."""
+        self.rid_tracks: dict[str, Track] = {}
+        """Publish side: mid -> simulcast track with layers whose SSRCs are not known yet."""
         self.transport = transport
 
     def __repr__(self) -> str:
@@ -177,8 +196,60 @@ class RelayRoom:
         return bool(self.sent or self.ingress.tracks)
 
 
+class View:
+    """How a subscriber shows a video track (the page's ``track_view``)."""
+
+    __slots__ = ("height", "visible", "width")
+
+    def __init__(self, width: int = 0, height: int = 0, visible: bool = True) -> None:
+        self.width = width
+        self.height = height
+        self.visible = visible
+
+
+class LayerInfo:
+    """One simulcast layer of a track as the worker measures it (:mod:`sfu.layers`)."""
+
+    __slots__ = (
+        "active",
+        "bitrate",
+        "octets",
+        "rid",
+        "rtx_ssrc",
+        "seen",
+        "ssrc",
+        "wanted_at",
+    )
+
+    def __init__(self, rid: str, now: float) -> None:
+        self.rid = rid
+        self.ssrc = 0
+        """0 until learnt from the RID header extension."""
+        self.rtx_ssrc: int | None = None
+        self.bitrate = 0.0
+        """Measured bits per second (smoothed), 0 before any."""
+        self.octets = 0
+        self.seen = float("-inf")
+        """When its octet count last moved."""
+        self.wanted_at = now
+        """Dynacast: when some subscriber last wanted it."""
+        self.active = True
+        """Dynacast: whether the publisher was last told to send it."""
+
+
 class Track:
-    __slots__ = ("codec", "extensions", "info", "live", "publisher", "rtx", "rtx_ssrc", "ssrc")
+    __slots__ = (
+        "codec",
+        "extensions",
+        "info",
+        "layers",
+        "live",
+        "measured",
+        "publisher",
+        "rtx",
+        "rtx_ssrc",
+        "ssrc",
+    )
 
     def __init__(
         self,
@@ -198,6 +269,11 @@ class Track:
         self.rtx = rtx
         self.extensions = extensions
         self.live = True
+        self.layers: list[LayerInfo] = []
+        """A simulcast track's layers, lowest first (``ssrc`` is then the
+        forwarder's group id, not an SSRC on the wire)."""
+        self.measured: LayerInfo | None = None
+        """A single-layer video track's measured bitrate (:mod:`sfu.layers`)."""
 
 
 class Section:

@@ -337,6 +337,28 @@ class RemoteMedia:
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
         await self._call("unpublish", room=room, participant=participant, track_id=track_id)
 
+    async def set_view(
+        self,
+        room: str,
+        participant: str,
+        track_id: str,
+        width: int,
+        height: int,
+        visible: bool,
+    ) -> None:
+        await self._call(
+            "set_view",
+            room=room,
+            participant=participant,
+            track_id=track_id,
+            width=width,
+            height=height,
+            visible=visible,
+        )
+
+    async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
+        await self._call("set_audio_only", room=room, participant=participant, enabled=enabled)
+
     async def leave(self, room: str, participant: str) -> None:
         await self._call("leave", room=room, participant=participant)
 
@@ -388,6 +410,8 @@ _OPS = frozenset(
         "answer",
         "set_muted",
         "unpublish",
+        "set_view",
+        "set_audio_only",
         "leave",
         "close_room",
         "relay_send",

@@ -204,11 +204,16 @@ class Vp8Rewriter:
         """The next packet starts a run from another layer (or after a pause)."""
         self._resync = True
 
-    def rewrite(self, data: bytearray, start: int, end: int) -> None:
-        """Rewrite the descriptor at ``data[start:end]`` in place."""
-        if start + 1 >= end or not data[start] & 0x80:
+    def rewrite(self, data: bytearray, start: int, end: int, src: Buffer | None = None) -> None:
+        """Rewrite the descriptor at ``data[start:end]`` in place. ``src``
+        (same layout) is read instead of ``data`` when given: the forwarder
+        rewrites one buffer for each subscriber in turn, and each must start
+        from the publisher's values."""
+        if src is None:
+            src = data
+        if start + 1 >= end or not src[start] & 0x80:
             return
-        x = data[start + 1]
+        x = src[start + 1]
         pos = start + 2
         pid_pos = tl0_pos = -1
         wide = False
@@ -216,7 +221,7 @@ class Vp8Rewriter:
             if pos >= end:
                 return
             pid_pos = pos
-            wide = bool(data[pos] & 0x80)
+            wide = bool(src[pos] & 0x80)
             pos += 2 if wide else 1
         if x & 0x40:
             if pos >= end:
@@ -225,11 +230,11 @@ class Vp8Rewriter:
         mask = 0x7FFF if wide else 0x7F
         pid = tl0 = -1
         if pid_pos >= 0:
-            pid = data[pid_pos] & 0x7F
+            pid = src[pid_pos] & 0x7F
             if wide:
-                pid = pid << 8 | data[pid_pos + 1]
+                pid = pid << 8 | src[pid_pos + 1]
         if tl0_pos >= 0:
-            tl0 = data[tl0_pos]
+            tl0 = src[tl0_pos]
         first = self._resync
         if first:
             self._resync = False

@@ -93,6 +93,7 @@ from sfu import metrics
 from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
 from sfu.control import MediaEvent, TransportState
 from sfu.forward import Forwarder
+from sfu.layers import WorkerLayers
 from sfu.links import WorkerLinks
 from sfu.records import Peer, Room
 from sfu.reports import ReportScheduler, nack_interval_for
@@ -137,7 +138,7 @@ _RTCP_MAX = 1200
 # --- the worker -------------------------------------------------------------------------
 
 
-class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
+class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
     """An SFU worker on one UDP port (RFC 8445 2.5 ICE-lite, RFC 5764 DTLS-SRTP, RFC 3550 7.1).
 
     ``host``/``port``: what the socket binds (port 0: any free port).
@@ -150,6 +151,8 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
     (draft-alvestrand-rmcat-remb-03). ``worker_id`` names the worker to
     other workers' relay links (its registry id; random by default);
     ``link_options`` go to each :class:`~sfu.relay.RelayLink`.
+    ``simulcast``: accept publishers' RFC 8853 simulcast and pick a layer
+    per subscriber (:mod:`sfu.layers`).
     """
 
     def __init__(
@@ -165,7 +168,9 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
         forwarder_options: Mapping[str, Any] | None = None,
         remb_max_bitrate: int = 2_500_000,
         link_options: Mapping[str, Any] | None = None,
+        simulcast: bool = True,
     ) -> None:
+        self.simulcast = simulcast
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
         self.host = host
         self.port = port
@@ -212,6 +217,7 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
         self._rtcp_when: float | None = None
         self._closed = False
         self._init_links()
+        self._init_layers()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -228,6 +234,7 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
             announced_addresses=settings.media_announced_addresses,
             consent_timeout=settings.media_consent_timeout,
             remb_max_bitrate=settings.media_remb_max_bitrate,
+            simulcast=settings.media_simulcast,
         )
 
     async def start(self) -> None:
@@ -377,6 +384,10 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
         stats = peer.recv_stats.get(ssrc)
         if stats is not None:
             stats.on_packet(seq, ts, now, len(plain))
+        elif peer.rid_tracks and self._learn_ssrc(peer, plain, ssrc, now):
+            stats = peer.recv_stats.get(ssrc)
+            if stats is not None:
+                stats.on_packet(seq, ts, now, len(plain))
         twcc = peer.twcc
         if twcc is not None:
             # Every packet with the extension, RTX and padding probes
@@ -492,9 +503,8 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
             elif isinstance(packet, Fir):
                 for ssrc, _seq in packet.entries:
                     forwarder.handle_keyframe_request(peer, ssrc, now)
-            elif isinstance(packet, TransportCc | Remb):
-                # HOOK sfu.bandwidth: a subscriber's bandwidth feedback (layer choice).
-                pass
+            elif isinstance(packet, TransportCc | Remb) and peer.direction == "subscribe":
+                self._subscriber_feedback(peer, packet, now)
         self._flush_rtcp(peer.room)
         self._soon(forwarder.get_timer())
 
@@ -658,6 +668,7 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
             self.counters[f"transport_{name}"] += value
         if peer.direction == "subscribe":
             peer.forwarder.remove_subscriber(peer)
+            self._forget_subscriber(peer)
             for section in peer.sections:
                 section.subscribed = False
         level = logging.INFO if state is PeerState.CLOSED else logging.WARNING
@@ -761,6 +772,9 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
 
     def _rtcp_due(self) -> float | None:
         when = self.bandwidth.get_timer()
+        layers = self._layers_due()
+        if layers is not None and (when is None or layers < when):
+            when = layers
         due = self.reports.get_timer()
         if due is not None:
             due += _REPORT_SLACK
@@ -793,6 +807,9 @@ class MediaWorker(WorkerLinks, asyncio.DatagramProtocol):
             feedback = self.bandwidth.handle_timer(now)
             if feedback:
                 self._send_feedback(feedback)
+        when = self._layers_due()
+        if when is not None and when <= now:
+            self._layers_tick(now)
         self._soon_rtcp()
 
     def _flush_rtcp(self, room: Room) -> None:

@@ -461,6 +461,15 @@ class Settings:
             " transport-cc send (its bandwidth estimate is capped here)."
         ),
     )
+    media_simulcast: bool = field(
+        default=True,
+        metadata=_doc(
+            "Accept publishers' simulcast (RFC 8853: three VP8 layers from a browser"
+            " capturing 720p) and send each subscriber the layer its bandwidth and"
+            " tile size call for, pausing video when even the lowest layer does not"
+            " fit (audio goes on). Off: a simulcast offer is answered with one layer."
+        ),
+    )
     media_workers: int = field(
         default=0,
         metadata=_doc(

@@ -1,0 +1,590 @@
+"""What each subscriber gets: simulcast layers, bandwidth, dynacast and connection quality.
+
+The worker's side of simulcast, on top of the pure cores
+(:mod:`sfu.simulcast`, :mod:`sfu.estimator`, :mod:`sfu.quality`) and the
+forwarder's layer switching (:mod:`sfu.groups`):
+
+* **Learning layers.** A browser sends RFC 8853 simulcast without
+  ``a=ssrc``: each layer's first packets carry the MID and RID header
+  extensions (RTX: the repaired RID, RFC 8852). A packet from an SSRC the
+  worker does not know, on a publisher with such layers still unknown, is
+  looked at in the slow branch (:meth:`WorkerLayers._learn_ssrc`) and its
+  SSRC becomes that layer's.
+* **Estimation.** Each subscriber transport that negotiated transport-cc
+  has a :class:`~sfu.estimator.SendSideEstimator`: the forwarder records
+  each packet's send time and size into its rings, the subscriber's
+  feedback feeds it. Without transport-cc the subscriber's REMB is the
+  estimate; without either the bandwidth counts as unlimited. When the
+  allocation wants more than the estimate, the estimator asks for a probe,
+  sent as padding-only RTX packets.
+* **Allocation.** Every ``TICK`` seconds, per subscriber:
+  :func:`sfu.simulcast.allocate` with the estimate, each video track's
+  layers (sizes from keyframes, bitrates measured from what arrives), the
+  subscriber's views (:meth:`set_view`) and the active speaker. The result
+  sets each subscription's layer or pauses it (``TrackPaused`` events:
+  ``hidden``, ``bandwidth``, ``audio_only``). A downgrade forced by the
+  estimate holds the subscriber's upgrades back for ``HOLD`` seconds
+  (mediasoup's 10 s), so a link at its limit does not flap.
+* **Dynacast.** A simulcast layer no subscriber or relay link has wanted for
+  ``DYNACAST_DELAY`` seconds is dropped from the track's ``LayersWanted``
+  event (signalling tells the publisher to stop that encoding); wanted again,
+  it is added back at the next tick. The lowest layer is always wanted, so a
+  new subscriber starts at once.
+* **Quality.** Every second, per participant, a
+  :class:`~sfu.quality.QualityTracker` fed by both legs; ``ConnectionQuality``
+  events on change.
+
+Sans-I/O like :mod:`sfu.negotiation`: the worker calls :meth:`_layers_tick`
+from its RTCP timer (:meth:`_layers_due` says when) and sends what
+:meth:`_send_padding` builds.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+from rtc.errors import RtpParseError
+from rtc.rtcp import Remb, RtcpPacket, TransportCc
+from rtc.rtp import extension_elements
+from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID
+from sfu.control import ConnectionQuality, LayersWanted, TrackPaused
+from sfu.errors import SfuStateError
+from sfu.estimator import SendSideEstimator
+from sfu.negotiation import WorkerControl
+from sfu.quality import QualityTracker, Sample
+from sfu.records import LayerInfo, Peer, Room, Track, View
+from sfu.reports import ReceiveStatistics
+from sfu.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
+from sfu.table import Group
+
+__all__ = ["DYNACAST_DELAY", "HOLD", "TICK", "WorkerLayers"]
+
+#: Seconds between allocations.
+TICK = 0.5
+#: Seconds a congestion downgrade holds back a subscriber's upgrades.
+HOLD = 10.0
+#: Seconds a layer nobody wants keeps being sent.
+DYNACAST_DELAY = 5.0
+#: A layer that sent nothing for this long is not offered (the publisher stopped it).
+STALE = 2.0
+#: Where a subscriber's estimate starts (bits per second).
+START_ESTIMATE = 1_000_000
+#: A measured layer bitrate counts this much over the average (bursts, keyframes).
+HEADROOM = 1.1
+
+Reason = Literal["bandwidth", "hidden", "audio_only"]
+
+
+class _Subscriber:
+    """A subscriber transport's allocation state."""
+
+    __slots__ = ("downgraded_at", "estimator", "paused", "remb", "wanted")
+
+    def __init__(self) -> None:
+        self.estimator: SendSideEstimator | None = None
+        self.remb: int | None = None
+        self.paused: dict[str, Reason] = {}
+        """Track id -> why it is paused now."""
+        self.downgraded_at = -math.inf
+        self.wanted = 0
+        """What the last allocation would have sent with no bandwidth limit."""
+
+
+class _Quality:
+    __slots__ = ("expected", "lost", "rtcp", "seen", "tracker")
+
+    def __init__(self, now: float) -> None:
+        self.tracker = QualityTracker()
+        self.lost = 0
+        self.expected = 0
+        self.rtcp = -1
+        self.seen = now
+
+
+class WorkerLayers(WorkerControl):
+    """Simulcast layers, estimation, dynacast and quality of :class:`sfu.worker.MediaWorker`."""
+
+    def _init_layers(self) -> None:
+        self._subscribers: dict[Peer, _Subscriber] = {}
+        self._qualities: dict[tuple[str, str], _Quality] = {}
+        self._layers_when: float | None = None
+        self._ticks = 0
+
+    # -- provided by the datagram side ----------------------------------------------------
+
+    @abc.abstractmethod
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send one datagram."""
+
+    @abc.abstractmethod
+    def _soon_rtcp(self) -> None:
+        """Make sure the RTCP timer (which runs :meth:`_layers_tick`) fires in time."""
+
+    # -- hooks into the control side ----------------------------------------------------
+
+    def _apply_subscriptions(self, peer: Peer, now: float) -> None:
+        super()._apply_subscriptions(peer, now)
+        # Simulcast subscriptions have no layer until allocated: do it now.
+        self._allocate_participant(peer.room, peer.participant, now)
+        self._layers_start(now)
+
+    def _leave(self, room: Room, participant: str, reason: str) -> None:
+        p = room.participants.get(participant)
+        if p is not None and p.subscribe is not None:
+            self._forget_subscriber(p.subscribe)
+        super()._leave(room, participant, reason)
+        for key in [k for k in room.views if k[0] == participant]:
+            del room.views[key]
+        room.audio_only.discard(participant)
+        self._qualities.pop((room.name, participant), None)
+
+    # -- MediaControl ------------------------------------------------------------------
+
+    async def set_view(
+        self,
+        room: str,
+        participant: str,
+        track_id: str,
+        width: int,
+        height: int,
+        visible: bool,
+    ) -> None:
+        """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
+        r = self._rooms.get(room)
+        if r is None:
+            raise SfuStateError(f"no room {room!r}")
+        r.views[(participant, track_id)] = View(max(0, width), max(0, height), visible)
+        self._allocate_participant(r, participant, self._now())
+
+    async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
+        """``participant`` receives no video while ``enabled``."""
+        r = self._rooms.get(room)
+        if r is None:
+            raise SfuStateError(f"no room {room!r}")
+        if enabled:
+            r.audio_only.add(participant)
+        else:
+            r.audio_only.discard(participant)
+        self._allocate_participant(r, participant, self._now())
+
+    # -- learning layers (the slow branch of the hot path) ----------------------------------
+
+    def _learn_ssrc(self, peer: Peer, plain: bytes, ssrc: int, now: float) -> bool:
+        """A publisher's packet from an unknown SSRC: a simulcast layer's (or its
+        RTX's) first packets, by their MID and RID extensions (RFC 8852).
+        True when the SSRC became known."""
+        if not plain or not plain[0] & 0x10:
+            return False
+        try:
+            two_byte, _, _, elements = extension_elements(plain)
+        except RtpParseError:
+            return False
+        values: dict[int, bytes] = {}
+        for hdr, xid, length in elements:
+            start = hdr + (2 if two_byte else 1)
+            values[xid] = plain[start : start + length]
+        track: Track | None = None
+        for candidate in peer.rid_tracks.values():
+            mid_id = candidate.extensions.get(MID, 0)
+            if mid_id and values.get(mid_id) == candidate.info.mid.encode():
+                track = candidate
+                break
+        if track is None and len(peer.rid_tracks) == 1:
+            track = next(iter(peer.rid_tracks.values()))
+        if track is None:
+            return False
+        forwarder = peer.forwarder
+        rid_id = track.extensions.get(RTP_STREAM_ID, 0)
+        rrid_id = track.extensions.get(REPAIRED_RTP_STREAM_ID, 0)
+        rid = values.get(rid_id) if rid_id else None
+        repaired = values.get(rrid_id) if rrid_id else None
+        if rid is not None:
+            index = _index(track, rid)
+            if index is None or track.layers[index].ssrc:
+                return False
+            try:
+                forwarder.add_layer(track.ssrc, index, ssrc)
+            except SfuStateError:
+                return False
+            layer = track.layers[index]
+            layer.ssrc = ssrc
+            stats = ReceiveStatistics(ssrc, track.codec.clock_rate)
+            peer.recv_stats[ssrc] = stats
+            if peer.reporting:
+                self.reports.add_receive(peer, stats)
+            self._layer_learnt(peer.room, track, index, now)
+        elif repaired is not None:
+            index = _index(track, repaired)
+            if index is None or not track.layers[index].ssrc or track.layers[index].rtx_ssrc:
+                return False
+            try:
+                forwarder.add_layer_rtx(track.ssrc, index, ssrc)
+            except SfuStateError:
+                return False
+            track.layers[index].rtx_ssrc = ssrc
+        else:
+            return False
+        if all(layer.ssrc and layer.rtx_ssrc for layer in track.layers):
+            peer.rid_tracks.pop(track.info.mid, None)
+        return True
+
+    def _layer_learnt(self, room: Room, track: Track, index: int, now: float) -> None:
+        """A layer's SSRC is known: subscribers waiting for any layer may get it."""
+        self._allocate_room(room, now)
+
+    # -- bandwidth feedback of subscribers ------------------------------------------------
+
+    def _subscriber_feedback(self, peer: Peer, packet: RtcpPacket, now: float) -> None:
+        """A subscriber's transport-cc feedback or REMB."""
+        state = self._subscribers.get(peer)
+        if state is None:
+            state = self._subscriber_state(peer)
+        if isinstance(packet, TransportCc):
+            if state.estimator is not None:
+                state.estimator.on_feedback(packet, now)
+        elif isinstance(packet, Remb):
+            state.remb = packet.bitrate
+
+    def _subscriber_state(self, peer: Peer) -> _Subscriber:
+        state = self._subscribers.get(peer)
+        if state is None:
+            state = self._subscribers[peer] = _Subscriber()
+        if state.estimator is None and any(
+            s.subscribed and "transport-cc" in {f.type for f in s.forwarded.codec.feedback}
+            for s in peer.sections
+        ):
+            state.estimator = SendSideEstimator(start=START_ESTIMATE)
+            sent_at, sizes = state.estimator.rings()
+            peer.forwarder.set_send_rings(peer, sent_at, sizes)
+        return state
+
+    def _forget_subscriber(self, peer: Peer) -> None:
+        self._subscribers.pop(peer, None)
+
+    # -- the tick ---------------------------------------------------------------------------
+
+    def _layers_due(self) -> float | None:
+        return self._layers_when if self._rooms else None
+
+    def _layers_start(self, now: float) -> None:
+        if self._layers_when is None:
+            self._layers_when = now + TICK
+            self._soon_rtcp()
+
+    def _layers_tick(self, now: float) -> None:
+        """Measure layers, allocate every subscriber, dynacast, and (every
+        other tick) connection quality."""
+        self._layers_when = now + TICK if self._rooms else None
+        self._ticks += 1
+        for room in list(self._rooms.values()):
+            self._measure(room, now)
+            self._allocate_room(room, now)
+            self._dynacast(room, now)
+            if self._ticks % 2 == 0:
+                self._quality(room, now)
+        for peer in [p for p in self._subscribers if p.transport.state.value == "closed"]:
+            del self._subscribers[peer]
+
+    def _measure(self, room: Room, now: float) -> None:
+        for track in room.tracks.values():
+            if track.info.kind != "video":
+                continue
+            layers = track.layers or [_single(track)]
+            for layer in layers:
+                stats = track.publisher.recv_stats.get(layer.ssrc) if layer.ssrc else None
+                if stats is None:
+                    continue
+                if stats.octets != layer.octets:
+                    if layer.seen > -math.inf:
+                        dt = max(now - layer.seen, TICK)
+                        rate = (stats.octets - layer.octets) * 8 / dt
+                        layer.bitrate = (
+                            rate if not layer.bitrate else 0.6 * layer.bitrate + 0.4 * rate
+                        )
+                    layer.octets = stats.octets
+                    layer.seen = now
+
+    def _allocate_room(self, room: Room, now: float) -> None:
+        for participant in list(room.participants):
+            self._allocate_participant(room, participant, now)
+
+    def _allocate_participant(self, room: Room, participant: str, now: float) -> None:
+        p = room.participants.get(participant)
+        peer = p.subscribe if p is not None else None
+        if peer is None or not peer.reporting:
+            return
+        state = self._subscriber_state(peer)
+        forwarder = peer.forwarder
+        audio = 0
+        wanted: list[Wanted] = []
+        tracks: dict[str, Track] = {}
+        reasons: dict[str, Reason] = {}
+        audio_only = participant in room.audio_only
+        speaker = room.speaker_sent
+        for section in peer.sections:
+            track = section.track
+            if not section.subscribed or not track.live:
+                continue
+            if track.info.kind == "audio":
+                audio += 1
+                continue
+            tid = track.info.track_id
+            tracks[tid] = track
+            view = room.views.get((participant, tid)) or _ANY_VIEW
+            if audio_only:
+                reasons[tid] = "audio_only"
+                continue
+            if not view.visible:
+                reasons[tid] = "hidden"
+                continue
+            wanted.append(
+                Wanted(
+                    tid,
+                    _layers(forwarder.group(track.ssrc), track, now),
+                    screen=track.info.source == "screen",
+                    speaker=speaker is not None and track.info.participant == speaker,
+                    width=view.width,
+                    height=view.height,
+                )
+            )
+        estimate = self._estimate(state)
+        chosen = allocate(estimate, wanted, audio)
+        ideal = allocate(math.inf, wanted, audio)
+        state.wanted = int(
+            audio * AUDIO_BITRATE + sum(_bitrate(w, ideal[w.track_id]) for w in wanted)
+        )
+        congested = False
+        for w in wanted:
+            tid = w.track_id
+            index = chosen[tid]
+            current = self._current(peer, tracks[tid])
+            best = ideal[tid]
+            if index is None:
+                reasons[tid] = "bandwidth"
+                if current is not None:
+                    congested = True
+                continue
+            if current is not None and index < current and best is not None and best > index:
+                congested = True
+            elif (current is None or index > current) and now - state.downgraded_at < HOLD:
+                if state.paused.get(tid) == "bandwidth":
+                    reasons[tid] = "bandwidth"
+                    continue
+                if current is not None:
+                    index = current
+            self._set(peer, tracks[tid], index, now)
+        if congested:
+            state.downgraded_at = now
+        for tid, reason in reasons.items():
+            self._set(peer, tracks[tid], None, now)
+            if state.paused.get(tid) != reason:
+                state.paused[tid] = reason
+                self._emit(TrackPaused(room.name, participant, tid, True, reason))
+        for tid in [t for t in state.paused if t not in reasons]:
+            reason = state.paused.pop(tid)
+            if tid in tracks:
+                self._emit(TrackPaused(room.name, participant, tid, False, reason))
+        self._flush_rtcp(room)
+        if state.estimator is not None and state.wanted > estimate:
+            probe = state.estimator.probe(int(state.wanted), now)
+            if probe is not None:
+                self._send_padding(peer, state.estimator, probe.cluster, probe.size, now)
+
+    def _estimate(self, state: _Subscriber) -> float:
+        if state.estimator is not None:
+            return float(state.estimator.estimate)
+        if state.remb is not None:
+            return float(state.remb)
+        return math.inf
+
+    def _current(self, peer: Peer, track: Track) -> int | None:
+        """The layer a subscriber gets now or is switching to (0 for a forwarded
+        single-layer track), None when paused."""
+        forwarder = peer.forwarder
+        try:
+            sub = forwarder._subscription_for(peer, track.ssrc)
+        except SfuStateError:
+            return None
+        if sub.group is not None:
+            return sub.target
+        return None if sub.paused else 0
+
+    def _set(self, peer: Peer, track: Track, index: int | None, now: float) -> None:
+        forwarder = peer.forwarder
+        try:
+            if forwarder.group(track.ssrc) is not None:
+                forwarder.set_layer(peer, track.ssrc, index, now)
+            else:
+                forwarder.set_paused(peer, track.ssrc, index is None, now)
+        except SfuStateError:
+            return
+
+    def _send_padding(
+        self, peer: Peer, estimator: SendSideEstimator, cluster: int, size: int, now: float
+    ) -> None:
+        """A probe cluster: padding-only RTX packets, sent at once (the
+        subscriber's arrival spacing measures the path)."""
+        protect, addr = peer.protect, peer.addr
+        if protect is None or addr is None:
+            return
+        left = size
+        while left > 0:
+            built = peer.forwarder.padding(peer, min(left, 275), now)
+            if built is None:
+                return
+            packet, tseq = built
+            estimator.on_sent(tseq, len(packet), now, cluster)
+            try:
+                self._send(protect(packet), addr)
+            except Exception:
+                peer.srtp_errors += 1
+                return
+            left -= len(packet)
+
+    # -- dynacast ---------------------------------------------------------------------------
+
+    def _dynacast(self, room: Room, now: float) -> None:
+        forwarder = room.forwarder
+        for track in room.tracks.values():
+            group = forwarder.group(track.ssrc) if track.layers else None
+            if group is None or track.publisher.owners is not None:
+                continue  # a relayed track's publisher is another worker's
+            wanted: set[int] = {0}
+            for sub in group.subscriptions:
+                target = sub.target
+                if target is not None and not sub.paused:
+                    wanted.add(target)
+            for index, layer in enumerate(group.layers):
+                # A relay link's egress leg subscribes to each layer it carries.
+                if layer is not None and any(s.group is None for s in layer.subscriptions):
+                    wanted.add(index)
+            for index in wanted:
+                track.layers[index].wanted_at = now
+            changed = False
+            for info in track.layers:
+                active = now - info.wanted_at < DYNACAST_DELAY
+                if active != info.active:
+                    info.active = active
+                    changed = True
+            if changed:
+                self._emit(
+                    LayersWanted(
+                        room.name,
+                        track.info.track_id,
+                        track.info.participant,
+                        [x.rid for x in track.layers],
+                        [x.rid for x in track.layers if x.active],
+                    )
+                )
+
+    # -- connection quality -------------------------------------------------------------
+
+    def _quality(self, room: Room, now: float) -> None:
+        for participant, p in room.participants.items():
+            legs = [x for x in (p.publish, p.subscribe) if x is not None and x.reporting]
+            if not legs:
+                continue
+            key = (room.name, participant)
+            q = self._qualities.get(key)
+            first = q is None
+            if q is None:
+                q = self._qualities[key] = _Quality(now)
+            loss = 0.0
+            jitter: float | None = None
+            rtt: float | None = None
+            available = wanted = 0.0
+            activity = 0
+            pub = p.publish
+            if pub is not None:
+                lost = sum(s.cumulative_lost for s in pub.recv_stats.values())
+                expected = sum(s.expected for s in pub.recv_stats.values())
+                if expected > q.expected:
+                    loss = max(0.0, (lost - q.lost) / (expected - q.expected))
+                q.lost, q.expected = lost, expected
+                for stats in pub.recv_stats.values():
+                    if stats.started and stats.clock_rate:
+                        value = stats.jitter / stats.clock_rate
+                        jitter = value if jitter is None else max(jitter, value)
+                activity += pub.packets_in + pub.rtcp_in
+            sub = p.subscribe
+            if sub is not None:
+                rtt = self.reports.rtt(sub)
+                state = self._subscribers.get(sub)
+                if state is not None:
+                    if state.estimator is not None:
+                        loss = max(loss, state.estimator.loss)
+                    estimate = self._estimate(state)
+                    available = 0.0 if math.isinf(estimate) else estimate
+                    wanted = float(state.wanted)
+                activity += sub.rtcp_in
+            if activity != q.rtcp:
+                q.rtcp, q.seen = activity, now
+            sample = Sample(
+                loss=loss,
+                rtt=rtt,
+                jitter=jitter,
+                available=available,
+                wanted=wanted,
+                silent=now - q.seen,
+            )
+            level = q.tracker.update(sample, now)
+            if first and level is None:
+                level = q.tracker.level
+            if level is not None:
+                self._emit(ConnectionQuality(room.name, participant, level.value))
+
+
+_ANY_VIEW = View()
+
+
+def _index(track: Track, rid: bytes) -> int | None:
+    text = rid.decode("ascii", "replace")
+    for i, layer in enumerate(track.layers):
+        if layer.rid == text:
+            return i
+    return None
+
+
+def _single(track: Track) -> LayerInfo:
+    """A single-layer video track's measurement record."""
+    layer = track.measured
+    if layer is None:
+        layer = track.measured = LayerInfo("", 0.0)
+        layer.ssrc = track.ssrc
+    return layer
+
+
+def _layers(group: Group | None, track: Track, now: float) -> Sequence[Layer]:
+    """The layers allocation may choose for a track: known, and sending now
+    (or stopped by dynacast, which resumes them when chosen)."""
+    if group is None:
+        single = _single(track)
+        bitrate = single.bitrate * HEADROOM if single.bitrate else 300_000
+        return [Layer(0, "", 0, 0, int(bitrate))]
+    group_layers = track.layers
+    n = len(group_layers)
+    out: list[Layer] = []
+    for i, info in enumerate(group_layers):
+        if not info.ssrc:
+            continue
+        fresh = now - info.seen < STALE
+        if not fresh and info.active and info.seen > -math.inf:
+            continue  # the publisher stopped it on its own
+        scale = 1 << (n - 1 - i)
+        width, height = 1280 // scale, 720 // scale
+        known = group.layers[i]
+        if known is not None and known.width:
+            width, height = known.width, known.height
+        default = (150_000, 500_000, 1_700_000)[min(i + 3 - n, 2)] if n <= 3 else 500_000
+        bitrate = info.bitrate * HEADROOM if fresh and info.bitrate else default
+        out.append(Layer(i, info.rid, width, height, int(bitrate)))
+    return out
+
+
+def _bitrate(wanted: Wanted, index: int | None) -> float:
+    if index is None:
+        return 0.0
+    return float(next(x.bitrate for x in wanted.layers if x.index == index))
