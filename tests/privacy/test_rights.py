@@ -14,7 +14,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import subprocess
+import sys
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from wadud.config import Settings
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"attachment-of-patient " * 20
 PASSWORD = "patient password 1"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -295,6 +298,18 @@ def _dump(settings: Settings) -> bytes:
     return done.stdout
 
 
+def _audit_verify(database_url: str) -> subprocess.CompletedProcess[str]:
+    """``wadud audit verify``, the command an operator runs."""
+    return subprocess.run(
+        [sys.executable, "-m", "bin.main", "audit", "verify"],
+        cwd=ROOT,
+        env={**os.environ, "WADUD_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def _stored(root: Path) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -390,6 +405,9 @@ async def test_erasure_leaves_no_plaintext_and_keeps_ledger_and_audit(
     async with pool.acquire() as conn:
         verdict = await privacy_audit.verify(conn)
     assert verdict.ok, verdict.problem
+    assert verdict.count >= 5  # sign-ins, reads, the export, the erasure
+    cli = _audit_verify(settings.database_url)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
     assert (
         await pool.fetchval("SELECT count(*) FROM audit_log WHERE subject_id = $1", uuid.UUID(a.id))
         == 0
