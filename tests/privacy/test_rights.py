@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -226,7 +227,10 @@ def _traces(p: Patient) -> list[bytes]:
 async def test_export_holds_the_patient_s_data_and_no_one_else_s(api: Api) -> None:
     w = await _world(api)
     a, b = w.a, w.b
-    manifest, files = _archive(await _export(api, a))
+    t0 = time.perf_counter()
+    data = await _export(api, a)
+    print(f"export: {len(data)} bytes in {time.perf_counter() - t0:.3f} s")
+    manifest, files = _archive(data)
 
     assert manifest["format"] == "wadud-export" and manifest["subject"] == a.id
     for entry in manifest["parts"]:
@@ -363,6 +367,7 @@ async def test_erasure_leaves_no_plaintext_and_keeps_ledger_and_audit(
     )
     await api.post("/api/v1/me/erasure", {}, token=w.clinic.staff_token, expect=403)
 
+    t0 = time.perf_counter()
     done = await api.post(
         "/api/v1/me/erasure",
         {"confirmation_token": token, "phrase": "Erase my data", "password": PASSWORD},
@@ -370,6 +375,7 @@ async def test_erasure_leaves_no_plaintext_and_keeps_ledger_and_audit(
         expect=200,
     )
     assert done["status"] == "erased"
+    print(f"erasure: {time.perf_counter() - t0:.3f} s, {sum(done['counts'].values())} rows")
     counts = done["counts"]
     assert counts["chat.conversations"] == 1 and counts["chat.attachments"] == 1
     assert counts["privacy.subject_keys"] == 1 and counts["files.deleted"] == 1
