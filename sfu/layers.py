@@ -234,6 +234,7 @@ class WorkerLayers(WorkerControl):
     def _layer_learnt(self, room: Room, track: Track, index: int, now: float) -> None:
         """A layer's SSRC is known: subscribers waiting for any layer may get it."""
         self._allocate_room(room, now)
+        self._layers_start(now)
 
     # -- bandwidth feedback of subscribers ------------------------------------------------
 
@@ -282,6 +283,7 @@ class WorkerLayers(WorkerControl):
         for room in list(self._rooms.values()):
             self._measure(room, now)
             self._allocate_room(room, now)
+            self._relay_layers(room, now)
             self._dynacast(room, now)
             if self._ticks % 2 == 0:
                 self._quality(room, now)
@@ -362,6 +364,10 @@ class WorkerLayers(WorkerControl):
             index = chosen[tid]
             current = self._current(peer, tracks[tid])
             best = ideal[tid]
+            if index is None and state.estimator is None:
+                # A REMB (the receiver's own estimate, which follows what it
+                # gets) is good enough to pick a layer, not to pause video.
+                index = w.layers[0].index if w.layers else None
             if index is None:
                 reasons[tid] = "bandwidth"
                 if current is not None:
@@ -445,6 +451,29 @@ class WorkerLayers(WorkerControl):
             left -= len(packet)
 
     # -- dynacast ---------------------------------------------------------------------------
+
+    def _relay_layers(self, room: Room, now: float) -> None:
+        """A simulcast track relayed to another worker crosses as its best
+        layer sending now (one layer: the receiving worker forwards it as a
+        single-layer track)."""
+        egress = {relay.egress for relay in room.relays.values()}
+        if not egress:
+            return
+        forwarder = room.forwarder
+        for track in room.tracks.values():
+            group = forwarder.group(track.ssrc) if track.layers else None
+            if group is None:
+                continue
+            live = [
+                i
+                for i, info in enumerate(track.layers)
+                if info.ssrc and now - info.seen < STALE and group.layers[i] is not None
+            ]
+            if not live:
+                continue
+            for sub in group.subscriptions:
+                if sub.key in egress:
+                    forwarder.set_layer(sub.key, track.ssrc, live[-1], now)
 
     def _dynacast(self, room: Room, now: float) -> None:
         forwarder = room.forwarder
