@@ -385,7 +385,8 @@ class Apns:
             "apns-topic": self.settings.notify_apns_topic,
             "apns-push-type": "alert",
             "apns-priority": "10" if msg.urgent else "5",
-            "apns-expiration": str(int(msg.expires_at or 0)),
+            # 0 would mean "try once, never store"; a receipt can wait a day.
+            "apns-expiration": str(int(msg.expires_at or time.time() + 86400)),
             "apns-collapse-id": msg.tag,
             "apns-id": str(uuid.uuid5(uuid.NAMESPACE_URL, msg.key)),
         }

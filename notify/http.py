@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from aiohttp import web
@@ -184,6 +186,23 @@ def _device_out(row: Any) -> DeviceOut:
     return DeviceOut(id=row["id"], kind=row["kind"], created_at=row["created_at"])
 
 
+def _check_push_endpoint(url: str) -> None:
+    """A browser's push service is a public https host (fcm.googleapis.com,
+    updates.push.services.mozilla.com, web.push.apple.com, ...). The notifier
+    POSTs to whatever a user registers, so an address inside the network
+    (an IP literal or localhost) is refused: no reaching internal services
+    through it."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    literal = True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        literal = False
+    if parts.scheme != "https" or not host or literal or host == "localhost" or "." not in host:
+        raise InvalidPreferences("a web push endpoint is an https URL on a public push service")
+
+
 @routes.post("/api/v1/me/devices", body=DeviceIn, returns=DeviceOut, status=201, auth="any")
 async def add_device(call: Call[DeviceIn, None]) -> DeviceOut:
     """Register this device or browser for push notifications.
@@ -193,8 +212,8 @@ async def add_device(call: Call[DeviceIn, None]) -> DeviceOut:
     b = call.body
     if b.kind == "webpush" and not (b.keys and "p256dh" in b.keys and "auth" in b.keys):
         raise InvalidPreferences("a web push subscription needs keys.p256dh and keys.auth")
-    if b.kind == "webpush" and not b.token.startswith("https://"):
-        raise InvalidPreferences("a web push endpoint is an https URL")
+    if b.kind == "webpush":
+        _check_push_endpoint(b.token)
     row = await call.pool.fetchrow(
         """INSERT INTO notify_devices (user_id, kind, token, keys) VALUES ($1, $2, $3, $4::jsonb)
            ON CONFLICT (kind, token) DO UPDATE SET user_id = $1, keys = $4::jsonb,

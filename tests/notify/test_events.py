@@ -196,14 +196,32 @@ async def test_notification_preferences_refuse_bad_input_with_a_typed_problem(ap
     device = await api.post(
         "/api/v1/me/devices", {"kind": "fcm", "token": "t-1"}, token=patient, expect=201
     )
-    problem = await api.post(
-        "/api/v1/me/devices", {"kind": "webpush", "token": "http://10.0.0.1/x"}, token=patient
-    )
-    assert problem["status"] == 400
+    for endpoint in (
+        "http://push.example.com/x",
+        "https://10.0.0.1/x",
+        "https://[::1]/x",
+        "https://localhost:8080/x",
+        "https://metadata/x",
+    ):
+        problem = await api.post(
+            "/api/v1/me/devices",
+            {"kind": "webpush", "token": endpoint, "keys": {"p256dh": "k", "auth": "a"}},
+            token=patient,
+        )
+        assert problem["status"] == 400, endpoint
+    await api.post(
+        "/api/v1/me/devices",
+        {"kind": "webpush", "token": "https://fcm.googleapis.com/fcm/send/abc",
+         "keys": {"p256dh": "k", "auth": "a"}},
+        token=patient,
+        expect=201,
+    )  # fmt: skip
     other = await api.user(Role.PATIENT)
     await api.delete(f"/api/v1/me/devices/{device['id']}", token=other, expect=404)
     await api.delete(f"/api/v1/me/devices/{device['id']}", token=patient, expect=204)
-    assert await api.get("/api/v1/me/devices", token=patient, expect=200) == []
+    assert [d["kind"] for d in await api.get("/api/v1/me/devices", token=patient, expect=200)] == [
+        "webpush"
+    ]
 
 
 async def test_quiet_hours_hold_push_but_not_email_and_muted_categories_send_nothing(
