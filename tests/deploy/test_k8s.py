@@ -1,0 +1,128 @@
+"""deploy/k8s/: every manifest passes `kubernetes-validate --strict` (offline
+OpenAPI schemas) for current Kubernetes versions, and the manifests agree with
+each other and with the settings they carry: probes on every role, grace
+periods longer than the drains they wait for, disruption budgets that select
+a workload, one image everywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from tests.deploy.conftest import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+MANIFESTS = sorted(K8S.glob("*.yaml"))
+#: The newest schemas kubernetes-validate ships, and an older release still
+#: widely run (managed clusters lag a few minor versions).
+VERSIONS = ("1.33.0", "1.37.0")
+
+
+def _docs() -> list[dict[str, Any]]:
+    return [d for path in MANIFESTS for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in _docs() if d["kind"] == kind]
+
+
+def _workloads() -> list[dict[str, Any]]:
+    return [d for d in _docs() if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job")]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_manifest_passes_strict_validation(version: str) -> None:
+    assert len(MANIFESTS) >= 5
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            version,
+            *map(str, MANIFESTS),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Every resource was checked, none skipped for want of a schema.
+    passed = done.stdout.count(" passed for resource ")
+    assert passed == len(_docs()), done.stdout
+
+
+def test_roles_probes_and_grace_periods_agree_with_the_settings() -> None:
+    config = _kind("ConfigMap")[0]["data"]["wadud.toml"]
+    settings = tomllib.loads(config)
+    drain = float(settings["media"]["drain_timeout"])
+    shutdown = float(settings["shutdown_timeout"])
+    roles: dict[str, list[dict[str, Any]]] = {}
+    images: set[str] = set()
+    for w in _workloads():
+        pod = w["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        images.add(container["image"])
+        role = container["args"][0]
+        roles.setdefault(role, []).append(w)
+        assert pod["securityContext"]["runAsNonRoot"] is True, w["metadata"]["name"]
+        if role == "migrate":
+            continue
+        assert {"livenessProbe", "readinessProbe"} <= container.keys(), w["metadata"]["name"]
+        assert "requests" in container["resources"], w["metadata"]["name"]
+        grace = pod["terminationGracePeriodSeconds"]
+        if role == "media":
+            # Workers are killed drain + 10 s after SIGTERM; the kubelet must
+            # not SIGKILL the node before that.
+            assert grace > drain + 10, (w["metadata"]["name"], grace)
+            assert pod["hostNetwork"] is True
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            env = {e["name"]: e for e in container["env"]}
+            assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+            assert "--announce=$(HOST_IP)" in container["args"]
+            workers = int(settings["media"]["workers"])
+            udp = [p for p in container["ports"] if p["protocol"] == "UDP"]
+            assert sorted(p["hostPort"] for p in udp) == [
+                int(settings["media"]["port"]) + i for i in range(workers)
+            ]
+        if role == "api":
+            pre = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+            assert grace > pre + shutdown, grace
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            annotations = w["spec"]["template"]["metadata"]["annotations"]
+            metrics_port = settings["metrics_listen"].rsplit(":", 1)[1]
+            assert annotations["prometheus.io/port"] == metrics_port
+    assert {"api", "media", "turn", "migrate"} <= roles.keys()
+    assert {w["metadata"]["labels"]["wadud.io/region"] for w in roles["media"]} == {"pk", "ae"}
+    assert len(images) == 1, images
+
+
+def test_every_disruption_budget_and_service_selects_a_workload() -> None:
+    pods = [w["spec"]["template"]["metadata"]["labels"] for w in _workloads()]
+
+    def selects(selector: dict[str, str]) -> bool:
+        return any(selector.items() <= labels.items() for labels in pods)
+
+    for pdb in _kind("PodDisruptionBudget"):
+        assert selects(pdb["spec"]["selector"]["matchLabels"]), pdb["metadata"]["name"]
+    for svc in _kind("Service"):
+        assert selects(svc["spec"]["selector"]), svc["metadata"]["name"]
+    names = {s["metadata"]["name"] for s in _kind("Service")}
+    for ing in _kind("Ingress"):
+        for rule in ing["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"]["name"] in names
+
+
+def test_manifests_are_listed_in_the_docs() -> None:
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    for path in MANIFESTS:
+        assert f"k8s/{path.name}" in readme, path.name
