@@ -98,7 +98,10 @@ CREATE FUNCTION audit_content(
 ) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT p_seq::text || E'\n'
-        || (extract(epoch FROM p_at) * 1000000)::bigint::text || E'\n'
+        -- Whole microseconds since 1970 without floating point (extract
+        -- gives float8 before PostgreSQL 14, too coarse for microseconds).
+        || (extract(epoch FROM date_trunc('second', p_at))::bigint * 1000000
+            + extract(microseconds FROM p_at)::bigint % 1000000)::text || E'\n'
         || coalesce(p_actor_id::text, '') || E'\n'
         || p_actor_role || E'\n'
         || p_action || E'\n'
