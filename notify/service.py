@@ -36,6 +36,7 @@ from collections.abc import Callable
 from uuid import UUID
 
 import asyncpg
+from prometheus_client import Counter, Gauge
 
 from notify import channels as ch
 from notify import plan, store
@@ -47,6 +48,17 @@ from wadud.config import Settings
 log = logging.getLogger("wadud.notify")
 
 __all__ = ["Notifier", "policy", "run"]
+
+DELIVERIES = Counter(
+    "wadud_notify_deliveries_total",
+    "Delivery attempts by channel and outcome (sent, retried, failed, expired).",
+    ["channel", "outcome"],
+)
+BACKLOG = Gauge(
+    "wadud_notify_backlog",
+    "Events not yet read by a notifier (inbox), and deliveries due and not sent (due).",
+    ["queue"],
+)
 
 
 def policy(settings: Settings) -> plan.Policy:
@@ -131,6 +143,7 @@ class Notifier:
                     pass
                 while await self.expand_jobs() >= self.batch:
                     pass
+                await self.observe()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -152,6 +165,17 @@ class Notifier:
             self._send_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._send_wake.wait(), self.settings.notify_poll_interval)
+
+    async def observe(self) -> None:
+        row = await self.pool.fetchrow(
+            """SELECT (SELECT count(*) FROM notify_inbox) AS inbox,
+                      (SELECT count(*) FROM notify_deliveries
+                       WHERE status = 'pending' AND next_attempt_at <= $1) AS due""",
+            self.clock(),
+        )
+        assert row is not None
+        BACKLOG.labels("inbox").set(row["inbox"])
+        BACKLOG.labels("due").set(row["due"])
 
     # -- the three steps ---------------------------------------------------
 
@@ -211,6 +235,7 @@ class Notifier:
                 await conn.execute(
                     "UPDATE notify_deliveries SET status = 'expired' WHERE id = $1", delivery_id
                 )
+                DELIVERIES.labels(row["channel"], "expired").inc()
                 return True
             try:
                 detail = await self._send(conn, row)
@@ -222,6 +247,7 @@ class Notifier:
                 await store.record_attempt(
                     conn, delivery_id, attempt, status="failed", ok=False, detail=exc.detail
                 )
+                DELIVERIES.labels(row["channel"], "failed").inc()
                 log.warning(
                     "notification refused for good",
                     extra={"delivery": delivery_id, "channel": row["channel"], "error": exc.detail},
@@ -238,6 +264,7 @@ class Notifier:
                 conn, delivery_id, attempt, status="sent", ok=True, detail=detail
             )
         self.sent += 1
+        DELIVERIES.labels(row["channel"], "sent").inc()
         log.info(
             "notification sent",
             extra={"delivery": delivery_id, "channel": row["channel"], "template": row["template"]},
@@ -257,6 +284,7 @@ class Notifier:
             await store.record_attempt(
                 conn, row["id"], attempt, status="failed", ok=False, detail=detail
             )
+            DELIVERIES.labels(row["channel"], "failed").inc()
             log.warning(
                 "notification failed after every retry",
                 extra={"delivery": row["id"], "channel": row["channel"], "error": detail},
@@ -274,6 +302,7 @@ class Notifier:
             detail=detail,
             next_attempt_at=self.clock() + dt.timedelta(seconds=wait),
         )
+        DELIVERIES.labels(row["channel"], "retried").inc()
         log.info(
             "notification will be retried",
             extra={"delivery": row["id"], "attempt": attempt, "in": wait, "error": detail},
@@ -344,6 +373,17 @@ async def run(settings: Settings) -> int:
         notifier = Notifier(pool, settings, opened.senders)
         await notifier.start()
         stack.push_async_callback(notifier.close)
+        if settings.metrics_listen:
+            # The same private /metrics listener the HTTP roles open.
+            from aiohttp import web
+
+            from wadud import ops
+
+            host, port = ops.listen_address(settings.metrics_listen)
+            runner = web.AppRunner(ops.metrics_app(settings.metrics_token), access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, host, port).start()
         log.info("notifier running", extra={"channels": sorted(opened.senders)})
         print(
             f"wadud notify: running ({', '.join(sorted(opened.senders)) or 'no channels'})",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
+from tests.conftest import free_port
 from tests.notify.conftest import Inbox, World, emit, make_booking, wait_for
 from wadud.config import Settings
 
@@ -26,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class Role:
     """One ``wadud notify`` process in its own process group."""
 
-    def __init__(self, settings: Settings, smtp: Inbox, name: str) -> None:
+    def __init__(self, settings: Settings, smtp: Inbox, name: str, **extra_env: str) -> None:
         env = {
             **os.environ,
             "WADUD_DATABASE_URL": settings.database_url,
@@ -41,6 +44,7 @@ class Role:
             "WADUD_NOTIFY_SMTP_TLS": "none",
             "WADUD_NOTIFY_POLL_INTERVAL": "0.1",
             "WADUD_NOTIFY_BACKOFF_BASE": "0.2",
+            **extra_env,
         }
         self.name = name
         self.lines: list[str] = []
@@ -158,7 +162,9 @@ async def test_a_reminder_is_sent_once_across_a_killed_and_restarted_notifier(
 async def test_two_replicas_send_each_reminder_once(
     pool: asyncpg.Pool, world: World, smtp: Inbox, settings: Settings, roles: list[Role]
 ) -> None:
-    a, b = Role(settings, smtp, "a"), Role(settings, smtp, "b")
+    metrics = f"127.0.0.1:{free_port()}"
+    a = Role(settings, smtp, "a", WADUD_METRICS_LISTEN=metrics)
+    b = Role(settings, smtp, "b")
     roles += [a, b]
     await asyncio.gather(a.started(), b.started())
     bookings = 8
@@ -175,6 +181,13 @@ async def test_two_replicas_send_each_reminder_once(
     )
     await wait_for(lambda: len(smtp.of("reminder_15m")) >= 2 * bookings, seconds=20)
     await asyncio.sleep(1.5)
+    async with aiohttp.ClientSession() as http, http.get(f"http://{metrics}/metrics") as resp:
+        page = await resp.text()
+    counted = re.search(
+        r'wadud_notify_deliveries_total\{channel="email",outcome="sent"\} (\d+)', page
+    )
+    assert counted and int(counted.group(1)) == a.sent()
+    assert 'wadud_notify_backlog{queue="inbox"} 0.0' in page
     assert a.stop() == 0 and b.stop() == 0
 
     ids = [m["Message-ID"] for m in smtp.messages]
