@@ -32,6 +32,7 @@ Formats:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import hashlib
@@ -135,6 +136,11 @@ def _http_failure(status: int, text: str, headers: Mapping[str, str], what: str)
 # -- email ---------------------------------------------------------------------
 
 
+#: Seconds an SMTP session may sit idle before it is closed rather than
+#: reused (servers drop idle clients after a minute or so).
+_SMTP_IDLE = 30.0
+
+
 class Email:
     name = "email"
 
@@ -143,6 +149,10 @@ class Email:
         self.sender = settings.notify_email_from
         self.domain = email.utils.parseaddr(self.sender)[1].rpartition("@")[2] or "wadud.invalid"
         self.tls = _ssl_context(settings)
+        #: Open SMTP sessions between sends, with when each went idle: one
+        #: connection, EHLO, STARTTLS and AUTH per message would cap a
+        #: notifier at a few messages a second against a real provider.
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     def build(self, msg: Message) -> EmailMessage:
         r = msg.rendered
@@ -163,30 +173,67 @@ class Email:
         m["Content-Language"] = r.language
         return m
 
-    async def send(self, msg: Message) -> str:
+    def _client(self) -> aiosmtplib.SMTP:
         s = self.settings
         mode = s.notify_smtp_tls
+        return aiosmtplib.SMTP(
+            hostname=s.notify_smtp_host,
+            port=s.notify_smtp_port,
+            username=s.notify_smtp_username or None,
+            password=s.notify_smtp_password or None,
+            use_tls=mode == "tls",
+            start_tls=mode == "starttls",
+            tls_context=self.tls if mode != "none" else None,
+            timeout=s.notify_send_timeout,
+        )
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        """An open session: an idle one that still answers NOOP, else a new one
+        (connect, EHLO, STARTTLS, AUTH as configured)."""
+        while self._idle:
+            client, since = self._idle.pop()
+            if client.is_connected and time.monotonic() - since < _SMTP_IDLE:
+                try:
+                    await client.noop()
+                    return client
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    pass
+            client.close()
+        client = self._client()
+        await client.connect()
+        return client
+
+    async def send(self, msg: Message) -> str:
         try:
-            await aiosmtplib.send(
-                self.build(msg),
-                hostname=s.notify_smtp_host,
-                port=s.notify_smtp_port,
-                username=s.notify_smtp_username or None,
-                password=s.notify_smtp_password or None,
-                use_tls=mode == "tls",
-                start_tls=mode == "starttls",
-                tls_context=self.tls if mode != "none" else None,
-                timeout=s.notify_send_timeout,
-            )
+            client = await self._connected()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise DeliveryFailed(f"smtp: cannot connect: {type(exc).__name__}: {exc}") from exc
+        try:
+            await client.send_message(self.build(msg))
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            self._idle.append((client, time.monotonic()))  # the session is fine
             raise PermanentFailure(f"smtp: recipient refused: {exc}") from exc
         except aiosmtplib.SMTPResponseException as exc:
+            client.close()
             if 500 <= exc.code < 600:
                 raise PermanentFailure(f"smtp: {exc.code} {exc.message}") from exc
             raise DeliveryFailed(f"smtp: {exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
             raise DeliveryFailed(f"smtp: {type(exc).__name__}: {exc}") from exc
-        return f"smtp: accepted by {s.notify_smtp_host}"
+        except BaseException:
+            client.close()
+            raise
+        self._idle.append((client, time.monotonic()))
+        return f"smtp: accepted by {self.settings.notify_smtp_host}"
+
+    async def close(self) -> None:
+        while self._idle:
+            client, _ = self._idle.pop()
+            try:
+                await asyncio.wait_for(client.quit(), 2)
+            except Exception:
+                client.close()
 
 
 # -- web push ------------------------------------------------------------------
@@ -495,6 +542,9 @@ class Channels:
     session: aiohttp.ClientSession
 
     async def close(self) -> None:
+        for sender in self.senders.values():
+            if isinstance(sender, Email):
+                await sender.close()
         await self.http.aclose()
         await self.session.close()
 
