@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -16,7 +17,8 @@ import pytest
 from notify import channels as ch
 from notify.channels import Message
 from notify.service import Notifier
-from tests.notify.conftest import Inbox, World, wait_for
+from tests.conftest import free_port
+from tests.notify.conftest import Inbox, Tls, World, wait_for
 from wadud import outbox
 from wadud.config import Settings
 
@@ -149,3 +151,57 @@ async def _until(when: dt.datetime) -> None:
     import asyncio
 
     await asyncio.sleep(max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds()) + 0.05)
+
+
+async def test_email_goes_over_starttls_with_auth_as_configured_for_a_provider(
+    pool: asyncpg.Pool, world: World, notify_settings: Settings, tls: Tls
+) -> None:
+    """The production path: port 587, STARTTLS (certificate checked against
+    notify_ca_file), then AUTH; a server that requires both takes the mail."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        assert isinstance(data, LoginPassword)
+        assert session.ssl is not None, "credentials sent before STARTTLS"
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.login == b"wadud" and data.password == b"s3cret")
+
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(tls.cert_file, tls.key_file)
+    inbox = Inbox(free_port())
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=inbox.port,
+        tls_context=server_tls,
+        require_starttls=True,
+        auth_require_tls=True,
+        authenticator=authenticate,
+        auth_required=True,
+        server_hostname="127.0.0.1",
+    )
+    controller.start()
+    settings = dataclasses.replace(
+        notify_settings,
+        notify_smtp_port=inbox.port,
+        notify_smtp_tls="starttls",
+        notify_smtp_username="wadud",
+        notify_smtp_password="s3cret",
+        notify_ca_file=str(tls.ca_file),
+    )
+    opened = await ch.open_channels(settings)
+    try:
+        n = Notifier(pool, settings, opened.senders)
+        await _receipt(pool, world)
+        await _receipt(pool, world)
+        assert await n.run_until_idle() == 2
+        assert len(inbox.messages) == 2
+        assert logins == [(b"wadud", b"s3cret")]  # one session, reused
+    finally:
+        await opened.close()
+        controller.stop()
