@@ -168,19 +168,22 @@ async def load_availability(
         )
     if row is None:
         raise NotFound("no such doctor")
-    rules = await conn.fetch(
-        """SELECT weekday, start_local, end_local, types FROM availability_rules
-           WHERE doctor_id = $1 ORDER BY weekday, start_local""",
-        doctor_id,
-    )
-    # Overrides of dates long past change nothing; a two-day margin covers
-    # every time zone's "today".
-    overrides = await conn.fetch(
-        """SELECT day, windows, closed FROM availability_overrides
+    # Weekly rules and date overrides in one round trip (``rule`` tells them
+    # apart). Overrides of dates long past change nothing; a two-day margin
+    # covers every time zone's "today".
+    both = await conn.fetch(
+        """SELECT true AS rule, weekday, start_local, end_local, types,
+                  NULL::date AS day, NULL::jsonb AS windows, NULL::boolean AS closed
+           FROM availability_rules WHERE doctor_id = $1
+           UNION ALL
+           SELECT false, NULL, NULL, NULL, NULL, day, windows, closed
+           FROM availability_overrides
            WHERE doctor_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 2
-           ORDER BY day""",
+           ORDER BY rule DESC, weekday, start_local, day""",
         doctor_id,
     )
+    rules = [r for r in both if r["rule"]]
+    overrides = [r for r in both if not r["rule"]]
     return row, build_availability(row, rules, overrides)
 
 
