@@ -244,6 +244,57 @@ async def apply_event(
         hash_manage_token(token) if token else None,
     )
     assert updated is not None
+    await _recorded(conn, updated, old, new, event, actor_id, detail, token, now, refresh)
+    return updated
+
+
+async def apply_event_if(
+    conn: asyncpg.Connection,
+    booking_id: UUID,
+    expected: State,
+    event: Event,
+    *,
+    actor_id: UUID | None,
+    detail: dict[str, Any] | None = None,
+    now: dt.datetime | None = None,
+) -> asyncpg.Record | None:
+    """:func:`transition_booking` of a booking that must be in state
+    ``expected``: the lock and the change are one statement (the payment
+    webhook's confirmation). None, with nothing changed, when the booking is
+    in another state or gone; refuses (409) before any statement when the
+    table has no such move."""
+    now = now or _now()
+    new = next_state(expected.value, event)
+    token = new_manage_token() if new is State.REQUESTED and expected is not new else None
+    updated = await conn.fetchrow(
+        """UPDATE bookings
+           SET status = $2, updated_at = $3,
+               manage_token_hash = coalesce($4, manage_token_hash)
+           WHERE id = $1 AND status = $5 RETURNING *""",
+        booking_id,
+        new.value,
+        now,
+        hash_manage_token(token) if token else None,
+        expected.value,
+    )
+    if updated is not None:
+        await _recorded(conn, updated, expected, new, event, actor_id, detail, token, now, True)
+    return updated
+
+
+async def _recorded(
+    conn: asyncpg.Connection,
+    updated: asyncpg.Record,
+    old: State,
+    new: State,
+    event: Event,
+    actor_id: UUID | None,
+    detail: dict[str, Any] | None,
+    token: str | None,
+    now: dt.datetime,
+    refresh: bool,
+) -> None:
+    """A transition's history row, outbox event and next-free refresh."""
     await record_event(
         conn,
         updated,
@@ -265,7 +316,6 @@ async def apply_event(
         )
     elif refresh and event is Event.RESCHEDULE:
         await slots.refresh_next_free(conn, updated["doctor_id"], now)
-    return updated
 
 
 # -- holds -----------------------------------------------------------------------

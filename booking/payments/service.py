@@ -725,14 +725,13 @@ def _transition_booking() -> TransitionBooking:
     return found or _fallback_transition_booking
 
 
-def _apply_booking_event() -> TransitionBooking | None:
-    """``booking.service.apply_event`` (a transition on a row locked already),
-    when the bookings module is there."""
+def _booking_service(name: str) -> Callable[..., Awaitable[asyncpg.Record | None]] | None:
+    """A function of ``booking.service``, when the bookings module is there."""
     try:
         from booking import service
     except ImportError:  # pragma: no cover - payments ships with booking
         return None
-    found: TransitionBooking | None = getattr(service, "apply_event", None)
+    found: Callable[..., Awaitable[asyncpg.Record | None]] | None = getattr(service, name, None)
     return found
 
 
@@ -781,31 +780,27 @@ async def _fallback_transition_booking(
 
 async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str | None:
     """Move the paid booking from held to requested; return why not, if not."""
+    detail = {"payment_id": str(row["id"])}
+    apply_if = _booking_service("apply_event_if")
+    # Lock and change in one statement when the booking is still held;
+    # held -> requested is in the table, so nothing refuses half way and no
+    # savepoint is needed. Otherwise find out why, the long way.
+    if apply_if is not None and await apply_if(
+        conn,
+        row["booking_id"],
+        lifecycle.State.HELD,
+        lifecycle.Event.CONFIRM_PAYMENT,
+        actor_id=None,
+        detail=detail,
+    ):
+        return None
     booking = await conn.fetchrow(
-        "SELECT * FROM bookings WHERE id = $1 FOR UPDATE", row["booking_id"]
+        "SELECT status FROM bookings WHERE id = $1 FOR UPDATE", row["booking_id"]
     )
     if booking is None:  # pragma: no cover - a foreign key guarantees it
         return "the booking is gone"
     if booking["status"] != lifecycle.State.HELD.value:
         return f"the booking is {booking['status']}, no longer held for payment"
-    apply = _apply_booking_event()
-    if apply is not None:
-        # The row is locked and held, and held -> requested is in the table
-        # (the pure core refuses before any statement): nothing can refuse
-        # half way, so no savepoint; an unexpected database error aborts the
-        # whole payment transaction, as it should.
-        try:
-            lifecycle.transition(lifecycle.State.HELD, lifecycle.Event.CONFIRM_PAYMENT)
-        except WadudError as exc:  # pragma: no cover - the table allows it
-            return f"the booking could not be confirmed: {exc}"
-        await apply(
-            conn,
-            booking,
-            lifecycle.Event.CONFIRM_PAYMENT,
-            actor_id=None,
-            detail={"payment_id": str(row["id"])},
-        )
-        return None
     try:
         # A savepoint: a refusal must not abort the payment's transaction.
         async with conn.transaction():
@@ -814,7 +809,7 @@ async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str
                 row["booking_id"],
                 lifecycle.Event.CONFIRM_PAYMENT,
                 actor_id=None,
-                detail={"payment_id": str(row["id"])},
+                detail=detail,
             )
     except WadudError as exc:
         return f"the booking could not be confirmed: {exc}"
