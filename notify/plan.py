@@ -60,6 +60,8 @@ class Event:
     topic: str
     data: Mapping[str, Any]
     at: dt.datetime
+    #: The W3C trace context of the transaction that wrote it (tracing on).
+    trace: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

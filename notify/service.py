@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import signal
@@ -42,7 +43,7 @@ from notify import channels as ch
 from notify import plan, store
 from notify.errors import DeliveryFailed, PermanentFailure
 from notify.templates import render
-from wadud import outbox
+from wadud import outbox, tracing
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.notify")
@@ -184,8 +185,25 @@ class Notifier:
         async with self.pool.acquire() as conn, conn.transaction():
             events = await store.claim_events(conn, self.batch)
             for event in events:
-                ctx = await store.context_for(conn, event)
-                await store.save_plan(conn, plan.plan_event(event, ctx, self.policy))
+                # A consumer span in the trace of the request that wrote the
+                # event; its jobs carry it on, so their sends join it too.
+                with tracing.consume(
+                    {"id": event.id, tracing.EVENT_KEY: event.trace},
+                    f"notify plan {event.topic}",
+                    {"messaging.destination.name": event.topic},
+                ):
+                    ctx = await store.context_for(conn, event)
+                    planned = plan.plan_event(event, ctx, self.policy)
+                    if tracing.enabled():
+                        carrier = {"trace": tracing.inject()}
+                        planned = dataclasses.replace(
+                            planned,
+                            jobs=[
+                                dataclasses.replace(j, params={**j.params, **carrier})
+                                for j in planned.jobs
+                            ],
+                        )
+                    await store.save_plan(conn, planned)
             if events:
                 await store.delete_events(conn, [e.id for e in events])
         return len(events)
@@ -330,10 +348,19 @@ class Notifier:
             device=device,
             expires_at=expires.timestamp() if expires is not None else None,
         )
-        try:
-            return await asyncio.wait_for(sender.send(msg), self.settings.notify_send_timeout + 5)
-        except TimeoutError:
-            raise DeliveryFailed(f"{row['channel']}: no answer in time") from None
+        trace = row["params"].get("trace") if isinstance(row["params"], dict) else None
+        with tracing.span(
+            f"notify send {row['channel']}",
+            kind="producer",
+            parent=tracing.extract(trace),
+            attributes={"notify.template": row["template"], "notify.channel": row["channel"]},
+        ):
+            try:
+                return await asyncio.wait_for(
+                    sender.send(msg), self.settings.notify_send_timeout + 5
+                )
+            except TimeoutError:
+                raise DeliveryFailed(f"{row['channel']}: no answer in time") from None
 
     async def run_until_idle(self, seconds: float = 10.0) -> int:
         """Plan, expand and send until nothing is due; return how many were
@@ -358,6 +385,14 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
+        # As the HTTP roles do (wadud.app): first in, last out.
+        tracing.configure(
+            settings.otel_endpoint,
+            service=settings.otel_service_name,
+            sample_ratio=settings.otel_sample_ratio,
+            role="notify",
+        )
+        stack.push_async_callback(tracing.aclose)
         url = settings.database_url or await stack.enter_async_context(
             db.embedded_postgres(settings.data_dir)
         )

@@ -39,12 +39,14 @@ Conn: TypeAlias = asyncpg.Connection
 
 
 async def claim_events(conn: Conn, limit: int) -> list[Event]:
+    # The outbox row (while the relay keeps it) holds the event's trace context.
     rows = await conn.fetch(
-        """SELECT event_id, topic, payload, at FROM notify_inbox
-           ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        """SELECT i.event_id, i.topic, i.payload, i.at, o.trace FROM notify_inbox i
+           LEFT JOIN outbox o ON o.id = i.event_id
+           ORDER BY i.event_id LIMIT $1 FOR UPDATE OF i SKIP LOCKED""",
         limit,
     )
-    return [Event(r["event_id"], r["topic"], r["payload"], r["at"]) for r in rows]
+    return [Event(r["event_id"], r["topic"], r["payload"], r["at"], r["trace"]) for r in rows]
 
 
 async def delete_events(conn: Conn, ids: Sequence[int]) -> None:
