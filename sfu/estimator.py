@@ -328,7 +328,12 @@ class SendSideEstimator:
                     # A probe just showed the path carries more than is sent:
                     # give the sender time to use it before the cap applies.
                     cap = max(cap, self._probe_floor)
-                rate = min(rate, cap)
+                # The cap stops an increase the sender never tested; it never
+                # lowers the estimate (libwebrtc's AimdRateControl does the
+                # same): a subscriber that gets little for a while (audio, a
+                # paused video) keeps what its path was shown to carry.
+                if rate > cap:
+                    rate = max(self._delay_rate, cap)
         # UNDERUSING: hold, the queue is draining.
         self._delay_rate = max(float(self.min_bitrate), min(float(self.max_bitrate), rate))
 
@@ -358,8 +363,9 @@ class SendSideEstimator:
             return None
         self._last_probe = now
         bitrate = int(min(max(wanted, 2 * estimate), 3 * estimate, self.max_bitrate))
-        size = max(int(bitrate * PROBE_DURATION / 8), PROBE_MIN_PACKETS * 200)
-        packets = max(PROBE_MIN_PACKETS, math.ceil(size / 1000))
+        # Padding-only packets carry at most 255 bytes of padding each.
+        size = max(int(bitrate * PROBE_DURATION / 8), PROBE_MIN_PACKETS * 255)
+        packets = max(PROBE_MIN_PACKETS, math.ceil(size / 255))
         cid = self._next_cluster
         self._next_cluster = cid % 0xFFFF + 1
         self._clusters[cid] = _Cluster(cid, bitrate, now)
@@ -392,7 +398,10 @@ class SendSideEstimator:
                 found = 0.95 * result
                 self.probes_succeeded += 1
                 self._delay_rate = max(self._delay_rate, found)
-                self._loss_rate = max(self._loss_rate, found)
+                if self.loss < LOSS_LOW:
+                    # Random loss (a radio link) is the loss controller's to
+                    # judge: a probe lifts it only on a clean path.
+                    self._loss_rate = max(self._loss_rate, found)
                 self._probe_floor = found
                 self._probe_until = now + PROBE_HOLD
 

@@ -72,6 +72,8 @@ DYNACAST_DELAY = 5.0
 STALE = 2.0
 #: Where a subscriber's estimate starts (bits per second).
 START_ESTIMATE = 1_000_000
+#: What a single-layer video counts for when sharing a subscriber's bandwidth.
+SINGLE_LAYER_COST = 200_000
 #: A measured layer bitrate counts this much over the average (bursts, keyframes).
 HEADROOM = 1.1
 
@@ -590,9 +592,13 @@ def _layers(group: Group | None, track: Track, now: float) -> Sequence[Layer]:
     """The layers allocation may choose for a track: known, and sending now
     (or stopped by dynacast, which resumes them when chosen)."""
     if group is None:
+        # A track that does not simulcast has nothing lower to offer: it is
+        # paused only when the subscriber cannot carry even a small video
+        # (the audio-only fallback), not whenever the estimate is below what
+        # the publisher sends now (the estimate starts low and climbs).
         single = _single(track)
-        bitrate = single.bitrate * HEADROOM if single.bitrate else 300_000
-        return [Layer(0, "", 0, 0, int(bitrate))]
+        bitrate = single.bitrate * HEADROOM if single.bitrate else SINGLE_LAYER_COST
+        return [Layer(0, "", 0, 0, int(min(bitrate, SINGLE_LAYER_COST)))]
     group_layers = track.layers
     n = len(group_layers)
     out: list[Layer] = []

@@ -138,7 +138,8 @@ def test_heavy_random_loss_pulls_the_estimate_down(loss: float) -> None:
     call = Call(Path(20_000_000, loss=loss), wanted=2_500_000)
     call.run(10.0)
     assert call.estimate_at_end() < 600_000
-    assert call.est.loss > 0.1
+    # The estimator saw the loss it reacted to.
+    assert call.est.loss > 0.03 and call.path.dropped > 0.1 * call.seq
 
 
 def test_a_narrow_path_gets_down_to_audio_rates() -> None:
@@ -153,3 +154,15 @@ def test_feedback_for_unknown_numbers_is_ignored() -> None:
     fb = TransportCc.from_arrivals(1, 2, [(100, 0.0), (101, 0.001), (105, 0.01)], 0)
     est.on_feedback(fb, 1.0)
     assert est.estimate == 300_000
+
+
+def test_sending_little_for_a_while_does_not_collapse_the_estimate() -> None:
+    """A subscriber that gets only audio (its video paused or waiting for a
+    keyframe) must keep the estimate its path earned: the acknowledged-rate
+    cap limits increases, it never lowers the estimate."""
+    call = Call(Path(20_000_000), wanted=60_000, est=SendSideEstimator(start=1_000_000))
+    call.run(10.0)
+    assert call.estimate_at_end() >= 900_000
+    call.wanted = 2_500_000
+    call.run(6.0)
+    assert call.estimate_at_end() >= 2_000_000
