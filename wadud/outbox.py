@@ -58,6 +58,30 @@ async def emit(
         await conn.execute(query, topic, payload, tracing.inject() or None, *args)
 
 
+#: Put this in the SELECT of a statement that carries an :func:`event` CTE:
+#: the NOTIFY that wakes the relays at commit.
+NOTIFY = f"pg_notify('{CHANNEL}', '') AS outbox_notified"
+
+
+def event(topic: str, payload: dict[str, Any], first: int) -> tuple[str, list[Any]]:
+    """:func:`emit` folded into a caller's own statement: a data-modifying
+    CTE (``outbox_row AS (...)``, parameters numbered from ``$first``) and
+    its arguments. The statement must also select :data:`NOTIFY`::
+
+        cte, args = outbox.event("payment.created", payload, 16)
+        await conn.fetchrow(f"WITH i AS (...), {cte} SELECT i.*, {outbox.NOTIFY} FROM i",
+                            *mine, *args)
+
+    With tracing on, the row keeps the current trace context (the request's
+    span: the statement's own SQL span is the emit)."""
+    trace = tracing.inject() or None if tracing.enabled() else None
+    cte = (
+        f"outbox_row AS (INSERT INTO outbox (topic, payload, trace)"
+        f" VALUES (${first}, ${first + 1}::jsonb, ${first + 2}::jsonb))"
+    )
+    return cte, [topic, payload, trace]
+
+
 class Relay:
     def __init__(
         self,

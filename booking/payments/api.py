@@ -372,6 +372,20 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
         # in one round trip.
         created = IntentState.REQUIRES_PAYMENT
         handed_out = transition(created, IntentEvent.REDIRECT)
+        announced = {
+            "id": intent_id,
+            "booking_id": booking_id,
+            "clinic_id": booking["clinic_id"],
+            "patient_id": me.user_id,
+            "gateway": gateway.name,
+            "status": handed_out.value,
+            "amount_minor": booking["price_minor"],
+            "currency": booking["currency"],
+            "refunded_minor": 0,
+        }
+        event_cte, event_args = outbox.event(
+            "payment.created", service.payment_payload(announced), 18
+        )
         try:
             row = await conn.fetchrow(
                 f"""WITH i AS (
@@ -389,8 +403,9 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
                         FROM i, (VALUES (1, 'create', NULL, $14, '{{}}'::jsonb),
                                         (2, $16, $14, $15, $17::jsonb))
                                 AS x(n, event, from_state, to_state, detail)
-                        ORDER BY x.n)
-                    SELECT * FROM i""",
+                        ORDER BY x.n),
+                    {event_cte}
+                    SELECT i.*, {outbox.NOTIFY} FROM i""",
                 intent_id,
                 booking["clinic_id"],
                 booking_id,
@@ -408,11 +423,11 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
                 handed_out.value,
                 IntentEvent.REDIRECT.value,
                 {"url": session.url},
+                *event_args,
             )
         except asyncpg.UniqueViolationError:
             raise Conflict("the gateway reused a payment reference; try again") from None
         assert row is not None
-        await outbox.emit(conn, "payment.created", service.payment_payload(row))
     return _payment(row, me)
 
 

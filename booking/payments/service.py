@@ -238,10 +238,15 @@ async def move_intent(
     row: asyncpg.Record,
     event: IntentEvent,
     detail: Mapping[str, Any] | None = None,
+    *,
+    announce: str = "",
+    announce_extra: Mapping[str, Any] | None = None,
     **updates: Any,
 ) -> asyncpg.Record:
     """Apply ``event`` to a locked intent row: the core's table decides, the
-    row and a ``payment_events`` line record it. Extra columns in ``updates``."""
+    row and a ``payment_events`` line record it. Extra columns in ``updates``.
+    ``announce``: an outbox topic whose event (:func:`payment_payload` of the
+    moved row, plus ``announce_extra``) is written in the same statement."""
     before = IntentState(row["status"])
     after = transition(before, event)
     args: list[Any] = [row["id"], after.value, event.value, before.value, dict(detail or {})]
@@ -249,14 +254,23 @@ async def move_intent(
     for column, value in updates.items():
         args.append(value)
         sets.append(f"{column} = ${len(args)}")
-    # One round trip: the row and its payment_events line.
+    ctes, notify = "", ""
+    if announce:
+        # Every column of the payload but the state is the locked row's own.
+        moved = {**dict(row), **updates, "status": after.value}
+        cte, more = outbox.event(
+            announce, payment_payload(moved, **(announce_extra or {})), len(args) + 1
+        )
+        ctes, notify = f", {cte}", f", {outbox.NOTIFY}"
+        args.extend(more)
+    # One round trip: the row, its payment_events line (and its event).
     new = await conn.fetchrow(
         f"""WITH u AS (UPDATE payment_intents SET {", ".join(sets)} WHERE id = $1
                        RETURNING {INTENT_COLUMNS}),
                  e AS (INSERT INTO payment_events
                            (payment_intent_id, clinic_id, event, from_state, to_state, detail)
-                       SELECT id, clinic_id, $3, $4, $2, $5::jsonb FROM u)
-            SELECT * FROM u""",
+                       SELECT id, clinic_id, $3, $4, $2, $5::jsonb FROM u){ctes}
+            SELECT u.*{notify} FROM u""",
         *args,
     )
     assert new is not None
@@ -284,7 +298,7 @@ async def record_intent_event(
     )
 
 
-def payment_payload(row: asyncpg.Record, **extra: Any) -> dict[str, Any]:
+def payment_payload(row: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     return {
         "payment_id": str(row["id"]),
         "booking_id": str(row["booking_id"]),
@@ -877,12 +891,17 @@ async def apply_verdict(
         return row  # the same verdict again (callback and webhook both report it)
     if event is IntentEvent.VERIFIED_FAILURE:
         reason = f"{verdict.code} {verdict.message}".strip() or "failed"
-        row = await move_intent(conn, row, event, detail, failure_reason=reason)
-        await outbox.emit(conn, "payment.failed", payment_payload(row, reason=reason))
-        return row
-    row = await move_intent(conn, row, event, detail)
+        return await move_intent(
+            conn,
+            row,
+            event,
+            detail,
+            announce="payment.failed",
+            announce_extra={"reason": reason},
+            failure_reason=reason,
+        )
+    row = await move_intent(conn, row, event, detail, announce="payment.succeeded")
     await _capture(conn, row, default_bp)
-    await outbox.emit(conn, "payment.succeeded", payment_payload(row))
     why = await _confirm_booking(conn, row)
     if why is not None:
         log.warning(
