@@ -411,6 +411,13 @@ class Room:
             "waiting", ref, participant=participant_info(p, grants=True), session=p.session
         )
 
+    def typed_name(self, session: str) -> str:
+        """The display name the participant of ``session`` typed (their
+        token named nobody), so a resume without it keeps it."""
+        pid = self._sessions.get(session)
+        p = self.participants.get(pid) if pid is not None else None
+        return p.grant.name if p is not None else ""
+
     def _resumable(self, grant: RoomGrant, resume: str | None) -> Participant | None:
         if resume is None:
             return None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import weakref
 from collections import deque
@@ -47,10 +48,13 @@ from rtc.errors import SdpError
 from rtc.sdp import SessionDescription
 from sfu.control import (
     ActiveSpeaker,
+    ConnectionQuality,
+    LayersWanted,
     MediaControl,
     MediaEvent,
     RelayState,
     TrackInfo,
+    TrackPaused,
     TransportState,
 )
 from sfu.errors import SfuStateError
@@ -396,6 +400,8 @@ class CallRoom:
         self.regions: dict[str, str] = {}
         #: The room's worker per region, and their relays (signalling.sites).
         self.sites: dict[str, Site] = {}
+        #: Each participant's last connection quality (sent to newcomers).
+        self.quality: dict[str, ConnectionQuality] = {}
 
     def media_call(self, call: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         return self.lane.submit(call)
@@ -531,6 +537,11 @@ class CallService:
                     self._watch_now.set()
                 return
             room = self.rooms.get(event.room)
+            if isinstance(event, TrackPaused | LayersWanted | ConnectionQuality):
+                MEDIA_EVENTS.labels(event.type, "").inc()
+                if room is not None:
+                    self._weak_network_event(room, event, worker)
+                return
             if isinstance(event, ActiveSpeaker):
                 MEDIA_EVENTS.labels("active_speaker", "").inc()
                 if room is not None and self._speaker_counts(room, worker):
@@ -558,6 +569,39 @@ class CallService:
                 )
         except Exception:
             log.exception("media event failed")
+
+    def _weak_network_event(
+        self,
+        room: CallRoom,
+        event: TrackPaused | LayersWanted | ConnectionQuality,
+        worker: str | None,
+    ) -> None:
+        """A subscriber's paused track, a publisher's wanted layers, a
+        participant's connection quality: frames for those concerned."""
+        if isinstance(event, TrackPaused):
+            frame = p.TrackPaused(
+                track_id=event.track_id, paused=event.paused, reason=event.reason
+            ).frame()
+            room.send_to(event.participant, frame)
+        elif isinstance(event, LayersWanted):
+            # The publisher's own site decides (relay links count there).
+            site = room.sites.get(self._region_of(room, event.participant))
+            if worker is not None and site is not None and site.placed.worker != worker:
+                return
+            encodings = [p.Encoding(rid=r, active=r in event.active_rids) for r in event.rids]
+            if encodings:
+                frame = p.SetEncodings(track_id=event.track_id, encodings=encodings).frame()
+                room.send_to(event.participant, frame)
+        else:
+            known = room.quality.get(event.participant)
+            if known is not None and known.quality == event.quality:
+                return
+            room.quality[event.participant] = event
+            frame = p.ConnectionQuality(
+                participant_id=event.participant, quality=event.quality
+            ).frame()
+            for other in room.core.present():
+                room.send_to(other.id, frame)
 
     # -- rooms -----------------------------------------------------------------
 
@@ -646,6 +690,7 @@ class CallService:
                     if isinstance(conn, Connection | RemoteConnection):
                         conn.close(code, reason)
                 case MediaLeave(pid):
+                    room.quality.pop(pid, None)
                     sub = room.subscribers.pop(pid, None)
                     if sub is not None:
                         self._retire(sub)
@@ -836,6 +881,30 @@ class CallService:
                 outputs = core.leave(conn)
                 conn.send(ok)
                 self.apply(room, outputs)
+            case p.TrackView():
+                # No answer: pages send these often (docs/protocol.md).
+                who = core.check_subscribe(conn)
+                if any(t.track_id == frame.track_id for t in core.wanted(who.id)):
+                    media = await self.media_for(room, who.id)
+                    room.lane.background(
+                        "view",
+                        partial(
+                            media.set_view,
+                            room.name,
+                            who.id,
+                            frame.track_id,
+                            frame.width,
+                            frame.height,
+                            frame.visible,
+                        ),
+                    )
+            case p.AudioOnly():
+                who = core.check_joined(conn)
+                media = await self.media_for(room, who.id)
+                await room.media_call(
+                    partial(media.set_audio_only, room.name, who.id, frame.enabled)
+                )
+                conn.send(ok)
 
     async def _join(self, conn: AnyConnection, frame: p.Join) -> None:
         loop = asyncio.get_running_loop()
@@ -855,6 +924,12 @@ class CallService:
         now = loop.time()
         region = grant.region or conn.region or self.settings.region
         room = self.room(grant.room, region)
+        if not grant.name:
+            # An anonymous link: the name the person typed (or typed before,
+            # when resuming) is shown; a token's own name always wins.
+            typed = frame.name or (room.core.typed_name(frame.resume) if frame.resume else "")
+            if typed:
+                grant = dataclasses.replace(grant, name=typed)
         try:
             result = room.core.join(conn, grant, now, ref=frame.id, resume=frame.resume)
         except errors.SignallingError:
@@ -878,6 +953,9 @@ class CallService:
             sub = room.subscribers.get(result.participant.id)
             if sub is not None and sub.offer is not None:
                 conn.send(sub.offer)
+        if result.participant.state is State.JOINED:
+            for pid, known in room.quality.items():
+                conn.send(p.ConnectionQuality(participant_id=pid, quality=known.quality).frame())
         region = self._region_of(room, result.participant.id)
         if self.placement is not None and region not in room.sites:
             # The room gets a worker in the participant's region now, so

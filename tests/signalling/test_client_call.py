@@ -672,3 +672,65 @@ async def test_client_answers_pings_and_a_silent_one_is_dropped(
     finally:
         await asyncio.gather(*(c.close() for c in call.clients), return_exceptions=True)
         await http.close()
+
+
+async def test_views_audio_only_and_quality_reach_the_worker_and_back(call: Call) -> None:
+    """``track_view`` with ``visible`` false stops a video (``track_paused``,
+    reason ``hidden``) and a visible one brings it back; ``audio_only``
+    likewise; everyone hears of each participant's connection quality."""
+    room = _room()
+    doctor = await call.join(room, "dr-view", role="doctor", admin=True)
+    patient = await call.join(room, "pt-view")
+    await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+    await patient.wait_until(lambda: _receiving(patient, doctor, 15, 50), within=30)
+    video = _video(patient, doctor)
+    assert video is not None
+
+    def frames_in(seconds: float) -> Callable[[], Any]:
+        async def count() -> int:
+            assert video is not None
+            before = video.frames
+            await asyncio.sleep(seconds)
+            return video.frames - before
+
+        return count
+
+    mark = len(patient.history)
+    await patient.send("track_view", track_id=video.track_id, width=640, height=360, visible=False)
+    paused = await patient.wait_for("track_paused", since=mark, within=10)
+    assert (paused["track_id"], paused["paused"], paused["reason"]) == (
+        video.track_id,
+        True,
+        "hidden",
+    )
+    await asyncio.sleep(0.5)  # what was in flight
+    assert await frames_in(1.5)() <= 1
+
+    mark = len(patient.history)
+    await patient.send("track_view", track_id=video.track_id, width=640, height=360, visible=True)
+    resumed = await patient.wait_for("track_paused", since=mark, within=10)
+    assert resumed["paused"] is False
+    assert await frames_in(2.0)() >= 10
+
+    mark = len(patient.history)
+    await patient.request("audio_only", enabled=True)
+    paused = await patient.wait_for("track_paused", since=mark, within=10)
+    assert paused["reason"] == "audio_only"
+    await asyncio.sleep(0.5)
+    assert await frames_in(1.5)() <= 1
+    audio = _audio(patient, doctor)
+    assert audio is not None
+    before = audio.frames
+    await asyncio.sleep(1.0)
+    assert audio.frames - before >= 20  # audio goes on
+    await patient.request("audio_only", enabled=False)
+    assert await frames_in(3.0)() >= 10
+
+    # Connection quality of both participants reaches both.
+    for client in (doctor, patient):
+        for who in (doctor, patient):
+            await client.wait_for(
+                "connection_quality",
+                lambda f, who=who: f["participant_id"] == who.participant_id,
+                within=15,
+            )

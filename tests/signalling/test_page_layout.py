@@ -171,7 +171,7 @@ async def test_the_call_page_as_a_visit(database_url: str, tmp_path: Path) -> No
     # the server carries join.name) or by role, never "anon-...".
     for page, names in result["captions"].items():
         assert not [n for n in names if "anon" in n or "rel-" in n or "dr-" in n], (page, names)
-    assert result["patient_caption"] in ("Bilal Ahmed", "Patient"), result["patient_caption"]
+    assert result["patient_caption"] == "Bilal Ahmed", result["patient_caption"]
 
     # WCAG AA on every control that shows.
     assert result["contrast_checked"] >= 10
