@@ -86,7 +86,8 @@ def count_statements(log: bytes) -> Counter[str]:
     """Statements in a PostgreSQL log written with ``log_statement = 'all'``,
     by their first words (simple and extended protocol alike)."""
     found: Counter[str] = Counter()
-    for line in log.decode(errors="replace").splitlines():
+    lines = log.decode(errors="replace").splitlines()
+    for i, line in enumerate(lines):
         _, sep, rest = line.partition("LOG:  ")
         if not sep:
             continue
@@ -96,6 +97,8 @@ def count_statements(log: bytes) -> Counter[str]:
             sql = rest.split(": ", 1)[1] if ": " in rest else ""
         else:
             continue
+        if not sql.strip() and i + 1 < len(lines) and lines[i + 1].startswith("\t"):
+            sql = lines[i + 1]  # the statement's text starts on the next line
         sql = re.sub(r"__asyncpg_savepoint_\w+__", "sp", sql)
         words = sql.split()
         key = " ".join(words[:3]) if words else "?"
