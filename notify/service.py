@@ -34,9 +34,11 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from uuid import UUID
 
 import asyncpg
+from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from notify import channels as ch
@@ -410,12 +412,14 @@ async def run(settings: Settings) -> int:
         stack.push_async_callback(notifier.close)
         if settings.metrics_listen:
             # The same private /metrics listener the HTTP roles open.
-            from aiohttp import web
-
             from wadud import ops
 
             host, port = ops.listen_address(settings.metrics_listen)
-            runner = web.AppRunner(ops.metrics_app(settings.metrics_token), access_log=None)
+            listener = ops.metrics_app(settings.metrics_token)
+            # The notifier has no public port: its probes live here too.
+            listener.router.add_get("/healthz", _healthz)
+            listener.router.add_get("/readyz", partial(_readyz, pool))
+            runner = web.AppRunner(listener, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, host, port).start()
@@ -427,3 +431,18 @@ async def run(settings: Settings) -> int:
         await stop.wait()
         log.info("notifier stopping")
     return 0
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """The process runs (a liveness probe)."""
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(pool: asyncpg.Pool, request: web.Request) -> web.Response:
+    """The database answers within two seconds (a readiness probe)."""
+    try:
+        async with asyncio.timeout(2.0):
+            await pool.fetchval("SELECT 1")
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        return web.json_response({"status": "unavailable", "detail": str(exc)}, status=503)
+    return web.json_response({"status": "ready"})

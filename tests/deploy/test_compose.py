@@ -1,6 +1,6 @@
 """deploy/compose.yaml under podman-compose: PostgreSQL, Redis, two `wadud api`
 replicas behind nginx, media nodes for regions pk and ae, a TURN relay. The
-test waits for the replicas and both media nodes to be healthy, holds a call
+test waits for the replicas, both media nodes and the notifier to be healthy, holds a call
 between two aiortc participants through the proxy, and checks that `down`
 leaves no container, volume or network of the project behind."""
 
@@ -28,7 +28,7 @@ from wadud.config import Settings
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
-HEALTHY = ("api-1", "api-2", "media-pk", "media-ae")
+HEALTHY = ("api-1", "api-2", "media-pk", "media-ae", "notify")
 
 
 def free_udp_port() -> int:

@@ -100,7 +100,14 @@ def test_roles_probes_and_grace_periods_agree_with_the_settings() -> None:
             annotations = w["spec"]["template"]["metadata"]["annotations"]
             metrics_port = settings["metrics_listen"].rsplit(":", 1)[1]
             assert annotations["prometheus.io/port"] == metrics_port
-    assert {"api", "media", "turn", "migrate"} <= roles.keys()
+        if role == "notify":
+            # No public port: its probes are on the private metrics listener.
+            metrics_port = int(settings["metrics_listen"].rsplit(":", 1)[1])
+            (port,) = [p for p in container["ports"] if p["name"] == "metrics"]
+            assert port["containerPort"] == metrics_port
+            assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+            assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert {"api", "media", "turn", "migrate", "notify"} <= roles.keys()
     assert {w["metadata"]["labels"]["wadud.io/region"] for w in roles["media"]} == {"pk", "ae"}
     assert len(images) == 1, images
 

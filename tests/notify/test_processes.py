@@ -188,6 +188,11 @@ async def test_two_replicas_send_each_reminder_once(
     )
     assert counted and int(counted.group(1)) == a.sent()
     assert 'wadud_notify_backlog{queue="inbox"} 0.0' in page
+    # Its probes (Kubernetes, compose) live on the same private listener.
+    async with aiohttp.ClientSession() as http:
+        for path, body in (("/healthz", "ok"), ("/readyz", "ready")):
+            async with http.get(f"http://{metrics}{path}") as resp:
+                assert resp.status == 200 and (await resp.json())["status"] == body
     assert a.stop() == 0 and b.stop() == 0
 
     ids = [m["Message-ID"] for m in smtp.messages]
