@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint typecheck bench clean
 
-$(BIN)/wadud: setup.cfg pyproject.toml
+# setup.py builds the native hot loops (*/_*.c): a changed one is rebuilt.
+$(BIN)/wadud: setup.cfg pyproject.toml setup.py $(wildcard */_*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -32,4 +33,4 @@ bench: $(BIN)/wadud
 	$(BIN)/python benchmarks/cascade/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info */_*.so

@@ -120,6 +120,7 @@ class Peer:
         "twcc_id",
         "unprotect",
         "unprotect_rtcp",
+        "wire",
     )
 
     def __init__(
@@ -146,6 +147,8 @@ class Peer:
         self.protect_rtcp: Callable[[bytes], bytes] | None = None
         self.unprotect: Callable[[bytes], bytes] | None = None
         self.unprotect_rtcp: Callable[[bytes], bytes] | None = None
+        self.wire: object = None
+        """The native fan-out's cache of this leg's SRTP session and address (sfu/native.py)."""
         self.addresses: set[Address] = set()
         self.direction: Leg = direction
         self.ext_ids: dict[str, int] = {}

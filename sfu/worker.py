@@ -89,7 +89,7 @@ from rtc.rtcp import (
 )
 from rtc.rtp import audio_level, transport_sequence_number
 from rtc.sdp import TRANSPORT_CC, Codec
-from sfu import metrics
+from sfu import metrics, native
 from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
 from sfu.control import MediaEvent, TransportState
 from sfu.forward import Forwarder
@@ -210,6 +210,10 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._time: Callable[[], float] = _running_loop_time
         self._sendto: Callable[[bytes, Any], None] = _no_socket
+        self._fanout: native.Fanout | None = None
+        """The native protect-and-sendmmsg leaf (sfu/native.py), None for the Python loop."""
+        self._fan: native.Fanout | None = None
+        """``_fanout`` while writing is not paused: the hot path's choice of loop."""
         self._v6 = False
         self._timer: asyncio.TimerHandle | None = None
         self._when: float | None = None
@@ -261,6 +265,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._transport = transport
         self.port = sock.getsockname()[1]
+        self._fanout = self._fan = native.fanout(sock)
         metrics.register_worker(self)
         log.info(
             "media worker listening on %s:%d",
@@ -287,6 +292,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             self._transport.close()
             self._transport = None
         self._sendto = _no_socket
+        self._fanout = self._fan = None
         log.info("media worker stopped", extra={"port": self.port})
 
     async def __aenter__(self) -> MediaWorker:
@@ -332,6 +338,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._sendto = _no_socket
+        self._fanout = self._fan = None
 
     def pause_writing(self) -> None:
         # The kernel refused datagrams and the loop started queueing them in
@@ -339,10 +346,12 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         # (and every subscriber's latency) cannot grow without bound.
         self.counters["send_paused"] += 1
         self._sendto = self._drop_datagram
+        self._fan = None
 
     def resume_writing(self) -> None:
         if self._transport is not None:
             self._sendto = self._transport.sendto
+            self._fan = self._fanout
 
     def _drop_datagram(self, data: bytes, addr: Any) -> None:
         self.counters["send_dropped"] += 1
@@ -405,7 +414,10 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         fstats = forwarder.stats
         keyframe_requests = fstats.keyframe_requests
         forwarder.route_into(plain, now, out)
-        if out:
+        if out and self._fan is not None:
+            self._fan.send(out)
+            out.clear()
+        elif out:
             sendto = self._sendto
             for sub, packet in out:
                 protect = sub.protect
@@ -918,9 +930,15 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         # Packets from the worker's own publishers only: what came over relay
         # links is counted as relay "in" (sfu_relay_packets_total).
         totals["received"] -= relays["routed"]
+        dropped = Counter(self.counters)
+        if self._fanout is not None:
+            # The native leaf drops and counts what a full socket refuses itself.
+            for ours, theirs in (("send_dropped", "dropped"), ("socket_error", "send_errors")):
+                if self._fanout.counters()[theirs]:
+                    dropped[ours] += self._fanout.counters()[theirs]
         return {
             "port": self.port,
-            "dropped": dict(self.counters),
+            "dropped": dict(dropped),
             "totals": dict(totals),
             "transports": len(self._peers),
             "rooms": rooms,
