@@ -1,0 +1,270 @@
+"""The native fan-out leaf (sfu/_fanout.c) against real UDP sockets and real libsrtp.
+
+Each test sends routed copies through :class:`sfu._fanout.Fanout` and checks
+what arrives: the same bytes the pure-Python path (pylibsrtp's protect, then
+``sendto``) would have sent, since SRTP with the same key, SSRC and index is
+deterministic. The worker-level tests (tests/sfu/test_worker.py and the rest)
+run on whichever path ``WADUD_NATIVE`` selects; CI runs them on both.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pylibsrtp
+import pytest
+
+from rtc.srtp import SrtpSession
+from sfu import native
+
+pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
+
+KEY = bytes(range(30))
+
+
+class Record:
+    """What the leaf reads of a subscriber record (sfu.records.Peer's slots)."""
+
+    __slots__ = ("addr", "protect", "srtp_errors", "wire")
+
+    def __init__(self, protect: Any, addr: tuple[str, int] | None) -> None:
+        self.protect = protect
+        self.addr = addr
+        self.srtp_errors = 0
+        self.wire: object = None
+
+
+def rtp(seq: int, ssrc: int, size: int = 1200) -> bytes:
+    return struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, ssrc) + bytes([seq & 0xFF]) * (
+        size - 12
+    )
+
+
+def twins() -> tuple[SrtpSession, SrtpSession]:
+    """Two sessions with one key: one for the leaf, one for the expected bytes."""
+    return SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY), SrtpSession(
+        "SRTP_AES128_CM_SHA1_80", KEY, KEY
+    )
+
+
+@pytest.fixture
+def sockets() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    sender.setblocking(False)
+    receivers = []
+    for _ in range(3):
+        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        r.bind(("127.0.0.1", 0))
+        r.settimeout(2.0)
+        receivers.append(r)
+    yield sender, receivers
+    for s in (sender, *receivers):
+        s.close()
+
+
+def test_enabled_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WADUD_NATIVE", "0")
+    assert not native.enabled()
+    monkeypatch.setenv("WADUD_NATIVE", "1")
+    assert native.enabled()
+    monkeypatch.delenv("WADUD_NATIVE")
+    assert native.enabled()
+
+
+def test_copies_arrive_as_the_python_path_would_send_them(
+    sockets: tuple[socket.socket, list[socket.socket]],
+) -> None:
+    sender, receivers = sockets
+    fan = native.fanout(sender)
+    assert fan is not None
+    pairs = [twins() for _ in receivers]
+    records = [
+        Record(ours.outbound.protect, r.getsockname())
+        for (ours, _), r in zip(pairs, receivers, strict=True)
+    ]
+    # One packet to three subscribers at a time, then 90 copies in one call:
+    # more than one sendmmsg batch (64).
+    for seq in range(10):
+        routed = [(rec, rtp(seq, 1000 + i)) for i, rec in enumerate(records)]
+        assert fan.send(routed) == 3
+    routed = [(rec, rtp(seq, 1000 + i)) for seq in range(10, 40) for i, rec in enumerate(records)]
+    assert fan.send(routed) == 90
+    for i, ((_, expected), r) in enumerate(zip(pairs, receivers, strict=True)):
+        for seq in range(40):
+            data = r.recv(2048)
+            assert data == expected.outbound.protect(rtp(seq, 1000 + i))
+            assert expected.inbound.unprotect(data) == rtp(seq, 1000 + i)
+    assert fan.counters() == {"sent": 120, "dropped": 0, "send_errors": 0}
+    assert all(rec.srtp_errors == 0 for rec in records)
+
+
+def test_the_cached_leg_follows_a_new_address_and_a_new_session(
+    sockets: tuple[socket.socket, list[socket.socket]],
+) -> None:
+    sender, (first, second, _) = sockets
+    fan = native.fanout(sender)
+    assert fan is not None
+    ours, expected = twins()
+    rec = Record(ours.outbound.protect, first.getsockname())
+    fan.send([(rec, rtp(1, 7))])
+    assert first.recv(2048) == expected.outbound.protect(rtp(1, 7))
+    leg = rec.wire
+    assert leg is not None
+    fan.send([(rec, rtp(2, 7))])
+    assert rec.wire is leg  # cached, not rebuilt
+    assert first.recv(2048) == expected.outbound.protect(rtp(2, 7))
+
+    # ICE selected another address (a new tuple object): the next copy goes there.
+    rec.addr = second.getsockname()
+    fan.send([(rec, rtp(3, 7))])
+    assert rec.wire is not leg
+    assert second.recv(2048) == expected.outbound.protect(rtp(3, 7))
+
+    # A new DTLS association (new keys): the new session protects.
+    fresh = SrtpSession("SRTP_AES128_CM_SHA1_80", bytes(30), bytes(30))
+    check = SrtpSession("SRTP_AES128_CM_SHA1_80", bytes(30), bytes(30))
+    rec.protect = fresh.outbound.protect
+    fan.send([(rec, rtp(4, 7))])
+    assert check.inbound.unprotect(second.recv(2048)) == rtp(4, 7)
+
+
+def test_unkeyed_and_unaddressed_records_are_skipped(
+    sockets: tuple[socket.socket, list[socket.socket]],
+) -> None:
+    sender, (first, *_) = sockets
+    fan = native.fanout(sender)
+    assert fan is not None
+    ours, expected = twins()
+    routed = [
+        (Record(None, first.getsockname()), rtp(1, 5)),
+        (Record(ours.outbound.protect, None), rtp(1, 6)),
+        (Record(ours.outbound.protect, first.getsockname()), rtp(1, 7)),
+    ]
+    assert fan.send(routed) == 1
+    assert first.recv(2048) == expected.outbound.protect(rtp(1, 7))
+
+
+def test_a_protect_that_is_not_pylibsrtps_is_called_and_its_errors_counted(
+    sockets: tuple[socket.socket, list[socket.socket]],
+) -> None:
+    sender, (first, *_) = sockets
+    fan = native.fanout(sender)
+    assert fan is not None
+    calls: list[bytes] = []
+
+    def protect(packet: bytes) -> bytes:
+        calls.append(packet)
+        if len(calls) == 2:
+            raise pylibsrtp.Error("refused")
+        return b"P" + packet
+
+    rec = Record(protect, first.getsockname())
+    assert fan.send([(rec, rtp(1, 9)), (rec, rtp(2, 9)), (rec, rtp(3, 9))]) == 2
+    assert first.recv(2048) == b"P" + rtp(1, 9)
+    assert first.recv(2048) == b"P" + rtp(3, 9)
+    assert rec.srtp_errors == 1
+
+
+def test_an_oversized_packet_is_counted_not_sent_and_the_rest_go(
+    sockets: tuple[socket.socket, list[socket.socket]],
+) -> None:
+    sender, (first, *_) = sockets
+    fan = native.fanout(sender)
+    assert fan is not None
+    ours, expected = twins()
+    rec = Record(ours.outbound.protect, first.getsockname())
+    assert fan.send([(rec, rtp(1, 9, size=4000)), (rec, rtp(2, 9))]) == 1
+    assert rec.srtp_errors == 1
+    # The oversized one never reached libsrtp, so the next index is the same as
+    # the twin's first.
+    assert first.recv(2048) == expected.outbound.protect(rtp(2, 9))
+
+
+def test_a_refused_destination_is_counted_and_the_batch_goes_on(
+    sockets: tuple[socket.socket, list[socket.socket]],
+) -> None:
+    sender, (first, *_) = sockets
+    fan = native.fanout(sender)
+    assert fan is not None
+    ours, expected = twins()
+    good = Record(ours.outbound.protect, first.getsockname())
+    # Port 0 is not a destination the kernel sends to (EINVAL).
+    bad = Record(twins()[0].outbound.protect, ("127.0.0.1", 0))
+    assert fan.send([(bad, rtp(1, 3)), (good, rtp(1, 4)), (bad, rtp(2, 3))]) == 1
+    assert first.recv(2048) == expected.outbound.protect(rtp(1, 4))
+    assert fan.counters()["send_errors"] == 2
+
+
+def test_bad_input_raises_typed_errors_without_sending(
+    sockets: tuple[socket.socket, list[socket.socket]],
+) -> None:
+    sender, (first, *_) = sockets
+    fan = native.fanout(sender)
+    assert fan is not None
+    ours, _ = twins()
+    with pytest.raises(TypeError):
+        fan.send(((Record(ours.outbound.protect, first.getsockname()), rtp(1, 1)),))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not an IP address"):
+        fan.send([(Record(ours.outbound.protect, ("example.org", 5)), rtp(1, 1))])
+    with pytest.raises(TypeError):
+        fan.send([(Record(ours.outbound.protect, first.getsockname()), "text")])  # type: ignore[list-item]
+
+
+def test_ipv6_destinations() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sender.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 here")
+    receiver = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    receiver.bind(("::1", 0))
+    receiver.settimeout(2.0)
+    try:
+        fan = native.fanout(sender)
+        assert fan is not None
+        ours, expected = twins()
+        rec = Record(ours.outbound.protect, receiver.getsockname()[:2])
+        assert fan.send([(rec, rtp(1, 2))]) == 1
+        assert receiver.recv(2048) == expected.outbound.protect(rtp(1, 2))
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_wadud_native_0_leaves_the_worker_on_python(tmp_path: Any) -> None:
+    """A fresh interpreter with WADUD_NATIVE=0 sees no native path."""
+    import subprocess
+    import sys
+
+    code = "from sfu import native; print(native.AVAILABLE)"
+    env = dict(os.environ, WADUD_NATIVE="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+    env["WADUD_NATIVE"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "True"
+
+
+async def test_the_worker_sends_through_the_leaf_unless_writing_is_paused() -> None:
+    from sfu.worker import MediaWorker
+
+    async with MediaWorker() as worker:
+        assert worker._fanout is not None
+        assert worker._fan is worker._fanout
+        worker.pause_writing()
+        assert worker._fan is None  # the Python loop drops and counts
+        worker.resume_writing()
+        assert worker._fan is worker._fanout
+    assert worker._fanout is None
