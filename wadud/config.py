@@ -26,6 +26,10 @@ from typing import Any
 from wadud.errors import ConfigError
 
 ENV_PREFIX = "WADUD_"
+# Variables with the prefix that are not settings: the configuration file,
+# and WADUD_NATIVE=0, read at import by the native hot loops (setup.py) to
+# keep the pure-Python ones.
+NOT_SETTINGS = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "NATIVE"})
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -792,7 +796,7 @@ def load(
                 raise ConfigError(f"{file}: unknown setting {name!r}")
             values[name] = _coerce(name, value, str(file))
     for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in FIELDS or FIELDS[name].metadata.get("env") is False:
