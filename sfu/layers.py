@@ -49,7 +49,7 @@ from typing import Literal
 from rtc.errors import RtpParseError
 from rtc.rtcp import Remb, RtcpPacket, TransportCc
 from rtc.rtp import extension_elements
-from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID
+from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
 from sfu.control import ConnectionQuality, LayersWanted, TrackPaused
 from sfu.errors import SfuStateError
 from sfu.estimator import SendSideEstimator
@@ -255,8 +255,13 @@ class WorkerLayers(WorkerControl):
         state = self._subscribers.get(peer)
         if state is None:
             state = self._subscribers[peer] = _Subscriber()
+        # Only when the subscriber took transport-cc in its answer: one that
+        # refused it sends no feedback, and an estimator that never hears
+        # would hold it at START_ESTIMATE for good.
         if state.estimator is None and any(
-            s.subscribed and "transport-cc" in {f.type for f in s.forwarded.codec.feedback}
+            s.subscribed
+            and TRANSPORT_CC in s.sub_extensions
+            and "transport-cc" in {f.type for f in s.forwarded.codec.feedback}
             for s in peer.sections
         ):
             state.estimator = SendSideEstimator(start=START_ESTIMATE)
