@@ -8,12 +8,19 @@ time them out between scenarios.
 
 A run sends pre-built, pre-protected RTP from every publisher at video rate
 (frames evenly spaced, a frame's packets paced, publishers staggered)
-and drains every subscriber socket from one ``epoll`` loop. Subscribers count
+and drains every subscriber socket from one ``epoll`` loop. A simulcast
+publisher sends its layers as Chromium does (one stream per RID, each with its
+own SSRC, MID and RID extensions on the first second of packets, one
+transport-wide sequence counter): its packets are built ahead but protected
+as they are sent, so that a PLI or FIR from the worker turns that layer's
+next frame into a keyframe, as an encoder would. Subscribers count
 media packets without decrypting them (the RTP header is in the clear); probe
 subscribers also unprotect each packet and read the publisher number and
-packet index the payload carries, which gives the exact one-way latency from
-the send time recorded here (same process, same clock) to the kernel's arrival
-stamp on the subscriber's socket, and exact loss. The worker's CPU time
+packet index the payload carries (each simulcast layer is a stream number of
+its own, so a probe sees which layer it gets and when that changes), which
+gives the exact one-way latency from the send time recorded here (same
+process, same clock) to the kernel's arrival stamp on the subscriber's
+socket, and exact loss. The worker's CPU time
 (user + system, psutil) is read at the edges of the measured window, after a
 warm-up.
 """
@@ -52,10 +59,24 @@ _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 @dataclass
+class Layer:
+    """One simulcast layer of a publisher: a stream of its own."""
+
+    number: int  # stream number, carried in every payload
+    ssrc: int
+    rid: str
+    width: int
+    height: int
+    per_frame: int = 0  # packets per frame; 0: the plan's pps / fps
+    size: int = 0  # packet size; 0: the plan's
+
+
+@dataclass
 class Publisher:
     transport: int
     number: int  # stream number, carried in every payload
     ssrc: int
+    layers: list[Layer] = field(default_factory=list)  # simulcast: these instead
 
 
 @dataclass
@@ -107,6 +128,12 @@ class RunResult:
     rtcp_to_publishers: dict[str, int] = field(default_factory=dict)
     rtcp_to_subscribers: int = 0
     rcvbuf_errors: int = 0
+    # Probes: (subscriber index, arrival ns on time.perf_counter_ns, stream
+    # number) each time a subscriber's packets start coming from another stream
+    # (a simulcast layer switch), and packets in the window by stream number.
+    transitions: list[tuple[int, int, int]] = field(default_factory=list)
+    probe_by_stream: dict[int, int] = field(default_factory=dict)
+    keyframes_on_request: int = 0
 
 
 def _busy() -> float:
@@ -132,16 +159,18 @@ class LoadProcess:
         self.transports[tid] = peer.Transport(self.certificate)
         return tid
 
-    def offer(self, tid: int, ssrc: int, rtx_ssrc: int) -> str:
-        return peer.publish_offer(self.transports[tid], ssrc, rtx_ssrc)
+    def offer(self, tid: int, ssrc: int, rtx_ssrc: int, rids: tuple[str, ...] = ()) -> str:
+        return peer.publish_offer(self.transports[tid], ssrc, rtx_ssrc, rids=rids)
 
     def published(self, tid: int, answer: str) -> None:
         self.transports[tid].set_remote(peer.remote_parameters(answer, offerer=True))
 
-    def answer(self, tid: int, offer: str) -> tuple[str, list[tuple[str, int, int]]]:
+    def answer(
+        self, tid: int, offer: str, transport_cc: bool = True
+    ) -> tuple[str, list[tuple[str, int, int]]]:
         t = self.transports[tid]
         t.set_remote(peer.remote_parameters(offer, offerer=False))
-        text, tracks = peer.subscribe_answer(t, offer)
+        text, tracks = peer.subscribe_answer(t, offer, transport_cc=transport_cc)
         return text, [(x.mid, x.ssrc, x.payload_type) for x in tracks]
 
     def connect(self, tids: list[int], timeout: float) -> dict[int, str]:
@@ -186,13 +215,18 @@ class LoadProcess:
         frames = max(1, round((plan.warmup + plan.measure) * plan.fps))
         keyframe_every = max(1, round(plan.keyframe_seconds * plan.fps))
         npub = len(plan.publishers)
-        numbers = [p.number for p in plan.publishers]
-        index_of = {n: i for i, n in enumerate(numbers)}
-        if len(set(numbers)) != npub:
-            raise ValueError("publisher numbers must be unique")
 
+        # Streams: one per single-layer publisher, one per simulcast layer.
         pub_socks: list[socket.socket] = []
         packets: list[list[bytes]] = []
+        numbers: list[int] = []
+        per_frames: list[int] = []
+        stream_pub: list[int] = []  # the publisher's position, for its stagger
+        # Simulcast layers are protected as sent (None: pre-protected).
+        live: list[Callable[[int], bytes] | None] = []
+        key_due: list[bool] = []
+        by_layer_ssrc: dict[int, int] = {}
+        misc = {"auth": 0, "rtcp_sub": 0, "keyframes": 0}
         extra: list[socket.socket] = []
         sub_socks: list[socket.socket] = []
         sub_transports: list[peer.Transport | None] = []
@@ -200,7 +234,7 @@ class LoadProcess:
         if direct:
             # Baseline: each publisher straight to one receiver socket, same
             # packets, same SRTP cost to unprotect, no worker in between.
-            for p in plan.publishers:
+            for pi, p in enumerate(plan.publishers):
                 key_a, key_b = os.urandom(28), os.urandom(28)
                 tx = SrtpSession(SRTP_AEAD_AES_128_GCM.name, key_a, key_b)
                 rx = SrtpSession(SRTP_AEAD_AES_128_GCM.name, key_b, key_a)
@@ -218,29 +252,66 @@ class LoadProcess:
                     keyframe_every=keyframe_every,
                 )  # fmt: skip
                 packets.append(peer.protect_all(tx, plain))
+                numbers.append(p.number)
+                per_frames.append(per_frame)
+                stream_pub.append(pi)
+                live.append(None)
+                key_due.append(False)
                 sub_socks.append(b)
                 sub_transports.append(None)
                 direct_srtp.append(rx)
         else:
-            for p in plan.publishers:
+            for pi, p in enumerate(plan.publishers):
                 t = self.transports[p.transport]
                 if t.srtp is None:
                     raise peer.PeerError(f"publisher transport {p.transport} is not connected")
-                pub_socks.append(t.sock)
-                stream = peer.Stream(p.number, p.ssrc)
-                plain = peer.build_frames(
-                    stream, frames, per_frame, fps=plan.fps, size=plan.size,
-                    keyframe_every=keyframe_every,
-                )  # fmt: skip
-                packets.append(peer.protect_all(t.srtp, plain))
+                if not p.layers:
+                    pub_socks.append(t.sock)
+                    stream = peer.Stream(p.number, p.ssrc)
+                    plain = peer.build_frames(
+                        stream, frames, per_frame, fps=plan.fps, size=plan.size,
+                        keyframe_every=keyframe_every,
+                    )  # fmt: skip
+                    packets.append(peer.protect_all(t.srtp, plain))
+                    numbers.append(p.number)
+                    per_frames.append(per_frame)
+                    stream_pub.append(pi)
+                    live.append(None)
+                    key_due.append(False)
+                    continue
+                twcc = [0]  # the transport's one counter, shared by its layers
+                for layer in p.layers:
+                    pf = layer.per_frame or per_frame
+                    keyframes: dict[int, bytes] = {}
+                    plain = peer.build_frames(
+                        peer.Stream(layer.number, layer.ssrc), frames, pf, fps=plan.fps,
+                        size=layer.size or plan.size, keyframe_every=keyframe_every,
+                        rid=layer.rid, rid_packets=round(plan.fps * pf),
+                        width=layer.width, height=layer.height, keyframes=keyframes,
+                    )  # fmt: skip
+                    j = len(packets)
+                    by_layer_ssrc[layer.ssrc] = j
+                    pub_socks.append(t.sock)
+                    packets.append(plain)
+                    numbers.append(layer.number)
+                    per_frames.append(pf)
+                    stream_pub.append(pi)
+                    key_due.append(False)
+                    live.append(
+                        _layer_sender(j, plain, keyframes, key_due, twcc, t.srtp.protect, misc)
+                    )
             for s in plan.subscribers:
                 t = self.transports[s.transport]
                 if t.srtp is None:
                     raise peer.PeerError(f"subscriber transport {s.transport} is not connected")
                 sub_socks.append(t.sock)
                 sub_transports.append(t)
-        total = frames * per_frame
-        sent_ns = [array("q", bytes(8 * total)) for _ in range(npub)]
+        nstreams = len(packets)
+        index_of = {n: i for i, n in enumerate(numbers)}
+        if len(index_of) != nstreams:
+            raise ValueError("publisher and layer numbers must be unique")
+        totals = [frames * pf for pf in per_frames]
+        sent_ns = [array("q", bytes(8 * n)) for n in totals]
 
         # Drain leftovers (STUN answers, RTCP) so counting starts clean.
         now = time.monotonic()
@@ -259,7 +330,9 @@ class LoadProcess:
         # CLOCK_REALTIME minus CLOCK_MONOTONIC, to put kernel stamps on our clock.
         realtime_offset = time.time_ns() - time.perf_counter_ns()
         rtcp_pub: Counter[str] = Counter()
-        misc = {"auth": 0, "rtcp_sub": 0}
+        last_stream = [-1] * len(sub_socks)
+        transitions: list[tuple[int, int, int]] = []
+        by_stream: Counter[int] = Counter()
         window = [0, 0]  # ns: start and end of the measured window (send times)
         perf_ns = time.perf_counter_ns
         buf = bytearray(4096)
@@ -318,14 +391,18 @@ class LoadProcess:
                             continue
                         number, index = peer.read_tag(plain)
                         j = index_of.get(number)
-                        if j is None or index >= total:
+                        if j is None or index >= totals[j]:
                             continue
+                        if number != last_stream[i]:
+                            last_stream[i] = number
+                            transitions.append((i, arrived, number))
                         sent = sent_ns[j][index]
                         if window[0] <= sent < window[1]:
                             latency.append(arrived - sent)
                             latency_read.append(read - sent)
                             latency_at.append(sent)
                             probe_window[i] += 1
+                            by_stream[number] += 1
                     else:
                         _other(t, bytearray(data), len(data))
                 counts[i] += n
@@ -353,6 +430,17 @@ class LoadProcess:
                         try:
                             for packet in rtcp.parse_compound(t.srtp.unprotect_rtcp(data)):
                                 rtcp_pub[type(packet).__name__] += 1
+                                # An encoder answers a keyframe request at its next frame.
+                                if isinstance(packet, rtcp.Pli):
+                                    asked = [packet.media_ssrc]
+                                elif isinstance(packet, rtcp.Fir):
+                                    asked = [ssrc for ssrc, _ in packet.entries]
+                                else:
+                                    continue
+                                for ssrc in asked:
+                                    j = by_layer_ssrc.get(ssrc)
+                                    if j is not None:
+                                        key_due[j] = True
                         except (SrtpError, RtcpParseError):
                             rtcp_pub["undecodable"] += 1
                     elif t is not None:
@@ -376,10 +464,11 @@ class LoadProcess:
             handlers[sock.fileno()] = handler
             ep.register(sock.fileno(), select.EPOLLIN)
         if not direct:
-            for p, sock in zip(plan.publishers, pub_socks, strict=True):
-                if sock.fileno() not in handlers:
-                    handlers[sock.fileno()] = publisher_reader(sock, self.transports[p.transport])
-                    ep.register(sock.fileno(), select.EPOLLIN)
+            for p in plan.publishers:
+                t = self.transports[p.transport]
+                if t.sock.fileno() not in handlers:
+                    handlers[t.sock.fileno()] = publisher_reader(t.sock, t)
+                    ep.register(t.sock.fileno(), select.EPOLLIN)
         consent = [] if direct else [t for t in self.transports.values() if t.connected]
 
         # The schedule: frame k of publisher j is due at k/fps + j/(fps*npub),
@@ -388,12 +477,18 @@ class LoadProcess:
         frame_ns = int(1e9 / plan.fps)
         stagger = frame_ns // max(1, npub)
         spacing = int(1e9 / (plan.pacing * plan.pps)) if plan.pacing > 0 else 0
-        spacing = min(spacing, frame_ns // per_frame)
         start = perf_ns() + 50_000_000
         order = sorted(
-            (start + j * stagger + (m // per_frame) * frame_ns + (m % per_frame) * spacing, j, m)
-            for j in range(npub)
-            for m in range(total)
+            (
+                start
+                + stream_pub[j] * stagger
+                + (m // pf) * frame_ns
+                + (m % pf) * min(spacing, frame_ns // pf),
+                j,
+                m,
+            )
+            for j, pf in enumerate(per_frames)
+            for m in range(totals[j])
         )
         due_at = array("q", (x[0] for x in order))
         due_pub = array("I", (x[1] for x in order))
@@ -428,9 +523,10 @@ class LoadProcess:
                     if window[0] <= due_at[q] < window[1]:
                         lateness.append(now - due_at[q])
                     sent_ns[j][m] = perf_ns()
+                    sender = live[j]
                     # try costs nothing in 3.11; suppress() builds an object per packet.
                     try:  # noqa: SIM105
-                        sends[j](packets[j][m])
+                        sends[j](packets[j][m] if sender is None else sender(m))
                     except OSError:
                         pass
                     q += 1
@@ -491,7 +587,7 @@ class LoadProcess:
             worker_user = cpu1.user - cpu0.user
             worker_system = cpu1.system - cpu0.system
         return RunResult(
-            packets_per_publisher=total,
+            packets_per_publisher=max(totals),
             window_seconds=(wall1 - wall0) / 1e9,
             worker_cpu=worker_user + worker_system,
             worker_user=worker_user,
@@ -515,7 +611,43 @@ class LoadProcess:
             rtcp_to_publishers=dict(rtcp_pub),
             rtcp_to_subscribers=misc["rtcp_sub"],
             rcvbuf_errors=udp_rcvbuf_errors() - rcv0,
+            transitions=transitions,
+            probe_by_stream=dict(by_stream),
+            keyframes_on_request=misc["keyframes"],
         )
+
+
+def _layer_sender(
+    j: int,
+    plain: list[bytes],
+    keyframes: dict[int, bytes],
+    key_due: list[bool],
+    twcc: list[int],
+    protect: Callable[[bytes], bytes],
+    misc: dict[str, int],
+) -> Callable[[int], bytes]:
+    """What a simulcast layer sends as its packet ``m``: the keyframe version of
+    a frame's first packet when a keyframe was asked for, with the
+    transport's next transport-wide sequence number, protected now."""
+    offsets = array("H", (peer.transport_cc_offset(p) for p in plain))
+
+    def packet(m: int) -> bytes:
+        data = plain[m]
+        if key_due[j]:
+            key = keyframes.get(m)
+            if key is not None:
+                data = key
+                key_due[j] = False
+                misc["keyframes"] += 1
+        buf = bytearray(data)
+        seq = twcc[0]
+        twcc[0] = (seq + 1) & 0xFFFF
+        off = offsets[m]
+        buf[off] = seq >> 8
+        buf[off + 1] = seq & 0xFF
+        return protect(bytes(buf))
+
+    return packet
 
 
 def serve(conn: Connection) -> None:

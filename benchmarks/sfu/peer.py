@@ -15,13 +15,19 @@ the three things a browser's transport does before media flows:
 
 Descriptions come from :mod:`rtc.sdp`: :func:`publish_offer` is a minimal
 Chromium-like offer of one VP8 video track (with RTX and the mid,
-abs-send-time and transport-wide-cc extensions) and :func:`subscribe_answer`
-answers the worker's offer with :func:`rtc.sdp.answer`, which already mirrors
-an offer the way a receive-only endpoint must.
+abs-send-time and transport-wide-cc extensions), or with ``rids`` of one
+simulcast track as Chromium offers it (RFC 8853: ``a=rid`` and
+``a=simulcast``, the RID extensions, no ``a=ssrc``), and
+:func:`subscribe_answer` answers the worker's offer with
+:func:`rtc.sdp.answer`, which already mirrors an offer the way a receive-only
+endpoint must.
 
 :func:`build_frames` makes the RTP a publisher sends: VP8 payload descriptors
 (RFC 7741 section 4.2) with a keyframe first and every ``keyframe_every``
-frames, the RFC 8285 one-byte extensions, ~1200 octets per packet and, in the
+frames (and the keyframe version of every other frame's first packet, for a
+publisher that answers PLI), the RFC 8285 one-byte extensions (a simulcast
+layer's first packets carry MID and RID, as Chromium's do until the SSRC is
+acknowledged), ~1200 octets per packet and, in the
 last eight payload octets, the publisher number and packet index so a
 receiver that unprotects can match each packet with its send time.
 
@@ -50,6 +56,7 @@ from rtc.dtls import (
     HandshakeFailed,
 )
 from rtc.ice import random_credentials
+from rtc.rtp import extension_elements
 from rtc.srtp import SrtpSession
 from turn import stun
 from turn.errors import StunParseError
@@ -62,6 +69,13 @@ RTX_PT = 97
 EXT_ABS_SEND_TIME = 2
 EXT_TRANSPORT_CC = 3
 EXT_MID = 4
+EXT_RID = 10
+EXT_REPAIRED_RID = 11
+#: Chromium's simulcast layers of a 1280x720 camera, lowest first:
+#: (RID, width, height, packets per frame at 30 fps, packet size). The
+#: packet counts follow libwebrtc's targets for the sizes (about 150 kbit/s,
+#: 500 kbit/s and 1.7 Mbit/s); the top layer's are the benchmark's --pps.
+SIMULCAST_LAYERS = (("q", 320, 180, 1, 600), ("h", 640, 360, 2, 1000), ("f", 1280, 720, 0, 0))
 CLOCK_RATE = 90_000
 
 # Bytes of the RTP fixed header plus our extension block (see build_frames).
@@ -343,8 +357,21 @@ def handshake(
 # -- descriptions ---------------------------------------------------------------
 
 
-def publish_offer(transport: Transport, ssrc: int, rtx_ssrc: int, *, mid: str = "0") -> str:
-    """A sendonly VP8 offer as Chromium shapes it: BUNDLE, rtcp-mux, RTX, three extensions."""
+def publish_offer(
+    transport: Transport,
+    ssrc: int,
+    rtx_ssrc: int,
+    *,
+    mid: str = "0",
+    rids: Sequence[str] = (),
+) -> str:
+    """A sendonly VP8 offer as Chromium shapes it: BUNDLE, rtcp-mux, RTX, three extensions.
+
+    With ``rids`` (lowest layer first) it is Chromium's simulcast offer
+    (RFC 8853): ``a=rid:X send`` per layer, ``a=simulcast:send q;h;f``, the
+    RID and repaired-RID extensions, and no ``a=ssrc``: the worker learns
+    each layer's SSRC from the extensions of its first packets.
+    """
     local = transport.local_parameters()
     stream, track = f"bench-{ssrc}", f"video-{ssrc}"
     feedback = [
@@ -372,20 +399,32 @@ def publish_offer(transport: Transport, ssrc: int, rtx_ssrc: int, *, mid: str = 
             sdp.Extmap(EXT_ABS_SEND_TIME, sdp.ABS_SEND_TIME),
             sdp.Extmap(EXT_TRANSPORT_CC, sdp.TRANSPORT_CC),
             sdp.Extmap(EXT_MID, sdp.MID),
+            *(
+                [
+                    sdp.Extmap(EXT_RID, sdp.RTP_STREAM_ID),
+                    sdp.Extmap(EXT_REPAIRED_RID, sdp.REPAIRED_RTP_STREAM_ID),
+                ]
+                if rids
+                else []
+            ),
         ],
         msids=[sdp.Msid(stream, track)],
         codecs=[
             sdp.Codec(VP8_PT, "VP8", CLOCK_RATE, feedback=feedback),
             sdp.Codec(RTX_PT, "rtx", CLOCK_RATE, fmtp=f"apt={VP8_PT}"),
         ],
-        ssrc_groups=[sdp.SsrcGroup("FID", [ssrc, rtx_ssrc])],
-        ssrcs=[
+        ssrc_groups=[] if rids else [sdp.SsrcGroup("FID", [ssrc, rtx_ssrc])],
+        ssrcs=[]
+        if rids
+        else [
             sdp.SsrcAttribute(s, name, value)
             for s in (ssrc, rtx_ssrc)
             for name, value in (("cname", stream), ("msid", f"{stream} {track}"))
         ],
         candidates=local.candidates(),
         end_of_candidates=True,
+        rids=[f"{rid} send" for rid in rids],
+        simulcast=f"send {';'.join(rids)}" if rids else None,
     )
     desc = sdp.SessionDescription(
         origin=sdp.Origin("-", str(secrets.randbits(62)), "2", "IN", "IP4", "127.0.0.1"),
@@ -406,17 +445,27 @@ class OfferedTrack:
     payload_type: int
 
 
-def subscribe_answer(transport: Transport, offer: str) -> tuple[str, list[OfferedTrack]]:
+def subscribe_answer(
+    transport: Transport, offer: str, *, transport_cc: bool = True
+) -> tuple[str, list[OfferedTrack]]:
     """Answer the worker's subscribe offer as a receive-only client would.
 
     :func:`rtc.sdp.answer` mirrors sendonly into recvonly, keeps payload types
     and extension ids, and answers ``actpass`` with ``active`` (we are the DTLS
     client, as browsers choose); only the ICE-lite flag is the server's and
-    comes off. Returns the answer and the SSRC and payload type of each track.
+    comes off. ``transport_cc`` False refuses transport-wide congestion
+    control (its extension and feedback): a receiver that sends no feedback
+    should not let the worker run an estimator that never hears from it.
+    Returns the answer and the SSRC and payload type of each track.
     """
     desc = sdp.SessionDescription.parse(offer)
     ans = sdp.answer(desc, transport.local_parameters())
     ans.ice_lite = False
+    if not transport_cc:
+        for media in ans.media:
+            media.extmaps = [e for e in media.extmaps if e.uri != sdp.TRANSPORT_CC]
+            for codec in media.codecs:
+                codec.feedback = [f for f in codec.feedback if f.type != "transport-cc"]
     tracks: list[OfferedTrack] = []
     for media in desc.media:
         if media.port == 0 or media.mid is None or not media.ssrcs:
@@ -444,6 +493,21 @@ class Stream:
     twcc: int = 0
 
 
+def _extension_block(mid: bytes, rid: bytes) -> tuple[bytes, int, int]:
+    """The RFC 8285 one-byte extension block (profile and length included) and
+    the offsets in it of the abs-send-time and transport-cc values."""
+    elements = bytes([(EXT_MID << 4) | (len(mid) - 1)]) + mid
+    if rid:
+        elements += bytes([(EXT_RID << 4) | (len(rid) - 1)]) + rid
+    abs_at = len(elements) + 1
+    elements += bytes([(EXT_ABS_SEND_TIME << 4) | 2, 0, 0, 0])
+    tcc_at = len(elements) + 1
+    elements += bytes([(EXT_TRANSPORT_CC << 4) | 1, 0, 0])
+    elements += bytes(-len(elements) % 4)
+    block = _EXT_BLOCK.pack(0xBEDE, len(elements) // 4) + elements
+    return block, 4 + abs_at, 4 + tcc_at
+
+
 def build_frames(
     stream: Stream,
     frames: int,
@@ -453,44 +517,48 @@ def build_frames(
     size: int = 1200,
     keyframe_every: int = 60,
     start_index: int = 0,
+    rid: str = "",
+    rid_packets: int = 0,
+    width: int = 1280,
+    height: int = 720,
+    keyframes: dict[int, bytes] | None = None,
 ) -> list[bytes]:
     """``frames * per_frame`` plain RTP packets of ``size`` octets, in sending order.
 
     Each frame's first packet starts a VP8 partition (S=1, PID=0; RFC 7741
-    section 4.2) whose payload header (RFC 6386 section 9.1) says keyframe for
-    frame 0 and every ``keyframe_every``-th frame; the last packet of a frame
-    has the marker bit. Extensions (RFC 8285 one-byte form): mid,
-    abs-send-time, transport-wide sequence number. The last eight payload
-    octets are :data:`_TAG`: (stream number, packet index).
+    section 4.2) whose payload header (RFC 6386 section 9.1) says keyframe
+    (of ``width`` x ``height``) for frame 0 and every ``keyframe_every``-th
+    frame; the last packet of a frame has the marker bit. Extensions (RFC
+    8285 one-byte form): mid, abs-send-time, transport-wide sequence number;
+    with ``rid``, the first ``rid_packets`` packets carry the RID too (a
+    simulcast layer, RFC 8852). ``keyframes``, when given, receives the
+    keyframe version of every other frame's first packet by its index in the
+    list (what the publisher sends instead when asked for a keyframe). The
+    last eight payload octets are :data:`_TAG`: (stream number, packet index).
     """
     mid = stream.mid.encode()
-    if not 1 <= len(mid) <= 16:
-        raise PeerError("mid must be 1 to 16 octets")
-    elements = bytes([(EXT_MID << 4) | (len(mid) - 1)]) + mid
-    abs_at = len(elements) + 1
-    elements += bytes([(EXT_ABS_SEND_TIME << 4) | 2, 0, 0, 0])
-    tcc_at = len(elements) + 1
-    elements += bytes([(EXT_TRANSPORT_CC << 4) | 1, 0, 0])
-    elements += bytes(-len(elements) % 4)
-    header_len = 12 + 4 + len(elements)
-    ext = _EXT_BLOCK.pack(0xBEDE, len(elements) // 4) + elements
+    if not 1 <= len(mid) <= 16 or len(rid) > 16:
+        raise PeerError("mid and rid must be 1 to 16 octets")
+    plain = _extension_block(mid, b"")
+    tagged = _extension_block(mid, rid.encode()) if rid else plain
     out: list[bytes] = []
     index = start_index
     ticks = round(CLOCK_RATE / fps)
     for frame in range(frames):
         key = frame % keyframe_every == 0
         picture_id = frame & 0x7FFF
+        abs_value = int(frame / fps * 262144.0) & 0xFFFFFF  # 6.18 fixed-point seconds
         for part in range(per_frame):
+            ext, abs_at, tcc_at = tagged if len(out) < rid_packets else plain
+            header_len = 12 + len(ext)
             buf = bytearray(size)
             marker = 0x80 if part == per_frame - 1 else 0
             _HEADER.pack_into(
                 buf, 0, 0x90, marker | VP8_PT, stream.seq, stream.timestamp, stream.ssrc
             )
             buf[12:header_len] = ext
-            # abs-send-time: 6.18 fixed-point seconds of the frame's due time.
-            abs_value = int(frame / fps * 262144.0) & 0xFFFFFF
-            buf[12 + 4 + abs_at : 12 + 4 + abs_at + 3] = abs_value.to_bytes(3, "big")
-            buf[12 + 4 + tcc_at : 12 + 4 + tcc_at + 2] = stream.twcc.to_bytes(2, "big")
+            buf[12 + abs_at : 12 + abs_at + 3] = abs_value.to_bytes(3, "big")
+            buf[12 + tcc_at : 12 + tcc_at + 2] = stream.twcc.to_bytes(2, "big")
             pos = header_len
             # VP8 payload descriptor: X, S on a frame's first packet, PID 0;
             # then I with a 15-bit picture id.
@@ -499,19 +567,34 @@ def build_frames(
             buf[pos + 2] = 0x80 | (picture_id >> 8)
             buf[pos + 3] = picture_id & 0xFF
             pos += 4
+            _TAG.pack_into(buf, size - TAG_SIZE, stream.number, index)
             if part == 0:
                 # VP8 payload header: P bit clear on keyframes, show_frame set.
-                buf[pos] = 0x10 if key else 0x11
-                if key:
-                    buf[pos + 3 : pos + 6] = b"\x9d\x01\x2a"  # keyframe start code
-                    buf[pos + 6 : pos + 10] = struct.pack("<HH", 1280, 720)
-            _TAG.pack_into(buf, size - TAG_SIZE, stream.number, index)
+                buf[pos] = 0x11
+                if key or keyframes is not None:
+                    kbuf = bytearray(buf)
+                    kbuf[pos] = 0x10
+                    kbuf[pos + 3 : pos + 6] = b"\x9d\x01\x2a"  # keyframe start code
+                    kbuf[pos + 6 : pos + 10] = struct.pack("<HH", width, height)
+                    if key:
+                        buf = kbuf
+                    elif keyframes is not None:
+                        keyframes[len(out)] = bytes(kbuf)
             out.append(bytes(buf))
             index += 1
             stream.seq = (stream.seq + 1) & 0xFFFF
             stream.twcc = (stream.twcc + 1) & 0xFFFF
         stream.timestamp = (stream.timestamp + ticks) & 0xFFFFFFFF
     return out
+
+
+def transport_cc_offset(packet: bytes) -> int:
+    """Where a packet built by :func:`build_frames` holds its transport-wide
+    sequence number (a publisher's layers share one counter, written at send time)."""
+    for hdr, xid, _ in extension_elements(packet)[3]:
+        if xid == EXT_TRANSPORT_CC:
+            return hdr + 1
+    raise PeerError("no transport-cc extension")
 
 
 def read_tag(plain: bytes) -> tuple[int, int]:

@@ -17,7 +17,26 @@ Scenarios (what one room holds):
 * ``1x10``: one publisher, ten subscribers per room (fan-out 10);
 * ``4x4``: a group consultation: four participants per room, each publishing
   and receiving the other three (fan-out 3);
-* ``1x50``: one publisher, fifty subscribers per room (fan-out 50).
+* ``1x50``: one publisher, fifty subscribers per room (fan-out 50);
+* ``1x10s``: ``1x10`` with a simulcast publisher (three VP8 layers by RID,
+  as Chromium sends a 1280x720 camera: ``q`` 320x180 one packet a frame,
+  ``h`` 640x360 two, ``f`` 1280x720 at ``--pps``), every subscriber on the
+  top layer: the worker takes in half as many packets again as it would from
+  a single-layer publisher and forwards the same. The synthetic publisher
+  keeps every layer on (it ignores dynacast's ``set_encodings``, the worst
+  case) and answers PLI/FIR with a keyframe on that layer's next frame.
+
+``--simulcast`` compares them: ``1x10`` and ``1x10s`` alternately in the same
+server (``--repeat`` pairs, default 3), then a switch run: a few ``1x10s``
+rooms whose subscribers all probe and change their tile between 160x90 and
+1280x720 over the ``/ws`` protocol (``track_view``), each on its own clock
+every ``--switch-interval`` seconds; the layer switch time is from sending
+``track_view`` to the first packet of the new layer arriving (kernel stamp),
+so it includes the signalling hop and the wait for the new layer's keyframe
+(asked for with PLI, at most one per layer per 0.5 s). In this mode
+subscribers refuse transport-cc in both scenarios (they send no feedback, so
+an estimator would only hold them at its starting estimate): both are
+measured without it.
 
 Load scales by the number of rooms (``--out-rate`` forwarded packets per
 second in total), each publisher at a real video rate. The default keeps the
@@ -80,6 +99,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import re
 import shutil
 import signal
@@ -103,7 +123,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import free_port  # noqa: E402
-from benchmarks.sfu import load  # noqa: E402
+from benchmarks.sfu import load, peer  # noqa: E402
 from wadud import auth  # noqa: E402
 from wadud.config import Settings  # noqa: E402
 
@@ -117,6 +137,7 @@ class Scenario:
     publishers: int  # per room
     subscribers: int  # per room, receive only; with mesh, every publisher also receives
     mesh: bool = False
+    simulcast: bool = False
 
     @property
     def fanout(self) -> int:
@@ -132,7 +153,10 @@ SCENARIOS = {
     "1x10": Scenario("1x10", 1, 10),
     "4x4": Scenario("4x4", 4, 0, mesh=True),
     "1x50": Scenario("1x50", 1, 50),
+    "1x10s": Scenario("1x10s", 1, 10, simulcast=True),
 }
+#: Tile sizes a switch run alternates between, and the layer (RID) each gets.
+SMALL_VIEW, LARGE_VIEW = (160, 90, "q"), (1280, 720, "f")
 
 
 # -- the server -------------------------------------------------------------------------
@@ -425,6 +449,7 @@ class Participant:
         self.sub_tid = 0
         self.number = 0  # stream number when publishing
         self.ssrc = 0
+        self.layers: list[load.Layer] = []  # a simulcast publisher's, lowest first
         self.offered: list[dict[str, Any]] = []  # tracks of the last answered offer
         self.offers = 0
         self.changed = asyncio.Event()
@@ -504,7 +529,9 @@ class Participant:
             if not self.sub_tid:
                 self.sub_tid = await self.bench.load.call("new")
             try:
-                answer, _ = await self.bench.load.call("answer", self.sub_tid, frame["sdp"])
+                answer, _ = await self.bench.load.call(
+                    "answer", self.sub_tid, frame["sdp"], self.bench.transport_cc
+                )
                 await self.request("answer", sdp=answer)
             except (RuntimeError, SignallingError) as exc:
                 self.errors.append({"answer": str(exc)})
@@ -574,6 +601,12 @@ class ScenarioResult:
     # Collections over 2 ms in the server during the window (only with --gc-log).
     gc_pauses: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # Simulcast: the probes' packets in the window by layer (RID), keyframes
+    # the publishers sent because the worker asked, and in a switch run the
+    # time from each track_view to the new layer's first packet (ms).
+    probe_packets_by_layer: dict[str, int] = field(default_factory=dict)
+    keyframes_on_request: int = 0
+    switch_ms: dict[str, Any] = field(default_factory=dict)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -596,6 +629,37 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+def _top(p: Participant) -> int:
+    """The stream number a subscriber of ``p`` should get: its top layer's."""
+    return p.layers[-1].number if p.layers else p.number
+
+
+def switch_times(views: list[tuple[int, int, int]], transitions: list[list[int]]) -> dict[str, Any]:
+    """Each view change's switch time: from sending ``track_view`` to the
+    first packet of the layer it asks for at that receiver, if that came
+    before the receiver's next change (else it counts as ``not_switched``)."""
+    by_receiver: dict[int, list[tuple[int, int]]] = {}
+    for i, at, number in transitions:
+        by_receiver.setdefault(int(i), []).append((int(at), int(number)))
+    changes: dict[int, list[tuple[int, int]]] = {}
+    for i, sent, number in views:
+        changes.setdefault(i, []).append((sent, number))
+    took: list[float] = []
+    missed = 0
+    for i, seq in changes.items():
+        seen = by_receiver.get(i, [])
+        for k, (sent, number) in enumerate(seq):
+            until = seq[k + 1][0] if k + 1 < len(seq) else math.inf
+            first = next((at for at, n in seen if n == number and sent <= at < until), None)
+            if first is None:
+                missed += 1
+            else:
+                took.append((first - sent) / 1e6)
+    out: dict[str, Any] = {"views_sent": len(views), "not_switched": missed}
+    out.update(percentiles(took))
+    return out
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, server: Server, http: aiohttp.ClientSession):
         self.args = args
@@ -607,6 +671,9 @@ class Bench:
         self.rooms = itertools.count(1)
         self.direct_p50: float | None = None
         self.media: Any = None  # sfu.rpc.RemoteMedia of the node's worker in --media mode
+        # Whether subscribers accept transport-cc (they never send its feedback).
+        self.transport_cc = not args.simulcast
+        self.rid_of: dict[int, str] = {}  # stream number -> RID of a simulcast layer
 
     def token(self, room: str, identity: str, *, admin: bool, publish: bool) -> str:
         now = dt.datetime.now(dt.UTC)
@@ -647,15 +714,29 @@ class Bench:
             )
         )
         for p in people[: scenario.publishers]:
-            p.number = next(self.numbers)
-            p.ssrc = 0x10000000 + p.number * 2
-            p.pub_tid = await self.load.call("new")
-            offer = await self.load.call("offer", p.pub_tid, p.ssrc, p.ssrc + 1)
+            offer = await self.publisher(p, scenario)
             reply = await p.request("publish", sdp=offer, sources={"0": "camera"})
             if reply["type"] != "published":
                 raise SignallingError(f"publish answered {reply}")
             await self.load.call("published", p.pub_tid, reply["sdp"])
         return people
+
+    async def publisher(self, p: Participant, scenario: Scenario) -> str:
+        """Numbers, SSRCs and a transport for a publisher; returns its offer."""
+        p.number = next(self.numbers)
+        p.ssrc = 0x10000000 + p.number * 2
+        p.pub_tid = await self.load.call("new")
+        if not scenario.simulcast:
+            return str(await self.load.call("offer", p.pub_tid, p.ssrc, p.ssrc + 1))
+        p.layers = []
+        for rid, width, height, per_frame, size in peer.SIMULCAST_LAYERS:
+            number = next(self.numbers)
+            self.rid_of[number] = rid
+            p.layers.append(
+                load.Layer(number, 0x10000000 + number * 2, rid, width, height, per_frame, size)
+            )
+        rids = tuple(layer.rid for layer in p.layers)
+        return str(await self.load.call("offer", p.pub_tid, 0, 0, rids))
 
     async def room_rpc(self, scenario: Scenario, people: list[Participant]) -> None:
         """:meth:`room` through MediaControl requests over Redis, as a ``wadud
@@ -668,10 +749,7 @@ class Bench:
             p.pid = p.identity
             p.remote = media
         for p in people[: scenario.publishers]:
-            p.number = next(self.numbers)
-            p.ssrc = 0x10000000 + p.number * 2
-            p.pub_tid = await self.load.call("new")
-            offer = await self.load.call("offer", p.pub_tid, p.ssrc, p.ssrc + 1)
+            offer = await self.publisher(p, scenario)
             result = await media.publish(p.room, p.pid, offer, {"0": "camera"})
             await self.load.call("published", p.pub_tid, result.answer)
             tracks += [asdict(t) for t in result.added]
@@ -683,7 +761,7 @@ class Bench:
             if sub_offer is None:
                 continue
             p.sub_tid = await self.load.call("new")
-            answer, _ = await self.load.call("answer", p.sub_tid, sub_offer)
+            answer, _ = await self.load.call("answer", p.sub_tid, sub_offer, self.transport_cc)
             await media.answer(p.room, p.pid, answer)
             p.offered = theirs
             p.offers += 1
@@ -744,6 +822,7 @@ class Bench:
         probe_rooms: int,
         all_probes: bool = False,
         on_measure: Any = None,
+        switch_interval: float = 0.0,
     ) -> ScenarioResult:
         args = self.args
         rooms = max(1, math.ceil(out_rate / (scenario.streams_out * args.pps)))
@@ -768,16 +847,21 @@ class Bench:
 
             by_pid = {p.pid: p for p in everyone}
             publishers = [
-                load.Publisher(p.pub_tid, p.number, p.ssrc) for p in everyone if p.pub_tid
+                load.Publisher(p.pub_tid, p.number, p.ssrc, list(p.layers))
+                for p in everyone
+                if p.pub_tid
             ]
             subscribers = []
+            receivers: list[Participant] = []
             for r, room in enumerate(people_by_room):
                 for p in room:
                     if not p.sub_tid:
                         continue
-                    numbers = [by_pid[t["participant"]].number for t in p.offered]
+                    # A simulcast track is expected at its top layer.
+                    numbers = [_top(by_pid[t["participant"]]) for t in p.offered]
                     probe = all_probes or r < probe_rooms
                     subscribers.append(load.Subscriber(p.sub_tid, numbers, probe=probe))
+                    receivers.append(p)
             plan = load.Plan(
                 publishers=publishers,
                 subscribers=subscribers,
@@ -797,8 +881,14 @@ class Bench:
             await asyncio.sleep(args.warmup + 0.1)
             others0 = others_cpu(self.ours())
             t_others = time.monotonic()
+            views: list[tuple[int, int, int]] = []
             if on_measure is not None:
                 await on_measure(args.seconds - 0.3)
+            elif switch_interval > 0:
+                views = await self.switch_views(
+                    receivers, by_pid, args.seconds - 0.3 - switch_interval, switch_interval
+                )
+                await asyncio.sleep(switch_interval)
             else:
                 await asyncio.sleep(args.seconds - 0.3)
             others1 = others_cpu(self.ours())
@@ -831,6 +921,7 @@ class Bench:
             await self.load.call("close", tids)
         counts = (len(publishers), len(subscribers))
         raw["waited"] = waited
+        raw["switches"] = switch_times(views, raw["transitions"]) if views else {}
         return self.summarise(scenario, purpose, rooms, raw, counts, profiles, setup, errors)
 
     def summarise(
@@ -913,7 +1004,58 @@ class Bench:
             worker_counters={k: v for k, v in raw["worker"].items() if v},
             gc_pauses=raw["gc"] if self.args.gc_log else {},
             errors=errors[:5] + ([f"... {len(errors) - 5} more"] if len(errors) > 5 else []),
+            probe_packets_by_layer={
+                self.rid_of.get(int(n), "single"): c for n, c in raw["probe_by_stream"].items()
+            },
+            keyframes_on_request=raw["keyframes_on_request"],
+            switch_ms=raw["switches"],
         )
+
+    async def switch_views(
+        self,
+        receivers: list[Participant],
+        by_pid: dict[str, Participant],
+        seconds: float,
+        interval: float,
+    ) -> list[tuple[int, int, int]]:
+        """For ``seconds``, every receiver flips its tile between
+        :data:`SMALL_VIEW` and :data:`LARGE_VIEW` every ``interval`` seconds,
+        each from its own random phase, with ``track_view`` frames (the
+        protocol's own, as a page sends them). Returns ``(receiver index,
+        time.perf_counter_ns() when sent, stream number of the layer it
+        should get)``."""
+        rng = random.Random(11)
+        start = time.perf_counter()
+        plan: list[tuple[float, int]] = []
+        for i in range(len(receivers)):
+            t = start + rng.uniform(0, interval)
+            while t < start + seconds:
+                plan.append((t, i))
+                t += interval
+        plan.sort()
+        small = [True] * len(receivers)
+        sent: list[tuple[int, int, int]] = []
+        for at, i in plan:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            p = receivers[i]
+            if p.ws is None or not p.offered:
+                continue
+            track = p.offered[0]
+            source = by_pid[track["participant"]]
+            width, height, rid = SMALL_VIEW if small[i] else LARGE_VIEW
+            small[i] = not small[i]
+            number = next(x.number for x in source.layers if x.rid == rid)
+            frame = {
+                "v": 1,
+                "type": "track_view",
+                "track_id": track["track_id"],
+                "width": width,
+                "height": height,
+                "visible": True,
+            }
+            sent.append((i, time.perf_counter_ns(), number))
+            await p.ws.send_str(json.dumps(frame))
+        return sent
 
     def ours(self) -> set[int]:
         """This benchmark's processes, the server's embedded PostgreSQL included."""
@@ -1107,6 +1249,9 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 )
             direct = await bench.direct(2 if args.quick else 16)
             print(f"direct baseline (no worker) one-way us: {direct}", flush=True)
+            if args.simulcast:
+                out["simulcast"] = await simulcast_runs(bench, args, results)
+                names = []
             for _ in range(args.repeat):
                 for name in names:
                     r = await bench.run_scenario(
@@ -1115,7 +1260,11 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     results.append(r)
                     print_table([r])
                     sys.stdout.flush()
-            fan10 = [r.forwarded_per_cpu_second for r in results if r.scenario == "1x10"]
+            fan10 = [
+                r.forwarded_per_cpu_second
+                for r in results
+                if r.scenario == "1x10" and not args.simulcast
+            ]
             quiet10 = [
                 r.forwarded_per_cpu_second
                 for r in results
@@ -1142,7 +1291,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     await profile(server.worker_pid(), seconds, raw_path)
 
                 r = await bench.run_scenario(
-                    SCENARIOS["1x10"],
+                    SCENARIOS[args.profile_scenario],
                     out_rate=args.out_rate,
                     purpose="profiled",
                     probe_rooms=1,
@@ -1150,7 +1299,9 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 )
                 results.append(r)
                 out["profile"] = top_functions(raw_path)
-                out["profile"]["scenario"] = "1x10 at --out-rate, py-spy --nonblocking, 250 Hz"
+                out["profile"]["scenario"] = (
+                    f"{args.profile_scenario} at --out-rate, py-spy --nonblocking, 250 Hz"
+                )
         finally:
             if bench is not None:
                 bench.load.stop()
@@ -1160,6 +1311,61 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["results"] = [asdict(r) for r in results]
     out["summary"] = summary(results)
     return out
+
+
+async def simulcast_runs(
+    bench: Bench, args: argparse.Namespace, results: list[ScenarioResult]
+) -> dict[str, Any]:
+    """``1x10`` and ``1x10s`` in turn (``--repeat`` pairs), then a switch run;
+    the figures issue 11 asks for: the simulcast forwarding rate against the
+    single-layer one from the same server, and layer switch times."""
+    pairs: list[tuple[ScenarioResult, ScenarioResult]] = []
+    for _ in range(args.repeat):
+        pair = []
+        for name in ("1x10", "1x10s"):
+            r = await bench.run_scenario(
+                SCENARIOS[name], out_rate=args.out_rate, purpose="throughput", probe_rooms=1
+            )
+            results.append(r)
+            print_table([r])
+            if r.probe_packets_by_layer:
+                print(f"{'':<9}probe packets by layer: {r.probe_packets_by_layer}", flush=True)
+            pair.append(r)
+        pairs.append((pair[0], pair[1]))
+    quiet = [(a, b) for a, b in pairs if undisturbed(a) and undisturbed(b)]
+    used = quiet or pairs
+    single = statistics.median(a.forwarded_per_cpu_second for a, _ in used)
+    multi = statistics.median(b.forwarded_per_cpu_second for _, b in used)
+    switch = await bench.run_scenario(
+        SCENARIOS["1x10s"],
+        out_rate=args.switch_rooms * SCENARIOS["1x10s"].streams_out * args.pps,
+        purpose="switch",
+        probe_rooms=0,
+        all_probes=True,
+        switch_interval=args.switch_interval,
+    )
+    results.append(switch)
+    print_table([switch])
+    print(f"{'':<9}layer switch (track_view sent -> new layer's first packet), ms: "
+          f"{json.dumps(switch.switch_ms)}", flush=True)  # fmt: skip
+    return {
+        "pairs": len(pairs),
+        "undisturbed_pairs": len(quiet),
+        "single_layer_forwarded_per_cpu_second_median": round(single),
+        "simulcast_forwarded_per_cpu_second_median": round(multi),
+        "ratio": round(multi / single, 3) if single else None,
+        "pair_ratios": [
+            round(b.forwarded_per_cpu_second / a.forwarded_per_cpu_second, 3)
+            for a, b in pairs
+            if a.forwarded_per_cpu_second
+        ],
+        "within_10_percent": bool(single) and multi >= 0.9 * single,
+        "subscribers_transport_cc": bench.transport_cc,
+        "switch_ms": switch.switch_ms,
+        "switch_interval_seconds": args.switch_interval,
+        "switch_receivers": switch.subscriber_transports,
+        "keyframes_on_request_in_switch_run": switch.keyframes_on_request,
+    }
 
 
 async def media_control(node: MediaNode, stack: contextlib.AsyncExitStack) -> Any:
@@ -1274,6 +1480,18 @@ def main() -> int:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the server in a run")
     parser.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="1x10 against 1x10s (simulcast publishers) in turn, then layer switch times",
+    )
+    parser.add_argument(
+        "--profile-scenario", default="1x10", help="the scenario --profile samples (e.g. 1x10s)"
+    )
+    parser.add_argument(
+        "--switch-interval", type=float, default=1.5, help="seconds between a tile's flips"
+    )
+    parser.add_argument("--switch-rooms", type=int, default=3, help="rooms in the switch run")
+    parser.add_argument(
         "--media",
         action="store_true",
         help="drive a `wadud media` node (one worker) over Redis instead of `wadud serve`",
@@ -1286,8 +1504,12 @@ def main() -> int:
         help="where to write (default benchmarks/results/sfu.json, sfu-media.json with --media)",
     )
     args = parser.parse_args()
+    if args.simulcast and "--repeat" not in sys.argv:
+        args.repeat = 3
     if args.json is None:
         name = "sfu-media.json" if args.media else "sfu.json"
+        if args.simulcast:
+            name = name.replace(".json", "-simulcast.json")
         args.json = str(ROOT / "benchmarks" / "results" / name)
     if args.quick:
         args.scenarios = args.scenarios if "--scenarios" in sys.argv else "1x10"
@@ -1310,6 +1532,8 @@ def main() -> int:
     if "control_rpc_us" in out:
         print(f"control request -> reply over Redis (us): {json.dumps(out['control_rpc_us'])}")
     print(f"summary: {json.dumps(out['summary'], indent=1)}")
+    if "simulcast" in out:
+        print(f"simulcast against single-layer: {json.dumps(out['simulcast'], indent=1)}")
     if "profile" in out:
         print(f"\nwhere the server's time goes ({out['profile']['samples']} samples, self %):")
         for name, pct in out["profile"]["self_pct"][:12]:
