@@ -27,7 +27,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -140,6 +140,25 @@ def event_payload(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _event(
+    row: Mapping[str, Any],
+    event: str,
+    from_state: str | None,
+    actor_id: UUID | None,
+    detail: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    payload = event_payload(row)
+    payload.update(
+        event=event,
+        from_state=from_state,
+        actor_id=str(actor_id) if actor_id else None,
+        detail=detail or {},
+        **(extra or {}),
+    )
+    return payload
+
+
 async def record_event(
     conn: asyncpg.Connection,
     row: Mapping[str, Any],
@@ -154,14 +173,7 @@ async def record_event(
 
     ``extra`` goes to the outbox event only (secrets such as a fresh manage
     token must reach the notifier but never the audit table)."""
-    payload = event_payload(row)
-    payload.update(
-        event=event,
-        from_state=from_state,
-        actor_id=str(actor_id) if actor_id else None,
-        detail=detail or {},
-        **(extra or {}),
-    )
+    payload = _event(row, event, from_state, actor_id, detail, extra)
     # The history row rides with the outbox row: one round trip.
     await outbox.emit(
         conn,
@@ -429,15 +441,41 @@ async def create_hold(
         if slot is None:
             raise await _taken_or_not_offered(conn, doctor_id, consultation_type, starts_at, now)
         lo, hi = slots.blocked(doctor, slot.start, slot.end)
+        # The booking, its history row and its outbox event in one statement:
+        # every column the event carries is known before the insert.
+        held = {
+            "id": uuid4(),
+            "clinic_id": doctor["clinic_id"],
+            "doctor_id": doctor_id,
+            "patient_id": patient_id,
+            "type": slot.consultation_type.value,
+            "status": State.HELD.value,
+            "starts_at": slot.start,
+            "ends_at": slot.end,
+            "price_minor": doctor["fee_minor"],
+            "currency": doctor["currency"],
+            "instant": False,
+        }
+        event_cte, event_args = outbox.event(
+            f"booking.{State.HELD.value}", _event(held, "hold", None, patient_id, None), 15
+        )
         try:
             row = await conn.fetchrow(
-                """INSERT INTO bookings
-                       (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at, ends_at,
-                        blocked, status, hold_expires_at, price_minor, currency,
-                        created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, tstzrange($8, $9), 'held', $10,
-                           $11, $12, $13, $13)
-                   RETURNING *""",
+                f"""WITH b AS (
+                        INSERT INTO bookings
+                            (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at,
+                             ends_at, blocked, status, hold_expires_at, price_minor, currency,
+                             created_at, updated_at, id)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, tstzrange($8, $9), 'held', $10,
+                                $11, $12, $13, $13, $14)
+                        RETURNING *),
+                    h AS (
+                        INSERT INTO booking_events
+                            (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
+                        SELECT id, clinic_id, 'hold', NULL, status, patient_id, '{{}}'::jsonb
+                        FROM b),
+                    {event_cte}
+                SELECT b.*, {outbox.NOTIFY} FROM b""",
                 doctor["clinic_id"],
                 doctor_id,
                 doctor["key"],
@@ -451,6 +489,8 @@ async def create_hold(
                 doctor["fee_minor"],
                 doctor["currency"],
                 now,
+                held["id"],
+                *event_args,
             )
         except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
             # Deadlock: two requests that each expire and insert can, in rare
@@ -458,7 +498,6 @@ async def create_hold(
             # lost the race just as surely as at the constraint.
             raise SlotTaken("this time was booked by someone else; pick another slot") from None
         assert row is not None
-        await record_event(conn, row, "hold", None, actor_id=patient_id)
         await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi), doctor=doctor)
         return row
 
