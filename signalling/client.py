@@ -53,6 +53,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from signalling.simulcast import SimulcastMunger, layer_tracks
+
 __all__ = [
     "CallClient",
     "CallError",
@@ -325,6 +327,9 @@ class CallClient:
         self.media_moves = 0
         #: What we publish, by source: sent again when the room's media moves.
         self._local: dict[str, Any] = {}
+        #: Sources published as simulcast, and the publish connection's rewriting.
+        self._simulcast_sources: set[str] = set()
+        self._munger: SimulcastMunger | None = None
 
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -524,34 +529,58 @@ class CallClient:
         return pc
 
     async def publish(
-        self, tracks: Mapping[str, Any] | Iterable[tuple[str, Any]]
+        self,
+        tracks: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        *,
+        simulcast: bool = False,
     ) -> list[dict[str, Any]]:
         """Send ``tracks`` (source → aiortc MediaStreamTrack: ``microphone``,
         ``camera``, ``screen``, ``screen_audio``) on the publish connection:
         one ``sendonly`` transceiver each, then a ``publish`` offer. Calling
         it again adds tracks by renegotiating the same connection. Returns
         ``published.tracks``: our tracks as the server now lists them (each
-        with the ``track_id`` others will see)."""
+        with the ``track_id`` others will see).
+
+        ``simulcast``: the camera goes as three layers (RIDs ``q``, ``h``,
+        ``f`` at 1/4, 1/2 and full size), one aiortc encoder each, offered
+        as one RFC 8853 simulcast track (see :mod:`signalling.simulcast` for
+        what that does and does not do)."""
         items = list(tracks.items()) if isinstance(tracks, Mapping) else list(tracks)
         self._local.update(items)
+        if simulcast:
+            self._simulcast_sources.update(s for s, t in items if s == "camera")
         async with self._publish_lock:
             if self.publish_pc is None:
                 self.publish_pc = self._new_pc("publish")
+                self._munger = SimulcastMunger()
             pc = self.publish_pc
-            new = [
-                (source, pc.addTransceiver(track, direction="sendonly")) for source, track in items
-            ]
+            munger = self._munger
+            assert munger is not None
+            new = []
+            layered = []
+            for source, track in items:
+                if source in self._simulcast_sources and track.kind == "video":
+                    layers = layer_tracks(track)
+                    group = [pc.addTransceiver(t, direction="sendonly") for t in layers]
+                    layered.append((group, layers))
+                    new.append((source, group[0]))
+                else:
+                    new.append((source, pc.addTransceiver(track, direction="sendonly")))
             await pc.setLocalDescription(await pc.createOffer())
+            for group, layers in layered:
+                munger.add(group, layers)
             for source, transceiver in new:
                 self._sources[transceiver.mid] = source
                 self._transceivers[transceiver.mid] = transceiver
+            munger.install(t.sender.transport for t in pc.getTransceivers())
             answer = await self.request(
                 "publish",
-                sdp=pc.localDescription.sdp,
+                sdp=munger.offer(pc.localDescription.sdp),
                 sources=dict(self._sources),
             )
-            sdp = self._filter(str(answer["sdp"]), "publish")
+            sdp = munger.answer(self._filter(str(answer["sdp"]), "publish"))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            munger.install(t.sender.transport for t in pc.getTransceivers())
             listed = [dict(t) for t in answer.get("tracks") or []]
             for t in listed:
                 self.published[str(t["track_id"])] = t
@@ -565,6 +594,7 @@ class CallClient:
         publish the same tracks again on a fresh connection."""
         old = [pc for pc in (self.publish_pc, self.subscribe_pc) if pc is not None]
         self.publish_pc = self.subscribe_pc = None
+        self._munger = None
         # From what we chose to publish, not from the transceivers: a second
         # move while the first republish runs finds those cleared already.
         items = list(self._local.items())
@@ -602,6 +632,30 @@ class CallClient:
                 log.warning("could not publish again after the media moved: %r", exc)
                 self.errors.append(exc)
                 self._notify()
+
+    async def track_view(
+        self, track_id: str, width: int, height: int, visible: bool = True
+    ) -> None:
+        """Tell the server how we show a remote video: the size it is drawn at
+        (device pixels) and whether it is visible; the server picks its
+        simulcast layer from that and our bandwidth (no answer comes back)."""
+        await self.send(
+            "track_view", track_id=track_id, width=width, height=height, visible=visible
+        )
+
+    async def audio_only(self, enabled: bool = True) -> None:
+        """Receive no video while ``enabled`` (the server answers ``ok``)."""
+        await self.request("audio_only", enabled=enabled)
+
+    async def _set_encodings(self, frame: dict[str, Any]) -> None:
+        """Dynacast: start or stop our simulcast layers as the server asks."""
+        munger = self._munger
+        track = self.published.get(str(frame.get("track_id")))
+        if munger is None or track is None:
+            return
+        mid = next((m for m, s in self._sources.items() if s == track.get("source")), None)
+        if mid is not None:
+            await munger.set_encodings(mid, frame.get("encodings") or [])
 
     def track_id_of(self, source: str) -> str | None:
         """The track id the server gave our ``source`` track."""
@@ -753,6 +807,8 @@ class CallClient:
             self._offers.put_nowait(frame)
         elif kind == "media_reconnect":
             self._media_moved()
+        elif kind == "set_encodings":
+            await self._set_encodings(frame)
         self.history.append(event)
         if self.events.full():
             self.events.get_nowait()
