@@ -1285,23 +1285,25 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     if undisturbed(r):
                         break
             if args.profile:
-                raw_path = work / "py-spy.txt"
+                # One profiled run per scenario named; "profile" keeps the first.
+                for name in args.profile_scenario.split(","):
+                    raw_path = work / f"py-spy-{name}.txt"
 
-                async def sample(seconds: float) -> None:
-                    await profile(server.worker_pid(), seconds, raw_path)
+                    async def sample(seconds: float, raw_path: Path = raw_path) -> None:
+                        await profile(server.worker_pid(), seconds, raw_path)
 
-                r = await bench.run_scenario(
-                    SCENARIOS[args.profile_scenario],
-                    out_rate=args.out_rate,
-                    purpose="profiled",
-                    probe_rooms=1,
-                    on_measure=sample,
-                )
-                results.append(r)
-                out["profile"] = top_functions(raw_path)
-                out["profile"]["scenario"] = (
-                    f"{args.profile_scenario} at --out-rate, py-spy --nonblocking, 250 Hz"
-                )
+                    r = await bench.run_scenario(
+                        SCENARIOS[name],
+                        out_rate=args.out_rate,
+                        purpose="profiled",
+                        probe_rooms=1,
+                        on_measure=sample,
+                    )
+                    results.append(r)
+                    found = top_functions(raw_path)
+                    found["scenario"] = f"{name} at --out-rate, py-spy --nonblocking, 250 Hz"
+                    out.setdefault("profiles", {})[name] = found
+                    out.setdefault("profile", found)
         finally:
             if bench is not None:
                 bench.load.stop()
@@ -1485,7 +1487,9 @@ def main() -> int:
         help="1x10 against 1x10s (simulcast publishers) in turn, then layer switch times",
     )
     parser.add_argument(
-        "--profile-scenario", default="1x10", help="the scenario --profile samples (e.g. 1x10s)"
+        "--profile-scenario",
+        default="1x10",
+        help="the scenarios --profile samples, one run each (e.g. 1x10,1x10s)",
     )
     parser.add_argument(
         "--switch-interval", type=float, default=1.5, help="seconds between a tile's flips"
@@ -1534,15 +1538,16 @@ def main() -> int:
     print(f"summary: {json.dumps(out['summary'], indent=1)}")
     if "simulcast" in out:
         print(f"simulcast against single-layer: {json.dumps(out['simulcast'], indent=1)}")
-    if "profile" in out:
-        print(f"\nwhere the server's time goes ({out['profile']['samples']} samples, self %):")
-        for name, pct in out["profile"]["self_pct"][:12]:
+    for found in out.get("profiles", {}).values():
+        print(f"\n{found['scenario']}: where the server's time goes"
+              f" ({found['samples']} samples, self %):")  # fmt: skip
+        for name, pct in found["self_pct"][:12]:
             print(f"  {pct:5.1f}  {name}")
         print("inclusive %:")
-        for name, pct in out["profile"]["inclusive_pct"][:12]:
+        for name, pct in found["inclusive_pct"][:16]:
             print(f"  {pct:5.1f}  {name}")
         print("self %, by line (C calls count for the line that made them):")
-        for name, pct in out["profile"]["self_pct_by_line"][:8]:
+        for name, pct in found["self_pct_by_line"][:8]:
             print(f"  {pct:5.1f}  {name}")
     out.update(
         {
