@@ -66,6 +66,12 @@ __all__ = ["DYNACAST_DELAY", "HOLD", "TICK", "WorkerLayers"]
 TICK = 0.5
 #: Seconds a congestion downgrade holds back a subscriber's upgrades.
 HOLD = 10.0
+#: Seconds the estimate must stay below a video's lowest layer before that
+#: video is paused (shorter dips keep the lowest layer).
+PAUSE_AFTER = 2.0
+#: Seconds after a bandwidth pause (or the last congestion) before a paused
+#: video comes back on its lowest layer, when the estimate carries it.
+RESUME_AFTER = 3.0
 #: Seconds a layer nobody wants keeps being sent.
 DYNACAST_DELAY = 5.0
 #: A layer that sent nothing for this long is not offered (the publisher stopped it).
@@ -83,13 +89,15 @@ Reason = Literal["bandwidth", "hidden", "audio_only"]
 class _Subscriber:
     """A subscriber transport's allocation state."""
 
-    __slots__ = ("downgraded_at", "estimator", "paused", "remb", "wanted")
+    __slots__ = ("downgraded_at", "estimator", "paused", "remb", "short_since", "wanted")
 
     def __init__(self) -> None:
         self.estimator: SendSideEstimator | None = None
         self.remb: int | None = None
         self.paused: dict[str, Reason] = {}
         """Track id -> why it is paused now."""
+        self.short_since: dict[str, float] = {}
+        """Track id -> since when the estimate has not carried its lowest layer."""
         self.downgraded_at = -math.inf
         self.wanted = 0
         """What the last allocation would have sent with no bandwidth limit."""
@@ -375,19 +383,31 @@ class WorkerLayers(WorkerControl):
                 # A REMB (the receiver's own estimate, which follows what it
                 # gets) is good enough to pick a layer, not to pause video.
                 index = w.layers[0].index if w.layers else None
+            if index is None and current is not None and w.layers:
+                # A dip of the estimate (a keyframe's burst, one overuse
+                # signal) is not a weak link: keep the lowest layer until the
+                # shortfall has lasted PAUSE_AFTER.
+                short = state.short_since.setdefault(tid, now)
+                if now - short < PAUSE_AFTER:
+                    index = w.layers[0].index
             if index is None:
                 reasons[tid] = "bandwidth"
                 if current is not None:
                     congested = True
                 continue
-            if current is not None and index < current and best is not None and best > index:
-                congested = True
-            elif (current is None or index > current) and now - state.downgraded_at < HOLD:
-                if state.paused.get(tid) == "bandwidth":
+            state.short_since.pop(tid, None)
+            if state.paused.get(tid) == "bandwidth":
+                # Back from a pause once the estimate carries the lowest
+                # layer again for RESUME_AFTER, on that layer; going higher
+                # waits for HOLD like any upgrade after congestion.
+                if now - state.downgraded_at < RESUME_AFTER:
                     reasons[tid] = "bandwidth"
                     continue
-                if current is not None:
-                    index = current
+                index = w.layers[0].index
+            elif current is not None and index < current and best is not None and best > index:
+                congested = True
+            elif current is not None and index > current and now - state.downgraded_at < HOLD:
+                index = current
             self._set(peer, tracks[tid], index, now)
         if congested:
             state.downgraded_at = now
