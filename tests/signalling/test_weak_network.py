@@ -1,0 +1,575 @@
+"""Simulcast and weak links with real browsers (issue 11's must-shows).
+
+Like test_browser_call.py, each test re-executes this module as a driver in
+a fresh network namespace that has only loopback (Firefox: a namespace with
+a veth interface too, since Firefox gathers nothing on loopback alone). The
+driver runs the app (real media worker, signalling and pages), headless
+Chromium pages publishing simulcast (``?simulcast=1``, 1280x720 capture),
+and a real coturn relay; a weak page is forced through it with
+``iceTransportPolicy: 'relay'`` (a script injected before the page's own,
+so the page itself is unchanged).
+
+The cap: coturn's ``--max-bps`` is fixed for a session's life, and moving a
+page to another TURN server needs an ICE restart the worker does not offer
+(tried: Chromium moved its subscribe connection to a second, uncapped TURN
+server's pair, the worker sent nothing there, and the publish connection
+failed). So the weak link is a :class:`CappedPath` in front of coturn: a
+UDP relay that shapes each TURN session to a rate (a drop-tail queue of
+250 ms, as a mobile link's buffer) and can change it live, as a phone's
+link gets worse or better.
+
+Figures come from ``getStats()`` (``window.wadudCall.stats()``): inbound
+video ``framesDecoded``, ``frameWidth``, ``freezeCount``,
+``totalFreezesDuration``; outbound ``packetsSent`` per rid.
+
+Run one scenario by hand (as root, from the repository):
+
+    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
+        tests.signalling.test_weak_network capped --database-url URL --work /tmp/x'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import (
+    Browsers,
+    DriverError,
+    Page,
+    browser_groups,
+    click,
+    join,
+    kill_groups,
+    namespace_command,
+    participant_id,
+)
+from tests.signalling.test_browser_call import SECRET, World
+
+ROOT = Path(__file__).resolve().parents[2]
+HTTP_PORT = 8080
+TURN_USER, TURN_PASS = "weak", "link"
+TURN_PORT = 3478  # coturn
+CAPPED_PORT = 3480  # the capped path to it
+
+
+# -- the pytest side -----------------------------------------------------------
+
+
+async def run_scenario(
+    scenario: str, database_url: str, work: Path, budget: float
+) -> dict[str, Any]:
+    """Run the driver in its own loopback-only namespace; its JSON result."""
+    if shutil.which("turnserver") is None:
+        pytest.skip("needs coturn's turnserver")
+    cmd = [
+        *namespace_command(),
+        sys.executable, "-m", "tests.signalling.test_weak_network", scenario,
+        "--database-url", database_url, "--work", str(work), "--budget", str(budget),
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), budget + 30)
+    except TimeoutError:
+        out = b"driver timed out"
+        kill_groups([proc.pid])
+    finally:
+        kill_groups(browser_groups(work))
+        kill_groups(turn_groups(work))
+        with contextlib.suppress(ProcessLookupError):
+            await proc.wait()
+    lines = out.decode(errors="replace").strip().splitlines()
+    (work / "driver.out").write_text("\n".join(lines))
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        pytest.fail("driver gave no result:\n" + "\n".join(lines[-60:]))
+    if "error" in result:
+        logs = "\n".join(lines[-40:-1])
+        pytest.fail(f"{result['error']}\n{json.dumps(result, indent=1)[:8000]}\n{logs}")
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_capped_subscriber_gets_a_lower_layer_smoothly(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A publisher and two subscribers, one through a TURN relay capped at
+    500 kbit/s each way: over 15 s after a 30 s warm-up the capped one
+    decodes the publisher at >= 10 fps with < 2 s of freezes, at a lower
+    resolution than the clean one; once the cap lifts it is back on the top
+    layer within 10 s."""
+    result = await run_scenario("capped", database_url, tmp_path, budget=240)
+    print(json.dumps(result))
+    clean, capped = result["clean"], result["capped"]
+    assert clean["fps"] >= 10, result
+    assert capped["fps"] >= 10, result
+    assert capped["freezes_s"] < 2, result
+    assert capped["width"] < clean["width"], result
+    assert clean["width"] == 1280, result
+    assert result["lifted"]["width"] == 1280, result
+    assert result["lifted"]["seconds"] <= 10, result
+
+
+# -- the driver: runs inside the namespace ------------------------------------
+
+
+def turn_groups(work: Path) -> list[int]:
+    path = work / "turn-groups"
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+class Turn:
+    """One coturn ``turnserver`` in its own process group: a static user,
+    loopback peers allowed, ``max_bps`` (bytes/s per session and direction)
+    when capped."""
+
+    def __init__(self, work: Path, port: int, relay_ports: int, max_bps: int | None = None) -> None:
+        self.work, self.port, self.max_bps = work, port, max_bps
+        self.relay_ports = relay_ports
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        cap = [f"--max-bps={self.max_bps}"] if self.max_bps else []
+        log = os.open(self.work / f"turn-{self.port}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.proc = await asyncio.create_subprocess_exec(
+            "turnserver", "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+            f"--listening-port={self.port}", "--lt-cred-mech", f"--user={TURN_USER}:{TURN_PASS}",
+            "--realm=wadud.test", "--allow-loopback-peers", "--no-tls", "--no-dtls", "--no-cli",
+            f"--min-port={self.relay_ports}", f"--max-port={self.relay_ports + 999}",
+            f"--pidfile={self.work}/turn-{self.port}.pid",
+            "--log-file=stdout", "--simple-log", "--verbose",
+            *cap,
+            stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        os.close(log)
+        with (self.work / "turn-groups").open("a") as f:
+            f.write(f"{self.proc.pid}\n")
+        await asyncio.sleep(0.5)
+        if self.proc.returncode is not None:
+            raise DriverError(f"turnserver on {self.port} exited at once")
+
+    async def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
+        self.proc = None
+
+
+class Shaper:
+    """One direction of a narrow link: datagrams leave at most ``rate``
+    bytes/s (None: no limit) after waiting in a queue of at most
+    ``queue`` seconds; a datagram that would wait longer is dropped (a
+    mobile link's drop-tail buffer)."""
+
+    def __init__(self, rate: float | None, queue: float = 0.25) -> None:
+        self.rate, self.queue = rate, queue
+        self.busy_until = 0.0
+        self.sent = self.dropped = 0
+
+    def when(self, size: int, now: float) -> float | None:
+        if self.rate is None:
+            return now
+        start = max(now, self.busy_until)
+        if start - now > self.queue:
+            self.dropped += 1
+            return None
+        self.busy_until = start + size / self.rate
+        self.sent += 1
+        return self.busy_until
+
+
+class _Front(asyncio.DatagramProtocol):
+    def __init__(self, path: CappedPath) -> None:
+        self.path = path
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.path.up(data, (addr[0], addr[1]))
+
+
+class _Back(asyncio.DatagramProtocol):
+    def __init__(self, path: CappedPath, client: tuple[str, int]) -> None:
+        self.path, self.client = path, client
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.path.down(data, self.client)
+
+
+class CappedPath:
+    """A UDP relay in front of a TURN server that caps each client socket's
+    traffic (one TURN session each, as coturn's ``--max-bps`` does) at
+    ``rate`` bytes/s each way; :meth:`set_rate` changes it live (None lifts
+    the cap), as a phone's link gets worse or better."""
+
+    def __init__(self, upstream: tuple[str, int], rate: float | None) -> None:
+        self.upstream, self.rate = upstream, rate
+        self.front: asyncio.DatagramTransport | None = None
+        self.backs: dict[tuple[str, int], asyncio.DatagramTransport] = {}
+        self.shapers: dict[tuple[tuple[str, int], str], Shaper] = {}
+
+    async def start(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.front, _ = await loop.create_datagram_endpoint(
+            lambda: _Front(self), local_addr=("127.0.0.1", port)
+        )
+
+    def set_rate(self, rate: float | None) -> None:
+        self.rate = rate
+        for shaper in self.shapers.values():
+            shaper.rate = rate
+
+    def _shaper(self, client: tuple[str, int], way: str) -> Shaper:
+        key = (client, way)
+        if key not in self.shapers:
+            self.shapers[key] = Shaper(self.rate)
+        return self.shapers[key]
+
+    def _later(self, when: float, transport: asyncio.DatagramTransport, data: bytes,
+               dest: tuple[str, int] | None) -> None:  # fmt: skip
+        loop = asyncio.get_running_loop()
+
+        def send() -> None:
+            if not transport.is_closing():
+                transport.sendto(data, dest)
+
+        loop.call_at(loop.time() + max(0.0, when - time.monotonic()), send)
+
+    def up(self, data: bytes, client: tuple[str, int]) -> None:
+        back = self.backs.get(client)
+        if back is None:
+            task = asyncio.ensure_future(self._open(client, data))
+            self.backs[client] = task  # type: ignore[assignment]
+            return
+        if isinstance(back, asyncio.Future):
+            return  # still opening: dropped, the client retransmits
+        when = self._shaper(client, "up").when(len(data), time.monotonic())
+        if when is not None:
+            self._later(when, back, data, None)
+
+    async def _open(self, client: tuple[str, int], first: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        back, _ = await loop.create_datagram_endpoint(
+            lambda: _Back(self, client), remote_addr=self.upstream
+        )
+        self.backs[client] = back
+        back.sendto(first)
+
+    def down(self, data: bytes, client: tuple[str, int]) -> None:
+        when = self._shaper(client, "down").when(len(data), time.monotonic())
+        if when is not None and self.front is not None:
+            self._later(when, self.front, data, client)
+
+    def stats(self) -> dict[str, Any]:
+        return {f"{c[1]}-{w}": [s.sent, s.dropped] for (c, w), s in self.shapers.items()}
+
+    def close(self) -> None:
+        for back in self.backs.values():
+            if isinstance(back, asyncio.DatagramTransport):
+                back.close()
+        if self.front is not None:
+            self.front.close()
+
+
+def relay_only(*urls: str) -> str:
+    """A script run before the page's own: every RTCPeerConnection goes
+    through these TURN servers only."""
+    servers = [{"urls": u, "username": TURN_USER, "credential": TURN_PASS} for u in urls]
+    return (
+        "(() => { const Native = window.RTCPeerConnection;"
+        f" const servers = {json.dumps(servers)};"
+        " class Relayed extends Native { constructor(config, ...rest) {"
+        "   super({...(config || {}), iceServers: servers, iceTransportPolicy: 'relay'}, ...rest);"
+        " } }"
+        " window.RTCPeerConnection = Relayed; })();"
+    )
+
+
+# A grid tile of a 960x640 window at twice the pixels: wide enough
+# (> 640 x 1.15 device pixels) to want the top layer.
+SHARP = "--force-device-scale-factor=2"
+
+
+async def open_page(world: World, name: str, link: str, *flags: str, script: str = "") -> Page:
+    """A Chromium on ``link`` (with ``script`` run before the page's own)."""
+    if not script:
+        return await world.browsers.open(name, link, *flags)
+    page = await world.browsers.open(name, "about:blank", *flags)
+    await page.cdp.send("Page.enable")
+    await page.cdp.send("Page.addScriptToEvaluateOnNewDocument", source=script)
+    await page.cdp.send("Page.navigate", url=link)
+    return page
+
+
+def simulcast(link: str) -> str:
+    return link + "&simulcast=1"
+
+
+async def camera_off(page: Page) -> None:
+    """A subscriber only: its camera off (its microphone stays)."""
+    await click(page, "#cam")
+    await page.wait_for("window.wadudCall.localTracks.get('camera').track === null", "camera off")
+
+
+async def from_peer(page: Page, peer: str) -> dict[str, Any]:
+    stats = await page.eval(f"window.wadudCall.stats().then(s => s.participants['{peer}'])")
+    return dict(stats or {})
+
+
+async def window(page: Page, peer: str, seconds: float) -> dict[str, Any]:
+    """What ``page`` decoded from ``peer`` over ``seconds``."""
+    a = await from_peer(page, peer)
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    b = await from_peer(page, peer)
+    dt = time.monotonic() - t0
+    return {
+        "fps": round((b["framesDecoded"] - a["framesDecoded"]) / dt, 1),
+        "freezes": b["freezeCount"] - a["freezeCount"],
+        "freezes_s": round(b["totalFreezesDuration"] - a["totalFreezesDuration"], 2),
+        "width": b["frameWidth"],
+        "height": b["frameHeight"],
+        "audio_packets": b["audioPackets"] - a["audioPackets"],
+        "video_packets": b["videoPackets"] - a["videoPackets"],
+    }
+
+
+OUTBOUND = """(async () => {
+  const out = {};
+  (await window.wadudCall.publishPc.getStats()).forEach((s) => {
+    if (s.type === 'outbound-rtp' && s.kind === 'video')
+      out[s.rid || '-'] = {packets: s.packetsSent, width: s.frameWidth, fps: s.framesPerSecond,
+                           active: s.active, limit: s.qualityLimitationReason,
+                           bps: s.targetBitrate};
+  });
+  return out;
+})()"""
+
+
+PATHS = """(async () => {
+  const out = [];
+  for (const pc of [window.wadudCall.publishPc, window.wadudCall.subscribePc]) {
+    const stats = await pc.getStats();
+    const pairs = [];
+    stats.forEach((s) => {
+      if (s.type !== 'candidate-pair') return;
+      const l = stats.get(s.localCandidateId);
+      pairs.push([s.state, s.nominated, l && l.relayProtocol, l && l.port, s.bytesReceived]);
+    });
+    out.push({state: pc.connectionState, ice: pc.iceConnectionState, pairs});
+  }
+  return out;
+})()"""
+
+
+async def outbound(page: Page) -> dict[str, Any]:
+    """The video a page sends, per rid: packets, width, frame rate, and why
+    the encoder holds back (cpu, bandwidth)."""
+    return dict(await page.eval(OUTBOUND))
+
+
+async def width_of(page: Page, peer: str) -> int:
+    return int((await from_peer(page, peer)).get("frameWidth", 0))
+
+
+async def decoding(page: Page, peer: str, within: float = 40) -> None:
+    await page.wait_for(
+        f"window.wadudCall.stats().then(s => (s.participants['{peer}'] || {{}}).framesDecoded > 0)",
+        f"{page.name} decoding {peer}",
+        within,
+    )
+
+
+async def three(world: World, capped_script: str) -> tuple[Page, Page, Page, str]:
+    """The doctor publishes simulcast; two subscribers (cameras off), the
+    second through ``capped_script``'s relays."""
+    doctor = await open_page(
+        world, "doctor", simulcast(world.link("dr-amina", "Dr Amina", "doctor", admin=True))
+    )
+    await join(doctor)
+    clean = await open_page(
+        world, "clean", simulcast(world.link("pt-1", "Bilal", "patient")), SHARP
+    )
+    await join(clean)
+    await camera_off(clean)
+    capped = await open_page(
+        world,
+        "capped",
+        simulcast(world.link("rel-2", "Sana", "family")),
+        SHARP,
+        script=capped_script,
+    )
+    await join(capped)
+    await camera_off(capped)
+    pub = await participant_id(doctor)
+    await decoding(clean, pub)
+    await decoding(capped, pub)
+    world.mark("decoding")
+    return doctor, clean, capped, pub
+
+
+async def capped_call(world: World, rate: float) -> tuple[Turn, CappedPath, Page, Page, Page, str]:
+    """coturn, a path to it capped at ``rate`` bytes/s each way, and the
+    three pages (the capped one forced through that path)."""
+    work = world.browsers.work
+    turn = Turn(work, TURN_PORT, 50000)
+    await turn.start()
+    path = CappedPath(("127.0.0.1", TURN_PORT), rate)
+    await path.start(CAPPED_PORT)
+    doctor, clean, capped, pub = await three(
+        world, relay_only(f"turn:127.0.0.1:{CAPPED_PORT}?transport=udp")
+    )
+    return turn, path, doctor, clean, capped, pub
+
+
+async def scenario_capped(world: World) -> dict[str, Any]:
+    turn, path, doctor, clean, capped, pub = await capped_call(world, 500_000 / 8)
+    try:
+        trace: list[Any] = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30:
+            await asyncio.sleep(3)
+            trace.append([round(time.monotonic() - t0), await width_of(clean, pub),
+                          await width_of(capped, pub), worker_view(world)])  # fmt: skip
+        world.mark("warm")
+        clean_w, capped_w = await asyncio.gather(window(clean, pub, 15), window(capped, pub, 15))
+        world.mark("measured")
+        sent = await outbound(doctor)
+        path.set_rate(None)
+        lifted_at = time.monotonic()
+        world.mark("cap lifted")
+        lifted: dict[str, Any] = {"width": 0, "seconds": None}
+        while time.monotonic() - lifted_at < 30:
+            w = await width_of(capped, pub)
+            lifted["width"] = w
+            if w >= 1280:
+                lifted["seconds"] = round(time.monotonic() - lifted_at, 1)
+                break
+            await asyncio.sleep(0.25)
+        lifted["after"] = await window(capped, pub, 3)
+        lifted["worker"] = worker_view(world)
+        return {
+            "clean": clean_w,
+            "capped": capped_w,
+            "lifted": lifted,
+            "trace": trace,
+            "sent_by_rid": sent,
+            "path": path.stats(),
+            "timings": world.timings,
+        }
+    finally:
+        path.close()
+        await turn.stop()
+
+
+def worker_view(world: World) -> dict[str, Any]:
+    """What the media worker thinks of each subscriber: its estimate, what
+    it would want, paused tracks, and the layer each video is on."""
+    import sfu.http
+
+    worker = world.app[sfu.http.WORKER]  # type: ignore[attr-defined]
+    out: dict[str, Any] = {}
+    for peer, state in list(worker._subscribers.items()):
+        est = state.estimator
+        out[str(peer.participant)[-6:]] = {
+            "estimate": int(est.estimate) if est else None,
+            "loss": round(est.loss, 3) if est else None,
+            "remb": state.remb,
+            "wanted": state.wanted,
+            "paused": dict(state.paused),
+        }
+    for room in worker._rooms.values():
+        for (who, tid), v in room.views.items():
+            out.setdefault("views", {})[f"{who[-6:]}:{tid[-4:]}"] = [v.width, v.height, v.visible]
+    return out
+
+
+SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
+    "capped": scenario_capped,
+}
+
+
+@contextlib.asynccontextmanager
+async def serving(database_url: str, work: Path) -> AsyncIterator[Any]:
+    """The app as test_browser_call serves it; yields the app (the driver
+    reads the in-process media worker's view of each subscriber)."""
+    from aiohttp import web
+
+    from bin.assembly import build_app
+    from wadud.config import Settings
+
+    settings = Settings(
+        data_dir=work / "data",
+        database_url=database_url,
+        secret_key=SECRET,
+        database_pool_min=1,
+        database_pool_max=5,
+        host="127.0.0.1",
+        port=HTTP_PORT,
+        call_demo=True,
+        log_format="text",
+    )
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", HTTP_PORT).start()
+    try:
+        yield app
+    finally:
+        await runner.cleanup()
+
+
+async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
+    from wadud import keys
+
+    browsers = Browsers(work)
+    async with serving(database_url, work) as app:
+        world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
+        world.app = app  # type: ignore[attr-defined]
+        try:
+            return await asyncio.wait_for(SCENARIOS[scenario](world), budget)
+        except (DriverError, TimeoutError) as exc:
+            pages = {p.name: await p.snapshot() for p in browsers.pages}
+            return {"error": str(exc) or "timed out", "pages": pages, "timings": world.timings}
+        finally:
+            await browsers.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--budget", type=float, default=120)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
+    import uvloop
+
+    result = uvloop.run(drive(args.scenario, args.database_url, args.work, args.budget))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
