@@ -59,7 +59,7 @@ from sfu.errors import SfuStateError
 from sfu.groups import SimulcastTable
 from sfu.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
 from sfu.keyframes import h264_keyframe_start, vp8_keyframe_start, vp8_size
-from sfu.simulcast import Vp8Rewriter
+from sfu.simulcast import Vp8Rewriter, vp8_picture
 from sfu.table import ForwarderStats, Group, Subscription, Track, TransportState
 
 __all__ = [
@@ -483,6 +483,8 @@ class Forwarder(SimulcastTable):
             if abs_off >= 0:
                 abs_value = int(now * 262144.0) & 0xFFFFFF  # 6.18 fixed point seconds
         payload_octets = end - start
+        # A simulcast layer's PictureID/TL0PICIDX, read once for every subscriber.
+        picture = vp8_picture(packet, start, end) if track.group is not None else None
         pack_header = _REWRITE.pack_into
         marker = b1 & 0x80
         forwarded = 0
@@ -505,8 +507,8 @@ class Forwarder(SimulcastTable):
                 continue
             pack_header(buf, 1, marker | out_pt, mapped[0], mapped[1], sub.ssrc)
             vp8 = sub.vp8
-            if vp8 is not None:
-                vp8.rewrite(buf, start, end, packet)
+            if vp8 is not None and picture is not None:
+                vp8.apply(buf, picture)
             if elements:
                 table = sub.ext_table
                 if table is not applied:

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 __all__ = [
     "AUDIO_BITRATE",
     "Layer",
+    "Picture",
     "Vp8Rewriter",
     "Wanted",
     "allocate",
     "choose",
+    "vp8_picture",
     "vp8_temporal_id",
 ]
 
@@ -180,6 +182,46 @@ def vp8_temporal_id(data: Buffer, start: int, end: int) -> tuple[int, bool] | No
     return b >> 6, bool(b & 0x20)
 
 
+#: A VP8 payload descriptor's rewritable fields (:func:`vp8_picture`):
+#: PictureID offset, value and mask (0x7F or 0x7FFF), TL0PICIDX offset and
+#: value; an offset of -1 for a field the descriptor does not carry.
+Picture = tuple[int, int, int, int, int]
+
+
+def vp8_picture(data: Buffer, start: int, end: int) -> Picture | None:
+    """The PictureID and TL0PICIDX of a VP8 payload descriptor (RFC 7741
+    section 4.2) at ``data[start:end]``, or None when it has neither (no X
+    bit). Read once per packet; :meth:`Vp8Rewriter.apply` writes each
+    subscriber's values from it."""
+    if start + 1 >= end or not data[start] & 0x80:
+        return None
+    x = data[start + 1]
+    pos = start + 2
+    pid_pos = tl0_pos = pid = tl0 = -1
+    mask = 0x7F
+    if x & 0x80:
+        if pos >= end:
+            return None
+        pid_pos = pos
+        pid = data[pos] & 0x7F
+        if data[pos] & 0x80:
+            if pos + 1 >= end:
+                return None
+            mask = 0x7FFF
+            pid = pid << 8 | data[pos + 1]
+            pos += 2
+        else:
+            pos += 1
+    if x & 0x40:
+        if pos >= end:
+            return None
+        tl0_pos = pos
+        tl0 = data[pos]
+    if pid_pos < 0 and tl0_pos < 0:
+        return None
+    return pid_pos, pid, mask, tl0_pos, tl0
+
+
 class Vp8Rewriter:
     """PictureID and TL0PICIDX continuity for one subscriber's VP8 stream.
 
@@ -206,60 +248,44 @@ class Vp8Rewriter:
 
     def rewrite(self, data: bytearray, start: int, end: int, src: Buffer | None = None) -> None:
         """Rewrite the descriptor at ``data[start:end]`` in place. ``src``
-        (same layout) is read instead of ``data`` when given: the forwarder
-        rewrites one buffer for each subscriber in turn, and each must start
-        from the publisher's values."""
-        if src is None:
-            src = data
-        if start + 1 >= end or not src[start] & 0x80:
-            return
-        x = src[start + 1]
-        pos = start + 2
-        pid_pos = tl0_pos = -1
-        wide = False
-        if x & 0x80:
-            if pos >= end:
-                return
-            pid_pos = pos
-            wide = bool(src[pos] & 0x80)
-            pos += 2 if wide else 1
-        if x & 0x40:
-            if pos >= end:
-                return
-            tl0_pos = pos
-        mask = 0x7FFF if wide else 0x7F
-        pid = tl0 = -1
-        if pid_pos >= 0:
-            pid = src[pid_pos] & 0x7F
-            if wide:
-                pid = pid << 8 | src[pid_pos + 1]
-        if tl0_pos >= 0:
-            tl0 = src[tl0_pos]
-        first = self._resync
-        if first:
+        (same layout) is read instead of ``data`` when given."""
+        picture = vp8_picture(data if src is None else src, start, end)
+        if picture is not None:
+            self.apply(data, picture)
+
+    def apply(self, data: bytearray, picture: Picture) -> None:
+        """Write this subscriber's PictureID and TL0PICIDX for ``picture``
+        (the publisher's values, :func:`vp8_picture`) into ``data``: the
+        forwarder parses a packet once and calls this per subscriber."""
+        pid_pos, pid, mask, tl0_pos, tl0 = picture
+        if self._resync:
             self._resync = False
             if self._started:
-                if pid >= 0:
+                if pid_pos >= 0:
                     self._pid_offset = (self._last_pid + 1 - pid) & 0x7FFF
-                if tl0 >= 0:
+                if tl0_pos >= 0:
                     self._tl0_offset = (self._last_tl0 + 1 - tl0) & 0xFF
             self._started = True
-        if pid >= 0:
+            # The run's first picture is the newest so far, whatever its number.
+            if pid_pos >= 0:
+                self._last_pid = (pid + self._pid_offset) & mask
+            if tl0_pos >= 0:
+                self._last_tl0 = (tl0 + self._tl0_offset) & 0xFF
+        if pid_pos >= 0:
             out = (pid + self._pid_offset) & mask
-            if first or _newer(out, self._last_pid, mask):
+            last = self._last_pid
+            # Remember the newest picture sent (RFC 1982 comparison), so the
+            # next run continues after it, not after a late retransmission.
+            if out != last and (out - last) & mask < (mask + 1) >> 1:
                 self._last_pid = out
-            if wide:
+            if mask == 0x7FFF:
                 data[pid_pos] = 0x80 | out >> 8
                 data[pid_pos + 1] = out & 0xFF
             else:
                 data[pid_pos] = out
-        if tl0 >= 0:
-            out_tl0 = (tl0 + self._tl0_offset) & 0xFF
-            if first or _newer(out_tl0, self._last_tl0, 0xFF):
-                self._last_tl0 = out_tl0
-            data[tl0_pos] = out_tl0
-
-
-def _newer(a: int, b: int, mask: int) -> bool:
-    half = (mask + 1) >> 1
-    return a != b and ((a - b) & mask) < half
+        if tl0_pos >= 0:
+            out = (tl0 + self._tl0_offset) & 0xFF
+            last = self._last_tl0
+            if out != last and (out - last) & 0xFF < 0x80:
+                self._last_tl0 = out
+            data[tl0_pos] = out

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
-from rtc.sdp import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, SessionDescription
+from rtc.sdp import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC, SessionDescription
 from sfu.control import LayersWanted, TrackPaused, event_from_dict, event_to_dict
 from sfu.forward import Forwarder
 from sfu.layers import DYNACAST_DELAY, TICK
@@ -229,6 +229,38 @@ async def test_rid_layers_are_learnt_and_announced(worker: MediaWorker, events: 
     assert wanted[-1].participant == "alice"
 
 
+async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estimate(
+    worker: MediaWorker,
+) -> None:
+    """A subscriber that refused transport-cc never sends its feedback: no
+    estimator for it (nor REMB here), so nothing caps it and the top layer
+    comes, where an estimator that never heard would hold it at 1 Mbit/s."""
+    fp = worker.relay_identity()[1].split(" ", 1)[1]
+    result = await worker.publish(
+        "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
+    )
+    track_id = result.added[0].track_id
+    room: Any = worker._rooms["room"]
+    pub = room.participants["alice"].publish
+    now = worker._now()
+    for index, rid in enumerate("qhf"):
+        worker._route(pub, vp8_packet(LAYERS[index], 1, 0, 1, key=True, ext=rid_ext(rid)), now)
+    await worker.subscribe("room", "bob", [track_id])
+    sub_peer = room.participants["bob"].subscribe
+    section = sub_peer.sections[0]
+    section.negotiated = True
+    section.sub_extensions = {
+        e.uri: e.id for e in section.forwarded.extensions if e.uri != TRANSPORT_CC
+    }
+    sub_peer.pending_offer = False
+    sub_peer.reporting = True
+    worker.reports.add_leg(sub_peer, now)
+    worker._apply_subscriptions(sub_peer, now)
+    fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
+    assert worker._subscribers[sub_peer].estimator is None
+    assert fsub.target == 2
+
+
 async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -> None:
     fp = worker.relay_identity()[1].split(" ", 1)[1]
     result = await worker.publish(
@@ -245,6 +277,8 @@ async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -
     sub_peer = room.participants["bob"].subscribe
     section = sub_peer.sections[0]
     section.negotiated = True
+    # As a browser's answer would: every extension offered, transport-cc too.
+    section.sub_extensions = {e.uri: e.id for e in section.forwarded.extensions}
     sub_peer.pending_offer = False
     sub_peer.reporting = True
     worker.reports.add_leg(sub_peer, now)

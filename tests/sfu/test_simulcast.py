@@ -16,6 +16,7 @@ from sfu.simulcast import (
     allocate,
     choose,
     layers_by_rid,
+    vp8_picture,
     vp8_temporal_id,
 )
 
@@ -125,3 +126,16 @@ def test_temporal_id_and_sync_bit() -> None:
     d = descriptor(5, True, 3, tid=2, y=False)
     assert vp8_temporal_id(d, 0, len(d)) == (2, False)
     assert vp8_temporal_id(bytearray([0x10, 0x02]), 0, 2) is None
+
+
+@given(st.binary(max_size=12), st.integers(0, 12), st.integers(0, 12))
+def test_picture_reader_takes_any_bytes(data: bytes, start: int, end: int) -> None:
+    picture = vp8_picture(data, start, min(end, len(data)))
+    if picture is not None:
+        pid_pos, pid, mask, tl0_pos, tl0 = picture
+        assert mask in (0x7F, 0x7FFF)
+        assert pid_pos < 0 or (start + 2 <= pid_pos < len(data) and 0 <= pid <= mask)
+        assert tl0_pos < 0 or (start + 2 <= tl0_pos < len(data) and 0 <= tl0 <= 0xFF)
+        buf = bytearray(data)
+        Vp8Rewriter().apply(buf, picture)  # writes only inside the descriptor
+        assert len(buf) == len(data)
