@@ -390,12 +390,13 @@ class WorkerLayers(WorkerControl):
                 short = state.short_since.setdefault(tid, now)
                 if now - short < PAUSE_AFTER:
                     index = w.layers[0].index
+            elif index is not None:
+                state.short_since.pop(tid, None)
             if index is None:
                 reasons[tid] = "bandwidth"
                 if current is not None:
                     congested = True
                 continue
-            state.short_since.pop(tid, None)
             if state.paused.get(tid) == "bandwidth":
                 # Back from a pause once the estimate carries the lowest
                 # layer again for RESUME_AFTER, on that layer; going higher
