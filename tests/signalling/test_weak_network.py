@@ -131,6 +131,26 @@ async def test_capped_subscriber_gets_a_lower_layer_smoothly(
     assert result["lifted"]["seconds"] <= 10, result
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_starved_subscriber_gets_audio_only(database_url: str, tmp_path: Path) -> None:
+    """Capped at 80 kbit/s each way: no video reaches the page, audio goes
+    on, the tile says "Video paused: weak connection"; lifting the cap
+    brings video back."""
+    result = await run_scenario("starved", database_url, tmp_path, budget=180)
+    print(json.dumps(result))
+    starved = result["starved"]
+    assert result["note"] == "Video paused: weak connection", result
+    assert result["note_during"] == "Video paused: weak connection", result
+    # No frames; what video packets come are the worker's padding probes
+    # (RTX) looking for room to resume, a few a second.
+    assert starved["fps"] == 0, result
+    assert starved["video_packets"] <= 8 * 5, result
+    assert starved["audio_packets"] >= 8 * 40, result  # 50 packets/s, some lost
+    assert result["after"]["fps"] >= 10, result
+    assert result["note_after"] is None, result
+
+
 # -- the driver: runs inside the namespace ------------------------------------
 
 
@@ -483,6 +503,52 @@ async def scenario_capped(world: World) -> dict[str, Any]:
         await turn.stop()
 
 
+NOTE = """(() => {
+  const t = document.querySelector("#grid .tile[data-key='%s']");
+  const n = t && t.querySelector('.note');
+  return n && !n.hidden ? n.textContent : null;
+})()"""
+
+
+async def scenario_starved(world: World) -> dict[str, Any]:
+    """80 kbit/s: audio only, said on the tile; lifting the cap brings
+    video back."""
+    turn, path, _doctor, clean, capped, pub = await capped_call(world, 80_000 / 8)
+    try:
+        # Only the doctor speaks: one voice (~40-50 kbit/s) fits in 80.
+        await click(clean, "#mic")
+        note = await capped.wait_for(NOTE % pub, "the weak-connection note", within=40)
+        world.mark("paused")
+        await asyncio.sleep(3)
+        starved = await window(capped, pub, 8)
+        note_during = await capped.eval(NOTE % pub)
+        worker = worker_view(world)
+        path.set_rate(None)
+        lifted_at = time.monotonic()
+        await capped.wait_for(
+            f"window.wadudCall.stats().then(s => s.participants['{pub}'].frameWidth > 0)"
+            f" && {NOTE % pub} === null",
+            "video back",
+            within=30,
+        )
+        back = round(time.monotonic() - lifted_at, 1)
+        world.mark("video back")
+        return {
+            "note": note,
+            "note_during": note_during,
+            "starved": starved,
+            "worker": worker,
+            "back_seconds": back,
+            "after": await window(capped, pub, 3),
+            "note_after": await capped.eval(NOTE % pub),
+            "path": path.stats(),
+            "timings": world.timings,
+        }
+    finally:
+        path.close()
+        await turn.stop()
+
+
 def worker_view(world: World) -> dict[str, Any]:
     """What the media worker thinks of each subscriber: its estimate, what
     it would want, paused tracks, and the layer each video is on."""
@@ -507,6 +573,7 @@ def worker_view(world: World) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
     "capped": scenario_capped,
+    "starved": scenario_starved,
 }
 
 
@@ -551,7 +618,12 @@ async def drive(scenario: str, database_url: str, work: Path, budget: float) -> 
             return await asyncio.wait_for(SCENARIOS[scenario](world), budget)
         except (DriverError, TimeoutError) as exc:
             pages = {p.name: await p.snapshot() for p in browsers.pages}
-            return {"error": str(exc) or "timed out", "pages": pages, "timings": world.timings}
+            return {
+                "error": str(exc) or "timed out",
+                "pages": pages,
+                "worker": worker_view(world),
+                "timings": world.timings,
+            }
         finally:
             await browsers.close()
 
