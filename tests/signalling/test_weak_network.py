@@ -151,6 +151,21 @@ async def test_starved_subscriber_gets_audio_only(database_url: str, tmp_path: P
     assert result["note_after"] is None, result
 
 
+@pytest.mark.timeout(180)
+async def test_tile_size_and_visibility_pick_layers(database_url: str, tmp_path: Path) -> None:
+    """A 160x90 tile on a fast link gets the low layer (320x180); then the
+    publisher's top encoding stops (its packets stop rising); a hidden tile
+    gets no video packets while audio goes on."""
+    result = await run_scenario("views", database_url, tmp_path, budget=120)
+    print(json.dumps(result))
+    assert result["small"]["width"] == 320 and result["small"]["fps"] >= 10, result
+    assert result["top_rise"] == 0, result
+    assert result["low_rise"] > 50, result
+    assert result["encodings"]["f"] is False, result
+    assert result["hidden"]["video_packets"] <= 3, result
+    assert result["hidden"]["audio_packets"] > 100, result
+
+
 # -- the driver: runs inside the namespace ------------------------------------
 
 
@@ -549,6 +564,52 @@ async def scenario_starved(world: World) -> dict[str, Any]:
         await turn.stop()
 
 
+SHRINK = """(() => {
+  const t = document.querySelector("#grid .tile[data-key='%s']");
+  t.style.cssText = '%s';
+  window.wadudCall._emit('views', {});  // the page re-reports what it shows
+  return true;
+})()"""
+
+
+async def scenario_views(world: World) -> dict[str, Any]:
+    """What the page shows picks the layer: a 160x90 tile gets the low
+    layer on a fast link, a hidden tile no video, and the top layer nobody
+    wants stops at the publisher (dynacast)."""
+    doctor = await open_page(
+        world, "doctor", simulcast(world.link("dr-amina", "Dr Amina", "doctor", admin=True))
+    )
+    await join(doctor)
+    viewer = await open_page(world, "viewer", simulcast(world.link("pt-1", "Bilal", "patient")))
+    await join(viewer)
+    await camera_off(viewer)
+    pub = await participant_id(doctor)
+    await decoding(viewer, pub)
+    out: dict[str, Any] = {"start_width": await width_of(viewer, pub)}
+    await viewer.eval(SHRINK % (pub, "position:fixed;left:0;top:0;width:160px;height:90px"))
+    await viewer.wait_for(
+        f"window.wadudCall.stats().then(s => s.participants['{pub}'].frameWidth === 320)",
+        "the low layer",
+        within=20,
+    )
+    world.mark("low layer")
+    out["small"] = await window(viewer, pub, 3)
+    out["worker_small"] = worker_view(world)
+    await asyncio.sleep(6)  # DYNACAST_DELAY: the top layer unwanted that long stops
+    a = await outbound(doctor)
+    await asyncio.sleep(3)
+    b = await outbound(doctor)
+    out["top_rise"] = b["f"]["packets"] - a["f"]["packets"]
+    out["low_rise"] = b["q"]["packets"] - a["q"]["packets"]
+    out["encodings"] = {rid: x.get("active") for rid, x in b.items()}
+    await viewer.eval(SHRINK % (pub, "display:none"))
+    await asyncio.sleep(2)
+    out["hidden"] = await window(viewer, pub, 3)
+    out["worker_hidden"] = worker_view(world)
+    out["timings"] = world.timings
+    return out
+
+
 def worker_view(world: World) -> dict[str, Any]:
     """What the media worker thinks of each subscriber: its estimate, what
     it would want, paused tracks, and the layer each video is on."""
@@ -574,6 +635,7 @@ def worker_view(world: World) -> dict[str, Any]:
 SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
     "capped": scenario_capped,
     "starved": scenario_starved,
+    "views": scenario_views,
 }
 
 
