@@ -28,9 +28,10 @@ Scenarios (what one room holds):
 
 ``--simulcast`` compares them: ``1x10`` and ``1x10s`` alternately in the same
 server (``--repeat`` pairs, default 3), then a switch run: a few ``1x10s``
-rooms whose subscribers all probe and change their tile between 160x90 and
-1280x720 over the ``/ws`` protocol (``track_view``), each on its own clock
-every ``--switch-interval`` seconds; the layer switch time is from sending
+rooms whose subscribers all probe while one of each room's (then, as a
+stress, every one) changes its tile between 160x90 and 1280x720 over the
+``/ws`` protocol (``track_view``), each on its own clock every
+``--switch-interval`` seconds; the layer switch time is from sending
 ``track_view`` to the first packet of the new layer arriving (kernel stamp),
 so it includes the signalling hop and the wait for the new layer's keyframe
 (asked for with PLI, at most one per layer per 0.5 s). In this mode
@@ -823,8 +824,11 @@ class Bench:
         all_probes: bool = False,
         on_measure: Any = None,
         switch_interval: float = 0.0,
+        switch_per_room: int = 0,
+        seconds: float = 0.0,
     ) -> ScenarioResult:
         args = self.args
+        seconds = seconds or args.seconds
         rooms = max(1, math.ceil(out_rate / (scenario.streams_out * args.pps)))
         if args.rooms:
             rooms = args.rooms
@@ -853,10 +857,12 @@ class Bench:
             ]
             subscribers = []
             receivers: list[Participant] = []
+            ranks: list[int] = []  # each receiver's place among its room's
             for r, room in enumerate(people_by_room):
                 for p in room:
                     if not p.sub_tid:
                         continue
+                    ranks.append(sum(1 for x in receivers if x.room == p.room))
                     # A simulcast track is expected at its top layer.
                     numbers = [_top(by_pid[t["participant"]]) for t in p.offered]
                     probe = all_probes or r < probe_rooms
@@ -868,14 +874,14 @@ class Bench:
                 pps=args.pps,
                 fps=args.fps,
                 warmup=args.warmup,
-                measure=args.seconds,
+                measure=seconds,
                 worker_pid=self.server.worker_pid(),
             )
             waited = await self.wait_quiet(args.quiet_wait)
             # Read outside the window: rendering /metrics costs the server CPU.
             before = await self.server.rtp_totals(self.http)
             runner = asyncio.create_task(
-                self.load.call("run", plan, False, within=args.warmup + args.seconds + 120)
+                self.load.call("run", plan, False, within=args.warmup + seconds + 120)
             )
             # The load process starts 50 ms after the command; look inside its window.
             await asyncio.sleep(args.warmup + 0.1)
@@ -883,14 +889,18 @@ class Bench:
             t_others = time.monotonic()
             views: list[tuple[int, int, int]] = []
             if on_measure is not None:
-                await on_measure(args.seconds - 0.3)
+                await on_measure(seconds - 0.3)
             elif switch_interval > 0:
                 views = await self.switch_views(
-                    receivers, by_pid, args.seconds - 0.3 - switch_interval, switch_interval
+                    receivers,
+                    by_pid,
+                    seconds - 0.3 - switch_interval,
+                    switch_interval,
+                    [r for r, rank in enumerate(ranks) if rank < switch_per_room],
                 )
                 await asyncio.sleep(switch_interval)
             else:
-                await asyncio.sleep(args.seconds - 0.3)
+                await asyncio.sleep(seconds - 0.3)
             others1 = others_cpu(self.ours())
             t_end = time.monotonic()
             span = t_end - t_others
@@ -1017,8 +1027,9 @@ class Bench:
         by_pid: dict[str, Participant],
         seconds: float,
         interval: float,
+        switching: list[int],
     ) -> list[tuple[int, int, int]]:
-        """For ``seconds``, every receiver flips its tile between
+        """For ``seconds``, each receiver in ``switching`` flips its tile between
         :data:`SMALL_VIEW` and :data:`LARGE_VIEW` every ``interval`` seconds,
         each from its own random phase, with ``track_view`` frames (the
         protocol's own, as a page sends them). Returns ``(receiver index,
@@ -1027,7 +1038,7 @@ class Bench:
         rng = random.Random(11)
         start = time.perf_counter()
         plan: list[tuple[float, int]] = []
-        for i in range(len(receivers)):
+        for i in switching:
             t = start + rng.uniform(0, interval)
             while t < start + seconds:
                 plan.append((t, i))
@@ -1338,18 +1349,26 @@ async def simulcast_runs(
     used = quiet or pairs
     single = statistics.median(a.forwarded_per_cpu_second for a, _ in used)
     multi = statistics.median(b.forwarded_per_cpu_second for _, b in used)
-    switch = await bench.run_scenario(
-        SCENARIOS["1x10s"],
-        out_rate=args.switch_rooms * SCENARIOS["1x10s"].streams_out * args.pps,
-        purpose="switch",
-        probe_rooms=0,
-        all_probes=True,
-        switch_interval=args.switch_interval,
-    )
-    results.append(switch)
-    print_table([switch])
-    print(f"{'':<9}layer switch (track_view sent -> new layer's first packet), ms: "
-          f"{json.dumps(switch.switch_ms)}", flush=True)  # fmt: skip
+    switches: dict[str, ScenarioResult] = {}
+    # One tile per room changing (what a call sees: someone resizes the
+    # page), then every tile changing on its own clock (a stress: a layer's
+    # keyframe requests are throttled to one per 0.5 s, so many wait).
+    for label, per_room in (("one_tile_per_room", 1), ("every_tile", 10)):
+        switch = await bench.run_scenario(
+            SCENARIOS["1x10s"],
+            out_rate=args.switch_rooms * SCENARIOS["1x10s"].streams_out * args.pps,
+            purpose="switch",
+            probe_rooms=0,
+            all_probes=True,
+            switch_interval=args.switch_interval,
+            switch_per_room=per_room,
+            seconds=args.switch_seconds,
+        )
+        results.append(switch)
+        switches[label] = switch
+        print_table([switch])
+        print(f"{'':<9}layer switch, {label} (track_view sent -> new layer's first packet),"
+              f" ms: {json.dumps(switch.switch_ms)}", flush=True)  # fmt: skip
     return {
         "pairs": len(pairs),
         "undisturbed_pairs": len(quiet),
@@ -1363,10 +1382,13 @@ async def simulcast_runs(
         ],
         "within_10_percent": bool(single) and multi >= 0.9 * single,
         "subscribers_transport_cc": bench.transport_cc,
-        "switch_ms": switch.switch_ms,
+        "switch_ms": {label: r.switch_ms for label, r in switches.items()},
         "switch_interval_seconds": args.switch_interval,
-        "switch_receivers": switch.subscriber_transports,
-        "keyframes_on_request_in_switch_run": switch.keyframes_on_request,
+        "switch_rooms": args.switch_rooms,
+        "switch_seconds": args.switch_seconds,
+        "keyframes_on_request_in_switch_runs": {
+            label: r.keyframes_on_request for label, r in switches.items()
+        },
     }
 
 
@@ -1494,7 +1516,10 @@ def main() -> int:
     parser.add_argument(
         "--switch-interval", type=float, default=1.5, help="seconds between a tile's flips"
     )
-    parser.add_argument("--switch-rooms", type=int, default=3, help="rooms in the switch run")
+    parser.add_argument("--switch-rooms", type=int, default=6, help="rooms in the switch runs")
+    parser.add_argument(
+        "--switch-seconds", type=float, default=20.0, help="measured seconds of each switch run"
+    )
     parser.add_argument(
         "--media",
         action="store_true",
