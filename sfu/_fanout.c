@@ -38,6 +38,12 @@
 typedef int (*srtp_protect_fn)(void *ctx, void *rtp_hdr, int *len_ptr);
 
 static PyObject *str_protect, *str_addr, *str_wire, *str_srtp_errors, *one;
+/* Subscription, RtpRewriter and TransportState slots forward() reads and writes. */
+static PyObject *str_paused, *str_waiting_keyframe, *str_vp8, *str_pt_map, *str_rewriter,
+    *str_resync, *str_in_max, *str_in_start, *str_seq_offset, *str_ts_offset, *str_out_max_seq,
+    *str_out_max_ts, *str_last_now, *str_ssrc, *str_ext_table, *str_twcc, *str_abs_send_time,
+    *str_transport, *str_twcc_seq, *str_sent_at, *str_sizes, *str_key, *str_packets_sent,
+    *str_octets_sent;
 
 /* -- Leg: a subscriber's session pointer and packed address --------------- */
 
@@ -184,6 +190,27 @@ static void flush(Fanout *self, int n) {
     }
 }
 
+
+/* Address slot ``n`` (already protected, ``len`` octets) to ``leg``; flushes a full batch. */
+static int queue(Fanout *self, int n, Leg *leg, int len) {
+    memcpy(&self->addrs[n], &leg->sa, leg->salen);
+    self->iov[n].iov_base = self->slots[n];
+    self->iov[n].iov_len = (size_t)len;
+    struct msghdr *h = &self->msgs[n].msg_hdr;
+    h->msg_name = &self->addrs[n];
+    h->msg_namelen = leg->salen;
+    h->msg_iov = &self->iov[n];
+    h->msg_iovlen = 1;
+    h->msg_control = NULL;
+    h->msg_controllen = 0;
+    h->msg_flags = 0;
+    if (++n == BATCH) {
+        flush(self, n);
+        n = 0;
+    }
+    return n;
+}
+
 static int count_error(PyObject *sub) {
     PyObject *v = PyObject_GetAttr(sub, str_srtp_errors);
     if (v == NULL) return -1;
@@ -271,25 +298,348 @@ static PyObject *Fanout_send(Fanout *self, PyObject *routed) {
             Py_DECREF(out);
         }
         Py_DECREF(protect);
-        memcpy(&self->addrs[n], &leg->sa, leg->salen);
-        self->iov[n].iov_base = slot;
-        self->iov[n].iov_len = (size_t)len;
-        struct msghdr *h = &self->msgs[n].msg_hdr;
-        h->msg_name = &self->addrs[n];
-        h->msg_namelen = leg->salen;
-        h->msg_iov = &self->iov[n];
-        h->msg_iovlen = 1;
-        h->msg_control = NULL;
-        h->msg_controllen = 0;
-        h->msg_flags = 0;
-        if (++n == BATCH) {
-            flush(self, n);
-            n = 0;
-        }
+        n = queue(self, n, leg, len);
     }
     flush(self, n);
     return PyLong_FromUnsignedLongLong(self->sent - before);
 fail:
+    flush(self, n);
+    return NULL;
+}
+
+
+/* -- forward: the per-subscriber loop of Forwarder.route_into ----------------- */
+
+/* An int attribute (a slot of ours, always an int). */
+static int get_ll(PyObject *obj, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int set_ll(PyObject *obj, PyObject *name, long long value) {
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL) return -1;
+    int r = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Truth of an attribute; -1 on error. */
+static int get_true(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int add_ll(PyObject *obj, PyObject *name, long long delta) {
+    long long v;
+    if (get_ll(obj, name, &v) < 0) return -1;
+    return set_ll(obj, name, v + delta);
+}
+
+#define MAX_ELEMENTS 32
+
+typedef struct {
+    int hdr, xid, length;
+} Element;
+
+static inline void put16(unsigned char *p, unsigned v) {
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+static inline void put32(unsigned char *p, unsigned long v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+/* sfu.forward._remap on one copy: extension ids per ``table``; 0 blanks to padding (RFC 8285 4.2). */
+static void remap(unsigned char *buf, const Element *el, int count, const unsigned char *table,
+                  int two_byte) {
+    for (int i = 0; i < count; i++) {
+        int hdr = el[i].hdr, xid = el[i].xid, length = el[i].length;
+        int new_id = table[xid];
+        if (new_id == xid) continue;
+        if (two_byte) {
+            if (new_id) buf[hdr] = (unsigned char)new_id;
+            else memset(buf + hdr, 0, (size_t)(2 + length));
+        } else {
+            if (0 < new_id && new_id < 15) buf[hdr] = (unsigned char)((new_id << 4) | (length - 1));
+            else memset(buf + hdr, 0, (size_t)(1 + length));
+        }
+    }
+}
+
+/* Fanout.forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value,
+ *                size, payload_octets) -> forwarded
+ *
+ * The loop of Forwarder.route_into over one packet's subscriptions, for the
+ * copies that need nothing but the steady state: each gets its own slot (a
+ * copy of ``packet``), its payload type, sequence number and timestamp
+ * (RtpRewriter.rewrite past a run's first packet), SSRC, extension ids,
+ * transport-wide sequence number (recorded in the transport's rings) and
+ * abs-send-time, is counted on the subscription, protected and queued for
+ * its peer (``sub.key``). A subscription waiting for a keyframe, with a VP8
+ * rewriter, or whose rewriter starts a run is appended to ``rest`` for the
+ * Python loop; a paused one is skipped, as there. Returns how many copies it
+ * rewrote (the forwarder's ``forwarded``), sent or not.
+ */
+static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "forward takes 11 arguments");
+        return NULL;
+    }
+    PyObject *subs = args[0], *packet = args[1], *now_obj = args[2], *rest = args[3],
+             *elements = args[4];
+    if (!PyList_Check(subs) || !PyBytes_Check(packet) || !PyList_Check(rest) ||
+        !PyList_Check(elements)) {
+        PyErr_SetString(PyExc_TypeError, "forward(list, bytes, float, list, list, ...)");
+        return NULL;
+    }
+    int two_byte = PyObject_IsTrue(args[5]);
+    long tcc_off = PyLong_AsLong(args[6]), abs_off = PyLong_AsLong(args[7]),
+         abs_value = PyLong_AsLong(args[8]);
+    long long payload_octets = PyLong_AsLongLong(args[10]);
+    (void)PyFloat_AsDouble(now_obj); /* a number, stored as given */
+    if (PyErr_Occurred()) return NULL;
+    PyObject *size_obj = args[9];
+
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(packet);
+    Py_ssize_t size = PyBytes_GET_SIZE(packet);
+    Element el[MAX_ELEMENTS];
+    int count = 0;
+    Py_ssize_t ne = PyList_GET_SIZE(elements);
+    if (size < 12 || size > SLOT - TRAILER || ne > MAX_ELEMENTS) {
+        /* Larger than a slot, or more elements than any sender uses: all to
+         * Python, which counts what it cannot protect. */
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(subs); i++)
+            if (PyList_Append(rest, PyList_GET_ITEM(subs, i)) < 0) return NULL;
+        return PyLong_FromLong(0);
+    }
+    for (Py_ssize_t i = 0; i < ne; i++) {
+        PyObject *t = PyList_GET_ITEM(elements, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+            PyErr_SetString(PyExc_TypeError, "elements are (hdr, id, length)");
+            return NULL;
+        }
+        el[count].hdr = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 0));
+        el[count].xid = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 1));
+        el[count].length = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 2));
+        if (PyErr_Occurred()) return NULL;
+        int extent = el[count].hdr + (two_byte ? 2 : 1) + el[count].length;
+        if (el[count].hdr < 12 || extent > size || el[count].xid < 0 || el[count].xid > 255) {
+            PyErr_SetString(PyExc_ValueError, "extension element out of the packet");
+            return NULL;
+        }
+        count++;
+    }
+    if ((tcc_off >= 0 && tcc_off + 2 > size) || (abs_off >= 0 && abs_off + 3 > size)) {
+        PyErr_SetString(PyExc_ValueError, "extension offset out of the packet");
+        return NULL;
+    }
+    unsigned b1 = data[1];
+    unsigned marker = b1 & 0x80, pt = b1 & 0x7F;
+    long long seq = (data[2] << 8) | data[3];
+    long long ts = ((long long)data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7];
+    PyObject *pt_obj = PyLong_FromLong((long)pt);
+    if (pt_obj == NULL) return NULL;
+
+    long forwarded = 0;
+    int n = 0;
+    PyObject *sub = NULL, *rw = NULL, *peer = NULL, *protect = NULL, *transport = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(subs); i++) {
+        sub = PyList_GET_ITEM(subs, i);
+        int flag = get_true(sub, str_paused);
+        if (flag < 0) goto fail;
+        if (flag) continue;
+        flag = get_true(sub, str_waiting_keyframe);
+        if (flag < 0) goto fail;
+        PyObject *vp8 = PyObject_GetAttr(sub, str_vp8);
+        if (vp8 == NULL) goto fail;
+        int has_vp8 = vp8 != Py_None;
+        Py_DECREF(vp8);
+        rw = PyObject_GetAttr(sub, str_rewriter);
+        if (rw == NULL) goto fail;
+        int resync = get_true(rw, str_resync);
+        if (resync < 0) goto fail;
+        if (flag || has_vp8 || resync) {
+            Py_CLEAR(rw);
+            if (PyList_Append(rest, sub) < 0) goto fail;
+            continue;
+        }
+        /* The payload type map (None: as the publisher's). */
+        long out_pt = (long)pt;
+        PyObject *pt_map = PyObject_GetAttr(sub, str_pt_map);
+        if (pt_map == NULL) goto fail;
+        if (pt_map != Py_None) {
+            PyObject *mapped = PyDict_Check(pt_map) ? PyDict_GetItemWithError(pt_map, pt_obj)
+                                                    : NULL;
+            if (mapped == NULL) {
+                Py_DECREF(pt_map);
+                if (PyErr_Occurred()) goto fail;
+                Py_CLEAR(rw);
+                continue;
+            }
+            out_pt = PyLong_AsLong(mapped);
+            Py_DECREF(pt_map);
+            if (out_pt == -1 && PyErr_Occurred()) goto fail;
+        } else {
+            Py_DECREF(pt_map);
+        }
+        /* RtpRewriter.rewrite past a run's first packet. */
+        long long in_max, in_start, seq_offset, ts_offset;
+        if (get_ll(rw, str_in_max, &in_max) < 0 || get_ll(rw, str_in_start, &in_start) < 0 ||
+            get_ll(rw, str_seq_offset, &seq_offset) < 0 ||
+            get_ll(rw, str_ts_offset, &ts_offset) < 0)
+            goto fail;
+        long long d = ((seq - in_max + 0x8000) & 0xFFFF) - 0x8000;
+        long long u = in_max + d;
+        if (u < in_start) {
+            Py_CLEAR(rw);
+            continue;
+        }
+        long long out_seq = (seq + seq_offset) & 0xFFFF;
+        long long out_ts = (ts + ts_offset) & 0xFFFFFFFFLL;
+        if (d > 0) {
+            if (set_ll(rw, str_in_max, u) < 0 || set_ll(rw, str_out_max_seq, out_seq) < 0 ||
+                set_ll(rw, str_out_max_ts, out_ts) < 0 ||
+                PyObject_SetAttr(rw, str_last_now, now_obj) < 0)
+                goto fail;
+        }
+        Py_CLEAR(rw);
+
+        long long ssrc;
+        if (get_ll(sub, str_ssrc, &ssrc) < 0) goto fail;
+        unsigned char *slot = self->slots[n];
+        memcpy(slot, data, (size_t)size);
+        slot[1] = (unsigned char)(marker | (unsigned)out_pt);
+        put16(slot + 2, (unsigned)out_seq);
+        put32(slot + 4, (unsigned long)out_ts);
+        put32(slot + 8, (unsigned long)ssrc);
+        if (count) {
+            PyObject *table = PyObject_GetAttr(sub, str_ext_table);
+            if (table == NULL) goto fail;
+            if (table != Py_None) {
+                if (!PyBytes_Check(table) || PyBytes_GET_SIZE(table) != 256) {
+                    Py_DECREF(table);
+                    PyErr_SetString(PyExc_TypeError, "ext_table must be 256 bytes");
+                    goto fail;
+                }
+                remap(slot, el, count, (const unsigned char *)PyBytes_AS_STRING(table), two_byte);
+            }
+            Py_DECREF(table);
+            if (tcc_off >= 0) {
+                flag = get_true(sub, str_twcc);
+                if (flag < 0) goto fail;
+                if (flag) {
+                    transport = PyObject_GetAttr(sub, str_transport);
+                    if (transport == NULL) goto fail;
+                    long long tseq;
+                    if (get_ll(transport, str_twcc_seq, &tseq) < 0) goto fail;
+                    put16(slot + tcc_off, (unsigned)tseq);
+                    if (set_ll(transport, str_twcc_seq, (tseq + 1) & 0xFFFF) < 0) goto fail;
+                    PyObject *sent_at = PyObject_GetAttr(transport, str_sent_at);
+                    if (sent_at == NULL) goto fail;
+                    if (sent_at != Py_None) {
+                        PyObject *sizes = PyObject_GetAttr(transport, str_sizes);
+                        PyObject *index = PyLong_FromLongLong(tseq);
+                        int r = (sizes == NULL || index == NULL)
+                                    ? -1
+                                    : PyObject_SetItem(sent_at, index, now_obj);
+                        if (r == 0) r = PyObject_SetItem(sizes, index, size_obj);
+                        Py_XDECREF(sizes);
+                        Py_XDECREF(index);
+                        if (r < 0) {
+                            Py_DECREF(sent_at);
+                            goto fail;
+                        }
+                    }
+                    Py_DECREF(sent_at);
+                    Py_CLEAR(transport);
+                }
+            }
+            if (abs_off >= 0) {
+                flag = get_true(sub, str_abs_send_time);
+                if (flag < 0) goto fail;
+                if (flag) {
+                    slot[abs_off] = (unsigned char)(abs_value >> 16);
+                    slot[abs_off + 1] = (unsigned char)(abs_value >> 8);
+                    slot[abs_off + 2] = (unsigned char)abs_value;
+                }
+            }
+        }
+        if (add_ll(sub, str_packets_sent, 1) < 0 ||
+            add_ll(sub, str_octets_sent, payload_octets) < 0)
+            goto fail;
+        forwarded++;
+
+        /* Protect and queue for the subscriber's peer, as send() does. */
+        peer = PyObject_GetAttr(sub, str_key);
+        if (peer == NULL) goto fail;
+        protect = PyObject_GetAttr(peer, str_protect);
+        if (protect == NULL) goto fail;
+        if (protect == Py_None) {
+            Py_CLEAR(protect);
+            Py_CLEAR(peer);
+            continue;
+        }
+        PyObject *addr = PyObject_GetAttr(peer, str_addr);
+        if (addr == NULL) goto fail;
+        Leg *leg = addr == Py_None ? NULL : leg_of(self, peer, protect, addr);
+        Py_DECREF(addr);
+        if (leg == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            Py_CLEAR(protect);
+            Py_CLEAR(peer);
+            continue;
+        }
+        int len = (int)size;
+        if (leg->srtp != NULL) {
+            if (self->protect_fn(leg->srtp, slot, &len) != 0) {
+                if (count_error(peer) < 0) goto fail;
+                Py_CLEAR(protect);
+                Py_CLEAR(peer);
+                continue;
+            }
+        } else {
+            PyObject *copy = PyBytes_FromStringAndSize((const char *)slot, size);
+            PyObject *result = copy == NULL ? NULL : PyObject_CallOneArg(protect, copy);
+            Py_XDECREF(copy);
+            char *out;
+            Py_ssize_t out_len;
+            if (result == NULL || PyBytes_AsStringAndSize(result, &out, &out_len) < 0 ||
+                out_len > SLOT) {
+                Py_XDECREF(result);
+                PyErr_Clear();
+                if (count_error(peer) < 0) goto fail;
+                Py_CLEAR(protect);
+                Py_CLEAR(peer);
+                continue;
+            }
+            memcpy(slot, out, (size_t)out_len);
+            len = (int)out_len;
+            Py_DECREF(result);
+        }
+        Py_CLEAR(protect);
+        Py_CLEAR(peer);
+        n = queue(self, n, leg, len);
+    }
+    flush(self, n);
+    Py_DECREF(pt_obj);
+    return PyLong_FromLong(forwarded);
+fail:
+    Py_XDECREF(rw);
+    Py_XDECREF(transport);
+    Py_XDECREF(protect);
+    Py_XDECREF(peer);
+    Py_DECREF(pt_obj);
     flush(self, n);
     return NULL;
 }
@@ -302,6 +652,9 @@ static PyObject *Fanout_counters(Fanout *self, PyObject *Py_UNUSED(ignored)) {
 static PyMethodDef Fanout_methods[] = {
     {"send", (PyCFunction)Fanout_send, METH_O,
      "send(routed) -> int: protect each (peer, packet) for its peer and sendmmsg them."},
+    {"forward", (PyCFunction)(void (*)(void))Fanout_forward, METH_FASTCALL,
+     "forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, size, "
+     "payload_octets) -> int: Forwarder.route_into's loop for steady-state copies, sent."},
     {"counters", (PyCFunction)Fanout_counters, METH_NOARGS,
      "counters() -> {'sent', 'dropped', 'send_errors'} since creation."},
     {NULL, NULL, 0, NULL},
@@ -331,6 +684,33 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     str_wire = PyUnicode_InternFromString("wire");
     str_srtp_errors = PyUnicode_InternFromString("srtp_errors");
     one = PyLong_FromLong(1);
+#define INTERN(var, text) \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL;
+    INTERN(str_paused, "paused")
+    INTERN(str_waiting_keyframe, "waiting_keyframe")
+    INTERN(str_vp8, "vp8")
+    INTERN(str_pt_map, "pt_map")
+    INTERN(str_rewriter, "rewriter")
+    INTERN(str_resync, "_resync")
+    INTERN(str_in_max, "_in_max")
+    INTERN(str_in_start, "_in_start")
+    INTERN(str_seq_offset, "_seq_offset")
+    INTERN(str_ts_offset, "_ts_offset")
+    INTERN(str_out_max_seq, "_out_max_seq")
+    INTERN(str_out_max_ts, "_out_max_ts")
+    INTERN(str_last_now, "_last_now")
+    INTERN(str_ssrc, "ssrc")
+    INTERN(str_ext_table, "ext_table")
+    INTERN(str_twcc, "twcc")
+    INTERN(str_abs_send_time, "abs_send_time")
+    INTERN(str_transport, "transport")
+    INTERN(str_twcc_seq, "twcc_seq")
+    INTERN(str_sent_at, "sent_at")
+    INTERN(str_sizes, "sizes")
+    INTERN(str_key, "key")
+    INTERN(str_packets_sent, "packets_sent")
+    INTERN(str_octets_sent, "octets_sent")
+#undef INTERN
     if (!str_protect || !str_addr || !str_wire || !str_srtp_errors || !one) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -49,7 +49,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
-from typing import Literal
+from typing import Literal, Protocol
 
 from rtc.errors import RtpParseError
 from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
@@ -77,6 +77,34 @@ _ = (ForwarderStats, h264_keyframe_start, vp8_keyframe_start)
 Buffer = bytes | bytearray | memoryview
 Key = Hashable
 Routed = list[tuple[Key, bytes]]
+
+
+class NativeForward(Protocol):
+    """The per-copy loop of :meth:`Forwarder.route_into` as a native leaf (sfu/native.py).
+
+    ``forward`` rewrites, counts and *sends* each steady-state copy (its
+    subscription's ``key`` is the peer to protect and send it for), appends
+    the subscriptions it leaves to the Python loop to ``rest``, and returns
+    how many copies it rewrote. The forwarder stays sans-I/O: the adapter
+    hands it one while it owns a socket.
+    """
+
+    def forward(
+        self,
+        subs: list[Subscription],
+        packet: bytes,
+        now: float,
+        rest: list[Subscription],
+        elements: list[tuple[int, int, int]],
+        two_byte: bool,
+        tcc_off: int,
+        abs_off: int,
+        abs_value: int,
+        size: int,
+        payload_octets: int,
+        /,
+    ) -> int: ...
+
 
 _FIXED = struct.Struct("!BBHII")
 _REWRITE = struct.Struct("!BHII")
@@ -135,6 +163,8 @@ class Forwarder(SimulcastTable):
         # Interned extension-id tables (at most one per distinct mapping).
         self._ext_tables: dict[bytes, bytes] = {}
         self._groups: dict[int, Group] = {}
+        self.native: NativeForward | None = None
+        """The worker's native fan-out while it has one (see :class:`NativeForward`)."""
         self.switch_times: deque[float] = deque(maxlen=4096)
         """Seconds from each layer switch's decision to the new layer's first packet."""
 
@@ -488,6 +518,17 @@ class Forwarder(SimulcastTable):
         pack_header = _REWRITE.pack_into
         marker = b1 & 0x80
         forwarded = 0
+        native = self.native
+        if native is not None:
+            # The native leaf (sfu/_fanout.c) does this loop's steps for every
+            # copy in the steady state and sends it; what needs more (a
+            # keyframe wait, a VP8 rewrite, a run to start) comes back here.
+            rest: list[Subscription] = []
+            forwarded = native.forward(
+                subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
+                payload_octets,
+            )  # fmt: skip
+            subs = rest
         for sub in subs:
             if sub.paused:
                 continue

@@ -29,11 +29,14 @@ from typing import Any, Protocol
 
 import pylibsrtp
 
+from sfu.forward import NativeForward
+
 __all__ = ["AVAILABLE", "Fanout", "enabled", "fanout"]
 
 
-class Fanout(Protocol):
-    """What the worker calls: ``send(routed)`` -> datagrams sent; ``counters()``."""
+class Fanout(NativeForward, Protocol):
+    """What the worker calls: ``send(routed)`` -> datagrams sent; ``counters()``;
+    and what the forwarder calls, ``forward`` (:class:`sfu.forward.NativeForward`)."""
 
     def send(self, routed: list[tuple[Any, bytes]], /) -> int: ...
 

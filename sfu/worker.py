@@ -413,6 +413,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         forwarder = peer.forwarder
         fstats = forwarder.stats
         keyframe_requests = fstats.keyframe_requests
+        forwarder.native = self._fan
         forwarder.route_into(plain, now, out)
         if out and self._fan is not None:
             self._fan.send(out)
