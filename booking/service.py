@@ -426,17 +426,14 @@ async def create_hold(
     (or, racing, becomes) someone else's."""
     now = now or _now()
     async with conn.transaction():
-        doctor = await conn.fetchrow(
-            "SELECT * FROM doctors WHERE id = $1 AND status = 'published'", doctor_id
-        )
-        if doctor is None:
-            raise NotFound("no such doctor")
+        # The doctor and its availability in one round trip (404 unless published).
+        doctor, availability = await slots.load_availability(conn, doctor_id, published=True)
         # Lapsed holds still count against the constraint until expired;
         # expiring them here frees their time at once rather than at the
         # next sweep.
         await expire_lapsed_holds(conn, now, doctor_id=doctor_id, skip_locked=False, refresh=False)
         slot = await slots.is_offered(
-            conn, doctor_id, consultation_type, starts_at, now, doctor=doctor
+            conn, doctor_id, consultation_type, starts_at, now, availability=availability
         )
         if slot is None:
             raise await _taken_or_not_offered(conn, doctor_id, consultation_type, starts_at, now)

@@ -149,41 +149,50 @@ def build_availability(
         )
 
 
+#: The availability columns :func:`load_availability` reads beside the doctor's.
+_AV = frozenset(
+    ("rule", "weekday", "start_local", "end_local", "types", "day", "windows", "closed")
+)
+
+
 async def load_availability(
     conn: asyncpg.Connection,
     doctor_id: UUID,
     *,
     lock: bool = False,
-    doctor: asyncpg.Record | None = None,
-) -> tuple[asyncpg.Record, av.Availability]:
-    """The doctors row and its availability; :class:`NotFound` if no such doctor.
+    published: bool = False,
+    doctor: Mapping[str, Any] | None = None,
+) -> tuple[Mapping[str, Any], av.Availability]:
+    """The doctors row and its availability; :class:`NotFound` if no such doctor
+    (or, with ``published``, none published).
 
     ``lock=True`` takes the doctor's row ``FOR UPDATE`` (serialises writers of
     one doctor's schedule). ``doctor``: the row, when the caller read it in
-    this transaction already (one round trip fewer)."""
-    row = doctor
-    if row is None:
-        row = await conn.fetchrow(
-            "SELECT * FROM doctors WHERE id = $1" + (" FOR UPDATE" if lock else ""), doctor_id
-        )
-    if row is None:
-        raise NotFound("no such doctor")
-    # Weekly rules and date overrides in one round trip (``rule`` tells them
-    # apart). Overrides of dates long past change nothing; a two-day margin
-    # covers every time zone's "today".
+    this transaction already. Either way one round trip: the doctor, weekly
+    rules and date overrides come together (``rule`` tells the last two
+    apart). Overrides of dates long past change nothing; a two-day margin
+    covers every time zone's "today"."""
     both = await conn.fetch(
-        """SELECT true AS rule, weekday, start_local, end_local, types,
-                  NULL::date AS day, NULL::jsonb AS windows, NULL::boolean AS closed
-           FROM availability_rules WHERE doctor_id = $1
-           UNION ALL
-           SELECT false, NULL, NULL, NULL, NULL, day, windows, closed
-           FROM availability_overrides
-           WHERE doctor_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 2
-           ORDER BY rule DESC, weekday, start_local, day""",
+        f"""SELECT {"" if doctor is not None else "d.*, "}a.* FROM doctors d
+            LEFT JOIN LATERAL (
+                SELECT true AS rule, weekday, start_local, end_local, types,
+                       NULL::date AS day, NULL::jsonb AS windows, NULL::boolean AS closed
+                FROM availability_rules WHERE doctor_id = d.id
+                UNION ALL
+                SELECT false, NULL, NULL, NULL, NULL, day, windows, closed
+                FROM availability_overrides
+                WHERE doctor_id = d.id AND day >= (now() AT TIME ZONE 'UTC')::date - 2
+            ) a ON true
+            WHERE d.id = $1{" AND d.status = 'published'" if published else ""}
+            ORDER BY a.rule DESC, a.weekday, a.start_local, a.day
+            {"FOR UPDATE OF d" if lock else ""}""",
         doctor_id,
     )
-    rules = [r for r in both if r["rule"]]
-    overrides = [r for r in both if not r["rule"]]
+    if not both:
+        raise NotFound("no such doctor")
+    row = doctor if doctor is not None else {k: v for k, v in both[0].items() if k not in _AV}
+    rules = [r for r in both if r["rule"] is True]
+    overrides = [r for r in both if r["rule"] is False]
     return row, build_availability(row, rules, overrides)
 
 
@@ -229,7 +238,8 @@ async def free_slots(
     end: datetime,
     now: datetime,
     *,
-    doctor: asyncpg.Record | None = None,
+    doctor: Mapping[str, Any] | None = None,
+    availability: av.Availability | None = None,
 ) -> list[av.Slot]:
     """Free slots of the doctor starting in ``[start, end)``, as of ``now``.
 
@@ -237,7 +247,8 @@ async def free_slots(
     draft's or a suspended doctor's slots. Raises 404 for an unknown doctor,
     422 for an unknown or unoffered type or a bad range. ``doctor``: its row,
     if the caller has it."""
-    _, availability = await load_availability(conn, doctor_id, doctor=doctor)
+    if availability is None:
+        _, availability = await load_availability(conn, doctor_id, doctor=doctor)
     return await _free(conn, doctor_id, availability, consultation_type, start, end, now)
 
 
@@ -266,13 +277,23 @@ async def is_offered(
     starts_at: datetime,
     now: datetime,
     *,
-    doctor: asyncpg.Record | None = None,
+    doctor: Mapping[str, Any] | None = None,
+    availability: av.Availability | None = None,
 ) -> av.Slot | None:
     """The free slot starting exactly at ``starts_at``, or ``None`` if there is
     none now (off the grid, outside the windows, too soon, beyond the horizon,
     or taken). ``doctor``: its row, if the caller has it."""
     end = starts_at + timedelta(microseconds=1)
-    slots = await free_slots(conn, doctor_id, consultation_type, starts_at, end, now, doctor=doctor)
+    slots = await free_slots(
+        conn,
+        doctor_id,
+        consultation_type,
+        starts_at,
+        end,
+        now,
+        doctor=doctor,
+        availability=availability,
+    )
     for slot in slots:
         if slot.start == starts_at:
             return slot
@@ -319,7 +340,7 @@ async def refresh_next_free(
     *,
     changed: tuple[datetime, datetime] | None = None,
     occupied: bool = True,
-    doctor: asyncpg.Record | None = None,
+    doctor: Mapping[str, Any] | None = None,
 ) -> datetime | None:
     """Recompute and store ``doctors.next_free_at``; call after a change to
     the doctor's availability or bookings (inside that transaction).
