@@ -268,14 +268,16 @@ class TrackPaused:
     audio (audio goes on; resumed by itself when it can), ``hidden`` when
     the subscriber's view of it is not visible (:meth:`MediaControl.set_view`),
     ``audio_only`` when the subscriber asked for audio only
-    (:meth:`MediaControl.set_audio_only`). On resume ``reason`` says what the
-    pause was. Signalling sends it to that subscriber as ``track_paused``."""
+    (:meth:`MediaControl.set_audio_only`), ``off`` when the publisher sends
+    nothing of it (muted, or no layer arriving: a camera turned off). On
+    resume ``reason`` says what the pause was. Signalling sends it to that
+    subscriber as ``track_paused``."""
 
     room: str
     participant: str
     track_id: str
     paused: bool
-    reason: Literal["bandwidth", "hidden", "audio_only"]
+    reason: Literal["bandwidth", "hidden", "audio_only", "off"]
     type: Literal["track_paused"] = "track_paused"
 
 

@@ -22,7 +22,9 @@ forwarder's layer switching (:mod:`sfu.groups`):
   layers (sizes from keyframes, bitrates measured from what arrives), the
   subscriber's views (:meth:`set_view`) and the active speaker. The result
   sets each subscription's layer or pauses it (``TrackPaused`` events:
-  ``hidden``, ``bandwidth``, ``audio_only``). A downgrade forced by the
+  ``hidden``, ``bandwidth``, ``audio_only``, and ``off`` for a video its
+  publisher sends nothing of: muted, or no layer arrived for ``STALE``
+  seconds, as when a camera is turned off; never counted as a weak link). A downgrade forced by the
   estimate holds the subscriber's upgrades back for ``HOLD`` seconds
   (mediasoup's 10 s), so a link at its limit does not flap.
 * **Dynacast.** A simulcast layer no subscriber or relay link has wanted for
@@ -83,7 +85,7 @@ SINGLE_LAYER_COST = 200_000
 #: A measured layer bitrate counts this much over the average (bursts, keyframes).
 HEADROOM = 1.1
 
-Reason = Literal["bandwidth", "hidden", "audio_only"]
+Reason = Literal["bandwidth", "hidden", "audio_only", "off"]
 
 
 class _Subscriber:
@@ -351,6 +353,12 @@ class WorkerLayers(WorkerControl):
             tid = track.info.track_id
             tracks[tid] = track
             view = room.views.get((participant, tid)) or _ANY_VIEW
+            if track.info.muted or not _sending(track, now):
+                # Its publisher sends nothing (camera off): no layer to
+                # give, but not the subscriber's link either.
+                reasons[tid] = "off"
+                state.short_since.pop(tid, None)
+                continue
             if audio_only:
                 reasons[tid] = "audio_only"
                 continue
@@ -612,6 +620,17 @@ def _single(track: Track) -> LayerInfo:
         layer = track.measured = LayerInfo("", 0.0)
         layer.ssrc = track.ssrc
     return layer
+
+
+def _sending(track: Track, now: float) -> bool:
+    """Whether a video's publisher sends it: some layer arrived in the last
+    ``STALE`` seconds, or was learnt and not measured yet (a relayed track's
+    layers are never measured here: they count as sending)."""
+    if not track.layers:
+        single = track.measured
+        return single is None or single.seen == -math.inf or now - single.seen < STALE
+    known = [x for x in track.layers if x.ssrc]
+    return any(x.seen == -math.inf or now - x.seen < STALE for x in known)
 
 
 def _layers(group: Group | None, track: Track, now: float) -> Sequence[Layer]:

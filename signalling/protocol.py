@@ -336,13 +336,14 @@ class TrackPaused(ServerEvent):
     """The server stopped (``paused`` true) or resumed forwarding a video
     track to this subscriber: ``bandwidth`` when its link cannot carry the
     lowest layer (audio goes on), ``hidden`` when no element shows it,
-    ``audio_only`` when the subscriber chose audio only. ``reason`` is
-    informative on resume."""
+    ``audio_only`` when the subscriber chose audio only, ``off`` when its
+    publisher sends nothing of it (camera off or muted; not a weak link).
+    ``reason`` is informative on resume."""
 
     type: Literal["track_paused"] = "track_paused"
     track_id: Ident
     paused: bool
-    reason: Literal["bandwidth", "hidden", "audio_only"]
+    reason: Literal["bandwidth", "hidden", "audio_only", "off"]
 
 
 class Encoding(BaseModel):

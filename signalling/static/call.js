@@ -15,7 +15,9 @@
 //   the video (a slide-over panel on a phone) with an unread badge.
 //
 // Page options (query string, kept after the token is taken out):
-// `simulcast=1` publishes the camera as three layers (captured at 1280x720).
+// The camera goes out as three simulcast layers (captured at 1280x720), so
+// the server can give each viewer the layer their link and tile fit;
+// `simulcast=0` sends one layer (captured at 640x360) instead.
 //
 // For tests and embedders: `window.wadudCall` is the WadudCall once joining
 // starts (see its stats()), and a page that frames this one receives
@@ -30,7 +32,7 @@ const room = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop
 const token = takeToken();
 const claims = readClaims(token);
 const options = new URLSearchParams(location.search);
-const SIMULCAST = options.get('simulcast') === '1';
+const SIMULCAST = options.get('simulcast') !== '0';
 const BASE_TITLE = document.title;
 
 // With simulcast Chrome sends three layers only from 960x540 up.
@@ -678,6 +680,7 @@ function onPaused({ track_id: trackId, paused, reason }) {
   for (const t of tiles.values()) {
     if (t.el.dataset.videoTrack !== trackId) continue;
     // Hidden tiles are paused because nobody sees them: nothing to say.
+    // 'off': the sender's camera is off, which is no weak link of anyone's.
     t.el.classList.toggle('paused', Boolean(paused) && reason !== 'hidden');
     t.pausedFor = paused ? reason : null;
     setNote(t);
@@ -688,6 +691,7 @@ function setNote(t) {
   let text = '';
   if (audioOnly) text = 'Audio only';
   else if (t.pausedFor === 'bandwidth') text = 'Video paused: weak connection';
+  else if (t.pausedFor === 'off') text = 'Camera off';
   t.note.textContent = text;
   t.note.hidden = !text;
 }

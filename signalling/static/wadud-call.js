@@ -26,7 +26,7 @@
 //   quality            {participant_id, quality} excellent | good | poor | lost
 //   trackpaused        {track_id, paused, reason} the server stopped (or
 //                      resumed) sending us that video: bandwidth | hidden |
-//                      audio_only
+//                      audio_only | off (its sender sends none: camera off)
 //   encodings          {track_id, encodings} which simulcast layers of our
 //                      own track the server asked us to send (applied)
 //   error              {code, message}   a request failed or a frame was odd

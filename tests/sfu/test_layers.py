@@ -300,3 +300,69 @@ async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -
     await worker.set_audio_only("room", "bob", True)
     assert fsub.target is None
     assert [e for e in events.items if isinstance(e, TrackPaused)][-1].reason == "audio_only"
+
+
+async def test_a_camera_turned_off_is_off_not_a_weak_link(
+    worker: MediaWorker, events: Events
+) -> None:
+    """A video whose publisher sends nothing (muted, or its layers stopped
+    with no mute, as a camera turned off) is paused for subscribers as
+    ``off``, never ``bandwidth`` (which the page shows as a weak link), and
+    resumes when its packets come back."""
+    fp = worker.relay_identity()[1].split(" ", 1)[1]
+    result = await worker.publish(
+        "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
+    )
+    track_id = result.added[0].track_id
+    room: Any = worker._rooms["room"]
+    pub = room.participants["alice"].publish
+    now = worker._now()
+
+    def send(seq: int) -> None:
+        for index, rid in enumerate("qhf"):
+            packet = vp8_packet(LAYERS[index], seq, seq * 3000, seq, key=True, ext=rid_ext(rid))
+            worker._route(pub, packet, now)
+
+    send(1)
+    await worker.subscribe("room", "bob", [track_id])
+    sub_peer = room.participants["bob"].subscribe
+    section = sub_peer.sections[0]
+    section.negotiated = True
+    section.sub_extensions = {e.uri: e.id for e in section.forwarded.extensions}
+    sub_peer.pending_offer = False
+    sub_peer.reporting = True
+    worker.reports.add_leg(sub_peer, now)
+    worker._apply_subscriptions(sub_peer, now)
+    fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
+    assert fsub.target == 1
+
+    def paused() -> list[tuple[bool, str]]:
+        return [(e.paused, e.reason) for e in events.items if isinstance(e, TrackPaused)]
+
+    now += TICK
+    worker._layers_tick(now)
+    assert fsub.target == 1 and paused() == []
+    # Muted by its publisher: off at the next tick.
+    await worker.set_muted("room", track_id, True)
+    now += TICK
+    worker._layers_tick(now)
+    assert fsub.target is None
+    assert paused() == [(True, "off")]
+    # Unmuted, and its packets come again: resumed, on a layer.
+    await worker.set_muted("room", track_id, False)
+    send(2)
+    now += TICK
+    worker._layers_tick(now)
+    assert paused() == [(True, "off"), (False, "off")]
+    assert fsub.target is not None
+    # Its layers stop with no mute (a camera stopped): off once nothing has
+    # arrived for STALE, however long it lasts, and never "bandwidth".
+    for _ in range(int(10 / TICK)):
+        now += TICK
+        worker._layers_tick(now)
+    assert fsub.target is None
+    assert paused() == [(True, "off"), (False, "off"), (True, "off")]
+    send(3)
+    now += TICK
+    worker._layers_tick(now)
+    assert paused()[-1] == (False, "off") and fsub.target is not None
