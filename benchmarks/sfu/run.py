@@ -24,10 +24,13 @@ Scenarios (what one room holds):
   top layer: the worker takes in half as many packets again as it would from
   a single-layer publisher and forwards the same. The synthetic publisher
   keeps every layer on (it ignores dynacast's ``set_encodings``, the worst
-  case) and answers PLI/FIR with a keyframe on that layer's next frame.
+  case) and answers PLI/FIR with a keyframe on that layer's next frame;
+* ``1x10sd``: ``1x10s`` once dynacast has settled: every subscriber wants the
+  top layer, so the worker asks the publisher to stop ``h`` (``q`` is always
+  kept) and, as a browser does, it sends ``q`` and ``f`` only.
 
-``--simulcast`` compares them: ``1x10`` and ``1x10s`` alternately in the same
-server (``--repeat`` pairs, default 3), then a switch run: a few ``1x10s``
+``--simulcast`` compares them: ``1x10``, ``1x10s`` and ``1x10sd`` in turn in
+the same server (``--repeat`` rounds, default 3), then a switch run: a few ``1x10s``
 rooms whose subscribers all probe while one of each room's (then, as a
 stress, every one) changes its tile between 160x90 and 1280x720 over the
 ``/ws`` protocol (``track_view``), each on its own clock every
@@ -139,6 +142,7 @@ class Scenario:
     subscribers: int  # per room, receive only; with mesh, every publisher also receives
     mesh: bool = False
     simulcast: bool = False
+    sent: str = "qhf"  # the simulcast layers the publisher sends (it offers all three)
 
     @property
     def fanout(self) -> int:
@@ -155,6 +159,7 @@ SCENARIOS = {
     "4x4": Scenario("4x4", 4, 0, mesh=True),
     "1x50": Scenario("1x50", 1, 50),
     "1x10s": Scenario("1x10s", 1, 10, simulcast=True),
+    "1x10sd": Scenario("1x10sd", 1, 10, simulcast=True, sent="qf"),
 }
 #: Tile sizes a switch run alternates between, and the layer (RID) each gets.
 SMALL_VIEW, LARGE_VIEW = (160, 90, "q"), (1280, 720, "f")
@@ -733,10 +738,10 @@ class Bench:
         for rid, width, height, per_frame, size in peer.SIMULCAST_LAYERS:
             number = next(self.numbers)
             self.rid_of[number] = rid
-            p.layers.append(
-                load.Layer(number, 0x10000000 + number * 2, rid, width, height, per_frame, size)
-            )
-        rids = tuple(layer.rid for layer in p.layers)
+            if rid in scenario.sent:
+                ssrc = 0x10000000 + number * 2
+                p.layers.append(load.Layer(number, ssrc, rid, width, height, per_frame, size))
+        rids = tuple(layer[0] for layer in peer.SIMULCAST_LAYERS)
         return str(await self.load.call("offer", p.pub_tid, 0, 0, rids))
 
     async def room_rpc(self, scenario: Scenario, people: list[Participant]) -> None:
@@ -1333,9 +1338,10 @@ async def simulcast_runs(
     the figures issue 11 asks for: the simulcast forwarding rate against the
     single-layer one from the same server, and layer switch times."""
     pairs: list[tuple[ScenarioResult, ScenarioResult]] = []
+    settled: list[tuple[ScenarioResult, ScenarioResult]] = []
     for _ in range(args.repeat):
         pair = []
-        for name in ("1x10", "1x10s"):
+        for name in ("1x10", "1x10s", "1x10sd"):
             r = await bench.run_scenario(
                 SCENARIOS[name], out_rate=args.out_rate, purpose="throughput", probe_rooms=1
             )
@@ -1345,10 +1351,12 @@ async def simulcast_runs(
                 print(f"{'':<9}probe packets by layer: {r.probe_packets_by_layer}", flush=True)
             pair.append(r)
         pairs.append((pair[0], pair[1]))
+        settled.append((pair[0], pair[2]))
     quiet = [(a, b) for a, b in pairs if undisturbed(a) and undisturbed(b)]
     used = quiet or pairs
     single = statistics.median(a.forwarded_per_cpu_second for a, _ in used)
     multi = statistics.median(b.forwarded_per_cpu_second for _, b in used)
+    dynacast = statistics.median(b.forwarded_per_cpu_second for _, b in settled)
     switches: dict[str, ScenarioResult] = {}
     # One tile per room changing (what a call sees: someone resizes the
     # page), then every tile changing on its own clock (a stress: a layer's
@@ -1381,6 +1389,14 @@ async def simulcast_runs(
             if a.forwarded_per_cpu_second
         ],
         "within_10_percent": bool(single) and multi >= 0.9 * single,
+        # q and f only (dynacast settled, every subscriber on f): all runs.
+        "dynacast_settled_forwarded_per_cpu_second_median": round(dynacast),
+        "dynacast_settled_ratio": round(dynacast / single, 3) if single else None,
+        "dynacast_settled_pair_ratios": [
+            round(b.forwarded_per_cpu_second / a.forwarded_per_cpu_second, 3)
+            for a, b in settled
+            if a.forwarded_per_cpu_second
+        ],
         "subscribers_transport_cc": bench.transport_cc,
         "switch_ms": {label: r.switch_ms for label, r in switches.items()},
         "switch_interval_seconds": args.switch_interval,
