@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import sys
@@ -166,6 +167,32 @@ async def test_tile_size_and_visibility_pick_layers(database_url: str, tmp_path:
     assert result["hidden"]["audio_packets"] > 100, result
 
 
+@pytest.mark.timeout(240)
+async def test_connection_quality_drops_with_loss_and_recovers(
+    database_url: str, tmp_path: Path
+) -> None:
+    """10 % loss each way on one participant's leg: every page (the others'
+    and its own) gets connection_quality poor for it and its tile's bars
+    say so; once the loss stops, good or excellent again (33 s here, in
+    the default run)."""
+    result = await run_scenario("lossy", database_url, tmp_path, budget=180)
+    print(json.dumps({k: v for k, v in result.items() if k != "worker_lossy"}))
+    who = result["who"]
+    for name in ("doctor", "clean", "lossy"):
+        assert result["before"][name]["frame"] in ("excellent", "good"), result["before"]
+        assert result["poor"][name]["frame"] == "poor", result["poor"]
+        assert result["poor"][name]["bars"] == "poor", result["poor"]
+        assert result["poor"][name]["label"] == "Connection: poor", result["poor"]
+        assert result["back"][name]["bars"] in ("excellent", "good"), result["back"]
+        # The frames themselves, in order: fine, then poor, then fine again.
+        seen = [q for _, p, q in result["logs"][name] if p == who]
+        assert "poor" in seen and seen[-1] in ("excellent", "good"), (name, seen)
+    # Loss really happened on that leg while it lasted: about 10 %.
+    assert 0.07 < result["lost_share"] < 0.13, result
+    assert result["poor_s"] <= 15, result
+    assert result["back_s"] <= 20, result
+
+
 # -- the driver: runs inside the namespace ------------------------------------
 
 
@@ -217,15 +244,22 @@ class Shaper:
     """One direction of a narrow link: datagrams leave at most ``rate``
     bytes/s (None: no limit) after waiting in a queue of at most
     ``queue`` seconds; a datagram that would wait longer is dropped (a
-    mobile link's drop-tail buffer)."""
+    mobile link's drop-tail buffer). A share ``loss`` of datagrams is lost
+    at random besides (seeded: the same run loses the same ones)."""
 
-    def __init__(self, rate: float | None, queue: float = 0.25) -> None:
-        self.rate, self.queue = rate, queue
+    def __init__(self, rate: float | None, queue: float = 0.25, loss: float = 0.0,
+                 seed: int = 11) -> None:  # fmt: skip
+        self.rate, self.queue, self.loss = rate, queue, loss
+        self.random = random.Random(seed)
         self.busy_until = 0.0
-        self.sent = self.dropped = 0
+        self.sent = self.dropped = self.lost = 0
 
     def when(self, size: int, now: float) -> float | None:
+        if self.loss and self.random.random() < self.loss:
+            self.lost += 1
+            return None
         if self.rate is None:
+            self.sent += 1
             return now
         start = max(now, self.busy_until)
         if start - now > self.queue:
@@ -258,8 +292,8 @@ class CappedPath:
     ``rate`` bytes/s each way; :meth:`set_rate` changes it live (None lifts
     the cap), as a phone's link gets worse or better."""
 
-    def __init__(self, upstream: tuple[str, int], rate: float | None) -> None:
-        self.upstream, self.rate = upstream, rate
+    def __init__(self, upstream: tuple[str, int], rate: float | None, loss: float = 0.0) -> None:
+        self.upstream, self.rate, self.loss = upstream, rate, loss
         self.front: asyncio.DatagramTransport | None = None
         self.backs: dict[tuple[str, int], asyncio.DatagramTransport] = {}
         self.shapers: dict[tuple[tuple[str, int], str], Shaper] = {}
@@ -275,10 +309,16 @@ class CappedPath:
         for shaper in self.shapers.values():
             shaper.rate = rate
 
+    def set_loss(self, loss: float) -> None:
+        """Lose this share of datagrams at random, each way (0: none)."""
+        self.loss = loss
+        for shaper in self.shapers.values():
+            shaper.loss = loss
+
     def _shaper(self, client: tuple[str, int], way: str) -> Shaper:
         key = (client, way)
         if key not in self.shapers:
-            self.shapers[key] = Shaper(self.rate)
+            self.shapers[key] = Shaper(self.rate, loss=self.loss, seed=len(self.shapers))
         return self.shapers[key]
 
     def _later(self, when: float, transport: asyncio.DatagramTransport, data: bytes,
@@ -317,7 +357,7 @@ class CappedPath:
             self._later(when, self.front, data, client)
 
     def stats(self) -> dict[str, Any]:
-        return {f"{c[1]}-{w}": [s.sent, s.dropped] for (c, w), s in self.shapers.items()}
+        return {f"{c[1]}-{w}": [s.sent, s.dropped, s.lost] for (c, w), s in self.shapers.items()}
 
     def close(self) -> None:
         for back in self.backs.values():
@@ -564,6 +604,91 @@ async def scenario_starved(world: World) -> dict[str, Any]:
         await turn.stop()
 
 
+# What a page shows of one participant's connection: the last
+# connection_quality frame for them and the bars on their tile; and every
+# such frame the page got since :data:`LISTEN` (time, participant, quality).
+QUALITY = """(() => {
+  const t = document.querySelector("#grid .tile[data-key='%s']");
+  return {frame: window.wadudCall.quality.get('%s') || null,
+          bars: t ? t.querySelector('.bars').dataset.quality : null,
+          label: t ? t.querySelector('.bars').getAttribute('aria-label') : null,
+          log: window.qualityLog || []};
+})()"""
+LISTEN = """(() => {
+  window.qualityLog = [];
+  window.wadudCall.addEventListener('quality', (e) => window.qualityLog.push(
+    [Date.now(), e.detail.participant_id, e.detail.quality]));
+  return true;
+})()"""
+
+
+async def quality_on(pages: dict[str, Page], pid: str) -> dict[str, Any]:
+    return {name: await page.eval(QUALITY % (pid, pid)) for name, page in pages.items()}
+
+
+async def until_quality(
+    pages: dict[str, Page], pid: str, levels: set[str], within: float
+) -> tuple[float, dict[str, Any]]:
+    """Wait until every page's frame and bars for ``pid`` are one of
+    ``levels``; how long it took and what the pages showed."""
+    t0 = time.monotonic()
+    while True:
+        seen = await quality_on(pages, pid)
+        if all(v["frame"] in levels and v["bars"] in levels for v in seen.values()):
+            return round(time.monotonic() - t0, 1), seen
+        if time.monotonic() - t0 > within:
+            raise DriverError(f"{pid} not {sorted(levels)} on every page in {within:.0f} s: {seen}")
+        await asyncio.sleep(0.25)
+
+
+async def scenario_lossy(world: World) -> dict[str, Any]:
+    """10 % loss each way on one participant's leg (the path to its TURN
+    relay): the others' pages and its own get connection_quality poor and
+    their bars show it; with the loss gone, good or excellent again."""
+    turn, path, doctor, clean, lossy, pub = await capped_call(world, None)
+    try:
+        who = await participant_id(lossy)
+        pages = {"doctor": doctor, "clean": clean, "lossy": lossy}
+        for page in pages.values():
+            await page.eval(LISTEN)
+        fine = {"excellent", "good"}
+        out: dict[str, Any] = {}
+        out["before_s"], out["before"] = await until_quality(pages, who, fine, within=20)
+        world.mark("quality fine")
+        await asyncio.sleep(2)
+        out["decoding_before"] = await window(lossy, pub, 2)
+        counted = path.stats()
+        path.set_loss(0.10)
+        lossy_at = time.monotonic()
+        world.mark("loss on")
+        out["poor_s"], out["poor"] = await until_quality(pages, who, {"poor"}, within=25)
+        world.mark("poor")
+        out["decoding_lossy"] = await window(lossy, pub, 3)
+        out["worker_lossy"] = worker_view(world)
+        out["lossy_for"] = round(time.monotonic() - lossy_at, 1)
+        now = path.stats()
+        lost = sum(v[2] - counted.get(k, [0, 0, 0])[2] for k, v in now.items())
+        sent = sum(v[0] - counted.get(k, [0, 0, 0])[0] for k, v in now.items())
+        out["lost_share"] = round(lost / max(1, lost + sent), 3)
+        path.set_loss(0.0)
+        world.mark("loss off")
+        out["back_s"], out["back"] = await until_quality(pages, who, fine, within=30)
+        world.mark("fine again")
+        # Only the lossy one's quality went down: the others' stayed.
+        out["others"] = {
+            name: {p: (await quality_on({"x": page}, p))["x"]["frame"] for p in (pub,)}
+            for name, page in pages.items()
+        }
+        out["logs"] = {name: v["log"] for name, v in (await quality_on(pages, who)).items()}
+        out["who"], out["pub"] = who, pub
+        out["path"] = path.stats()
+        out["timings"] = world.timings
+        return out
+    finally:
+        path.close()
+        await turn.stop()
+
+
 SHRINK = """(() => {
   const t = document.querySelector("#grid .tile[data-key='%s']");
   t.style.cssText = '%s';
@@ -636,6 +761,7 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
     "capped": scenario_capped,
     "starved": scenario_starved,
     "views": scenario_views,
+    "lossy": scenario_lossy,
 }
 
 
