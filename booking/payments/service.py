@@ -837,6 +837,7 @@ async def apply_verdict(
     default_bp: int,
     registry: GatewayRegistry | None = None,
     intent_id: UUID | None = None,
+    locked: asyncpg.Record | None = None,
 ) -> asyncpg.Record:
     """Apply a proven outcome to its intent, idempotently; return the intent row.
 
@@ -845,9 +846,11 @@ async def apply_verdict(
     automatic full refund with the reason recorded. Failure: intent failed.
     A repeated verdict is a no-op. ``intent_id``, when given (the redirect
     landing names its intent in the path), must be the intent the verdict is
-    about. Call inside a transaction.
+    about. ``locked``: the intent's row, when the caller has locked it
+    already (the webhook does so in its first statement). Call inside a
+    transaction.
     """
-    row = await conn.fetchrow(
+    row = locked or await conn.fetchrow(
         f"""SELECT {INTENT_COLUMNS} FROM payment_intents
             WHERE gateway = $1 AND gateway_ref = $2 FOR UPDATE""",
         verdict.gateway,
@@ -978,19 +981,31 @@ async def handle_webhook(
     gateway = registry.get(gateway_name)
     event = await gateway.parse_webhook(body, headers, now)
     async with pool.acquire() as conn, conn.transaction():
-        fresh = await conn.fetchval(
-            """INSERT INTO webhook_events (gateway, event_id, payload) VALUES ($1, $2, $3::jsonb)
-               ON CONFLICT DO NOTHING RETURNING true""",
+        # One round trip: record the delivery and lock the intent it is about.
+        got = await conn.fetchrow(
+            f"""WITH w AS (INSERT INTO webhook_events (gateway, event_id, payload)
+                           VALUES ($1, $2, $3::jsonb) ON CONFLICT DO NOTHING RETURNING true),
+                     i AS (SELECT {INTENT_COLUMNS} FROM payment_intents
+                           WHERE gateway = $5 AND gateway_ref = $4 FOR UPDATE)
+                SELECT (SELECT true FROM w) AS fresh, i.* FROM (SELECT 1) AS one
+                LEFT JOIN i ON true""",
             gateway.name,
             event.event_id,
             dict(event.payload),
+            event.reference,
+            event.gateway,
         )
-        if not fresh:
+        assert got is not None
+        if not got["fresh"]:
             return WebhookOutcome(True, event.event_id, None, None)
         if event.reference is None or event.status is None:
             return WebhookOutcome(False, event.event_id, None, None)
         row = await apply_verdict(
-            conn, Verdict.of_webhook(event), default_bp=default_bp, registry=registry
+            conn,
+            Verdict.of_webhook(event),
+            default_bp=default_bp,
+            registry=registry,
+            locked=got if got["id"] is not None else None,
         )
         return WebhookOutcome(False, event.event_id, row["id"], row["status"])
 
