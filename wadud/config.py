@@ -169,17 +169,6 @@ class Settings:
         default="Wadud",
         metadata=_doc("Issuer name authenticator apps show beside a TOTP enrolment."),
     )
-    auth_totp_admins: bool = field(
-        default=False,
-        metadata=_doc(
-            "Admins must sign in with a TOTP code (RFC 6238) besides their password."
-            " Doctors and staff: per clinic (PUT /api/v1/clinics/{id}/totp)."
-        ),
-    )
-    auth_totp_issuer: str = field(
-        default="Wadud",
-        metadata=_doc("Issuer name authenticator apps show beside a TOTP enrolment."),
-    )
     # [limits]  (docs/security.md, "Rate limits"; shared by replicas through Redis)
     limits_login_account_free: int = field(
         default=5,
@@ -533,6 +522,15 @@ class Settings:
             "Region of this process: a `wadud api` replica places rooms of tokens"
             " without a region claim there; a `wadud media` node registers its"
             " workers under it. Empty: no region (any worker)."
+        ),
+    )
+    media_region_distances: str = field(
+        default="",
+        metadata=_doc(
+            "How far regions are apart, as `A-B=N` pairs separated by commas"
+            " (e.g. `pk-ae=40,pk-sa=60,ae-sa=30`, one-way milliseconds): a region"
+            " with no live media worker has its participants placed in the nearest"
+            " region that has one. Unlisted pairs count as farthest."
         ),
     )
     call_owner_lease: float = field(
