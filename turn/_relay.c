@@ -377,11 +377,12 @@ static void flush_out(void) {
         iov->iov_base = outq[i].buf;
         iov->iov_len = outq[i].len;
         size_t seg = outq[i].len, total = seg;
-        int open = !gso_off;
+        /* An empty datagram cannot be a GSO segment: it would vanish. */
+        int open = !gso_off && seg > 0;
         for (int j = i + 1; open && j < n; j++) {
             if (used[j] || !same_route(&outq[i], &outq[j]))
                 continue;
-            if (outq[j].len > seg || segs_of[m] == GSO_MAX_SEGS ||
+            if (outq[j].len > seg || outq[j].len == 0 || segs_of[m] == GSO_MAX_SEGS ||
                 total + outq[j].len > GSO_MAX_BYTES)
                 break;
             used[j] = 1;
