@@ -25,6 +25,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -44,6 +45,116 @@ static PyObject *str_paused, *str_waiting_keyframe, *str_vp8, *str_pt_map, *str_
     *str_out_max_ts, *str_last_now, *str_ssrc, *str_ext_table, *str_twcc, *str_abs_send_time,
     *str_transport, *str_twcc_seq, *str_sent_at, *str_sizes, *str_key, *str_packets_sent,
     *str_octets_sent;
+
+
+/* -- slots read straight from the objects ---------------------------------------
+ *
+ * Subscription, RtpRewriter, TransportState and Peer keep their state in
+ * __slots__; PyObject_GetAttr on a slot costs a type lookup and a descriptor
+ * call, several dozen times per copy. A SlotCache resolves, once per type,
+ * each name to its member descriptor's offset (only T_OBJECT_EX members, the
+ * kind __slots__ makes) and reads and writes the object's slot directly. An
+ * object of another type re-resolves; a name that is not such a slot (a
+ * property, a subclass's override) makes the cache generic, back to
+ * PyObject_GetAttr / PyObject_SetAttr. An unset slot goes the generic way too,
+ * which raises AttributeError as Python would.
+ */
+#define MAX_SLOTS 16
+
+typedef struct {
+    PyTypeObject *type; /* strong reference */
+    int generic;
+    int count;
+    PyObject **names;
+    Py_ssize_t off[MAX_SLOTS];
+} SlotCache;
+
+static void cache_resolve(SlotCache *c, PyTypeObject *type) {
+    Py_INCREF(type);
+    Py_XSETREF(c->type, type);
+    c->generic = 0;
+    for (int i = 0; i < c->count; i++) {
+        PyObject *d = _PyType_Lookup(type, c->names[i]);
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            c->generic = 1;
+            return;
+        }
+        c->off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+}
+
+static inline int cache_fast(SlotCache *c, PyObject *obj) {
+    if (Py_TYPE(obj) != c->type) cache_resolve(c, Py_TYPE(obj));
+    return !c->generic;
+}
+
+/* New reference to obj.<names[i]>, or NULL with an exception. */
+static inline PyObject *slot_get(SlotCache *c, PyObject *obj, int i) {
+    if (cache_fast(c, obj)) {
+        PyObject *v = *(PyObject **)((char *)obj + c->off[i]);
+        if (v != NULL) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return PyObject_GetAttr(obj, c->names[i]);
+}
+
+/* obj.<names[i]> = v (v borrowed). */
+static inline int slot_set(SlotCache *c, PyObject *obj, int i, PyObject *v) {
+    if (cache_fast(c, obj)) {
+        PyObject **p = (PyObject **)((char *)obj + c->off[i]);
+        Py_INCREF(v);
+        Py_XSETREF(*p, v);
+        return 0;
+    }
+    return PyObject_SetAttr(obj, c->names[i], v);
+}
+
+static int slot_ll(SlotCache *c, PyObject *obj, int i, long long *out) {
+    PyObject *v = slot_get(c, obj, i);
+    if (v == NULL) return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int slot_set_ll(SlotCache *c, PyObject *obj, int i, long long value) {
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL) return -1;
+    int r = slot_set(c, obj, i, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* Truth of obj.<names[i]>: 1, 0, or -1 with an exception. */
+static int slot_true(SlotCache *c, PyObject *obj, int i) {
+    PyObject *v = slot_get(c, obj, i);
+    if (v == NULL) return -1;
+    int r = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int slot_add(SlotCache *c, PyObject *obj, int i, long long delta) {
+    long long v;
+    if (slot_ll(c, obj, i, &v) < 0) return -1;
+    return slot_set_ll(c, obj, i, v + delta);
+}
+
+enum { S_PAUSED, S_WAITING, S_VP8, S_PT_MAP, S_REWRITER, S_SSRC, S_EXT_TABLE, S_TWCC, S_ABS,
+       S_TRANSPORT, S_KEY, S_PACKETS, S_OCTETS, S_COUNT };
+enum { R_RESYNC, R_IN_MAX, R_IN_START, R_SEQ_OFFSET, R_TS_OFFSET, R_OUT_MAX_SEQ, R_OUT_MAX_TS,
+       R_LAST_NOW, R_COUNT };
+enum { T_TWCC_SEQ, T_SENT_AT, T_SIZES, T_COUNT };
+enum { P_PROTECT, P_ADDR, P_WIRE, P_SRTP_ERRORS, P_COUNT };
+
+static PyObject *sub_names[S_COUNT], *rw_names[R_COUNT], *tr_names[T_COUNT], *peer_names[P_COUNT];
+static SlotCache sub_cache = {NULL, 0, S_COUNT, sub_names, {0}};
+static SlotCache rw_cache = {NULL, 0, R_COUNT, rw_names, {0}};
+static SlotCache tr_cache = {NULL, 0, T_COUNT, tr_names, {0}};
+static SlotCache peer_cache = {NULL, 0, P_COUNT, peer_names, {0}};
 
 /* -- Leg: a subscriber's session pointer and packed address --------------- */
 
@@ -139,7 +250,7 @@ static int Fanout_init(Fanout *self, PyObject *args, PyObject *kwds) {
 
 /* The cached Leg of ``sub`` for ``protect`` and ``addr``, rebuilt if stale. Borrowed. */
 static Leg *leg_of(Fanout *self, PyObject *sub, PyObject *protect, PyObject *addr) {
-    PyObject *wire = PyObject_GetAttr(sub, str_wire);
+    PyObject *wire = slot_get(&peer_cache, sub, P_WIRE);
     if (wire == NULL) return NULL;
     if (Py_IS_TYPE(wire, &LegType) && ((Leg *)wire)->protect == protect &&
         ((Leg *)wire)->addr == addr) {
@@ -161,7 +272,7 @@ static Leg *leg_of(Fanout *self, PyObject *sub, PyObject *protect, PyObject *add
     leg->protect = protect;
     Py_INCREF(addr);
     leg->addr = addr;
-    if (PyObject_SetAttr(sub, str_wire, (PyObject *)leg) < 0) goto fail;
+    if (slot_set(&peer_cache, sub, P_WIRE, (PyObject *)leg) < 0) goto fail;
     Py_DECREF(leg); /* the record holds it now */
     return leg;
 fail:
@@ -212,12 +323,12 @@ static int queue(Fanout *self, int n, Leg *leg, int len) {
 }
 
 static int count_error(PyObject *sub) {
-    PyObject *v = PyObject_GetAttr(sub, str_srtp_errors);
+    PyObject *v = slot_get(&peer_cache, sub, P_SRTP_ERRORS);
     if (v == NULL) return -1;
     PyObject *w = PyNumber_Add(v, one);
     Py_DECREF(v);
     if (w == NULL) return -1;
-    int r = PyObject_SetAttr(sub, str_srtp_errors, w);
+    int r = slot_set(&peer_cache, sub, P_SRTP_ERRORS, w);
     Py_DECREF(w);
     return r;
 }
@@ -237,13 +348,13 @@ static PyObject *Fanout_send(Fanout *self, PyObject *routed) {
         }
         PyObject *sub = PyTuple_GET_ITEM(item, 0);
         PyObject *packet = PyTuple_GET_ITEM(item, 1);
-        PyObject *protect = PyObject_GetAttr(sub, str_protect);
+        PyObject *protect = slot_get(&peer_cache, sub, P_PROTECT);
         if (protect == NULL) goto fail;
         if (protect == Py_None) {
             Py_DECREF(protect);
             continue;
         }
-        PyObject *addr = PyObject_GetAttr(sub, str_addr);
+        PyObject *addr = slot_get(&peer_cache, sub, P_ADDR);
         if (addr == NULL) {
             Py_DECREF(protect);
             goto fail;
@@ -309,38 +420,6 @@ fail:
 
 
 /* -- forward: the per-subscriber loop of Forwarder.route_into ----------------- */
-
-/* An int attribute (a slot of ours, always an int). */
-static int get_ll(PyObject *obj, PyObject *name, long long *out) {
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL) return -1;
-    *out = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static int set_ll(PyObject *obj, PyObject *name, long long value) {
-    PyObject *v = PyLong_FromLongLong(value);
-    if (v == NULL) return -1;
-    int r = PyObject_SetAttr(obj, name, v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* Truth of an attribute; -1 on error. */
-static int get_true(PyObject *obj, PyObject *name) {
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL) return -1;
-    int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
-}
-
-static int add_ll(PyObject *obj, PyObject *name, long long delta) {
-    long long v;
-    if (get_ll(obj, name, &v) < 0) return -1;
-    return set_ll(obj, name, v + delta);
-}
 
 #define MAX_ELEMENTS 32
 
@@ -456,18 +535,18 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     PyObject *sub = NULL, *rw = NULL, *peer = NULL, *protect = NULL, *transport = NULL;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(subs); i++) {
         sub = PyList_GET_ITEM(subs, i);
-        int flag = get_true(sub, str_paused);
+        int flag = slot_true(&sub_cache, sub, S_PAUSED);
         if (flag < 0) goto fail;
         if (flag) continue;
-        flag = get_true(sub, str_waiting_keyframe);
+        flag = slot_true(&sub_cache, sub, S_WAITING);
         if (flag < 0) goto fail;
-        PyObject *vp8 = PyObject_GetAttr(sub, str_vp8);
+        PyObject *vp8 = slot_get(&sub_cache, sub, S_VP8);
         if (vp8 == NULL) goto fail;
         int has_vp8 = vp8 != Py_None;
         Py_DECREF(vp8);
-        rw = PyObject_GetAttr(sub, str_rewriter);
+        rw = slot_get(&sub_cache, sub, S_REWRITER);
         if (rw == NULL) goto fail;
-        int resync = get_true(rw, str_resync);
+        int resync = slot_true(&rw_cache, rw, R_RESYNC);
         if (resync < 0) goto fail;
         if (flag || has_vp8 || resync) {
             Py_CLEAR(rw);
@@ -476,7 +555,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         }
         /* The payload type map (None: as the publisher's). */
         long out_pt = (long)pt;
-        PyObject *pt_map = PyObject_GetAttr(sub, str_pt_map);
+        PyObject *pt_map = slot_get(&sub_cache, sub, S_PT_MAP);
         if (pt_map == NULL) goto fail;
         if (pt_map != Py_None) {
             PyObject *mapped = PyDict_Check(pt_map) ? PyDict_GetItemWithError(pt_map, pt_obj)
@@ -495,9 +574,10 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         }
         /* RtpRewriter.rewrite past a run's first packet. */
         long long in_max, in_start, seq_offset, ts_offset;
-        if (get_ll(rw, str_in_max, &in_max) < 0 || get_ll(rw, str_in_start, &in_start) < 0 ||
-            get_ll(rw, str_seq_offset, &seq_offset) < 0 ||
-            get_ll(rw, str_ts_offset, &ts_offset) < 0)
+        if (slot_ll(&rw_cache, rw, R_IN_MAX, &in_max) < 0 ||
+            slot_ll(&rw_cache, rw, R_IN_START, &in_start) < 0 ||
+            slot_ll(&rw_cache, rw, R_SEQ_OFFSET, &seq_offset) < 0 ||
+            slot_ll(&rw_cache, rw, R_TS_OFFSET, &ts_offset) < 0)
             goto fail;
         long long d = ((seq - in_max + 0x8000) & 0xFFFF) - 0x8000;
         long long u = in_max + d;
@@ -508,15 +588,16 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         long long out_seq = (seq + seq_offset) & 0xFFFF;
         long long out_ts = (ts + ts_offset) & 0xFFFFFFFFLL;
         if (d > 0) {
-            if (set_ll(rw, str_in_max, u) < 0 || set_ll(rw, str_out_max_seq, out_seq) < 0 ||
-                set_ll(rw, str_out_max_ts, out_ts) < 0 ||
-                PyObject_SetAttr(rw, str_last_now, now_obj) < 0)
+            if (slot_set_ll(&rw_cache, rw, R_IN_MAX, u) < 0 ||
+                slot_set_ll(&rw_cache, rw, R_OUT_MAX_SEQ, out_seq) < 0 ||
+                slot_set_ll(&rw_cache, rw, R_OUT_MAX_TS, out_ts) < 0 ||
+                slot_set(&rw_cache, rw, R_LAST_NOW, now_obj) < 0)
                 goto fail;
         }
         Py_CLEAR(rw);
 
         long long ssrc;
-        if (get_ll(sub, str_ssrc, &ssrc) < 0) goto fail;
+        if (slot_ll(&sub_cache, sub, S_SSRC, &ssrc) < 0) goto fail;
         unsigned char *slot = self->slots[n];
         memcpy(slot, data, (size_t)size);
         slot[1] = (unsigned char)(marker | (unsigned)out_pt);
@@ -524,7 +605,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         put32(slot + 4, (unsigned long)out_ts);
         put32(slot + 8, (unsigned long)ssrc);
         if (count) {
-            PyObject *table = PyObject_GetAttr(sub, str_ext_table);
+            PyObject *table = slot_get(&sub_cache, sub, S_EXT_TABLE);
             if (table == NULL) goto fail;
             if (table != Py_None) {
                 if (!PyBytes_Check(table) || PyBytes_GET_SIZE(table) != 256) {
@@ -536,19 +617,19 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
             }
             Py_DECREF(table);
             if (tcc_off >= 0) {
-                flag = get_true(sub, str_twcc);
+                flag = slot_true(&sub_cache, sub, S_TWCC);
                 if (flag < 0) goto fail;
                 if (flag) {
-                    transport = PyObject_GetAttr(sub, str_transport);
+                    transport = slot_get(&sub_cache, sub, S_TRANSPORT);
                     if (transport == NULL) goto fail;
                     long long tseq;
-                    if (get_ll(transport, str_twcc_seq, &tseq) < 0) goto fail;
+                    if (slot_ll(&tr_cache, transport, T_TWCC_SEQ, &tseq) < 0) goto fail;
                     put16(slot + tcc_off, (unsigned)tseq);
-                    if (set_ll(transport, str_twcc_seq, (tseq + 1) & 0xFFFF) < 0) goto fail;
-                    PyObject *sent_at = PyObject_GetAttr(transport, str_sent_at);
+                    if (slot_set_ll(&tr_cache, transport, T_TWCC_SEQ, (tseq + 1) & 0xFFFF) < 0) goto fail;
+                    PyObject *sent_at = slot_get(&tr_cache, transport, T_SENT_AT);
                     if (sent_at == NULL) goto fail;
                     if (sent_at != Py_None) {
-                        PyObject *sizes = PyObject_GetAttr(transport, str_sizes);
+                        PyObject *sizes = slot_get(&tr_cache, transport, T_SIZES);
                         PyObject *index = PyLong_FromLongLong(tseq);
                         int r = (sizes == NULL || index == NULL)
                                     ? -1
@@ -566,7 +647,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
                 }
             }
             if (abs_off >= 0) {
-                flag = get_true(sub, str_abs_send_time);
+                flag = slot_true(&sub_cache, sub, S_ABS);
                 if (flag < 0) goto fail;
                 if (flag) {
                     slot[abs_off] = (unsigned char)(abs_value >> 16);
@@ -575,22 +656,22 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
                 }
             }
         }
-        if (add_ll(sub, str_packets_sent, 1) < 0 ||
-            add_ll(sub, str_octets_sent, payload_octets) < 0)
+        if (slot_add(&sub_cache, sub, S_PACKETS, 1) < 0 ||
+            slot_add(&sub_cache, sub, S_OCTETS, payload_octets) < 0)
             goto fail;
         forwarded++;
 
         /* Protect and queue for the subscriber's peer, as send() does. */
-        peer = PyObject_GetAttr(sub, str_key);
+        peer = slot_get(&sub_cache, sub, S_KEY);
         if (peer == NULL) goto fail;
-        protect = PyObject_GetAttr(peer, str_protect);
+        protect = slot_get(&peer_cache, peer, P_PROTECT);
         if (protect == NULL) goto fail;
         if (protect == Py_None) {
             Py_CLEAR(protect);
             Py_CLEAR(peer);
             continue;
         }
-        PyObject *addr = PyObject_GetAttr(peer, str_addr);
+        PyObject *addr = slot_get(&peer_cache, peer, P_ADDR);
         if (addr == NULL) goto fail;
         Leg *leg = addr == Py_None ? NULL : leg_of(self, peer, protect, addr);
         Py_DECREF(addr);
@@ -711,7 +792,21 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     INTERN(str_packets_sent, "packets_sent")
     INTERN(str_octets_sent, "octets_sent")
 #undef INTERN
+    PyObject *sub_list[S_COUNT] = {str_paused, str_waiting_keyframe, str_vp8, str_pt_map,
+                                   str_rewriter, str_ssrc, str_ext_table, str_twcc,
+                                   str_abs_send_time, str_transport, str_key, str_packets_sent,
+                                   str_octets_sent};
+    PyObject *rw_list[R_COUNT] = {str_resync, str_in_max, str_in_start, str_seq_offset,
+                                  str_ts_offset, str_out_max_seq, str_out_max_ts, str_last_now};
+    PyObject *tr_list[T_COUNT] = {str_twcc_seq, str_sent_at, str_sizes};
+    memcpy(sub_names, sub_list, sizeof(sub_list));
+    memcpy(rw_names, rw_list, sizeof(rw_list));
+    memcpy(tr_names, tr_list, sizeof(tr_list));
     if (!str_protect || !str_addr || !str_wire || !str_srtp_errors || !one) return NULL;
+    peer_names[P_PROTECT] = str_protect;
+    peer_names[P_ADDR] = str_addr;
+    peer_names[P_WIRE] = str_wire;
+    peer_names[P_SRTP_ERRORS] = str_srtp_errors;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&FanoutType);
