@@ -78,6 +78,7 @@ export class WadudCall extends EventTarget {
     this.quality = new Map(); // participant id -> excellent | good | poor | lost
     this.audioOnly = false;
     this._views = new Map(); // track_id -> last track_view sent, as JSON
+    this._pausedEarly = new Map(); // track_id -> reason, paused before we had the track
     this.room = room;
     this.url = url || defaultUrl(room);
     this.rtcConfig = rtcConfig;
@@ -394,6 +395,10 @@ export class WadudCall extends EventTarget {
   _on_track_paused(f) {
     const r = this.remoteTracks.get(f.track_id);
     if (r) r.paused = f.paused ? f.reason : null;
+    // The server may pause a video as it subscribes us, before the offer
+    // that carries it is applied: kept for the `track` event (its `paused`).
+    else if (f.paused) this._pausedEarly.set(f.track_id, f.reason);
+    else this._pausedEarly.delete(f.track_id);
     this._emit('trackpaused', { track_id: f.track_id, paused: f.paused, reason: f.reason });
   }
 
@@ -618,7 +623,9 @@ export class WadudCall extends EventTarget {
     for (const [id, [info, tr]] of live) {
       if (this.remoteTracks.has(id)) continue;
       const room = this.roomTracks.get(id);
-      const remote = { ...info, muted: room ? room.muted : false, track: tr.receiver.track, transceiver: tr };
+      const paused = this._pausedEarly.get(id) || null;
+      this._pausedEarly.delete(id);
+      const remote = { ...info, muted: room ? room.muted : false, paused, track: tr.receiver.track, transceiver: tr };
       this.remoteTracks.set(id, remote);
       this._emit('track', remote);
     }

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -58,6 +59,7 @@ from tests.browser import (
     namespace_command,
     participant_id,
 )
+from tests.firefox import VETH_ADDRESS, FirefoxPage, veth_namespace_command
 from tests.signalling.test_browser_call import SECRET, World
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,13 +73,14 @@ CAPPED_PORT = 3480  # the capped path to it
 
 
 async def run_scenario(
-    scenario: str, database_url: str, work: Path, budget: float
+    scenario: str, database_url: str, work: Path, budget: float, *, veth: bool = False
 ) -> dict[str, Any]:
-    """Run the driver in its own loopback-only namespace; its JSON result."""
+    """Run the driver in its own loopback-only namespace (``veth``: with a
+    veth interface too, for Firefox); its JSON result."""
     if shutil.which("turnserver") is None:
         pytest.skip("needs coturn's turnserver")
     cmd = [
-        *namespace_command(),
+        *(veth_namespace_command() if veth else namespace_command()),
         sys.executable, "-m", "tests.signalling.test_weak_network", scenario,
         "--database-url", database_url, "--work", str(work), "--budget", str(budget),
     ]  # fmt: skip
@@ -165,6 +168,11 @@ async def test_tile_size_and_visibility_pick_layers(database_url: str, tmp_path:
     assert result["encodings"]["f"] is False, result
     assert result["hidden"]["video_packets"] <= 3, result
     assert result["hidden"]["audio_packets"] > 100, result
+    # The viewer's camera is off: its tile on the doctor's page says "Camera
+    # off", and the video was paused as "off", never for bandwidth.
+    assert result["camera_off"]["note"] == "Camera off", result["camera_off"]
+    reasons = {reason for _, _, reason in result["camera_off"]["paused"]}
+    assert reasons == {"off"}, result["camera_off"]
 
 
 @pytest.mark.timeout(240)
@@ -191,6 +199,27 @@ async def test_connection_quality_drops_with_loss_and_recovers(
     assert 0.07 < result["lost_share"] < 0.13, result
     assert result["poor_s"] <= 15, result
     assert result["back_s"] <= 20, result
+
+
+@pytest.mark.timeout(240)
+async def test_firefox_and_chromium_decode_each_other_with_simulcast(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A headless Firefox ESR page and a Chromium page, both publishing
+    their camera with the page's simulcast encodings: each decodes the
+    other's video and hears its audio; the worker learnt Firefox's rid
+    layers."""
+    result = await run_scenario("firefox", database_url, tmp_path, budget=150, veth=True)
+    print(json.dumps(result))
+    for pair in ("firefox_from_chromium", "chromium_from_firefox"):
+        got = result[pair]
+        assert got["fps"] >= 5 and got["width"] > 0, (pair, result)
+        assert got["audio_packets"] > 50, (pair, result)
+    # Both sent simulcast: more than one rid each, and the worker knows them.
+    assert len(result["firefox_sent"]) >= 2, result["firefox_sent"]
+    assert len(result["chromium_sent"]) == 3, result["chromium_sent"]
+    assert result["tracks"]["firefox"]["rids"] == ["q", "h", "f"], result["tracks"]
+    assert sum(result["tracks"]["firefox"]["learnt"]) >= 2, result["tracks"]
 
 
 # -- the driver: runs inside the namespace ------------------------------------
@@ -578,6 +607,7 @@ async def scenario_starved(world: World) -> dict[str, Any]:
         starved = await window(capped, pub, 8)
         note_during = await capped.eval(NOTE % pub)
         worker = worker_view(world)
+        shots = await screenshots(world, {"weak": capped, "clean": clean})
         path.set_rate(None)
         lifted_at = time.monotonic()
         await capped.wait_for(
@@ -596,6 +626,7 @@ async def scenario_starved(world: World) -> dict[str, Any]:
             "back_seconds": back,
             "after": await window(capped, pub, 3),
             "note_after": await capped.eval(NOTE % pub),
+            "shots": shots,
             "path": path.stats(),
             "timings": world.timings,
         }
@@ -689,6 +720,41 @@ async def scenario_lossy(world: World) -> dict[str, Any]:
         await turn.stop()
 
 
+# Every track_paused a page gets from now on: [track_id, paused, reason].
+PAUSES = """(() => {
+  window.pausedLog = [];
+  window.wadudCall.addEventListener('trackpaused', (e) => window.pausedLog.push(
+    [e.detail.track_id, e.detail.paused, e.detail.reason]));
+  return true;
+})()"""
+
+
+DESKTOP, PHONE = (1280, 800), (390, 844)
+
+
+def save_png(folder: Path, name: str, data: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(base64.b64decode(data))
+    return str(folder / name)
+
+
+async def screenshots(world: World, pages: dict[str, Page]) -> list[str]:
+    """Each page at desktop (1280x800) and phone (390x844, upright) size, as
+    PNGs named call-<page>-<size>.png in ``WADUD_SCREENSHOTS`` (else under
+    the work folder); the pages go back to their own size after."""
+    folder = Path(os.environ.get("WADUD_SCREENSHOTS") or world.browsers.work / "shots")
+    saved = []
+    for name, page in pages.items():
+        for size, (w, h) in (("desktop", DESKTOP), ("phone", PHONE)):
+            await page.cdp.send("Emulation.setDeviceMetricsOverride", width=w, height=h,
+                                deviceScaleFactor=1, mobile=size == "phone")  # fmt: skip
+            await asyncio.sleep(1.0)  # layout and a fresh frame
+            shot = await page.cdp.send("Page.captureScreenshot", format="png")
+            saved.append(save_png(folder, f"call-{name}-{size}.png", shot["data"]))
+        await page.cdp.send("Emulation.clearDeviceMetricsOverride")
+    return saved
+
+
 SHRINK = """(() => {
   const t = document.querySelector("#grid .tile[data-key='%s']");
   t.style.cssText = '%s';
@@ -705,11 +771,15 @@ async def scenario_views(world: World) -> dict[str, Any]:
         world, "doctor", simulcast(world.link("dr-amina", "Dr Amina", "doctor", admin=True))
     )
     await join(doctor)
+    await doctor.eval(PAUSES)
     viewer = await open_page(world, "viewer", simulcast(world.link("pt-1", "Bilal", "patient")))
     await join(viewer)
     await camera_off(viewer)
     pub = await participant_id(doctor)
     await decoding(viewer, pub)
+    # The viewer's camera is off: the doctor's page says so, not "weak connection".
+    vid = await participant_id(viewer)
+    await doctor.wait_for(f"{NOTE % vid} === 'Camera off'", "'Camera off' on the viewer's tile")
     out: dict[str, Any] = {"start_width": await width_of(viewer, pub)}
     await viewer.eval(SHRINK % (pub, "position:fixed;left:0;top:0;width:160px;height:90px"))
     await viewer.wait_for(
@@ -731,8 +801,60 @@ async def scenario_views(world: World) -> dict[str, Any]:
     await asyncio.sleep(2)
     out["hidden"] = await window(viewer, pub, 3)
     out["worker_hidden"] = worker_view(world)
+    out["camera_off"] = {"note": await doctor.eval(NOTE % vid), "paused": await doctor.eval(
+        "window.pausedLog")}  # fmt: skip
     out["timings"] = world.timings
     return out
+
+
+async def scenario_firefox(world: World) -> dict[str, Any]:
+    """Chromium (the doctor) and Firefox (the patient), both on the page's
+    default: simulcast."""
+    doctor = await open_page(
+        world, "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    )
+    await join(doctor)
+    firefox = await FirefoxPage.open(
+        world.browsers.work, "firefox", world.link("pt-1", "Bilal", "patient"), 9222
+    )
+    try:
+        ff: Any = firefox  # eval and wait_for as a Chromium Page has them
+        await join(ff)
+        world.mark("firefox joined")
+        pub, ffid = await participant_id(doctor), await participant_id(ff)
+        await decoding(ff, pub, within=40)
+        world.mark("firefox decoding")
+        await decoding(doctor, ffid, within=40)
+        world.mark("chromium decoding")
+        await asyncio.sleep(3)
+        a, b = await asyncio.gather(window(ff, pub, 4), window(doctor, ffid, 4))
+        import sfu.http
+
+        worker = world.app[sfu.http.WORKER]  # type: ignore[attr-defined]
+        tracks: dict[str, Any] = {}
+        for room in worker._rooms.values():
+            for track in room.tracks.values():
+                if track.info.kind != "video":
+                    continue
+                who = "firefox" if track.info.participant == ffid else "chromium"
+                tracks[who] = {
+                    "rids": list(track.info.rids),
+                    "learnt": [bool(x.ssrc) for x in track.layers],
+                    "bitrates": [int(x.bitrate) for x in track.layers],
+                }
+        return {
+            "firefox_from_chromium": a,
+            "chromium_from_firefox": b,
+            "firefox_sent": await ff.eval(OUTBOUND),
+            "chromium_sent": await outbound(doctor),
+            "tracks": tracks,
+            "user_agent": await ff.eval("navigator.userAgent"),
+            "timings": world.timings,
+        }
+    except DriverError as exc:
+        raise DriverError(f"{exc}; firefox: {json.dumps(await firefox.snapshot())[:3000]}") from exc
+    finally:
+        await firefox.close()
 
 
 def worker_view(world: World) -> dict[str, Any]:
@@ -762,11 +884,12 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
     "starved": scenario_starved,
     "views": scenario_views,
     "lossy": scenario_lossy,
+    "firefox": scenario_firefox,
 }
 
 
 @contextlib.asynccontextmanager
-async def serving(database_url: str, work: Path) -> AsyncIterator[Any]:
+async def serving(database_url: str, work: Path, **overrides: Any) -> AsyncIterator[Any]:
     """The app as test_browser_call serves it; yields the app (the driver
     reads the in-process media worker's view of each subscriber)."""
     from aiohttp import web
@@ -784,6 +907,7 @@ async def serving(database_url: str, work: Path) -> AsyncIterator[Any]:
         port=HTTP_PORT,
         call_demo=True,
         log_format="text",
+        **overrides,
     )
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None)
@@ -799,7 +923,10 @@ async def drive(scenario: str, database_url: str, work: Path, budget: float) -> 
     from wadud import keys
 
     browsers = Browsers(work)
-    async with serving(database_url, work) as app:
+    # Firefox pairs none of its candidates with a worker on 127.0.0.1 (its
+    # checks never nominated one): the worker takes the veth address.
+    overrides = {"media_host": VETH_ADDRESS} if scenario == "firefox" else {}
+    async with serving(database_url, work, **overrides) as app:
         world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
         world.app = app  # type: ignore[attr-defined]
         try:
