@@ -179,7 +179,8 @@ class Server:
         data = self.data = work / "data"
         data.mkdir()
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("WADUD_")},
+            # WADUD_NATIVE passes through: WADUD_NATIVE=0 measures the Python loop.
+            **{k: v for k, v in os.environ.items() if k == "WADUD_NATIVE" or k[:6] != "WADUD_"},
             "WADUD_SECRET_KEY": SECRET,
             "WADUD_MEDIA_HOST": HOST,
             "WADUD_MEDIA_PORT": str(self.media_port),
@@ -579,6 +580,8 @@ class ScenarioResult:
     forwarded_window: int
     worker_cpu_seconds: float
     worker_cpu_share: float
+    worker_user_seconds: float
+    worker_system_seconds: float
     forwarded_per_cpu_second: float
     load_cpu_seconds: float
     others_cpu_seconds: float
@@ -977,6 +980,8 @@ class Bench:
             forwarded_window=forwarded,
             worker_cpu_seconds=round(cpu, 3),
             worker_cpu_share=round(cpu / window, 3),
+            worker_user_seconds=round(raw["worker_user"], 3),
+            worker_system_seconds=round(raw["worker_system"], 3),
             forwarded_per_cpu_second=round(forwarded / cpu) if cpu > 0 else 0,
             load_cpu_seconds=round(raw["load_cpu"], 3),
             # Everything else on this shared machine during the window (other
@@ -1598,6 +1603,7 @@ def main() -> int:
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 1),
             "cpus": os.cpu_count(),
+            "wadud_native": os.environ.get("WADUD_NATIVE", "1"),
             # The worker is under active development: say which code was measured.
             "code": code_identity(),
             "machine_load_1min": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
