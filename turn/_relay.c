@@ -21,12 +21,18 @@
  * with every datagram when this module is absent, so behaviour is the same;
  * only the common case is here.
  *
- *   client_to_peer(fd, allocations, budget) -> (relayed, rest)
- *   peer_to_client(relay_fd, client_fd, alloc, budget) -> (relayed, rest)
+ *   client_to_peer(fd, allocations, budget, slow) -> relayed
+ *   peer_to_client(relay_fd, client_fd, alloc, budget, slow) -> relayed
  *
- * ``rest`` is None or a list of (data, address). ``relayed`` counts datagrams
- * handed to the kernel (a full buffer or an ICMP error drops that datagram
- * only, as UDP would, and as the pure-Python path does).
+ * The adapter registers them as the sockets' reader callbacks themselves, so
+ * a wake-up runs no Python unless a datagram needs it: each datagram handed
+ * back goes to ``slow(data, address)`` once this call's sends are done (the
+ * same per-datagram function the pure-Python loop calls). ``relayed`` counts
+ * datagrams handed to the kernel (a full buffer or an ICMP error drops that
+ * datagram only, as UDP would, and as the pure-Python path does). The
+ * allocation's to_peer_* / from_peer_* counters are updated once per call.
+ * Datagrams of allocations with a bandwidth cap (``limited``) are all handed
+ * back: the core keeps their budget.
  *
  * Sending: the datagrams of one call that go out of the same socket to the
  * same address, in their order, are handed to the kernel as one UDP GSO
@@ -35,10 +41,7 @@
  * per group rather than once per datagram, and the receiver still gets the
  * same datagrams. Messages for one socket go out with one sendmmsg. If the
  * kernel refuses a GSO message, its datagrams are sent one by one (and GSO is
- * not tried again if the kernel lacks it). The allocation's
- * to_peer_* / from_peer_* counters are updated once per call. Allocations with
- * a bandwidth cap (``limited``) are the caller's: it never passes them here
- * for peer_to_client, and client_to_peer hands their packets back.
+ * not tried again if the kernel lacks it).
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
@@ -314,13 +317,34 @@ static int add_attr(PyObject *obj, PyObject *name, long long delta) {
     return r;
 }
 
-static PyObject *result(Py_ssize_t relayed, PyObject *rest) {
-    if (rest == NULL) {
-        Py_INCREF(Py_None);
-        rest = Py_None;
+/* Hand the leftovers to ``slow(data, address)``, one call each, after this
+ * call's datagrams are sent (so nothing here is used while Python runs), and
+ * return the count. */
+static PyObject *finish(Py_ssize_t relayed, PyObject *rest, PyObject *slow) {
+    if (rest != NULL) {
+        Py_ssize_t n = PyList_GET_SIZE(rest);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *pair = PyList_GET_ITEM(rest, i);
+            PyObject *r = PyObject_CallFunctionObjArgs(slow, PyTuple_GET_ITEM(pair, 0),
+                                                       PyTuple_GET_ITEM(pair, 1), NULL);
+            if (r == NULL) {
+                Py_DECREF(rest);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(rest);
     }
-    PyObject *out = Py_BuildValue("(nN)", relayed, rest);
-    return out;
+    return PyLong_FromSsize_t(relayed);
+}
+
+/* Arguments: ints and objects by position (METH_FASTCALL). */
+static int int_arg(PyObject *o, int *out) {
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *out = (int)v;
+    return 0;
 }
 
 /* -- sending ---------------------------------------------------------------- */
@@ -490,11 +514,19 @@ static Seen *seen_for(Seen *seen, int *n_seen, PyObject *alloc) {
     return s;
 }
 
-static PyObject *client_to_peer(PyObject *mod, PyObject *args) {
+static PyObject *client_to_peer(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int fd, budget;
-    PyObject *allocations;
-    if (!PyArg_ParseTuple(args, "iO!i:client_to_peer", &fd, &PyDict_Type, &allocations, &budget))
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "client_to_peer(fd, allocations, budget, slow)");
         return NULL;
+    }
+    PyObject *allocations = args[1], *slow = args[3];
+    if (int_arg(args[0], &fd) < 0 || int_arg(args[2], &budget) < 0)
+        return NULL;
+    if (!PyDict_Check(allocations)) {
+        PyErr_SetString(PyExc_TypeError, "allocations must be a dict");
+        return NULL;
+    }
     if (ensure_slots() < 0)
         return NULL;
     int n = receive(fd, budget);
@@ -561,7 +593,7 @@ static PyObject *client_to_peer(PyObject *mod, PyObject *args) {
         Py_CLEAR(s->channels);
     }
     Py_DECREF(allocations);
-    return result(relayed, rest);
+    return finish(relayed, rest, slow);
 error:
     flush_out();
     for (int k = 0; k < n_seen; k++)
@@ -573,10 +605,16 @@ error:
 
 /* -- peer to client --------------------------------------------------------- */
 
-static PyObject *peer_to_client(PyObject *mod, PyObject *args) {
+static PyObject *peer_to_client(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int relay_fd, client_fd, budget;
-    PyObject *alloc;
-    if (!PyArg_ParseTuple(args, "iiOi:peer_to_client", &relay_fd, &client_fd, &alloc, &budget))
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "peer_to_client(relay_fd, client_fd, alloc, budget, slow)");
+        return NULL;
+    }
+    PyObject *alloc = args[2], *slow = args[4];
+    if (int_arg(args[0], &relay_fd) < 0 || int_arg(args[1], &client_fd) < 0 ||
+        int_arg(args[3], &budget) < 0)
         return NULL;
     if (ensure_slots() < 0)
         return NULL;
@@ -587,13 +625,22 @@ static PyObject *peer_to_client(PyObject *mod, PyObject *args) {
     int out = 0;
     int n = receive(relay_fd, budget);
     if (n <= 0)
-        return n < 0 ? NULL : result(0, NULL);
+        return n < 0 ? NULL : PyLong_FromLong(0);
+    PyObject *limited = PyObject_GetAttr(alloc, s_limited);
+    if (limited == NULL)
+        goto error;
+    int capped = PyObject_IsTrue(limited);
+    Py_DECREF(limited);
+    if (capped < 0)
+        goto error;
     if ((peer_channels = PyObject_GetAttr(alloc, s_peer_channels)) == NULL ||
         (client = PyObject_GetAttr(alloc, s_client)) == NULL)
         goto error;
-    const struct sockaddr_storage *client_sa;
-    socklen_t client_len;
-    int can_send = PyDict_Check(peer_channels) && sockaddr_for(client, &client_sa, &client_len) == 0;
+    const struct sockaddr_storage *client_sa = NULL;
+    socklen_t client_len = 0;
+    /* A capped allocation's datagrams are all the caller's (its budget). */
+    int can_send = !capped && PyDict_Check(peer_channels) &&
+                   sockaddr_for(client, &client_sa, &client_len) == 0;
     for (int i = 0; i < n; i++) {
         unsigned char *d = datagram(i);
         unsigned len = in_msgs[i].msg_len;
@@ -681,7 +728,7 @@ static PyObject *peer_to_client(PyObject *mod, PyObject *args) {
     Py_XDECREF(permissions);
     Py_XDECREF(xpa_cache);
     Py_XDECREF(txid);
-    return result(relayed, rest);
+    return finish(relayed, rest, slow);
 error:
     flush_out();
     Py_XDECREF(peer_channels);
@@ -696,15 +743,15 @@ error:
 /* -- module ----------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
-    {"client_to_peer", client_to_peer, METH_VARARGS,
-     "client_to_peer(fd, allocations, budget) -> (relayed, rest)\n\n"
+    {"client_to_peer", (PyCFunction)(void (*)(void))client_to_peer, METH_FASTCALL,
+     "client_to_peer(fd, allocations, budget, slow) -> relayed\n\n"
      "Drain a client-facing UDP socket: relay ChannelData to bound peers and "
-     "return the other datagrams as [(data, address)] (or None)."},
-    {"peer_to_client", peer_to_client, METH_VARARGS,
-     "peer_to_client(relay_fd, client_fd, alloc, budget) -> (relayed, rest)\n\n"
+     "call slow(data, address) for every other datagram."},
+    {"peer_to_client", (PyCFunction)(void (*)(void))peer_to_client, METH_FASTCALL,
+     "peer_to_client(relay_fd, client_fd, alloc, budget, slow) -> relayed\n\n"
      "Drain a relay socket: send ChannelData (bound peers) or Data indications "
      "(permitted peers with a cached XOR-PEER-ADDRESS) to the allocation's client "
-     "and return the other datagrams as [(data, address)] (or None)."},
+     "and call slow(data, peer) for every other datagram."},
     {NULL, NULL, 0, NULL},
 };
 

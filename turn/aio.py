@@ -13,13 +13,14 @@ Everything else goes to :meth:`turn.core.TurnCore.handle`.
 
 Over UDP the hot path has two implementations with one behaviour. When the
 optional C extension ``turn._relay`` is built (``pip install`` builds it) and
-``WADUD_NATIVE`` is not ``0``, a reader callback hands the socket to it: it
-drains the socket with one ``recvmmsg``, relays the common case from the same
-tables (ChannelData both ways, Data indications whose peer TLV the core has
-cached; peer-to-client batches with ``sendmmsg``) and gives back every other
-datagram, which goes through the same per-datagram function the pure-Python
-loop uses (:meth:`TurnServer._from_client`, :meth:`TurnServer._from_peer`).
-Measured with ``benchmarks/turn/run.py``, side by side with coturn.
+``WADUD_NATIVE`` is not ``0``, its functions are the UDP sockets' reader
+callbacks: each drains its socket with one ``recvmmsg``, relays the common
+case from the same tables (ChannelData both ways, Data indications whose peer
+TLV the core has cached; a route's datagrams leave as one UDP GSO message)
+and passes every other datagram to the same per-datagram method the
+pure-Python loop calls (:meth:`TurnServer._from_client`,
+:meth:`TurnServer._from_peer`). Measured with ``benchmarks/turn/run.py``,
+side by side with coturn.
 
 ``now`` given to the core is Unix time, because REST usernames carry a Unix
 expiry; core deadlines are turned into ``loop.call_at`` times here.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -261,7 +263,12 @@ class TurnServer:
                 lst = _UdpListener(sock, ClientSide("udp", (host, port)))
                 lst.side.local = lst.address
                 lst.side.link = lst
-                loop.add_reader(lst.fd, self._client_readable, lst)
+                if self.native is not None:
+                    slow = functools.partial(self._from_client, lst)
+                    args = (lst.fd, lst.side.allocations, BATCH, slow)
+                    loop.add_reader(lst.fd, self.native.client_to_peer, *args)
+                else:
+                    loop.add_reader(lst.fd, self._client_readable, lst)
                 self._listeners.append(lst)
                 self.udp_addresses.append(lst.address)
             for host, port in cfg.listen_tcp:
@@ -432,20 +439,18 @@ class TurnServer:
             return None
         relay = _Relay(sock, loop)
         link = alloc.side.link
-        if isinstance(link, _UdpListener):
+        if isinstance(link, _UdpListener) and self.native is not None:
+            slow = functools.partial(self._from_peer, alloc, link.sock)
+            args = (relay.fd, link.fd, alloc, BATCH, slow)
+            loop.add_reader(relay.fd, self.native.peer_to_client, *args)
+        elif isinstance(link, _UdpListener):
             loop.add_reader(relay.fd, self._peer_to_udp, alloc, relay, link)
         else:
             loop.add_reader(relay.fd, self._peer_to_stream, alloc, sock, link)
         return relay
 
     def _client_readable(self, lst: _UdpListener) -> None:
-        """Datagrams from clients: ChannelData relayed here, STUN handed to the core."""
-        if self.native is not None:
-            _, rest = self.native.client_to_peer(lst.fd, lst.side.allocations, BATCH)
-            if rest:
-                for data, addr in rest:
-                    self._from_client(lst, data, addr)
-            return
+        """Datagrams from clients (pure Python; ``turn._relay.client_to_peer`` otherwise)."""
         recvfrom = lst.sock.recvfrom
         for _ in range(BATCH):
             try:
@@ -500,14 +505,9 @@ class TurnServer:
             _NOT_TURN.inc()
 
     def _peer_to_udp(self, alloc: Allocation, relay: _Relay, lst: _UdpListener) -> None:
-        """Datagrams from peers to a UDP client: ChannelData if bound, else Data indication."""
-        if self.native is not None and not alloc.limited:
-            _, rest = self.native.peer_to_client(relay.fd, lst.fd, alloc, BATCH)
-            if rest:
-                for data, peer in rest:
-                    self._from_peer(alloc, data, peer, lst.sock)
-            return
+        """Datagrams from peers to a UDP client (pure Python; else ``peer_to_client``)."""
         recvfrom = relay.sock.recvfrom
+        client_sock = lst.sock
         for _ in range(BATCH):
             try:
                 data, peer = recvfrom(MAX_DATAGRAM)
@@ -515,12 +515,12 @@ class TurnServer:
                 return
             except OSError:
                 continue
-            self._from_peer(alloc, data, peer, lst.sock)
+            self._from_peer(alloc, client_sock, data, peer)
 
     def _from_peer(
-        self, alloc: Allocation, data: bytes, peer: Any, client_sock: socket.socket
+        self, alloc: Allocation, client_sock: socket.socket, data: bytes, peer: Any
     ) -> None:
-        """One datagram from a peer to a UDP client."""
+        """One datagram from a peer to a UDP client: ChannelData if bound, else Data indication."""
         n = len(data)
         channel = alloc.peer_channels.get(peer)
         if channel is not None:

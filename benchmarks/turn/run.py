@@ -1,9 +1,11 @@
 """Side-by-side TURN relay benchmark: coturn against Wadud's relay.
 
 Both servers run at once on loopback (coturn from the Debian package with
-``--relay-threads=1``, ours as ``python -m turn.cli`` on uvloop), behind the
-same ``turnutils_peer`` echo peer, and are driven in turn by identical
-``turnutils_uclient`` loads:
+``--relay-threads=1``, ours as ``python -m turn.cli`` on uvloop, with the
+native hot loop ``turn._relay`` when it is built), behind the same
+``turnutils_peer`` echo peer, and are driven in turn by identical
+``turnutils_uclient`` loads, ``--runs`` times, the order of the servers
+alternating run by run so drift in machine load hits both alike:
 
 * ``channel-100``: ChannelData, 100-byte payloads
 * ``channel-1200``: ChannelData, 1200-byte payloads
@@ -11,13 +13,16 @@ same ``turnutils_peer`` echo peer, and are driven in turn by identical
 
 For each it reports relayed packets (client to peer plus peer to client) per
 CPU-second of the server process (user + system, from /proc via psutil), the
-offered rate, loss, and the ratio ours/coturn. Added round-trip time comes
+offered rate and loss of every run, then the median per server and the ratio
+of medians ours/coturn (and each run's ratio). ``--servers`` adds
+``wadud-py``, our relay with ``WADUD_NATIVE=0`` (the pure-Python loop). Added round-trip time comes
 from a separate probe: sequential 100-byte ChannelData pings through each
 relay, minus the p50 of the same pings sent straight to the echo peer.
 
 Everything stays on 127.0.0.1; every load is bounded in count and time.
 
-    .venv/bin/python benchmarks/turn/run.py [--quick] [--json PATH]
+    .venv/bin/python benchmarks/turn/run.py [--quick] [--runs N] [--json PATH]
+        [--servers coturn,wadud,wadud-py] [--scenarios channel-100,channel-1200]
 """
 
 from __future__ import annotations
@@ -161,7 +166,7 @@ def start_coturn(port: int, min_port: int, max_port: int, tmp: Path) -> Server:
     return Server("coturn", argv, port)
 
 
-def start_ours(port: int, min_port: int, max_port: int) -> Server:
+def start_ours(port: int, min_port: int, max_port: int, native: bool = True) -> Server:
     argv = [
         sys.executable, "-m", "turn.cli",
         "--listen", f"{HOST}:{port}",
@@ -174,8 +179,8 @@ def start_ours(port: int, min_port: int, max_port: int) -> Server:
         "--user-quota", "1000",
         "--unauth-rate", "0",
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return Server("wadud", argv, port, env)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WADUD_NATIVE="1" if native else "0")
+    return Server("wadud" if native else "wadud-py", argv, port, env)
 
 
 _UCLIENT_TOTALS = re.compile(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
@@ -343,6 +348,10 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=None, help="uclient sessions (-m)")
     parser.add_argument("--count", type=int, default=None, help="messages per session (-n)")
     parser.add_argument("--scenarios", default=None, help="comma-separated subset to run")
+    parser.add_argument("--runs", type=int, default=None, help="runs per scenario and server")
+    parser.add_argument(
+        "--servers", default="coturn,wadud", help="coturn, wadud and/or wadud-py (pure Python)"
+    )
     args = parser.parse_args()
     for tool in ("turnserver", "turnutils_uclient", "turnutils_peer"):
         if shutil.which(tool) is None:
@@ -350,9 +359,13 @@ def main() -> int:
             return 2
     sessions = args.sessions or (10 if args.quick else 110)
     count = args.count or (300 if args.quick else 1200)
+    runs = args.runs or (1 if args.quick else 5)
     scenarios = ["channel-100"] if args.quick else ["channel-100", "channel-1200", "send-100"]
     if args.scenarios:
         scenarios = args.scenarios.split(",")
+    names = args.servers.split(",")
+    if "coturn" not in names or not set(names) <= {"coturn", "wadud", "wadud-py"}:
+        parser.error("--servers: coturn and at least one of wadud, wadud-py")
     rtt_count = 500 if args.quick else 4000
 
     tmp = Path(tempfile.mkdtemp(prefix="turn-bench-"))
@@ -366,13 +379,20 @@ def main() -> int:
     servers: list[Server] = []
     loads: list[LoadResult] = []
     try:
-        servers.append(start_coturn(free_port(), 40000, 44999, tmp))
-        servers.append(start_ours(free_port(), 45000, 49999))
+        for i, name in enumerate(names):
+            lo = 40000 + 5000 * i
+            if name == "coturn":
+                servers.append(start_coturn(free_port(), lo, lo + 4999, tmp))
+            else:
+                servers.append(start_ours(free_port(), lo, lo + 4999, name == "wadud"))
         time.sleep(0.3)
         rtts = rtt_probe(servers, peer_port, rtt_count)
         for scenario in scenarios:
-            for server in servers:
-                loads.append(run_uclient(server, peer_port, scenario, sessions, count))
+            for run in range(runs):
+                # Alternate the order run by run.
+                order = servers if run % 2 == 0 else servers[::-1]
+                for server in order:
+                    loads.append(run_uclient(server, peer_port, scenario, sessions, count))
     finally:
         for server in servers:
             server.stop()
@@ -380,29 +400,53 @@ def main() -> int:
         peer.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    by = {(r.server, r.scenario): r for r in loads}
-    print(f"\nTURN relay benchmark ({sessions} uclient sessions x {count} messages, -z 1)\n")
+    print(
+        f"\nTURN relay benchmark ({sessions} uclient sessions x {count} messages, -z 1, "
+        f"{runs} run(s) per server, order alternating)\n"
+    )
     header = (
-        f"{'scenario':<14}{'server':<8}{'sent':>8}{'lost':>7}{'loss%':>7}{'pps':>8}"
+        f"{'scenario':<14}{'server':<10}{'sent':>8}{'lost':>7}{'loss%':>7}{'pps':>8}"
         f"{'cpu s':>8}{'relayed/cpu-s':>15}{'rcvbuf drops':>14}"
     )
     print(header)
     print("-" * len(header))
     ratios: dict[str, float] = {}
+    run_ratios: dict[str, list[float]] = {}
+    medians: dict[str, dict[str, float]] = {}
     for scenario in scenarios:
-        for name in ("coturn", "wadud"):
-            r = by[(name, scenario)]
-            print(
-                f"{scenario:<14}{name:<8}{r.sent:>8}{r.lost:>7}{r.loss_pct:>7.2f}{r.offered_pps:>8.0f}"
-                f"{r.cpu_seconds:>8.2f}{r.relayed_per_cpu_second:>15,.0f}{r.udp_rcvbuf_errors:>14}"
+        med: dict[str, float] = {}
+        for name in names:
+            mine = [r for r in loads if r.server == name and r.scenario == scenario]
+            for r in mine:
+                print(
+                    f"{scenario:<14}{name:<10}{r.sent:>8}{r.lost:>7}{r.loss_pct:>7.2f}"
+                    f"{r.offered_pps:>8.0f}{r.cpu_seconds:>8.2f}"
+                    f"{r.relayed_per_cpu_second:>15,.0f}{r.udp_rcvbuf_errors:>14}"
+                )
+            med[name] = statistics.median(r.relayed_per_cpu_second for r in mine)
+        medians[scenario] = med
+        listed = ", ".join(f"{n} {v:,.0f}" for n, v in med.items())
+        print(f"{'':<14}median relayed/cpu-s: {listed}")
+        for name in names:
+            if name == "coturn" or not med["coturn"]:
+                continue
+            key = scenario if name == "wadud" else f"{scenario}/{name}"
+            ratios[key] = round(med[name] / med["coturn"], 3)
+            pairs = zip(
+                (r for r in loads if r.server == name and r.scenario == scenario),
+                (r for r in loads if r.server == "coturn" and r.scenario == scenario),
+                strict=True,
             )
-        c, w = by[("coturn", scenario)], by[("wadud", scenario)]
-        ratios[scenario] = (
-            round(w.relayed_per_cpu_second / c.relayed_per_cpu_second, 3)
-            if c.relayed_per_cpu_second
-            else 0.0
-        )
-        print(f"{'':<14}ours/coturn per CPU-second: {ratios[scenario]:.2f}x")
+            run_ratios[key] = [
+                round(w.relayed_per_cpu_second / c.relayed_per_cpu_second, 2)
+                for w, c in pairs
+                if c.relayed_per_cpu_second
+            ]
+            label = "ours" if name == "wadud" else name
+            print(
+                f"{'':<14}{label}/coturn per CPU-second: {ratios[key]:.2f}x"
+                f" (median; runs: {', '.join(f'{x:.2f}' for x in run_ratios[key])})"
+            )
     print(f"\nround trip, 100-byte ChannelData, {rtt_count} sequential pings")
     print(f"{'path':<10}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}{'added p50':>12}")
     for q in rtts:
@@ -410,15 +454,19 @@ def main() -> int:
             f"{q.server:<10}{q.p50_us:>10.1f}{q.p90_us:>10.1f}{q.p99_us:>10.1f}{q.added_p50_us:>12.1f}"
         )
     rtt = {q.server: q for q in rtts}
-    diff = round(rtt["wadud"].added_p50_us - rtt["coturn"].added_p50_us, 1)
+    ours = "wadud" if "wadud" in rtt else "wadud-py"
+    diff = round(rtt[ours].added_p50_us - rtt["coturn"].added_p50_us, 1)
     print(f"added p50, ours minus coturn: {diff:+.1f} us")
 
     result: dict[str, Any] = {
         "quick": args.quick,
         "sessions": sessions,
         "count": count,
+        "runs": runs,
         "loads": [asdict(r) for r in loads],
+        "median_relayed_per_cpu_second": medians,
         "ratio_per_cpu_second": ratios,
+        "run_ratios": run_ratios,
         "rtt": [asdict(r) for r in rtts],
         "added_p50_diff_us": diff,
         "time": time.time(),
