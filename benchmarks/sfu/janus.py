@@ -422,7 +422,8 @@ class JanusBench(base.Bench):
     janus_rooms = itertools.count(1000)
 
     async def room(self, scenario: base.Scenario) -> list[Any]:
-        api = self.server.api
+        server: Janus = self.server  # type: ignore[assignment]
+        api = server.api
         assert api is not None
         room_id = next(self.janus_rooms)
         room = f"janus-{scenario.name}-{room_id}"
@@ -556,7 +557,7 @@ class Row:
 
 
 def rss_mb(pid: int) -> float:
-    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
 
 
 async def rss_with_one_room(bench: base.Bench, bargs: argparse.Namespace) -> float | None:
@@ -605,9 +606,8 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for server in servers:
                 await server.ready(http)
                 # One load process for every server: the same clients.
-                with mock.patch.object(
-                    base.load, "serve", serve_load if shared_load is None else _idle
-                ):
+                target = serve_load if shared_load is None else _idle
+                with mock.patch.object(load, "serve", target):
                     if isinstance(server, Janus):
                         bench: base.Bench = JanusBench(bargs, server, http)  # type: ignore[arg-type]
                     else:
@@ -656,32 +656,55 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             out["throughput"] = compare(rows, names, order)
             print_compare(out["throughput"])
 
-            # Latency at half of what Wadud's worker carries per CPU-second.
-            carried = [
+            # Latency at half load: half of what today's worker (the Python
+            # loop) carries per CPU-second on 1x20, the same rate for every
+            # server; two rooms' subscribers are probes (unprotecting every
+            # packet in the load process caps how many can be).
+            today = [
                 x.result["forwarded_per_cpu_second"]
                 for x in rows
-                if x.server == "wadud" and x.result["scenario"] == "1x20"
+                if x.server in ("wadud-py", "wadud") and x.result["scenario"] == "1x20"
             ]
-            if carried and not args.no_latency:
-                half = statistics.median(carried) / 2
-                lat: dict[str, Any] = {"out_rate": round(half)}
-                for who in order:
-                    r = await benches[who].run_scenario(
-                        SCENARIOS["1x20"],
-                        out_rate=half,
-                        purpose="latency",
-                        probe_rooms=0,
-                        all_probes=True,
-                    )
-                    rows.append(Row(who, -1, asdict(r)))
-                    print(f"[{who}] ", end="")
-                    base.print_table([r])
+            preferred = [x for x in rows if x.server == "wadud-py"]
+            if preferred:
+                today = [
+                    x.result["forwarded_per_cpu_second"]
+                    for x in preferred
+                    if x.result["scenario"] == "1x20"
+                ]
+            rate = args.latency_rate or (statistics.median(today) / 2 if today else 0)
+            if rate and not args.no_latency:
+                lat: dict[str, Any] = {"out_rate": round(rate), "probe_rooms": 2, "runs": {}}
+                for rnd in range(args.latency_rounds):
+                    turn = order if rnd % 2 == 0 else order[::-1]
+                    for who in turn:
+                        r = await benches[who].run_scenario(
+                            SCENARIOS["1x20"], out_rate=rate, purpose="latency", probe_rooms=2
+                        )
+                        rows.append(Row(who, -1 - rnd, asdict(r)))
+                        print(f"[{who}] ", end="")
+                        base.print_table([r])
+                        lat["runs"].setdefault(who, []).append(
+                            {
+                                "added_latency_us": r.added_latency_us,
+                                "loss_pct": r.loss_pct,
+                                "cpu_share": r.worker_cpu_share,
+                                "others_share": round(r.others_cpu_seconds / r.window_seconds, 2),
+                            }
+                        )
+                for who, runs in lat["runs"].items():
+                    p99 = [x["added_latency_us"].get("p99") for x in runs]
+                    p50 = [x["added_latency_us"].get("p50") for x in runs]
                     lat[who] = {
-                        "added_latency_us": r.added_latency_us,
-                        "latency_us": r.latency_us,
-                        "loss_pct": r.loss_pct,
-                        "cpu_share": r.worker_cpu_share,
+                        "added_p50_us_median": statistics.median(v for v in p50 if v is not None),
+                        "added_p99_us_median": statistics.median(v for v in p99 if v is not None),
+                        "added_p99_us_runs": p99,
                     }
+                    print(
+                        f"half load ({round(rate):,} pps out) {who:<9} added latency p50"
+                        f" {lat[who]['added_p50_us_median']:,.0f} us, p99"
+                        f" {lat[who]['added_p99_us_median']:,.0f} us (median of {len(runs)})"
+                    )
                 out["latency_half_load"] = lat
 
         finally:
@@ -773,7 +796,11 @@ def main() -> int:
     parser.add_argument("--quiet-wait", type=float, default=0.0, help="wait up to this for quiet")
     parser.add_argument("--event-loops", type=int, default=2, help="Janus event_loops")
     parser.add_argument("--no-python", action="store_true", help="leave out WADUD_NATIVE=0")
-    parser.add_argument("--no-latency", action="store_true", help="skip the half-load run")
+    parser.add_argument("--no-latency", action="store_true", help="skip the half-load runs")
+    parser.add_argument(
+        "--latency-rate", type=float, default=0, help="half-load packets/s out (default: derived)"
+    )
+    parser.add_argument("--latency-rounds", type=int, default=3, help="half-load rounds")
     parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "sfu-janus.json"
     )
