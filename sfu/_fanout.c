@@ -45,6 +45,8 @@ static PyObject *str_paused, *str_waiting_keyframe, *str_vp8, *str_pt_map, *str_
     *str_out_max_ts, *str_last_now, *str_ssrc, *str_ext_table, *str_twcc, *str_abs_send_time,
     *str_transport, *str_twcc_seq, *str_sent_at, *str_sizes, *str_key, *str_packets_sent,
     *str_octets_sent;
+/* Vp8Rewriter slots (sfu.simulcast): a simulcast layer's PictureID/TL0PICIDX offsets. */
+static PyObject *str_pid_offset, *str_tl0_offset, *str_last_pid, *str_last_tl0;
 
 
 /* -- slots read straight from the objects ---------------------------------------
@@ -149,12 +151,15 @@ enum { R_RESYNC, R_IN_MAX, R_IN_START, R_SEQ_OFFSET, R_TS_OFFSET, R_OUT_MAX_SEQ,
        R_LAST_NOW, R_COUNT };
 enum { T_TWCC_SEQ, T_SENT_AT, T_SIZES, T_COUNT };
 enum { P_PROTECT, P_ADDR, P_WIRE, P_SRTP_ERRORS, P_COUNT };
+enum { V_RESYNC, V_PID_OFFSET, V_TL0_OFFSET, V_LAST_PID, V_LAST_TL0, V_COUNT };
 
 static PyObject *sub_names[S_COUNT], *rw_names[R_COUNT], *tr_names[T_COUNT], *peer_names[P_COUNT];
 static SlotCache sub_cache = {NULL, 0, S_COUNT, sub_names, {0}};
 static SlotCache rw_cache = {NULL, 0, R_COUNT, rw_names, {0}};
 static SlotCache tr_cache = {NULL, 0, T_COUNT, tr_names, {0}};
 static SlotCache peer_cache = {NULL, 0, P_COUNT, peer_names, {0}};
+static PyObject *vp_names[V_COUNT];
+static SlotCache vp_cache = {NULL, 0, V_COUNT, vp_names, {0}};
 
 /* -- Leg: a subscriber's session pointer and packed address --------------- */
 
@@ -456,6 +461,81 @@ static void remap(unsigned char *buf, const Element *el, int count, const unsign
     }
 }
 
+/* The VP8 payload descriptor's PictureID and TL0PICIDX (RFC 7741 section 4.2), as
+ * sfu.simulcast.vp8_picture reads them: offsets -1 for a field that is absent. */
+typedef struct {
+    long pid_pos, pid, mask, tl0_pos, tl0;
+} Picture;
+
+static Picture vp8_picture(const unsigned char *d, Py_ssize_t size) {
+    Picture pic = {-1, -1, 0x7F, -1, -1};
+    Py_ssize_t start = 12 + (d[0] & 0x0F) * 4, end = size;
+    if (d[0] & 0x10) {
+        if (size < start + 4) return pic;
+        start += 4 + ((d[start + 2] << 8) | d[start + 3]) * 4;
+    }
+    if (d[0] & 0x20) {
+        unsigned pad = d[size - 1];
+        if (pad == 0 || start + (Py_ssize_t)pad > size) return pic;
+        end -= pad;
+    }
+    if (start + 1 >= end || !(d[start] & 0x80)) return pic;
+    unsigned x = d[start + 1];
+    Py_ssize_t pos = start + 2;
+    Picture out = {-1, -1, 0x7F, -1, -1};
+    if (x & 0x80) {
+        if (pos >= end) return pic;
+        out.pid_pos = (long)pos;
+        out.pid = d[pos] & 0x7F;
+        if (d[pos] & 0x80) {
+            if (pos + 1 >= end) return pic;
+            out.mask = 0x7FFF;
+            out.pid = (out.pid << 8) | d[pos + 1];
+            pos += 2;
+        } else {
+            pos += 1;
+        }
+    }
+    if (x & 0x40) {
+        if (pos >= end) return pic;
+        out.tl0_pos = (long)pos;
+        out.tl0 = d[pos];
+    }
+    return out;
+}
+
+/* Vp8Rewriter.apply past a run's first packet: this subscriber's PictureID and
+ * TL0PICIDX into ``slot``, remembering the newest sent (RFC 1982 comparison). */
+static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
+    long long off, last;
+    if (pic->pid_pos >= 0) {
+        if (slot_ll(&vp_cache, vp, V_PID_OFFSET, &off) < 0 ||
+            slot_ll(&vp_cache, vp, V_LAST_PID, &last) < 0)
+            return -1;
+        long long out = (pic->pid + off) & pic->mask;
+        if (out != last && ((out - last) & pic->mask) < ((pic->mask + 1) >> 1) &&
+            slot_set_ll(&vp_cache, vp, V_LAST_PID, out) < 0)
+            return -1;
+        if (pic->mask == 0x7FFF) {
+            slot[pic->pid_pos] = (unsigned char)(0x80 | (out >> 8));
+            slot[pic->pid_pos + 1] = (unsigned char)(out & 0xFF);
+        } else {
+            slot[pic->pid_pos] = (unsigned char)out;
+        }
+    }
+    if (pic->tl0_pos >= 0) {
+        if (slot_ll(&vp_cache, vp, V_TL0_OFFSET, &off) < 0 ||
+            slot_ll(&vp_cache, vp, V_LAST_TL0, &last) < 0)
+            return -1;
+        long long out = (pic->tl0 + off) & 0xFF;
+        if (out != last && ((out - last) & 0xFF) < 0x80 &&
+            slot_set_ll(&vp_cache, vp, V_LAST_TL0, out) < 0)
+            return -1;
+        slot[pic->tl0_pos] = (unsigned char)out;
+    }
+    return 0;
+}
+
 /* Fanout.forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value,
  *                size, payload_octets) -> forwarded
  *
@@ -464,10 +544,11 @@ static void remap(unsigned char *buf, const Element *el, int count, const unsign
  * copy of ``packet``), its payload type, sequence number and timestamp
  * (RtpRewriter.rewrite past a run's first packet), SSRC, extension ids,
  * transport-wide sequence number (recorded in the transport's rings) and
- * abs-send-time, is counted on the subscription, protected and queued for
- * its peer (``sub.key``). A subscription waiting for a keyframe, with a VP8
- * rewriter, or whose rewriter starts a run is appended to ``rest`` for the
- * Python loop; a paused one is skipped, as there. Returns how many copies it
+ * abs-send-time, a simulcast layer's PictureID and TL0PICIDX (its VP8
+ * rewriter's offsets), is counted on the subscription, protected and queued
+ * for its peer (``sub.key``). A subscription waiting for a keyframe, or whose
+ * RTP or VP8 rewriter starts a run, is appended to ``rest`` for the Python
+ * loop; a paused one is skipped, as there. Returns how many copies it
  * rewrote (the forwarder's ``forwarded``), sent or not.
  */
 static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -532,7 +613,10 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
 
     long forwarded = 0;
     int n = 0;
-    PyObject *sub = NULL, *rw = NULL, *peer = NULL, *protect = NULL, *transport = NULL;
+    PyObject *sub = NULL, *rw = NULL, *peer = NULL, *protect = NULL, *transport = NULL,
+             *vp = NULL;
+    Picture pic = {-1, -1, 0x7F, -1, -1};
+    int pic_read = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(subs); i++) {
         sub = PyList_GET_ITEM(subs, i);
         int flag = slot_true(&sub_cache, sub, S_PAUSED);
@@ -540,16 +624,26 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         if (flag) continue;
         flag = slot_true(&sub_cache, sub, S_WAITING);
         if (flag < 0) goto fail;
-        PyObject *vp8 = slot_get(&sub_cache, sub, S_VP8);
-        if (vp8 == NULL) goto fail;
-        int has_vp8 = vp8 != Py_None;
-        Py_DECREF(vp8);
+        vp = slot_get(&sub_cache, sub, S_VP8);
+        if (vp == NULL) goto fail;
+        int vp8_resync = 0;
+        if (vp == Py_None) {
+            Py_CLEAR(vp);
+        } else {
+            vp8_resync = slot_true(&vp_cache, vp, V_RESYNC);
+            if (vp8_resync < 0) goto fail;
+            if (!pic_read) {
+                pic = vp8_picture(data, size);
+                pic_read = 1;
+            }
+        }
         rw = slot_get(&sub_cache, sub, S_REWRITER);
         if (rw == NULL) goto fail;
         int resync = slot_true(&rw_cache, rw, R_RESYNC);
         if (resync < 0) goto fail;
-        if (flag || has_vp8 || resync) {
+        if (flag || vp8_resync || resync) {
             Py_CLEAR(rw);
+            Py_CLEAR(vp);
             if (PyList_Append(rest, sub) < 0) goto fail;
             continue;
         }
@@ -564,6 +658,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
                 Py_DECREF(pt_map);
                 if (PyErr_Occurred()) goto fail;
                 Py_CLEAR(rw);
+                Py_CLEAR(vp);
                 continue;
             }
             out_pt = PyLong_AsLong(mapped);
@@ -583,6 +678,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         long long u = in_max + d;
         if (u < in_start) {
             Py_CLEAR(rw);
+            Py_CLEAR(vp);
             continue;
         }
         long long out_seq = (seq + seq_offset) & 0xFFFF;
@@ -604,6 +700,10 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         put16(slot + 2, (unsigned)out_seq);
         put32(slot + 4, (unsigned long)out_ts);
         put32(slot + 8, (unsigned long)ssrc);
+        if (vp != NULL) {
+            if (vp8_apply(vp, &pic, slot) < 0) goto fail;
+            Py_CLEAR(vp);
+        }
         if (count) {
             PyObject *table = slot_get(&sub_cache, sub, S_EXT_TABLE);
             if (table == NULL) goto fail;
@@ -717,6 +817,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     return PyLong_FromLong(forwarded);
 fail:
     Py_XDECREF(rw);
+    Py_XDECREF(vp);
     Py_XDECREF(transport);
     Py_XDECREF(protect);
     Py_XDECREF(peer);
@@ -791,6 +892,10 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     INTERN(str_key, "key")
     INTERN(str_packets_sent, "packets_sent")
     INTERN(str_octets_sent, "octets_sent")
+    INTERN(str_pid_offset, "_pid_offset")
+    INTERN(str_tl0_offset, "_tl0_offset")
+    INTERN(str_last_pid, "_last_pid")
+    INTERN(str_last_tl0, "_last_tl0")
 #undef INTERN
     PyObject *sub_list[S_COUNT] = {str_paused, str_waiting_keyframe, str_vp8, str_pt_map,
                                    str_rewriter, str_ssrc, str_ext_table, str_twcc,
@@ -802,6 +907,9 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     memcpy(sub_names, sub_list, sizeof(sub_list));
     memcpy(rw_names, rw_list, sizeof(rw_list));
     memcpy(tr_names, tr_list, sizeof(tr_list));
+    PyObject *vp_list[V_COUNT] = {str_resync, str_pid_offset, str_tl0_offset, str_last_pid,
+                                  str_last_tl0};
+    memcpy(vp_names, vp_list, sizeof(vp_list));
     if (!str_protect || !str_addr || !str_wire || !str_srtp_errors || !one) return NULL;
     peer_names[P_PROTECT] = str_protect;
     peer_names[P_ADDR] = str_addr;

@@ -521,8 +521,9 @@ class Forwarder(SimulcastTable):
         native = self.native
         if native is not None:
             # The native leaf (sfu/_fanout.c) does this loop's steps for every
-            # copy in the steady state and sends it; what needs more (a
-            # keyframe wait, a VP8 rewrite, a run to start) comes back here.
+            # copy in the steady state (a simulcast layer's PictureID and
+            # TL0PICIDX too) and sends it; what needs more (a keyframe wait,
+            # a run to start, RTP's or VP8's) comes back here.
             rest: list[Subscription] = []
             forwarded = native.forward(
                 subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
