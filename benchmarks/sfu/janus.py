@@ -729,8 +729,13 @@ def compare(rows: list[Row], names: list[str], order: list[str]) -> dict[str, An
         for who in order:
             runs = [x for x in mine if x.server == who]
             per = [x.result["forwarded_per_cpu_second"] for x in runs]
+            # Runs with no loss: a run that lost packets had its server (or
+            # the load) starved by the rest of the machine, not measured.
+            clean = [x.result["forwarded_per_cpu_second"] for x in runs if not x.result["loss_pct"]]
             entry[who] = {
                 "forwarded_per_cpu_second_median": round(statistics.median(per)) if per else 0,
+                "lossless_median": round(statistics.median(clean)) if clean else 0,
+                "lossless_runs": len(clean),
                 "runs": per,
                 "loss_pct": [x.result["loss_pct"] for x in runs],
                 "cpu_share": [x.result["worker_cpu_share"] for x in runs],
@@ -744,21 +749,27 @@ def compare(rows: list[Row], names: list[str], order: list[str]) -> dict[str, An
             if who == "janus" or not janus:
                 continue
             rounds = sorted({x.round for x in mine})
-            pairs = []
+            pairs, clean_pairs = [], []
             for rnd in rounds:
                 a = [x for x in mine if x.server == who and x.round == rnd]
                 j = [x for x in mine if x.server == "janus" and x.round == rnd]
                 if a and j and j[0].result["forwarded_per_cpu_second"]:
-                    pairs.append(
-                        round(
-                            a[0].result["forwarded_per_cpu_second"]
-                            / j[0].result["forwarded_per_cpu_second"],
-                            3,
-                        )
+                    ratio = round(
+                        a[0].result["forwarded_per_cpu_second"]
+                        / j[0].result["forwarded_per_cpu_second"],
+                        3,
                     )
+                    pairs.append(ratio)
+                    if not a[0].result["loss_pct"] and not j[0].result["loss_pct"]:
+                        clean_pairs.append(ratio)
+            clean_janus = entry["janus"]["lossless_median"]
             entry[f"{who}/janus"] = {
                 "ratio_of_medians": round(entry[who]["forwarded_per_cpu_second_median"] / janus, 3),
+                "ratio_of_lossless_medians": (
+                    round(entry[who]["lossless_median"] / clean_janus, 3) if clean_janus else None
+                ),
                 "per_round": pairs,
+                "per_lossless_round": clean_pairs,
                 "median_of_rounds": round(statistics.median(pairs), 3) if pairs else None,
             }
         out[name] = entry
@@ -771,13 +782,15 @@ def print_compare(cmp: dict[str, Any]) -> None:
         for who, v in entry.items():
             if "/" in who:
                 print(
-                    f"{name} {who}: {v['ratio_of_medians']:.2f}x (medians);"
-                    f" per round {v['per_round']}"
+                    f"{name} {who}: {v['ratio_of_medians']:.2f}x (medians of all runs),"
+                    f" {v['ratio_of_lossless_medians']}x (of lossless runs);"
+                    f" per round {v['per_round']}, lossless rounds {v['per_lossless_round']}"
                 )
             else:
                 print(
                     f"{name} {who:<9} fwd/cpu-s median {v['forwarded_per_cpu_second_median']:>8,}"
-                    f"  runs {v['runs']}  loss% {v['loss_pct']}"
+                    f" (lossless {v['lossless_median']:,} of {v['lossless_runs']})"
+                    f"  runs {v['runs']}  loss% {v['loss_pct']}  others {v['others_share']}"
                 )
     print(flush=True)
 
@@ -804,7 +817,17 @@ def main() -> int:
     parser.add_argument(
         "--json", type=Path, default=ROOT / "benchmarks" / "results" / "sfu-janus.json"
     )
+    parser.add_argument(
+        "--from-json", type=Path, help="print the comparison of an earlier run's JSON, run nothing"
+    )
     args = parser.parse_args()
+    if args.from_json is not None:
+        old = json.loads(args.from_json.read_text())
+        rows = [Row(**x) for x in old["runs"]]
+        names = sorted({x.result["scenario"] for x in rows if x.result["purpose"] == "throughput"})
+        order = list(dict.fromkeys(x.server for x in rows))
+        print_compare(compare(rows, names, order))
+        return 0
     with tempfile.TemporaryDirectory(prefix="sfu-janus-") as tmp:
         out = uvloop.run(main_async(args, Path(tmp)))
     args.json.parent.mkdir(parents=True, exist_ok=True)
