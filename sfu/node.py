@@ -78,6 +78,9 @@ _PR_SET_PDEATHSIG = 1
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 30.0
 _STABLE_AFTER = 30.0
+#: Seconds a draining worker with no room placed on it waits for its last
+#: transports to close on their own before it closes them.
+_STALE_AFTER_DRAIN = 3.0
 #: Seconds the supervisor gives its workers beyond media_drain_timeout.
 _DRAIN_GRACE = 10.0
 
@@ -241,12 +244,21 @@ async def _worker_main(spec: WorkerSpec) -> int:
                 await registration.set_state(registry.DRAINING)
                 await server.lifecycle("draining")
         deadline = loop.time() + settings.media_drain_timeout
+        drained_at = loop.time()
         while loop.time() < deadline:
             try:
                 async with asyncio.timeout(1.0):
                     rooms = await registration.rooms()
                 if rooms == 0 and load.transports() == 0:
                     break
+                if rooms == 0 and loop.time() - drained_at > _STALE_AFTER_DRAIN:
+                    # No room is placed here any more: what is left are legs
+                    # a signalling call set up just before its room moved,
+                    # whose clients went to the new worker. Waiting for them
+                    # to time out (30 s) would outlast media_drain_timeout.
+                    for name in worker.rooms():
+                        await worker.close_room(name)
+                    continue
             except Exception as exc:
                 log.warning("drain: cannot read the rooms set", extra={**extra, "error": repr(exc)})
             await asyncio.sleep(0.2)
