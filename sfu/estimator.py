@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import enum
 import math
+from array import array
 from collections import deque
+from collections.abc import MutableSequence
 from dataclasses import dataclass
 
 from rtc.rtcp import TransportCc
@@ -130,9 +132,13 @@ class SendSideEstimator:
         self._delay_rate = float(start)
         self._loss_rate = float(start)
         # Rings by transport sequence number: send time, size, probe cluster.
-        self._sent_at = [-1.0] * _RING
-        self._size = [0] * _RING
-        self._cluster = [0] * _RING
+        # Arrays, not lists: 0.9 MB per subscriber instead of 1.5 MB plus a
+        # float object per stored time, and nothing for the garbage
+        # collector to walk (three 65,536-slot lists per subscriber made
+        # each full collection of a busy worker take tens of milliseconds).
+        self._sent_at = array("d", [-1.0]) * _RING
+        self._size = array("I", [0]) * _RING
+        self._cluster = array("H", [0]) * _RING
         # Arrival reconstruction: the feedback's reference time unwrapped.
         self._last_reference: int | None = None
         self._reference_base = 0.0
@@ -170,7 +176,7 @@ class SendSideEstimator:
         self.probes_sent = 0
         self.probes_succeeded = 0
 
-    def rings(self) -> tuple[list[float], list[int]]:
+    def rings(self) -> tuple[MutableSequence[float], MutableSequence[int]]:
         """The send-time and size rings, indexed by transport sequence number
         (16 bits, so the index is the number itself): the forwarder's hot
         path stores into them directly instead of calling :meth:`on_sent`

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, MutableSequence
 from typing import Literal, Protocol
 
 from rtc.errors import RtpParseError
@@ -783,7 +783,10 @@ class Forwarder(SimulcastTable):
         return bytes(buf)
 
     def set_send_rings(
-        self, subscriber: Key, sent_at: list[float] | None, sizes: list[int] | None
+        self,
+        subscriber: Key,
+        sent_at: MutableSequence[float] | None,
+        sizes: MutableSequence[int] | None,
     ) -> None:
         """Record each packet sent to ``subscriber`` with a transport sequence
         number into these rings (:meth:`sfu.estimator.SendSideEstimator.rings`)."""

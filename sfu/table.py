@@ -9,7 +9,7 @@ transport-wide sequence counter), :class:`Group` a simulcast track's layers.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, MutableSequence
 
 from rtc.rtp import RtpRewriter
 from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
@@ -84,8 +84,8 @@ class TransportState:
         self.by_ssrc: dict[int, Subscription] = {}
         # A send-side estimator's rings (sfu.estimator.SendSideEstimator.rings):
         # each packet's send time and size by its transport sequence number.
-        self.sent_at: list[float] | None = None
-        self.sizes: list[int] | None = None
+        self.sent_at: MutableSequence[float] | None = None
+        self.sizes: MutableSequence[int] | None = None
 
 
 class Subscription:

@@ -166,3 +166,15 @@ def test_sending_little_for_a_while_does_not_collapse_the_estimate() -> None:
     call.wanted = 2_500_000
     call.run(6.0)
     assert call.estimate_at_end() >= 2_000_000
+
+
+def test_rings_are_flat_arrays_the_garbage_collector_never_walks() -> None:
+    import gc
+
+    est = SendSideEstimator()
+    sent_at, sizes = est.rings()
+    assert len(sent_at) == len(sizes) == 1 << 16
+    # An array hands the collector its type at most, never 65,536 elements.
+    assert len(gc.get_referents(sent_at)) <= 1 and len(gc.get_referents(sizes)) <= 1
+    sent_at[65535], sizes[65535] = 1.25, 1200
+    assert (sent_at[65535], sizes[65535]) == (1.25, 1200)
