@@ -28,6 +28,7 @@ Everything stays on 127.0.0.1; every load is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -176,13 +177,20 @@ def start_ours(port: int, min_port: int, max_port: int, native: bool = True) -> 
         "--secret", SECRET,
         "--realm", REALM,
         "--allow-peer", "127.0.0.0/8",
-        "--user-quota", "1000",
+        # uclient's sessions are all one user, and every run leaves its
+        # allocations behind until they expire: no quota may bite.
+        "--user-quota", "100000",
+        "--total-quota", "100000",
         "--unauth-rate", "0",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT), WADUD_NATIVE="1" if native else "0")
     return Server("wadud" if native else "wadud-py", argv, port, env)
 
 
+# Each load client run gets its own loopback source address: uclient leaves
+# its allocations behind, and a later run reusing one of those 5-tuples would
+# be refused (437) by either server.
+_SOURCES = itertools.count()
 _UCLIENT_TOTALS = re.compile(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
 _UCLIENT_LOST = re.compile(r"Total lost packets (\d+)")
 _UCLIENT_TIME = re.compile(r"Total transmit time is (\d+)")
@@ -202,6 +210,7 @@ def run_uclient(
         "-n", str(count),
         "-z", "1",
         "-l", str(size),
+        "-L", f"127.0.0.{next(_SOURCES) % 240 + 10}",
     ]  # fmt: skip
     if scenario.startswith("send"):
         argv.append("-s")
@@ -257,8 +266,9 @@ def _request(sock: socket.socket, server: tuple[str, int], msg: stun.Message) ->
     raise RuntimeError("no answer")
 
 
-def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> socket.socket:
-    """Allocate and bind channel 0x4000 to ``peer``; returns the connected socket."""
+def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> tuple[socket.socket, bytes]:
+    """Allocate and bind channel 0x4000 to ``peer``; returns the connected socket
+    and a signed Refresh with lifetime 0 that deletes the allocation."""
     username, password = rest_credentials(SECRET, "probe", 600, time.time())
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.5)
@@ -287,7 +297,10 @@ def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> socket.socke
     ok = _request(sock, server, bind)
     assert ok.cls == stun.SUCCESS, ok
     sock.connect(server)
-    return sock
+    # Delete it when done, so a later load client that happens to get the
+    # same source port does not find it still there.
+    delete = bytes(signed(stun.REFRESH, (stun.LIFETIME, stun.U32.pack(0))))
+    return sock, delete
 
 
 def ping(sock: socket.socket, payload: bytes, count: int) -> list[float]:
@@ -310,7 +323,8 @@ def rtt_probe(servers: list[Server], peer_port: int, count: int) -> list[RttResu
     direct = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     direct.connect((HOST, peer_port))
     framed = struct.pack("!HH", 0x4000, len(payload)) + payload
-    socks = {s.name: open_channel((HOST, s.port), (HOST, peer_port)) for s in servers}
+    opened = {s.name: open_channel((HOST, s.port), (HOST, peer_port)) for s in servers}
+    socks = {name: sock for name, (sock, _) in opened.items()}
     samples: dict[str, list[float]] = {"direct": [], **{name: [] for name in socks}}
     # Interleave rounds so drift in machine load hits every path alike.
     rounds = 10
@@ -323,7 +337,8 @@ def rtt_probe(servers: list[Server], peer_port: int, count: int) -> list[RttResu
     for name in socks:
         p50, p90, p99 = _pcts(samples[name])
         results.append(RttResult(name, p50, p90, p99, round(p50 - base, 1)))
-    for sock in socks.values():
+    for sock, delete in opened.values():
+        sock.send(delete)
         sock.close()
     direct.close()
     return results
@@ -392,7 +407,13 @@ def main() -> int:
                 # Alternate the order run by run.
                 order = servers if run % 2 == 0 else servers[::-1]
                 for server in order:
-                    loads.append(run_uclient(server, peer_port, scenario, sessions, count))
+                    r = run_uclient(server, peer_port, scenario, sessions, count)
+                    loads.append(r)
+                    print(
+                        f"run {run + 1}/{runs} {scenario} {r.server}: "
+                        f"{r.relayed_per_cpu_second:,.0f} relayed/cpu-s, lost {r.lost}",
+                        flush=True,
+                    )
     finally:
         for server in servers:
             server.stop()
