@@ -407,7 +407,14 @@ def main() -> int:
                 # Alternate the order run by run.
                 order = servers if run % 2 == 0 else servers[::-1]
                 for server in order:
-                    r = run_uclient(server, peer_port, scenario, sessions, count)
+                    try:
+                        r = run_uclient(server, peer_port, scenario, sessions, count)
+                    except RuntimeError as exc:
+                        # Rarely a uclient session finds a channel it cannot
+                        # bind (both servers have done it): run again, from a
+                        # fresh source address, and say so.
+                        print(f"retrying: {str(exc)[:200]}", flush=True)
+                        r = run_uclient(server, peer_port, scenario, sessions, count)
                     loads.append(r)
                     print(
                         f"run {run + 1}/{runs} {scenario} {r.server}: "
