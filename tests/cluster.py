@@ -251,7 +251,10 @@ class Cluster:
         self.groups = self.work / "groups"
 
     def env(self, **more: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
+        # WADUD_NATIVE passes through: CI runs these again on the Python loops.
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("WADUD_") or k == "WADUD_NATIVE"
+        }
         env.update(
             WADUD_DATABASE_URL=self.database_url,
             WADUD_REDIS_URL=self.redis_url,

@@ -67,7 +67,10 @@ def start_media_node(
     http = free_port()
     log = tmp / f"{node}.log"
     full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("WADUD_")},
+        # WADUD_NATIVE passes through: CI runs these again on the Python loops.
+        **{
+            k: v for k, v in os.environ.items() if not k.startswith("WADUD_") or k == "WADUD_NATIVE"
+        },
         "WADUD_REDIS_URL": redis_url,
         "WADUD_DATA_DIR": str(tmp),
         "WADUD_MEDIA_HEARTBEAT": "0.3",
