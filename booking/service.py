@@ -25,7 +25,7 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -418,8 +418,13 @@ async def create_hold(
     starts_at: dt.datetime,
     hold_minutes: int,
     now: dt.datetime | None = None,
+    check: tuple[str, Sequence[Any], Callable[[Mapping[str, Any]], None]] | None = None,
 ) -> asyncpg.Record:
     """Hold an offered slot for ``hold_minutes`` while the patient pays.
+
+    ``check``: select-list SQL and its parameters (from ``$2``; ``$1`` is the
+    doctor) read with the doctor, and a function of the doctor's row that
+    raises to refuse the hold (the consent check rides this way).
 
     Raises 404 for an unknown or unpublished doctor, 409 ``slot-not-offered``
     when the slot is not offered now, 409 ``slot-taken`` when the time is
@@ -427,7 +432,14 @@ async def create_hold(
     now = now or _now()
     async with conn.transaction():
         # The doctor and its availability in one round trip (404 unless published).
-        doctor, availability = await slots.load_availability(conn, doctor_id, published=True)
+        doctor, availability = await slots.load_availability(
+            conn,
+            doctor_id,
+            published=True,
+            also=None if check is None else (check[0], check[1]),
+        )
+        if check is not None:
+            check[2](doctor)
         # Lapsed holds still count against the constraint until expired;
         # expiring them here frees their time at once rather than at the
         # next sweep.

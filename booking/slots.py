@@ -162,6 +162,7 @@ async def load_availability(
     lock: bool = False,
     published: bool = False,
     doctor: Mapping[str, Any] | None = None,
+    also: tuple[str, Sequence[Any]] | None = None,
 ) -> tuple[Mapping[str, Any], av.Availability]:
     """The doctors row and its availability; :class:`NotFound` if no such doctor
     (or, with ``published``, none published).
@@ -171,9 +172,15 @@ async def load_availability(
     this transaction already. Either way one round trip: the doctor, weekly
     rules and date overrides come together (``rule`` tells the last two
     apart). Overrides of dates long past change nothing; a two-day margin
-    covers every time zone's "today"."""
+    covers every time zone's "today".
+
+    ``also``: more select-list columns, uncorrelated with these tables, and
+    their parameters (numbered from ``$2``), e.g. a consent check; they come
+    back in the doctor's row (with ``doctor`` given, not at all)."""
+    extra, extra_args = also if also is not None and doctor is None else ("", ())
     both = await conn.fetch(
-        f"""SELECT {"" if doctor is not None else "d.*, "}a.* FROM doctors d
+        f"""SELECT {"" if doctor is not None else "d.*, "}{extra + ", " if extra else ""}a.*
+            FROM doctors d
             LEFT JOIN LATERAL (
                 SELECT true AS rule, weekday, start_local, end_local, types,
                        NULL::date AS day, NULL::jsonb AS windows, NULL::boolean AS closed
@@ -187,6 +194,7 @@ async def load_availability(
             ORDER BY a.rule DESC, a.weekday, a.start_local, a.day
             {"FOR UPDATE OF d" if lock else ""}""",
         doctor_id,
+        *extra_args,
     )
     if not both:
         raise NotFound("no such doctor")

@@ -33,9 +33,11 @@ __all__ = [
     "PURPOSES",
     "REGIONS",
     "check_settings",
+    "columns",
     "current_state",
     "missing",
     "parse_requirements",
+    "raise_missing",
     "require",
     "requirements",
 ]
@@ -143,6 +145,56 @@ async def missing(
     if row is None or row["region"] is None:
         return None, []
     return row["region"], list(row["missing"])
+
+
+#: The same test as :data:`_MISSING`, as two select-list columns
+#: (``consent_region``, ``consent_missing``) another statement can carry. Both
+#: are uncorrelated scalar subqueries (PostgreSQL runs each once per statement).
+_COLUMNS = """
+({region}) AS consent_region,
+(SELECT ARRAY(
+    SELECT p.purpose
+    FROM jsonb_array_elements_text(
+        coalesce(${r}::text::jsonb -> r.region, ${b}::text::jsonb)) AS p(purpose)
+    WHERE NOT EXISTS (
+        SELECT 1
+        FROM (SELECT e.action, e.version FROM consent_events e
+              WHERE e.user_id = ${u}::uuid AND e.region = r.region AND e.purpose = p.purpose
+              ORDER BY e.id DESC LIMIT 1) AS latest
+        WHERE latest.action = 'accept'
+          AND latest.version >= coalesce(
+              (SELECT max(t.version) FROM consent_texts t
+               WHERE t.region = r.region AND t.purpose = p.purpose AND t.material), 0))
+    ORDER BY p.purpose)
+ FROM (SELECT ({region}) AS region) AS r) AS consent_missing"""
+
+
+def columns(
+    settings: Settings, user_id: UUID, region_sql: str, first: int
+) -> tuple[str, list[Any]] | None:
+    """The consent check folded into a caller's own statement: select-list
+    SQL giving ``consent_region`` and ``consent_missing`` (pass the row to
+    :func:`raise_missing`) and its parameters, numbered from ``$first``.
+    ``region_sql`` is a scalar query using only the caller's parameters and
+    not correlated with its tables. None when no region requires anything
+    (then nothing is added)."""
+    if not enforced(settings):
+        return None
+    base, regions = requirements(settings)
+    sql = _COLUMNS.format(region=region_sql, u=first, r=first + 1, b=first + 2)
+    return sql, [
+        user_id,
+        json.dumps({k: list(v) for k, v in regions.items()}),
+        json.dumps(list(base)),
+    ]
+
+
+def raise_missing(row: Mapping[str, Any]) -> None:
+    """Raise :class:`ConsentRequired` when a row carrying :func:`columns`
+    names purposes still missing."""
+    region = row.get("consent_region")
+    if region is not None and row.get("consent_missing"):
+        raise ConsentRequired(list(row["consent_missing"]), region=region)
 
 
 async def require(

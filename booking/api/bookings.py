@@ -184,9 +184,10 @@ async def _audit(
     )
 
 
-#: The region whose consent rules apply to a booking with doctor $4.
+#: The region whose consent rules apply to a hold with doctor $1 (read with
+#: the doctor by the hold's first statement).
 _DOCTOR_REGION = (
-    "SELECT c.region FROM doctors d JOIN clinics c ON c.id = d.clinic_id WHERE d.id = $4"
+    "SELECT c.region FROM doctors dr JOIN clinics c ON c.id = dr.clinic_id WHERE dr.id = $1"
 )
 
 
@@ -206,10 +207,9 @@ async def create_booking(call: Call[BookingIn, None]) -> BookingOut:
     purposes, until the patient has accepted the consents the doctor's
     region requires (docs/privacy.md)."""
     body = call.body
+    # The consent check rides the hold's first statement (with the doctor).
+    cols = consent.columns(call.settings, call.user.user_id, _DOCTOR_REGION, 2)
     async with call.pool.acquire() as conn:
-        await consent.require(
-            conn, call.settings, call.user.user_id, _DOCTOR_REGION, body.doctor_id
-        )
         row = await service.create_hold(
             conn,
             patient_id=call.user.user_id,
@@ -217,6 +217,7 @@ async def create_booking(call: Call[BookingIn, None]) -> BookingOut:
             consultation_type=body.type,
             starts_at=body.starts_at,
             hold_minutes=call.settings.booking_hold_minutes,
+            check=None if cols is None else (cols[0], cols[1], consent.raise_missing),
         )
     return booking_out(row)
 
