@@ -11,6 +11,7 @@ stands or a chat message is still unread when its job falls due.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -85,16 +86,22 @@ async def context_for(conn: Conn, event: Event) -> Context:
             )
             if row is not None:
                 patient_id, doctor_id = row["patient_id"], row["doctor_id"]
-        doctor = None
-        if doctor_id is not None:
-            doctor = await conn.fetchrow(
-                "SELECT user_id, display_name FROM doctors WHERE id = $1", doctor_id
-            )
+        # The doctor and the patient's name in one round trip.
+        row = await conn.fetchrow(
+            """SELECT d.id, d.user_id, d.display_name,
+                      (SELECT coalesce(nullif(pd.display_name, ''), u.display_name)
+                       FROM users u LEFT JOIN doctors pd ON pd.user_id = u.id
+                       WHERE u.id = $2) AS patient_name
+               FROM (SELECT 1) AS one LEFT JOIN doctors d ON d.id = $1""",
+            doctor_id,
+            patient_id,
+        )
+        found = row is not None and row["id"] is not None
         return Context(
             patient_id=patient_id,
-            patient_name=await _name(conn, patient_id),
-            doctor_user_id=doctor["user_id"] if doctor else None,
-            doctor_name=str(doctor["display_name"]) if doctor else "",
+            patient_name=str(row["patient_name"] or "") if row is not None else "",
+            doctor_user_id=row["user_id"] if found else None,
+            doctor_name=str(row["display_name"]) if found else "",
         )
     if event.topic.startswith("payment."):
         return Context(patient_id=_uuid(d.get("patient_id")))
@@ -132,26 +139,32 @@ async def save_plan(conn: Conn, plan: Plan) -> None:
             plan.keep,
         )
     if plan.jobs:
-        await conn.executemany(
+        # Every job of the plan in one statement (not one per job).
+        await conn.execute(
             """INSERT INTO notify_jobs (key, event_id, recipient_id, template, params,
                                         booking_id, due_at, expires_at)
-               SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $8
-               WHERE EXISTS (SELECT 1 FROM users WHERE id = $3)
+               SELECT j.key, j.event_id, j.recipient_id, j.template, j.params::jsonb,
+                      j.booking_id, j.due_at, j.expires_at
+               FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                           $6::uuid[], $7::timestamptz[], $8::timestamptz[])
+                    AS j(key, event_id, recipient_id, template, params, booking_id, due_at,
+                         expires_at)
+               WHERE EXISTS (SELECT 1 FROM users WHERE id = j.recipient_id)
                ON CONFLICT (key) DO NOTHING""",
-            [
-                (
-                    j.key,
-                    j.event_id,
-                    j.recipient_id,
-                    j.template,
-                    dict(j.params),
-                    j.booking_id,
-                    j.due_at,
-                    j.expires_at,
-                )
-                for j in plan.jobs
-            ],
+            [j.key for j in plan.jobs],
+            [j.event_id for j in plan.jobs],
+            [j.recipient_id for j in plan.jobs],
+            [j.template for j in plan.jobs],
+            [_json(dict(j.params)) for j in plan.jobs],
+            [j.booking_id for j in plan.jobs],
+            [j.due_at for j in plan.jobs],
+            [j.expires_at for j in plan.jobs],
         )
+
+
+def _json(value: Any) -> str:
+    """JSON as the pool's jsonb codec writes it (wadud.db)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 async def claim_jobs(conn: Conn, now: dt.datetime, limit: int) -> list[asyncpg.Record]:
