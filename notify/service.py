@@ -224,18 +224,12 @@ class Notifier:
                 if not await store.still_wanted(conn, job, self.policy.chat_delay):
                     await store.finish_job(conn, job.key, "skipped")
                     continue
-                who = await store.recipient(conn, job.recipient_id)
-                if who is None:
+                found = await store.audience(conn, job.recipient_id)
+                if found is None:
                     await store.finish_job(conn, job.key, "skipped")
                     continue
-                deliveries = plan.expand(
-                    job,
-                    who,
-                    await store.preferences(conn, who.id),
-                    await store.devices(conn, who.id),
-                    self.available,
-                    now,
-                )
+                who, prefs, devices = found
+                deliveries = plan.expand(job, who, prefs, devices, self.available, now)
                 await store.add_deliveries(conn, job, deliveries)
                 await store.finish_job(conn, job.key, "done")
                 added = added or bool(deliveries)

@@ -22,15 +22,14 @@ from notify.plan import Context, Delivery, Device, Event, Job, Plan, Preferences
 
 __all__ = [
     "add_deliveries",
+    "audience",
     "claim_delivery",
     "claim_events",
     "claim_jobs",
     "context_for",
     "delete_events",
     "device",
-    "devices",
     "finish_job",
-    "preferences",
     "recipient",
     "save_plan",
     "still_wanted",
@@ -228,21 +227,19 @@ async def still_wanted(conn: Conn, job: Job, chat_delay: float) -> bool:
     return True
 
 
-async def recipient(conn: Conn, user_id: UUID) -> Recipient | None:
-    row = await conn.fetchrow(
-        """SELECT u.id, u.email, u.phone, u.locale, u.display_name,
-                  coalesce(u.time_zone, d.time_zone,
-                           CASE c.region WHEN 'PK' THEN 'Asia/Karachi' WHEN 'AE' THEN 'Asia/Dubai'
-                                         WHEN 'QA' THEN 'Asia/Qatar' WHEN 'SA' THEN 'Asia/Riyadh'
-                           END) AS time_zone
-           FROM users u
-           LEFT JOIN doctors d ON d.user_id = u.id
-           LEFT JOIN clinics c ON c.id = u.clinic_id
-           WHERE u.id = $1 AND NOT u.disabled""",
-        user_id,
-    )
-    if row is None:
-        return None
+_RECIPIENT = """
+SELECT u.id, u.email, u.phone, u.locale, u.display_name,
+       coalesce(u.time_zone, d.time_zone,
+                CASE c.region WHEN 'PK' THEN 'Asia/Karachi' WHEN 'AE' THEN 'Asia/Dubai'
+                              WHEN 'QA' THEN 'Asia/Qatar' WHEN 'SA' THEN 'Asia/Riyadh'
+                END) AS time_zone{more}
+FROM users u
+LEFT JOIN doctors d ON d.user_id = u.id
+LEFT JOIN clinics c ON c.id = u.clinic_id{join}
+WHERE u.id = $1 AND NOT u.disabled"""
+
+
+def _recipient(row: asyncpg.Record) -> Recipient:
     return Recipient(
         id=row["id"],
         email=row["email"],
@@ -253,28 +250,48 @@ async def recipient(conn: Conn, user_id: UUID) -> Recipient | None:
     )
 
 
-async def preferences(conn: Conn, user_id: UUID) -> Preferences:
-    row = await conn.fetchrow("SELECT * FROM notify_preferences WHERE user_id = $1", user_id)
-    if row is None:
-        return Preferences()
-    return Preferences(
-        channels=frozenset(row["channels"]),
-        muted=frozenset(row["muted"]),
-        quiet_start=row["quiet_start"],
-        quiet_end=row["quiet_end"],
+async def recipient(conn: Conn, user_id: UUID) -> Recipient | None:
+    row = await conn.fetchrow(_RECIPIENT.format(more="", join=""), user_id)
+    return None if row is None else _recipient(row)
+
+
+async def audience(
+    conn: Conn, user_id: UUID
+) -> tuple[Recipient, Preferences, list[Device]] | None:
+    """:func:`recipient`, :func:`preferences` and :func:`devices` at once (one
+    round trip per job); None for a user gone or disabled."""
+    row = await conn.fetchrow(
+        _RECIPIENT.format(
+            more=""",
+       p.user_id IS NOT NULL AS has_preferences, p.channels, p.muted,
+       p.quiet_start, p.quiet_end,
+       (SELECT jsonb_agg(jsonb_build_object('id', v.id, 'kind', v.kind, 'token', v.token,
+                                            'keys', v.keys) ORDER BY v.created_at)
+        FROM notify_devices v WHERE v.user_id = u.id) AS devices""",
+            join="\nLEFT JOIN notify_preferences p ON p.user_id = u.id",
+        ),
+        user_id,
     )
+    if row is None:
+        return None
+    prefs = (
+        Preferences(
+            channels=frozenset(row["channels"]),
+            muted=frozenset(row["muted"]),
+            quiet_start=row["quiet_start"],
+            quiet_end=row["quiet_end"],
+        )
+        if row["has_preferences"]
+        else Preferences()
+    )
+    found = [
+        Device(UUID(d["id"]), d["kind"], d["token"], d["keys"]) for d in row["devices"] or ()
+    ]
+    return _recipient(row), prefs, found
 
 
 def _device(row: asyncpg.Record) -> Device:
     return Device(row["id"], row["kind"], row["token"], row["keys"])
-
-
-async def devices(conn: Conn, user_id: UUID) -> list[Device]:
-    rows = await conn.fetch(
-        "SELECT id, kind, token, keys FROM notify_devices WHERE user_id = $1 ORDER BY created_at",
-        user_id,
-    )
-    return [_device(r) for r in rows]
 
 
 async def device(conn: Conn, device_id: str) -> Device | None:
