@@ -204,6 +204,23 @@ async def load_availability(
     return row, build_availability(row, rules, overrides)
 
 
+def offered_window(starts_at: datetime) -> tuple[datetime, datetime]:
+    """The range whose busy intervals :func:`is_offered` at ``starts_at`` reads."""
+    return starts_at - _BUSY_MARGIN, starts_at + timedelta(microseconds=1) + _BUSY_MARGIN
+
+
+#: The busy-interval read of :func:`busy_intervals` ($1 doctor, $2 active
+#: states, $3..$4 the range, $5 the instant lapsed holds stop counting).
+BUSY_SQL = """SELECT lower(blocked) AS lo, upper(blocked) AS hi FROM bookings
+           WHERE doctor_id = $1
+             AND status = ANY($2::text[])
+             AND NOT (status = 'held' AND hold_expires_at IS NOT NULL
+                      AND hold_expires_at <= coalesce($5::timestamptz, now()))
+             AND starts_at < $4
+             AND starts_at >= $3::timestamptz - interval '2 days'
+             AND blocked && tstzrange($3, $4)"""
+
+
 async def busy_intervals(
     conn: asyncpg.Connection,
     doctor_id: UUID,
@@ -220,15 +237,7 @@ async def busy_intervals(
     buffers in force at booking time), so it carries no buffer of its own.
     """
     rows = await conn.fetch(
-        """SELECT lower(blocked) AS lo, upper(blocked) AS hi FROM bookings
-           WHERE doctor_id = $1
-             AND status = ANY($2::text[])
-             AND NOT (status = 'held' AND hold_expires_at IS NOT NULL
-                      AND hold_expires_at <= coalesce($5::timestamptz, now()))
-             AND starts_at < $4
-             AND starts_at >= $3::timestamptz - interval '2 days'
-             AND blocked && tstzrange($3, $4)
-           ORDER BY lo""",
+        BUSY_SQL + " ORDER BY lo",
         doctor_id,
         ACTIVE_STATE_VALUES,
         start,
@@ -248,6 +257,7 @@ async def free_slots(
     *,
     doctor: Mapping[str, Any] | None = None,
     availability: av.Availability | None = None,
+    busy: Sequence[av.BusyInterval] | None = None,
 ) -> list[av.Slot]:
     """Free slots of the doctor starting in ``[start, end)``, as of ``now``.
 
@@ -257,7 +267,7 @@ async def free_slots(
     if the caller has it."""
     if availability is None:
         _, availability = await load_availability(conn, doctor_id, doctor=doctor)
-    return await _free(conn, doctor_id, availability, consultation_type, start, end, now)
+    return await _free(conn, doctor_id, availability, consultation_type, start, end, now, busy)
 
 
 async def _free(
@@ -268,13 +278,15 @@ async def _free(
     start: datetime,
     end: datetime,
     now: datetime,
+    busy: Sequence[av.BusyInterval] | None = None,
 ) -> list[av.Slot]:
     with booking_errors():
         if end < start:
             raise InvalidTimeRange("the range ends before it starts")
-        busy = await busy_intervals(
-            conn, doctor_id, start - _BUSY_MARGIN, end + _BUSY_MARGIN, now=now
-        )
+        if busy is None:
+            busy = await busy_intervals(
+                conn, doctor_id, start - _BUSY_MARGIN, end + _BUSY_MARGIN, now=now
+            )
         return av.free_slots(availability, consultation_type, start, end, now, busy)
 
 
@@ -287,10 +299,13 @@ async def is_offered(
     *,
     doctor: Mapping[str, Any] | None = None,
     availability: av.Availability | None = None,
+    busy: Sequence[av.BusyInterval] | None = None,
 ) -> av.Slot | None:
     """The free slot starting exactly at ``starts_at``, or ``None`` if there is
     none now (off the grid, outside the windows, too soon, beyond the horizon,
-    or taken). ``doctor``: its row, if the caller has it."""
+    or taken). ``doctor``: its row, if the caller has it; ``busy``: the
+    doctor's busy intervals over :func:`offered_window`, if the caller read
+    them."""
     end = starts_at + timedelta(microseconds=1)
     slots = await free_slots(
         conn,
@@ -301,6 +316,7 @@ async def is_offered(
         now,
         doctor=doctor,
         availability=availability,
+        busy=busy,
     )
     for slot in slots:
         if slot.start == starts_at:
