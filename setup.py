@@ -2,11 +2,12 @@
 
 Each per-datagram loop that Python cannot run fast enough is one small C
 extension against the CPython API, a leaf that takes buffers and returns
-counts (issue 13): ``sfu._fanout`` (SRTP protect and sendmmsg of the SFU's
-routed copies) and ``turn._relay`` (the TURN relay's ChannelData and Data
-indications over UDP, with recvmmsg and UDP GSO). They are ``optional``: if a compiler or the Python headers
-are missing, ``pip install`` still succeeds and the pure-Python paths run
-(as they do with ``WADUD_NATIVE=0``). libsrtp is not linked here: the
+counts (issue 13): ``sfu._fanout`` (the SFU's per-copy rewrite, SRTP
+protect and sendmmsg) and ``turn._relay`` (the TURN relay's ChannelData and
+Data indications over UDP, with recvmmsg and UDP GSO). They are
+``optional``: if a compiler or the Python headers are missing, ``pip
+install`` still succeeds and the pure-Python paths run (as they do with
+``WADUD_NATIVE=0``). libsrtp is not linked here: the
 fan-out calls the libsrtp that pylibsrtp bundles, through its cffi binding,
 so the sessions pylibsrtp owns are the ones used.
 """
