@@ -10,10 +10,17 @@ buffer with the libsrtp that pylibsrtp bundles (the sessions pylibsrtp owns,
 no second copy of a key), and sends the batch with one ``sendmmsg``. It
 returns how many datagrams the kernel took.
 
-The routing, rewriting and every table stay in Python; the subscriber records
-(:class:`sfu.records.Peer`) keep owning ``protect`` and ``addr``, and the leaf
-caches, in the record's ``wire`` slot, the session pointer and packed address
-it derived from them, rebuilt whenever either is a new object.
+The same leaf also runs :meth:`Forwarder.route_into`'s per-copy loop for the
+copies in the steady state (``forward``, :class:`sfu.forward.NativeForward`):
+each copy's header, extension ids, transport-wide sequence number and
+abs-send-time are written straight into its send buffer, so no ``bytes`` or
+tuple is made per copy. Everything else (reception, repair, keyframe waits,
+the first packet of a run, every table) stays in Python, and all state stays
+in the Python objects that own it: the leaf reads and writes their slots.
+The subscriber records (:class:`sfu.records.Peer`) keep owning ``protect``
+and ``addr``; the leaf caches, in the record's ``wire`` slot, the session
+pointer and packed address it derived from them, rebuilt whenever either is
+a new object.
 
 ``WADUD_NATIVE=0`` in the environment (read at import), or an install without
 a compiler, leaves :data:`AVAILABLE` false and the worker on its pure-Python

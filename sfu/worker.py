@@ -23,7 +23,9 @@ Demultiplexing (RFC 7983 section 7) on one port shared by every peer:
 
 The hot path runs synchronously in :meth:`MediaWorker.datagram_received`:
 SRTP unprotect once, :meth:`Forwarder.route_into` into one reused list, then
-for each subscriber its own SRTP protect and ``sendto`` its selected address.
+for each subscriber its own SRTP protect and ``sendto`` its selected address
+(with the native fan-out, :mod:`sfu.native`, the steady-state copies are
+rewritten, protected and sent with ``sendmmsg`` inside ``route_into``).
 No task, coroutine or queue per packet; the forwarder's keys *are* the
 subscribers' peer records, so there is no lookup per subscriber either, and
 the per-packet counters are plain attribute increments (the Prometheus
