@@ -94,5 +94,16 @@ def test_image_holds_every_role_and_no_compiler(images: Images) -> None:
         "command -v gcc cc c++ make || echo none",
     ).stdout.split()
     assert found == ["none"], found
+    # The native hot loops were built in the build stage and came along.
+    native = podman(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python3",
+        images.wadud,
+        "-c",
+        "import sfu.native, sfu._fanout, turn._relay; print('native')",
+    ).stdout.split()
+    assert native == ["native"], native
     uid = podman("run", "--rm", "--entrypoint", "id", images.wadud, "-u").stdout.strip()
     assert uid != "0"
