@@ -241,12 +241,15 @@ async def move_intent(
     *,
     announce: str = "",
     announce_extra: Mapping[str, Any] | None = None,
+    capture_terms: bool = False,
     **updates: Any,
 ) -> asyncpg.Record:
     """Apply ``event`` to a locked intent row: the core's table decides, the
     row and a ``payment_events`` line record it. Extra columns in ``updates``.
     ``announce``: an outbox topic whose event (:func:`payment_payload` of the
-    moved row, plus ``announce_extra``) is written in the same statement."""
+    moved row, plus ``announce_extra``) is written in the same statement.
+    ``capture_terms``: the row also carries what a capture needs (the
+    booking's doctor and the commission, see :func:`_capture`)."""
     before = IntentState(row["status"])
     after = transition(before, event)
     args: list[Any] = [row["id"], after.value, event.value, before.value, dict(detail or {})]
@@ -270,7 +273,7 @@ async def move_intent(
                  e AS (INSERT INTO payment_events
                            (payment_intent_id, clinic_id, event, from_state, to_state, detail)
                        SELECT id, clinic_id, $3, $4, $2, $5::jsonb FROM u){ctes}
-            SELECT u.*{notify} FROM u""",
+            SELECT u.*{notify}{_TERMS if capture_terms else " FROM u"}""",
         *args,
     )
     assert new is not None
@@ -429,6 +432,14 @@ _COMMISSION = """c.commission_bp, c.commission_fixed_minor,
     FROM clinics c LEFT JOIN region_commissions r ON r.region = c.region"""
 
 
+#: The rest of :func:`move_intent`'s final SELECT with ``capture_terms``.
+_TERMS = f""", t.capture_doctor_id, t.commission_bp, t.commission_fixed_minor,
+                   t.region_bp, t.region_fixed
+            FROM u LEFT JOIN LATERAL (
+                SELECT b.doctor_id AS capture_doctor_id, {_COMMISSION}
+                JOIN bookings b ON b.id = u.booking_id WHERE c.id = u.clinic_id) AS t ON true"""
+
+
 def _commission(row: asyncpg.Record, default_bp: int) -> ledger.Commission:
     if row["commission_bp"] is not None:
         return ledger.Commission(row["commission_bp"], int(row["commission_fixed_minor"]))
@@ -437,16 +448,23 @@ def _commission(row: asyncpg.Record, default_bp: int) -> ledger.Commission:
     return ledger.Commission(default_bp, 0)
 
 
-async def _capture(conn: asyncpg.Connection, row: asyncpg.Record, default_bp: int) -> UUID:
-    found = await conn.fetchrow(
-        f"""SELECT b.doctor_id, {_COMMISSION}
-            JOIN bookings b ON b.id = $2 WHERE c.id = $1""",
-        row["clinic_id"],
-        row["booking_id"],
-    )
+async def _capture(
+    conn: asyncpg.Connection, row: asyncpg.Record, default_bp: int, *, terms: bool = False
+) -> UUID:
+    """Post the capture of the intent ``row``; ``terms``: the row was moved
+    with ``capture_terms``, so it carries the doctor and the commission."""
+    if terms:
+        found: asyncpg.Record | None = row if row["capture_doctor_id"] is not None else None
+    else:
+        found = await conn.fetchrow(
+            f"""SELECT b.doctor_id AS capture_doctor_id, {_COMMISSION}
+                JOIN bookings b ON b.id = $2 WHERE c.id = $1""",
+            row["clinic_id"],
+            row["booking_id"],
+        )
     if found is None:
         raise NotFound("no such clinic")
-    doctor_id, commission = found["doctor_id"], _commission(found, default_bp)
+    doctor_id, commission = found["capture_doctor_id"], _commission(found, default_bp)
     txn = ledger.capture(
         ledger.CapturedPayment(
             payment_id=str(row["id"]),
@@ -903,8 +921,10 @@ async def apply_verdict(
             announce_extra={"reason": reason},
             failure_reason=reason,
         )
-    row = await move_intent(conn, row, event, detail, announce="payment.succeeded")
-    await _capture(conn, row, default_bp)
+    row = await move_intent(
+        conn, row, event, detail, announce="payment.succeeded", capture_terms=True
+    )
+    await _capture(conn, row, default_bp, terms=True)
     why = await _confirm_booking(conn, row)
     if why is not None:
         log.warning(
