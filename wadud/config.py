@@ -305,6 +305,23 @@ class Settings:
             " (it resumes from its last sequence)."
         ),
     )
+    # [consent]  (docs/privacy.md)
+    consent_required: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Consent purposes a patient must have accepted to book and to join a"
+            " booking's call, comma separated (telehealth_consultation, data_processing,"
+            " call_recording, marketing). Empty: none required."
+        ),
+    )
+    consent_required_regions: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Per-region overrides of consent_required as REGION:purpose+purpose, comma"
+            " separated, e.g. AE:telehealth_consultation+data_processing+call_recording."
+            " REGION: with nothing after it requires nothing there."
+        ),
+    )
     # [privacy]  (docs/privacy.md, "Erasure")
     privacy_erasure_confirm_seconds: int = field(
         default=900,
@@ -349,23 +366,6 @@ class Settings:
         default=30,
         metadata=_doc(
             "Days ended sign-in sessions (revoked, or expired) and their tokens are kept."
-        ),
-    )
-    # [consent]  (docs/privacy.md)
-    consent_required: list[str] = field(
-        default_factory=list,
-        metadata=_doc(
-            "Consent purposes a patient must have accepted to book and to join a"
-            " booking's call, comma separated (telehealth_consultation, data_processing,"
-            " call_recording, marketing). Empty: none required."
-        ),
-    )
-    consent_required_regions: list[str] = field(
-        default_factory=list,
-        metadata=_doc(
-            "Per-region overrides of consent_required as REGION:purpose+purpose, comma"
-            " separated, e.g. AE:telehealth_consultation+data_processing+call_recording."
-            " REGION: with nothing after it requires nothing there."
         ),
     )
     # [storage]
@@ -804,6 +804,10 @@ def load(
         if value is not None:
             values[name] = _coerce(name, value, "command line")
     settings = Settings(**values)
+    if not 0.0 <= settings.otel_sample_ratio <= 1.0:
+        raise ConfigError("otel_sample_ratio must be between 0 and 1")
+    if settings.otel_endpoint and not settings.otel_endpoint.startswith(("http://", "https://")):
+        raise ConfigError("otel_endpoint must be an http:// or https:// URL")
     if settings.log_format not in {"json", "text"}:
         raise ConfigError(f"log_format must be json or text, not {settings.log_format!r}")
     if settings.secret_key and len(settings.secret_key.encode()) < 32:
@@ -812,7 +816,3 @@ def load(
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError("database_pool_min is larger than database_pool_max")
     return settings
-    if not 0.0 <= settings.otel_sample_ratio <= 1.0:
-        raise ConfigError("otel_sample_ratio must be between 0 and 1")
-    if settings.otel_endpoint and not settings.otel_endpoint.startswith(("http://", "https://")):
-        raise ConfigError("otel_endpoint must be an http:// or https:// URL")

@@ -77,3 +77,12 @@ def test_turn_table_is_shared_with_the_relay(tmp_path: Path) -> None:
     assert config.load(file=f, env={}).turn_relay == {"relay_ipz": ["x"]}
     with pytest.raises(ConfigError, match="unknown setting"):
         config.load(env={"WADUD_TURN_RELAY": "x"})
+
+
+def test_the_example_configuration_loads() -> None:
+    """deploy/wadud.example.toml is what operators copy: every key in it must
+    be a setting in its section (a key under the wrong table is refused)."""
+    example = Path(__file__).parents[2] / "deploy" / "wadud.example.toml"
+    s = config.load(file=example, env={})
+    assert s.region == "pk"
+    assert s.media_region_distances.startswith("pk-ae=")
