@@ -17,7 +17,9 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +29,9 @@ import pytest
 
 from tests.chromium import CHROMIUM
 from tests.chromium import FLAGS as CHROMIUM_FLAGS
+
+#: The repository: browser tests' drivers run from it (``python -m tests...``).
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Timeline(Protocol):
@@ -65,6 +70,52 @@ def kill_groups(groups: list[int]) -> None:
     for pgid in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+async def run_driver(
+    module: str,
+    args: list[str],
+    work: Path,
+    budget: float,
+    *,
+    namespace: list[str] | None = None,
+    also_kill: Callable[[Path], list[int]] | None = None,
+) -> dict[str, Any]:
+    """Run ``python -m module *args`` as a browser test's driver in its own
+    namespace (``namespace``: the command that makes it; a loopback-only one
+    by default) and return the JSON result of its last line. Fails the test
+    with the driver's last lines when it gives none or reports an error. The
+    browsers it started (and ``also_kill(work)``'s groups) are ended by
+    group, in case the driver could not."""
+    cmd = [*(namespace or namespace_command()), sys.executable, "-m", module, *args]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), budget + 30)
+    except TimeoutError:
+        out = b"driver timed out"
+        kill_groups([proc.pid])
+    finally:
+        kill_groups(browser_groups(work))
+        if also_kill is not None:
+            kill_groups(also_kill(work))
+        with contextlib.suppress(ProcessLookupError):
+            await proc.wait()
+    lines = out.decode(errors="replace").strip().splitlines()
+    (work / "driver.out").write_text("\n".join(lines))
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        pytest.fail("driver gave no result:\n" + "\n".join(lines[-60:]))
+    if "error" in result:
+        logs = "\n".join(lines[-40:-1])
+        pytest.fail(f"{result['error']}\n{json.dumps(result, indent=1)[:8000]}\n{logs}")
+    return result
 
 
 def assert_flowing(pair: dict[str, Any]) -> None:

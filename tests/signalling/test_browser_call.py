@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import struct
-import sys
 import time
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,16 +45,14 @@ from tests.browser import (
     DriverError,
     Page,
     assert_flowing,
-    browser_groups,
     captions,
     click,
     flow,
     frame_of,
     join,
-    kill_groups,
-    namespace_command,
     participant_id,
     receiving,
+    run_driver,
     until_flowing,
 )
 
@@ -73,37 +70,8 @@ async def run_scenario(
     scenario: str, database_url: str, work: Path, budget: float
 ) -> dict[str, Any]:
     """Run the driver in its own loopback-only namespace; its JSON result."""
-    cmd = [
-        *namespace_command(),
-        sys.executable, "-m", "tests.signalling.test_browser_call", scenario,
-        "--database-url", database_url, "--work", str(work), "--budget", str(budget),
-    ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), budget + 30)
-    except TimeoutError:
-        out = b"driver timed out"
-        kill_groups([proc.pid])
-    finally:
-        # The driver ends its browsers; these are left only if it could not.
-        kill_groups(browser_groups(work))
-        with contextlib.suppress(ProcessLookupError):
-            await proc.wait()
-    lines = out.decode(errors="replace").strip().splitlines()
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        pytest.fail("driver gave no result:\n" + "\n".join(lines[-60:]))
-    if "error" in result:
-        logs = "\n".join(lines[-40:-1])
-        pytest.fail(f"{result['error']}\n{json.dumps(result, indent=1)[:6000]}\n{logs}")
-    return result
+    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
+    return await run_driver("tests.signalling.test_browser_call", args, work, budget)
 
 
 @pytest.mark.timeout(120)

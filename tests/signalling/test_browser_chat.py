@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,11 +31,9 @@ from tests.browser import (
     Browsers,
     DriverError,
     Page,
-    browser_groups,
     click,
     join,
-    kill_groups,
-    namespace_command,
+    run_driver,
 )
 from tests.signalling.test_browser_call import World
 from tests.signalling.test_weak_network import HTTP_PORT, serving
@@ -49,36 +45,8 @@ async def run_scenario(
     scenario: str, database_url: str, work: Path, budget: float
 ) -> dict[str, Any]:
     """Run the driver in its own loopback-only namespace; its JSON result."""
-    cmd = [
-        *namespace_command(),
-        sys.executable, "-m", "tests.signalling.test_browser_chat", scenario,
-        "--database-url", database_url, "--work", str(work), "--budget", str(budget),
-    ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), budget + 30)
-    except TimeoutError:
-        out = b"driver timed out"
-        kill_groups([proc.pid])
-    finally:
-        kill_groups(browser_groups(work))
-        with contextlib.suppress(ProcessLookupError):
-            await proc.wait()
-    lines = out.decode(errors="replace").strip().splitlines()
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        pytest.fail("driver gave no result:\n" + "\n".join(lines[-60:]))
-    if "error" in result:
-        logs = "\n".join(lines[-40:-1])
-        pytest.fail(f"{result['error']}\n{json.dumps(result, indent=1)[:8000]}\n{logs}")
-    return result
+    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
+    return await run_driver("tests.signalling.test_browser_chat", args, work, budget)
 
 
 DOCTOR_SAYS = "Please take Paracetamol 500 mg twice a day"

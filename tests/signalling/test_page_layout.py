@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +37,10 @@ from tests.browser import (
     Browsers,
     DriverError,
     Page,
-    browser_groups,
     join,
-    kill_groups,
-    namespace_command,
     participant_id,
     receiving,
+    run_driver,
 )
 from tests.signalling.test_browser_call import HTTP_PORT, World, serving
 
@@ -76,38 +72,9 @@ def test_contrast_matches_the_wcag_examples() -> None:
     assert contrast((0x77, 0x77, 0x77), (255, 255, 255)) == pytest.approx(4.48, abs=0.01)
 
 
-async def run_driver(database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    cmd = [
-        *namespace_command(),
-        sys.executable, "-m", "tests.signalling.test_page_layout",
-        "--database-url", database_url, "--work", str(work), "--budget", str(budget),
-    ]  # fmt: skip
-    env = dict(os.environ)
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), budget + 30)
-    except TimeoutError:
-        out = b"driver timed out"
-        kill_groups([proc.pid])
-    finally:
-        kill_groups(browser_groups(work))
-        with contextlib.suppress(ProcessLookupError):
-            await proc.wait()
-    lines = out.decode(errors="replace").strip().splitlines()
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        pytest.fail("driver gave no result:\n" + "\n".join(lines[-60:]))
-    if "error" in result:
-        pytest.fail(f"{result['error']}\n{json.dumps(result, indent=1)[:6000]}")
-    return result
+async def run_layout(database_url: str, work: Path, budget: float) -> dict[str, Any]:
+    args = ["--database-url", database_url, "--work", str(work), "--budget", str(budget)]
+    return await run_driver("tests.signalling.test_page_layout", args, work, budget)
 
 
 def check_layout(shot: dict[str, Any], *, mode: str) -> None:
@@ -140,7 +107,7 @@ def check_contrast(colors: list[dict[str, Any]]) -> list[str]:
 
 @pytest.mark.timeout(240)
 async def test_the_call_page_as_a_visit(database_url: str, tmp_path: Path) -> None:
-    result = await run_driver(database_url, tmp_path, budget=170)
+    result = await run_layout(database_url, tmp_path, budget=170)
     print(json.dumps({k: v for k, v in result.items() if k != "shots"}))
     shots = result["shots"]
 

@@ -40,7 +40,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -52,12 +51,10 @@ from tests.browser import (
     Browsers,
     DriverError,
     Page,
-    browser_groups,
     click,
     join,
-    kill_groups,
-    namespace_command,
     participant_id,
+    run_driver,
 )
 from tests.firefox import VETH_ADDRESS, FirefoxPage, veth_namespace_command
 from tests.signalling.test_browser_call import SECRET, World
@@ -79,38 +76,15 @@ async def run_scenario(
     veth interface too, for Firefox); its JSON result."""
     if shutil.which("turnserver") is None:
         pytest.skip("needs coturn's turnserver")
-    cmd = [
-        *(veth_namespace_command() if veth else namespace_command()),
-        sys.executable, "-m", "tests.signalling.test_weak_network", scenario,
-        "--database-url", database_url, "--work", str(work), "--budget", str(budget),
-    ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
+    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
+    return await run_driver(
+        "tests.signalling.test_weak_network",
+        args,
+        work,
+        budget,
+        namespace=veth_namespace_command() if veth else None,
+        also_kill=turn_groups,
     )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), budget + 30)
-    except TimeoutError:
-        out = b"driver timed out"
-        kill_groups([proc.pid])
-    finally:
-        kill_groups(browser_groups(work))
-        kill_groups(turn_groups(work))
-        with contextlib.suppress(ProcessLookupError):
-            await proc.wait()
-    lines = out.decode(errors="replace").strip().splitlines()
-    (work / "driver.out").write_text("\n".join(lines))
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        pytest.fail("driver gave no result:\n" + "\n".join(lines[-60:]))
-    if "error" in result:
-        logs = "\n".join(lines[-40:-1])
-        pytest.fail(f"{result['error']}\n{json.dumps(result, indent=1)[:8000]}\n{logs}")
-    return result
 
 
 @pytest.mark.slow
