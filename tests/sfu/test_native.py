@@ -9,6 +9,7 @@ run on whichever path ``WADUD_NATIVE`` selects; CI runs them on both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -54,21 +55,36 @@ def twins() -> tuple[SrtpSession, SrtpSession]:
     )
 
 
-@pytest.fixture
-def sockets() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
+@contextlib.contextmanager
+def loopback_sockets(
+    *, rcvbuf: int = 1 << 20, timeout: float | None = None
+) -> Iterator[tuple[socket.socket, list[socket.socket]]]:
+    """A non-blocking sender and three receivers on 127.0.0.1 (with
+    ``timeout``: blocking reads that give up after it), closed after."""
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender.bind(("127.0.0.1", 0))
     sender.setblocking(False)
     receivers = []
-    for _ in range(3):
-        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        r.bind(("127.0.0.1", 0))
-        r.settimeout(2.0)
-        receivers.append(r)
-    yield sender, receivers
-    for s in (sender, *receivers):
-        s.close()
+    try:
+        for _ in range(3):
+            r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            receivers.append(r)
+            r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            r.bind(("127.0.0.1", 0))
+            if timeout is None:
+                r.setblocking(False)
+            else:
+                r.settimeout(timeout)
+        yield sender, receivers
+    finally:
+        for s in (sender, *receivers):
+            s.close()
+
+
+@pytest.fixture
+def sockets() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
+    with loopback_sockets(timeout=2.0) as pair:
+        yield pair
 
 
 def test_enabled_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -333,17 +349,7 @@ def forwarder_with_three(records: list[Record], now: float) -> Any:
 def test_native_forward_sends_what_the_python_loop_would(
     steps: list[tuple[int, int, int, str | None]],
 ) -> None:
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind(("127.0.0.1", 0))
-    sender.setblocking(False)
-    receivers = []
-    for _ in range(3):
-        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        r.bind(("127.0.0.1", 0))
-        r.setblocking(False)
-        receivers.append(r)
-    try:
+    with loopback_sockets() as (sender, receivers):
         fan = native.fanout(sender)
         assert fan is not None
         pairs = [twins() for _ in receivers]
@@ -389,9 +395,6 @@ def test_native_forward_sends_what_the_python_loop_would(
             assert mine.transport.twcc_seq == ref.transport.twcc_seq
             assert mine.transport.sent_at == ref.transport.sent_at
             assert mine.transport.sizes == ref.transport.sizes
-    finally:
-        for s in (sender, *receivers):
-            s.close()
 
 
 @needs_native

@@ -11,7 +11,6 @@ rewriter's state must be the same.
 
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Any
 
@@ -19,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu import native
-from tests.sfu.test_native import PUB_EXTS, Record, needs_native, twins
+from tests.sfu.test_native import PUB_EXTS, Record, loopback_sockets, needs_native, twins
 
 GROUP = 9000
 LAYER_SSRCS = (1001, 1002, 1003)
@@ -73,17 +72,7 @@ def forwarder(records: list[Record], now: float) -> Any:
 def test_native_forwards_simulcast_layers_as_python_does(
     wide: bool, steps: list[tuple[Any, bool]]
 ) -> None:
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind(("127.0.0.1", 0))
-    sender.setblocking(False)
-    receivers = []
-    for _ in range(3):
-        r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-        r.bind(("127.0.0.1", 0))
-        r.setblocking(False)
-        receivers.append(r)
-    try:
+    with loopback_sockets(rcvbuf=1 << 21) as (sender, receivers):
         fan = native.fanout(sender)
         assert fan is not None
         pairs = [twins() for _ in receivers]
@@ -143,6 +132,3 @@ def test_native_forwards_simulcast_layers_as_python_does(
                 getattr(b.vp8, n) for n in b.vp8.__slots__
             ]
             assert (a.packets_sent, a.octets_sent) == (b.packets_sent, b.octets_sent)
-    finally:
-        for s in (sender, *receivers):
-            s.close()
