@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -39,6 +39,7 @@ __all__ = [
     "alive",
     "control_channel",
     "rooms_key",
+    "worker",
     "worker_key",
     "workers",
 ]
@@ -146,17 +147,28 @@ async def workers(redis: Redis, region: str | None = None) -> list[WorkerInfo]:
         if not entry:
             gone.append(wid)
             continue
-        try:
-            info = WorkerInfo.from_hash(entry)
-        except ValueError as exc:
-            log.warning("unreadable media worker entry", extra={"worker": wid, "error": str(exc)})
-            continue
-        if region is None or info.region == region:
+        info = _parse(wid, entry)
+        if info is not None and (region is None or info.region == region):
             found.append(info)
     if gone:
         # A worker that comes back re-adds itself at its next heartbeat.
         await redis.srem(WORKERS, *gone)
     return found
+
+
+async def worker(redis: Redis, wid: str) -> WorkerInfo | None:
+    """One worker's entry, None when it expired or cannot be read."""
+    # The registry's clients decode responses (str, not bytes).
+    entry = cast("dict[str, str]", await redis.hgetall(worker_key(wid)))
+    return _parse(wid, entry) if entry else None
+
+
+def _parse(wid: str, entry: Mapping[str, str]) -> WorkerInfo | None:
+    try:
+        return WorkerInfo.from_hash(entry)
+    except ValueError as exc:
+        log.warning("unreadable media worker entry", extra={"worker": wid, "error": str(exc)})
+        return None
 
 
 async def alive(redis: Redis, wid: str, incarnation: str) -> bool:

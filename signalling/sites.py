@@ -151,11 +151,9 @@ async def _point(svc: CallService, room: CallRoom, region: str, placed: Placed) 
 async def _read_peer(svc: CallService, site: Site) -> RelayPeer | None:
     """The site's worker as a relay peer, from its registry entry."""
     if site.peer is None and svc.placement is not None:
-        entries = await registry.workers(svc.placement.redis)
-        info = next((w for w in entries if w.worker == site.placed.worker), None)
-        fingerprint = getattr(info, "fingerprint", "") if info is not None else ""
-        if info is not None and info.incarnation == site.placed.incarnation and fingerprint:
-            site.peer = RelayPeer(info.worker, info.host, info.port, fingerprint)
+        info = await registry.worker(svc.placement.redis, site.placed.worker)
+        if info is not None and info.incarnation == site.placed.incarnation and info.fingerprint:
+            site.peer = RelayPeer(info.worker, info.host, info.port, info.fingerprint)
     return site.peer
 
 

@@ -106,3 +106,16 @@ async def test_alive_needs_the_incarnation_and_a_listener(redis: aioredis.Redis)
     finally:
         await pubsub.aclose()
         await reg.close()
+
+
+async def test_one_worker_read_alone(redis: aioredis.Redis) -> None:
+    mine = info(region="qa", fingerprint="sha-256 AB:CD")
+    reg = Registration(redis, mine, heartbeat=0.1, ttl=1.0, load=lambda: {})
+    await reg.start()
+    try:
+        found = await registry.worker(redis, mine.worker)
+        assert found is not None
+        assert (found.incarnation, found.fingerprint) == (mine.incarnation, mine.fingerprint)
+        assert await registry.worker(redis, "no-such-worker") is None
+    finally:
+        await reg.close()
