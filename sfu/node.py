@@ -21,7 +21,13 @@ registry TTL. It serves, on ``media_http``:
 Workers are children in the supervisor's process group with a parent-death
 signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``): a supervisor killed with
 SIGKILL takes them with it, so no orphan keeps a UDP port or a registry entry
-alive. SIGTERM or SIGINT on the supervisor drains the node: each worker
+alive. SIGTERM or SIGINT on the supervisor drains the node; the supervisor
+orders each worker to drain with SIGUSR1. Workers ignore SIGTERM and SIGINT
+(they start with them blocked, so not even a signal during start-up gets
+through): a signal sent to the whole process group (Ctrl-C in a terminal,
+systemd's default ``KillMode``, ``kill -- -PGID``) reaches the supervisor,
+which drains in order, and never a worker first, which would exit before the
+drain began and be taken for a crash. A draining worker
 marks itself ``draining`` in the registry and on the events channel
 (placement stops choosing it, owners move its rooms), waits until its rooms
 set is empty and its transports are gone (at most ``media_drain_timeout``)
@@ -129,19 +135,26 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+#: The signal with which the supervisor orders a worker to drain.
+DRAIN_SIGNAL = signal.SIGUSR1
+#: Blocked in the supervisor while it starts a worker, so the worker begins
+#: life with them blocked (the mask survives fork and exec) until it has its
+#: own dispositions: SIGTERM and SIGINT ignored, DRAIN_SIGNAL handled.
+_WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL}
+
+
 def worker_process(spec: WorkerSpec) -> None:
     """A worker process's main (the multiprocessing target); exits with its status."""
+    # Orders come from the supervisor alone (module docstring).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(spec.parent)
     import uvloop
 
     from wadud import logs
 
     logs.configure(spec.settings.log_level, spec.settings.log_format)
-    try:
-        code = uvloop.run(_worker_main(spec))
-    except KeyboardInterrupt:
-        code = 0
-    sys.exit(code)
+    sys.exit(uvloop.run(_worker_main(spec)))
 
 
 class _Load:
@@ -186,8 +199,9 @@ async def _worker_main(spec: WorkerSpec) -> int:
     settings = spec.settings
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(DRAIN_SIGNAL, stop.set)
+    # A drain ordered while this process started is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
     redis = _redis(settings.redis_url)
     worker = MediaWorker.from_settings(settings, spec.port, spec.wid)
     extra = {"worker": spec.wid, "incarnation": spec.incarnation}
@@ -341,7 +355,11 @@ class Supervisor:
         process = self._ctx.Process(
             target=worker_process, args=(spec,), name=f"wadud-media-{slot.wid}", daemon=True
         )
-        process.start()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         slot.process = process
         slot.started = time.monotonic()
         self._loop.add_reader(process.sentinel, self._exited, slot, process)
@@ -408,9 +426,9 @@ class Supervisor:
             if slot.restart is not None:
                 slot.restart.cancel()
                 slot.restart = None
-            if slot.process is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    slot.process.terminate()
+            if slot.process is not None and slot.process.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(slot.process.pid, DRAIN_SIGNAL)
         if self._loop is not None:
             self._watchdog = self._loop.create_task(self.watchdog())
         if not self.running():

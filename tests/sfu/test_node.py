@@ -239,6 +239,25 @@ async def test_node_registers_serves_metrics_answers_and_drains(
     assert await mine(redis, media_node) == {}
 
 
+async def test_a_signal_to_the_whole_group_drains_through_the_supervisor(
+    media_node: MediaNode, redis: aioredis.Redis, events: Events
+) -> None:
+    """Ctrl-C in a terminal (SIGINT to the process group), repeated: the workers
+    ignore it and drain when the supervisor orders it, so none is taken for a
+    crash and restarted, and the node exits 0."""
+    await wait_ready(media_node)
+    before = await mine(redis, media_node)
+    for _ in range(3):
+        os.killpg(media_node.proc.pid, signal.SIGINT)
+        await asyncio.sleep(0.05)
+    for wid in media_node.wids():
+        await events.wait(worker=wid, incarnation=before[wid].incarnation, lifecycle="stopped")
+    assert await wait_exit(media_node.proc, 10.0) == 0, media_node.tail()
+    log = media_node.log.read_text(errors="replace")
+    assert "restarting" not in log and "failed to drain" not in log, media_node.tail()
+    assert log.count('"media worker started"') == 2, media_node.tail()
+
+
 async def test_a_killed_worker_is_restarted_as_a_new_incarnation(
     media_node: MediaNode, redis: aioredis.Redis, events: Events
 ) -> None:
