@@ -101,6 +101,28 @@ class _Relay:
         self.sock.close()
 
 
+class _Reserved:
+    """A port held for a RESERVATION-TOKEN: a bound socket nobody reads yet.
+
+    RFC 8656 section 7.1: the server reserves the port, so it is bound here
+    and the allocation that redeems the token takes this very socket.
+    """
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock: socket.socket | None = sock
+
+    def take(self) -> socket.socket | None:
+        sock, self.sock = self.sock, None
+        return sock
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 class _UdpListener:
     __slots__ = ("address", "fd", "side", "sock")
 
@@ -239,7 +261,7 @@ class TurnServer:
 
                 self.native = _relay
         self.config = config.validate()
-        self.core = TurnCore(config, self._open_relay)
+        self.core = TurnCore(config, self._open_relay, self._reserve_port)
         self.udp_addresses: list[Address] = []
         self.tcp_addresses: list[Address] = []
         self.tls_addresses: list[Address] = []
@@ -411,22 +433,11 @@ class TurnServer:
 
     # ------------------------------------------------------------------ relays
 
-    def _open_relay(
-        self, alloc: Allocation, ip: str, port: int, dont_fragment: bool
-    ) -> _Relay | None:
-        """Bind a relayed transport address (the core's ``open_relay``)."""
-        loop = self._loop
-        assert loop is not None
+    def _bind_relay_socket(self, ip: str, port: int) -> socket.socket | None:
         sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
         try:
             if ":" in ip:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if dont_fragment:
-                # RFC 8656 section 7.2: honour DONT-FRAGMENT with path MTU discovery on.
-                if ":" in ip:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG, 1)
-                else:
-                    sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
             self._tune(sock)
             sock.bind((ip, port))
             sock.setblocking(False)
@@ -437,6 +448,39 @@ class TurnServer:
                     "relay bind failed", extra={"ip": ip, "port": port, "error": str(exc)}
                 )
             return None
+        return sock
+
+    def _reserve_port(self, ip: str, port: int) -> _Reserved | None:
+        """Hold ``port`` for a RESERVATION-TOKEN (the core's ``reserve_port``)."""
+        sock = self._bind_relay_socket(ip, port)
+        return None if sock is None else _Reserved(sock)
+
+    def _open_relay(
+        self, alloc: Allocation, ip: str, port: int, dont_fragment: bool, reserved: Any
+    ) -> _Relay | None:
+        """Bind a relayed transport address (the core's ``open_relay``).
+
+        ``reserved`` is the :class:`_Reserved` of a redeemed RESERVATION-TOKEN:
+        its socket becomes the relay, so the port is never free in between.
+        """
+        loop = self._loop
+        assert loop is not None
+        if reserved is not None:
+            sock = cast(_Reserved, reserved).take()
+        else:
+            sock = self._bind_relay_socket(ip, port)
+        if sock is None:
+            return None
+        if dont_fragment:
+            # RFC 8656 section 7.2: honour DONT-FRAGMENT with path MTU discovery on.
+            try:
+                if ":" in ip:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG, 1)
+                else:
+                    sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+            except OSError:
+                sock.close()
+                return None
         relay = _Relay(sock, loop)
         link = alloc.side.link
         if isinstance(link, _UdpListener) and self.native is not None:

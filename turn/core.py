@@ -6,12 +6,16 @@ returns; it asks :meth:`TurnCore.get_timer` when to wake the core and then
 calls :meth:`TurnCore.handle_timer`. Expiry of allocations, permissions,
 channels and reservations are all timer outputs; no clock is read here.
 
-Two things the core cannot do without I/O are injected:
+Three things the core cannot do without I/O are injected:
 
-* ``open_relay(allocation, ip, port, dont_fragment)`` binds a relayed UDP
-  socket and returns an endpoint with ``sendto(data, addr)``, ``close()``
-  (or None if the port is taken). Binding is synchronous, so an Allocate is
-  answered in the same call.
+* ``open_relay(allocation, ip, port, dont_fragment, reserved)`` binds a
+  relayed UDP socket and returns an endpoint with ``sendto(data, addr)``,
+  ``close()`` (or None if the port is taken). Binding is synchronous, so an
+  Allocate is answered in the same call. ``reserved`` is None, or what
+  ``reserve_port`` returned for that port: the endpoint is made of it.
+* ``reserve_port(ip, port)`` holds a port for a RESERVATION-TOKEN (RFC 8656
+  section 7.1: the server reserves it, so nobody else can take it) and
+  returns something with ``close()``, or None if the port is taken.
 * Send indications are relayed by calling ``allocation.relay.sendto``.
 
 ChannelData and peer-to-client data never come here: the adapter relays
@@ -134,7 +138,14 @@ class RelayEndpoint(Protocol):
     def close(self) -> None: ...
 
 
-RelayOpener = Callable[[Allocation, str, int, bool], "RelayEndpoint | None"]
+class Reservation(Protocol):
+    """What ``reserve_port`` returns: a port held for a RESERVATION-TOKEN."""
+
+    def close(self) -> None: ...
+
+
+RelayOpener = Callable[[Allocation, str, int, bool, Any], "RelayEndpoint | None"]
+PortReserver = Callable[[str, int], "Reservation | None"]
 
 
 class ClientSide:
@@ -166,11 +177,13 @@ class TurnCore:
         self,
         config: TurnConfig,
         open_relay: RelayOpener,
+        reserve_port: PortReserver,
         *,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
         self._open_relay = open_relay
+        self._reserve_port = reserve_port
         self._random = random
         self.verifier = CredentialVerifier(config.realm, config.secrets, config.static_users)
         self.nonces = NonceFactory(random(32), config.nonce_lifetime)
@@ -184,8 +197,8 @@ class TurnCore:
         self.allocations: set[Allocation] = set()
         self.by_user: dict[str, int] = {}
         self.ports_in_use: set[tuple[int, int]] = set()
-        # token -> (family, port, expiry)
-        self.reservations: dict[bytes, tuple[int, int, float]] = {}
+        # token -> (family, port, expiry, the held port)
+        self.reservations: dict[bytes, tuple[int, int, float, Reservation]] = {}
         self.epoch = 0
         self.epoch_budget = config.max_bps // 8 if config.max_bps else 0
         self._timers: list[tuple[float, int, int, Any, Any]] = []
@@ -233,6 +246,7 @@ class TurnCore:
                 if entry is not None and entry[2] <= now:
                     del self.reservations[key]
                     self.ports_in_use.discard((entry[0], entry[1]))
+                    entry[3].close()
                 continue
             alloc: Allocation = obj
             if alloc.state is not AllocationState.ACTIVE:
@@ -274,6 +288,8 @@ class TurnCore:
         for alloc in list(self.allocations):
             self._delete(alloc, AllocationEvent.SHUTDOWN, now)
         self._timers.clear()
+        for entry in self.reservations.values():
+            entry[3].close()
         self.reservations.clear()
 
     def snapshot(self) -> dict[str, int]:
@@ -575,21 +591,21 @@ class TurnCore:
         lifetime = self._lifetime(msg) or cfg.default_lifetime
         alloc = Allocation(side, client, username, user, key, family, now + lifetime)
         ip = self.relay_ips[family]
-        reserve_next = False
+        held: Reservation | None = None
         if reservation is not None:
             port = reservation[1]
             self.ports_in_use.discard((family, port))
-            endpoint = self._open_relay(alloc, ip, port, dont_fragment)
+            # The very socket that held the port becomes the relay.
+            endpoint = self._open_relay(alloc, ip, port, dont_fragment, reservation[3])
             if endpoint is None:
+                reservation[3].close()
                 raise StunRequestError(508, metric="ports")
-            ports = (port,)
         else:
             reserve_next = even is not None and self._decode(unpack_even_port, even)
-            endpoint, port = self._bind_port(
+            endpoint, port, held = self._bind_port(
                 alloc, family, ip, even is not None, reserve_next, dont_fragment
             )
-            ports = (port,)
-        self.ports_in_use.add((family, ports[0]))
+        self.ports_in_use.add((family, port))
         alloc.relay = endpoint
         alloc.port = port
         external = cfg.external_ips.get(ip, ip)
@@ -609,9 +625,9 @@ class TurnCore:
         resp = self._response(msg, SUCCESS)
         resp.add(XOR_RELAYED_ADDRESS, xor_address(alloc.relay_addr, msg.transaction_id))
         resp.add(LIFETIME, U32.pack(lifetime))
-        if reserve_next:
+        if held is not None:
             token = self._random(8)
-            self.reservations[token] = (family, port + 1, now + cfg.reservation_lifetime)
+            self.reservations[token] = (family, port + 1, now + cfg.reservation_lifetime, held)
             self.ports_in_use.add((family, port + 1))
             alloc.reserved_port = port + 1
             self._at(now + cfg.reservation_lifetime, _T_RESERVATION, None, token)
@@ -640,7 +656,8 @@ class TurnCore:
         even: bool,
         reserve_next: bool,
         dont_fragment: bool,
-    ) -> tuple[RelayEndpoint, int]:
+    ) -> tuple[RelayEndpoint, int, Reservation | None]:
+        """A free port (even if asked), and the next one held too if ``reserve_next``."""
         cfg = self.config
         lo, hi = cfg.min_port, cfg.max_port
         span = hi - lo + 1
@@ -654,9 +671,14 @@ class TurnCore:
                 continue
             if reserve_next and (port + 1 > hi or (family, port + 1) in self.ports_in_use):
                 continue
-            endpoint = self._open_relay(alloc, ip, port, dont_fragment)
+            endpoint = self._open_relay(alloc, ip, port, dont_fragment, None)
             if endpoint is not None:
-                return endpoint, port
+                if not reserve_next:
+                    return endpoint, port, None
+                held = self._reserve_port(ip, port + 1)
+                if held is not None:
+                    return endpoint, port, held
+                endpoint.close()
             tries += 1
             if tries >= 64:
                 break

@@ -65,7 +65,8 @@ class Harness:
         self.config = TurnConfig(**settings_).validate()
         self.taken: set[int] = set()
         self.relays: list[MemoryRelay] = []
-        self.core = TurnCore(self.config, self.open_relay)
+        self.held: dict[int, MemoryRelay] = {}
+        self.core = TurnCore(self.config, self.open_relay, self.reserve_port)
         self.side = ClientSide("udp", ("192.0.2.1", 3478))
         self.now = T0
         self.username, self.password = rest_credentials(SECRET, "alice", 3600, T0)
@@ -74,12 +75,29 @@ class Harness:
         self.retry_stale = True
         self.key = stun.long_term_key(self.username, REALM, self.password)
 
-    def open_relay(self, alloc: Allocation, ip: str, port: int, df: bool) -> MemoryRelay | None:
-        if port in self.taken:
+    def open_relay(
+        self, alloc: Allocation, ip: str, port: int, df: bool, reserved: Any
+    ) -> MemoryRelay | None:
+        if reserved is not None:
+            # The held port itself becomes the relay.
+            assert reserved is self.held.pop(port)
+            assert not reserved.closed
+            self.relays.append(reserved)
+            return reserved  # type: ignore[no-any-return]
+        if port in self.taken or self._holding(port):
             return None
         relay = MemoryRelay(port)
         self.relays.append(relay)
         return relay
+
+    def _holding(self, port: int) -> bool:
+        return port in self.held and not self.held[port].closed
+
+    def reserve_port(self, ip: str, port: int) -> MemoryRelay | None:
+        if port in self.taken or self._holding(port):
+            return None
+        self.held[port] = MemoryRelay(port)
+        return self.held[port]
 
     def send(self, data: bytes, client: Any = CLIENT) -> stun.Message | None:
         out = self.core.handle(self.side, client, data, self.now)
@@ -251,8 +269,11 @@ def test_even_port_with_reservation(h: Harness) -> None:
     token = reply.get(stun.RESERVATION_TOKEN)
     assert token is not None
     other = ("198.51.100.7", 40001)
+    held = h.held[port + 1]
     reply2 = h.allocate((stun.RESERVATION_TOKEN, token), client=other)
     assert reply2.decoded("XOR-RELAYED-ADDRESS")[1] == port + 1
+    assert h.relays[-1] is held
+    assert not held.closed
     # A token is good once.
     third = h.allocate((stun.RESERVATION_TOKEN, token), client=("198.51.100.7", 40002))
     assert code(third) == 508
@@ -260,9 +281,31 @@ def test_even_port_with_reservation(h: Harness) -> None:
 
 def test_reservation_expires(h: Harness) -> None:
     token = h.allocate((stun.EVEN_PORT, b"\x80")).get(stun.RESERVATION_TOKEN)
-    h.advance(31)
+    (held,) = h.held.values()
+    h.advance(29)
+    assert not held.closed
+    h.advance(2)
+    assert held.closed
     reply = h.allocate((stun.RESERVATION_TOKEN, token), client=("198.51.100.7", 40001))
     assert code(reply) == 508
+
+
+def test_even_port_skips_ports_whose_next_cannot_be_held() -> None:
+    """RFC 8656 section 7.1: the next port is held for real, or another pair is chosen."""
+    h = Harness()
+    h.taken = {50001, 50003, 50005, 50007}  # bound by someone else
+    reply = h.allocate((stun.EVEN_PORT, b"\x80"))
+    assert reply.decoded("XOR-RELAYED-ADDRESS")[1] == 50008
+    assert list(h.held) == [50009]
+    # Relays opened on a port whose neighbour was taken were closed again.
+    assert [r.port for r in h.relays if not r.closed] == [50008]
+
+
+def test_shutdown_releases_reserved_ports(h: Harness) -> None:
+    h.allocate((stun.EVEN_PORT, b"\x80"))
+    (held,) = h.held.values()
+    h.core.close(h.now)
+    assert held.closed
 
 
 def test_ports_exhausted_gives_508() -> None:

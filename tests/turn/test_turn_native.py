@@ -412,7 +412,7 @@ def test_peer_to_client_frames_what_the_core_would(
     alloc.peer_channels = {p0: 0x4000}
     alloc.permissions = {p0[0]: 1e18}
     alloc.data_txid = bytes(range(12))
-    core = TurnCore(make_config(), lambda *a: None)
+    core = TurnCore(make_config(), lambda *a: None, lambda *a: None)
     alloc.data_xpa = {}
     core.data_indication(alloc, p1, b"")  # fills the cache for p1 only
     # p2 shares p0/p1's IP on loopback, so it is permitted but uncached.

@@ -9,6 +9,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,71 @@ async def test_dont_fragment_and_even_port_allocations(raw_client: RawClient) ->
     assert reply.cls == stun.SUCCESS, reply
     assert reply.decoded("XOR-RELAYED-ADDRESS")[1] % 2 == 0
     assert reply.get(stun.RESERVATION_TOKEN) is not None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def test_reserved_port_is_held_and_handed_over(
+    server_factory: Any, echo_peer: EchoPeer
+) -> None:
+    """RFC 8656 section 7.1: the port a RESERVATION-TOKEN names is bound by the
+    server until redeemed (nobody else can take it), the allocation that
+    redeems it gets exactly that port, and an unredeemed one is freed when it
+    expires or the server stops."""
+    server = await server_factory(reservation_lifetime=1)
+    first = await RawClient.open(server.udp_addresses[0])
+    second = await RawClient.open(server.udp_addresses[0])
+    third = await RawClient.open(server.udp_addresses[0])
+    try:
+        for c in (first, second, third):
+            c.credentials()
+        reply = await first.allocate((stun.EVEN_PORT, b"\x80"))
+        port = reply.decoded("XOR-RELAYED-ADDRESS")[1]
+        token = reply.get(stun.RESERVATION_TOKEN)
+        assert token is not None
+        assert not _bindable(port + 1)
+        redeemed = await second.allocate((stun.RESERVATION_TOKEN, token))
+        assert redeemed.cls == stun.SUCCESS, redeemed
+        assert redeemed.decoded("XOR-RELAYED-ADDRESS") == ("127.0.0.1", port + 1)
+        # The handed-over socket relays.
+        assert (await second.channel_bind(0x4001, echo_peer.address)).cls == stun.SUCCESS
+        second.send(struct.pack("!HH", 0x4001, 5) + b"hello")
+        assert await second.recv() == struct.pack("!HH", 0x4001, 5) + b"hello"
+        assert echo_peer.seen[-1] == (b"hello", ("127.0.0.1", port + 1))
+
+        # Unredeemed: held until it expires (1 s here, 30 s by default).
+        reply = await third.allocate((stun.EVEN_PORT, b"\x80"))
+        other = reply.decoded("XOR-RELAYED-ADDRESS")[1] + 1
+        assert not _bindable(other)
+        deadline = time.monotonic() + 5
+        while not _bindable(other):
+            assert time.monotonic() < deadline, "reservation never expired"
+            await asyncio.sleep(0.1)
+    finally:
+        for c in (first, second, third):
+            c.close()
+
+
+async def test_shutdown_frees_reserved_port(server_factory: Any) -> None:
+    server = await server_factory()
+    client = await RawClient.open(server.udp_addresses[0])
+    try:
+        client.credentials()
+        reply = await client.allocate((stun.EVEN_PORT, b"\x80"))
+        port = reply.decoded("XOR-RELAYED-ADDRESS")[1]
+        assert not _bindable(port + 1)
+        await server.close()
+        assert _bindable(port + 1)
+        assert _bindable(port)
+    finally:
+        client.close()
 
 
 async def test_idle_tcp_connection_is_closed(
