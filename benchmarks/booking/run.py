@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -82,29 +81,30 @@ async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
 XACTS = """SELECT sum(xact_commit + xact_rollback)::bigint FROM pg_stat_database, pg_sleep(1.1)"""
 
 
-def count_statements(log: bytes) -> Counter[str]:
-    """Statements in a PostgreSQL log written with ``log_statement = 'all'``,
-    by their first words (simple and extended protocol alike)."""
-    found: Counter[str] = Counter()
+def count_statements(log: bytes) -> dict[str, tuple[int, float]]:
+    """Statements in a PostgreSQL log written with
+    ``log_min_duration_statement = 0``: per statement (its first words, simple
+    and extended protocol alike) how many ran and the milliseconds the server
+    spent on them, parse and bind steps included. ``total`` sums them."""
+    found: dict[str, list[float]] = {}
     lines = log.decode(errors="replace").splitlines()
+    step = re.compile(r"duration: ([0-9.]+) ms  (statement|execute|parse|bind) ?[^:]*: ?(.*)")
     for i, line in enumerate(lines):
-        _, sep, rest = line.partition("LOG:  ")
-        if not sep:
+        m = step.search(line)
+        if m is None:
             continue
-        if rest.startswith("statement: "):
-            sql = rest[len("statement: ") :]
-        elif rest.startswith("execute "):
-            sql = rest.split(": ", 1)[1] if ": " in rest else ""
-        else:
-            continue
+        ms, kind, sql = float(m.group(1)), m.group(2), m.group(3)
         if not sql.strip() and i + 1 < len(lines) and lines[i + 1].startswith("\t"):
             sql = lines[i + 1]  # the statement's text starts on the next line
         sql = re.sub(r"__asyncpg_savepoint_\w+__", "sp", sql)
-        words = sql.split()
-        key = " ".join(words[:3]) if words else "?"
-        found[key[:60]] += 1
-    found["total"] = sum(found.values())
-    return found
+        key = " ".join(sql.split()[:6])[:70] or "?"
+        entry = found.setdefault(key, [0, 0.0])
+        if kind in ("statement", "execute"):
+            entry[0] += 1
+        entry[1] += ms
+    out = {k: (int(v[0]), v[1]) for k, v in found.items()}
+    out["total"] = (sum(v[0] for v in out.values()), sum(v[1] for v in out.values()))
+    return out
 
 
 #: What the server requires before a booking when the run checks consent.
@@ -422,8 +422,9 @@ async def run(
         log_file = data_dir / "postgres" / "log"
         if args.count_statements:
             # Profiling only: every statement the server runs goes to the
-            # log, which slows the run; the figures then count, not time.
-            await conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+            # log with its duration, which slows the run; the figures then
+            # count and weigh statements, not time the flow.
+            await conn.execute("ALTER SYSTEM SET log_min_duration_statement = 0")
             await conn.execute("SELECT pg_reload_conf()")
             await asyncio.sleep(0.5)
         log_at = log_file.stat().st_size
@@ -448,7 +449,7 @@ async def run(
         xacts = await conn.fetchval(XACTS) - xact0 - 1
         statements = None
         if args.count_statements:
-            await conn.execute("ALTER SYSTEM RESET log_statement")
+            await conn.execute("ALTER SYSTEM RESET log_min_duration_statement")
             await conn.execute("SELECT pg_reload_conf()")
             with log_file.open("rb") as f:
                 f.seek(log_at)
@@ -477,8 +478,12 @@ async def run(
             "transactions_per_booking": round(xacts / done, 2) if done else None,
         }
         if statements is not None:
+            ranked = sorted(statements.items(), key=lambda kv: -kv[1][1])
             results["bookings"]["statements_per_booking"] = (
-                {k: round(v / done, 2) for k, v in statements.most_common()} if done else {}
+                {k: round(n / done, 2) for k, (n, _) in ranked} if done else {}
+            )
+            results["bookings"]["statement_ms_per_booking"] = (
+                {k: round(ms / done, 3) for k, (_, ms) in ranked} if done else {}
             )
     return results
 
