@@ -474,92 +474,97 @@ async def create_hold(
     when the slot is not offered now, 409 ``slot-taken`` when the time is
     (or, racing, becomes) someone else's."""
     now = now or _now()
-    async with conn.transaction():
-        # The doctor and its availability in one round trip (404 unless published).
-        doctor, availability = await slots.load_availability(
-            conn,
-            doctor_id,
-            published=True,
-            also=None if check is None else (check[0], check[1]),
-        )
-        if check is not None:
-            check[2](doctor)
+    # No transaction of its own: the read below decides, the insert commits,
+    # and the exclusion constraint on bookings refuses whatever raced in
+    # between. Two round trips in the common case (a caller's transaction,
+    # if any, still holds both).
+    view = await slots.view_for_hold(
+        conn,
+        doctor_id,
+        starts_at,
+        now,
+        also=None if check is None else (check[0], check[1]),
+    )
+    doctor, busy = view.doctor, view.busy
+    if check is not None:
+        check[2](doctor)
+    if view.lapsed:
         # Lapsed holds still count against the constraint until expired;
         # expiring them here frees their time at once rather than at the
-        # next sweep. The busy time comes with them (lapsed holds never count
-        # as busy), so one statement does both.
-        busy = await _expire_lapsed_and_busy(conn, now, doctor_id, starts_at)
-        slot = await slots.is_offered(
-            conn,
+        # next sweep, and the busy time is read again after.
+        async with conn.transaction():
+            busy = await _expire_lapsed_and_busy(conn, now, doctor_id, starts_at)
+    slot = await slots.is_offered(
+        conn,
+        doctor_id,
+        consultation_type,
+        starts_at,
+        now,
+        availability=view.availability,
+        busy=busy,
+    )
+    if slot is None:
+        raise await _taken_or_not_offered(conn, doctor_id, consultation_type, starts_at, now)
+    lo, hi = slots.blocked(doctor, slot.start, slot.end)
+    # The booking, its history row and its outbox event in one statement:
+    # every column the event carries is known before the insert.
+    held = {
+        "id": uuid4(),
+        "clinic_id": doctor["clinic_id"],
+        "doctor_id": doctor_id,
+        "patient_id": patient_id,
+        "type": slot.consultation_type.value,
+        "status": State.HELD.value,
+        "starts_at": slot.start,
+        "ends_at": slot.end,
+        "price_minor": doctor["fee_minor"],
+        "currency": doctor["currency"],
+        "instant": False,
+    }
+    event_cte, event_args = outbox.event(
+        f"booking.{State.HELD.value}", _event(held, "hold", None, patient_id, None), 15
+    )
+    try:
+        row = await conn.fetchrow(
+            f"""WITH b AS (
+                    INSERT INTO bookings
+                        (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at,
+                         ends_at, blocked, status, hold_expires_at, price_minor, currency,
+                         created_at, updated_at, id)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, tstzrange($8, $9), 'held', $10,
+                            $11, $12, $13, $13, $14)
+                    RETURNING *),
+                h AS (
+                    INSERT INTO booking_events
+                        (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
+                    SELECT id, clinic_id, 'hold', NULL, status, patient_id, '{{}}'::jsonb
+                    FROM b),
+                {event_cte}
+            SELECT b.*, {outbox.NOTIFY} FROM b""",
+            doctor["clinic_id"],
             doctor_id,
-            consultation_type,
-            starts_at,
+            doctor["key"],
+            patient_id,
+            slot.consultation_type.value,
+            slot.start,
+            slot.end,
+            lo,
+            hi,
+            now + dt.timedelta(minutes=hold_minutes),
+            doctor["fee_minor"],
+            doctor["currency"],
             now,
-            availability=availability,
-            busy=busy,
+            held["id"],
+            *event_args,
         )
-        if slot is None:
-            raise await _taken_or_not_offered(conn, doctor_id, consultation_type, starts_at, now)
-        lo, hi = slots.blocked(doctor, slot.start, slot.end)
-        # The booking, its history row and its outbox event in one statement:
-        # every column the event carries is known before the insert.
-        held = {
-            "id": uuid4(),
-            "clinic_id": doctor["clinic_id"],
-            "doctor_id": doctor_id,
-            "patient_id": patient_id,
-            "type": slot.consultation_type.value,
-            "status": State.HELD.value,
-            "starts_at": slot.start,
-            "ends_at": slot.end,
-            "price_minor": doctor["fee_minor"],
-            "currency": doctor["currency"],
-            "instant": False,
-        }
-        event_cte, event_args = outbox.event(
-            f"booking.{State.HELD.value}", _event(held, "hold", None, patient_id, None), 15
-        )
-        try:
-            row = await conn.fetchrow(
-                f"""WITH b AS (
-                        INSERT INTO bookings
-                            (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at,
-                             ends_at, blocked, status, hold_expires_at, price_minor, currency,
-                             created_at, updated_at, id)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, tstzrange($8, $9), 'held', $10,
-                                $11, $12, $13, $13, $14)
-                        RETURNING *),
-                    h AS (
-                        INSERT INTO booking_events
-                            (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
-                        SELECT id, clinic_id, 'hold', NULL, status, patient_id, '{{}}'::jsonb
-                        FROM b),
-                    {event_cte}
-                SELECT b.*, {outbox.NOTIFY} FROM b""",
-                doctor["clinic_id"],
-                doctor_id,
-                doctor["key"],
-                patient_id,
-                slot.consultation_type.value,
-                slot.start,
-                slot.end,
-                lo,
-                hi,
-                now + dt.timedelta(minutes=hold_minutes),
-                doctor["fee_minor"],
-                doctor["currency"],
-                now,
-                held["id"],
-                *event_args,
-            )
-        except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
-            # Deadlock: two requests that each expire and insert can, in rare
-            # interleavings, wait on each other; PostgreSQL aborts one, which
-            # lost the race just as surely as at the constraint.
-            raise SlotTaken("this time was booked by someone else; pick another slot") from None
-        assert row is not None
-        await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi), doctor=doctor)
-        return row
+    except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
+        # Deadlock: two requests that each expire and insert can, in rare
+        # interleavings, wait on each other; PostgreSQL aborts one, which
+        # lost the race just as surely as at the constraint.
+        raise SlotTaken("this time was booked by someone else; pick another slot") from None
+    assert row is not None
+    await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi), doctor=doctor)
+    return row
 
 
 # -- cancellation and refunds ----------------------------------------------------

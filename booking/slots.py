@@ -17,7 +17,9 @@ carrying the core's status and code.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
@@ -31,6 +33,7 @@ from wadud.errors import BadRequest, Conflict, NotFound, Unprocessable, WadudErr
 
 __all__ = [
     "ACTIVE_STATE_VALUES",
+    "HoldView",
     "blocked",
     "booking_errors",
     "build_availability",
@@ -41,6 +44,7 @@ __all__ = [
     "parse_windows",
     "refresh_next_free",
     "translate",
+    "view_for_hold",
 ]
 
 #: The ``bookings.status`` values that occupy a doctor's time.
@@ -153,6 +157,42 @@ def build_availability(
 _AV = frozenset(
     ("rule", "weekday", "start_local", "end_local", "types", "day", "windows", "closed")
 )
+#: The busy-time columns :func:`view_for_hold` reads beside those.
+_BUSY = frozenset(("lo", "hi", "lapsed"))
+
+
+def _schedule(busy_from: int | None = None) -> str:
+    """The LATERAL rows of doctor ``d``'s schedule: weekly rules (``rule``
+    true) and date overrides (false). ``busy_from``: also, with ``rule``
+    NULL, the doctor's busy ranges (``lo``, ``hi``) as :data:`BUSY_SQL` reads
+    them, its parameters numbered from ``busy_from`` (states, range start,
+    range end, now), and one row with ``lapsed`` true when a hold of the
+    doctor lapsed (:func:`booking.service.create_hold` expires those first)."""
+    busy = ""
+    if busy_from is not None:
+        n = busy_from
+        # BUSY_SQL's $1 is the doctor, here d.id; $2..$5 move to $n..$n+3.
+        params = {"1": "d.id", **{str(k): f"${n + k - 2}" for k in range(2, 6)}}
+        read = re.sub(r"\$(\d)\b", lambda m: params[m.group(1)], BUSY_SQL)
+        busy = f"""
+                UNION ALL
+                SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, lo, hi, false
+                FROM ({read}) AS busy
+                UNION ALL
+                (SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true
+                 FROM bookings WHERE doctor_id = d.id AND status = 'held'
+                   AND hold_expires_at <= ${n + 3} LIMIT 1)"""
+    more = ", NULL::timestamptz AS lo, NULL::timestamptz AS hi, NULL::boolean AS lapsed"
+    return f"""
+                SELECT true AS rule, weekday, start_local, end_local, types,
+                       NULL::date AS day, NULL::jsonb AS windows, NULL::boolean AS closed
+                       {more if busy else ""}
+                FROM availability_rules WHERE doctor_id = d.id
+                UNION ALL
+                SELECT false, NULL, NULL, NULL, NULL, day, windows, closed
+                       {", NULL, NULL, NULL" if busy else ""}
+                FROM availability_overrides
+                WHERE doctor_id = d.id AND day >= (now() AT TIME ZONE 'UTC')::date - 2{busy}"""
 
 
 async def load_availability(
@@ -181,14 +221,7 @@ async def load_availability(
     both = await conn.fetch(
         f"""SELECT {"" if doctor is not None else "d.*, "}{extra + ", " if extra else ""}a.*
             FROM doctors d
-            LEFT JOIN LATERAL (
-                SELECT true AS rule, weekday, start_local, end_local, types,
-                       NULL::date AS day, NULL::jsonb AS windows, NULL::boolean AS closed
-                FROM availability_rules WHERE doctor_id = d.id
-                UNION ALL
-                SELECT false, NULL, NULL, NULL, NULL, day, windows, closed
-                FROM availability_overrides
-                WHERE doctor_id = d.id AND day >= (now() AT TIME ZONE 'UTC')::date - 2
+            LEFT JOIN LATERAL ({_schedule()}
             ) a ON true
             WHERE d.id = $1{" AND d.status = 'published'" if published else ""}
             ORDER BY a.rule DESC, a.weekday, a.start_local, a.day
@@ -202,6 +235,61 @@ async def load_availability(
     rules = [r for r in both if r["rule"] is True]
     overrides = [r for r in both if r["rule"] is False]
     return row, build_availability(row, rules, overrides)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldView:
+    """What a hold decides on, read in one statement by :func:`view_for_hold`."""
+
+    doctor: Mapping[str, Any]
+    availability: av.Availability
+    #: The doctor's busy time over :func:`offered_window` of the start.
+    busy: list[av.BusyInterval]
+    #: A hold of the doctor's lapsed and still counts against the constraint.
+    lapsed: bool
+
+
+async def view_for_hold(
+    conn: asyncpg.Connection,
+    doctor_id: UUID,
+    starts_at: datetime,
+    now: datetime,
+    *,
+    also: tuple[str, Sequence[Any]] | None = None,
+) -> HoldView:
+    """The published doctor, its availability, its busy time around
+    ``starts_at`` and whether a hold of its lapsed: what
+    :func:`load_availability` and :func:`busy_intervals` over
+    :func:`offered_window` read, in one round trip. ``also`` as there."""
+    extra, extra_args = also if also is not None else ("", ())
+    lo, hi = offered_window(starts_at)
+    n = 2 + len(extra_args)
+    rows = await conn.fetch(
+        f"""SELECT d.*, {extra + ", " if extra else ""}a.*
+            FROM doctors d
+            LEFT JOIN LATERAL ({_schedule(busy_from=n)}
+            ) a ON true
+            WHERE d.id = $1 AND d.status = 'published'
+            ORDER BY a.rule DESC, a.weekday, a.start_local, a.day, a.lo""",
+        doctor_id,
+        *extra_args,
+        ACTIVE_STATE_VALUES,
+        lo,
+        hi,
+        now,
+    )
+    if not rows:
+        raise NotFound("no such doctor")
+    doctor = {k: v for k, v in rows[0].items() if k not in _AV and k not in _BUSY}
+    rules = [r for r in rows if r["rule"] is True]
+    overrides = [r for r in rows if r["rule"] is False]
+    busy = [av.BusyInterval(r["lo"], r["hi"], 0, 0) for r in rows if r["lapsed"] is False]
+    return HoldView(
+        doctor=doctor,
+        availability=build_availability(doctor, rules, overrides),
+        busy=busy,
+        lapsed=any(r["lapsed"] is True for r in rows),
+    )
 
 
 def offered_window(starts_at: datetime) -> tuple[datetime, datetime]:
