@@ -186,6 +186,7 @@ class Notifier:
         """Turn one batch of inbox events into jobs; return how many events."""
         async with self.pool.acquire() as conn, conn.transaction():
             events = await store.claim_events(conn, self.batch)
+            plans = []
             for event in events:
                 # A consumer span in the trace of the request that wrote the
                 # event; its jobs carry it on, so their sends join it too.
@@ -205,7 +206,8 @@ class Notifier:
                                 for j in planned.jobs
                             ],
                         )
-                    await store.save_plan(conn, planned)
+                    plans.append(planned)
+            await store.save_plans(conn, plans)
             if events:
                 await store.delete_events(conn, [e.id for e in events])
         return len(events)
@@ -216,23 +218,31 @@ class Notifier:
         added = False
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await store.claim_jobs(conn, now, self.batch)
+            finished: dict[str, str] = {}
+            wanted = []
             for row in rows:
                 job = store.job_of(row)
                 if job.expires_at is not None and job.expires_at <= now:
-                    await store.finish_job(conn, job.key, "expired")
-                    continue
-                if not await store.still_wanted(conn, job, self.policy.chat_delay):
-                    await store.finish_job(conn, job.key, "skipped")
-                    continue
-                found = await store.audience(conn, job.recipient_id)
+                    finished[job.key] = "expired"
+                elif not await store.still_wanted(conn, job, self.policy.chat_delay):
+                    finished[job.key] = "skipped"
+                else:
+                    wanted.append(job)
+            # Every recipient of the batch in one round trip.
+            audiences = (
+                await store.audiences(conn, (j.recipient_id for j in wanted)) if wanted else {}
+            )
+            for job in wanted:
+                found = audiences.get(job.recipient_id)
                 if found is None:
-                    await store.finish_job(conn, job.key, "skipped")
+                    finished[job.key] = "skipped"
                     continue
                 who, prefs, devices = found
                 deliveries = plan.expand(job, who, prefs, devices, self.available, now)
                 await store.add_deliveries(conn, job, deliveries)
-                await store.finish_job(conn, job.key, "done")
+                finished[job.key] = "done"
                 added = added or bool(deliveries)
+            await store.finish_jobs(conn, finished)
         if added:
             self._send_wake.set()
         return len(rows)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 from uuid import UUID
 
@@ -22,16 +22,16 @@ from notify.plan import Context, Delivery, Device, Event, Job, Plan, Preferences
 
 __all__ = [
     "add_deliveries",
-    "audience",
+    "audiences",
     "claim_delivery",
     "claim_events",
     "claim_jobs",
     "context_for",
     "delete_events",
     "device",
-    "finish_job",
+    "finish_jobs",
     "recipient",
-    "save_plan",
+    "save_plans",
     "still_wanted",
 ]
 
@@ -127,38 +127,51 @@ async def context_for(conn: Conn, event: Event) -> Context:
     return Context()
 
 
-async def save_plan(conn: Conn, plan: Plan) -> None:
-    if plan.cancel_reminders is not None:
-        await conn.execute(
-            """UPDATE notify_jobs SET state = 'cancelled', done_at = now()
-               WHERE booking_id = $1 AND state = 'scheduled'
-                 AND template IN ('reminder_24h', 'reminder_15m')
-                 AND ($2::text IS NULL OR params->>'starts_at' <> $2)""",
-            plan.cancel_reminders,
-            plan.keep,
-        )
-    if plan.jobs:
-        # Every job of the plan in one statement (not one per job).
-        await conn.execute(
-            """INSERT INTO notify_jobs (key, event_id, recipient_id, template, params,
-                                        booking_id, due_at, expires_at)
-               SELECT j.key, j.event_id, j.recipient_id, j.template, j.params::jsonb,
-                      j.booking_id, j.due_at, j.expires_at
-               FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
-                           $6::uuid[], $7::timestamptz[], $8::timestamptz[])
-                    AS j(key, event_id, recipient_id, template, params, booking_id, due_at,
-                         expires_at)
-               WHERE EXISTS (SELECT 1 FROM users WHERE id = j.recipient_id)
-               ON CONFLICT (key) DO NOTHING""",
-            [j.key for j in plan.jobs],
-            [j.event_id for j in plan.jobs],
-            [j.recipient_id for j in plan.jobs],
-            [j.template for j in plan.jobs],
-            [_json(dict(j.params)) for j in plan.jobs],
-            [j.booking_id for j in plan.jobs],
-            [j.due_at for j in plan.jobs],
-            [j.expires_at for j in plan.jobs],
-        )
+async def save_plans(conn: Conn, plans: Sequence[Plan]) -> None:
+    """Store the plans of a batch of events, in their order: the jobs of
+    consecutive plans go in one statement, and a plan that cancels reminders
+    first stores what came before it (a cancellation then sees the reminders
+    an earlier event of the batch scheduled)."""
+    jobs: list[Job] = []
+    for plan in plans:
+        if plan.cancel_reminders is not None:
+            await _insert_jobs(conn, jobs)
+            jobs = []
+            await conn.execute(
+                """UPDATE notify_jobs SET state = 'cancelled', done_at = now()
+                   WHERE booking_id = $1 AND state = 'scheduled'
+                     AND template IN ('reminder_24h', 'reminder_15m')
+                     AND ($2::text IS NULL OR params->>'starts_at' <> $2)""",
+                plan.cancel_reminders,
+                plan.keep,
+            )
+        jobs.extend(plan.jobs)
+    await _insert_jobs(conn, jobs)
+
+
+async def _insert_jobs(conn: Conn, jobs: Sequence[Job]) -> None:
+    if not jobs:
+        return
+    await conn.execute(
+        """INSERT INTO notify_jobs (key, event_id, recipient_id, template, params,
+                                    booking_id, due_at, expires_at)
+           SELECT j.key, j.event_id, j.recipient_id, j.template, j.params::jsonb,
+                  j.booking_id, j.due_at, j.expires_at
+           FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                       $6::uuid[], $7::timestamptz[], $8::timestamptz[])
+                AS j(key, event_id, recipient_id, template, params, booking_id, due_at,
+                     expires_at)
+           WHERE EXISTS (SELECT 1 FROM users WHERE id = j.recipient_id)
+           ON CONFLICT (key) DO NOTHING""",
+        [j.key for j in jobs],
+        [j.event_id for j in jobs],
+        [j.recipient_id for j in jobs],
+        [j.template for j in jobs],
+        [_json(dict(j.params)) for j in jobs],
+        [j.booking_id for j in jobs],
+        [j.due_at for j in jobs],
+        [j.expires_at for j in jobs],
+    )
 
 
 def _json(value: Any) -> str:
@@ -255,12 +268,13 @@ async def recipient(conn: Conn, user_id: UUID) -> Recipient | None:
     return None if row is None else _recipient(row)
 
 
-async def audience(
-    conn: Conn, user_id: UUID
-) -> tuple[Recipient, Preferences, list[Device]] | None:
-    """:func:`recipient`, :func:`preferences` and :func:`devices` at once (one
-    round trip per job); None for a user gone or disabled."""
-    row = await conn.fetchrow(
+async def audiences(
+    conn: Conn, user_ids: Iterable[UUID]
+) -> dict[UUID, tuple[Recipient, Preferences, list[Device]]]:
+    """:func:`recipient`, :func:`preferences` and :func:`devices` of each user
+    at once (one round trip for a batch of jobs); users gone or disabled are
+    missing from the answer."""
+    rows = await conn.fetch(
         _RECIPIENT.format(
             more=""",
        p.user_id IS NOT NULL AS has_preferences, p.channels, p.muted,
@@ -269,25 +283,26 @@ async def audience(
                                             'keys', v.keys) ORDER BY v.created_at)
         FROM notify_devices v WHERE v.user_id = u.id) AS devices""",
             join="\nLEFT JOIN notify_preferences p ON p.user_id = u.id",
-        ),
-        user_id,
+        ).replace("WHERE u.id = $1", "WHERE u.id = ANY($1::uuid[])"),
+        list(set(user_ids)),
     )
-    if row is None:
-        return None
-    prefs = (
-        Preferences(
-            channels=frozenset(row["channels"]),
-            muted=frozenset(row["muted"]),
-            quiet_start=row["quiet_start"],
-            quiet_end=row["quiet_end"],
+    found = {}
+    for row in rows:
+        prefs = (
+            Preferences(
+                channels=frozenset(row["channels"]),
+                muted=frozenset(row["muted"]),
+                quiet_start=row["quiet_start"],
+                quiet_end=row["quiet_end"],
+            )
+            if row["has_preferences"]
+            else Preferences()
         )
-        if row["has_preferences"]
-        else Preferences()
-    )
-    found = [
-        Device(UUID(d["id"]), d["kind"], d["token"], d["keys"]) for d in row["devices"] or ()
-    ]
-    return _recipient(row), prefs, found
+        devices = [
+            Device(UUID(d["id"]), d["kind"], d["token"], d["keys"]) for d in row["devices"] or ()
+        ]
+        found[row["id"]] = (_recipient(row), prefs, devices)
+    return found
 
 
 def _device(row: asyncpg.Record) -> Device:
@@ -317,9 +332,15 @@ async def add_deliveries(conn: Conn, job: Job, deliveries: Sequence[Delivery]) -
     )
 
 
-async def finish_job(conn: Conn, key: str, state: str) -> None:
+async def finish_jobs(conn: Conn, states: Mapping[str, str]) -> None:
+    """Close jobs (key to final state) in one statement."""
+    if not states:
+        return
     await conn.execute(
-        "UPDATE notify_jobs SET state = $2, done_at = now() WHERE key = $1", key, state
+        """UPDATE notify_jobs j SET state = f.state, done_at = now()
+           FROM unnest($1::text[], $2::text[]) AS f(key, state) WHERE j.key = f.key""",
+        list(states),
+        list(states.values()),
     )
 
 

@@ -150,3 +150,20 @@ async def test_a_rescheduled_booking_is_reminded_at_its_new_time_only(
         (old.isoformat(), "cancelled"),
         (new.isoformat(), "done"),
     }
+
+
+async def test_a_booking_confirmed_and_cancelled_in_one_planning_batch_keeps_no_reminder(
+    pool: asyncpg.Pool, world: World, notify_settings: Settings
+) -> None:
+    """The planner stores a batch's jobs together, but in the events' order:
+    the cancellation cancels the reminders the confirmation just planned."""
+    row = await make_booking(pool, world, _soon(60))
+    await emit(pool, row, "confirm_payment", "held")
+    row = await set_status(pool, row, "cancelled")
+    await emit(pool, row, "cancel_by_patient", "requested", actor=world.patient)
+    n = Notifier(pool, notify_settings, {})
+    assert await n.plan_events() == 2  # both events in one batch
+    states = await pool.fetch(
+        "SELECT template, state FROM notify_jobs WHERE template LIKE 'reminder%'"
+    )
+    assert states and {s["state"] for s in states} == {"cancelled"}, states
