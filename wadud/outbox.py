@@ -63,7 +63,9 @@ async def emit(
 NOTIFY = f"pg_notify('{CHANNEL}', '') AS outbox_notified"
 
 
-def event(topic: str, payload: dict[str, Any], first: int) -> tuple[str, list[Any]]:
+def event(
+    topic: str, payload: dict[str, Any], first: int, *, source: str | None = None
+) -> tuple[str, list[Any]]:
     """:func:`emit` folded into a caller's own statement: a data-modifying
     CTE (``outbox_row AS (...)``, parameters numbered from ``$first``) and
     its arguments. The statement must also select :data:`NOTIFY`::
@@ -72,13 +74,15 @@ def event(topic: str, payload: dict[str, Any], first: int) -> tuple[str, list[An
         await conn.fetchrow(f"WITH i AS (...), {cte} SELECT i.*, {outbox.NOTIFY} FROM i",
                             *mine, *args)
 
+    ``source``: a CTE of the statement; the event is written only if it
+    yields a row (an insert that may find nothing to insert, say).
+
     With tracing on, the row keeps the current trace context (the request's
     span: the statement's own SQL span is the emit)."""
     trace = tracing.inject() or None if tracing.enabled() else None
-    cte = (
-        f"outbox_row AS (INSERT INTO outbox (topic, payload, trace)"
-        f" VALUES (${first}, ${first + 1}::jsonb, ${first + 2}::jsonb))"
-    )
+    values = f"${first}, ${first + 1}::jsonb, ${first + 2}::jsonb"
+    rows = f"SELECT {values} FROM {source}" if source else f"VALUES ({values})"
+    cte = f"outbox_row AS (INSERT INTO outbox (topic, payload, trace) {rows})"
     return cte, [topic, payload, trace]
 
 

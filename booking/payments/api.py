@@ -321,43 +321,27 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
     return_url = _check_return_url(body.return_url)
     registry = _registry(call)
     now = _now()
-    async with call.pool.acquire() as conn, conn.transaction():
-        # Locking the booking serialises concurrent attempts for it, so the
-        # one-live-intent index is never the loser's surprise.
+    async with call.pool.acquire() as conn:
+        # No transaction in the common case: this read decides, the gateway
+        # opens its checkout, and one statement re-checks the hold under its
+        # row lock and stores the intent (the one-live-intent index refuses a
+        # concurrent second). Three round trips fewer than lock, read, insert.
         booking = await conn.fetchrow(
             """SELECT b.id, b.clinic_id, b.patient_id, b.status, b.hold_expires_at,
-                      b.price_minor, b.currency, d.display_name
+                      b.price_minor, b.currency, d.display_name,
+                      EXISTS (SELECT 1 FROM payment_intents p WHERE p.booking_id = b.id
+                              AND p.status IN ('requires_payment', 'processing')) AS live
                FROM bookings b JOIN doctors d ON d.id = b.doctor_id
-               WHERE b.id = $1 FOR UPDATE OF b""",
+               WHERE b.id = $1""",
             booking_id,
         )
-        if booking is None or booking["patient_id"] != me.user_id:
-            raise NotFound("no such booking")
-        hold = booking["hold_expires_at"]
-        if booking["status"] != "held" or hold is None or hold <= now:
-            raise BookingNotPayable(f"the booking is {booking['status']}, not held for payment")
-        if booking["price_minor"] <= 0:
-            raise BookingNotPayable("the booking is free; there is nothing to pay")
-        live = await conn.fetchrow(
-            f"""SELECT {INTENT_COLUMNS} FROM payment_intents
-                WHERE booking_id = $1 AND status IN ('requires_payment', 'processing')
-                FOR UPDATE""",
-            booking_id,
-        )
-        if live is not None:
-            if body.gateway is not None and body.gateway != live["gateway"]:
-                raise LivePaymentExists(
-                    f"a {live['gateway']} payment for this booking is under way"
-                    f" until {live['expires_at'].isoformat()}"
-                )
-            live = await service.move_intent(conn, live, IntentEvent.REDIRECT, {"again": True})
-            return web.Response(
-                body=_payment(live, me).model_dump_json(),
-                status=200,
-                content_type="application/json",
-            )
+        _check_payable(booking, me, now)
+        assert booking is not None
+        if booking["live"]:
+            return await _hand_out_again(conn, me, booking_id, body.gateway, now)
         gateway = registry.get(body.gateway or settings.payments_default_gateway)
         intent_id = uuid4()
+        hold = booking["hold_expires_at"]
         intent = PaymentIntent(
             id=str(intent_id),
             amount=Money(int(booking["price_minor"]), booking["currency"]),
@@ -368,8 +352,7 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
         )
         session = await gateway.create(intent)
         # Handing the checkout out is the machine's ``redirect``: the intent is
-        # stored in the state that follows, with both lines of its history,
-        # in one round trip.
+        # stored in the state that follows, with both lines of its history.
         created = IntentState.REQUIRES_PAYMENT
         handed_out = transition(created, IntentEvent.REDIRECT)
         announced = {
@@ -384,17 +367,22 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
             "refunded_minor": 0,
         }
         event_cte, event_args = outbox.event(
-            "payment.created", service.payment_payload(announced), 18
+            "payment.created", service.payment_payload(announced), 19, source="i"
         )
         try:
             row = await conn.fetchrow(
-                f"""WITH i AS (
+                f"""WITH b AS (
+                        SELECT id FROM bookings
+                        WHERE id = $3 AND status = 'held' AND hold_expires_at > $18
+                        FOR UPDATE),
+                    i AS (
                         INSERT INTO payment_intents
                             (id, clinic_id, booking_id, patient_id, amount_minor, currency,
                              gateway, gateway_ref, status, checkout_url, checkout_method,
                              checkout_fields, return_url, expires_at)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $15, $9, $10,
-                                $11::jsonb, $12, $13)
+                        SELECT $1, $2, b.id, $4, $5, $6, $7, $8, $15, $9, $10,
+                               $11::jsonb, $12, $13
+                        FROM b
                         RETURNING {INTENT_COLUMNS}),
                     e AS (
                         INSERT INTO payment_events
@@ -423,12 +411,65 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
                 handed_out.value,
                 IntentEvent.REDIRECT.value,
                 {"url": session.url},
+                now,
                 *event_args,
             )
-        except asyncpg.UniqueViolationError:
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "payment_intents_one_live":
+                # A concurrent request of the patient's stored one first.
+                return await _hand_out_again(conn, me, booking_id, body.gateway, now)
             raise Conflict("the gateway reused a payment reference; try again") from None
-        assert row is not None
+        if row is None:
+            # The hold ended (expired, cancelled) while the checkout opened.
+            booking = await conn.fetchrow(
+                "SELECT patient_id, status, hold_expires_at, price_minor FROM bookings"
+                " WHERE id = $1",
+                booking_id,
+            )
+            _check_payable(booking, me, now)
+            raise BookingNotPayable("the booking is no longer held for payment")
     return _payment(row, me)
+
+
+def _check_payable(booking: asyncpg.Record | None, me: Principal, now: datetime) -> None:
+    if booking is None or booking["patient_id"] != me.user_id:
+        raise NotFound("no such booking")
+    hold = booking["hold_expires_at"]
+    if booking["status"] != "held" or hold is None or hold <= now:
+        raise BookingNotPayable(f"the booking is {booking['status']}, not held for payment")
+    if booking["price_minor"] <= 0:
+        raise BookingNotPayable("the booking is free; there is nothing to pay")
+
+
+async def _hand_out_again(
+    conn: asyncpg.Connection, me: Principal, booking_id: UUID, gateway: str | None, now: datetime
+) -> web.Response:
+    """The booking's live intent again (200), its checkout handed out once more.
+    Locking the booking first serialises this with other attempts for it."""
+    async with conn.transaction():
+        booking = await conn.fetchrow(
+            """SELECT patient_id, status, hold_expires_at, price_minor FROM bookings
+               WHERE id = $1 FOR UPDATE""",
+            booking_id,
+        )
+        _check_payable(booking, me, now)
+        live = await conn.fetchrow(
+            f"""SELECT {INTENT_COLUMNS} FROM payment_intents
+                WHERE booking_id = $1 AND status IN ('requires_payment', 'processing')
+                FOR UPDATE""",
+            booking_id,
+        )
+        if live is None:
+            raise Conflict("the booking's payment just ended; try again")
+        if gateway is not None and gateway != live["gateway"]:
+            raise LivePaymentExists(
+                f"a {live['gateway']} payment for this booking is under way"
+                f" until {live['expires_at'].isoformat()}"
+            )
+        live = await service.move_intent(conn, live, IntentEvent.REDIRECT, {"again": True})
+    return web.Response(
+        body=_payment(live, me).model_dump_json(), status=200, content_type="application/json"
+    )
 
 
 @routes.get("/api/v1/payments/{payment_id:uuid}", returns=Payment, auth=_VIEWERS)
