@@ -766,11 +766,17 @@ async def test_forwarded_packets_per_cpu_second_at_fan_out_10(
 
 # --- Chromium as a publisher: transport-cc ----------------------------------------------
 
+# What Chromium's estimate must reach on our feedback, whether or not its
+# start-up probes are measured well (see the test's docstring).
+BWE_FLOOR = 600_000  # bit/s: twice the 300 kbit/s it starts at
+BWE_OVER_SENT = 1.25  # times what it sent over the last second
+
 # Publishes camera and microphone to the worker (the test serves /offer), then
-# reads its own getStats(): the sender's bandwidth estimate (candidate-pair
-# availableOutgoingBitrate) and what our receiver reports told it
-# (remote-inbound-rtp); posts them once the estimate passed 1 Mbit/s with both
-# RTTs known, or after 15 s.
+# reads its own getStats() every 100 ms: the sender's bandwidth estimate
+# (candidate-pair availableOutgoingBitrate), what it sent over the last second
+# (outbound-rtp payload and header bytes, audio and video) and what our
+# receiver reports told it (remote-inbound-rtp); posts them once the estimate
+# passed the bar of the test below with both RTTs known, or after 25 s.
 PUBLISH_PAGE = """<!doctype html><html><body><script>
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 async function main() {
@@ -781,23 +787,36 @@ async function main() {
   await pc.setLocalDescription(await pc.createOffer());
   const answer = await (await fetch('/offer', {method: 'POST', body: pc.localDescription.sdp}));
   await pc.setRemoteDescription({type: 'answer', sdp: await answer.text()});
+  const history = [];  // [stats time in ms, bytes sent so far]
+  const deadline = performance.now() + 25000;
   let row = {};
-  for (let i = 0; i < 150; i++) {
+  while (performance.now() < deadline) {
     await sleep(100);
-    row = {bwe: 0, remote: {}};
+    row = {bwe: 0, sent: null, remote: {}};
+    let at = 0, bytes = 0;
     (await pc.getStats()).forEach(s => {
       if (s.type === 'candidate-pair' && s.nominated && s.availableOutgoingBitrate)
         row.bwe = s.availableOutgoingBitrate;
+      if (s.type === 'outbound-rtp') {
+        bytes += s.bytesSent + s.headerBytesSent;
+        at = s.timestamp;
+      }
       if (s.type === 'remote-inbound-rtp')
         row.remote[s.kind] = {rtt: s.roundTripTime, lost: s.packetsLost, jitter: s.jitter};
     });
+    history.push([at, bytes]);
+    const before = history.filter(([t]) => t <= at - 1000).pop();
+    if (before) row.sent = (bytes - before[1]) * 8000 / (at - before[0]);
     const rtts = Object.values(row.remote).filter(r => r.rtt !== undefined);
-    if (row.bwe >= 1e6 && rtts.length === 2) break;
+    const bar = Math.max(BWE_FLOOR, BWE_OVER_SENT * row.sent);
+    if (row.sent && row.bwe >= bar && rtts.length === 2) break;
   }
   await fetch('/result', {method: 'POST', body: JSON.stringify(row)});
 }
 main().catch(e => fetch('/result', {method: 'POST', body: JSON.stringify({error: String(e)})}));
-</script></body></html>"""
+</script></body></html>""".replace("BWE_FLOOR", str(BWE_FLOOR)).replace(
+    "BWE_OVER_SENT", str(BWE_OVER_SENT)
+)
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs /usr/bin/chromium")
@@ -808,7 +827,23 @@ async def test_chromium_publisher_gets_transport_cc_feedback_and_receiver_report
 
     Without the feedback its estimate falls from the 300 kbit/s it starts at
     (to under 100 kbit/s here within 20 s, the video held at 30 kbit/s for
-    "bandwidth"); with it, probing lifts it past 1 Mbit/s within a second or two.
+    "bandwidth"). With it, the estimate rises past what Chromium sends: the
+    fake camera's 640x480 VP8 at 20 fps is only 500 to 600 kbit/s of audio and
+    video whatever the encoder is allowed, so a fixed 1 Mbit/s bar was met
+    only through the start-up probes (idle here: 3.3 Mbit/s within 0.4 s).
+    A probe's result is read from our arrival times, so when the worker is
+    starved of CPU while a probe cluster arrives the result comes out low,
+    and in the application-limited region the estimate then climbs on
+    feedback only to about 1.5 times the acknowledged rate (GoogCC's cap:
+    about 870 kbit/s here with the probes held to 600 kbit/s by field trial,
+    856 kbit/s once in CI under load), where it stays however long one waits.
+    Under load a stall of the worker also reads as queueing: the estimate
+    drops to 0.85 times the acknowledged rate and climbs back on feedback
+    (here from 509 to 728 kbit/s in 6 s), hence 25 s to get there. So the bar
+    is relative to what was sent and met in each case, while a worker that
+    sends no feedback, or feedback that keeps reading as queueing or loss,
+    holds the estimate under 100 kbit/s and the traffic with it (checked here
+    by patching the recorder to each, 84 kbit/s both times).
     """
     result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
@@ -847,7 +882,8 @@ async def test_chromium_publisher_gets_transport_cc_feedback_and_receiver_report
         await browser.wait()
         await runner.cleanup()
     assert "error" not in outcome, outcome
-    assert outcome["bwe"] >= 1e6, outcome
+    assert outcome["sent"], outcome
+    assert outcome["bwe"] >= max(BWE_FLOOR, BWE_OVER_SENT * outcome["sent"]), outcome
     # Chromium worked out the RTT from our RRs' LSR/DLSR; nothing was lost on loopback.
     assert set(outcome["remote"]) == {"audio", "video"}, outcome
     for kind, remote in outcome["remote"].items():
