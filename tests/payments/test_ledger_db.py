@@ -142,6 +142,68 @@ async def test_post_transaction_is_checked_whole(api: Api) -> None:
         assert await service.ledger_is_balanced(conn)
 
 
+async def test_history_and_ledger_rows_belong_to_their_parents_clinic(api: Api) -> None:
+    """Booking and payment events, intents and ledger entries name their
+    parent's clinic (migration 0013): another clinic's id is refused."""
+    pool = pool_of(api)
+    async with pool.acquire() as conn:
+        other = uuid.UUID((await make_clinic(api)).id)
+        with pytest.raises(_Rollback):
+            await _tenant_checks(conn, other)
+
+
+async def _tenant_checks(conn: asyncpg.Connection, other: uuid.UUID) -> None:
+    async with conn.transaction():
+        cid, _, bid = await _booking(conn)
+        iid = await conn.fetchval(
+            """INSERT INTO payment_intents (clinic_id, booking_id, patient_id, amount_minor,
+                   currency, gateway, status, expires_at)
+               SELECT $1, id, patient_id, 1, 'PKR', 'sandbox', 'requires_payment',
+                      now() + interval '1 hour'
+               FROM bookings WHERE id = $2 RETURNING id""",
+            cid,
+            bid,
+        )
+        tid = await conn.fetchval(
+            """INSERT INTO ledger_transactions (clinic_id, kind, reference)
+               VALUES ($1, 'adjustment', 'tenant') RETURNING id""",
+            cid,
+        )
+        refused = {
+            "booking_events": (
+                """INSERT INTO booking_events (booking_id, clinic_id, event, to_state)
+                   VALUES ($1, $2, 'note', 'requested')""",
+                bid,
+            ),
+            "payment_intents": (
+                """INSERT INTO payment_intents (clinic_id, booking_id, patient_id,
+                       amount_minor, currency, gateway, status, expires_at)
+                   SELECT $2, id, patient_id, 1, 'PKR', 'other', 'failed', now()
+                   FROM bookings WHERE id = $1""",
+                bid,
+            ),
+            "payment_events": (
+                """INSERT INTO payment_events (payment_intent_id, clinic_id, event, to_state)
+                   VALUES ($1, $2, 'note', 'requires_payment')""",
+                iid,
+            ),
+            "ledger_entries": (
+                """INSERT INTO ledger_entries (transaction_id, clinic_id, account,
+                       amount_minor, currency)
+                   VALUES ($1, $2, 'platform_revenue', 5, 'PKR')""",
+                tid,
+            ),
+        }
+        for sql, parent in refused.values():
+            with pytest.raises(asyncpg.ForeignKeyViolationError):
+                async with conn.transaction():
+                    await conn.execute(sql, parent, other)
+            # The parent's own clinic is accepted (and rolled back with the
+            # rest, before the ledger's balance check at commit).
+            await conn.execute(sql, parent, cid)
+        raise _Rollback
+
+
 async def test_commission_precedence(api: Api) -> None:
     clinic = await make_clinic(api, region="AE")
     cid = uuid.UUID(clinic.id)
