@@ -540,7 +540,7 @@ async def create_hold(
                     SELECT id, clinic_id, 'hold', NULL, status, patient_id, '{{}}'::jsonb
                     FROM b),
                 {event_cte}
-            SELECT b.*, {outbox.NOTIFY} FROM b""",
+            SELECT b.* FROM b""",
             doctor["clinic_id"],
             doctor_id,
             doctor["key"],
@@ -563,6 +563,7 @@ async def create_hold(
         # lost the race just as surely as at the constraint.
         raise SlotTaken("this time was booked by someone else; pick another slot") from None
     assert row is not None
+    outbox.written(conn)
     await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi), doctor=doctor)
     return row
 

@@ -482,6 +482,7 @@ class Appender:
             it.attachment_id,
         )
         assert row is not None
+        outbox.written(conn)  # chat_append wrote the outbox row
         return Appended(row["seq"], row["created_at"], row["duplicate"])
 
     async def _many(self, conn: asyncpg.Connection, items: list[_Item]) -> list[Appended]:
@@ -502,6 +503,7 @@ class Appender:
             [it.body for it in ordered],
             [it.attachment_id for it in ordered],
         )
+        outbox.written(conn)
         out: list[Appended | None] = [None] * len(items)
         for row in rows:
             out[order[row["i"] - 1]] = Appended(row["seq"], row["created_at"], row["duplicate"])

@@ -214,7 +214,7 @@ class Settings:
     outbox_batch: int = field(default=200, metadata=_doc("Events relayed per round."))
     outbox_poll_interval: float = field(
         default=1.0,
-        metadata=_doc("Seconds between outbox polls when no NOTIFY wakes the relay."),
+        metadata=_doc("Seconds between outbox polls, for events no wake-up announced."),
     )
     outbox_retention: float = field(
         default=86400.0, metadata=_doc("Seconds published outbox rows are kept.")

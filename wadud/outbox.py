@@ -1,14 +1,22 @@
 """The transactional outbox: a domain event is published if and only if the
 transaction that produced it committed.
 
-A handler calls :func:`emit` on the connection of its transaction; the row and
-a ``NOTIFY`` (one statement) become visible together at commit. :class:`Relay` wakes on the
-notification (or polls, in case one was missed while it reconnected), claims
-unpublished rows with ``FOR UPDATE SKIP LOCKED`` so several relays share the
-work, publishes them on the bus, and marks them published in the same
-transaction. Delivery is at least once: a relay that dies after publishing and
-before committing publishes again. Every event carries its outbox ``id`` so a
-consumer can tell a repeat.
+A handler calls :func:`emit` on the connection of its transaction (or folds
+:func:`event` into its own statement and calls :func:`written`); the row
+becomes visible at commit. :class:`Relay` claims unpublished rows with
+``FOR UPDATE SKIP LOCKED`` so several relays share the work, publishes them
+on the bus, and marks them published in the same transaction. Delivery is at
+least once: a relay that dies after publishing and before committing
+publishes again. Every event carries its outbox ``id`` so a consumer can tell
+a repeat.
+
+What wakes a relay: :func:`written` tells the relays of the writing process
+the moment the writer's transaction ended (at once for a statement outside a
+transaction); a ``NOTIFY`` on :data:`CHANNEL` (the triggers of migration 0008
+send one); and, for rows written by a process that runs no relay, a poll
+every ``outbox_poll_interval``. Writers do not ``NOTIFY`` themselves:
+PostgreSQL serialises the commits of all notifying transactions on one lock
+held through the WAL flush, which capped bookings at one commit per fsync.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,9 +39,12 @@ CHANNEL = "wadud_outbox"
 STREAM = "events"
 
 
-#: The row, and the NOTIFY that wakes the relays at commit, in one statement.
 _EMIT = """INSERT INTO outbox (topic, payload, trace) VALUES ($1, $2::jsonb, $3::jsonb)"""
-_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+#: The relays of this process (:func:`written` wakes them).
+_RELAYS: weakref.WeakSet[Relay] = weakref.WeakSet()
+#: Seconds a relay waits for a writer's transaction to end before it leaves
+#: the event to its poll.
+_PENDING_FOR = 5.0
 
 
 async def emit(
@@ -49,18 +61,21 @@ async def emit(
     own history row, say) sent in the same round trip, its parameters
     numbered from ``$4`` and given in ``args``. With tracing on, the row keeps
     the current trace context, so publishing it later continues this trace."""
-    ctes = f"a AS ({also}), " if also else ""
-    query = f"WITH {ctes}e AS ({_EMIT}) {_NOTIFY}"
+    query = f"WITH a AS ({also}) {_EMIT}" if also else _EMIT
     if not tracing.enabled():
         await conn.execute(query, topic, payload, None, *args)
-        return
-    with tracing.span(f"outbox emit {topic}", attributes={"messaging.destination.name": topic}):
-        await conn.execute(query, topic, payload, tracing.inject() or None, *args)
+    else:
+        with tracing.span(f"outbox emit {topic}", attributes={"messaging.destination.name": topic}):
+            await conn.execute(query, topic, payload, tracing.inject() or None, *args)
+    written(conn)
 
 
-#: Put this in the SELECT of a statement that carries an :func:`event` CTE:
-#: the NOTIFY that wakes the relays at commit.
-NOTIFY = f"pg_notify('{CHANNEL}', '') AS outbox_notified"
+def written(conn: asyncpg.Connection) -> None:
+    """An event was written on ``conn``: this process's relays publish it as
+    soon as the transaction it belongs to has ended (at once when ``conn`` is
+    in none). Costs no round trip."""
+    for relay in _RELAYS:
+        relay.expect(conn)
 
 
 def event(
@@ -68,11 +83,11 @@ def event(
 ) -> tuple[str, list[Any]]:
     """:func:`emit` folded into a caller's own statement: a data-modifying
     CTE (``outbox_row AS (...)``, parameters numbered from ``$first``) and
-    its arguments. The statement must also select :data:`NOTIFY`::
+    its arguments. Call :func:`written` after the statement::
 
         cte, args = outbox.event("payment.created", payload, 16)
-        await conn.fetchrow(f"WITH i AS (...), {cte} SELECT i.*, {outbox.NOTIFY} FROM i",
-                            *mine, *args)
+        await conn.fetchrow(f"WITH i AS (...), {cte} SELECT i.* FROM i", *mine, *args)
+        outbox.written(conn)
 
     ``source``: a CTE of the statement; the event is written only if it
     yields a row (an insert that may find nothing to insert, say).
@@ -104,16 +119,49 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
+        #: Connections whose open transaction wrote an event, and since when.
+        self._pending: dict[asyncpg.Connection, float] = {}
+        self._watch: asyncio.Handle | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        _RELAYS.add(self)
 
     async def close(self) -> None:
+        _RELAYS.discard(self)
+        if self._watch is not None:
+            self._watch.cancel()
+        self._pending.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._unlisten()
+
+    def expect(self, conn: asyncpg.Connection) -> None:
+        """See :func:`written`."""
+        if not _in_transaction(conn):
+            self._wake.set()
+            return
+        loop = asyncio.get_running_loop()
+        self._pending.setdefault(conn, loop.time())
+        if self._watch is None:
+            self._watch = loop.call_soon(self._check_pending)
+
+    def _check_pending(self) -> None:
+        # No round trip: whether a transaction is open is the connection's
+        # own state, from the server's last ReadyForQuery.
+        self._watch = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn, since in list(self._pending.items()):
+            if not _in_transaction(conn):
+                del self._pending[conn]
+                self._wake.set()
+            elif now - since > _PENDING_FOR:
+                del self._pending[conn]  # a long transaction: the poll finds it
+        if self._pending:
+            self._watch = loop.call_later(0.002, self._check_pending)
 
     async def _listen(self) -> None:
         # Keep the connection where _unlisten finds it before anything else
@@ -136,6 +184,9 @@ class Relay:
         last_prune = 0.0
         loop = asyncio.get_running_loop()
         while True:
+            # Cleared before the round, not after: a wake during the round
+            # (an event committed meanwhile) runs another one.
+            self._wake.clear()
             try:
                 if self._listener is None or self._listener.is_closed():
                     await self._unlisten()
@@ -151,7 +202,6 @@ class Relay:
             except Exception:
                 log.exception("outbox relay round failed; retrying")
                 await self._unlisten()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
 
@@ -214,3 +264,12 @@ class Relay:
                AND published_at < now() - make_interval(secs => $1)""",
             self.retention,
         )
+
+
+def _in_transaction(conn: asyncpg.Connection) -> bool:
+    """Whether ``conn`` is inside a transaction; False once a pooled
+    connection went back to the pool (its transaction ended with it)."""
+    try:
+        return bool(conn.is_in_transaction())
+    except asyncpg.InterfaceError:
+        return False

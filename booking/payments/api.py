@@ -393,7 +393,7 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
                                 AS x(n, event, from_state, to_state, detail)
                         ORDER BY x.n),
                     {event_cte}
-                    SELECT i.*, {outbox.NOTIFY} FROM i""",
+                    SELECT i.* FROM i""",
                 intent_id,
                 booking["clinic_id"],
                 booking_id,
@@ -419,6 +419,7 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
                 # A concurrent request of the patient's stored one first.
                 return await _hand_out_again(conn, me, booking_id, body.gateway, now)
             raise Conflict("the gateway reused a payment reference; try again") from None
+        outbox.written(conn)
         if row is None:
             # The hold ended (expired, cancelled) while the checkout opened.
             booking = await conn.fetchrow(

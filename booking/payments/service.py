@@ -257,14 +257,14 @@ async def move_intent(
     for column, value in updates.items():
         args.append(value)
         sets.append(f"{column} = ${len(args)}")
-    ctes, notify = "", ""
+    ctes = ""
     if announce:
         # Every column of the payload but the state is the locked row's own.
         moved = {**dict(row), **updates, "status": after.value}
         cte, more = outbox.event(
             announce, payment_payload(moved, **(announce_extra or {})), len(args) + 1
         )
-        ctes, notify = f", {cte}", f", {outbox.NOTIFY}"
+        ctes = f", {cte}"
         args.extend(more)
     # One round trip: the row, its payment_events line (and its event).
     new = await conn.fetchrow(
@@ -273,10 +273,12 @@ async def move_intent(
                  e AS (INSERT INTO payment_events
                            (payment_intent_id, clinic_id, event, from_state, to_state, detail)
                        SELECT id, clinic_id, $3, $4, $2, $5::jsonb FROM u){ctes}
-            SELECT u.*{notify}{_TERMS if capture_terms else " FROM u"}""",
+            SELECT u.*{_TERMS if capture_terms else " FROM u"}""",
         *args,
     )
     assert new is not None
+    if announce:
+        outbox.written(conn)
     return new
 
 

@@ -83,3 +83,32 @@ async def test_outbox_publishes_only_committed(
         await sub.close()
     finally:
         await client.close()
+
+
+async def test_an_event_is_relayed_when_its_transaction_ends_not_at_the_poll(
+    settings: Settings,
+) -> None:
+    """No NOTIFY from writers: the process's relay learns of the event from
+    outbox.written and publishes it once the transaction committed, long
+    before its poll (60 s here); inside the transaction nothing goes out."""
+    app = build_app(dataclasses.replace(settings, outbox_poll_interval=60.0))
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        sub = await app[keys.BUS].subscribe("test.prompt")
+        it = aiter(sub)
+        async with app[keys.DB].acquire() as conn:
+            first = asyncio.ensure_future(anext(it))
+            async with conn.transaction():
+                await outbox.emit(conn, "test.prompt", {"n": 1})
+                await asyncio.sleep(0.3)
+                assert not first.done()
+            msg = await asyncio.wait_for(first, 2.0)
+            assert msg.data["data"] == {"n": 1}
+            # A statement outside any transaction is relayed at once too.
+            await outbox.emit(conn, "test.prompt", {"n": 2})
+            msg = await asyncio.wait_for(anext(it), 2.0)
+            assert msg.data["data"] == {"n": 2}
+        await sub.close()
+    finally:
+        await client.close()
