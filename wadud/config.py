@@ -584,7 +584,7 @@ class Settings:
         default=1.0,
         metadata=_doc(
             "Seconds between the notifier's looks for new events, due jobs and due"
-            " deliveries (it also wakes on the outbox's NOTIFY)."
+            " deliveries (it also wakes on the NOTIFY a relay sends after each published batch)."
         ),
     )
     notify_concurrency: int = field(

@@ -14,7 +14,9 @@ What wakes a relay: :func:`written` tells the relays of the writing process
 the moment the writer's transaction ended (at once for a statement outside a
 transaction); a ``NOTIFY`` on :data:`CHANNEL` (the triggers of migration 0008
 send one); and, for rows written by a process that runs no relay, a poll
-every ``outbox_poll_interval``. Writers do not ``NOTIFY`` themselves:
+every ``outbox_poll_interval``. A relay that published a batch sends one
+``NOTIFY`` (payload :data:`RELAYED`) in that batch's transaction, which wakes
+the notifiers of every process. Writers do not ``NOTIFY`` themselves:
 PostgreSQL serialises the commits of all notifying transactions on one lock
 held through the WAL flush, which capped bookings at one commit per fsync.
 """
@@ -35,6 +37,8 @@ from wadud.bus import Bus
 
 log = logging.getLogger("wadud.outbox")
 CHANNEL = "wadud_outbox"
+#: The payload of the NOTIFY a relay sends after publishing a batch.
+RELAYED = "relayed"
 #: Every event also goes to this stream, so a consumer can replay what it missed.
 STREAM = "events"
 
@@ -177,8 +181,9 @@ class Relay:
             with contextlib.suppress(Exception):
                 await self.pool.release(conn)
 
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload != RELAYED:  # a relay's own note is for the other consumers
+            self._wake.set()
 
     async def _run(self) -> None:
         last_prune = 0.0
@@ -227,8 +232,13 @@ class Relay:
                     await self.bus.publish(row["topic"], event)
                     await self.bus.append(STREAM, event)
             if rows:
+                # One NOTIFY per batch, not per writer, tells the other
+                # processes that consume the outbox's tables (the notifier
+                # reads its inbox) that committed events are waiting.
                 await conn.execute(
-                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+                    f"""WITH u AS (UPDATE outbox SET published_at = now()
+                                   WHERE id = ANY($1::bigint[]))
+                        SELECT pg_notify('{CHANNEL}', '{RELAYED}')""",
                     [r["id"] for r in rows],
                 )
         metrics.OUTBOX_RELAYED.inc(len(rows))

@@ -4,6 +4,7 @@ recipient's language and time zone; cancelled and moved with the booking."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -167,3 +168,28 @@ async def test_a_booking_confirmed_and_cancelled_in_one_planning_batch_keeps_no_
         "SELECT template, state FROM notify_jobs WHERE template LIKE 'reminder%'"
     )
     assert states and {s["state"] for s in states} == {"cancelled"}, states
+
+
+async def test_the_notifier_wakes_on_a_relayed_batch_not_its_poll(
+    pool: asyncpg.Pool, world: World, notify_settings: Settings
+) -> None:
+    """Writers send no NOTIFY; the relay's one per published batch wakes the
+    notifier (both polls are a minute here)."""
+    from wadud import bus, outbox
+
+    relay = outbox.Relay(pool, bus.LocalBus(), poll_interval=60.0)
+    n = Notifier(pool, dataclasses.replace(notify_settings, notify_poll_interval=60.0), {})
+    await relay.start()
+    await n.start()
+    try:
+        await asyncio.sleep(0.5)  # both listening
+        row = await make_booking(pool, world, _soon(600))
+        await emit(pool, row, "confirm_payment", "held")
+        jobs = await wait_for(
+            lambda: pool.fetch("SELECT template FROM notify_jobs WHERE booking_id = $1", row["id"]),
+            seconds=3,
+        )
+        assert jobs
+    finally:
+        await n.close()
+        await relay.close()
