@@ -377,50 +377,6 @@ async def expire_lapsed_holds(
     return len(rows)
 
 
-async def _expire_lapsed_and_busy(
-    conn: asyncpg.Connection, now: dt.datetime, doctor_id: UUID, starts_at: dt.datetime
-) -> list[av.BusyInterval]:
-    """What :func:`expire_lapsed_holds` (waiting, not skipping) and
-    :func:`slots.busy_intervals` over :func:`slots.offered_window` do, in one
-    statement when no hold lapsed (the common case). A booking committed
-    while this waited on a lapsed hold's lock may be missing from the busy
-    time; the exclusion constraint still refuses the overlap (slot taken)."""
-    lo, hi = slots.offered_window(starts_at)
-    rows = await conn.fetch(
-        f"""WITH lapsed AS MATERIALIZED (
-                SELECT id FROM bookings
-                WHERE status = 'held' AND hold_expires_at <= $5 AND doctor_id = $1
-                ORDER BY hold_expires_at, id LIMIT $6
-                FOR UPDATE)
-            SELECT NULL::uuid AS lapsed, busy.* FROM ({slots.BUSY_SQL}) AS busy
-            UNION ALL
-            SELECT id, NULL, NULL FROM lapsed""",
-        doctor_id,
-        slots.ACTIVE_STATE_VALUES,
-        lo,
-        hi,
-        now,
-        HOLD_SWEEP_BATCH,
-    )
-    lapsed = [r["lapsed"] for r in rows if r["lapsed"] is not None]
-    if lapsed:
-        for row in await conn.fetch(
-            "SELECT * FROM bookings WHERE id = ANY($1::uuid[]) ORDER BY hold_expires_at, id",
-            lapsed,
-        ):
-            await apply_event(
-                conn,
-                row,
-                Event.EXPIRE_HOLD,
-                actor_id=None,
-                detail={"hold_expires_at": row["hold_expires_at"].isoformat()},
-                now=now,
-                refresh=False,
-            )
-    busy = sorted((r["lo"], r["hi"]) for r in rows if r["lapsed"] is None)
-    return [av.BusyInterval(a, b, 0, 0) for a, b in busy]
-
-
 async def sweep_holds(
     pool: asyncpg.Pool, *, now: dt.datetime | None = None, batch: int = HOLD_SWEEP_BATCH
 ) -> int:
@@ -493,7 +449,12 @@ async def create_hold(
         # expiring them here frees their time at once rather than at the
         # next sweep, and the busy time is read again after.
         async with conn.transaction():
-            busy = await _expire_lapsed_and_busy(conn, now, doctor_id, starts_at)
+            await expire_lapsed_holds(
+                conn, now, doctor_id=doctor_id, skip_locked=False, refresh=False
+            )
+            busy = await slots.busy_intervals(
+                conn, doctor_id, *slots.offered_window(starts_at), now=now
+            )
     slot = await slots.is_offered(
         conn,
         doctor_id,

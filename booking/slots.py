@@ -3,10 +3,10 @@
 The core knows nothing of rows; this module reads a doctor's settings, weekly
 rules and date overrides into an :class:`~booking.availability.Availability`,
 reads the doctor's active bookings as busy time, and asks the core for free
-slots. Handlers (catalogue, bookings, queue) call these functions on the
-connection of their own transaction, so a slot they check and the booking they
-insert see the same snapshot; the exclusion constraint on ``bookings`` stays
-the final word on races.
+slots. Handlers (catalogue, bookings, queue) call these functions on their
+connection; a hold reads what it decides on in one statement
+(:func:`view_for_hold`) and inserts in the next, and the exclusion constraint
+on ``bookings`` is the final word on races in between.
 
 Booking-core errors (:class:`booking.errors.BookingError`) are not
 ``WadudError``s, so the problem middleware would turn them into 500s;
