@@ -34,6 +34,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def udp_ports_free(first: int, count: int = 1) -> bool:
+    """Whether ``count`` UDP ports from ``first`` can be bound on loopback now."""
+    for port in range(first, first + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 @dataclass
 class PgCluster:
     server: Any

@@ -77,6 +77,7 @@ from tests.cluster import (
     kill_namespace,
     net_namespace,
 )
+from tests.conftest import udp_ports_free
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "cluster-test-secret-" + "s" * 40
@@ -590,18 +591,6 @@ async def watch_recovery(
         "missing": [f"{a}<-{b}" for (a, b) in last if (a, b) not in back],
         "gap": round(max(back.values()), 2) if back else None,
     }
-
-
-def udp_ports_free(first: int, count: int) -> bool:
-    import socket
-
-    for port in range(first, first + count):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
 
 
 async def scenario_call(world: World) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from tests.conftest import udp_ports_free
 from tests.turn.conftest import SECRET, EchoPeer, RawClient, error_code, make_config
 from turn import aio as turn_aio
 from turn import stun
@@ -171,15 +172,6 @@ async def test_dont_fragment_and_even_port_allocations(raw_client: RawClient) ->
     assert reply.get(stun.RESERVATION_TOKEN) is not None
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 async def test_reserved_port_is_held_and_handed_over(
     server_factory: Any, echo_peer: EchoPeer
 ) -> None:
@@ -198,7 +190,7 @@ async def test_reserved_port_is_held_and_handed_over(
         port = reply.decoded("XOR-RELAYED-ADDRESS")[1]
         token = reply.get(stun.RESERVATION_TOKEN)
         assert token is not None
-        assert not _bindable(port + 1)
+        assert not udp_ports_free(port + 1)
         redeemed = await second.allocate((stun.RESERVATION_TOKEN, token))
         assert redeemed.cls == stun.SUCCESS, redeemed
         assert redeemed.decoded("XOR-RELAYED-ADDRESS") == ("127.0.0.1", port + 1)
@@ -211,9 +203,9 @@ async def test_reserved_port_is_held_and_handed_over(
         # Unredeemed: held until it expires (1 s here, 30 s by default).
         reply = await third.allocate((stun.EVEN_PORT, b"\x80"))
         other = reply.decoded("XOR-RELAYED-ADDRESS")[1] + 1
-        assert not _bindable(other)
+        assert not udp_ports_free(other)
         deadline = time.monotonic() + 5
-        while not _bindable(other):
+        while not udp_ports_free(other):
             assert time.monotonic() < deadline, "reservation never expired"
             await asyncio.sleep(0.1)
     finally:
@@ -228,10 +220,10 @@ async def test_shutdown_frees_reserved_port(server_factory: Any) -> None:
         client.credentials()
         reply = await client.allocate((stun.EVEN_PORT, b"\x80"))
         port = reply.decoded("XOR-RELAYED-ADDRESS")[1]
-        assert not _bindable(port + 1)
+        assert not udp_ports_free(port + 1)
         await server.close()
-        assert _bindable(port + 1)
-        assert _bindable(port)
+        assert udp_ports_free(port + 1)
+        assert udp_ports_free(port)
     finally:
         client.close()
 
