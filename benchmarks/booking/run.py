@@ -439,12 +439,14 @@ async def run(
         results["machine"]["waited_for_quiet_seconds"] = round(time.perf_counter() - waited, 1)
         cpu0 = cpu_seconds(server.pid)
         pg0 = postgres_cpu_seconds(data_dir)
+        client0 = time.process_time()
         deadline = time.perf_counter() + args.seconds
         t0 = time.perf_counter()
         await asyncio.gather(*(client(tok, w) for tok, w in zip(tokens, work, strict=True)))
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(server.pid) - cpu0
         pg_cpu = postgres_cpu_seconds(data_dir) - pg0
+        client_cpu = time.process_time() - client0
         results["machine"]["load_1min_after"] = round(os.getloadavg()[0], 2)
         xacts = await conn.fetchval(XACTS) - xact0 - 1
         statements = None
@@ -470,6 +472,16 @@ async def run(
             "postgres_cpu_seconds": round(pg_cpu, 2),
             "per_cpu_second_server_and_postgres": round(done / (cpu + pg_cpu), 1)
             if cpu + pg_cpu
+            else None,
+            # The load generator shares the cores: its CPU is part of what
+            # bounds the wall figure on one machine.
+            "client_cpu_seconds": round(client_cpu, 2),
+            "cpu_ms_per_booking": {
+                "server": round(cpu / done * 1000, 2),
+                "postgres": round(pg_cpu / done * 1000, 2),
+                "client": round(client_cpu / done * 1000, 2),
+            }
+            if done
             else None,
             "latency_p50_ms": round(statistics.median(per_booking) * 1000, 1)
             if per_booking
@@ -561,6 +573,12 @@ def main() -> None:
         f"PostgreSQL); p50 {b['latency_p50_ms']} ms p95 {b['latency_p95_ms']} ms; "
         f"failed {b['failed']}; confirmed in the database {b['confirmed_in_database']}"
     )
+    if b["cpu_ms_per_booking"]:
+        ms = b["cpu_ms_per_booking"]
+        print(
+            f"CPU per booking: server {ms['server']} ms, PostgreSQL {ms['postgres']} ms, "
+            f"this load generator {ms['client']} ms"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     m = results["machine"]
