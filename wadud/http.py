@@ -13,10 +13,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import pydantic
@@ -31,6 +32,56 @@ _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 PROBLEM_TYPE = "https://wadud.dev/problems/"
 
 
+class _RequestIds:
+    """Request ids: unique, not secret (they appear in logs and problem
+    bodies). A random prefix per process and a counter: the same 32 hex
+    characters a UUID gives, without a getrandom call per request."""
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+_ids = _RequestIds()
+
+
+class _RouteMetrics:
+    """The request counter and latency histogram children of one (method,
+    route, status): prometheus_client's ``labels()`` looks them up under a
+    lock on every call, so they are kept here once made (up to a bound: a
+    client may send methods of its own invention)."""
+
+    _MAX = 2048
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+
+    def observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        counter = self._counters.get((method, route, status))
+        if counter is None:
+            counter = metrics.HTTP_REQUESTS.labels(method, route, str(status))
+            if len(self._counters) < self._MAX:
+                self._counters[(method, route, status)] = counter
+        counter.inc()
+        latency = self._latency.get((method, route))
+        if latency is None:
+            latency = metrics.HTTP_LATENCY.labels(method, route)
+            if len(self._latency) < self._MAX:
+                self._latency[(method, route)] = latency
+        latency.observe(elapsed)
+
+
+_route_metrics = _RouteMetrics()
+
+
 def _route_name(request: web.Request) -> str:
     info = request.match_info
     if info.http_exception is not None:
@@ -42,7 +93,7 @@ def _route_name(request: web.Request) -> str:
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-ID", "")
-    rid = incoming if _RID.match(incoming) else uuid.uuid4().hex
+    rid = incoming if incoming and _RID.match(incoming) else _ids.next()
     token = logs.request_id.set(rid)
     start = time.perf_counter()
     status = 500
@@ -54,19 +105,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         elapsed = time.perf_counter() - start
         route = _route_name(request)
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.HTTP_LATENCY.labels(request.method, route).observe(elapsed)
-        log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "route": route,
-                "status": status,
-                "ms": round(elapsed * 1000, 2),
-                "remote": ratelimit.client_address(request),
-            },
-        )
+        _route_metrics.observe(request.method, route, status, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                    "remote": ratelimit.client_address(request),
+                },
+            )
         logs.request_id.reset(token)
 
 
