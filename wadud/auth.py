@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import os
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -159,7 +161,51 @@ def issue_access_token(
     return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
 
 
+class _Verified:
+    """Access tokens whose signature and claims were checked, by their exact
+    text: a client sends the same token with every request until it expires,
+    and PyJWT's decode is a tenth of a booking's server CPU. An entry holds
+    the principal and the expiry, which is checked on every use; the key
+    includes the signing key and issuer, so a change of either misses. A
+    revoked session is a matter for :func:`principal_is_live`, not for this
+    cache. Bounded: the oldest entries go first."""
+
+    MAX = 20_000
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, str], tuple[Principal, float]] = {}
+
+    def get(self, key: tuple[str, str, str], now: float) -> Principal | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if now >= hit[1]:
+            del self._entries[key]
+            return None
+        return hit[0]
+
+    def put(self, key: tuple[str, str, str], principal: Principal, expires: float) -> None:
+        if len(self._entries) >= self.MAX:
+            # Dicts keep insertion order: drop the oldest tenth at once.
+            for old in list(itertools.islice(self._entries, self.MAX // 10)):
+                del self._entries[old]
+        self._entries[key] = (principal, expires)
+
+
+_verified = _Verified()
+
+
 def decode_access_token(settings: Settings, token: str) -> Principal:
+    key = (settings.secret_key, settings.auth_issuer, token)
+    now = time.time()
+    principal = _verified.get(key, now)
+    if principal is None:
+        principal, expires = _decode_access_token(settings, token)
+        _verified.put(key, principal, expires)
+    return principal
+
+
+def _decode_access_token(settings: Settings, token: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
             token,
@@ -170,13 +216,16 @@ def decode_access_token(settings: Settings, token: str) -> Principal:
         )
         if claims["typ"] != "access":
             raise InvalidToken("not an access token")
-        return Principal(
+        principal = Principal(
             user_id=UUID(claims["sub"]),
             role=Role(claims["role"]),
             clinic_id=UUID(claims["clinic"]) if claims.get("clinic") else None,
             anonymous=bool(claims.get("anon", False)),
             family_id=UUID(claims["sid"]) if claims.get("sid") else None,
         )
+        # PyJWT refuses a token once now >= exp (no leeway here); so does
+        # the cache. A token with a "nbf" is cached only once it is valid.
+        return principal, float(claims["exp"])
     except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
         raise InvalidToken(str(exc) or "invalid token") from exc
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 
 import pytest
@@ -116,6 +117,38 @@ def test_room_token_round_trip_and_window() -> None:
         auth.decode_room_token(s, early)
     with pytest.raises(auth.InvalidToken):
         auth.decode_room_token(Settings(secret_key="z" * 40), tok)
+
+
+def test_a_verified_access_token_is_remembered_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Signatures are checked once per token text; the expiry every time,
+    and another signing key or issuer never finds the remembered answer."""
+    from wadud.config import Settings
+
+    s = Settings(secret_key="k" * 40)
+    me = Principal(uuid.uuid4(), Role.PATIENT, None, False, uuid.uuid4())
+    # Issued so that it expires a second from now.
+    issued = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=s.auth_access_ttl - 1)
+    tok = auth.issue_access_token(s, me, now=issued)
+    assert auth.decode_access_token(s, tok) == me
+    calls = []
+    real = auth._decode_access_token
+    monkeypatch.setattr(auth, "_decode_access_token", lambda *a: calls.append(a) or real(*a))
+    assert auth.decode_access_token(s, tok) == me
+    assert calls == []  # remembered
+    with pytest.raises(auth.InvalidToken):
+        auth.decode_access_token(Settings(secret_key="z" * 40), tok)
+    with pytest.raises(auth.InvalidToken):
+        auth.decode_access_token(Settings(secret_key="k" * 40, auth_issuer="other"), tok)
+    # Past its expiry the remembered answer is gone, and the decode refuses.
+    time.sleep(1.1)
+    with pytest.raises(auth.InvalidToken):
+        auth.decode_access_token(s, tok)
+    # A token that is not one stays refused however often it comes.
+    for _ in range(3):
+        with pytest.raises(auth.InvalidToken):
+            auth.decode_access_token(s, tok[:-2] + "xx")
 
 
 async def test_a_changed_role_or_clinic_ends_the_old_access_token(api: Api) -> None:
