@@ -137,16 +137,25 @@ class Notifier:
         self._wake.set()
 
     async def _plan_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_observed = 0.0
         while True:
             try:
                 if self._listener is None or self._listener.is_closed():
                     await self._unlisten()
                     await self._listen()
-                while await self.plan_events() >= self.batch:
-                    pass
-                while await self.expand_jobs() >= self.batch:
-                    pass
-                await self.observe()
+                done = 0
+                while (n := await self.plan_events()) >= self.batch:
+                    done += n
+                done += n
+                while (n := await self.expand_jobs()) >= self.batch:
+                    done += n
+                done += n
+                # As the outbox relay does: the backlog gauges after an idle
+                # round, and at most once a second while busy.
+                if not done or loop.time() - last_observed >= outbox.OBSERVE_EVERY:
+                    await self.observe()
+                    last_observed = loop.time()
             except asyncio.CancelledError:
                 raise
             except Exception:
