@@ -58,6 +58,46 @@ async def _post_one_legged(conn: asyncpg.Connection, cid: uuid.UUID) -> None:
         )
 
 
+async def _post_two_one_off(conn: asyncpg.Connection, cid: uuid.UUID) -> None:
+    async with conn.transaction():
+        a, b = await conn.fetchval(
+            """WITH t AS (INSERT INTO ledger_transactions (clinic_id, kind, reference)
+                          VALUES ($1, 'adjustment', 'pair-a'), ($1, 'adjustment', 'pair-b')
+                          RETURNING id, reference)
+               SELECT array_agg(id ORDER BY reference) FROM t""",
+            cid,
+        )
+        await conn.execute(
+            """INSERT INTO ledger_entries (transaction_id, clinic_id, account,
+                                          amount_minor, currency)
+               VALUES ($1, $3, 'platform_revenue', 5, 'PKR'),
+                      ($1, $3, 'payouts_clearing', -5, 'PKR'),
+                      ($2, $3, 'platform_revenue', 5, 'PKR'),
+                      ($2, $3, 'payouts_clearing', -4, 'PKR')""",
+            a,
+            b,
+            cid,
+        )
+
+
+async def _post_in_halves(conn: asyncpg.Connection, cid: uuid.UUID) -> None:
+    async with conn.transaction():
+        tid = await conn.fetchval(
+            """INSERT INTO ledger_transactions (clinic_id, kind, reference)
+               VALUES ($1, 'adjustment', 'halves') RETURNING id""",
+            cid,
+        )
+        for amount in (5, -5):
+            await conn.execute(
+                """INSERT INTO ledger_entries (transaction_id, clinic_id, account,
+                                              amount_minor, currency)
+                   VALUES ($1, $2, 'platform_revenue', $3, 'PKR')""",
+                tid,
+                cid,
+                amount,
+            )
+
+
 async def _check_empty_header(conn: asyncpg.Connection, cid: uuid.UUID) -> None:
     async with conn.transaction():
         await conn.execute(
@@ -125,9 +165,19 @@ async def test_post_transaction_is_checked_whole(api: Api) -> None:
             async with conn.transaction():
                 await service.post_transaction(conn, txn, clinic_id=cid)
 
-        # Entries that do not balance are refused at commit by the database.
+        # Entries that do not balance are refused by the database, at the
+        # end of the statement that wrote them.
         with pytest.raises(asyncpg.CheckViolationError):
             await _post_one_legged(conn, cid)
+        # One statement writing two transactions: one of them off is enough,
+        # and the error names it.
+        with pytest.raises(asyncpg.CheckViolationError) as refused:
+            await _post_two_one_off(conn, cid)
+        assert "does not balance" in str(refused.value)
+        # Nor may two statements balance each other's halves.
+        with pytest.raises(asyncpg.CheckViolationError):
+            await _post_in_halves(conn, cid)
+        assert await service.ledger_is_balanced(conn)
 
         # Append-only: corrections are new transactions, never edits.
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -188,9 +238,11 @@ async def _tenant_checks(conn: asyncpg.Connection, other: uuid.UUID) -> None:
                 iid,
             ),
             "ledger_entries": (
+                # Two legs: each statement must leave its transactions balanced.
                 """INSERT INTO ledger_entries (transaction_id, clinic_id, account,
                        amount_minor, currency)
-                   VALUES ($1, $2, 'platform_revenue', 5, 'PKR')""",
+                   VALUES ($1, $2, 'platform_revenue', 5, 'PKR'),
+                          ($1, $2, 'payouts_clearing', -5, 'PKR')""",
                 tid,
             ),
         }
@@ -198,8 +250,7 @@ async def _tenant_checks(conn: asyncpg.Connection, other: uuid.UUID) -> None:
             with pytest.raises(asyncpg.ForeignKeyViolationError):
                 async with conn.transaction():
                     await conn.execute(sql, parent, other)
-            # The parent's own clinic is accepted (and rolled back with the
-            # rest, before the ledger's balance check at commit).
+            # The parent's own clinic is accepted (and rolled back with the rest).
             await conn.execute(sql, parent, cid)
         raise _Rollback
 
