@@ -37,6 +37,7 @@ from booking.errors import InvalidTransition
 from booking.lifecycle import ACTIVE_STATES, Event, State, transition
 from booking.refunds import Canceller
 from wadud import outbox
+from wadud.db import Args
 from wadud.errors import Conflict, NotFound
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "TransitionRefused",
     "amount_paid",
     "cancel_booking",
+    "confirm_paid",
     "create_hold",
     "expire_lapsed_holds",
     "hash_manage_token",
@@ -292,6 +294,50 @@ async def apply_event_if(
     if updated is not None:
         await _recorded(conn, updated, expected, new, event, actor_id, detail, token, now, True)
     return updated
+
+
+def confirm_paid(
+    booking: Mapping[str, Any],
+    detail: dict[str, Any],
+    now: dt.datetime,
+    args: Args,
+    *,
+    gate: str,
+) -> tuple[str, tuple[str, dict[str, Any]]]:
+    """The payment's confirmation of a held booking (:func:`apply_event_if`
+    with ``held`` and ``confirm_payment``) as parts of the caller's statement:
+    CTEs that move the booking and write its ``booking_events`` line, and the
+    outbox event (topic, payload) for the caller to write with its own.
+
+    ``gate``: a CTE of the statement yielding the booking's ``id`` only when
+    the caller holds the row's lock with the booking still held; nothing
+    moves otherwise. ``booking``: the row as read (its payload's columns).
+    Held and requested both occupy the doctor's time, so next-free is
+    unchanged and not refreshed."""
+    old, event = State.HELD, Event.CONFIRM_PAYMENT
+    new = next_state(old.value, event)
+    assert (old in ACTIVE_STATES) == (new in ACTIVE_STATES)
+    token = new_manage_token()
+    sql = f"""confirmed AS (
+            UPDATE bookings SET status = {args(new.value)}, updated_at = {args(now)},
+                   manage_token_hash = {args(hash_manage_token(token))}
+            FROM {gate} WHERE bookings.id = {gate}.id
+            RETURNING bookings.id, bookings.clinic_id, bookings.status),
+        confirmed_history AS (
+            INSERT INTO booking_events
+                (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
+            SELECT id, clinic_id, {args(event.value)}, {args(old.value)}, status, NULL,
+                   {args(detail)}::jsonb
+            FROM confirmed)"""
+    payload = _event(
+        {**booking, "status": new.value},
+        event.value,
+        old.value,
+        None,
+        detail,
+        {"manage_token": token},
+    )
+    return sql, (f"booking.{new.value}", payload)
 
 
 async def _recorded(

@@ -206,5 +206,29 @@ async def pool(settings: Settings, url: str) -> AsyncIterator[asyncpg.Pool]:
             p.terminate()
 
 
+class Args:
+    """The parameters of a statement composed from parts: each call adds a
+    value and gives the placeholder that names it, so parts written apart
+    (a CTE from another module, say) never clash on their numbers::
+
+        args = Args()
+        sql = f"UPDATE t SET a = {args(1)} WHERE id = {args(key)}"
+        await conn.execute(sql, *args.values)
+    """
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+    @property
+    def next(self) -> int:
+        """The number the next parameter will get (for helpers that number
+        their own from a given first, such as :func:`wadud.outbox.event`)."""
+        return len(self.values) + 1
+
+
 def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
     return None if row is None else dict(row)

@@ -108,6 +108,28 @@ def event(
     return cte, [topic, payload, trace]
 
 
+def events(
+    items: Sequence[tuple[str, dict[str, Any]]],
+    first: int,
+    *,
+    source: str,
+    name: str = "outbox_rows",
+) -> tuple[str, list[Any]]:
+    """Several events from one statement, as :func:`event` writes one: a
+    data-modifying CTE named ``name`` (parameters from ``$first``) that
+    writes ``items`` (topic, payload) in their order, so their ids ascend in
+    it, once for each row ``source`` yields (a CTE that yields at most one).
+    Call :func:`written` after the statement."""
+    trace = tracing.inject() or None if tracing.enabled() else None
+    cte = f"""{name} AS (
+        INSERT INTO outbox (topic, payload, trace)
+        SELECT x.topic, x.payload, ${first + 2}::jsonb
+        FROM {source}, unnest(${first}::text[], ${first + 1}::jsonb[])
+                           WITH ORDINALITY AS x(topic, payload, n)
+        ORDER BY x.n)"""
+    return cte, [[t for t, _ in items], [p for _, p in items], trace]
+
+
 class Relay:
     def __init__(
         self,

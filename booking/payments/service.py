@@ -10,8 +10,9 @@ concurrent deliveries safe:
   ``FOR UPDATE``; a verdict that arrives twice (callback and webhook, or two
   deliveries racing) finds the state already moved and is a no-op;
 * :func:`post_transaction` is the only writer of ``ledger_transactions`` and
-  ``ledger_entries``; the database's deferred trigger judges each transaction
-  whole at commit, the builders in :mod:`.ledger` already did so in Python;
+  ``ledger_entries``, each transaction whole in one statement; the
+  database's balance trigger judges it at the end of that statement, the
+  builders in :mod:`.ledger` already did so in Python;
 * gateway calls that move money (refunds) happen inside the transaction that
   records them. For the built-in sandbox that is a dict lookup; for a remote
   gateway it holds the intent's row lock for one HTTP round trip (bounded by
@@ -44,7 +45,7 @@ import asyncpg
 from aiohttp import web
 
 from booking import lifecycle
-from booking.payments import ledger
+from booking.payments import ledger, settle
 from booking.payments.card import CardSettings
 from booking.payments.errors import (
     AmountMismatch,
@@ -55,6 +56,7 @@ from booking.payments.errors import (
     UnknownReference,
 )
 from booking.payments.gateway import (
+    Gateway,
     GatewayRegistry,
     PaymentSettings,
     PaymentStatus,
@@ -70,9 +72,18 @@ from booking.payments.intent import (
     transition,
 )
 from booking.payments.jazzcash import JazzCashSettings
+from booking.payments.rows import (
+    COMMISSION,
+    INTENT_COLUMNS,
+    commission,
+    ledger_posting,
+    money,
+    payment_payload,
+)
 from booking.payments.sandbox import SandboxSettings
 from wadud import outbox
 from wadud.config import Settings
+from wadud.db import Args
 from wadud.errors import BadRequest, Conflict, NotFound, WadudError
 
 __all__ = [
@@ -113,12 +124,6 @@ INQUIRE_AFTER: Final = timedelta(minutes=5)
 #: Intents handled per sweep round.
 SWEEP_BATCH: Final = 100
 _REFUND_NS: Final = uuid.UUID("6f1d7c9e-3b0a-4c55-9a51-2f4b8f0f7d31")
-
-INTENT_COLUMNS: Final = (
-    "id, clinic_id, booking_id, patient_id, amount_minor, currency, gateway, gateway_ref,"
-    " status, checkout_url, checkout_method, checkout_fields, return_url, refunded_minor,"
-    " failure_reason, expires_at, created_at, updated_at"
-)
 
 
 class RefundRefused(GatewayError):
@@ -303,25 +308,6 @@ async def record_intent_event(
     )
 
 
-def payment_payload(row: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "payment_id": str(row["id"]),
-        "booking_id": str(row["booking_id"]),
-        "clinic_id": str(row["clinic_id"]),
-        "patient_id": str(row["patient_id"]),
-        "gateway": row["gateway"],
-        "status": row["status"],
-        "amount_minor": row["amount_minor"],
-        "currency": row["currency"],
-        "refunded_minor": row["refunded_minor"],
-        **extra,
-    }
-
-
-def _money(row: asyncpg.Record, column: str = "amount_minor") -> Money:
-    return Money(int(row[column]), Currency(row["currency"]))
-
-
 # --- the ledger ---------------------------------------------------------------
 
 
@@ -337,30 +323,20 @@ async def post_transaction(
     """Persist a balanced ``txn`` (header and entries); the ledger's only writer.
 
     ``reference`` overrides ``txn.reference`` in the table (refunds: their own
-    id). Call inside a transaction: the balance trigger runs at commit.
+    id). The balance trigger checks the entries as the statement ends.
     """
     # One round trip, and no savepoint: a duplicate (kind, reference) inserts
     # nothing (ON CONFLICT) rather than aborting the caller's transaction.
-    txn_id: UUID | None = await conn.fetchval(
-        """WITH t AS (INSERT INTO ledger_transactions
-                          (clinic_id, kind, reference, payment_intent_id, booking_id)
-                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING id),
-                e AS (INSERT INTO ledger_entries
-                          (transaction_id, clinic_id, account, amount_minor, currency)
-                      SELECT t.id, $1, x.account, x.amount_minor, x.currency
-                      FROM t, unnest($6::text[], $7::bigint[], $8::text[])
-                              WITH ORDINALITY AS x(account, amount_minor, currency, n)
-                      ORDER BY x.n)
-           SELECT id FROM t""",
-        clinic_id,
-        txn.kind,
-        reference or txn.reference,
-        payment_intent_id,
-        booking_id,
-        [e.account for e in txn.entries],
-        [e.amount_minor for e in txn.entries],
-        [e.currency.value for e in txn.entries],
+    args = Args()
+    posting = ledger_posting(
+        txn,
+        args,
+        clinic_id=clinic_id,
+        reference=reference or txn.reference,
+        payment_intent_id=payment_intent_id,
+        booking_id=booking_id,
     )
+    txn_id: UUID | None = await conn.fetchval(f"WITH {posting} SELECT id FROM posted", *args.values)
     if txn_id is None:
         raise DuplicatePosting(f"{txn.kind} {reference or txn.reference} is posted already")
     return txn_id
@@ -422,32 +398,18 @@ async def commission_for(
     conn: asyncpg.Connection, clinic_id: UUID, default_bp: int
 ) -> ledger.Commission:
     """The clinic's own commission, else its region's, else the configured default."""
-    row = await conn.fetchrow(f"SELECT {_COMMISSION} WHERE c.id = $1", clinic_id)
+    row = await conn.fetchrow(f"SELECT {COMMISSION} WHERE c.id = $1", clinic_id)
     if row is None:
         raise NotFound("no such clinic")
-    return _commission(row, default_bp)
-
-
-#: The clinic's and its region's commission (``FROM clinics c ...``).
-_COMMISSION = """c.commission_bp, c.commission_fixed_minor,
-       r.commission_bp AS region_bp, r.commission_fixed_minor AS region_fixed
-    FROM clinics c LEFT JOIN region_commissions r ON r.region = c.region"""
+    return commission(row, default_bp)
 
 
 #: The rest of :func:`move_intent`'s final SELECT with ``capture_terms``.
 _TERMS = f""", t.capture_doctor_id, t.commission_bp, t.commission_fixed_minor,
                    t.region_bp, t.region_fixed
             FROM u LEFT JOIN LATERAL (
-                SELECT b.doctor_id AS capture_doctor_id, {_COMMISSION}
+                SELECT b.doctor_id AS capture_doctor_id, {COMMISSION}
                 JOIN bookings b ON b.id = u.booking_id WHERE c.id = u.clinic_id) AS t ON true"""
-
-
-def _commission(row: asyncpg.Record, default_bp: int) -> ledger.Commission:
-    if row["commission_bp"] is not None:
-        return ledger.Commission(row["commission_bp"], int(row["commission_fixed_minor"]))
-    if row["region_bp"] is not None:
-        return ledger.Commission(row["region_bp"], int(row["region_fixed"]))
-    return ledger.Commission(default_bp, 0)
 
 
 async def _capture(
@@ -459,22 +421,21 @@ async def _capture(
         found: asyncpg.Record | None = row if row["capture_doctor_id"] is not None else None
     else:
         found = await conn.fetchrow(
-            f"""SELECT b.doctor_id AS capture_doctor_id, {_COMMISSION}
+            f"""SELECT b.doctor_id AS capture_doctor_id, {COMMISSION}
                 JOIN bookings b ON b.id = $2 WHERE c.id = $1""",
             row["clinic_id"],
             row["booking_id"],
         )
     if found is None:
         raise NotFound("no such clinic")
-    doctor_id, commission = found["capture_doctor_id"], _commission(found, default_bp)
     txn = ledger.capture(
         ledger.CapturedPayment(
             payment_id=str(row["id"]),
             gateway=row["gateway"],
-            doctor_id=str(doctor_id),
-            amount=_money(row),
+            doctor_id=str(found["capture_doctor_id"]),
+            amount=money(row),
         ),
-        commission,
+        commission(found, default_bp),
     )
     return await post_transaction(
         conn,
@@ -583,7 +544,7 @@ async def refund_intent(
     if move_state and state not in _REFUNDABLE:
         raise InvalidTransition(state.value, "refund")
     amount = Money(amount_minor, Currency(row["currency"]))
-    event = refund_event(_money(row), _money(row, "refunded_minor"), amount)
+    event = refund_event(money(row), money(row, "refunded_minor"), amount)
     captures = await _load_ledger(conn, row["id"], "capture")
     if len(captures) != 1:
         raise PaymentError(f"payment {row['id']} has {len(captures)} capture postings")
@@ -884,7 +845,7 @@ async def apply_verdict(
     if event is None:
         return row
     try:
-        verdict.check_amount(_money(row))
+        verdict.check_amount(money(row))
     except AmountMismatch:
         log.error(
             "gateway confirmed another amount than the intent asked",
@@ -892,7 +853,7 @@ async def apply_verdict(
                 "payment_id": str(row["id"]),
                 "gateway": verdict.gateway,
                 "confirmed": str(verdict.amount),
-                "expected": str(_money(row)),
+                "expected": str(money(row)),
                 "source": verdict.source,
             },
         )
@@ -1002,7 +963,25 @@ async def handle_webhook(
     """
     gateway = registry.get(gateway_name)
     event = await gateway.parse_webhook(body, headers, now)
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
+        # The common case (paid, still held) in two statements; everything
+        # else, and a race that case gives way on, the general way below.
+        settled = await settle.settle(conn, gateway.name, event, default_bp=default_bp, now=now)
+        if settled is not None:
+            return WebhookOutcome(
+                settled.duplicate, event.event_id, settled.payment_id, settled.status
+            )
+        return await _apply_webhook(conn, registry, gateway, event, default_bp)
+
+
+async def _apply_webhook(
+    conn: asyncpg.Connection,
+    registry: GatewayRegistry,
+    gateway: Gateway,
+    event: WebhookEvent,
+    default_bp: int,
+) -> WebhookOutcome:
+    async with conn.transaction():
         # One round trip: record the delivery and lock the intent it is about.
         got = await conn.fetchrow(
             f"""WITH w AS (INSERT INTO webhook_events (gateway, event_id, payload)
