@@ -195,8 +195,9 @@ class Notifier:
         """Turn one batch of inbox events into jobs; return how many events."""
         async with self.pool.acquire() as conn, conn.transaction():
             events = await store.claim_events(conn, self.batch)
+            contexts = await store.contexts_for(conn, events)
             plans = []
-            for event in events:
+            for event, ctx in zip(events, contexts, strict=True):
                 # A consumer span in the trace of the request that wrote the
                 # event; its jobs carry it on, so their sends join it too.
                 with tracing.consume(
@@ -204,7 +205,6 @@ class Notifier:
                     f"notify plan {event.topic}",
                     {"messaging.destination.name": event.topic},
                 ):
-                    ctx = await store.context_for(conn, event)
                     planned = plan.plan_event(event, ctx, self.policy)
                     if tracing.enabled():
                         carrier = {"trace": tracing.inject()}

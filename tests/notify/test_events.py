@@ -290,3 +290,42 @@ async def test_quiet_hours_hold_push_but_not_email_and_muted_categories_send_not
         ]
     finally:
         await opened.close()
+
+
+async def test_a_batch_finds_the_same_people_as_one_event_at_a_time(api: Api) -> None:
+    """The planner reads the people of a batch's booking events in one round
+    trip (store.contexts_for); that gives what the one-event read gives, for
+    every way an event names them."""
+    from notify import store
+    from notify.plan import Event as Ev
+
+    clinic = await make_clinic(api)
+    doctor = await make_doctor(api, clinic, display_name="Dr. Batch")
+    patient = await api.user(Role.PATIENT, email=f"batch-{uuid.uuid4().hex[:6]}@example.test")
+    booking = await hold(api, patient, doctor, local(3, "11:00"))
+    bid, pid = booking["id"], booking["patient_id"]
+    await pool_of_api(api).execute(
+        "UPDATE users SET display_name = 'Noor Batch' WHERE id = $1", uuid.UUID(pid)
+    )
+    now = dt.datetime.now(dt.UTC)
+    datas: list[tuple[str, dict[str, object]]] = [
+        ("booking.requested", {"booking_id": bid, "patient_id": pid, "doctor_id": doctor.id}),
+        ("booking.cancelled", {"booking_id": bid}),  # both ids from the booking
+        ("call.waiting", {"booking_id": bid, "patient_id": pid}),  # the doctor from it
+        ("booking.accepted", {"patient_id": pid, "doctor_id": str(uuid.uuid4())}),  # no doctor
+        ("booking.requested", {"booking_id": str(uuid.uuid4())}),  # no such booking
+        ("payment.succeeded", {"patient_id": pid}),
+        ("booking.held", {"booking_id": "not-a-uuid", "doctor_id": doctor.id}),
+    ]
+    events = [Ev(i, topic, data, now) for i, (topic, data) in enumerate(datas)]
+    async with pool_of_api(api).acquire() as conn:
+        one_by_one = [await store.context_for(conn, e) for e in events]
+        batch = await store.contexts_for(conn, events)
+    assert batch == one_by_one
+    assert batch[1].doctor_name == "Dr. Batch" and batch[1].patient_name == "Noor Batch"
+    assert batch[3].doctor_user_id is None
+
+
+def pool_of_api(api: Api) -> asyncpg.Pool:
+    pool: asyncpg.Pool = api.app[keys.DB]
+    return pool
