@@ -26,23 +26,25 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from booking import availability as av
-from booking import refunds, slots
+from booking import refunds, schedules, slots
 from booking.errors import InvalidTransition
 from booking.lifecycle import ACTIVE_STATES, Event, State, transition
 from booking.refunds import Canceller
 from wadud import outbox
 from wadud.db import Args
-from wadud.errors import Conflict, NotFound
+from wadud.errors import Conflict, NotFound, WadudError
 
 __all__ = [
     "HOLD_SWEEP_BATCH",
     "BookingNotFound",
+    "HoldCheck",
     "SlotNotOffered",
     "SlotTaken",
     "TooEarly",
@@ -464,18 +466,28 @@ async def create_hold(
     starts_at: dt.datetime,
     hold_minutes: int,
     now: dt.datetime | None = None,
-    check: tuple[str, Sequence[Any], Callable[[Mapping[str, Any]], None]] | None = None,
+    check: HoldCheck | None = None,
 ) -> asyncpg.Record:
     """Hold an offered slot for ``hold_minutes`` while the patient pays.
 
-    ``check``: select-list SQL and its parameters (from ``$2``; ``$1`` is the
-    doctor) read with the doctor, and a function of the doctor's row that
-    raises to refuse the hold (the consent check rides this way).
+    ``check``: a condition read with the doctor (the consent check rides
+    this way), see :class:`HoldCheck`.
 
     Raises 404 for an unknown or unpublished doctor, 409 ``slot-not-offered``
     when the slot is not offered now, 409 ``slot-taken`` when the time is
-    (or, racing, becomes) someone else's."""
+    (or, racing, becomes) someone else's.
+
+    One statement when this process knows the doctor's schedule
+    (:mod:`booking.schedules`) and nothing is in the way; otherwise, and for
+    every refusal, the long way below, which reads everything afresh."""
     now = now or _now()
+    known = schedules.known(doctor_id)
+    if known is not None:
+        row = await _hold_on_known_schedule(
+            conn, known, patient_id, consultation_type, starts_at, hold_minutes, now, check
+        )
+        if row is not None:
+            return row
     # No transaction of its own: the read below decides, the insert commits,
     # and the exclusion constraint on bookings refuses whatever raced in
     # between. Two round trips in the common case (a caller's transaction,
@@ -485,11 +497,11 @@ async def create_hold(
         doctor_id,
         starts_at,
         now,
-        also=None if check is None else (check[0], check[1]),
+        also=None if check is None else (check.columns, check.args),
     )
     doctor, busy = view.doctor, view.busy
     if check is not None:
-        check[2](doctor)
+        check.refuse(doctor)
     if view.lapsed:
         # Lapsed holds still count against the constraint until expired;
         # expiring them here frees their time at once rather than at the
@@ -572,6 +584,133 @@ async def create_hold(
     assert row is not None
     outbox.written(conn)
     await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi), doctor=doctor)
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class HoldCheck:
+    """A condition a hold reads with the doctor's row: select-list SQL
+    (``columns``, its parameters ``args`` numbered from ``$2``; ``$1`` is the
+    doctor), the same test as a boolean SQL expression over those columns
+    (``passes``), and a function of the row that raises to refuse the hold
+    (``refuse``, which must raise whenever ``passes`` is false)."""
+
+    columns: str
+    args: Sequence[Any]
+    passes: str
+    refuse: Callable[[Mapping[str, Any]], None]
+
+
+async def _hold_on_known_schedule(
+    conn: asyncpg.Connection,
+    known: schedules.Schedule,
+    patient_id: UUID,
+    consultation_type: str,
+    starts_at: dt.datetime,
+    hold_minutes: int,
+    now: dt.datetime,
+    check: HoldCheck | None,
+) -> asyncpg.Record | None:
+    """The hold in one statement, on a remembered schedule: the core finds
+    the slot offered (other bookings aside: the exclusion constraint judges
+    those, as it does anyway), and the insert happens only if the doctor's
+    row still matches what the schedule was built from, the doctor is
+    published and ``check`` passes. None when anything is in the way (the
+    schedule changed, a refusal, an overlap, a lapsed hold): the long way
+    then decides, with the error it gives."""
+    try:
+        slot = await slots.is_offered(
+            conn,
+            known.doctor_id,
+            consultation_type,
+            starts_at,
+            now,
+            availability=known.availability,
+            busy=(),
+        )
+    except WadudError:
+        return None  # which error wins is the long way's business
+    if slot is None:
+        return None
+    doctor = known.doctor
+    lo, hi = slots.blocked(doctor, slot.start, slot.end)
+    held = {
+        "id": uuid4(),
+        "clinic_id": doctor["clinic_id"],
+        "doctor_id": known.doctor_id,
+        "patient_id": patient_id,
+        "type": slot.consultation_type.value,
+        "status": State.HELD.value,
+        "starts_at": slot.start,
+        "ends_at": slot.end,
+        "price_minor": doctor["fee_minor"],
+        "currency": doctor["currency"],
+        "instant": False,
+    }
+    args = Args()
+    args(known.doctor_id)  # $1, as HoldCheck.columns expects
+    columns, passes = "", "true"
+    if check is not None:
+        args.values.extend(check.args)
+        columns, passes = f", {check.columns}", check.passes
+    guards = " AND ".join(
+        f"d.{column} = {args(doctor[column])}{'::jsonb' if column == 'slot_minutes' else ''}"
+        for column in schedules.GUARDED
+    )
+    event_cte, event_args = outbox.event(
+        f"booking.{State.HELD.value}",
+        _event(held, "hold", None, patient_id, None),
+        args.next,
+        source="b",
+    )
+    args.values.extend(event_args)
+    try:
+        row = await conn.fetchrow(
+            f"""WITH d AS (
+                    SELECT d.next_free_at AS doctor_next_free_at{columns}
+                    FROM doctors d
+                    WHERE d.id = $1 AND d.status = 'published' AND {guards}),
+                b AS (
+                    INSERT INTO bookings
+                        (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at,
+                         ends_at, blocked, status, hold_expires_at, price_minor, currency,
+                         created_at, updated_at, id)
+                    SELECT {args(held["clinic_id"])}::uuid, $1, {args(doctor["key"])}::bigint,
+                           {args(patient_id)}::uuid, {args(held["type"])},
+                           {args(slot.start)}::timestamptz, {args(slot.end)}::timestamptz,
+                           tstzrange({args(lo)}, {args(hi)}), 'held',
+                           {args(now + dt.timedelta(minutes=hold_minutes))}::timestamptz,
+                           {args(held["price_minor"])}::bigint, {args(held["currency"])},
+                           {args(now)}::timestamptz, {args(now)}::timestamptz,
+                           {args(held["id"])}::uuid
+                    FROM d WHERE {passes}
+                    RETURNING *),
+                h AS (
+                    INSERT INTO booking_events
+                        (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
+                    SELECT id, clinic_id, 'hold', NULL, status, patient_id, '{{}}'::jsonb
+                    FROM b),
+                {event_cte}
+            SELECT d.*, b.* FROM d LEFT JOIN b ON true""",
+            *args.values,
+        )
+    except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
+        return None  # taken, or a lapsed hold in the way: the long way sorts it out
+    if row is None:
+        schedules.forget(known.doctor_id)  # the row moved on (or was unpublished)
+        return None
+    if row["id"] is None:
+        assert check is not None
+        check.refuse(row)
+        return None  # pragma: no cover - refuse raises whenever passes is false
+    outbox.written(conn)
+    await slots.refresh_next_free(
+        conn,
+        known.doctor_id,
+        now,
+        changed=(lo, hi),
+        doctor={**doctor, "next_free_at": row["doctor_next_free_at"]},
+    )
     return row
 
 

@@ -17,6 +17,7 @@ carrying the core's status and code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from uuid import UUID
 import asyncpg
 
 from booking import availability as av
+from booking import schedules
 from booking.errors import BookingError, InvalidTimeRange
 from booking.lifecycle import ACTIVE_STATES
 from wadud.errors import BadRequest, Conflict, NotFound, Unprocessable, WadudError
@@ -161,6 +163,7 @@ _AV = frozenset(
 _BUSY = frozenset(("lo", "hi", "lapsed"))
 
 
+@functools.lru_cache(maxsize=8)
 def _schedule(busy_from: int | None = None) -> str:
     """The LATERAL rows of doctor ``d``'s schedule: weekly rules (``rule``
     true) and date overrides (false). ``busy_from``: also, with ``rule``
@@ -234,7 +237,12 @@ async def load_availability(
     row = doctor if doctor is not None else {k: v for k, v in both[0].items() if k not in _AV}
     rules = [r for r in both if r["rule"] is True]
     overrides = [r for r in both if r["rule"] is False]
-    return row, build_availability(row, rules, overrides)
+    availability = build_availability(row, rules, overrides)
+    if doctor is None and not conn.is_in_transaction():
+        # Only what is committed: a transaction that rolls back could leave
+        # a version number another change then reuses.
+        schedules.remember(row, availability)
+    return row, availability
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,9 +292,12 @@ async def view_for_hold(
     rules = [r for r in rows if r["rule"] is True]
     overrides = [r for r in rows if r["rule"] is False]
     busy = [av.BusyInterval(r["lo"], r["hi"], 0, 0) for r in rows if r["lapsed"] is False]
+    availability = build_availability(doctor, rules, overrides)
+    if not conn.is_in_transaction():  # only what is committed (load_availability)
+        schedules.remember(doctor, availability)
     return HoldView(
         doctor=doctor,
-        availability=build_availability(doctor, rules, overrides),
+        availability=availability,
         busy=busy,
         lapsed=any(r["lapsed"] is True for r in rows),
     )

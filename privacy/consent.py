@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 import asyncpg
@@ -30,6 +30,7 @@ from wadud.errors import ConfigError
 
 __all__ = [
     "LANGUAGES",
+    "PASSES",
     "PURPOSES",
     "REGIONS",
     "check_settings",
@@ -187,6 +188,11 @@ def columns(
         json.dumps({k: list(v) for k, v in regions.items()}),
         json.dumps(list(base)),
     ]
+
+
+#: :func:`raise_missing`'s test as a boolean SQL expression over the two
+#: columns of :func:`columns`: true when the row may go ahead.
+PASSES: Final = "(consent_region IS NULL OR cardinality(consent_missing) = 0)"
 
 
 def raise_missing(row: Mapping[str, Any]) -> None:

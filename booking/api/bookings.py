@@ -217,7 +217,9 @@ async def create_booking(call: Call[BookingIn, None]) -> BookingOut:
             consultation_type=body.type,
             starts_at=body.starts_at,
             hold_minutes=call.settings.booking_hold_minutes,
-            check=None if cols is None else (cols[0], cols[1], consent.raise_missing),
+            check=None
+            if cols is None
+            else service.HoldCheck(cols[0], cols[1], consent.PASSES, consent.raise_missing),
         )
     return booking_out(row)
 

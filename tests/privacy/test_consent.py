@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import uuid
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import anon, confirm, hold, local, shift
 from tests.conftest import Api
 from tests.signalling.test_ws import connect, joined
+from wadud import keys
 from wadud.api import Role
 from wadud.config import Settings
 
@@ -77,6 +79,45 @@ def refused_for(answer: dict[str, Any], *purposes: str) -> None:
     assert answer["region"] == "PK"
     for purpose in purposes:
         assert purpose in answer["detail"]
+
+
+async def test_consent_is_checked_in_the_hold_s_one_statement(
+    api: Api, admin: str, doctor: Doctor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold on a remembered schedule (booking.schedules) writes in one
+    statement; the consent check is in it, and refuses as the long way does."""
+    from booking import schedules, slots
+
+    published = await texts(api, admin)
+    patient = await anon(api)
+    for purpose in REQUIRED:
+        await api.post("/api/v1/me/consents/accept", {"text_id": published[purpose]["id"]},
+                       token=patient, expect=200)  # fmt: skip
+    await hold(api, patient, doctor, local(2, "09:00"), expect=201)
+    assert schedules.known(uuid.UUID(doctor.id)) is not None
+    long_ways: list[object] = []
+    real = slots.view_for_hold
+
+    async def counting(*a: Any, **kw: Any) -> Any:
+        long_ways.append(a)
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(slots, "view_for_hold", counting)
+    await hold(api, patient, doctor, local(2, "10:00"), expect=201)
+    assert long_ways == []
+    # Withdrawn: refused, naming it, without the long way's read.
+    await api.post("/api/v1/me/consents/withdraw", {"region": "PK", "purpose": "data_processing"},
+                   token=patient, expect=200)  # fmt: skip
+    refused_for(await hold(api, patient, doctor, local(2, "11:00"), expect=403), "data_processing")
+    assert long_ways == []
+    # Someone who never accepted: both named.
+    stranger = await anon(api)
+    refused_for(await hold(api, stranger, doctor, local(2, "11:00"), expect=403), *REQUIRED)
+    assert long_ways == []
+    taken = await api.app[keys.DB].fetchval(
+        "SELECT count(*) FROM bookings WHERE starts_at = $1", local(2, "11:00")
+    )
+    assert taken == 0
 
 
 async def test_booking_needs_the_region_s_consents(api: Api, admin: str, doctor: Doctor) -> None:
