@@ -16,20 +16,25 @@
 DROP TRIGGER ledger_balanced ON ledger_entries;
 DROP FUNCTION ledger_check_balanced();
 
+-- The check itself is 0003's query, once per transaction the statement
+-- wrote (by its index on transaction_id). A set-based form (IN over the
+-- transition table) planned a sequential scan of the whole ledger on a
+-- freshly started server, whose empty tables' statistics made that look
+-- cheap, and plpgsql kept the plan as the ledger grew.
 CREATE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    off uuid;
+    txn uuid;
 BEGIN
-    SELECT e.transaction_id INTO off
-    FROM ledger_entries e
-    WHERE e.transaction_id IN (SELECT DISTINCT transaction_id FROM new_entries)
-    GROUP BY e.transaction_id, e.currency
-    HAVING sum(e.amount_minor) <> 0
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'ledger transaction % does not balance', off
-            USING ERRCODE = 'check_violation';
-    END IF;
+    FOR txn IN SELECT DISTINCT transaction_id FROM new_entries LOOP
+        IF EXISTS (
+            SELECT 1 FROM ledger_entries
+            WHERE transaction_id = txn
+            GROUP BY currency HAVING sum(amount_minor) <> 0
+        ) THEN
+            RAISE EXCEPTION 'ledger transaction % does not balance', txn
+                USING ERRCODE = 'check_violation';
+        END IF;
+    END LOOP;
     RETURN NULL;
 END $$;
 
