@@ -525,8 +525,39 @@ async def create_hold(
     if slot is None:
         raise await _taken_or_not_offered(conn, doctor_id, consultation_type, starts_at, now)
     lo, hi = slots.blocked(doctor, slot.start, slot.end)
-    # The booking, its history row and its outbox event in one statement:
-    # every column the event carries is known before the insert.
+    args = Args()
+    insert = _hold_insert(
+        doctor, doctor_id, patient_id, slot, (lo, hi), now, hold_minutes, args, source=None
+    )
+    try:
+        row = await conn.fetchrow(f"WITH {insert} SELECT b.* FROM b", *args.values)
+    except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
+        # Deadlock: two requests that each expire and insert can, in rare
+        # interleavings, wait on each other; PostgreSQL aborts one, which
+        # lost the race just as surely as at the constraint.
+        raise SlotTaken("this time was booked by someone else; pick another slot") from None
+    assert row is not None
+    outbox.written(conn)
+    await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi), doctor=doctor)
+    return row
+
+
+def _hold_insert(
+    doctor: Mapping[str, Any],
+    doctor_id: UUID,
+    patient_id: UUID,
+    slot: av.Slot,
+    blocked: tuple[dt.datetime, dt.datetime],
+    now: dt.datetime,
+    hold_minutes: int,
+    args: Args,
+    *,
+    source: str | None,
+) -> str:
+    """The hold's writes as CTEs of the caller's statement: the booking
+    (``b``), its history row and its outbox event, whose every column is
+    known before the insert. ``source``: ``FROM`` text the insert selects
+    from (inserting once per row it yields); None inserts once."""
     held = {
         "id": uuid4(),
         "clinic_id": doctor["clinic_id"],
@@ -540,51 +571,34 @@ async def create_hold(
         "currency": doctor["currency"],
         "instant": False,
     }
+    values = f"""{args(held["clinic_id"])}::uuid, {args(doctor_id)}::uuid,
+                 {args(doctor["key"])}::bigint, {args(patient_id)}::uuid, {args(held["type"])},
+                 {args(slot.start)}::timestamptz, {args(slot.end)}::timestamptz,
+                 tstzrange({args(blocked[0])}, {args(blocked[1])}), 'held',
+                 {args(now + dt.timedelta(minutes=hold_minutes))}::timestamptz,
+                 {args(held["price_minor"])}::bigint, {args(held["currency"])},
+                 {args(now)}::timestamptz, {args(now)}::timestamptz, {args(held["id"])}::uuid"""
+    rows = f"SELECT {values} FROM {source}" if source else f"VALUES ({values})"
     event_cte, event_args = outbox.event(
-        f"booking.{State.HELD.value}", _event(held, "hold", None, patient_id, None), 15
+        f"booking.{State.HELD.value}",
+        _event(held, "hold", None, patient_id, None),
+        args.next,
+        source="b",
     )
-    try:
-        row = await conn.fetchrow(
-            f"""WITH b AS (
+    args.values.extend(event_args)
+    return f"""b AS (
                     INSERT INTO bookings
                         (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at,
                          ends_at, blocked, status, hold_expires_at, price_minor, currency,
                          created_at, updated_at, id)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, tstzrange($8, $9), 'held', $10,
-                            $11, $12, $13, $13, $14)
+                    {rows}
                     RETURNING *),
                 h AS (
                     INSERT INTO booking_events
                         (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
                     SELECT id, clinic_id, 'hold', NULL, status, patient_id, '{{}}'::jsonb
                     FROM b),
-                {event_cte}
-            SELECT b.* FROM b""",
-            doctor["clinic_id"],
-            doctor_id,
-            doctor["key"],
-            patient_id,
-            slot.consultation_type.value,
-            slot.start,
-            slot.end,
-            lo,
-            hi,
-            now + dt.timedelta(minutes=hold_minutes),
-            doctor["fee_minor"],
-            doctor["currency"],
-            now,
-            held["id"],
-            *event_args,
-        )
-    except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
-        # Deadlock: two requests that each expire and insert can, in rare
-        # interleavings, wait on each other; PostgreSQL aborts one, which
-        # lost the race just as surely as at the constraint.
-        raise SlotTaken("this time was booked by someone else; pick another slot") from None
-    assert row is not None
-    outbox.written(conn)
-    await slots.refresh_next_free(conn, doctor_id, now, changed=(lo, hi), doctor=doctor)
-    return row
+                {event_cte}"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -634,19 +648,6 @@ async def _hold_on_known_schedule(
         return None
     doctor = known.doctor
     lo, hi = slots.blocked(doctor, slot.start, slot.end)
-    held = {
-        "id": uuid4(),
-        "clinic_id": doctor["clinic_id"],
-        "doctor_id": known.doctor_id,
-        "patient_id": patient_id,
-        "type": slot.consultation_type.value,
-        "status": State.HELD.value,
-        "starts_at": slot.start,
-        "ends_at": slot.end,
-        "price_minor": doctor["fee_minor"],
-        "currency": doctor["currency"],
-        "instant": False,
-    }
     args = Args()
     args(known.doctor_id)  # $1, as HoldCheck.columns expects
     columns, passes = "", "true"
@@ -657,40 +658,24 @@ async def _hold_on_known_schedule(
         f"d.{column} = {args(doctor[column])}{'::jsonb' if column == 'slot_minutes' else ''}"
         for column in schedules.GUARDED
     )
-    event_cte, event_args = outbox.event(
-        f"booking.{State.HELD.value}",
-        _event(held, "hold", None, patient_id, None),
-        args.next,
-        source="b",
+    insert = _hold_insert(
+        doctor,
+        known.doctor_id,
+        patient_id,
+        slot,
+        (lo, hi),
+        now,
+        hold_minutes,
+        args,
+        source=f"d WHERE {passes}",
     )
-    args.values.extend(event_args)
     try:
         row = await conn.fetchrow(
             f"""WITH d AS (
                     SELECT d.next_free_at AS doctor_next_free_at{columns}
                     FROM doctors d
                     WHERE d.id = $1 AND d.status = 'published' AND {guards}),
-                b AS (
-                    INSERT INTO bookings
-                        (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at,
-                         ends_at, blocked, status, hold_expires_at, price_minor, currency,
-                         created_at, updated_at, id)
-                    SELECT {args(held["clinic_id"])}::uuid, $1, {args(doctor["key"])}::bigint,
-                           {args(patient_id)}::uuid, {args(held["type"])},
-                           {args(slot.start)}::timestamptz, {args(slot.end)}::timestamptz,
-                           tstzrange({args(lo)}, {args(hi)}), 'held',
-                           {args(now + dt.timedelta(minutes=hold_minutes))}::timestamptz,
-                           {args(held["price_minor"])}::bigint, {args(held["currency"])},
-                           {args(now)}::timestamptz, {args(now)}::timestamptz,
-                           {args(held["id"])}::uuid
-                    FROM d WHERE {passes}
-                    RETURNING *),
-                h AS (
-                    INSERT INTO booking_events
-                        (booking_id, clinic_id, event, from_state, to_state, actor_id, detail)
-                    SELECT id, clinic_id, 'hold', NULL, status, patient_id, '{{}}'::jsonb
-                    FROM b),
-                {event_cte}
+                {insert}
             SELECT d.*, b.* FROM d LEFT JOIN b ON true""",
             *args.values,
         )

@@ -20,6 +20,7 @@ from wadud.db import Args
 __all__ = [
     "COMMISSION",
     "INTENT_COLUMNS",
+    "capture_of",
     "commission",
     "ledger_posting",
     "money",
@@ -46,6 +47,22 @@ def commission(row: Mapping[str, Any], default_bp: int) -> ledger.Commission:
     if row["region_bp"] is not None:
         return ledger.Commission(row["region_bp"], int(row["region_fixed"]))
     return ledger.Commission(default_bp, 0)
+
+
+def capture_of(
+    row: Mapping[str, Any], doctor_id: UUID | str, terms: Mapping[str, Any], default_bp: int
+) -> ledger.Transaction:
+    """The ledger capture of the intent ``row``, paid for a booking of
+    ``doctor_id``, split by the commission ``terms`` (:func:`commission`)."""
+    return ledger.capture(
+        ledger.CapturedPayment(
+            payment_id=str(row["id"]),
+            gateway=row["gateway"],
+            doctor_id=str(doctor_id),
+            amount=money(row),
+        ),
+        commission(terms, default_bp),
+    )
 
 
 def payment_payload(row: Mapping[str, Any], **extra: Any) -> dict[str, Any]:

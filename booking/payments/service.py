@@ -75,6 +75,7 @@ from booking.payments.jazzcash import JazzCashSettings
 from booking.payments.rows import (
     COMMISSION,
     INTENT_COLUMNS,
+    capture_of,
     commission,
     ledger_posting,
     money,
@@ -428,15 +429,7 @@ async def _capture(
         )
     if found is None:
         raise NotFound("no such clinic")
-    txn = ledger.capture(
-        ledger.CapturedPayment(
-            payment_id=str(row["id"]),
-            gateway=row["gateway"],
-            doctor_id=str(found["capture_doctor_id"]),
-            amount=money(row),
-        ),
-        commission(found, default_bp),
-    )
+    txn = capture_of(row, found["capture_doctor_id"], found, default_bp)
     return await post_transaction(
         conn,
         txn,

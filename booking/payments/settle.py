@@ -47,14 +47,13 @@ import asyncpg
 
 from booking import service as bookings
 from booking.lifecycle import State
-from booking.payments import ledger
 from booking.payments.errors import AmountMismatch
 from booking.payments.gateway import PaymentStatus, VerifiedResult, WebhookEvent
 from booking.payments.intent import IntentEvent, IntentState, transition
 from booking.payments.rows import (
     COMMISSION,
     INTENT_COLUMNS,
-    commission,
+    capture_of,
     ledger_posting,
     money,
     payment_payload,
@@ -171,15 +170,7 @@ def _statement(
             {"source": source, "code": event.type, "message": ""},
         )
     )
-    capture = ledger.capture(
-        ledger.CapturedPayment(
-            payment_id=str(row["id"]),
-            gateway=row["gateway"],
-            doctor_id=str(row["booking_doctor_id"]),
-            amount=money(row),
-        ),
-        commission(row, default_bp),
-    )
+    capture = capture_of(row, row["booking_doctor_id"], row, default_bp)
     booking = {
         "id": row["booking_id"],
         "clinic_id": row["clinic_id"],
