@@ -94,14 +94,19 @@ class LocalBus:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[_LocalSubscription]] = defaultdict(set)
-        self._streams: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        # Entries as the encoded text Redis would hold; decoded for each
+        # reader, so no two readers share (or can change) one dict.
+        self._streams: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._stream_changed = asyncio.Condition()
         self._seq = itertools.count(1)
 
     async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
+        subs = self._subs.get(topic)
+        if not subs:
+            return  # as Redis: nobody listening, nothing delivered
         # Round-trip through JSON so in-process behaviour matches Redis exactly.
         payload = json.loads(encode(data))
-        for sub in list(self._subs.get(topic, ())):
+        for sub in list(subs):
             try:
                 sub.queue.put_nowait(Message(topic, payload))
             except asyncio.QueueFull:
@@ -120,7 +125,7 @@ class LocalBus:
     async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
         entry_id = f"{int(time.time() * 1000)}-{next(self._seq)}"
         entries = self._streams[stream]
-        entries.append((entry_id, json.loads(encode(data))))
+        entries.append((entry_id, encode(data)))
         if len(entries) > maxlen:
             del entries[: len(entries) - maxlen]
         async with self._stream_changed:
@@ -132,7 +137,8 @@ class LocalBus:
     ) -> list[tuple[str, dict[str, Any]]]:
         def newer() -> list[tuple[str, dict[str, Any]]]:
             key = _id_key(after)
-            return [e for e in self._streams.get(stream, []) if _id_key(e[0]) > key][:count]
+            found = [e for e in self._streams.get(stream, []) if _id_key(e[0]) > key][:count]
+            return [(entry_id, json.loads(text)) for entry_id, text in found]
 
         found = newer()
         if found or block <= 0:

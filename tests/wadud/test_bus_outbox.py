@@ -33,6 +33,19 @@ async def _exercise(b: bus.Bus) -> None:
     await asyncio.sleep(0.1)
     await b.append("s", {"i": 3})
     assert [e[1]["i"] for e in await waiter] == [3]
+    # Each read is the reader's own: changing what one got changes nothing
+    # for the next (a stream holds encoded entries, as Redis does).
+    mine = await b.read("s", "0")
+    mine[0][1]["i"] = 99
+    assert [e[1]["i"] for e in await b.read("s", "0")] == [1, 2, 3]
+    # What is published to a topic nobody listens to reaches no later
+    # subscriber either.
+    await b.publish("t3", {"n": 3})
+    late = await b.subscribe("t3")
+    await b.publish("t3", {"n": 4})
+    msg = await asyncio.wait_for(anext(aiter(late)), 2)
+    assert msg.data == {"n": 4}
+    await late.close()
 
 
 async def test_local_bus() -> None:
