@@ -252,18 +252,21 @@ class Relay:
                    FOR UPDATE SKIP LOCKED""",
                 self.batch,
             )
-            for row in rows:
-                event = {
+            events = [
+                {
                     "id": row["id"],
                     "topic": row["topic"],
                     "at": row["created_at"].isoformat(),
                     "data": row["payload"],
                 }
-                if tracing.enabled():
+                for row in rows
+            ]
+            if tracing.enabled():
+                for row, event in zip(rows, events, strict=True):
                     await self._publish_traced(event, row["trace"])
-                else:
-                    await self.bus.publish(row["topic"], event)
-                    await self.bus.append(STREAM, event)
+            else:
+                # The whole batch at once (one round trip to Redis).
+                await self.bus.publish_all([(e["topic"], e) for e in events], stream=STREAM)
             if rows:
                 # One NOTIFY per batch, not per writer, tells the other
                 # processes that consume the outbox's tables (the notifier

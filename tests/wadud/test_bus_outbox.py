@@ -46,6 +46,17 @@ async def _exercise(b: bus.Bus) -> None:
     msg = await asyncio.wait_for(anext(aiter(late)), 2)
     assert msg.data == {"n": 4}
     await late.close()
+    # A batch: published and appended in order, in one call.
+    sub = await b.subscribe("b1", "b2")
+    await b.publish_all([("b1", {"k": 1}), ("b2", {"k": 2}), ("b1", {"k": 3})], stream="sb")
+    got = []
+    async for msg in sub:
+        got.append((msg.topic, msg.data["k"]))
+        if len(got) == 3:
+            break
+    assert got == [("b1", 1), ("b2", 2), ("b1", 3)]
+    assert [e[1]["k"] for e in await b.read("sb", "0")] == [1, 2, 3]
+    await sub.close()
 
 
 async def test_local_bus() -> None:
