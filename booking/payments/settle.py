@@ -186,6 +186,16 @@ def _statement(
     confirm_sql, booking_event = bookings.confirm_paid(
         booking, {"payment_id": str(row["id"])}, now, args, gate="paid"
     )
+    posting = ledger_posting(
+        capture,
+        args,
+        clinic_id=row["clinic_id"],
+        reference=capture.reference,
+        payment_intent_id=row["id"],
+        booking_id=row["booking_id"],
+        source="moved",
+        skip_duplicate=False,
+    )
     # Every column of the payment's payload but the state is the row's own.
     payment_event = (
         "payment.succeeded",
@@ -221,18 +231,7 @@ def _statement(
                         {args([s[3] for s in steps])}::jsonb[])
                      WITH ORDINALITY AS x(event, from_state, to_state, detail, n)
             ORDER BY x.n),
-        {
-        ledger_posting(
-            capture,
-            args,
-            clinic_id=row["clinic_id"],
-            reference=capture.reference,
-            payment_intent_id=row["id"],
-            booking_id=row["booking_id"],
-            source="moved",
-            skip_duplicate=False,
-        )
-    },
+        {posting},
         {confirm_sql}"""
     cte, more = outbox.events([payment_event, booking_event], args.next, source="moved")
     args.values.extend(more)
