@@ -81,70 +81,54 @@ async def contexts_for(conn: Conn, events: Sequence[Event]) -> list[Context]:
     """:func:`context_for` of each event, in order; the people of every
     booking event of the batch in one round trip."""
     about = [e for e in events if _about_a_booking(e)]
-    people: dict[int, Context] = {}
-    if about:
-        rows = await conn.fetch(
-            # As context_for: an event lacking either id takes both from
-            # its booking, when there is one.
-            """SELECT p.i, w.patient_id, d.user_id, d.display_name,
-                      d.id IS NOT NULL AS found,
-                      (SELECT coalesce(nullif(pd.display_name, ''), u.display_name)
-                       FROM users u LEFT JOIN doctors pd ON pd.user_id = u.id
-                       WHERE u.id = w.patient_id) AS patient_name
-               FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::uuid[])
-                    AS p(i, booking, patient, doctor)
-               LEFT JOIN bookings b
-                      ON b.id = p.booking AND (p.patient IS NULL OR p.doctor IS NULL)
-               CROSS JOIN LATERAL (
-                   SELECT CASE WHEN b.id IS NULL THEN p.patient ELSE b.patient_id END,
-                          CASE WHEN b.id IS NULL THEN p.doctor ELSE b.doctor_id END
-               ) AS w(patient_id, doctor_id)
-               LEFT JOIN doctors d ON d.id = w.doctor_id""",
-            list(range(len(about))),
-            [_uuid(e.data.get("booking_id")) for e in about],
-            [_uuid(e.data.get("patient_id")) for e in about],
-            [_uuid(e.data.get("doctor_id")) for e in about],
-        )
-        for r in rows:
-            people[id(about[r["i"]])] = Context(
-                patient_id=r["patient_id"],
-                patient_name=str(r["patient_name"] or ""),
-                doctor_user_id=r["user_id"] if r["found"] else None,
-                doctor_name=str(r["display_name"]) if r["found"] else "",
-            )
+    people = dict(zip(map(id, about), await _booking_people(conn, about), strict=True))
     return [people[id(e)] if id(e) in people else await context_for(conn, e) for e in events]
+
+
+async def _booking_people(conn: Conn, events: Sequence[Event]) -> list[Context]:
+    """The patient and doctor of each booking event, by the ids it carries;
+    an event lacking either id takes both from its booking, when there is
+    one. One round trip for all of them."""
+    if not events:
+        return []
+    rows = await conn.fetch(
+        """SELECT p.i, w.patient_id, d.user_id, d.display_name,
+                  d.id IS NOT NULL AS found,
+                  (SELECT coalesce(nullif(pd.display_name, ''), u.display_name)
+                   FROM users u LEFT JOIN doctors pd ON pd.user_id = u.id
+                   WHERE u.id = w.patient_id) AS patient_name
+           FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::uuid[])
+                AS p(i, booking, patient, doctor)
+           LEFT JOIN bookings b
+                  ON b.id = p.booking AND (p.patient IS NULL OR p.doctor IS NULL)
+           CROSS JOIN LATERAL (
+               SELECT CASE WHEN b.id IS NULL THEN p.patient ELSE b.patient_id END,
+                      CASE WHEN b.id IS NULL THEN p.doctor ELSE b.doctor_id END
+           ) AS w(patient_id, doctor_id)
+           LEFT JOIN doctors d ON d.id = w.doctor_id
+           ORDER BY p.i""",
+        list(range(len(events))),
+        [_uuid(e.data.get("booking_id")) for e in events],
+        [_uuid(e.data.get("patient_id")) for e in events],
+        [_uuid(e.data.get("doctor_id")) for e in events],
+    )
+    return [
+        Context(
+            patient_id=r["patient_id"],
+            patient_name=str(r["patient_name"] or ""),
+            doctor_user_id=r["user_id"] if r["found"] else None,
+            doctor_name=str(r["display_name"]) if r["found"] else "",
+        )
+        for r in rows
+    ]
 
 
 async def context_for(conn: Conn, event: Event) -> Context:
     """The people an event concerns, looked up by the ids it carries."""
     d = event.data
     if _about_a_booking(event):
-        booking_id = _uuid(d.get("booking_id"))
-        patient_id = _uuid(d.get("patient_id"))
-        doctor_id = _uuid(d.get("doctor_id"))
-        if (patient_id is None or doctor_id is None) and booking_id is not None:
-            row = await conn.fetchrow(
-                "SELECT patient_id, doctor_id FROM bookings WHERE id = $1", booking_id
-            )
-            if row is not None:
-                patient_id, doctor_id = row["patient_id"], row["doctor_id"]
-        # The doctor and the patient's name in one round trip.
-        row = await conn.fetchrow(
-            """SELECT d.id, d.user_id, d.display_name,
-                      (SELECT coalesce(nullif(pd.display_name, ''), u.display_name)
-                       FROM users u LEFT JOIN doctors pd ON pd.user_id = u.id
-                       WHERE u.id = $2) AS patient_name
-               FROM (SELECT 1) AS one LEFT JOIN doctors d ON d.id = $1""",
-            doctor_id,
-            patient_id,
-        )
-        found = row is not None and row["id"] is not None
-        return Context(
-            patient_id=patient_id,
-            patient_name=str(row["patient_name"] or "") if row is not None else "",
-            doctor_user_id=row["user_id"] if found else None,
-            doctor_name=str(row["display_name"]) if found else "",
-        )
+        (people,) = await _booking_people(conn, [event])
+        return people
     if event.topic.startswith("payment."):
         return Context(patient_id=_uuid(d.get("patient_id")))
     if event.topic == "chat.message.sent":

@@ -294,8 +294,8 @@ async def test_quiet_hours_hold_push_but_not_email_and_muted_categories_send_not
 
 async def test_a_batch_finds_the_same_people_as_one_event_at_a_time(api: Api) -> None:
     """The planner reads the people of a batch's booking events in one round
-    trip (store.contexts_for); that gives what the one-event read gives, for
-    every way an event names them."""
+    trip (store.contexts_for); that gives what one event at a time gives, in
+    the batch's order, for every way an event names them."""
     from notify import store
     from notify.plan import Event as Ev
 
@@ -324,6 +324,16 @@ async def test_a_batch_finds_the_same_people_as_one_event_at_a_time(api: Api) ->
     assert batch == one_by_one
     assert batch[1].doctor_name == "Dr. Batch" and batch[1].patient_name == "Noor Batch"
     assert batch[3].doctor_user_id is None
+    named = [(c.patient_id and str(c.patient_id), c.doctor_name) for c in batch]
+    assert named == [
+        (pid, "Dr. Batch"),
+        (pid, "Dr. Batch"),
+        (pid, "Dr. Batch"),
+        (pid, ""),
+        (None, ""),
+        (pid, ""),  # a payment event names the patient only
+        (None, "Dr. Batch"),
+    ]
 
 
 def pool_of_api(api: Api) -> asyncpg.Pool:
