@@ -695,6 +695,11 @@ class Verdict:
             expected
         )
 
+    @property
+    def detail(self) -> dict[str, str]:
+        """What the intent's history records of the verdict that moved it."""
+        return {"source": self.source, "code": self.code, "message": self.message}
+
 
 TransitionBooking = Callable[..., Awaitable[asyncpg.Record]]
 
@@ -852,7 +857,7 @@ async def apply_verdict(
         )
         raise
     state = IntentState(row["status"])
-    detail = {"source": verdict.source, "code": verdict.code, "message": verdict.message}
+    detail = verdict.detail
     if state is IntentState.REQUIRES_PAYMENT:
         # A verdict proves the patient reached the checkout we handed out.
         row = await move_intent(conn, row, IntentEvent.REDIRECT, {"implied_by": verdict.source})
@@ -957,13 +962,17 @@ async def handle_webhook(
     gateway = registry.get(gateway_name)
     event = await gateway.parse_webhook(body, headers, now)
     async with pool.acquire() as conn:
-        # The common case (paid, still held) in two statements; everything
-        # else, and a race that case gives way on, the general way below.
-        settled = await settle.settle(conn, gateway.name, event, default_bp=default_bp, now=now)
-        if settled is not None:
-            return WebhookOutcome(
-                settled.duplicate, event.event_id, settled.payment_id, settled.status
+        if event.reference is not None and event.status is not None:
+            # The common case (paid, still held) in two statements; everything
+            # else, and a race that case gives way on, the general way below.
+            verdict = Verdict.of_webhook(event)
+            settled = await settle.settle(
+                conn, gateway.name, event, verdict, default_bp=default_bp, now=now
             )
+            if settled is not None:
+                return WebhookOutcome(
+                    settled.duplicate, event.event_id, settled.payment_id, settled.status
+                )
         return await _apply_webhook(conn, registry, gateway, event, default_bp)
 
 

@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 import asyncpg
@@ -48,7 +49,7 @@ import asyncpg
 from booking import service as bookings
 from booking.lifecycle import State
 from booking.payments.errors import AmountMismatch
-from booking.payments.gateway import PaymentStatus, VerifiedResult, WebhookEvent
+from booking.payments.gateway import WebhookEvent
 from booking.payments.intent import IntentEvent, IntentState, transition
 from booking.payments.rows import (
     COMMISSION,
@@ -60,6 +61,10 @@ from booking.payments.rows import (
 )
 from wadud import outbox
 from wadud.db import Args
+
+if TYPE_CHECKING:
+    # Only a type: the service module calls this one.
+    from booking.payments.service import Verdict
 
 __all__ = ["Settled", "settle"]
 
@@ -100,6 +105,7 @@ async def settle(
     conn: asyncpg.Connection,
     receiver: str,
     event: WebhookEvent,
+    verdict: Verdict,
     *,
     default_bp: int,
     now: dt.datetime,
@@ -107,10 +113,11 @@ async def settle(
     """Apply a verified webhook the short way if it is the common case (see
     the module docstring); None: take the general path. ``receiver``: the
     name of the gateway whose endpoint received the delivery (it keys the
-    recorded deliveries)."""
-    if event.status is not PaymentStatus.SUCCEEDED or event.reference is None:
+    recorded deliveries); ``verdict``: the event's, as the general path
+    reads it (:meth:`.service.Verdict.of_webhook`)."""
+    if verdict.event is not IntentEvent.VERIFIED_SUCCESS:
         return None
-    row = await conn.fetchrow(_READ, receiver, event.event_id, event.gateway, event.reference)
+    row = await conn.fetchrow(_READ, receiver, event.event_id, verdict.gateway, verdict.reference)
     if row is None:
         return None  # unknown reference: the general path says so
     if row["seen"]:
@@ -119,13 +126,11 @@ async def settle(
     if state not in _LIVE or row["booking_status"] != State.HELD.value:
         return None
     try:
-        VerifiedResult(event.gateway, event.reference, event.status, event.amount).check_amount(
-            money(row)
-        )
+        verdict.check_amount(money(row))
     except AmountMismatch:
         return None  # the general path logs and refuses it
     args = Args()
-    sql = _statement(row, receiver, event, state, default_bp, now, args)
+    sql = _statement(row, receiver, event, verdict, state, default_bp, now, args)
     try:
         settled = await conn.fetchrow(sql, *args.values)
     except asyncpg.IntegrityConstraintViolationError as exc:
@@ -146,30 +151,23 @@ def _statement(
     row: asyncpg.Record,
     receiver: str,
     event: WebhookEvent,
+    verdict: Verdict,
     state: IntentState,
     default_bp: int,
     now: dt.datetime,
     args: Args,
 ) -> str:
     """The one statement (see the module docstring), its values in ``args``."""
-    source = f"webhook {event.event_id}"
     # The intent's history, as apply_verdict writes it: a verdict proves the
     # patient reached the checkout, so a checkout not yet handed out is
     # moved there first.
-    steps: list[tuple[IntentEvent, IntentState, IntentState, dict[str, object]]] = []
+    steps: list[tuple[IntentEvent, IntentState, IntentState, Mapping[str, object]]] = []
     if state is IntentState.REQUIRES_PAYMENT:
         nxt = transition(state, IntentEvent.REDIRECT)
-        steps.append((IntentEvent.REDIRECT, state, nxt, {"implied_by": source}))
+        steps.append((IntentEvent.REDIRECT, state, nxt, {"implied_by": verdict.source}))
         state = nxt
     succeeded = transition(state, IntentEvent.VERIFIED_SUCCESS)
-    steps.append(
-        (
-            IntentEvent.VERIFIED_SUCCESS,
-            state,
-            succeeded,
-            {"source": source, "code": event.type, "message": ""},
-        )
-    )
+    steps.append((IntentEvent.VERIFIED_SUCCESS, state, succeeded, verdict.detail))
     capture = capture_of(row, row["booking_doctor_id"], row, default_bp)
     booking = {
         "id": row["booking_id"],

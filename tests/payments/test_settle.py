@@ -142,7 +142,14 @@ async def test_one_statement_writes_what_the_general_path_writes(api: Api, from_
         )
     registry = api.app[service.GATEWAYS]
     async with pool.acquire() as conn:
-        done = await settle.settle(conn, "sandbox", short[2], default_bp=0, now=_now())
+        done = await settle.settle(
+            conn,
+            "sandbox",
+            short[2],
+            service.Verdict.of_webhook(short[2]),
+            default_bp=0,
+            now=_now(),
+        )
         assert done == settle.Settled(False, uuid.UUID(short[1]["id"]), "succeeded")
         outcome = await service._apply_webhook(
             conn, registry, registry.get("sandbox"), general[2], 0
@@ -169,9 +176,23 @@ async def test_one_statement_writes_what_the_general_path_writes(api: Api, from_
     assert [e["amount_minor"] for e in one["ledger"]] == [fee, -(fee - platform), -platform]
     # A second delivery of either is a duplicate, found by the read alone.
     async with pool.acquire() as conn:
-        again = await settle.settle(conn, "sandbox", short[2], default_bp=0, now=_now())
+        again = await settle.settle(
+            conn,
+            "sandbox",
+            short[2],
+            service.Verdict.of_webhook(short[2]),
+            default_bp=0,
+            now=_now(),
+        )
         assert again == settle.Settled(True)
-        again = await settle.settle(conn, "sandbox", general[2], default_bp=0, now=_now())
+        again = await settle.settle(
+            conn,
+            "sandbox",
+            general[2],
+            service.Verdict.of_webhook(general[2]),
+            default_bp=0,
+            now=_now(),
+        )
         assert again == settle.Settled(True)
 
 
@@ -200,7 +221,9 @@ async def _meanwhile(
         await tx.start()
         await other.execute(lock_sql, key)
         task: Awaitable[settle.Settled | None] = asyncio.ensure_future(
-            settle.settle(conn, "sandbox", event, default_bp=0, now=_now())
+            settle.settle(
+                conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
+            )
         )
         await _blocked_on_a_lock(pool)
         if change:
@@ -270,7 +293,9 @@ async def test_the_same_delivery_landing_meanwhile_aborts_the_whole_statement(ap
         await tx.start()
         await other.execute("SELECT 1 FROM payment_intents WHERE id = $1 FOR UPDATE", pid)
         task = asyncio.ensure_future(
-            settle.settle(conn, "sandbox", event, default_bp=0, now=_now())
+            settle.settle(
+                conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
+            )
         )
         await _blocked_on_a_lock(pool)
         await pool.execute(
@@ -297,19 +322,39 @@ async def test_what_is_not_the_common_case_is_left_to_the_general_path(api: Api)
         payment = await start_payment(api, token, booking)
         body, headers = paid_webhook(api, payment, paid=False)
         declined = await gw.parse_webhook(body, headers, _now())
-        assert await settle.settle(conn, "sandbox", declined, default_bp=0, now=_now()) is None
+        assert (
+            await settle.settle(
+                conn,
+                "sandbox",
+                declined,
+                service.Verdict.of_webhook(declined),
+                default_bp=0,
+                now=_now(),
+            )
+            is None
+        )
         # A booking no longer held when read.
         booking, payment, event = await _paid_event(api, doctor)
         await pool.execute(
             "UPDATE bookings SET status = 'cancelled' WHERE id = $1", uuid.UUID(booking)
         )
-        assert await settle.settle(conn, "sandbox", event, default_bp=0, now=_now()) is None
+        assert (
+            await settle.settle(
+                conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
+            )
+            is None
+        )
         # Another amount than the intent's.
         booking, payment, event = await _paid_event(api, doctor)
         await pool.execute(
             "UPDATE payment_intents SET amount_minor = amount_minor + 1 WHERE id = $1",
             uuid.UUID(payment["id"]),
         )
-        assert await settle.settle(conn, "sandbox", event, default_bp=0, now=_now()) is None
+        assert (
+            await settle.settle(
+                conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
+            )
+            is None
+        )
         assert await status_of(api, payment["id"]) == "processing"
     assert await pool.fetchval("SELECT count(*) FROM ledger_transactions") == 0
