@@ -238,11 +238,20 @@ async def load_availability(
     rules = [r for r in both if r["rule"] is True]
     overrides = [r for r in both if r["rule"] is False]
     availability = build_availability(row, rules, overrides)
-    if doctor is None and not conn.is_in_transaction():
-        # Only what is committed: a transaction that rolls back could leave
-        # a version number another change then reuses.
-        schedules.remember(row, availability)
+    if doctor is None:
+        _remember(conn, row, availability)
     return row, availability
+
+
+def _remember(
+    conn: asyncpg.Connection, doctor: Mapping[str, Any], availability: av.Availability
+) -> None:
+    """Hand a freshly built availability to :mod:`booking.schedules`, if it
+    was read outside a transaction: only what is committed, since a
+    transaction that rolls back could leave a version number another change
+    then reuses."""
+    if not conn.is_in_transaction():
+        schedules.remember(doctor, availability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +302,7 @@ async def view_for_hold(
     overrides = [r for r in rows if r["rule"] is False]
     busy = [av.BusyInterval(r["lo"], r["hi"], 0, 0) for r in rows if r["lapsed"] is False]
     availability = build_availability(doctor, rules, overrides)
-    if not conn.is_in_transaction():  # only what is committed (load_availability)
-        schedules.remember(doctor, availability)
+    _remember(conn, doctor, availability)
     return HoldView(
         doctor=doctor,
         availability=availability,
