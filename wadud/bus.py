@@ -26,6 +26,9 @@ from typing import Any, Protocol
 
 log = logging.getLogger("wadud.bus")
 
+#: Entries a stream keeps (Redis trims approximately) unless told otherwise.
+STREAM_MAXLEN = 100_000
+
 
 @dataclass(frozen=True)
 class Message:
@@ -45,7 +48,9 @@ class Bus(Protocol):
     async def subscribe(self, *topics: str) -> Subscription:
         """Start receiving messages on ``topics``; subscribed when this returns."""
 
-    async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
+    async def append(
+        self, stream: str, data: Mapping[str, Any], *, maxlen: int = STREAM_MAXLEN
+    ) -> str:
         """Add ``data`` to ``stream``; return its id (ids sort in stream order)."""
 
     async def publish_all(
@@ -128,7 +133,9 @@ class LocalBus:
         for t in sub.topics:
             self._subs[t].discard(sub)
 
-    async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
+    async def append(
+        self, stream: str, data: Mapping[str, Any], *, maxlen: int = STREAM_MAXLEN
+    ) -> str:
         entry_id = f"{int(time.time() * 1000)}-{next(self._seq)}"
         entries = self._streams[stream]
         entries.append((entry_id, encode(data)))
@@ -280,7 +287,9 @@ class RedisBus:
         await sub._connect()
         return sub
 
-    async def append(self, stream: str, data: Mapping[str, Any], *, maxlen: int = 100_000) -> str:
+    async def append(
+        self, stream: str, data: Mapping[str, Any], *, maxlen: int = STREAM_MAXLEN
+    ) -> str:
         entry_id = await self.redis.xadd(
             stream, {"d": encode(data)}, maxlen=maxlen, approximate=True
         )
@@ -299,7 +308,7 @@ class RedisBus:
         for topic, data in events:
             text = encode(data)
             pipe.publish(topic, text)
-            pipe.xadd(stream, {"d": text}, maxlen=100_000, approximate=True)
+            pipe.xadd(stream, {"d": text}, maxlen=STREAM_MAXLEN, approximate=True)
         await pipe.execute()
 
     async def read(
