@@ -47,6 +47,8 @@ static PyObject *str_paused, *str_waiting_keyframe, *str_vp8, *str_pt_map, *str_
     *str_octets_sent;
 /* Vp8Rewriter slots (sfu.simulcast): a simulcast layer's PictureID/TL0PICIDX offsets. */
 static PyObject *str_pid_offset, *str_tl0_offset, *str_last_pid, *str_last_tl0;
+/* ForwarderStats: what forward() adds to once per packet. */
+static PyObject *str_red_stripped;
 
 
 /* -- slots read straight from the objects ---------------------------------------
@@ -537,7 +539,7 @@ static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
 }
 
 /* Fanout.forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value,
- *                size, payload_octets) -> forwarded
+ *                size, payload_octets[, primary, start, stats]) -> forwarded
  *
  * The loop of Forwarder.route_into over one packet's subscriptions, for the
  * copies that need nothing but the steady state: each gets its own slot (a
@@ -550,10 +552,31 @@ static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
  * RTP or VP8 rewriter starts a run, is appended to ``rest`` for the Python
  * loop; a paused one is skipped, as there. Returns how many copies it
  * rewrote (the forwarder's ``forwarded``), sent or not.
+ *
+ * ``primary`` (rtc.red.primary of a RED packet, RFC 2198: the primary block's
+ * payload type << 16 | its offset; -1 for any other packet): a subscription
+ * whose payload type map lacks the packet's payload type but has the
+ * primary's gets the RTP header (``start`` octets, extensions included),
+ * then the primary block, the P bit cleared; each such copy adds one to
+ * ``stats.red_stripped``.
  */
+/* obj.<name> += delta (a plain attribute: once per packet, not per copy). */
+static int add_count(PyObject *obj, PyObject *name, long delta) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    PyObject *d = PyLong_FromLong(delta);
+    PyObject *w = d == NULL ? NULL : PyNumber_Add(v, d);
+    Py_DECREF(v);
+    Py_XDECREF(d);
+    if (w == NULL) return -1;
+    int r = PyObject_SetAttr(obj, name, w);
+    Py_DECREF(w);
+    return r;
+}
+
 static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "forward takes 11 arguments");
+    if (nargs != 11 && nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "forward takes 11 or 14 arguments");
         return NULL;
     }
     PyObject *subs = args[0], *packet = args[1], *now_obj = args[2], *rest = args[3],
@@ -570,6 +593,14 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     (void)PyFloat_AsDouble(now_obj); /* a number, stored as given */
     if (PyErr_Occurred()) return NULL;
     PyObject *size_obj = args[9];
+    long primary = -1, start = 0;
+    PyObject *stats = NULL;
+    if (nargs == 14) {
+        primary = PyLong_AsLong(args[11]);
+        start = PyLong_AsLong(args[12]);
+        stats = args[13];
+        if (PyErr_Occurred()) return NULL;
+    }
 
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(packet);
     Py_ssize_t size = PyBytes_GET_SIZE(packet);
@@ -608,8 +639,17 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     unsigned marker = b1 & 0x80, pt = b1 & 0x7F;
     long long seq = (data[2] << 8) | data[3];
     long long ts = ((long long)data[4] << 24) | (data[5] << 16) | (data[6] << 8) | data[7];
+    /* A RED packet's primary block: [prim_off, prim_end) of ``data``. */
+    long prim_off = primary & 0xFFFF, prim_end = start + (long)payload_octets;
+    if (primary >= 0 && (start < 12 || prim_end > size || prim_off <= start ||
+                         prim_off >= prim_end)) {
+        PyErr_SetString(PyExc_ValueError, "RED primary block out of the packet");
+        return NULL;
+    }
     PyObject *pt_obj = PyLong_FromLong((long)pt);
     if (pt_obj == NULL) return NULL;
+    PyObject *prim_pt_obj = NULL, *cut_size_obj = NULL;
+    long stripped = 0;
 
     long forwarded = 0;
     int n = 0;
@@ -649,11 +689,22 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         }
         /* The payload type map (None: as the publisher's). */
         long out_pt = (long)pt;
+        int cut = 0;
         PyObject *pt_map = slot_get(&sub_cache, sub, S_PT_MAP);
         if (pt_map == NULL) goto fail;
         if (pt_map != Py_None) {
             PyObject *mapped = PyDict_Check(pt_map) ? PyDict_GetItemWithError(pt_map, pt_obj)
                                                     : NULL;
+            if (mapped == NULL && primary >= 0 && PyDict_Check(pt_map) && !PyErr_Occurred()) {
+                /* RED to a subscription without it: its primary block. */
+                if (prim_pt_obj == NULL &&
+                    (prim_pt_obj = PyLong_FromLong(primary >> 16)) == NULL) {
+                    Py_DECREF(pt_map);
+                    goto fail;
+                }
+                mapped = PyDict_GetItemWithError(pt_map, prim_pt_obj);
+                cut = mapped != NULL;
+            }
             if (mapped == NULL) {
                 Py_DECREF(pt_map);
                 if (PyErr_Occurred()) goto fail;
@@ -695,7 +746,22 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         long long ssrc;
         if (slot_ll(&sub_cache, sub, S_SSRC, &ssrc) < 0) goto fail;
         unsigned char *slot = self->slots[n];
-        memcpy(slot, data, (size_t)size);
+        Py_ssize_t out_size = size;
+        long long octets = payload_octets;
+        PyObject *out_size_obj = size_obj;
+        if (cut) {
+            memcpy(slot, data, (size_t)start);
+            memcpy(slot + start, data + prim_off, (size_t)(prim_end - prim_off));
+            slot[0] &= 0xDF; /* the padding stays behind */
+            out_size = start + (prim_end - prim_off);
+            octets = prim_end - prim_off;
+            if (cut_size_obj == NULL && (cut_size_obj = PyLong_FromSsize_t(out_size)) == NULL)
+                goto fail;
+            out_size_obj = cut_size_obj;
+            stripped++;
+        } else {
+            memcpy(slot, data, (size_t)size);
+        }
         slot[1] = (unsigned char)(marker | (unsigned)out_pt);
         put16(slot + 2, (unsigned)out_seq);
         put32(slot + 4, (unsigned long)out_ts);
@@ -734,7 +800,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
                         int r = (sizes == NULL || index == NULL)
                                     ? -1
                                     : PyObject_SetItem(sent_at, index, now_obj);
-                        if (r == 0) r = PyObject_SetItem(sizes, index, size_obj);
+                        if (r == 0) r = PyObject_SetItem(sizes, index, out_size_obj);
                         Py_XDECREF(sizes);
                         Py_XDECREF(index);
                         if (r < 0) {
@@ -757,7 +823,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
             }
         }
         if (slot_add(&sub_cache, sub, S_PACKETS, 1) < 0 ||
-            slot_add(&sub_cache, sub, S_OCTETS, payload_octets) < 0)
+            slot_add(&sub_cache, sub, S_OCTETS, octets) < 0)
             goto fail;
         forwarded++;
 
@@ -781,7 +847,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
             Py_CLEAR(peer);
             continue;
         }
-        int len = (int)size;
+        int len = (int)out_size;
         if (leg->srtp != NULL) {
             if (self->protect_fn(leg->srtp, slot, &len) != 0) {
                 if (count_error(peer) < 0) goto fail;
@@ -790,7 +856,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
                 continue;
             }
         } else {
-            PyObject *copy = PyBytes_FromStringAndSize((const char *)slot, size);
+            PyObject *copy = PyBytes_FromStringAndSize((const char *)slot, out_size);
             PyObject *result = copy == NULL ? NULL : PyObject_CallOneArg(protect, copy);
             Py_XDECREF(copy);
             char *out;
@@ -814,6 +880,10 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     }
     flush(self, n);
     Py_DECREF(pt_obj);
+    Py_XDECREF(prim_pt_obj);
+    Py_XDECREF(cut_size_obj);
+    if (stripped && stats != NULL && add_count(stats, str_red_stripped, stripped) < 0)
+        return NULL;
     return PyLong_FromLong(forwarded);
 fail:
     Py_XDECREF(rw);
@@ -822,7 +892,16 @@ fail:
     Py_XDECREF(protect);
     Py_XDECREF(peer);
     Py_DECREF(pt_obj);
+    Py_XDECREF(prim_pt_obj);
+    Py_XDECREF(cut_size_obj);
     flush(self, n);
+    if (stripped && stats != NULL) {
+        /* Copies already sent are counted, whatever failed after them. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (add_count(stats, str_red_stripped, stripped) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
     return NULL;
 }
 
@@ -836,7 +915,8 @@ static PyMethodDef Fanout_methods[] = {
      "send(routed) -> int: protect each (peer, packet) for its peer and sendmmsg them."},
     {"forward", (PyCFunction)(void (*)(void))Fanout_forward, METH_FASTCALL,
      "forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, size, "
-     "payload_octets) -> int: Forwarder.route_into's loop for steady-state copies, sent."},
+     "payload_octets[, primary, start, stats]) -> int: Forwarder.route_into's loop for "
+     "steady-state copies, sent."},
     {"counters", (PyCFunction)Fanout_counters, METH_NOARGS,
      "counters() -> {'sent', 'dropped', 'send_errors'} since creation."},
     {NULL, NULL, 0, NULL},
@@ -896,6 +976,7 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     INTERN(str_tl0_offset, "_tl0_offset")
     INTERN(str_last_pid, "_last_pid")
     INTERN(str_last_tl0, "_last_tl0")
+    INTERN(str_red_stripped, "red_stripped")
 #undef INTERN
     PyObject *sub_list[S_COUNT] = {str_paused, str_waiting_keyframe, str_vp8, str_pt_map,
                                    str_rewriter, str_ssrc, str_ext_table, str_twcc,

@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, MutableSequence
 from typing import Literal, Protocol
 
+from rtc import red
 from rtc.errors import RtpParseError
 from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
 from rtc.rtp import extension_elements, payload_range
@@ -85,8 +86,12 @@ class NativeForward(Protocol):
     ``forward`` rewrites, counts and *sends* each steady-state copy (its
     subscription's ``key`` is the peer to protect and send it for), appends
     the subscriptions it leaves to the Python loop to ``rest``, and returns
-    how many copies it rewrote. The forwarder stays sans-I/O: the adapter
-    hands it one while it owns a socket.
+    how many copies it rewrote. ``primary`` is :func:`rtc.red.primary` of a
+    RED packet (-1 for any other): a subscription whose map lacks the
+    packet's payload type gets the RTP header (``start`` octets) and the
+    primary block, its payload type mapped, counted in ``stats.red_stripped``.
+    The forwarder stays sans-I/O: the adapter hands it one while it owns a
+    socket.
     """
 
     def forward(
@@ -102,6 +107,9 @@ class NativeForward(Protocol):
         abs_value: int,
         size: int,
         payload_octets: int,
+        primary: int,
+        start: int,
+        stats: ForwarderStats,
         /,
     ) -> int: ...
 
@@ -183,6 +191,7 @@ class Forwarder(SimulcastTable):
         extensions: Mapping[str, int] | None = None,
         nack: bool | None = None,
         fir: bool = False,
+        red_payload_type: int | None = None,
     ) -> Track:
         """Register a publisher's track by its media SSRC (RFC 3550 section 8).
 
@@ -193,7 +202,10 @@ class Forwarder(SimulcastTable):
         ``extensions`` maps URIs to the publisher's extension ids (RFC 8285).
         ``nack``: whether to NACK upstream gaps (default: video only, as
         browsers negotiate ``nack`` for video only); ``fir`` asks for
-        keyframes with FIR instead of PLI.
+        keyframes with FIR instead of PLI. ``red_payload_type``: the
+        publisher's RED payload type (RFC 2198, audio): a subscription whose
+        payload type map lacks it gets each RED packet cut to its primary
+        block (see :meth:`route_into`).
         """
         if ssrc in self._tracks or ssrc in self._rtx_tracks:
             raise SfuStateError(f"SSRC {ssrc} is already routed")
@@ -213,6 +225,8 @@ class Forwarder(SimulcastTable):
             fir,
             PacketHistory(self.history_size, self.history_age),
         )
+        if red_payload_type is not None:
+            track.red_pt = red_payload_type
         self._tracks[ssrc] = track
         if rtx_ssrc is not None:
             self._rtx_tracks[rtx_ssrc] = track
@@ -427,6 +441,13 @@ class Forwarder(SimulcastTable):
         packet is ready for the subscriber's SRTP ``protect``. Nothing is
         appended for a malformed, unknown, duplicate or late packet (counted
         in :attr:`stats`). Never raises for any input bytes.
+
+        A RED packet (RFC 2198, the track's ``red_payload_type``) goes as it
+        is where the subscription's payload type map has RED, and as its
+        primary block where it does not (the RTP header and its extensions
+        kept, the padding and the redundant blocks dropped, the primary's
+        payload type mapped): a subscriber that did not negotiate RED gets
+        plain Opus. A malformed RED packet is dropped for everyone.
         """
         stats = self.stats
         n = len(packet)
@@ -473,6 +494,14 @@ class Forwarder(SimulcastTable):
                 return
             elif track.missing.pop(ext, None) is not None:
                 stats.recovered += 1
+        pt = b1 & 0x7F
+        # RED (RFC 2198): where its primary block starts, for the copies cut to it.
+        primary = -1
+        if pt == track.red_pt:
+            primary = red.primary(packet, start, end)
+            if primary < 0:
+                stats.red_malformed += 1
+                return
         track.history.put(seq, packet, now)
         stats.received += 1
 
@@ -495,7 +524,6 @@ class Forwarder(SimulcastTable):
         if not subs:
             return
 
-        pt = b1 & 0x7F
         buf = bytearray(packet)
         # The extension table ``buf`` holds now (None: the publisher's ids).
         # Subscribers with equal tables share one interned table object, so a
@@ -527,9 +555,13 @@ class Forwarder(SimulcastTable):
             rest: list[Subscription] = []
             forwarded = native.forward(
                 subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
-                payload_octets,
+                payload_octets, primary, start, stats,
             )  # fmt: skip
             subs = rest
+        # A RED packet for a subscription whose map lacks RED: the RTP header
+        # and the primary block (its payload type mapped), made once.
+        cut: bytearray | None = None
+        cut_applied: bytes | None = None
         for sub in subs:
             if sub.paused:
                 continue
@@ -542,39 +574,62 @@ class Forwarder(SimulcastTable):
                 sub.rewriter.switch()
             pt_map = sub.pt_map
             out_pt = pt if pt_map is None else pt_map.get(pt)
+            target = buf
+            out_size = n
+            octets = payload_octets
             if out_pt is None:
-                continue
+                if primary < 0 or pt_map is None:
+                    continue
+                out_pt = pt_map.get(primary >> 16)
+                if out_pt is None:
+                    continue
+                if cut is None:
+                    cut = bytearray(packet[:start])
+                    cut += packet[primary & 0xFFFF : end]
+                    cut[0] &= 0xDF  # the padding stays behind
+                target = cut
+                out_size = len(cut)
+                octets = end - (primary & 0xFFFF)
             mapped = sub.rewriter.rewrite(seq, ts, now)
             if mapped is None:
                 continue
-            pack_header(buf, 1, marker | out_pt, mapped[0], mapped[1], sub.ssrc)
+            if target is not buf:
+                stats.red_stripped += 1
+            pack_header(target, 1, marker | out_pt, mapped[0], mapped[1], sub.ssrc)
             vp8 = sub.vp8
             if vp8 is not None and picture is not None:
                 vp8.apply(buf, picture)
             if elements:
                 table = sub.ext_table
-                if table is not applied:
-                    if applied is not None:
-                        buf[ext_start:ext_end] = packet[ext_start:ext_end]
+                if target is buf:
+                    if table is not applied:
+                        if applied is not None:
+                            buf[ext_start:ext_end] = packet[ext_start:ext_end]
+                        if table is not None:
+                            _remap(buf, elements, table, two_byte)
+                        applied = table
+                elif table is not cut_applied:
+                    if cut_applied is not None:
+                        target[ext_start:ext_end] = packet[ext_start:ext_end]
                     if table is not None:
-                        _remap(buf, elements, table, two_byte)
-                    applied = table
+                        _remap(target, elements, table, two_byte)
+                    cut_applied = table
                 if sub.twcc and tcc_off >= 0:
                     transport = sub.transport
                     tseq = transport.twcc_seq
-                    _U16.pack_into(buf, tcc_off, tseq)
+                    _U16.pack_into(target, tcc_off, tseq)
                     transport.twcc_seq = (tseq + 1) & 0xFFFF
                     sent_at = transport.sent_at
                     if sent_at is not None:
                         sent_at[tseq] = now
-                        transport.sizes[tseq] = n  # type: ignore[index]
+                        transport.sizes[tseq] = out_size  # type: ignore[index]
                 if sub.abs_send_time and abs_off >= 0:
-                    buf[abs_off] = abs_value >> 16
-                    buf[abs_off + 1] = (abs_value >> 8) & 0xFF
-                    buf[abs_off + 2] = abs_value & 0xFF
-            out.append((sub.key, bytes(buf)))
+                    target[abs_off] = abs_value >> 16
+                    target[abs_off + 1] = (abs_value >> 8) & 0xFF
+                    target[abs_off + 2] = abs_value & 0xFF
+            out.append((sub.key, bytes(target)))
             sub.packets_sent += 1
-            sub.octets_sent += payload_octets
+            sub.octets_sent += octets
             forwarded += 1
         stats.forwarded += forwarded
 
@@ -746,12 +801,25 @@ class Forwarder(SimulcastTable):
         b1 = packet[1]
         _, _, seq, ts, _ = _FIXED.unpack_from(packet)
         pt = b1 & 0x7F
-        out_pt = pt if sub.pt_map is None else sub.pt_map.get(pt)
+        pt_map = sub.pt_map
+        out_pt = pt if pt_map is None else pt_map.get(pt)
+        # The history only holds packets the hot path already parsed (RED included).
+        start, end = payload_range(packet)
+        cut: bytearray | None = None
+        if out_pt is None and pt_map is not None and pt == sub.track.red_pt:
+            # As in route_into: the primary block for a subscriber without RED.
+            primary = red.primary(packet, start, end)
+            out_pt = pt_map.get(primary >> 16)
+            if out_pt is not None:
+                cut = bytearray(packet[:start])
+                cut += packet[primary & 0xFFFF : end]
+                cut[0] &= 0xDF
         mapped = sub.rewriter.rewrite(seq, ts, now)
         if out_pt is None or mapped is None:
             return None
-        # The history only holds packets the hot path already parsed.
-        start, _ = payload_range(packet)
+        if cut is not None:
+            packet = bytes(cut)
+            self.stats.red_stripped += 1
         two_byte, _, _, elements = extension_elements(packet)
         rtx_pt = sub.rtx_pt.get(out_pt) if sub.rtx_ssrc is not None else None
         if rtx_pt is not None and sub.rtx_ssrc is not None:

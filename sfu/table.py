@@ -37,6 +37,8 @@ class ForwarderStats:
         "nack_unanswered",
         "received",
         "recovered",
+        "red_malformed",
+        "red_stripped",
         "retransmitted",
         "rtx_padding",
         "unknown_ssrc",
@@ -67,6 +69,11 @@ class ForwarderStats:
         """Sequence numbers subscribers asked for."""
         self.retransmitted = 0
         self.nack_unanswered = 0
+        self.red_stripped = 0
+        """Copies of RED packets (RFC 2198) cut to their primary block for a
+        subscriber that did not negotiate RED (retransmissions included)."""
+        self.red_malformed = 0
+        """RED packets from publishers dropped as malformed."""
 
     def as_dict(self) -> dict[str, int]:
         """Every counter by name."""
@@ -196,6 +203,7 @@ class Track:
         "nack",
         "pending",
         "publisher",
+        "red_pt",
         "rtx_apt",
         "rtx_ssrc",
         "sizing",
@@ -254,6 +262,10 @@ class Track:
         self.width = 0
         self.height = 0
         self.sizing = False
+        # The publisher's RED payload type (RFC 2198), -1 without RED: its
+        # packets go as they are to subscriptions whose map has it, cut to
+        # their primary block for the others (sfu.forward).
+        self.red_pt = -1
 
 
 class Group:

@@ -1,0 +1,267 @@
+"""Opus RED (RFC 2198) through the forwarder: as it is, or cut to its primary block.
+
+Subscribers whose leg negotiated RED get the publisher's RED packets; the
+others (aiortc, older Safari) get plain Opus: the RTP header and its
+extensions, the primary block, its payload type. Both the Python loop and
+the native leaf (sfu/_fanout.c) must send the very same bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtc.red import RedBlock, RedPayload
+from rtc.rtp import RtpPacket, build_extensions
+from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC
+from rtc.srtp import SrtpSession
+from sfu import native
+from sfu.forward import Forwarder
+from tests.sfu.test_native import KEY, Record, loopback_sockets
+
+needs_native = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
+
+SSRC = 0x3333
+OPUS = 111
+RED = 63
+EXTS = {AUDIO_LEVEL: 1, ABS_SEND_TIME: 2, TRANSPORT_CC: 3}
+
+
+def red_packet(
+    seq: int,
+    *,
+    primary: bytes = b"primary-opus",
+    redundant: tuple[bytes, ...] = (b"older",),
+    padding: int = 0,
+    pt: int = RED,
+) -> bytes:
+    payload = RedPayload(
+        OPUS,
+        primary,
+        [RedBlock(OPUS, 960 * (len(redundant) - i), r) for i, r in enumerate(redundant)],
+    )
+    profile, body = build_extensions([(1, b"\x85"), (2, b"\x01\x02\x03"), (3, b"\x00\x07")])
+    return bytes(
+        RtpPacket(
+            payload_type=pt,
+            sequence_number=seq & 0xFFFF,
+            timestamp=(960 * seq) & 0xFFFFFFFF,
+            ssrc=SSRC,
+            marker=seq == 0,
+            extension_profile=profile,
+            extension_body=body,
+            payload=bytes(payload) if pt == RED else primary,
+            padding=bytes([0] * (padding - 1) + [padding]) if padding else b"",
+        )
+    )
+
+
+def forwarder(subscribers: list[Any], now: float = 0.0) -> Forwarder:
+    """Subscriber 0 negotiated RED (other Opus and RED payload types, other ids),
+    1 did not (aiortc), 2 did not either and has no transport-cc, 3 gets the
+    publisher's own numbering (a relay link: no map)."""
+    f = Forwarder()
+    f.add_track(
+        "pub", SSRC, kind="audio", codec="opus", clock_rate=48000, extensions=EXTS,
+        red_payload_type=RED,
+    )  # fmt: skip
+    f.subscribe(
+        subscribers[0], SSRC, now, ssrc=0xA0, payload_types={OPUS: OPUS, RED: 100},
+        extensions={TRANSPORT_CC: 5, ABS_SEND_TIME: 6, AUDIO_LEVEL: 1},
+    )  # fmt: skip
+    f.set_send_rings(subscribers[0], [0.0] * 65536, [0] * 65536)
+    f.subscribe(subscribers[1], SSRC, now, ssrc=0xB0, payload_types={OPUS: 109}, extensions=EXTS)
+    f.set_send_rings(subscribers[1], [0.0] * 65536, [0] * 65536)
+    f.subscribe(
+        subscribers[2], SSRC, now, ssrc=0xC0, payload_types={OPUS: 96},
+        extensions={AUDIO_LEVEL: 4},
+    )  # fmt: skip
+    if len(subscribers) > 3:
+        f.subscribe(subscribers[3], SSRC, now, ssrc=0xD0)
+    return f
+
+
+def test_red_as_it_is_or_its_primary_block() -> None:
+    f = forwarder(["red", "plain", "plain-no-tcc", "relay"])
+    packet = red_packet(7, padding=4)
+    out = dict(f.route(packet, 1.0))
+    red = RtpPacket.parse(out["red"])
+    assert red.payload_type == 100
+    assert red.payload == RtpPacket.parse(packet).payload
+    assert red.padding == RtpPacket.parse(packet).padding
+    relay = RtpPacket.parse(out["relay"])
+    assert (relay.payload_type, relay.payload) == (RED, RtpPacket.parse(packet).payload)
+    for key, pt, ssrc in (("plain", 109, 0xB0), ("plain-no-tcc", 96, 0xC0)):
+        plain = RtpPacket.parse(out[key])
+        assert plain.payload_type == pt
+        assert plain.payload == b"primary-opus"
+        assert plain.padding == b""
+        assert plain.ssrc == ssrc
+        assert plain.timestamp == 960 * 7
+    # The header extensions stay, each in the subscriber's numbering.
+    plain = RtpPacket.parse(out["plain"])
+    assert dict(plain.extensions)[1] == b"\x85"
+    assert dict(plain.extensions)[3] == b"\x00\x00"  # its own transport-wide counter
+    assert dict(RtpPacket.parse(out["plain-no-tcc"]).extensions) == {4: b"\x85"}
+    assert f.stats.red_stripped == 2
+    assert f.stats.forwarded == 4
+    subs = {s.key: s for s in f.track(SSRC).subscriptions}
+    assert subs["plain"].octets_sent == len(b"primary-opus")
+    assert subs["red"].octets_sent == len(RtpPacket.parse(packet).payload)
+    assert subs["plain"].transport.sizes[0] == len(out["plain"])  # type: ignore[index]
+    assert subs["red"].transport.sizes[0] == len(out["red"])  # type: ignore[index]
+
+
+def test_plain_opus_from_a_red_publisher_goes_to_everyone() -> None:
+    f = forwarder(["red", "plain", "plain-no-tcc"])
+    out = dict(f.route(red_packet(1, pt=OPUS), 1.0))
+    assert RtpPacket.parse(out["red"]).payload_type == OPUS
+    assert RtpPacket.parse(out["plain"]).payload_type == 109
+    assert f.stats.red_stripped == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\xef\x0f", b"\xef\x0f\x00\x03\x6fab", b"\x6f", b"\xef\x0f\x00\x03"],
+)
+def test_malformed_red_is_counted_and_dropped(payload: bytes) -> None:
+    f = forwarder(["red", "plain", "plain-no-tcc"])
+    packet = bytes(RtpPacket(payload_type=RED, sequence_number=5, ssrc=SSRC, payload=payload))
+    assert f.route(packet, 1.0) == []
+    assert f.stats.red_malformed == 1
+    assert f.stats.received == 0
+    # And the stream goes on.
+    assert len(f.route(red_packet(6), 1.02)) == 3
+
+
+def test_retransmissions_follow_the_same_rule() -> None:
+    f = Forwarder()
+    f.add_track(
+        "pub", SSRC, kind="audio", codec="opus", clock_rate=48000, extensions=EXTS,
+        red_payload_type=RED, nack=True,
+    )  # fmt: skip
+    f.subscribe("red", SSRC, 0.0, ssrc=0xA0, payload_types={OPUS: OPUS, RED: RED})
+    f.subscribe("plain", SSRC, 0.0, ssrc=0xB0, payload_types={OPUS: OPUS})
+    f.subscribe(
+        "plain-rtx", SSRC, 0.0, ssrc=0xC0, payload_types={OPUS: OPUS},
+        rtx_ssrc=0xC1, rtx_payload_types={OPUS: 112},
+    )  # fmt: skip
+    first = {}
+    for seq in range(3):
+        for key, copy in f.route(red_packet(seq, padding=2 * (seq == 1)), 1.0 + seq / 50):
+            first.setdefault(key, []).append(copy)
+    f.stats.red_stripped = 0
+    for key in ("red", "plain"):
+        ssrc = RtpPacket.parse(first[key][1]).ssrc
+        sent = RtpPacket.parse(first[key][1])
+        (again,) = f.handle_nack(key, ssrc, [sent.sequence_number], 2.0)
+        resent = RtpPacket.parse(again[1])
+        # The same packet, but for its own transport-wide sequence number.
+        assert resent.extension_body != sent.extension_body
+        resent.extension_body = sent.extension_body
+        assert resent == sent
+    rtx_seq = RtpPacket.parse(first["plain-rtx"][1]).sequence_number
+    (wrapped,) = f.handle_nack("plain-rtx", 0xC0, [rtx_seq], 2.0)
+    rtx = RtpPacket.parse(wrapped[1])
+    assert (rtx.payload_type, rtx.ssrc) == (112, 0xC1)
+    assert rtx.payload == struct.pack("!H", rtx_seq) + b"primary-opus"
+    assert f.stats.red_stripped == 2
+
+
+# -- the native leaf sends what the Python loop does -----------------------------------
+
+steps = st.lists(
+    st.tuples(
+        st.integers(-2, 4),  # sequence step
+        st.sampled_from(["red", "red2", "opus", "bad", "pad"]),
+        st.binary(min_size=1, max_size=60),  # primary
+        st.sampled_from([None, "pause", "resume"]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def _packet(seq: int, kind: str, primary: bytes) -> bytes:
+    if kind == "bad":
+        return bytes(RtpPacket(payload_type=RED, sequence_number=seq, ssrc=SSRC, payload=b"\xef"))
+    return red_packet(
+        seq,
+        primary=primary,
+        redundant=(b"r1", b"r22") if kind == "red2" else (b"r1",),
+        padding=3 if kind == "pad" else 0,
+        pt=OPUS if kind == "opus" else RED,
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=steps)
+@needs_native
+def test_native_and_python_send_the_same_red_and_plain_copies(
+    steps: list[tuple[int, str, bytes, str | None]],
+) -> None:
+    with loopback_sockets() as (sender, receivers):
+        extra = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        extra.bind(("127.0.0.1", 0))
+        extra.setblocking(False)
+        receivers = [*receivers, extra]
+        try:
+            _compare(sender, receivers, steps)
+        finally:
+            extra.close()
+
+
+def _compare(
+    sender: socket.socket,
+    receivers: list[socket.socket],
+    steps: list[tuple[int, str, bytes, str | None]],
+) -> None:
+    fan = native.fanout(sender)
+    assert fan is not None
+    sessions = [
+        (
+            SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY),
+            SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY),
+        )
+        for _ in receivers
+    ]
+    addrs = [r.getsockname() for r in receivers]
+    ours = [Record(a.outbound.protect, at) for (a, _), at in zip(sessions, addrs, strict=True)]
+    theirs = [Record(b.outbound.protect, at) for (_, b), at in zip(sessions, addrs, strict=True)]
+    now = 10.0
+    fast = forwarder(ours, now)
+    fast.native = fan
+    slow = forwarder(theirs, now)
+    expected: list[list[bytes]] = [[] for _ in receivers]
+    seq = 65533
+    for dseq, kind, primary, event in steps:
+        now += 0.02
+        if event is not None:
+            fast.set_paused(ours[1], SSRC, event == "pause", now)
+            slow.set_paused(theirs[1], SSRC, event == "pause", now)
+        seq = (seq + dseq) & 0xFFFF
+        packet = _packet(seq, kind, primary)
+        out: list[tuple[Any, bytes]] = []
+        fast.route_into(packet, now, out)
+        fan.send(out)
+        for key, copy in slow.route(packet, now):
+            expected[theirs.index(key)].append(key.protect(copy))
+        assert fast.stats.as_dict() == slow.stats.as_dict()
+    for i, r in enumerate(receivers):
+        got = []
+        while True:
+            try:
+                got.append(r.recv(2048))
+            except BlockingIOError:
+                break
+        assert got == expected[i], i
+    pairs = zip(fast.track(SSRC).subscriptions, slow.track(SSRC).subscriptions, strict=True)
+    for mine, ref in pairs:
+        assert (mine.packets_sent, mine.octets_sent) == (ref.packets_sent, ref.octets_sent)
+        assert mine.transport.sizes == ref.transport.sizes
+        assert mine.transport.twcc_seq == ref.transport.twcc_seq
