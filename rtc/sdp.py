@@ -27,6 +27,7 @@ from enum import StrEnum
 from typing import Self
 
 from rtc.errors import SdpNegotiationError, SdpParseError
+from rtc.red import red_fmtp_pt
 
 __all__ = [
     "ABS_SEND_TIME",
@@ -983,6 +984,8 @@ class LocalParameters:
     rtcp_feedback: tuple[tuple[str, str | None], ...] = _DEFAULT_FEEDBACK
     # Accept the publisher's simulcast layers (RFC 8853) and the RID extensions.
     simulcast: bool = False
+    # Accept Opus RED (RFC 2198, ``red/48000/2`` over the Opus payload type) when offered.
+    red: bool = True
     session_id: str = field(default_factory=lambda: str(secrets.randbits(62)))
     session_version: int = 1
 
@@ -1058,11 +1061,29 @@ def _pick_codecs(offered: MediaDescription, local: LocalParameters) -> list[Code
             for f in codec.feedback
             if (f.type, f.parameter) in allowed_fb
         ]
+        red = _red_for(offered, codec) if local.red and codec.is_named("opus") else None
+        if red is not None:
+            # First: Chromium sends RED only when it comes before the codec it
+            # carries in the answer's list (libwebrtc's voice engine).
+            chosen.append(replace(red, feedback=[]))
         chosen.append(replace(codec, fmtp=fmtp, feedback=feedback))
         rtx = offered.rtx_for(codec.payload_type)
         if rtx is not None and offered.kind == "video":
             chosen.append(replace(rtx, feedback=[]))
     return chosen
+
+
+def _red_for(offered: MediaDescription, codec: Codec) -> Codec | None:
+    """The offered ``red`` (RFC 2198 section 5) whose blocks all carry ``codec``:
+    same clock rate and channels, ``fmtp`` naming its payload type only."""
+    for red in offered.codecs:
+        if (
+            red.is_named("red")
+            and (red.clock_rate, red.channels) == (codec.clock_rate, codec.channels)
+            and red_fmtp_pt(red.fmtp) == codec.payload_type
+        ):
+            return red
+    return None
 
 
 def _answer_media(
@@ -1152,8 +1173,9 @@ def _add_transport(
 def answer(offer: SessionDescription, local: LocalParameters) -> SessionDescription:
     """Answer a browser's offer (RFC 8829 section 5.3, RFC 3264 section 6).
 
-    Accepts Opus, VP8 and H.264 packetization-mode=1 (one profile, 42e01f
-    first) with their RTX, the mid, abs-send-time, transport-wide-cc and
+    Accepts Opus (with its RED, RFC 2198, listed first, when ``local.red``),
+    VP8 and H.264 packetization-mode=1 (one profile, 42e01f first) with
+    their RTX, the mid, abs-send-time, transport-wide-cc and
     ssrc-audio-level extensions and the RTCP feedback in ``local``; payload
     types and extension ids stay as offered. Other m= sections are rejected
     with port zero. The BUNDLE tag is chosen per RFC 8843 section 7.3.1. The
@@ -1231,8 +1253,10 @@ class ForwardedTrack:
     (RFC 8829 section 5.2.1; msid RFC 8830; ssrc and FID RFC 5576, RFC 4588).
 
     ``codec`` and ``rtx`` carry the payload types the subscriber will see;
-    ``extensions`` the header extension ids. ``stopped`` marks a section whose
-    track has ended: it stays, with port zero, so later offers line up.
+    ``red`` its Opus RED (RFC 2198), offered after ``codec``, whose fmtp
+    must name ``codec``'s payload type; ``extensions`` the header extension
+    ids. ``stopped`` marks a section whose track has ended: it stays, with
+    port zero, so later offers line up.
     """
 
     kind: str
@@ -1246,6 +1270,7 @@ class ForwardedTrack:
     extensions: list[Extmap] = field(default_factory=list)
     cname: str | None = None
     stopped: bool = False
+    red: Codec | None = None
 
 
 def _check_bundle_consistency(tracks: Sequence[ForwardedTrack]) -> None:
@@ -1254,7 +1279,7 @@ def _check_bundle_consistency(tracks: Sequence[ForwardedTrack]) -> None:
     payload_types: dict[int, tuple[str, str, int, int | None, str | None]] = {}
     extension_ids: dict[int, str] = {}
     for track in tracks:
-        for codec in (track.codec, track.rtx):
+        for codec in (track.codec, track.rtx, track.red):
             if codec is None:
                 continue
             key = (track.kind, (codec.name or "").lower(), codec.clock_rate, codec.channels)
@@ -1278,6 +1303,10 @@ def _subscriber_media(
         if track.rtx.apt != track.codec.payload_type:
             raise SdpNegotiationError(f"RTX of mid {track.mid} does not repair its codec")
         codecs.append(replace(track.rtx, feedback=[]))
+    if track.red is not None:
+        if red_fmtp_pt(track.red.fmtp) != track.codec.payload_type:
+            raise SdpNegotiationError(f"RED of mid {track.mid} does not carry its codec")
+        codecs.insert(1, replace(track.red, feedback=[]))
     if track.rtx_ssrc is not None and track.rtx is None:
         raise SdpNegotiationError(f"mid {track.mid} has an RTX SSRC but no RTX codec")
     connection, port = local._default_address()

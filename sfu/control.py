@@ -185,7 +185,8 @@ class RelayedTrack:
     extensions URI -> id as written on the link. A simulcast track
     (``info.rids``) crosses as ``layers``, each on its own link SSRC, lowest
     first; ``ssrc``/``rtx_ssrc`` are then its lowest layer's (what a worker
-    that knows nothing of layers would take)."""
+    that knows nothing of layers would take). ``red``: the publisher's Opus
+    RED (RFC 2198), whose packets cross as they are."""
 
     info: TrackInfo
     ssrc: int
@@ -194,6 +195,7 @@ class RelayedTrack:
     rtx: RelayCodec | None = None
     extensions: Mapping[str, int] = field(default_factory=dict)
     layers: tuple[RelayedLayer, ...] = ()
+    red: RelayCodec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -204,6 +206,7 @@ class RelayedTrack:
             "rtx": None if self.rtx is None else self.rtx.to_dict(),
             "extensions": dict(self.extensions),
             "layers": [layer.to_dict() for layer in self.layers],
+            "red": None if self.red is None else self.red.to_dict(),
         }
 
     @classmethod
@@ -211,6 +214,7 @@ class RelayedTrack:
         """The inverse of :meth:`to_dict` (data that crossed the bus)."""
         rtx_ssrc = data.get("rtx_ssrc")
         rtx = data.get("rtx")
+        red = data.get("red")
         return cls(
             info=TrackInfo.from_dict(data["info"]),
             ssrc=int(data["ssrc"]),
@@ -219,6 +223,7 @@ class RelayedTrack:
             rtx=None if rtx is None else RelayCodec.from_dict(rtx),
             extensions={str(k): int(v) for k, v in dict(data.get("extensions", {})).items()},
             layers=tuple(RelayedLayer.from_dict(x) for x in data.get("layers", ())),
+            red=None if red is None else RelayCodec.from_dict(red),
         )
 
 

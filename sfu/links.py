@@ -488,6 +488,7 @@ class WorkerLinks(WorkerControl):
             rtx_ssrc=rtx_ssrc,
             rtx=_relay_codec(track.rtx) if rtx_ssrc is not None and track.rtx else None,
             extensions=dict(track.extensions),
+            red=None if track.red is None else _relay_codec(track.red),
         )
 
     def _subscribe_sent(self, link: Link, relay: RelayRoom, now: float) -> None:
@@ -547,6 +548,7 @@ class WorkerLinks(WorkerControl):
         leg = relay.ingress
         codec = _codec(relayed.codec)
         rtx = _codec(relayed.rtx) if relayed.rtx is not None else None
+        red = _codec(relayed.red) if relayed.red is not None else None
         feedback = {(f.type, f.parameter) for f in codec.feedback}
         room.forwarder.add_track(
             leg,
@@ -559,6 +561,7 @@ class WorkerLinks(WorkerControl):
             extensions=dict(relayed.extensions),
             nack=("nack", None) in feedback,
             fir=("nack", "pli") not in feedback and ("ccm", "fir") in feedback,
+            red_payload_type=None if red is None else red.payload_type,
         )
         track = Track(
             relayed.info,
@@ -569,6 +572,7 @@ class WorkerLinks(WorkerControl):
             rtx,
             dict(relayed.extensions),
         )
+        track.red = red
         room.tracks[relayed.info.track_id] = track
         leg.tracks[relayed.info.track_id] = track
         stats = ReceiveStatistics(relayed.ssrc, codec.clock_rate)
@@ -821,6 +825,7 @@ def _same(track: Track, relayed: RelayedTrack) -> bool:
         track.ssrc == relayed.ssrc
         and track.rtx_ssrc == (relayed.rtx_ssrc if relayed.rtx is not None else None)
         and _relay_codec(track.codec) == relayed.codec
+        and (None if track.red is None else _relay_codec(track.red)) == relayed.red
         and track.info.kind == relayed.info.kind
         and track.info.participant == relayed.info.participant
     )

@@ -92,6 +92,8 @@ class _Parsed:
     fir: bool
     rids: tuple[str, ...] = ()
     """RFC 8853 simulcast without a=ssrc: the layers' RIDs (``ssrc`` is 0)."""
+    red: Codec | None = None
+    """Opus RED (RFC 2198) the answer accepted over ``codec``."""
 
 
 # --- the control side -----------------------------------------------------------------
@@ -110,6 +112,7 @@ class WorkerControl(abc.ABC):
     connect_timeout: float
     forwarder_options: dict[str, Any]
     simulcast: bool
+    red: bool
     feedback_ssrc: int
     reports: ReportScheduler
     bandwidth: BandwidthFeedback
@@ -176,6 +179,7 @@ class WorkerControl(abc.ABC):
             fingerprints=[Fingerprint("sha-256", self._fingerprint)],
             addresses=self.candidate_addresses,
             simulcast=self.simulcast and direction == "publish",
+            red=self.red,
         )
         peer = Peer(room, participant, direction, transport, local)
         self._peers.add(peer)
@@ -457,10 +461,12 @@ class WorkerControl(abc.ABC):
             extensions=item.extensions,
             nack=item.nack,
             fir=item.fir,
+            red_payload_type=None if item.red is None else item.red.payload_type,
         )
         track = Track(
             info, peer, item.ssrc, item.rtx_ssrc, item.codec, item.rtx, dict(item.extensions)
         )
+        track.red = item.red
         room.tracks[track_id] = track
         peer.tracks[item.mid] = track
         stats = ReceiveStatistics(item.ssrc, item.codec.clock_rate)
@@ -600,6 +606,8 @@ class WorkerControl(abc.ABC):
             used[f.codec.payload_type] = _meaning(f.kind, f.codec)
             if f.rtx is not None:
                 used[f.rtx.payload_type] = _meaning(f.kind, f.rtx)
+            if f.red is not None:
+                used[f.red.payload_type] = _meaning(f.kind, f.red)
         kind = track.info.kind
         feedback_ok = {"nack", "ccm", "goog-remb"}
         extmaps: list[Extmap] = []
@@ -627,6 +635,14 @@ class WorkerControl(abc.ABC):
             rtx_pt = _payload_type(used, _meaning(kind, rtx), track.rtx.payload_type)
             rtx = replace(rtx, payload_type=rtx_pt)
             rtx_ssrc = _new_ssrc(peer.ssrcs)
+        red: Codec | None = None
+        if self.red and track.red is not None and media_pt == track.codec.payload_type:
+            # Only under the publisher's own Opus payload type: the RED blocks
+            # name it, and the forwarder passes them on unchanged.
+            red = replace(track.red, fmtp=f"{media_pt}/{media_pt}", feedback=[])
+            red_pt = _payload_type(used, _meaning(kind, red), track.red.payload_type)
+            red = replace(red, payload_type=red_pt)
+            used[red_pt] = _meaning(kind, red)
         ssrc = _new_ssrc(peer.ssrcs)
         forwarded = ForwardedTrack(
             kind=kind,
@@ -639,6 +655,7 @@ class WorkerControl(abc.ABC):
             rtx=rtx,
             extensions=extmaps,
             cname=track.info.participant,
+            red=red,
         )
         return Section(track, forwarded, {track.codec.payload_type: media_pt})
 
@@ -710,6 +727,12 @@ class WorkerControl(abc.ABC):
             if section.use_rtx and rtx is not None
             else {}
         )
+        # RED goes as it is only if the answer kept it; else the forwarder
+        # cuts each RED packet to its Opus block (sfu.forward).
+        red = forwarded.red
+        track_red = section.track.red
+        if red is not None and track_red is not None and red.payload_type in accepted:
+            section.pt_map[track_red.payload_type] = red.payload_type
 
     def _apply_subscriptions(self, peer: Peer, now: float) -> None:
         forwarder = peer.forwarder
@@ -824,10 +847,11 @@ def _parse_tracks(offer: SessionDescription, answered: SessionDescription) -> li
             continue
         if offered.kind not in ("audio", "video"):
             continue
-        media = [c for c in section.codecs if not c.is_named("rtx")]
+        media = [c for c in section.codecs if not c.is_named("rtx") and not c.is_named("red")]
         if not media:
             continue
         codec = media[0]
+        red = next((c for c in section.codecs if c.is_named("red")), None)
         fid = offered.fid_pairs()
         rtx_ssrcs = set(fid.values())
         ssrcs = [s.ssrc for s in offered.ssrcs if s.ssrc not in rtx_ssrcs]
@@ -859,6 +883,7 @@ def _parse_tracks(offer: SessionDescription, answered: SessionDescription) -> li
                 nack=("nack", None) in feedback,
                 fir=("nack", "pli") not in feedback and ("ccm", "fir") in feedback,
                 rids=rids,
+                red=red if offered.kind == "audio" else None,
             )
         )
     return out

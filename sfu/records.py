@@ -249,6 +249,7 @@ class Track:
         "live",
         "measured",
         "publisher",
+        "red",
         "rtx",
         "rtx_ssrc",
         "ssrc",
@@ -277,6 +278,8 @@ class Track:
         forwarder's group id, not an SSRC on the wire)."""
         self.measured: LayerInfo | None = None
         """A single-layer video track's measured bitrate (:mod:`sfu.layers`)."""
+        self.red: Codec | None = None
+        """Its Opus RED (RFC 2198) as the publisher sends it, if negotiated."""
 
 
 class Section:

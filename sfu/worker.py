@@ -154,7 +154,9 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
     other workers' relay links (its registry id; random by default);
     ``link_options`` go to each :class:`~sfu.relay.RelayLink`.
     ``simulcast``: accept publishers' RFC 8853 simulcast and pick a layer
-    per subscriber (:mod:`sfu.layers`).
+    per subscriber (:mod:`sfu.layers`). ``red``: accept publishers' Opus RED
+    (RFC 2198) and offer it to subscribers (those that refuse it get plain
+    Opus, :mod:`sfu.forward`); off, audio is negotiated as plain Opus.
     """
 
     def __init__(
@@ -171,8 +173,10 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         remb_max_bitrate: int = 2_500_000,
         link_options: Mapping[str, Any] | None = None,
         simulcast: bool = True,
+        red: bool = True,
     ) -> None:
         self.simulcast = simulcast
+        self.red = red
         self.worker_id = worker_id or f"worker-{secrets.token_hex(4)}"
         self.host = host
         self.port = port
@@ -241,6 +245,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             consent_timeout=settings.media_consent_timeout,
             remb_max_bitrate=settings.media_remb_max_bitrate,
             simulcast=settings.media_simulcast,
+            red=settings.media_red,
         )
 
     async def start(self) -> None:

@@ -463,6 +463,15 @@ class Settings:
             " fit (audio goes on). Off: a simulcast offer is answered with one layer."
         ),
     )
+    media_red: bool = field(
+        default=True,
+        metadata=_doc(
+            "Negotiate Opus RED (RFC 2198, redundant audio as Chrome and Firefox offer it):"
+            " publishers send each audio frame again in the next packets, which subscribers"
+            " that accept RED use to fill losses; subscribers that do not (aiortc, older"
+            " Safari) get plain Opus. Off: audio is plain Opus (with in-band FEC) for everyone."
+        ),
+    )
     media_workers: int = field(
         default=0,
         metadata=_doc(

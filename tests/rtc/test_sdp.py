@@ -294,10 +294,14 @@ def check_answer(
         assert {e.uri for e in ours.extmaps} == {e.uri for e in offered.extmaps} & FOUR
         names = [(c.name or "").lower() for c in ours.codecs]
         if ours.kind == "audio":
-            assert names == ["opus"]
-            opus = ours.codecs[0]
+            # RED (RFC 2198) over the Opus payload type, first, when offered.
+            assert names in (["opus"], ["red", "opus"])
+            opus = ours.codecs[-1]
             assert (opus.clock_rate, opus.channels) == (48000, 2)
             assert opus.parameters["useinbandfec"] == "1"
+            if names[0] == "red":
+                pt = opus.payload_type
+                assert ours.codecs[0].fmtp == f"{pt}/{pt}"
         else:
             assert set(names) <= {"vp8", "h264", "rtx"}
             assert names.count("h264") <= 1 and names.count("vp8") <= 1
@@ -329,9 +333,9 @@ def test_answer_chromium_chooses_42e01f_and_drops_the_rest() -> None:
     offer = SessionDescription.parse(sample("chromium_audio_video.sdp"))
     ans = answer(offer, local())
     audio, video = ans.media
-    assert audio.formats == ["111"]
-    assert audio.codecs[0].fmtp == "minptime=10;useinbandfec=1"
-    assert audio.codecs[0].feedback == [RtcpFeedback("transport-cc")]
+    assert audio.formats == ["63", "111"]
+    assert audio.codecs[1].fmtp == "minptime=10;useinbandfec=1"
+    assert audio.codecs[1].feedback == [RtcpFeedback("transport-cc")]
     assert [e.id for e in audio.extmaps] == [1, 2, 3, 4]
     # VP8 + RTX first (local preference), then H.264 42e01f pm=1 (106) + RTX.
     assert video.formats == ["96", "97", "106", "107"]
@@ -495,9 +499,47 @@ def test_answer_adds_useinbandfec_when_missing() -> None:
     opus = offer.media[0].codec(111)
     assert opus is not None
     opus.fmtp = "minptime=10"
-    assert answer(offer, local()).media[0].codecs[0].fmtp == "minptime=10;useinbandfec=1"
+    assert answer(offer, local()).media[0].codecs[1].fmtp == "minptime=10;useinbandfec=1"
     opus.fmtp = None
-    assert answer(offer, local()).media[0].codecs[0].fmtp == "useinbandfec=1"
+    assert answer(offer, local()).media[0].codecs[1].fmtp == "useinbandfec=1"
+
+
+def test_answer_keeps_red_first_unless_turned_off() -> None:
+    offer = SessionDescription.parse(sample("chromium_audio_video.sdp"))
+    audio = answer(offer, local()).media[0]
+    red, opus = audio.codecs
+    assert opus.is_named("opus")
+    assert (red.name, red.clock_rate, red.channels, red.fmtp) == ("red", 48000, 2, "111/111")
+    assert red.feedback == []
+    # DTX and in-band FEC stay as the publisher asked (RFC 7587 section 6.1).
+    opus_offered = offer.media[0].codec(111)
+    assert opus_offered is not None
+    opus_offered.fmtp = "minptime=10;useinbandfec=1;usedtx=1"
+    assert answer(offer, local()).media[0].codecs[1].parameters == {
+        "minptime": "10",
+        "useinbandfec": "1",
+        "usedtx": "1",
+    }
+    assert answer(offer, local(red=False)).media[0].formats == ["111"]
+
+
+@pytest.mark.parametrize(
+    ("rtpmap", "fmtp"),
+    [
+        ("red/48000/2", "109/109"),  # another codec's blocks
+        ("red/48000/2", "111/0"),  # two codecs
+        ("red/48000/2", None),  # unknown blocks
+        ("red/8000/1", "111/111"),  # not Opus's clock
+    ],
+)
+def test_answer_leaves_red_that_does_not_carry_opus(rtpmap: str, fmtp: str | None) -> None:
+    offer = SessionDescription.parse(sample("chromium_audio_video.sdp"))
+    red = offer.media[0].codec(63)
+    assert red is not None
+    _, clock, *channels = rtpmap.split("/")
+    red.clock_rate, red.channels = int(clock), int(channels[0]) if channels else None
+    red.fmtp = fmtp
+    assert answer(offer, local()).media[0].formats == ["111"]
 
 
 def test_answer_simulcast_when_enabled() -> None:
@@ -526,7 +568,8 @@ def forwarded_from(ans: SessionDescription, stream_id: str, base_ssrc: int) -> l
     for index, media in enumerate(ans.media):
         if media.port == 0:
             continue
-        codec = media.codecs[0]
+        codec = next(c for c in media.codecs if not c.is_named("red"))
+        red = next((c for c in media.codecs if c.is_named("red")), None)
         rtx = media.rtx_for(codec.payload_type)
         tracks.append(
             ForwardedTrack(
@@ -539,6 +582,7 @@ def forwarded_from(ans: SessionDescription, stream_id: str, base_ssrc: int) -> l
                 rtx_ssrc=base_ssrc + 100 + index if rtx else None,
                 rtx=rtx,
                 extensions=list(media.extmaps),
+                red=red,
             )
         )
     return tracks
@@ -559,6 +603,9 @@ def test_offer_for_subscriber_structure() -> None:
         assert [c.type for c in media.candidates] == ["host", "host"]
         assert media.msids[0].stream_id == "alice" and media.msids[0].track_id == track.track_id
         assert media.codecs[0] == track.codec
+        if track.red is not None:
+            assert media.codecs[1] == track.red
+            assert media.formats == [str(track.codec.payload_type), str(track.red.payload_type)]
         assert [e.id for e in media.extmaps] == [e.id for e in track.extensions]
         ssrcs = {s.ssrc for s in media.ssrcs}
         if track.rtx is not None:
@@ -604,6 +651,13 @@ def test_offer_for_subscriber_stopped_track_and_errors() -> None:
     ext_clash = replace(video, mid="other", extensions=[Extmap(2, AUDIO_LEVEL)])
     with pytest.raises(SdpNegotiationError, match="extension id"):
         offer_for_subscriber([video, ext_clash], local())
+    audio = tracks[0]
+    assert audio.red is not None
+    with pytest.raises(SdpNegotiationError, match="RED"):
+        offer_for_subscriber([replace(audio, red=replace(audio.red, fmtp="109/109"))], local())
+    red_clash = replace(video, mid="other", codec=replace(video.codec, payload_type=63))
+    with pytest.raises(SdpNegotiationError, match="payload type"):
+        offer_for_subscriber([replace(audio, stopped=False), red_clash], local())
 
 
 # --- aiortc as an independent peer -------------------------------------------------
@@ -674,6 +728,22 @@ async def test_aiortc_answers_our_subscriber_offer() -> None:
         # The answerer keeps the offered payload types (RFC 3264 section 6.1).
         assert media.codecs[0].payload_type == track.codec.payload_type
         assert media.codecs[0].name == track.codec.name
+
+
+async def test_aiortc_answers_red_with_plain_opus() -> None:
+    """aiortc has no RED: its answer keeps Opus only, so the SFU strips RED for it."""
+    published = answer(SessionDescription.parse(sample("chromium_audio_video.sdp")), local())
+    audio = forwarded_from(published, "dana", 9000)[0]
+    assert audio.red is not None
+    offer = offer_for_subscriber([audio], local(addresses=[("127.0.0.1", 9)]))
+    pc = aiortc_pc()
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(str(offer), "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        theirs = SessionDescription.parse(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+    assert [c.name for c in theirs.media[0].codecs] == ["opus"]
 
 
 # --- hypothesis: parse never raises anything but the typed error -----------------

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtc.red import RedBlock, RedPayload
 from rtc.rtp import RtpPacket, build_extensions
-from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC
+from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC, SessionDescription
 from rtc.srtp import SrtpSession
 from sfu import native
 from sfu.forward import Forwarder
+from sfu.worker import MediaWorker
 from tests.sfu.test_native import KEY, Record, loopback_sockets
 
 needs_native = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
@@ -151,7 +154,7 @@ def test_retransmissions_follow_the_same_rule() -> None:
         "plain-rtx", SSRC, 0.0, ssrc=0xC0, payload_types={OPUS: OPUS},
         rtx_ssrc=0xC1, rtx_payload_types={OPUS: 112},
     )  # fmt: skip
-    first = {}
+    first: dict[Any, list[bytes]] = {}
     for seq in range(3):
         for key, copy in f.route(red_packet(seq, padding=2 * (seq == 1)), 1.0 + seq / 50):
             first.setdefault(key, []).append(copy)
@@ -250,7 +253,8 @@ def _compare(
         fast.route_into(packet, now, out)
         fan.send(out)
         for key, copy in slow.route(packet, now):
-            expected[theirs.index(key)].append(key.protect(copy))
+            record = theirs[theirs.index(key)]  # type: ignore[arg-type]
+            expected[theirs.index(record)].append(record.protect(copy))
         assert fast.stats.as_dict() == slow.stats.as_dict()
     for i, r in enumerate(receivers):
         got = []
@@ -265,3 +269,69 @@ def _compare(
         assert (mine.packets_sent, mine.octets_sent) == (ref.packets_sent, ref.octets_sent)
         assert mine.transport.sizes == ref.transport.sizes
         assert mine.transport.twcc_seq == ref.transport.twcc_seq
+
+
+# -- negotiation: the publish answer keeps RED, subscribe offers carry it ---------------
+
+CHROMIUM_OFFER = (
+    Path(__file__).parents[1] / "rtc" / "data" / "chromium_audio_video.sdp"
+).read_text()
+
+
+async def _subscribe_with(worker: MediaWorker, keep_red: bool) -> Any:
+    """Chromium's recorded offer published by alice; bob subscribes to its audio
+    and answers (aiortc's answer, with or without RED as a browser keeps it)."""
+    published = await worker.publish("room", "alice", CHROMIUM_OFFER, {})
+    (audio,) = [t for t in published.added if t.kind == "audio"]
+    offer = await worker.subscribe("room", "bob", [audio.track_id])
+    assert offer is not None
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        theirs = SessionDescription.parse(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+    media = theirs.media[0]
+    offered_red = SessionDescription.parse(offer).media[0].codecs[1]
+    if keep_red:
+        media.codecs.append(offered_red)
+        media.formats.append(str(offered_red.payload_type))
+    await worker.answer("room", "bob", str(theirs))
+    return published, SessionDescription.parse(offer)
+
+
+async def test_publish_answer_keeps_red_and_subscribers_are_offered_it(
+    worker: MediaWorker,
+) -> None:
+    published, offer = await _subscribe_with(worker, keep_red=True)
+    audio = SessionDescription.parse(published.answer).media[0]
+    assert audio.formats == ["63", "111"]
+    opus, red = offer.media[0].codecs
+    assert (opus.name, opus.payload_type) == ("opus", 111)
+    assert opus.parameters["useinbandfec"] == "1"
+    assert (red.name, red.payload_type, red.fmtp) == ("red", 63, "111/111")
+    room = worker._rooms["room"]
+    track = next(iter(room.tracks.values()))
+    assert room.forwarder.track(track.ssrc).red_pt == 63
+    (section,) = room.participants["bob"].subscribe.sections  # type: ignore[union-attr]
+    assert section.pt_map == {111: 111, 63: 63}
+
+
+async def test_an_answer_without_red_gets_plain_opus(worker: MediaWorker) -> None:
+    await _subscribe_with(worker, keep_red=False)
+    room = worker._rooms["room"]
+    (section,) = room.participants["bob"].subscribe.sections  # type: ignore[union-attr]
+    assert section.pt_map == {111: 111}
+
+
+async def test_red_turned_off(loopback_aiortc: None) -> None:
+    async with MediaWorker(host="127.0.0.1", port=0, red=False) as worker:
+        published = await worker.publish("room", "alice", CHROMIUM_OFFER, {})
+        assert SessionDescription.parse(published.answer).media[0].formats == ["111"]
+        offer = await worker.subscribe("room", "bob", [published.added[0].track_id])
+        assert offer is not None
+        assert [c.name for c in SessionDescription.parse(offer).media[0].codecs] == ["opus"]
+        room = worker._rooms["room"]
+        track = next(iter(room.tracks.values()))
+        assert room.forwarder.track(track.ssrc).red_pt == -1
