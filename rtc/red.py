@@ -32,7 +32,7 @@ from typing import Self
 
 from rtc.errors import RtpParseError
 
-__all__ = ["MAX_LENGTH", "MAX_OFFSET", "RedBlock", "RedPayload", "primary", "red_fmtp_pt"]
+__all__ = ["MAX_LENGTH", "MAX_OFFSET", "RedBlock", "RedPayload", "deepen", "primary", "red_fmtp_pt"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -145,3 +145,73 @@ class RedPayload:
             out += block.data
         out += self.data
         return bytes(out)
+
+
+def deepen(
+    previous: Buffer,
+    prev_start: int,
+    prev_end: int,
+    delta: int,
+    packet: Buffer,
+    start: int,
+    end: int,
+    depth: int,
+) -> bytes | None:
+    """``packet`` with up to ``depth`` redundant blocks, taken from the packet before it.
+
+    ``previous`` is the RED packet sent just before ``packet`` (payload at
+    ``[prev_start, prev_end)``, ``delta`` timestamp units earlier); both
+    payloads must be well-formed RED (:func:`primary` found them). The result
+    is ``packet``'s RTP header (its P bit cleared), then as redundant blocks
+    the newest of ``previous``'s own redundant blocks and ``previous``'s
+    primary, then ``packet``'s primary: the frames a receiver that lost
+    ``previous`` and the packet before it still gets (RFC 2198 section 3). The
+    redundant blocks ``packet`` carried itself are left out: they are copies
+    of the same frames. None when that would not add a block, or a block does
+    not fit a header (an offset past 14 bits, a block past 1023 octets).
+    """
+    if depth < 1 or not 0 < delta <= MAX_OFFSET:
+        return None
+    # previous: k redundant headers, its final header, the blocks' data.
+    pos = prev_start
+    k = 0
+    while previous[pos] & 0x80:
+        pos += 4
+        k += 1
+    prev_final = pos
+    keep = min(k, depth - 1)
+    # packet: its own redundant headers.
+    pos = start
+    m = 0
+    own = 0
+    while packet[pos] & 0x80:
+        own += ((packet[pos + 2] & 0x03) << 8) | packet[pos + 3]
+        pos += 4
+        m += 1
+    cur_final = pos
+    if keep + 1 <= m:
+        return None
+    skip_len = 0
+    for i in range(k - keep):
+        at = prev_start + 4 * i
+        skip_len += ((previous[at + 2] & 0x03) << 8) | previous[at + 3]
+    lengths = 0
+    out = bytearray(packet[:start])
+    out[0] &= 0xDF  # the padding stays behind
+    for i in range(k - keep, k):
+        (word,) = _HEADER.unpack_from(previous, prev_start + 4 * i)
+        offset = ((word >> 10) & MAX_OFFSET) + delta
+        if offset > MAX_OFFSET:
+            return None
+        lengths += word & MAX_LENGTH
+        out += _HEADER.pack((word & 0xFF0003FF) | offset << 10)
+    prev_data = prev_final + 1 + skip_len
+    prev_primary = prev_final + 1 + skip_len + lengths
+    length = prev_end - prev_primary
+    if length > MAX_LENGTH:
+        return None
+    out += _HEADER.pack(0x80000000 | (previous[prev_final] & 0x7F) << 24 | delta << 10 | length)
+    out.append(packet[cur_final])
+    out += previous[prev_data:prev_end]
+    out += packet[cur_final + 1 + own : end]
+    return bytes(out)

@@ -140,6 +140,11 @@ class Forwarder(SimulcastTable):
     ``nack_interval``/``nack_retries``: spacing and count of requests per
     missing packet (about one round trip apart is best; the adapter may set
     ``nack_interval`` from RTCP's RTT).
+    ``red_depth``: redundant frames per RED packet (RFC 2198) for subscribers
+    that negotiated RED: a publisher's packet that carries fewer (Chromium
+    sends one) gets the frames of the packet before it too, up to this many
+    (LiveKit sends two), so a subscriber's downlink may lose two packets in
+    a row and still play every frame. 1 sends what the publisher sent.
     """
 
     def __init__(
@@ -153,6 +158,7 @@ class Forwarder(SimulcastTable):
         nack_delay: float = 0.01,
         nack_interval: float = 0.1,
         nack_retries: int = 5,
+        red_depth: int = 2,
     ) -> None:
         self.feedback_ssrc = feedback_ssrc
         self.history_size = history_size
@@ -162,6 +168,7 @@ class Forwarder(SimulcastTable):
         self.nack_delay = nack_delay
         self.nack_interval = nack_interval
         self.nack_retries = nack_retries
+        self.red_depth = red_depth
         self.stats = ForwarderStats()
         self._tracks: dict[int, Track] = {}
         self._rtx_tracks: dict[int, Track] = {}
@@ -524,6 +531,21 @@ class Forwarder(SimulcastTable):
         if not subs:
             return
 
+        if primary >= 0 and self.red_depth > 1:
+            # Deeper redundancy for the subscribers' downlinks, from the
+            # packet before (the original, as the history keeps it).
+            previous = track.history.get((seq - 1) & 0xFFFF, now)
+            if previous is not None and previous[1] & 0x7F == pt:
+                p_start, p_end = payload_range(previous)
+                delta = (ts - _U32.unpack_from(previous, 4)[0]) & 0xFFFFFFFF
+                deeper = red.deepen(
+                    previous, p_start, p_end, delta, packet, start, end, self.red_depth
+                )
+                if deeper is not None:
+                    tail = end - (primary & 0xFFFF)
+                    packet = deeper
+                    n = end = len(deeper)
+                    primary = (primary >> 16) << 16 | (n - tail)
         buf = bytearray(packet)
         # The extension table ``buf`` holds now (None: the publisher's ids).
         # Subscribers with equal tables share one interned table object, so a

@@ -26,6 +26,7 @@
 
 import { WadudCall } from './wadud-call.js';
 import { ConsultChat } from './consult-chat.js';
+import * as i18n from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const room = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
@@ -33,6 +34,7 @@ const token = takeToken();
 const claims = readClaims(token);
 const options = new URLSearchParams(location.search);
 const SIMULCAST = options.get('simulcast') !== '0';
+i18n.translatePage();
 const BASE_TITLE = document.title;
 
 // With simulcast Chrome sends three layers only from 960x540 up.
@@ -41,7 +43,13 @@ const VIDEO = SIMULCAST
   : { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } };
 const AUDIO = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 // Who someone is when their link carries no name: a role, never an id.
-const ROLE_NAMES = { doctor: 'Doctor', patient: 'Patient', staff: 'Clinic staff', family: 'Family member', interpreter: 'Interpreter' };
+const ROLE_NAMES = {
+  doctor: i18n.t('role.doctor'),
+  patient: i18n.t('role.patient'),
+  staff: i18n.t('role.staff'),
+  family: i18n.t('role.family'),
+  interpreter: i18n.t('role.interpreter'),
+};
 const QUALITY_WORDS = { excellent: 'excellent', good: 'good', poor: 'poor', lost: 'lost' };
 const WIDE = window.matchMedia('(min-width: 721px)');
 
@@ -93,7 +101,7 @@ function readClaims(jwt) {
 }
 
 function roleName(role) {
-  return ROLE_NAMES[role] || 'Guest';
+  return ROLE_NAMES[role] || i18n.t('role.guest');
 }
 
 // ---- screens ----------------------------------------------------------------
@@ -112,19 +120,19 @@ function toast(text) {
 }
 
 const ENDINGS = {
-  left: ['You left the call', ''],
-  ended: ['The call has ended', 'The doctor ended the call.'],
-  denied: ['You were not admitted', 'The doctor did not let you in to this call.'],
-  removed: ['You were removed from the call', ''],
-  replaced: ['You joined from another window', 'This window is no longer in the call.'],
-  failed: ['Could not stay in the call', ''],
+  left: [i18n.t('ended.left'), ''],
+  ended: [i18n.t('ended.ended'), i18n.t('ended.ended.text')],
+  denied: [i18n.t('ended.denied'), i18n.t('ended.denied.text')],
+  removed: [i18n.t('ended.removed'), ''],
+  replaced: [i18n.t('ended.replaced'), i18n.t('ended.replaced.text')],
+  failed: [i18n.t('ended.failed'), ''],
 };
 
 // Why the server refused us, in words for a patient (protocol.md codes).
 const REFUSALS = {
-  unauthorized: ['This link does not work', 'It has expired or is not valid. Ask the clinic for a new link.'],
-  forbidden: ['This link is for another call', 'Check that you opened the link you were sent.'],
-  'room-full': ['This call is full', 'Ask the doctor to make room, then try again.'],
+  unauthorized: [i18n.t('refused.unauthorized'), i18n.t('refused.unauthorized.text')],
+  forbidden: [i18n.t('refused.forbidden'), i18n.t('refused.forbidden.text')],
+  'room-full': [i18n.t('refused.full'), i18n.t('refused.full.text')],
 };
 
 function showEnded(state, reason) {
@@ -151,11 +159,14 @@ function tellParent(state, reason) {
 
 async function prejoin() {
   show('prejoin');
+  $('check-link').href = `/check?lang=${i18n.lang}`;
   const named = Boolean(claims && claims.name);
   const role = claims ? roleName(claims.role) : '';
-  $('who').textContent = claims ? (named ? `Joining as ${claims.name} (${role.toLowerCase()})` : `Joining as a ${role.toLowerCase()}`) : '';
+  $('who').textContent = claims
+    ? (named ? i18n.t('joining.named', { name: claims.name, role: role.toLowerCase() }) : i18n.t('joining.role', { role: role.toLowerCase() }))
+    : '';
   if (claims && claims.exp && claims.exp * 1000 < Date.now()) {
-    $('who').textContent += ' · this link has expired; ask for a new one';
+    $('who').textContent += i18n.t('link.expired');
   }
   // A link without a name (an anonymous patient): ask, so nobody is shown
   // as a number.
@@ -174,13 +185,13 @@ async function prejoin() {
   $('mic-select').onchange = (e) => openDevices({ audio: { ...AUDIO, deviceId: { exact: e.target.value } } });
   $('pre-cam').onclick = () => {
     wantCamera = !wantCamera;
-    pressed($('pre-cam'), wantCamera, 'Camera on', 'Camera off');
+    pressed($('pre-cam'), wantCamera, i18n.t('pre.camera.on'), i18n.t('pre.camera.off'));
     if (camera) camera.enabled = wantCamera;
     $('preview-off').hidden = wantCamera && Boolean(camera);
   };
   $('pre-mic').onclick = () => {
     wantMic = !wantMic;
-    pressed($('pre-mic'), wantMic, 'Microphone on', 'Microphone off');
+    pressed($('pre-mic'), wantMic, i18n.t('pre.mic.on'), i18n.t('pre.mic.off'));
     if (microphone) microphone.enabled = wantMic;
   };
   $('join').onclick = join;
@@ -194,7 +205,7 @@ async function openDevices(constraints) {
   } catch (e) {
     const error = $('device-error');
     error.hidden = false;
-    error.textContent = `Camera or microphone unavailable (${e.name}). You can still join and see and hear the others.`;
+    error.textContent = i18n.t('devices.unavailable', { error: e.name });
     // One of the two may still work on its own.
     if (constraints.audio && constraints.video) {
       await openDevices({ audio: constraints.audio });
@@ -227,7 +238,7 @@ async function listDevices() {
 function fillPicker(select, devices, current) {
   const inUse = current && current.getSettings().deviceId;
   select.replaceChildren(...devices.map((d, i) => {
-    const option = new Option(d.label || `Device ${i + 1}`, d.deviceId);
+    const option = new Option(d.label || i18n.t('device.n', { n: i + 1 }), d.deviceId);
     option.selected = d.deviceId === inUse;
     return option;
   }));
@@ -304,7 +315,7 @@ async function join() {
   call.addEventListener('error', (e) => toast(e.detail.message || e.detail.code));
   call.addEventListener('mediareconnect', (e) => {
     // The room moved to another media server; the call reconnects by itself.
-    toast('Reconnecting video…');
+    toast(i18n.t('reconnecting.video'));
     if (window.parent !== window) {
       window.parent.postMessage({ source: 'wadud-call', type: 'media', reason: e.detail.reason }, '*');
     }
@@ -323,7 +334,7 @@ function onState({ state, reason }) {
   tellParent(state, reason);
   if (state === 'waiting') show('waiting');
   else if (state === 'joined') enterCall();
-  else if (state === 'reconnecting') toast('Connection lost, reconnecting…');
+  else if (state === 'reconnecting') toast(i18n.t('reconnecting.lost'));
   else if (ENDINGS[state]) showEnded(state, reason);
 }
 
@@ -332,7 +343,7 @@ function enterCall() {
   show('incall');
   if (entered) return renderAdmin();
   entered = true;
-  const self = tile(call.me.id, `${myName()} (you)`);
+  const self = tile(call.me.id, i18n.t('you.suffix', { name: myName() }));
   self.el.classList.add('self');
   self.video.muted = true;
   if (camera) self.stream.addTrack(camera);
@@ -340,8 +351,8 @@ function enterCall() {
   self.el.classList.toggle('video-off', !camera);
   for (const p of call.participants.values()) addPerson(p);
   for (const button of document.querySelectorAll('#controls button[data-icon]')) decorate(button);
-  pressed($('mic'), wantMic && Boolean(microphone), 'Mute', 'Unmute');
-  pressed($('cam'), Boolean(camera), 'Stop video', 'Start video');
+  pressed($('mic'), wantMic && Boolean(microphone), i18n.t('mute'), i18n.t('unmute'));
+  pressed($('cam'), Boolean(camera), i18n.t('video.stop'), i18n.t('video.start'));
   $('mic').disabled = !microphone;
   $('mic').onclick = toggleMic;
   $('cam').onclick = toggleCamera;
@@ -383,7 +394,7 @@ function myName() {
 
 function confirmEnd() {
   // confirm() is blocked in some sandboxed frames; then just end.
-  try { return window.confirm('End the call for everyone?'); } catch (_) { return true; }
+  try { return window.confirm(i18n.t('confirm.end')); } catch (_) { return true; }
 }
 
 // ---- controls -----------------------------------------------------------------
@@ -418,7 +429,7 @@ function decorate(button) {
 
 async function toggleMic() {
   wantMic = !wantMic;
-  pressed($('mic'), wantMic, 'Mute', 'Unmute');
+  pressed($('mic'), wantMic, i18n.t('mute'), i18n.t('unmute'));
   await call.setMuted('microphone', !wantMic).catch((e) => toast(e.message));
 }
 
@@ -435,14 +446,14 @@ async function toggleCamera() {
     try {
       [camera] = (await navigator.mediaDevices.getUserMedia({ video: VIDEO })).getVideoTracks();
     } catch (e) {
-      return toast(`Camera unavailable (${e.name})`);
+      return toast(i18n.t('camera.unavailable', { error: e.name }));
     }
     self.stream.addTrack(camera);
     await call.replaceTrack('camera', camera);
     await call.setMuted('camera', false).catch(() => {});
   }
   self.el.classList.toggle('video-off', !camera);
-  pressed($('cam'), Boolean(camera), 'Stop video', 'Start video');
+  pressed($('cam'), Boolean(camera), i18n.t('video.stop'), i18n.t('video.start'));
 }
 
 // Audio only: for a weak or metered link. We stop sending video (the camera
@@ -450,7 +461,7 @@ async function toggleCamera() {
 // camera back if it was on.
 async function toggleAudioOnly() {
   audioOnly = !audioOnly;
-  pressed($('audio-only'), audioOnly, 'Audio only', 'Audio only');
+  pressed($('audio-only'), audioOnly, i18n.t('audio.only'), i18n.t('audio.only'));
   document.body.classList.toggle('audio-only', audioOnly);
   if (audioOnly) {
     cameraBeforeAudioOnly = Boolean(camera);
@@ -462,7 +473,7 @@ async function toggleAudioOnly() {
   call.setAudioOnly(audioOnly);
   for (const t of tiles.values()) if (!t.el.classList.contains('self')) setNote(t);
   scheduleViews();
-  toast(audioOnly ? 'Audio only: video is off both ways' : 'Video is back on');
+  toast(audioOnly ? i18n.t('audio.only.on') : i18n.t('video.back'));
 }
 
 async function toggleScreen() {
@@ -471,7 +482,7 @@ async function toggleScreen() {
   try {
     stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
   } catch (e) {
-    if (e.name !== 'NotAllowedError') toast(`Screen sharing unavailable (${e.name})`);
+    if (e.name !== 'NotAllowedError') toast(i18n.t('screen.unavailable', { error: e.name }));
     return;
   }
   const [track] = stream.getVideoTracks();
@@ -479,12 +490,12 @@ async function toggleScreen() {
   // The browser's own "Stop sharing" button ends the track.
   track.onended = () => stopScreen();
   await call.publish({ screen: track });
-  pressed($('screen'), true, 'Stop sharing', 'Share screen');
+  pressed($('screen'), true, i18n.t('screen.stop'), i18n.t('screen.share'));
 }
 
 async function stopScreen() {
   await call.unpublish('screen');
-  pressed($('screen'), false, 'Stop sharing', 'Share screen');
+  pressed($('screen'), false, i18n.t('screen.stop'), i18n.t('screen.share'));
 }
 
 function pressed(button, on, textOn, textOff) {
@@ -596,7 +607,7 @@ function bestColumns(n, width, height) {
 
 function personLabel(id) {
   const p = call.participants.get(id);
-  return p ? p.name || roleName(p.role) : 'Guest';
+  return p ? p.name || roleName(p.role) : i18n.t('role.guest');
 }
 
 function addPerson(p) {
@@ -615,7 +626,7 @@ function removePerson(p) {
 function addTrack(info) {
   const screen = info.source === 'screen' || info.source === 'screen_audio';
   const key = screen ? `${info.participant}:screen` : info.participant;
-  const t = tile(key, screen ? `${personLabel(info.participant)} (screen)` : personLabel(info.participant));
+  const t = tile(key, screen ? i18n.t('screen.caption', { name: personLabel(info.participant) }) : personLabel(info.participant));
   for (const old of t.stream.getTracks()) if (old.kind === info.track.kind) t.stream.removeTrack(old);
   t.stream.addTrack(info.track);
   // Setting srcObject again makes the element pick up the new track.
@@ -649,8 +660,8 @@ function onMuted({ track_id: trackId, muted, local, by }) {
     const mine = [...call.localTracks.values()].find((t) => t.track_id === trackId);
     if (mine && mine.source === 'microphone' && by && by !== call.me.id) {
       wantMic = !muted;
-      pressed($('mic'), wantMic, 'Mute', 'Unmute');
-      if (muted) toast('The doctor muted your microphone');
+      pressed($('mic'), wantMic, i18n.t('mute'), i18n.t('unmute'));
+      if (muted) toast(i18n.t('doctor.muted.you'));
     }
     return renderAdmin();
   }
@@ -672,8 +683,9 @@ function showQuality(participantId, quality) {
   if (!t) return;
   const word = QUALITY_WORDS[quality] || 'unknown';
   t.bars.dataset.quality = word;
-  t.bars.setAttribute('aria-label', `Connection: ${word}`);
-  t.bars.title = `Connection: ${word}`;
+  const label = i18n.t('connection.quality', { quality: i18n.t(`quality.${word}`) });
+  t.bars.setAttribute('aria-label', label);
+  t.bars.title = label;
 }
 
 function onPaused({ track_id: trackId, paused, reason }) {
@@ -689,9 +701,9 @@ function onPaused({ track_id: trackId, paused, reason }) {
 
 function setNote(t) {
   let text = '';
-  if (audioOnly) text = 'Audio only';
-  else if (t.pausedFor === 'bandwidth') text = 'Video paused: weak connection';
-  else if (t.pausedFor === 'off') text = 'Camera off';
+  if (audioOnly) text = i18n.t('audio.only');
+  else if (t.pausedFor === 'bandwidth') text = i18n.t('video.paused.weak');
+  else if (t.pausedFor === 'off') text = i18n.t('camera.off');
   t.note.textContent = text;
   t.note.hidden = !text;
 }
@@ -731,7 +743,7 @@ function onWaiting() {
   const waiting = call.waiting;
   const fresh = waiting.filter((p) => !seenWaiting.has(p.id));
   seenWaiting = new Set(waiting.map((p) => p.id));
-  document.title = waiting.length ? `(${waiting.length}) waiting - ${BASE_TITLE}` : BASE_TITLE;
+  document.title = waiting.length ? i18n.t('title.waiting', { n: waiting.length, title: BASE_TITLE }) : BASE_TITLE;
   const badge = $('waiting-badge');
   badge.textContent = String(waiting.length);
   badge.hidden = !waiting.length;
@@ -752,8 +764,8 @@ function showAlert(person) {
   const name = person.name || roleName(person.role);
   const more = call.waiting.length - 1;
   $('alert-text').textContent = more > 0
-    ? `${name} and ${more} more ${more === 1 ? 'is' : 'are'} waiting to join`
-    : `${name} is waiting to join`;
+    ? i18n.t(more === 1 ? 'alert.more1' : 'alert.more', { name, n: more })
+    : i18n.t('alert.one', { name });
   $('alert').hidden = false;
   document.body.dataset.alert = '1';
 }
@@ -793,15 +805,15 @@ function renderAdmin() {
   if (!isAdmin()) return;
   const waitingList = $('waiting-list');
   waitingList.replaceChildren(...call.waiting.map((p) => item(p.name || roleName(p.role), [
-    ['Admit', () => call.admit(p.id)],
-    ['Deny', () => call.deny(p.id)],
+    [i18n.t('admit'), () => call.admit(p.id)],
+    [i18n.t('deny'), () => call.deny(p.id)],
   ])));
-  if (!call.waiting.length) waitingList.replaceChildren(note('Nobody is waiting.'));
+  if (!call.waiting.length) waitingList.replaceChildren(note(i18n.t('nobody.waiting')));
   $('people-list').replaceChildren(...[...call.participants.values()].map((p) => {
     const mic = [...call.roomTracks.values()].find((t) => t.participant === p.id && t.source === 'microphone');
     const actions = [];
-    if (mic && !mic.muted) actions.push(['Mute', () => call.muteTrack(mic.track_id, true)]);
-    actions.push(['Remove', () => call.remove(p.id)]);
+    if (mic && !mic.muted) actions.push([i18n.t('mute'), () => call.muteTrack(mic.track_id, true)]);
+    actions.push([i18n.t('remove'), () => call.remove(p.id)]);
     return item(`${p.name || roleName(p.role)} · ${roleName(p.role).toLowerCase()}`, actions);
   }));
 }
@@ -892,7 +904,7 @@ function startChat() {
       const badge = $('unread');
       badge.textContent = n > 9 ? '9+' : String(n);
       badge.hidden = n === 0;
-      $('open-chat').setAttribute('aria-label', n ? `Chat, ${n} unread` : 'Chat');
+      $('open-chat').setAttribute('aria-label', n ? i18n.t('chat.unread', { n }) : i18n.t('chat'));
     },
     onUnavailable: () => renderSide(),
   });
@@ -904,17 +916,17 @@ function startChat() {
 // A chat sender by name: the people in the call are the booking's people
 // (their room identity is their user id); anyone else by role.
 function senderName(userId, mine) {
-  if (mine) return 'You';
+  if (mine) return i18n.t('you');
   for (const p of call.participants.values()) if (p.identity === userId) return p.name || roleName(p.role);
-  return 'Clinic';
+  return i18n.t('clinic');
 }
 
 // ---- start ------------------------------------------------------------------
 
 $('rejoin').onclick = () => location.reload();
 if (!token) {
-  showEnded('failed', 'This link has no access token. Use the link you were sent.');
-  $('ended-title').textContent = 'This link is incomplete';
+  showEnded('failed', i18n.t('link.no.token'));
+  $('ended-title').textContent = i18n.t('link.incomplete');
 } else {
   prejoin().catch((e) => showEnded('failed', String(e)));
 }

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtc.errors import RtpParseError
-from rtc.red import RedBlock, RedPayload, primary, red_fmtp_pt
+from rtc.red import RedBlock, RedPayload, deepen, primary, red_fmtp_pt
 
 PT = st.integers(0, 127)
 
@@ -99,3 +99,58 @@ def test_values_that_do_not_fit() -> None:
 )  # fmt: skip
 def test_fmtp(fmtp: str | None, pt: int | None) -> None:
     assert red_fmtp_pt(fmtp) == pt
+
+
+# -- deepen: the packet before's frames as extra redundancy ------------------------------
+
+frames = st.binary(min_size=1, max_size=50)
+
+
+@given(
+    older=st.lists(frames, max_size=3),
+    prev=frames,
+    cur=frames,
+    depth=st.integers(1, 4),
+    delta=st.sampled_from([480, 960, 1920]),
+    header=st.binary(min_size=12, max_size=20),
+)
+def test_deepen_carries_the_frames_before(
+    older: list[bytes], prev: bytes, cur: bytes, depth: int, delta: int, header: bytes
+) -> None:
+    # The publisher's packets: each with one redundant block, the frame before.
+    previous = RedPayload(
+        111, prev, [RedBlock(111, delta * (len(older) - i), o) for i, o in enumerate(older)]
+    )
+    current = RedPayload(111, cur, [RedBlock(111, delta, prev)])
+    prev_bytes = header + bytes(previous)
+    packet = header + bytes(current)
+    out = deepen(prev_bytes, len(header), len(prev_bytes), delta, packet, len(header),
+                 len(packet), depth)  # fmt: skip
+    keep = min(len(older), depth - 1)
+    if keep + 1 <= 1:
+        assert out is None
+        return
+    assert out is not None
+    assert out[1 : len(header)] == header[1:]
+    got = RedPayload.parse(out[len(header) :])
+    assert got.payload_type == 111 and got.data == cur
+    expected = [RedBlock(111, b.timestamp_offset + delta, b.data) for b in previous.redundant]
+    assert got.redundant == [*expected[len(older) - keep :], RedBlock(111, delta, prev)]
+
+
+def test_deepen_gives_up_where_headers_cannot_say_it() -> None:
+    head = bytes([0xA0]) + bytes(11)  # an RTP header with the P bit
+
+    def both(previous: bytes, delta: int, depth: int = 3) -> bytes | None:
+        packet = head + bytes(RedPayload(111, b"c"))
+        prev = head + previous
+        return deepen(prev, 12, len(prev), delta, packet, 12, len(packet), depth)
+
+    # The oldest frame would be more than 14 bits of timestamp back.
+    assert both(bytes(RedPayload(111, b"p", [RedBlock(111, 0x3F00, b"o")])), 960) is None
+    assert both(bytes(RedPayload(111, b"p")), 0x4000) is None
+    assert both(bytes(RedPayload(111, bytes(1024))), 960) is None
+    assert both(bytes(RedPayload(111, b"p")), 960, depth=0) is None
+    out = both(bytes(RedPayload(111, b"p")), 960)
+    assert out is not None and out[0] == 0x80
+    assert RedPayload.parse(out[12:]) == RedPayload(111, b"c", [RedBlock(111, 960, b"p")])

@@ -120,6 +120,25 @@ def test_red_as_it_is_or_its_primary_block() -> None:
     assert subs["red"].transport.sizes[0] == len(out["red"])  # type: ignore[index]
 
 
+def test_red_subscribers_get_the_frame_before_too() -> None:
+    """Chromium sends one redundant frame; RED subscribers get two, the second
+    from the packet before, so two losses in a row on their downlink cost nothing."""
+    f = forwarder(["red", "plain", "plain-no-tcc"])
+    frames = [f"frame-{i}".encode() for i in range(4)]
+    out = []
+    for seq, frame in enumerate(frames):
+        packet = red_packet(seq, primary=frame, redundant=(frames[seq - 1],) if seq else ())
+        out.append(dict(f.route(packet, 1.0 + seq / 50)))
+    red = [RedPayload.parse(RtpPacket.parse(o["red"]).payload) for o in out]
+    assert [r.data for r in red] == frames
+    assert red[0].redundant == []
+    assert red[1].redundant == [RedBlock(OPUS, 960, b"frame-0")]
+    assert red[3].redundant == [RedBlock(OPUS, 1920, b"frame-1"), RedBlock(OPUS, 960, b"frame-2")]
+    # The others still get each frame once.
+    assert [RtpPacket.parse(o["plain"]).payload for o in out] == frames
+    assert Forwarder(red_depth=1).red_depth == 1
+
+
 def test_plain_opus_from_a_red_publisher_goes_to_everyone() -> None:
     f = forwarder(["red", "plain", "plain-no-tcc"])
     out = dict(f.route(red_packet(1, pt=OPUS), 1.0))
@@ -143,7 +162,8 @@ def test_malformed_red_is_counted_and_dropped(payload: bytes) -> None:
 
 
 def test_retransmissions_follow_the_same_rule() -> None:
-    f = Forwarder()
+    # What the publisher sent, as the history keeps it (no deeper redundancy).
+    f = Forwarder(red_depth=1)
     f.add_track(
         "pub", SSRC, kind="audio", codec="opus", clock_rate=48000, extensions=EXTS,
         red_payload_type=RED, nack=True,
