@@ -30,15 +30,33 @@
 //   encodings          {track_id, encodings} which simulcast layers of our
 //                      own track the server asked us to send (applied)
 //   error              {code, message}   a request failed or a frame was odd
+//   media              {state, reason}   our own media: reconnecting (a path
+//                      died; the module is restarting ICE or making new
+//                      peer connections) | connected (back)
+//   participantmedia   {participant_id, state} the same for someone else,
+//                      from the server: reconnecting | connected
 //
 // Options: `simulcast` publishes the camera as three layers (rid q, h, f at
 // 1/4, 1/2 and full resolution); `name` is the display name sent with
-// `join`, used only when the token names nobody (an anonymous patient).
+// `join`, used only when the token names nobody (an anonymous patient);
+// `relay` sends all media through the TURN relay of `joined.ice_servers`
+// (true), or through its `udp`, `tcp` or `tls` listener only (a network
+// that lets nothing else through).
 // The page tells the server what it shows with setView() and audio only
 // with setAudioOnly().
 //
 // After a refusal (`state` failed or ended), `refusal` holds the error
 // frame's {code, message}: unauthorized, forbidden, room-full, ...
+//
+// When a path dies (a phone leaves Wi-Fi, a carrier's NAT moves): a peer
+// connection `disconnected` for DISCONNECTED_GRACE_MS or `failed`, the
+// browser going `online` again, `navigator.connection` changing, or the
+// signalling socket resuming after a drop make the module restart ICE on
+// both connections at once (new credentials, same DTLS and tracks: nothing
+// visible changes). A restart not connected within RESTART_WITHIN_MS falls
+// back to new peer connections (`reconnect_media`, the same local tracks);
+// the two alternate until media is back or the call ends. No page reload,
+// no new camera prompt.
 
 const PROTOCOL = 1;
 // Close codes after which coming back makes no sense (protocol.md).
@@ -49,6 +67,16 @@ const FINAL_CLOSES = {
 // Reconnect this long after a dropped socket; the server keeps us in the
 // room for `call_resume_grace` (20 s by default).
 const RESUME_FOR_MS = 30000;
+// A connection `disconnected` this long is taken as a dead path (Chrome says
+// `disconnected` after about 2.5 s without a packet; a blip is shorter).
+const DISCONNECTED_GRACE_MS = 2000;
+// An ICE restart that has not connected by then falls back to new peer
+// connections; new connections get a little longer (DTLS on top of ICE).
+const RESTART_WITHIN_MS = 5000;
+const RECONNECT_WITHIN_MS = 8000;
+// Network events come in bursts (offline, online, a connection change):
+// one restart for a burst.
+const NETWORK_DEBOUNCE_MS = 1000;
 // The camera as three simulcast layers, lowest first (Chrome sends all three
 // from a 960x540 capture up; the page captures 1280x720 with simulcast on).
 export const SIMULCAST = [
@@ -70,10 +98,11 @@ export class WadudCall extends EventTarget {
   // token: the room token. room: the room named in the page's URL; the
   // server then refuses a token for another room. url: the /ws endpoint
   // (default: this page's server). rtcConfig: extra RTCPeerConnection settings.
-  constructor({ token, room = null, url = null, rtcConfig = {}, simulcast = false, name = null }) {
+  constructor({ token, room = null, url = null, rtcConfig = {}, simulcast = false, name = null, relay = null }) {
     super();
     this.token = token;
     this.simulcast = simulcast;
+    this.relay = relay || null;
     this.name = name;
     this.quality = new Map(); // participant id -> excellent | good | poor | lost
     this.audioOnly = false;
@@ -105,6 +134,13 @@ export class WadudCall extends EventTarget {
     this._leaving = false;
     this._resumeUntil = 0;
     this._joinWaiter = null;
+    this.media = 'connected'; // our own media: connected | reconnecting
+    this.peerMedia = new Map(); // participant id -> 'reconnecting', as the server says
+    this.iceRestarts = 0; // recoveries so far: ICE restarts, new peer connections
+    this.mediaReconnects = 0;
+    this._recovery = null; // {attempt, started, timer} while media is being recovered
+    this._awaitSubscribe = false; // new connections: media is back once the server's offer is
+    this._unlisten = null; // removes the window's network listeners
   }
 
   // ---- joining, leaving, resuming ----------------------------------------
@@ -174,6 +210,8 @@ export class WadudCall extends EventTarget {
   _finish(state, reason) {
     this._leaving = true;
     clearInterval(this._watchdog);
+    this._stopRecovery();
+    if (this._unlisten) this._unlisten();
     if (this._ws) {
       this._ws.onclose = null;
       try { this._ws.close(1000); } catch (_) { /* already closed */ }
@@ -272,6 +310,7 @@ export class WadudCall extends EventTarget {
     // connections still stand. Another id: the server forgot us (the grace
     // period ran out) and media must start over.
     const forgotten = this.me && this.me.id !== f.participant.id && this.publishPc;
+    const resumed = !forgotten && Boolean(this.publishPc || this.subscribePc);
     this._takeSession(f);
     this.iceServers = f.ice_servers || [];
     this.waiting = f.waiting || [];
@@ -291,9 +330,13 @@ export class WadudCall extends EventTarget {
     if ((f.active_speaker || null) !== this.activeSpeaker) {
       this._on_active_speaker({ participant_id: f.active_speaker || null });
     }
+    this._listenToNetwork();
     if (forgotten) this._restartMedia();
     else if (this.publishPc && this.publishPc.signalingState !== 'stable') this._renegotiate();
     else this._publishNow();
+    // A socket that dropped and came back: the network most likely changed
+    // under us (Wi-Fi to mobile data), and the media path with it.
+    if (resumed) this._networkChanged('signalling resumed');
   }
 
   // The server pings every `ping_interval`; three silent intervals mean the
@@ -306,9 +349,17 @@ export class WadudCall extends EventTarget {
       if (isFinal(this.state)) return clearInterval(this._watchdog);
       const ws = this._ws;
       if (Date.now() - this._lastFrameAt <= 3 * intervalMs || !ws) return;
-      ws.close(4000, 'silent');
-      this._onClose(ws, 4000, 'the server went silent');
+      this._dropSocket(ws, 'the server went silent');
     }, intervalMs);
+  }
+
+  // Give up on a socket that still looks open and resume on a new one. Its
+  // handlers go first: a late close event or frame from it must not count.
+  _dropSocket(ws, reason) {
+    ws.onclose = null;
+    ws.onmessage = null;
+    try { ws.close(4000, 'silent'); } catch (_) { /* already closing */ }
+    this._onClose(ws, 4000, reason);
   }
 
   _takeSession(f) {
@@ -347,7 +398,16 @@ export class WadudCall extends EventTarget {
   _on_participant_left(f) {
     const p = this.participants.get(f.participant_id) || { id: f.participant_id };
     this.participants.delete(f.participant_id);
+    this.peerMedia.delete(f.participant_id);
     this._emit('participantleft', { participant: p, reason: f.reason });
+  }
+
+  // Someone else's media path died and they are restarting it: they are
+  // still in the call, their picture is frozen for a moment.
+  _on_participant_media(f) {
+    if (f.state === 'reconnecting') this.peerMedia.set(f.participant_id, 'reconnecting');
+    else this.peerMedia.delete(f.participant_id);
+    this._emit('participantmedia', { participant_id: f.participant_id, state: f.state });
   }
 
   _on_track_published(f) { this.roomTracks.set(f.track.track_id, f.track); }
@@ -504,11 +564,14 @@ export class WadudCall extends EventTarget {
     return fresh ? this._renegotiate() : Promise.resolve();
   }
 
-  _renegotiate() {
+  // `restart`: the offer carries new ICE credentials (an ICE restart, RFC
+  // 8445 section 9); the DTLS association and the tracks stay.
+  _renegotiate({ restart = false } = {}) {
     const gen = this._mediaGen;
     const run = async () => {
       if (this.state !== 'joined' || gen !== this._mediaGen) return;
       const pc = this.publishPc || (this.publishPc = this._newPc('publish'));
+      if (restart) pc.restartIce();
       for (const local of this.localTracks.values()) {
         if (!local.transceiver) {
           const init = { direction: 'sendonly' };
@@ -533,7 +596,19 @@ export class WadudCall extends EventTarget {
       // Mids exist only once the offer is applied.
       const sources = {};
       for (const local of this.localTracks.values()) sources[local.transceiver.mid] = local.source;
-      const answer = await this.request('publish', { sdp: pc.localDescription.sdp, sources });
+      let answer;
+      try {
+        answer = restart
+          ? await this._ask('publish', { sdp: pc.localDescription.sdp, sources })
+          : await this.request('publish', { sdp: pc.localDescription.sdp, sources });
+      } catch (e) {
+        // Back to the last agreed state, so the next offer starts clean
+        // (it still restarts ICE: restartIce() holds until an answer).
+        if (restart && gen === this._mediaGen && pc.signalingState === 'have-local-offer') {
+          await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
+        }
+        throw e;
+      }
       if (gen !== this._mediaGen) return;
       await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
       for (const t of answer.tracks || []) {
@@ -555,6 +630,7 @@ export class WadudCall extends EventTarget {
   _on_media_reconnect(f) {
     this.mediaMoves = (this.mediaMoves || 0) + 1;
     this._emit('mediareconnect', { reason: f.reason || '' });
+    this._setMedia('reconnecting', f.reason || 'media moved');
     return this._restartMedia();
   }
 
@@ -567,6 +643,9 @@ export class WadudCall extends EventTarget {
     this._mediaGen += 1;
     this._pubChain = Promise.resolve();
     this._subChain = Promise.resolve();
+    // Media is back once the server's offer has a new subscribe connection
+    // up too, not as soon as the publish one connects.
+    this._awaitSubscribe = Boolean(this.subscribePc);
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
     this.publishPc = this.subscribePc = null;
     for (const [id, r] of this.remoteTracks) {
@@ -587,7 +666,11 @@ export class WadudCall extends EventTarget {
     const gen = this._mediaGen;
     const run = async () => {
       if (isFinal(this.state) || gen !== this._mediaGen) return;
-      const pc = this.subscribePc || (this.subscribePc = this._newPc('subscribe'));
+      if (!this.subscribePc) {
+        this.subscribePc = this._newPc('subscribe');
+        this._awaitSubscribe = false;
+      }
+      const pc = this.subscribePc;
       // Which m= section carries whose track; needed before `track` fires
       // inside setRemoteDescription.
       this._midMap = new Map((f.tracks || []).map((t) => [t.mid, t]));
@@ -634,11 +717,12 @@ export class WadudCall extends EventTarget {
   // ---- peer connections and ICE ------------------------------------------
 
   _newPc(transport) {
-    const pc = new RTCPeerConnection({
-      iceServers: this.iceServers,
-      bundlePolicy: 'max-bundle',
-      ...this.rtcConfig,
-    });
+    const config = { iceServers: this.iceServers, bundlePolicy: 'max-bundle' };
+    if (this.relay) {
+      config.iceServers = relayServers(this.iceServers, this.relay);
+      config.iceTransportPolicy = 'relay';
+    }
+    const pc = new RTCPeerConnection({ ...config, ...this.rtcConfig });
     pc._wadudCandidates = [];
     pc._wadudReady = false;
     // Candidates found before the server has this transport would be refused;
@@ -648,7 +732,11 @@ export class WadudCall extends EventTarget {
       if (pc._wadudReady) this._sendCandidate(transport, c);
       else pc._wadudCandidates.push(c);
     };
-    pc.onconnectionstatechange = () => this._emit('connection', { transport, state: pc.connectionState });
+    pc.onconnectionstatechange = () => {
+      this._emit('connection', { transport, state: pc.connectionState });
+      this._watchPc(pc, transport);
+    };
+    pc.oniceconnectionstatechange = () => this._watchPc(pc, transport);
     return pc;
   }
 
@@ -663,6 +751,167 @@ export class WadudCall extends EventTarget {
   _sendCandidate(transport, candidate) {
     if (this.state !== 'joined') return;
     this.request('candidate', { transport, candidate }).catch(() => { /* optional */ });
+  }
+
+  // ---- when the path dies --------------------------------------------------
+
+  // The whole machine: a dead path (_pathLost) or a changed network
+  // (_networkChanged) starts a recovery; each attempt is an ICE restart on
+  // both connections or, every second attempt, new peer connections; an
+  // attempt that has not brought every connection to `connected` by its
+  // deadline makes the next one. One attempt runs at a time. Media counts as
+  // back (`media` connected) when every peer connection is connected.
+
+  _watchPc(pc, transport) {
+    if (pc !== this.publishPc && pc !== this.subscribePc) return; // an old one
+    const states = [pc.connectionState, pc.iceConnectionState];
+    if (states.includes('failed')) {
+      clearTimeout(pc._wadudLost);
+      pc._wadudLost = null;
+      this._pathLost(`${transport} connection failed`);
+    } else if (states.includes('disconnected')) {
+      if (pc._wadudLost) return;
+      pc._wadudLost = setTimeout(() => {
+        pc._wadudLost = null;
+        const now = [pc.connectionState, pc.iceConnectionState];
+        if (now.includes('disconnected') || now.includes('failed')) {
+          this._pathLost(`${transport} connection lost`);
+        }
+      }, DISCONNECTED_GRACE_MS);
+    } else {
+      clearTimeout(pc._wadudLost);
+      pc._wadudLost = null;
+      if (pc.connectionState === 'connected') this._checkMedia();
+    }
+  }
+
+  // A connection stopped carrying anything: recover, unless a recovery is
+  // already under way (its deadline decides what comes next).
+  _pathLost(reason) {
+    if (!this._hasMedia()) return;
+    this._setMedia('reconnecting', reason);
+    if (!this._recovery) this._recover(reason, true);
+  }
+
+  // The network itself changed (online again, another network, a resumed
+  // socket): the path we use may be gone even if no connection noticed yet,
+  // so restart ICE now, once per burst of events.
+  _networkChanged(reason) {
+    if (!this._hasMedia()) return;
+    const rec = this._recovery;
+    if (rec && rec.timer && Date.now() - rec.started < NETWORK_DEBOUNCE_MS) return;
+    this._recover(reason, true);
+  }
+
+  _recover(reason, fresh) {
+    const rec = this._recovery || (this._recovery = { attempt: 0, started: 0, timer: null });
+    clearTimeout(rec.timer);
+    rec.timer = null;
+    if (fresh) rec.attempt = 0;
+    // Without signalling nothing can be renegotiated; the socket resumes by
+    // itself and _on_joined calls _networkChanged.
+    if (this.state !== 'joined' || !this._hasMedia()) return;
+    rec.attempt += 1;
+    const started = rec.started = Date.now();
+    const renew = rec.attempt % 2 === 0;
+    const attempt = renew ? this._reconnectMedia() : this._restartIce();
+    attempt.catch((e) => {
+      this.recoveryError = String(e.message || e);
+      // Failed outright (most often with the socket): the next trigger, a
+      // resumed socket, goes at once rather than waiting out the deadline.
+      if (this._recovery === rec && rec.started === started) rec.started = 0;
+    });
+    rec.timer = setTimeout(() => {
+      rec.timer = null;
+      if (this._recovery !== rec || isFinal(this.state)) return;
+      if (this._mediaConnected()) this._checkMedia();
+      else this._recover(reason, false);
+    }, renew ? RECONNECT_WITHIN_MS : RESTART_WITHIN_MS);
+  }
+
+  // New ICE credentials on both connections: publish offers them itself;
+  // for subscribe the server sends an offer that carries them. Nothing else
+  // changes (DTLS, SRTP, tracks, simulcast), so the picture comes back
+  // without a keyframe wait on a new decoder.
+  async _restartIce() {
+    this.iceRestarts += 1;
+    const steps = [];
+    if (this.publishPc) steps.push(this._renegotiate({ restart: true }));
+    if (this.subscribePc) steps.push(this._ask('ice_restart'));
+    const failed = (await Promise.allSettled(steps)).find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  // The fallback: new peer connections (new DTLS), the same local tracks.
+  // The server closes our subscribe transport and offers everything on a
+  // new one once it answers `ok`: the old connection must be gone by then.
+  async _reconnectMedia() {
+    this.mediaReconnects += 1;
+    await this._ask('reconnect_media');
+    await this._restartMedia();
+  }
+
+  // A request made while recovering media: a socket that does not answer
+  // in time has most likely died with the path (a half-open TCP connection
+  // the browser has not noticed), so drop it; the resume that follows
+  // restarts media again.
+  async _ask(type, fields = {}) {
+    const ws = this._ws;
+    try {
+      return await withTimeout(this.request(type, fields), RESTART_WITHIN_MS - 1000);
+    } catch (e) {
+      if (e.message === 'timeout' && ws === this._ws && ws.readyState === WebSocket.OPEN) {
+        this._dropSocket(ws, 'no answer while reconnecting media');
+      }
+      throw e;
+    }
+  }
+
+  _checkMedia() {
+    if (!this._mediaConnected()) return;
+    this._stopRecovery();
+    this._setMedia('connected', '');
+  }
+
+  _stopRecovery() {
+    if (this._recovery) clearTimeout(this._recovery.timer);
+    this._recovery = null;
+  }
+
+  _hasMedia() {
+    return !this._leaving && !isFinal(this.state) && Boolean(this.publishPc || this.subscribePc);
+  }
+
+  _mediaConnected() {
+    if (this._awaitSubscribe && !this.subscribePc) return false;
+    const pcs = [this.publishPc, this.subscribePc].filter(Boolean);
+    return pcs.length > 0 && pcs.every((pc) => pc.connectionState === 'connected');
+  }
+
+  _setMedia(state, reason) {
+    if (this.media === state) return;
+    this.media = state;
+    this._emit('media', { state, reason });
+  }
+
+  // The browser's own word on the network: `offline` (nothing can work;
+  // shown at once), `online` and `navigator.connection` changes (a new
+  // network: the old path is probably gone).
+  _listenToNetwork() {
+    if (this._unlisten || typeof window === 'undefined') return;
+    const offline = () => this._pathLost('offline');
+    const online = () => this._networkChanged('online');
+    const changed = () => this._networkChanged('network changed');
+    const connection = typeof navigator !== 'undefined' ? navigator.connection : null;
+    window.addEventListener('offline', offline);
+    window.addEventListener('online', online);
+    if (connection && connection.addEventListener) connection.addEventListener('change', changed);
+    this._unlisten = () => {
+      window.removeEventListener('offline', offline);
+      window.removeEventListener('online', online);
+      if (connection && connection.removeEventListener) connection.removeEventListener('change', changed);
+      this._unlisten = null;
+    };
   }
 
   // ---- admin -------------------------------------------------------------
@@ -725,6 +974,20 @@ function defaultUrl(room) {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const query = room ? `?room=${encodeURIComponent(room)}` : '';
   return `${scheme}//${location.host}/ws${query}`;
+}
+
+// The TURN servers whose URLs use `transport` (udp, tcp, tls; true: all).
+function relayServers(servers, transport) {
+  if (transport === true || !['udp', 'tcp', 'tls'].includes(transport)) return servers;
+  const keep = (url) => {
+    if (transport === 'tls') return url.startsWith('turns:');
+    if (url.startsWith('turns:')) return false;
+    const named = /[?&]transport=(\w+)/.exec(url);
+    return (named ? named[1] : 'udp') === transport;
+  };
+  return servers
+    .map((s) => ({ ...s, urls: [].concat(s.urls).filter(keep) }))
+    .filter((s) => s.urls.length);
 }
 
 function isFinal(state) {
