@@ -19,9 +19,23 @@ The machine, in one table (:data:`TRANSITIONS`):
   it CONNECTED again); after ``consent_timeout`` (30 s, RFC 7675 section 5.1)
   consent has expired and it is FAILED: the caller must stop sending.
 * A peer that never nominates within ``connect_timeout`` is FAILED too.
+* An ICE restart (RFC 8445 section 9, :meth:`IceLiteAgent.restart`) gives the
+  agent new local credentials while it keeps its state: checks under the
+  previous credentials are still answered, from the addresses they validated,
+  until the peer nominates a pair under the new ones. That nomination retires
+  the previous credentials (:class:`CredentialsRetired`) and forgets every
+  address only they had validated (:class:`ForgottenAddress`): consent on the
+  old path ends, and the selected path is the new one.
+* A NAT rebinding: the peer's traffic arrives from a new address of the same
+  pair. A valid check from an address that is not the selected one moves the
+  selected path there when the selected address has sent no consent check for
+  ``rebind_quiet`` seconds (longer than a browser's consent interval, so a
+  live path is never taken over by a check on a backup pair); media that
+  authenticated under our SRTP keys from a new address
+  (:meth:`IceLiteAgent.rebind`, the caller verified it) moves it at once.
+  Neither refreshes consent by itself: the peer's next check does.
 * FAILED and CLOSED are terminal: requests are no longer answered, so a peer
-  that comes back after its consent expired needs an ICE restart (new
-  credentials, a new agent).
+  that comes back after its consent expired needs a new transport.
 
 Every deadline is a timer output (:meth:`IceLiteAgent.get_timer`); the agent
 never reads the clock.
@@ -41,6 +55,8 @@ from turn.errors import StunParseError
 __all__ = [
     "CONSENT_TIMEOUT",
     "Address",
+    "CredentialsRetired",
+    "ForgottenAddress",
     "IceEvent",
     "IceLiteAgent",
     "IceState",
@@ -58,6 +74,11 @@ CONSENT_TIMEOUT = 30.0  # RFC 7675 section 5.1
 # RFC 7675 section 5.1): two missed Firefox checks mean trouble.
 DISCONNECT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 30.0
+# A non-nominating check from a new address moves the selected path only when
+# the selected address has sent no consent check this long: longer than
+# Chromium's 2.5 s and Firefox's 5 s +-20 % consent intervals, so a check on a
+# backup pair never takes a live path over. Media moves it sooner (rebind).
+REBIND_QUIET = 6.0
 # A browser has a handful of candidates; more validated addresses than this
 # for one agent is somebody spraying checks, and the oldest are forgotten.
 MAX_VALIDATED = 16
@@ -133,7 +154,26 @@ class SelectedAddress:
     address: Address
 
 
-IceEvent = StateChanged | ValidatedAddress | SelectedAddress
+@dataclass(frozen=True, slots=True)
+class ForgottenAddress:
+    """``address`` is no longer valid for this peer: route nothing from it.
+
+    Either too many addresses (the oldest goes) or an ICE restart completed
+    and only the previous credentials had validated it.
+    """
+
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsRetired:
+    """An ICE restart completed: checks under ``ufrag`` (our previous local
+    ufrag) are no longer answered, and nothing should route them here."""
+
+    ufrag: str
+
+
+IceEvent = StateChanged | ValidatedAddress | SelectedAddress | ForgottenAddress | CredentialsRetired
 
 
 # --- the state machine ------------------------------------------------------------
@@ -198,6 +238,7 @@ class IceLiteAgent:
         consent_timeout: float = CONSENT_TIMEOUT,
         disconnect_timeout: float = DISCONNECT_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
+        rebind_quiet: float = REBIND_QUIET,
     ) -> None:
         self.local_ufrag = local_ufrag
         self.local_pwd = local_pwd
@@ -206,13 +247,30 @@ class IceLiteAgent:
         self.remote_pwd = remote_pwd
         self.consent_timeout = consent_timeout
         self.disconnect_timeout = disconnect_timeout
+        self.rebind_quiet = rebind_quiet
         self.state = IceState.NEW
         self.selected: Address | None = None
-        self.validated: dict[Address, None] = {}  # insertion-ordered set
+        # Insertion-ordered set; the value says whether the current credentials
+        # validated the address (False: only the previous ones, during a restart).
+        self.validated: dict[Address, bool] = {}
         self.counters: Counter[str] = Counter()
         self._events: list[IceEvent] = []
+        self._connect_timeout = connect_timeout
         self._connect_deadline = now + connect_timeout
         self._consent_at = now  # last consent refresh of the selected address
+        # The generation before an ICE restart, answered until the restart
+        # completes: (local ufrag, local key, remote ufrag).
+        self._previous: tuple[str, bytes, str | None] | None = None
+
+    @property
+    def restarting(self) -> bool:
+        """Whether an ICE restart waits for the peer's nomination under the new credentials."""
+        return self._previous is not None
+
+    @property
+    def previous_ufrag(self) -> str | None:
+        """Our local ufrag before the restart in progress, or None."""
+        return None if self._previous is None else self._previous[0]
 
     def set_remote_credentials(self, ufrag: str, pwd: str) -> None:
         """Learn the peer's ufrag and password from its SDP (RFC 8839 section 5.4).
@@ -222,6 +280,55 @@ class IceLiteAgent:
         """
         self.remote_ufrag = ufrag
         self.remote_pwd = pwd
+
+    def restart(self, local_ufrag: str, local_pwd: str, now: float) -> None:
+        """Start an ICE restart with new local credentials (RFC 8445 section 9, RFC 8839 5.4).
+
+        The peer's new credentials come with its offer or answer
+        (:meth:`set_remote_credentials`). The state, the selected address
+        and consent carry on: media keeps flowing on the old path until the
+        peer nominates one under the new credentials; until then checks
+        under the previous credentials are answered too. A restart before
+        the previous one completed replaces it. Refused in a terminal state.
+        """
+        if self.state not in _ANSWERING:
+            raise IceStateError(f"cannot restart ICE when {self.state.value}")
+        if local_ufrag in (self.local_ufrag, self.previous_ufrag):
+            raise IceStateError("an ICE restart needs a new ufrag")
+        if self._previous is None:
+            self._previous = (self.local_ufrag, self._key, self.remote_ufrag)
+        self.local_ufrag = local_ufrag
+        self.local_pwd = local_pwd
+        self._key = local_pwd.encode("utf-8")
+        self.remote_ufrag = None
+        self.remote_pwd = None
+        # Every address must prove itself again under the new credentials.
+        for address in self.validated:
+            self.validated[address] = False
+        if self.state in (IceState.NEW, IceState.CHECKING):
+            self._connect_deadline = now + self._connect_timeout
+        self.counters["restarts"] += 1
+
+    def rebind(self, addr: Address, now: float) -> bool:
+        """Media that authenticated under this peer's keys came from ``addr``.
+
+        The caller checked the packet's SRTP or SRTCP authentication tag, so
+        the peer (and nobody else) sent it: a NAT gave its path a new
+        address. While CONNECTED or DISCONNECTED, ``addr`` is validated and
+        selected at once. Consent is not refreshed (RFC 7675 section 5.1
+        wants a check for that; the peer's next one does it). Returns
+        whether the selected address moved.
+        """
+        address = (addr[0], addr[1])
+        if self.state not in (IceState.CONNECTED, IceState.DISCONNECTED):
+            return False
+        if address == self.selected:
+            return False
+        self._validate(address, current=True)
+        self.selected = address
+        self._events.append(SelectedAddress(address))
+        self.counters["rebinds_media"] += 1
+        return True
 
     # -- input -----------------------------------------------------------------
 
@@ -254,19 +361,22 @@ class IceLiteAgent:
         if fingerprint is False:
             self.counters["dropped_fingerprint"] += 1
             return None
+        key = self._key
         try:
-            self._check(msg, data, fingerprint)
+            key = self._check(msg, data, fingerprint)
         except IceCheckError as exc:
             self.counters[f"error_{exc.code}"] += 1
             # 420 and 487 come after authentication: those responses can be signed.
-            return self._error(msg, exc, signed=exc.code in (420, 487))
+            return self._error(msg, exc, key, signed=exc.code in (420, 487))
         self.counters["checks"] += 1
-        self._accept(msg, addr, now)
+        self._accept(msg, addr, now, current=key is self._key)
         response = stun.Message(stun.BINDING, stun.SUCCESS, msg.transaction_id)
         response.set(stun.XOR_MAPPED_ADDRESS, (addr[0], addr[1]))
-        return bytes(response.add_integrity(self._key).add_fingerprint())
+        return bytes(response.add_integrity(key).add_fingerprint())
 
-    def _check(self, msg: stun.Message, data: bytes, fingerprint: bool | None) -> None:
+    def _check(self, msg: stun.Message, data: bytes, fingerprint: bool | None) -> bytes:
+        """Authenticate a check; returns the key (password) of the generation
+        it was made under: the current one, or during a restart the previous."""
         raw_username = msg.get(stun.USERNAME)
         if raw_username is None or msg.get(stun.MESSAGE_INTEGRITY) is None:
             raise IceCheckError(400, "USERNAME and MESSAGE-INTEGRITY are required")
@@ -285,11 +395,17 @@ class IceLiteAgent:
         local, sep, remote = username.partition(":")
         if not sep:
             raise IceCheckError(400, "USERNAME is not local:remote")
-        if local != self.local_ufrag or (
-            self.remote_ufrag is not None and remote != self.remote_ufrag
-        ):
+        if local == self.local_ufrag:
+            key, remote_ufrag = self._key, self.remote_ufrag
+        elif self._previous is not None and local == self._previous[0]:
+            # RFC 8445 section 9: until the restart completes, the old
+            # generation's checks keep the old path's consent alive.
+            _, key, remote_ufrag = self._previous
+        else:
             raise IceCheckError(401, "unknown USERNAME")
-        if not stun.check_integrity(data, self._key):
+        if remote_ufrag is not None and remote != remote_ufrag:
+            raise IceCheckError(401, "unknown USERNAME")
+        if not stun.check_integrity(data, key):
             raise IceCheckError(401, "MESSAGE-INTEGRITY does not match")
         # RFC 8489 section 6.3.1, after authentication as turn/core.py does it.
         unknown = tuple(
@@ -304,37 +420,72 @@ class IceLiteAgent:
             # 6.1.1), so it acts as if its tie-breaker were the largest possible:
             # always 487, and the full agent switches to controlling.
             raise IceCheckError(487, "a lite agent is always controlled")
+        return key
 
-    def _accept(self, msg: stun.Message, addr: Address, now: float) -> None:
-        address = (addr[0], addr[1])
-        if address not in self.validated:
+    def _validate(self, address: Address, *, current: bool) -> None:
+        known = self.validated.get(address)
+        if known is None:
             if len(self.validated) >= MAX_VALIDATED:
-                del self.validated[next(iter(self.validated))]
-            self.validated[address] = None
+                oldest = next(iter(self.validated))
+                del self.validated[oldest]
+                self._events.append(ForgottenAddress(oldest))
+            self.validated[address] = current
             self._events.append(ValidatedAddress(address))
+        elif current and not known:
+            self.validated[address] = True
+
+    def _accept(self, msg: stun.Message, addr: Address, now: float, *, current: bool) -> None:
+        address = (addr[0], addr[1])
+        self._validate(address, current=current)
         if self.state is IceState.NEW:
             self._transition(_Input.CHECK, "first valid check")
-        if msg.get(stun.USE_CANDIDATE) is not None:
+        if msg.get(stun.USE_CANDIDATE) is not None and (current or self._previous is None):
             # RFC 8445 section 7.3.1.5: a lite agent selects the nominated pair at once.
             self._consent_at = now
             self._transition(_Input.NOMINATE, "USE-CANDIDATE")
             if address != self.selected:
                 self.selected = address
                 self._events.append(SelectedAddress(address))
+            if current and self._previous is not None:
+                self._complete_restart()
         elif address == self.selected:
             self._consent_at = now
             self._transition(_Input.CONSENT, "consent check")
+        elif (
+            self.state in (IceState.CONNECTED, IceState.DISCONNECTED)
+            and now - self._consent_at >= self.rebind_quiet
+        ):
+            # A NAT rebinding (or a path the peer fell back to): the selected
+            # address went quiet and this one proved it knows our password.
+            self.selected = address
+            self._events.append(SelectedAddress(address))
+            self.counters["rebinds_check"] += 1
+            self._consent_at = now
+            self._transition(_Input.CONSENT, "check from a new address")
         else:
             self._transition(_Input.CHECK, "check")
 
-    def _error(self, msg: stun.Message, exc: IceCheckError, *, signed: bool) -> bytes:
+    def _complete_restart(self) -> None:
+        """The peer nominated a pair under the new credentials (RFC 8445 section 9.3.1.4
+        for the lite side): the old generation, and the addresses only it validated, go."""
+        assert self._previous is not None
+        ufrag = self._previous[0]
+        self._previous = None
+        for address, current in list(self.validated.items()):
+            if not current:
+                del self.validated[address]
+                self._events.append(ForgottenAddress(address))
+        self._events.append(CredentialsRetired(ufrag))
+        self.counters["restarts_completed"] += 1
+
+    def _error(self, msg: stun.Message, exc: IceCheckError, key: bytes, *, signed: bool) -> bytes:
         response = stun.Message(stun.BINDING, stun.ERROR, msg.transaction_id)
         response.set(stun.ERROR_CODE, (exc.code, _REASONS[exc.code]))
         if isinstance(exc, _UnknownAttributes):
             response.set(stun.UNKNOWN_ATTRIBUTES, exc.unknown)
         if signed:
             # RFC 8489 section 9.1.3: errors to an authenticated request are signed.
-            response.add_integrity(self._key)
+            response.add_integrity(key)
         return bytes(response.add_fingerprint())
 
     # -- timers ----------------------------------------------------------------

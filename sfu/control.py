@@ -34,6 +34,7 @@ __all__ = [
     "RelayState",
     "RelayedLayer",
     "RelayedTrack",
+    "Restart",
     "Source",
     "TrackInfo",
     "TrackPaused",
@@ -44,6 +45,9 @@ __all__ = [
 
 Source = Literal["microphone", "camera", "screen", "screen_audio"]
 Direction = Literal["publish", "subscribe"]
+#: How :meth:`MediaControl.subscribe` renews a subscribe transport: new ICE
+#: credentials on the same one (RFC 8445 section 9), or a new transport.
+Restart = Literal["ice", "transport"]
 
 
 @dataclass(frozen=True)
@@ -388,11 +392,20 @@ class MediaControl(Protocol):
         a mid not in it is ``microphone`` for audio, ``camera`` for video."""
         ...
 
-    async def subscribe(self, room: str, participant: str, track_ids: Sequence[str]) -> str | None:
+    async def subscribe(
+        self,
+        room: str,
+        participant: str,
+        track_ids: Sequence[str],
+        restart: Restart | None = None,
+    ) -> str | None:
         """Make ``track_ids`` exactly the set the participant receives; returns
         the worker's new offer for the subscribe transport, or None when the
         set did not change. Stopped tracks keep their m= section (port 0) so
-        later offers line up. The next offer waits for :meth:`answer`."""
+        later offers line up. The next offer waits for :meth:`answer`.
+        ``restart``: ``"ice"`` offers new ICE credentials on the same
+        transport (an ICE restart: DTLS and SRTP stay), ``"transport"`` a new
+        transport (a new peer connection on the client)."""
         ...
 
     async def answer(self, room: str, participant: str, sdp: str) -> None:

@@ -123,6 +123,28 @@ class _WorkerCollector(Collector):
             "Forwarder counters summed over every room, closed ones included, by event.",
             labels=["event"],
         )
+        paths = CounterMetricFamily(
+            "sfu_path_changes",
+            "Path changes of peer transports, by event: ice_restart (a client restarted"
+            " ICE), ice_restart_completed, moved (a connected transport's path moved),"
+            " rebinding (authenticated media from a new address moved it), pair_change"
+            " (authenticated media from another validated address moved it), forged"
+            " (media from a new address that no key authenticated: refused).",
+            labels=["event"],
+        )
+        merged_paths: dict[str, int] = {}
+        for s in snapshots:
+            for key, value in s.get("paths", {}).items():
+                merged_paths[key] = merged_paths.get(key, 0) + value
+        for key in (
+            "ice_restart",
+            "ice_restart_completed",
+            "moved",
+            "rebinding",
+            "pair_change",
+            "forged",
+        ):
+            paths.add_metric([key], merged_paths.get(key, 0))
         merged_dropped: dict[str, int] = {}
         merged_totals: dict[str, int] = {}
         for s in snapshots:
@@ -200,6 +222,7 @@ class _WorkerCollector(Collector):
         yield rooms
         yield transports
         yield dropped
+        yield paths
         yield totals
         yield participants
         yield tracks

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 from rtc.dtls import DtlsCertificate
-from rtc.errors import DtlsError, SdpNegotiationError
+from rtc.errors import DtlsError, IceStateError, SdpNegotiationError
 from rtc.ice import Address
 from rtc.sdp import (
     ABS_SEND_TIME,
@@ -55,7 +55,7 @@ from rtc.sdp import (
     offer_for_subscriber,
 )
 from sfu.bandwidth import BandwidthFeedback, RembEstimator
-from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Source, TrackInfo
+from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Restart, Source, TrackInfo
 from sfu.errors import SfuStateError
 from sfu.forward import Forwarder, ForwarderStats, Subscription
 from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track
@@ -117,6 +117,7 @@ class WorkerControl(abc.ABC):
     reports: ReportScheduler
     bandwidth: BandwidthFeedback
     totals: Counter[str]
+    paths: Counter[str]
     _fingerprint: str
     _rooms: dict[str, Room]
     _peers: set[Peer]
@@ -350,10 +351,13 @@ class WorkerControl(abc.ABC):
         if fresh:
             peer = self._new_peer(room, participant, "publish", now)
         assert peer is not None
+        if not fresh and _ice_restart(peer.transport, params.ice_ufrag, params.ice_pwd):
+            _restart_ice(peer, self._by_ufrag, now)
+            self.paths["ice_restart"] += 1
         try:
             try:
-                # A renegotiation repeats the same parameters (a no-op); new
-                # ones would be an ICE restart, which needs a new transport.
+                # A renegotiation repeats the same parameters (a no-op); after
+                # an ICE restart the peer's new credentials are taken.
                 peer.transport.set_remote(
                     params.ice_ufrag,
                     params.ice_pwd,
@@ -504,26 +508,42 @@ class WorkerControl(abc.ABC):
         peer.rid_tracks[item.mid] = track
         return track
 
-    async def subscribe(self, room: str, participant: str, track_ids: Sequence[str]) -> str | None:
+    async def subscribe(
+        self,
+        room: str,
+        participant: str,
+        track_ids: Sequence[str],
+        restart: Restart | None = None,
+    ) -> str | None:
         """Offer exactly ``track_ids`` on the participant's subscribe transport (RFC 8829 5.2).
 
         Returns None when nothing changed (or the participant receives nothing
         and has no subscribe transport yet). Forwarding of dropped tracks stops
         at once; their sections stay, stopped (see :class:`Section`), so mids
         line up. Each new track gets a new section at the end, with a new SSRC.
+        ``restart="ice"`` offers new ICE credentials on the same transport
+        (RFC 8445 section 9: DTLS, SRTP, SSRCs and layers stay);
+        ``restart="transport"`` closes the transport and offers on a new one.
         Raises SfuStateError for an unknown track, the participant's own
         track, or while the previous offer is unanswered.
         """
         now = self._now()
         r = self._room(room)
         try:
-            return self._subscribe(r, participant, list(dict.fromkeys(track_ids)), now)
+            return self._subscribe(r, participant, list(dict.fromkeys(track_ids)), now, restart)
         finally:
             self._forget_if_empty(r)
             self._flush_rtcp(r)
             self._rearm()
 
-    def _subscribe(self, room: Room, participant: str, wanted: list[str], now: float) -> str | None:
+    def _subscribe(
+        self,
+        room: Room,
+        participant: str,
+        wanted: list[str],
+        now: float,
+        restart: Restart | None = None,
+    ) -> str | None:
         tracks: list[Track] = []
         for track_id in wanted:
             track = room.tracks.get(track_id)
@@ -534,9 +554,9 @@ class WorkerControl(abc.ABC):
             tracks.append(track)
         p = room.participants.get(participant)
         peer = p.subscribe if p is not None else None
-        if peer is not None and peer.transport.state in TERMINAL:
+        if peer is not None and (peer.transport.state in TERMINAL or restart == "transport"):
             # Its client needs a new peer connection: start over, whatever
-            # offer the dead transport still had outstanding.
+            # offer the old transport still had outstanding.
             self._close_peer(peer, "replaced")
             assert p is not None
             p.subscribe = peer = None
@@ -545,11 +565,15 @@ class WorkerControl(abc.ABC):
         if peer is None and not tracks:
             return None
 
+        changed = False
         if peer is None:
             peer = self._new_peer(room, participant, "subscribe", now)
             self._participant(room, participant).subscribe = peer
+        elif restart == "ice" and peer.transport.dtls is not None:
+            _restart_ice(peer, self._by_ufrag, now)
+            self.paths["ice_restart"] += 1
+            changed = True
         wanted_set = set(wanted)
-        changed = False
         current: set[str] = set()
         for index, section in enumerate(peer.sections):
             if not section.live:
@@ -912,13 +936,48 @@ def _new_connection(
     ``RTCPeerConnection`` (browsers make a certificate per connection), which
     gets a new transport. New credentials with the same certificate are an
     ICE restart (RFC 8445 section 9) on the old connection, which keeps its
-    DTLS association: not supported, and ``set_remote`` refuses it.
+    DTLS association (:func:`_ice_restart`).
     """
     ice = transport.ice
     if ice.remote_ufrag is None or (ice.remote_ufrag, ice.remote_pwd) == (ufrag, pwd):
         return False
     known = {(a.lower(), v.strip().upper()) for a, v in transport.remote_fingerprints}
     return not known & {(a.lower(), v.strip().upper()) for a, v in fingerprints}
+
+
+def _ice_restart(transport: PeerTransport, ufrag: str, pwd: str) -> bool:
+    """Whether an offer on ``transport``'s own peer connection (same certificate:
+    :func:`_new_connection` said so) carries new ICE credentials: the client
+    restarts ICE (RFC 8445 section 9, RFC 8839 section 4.4.1.1.1)."""
+    ice = transport.ice
+    if transport.dtls is None or ice.remote_ufrag is None:
+        return False
+    return (ice.remote_ufrag, ice.remote_pwd) != (ufrag, pwd)
+
+
+def _restart_ice(peer: Peer, by_ufrag: dict[str, Peer], now: float) -> None:
+    """New local ICE credentials on ``peer``'s transport, in its next SDP too.
+
+    Checks reach the peer by either ufrag until the restart completes, when
+    the worker forgets the old one (:class:`rtc.ice.CredentialsRetired`).
+    """
+    transport = peer.transport
+    try:
+        transport.restart_ice(now)
+    except IceStateError as exc:
+        raise SfuStateError(str(exc)) from exc
+    by_ufrag[transport.local_ufrag] = peer
+    peer.local.ice_ufrag = transport.local_ufrag
+    peer.local.ice_pwd = transport.local_pwd
+    log.info(
+        "%s restarts ICE",
+        peer,
+        extra={
+            "room": peer.room.name,
+            "participant": peer.participant,
+            "direction": peer.direction,
+        },
+    )
 
 
 def _meaning(kind: str, codec: Codec) -> tuple[object, ...]:

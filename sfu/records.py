@@ -111,6 +111,7 @@ class Peer:
         "room",
         "rtcp_in",
         "rtcp_out",
+        "rtcp_ssrcs",
         "sections",
         "srtp_errors",
         "ssrcs",
@@ -163,6 +164,10 @@ class Peer:
         """Whether the worker's report scheduler has this leg (from its connection on)."""
         self.rtcp_in = 0
         self.rtcp_out = 0
+        self.rtcp_ssrcs: set[int] = set()
+        """Sender SSRCs of the peer's SRTCP that authenticated (a few: one per
+        receiver on some clients): how SRTCP from a new address (a NAT
+        rebinding) finds its transport."""
         self.sections: list[Section] = []
         self.ssrcs: set[int] = set()
         self.srtp_errors = 0

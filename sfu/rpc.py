@@ -51,6 +51,7 @@ from sfu.control import (
     PublishResult,
     RelayedTrack,
     RelayPeer,
+    Restart,
     Source,
     event_from_dict,
     event_to_dict,
@@ -322,9 +323,19 @@ class RemoteMedia:
         )
         return PublishResult.from_dict(result)
 
-    async def subscribe(self, room: str, participant: str, track_ids: Sequence[str]) -> str | None:
+    async def subscribe(
+        self,
+        room: str,
+        participant: str,
+        track_ids: Sequence[str],
+        restart: Restart | None = None,
+    ) -> str | None:
         result = await self._call(
-            "subscribe", room=room, participant=participant, track_ids=list(track_ids)
+            "subscribe",
+            room=room,
+            participant=participant,
+            track_ids=list(track_ids),
+            restart=restart,
         )
         return None if result is None else str(result)
 

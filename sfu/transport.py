@@ -33,12 +33,17 @@ The machine, in one table (:data:`TRANSITIONS`):
 * CHECKING becomes CONNECTED once ICE has selected a pair (USE-CANDIDATE)
   *and* the DTLS handshake is done *and* SRTP is keyed; in whichever order
   those happen, the last one does it.
-* A later nomination of another address (the peer moved) keeps CONNECTED and
-  says so with :class:`AddressSelected`.
+* A later nomination of another address (the peer moved), an ICE restart
+  (:meth:`~PeerTransport.restart_ice`, RFC 8445 section 9) and a NAT
+  rebinding (:meth:`~PeerTransport.rebind`) keep CONNECTED: the DTLS
+  association and the SRTP contexts stay, only the path changes, and
+  :class:`AddressSelected` says where it went. A completed restart retires
+  the previous local ufrag (:class:`rtc.ice.CredentialsRetired`).
 * Any failure (ICE connect timeout, consent expiry, a DTLS alert or timeout,
   a fingerprint mismatch, unusable SRTP keys) makes it FAILED. A close_notify
   from the peer, or :meth:`~PeerTransport.close`, makes it CLOSED. Both are
-  terminal: a peer that comes back needs a new transport.
+  terminal: a peer that comes back needs a new transport (a new peer
+  connection on its side: a new DTLS certificate).
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ from rtc.ice import (
     CONSENT_TIMEOUT,
     DISCONNECT_TIMEOUT,
     Address,
+    CredentialsRetired,
+    ForgottenAddress,
     IceLiteAgent,
     IceState,
     SelectedAddress,
@@ -161,7 +168,9 @@ class AddressSelected:
     address: Address
 
 
-TransportEvent = StateChanged | AddressValidated | AddressForgotten | AddressSelected
+TransportEvent = (
+    StateChanged | AddressValidated | AddressForgotten | AddressSelected | CredentialsRetired
+)
 
 
 class PeerTransport:
@@ -261,11 +270,14 @@ class PeerTransport:
         """
         ice = self.ice
         if self.dtls is not None:
-            if (ice.remote_ufrag, ice.remote_pwd) != (ice_ufrag, ice_pwd):
-                raise SfuStateError("new ICE credentials: an ICE restart needs a new transport")
             if self._fingerprints != _normal(fingerprints):
                 raise SfuStateError("new DTLS fingerprint: a new association needs a new transport")
-            return
+            if (ice.remote_ufrag, ice.remote_pwd) == (ice_ufrag, ice_pwd):
+                return
+            if ice.restarting and ice.remote_ufrag is None:
+                ice.set_remote_credentials(ice_ufrag, ice_pwd)
+                return
+            raise SfuStateError("new ICE credentials without an ICE restart")
         if self.state in TERMINAL:
             raise SfuStateError(f"transport is {self.state.value}")
         role = role_for_remote_setup(setup, default=DtlsRole.CLIENT)
@@ -287,7 +299,36 @@ class PeerTransport:
             dtls.start(now)
             self._dtls_io(now)
 
+    def restart_ice(self, now: float) -> None:
+        """Take new local ICE credentials for an ICE restart (RFC 8445 section 9).
+
+        The DTLS association, SRTP contexts and the selected path stay;
+        media keeps flowing there until the peer nominates a pair under the
+        new credentials. The peer's new credentials come through
+        :meth:`set_remote`. SfuStateError in a terminal state or before the
+        first negotiation (there is nothing to restart).
+        """
+        if self.state in TERMINAL:
+            raise SfuStateError(f"transport is {self.state.value}")
+        if self.dtls is None:
+            raise SfuStateError("nothing to restart before the first negotiation")
+        ufrag, pwd = random_credentials()
+        self.ice.restart(ufrag, pwd, now)
+
     # -- input -------------------------------------------------------------------
+
+    def rebind(self, addr: Address, now: float) -> bool:
+        """SRTP or SRTCP that authenticated under this transport's keys came from ``addr``,
+        a new address (a NAT rebinding): send there from now on.
+
+        The caller verified the packet's authentication tag with :attr:`srtp`,
+        which only the peer can produce. Returns whether the path moved.
+        """
+        if self.state is not PeerState.CONNECTED:
+            return False
+        moved = self.ice.rebind(addr, now)
+        self._ice_events(now)
+        return moved
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Process one STUN or DTLS datagram from ``addr`` (RFC 7983 section 7).
@@ -398,7 +439,15 @@ class PeerTransport:
         ice = self.ice
         while (event := ice.next_event()) is not None:
             if isinstance(event, ValidatedAddress):
-                self._add_validated(event.address)
+                if event.address not in self._validated:
+                    self._validated.add(event.address)
+                    self._events.append(AddressValidated(event.address))
+            elif isinstance(event, ForgottenAddress):
+                if event.address in self._validated:
+                    self._validated.discard(event.address)
+                    self._events.append(AddressForgotten(event.address))
+            elif isinstance(event, CredentialsRetired):
+                self._events.append(event)
             elif isinstance(event, SelectedAddress):
                 self.remote = event.address
                 self._events.append(AddressSelected(event.address))
@@ -413,18 +462,6 @@ class PeerTransport:
                 elif event.new is IceState.CHECKING and self.state is PeerState.NEW:
                     self._transition(_In.CHECK, "ICE check")
                 # DISCONNECTED is a warning only: the peer's checks may come back.
-
-    def _add_validated(self, address: Address) -> None:
-        if address in self._validated:
-            return
-        self._validated.add(address)
-        self._events.append(AddressValidated(address))
-        current = self.ice.validated
-        if len(self._validated) > len(current):
-            # The agent forgot its oldest addresses (rtc.ice.MAX_VALIDATED).
-            for gone in [a for a in self._validated if a not in current]:
-                self._validated.discard(gone)
-                self._events.append(AddressForgotten(gone))
 
     def _flush_dtls(self) -> None:
         dtls = self.dtls

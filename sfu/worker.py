@@ -18,8 +18,14 @@ Demultiplexing (RFC 7983 section 7) on one port shared by every peer:
 * STUN is always routed by the local ufrag in its USERNAME (RFC 8445 section
   7.3), even from a known address, so two transports that share a remote
   address (a client behind one NAT binding) cannot answer each other's checks;
-* anything else from an unknown address (DTLS or SRTP from a stranger,
-  garbage) is dropped and counted; nothing a peer sends raises.
+* SRTP or SRTCP from an unknown address may be a connected peer whose NAT
+  gave it a new port: the transports that know its SSRC try to authenticate
+  it, and the one whose keys do moves its path there (a NAT rebinding, with
+  no renegotiation); a packet no key authenticates is a forged path move,
+  counted and dropped. Authenticated media from another validated address of
+  its own peer moves the path the same way (the peer changed pairs);
+* anything else from an unknown address (DTLS from a stranger, garbage) is
+  dropped and counted; nothing a peer sends raises.
 
 The hot path runs synchronously in :meth:`MediaWorker.datagram_received`:
 SRTP unprotect once, :meth:`Forwarder.route_into` into one reused list, then
@@ -78,7 +84,13 @@ import pylibsrtp
 from rtc import demux
 from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError, RtpParseError
-from rtc.ice import CONNECT_TIMEOUT, CONSENT_TIMEOUT, Address, local_ufrag_of
+from rtc.ice import (
+    CONNECT_TIMEOUT,
+    CONSENT_TIMEOUT,
+    Address,
+    CredentialsRetired,
+    local_ufrag_of,
+)
 from rtc.rtcp import (
     Fir,
     Nack,
@@ -204,6 +216,9 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         """transport-cc or REMB to every publisher transport that negotiated one."""
         self.counters: Counter[str] = Counter()
         """Datagrams dropped by the worker itself, by reason (metrics: ``sfu_dropped_total``)."""
+        self.paths: Counter[str] = Counter()
+        """Path changes of peer transports, by event (metrics: ``sfu_path_changes_total``)."""
+        self._strangers = _StrangerBudget()
         self.totals: Counter[str] = Counter()
         """Forwarder counters of rooms that are gone, so worker totals never go down."""
         self._rooms: dict[str, Room] = {}
@@ -383,6 +398,10 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                     return
                 peer.packets_in += 1
                 peer.octets_in += len(data)
+                if addr != peer.addr:
+                    # The peer sends from another of its validated addresses:
+                    # it changed pairs, so answer there.
+                    self._path_moved(peer, addr, "pair_change")
                 self._route(peer, plain, self._time())
                 return
         elif peer is None:
@@ -466,6 +485,9 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             self._service(target)
             self._soon(target.transport.get_timer())
         elif peer is None:
+            if kind in (demux.RTP, demux.RTCP) and len(data) > 11:
+                self._stranger_media(data, addr, kind, now)
+                return
             if kind == demux.DTLS:
                 self._early_link_dtls(data, addr)
             reason = {
@@ -479,11 +501,61 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             self._service(peer)
             self._soon(peer.transport.get_timer())
         elif kind == demux.RTCP:
-            self._rtcp(peer, data, now)
+            self._rtcp(peer, data, addr, now)
         else:
             self.counters["garbage" if kind != demux.RTP else "rtp_too_short"] += 1
 
-    def _rtcp(self, peer: Peer, data: bytes, now: float) -> None:
+    def _stranger_media(self, data: bytes, addr: Address, kind: int, now: float) -> None:
+        """SRTP or SRTCP from an address no transport validated: a NAT rebinding or a forgery.
+
+        The connected transports that know the packet's SSRC (a publisher's
+        media SSRC, or the sender SSRC of a peer's earlier SRTCP) try their
+        keys; the first that authenticates it moves its path to ``addr``
+        and the packet is used. libsrtp checks the tag before it touches the
+        replay window, so a wrong key's attempt changes nothing. The search
+        is bounded per second (:class:`_StrangerBudget`) so a flood of forged
+        packets costs little.
+        """
+        if not self._strangers.take(now):
+            self.counters["srtp_stranger"] += 1
+            return
+        rtcp = kind == demux.RTCP
+        (ssrc,) = _SSRC.unpack_from(data, 4 if rtcp else 8)
+        tried = 0
+        for peer in self._peers:
+            if peer.unprotect is None or not (
+                ssrc in peer.recv_stats or (rtcp and ssrc in peer.rtcp_ssrcs)
+            ):
+                continue
+            tried += 1
+            unprotect = peer.unprotect_rtcp if rtcp else peer.unprotect
+            assert unprotect is not None
+            try:
+                plain = unprotect(data)
+            except _SRTP_ERRORS:
+                if tried >= _STRANGER_TRIES:
+                    break
+                continue
+            self._path_moved(peer, addr, "rebinding")
+            if rtcp:
+                self._rtcp_plain(peer, plain, now)
+            else:
+                peer.packets_in += 1
+                peer.octets_in += len(data)
+                self._route(peer, plain, now)
+            return
+        if tried:
+            # Somebody else's SSRC without its keys: never a reason to move a path.
+            self.paths["forged"] += 1
+        self.counters["srtp_stranger"] += 1
+
+    def _path_moved(self, peer: Peer, addr: Address, how: str) -> None:
+        """Authenticated media came from ``addr``: the peer's path is there now."""
+        if peer.transport.rebind(addr, self._now()):
+            self.paths[how] += 1
+            self._service(peer)
+
+    def _rtcp(self, peer: Peer, data: bytes, addr: Address, now: float) -> None:
         unprotect = peer.unprotect_rtcp
         if unprotect is None:
             self.counters["srtp_not_keyed"] += 1
@@ -493,12 +565,21 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         except _SRTP_ERRORS:
             peer.srtp_errors += 1
             return
+        if addr != peer.addr:
+            self._path_moved(peer, addr, "pair_change")
+        self._rtcp_plain(peer, plain, now)
+
+    def _rtcp_plain(self, peer: Peer, plain: bytes, now: float) -> None:
         try:
             packets = parse_compound(plain)
         except RtcpParseError:
             self.counters["rtcp_malformed"] += 1
             return
         peer.rtcp_in += 1
+        (ssrc,) = _SSRC.unpack_from(plain, 4)
+        known = peer.rtcp_ssrcs
+        if ssrc not in known and len(known) < _RTCP_SSRCS:
+            known.add(ssrc)
         self._rtcp_packets(peer, packets, now)
 
     def _rtcp_packets(self, peer: Peer, packets: Sequence[RtcpPacket], now: float) -> None:
@@ -582,7 +663,35 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                     del self._by_addr[event.address]
                 peer.addresses.discard(event.address)
             elif isinstance(event, AddressSelected):
+                moved = peer.addr is not None and peer.addr != event.address
                 peer.addr = event.address
+                if moved and transport.state is PeerState.CONNECTED:
+                    self.paths["moved"] += 1
+                    log.info(
+                        "%s path moved to %s",
+                        peer,
+                        event.address,
+                        extra={
+                            "room": peer.room.name,
+                            "participant": peer.participant,
+                            "direction": peer.direction,
+                            "address": event.address,
+                        },
+                    )
+            elif isinstance(event, CredentialsRetired):
+                if self._by_ufrag.get(event.ufrag) is peer:
+                    del self._by_ufrag[event.ufrag]
+                self.paths["ice_restart_completed"] += 1
+                if transport.state is PeerState.CONNECTED:
+                    self._emit(
+                        TransportState(
+                            peer.room.name,
+                            peer.participant,
+                            peer.direction,
+                            "connected",
+                            "ICE restart completed",
+                        )
+                    )
             elif isinstance(event, StateChanged):
                 if event.new is PeerState.CONNECTED:
                     self._connected(peer)
@@ -681,8 +790,9 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             if self._by_addr.get(address) is peer:
                 del self._by_addr[address]
         peer.addresses.clear()
-        if self._by_ufrag.get(peer.transport.local_ufrag) is peer:
-            del self._by_ufrag[peer.transport.local_ufrag]
+        for ufrag in (peer.transport.local_ufrag, peer.transport.ice.previous_ufrag):
+            if ufrag is not None and self._by_ufrag.get(ufrag) is peer:
+                del self._by_ufrag[ufrag]
         self._peers.discard(peer)
         for name, value in peer.transport.counters.items():
             self.counters[f"transport_{name}"] += value
@@ -946,6 +1056,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                     dropped[ours] += self._fanout.counters()[theirs]
         return {
             "port": self.port,
+            "paths": dict(self.paths),
             "dropped": dict(dropped),
             "totals": dict(totals),
             "transports": len(self._peers),
@@ -955,6 +1066,35 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
 
 # --- helpers --------------------------------------------------------------------------
+
+# Sender SSRCs of SRTCP remembered per transport (for a rebinding's lookup).
+_RTCP_SSRCS = 8
+# At most this many transports try to authenticate one packet from a stranger.
+# Media SSRCs are random, but every Chromium subscriber sends its receiver
+# reports from SSRC 1, so SRTCP may have several candidates.
+_STRANGER_TRIES = 16
+
+
+class _StrangerBudget:
+    """How many packets from unknown addresses may search for their transport
+    per second: a NAT rebinding needs one, a flood of forgeries gets the rest
+    dropped unsearched."""
+
+    __slots__ = ("_left", "_second")
+    PER_SECOND = 200
+
+    def __init__(self) -> None:
+        self._second = -1.0
+        self._left = 0
+
+    def take(self, now: float) -> bool:
+        second = now // 1.0
+        if second != self._second:
+            self._second, self._left = second, self.PER_SECOND
+        if self._left <= 0:
+            return False
+        self._left -= 1
+        return True
 
 
 def _running_loop_time() -> float:

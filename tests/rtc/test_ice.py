@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from aioice import stun as astun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtc.errors import IceStateError
 from rtc.ice import (
     TRANSITIONS,
+    CredentialsRetired,
+    ForgottenAddress,
     IceLiteAgent,
     IceState,
     SelectedAddress,
@@ -417,3 +421,110 @@ def test_transitions_follow_the_table(ops: list[tuple[str, Any, bool]]) -> None:
             assert a.get_timer() is not None
         if state in (IceState.FAILED, IceState.CLOSED):
             assert a.get_timer() is None
+
+
+# -- ICE restarts and NAT rebinding ---------------------------------------------------
+
+NEW_UFRAG, NEW_PWD = "srvV", "newserverpassword0123456"
+NEW_REMOTE_UFRAG, NEW_REMOTE_PWD = "brwV", "newbrowserpassword012345"
+ADDR3 = ("203.0.113.9", 40000)
+
+
+def new_request(**kwargs: Any) -> bytes:
+    return request(username=f"{NEW_UFRAG}:{NEW_REMOTE_UFRAG}", pwd=NEW_PWD, **kwargs)[0]
+
+
+def connected(now: float = 0.0) -> IceLiteAgent:
+    a = agent(now)
+    a.receive_stun(request(use_candidate=True)[0], ADDR, now)
+    events(a)
+    return a
+
+
+def test_restart_answers_both_generations_until_the_new_one_nominates() -> None:
+    a = connected()
+    a.restart(NEW_UFRAG, NEW_PWD, 1.0)
+    assert a.restarting and a.previous_ufrag == LOCAL_UFRAG
+    assert a.remote_ufrag is None  # the peer's come with its SDP
+    a.set_remote_credentials(NEW_REMOTE_UFRAG, NEW_REMOTE_PWD)
+    # The old path's consent checks are still answered, signed with the old password.
+    old = a.receive_stun(request()[0], ADDR, 2.0)
+    assert old is not None and stun.check_integrity(old, LOCAL_PWD.encode())
+    # The new generation checks a new path; until it nominates, the old one stays.
+    fresh = a.receive_stun(new_request(), ADDR2, 2.5)
+    assert fresh is not None and stun.check_integrity(fresh, NEW_PWD.encode())
+    assert events(a) == [ValidatedAddress(ADDR2)]
+    assert a.selected == ADDR and a.restarting
+    # A nomination under the new credentials moves the path and ends the old generation.
+    a.receive_stun(new_request(use_candidate=True), ADDR2, 3.0)
+    assert events(a) == [
+        SelectedAddress(ADDR2),
+        ForgottenAddress(ADDR),
+        CredentialsRetired(LOCAL_UFRAG),
+    ]
+    assert a.selected == ADDR2 and not a.restarting
+    assert list(a.validated) == [ADDR2]
+    assert state(a) is IceState.CONNECTED
+    # The old credentials are refused from now on (401, unsigned).
+    refused = a.receive_stun(request()[0], ADDR, 4.0)
+    assert refused is not None
+    assert stun.Message.parse(refused).decoded(stun.ERROR_CODE)[0] == 401
+    assert a.counters["restarts"] == a.counters["restarts_completed"] == 1
+
+
+def test_restart_from_a_dead_path_reconnects() -> None:
+    a = connected()
+    a.handle_timer(10.0)  # the old path went silent: DISCONNECTED, not yet FAILED
+    assert state(a) is IceState.DISCONNECTED
+    a.restart(NEW_UFRAG, NEW_PWD, 11.0)
+    a.set_remote_credentials(NEW_REMOTE_UFRAG, NEW_REMOTE_PWD)
+    a.receive_stun(new_request(use_candidate=True), ADDR2, 12.0)
+    assert state(a) is IceState.CONNECTED and a.selected == ADDR2
+    # The same address may carry both generations: it stays validated.
+    b = connected()
+    b.restart(NEW_UFRAG, NEW_PWD, 1.0)
+    b.receive_stun(new_request(use_candidate=True), ADDR, 2.0)
+    assert ForgottenAddress(ADDR) not in events(b)
+    assert list(b.validated) == [ADDR]
+
+
+def test_old_generation_nomination_does_not_end_a_restart() -> None:
+    a = connected()
+    a.restart(NEW_UFRAG, NEW_PWD, 1.0)
+    a.receive_stun(request(use_candidate=True)[0], ADDR, 2.0)
+    assert a.restarting and a.selected == ADDR
+    assert not [e for e in events(a) if isinstance(e, CredentialsRetired)]
+
+
+def test_restart_is_refused_when_terminal_or_with_the_same_ufrag() -> None:
+    a = connected()
+    with pytest.raises(IceStateError):
+        a.restart(LOCAL_UFRAG, NEW_PWD, 1.0)
+    a.close()
+    with pytest.raises(IceStateError):
+        a.restart(NEW_UFRAG, NEW_PWD, 1.0)
+
+
+def test_media_from_a_new_address_moves_the_path() -> None:
+    a = connected()
+    assert a.rebind(ADDR3, 1.0)
+    assert events(a) == [ValidatedAddress(ADDR3), SelectedAddress(ADDR3)]
+    assert a.selected == ADDR3
+    assert not a.rebind(ADDR3, 1.5)  # already there
+    # Not before the peer ever connected: there is no path to move.
+    assert not agent().rebind(ADDR3, 1.0)
+
+
+def test_a_check_from_a_new_address_moves_only_a_quiet_path() -> None:
+    a = connected()
+    # A backup pair's check while the selected path is alive: validated, not selected.
+    a.receive_stun(request()[0], ADDR2, 2.0)
+    assert events(a) == [ValidatedAddress(ADDR2)]
+    assert a.selected == ADDR
+    # The NAT gave the peer a new port and its old one is silent: the check moves the path.
+    a.receive_stun(request()[0], ADDR3, 7.0)
+    assert events(a) == [ValidatedAddress(ADDR3), SelectedAddress(ADDR3)]
+    assert a.selected == ADDR3 and a.counters["rebinds_check"] == 1
+    # A check with a bad password from yet another address moves nothing.
+    a.receive_stun(request(pwd="wrongpassword0123456789x")[0], ADDR2, 20.0)
+    assert a.selected == ADDR3 and events(a) == []

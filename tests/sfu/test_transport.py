@@ -25,7 +25,7 @@ from rtc.dtls import (
     DtlsState,
     HandshakeComplete,
 )
-from rtc.ice import MAX_VALIDATED, Address
+from rtc.ice import MAX_VALIDATED, Address, CredentialsRetired
 from rtc.rtp import RtpPacket
 from rtc.srtp import SrtpSession
 from sfu.errors import SfuStateError
@@ -57,10 +57,12 @@ def check(
     *,
     use_candidate: bool = False,
     pwd: str | None = None,
+    ufrag: str | None = None,
+    remote: str = CLIENT_UFRAG,
 ) -> bytes:
     """A Binding request as a controlling browser sends it, built by aioice."""
     msg = astun.Message(message_method=astun.Method.BINDING, message_class=astun.Class.REQUEST)
-    msg.attributes["USERNAME"] = f"{transport.local_ufrag}:{CLIENT_UFRAG}"
+    msg.attributes["USERNAME"] = f"{ufrag or transport.local_ufrag}:{remote}"
     msg.attributes["PRIORITY"] = 1853817087
     msg.attributes["ICE-CONTROLLING"] = 0x1234567890ABCDEF
     if use_candidate:
@@ -433,10 +435,65 @@ def test_renegotiation_repeats_parameters_or_is_refused() -> None:
     link = publish_link()
     fp = [("sha-256", CLIENT_CERT.fingerprint())]
     link.t.set_remote(CLIENT_UFRAG, CLIENT_PWD, fp, "actpass", 1.0)  # same: no-op
+    # New credentials without our restart_ice, or a new certificate: refused.
     with pytest.raises(SfuStateError):
         link.t.set_remote("newU", CLIENT_PWD, fp, "actpass", 1.0)
     with pytest.raises(SfuStateError):
         link.t.set_remote(CLIENT_UFRAG, CLIENT_PWD, [("sha-256", "AA:BB")], "actpass", 1.0)
+
+
+def test_ice_restart_keeps_dtls_and_srtp_and_moves_the_path() -> None:
+    link = publish_link()
+    connect(link)
+    srtp, browser_srtp = link.t.srtp, link.b.srtp
+    assert srtp is not None and browser_srtp is not None
+    old_ufrag, old_pwd = link.t.local_ufrag, link.t.local_pwd
+    link.events.clear()
+    # The phone's network changed: its offer has new credentials, same certificate.
+    link.t.restart_ice(link.now)
+    assert link.t.local_ufrag != old_ufrag
+    fp = [("sha-256", CLIENT_CERT.fingerprint())]
+    link.t.set_remote("brwV", "newbrowserpassword012345", fp, "actpass", link.now)
+    # Checks under the old credentials keep the old path until the new one is nominated.
+    link.send(check(link.t, ufrag=old_ufrag, pwd=old_pwd))
+    assert link.t.remote == CLIENT
+    link.now += 1.0
+    link.t.receive_datagram(check(link.t, use_candidate=True, remote="brwV"), OTHER, link.now)
+    link.pump()
+    assert AddressValidated(OTHER) in link.events
+    assert AddressSelected(OTHER) in link.events
+    assert AddressForgotten(CLIENT) in link.events
+    assert CredentialsRetired(old_ufrag) in link.events
+    assert link.t.remote == OTHER and link.t.validated == frozenset({OTHER})
+    # Same DTLS association and SRTP contexts: media keeps its keys.
+    assert link.t.srtp is srtp
+    assert state(link.t) is PeerState.CONNECTED and link.states() == []
+    plain = rtp(seq=7)
+    assert srtp.inbound.unprotect(browser_srtp.outbound.protect(plain)) == plain
+
+
+def test_ice_restart_needs_a_negotiated_live_transport() -> None:
+    with pytest.raises(SfuStateError):
+        PeerTransport(SERVER_CERT, now=0.0).restart_ice(0.0)
+    link = publish_link()
+    connect(link)
+    link.t.close()
+    with pytest.raises(SfuStateError):
+        link.t.restart_ice(1.0)
+
+
+def test_authenticated_media_from_a_new_address_rebinds() -> None:
+    link = publish_link()
+    connect(link)
+    link.events.clear()
+    assert link.t.rebind(STRANGER, link.now)
+    assert link.events == [] and link.t.remote == STRANGER
+    link.pump()
+    assert link.events == [AddressValidated(STRANGER), AddressSelected(STRANGER)]
+    assert STRANGER in link.t.validated
+    assert not link.t.rebind(STRANGER, link.now)  # already there
+    # A transport that is not connected has no path to move.
+    assert not PeerTransport(SERVER_CERT, now=0.0).rebind(STRANGER, 0.0)
 
 
 # --- the transition table ----------------------------------------------------------------

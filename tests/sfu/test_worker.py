@@ -431,13 +431,18 @@ async def test_a_new_publish_connection_replaces_the_old_one(
     first = await start_call(peers, events, video=False)
     old_ids = list(first.tracks.values())
 
-    # An ICE restart on the same connection (same certificate) is refused:
-    # its DTLS association would have to survive on a new transport.
+    # New ICE credentials on the same connection (same certificate) are an
+    # ICE restart (RFC 8445 section 9): the transport stays, with its tracks,
+    # and the answer carries new credentials of ours.
+    before = SessionDescription.parse(first.pc.remoteDescription.sdp).transport()
     restart = first.pc.localDescription.sdp
     restart = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:rstU", restart)
     restart = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:restartpassword0123456789", restart)
-    with pytest.raises(SdpNegotiationError):
-        await worker.publish(ROOM, "doctor", restart, {})
+    restarted = await worker.publish(ROOM, "doctor", restart, {})
+    assert restarted.added == [] and restarted.removed == []
+    after = SessionDescription.parse(restarted.answer).transport()
+    assert (after.ice_ufrag, after.ice_pwd) != (before.ice_ufrag, before.ice_pwd)
+    assert worker.paths["ice_restart"] == 1
     assert list(first.tracks.values()) == old_ids
 
     # A new RTCPeerConnection (new credentials and certificate) takes over.
