@@ -18,11 +18,20 @@
 // The camera goes out as three simulcast layers (captured at 1280x720), so
 // the server can give each viewer the layer their link and tile fit;
 // `simulcast=0` sends one layer (captured at 640x360) instead.
+// `relay=1` sends media only through the TURN relay the server names;
+// `relay=udp|tcp|tls` only through that one of its listeners (for networks
+// that block everything else, and to test those paths).
+//
+// When a media path dies (a phone leaving Wi-Fi) wadud-call.js restarts ICE
+// and, failing that, makes new peer connections, by itself: this page only
+// shows "Reconnecting…" on the tiles it affects (everyone's, when it is our
+// own path; one person's, when the server says theirs is).
 //
 // For tests and embedders: `window.wadudCall` is the WadudCall once joining
 // starts (see its stats()), and a page that frames this one receives
 // {source: 'wadud-call', type: 'state', state, reason} messages, and
-// {source: 'wadud-call', type: 'media', reason} when media reconnects.
+// {source: 'wadud-call', type: 'media', state: 'reconnecting' | 'connected',
+// reason} when our media path is lost and when it is back.
 
 import { WadudCall } from './wadud-call.js';
 import { ConsultChat } from './consult-chat.js';
@@ -34,6 +43,7 @@ const token = takeToken();
 const claims = readClaims(token);
 const options = new URLSearchParams(location.search);
 const SIMULCAST = options.get('simulcast') !== '0';
+const RELAY = { 1: true, true: true, udp: 'udp', tcp: 'tcp', tls: 'tls' }[options.get('relay')] || null;
 i18n.translatePage();
 const BASE_TITLE = document.title;
 
@@ -298,7 +308,7 @@ async function join() {
   stopMeter();
   // Made on this click, so the waiting-room tone may play later.
   try { alertSound = new AudioContext(); } catch (_) { alertSound = null; }
-  call = new WadudCall({ token, room, simulcast: SIMULCAST, name: typedName || null });
+  call = new WadudCall({ token, room, simulcast: SIMULCAST, name: typedName || null, relay: RELAY });
   window.wadudCall = call;
   call.addEventListener('state', (e) => onState(e.detail));
   call.addEventListener('participantjoined', (e) => addPerson(e.detail.participant));
@@ -313,13 +323,10 @@ async function join() {
   call.addEventListener('views', () => scheduleViews());
   call.addEventListener('roomsettings', (e) => { $('require-admission').checked = e.detail.require_admission; });
   call.addEventListener('error', (e) => toast(e.detail.message || e.detail.code));
-  call.addEventListener('mediareconnect', (e) => {
-    // The room moved to another media server; the call reconnects by itself.
-    toast(i18n.t('reconnecting.video'));
-    if (window.parent !== window) {
-      window.parent.postMessage({ source: 'wadud-call', type: 'media', reason: e.detail.reason }, '*');
-    }
-  });
+  // The room moved to another media server; the call reconnects by itself.
+  call.addEventListener('mediareconnect', () => toast(i18n.t('reconnecting.video')));
+  call.addEventListener('media', (e) => onMedia(e.detail));
+  call.addEventListener('participantmedia', () => showReconnecting());
 
   await call.publish({ microphone, camera: wantCamera ? camera : null });
   if (microphone && !wantMic) await call.setMuted('microphone', true);
@@ -535,6 +542,10 @@ function tile(key, label) {
   tiles.set(key, t);
   const pid = key.split(':')[0];
   if (call && call.quality.has(pid) && !key.endsWith(':screen')) showQuality(pid, call.quality.get(pid));
+  if (reconnecting(key)) {
+    el.classList.add('reconnecting');
+    setNote(t);
+  }
   layout();
   return t;
 }
@@ -701,11 +712,38 @@ function onPaused({ track_id: trackId, paused, reason }) {
 
 function setNote(t) {
   let text = '';
-  if (audioOnly) text = i18n.t('audio.only');
+  if (reconnecting(t.el.dataset.key)) text = i18n.t('reconnecting');
+  else if (audioOnly && !t.el.classList.contains('self')) text = i18n.t('audio.only');
   else if (t.pausedFor === 'bandwidth') text = i18n.t('video.paused.weak');
   else if (t.pausedFor === 'off') text = i18n.t('camera.off');
   t.note.textContent = text;
   t.note.hidden = !text;
+}
+
+// ---- a path that died: "Reconnecting…" ----------------------------------------
+
+// Our own path: every tile is affected (we neither see the others nor are
+// seen), and the embedding page is told.
+function onMedia({ state, reason }) {
+  document.body.dataset.media = state;
+  showReconnecting();
+  if (window.parent !== window) {
+    window.parent.postMessage({ source: 'wadud-call', type: 'media', state, reason }, '*');
+  }
+}
+
+// Someone else's path (the server's participant_media): their tiles only,
+// so the doctor sees the patient as reconnecting, not as gone.
+function reconnecting(key) {
+  if (!call || !key) return false;
+  return call.media === 'reconnecting' || call.peerMedia.has(key.split(':')[0]);
+}
+
+function showReconnecting() {
+  for (const [key, t] of tiles) {
+    t.el.classList.toggle('reconnecting', reconnecting(key));
+    setNote(t);
+  }
 }
 
 // Tell the server how large each remote video is shown, so it sends the
