@@ -36,11 +36,14 @@ from wadud.errors import ConfigError
 CALLS = web.AppKey("calls", CallService)
 
 
-def ice_servers_for(app: web.Application, identity: str) -> list[dict[str, Any]]:
+def ice_servers_for(
+    app: web.Application, identity: str, ttl: int | None = None
+) -> list[dict[str, Any]]:
     """``RTCIceServer`` entries for ``joined``: our TURN relay with short-lived
     REST credentials (the same as ``GET /api/v1/turn/credentials``), from the
     embedded relay of ``wadud serve`` or the configured secret and URLs; empty
-    when there is no relay."""
+    when there is no relay. ``ttl``: seconds the credentials last
+    (``turn_credential_ttl`` by default)."""
     import turn.http
 
     settings = app[keys.SETTINGS]
@@ -51,7 +54,8 @@ def ice_servers_for(app: web.Application, identity: str) -> list[dict[str, Any]]
         secret, urls = settings.turn_secrets[0], list(settings.turn_urls)
     else:
         return []
-    return [ice_server(secret, identity, settings.turn_credential_ttl, time.time(), urls)]
+    lifetime = settings.turn_credential_ttl if ttl is None else ttl
+    return [ice_server(secret, identity, lifetime, time.time(), urls)]
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:

@@ -5,6 +5,9 @@
   never looks at it here, signalling verifies it on ``/ws``.
 * ``GET /static/call/{name}``: the page's assets (plain ES modules, no build
   step), revalidated by ETag on every load so a new release is picked up.
+* ``GET /check``: the pre-call check (camera, microphone, speaker and the
+  network path to media, in English, Urdu or Arabic), framable like the call
+  page; its endpoint, ``POST /api/v1/check``, is signalling/check.py.
 * ``GET /demo`` and ``POST /api/v1/calls/demo`` (only with ``call_demo``): a
   page that makes a throwaway room and hands out a doctor and a patient link,
   so a newcomer can hold a call in two tabs.
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signalling import callchat
+from signalling import callchat, check
 from wadud import keys
 from wadud.api import ApiModel, Call, Routes
 from wadud.auth import RoomGrant, issue_room_token
@@ -151,6 +154,10 @@ class Pages:
     async def call_page(self, request: web.Request) -> web.FileResponse:
         return self._html(request, "call.html", self.frame_ancestors)
 
+    async def check_page(self, request: web.Request) -> web.FileResponse:
+        # Clinics embed the check before a visit, as they embed the call.
+        return self._html(request, "check.html", self.frame_ancestors)
+
     async def demo_page(self, request: web.Request) -> web.FileResponse:
         if not self.demo:
             raise NotFound("the demo is turned off on this server")
@@ -184,8 +191,10 @@ def install(app: web.Application) -> None:
     pages = Pages(STATIC, frame_ancestors, settings.call_demo)
     app.router.add_get("/call/{room:[^/]{1,128}}", pages.call_page, name="call-page")
     app.router.add_get("/static/call/{name}", pages.asset, name="call-asset")
+    app.router.add_get("/check", pages.check_page, name="call-check")
     app.router.add_get("/demo", pages.demo_page, name="call-demo")
     routes.install(app)
+    check.routes.install(app)
     callchat.install(app)
     if settings.call_demo:
         app[keys.EXTRAS].setdefault("index_links", []).append(

@@ -210,6 +210,17 @@ class Settings:
         default=30.0,
         metadata=_doc("Registrations per hour and client address once the burst is spent."),
     )
+    limits_check_burst: int = field(
+        default=10,
+        metadata=_doc(
+            "Pre-call checks (POST /api/v1/check) one client address may start at once."
+            " 0: no limit."
+        ),
+    )
+    limits_check_per_hour: float = field(
+        default=60.0,
+        metadata=_doc("Pre-call checks per hour and client address once the burst is spent."),
+    )
     # [outbox]
     outbox_batch: int = field(default=200, metadata=_doc("Events relayed per round."))
     outbox_poll_interval: float = field(

@@ -997,3 +997,17 @@ function isFinal(state) {
 function withTimeout(promise, ms) {
   return Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), ms))]);
 }
+
+// ---- the pre-call check (docs/calls.md, "Before the visit: the check") ----
+//
+//   import { checkConnection } from '/static/call/wadud-call.js';
+//   const { verdict, details } = await checkConnection({ onProgress });
+//
+// verdict: ready | ready-relay | audio-only | blocked. The work is in
+// wadud-check.js; it joins a throwaway room twice with this module's
+// WadudCall, so it is handed the class rather than importing it back.
+import { runCheck } from './wadud-check.js';
+
+export function checkConnection(options = {}) {
+  return runCheck(WadudCall, options);
+}

@@ -22,7 +22,7 @@ from wadud import keys
 from wadud.auth import decode_room_token
 from wadud.config import Settings
 
-PAGES = ("call.html", "demo.html")
+PAGES = ("call.html", "demo.html", "check.html")
 
 
 @pytest.fixture
@@ -77,6 +77,11 @@ async def test_call_page_needs_one_room_segment(api: Api, path: str) -> None:
         ("call.js", "text/javascript; charset=utf-8"),
         ("demo.js", "text/javascript; charset=utf-8"),
         ("call.css", "text/css; charset=utf-8"),
+        ("check.js", "text/javascript; charset=utf-8"),
+        ("wadud-check.js", "text/javascript; charset=utf-8"),
+        ("i18n.js", "text/javascript; charset=utf-8"),
+        ("check.css", "text/css; charset=utf-8"),
+        ("i18n.css", "text/css; charset=utf-8"),
     ],
 )
 async def test_assets_have_types_and_revalidate(api: Api, name: str, ctype: str) -> None:
@@ -112,6 +117,7 @@ async def test_every_asset_a_page_or_module_names_is_served(api: Api) -> None:
     for script in STATIC.glob("*.js"):
         wanted |= set(re.findall(r"from '\./([^']+)'", script.read_text()))
     assert {"call.js", "call.css", "demo.js", "wadud-call.js", "consult-chat.js"} <= wanted
+    assert {"check.js", "check.css", "i18n.js", "i18n.css", "wadud-check.js"} <= wanted
     for name in sorted(wanted):
         resp = await api.client.get(f"/static/call/{name}")
         assert resp.status == 200, name
