@@ -262,6 +262,25 @@ class AudioOnly(Frame):
     enabled: bool
 
 
+class IceRestart(Frame):
+    """The client restarts ICE (RFC 8445 section 9) because its path died or
+    its network changed: the server offers new ICE credentials on the
+    subscribe connection (the next ``offer``), keeping its DTLS and SRTP.
+    The publish connection restarts with an ordinary ``publish`` offer.
+    Answered ``ok``; the others see ``participant_media`` ``reconnecting``."""
+
+    type: Literal["ice_restart"] = "ice_restart"
+
+
+class ReconnectMedia(Frame):
+    """An ICE restart did not bring the media back: the server drops the
+    subscribe transport and offers every track on a new one (answer it from a
+    new peer connection); the client publishes again on a new publish
+    connection. Answered ``ok``."""
+
+    type: Literal["reconnect_media"] = "reconnect_media"
+
+
 class Leave(Frame):
     type: Literal["leave"] = "leave"
 
@@ -288,6 +307,8 @@ ClientFrame = (
     | End
     | TrackView
     | AudioOnly
+    | IceRestart
+    | ReconnectMedia
     | Leave
     | Ping
     | Pong
@@ -332,6 +353,17 @@ class ConnectionQuality(ServerEvent):
     quality: Quality
 
 
+class ParticipantMedia(ServerEvent):
+    """A participant's media is reconnecting (it restarted ICE or asked for
+    new peer connections, most often because its network changed) or
+    connected again. Sent to everyone else in the room: show them as
+    reconnecting, not as gone."""
+
+    type: Literal["participant_media"] = "participant_media"
+    participant_id: str
+    state: Literal["reconnecting", "connected"]
+
+
 class TrackPaused(ServerEvent):
     """The server stopped (``paused`` true) or resumed forwarding a video
     track to this subscriber: ``bandwidth`` when its link cannot carry the
@@ -365,7 +397,8 @@ class SetEncodings(ServerEvent):
 
 
 EVENTS: dict[str, type[ServerEvent]] = {
-    m.model_fields["type"].default: m for m in (ConnectionQuality, TrackPaused, SetEncodings)
+    m.model_fields["type"].default: m
+    for m in (ConnectionQuality, TrackPaused, SetEncodings, ParticipantMedia)
 }
 
 

@@ -37,7 +37,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import WSMsgType, web
 from prometheus_client import REGISTRY, Counter
@@ -53,6 +53,7 @@ from sfu.control import (
     MediaControl,
     MediaEvent,
     RelayState,
+    Restart,
     TrackInfo,
     TrackPaused,
     TransportState,
@@ -282,6 +283,9 @@ class Subscriber:
         self.asked: tuple[str, ...] = ()
         #: Ask the worker even if the set did not change (after a failure).
         self.force = False
+        #: How the next offer renews the transport: new ICE credentials, or a
+        #: new transport (sfu.control.MediaControl.subscribe).
+        self.renew: Restart | None = None
         self._task: asyncio.Task[None] | None = None
 
     def kick(self) -> None:
@@ -296,12 +300,20 @@ class Subscriber:
     def task(self) -> asyncio.Task[None] | None:
         return self._task
 
-    def restart(self) -> None:
-        """The worker's subscribe transport failed (ICE, DTLS or consent): it
-        starts a new one on the next subscribe and forgets the offer it was
-        waiting on, so ask again for everything; the client gets an offer for
-        a fresh connection."""
-        self.offer = None
+    def restart(self, how: Restart | None = None) -> None:
+        """Offer again even if the set of tracks did not change.
+
+        ``None``: the worker's subscribe transport failed (ICE, DTLS or
+        consent) and the worker starts a new one on the next subscribe.
+        ``"transport"``: the client asks for a new one. Both forget the offer
+        that was waiting: the client gets an offer for a fresh connection.
+        ``"ice"``: the client restarts ICE; the next offer (after the one
+        outstanding, if any, is answered) has new ICE credentials.
+        """
+        if how != "ice":
+            self.offer = None
+        if how == "transport" or self.renew is None:
+            self.renew = how
         self.force = True
         self.kick()
 
@@ -314,11 +326,12 @@ class Subscriber:
                 ids = tuple(t.track_id for t in wanted)
                 if ids == self.asked and not self.force:
                     continue
+                renew = self.renew
                 try:
                     service = self.room.service
                     media = await service.media_for(self.room, self.pid)
                     sdp = await self.room.media_call(
-                        partial(service.subscribe_relayed, self.room, media, self.pid, ids)
+                        partial(service.subscribe_relayed, self.room, media, self.pid, ids, renew)
                     )
                 except SfuStateError as exc:
                     # A track went between reading the room and the worker's
@@ -331,6 +344,8 @@ class Subscriber:
                     log.warning("subscribe offer for %s failed: %s", self.pid, exc)
                     continue
                 self.asked, self.force = ids, False
+                if self.renew == renew:
+                    self.renew = None
                 if sdp is None or self.closed:
                     continue
                 self.offer = p.reply("offer", sdp=sdp, tracks=offer_tracks(sdp, wanted))
@@ -402,6 +417,8 @@ class CallRoom:
         self.sites: dict[str, Site] = {}
         #: Each participant's last connection quality (sent to newcomers).
         self.quality: dict[str, ConnectionQuality] = {}
+        #: Participants whose media is reconnecting (docs/protocol.md, ``participant_media``).
+        self.reconnecting: set[str] = set()
 
     def media_call(self, call: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         return self.lane.submit(call)
@@ -414,6 +431,20 @@ class CallRoom:
             and who.state is State.JOINED
         ):
             who.conn.send(frame)
+
+    def media_state(self, participant_id: str, state: Literal["reconnecting", "connected"]) -> None:
+        """Tell everyone else that a participant's media is reconnecting, or
+        back; "connected" is sent only after a "reconnecting"."""
+        if state == "reconnecting":
+            self.reconnecting.add(participant_id)
+        elif participant_id in self.reconnecting:
+            self.reconnecting.discard(participant_id)
+        else:
+            return
+        frame = p.ParticipantMedia(participant_id=participant_id, state=state).frame()
+        for other in self.core.present():
+            if other.id != participant_id:
+                self.send_to(other.id, frame)
 
     def subscriber(self, participant_id: str) -> Subscriber:
         sub = self.subscribers.get(participant_id)
@@ -516,12 +547,19 @@ class CallService:
         return site.media if site is not None else None
 
     async def subscribe_relayed(
-        self, room: CallRoom, media: MediaControl, pid: str, ids: tuple[str, ...]
+        self,
+        room: CallRoom,
+        media: MediaControl,
+        pid: str,
+        ids: tuple[str, ...],
+        restart: Restart | None = None,
     ) -> str | None:
         """``subscribe`` after the relays it needs are set (in the room's lane)."""
         if room.sites:
             await self.sync_relays(room)
-        return await media.subscribe(room.name, pid, ids)
+        if restart is None:
+            return await media.subscribe(room.name, pid, ids)
+        return await media.subscribe(room.name, pid, ids, restart)
 
     def on_media_event(self, event: MediaEvent, worker: str | None = None) -> None:
         try:
@@ -556,6 +594,8 @@ class CallService:
                     and who.present
                 ):
                     room.subscriber(event.participant).restart()
+                if room is not None and event.state == "connected":
+                    room.media_state(event.participant, "connected")
                 # The worker logs transports itself; this is for following a call.
                 log.debug(
                     "media transport %s",
@@ -905,6 +945,13 @@ class CallService:
                     partial(media.set_audio_only, room.name, who.id, frame.enabled)
                 )
                 conn.send(ok)
+            case p.IceRestart() | p.ReconnectMedia():
+                who = core.check_joined(conn)
+                room.subscriber(who.id).restart(
+                    "ice" if isinstance(frame, p.IceRestart) else "transport"
+                )
+                conn.send(ok)
+                room.media_state(who.id, "reconnecting")
 
     async def _join(self, conn: AnyConnection, frame: p.Join) -> None:
         loop = asyncio.get_running_loop()

@@ -138,6 +138,21 @@ class UdpRelay:
         )
         return self.address
 
+    async def rebind(self) -> Address:
+        """A NAT rebinding: the relay's upstream socket is replaced by one on a
+        new port, and the old one is gone (what the server sent there is
+        lost), as when a carrier's NAT gives the client a new mapping. The
+        client notices nothing. Returns the new upstream-facing address."""
+        loop = asyncio.get_running_loop()
+        old = self._back
+        self._back, _ = await loop.create_datagram_endpoint(
+            lambda: _Side(self, "down"), local_addr=(self.host, 0)
+        )
+        if old is not None:
+            old.close()
+        host, port = self._back.get_extra_info("sockname")[:2]
+        return (str(host), int(port))
+
     def close(self) -> None:
         for handle in self._pending:
             handle.cancel()

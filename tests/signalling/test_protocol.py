@@ -42,6 +42,8 @@ VALID: list[dict[str, Any]] = [
     {"type": "track_view", "track_id": "t-1", "width": 640, "height": 360, "visible": True},
     {"type": "track_view", "track_id": "t-1", "width": 0, "height": 0, "visible": False},
     {"type": "audio_only", "enabled": True, "id": "a1"},
+    {"type": "ice_restart", "id": "r1"},
+    {"type": "reconnect_media", "id": "r2"},
     {"type": "leave"},
     {"type": "ping", "id": "x" * 64},
     {"type": "pong"},
@@ -296,6 +298,8 @@ EVENTS: list[dict[str, Any]] = [
         "track_id": "t-1",
         "encodings": [{"rid": "q", "active": True}, {"rid": "f", "active": False}],
     },
+    {"type": "participant_media", "participant_id": "p-1", "state": "reconnecting"},
+    {"type": "participant_media", "participant_id": "p-1", "state": "connected"},
 ]
 
 
