@@ -31,6 +31,8 @@ const JOIN_MS = 4000;
 const UDP_MS = 6000;
 const RELAY_GATHER_MS = 5000;
 const RELAY_CONNECT_MS = 6000;
+// Whatever the steps took, `blocked` is said by then.
+const BLOCKED_BY_MS = 14500;
 export const PROBE_MS = 4000;
 // The first second of the probe is the encoder's and the estimator's ramp.
 const WARMUP_MS = 1000;
@@ -96,7 +98,10 @@ export async function runCheck(WadudCall, { base = '', region = '', onProgress =
       report('speed', { state: 'running' });
       try {
         pair = await joinPair(WadudCall, session, url, { iceServers: [via], iceTransportPolicy: 'relay' }, media);
-        if (await until(() => bothConnected(pair), RELAY_CONNECT_MS)) details.path = tcpOk ? 'relay-tcp' : 'relay-tls';
+        const left = started + BLOCKED_BY_MS - performance.now();
+        if (await until(() => bothConnected(pair), Math.min(RELAY_CONNECT_MS, left))) {
+          details.path = tcpOk ? 'relay-tcp' : 'relay-tls';
+        }
       } catch (_) { /* no path: blocked */ }
     }
   }
