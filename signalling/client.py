@@ -16,6 +16,12 @@ this client receives and the client answers. The server is ICE-lite
 server's candidates arrive inside its SDP; aiortc puts all of its own
 candidates in its SDP too, so nothing is trickled.
 
+When a path dies (its peer connection goes ``failed``: ICE consent expired,
+or DTLS gave up) the client gets media back by itself with new peer
+connections (``reconnect_media``), the same tracks and participant; browsers
+first try an ICE restart, which aiortc cannot do (see
+:meth:`CallClient.reconnect_media`).
+
 Run ``python -m signalling.client --url URL --token TOKEN`` to join a room and
 publish a synthetic test pattern (``URL`` may also be a join link printed by
 ``wadud token``, which carries the token).
@@ -81,6 +87,8 @@ SdpFilter = Callable[[str, Direction], str]
 _FINAL = {"denied", "removed", "room_ended", "replaced"}
 # Close codes after which there is nothing to resume.
 _FINAL_CLOSE = {1000, 4401, 4403, 4409, 4410, 4429}
+# New peer connections that are not connected by then are tried again.
+RECONNECT_WITHIN = 8.0
 
 
 class CallError(Exception):
@@ -263,6 +271,8 @@ class CallClient:
     up in aiortc until someone calls ``track.recv()``. ``nack_retry``
     repeats NACKs for video packets still missing after that many seconds
     (see :class:`_NackRetry`); None leaves aiortc's receiver as it is.
+    ``reconnect``: when a peer connection fails, get media back on new ones
+    by itself (:meth:`reconnect_media`); False leaves that to the caller.
     """
 
     def __init__(
@@ -278,6 +288,7 @@ class CallClient:
         request_timeout: float = 10.0,
         nack_retry: float | None = 0.1,
         http: aiohttp.ClientSession | None = None,
+        reconnect: bool = True,
     ) -> None:
         self.url, _, url_room = ws_url(url)
         room = room or url_room
@@ -289,6 +300,7 @@ class CallClient:
         self.consume = consume
         self.request_timeout = request_timeout
         self.nack_retry = nack_retry
+        self.reconnect = reconnect
         self._ice_override = [dict(s) for s in ice_servers] if ice_servers is not None else None
         self._http = http
         self._own_http = http is None
@@ -323,8 +335,16 @@ class CallClient:
         self.subscribe_pc: Any = None
         #: ``time.monotonic()`` when each peer connection reached ``connected``.
         self.connected_at: dict[Direction, float] = {}
-        #: How often the room moved to another media worker (``media_reconnect``).
+        #: How often media started over on new peer connections: the room
+        #: moved to another media worker (``media_reconnect``), or a dead path
+        #: made this client ask (those are :attr:`media_reconnects` too).
         self.media_moves = 0
+        self.media_reconnects = 0
+        #: Our own media: ``connected``, or ``reconnecting`` after a peer
+        #: connection failed and until new ones are connected.
+        self.media_state: Literal["connected", "reconnecting"] = "connected"
+        #: Others whose media is reconnecting (``participant_media``), by id.
+        self.peer_media: dict[str, str] = {}
         #: What we publish, by source: sent again when the room's media moves.
         self._local: dict[str, Any] = {}
         #: Sources published as simulcast, and the publish connection's rewriting.
@@ -344,6 +364,9 @@ class CallClient:
         self._publish_lock = asyncio.Lock()
         self._retries: dict[str, _NackRetry] = {}  # subscribe mid -> its video receiver's
         self._retry_task: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        #: Run on the answer to a request, before the next frame is read.
+        self._on_answer: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     @property
     def participant_id(self) -> str | None:
@@ -389,14 +412,14 @@ class CallClient:
         """Close the WebSocket and both peer connections, without ``leave``
         (the server notices the socket and the transports go)."""
         self.state = "closed"
-        for task in (self._offer_task, self._retry_task, *self._consumers):
+        for task in (self._offer_task, self._retry_task, self._recovery, *self._consumers):
             if task is not None:
                 task.cancel()
         await self._drop_socket()
         for pc in (self.publish_pc, self.subscribe_pc):
             if pc is not None:
                 await pc.close()
-        for task in (self._offer_task, self._retry_task, *self._consumers):
+        for task in (self._offer_task, self._retry_task, self._recovery, *self._consumers):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -439,12 +462,22 @@ class CallClient:
         it (``ok``, ``joined``, ``published``, ``pong``, ...); an ``error``
         answer raises :class:`RequestFailed`, no answer within
         :attr:`request_timeout` raises TimeoutError."""
+        return await self._request(type, fields)
+
+    async def _request(
+        self,
+        type: str,
+        fields: dict[str, Any],
+        on_answer: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         ws = self._ws
         if ws is None or ws.closed:
             raise ConnectionClosed(self.close_code, "not connected")
         rid = str(next(self._ids))
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
+        if on_answer is not None:
+            self._on_answer[rid] = on_answer
         try:
             await ws.send_str(
                 json.dumps({"v": PROTOCOL_VERSION, "type": type, "id": rid, **fields})
@@ -452,6 +485,7 @@ class CallClient:
             return await asyncio.wait_for(fut, self.request_timeout)
         finally:
             self._pending.pop(rid, None)
+            self._on_answer.pop(rid, None)
 
     async def send(self, type: str, **fields: Any) -> None:
         """Send a frame that has no answer (``pong``)."""
@@ -522,11 +556,75 @@ class CallClient:
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
-            if pc.connectionState == "connected":
+            state = pc.connectionState
+            if state == "connected":
                 self.connected_at.setdefault(direction, time.monotonic())
+            # aiortc has no `disconnected`: a dead path shows as `failed` once
+            # consent freshness gives up (RFC 7675; aioice: 6 checks 5 s
+            # apart), and a connection that closes itself (its DTLS ended)
+            # while still ours is as dead.
+            elif state in ("failed", "closed"):
+                self._path_failed(pc, f"{direction} connection {state}")
             self._notify()
 
         return pc
+
+    # -- when the path dies ---------------------------------------------------
+
+    async def reconnect_media(self) -> None:
+        """Ask the server for new transports (``reconnect_media``) and move to
+        new peer connections: the same tracks are published again on a new
+        publish connection, and the server offers everything we receive on a
+        new subscribe connection. The participant and the socket stay.
+
+        Browsers first try an ICE restart (new ICE credentials on the same
+        connections, DTLS kept; RFC 8445 section 9), which is quicker. This
+        client cannot: aiortc has no ``restartIce`` and aioice's
+        ``Connection`` keeps its credentials and candidates for life, so new
+        connections (a new DTLS handshake, new decoders) are its only way
+        back."""
+        self.media_reconnects += 1
+        # The old connections go the moment the server says `ok`, before the
+        # offer for the new subscribe transport (which follows it) is read.
+        await self._request("reconnect_media", {}, on_answer=lambda _: self._media_moved())
+
+    def _path_failed(self, pc: Any, why: str) -> None:
+        if pc not in (self.publish_pc, self.subscribe_pc) or self.state == "closed":
+            return  # an old connection, or we are closing
+        self.media_state = "reconnecting"
+        if not self.reconnect or self._recovery is not None:
+            return
+        log.info("%r: %s; reconnecting media", self, why)
+        self._recovery = asyncio.create_task(self._recover(), name=f"reconnect {self.label}")
+
+    async def _recover(self) -> None:
+        had_subscribe = self.subscribe_pc is not None
+        pause = 1.0
+        try:
+            while self.state != "closed":
+                if self.state == "joined":
+                    try:
+                        await self.reconnect_media()
+                        await self.wait_until(
+                            lambda: self._media_connected(had_subscribe), RECONNECT_WITHIN
+                        )
+                        self.media_state = "connected"
+                        self._notify()
+                        return
+                    except (CallError, ConnectionError, TimeoutError) as exc:
+                        log.info("%r: media not back yet: %r", self, exc)
+                # Without signalling (the caller resumes it) nothing can be
+                # asked: look again in a moment, less often as failures mount.
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+        finally:
+            self._recovery = None
+
+    def _media_connected(self, subscribe: bool) -> bool:
+        pcs = [self.publish_pc] if self._local else []
+        if subscribe:
+            pcs.append(self.subscribe_pc)
+        return all(pc is not None and pc.connectionState == "connected" for pc in pcs)
 
     async def publish(
         self,
@@ -608,6 +706,10 @@ class CallClient:
         self.received.clear()
         self._retries.clear()
         self.connected_at.clear()
+        # Offers not answered yet were for the old subscribe connection; the
+        # server offers everything again for the new one.
+        while not self._offers.empty():
+            self._offers.get_nowait()
         self.media_moves += 1
         task = asyncio.create_task(self._republish(old, items), name="media-reconnect")
         self._consumers.add(task)
@@ -688,6 +790,8 @@ class CallClient:
         sdp = self._filter(str(frame["sdp"]), "subscribe")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
+        if pc is not self.subscribe_pc:
+            return  # media moved meanwhile: this offer was for the old connection
         by_mid = {str(t["mid"]): t for t in frame.get("tracks") or []}
         for transceiver in pc.getTransceivers():
             mid = transceiver.mid
@@ -788,6 +892,9 @@ class CallClient:
         self._track_state(event)
         ref = frame.get("ref")
         fut = self._pending.get(str(ref)) if ref is not None else None
+        hook = self._on_answer.pop(str(ref), None) if ref is not None else None
+        if hook is not None and kind != "error":
+            hook(frame)
         if fut is not None and not fut.done():
             if kind == "error":
                 fut.set_exception(
@@ -850,6 +957,7 @@ class CallClient:
         elif kind == "participant_left":
             pid = f.get("participant_id")
             self.participants.pop(str(pid), None)
+            self.peer_media.pop(str(pid), None)
             for tid in [k for k, t in self.room_tracks.items() if t.get("participant") == pid]:
                 del self.room_tracks[tid]
         elif kind == "track_published":
@@ -857,6 +965,12 @@ class CallClient:
             self.room_tracks[str(t["track_id"])] = t
         elif kind == "track_unpublished":
             self.room_tracks.pop(str(f.get("track_id")), None)
+        elif kind == "participant_media":
+            pid = str(f.get("participant_id"))
+            if f.get("state") == "reconnecting":
+                self.peer_media[pid] = "reconnecting"
+            else:
+                self.peer_media.pop(pid, None)
         elif kind == "track_muted":
             muted = self.room_tracks.get(str(f.get("track_id")))
             if muted is not None:
