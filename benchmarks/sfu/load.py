@@ -77,6 +77,11 @@ class Publisher:
     number: int  # stream number, carried in every payload
     ssrc: int
     layers: list[Layer] = field(default_factory=list)  # simulcast: these instead
+    # An audio track besides (its own stream number, 0: none): 20 ms Opus
+    # frames, as RED (RFC 2198) with the frame before when ``red``.
+    audio: int = 0
+    audio_ssrc: int = 0
+    red: bool = False
 
 
 @dataclass
@@ -85,6 +90,7 @@ class Subscriber:
     publishers: list[int]  # stream numbers this transport receives
     probe: bool = False
     payload_type: int = peer.VP8_PT
+    also: tuple[int, ...] = ()  # other payload types it counts (audio's)
 
 
 @dataclass
@@ -159,18 +165,28 @@ class LoadProcess:
         self.transports[tid] = peer.Transport(self.certificate)
         return tid
 
-    def offer(self, tid: int, ssrc: int, rtx_ssrc: int, rids: tuple[str, ...] = ()) -> str:
-        return peer.publish_offer(self.transports[tid], ssrc, rtx_ssrc, rids=rids)
+    def offer(
+        self,
+        tid: int,
+        ssrc: int,
+        rtx_ssrc: int,
+        rids: tuple[str, ...] = (),
+        audio: str = "",
+        audio_ssrc: int = 0,
+    ) -> str:
+        return peer.publish_offer(
+            self.transports[tid], ssrc, rtx_ssrc, rids=rids, audio=audio, audio_ssrc=audio_ssrc
+        )
 
     def published(self, tid: int, answer: str) -> None:
         self.transports[tid].set_remote(peer.remote_parameters(answer, offerer=True))
 
     def answer(
-        self, tid: int, offer: str, transport_cc: bool = True
+        self, tid: int, offer: str, transport_cc: bool = True, red: bool = True
     ) -> tuple[str, list[tuple[str, int, int]]]:
         t = self.transports[tid]
         t.set_remote(peer.remote_parameters(offer, offerer=False))
-        text, tracks = peer.subscribe_answer(t, offer, transport_cc=transport_cc)
+        text, tracks = peer.subscribe_answer(t, offer, transport_cc=transport_cc, red=red)
         return text, [(x.mid, x.ssrc, x.payload_type) for x in tracks]
 
     def connect(self, tids: list[int], timeout: float) -> dict[int, str]:
@@ -265,6 +281,21 @@ class LoadProcess:
                 t = self.transports[p.transport]
                 if t.srtp is None:
                     raise peer.PeerError(f"publisher transport {p.transport} is not connected")
+                if p.audio:
+                    # Opus's 50 packets a second, as near as whole packets per frame go.
+                    apf = max(1, round(50 / plan.fps))
+                    audio = peer.build_audio(
+                        peer.Stream(p.audio, p.audio_ssrc, mid=peer.AUDIO_MID),
+                        frames * apf,
+                        red=p.red,
+                    )
+                    pub_socks.append(t.sock)
+                    packets.append(peer.protect_all(t.srtp, audio))
+                    numbers.append(p.audio)
+                    per_frames.append(apf)
+                    stream_pub.append(pi)
+                    live.append(None)
+                    key_due.append(False)
                 if not p.layers:
                     pub_socks.append(t.sock)
                     stream = peer.Stream(p.number, p.ssrc)
@@ -337,8 +368,17 @@ class LoadProcess:
         perf_ns = time.perf_counter_ns
         buf = bytearray(4096)
 
+        def counted(i: int, pt: int) -> bytes:
+            """Which payload types subscriber ``i`` counts, as a 128-entry table."""
+            table = bytearray(128)
+            table[pt] = 1
+            for other in () if direct else plan.subscribers[i].also:
+                table[other] = 1
+            return bytes(table)
+
         def counter(i: int, sock: socket.socket, t: peer.Transport | None, pt: int) -> Any:
             recv_into = sock.recv_into
+            ours = counted(i, pt)
 
             def drain() -> None:
                 n = 0
@@ -349,7 +389,7 @@ class LoadProcess:
                         break
                     except OSError:
                         continue
-                    if k >= 12 and buf[0] >> 6 == 2 and buf[1] & 0x7F == pt:
+                    if k >= 12 and buf[0] >> 6 == 2 and ours[buf[1] & 0x7F]:
                         n += 1
                     else:
                         _other(t, buf, k)
@@ -366,6 +406,7 @@ class LoadProcess:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             recvmsg = sock.recvmsg
             unprotect = rx.unprotect
+            ours = counted(i, pt)
 
             def drain() -> None:
                 n = 0
@@ -382,7 +423,7 @@ class LoadProcess:
                         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                             sec, nsec = _TIMESPEC.unpack(cdata)
                             arrived = sec * 1_000_000_000 + nsec - realtime_offset
-                    if len(data) >= 12 and data[0] >> 6 == 2 and data[1] & 0x7F == pt:
+                    if len(data) >= 12 and data[0] >> 6 == 2 and ours[data[1] & 0x7F]:
                         n += 1
                         try:
                             plain = unprotect(data)

@@ -45,7 +45,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rtc import sdp
 from rtc.dtls import (
@@ -65,6 +65,11 @@ HOST = "127.0.0.1"
 
 VP8_PT = 96
 RTX_PT = 97
+# Chromium's audio numbering: Opus, and RED (RFC 2198) over it.
+OPUS_PT = 111
+RED_PT = 63
+AUDIO_CLOCK_RATE = 48_000
+AUDIO_MID = "1"
 # Chromium's numbering; the worker keeps the publisher's ids (rtc.sdp.answer).
 EXT_ABS_SEND_TIME = 2
 EXT_TRANSPORT_CC = 3
@@ -364,8 +369,14 @@ def publish_offer(
     *,
     mid: str = "0",
     rids: Sequence[str] = (),
+    audio: str = "",
+    audio_ssrc: int = 0,
 ) -> str:
     """A sendonly VP8 offer as Chromium shapes it: BUNDLE, rtcp-mux, RTX, three extensions.
+
+    With ``audio`` (``"opus"`` or ``"red"``) a sendonly audio section
+    follows, mid :data:`AUDIO_MID` on ``audio_ssrc``: Opus with in-band FEC,
+    and with ``"red"`` RED over it after Opus, as Chromium offers them.
 
     With ``rids`` (lowest layer first) it is Chromium's simulcast offer
     (RFC 8853): ``a=rid:X send`` per layer, ``a=simulcast:send q;h;f``, the
@@ -426,12 +437,48 @@ def publish_offer(
         rids=[f"{rid} send" for rid in rids],
         simulcast=f"send {';'.join(rids)}" if rids else None,
     )
+    sections = [media]
+    if audio:
+        codecs = [sdp.Codec(OPUS_PT, "opus", AUDIO_CLOCK_RATE, 2, "minptime=10;useinbandfec=1",
+                            [sdp.RtcpFeedback("transport-cc")])]  # fmt: skip
+        if audio == "red":
+            codecs.append(sdp.Codec(RED_PT, "red", AUDIO_CLOCK_RATE, 2, f"{OPUS_PT}/{OPUS_PT}"))
+        sections.append(
+            sdp.MediaDescription(
+                kind="audio",
+                port=9,
+                proto="UDP/TLS/RTP/SAVPF",
+                formats=[str(c.payload_type) for c in codecs],
+                connection=sdp.Connection("IN", "IP4", "0.0.0.0"),
+                mid=AUDIO_MID,
+                direction=sdp.Direction.SENDONLY,
+                rtcp_mux=True,
+                rtcp_rsize=True,
+                ice_ufrag=local.ice_ufrag,
+                ice_pwd=local.ice_pwd,
+                fingerprints=local.fingerprints,
+                setup=sdp.Setup.ACTPASS,
+                extmaps=[
+                    sdp.Extmap(EXT_ABS_SEND_TIME, sdp.ABS_SEND_TIME),
+                    sdp.Extmap(EXT_TRANSPORT_CC, sdp.TRANSPORT_CC),
+                    sdp.Extmap(EXT_MID, sdp.MID),
+                ],
+                msids=[sdp.Msid(stream, f"audio-{audio_ssrc}")],
+                codecs=codecs,
+                ssrcs=[
+                    sdp.SsrcAttribute(audio_ssrc, name, value)
+                    for name, value in (("cname", stream), ("msid", f"{stream} audio-{audio_ssrc}"))
+                ],
+                candidates=local.candidates(),
+                end_of_candidates=True,
+            )
+        )
     desc = sdp.SessionDescription(
         origin=sdp.Origin("-", str(secrets.randbits(62)), "2", "IN", "IP4", "127.0.0.1"),
-        groups=[sdp.Group("BUNDLE", [mid])],
+        groups=[sdp.Group("BUNDLE", [m.mid for m in sections if m.mid is not None])],
         extmap_allow_mixed=True,
         attributes=[sdp.Attribute("msid-semantic", " WMS " + stream)],
-        media=[media],
+        media=sections,
     )
     return str(desc)
 
@@ -446,7 +493,7 @@ class OfferedTrack:
 
 
 def subscribe_answer(
-    transport: Transport, offer: str, *, transport_cc: bool = True
+    transport: Transport, offer: str, *, transport_cc: bool = True, red: bool = True
 ) -> tuple[str, list[OfferedTrack]]:
     """Answer the worker's subscribe offer as a receive-only client would.
 
@@ -456,10 +503,11 @@ def subscribe_answer(
     comes off. ``transport_cc`` False refuses transport-wide congestion
     control (its extension and feedback): a receiver that sends no feedback
     should not let the worker run an estimator that never hears from it.
+    ``red`` False answers Opus without its RED (RFC 2198), as aiortc does.
     Returns the answer and the SSRC and payload type of each track.
     """
     desc = sdp.SessionDescription.parse(offer)
-    ans = sdp.answer(desc, transport.local_parameters())
+    ans = sdp.answer(desc, replace(transport.local_parameters(), red=red))
     ans.ice_lite = False
     if not transport_cc:
         for media in ans.media:
@@ -585,6 +633,41 @@ def build_frames(
             stream.seq = (stream.seq + 1) & 0xFFFF
             stream.twcc = (stream.twcc + 1) & 0xFFFF
         stream.timestamp = (stream.timestamp + ticks) & 0xFFFFFFFF
+    return out
+
+
+def build_audio(stream: Stream, count: int, *, red: bool, size: int = 90) -> list[bytes]:
+    """``count`` plain RTP packets of 20 ms Opus frames (``size`` octets each,
+    ending in the :data:`_TAG`), in sending order; with ``red``, each in a RED
+    payload (RFC 2198) carrying the frame before too, as Chromium sends it.
+    Extensions as :func:`build_frames` writes them (mid, abs-send-time,
+    transport-wide sequence number)."""
+    ext, abs_at, tcc_at = _extension_block(stream.mid.encode(), b"")
+    out: list[bytes] = []
+    previous = b""
+    for index in range(count):
+        frame = bytearray(size)
+        frame[0] = 0xFC  # an Opus TOC byte: CELT fullband 20 ms, one frame
+        _TAG.pack_into(frame, size - TAG_SIZE, stream.number, index)
+        if red and previous:
+            payload = struct.pack("!IB", 0xEF000000 | 960 << 10 | len(previous), OPUS_PT)
+            payload += previous + frame
+        elif red:
+            payload = bytes([OPUS_PT]) + frame
+        else:
+            payload = bytes(frame)
+        previous = bytes(frame)
+        header = _HEADER.pack(
+            0x90, RED_PT if red else OPUS_PT, stream.seq, stream.timestamp, stream.ssrc
+        )
+        buf = bytearray(header + ext + payload)
+        abs_value = int(index * 0.02 * 262144.0) & 0xFFFFFF
+        buf[12 + abs_at : 12 + abs_at + 3] = abs_value.to_bytes(3, "big")
+        buf[12 + tcc_at : 12 + tcc_at + 2] = stream.twcc.to_bytes(2, "big")
+        out.append(bytes(buf))
+        stream.seq = (stream.seq + 1) & 0xFFFF
+        stream.twcc = (stream.twcc + 1) & 0xFFFF
+        stream.timestamp = (stream.timestamp + 960) & 0xFFFFFFFF
     return out
 
 

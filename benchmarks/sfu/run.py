@@ -143,6 +143,12 @@ class Scenario:
     mesh: bool = False
     simulcast: bool = False
     sent: str = "qhf"  # the simulcast layers the publisher sends (it offers all three)
+    audio: str = ""  # an audio track besides: "opus", or "red" (RFC 2198 over Opus)
+
+    @property
+    def tracks(self) -> int:
+        """Tracks per publisher."""
+        return 2 if self.audio else 1
 
     @property
     def fanout(self) -> int:
@@ -160,6 +166,8 @@ SCENARIOS = {
     "1x50": Scenario("1x50", 1, 50),
     "1x10s": Scenario("1x10s", 1, 10, simulcast=True),
     "1x10sd": Scenario("1x10sd", 1, 10, simulcast=True, sent="qf"),
+    "1x10a": Scenario("1x10a", 1, 10, audio="opus"),
+    "1x10r": Scenario("1x10r", 1, 10, audio="red"),
 }
 #: Tile sizes a switch run alternates between, and the layer (RID) each gets.
 SMALL_VIEW, LARGE_VIEW = (160, 90, "q"), (1280, 720, "f")
@@ -456,6 +464,10 @@ class Participant:
         self.sub_tid = 0
         self.number = 0  # stream number when publishing
         self.ssrc = 0
+        self.audio_number = 0  # its audio track's stream number, if any
+        self.audio_ssrc = 0
+        # Every other receiver answers Opus without RED, as aiortc does.
+        self.takes_red = not identity.startswith("sub") or int(identity[3:] or 0) % 2 == 0
         self.layers: list[load.Layer] = []  # a simulcast publisher's, lowest first
         self.offered: list[dict[str, Any]] = []  # tracks of the last answered offer
         self.offers = 0
@@ -537,7 +549,7 @@ class Participant:
                 self.sub_tid = await self.bench.load.call("new")
             try:
                 answer, _ = await self.bench.load.call(
-                    "answer", self.sub_tid, frame["sdp"], self.bench.transport_cc
+                    "answer", self.sub_tid, frame["sdp"], self.bench.transport_cc, self.takes_red
                 )
                 await self.request("answer", sdp=answer)
             except (RuntimeError, SignallingError) as exc:
@@ -724,7 +736,8 @@ class Bench:
         )
         for p in people[: scenario.publishers]:
             offer = await self.publisher(p, scenario)
-            reply = await p.request("publish", sdp=offer, sources={"0": "camera"})
+            sources = {"0": "camera", peer.AUDIO_MID: "microphone"}
+            reply = await p.request("publish", sdp=offer, sources=sources)
             if reply["type"] != "published":
                 raise SignallingError(f"publish answered {reply}")
             await self.load.call("published", p.pub_tid, reply["sdp"])
@@ -735,8 +748,15 @@ class Bench:
         p.number = next(self.numbers)
         p.ssrc = 0x10000000 + p.number * 2
         p.pub_tid = await self.load.call("new")
+        if scenario.audio:
+            p.audio_number = next(self.numbers)
+            p.audio_ssrc = 0x10000000 + p.audio_number * 2
         if not scenario.simulcast:
-            return str(await self.load.call("offer", p.pub_tid, p.ssrc, p.ssrc + 1))
+            return str(
+                await self.load.call(
+                    "offer", p.pub_tid, p.ssrc, p.ssrc + 1, (), scenario.audio, p.audio_ssrc
+                )
+            )
         p.layers = []
         for rid, width, height, per_frame, size in peer.SIMULCAST_LAYERS:
             number = next(self.numbers)
@@ -759,7 +779,8 @@ class Bench:
             p.remote = media
         for p in people[: scenario.publishers]:
             offer = await self.publisher(p, scenario)
-            result = await media.publish(p.room, p.pid, offer, {"0": "camera"})
+            sources = {"0": "camera", peer.AUDIO_MID: "microphone"}
+            result = await media.publish(p.room, p.pid, offer, sources)
             await self.load.call("published", p.pub_tid, result.answer)
             tracks += [asdict(t) for t in result.added]
         for p in people:
@@ -770,7 +791,9 @@ class Bench:
             if sub_offer is None:
                 continue
             p.sub_tid = await self.load.call("new")
-            answer, _ = await self.load.call("answer", p.sub_tid, sub_offer, self.transport_cc)
+            answer, _ = await self.load.call(
+                "answer", p.sub_tid, sub_offer, self.transport_cc, p.takes_red
+            )
             await media.answer(p.room, p.pid, answer)
             p.offered = theirs
             p.offers += 1
@@ -805,9 +828,9 @@ class Bench:
             # Each receives every other publisher's track; in a mesh room that
             # is all but its own, otherwise publishers receive nothing.
             if scenario.mesh:
-                want = scenario.publishers - 1
+                want = (scenario.publishers - 1) * scenario.tracks
             else:
-                want = 0 if p.publish else scenario.publishers
+                want = 0 if p.publish else scenario.publishers * scenario.tracks
             while len(p.offered) < want:
                 left = end - time.monotonic()
                 if left <= 0:
@@ -859,7 +882,15 @@ class Bench:
 
             by_pid = {p.pid: p for p in everyone}
             publishers = [
-                load.Publisher(p.pub_tid, p.number, p.ssrc, list(p.layers))
+                load.Publisher(
+                    p.pub_tid,
+                    p.number,
+                    p.ssrc,
+                    list(p.layers),
+                    audio=p.audio_number,
+                    audio_ssrc=p.audio_ssrc,
+                    red=scenario.audio == "red",
+                )
                 for p in everyone
                 if p.pub_tid
             ]
@@ -872,9 +903,15 @@ class Bench:
                         continue
                     ranks.append(sum(1 for x in receivers if x.room == p.room))
                     # A simulcast track is expected at its top layer.
-                    numbers = [_top(by_pid[t["participant"]]) for t in p.offered]
+                    numbers = [
+                        by_pid[t["participant"]].audio_number
+                        if t.get("kind") == "audio"
+                        else _top(by_pid[t["participant"]])
+                        for t in p.offered
+                    ]
                     probe = all_probes or r < probe_rooms
-                    subscribers.append(load.Subscriber(p.sub_tid, numbers, probe=probe))
+                    audio = (peer.OPUS_PT, peer.RED_PT) if scenario.audio else ()
+                    subscribers.append(load.Subscriber(p.sub_tid, numbers, probe=probe, also=audio))
                     receivers.append(p)
             plan = load.Plan(
                 publishers=publishers,
@@ -1273,6 +1310,9 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if args.simulcast:
                 out["simulcast"] = await simulcast_runs(bench, args, results)
                 names = []
+            if args.red:
+                out["red"] = await red_runs(bench, args, results)
+                names = []
             for _ in range(args.repeat):
                 for name in names:
                     r = await bench.run_scenario(
@@ -1421,6 +1461,59 @@ async def simulcast_runs(
     }
 
 
+async def red_runs(
+    bench: Bench, args: argparse.Namespace, results: list[ScenarioResult]
+) -> dict[str, Any]:
+    """``1x10a`` and ``1x10r`` in turn (``--repeat`` pairs): fan-out 10 of a
+    VP8 track and an audio track, the audio plain Opus, then Opus RED (RFC
+    2198) that half the subscribers take as it is (two redundant frames: the
+    worker adds one) and half as plain Opus (the worker cuts each packet to
+    its primary frame). The figure issue 20 asks for: forwarded packets per
+    CPU-second with RED in the mix against the same run without it."""
+    pairs: list[tuple[ScenarioResult, ScenarioResult]] = []
+    for round_ in range(args.repeat):
+        pair = {}
+        # Each goes first every other round: what a run leaves behind (closing
+        # the last run's transports, a collection) falls on both alike.
+        for name in ("1x10a", "1x10r")[:: 1 if round_ % 2 == 0 else -1]:
+            r = await bench.run_scenario(
+                SCENARIOS[name], out_rate=args.out_rate, purpose="throughput", probe_rooms=1
+            )
+            results.append(r)
+            print_table([r])
+            pair[name] = r
+        a, b = pair["1x10a"], pair["1x10r"]
+        pairs.append((a, b))
+        if a.forwarded_per_cpu_second:
+            ratio = b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
+            cut = b.worker_counters.get("red_stripped", 0)
+            print(f"{'':<9}RED / plain: {ratio:.3f} (RED copies cut to Opus: {cut})", flush=True)
+    quiet = [(a, b) for a, b in pairs if undisturbed(a) and undisturbed(b)]
+    kept = [(a, b) for a, b in pairs if lossless(a) and lossless(b)]
+    used = [x for x in quiet if x in kept] or kept or pairs
+    plain = statistics.median(a.forwarded_per_cpu_second for a, _ in used)
+    red = statistics.median(b.forwarded_per_cpu_second for _, b in used)
+    ratios = [
+        round(b.forwarded_per_cpu_second / a.forwarded_per_cpu_second, 3)
+        for a, b in pairs
+        if a.forwarded_per_cpu_second
+    ]
+    return {
+        "pairs": len(pairs),
+        "undisturbed_pairs": len(quiet),
+        "lossless_pairs": len(kept),
+        "pairs_used": len(used),
+        "plain_opus_forwarded_per_cpu_second_median": round(plain),
+        "red_forwarded_per_cpu_second_median": round(red),
+        "ratio": round(red / plain, 3) if plain else None,
+        "pair_ratios": ratios,
+        "median_pair_ratio": statistics.median(ratios) if ratios else None,
+        "at_least_0_97": bool(plain) and red >= 0.97 * plain,
+        "red_stripped": [b.worker_counters.get("red_stripped", 0) for _, b in pairs],
+        "red_malformed": [b.worker_counters.get("red_malformed", 0) for _, b in pairs],
+    }
+
+
 async def media_control(node: MediaNode, stack: contextlib.AsyncExitStack) -> Any:
     """The RemoteMedia of the node's one worker, as a ``wadud api`` replica finds it."""
     import redis.asyncio as aioredis
@@ -1543,6 +1636,11 @@ def main() -> int:
         help="1x10 against 1x10s (simulcast publishers) in turn, then layer switch times",
     )
     parser.add_argument(
+        "--red",
+        action="store_true",
+        help="1x10a (VP8 and Opus) against 1x10r (VP8 and Opus RED, half stripped) in turn",
+    )
+    parser.add_argument(
         "--profile-scenario",
         default="1x10",
         help="the scenarios --profile samples, one run each (e.g. 1x10,1x10s)",
@@ -1567,12 +1665,14 @@ def main() -> int:
         help="where to write (default benchmarks/results/sfu.json, sfu-media.json with --media)",
     )
     args = parser.parse_args()
-    if args.simulcast and "--repeat" not in sys.argv:
+    if (args.simulcast or args.red) and "--repeat" not in sys.argv:
         args.repeat = 3
     if args.json is None:
         name = "sfu-media.json" if args.media else "sfu.json"
         if args.simulcast:
             name = name.replace(".json", "-simulcast.json")
+        elif args.red:
+            name = name.replace(".json", "-red.json")
         args.json = str(ROOT / "benchmarks" / "results" / name)
     if args.quick:
         args.scenarios = args.scenarios if "--scenarios" in sys.argv else "1x10"
@@ -1597,6 +1697,8 @@ def main() -> int:
     print(f"summary: {json.dumps(out['summary'], indent=1)}")
     if "simulcast" in out:
         print(f"simulcast against single-layer: {json.dumps(out['simulcast'], indent=1)}")
+    if "red" in out:
+        print(f"RED audio against plain Opus: {json.dumps(out['red'], indent=1)}")
     for found in out.get("profiles", {}).values():
         print(f"\n{found['scenario']}: where the server's time goes"
               f" ({found['samples']} samples, self %):")  # fmt: skip
