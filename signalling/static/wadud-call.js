@@ -49,7 +49,8 @@
 // frame's {code, message}: unauthorized, forbidden, room-full, ...
 //
 // When a path dies (a phone leaves Wi-Fi, a carrier's NAT moves): a peer
-// connection `disconnected` for DISCONNECTED_GRACE_MS or `failed`, the
+// connection `disconnected` for DISCONNECTED_GRACE_MS or `failed`, one that
+// was receiving steadily and has received nothing for SILENT_MS, the
 // browser going `online` again, `navigator.connection` changing, or the
 // signalling socket resuming after a drop make the module restart ICE on
 // both connections at once (new credentials, same DTLS and tracks: nothing
@@ -70,6 +71,13 @@ const RESUME_FOR_MS = 30000;
 // A connection `disconnected` this long is taken as a dead path (Chrome says
 // `disconnected` after about 2.5 s without a packet; a blip is shorter).
 const DISCONNECTED_GRACE_MS = 2000;
+// Chrome says `disconnected` only some 7 s into a dead path (measured, 156),
+// so the bytes each connection receives are watched too: one that received
+// all the time (media, RTCP feedback) and then nothing for this long has
+// lost its path. Idle connections (nothing to receive) are left to the
+// browser's own states.
+const SILENT_MS = 2000;
+const WATCH_EVERY_MS = 500;
 // An ICE restart that has not connected by then falls back to new peer
 // connections; new connections get a little longer (DTLS on top of ICE).
 const RESTART_WITHIN_MS = 5000;
@@ -212,6 +220,7 @@ export class WadudCall extends EventTarget {
     clearInterval(this._watchdog);
     this._stopRecovery();
     if (this._unlisten) this._unlisten();
+    clearInterval(this._pathWatch);
     if (this._ws) {
       this._ws.onclose = null;
       try { this._ws.close(1000); } catch (_) { /* already closed */ }
@@ -331,6 +340,7 @@ export class WadudCall extends EventTarget {
       this._on_active_speaker({ participant_id: f.active_speaker || null });
     }
     this._listenToNetwork();
+    if (!this._pathWatch) this._pathWatch = setInterval(() => this._watchTraffic(), WATCH_EVERY_MS);
     if (forgotten) this._restartMedia();
     else if (this.publishPc && this.publishPc.signalingState !== 'stable') this._renegotiate();
     else this._publishNow();
@@ -885,7 +895,41 @@ export class WadudCall extends EventTarget {
   _mediaConnected() {
     if (this._awaitSubscribe && !this.subscribePc) return false;
     const pcs = [this.publishPc, this.subscribePc].filter(Boolean);
-    return pcs.length > 0 && pcs.every((pc) => pc.connectionState === 'connected');
+    return pcs.length > 0 && pcs.every((pc) => pc.connectionState === 'connected'
+      && !['disconnected', 'failed'].includes(pc.iceConnectionState) && !pc._wadudSilent);
+  }
+
+  // What each connection received since the last look (getStats: the
+  // transport's bytesReceived). `streak`: looks in a row that saw bytes.
+  async _watchTraffic() {
+    if (this._watching || isFinal(this.state)) return;
+    this._watching = true;
+    try {
+      for (const [transport, pc] of [['publish', this.publishPc], ['subscribe', this.subscribePc]]) {
+        if (!pc || pc.connectionState !== 'connected') continue;
+        let bytes = 0;
+        (await pc.getStats()).forEach((s) => { if (s.type === 'transport') bytes += s.bytesReceived || 0; });
+        const now = Date.now();
+        const seen = pc._wadudSeen || (pc._wadudSeen = { bytes, at: now, streak: 0 });
+        if (bytes !== seen.bytes) {
+          Object.assign(seen, { bytes, at: now, streak: seen.streak + 1 });
+          if (pc._wadudSilent) {
+            pc._wadudSilent = false;
+            this._checkMedia();
+          }
+        } else if (seen.streak < SILENT_MS / WATCH_EVERY_MS) {
+          seen.streak = 0; // not a steady receiver: a gap means nothing
+        } else if (now - seen.at >= SILENT_MS) {
+          seen.streak = 0;
+          pc._wadudSilent = true;
+          if (pc === this.publishPc || pc === this.subscribePc) this._pathLost(`${transport} connection silent`);
+        }
+      }
+    } catch (_) {
+      /* a connection closed under getStats: the next look sees the new one */
+    } finally {
+      this._watching = false;
+    }
   }
 
   _setMedia(state, reason) {
