@@ -20,9 +20,21 @@ estimator, in the spirit of Google Congestion Control
   second while far from the last known capacity, additively near it
   (section 5.5), and never beyond 1.5 times what was acknowledged plus a
   margin, since a rate never sent is a rate never tested.
-- **Loss-based.** Each feedback's share of packets not received: above 10 %
-  the loss-based rate falls by half the loss; below 2 % it grows by 8 % a
-  second (section 6). The estimate is the lower of the two.
+- **Loss-based.** The share of packets not received, judged over windows
+  of at least ``LOSS_WINDOW`` seconds and ``LOSS_PACKETS`` packets: above
+  10 % the path is congested, and what it carried meanwhile (the
+  acknowledged rate) is taken as its capacity; the loss-based rate drops to
+  ``LOSS_BACKOFF`` times that, not by a share of a rate that may be far above
+  what was sent (gcc-02 section 6 decreases from the send rate). Below 2 %
+  it grows by 8 % a second, but additively within 1.5 times a capacity
+  learnt in the last ``LOSS_HOLD`` seconds; between the two it holds, unless
+  it is at that capacity again, which counts as congestion too. A carrier's
+  policer gives no delay signal, only loss, and sitting just above its rate
+  would mean a steady few per cent of loss: this is what makes the estimate
+  settle below it and stay. Loss with no overuse before it marks the path
+  ``policed``: from then on probes no longer lift the loss-based rate (the
+  policer's bucket lets a short burst through at any rate), which climbs
+  only with the media it carries. The estimate is the lower of the two rates.
 - **Probing.** Going up past what the media itself sends needs traffic that
   tests the path: :meth:`SendSideEstimator.probe` asks for a *cluster* of
   padding at a higher rate when the caller wants more than the estimate
@@ -71,6 +83,14 @@ GROWTH = 1.08
 ACKED_WINDOW = 0.5
 #: Loss thresholds of the loss-based controller.
 LOSS_HIGH, LOSS_LOW = 0.10, 0.02
+#: The loss-based controller decides over at least this long and this many packets.
+LOSS_WINDOW, LOSS_PACKETS = 1.0, 20
+#: After congestion loss, the rate drops to this share of what was acknowledged.
+LOSS_BACKOFF = 0.9
+#: Seconds a capacity learnt from congestion loss is remembered.
+LOSS_HOLD = 30.0
+#: Additive increase near that capacity, as a share of it per second.
+LOSS_ADDITIVE = 0.02
 #: Probing: seconds between clusters, a cluster's length and least packets.
 PROBE_INTERVAL = 2.0
 PROBE_DURATION = 0.015
@@ -165,6 +185,17 @@ class SendSideEstimator:
         self.acked_bitrate = 0.0
         #: Share of packets the last feedbacks reported lost (smoothed).
         self.loss = 0.0
+        # The loss controller's window, and the capacity congestion loss showed.
+        self._window_lost = 0
+        self._window_total = 0
+        self._window_bytes = 0
+        self._window_start: float | None = None
+        self._loss_decided: float | None = None
+        self._loss_capacity = 0.0
+        self._loss_capacity_at = -math.inf
+        self._overused_at = -math.inf
+        #: Whether loss without a rising delay ever showed a policer on the path.
+        self.policed = False
         # Probing.
         self._clusters: dict[int, _Cluster] = {}
         self._next_cluster = 1
@@ -226,6 +257,7 @@ class SendSideEstimator:
                 continue
             received += 1
             size = self._size[i]
+            self._window_bytes += size
             self._sent_at[i] = -1.0
             self._on_arrival(sent, arrival, size, now)
             cid = self._cluster[i]
@@ -239,7 +271,7 @@ class SendSideEstimator:
         if received + lost:
             share = lost / (received + lost)
             self.loss = 0.7 * self.loss + 0.3 * share
-            self._update_loss(share, now)
+            self._update_loss(lost, received + lost, now)
         self._update_delay(now)
         self._finish_probes(now)
 
@@ -296,6 +328,7 @@ class SendSideEstimator:
                 self._overuse_since = now
             if now - self._overuse_since >= OVERUSE_TIME and trend >= self._prev_trend:
                 self.usage = Usage.OVERUSING
+                self._overused_at = now
         elif trend < -self._threshold:
             self._overuse_since = None
             self.usage = Usage.UNDERUSING
@@ -343,15 +376,56 @@ class SendSideEstimator:
         # UNDERUSING: hold, the queue is draining.
         self._delay_rate = max(float(self.min_bitrate), min(float(self.max_bitrate), rate))
 
-    def _update_loss(self, share: float, now: float) -> None:
-        if share > LOSS_HIGH:
-            self._loss_rate *= 1 - 0.5 * share
+    @property
+    def loss_capacity(self) -> float | None:
+        """The rate the path carried when it last lost packets to congestion,
+        while that is recent (``LOSS_HOLD``); else None."""
+        return self._loss_capacity or None
+
+    def _capacity_at(self, now: float) -> float | None:
+        if self._loss_capacity and now - self._loss_capacity_at < LOSS_HOLD:
+            return self._loss_capacity
+        self._loss_capacity = 0.0
+        return None
+
+    def _update_loss(self, lost: int, total: int, now: float) -> None:
+        if self._window_start is None:
+            self._window_start = now
+        self._window_lost += lost
+        self._window_total += total
+        if now - self._window_start < LOSS_WINDOW or self._window_total < LOSS_PACKETS:
+            return
+        share = self._window_lost / self._window_total
+        # What got through over the window: a policer that counts bytes per
+        # second (coturn's --max-bps) passes nothing for the rest of a second
+        # once its budget is spent, so a shorter measure would read near zero.
+        carried = self._window_bytes * 8 / max(now - self._window_start, LOSS_WINDOW)
+        self._window_lost = self._window_total = self._window_bytes = 0
+        self._window_start = now
+        last, self._loss_decided = self._loss_decided, now
+        dt = LOSS_WINDOW if last is None else min(max(now - last, 0.0), 1.0)
+        capacity = self._capacity_at(now)
+        rate = self._loss_rate
+        if share > LOSS_HIGH or (
+            share > LOSS_LOW and capacity is not None and rate >= 0.9 * capacity
+        ):
+            if carried > 0:
+                # What got through while packets were lost is what the path
+                # carries: a policer's rate, or a bottleneck's.
+                self._loss_capacity, self._loss_capacity_at = carried, now
+                rate = min(rate, LOSS_BACKOFF * carried)
+                if now - self._overused_at > 2 * LOSS_WINDOW:
+                    # Lost with no queue building first: a policer, whose
+                    # bucket lets probes through (see _finish_probes).
+                    self.policed = True
+            else:
+                rate *= 1 - 0.5 * share
         elif share < LOSS_LOW:
-            dt = 0.1 if self._last_update is None else min(max(now - self._last_update, 0), 1.0)
-            self._loss_rate = min(self._loss_rate * GROWTH**dt, self._delay_rate * 1.5)
-        self._loss_rate = max(
-            float(self.min_bitrate), min(float(self.max_bitrate), self._loss_rate)
-        )
+            if capacity is not None and rate < 1.5 * capacity:
+                rate += LOSS_ADDITIVE * capacity * dt
+            else:
+                rate = min(rate * GROWTH**dt, self._delay_rate * 1.5)
+        self._loss_rate = max(float(self.min_bitrate), min(float(self.max_bitrate), rate))
 
     # -- probing -------------------------------------------------------------------
 
@@ -404,9 +478,12 @@ class SendSideEstimator:
                 found = 0.95 * result
                 self.probes_succeeded += 1
                 self._delay_rate = max(self._delay_rate, found)
-                if self.loss < LOSS_LOW:
+                if self.loss < LOSS_LOW and not self.policed and self._capacity_at(now) is None:
                     # Random loss (a radio link) is the loss controller's to
-                    # judge: a probe lifts it only on a clean path.
+                    # judge: a probe lifts it only on a clean path. Nor on a
+                    # policed one: the policer's bucket lets a probe's short
+                    # burst through at any rate, and only the media's own
+                    # steady rate tells where the policing starts.
                     self._loss_rate = max(self._loss_rate, found)
                 self._probe_floor = found
                 self._probe_until = now + PROBE_HOLD

@@ -139,7 +139,7 @@ def test_heavy_random_loss_pulls_the_estimate_down(loss: float) -> None:
     call.run(10.0)
     assert call.estimate_at_end() < 600_000
     # The estimator saw the loss it reacted to.
-    assert call.est.loss > 0.03 and call.path.dropped > 0.1 * call.seq
+    assert call.est.loss_capacity is not None and call.path.dropped > 0.1 * call.seq
 
 
 def test_a_narrow_path_gets_down_to_audio_rates() -> None:
@@ -178,3 +178,46 @@ def test_rings_are_flat_arrays_the_garbage_collector_never_walks() -> None:
     assert len(gc.get_referents(sent_at)) <= 1 and len(gc.get_referents(sizes)) <= 1
     sent_at[65535], sizes[65535] = 1.25, 1200
     assert (sent_at[65535], sizes[65535]) == (1.25, 1200)
+
+
+class Policer(Path):
+    """A carrier's policer: a token bucket of ``depth`` bytes filled at
+    ``capacity``; a packet with no tokens left is dropped, nothing queues."""
+
+    def __init__(self, capacity: float, depth: int = 12_000, delay: float = 0.04):
+        super().__init__(capacity, delay=delay)
+        self.depth = depth
+        self.tokens = float(depth)
+        self.filled_at = 0.0
+        self.passed = 0
+
+    def send(self, size: int, now: float) -> float | None:
+        self.tokens = min(self.depth, self.tokens + (now - self.filled_at) * self.capacity / 8)
+        self.filled_at = now
+        if self.tokens < size:
+            self.dropped += 1
+            return None
+        self.tokens -= size
+        self.passed += 1
+        return now + self.delay
+
+
+@pytest.mark.parametrize("depth", [12_000, 62_500])
+def test_settles_below_a_policer_and_holds(depth: int) -> None:
+    """A policer gives no delay signal, only loss, and its bucket lets a
+    probe's short burst through (coturn's ``--max-bps`` counts bytes per
+    second: a bucket of a second's worth): the estimate must still settle
+    below the rate and stay there, not climb past it again and again."""
+    path = Policer(500_000, depth=depth)
+    call = Call(path, wanted=2_500_000)
+    call.run(15.0)
+    dropped, sent = path.dropped, call.seq
+    call.run(15.0)
+    tail = [e for t, e in call.history if t >= call.now - 15.0]
+    loss = (path.dropped - dropped) / (call.seq - sent)
+    median = sorted(tail)[len(tail) // 2]
+    print(f"policed: estimate {min(tail)}..{max(tail)}, median {median}, loss {loss:.3f}")
+    # It may pass the rate while the bucket drains, and comes back below it.
+    assert min(tail) >= 0.6 * 500_000 and max(tail) <= 1.25 * 500_000, (min(tail), max(tail))
+    assert median <= 1.02 * 500_000, median
+    assert loss < 0.02, loss
