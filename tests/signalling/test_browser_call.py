@@ -671,8 +671,11 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
 
 
 @contextlib.asynccontextmanager
-async def serving(database_url: str, work: Path) -> AsyncIterator[Any]:
-    from bin.assembly import build_app
+async def serving(database_url: str, work: Path, *, relay: bool = False) -> AsyncIterator[Any]:
+    """The app on HTTP_PORT; ``relay``: with the TURN relay ``wadud serve``
+    runs beside it (127.0.0.1:3478, UDP and TCP), named in ``joined``."""
+    import turn.http
+    from bin.assembly import build_app, in_process
     from wadud import keys
     from wadud.config import Settings
 
@@ -687,7 +690,7 @@ async def serving(database_url: str, work: Path) -> AsyncIterator[Any]:
         call_demo=True,
         log_format="text",
     )
-    app = build_app(settings)
+    app = build_app(settings, [*in_process(), turn.http.install_embedded] if relay else None)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", HTTP_PORT).start()
