@@ -102,6 +102,8 @@ PROBE_HOLD = 3.0
 
 _RING = 1 << 16
 _MASK = _RING - 1
+_UNSENT = array("d", [-1.0]) * _RING
+_NO_CLUSTER = array("H", [0]) * _RING
 
 
 class Usage(enum.Enum):
@@ -219,6 +221,35 @@ class SendSideEstimator:
         """The bitrate the path should carry now, in bits per second."""
         rate = min(self._delay_rate, self._loss_rate)
         return int(max(self.min_bitrate, min(self.max_bitrate, rate)))
+
+    def path_changed(self, now: float) -> None:
+        """The transport's path moved (an ICE restart, a NAT rebinding).
+
+        What was sent on the old path and never acknowledged is forgotten,
+        not counted lost (an outage before a restart would otherwise read as
+        heavy congestion on the new path), and so is what loss and delay
+        said of the old path. The rates stay: the new path is tested from
+        there, down fast on loss or overuse, up as usual.
+        """
+        self._sent_at[:] = _UNSENT
+        self._cluster[:] = _NO_CLUSTER
+        self._clusters.clear()
+        self._acked.clear()
+        self._acked_bytes = 0
+        self._group_send = self._prev_send = None
+        self._first_arrival = None
+        self._points.clear()
+        self._accumulated = self._smoothed = 0.0
+        self._overuse_since = None
+        self.usage = Usage.NORMAL
+        self.loss = 0.0
+        self._window_lost = self._window_total = self._window_bytes = 0
+        self._window_start = None
+        self._loss_capacity = 0.0
+        self._loss_capacity_at = -math.inf
+        self._overused_at = -math.inf
+        self.policed = False
+        self._last_probe = now
 
     # -- the hot path -------------------------------------------------------------
 

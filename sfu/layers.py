@@ -279,6 +279,12 @@ class WorkerLayers(WorkerControl):
             peer.forwarder.set_send_rings(peer, sent_at, sizes)
         return state
 
+    def _path_changed(self, peer: Peer) -> None:
+        """A subscriber's path moved: its estimator forgets the old path's losses."""
+        state = self._subscribers.get(peer)
+        if state is not None and state.estimator is not None:
+            state.estimator.path_changed(self._now())
+
     def _forget_subscriber(self, peer: Peer) -> None:
         self._subscribers.pop(peer, None)
 

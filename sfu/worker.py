@@ -667,6 +667,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 peer.addr = event.address
                 if moved and transport.state is PeerState.CONNECTED:
                     self.paths["moved"] += 1
+                    self._path_changed(peer)
                     log.info(
                         "%s path moved to %s",
                         peer,

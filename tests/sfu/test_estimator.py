@@ -221,3 +221,22 @@ def test_settles_below_a_policer_and_holds(depth: int) -> None:
     assert min(tail) >= 0.6 * 500_000 and max(tail) <= 1.25 * 500_000, (min(tail), max(tail))
     assert median <= 1.02 * 500_000, median
     assert loss < 0.02, loss
+
+
+def test_an_outage_before_a_path_change_is_not_congestion() -> None:
+    """A phone's path dies for 2 s, then ICE moves it to a new one: what the
+    old path swallowed must not read as congestion on the new path."""
+    path = Path(5_000_000)
+    call = Call(path, wanted=1_500_000)
+    call.run(10.0)
+    before = call.estimate_at_end()
+    assert before >= 1_000_000
+    path.loss = 0.999999  # the old path is dead: nothing arrives
+    call.run(2.0)
+    call.est.path_changed(call.now)
+    # The receiver's next feedback spans every number since the last it
+    # acknowledged, so the outage's packets are reported missing.
+    path.loss = 0.0
+    call.run(3.0)
+    assert call.est.estimate >= 0.8 * before, (before, call.est.estimate)
+    assert call.est.loss_capacity is None and not call.est.policed
