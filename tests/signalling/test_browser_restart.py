@@ -306,6 +306,9 @@ async def scenario(world: World, kind: str) -> dict[str, Any]:
         await join(patient)
         pages = {"doctor": doctor, "patient": patient}
         await receiving(world, [doctor, patient])
+        # A visit, not its first second: the page judges a path dead by a
+        # steady receiver falling silent, and a receiver is steady after 2 s.
+        await asyncio.sleep(3)
         ids = {n: str(await p.eval("window.wadudCall.me.id")) for n, p in pages.items()}
         out["ids_before"] = ids
         for page in pages.values():
