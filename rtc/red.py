@@ -42,6 +42,8 @@ MAX_LENGTH = 0x3FF
 """Largest redundant block a header describes (10 bits)."""
 
 _HEADER = struct.Struct("!I")
+# Two redundant block headers and the final one.
+_TWO_HEADERS = struct.Struct("!IIB")
 
 
 def primary(data: Buffer, start: int, end: int) -> int:
@@ -172,6 +174,33 @@ def deepen(
     """
     if depth < 1 or not 0 < delta <= MAX_OFFSET:
         return None
+    if (
+        depth == 2
+        and previous[prev_start] & packet[start] & 0x80
+        and not (previous[prev_start + 4] | packet[start + 4]) & 0x80
+    ):
+        # What Chromium sends (one redundant frame in each), in one join:
+        # the forwarding path runs this for every RED packet.
+        (word,) = _HEADER.unpack_from(previous, prev_start)
+        offset = ((word >> 10) & MAX_OFFSET) + delta
+        at = prev_start + 5 + (word & MAX_LENGTH)
+        length = prev_end - at
+        if offset > MAX_OFFSET or length > MAX_LENGTH:
+            return None
+        own = ((packet[start + 2] & 0x03) << 8) | packet[start + 3]
+        return b"".join(
+            (
+                bytes((packet[0] & 0xDF,)),  # the padding stays behind
+                packet[1:start],
+                _TWO_HEADERS.pack(
+                    (word & 0xFF0003FF) | offset << 10,
+                    0x80000000 | (previous[prev_start + 4] & 0x7F) << 24 | delta << 10 | length,
+                    packet[start + 4],
+                ),
+                previous[prev_start + 5 : prev_end],
+                packet[start + 5 + own : end],
+            )
+        )
     # previous: k redundant headers, its final header, the blocks' data.
     pos = prev_start
     k = 0

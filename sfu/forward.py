@@ -533,19 +533,25 @@ class Forwarder(SimulcastTable):
 
         if primary >= 0 and self.red_depth > 1:
             # Deeper redundancy for the subscribers' downlinks, from the
-            # packet before (the original, as the history keeps it).
-            previous = track.history.get((seq - 1) & 0xFFFF, now)
-            if previous is not None and previous[1] & 0x7F == pt:
-                p_start, p_end = payload_range(previous)
-                delta = (ts - _U32.unpack_from(previous, 4)[0]) & 0xFFFFFFFF
+            # packet before (as it came: the last one is kept at hand).
+            previous = track.red_last
+            if previous is not None and track.red_last_seq == (seq - 1) & 0xFFFF:
                 deeper = red.deepen(
-                    previous, p_start, p_end, delta, packet, start, end, self.red_depth
-                )
-                if deeper is not None:
-                    tail = end - (primary & 0xFFFF)
-                    packet = deeper
-                    n = end = len(deeper)
-                    primary = (primary >> 16) << 16 | (n - tail)
+                    previous, track.red_last_start, track.red_last_end,
+                    (ts - track.red_last_ts) & 0xFFFFFFFF, packet, start, end, self.red_depth,
+                )  # fmt: skip
+            else:
+                deeper = None
+            track.red_last = packet
+            track.red_last_seq = seq
+            track.red_last_ts = ts
+            track.red_last_start = start
+            track.red_last_end = end
+            if deeper is not None:
+                tail = end - (primary & 0xFFFF)
+                packet = deeper
+                n = end = len(deeper)
+                primary = (primary >> 16) << 16 | (n - tail)
         buf = bytearray(packet)
         # The extension table ``buf`` holds now (None: the publisher's ids).
         # Subscribers with equal tables share one interned table object, so a

@@ -203,6 +203,11 @@ class Track:
         "nack",
         "pending",
         "publisher",
+        "red_last",
+        "red_last_end",
+        "red_last_seq",
+        "red_last_start",
+        "red_last_ts",
         "red_pt",
         "rtx_apt",
         "rtx_ssrc",
@@ -266,6 +271,13 @@ class Track:
         # packets go as they are to subscriptions whose map has it, cut to
         # their primary block for the others (sfu.forward).
         self.red_pt = -1
+        # The last RED packet, its sequence number and timestamp and where
+        # its payload is, for the next one's deeper redundancy (sfu.forward).
+        self.red_last: bytes | None = None
+        self.red_last_seq = -1
+        self.red_last_ts = 0
+        self.red_last_start = 0
+        self.red_last_end = 0
 
 
 class Group:

@@ -8,6 +8,7 @@ the native leaf (sfu/_fanout.c) must send the very same bytes.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from pathlib import Path
@@ -355,3 +356,30 @@ async def test_red_turned_off(loopback_aiortc: None) -> None:
         room = worker._rooms["room"]
         track = next(iter(room.tracks.values()))
         assert room.forwarder.track(track.ssrc).red_pt == -1
+
+
+def test_relayed_tracks_carry_their_red() -> None:
+    """A track crossing to another worker keeps its RED, so that worker can
+    offer it and cut it for its own subscribers (sfu.links)."""
+    from sfu.control import RelayCodec, RelayedTrack, TrackInfo
+
+    red = RelayCodec(63, "red", 48000, 2, "111/111")
+    relayed = RelayedTrack(
+        info=TrackInfo("t-1", "doctor", "audio", "microphone", "0"),
+        ssrc=5,
+        codec=RelayCodec(111, "opus", 48000, 2, "minptime=10;useinbandfec=1"),
+        red=red,
+    )
+    assert RelayedTrack.from_dict(json.loads(json.dumps(relayed.to_dict()))) == relayed
+    legacy = relayed.to_dict()
+    del legacy["red"]
+    assert RelayedTrack.from_dict(legacy).red is None
+
+
+async def test_red_counters_are_in_the_metrics(worker: MediaWorker) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    await worker.publish("room", "alice", CHROMIUM_OFFER, {})
+    text = generate_latest(REGISTRY).decode()
+    assert 'sfu_rtp_total{event="red_stripped"}' in text
+    assert 'sfu_rtp_total{event="red_malformed"}' in text
