@@ -56,6 +56,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
@@ -347,6 +348,13 @@ class CallClient:
         self.peer_media: dict[str, str] = {}
         #: What we publish, by source: sent again when the room's media moves.
         self._local: dict[str, Any] = {}
+        # Our tracks reach a peer connection through a relay: aiortc stops a
+        # sender's track when the sender stops (a connection that failed or
+        # closed), and a track once stopped never gives a frame again, so the
+        # connection made after a failure could not send it. A relay's proxy
+        # is what gets stopped; the source stays live for the next connection.
+        self._relay = MediaRelay()
+        self._feeds: dict[str, Any] = {}
         #: Sources published as simulcast, and the publish connection's rewriting.
         self._simulcast_sources: set[str] = set()
         self._munger: SimulcastMunger | None = None
@@ -511,7 +519,9 @@ class CallClient:
         self.published.pop(track_id, None)
         if info is not None:
             self._local.pop(str(info.get("source")), None)
-        if info is not None:
+            feed = self._feeds.pop(str(info.get("source")), None)
+            if feed is not None:
+                feed.stop()
             transceiver = self._transceivers.get(str(info.get("mid")))
             if transceiver is not None:
                 transceiver.sender.replaceTrack(None)
@@ -657,6 +667,10 @@ class CallClient:
             new = []
             layered = []
             for source, track in items:
+                old = self._feeds.pop(source, None)
+                if old is not None:
+                    old.stop()
+                track = self._feeds[source] = self._relay.subscribe(track, buffered=False)
                 if source in self._simulcast_sources and track.kind == "video":
                     layers = layer_tracks(track)
                     group = [pc.addTransceiver(t, direction="sendonly") for t in layers]
@@ -717,11 +731,8 @@ class CallClient:
 
     async def _republish(self, old: list[Any], items: list[tuple[str, Any]]) -> None:
         for pc in old:
-            # aiortc stops a sender's track when the sender stops (on close):
-            # take our tracks back first, to send them on the new connection.
-            for transceiver in pc.getTransceivers():
-                with contextlib.suppress(Exception):
-                    transceiver.sender.replaceTrack(None)
+            # Closing stops the senders' tracks: the relay's proxies, not ours
+            # (see _relay); publish() gives the new connection new proxies.
             with contextlib.suppress(Exception):
                 await pc.close()
         moves = self.media_moves
