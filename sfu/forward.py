@@ -113,6 +113,24 @@ class NativeForward(Protocol):
         /,
     ) -> int: ...
 
+    def red_primary(self, packet: bytes, start: int, end: int, /) -> int:
+        """:func:`rtc.red.primary`, natively."""
+
+    def red_deepen(
+        self,
+        previous: bytes,
+        prev_start: int,
+        prev_end: int,
+        delta: int,
+        packet: bytes,
+        start: int,
+        end: int,
+        depth: int,
+        /,
+    ) -> object:
+        """:func:`rtc.red.deepen` for Chromium's shape (one redundant frame in
+        each, depth 2); ``NotImplemented`` for any other."""
+
 
 _FIXED = struct.Struct("!BBHII")
 _REWRITE = struct.Struct("!BHII")
@@ -505,7 +523,11 @@ class Forwarder(SimulcastTable):
         # RED (RFC 2198): where its primary block starts, for the copies cut to it.
         primary = -1
         if pt == track.red_pt:
-            primary = red.primary(packet, start, end)
+            native = self.native
+            if native is None:
+                primary = red.primary(packet, start, end)
+            else:
+                primary = native.red_primary(packet, start, end)
             if primary < 0:
                 stats.red_malformed += 1
                 return
@@ -535,19 +557,24 @@ class Forwarder(SimulcastTable):
             # Deeper redundancy for the subscribers' downlinks, from the
             # packet before (as it came: the last one is kept at hand).
             previous = track.red_last
+            deeper: object = None
             if previous is not None and track.red_last_seq == (seq - 1) & 0xFFFF:
-                deeper = red.deepen(
-                    previous, track.red_last_start, track.red_last_end,
-                    (ts - track.red_last_ts) & 0xFFFFFFFF, packet, start, end, self.red_depth,
-                )  # fmt: skip
-            else:
-                deeper = None
+                native = self.native
+                p_start, p_end = track.red_last_start, track.red_last_end
+                delta = (ts - track.red_last_ts) & 0xFFFFFFFF
+                depth = self.red_depth
+                if native is not None:
+                    deeper = native.red_deepen(
+                        previous, p_start, p_end, delta, packet, start, end, depth
+                    )
+                if native is None or deeper is NotImplemented:
+                    deeper = red.deepen(previous, p_start, p_end, delta, packet, start, end, depth)
             track.red_last = packet
             track.red_last_seq = seq
             track.red_last_ts = ts
             track.red_last_start = start
             track.red_last_end = end
-            if deeper is not None:
+            if isinstance(deeper, bytes):
                 tail = end - (primary & 0xFFFF)
                 packet = deeper
                 n = end = len(deeper)

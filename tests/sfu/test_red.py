@@ -19,6 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtc import red
 from rtc.red import RedBlock, RedPayload
 from rtc.rtp import RtpPacket, build_extensions
 from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC, SessionDescription
@@ -383,3 +384,51 @@ async def test_red_counters_are_in_the_metrics(worker: MediaWorker) -> None:
     text = generate_latest(REGISTRY).decode()
     assert 'sfu_rtp_total{event="red_stripped"}' in text
     assert 'sfu_rtp_total{event="red_malformed"}' in text
+
+
+# -- the native twins of rtc.red.primary and rtc.red.deepen -------------------------------
+
+
+@pytest.fixture(scope="module")
+def leaf() -> Any:
+    if not native.AVAILABLE:
+        pytest.skip("native fan-out not built or off")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    yield native.fanout(sock)
+    sock.close()
+
+
+@settings(max_examples=300)
+@given(data=st.binary(max_size=40), cut=st.integers(0, 6))
+def test_native_primary_is_rtc_reds(leaf: Any, data: bytes, cut: int) -> None:
+    start = min(cut, len(data))
+    assert leaf.red_primary(data, start, len(data)) == red.primary(data, start, len(data))
+
+
+@settings(max_examples=200)
+@given(
+    frames=st.lists(st.binary(min_size=1, max_size=30), min_size=3, max_size=3),
+    older=st.integers(0, 2),
+    own=st.integers(0, 2),
+    delta=st.sampled_from([1, 960, 0x3000, 0x3FFF, 0x4000]),
+    depth=st.integers(0, 3),
+    head=st.binary(min_size=12, max_size=16),
+)
+def test_native_deepen_is_rtc_reds(
+    leaf: Any, frames: list[bytes], older: int, own: int, delta: int, depth: int, head: bytes
+) -> None:
+    first, second, third = frames
+    previous = head + bytes(
+        RedPayload(OPUS, second, [RedBlock(OPUS, 960 * (older - i), first) for i in range(older)])
+    )
+    packet = head + bytes(
+        RedPayload(OPUS, third, [RedBlock(OPUS, 960 * (own - i), second) for i in range(own)])
+    )
+    args = (previous, len(head), len(previous), delta, packet, len(head), len(packet), depth)
+    got = leaf.red_deepen(*args)
+    if got is not NotImplemented:
+        assert got == red.deepen(*args)
+    if (older, own, depth) == (1, 1, 2):
+        assert got is not NotImplemented
+    with pytest.raises(ValueError, match="out of the packet"):
+        leaf.red_primary(b"abc", 2, 9)
