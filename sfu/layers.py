@@ -315,8 +315,6 @@ class WorkerLayers(WorkerControl):
 
     def _measure(self, room: Room, now: float) -> None:
         for track in room.tracks.values():
-            if track.info.kind != "video":
-                continue
             layers = track.layers or [_single(track)]
             for layer in layers:
                 stats = track.publisher.recv_stats.get(layer.ssrc) if layer.ssrc else None
@@ -344,6 +342,7 @@ class WorkerLayers(WorkerControl):
         state = self._subscriber_state(peer)
         forwarder = peer.forwarder
         audio = 0
+        audio_bitrate = 0.0
         wanted: list[Wanted] = []
         tracks: dict[str, Track] = {}
         reasons: dict[str, Reason] = {}
@@ -354,7 +353,11 @@ class WorkerLayers(WorkerControl):
             if not section.subscribed or not track.live:
                 continue
             if track.info.kind == "audio":
+                # What it really takes (Opus with RED is about twice plain
+                # Opus), once measured: every track the link carries counts.
                 audio += 1
+                measured = track.measured.bitrate if track.measured is not None else 0.0
+                audio_bitrate += measured or AUDIO_BITRATE
                 continue
             tid = track.info.track_id
             tracks[tid] = track
@@ -382,11 +385,9 @@ class WorkerLayers(WorkerControl):
                 )
             )
         estimate = self._estimate(state)
-        chosen = allocate(estimate, wanted, audio)
-        ideal = allocate(math.inf, wanted, audio)
-        state.wanted = int(
-            audio * AUDIO_BITRATE + sum(_bitrate(w, ideal[w.track_id]) for w in wanted)
-        )
+        chosen = allocate(estimate, wanted, audio, audio_bitrate)
+        ideal = allocate(math.inf, wanted, audio, audio_bitrate)
+        state.wanted = int(audio_bitrate + sum(_bitrate(w, ideal[w.track_id]) for w in wanted))
         congested = False
         for w in wanted:
             tid = w.track_id
@@ -620,7 +621,7 @@ def _index(track: Track, rid: bytes) -> int | None:
 
 
 def _single(track: Track) -> LayerInfo:
-    """A single-layer video track's measurement record."""
+    """A single-layer track's measurement record (audio, or video without simulcast)."""
     layer = track.measured
     if layer is None:
         layer = track.measured = LayerInfo("", 0.0)

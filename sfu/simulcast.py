@@ -101,13 +101,17 @@ def choose(layers: Sequence[Layer], budget: float, width: int, height: int) -> i
 
 
 def allocate(
-    budget: float, wanted: Sequence[Wanted], audio_tracks: int = 0
+    budget: float,
+    wanted: Sequence[Wanted],
+    audio_tracks: int = 0,
+    audio_bitrate: float | None = None,
 ) -> dict[str, int | None]:
     """Layers for every video track one subscriber receives, within
-    ``budget`` bits per second (see the module docstring). ``audio_tracks``
-    are served first at :data:`AUDIO_BITRATE` each. A hidden tile gets None
-    (nothing sent); a track that does not fit gets None too."""
-    left = budget - audio_tracks * AUDIO_BITRATE
+    ``budget`` bits per second (see the module docstring). Audio is served
+    first: ``audio_bitrate`` bits per second when measured, else
+    :data:`AUDIO_BITRATE` for each of ``audio_tracks``. A hidden tile gets
+    None (nothing sent); a track that does not fit gets None too."""
+    left = budget - (audio_tracks * AUDIO_BITRATE if audio_bitrate is None else audio_bitrate)
     order = sorted(wanted, key=lambda w: (not w.screen, not w.speaker, w.track_id))
     out: dict[str, int | None] = {w.track_id: None for w in wanted}
     # Two passes: everyone visible gets their lowest layer first, then what
