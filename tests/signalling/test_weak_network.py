@@ -111,6 +111,33 @@ async def test_capped_subscriber_gets_a_lower_layer_smoothly(
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("scenario", ["policed", "queued"])
+async def test_weak_patient_in_a_three_person_visit(
+    database_url: str, tmp_path: Path, scenario: str
+) -> None:
+    """Issue 20: the patient relay-only through a 500 kbit/s cap each way
+    that polices (drops above the rate) or queues; every page publishes
+    simulcast. After 30 s the capped patient decodes both others at >= 15
+    fps with < 1 s of freezes per 15 s, and the clean participant gets a
+    higher layer of the doctor than the capped one does.
+
+    Not met yet (so it is out of the default run): the estimate now holds
+    steady below the cap (370 to 480 kbit/s, no climb past it), but two
+    remote 320x180 layers and two Opus+RED streams need about that much, so
+    one video is paused for a few seconds now and then; see issue 20's
+    closing note for the figures and what is left (pacing, RED on
+    constrained links, temporal layers)."""
+    result = await run_scenario(scenario, database_url, tmp_path, budget=200)
+    print(json.dumps({k: v for k, v in result.items() if k != "trace"}))
+    assert "error" not in result, result
+    for key in ("capped_from_doctor", "capped_from_clean"):
+        assert result[key]["fps"] >= 15, result
+        assert result[key]["freezes_s"] < 1, result
+    assert result["clean_from_doctor"]["width"] > result["capped_from_doctor"]["width"], result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 async def test_starved_subscriber_gets_audio_only(database_url: str, tmp_path: Path) -> None:
     """Capped at 80 kbit/s each way: no video reaches the page, audio goes
     on, the tile says "Video paused: weak connection"; lifting the cap
@@ -561,6 +588,89 @@ async def scenario_capped(world: World) -> dict[str, Any]:
         await turn.stop()
 
 
+async def weak_visit(world: World, *, police: bool) -> dict[str, Any]:
+    """Three people in 1280x800 windows, each publishing simulcast; the
+    patient relay-only through a TURN relay that caps 500 kbit/s each way.
+    ``police``: coturn's own ``--max-bps`` drops what exceeds the rate, as a
+    carrier's policer does; else a drop-tail queue of 250 ms shapes it (a
+    :class:`CappedPath` in front of an uncapped coturn). After 30 s, what
+    each page decodes of each other over 15 s."""
+    work = world.browsers.work
+    rate = 500_000 // 8
+    turn = Turn(work, TURN_PORT, 50000, max_bps=rate if police else None)
+    await turn.start()
+    path: CappedPath | None = None
+    port = TURN_PORT
+    if not police:
+        path = CappedPath(("127.0.0.1", TURN_PORT), rate)
+        await path.start(CAPPED_PORT)
+        port = CAPPED_PORT
+    big = "--window-size=1280,800"
+    try:
+        doctor = await open_page(
+            world,
+            "doctor",
+            simulcast(world.link("dr-amina", "Dr Amina", "doctor", admin=True)),
+            big,
+        )
+        await join(doctor)
+        clean = await open_page(
+            world, "clean", simulcast(world.link("fam-1", "Bilal", "family")), big
+        )
+        await join(clean)
+        capped = await open_page(
+            world,
+            "capped",
+            simulcast(world.link("pt-2", "Sana", "patient")),
+            big,
+            script=relay_only(f"turn:127.0.0.1:{port}?transport=udp"),
+        )
+        await join(capped)
+        pages = {"doctor": doctor, "clean": clean, "capped": capped}
+        pids = {name: await participant_id(page) for name, page in pages.items()}
+        for name, page in pages.items():
+            for other, pid in pids.items():
+                if other != name:
+                    await decoding(page, pid)
+        world.mark("decoding")
+        trace: list[Any] = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30:
+            await asyncio.sleep(5)
+            trace.append([round(time.monotonic() - t0), worker_view(world)])
+        world.mark("warm")
+        measured = await asyncio.gather(
+            window(capped, pids["doctor"], 15),
+            window(capped, pids["clean"], 15),
+            window(clean, pids["doctor"], 15),
+            window(clean, pids["capped"], 15),
+        )
+        world.mark("measured")
+        return {
+            "capped_from_doctor": measured[0],
+            "capped_from_clean": measured[1],
+            "clean_from_doctor": measured[2],
+            "clean_from_capped": measured[3],
+            "capped_sends": await outbound(capped),
+            "worker": worker_view(world),
+            "trace": trace,
+            "path": path.stats() if path is not None else None,
+            "timings": world.timings,
+        }
+    finally:
+        if path is not None:
+            path.close()
+        await turn.stop()
+
+
+async def scenario_policed(world: World) -> dict[str, Any]:
+    return await weak_visit(world, police=True)
+
+
+async def scenario_queued(world: World) -> dict[str, Any]:
+    return await weak_visit(world, police=False)
+
+
 NOTE = """(() => {
   const t = document.querySelector("#grid .tile[data-key='%s']");
   const n = t && t.querySelector('.note');
@@ -859,6 +969,8 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
     "views": scenario_views,
     "lossy": scenario_lossy,
     "firefox": scenario_firefox,
+    "policed": scenario_policed,
+    "queued": scenario_queued,
 }
 
 
