@@ -1,7 +1,8 @@
 /* The SFU's fan-out leaf: SRTP-protect each routed copy and send them with sendmmsg.
  *
  * sfu/native.py is its only caller and says why it exists; this file is the
- * per-datagram loop and nothing else. Everything it touches is owned by Python
+ * per-datagram loop and nothing else (with RED's two per-packet steps, twins of
+ * rtc/red.py's). Everything it touches is owned by Python
  * objects: the routed list is the forwarder's, the subscriber records are the
  * worker's Peer objects, the libsrtp sessions are pylibsrtp's (we call the
  * srtp_protect of the libsrtp that pylibsrtp bundles, through a function

@@ -22,6 +22,10 @@ and ``addr``; the leaf caches, in the record's ``wire`` slot, the session
 pointer and packed address it derived from them, rebuilt whenever either is
 a new object.
 
+The leaf also has the two per-packet steps of Opus RED (RFC 2198) as pure
+functions on the bytes, twins of :func:`rtc.red.primary` and (for the shape
+Chromium sends) :func:`rtc.red.deepen`.
+
 ``WADUD_NATIVE=0`` in the environment (read at import), or an install without
 a compiler, leaves :data:`AVAILABLE` false and the worker on its pure-Python
 loop; both paths are tested (``tests/sfu/test_native.py`` and CI's second
