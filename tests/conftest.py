@@ -8,6 +8,7 @@ Nothing here mocks PostgreSQL or Redis: tests talk to the real servers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -74,6 +75,11 @@ def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
     asyncio.run(prepare())
     yield cluster
     server.cleanup()
+    # pgserver also cleans up at interpreter exit and logs it; by then
+    # pytest has closed the stream its handler wrote to, and logging would
+    # print a traceback ("I/O operation on closed file") for a cluster that
+    # is already gone.
+    logging.getLogger("pgserver").disabled = True
 
 
 @pytest.fixture
