@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 #: Set by :func:`wadud.tracing.configure`: the current (trace id, span id), or
 #: None outside any span. None while tracing is off, so logging pays nothing.
 trace_ids: Callable[[], tuple[str, str] | None] | None = None
@@ -61,6 +63,46 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{rid}]" if rid else text
 
 
+class RefusedRequests(logging.Filter):
+    """On aiohttp's server logger: a request its HTTP parser refused (an
+    over-long URL, Content-Length with Transfer-Encoding, a negative
+    Content-Length, ...) is the client's fault, answered 400, and anyone can
+    send thousands. aiohttp logs each at ``error`` with a traceback; this
+    makes it one ``warning`` line (the reason, cut short, and the client),
+    at most ``per_minute`` of them a minute, and says how many it left out.
+    Anything else the logger says passes unchanged."""
+
+    def __init__(self, per_minute: int = 10) -> None:
+        super().__init__()
+        self.per_minute = per_minute
+        self._minute = -1
+        self._logged = 0
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or exc.code >= 500:
+            return True
+        minute = int(record.created // 60)
+        if minute != self._minute:
+            dropped, self._dropped = self._dropped, 0
+            self._minute, self._logged = minute, 0
+        else:
+            dropped = 0
+        if self._logged >= self.per_minute:
+            self._dropped += 1
+            return False
+        self._logged += 1
+        client = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        reason = " ".join(str(exc.message or exc).split())[:160]
+        more = f" ({dropped} more in the minute before not logged)" if dropped else ""
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "refused a malformed HTTP request (%s %s) from %s%s"
+        record.args = (exc.code, reason, client, more)
+        record.exc_info = record.exc_text = None
+        return True
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -69,3 +111,6 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     root.setLevel(level.upper())
     # aiohttp's own access log repeats what our middleware logs as JSON.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RefusedRequests) for f in server.filters):
+        server.addFilter(RefusedRequests())
