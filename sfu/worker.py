@@ -668,6 +668,14 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 if moved and transport.state is PeerState.CONNECTED:
                     self.paths["moved"] += 1
                     self._path_changed(peer)
+                    if peer.direction == "subscribe":
+                        # What the old path swallowed may be past repair by
+                        # NACK: a keyframe lets the decoder start clean.
+                        now = self._now()
+                        for section in peer.sections:
+                            if section.subscribed and section.track.info.kind == "video":
+                                peer.forwarder.request_keyframe(section.track.ssrc, now)
+                        self._flush_rtcp(peer.room)
                     log.info(
                         "%s path moved to %s",
                         peer,
