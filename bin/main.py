@@ -193,6 +193,8 @@ def cmd_turn(args: argparse.Namespace, settings: config.Settings) -> int:
     base = dict(settings.turn_relay)
     if settings.turn_secrets:
         base["secrets"] = settings.turn_secrets
+    if settings.turn_tls_cert:
+        base["tls_cert"], base["tls_key"] = settings.turn_tls_cert, settings.turn_tls_key
     turn_config = config_from_args(args, TurnConfig.from_mapping(base))
     with contextlib.suppress(KeyboardInterrupt):
         _run(run(turn_config))

@@ -8,14 +8,19 @@ import errno
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from turn import tls
 from turn.aio import TurnServer
 from turn.config import TurnConfig
 from turn.credentials import ice_server, rest_user
 from wadud import keys, ratelimit
 from wadud.api import ApiModel, Call, Routes
+
+if TYPE_CHECKING:
+    from wadud.config import Settings
 
 log = logging.getLogger("wadud.turn.http")
 routes = Routes("turn", "TURN relay credentials.")
@@ -61,21 +66,49 @@ async def turn_credentials(call: Call[None, None]) -> IceServers:
     return IceServers(ice_servers=[IceServer.model_validate(entry)])
 
 
-async def _embedded(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
+def embedded_tls_files(settings: Settings) -> tuple[str, str]:
+    """The certificate and key of the embedded relay's TLS listener:
+    ``turn_tls_cert``/``turn_tls_key`` when set, else a self-signed pair for
+    the loopback names, made once under ``data_dir`` (:func:`turn.tls.self_signed`)."""
+    if settings.turn_tls_cert:
+        return settings.turn_tls_cert, settings.turn_tls_key
+    cert, key = tls.self_signed(settings.data_dir / "turn-tls")
+    return str(cert), str(key)
+
+
+async def _start_embedded(settings: Settings) -> TurnServer:
+    """The relay on the configured ports; when one is taken, TLS on a free
+    port, and when that is not enough, every listener on free ports."""
     secret = settings.turn_secrets[0] if settings.turn_secrets else None
-    server = TurnServer(TurnConfig.for_loopback(secret, port=settings.turn_embedded_port))
-    try:
-        await server.start()
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        log.warning(
-            "TURN port taken; the embedded relay uses a free port instead",
-            extra={"port": settings.turn_embedded_port},
+    cert, key = embedded_tls_files(settings)
+    wanted = (settings.turn_embedded_port, settings.turn_embedded_tls_port)
+    tries = list(dict.fromkeys([wanted, (wanted[0], 0), (0, 0)]))
+    for i, (port, tls_port) in enumerate(tries):
+        config = TurnConfig.for_loopback(
+            secret,
+            port=port,
+            listen_tls=(("127.0.0.1", tls_port),),
+            tls_cert=cert,
+            tls_key=key,
         )
-        server = TurnServer(TurnConfig.for_loopback(secret, port=0))
-        await server.start()
+        server = TurnServer(config)
+        try:
+            await server.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or i == len(tries) - 1:
+                raise
+            continue
+        if i:
+            log.warning(
+                "TURN port taken; the embedded relay uses a free port instead",
+                extra={"port": wanted[0], "tls_port": wanted[1]},
+            )
+        return server
+    raise AssertionError("unreachable: the last try raises")
+
+
+async def _embedded(app: web.Application) -> AsyncIterator[None]:
+    server = await _start_embedded(app[keys.SETTINGS])
     app[EMBEDDED] = server
     log.info("embedded TURN relay listening", extra={"urls": server.urls()})
     try:
@@ -89,6 +122,7 @@ def install(app: web.Application) -> None:
 
 
 def install_embedded(app: web.Application) -> None:
-    """``wadud serve``: run a relay on 127.0.0.1 beside the API."""
+    """``wadud serve``: run a relay on 127.0.0.1 beside the API, over UDP, TCP
+    and TLS (``turn_embedded_port``, ``turn_embedded_tls_port``)."""
     if app[keys.SETTINGS].turn_embedded:
         app.cleanup_ctx.append(_embedded)

@@ -433,6 +433,25 @@ class Settings:
             "Port of the embedded relay (UDP and TCP); when taken, a free port is used instead."
         ),
     )
+    turn_embedded_tls_port: int = field(
+        default=5349,
+        metadata=_doc(
+            "Port of the embedded relay's TLS listener (turns:); when taken, a free port is"
+            " used instead. Its certificate is turn_tls_cert, else a self-signed one kept"
+            " in DATA_DIR/turn-tls, which a browser refuses until it is trusted there."
+        ),
+    )
+    turn_tls_cert: str = field(
+        default="",
+        metadata=_doc(
+            "PEM certificate chain of the relay's TLS listener (turns:), for `wadud turn`"
+            " and `wadud serve`'s relay alike. It must name the host of the turns: URLs."
+        ),
+    )
+    turn_tls_key: str = field(
+        default="",
+        metadata=_doc("PEM private key of turn_tls_cert."),
+    )
     media_host: str = field(
         default="127.0.0.1",
         metadata=_doc("Address the media worker's UDP socket binds (0.0.0.0 on a media node)."),
@@ -833,6 +852,8 @@ def load(
     if settings.secret_key and len(settings.secret_key.encode()) < 32:
         # RFC 7518 section 3.2: an HS256 key is at least 256 bits.
         raise ConfigError("secret_key must be at least 32 bytes")
+    if bool(settings.turn_tls_cert) != bool(settings.turn_tls_key):
+        raise ConfigError("turn tls_cert and tls_key go together: give both or neither")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError("database_pool_min is larger than database_pool_max")
     return settings
