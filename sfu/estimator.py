@@ -35,6 +35,12 @@ estimator, in the spirit of Google Congestion Control
   ``policed``: from then on probes no longer lift the loss-based rate (the
   policer's bucket lets a short burst through at any rate), which climbs
   only with the media it carries. The estimate is the lower of the two rates.
+  Whether the loss follows the rate is judged by the window after a
+  backoff: loss that stops once less is sent came from the rate (a policer
+  or a full queue: ``loss_follows_rate``, and redundancy such as RED only
+  takes the room it would protect); loss that goes on at the same share
+  while less is sent is the path's own (a radio link), where redundancy
+  is what repairs it.
 - **Probing.** Going up past what the media itself sends needs traffic that
   tests the path: :meth:`SendSideEstimator.probe` asks for a *cluster* of
   padding at a higher rate when the caller wants more than the estimate
@@ -91,6 +97,12 @@ LOSS_BACKOFF = 0.9
 LOSS_HOLD = 30.0
 #: Additive increase near that capacity, as a share of it per second.
 LOSS_ADDITIVE = 0.02
+#: The loss follows the rate when, over the last ``JUDGED`` backoffs, the
+#: windows after them lost less than ``FOLLOWS`` times what the windows that
+#: backed off lost; of the ``AFTER`` windows after a backoff the one that
+#: lost least counts (the first may still carry what was sent before the
+#: sender slowed down).
+JUDGED, FOLLOWS, AFTER = 4, 0.3, 2
 #: Probing: seconds between clusters, a cluster's length and least packets.
 PROBE_INTERVAL = 2.0
 PROBE_DURATION = 0.015
@@ -198,6 +210,14 @@ class SendSideEstimator:
         self._overused_at = -math.inf
         #: Whether loss without a rising delay ever showed a policer on the path.
         self.policed = False
+        #: Whether the path's loss stopped once less was sent (see the module
+        #: docstring), until loss shows that goes on whatever is sent.
+        self.loss_follows_rate = False
+        # The share lost by the last window that backed off, the least lost
+        # since by a window after it, and how many windows are still to come;
+        # the last JUDGED (backoff, after) pairs.
+        self._backoff: tuple[float, float, int] | None = None
+        self._judged: deque[tuple[float, float]] = deque(maxlen=JUDGED)
         # Probing.
         self._clusters: dict[int, _Cluster] = {}
         self._next_cluster = 1
@@ -249,6 +269,9 @@ class SendSideEstimator:
         self._loss_capacity_at = -math.inf
         self._overused_at = -math.inf
         self.policed = False
+        self.loss_follows_rate = False
+        self._backoff = None
+        self._judged.clear()
         self._last_probe = now
 
     # -- the hot path -------------------------------------------------------------
@@ -437,10 +460,22 @@ class SendSideEstimator:
         dt = LOSS_WINDOW if last is None else min(max(now - last, 0.0), 1.0)
         capacity = self._capacity_at(now)
         rate = self._loss_rate
-        if share > LOSS_HIGH or (
+        backoff = share > LOSS_HIGH or (
             share > LOSS_LOW and capacity is not None and rate >= 0.9 * capacity
-        ):
+        )
+        if self._backoff is not None:
+            before, least, left = self._backoff
+            least = min(least, share)
+            self._backoff = (before, least, left - 1)
+            if left <= 1 or backoff:
+                self._backoff = None
+                judged = self._judged
+                judged.append((before, least))
+                lost_before = sum(b for b, _ in judged)
+                self.loss_follows_rate = sum(a for _, a in judged) < FOLLOWS * lost_before
+        if backoff:
             if carried > 0:
+                self._backoff = (share, math.inf, AFTER)
                 # What got through while packets were lost is what the path
                 # carries: a policer's rate, or a bottleneck's.
                 self._loss_capacity, self._loss_capacity_at = carried, now

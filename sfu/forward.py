@@ -422,6 +422,21 @@ class Forwarder(SimulcastTable):
         if not paused:
             self._resume(sub, now)
 
+    def set_red(self, subscriber: Key, track_ssrc: int, payload_type: int | None) -> None:
+        """Send a RED track (RFC 2198) to this subscriber as RED under its
+        ``payload_type``, or (None) as the primary Opus block alone though
+        it negotiated RED: where redundancy costs the rate it protects.
+        Packets go either way from the next one; a receiver decodes every
+        payload type it negotiated, so nothing else changes."""
+        sub = self._subscription_for(subscriber, track_ssrc)
+        red_pt, pt_map = sub.track.red_pt, sub.pt_map
+        if red_pt < 0 or pt_map is None:
+            return
+        if payload_type is None:
+            pt_map.pop(red_pt, None)
+        else:
+            pt_map[red_pt] = payload_type
+
     def set_muted(self, track_ssrc: int, muted: bool, now: float) -> None:
         """Mute or unmute a publisher's track for everyone; unmuting is a resume for each."""
         group = self._groups.get(track_ssrc)

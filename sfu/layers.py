@@ -44,6 +44,7 @@ from its RTCP timer (:meth:`_layers_due` says when) and sends what
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -57,7 +58,7 @@ from sfu.errors import SfuStateError
 from sfu.estimator import SendSideEstimator
 from sfu.negotiation import WorkerControl
 from sfu.quality import QualityTracker, Sample
-from sfu.records import LayerInfo, Peer, Room, Track, View
+from sfu.records import LayerInfo, Peer, Room, Section, Track, View
 from sfu.reports import ReceiveStatistics
 from sfu.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
 from sfu.table import Group
@@ -84,6 +85,9 @@ START_ESTIMATE = 1_000_000
 SINGLE_LAYER_COST = 200_000
 #: A measured layer bitrate counts this much over the average (bursts, keyframes).
 HEADROOM = 1.1
+#: Bytes an audio packet carries besides its payload, as the estimator counts
+#: it: the RTP header with its extensions (audio level, transport-cc, time).
+AUDIO_HEADER = 28
 
 Reason = Literal["bandwidth", "hidden", "audio_only", "off"]
 
@@ -91,7 +95,7 @@ Reason = Literal["bandwidth", "hidden", "audio_only", "off"]
 class _Subscriber:
     """A subscriber transport's allocation state."""
 
-    __slots__ = ("downgraded_at", "estimator", "paused", "remb", "short_since", "wanted")
+    __slots__ = ("audio", "downgraded_at", "estimator", "paused", "remb", "short_since", "wanted")
 
     def __init__(self) -> None:
         self.estimator: SendSideEstimator | None = None
@@ -103,6 +107,28 @@ class _Subscriber:
         self.downgraded_at = -math.inf
         self.wanted = 0
         """What the last allocation would have sent with no bandwidth limit."""
+        self.audio: dict[int, _Sent] = {}
+        """Audio track SSRC -> what its subscription has sent this subscriber."""
+
+
+class _Sent:
+    """What one subscription sent, measured tick to tick: bits per second
+    with headers, as the subscriber's link carries it (0 before measured)."""
+
+    __slots__ = ("at", "bitrate", "octets", "packets")
+
+    def __init__(self, now: float, octets: int, packets: int) -> None:
+        self.at, self.octets, self.packets = now, octets, packets
+        self.bitrate = 0.0
+
+    def update(self, now: float, octets: int, packets: int) -> float:
+        dt = now - self.at
+        if dt >= TICK / 2:
+            size = octets - self.octets + (packets - self.packets) * AUDIO_HEADER
+            rate = size * 8 / dt
+            self.bitrate = rate if not self.bitrate else 0.6 * self.bitrate + 0.4 * rate
+            self.at, self.octets, self.packets = now, octets, packets
+        return self.bitrate
 
 
 class _Quality:
@@ -353,11 +379,15 @@ class WorkerLayers(WorkerControl):
             if not section.subscribed or not track.live:
                 continue
             if track.info.kind == "audio":
-                # What it really takes (Opus with RED is about twice plain
-                # Opus), once measured: every track the link carries counts.
                 audio += 1
-                measured = track.measured.bitrate if track.measured is not None else 0.0
-                audio_bitrate += measured or AUDIO_BITRATE
+                _redundancy(peer, section, state)
+                # What it really takes, once measured: every track the link
+                # carries counts (Opus with RED is two to three times plain
+                # Opus, and each packet's header is a fifth of it again).
+                sent = _audio_sent(peer, track, state, now)
+                if not sent:
+                    sent = track.measured.bitrate if track.measured is not None else 0.0
+                audio_bitrate += sent or AUDIO_BITRATE
                 continue
             tid = track.info.track_id
             tracks[tid] = track
@@ -384,6 +414,9 @@ class WorkerLayers(WorkerControl):
                     height=view.height,
                 )
             )
+        if len(state.audio) > audio:
+            live = {s.track.ssrc for s in peer.sections if s.subscribed}
+            state.audio = {k: v for k, v in state.audio.items() if k in live}
         estimate = self._estimate(state)
         chosen = allocate(estimate, wanted, audio, audio_bitrate)
         ideal = allocate(math.inf, wanted, audio, audio_bitrate)
@@ -610,6 +643,38 @@ class WorkerLayers(WorkerControl):
 
 
 _ANY_VIEW = View()
+
+
+def _redundancy(peer: Peer, section: Section, state: _Subscriber) -> None:
+    """RED (RFC 2198) to a subscriber that negotiated it, unless its path's
+    loss follows the rate (a policer, a full queue): there the estimate
+    keeps below the loss, so nothing is left for redundancy to repair, and
+    its copies would take the room of the video. Random loss brings it back
+    (sfu.estimator decides which loss it is)."""
+    red = section.track.red
+    estimator = state.estimator
+    if red is None or estimator is None:
+        return
+    negotiated = section.pt_map.get(red.payload_type)
+    if negotiated is None:
+        return  # stripped anyway (sfu.forward)
+    keep = not estimator.loss_follows_rate
+    with contextlib.suppress(SfuStateError):
+        peer.forwarder.set_red(peer, section.track.ssrc, negotiated if keep else None)
+
+
+def _audio_sent(peer: Peer, track: Track, state: _Subscriber, now: float) -> float:
+    """What ``peer``'s subscription to an audio ``track`` sends, in bits per
+    second with headers (0 until measured)."""
+    try:
+        sub = peer.forwarder._subscription_for(peer, track.ssrc)
+    except SfuStateError:
+        return 0.0
+    sent = state.audio.get(track.ssrc)
+    if sent is None:
+        state.audio[track.ssrc] = _Sent(now, sub.octets_sent, sub.packets_sent)
+        return 0.0
+    return sent.update(now, sub.octets_sent, sub.packets_sent)
 
 
 def _index(track: Track, rid: bytes) -> int | None:

@@ -138,8 +138,10 @@ def test_heavy_random_loss_pulls_the_estimate_down(loss: float) -> None:
     call = Call(Path(20_000_000, loss=loss), wanted=2_500_000)
     call.run(10.0)
     assert call.estimate_at_end() < 600_000
-    # The estimator saw the loss it reacted to.
+    # The estimator saw the loss it reacted to, and that sending less did
+    # not end it: the loss is the path's own, what redundancy repairs.
     assert call.est.loss_capacity is not None and call.path.dropped > 0.1 * call.seq
+    assert not call.est.loss_follows_rate
 
 
 def test_a_narrow_path_gets_down_to_audio_rates() -> None:
@@ -192,6 +194,9 @@ class Policer(Path):
         self.passed = 0
 
     def send(self, size: int, now: float) -> float | None:
+        if self.loss and self.rng.random() < self.loss:
+            self.dropped += 1
+            return None
         self.tokens = min(self.depth, self.tokens + (now - self.filled_at) * self.capacity / 8)
         self.filled_at = now
         if self.tokens < size:
@@ -221,6 +226,20 @@ def test_settles_below_a_policer_and_holds(depth: int) -> None:
     assert min(tail) >= 0.6 * 500_000 and max(tail) <= 1.25 * 500_000, (min(tail), max(tail))
     assert median <= 1.02 * 500_000, median
     assert loss < 0.02, loss
+    # Below the rate the loss stopped: it came from the rate.
+    assert call.est.loss_follows_rate
+
+
+def test_random_loss_on_a_policed_path_is_seen_as_random() -> None:
+    """A policed path whose loss stopped below the rate, then a radio link
+    losing 20 % whatever is sent: the loss no longer follows the rate."""
+    path = Policer(500_000)
+    call = Call(path, wanted=2_500_000)
+    call.run(15.0)
+    assert call.est.loss_follows_rate
+    path.loss = 0.2
+    call.run(10.0)
+    assert not call.est.loss_follows_rate
 
 
 def test_an_outage_before_a_path_change_is_not_congestion() -> None:

@@ -25,6 +25,7 @@ from rtc.rtp import RtpPacket, build_extensions
 from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC, SessionDescription
 from rtc.srtp import SrtpSession
 from sfu import native
+from sfu.estimator import SendSideEstimator
 from sfu.forward import Forwarder
 from sfu.worker import MediaWorker
 from tests.sfu.test_native import KEY, Record, loopback_sockets
@@ -139,6 +140,24 @@ def test_red_subscribers_get_the_frame_before_too() -> None:
     # The others still get each frame once.
     assert [RtpPacket.parse(o["plain"]).payload for o in out] == frames
     assert Forwarder(red_depth=1).red_depth == 1
+
+
+def test_red_held_back_from_a_subscriber_that_negotiated_it() -> None:
+    """On a path whose loss follows the rate the worker sends a RED
+    subscriber plain Opus (sfu.layers), and RED again once the loss is
+    random: from the next packet, the sequence unbroken."""
+    f = forwarder(["red", "plain", "plain-no-tcc"])
+    first = RtpPacket.parse(dict(f.route(red_packet(1), 1.0))["red"])
+    f.set_red("red", SSRC, None)
+    plain = RtpPacket.parse(dict(f.route(red_packet(2), 1.02))["red"])
+    assert (plain.payload_type, plain.payload) == (OPUS, b"primary-opus")
+    assert plain.sequence_number == (first.sequence_number + 1) & 0xFFFF
+    assert f.stats.red_stripped == 2 + 3
+    f.set_red("red", SSRC, 100)
+    again = RtpPacket.parse(dict(f.route(red_packet(3), 1.04))["red"])
+    assert again.payload_type == 100
+    assert RedPayload.parse(again.payload).data == b"primary-opus"
+    assert again.sequence_number == (first.sequence_number + 2) & 0xFFFF
 
 
 def test_plain_opus_from_a_red_publisher_goes_to_everyone() -> None:
@@ -432,3 +451,31 @@ def test_native_deepen_is_rtc_reds(
         assert got is not NotImplemented
     with pytest.raises(ValueError, match="out of the packet"):
         leaf.red_primary(b"abc", 2, 9)
+
+
+async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker) -> None:
+    """A subscriber that negotiated RED gets plain Opus while its estimator
+    says the path's loss follows the rate (a policer: redundancy would only
+    take the video's room), and RED again once the loss is random."""
+    await _subscribe_with(worker, keep_red=True)
+    room: Any = worker._rooms["room"]
+    peer = room.participants["bob"].subscribe
+    (section,) = peer.sections
+    now = worker._now()
+    if not section.subscribed:  # the transport connects (no ICE here)
+        peer.pending_offer = False
+        peer.reporting = True
+        worker.reports.add_leg(peer, now)
+        worker._apply_subscriptions(peer, now)
+    state = worker._subscriber_state(peer)
+    state.estimator = estimator = SendSideEstimator()  # aiortc's answer has no transport-cc
+    sub = room.forwarder.subscription(peer, section.forwarded.ssrc)
+    worker._allocate_participant(room, "bob", now)
+    assert sub.pt_map == {111: 111, 63: 63}
+    estimator.loss_follows_rate = True
+    worker._allocate_participant(room, "bob", now + 0.5)
+    assert sub.pt_map == {111: 111}
+    assert section.pt_map == {111: 111, 63: 63}  # what was negotiated stays
+    estimator.loss_follows_rate = False
+    worker._allocate_participant(room, "bob", now + 1.0)
+    assert sub.pt_map == {111: 111, 63: 63}
