@@ -276,8 +276,11 @@ class Browsers:
     """Starts one Chromium per participant, each in its own process group
     (written down so the test can end them even if this driver dies)."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, home: Path | None = None) -> None:
         self.work = work
+        #: The browsers' HOME, where Chromium finds the certificates a user
+        #: trusts (tests.chromium.trust); None: this process's.
+        self.home = home
         self.pages: list[Page] = []
 
     async def open(self, name: str, url: str, *flags: str) -> Page:
@@ -289,6 +292,7 @@ class Browsers:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=log,
             start_new_session=True,
+            env=None if self.home is None else {**os.environ, "HOME": str(self.home)},
         )  # fmt: skip
         os.close(log)
         _note_group(self.work, proc.pid)

@@ -673,7 +673,8 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
 @contextlib.asynccontextmanager
 async def serving(database_url: str, work: Path, *, relay: bool = False) -> AsyncIterator[Any]:
     """The app on HTTP_PORT; ``relay``: with the TURN relay ``wadud serve``
-    runs beside it (127.0.0.1:3478, UDP and TCP), named in ``joined``."""
+    runs beside it (127.0.0.1:3478 over UDP and TCP, 5349 over TLS), named in
+    ``joined``."""
     import turn.http
     from bin.assembly import build_app, in_process
     from wadud import keys
