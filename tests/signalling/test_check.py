@@ -7,12 +7,15 @@ tests/browser.py's helpers). The check page is framed by another site, which
 reads the verdict from its ``wadud-check`` message. Paths are closed with
 iptables in the namespace:
 
-* ``paths``: our own TURN relay (UDP and TCP, relay ports 45000-45999) in
-  front of the media worker; the namespace's ephemeral ports are 20000-39999
-  so no browser socket shares the relay's range. Open: ``ready``. Every UDP
-  datagram dropped but the relay's own (its relay ports to and from the
-  worker): ``ready-relay``, through TURN over TCP. Then TURN's TCP port too:
-  ``blocked``, within 15 s.
+* ``paths``: our own TURN relay (UDP, TCP and TLS, relay ports
+  45000-45999) in front of the media worker; the namespace's ephemeral ports
+  are 20000-39999 so no browser socket shares the relay's range. The relay's
+  TLS certificate is signed by a test CA that the page's Chromium trusts
+  (tests.chromium.trust), as browsers trust a real relay's CA. Open:
+  ``ready``. Every UDP datagram dropped but the relay's own (its relay ports
+  to and from the worker): ``ready-relay``, through TURN over TCP. Then
+  TURN's TCP port too: ``ready-relay`` through TURN over TLS. Then TURN's TLS
+  port too: ``blocked``, within 15 s.
 * ``capped``: every peer connection of the page forced through coturn behind
   a rate-limited relay (test_weak_network.py's CappedPath) at 100 kbit/s
   each way: ``audio-only``.
@@ -59,6 +62,7 @@ from wadud.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 EMBED_PORT = 9090
 TURN_PORT = 3478
+TURNS_PORT = 5349
 RELAY_PORTS = (45000, 45999)  # our relay's allocations
 EPHEMERAL = "20000 39999"  # the namespace's own sockets (the worker is on 40000)
 CAPPED_KBPS = 100
@@ -171,26 +175,38 @@ async def run_scenario(
     )
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(180)
 async def test_check_verdicts_as_the_network_closes(database_url: str, tmp_path: Path) -> None:
     """Open path: ``ready`` over UDP. UDP dropped but TURN over TCP:
-    ``ready-relay``. Nothing gets through: ``blocked``, within 15 s. Each
-    verdict reaches the framing page as a ``wadud-check`` message."""
-    result = await run_scenario("paths", database_url, tmp_path, budget=100)
+    ``ready-relay``. TURN's TCP port dropped too, but TURN over TLS:
+    ``ready-relay``, and the TLS row says so. Nothing gets through:
+    ``blocked``, within 15 s. Each verdict reaches the framing page as a
+    ``wadud-check`` message."""
+    result = await run_scenario("paths", database_url, tmp_path, budget=130)
     print(json.dumps(result))
-    open_, relay, blocked = result["open"], result["relay"], result["blocked"]
+    open_, relay, tls, blocked = result["open"], result["relay"], result["tls"], result["blocked"]
     assert open_["verdict"] == "ready", open_
     assert open_["details"]["path"] == "udp", open_
     assert open_["details"]["speed"]["video_kbps"] >= 150, open_
     assert open_["details"]["speed"]["frames"] > 0, open_
-    assert open_["details"]["tls"]["state"] == "skipped", open_  # no TLS listener here
+    assert open_["details"]["tls"]["state"] == "ok", open_
     assert relay["verdict"] == "ready-relay", relay
     assert relay["details"]["udp"]["state"] == "failed", relay
     assert relay["details"]["tcp"]["state"] == "ok", relay
     assert relay["details"]["path"] == "relay-tcp", relay
     assert relay["details"]["speed"]["candidate"]["type"] == "relay", relay
+    assert tls["verdict"] == "ready-relay", tls
+    assert tls["details"]["udp"]["state"] == "failed", tls
+    assert tls["details"]["tcp"]["state"] == "failed", tls
+    assert tls["details"]["tls"]["state"] == "ok", tls
+    assert tls["details"]["path"] == "relay-tls", tls
+    assert tls["details"]["speed"]["candidate"]["relay"] == "tls", tls
+    assert tls["details"]["speed"]["video_kbps"] >= 150, tls
+    assert tls["rows"]["tls"] == ["ok", "Works"], tls  # what the page shows on that line
+    assert tls["rows"]["tcp"][0] == "failed", tls
     assert blocked["verdict"] == "blocked", blocked
     assert blocked["details"]["tcp"]["state"] == "failed", blocked
+    assert blocked["details"]["tls"]["state"] == "failed", blocked
     assert blocked["details"]["ms"] <= 15_000, blocked
     assert blocked["wall_s"] <= 17, blocked  # page load included
     # What the page says, in plain words.
@@ -263,6 +279,13 @@ async def embedder(src: str) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+# Each line of the check page: its state and the word it shows.
+ROWS = """Object.fromEntries([...document.querySelectorAll('#rows li')].map((li) => {
+  const status = li.querySelector('.status');
+  return [li.dataset.step, [status.dataset.state, status.textContent]];
+}))"""
+
+
 async def verdict(page: Page, base: str, within: float = 40) -> dict[str, Any]:
     """The first ``wadud-check`` message the clinic's page got, with what
     the framed page says and how long it took from now."""
@@ -270,7 +293,8 @@ async def verdict(page: Page, base: str, within: float = 40) -> dict[str, Any]:
     seen = await page.wait_for("window.seen.length && window.seen[0]", "a verdict", within)
     framed = await frame_of(page, f"{base}/check")
     title = await framed.eval("document.getElementById('verdict-title').textContent")
-    return {**seen, "title": title, "wall_s": round(time.monotonic() - started, 1)}
+    rows = await framed.eval(ROWS)
+    return {**seen, "title": title, "rows": rows, "wall_s": round(time.monotonic() - started, 1)}
 
 
 def sysctl(name: str, value: str) -> None:
@@ -296,6 +320,10 @@ async def scenario_paths(world: World) -> dict[str, Any]:
         out["relay"] = await verdict(page, world.base)
         world.mark("ready-relay")
         iptables("-I", "INPUT", "1", "-p", "tcp", "--dport", str(TURN_PORT), "-j", "DROP")
+        await page.cdp.send("Page.reload")
+        out["tls"] = await verdict(page, world.base)
+        world.mark("ready-relay over tls")
+        iptables("-I", "INPUT", "1", "-p", "tcp", "--dport", str(TURNS_PORT), "-j", "DROP")
         await page.cdp.send("Page.reload")
         out["blocked"] = await verdict(page, world.base)
         world.mark("blocked")
@@ -405,23 +433,33 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
 
 
 async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
+    from tests.chromium import trust
     from tests.signalling.test_weak_network import serving
+    from tests.tlsca import make_ca
     from turn.aio import TurnServer
     from turn.config import TurnConfig
 
     # Our sockets and the relay's allocations never share a port range.
     sysctl("net.ipv4.ip_local_port_range", EPHEMERAL)
     secret = "check-relay-secret"
+    ca = make_ca(work / "tls")
     relay = TurnServer(
         TurnConfig.for_loopback(
-            secret, port=TURN_PORT, min_port=RELAY_PORTS[0], max_port=RELAY_PORTS[1]
+            secret,
+            port=TURN_PORT,
+            min_port=RELAY_PORTS[0],
+            max_port=RELAY_PORTS[1],
+            listen_tls=(("127.0.0.1", TURNS_PORT),),
+            tls_cert=str(ca.cert_file),
+            tls_key=str(ca.key_file),
         )
     )
     overrides: dict[str, Any] = {"turn_embedded": False}
     if scenario != "capped":  # there coturn has the port
         await relay.start()
         overrides |= {"turn_secrets": [secret], "turn_urls": relay.urls()}
-    browsers = Browsers(work)
+    browsers = Browsers(work, home=work / "home")
+    trust(work / "home", ca.ca_file, ca=True)
     try:
         async with serving(database_url, work, **overrides) as app:
             world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
