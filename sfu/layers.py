@@ -88,6 +88,12 @@ HEADROOM = 1.1
 #: Bytes an audio packet carries besides its payload, as the estimator counts
 #: it: the RTP header with its extensions (audio level, transport-cc, time).
 AUDIO_HEADER = 28
+#: Smoothed loss at which RED goes to a subscriber that negotiated it however
+#: short its bandwidth (unless that loss follows the rate: sfu.estimator).
+RED_LOSS = 0.05
+#: What RED adds to plain Opus as a subscriber receives it (three frames a
+#: packet instead of one; the header is not repeated): this times the plain rate.
+RED_EXTRA = 1.5
 
 Reason = Literal["bandwidth", "hidden", "audio_only", "off"]
 
@@ -95,7 +101,16 @@ Reason = Literal["bandwidth", "hidden", "audio_only", "off"]
 class _Subscriber:
     """A subscriber transport's allocation state."""
 
-    __slots__ = ("audio", "downgraded_at", "estimator", "paused", "remb", "short_since", "wanted")
+    __slots__ = (
+        "audio",
+        "downgraded_at",
+        "estimator",
+        "paused",
+        "red",
+        "remb",
+        "short_since",
+        "wanted",
+    )
 
     def __init__(self) -> None:
         self.estimator: SendSideEstimator | None = None
@@ -109,6 +124,8 @@ class _Subscriber:
         """What the last allocation would have sent with no bandwidth limit."""
         self.audio: dict[int, _Sent] = {}
         """Audio track SSRC -> what its subscription has sent this subscriber."""
+        self.red = True
+        """Whether audio it negotiated RED for goes as RED (see :func:`_red_next`)."""
 
 
 class _Sent:
@@ -380,7 +397,7 @@ class WorkerLayers(WorkerControl):
                 continue
             if track.info.kind == "audio":
                 audio += 1
-                _redundancy(peer, section, state)
+                _redundancy(peer, section, state.red)
                 # What it really takes, once measured: every track the link
                 # carries counts (Opus with RED is two to three times plain
                 # Opus, and each packet's header is a fifth of it again).
@@ -421,6 +438,9 @@ class WorkerLayers(WorkerControl):
         chosen = allocate(estimate, wanted, audio, audio_bitrate)
         ideal = allocate(math.inf, wanted, audio, audio_bitrate)
         state.wanted = int(audio_bitrate + sum(_bitrate(w, ideal[w.track_id]) for w in wanted))
+        # Whether the estimate keeps some video below the layer it wants.
+        lacking = any(chosen[w.track_id] != ideal[w.track_id] for w in wanted)
+        state.red = _red_next(state, estimate, lacking, audio_bitrate)
         congested = False
         for w in wanted:
             tid = w.track_id
@@ -645,22 +665,38 @@ class WorkerLayers(WorkerControl):
 _ANY_VIEW = View()
 
 
-def _redundancy(peer: Peer, section: Section, state: _Subscriber) -> None:
-    """RED (RFC 2198) to a subscriber that negotiated it, unless its path's
-    loss follows the rate (a policer, a full queue): there the estimate
-    keeps below the loss, so nothing is left for redundancy to repair, and
-    its copies would take the room of the video. Random loss brings it back
-    (sfu.estimator decides which loss it is)."""
-    red = section.track.red
+def _red_next(state: _Subscriber, estimate: float, lacking: bool, audio: float) -> bool:
+    """Whether a subscriber gets RED (RFC 2198) where it negotiated it, from
+    the next tick on. RED's copies repair random loss; where loss comes only
+    from exceeding a rate (a policer, a full queue: the estimate keeps below
+    it) or there is none, they repair nothing and take the video's room on a
+    link too narrow for what the subscriber wants. So: never while the loss
+    follows the rate (sfu.estimator); always while there is loss that does
+    not; else only while no video lacks bandwidth, back when the estimate
+    carries everything wanted with RED's extra on top."""
     estimator = state.estimator
-    if red is None or estimator is None:
+    if estimator is None:
+        return True
+    if estimator.loss_follows_rate:
+        return False
+    if estimator.loss >= RED_LOSS:
+        return True
+    if state.red:
+        return not lacking
+    return estimate >= state.wanted + RED_EXTRA * audio
+
+
+def _redundancy(peer: Peer, section: Section, red: bool) -> None:
+    """RED to ``peer`` on this audio section as it negotiated (``red``), or
+    the primary Opus alone (see :func:`_red_next`)."""
+    codec = section.track.red
+    if codec is None:
         return
-    negotiated = section.pt_map.get(red.payload_type)
+    negotiated = section.pt_map.get(codec.payload_type)
     if negotiated is None:
         return  # stripped anyway (sfu.forward)
-    keep = not estimator.loss_follows_rate
     with contextlib.suppress(SfuStateError):
-        peer.forwarder.set_red(peer, section.track.ssrc, negotiated if keep else None)
+        peer.forwarder.set_red(peer, section.track.ssrc, negotiated if red else None)
 
 
 def _audio_sent(peer: Peer, track: Track, state: _Subscriber, now: float) -> float:

@@ -470,12 +470,21 @@ async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker)
     state = worker._subscriber_state(peer)
     state.estimator = estimator = SendSideEstimator()  # aiortc's answer has no transport-cc
     sub = room.forwarder.subscription(peer, section.forwarded.ssrc)
-    worker._allocate_participant(room, "bob", now)
+
+    def ticks(n: int) -> None:  # each decides for the next
+        nonlocal now
+        for _ in range(n):
+            now += 0.5
+            worker._allocate_participant(room, "bob", now)
+
+    ticks(2)
     assert sub.pt_map == {111: 111, 63: 63}
     estimator.loss_follows_rate = True
-    worker._allocate_participant(room, "bob", now + 0.5)
+    ticks(2)
     assert sub.pt_map == {111: 111}
     assert section.pt_map == {111: 111, 63: 63}  # what was negotiated stays
+    # Random loss: RED again.
     estimator.loss_follows_rate = False
-    worker._allocate_participant(room, "bob", now + 1.0)
+    estimator.loss = 0.2
+    ticks(2)
     assert sub.pt_map == {111: 111, 63: 63}
