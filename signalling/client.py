@@ -58,8 +58,9 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 
+from signalling.jitter import KeyframeResync
 from signalling.simulcast import SimulcastMunger, layer_tracks
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "ToneAudio",
     "allow_loopback_candidates",
     "main",
+    "relay_servers",
     "ws_url",
 ]
 
@@ -259,6 +261,28 @@ def allow_loopback_candidates() -> None:
     aioice.ice.get_host_addresses = with_loopback
 
 
+def relay_servers(
+    servers: Sequence[Mapping[str, Any]], transport: Literal["udp", "tcp", "tls"]
+) -> list[dict[str, Any]]:
+    """The ICE servers with only their TURN URLs over ``transport`` (RFC 7065:
+    ``turns:`` is TLS, ``turn:`` is UDP unless ``?transport=tcp``)."""
+
+    def keep(url: str) -> bool:
+        if url.startswith("turns:"):
+            return transport == "tls"
+        if not url.startswith("turn:"):
+            return False
+        named = parse_qs(urlsplit(url).query).get("transport", ["udp"])[0]
+        return named == transport
+
+    out = []
+    for s in servers:
+        urls = [u for u in ([s["urls"]] if isinstance(s["urls"], str) else s["urls"]) if keep(u)]
+        if urls:
+            out.append({**s, "urls": urls})
+    return out
+
+
 class CallClient:
     """One participant: a signalling WebSocket and two peer connections.
 
@@ -274,6 +298,10 @@ class CallClient:
     (see :class:`_NackRetry`); None leaves aiortc's receiver as it is.
     ``reconnect``: when a peer connection fails, get media back on new ones
     by itself (:meth:`reconnect_media`); False leaves that to the caller.
+    ``relay``, as the ES module's option of that name: media only through
+    the TURN relay of the ICE servers (True), or only through its ``udp``,
+    ``tcp`` or ``tls`` (``turns:``) listener. Over TLS aioice checks the
+    relay's certificate against the system's CAs, or ``SSL_CERT_FILE``.
     """
 
     def __init__(
@@ -290,6 +318,7 @@ class CallClient:
         nack_retry: float | None = 0.1,
         http: aiohttp.ClientSession | None = None,
         reconnect: bool = True,
+        relay: bool | Literal["udp", "tcp", "tls"] = False,
     ) -> None:
         self.url, _, url_room = ws_url(url)
         room = room or url_room
@@ -302,6 +331,7 @@ class CallClient:
         self.request_timeout = request_timeout
         self.nack_retry = nack_retry
         self.reconnect = reconnect
+        self.relay = relay
         self._ice_override = [dict(s) for s in ice_servers] if ice_servers is not None else None
         self._http = http
         self._own_http = http is None
@@ -372,6 +402,7 @@ class CallClient:
         self._publish_lock = asyncio.Lock()
         self._retries: dict[str, _NackRetry] = {}  # subscribe mid -> its video receiver's
         self._retry_task: asyncio.Task[None] | None = None
+        self._resyncs: dict[str, KeyframeResync] = {}  # subscribe mid -> its video receiver's
         self._recovery: asyncio.Task[None] | None = None
         #: Run on the answer to a request, before the next frame is read.
         self._on_answer: dict[str, Callable[[dict[str, Any]], None]] = {}
@@ -554,12 +585,17 @@ class CallClient:
 
     def _configuration(self) -> Any:
         servers = self._ice_override if self._ice_override is not None else self.ice_servers
+        if isinstance(self.relay, str):
+            servers = relay_servers(servers, self.relay)
         ice = [
             RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
             for s in servers
         ]
+        policy = RTCIceTransportPolicy.RELAY if self.relay else RTCIceTransportPolicy.ALL
         # An empty list, not None: aiortc's default adds a public STUN server.
-        return RTCConfiguration(iceServers=ice, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        return RTCConfiguration(
+            iceServers=ice, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceTransportPolicy=policy
+        )
 
     def _new_pc(self, direction: Direction) -> Any:
         pc = RTCPeerConnection(self._configuration())
@@ -719,6 +755,7 @@ class CallClient:
             received.active = False
         self.received.clear()
         self._retries.clear()
+        self._resyncs.clear()
         self.connected_at.clear()
         # Offers not answered yet were for the old subscribe connection; the
         # server offers everything again for the new one.
@@ -828,6 +865,8 @@ class CallClient:
                 track=track,
             )
             self.received[mid] = received
+            if received.kind == "video" and mid not in self._resyncs:
+                self._resyncs[mid] = KeyframeResync(transceiver.receiver)
             if self.nack_retry is not None and received.kind == "video":
                 if mid not in self._retries:
                     self._retries[mid] = _NackRetry(transceiver.receiver, self.nack_retry, 10)
@@ -853,6 +892,12 @@ class CallClient:
     def nacks_resent(self) -> int:
         """Sequence numbers NACKed again by :class:`_NackRetry`."""
         return sum(r.resent for r in self._retries.values())
+
+    @property
+    def keyframe_resyncs(self) -> int:
+        """Times a video receiver gave up on a gap to start over at a keyframe
+        (:class:`signalling.jitter.KeyframeResync`)."""
+        return sum(r.resyncs for r in self._resyncs.values())
 
     async def _consume(self, received: ReceivedTrack) -> None:
         track = received.track
