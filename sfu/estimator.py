@@ -20,27 +20,30 @@ estimator, in the spirit of Google Congestion Control
   second while far from the last known capacity, additively near it
   (section 5.5), and never beyond 1.5 times what was acknowledged plus a
   margin, since a rate never sent is a rate never tested.
-- **Loss-based.** The share of packets not received, judged over windows
-  of at least ``LOSS_WINDOW`` seconds and ``LOSS_PACKETS`` packets: above
-  10 % the path is congested, and what it carried meanwhile (the
-  acknowledged rate) is taken as its capacity; the loss-based rate drops to
-  ``LOSS_BACKOFF`` times that, not by a share of a rate that may be far above
-  what was sent (gcc-02 section 6 decreases from the send rate). Below 2 %
-  it grows by 8 % a second, but additively within 1.5 times a capacity
-  learnt in the last ``LOSS_HOLD`` seconds; between the two it holds, unless
-  it is at that capacity again, which counts as congestion too. A carrier's
-  policer gives no delay signal, only loss, and sitting just above its rate
-  would mean a steady few per cent of loss: this is what makes the estimate
-  settle below it and stay. Loss with no overuse before it marks the path
-  ``policed``: from then on probes no longer lift the loss-based rate (the
-  policer's bucket lets a short burst through at any rate), which climbs
-  only with the media it carries. The estimate is the lower of the two rates.
-  Whether the loss follows the rate is judged by the window after a
-  backoff: loss that stops once less is sent came from the rate (a policer
-  or a full queue: ``loss_follows_rate``, and redundancy such as RED only
-  takes the room it would protect); loss that goes on at the same share
-  while less is sent is the path's own (a radio link), where redundancy
-  is what repairs it.
+- **Loss-based.** The share of packets not received, judged over windows of
+  at least ``LOSS_WINDOW`` seconds and ``LOSS_PACKETS`` packets: above 10 %
+  the path is congested, and what it carried meanwhile (the acknowledged
+  rate) is taken as its capacity; the loss-based rate drops to
+  ``LOSS_BACKOFF`` times that, not by a share of a rate that may be far
+  above what was sent (gcc-02 section 6 decreases from the send rate). Below
+  2 % it grows by 8 % a second, but additively within 1.5 times a capacity
+  learnt in the last ``LOSS_HOLD`` seconds, and there past ``LOSS_NEAR``
+  times it only as far as ``LOSS_TESTED`` times what the media carried;
+  between the two it holds, unless it is at that capacity again, which
+  counts as congestion too. A carrier's policer gives no delay signal, only
+  loss, and sitting just above its rate would mean a steady few per cent of
+  loss: this is what makes the estimate settle below it and stay. Loss with
+  no overuse before it marks the path ``policed``: from then on the
+  loss-based rate climbs only with the media it carries, and probes lift it
+  only once the policer's rate is older than ``LOSS_HOLD`` (its bucket lets
+  a probe's short burst through at any rate, so such a probe retests the
+  path at the price of a loss if the policer is still there). The estimate
+  is the lower of the two rates. Whether the loss follows the rate is judged
+  by the windows after a backoff: loss that stops once less is sent came
+  from the rate (a policer or a full queue: ``loss_follows_rate``, and
+  redundancy such as RED only takes the room it would protect); loss that
+  goes on at the same share while less is sent is the path's own (a radio
+  link), where redundancy is what repairs it.
 - **Probing.** Going up past what the media itself sends needs traffic that
   tests the path: :meth:`SendSideEstimator.probe` asks for a *cluster* of
   padding at a higher rate when the caller wants more than the estimate
@@ -95,8 +98,10 @@ LOSS_WINDOW, LOSS_PACKETS = 1.0, 20
 LOSS_BACKOFF = 0.9
 #: Seconds a capacity learnt from congestion loss is remembered.
 LOSS_HOLD = 30.0
-#: Additive increase near that capacity, as a share of it per second.
-LOSS_ADDITIVE = 0.02
+#: Additive increase near that capacity, as a share of it per second: up to
+#: ``LOSS_NEAR`` times it, beyond only to ``LOSS_TESTED`` times the rate the
+#: media carried.
+LOSS_ADDITIVE, LOSS_NEAR, LOSS_TESTED = 0.02, 0.95, 1.1
 #: The loss follows the rate when, over the last ``JUDGED`` backoffs, the
 #: windows after them lost less than ``FOLLOWS`` times what the windows that
 #: backed off lost; of the ``AFTER`` windows after a backoff the one that
@@ -488,9 +493,20 @@ class SendSideEstimator:
                 rate *= 1 - 0.5 * share
         elif share < LOSS_LOW:
             if capacity is not None and rate < 1.5 * capacity:
-                rate += LOSS_ADDITIVE * capacity * dt
+                # Near a capacity that lost packets, up only as far as the
+                # media tests: a rate never carried is not known to pass, and
+                # an allocation that trusted it would send a policer a layer
+                # it drops (libwebrtc caps its increase by the acknowledged
+                # rate the same way).
+                tested = max(rate, LOSS_NEAR * capacity, LOSS_TESTED * carried)
+                rate = min(rate + LOSS_ADDITIVE * capacity * dt, tested)
             else:
-                rate = min(rate * GROWTH**dt, self._delay_rate * 1.5)
+                grown = min(rate * GROWTH**dt, self._delay_rate * 1.5)
+                if self.policed:
+                    # Only the media (or, once the capacity is old, a probe)
+                    # tests a policed path.
+                    grown = min(grown, max(rate, LOSS_TESTED * carried))
+                rate = grown
         self._loss_rate = max(float(self.min_bitrate), min(float(self.max_bitrate), rate))
 
     # -- probing -------------------------------------------------------------------
@@ -544,12 +560,14 @@ class SendSideEstimator:
                 found = 0.95 * result
                 self.probes_succeeded += 1
                 self._delay_rate = max(self._delay_rate, found)
-                if self.loss < LOSS_LOW and not self.policed and self._capacity_at(now) is None:
+                if self.loss < LOSS_LOW and self._capacity_at(now) is None:
                     # Random loss (a radio link) is the loss controller's to
-                    # judge: a probe lifts it only on a clean path. Nor on a
-                    # policed one: the policer's bucket lets a probe's short
-                    # burst through at any rate, and only the media's own
-                    # steady rate tells where the policing starts.
+                    # judge: a probe lifts it only on a clean path. Nor while
+                    # a policer's rate is recent (LOSS_HOLD): its bucket lets
+                    # a probe's short burst through at any rate, and only the
+                    # media's own steady rate tells where the policing
+                    # starts; once that is old, a probe retests the path (the
+                    # policer may be gone), at the price of a loss if not.
                     self._loss_rate = max(self._loss_rate, found)
                 self._probe_floor = found
                 self._probe_until = now + PROBE_HOLD

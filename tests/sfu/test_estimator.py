@@ -230,6 +230,22 @@ def test_settles_below_a_policer_and_holds(depth: int) -> None:
     assert call.est.loss_follows_rate
 
 
+def test_below_a_policer_the_estimate_stays_near_what_the_media_carries() -> None:
+    """Once a policer showed itself, a sender that needs less than it (two
+    small layers and audio) must not see the estimate climb past the
+    policer on its own: a rate the media never carried is not known to
+    pass, and an allocation that trusted it would send a layer the policer
+    drops (the three-person policed visit did this every few seconds)."""
+    path = Policer(500_000, depth=62_500)
+    call = Call(path, wanted=2_500_000)
+    call.run(10.0)
+    assert call.est.loss_capacity is not None
+    call.wanted = 380_000
+    call.run(20.0)
+    tail = [e for t, e in call.history if t >= call.now - 10.0]
+    assert max(tail) < 500_000, max(tail)
+
+
 def test_random_loss_on_a_policed_path_is_seen_as_random() -> None:
     """A policed path whose loss stopped below the rate, then a radio link
     losing 20 % whatever is sent: the loss no longer follows the rate."""
