@@ -155,6 +155,7 @@ enum { R_RESYNC, R_IN_MAX, R_IN_START, R_SEQ_OFFSET, R_TS_OFFSET, R_OUT_MAX_SEQ,
 enum { T_TWCC_SEQ, T_SENT_AT, T_SIZES, T_COUNT };
 enum { P_PROTECT, P_ADDR, P_WIRE, P_SRTP_ERRORS, P_COUNT };
 enum { V_RESYNC, V_PID_OFFSET, V_TL0_OFFSET, V_LAST_PID, V_LAST_TL0, V_COUNT };
+enum { F_RED_STRIPPED, F_COUNT };
 
 static PyObject *sub_names[S_COUNT], *rw_names[R_COUNT], *tr_names[T_COUNT], *peer_names[P_COUNT];
 static SlotCache sub_cache = {NULL, 0, S_COUNT, sub_names, {0}};
@@ -163,6 +164,9 @@ static SlotCache tr_cache = {NULL, 0, T_COUNT, tr_names, {0}};
 static SlotCache peer_cache = {NULL, 0, P_COUNT, peer_names, {0}};
 static PyObject *vp_names[V_COUNT];
 static SlotCache vp_cache = {NULL, 0, V_COUNT, vp_names, {0}};
+/* ForwarderStats: the one counter the leaf bumps, once per RED packet. */
+static PyObject *stats_names[F_COUNT];
+static SlotCache stats_cache = {NULL, 0, F_COUNT, stats_names, {0}};
 
 /* -- Leg: a subscriber's session pointer and packed address --------------- */
 
@@ -561,20 +565,6 @@ static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
  * then the primary block, the P bit cleared; each such copy adds one to
  * ``stats.red_stripped``.
  */
-/* obj.<name> += delta (a plain attribute: once per packet, not per copy). */
-static int add_count(PyObject *obj, PyObject *name, long delta) {
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL) return -1;
-    PyObject *d = PyLong_FromLong(delta);
-    PyObject *w = d == NULL ? NULL : PyNumber_Add(v, d);
-    Py_DECREF(v);
-    Py_XDECREF(d);
-    if (w == NULL) return -1;
-    int r = PyObject_SetAttr(obj, name, w);
-    Py_DECREF(w);
-    return r;
-}
-
 static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 11 && nargs != 14) {
         PyErr_SetString(PyExc_TypeError, "forward takes 11 or 14 arguments");
@@ -883,7 +873,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     Py_DECREF(pt_obj);
     Py_XDECREF(prim_pt_obj);
     Py_XDECREF(cut_size_obj);
-    if (stripped && stats != NULL && add_count(stats, str_red_stripped, stripped) < 0)
+    if (stripped && stats != NULL && slot_add(&stats_cache, stats, F_RED_STRIPPED, stripped) < 0)
         return NULL;
     return PyLong_FromLong(forwarded);
 fail:
@@ -900,7 +890,7 @@ fail:
         /* Copies already sent are counted, whatever failed after them. */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (add_count(stats, str_red_stripped, stripped) < 0) PyErr_Clear();
+        if (slot_add(&stats_cache, stats, F_RED_STRIPPED, stripped) < 0) PyErr_Clear();
         PyErr_Restore(type, value, tb);
     }
     return NULL;
@@ -1087,6 +1077,7 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     PyObject *vp_list[V_COUNT] = {str_resync, str_pid_offset, str_tl0_offset, str_last_pid,
                                   str_last_tl0};
     memcpy(vp_names, vp_list, sizeof(vp_list));
+    stats_names[F_RED_STRIPPED] = str_red_stripped;
     if (!str_protect || !str_addr || !str_wire || !str_srtp_errors || !one) return NULL;
     peer_names[P_PROTECT] = str_protect;
     peer_names[P_ADDR] = str_addr;

@@ -488,3 +488,42 @@ async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker)
     estimator.loss = 0.2
     ticks(2)
     assert sub.pt_map == {111: 111, 63: 63}
+
+
+class _PlainStats:
+    """A stats object with an ordinary ``__dict__``: the leaf's generic path."""
+
+    def __init__(self) -> None:
+        self.red_stripped = 5
+
+
+@needs_native
+def test_native_counts_stripped_copies_on_any_stats_object() -> None:
+    # The leaf bumps ``red_stripped`` through a slot it resolved once for
+    # ForwarderStats; another type of object (and ForwarderStats again after
+    # it) must be counted as well, never written at a stale offset.
+    with loopback_sockets() as (sender, receivers):
+        fan = native.fanout(sender)
+        assert fan is not None
+        subs = [Record(SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY).outbound.protect,
+                       r.getsockname()) for r in receivers]  # fmt: skip
+        f = forwarder(subs)
+        f.native = fan
+        out: list[tuple[Any, bytes]] = []
+        f.route_into(red_packet(1), 0.02, out)  # a run's first copies: the Python loop
+        assert f.stats.red_stripped == 2
+        track = f.track(SSRC)
+        packet = red_packet(2)
+        start = 12 + 4 + 12  # the header, the extension profile and its three elements
+        end = len(packet)
+        primary = red.primary(packet, start, end)
+        plain = _PlainStats()
+        rest: list[Any] = []
+        # No extension elements, offsets or abs-send-time: only the copies' counts matter here.
+        sent = fan.forward(
+            track.subscriptions, packet, 0.04, rest, [], False, -1, -1, -1, len(packet),
+            end - start, primary, start, plain,  # type: ignore[arg-type]
+        )  # fmt: skip
+        assert (sent, rest, plain.red_stripped) == (3, [], 5 + 2)
+        f.route_into(red_packet(3), 0.06, out)
+        assert f.stats.red_stripped == 2 + 2
