@@ -590,7 +590,11 @@ class WorkerLayers(WorkerControl):
                 track.layers[index].wanted_at = now
             changed = False
             for info in track.layers:
-                active = now - info.wanted_at < DYNACAST_DELAY
+                # A layer never seen stays on: the publisher's browser starts
+                # it when its own uplink estimate allows, and only a layer
+                # learnt can be offered to a subscriber and so be wanted
+                # (stopped before it ever came, it would never come).
+                active = now - info.wanted_at < DYNACAST_DELAY or not info.ssrc
                 if active != info.active:
                     info.active = active
                     changed = True

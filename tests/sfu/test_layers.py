@@ -229,6 +229,33 @@ async def test_rid_layers_are_learnt_and_announced(worker: MediaWorker, events: 
     assert wanted[-1].participant == "alice"
 
 
+async def test_dynacast_never_stops_a_layer_it_has_not_seen(
+    worker: MediaWorker, events: Events
+) -> None:
+    """A browser starts its upper layers when its own uplink estimate allows,
+    often seconds in. Stopped before the worker ever saw them, they could
+    never be offered to a subscriber, so never wanted, so never started
+    again (the capped visit sent its viewers 640x360 for good that way)."""
+    fp = worker.relay_identity()[1].split(" ", 1)[1]
+    await worker.publish(
+        "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
+    )
+    room: Any = worker._rooms["room"]
+    peer = room.participants["alice"].publish
+    now = worker._now()
+    worker._route(peer, vp8_packet(LAYERS[0], 1, 0, 1, key=True, ext=rid_ext("q")), now)
+    worker._layers_tick(now + DYNACAST_DELAY + TICK)
+    wanted = [e for e in events.items if isinstance(e, LayersWanted)]
+    assert not wanted or wanted[-1].active_rids == ["q", "h", "f"], wanted
+    # The middle layer comes and nobody wants it: it stops; the top one,
+    # still unseen, stays on.
+    later = now + DYNACAST_DELAY + 2 * TICK
+    worker._route(peer, vp8_packet(LAYERS[1], 1, 0, 1, key=True, ext=rid_ext("h")), later)
+    worker._layers_tick(later + DYNACAST_DELAY + TICK)
+    wanted = [e for e in events.items if isinstance(e, LayersWanted)]
+    assert wanted and wanted[-1].active_rids == ["q", "f"], wanted
+
+
 async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estimate(
     worker: MediaWorker,
 ) -> None:
