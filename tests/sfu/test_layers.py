@@ -237,9 +237,7 @@ async def test_dynacast_never_stops_a_layer_it_has_not_seen(
     never be offered to a subscriber, so never wanted, so never started
     again (the capped visit sent its viewers 640x360 for good that way)."""
     fp = worker.relay_identity()[1].split(" ", 1)[1]
-    await worker.publish(
-        "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
-    )
+    await worker.publish("room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {})
     room: Any = worker._rooms["room"]
     peer = room.participants["alice"].publish
     now = worker._now()
