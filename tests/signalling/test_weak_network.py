@@ -36,6 +36,7 @@ import base64
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import random
 import shutil
@@ -397,6 +398,90 @@ class CappedPath:
             self.front.close()
 
 
+class PathProcess:
+    """A :class:`CappedPath` in a process of its own, driven over a pipe.
+
+    In the driver's process its timers shared one event loop with the app,
+    the media worker and the pages' servers: when that loop was busy, every
+    datagram waited longer than its queue said, and the worker's
+    delay-based estimator read the driver's load as a queue on the link
+    (its estimate swung between 70 and 430 kbit/s on a 500 kbit/s link
+    that dropped nothing). Here the delay is the queue's."""
+
+    def __init__(self, upstream: tuple[str, int], rate: float | None, loss: float = 0.0) -> None:
+        self.upstream, self.rate, self.loss = upstream, rate, loss
+        self.conn: Any = None
+        self.proc: Any = None
+
+    async def start(self, port: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_path_process, args=(child, self.upstream, self.rate, self.loss, port)
+        )
+        self.proc.start()
+        loop = asyncio.get_running_loop()
+        ready = await asyncio.wait_for(loop.run_in_executor(None, self.conn.recv), 30)
+        if ready != "ready":
+            raise DriverError(f"capped path: {ready}")
+
+    def _ask(self, *command: Any) -> Any:
+        self.conn.send(command)
+        return self.conn.recv()
+
+    def set_rate(self, rate: float | None) -> None:
+        self._ask("rate", rate)
+
+    def set_loss(self, loss: float) -> None:
+        self._ask("loss", loss)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._ask("stats"))
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError, EOFError):
+            self._ask("close")
+        self.proc.join(2)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.proc = None
+
+
+def _path_process(conn: Any, upstream: tuple[str, int], rate: float | None, loss: float,
+                  port: int) -> None:  # fmt: skip
+    """The child of :class:`PathProcess`: the path, and its commands."""
+
+    async def serve() -> None:
+        path = CappedPath(upstream, rate, loss)
+        await path.start(port)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def command() -> None:
+            try:
+                what, *args = conn.recv()
+            except EOFError:
+                what, args = "close", []
+            if what == "rate":
+                path.set_rate(args[0])
+            elif what == "loss":
+                path.set_loss(args[0])
+            elif what == "close" and not done.done():
+                done.set_result(None)
+            with contextlib.suppress(OSError):
+                conn.send(path.stats() if what == "stats" else "ok")
+
+        loop.add_reader(conn.fileno(), command)
+        conn.send("ready")
+        await done
+        path.close()
+
+    asyncio.run(serve())
+
+
 def relay_only(*urls: str) -> str:
     """A script run before the page's own: every RTCPeerConnection goes
     through these TURN servers only."""
@@ -534,13 +619,15 @@ async def three(world: World, capped_script: str) -> tuple[Page, Page, Page, str
     return doctor, clean, capped, pub
 
 
-async def capped_call(world: World, rate: float) -> tuple[Turn, CappedPath, Page, Page, Page, str]:
+async def capped_call(
+    world: World, rate: float | None
+) -> tuple[Turn, PathProcess, Page, Page, Page, str]:
     """coturn, a path to it capped at ``rate`` bytes/s each way, and the
     three pages (the capped one forced through that path)."""
     work = world.browsers.work
     turn = Turn(work, TURN_PORT, 50000)
     await turn.start()
-    path = CappedPath(("127.0.0.1", TURN_PORT), rate)
+    path = PathProcess(("127.0.0.1", TURN_PORT), rate)
     await path.start(CAPPED_PORT)
     doctor, clean, capped, pub = await three(
         world, relay_only(f"turn:127.0.0.1:{CAPPED_PORT}?transport=udp")
@@ -599,10 +686,10 @@ async def weak_visit(world: World, *, police: bool) -> dict[str, Any]:
     rate = 500_000 // 8
     turn = Turn(work, TURN_PORT, 50000, max_bps=rate if police else None)
     await turn.start()
-    path: CappedPath | None = None
+    path: PathProcess | None = None
     port = TURN_PORT
     if not police:
-        path = CappedPath(("127.0.0.1", TURN_PORT), rate)
+        path = PathProcess(("127.0.0.1", TURN_PORT), rate)
         await path.start(CAPPED_PORT)
         port = CAPPED_PORT
     big = "--window-size=1280,800"
@@ -956,8 +1043,18 @@ def worker_view(world: World) -> dict[str, Any]:
             "remb": state.remb,
             "wanted": state.wanted,
             "paused": dict(state.paused),
+            "policed": est.policed if est else None,
+            "acked": int(est.acked_bitrate) if est else None,
+            "follows": est.loss_follows_rate if est else None,
+            "audio": [int(a.bitrate) for a in state.audio.values()],
         }
     for room in worker._rooms.values():
+        for track in room.tracks.values():
+            rates = [int(layer.bitrate) for layer in track.layers or []]
+            if track.measured is not None:
+                rates.append(int(track.measured.bitrate))
+            key = f"{track.info.kind}:{str(track.info.participant)[-6:]}"
+            out.setdefault("rates", {})[key] = rates
         for (who, tid), v in room.views.items():
             out.setdefault("views", {})[f"{who[-6:]}:{tid[-4:]}"] = [v.width, v.height, v.visible]
     return out
