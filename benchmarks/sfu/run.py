@@ -61,8 +61,10 @@ latency. ``--profile`` samples the server with py-spy during an extra run and
 prints the functions it spends its time in.
 
 Columns: ``cpu`` is the server's CPU-seconds per second of the window (1.00 is
-a whole core); ``fwd/cpu-s`` forwarded packets received by subscribers in the
-window per CPU-second of the server; ``loss%`` over the whole run (exact:
+a whole core); ``fwd/cpu-s`` forwarded packets of the window per CPU-second of
+the server (in a run that lost nothing, the packets sent in the window times
+their subscribers, all of which arrived; otherwise what the subscribers
+counted between the window's edges); ``loss%`` over the whole run (exact:
 counted after the tail); ``p50``/``p99`` one-way latency through the worker on
 the probes, ``+p50``/``+p99`` the same minus the direct baseline's median;
 ``others`` the CPU-seconds per second every other process on the machine used
@@ -618,6 +620,8 @@ class ScenarioResult:
     worker_received: int = 0
     worker_forwarded: int = 0
     delivered_total: int = 0
+    # The subscribers' own count of the window's packets, at its edges.
+    received_window: int = 0
     worker_counters: dict[str, int] = field(default_factory=dict)
     # Collections over 2 ms in the server during the window (only with --gc-log).
     gc_pauses: dict[str, Any] = field(default_factory=dict)
@@ -992,7 +996,16 @@ class Bench:
     ) -> ScenarioResult:
         window = raw["window_seconds"] or 1.0
         cpu = raw["worker_cpu"]
-        forwarded = raw["received_window"]
+        exp_w, exp_t = raw["expected_window"], raw["expected_total"]
+        # What the worker forwarded for the window. When every packet of the
+        # run arrived (counted after the tail: exact), that is every packet
+        # sent in the window times its subscribers, the same count for any
+        # two runs of one schedule; the subscribers' own count at the
+        # window's edges is off by what the load process had not read yet
+        # (up to 2 % of a 6 s window on a busy machine), noise that a
+        # comparison between scenarios would take for a difference in cost.
+        received = raw["received_window"]
+        forwarded = exp_w if exp_t and raw["received_total"] >= exp_t else received
         lat = percentiles(raw["latency_us"])
         by_second: dict[int, list[float]] = {}
         for value, at in zip(raw["latency_us"], raw["latency_sent_ms"], strict=True):
@@ -1001,7 +1014,6 @@ class Bench:
         if lat and self.direct_p50 is not None:
             base = self.direct_p50
             added = {k: round(v - base, 1) for k, v in lat.items() if k not in ("count", "mean")}
-        exp_w, exp_t = raw["expected_window"], raw["expected_total"]
         probe_exp = raw["probe_expected_window"]
         return ScenarioResult(
             scenario=scenario.name,
@@ -1035,7 +1047,8 @@ class Bench:
             loss_pct=(
                 round(100 * max(0, exp_t - raw["received_total"]) / exp_t, 3) if exp_t else 0.0
             ),
-            loss_pct_window=round(100 * (exp_w - forwarded) / exp_w, 3) if exp_w else 0.0,
+            loss_pct_window=round(100 * (exp_w - received) / exp_w, 3) if exp_w else 0.0,
+            received_window=received,
             probe_packets=raw["probe_received_window"],
             probe_loss_pct=(
                 round(100 * (probe_exp - raw["probe_received_window"]) / probe_exp, 3)
@@ -1469,7 +1482,12 @@ async def red_runs(
     2198) that half the subscribers take as it is (two redundant frames: the
     worker adds one) and half as plain Opus (the worker cuts each packet to
     its primary frame). The figure issue 20 asks for: forwarded packets per
-    CPU-second with RED in the mix against the same run without it."""
+    CPU-second with RED in the mix against the same run without it, as the
+    median of the rounds' ratios (``median_pair_ratio_used``, over the
+    rounds that lost nothing, and of those the quiet ones when there are
+    any). Both runs of a round send the same packets on the same schedule,
+    so a lossless round's two counts are equal and its ratio is one of
+    CPU-seconds."""
     pairs: list[tuple[ScenarioResult, ScenarioResult]] = []
     for round_ in range(args.repeat):
         pair = {}
@@ -1498,6 +1516,34 @@ async def red_runs(
         for a, b in pairs
         if a.forwarded_per_cpu_second
     ]
+    # The figure: each round compares two runs a minute apart, so a slow
+    # drift of the machine's other work cancels within it; the median over
+    # the rounds used (lossless, quiet when any were) leaves out the rounds
+    # that one burst of that work spoilt.
+    used_ratios = [
+        b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
+        for a, b in used
+        if a.forwarded_per_cpu_second
+    ]
+    median_used = statistics.median(used_ratios) if used_ratios else None
+    # The run that goes first in a round measures better (on this machine by
+    # several percent): the rounds alternate the order, but the rounds used
+    # need not split evenly. Each order's median, and their geometric mean,
+    # leave that out.
+    by_order: dict[str, float] = {}
+    for name, parity in (("plain_first", 0), ("red_first", 1)):
+        of_order = [
+            b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
+            for i, (a, b) in enumerate(pairs)
+            if i % 2 == parity and (a, b) in used and a.forwarded_per_cpu_second
+        ]
+        if of_order:
+            by_order[name] = round(statistics.median(of_order), 3)
+    balanced = (
+        round(math.sqrt(by_order["plain_first"] * by_order["red_first"]), 3)
+        if len(by_order) == 2
+        else None
+    )
     return {
         "pairs": len(pairs),
         "undisturbed_pairs": len(quiet),
@@ -1508,7 +1554,10 @@ async def red_runs(
         "ratio": round(red / plain, 3) if plain else None,
         "pair_ratios": ratios,
         "median_pair_ratio": statistics.median(ratios) if ratios else None,
-        "at_least_0_97": bool(plain) and red >= 0.97 * plain,
+        "median_pair_ratio_used": None if median_used is None else round(median_used, 3),
+        "median_pair_ratio_by_order": by_order,
+        "order_balanced_ratio": balanced,
+        "at_least_0_97": median_used is not None and median_used >= 0.97,
         "red_stripped": [b.worker_counters.get("red_stripped", 0) for _, b in pairs],
         "red_malformed": [b.worker_counters.get("red_malformed", 0) for _, b in pairs],
     }
