@@ -1508,7 +1508,9 @@ async def red_runs(
             print(f"{'':<9}RED / plain: {ratio:.3f} (RED copies cut to Opus: {cut})", flush=True)
     quiet = [(a, b) for a, b in pairs if undisturbed(a) and undisturbed(b)]
     kept = [(a, b) for a, b in pairs if lossless(a) and lossless(b)]
-    used = [x for x in quiet if x in kept] or kept or pairs
+    # Quiet rounds when there are a few: the median of one round is that round.
+    calm = [x for x in quiet if x in kept]
+    used = calm if len(calm) >= 3 else kept or pairs
     plain = statistics.median(a.forwarded_per_cpu_second for a, _ in used)
     red = statistics.median(b.forwarded_per_cpu_second for _, b in used)
     ratios = [
@@ -1518,8 +1520,8 @@ async def red_runs(
     ]
     # The figure: each round compares two runs a minute apart, so a slow
     # drift of the machine's other work cancels within it; the median over
-    # the rounds used (lossless, quiet when any were) leaves out the rounds
-    # that one burst of that work spoilt.
+    # the rounds used (lossless; the quiet ones when there are three or
+    # more) leaves out the rounds that one burst of that work spoilt.
     used_ratios = [
         b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
         for a, b in used
