@@ -10,16 +10,18 @@ page receives from ``window.wadudCall.stats()``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,6 +133,49 @@ def assert_flowing(pair: dict[str, Any]) -> None:
 
 class DriverError(Exception):
     """A step did not happen in time; carries what the pages showed."""
+
+
+#: A driver module's ``drive(scenario, database_url, work, budget)``.
+Drive = Callable[[str, str, Path, float], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def driver_main(doc: str | None, scenarios: Iterable[str], drive: Drive, budget: float) -> None:
+    """The command line of a browser test's driver module (what
+    :func:`run_driver` runs): ``SCENARIO --database-url URL --work DIR
+    [--budget SECONDS]``; the server's log goes to ``DIR/server.log`` and the
+    result of ``drive`` is printed as one JSON line."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("scenario", choices=sorted(scenarios))
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--budget", type=float, default=budget)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
+    import uvloop
+
+    result = uvloop.run(drive(args.scenario, args.database_url, args.work, args.budget))
+    print(json.dumps(result), flush=True)
+
+
+async def play(
+    scenario: Awaitable[dict[str, Any]],
+    browsers: Browsers,
+    timings: dict[str, float],
+    budget: float,
+    also: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run a driver's ``scenario`` within ``budget`` seconds and close the
+    browsers. When a step did not happen in time, the result is the error,
+    what each page showed, the ``timings`` so far and ``also()``'s keys."""
+    try:
+        return await asyncio.wait_for(scenario, budget)
+    except (DriverError, TimeoutError) as exc:
+        pages = {p.name: await p.snapshot() for p in browsers.pages}
+        more = also() if also is not None else {}
+        return {"error": str(exc) or "timed out", "pages": pages, **more, "timings": timings}
+    finally:
+        await browsers.close()
 
 
 class Cdp:

@@ -22,12 +22,10 @@ Run one scenario by hand (as root, from the repository):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
 import json
-import logging
 import math
 import struct
 import time
@@ -42,15 +40,16 @@ from aiohttp import web
 
 from tests.browser import (
     Browsers,
-    DriverError,
     Page,
     assert_flowing,
     captions,
     click,
+    driver_main,
     flow,
     frame_of,
     join,
     participant_id,
+    play,
     receiving,
     run_driver,
     until_flowing,
@@ -705,28 +704,11 @@ async def drive(scenario: str, database_url: str, work: Path, budget: float) -> 
     browsers = Browsers(work)
     async with serving(database_url, work) as settings:
         world = World(f"http://127.0.0.1:{HTTP_PORT}", settings, browsers)
-        try:
-            return await asyncio.wait_for(SCENARIOS[scenario](world), budget)
-        except (DriverError, TimeoutError) as exc:
-            pages = {p.name: await p.snapshot() for p in browsers.pages}
-            return {"error": str(exc) or "timed out", "pages": pages, "timings": world.timings}
-        finally:
-            await browsers.close()
+        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--database-url", required=True)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--budget", type=float, default=120)
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
-    import uvloop
-
-    result = uvloop.run(drive(args.scenario, args.database_url, args.work, args.budget))
-    print(json.dumps(result), flush=True)
+    driver_main(__doc__, SCENARIOS, drive, 120)
 
 
 if __name__ == "__main__":

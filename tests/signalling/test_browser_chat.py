@@ -17,10 +17,8 @@ Run it by hand (as root, from the repository):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,10 +27,11 @@ import pytest
 
 from tests.browser import (
     Browsers,
-    DriverError,
     Page,
     click,
+    driver_main,
     join,
+    play,
     run_driver,
 )
 from tests.signalling.test_browser_call import World
@@ -214,28 +213,11 @@ async def drive(scenario: str, database_url: str, work: Path, budget: float) -> 
     async with serving(database_url, work) as app:
         world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
         world.app = app  # type: ignore[attr-defined]
-        try:
-            return await asyncio.wait_for(SCENARIOS[scenario](world), budget)
-        except (DriverError, TimeoutError) as exc:
-            pages = {p.name: await p.snapshot() for p in browsers.pages}
-            return {"error": str(exc) or "timed out", "pages": pages, "timings": world.timings}
-        finally:
-            await browsers.close()
+        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--database-url", required=True)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--budget", type=float, default=120)
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
-    import uvloop
-
-    result = uvloop.run(drive(args.scenario, args.database_url, args.work, args.budget))
-    print(json.dumps(result), flush=True)
+    driver_main(__doc__, SCENARIOS, drive, 120)
 
 
 if __name__ == "__main__":

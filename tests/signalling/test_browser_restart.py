@@ -35,12 +35,10 @@ Run one by hand (as root, from the repository):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -49,7 +47,18 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.browser import Browsers, DriverError, Page, flow, frame_of, join, receiving, run_driver
+from tests.browser import (
+    Browsers,
+    DriverError,
+    Page,
+    driver_main,
+    flow,
+    frame_of,
+    join,
+    play,
+    receiving,
+    run_driver,
+)
 from tests.signalling.test_browser_call import (
     EMBED_PORT,
     HTTP_PORT,
@@ -431,29 +440,12 @@ async def drive(kind: str, database_url: str, work: Path, budget: float) -> dict
             browsers.home = work / "home"
             trust(browsers.home, Path(embedded_tls_files(settings)[0]), ca=False)
         world = World(f"http://127.0.0.1:{HTTP_PORT}", settings, browsers)
-        try:
-            run = screens(world) if kind == "screens" else scenario(world, kind)
-            return await asyncio.wait_for(run, budget)
-        except (DriverError, TimeoutError) as exc:
-            pages = {p.name: await p.snapshot() for p in browsers.pages}
-            return {"error": str(exc) or "timed out", "pages": pages, "timings": world.timings}
-        finally:
-            await browsers.close()
+        run = screens(world) if kind == "screens" else scenario(world, kind)
+        return await play(run, browsers, world.timings, budget)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=SCENARIOS)
-    parser.add_argument("--database-url", required=True)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--budget", type=float, default=80)
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
-    import uvloop
-
-    result = uvloop.run(drive(args.scenario, args.database_url, args.work, args.budget))
-    print(json.dumps(result), flush=True)
+    driver_main(__doc__, SCENARIOS, drive, 80)
 
 
 if __name__ == "__main__":

@@ -31,14 +31,12 @@ desktop, and the call page's join screen in Urdu and Arabic.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
 import dataclasses
 import datetime as dt
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -52,7 +50,7 @@ import pytest
 from aiohttp import web
 
 from signalling.check import CHECK_VALIDITY
-from tests.browser import Browsers, DriverError, Page, frame_of, run_driver
+from tests.browser import Browsers, Page, driver_main, frame_of, play, run_driver
 from tests.conftest import Api
 from tests.signalling.test_browser_call import HTTP_PORT, World
 from wadud import keys
@@ -463,30 +461,13 @@ async def drive(scenario: str, database_url: str, work: Path, budget: float) -> 
     try:
         async with serving(database_url, work, **overrides) as app:
             world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
-            try:
-                return await asyncio.wait_for(SCENARIOS[scenario](world), budget)
-            except (DriverError, TimeoutError) as exc:
-                pages = {p.name: await p.snapshot() for p in browsers.pages}
-                return {"error": str(exc) or "timed out", "pages": pages, "timings": world.timings}
-            finally:
-                await browsers.close()
+            return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
     finally:
         await relay.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--database-url", required=True)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--budget", type=float, default=120)
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
-    import uvloop
-
-    result = uvloop.run(drive(args.scenario, args.database_url, args.work, args.budget))
-    print(json.dumps(result), flush=True)
+    driver_main(__doc__, SCENARIOS, drive, 120)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,10 @@ Run one scenario by hand (as root, from the repository):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
 import json
-import logging
 import multiprocessing
 import os
 import random
@@ -53,8 +51,10 @@ from tests.browser import (
     DriverError,
     Page,
     click,
+    driver_main,
     join,
     participant_id,
+    play,
     run_driver,
 )
 from tests.firefox import VETH_ADDRESS, FirefoxPage, veth_namespace_command
@@ -1117,33 +1117,12 @@ async def drive(scenario: str, database_url: str, work: Path, budget: float) -> 
     async with serving(database_url, work, **overrides) as app:
         world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
         world.app = app  # type: ignore[attr-defined]
-        try:
-            return await asyncio.wait_for(SCENARIOS[scenario](world), budget)
-        except (DriverError, TimeoutError) as exc:
-            pages = {p.name: await p.snapshot() for p in browsers.pages}
-            return {
-                "error": str(exc) or "timed out",
-                "pages": pages,
-                "worker": worker_view(world),
-                "timings": world.timings,
-            }
-        finally:
-            await browsers.close()
+        also = lambda: {"worker": worker_view(world)}  # noqa: E731
+        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget, also)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--database-url", required=True)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--budget", type=float, default=120)
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
-    import uvloop
-
-    result = uvloop.run(drive(args.scenario, args.database_url, args.work, args.budget))
-    print(json.dumps(result), flush=True)
+    driver_main(__doc__, SCENARIOS, drive, 120)
 
 
 if __name__ == "__main__":
