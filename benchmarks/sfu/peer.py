@@ -46,6 +46,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from rtc import sdp
 from rtc.dtls import (
@@ -392,85 +393,77 @@ def publish_offer(
         sdp.RtcpFeedback("nack"),
         sdp.RtcpFeedback("nack", "pli"),
     ]
-    media = sdp.MediaDescription(
-        kind="video",
-        port=9,
-        proto="UDP/TLS/RTP/SAVPF",
-        formats=[str(VP8_PT), str(RTX_PT)],
-        connection=sdp.Connection("IN", "IP4", "0.0.0.0"),
-        mid=mid,
-        direction=sdp.Direction.SENDONLY,
-        rtcp_mux=True,
-        rtcp_rsize=True,
-        ice_ufrag=local.ice_ufrag,
-        ice_pwd=local.ice_pwd,
-        fingerprints=local.fingerprints,
-        setup=sdp.Setup.ACTPASS,
-        extmaps=[
-            sdp.Extmap(EXT_ABS_SEND_TIME, sdp.ABS_SEND_TIME),
-            sdp.Extmap(EXT_TRANSPORT_CC, sdp.TRANSPORT_CC),
-            sdp.Extmap(EXT_MID, sdp.MID),
-            *(
-                [
-                    sdp.Extmap(EXT_RID, sdp.RTP_STREAM_ID),
-                    sdp.Extmap(EXT_REPAIRED_RID, sdp.REPAIRED_RTP_STREAM_ID),
-                ]
-                if rids
-                else []
-            ),
-        ],
-        msids=[sdp.Msid(stream, track)],
-        codecs=[
-            sdp.Codec(VP8_PT, "VP8", CLOCK_RATE, feedback=feedback),
-            sdp.Codec(RTX_PT, "rtx", CLOCK_RATE, fmtp=f"apt={VP8_PT}"),
-        ],
-        ssrc_groups=[] if rids else [sdp.SsrcGroup("FID", [ssrc, rtx_ssrc])],
-        ssrcs=[]
-        if rids
-        else [
-            sdp.SsrcAttribute(s, name, value)
-            for s in (ssrc, rtx_ssrc)
-            for name, value in (("cname", stream), ("msid", f"{stream} {track}"))
-        ],
-        candidates=local.candidates(),
-        end_of_candidates=True,
-        rids=[f"{rid} send" for rid in rids],
-        simulcast=f"send {';'.join(rids)}" if rids else None,
-    )
-    sections = [media]
+    base = [
+        sdp.Extmap(EXT_ABS_SEND_TIME, sdp.ABS_SEND_TIME),
+        sdp.Extmap(EXT_TRANSPORT_CC, sdp.TRANSPORT_CC),
+        sdp.Extmap(EXT_MID, sdp.MID),
+    ]
+
+    def section(kind: str, mid: str, codecs: list[sdp.Codec], **more: Any) -> sdp.MediaDescription:
+        """A sendonly section on this bundle's transport, as Chromium writes one."""
+        return sdp.MediaDescription(
+            kind=kind,
+            port=9,
+            proto="UDP/TLS/RTP/SAVPF",
+            formats=[str(c.payload_type) for c in codecs],
+            connection=sdp.Connection("IN", "IP4", "0.0.0.0"),
+            mid=mid,
+            direction=sdp.Direction.SENDONLY,
+            rtcp_mux=True,
+            rtcp_rsize=True,
+            ice_ufrag=local.ice_ufrag,
+            ice_pwd=local.ice_pwd,
+            fingerprints=local.fingerprints,
+            setup=sdp.Setup.ACTPASS,
+            codecs=codecs,
+            candidates=local.candidates(),
+            end_of_candidates=True,
+            **more,
+        )
+
+    rid_exts = [
+        sdp.Extmap(EXT_RID, sdp.RTP_STREAM_ID),
+        sdp.Extmap(EXT_REPAIRED_RID, sdp.REPAIRED_RTP_STREAM_ID),
+    ]
+    sections = [
+        section(
+            "video",
+            mid,
+            [
+                sdp.Codec(VP8_PT, "VP8", CLOCK_RATE, feedback=feedback),
+                sdp.Codec(RTX_PT, "rtx", CLOCK_RATE, fmtp=f"apt={VP8_PT}"),
+            ],
+            extmaps=[*base, *(rid_exts if rids else [])],
+            msids=[sdp.Msid(stream, track)],
+            ssrc_groups=[] if rids else [sdp.SsrcGroup("FID", [ssrc, rtx_ssrc])],
+            ssrcs=[]
+            if rids
+            else [
+                sdp.SsrcAttribute(s, name, value)
+                for s in (ssrc, rtx_ssrc)
+                for name, value in (("cname", stream), ("msid", f"{stream} {track}"))
+            ],
+            rids=[f"{rid} send" for rid in rids],
+            simulcast=f"send {';'.join(rids)}" if rids else None,
+        )
+    ]
     if audio:
         codecs = [sdp.Codec(OPUS_PT, "opus", AUDIO_CLOCK_RATE, 2, "minptime=10;useinbandfec=1",
                             [sdp.RtcpFeedback("transport-cc")])]  # fmt: skip
         if audio == "red":
             codecs.append(sdp.Codec(RED_PT, "red", AUDIO_CLOCK_RATE, 2, f"{OPUS_PT}/{OPUS_PT}"))
+        audio_track = f"audio-{audio_ssrc}"
         sections.append(
-            sdp.MediaDescription(
-                kind="audio",
-                port=9,
-                proto="UDP/TLS/RTP/SAVPF",
-                formats=[str(c.payload_type) for c in codecs],
-                connection=sdp.Connection("IN", "IP4", "0.0.0.0"),
-                mid=AUDIO_MID,
-                direction=sdp.Direction.SENDONLY,
-                rtcp_mux=True,
-                rtcp_rsize=True,
-                ice_ufrag=local.ice_ufrag,
-                ice_pwd=local.ice_pwd,
-                fingerprints=local.fingerprints,
-                setup=sdp.Setup.ACTPASS,
-                extmaps=[
-                    sdp.Extmap(EXT_ABS_SEND_TIME, sdp.ABS_SEND_TIME),
-                    sdp.Extmap(EXT_TRANSPORT_CC, sdp.TRANSPORT_CC),
-                    sdp.Extmap(EXT_MID, sdp.MID),
-                ],
-                msids=[sdp.Msid(stream, f"audio-{audio_ssrc}")],
-                codecs=codecs,
+            section(
+                "audio",
+                AUDIO_MID,
+                codecs,
+                extmaps=base,
+                msids=[sdp.Msid(stream, audio_track)],
                 ssrcs=[
                     sdp.SsrcAttribute(audio_ssrc, name, value)
-                    for name, value in (("cname", stream), ("msid", f"{stream} audio-{audio_ssrc}"))
+                    for name, value in (("cname", stream), ("msid", f"{stream} {audio_track}"))
                 ],
-                candidates=local.candidates(),
-                end_of_candidates=True,
             )
         )
     desc = sdp.SessionDescription(
