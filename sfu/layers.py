@@ -401,7 +401,7 @@ class WorkerLayers(WorkerControl):
                 # What it really takes, once measured: every track the link
                 # carries counts (Opus with RED is two to three times plain
                 # Opus, and each packet's header is a fifth of it again).
-                sent = _audio_sent(peer, track, state, now)
+                sent = _audio_sent(peer, section, state, now)
                 if not sent:
                     sent = track.measured.bitrate if track.measured is not None else 0.0
                 audio_bitrate += sent or AUDIO_BITRATE
@@ -703,16 +703,16 @@ def _redundancy(peer: Peer, section: Section, red: bool) -> None:
         peer.forwarder.set_red(peer, section.track.ssrc, negotiated if red else None)
 
 
-def _audio_sent(peer: Peer, track: Track, state: _Subscriber, now: float) -> float:
-    """What ``peer``'s subscription to an audio ``track`` sends, in bits per
+def _audio_sent(peer: Peer, section: Section, state: _Subscriber, now: float) -> float:
+    """What ``peer``'s subscription on an audio ``section`` sends, in bits per
     second with headers (0 until measured)."""
-    try:
-        sub = peer.forwarder._subscription_for(peer, track.ssrc)
-    except SfuStateError:
+    sub = peer.forwarder.subscription(peer, section.forwarded.ssrc)
+    if sub is None:
         return 0.0
-    sent = state.audio.get(track.ssrc)
+    ssrc = section.track.ssrc
+    sent = state.audio.get(ssrc)
     if sent is None:
-        state.audio[track.ssrc] = _Sent(now, sub.octets_sent, sub.packets_sent)
+        state.audio[ssrc] = _Sent(now, sub.octets_sent, sub.packets_sent)
         return 0.0
     return sent.update(now, sub.octets_sent, sub.packets_sent)
 
