@@ -142,8 +142,7 @@ class _Sent:
         dt = now - self.at
         if dt >= TICK / 2:
             size = octets - self.octets + (packets - self.packets) * AUDIO_HEADER
-            rate = size * 8 / dt
-            self.bitrate = rate if not self.bitrate else 0.6 * self.bitrate + 0.4 * rate
+            self.bitrate = _smoothed(self.bitrate, size * 8 / dt)
             self.at, self.octets, self.packets = now, octets, packets
         return self.bitrate
 
@@ -367,9 +366,7 @@ class WorkerLayers(WorkerControl):
                     if layer.seen > -math.inf:
                         dt = max(now - layer.seen, TICK)
                         rate = (stats.octets - layer.octets) * 8 / dt
-                        layer.bitrate = (
-                            rate if not layer.bitrate else 0.6 * layer.bitrate + 0.4 * rate
-                        )
+                        layer.bitrate = _smoothed(layer.bitrate, rate)
                     layer.octets = stats.octets
                     layer.seen = now
 
@@ -667,6 +664,11 @@ class WorkerLayers(WorkerControl):
 
 
 _ANY_VIEW = View()
+
+
+def _smoothed(bitrate: float, rate: float) -> float:
+    """A measured bitrate after one more tick's ``rate`` (the first as it is)."""
+    return rate if not bitrate else 0.6 * bitrate + 0.4 * rate
 
 
 def _red_next(state: _Subscriber, estimate: float, lacking: bool, audio: float) -> bool:
