@@ -20,7 +20,9 @@ import getpass
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvloop
 
@@ -91,9 +93,18 @@ def parser() -> argparse.ArgumentParser:
         choices=["doctor", "patient", "staff"],
         help="doctors and staff get the admin right (admit, mute, remove, end)",
     )
-    p.add_argument("--name", help="display name (default: the identity)")
+    p.add_argument(
+        "--name",
+        default="",
+        help="display name (default: none; the page asks the person for one, never shows an id)",
+    )
     p.add_argument(
         "--region", default="", help="media region for this participant (default: the replica's)"
+    )
+    p.add_argument(
+        "--url",
+        help="the server's address for the link, e.g. http://127.0.0.1:18080 (default:"
+        " public_url, else the address `wadud serve` last announced from this data folder)",
     )
     p.add_argument(
         "--ttl", type=int, default=4 * 3600, help="seconds the link is valid (default 4 hours)"
@@ -123,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin",
         action="store_true",
-        help="read the password from standard input instead of prompting",
+        help="read the password (one line) from standard input; without it, the"
+        " command asks for it on the terminal",
     )
     return top
 
@@ -164,6 +176,9 @@ def cmd_serve(settings: config.Settings, *, role: str) -> int:
 
     def announce(*_: Any) -> None:
         print(f"Wadud is serving on {settings.base_url}/  (Ctrl+C to stop)", flush=True)
+        # So `wadud token` on the same data folder prints links to this address.
+        with contextlib.suppress(OSError):
+            served_url_file(settings).write_text(settings.base_url + "\n")
         if settings.call_demo:
             print(
                 f"Open {settings.base_url}/demo for a test call between two browser tabs",
@@ -285,16 +300,29 @@ def cmd_audit_verify(settings: config.Settings) -> int:
     return 1
 
 
+def read_password(from_stdin: bool) -> str:
+    """The new account's password: one line of standard input, or typed at
+    a prompt on the terminal (never echoed); with neither, say how."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "no terminal to ask for the password: send it on standard input with"
+            " --password-stdin (e.g. `wadud user add ... --password-stdin < file`)"
+        )
+    try:
+        return getpass.getpass("password: ")
+    except EOFError:
+        raise ConfigError("no password was typed") from None
+
+
 def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     from uuid import UUID
 
     from wadud import accounts, db, migrate
     from wadud.api import Role
 
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass("password: ")
+    password = read_password(args.password_stdin)
     if len(password) < 8:
         raise ConfigError("the password needs at least 8 characters")
 
@@ -358,6 +386,29 @@ def cmd_retention_run(args: argparse.Namespace, settings: config.Settings) -> in
 _NAME_MAX = 128
 
 
+def served_url_file(settings: config.Settings) -> Path:
+    """Where `wadud serve` notes the address it serves on, for `wadud token`."""
+    return Path(settings.data_dir) / "served-url"
+
+
+def link_base(url: str | None, settings: config.Settings) -> str:
+    """The origin a printed join link points at: ``--url``, else the
+    configured public URL, else what `wadud serve` on this data folder
+    announced, else the default address."""
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ConfigError("--url must be an http or https address, e.g. http://127.0.0.1:18080")
+        return url.rstrip("/")
+    if settings.public_url:
+        return settings.base_url
+    with contextlib.suppress(OSError):
+        served = served_url_file(settings).read_text().strip()
+        if served:
+            return served
+    return settings.base_url
+
+
 def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
     import datetime as dt
     from urllib.parse import quote
@@ -375,7 +426,7 @@ def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
     grant = RoomGrant(
         room=args.room,
         identity=args.identity,
-        name=args.name or args.identity,
+        name=args.name,
         role=args.role,
         publish=True,
         subscribe=True,
@@ -390,7 +441,8 @@ def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
         not_before=now - dt.timedelta(seconds=60),
         expires=now + dt.timedelta(seconds=args.ttl),
     )
-    print(f"{settings.base_url}/call/{quote(args.room, safe='')}?token={token}")
+    base = link_base(args.url, settings)
+    print(f"{base}/call/{quote(args.room, safe='')}?token={token}")
     return 0
 
 

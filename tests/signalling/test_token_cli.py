@@ -27,10 +27,13 @@ from wadud.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *argv: str, env: dict[str, str] | None = None, command: str = "token"
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
     return subprocess.run(
-        [str(Path(sys.executable).parent / "wadud"), "token", *argv],
+        [str(Path(sys.executable).parent / "wadud"), *command.split(), *argv],
+        stdin=subprocess.DEVNULL,
         env={**clean, **(env or {})},
         cwd=ROOT,
         capture_output=True,
@@ -87,7 +90,8 @@ def test_roles_and_ttl(
     _, path, tok = split(capsys.readouterr().out.strip())
     assert path == "/call/r"
     grant = decode_room_token(settings_for(tmp_path), tok)
-    assert grant.admin is admin and grant.name == f"id-{role}"
+    # No --name: no name in the link (the page asks for one, never shows the id).
+    assert grant.admin is admin and grant.name == ""
     claims = _claims(tok)
     assert claims["exp"] - claims["nbf"] == pytest.approx(90 + 60, abs=2)
     # Default validity: four hours.
@@ -140,3 +144,62 @@ async def test_the_server_on_the_same_data_folder_accepts_it(
     other = dataclasses.replace(settings, data_dir=tmp_path / "elsewhere", secret_key="")
     answer = await _join(other, tok)
     assert (answer["code"], answer["fatal"]) == ("unauthorized", True)
+
+
+async def test_url_names_the_server_the_link_opens_on(settings: Settings, tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    serve = dataclasses.replace(settings, data_dir=data, secret_key="")
+    app = build_app(serve)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        url = str(client.make_url("")).rstrip("/")  # http://127.0.0.1:<port>, as --port 18080
+        done = run_cli(
+            "--room", "r2", "--identity", "pt-9", "--role", "patient",
+            "--data-dir", str(data), "--url", url + "/",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        link = done.stdout.strip()
+        assert link.startswith(f"{url}/call/r2?token="), link
+        async with aiohttp.ClientSession() as s:
+            async with s.get(link) as page:  # the link opens the call page...
+                assert page.status == 200 and "text/html" in page.headers["Content-Type"]
+            async with s.ws_connect(f"{url}/ws") as ws:  # ...and its token joins
+                await ws.send_json({"type": "join", "token": split(link)[2], "id": "1"})
+                answer = await ws.receive_json(timeout=10)
+        assert answer["type"] in ("joined", "waiting"), answer
+        assert answer["participant"]["name"] == "", answer
+    finally:
+        await client.close()
+
+
+def test_url_defaults_to_the_address_serve_announced(tmp_path: Path) -> None:
+    from bin.main import served_url_file
+
+    argv = ["--room", "r", "--identity", "x", "--role", "patient", "--data-dir", str(tmp_path)]
+    (tmp_path).mkdir(exist_ok=True)
+    served_url_file(settings_for(tmp_path)).write_text("http://127.0.0.1:18080\n")
+    done = run_cli(*argv)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("http://127.0.0.1:18080/call/r?token="), done.stdout
+    # A configured public URL wins over it; --url over both.
+    done = run_cli(*argv, env={"WADUD_PUBLIC_URL": "https://calls.example"})
+    assert done.stdout.startswith("https://calls.example/call/r?"), done.stdout
+    done = run_cli(*argv, "--url", "http://10.0.0.5:9000",
+                   env={"WADUD_PUBLIC_URL": "https://calls.example"})  # fmt: skip
+    assert done.stdout.startswith("http://10.0.0.5:9000/call/r?"), done.stdout
+    bad = run_cli(*argv, "--url", "calls.example")
+    assert bad.returncode == 2 and "--url" in bad.stderr, bad.stderr
+
+
+def test_user_add_without_a_terminal_says_how(tmp_path: Path) -> None:
+    """No terminal and no --password-stdin: exit 2 and one line saying how,
+    not a traceback (and nothing is created: the database is never opened)."""
+    done = run_cli(
+        "--email", "admin@example.com", "--role", "admin", "--data-dir", str(tmp_path),
+        command="user add",
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--password-stdin" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "postgres").exists()
