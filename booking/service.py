@@ -48,6 +48,7 @@ __all__ = [
     "SlotNotOffered",
     "SlotTaken",
     "TooEarly",
+    "TooLate",
     "TransitionRefused",
     "amount_paid",
     "cancel_booking",
@@ -97,6 +98,11 @@ class TransitionRefused(Conflict):
 class TooEarly(Conflict):
     code = "too-early"
     title = "Too early for this action"
+
+
+class TooLate(Conflict):
+    code = "too-late"
+    title = "Too late for this action"
 
 
 def _now() -> dt.datetime:

@@ -27,7 +27,7 @@ from pydantic import Field, StringConstraints
 from booking import service
 from booking.lifecycle import Event, State, allowed_events
 from booking.refunds import CANCELLERS, Canceller
-from booking.service import BookingNotFound, TooEarly
+from booking.service import BookingNotFound, TooEarly, TooLate
 from privacy import audit, consent
 from wadud import auth, cursor, keys
 from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes, in_sane_range
@@ -307,8 +307,18 @@ async def _act(call: Call[Any, Any], event: Event) -> BookingOut:
     now = _now()
     async with call.pool.acquire() as conn, conn.transaction():
         row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
+        # The start window is the video links' window: from 10 minutes
+        # before the slot to its end. A consultation is complete, and can be
+        # reviewed, only once its slot has begun: nothing is over before
+        # the time it was booked for.
         if event is Event.START and now < row["starts_at"] - EARLY_JOIN:
             raise TooEarly(f"the consultation can start from {row['starts_at'] - EARLY_JOIN}")
+        if event is Event.START and now >= row["ends_at"]:
+            raise TooLate(
+                "the slot is over: mark the patient absent (no-show) or cancel instead"
+            )
+        if event is Event.COMPLETE and now < row["starts_at"]:
+            raise TooEarly(f"the consultation can be completed from {row['starts_at']}")
         if event is Event.MARK_NO_SHOW and now < row["starts_at"]:
             raise TooEarly("a patient is absent only once the slot has started")
         updated = await service.apply_event(conn, row, event, actor_id=me.user_id, now=now)
@@ -342,13 +352,13 @@ async def decline_booking(call: Call[None, None]) -> BookingOut:
 
 @routes.post("/api/v1/bookings/{id:uuid}/start", returns=BookingOut, auth=STAFF)
 async def start_booking(call: Call[None, None]) -> BookingOut:
-    """Start the consultation (from 10 minutes before the slot)."""
+    """Start the consultation (from 10 minutes before the slot to its end)."""
     return await _act(call, Event.START)
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/complete", returns=BookingOut, auth=STAFF)
 async def complete_booking(call: Call[None, None]) -> BookingOut:
-    """Complete a consultation in progress."""
+    """Complete a consultation in progress (once its slot has begun)."""
     return await _act(call, Event.COMPLETE)
 
 

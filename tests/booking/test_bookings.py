@@ -145,6 +145,10 @@ async def test_hold_then_full_lifecycle(api: Api, doctor: Doctor) -> None:
     await shift(api, b["id"], dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
     b = await api.post(f"/api/v1/bookings/{b['id']}/start", token=doctor.token, expect=200)
     assert b["status"] == "in_progress"
+    # Started early is fine; over before its slot begins is not (issue 25).
+    err = await api.post(f"/api/v1/bookings/{b['id']}/complete", token=doctor.token, expect=409)
+    assert err["code"] == "too-early"
+    await shift(api, b["id"], dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
     b = await api.post(f"/api/v1/bookings/{b['id']}/complete", token=doctor.token, expect=200)
     assert b["status"] == "completed" and b["allowed_events"] == []
 
@@ -165,6 +169,19 @@ async def test_hold_then_full_lifecycle(api: Api, doctor: Doctor) -> None:
     # A finished booking refuses more transitions with a typed 409.
     err = await api.post(f"/api/v1/bookings/{b['id']}/accept", token=doctor.token, expect=409)
     assert err["code"] == "invalid-transition"
+
+
+async def test_start_window_is_the_links_window(api: Api, doctor: Doctor) -> None:
+    """A consultation starts from 10 minutes before its slot to its end: not
+    after the slot is over (its video links have stopped working then)."""
+    _patient, bid, _ = await requested(api, doctor, local(2, "10:00"))
+    b = {"id": bid}
+    await api.post(f"/api/v1/bookings/{b['id']}/accept", token=doctor.token, expect=200)
+    await shift(api, b["id"], dt.datetime.now(dt.UTC) - dt.timedelta(minutes=21))
+    err = await api.post(f"/api/v1/bookings/{b['id']}/start", token=doctor.token, expect=409)
+    assert err["code"] == "too-late"
+    await shift(api, b["id"], dt.datetime.now(dt.UTC) - dt.timedelta(minutes=19))
+    await api.post(f"/api/v1/bookings/{b['id']}/start", token=doctor.token, expect=200)
 
 
 async def test_transition_booking_refuses_invalid_and_unknown(api: Api, doctor: Doctor) -> None:

@@ -8,6 +8,7 @@ from collections import defaultdict
 
 from yarl import URL
 
+from tests.booking.test_bookings import shift
 from tests.conftest import Api
 from wadud import auth, keys
 from wadud.api import Role
@@ -194,6 +195,8 @@ async def test_onboard_publish_search_hold_pay_consult_review(api: Api) -> None:
     dr_link = await api.get(f"/api/v1/bookings/{booking['id']}/video-link", token=dr, expect=200)
     assert auth.decode_room_token(api.app[keys.SETTINGS], dr_link["token"], leeway=600).admin
     await api.post(f"/api/v1/bookings/{booking['id']}/start", token=dr, expect=200)
+    # Complete only once the slot has begun (it may be minutes away still).
+    await shift(api, booking["id"], dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
     await api.post(f"/api/v1/bookings/{booking['id']}/complete", token=dr, expect=200)
 
     # The patient reviews once; the doctor's rating follows.

@@ -26,12 +26,15 @@ async def doctor(api: Api, clinic: Clinic) -> Doctor:
     return await make_doctor(api, clinic)
 
 
-async def _live_booking(api: Api, doctor: Doctor) -> tuple[str, str, str, str]:
-    """An accepted video booking starting in five minutes: (booking id, the
-    patient's token, the patient's and the doctor's join tokens)."""
+async def _live_booking(
+    api: Api, doctor: Doctor, starts_in: dt.timedelta = dt.timedelta(minutes=5)
+) -> tuple[str, str, str, str]:
+    """An accepted video booking starting in five minutes (``starts_in``):
+    (booking id, the patient's token, the patient's and the doctor's join
+    tokens)."""
     patient, bid, _ = await requested(api, doctor, local(2, "10:00"))
     await api.post(f"/api/v1/bookings/{bid}/accept", token=doctor.token, expect=200)
-    await shift(api, bid, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
+    await shift(api, bid, dt.datetime.now(dt.UTC) + starts_in)
     path = f"/api/v1/bookings/{bid}/video-link"
     mine = await api.get(path, token=patient, expect=200)
     theirs = await api.get(path, token=doctor.token, expect=200)
@@ -76,7 +79,8 @@ async def test_a_rescheduled_booking_s_old_links_stop_working(api: Api, doctor: 
 
 
 async def test_a_completed_booking_s_links_stop_working_on_resume(api: Api, doctor: Doctor) -> None:
-    bid, _patient, pt_link, dr_link = await _live_booking(api, doctor)
+    # Begun a minute ago: a consultation is complete only once its slot began.
+    bid, _patient, pt_link, dr_link = await _live_booking(api, doctor, -dt.timedelta(minutes=1))
     async with joined(api, dr_link) as (_dr, _dj), joined(api, pt_link) as (pt, pj):
         assert pj["type"] == "joined"
         await api.post(f"/api/v1/bookings/{bid}/start", token=doctor.token, expect=200)
