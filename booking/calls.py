@@ -13,13 +13,21 @@ outbox events relayed on the bus).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
 
 from booking.lifecycle import State
 
-__all__ = ["ENDING_TOPICS", "OPEN_STATES", "ROOM_PREFIX", "link_refusal", "room_of"]
+__all__ = [
+    "ENDING_TOPICS",
+    "OPEN_STATES",
+    "ROOM_PREFIX",
+    "LinkRefusal",
+    "link_refusal",
+    "room_of",
+]
 
 ROOM_PREFIX = "booking-"
 #: Booking states in which its video links open the room.
@@ -32,19 +40,36 @@ def room_of(booking_id: str) -> str:
     return ROOM_PREFIX + booking_id
 
 
-async def link_refusal(pool: asyncpg.Pool, booking_id: str, slot: str) -> str | None:
+@dataclass(frozen=True, slots=True)
+class LinkRefusal:
+    """Why a booking's video link no longer opens its room: ``reason`` for
+    programs (the call page words it for the patient), ``detail`` for people.
+
+    Reasons: ``cancelled``, ``completed``, ``no_show``, ``moved`` (another
+    slot; a new link works), ``not_open`` (not accepted, or the hold lapsed)
+    and ``unknown`` (the link names no video consultation)."""
+
+    reason: str
+    detail: str
+
+
+async def link_refusal(pool: asyncpg.Pool, booking_id: str, slot: str) -> LinkRefusal | None:
     """Why a video link for ``booking_id`` issued for the slot starting at
     ``slot`` (ISO 8601) no longer opens the room, or None when it does."""
     try:
         key = UUID(booking_id)
         issued_for = dt.datetime.fromisoformat(slot)
     except ValueError:
-        return "the link names no booking"
+        return LinkRefusal("unknown", "the link names no booking")
     row = await pool.fetchrow("SELECT status, type, starts_at FROM bookings WHERE id = $1", key)
     if row is None or row["type"] != "video":
-        return "the link names no video consultation"
-    if row["status"] not in OPEN_STATES:
-        return f"the consultation is {row['status'].replace('_', ' ')}"
+        return LinkRefusal("unknown", "the link names no video consultation")
+    status = row["status"]
+    if status not in OPEN_STATES:
+        said = status if status in ("cancelled", "completed", "no_show") else "not_open"
+        return LinkRefusal(said, f"the consultation is {status.replace('_', ' ')}")
     if row["starts_at"] != issued_for:
-        return "the consultation was moved to another time; ask for a new link"
+        return LinkRefusal(
+            "moved", "the consultation was moved to another time; ask for a new link"
+        )
     return None

@@ -72,7 +72,7 @@ async def _principal(app: web.Application, token: str) -> tuple[Principal, UUID]
     pool = app[keys.DB]
     refusal = await link_refusal(pool, grant.booking, grant.slot)
     if refusal is not None:
-        raise BookingClosed(refusal)
+        raise BookingClosed(refusal.detail, reason=refusal.reason)
     try:
         user_id, booking_id = UUID(grant.identity), UUID(grant.booking)
         family = UUID(grant.sid) if grant.sid else None

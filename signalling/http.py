@@ -90,7 +90,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         if grant.booking:
             why = await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
             if why is not None:
-                raise errors.BookingClosed(why)
+                raise errors.BookingClosed(why.detail, reason=why.reason)
             await _require_consent(app, grant)
 
     async def waiting(grant: RoomGrant) -> None:

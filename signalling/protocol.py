@@ -448,7 +448,9 @@ def parse(text: str | bytes) -> ClientFrame:
 def error_from(exc: SignallingError, ref: str | None = None) -> dict[str, Any]:
     """The ``error`` frame for one of our errors (``ref`` from the error when it has one)."""
     ref = getattr(exc, "ref", None) or ref
-    extra: dict[str, Any] = {}
+    # What the error carries besides its message (a closed booking's
+    # ``reason``, the purposes a consent refusal names) goes out with it.
+    extra: dict[str, Any] = dict(exc.extra)
     if isinstance(exc, InvalidFrame) and exc.errors:
         extra["errors"] = exc.errors
     return error_frame(exc.code, exc.detail, ref=ref, fatal=exc.fatal, **extra)

@@ -726,6 +726,16 @@ class CallService:
                 case Send(conn, frame):
                     if isinstance(conn, Connection | RemoteConnection):
                         conn.send(frame)
+                        if frame.get("type") == "joined":
+                            # Joined now (at once, admitted from the waiting
+                            # room, resumed): the bars of those already here,
+                            # whose quality was sent while this one waited.
+                            for pid, known in room.quality.items():
+                                conn.send(
+                                    p.ConnectionQuality(
+                                        participant_id=pid, quality=known.quality
+                                    ).frame()
+                                )
                 case Close(conn, code, reason):
                     if isinstance(conn, Connection | RemoteConnection):
                         conn.close(code, reason)
@@ -1000,9 +1010,6 @@ class CallService:
             sub = room.subscribers.get(result.participant.id)
             if sub is not None and sub.offer is not None:
                 conn.send(sub.offer)
-        if result.participant.state is State.JOINED:
-            for pid, known in room.quality.items():
-                conn.send(p.ConnectionQuality(participant_id=pid, quality=known.quality).frame())
         region = self._region_of(room, result.participant.id)
         if self.placement is not None and region not in room.sites:
             # The room gets a worker in the participant's region now, so
