@@ -189,6 +189,9 @@ class Cdp:
         self.contexts: dict[tuple[str, int], dict[str, Any]] = {}
         self.frames: dict[str, dict[str, Any]] = {}  # session id -> target info
         self.tasks: set[asyncio.Future[None]] = set()
+        #: Uncaught errors, unhandled promise rejections and console.error
+        #: calls of the page and its frames, as the DevTools console says them.
+        self.errors: list[str] = []
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -214,6 +217,15 @@ class Cdp:
             elif method == "Runtime.executionContextsCleared":
                 for key in [k for k in self.contexts if k[0] == session]:
                     del self.contexts[key]
+            elif method == "Runtime.exceptionThrown":
+                details = params["exceptionDetails"]
+                said = details.get("exception", {}).get("description") or details.get("text")
+                self.errors.append(f"{details.get('text', '')} {said}".strip())
+            elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+                self.errors.append(
+                    "console.error: "
+                    + " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+                )
             elif method == "Target.attachedToTarget":
                 self.frames[params["sessionId"]] = params["targetInfo"]
                 # The frame's scripts run once it is told to go on.

@@ -502,7 +502,8 @@ async def video_link(call: Call[None, None]) -> VideoLink:
     For an accepted or in-progress video booking. The patient's link publishes
     and subscribes; the doctor's (and clinic staff's) also has admin rights
     (admit, mute, end). The room token is valid from 10 minutes before the
-    slot until its end."""
+    slot until its end. The URL names the caller's language (``lang``) when
+    their notification settings give one."""
     me = call.user
     async with call.pool.acquire() as conn:
         row = await visible_booking(conn, call.path_uuid("id"), me)
@@ -510,12 +511,17 @@ async def video_link(call: Call[None, None]) -> VideoLink:
             raise NoVideoLink(f"the booking is {row['status']}; links open once it is accepted")
         if row["type"] != "video":
             raise NoVideoLink("this is an in-person consultation")
+        user = await conn.fetchrow(
+            "SELECT display_name, locale FROM users WHERE id = $1", me.user_id
+        )
         if me.role is Role.DOCTOR:
             name = await conn.fetchval(
                 "SELECT display_name FROM doctors WHERE id = $1", row["doctor_id"]
             )
         else:
-            name = await conn.fetchval("SELECT display_name FROM users WHERE id = $1", me.user_id)
+            name = user["display_name"] if user else ""
+    # The call page speaks the person's own language (notification settings).
+    lang = f"&lang={user['locale']}" if user is not None and user["locale"] else ""
     room = f"booking-{row['id']}"
     is_patient = me.role is Role.PATIENT
     grant = auth.RoomGrant(
@@ -537,7 +543,7 @@ async def video_link(call: Call[None, None]) -> VideoLink:
         booking_id=row["id"],
         room=room,
         role=grant.role,
-        url=f"{call.settings.base_url}/call/{room}?token={token}",
+        url=f"{call.settings.base_url}/call/{room}?token={token}{lang}",
         token=token,
         not_before=not_before,
         expires_at=expires,

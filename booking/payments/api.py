@@ -29,7 +29,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
 
-from booking.payments import checkout, service
+from booking.payments import checkout, pages, service
 from booking.payments.errors import PaymentError
 from booking.payments.gateway import GatewayRegistry
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
@@ -533,6 +533,12 @@ async def _landing(call: Call[None, None], params: Mapping[str, str]) -> web.Str
             row["return_url"], {"payment_id": str(row["id"]), "status": row["status"]}
         )
         return web.Response(status=303, headers={"Location": target})
+    if pages.wants_html(call.request):
+        # A patient's browser, with no page of the client's to go back to.
+        async with call.pool.acquire() as conn:
+            facts = await pages.visit_facts(conn, payment_id)
+        if facts is not None:
+            return pages.confirmation(facts)
     return web.Response(body=outcome.model_dump_json(), content_type="application/json")
 
 
@@ -546,8 +552,10 @@ async def payment_return(call: Call[None, None]) -> web.StreamResponse:
     """Where the gateway sends the browser back after checkout.
 
     The query is verified by the gateway (signature or inquiry) before
-    anything is applied; a forged result is a 400 and changes nothing. Answers
-    with the payment's status, or redirects to the client's ``return_url``."""
+    anything is applied; a forged result is a 400 and changes nothing.
+    Redirects to the client's ``return_url``; without one, a browser gets
+    a confirmation page in the patient's language and a program that asks
+    for ``application/json`` the payment's status as JSON."""
     return await _landing(call, dict(call.request.query))
 
 

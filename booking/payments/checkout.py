@@ -1,8 +1,9 @@
 """The sandbox gateway's hosted checkout, served by Wadud itself.
 
 Playing the part of a real gateway's payment page so the whole flow runs
-locally: ``GET /sandbox/checkout/{reference}`` shows the amount with Pay and
-Decline buttons; the form's POST settles the sandbox payment, then "the
+locally: ``GET /sandbox/checkout/{reference}`` shows the visit and the amount
+with Pay and Decline buttons, in the patient's language
+(:mod:`booking.payments.pages`); the form's POST settles the sandbox payment, then "the
 gateway" delivers its signed webhook, in process, through the very function
 the webhook endpoint calls (:func:`booking.payments.service.handle_webhook`),
 and finally sends the browser to the signed return URL, where the redirect
@@ -18,10 +19,11 @@ from __future__ import annotations
 import html
 import logging
 from datetime import UTC, datetime
+from uuid import UUID
 
 from aiohttp import web
 
-from booking.payments import service
+from booking.payments import pages, service
 from booking.payments.gateway import PaymentStatus
 from booking.payments.sandbox import SandboxGateway
 from wadud.api import Call, Routes
@@ -35,30 +37,19 @@ routes = Routes("sandbox", "The built-in sandbox gateway's hosted checkout (deve
 
 _PATH = "/sandbox/checkout/{reference:sbx_[A-Za-z0-9_-]+}"
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Wadud sandbox checkout</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 28rem; margin: 3rem auto; padding: 0 1rem; }}
-.amount {{ font-size: 2rem; margin: 1rem 0; }}
-button {{ font-size: 1rem; padding: .6rem 1.4rem; margin-right: .5rem; }}
-.note {{ color: #666; font-size: .9rem; }}
-</style></head>
-<body>
-<h1>Sandbox checkout</h1>
-<p>{description}</p>
-<p class="amount">{amount}</p>
-{body}
-<p class="note">This is the built-in test gateway: no money moves. Reference {reference},
-open until {expires}.</p>
-</body></html>
-"""
+_CHECKOUT = """<p class="badge" data-i18n="pay.sandbox">Test checkout: no money moves</p>
+<h1 data-i18n="pay.title">Pay for your visit</h1>
+{visit}
+{action}
+<p class="muted"><span data-i18n="pay.held">Your time is held for you until</span>
+<span data-fill="expires"></span></p>"""
 
-_FORM = """<form method="post">
-<button type="submit" name="action" value="pay">Pay</button>
-<button type="submit" name="action" value="decline">Decline</button>
+_FORM = """<form method="post" class="row">
+<button type="submit" name="action" value="pay" class="primary" data-i18n="pay.pay">Pay</button>
+<button type="submit" name="action" value="decline" data-i18n="pay.decline">Decline</button>
 </form>"""
+
+_SETTLED = """<p class="outcome" data-i18n="pay.settled.{status}">This payment is {status}.</p>"""
 
 
 def _sandbox(call: Call[None, None]) -> SandboxGateway:
@@ -78,19 +69,17 @@ async def sandbox_checkout_page(call: Call[None, None]) -> web.Response:
     """The sandbox's payment page: amount, Pay and Decline."""
     reference = call.path("reference")
     record = _sandbox(call).checkout(reference)
+    async with call.pool.acquire() as conn:
+        facts = await pages.visit_facts(conn, UUID(record.intent_id))
+    if facts is None:
+        raise NotFound("no such payment")
     if record.status is PaymentStatus.PENDING:
-        body = _FORM
+        action = _FORM
     else:
-        outcome = f"{record.status.value} ({record.code})"
-        body = f"<p>This payment is {html.escape(outcome)}.</p>"
-    page = _PAGE.format(
-        description=html.escape(record.description),
-        amount=html.escape(str(record.amount)),
-        body=body,
-        reference=html.escape(reference),
-        expires=html.escape(record.expires_at.isoformat()),
-    )
-    return web.Response(text=page, content_type="text/html")
+        status = html.escape(record.status.value)
+        action = _SETTLED.format(status=status)
+    body = _CHECKOUT.format(visit=pages.VISIT, action=action)
+    return pages.page("pay.page.title", body, facts)
 
 
 @routes.post(

@@ -27,6 +27,11 @@
 // shows "Reconnecting…" on the tiles it affects (everyone's, when it is our
 // own path; one person's, when the server says theirs is).
 //
+// A link opened before its time (the token's `nbf`, by the server's clock)
+// shows when the visit opens and a countdown while the device check runs,
+// and joins by itself when it opens; an expired link, or one whose booking
+// was cancelled, completed or moved, says which and what to do.
+//
 // For tests and embedders: `window.wadudCall` is the WadudCall once joining
 // starts (see its stats()), and a page that frames this one receives
 // {source: 'wadud-call', type: 'state', state, reason} messages, and
@@ -75,6 +80,8 @@ let audioOnly = false;
 let cameraBeforeAudioOnly = false;
 let alertSound = null; // an AudioContext made on the Join click (a user gesture)
 let seenWaiting = new Set();
+let endedByMe = false; // the doctor who pressed "End call for everyone"
+let clockSkew = 0; // server time minus ours, in ms (from the Date header)
 let side = { open: false, tab: 'chat' };
 const tiles = new Map(); // participant id (or "<id>:screen") -> tile
 
@@ -131,6 +138,7 @@ function toast(text) {
 
 const ENDINGS = {
   left: [i18n.t('ended.left'), ''],
+  'ended-by-me': [i18n.t('ended.ended'), i18n.t('ended.by.you')],
   ended: [i18n.t('ended.ended'), i18n.t('ended.ended.text')],
   denied: [i18n.t('ended.denied'), i18n.t('ended.denied.text')],
   removed: [i18n.t('ended.removed'), ''],
@@ -143,11 +151,42 @@ const REFUSALS = {
   unauthorized: [i18n.t('refused.unauthorized'), i18n.t('refused.unauthorized.text')],
   forbidden: [i18n.t('refused.forbidden'), i18n.t('refused.forbidden.text')],
   'room-full': [i18n.t('refused.full'), i18n.t('refused.full.text')],
+  expired: [i18n.t('refused.expired'), i18n.t('refused.expired.text')],
 };
+// A booking's link that no longer opens, by why (booking-closed's reason).
+for (const why of ['cancelled', 'completed', 'no_show', 'moved', 'not_open']) {
+  REFUSALS[`booking-closed:${why}`] = [i18n.t(`refused.${why}`), i18n.t(`refused.${why}.text`)];
+}
+
+function refusalOf(refusal) {
+  if (!refusal) return null;
+  if (refusal.code === 'unauthorized' && expired()) return REFUSALS.expired;
+  return REFUSALS[`${refusal.code}:${refusal.reason}`] || REFUSALS[refusal.code] || null;
+}
+
+function serverNow() {
+  return Date.now() + clockSkew;
+}
+
+function expired() {
+  return Boolean(claims && claims.exp && claims.exp * 1000 <= serverNow());
+}
+
+// The server's clock, from the Date header of a request to it: a phone's
+// clock may be minutes off, and the token's times are the server's.
+async function readServerClock() {
+  try {
+    const sent = Date.now();
+    const answer = await fetch(location.pathname, { method: 'HEAD', cache: 'no-store' });
+    const date = Date.parse(answer.headers.get('Date'));
+    if (!Number.isNaN(date)) clockSkew = date + 500 - (sent + Date.now()) / 2; // Date is whole seconds
+  } catch (_) { /* offline for now: our own clock */ }
+}
 
 function showEnded(state, reason) {
-  const refusal = call && call.refusal && REFUSALS[call.refusal.code];
-  const [title, text] = refusal || ENDINGS[state] || ENDINGS.failed;
+  const refusal = call && refusalOf(call.refusal);
+  const ending = state === 'ended' && endedByMe ? 'ended-by-me' : state;
+  const [title, text] = refusal || ENDINGS[ending] || ENDINGS.failed;
   $('ended-title').textContent = title;
   $('ended-reason').textContent = text || reason || '';
   const final = state === 'denied' || state === 'ended' || (call && call.refusal && call.refusal.code !== 'room-full');
@@ -175,9 +214,7 @@ async function prejoin() {
   $('who').textContent = claims
     ? (named ? i18n.t('joining.named', { name: claims.name, role: role.toLowerCase() }) : i18n.t('joining.role', { role: role.toLowerCase() }))
     : '';
-  if (claims && claims.exp && claims.exp * 1000 < Date.now()) {
-    $('who').textContent += i18n.t('link.expired');
-  }
+
   // A link without a name (an anonymous patient): ask, so nobody is shown
   // as a number.
   if (claims && !named) {
@@ -189,6 +226,8 @@ async function prejoin() {
     sync();
     $('name-form').onsubmit = (e) => { e.preventDefault(); if (!$('join').disabled) join(); };
   }
+  const opens = claims && claims.nbf ? claims.nbf * 1000 : 0;
+  if (opens > serverNow()) waitUntilOpen(opens);
   await openDevices({ audio: AUDIO, video: VIDEO });
   await listDevices();
   $('camera-select').onchange = (e) => openDevices({ video: { ...VIDEO, deviceId: { exact: e.target.value } } });
@@ -205,6 +244,37 @@ async function prejoin() {
     if (microphone) microphone.enabled = wantMic;
   };
   $('join').onclick = join;
+}
+
+// Too early: say when the visit opens (in this browser's time zone, the
+// patient's), count down, and join by itself once the link is valid. The
+// device check goes on meanwhile; Join stays hidden until then.
+function waitUntilOpen(opens) {
+  // A little after, so a server whose clock we read a second late agrees.
+  const at = opens + 1500;
+  $('early').hidden = false;
+  $('join').hidden = true;
+  document.body.dataset.early = '1';
+  $('early-opens').textContent = i18n.t('early.opens', { time: i18n.when(new Date(opens).toISOString()) });
+  const tick = () => {
+    const left = at - serverNow();
+    if (left > 0) {
+      $('early-left').textContent = i18n.t('early.countdown', { left: i18n.countdown(left / 1000) });
+      waitUntilOpen.timer = setTimeout(tick, Math.min(1000, left));
+      return;
+    }
+    // The device check is still opening: join once it is done.
+    if (typeof $('join').onclick !== 'function') {
+      waitUntilOpen.timer = setTimeout(tick, 200);
+      return;
+    }
+    $('early').hidden = true;
+    $('join').hidden = false;
+    delete document.body.dataset.early;
+    // An anonymous patient still types their name and presses Join.
+    if (!call && !$('join').disabled) join();
+  };
+  tick();
 }
 
 // Ask for the devices in `constraints` and make them the ones in use.
@@ -277,8 +347,13 @@ function startMeter(track) {
   // on the page; say so rather than show a meter that looks dead.
   $('meter-hint').hidden = ctx.state !== 'suspended';
   ctx.onstatechange = () => { $('meter-hint').hidden = ctx.state !== 'suspended'; };
+  // Only while it is this meter's and suspended: the Join click comes after
+  // stopMeter() closed it, and resuming a closed context rejects.
+  const resume = () => {
+    if (meter && meter.ctx === ctx && ctx.state === 'suspended') ctx.resume().catch(() => {});
+  };
   for (const type of ['pointerdown', 'keydown', 'click']) {
-    document.addEventListener(type, () => ctx.resume(), { once: true });
+    document.addEventListener(type, resume, { once: true });
   }
 }
 
@@ -372,7 +447,9 @@ function enterCall() {
   $('open-people').hidden = !admin;
   $('tab-people').hidden = !admin;
   $('end').onclick = () => {
-    if (confirmEnd()) call.end().catch((e) => toast(e.message));
+    if (!confirmEnd()) return;
+    endedByMe = true;
+    call.end().catch((e) => { endedByMe = false; toast(e.message); });
   };
   $('require-admission').onchange = (e) => call.setRequireAdmission(e.target.checked).catch((err) => toast(err.message));
   $('alert-admit').onclick = () => answerAlert('admit');
@@ -524,6 +601,7 @@ function tile(key, label) {
   video.autoplay = true;
   video.playsInline = true;
   const caption = document.createElement('figcaption');
+  caption.dir = 'auto'; // a name in Urdu on an English page, or the reverse
   caption.textContent = label;
   const initials = document.createElement('div');
   initials.className = 'placeholder';
@@ -859,6 +937,7 @@ function renderAdmin() {
 function item(text, actions) {
   const li = document.createElement('li');
   const label = document.createElement('span');
+  label.dir = 'auto';
   label.textContent = text;
   li.append(label);
   for (const [name, act] of actions) {
@@ -966,5 +1045,14 @@ if (!token) {
   showEnded('failed', i18n.t('link.no.token'));
   $('ended-title').textContent = i18n.t('link.incomplete');
 } else {
-  prejoin().catch((e) => showEnded('failed', String(e)));
+  readServerClock().then(() => {
+    // Past its time: say so now, rather than after a device check.
+    if (expired()) {
+      showEnded('failed');
+      [$('ended-title').textContent, $('ended-reason').textContent] = REFUSALS.expired;
+      $('rejoin').hidden = true;
+      return undefined;
+    }
+    return prejoin();
+  }).catch((e) => showEnded('failed', String(e)));
 }

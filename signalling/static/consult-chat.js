@@ -5,6 +5,8 @@
 // acknowledged and kept in the consultation's history; a dropped socket
 // resumes after the last sequence seen, so nothing is shown twice or lost.
 
+import { t } from './i18n.js';
+
 const RETRY_MS = [500, 1000, 2000, 4000, 8000];
 
 export class ConsultChat {
@@ -45,12 +47,12 @@ export class ConsultChat {
         throw new Error(answer.detail || answer.title || response.statusText);
       }
     } catch (e) {
-      this.note.textContent = `Chat unavailable: ${e.message}`;
+      this.note.textContent = t('chat.unavailable', { error: e.message });
       return;
     }
     this.conversation = answer;
     this.input.disabled = !answer.can_write;
-    if (!answer.can_write) this.note.textContent = 'You can read this chat but not write in it.';
+    if (!answer.can_write) this.note.textContent = t('chat.readonly');
     this.form.onsubmit = (e) => {
       e.preventDefault();
       this.send(this.input.value);
@@ -113,10 +115,15 @@ export class ConsultChat {
       const from = document.createElement('span');
       from.className = 'from';
       from.dataset.sender = e.sender_id;
+      from.dir = 'auto';
       from.textContent = this.nameOf(e.sender_id, mine);
       const text = document.createElement('span');
       text.className = 'text';
-      text.textContent = e.attachment ? `${e.body || ''} [attachment]`.trim() : e.body;
+      // Each message lays itself out by its own first strong letter: an Urdu
+      // message with English words in it reads right to left, punctuation
+      // at its end, on an English page too.
+      text.dir = 'auto';
+      text.textContent = e.attachment ? `${e.body || ''} ${t('chat.attachment')}`.trim() : e.body;
       li.append(from, document.createElement('br'), text);
       this.log.append(li);
       this.messages.set(e.seq, li);
@@ -124,7 +131,7 @@ export class ConsultChat {
       if (!mine) this.unread += 1;
     } else {
       const li = this.messages.get(e.target_seq);
-      if (li) li.querySelector('.text').textContent = e.kind === 'delete' ? '(deleted)' : e.body;
+      if (li) li.querySelector('.text').textContent = e.kind === 'delete' ? t('chat.deleted') : e.body;
     }
     this._markRead();
   }

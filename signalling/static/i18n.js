@@ -1,4 +1,5 @@
-// The words of the call page and the check page, in English, Urdu and
+// The words of the pages a patient sees (the call page, the check page,
+// the checkout and the confirmation after paying), in English, Urdu and
 // Arabic (patients in Pakistan and the Gulf read the last two, right to
 // left). One table per language, the same keys in each; English is the
 // fallback for a key a language lacks.
@@ -8,17 +9,20 @@
 //   t('join')                         // 'Join now', 'ابھی شامل ہوں', 'انضم الآن'
 //   t('you.suffix', { name: 'Amal' }) // '{name}' filled in
 //
-// The language: `?lang=en|ur|ar` on the page's URL, else the first of the
-// browser's languages that we speak, else English. In the HTML, an element
+// The language: `?lang=en|ur|ar` on the page's URL, else the patient's own
+// (a page the server made for them says it in <html data-locale>), else
+// the first of the browser's languages that we speak, else English.
+// money() and when() write amounts and times the language's way, a time in
+// the patient's time zone (the browser's, unless one is given). In the HTML, an element
 // with data-i18n="key" gets t(key) as its text (its first text node only
 // when it holds other elements, e.g. a button with a badge);
 // data-i18n-placeholder, data-i18n-label (aria-label) and data-i18n-title
 // do the same for those attributes.
 
 export const LANGUAGES = {
-  en: { name: 'English', dir: 'ltr' },
-  ur: { name: 'اردو', dir: 'rtl' },
-  ar: { name: 'العربية', dir: 'rtl' },
+  en: { name: 'English', dir: 'ltr', intl: 'en-GB' },
+  ur: { name: 'اردو', dir: 'rtl', intl: 'ur-PK' },
+  ar: { name: 'العربية', dir: 'rtl', intl: 'ar' },
 };
 
 const en = {
@@ -95,7 +99,6 @@ const en = {
   'refused.full.text': 'Ask the doctor to make room, then try again.',
   'joining.named': 'Joining as {name} ({role})',
   'joining.role': 'Joining as a {role}',
-  'link.expired': ' · this link has expired; ask for a new one',
   'devices.unavailable': 'Camera or microphone unavailable ({error}). You can still join and see and hear the others.',
   'device.n': 'Device {n}',
   reconnecting: 'Reconnecting…',
@@ -153,6 +156,53 @@ const en = {
   'verdict.audio-only.text': 'The visit can go ahead with sound only. For video, move closer to the Wi‑Fi router or switch to mobile data, then check again.',
   'verdict.blocked': 'Your network blocks video calls',
   'verdict.blocked.text': 'Nothing got through to our video servers. Try mobile data or another Wi‑Fi, or ask your IT department to allow video calls. Then check again.',
+  // A link opened before its visit, and links that no longer open.
+  'early.title': 'Your visit has not started yet',
+  'early.opens': 'It opens on {time}.',
+  'early.countdown': 'Opens in {left}',
+  'early.text': 'Keep this page open: you will join by yourself when it opens. Meanwhile, check your camera and microphone below.',
+  'ended.by.you': 'You ended the call for everyone.',
+  'refused.expired': 'This link has expired',
+  'refused.expired.text': 'The time of this visit has passed. If you still need to see the doctor, ask the clinic for a new appointment.',
+  'refused.cancelled': 'This visit was cancelled',
+  'refused.cancelled.text': 'The link no longer opens. To see the doctor, book again or contact the clinic.',
+  'refused.completed': 'This visit is over',
+  'refused.completed.text': 'The doctor marked it as finished. For anything more, contact the clinic.',
+  'refused.no_show': 'This visit was marked as missed',
+  'refused.no_show.text': 'Contact the clinic to book another time.',
+  'refused.moved': 'This visit was moved to another time',
+  'refused.moved.text': 'Open the newest link you were sent, or ask the clinic for a new one.',
+  'refused.not_open': 'This visit is not confirmed yet',
+  'refused.not_open.text': 'The link works once the doctor confirms the visit. You will get a message when they do.',
+  // Paying (the checkout) and after (the confirmation).
+  'pay.page.title': 'Pay for your visit · Wadud',
+  'pay.sandbox': 'Test checkout: no money moves',
+  'pay.title': 'Pay for your visit',
+  'pay.doctor': 'Doctor',
+  'pay.when': 'When',
+  'pay.amount': 'Amount',
+  'pay.pay': 'Pay',
+  'pay.decline': 'Decline',
+  'pay.held': 'Your time is held for you until',
+  'pay.settled.succeeded': 'This payment is done.',
+  'pay.settled.failed': 'This payment did not go through.',
+  'done.page.title': 'Your visit · Wadud',
+  'done.paid.title': 'Payment received',
+  'done.paid.text': 'Your visit is booked. The doctor will now confirm it.',
+  'done.paid.text.accepted': 'Your visit is booked and the doctor has confirmed it.',
+  'done.paid.next': 'You will get a message with the link to your video visit. Open it at the time of the visit: it lets you in from 10 minutes before.',
+  'done.pending.title': 'Your payment is being confirmed',
+  'done.pending.text': 'This can take a minute. You will get a message once it is done.',
+  'done.pending.text.accepted': 'This can take a minute. You will get a message once it is done.',
+  'done.pending.next': 'There is nothing more to do on this page.',
+  'done.failed.title': 'The payment did not go through',
+  'done.failed.text': 'Nothing was charged. Your time stays held for a few minutes: try again from the clinic’s page or app.',
+  'done.failed.text.accepted': 'Nothing was charged. Try again from the clinic’s page or app.',
+  'done.failed.next': 'If it fails again, try another card or contact the clinic.',
+  'chat.unavailable': 'Chat unavailable: {error}',
+  'chat.readonly': 'You can read this chat but not write in it.',
+  'chat.attachment': '[attachment]',
+  'chat.deleted': '(deleted)',
 };
 
 const ur = {
@@ -229,7 +279,6 @@ const ur = {
   'refused.full.text': 'ڈاکٹر سے جگہ بنانے کو کہیں، پھر دوبارہ کوشش کریں۔',
   'joining.named': '{name} ({role}) کے طور پر شامل ہو رہے ہیں',
   'joining.role': '{role} کے طور پر شامل ہو رہے ہیں',
-  'link.expired': ' · اس لنک کی میعاد ختم ہو گئی ہے؛ نیا لنک مانگیں',
   'devices.unavailable': 'کیمرا یا مائیکروفون دستیاب نہیں ({error})۔ آپ پھر بھی شامل ہو کر دوسروں کو دیکھ اور سن سکتے ہیں۔',
   'device.n': 'ڈیوائس {n}',
   reconnecting: 'دوبارہ جڑ رہے ہیں…',
@@ -286,6 +335,51 @@ const ur = {
   'verdict.audio-only.text': 'ملاقات صرف آواز کے ساتھ ہو سکتی ہے۔ ویڈیو کے لیے Wi‑Fi راؤٹر کے قریب جائیں یا موبائل ڈیٹا پر جائیں، پھر دوبارہ جانچیں۔',
   'verdict.blocked': 'آپ کا نیٹ ورک ویڈیو کال روک رہا ہے',
   'verdict.blocked.text': 'ہمارے ویڈیو سرور تک کچھ نہیں پہنچا۔ موبائل ڈیٹا یا کوئی اور Wi‑Fi آزمائیں، یا اپنے آئی ٹی شعبے سے ویڈیو کال کی اجازت دینے کو کہیں۔ پھر دوبارہ جانچیں۔',
+  'early.title': 'آپ کی ملاقات ابھی شروع نہیں ہوئی',
+  'early.opens': 'یہ {time} کو کھلے گی۔',
+  'early.countdown': '{left} میں کھلے گی',
+  'early.text': 'یہ صفحہ کھلا رکھیں: وقت ہوتے ہی آپ خود شامل ہو جائیں گے۔ تب تک نیچے اپنا کیمرا اور مائیکروفون جانچ لیں۔',
+  'ended.by.you': 'آپ نے سب کے لیے کال ختم کر دی۔',
+  'refused.expired': 'اس لنک کی میعاد ختم ہو گئی ہے',
+  'refused.expired.text': 'اس ملاقات کا وقت گزر چکا ہے۔ اگر آپ کو اب بھی ڈاکٹر سے ملنا ہے تو کلینک سے نیا وقت لیں۔',
+  'refused.cancelled': 'یہ ملاقات منسوخ ہو گئی',
+  'refused.cancelled.text': 'یہ لنک اب نہیں کھلتا۔ ڈاکٹر سے ملنے کے لیے دوبارہ وقت لیں یا کلینک سے رابطہ کریں۔',
+  'refused.completed': 'یہ ملاقات ختم ہو چکی ہے',
+  'refused.completed.text': 'ڈاکٹر نے اسے مکمل قرار دے دیا ہے۔ مزید کسی بات کے لیے کلینک سے رابطہ کریں۔',
+  'refused.no_show': 'اس ملاقات میں آپ کو غیر حاضر لکھا گیا',
+  'refused.no_show.text': 'نیا وقت لینے کے لیے کلینک سے رابطہ کریں۔',
+  'refused.moved': 'یہ ملاقات کسی اور وقت پر منتقل ہو گئی',
+  'refused.moved.text': 'آپ کو بھیجا گیا تازہ ترین لنک کھولیں، یا کلینک سے نیا لنک مانگیں۔',
+  'refused.not_open': 'اس ملاقات کی ابھی تصدیق نہیں ہوئی',
+  'refused.not_open.text': 'ڈاکٹر کی تصدیق کے بعد یہ لنک کام کرے گا۔ تصدیق ہوتے ہی آپ کو پیغام ملے گا۔',
+  'pay.page.title': 'اپنی ملاقات کی ادائیگی · ودود',
+  'pay.sandbox': 'آزمائشی ادائیگی: کوئی رقم منتقل نہیں ہوتی',
+  'pay.title': 'اپنی ملاقات کی ادائیگی کریں',
+  'pay.doctor': 'ڈاکٹر',
+  'pay.when': 'وقت',
+  'pay.amount': 'رقم',
+  'pay.pay': 'ادائیگی کریں',
+  'pay.decline': 'رد کریں',
+  'pay.held': 'آپ کا وقت آپ کے لیے محفوظ ہے، اس وقت تک:',
+  'pay.settled.succeeded': 'یہ ادائیگی ہو چکی ہے۔',
+  'pay.settled.failed': 'یہ ادائیگی نہیں ہو سکی۔',
+  'done.page.title': 'آپ کی ملاقات · ودود',
+  'done.paid.title': 'ادائیگی موصول ہو گئی',
+  'done.paid.text': 'آپ کی ملاقات بک ہو گئی ہے۔ اب ڈاکٹر اس کی تصدیق کریں گے۔',
+  'done.paid.text.accepted': 'آپ کی ملاقات بک ہو گئی ہے اور ڈاکٹر نے اس کی تصدیق کر دی ہے۔',
+  'done.paid.next': 'آپ کو ویڈیو ملاقات کے لنک کے ساتھ پیغام ملے گا۔ اسے ملاقات کے وقت کھولیں: یہ 10 منٹ پہلے سے کھل جاتا ہے۔',
+  'done.pending.title': 'آپ کی ادائیگی کی تصدیق ہو رہی ہے',
+  'done.pending.text': 'اس میں ایک منٹ لگ سکتا ہے۔ مکمل ہوتے ہی آپ کو پیغام ملے گا۔',
+  'done.pending.text.accepted': 'اس میں ایک منٹ لگ سکتا ہے۔ مکمل ہوتے ہی آپ کو پیغام ملے گا۔',
+  'done.pending.next': 'اس صفحے پر مزید کچھ کرنے کی ضرورت نہیں۔',
+  'done.failed.title': 'ادائیگی نہیں ہو سکی',
+  'done.failed.text': 'کوئی رقم نہیں کٹی۔ آپ کا وقت چند منٹ تک محفوظ رہے گا: کلینک کے صفحے یا ایپ سے دوبارہ کوشش کریں۔',
+  'done.failed.text.accepted': 'کوئی رقم نہیں کٹی۔ کلینک کے صفحے یا ایپ سے دوبارہ کوشش کریں۔',
+  'done.failed.next': 'اگر پھر بھی نہ ہو تو کوئی اور کارڈ آزمائیں یا کلینک سے رابطہ کریں۔',
+  'chat.unavailable': 'چیٹ دستیاب نہیں: {error}',
+  'chat.readonly': 'آپ یہ چیٹ پڑھ سکتے ہیں مگر اس میں لکھ نہیں سکتے۔',
+  'chat.attachment': '[منسلک فائل]',
+  'chat.deleted': '(حذف شدہ)',
 };
 
 const ar = {
@@ -362,7 +456,6 @@ const ar = {
   'refused.full.text': 'اطلب من الطبيب إفساح المجال، ثم حاول مرة أخرى.',
   'joining.named': 'ستنضم باسم {name} ({role})',
   'joining.role': 'ستنضم بصفة {role}',
-  'link.expired': ' · انتهت صلاحية هذا الرابط؛ اطلب رابطًا جديدًا',
   'devices.unavailable': 'الكاميرا أو الميكروفون غير متاح ({error}). لا يزال بإمكانك الانضمام ورؤية الآخرين وسماعهم.',
   'device.n': 'جهاز {n}',
   reconnecting: 'جارٍ إعادة الاتصال…',
@@ -419,14 +512,64 @@ const ar = {
   'verdict.audio-only.text': 'يمكن إجراء الزيارة بالصوت فقط. للفيديو، اقترب من جهاز Wi‑Fi أو انتقل إلى بيانات الجوال، ثم أعد الفحص.',
   'verdict.blocked': 'شبكتك تحظر مكالمات الفيديو',
   'verdict.blocked.text': 'لم يصل شيء إلى خوادم الفيديو لدينا. جرّب بيانات الجوال أو شبكة Wi‑Fi أخرى، أو اطلب من قسم تقنية المعلومات السماح بمكالمات الفيديو. ثم أعد الفحص.',
+  'early.title': 'لم تبدأ زيارتك بعد',
+  'early.opens': 'تُفتح في {time}.',
+  'early.countdown': 'تُفتح بعد {left}',
+  'early.text': 'أبقِ هذه الصفحة مفتوحة: ستنضم تلقائيًا عند موعدها. وفي الأثناء، افحص الكاميرا والميكروفون أدناه.',
+  'ended.by.you': 'لقد أنهيت المكالمة للجميع.',
+  'refused.expired': 'انتهت صلاحية هذا الرابط',
+  'refused.expired.text': 'مضى وقت هذه الزيارة. إذا كنت لا تزال بحاجة إلى الطبيب، فاطلب موعدًا جديدًا من العيادة.',
+  'refused.cancelled': 'أُلغيت هذه الزيارة',
+  'refused.cancelled.text': 'لم يعد الرابط يعمل. لرؤية الطبيب، احجز من جديد أو تواصل مع العيادة.',
+  'refused.completed': 'انتهت هذه الزيارة',
+  'refused.completed.text': 'سجّل الطبيب أنها اكتملت. لأي شيء آخر، تواصل مع العيادة.',
+  'refused.no_show': 'سُجّلت هذه الزيارة كغياب',
+  'refused.no_show.text': 'تواصل مع العيادة لحجز موعد آخر.',
+  'refused.moved': 'نُقلت هذه الزيارة إلى وقت آخر',
+  'refused.moved.text': 'افتح أحدث رابط أُرسل إليك، أو اطلب رابطًا جديدًا من العيادة.',
+  'refused.not_open': 'لم تُؤكَّد هذه الزيارة بعد',
+  'refused.not_open.text': 'يعمل الرابط بعد أن يؤكد الطبيب الزيارة. ستصلك رسالة عند التأكيد.',
+  'pay.page.title': 'ادفع لزيارتك · ودود',
+  'pay.sandbox': 'دفع تجريبي: لا تنتقل أي أموال',
+  'pay.title': 'ادفع لزيارتك',
+  'pay.doctor': 'الطبيب',
+  'pay.when': 'الموعد',
+  'pay.amount': 'المبلغ',
+  'pay.pay': 'ادفع',
+  'pay.decline': 'رفض',
+  'pay.held': 'موعدك محجوز لك حتى',
+  'pay.settled.succeeded': 'تم هذا الدفع.',
+  'pay.settled.failed': 'لم يتم هذا الدفع.',
+  'done.page.title': 'زيارتك · ودود',
+  'done.paid.title': 'تم استلام الدفع',
+  'done.paid.text': 'حُجزت زيارتك. سيؤكدها الطبيب الآن.',
+  'done.paid.text.accepted': 'حُجزت زيارتك وأكدها الطبيب.',
+  'done.paid.next': 'ستصلك رسالة فيها رابط زيارة الفيديو. افتحه في موعد الزيارة: يسمح لك بالدخول قبلها بعشر دقائق.',
+  'done.pending.title': 'جارٍ تأكيد الدفع',
+  'done.pending.text': 'قد يستغرق ذلك دقيقة. ستصلك رسالة عند الانتهاء.',
+  'done.pending.text.accepted': 'قد يستغرق ذلك دقيقة. ستصلك رسالة عند الانتهاء.',
+  'done.pending.next': 'لا حاجة إلى أي شيء آخر في هذه الصفحة.',
+  'done.failed.title': 'لم يتم الدفع',
+  'done.failed.text': 'لم يُخصم أي مبلغ. يبقى موعدك محجوزًا لبضع دقائق: حاول مجددًا من صفحة العيادة أو تطبيقها.',
+  'done.failed.text.accepted': 'لم يُخصم أي مبلغ. حاول مجددًا من صفحة العيادة أو تطبيقها.',
+  'done.failed.next': 'إذا تعذّر مرة أخرى، فجرّب بطاقة أخرى أو تواصل مع العيادة.',
+  'chat.unavailable': 'الدردشة غير متاحة: {error}',
+  'chat.readonly': 'يمكنك قراءة هذه الدردشة لكن لا يمكنك الكتابة فيها.',
+  'chat.attachment': '[مرفق]',
+  'chat.deleted': '(محذوفة)',
 };
 
 const STRINGS = { en, ur, ar };
 
-// `?lang=` first, then the browser's languages ('ur-PK' counts as 'ur').
-export function pickLanguage(search = location.search, preferred = navigator.languages || [navigator.language]) {
+// `?lang=` first, then the patient's own, then the browser's languages
+// ('ur-PK' counts as 'ur').
+export function pickLanguage(
+  search = location.search,
+  preferred = navigator.languages || [navigator.language],
+  own = document.documentElement.dataset.locale,
+) {
   const asked = new URLSearchParams(search).get('lang');
-  for (const tag of [asked, ...(preferred || [])]) {
+  for (const tag of [asked, own, ...(preferred || [])]) {
     const base = String(tag || '').toLowerCase().split('-')[0];
     if (STRINGS[base]) return base;
   }
@@ -440,6 +583,39 @@ export const dir = LANGUAGES[lang].dir;
 export function t(key, vars = {}) {
   const text = STRINGS[lang][key] ?? en[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
+}
+
+// Minor units per major one (ISO 4217) of the currencies the API uses.
+const MINOR_DIGITS = { PKR: 2, AED: 2, QAR: 2, SAR: 2 };
+
+// An amount in a currency's minor unit (paisa, fils), the language's way
+// (150000 PKR is "PKR 1,500" in English: rupees are shown whole).
+export function money(minor, currency) {
+  const format = new Intl.NumberFormat(LANGUAGES[lang].intl, { style: 'currency', currency });
+  return format.format(minor / 10 ** (MINOR_DIGITS[currency] ?? 2));
+}
+
+// A moment (ISO 8601) as a day and a time in `timeZone` (an IANA name; the
+// browser's own when not given), with the zone said.
+export function when(iso, timeZone) {
+  const options = {
+    weekday: 'long', day: 'numeric', month: 'long', hour: 'numeric', minute: '2-digit',
+    timeZoneName: 'short',
+  };
+  try {
+    return new Intl.DateTimeFormat(LANGUAGES[lang].intl, { ...options, timeZone: timeZone || undefined }).format(new Date(iso));
+  } catch (_) { // an unknown zone: the browser's
+    return new Intl.DateTimeFormat(LANGUAGES[lang].intl, options).format(new Date(iso));
+  }
+}
+
+// Seconds left as "1:05:09" or "4:09", in the language's digits.
+export function countdown(seconds) {
+  const s = Math.max(0, Math.ceil(seconds));
+  const digits = new Intl.NumberFormat(LANGUAGES[lang].intl, { minimumIntegerDigits: 2, useGrouping: false });
+  const first = new Intl.NumberFormat(LANGUAGES[lang].intl, { useGrouping: false });
+  const parts = s >= 3600 ? [Math.floor(s / 3600), Math.floor(s / 60) % 60, s % 60] : [Math.floor(s / 60), s % 60];
+  return parts.map((n, i) => (i ? digits : first).format(n)).join(':');
 }
 
 // Set <html lang dir> and put each marked element's text in our language.

@@ -297,7 +297,8 @@ export class WadudCall extends EventTarget {
     if (f.fatal) {
       // A refusal: keep its code (unauthorized, forbidden, room-full, ...)
       // for the page to explain; the server closes the socket next.
-      this.refusal = { code: f.code, message: f.message };
+      // A closed booking's `reason` says why (cancelled, completed, ...).
+      this.refusal = { code: f.code, message: f.message, reason: f.reason || null };
       return this._finish(f.code === 'room-ended' ? 'ended' : 'failed', f.message);
     }
     this._emit('error', { code: f.code, message: f.message });

@@ -228,6 +228,7 @@ class World:
         *,
         admin: bool = False,
         expires_in: dt.timedelta = dt.timedelta(hours=1),
+        opens_in: dt.timedelta = -dt.timedelta(hours=2),
     ) -> str:
         from wadud.auth import RoomGrant, issue_room_token
 
@@ -235,7 +236,7 @@ class World:
         token = issue_room_token(
             self.settings,
             RoomGrant(room=self.room, identity=identity, name=name, role=role, admin=admin),
-            not_before=now - dt.timedelta(hours=2),
+            not_before=now + opens_in,
             expires=now + expires_in,
         )
         return f"{self.base}/call/{self.room}?token={token}"

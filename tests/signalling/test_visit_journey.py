@@ -1,0 +1,359 @@
+"""The visit as a patient lives it, in real Chromium pages (issue 25):
+
+* ``early``: a patient opens their link two minutes before it becomes valid.
+  The page says when the visit opens and counts down while the device check
+  runs, then joins by itself when the link is valid: no click, no reload.
+* ``pay-en``, ``pay-ur``, ``pay-ar``: an anonymous patient whose language
+  is English, Urdu or Arabic holds a slot and pays on the sandbox checkout
+  with no ``return_url``: the checkout and the confirmation are pages in
+  that language (right to left for Urdu and Arabic), never JSON, while a
+  program asking ``Accept: application/json`` at the same return still gets
+  JSON. The doctor accepts; the patient's video link opens the call page in
+  their language: the waiting room, then the call with the doctor (the
+  doctor's tile with connection bars), a chat message both ways, and a
+  leave. Nothing in the pages' consoles: no uncaught error, no unhandled
+  rejection.
+
+Screenshots (phone 390x844 and desktop 1280x800) go to ``WADUD_SCREENSHOTS``
+(docs/img) when set, else under the test's folder. Like
+test_browser_call.py, the driver runs in a loopback-only namespace:
+
+    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
+        tests.signalling.test_visit_journey pay-ur --database-url URL --work /tmp/x'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.browser import Browsers, Page, click, driver_main, join, play, run_driver
+from tests.signalling.test_browser_call import World
+from tests.signalling.test_browser_chat import _Session, chat_ready, say
+from tests.signalling.test_page_layout import DESKTOP, PHONE, size
+from tests.signalling.test_weak_network import HTTP_PORT, serving
+
+#: How long before its link becomes valid the early patient opens it.
+EARLY = 120.0
+
+
+async def run_scenario(
+    scenario: str, database_url: str, work: Path, budget: float
+) -> dict[str, Any]:
+    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
+    return await run_driver("tests.signalling.test_visit_journey", args, work, budget)
+
+
+@pytest.mark.timeout(260)
+async def test_an_early_patient_waits_then_joins_by_itself(
+    database_url: str, tmp_path: Path
+) -> None:
+    result = await run_scenario("early", database_url, tmp_path, budget=200)
+    print(json.dumps(result))
+    first = result["first"]
+    # The waiting screen says when, and counts down; Join is not offered.
+    assert first["early"] and first["joinHidden"], first
+    assert first["opens"].startswith("It opens on "), first
+    assert first["left"].startswith("Opens in 1:") or first["left"].startswith("Opens in 2:00")
+    assert first["state"] is None and first["preview"] > 0, first  # the device check runs
+    later = result["later"]
+    assert later["left"] != first["left"], later  # it counts down
+    # Then it joined, by itself, after the link became valid, in the same page.
+    assert result["joined"]["state"] == "joined" and result["joined"]["same_page"], result
+    assert result["joined"]["clicks"] == 0, result
+    assert result["joined_after_valid"] >= 0, result
+    assert result["errors"] == [], result["errors"]
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("lang", ["en", "ur", "ar"])
+async def test_paying_and_joining_in_the_patient_s_language(
+    database_url: str, tmp_path: Path, lang: str
+) -> None:
+    result = await run_scenario(f"pay-{lang}", database_url, tmp_path, budget=150)
+    print(json.dumps(result)[:6000])
+    rtl = lang != "en"
+    words = WORDS[lang]
+    for page in ("checkout", "confirmation", "waiting", "call"):
+        seen = result[page]
+        assert seen["lang"] == lang and seen["dir"] == ("rtl" if rtl else "ltr"), (page, seen)
+        assert seen["scrollWidth"] <= PHONE[0], (page, seen)  # nothing sideways on a phone
+    checkout = result["checkout"]
+    assert checkout["h1"] == words["checkout"], checkout
+    assert checkout["amount"].replace("\xa0", " ") == words["amount"], checkout
+    # The hold's end in the patient's zone and words, no raw UTC.
+    assert not re.search(r"\d{4}-\d\d-\d\dT|\+00:00", checkout["expires"]), checkout
+    assert checkout["expires"].endswith(words["zone"]), checkout
+    # After paying: the confirmation, a page, not JSON.
+    done = result["confirmation"]
+    assert done["path"].endswith("/return") and done["contentType"] == "text/html", done
+    assert done["h1"] == words["paid"], done
+    assert done["doctor"] == "Dr. Test" and done["when"], done
+    # A program asking for JSON at the same return still gets it.
+    assert result["json"]["type"].startswith("application/json"), result["json"]
+    assert result["json"]["body"]["status"] == "succeeded", result["json"]
+    assert result["waiting"]["h1"] == words["waiting"], result["waiting"]
+    # In the call: the doctor's tile has connection bars on the patient's page.
+    assert result["call"]["bars"] in ("excellent", "good", "poor", "lost"), result["call"]
+    # Chat in both directions, each message laid out by its own text.
+    assert result["chat"]["dirs"] and set(result["chat"]["dirs"]) == {"auto"}, result["chat"]
+    assert result["left"] == "left", result
+    assert result["errors"] == {"patient": [], "doctor": []}, result["errors"]
+
+
+WORDS = {
+    "en": {
+        "checkout": "Pay for your visit",
+        "paid": "Payment received",
+        "waiting": "Waiting for the doctor",
+        "amount": "PKR 1,500",
+        "zone": "GMT+5",
+    },
+    "ur": {
+        "checkout": "اپنی ملاقات کی ادائیگی کریں",
+        "paid": "ادائیگی موصول ہو گئی",
+        "waiting": "ڈاکٹر کا انتظار",
+        "amount": "Rs 1,500",
+        "zone": "GMT +5",
+    },
+    "ar": {
+        "checkout": "ادفع لزيارتك",
+        "paid": "تم استلام الدفع",
+        "waiting": "بانتظار الطبيب",
+        "amount": "\u200f1,500 PKR",
+        "zone": "غرينتش+5",
+    },
+}
+
+
+# -- the driver ----------------------------------------------------------------
+
+#: What every page of the journey is: its language, direction and heading.
+PAGE = """(() => ({
+  lang: document.documentElement.lang, dir: document.documentElement.dir,
+  h1: [...document.querySelectorAll('h1')].find(h => h.offsetParent !== null)?.textContent.trim(),
+  title: document.title, path: location.pathname, contentType: document.contentType,
+  scrollWidth: document.documentElement.scrollWidth,
+  amount: document.querySelector('[data-fill=amount]')?.textContent,
+  expires: document.querySelector('[data-fill=expires]')?.textContent,
+  doctor: document.querySelector('[data-fill=doctor]')?.textContent,
+  when: document.querySelector('[data-fill=starts]')?.textContent,
+}))()"""
+
+
+class Shots:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    async def take(self, page: Page, name: str) -> None:
+        for dims, suffix in ((PHONE, "phone"), (DESKTOP, "desktop")):
+            await size(page, dims, mobile=dims == PHONE)
+            shot = await page.cdp.send("Page.captureScreenshot", format="png")
+            (self.folder / f"{name}-{suffix}.png").write_bytes(base64.b64decode(shot["data"]))
+        await size(page, PHONE, mobile=True)
+
+
+def _shots(work: Path) -> Shots:
+    return Shots(Path(os.environ.get("WADUD_SCREENSHOTS") or work / "shots"))
+
+
+async def scenario_early(world: World) -> dict[str, Any]:
+    shots = _shots(world.work)  # type: ignore[attr-defined]
+    valid_at = time.time() + EARLY
+    link = world.link(
+        "pt-77", "Bilal Ahmed", "patient", opens_in=dt.timedelta(seconds=EARLY)
+    )
+    patient = await world.browsers.open("patient", link)
+    await size(patient, PHONE, mobile=True)
+    state = """(() => ({early: document.body.dataset.early === '1',
+      joinHidden: document.getElementById('join').hidden,
+      opens: document.getElementById('early-opens').textContent,
+      left: document.getElementById('early-left').textContent,
+      state: document.body.dataset.state || null,
+      preview: document.getElementById('preview').videoWidth}))()"""
+    await patient.wait_for(
+        "document.body.dataset.early === '1'"
+        " && document.getElementById('preview').videoWidth > 0",
+        "the early screen with the device check",
+    )
+    # Clicks would be counted: none is made from here on.
+    await patient.eval(
+        "window.__samePage = true; window.__clicks = 0;"
+        " document.addEventListener('click', () => { window.__clicks += 1; }, true); true"
+    )
+    out: dict[str, Any] = {"first": await patient.eval(state)}
+    await shots.take(patient, "call-early")
+    await asyncio.sleep(3)
+    out["later"] = await patient.eval(state)
+    # The doctor comes in shortly before it opens (no sooner: two minutes of
+    # a published camera for nothing).
+    await asyncio.sleep(max(0.0, valid_at - 20 - time.time()))
+    doctor = await world.browsers.open(
+        "doctor", world.link("dr-amina", "Dr Amina Rahman", "doctor", admin=True)
+    )
+    await join(doctor)
+    world.mark("doctor in")
+    await patient.wait_for(
+        "document.body.dataset.state === 'joined'", "the patient joining by itself", within=60
+    )
+    out["joined_after_valid"] = round(time.time() - valid_at, 2)
+    out["joined"] = await patient.eval(
+        "({state: document.body.dataset.state, same_page: window.__samePage === true,"
+        " clicks: window.__clicks})"
+    )
+    out["errors"] = patient.cdp.errors
+    out["timings"] = world.timings
+    return out
+
+
+async def _json_return(url: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url, headers={"Accept": "application/json"}) as r,
+    ):
+        return {"status": r.status, "type": r.headers["Content-Type"], "body": await r.json()}
+
+
+async def scenario_pay(world: World, lang: str) -> dict[str, Any]:
+    from tests.booking.factories import make_clinic, make_doctor
+    from tests.booking.test_bookings import anon, hold, local, shift
+    from tests.conftest import Api
+
+    shots = _shots(world.work)  # type: ignore[attr-defined]
+    client = _Session(world.base)
+    api = Api(client, world.app)  # type: ignore[attr-defined, arg-type]
+    out: dict[str, Any] = {}
+    try:
+        clinic = await make_clinic(api)
+        doctor = await make_doctor(api, clinic)
+        patient = await anon(api)
+        await api.put(
+            "/api/v1/me/notifications",
+            {"locale": lang, "time_zone": "Asia/Karachi"},
+            token=patient,
+            expect=200,
+        )
+        booking = await hold(api, patient, doctor, local(2, "10:00"))
+        # No return_url: the patient's browser ends on our own pages.
+        payment = await api.post(
+            f"/api/v1/bookings/{booking['id']}/payments", {}, token=patient, expect=201
+        )
+        page = await world.browsers.open("patient", payment["checkout"]["url"])
+        await size(page, PHONE, mobile=True)
+        await page.wait_for("document.body.dataset.ready === '1'", "the checkout")
+        out["checkout"] = await page.eval(PAGE)
+        await shots.take(page, f"pay-checkout-{lang}")
+        await click(page, "button[value=pay]")
+        await page.wait_for(
+            "location.pathname.endsWith('/return') && document.body.dataset.ready === '1'",
+            "the confirmation",
+        )
+        world.mark("paid")
+        out["confirmation"] = await page.eval(PAGE)
+        await shots.take(page, f"pay-done-{lang}")
+        out["json"] = await _json_return(await page.eval("location.href"))
+
+        # The doctor accepts; the visit is in five minutes.
+        await api.post(f"/api/v1/bookings/{booking['id']}/accept", token=doctor.token, expect=200)
+        await shift(api, booking["id"], dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
+        mine = await api.get(
+            f"/api/v1/bookings/{booking['id']}/video-link", token=patient, expect=200
+        )
+        theirs = await api.get(
+            f"/api/v1/bookings/{booking['id']}/video-link", token=doctor.token, expect=200
+        )
+        await page.eval("window.__gone = 1; true")
+        await page.cdp.send("Page.navigate", url=mine["url"])
+        await page.wait_for(
+            "!window.__gone && document.body.dataset.screen === 'prejoin'", "the call page"
+        )
+        page.cdp.errors.clear()  # the join, the call and the leave from here
+        if await page.eval("!document.getElementById('name-form').hidden"):
+            await page.eval(
+                "(() => { const i = document.getElementById('display-name');"
+                " i.value = 'Bilal Ahmed'; i.dispatchEvent(new Event('input')); return true; })()"
+            )
+        await join(page, expect="waiting")
+        out["waiting"] = await page.eval(PAGE)
+        await shots.take(page, f"call-waiting-{lang}")
+
+        doc = await world.browsers.open("doctor", theirs["url"])
+        await size(doc, DESKTOP, mobile=False)
+        await join(doc)
+        # A booking's room: the doctor lets the waiting patient in.
+        await doc.wait_for("!document.getElementById('alert').hidden", "the waiting alert")
+        await click(doc, "#alert-admit")
+        await page.wait_for("document.body.dataset.state === 'joined'", "the patient let in")
+        world.mark("both in")
+        # The doctor's tile on the patient's page: its bars come from the server.
+        await page.wait_for(
+            "[...document.querySelectorAll('#grid .tile:not(.self) .bars')]"
+            ".some(b => b.dataset.quality !== 'unknown')",
+            "bars on the doctor's tile",
+            within=30,
+        )
+        out["call"] = await page.eval(PAGE)
+        out["call"]["bars"] = await page.eval(
+            "document.querySelector('#grid .tile:not(.self) .bars').dataset.quality"
+        )
+        await chat_ready(page)
+        await chat_ready(doc)
+        await page.eval(say("سر درد ہے، Paracetamol 500mg لے لی؟"))
+        await doc.wait_for("document.querySelectorAll('#chat-log li').length >= 1", "chat")
+        await doc.eval(say("Yes, twice a day."))
+        await click(page, "#open-chat")
+        await page.wait_for("document.querySelectorAll('#chat-log li').length >= 2", "reply")
+        await asyncio.sleep(0.5)
+        await shots.take(page, f"call-chat-{lang}")
+        out["chat"] = {
+            "dirs": await page.eval(
+                "[...document.querySelectorAll('#chat-log li .text')].map(t => t.dir)"
+            )
+        }
+        await click(page, "#leave")
+        await page.wait_for("document.body.dataset.state === 'left'", "left")
+        out["left"] = await page.eval("document.body.dataset.state")
+        await asyncio.sleep(1)
+        out["errors"] = {"patient": page.cdp.errors, "doctor": doc.cdp.errors}
+        out["timings"] = world.timings
+        return out
+    finally:
+        await client.session.close()
+
+
+SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
+    "early": scenario_early,
+    **{f"pay-{lang}": partial(scenario_pay, lang=lang) for lang in ("en", "ur", "ar")},
+}
+
+
+async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
+    from wadud import keys
+
+    browsers = Browsers(work)
+    async with serving(database_url, work) as app:
+        world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
+        world.app = app  # type: ignore[attr-defined]
+        world.work = work  # type: ignore[attr-defined]
+        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
+
+
+def main() -> None:
+    driver_main(__doc__, SCENARIOS, drive, 150)
+
+
+if __name__ == "__main__":
+    main()
