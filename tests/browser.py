@@ -222,10 +222,10 @@ class Cdp:
                 said = details.get("exception", {}).get("description") or details.get("text")
                 self.errors.append(f"{details.get('text', '')} {said}".strip())
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-                self.errors.append(
-                    "console.error: "
-                    + " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+                said = " ".join(
+                    str(a.get("value", a.get("description", ""))) for a in params["args"]
                 )
+                self.errors.append(f"console.error: {said}")
             elif method == "Target.attachedToTarget":
                 self.frames[params["sessionId"]] = params["targetInfo"]
                 # The frame's scripts run once it is told to go on.

@@ -37,7 +37,7 @@ routes = Routes("sandbox", "The built-in sandbox gateway's hosted checkout (deve
 
 _PATH = "/sandbox/checkout/{reference:sbx_[A-Za-z0-9_-]+}"
 
-_CHECKOUT = """<p class="badge" data-i18n="pay.sandbox">Test checkout: no money moves</p>
+_CHECKOUT = """<p class="sandbox" data-i18n="pay.sandbox">Test checkout: no money moves</p>
 <h1 data-i18n="pay.title">Pay for your visit</h1>
 {visit}
 {action}

@@ -115,7 +115,6 @@ export class ConsultChat {
       const from = document.createElement('span');
       from.className = 'from';
       from.dataset.sender = e.sender_id;
-      from.dir = 'auto';
       from.textContent = this.nameOf(e.sender_id, mine);
       const text = document.createElement('span');
       text.className = 'text';
