@@ -34,16 +34,46 @@ estimator, in the spirit of Google Congestion Control
   loss, and sitting just above its rate would mean a steady few per cent of
   loss: this is what makes the estimate settle below it and stay. Loss with
   no overuse before it marks the path ``policed``: from then on the
-  loss-based rate climbs only with the media it carries, and probes lift it
-  only once the policer's rate is older than ``LOSS_HOLD`` (its bucket lets
-  a probe's short burst through at any rate, so such a probe retests the
-  path at the price of a loss if the policer is still there). The estimate
+  loss-based rate climbs only with what the path carries (the media, or a
+  ramp's padding), never with a probe (a policer's bucket lets a probe's
+  short burst through at any rate). Nor does the window right after a
+  backoff back off again: it still reports packets sent before the backoff,
+  and what it carried is the slowed sender's, not the path's. The estimate
   is the lower of the two rates. Whether the loss follows the rate is judged
   by the windows after a backoff: loss that stops once less is sent came
   from the rate (a policer or a full queue: ``loss_follows_rate``, and
   redundancy such as RED only takes the room it would protect); loss that
   goes on at the same share while less is sent is the path's own (a radio
   link), where redundancy is what repairs it.
+- **Ramping.** On a policed path the media alone never shows that more
+  would pass: a paused video waits for an estimate that waits for the video.
+  :meth:`SendSideEstimator.padding` says how much padding to send on top
+  of the media, for at most ``RAMP_TIME`` seconds, so that the path
+  carries a *target*: the caller's next step (the least rate at which it
+  would send more) when it is within ``RAMP_REACH`` times the estimate;
+  else a part of the way, ``RAMP_PART`` times the estimate, a share that
+  doubles with each part that held (up to twice the estimate) and starts
+  small again after a failure (on a path at its limit such a retest is
+  what fails; on one whose policer went away a few parts reach the step).
+  No ramp goes beyond a capacity learnt in the last ``RAMP_RETEST``
+  seconds, and no part up to a target that failed in the last
+  ``RAMP_WAIT_MAX`` (what passes in a lossy window overstates a policer
+  that counts bytes per second, up to twice its rate when the window
+  straddles two of its seconds, so the capacity learnt is no bound). The
+  loss controller then sees the target carried without loss and takes it
+  as its rate; or it sees loss, learns the policer's rate from what
+  passed, and goes back to the rate it had before the ramp (the path
+  carried that). Overuse (a queue after all, not a policer) ends a ramp
+  too. A step reached must hold ``RAMP_TIME`` seconds with the media at
+  it (a part, one loss window). After a failure the next ramp waits
+  ``RAMP_WAIT`` seconds, twice as long after each further one (up to
+  ``RAMP_WAIT_MAX``), so a step the path cannot carry costs a loss now
+  and then, not every few seconds. All this is for a step that brings
+  back a paused video; one that only betters what flows waits until the
+  path showed no loss and no ramp failed for ``UPGRADE_WAIT`` seconds,
+  twice as long after each such ramp that failed (a failed retest is a
+  second of loss, a freeze on every video the path carries: a luxury
+  bought that dearly only now and then).
 - **Probing.** Going up past what the media itself sends needs traffic that
   tests the path: :meth:`SendSideEstimator.probe` asks for a *cluster* of
   padding at a higher rate when the caller wants more than the estimate
@@ -108,6 +138,21 @@ LOSS_ADDITIVE, LOSS_NEAR, LOSS_TESTED = 0.02, 0.95, 1.1
 #: lost least counts (the first may still carry what was sent before the
 #: sender slowed down).
 JUDGED, FOLLOWS, AFTER = 4, 0.3, 2
+#: Ramping (policed paths): a step at most ``RAMP_REACH`` times the estimate,
+#: padded to ``RAMP_OVER`` times it (a little beyond, so that what passes
+#: reaches it) for at most ``RAMP_TIME`` seconds; after a ramp that failed
+#: the next waits ``RAMP_WAIT`` seconds, doubled per failure up to
+#: ``RAMP_WAIT_MAX`` (so a link that got better is found that much later).
+RAMP_REACH, RAMP_OVER, RAMP_TIME, RAMP_WAIT, RAMP_WAIT_MAX = 1.2, 1.05, 6.0, 4.0, 16.0
+#: A step further than ``RAMP_REACH`` is ramped to by parts: this times the
+#: estimate, a share doubled by each part that held.
+RAMP_PART = 1.1
+#: A step beyond the capacity loss showed is ramped to only once that
+#: capacity is this many seconds old (the path may have changed since).
+RAMP_RETEST = 10.0
+#: A ramp that only betters what flows waits for this many seconds without
+#: loss or a failed ramp; doubled by each such ramp that fails, up to the max.
+UPGRADE_WAIT, UPGRADE_WAIT_MAX = 60.0, 480.0
 #: Probing: seconds between clusters, a cluster's length and least packets.
 PROBE_INTERVAL = 2.0
 PROBE_DURATION = 0.015
@@ -223,6 +268,25 @@ class SendSideEstimator:
         # the last JUDGED (backoff, after) pairs.
         self._backoff: tuple[float, float, int] | None = None
         self._judged: deque[tuple[float, float]] = deque(maxlen=JUDGED)
+        self._backed_off_at = -math.inf
+        # Ramping: the step padded toward and since when; when the next may
+        # start, and the wait after the next failure.
+        # The ramp under way: target, since when, whether it is the whole
+        # step, and whether that step brings back something paused.
+        self._ramp: tuple[float, float, bool, bool] | None = None
+        # Seconds without loss or a failed ramp before a ramp that only
+        # betters what flows (doubled by each such ramp that fails).
+        self._upgrade_wait = UPGRADE_WAIT
+        self._ramp_from = 0.0  # the loss-based rate when the last ramp began
+        # A target reached: when, which, and how long it must hold.
+        self._ramp_held: tuple[float, float, float, bool] | None = None
+        # The target of the last ramp that failed, and when.
+        self._ramp_ceiling = (math.inf, -math.inf)
+        self._ramp_next = -math.inf
+        self._ramp_wait = RAMP_WAIT
+        self._ramp_streak = 0  # ramps in a row that held
+        #: Ramps that met loss, before or soon after reaching their step.
+        self.ramps_failed = 0
         # Probing.
         self._clusters: dict[int, _Cluster] = {}
         self._next_cluster = 1
@@ -277,6 +341,13 @@ class SendSideEstimator:
         self.loss_follows_rate = False
         self._backoff = None
         self._judged.clear()
+        self._backed_off_at = -math.inf
+        self._ramp = self._ramp_held = None
+        self._ramp_ceiling = (math.inf, -math.inf)
+        self._ramp_next = -math.inf
+        self._ramp_wait = RAMP_WAIT
+        self._ramp_streak = 0
+        self._upgrade_wait = UPGRADE_WAIT
         self._last_probe = now
 
     # -- the hot path -------------------------------------------------------------
@@ -465,8 +536,14 @@ class SendSideEstimator:
         dt = LOSS_WINDOW if last is None else min(max(now - last, 0.0), 1.0)
         capacity = self._capacity_at(now)
         rate = self._loss_rate
-        backoff = share > LOSS_HIGH or (
-            share > LOSS_LOW and capacity is not None and rate >= 0.9 * capacity
+        # The window right after a backoff still reports packets sent before
+        # it: that loss was answered already, and what the window carried is
+        # the slowed sender's, not the path's (taking it for the capacity
+        # learnt a policer's rate as half of it).
+        settling = self._backoff is not None and self._backoff[2] == AFTER
+        backoff = not settling and (
+            share > LOSS_HIGH
+            or (share > LOSS_LOW and capacity is not None and rate >= 0.9 * capacity)
         )
         if self._backoff is not None:
             before, least, left = self._backoff
@@ -479,12 +556,19 @@ class SendSideEstimator:
                 lost_before = sum(b for b, _ in judged)
                 self.loss_follows_rate = sum(a for _, a in judged) < FOLLOWS * lost_before
         if backoff:
+            self._backed_off_at = now
             if carried > 0:
                 self._backoff = (share, math.inf, AFTER)
                 # What got through while packets were lost is what the path
                 # carries: a policer's rate, or a bottleneck's.
                 self._loss_capacity, self._loss_capacity_at = carried, now
                 rate = min(rate, LOSS_BACKOFF * carried)
+                if self._ramp is not None or self._ramp_held is not None:
+                    # A ramp's own padding (or the step it reached) made the
+                    # loss: back to the rate the path carried cleanly before
+                    # it, not below it (a lossy window under a policer that
+                    # counts bytes per second can read far under its rate).
+                    rate = max(rate, min(self._ramp_from, self._loss_rate))
                 if now - self._overused_at > 2 * LOSS_WINDOW:
                     # Lost with no queue building first: a policer, whose
                     # bucket lets probes through (see _finish_probes).
@@ -507,7 +591,93 @@ class SendSideEstimator:
                     # tests a policed path.
                     grown = min(grown, max(rate, LOSS_TESTED * carried))
                 rate = grown
+            if self._ramp is not None and carried * RAMP_OVER >= self._ramp[0]:
+                # A ramp's padding showed the target pass without loss.
+                rate = max(rate, self._ramp[0])
         self._loss_rate = max(float(self.min_bitrate), min(float(self.max_bitrate), rate))
+
+    # -- ramping -------------------------------------------------------------------
+
+    def padding(self, sending: float, step: float, now: float, *, resume: bool = True) -> float:
+        """Bits per second of padding to send now on top of ``sending`` (what
+        the media sends), so that the path carries ``step``: the least rate
+        above the estimate at which the caller would send more (0: none);
+        ``resume``: the step brings back something paused (else it only
+        betters what is sent). Only on a ``policed`` path (see the module
+        docstring); 0 otherwise."""
+        held = self._ramp_held
+        if held is not None:
+            # A target reached must hold: RAMP_TIME once the media runs at a
+            # step (a policer's bucket may have let the padding through), a
+            # loss window for a part of the way.
+            when, target, hold, resumed = held
+            if self._backed_off_at >= when or self._overused_at >= when:
+                self._ramp_failed(target, resumed, now)
+            elif now - when > hold:
+                self._ramp_held = None
+                self._ramp_wait = RAMP_WAIT
+                # A part that held lets the next be bigger; a step reached
+                # starts the next climb small.
+                self._ramp_streak = self._ramp_streak + 1 if hold < RAMP_TIME else 0
+        ramp = self._ramp
+        if ramp is not None:
+            target, started, whole, resumed = ramp
+            if self._backed_off_at >= started or self._overused_at >= started:
+                # Loss or a queue building: the path does not carry the
+                # target (the loss controller learnt what it does carry).
+                self._ramp = None
+                self._ramp_failed(target, resumed, now)
+                return 0.0
+            if now - started > RAMP_TIME:
+                # Never got there (what was sent fell short): no verdict.
+                self._ramp = None
+                self._ramp_next = now + RAMP_WAIT
+                return 0.0
+            if self.estimate < target and step:
+                return max(0.0, RAMP_OVER * target - sending)
+            # There: the media takes over (or no longer wants more).
+            self._ramp = None
+            self._ramp_held = (now, target, RAMP_TIME if whole else LOSS_WINDOW, resumed)
+            return 0.0
+        capacity = self._capacity_at(now)
+        # Parts double while they pass (a lifted policer is found in a few
+        # ramps, not dozens), and start small again after a failure.
+        part = 1 + min((RAMP_PART - 1) * 2**self._ramp_streak, 1.0)
+        target = step if step <= RAMP_REACH * self.estimate else part * self.estimate
+        ceiling, failed_at = self._ramp_ceiling
+        if (
+            self._ramp_held is not None
+            or (
+                not resume
+                and now - max(failed_at, self._loss_capacity_at) < self._upgrade_wait
+            )
+            or not self.policed
+            or not step
+            or target <= self.estimate
+            or (target < step and target >= ceiling and now - failed_at < RAMP_WAIT_MAX)
+            or (
+                capacity is not None
+                and target > capacity
+                and now - self._loss_capacity_at < RAMP_RETEST
+            )
+            or now < self._ramp_next
+            or self.loss > LOSS_LOW
+            or self.usage is Usage.OVERUSING
+        ):
+            return 0.0
+        self._ramp = (target, now, target == step, resume)
+        self._ramp_from = self._loss_rate
+        return max(0.0, RAMP_OVER * target - sending)
+
+    def _ramp_failed(self, target: float, resumed: bool, now: float) -> None:
+        self._ramp_held = None
+        if not resumed:
+            self._upgrade_wait = min(2 * self._upgrade_wait, UPGRADE_WAIT_MAX)
+        self._ramp_streak = 0
+        self._ramp_ceiling = (target, now)
+        self._ramp_next = now + self._ramp_wait
+        self._ramp_wait = min(2 * self._ramp_wait, RAMP_WAIT_MAX)
+        self.ramps_failed += 1
 
     # -- probing -------------------------------------------------------------------
 
@@ -517,6 +687,7 @@ class SendSideEstimator:
         estimate = self.estimate
         if (
             wanted <= estimate
+            or self._ramp is not None
             or self.usage is Usage.OVERUSING
             or self.loss > LOSS_HIGH / 2
             or now - self._last_probe < PROBE_INTERVAL
@@ -560,14 +731,14 @@ class SendSideEstimator:
                 found = 0.95 * result
                 self.probes_succeeded += 1
                 self._delay_rate = max(self._delay_rate, found)
-                if self.loss < LOSS_LOW and self._capacity_at(now) is None:
+                if self.loss < LOSS_LOW and not self.policed and self._capacity_at(now) is None:
                     # Random loss (a radio link) is the loss controller's to
-                    # judge: a probe lifts it only on a clean path. Nor while
-                    # a policer's rate is recent (LOSS_HOLD): its bucket lets
-                    # a probe's short burst through at any rate, and only the
-                    # media's own steady rate tells where the policing
-                    # starts; once that is old, a probe retests the path (the
-                    # policer may be gone), at the price of a loss if not.
+                    # judge: a probe lifts it only on a clean path. Never on
+                    # a policed one: its bucket lets a probe's short burst
+                    # through at any rate (a probe that lifted it once the
+                    # policer's rate was old sent the allocation 50 % past
+                    # the policer, and the visit lost half its packets for a
+                    # second); a ramp's sustained padding tests it instead.
                     self._loss_rate = max(self._loss_rate, found)
                 self._probe_floor = found
                 self._probe_until = now + PROBE_HOLD

@@ -16,7 +16,9 @@ forwarder's layer switching (:mod:`sfu.groups`):
   feedback feeds it. Without transport-cc the subscriber's REMB is the
   estimate; without either the bandwidth counts as unlimited. When the
   allocation wants more than the estimate, the estimator asks for a probe,
-  sent as padding-only RTX packets.
+  sent as padding-only RTX packets; on a policed path, where the media alone
+  never shows that more would pass, it asks for padding up to the
+  allocation's next step instead, paced every ``PADDING_INTERVAL``.
 * **Allocation.** Every ``TICK`` seconds, per subscriber:
   :func:`sfu.simulcast.allocate` with the estimate, each video track's
   layers (sizes from keyframes, bitrates measured from what arrives), the
@@ -55,7 +57,7 @@ from rtc.rtp import extension_elements
 from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
 from sfu.control import ConnectionQuality, LayersWanted, TrackPaused
 from sfu.errors import SfuStateError
-from sfu.estimator import SendSideEstimator
+from sfu.estimator import RAMP_REACH, SendSideEstimator
 from sfu.negotiation import WorkerControl
 from sfu.quality import QualityTracker, Sample
 from sfu.records import LayerInfo, Peer, Room, Section, Track, View
@@ -67,6 +69,9 @@ __all__ = ["DYNACAST_DELAY", "HOLD", "TICK", "WorkerLayers"]
 
 #: Seconds between allocations.
 TICK = 0.5
+#: Seconds between sends of a ramp's padding (paced: a policer with a small
+#: bucket drops a tick's worth sent at once).
+PADDING_INTERVAL = 0.05
 #: Seconds a congestion downgrade holds back a subscriber's upgrades.
 HOLD = 10.0
 #: Seconds the estimate must stay below a video's lowest layer before that
@@ -105,6 +110,8 @@ class _Subscriber:
         "audio",
         "downgraded_at",
         "estimator",
+        "padded_at",
+        "padding",
         "paused",
         "red",
         "remb",
@@ -126,6 +133,10 @@ class _Subscriber:
         """Audio track SSRC -> what its subscription has sent this subscriber."""
         self.red = True
         """Whether audio it negotiated RED for goes as RED (see :func:`_red_next`)."""
+        self.padding = 0.0
+        """Bits per second of padding its estimator asked for (a ramp)."""
+        self.padded_at = 0.0
+        """When padding was last sent."""
 
 
 class _Sent:
@@ -165,6 +176,7 @@ class WorkerLayers(WorkerControl):
         self._subscribers: dict[Peer, _Subscriber] = {}
         self._qualities: dict[tuple[str, str], _Quality] = {}
         self._layers_when: float | None = None
+        self._padding_when: float | None = None
         self._ticks = 0
 
     # -- provided by the datagram side ----------------------------------------------------
@@ -333,7 +345,10 @@ class WorkerLayers(WorkerControl):
     # -- the tick ---------------------------------------------------------------------------
 
     def _layers_due(self) -> float | None:
-        return self._layers_when if self._rooms else None
+        if not self._rooms:
+            return None
+        when, padding = self._layers_when, self._padding_when
+        return padding if padding is not None and (when is None or padding < when) else when
 
     def _layers_start(self, now: float) -> None:
         if self._layers_when is None:
@@ -342,18 +357,27 @@ class WorkerLayers(WorkerControl):
 
     def _layers_tick(self, now: float) -> None:
         """Measure layers, allocate every subscriber, dynacast, and (every
-        other tick) connection quality."""
-        self._layers_when = now + TICK if self._rooms else None
-        self._ticks += 1
-        for room in list(self._rooms.values()):
-            self._measure(room, now)
-            self._allocate_room(room, now)
-            self._relay_layers(room, now)
-            self._dynacast(room, now)
-            if self._ticks % 2 == 0:
-                self._quality(room, now)
-        for peer in [p for p in self._subscribers if p.transport.state.value == "closed"]:
-            del self._subscribers[peer]
+        other tick) connection quality; between ticks, every
+        ``PADDING_INTERVAL``, the padding ramping subscribers asked for."""
+        if self._layers_when is None or now >= self._layers_when:
+            self._layers_when = now + TICK if self._rooms else None
+            self._ticks += 1
+            for room in list(self._rooms.values()):
+                self._measure(room, now)
+                self._allocate_room(room, now)
+                self._relay_layers(room, now)
+                self._dynacast(room, now)
+                if self._ticks % 2 == 0:
+                    self._quality(room, now)
+            for peer in [p for p in self._subscribers if p.transport.state.value == "closed"]:
+                del self._subscribers[peer]
+        self._padding_when = None
+        for peer, state in self._subscribers.items():
+            if state.padding and state.estimator is not None:
+                size = int(state.padding * min(now - state.padded_at, TICK) / 8)
+                state.padded_at = now
+                self._send_padding(peer, state.estimator, 0, size, now)
+                self._padding_when = now + PADDING_INTERVAL
 
     def _measure(self, room: Room, now: float) -> None:
         for track in room.tracks.values():
@@ -434,11 +458,17 @@ class WorkerLayers(WorkerControl):
         estimate = self._estimate(state)
         chosen = allocate(estimate, wanted, audio, audio_bitrate)
         ideal = allocate(math.inf, wanted, audio, audio_bitrate)
+        # What the estimate carries at the layers' measured rates, without
+        # their HEADROOM: enough to keep a video already flowing on its
+        # lowest layer (starting one needs the headroom; keeping it, not:
+        # a link carrying just that would otherwise pause and resume it).
+        kept = allocate(estimate * HEADROOM, wanted, audio, audio_bitrate) if wanted else {}
         state.wanted = int(audio_bitrate + sum(_bitrate(w, ideal[w.track_id]) for w in wanted))
         # Whether the estimate keeps some video below the layer it wants.
         lacking = any(chosen[w.track_id] != ideal[w.track_id] for w in wanted)
         state.red = _red_next(state, estimate, lacking, audio_bitrate)
         congested = False
+        sending = audio_bitrate
         for w in wanted:
             tid = w.track_id
             index = chosen[tid]
@@ -453,7 +483,7 @@ class WorkerLayers(WorkerControl):
                 # signal) is not a weak link: keep the lowest layer until the
                 # shortfall has lasted PAUSE_AFTER.
                 short = state.short_since.setdefault(tid, now)
-                if now - short < PAUSE_AFTER:
+                if now - short < PAUSE_AFTER or kept[tid] is not None:
                     index = w.layers[0].index
             elif index is not None:
                 state.short_since.pop(tid, None)
@@ -474,6 +504,7 @@ class WorkerLayers(WorkerControl):
                 congested = True
             elif current is not None and index > current and now - state.downgraded_at < HOLD:
                 index = current
+            sending += _bitrate(w, index) / HEADROOM
             self._set(peer, tracks[tid], index, now)
         if congested:
             state.downgraded_at = now
@@ -487,10 +518,23 @@ class WorkerLayers(WorkerControl):
             if tid in tracks:
                 self._emit(TrackPaused(room.name, participant, tid, False, reason))
         self._flush_rtcp(room)
-        if state.estimator is not None and state.wanted > estimate:
-            probe = state.estimator.probe(int(state.wanted), now)
-            if probe is not None:
-                self._send_padding(peer, state.estimator, probe.cluster, probe.size, now)
+        estimator = state.estimator
+        state.padding = 0.0
+        if estimator is None or state.wanted <= estimate:
+            return
+        step = 0.0
+        if lacking and estimator.policed:
+            step = _next_step(estimate, wanted, audio, audio_bitrate, chosen)
+        resume = "bandwidth" in reasons.values()
+        padding = estimator.padding(sending, step, now, resume=resume)
+        if padding and not state.padding:
+            state.padded_at = now
+        state.padding = padding
+        if padding:
+            return
+        probe = estimator.probe(int(state.wanted), now)
+        if probe is not None:
+            self._send_padding(peer, estimator, probe.cluster, probe.size, now)
 
     def _estimate(self, state: _Subscriber) -> float:
         if state.estimator is not None:
@@ -776,6 +820,24 @@ def _layers(group: Group | None, track: Track, now: float) -> Sequence[Layer]:
         bitrate = info.bitrate * HEADROOM if fresh and info.bitrate else default
         out.append(Layer(i, info.rid, width, height, int(bitrate)))
     return out
+
+
+def _next_step(
+    estimate: float,
+    wanted: Sequence[Wanted],
+    audio: int,
+    audio_bitrate: float,
+    chosen: dict[str, int | None],
+) -> float:
+    """The least budget above ``estimate`` at which the allocation gives more
+    than ``chosen``: in steps of 5 % up to ``RAMP_REACH`` times it (what a
+    ramp reaches at once), coarser beyond; 0 when none does."""
+    reach = round((RAMP_REACH - 1) / 0.05)
+    for factor in [1 + 0.05 * k for k in range(1, reach + 1)] + [1.5, 2.0, 3.0, 5.0]:
+        budget = estimate * factor
+        if allocate(budget, wanted, audio, audio_bitrate) != chosen:
+            return budget
+    return 0.0
 
 
 def _bitrate(wanted: Wanted, index: int | None) -> float:
