@@ -94,8 +94,9 @@ HEADROOM = 1.1
 #: it: the RTP header with its extensions (audio level, transport-cc, time).
 AUDIO_HEADER = 28
 #: Smoothed loss at which RED goes to a subscriber that negotiated it however
-#: short its bandwidth (unless that loss follows the rate: sfu.estimator).
-RED_LOSS = 0.05
+#: short its bandwidth (unless that loss follows the rate: sfu.estimator),
+#: and above which it does not.
+RED_LOSS, RED_LOSS_MAX = 0.05, 0.4
 #: What RED adds to plain Opus as a subscriber receives it (three frames a
 #: packet instead of one; the header is not repeated): this times the plain rate.
 RED_EXTRA = 1.5
@@ -722,12 +723,16 @@ def _red_next(state: _Subscriber, estimate: float, lacking: bool, audio: float) 
     it) or there is none, they repair nothing and take the video's room on a
     link too narrow for what the subscriber wants. So: never while the loss
     follows the rate (sfu.estimator); always while there is loss that does
-    not; else only while no video lacks bandwidth, back when the estimate
-    carries everything wanted with RED's extra on top."""
+    not, up to ``RED_LOSS_MAX`` (beyond, two copies a packet repair little,
+    and what they add may be the loss itself: an 80 kbit/s link lost half
+    of two RED voices, 170 kbit/s, for good, and the loss never followed a
+    rate the audio could not go under); else only while no video lacks
+    bandwidth, back when the estimate carries everything wanted with RED's
+    extra on top."""
     estimator = state.estimator
     if estimator is None:
         return True
-    if estimator.loss_follows_rate:
+    if estimator.loss_follows_rate or estimator.loss > RED_LOSS_MAX:
         return False
     if estimator.loss >= RED_LOSS:
         return True
