@@ -122,17 +122,14 @@ async def test_weak_patient_in_a_three_person_visit(
     fps with < 1 s of freezes per 15 s, and the clean participant gets a
     higher layer of the doctor than the capped one does.
 
-    Not met yet, so out of the default run. With RED held back on such
-    links (two remote voices ~75 instead of ~180 kbit/s) and the estimate
-    growing no further than the media tests, three runs each on a quiet
-    machine: queued, one run met it (20 and 20 fps, no freeze), the other
-    two decoded the doctor at 11.7 and 14.7 fps with 4 to 6 s of freezes;
-    policed, 8.7 to 12.7 fps with 1.3 to 6 s of freezes. The clean
-    participant got 640x360 at 20 fps with no freeze in all six. What is
-    left: the first capacity a policed path shows is often half its rate
-    (~230 of 500 kbit/s), and growth from there waits for the media, which
-    does not resume a paused video until the estimate carries it; see
-    issue 20's closing note."""
+    Out of the default run for its length and its sensitivity to a busy
+    machine (two minutes of three Chromium pages and coturn). On a quiet
+    machine, with ramps (sfu.estimator: padding up to the next step on a
+    policed path, retests that only better what flows a minute apart) and
+    a video kept on its lowest layer while the estimate carries its
+    measured rate: the last six policed and four queued runs all met it
+    (about 20 fps, no freeze); before, 8.7 to 12.7 fps with 1.3 to 6 s of
+    freezes when policed. See issue 20's closing note."""
     result = await run_scenario(scenario, database_url, tmp_path, budget=200)
     print(json.dumps({k: v for k, v in result.items() if k != "trace"}))
     assert "error" not in result, result
@@ -153,10 +150,12 @@ async def test_starved_subscriber_gets_audio_only(database_url: str, tmp_path: P
     starved = result["starved"]
     assert result["note"] == "Video paused: weak connection", result
     assert result["note_during"] == "Video paused: weak connection", result
-    # No frames; what video packets come are the worker's padding probes
-    # (RTX) looking for room to resume, a few a second.
+    # No frames; what video packets come are the worker's padding (RTX)
+    # looking for room to resume: probes, a few a second, and on this
+    # policed-looking link a ramp's padding now and then (about 20 a second
+    # for a second or two, then a wait of 4 s or more).
     assert starved["fps"] == 0, result
-    assert starved["video_packets"] <= 8 * 5, result
+    assert starved["video_packets"] <= 8 * 10, result
     assert starved["audio_packets"] >= 8 * 40, result  # 50 packets/s, some lost
     assert result["after"]["fps"] >= 10, result
     assert result["note_after"] is None, result
@@ -634,9 +633,15 @@ async def capped_call(
     await turn.start()
     path = PathProcess(("127.0.0.1", TURN_PORT), rate)
     await path.start(CAPPED_PORT)
-    doctor, clean, capped, pub = await three(
-        world, relay_only(f"turn:127.0.0.1:{CAPPED_PORT}?transport=udp")
-    )
+    try:
+        doctor, clean, capped, pub = await three(
+            world, relay_only(f"turn:127.0.0.1:{CAPPED_PORT}?transport=udp")
+        )
+    except BaseException:
+        # Else the driver's exit waits for the path's process for good.
+        path.close()
+        await turn.stop()
+        raise
     return turn, path, doctor, clean, capped, pub
 
 
@@ -1052,6 +1057,9 @@ def worker_view(world: World) -> dict[str, Any]:
             "acked": int(est.acked_bitrate) if est else None,
             "follows": est.loss_follows_rate if est else None,
             "audio": [int(a.bitrate) for a in state.audio.values()],
+            "padding": int(state.padding),
+            "capacity": int(est.loss_capacity or 0) if est else None,
+            "ramps_failed": est.ramps_failed if est else None,
         }
     for room in worker._rooms.values():
         for track in room.tracks.values():
