@@ -441,10 +441,10 @@ class Cluster:
         region: str | None = None,
     ) -> str:
         """A join link from ``wadud token``, under ``public_url`` (a front of
-        the load balancer, say)."""
+        the load balancer, say), naming ``name`` (else the identity: a link
+        without a name makes the page ask for one before Join)."""
         argv = [WADUD, "token", "--room", room, "--identity", identity, "--role", role]
-        if name:
-            argv += ["--name", name]
+        argv += ["--name", name or identity]
         if region:
             argv += ["--region", region]
         env = self.env(WADUD_PUBLIC_URL=public_url or self.public_url)

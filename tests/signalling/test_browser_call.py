@@ -94,15 +94,16 @@ async def test_device_check_top_level_and_in_a_frame(database_url: str, tmp_path
 
 @pytest.mark.timeout(120)
 async def test_links_that_cannot_join_say_why(database_url: str, tmp_path: Path) -> None:
-    """An expired link is flagged at the device check and refused on
-    joining; a link opened under another room's URL is refused too; each
-    end screen says why in plain words, with no "Join again"."""
+    """An expired link says so as the page opens, before any device check
+    or join (issue 25: it says which it is and what to do); a link opened
+    under another room's URL is refused on joining; each end screen says
+    why in plain words, with no "Join again"."""
     result = await run_scenario("refusals", database_url, tmp_path, budget=60)
     print(json.dumps(result))
     expired = result["expired"]
-    assert "expired" in expired["who"], expired
-    assert expired["code"] == "unauthorized", expired
-    assert expired["title"] == "This link does not work", expired
+    assert expired["screen"] == "ended", expired
+    assert expired["title"] == "This link has expired", expired
+    assert "ask the clinic for a new appointment" in expired["reason"], expired
     assert not expired["rejoin"], expired
     other = result["other_room"]
     assert other["code"] == "forbidden", other
@@ -577,7 +578,15 @@ async def scenario_refusals(world: World) -> dict[str, Any]:
     """Links that cannot join: expired, and for another room."""
     expired = world.link("pt-991", "Bilal", "patient", expires_in=-dt.timedelta(minutes=5))
     page = await world.browsers.open("patient", expired)
-    out = {"expired": await refused(page)}
+    await page.wait_for("document.body.dataset.screen === 'ended'", "the expired link's end screen")
+    out = {
+        "expired": {
+            "screen": await page.eval("document.body.dataset.screen"),
+            "title": await page.eval("document.getElementById('ended-title').textContent"),
+            "reason": await page.eval("document.getElementById('ended-reason').textContent"),
+            "rejoin": not await page.eval("document.getElementById('rejoin').hidden"),
+        }
+    }
     elsewhere = world.link("pt-991", "Bilal", "patient").replace(world.room, "another-room")
     await page.cdp.send("Page.navigate", url=elsewhere)
     await page.wait_for("document.body.dataset.screen !== 'ended'", "the new page")
