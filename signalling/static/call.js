@@ -164,6 +164,8 @@ function refusalOf(refusal) {
   return REFUSALS[`${refusal.code}:${refusal.reason}`] || REFUSALS[refusal.code] || null;
 }
 
+const EARLY_SLACK = 2000; // ms
+
 function serverNow() {
   return Date.now() + clockSkew;
 }
@@ -226,8 +228,10 @@ async function prejoin() {
     sync();
     $('name-form').onsubmit = (e) => { e.preventDefault(); if (!$('join').disabled) join(); };
   }
+  // Early by more than the clock reading's error (its Date header counts
+  // whole seconds): a link made just now is not early.
   const opens = claims && claims.nbf ? claims.nbf * 1000 : 0;
-  if (opens > serverNow()) waitUntilOpen(opens);
+  if (opens > serverNow() + EARLY_SLACK) waitUntilOpen(opens);
   await openDevices({ audio: AUDIO, video: VIDEO });
   await listDevices();
   $('camera-select').onchange = (e) => openDevices({ video: { ...VIDEO, deviceId: { exact: e.target.value } } });
