@@ -1,8 +1,10 @@
-"""A booking's video consultation as calls see it: whether a link still
-opens the room, and which booking events end the call.
+"""A booking's video consultation as calls see it: its links, whether a
+link still opens the room, and which booking events end the call.
 
-A video link (``GET /api/v1/bookings/{id}/video-link``) is a room token for
-room ``booking-<id>`` that names the booking and the slot it was issued for.
+A video link (:func:`video_link`, handed out by ``GET
+/api/v1/bookings/{id}/video-link`` and shown on the patient's confirmation
+page after paying) is a room token for room ``booking-<id>`` that names the
+booking and the slot it was issued for.
 Its token alone would keep working until the slot ends; signalling asks
 :func:`link_refusal` at every join and resume, so a link stops working as soon
 as its booking is cancelled, completed, marked no-show or moved to another
@@ -13,20 +15,29 @@ outbox events relayed on the bus).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from booking.lifecycle import State
+from wadud import auth
+from wadud.api import ApiModel
+from wadud.config import Settings
 
 __all__ = [
+    "EARLY_JOIN",
     "ENDING_TOPICS",
     "OPEN_STATES",
     "ROOM_PREFIX",
     "LinkRefusal",
+    "VideoLink",
+    "has_video_link",
     "link_refusal",
     "room_of",
+    "video_link",
 ]
 
 ROOM_PREFIX = "booking-"
@@ -36,8 +47,77 @@ OPEN_STATES = frozenset({State.ACCEPTED, State.IN_PROGRESS})
 ENDING_TOPICS = (f"booking.{State.CANCELLED}",)
 
 
+#: A booking's video links open this long before its slot (and its
+#: consultation may start from then).
+EARLY_JOIN = dt.timedelta(minutes=10)
+
+
 def room_of(booking_id: str) -> str:
     return ROOM_PREFIX + booking_id
+
+
+class VideoLink(ApiModel):
+    booking_id: UUID
+    room: str
+    role: str
+    url: str
+    token: str
+    not_before: dt.datetime
+    expires_at: dt.datetime
+    admin: bool
+
+
+def has_video_link(booking: Mapping[str, Any]) -> bool:
+    """Whether the booking (a ``bookings`` row) has video links now."""
+    return booking["type"] == "video" and booking["status"] in OPEN_STATES
+
+
+def video_link(
+    settings: Settings,
+    booking: Mapping[str, Any],
+    *,
+    identity: str,
+    name: str,
+    role: str,
+    locale: str | None = None,
+    sid: str = "",
+) -> VideoLink:
+    """One person's link into ``booking``'s room (a ``bookings`` row with a
+    video link, :func:`has_video_link`).
+
+    ``role`` is ``patient`` (publish and subscribe), ``doctor`` or ``staff``
+    (also admin: admit, mute, end). The token is valid from
+    :data:`EARLY_JOIN` before the slot to its end; the URL names the person's
+    language (``lang``) when ``locale`` is given, and ``sid`` binds it to a
+    sign-in session (signing out ends it)."""
+    room = room_of(str(booking["id"]))
+    grant = auth.RoomGrant(
+        room=room,
+        identity=identity,
+        name=name,
+        role=role,
+        publish=True,
+        subscribe=True,
+        admin=role != "patient",
+        booking=str(booking["id"]),
+        slot=booking["starts_at"].isoformat(),
+        sid=sid,
+    )
+    not_before = booking["starts_at"] - EARLY_JOIN
+    expires = booking["ends_at"]
+    token = auth.issue_room_token(settings, grant, not_before=not_before, expires=expires)
+    # The call page speaks the person's own language (notification settings).
+    lang = f"&lang={locale}" if locale else ""
+    return VideoLink(
+        booking_id=booking["id"],
+        room=room,
+        role=role,
+        url=f"{settings.base_url}/call/{room}?token={token}{lang}",
+        token=token,
+        not_before=not_before,
+        expires_at=expires,
+        admin=grant.admin,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,20 +24,18 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
 
-from booking import service
+from booking import calls, service
 from booking.lifecycle import Event, State, allowed_events
 from booking.refunds import CANCELLERS, Canceller
 from booking.service import BookingNotFound, TooEarly, TooLate
 from privacy import audit, consent
-from wadud import auth, cursor, keys
+from wadud import cursor, keys
 from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes, in_sane_range
 from wadud.errors import Conflict, NotFound
 
 routes = Routes("bookings", "Bookings, their lifecycle, manage links and video links.")
 log = logging.getLogger("booking.bookings")
 
-#: A consultation may start, and its video link opens, this long before the slot.
-EARLY_JOIN = dt.timedelta(minutes=10)
 #: Seconds between sweeps that expire lapsed holds.
 HOLD_SWEEP_INTERVAL = 15.0
 
@@ -106,17 +104,6 @@ class ManageLink(ApiModel):
     #: The public manage resource for this token (GET, and POST .../cancel or
     #: .../reschedule).
     url: str
-
-
-class VideoLink(ApiModel):
-    booking_id: UUID
-    room: str
-    role: str
-    url: str
-    token: str
-    not_before: dt.datetime
-    expires_at: dt.datetime
-    admin: bool
 
 
 def booking_out(row: asyncpg.Record) -> BookingOut:
@@ -311,8 +298,8 @@ async def _act(call: Call[Any, Any], event: Event) -> BookingOut:
         # before the slot to its end. A consultation is complete, and can be
         # reviewed, only once its slot has begun: nothing is over before
         # the time it was booked for.
-        if event is Event.START and now < row["starts_at"] - EARLY_JOIN:
-            raise TooEarly(f"the consultation can start from {row['starts_at'] - EARLY_JOIN}")
+        if event is Event.START and now < row["starts_at"] - calls.EARLY_JOIN:
+            raise TooEarly(f"the consultation can start from {row['starts_at'] - calls.EARLY_JOIN}")
         if event is Event.START and now >= row["ends_at"]:
             raise TooLate(
                 "the slot is over: mark the patient absent (no-show) or cancel instead"
@@ -494,9 +481,9 @@ class NoVideoLink(Conflict):
     title = "This booking has no video consultation now"
 
 
-@routes.get("/api/v1/bookings/{id:uuid}/video-link", returns=VideoLink,
+@routes.get("/api/v1/bookings/{id:uuid}/video-link", returns=calls.VideoLink,
             auth={Role.PATIENT, Role.DOCTOR, Role.CLINIC_STAFF})  # fmt: skip
-async def video_link(call: Call[None, None]) -> VideoLink:
+async def video_link(call: Call[None, None]) -> calls.VideoLink:
     """The caller's link into the booking's consultation room.
 
     For an accepted or in-progress video booking. The patient's link publishes
@@ -507,9 +494,9 @@ async def video_link(call: Call[None, None]) -> VideoLink:
     me = call.user
     async with call.pool.acquire() as conn:
         row = await visible_booking(conn, call.path_uuid("id"), me)
-        if row["status"] not in (State.ACCEPTED, State.IN_PROGRESS):
+        if row["status"] not in calls.OPEN_STATES:
             raise NoVideoLink(f"the booking is {row['status']}; links open once it is accepted")
-        if row["type"] != "video":
+        if not calls.has_video_link(row):
             raise NoVideoLink("this is an in-person consultation")
         user = await conn.fetchrow(
             "SELECT display_name, locale FROM users WHERE id = $1", me.user_id
@@ -520,34 +507,15 @@ async def video_link(call: Call[None, None]) -> VideoLink:
             )
         else:
             name = user["display_name"] if user else ""
-    # The call page speaks the person's own language (notification settings).
-    lang = f"&lang={user['locale']}" if user is not None and user["locale"] else ""
-    room = f"booking-{row['id']}"
     is_patient = me.role is Role.PATIENT
-    grant = auth.RoomGrant(
-        room=room,
+    return calls.video_link(
+        call.settings,
+        row,
         identity=str(me.user_id),
         name=name or "",
         role="patient" if is_patient else ("doctor" if me.role is Role.DOCTOR else "staff"),
-        publish=True,
-        subscribe=True,
-        admin=not is_patient,
-        booking=str(row["id"]),
-        slot=row["starts_at"].isoformat(),
+        locale=user["locale"] if user is not None else None,
         sid=str(me.family_id) if me.family_id else "",
-    )
-    not_before = row["starts_at"] - EARLY_JOIN
-    expires = row["ends_at"]
-    token = auth.issue_room_token(call.settings, grant, not_before=not_before, expires=expires)
-    return VideoLink(
-        booking_id=row["id"],
-        room=room,
-        role=grant.role,
-        url=f"{call.settings.base_url}/call/{room}?token={token}{lang}",
-        token=token,
-        not_before=not_before,
-        expires_at=expires,
-        admin=grant.admin,
     )
 
 
