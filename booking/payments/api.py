@@ -29,7 +29,8 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
 
-from booking.payments import checkout, pages, service
+from booking import pages
+from booking.payments import checkout, service
 from booking.payments.errors import PaymentError
 from booking.payments.gateway import GatewayRegistry
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
@@ -528,17 +529,20 @@ async def _landing(call: Call[None, None], params: Mapping[str, str]) -> web.Str
     outcome = PaymentResult(
         payment_id=row["id"], booking_id=row["booking_id"], status=row["status"]
     )
+    onward = None
     if row["return_url"]:
-        target = _with_query(
+        onward = _with_query(
             row["return_url"], {"payment_id": str(row["id"]), "status": row["status"]}
         )
-        return web.Response(status=303, headers={"Location": target})
     if pages.wants_html(call.request):
-        # A patient's browser, with no page of the client's to go back to.
+        # A patient's browser: our own page says what happened, and links
+        # on to the client's page when it gave one.
         async with call.pool.acquire() as conn:
-            facts = await pages.visit_facts(conn, payment_id)
-        if facts is not None:
-            return pages.confirmation(facts)
+            page = await pages.confirmation(conn, call.settings, payment_id, onward=onward)
+        if page is not None:
+            return page
+    if onward is not None:
+        return web.Response(status=303, headers={"Location": onward})
     return web.Response(body=outcome.model_dump_json(), content_type="application/json")
 
 
@@ -546,16 +550,18 @@ async def _landing(call: Call[None, None], params: Mapping[str, str]) -> web.Str
     "/api/v1/payments/{payment_id:uuid}/return",
     returns=PaymentResult,
     auth="public",
-    responses={303: "Verified; on to the client's return_url"},
+    responses={303: "Verified; a program (not a browser) on to the client's return_url"},
 )
 async def payment_return(call: Call[None, None]) -> web.StreamResponse:
     """Where the gateway sends the browser back after checkout.
 
     The query is verified by the gateway (signature or inquiry) before
     anything is applied; a forged result is a 400 and changes nothing.
-    Redirects to the client's ``return_url``; without one, a browser gets
-    a confirmation page in the patient's language and a program that asks
-    for ``application/json`` the payment's status as JSON."""
+    A browser (``Accept: text/html``) gets a confirmation page in the
+    patient's language, with a "Continue to <host>" link to the client's
+    ``return_url`` (carrying ``payment_id`` and ``status``) when it gave
+    one. Any other caller is redirected (303) to that ``return_url``, or,
+    without one, gets the payment's status as JSON."""
     return await _landing(call, dict(call.request.query))
 
 
@@ -566,7 +572,7 @@ async def payment_return(call: Call[None, None]) -> web.StreamResponse:
     raw_body={
         "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}},
     },
-    responses={303: "Verified; on to the client's return_url"},
+    responses={303: "Verified; a program (not a browser) on to the client's return_url"},
 )
 async def payment_return_post(call: Call[None, None]) -> web.StreamResponse:
     """The same landing for gateways that post the result back (JazzCash)."""

@@ -3,7 +3,7 @@
 Playing the part of a real gateway's payment page so the whole flow runs
 locally: ``GET /sandbox/checkout/{reference}`` shows the visit and the amount
 with Pay and Decline buttons, in the patient's language
-(:mod:`booking.payments.pages`); the form's POST settles the sandbox payment, then "the
+(:mod:`booking.pages`); the form's POST settles the sandbox payment, then "the
 gateway" delivers its signed webhook, in process, through the very function
 the webhook endpoint calls (:func:`booking.payments.service.handle_webhook`),
 and finally sends the browser to the signed return URL, where the redirect
@@ -23,7 +23,8 @@ from uuid import UUID
 
 from aiohttp import web
 
-from booking.payments import pages, service
+from booking import pages
+from booking.payments import service
 from booking.payments.gateway import PaymentStatus
 from booking.payments.sandbox import SandboxGateway
 from wadud.api import Call, Routes

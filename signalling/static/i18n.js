@@ -12,10 +12,11 @@
 // The language: `?lang=en|ur|ar` on the page's URL, else the patient's own
 // (a page the server made for them says it in <html data-locale>), else
 // the first of the browser's languages that we speak, else English.
-// money() and when() write amounts and times the language's way, a time in
-// the patient's time zone (the browser's, unless one is given). In the HTML, an element
-// with data-i18n="key" gets t(key) as its text (its first text node only
-// when it holds other elements, e.g. a button with a badge);
+// money(), when(), day() and clock() write amounts and times the language's
+// way, a time in the patient's time zone (the browser's, unless one is
+// given). In the HTML, an element with data-i18n="key" gets t(key) as its
+// text (its first text node only when it holds other elements, e.g. a
+// button with a badge);
 // data-i18n-placeholder, data-i18n-label (aria-label) and data-i18n-title
 // do the same for those attributes.
 
@@ -199,6 +200,10 @@ const en = {
   'done.failed.text': 'Nothing was charged. Your time stays held for a few minutes: try again from the clinic’s page or app.',
   'done.failed.text.accepted': 'Nothing was charged. Try again from the clinic’s page or app.',
   'done.failed.next': 'If it fails again, try another card or contact the clinic.',
+  // The way into the visit, and back to the clinic's page.
+  'visit.join': 'Open your video visit',
+  'done.paid.next.link': 'Open it at the time of your visit: it lets you in from 10 minutes before.',
+  'done.continue': 'Continue to {host}',
   'chat.unavailable': 'Chat unavailable: {error}',
   'chat.readonly': 'You can read this chat but not write in it.',
   'chat.attachment': '[attachment]',
@@ -376,6 +381,9 @@ const ur = {
   'done.failed.text': 'کوئی رقم نہیں کٹی۔ آپ کا وقت چند منٹ تک محفوظ رہے گا: کلینک کے صفحے یا ایپ سے دوبارہ کوشش کریں۔',
   'done.failed.text.accepted': 'کوئی رقم نہیں کٹی۔ کلینک کے صفحے یا ایپ سے دوبارہ کوشش کریں۔',
   'done.failed.next': 'اگر پھر بھی نہ ہو تو کوئی اور کارڈ آزمائیں یا کلینک سے رابطہ کریں۔',
+  'visit.join': 'اپنی ویڈیو ملاقات کھولیں',
+  'done.paid.next.link': 'اسے ملاقات کے وقت کھولیں: یہ 10 منٹ پہلے سے کھل جاتی ہے۔',
+  'done.continue': '{host} پر جاری رکھیں',
   'chat.unavailable': 'چیٹ دستیاب نہیں: {error}',
   'chat.readonly': 'آپ یہ چیٹ پڑھ سکتے ہیں مگر اس میں لکھ نہیں سکتے۔',
   'chat.attachment': '[منسلک فائل]',
@@ -553,6 +561,9 @@ const ar = {
   'done.failed.text': 'لم يُخصم أي مبلغ. يبقى موعدك محجوزًا لبضع دقائق: حاول مجددًا من صفحة العيادة أو تطبيقها.',
   'done.failed.text.accepted': 'لم يُخصم أي مبلغ. حاول مجددًا من صفحة العيادة أو تطبيقها.',
   'done.failed.next': 'إذا تعذّر مرة أخرى، فجرّب بطاقة أخرى أو تواصل مع العيادة.',
+  'visit.join': 'افتح زيارتك بالفيديو',
+  'done.paid.next.link': 'افتحه في موعد زيارتك: يمكنك الدخول قبلها بعشر دقائق.',
+  'done.continue': 'المتابعة إلى {host}',
   'chat.unavailable': 'الدردشة غير متاحة: {error}',
   'chat.readonly': 'يمكنك قراءة هذه الدردشة لكن لا يمكنك الكتابة فيها.',
   'chat.attachment': '[مرفق]',
@@ -595,18 +606,31 @@ export function money(minor, currency) {
   return format.format(minor / 10 ** (MINOR_DIGITS[currency] ?? 2));
 }
 
-// A moment (ISO 8601) as a day and a time in `timeZone` (an IANA name; the
-// browser's own when not given), with the zone said.
+// A moment (ISO 8601) in `timeZone` (an IANA name; the browser's own when
+// not given or unknown), with Intl's `options`, the language's way.
+function format(iso, timeZone, options) {
+  const intl = LANGUAGES[lang].intl;
+  try {
+    return new Intl.DateTimeFormat(intl, { ...options, timeZone: timeZone || undefined }).format(new Date(iso));
+  } catch (_) { // an unknown zone: the browser's
+    return new Intl.DateTimeFormat(intl, options).format(new Date(iso));
+  }
+}
+
+// A moment as a day and a time, with the zone said.
 export function when(iso, timeZone) {
-  const options = {
+  return format(iso, timeZone, {
     weekday: 'long', day: 'numeric', month: 'long', hour: 'numeric', minute: '2-digit',
     timeZoneName: 'short',
-  };
-  try {
-    return new Intl.DateTimeFormat(LANGUAGES[lang].intl, { ...options, timeZone: timeZone || undefined }).format(new Date(iso));
-  } catch (_) { // an unknown zone: the browser's
-    return new Intl.DateTimeFormat(LANGUAGES[lang].intl, options).format(new Date(iso));
-  }
+  });
+}
+
+// Only its day ("Wednesday 25 November"), or only its time of day ("10:00").
+export function day(iso, timeZone) {
+  return format(iso, timeZone, { weekday: 'long', day: 'numeric', month: 'long' });
+}
+export function clock(iso, timeZone) {
+  return format(iso, timeZone, { hour: 'numeric', minute: '2-digit' });
 }
 
 // Seconds left as "1:05:09" or "4:09", in the language's digits.

@@ -8,6 +8,7 @@ these tests do not depend on the bookings endpoints.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import itertools
 import uuid
 from typing import Any
@@ -212,6 +213,10 @@ async def test_decline_fails_the_intent_and_keeps_the_hold(api: Api) -> None:
     assert again["id"] != payment["id"]
 
 
+#: What a browser's navigation asks for (Chromium's Accept).
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
 async def test_return_url_redirect_after_verification(api: Api) -> None:
     clinic = await make_clinic(api)
     doctor = await make_doctor(api, clinic)
@@ -228,6 +233,13 @@ async def test_return_url_redirect_after_verification(api: Api) -> None:
         "payment_id": payment["id"],
         "status": "succeeded",
     }
+    # A browser lands on the confirmation page instead, whose Continue link
+    # goes where a program is redirected; no accepted visit, no video link.
+    browser = await api.client.get(landing, headers=BROWSER, allow_redirects=False)
+    assert browser.status == 200 and browser.content_type == "text/html"
+    page = await browser.text()
+    assert f'id="continue" href="{html.escape(resp.headers["Location"])}"' in page
+    assert "Dr. Test" in page and 'id="join-visit"' not in page
     bad = await api.post(
         f"/api/v1/bookings/{booking}/payments",
         {"return_url": "javascript:alert(1)"},

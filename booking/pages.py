@@ -1,5 +1,5 @@
-"""The pages a patient sees while paying: the sandbox's checkout and the
-confirmation after the gateway sends the browser back.
+"""The pages a patient sees outside the call: the sandbox's checkout and
+the confirmation after the gateway sends the browser back.
 
 Each is a small HTML shell: the words are keys (``data-i18n``) that the
 call page's own translations (``/static/call/i18n.js``, English, Urdu,
@@ -9,8 +9,9 @@ and time zone with the browser's ``Intl``. The language is ``?lang=``, else
 the patient's saved ``locale`` (notification settings), else the browser's;
 the time zone is the patient's saved one, else the browser's.
 
-A program that asks for JSON (``Accept: application/json``) at the return
-still gets the payment's result as JSON, as before these pages.
+The same URLs answer programs as before these pages: a client that asks for
+JSON (``Accept: application/json``) at the payment's return gets JSON; only
+a browser's navigation (:func:`wants_html`) gets a page.
 """
 
 from __future__ import annotations
@@ -18,12 +19,22 @@ from __future__ import annotations
 import html
 import json
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
 from aiohttp import web
 
-__all__ = ["VISIT", "confirmation", "page", "visit_facts", "wants_html"]
+from booking import calls
+from wadud.config import Settings
+
+__all__ = [
+    "VISIT",
+    "confirmation",
+    "page",
+    "visit_facts",
+    "wants_html",
+]
 
 #: What the pages may load: our own script and style, nothing inline but
 #: the JSON block (which is data, never run); forms post only to us.
@@ -92,34 +103,71 @@ def wants_html(request: web.Request) -> bool:
     return page > 0 and page >= _quality(accept, "application/json")
 
 
-async def visit_facts(conn: asyncpg.Connection, intent_id: UUID) -> dict[str, Any] | None:
-    """What the pages say about a payment's visit, as plain JSON values."""
-    row = await conn.fetchrow(
-        """SELECT p.status AS payment_status, p.amount_minor, p.currency, p.expires_at,
-                  b.status AS booking_status, b.type, b.starts_at, b.ends_at,
-                  d.display_name AS doctor, u.locale, u.time_zone
-           FROM payment_intents p
-           JOIN bookings b ON b.id = p.booking_id
-           JOIN doctors d ON d.id = b.doctor_id
-           JOIN users u ON u.id = p.patient_id
-           WHERE p.id = $1""",
-        intent_id,
-    )
-    if row is None:
-        return None
+#: A booking as the pages tell it: the booking's own columns a video link
+#: needs, its doctor's name and its patient's language and zone.
+_BOOKING = """SELECT b.id, b.status, b.type, b.starts_at, b.ends_at, b.doctor_id,
+                     b.patient_id,
+                     d.display_name AS doctor, u.display_name AS patient_name,
+                     u.locale, u.time_zone
+              FROM bookings b
+              JOIN doctors d ON d.id = b.doctor_id
+              JOIN users u ON u.id = b.patient_id
+              WHERE b.id = $1"""
+
+
+def _booking_facts(row: asyncpg.Record) -> dict[str, Any]:
     return {
-        "payment_status": row["payment_status"],
-        "booking_status": row["booking_status"],
+        "booking_status": row["status"],
         "type": row["type"],
         "doctor": row["doctor"],
-        "amount_minor": row["amount_minor"],
-        "currency": row["currency"],
         "starts_at": row["starts_at"].isoformat(),
         "ends_at": row["ends_at"].isoformat(),
-        "expires_at": row["expires_at"].isoformat(),
         "locale": row["locale"],
         "time_zone": row["time_zone"],
     }
+
+
+def _patient_link(settings: Settings, row: asyncpg.Record) -> str | None:
+    """The patient's video link, made as the booking API makes it, when
+    the booking has one now."""
+    if not calls.has_video_link(row):
+        return None
+    link = calls.video_link(
+        settings,
+        row,
+        identity=str(row["patient_id"]),
+        name=row["patient_name"] or "",
+        role="patient",
+        locale=row["locale"],
+    )
+    return link.url
+
+
+async def _visit(
+    conn: asyncpg.Connection, intent_id: UUID
+) -> tuple[asyncpg.Record, dict[str, Any]] | None:
+    pay = await conn.fetchrow(
+        """SELECT booking_id, status, amount_minor, currency, expires_at
+           FROM payment_intents WHERE id = $1""",
+        intent_id,
+    )
+    if pay is None:
+        return None
+    row = await conn.fetchrow(_BOOKING, pay["booking_id"])
+    assert row is not None  # a payment's booking is never deleted
+    facts = _booking_facts(row) | {
+        "payment_status": pay["status"],
+        "amount_minor": pay["amount_minor"],
+        "currency": pay["currency"],
+        "expires_at": pay["expires_at"].isoformat(),
+    }
+    return row, facts
+
+
+async def visit_facts(conn: asyncpg.Connection, intent_id: UUID) -> dict[str, Any] | None:
+    """What the pages say about a payment's visit, as plain JSON values."""
+    found = await _visit(conn, intent_id)
+    return None if found is None else found[1]
 
 
 def page(title: str, body: str, facts: dict[str, Any], *, status: int = 200) -> web.Response:
@@ -146,6 +194,11 @@ def page(title: str, body: str, facts: dict[str, Any], *, status: int = 200) -> 
     )
 
 
+#: The way into the visit, when the booking has one (its URL is the
+#: patient's own video link, escaped into the page).
+_JOIN = """<p class="row"><a class="button primary" id="join-visit" href="{url}"
+data-i18n="visit.join">Open your video visit</a></p>"""
+
 #: The confirmation after paying, by the payment's status: what happened
 #: and what comes next (keys of i18n.js).
 _OUTCOMES = {"succeeded": "paid", "processing": "pending", "requires_payment": "pending"}
@@ -153,13 +206,37 @@ _OUTCOMES = {"succeeded": "paid", "processing": "pending", "requires_payment": "
 _CONFIRMATION = """<h1 data-i18n="done.{outcome}.title">Payment received</h1>
 <p class="lead" data-i18n="done.{outcome}.text{accepted}"></p>
 {visit}
-<p class="muted" data-i18n="done.{outcome}.next"></p>"""
+{join}<p class="muted" data-i18n="done.{outcome}.next{link}"></p>
+{onward}"""
+
+#: Back to the client that sent the patient to pay (its ``return_url``).
+_ONWARD = """<p class="row onward"><a class="button" id="continue" href="{url}"
+data-fill="continue">Continue</a></p>"""
 
 
-def confirmation(facts: dict[str, Any]) -> web.Response:
+async def confirmation(
+    conn: asyncpg.Connection, settings: Settings, intent_id: UUID, *, onward: str | None
+) -> web.Response | None:
     """The page a patient lands on after the gateway: the booking, its
-    doctor and time in the patient's zone, and what happens next."""
+    doctor and time in the patient's zone, what happens next, and the link
+    to the visit once the doctor has confirmed it. ``onward`` is where the
+    client asked the browser to go next (its ``return_url`` with the
+    payment's id and status): the page links there, naming its host."""
+    found = await _visit(conn, intent_id)
+    if found is None:
+        return None
+    row, facts = found
     outcome = _OUTCOMES.get(facts["payment_status"], "failed")
-    accepted = ".accepted" if facts["booking_status"] in ("accepted", "in_progress") else ""
-    body = _CONFIRMATION.format(outcome=outcome, accepted=accepted, visit=VISIT)
+    accepted = ".accepted" if facts["booking_status"] in calls.OPEN_STATES else ""
+    url = _patient_link(settings, row) if outcome == "paid" else None
+    if onward is not None:
+        facts["continue_host"] = urlsplit(onward).hostname or onward
+    body = _CONFIRMATION.format(
+        outcome=outcome,
+        accepted=accepted,
+        visit=VISIT,
+        join=_JOIN.format(url=html.escape(url)) + "\n" if url else "",
+        link=".link" if url else "",
+        onward=_ONWARD.format(url=html.escape(onward)) if onward else "",
+    )
     return page("done.page.title", body, facts)
