@@ -1,5 +1,6 @@
-"""The pages a patient sees outside the call: the sandbox's checkout and
-the confirmation after the gateway sends the browser back.
+"""The pages a patient sees outside the call: the sandbox's checkout, the
+confirmation after the gateway sends the browser back, and the page a
+manage link opens.
 
 Each is a small HTML shell: the words are keys (``data-i18n``) that the
 call page's own translations (``/static/call/i18n.js``, English, Urdu,
@@ -10,12 +11,13 @@ the patient's saved ``locale`` (notification settings), else the browser's;
 the time zone is the patient's saved one, else the browser's.
 
 The same URLs answer programs as before these pages: a client that asks for
-JSON (``Accept: application/json``) at the payment's return gets JSON; only
-a browser's navigation (:func:`wants_html`) gets a page.
+JSON (``Accept: application/json``) at the payment's return or at a manage
+link gets JSON; only a browser's navigation (:func:`wants_html`) gets a page.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import json
 from typing import Any
@@ -25,25 +27,31 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
-from booking import calls
+from booking import calls, refunds
+from booking.lifecycle import State, allowed_events
+from booking.service import amount_paid
 from wadud.config import Settings
 
 __all__ = [
     "VISIT",
     "confirmation",
+    "manage",
+    "manage_gone",
     "page",
     "visit_facts",
     "wants_html",
 ]
 
 #: What the pages may load: our own script and style, nothing inline but
-#: the JSON block (which is data, never run); forms post only to us.
+#: the JSON block (which is data, never run); forms post, and the manage
+#: page's script calls the API, only to us.
 _CSP = "; ".join(
     [
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self' data:",
+        "connect-src 'self'",
         "base-uri 'none'",
         "form-action 'self'",
         "frame-ancestors 'none'",
@@ -66,7 +74,7 @@ _SHELL = """<!doctype html>
 <link rel="stylesheet" href="/static/call/call.css">
 <link rel="stylesheet" href="/static/call/pay.css">
 <link rel="stylesheet" href="/static/call/i18n.css">
-<script type="module" src="/static/call/pay.js"></script>
+<script type="module" src="/static/call/pay.js"></script>{scripts}
 <script type="application/json" id="facts">{facts}</script>
 </head>
 <body>
@@ -106,7 +114,7 @@ def wants_html(request: web.Request) -> bool:
 #: A booking as the pages tell it: the booking's own columns a video link
 #: needs, its doctor's name and its patient's language and zone.
 _BOOKING = """SELECT b.id, b.status, b.type, b.starts_at, b.ends_at, b.doctor_id,
-                     b.patient_id,
+                     b.patient_id, b.refund_minor, b.currency,
                      d.display_name AS doctor, u.display_name AS patient_name,
                      u.locale, u.time_zone
               FROM bookings b
@@ -170,13 +178,27 @@ async def visit_facts(conn: asyncpg.Connection, intent_id: UUID) -> dict[str, An
     return None if found is None else found[1]
 
 
-def page(title: str, body: str, facts: dict[str, Any], *, status: int = 200) -> web.Response:
+def page(
+    title: str,
+    body: str,
+    facts: dict[str, Any],
+    *,
+    status: int = 200,
+    script: str | None = None,
+) -> web.Response:
     """An HTML page from its title key, its body (keys and slots) and the
-    facts ``pay.js`` fills them with."""
+    facts ``pay.js`` fills them with; ``script`` names one more of
+    ``/static/call/``'s modules the page runs."""
     locale = facts.get("locale")
+    scripts = (
+        f'\n<script type="module" src="/static/call/{html.escape(script)}"></script>'
+        if script
+        else ""
+    )
     text = _SHELL.format(
         title=html.escape(title),
         locale=f' data-locale="{html.escape(locale)}"' if locale else "",
+        scripts=scripts,
         # Inside <script>, only "</" could end the block early.
         facts=json.dumps(facts, ensure_ascii=False).replace("</", "<\\/"),
         body=body,
@@ -198,6 +220,7 @@ def page(title: str, body: str, facts: dict[str, Any], *, status: int = 200) -> 
 #: patient's own video link, escaped into the page).
 _JOIN = """<p class="row"><a class="button primary" id="join-visit" href="{url}"
 data-i18n="visit.join">Open your video visit</a></p>"""
+_JOIN_HINT = """<p class="muted" data-i18n="done.paid.next.link"></p>"""
 
 #: The confirmation after paying, by the payment's status: what happened
 #: and what comes next (keys of i18n.js).
@@ -240,3 +263,81 @@ async def confirmation(
         onward=_ONWARD.format(url=html.escape(onward)) if onward else "",
     )
     return page("done.page.title", body, facts)
+
+
+_MANAGE = """<h1 data-i18n="manage.title">Your visit</h1>
+<p class="lead" id="notice" role="status" hidden></p>
+<dl class="facts">
+<dt data-i18n="pay.doctor">Doctor</dt><dd data-fill="doctor" dir="auto"></dd>
+<dt data-i18n="pay.when">When</dt><dd data-fill="starts"></dd>
+<dt data-i18n="manage.status">Status</dt><dd id="status"></dd>
+</dl>
+{join}
+<div class="row" id="actions">
+<button type="button" id="reschedule-open" data-i18n="manage.reschedule" hidden></button>
+<button type="button" id="cancel-open" class="danger" data-i18n="manage.cancel" hidden></button>
+</div>
+<p class="muted" id="closed" data-i18n="manage.closed" hidden></p>
+<section id="reschedule" class="step" hidden>
+<h2 data-i18n="manage.pick">Pick a new time</h2>
+<p class="muted" id="slots-note" role="status"></p>
+<label class="field" id="day-field" hidden><span data-i18n="manage.day">Day</span>
+<select id="day"></select></label>
+<div class="slots" id="slots" role="radiogroup" data-i18n-label="manage.pick"></div>
+<p class="picked" id="picked" hidden></p>
+<div class="row">
+<button type="button" id="reschedule-confirm" class="primary" disabled
+ data-i18n="manage.move"></button>
+<button type="button" id="reschedule-back" data-i18n="manage.keep"></button>
+</div>
+</section>
+<section id="cancel" class="step" hidden>
+<h2 data-i18n="manage.cancel.ask">Cancel this visit?</h2>
+<p data-fill="refund"></p>
+<label class="field"><span data-i18n="manage.reason">Why are you cancelling?</span>
+<textarea id="cancel-reason" rows="2" maxlength="500" dir="auto"></textarea></label>
+<div class="row">
+<button type="button" id="cancel-confirm" class="danger" data-i18n="manage.cancel.yes"></button>
+<button type="button" id="cancel-back" data-i18n="manage.keep.visit"></button>
+</div>
+</section>
+<p class="error" id="failed" role="alert" hidden></p>"""
+
+
+async def manage(conn: asyncpg.Connection, settings: Settings, booking_id: UUID) -> web.Response:
+    """The page a manage link opens in a browser: the booking (doctor, time
+    in the patient's zone, status), the way into the visit when it has one,
+    and what the link may do to it (``/static/call/manage.js`` does it
+    through the link's own API: cancel, reschedule to a free slot)."""
+    row = await conn.fetchrow(_BOOKING, booking_id)
+    assert row is not None  # the caller found it by its manage token
+    now = dt.datetime.now(dt.UTC)
+    paid = await amount_paid(conn, booking_id)
+    facts = _booking_facts(row) | {
+        "doctor_id": str(row["doctor_id"]),
+        "allowed_events": sorted(allowed_events(State(row["status"]))),
+        # What a cancellation now gives back, by the same policy it applies.
+        "paid_minor": paid,
+        "refund_now_minor": refunds.refund_amount(
+            slot_start=row["starts_at"],
+            cancelled_at=now,
+            cancelled_by=refunds.Canceller.PATIENT,
+            amount_paid=paid,
+        ),
+        "refunded_minor": row["refund_minor"],
+        "currency": row["currency"],
+    }
+    url = _patient_link(settings, row)
+    join = _JOIN.format(url=html.escape(url)) + _JOIN_HINT if url else ""
+    body = _MANAGE.format(join=join)
+    return page("done.page.title", body, facts, script="manage.js")
+
+
+_GONE = """<h1 data-i18n="manage.gone.title">This link no longer works</h1>
+<p class="lead" data-i18n="manage.gone.text"></p>"""
+
+
+def manage_gone() -> web.Response:
+    """A manage link that names no booking (replaced by a newer one, or
+    mistyped), said to a person in the browser's language."""
+    return page("done.page.title", _GONE, {}, status=404)

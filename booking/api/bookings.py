@@ -24,7 +24,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
 
-from booking import calls, service
+from booking import calls, pages, service
 from booking.lifecycle import Event, State, allowed_events
 from booking.refunds import CANCELLERS, Canceller
 from booking.service import BookingNotFound, TooEarly, TooLate
@@ -439,10 +439,21 @@ async def _by_token(conn: asyncpg.Connection, token: str, *, lock: bool = False)
 
 
 @routes.get(f"/api/v1/manage/{ManageToken}", returns=BookingOut, auth="public")
-async def manage_view(call: Call[None, None]) -> BookingOut:
-    """The booking a manage link is for."""
+async def manage_view(call: Call[None, None]) -> BookingOut | web.Response:
+    """The booking a manage link is for.
+
+    A browser that opens the link (``Accept: text/html``, as navigations
+    send) gets a page in the patient's language instead: the booking, the
+    way into the visit once it is accepted, and buttons that cancel or
+    reschedule it through the two ``POST``s below."""
     async with call.pool.acquire() as conn:
-        return booking_out(await _by_token(conn, call.path("token")))
+        if not pages.wants_html(call.request):
+            return booking_out(await _by_token(conn, call.path("token")))
+        try:
+            row = await _by_token(conn, call.path("token"))
+        except NotFound:
+            return pages.manage_gone()
+        return await pages.manage(conn, call.settings, row["id"])
 
 
 @routes.post(f"/api/v1/manage/{ManageToken}/cancel", body=CancelIn, returns=BookingOut,

@@ -1,7 +1,9 @@
-// The pages around paying for a visit (booking/pages.py): the sandbox
-// checkout and the confirmation after it. The server sends the words as
-// i18n keys and the facts as one JSON block (#facts); this puts both in the
-// patient's language, the amount and times in their way and their time zone.
+// The patient's pages outside the call (booking/pages.py): the sandbox
+// checkout, the confirmation after it and the manage link's page. The
+// server sends the words as i18n keys and the facts as one JSON block
+// (#facts); this puts both in the patient's language, the amount and times
+// in their way and their time zone. A page's own script (manage.js) imports
+// the facts from here.
 
 import * as i18n from './i18n.js';
 

@@ -542,6 +542,30 @@ async def test_manage_links(api: Api, doctor: Doctor) -> None:
     await api.post(f"/api/v1/manage/{link['token']}/cancel", {}, expect=409)
 
 
+async def test_a_manage_link_in_a_browser_is_a_page(api: Api, doctor: Doctor) -> None:
+    """The same URL: a page for a browser's navigation, the booking as JSON
+    for a program (test_visit_journey drives the page in Chromium)."""
+    _patient, bid, token = await requested(api, doctor, local(2, "10:00"))
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    resp = await api.client.get(f"/api/v1/manage/{token}", headers=browser)
+    assert resp.status == 200 and resp.content_type == "text/html"
+    page = await resp.text()
+    assert "/static/call/manage.js" in page and "Dr. Test" in page
+    assert "connect-src 'self'" in resp.headers["Content-Security-Policy"]
+    # Not accepted yet: no way into the visit.
+    assert 'id="join-visit"' not in page
+    await api.post(f"/api/v1/bookings/{bid}/accept", token=doctor.token, expect=200)
+    page = await (await api.client.get(f"/api/v1/manage/{token}", headers=browser)).text()
+    base = api.app[keys.SETTINGS].base_url
+    assert f'id="join-visit" href="{base}/call/booking-{bid}?token=' in page
+    for accept in ("application/json", "*/*"):
+        view = await api.get(f"/api/v1/manage/{token}", headers={"Accept": accept}, expect=200)
+        assert (view["id"], view["status"]) == (bid, "accepted")
+    gone = await api.client.get(f"/api/v1/manage/{'x' * 43}", headers=browser)
+    assert gone.status == 404 and gone.content_type == "text/html"
+    await api.get(f"/api/v1/manage/{'x' * 43}", expect=404)  # a problem, as JSON
+
+
 # -- video links -------------------------------------------------------------------
 
 
