@@ -13,6 +13,17 @@
   doctor's tile with connection bars), a chat message both ways, and a
   leave. Nothing in the pages' consoles: no uncaught error, no unhandled
   rejection.
+* ``onward``: the same payment made with a ``return_url``: the browser
+  still lands on the confirmation, which links on to the client's page with
+  the parameters the redirect carries (a program still gets the redirect);
+  once the doctor accepts, the page shows the patient's video link, which
+  opens the call page.
+* ``manage-en``, ``manage-ur``, ``manage-ar``: the patient opens their
+  manage link in a browser: a page in their language, right to left for
+  Urdu and Arabic, with the booking (doctor, time in their zone, status) and
+  what the link may do; in English they move the visit to another free
+  time, in Arabic they cancel it (refunded in full, two days ahead). A
+  program still gets the booking as JSON from the same URL.
 
 Screenshots (phone 390x844 and desktop 1280x800) go to ``WADUD_SCREENSHOTS``
 (docs/img) when set, else under the test's folder. Like
@@ -35,9 +46,11 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.browser import Browsers, Page, click, driver_main, join, play, run_driver
 from tests.signalling.test_browser_call import World
@@ -138,6 +151,88 @@ WORDS = {
 }
 
 
+@pytest.mark.timeout(200)
+async def test_paying_with_a_return_url_shows_the_way_on_and_then_the_visit(
+    database_url: str, tmp_path: Path
+) -> None:
+    result = await run_scenario("onward", database_url, tmp_path, budget=150)
+    print(json.dumps(result)[:6000])
+    # A browser lands on our confirmation, not on the client's page...
+    done = result["confirmation"]
+    assert done["path"].endswith("/return") and done["contentType"] == "text/html", done
+    assert done["h1"] == "Payment received" and done["join"] is None, done
+    # ...which links there with what the redirect carried.
+    onward = urlsplit(done["continue"]["href"])
+    assert (onward.scheme, onward.netloc, onward.path) == ("https", "clinic.example", "/after")
+    assert dict(parse_qsl(onward.query)) == {
+        "visit": "7",
+        "payment_id": result["payment_id"],
+        "status": "succeeded",
+    }
+    assert done["continue"]["text"] == "Continue to \u2068clinic.example\u2069", done
+    # A program at the same return still gets the redirect, to the same place.
+    assert result["program"] == {"status": 303, "location": done["continue"]["href"]}
+    # Once the doctor accepts, the page has the patient's own video link.
+    later = result["accepted"]
+    join = urlsplit(later["join"])
+    assert join.path == f"/call/booking-{result['booking_id']}", later
+    query = dict(parse_qsl(join.query))
+    assert query["token"] and query["lang"] == "en", later
+    assert later["continue"]["href"] == done["continue"]["href"], later
+    # It opens the call page for this visit (two days early: the countdown).
+    assert result["call"]["early"], result["call"]
+    assert result["errors"] == [], result["errors"]
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("lang", ["en", "ur", "ar"])
+async def test_the_manage_link_opens_a_page_in_the_patient_s_language(
+    database_url: str, tmp_path: Path, lang: str
+) -> None:
+    result = await run_scenario(f"manage-{lang}", database_url, tmp_path, budget=150)
+    print(json.dumps(result)[:6000])
+    rtl = lang != "en"
+    seen = result["page"]
+    assert seen["lang"] == lang and seen["dir"] == ("rtl" if rtl else "ltr"), seen
+    assert seen["contentType"] == "text/html" and seen["scrollWidth"] <= PHONE[0], seen
+    words = MANAGE_WORDS[lang]
+    assert seen["h1"] == words["title"], seen
+    assert seen["doctor"] == "Dr. Test" and seen["when"].endswith(WORDS[lang]["zone"]), seen
+    assert seen["status"] == words["accepted"], seen
+    # The accepted visit's way in, and both things the link may do.
+    assert seen["join"].split("?")[0].endswith(f"/call/booking-{result['booking_id']}"), seen
+    assert seen["actions"] == ["reschedule-open", "cancel-open"], seen
+    # A program asking for JSON (or anything) at the same URL gets the booking.
+    for answer in result["json"]:
+        assert answer["type"].startswith("application/json"), answer
+        assert answer["body"]["id"] == result["booking_id"], answer
+        assert answer["body"]["status"] == "accepted", answer
+    # A link that names no booking says so, as a page.
+    assert result["gone"]["status"] == 404 and "text/html" in result["gone"]["type"]
+    if lang == "en":
+        moved = result["moved"]
+        assert moved["booking"]["starts_at"] == moved["picked"], moved
+        assert moved["booking"]["status"] == "accepted", moved
+        assert moved["page"]["notice"] == f"Your visit is moved to {moved['page']['when']}."
+        assert moved["page"]["join"] != seen["join"], moved  # the new slot's link
+    if lang == "ar":
+        cancelled = result["cancelled"]
+        assert cancelled["booking"]["status"] == "cancelled", cancelled
+        assert cancelled["booking"]["cancel_reason"] == "تعارض مع موعد آخر", cancelled
+        assert cancelled["booking"]["refund_minor"] == 150_000, cancelled
+        assert cancelled["page"]["status"] == words["cancelled"], cancelled
+        assert cancelled["page"]["notice"].startswith("أُلغيت زيارتك."), cancelled
+        assert cancelled["page"]["join"] is None and cancelled["page"]["actions"] == []
+    assert result["errors"] == [], result["errors"]
+
+
+MANAGE_WORDS = {
+    "en": {"title": "Your visit", "accepted": "Confirmed by the doctor"},
+    "ur": {"title": "آپ کی ملاقات", "accepted": "ڈاکٹر نے تصدیق کر دی"},
+    "ar": {"title": "زيارتك", "accepted": "أكّدها الطبيب", "cancelled": "ملغاة"},
+}
+
+
 # -- the driver ----------------------------------------------------------------
 
 #: What every page of the journey is: its language, direction and heading.
@@ -150,6 +245,12 @@ PAGE = """(() => ({
   expires: document.querySelector('[data-fill=expires]')?.textContent,
   doctor: document.querySelector('[data-fill=doctor]')?.textContent,
   when: document.querySelector('[data-fill=starts]')?.textContent,
+  join: document.getElementById('join-visit')?.href ?? null,
+  continue: (a => a ? {href: a.href, text: a.textContent} : null)(
+    document.getElementById('continue')),
+  status: document.getElementById('status')?.textContent ?? null,
+  notice: (n => n && !n.hidden ? n.textContent : null)(document.getElementById('notice')),
+  actions: [...document.querySelectorAll('#actions button')].filter(b => !b.hidden).map(b => b.id),
 }))()"""
 
 
@@ -227,26 +328,38 @@ async def _json_return(url: str) -> dict[str, Any]:
         return {"status": r.status, "type": r.headers["Content-Type"], "body": await r.json()}
 
 
-async def scenario_pay(world: World, lang: str) -> dict[str, Any]:
+async def _patient_holding(api: Any, lang: str) -> tuple[Any, str, dict[str, Any]]:
+    """A doctor, and an anonymous patient in ``lang`` and Karachi's time
+    who holds a video slot two days ahead: (doctor, patient token, booking)."""
     from tests.booking.factories import make_clinic, make_doctor
-    from tests.booking.test_bookings import anon, hold, local, shift
+    from tests.booking.test_bookings import anon, hold, local
+
+    doctor = await make_doctor(api, await make_clinic(api))
+    patient = await anon(api)
+    await api.put(
+        "/api/v1/me/notifications",
+        {"locale": lang, "time_zone": "Asia/Karachi"},
+        token=patient,
+        expect=200,
+    )
+    return doctor, patient, await hold(api, patient, doctor, local(2, "10:00"))
+
+
+def _api(world: World) -> tuple[_Session, Any]:
     from tests.conftest import Api
 
-    shots = _shots(world.work)  # type: ignore[attr-defined]
     client = _Session(world.base)
-    api = Api(client, world.app)  # type: ignore[attr-defined, arg-type]
+    return client, Api(client, world.app)  # type: ignore[attr-defined, arg-type]
+
+
+async def scenario_pay(world: World, lang: str) -> dict[str, Any]:
+    from tests.booking.test_bookings import shift
+
+    shots = _shots(world.work)  # type: ignore[attr-defined]
+    client, api = _api(world)
     out: dict[str, Any] = {}
     try:
-        clinic = await make_clinic(api)
-        doctor = await make_doctor(api, clinic)
-        patient = await anon(api)
-        await api.put(
-            "/api/v1/me/notifications",
-            {"locale": lang, "time_zone": "Asia/Karachi"},
-            token=patient,
-            expect=200,
-        )
-        booking = await hold(api, patient, doctor, local(2, "10:00"))
+        doctor, patient, booking = await _patient_holding(api, lang)
         # No return_url: the patient's browser ends on our own pages.
         payment = await api.post(
             f"/api/v1/bookings/{booking['id']}/payments", {}, token=patient, expect=201
@@ -334,9 +447,140 @@ async def scenario_pay(world: World, lang: str) -> dict[str, Any]:
         await client.session.close()
 
 
+async def scenario_onward(world: World) -> dict[str, Any]:
+    shots = _shots(world.work)  # type: ignore[attr-defined]
+    client, api = _api(world)
+    try:
+        doctor, patient, booking = await _patient_holding(api, "en")
+        payment = await api.post(
+            f"/api/v1/bookings/{booking['id']}/payments",
+            {"return_url": "https://clinic.example/after?visit=7"},
+            token=patient,
+            expect=201,
+        )
+        page = await world.browsers.open("patient", payment["checkout"]["url"])
+        await size(page, PHONE, mobile=True)
+        await page.wait_for("document.body.dataset.ready === '1'", "the checkout")
+        await click(page, "button[value=pay]")
+        await page.wait_for(
+            "location.pathname.endsWith('/return') && document.body.dataset.ready === '1'",
+            "the confirmation",
+        )
+        out: dict[str, Any] = {"payment_id": payment["id"], "booking_id": booking["id"]}
+        out["confirmation"] = await page.eval(PAGE)
+        here = URL(await page.eval("location.href"))
+        async with client.session.get(
+            here.path_qs, headers={"Accept": "application/json"}, allow_redirects=False
+        ) as r:
+            out["program"] = {"status": r.status, "location": r.headers.get("Location")}
+        await api.post(f"/api/v1/bookings/{booking['id']}/accept", token=doctor.token, expect=200)
+        await page.eval("window.__gone = 1; location.reload(); true")
+        await page.wait_for(
+            "!window.__gone && document.body.dataset.ready === '1'", "the page again"
+        )
+        out["accepted"] = await page.eval(PAGE)
+        await shots.take(page, "pay-onward-en")
+        await page.eval("window.__gone = 1; true")
+        await click(page, "#join-visit")
+        await page.wait_for(
+            "!window.__gone && document.body.dataset.early === '1'", "the visit's call page"
+        )
+        out["call"] = {"early": True, "path": await page.eval("location.pathname")}
+        out["errors"] = page.cdp.errors
+        return out
+    finally:
+        await client.session.close()
+
+
+async def _manage_page(page: Page) -> dict[str, Any]:
+    await page.wait_for(
+        "document.body.dataset.ready === '1' && document.body.dataset.manage === 'ready'",
+        "the manage page",
+    )
+    seen: dict[str, Any] = await page.eval(PAGE)
+    return seen
+
+
+async def scenario_manage(world: World, lang: str) -> dict[str, Any]:
+    shots = _shots(world.work)  # type: ignore[attr-defined]
+    client, api = _api(world)
+    try:
+        doctor, patient, booking = await _patient_holding(api, lang)
+        bid = booking["id"]
+        # Paid on the sandbox (over HTTP here: the browser's part is
+        # test_paying_...), and accepted.
+        payment = await api.post(f"/api/v1/bookings/{bid}/payments", {}, token=patient, expect=201)
+        async with client.session.post(
+            URL(payment["checkout"]["url"]).path, data={"action": "pay"}, allow_redirects=False
+        ) as r:
+            landing = URL(r.headers["Location"]).path_qs
+        await api.get(landing, headers={"Accept": "application/json"}, expect=200)
+        await api.post(f"/api/v1/bookings/{bid}/accept", token=doctor.token, expect=200)
+        link = await api.post(f"/api/v1/bookings/{bid}/manage-link", token=patient, expect=200)
+        out: dict[str, Any] = {"booking_id": bid}
+        path = URL(link["url"]).path
+        out["json"] = []
+        for accept in ("application/json", "*/*"):
+            async with client.session.get(path, headers={"Accept": accept}) as r:
+                out["json"].append({"type": r.headers["Content-Type"], "body": await r.json()})
+        async with client.session.get(
+            "/api/v1/manage/no-such-link", headers={"Accept": "text/html"}
+        ) as r:
+            out["gone"] = {"status": r.status, "type": r.headers["Content-Type"]}
+
+        page = await world.browsers.open("patient", link["url"])
+        await size(page, PHONE, mobile=True)
+        out["page"] = await _manage_page(page)
+        await shots.take(page, f"manage-{lang}")
+        if lang == "en":
+            await click(page, "#reschedule-open")
+            await page.wait_for("!!document.querySelector('#slots button')", "free times")
+            # The second day offered, its first time.
+            await page.eval(
+                "(() => { const d = document.getElementById('day');"
+                " d.selectedIndex = 1; d.dispatchEvent(new Event('change')); return true; })()"
+            )
+            picked = await page.eval(
+                "(() => { const b = document.querySelector('#slots button');"
+                " b.click(); return b.dataset.start; })()"
+            )
+            await shots.take(page, "manage-pick-en")
+            await page.eval("window.__gone = 1; true")
+            await click(page, "#reschedule-confirm")
+            seen = await _manage_wait_done(page, "moved")
+            after = await api.get(f"/api/v1/bookings/{bid}", token=patient, expect=200)
+            out["moved"] = {"picked": picked, "page": seen, "booking": after}
+        if lang == "ar":
+            await click(page, "#cancel-open")
+            await page.eval(
+                "(() => { document.getElementById('cancel-reason').value ="
+                " 'تعارض مع موعد آخر'; return true; })()"
+            )
+            await shots.take(page, "manage-cancel-ar")
+            await page.eval("window.__gone = 1; true")
+            await click(page, "#cancel-confirm")
+            seen = await _manage_wait_done(page, "cancelled")
+            after = await api.get(f"/api/v1/bookings/{bid}", token=patient, expect=200)
+            out["cancelled"] = {"page": seen, "booking": after}
+            await shots.take(page, "manage-cancelled-ar")
+        out["errors"] = page.cdp.errors
+        return out
+    finally:
+        await client.session.close()
+
+
+async def _manage_wait_done(page: Page, done: str) -> dict[str, Any]:
+    await page.wait_for(
+        f"!window.__gone && location.search.includes('done={done}')", f"the page, {done}"
+    )
+    return await _manage_page(page)
+
+
 SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
     "early": scenario_early,
     **{f"pay-{lang}": partial(scenario_pay, lang=lang) for lang in ("en", "ur", "ar")},
+    "onward": scenario_onward,
+    **{f"manage-{lang}": partial(scenario_manage, lang=lang) for lang in ("en", "ur", "ar")},
 }
 
 
