@@ -269,22 +269,7 @@ class SendSideEstimator:
         self._backoff: tuple[float, float, int] | None = None
         self._judged: deque[tuple[float, float]] = deque(maxlen=JUDGED)
         self._backed_off_at = -math.inf
-        # Ramping: the step padded toward and since when; when the next may
-        # start, and the wait after the next failure.
-        # The ramp under way: target, since when, whether it is the whole
-        # step, and whether that step brings back something paused.
-        self._ramp: tuple[float, float, bool, bool] | None = None
-        # Seconds without loss or a failed ramp before a ramp that only
-        # betters what flows (doubled by each such ramp that fails).
-        self._upgrade_wait = UPGRADE_WAIT
-        self._ramp_from = 0.0  # the loss-based rate when the last ramp began
-        # A target reached: when, which, and how long it must hold.
-        self._ramp_held: tuple[float, float, float, bool] | None = None
-        # The target of the last ramp that failed, and when.
-        self._ramp_ceiling = (math.inf, -math.inf)
-        self._ramp_next = -math.inf
-        self._ramp_wait = RAMP_WAIT
-        self._ramp_streak = 0  # ramps in a row that held
+        self._forget_ramps()
         #: Ramps that met loss, before or soon after reaching their step.
         self.ramps_failed = 0
         # Probing.
@@ -297,6 +282,25 @@ class SendSideEstimator:
         self._probe_until = -math.inf
         self.probes_sent = 0
         self.probes_succeeded = 0
+
+    def _forget_ramps(self) -> None:
+        """No ramp under way or held, no failure remembered (a new path)."""
+        # The ramp under way: target, since when, whether it is the whole
+        # step, and whether that step brings back something paused.
+        self._ramp: tuple[float, float, bool, bool] | None = None
+        self._ramp_from = 0.0  # the loss-based rate when it began
+        # A target reached: when, which, how long it must hold, and whether
+        # it brought something back.
+        self._ramp_held: tuple[float, float, float, bool] | None = None
+        # The target of the last ramp that failed, and when.
+        self._ramp_ceiling = (math.inf, -math.inf)
+        # When the next ramp may start, and the wait after the next failure.
+        self._ramp_next = -math.inf
+        self._ramp_wait = RAMP_WAIT
+        self._ramp_streak = 0  # parts in a row that held
+        # Seconds without loss or a failed ramp before a ramp that only
+        # betters what flows (doubled by each such ramp that fails).
+        self._upgrade_wait = UPGRADE_WAIT
 
     def rings(self) -> tuple[MutableSequence[float], MutableSequence[int]]:
         """The send-time and size rings, indexed by transport sequence number
@@ -342,12 +346,7 @@ class SendSideEstimator:
         self._backoff = None
         self._judged.clear()
         self._backed_off_at = -math.inf
-        self._ramp = self._ramp_held = None
-        self._ramp_ceiling = (math.inf, -math.inf)
-        self._ramp_next = -math.inf
-        self._ramp_wait = RAMP_WAIT
-        self._ramp_streak = 0
-        self._upgrade_wait = UPGRADE_WAIT
+        self._forget_ramps()
         self._last_probe = now
 
     # -- the hot path -------------------------------------------------------------
