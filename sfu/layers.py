@@ -463,7 +463,8 @@ class WorkerLayers(WorkerControl):
         # their HEADROOM: enough to keep a video already flowing on its
         # lowest layer (starting one needs the headroom; keeping it, not:
         # a link carrying just that would otherwise pause and resume it).
-        kept = allocate(estimate * HEADROOM, wanted, audio, audio_bitrate) if wanted else {}
+        # Only worked out when a flowing video would be paused.
+        kept: dict[str, int | None] | None = None
         state.wanted = int(audio_bitrate + sum(_bitrate(w, ideal[w.track_id]) for w in wanted))
         # Whether the estimate keeps some video below the layer it wants.
         lacking = any(chosen[w.track_id] != ideal[w.track_id] for w in wanted)
@@ -484,7 +485,9 @@ class WorkerLayers(WorkerControl):
                 # signal) is not a weak link: keep the lowest layer until the
                 # shortfall has lasted PAUSE_AFTER.
                 short = state.short_since.setdefault(tid, now)
-                if now - short < PAUSE_AFTER or kept[tid] is not None:
+                if now - short >= PAUSE_AFTER and kept is None:
+                    kept = allocate(estimate * HEADROOM, wanted, audio, audio_bitrate)
+                if now - short < PAUSE_AFTER or (kept is not None and kept[tid] is not None):
                     index = w.layers[0].index
             elif index is not None:
                 state.short_since.pop(tid, None)
