@@ -523,7 +523,7 @@ class WorkerLayers(WorkerControl):
                 self._emit(TrackPaused(room.name, participant, tid, False, reason))
         self._flush_rtcp(room)
         estimator = state.estimator
-        state.padding = 0.0
+        padded, state.padding = state.padding, 0.0
         if estimator is None or state.wanted <= estimate:
             return
         step = 0.0
@@ -531,7 +531,9 @@ class WorkerLayers(WorkerControl):
             step = _next_step(estimate, wanted, audio, audio_bitrate, chosen)
         resume = "bandwidth" in reasons.values()
         padding = estimator.padding(sending, step, now, resume=resume)
-        if padding and not state.padding:
+        if padding and not padded:
+            # A ramp starts: its padding is counted from now (one going on
+            # keeps its clock, or the time since its last send is lost).
             state.padded_at = now
         state.padding = padding
         if padding:
