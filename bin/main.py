@@ -225,6 +225,10 @@ def cmd_media(settings: config.Settings) -> int:
         )
     if settings.media_workers < 0:
         raise ConfigError("--workers must be 0 (one per core) or more")
+    if settings.media_start_retries < 1:
+        raise ConfigError("media_start_retries must be 1 or more")
+    if not 0 <= settings.media_restart_backoff <= settings.media_restart_backoff_max:
+        raise ConfigError("media_restart_backoff must be between 0 and media_restart_backoff_max")
     try:
         node.http_address(settings.media_http)
     except ValueError as exc:

@@ -18,3 +18,8 @@ class SfuPacketError(SfuError, ValueError):
 
 class SfuStateError(SfuError, AssertionError):
     """The routing table was asked for something it does not have or already has."""
+
+
+class WorkerStartError(SfuError):
+    """A media worker process could not start (its UDP port taken, ...); the
+    message names what and where, for the node's log and ``/readyz``."""

@@ -6,14 +6,27 @@ DESIGN.md ("Processes"): each worker process owns one UDP port (``media_port
 Redis (:class:`sfu.rpc.MediaServer`) and keeps its registry entry alive
 (:class:`sfu.registry.Registration`). The supervisor starts the workers,
 restarts one that dies (a new incarnation, after a backoff that grows with
-crashes in a row up to 30 s) and at once publishes ``stopped`` for the dead
+crashes in a row, ``media_restart_backoff`` doubling up to
+``media_restart_backoff_max``) and at once publishes ``stopped`` for the dead
 incarnation, so room owners re-place its rooms without waiting for the
-registry TTL. It serves, on ``media_http``:
+registry TTL.
+
+A worker that cannot start (its UDP port taken by another process, ...)
+exits with :data:`START_FAILED` and leaves its reason in a file beside its
+metrics socket; it never registers, so placement never sees it. After
+``media_start_retries`` such exits in a row for the same reason the
+supervisor logs an error naming the port and the node answers ``/readyz``
+with 503 ``failing``; restarts go on, so a port that frees up heals the node.
+Once every worker is in that state the node exits 1: a supervisor (systemd's
+``Restart=``, a Kubernetes restart count) sees a node that cannot work,
+instead of one that answers ``/healthz`` and carries nothing. It serves, on
+``media_http``:
 
 * ``/healthz``: 200 while the supervisor runs;
 * ``/readyz``: 200 when Redis answers and every worker's entry is there with
   its current incarnation and ``ready``; else 503 with a JSON reason
-  (``draining``, ``degraded``);
+  (``draining``, ``failing`` naming the port a worker cannot bind,
+  ``degraded``);
 * ``/metrics``: every worker's metrics (the ``sfu_*`` families among them),
   scraped from each worker's unix socket and labelled ``worker``, and the
   node's own gauges.
@@ -63,6 +76,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from sfu import registry, rpc
+from sfu.errors import WorkerStartError
 from sfu.registry import Registration, WorkerInfo
 from sfu.rpc import MediaServer
 from wadud.bus import redis_client
@@ -79,11 +93,15 @@ log = logging.getLogger("wadud.sfu.node")
 
 #: prctl(2) option: the signal the kernel sends a child when its parent dies.
 _PR_SET_PDEATHSIG = 1
-#: Backoff between restarts of a worker that keeps dying, and how long a
-#: worker must have run for its next crash to count as the first again.
-_BACKOFF_FIRST = 0.5
-_BACKOFF_MAX = 30.0
+#: How long a worker must have run for its next crash to count as the first
+#: again (the backoff between restarts is media_restart_backoff, doubling up
+#: to media_restart_backoff_max).
 _STABLE_AFTER = 30.0
+#: A worker's exit status when it could not start; its reason is in the
+#: file ``WorkerSpec.start_file`` names.
+START_FAILED = 3
+#: What a worker writes in ``WorkerSpec.start_file`` once it is ready.
+_STARTED = "ready"
 #: Seconds a draining worker with no room placed on it waits for its last
 #: transports to close on their own before it closes them.
 _STALE_AFTER_DRAIN = 3.0
@@ -120,10 +138,28 @@ class WorkerSpec:
     port: int
     metrics_socket: str
     parent: int
+    start_file: str = ""
+    """Where the worker writes ``ready`` once it is, or why it could not start."""
 
     @property
     def wid(self) -> str:
         return f"{self.node}-{self.index}"
+
+
+def _note_start(spec: WorkerSpec, text: str) -> None:
+    if not spec.start_file:
+        return
+    try:
+        Path(spec.start_file).write_text(text)
+    except OSError as exc:
+        log.warning("cannot write the start file", extra={"worker": spec.wid, "error": repr(exc)})
+
+
+def _start_failure(exc: BaseException) -> str:
+    """One line that says why a worker could not start."""
+    if isinstance(exc, WorkerStartError):
+        return str(exc)
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def _die_with_parent(parent: int) -> None:
@@ -193,9 +229,64 @@ async def _metrics(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def _worker_main(spec: WorkerSpec) -> int:
+async def _start(
+    spec: WorkerSpec, redis: Redis, stack: contextlib.AsyncExitStack
+) -> tuple[MediaWorker, MediaServer, Registration, _Load]:
+    """Bind the worker's UDP port, take requests, register and open the
+    metrics socket; each opened piece is closed by ``stack``. Raises
+    :class:`WorkerStartError` naming the port when it is taken."""
     from sfu.worker import MediaWorker
 
+    settings = spec.settings
+    worker = MediaWorker.from_settings(settings, spec.port, spec.wid)
+    try:
+        await worker.start()
+    except OSError as exc:
+        raise WorkerStartError(
+            f"cannot bind UDP port {spec.port} on {settings.media_host}: {exc.strerror or exc}"
+        ) from exc
+    stack.push_async_callback(worker.close)
+    load = _Load(worker)
+    server = MediaServer(
+        redis,
+        worker,
+        spec.wid,
+        spec.incarnation,
+        info=lambda: {"transports": load.transports()},
+    )
+    await server.start()
+    stack.push_async_callback(server.close)
+    info = WorkerInfo(
+        worker=spec.wid,
+        incarnation=spec.incarnation,
+        node=spec.node,
+        region=settings.region,
+        index=spec.index,
+        host=worker.candidate_addresses[0][0],
+        port=worker.port,
+        capacity=settings.media_capacity,
+        fingerprint=worker.relay_identity()[1],
+    )
+    registration = Registration(
+        redis,
+        info,
+        heartbeat=settings.media_heartbeat,
+        ttl=settings.media_worker_ttl,
+        load=load,
+    )
+    await registration.start()
+    stack.push_async_callback(registration.close)
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.UnixSite(runner, spec.metrics_socket).start()
+    await server.lifecycle("ready")
+    return worker, server, registration, load
+
+
+async def _worker_main(spec: WorkerSpec) -> int:
     settings = spec.settings
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -203,49 +294,23 @@ async def _worker_main(spec: WorkerSpec) -> int:
     # A drain ordered while this process started is delivered now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
     redis = _redis(settings.redis_url)
-    worker = MediaWorker.from_settings(settings, spec.port, spec.wid)
     extra = {"worker": spec.wid, "incarnation": spec.incarnation}
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(redis.aclose)
-        await worker.start()
-        stack.push_async_callback(worker.close)
-        load = _Load(worker)
-        server = MediaServer(
-            redis,
-            worker,
-            spec.wid,
-            spec.incarnation,
-            info=lambda: {"transports": load.transports()},
-        )
-        await server.start()
-        stack.push_async_callback(server.close)
-        info = WorkerInfo(
-            worker=spec.wid,
-            incarnation=spec.incarnation,
-            node=spec.node,
-            region=settings.region,
-            index=spec.index,
-            host=worker.candidate_addresses[0][0],
-            port=worker.port,
-            capacity=settings.media_capacity,
-            fingerprint=worker.relay_identity()[1],
-        )
-        registration = Registration(
-            redis,
-            info,
-            heartbeat=settings.media_heartbeat,
-            ttl=settings.media_worker_ttl,
-            load=load,
-        )
-        await registration.start()
-        stack.push_async_callback(registration.close)
-        app = web.Application()
-        app.router.add_get("/metrics", _metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        await web.UnixSite(runner, spec.metrics_socket).start()
-        await server.lifecycle("ready")
+        try:
+            worker, server, registration, load = await _start(spec, redis, stack)
+        except Exception as exc:
+            # The supervisor counts it and says so (Supervisor._start_failed);
+            # a traceback per retry would say nothing more.
+            reason = _start_failure(exc)
+            log.warning(
+                "media worker cannot start: %s",
+                reason,
+                extra={**extra, "port": spec.port, "reason": reason},
+            )
+            _note_start(spec, reason)
+            return START_FAILED
+        _note_start(spec, _STARTED)
         log.info("media worker ready", extra={**extra, "port": worker.port})
 
         await stop.wait()
@@ -295,6 +360,8 @@ class _Slot:
     index: int
     wid: str
     metrics_socket: str
+    port: int
+    """The UDP port it binds (0: any free one)."""
     incarnation: str = ""
     process: BaseProcess | None = None
     started: float = 0.0
@@ -302,6 +369,15 @@ class _Slot:
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
     restart: asyncio.TimerHandle | None = None
+    start_failure: str = ""
+    """Why its last process could not start; empty once one did."""
+    start_failures: int = 0
+    """Processes in a row that could not start for that same reason."""
+    start_failures_total: int = 0
+
+    @property
+    def start_file(self) -> str:
+        return self.metrics_socket.removesuffix(".sock") + ".start"
 
 
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("media_supervisor")
@@ -315,11 +391,19 @@ class Supervisor:
         self.node = node or node_id(settings)
         self.count = worker_count(settings)
         self._runtime = Path(tempfile.mkdtemp(prefix="wadud-media-"))
+        base = settings.media_port
         self.slots = [
-            _Slot(i, f"{self.node}-{i}", str(self._runtime / f"worker-{i}.sock"))
+            _Slot(
+                i,
+                f"{self.node}-{i}",
+                str(self._runtime / f"worker-{i}.sock"),
+                port=base + i if base else 0,
+            )
             for i in range(self.count)
         ]
         self.draining = False
+        self.failed = False
+        """Every worker failed to start media_start_retries times: the node exits 1."""
         self.redis = _redis(settings.redis_url)
         self._ctx = multiprocessing.get_context("spawn")
         self._done = asyncio.Event()
@@ -335,22 +419,23 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.restart = None
-        if self.draining:
+        if self.draining or self.failed:
             return
         assert self._loop is not None
         slot.incarnation = secrets.token_hex(8)
-        base = self.settings.media_port
         spec = WorkerSpec(
             settings=self.settings,
             node=self.node,
             index=slot.index,
             incarnation=slot.incarnation,
-            port=base + slot.index if base else 0,
+            port=slot.port,
             metrics_socket=slot.metrics_socket,
             parent=os.getpid(),
+            start_file=slot.start_file,
         )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(slot.metrics_socket)
+        for path in (slot.metrics_socket, slot.start_file):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         # daemon: if the supervisor itself fails, multiprocessing ends the workers at exit.
         process = self._ctx.Process(
             target=worker_process, args=(spec,), name=f"wadud-media-{slot.wid}", daemon=True
@@ -389,21 +474,68 @@ class Supervisor:
         incarnation = slot.incarnation
         extra = {"worker": slot.wid, "incarnation": incarnation, "code": code}
         self._loop.create_task(self._forget(slot.wid, incarnation))
-        if self.draining:
+        if self.draining or self.failed:
             log.info("media worker exited", extra=extra)
             if not self.running():
                 self._done.set()
             return
         uptime = time.monotonic() - slot.started
         slot.crashes = 1 if uptime > _STABLE_AFTER else slot.crashes + 1
+        settings = self.settings
         delay = (
             0.0
             if slot.crashes == 1
-            else min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (slot.crashes - 2))
+            else min(
+                settings.media_restart_backoff_max,
+                settings.media_restart_backoff * 2 ** (slot.crashes - 2),
+            )
         )
+        failure = _read_start(slot, code)
+        if failure is None:
+            slot.start_failure, slot.start_failures = "", 0
+            log.error("media worker died; restarting", extra={**extra, "restart_in": delay})
+        elif self._start_failed(slot, failure):
+            return
+        else:
+            log.warning(
+                "media worker could not start; restarting",
+                extra={**extra, "restart_in": delay, "reason": failure},
+            )
         slot.restarts += 1
-        log.error("media worker died; restarting", extra={**extra, "restart_in": delay})
         slot.restart = self._loop.call_later(delay, self._spawn, slot)
+
+    def _start_failed(self, slot: _Slot, reason: str) -> bool:
+        """Count a worker that could not start; True when the node gives up
+        (every worker failed its retries) and is on its way out."""
+        same = reason == slot.start_failure
+        slot.start_failure = reason
+        slot.start_failures = slot.start_failures + 1 if same else 1
+        slot.start_failures_total += 1
+        retries = self.settings.media_start_retries
+        extra = {"worker": slot.wid, "port": slot.port, "reason": reason}
+        if slot.start_failures == retries:
+            log.error(
+                "media worker on UDP port %d cannot start (%d times in a row: %s);"
+                " the node is not ready",
+                slot.port,
+                retries,
+                reason,
+                extra=extra,
+            )
+        if not all(s.process is None and s.start_failures >= retries for s in self.slots):
+            return False
+        self.failed = True
+        for other in self.slots:
+            if other.restart is not None:
+                other.restart.cancel()
+                other.restart = None
+        log.error(
+            "media node stopping: no worker can start (%s)",
+            "; ".join(f"{s.wid}: {s.start_failure}" for s in self.slots),
+            extra={"node": self.node, "ports": [s.port for s in self.slots]},
+        )
+        self._done.set()
+        return True
 
     async def _forget(self, wid: str, incarnation: str) -> None:
         """A dead incarnation: tell room owners now, and drop its registry entry."""
@@ -463,7 +595,11 @@ class Supervisor:
             shutil.rmtree(self._runtime, ignore_errors=True)
 
     async def _finish(self) -> int:
-        # _done is set only while draining, when the last worker exited.
+        # _done is set when every worker failed its start retries, or while
+        # draining when the last worker exited.
+        if self.failed:
+            await asyncio.sleep(0.05)
+            return 1
         failed = [s.wid for s in self.slots if s.exit_codes and s.exit_codes[-1] != 0]
         # Let the last "stopped" announcements go out before the connection closes.
         await asyncio.sleep(0.05)
@@ -497,15 +633,34 @@ class Supervisor:
             return False, {"status": "degraded", "reason": f"redis: {exc!r}"}
         workers: list[dict[str, Any]] = []
         waiting: list[str] = []
+        failing: list[str] = []
+        retries = self.settings.media_start_retries
         for slot, entry in zip(self.slots, entries, strict=True):
             ready = (
                 slot.process is not None
                 and entry.get("incarnation") == slot.incarnation
                 and entry.get("state") == registry.READY
             )
-            workers.append({"worker": slot.wid, "incarnation": slot.incarnation, "ready": ready})
-            if not ready:
+            about: dict[str, Any] = {
+                "worker": slot.wid,
+                "incarnation": slot.incarnation,
+                "port": slot.port,
+                "ready": ready,
+            }
+            if not ready and slot.start_failure:
+                about["start_failure"] = slot.start_failure
+                about["start_failures"] = slot.start_failures
+                text = f"{slot.wid} cannot start: {slot.start_failure}"
+                if slot.start_failures >= retries:
+                    failing.append(f"{text} ({slot.start_failures} times in a row)")
+                else:
+                    waiting.append(f"{slot.wid} (last start: {slot.start_failure})")
+            elif not ready:
                 waiting.append(slot.wid)
+            workers.append(about)
+        if failing:
+            reason = "; ".join(failing + [f"not ready yet: {w}" for w in waiting])
+            return False, {"status": "failing", "reason": reason, "workers": workers}
         if waiting:
             reason = "workers not registered and ready: " + ", ".join(waiting)
             return False, {"status": "degraded", "reason": reason, "workers": workers}
@@ -519,6 +674,21 @@ class Supervisor:
         out = CollectorRegistry(auto_describe=False)
         out.register(collector)
         return generate_latest(out) + generate_latest(self._registry)
+
+
+def _read_start(slot: _Slot, code: int) -> str | None:
+    """None when the slot's exited process had started; else why it could not."""
+    try:
+        text = Path(slot.start_file).read_text().strip()
+    except OSError:
+        text = ""
+    if text == _STARTED:
+        return None
+    if text:
+        return text
+    if code < 0:
+        return f"killed by signal {-code} before it was ready"
+    return f"exited with status {code} before it was ready"
 
 
 def http_address(text: str) -> tuple[str, int]:
@@ -585,12 +755,30 @@ class _NodeCollector(Collector):
             "Worker processes restarted after they died, by worker.",
             labels=["worker"],
         )
+        start_failures = CounterMetricFamily(
+            "wadud_media_worker_start_failures",
+            "Worker processes that could not start (their UDP port taken, ...), by worker.",
+            labels=["worker"],
+        )
+        retries = sup.settings.media_start_retries
+        failed = GaugeMetricFamily(
+            "wadud_media_workers_failed",
+            "Workers that failed to start media_start_retries times in a row (the"
+            " node is not ready), by worker and port.",
+            labels=["worker", "port"],
+        )
         for slot in sup.slots:
             restarts.add_metric([slot.wid], slot.restarts)
+            start_failures.add_metric([slot.wid], slot.start_failures_total)
+            failed.add_metric(
+                [slot.wid, str(slot.port)], 1 if slot.start_failures >= retries else 0
+            )
         yield running
         yield configured
         yield draining
         yield restarts
+        yield start_failures
+        yield failed
 
 
 class _NodeApi:

@@ -555,6 +555,27 @@ class Settings:
             " before its workers stop anyway."
         ),
     )
+    media_start_retries: int = field(
+        default=5,
+        metadata=_doc(
+            "Times in a row a `wadud media` worker may fail to start the same way (its"
+            " UDP port taken, ...) before the node counts it as failed: /readyz answers"
+            " 503 naming the reason, and once every worker has failed the node exits 1"
+            " for its supervisor (systemd, Kubernetes) to see. Restarts go on meanwhile."
+        ),
+    )
+    media_restart_backoff: float = field(
+        default=0.5,
+        metadata=_doc(
+            "Seconds before a `wadud media` worker that keeps dying is restarted the"
+            " second time; each later restart waits twice as long, up to"
+            " media_restart_backoff_max. The first restart is at once."
+        ),
+    )
+    media_restart_backoff_max: float = field(
+        default=30.0,
+        metadata=_doc("Longest wait before a `wadud media` worker that keeps dying is restarted."),
+    )
     region: str = field(
         default="",
         metadata=_doc(

@@ -60,11 +60,18 @@ class MediaNode:
 
 
 def start_media_node(
-    redis_url: str, tmp: Path, *, workers: int = 2, env: dict[str, str] | None = None
+    redis_url: str,
+    tmp: Path,
+    *,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+    udp_port: int = 0,
+    http: int = 0,
 ) -> MediaNode:
-    """``wadud media --region test --workers N`` on free ports, logging JSON to a file."""
+    """``wadud media --region test --workers N`` logging JSON to a file, on free
+    ports unless ``udp_port`` (worker 0's) or ``http`` say which."""
     node = "n" + secrets.token_hex(3)
-    http = free_port()
+    http = http or free_port()
     log = tmp / f"{node}.log"
     full_env = {
         # WADUD_NATIVE passes through: CI runs these again on the Python loops.
@@ -81,7 +88,7 @@ def start_media_node(
     }
     argv = [
         str(Path(sys.executable).parent / "wadud"), "media", "--region", "test",
-        "--workers", str(workers), "--http", f"127.0.0.1:{http}", "--udp-port", "0",
+        "--workers", str(workers), "--http", f"127.0.0.1:{http}", "--udp-port", str(udp_port),
         "--node-id", node,
     ]  # fmt: skip
     with open(log, "wb") as out:
