@@ -269,6 +269,48 @@ class Settings:
             " can rotate without dropping events."
         ),
     )
+    payments_easypaisa_store_id: str = field(
+        default="",
+        metadata=_doc(
+            "EasyPaisa store id. Empty: EasyPaisa is offered through the built-in simulator"
+            " (see PAYMENTS_EASYPAISA_SIMULATOR)."
+        ),
+    )
+    payments_easypaisa_hash_key: str = field(
+        default="",
+        metadata=_doc("EasyPaisa hash key from the merchant portal (16, 24 or 32 characters)."),
+    )
+    payments_easypaisa_username: str = field(
+        default="", metadata=_doc("EasyPaisa Open API username (the Credentials header).")
+    )
+    payments_easypaisa_password: str = field(
+        default="", metadata=_doc("EasyPaisa Open API password.")
+    )
+    payments_easypaisa_account_num: str = field(
+        default="", metadata=_doc("The merchant's EasyPaisa account number (sent on inquiries).")
+    )
+    payments_easypaisa_endpoint: str = field(
+        default="",
+        metadata=_doc(
+            "EasyPaisa base URL. Empty: production, https://easypay.easypaisa.com.pk (staging:"
+            " https://easypaystg.easypaisa.com.pk)."
+        ),
+    )
+    payments_easypaisa_simulator: bool = field(
+        default=True,
+        metadata=_doc(
+            "With no EasyPaisa store configured, offer the easypaisa and easypaisa_ma gateways"
+            " through the built-in simulator at /easypaisa-sim (no money moves). Turn off in"
+            " production."
+        ),
+    )
+    payments_easypaisa_inquiry_interval: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds between EasyPaisa inquiry rounds, which settle payments whose IPN never"
+            " came (one replica runs each round, under an advisory lock). 0: no rounds."
+        ),
+    )
     payments_webhook_tolerance: int = field(
         default=300, metadata=_doc("Oldest webhook signature timestamp accepted, seconds.")
     )

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from booking.payments.card import CardSettings
+    from booking.payments.easypaisa import EasyPaisaSettings
     from booking.payments.jazzcash import JazzCashSettings
     from booking.payments.sandbox import SandboxSettings
 
@@ -363,6 +364,8 @@ class PaymentSettings:
     sandbox: SandboxSettings | None = None
     jazzcash: JazzCashSettings | None = None
     card: CardSettings | None = None
+    #: Registers two gateways, its hosted checkout and its mobile-account flow.
+    easypaisa: EasyPaisaSettings | None = None
 
 
 class GatewayRegistry:
@@ -415,4 +418,11 @@ class GatewayRegistry:
                 registry.register(JazzCashGateway(settings.jazzcash, session))
             if settings.card is not None:
                 registry.register(CardGateway(settings.card, session))
+        if settings.easypaisa is not None:
+            if session is None:
+                raise ValueError("the EasyPaisa gateways need an aiohttp.ClientSession")
+            from booking.payments.easypaisa import HOSTED, MOBILE, EasyPaisaGateway
+
+            for flow in (HOSTED, MOBILE):
+                registry.register(EasyPaisaGateway(settings.easypaisa, session, flow))
         return registry

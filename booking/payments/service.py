@@ -45,7 +45,7 @@ import asyncpg
 from aiohttp import web
 
 from booking import lifecycle
-from booking.payments import ledger, settle
+from booking.payments import easypaisa, ledger, settle
 from booking.payments.card import CardSettings
 from booking.payments.errors import (
     AmountMismatch,
@@ -217,7 +217,9 @@ def payment_settings(settings: Settings) -> PaymentSettings:
             webhook_secrets=tuple(settings.payments_card_webhook_secrets),
             tolerance=tolerance,
         )
-    return PaymentSettings(sandbox=sandbox, jazzcash=jazzcash, card=card)
+    return PaymentSettings(
+        sandbox=sandbox, jazzcash=jazzcash, card=card, easypaisa=easypaisa.from_config(settings)
+    )
 
 
 def build_registry(settings: Settings, session: Any = None) -> GatewayRegistry:
