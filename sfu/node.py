@@ -379,6 +379,11 @@ class _Slot:
     def start_file(self) -> str:
         return self.metrics_socket.removesuffix(".sock") + ".start"
 
+    def check_started(self) -> None:
+        """Forget past start failures once the current process says it is ready."""
+        if self.start_failure and self.process is not None and _read_start(self, 0) is None:
+            self.start_failure, self.start_failures = "", 0
+
 
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("media_supervisor")
 
@@ -600,7 +605,10 @@ class Supervisor:
         if self.failed:
             await asyncio.sleep(0.05)
             return 1
-        failed = [s.wid for s in self.slots if s.exit_codes and s.exit_codes[-1] != 0]
+        # A worker that could not start had nothing to drain.
+        failed = [
+            s.wid for s in self.slots if s.exit_codes and s.exit_codes[-1] not in (0, START_FAILED)
+        ]
         # Let the last "stopped" announcements go out before the connection closes.
         await asyncio.sleep(0.05)
         if failed:
@@ -636,6 +644,7 @@ class Supervisor:
         failing: list[str] = []
         retries = self.settings.media_start_retries
         for slot, entry in zip(self.slots, entries, strict=True):
+            slot.check_started()
             ready = (
                 slot.process is not None
                 and entry.get("incarnation") == slot.incarnation
@@ -768,6 +777,7 @@ class _NodeCollector(Collector):
             labels=["worker", "port"],
         )
         for slot in sup.slots:
+            slot.check_started()
             restarts.add_metric([slot.wid], slot.restarts)
             start_failures.add_metric([slot.wid], slot.start_failures_total)
             failed.add_metric(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -89,6 +90,17 @@ async def _readyz(node: MediaNode) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body)
 
 
+async def _wait_failing(node: MediaNode, limit: float = 30.0) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        status, body = await _readyz(node)
+        if status == 503 and body.get("status") == "failing":
+            return body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never failing: {body}\n{node.tail()}")
+
+
 async def test_a_second_node_on_taken_ports_says_not_ready_then_exits_non_zero(
     redis_server: Any, registry: aioredis.Redis, tmp_path: Path
 ) -> None:
@@ -150,21 +162,13 @@ async def test_one_worker_that_cannot_bind_makes_the_node_unready_until_its_port
         try:
             node = start_media_node(redis_server.url, tmp_path, udp_port=port, http=http, env=QUICK)
             nodes.append(node)
-            body: dict[str, Any] = {}
-            end = time.monotonic() + 30.0
-            while time.monotonic() < end:
-                status, body = await _readyz(node)
-                if status == 503 and body.get("status") == "failing":
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"never failing: {body}\n{node.tail()}")
+            body = await _wait_failing(node)
             assert f"UDP port {port + 1}" in body["reason"], body
             assert node.wids()[1] in body["reason"] and node.wids()[0] not in body["reason"]
             _, text = await get(node.url + "/metrics")
-            failed = 'wadud_media_workers_failed{{port="{}",worker="{}"}} 1.0'
-            assert failed.format(port + 1, node.wids()[1]) in text, text[-2000:]
-            assert failed.format(port, node.wids()[0]).replace("1.0", "0.0") in text
+            failed = 'wadud_media_workers_failed{{port="{}",worker="{}"}} {}'
+            assert failed.format(port + 1, node.wids()[1], "1.0") in text, text[-2000:]
+            assert failed.format(port, node.wids()[0], "0.0") in text
             # Only the worker that works is placeable.
             assert sorted(await mine(registry, node)) == node.wids()[:1]
             await asyncio.sleep(1.0)
@@ -173,3 +177,19 @@ async def test_one_worker_that_cannot_bind_makes_the_node_unready_until_its_port
             squatter.close()
         await wait_ready(node)
         assert sorted(await mine(registry, node)) == node.wids()
+        _, text = await get(node.url + "/metrics")
+        assert failed.format(port + 1, node.wids()[1], "0.0") in text, text[-2000:]
+
+
+async def test_a_node_with_a_worker_that_cannot_start_still_drains_cleanly(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    """SIGTERM stops it with 0: the worker that never started had nothing to drain."""
+    port, (http,) = _ports(2, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter, _nodes() as nodes:
+        squatter.bind(("127.0.0.1", port + 1))
+        node = start_media_node(redis_server.url, tmp_path, udp_port=port, http=http, env=QUICK)
+        nodes.append(node)
+        await _wait_failing(node)
+        node.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(node.proc, 30.0) == 0, node.tail()
