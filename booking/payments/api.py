@@ -30,11 +30,11 @@ from aiohttp import web
 from pydantic import Field, StringConstraints
 
 from booking import pages
-from booking.payments import checkout, service
+from booking.payments import checkout, payouts, payouts_api, service
 from booking.payments.errors import PaymentError
 from booking.payments.gateway import GatewayRegistry
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
-from booking.payments.ledger import PAYOUTS_CLEARING, doctor_payable, payout
+from booking.payments.ledger import PAYOUTS_CLEARING, payout
 from booking.payments.service import GATEWAYS, INTENT_COLUMNS
 from wadud import keys, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
@@ -49,6 +49,7 @@ routes = Routes(
     "Payment intents, hosted checkout, gateway webhooks, refunds, payouts and the ledger.",
 )
 routes.endpoints.extend(checkout.routes.endpoints)
+routes.endpoints.extend(payouts_api.routes.endpoints)
 
 #: Seconds between sweeps of stale intents.
 SWEEP_INTERVAL = 30.0
@@ -195,6 +196,9 @@ class Earnings(ApiModel):
 
     doctor_id: UUID
     currencies: list[CurrencyEarnings]
+    payout_batches: list[payouts_api.DoctorBatchLine] = Field(
+        default=[], description="The doctor's latest payout-batch lines, newest first."
+    )
 
 
 class LedgerQuery(ApiModel):
@@ -710,18 +714,12 @@ async def create_payout(call: Call[PayoutIn, None]) -> Payout:
     me, body = call.user, call.body
     async with call.pool.acquire() as conn, conn.transaction():
         doctor = await _doctor(conn, me, call.path_uuid("doctor_id"), lock=True)
-        account = doctor_payable(str(doctor["id"]))
-        payable = int(
-            await conn.fetchval(
-                """SELECT COALESCE(-sum(amount_minor), 0) FROM ledger_entries
-                   WHERE account = $1 AND currency = $2""",
-                account,
-                doctor["currency"],
-            )
-        )
-        if body.amount_minor > payable:
+        # Pending payout-batch lines reserve their amounts until marked.
+        payable, pending = await payouts.payable_and_pending(conn, doctor["id"], doctor["currency"])
+        if body.amount_minor > payable - pending:
+            held = f" ({Money(pending, doctor['currency'])} in a payout batch)" if pending else ""
             raise PayoutExceedsPayable(
-                f"the doctor is owed {Money(payable, doctor['currency'])},"
+                f"the doctor is owed {Money(payable, doctor['currency'])}{held},"
                 f" not {Money(body.amount_minor, doctor['currency'])}"
             )
         row = await conn.fetchrow(
@@ -768,6 +766,7 @@ async def doctor_earnings(call: Call[None, None]) -> Earnings:
     async with call.pool.acquire() as conn:
         doctor = await _doctor(conn, call.user, call.path_uuid("doctor_id"))
         figures = await service.doctor_earnings(conn, doctor["id"])
+        batch_lines = await payouts_api.doctor_batch_lines(conn, doctor["id"])
     return Earnings(
         doctor_id=doctor["id"],
         currencies=[
@@ -781,6 +780,7 @@ async def doctor_earnings(call: Call[None, None]) -> Earnings:
             )
             for f in figures
         ],
+        payout_batches=batch_lines,
     )
 
 
