@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 #: Set by :func:`wadud.tracing.configure`: the current (trace id, span id), or
 #: None outside any span. None while tracing is off, so logging pays nothing.
@@ -67,10 +67,16 @@ class RefusedRequests(logging.Filter):
     """On aiohttp's server logger: a request its HTTP parser refused (an
     over-long URL, Content-Length with Transfer-Encoding, a negative
     Content-Length, ...) is the client's fault, answered 400, and anyone can
-    send thousands. aiohttp logs each at ``error`` with a traceback; this
-    makes it one ``warning`` line (the reason, cut short, and the client),
+    send thousands. aiohttp logs each at ``error`` with a traceback
+    (``RequestHandler.handle_error``); this makes it one ``warning`` line,
     at most ``per_minute`` of them a minute, and says how many it left out.
-    Anything else the logger says passes unchanged."""
+    Anything else the logger says passes unchanged.
+
+    The line carries ``client``, ``status`` and ``reason`` (cut short), and
+    ``method`` and ``path`` (cut short) when they are known: aiohttp hands
+    its error handler a placeholder request, not the refused one, so they
+    come from what the parser's error quotes (the start of an over-long
+    request line), else they are ``-``."""
 
     def __init__(self, per_minute: int = 10) -> None:
         super().__init__()
@@ -81,7 +87,13 @@ class RefusedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError) or exc.code >= 500:
+        # Below error, aiohttp already chose to be quiet (a TLS hello on the
+        # port is a debug line); a 5xx is ours to see in full.
+        if (
+            record.levelno < logging.ERROR
+            or not isinstance(exc, HttpProcessingError)
+            or exc.code >= 500
+        ):
             return True
         minute = int(record.created // 60)
         if minute != self._minute:
@@ -94,13 +106,42 @@ class RefusedRequests(logging.Filter):
             return False
         self._logged += 1
         client = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        reason = " ".join(str(exc.message or exc).split())[:160]
+        method, path = _refused_target(exc)
+        reason = str(exc.message or exc)
+        if isinstance(exc, LineTooLong):
+            # The quoted line is in ``path``.
+            reason = reason.partition(": ")[0]
+        reason = " ".join(reason.split())[:160]
+        target = f"{method} {path}" if (method, path) != ("-", "-") else "method and path unknown"
         more = f" ({dropped} more in the minute before not logged)" if dropped else ""
         record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.msg = "refused a malformed HTTP request (%s %s) from %s%s"
-        record.args = (exc.code, reason, client, more)
+        record.msg = "refused a malformed HTTP request from %s (%s): %s %s%s"
+        record.args = (client, target, exc.code, reason, more)
         record.exc_info = record.exc_text = None
+        record.client, record.status, record.reason = str(client), exc.code, reason
+        record.method, record.path = method, path
         return True
+
+
+_TARGET_CUT = 60
+
+
+def _refused_target(exc: HttpProcessingError) -> tuple[str, str]:
+    """(method, path) of a refused request, as far as its error quotes them."""
+    line = exc.args[0] if isinstance(exc, LineTooLong) and exc.args else b""
+    text = (
+        bytes(line).decode("latin-1") if isinstance(line, bytes | bytearray) else str(line)
+    ).removesuffix("...")
+    first, _, rest = text.partition(" ")
+    if first.isalpha() and first.isupper() and rest:
+        method, target = first, rest
+    else:
+        method, target = "-", text
+    if not target.startswith(("/", "http://", "https://")):
+        return method, "-"
+    target = target.split(" ", 1)[0]
+    cut = target[:_TARGET_CUT] + ("..." if len(target) > _TARGET_CUT else "")
+    return method, cut.encode("ascii", "backslashreplace").decode()
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:
