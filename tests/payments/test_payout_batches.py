@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from booking.payments import batch, service
+from booking.payments import batch, payouts, service
 from booking.payments.batch import FileLine, LineStatus
 from booking.payments.intent import Currency
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
@@ -306,6 +306,10 @@ async def test_a_batch_of_500_doctors_exports_what_the_ledger_pays(api: Api) -> 
     by_ref = {line["reference"]: line for line in made["lines"]}
     failed_ids = {uuid.UUID(by_ref[r["reference"]]["doctor_id"]) for r in failed_rows}
     failed_sum = sum(minor(r["amount"]) for r in failed_rows)
+    # At once: owed in full and reserved by nothing, so payable again.
+    async with pool_of(api).acquire() as conn:
+        for d in failed_ids:
+            assert await payouts.payable_and_pending(conn, d, "PKR") == (owed[d], 0)
     rest = [
         {"line_id": line["id"], "status": "paid"}
         for line in made["lines"]
