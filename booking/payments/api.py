@@ -710,7 +710,7 @@ async def create_payout(call: Call[PayoutIn, None]) -> Payout:
     """Record money paid out to a doctor (staff of the clinic, admins).
 
     Posts a payout to the ledger; refused beyond the doctor's payable balance
-    in the doctor's currency."""
+    in the doctor's currency, less what pending payout-batch lines reserve."""
     me, body = call.user, call.body
     async with call.pool.acquire() as conn, conn.transaction():
         doctor = await _doctor(conn, me, call.path_uuid("doctor_id"), lock=True)

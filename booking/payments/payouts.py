@@ -357,7 +357,7 @@ async def mark_lines(
         current = LineStatus(line["status"])
         try:
             to = settle(current, mark.status)
-        except PaymentError:
+        except LineSettled:
             refused.append(f"{line['reference']} is {current.value}")
             continue
         if to is not current:
