@@ -9,6 +9,7 @@ from aiohttp import web
 
 from booking.api import bookings, clinics, doctors, queue, reviews, search
 from booking.payments import api as payments
+from booking.payments import easypaisa_http
 
 MODULES: tuple[ModuleType, ...] = (clinics, doctors, search, bookings, queue, reviews, payments)
 
@@ -19,3 +20,6 @@ def install(app: web.Application) -> None:
         lifespan = getattr(module, "lifespan", None)
         if lifespan is not None:
             app.cleanup_ctx.append(lifespan)
+    # EasyPaisa's routes are the payments module's; its simulator and inquiry
+    # round need the gateways that module's lifespan builds, so they start after.
+    app.cleanup_ctx.append(easypaisa_http.lifespan)

@@ -1,0 +1,133 @@
+"""The EasyPaisa inquiry round: settles payments whose IPN never came.
+
+EasyPaisa notifies once per status change and gives up after a few tries;
+a notification lost on the way (our outage, theirs, a proxy) would leave a
+paid booking held until its hold lapses. So every
+``payments_easypaisa_inquiry_interval`` seconds one replica asks
+``inquire-transaction`` about every EasyPaisa payment still ``processing``
+and applies each definite answer exactly as an IPN would (the same
+:func:`~booking.payments.service.apply_verdict`, idempotent under the
+intent's row lock, so a round racing an IPN or the redirect landing is
+harmless). A payment paid at time *t* is therefore settled by *t + interval*
+at the latest.
+
+Like retention's rounds (:mod:`privacy.retention`), a round first takes a
+PostgreSQL advisory lock with ``pg_try_advisory_lock``; a replica that does
+not get it skips the round, so N replicas make one round per interval, not N.
+Expiry stays with the payments sweeper (:func:`booking.payments.service.sweep_once`),
+which inquires once more before it expires anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Final
+
+import asyncpg
+
+from booking.payments import service
+from booking.payments.errors import GatewayError, UnknownReference
+from booking.payments.gateway import GatewayRegistry, PaymentStatus
+from wadud.errors import WadudError
+
+__all__ = ["BATCH", "LOCK_KEY", "run_round", "schedule"]
+
+log = logging.getLogger("wadud.payments.easypaisa")
+
+#: The advisory lock a round holds; spells "easypais".
+LOCK_KEY: Final = 0x6561737970616973
+#: Payments asked about per round, least recently touched first.
+BATCH: Final = 200
+
+
+async def run_round(
+    pool: asyncpg.Pool,
+    registry: GatewayRegistry,
+    gateways: Sequence[str],
+    now: datetime,
+    *,
+    default_bp: int,
+    batch: int = BATCH,
+) -> int | None:
+    """One round under the advisory lock; None when another replica holds
+    it. Returns how many payments the round settled. ``now`` is the round's
+    time (kept for the log; the verdicts carry EasyPaisa's own)."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+            return None
+        try:
+            rows = await conn.fetch(
+                """SELECT id, gateway, gateway_ref FROM payment_intents
+                   WHERE status = 'processing' AND gateway = ANY($1::text[])
+                     AND gateway_ref IS NOT NULL
+                   ORDER BY updated_at LIMIT $2""",
+                list(gateways),
+                batch,
+            )
+            settled = 0
+            for row in rows:
+                settled += await _settle_one(pool, registry, row, default_bp)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+    if settled:
+        log.info("EasyPaisa inquiry round", extra={"settled": settled, "at": now.isoformat()})
+    return settled
+
+
+async def _settle_one(
+    pool: asyncpg.Pool, registry: GatewayRegistry, row: asyncpg.Record, default_bp: int
+) -> int:
+    try:
+        answer = await registry.get(row["gateway"]).inquire(row["gateway_ref"])
+    except UnknownReference:
+        return 0  # not at EasyPaisa (yet): the patient may still be paying
+    except GatewayError:
+        log.warning("EasyPaisa inquiry failed", extra={"payment_id": str(row["id"])}, exc_info=True)
+        return 0
+    if answer.status is PaymentStatus.PENDING:
+        return 0
+    verdict = service.Verdict(
+        answer.gateway,
+        answer.reference,
+        answer.status,
+        answer.amount,
+        answer.gateway_code,
+        answer.message,
+        "inquiry",
+    )
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await service.apply_verdict(conn, verdict, default_bp=default_bp, registry=registry)
+    except WadudError:
+        # An amount that does not match, a refund refused: logged by the
+        # service; the round moves on, nothing of this one was written.
+        log.warning(
+            "EasyPaisa inquiry round could not settle a payment",
+            extra={"payment_id": str(row["id"])},
+            exc_info=True,
+        )
+        return 0
+    return 1
+
+
+async def schedule(
+    pool: asyncpg.Pool,
+    registry: GatewayRegistry,
+    gateways: Sequence[str],
+    interval: float,
+    *,
+    default_bp: int,
+) -> None:
+    """Run a round every ``interval`` seconds, forever (a task the app's
+    lifespan owns). The first round comes one interval after start."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_round(pool, registry, gateways, datetime.now(UTC), default_bp=default_bp)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("EasyPaisa inquiry round failed; retrying next round")
