@@ -48,6 +48,8 @@ CHANNELS = ("email", "webpush", "fcm", "apns", "sms", "whatsapp")
 #: an inbox anyway, so it goes at once.
 INTRUSIVE = frozenset({"webpush", "fcm", "apns", "sms", "whatsapp"})
 PUSH = frozenset({"webpush", "fcm", "apns"})
+#: The platform's account, as a bank transfer's instructions carry it.
+_BANK_FIELDS = ("bank_name", "account_title", "account_number", "iban")
 #: Reminders this many minutes ahead or more use the "upcoming" wording.
 _LONG_REMINDER = 360
 
@@ -211,6 +213,29 @@ def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
         }
         template = "payment_refunded" if refund else "payment_receipt"
         return Plan(jobs=_job(event, template, ctx.patient_id, params))
+    if topic == "payment.bank_transfer.requested":
+        bank = d.get("bank")
+        bank = bank if isinstance(bank, Mapping) else {}
+        params = {
+            "amount_minor": d.get("amount_minor"),
+            "currency": str(d.get("currency", "")),
+            "reference": str(d.get("reference", "")),
+            "booking_id": str(d.get("booking_id", "")),
+            "starts_at": str(d.get("starts_at", "")),
+            "expires_at": str(d.get("expires_at", "")),
+            "other": str(d.get("doctor_name", "")),
+            "other_role": "doctor",
+            **{k: str(bank.get(k, "")) for k in _BANK_FIELDS},
+        }
+        return Plan(jobs=_job(event, "bank_transfer_instructions", ctx.patient_id, params))
+    if topic == "payment.expired" and d.get("gateway") == "bank_transfer":
+        params = {
+            "amount_minor": d.get("amount_minor"),
+            "currency": str(d.get("currency", "")),
+            "reference": str(d.get("reference") or str(d.get("payment_id", ""))[:8]),
+            "booking_id": str(d.get("booking_id", "")),
+        }
+        return Plan(jobs=_job(event, "bank_transfer_expired", ctx.patient_id, params))
     if topic == "chat.message.sent":
         due = event.at + dt.timedelta(seconds=policy.chat_delay)
         params = {

@@ -150,6 +150,47 @@ TEMPLATES: dict[str, Template] = {
         ur=("رقم کی واپسی", "{amount} کی واپسی آپ کو بھیج دی گئی ہے۔ حوالہ: {reference}۔"),
         ar=("تم إصدار استرداد", "تم إصدار استرداد بمبلغ {amount} لك. المرجع: {reference}."),
     ),
+    "bank_transfer_instructions": _t(
+        "payment",
+        en=(
+            "Pay by bank transfer",
+            "Your consultation with {other} on {time} is held for you until {deadline}."
+            " Transfer {amount} to {account_title}, {bank_name}, IBAN {iban}"
+            " (account {account_number}) and write the reference {reference} on the transfer.",
+        ),
+        ur=(
+            "بینک ٹرانسفر سے ادائیگی",
+            "{other} کے ساتھ {time} کی آپ کی مشاورت {deadline} تک آپ کے لیے محفوظ ہے۔"
+            " {amount} {account_title}، {bank_name}، IBAN {iban} (اکاؤنٹ {account_number})"
+            " میں منتقل کریں اور ٹرانسفر پر حوالہ {reference} لکھیں۔",
+        ),
+        ar=(
+            "الدفع بالتحويل المصرفي",
+            "استشارتك مع {other} في {time} محجوزة لك حتى {deadline}."
+            " حوّل {amount} إلى {account_title}، {bank_name}، IBAN {iban}"
+            " (الحساب {account_number}) واكتب المرجع {reference} على التحويل.",
+        ),
+    ),
+    "bank_transfer_expired": _t(
+        "payment",
+        en=(
+            "Booking hold ended",
+            "We did not receive your bank transfer of {amount} (reference {reference}) in time,"
+            " so the time held for you has been released. If you have sent it, it will be"
+            " refunded to you.",
+        ),
+        ur=(
+            "بکنگ کی مہلت ختم",
+            "ہمیں آپ کا {amount} کا بینک ٹرانسفر (حوالہ {reference}) وقت پر موصول نہیں ہوا،"
+            " اس لیے آپ کے لیے محفوظ وقت چھوڑ دیا گیا ہے۔ اگر آپ رقم بھیج چکے ہیں تو وہ آپ کو"
+            " واپس کر دی جائے گی۔",
+        ),
+        ar=(
+            "انتهى حجز الموعد",
+            "لم نستلم تحويلك المصرفي بمبلغ {amount} (المرجع {reference}) في الوقت المحدد،"
+            " لذا أُلغي الموعد المحجوز لك. إذا كنت قد أرسلته فسيُعاد إليك.",
+        ),
+    ),
     "chat_message": _t(
         "chat",
         en=("New message from {other}", "{other} sent you a message. Open Wadud to read it."),
@@ -223,6 +264,8 @@ def fields(params: Mapping[str, Any], language: str, tz: str | None) -> dict[str
     out["other"] = str(other)
     if params.get("starts_at"):
         out["time"] = format_time(str(params["starts_at"]), language, tz)
+    if params.get("expires_at"):
+        out["deadline"] = format_time(str(params["expires_at"]), language, tz)
     if params.get("old_starts_at"):
         out["old_time"] = format_time(str(params["old_starts_at"]), language, tz)
     if params.get("amount_minor") is not None and params.get("currency"):

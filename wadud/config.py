@@ -314,6 +314,36 @@ class Settings:
     payments_webhook_tolerance: int = field(
         default=300, metadata=_doc("Oldest webhook signature timestamp accepted, seconds.")
     )
+    payments_bank_transfer_hold_hours: float = field(
+        default=24.0,
+        metadata=_doc(
+            "How long a booking paid by bank transfer stays held for the transfer to arrive"
+            " (never past the slot's start)."
+        ),
+    )
+    payments_bank_transfer_bank_name: str = field(
+        default="", metadata=_doc("Bank transfer: the platform's bank, shown to patients.")
+    )
+    payments_bank_transfer_account_title: str = field(
+        default="", metadata=_doc("Bank transfer: the platform's account title.")
+    )
+    payments_bank_transfer_account_number: str = field(
+        default="", metadata=_doc("Bank transfer: the platform's account number.")
+    )
+    payments_bank_transfer_iban: str = field(
+        default="",
+        metadata=_doc(
+            "Bank transfer: the platform's IBAN. Bank transfer is offered when this or the"
+            " account number is set."
+        ),
+    )
+    payments_bank_transfer_proof_max_bytes: int = field(
+        default=5 * 1_048_576,
+        metadata=_doc("Largest proof of payment (image or PDF) a patient may upload."),
+    )
+    payments_bank_transfer_statement_max_bytes: int = field(
+        default=2 * 1_048_576, metadata=_doc("Largest CSV bank statement finance staff may import.")
+    )
     # [chat]
     chat_max_body_bytes: int = field(
         default=8192,

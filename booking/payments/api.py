@@ -30,7 +30,7 @@ from aiohttp import web
 from pydantic import Field, StringConstraints
 
 from booking import pages
-from booking.payments import checkout, easypaisa_http, payouts, payouts_api, service
+from booking.payments import checkout, easypaisa_http, payouts, payouts_api, service, transfer_api
 from booking.payments.errors import PaymentError
 from booking.payments.gateway import GatewayRegistry
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
@@ -51,6 +51,7 @@ routes = Routes(
 routes.endpoints.extend(checkout.routes.endpoints)
 routes.endpoints.extend(easypaisa_http.routes.endpoints)
 routes.endpoints.extend(payouts_api.routes.endpoints)
+routes.endpoints.extend(transfer_api.routes.endpoints)
 
 #: Seconds between sweeps of stale intents.
 SWEEP_INTERVAL = 30.0

@@ -1,0 +1,516 @@
+"""Bank transfer against a real PostgreSQL: the hold and its reference, the
+proof, statement import and confirmation by hand, expiry and late money,
+the audit trail, and bad input that changes nothing.
+
+Held bookings are SQL rows (tests/payments/test_payments_api.py's
+helpers); the race after expiry goes through the bookings endpoint, as
+patients do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from booking import service as bookings
+from booking.payments import service
+from booking.payments.intent import Currency
+from booking.payments.transfer import (
+    find_references,
+    new_reference,
+    normalise_reference,
+    parse_amount,
+    parse_statement,
+)
+from notify.plan import Context, Event, Policy, plan_event
+from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
+from tests.booking.test_bookings import anon, local
+from tests.conftest import Api
+from tests.payments.test_payments_api import (
+    account_balances,
+    anon_patient,
+    booking_status,
+    held_booking,
+    pool_of,
+    set_commission,
+)
+from wadud import keys
+from wadud.config import Settings
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+IBAN = "PK36SCBL0000001123456702"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(
+        settings,
+        payments_bank_transfer_bank_name="Standard Chartered",
+        payments_bank_transfer_account_title="Wadud Health (Pvt) Ltd",
+        payments_bank_transfer_account_number="01123456702",
+        payments_bank_transfer_iban=IBAN,
+        payments_bank_transfer_proof_max_bytes=4096,
+        limits_anonymous_burst=0,
+    )
+
+
+async def start(api: Api, token: str, booking: str, expect: int = 201) -> dict[str, Any]:
+    out: dict[str, Any] = await api.post(
+        f"/api/v1/bookings/{booking}/bank-transfer", token=token, expect=expect
+    )
+    return out
+
+
+async def statement(
+    api: Api, clinic: Clinic, text: str, *, token: str | None = None, expect: int = 201
+) -> dict[str, Any]:
+    resp = await api.client.post(
+        f"/api/v1/clinics/{clinic.id}/bank-statements",
+        data=text.encode(),
+        headers={
+            "Authorization": f"Bearer {token or clinic.staff_token}",
+            "Content-Type": "text/csv",
+        },
+    )
+    body = await resp.json(content_type=None)
+    assert resp.status == expect, body
+    return dict(body)
+
+
+async def upload(api: Api, token: str, booking: str, data: bytes, ctype: str) -> tuple[int, Any]:
+    resp = await api.client.post(
+        f"/api/v1/bookings/{booking}/bank-transfer/proofs",
+        data=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": ctype},
+    )
+    return resp.status, await resp.json(content_type=None)
+
+
+async def audit_actions(api: Api, obj: str) -> list[str]:
+    rows = await pool_of(api).fetch(
+        "SELECT action FROM audit_log WHERE object = $1 ORDER BY seq", obj
+    )
+    return [r["action"] for r in rows]
+
+
+async def setup(api: Api) -> tuple[Clinic, Doctor]:
+    clinic = await make_clinic(api)
+    doctor = await make_doctor(api, clinic, fee_minor=150_000)
+    await set_commission(api, clinic, 1250, 1_000)
+    return clinic, doctor
+
+
+# --- the pure part ----------------------------------------------------------------
+
+
+def test_references_survive_how_people_write_them() -> None:
+    for _ in range(200):
+        ref = new_reference()
+        assert normalise_reference(ref) == ref
+        spaced = f"{ref[:2]} {ref[2:6]}-{ref[6:]}".lower()
+        assert normalise_reference(spaced) == ref
+        assert find_references(f"IBFT FROM ALI KHAN REF {spaced} THANKS") == [ref]
+        # Any one character mistyped is caught by the check character.
+        body = ref[2:]
+        i = len(body) // 2
+        wrong = "0" if body[i] != "0" else "1"
+        assert normalise_reference(ref[:2] + body[:i] + wrong + body[i + 1 :]) is None
+    ref = "WD" + "0" * 7
+    ref += next(c for c in "0123456789ABCDEFGHJKMNPQRSTVWXYZ" if normalise_reference(ref + c))
+    assert normalise_reference(ref.replace("0", "O")) == ref  # O read as zero
+    assert find_references("WDWDWD nothing here") == []
+
+
+def test_amounts_and_statement_lines() -> None:
+    assert parse_amount("2,500.00", Currency.PKR) == 250_000
+    assert parse_amount("PKR 1500.5", Currency.PKR) == 150_050
+    assert parse_amount("1500", Currency.PKR) == 150_000
+    for bad in ("1.234", "-1500", "abc", "", "1500 DR"):
+        with pytest.raises(ValueError):  # noqa: PT011 - the message varies by case
+            parse_amount(bad, Currency.PKR)
+    text = (
+        "Value Date,Description,Credit,Transaction ID\n"
+        "24/11/2026,IBFT WD1234567,\"1,500.00\",T1\n"
+        "\n"
+        "not a date,x,10,T2\n"
+        "2026-11-24,x,-10,T3\n"
+        "2026-11-24,x,10\n"
+        "2026-11-24,\"unterminated,10,T5\n"
+    )
+    parsed = parse_statement(text.encode(), Currency.PKR)
+    assert [line.line_no for line in parsed.lines] == [2]
+    assert parsed.lines[0].amount.amount_minor == 150_000
+    assert [r.line_no for r in parsed.rejected] == [4, 5, 6, 7]
+
+
+# --- hold, proof, statement ----------------------------------------------------------
+
+
+async def test_hold_proof_statement_confirms(api: Api) -> None:
+    clinic, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    before = dt.datetime.now(dt.UTC)
+
+    transfer = await start(api, token, booking)
+    ref = transfer["reference"]
+    assert normalise_reference(ref) == ref
+    assert transfer["amount_minor"] == 150_000
+    assert transfer["status"] == "requires_payment"
+    assert transfer["bank"]["iban"] == IBAN
+    expires = dt.datetime.fromisoformat(transfer["expires_at"])
+    assert expires >= before + dt.timedelta(hours=23) or expires == await pool_of(api).fetchval(
+        "SELECT starts_at FROM bookings WHERE id = $1", uuid.UUID(booking)
+    )
+    hold = await pool_of(api).fetchval(
+        "SELECT hold_expires_at FROM bookings WHERE id = $1", uuid.UUID(booking)
+    )
+    assert hold == expires
+    # Asked again (a reload): the same transfer.
+    again = await start(api, token, booking, expect=200)
+    assert again["reference"] == ref
+    # The patient is told the account and the reference.
+    told = await pool_of(api).fetchrow(
+        "SELECT payload FROM outbox WHERE topic = 'payment.bank_transfer.requested'"
+    )
+    payload = json.loads(told["payload"]) if isinstance(told["payload"], str) else told["payload"]
+    assert payload["reference"] == ref
+    assert payload["bank"]["iban"] == IBAN
+    plan = plan_event(
+        Event(1, "payment.bank_transfer.requested", payload, dt.datetime.now(dt.UTC)),
+        Context(patient_id=uuid.UUID(patient)),
+        Policy(),
+    )
+    assert [j.template for j in plan.jobs] == ["bank_transfer_instructions"]
+
+    # The proof: stored sealed under the patient's key, readable by staff (audited).
+    status, proof = await upload(api, token, booking, PNG, "image/png")
+    assert status == 201, proof
+    assert proof["content_type"] == "image/png"
+    key = await pool_of(api).fetchval(
+        "SELECT storage_key FROM bank_transfer_proofs WHERE id = $1", uuid.UUID(proof["id"])
+    )
+    root = api.app[keys.SETTINGS].data_dir / "uploads"
+    sealed = (root / key[:2] / key[2:4] / key).read_bytes()
+    assert PNG[:8] not in sealed
+    resp = await api.client.get(
+        f"/api/v1/bookings/{booking}/bank-transfer/proofs/{proof['id']}",
+        headers={"Authorization": f"Bearer {clinic.staff_token}"},
+    )
+    assert resp.status == 200
+    assert await resp.read() == PNG
+    assert "payment.bank_transfer.proof_read" in await audit_actions(api, f"proof/{proof['id']}")
+    assert key is not None
+
+    # The statement: one line pays it, one is nobody's, two are malformed.
+    spaced = f"{ref[:4]} {ref[4:]}".lower()
+    csv_text = (
+        "Date,Description,Amount,Transaction ID\n"
+        f"{dt.date.today():%d/%m/%Y},IBFT FROM ALI KHAN {spaced},\"1,500.00\",TX-1\n"
+        f"{dt.date.today():%d/%m/%Y},RAAST WD00000000 SOMEONE,900.00,TX-2\n"
+        "31/02/2026,broken date,100.00,TX-3\n"
+        f"{dt.date.today():%d/%m/%Y},bad amount,1.2.3,TX-4\n"
+    )
+    done = await statement(api, clinic, csv_text)
+    assert [c["reference"] for c in done["matched"]] == [ref]
+    assert [c["reason"] for c in done["unmatched"]] == ["unknown_reference"]
+    assert [r["line"] for r in done["rejected"]] == [4, 5]
+    assert done["duplicates"] == 0
+
+    assert await booking_status(api, booking) == "requested"
+    payment = await api.get(f"/api/v1/payments/{transfer['payment_id']}", token=token)
+    assert payment["status"] == "succeeded"
+    # Balanced ledger entries, split like any capture.
+    assert await account_balances(api, clinic) == {
+        "gateway_clearing:bank_transfer": 150_000,
+        f"doctor_payable:{doctor.id}": -130_250,
+        "platform_revenue": -19_750,
+    }
+    assert await service.ledger_is_balanced(pool_of(api))
+    # In the audit trail: the confirmation and the import.
+    assert "payment.bank_transfer.confirm" in await audit_actions(
+        api, f"payment/{transfer['payment_id']}"
+    )
+    assert await audit_actions(api, f"bank_statement/{done['statement_id']}") == [
+        "payment.bank_statement.import"
+    ]
+
+    # The unmatched line stays listed.
+    listed = await api.get(
+        f"/api/v1/clinics/{clinic.id}/bank-credits?status=unmatched",
+        token=clinic.staff_token,
+        expect=200,
+    )
+    assert [c["bank_txn_id"] for c in listed] == ["TX-2"]
+    # The same statement again adds nothing.
+    again_done = await statement(api, clinic, csv_text)
+    assert again_done["duplicates"] == 2
+    assert again_done["matched"] == again_done["unmatched"] == []
+    assert await account_balances(api, clinic) == {
+        "gateway_clearing:bank_transfer": 150_000,
+        f"doctor_payable:{doctor.id}": -130_250,
+        "platform_revenue": -19_750,
+    }
+
+
+# --- expiry ---------------------------------------------------------------------------
+
+
+async def test_expired_hold_frees_the_slot_and_late_money_is_owed_back(api: Api) -> None:
+    clinic, doctor = await setup(api)
+    first = await anon(api)
+    at = local(2, "10:00").isoformat()
+    held = await api.post(
+        "/api/v1/bookings",
+        {"doctor_id": doctor.id, "type": "video", "starts_at": at},
+        token=first,
+        expect=201,
+    )
+    transfer = await start(api, first, held["id"])
+    # A day passes with no money.
+    pool = pool_of(api)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    await pool.execute(
+        "UPDATE bookings SET hold_expires_at = $2 WHERE id = $1", uuid.UUID(held["id"]), past
+    )
+    await pool.execute(
+        "UPDATE payment_intents SET expires_at = $2 WHERE id = $1",
+        uuid.UUID(transfer["payment_id"]),
+        past,
+    )
+    assert await bookings.sweep_holds(pool) == 1
+    await service.sweep_once(
+        pool, service.current_registry(), dt.datetime.now(dt.UTC), default_bp=1500
+    )
+    assert await booking_status(api, held["id"]) == "expired"
+    got = await api.get(f"/api/v1/bookings/{held['id']}/bank-transfer", token=first)
+    assert got["status"] == "cancelled"
+    # The patient hears that the hold ended.
+    expired = await pool.fetchrow(
+        "SELECT payload FROM outbox WHERE topic = 'payment.expired' ORDER BY id DESC LIMIT 1"
+    )
+    data = expired["payload"]
+    data = json.loads(data) if isinstance(data, str) else data
+    plan = plan_event(
+        Event(2, "payment.expired", data, dt.datetime.now(dt.UTC)),
+        Context(patient_id=uuid.UUID(str(data["patient_id"]))),
+        Policy(),
+    )
+    assert [j.template for j in plan.jobs] == ["bank_transfer_expired"]
+
+    # Two patients race for the freed slot: exactly one gets it.
+    second, third = await anon(api), await anon(api)
+
+    async def book(token: str) -> int:
+        resp = await api.client.post(
+            "/api/v1/bookings",
+            json={"doctor_id": doctor.id, "type": "video", "starts_at": at},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return resp.status
+
+    assert sorted(await asyncio.gather(book(second), book(third))) == [201, 409]
+
+    # The first patient's money arrives late: owed back, never kept.
+    line = f"{dt.date.today().isoformat()},TRANSFER {transfer['reference']},1500.00,LATE-1\n"
+    done = await statement(api, clinic, "date,narration,amount,txn id\n" + line)
+    assert done["matched"] == []
+    assert [(c["status"], c["reason"]) for c in done["refund_due"]] == [
+        ("refund_due", "arrived_after_cancelled")
+    ]
+    assert await booking_status(api, held["id"]) == "expired"
+    assert await account_balances(api, clinic) == {
+        "gateway_clearing:bank_transfer": 150_000,
+        "patient_refunds_due": -150_000,
+    }
+    assert "payment.bank_transfer.refund_due" in await audit_actions(
+        api, f"payment/{transfer['payment_id']}"
+    )
+    credit = done["refund_due"][0]
+    sent = await api.post(
+        f"/api/v1/bank-credits/{credit['id']}/refunded",
+        {"note": "sent back by IBFT"},
+        token=clinic.staff_token,
+        expect=200,
+    )
+    assert sent["status"] == "refunded"
+    assert set((await account_balances(api, clinic)).values()) == {0}
+    assert await service.ledger_is_balanced(pool)
+
+
+async def test_a_lapsed_hold_not_yet_swept_is_not_confirmed(api: Api) -> None:
+    clinic, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    transfer = await start(api, token, booking)
+    await pool_of(api).execute(
+        "UPDATE bookings SET hold_expires_at = now() - interval '1 second' WHERE id = $1",
+        uuid.UUID(booking),
+    )
+    done = await api.post(
+        f"/api/v1/bank-transfers/{transfer['reference']}/confirm",
+        {"amount_minor": 150_000, "note": "seen in the bank's app"},
+        token=clinic.staff_token,
+        expect=200,
+    )
+    assert done["credit"]["status"] == "refund_due"
+    assert done["payment_status"] == "cancelled"
+    assert done["booking_status"] == "expired"
+
+
+# --- by hand, audit, bad input ------------------------------------------------------
+
+
+async def test_manual_confirmation_and_bad_input_change_nothing(api: Api) -> None:
+    clinic, doctor = await setup(api)
+    other = await make_clinic(api, name="Other Clinic")
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    transfer = await start(api, token, booking)
+    ref = transfer["reference"]
+    pool = pool_of(api)
+
+    async def unchanged() -> None:
+        assert await booking_status(api, booking) == "held"
+        assert await pool.fetchval(
+            "SELECT status FROM payment_intents WHERE id = $1", uuid.UUID(transfer["payment_id"])
+        ) == "requires_payment"
+        assert await pool.fetchval("SELECT count(*) FROM bank_credits") == 0
+        assert await pool.fetchval("SELECT count(*) FROM ledger_entries") == 0
+
+    confirm = f"/api/v1/bank-transfers/{ref}/confirm"
+    staff = clinic.staff_token
+    wrong = await api.post(confirm, {"amount_minor": 149_999, "note": "x"}, token=staff, expect=409)
+    assert wrong["code"] == "amount_mismatch"
+    unknown = "WD" + ("1" if ref[2] != "1" else "2") + ref[3:]
+    missing = await api.post(
+        f"/api/v1/bank-transfers/{unknown}/confirm",
+        {"amount_minor": 150_000, "note": "x"},
+        token=staff,
+        expect=404,
+    )
+    assert missing["code"] == "unknown_reference"
+    await api.post(
+        "/api/v1/bank-transfers/WDNOTAREF/confirm",
+        {"amount_minor": 150_000, "note": "x"},
+        token=staff,
+        expect=404,
+    )
+    # Another clinic's staff does not see it at all.
+    await api.post(confirm, {"amount_minor": 150_000, "note": "x"}, token=other.staff_token,
+                   expect=404)  # fmt: skip
+    await api.post(confirm, {"amount_minor": 150_000, "note": ""}, token=staff, expect=422)
+    await api.post(confirm, {"amount_minor": 150_000, "note": "x"}, token=token, expect=403)
+
+    # Proofs: not an image or PDF, claimed as one, or too large.
+    status, body = await upload(api, token, booking, b"MZ\x90\x00 an executable", "image/png")
+    assert (status, body["code"]) == (415, "proof_not_image_or_pdf")
+    status, body = await upload(api, token, booking, b"hello", "text/plain")
+    assert (status, body["code"]) == (415, "proof_not_image_or_pdf")
+    status, body = await upload(api, token, booking, PNG + b"\x00" * 5000, "image/png")
+    assert status == 413, body
+    assert await pool.fetchval("SELECT count(*) FROM bank_transfer_proofs") == 0
+
+    # Statements that are not statements: refused whole.
+    for text in ("just some words\nmore words\n", "date,amount\n2026-01-01,10\n", ""):
+        bad = await statement(api, clinic, text, expect=422)
+        assert bad["code"] == "malformed_statement"
+    resp = await api.client.post(
+        f"/api/v1/clinics/{clinic.id}/bank-statements",
+        data=b"date,description,amount\n\xff\xfe\n",
+        headers={"Authorization": f"Bearer {staff}", "Content-Type": "text/csv"},
+    )
+    assert resp.status == 422
+    await statement(api, clinic, "date,description,amount\n", token=other.staff_token, expect=404)
+    assert await pool.fetchval("SELECT count(*) FROM bank_statements") == 0
+    await unchanged()
+
+    # By hand, with a note: confirmed, and in the audit trail.
+    done = await api.post(
+        confirm, {"amount_minor": 150_000, "note": "seen on the statement"}, token=staff
+    )
+    assert done["payment_status"] == "succeeded"
+    assert done["booking_status"] == "requested"
+    assert done["credit"]["source"] == "manual"
+    assert done["credit"]["note"] == "seen on the statement"
+    assert await audit_actions(api, f"payment/{transfer['payment_id']}") == [
+        "payment.bank_transfer.manual_match"
+    ]
+    assert await service.ledger_is_balanced(pool)
+    again = await api.post(confirm, {"amount_minor": 150_000, "note": "x"}, token=staff,
+                           expect=409)  # fmt: skip
+    assert again["code"] == "already_confirmed"
+    status, body = await upload(api, token, booking, PNG, "image/png")
+    assert status == 409, body
+
+
+async def test_manual_match_of_a_mistyped_statement_line(api: Api) -> None:
+    clinic, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    transfer = await start(api, token, booking)
+    done = await statement(
+        api, clinic, "date,description,amount\n2026-11-24,PAYMENT FOR DOCTOR,1500\n"
+    )
+    (line,) = done["unmatched"]
+    confirm = f"/api/v1/bank-transfers/{transfer['reference']}/confirm"
+    result = await api.post(
+        confirm,
+        {"amount_minor": 150_000, "note": "patient forgot the reference", "credit_id": line["id"]},
+        token=clinic.staff_token,
+        expect=200,
+    )
+    assert result["credit"]["id"] == line["id"]
+    assert result["credit"]["status"] == "matched"
+    assert await booking_status(api, booking) == "requested"
+    assert "payment.bank_transfer.manual_match" in await audit_actions(
+        api, f"payment/{transfer['payment_id']}"
+    )
+    # Used once: the same line cannot pay again.
+    again = await api.post(
+        confirm,
+        {"amount_minor": 150_000, "note": "again", "credit_id": line["id"]},
+        token=clinic.staff_token,
+        expect=409,
+    )
+    assert again["code"] == "credit_not_open"
+
+
+async def test_export_and_erasure_cover_proofs(api: Api) -> None:
+    _, doctor = await setup(api)
+    email = f"p-{uuid.uuid4().hex[:8]}@example.test"
+    from wadud import accounts
+    from wadud.api import Role
+
+    await accounts.create_user(
+        api.app[keys.DB], email=email, password="correct horse battery", role=Role.PATIENT
+    )
+    tokens = await api.post(
+        "/api/v1/auth/login", {"email": email, "password": "correct horse battery"}
+    )
+    token = tokens["access_token"]
+    patient = str(await pool_of(api).fetchval("SELECT id FROM users WHERE email = $1", email))
+    booking = await held_booking(api, doctor, patient)
+    await start(api, token, booking)
+    status, _ = await upload(api, token, booking, PNG, "image/png")
+    assert status == 201
+    resp = await api.client.get(
+        "/api/v1/me/export", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status == 200, await resp.text()
+    import io
+    import zipfile
+
+    archive = zipfile.ZipFile(io.BytesIO(await resp.read()))
+    names = archive.namelist()
+    assert any(n.startswith("bank_transfer/") for n in names), names
+    (png,) = [n for n in names if n.startswith("files/bank_transfer/")]
+    assert archive.read(png) == PNG
+    manifest = json.loads(archive.read("manifest.json"))
+    assert any(p["provider"] == "bank_transfer" for p in manifest["parts"])
