@@ -33,7 +33,7 @@ from booking.payments.errors import GatewayError, UnknownReference
 from booking.payments.gateway import GatewayRegistry, PaymentStatus
 from wadud.errors import WadudError
 
-__all__ = ["BATCH", "LOCK_KEY", "run_round", "schedule"]
+__all__ = ["BATCH", "LOCK_KEY", "PARALLEL", "run_round", "schedule"]
 
 log = logging.getLogger("wadud.payments.easypaisa")
 
@@ -41,6 +41,8 @@ log = logging.getLogger("wadud.payments.easypaisa")
 LOCK_KEY: Final = 0x6561737970616973
 #: Payments asked about per round, least recently touched first.
 BATCH: Final = 200
+#: Inquiries in flight at once (each settles on its own pool connection).
+PARALLEL: Final = 4
 
 
 async def run_round(
@@ -68,8 +70,14 @@ async def run_round(
                 batch,
             )
             settled = 0
-            for row in rows:
-                settled += await _settle_one(pool, registry, row, default_bp)
+            # A few inquiries at a time: one slow answer must not push the
+            # rest of the batch past the interval.
+            for start in range(0, len(rows), PARALLEL):
+                chunk = rows[start : start + PARALLEL]
+                done = await asyncio.gather(
+                    *(_settle_one(pool, registry, row, default_bp) for row in chunk)
+                )
+                settled += sum(done)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
     if settled:

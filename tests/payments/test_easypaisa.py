@@ -22,8 +22,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given
+from hypothesis import strategies as st
 
 from booking.payments.easypaisa import (
+    HASHED_FIELDS,
     HOSTED,
     MOBILE,
     REFUND_UNSUPPORTED,
@@ -333,3 +336,37 @@ async def test_ipn_is_read_from_easypaisa_only(harness: Harness) -> None:
         await gateway.parse_webhook(
             f"url={harness.base}/easypay-service/rest/v1/ipn/EPH0".encode(), {}, NOW
         )
+
+
+# --- properties ------------------------------------------------------------------
+
+_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="&="), max_size=40
+)
+
+
+@given(
+    st.dictionaries(st.sampled_from(HASHED_FIELDS), _TEXT), st.sampled_from(["k" * 16, "k" * 32])
+)
+def test_merchant_hash_round_trips(fields: dict[str, str], key: str) -> None:
+    assert read_merchant_hash(merchant_hash(fields, key), key) == hash_string(fields)
+
+
+@given(st.integers(min_value=0, max_value=10**13))
+def test_amounts_round_trip(paisa: int) -> None:
+    money = Money(paisa, Currency.PKR)
+    assert parse_amount(format_amount(money)) == money
+    assert parse_amount(format_amount(money, decimals=2)) == money
+
+
+@given(st.binary(max_size=300), st.sampled_from([{}, {"Content-Type": "application/json"}]))
+async def test_ipn_link_refuses_junk_with_typed_errors(
+    body: bytes, headers: dict[str, str]
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        gateway = EasyPaisaGateway(settings(), http)
+        try:
+            link = gateway.ipn_link(body, headers)
+        except (MalformedPayload, InvalidSignature):
+            return
+    assert link.startswith(settings().ipn_base)

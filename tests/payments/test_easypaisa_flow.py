@@ -414,3 +414,25 @@ async def test_openapi_documents_the_easypaisa_endpoints(api: Api) -> None:
     ):
         assert path in paths, path
     assert "post" in paths["/api/v1/payments/easypaisa/ma/{reference}"]
+
+
+async def test_payment_after_the_hold_lapsed_is_left_for_finance(api: Api) -> None:
+    """EasyPaisa cannot refund through its API, so money that arrives for a
+    booking no longer held is not auto-refunded: the IPN is a typed 502 (so
+    EasyPaisa redelivers), nothing is written, and the payment stays
+    processing for finance to refund in the merchant portal (docs/api.md)."""
+    clinic, _, token, booking = await setting_up(api)
+    sim(api).core.deliver_ipn = False
+    payment = await start_payment(api, token, booking, gateway="easypaisa")
+    reference = payment["checkout"]["fields"]["orderRefNum"]
+    await hosted_checkout(api, payment)
+    await pool_of(api).execute(
+        "UPDATE bookings SET status = 'expired', hold_expires_at = NULL WHERE id = $1",
+        uuid.UUID(booking),
+    )
+    before = await counts(api)
+    refused = await ipn(api, reference, 502)
+    assert refused["code"] == "refund_refused"
+    assert await counts(api) == before
+    assert (await intent(api, payment["id"]))["status"] == "processing"
+    assert await account_balances(api, clinic) == {}
