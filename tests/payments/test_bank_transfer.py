@@ -514,3 +514,42 @@ async def test_export_and_erasure_cover_proofs(api: Api) -> None:
     assert archive.read(png) == PNG
     manifest = json.loads(archive.read("manifest.json"))
     assert any(p["provider"] == "bank_transfer" for p in manifest["parts"])
+    # Erasure: the proof's row and its stored file are gone.
+    from privacy import rights
+    from wadud.storage import storage_of
+
+    key = await pool_of(api).fetchval("SELECT storage_key FROM bank_transfer_proofs")
+    counts = await rights.erase(
+        pool_of(api),
+        rights.providers_of(api.app),
+        uuid.UUID(patient),
+        storage=storage_of(api.app),
+    )
+    assert counts["bank_transfer.proofs"] == 1
+    assert await pool_of(api).fetchval("SELECT count(*) FROM bank_transfer_proofs") == 0
+    root = api.app[keys.SETTINGS].data_dir / "uploads"
+    assert not (root / key[:2] / key[2:4] / key).exists()
+
+
+async def test_cancelling_a_confirmed_transfer_is_refused_not_half_done(api: Api) -> None:
+    """No gateway sends bank-transfer money back yet: the cancellation is
+    refused whole (docs/api.md, Bank transfer, "Not yet")."""
+    clinic, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    transfer = await start(api, token, booking)
+    await api.post(
+        f"/api/v1/bank-transfers/{transfer['reference']}/confirm",
+        {"amount_minor": 150_000, "note": "seen"},
+        token=clinic.staff_token,
+        expect=200,
+    )
+    resp = await api.client.post(
+        f"/api/v1/bookings/{booking}/cancel",
+        json={"reason": "cannot come"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    refused = await resp.json(content_type=None)
+    assert (resp.status, refused["code"]) == (422, "unknown_gateway"), refused
+    assert await booking_status(api, booking) == "requested"
+    assert await service.ledger_is_balanced(pool_of(api))
