@@ -213,11 +213,12 @@ async def easypaisa_postback(call: Call[None, None]) -> web.Response:
 _MA_FORM = """<h1 data-i18n="pay.title">Pay for your visit</h1>
 {visit}
 <form method="post" class="stack">
-<label for="msisdn">EasyPaisa mobile account number</label>
+<label for="msisdn" data-i18n="pay.easypaisa.account">EasyPaisa mobile account number</label>
 <input id="msisdn" name="mobileAccountNo" inputmode="numeric" autocomplete="tel"
- pattern="03[0-9]{{9}}" placeholder="03XXXXXXXXX" required>
-<p class="muted">After you press Pay, EasyPaisa asks you on your phone to approve
-the payment. Approve it there within a minute; this page waits for you.</p>
+ pattern="03[0-9]{{9}}" placeholder="03XXXXXXXXX" dir="ltr" required>
+<p class="muted" data-i18n="pay.easypaisa.hint">After you press Pay, EasyPaisa asks you
+on your phone to approve the payment. Approve it there within a minute; this page waits
+for you.</p>
 <button type="submit" class="primary" data-i18n="pay.pay">Pay</button>
 </form>"""
 
