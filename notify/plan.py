@@ -200,6 +200,18 @@ def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
     topic = event.topic
     if topic.startswith("booking."):
         return _plan_booking(event, ctx, policy)
+    if topic == "payment.succeeded" and d.get("gateway") == "bank_transfer":
+        # Its receipt is payment.bank_transfer.confirmed's, which names the
+        # reference the patient wrote on the transfer.
+        return Plan()
+    if topic == "payment.bank_transfer.confirmed":
+        params = {
+            "amount_minor": d.get("amount_minor"),
+            "currency": str(d.get("currency", "")),
+            "reference": str(d.get("reference", "")),
+            "booking_id": str(d.get("booking_id", "")),
+        }
+        return Plan(jobs=_job(event, "payment_receipt", ctx.patient_id, params))
     if topic in ("payment.succeeded", "payment.refunded"):
         refund = topic == "payment.refunded"
         amount = d.get("refund_minor") if refund else d.get("amount_minor")

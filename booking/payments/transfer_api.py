@@ -183,9 +183,7 @@ def _clinic_scope(me: Principal, clinic_id: UUID) -> None:
         raise NotFound("no such clinic")
 
 
-async def _transfer_of(
-    conn: asyncpg.Connection, me: Principal, booking_id: UUID
-) -> asyncpg.Record:
+async def _transfer_of(conn: asyncpg.Connection, me: Principal, booking_id: UUID) -> asyncpg.Record:
     """The booking's newest bank transfer, if ``me`` may see it."""
     row = await conn.fetchrow(
         f"""SELECT {INTENT_COLUMNS} FROM payment_intents
@@ -203,9 +201,7 @@ async def _transfer_of(
     return row
 
 
-async def _out(
-    conn: asyncpg.Connection, row: asyncpg.Record, settings: Any
-) -> BankTransfer:
+async def _out(conn: asyncpg.Connection, row: asyncpg.Record, settings: Any) -> BankTransfer:
     proofs = await conn.fetch(
         f"""SELECT {svc.PROOF_COLUMNS} FROM bank_transfer_proofs
             WHERE payment_intent_id = $1 ORDER BY created_at, id""",
@@ -273,9 +269,24 @@ async def start_bank_transfer(call: Call[None, None]) -> BankTransfer | web.Resp
     return web.Response(body=out.model_dump_json(), status=200, content_type="application/json")
 
 
-@routes.get(
-    "/api/v1/bookings/{booking_id:uuid}/bank-transfer", returns=BankTransfer, auth=_VIEWERS
+@routes.post(
+    "/api/v1/bookings/{booking_id:uuid}/bank-transfer/cancel",
+    returns=BankTransfer,
+    auth={Role.PATIENT},
+    responses={409: "No bank transfer is waiting for money"},
 )
+async def cancel_bank_transfer(call: Call[None, None]) -> BankTransfer:
+    """Pay another way after all: the transfer is cancelled and the hold
+    shrinks back to a card hold (``booking_hold_minutes`` from now). Money
+    that still arrives under the reference is refunded, never kept."""
+    async with call.pool.acquire() as conn:
+        row = await svc.cancel_transfer(
+            conn, call.path_uuid("booking_id"), call.user.user_id, call.settings, _now()
+        )
+        return await _out(conn, row, call.settings)
+
+
+@routes.get("/api/v1/bookings/{booking_id:uuid}/bank-transfer", returns=BankTransfer, auth=_VIEWERS)
 async def get_bank_transfer(call: Call[None, None]) -> BankTransfer:
     """A booking's bank transfer: reference, amount, account, state and proofs
     (its patient, staff of its clinic, admins)."""

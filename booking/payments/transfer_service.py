@@ -63,6 +63,7 @@ __all__ = [
     "MIN_WINDOW",
     "Imported",
     "add_proof",
+    "cancel_transfer",
     "confirm_by_hand",
     "credits_of",
     "import_statement",
@@ -229,6 +230,60 @@ async def _insert_intent(
     raise Conflict("no free payment reference was found; try again")
 
 
+async def cancel_transfer(
+    conn: asyncpg.Connection,
+    booking_id: UUID,
+    patient_id: UUID,
+    settings: Settings,
+    now: dt.datetime,
+) -> asyncpg.Record:
+    """The patient pays another way after all: the transfer is cancelled
+    and the hold shrinks back to a card hold (``booking_hold_minutes`` from
+    now, never longer than it was), so the slot is not kept for a day on a
+    transfer nobody will send. Money that still arrives for the reference is
+    owed back. Returns the cancelled intent."""
+    async with conn.transaction():
+        booking = await conn.fetchrow("SELECT * FROM bookings WHERE id = $1 FOR UPDATE", booking_id)
+        if booking is None or booking["patient_id"] != patient_id:
+            raise NotFound("no such booking")
+        live = await conn.fetchrow(
+            f"""SELECT {INTENT_COLUMNS} FROM payment_intents
+                WHERE booking_id = $1 AND gateway = $2 AND status = ANY($3::text[])
+                FOR UPDATE""",
+            booking_id,
+            GATEWAY,
+            list(_LIVE),
+        )
+        if live is None:
+            raise BookingNotPayable("the booking has no bank transfer waiting for money")
+        why = "the patient chose another way to pay"
+        if live["status"] == IntentState.PROCESSING.value:
+            # Handed out again through the generic payments endpoint: the
+            # machine cancels only before a checkout, so it expires instead.
+            event = IntentEvent.EXPIRE
+        else:
+            event = IntentEvent.CANCEL
+        row = await service.move_intent(
+            conn,
+            live,
+            event,
+            {"reason": why},
+            announce="payment.cancelled",
+            announce_extra={"reason": why},
+            failure_reason=why,
+        )
+        hold = booking["hold_expires_at"]
+        if booking["status"] == State.HELD.value and hold is not None:
+            shorter = min(hold, now + dt.timedelta(minutes=settings.booking_hold_minutes))
+            await conn.execute(
+                "UPDATE bookings SET hold_expires_at = $2, updated_at = $3 WHERE id = $1",
+                booking_id,
+                shorter,
+                now,
+            )
+    return row
+
+
 # --- settling: confirmed, or owed back --------------------------------------------------
 
 
@@ -290,6 +345,12 @@ async def _settle(
             source,
         )
         row = await service.apply_verdict(conn, verdict, default_bp=default_bp, locked=intent)
+        # The receipt names the reference the patient wrote on the transfer.
+        await outbox.emit(
+            conn,
+            "payment.bank_transfer.confirmed",
+            payment_payload(row, reference=row["gateway_ref"], source=source),
+        )
         return "matched", None, row
     if live:
         # The hold lapsed and no sweep has closed it yet: close it now, so

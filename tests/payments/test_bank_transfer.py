@@ -136,12 +136,12 @@ def test_amounts_and_statement_lines() -> None:
             parse_amount(bad, Currency.PKR)
     text = (
         "Value Date,Description,Credit,Transaction ID\n"
-        "24/11/2026,IBFT WD1234567,\"1,500.00\",T1\n"
+        '24/11/2026,IBFT WD1234567,"1,500.00",T1\n'
         "\n"
         "not a date,x,10,T2\n"
         "2026-11-24,x,-10,T3\n"
         "2026-11-24,x,10\n"
-        "2026-11-24,\"unterminated,10,T5\n"
+        '2026-11-24,"unterminated,10,T5\n'
     )
     parsed = parse_statement(text.encode(), Currency.PKR)
     assert [line.line_no for line in parsed.lines] == [2]
@@ -212,7 +212,7 @@ async def test_hold_proof_statement_confirms(api: Api) -> None:
     spaced = f"{ref[:4]} {ref[4:]}".lower()
     csv_text = (
         "Date,Description,Amount,Transaction ID\n"
-        f"{dt.date.today():%d/%m/%Y},IBFT FROM ALI KHAN {spaced},\"1,500.00\",TX-1\n"
+        f'{dt.date.today():%d/%m/%Y},IBFT FROM ALI KHAN {spaced},"1,500.00",TX-1\n'
         f"{dt.date.today():%d/%m/%Y},RAAST WD00000000 SOMEONE,900.00,TX-2\n"
         "31/02/2026,broken date,100.00,TX-3\n"
         f"{dt.date.today():%d/%m/%Y},bad amount,1.2.3,TX-4\n"
@@ -378,9 +378,13 @@ async def test_manual_confirmation_and_bad_input_change_nothing(api: Api) -> Non
 
     async def unchanged() -> None:
         assert await booking_status(api, booking) == "held"
-        assert await pool.fetchval(
-            "SELECT status FROM payment_intents WHERE id = $1", uuid.UUID(transfer["payment_id"])
-        ) == "requires_payment"
+        assert (
+            await pool.fetchval(
+                "SELECT status FROM payment_intents WHERE id = $1",
+                uuid.UUID(transfer["payment_id"]),
+            )
+            == "requires_payment"
+        )
         assert await pool.fetchval("SELECT count(*) FROM bank_credits") == 0
         assert await pool.fetchval("SELECT count(*) FROM ledger_entries") == 0
 
@@ -500,9 +504,7 @@ async def test_export_and_erasure_cover_proofs(api: Api) -> None:
     await start(api, token, booking)
     status, _ = await upload(api, token, booking, PNG, "image/png")
     assert status == 201
-    resp = await api.client.get(
-        "/api/v1/me/export", headers={"Authorization": f"Bearer {token}"}
-    )
+    resp = await api.client.get("/api/v1/me/export", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 200, await resp.text()
     import io
     import zipfile
@@ -553,3 +555,57 @@ async def test_cancelling_a_confirmed_transfer_is_refused_not_half_done(api: Api
     assert (resp.status, refused["code"]) == (422, "unknown_gateway"), refused
     assert await booking_status(api, booking) == "requested"
     assert await service.ledger_is_balanced(pool_of(api))
+
+
+async def test_the_patient_may_pay_another_way_after_all(api: Api) -> None:
+    clinic, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    transfer = await start(api, token, booking)
+    cancelled = await api.post(
+        f"/api/v1/bookings/{booking}/bank-transfer/cancel", token=token, expect=200
+    )
+    assert cancelled["status"] == "cancelled"
+    hold = await pool_of(api).fetchval(
+        "SELECT hold_expires_at FROM bookings WHERE id = $1", uuid.UUID(booking)
+    )
+    assert hold <= dt.datetime.now(dt.UTC) + dt.timedelta(minutes=11)
+    # The card (sandbox) checkout is open to the patient again.
+    payment = await api.post(f"/api/v1/bookings/{booking}/payments", {}, token=token, expect=201)
+    assert payment["gateway"] == "sandbox"
+    again = await api.post(
+        f"/api/v1/bookings/{booking}/bank-transfer/cancel", token=token, expect=409
+    )
+    assert again["code"] == "booking_not_payable"
+    # Money that still comes under the old reference is owed back.
+    done = await statement(
+        api, clinic, f"date,description,amount\n2026-11-24,{transfer['reference']},1500\n"
+    )
+    assert [c["reason"] for c in done["refund_due"]] == ["arrived_after_cancelled"]
+
+
+async def test_the_receipt_names_the_transfer_reference(api: Api) -> None:
+    clinic, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    transfer = await start(api, token, booking)
+    await api.post(
+        f"/api/v1/bank-transfers/{transfer['reference']}/confirm",
+        {"amount_minor": 150_000, "note": "seen"},
+        token=clinic.staff_token,
+        expect=200,
+    )
+    rows = await pool_of(api).fetch(
+        "SELECT topic, payload FROM outbox WHERE topic LIKE 'payment.%' ORDER BY id"
+    )
+    jobs = []
+    for r in rows:
+        data = json.loads(r["payload"]) if isinstance(r["payload"], str) else r["payload"]
+        plan = plan_event(
+            Event(1, r["topic"], data, dt.datetime.now(dt.UTC)),
+            Context(patient_id=uuid.UUID(patient)),
+            Policy(),
+        )
+        jobs += [(j.template, j.params.get("reference")) for j in plan.jobs]
+    assert ("payment_receipt", transfer["reference"]) in jobs
+    assert [t for t, _ in jobs].count("payment_receipt") == 1
