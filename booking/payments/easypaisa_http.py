@@ -130,12 +130,22 @@ def _landing(intent_id: UUID, reference: str) -> web.Response:
     )
 
 
+_STYLE: Final = (
+    "body{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:2rem auto;"
+    "padding:0 1rem;color:#1b1b1b}button{font:inherit;padding:.6rem 1.2rem;margin:.2rem}"
+    ".primary{background:#0b6e4f;color:#fff;border:0;border-radius:.3rem}"
+    ".sim{background:#fff3cd;padding:.3rem .6rem;border-radius:.3rem}"
+)
+
+
 def _bare_page(title: str, body: str, *, nonce: str = "", form_to: str = "") -> web.Response:
-    """A page of our own shell-less HTML (the postback bridge, the simulator)."""
+    """A page of our own shell-less HTML (the postback bridge, the simulator).
+    ``nonce``: the page's one script carries it."""
+    style = secrets.token_urlsafe(12)
     policy = [
         "default-src 'none'",
         f"script-src 'nonce-{nonce}'" if nonce else "script-src 'none'",
-        "style-src 'unsafe-inline'",
+        f"style-src 'nonce-{style}'",
         "base-uri 'none'",
         f"form-action 'self' {form_to}".strip(),
         "frame-ancestors 'none'",
@@ -144,10 +154,7 @@ def _bare_page(title: str, body: str, *, nonce: str = "", form_to: str = "") -> 
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{html.escape(title)}</title>"
-        "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:2rem auto;"
-        "padding:0 1rem;color:#1b1b1b}button{font:inherit;padding:.6rem 1.2rem;margin:.2rem}"
-        ".primary{background:#0b6e4f;color:#fff;border:0;border-radius:.3rem}"
-        ".sim{background:#fff3cd;padding:.3rem .6rem;border-radius:.3rem}</style>"
+        f'<style nonce="{style}">{_STYLE}</style>'
         f"</head><body>{body}</body></html>"
     )
     return web.Response(
@@ -421,7 +428,8 @@ async def easypaisa_sim_confirm(call: Call[None, None]) -> web.Response:
             reference=html.escape(order.reference),
             hidden=_hidden({"auth_token": token, "postBackURL": postback}),
         )
-        return _bare_page("EasyPaisa", body, form_to=f"{urlsplit(postback).scheme}:")
+        back = urlsplit(postback)
+        return _bare_page("EasyPaisa", body, form_to=f"{back.scheme}://{back.netloc}")
     if action not in ("pay", "decline"):
         raise BadRequest("action must be pay or decline")
     target = host.core.finish_hosted(token, postback, action == "pay", _now())
