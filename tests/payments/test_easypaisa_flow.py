@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import html
 import re
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ from booking.payments import easypaisa_round, service
 from booking.payments.easypaisa_http import SIMULATOR, SimulatorHost
 from booking.payments.intent import Currency, Money
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
+from tests.chromium import CHROMIUM, FLAGS
 from tests.conftest import Api, free_port
 from tests.payments.test_payments_api import (
     account_balances,
@@ -436,3 +438,30 @@ async def test_payment_after_the_hold_lapsed_is_left_for_finance(api: Api) -> No
     assert await counts(api) == before
     assert (await intent(api, payment["id"]))["status"] == "processing"
     assert await account_balances(api, clinic) == {}
+
+
+async def test_postback_bridge_posts_on_in_a_real_browser(api: Api, tmp_path: Path) -> None:
+    """The auth_token page's form and its nonce-allowed script pass its own
+    Content-Security-Policy: headless Chromium lands on EasyPaisa's (the
+    simulator's) checkout page by itself."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("needs Chromium")
+    _, _, token, booking = await setting_up(api)
+    payment = await start_payment(api, token, booking, gateway="easypaisa")
+    checkout = payment["checkout"]
+    first = await api.client.post(
+        path_of(checkout["url"]), data=checkout["fields"], allow_redirects=False
+    )
+    browser = await asyncio.create_subprocess_exec(
+        CHROMIUM,
+        *FLAGS,
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        first.headers["Location"],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={"HOME": str(tmp_path)},
+    )
+    out, _ = await asyncio.wait_for(browser.communicate(), 60)
+    assert "Pay with EasyPaisa" in out.decode()
