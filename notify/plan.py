@@ -237,6 +237,7 @@ def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
             "expires_at": str(d.get("expires_at", "")),
             "other": str(d.get("doctor_name", "")),
             "other_role": "doctor",
+            "page": str(d.get("link", "")),
             **{k: str(bank.get(k, "")) for k in _BANK_FIELDS},
         }
         return Plan(jobs=_job(event, "bank_transfer_instructions", ctx.patient_id, params))

@@ -156,19 +156,20 @@ TEMPLATES: dict[str, Template] = {
             "Pay by bank transfer",
             "Your consultation with {other} on {time} is held for you until {deadline}."
             " Transfer {amount} to {account_title}, {bank_name}, IBAN {iban}"
-            " (account {account_number}) and write the reference {reference} on the transfer.",
+            " (account {account_number}) and write the reference {reference} on the transfer."
+            " Details: {page}",
         ),
         ur=(
             "بینک ٹرانسفر سے ادائیگی",
             "{other} کے ساتھ {time} کی آپ کی مشاورت {deadline} تک آپ کے لیے محفوظ ہے۔"
             " {amount} {account_title}، {bank_name}، IBAN {iban} (اکاؤنٹ {account_number})"
-            " میں منتقل کریں اور ٹرانسفر پر حوالہ {reference} لکھیں۔",
+            " میں منتقل کریں اور ٹرانسفر پر حوالہ {reference} لکھیں۔ تفصیلات: {page}",
         ),
         ar=(
             "الدفع بالتحويل المصرفي",
             "استشارتك مع {other} في {time} محجوزة لك حتى {deadline}."
             " حوّل {amount} إلى {account_title}، {bank_name}، IBAN {iban}"
-            " (الحساب {account_number}) واكتب المرجع {reference} على التحويل.",
+            " (الحساب {account_number}) واكتب المرجع {reference} على التحويل. التفاصيل: {page}",
         ),
     ),
     "bank_transfer_expired": _t(

@@ -22,6 +22,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
 
+from booking.payments import transfer_page
 from booking.payments import transfer_service as svc
 from booking.payments.intent import IntentState
 from booking.payments.rows import INTENT_COLUMNS
@@ -44,6 +45,7 @@ from wadud.storage import sniff_type, storage_of
 __all__ = ["routes"]
 
 routes = Routes("bank-transfer", "Bank transfer: references, proofs and reconciliation.")
+routes.endpoints.extend(transfer_page.routes.endpoints)
 
 _STAFF = {Role.CLINIC_STAFF, Role.ADMIN}
 _VIEWERS = {Role.PATIENT, Role.CLINIC_STAFF, Role.ADMIN}
@@ -90,6 +92,7 @@ class BankTransfer(ApiModel):
     )
     bank: BankAccount | None = Field(description="Null when bank transfer is no longer offered.")
     proofs: list[Proof]
+    page_url: str = Field(description="The patient's page for it (a signed link, no token needed).")
     created_at: dt.datetime
 
 
@@ -220,6 +223,7 @@ async def _out(conn: asyncpg.Connection, row: asyncpg.Record, settings: Any) -> 
         expires_at=row["expires_at"],
         bank=BankAccount(**details.as_dict()) if details is not None else None,
         proofs=[_proof(p) for p in proofs],
+        page_url=transfer_page.page_url(settings, row["id"]),
         created_at=row["created_at"],
     )
 

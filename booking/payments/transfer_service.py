@@ -51,6 +51,7 @@ from booking.payments.transfer import (
     refund_due,
     refund_sent,
 )
+from booking.payments.transfer_page import page_url
 from privacy.subject_keys import KeyShredded, SubjectKeys
 from wadud import audit, outbox
 from wadud.config import Settings
@@ -193,6 +194,7 @@ async def start_transfer(
                 starts_at=booking["starts_at"].isoformat(),
                 doctor_name=booking["doctor_name"],
                 bank=details.as_dict(),
+                link=page_url(settings, row["id"]),
             ),
         )
     return row, True

@@ -13,8 +13,11 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -31,6 +34,7 @@ from booking.payments.transfer import (
 from notify.plan import Context, Event, Policy, plan_event
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import anon, local
+from tests.chromium import CHROMIUM, FLAGS
 from tests.conftest import Api
 from tests.payments.test_payments_api import (
     account_balances,
@@ -609,3 +613,59 @@ async def test_the_receipt_names_the_transfer_reference(api: Api) -> None:
         jobs += [(j.template, j.params.get("reference")) for j in plan.jobs]
     assert ("payment_receipt", transfer["reference"]) in jobs
     assert [t for t, _ in jobs].count("payment_receipt") == 1
+
+
+async def test_the_patients_page_shows_the_account_and_the_reference(api: Api) -> None:
+    clinic, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    transfer = await start(api, token, booking)
+    page = urlsplit(transfer["page_url"])
+    path = f"{page.path}?{page.query}"
+    text = await api.get(path, expect=200)
+    assert transfer["reference"] in text
+    assert IBAN in text
+    assert 'data-i18n="bank.title"' in text
+    # The link names one transfer: another token opens nothing.
+    await api.get(page.path + "?t=" + "0" * 32, expect=404)
+    await api.get(page.path, expect=404)
+    # The instructions notification carries the same link.
+    told = await pool_of(api).fetchval(
+        "SELECT payload FROM outbox WHERE topic = 'payment.bank_transfer.requested'"
+    )
+    told = json.loads(told) if isinstance(told, str) else told
+    assert told["link"] == transfer["page_url"]
+    await api.post(
+        f"/api/v1/bank-transfers/{transfer['reference']}/confirm",
+        {"amount_minor": 150_000, "note": "seen"},
+        token=clinic.staff_token,
+        expect=200,
+    )
+    text = await api.get(path, expect=200)
+    assert 'data-i18n="bank.paid.title"' in text
+    assert IBAN not in text
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium")
+async def test_the_page_reads_in_urdu_in_a_browser(api: Api) -> None:
+    _, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    transfer = await start(api, token, booking)
+    page = urlsplit(transfer["page_url"])
+    url = str(api.client.make_url(f"{page.path}?{page.query}&lang=ur"))
+
+    def dump() -> str:
+        done = subprocess.run(
+            [CHROMIUM, *FLAGS[:3], "--virtual-time-budget=5000", "--dump-dom", url],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            text=True,
+        )
+        return done.stdout
+
+    dom = await asyncio.get_running_loop().run_in_executor(None, dump)
+    assert "بینک ٹرانسفر سے ادائیگی" in dom
+    assert transfer["reference"] in dom
+    assert 'data-ready="1"' in dom
