@@ -10,6 +10,11 @@ measures, with C concurrent HTTP clients:
   ``requested`` bookings with succeeded payments;
 * doctor search latency p50/p95/p99 over mixed filters and sorts.
 
+``--easypaisa 0.5`` pays half the bookings of PKR doctors through the
+EasyPaisa simulator's hosted checkout instead (what ``wadud serve`` offers
+with no EasyPaisa store configured) and reports latency per gateway, with
+the ratio of their medians, from the same run.
+
 It prints a table and writes JSON (``--out``, default
 ``benchmarks/results/booking.json``). Figures, not assertions: these machines
 are shared and noisy, so quote medians and ratios.
@@ -45,6 +50,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import asyncpg
@@ -281,6 +287,7 @@ async def booking_flow(
     token: str,
     doctor_id: str,
     starts_at: str,
+    gateway: str = "sandbox",
 ) -> bool:
     h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     # Bodies go as ready bytes: the load generator shares the server's two
@@ -291,18 +298,51 @@ async def booking_flow(
         if r.status != 201:
             return False
         booking = json.loads(await r.read())
+    pay = b"{}" if gateway == "sandbox" else json.dumps({"gateway": gateway}).encode()
     async with session.post(
-        base + f"/api/v1/bookings/{booking['id']}/payments", data=b"{}", headers=h
+        base + f"/api/v1/bookings/{booking['id']}/payments", data=pay, headers=h
     ) as r:
         if r.status not in (200, 201):
             return False
         payment = json.loads(await r.read())
+    if gateway == "easypaisa":
+        return await easypaisa_checkout(session, base, payment["checkout"])
     checkout = payment["checkout"]["url"]
     async with session.post(
         checkout, data=b"action=pay", headers=_FORM, allow_redirects=False
     ) as r:
         # The sandbox delivered its signed webhook before redirecting; the
         # outcome is checked in the database after the run, not per booking.
+        return r.status == 303
+
+
+async def easypaisa_checkout(
+    session: aiohttp.ClientSession, base: str, checkout: dict[str, Any]
+) -> bool:
+    """What a browser does through EasyPaisa's hosted checkout, against the
+    simulator ``wadud serve`` runs with no EasyPaisa store configured: post
+    the hashed form to Index.jsf, load our postback page with the auth_token,
+    post the token on to Confirm.jsf and pay (the simulator delivers its IPN,
+    which the server fetches back from it, before redirecting)."""
+    form = urlencode(checkout["fields"]).encode()
+    async with session.post(checkout["url"], data=form, headers=_FORM, allow_redirects=False) as r:
+        if r.status != 303:
+            return False
+        postback = r.headers["Location"]
+    async with session.get(postback) as r:
+        if r.status != 200:
+            return False
+        await r.read()
+    token = parse_qs(urlsplit(postback).query)["auth_token"][0]
+    confirm = urlencode(
+        {"auth_token": token, "postBackURL": postback.split("?", 1)[0], "action": "pay"}
+    ).encode()
+    async with session.post(
+        base + "/easypaisa-sim/easypay/Confirm.jsf",
+        data=confirm,
+        headers=_FORM,
+        allow_redirects=False,
+    ) as r:
         return r.status == 303
 
 
@@ -391,12 +431,13 @@ async def run(
                             raise SystemExit(f"consent accept: {r.status} {await r.text()}")
         results["consent_required"] = CONSENTS if args.consent else []
         pool = await asyncpg.connect(db_url)
-        doctor_ids = [
-            str(r["id"])
-            for r in await pool.fetch(
-                "SELECT id FROM doctors ORDER BY key LIMIT $1", args.clients * 8
-            )
-        ]
+        doctor_rows = await pool.fetch(
+            "SELECT id, currency FROM doctors ORDER BY key LIMIT $1", args.clients * 8
+        )
+        doctor_ids = [str(r["id"]) for r in doctor_rows]
+        # EasyPaisa takes rupees only: its share is drawn from PKR doctors.
+        rupees = {str(r["id"]) for r in doctor_rows if r["currency"] == "PKR"}
+        mix = random.Random(7)
         await pool.close()
         # Each client books its own doctors, so clients never race for a
         # slot: this measures throughput, not the 409 path.
@@ -417,6 +458,7 @@ async def run(
         done = 0
         failed = 0
         per_booking: list[float] = []
+        by_gateway: dict[str, list[float]] = {}
         deadline = time.perf_counter() + args.warmup
         # One iterator per client, so the measured phase goes on where the
         # warm-up stopped.
@@ -427,10 +469,14 @@ async def run(
             for doctor, start in items:
                 if time.perf_counter() >= deadline or done >= args.max_bookings:
                     return
+                gateway = "sandbox"
+                if doctor in rupees and mix.random() < args.easypaisa:
+                    gateway = "easypaisa"
                 t = time.perf_counter()
-                if await booking_flow(session, base, token, doctor, start):
+                if await booking_flow(session, base, token, doctor, start, gateway):
                     done += 1
                     per_booking.append(time.perf_counter() - t)
+                    by_gateway.setdefault(gateway, []).append(per_booking[-1])
                 else:
                     failed += 1
 
@@ -447,6 +493,7 @@ async def run(
             await conn.execute("ANALYZE")
             done = failed = 0
             per_booking.clear()
+            by_gateway.clear()
         log_file = data_dir / "postgres" / "log"
         if args.count_statements:
             # Profiling only: every statement the server runs goes to the
@@ -522,6 +569,21 @@ async def run(
             "latency_p95_ms": round(pct(per_booking, 95) * 1000, 1) if per_booking else None,
             "transactions_per_booking": round(xacts / done, 2) if done else None,
         }
+        if args.easypaisa:
+            # Per gateway on the same run: the same server, load and moment.
+            results["bookings"]["by_gateway"] = {
+                name: {
+                    "completed": len(times),
+                    "latency_p50_ms": round(statistics.median(times) * 1000, 1),
+                    "latency_p95_ms": round(pct(times, 95) * 1000, 1),
+                }
+                for name, times in sorted(by_gateway.items())
+            }
+            gw = results["bookings"]["by_gateway"]
+            if "sandbox" in gw and "easypaisa" in gw:
+                results["bookings"]["easypaisa_to_sandbox_p50"] = round(
+                    gw["easypaisa"]["latency_p50_ms"] / gw["sandbox"]["latency_p50_ms"], 2
+                )
         if statements is not None:
             ranked = sorted(statements.items(), key=lambda kv: -kv[1][1])
             results["bookings"]["statements_per_booking"] = (
@@ -570,6 +632,13 @@ def main() -> None:
         action="store_true",
         help="log every SQL statement of the booking phase and count them per booking "
         "(profiling: slows the run)",
+    )
+    p.add_argument(
+        "--easypaisa",
+        type=float,
+        default=0.0,
+        help="share (0 to 1) of the bookings of PKR doctors paid through the EasyPaisa"
+        " simulator's hosted checkout instead of the sandbox; latencies then per gateway",
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "booking.json")
     args = p.parse_args()
@@ -622,6 +691,13 @@ def main() -> None:
             f"CPU per booking: server {ms['server']} ms, PostgreSQL {ms['postgres']} ms, "
             f"this load generator {ms['client']} ms"
         )
+    for name, g in b.get("by_gateway", {}).items():
+        print(
+            f"  {name}: {g['completed']} bookings, p50 {g['latency_p50_ms']} ms"
+            f" p95 {g['latency_p95_ms']} ms"
+        )
+    if "easypaisa_to_sandbox_p50" in b:
+        print(f"  EasyPaisa / sandbox median latency: {b['easypaisa_to_sandbox_p50']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     m = results["machine"]
