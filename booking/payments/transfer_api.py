@@ -328,15 +328,17 @@ async def upload_proof(call: Call[None, None]) -> Proof:
     if declared not in _PROOF_TYPES and declared != "application/octet-stream":
         raise ProofNotAccepted("send an image (JPEG, PNG, GIF, WebP) or a PDF")
     limit = call.settings.payments_bank_transfer_proof_max_bytes
+    # The body is read before a connection is taken: a phone on a slow link
+    # may take a while to send a photo.
+    try:
+        data = await read_upload(request, limit, "a proof of payment")
+    except PayloadTooLarge as exc:
+        raise ProofTooLarge(exc.detail) from None
+    found = sniff_type(data)
+    if found is None or (declared != "application/octet-stream" and found != declared):
+        raise ProofNotAccepted("the content is not an image (JPEG, PNG, GIF, WebP) or a PDF")
     async with call.pool.acquire() as conn:
         row = await _transfer_of(conn, call.user, call.path_uuid("booking_id"))
-        try:
-            data = await read_upload(request, limit, "a proof of payment")
-        except PayloadTooLarge as exc:
-            raise ProofTooLarge(exc.detail) from None
-        found = sniff_type(data)
-        if found is None or (declared != "application/octet-stream" and found != declared):
-            raise ProofNotAccepted("the content is not an image (JPEG, PNG, GIF, WebP) or a PDF")
         async with conn.transaction():
             locked = await conn.fetchrow(
                 f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1 FOR UPDATE",

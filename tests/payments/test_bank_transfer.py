@@ -422,7 +422,7 @@ async def test_manual_confirmation_and_bad_input_change_nothing(api: Api) -> Non
     status, body = await upload(api, token, booking, b"hello", "text/plain")
     assert (status, body["code"]) == (415, "proof_not_image_or_pdf")
     status, body = await upload(api, token, booking, PNG + b"\x00" * 5000, "image/png")
-    assert status == 413, body
+    assert (status, body["code"]) == (413, "proof_too_large")
     assert await pool.fetchval("SELECT count(*) FROM bank_transfer_proofs") == 0
 
     # Statements that are not statements: refused whole.
