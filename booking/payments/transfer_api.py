@@ -402,6 +402,7 @@ async def get_proof(call: Call[None, None]) -> web.Response:
     },
     responses={
         413: "Larger than payments_bank_transfer_statement_max_bytes",
+        415: "Not sent as text/csv",
         422: "Not a statement (no header, not UTF-8); nothing imported",
     },
 )

@@ -10,6 +10,7 @@ patients do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -20,11 +21,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from booking import service as bookings
 from booking.payments import service
 from booking.payments.intent import Currency
 from booking.payments.transfer import (
+    MalformedStatement,
     find_references,
     new_reference,
     normalise_reference,
@@ -151,6 +155,38 @@ def test_amounts_and_statement_lines() -> None:
     assert [line.line_no for line in parsed.lines] == [2]
     assert parsed.lines[0].amount.amount_minor == 150_000
     assert [r.line_no for r in parsed.rejected] == [4, 5, 6, 7]
+
+
+# NUL makes a file no statement at all: refused whole, its own test below.
+_CELL = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=20,
+)
+
+
+@given(st.lists(st.lists(_CELL, min_size=1, max_size=5), max_size=8))
+def test_a_statement_never_breaks_the_parser(rows: list[list[str]]) -> None:
+    """Whatever the lines, each non-blank one after the header is a credit
+    or a rejection with its number; only a file that is no statement at all
+    is refused whole."""
+    text = "date,description,amount\n" + "\n".join(",".join(r) for r in rows)
+    parsed = parse_statement(text.encode(), Currency.PKR)
+    numbers = [line.line_no for line in parsed.lines] + [r.line_no for r in parsed.rejected]
+    physical = text.splitlines()
+    expected = [i for i, line in enumerate(physical, start=1) if i > 1 and line.strip()]
+    assert sorted(numbers) == expected
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_are_a_statement_or_a_typed_refusal(data: bytes) -> None:
+    with contextlib.suppress(MalformedStatement):
+        parse_statement(data, Currency.PKR)
+
+
+@given(st.text(max_size=80))
+def test_finding_references_in_any_text(text: str) -> None:
+    for ref in find_references(text):
+        assert normalise_reference(ref) == ref
 
 
 # --- hold, proof, statement ----------------------------------------------------------
