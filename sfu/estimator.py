@@ -80,7 +80,14 @@ estimator, in the spirit of Google Congestion Control
   allows; the rate at which the cluster's packets arrived (bounded by the
   rate they were sent at) becomes the estimate when it is higher. Probes are
   spaced ``PROBE_INTERVAL`` apart and stop while the delay signal says
-  overuse.
+  overuse. A cluster that arrived well under its own rate found the path's
+  ceiling: the delay-based rate grows past it only once a cluster finds
+  more, and while clusters find nothing above the estimate the wait before
+  the next doubles (up to ``PROBE_WAIT_MAX``).
+  A cluster leaves a queue of its own behind it: overuse right after one
+  cuts the rate only to what the cluster found the path to carry, not to a
+  share of what the media carried (on a path the media does not fill, that
+  would pause a video at every probe).
 
 Sans-I/O: ``now`` is seconds on the caller's monotonic clock; sizes are
 bytes, rates bits per second. :meth:`SendSideEstimator.on_sent` is on the
@@ -155,12 +162,21 @@ RAMP_RETEST = 10.0
 UPGRADE_WAIT, UPGRADE_WAIT_MAX = 60.0, 480.0
 #: Probing: seconds between clusters, a cluster's length and least packets.
 PROBE_INTERVAL = 2.0
+#: A cluster that arrived at less than ``PROBE_SHORT`` times its rate found
+#: the path's ceiling (libwebrtc probes further only past 0.7 of a
+#: cluster's rate too); when it found nothing above the estimate either,
+#: the wait before the next doubles, up to ``PROBE_WAIT_MAX`` (kept short:
+#: a cap that lifts is found no later than that).
+PROBE_SHORT, PROBE_WAIT_MAX = 0.7, 4.0
 PROBE_DURATION = 0.015
 PROBE_MIN_PACKETS = 5
 #: Feedback for a cluster must arrive within this, else the cluster is given up.
 PROBE_TIMEOUT = 1.0
 #: Seconds a probe's finding holds against the acknowledged-rate cap.
 PROBE_HOLD = 3.0
+#: Overuse this soon after a cluster was sent is taken for the cluster's own
+#: queue (see SendSideEstimator._update_delay).
+PROBE_AFTERMATH = 1.0
 
 _RING = 1 << 16
 _MASK = _RING - 1
@@ -276,6 +292,11 @@ class SendSideEstimator:
         self._clusters: dict[int, _Cluster] = {}
         self._next_cluster = 1
         self._last_probe = -math.inf
+        self._probe_wait = PROBE_INTERVAL
+        # The most that clusters falling short of their rate found the path
+        # to carry (0.95 of what arrived) since one last did not, and when
+        # the last of them was sent.
+        self._probe_short = (0.0, -math.inf)
         # What the last successful probe found, and until when it holds
         # against the acknowledged-rate cap (the media has to catch up).
         self._probe_floor = 0.0
@@ -348,6 +369,8 @@ class SendSideEstimator:
         self._backed_off_at = -math.inf
         self._forget_ramps()
         self._last_probe = now
+        self._probe_wait = PROBE_INTERVAL
+        self._probe_short = (0.0, -math.inf)
 
     # -- the hot path -------------------------------------------------------------
 
@@ -401,8 +424,8 @@ class SendSideEstimator:
             share = lost / (received + lost)
             self.loss = 0.7 * self.loss + 0.3 * share
             self._update_loss(lost, received + lost, now)
-        self._update_delay(now)
         self._finish_probes(now)
+        self._update_delay(now)
 
     def _reference(self, reference: int) -> float:
         # The 24-bit reference time counts 64 ms and wraps every ~12 days;
@@ -479,10 +502,26 @@ class SendSideEstimator:
         rate = self._delay_rate
         acked = self.acked_bitrate
         if self.usage is Usage.OVERUSING:
-            if acked > 0:
+            if acked > 0 and now - self._last_probe < PROBE_AFTERMATH:
+                # A cluster sent at once builds a queue of its own, which
+                # drains once it ends: the cluster's arrival rate says what
+                # the path carries (the link capacity), and the media is cut
+                # only to that, not under what it carried. On an app-limited
+                # path the acknowledged rate is the media's, and 0.85 times
+                # it paused a video at every probe (a 500 kbit/s queue
+                # carrying 400 kbit/s of media was cut to 330 kbit/s every
+                # two seconds).
+                found, sent = self._probe_short
+                known = sent == self._last_probe
+                self._capacity = found if known else acked
+                rate = min(rate, max(BETA * acked, found if known else acked))
+            elif acked > 0:
                 # Remember the capacity we hit (section 5.5's "link capacity").
                 self._capacity = acked
                 rate = min(rate, BETA * acked)
+                # Only a probe lifts a rate the media no longer fills: the
+                # next may come soon.
+                self._probe_wait = PROBE_INTERVAL
         elif self.usage is Usage.NORMAL and dt > 0:
             near = self._capacity is not None and abs(rate - self._capacity) < 0.15 * rate
             if near:
@@ -502,6 +541,14 @@ class SendSideEstimator:
                 # paused video) keeps what its path was shown to carry.
                 if rate > cap:
                     rate = max(self._delay_rate, cap)
+            ceiling, found_at = self._probe_short
+            if found_at > -math.inf:
+                # Past what the last probe found the path to carry, only a
+                # probe that finds more lifts the rate: growing past it on
+                # the media's say-so sent a queued path's allocation a
+                # layer up every few seconds, and the queue that built then
+                # cut the rate under the layers that were flowing.
+                rate = min(rate, max(ceiling, self._delay_rate))
         # UNDERUSING: hold, the queue is draining.
         self._delay_rate = max(float(self.min_bitrate), min(float(self.max_bitrate), rate))
 
@@ -556,6 +603,7 @@ class SendSideEstimator:
                 self.loss_follows_rate = sum(a for _, a in judged) < FOLLOWS * lost_before
         if backoff:
             self._backed_off_at = now
+            self._probe_wait = PROBE_INTERVAL
             if carried > 0:
                 self._backoff = (share, math.inf, AFTER)
                 # What got through while packets were lost is what the path
@@ -689,7 +737,7 @@ class SendSideEstimator:
             or self._ramp is not None
             or self.usage is Usage.OVERUSING
             or self.loss > LOSS_HIGH / 2
-            or now - self._last_probe < PROBE_INTERVAL
+            or now - self._last_probe < self._probe_wait
             or self._clusters
         ):
             return None
@@ -721,6 +769,20 @@ class SendSideEstimator:
             send_span = max(c.last_sent - c.first_sent, 1e-3)
             sent_rate = c.sent * 8 / send_span
             result = min(received_rate, sent_rate)
+            if result < PROBE_SHORT * c.bitrate:
+                # The path's ceiling, not the cluster's rate; the highest
+                # such finding counts (a cluster that met a burst of cross
+                # traffic reads low, and must not hold the rate down).
+                self._probe_short = (max(0.95 * result, self._probe_short[0]), c.started)
+                if 0.95 * result <= self.estimate:
+                    # Nothing above the estimate either: probing again soon
+                    # finds the same and only builds a queue each time.
+                    self._probe_wait = min(2 * self._probe_wait, PROBE_WAIT_MAX)
+                else:
+                    self._probe_wait = PROBE_INTERVAL
+            else:
+                self._probe_wait = PROBE_INTERVAL
+                self._probe_short = (0.0, -math.inf)
             if (
                 result > self.estimate
                 and self.usage is not Usage.OVERUSING

@@ -74,6 +74,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from redis import exceptions
 
 from sfu import registry, rpc
 from sfu.errors import WorkerStartError
@@ -100,6 +101,10 @@ _STABLE_AFTER = 30.0
 #: A worker's exit status when it could not start; its reason is in the
 #: file ``WorkerSpec.start_file`` names.
 START_FAILED = 3
+#: The same, for want of Redis: shared by the whole deployment and not this
+#: host's to fix, so restarted without end and never counted against
+#: media_start_retries (/readyz says ``degraded`` meanwhile).
+START_WAITING = 4
 #: What a worker writes in ``WorkerSpec.start_file`` once it is ready.
 _STARTED = "ready"
 #: Seconds a draining worker with no room placed on it waits for its last
@@ -309,7 +314,8 @@ async def _worker_main(spec: WorkerSpec) -> int:
                 extra={**extra, "port": spec.port, "reason": reason},
             )
             _note_start(spec, reason)
-            return START_FAILED
+            unreachable = (exceptions.ConnectionError, exceptions.TimeoutError)
+            return START_WAITING if isinstance(exc, unreachable) else START_FAILED
         _note_start(spec, _STARTED)
         log.info("media worker ready", extra={**extra, "port": worker.port})
 
@@ -499,9 +505,12 @@ class Supervisor:
         if failure is None:
             slot.start_failure, slot.start_failures = "", 0
             log.error("media worker died; restarting", extra={**extra, "restart_in": delay})
-        elif self._start_failed(slot, failure):
+        elif code != START_WAITING and self._start_failed(slot, failure):
             return
         else:
+            if code == START_WAITING:
+                # Breaks a run of failures of another kind; readiness names it.
+                slot.start_failure, slot.start_failures = failure, 0
             log.warning(
                 "media worker could not start; restarting",
                 extra={**extra, "restart_in": delay, "reason": failure},
@@ -606,9 +615,8 @@ class Supervisor:
             await asyncio.sleep(0.05)
             return 1
         # A worker that could not start had nothing to drain.
-        failed = [
-            s.wid for s in self.slots if s.exit_codes and s.exit_codes[-1] not in (0, START_FAILED)
-        ]
+        clean = (0, START_FAILED, START_WAITING)
+        failed = [s.wid for s in self.slots if s.exit_codes and s.exit_codes[-1] not in clean]
         # Let the last "stopped" announcements go out before the connection closes.
         await asyncio.sleep(0.05)
         if failed:

@@ -633,7 +633,8 @@ class Settings:
             "Times in a row a `wadud media` worker may fail to start the same way (its"
             " UDP port taken, ...) before the node counts it as failed: /readyz answers"
             " 503 naming the reason, and once every worker has failed the node exits 1"
-            " for its supervisor (systemd, Kubernetes) to see. Restarts go on meanwhile."
+            " for its supervisor (systemd, Kubernetes) to see. Restarts go on meanwhile;"
+            " a worker that cannot reach Redis is restarted without being counted."
         ),
     )
     media_restart_backoff: float = field(

@@ -375,3 +375,24 @@ def test_a_step_the_policer_cannot_carry_is_retried_ever_more_rarely() -> None:
     assert 1 <= call.est.ramps_failed - failed <= 5
     assert call.rate() == 237_000
     assert loss < 0.02, loss
+
+
+def test_a_queue_the_media_does_not_fill_keeps_its_video() -> None:
+    """The queueing twin of the policed visit: a 450 kbit/s bottleneck with a
+    250 ms queue, media on steps (the allocation wants the 652k step the
+    path cannot carry; 402k passes), the estimate starting where
+    sfu.layers starts it. Every probe leaves a short queue behind it:
+    overuse right after one must not cut the rate under the 402k the media
+    carries (0.85 times what was acknowledged paused a video at every
+    probe), growth past what probes found must wait for a probe that finds
+    more, and probes that keep finding the same ceiling come more rarely."""
+    call = Steps(Path(450_000, queue=0.25), [72_000, 237_000, 402_000, 652_000])
+    call.est = SendSideEstimator(start=1_000_000)
+    call.run(15.0)
+    probes = call.est.probes_sent
+    call.run(30.0)
+    tail = [e for t, e in call.history if t >= call.now - 30.0]
+    held = sum(e >= 402_000 for e in tail) / len(tail)
+    print(f"queued: 402k step held {held:.3f} of the time, {call.est.probes_sent - probes} probes")
+    assert held >= 0.95, held
+    assert call.est.probes_sent - probes <= 10

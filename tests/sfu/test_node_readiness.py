@@ -200,3 +200,26 @@ async def test_a_node_with_a_worker_that_cannot_start_still_drains_cleanly(
         await _wait_unready(node, f"UDP port {port + 1}", status=("degraded", "failing"))
         node.proc.send_signal(signal.SIGTERM)
         assert await wait_exit(node.proc, 60.0) == 0, node.tail()
+
+
+async def test_workers_waiting_for_redis_are_not_counted_as_failed(tmp_path: Path) -> None:
+    """Redis unreachable is the whole deployment's trouble, not this host's:
+    the node says so on /readyz and keeps restarting its workers, and does
+    not exit however many starts fail (systemd's start limit would otherwise
+    leave it stopped after an outage)."""
+    port, (http, closed) = _ports(1, 2)
+    node = start_media_node(
+        f"redis://127.0.0.1:{closed}/0", tmp_path, workers=1, udp_port=port, http=http,
+        env={**QUICK, "WADUD_MEDIA_START_RETRIES": "2"},
+    )  # fmt: skip
+    with _nodes() as nodes:
+        nodes.append(node)
+        end = time.monotonic() + 60.0
+        while len([x for x in _lines(node) if x["msg"].startswith("media worker cannot")]) < 4:
+            assert time.monotonic() < end, node.tail()
+            assert node.proc.poll() is None, node.tail()
+            await asyncio.sleep(0.2)
+        status, body = await _readyz(node)
+        assert status == 503 and body["status"] == "degraded", body
+        assert node.proc.poll() is None, node.tail()
+        assert not [x for x in _lines(node) if x["level"] == "error"], node.tail()
