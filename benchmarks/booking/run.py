@@ -15,6 +15,20 @@ EasyPaisa simulator's hosted checkout instead (what ``wadud serve`` offers
 with no EasyPaisa store configured) and reports latency per gateway, with
 the ratio of their medians, from the same run.
 
+``--mix`` compares a mix of ways to pay with sandbox-only bookings on the
+same run: after the warm-up, four phases of ``--seconds``/2 each, sandbox
+only, mixed, mixed, sandbox only (ABBA, so the database's growth and the
+machine's drift weigh on both alike). Mixed phases pay in turn by the
+sandbox, by the EasyPaisa simulator's hosted checkout and by bank transfer
+(the patient starts the transfer; clinic finance imports the credits as CSV
+statements of ``--statement-lines`` lines, 20 by default, matched by
+reference and amount, the last one at the end of each phase so the phase
+pays for its own confirmations; ``--statement-lines 1`` is the worst case).
+All bookings go to PKR doctors then, so every way is open to every booking.
+It reports bookings per second, server and PostgreSQL CPU per booking and
+latency for each mode, per way to pay, and the ratios mixed / sandbox-only
+per booking (CPU, seconds and median latency; above 1 is slower).
+
 It prints a table and writes JSON (``--out``, default
 ``benchmarks/results/booking.json``). Figures, not assertions: these machines
 are shared and noisy, so quote medians and ratios.
@@ -59,6 +73,13 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.booking.mix import (  # noqa: E402
+    MIX,
+    Finance,
+    bank_transfer,
+    mix_results,
+    staff_tokens,
+)
 from benchmarks.common import cpu_seconds, free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -288,6 +309,7 @@ async def booking_flow(
     doctor_id: str,
     starts_at: str,
     gateway: str = "sandbox",
+    finance: Finance | None = None,
 ) -> bool:
     h = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     # Bodies go as ready bytes: the load generator shares the server's two
@@ -298,6 +320,8 @@ async def booking_flow(
         if r.status != 201:
             return False
         booking = json.loads(await r.read())
+    if gateway == "bank_transfer" and finance is not None:
+        return await bank_transfer(session, base, token, finance, booking["id"])
     pay = b"{}" if gateway == "sandbox" else json.dumps({"gateway": gateway}).encode()
     async with session.post(
         base + f"/api/v1/bookings/{booking['id']}/payments", data=pay, headers=h
@@ -361,7 +385,7 @@ async def run(
         await wait_ready(session, base)
         db_url = database_url(data_dir)
         t0 = time.perf_counter()
-        await seed(db_url, args.doctors)
+        clinics = await seed(db_url, args.doctors)
         results["seed_seconds"] = round(time.perf_counter() - t0, 2)
 
         # -- search ---------------------------------------------------
@@ -432,13 +456,31 @@ async def run(
         results["consent_required"] = CONSENTS if args.consent else []
         pool = await asyncpg.connect(db_url)
         doctor_rows = await pool.fetch(
-            "SELECT id, currency FROM doctors ORDER BY key LIMIT $1", args.clients * 8
+            """SELECT id, currency FROM doctors WHERE NOT $2 OR currency = 'PKR'
+               ORDER BY key LIMIT $1""",
+            args.clients * 8,
+            args.mix,
         )
         doctor_ids = [str(r["id"]) for r in doctor_rows]
         # EasyPaisa takes rupees only: its share is drawn from PKR doctors.
         rupees = {str(r["id"]) for r in doctor_rows if r["currency"] == "PKR"}
         mix = random.Random(7)
         await pool.close()
+        finance = (
+            Finance(
+                session,
+                base,
+                await staff_tokens(session, base, db_url, clinics),
+                args.statement_lines,
+            )
+            if args.mix
+            else None
+        )
+        # --mix: what the clients do now ("sandbox" or "mix"), and the turn of
+        # the mixed phases' ways to pay.
+        mode = "mix" if args.mix else ""
+        turn = 0
+        ways: list[tuple[str, float]] = []
         # Each client books its own doctors, so clients never race for a
         # slot: this measures throughput, not the 409 path.
         work: list[list[tuple[str, str]]] = [[] for _ in range(args.clients)]
@@ -465,18 +507,22 @@ async def run(
         queues = [iter(w) for w in work]
 
         async def client(token: str, items: Iterator[tuple[str, str]]) -> None:
-            nonlocal done, failed
+            nonlocal done, failed, turn
             for doctor, start in items:
                 if time.perf_counter() >= deadline or done >= args.max_bookings:
                     return
                 gateway = "sandbox"
-                if doctor in rupees and mix.random() < args.easypaisa:
+                if mode == "mix":
+                    gateway = MIX[turn % len(MIX)]
+                    turn += 1
+                elif not mode and doctor in rupees and mix.random() < args.easypaisa:
                     gateway = "easypaisa"
                 t = time.perf_counter()
-                if await booking_flow(session, base, token, doctor, start, gateway):
+                if await booking_flow(session, base, token, doctor, start, gateway, finance):
                     done += 1
                     per_booking.append(time.perf_counter() - t)
                     by_gateway.setdefault(gateway, []).append(per_booking[-1])
+                    ways.append((gateway, per_booking[-1]))
                 else:
                     failed += 1
 
@@ -489,11 +535,14 @@ async def run(
             # (cheap while the tables are empty), keep those plans in every
             # pooled connection, and pay for them more with each booking.
             await asyncio.gather(*(client(tok, q) for tok, q in zip(tokens, queues, strict=True)))
+            if finance is not None:
+                await finance.flush()
             results["warmup"] = {"seconds": args.warmup, "bookings": done, "failed": failed}
             await conn.execute("ANALYZE")
             done = failed = 0
             per_booking.clear()
             by_gateway.clear()
+            ways.clear()
         log_file = data_dir / "postgres" / "log"
         if args.count_statements:
             # Profiling only: every statement the server runs goes to the
@@ -516,9 +565,28 @@ async def run(
         pg0 = postgres_cpu_seconds(data_dir)
         client0 = time.process_time()
         ticks0 = cpu_ticks()
-        deadline = time.perf_counter() + args.seconds
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(tok, q) for tok, q in zip(tokens, queues, strict=True)))
+        phases: list[dict[str, Any]] = []
+        for mode in ("sandbox", "mix", "mix", "sandbox") if args.mix else ("",):
+            before = (done, failed, len(ways), cpu_seconds(server.pid))
+            pg_before = postgres_cpu_seconds(data_dir)
+            started = time.perf_counter()
+            deadline = started + (args.seconds / 2 if args.mix else args.seconds)
+            await asyncio.gather(*(client(tok, q) for tok, q in zip(tokens, queues, strict=True)))
+            if finance is not None:
+                # The phase's transfers are confirmed within it, on its CPU.
+                await finance.flush()
+            phases.append(
+                {
+                    "mode": mode,
+                    "completed": done - before[0],
+                    "failed": failed - before[1],
+                    "wall": time.perf_counter() - started,
+                    "server_cpu": cpu_seconds(server.pid) - before[3],
+                    "postgres_cpu": postgres_cpu_seconds(data_dir) - pg_before,
+                    "latencies": ways[before[2] :],
+                }
+            )
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(server.pid) - cpu0
         pg_cpu = postgres_cpu_seconds(data_dir) - pg0
@@ -584,6 +652,11 @@ async def run(
                 results["bookings"]["easypaisa_to_sandbox_p50"] = round(
                     gw["easypaisa"]["latency_p50_ms"] / gw["sandbox"]["latency_p50_ms"], 2
                 )
+        if finance is not None:
+            results["mix"] = mix_results(phases)
+            results["mix"]["statement_lines"] = finance.lines
+            results["mix"]["statements_imported"] = finance.statements
+            results["mix"]["transfers_unmatched"] = finance.unmatched
         if statements is not None:
             ranked = sorted(statements.items(), key=lambda kv: -kv[1][1])
             results["bookings"]["statements_per_booking"] = (
@@ -640,12 +713,25 @@ def main() -> None:
         help="share (0 to 1) of the bookings of PKR doctors paid through the EasyPaisa"
         " simulator's hosted checkout instead of the sandbox; latencies then per gateway",
     )
+    p.add_argument(
+        "--mix",
+        action="store_true",
+        help="sandbox-only against mixed (sandbox, EasyPaisa simulator, bank transfer) bookings"
+        " on the same run, in ABBA phases of --seconds/2; per-booking ratios",
+    )
+    p.add_argument(
+        "--statement-lines",
+        type=int,
+        default=20,
+        help="--mix: bank-transfer credits per imported statement (1: a statement per booking)",
+    )
+    p.add_argument("--port", type=int, default=0, help="the server's port (default: any free)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "booking.json")
     args = p.parse_args()
     if args.quick:
         args.doctors, args.clients, args.seconds, args.searches = 500, 4, 3.0, 100
     data_dir = Path(tempfile.mkdtemp(prefix="wadud-bench-"))
-    port = free_port()
+    port = args.port or free_port()
     env = {
         **os.environ,
         "WADUD_LOG_LEVEL": "warning",
@@ -655,6 +741,11 @@ def main() -> None:
     }
     if args.consent:
         env["WADUD_CONSENT_REQUIRED"] = ",".join(CONSENTS)
+    if args.mix:
+        # Bank transfer is offered once the platform has an account to pay into.
+        env["WADUD_PAYMENTS_BANK_TRANSFER_IBAN"] = "PK36SCBL0000001123456702"
+        env["WADUD_PAYMENTS_BANK_TRANSFER_ACCOUNT_TITLE"] = "Wadud Bench"
+        env["WADUD_PAYMENTS_BANK_TRANSFER_BANK_NAME"] = "Bench Bank"
     server = subprocess.Popen(
         [str(BIN / "wadud"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
         env=env,
@@ -698,6 +789,31 @@ def main() -> None:
         )
     if "easypaisa_to_sandbox_p50" in b:
         print(f"  EasyPaisa / sandbox median latency: {b['easypaisa_to_sandbox_p50']}")
+    if "mix" in results:
+        mx = results["mix"]
+        for name in ("sandbox_only", "mixed"):
+            f = mx[name]
+            print(
+                f"  {name}: {f['completed']} bookings in {f['wall_seconds']} s ="
+                f" {f['per_second']}/s; server+PostgreSQL CPU {f['cpu_ms_per_booking']} ms"
+                f" per booking; p50 {f['latency_p50_ms']} ms p95 {f['latency_p95_ms']} ms;"
+                f" failed {f['failed']}"
+            )
+        for way, g in mx["mixed_by_way"].items():
+            print(
+                f"    mixed, {way}: {g['completed']} bookings, p50 {g['latency_p50_ms']} ms"
+                f" p95 {g['latency_p95_ms']} ms"
+            )
+        print(
+            f"    bank statements imported: {mx['statements_imported']} of up to"
+            f" {mx['statement_lines']} credits; transfers left unmatched:"
+            f" {mx['transfers_unmatched']}"
+        )
+        print(
+            f"  mixed / sandbox-only per booking: CPU {mx['ratio_cpu_per_booking']},"
+            f" seconds {mx['ratio_seconds_per_booking']}, median latency"
+            f" {mx['ratio_latency_p50']}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     m = results["machine"]
