@@ -305,16 +305,19 @@ async def _worker_main(spec: WorkerSpec) -> int:
         try:
             worker, server, registration, load = await _start(spec, redis, stack)
         except Exception as exc:
-            # The supervisor counts it and says so (Supervisor._start_failed);
-            # a traceback per retry would say nothing more.
+            # The supervisor counts it and says so (Supervisor._start_failed).
+            # A port taken or Redis away is said in full by the reason; only
+            # something unforeseen (a bug) needs its traceback.
             reason = _start_failure(exc)
+            unreachable = (exceptions.ConnectionError, exceptions.TimeoutError)
+            foreseen = isinstance(exc, (WorkerStartError, *unreachable))
             log.warning(
                 "media worker cannot start: %s",
                 reason,
+                exc_info=None if foreseen else exc,
                 extra={**extra, "port": spec.port, "reason": reason},
             )
             _note_start(spec, reason)
-            unreachable = (exceptions.ConnectionError, exceptions.TimeoutError)
             return START_WAITING if isinstance(exc, unreachable) else START_FAILED
         _note_start(spec, _STARTED)
         log.info("media worker ready", extra={**extra, "port": worker.port})
