@@ -9,10 +9,10 @@ concurrent deliveries safe:
   table, a ``payment_events`` row, the new state) on a row locked
   ``FOR UPDATE``; a verdict that arrives twice (callback and webhook, or two
   deliveries racing) finds the state already moved and is a no-op;
-* :func:`post_transaction` is the only writer of ``ledger_transactions`` and
-  ``ledger_entries``, each transaction whole in one statement; the
-  database's balance trigger judges it at the end of that statement, the
-  builders in :mod:`.ledger` already did so in Python;
+* :func:`~.postings.post_transaction` is the only writer of
+  ``ledger_transactions`` and ``ledger_entries``, each transaction whole in
+  one statement; the database's balance trigger judges it at the end of that
+  statement, the builders in :mod:`.ledger` already did so in Python;
 * gateway calls that move money (refunds) happen inside the transaction that
   records them. For the built-in sandbox that is a dict lookup; for a remote
   gateway it holds the intent's row lock for one HTTP round trip (bounded by
@@ -20,19 +20,14 @@ concurrent deliveries safe:
   second transaction, loses the record when the process dies in between; here
   a lost commit is repaired by the retry, because the refund's idempotency key
   is derived from the intent's state (:func:`_refund_key`) and the gateway
-  answers the retry with its first result instead of refunding twice.
-
-Refund rows are stored in the ledger with their own id as ``reference``
-(``ledger_transactions`` is unique on ``(kind, reference)`` and one payment may
-be refunded several times); :func:`_load_ledger` rebuilds the core's
-:class:`~booking.payments.ledger.Transaction` with the payment id as reference,
-which is what :func:`booking.payments.ledger.refund` expects.
+  answers the retry with its first result instead of refunding twice. A
+  gateway that answers "no" leaves a refund that is owed all the same: it is
+  kept, ``refused_by_gateway``, for finance to pay by hand
+  (:mod:`.refund_due`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,8 +40,7 @@ import asyncpg
 from aiohttp import web
 
 from booking import lifecycle
-from booking.payments import easypaisa, ledger, settle
-from booking.payments.card import CardSettings
+from booking.payments import ledger, settle
 from booking.payments.errors import (
     AmountMismatch,
     GatewayError,
@@ -58,7 +52,6 @@ from booking.payments.errors import (
 from booking.payments.gateway import (
     Gateway,
     GatewayRegistry,
-    PaymentSettings,
     PaymentStatus,
     VerifiedResult,
     WebhookEvent,
@@ -71,26 +64,35 @@ from booking.payments.intent import (
     refund_event,
     transition,
 )
-from booking.payments.jazzcash import JazzCashSettings
+from booking.payments.postings import (
+    DuplicatePosting,
+    load_ledger,
+    post_transaction,
+    record_intent_event,
+)
+from booking.payments.registry import (
+    build_registry,
+    current_registry,
+    current_registry_or_none,
+    sandbox_secret,
+    use_registry,
+)
 from booking.payments.rows import (
     COMMISSION,
     INTENT_COLUMNS,
     capture_of,
     commission,
-    ledger_posting,
     money,
     payment_payload,
 )
-from booking.payments.sandbox import SandboxSettings
 from wadud import outbox
-from wadud.config import Settings
-from wadud.db import Args
-from wadud.errors import BadRequest, Conflict, NotFound, WadudError
+from wadud.errors import BadRequest, NotFound, WadudError
 
 __all__ = [
     "GATEWAYS",
     "INTENT_COLUMNS",
     "LIVE_STATES",
+    "DuplicatePosting",
     "Earnings",
     "Verdict",
     "apply_verdict",
@@ -131,101 +133,6 @@ class RefundRefused(GatewayError):
     """The gateway answered a refund request with a refusal."""
 
     code = "refund_refused"
-
-
-class DuplicatePosting(PaymentError, Conflict):
-    """A ledger transaction of that kind and reference exists already."""
-
-    http_status = 409
-    code = "duplicate_posting"
-
-
-# --- the gateway registry ---------------------------------------------------
-
-_current: GatewayRegistry | None = None
-
-
-def use_registry(registry: GatewayRegistry | None) -> None:
-    """Make ``registry`` the process's default (set by the app's lifespan).
-
-    :func:`refund_booking` is called by the bookings code, which has a
-    connection but no app; it falls back on this.
-    """
-    global _current
-    _current = registry
-
-
-def current_registry_or_none() -> GatewayRegistry | None:
-    return _current
-
-
-def current_registry() -> GatewayRegistry:
-    if _current is None:
-        raise PaymentError("payment gateways are not configured (app not started)")
-    return _current
-
-
-def sandbox_secret(settings: Settings) -> str:
-    """The sandbox signing secret: configured, or derived from ``secret_key``.
-
-    Derived with HMAC under a purpose label so the sandbox secret reveals
-    nothing about the key that signs access tokens.
-    """
-    if settings.payments_sandbox_secret:
-        return settings.payments_sandbox_secret
-    return hmac.new(
-        settings.secret_key.encode(), b"wadud/payments/sandbox", hashlib.sha256
-    ).hexdigest()
-
-
-def payment_settings(settings: Settings) -> PaymentSettings:
-    """Which gateways the configuration asks for: the sandbox always, the
-    others when their credentials are filled in."""
-    tolerance = timedelta(seconds=settings.payments_webhook_tolerance)
-    sandbox = SandboxSettings(
-        secret=sandbox_secret(settings), base_url=settings.base_url, tolerance=tolerance
-    )
-    jazzcash = None
-    if (
-        settings.payments_jazzcash_merchant_id
-        and settings.payments_jazzcash_password
-        and settings.payments_jazzcash_integrity_salt
-    ):
-        extra: dict[str, Any] = {}
-        base = settings.payments_jazzcash_endpoint.rstrip("/")
-        if base:
-            extra = {
-                "checkout_url": f"{base}/CustomerPortal/transactionmanagement/merchantform/",
-                "inquiry_url": f"{base}/ApplicationAPI/API/PaymentInquiry/Inquire",
-                "refund_url": f"{base}/ApplicationAPI/API/Purchase/domwalletrefundtransaction",
-            }
-        jazzcash = JazzCashSettings(
-            merchant_id=settings.payments_jazzcash_merchant_id,
-            password=settings.payments_jazzcash_password,
-            integrity_salt=settings.payments_jazzcash_integrity_salt,
-            **extra,
-        )
-    card = None
-    if (
-        settings.payments_card_api_base
-        and settings.payments_card_api_key
-        and settings.payments_card_webhook_secrets
-    ):
-        card = CardSettings(
-            api_base=settings.payments_card_api_base,
-            api_key=settings.payments_card_api_key,
-            webhook_secrets=tuple(settings.payments_card_webhook_secrets),
-            tolerance=tolerance,
-        )
-    return PaymentSettings(
-        sandbox=sandbox, jazzcash=jazzcash, card=card, easypaisa=easypaisa.from_config(settings)
-    )
-
-
-def build_registry(settings: Settings, session: Any = None) -> GatewayRegistry:
-    """Every configured gateway; ``session`` (an aiohttp ClientSession owned by
-    the caller) serves the remote ones."""
-    return GatewayRegistry.from_settings(payment_settings(settings), session)
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
@@ -290,80 +197,7 @@ async def move_intent(
     return new
 
 
-async def record_intent_event(
-    conn: asyncpg.Connection,
-    row: asyncpg.Record,
-    event: str,
-    before: str | None,
-    after: str,
-    detail: Mapping[str, Any] | None,
-) -> None:
-    await conn.execute(
-        """INSERT INTO payment_events
-               (payment_intent_id, clinic_id, event, from_state, to_state, detail)
-           VALUES ($1, $2, $3, $4, $5, $6::jsonb)""",
-        row["id"],
-        row["clinic_id"],
-        event,
-        before,
-        after,
-        dict(detail or {}),
-    )
-
-
 # --- the ledger ---------------------------------------------------------------
-
-
-async def post_transaction(
-    conn: asyncpg.Connection,
-    txn: ledger.Transaction,
-    *,
-    clinic_id: UUID,
-    reference: str | None = None,
-    payment_intent_id: UUID | None = None,
-    booking_id: UUID | None = None,
-) -> UUID:
-    """Persist a balanced ``txn`` (header and entries); the ledger's only writer.
-
-    ``reference`` overrides ``txn.reference`` in the table (refunds: their own
-    id). The balance trigger checks the entries as the statement ends.
-    """
-    # One round trip, and no savepoint: a duplicate (kind, reference) inserts
-    # nothing (ON CONFLICT) rather than aborting the caller's transaction.
-    args = Args()
-    posting = ledger_posting(
-        txn,
-        args,
-        clinic_id=clinic_id,
-        reference=reference or txn.reference,
-        payment_intent_id=payment_intent_id,
-        booking_id=booking_id,
-    )
-    txn_id: UUID | None = await conn.fetchval(f"WITH {posting} SELECT id FROM posted", *args.values)
-    if txn_id is None:
-        raise DuplicatePosting(f"{txn.kind} {reference or txn.reference} is posted already")
-    return txn_id
-
-
-async def _load_ledger(
-    conn: asyncpg.Connection, payment_intent_id: UUID, kind: str
-) -> list[ledger.Transaction]:
-    """A payment's postings of ``kind``, rebuilt as core transactions whose
-    reference is the payment id (see the module docstring)."""
-    rows = await conn.fetch(
-        """SELECT t.id, e.account, e.amount_minor, e.currency
-           FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id
-           WHERE t.payment_intent_id = $1 AND t.kind = $2
-           ORDER BY t.created_at, t.id, e.id""",
-        payment_intent_id,
-        kind,
-    )
-    grouped: dict[UUID, list[ledger.Entry]] = {}
-    for r in rows:
-        grouped.setdefault(r["id"], []).append(
-            ledger.Entry(r["account"], int(r["amount_minor"]), Currency(r["currency"]))
-        )
-    return [ledger.Transaction(kind, str(payment_intent_id), tuple(e)) for e in grouped.values()]
 
 
 async def ledger_is_balanced(
@@ -540,10 +374,10 @@ async def refund_intent(
         raise InvalidTransition(state.value, "refund")
     amount = Money(amount_minor, Currency(row["currency"]))
     event = refund_event(money(row), money(row, "refunded_minor"), amount)
-    captures = await _load_ledger(conn, row["id"], "capture")
+    captures = await load_ledger(conn, row["id"], "capture")
     if len(captures) != 1:
         raise PaymentError(f"payment {row['id']} has {len(captures)} capture postings")
-    previous = await _load_ledger(conn, row["id"], "refund")
+    previous = await load_ledger(conn, row["id"], "refund")
     # Built before the gateway is asked, so a posting the ledger would refuse
     # never leaves money moved and unrecorded.
     txn = ledger.refund(captures[0], amount, previous)
@@ -1048,14 +882,18 @@ async def sweep_once(
         for r in stale:
             await _expire(conn, r["id"], "checkout window closed unpaid")
         done += len(stale)
+    # A gateway with nobody to ask (a bank transfer waits for a statement
+    # line) comes up only once its window closed: asked every round, a day's
+    # held transfers would fill the batch before the gateways that answer.
     candidates = await pool.fetch(
         """SELECT id, gateway, gateway_ref, expires_at FROM payment_intents
            WHERE status = 'processing' AND gateway_ref IS NOT NULL
-             AND (created_at <= $1 OR expires_at <= $2)
+             AND ((created_at <= $1 AND gateway = ANY($4::text[])) OR expires_at <= $2)
            ORDER BY created_at LIMIT $3""",
         now - INQUIRE_AFTER,
         now,
         SWEEP_BATCH,
+        registry.names(),
     )
     for r in candidates:
         # The inquiry is I/O and holds no lock; applying its answer locks the

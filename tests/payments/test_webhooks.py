@@ -328,3 +328,30 @@ async def test_sweeper_expires_and_settles(api: Api) -> None:
     # A second round has nothing left to do.
     await service.sweep_once(pool, registry, now(), default_bp=bp)
     assert await count(api, "SELECT count(*) FROM ledger_transactions") == 1
+
+
+async def test_sweeper_asks_no_gateway_it_cannot_reach_until_the_window_closes(
+    api: Api,
+) -> None:
+    """A payment whose gateway has nobody to ask (a bank transfer waits for a
+    statement line) is not taken up by every round, crowding out the
+    gateways that answer; once its window closed it is expired as before."""
+    clinic = await make_clinic(api)
+    doctor = await make_doctor(api, clinic)
+    pool = pool_of(api)
+    registry = api.app[service.GATEWAYS]
+    _t, _b, waiting = await live_payment(api, doctor)
+    await pool.execute(
+        """UPDATE payment_intents SET gateway = 'nobody_to_ask',
+                  created_at = now() - interval '20 minutes' WHERE id = $1""",
+        uuid.UUID(waiting["id"]),
+    )
+    bp = api.app[keys.SETTINGS].payments_platform_commission_bp
+    assert await service.sweep_once(pool, registry, now(), default_bp=bp) == 0
+    assert await status_of(api, waiting["id"]) == "processing"
+    await pool.execute(
+        "UPDATE payment_intents SET expires_at = now() - interval '1 minute' WHERE id = $1",
+        uuid.UUID(waiting["id"]),
+    )
+    assert await service.sweep_once(pool, registry, now(), default_bp=bp) == 1
+    assert await status_of(api, waiting["id"]) == "cancelled"
