@@ -513,7 +513,7 @@ async def run(
                     return
                 gateway = "sandbox"
                 if mode == "mix":
-                    gateway = MIX[turn % len(MIX)]
+                    gateway = args.mix_ways[turn % len(args.mix_ways)]
                     turn += 1
                 elif not mode and doctor in rupees and mix.random() < args.easypaisa:
                     gateway = "easypaisa"
@@ -654,6 +654,7 @@ async def run(
                 )
         if finance is not None:
             results["mix"] = mix_results(phases)
+            results["mix"]["ways"] = list(args.mix_ways)
             results["mix"]["statement_lines"] = finance.lines
             results["mix"]["statements_imported"] = finance.statements
             results["mix"]["transfers_unmatched"] = finance.unmatched
@@ -720,6 +721,13 @@ def main() -> None:
         " on the same run, in ABBA phases of --seconds/2; per-booking ratios",
     )
     p.add_argument(
+        "--mix-ways",
+        type=lambda text: tuple(text.split(",")),
+        default=MIX,
+        help=f"--mix: the ways to pay the mixed phases take in turn (default {','.join(MIX)});"
+        " one way alone against the sandbox gives that way's own ratio",
+    )
+    p.add_argument(
         "--statement-lines",
         type=int,
         default=20,
@@ -728,6 +736,8 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0, help="the server's port (default: any free)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "booking.json")
     args = p.parse_args()
+    if not args.mix_ways or set(args.mix_ways) - set(MIX):
+        p.error(f"--mix-ways takes some of {','.join(MIX)}")
     if args.quick:
         args.doctors, args.clients, args.seconds, args.searches = 500, 4, 3.0, 100
     data_dir = Path(tempfile.mkdtemp(prefix="wadud-bench-"))
@@ -805,8 +815,8 @@ def main() -> None:
                 f" p95 {g['latency_p95_ms']} ms"
             )
         print(
-            f"    bank statements imported: {mx['statements_imported']} of up to"
-            f" {mx['statement_lines']} credits; transfers left unmatched:"
+            f"    bank statements imported: {mx['statements_imported']}, up to"
+            f" {mx['statement_lines']} credits each; transfers left unmatched:"
             f" {mx['transfers_unmatched']}"
         )
         print(
