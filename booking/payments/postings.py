@@ -1,0 +1,111 @@
+"""The payments tables' two plain writers, and the ledger's reader.
+
+:func:`post_transaction` is the only writer of ``ledger_transactions`` and
+``ledger_entries`` (each transaction whole in one statement; the database's
+balance trigger judges it as the statement ends), and
+:func:`record_intent_event` writes a payment's history line. Below the
+payments service and the refund-due book, which both write through them.
+
+Refund rows are stored in the ledger with their own id as ``reference``
+(``ledger_transactions`` is unique on ``(kind, reference)`` and one payment
+may be refunded several times); :func:`load_ledger` rebuilds the core's
+:class:`~booking.payments.ledger.Transaction` with the payment id as
+reference, which is what :func:`booking.payments.ledger.refund` expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from booking.payments import ledger
+from booking.payments.errors import PaymentError
+from booking.payments.intent import Currency
+from booking.payments.rows import ledger_posting
+from wadud.db import Args
+from wadud.errors import Conflict
+
+__all__ = ["DuplicatePosting", "load_ledger", "post_transaction", "record_intent_event"]
+
+
+class DuplicatePosting(PaymentError, Conflict):
+    """A ledger transaction of that kind and reference exists already."""
+
+    http_status = 409
+    code = "duplicate_posting"
+
+
+async def record_intent_event(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    event: str,
+    before: str | None,
+    after: str,
+    detail: Mapping[str, Any] | None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO payment_events
+               (payment_intent_id, clinic_id, event, from_state, to_state, detail)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb)""",
+        row["id"],
+        row["clinic_id"],
+        event,
+        before,
+        after,
+        dict(detail or {}),
+    )
+
+
+async def post_transaction(
+    conn: asyncpg.Connection,
+    txn: ledger.Transaction,
+    *,
+    clinic_id: UUID,
+    reference: str | None = None,
+    payment_intent_id: UUID | None = None,
+    booking_id: UUID | None = None,
+) -> UUID:
+    """Persist a balanced ``txn`` (header and entries); the ledger's only writer.
+
+    ``reference`` overrides ``txn.reference`` in the table (refunds: their own
+    id). The balance trigger checks the entries as the statement ends.
+    """
+    # One round trip, and no savepoint: a duplicate (kind, reference) inserts
+    # nothing (ON CONFLICT) rather than aborting the caller's transaction.
+    args = Args()
+    posting = ledger_posting(
+        txn,
+        args,
+        clinic_id=clinic_id,
+        reference=reference or txn.reference,
+        payment_intent_id=payment_intent_id,
+        booking_id=booking_id,
+    )
+    txn_id: UUID | None = await conn.fetchval(f"WITH {posting} SELECT id FROM posted", *args.values)
+    if txn_id is None:
+        raise DuplicatePosting(f"{txn.kind} {reference or txn.reference} is posted already")
+    return txn_id
+
+
+async def load_ledger(
+    conn: asyncpg.Connection, payment_intent_id: UUID, kind: str
+) -> list[ledger.Transaction]:
+    """A payment's postings of ``kind``, rebuilt as core transactions whose
+    reference is the payment id (see the module docstring)."""
+    rows = await conn.fetch(
+        """SELECT t.id, e.account, e.amount_minor, e.currency
+           FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id
+           WHERE t.payment_intent_id = $1 AND t.kind = $2
+           ORDER BY t.created_at, t.id, e.id""",
+        payment_intent_id,
+        kind,
+    )
+    grouped: dict[UUID, list[ledger.Entry]] = {}
+    for r in rows:
+        grouped.setdefault(r["id"], []).append(
+            ledger.Entry(r["account"], int(r["amount_minor"]), Currency(r["currency"]))
+        )
+    return [ledger.Transaction(kind, str(payment_intent_id), tuple(e)) for e in grouped.values()]

@@ -1,0 +1,116 @@
+"""The payment gateways a process uses: which the configuration asks for,
+built once, and the process's default registry.
+
+:func:`booking.payments.service.refund_booking` is called by the bookings
+code, which has a connection but no app, so the app's lifespan makes its
+registry the process's default here (:func:`use_registry`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import timedelta
+from typing import Any
+
+from booking.payments import easypaisa
+from booking.payments.card import CardSettings
+from booking.payments.errors import PaymentError
+from booking.payments.gateway import GatewayRegistry, PaymentSettings
+from booking.payments.jazzcash import JazzCashSettings
+from booking.payments.sandbox import SandboxSettings
+from wadud.config import Settings
+
+__all__ = [
+    "build_registry",
+    "current_registry",
+    "current_registry_or_none",
+    "payment_settings",
+    "sandbox_secret",
+    "use_registry",
+]
+
+_current: GatewayRegistry | None = None
+
+
+def use_registry(registry: GatewayRegistry | None) -> None:
+    """Make ``registry`` the process's default (set by the app's lifespan).
+
+    :func:`refund_booking` is called by the bookings code, which has a
+    connection but no app; it falls back on this.
+    """
+    global _current
+    _current = registry
+
+
+def current_registry_or_none() -> GatewayRegistry | None:
+    return _current
+
+
+def current_registry() -> GatewayRegistry:
+    if _current is None:
+        raise PaymentError("payment gateways are not configured (app not started)")
+    return _current
+
+
+def sandbox_secret(settings: Settings) -> str:
+    """The sandbox signing secret: configured, or derived from ``secret_key``.
+
+    Derived with HMAC under a purpose label so the sandbox secret reveals
+    nothing about the key that signs access tokens.
+    """
+    if settings.payments_sandbox_secret:
+        return settings.payments_sandbox_secret
+    return hmac.new(
+        settings.secret_key.encode(), b"wadud/payments/sandbox", hashlib.sha256
+    ).hexdigest()
+
+
+def payment_settings(settings: Settings) -> PaymentSettings:
+    """Which gateways the configuration asks for: the sandbox always, the
+    others when their credentials are filled in."""
+    tolerance = timedelta(seconds=settings.payments_webhook_tolerance)
+    sandbox = SandboxSettings(
+        secret=sandbox_secret(settings), base_url=settings.base_url, tolerance=tolerance
+    )
+    jazzcash = None
+    if (
+        settings.payments_jazzcash_merchant_id
+        and settings.payments_jazzcash_password
+        and settings.payments_jazzcash_integrity_salt
+    ):
+        extra: dict[str, Any] = {}
+        base = settings.payments_jazzcash_endpoint.rstrip("/")
+        if base:
+            extra = {
+                "checkout_url": f"{base}/CustomerPortal/transactionmanagement/merchantform/",
+                "inquiry_url": f"{base}/ApplicationAPI/API/PaymentInquiry/Inquire",
+                "refund_url": f"{base}/ApplicationAPI/API/Purchase/domwalletrefundtransaction",
+            }
+        jazzcash = JazzCashSettings(
+            merchant_id=settings.payments_jazzcash_merchant_id,
+            password=settings.payments_jazzcash_password,
+            integrity_salt=settings.payments_jazzcash_integrity_salt,
+            **extra,
+        )
+    card = None
+    if (
+        settings.payments_card_api_base
+        and settings.payments_card_api_key
+        and settings.payments_card_webhook_secrets
+    ):
+        card = CardSettings(
+            api_base=settings.payments_card_api_base,
+            api_key=settings.payments_card_api_key,
+            webhook_secrets=tuple(settings.payments_card_webhook_secrets),
+            tolerance=tolerance,
+        )
+    return PaymentSettings(
+        sandbox=sandbox, jazzcash=jazzcash, card=card, easypaisa=easypaisa.from_config(settings)
+    )
+
+
+def build_registry(settings: Settings, session: Any = None) -> GatewayRegistry:
+    """Every configured gateway; ``session`` (an aiohttp ClientSession owned by
+    the caller) serves the remote ones."""
+    return GatewayRegistry.from_settings(payment_settings(settings), session)
