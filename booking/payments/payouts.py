@@ -29,7 +29,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from booking.payments import ledger, service
+from booking.payments import ledger
 from booking.payments.batch import (
     MAX_LINES,
     LineSettled,
@@ -40,6 +40,7 @@ from booking.payments.batch import (
 )
 from booking.payments.errors import PaymentError
 from booking.payments.intent import Currency, Money
+from booking.payments.postings import post_transaction
 from wadud import audit, outbox
 from wadud.errors import Conflict, NotFound
 from wadud.principal import Principal
@@ -391,7 +392,7 @@ async def mark_lines(
                 Money(int(line["amount_minor"]), Currency(line["currency"])),
                 str(payout_of[line["id"]]),
             )
-            await service.post_transaction(conn, txn, clinic_id=batch["clinic_id"])
+            await post_transaction(conn, txn, clinic_id=batch["clinic_id"])
     await conn.execute(
         """UPDATE payout_batch_lines l
            SET status = x.status, payout_id = x.payout_id,
