@@ -124,12 +124,14 @@ def data_rights(app: web.Application) -> None:
 def retention_rules() -> list[privacy.retention.Rule]:
     """Every feature's retention rules (``wadud retention run`` adds the
     ground's own, :func:`privacy.retention.core_rules`)."""
+    import booking.call_reports
     import booking.privacy
     import chat.privacy
     import notify.privacy
 
     return [
         *booking.privacy.retention_rules(),
+        *booking.call_reports.retention_rules(),
         *chat.privacy.retention_rules(),
         *notify.privacy.retention_rules(),
     ]

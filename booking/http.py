@@ -7,11 +7,20 @@ from types import ModuleType
 
 from aiohttp import web
 
-from booking.api import bookings, clinics, doctors, queue, reviews, search
+from booking.api import bookings, call_reports, clinics, doctors, queue, reviews, search
 from booking.payments import api as payments
 from booking.payments import easypaisa_http
 
-MODULES: tuple[ModuleType, ...] = (clinics, doctors, search, bookings, queue, reviews, payments)
+MODULES: tuple[ModuleType, ...] = (
+    clinics,
+    doctors,
+    search,
+    bookings,
+    call_reports,
+    queue,
+    reviews,
+    payments,
+)
 
 
 def install(app: web.Application) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 __all__ = [
     "ActiveSpeaker",
+    "CallSample",
     "ConnectionQuality",
     "LayersWanted",
     "MediaControl",
@@ -322,8 +323,36 @@ class ConnectionQuality:
     type: Literal["connection_quality"] = "connection_quality"
 
 
+@dataclass(frozen=True)
+class CallSample:
+    """A participant's legs as the worker saw them over the last few seconds
+    (``sfu.call_samples``, every ``SAMPLE_EVERY``), for the visit's call
+    report: loss (0-1), RTT and jitter (seconds, None: unknown), what they
+    send and receive and the bandwidth estimated toward them (bits per
+    second), the simulcast layer (rid) of each video they receive (None:
+    paused), and the quality level shown."""
+
+    room: str
+    participant: str
+    loss: float
+    rtt: float | None
+    jitter: float | None
+    sent: float
+    received: float
+    available: float
+    layers: dict[str, str | None]
+    quality: Literal["excellent", "good", "poor", "lost"]
+    type: Literal["call_sample"] = "call_sample"
+
+
 MediaEvent = (
-    TransportState | ActiveSpeaker | RelayState | TrackPaused | LayersWanted | ConnectionQuality
+    TransportState
+    | ActiveSpeaker
+    | RelayState
+    | TrackPaused
+    | LayersWanted
+    | ConnectionQuality
+    | CallSample
 )
 
 
@@ -374,6 +403,19 @@ def event_from_dict(data: Mapping[str, Any]) -> MediaEvent:
         return ConnectionQuality(
             room=str(data["room"]),
             participant=str(data["participant"]),
+            quality=data["quality"],
+        )
+    if kind == "call_sample":
+        return CallSample(
+            room=str(data["room"]),
+            participant=str(data["participant"]),
+            loss=float(data["loss"]),
+            rtt=None if data.get("rtt") is None else float(data["rtt"]),
+            jitter=None if data.get("jitter") is None else float(data["jitter"]),
+            sent=float(data["sent"]),
+            received=float(data["received"]),
+            available=float(data["available"]),
+            layers={str(k): None if v is None else str(v) for k, v in data["layers"].items()},
             quality=data["quality"],
         )
     raise ValueError(f"not a media event: {kind!r}")

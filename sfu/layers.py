@@ -55,6 +55,7 @@ from rtc.errors import RtpParseError
 from rtc.rtcp import Remb, RtcpPacket, TransportCc
 from rtc.rtp import extension_elements
 from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
+from sfu import call_samples
 from sfu.control import ConnectionQuality, LayersWanted, TrackPaused
 from sfu.errors import SfuStateError
 from sfu.estimator import RAMP_REACH, SendSideEstimator
@@ -160,7 +161,7 @@ class _Sent:
 
 
 class _Quality:
-    __slots__ = ("expected", "lost", "rtcp", "seen", "tracker")
+    __slots__ = ("expected", "lost", "rtcp", "sampled", "seen", "tracker")
 
     def __init__(self, now: float) -> None:
         self.tracker = QualityTracker()
@@ -168,6 +169,7 @@ class _Quality:
         self.expected = 0
         self.rtcp = -1
         self.seen = now
+        self.sampled = -math.inf
 
 
 class WorkerLayers(WorkerControl):
@@ -711,6 +713,21 @@ class WorkerLayers(WorkerControl):
                 level = q.tracker.level
             if level is not None:
                 self._emit(ConnectionQuality(room.name, participant, level.value))
+            if now - q.sampled >= call_samples.SAMPLE_EVERY:
+                q.sampled = now
+                got: list[tuple[Track, int | None]] = []
+                if sub is not None:
+                    got = [(s.track, self._current(sub, s.track)) for s in sub.sections]
+                self._emit(
+                    call_samples.sample(
+                        room.name,
+                        participant,
+                        sample,
+                        q.tracker.level,
+                        call_samples.sent_bitrate(room.tracks.values(), pub),
+                        call_samples.received_layers(got),
+                    )
+                )
 
 
 _ANY_VIEW = View()

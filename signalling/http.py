@@ -9,6 +9,7 @@ one in ``wadud serve``), so the order of installers does not matter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +25,7 @@ from sfu.control import MediaControl
 from sfu.http import MEDIA
 from sfu.rpc import MediaClient
 from signalling import errors
+from signalling.call_reports import CallRecorder, post_stats
 from signalling.cluster import Cluster
 from signalling.placement import Placement, parse_distances
 from signalling.service import CallService
@@ -34,6 +36,8 @@ from wadud.bus import Subscription
 from wadud.errors import ConfigError
 
 CALLS = web.AppKey("calls", CallService)
+#: Gathers each visit's call report (signalling.call_reports).
+RECORDER = web.AppKey("call_recorder", CallRecorder)
 
 
 def ice_servers_for(
@@ -63,9 +67,18 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return await request.app[CALLS].serve(request)
 
 
+async def call_stats(request: web.Request) -> web.Response:
+    """``POST /api/v1/calls/stats``: a call page's own stats (signalling.call_reports)."""
+    await post_stats(request, request.app[keys.SETTINGS], request.app[RECORDER])
+    return web.Response(status=204)
+
+
 async def _context(app: web.Application) -> AsyncIterator[None]:
     def media() -> MediaControl | None:
-        return app.get(MEDIA)
+        found = app.get(MEDIA)
+        if found is not None:
+            recorder.watch(found)
+        return found
 
     settings = app[keys.SETTINGS]
     # With Redis, rooms are shared by every replica (signalling.cluster); with
@@ -115,12 +128,16 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         on_waiting=waiting,
     )
     app[CALLS] = service
+    recorder = app[RECORDER] = CallRecorder(app[keys.DB], lambda room: room in service.rooms)
+    if client is not None:
+        client.add_listener(recorder.on_worker_message)
     bus = app[keys.BUS]
     cancelled = await bus.subscribe(*booking.calls.ENDING_TOPICS)
     revoked = await bus.subscribe(revocation.TOPIC)
     listeners = [
         asyncio.create_task(_end_cancelled(cancelled, service), name="call-booking-ends"),
         asyncio.create_task(_revocations(revoked, service), name="call-revocations"),
+        asyncio.create_task(recorder.run(), name="call-reports"),
     ]
     try:
         await service.start()
@@ -134,6 +151,11 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
         await service.close()
+        # Rooms end with the replica, not the call: their reports are
+        # finished by the replica that owns them next, or stay not ready.
+        recorder.live.clear()
+        with contextlib.suppress(Exception):
+            await recorder.flush()
         if client is not None:
             await client.close()
 
@@ -208,6 +230,7 @@ async def _shutdown(app: web.Application) -> None:
 
 def install(app: web.Application) -> None:
     app.router.add_get("/ws", websocket, name="call-ws")
+    app.router.add_post("/api/v1/calls/stats", call_stats, name="call-stats")
     app.cleanup_ctx.append(_context)
     app.on_shutdown.append(_shutdown)
 

@@ -445,6 +445,13 @@ class Settings:
             "Days the notification log (finished jobs, their deliveries and attempts) is kept."
         ),
     )
+    retention_call_report_days: int = field(
+        default=90,
+        metadata=_doc(
+            "Days a visit's call report (quality samples, transport events) is kept after"
+            " the call ended (docs/calls.md, \"Call reports\"). 0: kept until erased."
+        ),
+    )
     retention_sessions_days: int = field(
         default=30,
         metadata=_doc(

@@ -40,6 +40,7 @@
 
 import { WadudCall } from './wadud-call.js';
 import { ConsultChat } from './consult-chat.js';
+import { reportStats } from './call-stats.js';
 import * as i18n from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
@@ -406,6 +407,7 @@ async function join() {
   call.addEventListener('mediareconnect', () => toast(i18n.t('reconnecting.video')));
   call.addEventListener('media', (e) => onMedia(e.detail));
   call.addEventListener('participantmedia', () => showReconnecting());
+  reportStats(call, token); // the visit's call report (docs/calls.md)
 
   await call.publish({ microphone, camera: wantCamera ? camera : null });
   if (microphone && !wantMic) await call.setMuted('microphone', true);

@@ -1,0 +1,229 @@
+"""What signalling gathers for each visit's call report (booking.call_reports).
+
+Two sources, neither on the forwarding path:
+
+* the media worker's events: :class:`sfu.control.CallSample` every few
+  seconds per participant, and :class:`sfu.control.TransportState`; heard
+  as a listener of the worker (``wadud serve``) or of the media client
+  (``wadud api``, events over Redis), and kept only by the replica that owns
+  the room, so a room's samples are written once however many replicas
+  hear them;
+* the participant's page: ``POST /api/v1/calls/stats`` with its room token
+  every few seconds (``signalling/static/call-stats.js``): its own
+  ``getStats()`` (freezes, concealed audio, the candidate pair and so TURN
+  use, RTT) and its count of ICE restarts and reconnects.
+
+A :class:`CallRecorder` buffers both in memory and writes them every
+``FLUSH_EVERY`` seconds in one transaction per batch; when a room it wrote
+for is no longer owned here (its call ended), the last batch is written and
+the report marked ready (outbox ``call_report_ready``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+
+from booking.call_reports import Event, Participant, Row, finish, store
+from booking.calls import ROOM_PREFIX
+from sfu.control import CallSample, MediaControl, MediaEvent, TransportState
+from wadud.auth import InvalidToken, decode_room_token
+from wadud.config import Settings
+from wadud.errors import BadRequest, PayloadTooLarge, Unauthorized
+
+__all__ = ["FLUSH_EVERY", "PAGE_EVERY", "CallRecorder", "page_sample"]
+
+log = logging.getLogger("signalling.call_reports")
+
+#: Seconds between batches written to PostgreSQL.
+FLUSH_EVERY = 5.0
+#: A page's samples closer together than this are dropped (it sends every 5 s).
+PAGE_EVERY = 2.0
+#: Most samples held in memory; past it, new ones are dropped (a stalled database).
+BUFFER_MAX = 20_000
+#: Largest page stats body accepted, bytes.
+BODY_MAX = 8192
+
+#: Fields a page's sample may carry, with their types.
+_PAGE_FIELDS: dict[str, tuple[type, ...]] = {
+    "rtt": (int, float),
+    "relay": (bool,),
+    "candidate": (str,),
+    "freeze_count": (int,),
+    "freeze_seconds": (int, float),
+    "freezes": (int,),
+    "concealed_seconds": (int, float),
+    "concealed": (int, float),
+    "ice_restarts": (int,),
+    "media": (str,),
+    "quality_shown": (dict,),
+}
+
+
+def _booking(room: str) -> UUID | None:
+    if not room.startswith(ROOM_PREFIX):
+        return None
+    try:
+        return UUID(room[len(ROOM_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def page_sample(body: Any) -> tuple[str, dict[str, Any]]:
+    """The participant id and the checked fields of a page's sample
+    (BadRequest for anything else)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body is a JSON object")
+    pid = body.get("participant_id")
+    if not isinstance(pid, str) or not 0 < len(pid) <= 100:
+        raise BadRequest("participant_id: a string")
+    data: dict[str, Any] = {}
+    for key, value in (body.get("stats") or {}).items():
+        kinds = _PAGE_FIELDS.get(key)
+        if kinds is None or value is None:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise BadRequest(f"stats.{key}: wrong type")
+        if isinstance(value, str):
+            value = value[:40]
+        if isinstance(value, dict):
+            value = {str(k)[:100]: str(v)[:20] for k, v in list(value.items())[:16]}
+        data[key] = value
+    return pid, data
+
+
+class CallRecorder:
+    """Buffers call samples and writes them in batches (see the module docstring)."""
+
+    def __init__(self, pool: asyncpg.Pool, owned: Callable[[str], bool]) -> None:
+        self.pool = pool
+        #: Whether this replica owns a room now (the call service's rooms).
+        self.owned = owned
+        self.rows: list[Row] = []
+        self.events: list[Event] = []
+        self.people: dict[tuple[UUID, str], Participant] = {}
+        #: Rooms this replica wrote samples for, to finish when they close.
+        self.live: dict[str, UUID] = {}
+        self._page_at: dict[tuple[UUID, str], float] = {}
+        self._restarts: dict[tuple[UUID, str], int] = {}
+        self._watching: set[int] = set()
+
+    def watch(self, media: MediaControl) -> None:
+        """Listen to a media worker's events (once per worker)."""
+        if id(media) not in self._watching:
+            self._watching.add(id(media))
+            media.add_listener(self.on_media_event)
+
+    def on_worker_message(self, _wid: str, _incarnation: str, what: MediaEvent | str) -> None:
+        """A message of the media client (``wadud api``): events only."""
+        if not isinstance(what, str):
+            self.on_media_event(what)
+
+    def on_media_event(self, event: MediaEvent) -> None:
+        if not isinstance(event, CallSample | TransportState):
+            return
+        booking = _booking(event.room)
+        if booking is None or not self.owned(event.room) or len(self.rows) >= BUFFER_MAX:
+            return
+        self.live[event.room] = booking
+        if isinstance(event, CallSample):
+            data = {
+                "loss": event.loss,
+                "rtt": event.rtt,
+                "jitter": event.jitter,
+                "sent": event.sent,
+                "received": event.received,
+                "available": event.available,
+                "layers": event.layers,
+                "quality": event.quality,
+            }
+            self.rows.append(Row(booking, event.participant, "media", _now(), data))
+        else:
+            self.events.append(
+                Event(
+                    booking, event.participant, _now(), event.state, event.direction, event.reason
+                )
+            )
+
+    def on_page(self, booking: UUID, pid: str, name: str, role: str, data: dict[str, Any]) -> bool:
+        """A page's sample; False when dropped (too soon after the last one)."""
+        key = (booking, pid)
+        now = time.monotonic()
+        if now - self._page_at.get(key, -PAGE_EVERY) < PAGE_EVERY or len(self.rows) >= BUFFER_MAX:
+            return False
+        self._page_at[key] = now
+        at = _now()
+        self.people[key] = Participant(booking, pid, name[:200], role[:40])
+        restarts = int(data.get("ice_restarts") or 0)
+        before = self._restarts.get(key, 0)
+        if restarts > before:
+            # The page restarted ICE (or made new peer connections) since its
+            # last sample: a reconnect, at this sample's time.
+            self.events.append(Event(booking, pid, at, "reconnect", "", data.get("media", "")))
+        self._restarts[key] = max(before, restarts)
+        self.rows.append(Row(booking, pid, "page", at, data))
+        return True
+
+    async def flush(self) -> None:
+        rows, events, people = self.rows, self.events, list(self.people.values())
+        self.rows, self.events = [], []
+        self.people.clear()
+        if rows or events or people:
+            async with self.pool.acquire() as conn:
+                await store(conn, rows, events, people)
+        for room, booking in list(self.live.items()):
+            if not self.owned(room):
+                del self.live[room]
+                async with self.pool.acquire() as conn:
+                    if await finish(conn, booking, _now()):
+                        log.info("call report ready", extra={"booking": str(booking)})
+
+    async def run(self, every: float = FLUSH_EVERY) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("call report batch failed; kept for the next round")
+
+
+async def post_stats(request: web.Request, settings: Settings, recorder: CallRecorder) -> None:
+    """``POST /api/v1/calls/stats``: a page's sample, with its room token as
+    bearer. 204 when taken (or dropped as too frequent); 401 for a bad
+    token; 400 for a malformed body; 413 past ``BODY_MAX``."""
+    if (request.content_length or 0) > BODY_MAX:
+        raise PayloadTooLarge("call stats are a few hundred bytes")
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise Unauthorized("a room token is needed")
+    try:
+        grant = decode_room_token(settings, header[7:], leeway=60)
+    except InvalidToken as exc:
+        raise Unauthorized(str(exc) or "not a valid room token") from None
+    raw = await request.content.read(BODY_MAX + 1)
+    if len(raw) > BODY_MAX:
+        raise PayloadTooLarge("call stats are a few hundred bytes")
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise BadRequest("the body is JSON") from None
+    pid, data = page_sample(body)
+    booking = _booking(grant.room)
+    if booking is None:
+        return  # a room of no booking (the demo, a token from the CLI): no report
+    recorder.on_page(booking, pid, grant.name, grant.role, data)
