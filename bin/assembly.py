@@ -76,6 +76,7 @@ def features() -> list[Installer]:
     # module, and only the roles that serve HTTP need the app's code.
     import booking.http
     import chat.http
+    import hooks.http
     import notify.http
     import privacy.http
     import signalling.http
@@ -92,6 +93,7 @@ def features() -> list[Installer]:
         booking.http.install,
         chat.http.install,
         notify.http.install,
+        hooks.http.install,
         data_rights,
         signalling.http.install,
         signalling.pages.install,
@@ -167,6 +169,11 @@ def installers(role: Role) -> list[Installer]:
     # And the notifier (unless notify_in_serve is off): `wadud api` deployments
     # run `wadud notify` beside their replicas instead.
     out.append(notify.http.install_worker)
+    # And the webhook deliverer (unless webhooks_in_serve is off): `wadud api`
+    # deployments run `wadud hooks` instead.
+    import hooks.http
+
+    out.append(hooks.http.install_worker)
     return out
 
 

@@ -6,6 +6,7 @@ wadud media     a media node: one worker process per core, registered in Redis
 wadud migrate   apply database migrations and exit
 wadud audit verify  walk the audit trail's hash chain; exit 1 naming the first bad row
 wadud notify    send notifications (email, push, SMS, WhatsApp); any number of replicas
+wadud hooks     deliver clinics' signed room webhooks; any number of replicas
 wadud user add  create an account (how the first admin comes to be)
 wadud retention run [--dry-run]  delete data past its retention period
 wadud token     print a call link (room token) for one participant
@@ -76,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     )
     _common(verify)
     p = sub.add_parser("notify", help="send notifications and reminders (docs/notifications.md)")
+    _common(p)
+    p = sub.add_parser("hooks", help="deliver clinics' room webhooks (docs/webhooks.md)")
     _common(p)
     p = sub.add_parser("turn", help="run the TURN/STUN relay (RFC 8656)")
     p.add_argument("--config", help="TOML configuration file (also $WADUD_CONFIG)")
@@ -259,6 +262,14 @@ def cmd_migrate(settings: config.Settings) -> int:
 
 def cmd_notify(settings: config.Settings) -> int:
     from notify.service import run
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(_run(run(settings)))
+    return 0
+
+
+def cmd_hooks(settings: config.Settings) -> int:
+    from hooks.service import run
 
     with contextlib.suppress(KeyboardInterrupt):
         return int(_run(run(settings)))
@@ -467,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_migrate(settings)
         if args.command == "notify":
             return cmd_notify(settings)
+        if args.command == "hooks":
+            return cmd_hooks(settings)
         if args.command == "retention" and args.retention_command == "run":
             return cmd_retention_run(args, settings)
         if args.command == "audit" and args.audit_command == "verify":

@@ -28,6 +28,7 @@ from signalling import errors
 from signalling.call_reports import CallRecorder, post_stats
 from signalling.cluster import Cluster
 from signalling.placement import Placement, parse_distances
+from signalling.roomevents import RoomEvents
 from signalling.service import CallService
 from turn.credentials import ice_server
 from wadud import keys, outbox, revocation
@@ -117,6 +118,8 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
                     {"booking_id": grant.booking, "room": grant.room, "name": grant.name},
                 )
 
+    # Room events for clinics' webhooks (hooks/), written as outbox rows.
+    room_events = RoomEvents(lambda: app.get(keys.DB))
     service = CallService(
         settings,
         media,
@@ -126,6 +129,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         media_client=client,
         guard=guard,
         on_waiting=waiting,
+        observe=room_events,
     )
     app[CALLS] = service
     recorder = app[RECORDER] = CallRecorder(app[keys.DB], lambda room: room in service.rooms)
@@ -151,6 +155,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
         await service.close()
+        await room_events.close()
         # Rooms end with the replica, not the call: their reports are
         # finished by the replica that owns them next, or stay not ready.
         recorder.live.clear()

@@ -468,6 +468,7 @@ class CallService:
         media_client: MediaClient | None = None,
         guard: Callable[[RoomGrant], Awaitable[None]] | None = None,
         on_waiting: Callable[[RoomGrant], Awaitable[None]] | None = None,
+        observe: Callable[[Room, list[Output]], None] | None = None,
     ) -> None:
         self.settings = settings
         self._get_media = media
@@ -481,6 +482,9 @@ class CallService:
         self.guard = guard
         #: Told when someone enters a waiting room (the notifier tells the doctor).
         self.on_waiting = on_waiting
+        #: Shown each room's outputs before they are carried out, its state
+        #: already changed (signalling.roomevents: the clinics' webhooks).
+        self.observe = observe
         self.rooms: dict[str, CallRoom] = {}
         self.lanes: dict[str, MediaLane] = {}
         self.ended: dict[str, float] = {}
@@ -720,6 +724,9 @@ class CallService:
     def apply(self, room: CallRoom, outputs: Iterable[Output]) -> None:
         """Carry out what the room core asked for, then rearm its timer."""
         loop = asyncio.get_running_loop()
+        if self.observe is not None:
+            outputs = list(outputs)
+            self.observe(room.core, outputs)
         closed = False
         for out in outputs:
             match out:

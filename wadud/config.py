@@ -817,6 +817,41 @@ class Settings:
             " endpoints. Empty: the system's."
         ),
     )
+    # [webhooks]: clinics' signed room webhooks (hooks/, docs/webhooks.md)
+    webhooks_in_serve: bool = field(
+        default=True,
+        metadata=_doc(
+            "Deliver webhooks inside `wadud serve`. Deployments of `wadud api` run"
+            " `wadud hooks` (one or more replicas) instead."
+        ),
+    )
+    webhooks_poll_interval: float = field(
+        default=1.0, metadata=_doc("Seconds between a deliverer's looks for due deliveries.")
+    )
+    webhooks_concurrency: int = field(
+        default=4, metadata=_doc("Deliveries one deliverer sends at once.")
+    )
+    webhooks_max_attempts: int = field(
+        default=12, metadata=_doc("Tries of one delivery before it is logged as failed.")
+    )
+    webhooks_backoff_base: float = field(
+        default=10.0,
+        metadata=_doc("Seconds before the first retry; each later retry waits twice as long."),
+    )
+    webhooks_backoff_max: float = field(
+        default=3600.0, metadata=_doc("Longest wait between two tries of a delivery.")
+    )
+    webhooks_timeout: float = field(
+        default=10.0, metadata=_doc("Seconds one delivery (connect, send, answer) may take.")
+    )
+    webhooks_allow_networks: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "Networks (CIDR, comma separated) webhook endpoints may reach although the"
+            " TURN peer rules refuse them (loopback, private, link-local). Empty, the"
+            " default: none. For tests and private deployments only."
+        ),
+    )
     turn_relay: dict[str, Any] = field(
         default_factory=dict,
         metadata={

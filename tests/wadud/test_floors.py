@@ -19,7 +19,7 @@ import pytest
 
 GROUND = Path(__file__).resolve().parents[2] / "wadud"
 ABOVE = frozenset(
-    {"booking", "chat", "notify", "privacy", "rtc", "sfu", "signalling", "turn", "bin"}
+    {"booking", "chat", "hooks", "notify", "privacy", "rtc", "sfu", "signalling", "turn", "bin"}
 )
 
 
@@ -148,5 +148,26 @@ def test_notify_imports_no_feature() -> None:
         for path, tree in zip(files, trees, strict=True)
         for line, name in imported(tree)
         if name.split(".")[0] in NOTIFY_ABOVE
+    ]
+    assert offences == []
+
+
+HOOKS = GROUND.parent / "hooks"
+HOOKS_ABOVE = frozenset({"booking", "chat", "notify", "sfu", "signalling", "bin"})
+
+
+def test_hooks_imports_no_feature_but_the_turn_peer_rules() -> None:
+    """hooks/ stands beside notify: room events reach it as outbox rows;
+    signalling imports it (to write them), never the other way. Of turn/ it
+    uses only the pure peer rules (turn.policy), which its endpoints share."""
+    files = sorted(HOOKS.rglob("*.py"))
+    assert files, "hooks/ was not found"
+    trees = _parse_all([(str(path), path.read_text()) for path in files])
+    offences = [
+        f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
+        for path, tree in zip(files, trees, strict=True)
+        for line, name in imported(tree)
+        if name.split(".")[0] in HOOKS_ABOVE
+        or (name.split(".")[0] == "turn" and name != "turn.policy")
     ]
     assert offences == []

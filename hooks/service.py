@@ -1,0 +1,315 @@
+"""The deliverer: the loops that send due webhook deliveries.
+
+Runs inside ``wadud serve`` (``hooks.http.install_worker``) or as
+``wadud hooks`` (:func:`run`); any number of replicas share one database.
+
+Guarantees, and where they come from:
+
+* In: a delivery row exists for every (event, subscribed endpoint) if and
+  only if the event's transaction committed (the trigger of migration 0020),
+  and at most one (its unique key).
+* Out: a delivery is claimed ``FOR UPDATE SKIP LOCKED`` and marked sent in
+  the transaction that claimed it, with the row lock held across the POST,
+  as the notifier does: two replicas never send one row; a deliverer killed
+  mid-send leaves it pending for another. The one window left, "the receiver
+  answered 2xx, our commit was lost", sends it again with the same
+  ``Wadud-Event-Id``, which receivers use to fold repeats.
+* Order: per (endpoint, room), a delivery is not claimed while an earlier
+  event of that room is still pending for that endpoint, so a receiver sees
+  a room's events in the order they happened, retries included. A delivery
+  that failed for good stops holding the later ones back.
+* Retries: any answer but 2xx, a timeout or a refused address is retried
+  after ``webhooks_backoff_base * 2**(attempt-1)`` seconds (at most
+  ``webhooks_backoff_max``), ``webhooks_max_attempts`` times in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp.abc import AbstractResolver
+from prometheus_client import Counter, Gauge
+
+from hooks.addresses import CheckedResolver, check_url, policy
+from hooks.errors import RefusedAddress
+from wadud import outbox, signing
+from wadud.config import Settings
+
+log = logging.getLogger("wadud.hooks")
+
+__all__ = ["Deliverer", "backoff", "body_of", "run"]
+
+SIGNATURE_HEADER = "Wadud-Signature"
+DELIVERIES = Counter(
+    "wadud_room_hook_deliveries_total",
+    "Webhook delivery attempts by outcome (sent, retried, failed).",
+    ["outcome"],
+)
+BACKLOG = Gauge("wadud_webhook_backlog", "Webhook deliveries due and not sent.")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def backoff(attempt: int, *, base: float, cap: float) -> float:
+    """Seconds before try ``attempt + 1`` after try ``attempt`` failed."""
+    return float(min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+def body_of(row: asyncpg.Record | dict[str, Any]) -> bytes:
+    """The JSON body of an event's delivery: the same bytes on every try."""
+    payload = row["payload"]
+    event = {
+        "id": str(row["event_id"]),
+        "type": row["name"],
+        "created_at": row["created_at"].isoformat(),
+        "occurred_at": payload.get("at") or row["created_at"].isoformat(),
+        "clinic_id": str(row["clinic_id"]),
+        "booking_id": str(row["booking_id"]),
+        "room": row["room"],
+        "data": payload.get("data") or {},
+    }
+    return json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+
+
+_CLAIM = """
+SELECT d.id, d.event_id, d.attempts, e.url, e.secret,
+       v.name, v.payload, v.created_at, v.clinic_id, v.booking_id, v.room
+FROM room_hook_deliveries d
+JOIN room_hook_endpoints e ON e.id = d.endpoint_id
+JOIN room_hook_events v ON v.id = d.event_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND e.enabled
+  AND NOT EXISTS (
+      SELECT 1 FROM room_hook_deliveries o
+      WHERE o.endpoint_id = d.endpoint_id AND o.room = d.room
+        AND o.status = 'pending' AND o.event_id < d.event_id)
+ORDER BY d.next_attempt_at, d.event_id
+LIMIT 1 FOR UPDATE OF d SKIP LOCKED"""
+
+_RECORD = """
+WITH a AS (
+    INSERT INTO room_hook_attempts (delivery_id, attempt, ok, http_status, detail, duration_ms)
+    VALUES ($1, $3, $4, $5, $6, $7))
+UPDATE room_hook_deliveries
+SET status = $2, attempts = $3, last_error = CASE WHEN $4 THEN NULL ELSE $6 END,
+    sent_at = CASE WHEN $2 = 'sent' THEN clock_timestamp() END,
+    next_attempt_at = coalesce($8, next_attempt_at)
+WHERE id = $1"""
+
+
+class Deliverer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        *,
+        resolver: AbstractResolver | None = None,
+        clock: Callable[[], dt.datetime] = _now,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.rules = policy(settings.webhooks_allow_networks)
+        self.resolver = CheckedResolver(self.rules, resolver)
+        self.clock = clock
+        self.sent = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=self.resolver, use_dns_cache=False, limit=max(4, 4 * self.concurrency)
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,  # no proxy from the environment: we judge the address we reach
+            timeout=aiohttp.ClientTimeout(total=self.settings.webhooks_timeout),
+        )
+        self._tasks.append(asyncio.create_task(self._listen_loop(), name="hooks-listen"))
+        for i in range(self.concurrency):
+            self._tasks.append(asyncio.create_task(self._send_loop(), name=f"hooks-send-{i}"))
+
+    @property
+    def concurrency(self) -> int:
+        return max(1, self.settings.webhooks_concurrency)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._unlisten()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- waking ------------------------------------------------------------
+
+    async def _unlisten(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(outbox.CHANNEL, self._notified)
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look for due deliveries now (a redeliver asked for one)."""
+        self._wake.set()
+
+    async def _listen_loop(self) -> None:
+        """Keep a LISTEN on the outbox channel (a relay's NOTIFY after each
+        published batch wakes the senders) and refresh the backlog gauge."""
+        while True:
+            try:
+                if self._listener is None or self._listener.is_closed():
+                    await self._unlisten()
+                    self._listener = await self.pool.acquire()
+                    await self._listener.add_listener(outbox.CHANNEL, self._notified)
+                BACKLOG.set(
+                    await self.pool.fetchval(
+                        """SELECT count(*) FROM room_hook_deliveries
+                           WHERE status = 'pending' AND next_attempt_at <= $1""",
+                        self.clock(),
+                    )
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook listener failed; retrying")
+                await self._unlisten()
+            await asyncio.sleep(max(1.0, self.settings.webhooks_poll_interval))
+
+    async def _send_loop(self) -> None:
+        while True:
+            try:
+                if await self.send_one():
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook send round failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.webhooks_poll_interval)
+
+    # -- one delivery ------------------------------------------------------
+
+    async def send_one(self) -> bool:
+        """Send the next due delivery, if any; False when there was none."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_CLAIM, self.clock())
+            if row is None:
+                return False
+            attempt = row["attempts"] + 1
+            started = time.monotonic()
+            status, detail = await self._post(row, attempt)
+            took = int((time.monotonic() - started) * 1000)
+            ok = status is not None and 200 <= status < 300
+            s = self.settings
+            if ok:
+                state, next_at = "sent", None
+            elif attempt >= s.webhooks_max_attempts:
+                state, next_at = "failed", None
+            else:
+                wait = backoff(attempt, base=s.webhooks_backoff_base, cap=s.webhooks_backoff_max)
+                state, next_at = "pending", self.clock() + dt.timedelta(seconds=wait)
+            await conn.execute(
+                _RECORD, row["id"], state, attempt, ok, status, detail[:1000], took, next_at
+            )
+        outcome = {"sent": "sent", "failed": "failed"}.get(state, "retried")
+        DELIVERIES.labels(outcome).inc()
+        if ok:
+            self.sent += 1
+            self._wake.set()  # the room's next event may be due now
+        else:
+            log.info(
+                "webhook delivery %s",
+                "failed for good" if state == "failed" else "will be retried",
+                extra={"delivery": row["id"], "attempt": attempt, "error": detail},
+            )
+        return True
+
+    async def _post(self, row: asyncpg.Record, attempt: int) -> tuple[int | None, str]:
+        """POST the event; (HTTP status or None when unreached, detail)."""
+        assert self._session is not None, "start() first"
+        body = body_of(row)
+        timestamp = int(self.clock().timestamp())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "Wadud-Webhooks/1",
+            SIGNATURE_HEADER: signing.sign(body, row["secret"], timestamp),
+            "Wadud-Event-Id": str(row["event_id"]),
+            "Wadud-Event": row["name"],
+            "Wadud-Delivery": str(row["id"]),
+            "Wadud-Attempt": str(attempt),
+        }
+        try:
+            check_url(row["url"], self.rules)  # an IP literal skips the resolver
+            async with self._session.post(
+                row["url"], data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                answer = await resp.content.read(200)
+                return resp.status, answer.decode("utf-8", "replace")
+        except RefusedAddress as exc:
+            return None, f"refused: {exc.detail}"
+        except aiohttp.ClientConnectorError as exc:
+            cause = exc.__cause__ or exc.os_error
+            if isinstance(cause, RefusedAddress):
+                return None, f"refused: {cause.detail}"
+            return None, f"unreachable: {exc}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    async def run_until_idle(self, seconds: float = 10.0) -> int:
+        """Send until nothing is due; return how many were sent (tests, tools)."""
+        deadline = time.monotonic() + seconds
+        before = self.sent
+        while time.monotonic() < deadline and await self.send_one():
+            pass
+        return self.sent - before
+
+
+async def run(settings: Settings) -> int:
+    """``wadud hooks``: the deliverer until SIGTERM or SIGINT."""
+    from wadud import db, migrate
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.database_url or await stack.enter_async_context(
+            db.embedded_postgres(settings.data_dir)
+        )
+        if settings.database_migrate:
+            conn = await db.connect(url)
+            try:
+                await migrate.migrate(conn)
+            finally:
+                await conn.close()
+        pool = await stack.enter_async_context(db.pool(settings, url))
+        deliverer = Deliverer(pool, settings)
+        await deliverer.start()
+        stack.push_async_callback(deliverer.close)
+        log.info("webhook deliverer running")
+        print("wadud hooks: running", flush=True)
+        await stop.wait()
+    return 0
