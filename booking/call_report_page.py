@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["render"]
 
-W, H, LEFT, RIGHT = 760, 86, 64, 12
+W, H, LEFT, RIGHT = 600, 96, 92, 22
 QUALITY_Y = {"excellent": 3, "good": 2, "poor": 1, "lost": 0}
 QUALITY_COLOUR = {"excellent": "#1a7f37", "good": "#9a6700", "poor": "#cf222e", "lost": "#57606a"}
 LAYER_Y = {"f": 3, "h": 2, "q": 1, "single": 3, "paused": 0}
@@ -22,7 +22,7 @@ LAYER_NAME = {"f": "full", "h": "half", "q": "quarter", "single": "single", "pau
 
 _CSS = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#f6f8fa;color:#1f2328}
-main{max-width:840px;margin:0 auto;padding:16px}
+main{max-width:760px;margin:0 auto;padding:16px}
 h1{font-size:1.35rem;margin:.2rem 0}
 .visit{color:#424a53;margin:0 0 12px}
 section{background:#fff;border:1px solid #d0d7de;border-radius:8px;margin:0 0 16px;padding:12px}
@@ -33,7 +33,13 @@ h2{font-size:1.1rem;margin:0 0 4px}
 figure{margin:6px 0}
 figcaption{font-size:.85rem;color:#424a53}
 svg{width:100%;height:auto;display:block}
-svg text{font:11px system-ui,sans-serif;fill:#424a53}
+svg text{font:13px system-ui,sans-serif;fill:#424a53}
+table{border-collapse:collapse;width:100%;background:#fff;margin:0 0 16px;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:4px 6px;text-align:left}
+th{background:#eaeef2}
+.wrap{overflow-x:auto}
+small{color:#424a53}
+@media (max-width:600px){svg text{font-size:16px}main{padding:8px}section{padding:8px}}
 .c-blue{color:#0969da}.c-amber{color:#9a6700}.c-green{color:#1a7f37}.c-grey{color:#57606a}
 """
 
@@ -50,7 +56,7 @@ def _x(t: float, span: float) -> float:
 
 def _frame(label: str, ticks: Sequence[tuple[float, str]], span: float, body: str) -> str:
     """An SVG plot: y ticks (0-1 of the height) with labels, time axis in minutes."""
-    top, bottom = 6, H - 18
+    top, bottom = 8, H - 22
     parts = [f'<svg viewBox="0 0 {W} {H}" role="img" aria-label="{escape(label)}">']
     for frac, text in ticks:
         y = bottom - (bottom - top) * frac
@@ -62,7 +68,7 @@ def _frame(label: str, ticks: Sequence[tuple[float, str]], span: float, body: st
     t = 0.0
     while t <= span + 0.01:
         x = _x(t, span)
-        parts.append(f'<text x="{x:.1f}" y="{H - 4}" text-anchor="middle">{_clock(t)}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{H - 5}" text-anchor="middle">{_clock(t)}</text>')
         t += step
     parts.append(body)
     parts.append("</svg>")
@@ -74,7 +80,7 @@ def _clock(t: float) -> str:
 
 
 def _y(frac: float) -> float:
-    top, bottom = 6, H - 18
+    top, bottom = 8, H - 22
     return bottom - (bottom - top) * max(0.0, min(1.0, frac))
 
 
@@ -228,6 +234,30 @@ def _participant(p: Mapping[str, Any], start: dt.datetime, span: float) -> str:
     return "".join(html)
 
 
+def _summary(parts: Sequence[Mapping[str, Any]]) -> str:
+    """One row per participant: the figures that say whose call was bad."""
+    if not parts:
+        return ""
+    rows = []
+    for p in parts:
+        media = p["media"]
+        worst = min((s["quality"] for s in media), key=lambda q: QUALITY_Y.get(q, 0), default="")
+        low = min(p["seconds_on_layer"], key=lambda r: LAYER_Y.get(r, 0), default="")
+        loss = max((float(s["loss"] or 0) for s in media), default=0.0)
+        rec = len(p["reconnects"])
+        rows.append(
+            f"<tr><td>{escape(p['name'] or 'Unnamed')}<br><small>{escape(p['role'])}</small></td>"
+            f"<td>{escape(worst)}</td><td>{escape(LAYER_NAME.get(low, low))}</td>"
+            f"<td>{100 * loss:.0f} %</td><td class={'bad' if rec else ''}>{rec}</td>"
+            f"<td>{'yes' if p['turn'] else 'no'}</td><td>{p['freezes']}</td></tr>"
+        )
+    return (
+        "<div class=wrap><table><tr><th>Who</th><th>Worst quality</th>"
+        "<th>Lowest video</th><th>Peak loss</th><th>Reconnects</th><th>TURN</th>"
+        "<th>Freezes</th></tr>" + "".join(rows) + "</table></div>"
+    )
+
+
 def render(report: Mapping[str, Any], title: str, nonce: str) -> str:
     """The report page (HTML with inline SVG; its one style by ``nonce``)."""
     start = report["started_at"]
@@ -237,7 +267,9 @@ def render(report: Mapping[str, Any], title: str, nonce: str) -> str:
         f"<h1>{escape(title)}</h1><p class=visit>Call {_t(start)} to"
         f" {_t(report['ended_at'])} UTC, {_clock(span)} long, {status}.</p>"
     )
-    body = "".join(_participant(p, start, span) for p in report["participants"])
+    body = _summary(report["participants"]) + "".join(
+        _participant(p, start, span) for p in report["participants"]
+    )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'

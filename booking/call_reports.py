@@ -48,6 +48,9 @@ __all__ = [
 
 #: The outbox topic of a finished report.
 READY_TOPIC = "call_report_ready"
+#: Simulcast layers (rids), lowest first; ``single``: a track without simulcast.
+_LAYER_RANK = {"paused": 0, "q": 1, "h": 2, "f": 3, "single": 3}
+_ROLE_RANK = {"doctor": 0, "patient": 1}
 
 
 @dataclass(frozen=True)
@@ -213,8 +216,11 @@ def _participant(
         d = r["data"]
         step = _seconds(r["at"], media[i + 1]["at"]) if i + 1 < len(media) else 5.0
         step = min(step, 10.0)
-        for rid in (d.get("layers") or {}).values():
-            key = rid if rid is not None else "paused"
+        # Time on a layer: the lowest of the videos they receive (what the
+        # worst-served picture on their screen was).
+        rids = ["paused" if r is None else r for r in (d.get("layers") or {}).values()]
+        if rids:
+            key = min(rids, key=lambda r: _LAYER_RANK.get(r, 0))
             layers[key] = round(layers.get(key, 0.0) + step, 1)
         q = str(d.get("quality", ""))
         quality[q] = round(quality.get(q, 0.0) + step, 1)
@@ -298,7 +304,7 @@ async def assemble(conn: asyncpg.Connection, booking_id: UUID) -> dict[str, Any]
     start = min(moments) if moments else report["started_at"]
     end = report["ended_at"] or (max(moments) if moments else start)
     parts = [_participant(pid, people.get(pid), *lists, start) for pid, lists in by.items()]
-    parts.sort(key=lambda p: p["joined_at"])
+    parts.sort(key=lambda p: (_ROLE_RANK.get(p["role"], 2), p["joined_at"], p["name"]))
     return {
         "booking_id": booking_id,
         "started_at": start,

@@ -9,7 +9,7 @@ Two sources, neither on the forwarding path:
   the room, so a room's samples are written once however many replicas
   hear them;
 * the participant's page: ``POST /api/v1/calls/stats`` with its room token
-  every few seconds (``signalling/static/call-stats.js``): its own
+  (in the body) every few seconds (``signalling/static/call-stats.js``): its own
   ``getStats()`` (freezes, concealed audio, the candidate pair and so TURN
   use, RTT) and its count of ICE restarts and reconnects.
 
@@ -203,18 +203,12 @@ class CallRecorder:
 
 
 async def post_stats(request: web.Request, settings: Settings, recorder: CallRecorder) -> None:
-    """``POST /api/v1/calls/stats``: a page's sample, with its room token as
-    bearer. 204 when taken (or dropped as too frequent); 401 for a bad
-    token; 400 for a malformed body; 413 past ``BODY_MAX``."""
+    """``POST /api/v1/calls/stats``: a page's sample, its room token in the
+    body (``token``: the API's bearer header is for access tokens). Taken
+    or dropped as too frequent alike; 401 for a bad token; 400 for a
+    malformed body; 413 past ``BODY_MAX``."""
     if (request.content_length or 0) > BODY_MAX:
         raise PayloadTooLarge("call stats are a few hundred bytes")
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
-        raise Unauthorized("a room token is needed")
-    try:
-        grant = decode_room_token(settings, header[7:], leeway=60)
-    except InvalidToken as exc:
-        raise Unauthorized(str(exc) or "not a valid room token") from None
     raw = await request.content.read(BODY_MAX + 1)
     if len(raw) > BODY_MAX:
         raise PayloadTooLarge("call stats are a few hundred bytes")
@@ -222,6 +216,13 @@ async def post_stats(request: web.Request, settings: Settings, recorder: CallRec
         body = json.loads(raw or b"null")
     except ValueError:
         raise BadRequest("the body is JSON") from None
+    token = body.get("token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        raise Unauthorized("the call's room token is needed")
+    try:
+        grant = decode_room_token(settings, token, leeway=60)
+    except InvalidToken as exc:
+        raise Unauthorized(str(exc) or "not a valid room token") from None
     pid, data = page_sample(body)
     booking = _booking(grant.room)
     if booking is None:

@@ -61,13 +61,13 @@ def _sample(room: str, pid: str, i: int, *, capped: bool) -> CallSample:
 
 
 async def _stats(api: Api, token: str, body: Any, expect: int) -> Any:
-    return await api.post("/api/v1/calls/stats", body, token=token, expect=expect)
+    return await api.post("/api/v1/calls/stats", {**body, "token": token}, expect=expect)
 
 
 async def test_a_visit_s_report_from_samples_to_the_page(
     api: Api, clinic: Clinic, doctor: Doctor, tmp_path: Path
 ) -> None:
-    bid, patient, pt_link, dr_link = await _live_booking(api, doctor)
+    bid, _patient, pt_link, dr_link = await _live_booking(api, doctor)
     room = f"booking-{bid}"
     recorder = api.app[RECORDER]
     pool = pool_of(api)
@@ -75,9 +75,7 @@ async def test_a_visit_s_report_from_samples_to_the_page(
         assert dj["type"] == "joined"
         if pj["type"] == "waiting":
             waiting = await dr.type("waiting")
-            await dr.request(
-                {"type": "admit", "participant_id": waiting["waiting"][0]["id"]}, "a"
-            )
+            await dr.request({"type": "admit", "participant_id": waiting["waiting"][0]["id"]}, "a")
         doc_id, pat_id = dj["participant"]["id"], "p-unknown"
         # The page's own samples: the patient's browser over TURN, with freezes.
         body = {
@@ -101,6 +99,7 @@ async def test_a_visit_s_report_from_samples_to_the_page(
         bad = await _stats(api, pt_link, {"participant_id": 7}, 400)
         assert bad["status"] == 400
         await _stats(api, pt_link, {"participant_id": "x", "stats": {"rtt": "slow"}}, 400)
+        await api.post("/api/v1/calls/stats", "[1]", expect=401)
         # The worker's looks (every 5 s in a call; a minute's worth here).
         for pid in (doc_id, pat_id):
             recorder.on_media_event(TransportState(room, pid, "publish", "connected"))
@@ -148,15 +147,59 @@ async def test_a_visit_s_report_from_samples_to_the_page(
     page = await api.get(f"/api/v1/bookings/{bid}/call-report/page", token=clinic.staff_token,
                          expect=200)  # fmt: skip
     assert page.count("<svg") >= 8 and "<script" not in page
-    full = await call_reports_of(api, uuid.UUID(bid))
-    _screenshots(full, tmp_path)
 
 
-async def call_reports_of(api: Api, bid: uuid.UUID) -> dict[str, Any]:
+async def test_the_report_page_at_a_glance(api: Api, doctor: Doctor, tmp_path: Path) -> None:
+    """A minute of a three-person visit whose patient's link is capped from
+    0:15 (quarter layer, loss) and drops at 0:33: the page, in screenshots."""
+    bid, *_ = await _live_booking(api, doctor)
+    booking = uuid.UUID(bid)
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    people = [
+        call_reports.Participant(booking, "dr", "Dr. Amina Khan", "doctor"),
+        call_reports.Participant(booking, "pt", "Bilal Ahmed", "patient"),
+        call_reports.Participant(booking, "st", "Sara Malik", "staff"),
+    ]
+    rows, evs = [], []
+    for p in people:
+        evs.append(call_reports.Event(booking, p.participant, t0, "connected", "publish"))
+    for i in range(13):
+        at = t0 + dt.timedelta(seconds=5 * i)
+        for p in people:
+            capped = p.participant == "pt" and i >= 3
+            look = _sample("r", p.participant, 4 if capped else 0, capped=capped)
+            data = {k: getattr(look, k) for k in
+                    ("loss", "rtt", "jitter", "sent", "received", "available", "layers",
+                     "quality")}  # fmt: skip
+            if capped:
+                data["loss"] = [0.08, 0.15, 0.11, 0.09][i % 4]
+                data["rtt"] = [0.18, 0.26, 0.22, 0.31][i % 4]
+            if p.participant == "pt" and i == 7:
+                data["quality"] = "lost"
+                data["layers"] = {"cam-a": None, "cam-b": None}
+            rows.append(call_reports.Row(booking, p.participant, "media", at, data))
+            page = {"relay": p.participant == "pt", "freeze_count": 2 * (i > 6),
+                    "freeze_seconds": 3.1 * (i > 6), "concealed_seconds": 1.4 * (i > 6),
+                    "ice_restarts": 1 if p.participant == "pt" and i > 6 else 0}  # fmt: skip
+            if p.participant != "pt":
+                page = {**page, "freeze_count": 0, "freeze_seconds": 0, "concealed_seconds": 0}
+            rows.append(call_reports.Row(booking, p.participant, "page", at, page))
+    evs.append(call_reports.Event(booking, "pt", t0 + dt.timedelta(seconds=33), "failed",
+                                  "subscribe"))  # fmt: skip
+    evs.append(call_reports.Event(booking, "pt", t0 + dt.timedelta(seconds=37), "connected",
+                                  "subscribe"))  # fmt: skip
+    end = t0 + dt.timedelta(seconds=62)
+    for p in people:
+        evs.append(call_reports.Event(booking, p.participant, end, "closed", "publish"))
     async with pool_of(api).acquire() as conn:
-        report = await call_reports.assemble(conn, bid)
+        await call_reports.store(conn, rows, evs, people)
+        await call_reports.finish(conn, booking, end)
+        report = await call_reports.assemble(conn, booking)
     assert report is not None
-    return report
+    pt = next(p for p in report["participants"] if p["name"] == "Bilal Ahmed")
+    assert pt["seconds_on_layer"]["q"] >= 40 and len(pt["reconnects"]) == 1
+    assert report["participants"][0]["name"] == "Dr. Amina Khan"
+    _screenshots(report, tmp_path)
 
 
 def _screenshots(report: dict[str, Any], where: Path) -> None:
@@ -165,7 +208,7 @@ def _screenshots(report: dict[str, Any], where: Path) -> None:
     if not Path(CHROMIUM).exists():
         return
     html = where / "report.html"
-    html.write_text(call_report_page.render(report, "Call report", "n"))
+    html.write_text(call_report_page.render(report, "Call report", "n").replace(" nonce='n'", ""))
     for name, size in (("desktop", "1280,800"), ("phone", "390,844")):
         shot = where / f"call-report-{name}.png"
         subprocess.run(
@@ -182,7 +225,7 @@ def _screenshots(report: dict[str, Any], where: Path) -> None:
 async def test_only_the_clinic_s_staff_read_a_report(
     api: Api, clinic: Clinic, doctor: Doctor
 ) -> None:
-    bid, patient, pt_link, _dr_link = await _live_booking(api, doctor)
+    bid, patient, _pt_link, _dr_link = await _live_booking(api, doctor)
     path = f"/api/v1/bookings/{bid}/call-report"
     # No call yet: a typed 404.
     none = await api.get(path, token=clinic.staff_token, expect=404)
