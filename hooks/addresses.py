@@ -96,7 +96,10 @@ async def resolve_checked(url: str, rules: PeerPolicy, resolver: AbstractResolve
 async def _lookup(resolver: AbstractResolver, host: str, port: int) -> list[ResolveResult]:
     try:
         results = await resolver.resolve(host, port, socket.AF_UNSPEC)
-    except OSError as exc:
+    except RefusedAddress:
+        raise
+    except (OSError, UnicodeError, ValueError) as exc:
+        # UnicodeError: a label IDNA cannot encode; ValueError: a NUL in the name.
         raise RefusedAddress(f"{host} does not resolve: {exc}") from None
     if not results:
         raise RefusedAddress(f"{host} does not resolve")

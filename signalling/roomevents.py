@@ -98,6 +98,20 @@ def _sent(outputs: Sequence[Output], kind: str) -> list[Send]:
     return [o for o in outputs if isinstance(o, Send) and o.frame.get("type") == kind]
 
 
+def _why(was: Participant, core: Room, outputs: Sequence[Output]) -> str:
+    """Why a participant left when no one else was there to be told."""
+    if core.ended:
+        return "room-ended"
+    told = {
+        s.frame.get("type"): s.frame for s in outputs if isinstance(s, Send) and s.conn == was.conn
+    }
+    if was.conn is not None and "replaced" in told:
+        return "replaced"
+    if was.conn is not None and "removed" in told:
+        return str(told["removed"].get("reason") or "removed")
+    return "timeout" if was.state == State.DETACHED.value else "left"
+
+
 def changes(
     before: View | None, core: Room, outputs: Sequence[Output]
 ) -> tuple[list[Change], View | None]:
@@ -131,7 +145,7 @@ def changes(
                 out.append(Change("participant_left", {**_who(was), "reason": "left-waiting"}))
             continue
         out += [Change("track_unpublished", _track(was, t)) for t in was.tracks]
-        reason = left_reasons.get(pid) or ("room-ended" if core.ended else "left")
+        reason = left_reasons.get(pid) or _why(was, core, outputs)
         out.append(Change("participant_left", {**_who(was), "reason": reason}))
     for pid, p in now.participants.items():
         was_p = before.participants.get(pid)
