@@ -30,7 +30,16 @@ from aiohttp import web
 from pydantic import Field, StringConstraints
 
 from booking import pages
-from booking.payments import checkout, easypaisa_http, payouts, payouts_api, service, transfer_api
+from booking.payments import (
+    checkout,
+    easypaisa_http,
+    payouts,
+    payouts_api,
+    refund_due,
+    refunds_api,
+    service,
+    transfer_api,
+)
 from booking.payments.errors import PaymentError
 from booking.payments.gateway import GatewayRegistry
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
@@ -52,6 +61,7 @@ routes.endpoints.extend(checkout.routes.endpoints)
 routes.endpoints.extend(easypaisa_http.routes.endpoints)
 routes.endpoints.extend(payouts_api.routes.endpoints)
 routes.endpoints.extend(transfer_api.routes.endpoints)
+routes.endpoints.extend(refunds_api.routes.endpoints)
 
 #: Seconds between sweeps of stale intents.
 SWEEP_INTERVAL = 30.0
@@ -117,6 +127,11 @@ class Payment(ApiModel):
     gateway: str
     status: IntentState
     refunded_minor: int
+    refund_due_minor: int = Field(
+        default=0,
+        description="Owed back by hand: refunds the gateway refused, or the whole of a"
+        " payment received after its booking lapsed (GET .../refunds lists them).",
+    )
     failure_reason: str | None
     expires_at: datetime
     created_at: datetime
@@ -151,20 +166,6 @@ class WebhookAck(ApiModel):
 class RefundIn(ApiModel):
     amount_minor: Amount
     reason: Reason = ""
-
-
-class Refund(ApiModel):
-    id: UUID
-    payment_id: UUID
-    clinic_id: UUID
-    amount_minor: int
-    currency: str
-    status: str
-    gateway_ref: str | None
-    reason: str
-    created_at: datetime
-    payment_status: IntentState
-    payment_refunded_minor: int
 
 
 class PayoutIn(ApiModel):
@@ -251,7 +252,7 @@ def _sees(me: Principal, row: asyncpg.Record) -> bool:
     return False
 
 
-def _payment(row: asyncpg.Record, me: Principal | None = None) -> Payment:
+def _payment(row: asyncpg.Record, me: Principal | None = None, owed: int = 0) -> Payment:
     live = IntentState(row["status"]) in service.LIVE_STATES
     show = live and me is not None and me.user_id == row["patient_id"] and row["checkout_url"]
     return Payment(
@@ -264,6 +265,7 @@ def _payment(row: asyncpg.Record, me: Principal | None = None) -> Payment:
         gateway=row["gateway"],
         status=IntentState(row["status"]),
         refunded_minor=row["refunded_minor"],
+        refund_due_minor=owed,
         failure_reason=row["failure_reason"],
         expires_at=row["expires_at"],
         created_at=row["created_at"],
@@ -485,7 +487,8 @@ async def get_payment(call: Call[None, None]) -> Payment:
     """A payment: its patient, staff of its clinic, or an admin."""
     async with call.pool.acquire() as conn:
         row = await _visible_intent(conn, call.user, call.path_uuid("payment_id"))
-    return _payment(row, call.user)
+        owed = await refunds_api.owed_by_payment(conn, [row["id"]])
+    return _payment(row, call.user, owed.get(row["id"], 0))
 
 
 @routes.get("/api/v1/payments", query=PaymentsQuery, returns=list[Payment], auth=_VIEWERS)
@@ -506,7 +509,8 @@ async def list_payments(call: Call[None, PaymentsQuery]) -> list[Payment]:
             ORDER BY created_at DESC, id LIMIT ${len(args) - 1} OFFSET ${len(args)}""",
         *args,
     )
-    return [_payment(r, me) for r in rows]
+    owed = await refunds_api.owed_by_payment(call.pool, [r["id"] for r in rows])
+    return [_payment(r, me, owed.get(r["id"], 0)) for r in rows]
 
 
 # --- the redirect landing -----------------------------------------------------------
@@ -638,21 +642,28 @@ async def webhook(call: Call[None, None]) -> WebhookAck:
 @routes.post(
     "/api/v1/payments/{payment_id:uuid}/refunds",
     body=RefundIn,
-    returns=Refund,
+    returns=refunds_api.Refund,
     status=201,
     auth=_STAFF,
-    responses={409: "More than captured, or nothing captured", 502: "The gateway refused"},
+    responses={
+        202: "The gateway refused: kept as refused_by_gateway, owed by hand",
+        409: "More than captured (less what is owed by hand), or nothing captured",
+        502: "The gateway could not be reached; nothing changed",
+    },
 )
-async def refund_payment(call: Call[RefundIn, None]) -> Refund:
+async def refund_payment(call: Call[RefundIn, None]) -> refunds_api.Refund | web.Response:
     """Refund part or all of a captured payment (staff of its clinic, admins).
 
     The ledger posts the exact reverse of the capture's split, proportionally;
-    the total refunded never exceeds what was captured (409)."""
+    the total refunded never exceeds what was captured (409). A gateway that
+    refuses (EasyPaisa has no refund call) leaves the refund owed: 202 with
+    ``status: refused_by_gateway``, nothing posted, for finance to pay by hand
+    (``POST /api/v1/refunds/{id}/refunded``)."""
     me, body = call.user, call.body
     async with call.pool.acquire() as conn, conn.transaction():
         row = await _visible_intent(conn, me, call.path_uuid("payment_id"), lock=True)
         refund, row = await service.refund_intent(
-            conn, row, body.amount_minor, body.reason, registry=_registry(call)
+            conn, row, body.amount_minor, body.reason, registry=_registry(call), actor=me
         )
         await conn.execute(
             """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
@@ -660,19 +671,10 @@ async def refund_payment(call: Call[RefundIn, None]) -> Refund:
             row["booking_id"],
             body.amount_minor,
         )
-    return Refund(
-        id=refund["id"],
-        payment_id=refund["payment_intent_id"],
-        clinic_id=refund["clinic_id"],
-        amount_minor=refund["amount_minor"],
-        currency=row["currency"],
-        status=refund["status"],
-        gateway_ref=refund["gateway_ref"],
-        reason=refund["reason"],
-        created_at=refund["created_at"],
-        payment_status=IntentState(row["status"]),
-        payment_refunded_minor=row["refunded_minor"],
-    )
+    out = refunds_api.refund_out(refund, row)
+    if refund["status"] == refund_due.OWED:
+        return web.Response(body=out.model_dump_json(), status=202, content_type="application/json")
+    return out
 
 
 # --- doctors: payouts and earnings -----------------------------------------------------

@@ -11,6 +11,7 @@ Accounts (names are strings so the SQL layer stores them as they are)::
     platform_revenue             income: our commission
     doctor_payable:<doctor_id>   liability: what we owe a doctor
     payouts_clearing             asset in transit: payouts sent, not yet settled
+    patient_refunds_due          liability: money received that goes back to a patient
 
 Money in (capture): debit the gateway clearing account with the whole amount;
 credit the doctor and the platform by the commission split. Money back
@@ -54,6 +55,7 @@ from booking.payments.intent import Currency, Money
 
 __all__ = [
     "BASIS_POINTS",
+    "PATIENT_REFUNDS_DUE",
     "PAYOUTS_CLEARING",
     "PLATFORM_REVENUE",
     "CapturedPayment",
@@ -64,6 +66,8 @@ __all__ = [
     "capture",
     "doctor_payable",
     "gateway_clearing",
+    "owed_back",
+    "owed_back_sent",
     "payout",
     "refund",
     "refunded_total",
@@ -73,6 +77,9 @@ __all__ = [
 BASIS_POINTS: Final = 10_000
 PLATFORM_REVENUE: Final = "platform_revenue"
 PAYOUTS_CLEARING: Final = "payouts_clearing"
+#: The bank transfer's refund-due account (:data:`.transfer.REFUNDS_DUE`), for
+#: every gateway: money that arrived and is owed back to whoever sent it.
+PATIENT_REFUNDS_DUE: Final = "patient_refunds_due"
 _GATEWAY_PREFIX: Final = "gateway_clearing:"
 _DOCTOR_PREFIX: Final = "doctor_payable:"
 
@@ -299,6 +306,43 @@ def payout(doctor_id: str, amount: Money, payout_id: str) -> Transaction:
             [
                 (doctor_payable(doctor_id), amount.amount_minor),
                 (PAYOUTS_CLEARING, -amount.amount_minor),
+            ],
+        ),
+    )
+
+
+def owed_back(gateway: str, amount: Money, reference: str) -> Transaction:
+    """Money in that is not ours to keep (paid after its booking lapsed, on a
+    gateway that cannot send it back): debit the gateway's clearing account,
+    credit what is owed to the patient. No revenue, nothing to the doctor."""
+    if amount.amount_minor <= 0:
+        raise InvalidAmount(f"money owed back must be positive, got {amount}")
+    return Transaction(
+        "adjustment",
+        f"late_payment:{reference}",
+        _entries(
+            amount.currency,
+            [
+                (gateway_clearing(gateway), amount.amount_minor),
+                (PATIENT_REFUNDS_DUE, -amount.amount_minor),
+            ],
+        ),
+    )
+
+
+def owed_back_sent(gateway: str, amount: Money, reference: str) -> Transaction:
+    """The money :func:`owed_back` parked left through the gateway's account:
+    its exact reverse."""
+    if amount.amount_minor <= 0:
+        raise InvalidAmount(f"money sent back must be positive, got {amount}")
+    return Transaction(
+        "adjustment",
+        f"late_payment_refund:{reference}",
+        _entries(
+            amount.currency,
+            [
+                (PATIENT_REFUNDS_DUE, amount.amount_minor),
+                (gateway_clearing(gateway), -amount.amount_minor),
             ],
         ),
     )

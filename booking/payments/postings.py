@@ -1,10 +1,13 @@
-"""The payments tables' two plain writers, and the ledger's reader.
+"""The payments tables' writers, and the ledger's reader.
 
-:func:`post_transaction` is the only writer of ``ledger_transactions`` and
-``ledger_entries`` (each transaction whole in one statement; the database's
-balance trigger judges it as the statement ends), and
-:func:`record_intent_event` writes a payment's history line. Below the
-payments service and the refund-due book, which both write through them.
+Every change of an intent goes through :func:`move_intent` (the core's
+transition table, a ``payment_events`` row, the new state) on a row locked
+``FOR UPDATE``; :func:`post_transaction` is the only writer of
+``ledger_transactions`` and ``ledger_entries`` (each transaction whole in one
+statement; the database's balance trigger judges it as the statement ends);
+:func:`record_intent_event` writes a history line that moves nothing. Below
+the payments service, refunds and the refund-due book, which all write
+through them.
 
 Refund rows are stored in the ledger with their own id as ``reference``
 (``ledger_transactions`` is unique on ``(kind, reference)`` and one payment
@@ -23,12 +26,19 @@ import asyncpg
 
 from booking.payments import ledger
 from booking.payments.errors import PaymentError
-from booking.payments.intent import Currency
-from booking.payments.rows import ledger_posting
+from booking.payments.intent import Currency, IntentEvent, IntentState, transition
+from booking.payments.rows import COMMISSION, INTENT_COLUMNS, ledger_posting, payment_payload
+from wadud import outbox
 from wadud.db import Args
 from wadud.errors import Conflict
 
-__all__ = ["DuplicatePosting", "load_ledger", "post_transaction", "record_intent_event"]
+__all__ = [
+    "DuplicatePosting",
+    "load_ledger",
+    "move_intent",
+    "post_transaction",
+    "record_intent_event",
+]
 
 
 class DuplicatePosting(PaymentError, Conflict):
@@ -109,3 +119,60 @@ async def load_ledger(
             ledger.Entry(r["account"], int(r["amount_minor"]), Currency(r["currency"]))
         )
     return [ledger.Transaction(kind, str(payment_intent_id), tuple(e)) for e in grouped.values()]
+
+
+#: The rest of :func:`move_intent`'s final SELECT with ``capture_terms``.
+_TERMS = f""", t.capture_doctor_id, t.commission_bp, t.commission_fixed_minor,
+                   t.region_bp, t.region_fixed
+            FROM u LEFT JOIN LATERAL (
+                SELECT b.doctor_id AS capture_doctor_id, {COMMISSION}
+                JOIN bookings b ON b.id = u.booking_id WHERE c.id = u.clinic_id) AS t ON true"""
+
+
+async def move_intent(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    event: IntentEvent,
+    detail: Mapping[str, Any] | None = None,
+    *,
+    announce: str = "",
+    announce_extra: Mapping[str, Any] | None = None,
+    capture_terms: bool = False,
+    **updates: Any,
+) -> asyncpg.Record:
+    """Apply ``event`` to a locked intent row: the core's table decides, the
+    row and a ``payment_events`` line record it. Extra columns in ``updates``.
+    ``announce``: an outbox topic whose event (:func:`payment_payload` of the
+    moved row, plus ``announce_extra``) is written in the same statement.
+    ``capture_terms``: the row also carries what a capture needs (the
+    booking's doctor and the commission, see :func:`.service._capture`)."""
+    before = IntentState(row["status"])
+    after = transition(before, event)
+    args: list[Any] = [row["id"], after.value, event.value, before.value, dict(detail or {})]
+    sets = ["status = $2", "updated_at = now()"]
+    for column, value in updates.items():
+        args.append(value)
+        sets.append(f"{column} = ${len(args)}")
+    ctes = ""
+    if announce:
+        # Every column of the payload but the state is the locked row's own.
+        moved = {**dict(row), **updates, "status": after.value}
+        cte, more = outbox.event(
+            announce, payment_payload(moved, **(announce_extra or {})), len(args) + 1
+        )
+        ctes = f", {cte}"
+        args.extend(more)
+    # One round trip: the row, its payment_events line (and its event).
+    new = await conn.fetchrow(
+        f"""WITH u AS (UPDATE payment_intents SET {", ".join(sets)} WHERE id = $1
+                       RETURNING {INTENT_COLUMNS}),
+                 e AS (INSERT INTO payment_events
+                           (payment_intent_id, clinic_id, event, from_state, to_state, detail)
+                       SELECT id, clinic_id, $3, $4, $2, $5::jsonb FROM u){ctes}
+            SELECT u.*{_TERMS if capture_terms else " FROM u"}""",
+        *args,
+    )
+    assert new is not None
+    if announce:
+        outbox.written(conn)
+    return new

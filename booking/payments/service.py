@@ -1,35 +1,26 @@
-"""Payments persistence: intents in PostgreSQL, verdicts, refunds, the ledger.
+"""Payments persistence: intents in PostgreSQL, verdicts, webhooks, the sweeper.
 
 The pure cores decide (:mod:`.intent` the state machine, :mod:`.ledger` the
 postings, the gateway adapters the signatures); this module stores what they
 decide, inside the caller's transaction, with the row locks that make
 concurrent deliveries safe:
 
-* every change of an intent goes through :func:`_move` (the core's transition
-  table, a ``payment_events`` row, the new state) on a row locked
-  ``FOR UPDATE``; a verdict that arrives twice (callback and webhook, or two
-  deliveries racing) finds the state already moved and is a no-op;
+* every change of an intent goes through :func:`~.postings.move_intent` (the
+  core's transition table, a ``payment_events`` row, the new state) on a row
+  locked ``FOR UPDATE``; a verdict that arrives twice (callback and webhook,
+  or two deliveries racing) finds the state already moved and is a no-op;
 * :func:`~.postings.post_transaction` is the only writer of
   ``ledger_transactions`` and ``ledger_entries``, each transaction whole in
   one statement; the database's balance trigger judges it at the end of that
   statement, the builders in :mod:`.ledger` already did so in Python;
-* gateway calls that move money (refunds) happen inside the transaction that
-  records them. For the built-in sandbox that is a dict lookup; for a remote
-  gateway it holds the intent's row lock for one HTTP round trip (bounded by
-  the adapter's timeout). The alternative, calling first and recording in a
-  second transaction, loses the record when the process dies in between; here
-  a lost commit is repaired by the retry, because the refund's idempotency key
-  is derived from the intent's state (:func:`_refund_key`) and the gateway
-  answers the retry with its first result instead of refunding twice. A
-  gateway that answers "no" leaves a refund that is owed all the same: it is
-  kept, ``refused_by_gateway``, for finance to pay by hand
-  (:mod:`.refund_due`).
+* refunds (:mod:`.refunding`) call the gateway inside the transaction that
+  records them; money for a booking no longer held is given back the same
+  way, or, where the gateway refuses, owed by hand (:mod:`.refund_due`).
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,13 +31,11 @@ import asyncpg
 from aiohttp import web
 
 from booking import lifecycle
-from booking.payments import ledger, settle
+from booking.payments import ledger, refund_due, settle
 from booking.payments.errors import (
     AmountMismatch,
     GatewayError,
     InvalidSignature,
-    InvalidTransition,
-    PaymentError,
     UnknownReference,
 )
 from booking.payments.gateway import (
@@ -56,19 +45,19 @@ from booking.payments.gateway import (
     VerifiedResult,
     WebhookEvent,
 )
-from booking.payments.intent import (
-    Currency,
-    IntentEvent,
-    IntentState,
-    Money,
-    refund_event,
-    transition,
-)
+from booking.payments.intent import IntentEvent, IntentState, Money, transition
 from booking.payments.postings import (
     DuplicatePosting,
-    load_ledger,
+    move_intent,
     post_transaction,
     record_intent_event,
+)
+from booking.payments.refunding import (
+    RefundRefused,
+    post_refund,
+    refund_booking,
+    refund_intent,
+    refund_posting,
 )
 from booking.payments.registry import (
     build_registry,
@@ -94,6 +83,7 @@ __all__ = [
     "LIVE_STATES",
     "DuplicatePosting",
     "Earnings",
+    "RefundRefused",
     "Verdict",
     "apply_verdict",
     "build_registry",
@@ -105,11 +95,13 @@ __all__ = [
     "ledger_is_balanced",
     "move_intent",
     "payment_payload",
+    "post_refund",
     "post_transaction",
     "read_form",
     "record_intent_event",
     "refund_booking",
     "refund_intent",
+    "refund_posting",
     "sandbox_secret",
     "sweep_once",
     "use_registry",
@@ -121,18 +113,10 @@ log = logging.getLogger("wadud.payments")
 GATEWAYS: Final = web.AppKey("payments_gateways", GatewayRegistry)
 
 LIVE_STATES: Final = frozenset({IntentState.REQUIRES_PAYMENT, IntentState.PROCESSING})
-_REFUNDABLE: Final = frozenset({IntentState.SUCCEEDED, IntentState.PARTIALLY_REFUNDED})
 #: Processing intents younger than this are left to the webhook and callback.
 INQUIRE_AFTER: Final = timedelta(minutes=5)
 #: Intents handled per sweep round.
 SWEEP_BATCH: Final = 100
-_REFUND_NS: Final = uuid.UUID("6f1d7c9e-3b0a-4c55-9a51-2f4b8f0f7d31")
-
-
-class RefundRefused(GatewayError):
-    """The gateway answered a refund request with a refusal."""
-
-    code = "refund_refused"
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
@@ -143,58 +127,6 @@ async def read_form(request: web.Request) -> dict[str, str]:
     except (ValueError, LookupError, AssertionError) as exc:
         raise BadRequest(f"the body is not a readable form: {exc}") from None
     return {k: v for k, v in form.items() if isinstance(v, str)}
-
-
-# --- intents ----------------------------------------------------------------
-
-
-async def move_intent(
-    conn: asyncpg.Connection,
-    row: asyncpg.Record,
-    event: IntentEvent,
-    detail: Mapping[str, Any] | None = None,
-    *,
-    announce: str = "",
-    announce_extra: Mapping[str, Any] | None = None,
-    capture_terms: bool = False,
-    **updates: Any,
-) -> asyncpg.Record:
-    """Apply ``event`` to a locked intent row: the core's table decides, the
-    row and a ``payment_events`` line record it. Extra columns in ``updates``.
-    ``announce``: an outbox topic whose event (:func:`payment_payload` of the
-    moved row, plus ``announce_extra``) is written in the same statement.
-    ``capture_terms``: the row also carries what a capture needs (the
-    booking's doctor and the commission, see :func:`_capture`)."""
-    before = IntentState(row["status"])
-    after = transition(before, event)
-    args: list[Any] = [row["id"], after.value, event.value, before.value, dict(detail or {})]
-    sets = ["status = $2", "updated_at = now()"]
-    for column, value in updates.items():
-        args.append(value)
-        sets.append(f"{column} = ${len(args)}")
-    ctes = ""
-    if announce:
-        # Every column of the payload but the state is the locked row's own.
-        moved = {**dict(row), **updates, "status": after.value}
-        cte, more = outbox.event(
-            announce, payment_payload(moved, **(announce_extra or {})), len(args) + 1
-        )
-        ctes = f", {cte}"
-        args.extend(more)
-    # One round trip: the row, its payment_events line (and its event).
-    new = await conn.fetchrow(
-        f"""WITH u AS (UPDATE payment_intents SET {", ".join(sets)} WHERE id = $1
-                       RETURNING {INTENT_COLUMNS}),
-                 e AS (INSERT INTO payment_events
-                           (payment_intent_id, clinic_id, event, from_state, to_state, detail)
-                       SELECT id, clinic_id, $3, $4, $2, $5::jsonb FROM u){ctes}
-            SELECT u.*{_TERMS if capture_terms else " FROM u"}""",
-        *args,
-    )
-    assert new is not None
-    if announce:
-        outbox.written(conn)
-    return new
 
 
 # --- the ledger ---------------------------------------------------------------
@@ -239,14 +171,6 @@ async def commission_for(
     if row is None:
         raise NotFound("no such clinic")
     return commission(row, default_bp)
-
-
-#: The rest of :func:`move_intent`'s final SELECT with ``capture_terms``.
-_TERMS = f""", t.capture_doctor_id, t.commission_bp, t.commission_fixed_minor,
-                   t.region_bp, t.region_fixed
-            FROM u LEFT JOIN LATERAL (
-                SELECT b.doctor_id AS capture_doctor_id, {COMMISSION}
-                JOIN bookings b ON b.id = u.booking_id WHERE c.id = u.clinic_id) AS t ON true"""
 
 
 async def _capture(
@@ -336,145 +260,6 @@ async def doctor_earnings(
         )
         for r in rows
     ]
-
-
-# --- refunds ----------------------------------------------------------------
-
-
-def _refund_key(row: asyncpg.Record, amount_minor: int) -> UUID:
-    # Deterministic in the intent's committed state: a retry after a lost
-    # commit asks the gateway with the same key and gets its first answer;
-    # a later, legitimate refund of the same amount sees another refunded_minor.
-    return uuid.uuid5(_REFUND_NS, f"{row['id']}:{row['refunded_minor']}:{amount_minor}")
-
-
-async def refund_intent(
-    conn: asyncpg.Connection,
-    row: asyncpg.Record,
-    amount_minor: int,
-    reason: str,
-    *,
-    registry: GatewayRegistry | None = None,
-    move_state: bool = True,
-) -> tuple[asyncpg.Record, asyncpg.Record]:
-    """Refund ``amount_minor`` of the intent ``row`` (locked ``FOR UPDATE`` by
-    the caller): gateway refund, ``refunds`` row, intent state, reversing
-    ledger posting, outbox event. Returns (refund row, intent row).
-
-    Raises :class:`RefundExceedsCapture` (409) beyond the capture,
-    :class:`InvalidTransition` (409) for an intent that was never captured,
-    :class:`RefundRefused` (502) when the gateway says no.
-    ``move_state=False`` is for a capture recorded on an intent whose state
-    cannot take it (a late success on a cancelled intent): the money goes back
-    and the state stays.
-    """
-    registry = registry or current_registry()
-    state = IntentState(row["status"])
-    if move_state and state not in _REFUNDABLE:
-        raise InvalidTransition(state.value, "refund")
-    amount = Money(amount_minor, Currency(row["currency"]))
-    event = refund_event(money(row), money(row, "refunded_minor"), amount)
-    captures = await load_ledger(conn, row["id"], "capture")
-    if len(captures) != 1:
-        raise PaymentError(f"payment {row['id']} has {len(captures)} capture postings")
-    previous = await load_ledger(conn, row["id"], "refund")
-    # Built before the gateway is asked, so a posting the ledger would refuse
-    # never leaves money moved and unrecorded.
-    txn = ledger.refund(captures[0], amount, previous)
-    refund_id = _refund_key(row, amount_minor)
-    result = await registry.get(row["gateway"]).refund(
-        row["gateway_ref"], amount, idempotency_key=str(refund_id)
-    )
-    if not result.succeeded:
-        log.warning(
-            "gateway refused a refund",
-            extra={"payment_id": str(row["id"]), "code": result.gateway_code},
-        )
-        raise RefundRefused(
-            f"{row['gateway']} refused the refund: {result.gateway_code} {result.message}".strip()
-        )
-    refund = await conn.fetchrow(
-        """INSERT INTO refunds (id, payment_intent_id, clinic_id, amount_minor, status,
-                               gateway_ref, reason)
-           VALUES ($1, $2, $3, $4, 'succeeded', $5, $6)
-           RETURNING id, payment_intent_id, clinic_id, amount_minor, status, gateway_ref,
-                     reason, created_at""",
-        refund_id,
-        row["id"],
-        row["clinic_id"],
-        amount_minor,
-        result.refund_id,
-        reason,
-    )
-    assert refund is not None
-    refunded = int(row["refunded_minor"]) + amount_minor
-    detail = {"refund_id": str(refund_id), "amount_minor": amount_minor, "reason": reason}
-    if move_state:
-        row = await move_intent(conn, row, event, detail, refunded_minor=refunded)
-    else:
-        row = await conn.fetchrow(
-            f"""UPDATE payment_intents SET refunded_minor = $2, updated_at = now()
-                WHERE id = $1 RETURNING {INTENT_COLUMNS}""",
-            row["id"],
-            refunded,
-        )
-        assert row is not None
-        await record_intent_event(
-            conn, row, "refund_after_late_capture", state.value, state.value, detail
-        )
-    await post_transaction(
-        conn,
-        txn,
-        clinic_id=row["clinic_id"],
-        reference=str(refund_id),
-        payment_intent_id=row["id"],
-        booking_id=row["booking_id"],
-    )
-    await outbox.emit(
-        conn,
-        "payment.refunded",
-        payment_payload(row, refund_id=str(refund_id), refund_minor=amount_minor, reason=reason),
-    )
-    return refund, row
-
-
-async def refund_booking(
-    conn: asyncpg.Connection,
-    booking_id: UUID,
-    amount_minor: int,
-    reason: str,
-    *,
-    registry: GatewayRegistry | None = None,
-) -> int:
-    """Refund up to ``amount_minor`` of what was paid for a booking; return
-    the amount refunded (0 when nothing was paid or ``amount_minor <= 0``).
-
-    Call inside the caller's transaction (the cancellation's). The request is
-    capped at what is still refundable, so a policy computed from the price
-    cannot fail on a booking already partly refunded; the return value says
-    what went back. ``bookings.refund_minor`` is the caller's to update. A
-    gateway refusal raises :class:`RefundRefused` (502) so the cancellation
-    rolls back and can be retried rather than completing without the money.
-    """
-    if amount_minor <= 0:
-        return 0
-    rows = await conn.fetch(
-        f"""SELECT {INTENT_COLUMNS} FROM payment_intents
-            WHERE booking_id = $1 AND status IN ('succeeded', 'partially_refunded')
-            ORDER BY created_at, id FOR UPDATE""",
-        booking_id,
-    )
-    left, done = amount_minor, 0
-    for row in rows:
-        take = min(left, int(row["amount_minor"]) - int(row["refunded_minor"]))
-        if take <= 0:
-            continue
-        await refund_intent(conn, row, take, reason, registry=registry)
-        left -= take
-        done += take
-        if left == 0:
-            break
-    return done
 
 
 # --- verdicts -----------------------------------------------------------------
@@ -718,26 +503,87 @@ async def apply_verdict(
             announce_extra={"reason": reason},
             failure_reason=reason,
         )
+    booking = await conn.fetchval("SELECT status FROM bookings WHERE id = $1", row["booking_id"])
+    if booking != lifecycle.State.HELD.value:
+        late = f"the booking is {booking}, no longer held for payment"
+        return await _paid_too_late(conn, row, verdict, default_bp, registry, late)
     row = await move_intent(
         conn, row, event, detail, announce="payment.succeeded", capture_terms=True
     )
     await _capture(conn, row, default_bp, terms=True)
     why = await _confirm_booking(conn, row)
     if why is not None:
-        log.warning(
-            "paid booking could not be confirmed; refunding",
-            extra={"payment_id": str(row["id"]), "reason": why},
+        # The hold lapsed since the read above: a refusal rolls everything
+        # back, and the gateway's next report takes the way above.
+        row = await _refund_whole(conn, row, why, registry)
+    return row
+
+
+async def _refund_whole(
+    conn: asyncpg.Connection, row: asyncpg.Record, why: str, registry: GatewayRegistry | None
+) -> asyncpg.Record:
+    log.warning(
+        "paid booking could not be confirmed; refunding",
+        extra={"payment_id": str(row["id"]), "reason": why},
+    )
+    _, row = await refund_intent(
+        conn,
+        row,
+        int(row["amount_minor"]),
+        f"automatic: {why}",
+        registry=registry,
+        keep_refused=False,
+    )
+    await conn.execute(
+        """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
+           WHERE id = $1""",
+        row["booking_id"],
+        int(row["amount_minor"]),
+    )
+    return row
+
+
+async def _paid_too_late(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    verdict: Verdict,
+    default_bp: int,
+    registry: GatewayRegistry | None,
+    why: str,
+) -> asyncpg.Record:
+    """Money for a live intent whose booking is no longer held: captured and
+    given back through the gateway; where the gateway refuses, the payment
+    closes received late and the money is owed by hand (never kept, never
+    left processing for the gateway to report forever)."""
+    try:
+        # A savepoint: a refusal takes back the capture and the move.
+        async with conn.transaction():
+            moved = await move_intent(
+                conn,
+                row,
+                IntentEvent.VERIFIED_SUCCESS,
+                verdict.detail,
+                announce="payment.succeeded",
+                capture_terms=True,
+            )
+            await _capture(conn, moved, default_bp, terms=True)
+            return await _refund_whole(conn, moved, why, registry)
+    except RefundRefused as refusal:
+        row = await move_intent(
+            conn,
+            row,
+            IntentEvent.EXPIRE,
+            {**verdict.detail, "reason": why},
+            failure_reason=f"received late ({why}); owed back by hand",
         )
-        _, row = await refund_intent(
-            conn, row, int(row["amount_minor"]), f"automatic: {why}", registry=registry
-        )
+        await refund_due.owe_late(conn, row, why, code=refusal.gateway_code, message=refusal.detail)
         await conn.execute(
             """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
                WHERE id = $1""",
             row["booking_id"],
             int(row["amount_minor"]),
         )
-    return row
+        return row
 
 
 async def _late_success(
@@ -749,24 +595,32 @@ async def _late_success(
 ) -> asyncpg.Record:
     """Money taken for an intent already failed or cancelled (the gateway
     changed its mind after our inquiry). The state machine keeps the intent
-    where it is; the money is recorded and given back."""
-    if await conn.fetchval(
-        "SELECT 1 FROM ledger_transactions WHERE kind = 'capture' AND payment_intent_id = $1",
-        row["id"],
-    ):
+    where it is; the money is recorded and given back, through the gateway
+    or, where it refuses, by hand."""
+    if await refund_due.settled_late(conn, row["id"]):
         return row  # handled already
     log.warning("late success on a closed payment; refunding", extra={"payment_id": str(row["id"])})
-    await record_intent_event(conn, row, "late_success", row["status"], row["status"], detail)
-    await _capture(conn, row, default_bp)
-    _, row = await refund_intent(
-        conn,
-        row,
-        int(row["amount_minor"]),
-        f"automatic: paid after the payment was {row['status']}",
-        registry=registry,
-        move_state=False,
-    )
-    return row
+    why = f"paid after the payment was {row['status']}"
+    try:
+        # A savepoint: a refusal takes back the capture.
+        async with conn.transaction():
+            await record_intent_event(
+                conn, row, "late_success", row["status"], row["status"], detail
+            )
+            await _capture(conn, row, default_bp)
+            _, moved = await refund_intent(
+                conn,
+                row,
+                int(row["amount_minor"]),
+                f"automatic: {why}",
+                registry=registry,
+                move_state=False,
+                keep_refused=False,
+            )
+            return moved
+    except RefundRefused as refusal:
+        await refund_due.owe_late(conn, row, why, code=refusal.gateway_code, message=refusal.detail)
+        return row
 
 
 @dataclass(frozen=True, slots=True)
