@@ -134,11 +134,15 @@ class DeliveryQuery(ApiModel):
 _COLS = "id, clinic_id, url, events, description, enabled, created_at, updated_at"
 
 
-def _clinic(call: Call[Any, Any]) -> UUID:
-    """The path's clinic, if the caller may manage its webhooks."""
+async def _clinic(call: Call[Any, Any]) -> UUID:
+    """The path's clinic, if it exists and the caller may manage its webhooks."""
     clinic_id = call.path_uuid("clinic_id")
     me: Principal = call.user
     if me.role != Role.ADMIN and me.clinic_id != clinic_id:
+        raise EndpointNotFound("no such clinic")
+    if me.role == Role.ADMIN and not await call.pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM clinics WHERE id = $1)", clinic_id
+    ):
         raise EndpointNotFound("no such clinic")
     return clinic_id
 
@@ -195,7 +199,7 @@ async def create_endpoint(call: Call[EndpointIn, None]) -> EndpointWithSecret:
     The URL is refused (422 ``webhook-address-refused``) when its host is,
     or resolves to, a loopback, private, link-local or otherwise reserved
     address (the TURN peer rules); it is checked again on every delivery."""
-    clinic_id = _clinic(call)
+    clinic_id = await _clinic(call)
     body = call.body
     await _check(call, body.url)
     secret = _new_secret()
@@ -216,7 +220,7 @@ async def create_endpoint(call: Call[EndpointIn, None]) -> EndpointWithSecret:
 @routes.get(_BASE, returns=list[Endpoint], auth=_STAFF)
 async def list_endpoints(call: Call[None, None]) -> list[Endpoint]:
     """The clinic's webhook endpoints (never their secrets)."""
-    clinic_id = _clinic(call)
+    clinic_id = await _clinic(call)
     rows = await call.pool.fetch(
         f"SELECT {_COLS} FROM room_hook_endpoints WHERE clinic_id = $1 ORDER BY created_at, id",
         clinic_id,
@@ -227,7 +231,7 @@ async def list_endpoints(call: Call[None, None]) -> list[Endpoint]:
 @routes.get(_ONE, returns=Endpoint, auth=_STAFF)
 async def get_endpoint(call: Call[None, None]) -> Endpoint:
     """One webhook endpoint."""
-    clinic_id = _clinic(call)
+    clinic_id = await _clinic(call)
     return _endpoint(await _row(call.pool, clinic_id, call.path_uuid("endpoint_id")))
 
 
@@ -235,7 +239,7 @@ async def get_endpoint(call: Call[None, None]) -> Endpoint:
 async def update_endpoint(call: Call[EndpointPatch, None]) -> Endpoint:
     """Change an endpoint's URL (checked as on creation), events, description
     or whether it is enabled."""
-    clinic_id = _clinic(call)
+    clinic_id = await _clinic(call)
     body = call.body
     if body.url is not None:
         await _check(call, body.url)
@@ -260,7 +264,7 @@ async def update_endpoint(call: Call[EndpointPatch, None]) -> Endpoint:
 @routes.delete(_ONE, auth=_STAFF)
 async def delete_endpoint(call: Call[None, None]) -> None:
     """Delete an endpoint, with its delivery log."""
-    clinic_id = _clinic(call)
+    clinic_id = await _clinic(call)
     done = await call.pool.execute(
         "DELETE FROM room_hook_endpoints WHERE id = $1 AND clinic_id = $2",
         call.path_uuid("endpoint_id"),
@@ -274,7 +278,7 @@ async def delete_endpoint(call: Call[None, None]) -> None:
 async def rotate_secret(call: Call[None, None]) -> EndpointWithSecret:
     """Give the endpoint a new secret, shown once; deliveries from now on
     (retries included) are signed with it."""
-    clinic_id = _clinic(call)
+    clinic_id = await _clinic(call)
     secret = _new_secret()
     row = await call.pool.fetchrow(
         f"""UPDATE room_hook_endpoints SET secret = $3, updated_at = now()
@@ -307,7 +311,7 @@ def _delivery(row: asyncpg.Record) -> Delivery:
 @routes.get(_ONE + "/deliveries", query=DeliveryQuery, returns=list[Delivery], auth=_STAFF)
 async def list_deliveries(call: Call[None, DeliveryQuery]) -> list[Delivery]:
     """The endpoint's delivery log, newest first, each with its attempts."""
-    clinic_id = _clinic(call)
+    clinic_id = await _clinic(call)
     endpoint = await _row(call.pool, clinic_id, call.path_uuid("endpoint_id"))
     q = call.query
     rows = await call.pool.fetch(
@@ -331,7 +335,7 @@ async def list_deliveries(call: Call[None, DeliveryQuery]) -> list[Delivery]:
 async def redeliver(call: Call[None, None]) -> Delivery:
     """Send a delivery again now, whatever became of it: the same event id
     and body, a new attempt in its log."""
-    clinic_id = _clinic(call)
+    clinic_id = await _clinic(call)
     endpoint = await _row(call.pool, clinic_id, call.path_uuid("endpoint_id"))
     delivery_id = int(call.path("delivery_id"))
     updated = await call.pool.execute(

@@ -460,6 +460,11 @@ async def test_configuration_is_for_the_clinic_s_staff_only(
         ("POST", f"{one}/deliveries/1/redeliver", None),
     ]:
         await api.call(method, path, body, token=other.staff_token, expect=404)
+    # A platform admin manages any clinic's; a clinic that does not exist is a 404.
+    admin = await api.user(Role.ADMIN)
+    await api.get(base, token=admin, expect=200)
+    await api.post(f"/api/v1/clinics/{uuid.uuid4()}/webhooks", {"url": receiver.url},
+                   token=admin, expect=404)  # fmt: skip
     # Nor through its own clinic's path.
     await api.get(f"/api/v1/clinics/{other.id}/webhooks/{hook['id']}",
                   token=other.staff_token, expect=404)  # fmt: skip
