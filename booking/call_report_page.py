@@ -40,7 +40,7 @@ th{background:#eaeef2}
 .wrap{overflow-x:auto}
 small{color:#424a53}
 @media (max-width:600px){svg text{font-size:16px}main{padding:8px}section{padding:8px}}
-.c-blue{color:#0969da}.c-amber{color:#9a6700}.c-green{color:#1a7f37}.c-grey{color:#57606a}
+.c-blue{color:#0969da}.c-amber{color:#9a6700}.c-green{color:#1a7f37}.c-grey{color:#57606a}.c-red{color:#cf222e}.c-purple{color:#8250df}
 """
 
 
@@ -186,16 +186,18 @@ def _participant(p: Mapping[str, Any], start: dt.datetime, span: float) -> str:
             "</figure>"
         )
     loss = [(s["t"], 100.0 * float(s["loss"] or 0)) for s in media]
-    top = _nice(max([v for _, v in loss] + [5.0]))
+    seen = [(s["t"], 100.0 * float(s["loss"] or 0)) for s in p["page"] if s["loss"] is not None]
+    top = _nice(max([v for _, v in loss + seen] + [5.0]))
     html.append(
         "<figure>"
         + _frame(
             "Loss",
             [(1, f"{top:g} %"), (0.5, f"{top / 2:g} %"), (0, "0 %")],
             span,
-            _line(loss, top, "#cf222e", span) + marks,
+            _line(loss, top, "#cf222e", span) + _line(seen, top, "#8250df", span) + marks,
         )
-        + "<figcaption>Packet loss, %</figcaption></figure>"
+        + "<figcaption>Packet loss, %: <span class=c-red>the worker's</span>,"
+        " <span class=c-purple>what their page lost</span></figcaption></figure>"
     )
     rtt = [(s["t"], 1000.0 * float(s["rtt"])) for s in media if s["rtt"] is not None]
     jit = [(s["t"], 1000.0 * float(s["jitter"])) for s in media if s["jitter"] is not None]
@@ -243,7 +245,7 @@ def _summary(parts: Sequence[Mapping[str, Any]]) -> str:
         media = p["media"]
         worst = min((s["quality"] for s in media), key=lambda q: QUALITY_Y.get(q, 0), default="")
         low = min(p["seconds_on_layer"], key=lambda r: LAYER_Y.get(r, 0), default="")
-        loss = max((float(s["loss"] or 0) for s in media), default=0.0)
+        loss = float(p["peak_loss"])
         rec = len(p["reconnects"])
         rows.append(
             f"<tr><td>{escape(p['name'] or 'Unnamed')}<br><small>{escape(p['role'])}</small></td>"

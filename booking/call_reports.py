@@ -244,7 +244,8 @@ def _participant(
             "t": _seconds(start, r["at"]),
             "relay": bool(r["data"].get("relay")),
             "rtt": r["data"].get("rtt"),
-            "freezes": r["data"].get("freezes"),
+            "loss": r["data"].get("loss"),
+            "freezes": r["data"].get("freeze_count"),
             "concealed": r["data"].get("concealed"),
             "quality_shown": r["data"].get("quality_shown"),
         }
@@ -263,6 +264,11 @@ def _participant(
         "freezes": int(last_page.get("freeze_count") or 0),
         "freeze_seconds": float(last_page.get("freeze_seconds") or 0.0),
         "concealed_seconds": float(last_page.get("concealed_seconds") or 0.0),
+        # The worse of what the worker measured and what the page lost.
+        "peak_loss": max(
+            [float(s["loss"] or 0) for s in series] + [float(s["loss"] or 0) for s in page_series],
+            default=0.0,
+        ),
         "seconds_on_layer": layers,
         "seconds_at_quality": quality,
         "media": series,

@@ -10,7 +10,7 @@ module holds what the sample is made of, so the tick only gathers it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from sfu.control import CallSample
 from sfu.quality import Quality, Sample
@@ -39,18 +39,21 @@ def sent_bitrate(tracks: Iterable[Track], publisher: Peer | None) -> float:
 
 
 def received_layers(
-    current: Iterable[tuple[Track, int | None]],
+    current: Iterable[tuple[Track, int | None]], paused: Mapping[str, str]
 ) -> tuple[dict[str, str | None], float]:
     """From each video a subscriber is sent and the layer index it gets
     (None: paused), the layer's rid per track id (``"single"`` for a track
-    without simulcast) and the bits per second those layers carry."""
+    without simulcast; None: paused for bandwidth) and the bits per second
+    those layers carry. A video paused for another reason (its camera off,
+    hidden, audio only: ``paused``) is left out: no layer was lacking."""
     layers: dict[str, str | None] = {}
     bitrate = 0.0
     for track, index in current:
         if track.info.kind != "video":
             continue
         if index is None:
-            layers[track.info.track_id] = None
+            if paused.get(track.info.track_id, "bandwidth") == "bandwidth":
+                layers[track.info.track_id] = None
             continue
         if track.layers and 0 <= index < len(track.layers):
             layer = track.layers[index]
@@ -70,12 +73,16 @@ def sample(
     level: Quality,
     sent: float,
     received: tuple[dict[str, str | None], float],
+    loss: float,
 ) -> CallSample:
+    """The event: ``look`` is the last quality evaluation, ``loss`` the
+    highest loss any evaluation since the last sample saw (a burst between
+    two samples is not averaged away)."""
     layers, bitrate = received
     return CallSample(
         room=room,
         participant=participant,
-        loss=round(look.loss, 4),
+        loss=round(loss, 4),
         rtt=None if look.rtt is None else round(look.rtt, 4),
         jitter=None if look.jitter is None else round(look.jitter, 4),
         sent=round(sent),

@@ -161,7 +161,7 @@ class _Sent:
 
 
 class _Quality:
-    __slots__ = ("expected", "lost", "rtcp", "sampled", "seen", "tracker")
+    __slots__ = ("expected", "lost", "peak", "rtcp", "sampled", "seen", "tracker")
 
     def __init__(self, now: float) -> None:
         self.tracker = QualityTracker()
@@ -170,6 +170,7 @@ class _Quality:
         self.rtcp = -1
         self.seen = now
         self.sampled = -math.inf
+        self.peak = 0.0
 
 
 class WorkerLayers(WorkerControl):
@@ -713,11 +714,15 @@ class WorkerLayers(WorkerControl):
                 level = q.tracker.level
             if level is not None:
                 self._emit(ConnectionQuality(room.name, participant, level.value))
+            q.peak = max(q.peak, loss)
             if now - q.sampled >= call_samples.SAMPLE_EVERY:
-                q.sampled = now
+                q.sampled, peak, q.peak = now, q.peak, 0.0
                 got: list[tuple[Track, int | None]] = []
+                paused: dict[str, Reason] = {}
                 if sub is not None:
                     got = [(s.track, self._current(sub, s.track)) for s in sub.sections]
+                    known = self._subscribers.get(sub)
+                    paused = known.paused if known is not None else paused
                 self._emit(
                     call_samples.sample(
                         room.name,
@@ -725,7 +730,8 @@ class WorkerLayers(WorkerControl):
                         sample,
                         q.tracker.level,
                         call_samples.sent_bitrate(room.tracks.values(), pub),
-                        call_samples.received_layers(got),
+                        call_samples.received_layers(got, paused),
+                        peak,
                     )
                 )
 

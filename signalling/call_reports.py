@@ -56,6 +56,7 @@ BODY_MAX = 8192
 #: Fields a page's sample may carry, with their types.
 _PAGE_FIELDS: dict[str, tuple[type, ...]] = {
     "rtt": (int, float),
+    "loss": (int, float),
     "relay": (bool,),
     "candidate": (str,),
     "freeze_count": (int,),
