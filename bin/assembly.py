@@ -105,6 +105,7 @@ def data_rights(app: web.Application) -> None:
     """Export, erasure and retention (privacy/): the features' providers and
     rules, registered on privacy's endpoints and schedule, since privacy/
     stands below the features and imports none of them."""
+    import booking.call_reports
     import booking.payments.transfer_privacy
     import booking.privacy
     import chat.privacy
@@ -115,6 +116,7 @@ def data_rights(app: web.Application) -> None:
 
     # In this order: notify finds jobs by the conversations chat then deletes.
     privacy.rights.register(app, booking.privacy.BookingProvider())
+    privacy.rights.register(app, booking.call_reports.CallReportProvider())
     privacy.rights.register(app, booking.payments.transfer_privacy.BankTransferProvider(app))
     privacy.rights.register(app, notify.privacy.NotifyProvider())
     privacy.rights.register(app, chat.privacy.ChatProvider(app))

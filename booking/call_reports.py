@@ -33,10 +33,12 @@ from uuid import UUID
 import asyncpg
 
 from privacy.retention import Context, Rule
+from privacy.rights import Erased, Part, Subject
 from wadud import outbox
 
 __all__ = [
     "READY_TOPIC",
+    "CallReportProvider",
     "Event",
     "Participant",
     "Row",
@@ -340,3 +342,46 @@ def retention_rules() -> list[Rule]:
             _reports,
         )
     ]
+
+
+# -- data rights -----------------------------------------------------------------
+
+
+class CallReportProvider:
+    """A patient's part of call reports (docs/privacy.md): the export holds
+    what was recorded of their own participation in their visits (never the
+    other participants'); erasure deletes their visits' reports whole."""
+
+    name = "call_reports"
+
+    async def export(self, conn: asyncpg.Connection, subject: Subject) -> Sequence[Part]:
+        rows = await conn.fetch(
+            """SELECT s.booking_id, s.participant, p.name, s.source, s.at, s.data
+               FROM call_samples s
+               JOIN bookings b ON b.id = s.booking_id
+               JOIN call_participants p
+                    ON p.booking_id = s.booking_id AND p.participant = s.participant
+               WHERE b.patient_id = $1 AND p.role = 'patient'
+               ORDER BY s.at, s.id""",
+            subject.user_id,
+        )
+        records = [
+            {
+                "booking_id": str(r["booking_id"]),
+                "participant": r["participant"],
+                "name": r["name"],
+                "source": r["source"],
+                "at": r["at"].isoformat(),
+                "data": json.loads(r["data"]) if isinstance(r["data"], str) else r["data"],
+            }
+            for r in rows
+        ]
+        return [Part("samples", records)] if records else []
+
+    async def erase(self, conn: asyncpg.Connection, subject: Subject) -> Erased:
+        status = await conn.execute(
+            """DELETE FROM call_reports
+               WHERE booking_id IN (SELECT id FROM bookings WHERE patient_id = $1)""",
+            subject.user_id,
+        )
+        return Erased(counts={"call_reports": int(status.split()[-1])})

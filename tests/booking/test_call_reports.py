@@ -284,3 +284,27 @@ async def test_retention_deletes_old_reports(api: Api, doctor: Doctor) -> None:
         assert gone[0].rows == 1
         assert await conn.fetchval("SELECT count(*) FROM call_samples") == 0
         assert await conn.fetchval("SELECT count(*) FROM call_events") == 0
+
+
+async def test_a_patient_s_export_and_erasure(api: Api, doctor: Doctor) -> None:
+    from privacy.rights import Subject
+
+    bid, *_ = await _live_booking(api, doctor)
+    booking = uuid.UUID(bid)
+    pool = pool_of(api)
+    patient = await pool.fetchval("SELECT patient_id FROM bookings WHERE id = $1", booking)
+    now = dt.datetime.now(dt.UTC)
+    people = [
+        call_reports.Participant(booking, "pt", "Bilal", "patient"),
+        call_reports.Participant(booking, "dr", "Dr Amina", "doctor"),
+    ]
+    rows = [call_reports.Row(booking, p.participant, "media", now, {"loss": 0.0}) for p in people]
+    provider = call_reports.CallReportProvider()
+    async with pool.acquire() as conn:
+        await call_reports.store(conn, rows, (), people)
+        parts = await provider.export(conn, Subject(patient, None, ""))
+        # Only what was recorded of the patient, not of the doctor.
+        assert [r["name"] for r in parts[0].records] == ["Bilal"]
+        erased = await provider.erase(conn, Subject(patient, None, ""))
+        assert erased.counts == {"call_reports": 1}
+        assert await conn.fetchval("SELECT count(*) FROM call_samples") == 0
