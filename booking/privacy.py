@@ -69,7 +69,8 @@ class BookingProvider:
             uid,
         )
         refunds = await conn.fetch(
-            """SELECT r.id, r.payment_intent_id, r.amount_minor, r.status, r.reason, r.created_at
+            """SELECT r.id, r.payment_intent_id, r.kind, r.amount_minor, r.status, r.reason,
+                      r.created_at
                FROM refunds r JOIN payment_intents p ON p.id = r.payment_intent_id
                WHERE p.patient_id = $1 ORDER BY r.created_at""",
             uid,
@@ -148,7 +149,7 @@ class BookingProvider:
         )
         out.counts["refunds"] = _n(
             await conn.execute(
-                """UPDATE refunds r SET reason = ''
+                """UPDATE refunds r SET reason = '', note = ''
                    FROM payment_intents p
                    WHERE p.id = r.payment_intent_id AND p.patient_id = $1""",
                 uid,

@@ -709,16 +709,23 @@ async def _hold_on_known_schedule(
 
 
 async def amount_paid(conn: asyncpg.Connection, booking_id: UUID) -> int:
-    """Minor units paid for the booking and not refunded yet."""
+    """Minor units paid for the booking and neither refunded nor owed back
+    already (a refund the gateway refused, for finance to pay by hand)."""
     value = await conn.fetchval(
-        """SELECT coalesce(sum(amount_minor - refunded_minor), 0) FROM payment_intents
-           WHERE booking_id = $1 AND status IN ('succeeded', 'partially_refunded')""",
+        """SELECT coalesce(sum(p.amount_minor - p.refunded_minor - coalesce(
+                      (SELECT sum(r.amount_minor) FROM refunds r
+                       WHERE r.payment_intent_id = p.id AND r.kind = 'refund'
+                         AND r.status = 'refused_by_gateway'), 0)), 0)
+           FROM payment_intents p
+           WHERE p.booking_id = $1 AND p.status IN ('succeeded', 'partially_refunded')""",
         booking_id,
     )
     return int(value)
 
 
-async def _refund(conn: asyncpg.Connection, booking_id: UUID, amount: int, reason: str) -> int:
+async def _refund(
+    conn: asyncpg.Connection, booking_id: UUID, amount: int, reason: str, actor_id: UUID | None
+) -> int:
     # Imported here: payments is another module's, and a booking that was
     # never paid must cancel whether or not it is installed.
     try:
@@ -726,7 +733,7 @@ async def _refund(conn: asyncpg.Connection, booking_id: UUID, amount: int, reaso
     except ImportError:  # pragma: no cover - payments ships with booking
         log.error("payments service missing; refund not issued", extra={"booking": booking_id})
         return 0
-    return int(await refund_booking(conn, booking_id, amount, reason))
+    return int(await refund_booking(conn, booking_id, amount, reason, actor=actor_id))
 
 
 async def cancel_booking(
@@ -754,7 +761,9 @@ async def cancel_booking(
         due = refunds.refund_amount(
             slot_start=row["starts_at"], cancelled_at=now, cancelled_by=by, amount_paid=paid
         )
-        refunded = await _refund(conn, booking_id, due, reason or event.value) if due else 0
+        refunded = (
+            await _refund(conn, booking_id, due, reason or event.value, actor_id) if due else 0
+        )
         row = await conn.fetchrow(
             """UPDATE bookings SET cancelled_by = $2, cancel_reason = $3, refund_minor = $4
                WHERE id = $1 RETURNING *""",

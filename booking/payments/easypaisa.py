@@ -37,8 +37,10 @@ nothing, and an older status read after a newer one cannot move an intent back
 Refunds: the public Open API has no refund or reversal call (merchants
 refund from the merchant portal or through their EasyPaisa account manager),
 so :meth:`EasyPaisaGateway.refund` answers a refusal with code
-:data:`REFUND_UNSUPPORTED`; the payments service turns it into
-``RefundRefused`` (``refund_refused``, 502) and posts nothing.
+:data:`REFUND_UNSUPPORTED`. The payments service keeps every such refund
+owed by hand (:mod:`.refund_due`): ``refused_by_gateway``, nothing posted,
+until finance records it paid; money that arrives after its booking lapsed
+is owed back the same way instead of being refunded automatically.
 
 Everything taken on trust about EasyPaisa's protocol is in the block
 "assumptions" below, each with where it comes from and how sure it is;

@@ -110,8 +110,10 @@ async def _settle_one(
         async with pool.acquire() as conn, conn.transaction():
             await service.apply_verdict(conn, verdict, default_bp=default_bp, registry=registry)
     except WadudError:
-        # An amount that does not match, a refund refused: logged by the
-        # service; the round moves on, nothing of this one was written.
+        # An amount that does not match: logged by the service; the round
+        # moves on, nothing of this one was written. (Money for a booking no
+        # longer held is not an error: it is owed back by hand and the
+        # payment leaves 'processing', so the round stops asking.)
         log.warning(
             "EasyPaisa inquiry round could not settle a payment",
             extra={"payment_id": str(row["id"])},

@@ -227,6 +227,7 @@ async def refund_booking(
     reason: str,
     *,
     registry: GatewayRegistry | None = None,
+    actor: Principal | UUID | None = None,
 ) -> int:
     """Refund up to ``amount_minor`` of what was paid for a booking; return
     the amount refunded (0 when nothing was paid or ``amount_minor <= 0``).
@@ -254,7 +255,7 @@ async def refund_booking(
         take = min(left, int(row["amount_minor"]) - int(row["refunded_minor"]) - owed)
         if take <= 0:
             continue
-        await refund_intent(conn, row, take, reason, registry=registry)
+        await refund_intent(conn, row, take, reason, registry=registry, actor=actor)
         left -= take
         done += take
         if left == 0:

@@ -214,25 +214,44 @@ async def test_a_refused_refund_is_kept_and_finance_pays_it_by_hand(served: Api)
 async def test_cancelling_a_booking_paid_by_easypaisa_owes_the_refund(served: Api) -> None:
     """A clinic's cancellation refunds in full; EasyPaisa cannot, so the
     cancellation goes through and the refund is owed by hand (it used to be
-    refused whole with a 502, leaving the booking uncancellable)."""
+    refused whole with a 502, leaving the booking uncancellable). What a
+    refused refund owes already is not owed twice."""
     api = served
     clinic, token, booking, payment = await paid(api)
+    pid = payment["id"]
+    await api.post(
+        f"/api/v1/payments/{pid}/refunds",
+        {"amount_minor": 50_000, "reason": "late start"},
+        token=clinic.staff_token,
+        expect=202,
+    )
     done = await api.post(
         f"/api/v1/bookings/{booking}/cancel", {"reason": "doctor away"}, token=clinic.staff_token
     )
-    assert (done["status"], done["refund_minor"]) == ("cancelled", 150_000)
-    refunds = await api.get(f"/api/v1/payments/{payment['id']}/refunds", token=token)
-    assert [(r["status"], r["amount_minor"]) for r in refunds] == [("refused_by_gateway", 150_000)]
-    shown = await api.get(f"/api/v1/payments/{payment['id']}", token=token)
-    assert (shown["status"], shown["refund_due_minor"]) == ("succeeded", 150_000)
-    await api.post(
-        f"/api/v1/refunds/{refunds[0]['id']}/refunded",
-        {"note": "portal refund"},
-        token=clinic.staff_token,
+    assert (done["status"], done["refund_minor"]) == ("cancelled", 100_000)
+    refunds = await api.get(f"/api/v1/payments/{pid}/refunds", token=token)
+    assert [(r["status"], r["amount_minor"]) for r in refunds] == [
+        ("refused_by_gateway", 50_000),
+        ("refused_by_gateway", 100_000),
+    ]
+    # Both refusals name who asked: the staff member, directly and by cancelling.
+    actors = await pool_of(api).fetch(
+        """SELECT actor_id FROM audit_log WHERE action = 'payment.refund.refused_by_gateway'
+           ORDER BY seq"""
     )
+    assert len({a["actor_id"] for a in actors}) == 1
+    assert actors[0]["actor_id"] is not None
+    shown = await api.get(f"/api/v1/payments/{pid}", token=token)
+    assert (shown["status"], shown["refund_due_minor"]) == ("succeeded", 150_000)
+    for refund in refunds:
+        await api.post(
+            f"/api/v1/refunds/{refund['id']}/refunded",
+            {"note": "portal refund"},
+            token=clinic.staff_token,
+        )
     assert set((await account_balances(api, clinic)).values()) == {0}
     await flow.balanced(api, clinic)
-    assert (await flow.intent(api, payment["id"]))["status"] == "refunded"
+    assert (await flow.intent(api, pid))["status"] == "refunded"
 
 
 async def lapse(api: Api, booking: str) -> None:
