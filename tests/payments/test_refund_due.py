@@ -374,3 +374,49 @@ async def test_the_refund_endpoints_are_documented(served: Api) -> None:
     assert "get" in paths["/api/v1/clinics/{clinic_id}/refunds"]
     marked = paths["/api/v1/refunds/{refund_id}/refunded"]["post"]
     assert {"200", "404", "409", "422"} <= set(marked["responses"])
+
+
+async def test_the_inquiry_round_settles_late_money_once_then_stops_asking(served: Api) -> None:
+    """The IPN was lost and the hold lapsed: the round finds the money, owes
+    it back, and the payment leaves 'processing', so no round asks again."""
+    api = served
+    clinic, _, token, booking = await flow.setting_up(api)
+    flow.sim(api).core.deliver_ipn = False
+    payment = await start_payment(api, token, booking, gateway="easypaisa")
+    await flow.hosted_checkout(api, payment)
+    await lapse(api, booking)
+
+    async def round_() -> int | None:
+        return await easypaisa_round.run_round(
+            pool_of(api),
+            api.app[service.GATEWAYS],
+            ["easypaisa"],
+            dt.datetime.now(dt.UTC),
+            default_bp=1500,
+        )
+
+    assert await round_() == 1
+    assert (await flow.intent(api, payment["id"]))["status"] == "cancelled"
+    before = await state(api)
+    assert await round_() == 0
+    assert await state(api) == before
+    assert await account_balances(api, clinic) == {
+        "gateway_clearing:easypaisa": 150_000,
+        "patient_refunds_due": -150_000,
+    }
+    assert await booking_status(api, booking) == "expired"
+
+
+def test_money_owed_back_and_sent_back_balance_and_cancel_out() -> None:
+    amount = Money(150_000, Currency.PKR)
+    owed = ledger.owed_back("easypaisa", amount, "r1")
+    sent = ledger.owed_back_sent("easypaisa", amount, "r1")
+    assert (owed.kind, owed.reference) == ("adjustment", "late_payment:r1")
+    assert (sent.kind, sent.reference) == ("adjustment", "late_payment_refund:r1")
+    assert ledger.balances([owed]) == {
+        ("gateway_clearing:easypaisa", Currency.PKR): 150_000,
+        (ledger.PATIENT_REFUNDS_DUE, Currency.PKR): -150_000,
+    }
+    assert set(ledger.balances([owed, sent]).values()) == {0}
+    with pytest.raises(ValueError, match="positive"):
+        ledger.owed_back("easypaisa", Money(0, Currency.PKR), "r2")
