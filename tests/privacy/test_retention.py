@@ -171,6 +171,16 @@ async def _age_world(api: Api) -> Aged:
             now - age,
         )
         jobs.append(key)
+    reports = []
+    for days_ago in (100, 10):
+        bid = uuid.UUID(await _booking(pool, doctor.id, pid))
+        await pool.execute(
+            """INSERT INTO call_reports (booking_id, clinic_id, started_at, ended_at, ready_at)
+               SELECT id, clinic_id, $2, $2, $2 FROM bookings WHERE id = $1""",
+            bid,
+            now - days_ago * DAY,
+        )
+        reports.append(bid)
     assert old_file is not None and new_file is not None
     return Aged(
         old={
@@ -180,6 +190,7 @@ async def _age_world(api: Api) -> Aged:
             "sessions": [fams[0]],
             "outbox": [outbox[0]],
             "notify_log": [jobs[0]],
+            "call_reports": [reports[0]],
         },
         fresh={
             "chat": [uuid.UUID(new_conv)],
@@ -188,6 +199,7 @@ async def _age_world(api: Api) -> Aged:
             "sessions": [fams[1]],
             "outbox": [outbox[1]],
             "notify_log": [jobs[1]],
+            "call_reports": [reports[1]],
         },
         files={"old": old_file, "new": new_file},
     )
@@ -200,6 +212,7 @@ _EXISTS = {
     "sessions": "SELECT count(*) FROM token_families WHERE id = ANY($1::uuid[])",
     "outbox": "SELECT count(*) FROM outbox WHERE id = ANY($1::bigint[])",
     "notify_log": "SELECT count(*) FROM notify_jobs WHERE key = ANY($1::text[])",
+    "call_reports": "SELECT count(*) FROM call_reports WHERE booking_id = ANY($1::uuid[])",
 }
 
 
