@@ -15,8 +15,8 @@ Routes join :mod:`.api`'s list, as the checkout's do.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Annotated, Final, Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 import asyncpg
@@ -100,7 +100,7 @@ class RefundedIn(ApiModel):
     note: Note = Field(description="How it was paid back (the portal's or bank's reference).")
 
 
-def refund_out(refund: asyncpg.Record, intent: asyncpg.Record) -> Refund:
+def refund_out(refund: Mapping[str, Any], intent: Mapping[str, Any]) -> Refund:
     """A refund row and its payment's (current) row as the API shows them."""
     fields = {k: refund[k] for k in Refund.model_fields if k in _COLUMNS}
     return Refund(
