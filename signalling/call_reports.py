@@ -38,7 +38,7 @@ from booking.calls import ROOM_PREFIX
 from sfu.control import CallSample, MediaControl, MediaEvent, TransportState
 from wadud.auth import InvalidToken, decode_room_token
 from wadud.config import Settings
-from wadud.errors import BadRequest, PayloadTooLarge, Unauthorized
+from wadud.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
 
 __all__ = ["FLUSH_EVERY", "PAGE_EVERY", "CallRecorder", "page_sample"]
 
@@ -109,10 +109,18 @@ def page_sample(body: Any) -> tuple[str, dict[str, Any]]:
 class CallRecorder:
     """Buffers call samples and writes them in batches (see the module docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool, owned: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        owned: Callable[[str], bool],
+        identity: Callable[[str, str], str | None] = lambda _room, _pid: None,
+    ) -> None:
         self.pool = pool
         #: Whether this replica owns a room now (the call service's rooms).
         self.owned = owned
+        #: The identity a participant of a room this replica owns joined
+        #: with (None: unknown here), so a page reports only for itself.
+        self.identity = identity
         self.rows: list[Row] = []
         self.events: list[Event] = []
         self.people: dict[tuple[UUID, str], Participant] = {}
@@ -188,6 +196,9 @@ class CallRecorder:
         for room, booking in list(self.live.items()):
             if not self.owned(room):
                 del self.live[room]
+                for key in [k for k in self._page_at if k[0] == booking]:
+                    self._page_at.pop(key, None)
+                    self._restarts.pop(key, None)
                 async with self.pool.acquire() as conn:
                     if await finish(conn, booking, _now()):
                         log.info("call report ready", extra={"booking": str(booking)})
@@ -206,8 +217,8 @@ class CallRecorder:
 async def post_stats(request: web.Request, settings: Settings, recorder: CallRecorder) -> None:
     """``POST /api/v1/calls/stats``: a page's sample, its room token in the
     body (``token``: the API's bearer header is for access tokens). Taken
-    or dropped as too frequent alike; 401 for a bad token; 400 for a
-    malformed body; 413 past ``BODY_MAX``."""
+    or dropped as too frequent alike; 401 for a bad token; 403 for another
+    participant's id; 400 for a malformed body; 413 past ``BODY_MAX``."""
     if (request.content_length or 0) > BODY_MAX:
         raise PayloadTooLarge("call stats are a few hundred bytes")
     raw = await request.content.read(BODY_MAX + 1)
@@ -228,4 +239,7 @@ async def post_stats(request: web.Request, settings: Settings, recorder: CallRec
     booking = _booking(grant.room)
     if booking is None:
         return  # a room of no booking (the demo, a token from the CLI): no report
+    known = recorder.identity(grant.room, pid)
+    if known is not None and known != grant.identity:
+        raise Forbidden("that participant joined with another link")
     recorder.on_page(booking, pid, grant.name, grant.role, data)

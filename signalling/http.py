@@ -132,7 +132,15 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         observe=room_events,
     )
     app[CALLS] = service
-    recorder = app[RECORDER] = CallRecorder(app[keys.DB], lambda room: room in service.rooms)
+
+    def identity(room: str, pid: str) -> str | None:
+        found = service.rooms.get(room)
+        who = found.core.get(pid) if found is not None else None
+        return who.grant.identity if who is not None else None
+
+    recorder = app[RECORDER] = CallRecorder(
+        app[keys.DB], lambda room: room in service.rooms, identity
+    )
     if client is not None:
         client.add_listener(recorder.on_worker_message)
     bus = app[keys.BUS]

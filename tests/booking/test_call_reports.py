@@ -100,6 +100,9 @@ async def test_a_visit_s_report_from_samples_to_the_page(
         assert bad["status"] == 400
         await _stats(api, pt_link, {"participant_id": "x", "stats": {"rtt": "slow"}}, 400)
         await api.post("/api/v1/calls/stats", "[1]", expect=401)
+        # The doctor's id with the patient's link: not theirs to report for.
+        other = await _stats(api, pt_link, {**body, "participant_id": doc_id}, 403)
+        assert other["status"] == 403
         # The worker's looks (every 5 s in a call; a minute's worth here).
         for pid in (doc_id, pat_id):
             recorder.on_media_event(TransportState(room, pid, "publish", "connected"))
