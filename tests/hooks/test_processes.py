@@ -151,9 +151,10 @@ async def test_two_replicas_send_each_event_once_in_order_and_survive_a_kill(
     events = receiver.events()
     ids = [e["id"] for e in events]
     # At least once: a delivery whose 2xx was answered but whose commit the
-    # kill cut comes again, with the same event id; otherwise exactly once.
+    # kill cut comes again, with the same event id (at most one per send
+    # loop of the killed replica: webhooks_concurrency, 4); otherwise once.
     repeats = len(ids) - len(set(ids))
-    assert len(set(ids)) == total and repeats <= 1, ids
+    assert len(set(ids)) == total and repeats <= 4, ids
     for room in ROOMS:
         # Each event's first arrival, in the order they happened.
         first = list(dict.fromkeys(int(e["id"]) for e in events if e["room"] == room))
