@@ -162,7 +162,11 @@ def installers(role: Role) -> list[Installer]:
     import turn.http
 
     if role == "api":
-        return features()
+        # The webhook deliverer too: replicas share its work (SKIP LOCKED), so
+        # an api deployment needs no other process for it (webhooks_deliver).
+        import hooks.http
+
+        return [*features(), hooks.http.install_worker]
     import notify.http
 
     out = in_process()
@@ -171,8 +175,7 @@ def installers(role: Role) -> list[Installer]:
     # And the notifier (unless notify_in_serve is off): `wadud api` deployments
     # run `wadud notify` beside their replicas instead.
     out.append(notify.http.install_worker)
-    # And the webhook deliverer (unless webhooks_in_serve is off): `wadud api`
-    # deployments run `wadud hooks` instead.
+    # And the webhook deliverer (unless webhooks_deliver is off), as in `wadud api`.
     import hooks.http
 
     out.append(hooks.http.install_worker)

@@ -6,7 +6,7 @@ Clinic staff manage their own clinic's endpoints, platform admins any
 clinic's; another clinic's endpoints are a 404 (ids do not leak); patients
 and doctors get 403. ``install`` adds the routes (every role that serves
 HTTP); ``install_worker`` also runs a :class:`~hooks.service.Deliverer` in
-the process (``wadud serve``, unless ``webhooks_in_serve`` is off).
+the process (``wadud serve`` and ``wadud api``, unless ``webhooks_deliver`` is off).
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ async def redeliver(call: Call[None, None]) -> Delivery:
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    if not settings.webhooks_in_serve:
+    if not settings.webhooks_deliver:
         yield
         return
     deliverer = Deliverer(app[keys.DB], settings, resolver=app.get(RESOLVER))

@@ -1,7 +1,8 @@
 """The deliverer: the loops that send due webhook deliveries.
 
-Runs inside ``wadud serve`` (``hooks.http.install_worker``) or as
-``wadud hooks`` (:func:`run`); any number of replicas share one database.
+Runs inside ``wadud serve`` and each ``wadud api`` replica
+(``hooks.http.install_worker``), or as ``wadud hooks`` (:func:`run`) when
+``webhooks_deliver`` is off; any number of them share one database.
 
 Guarantees, and where they come from:
 

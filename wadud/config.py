@@ -818,11 +818,11 @@ class Settings:
         ),
     )
     # [webhooks]: clinics' signed room webhooks (hooks/, docs/webhooks.md)
-    webhooks_in_serve: bool = field(
+    webhooks_deliver: bool = field(
         default=True,
         metadata=_doc(
-            "Deliver webhooks inside `wadud serve`. Deployments of `wadud api` run"
-            " `wadud hooks` (one or more replicas) instead."
+            "Deliver webhooks inside `wadud serve` and each `wadud api` replica (they"
+            " share the work). Off: run `wadud hooks` (one or more replicas) instead."
         ),
     )
     webhooks_poll_interval: float = field(
