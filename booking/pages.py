@@ -154,9 +154,13 @@ def _patient_link(settings: Settings, row: asyncpg.Record) -> str | None:
 async def _visit(
     conn: asyncpg.Connection, intent_id: UUID
 ) -> tuple[asyncpg.Record, dict[str, Any]] | None:
+    # "late": the money came after the booking was no longer held and is
+    # going back (an automatic refund, or one owed by hand).
     pay = await conn.fetchrow(
-        """SELECT booking_id, status, amount_minor, currency, expires_at
-           FROM payment_intents WHERE id = $1""",
+        """SELECT p.booking_id, p.status, p.amount_minor, p.currency, p.expires_at,
+                  EXISTS (SELECT 1 FROM refunds r WHERE r.payment_intent_id = p.id
+                          AND (r.kind = 'late_payment' OR r.reason LIKE 'automatic:%')) AS late
+           FROM payment_intents p WHERE p.id = $1""",
         intent_id,
     )
     if pay is None:
@@ -165,6 +169,7 @@ async def _visit(
     assert row is not None  # a payment's booking is never deleted
     facts = _booking_facts(row) | {
         "payment_status": pay["status"],
+        "payment_late": pay["late"],
         "amount_minor": pay["amount_minor"],
         "currency": pay["currency"],
         "expires_at": pay["expires_at"].isoformat(),
@@ -249,7 +254,7 @@ async def confirmation(
     if found is None:
         return None
     row, facts = found
-    outcome = _OUTCOMES.get(facts["payment_status"], "failed")
+    outcome = "late" if facts["payment_late"] else _OUTCOMES.get(facts["payment_status"], "failed")
     accepted = ".accepted" if facts["booking_status"] in calls.OPEN_STATES else ""
     url = _patient_link(settings, row) if outcome == "paid" else None
     if onward is not None:

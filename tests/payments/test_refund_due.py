@@ -375,6 +375,15 @@ async def test_money_for_a_payment_closed_already_is_owed_back_once(served: Api)
     assert answer["status"] == "cancelled"
     refunds = await api.get(f"/api/v1/payments/{payment['id']}/refunds", token=token)
     assert [(r["kind"], r["amount_minor"]) for r in refunds] == [("late_payment", 150_000)]
+    # The patient's browser is told the money came too late and goes back,
+    # not that nothing was charged.
+    page = await api.get(
+        f"/api/v1/payments/{payment['id']}/return?orderRefNumber={reference}",
+        headers={"Accept": "text/html"},
+        expect=200,
+    )
+    assert 'data-i18n="done.late.title"' in page
+    assert "done.failed" not in page
     assert await account_balances(api, clinic) == {
         "gateway_clearing:easypaisa": 150_000,
         "patient_refunds_due": -150_000,
