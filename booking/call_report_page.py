@@ -249,7 +249,7 @@ def _summary(parts: Sequence[Mapping[str, Any]]) -> str:
         rec = len(p["reconnects"])
         rows.append(
             f"<tr><td>{escape(p['name'] or 'Unnamed')}<br><small>{escape(p['role'])}</small></td>"
-            f"<td>{escape(worst)}</td><td>{escape(LAYER_NAME.get(low, low))}</td>"
+            f"<td>{escape(worst)}</td><td>{escape(LAYER_NAME.get(low, low) or 'none')}</td>"
             f"<td>{100 * loss:.0f} %</td><td class={'bad' if rec else ''}>{rec}</td>"
             f"<td>{'yes' if p['turn'] else 'no'}</td><td>{p['freezes']}</td></tr>"
         )
@@ -269,8 +269,13 @@ def render(report: Mapping[str, Any], title: str, nonce: str) -> str:
         f"<h1>{escape(title)}</h1><p class=visit>Call {_t(start)} to"
         f" {_t(report['ended_at'])} UTC, {_clock(span)} long, {status}.</p>"
     )
+    # The table in the report's order; the timelines of whoever had the
+    # worst of it first, which is whom support is asked about.
+    troubled = sorted(
+        report["participants"], key=lambda p: (-len(p["reconnects"]), -float(p["peak_loss"]))
+    )
     body = _summary(report["participants"]) + "".join(
-        _participant(p, start, span) for p in report["participants"]
+        _participant(p, start, span) for p in troubled
     )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'

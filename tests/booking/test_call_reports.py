@@ -206,14 +206,20 @@ async def test_the_report_page_at_a_glance(api: Api, doctor: Doctor, tmp_path: P
 
 
 def _screenshots(report: dict[str, Any], where: Path) -> None:
-    """The page at desktop and phone sizes (headless Chromium); copied to
-    docs/img with WADUD_SAVE_SCREENSHOTS=1."""
-    if not Path(CHROMIUM).exists():
-        return
     html = where / "report.html"
     html.write_text(call_report_page.render(report, "Call report", "n").replace(" nonce='n'", ""))
+    screenshots(html, where, "call-report")
+
+
+def screenshots(html: Path, where: Path, prefix: str) -> list[Path]:
+    """The page at desktop and phone sizes (headless Chromium), as
+    ``<prefix>-desktop.png`` and ``<prefix>-phone.png``; copied to docs/img
+    with WADUD_SAVE_SCREENSHOTS=1."""
+    if not Path(CHROMIUM).exists():
+        return []
+    shots = []
     for name, size in (("desktop", "1280,800"), ("phone", "390,844")):
-        shot = where / f"call-report-{name}.png"
+        shot = where / f"{prefix}-{name}.png"
         subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              f"--user-data-dir={where / 'profile'}", f"--window-size={size}",
@@ -223,6 +229,8 @@ def _screenshots(report: dict[str, Any], where: Path) -> None:
         assert shot.stat().st_size > 10_000
         if os.environ.get("WADUD_SAVE_SCREENSHOTS"):
             shutil.copy(shot, DOCS_IMG / shot.name)
+        shots.append(shot)
+    return shots
 
 
 async def test_only_the_clinic_s_staff_read_a_report(

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.booking.test_call_reports import screenshots
 from tests.browser import driver_main, play, run_driver
 from tests.signalling.test_browser_call import World
 from tests.signalling.test_weak_network import (
@@ -54,6 +55,7 @@ async def test_a_capped_participant_s_report_shows_layer_loss_and_reconnect(
         "tests.signalling.test_call_report_browser", args, tmp_path, 180, also_kill=turn_groups
     )
     print(json.dumps({k: v for k, v in result.items() if k != "report"}))
+    screenshots(tmp_path / "report.html", tmp_path, "call-report-visit")
     report = result["report"]
     assert report["ready"] is True, result
     people = {p["name"]: p for p in report["participants"]}
@@ -138,7 +140,7 @@ def _plain(value: Any) -> Any:
 
 
 async def scenario_report(world: World) -> dict[str, Any]:
-    from booking import call_reports
+    from booking import call_report_page, call_reports
     from wadud import keys
 
     pool = world.app[keys.DB]  # type: ignore[attr-defined]
@@ -176,6 +178,8 @@ async def scenario_report(world: World) -> dict[str, Any]:
         async with pool.acquire() as conn:
             report = await call_reports.assemble(conn, booking)
         assert report is not None
+        page = call_report_page.render(report, "Call report", "n").replace(" nonce='n'", "")
+        (world.browsers.work / "report.html").write_text(page)
         start = report["started_at"]
         for p in report["participants"]:
             for r in p["reconnects"]:
