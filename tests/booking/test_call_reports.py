@@ -265,6 +265,8 @@ async def test_only_the_clinic_s_staff_read_a_report(
     await api.get("/api/v1/bookings/not-an-id/call-report", token=clinic.staff_token,
                   expect=404)  # fmt: skip
     await api.get(path, expect=401)
+    spec = await api.get("/api/v1/openapi.json", expect=200)
+    assert "get" in spec["paths"]["/api/v1/bookings/{id}/call-report"]
     # Every read is in the audit trail.
     n = await pool_of(api).fetchval(
         "SELECT count(*) FROM audit_log WHERE action = 'call_report.read'"
