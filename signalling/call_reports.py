@@ -91,8 +91,11 @@ def page_sample(body: Any) -> tuple[str, dict[str, Any]]:
     pid = body.get("participant_id")
     if not isinstance(pid, str) or not 0 < len(pid) <= 100:
         raise BadRequest("participant_id: a string")
+    stats = body.get("stats") or {}
+    if not isinstance(stats, dict):
+        raise BadRequest("stats: a JSON object")
     data: dict[str, Any] = {}
-    for key, value in (body.get("stats") or {}).items():
+    for key, value in stats.items():
         kinds = _PAGE_FIELDS.get(key)
         if kinds is None or value is None:
             continue
