@@ -34,10 +34,12 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from prometheus_client import Counter, Gauge
 
@@ -52,7 +54,7 @@ __all__ = ["Deliverer", "backoff", "body_of", "run"]
 
 SIGNATURE_HEADER = "Wadud-Signature"
 DELIVERIES = Counter(
-    "wadud_room_hook_deliveries_total",
+    "wadud_webhook_deliveries_total",
     "Webhook delivery attempts by outcome (sent, retried, failed).",
     ["outcome"],
 )
@@ -310,7 +312,35 @@ async def run(settings: Settings) -> int:
         deliverer = Deliverer(pool, settings)
         await deliverer.start()
         stack.push_async_callback(deliverer.close)
+        if settings.metrics_listen:
+            # The same private /metrics listener the HTTP roles open, with
+            # the probes a process with no public port needs.
+            from wadud import ops
+
+            host, port = ops.listen_address(settings.metrics_listen)
+            listener = ops.metrics_app(settings.metrics_token)
+            listener.router.add_get("/healthz", _healthz)
+            listener.router.add_get("/readyz", partial(_readyz, pool))
+            runner = web.AppRunner(listener, access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, host, port).start()
         log.info("webhook deliverer running")
         print("wadud hooks: running", flush=True)
         await stop.wait()
     return 0
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """The process runs (a liveness probe)."""
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(pool: asyncpg.Pool, request: web.Request) -> web.Response:
+    """The database answers within two seconds (a readiness probe)."""
+    try:
+        async with asyncio.timeout(2.0):
+            await pool.fetchval("SELECT 1")
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        return web.json_response({"status": "unavailable", "detail": str(exc)}, status=503)
+    return web.json_response({"status": "ready"})

@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,13 +18,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from hooks import events as hook_events
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
-from tests.hooks.test_webhooks import Receiver, _live_booking, verify
+from tests.hooks.test_webhooks import Receiver, _live_booking, receiver_port, verify
 from wadud import keys
 from wadud.config import Settings
 
@@ -36,7 +38,7 @@ PER_ROOM = 12
 class Hooks:
     """One ``wadud hooks`` process in its own process group."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **extra_env: str) -> None:
         env = {
             **os.environ,
             "WADUD_DATABASE_URL": settings.database_url,
@@ -50,6 +52,7 @@ class Hooks:
             "WADUD_WEBHOOKS_BACKOFF_BASE": "0.2",
             "WADUD_WEBHOOKS_BACKOFF_MAX": "0.5",
             "WADUD_WEBHOOKS_ALLOW_NETWORKS": "127.0.0.0/8",
+            **extra_env,
         }
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
@@ -138,7 +141,8 @@ async def test_two_replicas_send_each_event_once_in_order_and_survive_a_kill(
                     at=dt.datetime.now(dt.UTC).isoformat(),
                     data={"track": {"id": f"t-{n}", "kind": "video"}},
                 )
-    replicas.extend([Hooks(settings), Hooks(settings)])
+    probes = receiver_port()
+    replicas.extend([Hooks(settings), Hooks(settings, WADUD_METRICS_LISTEN=f"127.0.0.1:{probes}")])
     for one in replicas:
         await one.started()
     total = len(ROOMS) * PER_ROOM
@@ -166,3 +170,12 @@ async def test_two_replicas_send_each_event_once_in_order_and_survive_a_kill(
         assert json.loads(body)["booking_id"] == bid
     rows = await pool.fetch("SELECT status, count(*) AS n FROM room_hook_deliveries GROUP BY 1")
     assert {r["status"]: r["n"] for r in rows} == {"sent": total}
+    # The survivor's private listener: probes and its counters.
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz"):
+            async with http.get(f"http://127.0.0.1:{probes}{path}") as resp:
+                assert resp.status == 200
+        async with http.get(f"http://127.0.0.1:{probes}/metrics") as resp:
+            text = await resp.text()
+    sent = re.search(r'^wadud_webhook_deliveries_total\{outcome="sent"\} (\S+)$', text, re.M)
+    assert sent is not None and float(sent.group(1)) > 0
