@@ -9,7 +9,8 @@ rules (:mod:`turn.policy`), which its endpoint addresses share.
 - ``hooks.events``: the event names and :func:`~hooks.events.emit`, which any
   feature calls in its transaction to send one.
 - ``hooks.addresses``: which endpoint URLs and addresses may be reached.
-- ``hooks.store``: the SQL (endpoints, claiming due deliveries).
-- ``hooks.service``: :class:`~hooks.service.Deliverer`, the loops that send.
-- ``hooks.http``: the clinic admin's API (endpoints, deliveries, redeliver).
+- ``hooks.service``: :class:`~hooks.service.Deliverer`, the loops that
+  claim due deliveries and send them, and ``wadud hooks``.
+- ``hooks.http``: the clinic staff's API (endpoints, deliveries, redeliver)
+  and the deliverer inside ``wadud serve`` and ``wadud api``.
 """
