@@ -25,6 +25,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,11 @@ def _booking(room: str) -> UUID | None:
         return None
 
 
+def _finite(value: float | None) -> float | None:
+    """A figure PostgreSQL's jsonb can hold (no NaN, no infinity: None)."""
+    return value if value is None or math.isfinite(value) else None
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -101,6 +107,8 @@ def page_sample(body: Any) -> tuple[str, dict[str, Any]]:
             continue
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise BadRequest(f"stats.{key}: wrong type")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadRequest(f"stats.{key}: a finite number")
         if isinstance(value, str):
             value = value[:40]
         if isinstance(value, dict):
@@ -153,12 +161,12 @@ class CallRecorder:
         self.live[event.room] = booking
         if isinstance(event, CallSample):
             data = {
-                "loss": event.loss,
-                "rtt": event.rtt,
-                "jitter": event.jitter,
-                "sent": event.sent,
-                "received": event.received,
-                "available": event.available,
+                "loss": _finite(event.loss),
+                "rtt": _finite(event.rtt),
+                "jitter": _finite(event.jitter),
+                "sent": _finite(event.sent),
+                "received": _finite(event.received),
+                "available": _finite(event.available),
                 "layers": event.layers,
                 "quality": event.quality,
             }
@@ -194,8 +202,17 @@ class CallRecorder:
         self.rows, self.events = [], []
         self.people.clear()
         if rows or events or people:
-            async with self.pool.acquire() as conn:
-                await store(conn, rows, events, people)
+            try:
+                async with self.pool.acquire() as conn:
+                    await store(conn, rows, events, people)
+            except Exception:
+                # The database is away: the next round tries again (up to
+                # BUFFER_MAX samples are held).
+                self.rows[:0] = rows[-BUFFER_MAX:]
+                self.events[:0] = events
+                for p in people:
+                    self.people.setdefault((p.booking_id, p.participant), p)
+                raise
         for room, booking in list(self.live.items()):
             if not self.owned(room):
                 del self.live[room]

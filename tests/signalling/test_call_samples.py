@@ -49,6 +49,16 @@ def test_only_known_fields_of_the_right_type_are_kept(stats: dict[str, Any]) -> 
         assert isinstance(data["rtt"], int | float) and not isinstance(data["rtt"], bool)
 
 
+def test_numbers_must_be_finite() -> None:
+    # json.loads takes NaN and Infinity; PostgreSQL's jsonb does not.
+    import json
+
+    for text in ("NaN", "Infinity", "-Infinity"):
+        body = json.loads(f'{{"participant_id": "p", "stats": {{"rtt": {text}}}}}')
+        with pytest.raises(BadRequest):
+            page_sample(body)
+
+
 def test_a_participant_id_is_required() -> None:
     with pytest.raises(BadRequest):
         page_sample({"stats": {}})
