@@ -23,7 +23,7 @@ test: $(BIN)/wadud
 
 lint: $(BIN)/wadud
 	$(BIN)/ruff check .
-	$(BIN)/mypy wadud bin booking turn chat rtc sfu signalling privacy notify
+	$(BIN)/mypy wadud bin booking turn chat rtc sfu signalling privacy notify hooks
 
 bench: $(BIN)/wadud
 	$(BIN)/python benchmarks/booking/run.py

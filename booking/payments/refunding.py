@@ -24,14 +24,14 @@ from uuid import UUID
 
 import asyncpg
 
-from booking.payments import ledger, refund_due
+from booking.payments import ledger, refund_due, transfer
 from booking.payments.errors import (
     GatewayError,
     InvalidTransition,
     PaymentError,
     RefundExceedsCapture,
 )
-from booking.payments.gateway import GatewayRegistry
+from booking.payments.gateway import GatewayRegistry, RefundResult
 from booking.payments.intent import Currency, IntentEvent, IntentState, Money, refund_event
 from booking.payments.postings import (
     load_ledger,
@@ -117,9 +117,20 @@ async def refund_intent(
     txn, event = await refund_posting(conn, row, amount_minor)
     refund_id = _refund_key(row, amount_minor, owed)
     amount = Money(amount_minor, Currency(row["currency"]))
-    result = await registry.get(row["gateway"]).refund(
-        row["gateway_ref"], amount, idempotency_key=str(refund_id)
-    )
+    if row["gateway"] == transfer.GATEWAY:
+        # No gateway sends a bank transfer back: finance does, by hand.
+        result = RefundResult(
+            transfer.GATEWAY,
+            row["gateway_ref"] or "",
+            amount,
+            succeeded=False,
+            gateway_code="by_hand",
+            message="a bank transfer is sent back by hand",
+        )
+    else:
+        result = await registry.get(row["gateway"]).refund(
+            row["gateway_ref"], amount, idempotency_key=str(refund_id)
+        )
     if not result.succeeded:
         log.warning(
             "gateway refused a refund",

@@ -573,9 +573,11 @@ async def test_export_and_erasure_cover_proofs(api: Api) -> None:
     assert not (root / key[:2] / key[2:4] / key).exists()
 
 
-async def test_cancelling_a_confirmed_transfer_is_refused_not_half_done(api: Api) -> None:
-    """No gateway sends bank-transfer money back yet: the cancellation is
-    refused whole (docs/api.md, Bank transfer, "Not yet")."""
+async def test_cancelling_a_confirmed_transfer_leaves_a_refund_owed_by_hand(api: Api) -> None:
+    """No gateway sends bank-transfer money back: the cancellation goes
+    through and the refund is kept ``refused_by_gateway`` for finance, with
+    nothing posted until finance says it was sent; then the ledger reverses
+    the capture exactly as a gateway refund would."""
     clinic, doctor = await setup(api)
     token, patient = await anon_patient(api)
     booking = await held_booking(api, doctor, patient)
@@ -586,15 +588,27 @@ async def test_cancelling_a_confirmed_transfer_is_refused_not_half_done(api: Api
         token=clinic.staff_token,
         expect=200,
     )
-    resp = await api.client.post(
-        f"/api/v1/bookings/{booking}/cancel",
-        json={"reason": "cannot come"},
-        headers={"Authorization": f"Bearer {token}"},
+    pool = pool_of(api)
+    postings = await pool.fetchval("SELECT count(*) FROM ledger_transactions")
+    await api.post(
+        f"/api/v1/bookings/{booking}/cancel", {"reason": "cannot come"}, token=token, expect=200
     )
-    refused = await resp.json(content_type=None)
-    assert (resp.status, refused["code"]) == (422, "unknown_gateway"), refused
-    assert await booking_status(api, booking) == "requested"
-    assert await service.ledger_is_balanced(pool_of(api))
+    assert await booking_status(api, booking) == "cancelled"
+    owed = await pool.fetchrow(
+        "SELECT id, status, amount_minor FROM refunds WHERE payment_intent_id = $1",
+        uuid.UUID(transfer["payment_id"]),
+    )
+    assert owed is not None and owed["status"] == "refused_by_gateway", owed
+    assert await pool.fetchval("SELECT count(*) FROM ledger_transactions") == postings
+    await api.post(
+        f"/api/v1/refunds/{owed['id']}/refunded",
+        {"note": "sent back by IBFT"},
+        token=clinic.staff_token,
+        expect=200,
+    )
+    kinds = await pool.fetch("SELECT kind FROM ledger_transactions ORDER BY kind")
+    assert [r["kind"] for r in kinds].count("refund") == 1
+    assert await service.ledger_is_balanced(pool)
 
 
 async def test_the_patient_may_pay_another_way_after_all(api: Api) -> None:
