@@ -792,15 +792,26 @@ class SendSideEstimator:
                 found = 0.95 * result
                 self.probes_succeeded += 1
                 self._delay_rate = max(self._delay_rate, found)
-                if self.loss < LOSS_LOW and not self.policed and self._capacity_at(now) is None:
+                fresh = self._capacity_at(now) is not None
+                if (
+                    self.loss < LOSS_LOW
+                    and not self.policed
+                    and (not fresh or self.loss_follows_rate)
+                ):
                     # Random loss (a radio link) is the loss controller's to
-                    # judge: a probe lifts it only on a clean path. Never on
-                    # a policed one: its bucket lets a probe's short burst
-                    # through at any rate (a probe that lifted it once the
-                    # policer's rate was old sent the allocation 50 % past
-                    # the policer, and the visit lost half its packets for a
+                    # judge: a probe lifts it only on a clean path, or on a
+                    # queue whose loss stopped once less was sent (there the
+                    # capacity a lossy window learnt may be the slowed
+                    # sender's: a queued visit sat 30 s under a capacity of
+                    # 359k while every probe found 460k). Never on a policed
+                    # path: its bucket lets a probe's short burst through at
+                    # any rate (a probe that lifted it once the policer's
+                    # rate was old sent the allocation 50 % past the
+                    # policer, and the visit lost half its packets for a
                     # second); a ramp's sustained padding tests it instead.
                     self._loss_rate = max(self._loss_rate, found)
+                    if fresh:
+                        self._loss_capacity = max(self._loss_capacity, found)
                 self._probe_floor = found
                 self._probe_until = now + PROBE_HOLD
 
