@@ -124,13 +124,14 @@ async def test_weak_patient_in_a_three_person_visit(
 
     Out of the default run for its length and its sensitivity to a busy
     machine (two minutes of three Chromium pages and coturn). On a quiet
-    machine, policed: eight runs of eight met it (about 20 fps, no freeze).
-    Queued: six of seven with the estimator of 2026-11-24 (about 20 fps, no
-    freeze; the miss, 13 fps, was a loss capacity understated by the slowed
-    sender, fixed after it, and three runs since met it with the patient's
-    estimate steady at 440-453k). Before it, every probe's own queue cut the
-    estimate to 0.85 times the media's rate and paused a video: two of four.
-    On a machine loaded by other test runs, misses come back (the trendline
+    machine, policed: two runs of two with the estimator of 2026-11-24
+    (seven of seven before it; about 20 fps, no freeze). Queued: three of
+    three with it, the patient's estimate steady at 440-453k; three of four
+    with the probe fix alone (the miss, 13 fps, was a loss capacity the
+    slowed sender understated, fixed since); two of four before, when every
+    probe's own queue cut the estimate to 0.85 times the media's rate and
+    paused a video. On a machine loaded by other test runs, misses come back
+    (the trendline
     reads scheduling jitter as overuse). See issue 20's closing notes."""
     result = await run_scenario(scenario, database_url, tmp_path, budget=200)
     print(json.dumps({k: v for k, v in result.items() if k != "trace"}))
