@@ -131,8 +131,8 @@ async def test_weak_patient_in_a_three_person_visit(
     slowed sender understated, fixed since); two of four before, when every
     probe's own queue cut the estimate to 0.85 times the media's rate and
     paused a video. On a machine loaded by other test runs, misses come back
-    (the trendline
-    reads scheduling jitter as overuse). See issue 20's closing notes."""
+    (the trendline reads scheduling jitter as overuse). See issue 20's
+    closing notes."""
     result = await run_scenario(scenario, database_url, tmp_path, budget=200)
     print(json.dumps({k: v for k, v in result.items() if k != "trace"}))
     assert "error" not in result, result
