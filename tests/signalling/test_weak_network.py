@@ -124,15 +124,15 @@ async def test_weak_patient_in_a_three_person_visit(
 
     Out of the default run for its length and its sensitivity to a busy
     machine (two minutes of three Chromium pages and coturn). On a quiet
-    machine, policed: two runs of two with the estimator of 2026-11-24
-    (seven of seven before it; about 20 fps, no freeze). Queued: three of
-    three with it, the patient's estimate steady at 440-453k; three of four
-    with the probe fix alone (the miss, 13 fps, was a loss capacity the
-    slowed sender understated, fixed since); two of four before, when every
-    probe's own queue cut the estimate to 0.85 times the media's rate and
-    paused a video. On a machine loaded by other test runs, misses come back
-    (the trendline reads scheduling jitter as overuse). See issue 20's
-    closing notes."""
+    machine, policed: four runs of four with the estimator of 2026-11-24
+    (seven of seven before it; about 20 fps, no freeze). Queued: seven of
+    seven with it (20 fps, no freeze, the patient's estimate steady at
+    440-453k); three of four with its probe fix alone (the miss, 13 fps,
+    was a loss capacity the slowed sender understated, fixed since); two of
+    four before, when every probe's own queue cut the estimate to 0.85
+    times the media's rate and paused a video. On a machine loaded by other
+    test runs, misses come back (the trendline reads scheduling jitter as
+    overuse). See issue 20's closing notes."""
     result = await run_scenario(scenario, database_url, tmp_path, budget=200)
     print(json.dumps({k: v for k, v in result.items() if k != "trace"}))
     assert "error" not in result, result
