@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import email.utils
 import hashlib
-import hmac
 import json
 import logging
 import ssl
@@ -56,6 +55,7 @@ import jwt
 from notify.errors import DeliveryFailed, PermanentFailure
 from notify.plan import Device, Recipient
 from notify.templates import TEMPLATES, Rendered
+from wadud import signing
 from wadud.config import Settings
 from wadud.errors import ConfigError
 
@@ -471,8 +471,7 @@ class Apns:
 
 def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
     """The ``X-Wadud-Signature`` value of ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+    return signing.sign(body, secret, timestamp)
 
 
 class Webhook:

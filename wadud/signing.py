@@ -5,9 +5,9 @@ payload is the ASCII timestamp, a ``.``, then the raw body bytes; ``v1`` is
 the lowercase hex HMAC-SHA256 of that payload keyed with the endpoint's
 secret. A receiver accepts the body when any ``v1`` matches its secret
 (compared in constant time) and the timestamp is within a tolerance of its
-clock. ``booking.payments.gateway`` verifies the gateways' callbacks with the
-same recipe; this module is the ground's copy, so features that sign (hooks/)
-need not import payments.
+clock. The one implementation: room webhooks (hooks/), notification
+webhooks (notify/) and the payment gateways' callbacks (booking.payments.gateway)
+all sign and check with it.
 
 Pure: times are parameters, never read here.
 """
@@ -18,7 +18,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-__all__ = ["SCHEME", "BadSignature", "sign", "signature", "verify"]
+__all__ = ["SCHEME", "BadSignature", "matches", "parse", "sign", "signature", "verify"]
 
 SCHEME = "v1"
 #: Unix seconds have 10 digits until 2286.
@@ -45,7 +45,11 @@ def sign(body: bytes, secrets: str | Sequence[str], timestamp: int) -> str:
     return ",".join([f"t={timestamp}", *signed])
 
 
-def _parse(value: str) -> tuple[int, list[bytes]]:
+def parse(value: str, *, digits: int = _TIMESTAMP_DIGITS) -> tuple[int, list[bytes]]:
+    """The header's timestamp and its ``v1`` signatures (as bytes: non-ASCII
+    junk stays comparable, where hmac.compare_digest would raise TypeError on
+    a non-ASCII str). A timestamp of more than ``digits`` digits, a sign or
+    non-ASCII digits (which int() accepts and the recipe does not) is none."""
     timestamp: int | None = None
     found: list[bytes] = []
     for item in value.split(","):
@@ -53,7 +57,7 @@ def _parse(value: str) -> tuple[int, list[bytes]]:
         if not sep:
             continue
         if key == "t":
-            if not val.isascii() or not val.isdigit() or len(val) > _TIMESTAMP_DIGITS:
+            if not val.isascii() or not val.isdigit() or len(val) > digits:
                 raise BadSignature("the signature's timestamp is not Unix seconds")
             timestamp = int(val)
         elif key == SCHEME:
@@ -65,6 +69,19 @@ def _parse(value: str) -> tuple[int, list[bytes]]:
     return timestamp, found
 
 
+def matches(
+    body: bytes, timestamp: int, candidates: Sequence[bytes], secrets: Sequence[str]
+) -> bool:
+    """Whether any candidate signature is ``body``'s under any secret. No
+    early exit: every pair is compared, so timing does not tell which."""
+    matched = False
+    for key in secrets:
+        want = signature(key, timestamp, body).encode("ascii")
+        for got in candidates:
+            matched |= hmac.compare_digest(want, got)
+    return matched
+
+
 def verify(
     body: bytes, header: str, secrets: str | Sequence[str], now: float, tolerance: float = 300.0
 ) -> int:
@@ -74,13 +91,8 @@ def verify(
     keys = [secrets] if isinstance(secrets, str) else list(secrets)
     if not keys:
         raise BadSignature("no secret to check against")
-    timestamp, candidates = _parse(header)
-    matched = False
-    for key in keys:
-        want = signature(key, timestamp, body).encode("ascii")
-        for got in candidates:
-            matched |= hmac.compare_digest(want, got)
-    if not matched:
+    timestamp, candidates = parse(header)
+    if not matches(body, timestamp, candidates, keys):
         raise BadSignature("no v1 signature matches")
     if abs(now - timestamp) > tolerance:
         raise BadSignature(f"the signature is {now - timestamp:.0f} s from now")

@@ -24,14 +24,14 @@ ASCII timestamp, a ``.``, then the raw body bytes exactly as received;
 ``v1`` is the lowercase hex HMAC-SHA256 of that payload keyed with the
 endpoint secret; other schemes (``v0``) are ignored; any ``v1`` matching any
 configured secret passes (secret rotation), compared in constant time; the
-timestamp must be within a tolerance of ``now`` (300 s by default).
+timestamp must be within a tolerance of ``now`` (300 s by default). The
+recipe itself is :mod:`wadud.signing` (room and notification webhooks use it
+too); this module adds the header names, the typed errors and the clock.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,6 +45,7 @@ from booking.payments.errors import (
     UnknownGateway,
 )
 from booking.payments.intent import IntentEvent, Money, PaymentIntent
+from wadud import signing
 
 if TYPE_CHECKING:
     import aiohttp
@@ -67,7 +68,6 @@ __all__ = [
     "VerifiedResult",
     "WebhookEvent",
     "get_header",
-    "sign_webhook",
     "unix_seconds",
     "verify_webhook",
 ]
@@ -247,7 +247,6 @@ class Gateway(Protocol):
 #: Stripe-compatible card processor can post to us unchanged.
 SIGNATURE_HEADERS: Final = ("Wadud-Signature", "Stripe-Signature")
 DEFAULT_TOLERANCE: Final = timedelta(seconds=300)
-_SCHEME: Final = "v1"
 _TIMESTAMP_DIGITS: Final = 12
 
 
@@ -268,51 +267,6 @@ def get_header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return candidate
     return None
-
-
-def _v1(secret: str, timestamp: int, body: bytes) -> str:
-    # Bytes all the way: the raw body is signed as received, never re-decoded.
-    payload = str(timestamp).encode("ascii") + b"." + body
-    return hmac.new(secret.encode("utf-8"), payload, hashlib.sha256).hexdigest()
-
-
-def sign_webhook(body: bytes, secrets: str | Sequence[str], timestamp: int) -> str:
-    """Build the signature header value for ``body`` (one ``v1`` per secret).
-
-    Signing with several secrets is what a sender does during a rotation.
-    """
-    keys = [secrets] if isinstance(secrets, str) else list(secrets)
-    if not keys:
-        raise ValueError("at least one secret is needed to sign")
-    parts = [f"t={timestamp}"] + [f"{_SCHEME}={_v1(key, timestamp, body)}" for key in keys]
-    return ",".join(parts)
-
-
-def _parse_header(value: str) -> tuple[int, list[bytes]]:
-    timestamp: int | None = None
-    signatures: list[bytes] = []
-    for item in value.split(","):
-        key, sep, val = item.strip().partition("=")
-        if not sep:
-            continue
-        if key == "t":
-            # Reject "+5", " 5" and non-ASCII digits: int() accepts them, the recipe does not.
-            if not val.isascii() or not val.isdigit():
-                raise InvalidSignature("signature header timestamp is not an integer")
-            # Unix seconds have 10 digits until 2286; a longer one is no
-            # timestamp (and past 4,300 digits int() itself refuses it).
-            if len(val) > _TIMESTAMP_DIGITS:
-                raise InvalidSignature("signature header timestamp is out of range")
-            timestamp = int(val)
-        elif key == _SCHEME:
-            # surrogateescape keeps non-ASCII junk comparable as bytes; hmac.compare_digest
-            # raises TypeError on non-ASCII str, which must not become a 500.
-            signatures.append(val.encode("utf-8", "surrogateescape"))
-    if timestamp is None:
-        raise InvalidSignature("signature header has no timestamp")
-    if not signatures:
-        raise InvalidSignature(f"signature header has no {_SCHEME} signature")
-    return timestamp, signatures
 
 
 def verify_webhook(
@@ -339,14 +293,11 @@ def verify_webhook(
             break
     if value is None:
         raise InvalidSignature(f"missing {SIGNATURE_HEADERS[0]} header")
-    timestamp, candidates = _parse_header(value)
-    expected = [_v1(secret, timestamp, body).encode("ascii") for secret in secrets]
-    # No early exit: every pair is compared so timing does not reveal which matched.
-    matched = False
-    for want in expected:
-        for got in candidates:
-            matched |= hmac.compare_digest(want, got)
-    if not matched:
+    try:
+        timestamp, candidates = signing.parse(value, digits=_TIMESTAMP_DIGITS)
+    except signing.BadSignature as exc:
+        raise InvalidSignature(f"signature header: {exc}") from None
+    if not signing.matches(body, timestamp, candidates, secrets):
         raise InvalidSignature("no v1 signature matches a configured secret")
     age = unix_seconds(now) - timestamp
     if abs(age) > tolerance.total_seconds():

@@ -18,7 +18,7 @@ with no account anywhere:
   on the intent's ``return_url``) are neither signed nor read.
 * :meth:`SandboxGateway.webhook` builds the server-to-server notification the
   sandbox "sends", signed with the Stripe-style header of
-  :func:`booking.payments.gateway.sign_webhook`, so the card gateway's
+  :func:`wadud.signing.sign`, so the card gateway's
   verifier serves both.
 
 State: the sandbox keeps its payments in a ``MutableMapping`` of
@@ -55,11 +55,11 @@ from booking.payments.gateway import (
     RefundResult,
     VerifiedResult,
     WebhookEvent,
-    sign_webhook,
     unix_seconds,
     verify_webhook,
 )
 from booking.payments.intent import Money, PaymentIntent, refund_event
+from wadud import signing
 
 __all__ = [
     "CHECKOUT_PATH",
@@ -275,7 +275,7 @@ class SandboxGateway:
             },
         }
         body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        header = sign_webhook(body, self._webhook_secrets[0], unix_seconds(now))
+        header = signing.sign(body, self._webhook_secrets[0], unix_seconds(now))
         return body, {"Content-Type": "application/json", "Wadud-Signature": header}
 
     async def verify_callback(

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from booking.payments import service
-from booking.payments.gateway import sign_webhook
 from booking.payments.sandbox import SandboxGateway
 from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.conftest import Api
@@ -27,7 +26,7 @@ from tests.payments.test_payments_api import (
     pool_of,
     start_payment,
 )
-from wadud import keys
+from wadud import keys, signing
 from wadud.config import Settings
 
 CARD_SECRETS = ["whsec_new_" + "n" * 24, "whsec_old_" + "o" * 24]
@@ -119,7 +118,7 @@ async def test_concurrent_duplicate_webhooks_capture_once(api: Api) -> None:
     other_body = body.replace(b'"id":"evt_', b'"id":"evt_x')
     other = {
         **headers,
-        "Wadud-Signature": sign_webhook(
+        "Wadud-Signature": signing.sign(
             other_body, sandbox(api)._webhook_secrets[0], int(now().timestamp())
         ),
     }
@@ -149,19 +148,19 @@ async def test_signature_failures_change_nothing(api: Api) -> None:
         "tampered body": (tampered, headers, "invalid_signature"),
         "wrong secret": (
             body,
-            {**headers, "Wadud-Signature": sign_webhook(body, "nope", ts)},
+            {**headers, "Wadud-Signature": signing.sign(body, "nope", ts)},
             "invalid_signature",
         ),
         "no header": (body, {"Content-Type": "application/json"}, "invalid_signature"),
         "garbage header": (body, {**headers, "Wadud-Signature": "t=x,v1=é"}, "invalid_signature"),
         "stale": (
             body,
-            {**headers, "Wadud-Signature": sign_webhook(body, secret, ts - 3600)},
+            {**headers, "Wadud-Signature": signing.sign(body, secret, ts - 3600)},
             "stale_webhook",
         ),
         "future": (
             body,
-            {**headers, "Wadud-Signature": sign_webhook(body, secret, ts + 3600)},
+            {**headers, "Wadud-Signature": signing.sign(body, secret, ts + 3600)},
             "stale_webhook",
         ),
     }
@@ -169,7 +168,7 @@ async def test_signature_failures_change_nothing(api: Api) -> None:
         status, problem = await deliver(api, raw, hdrs)
         assert (status, problem.get("code")) == (400, code), name
     status, problem = await deliver(
-        api, b"{not json", {**headers, "Wadud-Signature": sign_webhook(b"{not json", secret, ts)}
+        api, b"{not json", {**headers, "Wadud-Signature": signing.sign(b"{not json", secret, ts)}
     )
     assert (status, problem["code"]) == (400, "malformed_payload")
     status, _ = await deliver(api, body, headers, gateway="paypal")
@@ -214,12 +213,12 @@ async def test_rotated_card_secret_is_accepted(api: Api) -> None:
     }
     body = json.dumps(event).encode()
     ts = int(now().timestamp())
-    unknown = sign_webhook(body, "whsec_retired_" + "r" * 20, ts)
+    unknown = signing.sign(body, "whsec_retired_" + "r" * 20, ts)
     status, problem = await deliver(api, body, {"Stripe-Signature": unknown}, gateway="card")
     assert (status, problem["code"]) == (400, "invalid_signature")
     assert await status_of(api, str(pid)) == "processing"
     # Signed with the previous secret only: still accepted during the rotation.
-    old = sign_webhook(body, CARD_SECRETS[1], ts)
+    old = signing.sign(body, CARD_SECRETS[1], ts)
     status, ack = await deliver(api, body, {"Stripe-Signature": old}, gateway="card")
     assert status == 200, ack
     assert ack["status"] == "succeeded"
