@@ -45,7 +45,7 @@ from prometheus_client import Counter, Gauge
 
 from hooks.addresses import CheckedResolver, check_url, policy
 from hooks.errors import RefusedAddress
-from wadud import outbox, signing
+from wadud import loops, outbox, signing
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.hooks")
@@ -201,17 +201,13 @@ class Deliverer:
             await asyncio.sleep(max(1.0, self.settings.webhooks_poll_interval))
 
     async def _send_loop(self) -> None:
-        while True:
-            try:
-                if await self.send_one():
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("webhook send round failed; retrying")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.webhooks_poll_interval)
+        await loops.drain(
+            self.send_one,
+            self._wake,
+            self.settings.webhooks_poll_interval,
+            "webhook send round failed; retrying",
+            log,
+        )
 
     # -- one delivery ------------------------------------------------------
 

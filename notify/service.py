@@ -45,7 +45,7 @@ from notify import channels as ch
 from notify import plan, store
 from notify.errors import DeliveryFailed, PermanentFailure
 from notify.templates import render
-from wadud import outbox, tracing
+from wadud import loops, outbox, tracing
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.notify")
@@ -166,17 +166,13 @@ class Notifier:
                 await asyncio.wait_for(self._wake.wait(), self.settings.notify_poll_interval)
 
     async def _send_loop(self) -> None:
-        while True:
-            try:
-                if await self.send_one():
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("notifier send round failed; retrying")
-            self._send_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._send_wake.wait(), self.settings.notify_poll_interval)
+        await loops.drain(
+            self.send_one,
+            self._send_wake,
+            self.settings.notify_poll_interval,
+            "notifier send round failed; retrying",
+            log,
+        )
 
     async def observe(self) -> None:
         row = await self.pool.fetchrow(
