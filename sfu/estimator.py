@@ -512,9 +512,9 @@ class SendSideEstimator:
                 # carrying 400 kbit/s of media was cut to 330 kbit/s every
                 # two seconds).
                 found, sent = self._probe_short
-                known = sent == self._last_probe
-                self._capacity = found if known else acked
-                rate = min(rate, max(BETA * acked, found if known else acked))
+                floor = found if sent == self._last_probe else acked
+                self._capacity = floor
+                rate = min(rate, max(BETA * acked, floor))
             elif acked > 0:
                 # Remember the capacity we hit (section 5.5's "link capacity").
                 self._capacity = acked
