@@ -162,8 +162,7 @@ class Notifier:
                 log.exception("notifier planning round failed; retrying")
                 await self._unlisten()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.notify_poll_interval)
+            await loops.woken(self._wake, self.settings.notify_poll_interval)
 
     async def _send_loop(self) -> None:
         await loops.drain(

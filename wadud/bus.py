@@ -164,8 +164,11 @@ class LocalBus:
         if found or block <= 0:
             return found
         async with self._stream_changed:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a
+            # cancellation that arrives as the wait ends (see wadud.loops.woken).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stream_changed.wait_for(lambda: bool(newer())), block)
+                async with asyncio.timeout(block):
+                    await self._stream_changed.wait_for(lambda: bool(newer()))
         return newer()
 
     async def ping(self) -> bool:

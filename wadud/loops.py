@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-__all__ = ["drain"]
+__all__ = ["drain", "woken"]
 
 
 async def drain(
@@ -30,5 +30,18 @@ async def drain(
         except Exception:
             log.exception(failed)
         wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), interval)
+        await woken(wake, interval)
+
+
+async def woken(event: asyncio.Event, within: float) -> bool:
+    """Wait until ``event`` is set or ``within`` seconds pass; whether it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it returns normally when the
+    waiting task is cancelled just as the event is set, so a loop around it
+    never sees its cancellation and whoever cancelled it waits forever (seen
+    in a test's outbox relay on a busy machine). ``asyncio.timeout`` cancels
+    only its own scope."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await event.wait()
+    return event.is_set()

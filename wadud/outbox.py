@@ -32,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from wadud import metrics, tracing
+from wadud import loops, metrics, tracing
 from wadud.bus import Bus
 
 log = logging.getLogger("wadud.outbox")
@@ -240,8 +240,7 @@ class Relay:
             except Exception:
                 log.exception("outbox relay round failed; retrying")
                 await self._unlisten()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            await loops.woken(self._wake, self.poll_interval)
 
     async def relay_once(self) -> int:
         """Publish one batch of pending events; return how many."""

@@ -62,7 +62,7 @@ from booking.payments.easypaisa_sim import SIM_PREFIX, EasyPaisaSimulator, codes
 from booking.payments.errors import GatewayError
 from booking.payments.intent import IntentState
 from booking.payments.rows import money
-from wadud import keys
+from wadud import keys, loops
 from wadud.api import ApiModel, Call, Routes
 from wadud.errors import BadRequest, NotFound, Unprocessable, WadudError
 
@@ -471,8 +471,7 @@ async def easypaisa_sim_initiate_ma(call: Call[None, None]) -> web.Response:
     if order is None:
         return web.json_response(refusal)
     waiter = host.waiters.setdefault(order.reference, asyncio.Event())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(waiter.wait(), host.ma_wait)
+    await loops.woken(waiter, host.ma_wait)
     if order.open:  # nobody answered the phone
         host.core.settle(order.reference, False, _now())
         host.waiters.pop(order.reference, None)

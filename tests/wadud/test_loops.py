@@ -1,0 +1,66 @@
+"""Background loops: a cancelled loop ends, even when it is woken as it is
+cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+
+from wadud import loops
+
+
+async def _forever(wake: asyncio.Event, rounds: list[int]) -> None:
+    while True:
+        rounds.append(1)
+        wake.clear()
+        await loops.woken(wake, 10)
+
+
+async def test_a_loop_woken_as_it_is_cancelled_still_ends() -> None:
+    # On Python 3.11, asyncio.wait_for returns normally when its task is
+    # cancelled in the same turn as the event it waits on is set: the loop
+    # would go round again with its cancellation lost, and ``await task``
+    # would never return.
+    for _ in range(50):
+        wake, rounds = asyncio.Event(), []
+        task = asyncio.create_task(_forever(wake, rounds))
+        await asyncio.sleep(0)
+        assert rounds == [1]
+        wake.set()
+        await asyncio.sleep(0)  # the waiter's wake-up is now scheduled
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        assert done == {task} and task.cancelled()
+
+
+async def test_woken_says_whether_the_event_came() -> None:
+    wake = asyncio.Event()
+    assert not await loops.woken(wake, 0.01)
+    asyncio.get_running_loop().call_later(0.01, wake.set)
+    assert await loops.woken(wake, 5)
+
+
+async def test_drain_steps_while_there_is_work_then_waits_for_a_wake() -> None:
+    wake, steps = asyncio.Event(), []
+    work = [True, True, False]
+
+    async def step() -> bool:
+        steps.append(1)
+        return work.pop(0) if work else False
+
+    task = asyncio.create_task(
+        loops.drain(step, wake, 30, "step failed", __import__("logging").getLogger("t"))
+    )
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(steps) == 3:
+            break
+    assert len(steps) == 3  # two that did something, one that did not
+    wake.set()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(steps) == 4:
+            break
+    assert len(steps) == 4
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    assert done == {task}
