@@ -334,7 +334,7 @@ def read_password(from_stdin: bool) -> str:
 def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     from uuid import UUID
 
-    from wadud import accounts, db, migrate
+    from wadud import accounts, auth, db, migrate
     from wadud.api import Role
 
     password = read_password(args.password_stdin)
@@ -356,6 +356,7 @@ def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
                     role=Role(args.role),
                     clinic_id=UUID(args.clinic_id) if args.clinic_id else None,
                     display_name=args.name,
+                    passwords=auth.passwords_for(settings),
                 )
             finally:
                 await conn.close()

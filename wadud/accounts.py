@@ -268,7 +268,7 @@ async def login(call: Call[Login, None]) -> Tokens:
     try:
         row = await call.pool.fetchrow(_LOGIN_ROW, call.body.email)
         ok = await auth.check_password(
-            row["password_hash"] if row else auth.DUMMY_HASH,
+            row["password_hash"] if row else None,
             call.body.password,
             app[auth.PASSWORDS],
         )

@@ -80,7 +80,7 @@ async def _bus(app: web.Application) -> AsyncIterator[None]:
 
 async def _passwords(app: web.Application) -> AsyncIterator[None]:
     s = app[keys.SETTINGS]
-    app[auth.PASSWORDS] = passwords = auth.Passwords(s.auth_hash_concurrency, s.auth_hash_wait)
+    app[auth.PASSWORDS] = passwords = auth.passwords_for(s)
     try:
         yield
     finally:

@@ -39,8 +39,8 @@ from wadud.api import Principal, Role
 from wadud.config import Settings
 from wadud.errors import Unauthorized, Unavailable
 
-_hasher = PasswordHasher()
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 ALGORITHM = "HS256"
 
 
@@ -61,34 +61,33 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def _verify(stored: str, password: str) -> bool:
-    try:
-        return _hasher.verify(stored, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
 class Passwords:
     """Argon2id hashing and verifying, at most ``concurrency`` at once.
 
-    Each hash takes 64 MiB and a few CPU-hungry lanes (RFC 9106 section 4,
-    the low-memory choice, argon2-cffi's default), so a burst of sign-ins left
-    unbounded takes memory and CPU from everyone else. Hashes run in a thread
-    pool of their own (not the loop's default executor, which DNS lookups and
-    file I/O share) at low priority; callers beyond ``concurrency`` queue for
-    at most ``wait`` seconds and are then refused with 503 and Retry-After.
+    Each hash takes ``memory_kib`` (64 MiB by default) and four CPU-hungry
+    lanes (RFC 9106 section 4, the low-memory choice, argon2-cffi's default),
+    so a burst of sign-ins left unbounded takes memory and CPU from everyone
+    else. Hashes run in a thread pool of their own (not the loop's default
+    executor, which DNS lookups and file I/O share) at low priority; callers
+    beyond ``concurrency`` queue for at most ``wait`` seconds and are then
+    refused with 503 and Retry-After.
     """
 
-    def __init__(self, concurrency: int = 2, wait: float = 10.0) -> None:
+    def __init__(self, concurrency: int = 2, wait: float = 10.0, memory_kib: int = 65536) -> None:
         self.concurrency = max(1, concurrency)
         self.wait = wait
+        self._hasher = PasswordHasher(memory_cost=memory_kib, parallelism=4)
+        # What an unknown account's password is checked against, so that a
+        # sign-in for one takes as long as a wrong password; made at the
+        # first need, in a hashing thread.
+        self._dummy: str | None = None
         self._executor: ThreadPoolExecutor | None = None
         # A semaphore belongs to one event loop; tests run many.
         self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
 
-    async def _run(self, fn: Callable[[str, str], _T], a: str, b: str) -> _T:
+    async def _run(self, fn: Callable[[_A, str], _T], a: _A, b: str) -> _T:
         loop = asyncio.get_running_loop()
         gate = self._gates.get(loop)
         if gate is None:
@@ -106,11 +105,27 @@ class Passwords:
         finally:
             gate.release()
 
-    async def hash(self, password: str) -> str:
-        return await self._run(lambda p, _: _hasher.hash(p), password, "")
+    def _hash(self, password: str, _: str) -> str:
+        return self._hasher.hash(password)
 
-    async def check(self, stored: str, password: str) -> bool:
-        return await self._run(_verify, stored, password)
+    def _verify(self, stored: str | None, password: str) -> bool:
+        if stored is None:
+            if self._dummy is None:
+                self._dummy = self._hasher.hash(secrets.token_hex(16))
+            self._verify(self._dummy, password)
+            return False
+        try:
+            return self._hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async def hash(self, password: str) -> str:
+        return await self._run(self._hash, password, "")
+
+    async def check(self, stored: str | None, password: str) -> bool:
+        """Whether ``password`` matches ``stored``; None (no such account, or
+        one without a password) never matches, after as long a check."""
+        return await self._run(self._verify, stored, password)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -124,17 +139,21 @@ DEFAULT_PASSWORDS = Passwords()
 PASSWORDS = web.AppKey("passwords", Passwords)
 
 
+def passwords_for(settings: Settings) -> Passwords:
+    """The hashing pool ``settings`` ask for."""
+    return Passwords(
+        settings.auth_hash_concurrency, settings.auth_hash_wait, settings.auth_hash_memory_kib
+    )
+
+
 async def hash_password(password: str, passwords: Passwords | None = None) -> str:
     return await (passwords or DEFAULT_PASSWORDS).hash(password)
 
 
-async def check_password(stored: str, password: str, passwords: Passwords | None = None) -> bool:
+async def check_password(
+    stored: str | None, password: str, passwords: Passwords | None = None
+) -> bool:
     return await (passwords or DEFAULT_PASSWORDS).check(stored, password)
-
-
-# A hash to verify against when the email is unknown, so a login for an
-# unknown account takes as long as one with a wrong password.
-DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
 
 def _now() -> dt.datetime:

@@ -158,6 +158,15 @@ class Settings:
             " and Retry-After."
         ),
     )
+    auth_hash_memory_kib: int = field(
+        default=65536,
+        metadata=_doc(
+            "Memory of one argon2id password hash, KiB (time cost 3, 4 lanes). The"
+            " default, 64 MiB, is RFC 9106's second recommended option; lower it"
+            " only on a host that cannot spare it. Hashes made under another value"
+            " still verify (each hash carries its parameters)."
+        ),
+    )
     auth_totp_admins: bool = field(
         default=False,
         metadata=_doc(
@@ -449,7 +458,7 @@ class Settings:
         default=90,
         metadata=_doc(
             "Days a visit's call report (quality samples, transport events) is kept after"
-            " the call ended (docs/calls.md, \"Call reports\"). 0: kept until erased."
+            ' the call ended (docs/calls.md, "Call reports"). 0: kept until erased.'
         ),
     )
     retention_sessions_days: int = field(
@@ -990,6 +999,9 @@ def load(
         raise ConfigError("secret_key must be at least 32 bytes")
     if bool(settings.turn_tls_cert) != bool(settings.turn_tls_key):
         raise ConfigError("turn tls_cert and tls_key go together: give both or neither")
+    if settings.auth_hash_memory_kib < 32:
+        # RFC 9106 section 3.1: at least 8 KiB per lane, and wadud.auth hashes with 4.
+        raise ConfigError("auth_hash_memory_kib must be at least 32")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError("database_pool_min is larger than database_pool_max")
     return settings

@@ -28,7 +28,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from booking import slots as slot_db
-from wadud import accounts, outbox
+from wadud import accounts, auth, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import (
     Conflict,
@@ -311,6 +311,7 @@ async def onboard_doctor(call: Call[DoctorIn, None]) -> Doctor:
             role=Role.DOCTOR,
             clinic_id=clinic_id,
             display_name=body.display_name,
+            passwords=call.request.app[auth.PASSWORDS],
         )
         row = await conn.fetchrow(
             """INSERT INTO doctors (clinic_id, user_id, display_name, specialty, languages, bio,

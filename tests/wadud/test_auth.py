@@ -174,3 +174,19 @@ async def test_a_changed_role_or_clinic_ends_the_old_access_token(api: Api) -> N
         clinics[0],
     )
     await api.get("/api/v1/me", token=patient, expect=401)
+
+
+async def test_a_hash_verifies_under_another_memory_cost_and_unknown_accounts_never_match() -> None:
+    small, default = auth.Passwords(memory_kib=1024), auth.Passwords()
+    try:
+        stored = await small.hash("correct horse battery")
+        assert "m=1024," in stored
+        # A deployment that raises (or lowers) the cost keeps its users.
+        assert await default.check(stored, "correct horse battery")
+        assert not await default.check(stored, "wrong horse battery")
+        # No account, or one without a password: checked as long, never a match.
+        assert not await small.check(None, "correct horse battery")
+        assert not await small.check("not a hash", "correct horse battery")
+    finally:
+        small.close()
+        default.close()

@@ -31,6 +31,7 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
         ({"WADUD_PORT": "eighty"}, "not a valid"),
         ({"WADUD_DATABASE_MIGRATE": "maybe"}, "not a valid"),
         ({"WADUD_LOG_FORMAT": "xml"}, "log_format"),
+        ({"WADUD_AUTH_HASH_MEMORY_KIB": "16"}, "auth_hash_memory_kib"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], text: str) -> None:
