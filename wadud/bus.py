@@ -21,8 +21,10 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from wadud.errors import ConfigError
 
 log = logging.getLogger("wadud.bus")
 
@@ -250,15 +252,89 @@ REDIS_CONNECTIONS = 512
 #: Seconds a command waits for a free connection before it fails.
 REDIS_POOL_WAIT = 5.0
 
+#: The scheme of a URL that names Redis Sentinels instead of one server.
+SENTINEL_SCHEME = "redis+sentinel"
+#: The port of a sentinel whose URL gives none (Redis's own default).
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """``redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB]``:
+    the sentinels to ask (port 26379 when left out; an IPv6 address in
+    brackets), the name they monitor the primary under, and the database
+    number (0 when left out). USER and PASSWORD, percent-encoded, are the
+    Redis servers' credentials; the sentinels are asked without any."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        from urllib.parse import unquote, urlsplit
+
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed [ of an IPv6 address
+            raise ConfigError(f"redis url: {exc}") from None
+        if parts.scheme != SENTINEL_SCHEME:
+            raise ConfigError(f"redis url: {SENTINEL_SCHEME}:// expected, not {parts.scheme!r}")
+        if parts.query or parts.fragment:
+            raise ConfigError("redis url: a sentinel url takes no ?options or #fragment")
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        username = password = None
+        if userinfo:
+            user, colon, secret = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if colon else None
+        sentinels = tuple(_sentinel_address(h) for h in hosts.split(",") if h)
+        if not sentinels:
+            raise ConfigError("redis url: no sentinel host (redis+sentinel://HOST:PORT/SERVICE)")
+        service, _, db = parts.path.strip("/").partition("/")
+        if not service:
+            raise ConfigError("redis url: no service name after the sentinels (.../SERVICE)")
+        if db and not (db.isdigit() and db.isascii()):
+            raise ConfigError(f"redis url: database {db!r} is not a number (.../SERVICE/DB)")
+        return cls(sentinels, unquote(service), int(db or 0), username, password)
+
+
+def _sentinel_address(text: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or rest[:1] not in ("", ":"):
+            raise ConfigError(f"redis url: bad sentinel address {text!r}")
+        colon, port = rest[:1], rest[1:]
+    else:
+        host, colon, port = text.partition(":")
+    if not host:
+        raise ConfigError(f"redis url: bad sentinel address {text!r}")
+    if not colon:
+        return host, SENTINEL_PORT
+    if not (port.isdigit() and port.isascii() and 0 < int(port) < 65536):
+        raise ConfigError(f"redis url: bad port in sentinel address {text!r}")
+    return host, int(port)
+
 
 def redis_client(url: str, *, decode_responses: bool = True, **options: Any) -> Any:
     """A ``redis.asyncio`` client for ``url`` whose pool makes commands wait
     for a free connection (up to REDIS_POOL_WAIT) instead of failing; every
-    Redis user in Wadud gets its client here."""
+    Redis user in Wadud gets its client here.
+
+    ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``) or a
+    :class:`SentinelURL`. Through sentinels every new connection, and every
+    one that broke, goes to the primary the sentinels name at that moment
+    (redis-py's ``SentinelConnectionPool``), so the client follows a failover;
+    commands that were on the dead primary fail as they would on a restart."""
     import redis.asyncio as aioredis
 
     options.setdefault("socket_connect_timeout", 2)
     options.setdefault("health_check_interval", 10)
+    if url.startswith(SENTINEL_SCHEME + ":"):
+        return _sentinel_client(SentinelURL.parse(url), decode_responses, options)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=REDIS_CONNECTIONS,
@@ -267,6 +343,41 @@ def redis_client(url: str, *, decode_responses: bool = True, **options: Any) -> 
         **options,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def _sentinel_client(where: SentinelURL, decode_responses: bool, options: dict[str, Any]) -> Any:
+    from redis.asyncio import BlockingConnectionPool
+    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+    # Defined here because redis is imported here, by the processes that use it.
+    class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+        """redis-py's sentinel pool (where to connect) over its blocking pool
+        (how many connections, and waiting for a free one): the first leaves
+        getting and releasing connections to the second, and master_for takes
+        any subclass of the first. Closing it closes the clients it asks the
+        sentinels with, which nothing else owns."""
+
+        async def aclose(self) -> None:
+            await super().aclose()
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+    # A sentinel that hangs is given up on after socket_timeout (2 s unless
+    # the caller chose one) and the next one is asked.
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel_options.setdefault("socket_timeout", 2)
+    sentinels = Sentinel(list(where.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    return sentinels.master_for(
+        where.service,
+        connection_pool_class=BlockingSentinelPool,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=REDIS_POOL_WAIT,
+        decode_responses=decode_responses,
+        db=where.db,
+        username=where.username,
+        password=where.password,
+        **options,
+    )
 
 
 class RedisBus:
