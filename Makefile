@@ -5,6 +5,13 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test. Most tests wait (on browsers, processes,
+# the network), so more workers than cores pays; each worker starts its own
+# PostgreSQL and Redis. TEST_JOBS=0 runs in one process. tests/conftest.py
+# orders and groups the tests (BUSY, WAITING). A failed test runs again up to
+# TEST_RERUNS times; the summary lists each rerun (R).
+TEST_JOBS ?= 4
+TEST_RERUNS ?= 2
 
 .PHONY: run test lint typecheck bench clean
 
@@ -19,7 +26,8 @@ run: $(BIN)/wadud
 	$(BIN)/wadud serve --host $(HOST) --port $(PORT)
 
 test: $(BIN)/wadud
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder \
+		--reruns $(TEST_RERUNS) --reruns-delay 2 -raR $(PYTEST_ARGS)
 
 lint: $(BIN)/wadud
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import hypothesis
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -27,6 +29,94 @@ from wadud.api import Role
 from wadud.config import Settings
 
 TEMPLATE = "wadud_template"
+
+# Hypothesis's per-example deadline (200 ms) is a timing assertion, and the
+# suite runs in parallel on a shared machine: speed is measured in
+# benchmarks/, so examples here may take as long as they take.
+hypothesis.settings.register_profile("wadud", deadline=None)
+hypothesis.settings.load_profile("wadud")
+
+#: Where the suite's time goes (``--durations``), for ``make test``, which
+#: runs the suite on four pytest-xdist workers (``--dist loadgroup``) of a
+#: 2-core machine. Tests that drive browsers, aiortc peers, process clusters
+#: or benchmarks each keep a core busy for many seconds: they run in two
+#: groups of about equal length, each on one worker in turn, so no more than
+#: two of them share the machine (four at once starved each other into
+#: timeouts). The other workers take, first, the long tests that mostly wait
+#: (a countdown, a receiver that is down, fuzzing through a server), then
+#: the short rest in order.
+BUSY = {
+    "a": (
+        "tests/signalling/test_visit_journey.py",
+        "tests/signalling/test_cluster.py",
+        "tests/signalling/test_weak_network.py",
+        "tests/signalling/test_regions.py",
+        "tests/signalling/test_page_layout.py",
+        "tests/signalling/test_sites_call.py",
+        "tests/sfu/test_bench_media.py",
+        "tests/sfu/test_bench_red.py",
+        "tests/signalling/test_browser_chat.py",
+        "tests/signalling/test_call_report_browser.py",
+    ),
+    "b": (
+        "tests/signalling/test_browser_restart.py",
+        "tests/signalling/test_client_call.py",
+        "tests/signalling/test_browser_call.py",
+        "tests/deploy/test_compose.py",
+        "tests/signalling/test_check.py",
+        "tests/sfu/test_red_call.py",
+        "tests/turn/test_turn_bench.py",
+        "tests/sfu/test_bench_smoke.py",
+        "tests/test_regions.py",
+    ),
+}
+WAITING = (
+    "tests/signalling/test_visit_journey.py::test_an_early_patient_waits_then_joins_by_itself",
+    "tests/wadud/test_api_fuzz.py",
+    "tests/hooks/test_webhooks.py::test_a_receiver_down_for_30_s_gets_every_event_once_it_is_back",
+    "tests/chat/test_nodes.py",
+    "tests/wadud/test_ratelimit.py",
+    "tests/wadud/test_embedded_postgres.py",
+)
+
+
+def _place(nodeid: str) -> tuple[int, str | None]:
+    """Where a test goes in the order, and its xdist group if it has one."""
+    for i, prefix in enumerate(WAITING):
+        if nodeid.startswith(prefix):
+            return len(BUSY) + i, None
+    for i, (group, prefixes) in enumerate(BUSY.items()):
+        if nodeid.startswith(prefixes):
+            return i, "busy-" + group
+    return len(BUSY) + len(WAITING), None
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """The xdist group of a test (see :data:`BUSY`); and one group for the
+    tests of a module that share a module-scoped fixture (a process cluster,
+    a set of namespaces), so one worker runs them all and the fixture is set
+    up once, not once per worker. Here and not in
+    ``pytest_collection_modifyitems``: xdist reads the groups in its own."""
+    group = _place(item.nodeid)[1]
+    if group is None:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope in ("module", "package") for chain in defs for d in chain):
+            group = item.nodeid.split("::", 1)[0]
+    if group is not None:
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order of :data:`BUSY` and :data:`WAITING`; the rest keep theirs."""
+    items.sort(key=lambda item: _place(item.nodeid.split("@", 1)[0])[0])
+
+
+def worker_slot() -> int:
+    """This pytest-xdist worker's number (0 without xdist), for tests that
+    need a fixed range of ports to themselves: each worker takes its own
+    part of the range."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
 def free_port() -> int:
@@ -66,6 +156,11 @@ def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
 
     async def prepare() -> None:
         conn = await asyncpg.connect(cluster.url())
+        # A throwaway cluster: nothing need survive a crash, and every test
+        # creates and drops a database, which waits on the disk otherwise.
+        for name in ("fsync", "synchronous_commit", "full_page_writes"):
+            await conn.execute(f"ALTER SYSTEM SET {name} = off")
+        await conn.execute("SELECT pg_reload_conf()")
         await conn.execute(f"CREATE DATABASE {TEMPLATE}")
         await conn.close()
         conn = await db.connect(cluster.url(TEMPLATE))
@@ -142,6 +237,9 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database_pool_max=10,
         log_format="text",
         outbox_poll_interval=0.2,
+        # A password hash at 1 MiB, not 64: hashing was most of the suite's
+        # CPU time. tests/wadud/test_signin_load.py keeps the real cost.
+        auth_hash_memory_kib=1024,
     )
 
 
@@ -203,7 +301,7 @@ class Api:
     ) -> str:
         """Create an account directly (as ``wadud user add`` does) and log in;
         return its access token."""
-        from wadud import accounts, keys
+        from wadud import accounts, auth, keys
 
         email = email or f"{role.value}-{uuid.uuid4().hex[:8]}@example.test"
         await accounts.create_user(
@@ -212,6 +310,7 @@ class Api:
             password=password,
             role=role,
             clinic_id=uuid.UUID(clinic_id) if clinic_id else None,
+            passwords=self.app[auth.PASSWORDS],
         )
         tokens = await self.post(
             "/api/v1/auth/login", {"email": email, "password": password}, expect=200

@@ -6,7 +6,7 @@ A worker whose UDP port is taken never registers, the node answers
 retries the node exits non-zero for its supervisor to see. Retries and
 backoff are shortened (``WADUD_MEDIA_START_RETRIES``,
 ``WADUD_MEDIA_RESTART_BACKOFF*``) to keep the tests quick; every port is
-taken from 24000-24999.
+taken from 24000-24999, a quarter of it per xdist worker.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from tests.conftest import worker_slot
 from tests.sfu.test_node import MediaNode, get, mine, start_media_node, wait_exit, wait_ready
 
-FIRST, LAST = 24000, 24999
+FIRST = 24000 + 250 * (worker_slot() % 4)
+LAST = FIRST + 249
 
 QUICK = {
     "WADUD_MEDIA_START_RETRIES": "3",
@@ -57,10 +59,10 @@ def _ports(udp: int, tcp: int) -> tuple[int, list[int]]:
     """``udp`` consecutive free UDP ports (the first) and ``tcp`` free TCP ones."""
     first = next(
         p
-        for p in range(FIRST + 500, LAST - udp)
+        for p in range(FIRST + 125, LAST - udp)
         if all(_free(socket.SOCK_DGRAM, p + i) for i in range(udp))
     )
-    tcps = [p for p in range(FIRST, FIRST + 500) if _free(socket.SOCK_STREAM, p)][:tcp]
+    tcps = [p for p in range(FIRST, FIRST + 125) if _free(socket.SOCK_STREAM, p)][:tcp]
     return first, tcps
 
 

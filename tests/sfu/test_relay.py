@@ -203,12 +203,17 @@ async def test_one_track_crosses_once_to_three_subscribers(
     assert abs(snap_a["out"] - middle.rtp["a->b"]) <= 5
     assert abs(link_b.packets_in - middle.rtp["a->b"]) <= 5
     assert middle.rtp["b->a"] == 0
-    # ...and B fanned each one out three times.
-    assert fwd_b.stats.forwarded >= 2.5 * link_b.routed * 0.9
     # B counts relayed packets as relay "in", not as received from its own publishers.
     assert b.snapshot()["totals"].get("received", 0) == 0
     assert snap_b["in"] == link_b.packets_in > 30
     assert link_b.forged == 0
+    # ...and B fans each one out three times, once all three subscribers
+    # decode (before that, fewer of them took copies: a loaded machine slows
+    # their set-up, so count over a second from now).
+    routed, forwarded = link_b.routed, fwd_b.stats.forwarded
+    await asyncio.sleep(1.0)
+    routed, forwarded = link_b.routed - routed, fwd_b.stats.forwarded - forwarded
+    assert routed > 10 and forwarded >= 2.7 * routed, (routed, forwarded)
 
     # A datagram forged from the link's address (the middle's) is dropped and counted.
     forged = bytearray(b"\x80\x60\x00\x01" + bytes(8) + bytes(100))

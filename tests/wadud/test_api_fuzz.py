@@ -6,10 +6,11 @@ admin's and a patient's token, against a real ``wadud serve`` process on a
 real PostgreSQL. The check is that no request gets a 5xx; the server's own
 4xx validation is what the generated garbage should meet.
 
-After the whole-API pass, a focused pass gives more examples to the
-operations where a review found 500s (issue 12, finding 8): the booking list
-(``from``/``to``, ``cursor``), doctor search and reviews (cursors, instants),
-slots, and the payment webhook with its documented signature header.
+Beside the whole-API passes (anonymous, admin, patient), a focused pass gives
+more examples to the operations where a review found 500s (issue 12, finding
+8): the booking list (``from``/``to``, ``cursor``), doctor search and reviews
+(cursors, instants), slots, and the payment webhook with its documented
+signature header.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def server(database_url: str, tmp_path: Path) -> Iterator[str]:
 
 async def _ready(base: str) -> None:
     async with aiohttp.ClientSession() as s:
-        for _ in range(100):
+        for _ in range(600):  # a minute: four workers start servers at once
             try:
                 async with s.get(base + "/readyz") as r:
                     if r.status == 200:
@@ -119,48 +120,55 @@ FOCUS = (
 )
 
 
-@pytest.mark.timeout(600)
-async def test_fuzz_finds_no_server_errors(server: str, tmp_path: Path, database_url: str) -> None:
+#: The passes: who asks, and whether only the focused operations. Each is its
+#: own test (its own server and database), so a parallel run spreads them.
+PASSES = ("anonymous", "admin", "patient", "admin, focused")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", PASSES)
+async def test_fuzz_finds_no_server_errors(
+    name: str, server: str, tmp_path: Path, database_url: str
+) -> None:
     if shutil.which("schemathesis", path=str(BIN)) is None:
         pytest.fail("schemathesis is a test dependency; install wadud[test]")
     await _ready(server)
-    admin = await _token(server, tmp_path, database_url, "admin")
-    patient = await _token(server, tmp_path, database_url, "patient")
-    focus = [
-        "--include-path-regex",
-        FOCUS,
-        "--max-examples",
-        os.environ.get("WADUD_FUZZ_FOCUS_EXAMPLES", "80"),
-    ]
-    for name, headers, extra in (
-        ("anonymous", [], []),
-        ("admin", ["-H", f"Authorization: Bearer {admin}"], []),
-        ("patient", ["-H", f"Authorization: Bearer {patient}"], []),
-        ("admin, focused", ["-H", f"Authorization: Bearer {admin}"], focus),
-    ):
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / "schemathesis"),
-            "run",
-            f"{server}/api/v1/openapi.json",
-            "--checks",
-            "not_a_server_error",
+    headers: list[str] = []
+    if name != "anonymous":
+        role = "patient" if name == "patient" else "admin"
+        token = await _token(server, tmp_path, database_url, role)
+        headers = ["-H", f"Authorization: Bearer {token}"]
+    extra: list[str] = []
+    if name.endswith("focused"):
+        extra = [
+            "--include-path-regex",
+            FOCUS,
             "--max-examples",
-            os.environ.get("WADUD_FUZZ_EXAMPLES", "12"),
-            "--seed",
-            "20261122",
-            "--max-time",
-            os.environ.get("WADUD_FUZZ_SECONDS", "40"),
-            "--exclude-path",
-            "/api/v1/auth/logout",
-            "--no-color",
-            "--warnings",
-            "off",
-            *headers,
-            *extra,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-        out, _ = await proc.communicate()
-        text = out.decode(errors="replace")
-        assert proc.returncode == 0, f"{name}:\n{text[-6000:]}"
+            os.environ.get("WADUD_FUZZ_FOCUS_EXAMPLES", "80"),
+        ]
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "schemathesis"),
+        "run",
+        f"{server}/api/v1/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        os.environ.get("WADUD_FUZZ_EXAMPLES", "12"),
+        "--seed",
+        "20261122",
+        "--max-time",
+        os.environ.get("WADUD_FUZZ_SECONDS", "40"),
+        "--exclude-path",
+        "/api/v1/auth/logout",
+        "--no-color",
+        "--warnings",
+        "off",
+        *headers,
+        *extra,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, f"{name}:\n{text[-6000:]}"
