@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import itertools
 import os
@@ -40,7 +41,6 @@ from wadud.config import Settings
 from wadud.errors import Unauthorized, Unavailable
 
 _T = TypeVar("_T")
-_A = TypeVar("_A")
 ALGORITHM = "HS256"
 
 
@@ -87,13 +87,16 @@ class Passwords:
             weakref.WeakKeyDictionary()
         )
 
-    async def _run(self, fn: Callable[[_A, str], _T], a: _A, b: str) -> _T:
+    async def _run(self, fn: Callable[[], _T]) -> _T:
         loop = asyncio.get_running_loop()
         gate = self._gates.get(loop)
         if gate is None:
             gate = self._gates[loop] = asyncio.Semaphore(self.concurrency)
         try:
-            await asyncio.wait_for(gate.acquire(), self.wait)
+            # asyncio.timeout, not wait_for (see wadud.loops.woken): a
+            # cancelled sign-in must not go on to hash.
+            async with asyncio.timeout(self.wait):
+                await gate.acquire()
         except TimeoutError:
             raise HashingBusy("every password hashing slot is busy", retry_after=1) from None
         try:
@@ -101,12 +104,9 @@ class Passwords:
                 self._executor = ThreadPoolExecutor(
                     self.concurrency, "argon2", initializer=_lower_priority
                 )
-            return await loop.run_in_executor(self._executor, fn, a, b)
+            return await loop.run_in_executor(self._executor, fn)
         finally:
             gate.release()
-
-    def _hash(self, password: str, _: str) -> str:
-        return self._hasher.hash(password)
 
     def _verify(self, stored: str | None, password: str) -> bool:
         if stored is None:
@@ -120,12 +120,12 @@ class Passwords:
             return False
 
     async def hash(self, password: str) -> str:
-        return await self._run(self._hash, password, "")
+        return await self._run(functools.partial(self._hasher.hash, password))
 
     async def check(self, stored: str | None, password: str) -> bool:
         """Whether ``password`` matches ``stored``; None (no such account, or
         one without a password) never matches, after as long a check."""
-        return await self._run(self._verify, stored, password)
+        return await self._run(functools.partial(self._verify, stored, password))
 
     def close(self) -> None:
         if self._executor is not None:
