@@ -8,6 +8,7 @@ Nothing here mocks PostgreSQL or Redis: tests talk to the real servers.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import socket
@@ -110,6 +111,28 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The order of :data:`BUSY` and :data:`WAITING`; the rest keep theirs."""
     items.sort(key=lambda item: _place(item.nodeid.split("@", 1)[0])[0])
+
+
+#: The session's stderr (a copy of its descriptor): pytest captures the
+#: descriptor itself while tests run.
+_STDERR: list[int] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _STDERR.append(os.dup(2))
+
+
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    """Every thread's stack on the session's stderr a second before
+    pytest-timeout ends a test that hangs: its thread method ends the
+    process at once, and under pytest-xdist what it prints itself is lost,
+    so without this a hang in CI shows only the name of the test."""
+    if _STDERR:
+        faulthandler.dump_traceback_later(max(settings.timeout - 1, 1), file=_STDERR[0])
+
+
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    faulthandler.cancel_dump_traceback_later()
 
 
 def worker_slot() -> int:
