@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 from notify.templates import TEMPLATES, zone
@@ -194,6 +194,18 @@ def _job(
     ]
 
 
+#: Events of money owed back by hand (booking.payments.refund_due and the
+#: bank transfer's credits), and what the patient is told.
+_OWED_BACK: Final = {
+    "payment.refund_refused": "payment_refund_by_hand",
+    "payment.received_late": "payment_received_late",
+    "payment.bank_transfer.refund_due": "payment_received_late",
+    # Finance sent a late transfer back (no payment.refunded: the intent
+    # had lapsed, nothing of it was captured).
+    "payment.bank_transfer.refunded": "payment_refunded",
+}
+
+
 def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
     """The jobs ``event`` calls for (see the module's docstring)."""
     d = event.data
@@ -249,6 +261,23 @@ def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
             "booking_id": str(d.get("booking_id", "")),
         }
         return Plan(jobs=_job(event, "bank_transfer_expired", ctx.patient_id, params))
+    if topic in _OWED_BACK:
+        # Money the patient is owed that no gateway sends back by itself:
+        # they hear so now, and again (payment.refunded) when it is paid.
+        amount = d.get("refund_minor", d.get("amount_minor"))
+        if not isinstance(amount, int):
+            return Plan()
+        params = {
+            "amount_minor": amount,
+            "currency": str(d.get("currency", "")),
+            # The refund's, as payment.refunded will name it; a bank
+            # transfer's own reference, which the patient wrote on it.
+            "reference": str(d["refund_id"])[:8]
+            if d.get("refund_id")
+            else str(d.get("reference", "")),
+            "booking_id": str(d.get("booking_id", "")),
+        }
+        return Plan(jobs=_job(event, _OWED_BACK[topic], ctx.patient_id, params))
     if topic == "chat.message.sent":
         due = event.at + dt.timedelta(seconds=policy.chat_delay)
         params = {

@@ -150,6 +150,44 @@ TEMPLATES: dict[str, Template] = {
         ur=("رقم کی واپسی", "{amount} کی واپسی آپ کو بھیج دی گئی ہے۔ حوالہ: {reference}۔"),
         ar=("تم إصدار استرداد", "تم إصدار استرداد بمبلغ {amount} لك. المرجع: {reference}."),
     ),
+    "payment_refund_by_hand": _t(
+        "payment",
+        en=(
+            "Your refund is delayed",
+            "The payment service could not send back your refund of {amount} by itself."
+            " The clinic will send it to you; you need do nothing. Reference: {reference}.",
+        ),
+        ur=(
+            "آپ کی رقم کی واپسی میں تاخیر",
+            "ادائیگی کی سروس آپ کی {amount} کی واپسی خود نہیں بھیج سکی۔ کلینک یہ رقم آپ کو"
+            " بھیجے گا؛ آپ کو کچھ کرنے کی ضرورت نہیں۔ حوالہ: {reference}۔",
+        ),
+        ar=(
+            "تأخر استرداد أموالك",
+            "لم تتمكن خدمة الدفع من إعادة مبلغ {amount} إليك تلقائيًا. ستُرسله العيادة إليك،"
+            " ولا يلزمك فعل شيء. المرجع: {reference}.",
+        ),
+    ),
+    "payment_received_late": _t(
+        "payment",
+        en=(
+            "Your payment came too late",
+            "Your payment of {amount} arrived after the time held for your consultation had"
+            " been released, so no booking was paid with it. It will be returned to you."
+            " Reference: {reference}.",
+        ),
+        ur=(
+            "آپ کی ادائیگی دیر سے پہنچی",
+            "آپ کی {amount} کی ادائیگی اس وقت پہنچی جب آپ کی مشاورت کے لیے محفوظ وقت چھوڑا"
+            " جا چکا تھا، اس لیے اس سے کوئی بکنگ ادا نہیں ہوئی۔ یہ رقم آپ کو واپس کر دی جائے"
+            " گی۔ حوالہ: {reference}۔",
+        ),
+        ar=(
+            "وصلت دفعتك متأخرة",
+            "وصلت دفعتك بمبلغ {amount} بعد إلغاء الموعد المحجوز لاستشارتك، فلم يُدفع بها أي"
+            " حجز. ستُعاد إليك. المرجع: {reference}.",
+        ),
+    ),
     "bank_transfer_instructions": _t(
         "payment",
         en=(

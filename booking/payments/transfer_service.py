@@ -396,6 +396,17 @@ async def _post_refund_due(
         payment_intent_id=intent["id"] if intent is not None else None,
         booking_id=intent["booking_id"] if intent is not None else None,
     )
+    await outbox.emit(
+        conn,
+        "payment.bank_transfer.refund_due",
+        _credit_payload(credit_id, amount, clinic_id, intent),
+    )
+
+
+def _credit_payload(
+    credit_id: UUID, amount: Money, clinic_id: UUID, intent: asyncpg.Record | None
+) -> dict[str, Any]:
+    """A credit's outbox event: the patient's too when it paid their transfer."""
     payload: dict[str, Any] = {
         "credit_id": str(credit_id),
         "clinic_id": str(clinic_id),
@@ -409,7 +420,7 @@ async def _post_refund_due(
             patient_id=str(intent["patient_id"]),
             reference=intent["gateway_ref"],
         )
-    await outbox.emit(conn, "payment.bank_transfer.refund_due", payload)
+    return payload
 
 
 # --- statements ---------------------------------------------------------------------------
@@ -744,9 +755,10 @@ async def mark_refunded(
     async with conn.transaction():
         credit = await _open_credit(conn, credit_id, actor, "refund_due")
         intent = await _patient_of(conn, credit)
+        amount = Money(credit["amount_minor"], credit["currency"])
         await service.post_transaction(
             conn,
-            refund_sent(Money(credit["amount_minor"], credit["currency"]), str(credit_id)),
+            refund_sent(amount, str(credit_id)),
             clinic_id=credit["clinic_id"],
             payment_intent_id=intent["id"] if intent is not None else None,
             booking_id=intent["booking_id"] if intent is not None else None,
@@ -769,6 +781,11 @@ async def mark_refunded(
             subject=intent["patient_id"] if intent is not None else None,
             clinic=credit["clinic_id"],
             object=f"bank_credit/{credit_id}",
+        )
+        await outbox.emit(
+            conn,
+            "payment.bank_transfer.refunded",
+            _credit_payload(credit_id, amount, credit["clinic_id"], intent),
         )
     return row
 

@@ -142,11 +142,14 @@ def test_cancel_and_reschedule_cancel_reminders_and_skip_the_actor() -> None:
 @given(
     event=st.sampled_from(
         ["booking.requested", "booking.accepted", "booking.cancelled", "payment.succeeded",
-         "payment.refunded", "chat.message.sent", "call.waiting", "booking.held", "x.y"]
+         "payment.refunded", "chat.message.sent", "call.waiting", "booking.held", "x.y",
+         "payment.refund_refused", "payment.received_late", "payment.bank_transfer.refund_due",
+         "payment.bank_transfer.refunded"]
     ),
     data=st.dictionaries(
         st.sampled_from(["booking_id", "starts_at", "event", "patient_id", "amount_minor",
-                         "currency", "actor_id", "detail", "refund_minor", "instant"]),
+                         "currency", "actor_id", "detail", "refund_minor", "instant",
+                         "refund_id", "reference"]),
         st.one_of(st.none(), st.text(max_size=30), st.integers(), st.booleans(),
                   st.just(str(BOOKING)), st.just(NOW.isoformat()), st.just({})),
     ),
@@ -226,3 +229,35 @@ def test_expand_picks_wanted_reachable_channels_and_one_delivery_per_device() ->
     assert plan.expand(job, who, prefs, devices, set(), NOW) == []
     muted = plan.Preferences(muted=frozenset({"payment"}))
     assert plan.expand(job, who, muted, devices, {"email", "fcm"}, NOW) == []
+
+
+def test_money_owed_back_by_hand_is_told_to_the_patient_with_its_reference() -> None:
+    refused = plan.plan_event(
+        _event(
+            "payment.refund_refused",
+            {"refund_id": "0123456789ab", "refund_minor": 5000, "amount_minor": 150000,
+             "currency": "PKR"},
+        ),
+        CTX,
+        POLICY,
+    )  # fmt: skip
+    [job] = refused.jobs
+    assert (job.template, job.recipient_id) == ("payment_refund_by_hand", PATIENT)
+    assert (job.params["amount_minor"], job.params["reference"]) == (5000, "01234567")
+    late = plan.plan_event(
+        _event(
+            "payment.bank_transfer.refund_due",
+            {"credit_id": "c1", "amount_minor": 150000, "currency": "PKR", "reference": "WD-7K3Q"},
+        ),
+        CTX,
+        POLICY,
+    )
+    [job] = late.jobs
+    assert (job.template, job.params["reference"]) == ("payment_received_late", "WD-7K3Q")
+    # A credit nobody's transfer explains has no patient to tell.
+    nobody = plan.plan_event(
+        _event("payment.bank_transfer.refund_due", {"amount_minor": 1, "currency": "PKR"}),
+        plan.Context(),
+        POLICY,
+    )
+    assert nobody.jobs == []

@@ -36,6 +36,7 @@ from booking.payments.transfer import (
     parse_statement,
 )
 from notify.plan import Context, Event, Policy, plan_event
+from notify.store import context_for
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import anon, local
 from tests.chromium import CHROMIUM, FLAGS
@@ -105,6 +106,22 @@ async def audit_actions(api: Api, obj: str) -> list[str]:
         "SELECT action FROM audit_log WHERE object = $1 ORDER BY seq", obj
     )
     return [r["action"] for r in rows]
+
+
+async def told(api: Api, topic: str) -> list[tuple[str, str]]:
+    """What the notifier plans for the latest ``topic`` event: (template,
+    recipient) pairs, with the people looked up as the notifier does."""
+    pool = pool_of(api)
+    row = await pool.fetchrow(
+        "SELECT id, payload FROM outbox WHERE topic = $1 ORDER BY id DESC LIMIT 1", topic
+    )
+    assert row is not None, f"no {topic} event"
+    data = row["payload"]
+    data = json.loads(data) if isinstance(data, str) else data
+    event = Event(row["id"], topic, data, dt.datetime.now(dt.UTC))
+    async with pool.acquire() as conn:
+        ctx = await context_for(conn, event)
+    return [(j.template, str(j.recipient_id)) for j in plan_event(event, ctx, Policy()).jobs]
 
 
 async def setup(api: Api) -> tuple[Clinic, Doctor]:
@@ -332,17 +349,8 @@ async def test_expired_hold_frees_the_slot_and_late_money_is_owed_back(api: Api)
     got = await api.get(f"/api/v1/bookings/{held['id']}/bank-transfer", token=first)
     assert got["status"] == "cancelled"
     # The patient hears that the hold ended.
-    expired = await pool.fetchrow(
-        "SELECT payload FROM outbox WHERE topic = 'payment.expired' ORDER BY id DESC LIMIT 1"
-    )
-    data = expired["payload"]
-    data = json.loads(data) if isinstance(data, str) else data
-    plan = plan_event(
-        Event(2, "payment.expired", data, dt.datetime.now(dt.UTC)),
-        Context(patient_id=uuid.UUID(str(data["patient_id"]))),
-        Policy(),
-    )
-    assert [j.template for j in plan.jobs] == ["bank_transfer_expired"]
+    patient_id = (await api.get("/api/v1/me", token=first))["id"]
+    assert await told(api, "payment.expired") == [("bank_transfer_expired", patient_id)]
 
     # Two patients race for the freed slot: exactly one gets it.
     second, third = await anon(api), await anon(api)
@@ -372,6 +380,10 @@ async def test_expired_hold_frees_the_slot_and_late_money_is_owed_back(api: Api)
     assert "payment.bank_transfer.refund_due" in await audit_actions(
         api, f"payment/{transfer['payment_id']}"
     )
+    # The patient hears that it came too late and will be sent back...
+    assert await told(api, "payment.bank_transfer.refund_due") == [
+        ("payment_received_late", patient_id)
+    ]
     credit = done["refund_due"][0]
     sent = await api.post(
         f"/api/v1/bank-credits/{credit['id']}/refunded",
@@ -380,6 +392,8 @@ async def test_expired_hold_frees_the_slot_and_late_money_is_owed_back(api: Api)
         expect=200,
     )
     assert sent["status"] == "refunded"
+    # ... and again when finance has sent it.
+    assert await told(api, "payment.bank_transfer.refunded") == [("payment_refunded", patient_id)]
     assert set((await account_balances(api, clinic)).values()) == {0}
     assert await service.ledger_is_balanced(pool)
 

@@ -26,6 +26,7 @@ from booking.payments.intent import Currency, Money
 from tests.booking.factories import Clinic, make_clinic
 from tests.conftest import Api
 from tests.payments import test_easypaisa_flow as flow
+from tests.payments.test_bank_transfer import told
 from tests.payments.test_payments_api import (
     account_balances,
     booking_status,
@@ -118,6 +119,9 @@ async def test_a_refused_refund_is_kept_and_finance_pays_it_by_hand(served: Api)
     assert refused["status"] == "refused_by_gateway"
     assert refused["kind"] == "refund"
     assert refused["gateway_code"] == "refund_not_supported"
+    # The patient hears that their refund will come by hand.
+    me = (await api.get("/api/v1/me", token=token))["id"]
+    assert await told(api, "payment.refund_refused") == [("payment_refund_by_hand", me)]
     assert "merchant portal" in refused["gateway_message"]
     assert refused["payment_status"] == "succeeded"
     assert refused["payment_refunded_minor"] == 0
@@ -311,6 +315,8 @@ async def test_payment_after_the_hold_lapsed_is_owed_back_and_the_ipn_acknowledg
         ("late_payment", "refused_by_gateway", 150_000)
     ]
     assert await audited(api, owed[0]["id"]) == ["payment.received_late"]
+    me = (await api.get("/api/v1/me", token=token))["id"]
+    assert await told(api, "payment.received_late") == [("payment_received_late", me)]
     events = await pool_of(api).fetch(
         "SELECT event FROM payment_events WHERE payment_intent_id = $1 ORDER BY id",
         uuid.UUID(payment["id"]),
