@@ -27,6 +27,11 @@ transaction gave:
   the same event, or a capture already posted, aborts the statement on its
   unique key instead of being skipped.
 
+A bank statement's credit (:mod:`.transfer_service`) settles the same way
+with no delivery to record (the credit's own row is its record): a
+:class:`Credit` limits it to its clinic's transfer and a hold that has not
+lapsed, and adds ``payment.bank_transfer.confirmed`` to the events.
+
 Whenever the statement writes nothing or aborts on a constraint, and for
 every other case (a failure, a duplicate the read could not see, an intent
 no longer live, a booking no longer held, an amount that does not match),
@@ -66,7 +71,7 @@ if TYPE_CHECKING:
     # Only a type: the service module calls this one.
     from booking.payments.service import Verdict
 
-__all__ = ["Settled", "settle"]
+__all__ = ["Credit", "Settled", "settle"]
 
 log = logging.getLogger("wadud.payments.settle")
 
@@ -82,11 +87,25 @@ _READ: Final = f"""
            b.type AS booking_type, b.starts_at AS booking_starts_at,
            b.ends_at AS booking_ends_at, b.price_minor AS booking_price_minor,
            b.currency AS booking_currency, b.instant AS booking_instant,
-           b.patient_id AS booking_patient_id, t.*
+           b.patient_id AS booking_patient_id, b.hold_expires_at AS booking_hold_expires_at,
+           t.*
     FROM payment_intents i
     JOIN bookings b ON b.id = i.booking_id
     JOIN LATERAL (SELECT {COMMISSION} WHERE c.id = i.clinic_id) t ON true
     WHERE i.gateway = $3 AND i.gateway_ref = $4"""
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Money a bank statement shows for a transfer: no delivery proves it,
+    so it settles only ``clinic_id``'s transfer, only before the booking's
+    hold lapses, and announces ``topic`` (the payment's payload with
+    ``extra``) beside ``payment.succeeded``."""
+
+    clinic_id: UUID
+    topic: str
+    extra: Mapping[str, object]
+
 
 _LIVE: Final = (IntentState.REQUIRES_PAYMENT, IntentState.PROCESSING)
 
@@ -104,26 +123,33 @@ class Settled:
 async def settle(
     conn: asyncpg.Connection,
     receiver: str,
-    event: WebhookEvent,
+    event: WebhookEvent | Credit,
     verdict: Verdict,
     *,
     default_bp: int,
     now: dt.datetime,
 ) -> Settled | None:
-    """Apply a verified webhook the short way if it is the common case (see
-    the module docstring); None: take the general path. ``receiver``: the
-    name of the gateway whose endpoint received the delivery (it keys the
-    recorded deliveries); ``verdict``: the event's, as the general path
-    reads it (:meth:`.service.Verdict.of_webhook`)."""
+    """Apply a verified webhook, or a bank credit, the short way if it is
+    the common case (see the module docstring); None: take the general path.
+    ``receiver``: the name of the gateway whose endpoint received the
+    delivery (it keys the recorded deliveries); ``verdict``: the event's, as
+    the general path reads it (:meth:`.service.Verdict.of_webhook`)."""
     if verdict.event is not IntentEvent.VERIFIED_SUCCESS:
         return None
-    row = await conn.fetchrow(_READ, receiver, event.event_id, verdict.gateway, verdict.reference)
+    delivery = event.event_id if isinstance(event, WebhookEvent) else None
+    row = await conn.fetchrow(_READ, receiver, delivery, verdict.gateway, verdict.reference)
     if row is None:
         return None  # unknown reference: the general path says so
     if row["seen"]:
         return Settled(duplicate=True)
     state = IntentState(row["status"])
     if state not in _LIVE or row["booking_status"] != State.HELD.value:
+        return None
+    if isinstance(event, Credit) and (
+        row["clinic_id"] != event.clinic_id
+        or row["booking_hold_expires_at"] is None
+        or row["booking_hold_expires_at"] <= now
+    ):
         return None
     try:
         verdict.check_amount(money(row))
@@ -150,7 +176,7 @@ async def settle(
 def _statement(
     row: asyncpg.Record,
     receiver: str,
-    event: WebhookEvent,
+    event: WebhookEvent | Credit,
     verdict: Verdict,
     state: IntentState,
     default_bp: int,
@@ -195,29 +221,36 @@ def _statement(
         skip_duplicate=False,
     )
     # Every column of the payment's payload but the state is the row's own.
-    payment_event = (
-        "payment.succeeded",
-        payment_payload({**dict(row), "status": succeeded.value}),
-    )
+    paid_row = {**dict(row), "status": succeeded.value}
+    events = [("payment.succeeded", payment_payload(paid_row)), booking_event]
+    if isinstance(event, WebhookEvent):
+        unseen = f"""AND NOT EXISTS (SELECT 1 FROM webhook_events
+                              WHERE gateway = {args(receiver)}
+                                AND event_id = {args(event.event_id)})"""
+        record = f"""delivery AS (
+            INSERT INTO webhook_events (gateway, event_id, payload)
+            SELECT {args(receiver)}, {args(event.event_id)}, {args(dict(event.payload))}::jsonb
+            FROM moved),"""
+        live = ""
+    else:
+        # The credit's row is its record; the hold must still be running.
+        unseen = record = ""
+        live = f"AND hold_expires_at > {args(now)}"
+        events.append((event.topic, payment_payload(paid_row, **event.extra)))
     sql = f"""
         WITH held AS (
             SELECT id FROM bookings
-            WHERE id = {args(row["booking_id"])} AND status = {args(State.HELD.value)}
+            WHERE id = {args(row["booking_id"])} AND status = {args(State.HELD.value)} {live}
             FOR UPDATE),
         moved AS (
             UPDATE payment_intents SET status = {args(succeeded.value)}, updated_at = now()
             WHERE id = {args(row["id"])} AND status = {args(row["status"])}
               AND EXISTS (SELECT 1 FROM held)
-              AND NOT EXISTS (SELECT 1 FROM webhook_events
-                              WHERE gateway = {args(receiver)}
-                                AND event_id = {args(event.event_id)})
+              {unseen}
             RETURNING {INTENT_COLUMNS}),
         paid AS (
             SELECT h.id FROM held AS h JOIN moved AS m ON m.booking_id = h.id),
-        delivery AS (
-            INSERT INTO webhook_events (gateway, event_id, payload)
-            SELECT {args(receiver)}, {args(event.event_id)}, {args(dict(event.payload))}::jsonb
-            FROM moved),
+        {record}
         history AS (
             INSERT INTO payment_events
                 (payment_intent_id, clinic_id, event, from_state, to_state, detail)
@@ -231,6 +264,6 @@ def _statement(
             ORDER BY x.n),
         {posting},
         {confirm_sql}"""
-    cte, more = outbox.events([payment_event, booking_event], args.next, source="moved")
+    cte, more = outbox.events(events, args.next, source="moved")
     args.values.extend(more)
     return f"{sql},\n        {cte}\n        SELECT id, status FROM moved"

@@ -204,11 +204,19 @@ async def _transfer_of(conn: asyncpg.Connection, me: Principal, booking_id: UUID
     return row
 
 
-async def _out(conn: asyncpg.Connection, row: asyncpg.Record, settings: Any) -> BankTransfer:
-    proofs = await conn.fetch(
-        f"""SELECT {svc.PROOF_COLUMNS} FROM bank_transfer_proofs
-            WHERE payment_intent_id = $1 ORDER BY created_at, id""",
-        row["id"],
+async def _out(
+    conn: asyncpg.Connection, row: asyncpg.Record, settings: Any, *, new: bool = False
+) -> BankTransfer:
+    """The transfer as the API shows it; ``new``: created just now, so it
+    has no proofs yet."""
+    proofs = (
+        []
+        if new
+        else await conn.fetch(
+            f"""SELECT {svc.PROOF_COLUMNS} FROM bank_transfer_proofs
+                WHERE payment_intent_id = $1 ORDER BY created_at, id""",
+            row["id"],
+        )
     )
     details = BankDetails.of(settings)
     return BankTransfer(
@@ -267,7 +275,7 @@ async def start_bank_transfer(call: Call[None, None]) -> BankTransfer | web.Resp
         row, created = await svc.start_transfer(
             conn, call.path_uuid("booking_id"), call.user.user_id, call.settings, _now()
         )
-        out = await _out(conn, row, call.settings)
+        out = await _out(conn, row, call.settings, new=created)
     if created:
         return out
     return web.Response(body=out.model_dump_json(), status=200, content_type="application/json")

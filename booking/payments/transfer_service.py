@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from uuid import UUID, uuid4
@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 
 from booking import service as bookings
 from booking.lifecycle import Event, State
-from booking.payments import service
+from booking.payments import service, settle
 from booking.payments.gateway import PaymentStatus
 from booking.payments.intent import Currency, IntentEvent, IntentState, Money
 from booking.payments.rows import INTENT_COLUMNS, money, payment_payload
@@ -55,6 +55,7 @@ from booking.payments.transfer_page import page_url
 from privacy.subject_keys import KeyShredded, SubjectKeys
 from wadud import audit, outbox
 from wadud.config import Settings
+from wadud.db import Args
 from wadud.errors import Conflict, Gone, NotFound
 from wadud.principal import Principal
 from wadud.storage import Storage
@@ -139,6 +140,34 @@ async def start_transfer(
     details = BankDetails.of(settings)
     if details is None:
         raise TransferNotOffered("bank transfer is not offered: no bank account is configured")
+    # The common case as the card checkout does it (booking.payments.api's
+    # create_payment): a plain read decides, and one statement re-checks the
+    # hold under the booking's row lock, extends it, and stores the intent,
+    # its history line and both events. Anything else (a live payment, a
+    # race) takes the locking path below.
+    booking = await conn.fetchrow(
+        """SELECT b.*, d.display_name AS doctor_name,
+                  EXISTS (SELECT 1 FROM payment_intents p WHERE p.booking_id = b.id
+                          AND p.status = ANY($2::text[])) AS live
+           FROM bookings b JOIN doctors d ON d.id = b.doctor_id WHERE b.id = $1""",
+        booking_id,
+        list(_LIVE),
+    )
+    if booking is None or booking["patient_id"] != patient_id:
+        raise NotFound("no such booking")
+    if not booking["live"]:
+        until = _payable_until(booking, settings, now)
+        for _ in range(5):
+            try:
+                row = await _start_at_once(conn, booking, until, details, settings, now)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name == "payment_intents_one_live":
+                    break  # a concurrent request stored one first: the path below
+                continue  # the reference was taken: draw another
+            if row is None:
+                break  # the hold moved since the read: the path below says how
+            outbox.written(conn)
+            return row, True
     async with conn.transaction():
         booking = await conn.fetchrow(
             """SELECT b.*, d.display_name AS doctor_name FROM bookings b
@@ -160,18 +189,7 @@ async def start_transfer(
                 f"a {live['gateway']} payment for this booking is under way"
                 f" until {live['expires_at'].isoformat()}"
             )
-        hold = booking["hold_expires_at"]
-        if booking["status"] != State.HELD.value or hold is None or hold <= now:
-            raise BookingNotPayable(f"the booking is {booking['status']}, not held for payment")
-        if booking["price_minor"] <= 0:
-            raise BookingNotPayable("the booking is free; there is nothing to pay")
-        window = dt.timedelta(hours=settings.payments_bank_transfer_hold_hours)
-        until = min(now + window, booking["starts_at"])
-        if until - now < MIN_WINDOW:
-            raise TransferNotOffered(
-                "the visit starts too soon for a bank transfer to arrive; pay by card or wallet"
-            )
-        until = max(until, hold)
+        until = _payable_until(booking, settings, now)
         await conn.execute(
             "UPDATE bookings SET hold_expires_at = $2, updated_at = $3 WHERE id = $1",
             booking_id,
@@ -183,9 +201,41 @@ async def start_transfer(
         await service.record_intent_event(
             conn, row, "create", None, IntentState.REQUIRES_PAYMENT.value, detail
         )
-        await outbox.emit(conn, "payment.created", payment_payload(row))
-        await outbox.emit(
-            conn,
+        for topic, payload in _started_events(row, booking, until, details, settings):
+            await outbox.emit(conn, topic, payload)
+    return row, True
+
+
+def _payable_until(booking: Mapping[str, Any], settings: Settings, now: dt.datetime) -> dt.datetime:
+    """When a transfer for ``booking`` must have arrived: the hold extended to
+    the transfer window, never past the slot's start. Refuses a booking
+    that is not held or is free (409), and a slot too soon for a transfer."""
+    hold: dt.datetime | None = booking["hold_expires_at"]
+    if booking["status"] != State.HELD.value or hold is None or hold <= now:
+        raise BookingNotPayable(f"the booking is {booking['status']}, not held for payment")
+    if booking["price_minor"] <= 0:
+        raise BookingNotPayable("the booking is free; there is nothing to pay")
+    window = dt.timedelta(hours=settings.payments_bank_transfer_hold_hours)
+    starts: dt.datetime = booking["starts_at"]
+    until = min(now + window, starts)
+    if until - now < MIN_WINDOW:
+        raise TransferNotOffered(
+            "the visit starts too soon for a bank transfer to arrive; pay by card or wallet"
+        )
+    return max(until, hold)
+
+
+def _started_events(
+    row: Mapping[str, Any],
+    booking: Mapping[str, Any],
+    until: dt.datetime,
+    details: BankDetails,
+    settings: Settings,
+) -> list[tuple[str, dict[str, Any]]]:
+    """A new transfer's outbox events: created, and the patient's instructions."""
+    return [
+        ("payment.created", payment_payload(row)),
+        (
             "payment.bank_transfer.requested",
             payment_payload(
                 row,
@@ -196,8 +246,65 @@ async def start_transfer(
                 bank=details.as_dict(),
                 link=page_url(settings, row["id"]),
             ),
-        )
-    return row, True
+        ),
+    ]
+
+
+async def _start_at_once(
+    conn: asyncpg.Connection,
+    booking: asyncpg.Record,
+    until: dt.datetime,
+    details: BankDetails,
+    settings: Settings,
+    now: dt.datetime,
+) -> asyncpg.Record | None:
+    """The transfer in one statement, or None when the booking is no longer
+    held (under its lock) as it was read."""
+    intent_id = uuid4()
+    reference = new_reference()
+    state = IntentState.REQUIRES_PAYMENT
+    # The payloads name the intent as it will be stored.
+    row = {
+        "id": intent_id,
+        "clinic_id": booking["clinic_id"],
+        "booking_id": booking["id"],
+        "patient_id": booking["patient_id"],
+        "amount_minor": booking["price_minor"],
+        "currency": booking["currency"],
+        "gateway": GATEWAY,
+        "gateway_ref": reference,
+        "status": state.value,
+        "refunded_minor": 0,
+    }
+    args = Args()
+    detail = {"reference": reference, "hold_expires_at": until.isoformat()}
+    sql = f"""
+        WITH b AS (
+            UPDATE bookings SET hold_expires_at = {args(until)}, updated_at = {args(now)}
+            WHERE id = {args(booking["id"])} AND status = {args(State.HELD.value)}
+              AND hold_expires_at > {args(now)}
+            RETURNING id),
+        i AS (
+            INSERT INTO payment_intents
+                (id, clinic_id, booking_id, patient_id, amount_minor, currency,
+                 gateway, gateway_ref, status, expires_at)
+            SELECT {args(intent_id)}, {args(booking["clinic_id"])}, b.id,
+                   {args(booking["patient_id"])}, {args(booking["price_minor"])},
+                   {args(booking["currency"])}, {args(GATEWAY)}, {args(reference)},
+                   {args(state.value)}, {args(until)}
+            FROM b
+            RETURNING {INTENT_COLUMNS}),
+        e AS (
+            INSERT INTO payment_events
+                (payment_intent_id, clinic_id, event, from_state, to_state, detail)
+            SELECT i.id, i.clinic_id, 'create', NULL, {args(state.value)},
+                   {args(detail)}::jsonb
+            FROM i)"""
+    cte, more = outbox.events(
+        _started_events(row, booking, until, details, settings), args.next, source="i"
+    )
+    args.values.extend(more)
+    return await conn.fetchrow(f"{sql},\n        {cte}\n        SELECT i.* FROM i", *args.values)
 
 
 async def _insert_intent(
@@ -288,6 +395,10 @@ async def cancel_transfer(
 
 # --- settling: confirmed, or owed back --------------------------------------------------
 
+#: The event of a confirmed transfer (beside payment.succeeded): the
+#: receipt names the reference the patient wrote on the transfer.
+CONFIRMED: Final = "payment.bank_transfer.confirmed"
+
 
 @dataclass(frozen=True, slots=True)
 class _Target:
@@ -349,9 +460,7 @@ async def _settle(
         row = await service.apply_verdict(conn, verdict, default_bp=default_bp, locked=intent)
         # The receipt names the reference the patient wrote on the transfer.
         await outbox.emit(
-            conn,
-            "payment.bank_transfer.confirmed",
-            payment_payload(row, reference=row["gateway_ref"], source=source),
+            conn, CONFIRMED, payment_payload(row, reference=row["gateway_ref"], source=source)
         )
         return "matched", None, row
     if live:
@@ -549,12 +658,29 @@ async def _import_line(
     )
     if credit_id is None:
         return None
-    status, reason, intent = "unmatched", None, None
+    status, reason, intent_id = "unmatched", None, None
     reference = line.references[0] if len(line.references) == 1 else None
+    source = f"statement line {line.line_no}"
     if not line.references:
         reason = "no_reference"
     elif reference is None:
         reason = "several_references"
+    elif (
+        settled := await settle.settle(
+            conn,
+            GATEWAY,
+            settle.Credit(clinic_id, CONFIRMED, {"reference": reference, "source": source}),
+            service.Verdict(
+                GATEWAY, reference, PaymentStatus.SUCCEEDED, line.amount, source=source
+            ),
+            default_bp=default_bp,
+            now=now,
+        )
+    ) is not None:
+        # The common case in two statements. Nothing in it can trip a
+        # constraint (no delivery row; the intent moves only while live), so
+        # it needs no savepoint of its own inside the import's transaction.
+        status, intent_id = "matched", settled.payment_id
     else:
         target = await _lock_transfer(conn, reference, clinic_id)
         if target is None:
@@ -563,8 +689,9 @@ async def _import_line(
             reason = "amount_differs"
         else:
             status, reason, intent = await _settle(
-                conn, target, now, default_bp=default_bp, source=f"statement line {line.line_no}"
+                conn, target, now, default_bp=default_bp, source=source
             )
+            intent_id = intent["id"]
             if status == "refund_due":
                 await _post_refund_due(conn, credit_id, line.amount, clinic_id, intent)
     row = await conn.fetchrow(
@@ -579,7 +706,7 @@ async def _import_line(
         status,
         reason,
         reference,
-        intent["id"] if intent is not None else None,
+        intent_id,
         now,
     )
     assert row is not None

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -25,8 +26,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from booking import service as bookings
-from booking.payments import service
-from booking.payments.intent import Currency
+from booking.payments import service, settle
+from booking.payments import transfer_service as svc
+from booking.payments.gateway import PaymentStatus
+from booking.payments.intent import Currency, Money
 from booking.payments.transfer import (
     MalformedStatement,
     find_references,
@@ -49,6 +52,7 @@ from tests.payments.test_payments_api import (
     pool_of,
     set_commission,
 )
+from tests.payments.test_settle import _written
 from wadud import keys
 from wadud.config import Settings
 
@@ -314,6 +318,116 @@ async def test_hold_proof_statement_confirms(api: Api) -> None:
         f"doctor_payable:{doctor.id}": -130_250,
         "platform_revenue": -19_750,
     }
+
+
+async def test_a_statement_line_writes_what_the_general_path_writes(api: Api) -> None:
+    """A credit for a held transfer settles in two statements
+    (booking.payments.settle with a Credit); it writes exactly what the
+    general path (lock, apply the verdict, announce) writes."""
+    clinic, doctor = await setup(api)
+    made = []
+    for _ in range(2):
+        token, patient = await anon_patient(api)
+        booking = await held_booking(api, doctor, patient)
+        made.append((booking, await start(api, token, booking)))
+    (short, t1), (general, t2) = made
+    source = "statement line 1"
+    pool = pool_of(api)
+    now = dt.datetime.now(dt.UTC)
+    async with pool.acquire() as conn, conn.transaction():
+        done = await settle.settle(
+            conn,
+            "bank_transfer",
+            settle.Credit(
+                uuid.UUID(clinic.id),
+                svc.CONFIRMED,
+                {"reference": t1["reference"], "source": source},
+            ),
+            service.Verdict(
+                "bank_transfer",
+                t1["reference"],
+                PaymentStatus.SUCCEEDED,
+                Money(150_000, Currency.PKR),
+                source=source,
+            ),
+            default_bp=1500,
+            now=now,
+        )
+        assert done == settle.Settled(False, uuid.UUID(t1["payment_id"]), "succeeded")
+        target = await svc._lock_transfer(conn, t2["reference"], uuid.UUID(clinic.id))
+        assert target is not None
+        outcome = await svc._settle(conn, target, now, default_bp=1500, source=source)
+        assert outcome[0] == "matched"
+        one = await _written(conn, short, {"id": t1["payment_id"]})
+        other = await _written(conn, general, {"id": t2["payment_id"]})
+    # The two transfers differ by their references and their holds' ends.
+    refs = {t1["reference"]: "ref", t2["reference"]: "ref"}
+    a, b = _plain(one, refs), _plain(other, refs)
+    # Before either settled: the transfer's instructions (their signed links differ).
+    for w in (a, b):
+        w["events"] = [e for e in w["events"] if e["topic"] != "payment.bank_transfer.requested"]
+    assert a == b
+    assert [e["topic"] for e in a["events"]] == [
+        "payment.succeeded",
+        "booking.requested",
+        svc.CONFIRMED,
+    ]
+    assert one["booking"]["status"] == "requested"
+    assert await service.ledger_is_balanced(pool)
+    # A hold that lapsed is not the short path's: the general path says so.
+    token, patient = await anon_patient(api)
+    lapsed = await held_booking(api, doctor, patient)
+    t3 = await start(api, token, lapsed)
+    await pool.execute(
+        "UPDATE bookings SET hold_expires_at = $2 WHERE id = $1",
+        uuid.UUID(lapsed),
+        now - dt.timedelta(seconds=1),
+    )
+    async with pool.acquire() as conn:
+        assert (
+            await settle.settle(
+                conn,
+                "bank_transfer",
+                settle.Credit(uuid.UUID(clinic.id), svc.CONFIRMED, {}),
+                service.Verdict(
+                    "bank_transfer",
+                    t3["reference"],
+                    PaymentStatus.SUCCEEDED,
+                    Money(150_000, Currency.PKR),
+                ),
+                default_bp=1500,
+                now=now,
+            )
+            is None
+        )
+        # Nor is another clinic's transfer.
+        assert (
+            await settle.settle(
+                conn,
+                "bank_transfer",
+                settle.Credit(uuid.uuid4(), svc.CONFIRMED, {}),
+                service.Verdict(
+                    "bank_transfer",
+                    t3["reference"],
+                    PaymentStatus.SUCCEEDED,
+                    Money(150_000, Currency.PKR),
+                ),
+                default_bp=1500,
+                now=now - dt.timedelta(minutes=1),
+            )
+            is None
+        )
+    assert await booking_status(api, lapsed) == "held"
+
+
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
+
+
+def _plain(written: Any, refs: dict[str, str]) -> Any:
+    text = _ISO.sub("time", json.dumps(written, default=str))
+    for ref, name in refs.items():
+        text = text.replace(ref, name)
+    return json.loads(text)
 
 
 # --- expiry ---------------------------------------------------------------------------
