@@ -54,7 +54,6 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -81,6 +80,7 @@ from booking.payments.gateway import (
     VerifiedResult,
     WebhookEvent,
     get_header,
+    reference_suffix,
 )
 from booking.payments.intent import Currency, Money, PaymentIntent
 from wadud.config import Settings
@@ -300,10 +300,9 @@ def flow_of(reference: str) -> Flow | None:
 
 def _default_reference(flow: Flow, intent: PaymentIntent) -> str:
     # "EPH"/"EPM" + 12-digit PKT time (to the second, year in two digits) +
-    # 5 random digits: 20 characters; the unique (gateway, gateway_ref)
-    # constraint backs the randomness up.
+    # 5 random letters or digits: 20 characters.
     stamp = intent.created_at.astimezone(PKT).strftime("%y%m%d%H%M%S")
-    return f"{_PREFIX[flow]}{stamp}{secrets.randbelow(10**5):05d}"
+    return f"{_PREFIX[flow]}{stamp}{reference_suffix()}"
 
 
 # --- the gateway ---------------------------------------------------------------

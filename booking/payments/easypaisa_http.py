@@ -76,7 +76,7 @@ routes = Routes(
     " and the built-in simulator (development, tests).",
 )
 
-_REF = "{reference:EP[HM][0-9]{17}}"
+_REF = "{reference:EP[HM][0-9]{12}[0-9A-Z]{5}}"
 _HTML: Final = {"content": {"text/html": {"schema": {"type": "string"}}}}
 _JSON: Final = {"content": {"application/json": {"schema": {"type": "object"}}}}
 _MOBILE: Final = r"03[0-9]{9}"

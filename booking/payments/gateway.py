@@ -32,6 +32,8 @@ too); this module adds the header names, the typed errors and the clock.
 from __future__ import annotations
 
 import enum
+import secrets
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -68,6 +70,7 @@ __all__ = [
     "VerifiedResult",
     "WebhookEvent",
     "get_header",
+    "reference_suffix",
     "unix_seconds",
     "verify_webhook",
 ]
@@ -255,6 +258,19 @@ def unix_seconds(now: datetime) -> int:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     return int(now.timestamp())
+
+
+#: What :func:`reference_suffix` draws from: what every gateway's reference
+#: field takes (JazzCash's pp_TxnRefNo, EasyPaisa's orderRefNum).
+_REFERENCE_CHARS: Final = string.digits + string.ascii_uppercase
+
+
+def reference_suffix(length: int = 5) -> str:
+    """The random end of a reference we make for a gateway, after its time
+    stamp. Five digits (what it was) collided in a benchmark at 75 payments
+    a second (a 409 for the patient); five letters or digits are 600 times
+    as many, and the unique (gateway, reference) constraint still backs them."""
+    return "".join(secrets.choice(_REFERENCE_CHARS) for _ in range(length))
 
 
 def get_header(headers: Mapping[str, str], name: str) -> str | None:

@@ -32,7 +32,6 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -55,6 +54,7 @@ from booking.payments.gateway import (
     VerifiedResult,
     WebhookEvent,
     get_header,
+    reference_suffix,
 )
 from booking.payments.intent import Currency, Money, PaymentIntent
 
@@ -155,9 +155,9 @@ class JazzCashSettings:
 
 def _default_reference(intent: PaymentIntent) -> str:
     # pp_TxnRefNo: at most 20 alphanumerics, unique per attempt. "T" + 14-digit
-    # PKT time + 5 random digits; the database's unique constraint backs it up.
+    # PKT time + 5 random letters or digits.
     stamp = format_txn_datetime(intent.created_at)
-    return f"T{stamp}{secrets.randbelow(10**5):05d}"
+    return f"T{stamp}{reference_suffix()}"
 
 
 _NOT_ALNUM: Final = re.compile(r"[^A-Za-z0-9]")
