@@ -86,6 +86,18 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
 
+    p = sub.add_parser(
+        "easypaisa-sim",
+        help="run a stand-in for EasyPaisa's servers (development, benchmarks; docs/api.md)",
+    )
+    p.add_argument("--config", help="TOML configuration file (also $WADUD_CONFIG)")
+    _http(p)
+    p.add_argument(
+        "--merchant",
+        required=True,
+        help="the Wadud it serves (its base URL); its IPN handler is called there",
+    )
+
     p = sub.add_parser("token", help="print a join link for a call room")
     _common(p)
     p.add_argument("--room", required=True, help="room name")
@@ -216,6 +228,39 @@ def cmd_turn(args: argparse.Namespace, settings: config.Settings) -> int:
     turn_config = config_from_args(args, TurnConfig.from_mapping(base))
     with contextlib.suppress(KeyboardInterrupt):
         _run(run(turn_config))
+    return 0
+
+
+def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> int:
+    """A stand-in for EasyPaisa on its own port, for the store the
+    ``payments_easypaisa_*`` settings name (the merchant's own; its
+    ``payments_easypaisa_endpoint`` is this simulator's ``/easypaisa-sim``)."""
+    from aiohttp import web
+
+    from booking.payments import easypaisa, easypaisa_http
+
+    if not settings.payments_easypaisa_store_id:
+        print(
+            "wadud: easypaisa-sim needs the store it stands in for:"
+            " payments_easypaisa_store_id, _hash_key, _username and _password",
+            file=sys.stderr,
+        )
+        return 2
+    store = easypaisa.from_config(settings)
+    assert store is not None
+    host, port = args.host or "127.0.0.1", args.port or 8090
+    merchant = args.merchant.rstrip("/") + easypaisa.IPN_HANDLER_PATH
+    app = easypaisa_http.simulator_app(store, f"http://{host}:{port}", merchant)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        access_log=None,
+        print=lambda *_: print(f"EasyPaisa simulator on http://{host}:{port}", flush=True),
+        loop=loop,
+    )
     return 0
 
 
@@ -475,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_turn(args, settings)
         if args.command == "token":
             return cmd_token(args, settings)
+        if args.command == "easypaisa-sim":
+            return cmd_easypaisa_sim(args, settings)
         if args.command == "migrate":
             return cmd_migrate(settings)
         if args.command == "notify":

@@ -133,6 +133,7 @@ def mode_figures(phases: list[dict[str, Any]], mode: str) -> dict[str, Any]:
     wall = sum(ph["wall"] for ph in mine)
     cpu = sum(ph["server_cpu"] for ph in mine)
     pg = sum(ph["postgres_cpu"] for ph in mine)
+    sim = sum(ph.get("easypaisa_simulator_cpu", 0.0) for ph in mine)
     times = [t for ph in mine for _, t in ph["latencies"]]
     return {
         "completed": done,
@@ -142,6 +143,8 @@ def mode_figures(phases: list[dict[str, Any]], mode: str) -> dict[str, Any]:
         "server_cpu_ms_per_booking": round(cpu / done * 1000, 2) if done else None,
         "postgres_cpu_ms_per_booking": round(pg / done * 1000, 2) if done else None,
         "cpu_ms_per_booking": round((cpu + pg) / done * 1000, 2) if done else None,
+        # EasyPaisa's side, when the simulator runs apart: in no ratio.
+        "easypaisa_simulator_cpu_ms_per_booking": round(sim / done * 1000, 2) if done else None,
         "latency_p50_ms": round(statistics.median(times) * 1000, 1) if times else None,
         "latency_p95_ms": round(pct(times, 95) * 1000, 1) if times else None,
     }

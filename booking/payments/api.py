@@ -59,6 +59,7 @@ routes = Routes(
 )
 routes.endpoints.extend(checkout.routes.endpoints)
 routes.endpoints.extend(easypaisa_http.routes.endpoints)
+routes.endpoints.extend(easypaisa_http.simulator_routes.endpoints)
 routes.endpoints.extend(payouts_api.routes.endpoints)
 routes.endpoints.extend(transfer_api.routes.endpoints)
 routes.endpoints.extend(refunds_api.routes.endpoints)

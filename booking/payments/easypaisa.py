@@ -91,6 +91,7 @@ __all__ = [
     "INDEX_PATH",
     "INITIATE_MA_PATH",
     "INQUIRE_PATH",
+    "IPN_HANDLER_PATH",
     "IPN_PATH",
     "MA_PAGE_PATH",
     "MOBILE",
@@ -192,6 +193,8 @@ REFUND_UNSUPPORTED: Final = "refund_not_supported"
 
 #: Where EasyPaisa sends the browser (twice) during the hosted checkout.
 POSTBACK_PATH: Final = "/api/v1/payments/easypaisa/postback/{reference}"
+#: The IPN handler to set in the merchant portal (``?url=`` a record's link).
+IPN_HANDLER_PATH: Final = "/api/v1/payments/easypaisa/ipn"
 #: Our page where the patient enters their mobile account number (MA flow).
 MA_PAGE_PATH: Final = "/api/v1/payments/easypaisa/ma/{reference}"
 

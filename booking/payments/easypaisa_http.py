@@ -45,6 +45,7 @@ from typing import Annotated, Any, Final
 from urllib.parse import urlencode, urlsplit
 from uuid import UUID
 
+import aiohttp
 from aiohttp import web
 from pydantic import StringConstraints
 
@@ -53,27 +54,33 @@ from booking.payments import easypaisa_round, service
 from booking.payments.easypaisa import (
     INITIATE_MA_PATH,
     INQUIRE_PATH,
+    IPN_HANDLER_PATH,
     IPN_PATH,
     MA_PAGE_PATH,
     POSTBACK_PATH,
     EasyPaisaGateway,
+    EasyPaisaSettings,
 )
 from booking.payments.easypaisa_sim import SIM_PREFIX, EasyPaisaSimulator, codes
 from booking.payments.errors import GatewayError
 from booking.payments.intent import IntentState
 from booking.payments.rows import money
-from wadud import keys, loops
+from wadud import http, keys, loops
 from wadud.api import ApiModel, Call, Routes
 from wadud.errors import BadRequest, NotFound, Unprocessable, WadudError
 
-__all__ = ["SIMULATOR", "SimulatorHost", "lifespan", "routes"]
+__all__ = ["SIMULATOR", "SimulatorHost", "lifespan", "routes", "simulator_app", "simulator_routes"]
 
 log = logging.getLogger("wadud.payments.easypaisa")
 
 routes = Routes(
     "easypaisa",
-    "EasyPaisa: the hosted checkout's postback, the mobile-account page, the IPN handler,"
-    " and the built-in simulator (development, tests).",
+    "EasyPaisa: the hosted checkout's postback, the mobile-account page, the IPN handler.",
+)
+simulator_routes = Routes(
+    "easypaisa-simulator",
+    "A local EasyPaisa (development, tests, benchmarks): in `wadud serve` while no store is"
+    " configured, or on its own with `wadud easypaisa-sim`.",
 )
 
 _REF = "{reference:EP[HM][0-9]{12}[0-9A-Z]{5}}"
@@ -85,12 +92,17 @@ _MOBILE: Final = r"03[0-9]{9}"
 @dataclass
 class SimulatorHost:
     """The simulator with what serving it needs: the MA calls held open
-    until the phone decides."""
+    until the phone decides, and where its IPNs go."""
 
     core: EasyPaisaSimulator
     waiters: dict[str, asyncio.Event] = field(default_factory=dict)
     #: How long ``initiate-ma-transaction`` holds a call for the phone.
     ma_wait: float = 60.0
+    #: The merchant's IPN handler (``.../api/v1/payments/easypaisa/ipn``),
+    #: called over HTTP as EasyPaisa calls it, with ``http``; empty: the
+    #: merchant is this very app, and the IPN is handed over in process.
+    merchant_ipn: str = ""
+    http: aiohttp.ClientSession | None = None
 
 
 SIMULATOR: Final = web.AppKey("easypaisa_simulator", SimulatorHost)
@@ -314,7 +326,7 @@ class IpnAck(ApiModel):
 
 
 @routes.get(
-    "/api/v1/payments/easypaisa/ipn",
+    IPN_HANDLER_PATH,
     query=IpnQuery,
     returns=IpnAck,
     auth="public",
@@ -356,9 +368,23 @@ def _sim(call: Call[Any, Any]) -> SimulatorHost:
 
 
 async def _notify(call: Call[Any, Any], host: SimulatorHost, reference: str) -> None:
-    """The simulator's IPN: in process, through the webhook's own function."""
+    """The simulator's IPN: to the merchant's handler over HTTP when it is
+    elsewhere, else in process, through the webhook's own function."""
     if not host.core.deliver_ipn:
         log.info("simulated EasyPaisa IPN dropped", extra={"reference": reference})
+        return
+    if host.merchant_ipn and host.http is not None:
+        target = host.merchant_ipn + "?" + urlencode({"url": host.core.ipn_url(reference)})
+        try:
+            async with host.http.get(target) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    log.warning(
+                        "simulated EasyPaisa IPN refused",
+                        extra={"reference": reference, "status": resp.status},
+                    )
+        except aiohttp.ClientError:
+            log.warning("simulated EasyPaisa IPN failed", extra={"reference": reference})
         return
     try:
         await service.handle_webhook(
@@ -385,7 +411,7 @@ _FORM_BODY: Final = {
 }
 
 
-@routes.post(
+@simulator_routes.post(
     SIM_PREFIX + "/easypay/Index.jsf",
     status=303,
     auth="public",
@@ -407,7 +433,7 @@ _CONFIRM = """<p class="sim">EasyPaisa simulator: no money moves</p>
 <button name="action" value="decline">Cancel</button></form>"""
 
 
-@routes.post(
+@simulator_routes.post(
     SIM_PREFIX + "/easypay/Confirm.jsf",
     returns=_HTML,
     auth="public",
@@ -452,7 +478,7 @@ _CREDENTIALS: Final = {
 }
 
 
-@routes.post(
+@simulator_routes.post(
     SIM_PREFIX + INITIATE_MA_PATH,
     returns=_JSON,
     auth="public",
@@ -479,7 +505,7 @@ async def easypaisa_sim_initiate_ma(call: Call[None, None]) -> web.Response:
     return web.json_response(host.core.ma_answer(order.reference))
 
 
-@routes.post(
+@simulator_routes.post(
     SIM_PREFIX + INQUIRE_PATH, returns=_JSON, auth="public", raw_body=_JSON, headers=_CREDENTIALS
 )
 async def easypaisa_sim_inquire(call: Call[None, None]) -> web.Response:
@@ -493,7 +519,9 @@ async def easypaisa_sim_inquire(call: Call[None, None]) -> web.Response:
     return web.json_response(host.core.inquire(body))
 
 
-@routes.get(SIM_PREFIX + IPN_PATH + "{order:[A-Za-z0-9_-]{1,40}}", returns=_JSON, auth="public")
+@simulator_routes.get(
+    SIM_PREFIX + IPN_PATH + "{order:[A-Za-z0-9_-]{1,40}}", returns=_JSON, auth="public"
+)
 async def easypaisa_sim_ipn_record(call: Call[None, None]) -> web.Response:
     """Simulator: what an IPN's url answers (the order's status)."""
     return web.json_response(_sim(call).core.ipn_record(call.path("order")))
@@ -507,7 +535,7 @@ _REQUEST = """<form method="post" action="{action}"><p>{msisdn}: pay {amount}
 <button name="action" value="decline">Decline</button></form>"""
 
 
-@routes.get(SIM_PREFIX + "/phone", returns=_HTML, auth="public")
+@simulator_routes.get(SIM_PREFIX + "/phone", returns=_HTML, auth="public")
 async def easypaisa_sim_phone(call: Call[None, None]) -> web.Response:
     """Simulator: the phone, with the MA requests waiting for approval."""
     host = _sim(call)
@@ -523,7 +551,7 @@ async def easypaisa_sim_phone(call: Call[None, None]) -> web.Response:
     return _bare_page("EasyPaisa", _PHONE.format(requests="".join(items) or "<p>None.</p>"))
 
 
-@routes.post(
+@simulator_routes.post(
     SIM_PREFIX + "/phone/{order:[A-Za-z0-9_-]{1,40}}",
     status=303,
     auth="public",
@@ -584,3 +612,23 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def simulator_app(store: EasyPaisaSettings, public_url: str, merchant_ipn: str) -> web.Application:
+    """The simulator on its own, as ``wadud easypaisa-sim`` serves it: a
+    stand-in for EasyPaisa's servers at ``public_url`` for the merchant whose
+    IPN handler is ``merchant_ipn``, over the network as the real one is.
+    ``store``: the same store settings the merchant is configured with (its
+    ``endpoint`` is this simulator)."""
+    app = web.Application(middlewares=[http.problems])
+    app[keys.ENDPOINTS] = []
+    app[SIMULATOR] = SimulatorHost(EasyPaisaSimulator(store, public_url), merchant_ipn=merchant_ipn)
+
+    async def client(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+            app[SIMULATOR].http = session
+            yield
+
+    app.cleanup_ctx.append(client)
+    simulator_routes.install(app)
+    return app

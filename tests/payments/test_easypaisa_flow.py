@@ -13,8 +13,10 @@ kept and paid by hand (tests/payments/test_refund_due.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import html
+import os
 import re
 import shutil
 import time
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -33,6 +36,7 @@ from booking.payments.easypaisa_http import SIMULATOR, SimulatorHost
 from booking.payments.intent import Currency, Money
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.chromium import CHROMIUM, FLAGS
+from tests.cluster import WADUD, Proc
 from tests.conftest import Api, free_port
 from tests.payments.test_payments_api import (
     account_balances,
@@ -43,6 +47,7 @@ from tests.payments.test_payments_api import (
     pool_of,
     start_payment,
 )
+from wadud import keys
 from wadud.config import Settings
 
 Start = Callable[..., Awaitable[Api]]
@@ -426,3 +431,110 @@ async def test_postback_bridge_posts_on_in_a_real_browser(api: Api, tmp_path: Pa
     )
     out, _ = await asyncio.wait_for(browser.communicate(), 60)
     assert "Pay with EasyPaisa" in out.decode()
+
+
+#: A store both the merchant and ``wadud easypaisa-sim`` are configured with.
+STORE = {
+    "payments_easypaisa_store_id": "90002",
+    "payments_easypaisa_hash_key": "00112233445566778899aabbccddeeff",
+    "payments_easypaisa_username": "merchant",
+    "payments_easypaisa_password": "merchant-password",
+    "payments_easypaisa_account_num": "654123987",
+}
+
+
+async def test_the_simulator_on_its_own_calls_our_ipn_handler(start: Start, tmp_path: Path) -> None:
+    """``wadud easypaisa-sim`` in its own process, and the production adapter
+    configured with the same store and pointed at it, as at a real
+    EasyPaisa: the hosted checkout and the MA flow settle through our IPN
+    handler over HTTP (the simulator inside ``wadud serve`` hands the IPN
+    over in process instead); a merchant that answers its IPN badly does not
+    stop the simulator."""
+    sim_port = free_port()
+    endpoint = f"http://127.0.0.1:{sim_port}/easypaisa-sim"
+    api = await start(**STORE, payments_easypaisa_endpoint=endpoint)
+    assert SIMULATOR not in api.app  # a store is configured: no built-in one
+    env = {**os.environ, **{"WADUD_" + k.upper(): v for k, v in STORE.items()}}
+    env["WADUD_PAYMENTS_EASYPAISA_ENDPOINT"] = endpoint
+    env.pop("WADUD_CONFIG", None)
+    simulator = Proc(
+        "easypaisa-sim",
+        [
+            WADUD,
+            "easypaisa-sim",
+            "--port",
+            str(sim_port),
+            "--merchant",
+            api.app[keys.SETTINGS].base_url,
+        ],
+        env,
+        tmp_path / "sim.log",
+    )
+    simulator.start()
+    try:
+        async with aiohttp.ClientSession() as browser:
+            for _ in range(100):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with browser.get(endpoint + "/phone") as r:
+                        if r.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(simulator.tail())
+            clinic, _, token, booking = await setting_up(api)
+            payment = await start_payment(api, token, booking, gateway="easypaisa")
+            checkout = payment["checkout"]
+            assert checkout["url"].startswith(endpoint)
+            # Index.jsf, our postback bridge, Confirm.jsf: the browser's way.
+            async with browser.post(
+                checkout["url"], data=checkout["fields"], allow_redirects=False
+            ) as r:
+                assert r.status == 303, await r.text()
+                bridge = r.headers["Location"]
+            async with browser.get(bridge) as r:
+                page = await r.text()
+            action = html.unescape(_FORM_ACTION.search(page).group(1))  # type: ignore[union-attr]
+            assert action.startswith(endpoint)
+            fields = {k: html.unescape(v) for k, v in _HIDDEN.findall(page)}
+            async with browser.post(
+                action, data={**fields, "action": "pay"}, allow_redirects=False
+            ) as r:
+                assert r.status == 303, await r.text()
+            # The simulator called our IPN handler before redirecting.
+            assert (await intent(api, payment["id"]))["status"] == "succeeded"
+            assert await booking_status(api, booking) == "requested"
+            ipn = await pool_of(api).fetchval(
+                "SELECT count(*) FROM webhook_events WHERE gateway = 'easypaisa'"
+            )
+            assert ipn == 1
+            await balanced(api, clinic)
+
+            # The MA flow: our page's call waits while the phone approves.
+            token, patient = await anon_patient(api)
+            doctor = await make_doctor(api, clinic, fee_minor=150_000)
+            booking = await held_booking(api, doctor, patient)
+            payment = await start_payment(api, token, booking, gateway="easypaisa_ma")
+            submit = asyncio.create_task(
+                api.client.post(
+                    path_of(payment["checkout"]["url"]),
+                    data={"mobileAccountNo": "03451234567"},
+                    allow_redirects=False,
+                )
+            )
+            reference = ""
+            for _ in range(200):
+                reference = (await intent(api, payment["id"]))["gateway_ref"]
+                async with browser.get(endpoint + "/phone") as r:
+                    if reference in await r.text():
+                        break
+                await asyncio.sleep(0.05)
+            async with browser.post(
+                f"{endpoint}/phone/{reference}", data={"action": "approve"}, allow_redirects=False
+            ) as r:
+                assert r.status == 303
+            answered = await asyncio.wait_for(submit, 10)
+            assert answered.status == 303
+            assert (await intent(api, payment["id"]))["status"] == "succeeded"
+            await balanced(api, clinic)
+    finally:
+        assert await simulator.stop() == 0, simulator.tail()
