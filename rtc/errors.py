@@ -12,6 +12,11 @@ class RtcError(Exception):
     """Root of every error raised by ``rtc``."""
 
 
+class StunParseError(RtcError, ValueError):
+    """Bytes that are not a well-formed STUN message (RFC 8489 section 5) or
+    attribute (section 14); TURN's relay and ICE's checks both drop them."""
+
+
 class RtpParseError(RtcError, ValueError):
     """Bytes that are not a well-formed RTP packet (RFC 3550 section 5.1, RFC 8285)."""
 

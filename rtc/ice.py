@@ -4,7 +4,7 @@ A lite agent gathers only host candidates, sends no checks and is always the
 controlled agent: the browser (a full agent) checks, and nominates a pair with
 USE-CANDIDATE. One :class:`IceLiteAgent` per peer connection answers its
 Binding requests with the short-term credentials from the SDP. STUN framing is
-the project's own codec, :mod:`turn.stun`.
+the project's own codec, :mod:`rtc.stun`.
 
 The machine, in one table (:data:`TRANSITIONS`):
 
@@ -48,9 +48,8 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass
 
-from rtc.errors import IceCheckError, IceStateError
-from turn import stun
-from turn.errors import StunParseError
+from rtc import stun
+from rtc.errors import IceCheckError, IceStateError, StunParseError
 
 __all__ = [
     "CONSENT_TIMEOUT",

@@ -34,22 +34,8 @@ import struct
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from turn import metrics
-from turn.allocation import (
-    Address,
-    Allocation,
-    AllocationEvent,
-    AllocationState,
-    Binding,
-    ChannelEvent,
-    ChannelState,
-    next_state,
-)
-from turn.config import TurnConfig
-from turn.credentials import ANONYMOUS_PREFIX, CredentialVerifier, NonceFactory
-from turn.errors import StunParseError, StunRequestError
-from turn.policy import PeerPolicy
-from turn.stun import (
+from rtc.errors import StunParseError
+from rtc.stun import (
     ADDITIONAL_ADDRESS_FAMILY,
     ADDRESS_ERROR_CODE,
     ALLOCATE,
@@ -107,6 +93,21 @@ from turn.stun import (
     unxor_address,
     xor_address,
 )
+from turn import metrics
+from turn.allocation import (
+    Address,
+    Allocation,
+    AllocationEvent,
+    AllocationState,
+    Binding,
+    ChannelEvent,
+    ChannelState,
+    next_state,
+)
+from turn.config import TurnConfig
+from turn.credentials import ANONYMOUS_PREFIX, CredentialVerifier, NonceFactory
+from turn.errors import StunRequestError
+from turn.policy import PeerPolicy
 
 logger = logging.getLogger("wadud.turn.core")
 

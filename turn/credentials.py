@@ -24,8 +24,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from rtc.stun import long_term_key
 from turn.errors import StunRequestError
-from turn.stun import long_term_key
 
 REST_SEPARATOR = ":"
 #: The user part of an anonymous patient session's username: ``anon-<user id>``.

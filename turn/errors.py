@@ -1,10 +1,11 @@
 """Errors of the TURN package.
 
-One root, :class:`TurnError`. As in h11, "the peer broke the protocol"
-(:class:`StunParseError`, also a ``ValueError``: counted and dropped) is kept
+One root, :class:`TurnError`. As in h11, "the peer broke the protocol" is kept
 apart from "a request we refuse" (:class:`StunRequestError`, which carries the
 STUN error code of RFC 8489 section 14.8 and RFC 8656 section 19 that goes on
 the wire) and from "we were configured wrongly" (:class:`TurnConfigError`).
+Bytes that are not STUN raise :class:`rtc.errors.StunParseError` from the
+codec, :mod:`rtc.stun`, which ICE shares: counted and dropped.
 """
 
 from __future__ import annotations
@@ -12,10 +13,6 @@ from __future__ import annotations
 
 class TurnError(Exception):
     """Root of every error raised by ``turn``."""
-
-
-class StunParseError(TurnError, ValueError):
-    """Bytes that are not a well-formed STUN or ChannelData message."""
 
 
 class StunRequestError(TurnError):

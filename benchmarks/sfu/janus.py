@@ -79,8 +79,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import free_port  # noqa: E402
 from benchmarks.sfu import load, peer  # noqa: E402
 from benchmarks.sfu import run as base  # noqa: E402
-from turn import stun  # noqa: E402
-from turn.errors import StunParseError  # noqa: E402
+from rtc import stun  # noqa: E402
+from rtc.errors import StunParseError  # noqa: E402
 
 HOST = "127.0.0.1"
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")

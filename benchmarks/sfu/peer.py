@@ -8,7 +8,7 @@ the three things a browser's transport does before media flows:
 * ICE as the controlling full agent (RFC 8445 section 7.2.4): Binding requests
   with USERNAME ``server:ours``, PRIORITY, ICE-CONTROLLING, USE-CANDIDATE,
   MESSAGE-INTEGRITY keyed with the server's password and FINGERPRINT, built with
-  :mod:`turn.stun`; later the same requests keep consent fresh (RFC 7675);
+  :mod:`rtc.stun`; later the same requests keep consent fresh (RFC 7675);
 * DTLS-SRTP (RFC 5764) with :class:`rtc.dtls.DtlsEndpoint`, in the role the
   SDP gave us (RFC 8842 section 5);
 * SRTP with :class:`rtc.srtp.SrtpSession` keyed from the handshake.
@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rtc import sdp
+from rtc import sdp, stun
 from rtc.dtls import (
     DtlsCertificate,
     DtlsEndpoint,
@@ -56,11 +56,10 @@ from rtc.dtls import (
     HandshakeComplete,
     HandshakeFailed,
 )
+from rtc.errors import StunParseError
 from rtc.ice import random_credentials
 from rtc.rtp import extension_elements
 from rtc.srtp import SrtpSession
-from turn import stun
-from turn.errors import StunParseError
 
 HOST = "127.0.0.1"
 

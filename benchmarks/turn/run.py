@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import udp_rcvbuf_errors  # noqa: E402
-from turn import stun  # noqa: E402
+from rtc import stun  # noqa: E402
 from turn.credentials import rest_credentials  # noqa: E402
 
 SECRET = "bench-secret"

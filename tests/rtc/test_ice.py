@@ -12,6 +12,7 @@ from aioice import stun as astun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtc import stun
 from rtc.errors import IceStateError
 from rtc.ice import (
     TRANSITIONS,
@@ -25,7 +26,6 @@ from rtc.ice import (
     local_ufrag_of,
     random_credentials,
 )
-from turn import stun
 
 LOCAL_UFRAG, LOCAL_PWD = "srvU", "serverpassword0123456789"
 REMOTE_UFRAG, REMOTE_PWD = "brwU", "browserpassword012345678"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from turn import stun
+from rtc import stun
 from turn.aio import TurnServer
 from turn.config import TurnConfig
 from turn.credentials import rest_credentials

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rtc.stun import long_term_key
 from turn.credentials import CredentialVerifier, NonceFactory, rest_credentials, rest_expiry
 from turn.errors import StunRequestError
 from turn.policy import PeerPolicy
-from turn.stun import long_term_key
 
 
 def test_rest_credentials_are_coturn_use_auth_secret() -> None:

@@ -15,8 +15,9 @@ import pytest
 from aiohttp import ClientSession
 
 from bin.main import main
+from rtc import stun
 from tests.turn.conftest import SECRET, RawClient
-from turn import cli, stun
+from turn import cli
 from turn.config import TurnConfig, check_settings
 from turn.errors import TurnConfigError
 from wadud import config

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turn import stun
+from rtc import stun
 from turn.allocation import (
     TRANSITIONS,
     Allocation,

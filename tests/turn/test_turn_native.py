@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from rtc import stun
 from tests.turn.conftest import EchoPeer, RawClient, make_config
-from turn import stun
 from turn.aio import TurnServer
 from turn.allocation import Allocation
 from wadud import config as wadud_config

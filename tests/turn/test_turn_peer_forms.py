@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rtc import stun
 from tests.turn.conftest import RawClient, error_code
-from turn import stun
 from turn.policy import IPV4_SPECIAL, PeerPolicy
 
 V4 = ipaddress.IPv4Address

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from rtc import stun
 from tests.conftest import udp_ports_free
 from tests.turn.conftest import SECRET, EchoPeer, RawClient, error_code, make_config
 from turn import aio as turn_aio
-from turn import stun
 from turn.aio import TurnServer
 from turn.credentials import rest_credentials
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from turn.errors import StunParseError
+from rtc.errors import StunParseError
 
 COOKIE = 0x2112A442
 COOKIE_BYTES = COOKIE.to_bytes(4, "big")

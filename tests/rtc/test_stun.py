@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from turn import stun
-from turn.errors import StunParseError
+from rtc import stun
+from rtc.errors import StunParseError
 
 # RFC 5769 section 2.1: sample request, short-term password below.
 SAMPLE_REQUEST = bytes.fromhex(
