@@ -1,7 +1,8 @@
 """Prometheus metrics of the TURN relay, on the default registry.
 
 Relayed packet and byte counts and the allocation/permission/channel gauges are
-read at scrape time from every live :class:`turn.core.TurnCore` (a collector),
+read at scrape time from every live relay core (a collector; :class:`RelayCounts`
+says what the collector reads, so this module knows no core's class),
 because a ``Counter.inc()`` per relayed packet takes a lock and would cost
 more than relaying the packet. Rare events (auth failures, refusals, malformed
 input) use ordinary labelled counters.
@@ -10,15 +11,12 @@ input) use ordinary labelled counters.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from turn.core import TurnCore
 
 AUTH_FAILURES = Counter(
     "turn_auth_failures",
@@ -50,10 +48,19 @@ REQUESTS = Counter(
     ["method", "code"],
 )
 
-_CORES: weakref.WeakSet[TurnCore] = weakref.WeakSet()
+
+class RelayCounts(Protocol):
+    """What the collector reads from a live core: allocations, permissions,
+    channels, and the packets and bytes relayed each way (``to_peer_pkts``,
+    ``to_peer_bytes``, ``from_peer_pkts``, ``from_peer_bytes``)."""
+
+    def snapshot(self) -> Mapping[str, int]: ...
 
 
-def register_core(core: TurnCore) -> None:
+_CORES: weakref.WeakSet[RelayCounts] = weakref.WeakSet()
+
+
+def register_core(core: RelayCounts) -> None:
     _CORES.add(core)
 
 
