@@ -35,18 +35,23 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from sfu.worker import MediaWorker
+__all__ = ["WorkerCounts", "register_worker"]
 
-__all__ = ["register_worker"]
 
-_WORKERS: weakref.WeakSet[MediaWorker] = weakref.WeakSet()
+class WorkerCounts(Protocol):
+    """What the collector reads from a started worker: the plain-data
+    snapshot (rooms, peers, relays, drops, totals) its admins see too."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+_WORKERS: weakref.WeakSet[WorkerCounts] = weakref.WeakSet()
 
 _PEER_COUNTERS = (
     ("packets_in", "sfu_peer_packets_received", "SRTP packets received from the peer."),
@@ -92,7 +97,7 @@ _PEER_GAUGES = (
 )
 
 
-def register_worker(worker: MediaWorker) -> None:
+def register_worker(worker: WorkerCounts) -> None:
     """Expose a started worker's counters (forgotten when the worker is collected)."""
     _WORKERS.add(worker)
 
