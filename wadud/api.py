@@ -214,6 +214,10 @@ class Endpoint:
     headers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+#: Every endpoint the app serves, in installation order: the OpenAPI document's source.
+ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints", list)
+
+
 class Routes:
     def __init__(self, tag: str, description: str = "") -> None:
         self.tag = tag
@@ -292,7 +296,7 @@ class Routes:
         return self.route("DELETE", path, **kw)
 
     def install(self, app: web.Application) -> None:
-        app[keys.ENDPOINTS].extend(self.endpoints)
+        app[ENDPOINTS].extend(self.endpoints)
         for ep in self.endpoints:
             app.router.add_route(ep.method, ep.path, _wrap(ep))
 

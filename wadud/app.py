@@ -30,6 +30,7 @@ from wadud import (
     storage,
     tracing,
 )
+from wadud.api import ENDPOINTS
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.app")
@@ -149,7 +150,7 @@ def build_app(settings: Settings, installers: Iterable[Installer]) -> web.Applic
         handler_args={"max_field_size": 16384},
     )
     app[keys.SETTINGS] = settings
-    app[keys.ENDPOINTS] = []
+    app[ENDPOINTS] = []
     app[keys.EXTRAS] = {"index_links": []}
     app.cleanup_ctx.extend(
         [

@@ -3,11 +3,12 @@ place so every package names shared resources the same way.
 
 Only the ground's resources: a key to a feature's object lives with that
 feature (``sfu.http.MEDIA``, ``signalling.http.CALLS``), so this module
-imports none of them."""
+imports none of them. The served endpoints' list (``wadud.api.ENDPOINTS``)
+lives with :class:`wadud.api.Endpoint`, which this module stands below."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -16,14 +17,10 @@ from wadud.bus import Bus
 from wadud.config import Settings
 from wadud.principal import Principal
 
-if TYPE_CHECKING:
-    from wadud.api import Endpoint
-
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", asyncpg.Pool)
 DATABASE_URL = web.AppKey("database_url", str)
 BUS = web.AppKey("bus", Bus)
-ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints", list)
 #: Named extras other packages hang on the app (gateways, TURN server, ...).
 EXTRAS = web.AppKey("extras", dict[str, Any])
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from wadud import __version__, keys, metrics, migrate
-from wadud.api import ApiModel, Call, Routes, openapi
+from wadud.api import ENDPOINTS, ApiModel, Call, Routes, openapi
 from wadud.errors import ConfigError
 
 log = logging.getLogger("wadud.ops")
@@ -84,7 +84,7 @@ async def openapi_document(call: Call[None, None]) -> web.Response:
     app = call.request.app
     doc = app[keys.EXTRAS].get("openapi")
     if doc is None:
-        doc = openapi(app[keys.ENDPOINTS], title="Wadud API", version=__version__)
+        doc = openapi(app[ENDPOINTS], title="Wadud API", version=__version__)
         app[keys.EXTRAS]["openapi"] = doc
     return web.json_response(doc)
 

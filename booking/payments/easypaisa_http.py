@@ -66,7 +66,7 @@ from booking.payments.errors import GatewayError
 from booking.payments.intent import IntentState
 from booking.payments.rows import money
 from wadud import http, keys, loops
-from wadud.api import ApiModel, Call, Routes
+from wadud.api import ENDPOINTS, ApiModel, Call, Routes
 from wadud.errors import BadRequest, NotFound, Unprocessable, WadudError
 
 __all__ = ["SIMULATOR", "SimulatorHost", "lifespan", "routes", "simulator_app", "simulator_routes"]
@@ -621,7 +621,7 @@ def simulator_app(store: EasyPaisaSettings, public_url: str, merchant_ipn: str) 
     ``store``: the same store settings the merchant is configured with (its
     ``endpoint`` is this simulator)."""
     app = web.Application(middlewares=[http.problems])
-    app[keys.ENDPOINTS] = []
+    app[ENDPOINTS] = []
     app[SIMULATOR] = SimulatorHost(EasyPaisaSimulator(store, public_url), merchant_ipn=merchant_ipn)
 
     async def client(app: web.Application) -> AsyncIterator[None]:

@@ -40,8 +40,7 @@ def test_nul_is_refused_anywhere_in_text(text: str, names: list[str]) -> None:
 def test_documented_paths_drop_route_regexes() -> None:
     from aiohttp import web
 
-    from wadud import keys
-    from wadud.api import Routes, openapi
+    from wadud.api import ENDPOINTS, Routes, openapi
 
     routes = Routes("t")
 
@@ -50,9 +49,9 @@ def test_documented_paths_drop_route_regexes() -> None:
         """Doc."""
 
     app = web.Application()
-    app[keys.ENDPOINTS] = []
+    app[ENDPOINTS] = []
     routes.install(app)
-    (ep,) = app[keys.ENDPOINTS]
+    (ep,) = app[ENDPOINTS]
     assert ep.doc_path == "/x/{id}/m/{seq}/{name}"
     params = openapi([ep], title="t", version="1")["paths"][ep.doc_path]["get"]["parameters"]
     assert [(p["name"], p["schema"]) for p in params] == [

@@ -12,8 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from tests.conftest import Api, free_port
-from wadud import keys
-from wadud.api import Role
+from wadud.api import ENDPOINTS, Role
 from wadud.config import Settings
 
 
@@ -26,7 +25,7 @@ async def test_health_ready_metrics_openapi(api: Api) -> None:
     doc = await api.get("/api/v1/openapi.json", expect=200)
     assert doc["openapi"] == "3.1.0"
     # Every served route is described.
-    served = {(ep.method.lower(), ep.doc_path) for ep in api.app[keys.ENDPOINTS]}
+    served = {(ep.method.lower(), ep.doc_path) for ep in api.app[ENDPOINTS]}
     described = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert served == described
     assert "/api/v1/auth/login" in doc["paths"]
