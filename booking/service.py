@@ -27,7 +27,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -723,17 +723,21 @@ async def amount_paid(conn: asyncpg.Connection, booking_id: UUID) -> int:
     return int(value)
 
 
-async def _refund(
-    conn: asyncpg.Connection, booking_id: UUID, amount: int, reason: str, actor_id: UUID | None
-) -> int:
-    # Imported here: payments is another module's, and a booking that was
-    # never paid must cancel whether or not it is installed.
-    try:
-        from booking.payments.service import refund_booking
-    except ImportError:  # pragma: no cover - payments ships with booking
-        log.error("payments service missing; refund not issued", extra={"booking": booking_id})
-        return 0
-    return int(await refund_booking(conn, booking_id, amount, reason, actor=actor_id))
+class Refunder(Protocol):
+    """Refunds up to ``amount_minor`` of what was paid for a booking, in the
+    caller's transaction, and says how much went back or is owed:
+    ``booking.payments.refunding.refund_booking``. Payments sit above the
+    bookings core, so the caller (booking's HTTP layer) hands it in."""
+
+    async def __call__(
+        self,
+        conn: asyncpg.Connection,
+        booking_id: UUID,
+        amount_minor: int,
+        reason: str,
+        *,
+        actor: UUID | None,
+    ) -> int: ...
 
 
 async def cancel_booking(
@@ -745,13 +749,15 @@ async def cancel_booking(
     reason: str = "",
     decline: bool = False,
     now: dt.datetime | None = None,
+    refund: Refunder | None = None,
 ) -> asyncpg.Record:
     """Cancel (or, with ``decline``, decline) a booking and refund per policy.
 
     The refund is :func:`booking.refunds.refund_amount` of what was paid
-    (nothing for an unpaid hold), issued through the payments service in the
-    same transaction; ``cancelled_by``, ``cancel_reason`` and ``refund_minor``
-    record the outcome."""
+    (nothing for an unpaid hold), issued through ``refund`` in the same
+    transaction; ``cancelled_by``, ``cancel_reason`` and ``refund_minor``
+    record the outcome. A paid booking with no ``refund`` is refused whole
+    (a programming error: money would be kept without a trace)."""
     now = now or _now()
     event = Event.DECLINE if decline else _CANCEL_EVENTS[by]
     async with conn.transaction():
@@ -761,9 +767,11 @@ async def cancel_booking(
         due = refunds.refund_amount(
             slot_start=row["starts_at"], cancelled_at=now, cancelled_by=by, amount_paid=paid
         )
-        refunded = (
-            await _refund(conn, booking_id, due, reason or event.value, actor_id) if due else 0
-        )
+        refunded = 0
+        if due:
+            if refund is None:
+                raise RuntimeError("cancelling a paid booking needs a refunder")
+            refunded = await refund(conn, booking_id, due, reason or event.value, actor=actor_id)
         row = await conn.fetchrow(
             """UPDATE bookings SET cancelled_by = $2, cancel_reason = $3, refund_minor = $4
                WHERE id = $1 RETURNING *""",

@@ -26,6 +26,7 @@ from pydantic import Field, StringConstraints
 
 from booking import calls, pages, service
 from booking.lifecycle import Event, State, allowed_events
+from booking.payments.refunding import refund_booking
 from booking.refunds import CANCELLERS, Canceller
 from booking.service import BookingNotFound, TooEarly, TooLate
 from privacy import audit, consent
@@ -332,6 +333,7 @@ async def decline_booking(call: Call[None, None]) -> BookingOut:
             actor_id=me.user_id,
             reason="declined",
             decline=True,
+            refund=refund_booking,
         )
         await _audit(conn, me, "booking.decline", row)
     return booking_out(updated)
@@ -381,7 +383,12 @@ async def cancel_booking(call: Call[CancelIn, None]) -> BookingOut:
     async with call.pool.acquire() as conn, conn.transaction():
         row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
         updated = await service.cancel_booking(
-            conn, row["id"], by=_canceller(me), actor_id=me.user_id, reason=call.body.reason
+            conn,
+            row["id"],
+            by=_canceller(me),
+            actor_id=me.user_id,
+            reason=call.body.reason,
+            refund=refund_booking,
         )
         await _audit(conn, me, "booking.cancel", row)
     return booking_out(updated)
@@ -468,6 +475,7 @@ async def manage_cancel(call: Call[CancelIn, None]) -> BookingOut:
             by=Canceller.PATIENT,
             actor_id=row["patient_id"],
             reason=call.body.reason,
+            refund=refund_booking,
         )
     return booking_out(updated)
 

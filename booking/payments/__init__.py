@@ -1,9 +1,13 @@
 """Payments: intents and their state machine, gateway adapters, the ledger.
 
-Phase 1 holds the pure cores (:mod:`.intent`, :mod:`.ledger`, the signature
-recipes) and the gateway adapters (:mod:`.sandbox`, :mod:`.jazzcash`,
-:mod:`.card`) behind one interface (:mod:`.gateway`). The HTTP endpoints and
-SQL call into these; nothing here touches the database.
+This package's names are the pure cores (:mod:`.intent`, the errors, the
+gateway interface :mod:`.gateway`); nothing they hold touches the database.
+The adapters (:mod:`.sandbox`, :mod:`.jazzcash`, :mod:`.card`,
+:mod:`.easypaisa`) implement the interface and only :mod:`.registry` builds
+them; the service modules (:mod:`.service`, :mod:`.settle`,
+:mod:`.transfer_service`, ...) keep intents, the ledger and refunds in
+PostgreSQL. The bookings core below never imports this package: a
+cancellation's refund is handed to it (``booking.service.Refunder``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from booking.payments.gateway import (
     Gateway,
     GatewayRegistry,
     InquiryResult,
-    PaymentSettings,
     PaymentStatus,
     RefundResult,
     VerifiedResult,
@@ -63,7 +66,6 @@ __all__ = [
     "Money",
     "PaymentError",
     "PaymentIntent",
-    "PaymentSettings",
     "PaymentStatus",
     "RefundExceedsCapture",
     "RefundResult",

@@ -41,7 +41,7 @@ from booking.payments import (
     transfer_api,
 )
 from booking.payments.errors import PaymentError
-from booking.payments.gateway import GatewayRegistry
+from booking.payments.gateway import GatewayRegistry, Verdict
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
 from booking.payments.service import GATEWAYS, INTENT_COLUMNS
@@ -532,7 +532,7 @@ async def _landing(call: Call[None, None], params: Mapping[str, str]) -> web.Str
     async with call.pool.acquire() as conn, conn.transaction():
         row = await service.apply_verdict(
             conn,
-            service.Verdict.of_callback(result),
+            Verdict.of_callback(result),
             default_bp=call.settings.payments_platform_commission_bp,
             registry=registry,
             intent_id=payment_id,

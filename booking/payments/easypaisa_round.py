@@ -30,7 +30,7 @@ import asyncpg
 
 from booking.payments import service
 from booking.payments.errors import GatewayError, UnknownReference
-from booking.payments.gateway import GatewayRegistry, PaymentStatus
+from booking.payments.gateway import GatewayRegistry, PaymentStatus, Verdict
 from wadud.errors import WadudError
 
 __all__ = ["BATCH", "LOCK_KEY", "PARALLEL", "run_round", "schedule"]
@@ -97,7 +97,7 @@ async def _settle_one(
         return 0
     if answer.status is PaymentStatus.PENDING:
         return 0
-    verdict = service.Verdict(
+    verdict = Verdict(
         answer.gateway,
         answer.reference,
         answer.status,

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from booking.payments.errors import (
     AmountMismatch,
@@ -49,14 +49,6 @@ from booking.payments.errors import (
 from booking.payments.intent import IntentEvent, Money, PaymentIntent
 from wadud import signing
 
-if TYPE_CHECKING:
-    import aiohttp
-
-    from booking.payments.card import CardSettings
-    from booking.payments.easypaisa import EasyPaisaSettings
-    from booking.payments.jazzcash import JazzCashSettings
-    from booking.payments.sandbox import SandboxSettings
-
 __all__ = [
     "DEFAULT_TOLERANCE",
     "SIGNATURE_HEADERS",
@@ -64,9 +56,9 @@ __all__ = [
     "Gateway",
     "GatewayRegistry",
     "InquiryResult",
-    "PaymentSettings",
     "PaymentStatus",
     "RefundResult",
+    "Verdict",
     "VerifiedResult",
     "WebhookEvent",
     "get_header",
@@ -260,6 +252,63 @@ def unix_seconds(now: datetime) -> int:
     return int(now.timestamp())
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A proven gateway outcome (callback, webhook or inquiry), whatever its source."""
+
+    gateway: str
+    reference: str
+    status: PaymentStatus
+    amount: Money | None
+    code: str = ""
+    message: str = ""
+    source: str = ""
+
+    @property
+    def event(self) -> IntentEvent | None:
+        if self.status is PaymentStatus.SUCCEEDED:
+            return IntentEvent.VERIFIED_SUCCESS
+        if self.status is PaymentStatus.FAILED:
+            return IntentEvent.VERIFIED_FAILURE
+        return None
+
+    @classmethod
+    def of_callback(cls, result: VerifiedResult) -> Verdict:
+        return cls(
+            result.gateway,
+            result.reference,
+            result.status,
+            result.amount,
+            result.gateway_code,
+            result.message,
+            "callback",
+        )
+
+    @classmethod
+    def of_webhook(cls, event: WebhookEvent) -> Verdict:
+        assert event.reference is not None
+        assert event.status is not None
+        return cls(
+            event.gateway,
+            event.reference,
+            event.status,
+            event.amount,
+            event.type,
+            "",
+            f"webhook {event.event_id}",
+        )
+
+    def check_amount(self, expected: Money) -> None:
+        VerifiedResult(self.gateway, self.reference, self.status, self.amount).check_amount(
+            expected
+        )
+
+    @property
+    def detail(self) -> dict[str, str]:
+        """What the intent's history records of the verdict that moved it."""
+        return {"source": self.source, "code": self.code, "message": self.message}
+
+
 #: What :func:`reference_suffix` draws from: what every gateway's reference
 #: field takes (JazzCash's pp_TxnRefNo, EasyPaisa's orderRefNum).
 _REFERENCE_CHARS: Final = string.digits + string.ascii_uppercase
@@ -324,17 +373,6 @@ def verify_webhook(
 # --- registry --------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PaymentSettings:
-    """Which gateways this deployment offers; None means not configured."""
-
-    sandbox: SandboxSettings | None = None
-    jazzcash: JazzCashSettings | None = None
-    card: CardSettings | None = None
-    #: Registers two gateways, its hosted checkout and its mobile-account flow.
-    easypaisa: EasyPaisaSettings | None = None
-
-
 class GatewayRegistry:
     """Gateway name -> adapter. Names are the ``gateway`` column of intents."""
 
@@ -359,37 +397,3 @@ class GatewayRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._gateways)
-
-    @classmethod
-    def from_settings(
-        cls, settings: PaymentSettings, session: aiohttp.ClientSession | None = None
-    ) -> GatewayRegistry:
-        """Build every configured gateway.
-
-        ``session`` is owned by the caller (opened in the app's cleanup_ctx);
-        the HTTP gateways (JazzCash, card) require it.
-        """
-        # Imported here, not at the top: the adapters import this module for
-        # the interface types, and the registry is the one place that needs them.
-        from booking.payments.card import CardGateway
-        from booking.payments.jazzcash import JazzCashGateway
-        from booking.payments.sandbox import SandboxGateway
-
-        registry = cls()
-        if settings.sandbox is not None:
-            registry.register(SandboxGateway(settings.sandbox))
-        if settings.jazzcash is not None or settings.card is not None:
-            if session is None:
-                raise ValueError("the JazzCash and card gateways need an aiohttp.ClientSession")
-            if settings.jazzcash is not None:
-                registry.register(JazzCashGateway(settings.jazzcash, session))
-            if settings.card is not None:
-                registry.register(CardGateway(settings.card, session))
-        if settings.easypaisa is not None:
-            if session is None:
-                raise ValueError("the EasyPaisa gateways need an aiohttp.ClientSession")
-            from booking.payments.easypaisa import HOSTED, MOBILE, EasyPaisaGateway
-
-            for flow in (HOSTED, MOBILE):
-                registry.register(EasyPaisaGateway(settings.easypaisa, session, flow))
-        return registry

@@ -10,25 +10,43 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import aiohttp
+
 from booking.payments import easypaisa
-from booking.payments.card import CardSettings
+from booking.payments.card import CardGateway, CardSettings
+from booking.payments.easypaisa import EasyPaisaSettings
 from booking.payments.errors import PaymentError
-from booking.payments.gateway import GatewayRegistry, PaymentSettings
-from booking.payments.jazzcash import JazzCashSettings
-from booking.payments.sandbox import SandboxSettings
+from booking.payments.gateway import GatewayRegistry
+from booking.payments.jazzcash import JazzCashGateway, JazzCashSettings
+from booking.payments.sandbox import SandboxGateway, SandboxSettings
 from wadud.config import Settings
 
 __all__ = [
+    "PaymentSettings",
     "build_registry",
     "current_registry",
     "current_registry_or_none",
+    "gateways",
     "payment_settings",
     "sandbox_secret",
     "use_registry",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSettings:
+    """Which gateways this deployment offers; None means not configured."""
+
+    sandbox: SandboxSettings | None = None
+    jazzcash: JazzCashSettings | None = None
+    card: CardSettings | None = None
+    #: Registers two gateways, its hosted checkout and its mobile-account flow.
+    easypaisa: EasyPaisaSettings | None = None
+
 
 _current: GatewayRegistry | None = None
 
@@ -113,4 +131,31 @@ def payment_settings(settings: Settings) -> PaymentSettings:
 def build_registry(settings: Settings, session: Any = None) -> GatewayRegistry:
     """Every configured gateway; ``session`` (an aiohttp ClientSession owned by
     the caller) serves the remote ones."""
-    return GatewayRegistry.from_settings(payment_settings(settings), session)
+    return gateways(payment_settings(settings), session)
+
+
+def gateways(
+    settings: PaymentSettings, session: aiohttp.ClientSession | None = None
+) -> GatewayRegistry:
+    """Build every gateway ``settings`` configures: the one place that knows
+    the adapters (they import the interface, :mod:`.gateway`, not this).
+
+    ``session`` is owned by the caller (opened in the app's cleanup_ctx);
+    the HTTP gateways (JazzCash, card, EasyPaisa) require it.
+    """
+    registry = GatewayRegistry()
+    if settings.sandbox is not None:
+        registry.register(SandboxGateway(settings.sandbox))
+    if settings.jazzcash is not None or settings.card is not None:
+        if session is None:
+            raise ValueError("the JazzCash and card gateways need an aiohttp.ClientSession")
+        if settings.jazzcash is not None:
+            registry.register(JazzCashGateway(settings.jazzcash, session))
+        if settings.card is not None:
+            registry.register(CardGateway(settings.card, session))
+    if settings.easypaisa is not None:
+        if session is None:
+            raise ValueError("the EasyPaisa gateways need an aiohttp.ClientSession")
+        for flow in (easypaisa.HOSTED, easypaisa.MOBILE):
+            registry.register(easypaisa.EasyPaisaGateway(settings.easypaisa, session, flow))
+    return registry

@@ -21,7 +21,7 @@ concurrent deliveries safe:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -31,6 +31,7 @@ import asyncpg
 from aiohttp import web
 
 from booking import lifecycle
+from booking import service as bookings
 from booking.payments import ledger, refund_due, settle
 from booking.payments.errors import (
     AmountMismatch,
@@ -42,10 +43,10 @@ from booking.payments.gateway import (
     Gateway,
     GatewayRegistry,
     PaymentStatus,
-    VerifiedResult,
+    Verdict,
     WebhookEvent,
 )
-from booking.payments.intent import IntentEvent, IntentState, Money, transition
+from booking.payments.intent import IntentEvent, IntentState, transition
 from booking.payments.postings import (
     DuplicatePosting,
     move_intent,
@@ -84,7 +85,6 @@ __all__ = [
     "DuplicatePosting",
     "Earnings",
     "RefundRefused",
-    "Verdict",
     "apply_verdict",
     "build_registry",
     "commission_for",
@@ -262,144 +262,13 @@ async def doctor_earnings(
     ]
 
 
-# --- verdicts -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A proven gateway outcome (callback, webhook or inquiry), whatever its source."""
-
-    gateway: str
-    reference: str
-    status: PaymentStatus
-    amount: Money | None
-    code: str = ""
-    message: str = ""
-    source: str = ""
-
-    @property
-    def event(self) -> IntentEvent | None:
-        if self.status is PaymentStatus.SUCCEEDED:
-            return IntentEvent.VERIFIED_SUCCESS
-        if self.status is PaymentStatus.FAILED:
-            return IntentEvent.VERIFIED_FAILURE
-        return None
-
-    @classmethod
-    def of_callback(cls, result: VerifiedResult) -> Verdict:
-        return cls(
-            result.gateway,
-            result.reference,
-            result.status,
-            result.amount,
-            result.gateway_code,
-            result.message,
-            "callback",
-        )
-
-    @classmethod
-    def of_webhook(cls, event: WebhookEvent) -> Verdict:
-        assert event.reference is not None
-        assert event.status is not None
-        return cls(
-            event.gateway,
-            event.reference,
-            event.status,
-            event.amount,
-            event.type,
-            "",
-            f"webhook {event.event_id}",
-        )
-
-    def check_amount(self, expected: Money) -> None:
-        VerifiedResult(self.gateway, self.reference, self.status, self.amount).check_amount(
-            expected
-        )
-
-    @property
-    def detail(self) -> dict[str, str]:
-        """What the intent's history records of the verdict that moved it."""
-        return {"source": self.source, "code": self.code, "message": self.message}
-
-
-TransitionBooking = Callable[..., Awaitable[asyncpg.Record]]
-
-
-def _transition_booking() -> TransitionBooking:
-    """The bookings module's transition function, or a minimal stand-in.
-
-    Imported lazily: ``booking.service`` imports this module (cancellation
-    refunds), and was being written alongside it.
-    """
-    try:
-        from booking import service
-    except ImportError:
-        return _fallback_transition_booking
-    found: TransitionBooking | None = getattr(service, "transition_booking", None)
-    return found or _fallback_transition_booking
-
-
-def _booking_service(name: str) -> Callable[..., Awaitable[asyncpg.Record | None]] | None:
-    """A function of ``booking.service``, when the bookings module is there."""
-    try:
-        from booking import service
-    except ImportError:  # pragma: no cover - payments ships with booking
-        return None
-    found: Callable[..., Awaitable[asyncpg.Record | None]] | None = getattr(service, name, None)
-    return found
-
-
-async def _fallback_transition_booking(
-    conn: asyncpg.Connection,
-    booking_id: UUID,
-    event: lifecycle.Event,
-    *,
-    actor_id: UUID | None,
-    detail: dict[str, Any] | None = None,
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        "SELECT id, clinic_id, status FROM bookings WHERE id = $1 FOR UPDATE", booking_id
-    )
-    if row is None:
-        raise NotFound("no such booking")
-    before = lifecycle.State(row["status"])
-    after = lifecycle.transition(before, event)
-    new = await conn.fetchrow(
-        """UPDATE bookings SET status = $2, updated_at = now(),
-                  hold_expires_at = CASE WHEN $2 = 'held' THEN hold_expires_at END
-           WHERE id = $1 RETURNING *""",
-        booking_id,
-        after.value,
-    )
-    await conn.execute(
-        """INSERT INTO booking_events (booking_id, clinic_id, event, from_state, to_state,
-                                      actor_id, detail)
-           VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)""",
-        booking_id,
-        row["clinic_id"],
-        event.value,
-        before.value,
-        after.value,
-        actor_id,
-        detail or {},
-    )
-    await outbox.emit(
-        conn,
-        f"booking.{after.value}",
-        {"booking_id": str(booking_id), "event": event.value, "from": before.value},
-    )
-    assert new is not None
-    return new
-
-
 async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str | None:
     """Move the paid booking from held to requested; return why not, if not."""
     detail = {"payment_id": str(row["id"])}
-    apply_if = _booking_service("apply_event_if")
     # Lock and change in one statement when the booking is still held;
     # held -> requested is in the table, so nothing refuses half way and no
     # savepoint is needed. Otherwise find out why, the long way.
-    if apply_if is not None and await apply_if(
+    if await bookings.apply_event_if(
         conn,
         row["booking_id"],
         lifecycle.State.HELD,
@@ -418,7 +287,7 @@ async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str
     try:
         # A savepoint: a refusal must not abort the payment's transaction.
         async with conn.transaction():
-            await _transition_booking()(
+            await bookings.transition_booking(
                 conn,
                 row["booking_id"],
                 lifecycle.Event.CONFIRM_PAYMENT,

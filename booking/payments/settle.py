@@ -46,7 +46,7 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 from uuid import UUID
 
 import asyncpg
@@ -54,7 +54,7 @@ import asyncpg
 from booking import service as bookings
 from booking.lifecycle import State
 from booking.payments.errors import AmountMismatch
-from booking.payments.gateway import WebhookEvent
+from booking.payments.gateway import Verdict, WebhookEvent
 from booking.payments.intent import IntentEvent, IntentState, transition
 from booking.payments.rows import (
     COMMISSION,
@@ -66,10 +66,6 @@ from booking.payments.rows import (
 )
 from wadud import outbox
 from wadud.db import Args
-
-if TYPE_CHECKING:
-    # Only a type: the service module calls this one.
-    from booking.payments.service import Verdict
 
 __all__ = ["Credit", "Settled", "settle"]
 
@@ -133,7 +129,7 @@ async def settle(
     the common case (see the module docstring); None: take the general path.
     ``receiver``: the name of the gateway whose endpoint received the
     delivery (it keys the recorded deliveries); ``verdict``: the event's, as
-    the general path reads it (:meth:`.service.Verdict.of_webhook`)."""
+    the general path reads it (:meth:`.gateway.Verdict.of_webhook`)."""
     if verdict.event is not IntentEvent.VERIFIED_SUCCESS:
         return None
     delivery = event.event_id if isinstance(event, WebhookEvent) else None

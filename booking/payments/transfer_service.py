@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from booking import service as bookings
 from booking.lifecycle import Event, State
 from booking.payments import service, settle
-from booking.payments.gateway import PaymentStatus
+from booking.payments.gateway import PaymentStatus, Verdict
 from booking.payments.intent import Currency, IntentEvent, IntentState, Money
 from booking.payments.rows import INTENT_COLUMNS, money, payment_payload
 from booking.payments.transfer import (
@@ -448,7 +448,7 @@ async def _settle(
     live = intent["status"] in _LIVE
     hold = booking["hold_expires_at"]
     if live and booking["status"] == State.HELD.value and hold is not None and hold > now:
-        verdict = service.Verdict(
+        verdict = Verdict(
             GATEWAY,
             intent["gateway_ref"],
             PaymentStatus.SUCCEEDED,
@@ -670,9 +670,7 @@ async def _import_line(
             conn,
             GATEWAY,
             settle.Credit(clinic_id, CONFIRMED, {"reference": reference, "source": source}),
-            service.Verdict(
-                GATEWAY, reference, PaymentStatus.SUCCEEDED, line.amount, source=source
-            ),
+            Verdict(GATEWAY, reference, PaymentStatus.SUCCEEDED, line.amount, source=source),
             default_bp=default_bp,
             now=now,
         )

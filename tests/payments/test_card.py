@@ -30,12 +30,11 @@ from booking.payments.errors import (
     StaleWebhook,
 )
 from booking.payments.gateway import (
-    GatewayRegistry,
-    PaymentSettings,
     PaymentStatus,
     verify_webhook,
 )
 from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
+from booking.payments.registry import PaymentSettings, gateways
 from wadud import signing
 
 NOW = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -362,7 +361,7 @@ async def test_api_failures(harness: Harness) -> None:
 async def test_registry_builds_card_and_sandbox(harness: Harness) -> None:
     from booking.payments.sandbox import SandboxSettings
 
-    registry = GatewayRegistry.from_settings(
+    registry = gateways(
         PaymentSettings(
             sandbox=SandboxSettings(secret="s", base_url="http://x"),
             card=card_settings(harness.api.base),

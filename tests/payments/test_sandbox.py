@@ -24,12 +24,11 @@ from booking.payments.errors import (
 )
 from booking.payments.gateway import (
     Gateway,
-    GatewayRegistry,
-    PaymentSettings,
     PaymentStatus,
     verify_webhook,
 )
 from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
+from booking.payments.registry import PaymentSettings, gateways
 from booking.payments.sandbox import (
     SandboxGateway,
     SandboxPayment,
@@ -251,7 +250,7 @@ def test_verify_webhook_rejects_malformed_headers() -> None:
 
 
 async def test_registry() -> None:
-    registry = GatewayRegistry.from_settings(PaymentSettings(sandbox=SETTINGS))
+    registry = gateways(PaymentSettings(sandbox=SETTINGS))
     assert registry.names() == ["sandbox"]
     assert "sandbox" in registry
     gateway = registry.get("sandbox")
@@ -263,7 +262,7 @@ async def test_registry() -> None:
         registry.register(gateway)
     card = CardSettings(api_base="http://x", api_key="k", webhook_secrets=("s",))
     with pytest.raises(ValueError, match="ClientSession"):
-        GatewayRegistry.from_settings(PaymentSettings(card=card))
+        gateways(PaymentSettings(card=card))
 
 
 def test_verify_fields_needs_aware_now() -> None:
