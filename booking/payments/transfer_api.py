@@ -22,7 +22,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
 
-from booking.payments import transfer_page
+from booking.payments import transfer_page, transfer_proofs
 from booking.payments import transfer_service as svc
 from booking.payments.intent import IntentState
 from booking.payments.rows import INTENT_COLUMNS
@@ -213,7 +213,7 @@ async def _out(
         []
         if new
         else await conn.fetch(
-            f"""SELECT {svc.PROOF_COLUMNS} FROM bank_transfer_proofs
+            f"""SELECT {transfer_proofs.PROOF_COLUMNS} FROM bank_transfer_proofs
                 WHERE payment_intent_id = $1 ORDER BY created_at, id""",
             row["id"],
         )
@@ -353,7 +353,7 @@ async def upload_proof(call: Call[None, None]) -> Proof:
                 row["id"],
             )
             assert locked is not None
-            proof = await svc.add_proof(
+            proof = await transfer_proofs.add_proof(
                 conn, _subjects(call), storage_of(request.app), locked, data, found
             )
     return _proof(proof)
@@ -371,14 +371,16 @@ async def get_proof(call: Call[None, None]) -> web.Response:
     async with call.pool.acquire() as conn:
         row = await _transfer_of(conn, call.user, call.path_uuid("booking_id"))
         proof = await conn.fetchrow(
-            f"""SELECT {svc.PROOF_COLUMNS}, storage_key, key_id, nonce FROM bank_transfer_proofs
-                WHERE id = $1 AND payment_intent_id = $2""",
+            f"""SELECT {transfer_proofs.PROOF_COLUMNS}, storage_key, key_id, nonce
+                FROM bank_transfer_proofs WHERE id = $1 AND payment_intent_id = $2""",
             call.path_uuid("proof_id"),
             row["id"],
         )
         if proof is None:
             raise NotFound("no such proof")
-        data = await svc.read_proof(conn, _subjects(call), storage_of(call.request.app), proof)
+        data = await transfer_proofs.read_proof(
+            conn, _subjects(call), storage_of(call.request.app), proof
+        )
         await _audit_read(
             conn, call.user, "payment.bank_transfer.proof_read", row, f"proof/{proof['id']}"
         )

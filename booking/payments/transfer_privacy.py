@@ -19,7 +19,7 @@ from typing import Final
 import asyncpg
 from aiohttp import web
 
-from booking.payments import transfer_service as svc
+from booking.payments import transfer_proofs
 from booking.payments.transfer import GATEWAY
 from privacy.rights import ArchiveFile, Erased, Part, Subject, records
 from privacy.subject_keys import SubjectKeys
@@ -84,7 +84,7 @@ class BankTransferProvider:
             uid,
         )
         proofs = await conn.fetch(
-            f"""SELECT {svc.PROOF_COLUMNS}, storage_key, key_id, nonce
+            f"""SELECT {transfer_proofs.PROOF_COLUMNS}, storage_key, key_id, nonce
                 FROM bank_transfer_proofs WHERE patient_id = $1 ORDER BY created_at, id""",
             uid,
         )
@@ -92,7 +92,7 @@ class BankTransferProvider:
         subjects, storage = subject_keys_of(self._app), storage_of(self._app)
         for p in proofs:
             try:
-                data = await svc.read_proof(conn, subjects, storage, p)
+                data = await transfer_proofs.read_proof(conn, subjects, storage, p)
             except WadudError:
                 log.warning("a proof could not be exported", extra={"proof_id": str(p["id"])})
                 continue

@@ -28,7 +28,6 @@ from typing import Any, Final
 from uuid import UUID, uuid4
 
 import asyncpg
-from cryptography.exceptions import InvalidTag
 
 from booking import service as bookings
 from booking.lifecycle import Event, State
@@ -52,27 +51,22 @@ from booking.payments.transfer import (
     refund_sent,
 )
 from booking.payments.transfer_page import page_url
-from privacy.subject_keys import KeyShredded, SubjectKeys
 from wadud import audit, outbox
 from wadud.config import Settings
 from wadud.db import Args
-from wadud.errors import Conflict, Gone, NotFound
+from wadud.errors import Conflict, NotFound
 from wadud.principal import Principal
-from wadud.storage import Storage
 
 __all__ = [
-    "MAX_PROOFS",
+    "LIVE",
     "MIN_WINDOW",
     "Imported",
-    "add_proof",
     "cancel_transfer",
     "confirm_by_hand",
     "credits_of",
     "import_statement",
     "mark_refund_due",
     "mark_refunded",
-    "proof_aad",
-    "read_proof",
     "start_transfer",
 ]
 
@@ -80,12 +74,8 @@ log = logging.getLogger("wadud.payments.transfer")
 
 #: A slot this close offers no bank transfer: the money would not arrive in time.
 MIN_WINDOW: Final = dt.timedelta(hours=1)
-#: Proofs one transfer takes (a receipt and a retake or two, not an album).
-MAX_PROOFS: Final = 10
-PROOF_COLUMNS: Final = (
-    "id, payment_intent_id, clinic_id, patient_id, content_type, size_bytes, created_at"
-)
-_LIVE: Final = (IntentState.REQUIRES_PAYMENT.value, IntentState.PROCESSING.value)
+#: A transfer's intent states while it waits for money.
+LIVE: Final = (IntentState.REQUIRES_PAYMENT.value, IntentState.PROCESSING.value)
 CREDIT_COLUMNS: Final = (
     "id, clinic_id, source, statement_id, line_no, booked_on, amount_minor, currency,"
     " narration, bank_txn_id, reference, status, reason, payment_intent_id, note,"
@@ -105,13 +95,6 @@ class LivePaymentExists(TransferError, Conflict):
 
     http_status = 409
     code = "live_payment_exists"
-
-
-class TooManyProofs(TransferError, Conflict):
-    """The transfer holds :data:`MAX_PROOFS` proofs already."""
-
-    http_status = 409
-    code = "too_many_proofs"
 
 
 class AlreadyConfirmed(TransferError, Conflict):
@@ -151,7 +134,7 @@ async def start_transfer(
                           AND p.status = ANY($2::text[])) AS live
            FROM bookings b JOIN doctors d ON d.id = b.doctor_id WHERE b.id = $1""",
         booking_id,
-        list(_LIVE),
+        list(LIVE),
     )
     if booking is None or booking["patient_id"] != patient_id:
         raise NotFound("no such booking")
@@ -180,7 +163,7 @@ async def start_transfer(
             f"""SELECT {INTENT_COLUMNS} FROM payment_intents
                 WHERE booking_id = $1 AND status = ANY($2::text[]) FOR UPDATE""",
             booking_id,
-            list(_LIVE),
+            list(LIVE),
         )
         if live is not None:
             if live["gateway"] == GATEWAY:
@@ -361,7 +344,7 @@ async def cancel_transfer(
                 FOR UPDATE""",
             booking_id,
             GATEWAY,
-            list(_LIVE),
+            list(LIVE),
         )
         if live is None:
             raise BookingNotPayable("the booking has no bank transfer waiting for money")
@@ -445,7 +428,7 @@ async def _settle(
     ("matched", None, intent) when it confirms the booking, or
     ("refund_due", why, intent) when the transfer can no longer take it."""
     intent, booking = target.intent, target.booking
-    live = intent["status"] in _LIVE
+    live = intent["status"] in LIVE
     hold = booking["hold_expires_at"]
     if live and booking["status"] == State.HELD.value and hold is not None and hold > now:
         verdict = Verdict(
@@ -934,69 +917,3 @@ async def credits_of(
             offset,
         )
     )
-
-
-# --- proofs of payment ---------------------------------------------------------------------
-
-
-def proof_aad(proof_id: UUID) -> bytes:
-    """Binds a sealed proof to its row: bytes copied onto another row do not open."""
-    return b"wadud-bank-transfer-proof:" + proof_id.bytes
-
-
-async def add_proof(
-    conn: asyncpg.Connection,
-    subjects: SubjectKeys,
-    storage: Storage,
-    intent: asyncpg.Record,
-    data: bytes,
-    content_type: str,
-) -> asyncpg.Record:
-    """Seal ``data`` under the patient's data key, store it, and record it
-    against the live transfer ``intent`` (409 once it is no longer live or
-    holds :data:`MAX_PROOFS`)."""
-    if intent["status"] not in _LIVE:
-        raise BookingNotPayable(f"the transfer is {intent['status']}; it takes no more proofs")
-    count = await conn.fetchval(
-        "SELECT count(*) FROM bank_transfer_proofs WHERE payment_intent_id = $1", intent["id"]
-    )
-    if count >= MAX_PROOFS:
-        raise TooManyProofs(f"a transfer takes at most {MAX_PROOFS} proofs")
-    proof_id = uuid4()
-    key = await subjects.key_for(conn, intent["patient_id"])
-    nonce, sealed = key.seal(data, proof_aad(proof_id))
-    storage_key = await storage.put(sealed)
-    row = await conn.fetchrow(
-        f"""INSERT INTO bank_transfer_proofs (id, payment_intent_id, clinic_id, patient_id,
-               content_type, size_bytes, storage_key, key_id, nonce)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {PROOF_COLUMNS}""",
-        proof_id,
-        intent["id"],
-        intent["clinic_id"],
-        intent["patient_id"],
-        content_type,
-        len(data),
-        storage_key,
-        key.kid,
-        nonce,
-    )
-    assert row is not None
-    return row
-
-
-async def read_proof(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    subjects: SubjectKeys,
-    storage: Storage,
-    proof: asyncpg.Record,
-) -> bytes:
-    """A proof's bytes, opened with its patient's key (410 once erased)."""
-    sealed = await storage.get(proof["storage_key"])
-    try:
-        return await subjects.open(
-            conn, proof["key_id"], bytes(proof["nonce"]), sealed, proof_aad(proof["id"])
-        )
-    except KeyShredded:
-        raise Gone("this proof was erased at the patient's request") from None
-    except InvalidTag:
-        raise TransferError("a stored proof failed authentication") from None
