@@ -1,7 +1,9 @@
-"""The ground imports no floor above it (STYLE.md, "Structure: floors that only look down").
+"""Floors that only look down (STYLE.md, "Structure: floors that only look down").
 
 ``wadud/`` is plumbing every feature stands on; a feature registers itself
 with the roles' assembly (``bin/assembly.py``) instead of being named here.
+Above the ground each floor imports only floors below it, no modules import
+each other round a cycle, and none reaches into another's ``_private`` names.
 Every import counts, at module level or inside a function, under
 ``TYPE_CHECKING`` or through ``importlib``: the check reads the source, it
 does not import it.
@@ -171,3 +173,243 @@ def test_hooks_imports_no_feature_but_the_turn_peer_rules() -> None:
         or (name.split(".")[0] == "turn" and name != "turn.policy")
     ]
     assert offences == []
+
+
+# --- Every floor, every cycle, every private name ------------------------------
+#
+# The checks below read all of our modules at once. A module is named by its
+# path (``sfu/worker.py`` is ``sfu.worker``, ``sfu/__init__.py`` is ``sfu``);
+# ``from sfu import worker`` counts as importing ``sfu`` and ``sfu.worker``.
+
+ROOT = GROUND.parent
+OURS = (
+    "wadud",
+    "bin",
+    "booking",
+    "turn",
+    "chat",
+    "rtc",
+    "sfu",
+    "signalling",
+    "privacy",
+    "notify",
+    "hooks",
+)
+
+
+def module_name(path: Path) -> str:
+    """``booking/payments/card.py`` -> ``booking.payments.card``; a package is its folder."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The module a ``from ... import`` names, with a relative one resolved
+    against ``module`` (the importing module) as Python resolves it."""
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".")
+    base = base[: len(base) - node.level + (1 if is_package else 0)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def names_imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every dotted name ``tree`` imports: what :func:`imported` finds, relative
+    imports resolved, and ``package.name`` for each ``from package import name``
+    (which is a module when ``name`` is a submodule)."""
+    found = {name for _, name in imported(tree)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            source = absolute(node, module, is_package)
+            found.add(source)
+            found.update(f"{source}.{alias.name}" for alias in node.names)
+    return found
+
+
+class Modules:
+    """Our modules, parsed once: module name -> tree, and who imports whom."""
+
+    def __init__(self) -> None:
+        files = sorted(path for package in OURS for path in (ROOT / package).rglob("*.py"))
+        trees = _parse_all([(str(path), path.read_text()) for path in files])
+        self.files = {module_name(path): path for path in files}
+        self.trees = {module_name(path): tree for path, tree in zip(files, trees, strict=True)}
+        self.imports = {
+            name: {
+                other
+                for other in names_imported(tree, name, self.files[name].name == "__init__.py")
+                if other in self.files and other != name
+            }
+            for name, tree in self.trees.items()
+        }
+
+
+@pytest.fixture(scope="module")
+def modules() -> Modules:
+    found = Modules()
+    assert {name.split(".")[0] for name in found.files} == set(OURS), "a package was not found"
+    return found
+
+
+# Each rule: the packages whose modules it covers, and the packages they must
+# not import. Third-party imports are never looked at.
+FLOOR_RULES = {
+    "rtc imports only wadud and rtc": (("rtc",), set(OURS) - {"wadud", "rtc"}),
+    "features import nothing of signalling or the assembly": (
+        ("sfu", "turn", "chat", "booking", "privacy", "notify", "hooks"),
+        {"signalling", "bin"},
+    ),
+    "signalling imports nothing of the assembly": (("signalling",), {"bin"}),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(FLOOR_RULES))
+def test_every_floor_looks_only_down(modules: Modules, rule: str) -> None:
+    packages, forbidden = FLOOR_RULES[rule]
+    offences = sorted(
+        (name, other)
+        for name, others in modules.imports.items()
+        if name.split(".")[0] in packages
+        for other in others
+        if other.split(".")[0] in forbidden
+    )
+    assert offences == []
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    """The strongly connected components of more than one module (Tarjan's
+    algorithm, with an explicit stack so a deep chain cannot overflow)."""
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: set[frozenset[str]] = set()
+    for start in sorted(graph):
+        if start in order:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        order[start] = low[start] = len(order)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, successors = work[-1]
+            following = next(successors, None)
+            if following is not None:
+                if following not in order:
+                    order[following] = low[following] = len(order)
+                    stack.append(following)
+                    on_stack.add(following)
+                    work.append((following, iter(sorted(graph[following]))))
+                elif following in on_stack:
+                    low[node] = min(low[node], order[following])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == order[node]:
+                component: set[str] = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.add(frozenset(component))
+    return found
+
+
+#: Import cycles not yet broken. This list must only shrink: breaking a cycle
+#: fails the test until its entry goes, and a new cycle fails it at once.
+KNOWN_CYCLES = {
+    frozenset({"signalling.replicas", "signalling.service", "signalling.sites"}),
+}
+
+
+def test_no_module_imports_itself_round_a_cycle(modules: Modules) -> None:
+    """Every import counts, lazy ones and ``TYPE_CHECKING`` ones too: a cycle
+    in the source is a cycle in the design, whenever Python runs it."""
+    assert strongly_connected(modules.imports) == KNOWN_CYCLES
+
+
+@pytest.mark.parametrize(
+    ("graph", "cycles"),
+    [
+        ({"a": {"b"}, "b": set()}, set()),
+        ({"a": {"b"}, "b": {"a"}}, {frozenset("ab")}),
+        (
+            {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": {"e"}, "e": {"d"}},
+            {frozenset("abc"), frozenset("de")},
+        ),
+    ],
+)
+def test_the_cycle_check_finds_cycles(
+    graph: dict[str, set[str]], cycles: set[frozenset[str]]
+) -> None:
+    assert strongly_connected(graph) == cycles
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "names"),
+    [
+        ("from sfu import worker", "bin.main", {"sfu", "sfu.worker"}),
+        ("from . import keys", "wadud.api", {"wadud", "wadud.keys"}),
+        ("from .. import errors", "booking.payments.card", {"booking", "booking.errors"}),
+        ("def f():\n    import rtc.stun\n", "turn.core", {"rtc.stun"}),
+    ],
+)
+def test_the_cycle_check_sees_submodules_and_relative_imports(
+    source: str, module: str, names: set[str]
+) -> None:
+    assert names_imported(_parse_source(source), module, False) == names
+
+
+def private_names(tree: ast.AST, module: str, is_package: bool) -> set[tuple[str, str]]:
+    """(module, name) for each ``from module import _name`` of ours in ``tree``.
+    A C extension (``turn/_relay.c``, built as ``turn._relay``) has its leading
+    underscore by convention, not because it is private: it is left out."""
+    found: set[tuple[str, str]] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        source = absolute(node, module, is_package)
+        if source.split(".")[0] not in OURS:
+            continue
+        for alias in node.names:
+            private = alias.name.startswith("_") and not alias.name.startswith("__")
+            native = (ROOT / source.replace(".", "/") / f"{alias.name}.c").exists()
+            if private and not native:
+                found.add((source, alias.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [
+        ("from signalling.replicas import _Moved", {("signalling.replicas", "_Moved")}),
+        ("def f():\n    from . import _helper\n", {("sfu", "_helper")}),
+        ("from turn import _relay\nfrom sfu import _fanout", set()),
+        ("from json import _default_decoder\nfrom sfu import __version__", set()),
+    ],
+)
+def test_the_private_check_sees_private_names_but_not_native_leaves(
+    source: str, found: set[tuple[str, str]]
+) -> None:
+    assert private_names(_parse_source(source), "sfu.worker", False) == found
+
+
+#: ``from x import _name`` not yet undone. This list must only shrink: a name
+#: made public (or no longer shared) fails the test until its entry goes.
+KNOWN_PRIVATE_IMPORTS = {
+    ("signalling.service", "signalling.replicas", "_Moved"),
+}
+
+
+def test_no_module_reaches_into_anothers_private_names(modules: Modules) -> None:
+    found = {
+        (name, *pair)
+        for name, tree in modules.trees.items()
+        for pair in private_names(tree, name, modules.files[name].name == "__init__.py")
+    }
+    assert found == KNOWN_PRIVATE_IMPORTS
