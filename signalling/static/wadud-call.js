@@ -685,7 +685,12 @@ export class WadudCall extends EventTarget {
       // Which m= section carries whose track; needed before `track` fires
       // inside setRemoteDescription.
       this._midMap = new Map((f.tracks || []).map((t) => [t.mid, t]));
-      await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
+      try {
+        await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
+      } catch (e) {
+        e.offerRefused = true;
+        throw e;
+      }
       if (gen !== this._mediaGen) return;
       const answer = await pc.createAnswer();
       if (gen !== this._mediaGen) return;
@@ -697,6 +702,14 @@ export class WadudCall extends EventTarget {
     };
     this._subChain = this._subChain.then(run, run).catch((e) => {
       this._emit('error', { code: e.code || 'negotiation-failed', message: String(e.message || e) });
+      // An offer this connection cannot take: after another replica took
+      // the room over, its offer can be for a new transport whose sections
+      // are in another order ("the order of m-lines ... doesn't match").
+      // New connections, as when a path dies; the server offers afresh.
+      if (gen === this._mediaGen && !isFinal(this.state) && e && e.offerRefused) {
+        this._setMedia('reconnecting', 'offer not applicable');
+        this._reconnectMedia().catch(() => {});
+      }
     });
   }
 

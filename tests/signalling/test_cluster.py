@@ -666,11 +666,16 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
 
 
 async def scenario_api_kill(world: World) -> dict[str, Any]:
+    port_b = world.cluster.apis["B"].port
+    if world.lb.routed[("A", port_b)]:
+        # A kill before this one (a rerun) left the doctor's and the
+        # interpreter's sockets on B, where killing A cannot reach them:
+        # fresh pages, which the front sends to A again.
+        await close_pages(world)
     pages = await ensure_call(world)
     await receiving(world, pages)
     ids = await ids_of(pages)
     replica = world.cluster.apis["A"]
-    port_b = world.cluster.apis["B"].port
     on_a = [world.pages["doctor"], world.pages["interpreter"]]
     patient = world.pages["patient"]
     failover_before = world.lb.routed[("A", port_b)]
