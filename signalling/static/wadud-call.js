@@ -52,7 +52,9 @@
 // connection `disconnected` for DISCONNECTED_GRACE_MS or `failed`, one that
 // was receiving steadily and has received nothing for SILENT_MS, the
 // browser going `online` again, `navigator.connection` changing, or the
-// signalling socket resuming after a drop make the module restart ICE on
+// signalling socket resuming after a drop with the media stalled too (a
+// socket whose API replica died while media flowed changes nothing)
+// make the module restart ICE on
 // both connections at once (new credentials, same DTLS and tracks: nothing
 // visible changes). A restart not connected within RESTART_WITHIN_MS falls
 // back to new peer connections (`reconnect_media`, the same local tracks);
@@ -85,6 +87,9 @@ const RECONNECT_WITHIN_MS = 8000;
 // Network events come in bursts (offline, online, a connection change):
 // one restart for a burst.
 const NETWORK_DEBOUNCE_MS = 1000;
+// After the socket resumes, how long to look for media still flowing
+// before restarting ICE (see _afterResume).
+const RESUME_LOOK_MS = 700;
 // The camera as three simulcast layers, lowest first (Chrome sends all three
 // from a 960x540 capture up; the page captures 1280x720 with simulcast on).
 export const SIMULCAST = [
@@ -347,7 +352,27 @@ export class WadudCall extends EventTarget {
     else this._publishNow();
     // A socket that dropped and came back: the network most likely changed
     // under us (Wi-Fi to mobile data), and the media path with it.
-    if (resumed) this._networkChanged('signalling resumed');
+    if (resumed) this._afterResume();
+  }
+
+  // Unless the media kept flowing: then only the socket died (the API
+  // replica that held it went away), and restarting ICE on connections
+  // that work would only disturb them. Each connected connection must have
+  // received something within RESUME_LOOK_MS of the resume.
+  async _afterResume() {
+    const gen = this._mediaGen;
+    const pcs = [this.publishPc, this.subscribePc].filter((pc) => pc && pc.connectionState === 'connected');
+    try {
+      if (pcs.length) {
+        const before = await Promise.all(pcs.map(receivedBytes));
+        await new Promise((resolve) => setTimeout(resolve, RESUME_LOOK_MS));
+        const after = await Promise.all(pcs.map(receivedBytes));
+        if (gen === this._mediaGen && after.every((bytes, i) => bytes > before[i])) return;
+      }
+    } catch (_) {
+      /* a connection closed while we looked: restart */
+    }
+    if (gen === this._mediaGen) this._networkChanged('signalling resumed');
   }
 
   // The server pings every `ping_interval`; three silent intervals mean the
@@ -921,8 +946,7 @@ export class WadudCall extends EventTarget {
     try {
       for (const [transport, pc] of [['publish', this.publishPc], ['subscribe', this.subscribePc]]) {
         if (!pc || pc.connectionState !== 'connected') continue;
-        let bytes = 0;
-        (await pc.getStats()).forEach((s) => { if (s.type === 'transport') bytes += s.bytesReceived || 0; });
+        const bytes = await receivedBytes(pc);
         const now = Date.now();
         const seen = pc._wadudSeen || (pc._wadudSeen = { bytes, at: now, streak: 0 });
         if (bytes !== seen.bytes) {
@@ -1050,6 +1074,13 @@ function relayServers(servers, transport) {
 
 function isFinal(state) {
   return ['left', 'ended', 'denied', 'removed', 'replaced', 'failed'].includes(state);
+}
+
+// What a connection's transport has received so far (getStats).
+async function receivedBytes(pc) {
+  let bytes = 0;
+  (await pc.getStats()).forEach((st) => { if (st.type === 'transport') bytes += st.bytesReceived || 0; });
+  return bytes;
 }
 
 function withTimeout(promise, ms) {

@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import itertools
 import json
 import logging
 import os
@@ -261,7 +260,7 @@ def test_api_replica_killed(cluster: Driver) -> None:
     assert report["same_ids"] == {"doctor": True, "interpreter": True}, report
     assert report["failover_connections"] > 0, report
     assert report["same_pages"], report
-    # The patient, on B all along: decoding rose in every sampled interval.
+    # The patient, on B all along: no remote video froze (FREEZE_S).
     assert report["patient_stalls"] == [], report
     assert report["patient_disturbed"] == [], report
     for pair in result["pairs"]:
@@ -665,6 +664,38 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     return {"pairs": pairs, "report": report, "probes": read}
 
 
+#: A remote video the patient's page decodes no frame of for this long is
+#: a freeze the patient would notice. Shorter gaps are not counted: with
+#: four test workers on two cores Chromium's decoder alone pauses for a
+#: second at times, before any failure as much as after one.
+FREEZE_S = 1.5
+
+
+def freezes(
+    samples: list[tuple[float, dict[str, int]]], names: list[str], t0: float, least: float
+) -> list[dict[str, Any]]:
+    """Spans of at least ``least`` seconds over which a participant's
+    decoded frame count (``samples``: time, count by name) was seen not to
+    rise (from the first sample of a count to the last with the same
+    count), each with its start and length relative to ``t0``."""
+    found: list[dict[str, Any]] = []
+    for name in names:
+        runs: list[tuple[float, float, int]] = []  # (first seen, last seen, count)
+        for at, counts in samples:
+            count = counts[name]
+            if runs and count <= runs[-1][2]:
+                runs[-1] = (runs[-1][0], at, runs[-1][2])
+            else:
+                runs.append((at, at, count))
+        found += [_freeze(name, a, b, n, t0) for a, b, n in runs if b - a >= least]
+    return found
+
+
+def _freeze(name: str, first: float, last: float, frames: int, t0: float) -> dict[str, Any]:
+    return {"from": name, "at": round(first - t0, 2), "seconds": round(last - first, 2),
+            "frames": frames}  # fmt: skip
+
+
 async def scenario_api_kill(world: World) -> dict[str, Any]:
     port_b = world.cluster.apis["B"].port
     if world.lb.routed[("A", port_b)]:
@@ -722,12 +753,7 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
     pairs = await receiving(world, pages) if len(back) == len(on_a) else []
     read = await probes(pages)
     others = [n for n in ids if n != "patient"]
-    stalls = [
-        {"at": round(t1 - t0, 2), "from": n, "before": s0[n], "after": s1[n]}
-        for (_, s0), (t1, s1) in itertools.pairwise(samples)
-        for n in others
-        if s1[n] <= s0[n]
-    ]
+    stalls = freezes(samples, others, t0, FREEZE_S)
     # What would tell the patient something happened to the others.
     after_kill = [f for f in read["patient"].get("frames", []) if f[0] >= wall0 and f[1] in NEWS]
     report = {
