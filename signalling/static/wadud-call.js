@@ -706,15 +706,26 @@ export class WadudCall extends EventTarget {
         this.subscribePc = this._newPc('subscribe');
         this._awaitSubscribe = false;
       }
-      const pc = this.subscribePc;
+      let pc = this.subscribePc;
       // Which m= section carries whose track; needed before `track` fires
       // inside setRemoteDescription.
       this._midMap = new Map((f.tracks || []).map((t) => [t.mid, t]));
       try {
         await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
       } catch (e) {
-        e.offerRefused = true;
-        throw e;
+        // An offer this connection cannot take: the server replaced our
+        // subscribe transport (another replica took the room over) and
+        // offers on the new one, its sections in another order ("the order
+        // of m-lines ... doesn't match"). A new receiving connection takes
+        // it; what we send is not touched.
+        if (gen !== this._mediaGen || pc !== this.subscribePc) throw e;
+        pc.close();
+        for (const [id, r] of this.remoteTracks) {
+          this._emit('trackremoved', { track_id: id, participant: r.participant });
+        }
+        this.remoteTracks.clear();
+        pc = this.subscribePc = this._newPc('subscribe');
+        await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
       }
       if (gen !== this._mediaGen) return;
       const answer = await pc.createAnswer();
@@ -727,14 +738,6 @@ export class WadudCall extends EventTarget {
     };
     this._subChain = this._subChain.then(run, run).catch((e) => {
       this._emit('error', { code: e.code || 'negotiation-failed', message: String(e.message || e) });
-      // An offer this connection cannot take: after another replica took
-      // the room over, its offer can be for a new transport whose sections
-      // are in another order ("the order of m-lines ... doesn't match").
-      // New connections, as when a path dies; the server offers afresh.
-      if (gen === this._mediaGen && !isFinal(this.state) && e && e.offerRefused) {
-        this._setMedia('reconnecting', 'offer not applicable');
-        this._reconnectMedia().catch(() => {});
-      }
     });
   }
 
