@@ -206,6 +206,17 @@ _OWED_BACK: Final = {
 }
 
 
+def _money(d: Mapping[str, Any], amount: Any, reference: str) -> dict[str, Any]:
+    """What every payment message names: the amount, its currency, a
+    reference the patient can quote and the booking."""
+    return {
+        "amount_minor": amount,
+        "currency": str(d.get("currency", "")),
+        "reference": reference,
+        "booking_id": str(d.get("booking_id", "")),
+    }
+
+
 def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
     """The jobs ``event`` calls for (see the module's docstring)."""
     d = event.data
@@ -217,34 +228,22 @@ def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
         # reference the patient wrote on the transfer.
         return Plan()
     if topic == "payment.bank_transfer.confirmed":
-        params = {
-            "amount_minor": d.get("amount_minor"),
-            "currency": str(d.get("currency", "")),
-            "reference": str(d.get("reference", "")),
-            "booking_id": str(d.get("booking_id", "")),
-        }
+        params = _money(d, d.get("amount_minor"), str(d.get("reference", "")))
         return Plan(jobs=_job(event, "payment_receipt", ctx.patient_id, params))
     if topic in ("payment.succeeded", "payment.refunded"):
         refund = topic == "payment.refunded"
         amount = d.get("refund_minor") if refund else d.get("amount_minor")
         if not isinstance(amount, int):
             return Plan()
-        params = {
-            "amount_minor": amount,
-            "currency": str(d.get("currency", "")),
-            "reference": str(d.get("refund_id") if refund else d.get("payment_id", ""))[:8],
-            "booking_id": str(d.get("booking_id", "")),
-        }
+        reference = str(d.get("refund_id") if refund else d.get("payment_id", ""))[:8]
+        params = _money(d, amount, reference)
         template = "payment_refunded" if refund else "payment_receipt"
         return Plan(jobs=_job(event, template, ctx.patient_id, params))
     if topic == "payment.bank_transfer.requested":
         bank = d.get("bank")
         bank = bank if isinstance(bank, Mapping) else {}
         params = {
-            "amount_minor": d.get("amount_minor"),
-            "currency": str(d.get("currency", "")),
-            "reference": str(d.get("reference", "")),
-            "booking_id": str(d.get("booking_id", "")),
+            **_money(d, d.get("amount_minor"), str(d.get("reference", ""))),
             "starts_at": str(d.get("starts_at", "")),
             "expires_at": str(d.get("expires_at", "")),
             "other": str(d.get("doctor_name", "")),
@@ -254,12 +253,8 @@ def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
         }
         return Plan(jobs=_job(event, "bank_transfer_instructions", ctx.patient_id, params))
     if topic == "payment.expired" and d.get("gateway") == "bank_transfer":
-        params = {
-            "amount_minor": d.get("amount_minor"),
-            "currency": str(d.get("currency", "")),
-            "reference": str(d.get("reference") or str(d.get("payment_id", ""))[:8]),
-            "booking_id": str(d.get("booking_id", "")),
-        }
+        reference = str(d.get("reference") or str(d.get("payment_id", ""))[:8])
+        params = _money(d, d.get("amount_minor"), reference)
         return Plan(jobs=_job(event, "bank_transfer_expired", ctx.patient_id, params))
     if topic in _OWED_BACK:
         # Money the patient is owed that no gateway sends back by itself:
@@ -267,16 +262,11 @@ def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
         amount = d.get("refund_minor", d.get("amount_minor"))
         if not isinstance(amount, int):
             return Plan()
-        params = {
-            "amount_minor": amount,
-            "currency": str(d.get("currency", "")),
-            # The refund's, as payment.refunded will name it; a bank
-            # transfer's own reference, which the patient wrote on it.
-            "reference": str(d["refund_id"])[:8]
-            if d.get("refund_id")
-            else str(d.get("reference", "")),
-            "booking_id": str(d.get("booking_id", "")),
-        }
+        # The refund's reference, as payment.refunded will name it; a bank
+        # transfer's own, which the patient wrote on it.
+        refund_id = d.get("refund_id")
+        reference = str(refund_id)[:8] if refund_id else str(d.get("reference", ""))
+        params = _money(d, amount, reference)
         return Plan(jobs=_job(event, _OWED_BACK[topic], ctx.patient_id, params))
     if topic == "chat.message.sent":
         due = event.at + dt.timedelta(seconds=policy.chat_delay)
