@@ -20,7 +20,7 @@ import contextlib
 import getpass
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -182,7 +182,6 @@ def _run(coro: Any) -> Any:
 
 
 def cmd_serve(settings: config.Settings, *, role: str) -> int:
-    from aiohttp import web
 
     from wadud import keys
 
@@ -202,18 +201,27 @@ def cmd_serve(settings: config.Settings, *, role: str) -> int:
         if settings.metrics_listen:
             print(f"Prometheus metrics: http://{settings.metrics_listen}/metrics", flush=True)
 
+    _serve_app(app, settings.host, settings.port, announce, settings.shutdown_timeout)
+    return 0
+
+
+def _serve_app(
+    app: Any, host: str, port: int, announce: Callable[..., None], shutdown_timeout: float = 60.0
+) -> None:
+    """An aiohttp app on its own uvloop until SIGINT or SIGTERM."""
+    from aiohttp import web
+
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout,
+        host=host,
+        port=port,
+        shutdown_timeout=shutdown_timeout,
         access_log=None,
         print=announce,
         loop=loop,
     )
-    return 0
 
 
 def cmd_turn(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -235,7 +243,6 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
     """A stand-in for EasyPaisa on its own port, for the store the
     ``payments_easypaisa_*`` settings name (the merchant's own; its
     ``payments_easypaisa_endpoint`` is this simulator's ``/easypaisa-sim``)."""
-    from aiohttp import web
 
     from booking.payments import easypaisa, easypaisa_http
 
@@ -251,15 +258,11 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
     host, port = args.host or "127.0.0.1", args.port or 8090
     merchant = args.merchant.rstrip("/") + easypaisa.IPN_HANDLER_PATH
     app = easypaisa_http.simulator_app(store, f"http://{host}:{port}", merchant)
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(
+    _serve_app(
         app,
-        host=host,
-        port=port,
-        access_log=None,
-        print=lambda *_: print(f"EasyPaisa simulator on http://{host}:{port}", flush=True),
-        loop=loop,
+        host,
+        port,
+        lambda *_: print(f"EasyPaisa simulator on http://{host}:{port}", flush=True),
     )
     return 0
 
