@@ -72,9 +72,9 @@ __all__ = ["Credit", "Settled", "settle"]
 log = logging.getLogger("wadud.payments.settle")
 
 #: The intent with what settling it needs ($1 the receiving gateway's name,
-#: $2 the event id, $3 the intent's gateway, $4 its reference there): the
-#: booking's status and payload columns, the commission terms, and whether
-#: this delivery was recorded.
+#: $2 the event id, NULL for a bank credit, $3 the intent's gateway, $4 its
+#: reference there): the booking's status, hold and payload columns, the
+#: commission terms, and whether this delivery was recorded.
 _READ: Final = f"""
     SELECT {", ".join("i." + c.strip() for c in INTENT_COLUMNS.split(","))},
            EXISTS (SELECT 1 FROM webhook_events w
