@@ -53,10 +53,9 @@
 // was receiving steadily and has received nothing for SILENT_MS, the
 // browser going `online` again, `navigator.connection` changing, or the
 // signalling socket resuming after a drop with the media stalled too (a
-// socket whose API replica died while media flowed changes nothing)
-// make the module restart ICE on
-// both connections at once (new credentials, same DTLS and tracks: nothing
-// visible changes). A restart not connected within RESTART_WITHIN_MS falls
+// socket whose API replica died while media flowed changes nothing) make
+// the module restart ICE on both connections at once (new credentials,
+// same DTLS and tracks: nothing visible changes). A restart not connected within RESTART_WITHIN_MS falls
 // back to new peer connections (`reconnect_media`, the same local tracks);
 // the two alternate until media is back or the call ends. No page reload,
 // no new camera prompt.
@@ -684,10 +683,7 @@ export class WadudCall extends EventTarget {
     this._awaitSubscribe = Boolean(this.subscribePc);
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
     this.publishPc = this.subscribePc = null;
-    for (const [id, r] of this.remoteTracks) {
-      this._emit('trackremoved', { track_id: id, participant: r.participant });
-    }
-    this.remoteTracks.clear();
+    this._dropRemoteTracks();
     this._midMap.clear();
     for (const local of this.localTracks.values()) {
       local.transceiver = null;
@@ -720,10 +716,7 @@ export class WadudCall extends EventTarget {
         // it; what we send is not touched.
         if (gen !== this._mediaGen || pc !== this.subscribePc) throw e;
         pc.close();
-        for (const [id, r] of this.remoteTracks) {
-          this._emit('trackremoved', { track_id: id, participant: r.participant });
-        }
-        this.remoteTracks.clear();
+        this._dropRemoteTracks();
         pc = this.subscribePc = this._newPc('subscribe');
         await pc.setRemoteDescription({ type: 'offer', sdp: f.sdp });
       }
@@ -739,6 +732,14 @@ export class WadudCall extends EventTarget {
     this._subChain = this._subChain.then(run, run).catch((e) => {
       this._emit('error', { code: e.code || 'negotiation-failed', message: String(e.message || e) });
     });
+  }
+
+  // Every track we receive is gone (its connection closed).
+  _dropRemoteTracks() {
+    for (const [id, r] of this.remoteTracks) {
+      this._emit('trackremoved', { track_id: id, participant: r.participant });
+    }
+    this.remoteTracks.clear();
   }
 
   // Bring `remoteTracks` in line with the last offer: a section can go quiet
