@@ -4,7 +4,7 @@ A room has one worker per region its participants come from (the join
 token's ``region`` claim, else the region of the API replica they reached):
 the room's *site* in that region. Everyone of one region shares the site, so
 a track crosses to another region once however many watch it there
-(:mod:`signalling.relays` drives the relay links between sites). A site goes
+(:mod:`signalling.sites` keeps the relay links between sites). A site goes
 to the least-loaded live worker of its region; when the region has no live
 worker, to one of the nearest region that has (``media_region_distances``),
 else of any region. The choice is one Lua script, so two API replicas placing
