@@ -394,9 +394,10 @@ class Cluster:
 
     @contextlib.asynccontextmanager
     async def redis(self) -> Any:
-        import redis.asyncio as aioredis
+        from wadud.bus import redis_client
 
-        client = aioredis.from_url(self.redis_url, decode_responses=True)
+        # redis_client: a plain URL or a redis+sentinel:// one alike.
+        client = redis_client(self.redis_url)
         try:
             yield client
         finally:

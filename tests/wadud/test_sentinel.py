@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from tests.sentinel import FAILOVER, SERVICE, Group, available, sentinels, settled
 from wadud.bus import (
     REDIS_CONNECTIONS,
     REDIS_POOL_WAIT,
@@ -30,15 +28,6 @@ from wadud.bus import (
     redis_client,
 )
 from wadud.errors import ConfigError
-
-REDIS_SERVER = Path("/usr/bin/redis-server")
-REDIS_SENTINEL = Path("/usr/bin/redis-sentinel")
-SERVICE = "wadud"
-#: Seconds the sentinels may take to see each other and the replica, and the
-#: replica to sync, before the kill; and the failover itself after it.
-SETTLE = 20.0
-FAILOVER = 15.0
-
 
 # --- the URL -------------------------------------------------------------------------------
 
@@ -99,115 +88,12 @@ async def test_a_sentinel_client_keeps_the_blocking_pool() -> None:
 # --- a real failover -----------------------------------------------------------------------
 
 
-@dataclass
-class Group:
-    primary: subprocess.Popen[bytes]
-    primary_port: int
-    replica_port: int
-    sentinel_ports: list[int]
-
-    @property
-    def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture
 def sentinel_group(tmp_path: Path) -> Iterator[Group]:
-    if not REDIS_SENTINEL.exists() or not REDIS_SERVER.exists():
+    if not available():
         pytest.skip("needs Debian's redis-server and redis-sentinel (apt-get install redis)")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        primary_port, replica_port = free_port(), free_port()
-        common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        primary = _start(
-            [str(REDIS_SERVER), "--port", str(primary_port), "--dir", str(tmp_path), *common],
-            tmp_path / "primary.log",
-        )
-        procs.append(primary)
-        procs.append(
-            _start(
-                [
-                    str(REDIS_SERVER),
-                    "--port",
-                    str(replica_port),
-                    "--dir",
-                    str(tmp_path),
-                    "--replicaof",
-                    "127.0.0.1",
-                    str(primary_port),
-                    *common,
-                ],
-                tmp_path / "replica.log",
-            )
-        )
-        # Sentinels learn of replicas from the primary's INFO, which they ask
-        # for at once and then every 10 s: start them once the replica is in.
-        _until_synced(replica_port)
-        sentinel_ports = [free_port() for _ in range(3)]
-        for i, port in enumerate(sentinel_ports):
-            conf = tmp_path / f"sentinel{i}.conf"
-            conf.write_text(
-                f"port {port}\n"
-                "bind 127.0.0.1\n"
-                f"dir {tmp_path}\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                f"sentinel failover-timeout {SERVICE} 5000\n"
-            )
-            procs.append(_start([str(REDIS_SENTINEL), str(conf)], tmp_path / f"sentinel{i}.log"))
-        yield Group(primary, primary_port, replica_port, sentinel_ports)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
-def _until_synced(replica_port: int) -> None:
-    import redis
-
-    deadline = time.monotonic() + SETTLE
-    with redis.Redis(port=replica_port, socket_timeout=2, decode_responses=True) as replica:
-        while True:
-            with contextlib.suppress(OSError, redis.RedisError):
-                if replica.info("replication")["master_link_status"] == "up":
-                    return
-            assert time.monotonic() < deadline, "the replica did not sync"
-            time.sleep(0.1)
-
-
-async def _settled(group: Group) -> None:
-    """Until every sentinel knows the other two and the replica: a failover
-    needs a quorum of sentinels that know their peers."""
-    import redis.asyncio as aioredis
-
-    deadline = time.monotonic() + SETTLE
-    clients = [aioredis.Redis(port=p, socket_timeout=2) for p in group.sentinel_ports]
-    try:
-        while True:
-            states: list[Any] = []
-            with contextlib.suppress(OSError, aioredis.RedisError):
-                states = [await c.sentinel_master(SERVICE) for c in clients]
-            if states and all(
-                s["num-other-sentinels"] == 2 and s["num-slaves"] == 1 for s in states
-            ):
-                return
-            assert time.monotonic() < deadline, f"sentinels did not settle: {states}"
-            await asyncio.sleep(0.2)
-    finally:
-        for c in clients:
-            await c.aclose()
+    with sentinels(tmp_path) as group:
+        yield group
 
 
 async def _until(what: str, attempt: Any, bound: float) -> Any:
@@ -238,7 +124,7 @@ async def _receive(queue: asyncio.Queue[Message], within: float) -> Message | No
 
 async def test_bus_and_clients_follow_a_failover(sentinel_group: Group) -> None:
     group = sentinel_group
-    await _settled(group)
+    await settled(group)
 
     bus = RedisBus(group.url)
     limits: Any = redis_client(group.url, decode_responses=False, socket_timeout=2)

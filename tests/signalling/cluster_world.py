@@ -1,0 +1,356 @@
+"""The world of the cluster tests' driver: who is in the call, the pages
+(headless Chromium, tests/browser.py) and what is read from them.
+
+A probe installed in each page after joining records the page's state
+changes, toasts, and the frames it gets (``joined``, ``media_reconnect``,
+``participant_left``...), and carries a random id: the same id later means
+the page was not reloaded. tests/signalling/cluster_driver.py runs the
+scenarios over this world.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.browser import (
+    Browsers,
+    DriverError,
+    Page,
+    join,
+    participant_id,
+    receiving,
+)
+from tests.cluster import (
+    Cluster,
+    LoadBalancer,
+)
+from tests.sentinel import Group
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "cluster-test-secret-" + "s" * 40
+REGION = "pk"
+ROOM = "clinic-4411"
+RESULT = "@@ "
+# Who is in the call, and through which front of the load balancer.
+PEOPLE = [
+    # name, identity, display name, role, front
+    ("doctor", "dr-amina", "Dr Amina", "doctor", "A"),
+    ("patient", "pt-991", "Bilal", "patient", "B"),
+    ("interpreter", "int-17", "Sana (interpreter)", "patient", "A"),
+]
+# Frames that tell a page something happened to the call.
+NEWS = {"participant_left", "participant_joined", "track_unpublished", "media_reconnect", "joined"}
+SEEN = NEWS | {"error", "waiting", "removed", "denied", "room_ended"}
+# Short, so a drain that waits for its deadline instead of its rooms shows.
+DRAIN_TIMEOUT = 20
+
+
+PROBE = """(() => {
+  if (window.__probe) return window.__probe.id;
+  const c = window.wadudCall;
+  const p = window.__probe = {id: Math.random().toString(36).slice(2), call: c,
+                              states: [], toasts: [], errors: [], frames: [], sent: []};
+  c.addEventListener('state', (e) => p.states.push([Date.now(), e.detail.state, e.detail.reason]));
+  c.addEventListener('error', (e) => p.errors.push([Date.now(), e.detail.code, e.detail.message]));
+  const onFrame = c._onFrame.bind(c);
+  c._onFrame = (data) => {
+    try {
+      const f = JSON.parse(data);
+      if (!['ping', 'offer', 'active_speaker'].includes(f.type) && p.frames.length < 500) {
+        const who = f.participant ? f.participant.id : (f.participant_id || f.reason || '');
+        p.frames.push([Date.now(), f.type, who, f.ref || null, f.code || null]);
+      }
+    } catch (_) { /* the page reports it */ }
+    return onFrame(data);
+  };
+  const send = c._send.bind(c);
+  c._send = (frame, what) => {
+    const id = send(frame, what);
+    if (frame.type !== 'pong' && p.sent.length < 500) p.sent.push([Date.now(), frame.type, id]);
+    return id;
+  };
+  const t = document.getElementById('toast');
+  if (t) new MutationObserver(() => {
+    if (t.classList.contains('show')) p.toasts.push([Date.now(), t.textContent]);
+  }).observe(t, {attributes: true, childList: true, characterData: true, subtree: true});
+  return p.id;
+})()"""
+PROBE_READ = """(() => { const p = window.__probe; if (!p) return null;
+  return {id: p.id, same_call: p.call === window.wadudCall, states: p.states,
+          toasts: p.toasts, errors: p.errors, frames: p.frames, sent: p.sent,
+          me: window.wadudCall.me && window.wadudCall.me.id,
+          state: document.body.dataset.state, screen: document.body.dataset.screen}; })()"""
+STATS = "window.wadudCall.stats().then(s => s.participants)"
+# The UDP port of the worker each peer connection is connected to.
+MEDIA_PORTS = """(async () => { const c = window.wadudCall, out = {};
+  for (const [k, pc] of [['publish', c.publishPc], ['subscribe', c.subscribePc]]) {
+    out[k] = null;
+    if (!pc) continue;
+    const stats = await pc.getStats(), byId = new Map();
+    stats.forEach((s) => byId.set(s.id, s));
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        pair = byId.get(s.selectedCandidatePairId);
+      }
+    });
+    const remote = pair && byId.get(pair.remoteCandidateId);
+    out[k] = remote ? remote.port : pc.connectionState;
+  }
+  return out; })()"""
+MARK_PCS = """(() => { const c = window.wadudCall;
+  for (const pc of [c.publishPc, c.subscribePc]) if (pc) pc.__before = true;
+  return !!(c.publishPc && c.subscribePc); })()"""
+PCS_REPLACED = """(() => { const c = window.wadudCall, pub = c.publishPc, sub = c.subscribePc;
+  return !!(pub && sub && !pub.__before && !sub.__before); })()"""
+
+
+@dataclass
+class World:
+    cluster: Cluster
+    lb: LoadBalancer
+    work: Path
+    browsers: Browsers | None = None
+    pages: dict[str, Page] = field(default_factory=dict)
+    probes: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    generation: int = 0
+    #: The Sentinel group when the driver runs on one (``--redis sentinel``).
+    sentinels: Group | None = None
+
+    def mark(self, what: str) -> None:
+        while what in self.timings:
+            what += " again"
+        self.timings[what] = round(time.monotonic() - self.started, 2)
+
+    def front_url(self, front: str) -> str:
+        return self.lb.fronts[front].url
+
+    def token(self, room: str, identity: str, role: str, name: str = "") -> str:
+        from wadud.auth import RoomGrant, issue_room_token
+        from wadud.config import Settings
+
+        now = dt.datetime.now(dt.UTC)
+        grant = RoomGrant(
+            room=room,
+            identity=identity,
+            name=name or identity,
+            role=role,
+            admin=role in ("doctor", "staff"),
+        )
+        return issue_room_token(
+            Settings(secret_key=SECRET),
+            grant,
+            not_before=now - dt.timedelta(minutes=5),
+            expires=now + dt.timedelta(hours=1),
+        )
+
+
+async def close_pages(world: World) -> None:
+    if world.browsers is not None:
+        await world.browsers.close()
+    world.browsers = None
+    world.pages = {}
+    world.probes = {}
+
+
+async def pages_healthy(world: World) -> bool:
+    if len(world.pages) != len(PEOPLE):
+        return False
+    for page in world.pages.values():
+        if page.proc.returncode is not None:
+            return False
+        try:
+            probe = await page.eval(PROBE_READ)
+        except DriverError:
+            return False
+        if not probe or probe["id"] != world.probes.get(page.name) or probe["state"] != "joined":
+            return False
+    return True
+
+
+async def ensure_call(world: World) -> list[Page]:
+    """The three pages in the call, media flowing: the ones already open if
+    they are well, else three new ones."""
+    if await pages_healthy(world):
+        pages = list(world.pages.values())
+        try:
+            await receiving(world, pages, within=10)
+            return pages
+        except DriverError as exc:
+            # A test before left the call broken: start this one afresh.
+            world.mark(f"pages reopened ({str(exc)[:60]})")
+    await close_pages(world)
+    world.generation += 1
+    world.browsers = browsers = Browsers(world.work / f"browsers-{world.generation}")
+    browsers.work.mkdir(parents=True)
+    links = await asyncio.gather(
+        *(
+            world.cluster.token_link(
+                ROOM, identity, role, name=display, public_url=world.front_url(front)
+            )
+            for _, identity, display, role, front in PEOPLE
+        )
+    )
+    world.mark("links")
+    pages = [await browsers.open(p[0], link) for p, link in zip(PEOPLE, links, strict=True)]
+    world.pages = {p.name: p for p in pages}
+    doctor, *others = pages
+    await join(doctor)
+    world.mark("doctor joined")
+    await asyncio.gather(*(join(p) for p in others))
+    world.mark("all joined")
+    for page in pages:
+        world.probes[page.name] = await page.eval(PROBE)
+    return pages
+
+
+async def ids_of(pages: list[Page]) -> dict[str, str]:
+    return {p.name: await participant_id(p) for p in pages}
+
+
+async def probes(pages: list[Page]) -> dict[str, Any]:
+    out = {}
+    for page in pages:
+        try:
+            out[page.name] = await page.eval(PROBE_READ)
+        except DriverError as exc:
+            out[page.name] = {"error": str(exc)}
+    return out
+
+
+async def media_workers(world: World, pages: list[Page]) -> dict[str, Any]:
+    """Which worker each page's publish and subscribe connections reach (by
+    the remote candidate's port), and the room's worker in the registry."""
+    by_port = {e.get("port"): wid for wid, e in (await world.cluster.workers()).items()}
+    out: dict[str, Any] = {"registry": await world.cluster.worker_of(ROOM)}
+    for page in pages:
+        try:
+            ports = await page.eval(MEDIA_PORTS)
+        except DriverError as exc:
+            out[page.name] = str(exc)
+            continue
+        out[page.name] = {k: by_port.get(str(v), v) for k, v in ports.items()}
+    return out
+
+
+def frames_since(read: dict[str, Any], wall0: float, kinds: set[str]) -> dict[str, Any]:
+    """Each page's frames of ``kinds`` since ``wall0`` (ms), as [seconds
+    after, type, detail, ref, error code], its requests since then as
+    [seconds after, "> " type, id, answer], where the answer is the type of
+    the frame that referred to it, or None for a request never answered."""
+    out: dict[str, Any] = {}
+    for name, r in read.items():
+        frames = [f for f in r.get("frames", []) if f[0] >= wall0]
+        answers = {f[3]: f[1] + (f":{f[4]}" if f[4] else "") for f in frames if f[3]}
+        rows = [[round((f[0] - wall0) / 1000, 2), *f[1:]] for f in frames if f[1] in kinds]
+        rows += [
+            [round((x[0] - wall0) / 1000, 2), "> " + x[1], x[2], answers.get(x[2])]
+            for x in r.get("sent", [])
+            if x[0] >= wall0
+        ]
+        out[name] = sorted(rows, key=lambda row: row[0])
+    return out
+
+
+def same_pages(world: World, read: dict[str, Any]) -> bool:
+    """The probe is still there with the same id, on the same WadudCall: no reload."""
+    return all(
+        (read.get(name) or {}).get("id") == probe and read[name].get("same_call")
+        for name, probe in world.probes.items()
+    )
+
+
+async def poll_decoded(pages: list[Page], ids: dict[str, str]) -> dict[tuple[str, str], int | None]:
+    """framesDecoded per (page, peer) now; None where the page did not answer."""
+    out: dict[tuple[str, str], int | None] = {}
+    for page in pages:
+        try:
+            stats = await page.eval(STATS) or {}
+        except DriverError:
+            stats = None
+        for peer in pages:
+            if peer is not page:
+                s = None if stats is None else (stats.get(ids[peer.name]) or {})
+                out[(page.name, peer.name)] = None if s is None else int(s.get("framesDecoded", 0))
+    return out
+
+
+async def watch_recovery(
+    pages: list[Page],
+    ids: dict[str, str],
+    baseline: dict[tuple[str, str], int | None],
+    t0: float,
+    within: float,
+    sustain: float = 1.0,
+) -> dict[str, Any]:
+    """After media stopped at ``t0``: when each page decodes each other page
+    again. A pair is back when its framesDecoded rises after having stood
+    still (or gone down, with new receivers, or been unreadable), and keeps
+    rising for ``sustain`` seconds: frames still in the jitter buffer at the
+    kill are not a recovery, nor is a moment of media between two moves."""
+    last = dict(baseline)
+    stalled: dict[tuple[str, str], float] = {}
+    rising: dict[tuple[str, str], float] = {}  # since when, after the stall
+    back: dict[tuple[str, str], float] = {}
+    while len(back) < len(last) and time.monotonic() - t0 < within:
+        now = await poll_decoded(pages, ids)
+        at = time.monotonic() - t0
+        for pair, value in now.items():
+            prev = last[pair]
+            if value is not None:
+                last[pair] = value
+            if pair in back:
+                continue
+            if value is None or prev is None or value <= prev:
+                stalled.setdefault(pair, at)
+                rising.pop(pair, None)
+            elif pair in stalled:
+                since = rising.setdefault(pair, at)
+                if at - since >= sustain:
+                    back[pair] = since
+        await asyncio.sleep(0.1)
+    return {
+        "back": {f"{a}<-{b}": round(t, 2) for (a, b), t in back.items()},
+        "stalled": {f"{a}<-{b}": round(t, 2) for (a, b), t in stalled.items()},
+        "missing": [f"{a}<-{b}" for (a, b) in last if (a, b) not in back],
+        "gap": round(max(back.values()), 2) if back else None,
+    }
+
+
+#: A remote video the patient's page decodes no frame of for this long is
+#: a freeze the patient would notice. Shorter gaps are not counted: with
+#: four test workers on two cores Chromium's decoder alone pauses for a
+#: second at times, before any failure as much as after one.
+FREEZE_S = 1.5
+
+
+def freezes(
+    samples: list[tuple[float, dict[str, int]]], names: list[str], t0: float, least: float
+) -> list[dict[str, Any]]:
+    """Spans of at least ``least`` seconds over which a participant's
+    decoded frame count (``samples``: time, count by name) was seen not to
+    rise (from the first sample of a count to the last with the same
+    count), each with its start and length relative to ``t0``."""
+    found: list[dict[str, Any]] = []
+    for name in names:
+        runs: list[tuple[float, float, int]] = []  # (first seen, last seen, count)
+        for at, counts in samples:
+            count = counts[name]
+            if runs and count <= runs[-1][2]:
+                runs[-1] = (runs[-1][0], at, runs[-1][2])
+            else:
+                runs.append((at, at, count))
+        found += [_freeze(name, a, b, n, t0) for a, b, n in runs if b - a >= least]
+    return found
+
+
+def _freeze(name: str, first: float, last: float, frames: int, t0: float) -> dict[str, Any]:
+    return {"from": name, "at": round(first - t0, 2), "seconds": round(last - first, 2),
+            "frames": frames}  # fmt: skip
