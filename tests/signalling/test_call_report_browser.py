@@ -31,9 +31,9 @@ from tests.signalling.test_weak_network import (
     HTTP_PORT,
     capped_call,
     serving,
-    turn_groups,
     worker_view,
 )
+from tests.signalling.weak_paths import turn_groups
 
 #: The capped path: 400 kbit/s each way (the top layer needs ~1.5 Mbit/s).
 RATE = 400_000 / 8

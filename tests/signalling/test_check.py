@@ -163,7 +163,7 @@ async def test_check_is_rate_limited_per_address(api: Api) -> None:
 async def run_scenario(
     scenario: str, database_url: str, work: Path, budget: float
 ) -> dict[str, Any]:
-    from tests.signalling.test_weak_network import turn_groups
+    from tests.signalling.weak_paths import turn_groups
 
     if shutil.which("iptables") is None:
         pytest.skip("needs iptables")
@@ -330,7 +330,7 @@ async def scenario_paths(world: World) -> dict[str, Any]:
 
 
 async def scenario_capped(world: World) -> dict[str, Any]:
-    from tests.signalling.test_weak_network import CAPPED_PORT, CappedPath, Turn, relay_only
+    from tests.signalling.weak_paths import CAPPED_PORT, CappedPath, Turn, relay_only
 
     turn = Turn(world.browsers.work, TURN_PORT, 50000)
     await turn.start()
