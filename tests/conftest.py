@@ -69,6 +69,7 @@ BUSY = {
         "tests/turn/test_turn_bench.py",
         "tests/sfu/test_bench_smoke.py",
         "tests/test_regions.py",
+        "tests/signalling/test_sentinel_call.py",
     ),
 }
 WAITING = (
