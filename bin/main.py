@@ -30,6 +30,7 @@ import uvloop
 from bin import assembly
 from turn.errors import TurnConfigError
 from wadud import config, logs
+from wadud.config import sources
 from wadud.errors import ConfigError, WadudError
 
 log = logging.getLogger("wadud.main")
@@ -169,7 +170,7 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
             media_announced_addresses=args.announce,
             media_node_id=args.node_id,
         )
-    settings = config.load(file=getattr(args, "config", None), overrides=overrides)
+    settings = sources.load(file=getattr(args, "config", None), overrides=overrides)
     if settings.metrics_listen and args.command in ("serve", "api"):
         from wadud.ops import listen_address
 

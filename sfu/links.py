@@ -60,7 +60,7 @@ from rtc import demux
 from rtc.errors import RtcpParseError
 from rtc.ice import Address
 from rtc.rtcp import Fir, Nack, Pli, ReceiverReport, RtcpPacket, SenderReport, parse_compound
-from rtc.sdp import AUDIO_LEVEL, Codec, LocalParameters, RtcpFeedback
+from rtc.sdp import AUDIO_LEVEL, Codec, RtcpFeedback
 from sfu.control import (
     RelayCodec,
     RelayedTrack,
@@ -70,6 +70,7 @@ from sfu.control import (
 from sfu.errors import SfuStateError
 from sfu.forward import Subscription
 from sfu.negotiation import WorkerControl
+from sfu.offer_answer import LocalParameters
 from sfu.records import Peer, RelayRoom, Room, Track
 from sfu.relay import LinkState, RelayLink, parse_fingerprint
 from sfu.reports import ReceiveStatistics, SendStatistics

@@ -45,19 +45,16 @@ from rtc.sdp import (
     Direction,
     Extmap,
     Fingerprint,
-    ForwardedTrack,
-    LocalParameters,
     MediaDescription,
     RtcpFeedback,
     SessionDescription,
     Setup,
-    answer,
-    offer_for_subscriber,
 )
 from sfu.bandwidth import BandwidthFeedback, RembEstimator
 from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Restart, Source, TrackInfo
 from sfu.errors import SfuStateError
 from sfu.forward import Forwarder, ForwarderStats, Subscription
+from sfu.offer_answer import ForwardedTrack, LocalParameters, answer, offer_for_subscriber
 from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track
 from sfu.reports import ReceiveStatistics, ReportScheduler, SendStatistics
 from sfu.speaker import ActiveSpeaker as SpeakerDetector

@@ -19,10 +19,11 @@ from dataclasses import replace
 from typing import Literal
 
 from rtc.ice import Address
-from rtc.sdp import Codec, ForwardedTrack, LocalParameters
+from rtc.sdp import Codec
 from sfu.bandwidth import TransportCcRecorder
 from sfu.control import RelayedTrack, TrackInfo
 from sfu.forward import Forwarder
+from sfu.offer_answer import ForwardedTrack, LocalParameters
 from sfu.reports import ReceiveStatistics
 from sfu.speaker import ActiveSpeaker as SpeakerDetector
 from sfu.transport import PeerTransport

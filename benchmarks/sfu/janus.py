@@ -78,7 +78,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import free_port  # noqa: E402
 from benchmarks.sfu import load, peer  # noqa: E402
-from benchmarks.sfu import run as base  # noqa: E402
+from benchmarks.sfu.bench import Bench  # noqa: E402
+from benchmarks.sfu.report import code_identity, print_table  # noqa: E402
+from benchmarks.sfu.scenarios import Scenario  # noqa: E402
+from benchmarks.sfu.servers import MediaNode, media_control  # noqa: E402
 from rtc import stun  # noqa: E402
 from rtc.errors import StunParseError  # noqa: E402
 
@@ -86,8 +89,8 @@ HOST = "127.0.0.1"
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 
 SCENARIOS = {
-    "1x20": base.Scenario("1x20", 1, 20),
-    "1x40": base.Scenario("1x40", 1, 40),
+    "1x20": Scenario("1x20", 1, 20),
+    "1x40": Scenario("1x40", 1, 40),
 }
 
 # getifaddrs that reports ``lo`` as an ordinary interface, so Janus gathers
@@ -416,12 +419,12 @@ class JanusParticipant:
             await self.api.detach(self.handle)
 
 
-class JanusBench(base.Bench):
-    """run.py's Bench with rooms made over the Janus VideoRoom API."""
+class JanusBench(Bench):
+    """The SFU benchmark's Bench (bench.py) with rooms made over the Janus VideoRoom API."""
 
     janus_rooms = itertools.count(1000)
 
-    async def room(self, scenario: base.Scenario) -> list[Any]:
+    async def room(self, scenario: Scenario) -> list[Any]:
         server: Janus = self.server  # type: ignore[assignment]
         api = server.api
         assert api is not None
@@ -505,8 +508,8 @@ class JanusBench(base.Bench):
 # -- Wadud ---------------------------------------------------------------------------------
 
 
-def media_node(work: Path, *, native: bool) -> base.MediaNode:
-    """run.py's ``wadud media`` node, its worker with or without the native fan-out.
+def media_node(work: Path, *, native: bool) -> MediaNode:
+    """servers.py's ``wadud media`` node, its worker with or without the native fan-out.
 
     MediaNode passes no ``WADUD_*`` of ours to the node; ``WADUD_NATIVE`` is
     added to the environment of the processes it starts.
@@ -520,7 +523,7 @@ def media_node(work: Path, *, native: bool) -> base.MediaNode:
         return real(*args, **kwargs)
 
     with mock.patch.object(subprocess, "Popen", popen):
-        node = base.MediaNode(work)
+        node = MediaNode(work)
     node.name = "wadud" if native else "wadud-py"  # type: ignore[attr-defined]
     return node
 
@@ -529,7 +532,7 @@ def media_node(work: Path, *, native: bool) -> base.MediaNode:
 
 
 def bench_args(args: argparse.Namespace) -> argparse.Namespace:
-    """What run.py's Bench reads of its command line, with its defaults."""
+    """What Bench reads of run.py's command line, with its defaults."""
     return argparse.Namespace(
         pps=args.pps,
         fps=args.fps,
@@ -560,7 +563,7 @@ def rss_mb(pid: int) -> float:
     return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
 
 
-async def rss_with_one_room(bench: base.Bench, bargs: argparse.Namespace) -> float | None:
+async def rss_with_one_room(bench: Bench, bargs: argparse.Namespace) -> float | None:
     """RSS (MB) of the forwarding process in the middle of a one-room 1x40 run."""
     seen: list[float] = []
     pid = bench.server.worker_pid()
@@ -585,10 +588,10 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for name in names:
         if name not in SCENARIOS:
             raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-    out: dict[str, Any] = {"code": base.code_identity(), "args": vars(args)}
+    out: dict[str, Any] = {"code": code_identity(), "args": vars(args)}
     servers: list[Any] = []
-    benches: dict[str, base.Bench] = {}
-    shared_load: base.LoadClient | None = None
+    benches: dict[str, Bench] = {}
+    shared_load: load.LoadClient | None = None
     rows: list[Row] = []
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
@@ -609,11 +612,11 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 target = serve_load if shared_load is None else _idle
                 with mock.patch.object(load, "serve", target):
                     if isinstance(server, Janus):
-                        bench: base.Bench = JanusBench(bargs, server, http)  # type: ignore[arg-type]
+                        bench: Bench = JanusBench(bargs, server, http)  # type: ignore[arg-type]
                     else:
-                        bench = base.Bench(bargs, server, http)
-                if isinstance(server, base.MediaNode):
-                    bench.media = await base.media_control(server, stack)
+                        bench = Bench(bargs, server, http)
+                if isinstance(server, MediaNode):
+                    bench.media = await media_control(server, stack)
                 if shared_load is None:
                     shared_load = bench.load
                 else:
@@ -651,7 +654,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         )
                         rows.append(Row(who, rnd, asdict(r)))
                         print(f"[{who}] ", end="")
-                        base.print_table([r])
+                        print_table([r])
                         sys.stdout.flush()
             out["throughput"] = compare(rows, names, order)
             print_compare(out["throughput"])
@@ -683,7 +686,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         )
                         rows.append(Row(who, -1 - rnd, asdict(r)))
                         print(f"[{who}] ", end="")
-                        base.print_table([r])
+                        print_table([r])
                         lat["runs"].setdefault(who, []).append(
                             {
                                 "added_latency_us": r.added_latency_us,

@@ -1,6 +1,6 @@
 """The load process of the SFU benchmark: every synthetic transport, one blocking loop.
 
-The driver (run.py) speaks the signalling protocol; this process owns the UDP
+The driver (bench.py) speaks the signalling protocol; this process owns the UDP
 sockets. It answers the driver's commands over a pipe (build an offer, answer
 an offer, connect transports, run a load, close) and, while idle, keeps ICE
 consent fresh (RFC 7675) on every connected transport so the worker does not
@@ -23,17 +23,23 @@ process, same clock) to the kernel's arrival stamp on the subscriber's
 socket, and exact loss. The worker's CPU time
 (user + system, psutil) is read at the edges of the measured window, after a
 warm-up.
+
+:class:`LoadClient` is the driver's end of the pipe.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import datetime as dt
 import gc
+import multiprocessing
 import os
 import select
 import socket
 import struct
+import threading
 import time
 import traceback
 from array import array
@@ -715,3 +721,71 @@ def serve(conn: Connection) -> None:
             conn.send(("ok", result))
         except Exception as exc:  # reported to the driver, which stops
             conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+
+
+class LoadClient:
+    """Commands to the load process. It answers them in order, one at a time;
+    a reader thread hands each answer to its caller, so a caller that was
+    cancelled (a participant closing mid-answer) cannot shift the others."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=serve, args=(child,), name="sfu-bench-load")
+        self.proc.start()
+        child.close()
+        self.loop = asyncio.get_running_loop()
+        self.waiting: collections.deque[asyncio.Future[tuple[str, Any]]] = collections.deque()
+        self.reader = threading.Thread(target=self._read, name="sfu-bench-load-reader")
+        self.reader.daemon = True
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                reply = self.conn.recv()
+            except (EOFError, OSError):
+                reply = ("error", "the load process is gone")
+                with contextlib.suppress(RuntimeError):  # the loop already closed
+                    self.loop.call_soon_threadsafe(self._fail_all, reply)
+                return
+            try:
+                self.loop.call_soon_threadsafe(self._deliver, reply)
+            except RuntimeError:
+                return
+
+    def _deliver(self, reply: tuple[str, Any]) -> None:
+        if not self.waiting:
+            return  # the answer to "quit"
+        fut = self.waiting.popleft()
+        if not fut.done():
+            fut.set_result(reply)
+
+    def _fail_all(self, reply: tuple[str, Any]) -> None:
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(reply)
+
+    async def call(self, command: str, *args: Any, within: float = 120.0) -> Any:
+        fut: asyncio.Future[tuple[str, Any]] = self.loop.create_future()
+        # Sent and queued in one step of the loop: replies come in this order.
+        self.waiting.append(fut)
+        self.conn.send((command, args))
+        status, result = await asyncio.wait_for(asyncio.shield(fut), within)
+        if status != "ok":
+            raise RuntimeError(f"load process: {command} failed: {result}")
+        return result
+
+    def pid(self) -> int:
+        return int(self.proc.pid or 0)
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(OSError, EOFError):
+                self.conn.send(("quit", ()))
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()

@@ -13,6 +13,7 @@ from rtc import sdp
 from rtc.dtls import DtlsCertificate
 from rtc.red import RedBlock, RedPayload
 from rtc.rtp import RtpPacket
+from sfu import offer_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,8 +28,10 @@ def test_audio_offer_is_chromium_shaped_and_red_is_answered_first() -> None:
         assert offer.bundle is not None and offer.bundle.mids == ["0", peer.AUDIO_MID]
         assert [c.name for c in audio.codecs] == ["opus", "red"]
         assert audio.codecs[1].fmtp == f"{peer.OPUS_PT}/{peer.OPUS_PT}"
-        local = sdp.LocalParameters("abcd", "p" * 24, video.fingerprints, [("127.0.0.1", 9)])
-        answered = sdp.answer(offer, local).media[1]
+        local = offer_answer.LocalParameters(
+            "abcd", "p" * 24, video.fingerprints, [("127.0.0.1", 9)]
+        )
+        answered = offer_answer.answer(offer, local).media[1]
         assert answered.formats == [str(peer.RED_PT), str(peer.OPUS_PT)]
         plain = sdp.SessionDescription.parse(peer.publish_offer(transport, 10, 11, audio="opus"))
         assert [c.name for c in plain.media[1].codecs] == ["opus"]

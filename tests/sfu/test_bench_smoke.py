@@ -22,6 +22,7 @@ from rtc import sdp
 from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete
 from rtc.ice import IceLiteAgent, SelectedAddress, local_ufrag_of, random_credentials
 from rtc.srtp import SrtpSession
+from sfu import offer_answer
 from sfu.forward import vp8_keyframe_start
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,12 +41,12 @@ class CoreServer:
         self.by_addr: dict[tuple[str, int], tuple[IceLiteAgent, DtlsEndpoint]] = {}
         self.srtp: dict[tuple[str, int], SrtpSession] = {}
 
-    def local(self) -> sdp.LocalParameters:
+    def local(self) -> offer_answer.LocalParameters:
         ufrag, pwd = random_credentials()
         fp = sdp.Fingerprint("sha-256", self.certificate.fingerprint())
-        return sdp.LocalParameters(ufrag, pwd, [fp], [("127.0.0.1", self.port)])
+        return offer_answer.LocalParameters(ufrag, pwd, [fp], [("127.0.0.1", self.port)])
 
-    def expect(self, local: sdp.LocalParameters, remote: sdp.SessionDescription) -> None:
+    def expect(self, local: offer_answer.LocalParameters, remote: sdp.SessionDescription) -> None:
         t = remote.transport()
         assert t.ice_ufrag and t.ice_pwd and t.setup
         role = DtlsRole.SERVER if t.setup is sdp.Setup.ACTIVE else DtlsRole.CLIENT
@@ -94,10 +95,10 @@ def test_synthetic_peer_against_rtc_cores() -> None:
     server = CoreServer(DtlsCertificate.generate(dt.datetime.now(dt.UTC)))
     pub, sub = peer.Transport(cert), peer.Transport(cert)
     try:
-        # Publish leg: our offer, the worker's answer (rtc.sdp.answer takes DTLS client).
+        # Publish leg: our offer, the worker's answer (sfu.offer_answer.answer takes DTLS client).
         offer = peer.publish_offer(pub, ssrc=1111, rtx_ssrc=2222)
         local = server.local()
-        answer = sdp.answer(sdp.SessionDescription.parse(offer), local)
+        answer = offer_answer.answer(sdp.SessionDescription.parse(offer), local)
         server.expect(local, sdp.SessionDescription.parse(offer))
         media = answer.media[0]
         assert [c.name for c in media.codecs] == ["VP8", "rtx"]
@@ -107,10 +108,10 @@ def test_synthetic_peer_against_rtc_cores() -> None:
 
         # Subscribe leg: the worker's offer, our answer (we take DTLS client).
         local = server.local()
-        forwarded = sdp.ForwardedTrack(
+        forwarded = offer_answer.ForwardedTrack(
             "video", "0", "s", "t", ssrc=3333, codec=media.codecs[0], cname="c"
         )
-        sub_offer = str(sdp.offer_for_subscriber([forwarded], local))
+        sub_offer = str(offer_answer.offer_for_subscriber([forwarded], local))
         sub_answer, tracks = peer.subscribe_answer(sub, sub_offer)
         parsed = sdp.SessionDescription.parse(sub_answer)
         assert not parsed.ice_lite

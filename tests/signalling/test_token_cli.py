@@ -20,9 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from bin.main import main
-from wadud import config
 from wadud.auth import decode_room_token
-from wadud.config import Settings
+from wadud.config import Settings, sources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +49,7 @@ def split(url: str) -> tuple[str, str, str]:
 
 
 def settings_for(data_dir: Path, **env: str) -> Settings:
-    return config.load(env=env, overrides={"data_dir": str(data_dir)}).with_secret()
+    return sources.load(env=env, overrides={"data_dir": str(data_dir)}).with_secret()
 
 
 def test_doctor_link_from_the_command(tmp_path: Path) -> None:

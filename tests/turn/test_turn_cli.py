@@ -20,7 +20,7 @@ from tests.turn.conftest import SECRET, RawClient
 from turn import cli
 from turn.config import TurnConfig, check_settings
 from turn.errors import TurnConfigError
-from wadud import config
+from wadud.config import sources
 from wadud.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,10 +95,10 @@ def test_a_bad_turn_table_stops_every_command_at_start(
     # relay checks its own keys, and bin.main runs that check for every command.
     f = tmp_path / "w.toml"
     f.write_text("[turn]\nsecrets = ['s']\nrelay_ips = ['203.0.113.5']\n")
-    check_settings(config.load(file=f, env={}))
+    check_settings(sources.load(file=f, env={}))
     f.write_text("[turn]\nrelay_ipz = ['x']\n")
     with pytest.raises(ConfigError, match=r"\[turn\]: .*relay_ipz"):
-        check_settings(config.load(file=f, env={}))
+        check_settings(sources.load(file=f, env={}))
     argv = ["token", "--config", str(f), "--room", "r", "--identity", "i", "--role", "doctor"]
     assert main(argv) == 2
     assert "relay_ipz" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from rtc import stun
 from tests.turn.conftest import EchoPeer, RawClient, make_config
 from turn.aio import TurnServer
 from turn.allocation import Allocation
-from wadud import config as wadud_config
+from wadud.config import sources
 
 try:
     from turn import _relay  # type: ignore[attr-defined]
@@ -250,7 +250,7 @@ async def test_ipv6_channel_data(echo_peer: EchoPeer) -> None:
 
 def test_wadud_native_is_not_a_setting() -> None:
     """The settings loader refuses unknown WADUD_* variables, but not this one."""
-    settings_ = wadud_config.load(env={"WADUD_NATIVE": "0"})
+    settings_ = sources.load(env={"WADUD_NATIVE": "0"})
     assert settings_ is not None
 
 

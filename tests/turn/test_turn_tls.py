@@ -27,9 +27,8 @@ from tests.turn.conftest import EchoPeer
 from tests.turn.test_turn_server import Collect
 from turn import tls
 from turn.http import EMBEDDED, embedded_tls_files
-from wadud import config
 from wadud.api import Role
-from wadud.config import Settings
+from wadud.config import Settings, sources
 from wadud.errors import ConfigError
 
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -82,10 +81,10 @@ def test_self_signed_is_made_anew(
 
 def test_tls_cert_and_key_go_together(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tls_cert and tls_key"):
-        config.load(env={"WADUD_TURN_TLS_CERT": "/etc/wadud/turn.crt"})
+        sources.load(env={"WADUD_TURN_TLS_CERT": "/etc/wadud/turn.crt"})
     f = tmp_path / "w.toml"
     f.write_text('[turn]\ntls_cert = "c.pem"\ntls_key = "k.pem"\nlisten_tls = ["0.0.0.0"]\n')
-    s = config.load(file=f, env={})
+    s = sources.load(file=f, env={})
     # Keys `wadud serve`'s relay reads too; listen_tls is the relay's own.
     assert (s.turn_tls_cert, s.turn_tls_key) == ("c.pem", "k.pem")
     assert s.turn_relay == {"listen_tls": ["0.0.0.0"]}

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from wadud import config
+from wadud.config import sources
 from wadud.errors import ConfigError
 
 DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
@@ -14,13 +15,13 @@ DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
 def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
     f = tmp_path / "w.toml"
     f.write_text('port = 9000\n[database]\nurl = "postgresql://file/db"\npool_max = 7\n')
-    s = config.load(file=f, env={})
+    s = sources.load(file=f, env={})
     assert (s.port, s.database_url, s.database_pool_max) == (9000, "postgresql://file/db", 7)
-    s = config.load(file=f, env={"WADUD_PORT": "9100", "WADUD_DATABASE_MIGRATE": "off"})
+    s = sources.load(file=f, env={"WADUD_PORT": "9100", "WADUD_DATABASE_MIGRATE": "off"})
     assert s.port == 9100 and s.database_migrate is False
-    s = config.load(file=f, env={"WADUD_PORT": "9100"}, overrides={"port": 9200, "host": None})
+    s = sources.load(file=f, env={"WADUD_PORT": "9100"}, overrides={"port": 9200, "host": None})
     assert s.port == 9200 and s.host == "127.0.0.1"
-    s = config.load(env={"WADUD_PAYMENTS_CARD_WEBHOOK_SECRETS": "a, b"})
+    s = sources.load(env={"WADUD_PAYMENTS_CARD_WEBHOOK_SECRETS": "a, b"})
     assert s.payments_card_webhook_secrets == ["a", "b"]
 
 
@@ -36,14 +37,14 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
 )
 def test_bad_settings_are_named(env: dict[str, str], text: str) -> None:
     with pytest.raises(ConfigError, match=text):
-        config.load(env=env)
+        sources.load(env=env)
 
 
 def test_unknown_key_in_file(tmp_path: Path) -> None:
     f = tmp_path / "w.toml"
     f.write_text("[database]\nulr = 'x'\n")
     with pytest.raises(ConfigError, match="database_ulr"):
-        config.load(file=f, env={})
+        sources.load(file=f, env={})
 
 
 def test_secret_is_generated_once_and_kept(tmp_path: Path) -> None:
@@ -69,21 +70,21 @@ def test_turn_table_is_shared_with_the_relay(tmp_path: Path) -> None:
         '[turn]\nsecrets = ["s1", "s2"]\nurls = ["turn:t.example:3478"]\n'
         'relay_ips = ["203.0.113.5"]\nlisten_udp = ["0.0.0.0:3478"]\n'
     )
-    s = config.load(file=f, env={})
+    s = sources.load(file=f, env={})
     assert s.turn_secrets == ["s1", "s2"]
     assert s.turn_urls == ["turn:t.example:3478"]
     assert s.turn_relay == {"relay_ips": ["203.0.113.5"], "listen_udp": ["0.0.0.0:3478"]}
     # The relay's keys are the relay's to check (tests/turn/test_turn_cli.py).
     f.write_text("[turn]\nrelay_ipz = ['x']\n")
-    assert config.load(file=f, env={}).turn_relay == {"relay_ipz": ["x"]}
+    assert sources.load(file=f, env={}).turn_relay == {"relay_ipz": ["x"]}
     with pytest.raises(ConfigError, match="unknown setting"):
-        config.load(env={"WADUD_TURN_RELAY": "x"})
+        sources.load(env={"WADUD_TURN_RELAY": "x"})
 
 
 def test_the_example_configuration_loads() -> None:
     """deploy/wadud.example.toml is what operators copy: every key in it must
     be a setting in its section (a key under the wrong table is refused)."""
     example = Path(__file__).parents[2] / "deploy" / "wadud.example.toml"
-    s = config.load(file=example, env={})
+    s = sources.load(file=example, env={})
     assert s.region == "pk"
     assert s.media_region_distances.startswith("pk-ae=")

