@@ -1,21 +1,29 @@
-/* The SFU's fan-out leaf: SRTP-protect each routed copy and send them with sendmmsg.
+/* The SFU's native fan-out: rewrite, SRTP-protect and sendmmsg a packet's copies.
  *
- * sfu/native.py is its only caller and says why it exists; this file is the
- * per-datagram loop and nothing else (with RED's two per-packet steps, twins of
- * rtc/red.py's). Everything it touches is owned by Python
- * objects: the routed list is the forwarder's, the subscriber records are the
- * worker's Peer objects, the libsrtp sessions are pylibsrtp's (we call the
- * srtp_protect of the libsrtp that pylibsrtp bundles, through a function
- * pointer its cffi binding gives us, so there is one libsrtp in the process
- * and no second copy of any key). A Leg caches, per subscriber, the session
- * pointer and the packed socket address; it is rebuilt whenever the record's
- * ``protect`` or ``addr`` is a different object from the one it was built for.
+ * sfu/native.py is its only caller and says why it exists. One type, Fanout,
+ * bound to the worker's UDP socket, with three kinds of method:
  *
  *   Fanout(fd, protect_fn, resolve)   fd: the worker's UDP socket (non-blocking)
  *                                     protect_fn: address of srtp_protect
  *                                     resolve(protect) -> session address or 0
+ *   Fanout.forward(...) -> int        the steady-state copies of one packet
+ *                                     (sfu.forward.Forwarder.route_into's
+ *                                     loop): rewritten, protected, sent; the
+ *                                     subscriptions it leaves go to ``rest``
  *   Fanout.send(routed) -> int        routed: [(peer, plain_rtp_bytes)];
- *                                     returns the datagrams the kernel took.
+ *                                     returns the datagrams the kernel took
+ *   Fanout.red_primary, red_deepen    RED's two per-packet steps (RFC 2198),
+ *                                     pure functions, twins of rtc/red.py's
+ *
+ * Everything it touches is owned by Python objects: the subscriptions and
+ * their rewriters are the forwarder's (sfu/table.py), the subscriber records
+ * are the worker's Peer objects, the libsrtp sessions are pylibsrtp's (we
+ * call the srtp_protect of the libsrtp that pylibsrtp bundles, through a
+ * function pointer its cffi binding gives us, so there is one libsrtp in the
+ * process and no second copy of any key). A Leg caches, per subscriber, the
+ * session pointer and the packed socket address; it is rebuilt whenever the
+ * record's ``protect`` or ``addr`` is a different object from the one it was
+ * built for.
  *
  * A record whose ``protect`` is None is skipped (not keyed yet, or gone). A
  * ``protect`` that is not a pylibsrtp Session's (resolve gives 0) is called
@@ -40,7 +48,7 @@
 typedef int (*srtp_protect_fn)(void *ctx, void *rtp_hdr, int *len_ptr);
 
 static PyObject *str_protect, *str_addr, *str_wire, *str_srtp_errors, *one;
-/* Subscription, RtpRewriter and TransportState slots forward() reads and writes. */
+/* Subscription, RtpRewriter and SubscriberTransport slots forward() reads and writes. */
 static PyObject *str_paused, *str_waiting_keyframe, *str_vp8, *str_pt_map, *str_rewriter,
     *str_resync, *str_in_max, *str_in_start, *str_seq_offset, *str_ts_offset, *str_out_max_seq,
     *str_out_max_ts, *str_last_now, *str_ssrc, *str_ext_table, *str_twcc, *str_abs_send_time,
@@ -54,7 +62,7 @@ static PyObject *str_red_stripped;
 
 /* -- slots read straight from the objects ---------------------------------------
  *
- * Subscription, RtpRewriter, TransportState and Peer keep their state in
+ * Subscription, RtpRewriter, SubscriberTransport and Peer keep their state in
  * __slots__; PyObject_GetAttr on a slot costs a type lookup and a descriptor
  * call, several dozen times per copy. A SlotCache resolves, once per type,
  * each name to its member descriptor's offset (only T_OBJECT_EX members, the
