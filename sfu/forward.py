@@ -59,21 +59,11 @@ from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.groups import SimulcastTable
 from sfu.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
-from sfu.keyframes import h264_keyframe_start, vp8_keyframe_start, vp8_size
+from sfu.keyframes import vp8_size
 from sfu.simulcast import Vp8Rewriter, vp8_picture
-from sfu.table import ForwarderStats, Group, Subscription, Track, TransportState
+from sfu.table import ForwarderStats, Group, SourceStream, SubscriberTransport, Subscription
 
-__all__ = [
-    "Forwarder",
-    "ForwarderStats",
-    "Group",
-    "Subscription",
-    "Track",
-    "h264_keyframe_start",
-    "vp8_keyframe_start",
-]
-# Re-exported: they were defined here before the split.
-_ = (ForwarderStats, h264_keyframe_start, vp8_keyframe_start)
+__all__ = ["Forwarder", "NativeForward"]
 
 Buffer = bytes | bytearray | memoryview
 Key = Hashable
@@ -188,9 +178,9 @@ class Forwarder(SimulcastTable):
         self.nack_retries = nack_retries
         self.red_depth = red_depth
         self.stats = ForwarderStats()
-        self._tracks: dict[int, Track] = {}
-        self._rtx_tracks: dict[int, Track] = {}
-        self._transports: dict[Key, TransportState] = {}
+        self._tracks: dict[int, SourceStream] = {}
+        self._rtx_tracks: dict[int, SourceStream] = {}
+        self._transports: dict[Key, SubscriberTransport] = {}
         self._rtcp: list[tuple[Key, RtcpPacket]] = []
         self._timer: float | None = None
         # Interned extension-id tables (at most one per distinct mapping).
@@ -217,7 +207,7 @@ class Forwarder(SimulcastTable):
         nack: bool | None = None,
         fir: bool = False,
         red_payload_type: int | None = None,
-    ) -> Track:
+    ) -> SourceStream:
         """Register a publisher's track by its media SSRC (RFC 3550 section 8).
 
         ``codec`` names the encoding (``"vp8"``, ``"h264"``, ``"opus"``); video
@@ -237,7 +227,7 @@ class Forwarder(SimulcastTable):
         if rtx_ssrc is not None and (rtx_ssrc in self._tracks or rtx_ssrc in self._rtx_tracks):
             raise SfuStateError(f"SSRC {rtx_ssrc} is already routed")
         exts = dict(extensions or {})
-        track = Track(
+        track = SourceStream(
             publisher,
             ssrc,
             kind,
@@ -285,7 +275,7 @@ class Forwarder(SimulcastTable):
         for ssrc in [s for s, t in self._tracks.items() if t.publisher == publisher]:
             self.remove_track(ssrc)
 
-    def track(self, ssrc: int) -> Track:
+    def track(self, ssrc: int) -> SourceStream:
         """The track with this media SSRC (a group's idle track for its id)."""
         group = self._groups.get(ssrc)
         if group is not None:
@@ -296,7 +286,7 @@ class Forwarder(SimulcastTable):
         return track
 
     @property
-    def tracks(self) -> list[Track]:
+    def tracks(self) -> list[SourceStream]:
         """Every published track."""
         return list(self._tracks.values())
 
@@ -327,7 +317,7 @@ class Forwarder(SimulcastTable):
         track = self.track(track_ssrc)
         transport = self._transports.get(subscriber)
         if transport is None:
-            transport = self._transports[subscriber] = TransportState(subscriber)
+            transport = self._transports[subscriber] = SubscriberTransport(subscriber)
         if ssrc in transport.by_ssrc or (rtx_ssrc is not None and rtx_ssrc in transport.by_ssrc):
             raise SfuStateError(f"subscriber {subscriber!r} already receives SSRC {ssrc}")
         group = self._groups.get(track_ssrc)
@@ -703,7 +693,7 @@ class Forwarder(SimulcastTable):
             forwarded += 1
         stats.forwarded += forwarded
 
-    def _unwrap_rtx(self, track: Track, packet: bytes) -> bytes | None:
+    def _unwrap_rtx(self, track: SourceStream, packet: bytes) -> bytes | None:
         """The original packet inside a publisher's RTX packet (RFC 4588 section 4)."""
         try:
             start, end = payload_range(packet)
@@ -729,7 +719,7 @@ class Forwarder(SimulcastTable):
 
     # -- upstream repair -------------------------------------------------------------
 
-    def _gap(self, track: Track, first: int, stop: int, now: float) -> None:
+    def _gap(self, track: SourceStream, first: int, stop: int, now: float) -> None:
         missing = track.missing
         if stop - first > _MAX_NACK_GAP:
             missing.clear()
@@ -769,7 +759,7 @@ class Forwarder(SimulcastTable):
             track.kf_pending = True
             self._arm(track.kf_last + self.keyframe_interval)
 
-    def _send_keyframe_request(self, track: Track, now: float) -> None:
+    def _send_keyframe_request(self, track: SourceStream, now: float) -> None:
         track.kf_last = now
         track.kf_pending = False
         packet: RtcpPacket
@@ -930,7 +920,7 @@ class Forwarder(SimulcastTable):
         number into these rings (:meth:`sfu.estimator.SendSideEstimator.rings`)."""
         transport = self._transports.get(subscriber)
         if transport is None:
-            transport = self._transports[subscriber] = TransportState(subscriber)
+            transport = self._transports[subscriber] = SubscriberTransport(subscriber)
         transport.sent_at, transport.sizes = sent_at, sizes
 
     def padding(self, subscriber: Key, size: int, now: float) -> tuple[bytes, int] | None:

@@ -57,10 +57,11 @@ from rtc.sdp import (
 from sfu.bandwidth import BandwidthFeedback, RembEstimator
 from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Restart, Source, TrackInfo
 from sfu.errors import SfuStateError
-from sfu.forward import Forwarder, ForwarderStats, Subscription
+from sfu.forward import Forwarder
 from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track
 from sfu.reports import ReceiveStatistics, ReportScheduler, SendStatistics
-from sfu.speaker import ActiveSpeaker as SpeakerDetector
+from sfu.speaker import SpeakerDetector
+from sfu.table import ForwarderStats, Subscription
 from sfu.transport import TERMINAL, PeerState, PeerTransport
 
 __all__ = ["WorkerControl"]

@@ -24,7 +24,7 @@ from sfu.bandwidth import TransportCcRecorder
 from sfu.control import RelayedTrack, TrackInfo
 from sfu.forward import Forwarder
 from sfu.reports import ReceiveStatistics
-from sfu.speaker import ActiveSpeaker as SpeakerDetector
+from sfu.speaker import SpeakerDetector
 from sfu.transport import PeerTransport
 
 __all__ = [

@@ -340,7 +340,7 @@ class ReceiveStatistics:
 
 
 class OutgoingStream(Protocol):
-    """What a sender report reads of an outgoing stream (``sfu.forward.Subscription`` has it)."""
+    """What a sender report reads of an outgoing stream (``sfu.table.Subscription`` has it)."""
 
     @property
     def ssrc(self) -> int: ...

@@ -19,7 +19,7 @@ each other: a challenger takes over only after being the loudest, above
 seconds of consecutive evaluations. The current speaker stays the speaker
 through their own silence until someone else qualifies, as conferencing
 clients expect. Evaluations run every ``interval`` seconds from
-:meth:`ActiveSpeaker.handle_timer` (sans-I/O: :meth:`ActiveSpeaker.get_timer`
+:meth:`SpeakerDetector.handle_timer` (sans-I/O: :meth:`SpeakerDetector.get_timer`
 says when), and each change is returned as a :class:`SpeakerChanged` event.
 """
 
@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-__all__ = ["ActiveSpeaker", "SpeakerChanged"]
+__all__ = ["SpeakerChanged", "SpeakerDetector"]
 
 Key = Hashable
 
@@ -57,7 +57,7 @@ class _Participant:
         self.uses_vad = False
 
 
-class ActiveSpeaker:
+class SpeakerDetector:
     """Dominant speaker of one room from RFC 6464 levels, with hysteresis.
 
     ``threshold``: the lowest score (dB above -127 dBov) that counts as

@@ -5,7 +5,7 @@ the socket (an :class:`asyncio.DatagramProtocol`, so uvloop reads it), the one
 timer handle, and the tables that say which datagram belongs to whom; the
 protocol work is done by :class:`sfu.transport.PeerTransport` (ICE-lite,
 DTLS-SRTP), :class:`sfu.forward.Forwarder` (routing, rewriting, repair) and
-:class:`sfu.speaker.ActiveSpeaker`. It is the :class:`sfu.control.MediaControl`
+:class:`sfu.speaker.SpeakerDetector`. It is the :class:`sfu.control.MediaControl`
 signalling drives: that half (rooms, transports, offer/answer) is
 :class:`sfu.negotiation.WorkerControl`, which it inherits; this module keeps
 what a datagram or a timer sets off.
@@ -117,7 +117,7 @@ from sfu.transport import (
     AddressSelected,
     AddressValidated,
     PeerState,
-    StateChanged,
+    PeerStateChanged,
 )
 
 __all__ = ["MediaWorker"]
@@ -701,7 +701,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                             "ICE restart completed",
                         )
                     )
-            elif isinstance(event, StateChanged):
+            elif isinstance(event, PeerStateChanged):
                 if event.new is PeerState.CONNECTED:
                     self._connected(peer)
                 elif event.new in TERMINAL:
