@@ -63,45 +63,41 @@ from sfu.keyframes import vp8_size
 from sfu.simulcast import Vp8Rewriter, vp8_picture
 from sfu.table import ForwarderStats, Group, SourceStream, SubscriberTransport, Subscription
 
-__all__ = ["Forwarder", "NativeForward"]
+__all__ = ["Forwarder", "NativeRed", "Steady"]
 
 Buffer = bytes | bytearray | memoryview
 Key = Hashable
 Routed = list[tuple[Key, bytes]]
+Steady = tuple[
+    list[Subscription],  # the track's subscriptions
+    bytes,  # the packet, as its copies start
+    float,  # now
+    list[Subscription],  # rest: the copies the native leaf leaves to route_rest
+    list[tuple[int, int, int]],  # extension elements (offset, id, length)
+    bool,  # two-byte extensions
+    int,  # transport-wide sequence number's offset, -1 for none
+    int,  # abs-send-time's offset, -1 for none
+    int,  # abs-send-time's value
+    int,  # the packet's size
+    int,  # payload octets
+    int,  # RED's primary block (payload type << 16 | offset), -1 for none
+    int,  # payload start
+    ForwarderStats,
+    # The rest is route_rest's; the native leaf does not read it.
+    SourceStream,
+    bool,  # a keyframe starts here
+    int,  # payload end
+    int,  # extension block start
+    int,  # extension block end
+]
+"""What :meth:`Forwarder.route_into` hands back for the native leaf: the
+arguments of ``Fanout.forward`` (sfu/_fanout.c), then what
+:meth:`Forwarder.route_rest` needs for the copies the leaf leaves."""
 
 
-class NativeForward(Protocol):
-    """The per-copy loop of :meth:`Forwarder.route_into` as a native leaf (sfu/native.py).
-
-    ``forward`` rewrites, counts and *sends* each steady-state copy (its
-    subscription's ``key`` is the peer to protect and send it for), appends
-    the subscriptions it leaves to the Python loop to ``rest``, and returns
-    how many copies it rewrote. ``primary`` is :func:`rtc.red.primary` of a
-    RED packet (-1 for any other): a subscription whose map lacks the
-    packet's payload type gets the RTP header (``start`` octets) and the
-    primary block, its payload type mapped, counted in ``stats.red_stripped``.
-    The forwarder stays sans-I/O: the adapter hands it one while it owns a
-    socket.
-    """
-
-    def forward(
-        self,
-        subs: list[Subscription],
-        packet: bytes,
-        now: float,
-        rest: list[Subscription],
-        elements: list[tuple[int, int, int]],
-        two_byte: bool,
-        tcc_off: int,
-        abs_off: int,
-        abs_value: int,
-        size: int,
-        payload_octets: int,
-        primary: int,
-        start: int,
-        stats: ForwarderStats,
-        /,
-    ) -> int: ...
+class NativeRed(Protocol):
+    """:func:`rtc.red.primary` and :func:`rtc.red.deepen` natively (``sfu._fanout``'s
+    pure functions on bytes, :data:`sfu.native.RED`): the same results, faster."""
 
     def red_primary(self, packet: bytes, start: int, end: int, /) -> int:
         """:func:`rtc.red.primary`, natively."""
@@ -167,6 +163,7 @@ class Forwarder(SimulcastTable):
         nack_interval: float = 0.1,
         nack_retries: int = 5,
         red_depth: int = 2,
+        red_leaf: NativeRed | None = None,
     ) -> None:
         self.feedback_ssrc = feedback_ssrc
         self.history_size = history_size
@@ -186,8 +183,8 @@ class Forwarder(SimulcastTable):
         # Interned extension-id tables (at most one per distinct mapping).
         self._ext_tables: dict[bytes, bytes] = {}
         self._groups: dict[int, Group] = {}
-        self.native: NativeForward | None = None
-        """The worker's native fan-out while it has one (see :class:`NativeForward`)."""
+        self.red_leaf: NativeRed | None = red_leaf
+        """RED's per-packet steps in native code, if the adapter has them."""
         self.switch_times: deque[float] = deque(maxlen=4096)
         """Seconds from each layer switch's decision to the new layer's first packet."""
 
@@ -464,7 +461,9 @@ class Forwarder(SimulcastTable):
         self.route_into(packet, now, out)
         return out
 
-    def route_into(self, packet: bytes, now: float, out: Routed) -> None:
+    def route_into(
+        self, packet: bytes, now: float, out: Routed, steady: bool = False
+    ) -> Steady | None:
         """Append ``(subscriber, packet)`` for each subscriber of the packet's track.
 
         ``packet`` is one unprotected RTP packet from a publisher; each emitted
@@ -478,22 +477,28 @@ class Forwarder(SimulcastTable):
         kept, the padding and the redundant blocks dropped, the primary's
         payload type mapped): a subscriber that did not negotiate RED gets
         plain Opus. A malformed RED packet is dropped for everyone.
+
+        With ``steady`` (the adapter has the native leaf), the copies are not
+        made here: what the leaf needs is returned (:data:`Steady`), the
+        adapter passes it to ``Fanout.forward``, which makes, protects and
+        sends the steady-state ones, then to :meth:`route_rest` for those the
+        leaf leaves. None when there is nothing to copy.
         """
         stats = self.stats
         n = len(packet)
         if n < 12 or packet[0] & 0xC0 != 0x80:
             stats.malformed += 1
-            return
+            return None
         b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
         track = self._tracks.get(ssrc)
         if track is None:
             track = self._rtx_tracks.get(ssrc)
             if track is None:
                 stats.unknown_ssrc += 1
-                return
+                return None
             unwrapped = self._unwrap_rtx(track, packet)
             if unwrapped is None:
-                return
+                return None
             packet = unwrapped
             b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
         try:
@@ -503,7 +508,7 @@ class Forwarder(SimulcastTable):
             )
         except RtpParseError:
             stats.malformed += 1
-            return
+            return None
 
         # Reception: duplicates, lateness and upstream gaps (RFC 3550 A.1's
         # extended sequence number, relative to the highest so far).
@@ -518,29 +523,29 @@ class Forwarder(SimulcastTable):
                 track.highest = ext
             elif highest - ext >= self.history_size:
                 stats.late += 1
-                return
+                return None
             elif track.history.contains(seq):
                 stats.duplicate += 1
-                return
+                return None
             elif track.missing.pop(ext, None) is not None:
                 stats.recovered += 1
         pt = b1 & 0x7F
         # RED (RFC 2198): where its primary block starts, for the copies cut to it.
         primary = -1
         if pt == track.red_pt:
-            native = self.native
-            if native is None:
+            leaf = self.red_leaf
+            if leaf is None:
                 primary = red.primary(packet, start, end)
             else:
-                primary = native.red_primary(packet, start, end)
+                primary = leaf.red_primary(packet, start, end)
             if primary < 0:
                 stats.red_malformed += 1
-                return
+                return None
         track.history.put(seq, packet, now)
         stats.received += 1
 
         if track.muted:
-            return
+            return None
         keyframe = False
         if track.waiting or track.sizing:
             detect = track.is_keyframe
@@ -556,7 +561,7 @@ class Forwarder(SimulcastTable):
                     self._switch_in(track, now)
         subs = track.subscriptions
         if not subs:
-            return
+            return None
 
         if primary >= 0 and self.red_depth > 1:
             # Deeper redundancy for the subscribers' downlinks, from the
@@ -564,15 +569,15 @@ class Forwarder(SimulcastTable):
             previous = track.red_last
             deeper: object = None
             if previous is not None and track.red_last_seq == (seq - 1) & 0xFFFF:
-                native = self.native
+                leaf = self.red_leaf
                 p_start, p_end = track.red_last_start, track.red_last_end
                 delta = (ts - track.red_last_ts) & 0xFFFFFFFF
                 depth = self.red_depth
-                if native is not None:
-                    deeper = native.red_deepen(
+                if leaf is not None:
+                    deeper = leaf.red_deepen(
                         previous, p_start, p_end, delta, packet, start, end, depth
                     )
-                if native is None or deeper is NotImplemented:
+                if leaf is None or deeper is NotImplemented:
                     deeper = red.deepen(previous, p_start, p_end, delta, packet, start, end, depth)
             track.red_last = packet
             track.red_last_seq = seq
@@ -584,11 +589,6 @@ class Forwarder(SimulcastTable):
                 packet = deeper
                 n = end = len(deeper)
                 primary = (primary >> 16) << 16 | (n - tail)
-        buf = bytearray(packet)
-        # The extension table ``buf`` holds now (None: the publisher's ids).
-        # Subscribers with equal tables share one interned table object, so a
-        # room of one browser kind remaps once per packet, not once per copy.
-        applied: bytes | None = None
         abs_value = -1
         tcc_off = abs_off = -1
         if elements:
@@ -601,23 +601,68 @@ class Forwarder(SimulcastTable):
             if abs_off >= 0:
                 abs_value = int(now * 262144.0) & 0xFFFFFF  # 6.18 fixed point seconds
         payload_octets = end - start
+        if steady:
+            # The native leaf (sfu/_fanout.c) makes every copy in the steady
+            # state (a simulcast layer's PictureID and TL0PICIDX too); what
+            # needs more (a keyframe wait, a run to start, RTP's or VP8's)
+            # it leaves in ``rest`` for route_rest.
+            return (
+                subs, packet, now, [], elements, two_byte, tcc_off, abs_off, abs_value, n,
+                payload_octets, primary, start, stats, track, keyframe, end, ext_start, ext_end,
+            )  # fmt: skip
+        self._copy(
+            subs, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
+            n, payload_octets, primary, start, end, ext_start, ext_end, out,
+        )  # fmt: skip
+        return None
+
+    def route_rest(self, steady: Steady, out: Routed) -> None:
+        """Append ``(subscriber, packet)`` for the subscriptions the native leaf
+        left in ``steady``'s rest (a keyframe wait, a run's first packet)."""
+        (
+            _, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
+            payload_octets, primary, start, _, track, keyframe, end, ext_start, ext_end,
+        ) = steady  # fmt: skip
+        self._copy(
+            rest, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
+            n, payload_octets, primary, start, end, ext_start, ext_end, out,
+        )  # fmt: skip
+
+    def _copy(
+        self,
+        subs: list[Subscription],
+        track: SourceStream,
+        packet: bytes,
+        now: float,
+        keyframe: bool,
+        elements: list[tuple[int, int, int]],
+        two_byte: bool,
+        tcc_off: int,
+        abs_off: int,
+        abs_value: int,
+        n: int,
+        payload_octets: int,
+        primary: int,
+        start: int,
+        end: int,
+        ext_start: int,
+        ext_end: int,
+        out: Routed,
+    ) -> None:
+        """One rewritten copy of ``packet`` per subscription of ``subs``, appended to ``out``."""
+        stats = self.stats
+        _, b1, seq, ts, _ = _FIXED.unpack_from(packet)
+        pt = b1 & 0x7F
+        buf = bytearray(packet)
+        # The extension table ``buf`` holds now (None: the publisher's ids).
+        # Subscribers with equal tables share one interned table object, so a
+        # room of one browser kind remaps once per packet, not once per copy.
+        applied: bytes | None = None
         # A simulcast layer's PictureID/TL0PICIDX, read once for every subscriber.
         picture = vp8_picture(packet, start, end) if track.group is not None else None
         pack_header = _REWRITE.pack_into
         marker = b1 & 0x80
         forwarded = 0
-        native = self.native
-        if native is not None:
-            # The native leaf (sfu/_fanout.c) does this loop's steps for every
-            # copy in the steady state (a simulcast layer's PictureID and
-            # TL0PICIDX too) and sends it; what needs more (a keyframe wait,
-            # a run to start, RTP's or VP8's) comes back here.
-            rest: list[Subscription] = []
-            forwarded = native.forward(
-                subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
-                payload_octets, primary, start, stats,
-            )  # fmt: skip
-            subs = rest
         # A RED packet for a subscription whose map lacks RED: the RTP header
         # and the primary block (its payload type mapped), made once.
         cut: bytearray | None = None

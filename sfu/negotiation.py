@@ -54,6 +54,7 @@ from rtc.sdp import (
     answer,
     offer_for_subscriber,
 )
+from sfu import native
 from sfu.bandwidth import BandwidthFeedback, RembEstimator
 from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Restart, Source, TrackInfo
 from sfu.errors import SfuStateError
@@ -221,7 +222,9 @@ class WorkerControl(abc.ABC):
     def _room(self, name: str) -> Room:
         room = self._rooms.get(name)
         if room is None:
-            forwarder = Forwarder(feedback_ssrc=self.feedback_ssrc, **self.forwarder_options)
+            forwarder = Forwarder(
+                feedback_ssrc=self.feedback_ssrc, red_leaf=native.RED, **self.forwarder_options
+            )
             room = self._rooms[name] = Room(name, forwarder, SpeakerDetector())
         return room
 

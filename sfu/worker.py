@@ -29,9 +29,11 @@ Demultiplexing (RFC 7983 section 7) on one port shared by every peer:
 
 The hot path runs synchronously in :meth:`MediaWorker.datagram_received`:
 SRTP unprotect once, :meth:`Forwarder.route_into` into one reused list, then
-for each subscriber its own SRTP protect and ``sendto`` its selected address
-(with the native fan-out, :mod:`sfu.native`, the steady-state copies are
-rewritten, protected and sent with ``sendmmsg`` inside ``route_into``).
+for each subscriber its own SRTP protect and ``sendto`` its selected address.
+With the native fan-out (:mod:`sfu.native`), ``route_into`` hands back the
+steady-state copies instead of making them; the worker has the leaf make,
+protect and send those with ``sendmmsg`` (``forward``), then the others the
+forwarder makes (``route_rest``, ``send``).
 No task, coroutine or queue per packet; the forwarder's keys *are* the
 subscribers' peer records, so there is no lookup per subscriber either, and
 the per-packet counters are plain attribute increments (the Prometheus
@@ -439,12 +441,20 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         forwarder = peer.forwarder
         fstats = forwarder.stats
         keyframe_requests = fstats.keyframe_requests
-        forwarder.native = self._fan
-        forwarder.route_into(plain, now, out)
-        if out and self._fan is not None:
-            self._fan.send(out)
-            out.clear()
-        elif out:
+        fan = self._fan
+        if fan is not None:
+            # The native leaf makes, protects and sends the steady-state
+            # copies; the forwarder makes the others, and the leaf sends those.
+            steady = forwarder.route_into(plain, now, out, True)
+            if steady is not None:
+                fan.forward(*steady)
+                if steady[3]:
+                    forwarder.route_rest(steady, out)
+                if out:
+                    fan.send(out)
+                    out.clear()
+        else:
+            forwarder.route_into(plain, now, out)
             sendto = self._sendto
             for sub, packet in out:
                 protect = sub.protect
