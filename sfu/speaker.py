@@ -29,6 +29,9 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from rtc.errors import RtpParseError
+from rtc.rtp import audio_level
+
 __all__ = ["SpeakerChanged", "SpeakerDetector"]
 
 Key = Hashable
@@ -84,6 +87,18 @@ class SpeakerDetector:
         self._challenger: Key | None = None
         self._challenger_since = 0.0
         self._next: float | None = None
+
+    def hear(self, participant: Key, packet: bytes, ext_id: int, now: float) -> bool:
+        """An RTP packet's ssrc-audio-level (RFC 6464, header extension ``ext_id``)
+        for :meth:`update`; False when it carries none (or it is malformed)."""
+        try:
+            level = audio_level(packet, ext_id)
+        except RtpParseError:
+            return False
+        if level is None:
+            return False
+        self.update(participant, level[0], level[1], now)
+        return True
 
     def update(self, participant: Key, voice: bool, level: int, now: float) -> None:
         """One audio packet's ``(voice, level)`` from ssrc-audio-level (RFC 6464 section 3)."""

@@ -36,6 +36,12 @@ def test_levels_read_from_real_packets() -> None:
     det = SpeakerDetector()
     det.update("alice", voice, level, 0.0)
     assert det.score("alice", 0.0) == 97
+    # hear() reads the same from the packet itself; none without the extension.
+    heard = SpeakerDetector()
+    assert heard.hear("alice", bytes(p), AUDIO_LEVEL_ID, 0.0)
+    assert heard.score("alice", 0.0) == 97
+    assert not heard.hear("alice", bytes(p), AUDIO_LEVEL_ID + 1, 0.0)
+    assert not heard.hear("alice", b"\x90" + bytes(12), AUDIO_LEVEL_ID, 0.0)
 
 
 def test_first_speaker_is_immediate_and_silence_keeps_them() -> None:
