@@ -60,8 +60,16 @@ from sfu.errors import SfuStateError
 from sfu.groups import SimulcastTable
 from sfu.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
 from sfu.keyframes import vp8_size
+from sfu.repair import padding_probe, retransmission
 from sfu.simulcast import Vp8Rewriter, vp8_picture
-from sfu.table import ForwarderStats, Group, SourceStream, SubscriberTransport, Subscription
+from sfu.table import (
+    ForwarderStats,
+    Group,
+    SourceStream,
+    SubscriberTransport,
+    Subscription,
+    remap_extensions,
+)
 
 __all__ = ["Forwarder", "NativeRed", "Steady"]
 
@@ -711,13 +719,13 @@ class Forwarder(SimulcastTable):
                         if applied is not None:
                             buf[ext_start:ext_end] = packet[ext_start:ext_end]
                         if table is not None:
-                            _remap(buf, elements, table, two_byte)
+                            remap_extensions(buf, elements, table, two_byte)
                         applied = table
                 elif table is not cut_applied:
                     if cut_applied is not None:
                         target[ext_start:ext_end] = packet[ext_start:ext_end]
                     if table is not None:
-                        _remap(target, elements, table, two_byte)
+                        remap_extensions(target, elements, table, two_byte)
                     cut_applied = table
                 if sub.twcc and tcc_off >= 0:
                     transport = sub.transport
@@ -892,7 +900,7 @@ class Forwarder(SimulcastTable):
                 stats.nack_unanswered += 1
                 sub.unanswered += 1
                 continue
-            built = self._retransmission(sub, packet, now)
+            built = retransmission(sub, packet, now, self.stats)
             if built is None:
                 stats.nack_unanswered += 1
                 sub.unanswered += 1
@@ -901,59 +909,6 @@ class Forwarder(SimulcastTable):
             stats.retransmitted += 1
             sub.retransmitted += 1
         return out
-
-    def _retransmission(self, sub: Subscription, packet: bytes, now: float) -> bytes | None:
-        b1 = packet[1]
-        _, _, seq, ts, _ = _FIXED.unpack_from(packet)
-        pt = b1 & 0x7F
-        pt_map = sub.pt_map
-        out_pt = pt if pt_map is None else pt_map.get(pt)
-        # The history only holds packets the hot path already parsed (RED included).
-        start, end = payload_range(packet)
-        cut: bytearray | None = None
-        if out_pt is None and pt_map is not None and pt == sub.track.red_pt:
-            # As in route_into: the primary block for a subscriber without RED.
-            primary = red.primary(packet, start, end)
-            out_pt = pt_map.get(primary >> 16)
-            if out_pt is not None:
-                cut = bytearray(packet[:start])
-                cut += packet[primary & 0xFFFF : end]
-                cut[0] &= 0xDF
-        mapped = sub.rewriter.rewrite(seq, ts, now)
-        if out_pt is None or mapped is None:
-            return None
-        if cut is not None:
-            packet = bytes(cut)
-            self.stats.red_stripped += 1
-        two_byte, _, _, elements = extension_elements(packet)
-        rtx_pt = sub.rtx_pt.get(out_pt) if sub.rtx_ssrc is not None else None
-        if rtx_pt is not None and sub.rtx_ssrc is not None:
-            buf = bytearray(packet[:start])
-            buf += _U16.pack(mapped[0])
-            buf += packet[start:]
-            _REWRITE.pack_into(buf, 1, (b1 & 0x80) | rtx_pt, sub.rtx_seq, mapped[1], sub.rtx_ssrc)
-            sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
-        else:
-            buf = bytearray(packet)
-            _REWRITE.pack_into(buf, 1, (b1 & 0x80) | out_pt, mapped[0], mapped[1], sub.ssrc)
-        if elements:
-            if sub.ext_table is not None:
-                _remap(buf, elements, sub.ext_table, two_byte)
-            track = sub.track
-            for hdr, xid, length in elements:
-                off = hdr + (2 if two_byte else 1)
-                if xid == track.tcc_id and length >= 2 and sub.twcc:
-                    transport = sub.transport
-                    tseq = transport.twcc_seq
-                    _U16.pack_into(buf, off, tseq)
-                    transport.twcc_seq = (tseq + 1) & 0xFFFF
-                    if transport.sent_at is not None and transport.sizes is not None:
-                        transport.sent_at[tseq] = now
-                        transport.sizes[tseq] = len(buf)
-                elif xid == track.abs_id and length == 3 and sub.abs_send_time:
-                    value = int(now * 262144.0) & 0xFFFFFF
-                    buf[off : off + 3] = value.to_bytes(3, "big")
-        return bytes(buf)
 
     def set_send_rings(
         self,
@@ -969,37 +924,10 @@ class Forwarder(SimulcastTable):
         transport.sent_at, transport.sizes = sent_at, sizes
 
     def padding(self, subscriber: Key, size: int, now: float) -> tuple[bytes, int] | None:
-        """A padding-only RTX packet (RFC 4588, RFC 3550 5.1 P bit) of about
-        ``size`` octets for a bandwidth probe, with the transport-wide
-        sequence number (returned with it); None when the subscriber has no
-        video subscription with RTX and transport-cc to carry one."""
+        """A padding-only RTX packet of about ``size`` octets for a bandwidth
+        probe, with its transport-wide sequence number (:func:`sfu.repair.padding_probe`)."""
         transport = self._transports.get(subscriber)
-        if transport is None:
-            return None
-        for sub in transport.by_ssrc.values():
-            if sub.rtx_ssrc is None or not sub.rtx_pt or not sub.twcc or not sub.packets_sent:
-                continue
-            tcc_id = sub.track.tcc_id
-            ext_id = tcc_id if sub.ext_table is None else sub.ext_table[tcc_id]
-            if not 0 < ext_id < 15:
-                continue
-            count = max(1, min(255, size - 20))
-            tseq = transport.twcc_seq
-            transport.twcc_seq = (tseq + 1) & 0xFFFF
-            buf = bytearray(20 + count)
-            rtx_pt = next(iter(sub.rtx_pt.values()))
-            _FIXED.pack_into(
-                buf, 0, 0xB0, rtx_pt, sub.rtx_seq, sub.rewriter.highest[1], sub.rtx_ssrc
-            )
-            sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
-            # RFC 8285 one-byte header: the transport-wide sequence number.
-            buf[12:20] = bytes((0xBE, 0xDE, 0, 1, ext_id << 4 | 1, tseq >> 8, tseq & 0xFF, 0))
-            buf[-1] = count
-            if transport.sent_at is not None and transport.sizes is not None:
-                transport.sent_at[tseq] = now
-                transport.sizes[tseq] = len(buf)
-            return bytes(buf), tseq
-        return None
+        return None if transport is None else padding_probe(transport, size, now)
 
     def handle_keyframe_request(self, subscriber: Key, media_ssrc: int, now: float) -> None:
         """A subscriber's PLI or FIR for its SSRC: forwarded upstream, throttled."""
@@ -1011,23 +939,3 @@ class Forwarder(SimulcastTable):
 
 
 _NO_ELEMENTS: list[tuple[int, int, int]] = []
-
-
-def _remap(
-    buf: bytearray, elements: list[tuple[int, int, int]], table: bytes, two_byte: bool
-) -> None:
-    """Rewrite extension ids per ``table`` in place; 0 blanks to padding (RFC 8285 4.2)."""
-    for hdr, xid, length in elements:
-        new = table[xid]
-        if new == xid:
-            continue
-        if two_byte:
-            if new:
-                buf[hdr] = new
-                continue
-            buf[hdr : hdr + 2 + length] = bytes(2 + length)
-        else:
-            if 0 < new < 15:
-                buf[hdr] = (new << 4) | (length - 1)
-                continue
-            buf[hdr : hdr + 1 + length] = bytes(1 + length)

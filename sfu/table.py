@@ -4,7 +4,8 @@ Plain classes with ``__slots__``: the hot path reads and bumps their
 attributes per packet. :class:`SourceStream` is one publisher SSRC with its history
 and repair state, :class:`Subscription` one subscriber's view of a track,
 :class:`SubscriberTransport` what a subscriber's transport shares (the
-transport-wide sequence counter), :class:`Group` a simulcast track's layers.
+transport-wide sequence counter), :class:`Group` a simulcast track's layers;
+:func:`remap_extensions` applies a subscription's extension-id table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from sfu.history import PacketHistory
 from sfu.keyframes import KEYFRAME_DETECTORS
 from sfu.simulcast import Vp8Rewriter
 
-__all__ = ["ForwarderStats", "Group", "SourceStream", "SubscriberTransport", "Subscription"]
+__all__ = [
+    "ForwarderStats",
+    "Group",
+    "SourceStream",
+    "SubscriberTransport",
+    "Subscription",
+    "remap_extensions",
+]
 
 Key = Hashable
 
@@ -308,3 +316,23 @@ class Group:
     @property
     def muted(self) -> bool:
         return self.idle.muted
+
+
+def remap_extensions(
+    buf: bytearray, elements: list[tuple[int, int, int]], table: bytes, two_byte: bool
+) -> None:
+    """Rewrite extension ids per ``table`` in place; 0 blanks to padding (RFC 8285 4.2)."""
+    for hdr, xid, length in elements:
+        new = table[xid]
+        if new == xid:
+            continue
+        if two_byte:
+            if new:
+                buf[hdr] = new
+                continue
+            buf[hdr : hdr + 2 + length] = bytes(2 + length)
+        else:
+            if 0 < new < 15:
+                buf[hdr] = (new << 4) | (length - 1)
+                continue
+            buf[hdr : hdr + 1 + length] = bytes(1 + length)
