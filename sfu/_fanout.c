@@ -460,7 +460,7 @@ static inline void put32(unsigned char *p, unsigned long v) {
     p[3] = (unsigned char)v;
 }
 
-/* sfu.forward._remap on one copy: extension ids per ``table``; 0 blanks to padding (RFC 8285 4.2). */
+/* sfu.table.remap_extensions on one copy: extension ids per ``table``; 0 blanks to padding (RFC 8285 4.2). */
 static void remap(unsigned char *buf, const Element *el, int count, const unsigned char *table,
                   int two_byte) {
     for (int i = 0; i < count; i++) {
