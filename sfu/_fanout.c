@@ -1,21 +1,30 @@
-/* The SFU's fan-out leaf: SRTP-protect each routed copy and send them with sendmmsg.
+/* The SFU's native fan-out: rewrite, SRTP-protect and sendmmsg a packet's copies.
  *
- * sfu/native.py is its only caller and says why it exists; this file is the
- * per-datagram loop and nothing else (with RED's two per-packet steps, twins of
- * rtc/red.py's). Everything it touches is owned by Python
- * objects: the routed list is the forwarder's, the subscriber records are the
- * worker's Peer objects, the libsrtp sessions are pylibsrtp's (we call the
- * srtp_protect of the libsrtp that pylibsrtp bundles, through a function
- * pointer its cffi binding gives us, so there is one libsrtp in the process
- * and no second copy of any key). A Leg caches, per subscriber, the session
- * pointer and the packed socket address; it is rebuilt whenever the record's
- * ``protect`` or ``addr`` is a different object from the one it was built for.
+ * sfu/native.py is its only caller and says why it exists. One type, Fanout,
+ * bound to the worker's UDP socket, and two pure functions:
  *
  *   Fanout(fd, protect_fn, resolve)   fd: the worker's UDP socket (non-blocking)
  *                                     protect_fn: address of srtp_protect
  *                                     resolve(protect) -> session address or 0
+ *   Fanout.forward(*steady) -> int    the steady-state copies of one packet
+ *                                     that Forwarder.route_into returned:
+ *                                     rewritten, protected, sent; the
+ *                                     subscriptions it leaves go to ``rest``
  *   Fanout.send(routed) -> int        routed: [(peer, plain_rtp_bytes)];
- *                                     returns the datagrams the kernel took.
+ *                                     returns the datagrams the kernel took
+ *   red_primary, red_deepen           module functions: RED's two per-packet
+ *                                     steps (RFC 2198), pure, twins of
+ *                                     rtc/red.py's
+ *
+ * Everything it touches is owned by Python objects: the subscriptions and
+ * their rewriters are the forwarder's (sfu/table.py), the subscriber records
+ * are the worker's Peer objects, the libsrtp sessions are pylibsrtp's (we
+ * call the srtp_protect of the libsrtp that pylibsrtp bundles, through a
+ * function pointer its cffi binding gives us, so there is one libsrtp in the
+ * process and no second copy of any key). A Leg caches, per subscriber, the
+ * session pointer and the packed socket address; it is rebuilt whenever the
+ * record's ``protect`` or ``addr`` is a different object from the one it was
+ * built for.
  *
  * A record whose ``protect`` is None is skipped (not keyed yet, or gone). A
  * ``protect`` that is not a pylibsrtp Session's (resolve gives 0) is called
@@ -40,7 +49,7 @@
 typedef int (*srtp_protect_fn)(void *ctx, void *rtp_hdr, int *len_ptr);
 
 static PyObject *str_protect, *str_addr, *str_wire, *str_srtp_errors, *one;
-/* Subscription, RtpRewriter and TransportState slots forward() reads and writes. */
+/* Subscription, RtpRewriter and SubscriberTransport slots forward() reads and writes. */
 static PyObject *str_paused, *str_waiting_keyframe, *str_vp8, *str_pt_map, *str_rewriter,
     *str_resync, *str_in_max, *str_in_start, *str_seq_offset, *str_ts_offset, *str_out_max_seq,
     *str_out_max_ts, *str_last_now, *str_ssrc, *str_ext_table, *str_twcc, *str_abs_send_time,
@@ -49,12 +58,12 @@ static PyObject *str_paused, *str_waiting_keyframe, *str_vp8, *str_pt_map, *str_
 /* Vp8Rewriter slots (sfu.simulcast): a simulcast layer's PictureID/TL0PICIDX offsets. */
 static PyObject *str_pid_offset, *str_tl0_offset, *str_last_pid, *str_last_tl0;
 /* ForwarderStats: what forward() adds to once per packet. */
-static PyObject *str_red_stripped;
+static PyObject *str_red_stripped, *str_forwarded;
 
 
 /* -- slots read straight from the objects ---------------------------------------
  *
- * Subscription, RtpRewriter, TransportState and Peer keep their state in
+ * Subscription, RtpRewriter, SubscriberTransport and Peer keep their state in
  * __slots__; PyObject_GetAttr on a slot costs a type lookup and a descriptor
  * call, several dozen times per copy. A SlotCache resolves, once per type,
  * each name to its member descriptor's offset (only T_OBJECT_EX members, the
@@ -155,7 +164,7 @@ enum { R_RESYNC, R_IN_MAX, R_IN_START, R_SEQ_OFFSET, R_TS_OFFSET, R_OUT_MAX_SEQ,
 enum { T_TWCC_SEQ, T_SENT_AT, T_SIZES, T_COUNT };
 enum { P_PROTECT, P_ADDR, P_WIRE, P_SRTP_ERRORS, P_COUNT };
 enum { V_RESYNC, V_PID_OFFSET, V_TL0_OFFSET, V_LAST_PID, V_LAST_TL0, V_COUNT };
-enum { F_RED_STRIPPED, F_COUNT };
+enum { F_RED_STRIPPED, F_FORWARDED, F_COUNT };
 
 static PyObject *sub_names[S_COUNT], *rw_names[R_COUNT], *tr_names[T_COUNT], *peer_names[P_COUNT];
 static SlotCache sub_cache = {NULL, 0, S_COUNT, sub_names, {0}};
@@ -164,7 +173,7 @@ static SlotCache tr_cache = {NULL, 0, T_COUNT, tr_names, {0}};
 static SlotCache peer_cache = {NULL, 0, P_COUNT, peer_names, {0}};
 static PyObject *vp_names[V_COUNT];
 static SlotCache vp_cache = {NULL, 0, V_COUNT, vp_names, {0}};
-/* ForwarderStats: the one counter the leaf bumps, once per RED packet. */
+/* ForwarderStats: the counters forward() adds to, once per packet. */
 static PyObject *stats_names[F_COUNT];
 static SlotCache stats_cache = {NULL, 0, F_COUNT, stats_names, {0}};
 
@@ -451,7 +460,7 @@ static inline void put32(unsigned char *p, unsigned long v) {
     p[3] = (unsigned char)v;
 }
 
-/* sfu.forward._remap on one copy: extension ids per ``table``; 0 blanks to padding (RFC 8285 4.2). */
+/* sfu.table.remap_extensions on one copy: extension ids per ``table``; 0 blanks to padding (RFC 8285 4.2). */
 static void remap(unsigned char *buf, const Element *el, int count, const unsigned char *table,
                   int two_byte) {
     for (int i = 0; i < count; i++) {
@@ -544,7 +553,7 @@ static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
 }
 
 /* Fanout.forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value,
- *                size, payload_octets[, primary, start, stats]) -> forwarded
+ *                size, payload_octets[, primary, start, stats, *held]) -> forwarded
  *
  * The loop of Forwarder.route_into over one packet's subscriptions, for the
  * copies that need nothing but the steady state: each gets its own slot (a
@@ -556,7 +565,10 @@ static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
  * for its peer (``sub.key``). A subscription waiting for a keyframe, or whose
  * RTP or VP8 rewriter starts a run, is appended to ``rest`` for the Python
  * loop; a paused one is skipped, as there. Returns how many copies it
- * rewrote (the forwarder's ``forwarded``), sent or not.
+ * rewrote, sent or not, and adds them to ``stats.forwarded``. Arguments past
+ * ``stats`` are the forwarder's (what its own loop over ``rest`` needs) and
+ * are not read: Forwarder.route_into returns the whole tuple, and the worker
+ * passes it here as it is.
  *
  * ``primary`` (rtc.red.primary of a RED packet, RFC 2198: the primary block's
  * payload type << 16 | its offset; -1 for any other packet): a subscription
@@ -566,8 +578,8 @@ static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
  * ``stats.red_stripped``.
  */
 static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11 && nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "forward takes 11 or 14 arguments");
+    if (nargs != 11 && nargs < 14) {
+        PyErr_SetString(PyExc_TypeError, "forward takes 11, or 14 and more, arguments");
         return NULL;
     }
     PyObject *subs = args[0], *packet = args[1], *now_obj = args[2], *rest = args[3],
@@ -586,7 +598,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     PyObject *size_obj = args[9];
     long primary = -1, start = 0;
     PyObject *stats = NULL;
-    if (nargs == 14) {
+    if (nargs >= 14) {
         primary = PyLong_AsLong(args[11]);
         start = PyLong_AsLong(args[12]);
         stats = args[13];
@@ -875,6 +887,8 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     Py_XDECREF(cut_size_obj);
     if (stripped && stats != NULL && slot_add(&stats_cache, stats, F_RED_STRIPPED, stripped) < 0)
         return NULL;
+    if (forwarded && stats != NULL && slot_add(&stats_cache, stats, F_FORWARDED, forwarded) < 0)
+        return NULL;
     return PyLong_FromLong(forwarded);
 fail:
     Py_XDECREF(rw);
@@ -886,11 +900,14 @@ fail:
     Py_XDECREF(prim_pt_obj);
     Py_XDECREF(cut_size_obj);
     flush(self, n);
-    if (stripped && stats != NULL) {
+    if ((stripped || forwarded) && stats != NULL) {
         /* Copies already sent are counted, whatever failed after them. */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (slot_add(&stats_cache, stats, F_RED_STRIPPED, stripped) < 0) PyErr_Clear();
+        if (stripped && slot_add(&stats_cache, stats, F_RED_STRIPPED, stripped) < 0)
+            PyErr_Clear();
+        if (forwarded && slot_add(&stats_cache, stats, F_FORWARDED, forwarded) < 0)
+            PyErr_Clear();
         PyErr_Restore(type, value, tb);
     }
     return NULL;
@@ -928,7 +945,8 @@ static int red_span(PyObject *packet, Py_ssize_t start, Py_ssize_t end, const un
     return 0;
 }
 
-static PyObject *Fanout_red_primary(Fanout *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *fanout_red_primary(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                    Py_ssize_t nargs) {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "red_primary(packet, start, end)");
         return NULL;
@@ -942,7 +960,8 @@ static PyObject *Fanout_red_primary(Fanout *self, PyObject *const *args, Py_ssiz
 /* rtc.red.deepen for its fast path (one redundant frame in each packet, depth
  * 2: what Chromium sends); anything else goes to the Python twin (None here
  * means only "not this shape"), so ``deepen_fast`` answers NotImplemented. */
-static PyObject *Fanout_red_deepen(Fanout *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *fanout_red_deepen(PyObject *Py_UNUSED(module), PyObject *const *args,
+                                   Py_ssize_t nargs) {
     if (nargs != 8) {
         PyErr_SetString(PyExc_TypeError,
                         "red_deepen(previous, prev_start, prev_end, delta, packet, start, end, depth)");
@@ -995,14 +1014,8 @@ static PyMethodDef Fanout_methods[] = {
      "send(routed) -> int: protect each (peer, packet) for its peer and sendmmsg them."},
     {"forward", (PyCFunction)(void (*)(void))Fanout_forward, METH_FASTCALL,
      "forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, size, "
-     "payload_octets[, primary, start, stats]) -> int: Forwarder.route_into's loop for "
-     "steady-state copies, sent."},
-    {"red_primary", (PyCFunction)(void (*)(void))Fanout_red_primary, METH_FASTCALL,
-     "red_primary(packet, start, end) -> int: rtc.red.primary."},
-    {"red_deepen", (PyCFunction)(void (*)(void))Fanout_red_deepen, METH_FASTCALL,
-     "red_deepen(previous, prev_start, prev_end, delta, packet, start, end, depth) -> "
-     "bytes | None | NotImplemented: rtc.red.deepen for one redundant frame in each at "
-     "depth 2, NotImplemented for any other shape."},
+     "payload_octets[, primary, start, stats, *held]) -> int: the steady-state copies "
+     "Forwarder.route_into returned, rewritten, protected and sent."},
     {"counters", (PyCFunction)Fanout_counters, METH_NOARGS,
      "counters() -> {'sent', 'dropped', 'send_errors'} since creation."},
     {NULL, NULL, 0, NULL},
@@ -1020,9 +1033,20 @@ static PyTypeObject FanoutType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyMethodDef module_methods[] = {
+    {"red_primary", (PyCFunction)(void (*)(void))fanout_red_primary, METH_FASTCALL,
+     "red_primary(packet, start, end) -> int: rtc.red.primary."},
+    {"red_deepen", (PyCFunction)(void (*)(void))fanout_red_deepen, METH_FASTCALL,
+     "red_deepen(previous, prev_start, prev_end, delta, packet, start, end, depth) -> "
+     "bytes | None | NotImplemented: rtc.red.deepen for one redundant frame in each at "
+     "depth 2, NotImplemented for any other shape."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "sfu._fanout",
-    "The SFU's per-datagram fan-out (SRTP protect and sendmmsg); see sfu/native.py.", -1, NULL,
+    "The SFU's native fan-out (rewrite, SRTP protect, sendmmsg) and RED's two per-packet "
+    "steps; see sfu/native.py.", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fanout(void) {
@@ -1063,6 +1087,7 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     INTERN(str_last_pid, "_last_pid")
     INTERN(str_last_tl0, "_last_tl0")
     INTERN(str_red_stripped, "red_stripped")
+    INTERN(str_forwarded, "forwarded")
 #undef INTERN
     PyObject *sub_list[S_COUNT] = {str_paused, str_waiting_keyframe, str_vp8, str_pt_map,
                                    str_rewriter, str_ssrc, str_ext_table, str_twcc,
@@ -1078,6 +1103,7 @@ PyMODINIT_FUNC PyInit__fanout(void) {
                                   str_last_tl0};
     memcpy(vp_names, vp_list, sizeof(vp_list));
     stats_names[F_RED_STRIPPED] = str_red_stripped;
+    stats_names[F_FORWARDED] = str_forwarded;
     if (!str_protect || !str_addr || !str_wire || !str_srtp_errors || !one) return NULL;
     peer_names[P_PROTECT] = str_protect;
     peer_names[P_ADDR] = str_addr;

@@ -59,59 +59,53 @@ from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.groups import SimulcastTable
 from sfu.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
-from sfu.keyframes import h264_keyframe_start, vp8_keyframe_start, vp8_size
+from sfu.keyframes import vp8_size
+from sfu.repair import padding_probe, retransmission
 from sfu.simulcast import Vp8Rewriter, vp8_picture
-from sfu.table import ForwarderStats, Group, Subscription, Track, TransportState
+from sfu.table import (
+    ForwarderStats,
+    Group,
+    SourceStream,
+    SubscriberTransport,
+    Subscription,
+    remap_extensions,
+)
 
-__all__ = [
-    "Forwarder",
-    "ForwarderStats",
-    "Group",
-    "Subscription",
-    "Track",
-    "h264_keyframe_start",
-    "vp8_keyframe_start",
-]
-# Re-exported: they were defined here before the split.
-_ = (ForwarderStats, h264_keyframe_start, vp8_keyframe_start)
+__all__ = ["Forwarder", "NativeRed", "Steady"]
 
 Buffer = bytes | bytearray | memoryview
 Key = Hashable
 Routed = list[tuple[Key, bytes]]
+Steady = tuple[
+    list[Subscription],  # the track's subscriptions
+    bytes,  # the packet, as its copies start
+    float,  # now
+    list[Subscription],  # rest: the copies the native leaf leaves to route_rest
+    list[tuple[int, int, int]],  # extension elements (offset, id, length)
+    bool,  # two-byte extensions
+    int,  # transport-wide sequence number's offset, -1 for none
+    int,  # abs-send-time's offset, -1 for none
+    int,  # abs-send-time's value
+    int,  # the packet's size
+    int,  # payload octets
+    int,  # RED's primary block (payload type << 16 | offset), -1 for none
+    int,  # payload start
+    ForwarderStats,
+    # The rest is route_rest's; the native leaf does not read it.
+    SourceStream,
+    bool,  # a keyframe starts here
+    int,  # payload end
+    int,  # extension block start
+    int,  # extension block end
+]
+"""What :meth:`Forwarder.route_into` hands back for the native leaf: the
+arguments of ``Fanout.forward`` (sfu/_fanout.c), then what
+:meth:`Forwarder.route_rest` needs for the copies the leaf leaves."""
 
 
-class NativeForward(Protocol):
-    """The per-copy loop of :meth:`Forwarder.route_into` as a native leaf (sfu/native.py).
-
-    ``forward`` rewrites, counts and *sends* each steady-state copy (its
-    subscription's ``key`` is the peer to protect and send it for), appends
-    the subscriptions it leaves to the Python loop to ``rest``, and returns
-    how many copies it rewrote. ``primary`` is :func:`rtc.red.primary` of a
-    RED packet (-1 for any other): a subscription whose map lacks the
-    packet's payload type gets the RTP header (``start`` octets) and the
-    primary block, its payload type mapped, counted in ``stats.red_stripped``.
-    The forwarder stays sans-I/O: the adapter hands it one while it owns a
-    socket.
-    """
-
-    def forward(
-        self,
-        subs: list[Subscription],
-        packet: bytes,
-        now: float,
-        rest: list[Subscription],
-        elements: list[tuple[int, int, int]],
-        two_byte: bool,
-        tcc_off: int,
-        abs_off: int,
-        abs_value: int,
-        size: int,
-        payload_octets: int,
-        primary: int,
-        start: int,
-        stats: ForwarderStats,
-        /,
-    ) -> int: ...
+class NativeRed(Protocol):
+    """:func:`rtc.red.primary` and :func:`rtc.red.deepen` natively (``sfu._fanout``'s
+    pure functions on bytes, :data:`sfu.native.RED`): the same results, faster."""
 
     def red_primary(self, packet: bytes, start: int, end: int, /) -> int:
         """:func:`rtc.red.primary`, natively."""
@@ -177,6 +171,7 @@ class Forwarder(SimulcastTable):
         nack_interval: float = 0.1,
         nack_retries: int = 5,
         red_depth: int = 2,
+        red_leaf: NativeRed | None = None,
     ) -> None:
         self.feedback_ssrc = feedback_ssrc
         self.history_size = history_size
@@ -188,16 +183,16 @@ class Forwarder(SimulcastTable):
         self.nack_retries = nack_retries
         self.red_depth = red_depth
         self.stats = ForwarderStats()
-        self._tracks: dict[int, Track] = {}
-        self._rtx_tracks: dict[int, Track] = {}
-        self._transports: dict[Key, TransportState] = {}
+        self._tracks: dict[int, SourceStream] = {}
+        self._rtx_tracks: dict[int, SourceStream] = {}
+        self._transports: dict[Key, SubscriberTransport] = {}
         self._rtcp: list[tuple[Key, RtcpPacket]] = []
         self._timer: float | None = None
         # Interned extension-id tables (at most one per distinct mapping).
         self._ext_tables: dict[bytes, bytes] = {}
         self._groups: dict[int, Group] = {}
-        self.native: NativeForward | None = None
-        """The worker's native fan-out while it has one (see :class:`NativeForward`)."""
+        self.red_leaf: NativeRed | None = red_leaf
+        """RED's per-packet steps in native code, if the adapter has them."""
         self.switch_times: deque[float] = deque(maxlen=4096)
         """Seconds from each layer switch's decision to the new layer's first packet."""
 
@@ -217,7 +212,7 @@ class Forwarder(SimulcastTable):
         nack: bool | None = None,
         fir: bool = False,
         red_payload_type: int | None = None,
-    ) -> Track:
+    ) -> SourceStream:
         """Register a publisher's track by its media SSRC (RFC 3550 section 8).
 
         ``codec`` names the encoding (``"vp8"``, ``"h264"``, ``"opus"``); video
@@ -237,7 +232,7 @@ class Forwarder(SimulcastTable):
         if rtx_ssrc is not None and (rtx_ssrc in self._tracks or rtx_ssrc in self._rtx_tracks):
             raise SfuStateError(f"SSRC {rtx_ssrc} is already routed")
         exts = dict(extensions or {})
-        track = Track(
+        track = SourceStream(
             publisher,
             ssrc,
             kind,
@@ -285,7 +280,7 @@ class Forwarder(SimulcastTable):
         for ssrc in [s for s, t in self._tracks.items() if t.publisher == publisher]:
             self.remove_track(ssrc)
 
-    def track(self, ssrc: int) -> Track:
+    def track(self, ssrc: int) -> SourceStream:
         """The track with this media SSRC (a group's idle track for its id)."""
         group = self._groups.get(ssrc)
         if group is not None:
@@ -296,7 +291,7 @@ class Forwarder(SimulcastTable):
         return track
 
     @property
-    def tracks(self) -> list[Track]:
+    def tracks(self) -> list[SourceStream]:
         """Every published track."""
         return list(self._tracks.values())
 
@@ -327,7 +322,7 @@ class Forwarder(SimulcastTable):
         track = self.track(track_ssrc)
         transport = self._transports.get(subscriber)
         if transport is None:
-            transport = self._transports[subscriber] = TransportState(subscriber)
+            transport = self._transports[subscriber] = SubscriberTransport(subscriber)
         if ssrc in transport.by_ssrc or (rtx_ssrc is not None and rtx_ssrc in transport.by_ssrc):
             raise SfuStateError(f"subscriber {subscriber!r} already receives SSRC {ssrc}")
         group = self._groups.get(track_ssrc)
@@ -474,7 +469,9 @@ class Forwarder(SimulcastTable):
         self.route_into(packet, now, out)
         return out
 
-    def route_into(self, packet: bytes, now: float, out: Routed) -> None:
+    def route_into(
+        self, packet: bytes, now: float, out: Routed, steady: bool = False
+    ) -> Steady | None:
         """Append ``(subscriber, packet)`` for each subscriber of the packet's track.
 
         ``packet`` is one unprotected RTP packet from a publisher; each emitted
@@ -488,22 +485,28 @@ class Forwarder(SimulcastTable):
         kept, the padding and the redundant blocks dropped, the primary's
         payload type mapped): a subscriber that did not negotiate RED gets
         plain Opus. A malformed RED packet is dropped for everyone.
+
+        With ``steady`` (the adapter has the native leaf), the copies are not
+        made here: what the leaf needs is returned (:data:`Steady`), the
+        adapter passes it to ``Fanout.forward``, which makes, protects and
+        sends the steady-state ones, then to :meth:`route_rest` for those the
+        leaf leaves. None when there is nothing to copy.
         """
         stats = self.stats
         n = len(packet)
         if n < 12 or packet[0] & 0xC0 != 0x80:
             stats.malformed += 1
-            return
+            return None
         b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
         track = self._tracks.get(ssrc)
         if track is None:
             track = self._rtx_tracks.get(ssrc)
             if track is None:
                 stats.unknown_ssrc += 1
-                return
+                return None
             unwrapped = self._unwrap_rtx(track, packet)
             if unwrapped is None:
-                return
+                return None
             packet = unwrapped
             b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
         try:
@@ -513,7 +516,7 @@ class Forwarder(SimulcastTable):
             )
         except RtpParseError:
             stats.malformed += 1
-            return
+            return None
 
         # Reception: duplicates, lateness and upstream gaps (RFC 3550 A.1's
         # extended sequence number, relative to the highest so far).
@@ -528,29 +531,29 @@ class Forwarder(SimulcastTable):
                 track.highest = ext
             elif highest - ext >= self.history_size:
                 stats.late += 1
-                return
+                return None
             elif track.history.contains(seq):
                 stats.duplicate += 1
-                return
+                return None
             elif track.missing.pop(ext, None) is not None:
                 stats.recovered += 1
         pt = b1 & 0x7F
         # RED (RFC 2198): where its primary block starts, for the copies cut to it.
         primary = -1
         if pt == track.red_pt:
-            native = self.native
-            if native is None:
+            leaf = self.red_leaf
+            if leaf is None:
                 primary = red.primary(packet, start, end)
             else:
-                primary = native.red_primary(packet, start, end)
+                primary = leaf.red_primary(packet, start, end)
             if primary < 0:
                 stats.red_malformed += 1
-                return
+                return None
         track.history.put(seq, packet, now)
         stats.received += 1
 
         if track.muted:
-            return
+            return None
         keyframe = False
         if track.waiting or track.sizing:
             detect = track.is_keyframe
@@ -566,7 +569,7 @@ class Forwarder(SimulcastTable):
                     self._switch_in(track, now)
         subs = track.subscriptions
         if not subs:
-            return
+            return None
 
         if primary >= 0 and self.red_depth > 1:
             # Deeper redundancy for the subscribers' downlinks, from the
@@ -574,15 +577,15 @@ class Forwarder(SimulcastTable):
             previous = track.red_last
             deeper: object = None
             if previous is not None and track.red_last_seq == (seq - 1) & 0xFFFF:
-                native = self.native
+                leaf = self.red_leaf
                 p_start, p_end = track.red_last_start, track.red_last_end
                 delta = (ts - track.red_last_ts) & 0xFFFFFFFF
                 depth = self.red_depth
-                if native is not None:
-                    deeper = native.red_deepen(
+                if leaf is not None:
+                    deeper = leaf.red_deepen(
                         previous, p_start, p_end, delta, packet, start, end, depth
                     )
-                if native is None or deeper is NotImplemented:
+                if leaf is None or deeper is NotImplemented:
                     deeper = red.deepen(previous, p_start, p_end, delta, packet, start, end, depth)
             track.red_last = packet
             track.red_last_seq = seq
@@ -594,11 +597,6 @@ class Forwarder(SimulcastTable):
                 packet = deeper
                 n = end = len(deeper)
                 primary = (primary >> 16) << 16 | (n - tail)
-        buf = bytearray(packet)
-        # The extension table ``buf`` holds now (None: the publisher's ids).
-        # Subscribers with equal tables share one interned table object, so a
-        # room of one browser kind remaps once per packet, not once per copy.
-        applied: bytes | None = None
         abs_value = -1
         tcc_off = abs_off = -1
         if elements:
@@ -611,23 +609,68 @@ class Forwarder(SimulcastTable):
             if abs_off >= 0:
                 abs_value = int(now * 262144.0) & 0xFFFFFF  # 6.18 fixed point seconds
         payload_octets = end - start
+        if steady:
+            # The native leaf (sfu/_fanout.c) makes every copy in the steady
+            # state (a simulcast layer's PictureID and TL0PICIDX too); what
+            # needs more (a keyframe wait, a run to start, RTP's or VP8's)
+            # it leaves in ``rest`` for route_rest.
+            return (
+                subs, packet, now, [], elements, two_byte, tcc_off, abs_off, abs_value, n,
+                payload_octets, primary, start, stats, track, keyframe, end, ext_start, ext_end,
+            )  # fmt: skip
+        self._copy(
+            subs, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
+            n, payload_octets, primary, start, end, ext_start, ext_end, out,
+        )  # fmt: skip
+        return None
+
+    def route_rest(self, steady: Steady, out: Routed) -> None:
+        """Append ``(subscriber, packet)`` for the subscriptions the native leaf
+        left in ``steady``'s rest (a keyframe wait, a run's first packet)."""
+        (
+            _, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
+            payload_octets, primary, start, _, track, keyframe, end, ext_start, ext_end,
+        ) = steady  # fmt: skip
+        self._copy(
+            rest, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
+            n, payload_octets, primary, start, end, ext_start, ext_end, out,
+        )  # fmt: skip
+
+    def _copy(
+        self,
+        subs: list[Subscription],
+        track: SourceStream,
+        packet: bytes,
+        now: float,
+        keyframe: bool,
+        elements: list[tuple[int, int, int]],
+        two_byte: bool,
+        tcc_off: int,
+        abs_off: int,
+        abs_value: int,
+        n: int,
+        payload_octets: int,
+        primary: int,
+        start: int,
+        end: int,
+        ext_start: int,
+        ext_end: int,
+        out: Routed,
+    ) -> None:
+        """One rewritten copy of ``packet`` per subscription of ``subs``, appended to ``out``."""
+        stats = self.stats
+        _, b1, seq, ts, _ = _FIXED.unpack_from(packet)
+        pt = b1 & 0x7F
+        buf = bytearray(packet)
+        # The extension table ``buf`` holds now (None: the publisher's ids).
+        # Subscribers with equal tables share one interned table object, so a
+        # room of one browser kind remaps once per packet, not once per copy.
+        applied: bytes | None = None
         # A simulcast layer's PictureID/TL0PICIDX, read once for every subscriber.
         picture = vp8_picture(packet, start, end) if track.group is not None else None
         pack_header = _REWRITE.pack_into
         marker = b1 & 0x80
         forwarded = 0
-        native = self.native
-        if native is not None:
-            # The native leaf (sfu/_fanout.c) does this loop's steps for every
-            # copy in the steady state (a simulcast layer's PictureID and
-            # TL0PICIDX too) and sends it; what needs more (a keyframe wait,
-            # a run to start, RTP's or VP8's) comes back here.
-            rest: list[Subscription] = []
-            forwarded = native.forward(
-                subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
-                payload_octets, primary, start, stats,
-            )  # fmt: skip
-            subs = rest
         # A RED packet for a subscription whose map lacks RED: the RTP header
         # and the primary block (its payload type mapped), made once.
         cut: bytearray | None = None
@@ -676,13 +719,13 @@ class Forwarder(SimulcastTable):
                         if applied is not None:
                             buf[ext_start:ext_end] = packet[ext_start:ext_end]
                         if table is not None:
-                            _remap(buf, elements, table, two_byte)
+                            remap_extensions(buf, elements, table, two_byte)
                         applied = table
                 elif table is not cut_applied:
                     if cut_applied is not None:
                         target[ext_start:ext_end] = packet[ext_start:ext_end]
                     if table is not None:
-                        _remap(target, elements, table, two_byte)
+                        remap_extensions(target, elements, table, two_byte)
                     cut_applied = table
                 if sub.twcc and tcc_off >= 0:
                     transport = sub.transport
@@ -703,7 +746,7 @@ class Forwarder(SimulcastTable):
             forwarded += 1
         stats.forwarded += forwarded
 
-    def _unwrap_rtx(self, track: Track, packet: bytes) -> bytes | None:
+    def _unwrap_rtx(self, track: SourceStream, packet: bytes) -> bytes | None:
         """The original packet inside a publisher's RTX packet (RFC 4588 section 4)."""
         try:
             start, end = payload_range(packet)
@@ -729,7 +772,7 @@ class Forwarder(SimulcastTable):
 
     # -- upstream repair -------------------------------------------------------------
 
-    def _gap(self, track: Track, first: int, stop: int, now: float) -> None:
+    def _gap(self, track: SourceStream, first: int, stop: int, now: float) -> None:
         missing = track.missing
         if stop - first > _MAX_NACK_GAP:
             missing.clear()
@@ -769,7 +812,7 @@ class Forwarder(SimulcastTable):
             track.kf_pending = True
             self._arm(track.kf_last + self.keyframe_interval)
 
-    def _send_keyframe_request(self, track: Track, now: float) -> None:
+    def _send_keyframe_request(self, track: SourceStream, now: float) -> None:
         track.kf_last = now
         track.kf_pending = False
         packet: RtcpPacket
@@ -857,7 +900,7 @@ class Forwarder(SimulcastTable):
                 stats.nack_unanswered += 1
                 sub.unanswered += 1
                 continue
-            built = self._retransmission(sub, packet, now)
+            built = retransmission(sub, packet, now, self.stats)
             if built is None:
                 stats.nack_unanswered += 1
                 sub.unanswered += 1
@@ -866,59 +909,6 @@ class Forwarder(SimulcastTable):
             stats.retransmitted += 1
             sub.retransmitted += 1
         return out
-
-    def _retransmission(self, sub: Subscription, packet: bytes, now: float) -> bytes | None:
-        b1 = packet[1]
-        _, _, seq, ts, _ = _FIXED.unpack_from(packet)
-        pt = b1 & 0x7F
-        pt_map = sub.pt_map
-        out_pt = pt if pt_map is None else pt_map.get(pt)
-        # The history only holds packets the hot path already parsed (RED included).
-        start, end = payload_range(packet)
-        cut: bytearray | None = None
-        if out_pt is None and pt_map is not None and pt == sub.track.red_pt:
-            # As in route_into: the primary block for a subscriber without RED.
-            primary = red.primary(packet, start, end)
-            out_pt = pt_map.get(primary >> 16)
-            if out_pt is not None:
-                cut = bytearray(packet[:start])
-                cut += packet[primary & 0xFFFF : end]
-                cut[0] &= 0xDF
-        mapped = sub.rewriter.rewrite(seq, ts, now)
-        if out_pt is None or mapped is None:
-            return None
-        if cut is not None:
-            packet = bytes(cut)
-            self.stats.red_stripped += 1
-        two_byte, _, _, elements = extension_elements(packet)
-        rtx_pt = sub.rtx_pt.get(out_pt) if sub.rtx_ssrc is not None else None
-        if rtx_pt is not None and sub.rtx_ssrc is not None:
-            buf = bytearray(packet[:start])
-            buf += _U16.pack(mapped[0])
-            buf += packet[start:]
-            _REWRITE.pack_into(buf, 1, (b1 & 0x80) | rtx_pt, sub.rtx_seq, mapped[1], sub.rtx_ssrc)
-            sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
-        else:
-            buf = bytearray(packet)
-            _REWRITE.pack_into(buf, 1, (b1 & 0x80) | out_pt, mapped[0], mapped[1], sub.ssrc)
-        if elements:
-            if sub.ext_table is not None:
-                _remap(buf, elements, sub.ext_table, two_byte)
-            track = sub.track
-            for hdr, xid, length in elements:
-                off = hdr + (2 if two_byte else 1)
-                if xid == track.tcc_id and length >= 2 and sub.twcc:
-                    transport = sub.transport
-                    tseq = transport.twcc_seq
-                    _U16.pack_into(buf, off, tseq)
-                    transport.twcc_seq = (tseq + 1) & 0xFFFF
-                    if transport.sent_at is not None and transport.sizes is not None:
-                        transport.sent_at[tseq] = now
-                        transport.sizes[tseq] = len(buf)
-                elif xid == track.abs_id and length == 3 and sub.abs_send_time:
-                    value = int(now * 262144.0) & 0xFFFFFF
-                    buf[off : off + 3] = value.to_bytes(3, "big")
-        return bytes(buf)
 
     def set_send_rings(
         self,
@@ -930,41 +920,14 @@ class Forwarder(SimulcastTable):
         number into these rings (:meth:`sfu.estimator.SendSideEstimator.rings`)."""
         transport = self._transports.get(subscriber)
         if transport is None:
-            transport = self._transports[subscriber] = TransportState(subscriber)
+            transport = self._transports[subscriber] = SubscriberTransport(subscriber)
         transport.sent_at, transport.sizes = sent_at, sizes
 
     def padding(self, subscriber: Key, size: int, now: float) -> tuple[bytes, int] | None:
-        """A padding-only RTX packet (RFC 4588, RFC 3550 5.1 P bit) of about
-        ``size`` octets for a bandwidth probe, with the transport-wide
-        sequence number (returned with it); None when the subscriber has no
-        video subscription with RTX and transport-cc to carry one."""
+        """A padding-only RTX packet of about ``size`` octets for a bandwidth
+        probe, with its transport-wide sequence number (:func:`sfu.repair.padding_probe`)."""
         transport = self._transports.get(subscriber)
-        if transport is None:
-            return None
-        for sub in transport.by_ssrc.values():
-            if sub.rtx_ssrc is None or not sub.rtx_pt or not sub.twcc or not sub.packets_sent:
-                continue
-            tcc_id = sub.track.tcc_id
-            ext_id = tcc_id if sub.ext_table is None else sub.ext_table[tcc_id]
-            if not 0 < ext_id < 15:
-                continue
-            count = max(1, min(255, size - 20))
-            tseq = transport.twcc_seq
-            transport.twcc_seq = (tseq + 1) & 0xFFFF
-            buf = bytearray(20 + count)
-            rtx_pt = next(iter(sub.rtx_pt.values()))
-            _FIXED.pack_into(
-                buf, 0, 0xB0, rtx_pt, sub.rtx_seq, sub.rewriter.highest[1], sub.rtx_ssrc
-            )
-            sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
-            # RFC 8285 one-byte header: the transport-wide sequence number.
-            buf[12:20] = bytes((0xBE, 0xDE, 0, 1, ext_id << 4 | 1, tseq >> 8, tseq & 0xFF, 0))
-            buf[-1] = count
-            if transport.sent_at is not None and transport.sizes is not None:
-                transport.sent_at[tseq] = now
-                transport.sizes[tseq] = len(buf)
-            return bytes(buf), tseq
-        return None
+        return None if transport is None else padding_probe(transport, size, now)
 
     def handle_keyframe_request(self, subscriber: Key, media_ssrc: int, now: float) -> None:
         """A subscriber's PLI or FIR for its SSRC: forwarded upstream, throttled."""
@@ -976,23 +939,3 @@ class Forwarder(SimulcastTable):
 
 
 _NO_ELEMENTS: list[tuple[int, int, int]] = []
-
-
-def _remap(
-    buf: bytearray, elements: list[tuple[int, int, int]], table: bytes, two_byte: bool
-) -> None:
-    """Rewrite extension ids per ``table`` in place; 0 blanks to padding (RFC 8285 4.2)."""
-    for hdr, xid, length in elements:
-        new = table[xid]
-        if new == xid:
-            continue
-        if two_byte:
-            if new:
-                buf[hdr] = new
-                continue
-            buf[hdr : hdr + 2 + length] = bytes(2 + length)
-        else:
-            if 0 < new < 15:
-                buf[hdr] = (new << 4) | (length - 1)
-                continue
-            buf[hdr : hdr + 1 + length] = bytes(1 + length)

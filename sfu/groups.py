@@ -15,7 +15,7 @@ from typing import Literal
 
 from sfu.errors import SfuStateError
 from sfu.history import PacketHistory
-from sfu.table import Group, Key, Subscription, Track
+from sfu.table import Group, Key, SourceStream, Subscription
 
 __all__ = ["SimulcastTable"]
 
@@ -25,8 +25,8 @@ class SimulcastTable:
 
     history_age: float
     switch_times: deque[float]
-    _tracks: dict[int, Track]
-    _rtx_tracks: dict[int, Track]
+    _tracks: dict[int, SourceStream]
+    _rtx_tracks: dict[int, SourceStream]
     _groups: dict[int, Group]
 
     def add_track(
@@ -42,7 +42,7 @@ class SimulcastTable:
         extensions: Mapping[str, int] | None = None,
         nack: bool | None = None,
         fir: bool = False,
-    ) -> Track:
+    ) -> SourceStream:
         raise NotImplementedError
 
     def request_keyframe(self, track_ssrc: int, now: float) -> None:
@@ -70,7 +70,7 @@ class SimulcastTable:
         known (:meth:`add_layer`)."""
         if gid in self._tracks or gid in self._rtx_tracks or gid in self._groups:
             raise SfuStateError(f"SSRC {gid} is already routed")
-        idle = Track(
+        idle = SourceStream(
             publisher,
             gid,
             "video",
@@ -89,7 +89,9 @@ class SimulcastTable:
     def group(self, gid: int) -> Group | None:
         return self._groups.get(gid)
 
-    def add_layer(self, gid: int, index: int, ssrc: int, rtx_ssrc: int | None = None) -> Track:
+    def add_layer(
+        self, gid: int, index: int, ssrc: int, rtx_ssrc: int | None = None
+    ) -> SourceStream:
         """A group's layer ``index`` arrives on ``ssrc`` (and RTX on ``rtx_ssrc``)."""
         group = self._groups.get(gid)
         if group is None or not 0 <= index < len(group.layers):
@@ -167,7 +169,7 @@ class SimulcastTable:
             on.waiting -= 1
             sub.pending_on = None
 
-    def _move(self, sub: Subscription, target: Track, now: float) -> None:
+    def _move(self, sub: Subscription, target: SourceStream, now: float) -> None:
         """Put a subscription that forwards nothing on ``target`` at once."""
         old = sub.track
         old.subscriptions = [s for s in old.subscriptions if s is not sub]
@@ -182,7 +184,7 @@ class SimulcastTable:
             target.waiting += 1
             self.request_keyframe(target.ssrc, now)
 
-    def _switch_in(self, track: Track, now: float) -> None:
+    def _switch_in(self, track: SourceStream, now: float) -> None:
         """A keyframe of ``track``: subscriptions waiting to switch to it cut over."""
         times = self.switch_times
         for sub in track.pending:

@@ -68,12 +68,12 @@ from sfu.control import (
     RelayState,
 )
 from sfu.errors import SfuStateError
-from sfu.forward import Subscription
 from sfu.negotiation import WorkerControl
 from sfu.offer_answer import LocalParameters
 from sfu.records import Peer, RelayRoom, Room, Track
 from sfu.relay import LinkState, RelayLink, parse_fingerprint
 from sfu.reports import ReceiveStatistics, SendStatistics
+from sfu.table import Subscription
 from sfu.transport import PeerTransport
 
 __all__ = ["Link", "WorkerLinks"]

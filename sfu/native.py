@@ -10,21 +10,24 @@ buffer with the libsrtp that pylibsrtp bundles (the sessions pylibsrtp owns,
 no second copy of a key), and sends the batch with one ``sendmmsg``. It
 returns how many datagrams the kernel took.
 
-The same leaf also runs :meth:`Forwarder.route_into`'s per-copy loop for the
-copies in the steady state (``forward``, :class:`sfu.forward.NativeForward`):
-each copy's header, extension ids, transport-wide sequence number and
-abs-send-time are written straight into its send buffer, so no ``bytes`` or
-tuple is made per copy. Everything else (reception, repair, keyframe waits,
-the first packet of a run, every table) stays in Python, and all state stays
-in the Python objects that own it: the leaf reads and writes their slots.
+The same leaf also makes the copies in the steady state (``forward``): with
+``steady``, :meth:`Forwarder.route_into` hands back what the copies of a
+packet need (:data:`sfu.forward.Steady`) instead of making them, and the
+worker passes that to ``forward``, which writes each copy's header,
+extension ids, transport-wide sequence number and abs-send-time straight
+into its send buffer (no ``bytes`` or tuple per copy), protects and sends
+it; the subscriptions it leaves (a keyframe wait, the first packet of a run)
+go back to :meth:`Forwarder.route_rest`. Everything else (reception, repair,
+every table) stays in Python, and all state stays in the Python objects that
+own it: the leaf reads and writes their slots.
 The subscriber records (:class:`sfu.records.Peer`) keep owning ``protect``
 and ``addr``; the leaf caches, in the record's ``wire`` slot, the session
 pointer and packed address it derived from them, rebuilt whenever either is
 a new object.
 
-The leaf also has the two per-packet steps of Opus RED (RFC 2198) as pure
-functions on the bytes, twins of :func:`rtc.red.primary` and (for the shape
-Chromium sends) :func:`rtc.red.deepen`.
+The module also has the two per-packet steps of Opus RED (RFC 2198) as pure
+functions on the bytes (:data:`RED`, handed to the forwarder), twins of
+:func:`rtc.red.primary` and (for the shape Chromium sends) :func:`rtc.red.deepen`.
 
 ``WADUD_NATIVE=0`` in the environment (read at import), or an install without
 a compiler, leaves :data:`AVAILABLE` false and the worker on its pure-Python
@@ -40,14 +43,17 @@ from typing import Any, Protocol
 
 import pylibsrtp
 
-from sfu.forward import NativeForward
+from sfu.forward import NativeRed
 
-__all__ = ["AVAILABLE", "Fanout", "enabled", "fanout"]
+__all__ = ["AVAILABLE", "RED", "Fanout", "enabled", "fanout"]
 
 
-class Fanout(NativeForward, Protocol):
-    """What the worker calls: ``send(routed)`` -> datagrams sent; ``counters()``;
-    and what the forwarder calls, ``forward`` (:class:`sfu.forward.NativeForward`)."""
+class Fanout(Protocol):
+    """What the worker calls: ``forward(*steady)`` -> copies made (also added to
+    the forwarder's ``stats.forwarded``), the subscriptions it leaves appended
+    to the tuple's ``rest``; ``send(routed)`` -> datagrams sent; ``counters()``."""
+
+    def forward(self, *steady: object) -> int: ...
 
     def send(self, routed: list[tuple[Any, bytes]], /) -> int: ...
 
@@ -79,6 +85,9 @@ _MODULE, _PROTECT_FN = _load()
 
 AVAILABLE: bool = _MODULE is not None
 """The extension is built, loads, matches pylibsrtp's libsrtp, and is not switched off."""
+
+RED: NativeRed | None = _MODULE
+"""RED's per-packet steps in native code (pure functions), None without the extension."""
 
 
 def _session_pointer(protect: object) -> int:

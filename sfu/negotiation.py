@@ -31,8 +31,8 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, cast
+from dataclasses import replace
+from typing import Any, cast
 
 from rtc.dtls import DtlsCertificate
 from rtc.errors import DtlsError, IceStateError, SdpNegotiationError
@@ -50,14 +50,17 @@ from rtc.sdp import (
     SessionDescription,
     Setup,
 )
+from sfu import native
 from sfu.bandwidth import BandwidthFeedback, RembEstimator
 from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Restart, Source, TrackInfo
 from sfu.errors import SfuStateError
-from sfu.forward import Forwarder, ForwarderStats, Subscription
+from sfu.forward import Forwarder
 from sfu.offer_answer import ForwardedTrack, LocalParameters, answer, offer_for_subscriber
+from sfu.offered import OfferedTrack, parse_tracks
 from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track
 from sfu.reports import ReceiveStatistics, ReportScheduler, SendStatistics
-from sfu.speaker import ActiveSpeaker as SpeakerDetector
+from sfu.speaker import SpeakerDetector
+from sfu.table import ForwarderStats, Subscription
 from sfu.transport import TERMINAL, PeerState, PeerTransport
 
 __all__ = ["WorkerControl"]
@@ -71,29 +74,6 @@ _FORWARDED_EXTENSIONS = (ABS_SEND_TIME, TRANSPORT_CC, AUDIO_LEVEL)
 # Dynamic payload types (RFC 3551 section 6), then the range RFC 7587-era
 # browsers use when 96-127 are full (RFC 8866 section 6.6 allows 35-63 with rtcp-mux).
 _FREE_PAYLOAD_TYPES = tuple(itertools.chain(range(96, 128), range(35, 64)))
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    """A publish offer's m= section that carries a track, as answered."""
-
-    mid: str
-    kind: Literal["audio", "video"]
-    ssrc: int
-    rtx_ssrc: int | None
-    codec: Codec
-    rtx: Codec | None
-    rtx_payload_types: dict[int, int]
-    extensions: dict[str, int]
-    nack: bool
-    fir: bool
-    rids: tuple[str, ...] = ()
-    """RFC 8853 simulcast without a=ssrc: the layers' RIDs (``ssrc`` is 0)."""
-    red: Codec | None = None
-    """Opus RED (RFC 2198) the answer accepted over ``codec``."""
-
-
-# --- the control side -----------------------------------------------------------------
 
 
 class WorkerControl(abc.ABC):
@@ -217,7 +197,9 @@ class WorkerControl(abc.ABC):
     def _room(self, name: str) -> Room:
         room = self._rooms.get(name)
         if room is None:
-            forwarder = Forwarder(feedback_ssrc=self.feedback_ssrc, **self.forwarder_options)
+            forwarder = Forwarder(
+                feedback_ssrc=self.feedback_ssrc, red_leaf=native.RED, **self.forwarder_options
+            )
             room = self._rooms[name] = Room(name, forwarder, SpeakerDetector())
         return room
 
@@ -368,7 +350,7 @@ class WorkerControl(abc.ABC):
             if not fresh:
                 local.session_version += 1
             answered = answer(desc, local)
-            parsed = _parse_tracks(desc, answered)
+            parsed = parse_tracks(desc, answered)
             self._check_ssrcs(room, peer, parsed)
         except BaseException:
             if fresh:
@@ -423,7 +405,7 @@ class WorkerControl(abc.ABC):
         if self._by_ufrag.get(peer.transport.local_ufrag) is peer:
             del self._by_ufrag[peer.transport.local_ufrag]
 
-    def _check_ssrcs(self, room: Room, peer: Peer, parsed: list[_Parsed]) -> None:
+    def _check_ssrcs(self, room: Room, peer: Peer, parsed: list[OfferedTrack]) -> None:
         """Refuse SSRCs another track of the room routes (RFC 3550 8.2 collision) before
         anything changes; this offer's own tracks, kept or replaced, do not count."""
         taken: dict[int, Track] = {}
@@ -443,7 +425,7 @@ class WorkerControl(abc.ABC):
                 seen.add(ssrc)
 
     def _add_track(
-        self, room: Room, peer: Peer, item: _Parsed, sources: Mapping[str, Source]
+        self, room: Room, peer: Peer, item: OfferedTrack, sources: Mapping[str, Source]
     ) -> Track:
         default: Source = "microphone" if item.kind == "audio" else "camera"
         source = sources.get(item.mid, default)
@@ -479,7 +461,9 @@ class WorkerControl(abc.ABC):
             peer.levels[item.ssrc] = level_id
         return track
 
-    def _add_simulcast_track(self, room: Room, peer: Peer, item: _Parsed, info: TrackInfo) -> Track:
+    def _add_simulcast_track(
+        self, room: Room, peer: Peer, item: OfferedTrack, info: TrackInfo
+    ) -> Track:
         """A simulcast track: a forwarder group under an id no packet uses;
         its layers' SSRCs are learnt from the first packets (sfu.layers)."""
         taken = {t.ssrc for t in room.tracks.values()} | {
@@ -853,75 +837,6 @@ def _offset_of(sub: Subscription) -> Callable[[], int | None]:
     """The subscription's current RTP timestamp offset, read when a report is built."""
     rewriter = sub.rewriter
     return lambda: rewriter.timestamp_offset
-
-
-def _parse_tracks(offer: SessionDescription, answered: SessionDescription) -> list[_Parsed]:
-    """The tracks a publish offer sends, with what our answer accepted for each."""
-    out: list[_Parsed] = []
-    for offered, section in zip(offer.media, answered.media, strict=True):
-        if section.port == 0 or section.mid is None:
-            continue
-        if (offered.direction or Direction.SENDRECV) not in (
-            Direction.SENDRECV,
-            Direction.SENDONLY,
-        ):
-            continue
-        if offered.kind not in ("audio", "video"):
-            continue
-        media = [c for c in section.codecs if not c.is_named("rtx") and not c.is_named("red")]
-        if not media:
-            continue
-        codec = media[0]
-        red = next((c for c in section.codecs if c.is_named("red")), None)
-        fid = offered.fid_pairs()
-        rtx_ssrcs = set(fid.values())
-        ssrcs = [s.ssrc for s in offered.ssrcs if s.ssrc not in rtx_ssrcs]
-        rids = _send_rids(section.simulcast) if offered.kind == "video" else ()
-        if rids:
-            # RFC 8853 simulcast: SSRCs are learnt from the RID header
-            # extension (RFC 8852) of the first packets, not from a=ssrc.
-            ssrcs = [0]
-        if not ssrcs:
-            continue
-        ssrc = ssrcs[0]
-        rtx = section.rtx_for(codec.payload_type)
-        rtx_ssrc = fid.get(ssrc) if rtx is not None and ssrc else None
-        feedback = {(f.type, f.parameter) for f in codec.feedback}
-        out.append(
-            _Parsed(
-                mid=section.mid,
-                kind=cast(Literal["audio", "video"], offered.kind),
-                ssrc=ssrc,
-                rtx_ssrc=rtx_ssrc,
-                codec=codec,
-                rtx=rtx if rtx_ssrc is not None or rids else None,
-                rtx_payload_types={
-                    c.payload_type: c.apt
-                    for c in section.codecs
-                    if c.is_named("rtx") and c.apt is not None
-                },
-                extensions={e.uri: e.id for e in section.extmaps},
-                nack=("nack", None) in feedback,
-                fir=("nack", "pli") not in feedback and ("ccm", "fir") in feedback,
-                rids=rids,
-                red=red if offered.kind == "audio" else None,
-            )
-        )
-    return out
-
-
-def _send_rids(simulcast: str | None) -> tuple[str, ...]:
-    """The RIDs a publisher sends, from our answer's ``a=simulcast:recv ...``
-    (RFC 8853 section 5.1: alternatives split by ``,``, streams by ``;``, a
-    ``~`` prefix marks one paused at first). One RID is no simulcast."""
-    if not simulcast:
-        return ()
-    parts = simulcast.split()
-    for direction, streams in zip(parts[::2], parts[1::2], strict=False):
-        if direction == "recv":
-            rids = tuple(s.split(",")[0].lstrip("~") for s in streams.split(";") if s)
-            return rids if len(rids) > 1 else ()
-    return ()
 
 
 def _new_connection(

@@ -25,7 +25,7 @@ from sfu.control import RelayedTrack, TrackInfo
 from sfu.forward import Forwarder
 from sfu.offer_answer import ForwardedTrack, LocalParameters
 from sfu.reports import ReceiveStatistics
-from sfu.speaker import ActiveSpeaker as SpeakerDetector
+from sfu.speaker import SpeakerDetector
 from sfu.transport import PeerTransport
 
 __all__ = [

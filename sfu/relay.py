@@ -65,6 +65,7 @@ from sfu.errors import SfuStateError
 
 __all__ = [
     "TRANSITIONS",
+    "LinkInput",
     "LinkState",
     "LinkStateChanged",
     "RelayLink",
@@ -86,7 +87,7 @@ class LinkState(enum.Enum):
     CLOSED = "closed"
 
 
-class _Input(enum.Enum):
+class LinkInput(enum.Enum):
     START = "start"  # start() or a retry
     READY = "ready"  # handshake done, fingerprint checked, SRTP keyed
     FAIL = "fail"  # DTLS failure, connect timeout, silence
@@ -94,9 +95,9 @@ class _Input(enum.Enum):
     CLOSE = "close"  # close(): no room uses the link any more
 
 
-_S, _In = LinkState, _Input
+_S, _In = LinkState, LinkInput
 
-TRANSITIONS: dict[tuple[LinkState, _Input], LinkState] = {
+TRANSITIONS: dict[tuple[LinkState, LinkInput], LinkState] = {
     (_S.NEW, _In.START): _S.CONNECTING,
     (_S.NEW, _In.CLOSE): _S.CLOSED,
     (_S.CONNECTING, _In.START): _S.CONNECTING,
@@ -314,7 +315,7 @@ class RelayLink:
 
     # -- internals ---------------------------------------------------------------
 
-    def _transition(self, event: _Input, reason: str) -> None:
+    def _transition(self, event: LinkInput, reason: str) -> None:
         try:
             new = TRANSITIONS[(self.state, event)]
         except KeyError:

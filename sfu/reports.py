@@ -46,11 +46,13 @@ from rtc.rtcp import (
 from sfu.errors import SfuStateError
 
 __all__ = [
+    "FEEDBACK_MAX",
     "Deadlines",
     "OutgoingStream",
     "ReceiveStatistics",
     "ReportScheduler",
     "SendStatistics",
+    "feedback_compounds",
     "nack_interval_for",
     "ntp_timestamp",
     "rtt_from_block",
@@ -340,7 +342,7 @@ class ReceiveStatistics:
 
 
 class OutgoingStream(Protocol):
-    """What a sender report reads of an outgoing stream (``sfu.forward.Subscription`` has it)."""
+    """What a sender report reads of an outgoing stream (``sfu.table.Subscription`` has it)."""
 
     @property
     def ssrc(self) -> int: ...
@@ -707,6 +709,46 @@ class ReportScheduler:
         """The leg's smoothed round-trip time in seconds, ``None`` before the first sample."""
         leg = self._legs.get(key)
         return None if leg is None else leg.rtt
+
+    def slowest_rtt(self, keys: Iterable[Key]) -> float | None:
+        """The largest smoothed round-trip time of these legs, ``None`` if none has one."""
+        rtts = [rtt for rtt in map(self.rtt, keys) if rtt is not None]
+        return max(rtts) if rtts else None
+
+
+FEEDBACK_MAX = 1200
+"""Feedback compounds are split to stay under this many bytes before SRTCP
+(the size our transport-cc feedback is built for)."""
+
+
+def feedback_compounds(
+    pending: Iterable[tuple[Key, RtcpPacket]], ssrc: int
+) -> list[tuple[Key, list[bytes], int]]:
+    """Feedback packets (NACK, PLI, FIR, transport-cc, REMB) as compound packets,
+    ``(peer, compounds, packets)`` per peer in the order first seen.
+
+    A compound packet starts with a report (RFC 3550 6.1): an empty RR from
+    ``ssrc`` keeps peers that did not negotiate rtcp-rsize (RFC 5506) happy.
+    One compound per peer, split where it would pass :data:`FEEDBACK_MAX`.
+    """
+    by_peer: dict[Key, list[bytes]] = {}
+    for key, packet in pending:
+        by_peer.setdefault(key, []).append(bytes(packet))
+    head = bytes(ReceiverReport(ssrc))
+    out: list[tuple[Key, list[bytes], int]] = []
+    for key, packets in by_peer.items():
+        compounds: list[bytes] = []
+        compound = [head]
+        size = len(head)
+        for data in packets:
+            if len(compound) > 1 and size + len(data) > FEEDBACK_MAX:
+                compounds.append(b"".join(compound))
+                compound, size = [head], len(head)
+            compound.append(data)
+            size += len(data)
+        compounds.append(b"".join(compound))
+        out.append((key, compounds, len(packets)))
+    return out
 
 
 def _chunk_size(cname: str) -> int:

@@ -129,28 +129,29 @@ async def _stop_reading(
             await reader
 
 
+# The one table from the errors a worker raises to the ``type`` of an error
+# reply and back; anything else crosses as "internal" and is raised on the
+# caller's side as MediaError.
+_WIRE_ERRORS: dict[str, type[SdpError | SfuStateError | MediaUnavailable]] = {
+    "sdp": SdpError,
+    "state": SfuStateError,
+    "unavailable": MediaUnavailable,
+}
+
+
 def _error_of(exc: BaseException) -> dict[str, str]:
-    if isinstance(exc, SdpError):
-        kind = "sdp"
-    elif isinstance(exc, SfuStateError):
-        kind = "state"
-    elif isinstance(exc, MediaUnavailable):
-        kind = "unavailable"
-    else:
-        kind = "internal"
+    kind = next((k for k, cls in _WIRE_ERRORS.items() if isinstance(exc, cls)), "internal")
     return {"type": kind, "message": str(exc) or type(exc).__name__}
 
 
 def _raise(wid: str, error: Mapping[str, Any]) -> None:
-    kind = error.get("type")
     message = str(error.get("message", ""))
-    if kind == "sdp":
-        raise SdpError(message)
-    if kind == "state":
-        raise SfuStateError(message)
-    if kind == "unavailable":
+    cls = _WIRE_ERRORS.get(str(error.get("type")))
+    if cls is None:
+        raise MediaError(f"media worker {wid}: {message}")
+    if cls is MediaUnavailable:
         raise MediaUnavailable(f"media worker {wid}: {message}")
-    raise MediaError(f"media worker {wid}: {message}")
+    raise cls(message)
 
 
 # --- the caller's side --------------------------------------------------------------------
@@ -518,7 +519,7 @@ class MediaServer:
         try:
             result = await self._run(request)
         except Exception as exc:
-            if not isinstance(exc, SdpError | SfuStateError | MediaUnavailable):
+            if not isinstance(exc, tuple(_WIRE_ERRORS.values())):
                 log.exception(
                     "media request failed", extra={"op": request.get("op"), "worker": self.wid}
                 )

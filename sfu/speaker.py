@@ -19,7 +19,7 @@ each other: a challenger takes over only after being the loudest, above
 seconds of consecutive evaluations. The current speaker stays the speaker
 through their own silence until someone else qualifies, as conferencing
 clients expect. Evaluations run every ``interval`` seconds from
-:meth:`ActiveSpeaker.handle_timer` (sans-I/O: :meth:`ActiveSpeaker.get_timer`
+:meth:`SpeakerDetector.handle_timer` (sans-I/O: :meth:`SpeakerDetector.get_timer`
 says when), and each change is returned as a :class:`SpeakerChanged` event.
 """
 
@@ -29,7 +29,10 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-__all__ = ["ActiveSpeaker", "SpeakerChanged"]
+from rtc.errors import RtpParseError
+from rtc.rtp import audio_level
+
+__all__ = ["SpeakerChanged", "SpeakerDetector"]
 
 Key = Hashable
 
@@ -57,7 +60,7 @@ class _Participant:
         self.uses_vad = False
 
 
-class ActiveSpeaker:
+class SpeakerDetector:
     """Dominant speaker of one room from RFC 6464 levels, with hysteresis.
 
     ``threshold``: the lowest score (dB above -127 dBov) that counts as
@@ -84,6 +87,18 @@ class ActiveSpeaker:
         self._challenger: Key | None = None
         self._challenger_since = 0.0
         self._next: float | None = None
+
+    def hear(self, participant: Key, packet: bytes, ext_id: int, now: float) -> bool:
+        """An RTP packet's ssrc-audio-level (RFC 6464, header extension ``ext_id``)
+        for :meth:`update`; False when it carries none (or it is malformed)."""
+        try:
+            level = audio_level(packet, ext_id)
+        except RtpParseError:
+            return False
+        if level is None:
+            return False
+        self.update(participant, level[0], level[1], now)
+        return True
 
     def update(self, participant: Key, voice: bool, level: int, now: float) -> None:
         """One audio packet's ``(voice, level)`` from ssrc-audio-level (RFC 6464 section 3)."""

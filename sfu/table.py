@@ -1,10 +1,11 @@
 """The forwarder's routing table: its records and counters (see :mod:`sfu.forward`).
 
 Plain classes with ``__slots__``: the hot path reads and bumps their
-attributes per packet. :class:`Track` is one publisher SSRC with its history
+attributes per packet. :class:`SourceStream` is one publisher SSRC with its history
 and repair state, :class:`Subscription` one subscriber's view of a track,
-:class:`TransportState` what a subscriber's transport shares (the
-transport-wide sequence counter), :class:`Group` a simulcast track's layers.
+:class:`SubscriberTransport` what a subscriber's transport shares (the
+transport-wide sequence counter), :class:`Group` a simulcast track's layers;
+:func:`remap_extensions` applies a subscription's extension-id table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from sfu.history import PacketHistory
 from sfu.keyframes import KEYFRAME_DETECTORS
 from sfu.simulcast import Vp8Rewriter
 
-__all__ = ["ForwarderStats", "Group", "Subscription", "Track", "TransportState"]
+__all__ = [
+    "ForwarderStats",
+    "Group",
+    "SourceStream",
+    "SubscriberTransport",
+    "Subscription",
+    "remap_extensions",
+]
 
 Key = Hashable
 
@@ -80,7 +88,7 @@ class ForwarderStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class TransportState:
+class SubscriberTransport:
     """Per-subscriber state shared by its subscriptions: the transport-wide counter."""
 
     __slots__ = ("by_ssrc", "key", "sent_at", "sizes", "twcc_seq")
@@ -130,8 +138,8 @@ class Subscription:
     def __init__(
         self,
         key: Key,
-        track: Track,
-        transport: TransportState,
+        track: SourceStream,
+        transport: SubscriberTransport,
         ssrc: int,
         pt_map: dict[int, int] | None,
         ext_table: bytes | None,
@@ -162,7 +170,7 @@ class Subscription:
         # at its next keyframe, when that switch was decided, and the VP8
         # PictureID/TL0PICIDX rewriter that keeps the layers one stream.
         self.group: Group | None = None
-        self.pending_on: Track | None = None
+        self.pending_on: SourceStream | None = None
         self.switch_started = 0.0
         self.vp8: Vp8Rewriter | None = None
 
@@ -179,7 +187,7 @@ class Subscription:
         return self.layer
 
 
-class Track:
+class SourceStream:
     """A publisher's track (one media SSRC) with its history and upstream repair state."""
 
     __slots__ = (
@@ -282,7 +290,7 @@ class Track:
 
 class Group:
     """A simulcast track (RFC 8853): one picture sent as several layers, each
-    its own forwarder :class:`Track` (own SSRC, history, NACK and keyframe
+    its own forwarder :class:`SourceStream` (own SSRC, history, NACK and keyframe
     requests), lowest first; a layer is None until its SSRC is known (learnt
     from the RID header extension of its first packets, RFC 8852).
 
@@ -298,13 +306,33 @@ class Group:
 
     __slots__ = ("id", "idle", "layers", "publisher", "subscriptions")
 
-    def __init__(self, gid: int, publisher: Key, count: int, idle: Track) -> None:
+    def __init__(self, gid: int, publisher: Key, count: int, idle: SourceStream) -> None:
         self.id = gid
         self.publisher = publisher
-        self.layers: list[Track | None] = [None] * count
+        self.layers: list[SourceStream | None] = [None] * count
         self.idle = idle
         self.subscriptions: list[Subscription] = []
 
     @property
     def muted(self) -> bool:
         return self.idle.muted
+
+
+def remap_extensions(
+    buf: bytearray, elements: list[tuple[int, int, int]], table: bytes, two_byte: bool
+) -> None:
+    """Rewrite extension ids per ``table`` in place; 0 blanks to padding (RFC 8285 4.2)."""
+    for hdr, xid, length in elements:
+        new = table[xid]
+        if new == xid:
+            continue
+        if two_byte:
+            if new:
+                buf[hdr] = new
+                continue
+            buf[hdr : hdr + 2 + length] = bytes(2 + length)
+        else:
+            if 0 < new < 15:
+                buf[hdr] = (new << 4) | (length - 1)
+                continue
+            buf[hdr : hdr + 1 + length] = bytes(1 + length)

@@ -78,10 +78,10 @@ from rtc.ice import (
     IceLiteAgent,
     IceState,
     SelectedAddress,
+    StateChanged,
     ValidatedAddress,
     random_credentials,
 )
-from rtc.ice import StateChanged as IceStateChanged
 from rtc.srtp import SrtpSession
 from sfu.errors import SfuStateError
 
@@ -90,9 +90,10 @@ __all__ = [
     "AddressForgotten",
     "AddressSelected",
     "AddressValidated",
+    "PeerInput",
     "PeerState",
+    "PeerStateChanged",
     "PeerTransport",
-    "StateChanged",
     "TransportEvent",
 ]
 
@@ -109,16 +110,16 @@ class PeerState(enum.Enum):
     CLOSED = "closed"
 
 
-class _Input(enum.Enum):
+class PeerInput(enum.Enum):
     CHECK = "check"  # ICE accepted a check, or selected a pair, before SRTP is keyed
     READY = "ready"  # ICE selected and SRTP keyed
     FAIL = "fail"
     CLOSE = "close"
 
 
-_S, _In = PeerState, _Input
+_S, _In = PeerState, PeerInput
 
-TRANSITIONS: dict[tuple[PeerState, _Input], PeerState] = {
+TRANSITIONS: dict[tuple[PeerState, PeerInput], PeerState] = {
     (_S.NEW, _In.CHECK): _S.CHECKING,
     (_S.NEW, _In.FAIL): _S.FAILED,
     (_S.NEW, _In.CLOSE): _S.CLOSED,
@@ -139,7 +140,7 @@ TERMINAL = frozenset({PeerState.FAILED, PeerState.CLOSED})
 
 
 @dataclass(frozen=True, slots=True)
-class StateChanged:
+class PeerStateChanged:
     """The transport moved from ``old`` to ``new``; ``reason`` says what did it."""
 
     old: PeerState
@@ -169,7 +170,7 @@ class AddressSelected:
 
 
 TransportEvent = (
-    StateChanged | AddressValidated | AddressForgotten | AddressSelected | CredentialsRetired
+    PeerStateChanged | AddressValidated | AddressForgotten | AddressSelected | CredentialsRetired
 )
 
 
@@ -416,13 +417,13 @@ class PeerTransport:
 
     # -- internals ---------------------------------------------------------------
 
-    def _transition(self, event: _Input, reason: str) -> None:
+    def _transition(self, event: PeerInput, reason: str) -> None:
         try:
             new = TRANSITIONS[(self.state, event)]
         except KeyError:
             raise SfuStateError(f"no transition from {self.state.value} on {event.value}") from None
         if new is not self.state:
-            self._events.append(StateChanged(self.state, new, reason))
+            self._events.append(PeerStateChanged(self.state, new, reason))
             self.state = new
             self.reason = reason
 
@@ -456,7 +457,7 @@ class PeerTransport:
                     dtls.start(now)
                     self._dtls_io(now)
                 self._ready()
-            elif isinstance(event, IceStateChanged):
+            elif isinstance(event, StateChanged):
                 if event.new is IceState.FAILED:
                     self._fail(f"ICE: {event.reason}")
                 elif event.new is IceState.CHECKING and self.state is PeerState.NEW:

@@ -5,7 +5,7 @@ the socket (an :class:`asyncio.DatagramProtocol`, so uvloop reads it), the one
 timer handle, and the tables that say which datagram belongs to whom; the
 protocol work is done by :class:`sfu.transport.PeerTransport` (ICE-lite,
 DTLS-SRTP), :class:`sfu.forward.Forwarder` (routing, rewriting, repair) and
-:class:`sfu.speaker.ActiveSpeaker`. It is the :class:`sfu.control.MediaControl`
+:class:`sfu.speaker.SpeakerDetector`. It is the :class:`sfu.control.MediaControl`
 signalling drives: that half (rooms, transports, offer/answer) is
 :class:`sfu.negotiation.WorkerControl`, which it inherits; this module keeps
 what a datagram or a timer sets off.
@@ -19,19 +19,20 @@ Demultiplexing (RFC 7983 section 7) on one port shared by every peer:
   7.3), even from a known address, so two transports that share a remote
   address (a client behind one NAT binding) cannot answer each other's checks;
 * SRTP or SRTCP from an unknown address may be a connected peer whose NAT
-  gave it a new port: the transports that know its SSRC try to authenticate
-  it, and the one whose keys do moves its path there (a NAT rebinding, with
-  no renegotiation); a packet no key authenticates is a forged path move,
-  counted and dropped. Authenticated media from another validated address of
-  its own peer moves the path the same way (the peer changed pairs);
+  gave it a new port: the transport whose keys authenticate it moves its
+  path there, with no renegotiation (:mod:`sfu.strangers`); anything else is
+  a forgery, counted and dropped. Authenticated media from another validated
+  address of its own peer moves the path the same way (it changed pairs);
 * anything else from an unknown address (DTLS from a stranger, garbage) is
   dropped and counted; nothing a peer sends raises.
 
 The hot path runs synchronously in :meth:`MediaWorker.datagram_received`:
 SRTP unprotect once, :meth:`Forwarder.route_into` into one reused list, then
-for each subscriber its own SRTP protect and ``sendto`` its selected address
-(with the native fan-out, :mod:`sfu.native`, the steady-state copies are
-rewritten, protected and sent with ``sendmmsg`` inside ``route_into``).
+for each subscriber its own SRTP protect and ``sendto`` its selected address.
+With the native fan-out (:mod:`sfu.native`), ``route_into`` hands back the
+steady-state copies instead of making them; the worker has the leaf make,
+protect and send those with ``sendmmsg`` (``forward``), then the others the
+forwarder makes (``route_rest``, ``send``).
 No task, coroutine or queue per packet; the forwarder's keys *are* the
 subscribers' peer records, so there is no lookup per subscriber either, and
 the per-packet counters are plain attribute increments (the Prometheus
@@ -95,13 +96,12 @@ from rtc.rtcp import (
     Fir,
     Nack,
     Pli,
-    ReceiverReport,
     Remb,
     RtcpPacket,
     TransportCc,
     parse_compound,
 )
-from rtc.rtp import audio_level, transport_sequence_number
+from rtc.rtp import transport_sequence_number
 from rtc.sdp import TRANSPORT_CC, Codec
 from sfu import metrics, native
 from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
@@ -110,14 +110,16 @@ from sfu.forward import Forwarder
 from sfu.layers import WorkerLayers
 from sfu.links import WorkerLinks
 from sfu.records import Peer, Room
-from sfu.reports import ReportScheduler, nack_interval_for
+from sfu.reports import ReportScheduler, feedback_compounds, nack_interval_for
+from sfu.snapshot import room_snapshot
+from sfu.strangers import RTCP_SSRCS, StrangerSearch
 from sfu.transport import (
     TERMINAL,
     AddressForgotten,
     AddressSelected,
     AddressValidated,
     PeerState,
-    StateChanged,
+    PeerStateChanged,
 )
 
 __all__ = ["MediaWorker"]
@@ -144,9 +146,6 @@ _REPORT_SLACK = 0.05
 # multiple of 4 it loses the whole compound, SRs and BYE included. A few more,
 # smaller packets per leg and second is all this costs.
 _ONE_REPORT_PER_COMPOUND = 0
-# Feedback compounds are split to stay under this many bytes before SRTCP
-# (the size our transport-cc feedback is built for).
-_RTCP_MAX = 1200
 
 
 # --- the worker -------------------------------------------------------------------------
@@ -218,7 +217,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         """Datagrams dropped by the worker itself, by reason (metrics: ``sfu_dropped_total``)."""
         self.paths: Counter[str] = Counter()
         """Path changes of peer transports, by event (metrics: ``sfu_path_changes_total``)."""
-        self._strangers = _StrangerBudget()
+        self._strangers = StrangerSearch()
         self.totals: Counter[str] = Counter()
         """Forwarder counters of rooms that are gone, so worker totals never go down."""
         self._rooms: dict[str, Room] = {}
@@ -439,12 +438,20 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         forwarder = peer.forwarder
         fstats = forwarder.stats
         keyframe_requests = fstats.keyframe_requests
-        forwarder.native = self._fan
-        forwarder.route_into(plain, now, out)
-        if out and self._fan is not None:
-            self._fan.send(out)
-            out.clear()
-        elif out:
+        fan = self._fan
+        if fan is not None:
+            # The native leaf makes, protects and sends the steady-state
+            # copies; the forwarder makes the others, and the leaf sends those.
+            steady = forwarder.route_into(plain, now, out, True)
+            if steady is not None:
+                fan.forward(*steady)
+                if steady[3]:
+                    forwarder.route_rest(steady, out)
+                if out:
+                    fan.send(out)
+                    out.clear()
+        else:
+            forwarder.route_into(plain, now, out)
             sendto = self._sendto
             for sub, packet in out:
                 protect = sub.protect
@@ -506,48 +513,24 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             self.counters["garbage" if kind != demux.RTP else "rtp_too_short"] += 1
 
     def _stranger_media(self, data: bytes, addr: Address, kind: int, now: float) -> None:
-        """SRTP or SRTCP from an address no transport validated: a NAT rebinding or a forgery.
-
-        The connected transports that know the packet's SSRC (a publisher's
-        media SSRC, or the sender SSRC of a peer's earlier SRTCP) try their
-        keys; the first that authenticates it moves its path to ``addr``
-        and the packet is used. libsrtp checks the tag before it touches the
-        replay window, so a wrong key's attempt changes nothing. The search
-        is bounded per second (:class:`_StrangerBudget`) so a flood of forged
-        packets costs little.
-        """
-        if not self._strangers.take(now):
+        """SRTP or SRTCP from an address no transport validated: a NAT rebinding
+        (the path moves there and the packet is used) or a forgery
+        (:mod:`sfu.strangers`)."""
+        rtcp = kind == demux.RTCP
+        found = self._strangers.find(data, rtcp, self._peers, now)
+        if not isinstance(found, tuple):
+            if found == "forged":
+                self.paths["forged"] += 1
             self.counters["srtp_stranger"] += 1
             return
-        rtcp = kind == demux.RTCP
-        (ssrc,) = _SSRC.unpack_from(data, 4 if rtcp else 8)
-        tried = 0
-        for peer in self._peers:
-            if peer.unprotect is None or not (
-                ssrc in peer.recv_stats or (rtcp and ssrc in peer.rtcp_ssrcs)
-            ):
-                continue
-            tried += 1
-            unprotect = peer.unprotect_rtcp if rtcp else peer.unprotect
-            assert unprotect is not None
-            try:
-                plain = unprotect(data)
-            except _SRTP_ERRORS:
-                if tried >= _STRANGER_TRIES:
-                    break
-                continue
-            self._path_moved(peer, addr, "rebinding")
-            if rtcp:
-                self._rtcp_plain(peer, plain, now)
-            else:
-                peer.packets_in += 1
-                peer.octets_in += len(data)
-                self._route(peer, plain, now)
-            return
-        if tried:
-            # Somebody else's SSRC without its keys: never a reason to move a path.
-            self.paths["forged"] += 1
-        self.counters["srtp_stranger"] += 1
+        peer, plain = found
+        self._path_moved(peer, addr, "rebinding")
+        if rtcp:
+            self._rtcp_plain(peer, plain, now)
+        else:
+            peer.packets_in += 1
+            peer.octets_in += len(data)
+            self._route(peer, plain, now)
 
     def _path_moved(self, peer: Peer, addr: Address, how: str) -> None:
         """Authenticated media came from ``addr``: the peer's path is there now."""
@@ -578,7 +561,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         peer.rtcp_in += 1
         (ssrc,) = _SSRC.unpack_from(plain, 4)
         known = peer.rtcp_ssrcs
-        if ssrc not in known and len(known) < _RTCP_SSRCS:
+        if ssrc not in known and len(known) < RTCP_SSRCS:
             known.add(ssrc)
         self._rtcp_packets(peer, packets, now)
 
@@ -617,35 +600,24 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         share one path, so the slowest subscriber leg stands in for the
         slowest publisher: a retry sooner than its RTT would only duplicate.
         """
-        rtts = []
-        for p in room.participants.values():
-            if p.subscribe is not None:
-                rtt = self.reports.rtt(p.subscribe)
-                if rtt is not None:
-                    rtts.append(rtt)
-        if rtts:
-            room.forwarder.nack_interval = nack_interval_for(max(rtts))
+        rtt = self.reports.slowest_rtt(
+            p.subscribe for p in room.participants.values() if p.subscribe is not None
+        )
+        if rtt is not None:
+            room.forwarder.nack_interval = nack_interval_for(rtt)
 
     def _audio_level(self, peer: Peer, plain: bytes, now: float) -> None:
         ssrc = _SSRC.unpack_from(plain, 8)[0]
         ext_id = peer.levels.get(ssrc)
         if ext_id is None:
             return
-        try:
-            level = audio_level(plain, ext_id)
-        except RtpParseError:
-            return
-        if level is None:
-            return
-        speaker = peer.room.speaker
-        owners = peer.owners
         # A relay link's leg carries the audio of remote participants: each
         # speaks under its own name, so every worker computes the same speaker.
+        owners = peer.owners
         who = peer.participant if owners is None else owners.get(ssrc, peer.participant)
-        speaker.update(who, level[0], level[1], now)
-        due = speaker.get_timer()
-        if due is not None and (self._when is None or due < self._when):
-            self._arm(due)
+        speaker = peer.room.speaker
+        if speaker.hear(who, plain, ext_id, now):
+            self._soon(speaker.get_timer())
 
     # -- transport events (their creation and negotiation: sfu.negotiation) --------------
 
@@ -701,7 +673,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                             "ICE restart completed",
                         )
                     )
-            elif isinstance(event, StateChanged):
+            elif isinstance(event, PeerStateChanged):
                 if event.new is PeerState.CONNECTED:
                     self._connected(peer)
                 elif event.new in TERMINAL:
@@ -957,29 +929,14 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             self._send_feedback(pending)
 
     def _send_feedback(self, pending: Sequence[tuple[object, RtcpPacket]]) -> None:
-        """Send feedback packets (NACK, PLI, FIR, transport-cc, REMB) to their peers.
-
-        A compound packet starts with a report (RFC 3550 6.1): an empty RR
-        keeps peers that did not negotiate rtcp-rsize (RFC 5506) happy. One
-        compound per peer, split where it would pass ``_RTCP_MAX`` bytes.
-        """
-        by_peer: dict[Peer, list[bytes]] = {}
-        for key, packet in pending:
-            by_peer.setdefault(cast(Peer, key), []).append(bytes(packet))
-        head = bytes(ReceiverReport(self.feedback_ssrc))
-        for peer, packets in by_peer.items():
+        """Send feedback packets (NACK, PLI, FIR, transport-cc, REMB) to their peers."""
+        for key, compounds, packets in feedback_compounds(pending, self.feedback_ssrc):
+            peer = cast(Peer, key)
             if peer.protect_rtcp is None or peer.addr is None:
-                self.counters["rtcp_unsent"] += len(packets)
+                self.counters["rtcp_unsent"] += packets
                 continue
-            compound = [head]
-            size = len(head)
-            for data in packets:
-                if len(compound) > 1 and size + len(data) > _RTCP_MAX:
-                    self._send_rtcp(peer, b"".join(compound))
-                    compound, size = [head], len(head)
-                compound.append(data)
-                size += len(data)
-            self._send_rtcp(peer, b"".join(compound))
+            for compound in compounds:
+                self._send_rtcp(peer, compound)
 
     def _send_rtcp(self, peer: Peer, compound: bytes) -> None:
         """Protect and send one compound RTCP packet on a peer's transport (RFC 3711 3.4)."""
@@ -1002,57 +959,9 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         rooms = []
         totals = Counter(self.totals)
         for room in self._rooms.values():
-            stats = room.forwarder.stats.as_dict()
-            totals.update(stats)
-            peers = []
-            for p in room.participants.values():
-                for peer in (p.publish, p.subscribe):
-                    if peer is None:
-                        continue
-                    sent = octets = 0
-                    if peer.direction == "subscribe":
-                        for section in peer.sections:
-                            sub = room.forwarder.subscription(peer, section.forwarded.ssrc)
-                            if sub is not None:
-                                sent += sub.packets_sent + sub.retransmitted
-                                octets += sub.octets_sent
-                    estimator = self.bandwidth.get(peer)
-                    peers.append(
-                        {
-                            "participant": p.id,
-                            "direction": peer.direction,
-                            "state": peer.transport.state.value,
-                            "packets_in": peer.packets_in,
-                            "octets_in": peer.octets_in,
-                            "rtcp_in": peer.rtcp_in,
-                            "rtcp_out": peer.rtcp_out,
-                            "packets_out": sent,
-                            "payload_octets_out": octets,
-                            "srtp_errors": peer.srtp_errors,
-                            # RFC 3550 A.3: expected less received, over its tracks.
-                            "packets_lost": sum(
-                                s.cumulative_lost for s in peer.recv_stats.values()
-                            ),
-                            "rtt": self.reports.rtt(peer),
-                            "remb_bitrate": (
-                                estimator.estimate if isinstance(estimator, RembEstimator) else None
-                            ),
-                            "twcc_feedback": (
-                                estimator.sent
-                                if isinstance(estimator, TransportCcRecorder)
-                                else None
-                            ),
-                        }
-                    )
-            rooms.append(
-                {
-                    "room": room.name,
-                    "participants": len(room.participants),
-                    "tracks": len(room.tracks),
-                    "stats": stats,
-                    "peers": peers,
-                }
-            )
+            entry = room_snapshot(room, self.reports, self.bandwidth)
+            totals.update(entry["stats"])
+            rooms.append(entry)
         relays = self.relay_snapshot()
         # Packets from the worker's own publishers only: what came over relay
         # links is counted as relay "in" (sfu_relay_packets_total).
@@ -1075,35 +984,6 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
 
 # --- helpers --------------------------------------------------------------------------
-
-# Sender SSRCs of SRTCP remembered per transport (for a rebinding's lookup).
-_RTCP_SSRCS = 8
-# At most this many transports try to authenticate one packet from a stranger.
-# Media SSRCs are random, but every Chromium subscriber sends its receiver
-# reports from SSRC 1, so SRTCP may have several candidates.
-_STRANGER_TRIES = 16
-
-
-class _StrangerBudget:
-    """How many packets from unknown addresses may search for their transport
-    per second: a NAT rebinding needs one, a flood of forgeries gets the rest
-    dropped unsearched."""
-
-    __slots__ = ("_left", "_second")
-    PER_SECOND = 200
-
-    def __init__(self) -> None:
-        self._second = -1.0
-        self._left = 0
-
-    def take(self, now: float) -> bool:
-        second = now // 1.0
-        if second != self._second:
-            self._second, self._left = second, self.PER_SECOND
-        if self._left <= 0:
-            return False
-        self._left -= 1
-        return True
 
 
 def _running_loop_time() -> float:

@@ -23,7 +23,7 @@ from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete
 from rtc.ice import IceLiteAgent, SelectedAddress, local_ufrag_of, random_credentials
 from rtc.srtp import SrtpSession
 from sfu import offer_answer
-from sfu.forward import vp8_keyframe_start
+from sfu.keyframes import vp8_keyframe_start
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,8 @@ from rtc import rtp
 from rtc.rtcp import Fir, Nack, Pli
 from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC
 from sfu.errors import SfuError, SfuStateError
-from sfu.forward import Forwarder, h264_keyframe_start, vp8_keyframe_start
+from sfu.forward import Forwarder
+from sfu.keyframes import h264_keyframe_start, vp8_keyframe_start
 
 # Chromium's and Firefox's numbering of the same extensions.
 CHROME_EXT = {AUDIO_LEVEL: 1, ABS_SEND_TIME: 2, TRANSPORT_CC: 3, MID: 4}

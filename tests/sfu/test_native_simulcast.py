@@ -18,7 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu import native
-from tests.sfu.test_native import PUB_EXTS, Record, loopback_sockets, needs_native, twins
+from tests.sfu.test_native import (
+    PUB_EXTS,
+    Record,
+    loopback_sockets,
+    needs_native,
+    route_native,
+    twins,
+)
 
 GROUP = 9000
 LAYER_SSRCS = (1001, 1002, 1003)
@@ -81,7 +88,6 @@ def test_native_forwards_simulcast_layers_as_python_does(
         theirs = [Record(b.outbound.protect, at) for (_, b), at in zip(pairs, addrs, strict=True)]
         now = 100.0
         fast, slow = forwarder(ours, now), forwarder(theirs, now)
-        fast.native = fan
         expected: list[list[bytes]] = [[], [], []]
         by_python = 0
         paused = False
@@ -106,7 +112,7 @@ def test_native_forwards_simulcast_layers_as_python_does(
                         key=(key or frame == 0) and part == 0,
                     )  # fmt: skip
                     out: list[tuple[Any, bytes]] = []
-                    fast.route_into(packet, now, out)
+                    route_native(fast, fan, packet, now, out)
                     by_python += fan.send(out)
                     for k, copy in slow.route(packet, now):
                         expected[theirs.index(k)].append(k.protect(copy))

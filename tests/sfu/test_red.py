@@ -28,7 +28,7 @@ from sfu import native
 from sfu.estimator import SendSideEstimator
 from sfu.forward import Forwarder
 from sfu.worker import MediaWorker
-from tests.sfu.test_native import KEY, Record, loopback_sockets
+from tests.sfu.test_native import KEY, Record, loopback_sockets, route_native
 
 needs_native = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
 
@@ -279,7 +279,7 @@ def _compare(
     theirs = [Record(b.outbound.protect, at) for (_, b), at in zip(sessions, addrs, strict=True)]
     now = 10.0
     fast = forwarder(ours, now)
-    fast.native = fan
+    fast.red_leaf = native.RED
     slow = forwarder(theirs, now)
     expected: list[list[bytes]] = [[] for _ in receivers]
     seq = 65533
@@ -291,7 +291,7 @@ def _compare(
         seq = (seq + dseq) & 0xFFFF
         packet = _packet(seq, kind, primary)
         out: list[tuple[Any, bytes]] = []
-        fast.route_into(packet, now, out)
+        route_native(fast, fan, packet, now, out)
         fan.send(out)
         for key, copy in slow.route(packet, now):
             record = theirs[theirs.index(key)]  # type: ignore[arg-type]
@@ -410,11 +410,9 @@ async def test_red_counters_are_in_the_metrics(worker: MediaWorker) -> None:
 
 @pytest.fixture(scope="module")
 def leaf() -> Any:
-    if not native.AVAILABLE:
+    if native.RED is None:
         pytest.skip("native fan-out not built or off")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    yield native.fanout(sock)
-    sock.close()
+    return native.RED
 
 
 @settings(max_examples=300)
@@ -495,6 +493,7 @@ class _PlainStats:
 
     def __init__(self) -> None:
         self.red_stripped = 5
+        self.forwarded = 0
 
 
 @needs_native
@@ -508,9 +507,9 @@ def test_native_counts_stripped_copies_on_any_stats_object() -> None:
         subs = [Record(SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY).outbound.protect,
                        r.getsockname()) for r in receivers]  # fmt: skip
         f = forwarder(subs)
-        f.native = fan
+        f.red_leaf = native.RED
         out: list[tuple[Any, bytes]] = []
-        f.route_into(red_packet(1), 0.02, out)  # a run's first copies: the Python loop
+        route_native(f, fan, red_packet(1), 0.02, out)  # a run's first copies: the Python loop
         assert f.stats.red_stripped == 2
         track = f.track(SSRC)
         packet = red_packet(2)
@@ -524,6 +523,6 @@ def test_native_counts_stripped_copies_on_any_stats_object() -> None:
             track.subscriptions, packet, 0.04, rest, [], False, -1, -1, -1, len(packet),
             end - start, primary, start, plain,  # type: ignore[arg-type]
         )  # fmt: skip
-        assert (sent, rest, plain.red_stripped) == (3, [], 5 + 2)
-        f.route_into(red_packet(3), 0.06, out)
+        assert (sent, rest, plain.red_stripped, plain.forwarded) == (3, [], 5 + 2, 3)
+        route_native(f, fan, red_packet(3), 0.06, out)
         assert f.stats.red_stripped == 2 + 2

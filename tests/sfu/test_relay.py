@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY, generate_latest
 from rtc.dtls import DtlsCertificate
 from sfu.control import RelayedTrack, RelayPeer, RelayState, event_from_dict, event_to_dict
 from sfu.errors import SfuStateError
-from sfu.relay import TRANSITIONS, LinkState, RelayLink, _Input
+from sfu.relay import TRANSITIONS, LinkInput, LinkState, RelayLink
 from sfu.rpc import MediaClient, MediaServer
 from sfu.worker import MediaWorker
 from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone, wait_until
@@ -487,8 +487,8 @@ def test_core_refuses_a_certificate_that_is_not_the_registered_one() -> None:
     assert b.state is not LinkState.CONNECTED
 
 
-@given(st.lists(st.sampled_from(list(_Input)), max_size=30))
-def test_core_transition_table_never_leaves_closed(inputs: list[_Input]) -> None:
+@given(st.lists(st.sampled_from(list(LinkInput)), max_size=30))
+def test_core_transition_table_never_leaves_closed(inputs: list[LinkInput]) -> None:
     state = LinkState.NEW
     for event in inputs:
         new = TRANSITIONS.get((state, event))

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from rtc import rtp
 from rtc.rtcp import (
     Bye,
+    Nack,
+    Pli,
     ReceiverReport,
     ReportBlock,
     SenderReport,
@@ -32,10 +34,12 @@ from rtc.rtp import RtpRewriter, ts_diff
 from sfu.errors import SfuStateError
 from sfu.forward import Forwarder
 from sfu.reports import (
+    FEEDBACK_MAX,
     Deadlines,
     ReceiveStatistics,
     ReportScheduler,
     SendStatistics,
+    feedback_compounds,
     nack_interval_for,
     ntp_timestamp,
     rtt_from_block,
@@ -635,3 +639,26 @@ def test_leg_with_nothing_to_report_sends_nothing_and_goodbye_says_bye() -> None
     assert isinstance(theirs[-1], artp.RtcpByePacket) and theirs[-1].sources == [0x1A, 0x1B]
     assert sched.report("nobody", 1.0) == []
     assert sched.on_rtcp("nobody", [], 1.0) is None
+
+
+def test_feedback_goes_one_compound_per_peer_behind_an_empty_rr() -> None:
+    pending = [
+        ("a", Pli(9, 100)),
+        ("b", Pli(9, 200)),
+        ("a", Nack(9, 100, [(5, 0)])),
+    ]
+    out = feedback_compounds(pending, 9)
+    assert [(key, n) for key, _, n in out] == [("a", 2), ("b", 1)]
+    (compound,) = out[0][1]
+    assert parse_compound(compound) == [ReceiverReport(9), Pli(9, 100), Nack(9, 100, [(5, 0)])]
+
+
+def test_feedback_past_the_size_limit_is_split_each_part_behind_its_rr() -> None:
+    nacks = [Nack(9, 100, [(i * 17, 0xFFFF)]) for i in range(FEEDBACK_MAX // 16 + 5)]
+    ((key, compounds, n),) = feedback_compounds([("a", p) for p in nacks], 9)
+    assert (key, n) == ("a", len(nacks))
+    assert len(compounds) == 2
+    assert all(len(c) <= FEEDBACK_MAX for c in compounds)
+    got = [parse_compound(c) for c in compounds]
+    assert all(packets[0] == ReceiverReport(9) for packets in got)
+    assert [p for packets in got for p in packets[1:]] == nacks

@@ -6,13 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtc import rtp
-from sfu.speaker import ActiveSpeaker, SpeakerChanged
+from sfu.speaker import SpeakerChanged, SpeakerDetector
 
 AUDIO_LEVEL_ID = 1
 
 
 def run(
-    det: ActiveSpeaker, levels: dict[str, int], start: float, seconds: float
+    det: SpeakerDetector, levels: dict[str, int], start: float, seconds: float
 ) -> list[SpeakerChanged]:
     """Feed 20 ms packets at fixed levels and run the timer; the events."""
     events = []
@@ -33,13 +33,19 @@ def test_levels_read_from_real_packets() -> None:
     p = rtp.RtpPacket(payload_type=111, sequence_number=1, ssrc=5, payload=b"\xf8")
     p.set_extensions([(AUDIO_LEVEL_ID, bytes([0x80 | 30]))])
     voice, level = rtp.audio_level(bytes(p), AUDIO_LEVEL_ID) or (False, 127)
-    det = ActiveSpeaker()
+    det = SpeakerDetector()
     det.update("alice", voice, level, 0.0)
     assert det.score("alice", 0.0) == 97
+    # hear() reads the same from the packet itself; none without the extension.
+    heard = SpeakerDetector()
+    assert heard.hear("alice", bytes(p), AUDIO_LEVEL_ID, 0.0)
+    assert heard.score("alice", 0.0) == 97
+    assert not heard.hear("alice", bytes(p), AUDIO_LEVEL_ID + 1, 0.0)
+    assert not heard.hear("alice", b"\x90" + bytes(12), AUDIO_LEVEL_ID, 0.0)
 
 
 def test_first_speaker_is_immediate_and_silence_keeps_them() -> None:
-    det = ActiveSpeaker()
+    det = SpeakerDetector()
     events = run(det, {"alice": 30, "bob": 120}, 0.0, 1.0)
     assert [e.speaker for e in events] == ["alice"]
     assert events[0].previous is None
@@ -49,7 +55,7 @@ def test_first_speaker_is_immediate_and_silence_keeps_them() -> None:
 
 
 def test_switch_needs_margin_and_hold() -> None:
-    det = ActiveSpeaker(hold=0.6, margin=6.0)
+    det = SpeakerDetector(hold=0.6, margin=6.0)
     run(det, {"alice": 30, "bob": 120}, 0.0, 1.0)
     # Bob only slightly louder than alice: no switch (margin).
     assert run(det, {"alice": 30, "bob": 28}, 1.0, 3.0) == []
@@ -60,7 +66,7 @@ def test_switch_needs_margin_and_hold() -> None:
 
 
 def test_short_burst_does_not_steal() -> None:
-    det = ActiveSpeaker(window=0.5, hold=0.8)
+    det = SpeakerDetector(window=0.5, hold=0.8)
     run(det, {"alice": 30, "bob": 120}, 0.0, 1.0)
     # Bob coughs for 0.3 s while alice is quiet.
     events = run(det, {"alice": 100, "bob": 10}, 1.0, 0.3)
@@ -70,7 +76,7 @@ def test_short_burst_does_not_steal() -> None:
 
 
 def test_speaker_leaving_hands_over() -> None:
-    det = ActiveSpeaker()
+    det = SpeakerDetector()
     run(det, {"alice": 30, "bob": 40}, 0.0, 1.0)
     assert det.speaker == "alice"
     ev = det.remove("alice", 1.0)
@@ -83,7 +89,7 @@ def test_speaker_leaving_hands_over() -> None:
 
 
 def test_no_voice_flag_counts_as_silence_from_a_sender_that_sets_it() -> None:
-    det = ActiveSpeaker()
+    det = SpeakerDetector()
     det.update("alice", True, 10, 0.0)
     for i in range(1, 51):
         det.update("alice", False, 10, i * 0.02)
@@ -94,7 +100,7 @@ def test_no_voice_flag_counts_as_silence_from_a_sender_that_sets_it() -> None:
 
 def test_levels_count_from_a_sender_that_never_sets_the_voice_flag() -> None:
     # aiortc leaves V clear on every packet; its levels must still elect it.
-    det = ActiveSpeaker()
+    det = SpeakerDetector()
     for i in range(50):
         det.update("bot", False, 10, i * 0.02)
     assert det.score("bot", 1.0) == 117
@@ -112,7 +118,7 @@ def test_levels_count_from_a_sender_that_never_sets_the_voice_flag() -> None:
     )
 )
 def test_events_chain_and_never_repeat(samples: list[tuple[str, int, bool]]) -> None:
-    det = ActiveSpeaker(interval=0.05)
+    det = SpeakerDetector(interval=0.05)
     t = 0.0
     current = None
     for who, level, voice in samples:

@@ -35,10 +35,10 @@ from sfu.transport import (
     AddressForgotten,
     AddressSelected,
     AddressValidated,
+    PeerInput,
     PeerState,
+    PeerStateChanged,
     PeerTransport,
-    StateChanged,
-    _Input,
 )
 
 T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
@@ -156,7 +156,7 @@ class Link:
             self.b.dtls.handle_timer(self.now)
 
     def states(self) -> list[PeerState]:
-        return [e.new for e in self.events if isinstance(e, StateChanged)]
+        return [e.new for e in self.events if isinstance(e, PeerStateChanged)]
 
 
 def publish_link(**kwargs: Any) -> Link:
@@ -407,7 +407,7 @@ def test_no_nomination_before_the_connect_timeout_fails() -> None:
     transport.handle_timer(15.0)
     assert state(transport) is PeerState.FAILED
     event = transport.next_event()
-    assert isinstance(event, StateChanged) and event.old is PeerState.NEW
+    assert isinstance(event, PeerStateChanged) and event.old is PeerState.NEW
 
 
 def test_close_sends_close_notify() -> None:
@@ -506,8 +506,8 @@ def test_terminal_states_have_no_exit() -> None:
     assert {target for target in TRANSITIONS.values()} == set(PeerState) - {PeerState.NEW}
 
 
-@given(st.lists(st.sampled_from(list(_Input)), max_size=12))
-def test_transition_table_walks(inputs: list[_Input]) -> None:
+@given(st.lists(st.sampled_from(list(PeerInput)), max_size=12))
+def test_transition_table_walks(inputs: list[PeerInput]) -> None:
     transport = PeerTransport(SERVER_CERT, now=0.0, local_ufrag="abcd", local_pwd="p" * 22)
     for event in inputs:
         before = state(transport)
@@ -521,7 +521,7 @@ def test_transition_table_walks(inputs: list[_Input]) -> None:
     # CONNECTED is reached only through READY, which needs CHECKING first.
     changes = []
     while (e := transport.next_event()) is not None:
-        assert isinstance(e, StateChanged)
+        assert isinstance(e, PeerStateChanged)
         changes.append((e.old, e.new))
     for old, new in changes:
         if new is PeerState.CONNECTED:

@@ -1,0 +1,66 @@
+"""What the metrics read of a room at scrape time (:meth:`sfu.worker.MediaWorker.snapshot`).
+
+Plain dicts, built from the records (:mod:`sfu.records`) and the worker's
+report and bandwidth feedback cores when Prometheus scrapes, so the hot path
+keeps only plain counters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
+from sfu.records import Room
+from sfu.reports import ReportScheduler
+
+__all__ = ["room_snapshot"]
+
+
+def room_snapshot(
+    room: Room, reports: ReportScheduler, bandwidth: BandwidthFeedback
+) -> dict[str, Any]:
+    """A room's forwarder counters and each of its transports' counters and estimates."""
+    stats = room.forwarder.stats.as_dict()
+    peers = []
+    for p in room.participants.values():
+        for peer in (p.publish, p.subscribe):
+            if peer is None:
+                continue
+            sent = octets = 0
+            if peer.direction == "subscribe":
+                for section in peer.sections:
+                    sub = room.forwarder.subscription(peer, section.forwarded.ssrc)
+                    if sub is not None:
+                        sent += sub.packets_sent + sub.retransmitted
+                        octets += sub.octets_sent
+            estimator = bandwidth.get(peer)
+            peers.append(
+                {
+                    "participant": p.id,
+                    "direction": peer.direction,
+                    "state": peer.transport.state.value,
+                    "packets_in": peer.packets_in,
+                    "octets_in": peer.octets_in,
+                    "rtcp_in": peer.rtcp_in,
+                    "rtcp_out": peer.rtcp_out,
+                    "packets_out": sent,
+                    "payload_octets_out": octets,
+                    "srtp_errors": peer.srtp_errors,
+                    # RFC 3550 A.3: expected less received, over its tracks.
+                    "packets_lost": sum(s.cumulative_lost for s in peer.recv_stats.values()),
+                    "rtt": reports.rtt(peer),
+                    "remb_bitrate": (
+                        estimator.estimate if isinstance(estimator, RembEstimator) else None
+                    ),
+                    "twcc_feedback": (
+                        estimator.sent if isinstance(estimator, TransportCcRecorder) else None
+                    ),
+                }
+            )
+    return {
+        "room": room.name,
+        "participants": len(room.participants),
+        "tracks": len(room.tracks),
+        "stats": stats,
+        "peers": peers,
+    }
