@@ -118,6 +118,8 @@ class Subscriber:
                     continue
                 self.offer = protocol.reply("offer", sdp=sdp, tracks=offer_tracks(sdp, wanted))
                 self.room.send_to(self.pid, self.offer)
+                # A replica that takes the room over sends it again on a resume.
+                self.room.changed()
         except errors.MediaUnavailable:
             log.warning("no media worker: cannot offer tracks to %s", self.pid)
         except Exception:
@@ -131,6 +133,8 @@ class Subscriber:
         media = await self.room.media_for(self.pid)
         await self.room.media_call(partial(media.answer, self.room.name, self.pid, sdp))
         self.offer = None
+        # Or that replica would send the answered offer again on a resume.
+        self.room.changed()
         if self.dirty:
             self.kick()
 
@@ -173,6 +177,7 @@ class CallRoom:
         lane: MediaLane,
         region: str,
         *,
+        changed: Callable[[CallRoom], None],
         media_for: Callable[[CallRoom, str], Awaitable[MediaControl]],
         subscribe: Callable[
             [CallRoom, MediaControl, str, tuple[str, ...], Restart | None], Awaitable[str | None]
@@ -193,8 +198,13 @@ class CallRoom:
         self.quality: dict[str, ConnectionQuality] = {}
         #: Participants whose media is reconnecting (docs/protocol.md, ``participant_media``).
         self.reconnecting: set[str] = set()
+        self._changed = changed
         self._media_for = media_for
         self._subscribe = subscribe
+
+    def changed(self) -> None:
+        """Something a snapshot of the room holds changed outside the core."""
+        self._changed(self)
 
     async def media_for(self, participant_id: str) -> MediaControl:
         """The worker a participant's transports are on (placed on first use)."""

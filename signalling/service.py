@@ -337,6 +337,7 @@ class CallService:
                 core,
                 self._lane(name),
                 region or s.region,
+                changed=self._mark,
                 media_for=self.sites.media_for,
                 subscribe=self.sites.subscribe,
             )
