@@ -99,6 +99,8 @@ class Replicas:
         self.remote: dict[str, RemoteConnection] = {}
         #: The last known owner of rooms this replica forwards to.
         self.owners: dict[str, str] = {}
+        #: Rooms being taken over: done once restored from their snapshot.
+        self._taking: dict[str, asyncio.Future[None]] = {}
         #: Rooms whose snapshot must be written (None: forget it).
         self._dirty: dict[str, CallRoom | None] = {}
         self._dirty_event = asyncio.Event()
@@ -212,7 +214,8 @@ class Replicas:
         deadline = loop.time() + 2 * self.cluster.lease + 2
         while True:
             owner = self.owners.get(name)
-            if name in self._rooms or (owner is None and await self.own(name)):
+            here = name in self._rooms or name in self._taking
+            if (here or owner is None) and await self.own(name):
                 await self._host.handle(conn, frame, grant)
                 return
             if owner is None:
@@ -239,16 +242,24 @@ class Replicas:
             await asyncio.sleep(0.2)
 
     async def own(self, name: str) -> bool:
-        """This replica owns room ``name`` now, taking it over if it was free."""
-        if name in self._rooms:
-            return True
-        if (
-            not await self.cluster.claim(name)
-            and await self.cluster.owner(name) != self.cluster.replica
-        ):
-            return False
-        if name not in self._rooms:
-            await self._take_over(name)
+        """This replica owns room ``name`` now, taking it over if it was free.
+        A room being taken over is not owned until it is restored."""
+        if name not in self._rooms and name not in self._taking:
+            if (
+                not await self.cluster.claim(name)
+                and await self.cluster.owner(name) != self.cluster.replica
+            ):
+                return False
+            if name not in self._rooms and name not in self._taking:
+                restored = self._taking[name] = asyncio.get_running_loop().create_future()
+                try:
+                    await self._take_over(name)
+                finally:
+                    del self._taking[name]
+                    restored.set_result(None)
+        taking = self._taking.get(name)
+        if taking is not None:
+            await asyncio.shield(taking)
         return True
 
     def _on_message(self, msg: dict[str, Any]) -> None:
