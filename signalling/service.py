@@ -675,11 +675,14 @@ class CallService:
 
     async def _join(self, conn: AnyConnection, frame: protocol.Join, grant: RoomGrant) -> None:
         """A join this replica owns the room of, its grant checked (:meth:`admit`)."""
+        region = grant.region or conn.region or self.settings.region
+        # Another's join is placing the room in this region: this join is
+        # answered once the room has its worker there.
+        await self.sites.placing(grant.room, region)
         now = asyncio.get_running_loop().time()
         if self._ended_here(grant.room, now):
             # Ended here while the join travelled from another replica.
             raise errors.RoomEnded("this room was ended")
-        region = grant.region or conn.region or self.settings.region
         room = self.room(grant.room, region)
         if not grant.name:
             # An anonymous link: the name the person typed (or typed before,

@@ -31,6 +31,7 @@ site's (the first participant's region), or any site's when it has none.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -163,6 +164,8 @@ class Sites(Generic[R]):
         self._rooms = rooms
         self._changed = changed
         self._moved = moved
+        #: Placements under way, by (room, region): done when they end.
+        self._placing: dict[tuple[str, str], asyncio.Future[None]] = {}
         #: Placed workers seen alive but missing from the registry, since when.
         self.unregistered: dict[Placed, float] = {}
 
@@ -183,17 +186,34 @@ class Sites(Generic[R]):
         if self.placement is None or self.media_client is None:
             return self.local()
         region = self.region_of(room, pid) if pid is not None else room.region
+        key = (room.name, region)
         site = room.sites.get(region)
+        while site is None and key in self._placing:
+            await asyncio.shield(self._placing[key])
+            site = room.sites.get(region)
         if site is None:
-            placed = await self.placement.place(room.name, region)
-            if placed is None:
-                raise errors.MediaUnavailable("no media worker is live")
-            if self._rooms.get(room.name) is room and region not in room.sites:
-                await self.point(room, region, placed)
+            done = self._placing[key] = asyncio.get_running_loop().create_future()
+            try:
+                placed = await self.placement.place(room.name, region)
+                if placed is None:
+                    raise errors.MediaUnavailable("no media worker is live")
+                if self._rooms.get(room.name) is room and region not in room.sites:
+                    await self.point(room, region, placed)
+            finally:
+                if self._placing.get(key) is done:
+                    del self._placing[key]
+                done.set_result(None)
             site = room.sites.get(region)
         if site is None:
             raise errors.MediaUnavailable("the room has no media worker")
         return site.media
+
+    async def placing(self, name: str, region: str) -> None:
+        """Wait for the placement of room ``name`` in ``region`` if one is
+        under way (however it ends)."""
+        done = self._placing.get((name, region))
+        if done is not None:
+            await asyncio.shield(done)
 
     def media_now(self, room: R, pid: str | None = None) -> MediaControl | None:
         """The media control a participant's transports are on now (for
