@@ -1,36 +1,43 @@
-"""The call service's side in a cluster of API replicas (with Redis).
+"""The call service's part in a cluster of API replicas (with Redis).
 
 :mod:`signalling.cluster` is the link (leases, snapshots, ordered messages);
-this module is what the call service does with it: route a client's frames
-to its room's owner, serve other replicas' clients in the rooms this one
-owns (:class:`RemoteConnection`), write room snapshots, and take a room over
-when its owner died (moving a room's media is :mod:`signalling.sites`).
-The functions here are
-:class:`signalling.service.CallService` methods (bound there by name), kept
-apart because they run only when the service has a cluster.
+:class:`Replicas` is what the call service does with it: route each client
+frame to its room's owner, serve other replicas' clients in the rooms this
+one owns (:class:`signalling.connections.RemoteConnection`), write room
+snapshots, and take a room over when its owner died (moving a room's media
+is :mod:`signalling.sites`).
+
+A frame is parsed once, where it arrives, and routed as the typed frame; a
+``join`` reaches the router with its token decoded and its checks passed
+(:meth:`signalling.service.CallService.admit`), and the grant travels with
+the frame to the owner, which only checks that it owns the room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, Protocol, cast
 
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from signalling import errors
-from signalling import protocol as p
-from signalling.cluster import conn_replica
+from signalling import errors, protocol
+from signalling.callroom import CallRoom
+from signalling.cluster import Cluster, conn_replica
+from signalling.connections import AnyConnection, Connection, RemoteConnection
 from signalling.placement import Placed
-from wadud.auth import InvalidToken, RoomGrant, decode_room_token
-
-if TYPE_CHECKING:
-    from signalling.service import AnyConnection, CallRoom, CallService, Connection
+from signalling.room import Output
+from signalling.sites import Sites
+from wadud.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
+
+__all__ = ["WATCH_INTERVAL", "Host", "Replicas"]
 
 #: Seconds between the cluster watcher's rounds (leases, dead replicas and workers).
 WATCH_INTERVAL = 1.0
@@ -40,365 +47,426 @@ TAKEOVERS = Counter(
 )
 
 
-class RemoteConnection:
-    """A client connected to another replica, as the room's owner sees it:
-    what is sent goes to that replica, which writes it to the socket."""
+class Host(Protocol):
+    """What the router needs of the call service it routes for."""
 
-    def __init__(self, service: CallService, ref: str, room_name: str) -> None:
-        self.service = service
-        self.ref = ref
-        self.replica = conn_replica(ref)
-        self.room: CallRoom | None = None
-        self.room_name: str | None = room_name
-        self.participant_id: str | None = None
-        #: The region of the replica the client reached (from its messages).
-        self.region = ""
-        self.closing = False
-        self.last_seen = 0.0
-        self.inbox: asyncio.Queue[str] = asyncio.Queue()
-        self.reader: asyncio.Task[None] | None = None
+    async def receive(self, conn: AnyConnection, text: str, grant: RoomGrant | None = None) -> None:
+        """A client's text frame (with the grant a forwarded ``join`` carries)."""
+        ...
 
-    def send(self, frame: dict[str, Any]) -> None:
-        if self.closing:
-            return
-        # Error frames are counted where they reach the socket.
-        cluster = self.service.cluster
-        if cluster is not None:
-            cluster.send(self.replica, {"k": "out", "conn": self.ref, "frame": frame})
+    async def handle(
+        self, conn: AnyConnection, frame: protocol.ClientFrame, grant: RoomGrant | None
+    ) -> None:
+        """A frame for a room this replica owns (or for no room)."""
+        ...
 
-    def close(self, code: int, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            cluster = self.service.cluster
-            if cluster is not None:
-                msg = {"k": "close", "conn": self.ref, "code": code, "reason": reason}
-                cluster.send(self.replica, msg)
+    async def admit(self, conn: Connection, frame: protocol.Join) -> RoomGrant:
+        """A ``join``'s grant, once its token and the checks on it passed."""
+        ...
+
+    def room(self, name: str, region: str = "") -> CallRoom: ...
+
+    def apply(self, room: CallRoom, outputs: Iterable[Output]) -> None: ...
+
+    def drop_room(self, room: CallRoom, *, forget: bool = True) -> None: ...
+
+    def disconnected(self, conn: AnyConnection) -> None: ...
 
 
-class _Moved(Exception):
-    """The room is owned by another replica (raised before anything changed)."""
+class Replicas:
+    """Routing between replicas, the rooms' snapshots and their takeover.
 
-    def __init__(self, owner: str) -> None:
-        super().__init__(owner)
-        self.owner = owner
+    ``rooms`` are the rooms this replica owns (the host's, read here);
+    ``sites`` places a restored room's media and watches its workers."""
 
+    def __init__(
+        self,
+        cluster: Cluster,
+        host: Host,
+        *,
+        region: str,
+        rooms: Mapping[str, CallRoom],
+        sites: Sites[CallRoom],
+    ) -> None:
+        self.cluster = cluster
+        self._host = host
+        self._region = region
+        self._rooms = rooms
+        self._sites = sites
+        #: This replica's connections by reference (cluster messages name them).
+        self.local: dict[str, Connection] = {}
+        #: Other replicas' connections in rooms this replica owns.
+        self.remote: dict[str, RemoteConnection] = {}
+        #: The last known owner of rooms this replica forwards to.
+        self.owners: dict[str, str] = {}
+        #: Rooms being taken over: done once restored from their snapshot.
+        self._taking: dict[str, asyncio.Future[None]] = {}
+        #: Rooms whose snapshot must be written (None: forget it).
+        self._dirty: dict[str, CallRoom | None] = {}
+        self._dirty_event = asyncio.Event()
+        self._watch_now = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
-def _on_worker_message(svc: CallService, worker: str, incarnation: str, payload: Any) -> None:
-    if isinstance(payload, str):
-        # A worker's life changed (stopped, draining): check placements now.
-        svc._watch_now.set()
-    else:
-        svc.on_media_event(payload, worker)
+    # -- life ------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Listen for other replicas' messages, watch leases, replicas and
+        workers, and write room snapshots."""
+        await self.cluster.start(self._on_message)
+        self._spawn(self._watcher(), "call-cluster-watch")
+        self._spawn(self._writer(), "call-cluster-write")
 
-async def _forward_gone(svc: CallService, room: str, ref: str) -> None:
-    assert svc.cluster is not None
-    try:
-        owner = await svc.cluster.owner(room)
-        if owner is not None and owner != svc.cluster.replica:
-            svc.cluster.send(owner, {"k": "gone", "room": room, "conn": ref})
-    except Exception as exc:
-        log.warning("could not tell the room's owner of a closed connection: %s", exc)
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
+    async def close(self) -> None:
+        """Stop watching and writing; another replica takes our rooms over
+        from their snapshots."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._rooms:
+            with contextlib.suppress(Exception):
+                await self.cluster.save({n: self.snapshot(r) for n, r in self._rooms.items()})
+            for name in list(self._rooms):
+                with contextlib.suppress(Exception):
+                    await self.cluster.disown(name)
+        await self.cluster.close()
 
-async def route(svc: CallService, conn: AnyConnection, text: str) -> None:
-    """One text frame from a client, handled here when this replica owns
-    (or can take) its room, else forwarded to the owner. Pings and pongs are
-    answered where the socket is; the owner of each room is remembered until
-    a delivery finds nobody listening."""
-    if svc.cluster is None:
-        await svc.on_text(conn, text)
-        return
-    name = conn.room_name
-    if name is None and not isinstance(conn, RemoteConnection):
-        name = svc._join_room_of(conn, text)
-        if name is None:
-            # Not a join, or a join this replica refuses by itself.
-            await svc.on_text(conn, text)
-            return
-    if name is None or (name not in svc.rooms and _keepalive(text)):
-        await svc.on_text(conn, text)
-        return
-    try:
-        await _route(svc, conn, name, text)
-    except RedisError as exc:
-        log.warning("call frame not routed: redis: %s", exc, extra={"room": name})
-        conn.send(p.error_frame("internal-error", "the server is busy; try again in a moment"))
+    def readers(self) -> list[asyncio.Task[None]]:
+        """The tasks reading remote clients' frames."""
+        return [c.reader for c in self.remote.values() if c.reader is not None]
 
+    def wake(self) -> None:
+        """Check leases, replicas and workers now (a worker's life changed)."""
+        self._watch_now.set()
 
-def _keepalive(text: str) -> bool:
-    try:
-        frame = p.parse(text)
-    except p.ProtocolError:
-        return False
-    return isinstance(frame, p.Ping | p.Pong)
+    # -- connections -----------------------------------------------------------
 
+    def connected(self, conn: Connection) -> None:
+        self.local[conn.ref] = conn
 
-async def _route(svc: CallService, conn: AnyConnection, name: str, text: str) -> None:
-    assert svc.cluster is not None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 2 * svc.cluster.lease + 2
-    while True:
-        owner = svc.owners.get(name)
-        if name in svc.rooms or (owner is None and await svc._own(name)):
-            try:
-                await svc.on_text(conn, text)
-                return
-            except _Moved as moved:
-                owner = moved.owner or None
-        if owner is None:
-            owner = await svc.cluster.owner(name)
-        if owner is not None and owner != svc.cluster.replica:
-            msg = {
-                "k": "in",
-                "room": name,
-                "conn": conn.ref,
-                "text": text,
-                "region": svc.settings.region,
-            }
-            if await svc.cluster.deliver(owner, msg):
-                svc.owners[name] = owner
-                return
-        # The owner is gone (its lease not yet over) or changing hands.
-        svc.owners.pop(name, None)
-        if loop.time() > deadline:
-            conn.send(p.error_frame("internal-error", "the room is not reachable; try again"))
-            return
-        await asyncio.sleep(0.2)
-
-
-def _join_room_of(svc: CallService, conn: Connection, text: str) -> str | None:
-    """The room a ``join`` frame asks for, if its token is good (this
-    replica answers bad frames and tokens itself)."""
-    try:
-        frame = p.parse(text)
-    except p.ProtocolError:
-        return None
-    if not isinstance(frame, p.Join):
-        return None
-    try:
-        grant = decode_room_token(svc.settings, frame.token)
-    except InvalidToken:
-        return None
-    if conn.room_hint is not None and conn.room_hint != grant.room:
-        return None
-    conn.room_name = grant.room
-    return grant.room
-
-
-async def _own(svc: CallService, name: str) -> bool:
-    """This replica owns room ``name`` now, taking it over if it was free."""
-    if name in svc.rooms or svc.cluster is None:
-        return True
-    if not await svc.cluster.claim(name) and await svc.cluster.owner(name) != svc.cluster.replica:
-        return False
-    if name not in svc.rooms:
-        await svc._take_over(name)
-    return True
-
-
-def _on_cluster(svc: CallService, msg: dict[str, Any]) -> None:
-    """A message from another replica (see :mod:`signalling.cluster`)."""
-    kind, ref = msg.get("k"), msg.get("conn")
-    if not isinstance(ref, str):
-        return
-    if kind == "out":
-        local = svc.local.get(ref)
-        if local is not None and isinstance(msg.get("frame"), dict):
-            local.send(msg["frame"])
-    elif kind == "close":
-        local = svc.local.get(ref)
-        if local is not None:
-            local.close(int(msg.get("code", errors.CLOSE_GOING_AWAY)), str(msg.get("reason")))
-    elif kind == "in":
-        name, text = msg.get("room"), msg.get("text")
-        if not isinstance(name, str) or not isinstance(text, str):
-            return
-        remote = svc.remote.get(ref)
-        if remote is None:
-            remote = svc.remote[ref] = RemoteConnection(svc, ref, name)
-        remote.region = str(msg.get("region") or "")
-        remote.inbox.put_nowait(text)
-        if remote.reader is None or remote.reader.done():
-            remote.reader = asyncio.create_task(svc._read_remote(remote), name="call-remote")
-    elif kind == "gone":
-        remote = svc.remote.get(ref)
-        if remote is not None:
-            svc.disconnected(remote)
-    elif kind == "check":
-        # A new owner asks whether a connection it restored still stands.
-        sender = msg.get("from")
-        if ref not in svc.local and isinstance(sender, str) and svc.cluster is not None:
-            svc.cluster.send(sender, {"k": "gone", "room": msg.get("room"), "conn": ref})
-
-
-async def _read_remote(svc: CallService, conn: RemoteConnection) -> None:
-    """A remote client's frames, one at a time, in order (as ``serve``
-    reads a local one's)."""
-    while not conn.inbox.empty():
-        text = conn.inbox.get_nowait()
-        conn.last_seen = asyncio.get_running_loop().time()
-        try:
-            await svc.route(conn, text)
-        except Exception:
-            log.exception("remote call frame failed")
-
-
-def _mark(svc: CallService, room: CallRoom) -> None:
-    if svc.cluster is not None and svc.rooms.get(room.name) is room:
-        svc._dirty[room.name] = room
-        svc._dirty_event.set()
-
-
-def _snapshot(svc: CallService, room: CallRoom) -> dict[str, Any]:
-    now = asyncio.get_running_loop().time()
-
-    def ref(conn: Any) -> str | None:
-        return getattr(conn, "ref", None) or None
-
-    data = room.core.snapshot(now, ref)
-    data["at"] = time.time()
-    data["region"] = room.region
-    data["sites"] = {region: str(site.placed) for region, site in room.sites.items()}
-    data["regions"] = dict(room.regions)
-    data["subscribers"] = {
-        pid: {"asked": list(sub.asked), "offer": sub.offer} for pid, sub in room.subscribers.items()
-    }
-    return data
-
-
-async def _writer(svc: CallService) -> None:
-    """Writes changed rooms' snapshots, coalescing bursts of changes."""
-    assert svc.cluster is not None
-    while not svc._closed:
-        await svc._dirty_event.wait()
-        await asyncio.sleep(0.01)
-        svc._dirty_event.clear()
-        batch, svc._dirty = svc._dirty, {}
-        states = {
-            name: svc._snapshot(room) if room is not None else None for name, room in batch.items()
-        }
-        try:
-            await svc.cluster.save(states)
-            for name, state in states.items():
-                if state is None and name not in svc.rooms:
-                    await svc.cluster.disown(name)
-        except Exception as exc:
-            log.warning("room snapshots not written: %s", exc)
-            for name, room in batch.items():
-                svc._dirty.setdefault(name, room)
-            await asyncio.sleep(0.5)
-            svc._dirty_event.set()
-
-
-async def _take_over(svc: CallService, name: str) -> None:
-    """This replica just became the owner of ``name``: restore it from its
-    snapshot, if there is one (its previous owner died or let it go)."""
-    assert svc.cluster is not None
-    data = await svc.cluster.load(name)
-    if data is None or name in svc.rooms:
-        return
-    refs = {p_["conn"] for p_ in data.get("participants", ()) if p_.get("conn")}
-    others = {conn_replica(r) for r in refs} - {svc.cluster.replica}
-    alive = await svc.cluster.alive(others)
-    if name in svc.rooms:
-        return
-    room = svc.room(name, str(data.get("region") or ""))
-    loop = asyncio.get_running_loop()
-
-    me = svc.cluster.replica
-
-    def conn_of(ref: str) -> AnyConnection | None:
-        owner = conn_replica(ref)
-        if owner == me:
-            return svc.local.get(ref)
-        if owner in alive:
-            remote = svc.remote.get(ref)
-            if remote is None:
-                remote = svc.remote[ref] = RemoteConnection(svc, ref, name)
-            return remote
-        return None
-
-    outputs = room.core.restore(
-        data,
-        loop.time(),
-        conn_of=conn_of,
-        grant_of=lambda d: RoomGrant(**d),
-        elapsed=max(0.0, time.time() - float(data.get("at") or time.time())),
-    )
-    for participant in room.core.participants.values():
-        # The handles conn_of gave: this replica's connections or RemoteConnections.
-        conn = cast("AnyConnection | None", participant.conn)
-        if conn is not None:
-            conn.room, conn.participant_id, conn.room_name = room, participant.id, name
-        if isinstance(conn, RemoteConnection):
-            # Its close may have gone to the dead owner: ask its replica.
-            check = {"k": "check", "room": name, "conn": conn.ref, "from": me}
-            svc.cluster.send(conn.replica, check)
-    room.regions.update({str(k): str(v) for k, v in (data.get("regions") or {}).items()})
-    if svc.placement is not None:
-        for region, placed in (data.get("sites") or {}).items():
-            await svc._point(room, str(region), Placed.parse(str(placed)))
-    for pid, sub_data in (data.get("subscribers") or {}).items():
-        if room.core.get(pid) is None:
-            continue
-        sub = room.subscriber(pid)
-        sub.asked = tuple(sub_data.get("asked") or ())
-        sub.offer = sub_data.get("offer")
-    TAKEOVERS.inc()
-    log.info("call room taken over", extra={"room": name})
-    svc.apply(room, outputs)
-    svc._watch_now.set()
-
-
-async def _watcher(svc: CallService) -> None:
-    """Each second (or at once when a worker's life changes): renew
-    leases, notice dead replicas and workers, adopt orphaned rooms."""
-    # Well inside the lease, so it is renewed before it runs out.
-    interval = min(WATCH_INTERVAL, svc.cluster.lease / 3) if svc.cluster else WATCH_INTERVAL
-    # The flag, not only the cancel, ends the loop: Python 3.11's wait_for
-    # can lose a cancel that meets its timeout, and asyncio.timeout cannot.
-    while not svc._closed:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await svc._watch_now.wait()
-        svc._watch_now.clear()
-        try:
-            await svc._watch_once()
-        except Exception as exc:
-            log.warning("cluster watch failed: %s", exc)
-
-
-async def _watch_once(svc: CallService) -> None:
-    assert svc.cluster is not None
-    lost = await svc.cluster.renew(list(svc.rooms))
-    for name in lost:
-        room = svc.rooms.get(name)
-        if room is None:
-            continue
-        if await svc.cluster.claim(name):
-            # Nobody holds it (Redis restarted, or the lease ran out while
-            # Redis was away): keep the room and write its snapshot again.
-            log.warning("call room lease renewed after a gap", extra={"room": name})
-            svc._mark(room)
+    def forget(self, conn: AnyConnection) -> None:
+        """The connection is over; its room's owner hears of it if that is
+        another replica."""
+        if isinstance(conn, Connection):
+            self.local.pop(conn.ref, None)
         else:
-            log.warning("lost the lease of a call room; another replica has it")
-            svc._drop_room(room, forget=False)
-    if svc.placement is not None:
-        await svc.placement.refresh(
-            [(name, region) for name, r in svc.rooms.items() for region in r.sites]
+            self.remote.pop(conn.ref, None)
+            if conn.reader is not None:
+                conn.reader.cancel()
+
+    def gone(self, room: str, ref: str) -> None:
+        """A connection of ours in a room owned elsewhere ended."""
+        self._spawn(self._forward_gone(room, ref), "call-gone")
+
+    def remote_in(self, room: CallRoom) -> list[RemoteConnection]:
+        return [c for c in self.remote.values() if c.room is room]
+
+    async def _forward_gone(self, room: str, ref: str) -> None:
+        try:
+            owner = await self.cluster.owner(room)
+            if owner is not None and owner != self.cluster.replica:
+                self.cluster.send(owner, {"k": "gone", "room": room, "conn": ref})
+        except Exception as exc:
+            log.warning("could not tell the room's owner of a closed connection: %s", exc)
+
+    # -- routing ---------------------------------------------------------------
+
+    async def route(
+        self, conn: AnyConnection, frame: protocol.ClientFrame, text: str, grant: RoomGrant | None
+    ) -> None:
+        """One parsed frame from a client, handled here when this replica
+        owns (or can take) its room, else forwarded to the owner. Pings and
+        pongs are answered where the socket is; the owner of each room is
+        remembered until a delivery finds nobody listening."""
+        name = conn.room_name
+        if name is None and isinstance(conn, Connection) and isinstance(frame, protocol.Join):
+            # A first join: refused here, or routed to its room from now on.
+            grant = await self._host.admit(conn, frame)
+            name = conn.room_name = grant.room
+        if name is None or (
+            name not in self._rooms and isinstance(frame, protocol.Ping | protocol.Pong)
+        ):
+            await self._host.handle(conn, frame, grant)
+            return
+        try:
+            await self._route(conn, name, frame, text, grant)
+        except RedisError as exc:
+            log.warning("call frame not routed: redis: %s", exc, extra={"room": name})
+            busy = errors.SignallingError("the server is busy; try again in a moment")
+            conn.send(protocol.error_from(busy))
+
+    async def _route(
+        self,
+        conn: AnyConnection,
+        name: str,
+        frame: protocol.ClientFrame,
+        text: str,
+        grant: RoomGrant | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * self.cluster.lease + 2
+        while True:
+            owner = self.owners.get(name)
+            here = name in self._rooms or name in self._taking
+            if (here or owner is None) and await self.own(name):
+                await self._host.handle(conn, frame, grant)
+                return
+            if owner is None:
+                owner = await self.cluster.owner(name)
+            if owner is not None and owner != self.cluster.replica:
+                msg: dict[str, Any] = {
+                    "k": "in",
+                    "room": name,
+                    "conn": conn.ref,
+                    "text": text,
+                    "region": self._region,
+                }
+                if grant is not None:
+                    msg["grant"] = dataclasses.asdict(grant)
+                if await self.cluster.deliver(owner, msg):
+                    self.owners[name] = owner
+                    return
+            # The owner is gone (its lease not yet over) or changing hands.
+            self.owners.pop(name, None)
+            if loop.time() > deadline:
+                lost = errors.SignallingError("the room is not reachable; try again")
+                conn.send(protocol.error_from(lost))
+                return
+            await asyncio.sleep(0.2)
+
+    async def own(self, name: str) -> bool:
+        """This replica owns room ``name`` now, taking it over if it was free.
+        A room being taken over is not owned until it is restored."""
+        if name not in self._rooms and name not in self._taking:
+            if (
+                not await self.cluster.claim(name)
+                and await self.cluster.owner(name) != self.cluster.replica
+            ):
+                return False
+            if name not in self._rooms and name not in self._taking:
+                restored = self._taking[name] = asyncio.get_running_loop().create_future()
+                try:
+                    await self._take_over(name)
+                finally:
+                    del self._taking[name]
+                    restored.set_result(None)
+        taking = self._taking.get(name)
+        if taking is not None:
+            await asyncio.shield(taking)
+        return True
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        """A message from another replica (see :mod:`signalling.cluster`)."""
+        kind, ref = msg.get("k"), msg.get("conn")
+        if not isinstance(ref, str):
+            return
+        if kind == "out":
+            local = self.local.get(ref)
+            if local is not None and isinstance(msg.get("frame"), dict):
+                local.send(msg["frame"])
+        elif kind == "close":
+            local = self.local.get(ref)
+            if local is not None:
+                local.close(int(msg.get("code", errors.CLOSE_GOING_AWAY)), str(msg.get("reason")))
+        elif kind == "in":
+            name, text, grant = msg.get("room"), msg.get("text"), msg.get("grant")
+            if not isinstance(name, str) or not isinstance(text, str):
+                return
+            remote = self.remote.get(ref)
+            if remote is None:
+                remote = self.remote[ref] = RemoteConnection(self.cluster, ref, name)
+            remote.region = str(msg.get("region") or "")
+            remote.inbox.put_nowait((text, RoomGrant(**grant) if isinstance(grant, dict) else None))
+            if remote.reader is None or remote.reader.done():
+                remote.reader = asyncio.create_task(self._read_remote(remote), name="call-remote")
+        elif kind == "gone":
+            remote = self.remote.get(ref)
+            if remote is not None:
+                self._host.disconnected(remote)
+        elif kind == "check":
+            # A new owner asks whether a connection it restored still stands.
+            sender = msg.get("from")
+            if ref not in self.local and isinstance(sender, str):
+                self.cluster.send(sender, {"k": "gone", "room": msg.get("room"), "conn": ref})
+
+    async def _read_remote(self, conn: RemoteConnection) -> None:
+        """A remote client's frames, one at a time, in order (as the service
+        reads a local one's)."""
+        while not conn.inbox.empty():
+            text, grant = conn.inbox.get_nowait()
+            conn.last_seen = asyncio.get_running_loop().time()
+            try:
+                await self._host.receive(conn, text, grant)
+            except Exception:
+                log.exception("remote call frame failed")
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def mark(self, room: CallRoom) -> None:
+        """The room changed: write its snapshot soon."""
+        if self._rooms.get(room.name) is room:
+            self._dirty[room.name] = room
+            self._dirty_event.set()
+
+    def forget_room(self, name: str) -> None:
+        """The room is over: its snapshot and lease go."""
+        self._dirty[name] = None
+        self._dirty_event.set()
+
+    def snapshot(self, room: CallRoom) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time()
+
+        def ref(conn: Any) -> str | None:
+            return getattr(conn, "ref", None) or None
+
+        data = room.core.snapshot(now, ref)
+        data["at"] = time.time()
+        data["region"] = room.region
+        data["sites"] = {region: str(site.placed) for region, site in room.sites.items()}
+        data["regions"] = dict(room.regions)
+        data["subscribers"] = {
+            pid: {"asked": list(sub.asked), "offer": sub.offer}
+            for pid, sub in room.subscribers.items()
+        }
+        return data
+
+    async def _writer(self) -> None:
+        """Writes changed rooms' snapshots, coalescing bursts of changes."""
+        while not self._closed:
+            await self._dirty_event.wait()
+            await asyncio.sleep(0.01)
+            self._dirty_event.clear()
+            batch, self._dirty = self._dirty, {}
+            states = {
+                name: self.snapshot(room) if room is not None else None
+                for name, room in batch.items()
+            }
+            try:
+                await self.cluster.save(states)
+                for name, state in states.items():
+                    if state is None and name not in self._rooms:
+                        await self.cluster.disown(name)
+            except Exception as exc:
+                log.warning("room snapshots not written: %s", exc)
+                for name, room in batch.items():
+                    self._dirty.setdefault(name, room)
+                await asyncio.sleep(0.5)
+                self._dirty_event.set()
+
+    async def _take_over(self, name: str) -> None:
+        """This replica just became the owner of ``name``: restore it from its
+        snapshot, if there is one (its previous owner died or let it go)."""
+        data = await self.cluster.load(name)
+        if data is None or name in self._rooms:
+            return
+        refs = {p_["conn"] for p_ in data.get("participants", ()) if p_.get("conn")}
+        others = {conn_replica(r) for r in refs} - {self.cluster.replica}
+        alive = await self.cluster.alive(others)
+        if name in self._rooms:
+            return
+        room = self._host.room(name, str(data.get("region") or ""))
+        loop = asyncio.get_running_loop()
+
+        me = self.cluster.replica
+
+        def conn_of(ref: str) -> AnyConnection | None:
+            owner = conn_replica(ref)
+            if owner == me:
+                return self.local.get(ref)
+            if owner in alive:
+                remote = self.remote.get(ref)
+                if remote is None:
+                    remote = self.remote[ref] = RemoteConnection(self.cluster, ref, name)
+                return remote
+            return None
+
+        outputs = room.core.restore(
+            data,
+            loop.time(),
+            conn_of=conn_of,
+            grant_of=lambda d: RoomGrant(**d),
+            elapsed=max(0.0, time.time() - float(data.get("at") or time.time())),
         )
-    # Replicas whose clients are in our rooms: a dead one's are detached.
-    replicas = {c.replica for c in svc.remote.values()}
-    if replicas:
-        alive = await svc.cluster.alive(replicas)
-        for conn in [c for c in svc.remote.values() if c.replica not in alive]:
-            svc.disconnected(conn)
-    # Our clients in rooms nobody owns (their owner died): take them over.
-    orphaned = {c.room_name for c in svc.connections if c.room is None and c.room_name}
-    for name in set(svc.owners) - orphaned:
-        del svc.owners[name]
-    for name in orphaned:
-        if name is not None and name not in svc.rooms and await svc.cluster.owner(name) is None:
-            await svc._own(name)
-    await svc._check_media()
+        for participant in room.core.participants.values():
+            # The handles conn_of gave: this replica's connections or RemoteConnections.
+            conn = cast("AnyConnection | None", participant.conn)
+            if conn is not None:
+                conn.room, conn.participant_id, conn.room_name = room, participant.id, name
+            if isinstance(conn, RemoteConnection):
+                # Its close may have gone to the dead owner: ask its replica.
+                check = {"k": "check", "room": name, "conn": conn.ref, "from": me}
+                self.cluster.send(conn.replica, check)
+        room.regions.update({str(k): str(v) for k, v in (data.get("regions") or {}).items()})
+        if self._sites.placement is not None:
+            for region, placed in (data.get("sites") or {}).items():
+                await self._sites.point(room, str(region), Placed.parse(str(placed)))
+        for pid, sub_data in (data.get("subscribers") or {}).items():
+            if room.core.get(pid) is None:
+                continue
+            sub = room.subscriber(pid)
+            sub.asked = tuple(sub_data.get("asked") or ())
+            sub.offer = sub_data.get("offer")
+        TAKEOVERS.inc()
+        log.info("call room taken over", extra={"room": name})
+        self._host.apply(room, outputs)
+        self._watch_now.set()
+
+    # -- the watcher -------------------------------------------------------------
+
+    async def _watcher(self) -> None:
+        """Each second (or at once when a worker's life changes): renew
+        leases, notice dead replicas and workers, adopt orphaned rooms."""
+        # Well inside the lease, so it is renewed before it runs out.
+        interval = min(WATCH_INTERVAL, self.cluster.lease / 3)
+        # The flag, not only the cancel, ends the loop: Python 3.11's wait_for
+        # can lose a cancel that meets its timeout, and asyncio.timeout cannot.
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._watch_now.wait()
+            self._watch_now.clear()
+            try:
+                await self._watch_once()
+            except Exception as exc:
+                log.warning("cluster watch failed: %s", exc)
+
+    async def _watch_once(self) -> None:
+        lost = await self.cluster.renew(list(self._rooms))
+        for name in lost:
+            room = self._rooms.get(name)
+            if room is None:
+                continue
+            if await self.cluster.claim(name):
+                # Nobody holds it (Redis restarted, or the lease ran out while
+                # Redis was away): keep the room and write its snapshot again.
+                log.warning("call room lease renewed after a gap", extra={"room": name})
+                self.mark(room)
+            else:
+                log.warning("lost the lease of a call room; another replica has it")
+                self._host.drop_room(room, forget=False)
+        await self._sites.refresh()
+        # Replicas whose clients are in our rooms: a dead one's are detached.
+        replicas = {c.replica for c in self.remote.values()}
+        if replicas:
+            alive = await self.cluster.alive(replicas)
+            for conn in [c for c in self.remote.values() if c.replica not in alive]:
+                self._host.disconnected(conn)
+        # Our clients in rooms nobody owns (their owner died): take them over.
+        orphaned = {c.room_name for c in self.local.values() if c.room is None and c.room_name}
+        for name in set(self.owners) - orphaned:
+            del self.owners[name]
+        for name in orphaned:
+            if (
+                name is not None
+                and name not in self._rooms
+                and await self.cluster.owner(name) is None
+            ):
+                await self.own(name)
+        await self._sites.check_media()

@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfu.control import TrackInfo
 from signalling import errors
-from signalling.protocol import reply
+from signalling.protocol import Admit, Deny, End, Leave, Remove, RoomSettings, reply
 
 if TYPE_CHECKING:
     # Only its shape: the core has no business with tokens or their crypto.
@@ -85,6 +85,7 @@ __all__ = [
     "TRANSITIONS",
     "Close",
     "ConnId",
+    "ControlFrame",
     "Event",
     "JoinResult",
     "MediaCloseRoom",
@@ -261,6 +262,9 @@ def _new_session() -> str:
 
 
 IceServers = Callable[[str], list[dict[str, Any]]]
+
+#: The frames the room answers by itself, with no media call.
+ControlFrame = Admit | Deny | Remove | RoomSettings | End | Leave
 
 
 class Room:
@@ -573,6 +577,14 @@ class Room:
         # forgets an empty room.
         return [MediaCloseRoom()] if self.empty and not self.ended else []
 
+    # -- control frames ----------------------------------------------------------
+
+    def receive(self, conn: ConnId, frame: ControlFrame) -> list[Output]:
+        """A control frame from ``conn``: its ``ok`` and what it changes.
+        Raises the :class:`errors.CallError` of a refusal, having changed nothing."""
+        outputs = _CONTROL[type(frame)](self, conn, frame)
+        return [Send(conn, reply("ok", frame.id)), *outputs]
+
     # -- admission -------------------------------------------------------------
 
     def admit(self, conn: ConnId, target_id: str) -> list[Output]:
@@ -829,3 +841,14 @@ class Room:
     def _waiting_changed(self) -> list[Output]:
         frame = reply("waiting", waiting=[participant_info(w) for w in self.waiting()])
         return [Send(p.conn, frame) for p in self._listeners() if p.admin]
+
+
+#: Each control frame's handler (:meth:`Room.receive`).
+_CONTROL: dict[type[ControlFrame], Callable[[Room, ConnId, Any], list[Output]]] = {
+    Admit: lambda room, conn, f: room.admit(conn, f.participant_id),
+    Deny: lambda room, conn, f: room.deny(conn, f.participant_id),
+    Remove: lambda room, conn, f: room.remove(conn, f.participant_id),
+    RoomSettings: lambda room, conn, f: room.set_require_admission(conn, f.require_admission),
+    End: lambda room, conn, f: room.end(conn),
+    Leave: lambda room, conn, f: room.leave(conn),
+}

@@ -1,30 +1,29 @@
-"""The asyncio side of call signalling: rooms per process, one session per
-WebSocket, and the media worker driven through :class:`sfu.control.MediaControl`.
+"""The asyncio side of call signalling: the rooms this process owns, one
+session per WebSocket, and the media worker driven through
+:class:`sfu.control.MediaControl`.
 
-The room logic is in :mod:`signalling.room` (sans-I/O); this module feeds it
-frames, dropped connections and the loop's clock, and carries out what it
-returns:
+The room logic is in :mod:`signalling.room` (sans-I/O); :class:`CallService`
+feeds it frames, dropped connections and the loop's clock, and carries out
+what it returns:
 
-* frames go into each connection's outbound queue, drained by one writer
-  task per connection, so one slow socket never delays a room;
-* media calls for a room go through one :class:`MediaLane`, one at a time in
-  the order asked, so a ``leave`` queued by a replacement is done before the
-  newcomer's ``publish``;
+* frames go into each connection's outbound queue
+  (:mod:`signalling.connections`), so one slow socket never delays a room;
+* media calls for a room go through its :class:`signalling.lane.MediaLane`,
+  one at a time in the order asked, so a ``leave`` queued by a replacement is
+  done before the newcomer's ``publish``;
 * each participant's subscribe connection is renegotiated by its
-  :class:`Subscriber`, which never sends a second offer before the answer to
-  the first and folds every change made meanwhile into the next one;
+  :class:`signalling.callroom.Subscriber`;
 * media events (a transport's state, the active speaker) become frames.
 
-Errors from one frame become an ``error`` frame on that connection only;
-nothing a client sends can take another connection down.
+A frame is parsed once, where its socket is. Control frames go to the room
+(:meth:`signalling.room.Room.receive`); this module handles the frames that
+call media. Errors from one frame become an ``error`` frame on that
+connection only; nothing a client sends can take another connection down.
 
 With Redis (``wadud api`` replicas), a room lives on one replica at a time,
-its owner (:mod:`signalling.cluster`): a connection on another replica has its
-frames forwarded there and receives what the owner sends, through
-:class:`RemoteConnection` handles on the owner's side. The room's media
-worker is chosen by :mod:`signalling.placement` and driven over Redis
-(:mod:`sfu.rpc`); when it dies or drains, the owner places the room again and
-tells everyone to reconnect media.
+its owner: :class:`signalling.replicas.Replicas` routes frames there and
+takes rooms over. Where a room's media runs, on the in-process worker or on
+``wadud media`` nodes placed per region, is :class:`signalling.sites.Sites`.
 """
 
 from __future__ import annotations
@@ -34,10 +33,9 @@ import contextlib
 import dataclasses
 import logging
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from prometheus_client import REGISTRY, Counter
@@ -45,7 +43,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from rtc.errors import SdpError
-from rtc.sdp import SessionDescription
 from sfu.control import (
     ActiveSpeaker,
     ConnectionQuality,
@@ -53,21 +50,21 @@ from sfu.control import (
     MediaControl,
     MediaEvent,
     RelayState,
-    Restart,
-    TrackInfo,
     TrackPaused,
     TransportState,
 )
 from sfu.errors import SfuStateError
-from sfu.rpc import MediaClient
-from sfu.rpc import MediaUnavailable as WorkerUnavailable
-from signalling import errors, replicas, sites
-from signalling import protocol as p
+from sfu.rpc import MediaClient, MediaUnavailable
+from signalling import errors, protocol
+from signalling.callroom import CallRoom, Subscriber
 from signalling.cluster import Cluster
-from signalling.placement import Placed, Placement
-from signalling.replicas import RemoteConnection, _Moved
+from signalling.connections import ERRORS, AnyConnection, Connection, RemoteConnection
+from signalling.lane import MediaLane
+from signalling.placement import Placement
+from signalling.replicas import Replicas
 from signalling.room import (
     Close,
+    ControlFrame,
     MediaCloseRoom,
     MediaLeave,
     Output,
@@ -77,19 +74,16 @@ from signalling.room import (
     State,
     track_info,
 )
-from signalling.sites import Site
+from signalling.sites import Sites
 from wadud.auth import InvalidToken, RoomGrant, decode_room_token
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.signalling")
-T = TypeVar("T")
 
 #: Seconds a new connection has to send ``join`` (docs/protocol.md).
 JOIN_TIMEOUT = 10.0
 #: Server pings a client may leave unanswered before it is disconnected.
 MISSED_PINGS = 3
-#: Frames waiting for one client before it counts as stuck and is closed (1013).
-QUEUE_MAX = 512
 #: How long an ended room's name keeps refusing joins (``room-ended``).
 ENDED_MEMORY = 24 * 3600.0
 ENDED_MAX = 100_000
@@ -98,7 +92,6 @@ FRAMES = Counter(
     "Signalling frames received, by type (malformed: not a frame at all).",
     ["type"],
 )
-ERRORS = Counter("wadud_call_errors", "Signalling error frames sent, by code.", ["code"])
 MEDIA_EVENTS = Counter(
     "wadud_call_media_events", "Media worker events received, by type and state.", ["type", "state"]
 )
@@ -140,322 +133,10 @@ COLLECTOR = _Collector()
 REGISTRY.register(COLLECTOR)
 
 
-# -- connections ---------------------------------------------------------------
-
-
-class Connection:
-    """One WebSocket's outbound side: frames in order, then maybe a close."""
-
-    def __init__(
-        self, ws: web.WebSocketResponse, room_hint: str | None, now: float, ref: str = ""
-    ) -> None:
-        self.ws = ws
-        self.room_hint = room_hint
-        #: The room, when this replica owns it; else None and see ``room_name``.
-        self.room: CallRoom | None = None
-        #: The room this connection joined, wherever its owner runs.
-        self.room_name: str | None = None
-        self.participant_id: str | None = None
-        self.last_seen = now
-        self.closing = False
-        #: The connection's name across replicas (``"{replica}/{n}"``).
-        self.ref = ref
-        #: The region of the replica the client reached ("": this one's).
-        self.region = ""
-        self.queue: asyncio.Queue[str | tuple[int, str] | None] = asyncio.Queue()
-
-    def send(self, frame: dict[str, Any]) -> None:
-        if self.closing:
-            return
-        if frame.get("type") == "error":
-            ERRORS.labels(frame["code"]).inc()
-        if self.queue.qsize() >= QUEUE_MAX:
-            log.warning("signalling client not reading; closing it")
-            self.close(1013, "not reading")
-            return
-        self.queue.put_nowait(p.encode(frame))
-
-    def close(self, code: int, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            self.queue.put_nowait((code, reason))
-
-    async def write(self) -> None:
-        """Drain the queue onto the socket until a close or the end."""
-        try:
-            while True:
-                item = await self.queue.get()
-                if item is None:
-                    return
-                if isinstance(item, tuple):
-                    await self.ws.close(code=item[0], message=item[1].encode()[:120])
-                    return
-                if self.ws.closed:
-                    return
-                await self.ws.send_str(item)
-        except (ConnectionError, RuntimeError):
-            return  # the peer went away; the reader ends too
-
-
-AnyConnection = Connection | RemoteConnection
-
-
-# -- media ---------------------------------------------------------------------
-
-
-class MediaLane:
-    """A room's media calls, one at a time, in the order asked (FIFO).
-
-    The caller that needs the result awaits the future; background work
-    (``leave`` after a replacement) does not, and its failure is logged. A
-    caller that goes away does not cancel a call already queued: the worker
-    still has to hear it."""
-
-    def __init__(self, on_idle: Callable[[MediaLane], None]) -> None:
-        self._queue: deque[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = deque()
-        self._task: asyncio.Task[None] | None = None
-        self._on_idle = on_idle
-
-    @property
-    def busy(self) -> bool:
-        return self._task is not None
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return self._task
-
-    def submit(self, call: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((call, fut))
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="media-lane")
-        return fut
-
-    def background(self, what: str, call: Callable[[], Awaitable[Any]]) -> None:
-        def done(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled():
-                return
-            exc = fut.exception()
-            if isinstance(exc, SfuStateError):
-                # Already gone on the media side (the worker timed it out).
-                log.debug("media %s: %s", what, exc)
-            elif exc is not None:
-                log.error("media %s failed", what, exc_info=exc)
-
-        self.submit(call).add_done_callback(done)
-
-    async def _run(self) -> None:
-        try:
-            while self._queue:
-                call, fut = self._queue.popleft()
-                try:
-                    result = await call()
-                except asyncio.CancelledError:
-                    fut.cancel()
-                    raise
-                except Exception as exc:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                else:
-                    if not fut.done():
-                        fut.set_result(result)
-        finally:
-            self._task = None
-            for _, fut in self._queue:
-                fut.cancel()
-            self._queue.clear()
-            self._on_idle(self)
-
-
-class Subscriber:
-    """One participant's subscribe negotiation (docs/protocol.md "Media"):
-    at most one offer outstanding; changes while it is out are folded into
-    the next offer, made once the answer is in."""
-
-    def __init__(self, room: CallRoom, participant_id: str) -> None:
-        self.room = room
-        self.pid = participant_id
-        #: The offer frame awaiting an answer (sent again on a resume).
-        self.offer: dict[str, Any] | None = None
-        self.dirty = False
-        self.closed = False
-        #: The track ids the worker was last asked to send.
-        self.asked: tuple[str, ...] = ()
-        #: Ask the worker even if the set did not change (after a failure).
-        self.force = False
-        #: How the next offer renews the transport: new ICE credentials, or a
-        #: new transport (sfu.control.MediaControl.subscribe).
-        self.renew: Restart | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def kick(self) -> None:
-        self.dirty = True
-        if self._task is None and self.offer is None and not self.closed:
-            self._task = asyncio.create_task(self._run(), name=f"subscribe-{self.pid}")
-
-    def close(self) -> None:
-        self.closed = True
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        return self._task
-
-    def restart(self, how: Restart | None = None) -> None:
-        """Offer again even if the set of tracks did not change.
-
-        ``None``: the worker's subscribe transport failed (ICE, DTLS or
-        consent) and the worker starts a new one on the next subscribe.
-        ``"transport"``: the client asks for a new one. Both forget the offer
-        that was waiting: the client gets an offer for a fresh connection.
-        ``"ice"``: the client restarts ICE; the next offer (after the one
-        outstanding, if any, is answered) has new ICE credentials.
-        """
-        if how != "ice":
-            self.offer = None
-        if how == "transport" or self.renew is None:
-            self.renew = how
-        self.force = True
-        self.kick()
-
-    async def _run(self) -> None:
-        retries = 0
-        try:
-            while self.dirty and self.offer is None and not self.closed:
-                self.dirty = False
-                wanted = self.room.core.wanted(self.pid)
-                ids = tuple(t.track_id for t in wanted)
-                if ids == self.asked and not self.force:
-                    continue
-                renew = self.renew
-                try:
-                    service = self.room.service
-                    media = await service.media_for(self.room, self.pid)
-                    sdp = await self.room.media_call(
-                        partial(service.subscribe_relayed, self.room, media, self.pid, ids, renew)
-                    )
-                except SfuStateError as exc:
-                    # A track went between reading the room and the worker's
-                    # turn: read the room again (bounded; the next change kicks).
-                    log.debug("subscribe %s: %s", self.pid, exc)
-                    retries += 1
-                    self.dirty = retries < 3
-                    continue
-                except SdpError as exc:
-                    log.warning("subscribe offer for %s failed: %s", self.pid, exc)
-                    continue
-                self.asked, self.force = ids, False
-                if self.renew == renew:
-                    self.renew = None
-                if sdp is None or self.closed:
-                    continue
-                self.offer = p.reply("offer", sdp=sdp, tracks=offer_tracks(sdp, wanted))
-                self.room.send_to(self.pid, self.offer)
-        except errors.MediaUnavailable:
-            log.warning("no media worker: cannot offer tracks to %s", self.pid)
-        except Exception:
-            log.exception("subscribe negotiation for %s failed", self.pid)
-        finally:
-            self._task = None
-
-    async def answer(self, sdp: str) -> None:
-        if self.offer is None:
-            raise errors.BadState("no offer is waiting for an answer")
-        media = await self.room.service.media_for(self.room, self.pid)
-        await self.room.media_call(partial(media.answer, self.room.name, self.pid, sdp))
-        self.offer = None
-        if self.dirty:
-            self.kick()
-
-
-def offer_tracks(sdp: str, wanted: Iterable[TrackInfo]) -> list[dict[str, Any]]:
-    """What each live m= section of a subscribe offer carries: the section's
-    ``a=msid`` track id (RFC 8830 section 2) is one of ours."""
-    by_id = {t.track_id: t for t in wanted}
-    out: list[dict[str, Any]] = []
-    try:
-        desc = SessionDescription.parse(sdp)
-    except SdpError:
-        log.error("the worker's own offer does not parse")
-        return out
-    for media in desc.media:
-        if media.port == 0 or media.mid is None:
-            continue
-        for msid in media.msids:
-            t = by_id.get(msid.track_id or "") or by_id.get(msid.stream_id)
-            if t is not None:
-                out.append(
-                    {
-                        "mid": media.mid,
-                        "track_id": t.track_id,
-                        "participant": t.participant,
-                        "kind": t.kind,
-                        "source": t.source,
-                    }
-                )
-                break
-    return out
-
-
-# -- rooms ---------------------------------------------------------------------
-
-
-class CallRoom:
-    """A live room: its sans-I/O core, timer, subscribers and media lane."""
-
-    def __init__(self, service: CallService, core: Room, lane: MediaLane, region: str) -> None:
-        self.service = service
-        self.core = core
-        self.name = core.name
-        self.lane = lane
-        self.subscribers: dict[str, Subscriber] = {}
-        self.timer: asyncio.TimerHandle | None = None
-        #: The room's home region (its first participant's).
-        self.region = region
-        #: Each participant's region, fixed at their first join (cluster mode).
-        self.regions: dict[str, str] = {}
-        #: The room's worker per region, and their relays (signalling.sites).
-        self.sites: dict[str, Site] = {}
-        #: Each participant's last connection quality (sent to newcomers).
-        self.quality: dict[str, ConnectionQuality] = {}
-        #: Participants whose media is reconnecting (docs/protocol.md, ``participant_media``).
-        self.reconnecting: set[str] = set()
-
-    def media_call(self, call: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
-        return self.lane.submit(call)
-
-    def send_to(self, participant_id: str, frame: dict[str, Any]) -> None:
-        who = self.core.get(participant_id)
-        if (
-            who is not None
-            and isinstance(who.conn, Connection | RemoteConnection)
-            and who.state is State.JOINED
-        ):
-            who.conn.send(frame)
-
-    def media_state(self, participant_id: str, state: Literal["reconnecting", "connected"]) -> None:
-        """Tell everyone else that a participant's media is reconnecting, or
-        back; "connected" is sent only after a "reconnecting"."""
-        if state == "reconnecting":
-            self.reconnecting.add(participant_id)
-        elif participant_id in self.reconnecting:
-            self.reconnecting.discard(participant_id)
-        else:
-            return
-        frame = p.ParticipantMedia(participant_id=participant_id, state=state).frame()
-        for other in self.core.present():
-            if other.id != participant_id:
-                self.send_to(other.id, frame)
-
-    def subscriber(self, participant_id: str) -> Subscriber:
-        sub = self.subscribers.get(participant_id)
-        if sub is None:
-            sub = self.subscribers[participant_id] = Subscriber(self, participant_id)
-        return sub
-
-
 class CallService:
-    """Every room this process owns, the connections it holds, and (with
-    Redis) its part in the cluster of replicas."""
+    """Every room this process owns and the connections it holds; its part
+    in the cluster of replicas (with Redis) is :attr:`replicas`, where its
+    rooms' media runs is :attr:`sites`."""
 
     def __init__(
         self,
@@ -474,8 +155,6 @@ class CallService:
         self._get_media = media
         self._listening: set[int] = set()
         self._ice_servers = ice_servers
-        self.cluster = cluster
-        self.placement = placement
         self.media_client = media_client
         #: Raises the refusal of a grant that no longer opens its room (the
         #: link's booking or sign-in session is over), at join and resume.
@@ -489,38 +168,35 @@ class CallService:
         self.lanes: dict[str, MediaLane] = {}
         self.ended: dict[str, float] = {}
         self.connections: set[Connection] = set()
-        #: This replica's connections by reference (cluster messages name them).
-        self.local: dict[str, Connection] = {}
-        #: Other replicas' connections in rooms this replica owns.
-        self.remote: dict[str, RemoteConnection] = {}
-        #: The last known owner of rooms this replica forwards to.
-        self.owners: dict[str, str] = {}
-        #: Placed workers seen alive but missing from the registry, since when.
-        self.unregistered: dict[Placed, float] = {}
+        self.sites: Sites[CallRoom] = Sites(
+            self._local_media,
+            placement=placement,
+            media_client=media_client,
+            worker_ttl=settings.media_worker_ttl,
+            rooms=self.rooms,
+            changed=self._mark,
+            moved=self._media_moved,
+        )
+        self.replicas: Replicas | None = None
+        if cluster is not None:
+            self.replicas = Replicas(
+                cluster, self, region=settings.region, rooms=self.rooms, sites=self.sites
+            )
         #: Negotiations still running for subscribers whose room is gone.
         self._orphans: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: Rooms whose snapshot must be written (None: forget it).
-        self._dirty: dict[str, CallRoom | None] = {}
-        self._dirty_event = asyncio.Event()
-        self._watch_now = asyncio.Event()
-        self._closed = False
         self.join_timeout = JOIN_TIMEOUT
         self.ping_interval = settings.call_ping_interval
         COLLECTOR.services.add(self)
 
-    # -- cluster life ----------------------------------------------------------
+    # -- life --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Join the cluster (with Redis): listen for other replicas' messages,
-        watch leases, replicas and workers, and write room snapshots."""
+        """Hear the media workers and, with Redis, join the cluster."""
         if self.media_client is not None:
             self.media_client.add_listener(self._on_worker_message)
-        if self.cluster is None:
-            return
-        await self.cluster.start(self._on_cluster)
-        self._spawn(self._watcher(), "call-cluster-watch")
-        self._spawn(self._writer(), "call-cluster-write")
+        if self.replicas is not None:
+            await self.replicas.start()
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -528,42 +204,27 @@ class CallService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _wake_watcher(self) -> None:
+        if self.replicas is not None:
+            self.replicas.wake()
+
     # -- the media worker ------------------------------------------------------
 
-    def media(self) -> MediaControl:
-        """The in-process worker (``wadud serve``)."""
+    def _local_media(self) -> MediaControl | None:
+        """The in-process worker (``wadud serve``), if one is running."""
         media = self._get_media()
-        if media is None:
-            raise errors.MediaUnavailable("no media worker is running")
-        if id(media) not in self._listening:
+        if media is not None and id(media) not in self._listening:
             # Listen on first use: the worker may be installed after us.
             self._listening.add(id(media))
             media.add_listener(self.on_media_event)
         return media
 
-    def _media_of(self, room: CallRoom, pid: str | None = None) -> MediaControl | None:
-        """The media control a participant's transports are on now (for
-        background calls), if the room has one in their region."""
-        if self.placement is None:
-            media = self._get_media()
-            return self.media() if media is not None else None
-        site = room.sites.get(self._region_of(room, pid)) if pid is not None else None
-        return site.media if site is not None else None
-
-    async def subscribe_relayed(
-        self,
-        room: CallRoom,
-        media: MediaControl,
-        pid: str,
-        ids: tuple[str, ...],
-        restart: Restart | None = None,
-    ) -> str | None:
-        """``subscribe`` after the relays it needs are set (in the room's lane)."""
-        if room.sites:
-            await self.sync_relays(room)
-        if restart is None:
-            return await media.subscribe(room.name, pid, ids)
-        return await media.subscribe(room.name, pid, ids, restart)
+    def _on_worker_message(self, worker: str, incarnation: str, payload: Any) -> None:
+        if isinstance(payload, str):
+            # A worker's life changed (stopped, draining): check placements now.
+            self._wake_watcher()
+        else:
+            self.on_media_event(payload, worker)
 
     def on_media_event(self, event: MediaEvent, worker: str | None = None) -> None:
         try:
@@ -576,7 +237,7 @@ class CallService:
                 )
                 if event.state == "failed":
                     # Most often a worker died: the watcher moves its sites.
-                    self._watch_now.set()
+                    self._wake_watcher()
                 return
             room = self.rooms.get(event.room)
             if isinstance(event, TrackPaused | LayersWanted | ConnectionQuality):
@@ -586,7 +247,7 @@ class CallService:
                 return
             if isinstance(event, ActiveSpeaker):
                 MEDIA_EVENTS.labels("active_speaker", "").inc()
-                if room is not None and self._speaker_counts(room, worker):
+                if room is not None and self.sites.speaker_counts(room, worker):
                     self.apply(room, room.core.speaker(event.participant))
             elif isinstance(event, TransportState):
                 MEDIA_EVENTS.labels("transport_state", event.state).inc()
@@ -623,25 +284,26 @@ class CallService:
         """A subscriber's paused track, a publisher's wanted layers, a
         participant's connection quality: frames for those concerned."""
         if isinstance(event, TrackPaused):
-            frame = p.TrackPaused(
+            frame = protocol.TrackPaused(
                 track_id=event.track_id, paused=event.paused, reason=event.reason
             ).frame()
             room.send_to(event.participant, frame)
         elif isinstance(event, LayersWanted):
             # The publisher's own site decides (relay links count there).
-            site = room.sites.get(self._region_of(room, event.participant))
-            if worker is not None and site is not None and site.placed.worker != worker:
+            if not self.sites.publisher_site(room, event.participant, worker):
                 return
-            encodings = [p.Encoding(rid=r, active=r in event.active_rids) for r in event.rids]
+            encodings = [
+                protocol.Encoding(rid=r, active=r in event.active_rids) for r in event.rids
+            ]
             if encodings:
-                frame = p.SetEncodings(track_id=event.track_id, encodings=encodings).frame()
+                frame = protocol.SetEncodings(track_id=event.track_id, encodings=encodings).frame()
                 room.send_to(event.participant, frame)
         else:
             known = room.quality.get(event.participant)
             if known is not None and known.quality == event.quality:
                 return
             room.quality[event.participant] = event
-            frame = p.ConnectionQuality(
+            frame = protocol.ConnectionQuality(
                 participant_id=event.participant, quality=event.quality
             ).frame()
             for other in room.core.present():
@@ -671,18 +333,24 @@ class CallService:
                 ping_interval=s.call_ping_interval,
                 ice_servers=self._ice_servers,
             )
-            room = CallRoom(self, core, self._lane(name), region or s.region)
+            room = CallRoom(
+                core,
+                self._lane(name),
+                region or s.region,
+                changed=self._mark,
+                media_for=self.sites.media_for,
+                subscribe=self.sites.subscribe,
+            )
             self.rooms[name] = room
         return room
 
-    def _drop_room(self, room: CallRoom, *, forget: bool = True) -> None:
+    def drop_room(self, room: CallRoom, *, forget: bool = True) -> None:
         """Stop running ``room`` here. ``forget``: the room is over (its
         snapshot, lease and placement go); else another replica has it now."""
         if self.rooms.get(room.name) is room:
             del self.rooms[room.name]
-            if self.cluster is not None and forget:
-                self._dirty[room.name] = None
-                self._dirty_event.set()
+            if self.replicas is not None and forget:
+                self.replicas.forget_room(room.name)
         if room.timer is not None:
             room.timer.cancel()
             room.timer = None
@@ -693,12 +361,13 @@ class CallService:
             del self.lanes[room.name]
         for conn in self._conns_of(room):
             conn.room = None
-            if isinstance(conn, RemoteConnection) and forget:
-                self.remote.pop(conn.ref, None)
+            if isinstance(conn, RemoteConnection) and forget and self.replicas is not None:
+                self.replicas.remote.pop(conn.ref, None)
 
     def _conns_of(self, room: CallRoom) -> list[AnyConnection]:
         out: list[AnyConnection] = [c for c in self.connections if c.room is room]
-        out += [c for c in self.remote.values() if c.room is room]
+        if self.replicas is not None:
+            out += self.replicas.remote_in(room)
         return out
 
     def _retire(self, sub: Subscriber) -> None:
@@ -710,16 +379,22 @@ class CallService:
         self.ended[name] = now
         while len(self.ended) > ENDED_MAX:
             del self.ended[next(iter(self.ended))]
-        if self.cluster is not None:
-            self._spawn(self.cluster.mark_ended(name), "call-mark-ended")
+        if self.replicas is not None:
+            self._spawn(self.replicas.cluster.mark_ended(name), "call-mark-ended")
 
-    async def _is_ended(self, name: str, now: float) -> bool:
+    def _ended_here(self, name: str, now: float) -> bool:
+        """Whether this replica ended room ``name`` lately."""
         when = self.ended.get(name)
         if when is not None:
             if now - when <= ENDED_MEMORY:
                 return True
             del self.ended[name]
-        return self.cluster is not None and await self.cluster.is_ended(name)
+        return False
+
+    async def _is_ended(self, name: str, now: float) -> bool:
+        if self._ended_here(name, now):
+            return True
+        return self.replicas is not None and await self.replicas.cluster.is_ended(name)
 
     def apply(self, room: CallRoom, outputs: Iterable[Output]) -> None:
         """Carry out what the room core asked for, then rearm its timer."""
@@ -739,7 +414,7 @@ class CallService:
                             # whose quality was sent while this one waited.
                             for pid, known in room.quality.items():
                                 conn.send(
-                                    p.ConnectionQuality(
+                                    protocol.ConnectionQuality(
                                         participant_id=pid, quality=known.quality
                                     ).frame()
                                 )
@@ -751,32 +426,46 @@ class CallService:
                     sub = room.subscribers.pop(pid, None)
                     if sub is not None:
                         self._retire(sub)
-                    media = self._media_of(room, pid)
+                    media = self.sites.media_now(room, pid)
                     if media is not None:
                         room.lane.background("leave", partial(media.leave, room.name, pid))
-                        self._relays_changed(room)
+                        self.sites.relays_changed(room)
                 case MediaCloseRoom():
                     if room.core.ended:
                         self._remember_ended(room.name, loop.time())
-                    controls = (
-                        [s.media for s in room.sites.values()]
-                        if self.placement is not None
-                        else [m for m in [self._media_of(room)] if m is not None]
-                    )
-                    for media in controls:
+                    for media in self.sites.controls(room):
                         room.lane.background("close_room", partial(media.close_room, room.name))
                     if room.sites:
-                        self._spawn(self._release_all(room), "call-release")
+                        self._spawn(self.sites.release_all(room), "call-release")
                     closed = True
                 case Resubscribe(pids):
                     for pid in pids:
                         if not closed:
                             room.subscriber(pid).kick()
         if closed:
-            self._drop_room(room)
+            self.drop_room(room)
         else:
             self._arm(room)
             self._mark(room)
+
+    def _mark(self, room: CallRoom) -> None:
+        if self.replicas is not None:
+            self.replicas.mark(room)
+
+    def _media_moved(self, room: CallRoom, moved: list[str], reason: str) -> None:
+        """A site of ``room`` moved to another worker (signalling.sites):
+        ``moved`` are the participants that were on it."""
+        for pid in moved:
+            sub = room.subscribers.get(pid)
+            if sub is not None:
+                sub.offer, sub.asked, sub.force = None, (), True
+        outputs = room.core.media_reset(reason, moved if len(room.sites) > 1 else None)
+        self.apply(room, outputs)
+        # The moved get an offer on the new worker (after their media_reconnect,
+        # so their client takes it for a new connection) even if they only
+        # receive; the others lost the moved site's tracks and get a new offer.
+        for sub in room.subscribers.values():
+            sub.kick()
 
     def _arm(self, room: CallRoom) -> None:
         if room.timer is not None:
@@ -795,73 +484,111 @@ class CallService:
 
     # -- connections -----------------------------------------------------------
 
+    # -- connections -----------------------------------------------------------
+
     def disconnected(self, conn: AnyConnection) -> None:
         """The connection is over, however it ended."""
         if isinstance(conn, Connection):
             self.connections.discard(conn)
-            self.local.pop(conn.ref, None)
-        else:
-            self.remote.pop(conn.ref, None)
-            if conn.reader is not None:
-                conn.reader.cancel()
+        if self.replicas is not None:
+            self.replicas.forget(conn)
         room = conn.room
         if room is not None and self.rooms.get(room.name) is room:
             self.apply(room, room.core.disconnect(conn, asyncio.get_running_loop().time()))
-        elif self.cluster is not None and conn.room_name is not None:
+        elif self.replicas is not None and conn.room_name is not None:
             # Its room runs elsewhere: the owner hears of it.
-            self._spawn(self._forward_gone(conn.room_name, conn.ref), "call-gone")
+            self.replicas.gone(conn.room_name, conn.ref)
 
-    async def on_text(self, conn: AnyConnection, text: str) -> None:
-        """One text frame: parse, handle, and answer errors on this connection only."""
+    async def receive(self, conn: AnyConnection, text: str, grant: RoomGrant | None = None) -> None:
+        """One text frame: parsed here, once, then handled or routed to its
+        room's owner; errors are answered on this connection only. ``grant``:
+        a ``join`` forwarded by another replica, its token decoded there."""
         conn.last_seen = asyncio.get_running_loop().time()
         ref: str | None = None
         try:
             try:
-                frame = p.parse(text)
-            except p.ProtocolError:
+                frame = protocol.parse(text)
+            except protocol.ProtocolError:
                 FRAMES.labels("malformed").inc()
                 raise
-            FRAMES.labels(frame.type).inc()
             ref = frame.id
-            await self.handle(conn, frame)
-        except (asyncio.CancelledError, _Moved):
-            raise
-        except errors.SignallingError as exc:
-            conn.send(p.error_from(exc, ref))
-            if exc.close_code is not None:
+            if self.replicas is None:
+                await self.handle(conn, frame, grant)
+            else:
+                await self.replicas.route(conn, frame, text, grant)
+        except Exception as exc:
+            conn.send(protocol.error_from(self._refusal(exc), ref))
+            if isinstance(exc, errors.SignallingError) and exc.close_code is not None:
                 conn.close(exc.close_code, exc.code)
-        except SdpError as exc:
-            conn.send(p.error_frame("bad-sdp", str(exc) or "bad SDP", ref=ref))
-        except SfuStateError as exc:
-            conn.send(p.error_frame("bad-state", str(exc) or "not in a state for this", ref=ref))
-        except WorkerUnavailable as exc:
-            log.warning("media worker unavailable: %s", exc)
-            conn.send(p.error_from(errors.MediaUnavailable(str(exc)), ref))
-            self._watch_now.set()
-        except Exception:
-            log.exception("call frame failed")
-            conn.send(p.error_frame("internal-error", "the server failed; try again", ref=ref))
 
-    async def handle(self, conn: AnyConnection, frame: p.ClientFrame) -> None:
-        if isinstance(frame, p.Ping):
-            conn.send(p.reply("pong", frame.id))
+    def _refusal(self, exc: Exception) -> errors.SignallingError:
+        """What a frame's failure tells its sender."""
+        match exc:
+            case errors.SignallingError():
+                return exc
+            case SdpError():
+                return errors.BadSdp(str(exc) or "bad SDP")
+            case SfuStateError():
+                return errors.BadState(str(exc) or "not in a state for this")
+            case MediaUnavailable():
+                log.warning("media worker unavailable: %s", exc)
+                self._wake_watcher()
+                return errors.MediaUnavailable(str(exc))
+        log.error("call frame failed", exc_info=exc)
+        return errors.SignallingError("the server failed; try again")
+
+    async def admit(self, conn: AnyConnection, frame: protocol.Join) -> RoomGrant:
+        """The grant of a ``join``'s token, once the token is good, for this
+        link's room, still open (``guard``) and the room not ended."""
+        try:
+            grant = decode_room_token(self.settings, frame.token)
+        except InvalidToken as exc:
+            raise errors.Unauthorized(exc.detail) from exc
+        if isinstance(conn, Connection) and conn.room_hint not in (None, grant.room):
+            raise errors.WrongRoom("the token is for another room than this link's")
+        if self.guard is not None:
+            await self.guard(grant)
+        if await self._is_ended(grant.room, asyncio.get_running_loop().time()):
+            raise errors.RoomEnded("this room was ended")
+        return grant
+
+    async def handle(
+        self, conn: AnyConnection, frame: protocol.ClientFrame, grant: RoomGrant | None = None
+    ) -> None:
+        """A frame for a room this replica owns, or for none yet (``grant``:
+        a ``join``'s, when :meth:`admit` passed it on its way here)."""
+        # Counted where handled, so a frame routed to another replica counts once.
+        FRAMES.labels(frame.type).inc()
+        if isinstance(frame, protocol.Ping):
+            conn.send(protocol.reply("pong", frame.id))
             return
-        if isinstance(frame, p.Pong):
+        if isinstance(frame, protocol.Pong):
             return
-        if isinstance(frame, p.Join):
+        if isinstance(frame, protocol.Join):
             if conn.room is not None:
-                raise p.BadFrame("already joined", ref=frame.id)
-            await self._join(conn, frame)
+                raise protocol.BadFrame("already joined", ref=frame.id)
+            if grant is None:
+                grant = await self.admit(conn, frame)
+            await self._join(conn, frame, grant)
             return
         room = conn.room
         if room is None or self.rooms.get(room.name) is not room:
             raise errors.NotJoined("join the room first")
+        if isinstance(frame, ControlFrame):
+            self.apply(room, room.core.receive(conn, frame))
+        else:
+            await self._media_frame(room, conn, frame)
+
+    async def _media_frame(
+        self, room: CallRoom, conn: AnyConnection, frame: protocol.ClientFrame
+    ) -> None:
+        """A frame that calls the room's media worker."""
         core = room.core
-        ok = p.reply("ok", frame.id)
+        ok = protocol.reply("ok", frame.id)
         match frame:
-            case p.Publish():
+            case protocol.Publish():
                 who = core.check_publish(conn)
-                media = await self.media_for(room, who.id)
+                media = await room.media_for(who.id)
                 result = await room.media_call(
                     partial(media.publish, room.name, who.id, frame.sdp, frame.sources)
                 )
@@ -872,7 +599,7 @@ class CallService:
                     return
                 outputs = core.published(who.id, result.added, result.removed)
                 conn.send(
-                    p.reply(
+                    protocol.reply(
                         "published",
                         frame.id,
                         sdp=result.answer,
@@ -880,20 +607,20 @@ class CallService:
                     )
                 )
                 self.apply(room, outputs)
-            case p.Answer():
+            case protocol.Answer():
                 who = core.check_subscribe(conn)
                 await room.subscriber(who.id).answer(frame.sdp)
                 conn.send(ok)
-            case p.Candidate():
+            case protocol.Candidate():
                 # ICE-lite (RFC 8445 section 2.5): the worker learns the
                 # client's addresses from its checks; trickled candidates are
                 # accepted and not needed.
                 core.check_joined(conn)
                 conn.send(ok)
-            case p.Mute():
+            case protocol.Mute():
                 who, track = core.check_mute(conn, frame.track_id)
                 try:
-                    media = await self.media_for(room, track.participant)
+                    media = await room.media_for(track.participant)
                     await room.media_call(
                         partial(media.set_muted, room.name, track.track_id, frame.muted)
                     )
@@ -902,10 +629,10 @@ class CallService:
                 outputs = core.muted(who.id, track.track_id, frame.muted)
                 conn.send(ok)
                 self.apply(room, outputs)
-            case p.Unpublish():
+            case protocol.Unpublish():
                 who = core.check_unpublish(conn, frame.track_id)
                 try:
-                    media = await self.media_for(room, who.id)
+                    media = await room.media_for(who.id)
                     await room.media_call(
                         partial(media.unpublish, room.name, who.id, frame.track_id)
                     )
@@ -914,35 +641,11 @@ class CallService:
                 outputs = core.unpublished(who.id, frame.track_id)
                 conn.send(ok)
                 self.apply(room, outputs)
-            case p.Admit():
-                outputs = core.admit(conn, frame.participant_id)
-                conn.send(ok)
-                self.apply(room, outputs)
-            case p.Deny():
-                outputs = core.deny(conn, frame.participant_id)
-                conn.send(ok)
-                self.apply(room, outputs)
-            case p.Remove():
-                outputs = core.remove(conn, frame.participant_id)
-                conn.send(ok)
-                self.apply(room, outputs)
-            case p.RoomSettings():
-                outputs = core.set_require_admission(conn, frame.require_admission)
-                conn.send(ok)
-                self.apply(room, outputs)
-            case p.End():
-                outputs = core.end(conn)
-                conn.send(ok)
-                self.apply(room, outputs)
-            case p.Leave():
-                outputs = core.leave(conn)
-                conn.send(ok)
-                self.apply(room, outputs)
-            case p.TrackView():
+            case protocol.TrackView():
                 # No answer: pages send these often (docs/protocol.md).
                 who = core.check_subscribe(conn)
                 if any(t.track_id == frame.track_id for t in core.wanted(who.id)):
-                    media = await self.media_for(room, who.id)
+                    media = await room.media_for(who.id)
                     room.lane.background(
                         "view",
                         partial(
@@ -955,38 +658,31 @@ class CallService:
                             frame.visible,
                         ),
                     )
-            case p.AudioOnly():
+            case protocol.AudioOnly():
                 who = core.check_joined(conn)
-                media = await self.media_for(room, who.id)
+                media = await room.media_for(who.id)
                 await room.media_call(
                     partial(media.set_audio_only, room.name, who.id, frame.enabled)
                 )
                 conn.send(ok)
-            case p.IceRestart() | p.ReconnectMedia():
+            case protocol.IceRestart() | protocol.ReconnectMedia():
                 who = core.check_joined(conn)
                 room.subscriber(who.id).restart(
-                    "ice" if isinstance(frame, p.IceRestart) else "transport"
+                    "ice" if isinstance(frame, protocol.IceRestart) else "transport"
                 )
                 conn.send(ok)
                 room.media_state(who.id, "reconnecting")
 
-    async def _join(self, conn: AnyConnection, frame: p.Join) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            grant: RoomGrant = decode_room_token(self.settings, frame.token)
-        except InvalidToken as exc:
-            raise errors.Unauthorized(exc.detail) from exc
-        if isinstance(conn, Connection) and conn.room_hint not in (None, grant.room):
-            raise errors.WrongRoom("the token is for another room than this link's")
-        if self.guard is not None:
-            await self.guard(grant)
-        if await self._is_ended(grant.room, loop.time()):
-            raise errors.RoomEnded("this room was ended")
-        # Ownership may have moved while this frame travelled.
-        if self.cluster is not None and not await self._own(grant.room):
-            raise _Moved(await self.cluster.owner(grant.room) or "")
-        now = loop.time()
+    async def _join(self, conn: AnyConnection, frame: protocol.Join, grant: RoomGrant) -> None:
+        """A join this replica owns the room of, its grant checked (:meth:`admit`)."""
         region = grant.region or conn.region or self.settings.region
+        # Another's join is placing the room in this region: this join is
+        # answered once the room has its worker there.
+        await self.sites.placing(grant.room, region)
+        now = asyncio.get_running_loop().time()
+        if self._ended_here(grant.room, now):
+            # Ended here while the join travelled from another replica.
+            raise errors.RoomEnded("this room was ended")
         room = self.room(grant.room, region)
         if not grant.name:
             # An anonymous link: the name the person typed (or typed before,
@@ -998,7 +694,7 @@ class CallService:
             result = room.core.join(conn, grant, now, ref=frame.id, resume=frame.resume)
         except errors.SignallingError:
             if room.core.empty:
-                self._drop_room(room)
+                self.drop_room(room)
             raise
         conn.room, conn.participant_id = room, result.participant.id
         conn.room_name = room.name
@@ -1017,12 +713,12 @@ class CallService:
             sub = room.subscribers.get(result.participant.id)
             if sub is not None and sub.offer is not None:
                 conn.send(sub.offer)
-        region = self._region_of(room, result.participant.id)
-        if self.placement is not None and region not in room.sites:
+        region = self.sites.region_of(room, result.participant.id)
+        if self.sites.placement is not None and region not in room.sites:
             # The room gets a worker in the participant's region now, so
             # their first publish does not wait for placement.
             try:
-                await self.media_for(room, result.participant.id)
+                await room.media_for(result.participant.id)
             except errors.MediaUnavailable as exc:
                 log.warning("call room not placed yet: %s", exc, extra={"room": room.name})
         log.info(
@@ -1043,11 +739,11 @@ class CallService:
         ws = web.WebSocketResponse(max_msg_size=self.settings.call_max_frame_bytes)
         await ws.prepare(request)
         loop = asyncio.get_running_loop()
-        ref = self.cluster.new_ref() if self.cluster is not None else ""
+        ref = self.replicas.cluster.new_ref() if self.replicas is not None else ""
         conn = Connection(ws, request.query.get("room"), loop.time(), ref)
         self.connections.add(conn)
-        if ref:
-            self.local[ref] = conn
+        if self.replicas is not None:
+            self.replicas.connected(conn)
         writer = asyncio.create_task(conn.write(), name="call-ws-writer")
         pinger = asyncio.create_task(self._pinger(conn), name="call-ws-ping")
         deadline = loop.time() + self.join_timeout
@@ -1068,14 +764,17 @@ class CallService:
                 if msg.type == WSMsgType.TEXT:
                     conn.last_seen = loop.time()
                     try:
-                        await self.route(conn, msg.data)
+                        await self.receive(conn, msg.data)
                     except Exception:
                         # Nothing one frame does may end the connection.
                         log.exception("call frame failed")
-                        conn.send(p.error_frame("internal-error", "the server failed; try again"))
+                        failed = errors.SignallingError("the server failed; try again")
+                        conn.send(protocol.error_from(failed))
                 elif msg.type == WSMsgType.BINARY:
                     FRAMES.labels("malformed").inc()
-                    conn.send(p.error_frame("bad-frame", "frames are JSON text, not binary"))
+                    conn.send(
+                        protocol.error_from(protocol.BadFrame("frames are JSON text, not binary"))
+                    )
                 else:
                     # CLOSE, CLOSING, CLOSED, or ERROR (a frame over
                     # call_max_frame_bytes: aiohttp has sent 1009 already).
@@ -1108,7 +807,7 @@ class CallService:
 
     def _join_timed_out(self, conn: Connection) -> None:
         exc = errors.JoinTimeout(f"no join within {self.join_timeout:g} seconds")
-        conn.send(p.error_from(exc))
+        conn.send(protocol.error_from(exc))
         conn.close(errors.CLOSE_TIMEOUT, "join timeout")
 
     async def _pinger(self, conn: Connection) -> None:
@@ -1124,32 +823,7 @@ class CallService:
                 # Do not wait for a dead peer's close handshake to detach.
                 self.disconnected(conn)
                 return
-            conn.send(p.reply("ping"))
-
-    # The cluster side (signalling.replicas), bound here as methods.
-    _on_worker_message = replicas._on_worker_message
-    _forward_gone = replicas._forward_gone
-    route = replicas.route
-    _join_room_of = replicas._join_room_of
-    _own = replicas._own
-    _on_cluster = replicas._on_cluster
-    _read_remote = replicas._read_remote
-    _mark = replicas._mark
-    _snapshot = replicas._snapshot
-    _writer = replicas._writer
-    _take_over = replicas._take_over
-    _watcher = replicas._watcher
-    _watch_once = replicas._watch_once
-    # Sites and relays (signalling.sites), bound here as methods.
-    media_for = sites.media_for
-    sync_relays = sites.sync_relays
-    _region_of = sites.region_of
-    _point = sites._point
-    _relays_changed = sites.relays_changed
-    _speaker_counts = sites.speaker_counts
-    _check_media = sites.check_media
-    _move_site = sites.move_site
-    _release_all = sites.release_all
+            conn.send(protocol.reply("ping"))
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -1161,24 +835,18 @@ class CallService:
     async def close(self) -> None:
         """Stop timers, negotiations and queued media calls (the app's cleanup,
         before the media worker closes)."""
-        self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.cluster is not None:
+        if self.replicas is not None:
             # Another replica takes our rooms over from their snapshots.
-            if self.rooms:
-                with contextlib.suppress(Exception):
-                    await self.cluster.save({n: self._snapshot(r) for n, r in self.rooms.items()})
-                for name in list(self.rooms):
-                    with contextlib.suppress(Exception):
-                        await self.cluster.disown(name)
-            await self.cluster.close()
+            await self.replicas.close()
         for room in list(self.rooms.values()):
-            self._drop_room(room, forget=False)
+            self.drop_room(room, forget=False)
         tasks = [t for t in (lane.task for lane in self.lanes.values()) if t is not None]
         tasks += list(self._orphans)
-        tasks += [c.reader for c in self.remote.values() if c.reader is not None]
+        if self.replicas is not None:
+            tasks += self.replicas.readers()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -15,8 +15,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
+from signalling import service
 from tests.conftest import Api
 from tests.signalling.test_ws import connect, joined, token
+from wadud import auth
+from wadud.auth import RoomGrant
 from wadud.config import Settings
 
 
@@ -55,6 +58,29 @@ async def test_participants_on_two_replicas_share_one_room(replicas: list[Api]) 
             assert (await pat.request({"type": "ping"}, "p1"))["type"] == "pong"
             answer = await pat.request({"type": "mute", "track_id": "nope", "muted": True}, "m")
             assert answer["code"] == "not-found"
+
+
+async def test_a_join_token_is_decoded_once_wherever_the_room_is(
+    replicas: list[Api], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica the client reached decodes the token and checks it; the
+    owner takes the grant that comes with the frame."""
+    a, b = replicas
+    decoded: list[str] = []
+
+    def decode(settings: Settings, tok: str) -> RoomGrant:
+        grant = auth.decode_room_token(settings, tok)
+        decoded.append(grant.identity)
+        return grant
+
+    monkeypatch.setattr(service, "decode_room_token", decode)
+    name = room()
+    async with (
+        joined(a, token(a, "dr-amina", "doctor", room=name)) as (_doc, dj),
+        joined(b, token(b, "pt-bilal", room=name)) as (_pat, pj),
+    ):
+        assert (dj["type"], pj["type"]) == ("joined", "joined")
+        assert decoded == ["dr-amina", "pt-bilal"]
 
 
 async def test_removal_on_one_replica_holds_on_the_other(replicas: list[Api]) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sfu.control import TrackInfo
-from signalling import errors
+from signalling import errors, protocol
 from signalling.room import (
     TRANSITIONS,
     Close,
@@ -276,6 +276,25 @@ def test_a_waiting_participant_who_drops_is_gone() -> None:
     out = room.disconnect("c-pt", 1.0)
     assert frames(out, "c-doc") == [{"v": 1, "type": "waiting", "waiting": []}]
     assert room.get("p-2") is None
+
+
+def test_control_frames_are_answered_ok_then_carried_out() -> None:
+    room = new_room()
+    room.join("c-doc", DOCTOR, 0.0)
+    room.join("c-pt", PATIENT, 0.0)
+    room.join("c-fam", FAMILY, 0.0)
+    out = room.receive("c-doc", protocol.RoomSettings(id="s", require_admission=True))
+    assert out[0] == Send("c-doc", {"v": 1, "type": "ok", "ref": "s"})
+    assert types(out, "c-doc") == ["ok", "room_settings"] and room.require_admission
+    out = room.receive("c-doc", protocol.Remove(id="r", participant_id="p-3"))
+    assert types(out, "c-doc") == ["ok", "participant_left"] and closes(out) == {"c-fam": 4403}
+    # A refusal changes nothing and answers nothing.
+    with pytest.raises(errors.NotAllowed):
+        room.receive("c-pt", protocol.End())
+    out = room.receive("c-pt", protocol.Leave(id="l"))
+    assert types(out, "c-pt") == ["ok"] and closes(out) == {"c-pt": 1000}
+    out = room.receive("c-doc", protocol.End(id="e"))
+    assert types(out, "c-doc") == ["ok", "room_ended"] and out[-1] == MediaCloseRoom()
 
 
 def test_remove_and_end() -> None:
