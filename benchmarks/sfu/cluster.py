@@ -7,7 +7,7 @@ migrate``, two ``wadud api`` replicas (A and B) and two ``wadud media``
 nodes with ``--workers`` workers each.
 
 Then, for ``--rooms`` rooms one after another, two participants on
-aiortc (signalling/client.py, which decodes for real):
+aiortc (wadud_client, which decodes for real):
 
 * a doctor joins through replica A and publishes a test pattern (320x240,
   15 fps, VP8) and a tone;
@@ -52,16 +52,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import free_port  # noqa: E402
-from signalling.client import (  # noqa: E402
-    CallClient,
-    CallError,
-    TestPatternVideo,
-    ToneAudio,
-    allow_loopback_candidates,
-)
 from tests.cluster import Cluster  # noqa: E402
 from wadud.auth import RoomGrant, issue_room_token  # noqa: E402
 from wadud.config import Settings  # noqa: E402
+from wadud_client.call import CallClient  # noqa: E402
+from wadud_client.errors import CallError  # noqa: E402
+from wadud_client.network import allow_loopback_candidates  # noqa: E402
+from wadud_client.sources import TestPatternVideo, ToneAudio  # noqa: E402
 
 SECRET = "sfu-cluster-bench-secret-" + "c" * 40
 REGION = "pk"

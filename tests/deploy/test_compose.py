@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from signalling.client import CallClient, TestPatternVideo, ToneAudio
 from tests.conftest import free_port
 from tests.deploy.conftest import ROOT, Images, podman, podman_env
 from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud_client.call import CallClient
+from wadud_client.sources import TestPatternVideo, ToneAudio
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 

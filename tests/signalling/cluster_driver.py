@@ -452,7 +452,8 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
 
 
 async def scenario_removals(world: World) -> dict[str, Any]:
-    from signalling.client import CallClient, RequestFailed
+    from wadud_client.call import CallClient
+    from wadud_client.errors import RequestFailed
 
     room = "removals-" + secrets.token_hex(3)
     a, b = (world.cluster.apis[n].url for n in ("A", "B"))

@@ -1,4 +1,4 @@
-"""Calls through our SFU with aiortc participants (signalling.client), and the
+"""Calls through our SFU with aiortc participants (wadud_client), and the
 lossy relay the loss test puts on one leg.
 
 The server is the real app (tests/conftest.py's ``api``) with the media worker
@@ -28,14 +28,6 @@ from hypothesis import strategies as st
 
 from rtc.sdp import SessionDescription
 from sfu.http import MEDIA
-from signalling.client import (
-    CallClient,
-    ReceivedTrack,
-    RequestFailed,
-    TestPatternVideo,
-    ToneAudio,
-    ws_url,
-)
 from tests.conftest import Api
 from tests.signalling.relay import (
     Address,
@@ -48,6 +40,11 @@ from tests.signalling.relay import (
 from wadud import keys
 from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud_client.call import CallClient
+from wadud_client.errors import RequestFailed
+from wadud_client.network import ws_url
+from wadud_client.received import ReceivedTrack
+from wadud_client.sources import TestPatternVideo, ToneAudio
 
 # -- the relay on its own --------------------------------------------------------
 
@@ -740,7 +737,7 @@ async def test_command_line_client_joins_and_publishes_a_test_pattern(call: Call
     doctor = await call.join(room, "dr-cli", role="doctor", admin=True)
     link = str(call.api.client.make_url(f"/call/{room}")) + "?token=" + call.token(room, "pt-cli")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "signalling.client", "--url", link,
+        sys.executable, "-m", "wadud_client", "--url", link,
         "--duration", "8", "--report", "1", "--name", "cli",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""An aiortc participant (signalling.client) whose media goes only through
+"""An aiortc participant (wadud_client) whose media goes only through
 Wadud's own TURN relay over TLS (``turns:``), as a patient's app behind a
 firewall that lets nothing but TLS out would: the relay ``wadud serve``
 embeds, with the self-signed certificate it makes, trusted by the client
@@ -20,11 +20,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 import turn.http
 from bin.assembly import build_app, in_process
-from signalling.client import CallClient, TestPatternVideo, ToneAudio, relay_servers
 from tests.signalling.test_client_call import loopback_aiortc, settings  # noqa: F401
 from wadud import keys
 from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud_client.call import CallClient
+from wadud_client.network import relay_servers
+from wadud_client.sources import TestPatternVideo, ToneAudio
 
 SERVERS: list[dict[str, Any]] = [
     {

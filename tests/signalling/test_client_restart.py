@@ -1,4 +1,4 @@
-"""An aiortc participant (signalling.client) whose media path dies mid-call
+"""An aiortc participant (wadud_client) whose media path dies mid-call
 gets its media back on new peer connections by itself.
 
 The patient's two peer connections reach the media worker through a UDP
@@ -21,11 +21,12 @@ import uuid
 import aioice.ice
 import pytest
 
-from signalling.client import CallClient, TestPatternVideo, ToneAudio
 from tests.signalling.relay import UdpRelay, rewrite_candidates
 
 # The server, loopback ICE and the participants of test_client_call.py.
 from tests.signalling.test_client_call import Call, call, loopback_aiortc, settings  # noqa: F401
+from wadud_client.call import CallClient
+from wadud_client.sources import TestPatternVideo, ToneAudio
 
 
 def frames(

@@ -1,7 +1,7 @@
 """The Python client publishing simulcast, and a subscriber asking for layers.
 
 Real server (tests/conftest.py's ``api`` with the media worker), real aiortc
-on both ends: the publisher encodes three VP8 layers (signalling.simulcast),
+on both ends: the publisher encodes three VP8 layers (wadud_client.simulcast),
 the worker learns them from the MID/RID extensions, and the subscriber's
 aiortc decodes whatever layer the worker forwards, so a width seen here is a
 decoded frame's.
@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from signalling.client import CallClient, ReceivedTrack, TestPatternVideo
-from signalling.simulcast import RIDS, SimulcastMunger
 from tests.signalling.test_client_call import (  # noqa: F401 - fixtures
     Call,
     _room,
@@ -22,6 +20,10 @@ from tests.signalling.test_client_call import (  # noqa: F401 - fixtures
     loopback_aiortc,
     settings,
 )
+from wadud_client.call import CallClient
+from wadud_client.received import ReceivedTrack
+from wadud_client.simulcast import RIDS, SimulcastMunger
+from wadud_client.sources import TestPatternVideo
 
 
 async def _frames_at(client: CallClient, video: ReceivedTrack, width: int, within: float) -> float:

@@ -140,7 +140,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 async def _open_client(link: str, label: str, publish: bool) -> Any:
-    from signalling.client import CallClient, TestPatternVideo, ToneAudio, ws_url
+    from wadud_client.call import CallClient
+    from wadud_client.network import ws_url
+    from wadud_client.sources import TestPatternVideo, ToneAudio
 
     url, token, room = ws_url(link)
     assert token

@@ -3,7 +3,7 @@ own region's node, tracks crossing between the nodes over a relay link.
 
 Real processes (tests/cluster.py): one ``wadud api`` (region pk), a
 ``wadud media`` node in pk and one in ae, PostgreSQL and Redis from the
-session's fixtures; aiortc clients (signalling/client.py) as the doctor (a
+session's fixtures; aiortc clients (wadud_client) as the doctor (a
 token for ae) and the patient (a token for pk). The simulated regions with
 delay and loss, and browsers, are tests/signalling/test_regions.py; this one
 is the quick check that runs by default.
@@ -22,9 +22,10 @@ from urllib.parse import parse_qs, urlparse
 import aiohttp
 import pytest
 
-from signalling.client import CallClient, TestPatternVideo, ToneAudio
 from tests.cluster import Cluster, ClusterError
 from tests.conftest import RedisServer
+from wadud_client.call import CallClient
+from wadud_client.sources import TestPatternVideo, ToneAudio
 
 pytestmark = pytest.mark.timeout(240)
 

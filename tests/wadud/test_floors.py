@@ -21,7 +21,19 @@ import pytest
 
 GROUND = Path(__file__).resolve().parents[2] / "wadud"
 ABOVE = frozenset(
-    {"booking", "chat", "hooks", "notify", "privacy", "rtc", "sfu", "signalling", "turn", "bin"}
+    {
+        "booking",
+        "chat",
+        "hooks",
+        "notify",
+        "privacy",
+        "rtc",
+        "sfu",
+        "signalling",
+        "turn",
+        "bin",
+        "wadud_client",
+    }
 )
 
 
@@ -194,6 +206,7 @@ OURS = (
     "privacy",
     "notify",
     "hooks",
+    "wadud_client",
 )
 
 
@@ -260,6 +273,10 @@ FLOOR_RULES = {
         {"signalling", "bin"},
     ),
     "signalling imports nothing of the assembly": (("signalling",), {"bin"}),
+    "the server never imports the client": (
+        tuple(p for p in OURS if p != "wadud_client"),
+        {"wadud_client"},
+    ),
 }
 
 
@@ -272,6 +289,30 @@ def test_every_floor_looks_only_down(modules: Modules, rule: str) -> None:
         if name.split(".")[0] in packages
         for other in others
         if other.split(".")[0] in forbidden
+    )
+    assert offences == []
+
+
+#: What the Python client may import of ours: the wire protocol's pure
+#: modules (the frame envelope, the call protocol's messages and their
+#: errors), which need only pydantic and the standard library. The client
+#: is installed as an extra (``wadud[client]``) beside the server's
+#: packages, and reaches the server only over the network.
+CLIENT_MAY_IMPORT = frozenset(
+    {"wadud.frames", "wadud.errors", "signalling.protocol", "signalling.errors"}
+)
+
+
+def test_the_client_imports_only_the_wire_protocol(modules: Modules) -> None:
+    offences = sorted(
+        (name, other)
+        for name, others in modules.imports.items()
+        if name.split(".")[0] == "wadud_client"
+        for other in others
+        if other.split(".")[0] != "wadud_client"
+        and other not in CLIENT_MAY_IMPORT
+        # ``from signalling import protocol`` also names ``signalling``.
+        and not any(allowed.startswith(other + ".") for allowed in CLIENT_MAY_IMPORT)
     )
     assert offences == []
 

@@ -1,4 +1,4 @@
-"""signalling.jitter: aiortc's video jitter buffer starts over at a keyframe past a gap."""
+"""wadud_client.jitter: aiortc's video jitter buffer starts over at a keyframe past a gap."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfu.keyframes import vp8_keyframe_start as sfu_vp8_keyframe_start
-from signalling.jitter import KeyframeResync, vp8_keyframe_start
+from wadud_client.jitter import KeyframeResync, vp8_keyframe_start
 
 KEY = b"\x10\x50\x01"  # S=1 PID 0, frame tag with P=0
 START = b"\x10\x51\x01"  # S=1 PID 0, P=1: an interframe

@@ -21,35 +21,22 @@ or DTLS gave up) the client gets media back by itself with new peer
 connections (``reconnect_media``), the same tracks and participant; browsers
 first try an ICE restart, which aiortc cannot do (see
 :meth:`CallClient.reconnect_media`).
-
-Run ``python -m signalling.client --url URL --token TOKEN`` to join a room and
-publish a synthetic test pattern (``URL`` may also be a join link printed by
-``wadud token``, which carries the token).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import fractions
-import ipaddress
 import itertools
 import json
 import logging
-import math
-import os
-import struct
-import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import aiohttp
-import av
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -57,28 +44,19 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 
-from signalling.jitter import KeyframeResync
-from signalling.simulcast import SimulcastMunger, layer_tracks
+from wadud_client.errors import CallError, ConnectionClosed, RequestFailed
+from wadud_client.jitter import KeyframeResync
+from wadud_client.nack import NackRetry
+from wadud_client.network import relay_servers, ws_url
+from wadud_client.received import ReceivedTrack
+from wadud_client.simulcast import SimulcastMunger, layer_tracks
 
-__all__ = [
-    "CallClient",
-    "CallError",
-    "ConnectionClosed",
-    "Event",
-    "ReceivedTrack",
-    "RequestFailed",
-    "TestPatternVideo",
-    "ToneAudio",
-    "allow_loopback_candidates",
-    "main",
-    "relay_servers",
-    "ws_url",
-]
+__all__ = ["CallClient", "Event"]
 
-log = logging.getLogger("signalling.client")
+log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 Direction = Literal["publish", "subscribe"]
@@ -94,31 +72,6 @@ _FINAL_CLOSE = {1000, 4401, 4403, 4409, 4410, 4429}
 RECONNECT_WITHIN = 8.0
 
 
-class CallError(Exception):
-    """Root of the client's errors."""
-
-
-class RequestFailed(CallError):
-    """The server answered a request with an ``error`` frame."""
-
-    def __init__(self, code: str, message: str, *, fatal: bool = False, frame: Any = None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.fatal = fatal
-        self.frame = frame
-
-
-class ConnectionClosed(CallError, ConnectionError):
-    """The signalling WebSocket closed; ``code`` is its close code (4401,
-    4403, 4409, 4410, ... as in the protocol), or None if it never opened."""
-
-    def __init__(self, code: int | None, reason: str = "") -> None:
-        super().__init__(f"signalling connection closed ({code}) {reason}".rstrip())
-        self.code = code
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Event:
     """One frame from the server, as received, with its arrival time
@@ -127,160 +80,6 @@ class Event:
     type: str
     data: dict[str, Any]
     at: float
-
-
-@dataclass
-class ReceivedTrack:
-    """A track this client receives on its subscribe connection: which m=
-    section (``mid``) carries it, whose it is (from the ``tracks`` of the
-    server's ``offer``), and what arrived. Times are ``time.monotonic()``."""
-
-    mid: str
-    track_id: str
-    participant: str
-    kind: str
-    source: str
-    track: Any = None  # aiortc's RemoteStreamTrack
-    active: bool = True
-    frames: int = 0
-    first_frame_at: float | None = None
-    last_frame_at: float | None = None
-    max_gap: float = 0.0
-    #: Recent frame arrival times, newest last.
-    frame_times: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
-    width: int | None = None
-    height: int | None = None
-
-    def reset_gap(self) -> None:
-        """Start a new window for :attr:`max_gap` (e.g. after warm-up)."""
-        self.max_gap = 0.0
-
-    def _frame(self, frame: Any, now: float) -> None:
-        if self.last_frame_at is not None:
-            self.max_gap = max(self.max_gap, now - self.last_frame_at)
-        else:
-            self.first_frame_at = now
-        self.last_frame_at = now
-        self.frames += 1
-        self.frame_times.append(now)
-        if isinstance(frame, av.VideoFrame):
-            self.width, self.height = frame.width, frame.height
-
-
-class _NackRetry:
-    """Asks again for packets that stay missing, as browsers do.
-
-    aiortc's receiver NACKs a gap once, when it first sees it, and again only
-    when a later gap appears; its video jitter buffer then waits for the
-    missing packet for up to 512 packets before it gives up and sends a PLI.
-    So one lost NACK or one lost retransmission freezes its video for seconds
-    (about 6 s at 15 fps in our loss test), while a browser re-asks every
-    round trip (Chromium's NackRequester) and recovers in a few. This repeats
-    the NACK for every packet still missing after ``interval``, at most
-    ``retries`` times (RFC 4585 section 6.2.1 leaves the policy to the
-    receiver). It reaches into aiortc's receiver (1.x internals); when they
-    are not there it does nothing.
-    """
-
-    def __init__(self, receiver: Any, interval: float, retries: int) -> None:
-        self.interval = interval
-        self.retries = retries
-        self.generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
-        self.ssrc: int | None = None
-        self.resent = 0
-        #: Sequence number -> (when last asked, times asked).
-        self.asked: dict[int, tuple[float, int]] = {}
-        self._send = getattr(receiver, "_send_rtcp_nack", None)
-        if self.generator is None or self._send is None:
-            return
-        send = self._send
-
-        async def remember(media_ssrc: int, lost: list[int]) -> None:
-            self.ssrc = media_ssrc
-            now = time.monotonic()
-            for seq in lost:
-                count = self.asked.get(seq, (now, 0))[1]
-                self.asked[seq] = (now, count + 1)
-            await send(media_ssrc, lost)
-
-        receiver._send_rtcp_nack = remember
-
-    async def tick(self, now: float) -> None:
-        if self.generator is None or self._send is None or self.ssrc is None:
-            return
-        missing = self.generator.missing
-        for seq in [s for s in self.asked if s not in missing]:
-            del self.asked[seq]
-        due = [
-            seq
-            for seq, (last, count) in self.asked.items()
-            if now - last >= self.interval and count <= self.retries
-        ]
-        if not due:
-            return
-        for seq in due:
-            self.asked[seq] = (now, self.asked[seq][1] + 1)
-        self.resent += len(due)
-        await self._send(self.ssrc, sorted(due))
-
-
-def ws_url(url: str) -> tuple[str, str | None, str | None]:
-    """The WebSocket URL of a server, and the token and room if ``url`` is a
-    join link (``https://host/call/ROOM?token=...``). ``url`` may also be
-    the server's base URL or its ``/ws`` URL, over http(s) or ws(s)."""
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("ws", "wss"):
-        raise ValueError(f"not an http(s) or ws(s) URL: {url}")
-    query = parse_qs(parts.query)
-    token = query.get("token", [None])[0]
-    room = query.get("room", [None])[0]
-    path = parts.path.rstrip("/")
-    if path.startswith("/call/"):
-        room = room or path[len("/call/") :].split("/")[0] or None
-        path = ""
-    if not path.endswith("/ws"):
-        path += "/ws"
-    return urlunsplit((scheme, parts.netloc, path, "", "")), token, room
-
-
-def allow_loopback_candidates() -> None:
-    """Make aioice offer 127.0.0.1 as a host candidate (it leaves loopback out,
-    so a client cannot otherwise reach a server on the same machine). This
-    changes aioice for the whole process; tests prefer ``monkeypatch``."""
-    import aioice.ice
-
-    original = aioice.ice.get_host_addresses
-
-    def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        found = list(original(use_ipv4=use_ipv4, use_ipv6=use_ipv6))
-        if use_ipv4 and "127.0.0.1" not in found:
-            found.append("127.0.0.1")
-        return found
-
-    aioice.ice.get_host_addresses = with_loopback
-
-
-def relay_servers(
-    servers: Sequence[Mapping[str, Any]], transport: Literal["udp", "tcp", "tls"]
-) -> list[dict[str, Any]]:
-    """The ICE servers with only their TURN URLs over ``transport`` (RFC 7065:
-    ``turns:`` is TLS, ``turn:`` is UDP unless ``?transport=tcp``)."""
-
-    def keep(url: str) -> bool:
-        if url.startswith("turns:"):
-            return transport == "tls"
-        if not url.startswith("turn:"):
-            return False
-        named = parse_qs(urlsplit(url).query).get("transport", ["udp"])[0]
-        return named == transport
-
-    out = []
-    for s in servers:
-        urls = [u for u in ([s["urls"]] if isinstance(s["urls"], str) else s["urls"]) if keep(u)]
-        if urls:
-            out.append({**s, "urls": urls})
-    return out
 
 
 class CallClient:
@@ -295,7 +94,7 @@ class CallClient:
     received track that reads and counts its frames; without it frames queue
     up in aiortc until someone calls ``track.recv()``. ``nack_retry``
     repeats NACKs for video packets still missing after that many seconds
-    (see :class:`_NackRetry`); None leaves aiortc's receiver as it is.
+    (see :class:`NackRetry`); None leaves aiortc's receiver as it is.
     ``reconnect``: when a peer connection fails, get media back on new ones
     by itself (:meth:`reconnect_media`); False leaves that to the caller.
     ``relay``, as the ES module's option of that name: media only through
@@ -400,7 +199,7 @@ class CallClient:
         self._sources: dict[str, str] = {}  # publish mid -> source
         self._transceivers: dict[str, Any] = {}  # publish mid -> transceiver
         self._publish_lock = asyncio.Lock()
-        self._retries: dict[str, _NackRetry] = {}  # subscribe mid -> its video receiver's
+        self._retries: dict[str, NackRetry] = {}  # subscribe mid -> its video receiver's
         self._retry_task: asyncio.Task[None] | None = None
         self._resyncs: dict[str, KeyframeResync] = {}  # subscribe mid -> its video receiver's
         self._recovery: asyncio.Task[None] | None = None
@@ -687,7 +486,7 @@ class CallClient:
 
         ``simulcast``: the camera goes as three layers (RIDs ``q``, ``h``,
         ``f`` at 1/4, 1/2 and full size), one aiortc encoder each, offered
-        as one RFC 8853 simulcast track (see :mod:`signalling.simulcast` for
+        as one RFC 8853 simulcast track (see :mod:`wadud_client.simulcast` for
         what that does and does not do)."""
         items = list(tracks.items()) if isinstance(tracks, Mapping) else list(tracks)
         self._local.update(items)
@@ -869,7 +668,7 @@ class CallClient:
                 self._resyncs[mid] = KeyframeResync(transceiver.receiver)
             if self.nack_retry is not None and received.kind == "video":
                 if mid not in self._retries:
-                    self._retries[mid] = _NackRetry(transceiver.receiver, self.nack_retry, 10)
+                    self._retries[mid] = NackRetry(transceiver.receiver, self.nack_retry, 10)
                 if self._retry_task is None:
                     self._retry_task = asyncio.create_task(self._retry_nacks(), name="nack-retry")
             if self.consume and track is not None:
@@ -890,13 +689,13 @@ class CallClient:
 
     @property
     def nacks_resent(self) -> int:
-        """Sequence numbers NACKed again by :class:`_NackRetry`."""
+        """Sequence numbers NACKed again by :class:`NackRetry`."""
         return sum(r.resent for r in self._retries.values())
 
     @property
     def keyframe_resyncs(self) -> int:
         """Times a video receiver gave up on a gap to start over at a keyframe
-        (:class:`signalling.jitter.KeyframeResync`)."""
+        (:class:`wadud_client.jitter.KeyframeResync`)."""
         return sum(r.resyncs for r in self._resyncs.values())
 
     async def _consume(self, received: ReceivedTrack) -> None:
@@ -909,7 +708,7 @@ class CallClient:
                 self._notify()
                 return
             first = received.frames == 0
-            received._frame(frame, time.monotonic())
+            received.frame_received(frame, time.monotonic())
             if first:
                 self._notify()
 
@@ -1100,219 +899,3 @@ class CallClient:
             and (kind is None or r.kind == kind)
             and (r.active or not active)
         ]
-
-
-# -- synthetic media -----------------------------------------------------------
-
-
-class _PacedTrack(MediaStreamTrack):
-    """A synthetic source that hands out frames in real time, one every
-    ``interval`` seconds from its first ``recv()``, as a camera or microphone
-    would; :meth:`_next_frame` waits for the next one's turn."""
-
-    interval: float
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._count = 0
-        self._start: float | None = None
-
-    async def _next_frame(self) -> int:
-        """Wait until the next frame is due; its index."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        delay = self._start + self._count * self.interval - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        n = self._count
-        self._count += 1
-        return n
-
-
-class TestPatternVideo(_PacedTrack):
-    """Moving bars and a ``noise`` x ``noise`` patch of noise, so the encoder
-    has work to do: a still or simply moving picture encodes to a few hundred
-    bytes a frame, one packet, and never exercises loss recovery the way a
-    camera's multi-packet frames do."""
-
-    kind = "video"
-    __test__ = False  # not a pytest test class, whatever its name
-
-    def __init__(
-        self, width: int = 320, height: int = 240, fps: float = 15.0, noise: int = 64
-    ) -> None:
-        super().__init__()
-        self.noise = noise
-        self.width = width - width % 2
-        self.height = height - height % 2
-        self.fps = fps
-        self.interval = 1 / fps
-        frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        # One luma row twice as long as the picture: each frame shows a
-        # different window of it, so the bars slide sideways.
-        luma_line = frame.planes[0].line_size
-        self._luma_row = bytes(
-            40 if (x // 32) % 2 else 60 + (x * 160) // (2 * luma_line) for x in range(2 * luma_line)
-        )
-        self._chroma = [
-            bytes([(90 + 60 * i) & 0xFF]) * p.buffer_size for i, p in enumerate(frame.planes[1:])
-        ]
-        self._luma_line = luma_line
-
-    async def recv(self) -> Any:
-        n = await self._next_frame()
-        frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        shift = (n * 4) % self._luma_line
-        row = self._luma_row[shift : shift + self._luma_line]
-        # A band that moves down, so motion is two-dimensional.
-        band = (n * 2) % self.height
-        rows = [row] * self.height
-        for y in range(band, min(self.height, band + 8)):
-            rows[y] = b"\xeb" * self._luma_line
-        if self.noise:
-            # A patch of fresh noise each frame: it cannot be predicted, so
-            # every frame spans several RTP packets, as a camera's does.
-            width = min(self._luma_line, self.noise)
-            for y in range(min(self.height, self.noise)):
-                rows[y] = os.urandom(width) + rows[y][width:]
-        frame.planes[0].update(b"".join(rows))
-        for plane, data in zip(frame.planes[1:], self._chroma, strict=True):
-            plane.update(data)
-        frame.pts = int(n * 90_000 / self.fps)
-        frame.time_base = fractions.Fraction(1, 90_000)
-        return frame
-
-
-class ToneAudio(_PacedTrack):
-    """A 400 Hz tone in 20 ms frames of 48 kHz mono (400 Hz fits a 20 ms frame
-    a whole number of times, so one frame's samples serve for all)."""
-
-    kind = "audio"
-
-    def __init__(self, frequency: int = 400, level: float = 0.3) -> None:
-        super().__init__()
-        self.rate = 48_000
-        self.samples = 960
-        self.interval = self.samples / self.rate
-        amplitude = int(32767 * level)
-        self._pcm = struct.pack(
-            f"<{self.samples}h",
-            *(
-                int(amplitude * math.sin(2 * math.pi * frequency * i / self.rate))
-                for i in range(self.samples)
-            ),
-        )
-
-    async def recv(self) -> Any:
-        n = await self._next_frame()
-        frame = av.AudioFrame(format="s16", layout="mono", samples=self.samples)
-        frame.planes[0].update(self._pcm)
-        frame.sample_rate = self.rate
-        frame.pts = n * self.samples
-        frame.time_base = fractions.Fraction(1, self.rate)
-        return frame
-
-
-# -- command line --------------------------------------------------------------
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-async def _run(args: argparse.Namespace) -> int:
-    url, token, _ = ws_url(args.url)
-    token = args.token or token
-    if not token:
-        print("no token: give --token or a join link with ?token=", file=sys.stderr)
-        return 2
-    if _is_loopback(url):
-        allow_loopback_candidates()
-    client = CallClient(url, token, room=args.room, label=args.name or "cli")
-
-    def show(what: str, **data: Any) -> None:
-        print(json.dumps({"t": round(time.monotonic(), 3), "what": what, **data}), flush=True)
-
-    try:
-        try:
-            first = await client.join()
-        except RequestFailed as exc:
-            show("refused", code=exc.code, message=exc.message)
-            return 1
-        show(first["type"], participant=client.participant, tracks=list(client.room_tracks))
-        if client.state == "waiting":
-            await client.wait_admitted(within=args.duration or 3600)
-            show("admitted")
-        tracks: dict[str, Any] = {}
-        if not args.no_audio:
-            tracks["microphone"] = ToneAudio()
-        if not args.no_video:
-            tracks["camera"] = TestPatternVideo(args.width, args.height, args.fps)
-        if tracks and client.participant.get("grants", {}).get("publish", True):
-            show("published", tracks=await client.publish(tracks))
-        loop = asyncio.get_running_loop()
-        end = loop.time() + args.duration if args.duration else math.inf
-        seen = 0
-        while client.state != "closed" and loop.time() < end:
-            await asyncio.sleep(min(args.report, max(0.0, end - loop.time())))
-            if client.state == "disconnected":
-                try:
-                    await client.resume()
-                    show("resumed")
-                except (CallError, OSError, aiohttp.ClientError, TimeoutError) as exc:
-                    show("resume-failed", error=str(exc))
-            for event in client.history[seen:]:
-                if event.type not in ("ping", "pong"):
-                    show("event", frame=event.data)
-            seen = len(client.history)
-            show(
-                "receiving",
-                tracks={
-                    r.mid: {"from": r.participant, "kind": r.kind, "frames": r.frames}
-                    for r in client.received.values()
-                },
-            )
-        if client.state == "closed":
-            show("closed", code=client.close_code)
-            return 1
-        await client.leave()
-        return 0
-    finally:
-        await client.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m signalling.client",
-        description="Join a Wadud call as a headless participant and publish a test pattern.",
-    )
-    parser.add_argument("--url", required=True, help="server URL, /ws URL or join link")
-    parser.add_argument("--token", help="room token (else the join link's ?token=)")
-    parser.add_argument("--room", help="room the token must be for (?room=)")
-    parser.add_argument("--name", help="label in the output")
-    parser.add_argument("--duration", type=float, default=0, help="seconds, 0 = until stopped")
-    parser.add_argument("--report", type=float, default=2.0, help="seconds between reports")
-    parser.add_argument("--no-audio", action="store_true")
-    parser.add_argument("--no-video", action="store_true")
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--fps", type=float, default=15.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        return asyncio.run(_run(args))
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
