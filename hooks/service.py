@@ -34,12 +34,10 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from prometheus_client import Counter, Gauge
 
@@ -288,55 +286,19 @@ class Deliverer:
 
 async def run(settings: Settings) -> int:
     """``wadud hooks``: the deliverer until SIGTERM or SIGINT."""
-    from wadud import db, migrate
+    from wadud import db, ops
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
-        url = settings.database_url or await stack.enter_async_context(
-            db.embedded_postgres(settings.data_dir)
-        )
-        if settings.database_migrate:
-            conn = await db.connect(url)
-            try:
-                await migrate.migrate(conn)
-            finally:
-                await conn.close()
-        pool = await stack.enter_async_context(db.pool(settings, url))
+        _, pool = await stack.enter_async_context(db.database(settings))
         deliverer = Deliverer(pool, settings)
         await deliverer.start()
         stack.push_async_callback(deliverer.close)
-        if settings.metrics_listen:
-            # The same private /metrics listener the HTTP roles open, with
-            # the probes a process with no public port needs.
-            from wadud import ops
-
-            host, port = ops.listen_address(settings.metrics_listen)
-            listener = ops.metrics_app(settings.metrics_token)
-            listener.router.add_get("/healthz", _healthz)
-            listener.router.add_get("/readyz", partial(_readyz, pool))
-            runner = web.AppRunner(listener, access_log=None)
-            await runner.setup()
-            stack.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, host, port).start()
+        await stack.enter_async_context(ops.worker_listener(settings, pool))
         log.info("webhook deliverer running")
         print("wadud hooks: running", flush=True)
         await stop.wait()
     return 0
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    """The process runs (a liveness probe)."""
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(pool: asyncpg.Pool, request: web.Request) -> web.Response:
-    """The database answers within two seconds (a readiness probe)."""
-    try:
-        async with asyncio.timeout(2.0):
-            await pool.fetchval("SELECT 1")
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        return web.json_response({"status": "unavailable", "detail": str(exc)}, status=503)
-    return web.json_response({"status": "ready"})

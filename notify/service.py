@@ -34,11 +34,9 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from functools import partial
 from uuid import UUID
 
 import asyncpg
-from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from notify import channels as ch
@@ -388,7 +386,7 @@ class Notifier:
 
 async def run(settings: Settings) -> int:
     """``wadud notify``: the notifier until SIGTERM or SIGINT."""
-    from wadud import db, migrate
+    from wadud import db, ops
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -403,34 +401,13 @@ async def run(settings: Settings) -> int:
             role="notify",
         )
         stack.push_async_callback(tracing.aclose)
-        url = settings.database_url or await stack.enter_async_context(
-            db.embedded_postgres(settings.data_dir)
-        )
-        if settings.database_migrate:
-            conn = await db.connect(url)
-            try:
-                await migrate.migrate(conn)
-            finally:
-                await conn.close()
-        pool = await stack.enter_async_context(db.pool(settings, url))
+        _, pool = await stack.enter_async_context(db.database(settings))
         opened = await ch.open_channels(settings)
         stack.push_async_callback(opened.close)
         notifier = Notifier(pool, settings, opened.senders)
         await notifier.start()
         stack.push_async_callback(notifier.close)
-        if settings.metrics_listen:
-            # The same private /metrics listener the HTTP roles open.
-            from wadud import ops
-
-            host, port = ops.listen_address(settings.metrics_listen)
-            listener = ops.metrics_app(settings.metrics_token)
-            # The notifier has no public port: its probes live here too.
-            listener.router.add_get("/healthz", _healthz)
-            listener.router.add_get("/readyz", partial(_readyz, pool))
-            runner = web.AppRunner(listener, access_log=None)
-            await runner.setup()
-            stack.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, host, port).start()
+        await stack.enter_async_context(ops.worker_listener(settings, pool))
         log.info("notifier running", extra={"channels": sorted(opened.senders)})
         print(
             f"wadud notify: running ({', '.join(sorted(opened.senders)) or 'no channels'})",
@@ -439,18 +416,3 @@ async def run(settings: Settings) -> int:
         await stop.wait()
         log.info("notifier stopping")
     return 0
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    """The process runs (a liveness probe)."""
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(pool: asyncpg.Pool, request: web.Request) -> web.Response:
-    """The database answers within two seconds (a readiness probe)."""
-    try:
-        async with asyncio.timeout(2.0):
-            await pool.fetchval("SELECT 1")
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        return web.json_response({"status": "unavailable", "detail": str(exc)}, status=503)
-    return web.json_response({"status": "ready"})

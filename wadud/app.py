@@ -24,7 +24,6 @@ from wadud import (
     http,
     idempotency,
     keys,
-    migrate,
     outbox,
     ratelimit,
     storage,
@@ -52,21 +51,9 @@ async def _tracing(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-    async with contextlib.AsyncExitStack() as stack:
-        url = settings.database_url
-        if not url:
-            url = await stack.enter_async_context(db.embedded_postgres(settings.data_dir))
+    async with db.database(app[keys.SETTINGS]) as (url, pool):
         app[keys.DATABASE_URL] = url
-        if settings.database_migrate:
-            conn = await db.connect(url)
-            try:
-                applied = await migrate.migrate(conn)
-            finally:
-                await conn.close()
-            if applied:
-                log.info("migrations applied", extra={"migrations": applied})
-        app[keys.DB] = await stack.enter_async_context(db.pool(settings, url))
+        app[keys.DB] = pool
         yield
 
 

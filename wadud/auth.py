@@ -214,6 +214,33 @@ class _Verified:
 _verified = _Verified()
 
 
+#: What each type of token is called when another is given in its place.
+_TOKEN_NAMES = {
+    "access": "an access token",
+    "totp-enrol": "an enrolment token",
+    "room": "a room token",
+}
+
+
+def _claims(
+    settings: Settings, token: str, typ: str, require: list[str], *, leeway: float = 0
+) -> dict[str, Any]:
+    """The claims of a token this deployment signed (HS256, our issuer, not
+    expired, every claim in ``require`` present) whose ``typ`` is ``typ``.
+    PyJWT's errors pass through; a token of another type is InvalidToken."""
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        settings.secret_key,
+        algorithms=[ALGORITHM],
+        issuer=settings.auth_issuer,
+        leeway=leeway,
+        options={"require": require},
+    )
+    if claims["typ"] != typ:
+        raise InvalidToken(f"not {_TOKEN_NAMES[typ]}")
+    return claims
+
+
 def decode_access_token(settings: Settings, token: str) -> Principal:
     key = (settings.secret_key, settings.auth_issuer, token)
     now = time.time()
@@ -226,15 +253,7 @@ def decode_access_token(settings: Settings, token: str) -> Principal:
 
 def _decode_access_token(settings: Settings, token: str) -> tuple[Principal, float]:
     try:
-        claims = jwt.decode(
-            token,
-            settings.secret_key,
-            algorithms=[ALGORITHM],
-            issuer=settings.auth_issuer,
-            options={"require": ["exp", "sub", "typ", "role"]},
-        )
-        if claims["typ"] != "access":
-            raise InvalidToken("not an access token")
+        claims = _claims(settings, token, "access", ["exp", "sub", "typ", "role"])
         principal = Principal(
             user_id=UUID(claims["sub"]),
             role=Role(claims["role"]),
@@ -403,15 +422,7 @@ def issue_enrolment_token(
 
 def decode_enrolment_token(settings: Settings, token: str) -> UUID:
     try:
-        claims = jwt.decode(
-            token,
-            settings.secret_key,
-            algorithms=[ALGORITHM],
-            issuer=settings.auth_issuer,
-            options={"require": ["exp", "sub", "typ"]},
-        )
-        if claims["typ"] != "totp-enrol":
-            raise InvalidToken("not an enrolment token")
+        claims = _claims(settings, token, "totp-enrol", ["exp", "sub", "typ"])
         return UUID(claims["sub"])
     except (jwt.PyJWTError, ValueError, KeyError, TypeError) as exc:
         raise InvalidToken(str(exc) or "invalid enrolment token") from exc
@@ -472,16 +483,7 @@ def issue_room_token(
 
 def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> RoomGrant:
     try:
-        c = jwt.decode(
-            token,
-            settings.secret_key,
-            algorithms=[ALGORITHM],
-            issuer=settings.auth_issuer,
-            leeway=leeway,
-            options={"require": ["exp", "nbf", "sub", "room", "typ"]},
-        )
-        if c["typ"] != "room":
-            raise InvalidToken("not a room token")
+        c = _claims(settings, token, "room", ["exp", "nbf", "sub", "room", "typ"], leeway=leeway)
         g = c.get("grants") or {}
         return RoomGrant(
             room=str(c["room"]),

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from wadud import metrics, tracing
+from wadud import metrics, migrate, tracing
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.db")
@@ -204,6 +204,26 @@ async def pool(settings: Settings, url: str) -> AsyncIterator[asyncpg.Pool]:
         except TimeoutError:
             log.warning("database pool did not close in 10 s; terminating connections")
             p.terminate()
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """The database every role opens: ``database_url``, or an embedded
+    PostgreSQL under ``data_dir`` when none is set; migrated first when
+    ``database_migrate`` says so. Gives its URL and a pool on it."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.database_url or await stack.enter_async_context(
+            embedded_postgres(settings.data_dir)
+        )
+        if settings.database_migrate:
+            conn = await connect(url)
+            try:
+                applied = await migrate.migrate(conn)
+            finally:
+                await conn.close()
+            if applied:
+                log.info("migrations applied", extra={"migrations": applied})
+        yield url, await stack.enter_async_context(pool(settings, url))
 
 
 class Args:

@@ -10,15 +10,20 @@ aiohttp site (like ``wadud turn --metrics-listen`` and ``wadud media
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import html
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 
+import asyncpg
 from aiohttp import web
 
 from wadud import __version__, keys, metrics, migrate
 from wadud.api import ENDPOINTS, ApiModel, Call, Routes, openapi
+from wadud.config import Settings
 from wadud.errors import ConfigError
 
 log = logging.getLogger("wadud.ops")
@@ -159,6 +164,43 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
         await web.TCPSite(runner, host, port).start()
         app[METRICS_RUNNER] = runner
         log.info("metrics listener open", extra={"address": settings.metrics_listen})
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _worker_healthz(request: web.Request) -> web.Response:
+    """The process runs (a liveness probe)."""
+    return web.json_response({"status": "ok"})
+
+
+async def _worker_readyz(pool: asyncpg.Pool, request: web.Request) -> web.Response:
+    """The database answers within two seconds (a readiness probe)."""
+    try:
+        async with asyncio.timeout(2.0):
+            await pool.fetchval("SELECT 1")
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        return web.json_response({"status": "unavailable", "detail": str(exc)}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+@asynccontextmanager
+async def worker_listener(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[None]:
+    """The metrics listener of a process with no public port (``wadud
+    hooks``, ``wadud notify``): ``/metrics``, and the ``/healthz`` and
+    ``/readyz`` probes it has nowhere else to serve. Nothing when
+    ``metrics_listen`` is unset."""
+    if not settings.metrics_listen:
+        yield
+        return
+    host, port = listen_address(settings.metrics_listen)
+    listener = metrics_app(settings.metrics_token)
+    listener.router.add_get("/healthz", _worker_healthz)
+    listener.router.add_get("/readyz", partial(_worker_readyz, pool))
+    runner = web.AppRunner(listener, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
         yield
     finally:
         await runner.cleanup()

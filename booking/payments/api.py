@@ -666,12 +666,7 @@ async def refund_payment(call: Call[RefundIn, None]) -> refunds_api.Refund | web
         refund, row = await service.refund_intent(
             conn, row, body.amount_minor, body.reason, registry=_registry(call), actor=me
         )
-        await conn.execute(
-            """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
-               WHERE id = $1""",
-            row["booking_id"],
-            body.amount_minor,
-        )
+        await service.add_booking_refund(conn, row["booking_id"], body.amount_minor)
     out = refunds_api.refund_out(refund, row)
     if refund["status"] == refund_due.OWED:
         return web.Response(body=out.model_dump_json(), status=202, content_type="application/json")

@@ -403,13 +403,19 @@ async def _refund_whole(
         registry=registry,
         keep_refused=False,
     )
+    await add_booking_refund(conn, row["booking_id"], int(row["amount_minor"]))
+    return row
+
+
+async def add_booking_refund(conn: asyncpg.Connection, booking_id: UUID, amount_minor: int) -> None:
+    """Count ``amount_minor`` more as refunded on the booking (what its page
+    and its exports show as given back)."""
     await conn.execute(
         """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
            WHERE id = $1""",
-        row["booking_id"],
-        int(row["amount_minor"]),
+        booking_id,
+        amount_minor,
     )
-    return row
 
 
 async def _paid_too_late(
@@ -446,12 +452,7 @@ async def _paid_too_late(
             failure_reason=f"received late ({why}); owed back by hand",
         )
         await refund_due.owe_late(conn, row, why, code=refusal.gateway_code, message=refusal.detail)
-        await conn.execute(
-            """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
-               WHERE id = $1""",
-            row["booking_id"],
-            int(row["amount_minor"]),
-        )
+        await add_booking_refund(conn, row["booking_id"], int(row["amount_minor"]))
         return row
 
 

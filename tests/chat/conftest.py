@@ -65,8 +65,13 @@ async def make_patient(api: Api) -> tuple[str, str]:
     return token, str(uid)
 
 
-async def make_booking(conn: Any, doctor_id: str, patient_id: str) -> str:
-    start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=1, minutes=7)
+async def make_booking(
+    conn: Any, doctor_id: str, patient_id: str, start: dt.datetime | None = None
+) -> str:
+    """An accepted 20-minute video booking of the doctor at its fee, written
+    straight to the table; by default tomorrow."""
+    if start is None:
+        start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=1, minutes=7)
     end = start + dt.timedelta(minutes=20)
     bid = await conn.fetchval(
         """INSERT INTO bookings (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at,

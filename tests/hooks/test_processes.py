@@ -7,16 +7,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -26,69 +20,28 @@ from hooks import events as hook_events
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
 from tests.hooks.test_webhooks import Receiver, _live_booking, receiver_port, verify
+from tests.wadud.processes import RoleProcess, role_env
 from wadud import keys
 from wadud.config import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_" + "r" * 40
 ROOMS = ["room-a", "room-b", "room-c", "room-d"]
 PER_ROOM = 12
 
 
-class Hooks:
+class Hooks(RoleProcess):
     """One ``wadud hooks`` process in its own process group."""
 
     def __init__(self, settings: Settings, **extra_env: str) -> None:
         env = {
-            **os.environ,
-            "WADUD_DATABASE_URL": settings.database_url,
-            "WADUD_DATABASE_MIGRATE": "false",
-            "WADUD_DATABASE_POOL_MIN": "1",
-            "WADUD_DATABASE_POOL_MAX": "6",
-            "WADUD_DATA_DIR": str(settings.data_dir),
-            "WADUD_SECRET_KEY": settings.secret_key,
-            "WADUD_LOG_FORMAT": "text",
+            **role_env(settings),
             "WADUD_WEBHOOKS_POLL_INTERVAL": "0.1",
             "WADUD_WEBHOOKS_BACKOFF_BASE": "0.2",
             "WADUD_WEBHOOKS_BACKOFF_MAX": "0.5",
             "WADUD_WEBHOOKS_ALLOW_NETWORKS": "127.0.0.0/8",
             **extra_env,
         }
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bin.main", "hooks"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            if "wadud hooks: running" in line:
-                self.ready.set()
-
-    async def started(self) -> None:
-        deadline = time.monotonic() + 30
-        while not self.ready.is_set() and self.proc.poll() is None:
-            assert time.monotonic() < deadline, "\n".join(self.lines)
-            await asyncio.sleep(0.1)
-        assert self.ready.is_set(), "\n".join(self.lines)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        super().__init__("hooks", env)
 
 
 @pytest.fixture

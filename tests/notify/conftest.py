@@ -25,9 +25,11 @@ import asyncpg
 import pytest
 
 from booking import service as booking_service
-from tests.conftest import free_port
+from notify import channels as ch
+from notify.service import Notifier
+from tests.conftest import Api, free_port
 from tests.tlsca import Tls, make_ca
-from wadud import db
+from wadud import db, keys
 from wadud.config import Settings
 
 # -- SMTP ------------------------------------------------------------------------
@@ -199,6 +201,17 @@ def notify_settings(settings: Settings, smtp: Inbox) -> Settings:
         notify_chat_delay=0.5,
         public_url="https://wadud.test",
     )
+
+
+@pytest.fixture
+async def notifier(api: Api, notify_settings: Settings) -> AsyncIterator[Notifier]:
+    """A notifier on the app's database, with the channels ``notify_settings``
+    opens (a module may override either fixture)."""
+    opened = await ch.open_channels(notify_settings)
+    try:
+        yield Notifier(api.app[keys.DB], notify_settings, opened.senders)
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

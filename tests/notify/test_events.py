@@ -9,10 +9,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from notify import channels as ch
 from notify.service import Notifier
@@ -24,15 +22,6 @@ from tests.signalling.test_ws import joined
 from wadud import keys
 from wadud.api import Role
 from wadud.config import Settings
-
-
-@pytest.fixture
-async def notifier(api: Api, notify_settings: Settings) -> AsyncIterator[Notifier]:
-    opened = await ch.open_channels(notify_settings)
-    try:
-        yield Notifier(api.app[keys.DB], notify_settings, opened.senders)
-    finally:
-        await opened.close()
 
 
 def _to(inbox: Inbox, template: str, address: str) -> list[str]:

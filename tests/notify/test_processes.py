@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -21,24 +15,16 @@ import pytest
 
 from tests.conftest import free_port
 from tests.notify.conftest import Inbox, World, emit, make_booking, wait_for
+from tests.wadud.processes import RoleProcess, role_env
 from wadud.config import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-class Role:
+class Role(RoleProcess):
     """One ``wadud notify`` process in its own process group."""
 
     def __init__(self, settings: Settings, smtp: Inbox, name: str, **extra_env: str) -> None:
         env = {
-            **os.environ,
-            "WADUD_DATABASE_URL": settings.database_url,
-            "WADUD_DATABASE_MIGRATE": "false",
-            "WADUD_DATABASE_POOL_MIN": "1",
-            "WADUD_DATABASE_POOL_MAX": "6",
-            "WADUD_DATA_DIR": str(settings.data_dir),
-            "WADUD_SECRET_KEY": settings.secret_key,
-            "WADUD_LOG_FORMAT": "text",
+            **role_env(settings),
             "WADUD_NOTIFY_SMTP_HOST": "127.0.0.1",
             "WADUD_NOTIFY_SMTP_PORT": str(smtp.port),
             "WADUD_NOTIFY_SMTP_TLS": "none",
@@ -47,48 +33,7 @@ class Role:
             **extra_env,
         }
         self.name = name
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bin.main", "notify"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            if "wadud notify: running" in line:
-                self.ready.set()
-
-    async def started(self) -> None:
-        await wait_for(lambda: self.ready.is_set() or self.proc.poll() is not None, seconds=30)
-        assert self.ready.is_set(), "\n".join(self.lines)
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown, connections dropped mid-transaction."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._reader.join(5)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            code = self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            code = self.proc.wait(5)
-        self._reader.join(5)
-        return code
+        super().__init__("notify", env)
 
     def sent(self) -> int:
         return sum("notification sent" in line for line in self.lines)

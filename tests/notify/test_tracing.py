@@ -6,11 +6,9 @@ receiver."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 
 import pytest
 
-from notify import channels as ch
 from notify.service import Notifier
 from tests.booking.factories import make_clinic, make_doctor
 from tests.booking.test_bookings import confirm, hold, local
@@ -18,7 +16,7 @@ from tests.conftest import Api
 from tests.notify.conftest import Inbox
 from tests.wadud.test_tracing import Receiver
 from tests.wadud.test_tracing import receiver as receiver  # the fixture
-from wadud import keys, tracing
+from wadud import tracing
 from wadud.api import Role
 from wadud.config import Settings
 
@@ -28,15 +26,6 @@ def settings(settings: Settings, receiver: Receiver) -> Settings:
     return dataclasses.replace(
         settings, otel_endpoint=receiver.endpoint, otel_service_name="wadud-test"
     )
-
-
-@pytest.fixture
-async def notifier(api: Api, notify_settings: Settings) -> AsyncIterator[Notifier]:
-    opened = await ch.open_channels(notify_settings)
-    try:
-        yield Notifier(api.app[keys.DB], notify_settings, opened.senders)
-    finally:
-        await opened.close()
 
 
 async def test_the_notifier_continues_the_trace_of_the_request_that_caused_it(

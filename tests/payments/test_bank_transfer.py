@@ -135,6 +135,25 @@ async def setup(api: Api) -> tuple[Clinic, Doctor]:
     return clinic, doctor
 
 
+async def started(api: Api) -> tuple[Clinic, str, str, dict[str, Any]]:
+    """A held booking of a new anonymous patient, paying by bank transfer:
+    the clinic, the patient's token, the booking id and the transfer."""
+    clinic, doctor = await setup(api)
+    token, patient = await anon_patient(api)
+    booking = await held_booking(api, doctor, patient)
+    return clinic, token, booking, await start(api, token, booking)
+
+
+async def confirm_in_full(api: Api, clinic: Clinic, transfer: dict[str, Any]) -> None:
+    """The clinic's staff confirm by hand that the whole fee arrived."""
+    await api.post(
+        f"/api/v1/bank-transfers/{transfer['reference']}/confirm",
+        {"amount_minor": 150_000, "note": "seen"},
+        token=clinic.staff_token,
+        expect=200,
+    )
+
+
 # --- the pure part ----------------------------------------------------------------
 
 
@@ -497,10 +516,7 @@ async def test_expired_hold_frees_the_slot_and_late_money_is_owed_back(api: Api)
 
 
 async def test_a_lapsed_hold_not_yet_swept_is_not_confirmed(api: Api) -> None:
-    clinic, doctor = await setup(api)
-    token, patient = await anon_patient(api)
-    booking = await held_booking(api, doctor, patient)
-    transfer = await start(api, token, booking)
+    clinic, _, booking, transfer = await started(api)
     await pool_of(api).execute(
         "UPDATE bookings SET hold_expires_at = now() - interval '1 second' WHERE id = $1",
         uuid.UUID(booking),
@@ -607,10 +623,7 @@ async def test_manual_confirmation_and_bad_input_change_nothing(api: Api) -> Non
 
 
 async def test_manual_match_of_a_mistyped_statement_line(api: Api) -> None:
-    clinic, doctor = await setup(api)
-    token, patient = await anon_patient(api)
-    booking = await held_booking(api, doctor, patient)
-    transfer = await start(api, token, booking)
+    clinic, _, booking, transfer = await started(api)
     done = await statement(
         api, clinic, "date,description,amount\n2026-11-24,PAYMENT FOR DOCTOR,1500\n"
     )
@@ -690,16 +703,8 @@ async def test_cancelling_a_confirmed_transfer_leaves_a_refund_owed_by_hand(api:
     through and the refund is kept ``refused_by_gateway`` for finance, with
     nothing posted until finance says it was sent; then the ledger reverses
     the capture exactly as a gateway refund would."""
-    clinic, doctor = await setup(api)
-    token, patient = await anon_patient(api)
-    booking = await held_booking(api, doctor, patient)
-    transfer = await start(api, token, booking)
-    await api.post(
-        f"/api/v1/bank-transfers/{transfer['reference']}/confirm",
-        {"amount_minor": 150_000, "note": "seen"},
-        token=clinic.staff_token,
-        expect=200,
-    )
+    clinic, token, booking, transfer = await started(api)
+    await confirm_in_full(api, clinic, transfer)
     pool = pool_of(api)
     postings = await pool.fetchval("SELECT count(*) FROM ledger_transactions")
     await api.post(
@@ -724,10 +729,7 @@ async def test_cancelling_a_confirmed_transfer_leaves_a_refund_owed_by_hand(api:
 
 
 async def test_the_patient_may_pay_another_way_after_all(api: Api) -> None:
-    clinic, doctor = await setup(api)
-    token, patient = await anon_patient(api)
-    booking = await held_booking(api, doctor, patient)
-    transfer = await start(api, token, booking)
+    clinic, token, booking, transfer = await started(api)
     cancelled = await api.post(
         f"/api/v1/bookings/{booking}/bank-transfer/cancel", token=token, expect=200
     )
@@ -755,12 +757,7 @@ async def test_the_receipt_names_the_transfer_reference(api: Api) -> None:
     token, patient = await anon_patient(api)
     booking = await held_booking(api, doctor, patient)
     transfer = await start(api, token, booking)
-    await api.post(
-        f"/api/v1/bank-transfers/{transfer['reference']}/confirm",
-        {"amount_minor": 150_000, "note": "seen"},
-        token=clinic.staff_token,
-        expect=200,
-    )
+    await confirm_in_full(api, clinic, transfer)
     rows = await pool_of(api).fetch(
         "SELECT topic, payload FROM outbox WHERE topic LIKE 'payment.%' ORDER BY id"
     )
@@ -778,10 +775,7 @@ async def test_the_receipt_names_the_transfer_reference(api: Api) -> None:
 
 
 async def test_the_patients_page_shows_the_account_and_the_reference(api: Api) -> None:
-    clinic, doctor = await setup(api)
-    token, patient = await anon_patient(api)
-    booking = await held_booking(api, doctor, patient)
-    transfer = await start(api, token, booking)
+    clinic, _, _, transfer = await started(api)
     page = urlsplit(transfer["page_url"])
     path = f"{page.path}?{page.query}"
     text = await api.get(path, expect=200)
@@ -797,12 +791,7 @@ async def test_the_patients_page_shows_the_account_and_the_reference(api: Api) -
     )
     told = json.loads(told) if isinstance(told, str) else told
     assert told["link"] == transfer["page_url"]
-    await api.post(
-        f"/api/v1/bank-transfers/{transfer['reference']}/confirm",
-        {"amount_minor": 150_000, "note": "seen"},
-        token=clinic.staff_token,
-        expect=200,
-    )
+    await confirm_in_full(api, clinic, transfer)
     text = await api.get(path, expect=200)
     assert 'data-i18n="bank.paid.title"' in text
     assert IBAN not in text
@@ -810,10 +799,7 @@ async def test_the_patients_page_shows_the_account_and_the_reference(api: Api) -
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium")
 async def test_the_page_reads_in_urdu_in_a_browser(api: Api) -> None:
-    _, doctor = await setup(api)
-    token, patient = await anon_patient(api)
-    booking = await held_booking(api, doctor, patient)
-    transfer = await start(api, token, booking)
+    _, _, _, transfer = await started(api)
     page = urlsplit(transfer["page_url"])
     url = str(api.client.make_url(f"{page.path}?{page.query}&lang=ur"))
 

@@ -280,16 +280,24 @@ async def lapse(api: Api, booking: str) -> None:
     )
 
 
+async def paid_after_the_hold_lapsed(api: Api) -> tuple[Clinic, str, str, dict[str, Any]]:
+    """A patient pays by EasyPaisa's hosted checkout but the IPN is held
+    back and the booking lapses meanwhile: (clinic, patient token, booking
+    id, payment)."""
+    clinic, _, token, booking = await flow.setting_up(api)
+    flow.sim(api).core.deliver_ipn = False
+    payment = await start_payment(api, token, booking, gateway="easypaisa")
+    await flow.hosted_checkout(api, payment)
+    await lapse(api, booking)
+    return clinic, token, booking, payment
+
+
 async def test_payment_after_the_hold_lapsed_is_owed_back_and_the_ipn_acknowledged(
     served: Api,
 ) -> None:
     api = served
-    clinic, _, token, booking = await flow.setting_up(api)
-    flow.sim(api).core.deliver_ipn = False
-    payment = await start_payment(api, token, booking, gateway="easypaisa")
+    clinic, token, _, payment = await paid_after_the_hold_lapsed(api)
     reference = payment["checkout"]["fields"]["orderRefNum"]
-    await flow.hosted_checkout(api, payment)
-    await lapse(api, booking)
 
     ack = await flow.ipn(api, reference, 200)
     assert (ack["duplicate"], ack["status"]) == (False, "cancelled")
@@ -364,12 +372,8 @@ async def test_money_for_a_payment_closed_already_is_owed_back_once(served: Api)
     money came: the payment stays closed and the money is owed back, once,
     however often EasyPaisa reports it."""
     api = served
-    clinic, _, token, booking = await flow.setting_up(api)
-    flow.sim(api).core.deliver_ipn = False
-    payment = await start_payment(api, token, booking, gateway="easypaisa")
+    clinic, token, _, payment = await paid_after_the_hold_lapsed(api)
     reference = payment["checkout"]["fields"]["orderRefNum"]
-    await flow.hosted_checkout(api, payment)
-    await lapse(api, booking)
     await pool_of(api).execute(
         "UPDATE payment_intents SET status = 'cancelled' WHERE id = $1", uuid.UUID(payment["id"])
     )
@@ -410,11 +414,7 @@ async def test_the_inquiry_round_settles_late_money_once_then_stops_asking(serve
     """The IPN was lost and the hold lapsed: the round finds the money, owes
     it back, and the payment leaves 'processing', so no round asks again."""
     api = served
-    clinic, _, token, booking = await flow.setting_up(api)
-    flow.sim(api).core.deliver_ipn = False
-    payment = await start_payment(api, token, booking, gateway="easypaisa")
-    await flow.hosted_checkout(api, payment)
-    await lapse(api, booking)
+    clinic, _, booking, payment = await paid_after_the_hold_lapsed(api)
 
     async def round_() -> int | None:
         return await easypaisa_round.run_round(

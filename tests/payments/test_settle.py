@@ -37,6 +37,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _settle(conn: asyncpg.Connection, event: WebhookEvent) -> Awaitable[settle.Settled | None]:
+    """Settle a sandbox webhook as the webhook path does, with no commission."""
+    return settle.settle(
+        conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
+    )
+
+
 async def _paid_event(api: Api, doctor: Doctor) -> tuple[str, dict[str, Any], WebhookEvent]:
     """A live payment of a held booking, and the verified webhook saying it
     was paid: (booking id, payment, event)."""
@@ -142,14 +149,7 @@ async def test_one_statement_writes_what_the_general_path_writes(api: Api, from_
         )
     registry = api.app[service.GATEWAYS]
     async with pool.acquire() as conn:
-        done = await settle.settle(
-            conn,
-            "sandbox",
-            short[2],
-            service.Verdict.of_webhook(short[2]),
-            default_bp=0,
-            now=_now(),
-        )
+        done = await _settle(conn, short[2])
         assert done == settle.Settled(False, uuid.UUID(short[1]["id"]), "succeeded")
         outcome = await service._apply_webhook(
             conn, registry, registry.get("sandbox"), general[2], 0
@@ -176,23 +176,9 @@ async def test_one_statement_writes_what_the_general_path_writes(api: Api, from_
     assert [e["amount_minor"] for e in one["ledger"]] == [fee, -(fee - platform), -platform]
     # A second delivery of either is a duplicate, found by the read alone.
     async with pool.acquire() as conn:
-        again = await settle.settle(
-            conn,
-            "sandbox",
-            short[2],
-            service.Verdict.of_webhook(short[2]),
-            default_bp=0,
-            now=_now(),
-        )
+        again = await _settle(conn, short[2])
         assert again == settle.Settled(True)
-        again = await settle.settle(
-            conn,
-            "sandbox",
-            general[2],
-            service.Verdict.of_webhook(general[2]),
-            default_bp=0,
-            now=_now(),
-        )
+        again = await _settle(conn, general[2])
         assert again == settle.Settled(True)
 
 
@@ -220,11 +206,7 @@ async def _meanwhile(
         tx = other.transaction()
         await tx.start()
         await other.execute(lock_sql, key)
-        task: Awaitable[settle.Settled | None] = asyncio.ensure_future(
-            settle.settle(
-                conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
-            )
-        )
+        task: Awaitable[settle.Settled | None] = asyncio.ensure_future(_settle(conn, event))
         await _blocked_on_a_lock(pool)
         if change:
             await other.execute(change, key)
@@ -292,11 +274,7 @@ async def test_the_same_delivery_landing_meanwhile_aborts_the_whole_statement(ap
         tx = other.transaction()
         await tx.start()
         await other.execute("SELECT 1 FROM payment_intents WHERE id = $1 FOR UPDATE", pid)
-        task = asyncio.ensure_future(
-            settle.settle(
-                conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
-            )
-        )
+        task = asyncio.ensure_future(_settle(conn, event))
         await _blocked_on_a_lock(pool)
         await pool.execute(
             "INSERT INTO webhook_events (gateway, event_id, payload) VALUES ('sandbox', $1, '{}')",
@@ -322,39 +300,19 @@ async def test_what_is_not_the_common_case_is_left_to_the_general_path(api: Api)
         payment = await start_payment(api, token, booking)
         body, headers = paid_webhook(api, payment, paid=False)
         declined = await gw.parse_webhook(body, headers, _now())
-        assert (
-            await settle.settle(
-                conn,
-                "sandbox",
-                declined,
-                service.Verdict.of_webhook(declined),
-                default_bp=0,
-                now=_now(),
-            )
-            is None
-        )
+        assert await _settle(conn, declined) is None
         # A booking no longer held when read.
         booking, payment, event = await _paid_event(api, doctor)
         await pool.execute(
             "UPDATE bookings SET status = 'cancelled' WHERE id = $1", uuid.UUID(booking)
         )
-        assert (
-            await settle.settle(
-                conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
-            )
-            is None
-        )
+        assert await _settle(conn, event) is None
         # Another amount than the intent's.
         booking, payment, event = await _paid_event(api, doctor)
         await pool.execute(
             "UPDATE payment_intents SET amount_minor = amount_minor + 1 WHERE id = $1",
             uuid.UUID(payment["id"]),
         )
-        assert (
-            await settle.settle(
-                conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
-            )
-            is None
-        )
+        assert await _settle(conn, event) is None
         assert await status_of(api, payment["id"]) == "processing"
     assert await pool.fetchval("SELECT count(*) FROM ledger_transactions") == 0

@@ -22,7 +22,7 @@ from aiohttp import web
 from bin.assembly import build_app, retention_rules
 from privacy import retention
 from tests.booking.factories import make_clinic, make_doctor
-from tests.chat.conftest import make_patient
+from tests.chat.conftest import make_booking, make_patient
 from tests.conftest import Api
 from wadud import keys
 from wadud.config import Settings
@@ -54,19 +54,7 @@ _slot = iter(range(1, 1000))
 async def _booking(pool: asyncpg.Pool, doctor_id: str, patient_id: str) -> str:
     """An accepted booking of the doctor, each at a time of its own."""
     start = dt.datetime.now(dt.UTC).replace(microsecond=0) + next(_slot) * DAY
-    end = start + dt.timedelta(minutes=20)
-    bid = await pool.fetchval(
-        """INSERT INTO bookings (clinic_id, doctor_id, doctor_key, patient_id, type, starts_at,
-               ends_at, blocked, status, price_minor, currency)
-           SELECT d.clinic_id, d.id, d.key, $2, 'video', $3, $4, tstzrange($3, $4), 'accepted',
-                  d.fee_minor, d.currency
-           FROM doctors d WHERE d.id = $1 RETURNING id""",
-        uuid.UUID(doctor_id),
-        uuid.UUID(patient_id),
-        start,
-        end,
-    )
-    return str(bid)
+    return await make_booking(pool, doctor_id, patient_id, start)
 
 
 async def _conversation(api: Api, doctor: Any, *, attach: bool) -> tuple[str, str | None]:
