@@ -424,9 +424,25 @@ class Bench:
             "redis_commands_per_second_by_type": by_type,
             "redis_cpu_per_second": round(m.redis_cpu / secs, 4),
             "replica_cpu_per_second": {r: round(c / secs, 4) for r, c in m.cpu.items()},
-            "redis_memory_bytes_per_room": round((mem1 - mem0) / max(owned, 1)),
+            # used_memory moves with whatever earlier phases freed; the keys'
+            # own MEMORY USAGE is the steadier figure (a sample of rooms).
+            "redis_used_memory_delta_per_room": round((mem1 - mem0) / max(owned, 1)),
+            "redis_memory_bytes_per_room": await self._room_key_bytes(),
             "replica_rss_bytes_per_room": round((rss_bytes(self.pids["A"]) - rss0) / max(owned, 1)),
         }
+
+    async def _room_key_bytes(self, sample: int = 50) -> int:
+        """Mean MEMORY USAGE of a held room's keys: owner lease, snapshot, placement."""
+        total = 0
+        for i in range(sample):
+            room = f"h-{self.run_id}-{i}"
+            for key in (
+                f"wadud:call:room:{room}:owner",
+                f"wadud:call:room:{room}:state",
+                f"wadud:room:{room}:media:{REGION}",
+            ):
+                total += int(await self.redis.memory_usage(key) or 0)
+        return round(total / sample)
 
     async def _owned_by_a(self) -> int:
         owned = 0
