@@ -41,6 +41,8 @@ __all__ = ["WATCH_INTERVAL", "Host", "Replicas"]
 
 #: Seconds between the cluster watcher's rounds (leases, dead replicas and workers).
 WATCH_INTERVAL = 1.0
+#: After a Redis outage, absences prove no death for this many owner leases.
+SETTLE_FACTOR = 2
 
 TAKEOVERS = Counter(
     "wadud_call_room_takeovers", "Rooms this replica took over from a replica that died."
@@ -107,6 +109,10 @@ class Replicas:
         self._watch_now = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        #: Until when (monotonic) a missing key or subscriber proves nobody
+        #: dead, after Redis came back from an outage (see :meth:`_settling`).
+        self._settle_until = 0.0
+        self._redis_failed = False
 
     # -- life ------------------------------------------------------------------
 
@@ -435,10 +441,26 @@ class Replicas:
             try:
                 await self._watch_once()
             except Exception as exc:
+                self._redis_failed = True
                 log.warning("cluster watch failed: %s", exc)
+
+    def _settling(self, now: float) -> bool:
+        """Whether Redis came back from an outage too recently for a missing
+        key or subscriber to mean a death. A Redis that restarted empty, or a
+        replica the sentinels promoted, knows none of the subscriptions and
+        may lack the heartbeat keys written while it was away: every replica
+        and media worker writes its key again within a heartbeat and
+        subscribes again within the bus's reconnect backoff (2 s at most).
+        Until then a room's worker and its participants on other replicas are
+        kept; a worker that drains still moves at once."""
+        if self._redis_failed:
+            self._redis_failed = False
+            self._settle_until = now + SETTLE_FACTOR * self.cluster.lease
+        return now < self._settle_until
 
     async def _watch_once(self) -> None:
         lost = await self.cluster.renew(list(self._rooms))
+        settling = self._settling(time.monotonic())
         for name in lost:
             room = self._rooms.get(name)
             if room is None:
@@ -448,13 +470,15 @@ class Replicas:
                 # Redis was away): keep the room and write its snapshot again.
                 log.warning("call room lease renewed after a gap", extra={"room": name})
                 self.mark(room)
+                # Redis forgot a lease it should hold: it forgot the others' too.
+                self._redis_failed = True
             else:
                 log.warning("lost the lease of a call room; another replica has it")
                 self._host.drop_room(room, forget=False)
         await self._sites.refresh()
         # Replicas whose clients are in our rooms: a dead one's are detached.
         replicas = {c.replica for c in self.remote.values()}
-        if replicas:
+        if replicas and not settling:
             alive = await self.cluster.alive(replicas)
             for conn in [c for c in self.remote.values() if c.replica not in alive]:
                 self._host.disconnected(conn)
@@ -469,4 +493,4 @@ class Replicas:
                 and await self.cluster.owner(name) is None
             ):
                 await self.own(name)
-        await self._sites.check_media()
+        await self._sites.check_media(trust_absence=not settling)

@@ -350,10 +350,12 @@ class Sites(Generic[R]):
                 [(name, region) for name, r in self._rooms.items() for region in r.sites]
             )
 
-    async def check_media(self) -> None:
+    async def check_media(self, *, trust_absence: bool = True) -> None:
         """Sites whose worker died (its registry entry expired, its incarnation
         changed, or nobody listens on its control channel) or drains move to
-        another worker."""
+        another worker. Without ``trust_absence`` (Redis has just come back
+        from an outage: entries and subscriptions are being written again)
+        only a draining worker's sites move."""
         if self.placement is None:
             return
         sites = [(room, site) for room in self._rooms.values() for site in room.sites.values()]
@@ -384,6 +386,8 @@ class Sites(Generic[R]):
                 verdicts[at] = "media-lost"
         for room, site in sites:
             reason = verdicts.get(site.placed)
+            if reason == "media-lost" and not trust_absence:
+                continue
             current = self._rooms.get(room.name) is room and room.sites.get(site.region) is site
             if reason is not None and current:
                 await self.move(room, site, reason)
