@@ -1,5 +1,5 @@
 """Measurement helpers every benchmark uses: free loopback ports, a process's
-CPU time, the kernel's UDP receive-buffer drops. Scripts run standalone
+CPU time (alone or with its children), the kernel's UDP receive-buffer drops. Scripts run standalone
 (``python benchmarks/X/run.py``) put the repository root on ``sys.path``
 before importing this."""
 
@@ -21,6 +21,22 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and its direct children alive now (a role and
+    its workers, PostgreSQL's postmaster and its backends)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == root or int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def udp_rcvbuf_errors() -> int:

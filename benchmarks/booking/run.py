@@ -80,7 +80,7 @@ from benchmarks.booking.mix import (  # noqa: E402
     mix_results,
     staff_tokens,
 )
-from benchmarks.common import cpu_seconds, free_port  # noqa: E402
+from benchmarks.common import cpu_seconds, free_port, tree_cpu_seconds  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SPECIALTIES = ["general", "cardiology", "dermatology", "pediatrics", "psychiatry", "gynecology"]
@@ -192,17 +192,7 @@ def postgres_cpu_seconds(data_dir: Path) -> float:
     pm = postmaster_pid(data_dir)
     if pm is None:
         return 0.0
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text.rsplit(")", 1)[1].split()
-        pid = int(stat.parent.name)
-        if pid == pm or int(fields[1]) == pm:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return tree_cpu_seconds(pm)
 
 
 def database_url(data_dir: Path) -> str:

@@ -39,27 +39,12 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port  # noqa: E402
+from benchmarks.common import cpu_seconds, free_port, tree_cpu_seconds  # noqa: E402
 from wadud import auth, db, migrate  # noqa: E402
 from wadud.config import Settings  # noqa: E402
 from wadud.principal import Principal, Role  # noqa: E402
 
 SECRET = "bench-secret-" + "z" * 40
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of ``root`` and its children (PostgreSQL's backends)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == root or int(fields[1]) == root:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 def pct(values: list[float], p: float) -> float:

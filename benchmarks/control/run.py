@@ -62,7 +62,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port  # noqa: E402
+from benchmarks.common import free_port, tree_cpu_seconds  # noqa: E402
 from benchmarks.control.clients import Client, ClientError, room_token  # noqa: E402
 from benchmarks.control.fleet import Fleet  # noqa: E402
 from signalling.placement import Placement  # noqa: E402
@@ -74,22 +74,6 @@ REGION = "pk"
 
 
 # -- measuring ---------------------------------------------------------------------------
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of ``root`` and its direct children."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == root or int(fields[1]) == root:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def rss_bytes(pid: int) -> int:
