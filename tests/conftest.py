@@ -68,6 +68,7 @@ BUSY = {
         "tests/sfu/test_red_call.py",
         "tests/turn/test_turn_bench.py",
         "tests/sfu/test_bench_smoke.py",
+        "tests/signalling/test_bench_control.py",
         "tests/test_regions.py",
         "tests/signalling/test_sentinel_call.py",
     ),
