@@ -460,7 +460,6 @@ class Replicas:
 
     async def _watch_once(self) -> None:
         lost = await self.cluster.renew(list(self._rooms))
-        settling = self._settling(time.monotonic())
         for name in lost:
             room = self._rooms.get(name)
             if room is None:
@@ -475,6 +474,8 @@ class Replicas:
             else:
                 log.warning("lost the lease of a call room; another replica has it")
                 self._host.drop_room(room, forget=False)
+        # After the leases: one found missing above starts the settling too.
+        settling = self._settling(time.monotonic())
         await self._sites.refresh()
         # Replicas whose clients are in our rooms: a dead one's are detached.
         replicas = {c.replica for c in self.remote.values()}
