@@ -25,8 +25,9 @@ Messages (JSON):
   ``{"worker", "incarnation", "lifecycle": "ready" | "draining" | "stopped"}``.
 
 Pub/sub delivers to whoever listens now, so "nobody listens" is visible at
-once: PUBLISH of a request returning 0 means the worker is gone
-(:class:`MediaUnavailable` without waiting). A worker that listens but does
+once: PUBLISH of a request returning 0 means the worker is gone, or is
+subscribing again after a Redis restart or failover; the request is sent
+again for :data:`RESUBSCRIBE_GRACE` before :class:`MediaUnavailable`. A worker that listens but does
 not answer (frozen, overloaded) costs the caller ``timeout`` seconds. Both
 subscriptions are :mod:`wadud.bus`'s, which resubscribe after a Redis restart;
 a request whose reply was lost meanwhile times out.
@@ -78,6 +79,9 @@ __all__ = [
 log = logging.getLogger("wadud.sfu.rpc")
 
 EVENTS = "wadud:media:events"
+#: Seconds a request is sent again while its worker does not listen: the
+#: bus's resubscribe backoff (2 s at most, wadud.bus) and a margin.
+RESUBSCRIBE_GRACE = 3.0
 Lifecycle = Literal["ready", "draining", "stopped"]
 Listener = Callable[[str, str, "MediaEvent | str"], None]
 """``listener(worker id, incarnation, event or lifecycle word)``."""
@@ -237,12 +241,7 @@ class MediaClient:
             "reply_to": self.reply_to,
         }
         try:
-            try:
-                listeners = await self.redis.publish(control_channel(wid), encode(message))
-            except (RedisError, OSError) as exc:
-                raise MediaUnavailable(f"media worker {wid}: redis: {exc}") from exc
-            if not listeners:
-                raise MediaUnavailable(f"media worker {wid} is not listening")
+            await self._publish(wid, encode(message), fut)
             try:
                 async with asyncio.timeout(self.timeout):
                     reply: Mapping[str, Any] = await fut
@@ -257,6 +256,29 @@ class MediaClient:
             return reply.get("result")
         _raise(wid, reply.get("error") or {})
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _publish(self, wid: str, payload: str, fut: asyncio.Future[Any]) -> None:
+        """Publish a request to the worker's control channel. Nobody listening,
+        or Redis failing, is tried again for :data:`RESUBSCRIBE_GRACE`: after a
+        Redis restart or failover a live worker listens again only once its
+        subscription has come back (the bus's reconnect backoff), and a
+        request nobody received is safe to send again. A worker declared gone
+        meanwhile (:meth:`abandon`) ends the wait at once."""
+        deadline = asyncio.get_running_loop().time() + RESUBSCRIBE_GRACE
+        delay = 0.05
+        while True:
+            try:
+                if await self.redis.publish(control_channel(wid), payload):
+                    return
+                failure = f"media worker {wid} is not listening"
+            except (RedisError, OSError) as exc:
+                failure = f"media worker {wid}: redis: {exc}"
+            if fut.done():
+                fut.result()  # abandoned: raises MediaUnavailable("... is gone")
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise MediaUnavailable(failure)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.4)
 
     async def _read(self) -> None:
         assert self._subscription is not None

@@ -15,6 +15,7 @@ from rtc.errors import SdpError
 from rtc.sdp import SessionDescription
 from sfu.control import ConnectionQuality, MediaControl, Restart, TrackInfo
 from sfu.errors import SfuStateError
+from sfu.rpc import MediaUnavailable
 from signalling import errors, protocol
 from signalling.lane import MediaLane
 from signalling.room import Room, State
@@ -22,6 +23,11 @@ from signalling.sites import Site
 
 log = logging.getLogger("wadud.signalling")
 T = TypeVar("T")
+
+#: A subscribe negotiation that finds no media worker is tried again this
+#: many times, after 1, 2, 4, ... seconds.
+UNAVAILABLE_RETRIES = 4
+UNAVAILABLE_BACKOFF = 1.0
 
 __all__ = ["CallRoom", "Peer", "Subscriber", "offer_tracks"]
 
@@ -55,6 +61,8 @@ class Subscriber:
         #: How the next offer renews the transport: new ICE credentials, or a
         #: new transport (sfu.control.MediaControl.subscribe).
         self.renew: Restart | None = None
+        #: Negotiations in a row that found no media worker.
+        self.unavailable = 0
         self._task: asyncio.Task[None] | None = None
 
     def kick(self) -> None:
@@ -111,7 +119,7 @@ class Subscriber:
                 except SdpError as exc:
                     log.warning("subscribe offer for %s failed: %s", self.pid, exc)
                     continue
-                self.asked, self.force = ids, False
+                self.asked, self.force, self.unavailable = ids, False, 0
                 if self.renew == renew:
                     self.renew = None
                 if sdp is None or self.closed:
@@ -120,8 +128,23 @@ class Subscriber:
                 self.room.send_to(self.pid, self.offer)
                 # A replica that takes the room over sends it again on a resume.
                 self.room.changed()
-        except errors.MediaUnavailable:
-            log.warning("no media worker: cannot offer tracks to %s", self.pid)
+        except (errors.MediaUnavailable, MediaUnavailable) as exc:
+            # The room's worker is gone (its site moves and renegotiates
+            # everyone) or did not listen for a while (Redis failed over):
+            # ask again later, a few times, rather than leave this
+            # participant without the tracks it wants.
+            self.unavailable += 1
+            retry = self.unavailable <= UNAVAILABLE_RETRIES
+            log.warning(
+                "no media worker: cannot offer tracks to %s (%s)%s",
+                self.pid,
+                exc,
+                "; trying again" if retry else "",
+            )
+            if retry:
+                self.force = True
+                delay = UNAVAILABLE_BACKOFF * 2 ** (self.unavailable - 1)
+                asyncio.get_running_loop().call_later(delay, self.kick)
         except Exception:
             log.exception("subscribe negotiation for %s failed", self.pid)
         finally:

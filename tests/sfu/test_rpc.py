@@ -25,7 +25,14 @@ from rtc.errors import SdpError
 from sfu import registry
 from sfu.control import ActiveSpeaker, MediaEvent, TransportState, event_from_dict, event_to_dict
 from sfu.errors import SfuStateError
-from sfu.rpc import EVENTS, MediaClient, MediaServer, MediaUnavailable, RemoteMedia
+from sfu.rpc import (
+    EVENTS,
+    RESUBSCRIBE_GRACE,
+    MediaClient,
+    MediaServer,
+    MediaUnavailable,
+    RemoteMedia,
+)
 from sfu.worker import MediaWorker
 from tests.sfu.conftest import wait_until
 
@@ -179,11 +186,42 @@ async def test_remote_listener_hears_only_its_worker(
     assert ("elsewhere-0", "x", ActiveSpeaker(ROOM, "a")) in heard.items
 
 
-async def test_nobody_listening_fails_at_once(redis: aioredis.Redis) -> None:
+async def test_nobody_listening_fails_after_the_resubscribe_grace(redis: aioredis.Redis) -> None:
+    """Not the request timeout: a worker nobody hears is given up once a
+    subscription lost to a Redis failover would have come back."""
     async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=10.0) as client:
         began = time.monotonic()
         with pytest.raises(MediaUnavailable, match="not listening"):
             await client.remote("gone-0", "inc").ping()
+        assert RESUBSCRIBE_GRACE - 0.5 < time.monotonic() - began < RESUBSCRIBE_GRACE + 1.0
+
+
+async def test_a_worker_listening_again_within_the_grace_gets_the_request(
+    worker: MediaWorker, redis: aioredis.Redis
+) -> None:
+    """As after a Redis failover: the request is made while the worker's
+    subscription is still coming back, and is answered once it is."""
+    wid, incarnation = "late" + secrets.token_hex(3) + "-0", secrets.token_hex(8)
+    server = MediaServer(redis, worker, wid, incarnation, info=lambda: {"load": 1})
+    async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=5.0) as client:
+        ping = asyncio.create_task(client.remote(wid, incarnation).ping())
+        await asyncio.sleep(1.0)
+        assert not ping.done()
+        await server.start()
+        try:
+            assert (await ping)["worker"] == wid
+        finally:
+            await server.close()
+
+
+async def test_a_worker_declared_gone_ends_the_wait(redis: aioredis.Redis) -> None:
+    async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=10.0) as client:
+        ping = asyncio.create_task(client.remote("dead-0", "inc").ping())
+        await asyncio.sleep(0.5)
+        began = time.monotonic()
+        client.abandon("dead-0", "inc")
+        with pytest.raises(MediaUnavailable, match="gone"):
+            await ping
         assert time.monotonic() - began < 1.0
 
 
