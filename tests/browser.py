@@ -341,9 +341,14 @@ class Browsers:
         self.pages: list[Page] = []
 
     async def open(self, name: str, url: str, *flags: str) -> Page:
-        profile = self.work / f"chrome-{name}"
+        # A name opened again (a scenario run again) gets a fresh profile.
+        n = sum(1 for p in self.pages if p.name == name)
+        profile = self.work / (f"chrome-{name}" if not n else f"chrome-{name}-{n}")
+        while profile.exists():
+            n += 1
+            profile = self.work / f"chrome-{name}-{n}"
         profile.mkdir(parents=True)
-        log = _log_fd(self.work / f"chrome-{name}.log")
+        log = _log_fd(profile.with_name(profile.name + ".log"))
         proc = await asyncio.create_subprocess_exec(
             CHROMIUM, *FLAGS, *flags, f"--user-data-dir={profile}", url,
             stdout=asyncio.subprocess.DEVNULL,
@@ -377,13 +382,19 @@ class Browsers:
         return page
 
     async def close(self) -> None:
-        for page in self.pages:
-            with contextlib.suppress(Exception):
-                await page.cdp.ws.close()
-            await page.http.close()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(page.proc.pid, signal.SIGKILL)
-            await page.proc.wait()
+        for page in list(self.pages):
+            await self.close_page(page)
+
+    async def close_page(self, page: Page) -> None:
+        """End one page's browser (its profile stays, for its logs)."""
+        if page in self.pages:
+            self.pages.remove(page)
+        with contextlib.suppress(Exception):
+            await page.cdp.ws.close()
+        await page.http.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(page.proc.pid, signal.SIGKILL)
+        await page.proc.wait()
 
 
 async def join(page: Page, expect: str = "joined") -> None:

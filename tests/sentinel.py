@@ -38,6 +38,24 @@ class Group:
     primary_port: int
     replica_port: int
     sentinel_ports: list[int]
+    work: Path
+    #: Every process started, stopped by :func:`sentinels` at its end.
+    procs: list[subprocess.Popen[bytes]]
+    #: The redis-server processes by port.
+    servers: dict[int, subprocess.Popen[bytes]]
+
+    def restore(self) -> None:
+        """After a failover (the primary killed, the replica promoted): the
+        killed one back as the new primary's replica, so the group can fail
+        over again (a test run again on the same group)."""
+        if self.primary.poll() is None:
+            return
+        killed, promoted = self.primary_port, self.replica_port
+        self.servers[killed] = _redis(killed, self.work, promoted)
+        self.procs.append(self.servers[killed])
+        _until_synced(killed)
+        self.primary_port, self.replica_port = promoted, killed
+        self.primary = self.servers[promoted]
 
     @property
     def url(self) -> str:
@@ -56,28 +74,9 @@ def sentinels(work: Path) -> Iterator[Group]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         primary_port, replica_port = free_port(), free_port()
-        common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        primary = _start(
-            [str(REDIS_SERVER), "--port", str(primary_port), "--dir", str(work), *common],
-            work / "primary.log",
-        )
-        procs.append(primary)
-        procs.append(
-            _start(
-                [
-                    str(REDIS_SERVER),
-                    "--port",
-                    str(replica_port),
-                    "--dir",
-                    str(work),
-                    "--replicaof",
-                    "127.0.0.1",
-                    str(primary_port),
-                    *common,
-                ],
-                work / "replica.log",
-            )
-        )
+        primary = _redis(primary_port, work)
+        servers = {primary_port: primary, replica_port: _redis(replica_port, work, primary_port)}
+        procs.extend(servers.values())
         # Sentinels learn of replicas from the primary's INFO, which they ask
         # for at once and then every 10 s: start them once the replica is in.
         _until_synced(replica_port)
@@ -93,7 +92,7 @@ def sentinels(work: Path) -> Iterator[Group]:
                 f"sentinel failover-timeout {SERVICE} 5000\n"
             )
             procs.append(_start([str(REDIS_SENTINEL), str(conf)], work / f"sentinel{i}.log"))
-        yield Group(primary, primary_port, replica_port, sentinel_ports)
+        yield Group(primary, primary_port, replica_port, sentinel_ports, work, procs, servers)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -104,6 +103,15 @@ def sentinels(work: Path) -> Iterator[Group]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+def _redis(port: int, work: Path, replica_of: int | None = None) -> subprocess.Popen[bytes]:
+    """A redis-server on ``port``, a replica of ``replica_of`` if given."""
+    args = [str(REDIS_SERVER), "--port", str(port), "--dir", str(work)]
+    args += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    if replica_of is not None:
+        args += ["--replicaof", "127.0.0.1", str(replica_of)]
+    return _start(args, work / f"redis-{port}.log")
 
 
 def _until_synced(replica_port: int) -> None:
