@@ -509,7 +509,14 @@ class WorkerLayers(WorkerControl):
                 index = w.layers[0].index
             elif current is not None and index < current and best is not None and best > index:
                 congested = True
-            elif current is not None and index > current and now - state.downgraded_at < HOLD:
+            elif (
+                current is not None
+                and index > current
+                and now - state.downgraded_at < HOLD
+                and any(x.index == current for x in w.layers)
+            ):
+                # Hold the layer taken after congestion, while its publisher
+                # still sends it (a loaded encoder drops its top layers).
                 index = current
             sending += _bitrate(w, index) / HEADROOM
             self._set(peer, tracks[tid], index, now)

@@ -161,6 +161,12 @@ class _WorkerCollector(Collector):
             dropped.add_metric([key], value)
         for key, value in sorted(merged_totals.items()):
             totals.add_metric([key], value)
+        failed = CounterMetricFamily(
+            "sfu_timer_rounds_failed",
+            "Rounds of a worker's RTCP timer (reports, feedback, layer choices) that"
+            " raised; each is logged with its traceback, and the timer goes on.",
+        )
+        failed.add_metric([], sum(s.get("timer_failures", 0) for s in snapshots))
 
         # No room, booking or participant names as label values: they name
         # live consultations to whoever can read /metrics, and a series per
@@ -229,6 +235,7 @@ class _WorkerCollector(Collector):
         yield dropped
         yield paths
         yield totals
+        yield failed
         yield participants
         yield tracks
         yield peers

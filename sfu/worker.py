@@ -214,6 +214,8 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         self.bandwidth = BandwidthFeedback()
         """transport-cc or REMB to every publisher transport that negotiated one."""
         self.counters: Counter[str] = Counter()
+        #: RTCP timer rounds that raised (sfu_timer_rounds_failed).
+        self.timer_failures = 0
         """Datagrams dropped by the worker itself, by reason (metrics: ``sfu_dropped_total``)."""
         self.paths: Counter[str] = Counter()
         """Path changes of peer transports, by event (metrics: ``sfu_path_changes_total``)."""
@@ -909,19 +911,27 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         due = self._rtcp_when
         self._rtcp_timer = self._rtcp_when = None
         now = self._now() if due is None else max(self._now(), due)
-        when = self.reports.get_timer()
-        if when is not None and when <= now:
-            for key, compound in self.reports.handle_timer(now):
-                self._send_rtcp(cast(Peer, key), compound)
-        when = self.bandwidth.get_timer()
-        if when is not None and when <= now:
-            feedback = self.bandwidth.handle_timer(now)
-            if feedback:
-                self._send_feedback(feedback)
-        when = self._layers_due()
-        if when is not None and when <= now:
-            self._layers_tick(now)
-        self._soon_rtcp()
+        # A round that fails (a bug) is counted and logged, and the timer is
+        # armed again: every call on the worker lives on its reports,
+        # feedback and layer choices.
+        try:
+            when = self.reports.get_timer()
+            if when is not None and when <= now:
+                for key, compound in self.reports.handle_timer(now):
+                    self._send_rtcp(cast(Peer, key), compound)
+            when = self.bandwidth.get_timer()
+            if when is not None and when <= now:
+                feedback = self.bandwidth.handle_timer(now)
+                if feedback:
+                    self._send_feedback(feedback)
+            when = self._layers_due()
+            if when is not None and when <= now:
+                self._layers_tick(now)
+        except Exception:
+            self.timer_failures += 1
+            log.exception("media worker RTCP round failed", extra={"worker": self.worker_id})
+        finally:
+            self._soon_rtcp()
 
     def _flush_rtcp(self, room: Room) -> None:
         pending = room.forwarder.rtcp_to_send()
@@ -977,6 +987,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             "paths": dict(self.paths),
             "dropped": dict(dropped),
             "totals": dict(totals),
+            "timer_failures": self.timer_failures,
             "transports": len(self._peers),
             "rooms": rooms,
             "relays": relays,

@@ -19,7 +19,7 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from rtc.sdp import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC, SessionDescription
 from sfu.control import LayersWanted, TrackPaused, event_from_dict, event_to_dict
 from sfu.forward import Forwarder
-from sfu.layers import DYNACAST_DELAY, TICK
+from sfu.layers import DYNACAST_DELAY, STALE, TICK
 from sfu.worker import MediaWorker
 
 from .conftest import Events
@@ -391,3 +391,43 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
     now += TICK
     worker._layers_tick(now)
     assert paused()[-1] == (False, "off") and fsub.target is not None
+
+
+async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker) -> None:
+    """After congestion a subscriber is held on its layer for HOLD; when the
+    publisher stops sending that very layer meanwhile (a loaded encoder, or
+    packets late for STALE), the allocation takes a layer that is sent, and
+    the worker's timer round goes on (it raised StopIteration once, which
+    stopped the worker's RTCP for every call on it)."""
+    fp = worker.relay_identity()[1].split(" ", 1)[1]
+    result = await worker.publish(
+        "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
+    )
+    track_id = result.added[0].track_id
+    room: Any = worker._rooms["room"]
+    pub = room.participants["alice"].publish
+    now = worker._now()
+    for index, rid in enumerate("qhf"):
+        worker._route(pub, vp8_packet(LAYERS[index], 1, 0, 1, key=True, ext=rid_ext(rid)), now)
+    await worker.subscribe("room", "bob", [track_id])
+    sub_peer = room.participants["bob"].subscribe
+    section = sub_peer.sections[0]
+    section.negotiated = True
+    section.sub_extensions = {e.uri: e.id for e in section.forwarded.extensions}
+    sub_peer.pending_offer = False
+    sub_peer.reporting = True
+    worker.reports.add_leg(sub_peer, now)
+    worker._apply_subscriptions(sub_peer, now)
+    fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
+    await worker.set_view("room", "bob", track_id, 160, 90, True)
+    assert fsub.target == 0
+    worker._layers_tick(now + TICK)  # every layer measured, seen sending
+    # Then only the upper layers keep coming, and congestion was just now.
+    later = now + 2 * TICK + STALE
+    for index, rid in ((1, "h"), (2, "f")):
+        packet = vp8_packet(LAYERS[index], 2, 3000, 2, key=True, ext=rid_ext(rid))
+        worker._route(pub, packet, later)
+    worker._subscribers[sub_peer].downgraded_at = later
+    await worker.set_view("room", "bob", track_id, 640, 360, True)
+    worker._layers_tick(later)
+    assert fsub.target == 1
