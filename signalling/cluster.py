@@ -24,7 +24,9 @@ room this replica owns), ``gone`` (that client's connection ended), ``out``
 (a frame for a client connected here) and ``close`` (close that client's
 connection). Everything one replica publishes goes out through one ordered
 queue on one connection, so a client sees the owner's frames in the order
-they were sent.
+they were sent. A message sent to a replica nobody hears (its subscription
+coming back after a Redis failover) is held, with everything sent to that
+replica after it, and sent again for :data:`HOLD` seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ ENDED_KEY = "wadud:call:ended:{room}"
 REPLICA_KEY = "wadud:call:replica:{replica}"
 #: How long a room's snapshot outlives its last change, and an ended room's mark.
 STATE_TTL = 24 * 3600
+#: Seconds a message sent to a replica nobody hears is held and sent again
+#: (its subscription coming back after a Redis failover: the bus's 2 s
+#: backoff and a margin), and how often it is tried.
+HOLD = 3.0
+HOLD_RETRY = 0.2
 
 _RENEW = """
 local n = 0
@@ -99,6 +106,8 @@ class Cluster:
         self._lost = redis.register_script(_LOST)
         self._release = redis.register_script(_RELEASE)
         self._out: asyncio.Queue[tuple[str, str, asyncio.Future[int] | None]] = asyncio.Queue()
+        #: Sent messages nobody received yet, by channel: (payload, first tried).
+        self._held: dict[str, list[tuple[str, float]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._handler: Callable[[dict[str, Any]], None] = lambda _m: None
         self._sub: Subscription | None = None
@@ -178,21 +187,75 @@ class Cluster:
 
     async def _publisher(self) -> None:
         while True:
-            batch = [await self._out.get()]
-            while not self._out.empty() and len(batch) < 256:
-                batch.append(self._out.get_nowait())
+            batch = await self._next_batch()
+            await self._retry_held()
+            if not batch:
+                continue
+            # A replica with messages held keeps its order: what follows waits too.
+            now_out = []
+            for channel, payload, fut in batch:
+                if fut is None and channel in self._held:
+                    self._held[channel].append((payload, asyncio.get_running_loop().time()))
+                else:
+                    now_out.append((channel, payload, fut))
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for channel, payload, _ in batch:
+                    for channel, payload, _ in now_out:
                         pipe.publish(channel, payload)
                     counts = await pipe.execute()
             except Exception as exc:
                 log.warning("cluster publish failed", extra={"error": str(exc)})
-                counts = [0] * len(batch)
-            for (_, _, fut), n in zip(batch, counts, strict=True):
-                if fut is not None and not fut.done():
-                    fut.set_result(int(n))
+                counts = [0] * len(now_out)
+            now = asyncio.get_running_loop().time()
+            for (channel, payload, fut), n in zip(now_out, counts, strict=True):
+                if fut is not None:
+                    if not fut.done():
+                        fut.set_result(int(n))
+                elif not n:
+                    self._held.setdefault(channel, []).append((payload, now))
+            for _ in batch:
                 self._out.task_done()
+
+    async def _next_batch(self) -> list[tuple[str, str, asyncio.Future[int] | None]]:
+        """What is queued, up to 256; while messages are held, at most
+        :data:`HOLD_RETRY` later even if nothing is."""
+        if self._out.empty() and self._held:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HOLD_RETRY):
+                    return await self._take()
+            return []
+        return await self._take()
+
+    async def _take(self) -> list[tuple[str, str, asyncio.Future[int] | None]]:
+        batch = [await self._out.get()]
+        while not self._out.empty() and len(batch) < 256:
+            batch.append(self._out.get_nowait())
+        return batch
+
+    async def _retry_held(self) -> None:
+        """Publish held messages again, each replica's in order. A replica's
+        channel with nobody listening (its subscription coming back after a
+        Redis failover or restart) holds what is sent to it, for
+        :data:`HOLD` seconds; then, the replica being gone, it is dropped."""
+        now = asyncio.get_running_loop().time()
+        for channel in list(self._held):
+            held = self._held[channel]
+            try:
+                while held:
+                    if not await self.redis.publish(channel, held[0][0]):
+                        break
+                    held.pop(0)
+            except Exception as exc:
+                log.debug("cluster publish of held messages failed: %s", exc)
+            if held and now - held[0][1] > HOLD:
+                log.warning(
+                    "cluster messages dropped: nobody listened for %g s",
+                    HOLD,
+                    extra={"channel": channel, "messages": len(held)},
+                )
+                held.clear()
+            if not held:
+                del self._held[channel]
 
     # -- ownership ------------------------------------------------------------------
 

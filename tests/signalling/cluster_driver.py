@@ -639,6 +639,10 @@ async def _fail_over(
             )
             await asyncio.sleep(0.3)
 
+    # The fourth browser's start (seconds of CPU) is over and the call flows
+    # again before the freezes are watched.
+    await fourth.wait_for("document.body.dataset.screen === 'prejoin'", "the device check")
+    await receiving(world, pages)
     placed_before = await world.cluster.worker_of(ROOM)
     owner_before = await _owner(world)
     sampler = asyncio.create_task(sample())

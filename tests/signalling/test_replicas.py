@@ -6,17 +6,21 @@ media nodes and browsers is tests/signalling/test_cluster.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from signalling import service
+from signalling.cluster import HOLD, Cluster
 from tests.conftest import Api
+from tests.sfu.conftest import wait_until
 from tests.signalling.test_ws import connect, joined, token
 from wadud import auth
 from wadud.auth import RoomGrant
@@ -122,3 +126,31 @@ async def test_a_replica_going_away_hands_its_rooms_over(replicas: list[Api]) ->
                 assert [p["id"] for p in back["participants"]] == [pj["participant"]["id"]]
                 # The patient, on B all along, saw nobody leave.
                 assert not [f for f in pat.frames if f.get("type") == "participant_left"]
+
+
+async def test_messages_to_a_replica_not_listening_are_held_in_order(redis_server: Any) -> None:
+    """As after a Redis failover, when a replica's subscription is still
+    coming back: what is sent to it meanwhile arrives once it listens, in
+    the order sent; what is sent to a replica that never listens again is
+    dropped after HOLD seconds, and later messages are not held behind it."""
+    redis = aioredis.from_url(redis_server.url)
+    sender = Cluster(redis, lease=3.0, replica_id="api-sender")
+    receiver = Cluster(redis, lease=3.0, replica_id="api-late")
+    heard: list[dict[str, Any]] = []
+    await sender.start(lambda _m: None)
+    try:
+        for i in range(5):
+            sender.send("api-late", {"k": "out", "n": i})
+            sender.send("api-gone", {"k": "out", "n": i})
+        await asyncio.sleep(1.0)
+        await receiver.start(heard.append)
+        for i in range(5, 8):
+            sender.send("api-late", {"k": "out", "n": i})
+        await wait_until(lambda: len(heard) == 8, 5.0)
+        assert [m["n"] for m in heard] == list(range(8))
+        # The gone replica's messages are given up on, not held forever.
+        await wait_until(lambda: "wadud:call:replica:api-gone" not in sender._held, HOLD + 2.0)
+    finally:
+        await receiver.close()
+        await sender.close()
+        await redis.aclose()
