@@ -41,12 +41,17 @@ hypothesis.settings.load_profile("wadud")
 #: runs the suite on four pytest-xdist workers (``--dist loadgroup``) of a
 #: 2-core machine. Tests that drive browsers, aiortc peers, process clusters
 #: or benchmarks each keep a core busy for many seconds: they run in two
-#: groups of about equal length, each on one worker in turn, so no more than
-#: two of them share the machine (four at once starved each other into
-#: timeouts). The other workers take, first, the long tests that mostly wait
-#: (a countdown, a receiver that is down, fuzzing through a server), then
-#: the short rest in order.
+#: groups of about equal length (a and b), each on one worker in turn, so no
+#: more than two of them share the machine (four at once starved each other
+#: into timeouts); the container tests are a third such group. The other
+#: workers take, first, the long tests that mostly wait (a countdown, a
+#: receiver that is down, fuzzing through a server), then the short rest in
+#: order.
 BUSY = {
+    # First, on a worker of its own: a fresh machine builds the container
+    # image here (debootstrap and pip, about five minutes of mostly waiting
+    # on downloads), once for the three modules, beside the two chains below.
+    "deploy": ("tests/deploy/",),
     "a": (
         "tests/signalling/test_visit_journey.py",
         "tests/signalling/test_cluster.py",
@@ -63,7 +68,6 @@ BUSY = {
         "tests/signalling/test_browser_restart.py",
         "tests/signalling/test_client_call.py",
         "tests/signalling/test_browser_call.py",
-        "tests/deploy/test_compose.py",
         "tests/signalling/test_check.py",
         "tests/sfu/test_red_call.py",
         "tests/turn/test_turn_bench.py",

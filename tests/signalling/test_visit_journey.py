@@ -59,7 +59,7 @@ from tests.signalling.test_page_layout import DESKTOP, PHONE, size
 from tests.signalling.test_weak_network import HTTP_PORT, serving
 
 #: How long before its link becomes valid the early patient opens it.
-EARLY = 120.0
+EARLY = 80.0
 
 
 async def run_scenario(

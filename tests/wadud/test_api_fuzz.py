@@ -157,7 +157,7 @@ async def test_fuzz_finds_no_server_errors(
         "--seed",
         "20261122",
         "--max-time",
-        os.environ.get("WADUD_FUZZ_SECONDS", "40"),
+        os.environ.get("WADUD_FUZZ_SECONDS", "25"),
         "--exclude-path",
         "/api/v1/auth/logout",
         "--no-color",
