@@ -158,6 +158,27 @@ def _raise(wid: str, error: Mapping[str, Any]) -> None:
     raise cls(message)
 
 
+async def _heard(redis: Redis, channel: str, payload: str, stop: Callable[[], bool]) -> str | None:
+    """Publish ``payload`` until someone hears it: None once one did, else
+    why not after :data:`RESUBSCRIBE_GRACE` (or at once when ``stop()``).
+    After a Redis restart or failover a live process listens again only
+    once its subscription is back (the bus's reconnect backoff); a message
+    nobody received is safe to send again."""
+    deadline = asyncio.get_running_loop().time() + RESUBSCRIBE_GRACE
+    delay = 0.05
+    while True:
+        try:
+            if await redis.publish(channel, payload):
+                return None
+            failure = "not listening"
+        except (RedisError, OSError) as exc:
+            failure = f"redis: {exc}"
+        if stop() or asyncio.get_running_loop().time() + delay > deadline:
+            return failure
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.4)
+
+
 # --- the caller's side --------------------------------------------------------------------
 
 
@@ -258,27 +279,14 @@ class MediaClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _publish(self, wid: str, payload: str, fut: asyncio.Future[Any]) -> None:
-        """Publish a request to the worker's control channel. Nobody listening,
-        or Redis failing, is tried again for :data:`RESUBSCRIBE_GRACE`: after a
-        Redis restart or failover a live worker listens again only once its
-        subscription has come back (the bus's reconnect backoff), and a
-        request nobody received is safe to send again. A worker declared gone
-        meanwhile (:meth:`abandon`) ends the wait at once."""
-        deadline = asyncio.get_running_loop().time() + RESUBSCRIBE_GRACE
-        delay = 0.05
-        while True:
-            try:
-                if await self.redis.publish(control_channel(wid), payload):
-                    return
-                failure = f"media worker {wid} is not listening"
-            except (RedisError, OSError) as exc:
-                failure = f"media worker {wid}: redis: {exc}"
-            if fut.done():
-                fut.result()  # abandoned: raises MediaUnavailable("... is gone")
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise MediaUnavailable(failure)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.4)
+        """Publish a request to the worker's control channel, sent again for
+        :data:`RESUBSCRIBE_GRACE` while nobody hears it (:func:`_heard`). A
+        worker declared gone meanwhile (:meth:`abandon`) ends the wait at once."""
+        failure = await _heard(self.redis, control_channel(wid), payload, fut.done)
+        if fut.done():
+            fut.result()  # abandoned: raises MediaUnavailable("... is gone")
+        if failure is not None:
+            raise MediaUnavailable(f"media worker {wid}: {failure}")
 
     async def _read(self) -> None:
         assert self._subscription is not None
@@ -551,10 +559,10 @@ class MediaServer:
         self.requests += 1
         if not isinstance(reply_to, str) or not reply_to:
             return
-        try:
-            await self.redis.publish(reply_to, encode(reply))
-        except (RedisError, OSError) as exc:
-            log.warning("media reply not published", extra={"error": repr(exc)})
+        # The caller's reply subscription may be coming back from a failover.
+        failure = await _heard(self.redis, reply_to, encode(reply), lambda: False)
+        if failure is not None:
+            log.warning("media reply not delivered: %s", failure, extra={"op": request.get("op")})
 
     async def _run(self, request: Mapping[str, Any]) -> Any:
         if request.get("incarnation") != self.incarnation:

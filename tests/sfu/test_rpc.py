@@ -260,3 +260,33 @@ async def test_both_sides_survive_a_redis_restart(
         await asyncio.sleep(0.2)
     else:
         pytest.fail("no answer 15 s after Redis came back")
+
+
+async def test_a_reply_waits_for_its_caller_to_listen_again(
+    served: tuple[MediaServer, MediaClient, Heard], redis: aioredis.Redis
+) -> None:
+    """As after a Redis failover, when the worker answers before the API's
+    reply subscription is back: the reply is sent again until it is heard."""
+    server, _, _ = served
+    reply_to = "wadud:media:reply:late-caller"
+    request = {
+        "id": "r1",
+        "incarnation": server.incarnation,
+        "op": "ping",
+        "args": {},
+        "reply_to": reply_to,
+    }
+    await redis.publish(registry.control_channel(server.wid), json.dumps(request))
+    await asyncio.sleep(1.0)
+    caller = redis.pubsub()
+    await caller.subscribe(reply_to)
+    try:
+        reply = None
+        for _ in range(60):
+            msg = await caller.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if msg is not None:
+                reply = json.loads(msg["data"])
+                break
+        assert reply is not None and reply["id"] == "r1" and reply["ok"], reply
+    finally:
+        await caller.aclose()
