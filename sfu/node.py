@@ -383,6 +383,11 @@ class _Slot:
     start_failures: int = 0
     """Processes in a row that could not start for that same reason."""
     start_failures_total: int = 0
+    port_taken: str = ""
+    """Why the port looked taken when the supervisor tried it before the
+    current process started (empty: it was free, or that process is ready).
+    Readiness says so at once; the worker's own bind, an interpreter start
+    later, is what counts the failure."""
 
     @property
     def start_file(self) -> str:
@@ -390,8 +395,10 @@ class _Slot:
 
     def check_started(self) -> None:
         """Forget past start failures once the current process says it is ready."""
-        if self.start_failure and self.process is not None and _read_start(self, 0) is None:
-            self.start_failure, self.start_failures = "", 0
+        if not (self.start_failure or self.port_taken) or self.process is None:
+            return
+        if _read_start(self, 0) is None:
+            self.start_failure, self.start_failures, self.port_taken = "", 0, ""
 
 
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("media_supervisor")
@@ -450,6 +457,9 @@ class Supervisor:
         for path in (slot.metrics_socket, slot.start_file):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        # Seconds before the worker's own bind says so (a fresh interpreter
+        # imports the media stack first, longer on a loaded host).
+        slot.port_taken = _port_taken(self.settings.media_host, slot.port)
         # daemon: if the supervisor itself fails, multiprocessing ends the workers at exit.
         process = self._ctx.Process(
             target=worker_process, args=(spec,), name=f"wadud-media-{slot.wid}", daemon=True
@@ -675,6 +685,9 @@ class Supervisor:
                     failing.append(f"{text} ({slot.start_failures} times in a row)")
                 else:
                     waiting.append(f"{slot.wid} (last start: {slot.start_failure})")
+            elif not ready and slot.port_taken:
+                about["port_taken"] = slot.port_taken
+                waiting.append(f"{slot.wid} ({slot.port_taken})")
             elif not ready:
                 waiting.append(slot.wid)
             workers.append(about)
@@ -694,6 +707,20 @@ class Supervisor:
         out = CollectorRegistry(auto_describe=False)
         out.register(collector)
         return generate_latest(out) + generate_latest(self._registry)
+
+
+def _port_taken(host: str, port: int) -> str:
+    """Why the worker could not bind UDP ``port`` on ``host`` now, as the
+    worker would say it ("" when it could, or ``port`` is 0: any)."""
+    if not port:
+        return ""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot bind UDP port {port} on {host}: {exc.strerror or exc}"
+    return ""
 
 
 def _read_start(slot: _Slot, code: int) -> str | None:
