@@ -255,8 +255,29 @@ class Cdp:
         return dict(reply["result"])
 
 
+class Scripted:
+    """A browser tab that runs script (``eval``) and can wait for a script's
+    answer to become true; Chromium's :class:`Page` and Firefox's page."""
+
+    name: str
+
+    async def eval(self, expression: str) -> Any:
+        raise NotImplementedError
+
+    async def wait_for(self, expression: str, what: str, within: float = 20) -> Any:
+        deadline = time.monotonic() + within
+        while True:
+            with contextlib.suppress(DriverError):
+                value = await self.eval(expression)
+                if value:
+                    return value
+            if time.monotonic() > deadline:
+                raise DriverError(f"{self.name}: {what} did not happen in {within:.0f} s")
+            await asyncio.sleep(0.2)
+
+
 @dataclass
-class Page:
+class Page(Scripted):
     """One participant: a Chromium with one tab, and where to run script in
     it (the tab, or the call page inside its iframe)."""
 
@@ -284,17 +305,6 @@ class Page:
             text = details.get("exception", {}).get("description") or details.get("text")
             raise DriverError(f"{self.name}: {expression[:80]}: {text}")
         return reply["result"].get("value")
-
-    async def wait_for(self, expression: str, what: str, within: float = 20) -> Any:
-        deadline = time.monotonic() + within
-        while True:
-            with contextlib.suppress(DriverError):
-                value = await self.eval(expression)
-                if value:
-                    return value
-            if time.monotonic() > deadline:
-                raise DriverError(f"{self.name}: {what} did not happen in {within:.0f} s")
-            await asyncio.sleep(0.2)
 
     async def snapshot(self) -> dict[str, Any]:
         """What the page shows, for a failure report."""

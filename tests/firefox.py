@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.browser import DriverError
+from tests.browser import DriverError, Scripted
 
 FIREFOX = shutil.which("firefox-esr") or "/usr/bin/firefox-esr"
 #: The address of the veth interface :func:`veth_namespace_command` makes.
@@ -68,7 +68,7 @@ def veth_namespace_command() -> list[str]:
     return ["unshare", *user, "--net", "--", "sh", "-c", f'{setup} && exec "$0" "$@"']
 
 
-class FirefoxPage:
+class FirefoxPage(Scripted):
     """One Firefox with one tab, driven over WebDriver BiDi; ``eval`` and
     ``wait_for`` as on :class:`tests.browser.Page` (values cross as JSON)."""
 
@@ -151,17 +151,6 @@ class FirefoxPage:
             raise DriverError(f"{self.name}: {expression[:80]}: {details.get('text')}")
         value = result.get("result", {}).get("value")
         return None if value is None else json.loads(value)
-
-    async def wait_for(self, expression: str, what: str, within: float = 20) -> Any:
-        deadline = time.monotonic() + within
-        while True:
-            with contextlib.suppress(DriverError):
-                value = await self.eval(expression)
-                if value:
-                    return value
-            if time.monotonic() > deadline:
-                raise DriverError(f"{self.name}: {what} did not happen in {within:.0f} s")
-            await asyncio.sleep(0.2)
 
     async def snapshot(self) -> dict[str, Any]:
         try:

@@ -41,25 +41,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import Api
+from tests.wadud.test_floors import SERVER
 from wadud import keys
 from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The server's packages: each must import with no extra installed.
-SERVER = (
-    "wadud",
-    "bin",
-    "booking",
-    "turn",
-    "chat",
-    "rtc",
-    "sfu",
-    "signalling",
-    "privacy",
-    "notify",
-    "hooks",
-)
 #: What only the ``client`` extra brings.
 CLIENT_ONLY = ("aiortc", "av", "aioice")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc.codecs.vpx import VpxPayloadDescriptor
@@ -254,12 +255,20 @@ async def test_dynacast_never_stops_a_layer_it_has_not_seen(
     assert wanted and wanted[-1].active_rids == ["q", "f"], wanted
 
 
-async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estimate(
-    worker: MediaWorker,
-) -> None:
-    """A subscriber that refused transport-cc never sends its feedback: no
-    estimator for it (nor REMB here), so nothing caps it and the top layer
-    comes, where an estimator that never heard would hold it at 1 Mbit/s."""
+@dataclass
+class Watched:
+    """A Chrome-shaped simulcast publisher whose three layers have each sent
+    a keyframe, and a subscriber to its video, connected enough for the
+    worker to allocate layers to it (no real client)."""
+
+    pub: Any
+    sub_peer: Any
+    fsub: Any
+    track_id: str
+    now: float
+
+
+async def watched(worker: MediaWorker, *, transport_cc: bool = True) -> Watched:
     fp = worker.relay_identity()[1].split(" ", 1)[1]
     result = await worker.publish(
         "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
@@ -274,41 +283,33 @@ async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estima
     sub_peer = room.participants["bob"].subscribe
     section = sub_peer.sections[0]
     section.negotiated = True
+    # As a browser's answer would: every extension offered (transport-cc too,
+    # unless refused).
     section.sub_extensions = {
-        e.uri: e.id for e in section.forwarded.extensions if e.uri != TRANSPORT_CC
+        e.uri: e.id for e in section.forwarded.extensions if transport_cc or e.uri != TRANSPORT_CC
     }
     sub_peer.pending_offer = False
     sub_peer.reporting = True
     worker.reports.add_leg(sub_peer, now)
     worker._apply_subscriptions(sub_peer, now)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
-    assert worker._subscribers[sub_peer].estimator is None
-    assert fsub.target == 2
+    return Watched(pub, sub_peer, fsub, track_id, now)
+
+
+async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estimate(
+    worker: MediaWorker,
+) -> None:
+    """A subscriber that refused transport-cc never sends its feedback: no
+    estimator for it (nor REMB here), so nothing caps it and the top layer
+    comes, where an estimator that never heard would hold it at 1 Mbit/s."""
+    w = await watched(worker, transport_cc=False)
+    assert worker._subscribers[w.sub_peer].estimator is None
+    assert w.fsub.target == 2
 
 
 async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -> None:
-    fp = worker.relay_identity()[1].split(" ", 1)[1]
-    result = await worker.publish(
-        "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
-    )
-    track_id = result.added[0].track_id
-    room: Any = worker._rooms["room"]
-    pub = room.participants["alice"].publish
-    now = worker._now()
-    for index, rid in enumerate("qhf"):
-        worker._route(pub, vp8_packet(LAYERS[index], 1, 0, 1, key=True, ext=rid_ext(rid)), now)
-    # A subscriber's transport, connected enough for allocation (no real client).
-    await worker.subscribe("room", "bob", [track_id])
-    sub_peer = room.participants["bob"].subscribe
-    section = sub_peer.sections[0]
-    section.negotiated = True
-    # As a browser's answer would: every extension offered, transport-cc too.
-    section.sub_extensions = {e.uri: e.id for e in section.forwarded.extensions}
-    sub_peer.pending_offer = False
-    sub_peer.reporting = True
-    worker.reports.add_leg(sub_peer, now)
-    worker._apply_subscriptions(sub_peer, now)
-    fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
+    w = await watched(worker)
+    fsub, track_id = w.fsub, w.track_id
     # No view yet: the best layer the start estimate (1 Mbit/s) carries.
     assert fsub.target == 1
     await worker.set_view("room", "bob", track_id, 160, 90, True)
@@ -334,31 +335,14 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
     with no mute, as a camera turned off) is paused for subscribers as
     ``off``, never ``bandwidth`` (which the page shows as a weak link), and
     resumes when its packets come back."""
-    fp = worker.relay_identity()[1].split(" ", 1)[1]
-    result = await worker.publish(
-        "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
-    )
-    track_id = result.added[0].track_id
-    room: Any = worker._rooms["room"]
-    pub = room.participants["alice"].publish
-    now = worker._now()
+    w = await watched(worker)
+    fsub, track_id, now = w.fsub, w.track_id, w.now
 
     def send(seq: int) -> None:
         for index, rid in enumerate("qhf"):
             packet = vp8_packet(LAYERS[index], seq, seq * 3000, seq, key=True, ext=rid_ext(rid))
-            worker._route(pub, packet, now)
+            worker._route(w.pub, packet, now)
 
-    send(1)
-    await worker.subscribe("room", "bob", [track_id])
-    sub_peer = room.participants["bob"].subscribe
-    section = sub_peer.sections[0]
-    section.negotiated = True
-    section.sub_extensions = {e.uri: e.id for e in section.forwarded.extensions}
-    sub_peer.pending_offer = False
-    sub_peer.reporting = True
-    worker.reports.add_leg(sub_peer, now)
-    worker._apply_subscriptions(sub_peer, now)
-    fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
     assert fsub.target == 1
 
     def paused() -> list[tuple[bool, str]]:
@@ -399,26 +383,8 @@ async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker)
     packets late for STALE), the allocation takes a layer that is sent, and
     the worker's timer round goes on (it raised StopIteration once, which
     stopped the worker's RTCP for every call on it)."""
-    fp = worker.relay_identity()[1].split(" ", 1)[1]
-    result = await worker.publish(
-        "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
-    )
-    track_id = result.added[0].track_id
-    room: Any = worker._rooms["room"]
-    pub = room.participants["alice"].publish
-    now = worker._now()
-    for index, rid in enumerate("qhf"):
-        worker._route(pub, vp8_packet(LAYERS[index], 1, 0, 1, key=True, ext=rid_ext(rid)), now)
-    await worker.subscribe("room", "bob", [track_id])
-    sub_peer = room.participants["bob"].subscribe
-    section = sub_peer.sections[0]
-    section.negotiated = True
-    section.sub_extensions = {e.uri: e.id for e in section.forwarded.extensions}
-    sub_peer.pending_offer = False
-    sub_peer.reporting = True
-    worker.reports.add_leg(sub_peer, now)
-    worker._apply_subscriptions(sub_peer, now)
-    fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
+    w = await watched(worker)
+    fsub, track_id, now = w.fsub, w.track_id, w.now
     await worker.set_view("room", "bob", track_id, 160, 90, True)
     assert fsub.target == 0
     worker._layers_tick(now + TICK)  # every layer measured, seen sending
@@ -426,8 +392,8 @@ async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker)
     later = now + 2 * TICK + STALE
     for index, rid in ((1, "h"), (2, "f")):
         packet = vp8_packet(LAYERS[index], 2, 3000, 2, key=True, ext=rid_ext(rid))
-        worker._route(pub, packet, later)
-    worker._subscribers[sub_peer].downgraded_at = later
+        worker._route(w.pub, packet, later)
+    worker._subscribers[w.sub_peer].downgraded_at = later
     await worker.set_view("room", "bob", track_id, 640, 360, True)
     worker._layers_tick(later)
     assert fsub.target == 1

@@ -33,6 +33,18 @@ def role_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def serve(database_url: str, data_dir: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """``wadud serve`` on ``port`` with its data and ``server.log`` in
+    ``data_dir``; ``env``: more settings (``WADUD_...``)."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "wadud"), "serve", "--port", str(port),
+         "--data-dir", str(data_dir)],
+        env={**os.environ, "WADUD_DATABASE_URL": database_url, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=open(data_dir / "server.log", "wb"),
+    )  # fmt: skip
+
+
 class RoleProcess:
     """One ``wadud ROLE`` process in its own process group; ready once it
     prints ``wadud ROLE: running``."""

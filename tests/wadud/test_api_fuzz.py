@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port
+from tests.wadud.processes import serve
 
 BIN = Path(sys.executable).parent
 SECRET = "fuzz-secret-" + "y" * 40
@@ -36,18 +37,7 @@ SECRET = "fuzz-secret-" + "y" * 40
 @pytest.fixture
 def server(database_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    env = {
-        **os.environ,
-        "WADUD_DATABASE_URL": database_url,
-        "WADUD_SECRET_KEY": SECRET,
-        "WADUD_LOG_LEVEL": "info",
-    }
-    proc = subprocess.Popen(
-        [str(BIN / "wadud"), "serve", "--port", str(port), "--data-dir", str(tmp_path)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "server.log", "wb"),  # noqa: SIM115 - closed with the process
-    )
+    proc = serve(database_url, tmp_path, port, WADUD_SECRET_KEY=SECRET, WADUD_LOG_LEVEL="info")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -194,7 +194,9 @@ def test_hooks_imports_no_feature_but_the_turn_peer_rules() -> None:
 # ``from sfu import worker`` counts as importing ``sfu`` and ``sfu.worker``.
 
 ROOT = GROUND.parent
-OURS = (
+#: The server's packages (each imports with no extra installed:
+#: tests/test_install.py), and ours with the client beside them.
+SERVER = (
     "wadud",
     "bin",
     "booking",
@@ -206,8 +208,8 @@ OURS = (
     "privacy",
     "notify",
     "hooks",
-    "wadud_client",
 )
+OURS = (*SERVER, "wadud_client")
 
 
 def module_name(path: Path) -> str:

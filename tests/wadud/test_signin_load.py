@@ -14,9 +14,7 @@ few seconds, with all 200 in the server, and then stops the server.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ import psutil
 import pytest
 
 from tests.conftest import free_port
+from tests.wadud.processes import serve
 
 BIN = Path(sys.executable).parent
 RSS_LIMIT = 300 * 1024 * 1024
@@ -36,25 +35,20 @@ SEARCH_LIMIT = 0.100
 @pytest.fixture
 def server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
-    env = {
-        **os.environ,
-        "WADUD_DATABASE_URL": database_url,
-        "WADUD_SECRET_KEY": "load-secret-" + "z" * 40,
-        "WADUD_LOG_LEVEL": "warning",
-        "WADUD_TURN_EMBEDDED_PORT": str(free_port()),
-        "WADUD_MEDIA_PORT": str(free_port()),
+    proc = serve(
+        database_url,
+        tmp_path,
+        port,
+        WADUD_SECRET_KEY="load-secret-" + "z" * 40,
+        WADUD_LOG_LEVEL="warning",
+        WADUD_TURN_EMBEDDED_PORT=str(free_port()),
+        WADUD_MEDIA_PORT=str(free_port()),
         # Every guess reaches the hashing pool: what the pool alone must hold.
-        "WADUD_LIMITS_LOGIN_ACCOUNT_FREE": "0",
-        "WADUD_LIMITS_LOGIN_ADDRESS_FREE": "0",
-        "WADUD_LIMITS_REGISTER_BURST": "0",
+        WADUD_LIMITS_LOGIN_ACCOUNT_FREE="0",
+        WADUD_LIMITS_LOGIN_ADDRESS_FREE="0",
+        WADUD_LIMITS_REGISTER_BURST="0",
         # 200 guesses queue behind two slots; none should be turned away here.
-        "WADUD_AUTH_HASH_WAIT": "60",
-    }
-    proc = subprocess.Popen(
-        [str(BIN / "wadud"), "serve", "--port", str(port), "--data-dir", str(tmp_path)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "server.log", "wb"),  # noqa: SIM115 - closed with the process
+        WADUD_AUTH_HASH_WAIT="60",
     )
     try:
         yield f"http://127.0.0.1:{port}", proc.pid
