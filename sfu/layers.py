@@ -223,7 +223,7 @@ class WorkerLayers(WorkerControl):
         visible: bool,
     ) -> None:
         """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         if r is None:
             raise SfuStateError(f"no room {room!r}")
         r.views[(participant, track_id)] = View(max(0, width), max(0, height), visible)
@@ -231,7 +231,7 @@ class WorkerLayers(WorkerControl):
 
     async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
         """``participant`` receives no video while ``enabled``."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         if r is None:
             raise SfuStateError(f"no room {room!r}")
         if enabled:
@@ -284,7 +284,7 @@ class WorkerLayers(WorkerControl):
             stats = ReceiveStatistics(ssrc, track.codec.clock_rate)
             peer.recv_stats[ssrc] = stats
             if peer.reporting:
-                self.reports.add_receive(peer, stats)
+                self.tables.reports.add_receive(peer, stats)
             self._layer_learnt(peer.room, track, index, now)
         elif repaired is not None:
             index = _index(track, repaired)
@@ -349,7 +349,7 @@ class WorkerLayers(WorkerControl):
     # -- the tick ---------------------------------------------------------------------------
 
     def _layers_due(self) -> float | None:
-        if not self._rooms:
+        if not self.tables.rooms:
             return None
         when, padding = self._layers_when, self._padding_when
         return padding if padding is not None and (when is None or padding < when) else when
@@ -364,9 +364,9 @@ class WorkerLayers(WorkerControl):
         other tick) connection quality; between ticks, every
         ``PADDING_INTERVAL``, the padding ramping subscribers asked for."""
         if self._layers_when is None or now >= self._layers_when:
-            self._layers_when = now + TICK if self._rooms else None
+            self._layers_when = now + TICK if self.tables.rooms else None
             self._ticks += 1
-            for room in list(self._rooms.values()):
+            for room in list(self.tables.rooms.values()):
                 self._measure(room, now)
                 self._allocate_room(room, now)
                 self._relay_layers(room, now)
@@ -690,7 +690,7 @@ class WorkerLayers(WorkerControl):
                 activity += pub.packets_in + pub.rtcp_in
             sub = p.subscribe
             if sub is not None:
-                rtt = self.reports.rtt(sub)
+                rtt = self.tables.reports.rtt(sub)
                 state = self._subscribers.get(sub)
                 if state is not None:
                     if state.estimator is not None:

@@ -154,7 +154,6 @@ class WorkerLinks(WorkerControl):
     on top of its control side."""
 
     worker_id: str
-    counters: Counter[str]
     link_options: dict[str, Any]
 
     # -- provided by the other halves --------------------------------------------------------
@@ -192,7 +191,7 @@ class WorkerLinks(WorkerControl):
         :meth:`sfu.control.MediaControl.relay_send`."""
         wanted = list(dict.fromkeys(track_ids))
         self._check_peer(peer)
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         tracks: list[Track] = []
         for track_id in wanted:
             track = r.tracks.get(track_id) if r is not None else None
@@ -222,7 +221,7 @@ class WorkerLinks(WorkerControl):
         :meth:`sfu.control.MediaControl.relay_receive`."""
         self._check_peer(peer)
         wanted = {t.info.track_id: t for t in tracks}
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         link = self._links.get(peer.worker)
         if not wanted and (r is None or link is None or room not in link.rooms):
             return
@@ -344,15 +343,15 @@ class WorkerLinks(WorkerControl):
         leg.protect = link.protect
         leg.protect_rtcp = link.protect_rtcp
         if not leg.reporting:
-            self.reports.add_leg(leg, now)
+            self.tables.reports.add_leg(leg, now)
             leg.reporting = True
             for stats in leg.recv_stats.values():
-                self.reports.add_receive(leg, stats)
+                self.tables.reports.add_receive(leg, stats)
 
     def _leg_down(self, leg: Peer) -> None:
         leg.protect = leg.protect_rtcp = None
         if leg.reporting:
-            self.reports.remove_leg(leg)
+            self.tables.reports.remove_leg(leg)
             leg.reporting = False
 
     def _drop_relay_room(self, link: Link, relay: RelayRoom) -> None:
@@ -377,10 +376,10 @@ class WorkerLinks(WorkerControl):
             del self._links[link.peer_worker]
         if self._link_addrs.get(core.address) is link:
             del self._link_addrs[core.address]
-        self.totals["relay_in"] += link.packets_in
-        self.totals["relay_out"] += self._link_sent(link)
-        self.totals["relay_routed"] += link.routed
-        self.totals["relay_forged"] += link.forged
+        self.tables.totals["relay_in"] += link.packets_in
+        self.tables.totals["relay_out"] += self._link_sent(link)
+        self.tables.totals["relay_routed"] += link.routed
+        self.tables.totals["relay_forged"] += link.forged
 
     def _close_links(self, reason: str) -> None:
         for link in list(self._links.values()):
@@ -460,7 +459,7 @@ class WorkerLinks(WorkerControl):
                     link.sent_gone += sub.packets_sent + sub.retransmitted
                 with contextlib.suppress(SfuStateError):
                     room.forwarder.unsubscribe(relay.egress, track.ssrc)
-                self.reports.remove_send(relay.egress, relayed.ssrc)
+                self.tables.reports.remove_send(relay.egress, relayed.ssrc)
             link.outgoing.pop(relayed.ssrc, None)
             if relayed.rtx_ssrc is not None:
                 link.outgoing.pop(relayed.rtx_ssrc, None)
@@ -518,7 +517,7 @@ class WorkerLinks(WorkerControl):
         source = track.publisher.recv_stats.get(track.ssrc)
         if relay.egress.reporting and source is not None:
             rewriter = sub.rewriter
-            self.reports.add_send(
+            self.tables.reports.add_send(
                 relay.egress,
                 SendStatistics(
                     sub,
@@ -579,7 +578,7 @@ class WorkerLinks(WorkerControl):
         stats = ReceiveStatistics(relayed.ssrc, codec.clock_rate)
         leg.recv_stats[relayed.ssrc] = stats
         if leg.reporting:
-            self.reports.add_receive(leg, stats)
+            self.tables.reports.add_receive(leg, stats)
         assert leg.owners is not None
         leg.owners[relayed.ssrc] = relayed.info.participant
         level_id = relayed.extensions.get(AUDIO_LEVEL)
@@ -613,7 +612,7 @@ class WorkerLinks(WorkerControl):
             relay.sent.pop(track.info.track_id)
             relay.subscribed.discard(track.info.track_id)
             relayed = entry[0]
-            self.reports.remove_send(relay.egress, relayed.ssrc)
+            self.tables.reports.remove_send(relay.egress, relayed.ssrc)
             if link is not None:
                 link.outgoing.pop(relayed.ssrc, None)
                 if relayed.rtx_ssrc is not None:
@@ -631,7 +630,7 @@ class WorkerLinks(WorkerControl):
                 return
             unprotect = link.unprotect
             if unprotect is None:
-                self.counters["relay_not_keyed"] += 1
+                self.tables.counters["relay_not_keyed"] += 1
                 return
             try:
                 plain = unprotect(data)
@@ -654,12 +653,12 @@ class WorkerLinks(WorkerControl):
             link.core.receive_datagram(data, self._now())
             self._service_link(link)
         else:
-            self.counters["relay_garbage"] += 1
+            self.tables.counters["relay_garbage"] += 1
 
     def _link_rtcp(self, link: Link, data: bytes, now: float) -> None:
         unprotect = link.unprotect_rtcp
         if unprotect is None:
-            self.counters["relay_not_keyed"] += 1
+            self.tables.counters["relay_not_keyed"] += 1
             return
         try:
             plain = unprotect(data)
@@ -671,7 +670,7 @@ class WorkerLinks(WorkerControl):
         try:
             packets = parse_compound(plain)
         except RtcpParseError:
-            self.counters["rtcp_malformed"] += 1
+            self.tables.counters["rtcp_malformed"] += 1
             return
         # One SRTCP session for every room on the link: each packet goes to
         # the leg whose stream it is about.
@@ -738,10 +737,10 @@ class WorkerLinks(WorkerControl):
         links = []
         totals = Counter(
             {
-                "in": self.totals["relay_in"],
-                "out": self.totals["relay_out"],
-                "routed": self.totals["relay_routed"],
-                "forged": self.totals["relay_forged"],
+                "in": self.tables.totals["relay_in"],
+                "out": self.tables.totals["relay_out"],
+                "routed": self.tables.totals["relay_routed"],
+                "forged": self.tables.totals["relay_forged"],
             }
         )
         for link in self._links.values():
@@ -753,7 +752,7 @@ class WorkerLinks(WorkerControl):
                     if stats.started:
                         expected += stats.expected
                         lost += max(0, stats.cumulative_lost)
-                rtt = self.reports.rtt(relay.egress)
+                rtt = self.tables.reports.rtt(relay.egress)
                 if rtt is not None:
                     rtts.append(rtt)
             totals["in"] += link.packets_in

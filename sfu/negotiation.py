@@ -29,7 +29,6 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -51,14 +50,14 @@ from rtc.sdp import (
     Setup,
 )
 from sfu import native
-from sfu.bandwidth import BandwidthFeedback, RembEstimator
+from sfu.bandwidth import RembEstimator
 from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Restart, Source, TrackInfo
 from sfu.errors import SfuStateError
 from sfu.forward import Forwarder
 from sfu.offer_answer import ForwardedTrack, LocalParameters, answer, offer_for_subscriber
 from sfu.offered import OfferedTrack, parse_tracks
-from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track
-from sfu.reports import ReceiveStatistics, ReportScheduler, SendStatistics
+from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track, WorkerTables
+from sfu.reports import ReceiveStatistics, SendStatistics
 from sfu.speaker import SpeakerDetector
 from sfu.table import ForwarderStats, Subscription
 from sfu.transport import TERMINAL, PeerState, PeerTransport
@@ -91,14 +90,8 @@ class WorkerControl(abc.ABC):
     simulcast: bool
     red: bool
     feedback_ssrc: int
-    reports: ReportScheduler
-    bandwidth: BandwidthFeedback
-    totals: Counter[str]
-    paths: Counter[str]
+    tables: WorkerTables
     _fingerprint: str
-    _rooms: dict[str, Room]
-    _peers: set[Peer]
-    _by_ufrag: dict[str, Peer]
     _listeners: list[Callable[[MediaEvent], None]]
 
     # -- provided by the datagram side ------------------------------------------------------
@@ -160,8 +153,8 @@ class WorkerControl(abc.ABC):
             red=self.red,
         )
         peer = Peer(room, participant, direction, transport, local)
-        self._peers.add(peer)
-        self._by_ufrag[transport.local_ufrag] = peer
+        self.tables.peers.add(peer)
+        self.tables.by_ufrag[transport.local_ufrag] = peer
         return peer
 
     def _close_peer(self, peer: Peer, reason: str) -> None:
@@ -195,12 +188,12 @@ class WorkerControl(abc.ABC):
     # -- rooms ----------------------------------------------------------------------------
 
     def _room(self, name: str) -> Room:
-        room = self._rooms.get(name)
+        room = self.tables.rooms.get(name)
         if room is None:
             forwarder = Forwarder(
                 feedback_ssrc=self.feedback_ssrc, red_leaf=native.RED, **self.forwarder_options
             )
-            room = self._rooms[name] = Room(name, forwarder, SpeakerDetector())
+            room = self.tables.rooms[name] = Room(name, forwarder, SpeakerDetector())
         return room
 
     def _participant(self, room: Room, participant: str) -> Participant:
@@ -210,17 +203,17 @@ class WorkerControl(abc.ABC):
         return p
 
     def _forget_if_empty(self, room: Room) -> None:
-        if room.participants or room.relays or self._rooms.get(room.name) is not room:
+        if room.participants or room.relays or self.tables.rooms.get(room.name) is not room:
             return
-        del self._rooms[room.name]
+        del self.tables.rooms[room.name]
         self._add_totals(room.forwarder.stats)
 
     def _add_totals(self, stats: ForwarderStats) -> None:
         for name, value in stats.as_dict().items():
-            self.totals[name] += value
+            self.tables.totals[name] += value
 
     def _close_room(self, name: str, reason: str) -> None:
-        room = self._rooms.get(name)
+        room = self.tables.rooms.get(name)
         if room is None:
             return
         for participant in list(room.participants):
@@ -257,14 +250,14 @@ class WorkerControl(abc.ABC):
             del publisher.tracks[track.info.mid]
         publisher.levels.pop(track.ssrc, None)
         publisher.recv_stats.pop(track.ssrc, None)
-        self.reports.remove_receive(publisher, track.ssrc)
+        self.tables.reports.remove_receive(publisher, track.ssrc)
         if publisher.rid_tracks.get(track.info.mid) is track:
             del publisher.rid_tracks[track.info.mid]
         for layer in track.layers:
             if layer.ssrc:
                 publisher.recv_stats.pop(layer.ssrc, None)
-                self.reports.remove_receive(publisher, layer.ssrc)
-        estimator = self.bandwidth.get(publisher)
+                self.tables.reports.remove_receive(publisher, layer.ssrc)
+        estimator = self.tables.bandwidth.get(publisher)
         if isinstance(estimator, RembEstimator):
             estimator.remove_source(track.ssrc)
         now = self._now()
@@ -287,9 +280,9 @@ class WorkerControl(abc.ABC):
         if section.use_rtx and forwarded.rtx_ssrc is not None:
             ssrcs.append(forwarded.rtx_ssrc)
         if peer.reporting:
-            for compound in self.reports.goodbye(peer, ssrcs, now):
+            for compound in self.tables.reports.goodbye(peer, ssrcs, now):
                 self._send_rtcp(peer, compound)
-        self.reports.remove_send(peer, forwarded.ssrc)
+        self.tables.reports.remove_send(peer, forwarded.ssrc)
 
     # -- MediaControl ----------------------------------------------------------------------
 
@@ -331,8 +324,8 @@ class WorkerControl(abc.ABC):
             peer = self._new_peer(room, participant, "publish", now)
         assert peer is not None
         if not fresh and _ice_restart(peer.transport, params.ice_ufrag, params.ice_pwd):
-            _restart_ice(peer, self._by_ufrag, now)
-            self.paths["ice_restart"] += 1
+            _restart_ice(peer, self.tables.by_ufrag, now)
+            self.tables.paths["ice_restart"] += 1
         try:
             try:
                 # A renegotiation repeats the same parameters (a no-op); after
@@ -401,9 +394,9 @@ class WorkerControl(abc.ABC):
     def _discard_new_peer(self, peer: Peer) -> None:
         peer.transport.close("negotiation failed")
         peer.transport.datagrams_to_send()
-        self._peers.discard(peer)
-        if self._by_ufrag.get(peer.transport.local_ufrag) is peer:
-            del self._by_ufrag[peer.transport.local_ufrag]
+        self.tables.peers.discard(peer)
+        if self.tables.by_ufrag.get(peer.transport.local_ufrag) is peer:
+            del self.tables.by_ufrag[peer.transport.local_ufrag]
 
     def _check_ssrcs(self, room: Room, peer: Peer, parsed: list[OfferedTrack]) -> None:
         """Refuse SSRCs another track of the room routes (RFC 3550 8.2 collision) before
@@ -455,7 +448,7 @@ class WorkerControl(abc.ABC):
         stats = ReceiveStatistics(item.ssrc, item.codec.clock_rate)
         peer.recv_stats[item.ssrc] = stats
         if peer.reporting:
-            self.reports.add_receive(peer, stats)
+            self.tables.reports.add_receive(peer, stats)
         level_id = item.extensions.get(AUDIO_LEVEL)
         if item.kind == "audio" and level_id:
             peer.levels[item.ssrc] = level_id
@@ -551,8 +544,8 @@ class WorkerControl(abc.ABC):
             peer = self._new_peer(room, participant, "subscribe", now)
             self._participant(room, participant).subscribe = peer
         elif restart == "ice" and peer.transport.dtls is not None:
-            _restart_ice(peer, self._by_ufrag, now)
-            self.paths["ice_restart"] += 1
+            _restart_ice(peer, self.tables.by_ufrag, now)
+            self.tables.paths["ice_restart"] += 1
             changed = True
         wanted_set = set(wanted)
         current: set[str] = set()
@@ -667,7 +660,7 @@ class WorkerControl(abc.ABC):
     async def answer(self, room: str, participant: str, sdp: str) -> None:
         """Take the subscriber's answer (RFC 3264 section 6): transport and negotiated formats."""
         desc = SessionDescription.parse(sdp)
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         p = r.participants.get(participant) if r is not None else None
         peer = p.subscribe if p is not None else None
         if r is None or peer is None or not peer.pending_offer:
@@ -764,14 +757,14 @@ class WorkerControl(abc.ABC):
                 # SRs carry the publisher's NTP/RTP pairing through this
                 # subscription's timestamp offset, under the CNAME its offer
                 # gave the SSRC, so the subscriber lip-syncs the participant.
-                self.reports.add_send(
+                self.tables.reports.add_send(
                     peer,
                     SendStatistics(sub, source, _offset_of(sub), cname=forwarded.cname or ""),
                 )
 
     async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
         """Stop or resume forwarding a track; resuming video waits for a keyframe (requested)."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         track = r.tracks.get(track_id) if r is not None else None
         if r is None or track is None:
             raise SfuStateError(f"no track {track_id!r} in room {room!r}")
@@ -792,7 +785,7 @@ class WorkerControl(abc.ABC):
         """Forget a track and every subscription to it.
 
         Subscribers' sections for it stop with their next offer."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         track = r.tracks.get(track_id) if r is not None else None
         if r is None or track is None or track.info.participant != participant:
             raise SfuStateError(f"{participant!r} publishes no track {track_id!r} in {room!r}")
@@ -801,7 +794,7 @@ class WorkerControl(abc.ABC):
 
     async def leave(self, room: str, participant: str) -> None:
         """Close the participant's transports, forget its tracks and subscriptions (idempotent)."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         if r is None:
             return
         self._leave(r, participant, "left")

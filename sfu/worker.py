@@ -109,7 +109,7 @@ from sfu.control import MediaEvent, TransportState
 from sfu.forward import Forwarder
 from sfu.layers import WorkerLayers
 from sfu.links import WorkerLinks
-from sfu.records import Peer, Room
+from sfu.records import Peer, Room, WorkerTables
 from sfu.reports import ReportScheduler, feedback_compounds, nack_interval_for
 from sfu.snapshot import room_snapshot
 from sfu.strangers import RTCP_SSRCS, StrangerSearch
@@ -204,26 +204,20 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         """Keyword arguments of each relay link (:class:`sfu.relay.RelayLink`): timeouts."""
         self.feedback_ssrc = secrets.randbits(32) or 1
         """The SSRC our RTCP (reports, NACK, PLI, bandwidth feedback) is sent from."""
-        self.reports = ReportScheduler(
-            ssrc=self.feedback_ssrc,
-            cname="wadud",
-            wall_offset=0.0,
-            max_size=_ONE_REPORT_PER_COMPOUND,
+        self.tables = WorkerTables(
+            ReportScheduler(
+                ssrc=self.feedback_ssrc,
+                cname="wadud",
+                wall_offset=0.0,
+                max_size=_ONE_REPORT_PER_COMPOUND,
+            ),
+            BandwidthFeedback(),
         )
-        """SR/RR/SDES of every leg (RFC 3550 6.4); ``wall_offset`` is set by :meth:`start`."""
-        self.bandwidth = BandwidthFeedback()
-        """transport-cc or REMB to every publisher transport that negotiated one."""
-        self.counters: Counter[str] = Counter()
-        """Datagrams dropped by the worker itself, by reason (metrics: ``sfu_dropped_total``)."""
-        self.paths: Counter[str] = Counter()
-        """Path changes of peer transports, by event (metrics: ``sfu_path_changes_total``)."""
+        """The rooms, transports and routing tables every part of the worker
+        shares; the reports' ``wall_offset`` is set by :meth:`start`."""
+        # The hot path's own reference to the table it reads per datagram.
+        self._by_addr = self.tables.by_addr
         self._strangers = StrangerSearch()
-        self.totals: Counter[str] = Counter()
-        """Forwarder counters of rooms that are gone, so worker totals never go down."""
-        self._rooms: dict[str, Room] = {}
-        self._peers: set[Peer] = set()
-        self._by_addr: dict[Address, Peer] = {}
-        self._by_ufrag: dict[str, Peer] = {}
         self._listeners: list[Callable[[MediaEvent], None]] = []
         self._routed: list[tuple[Any, bytes]] = []
         self._transport: asyncio.DatagramTransport | None = None
@@ -267,7 +261,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         loop = self._loop = asyncio.get_running_loop()
         self._time = loop.time
         # NTP timestamps in reports are wall-clock time; everything else runs on the loop's clock.
-        self.reports.wall_offset = time.time() - loop.time()
+        self.tables.reports.wall_offset = time.time() - loop.time()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -300,7 +294,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         if self._closed:
             return
         self._closed = True
-        for name in list(self._rooms):
+        for name in list(self.tables.rooms):
             self._close_room(name, "worker closed")
         self._close_links("worker closed")
         if self._timer is not None:
@@ -340,11 +334,11 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
     def room_forwarder(self, room: str) -> Forwarder | None:
         """The forwarder of a live room (for tests and tools)."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         return None if r is None else r.forwarder
 
     def rooms(self) -> list[str]:
-        return list(self._rooms)
+        return list(self.tables.rooms)
 
     # -- asyncio.DatagramProtocol ------------------------------------------------------
 
@@ -354,7 +348,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a peer that went away: its consent expires.
-        self.counters["socket_error"] += 1
+        self.tables.counters["socket_error"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -365,7 +359,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         # The kernel refused datagrams and the loop started queueing them in
         # user space: drop instead, as a full UDP socket would, so the queue
         # (and every subscriber's latency) cannot grow without bound.
-        self.counters["send_paused"] += 1
+        self.tables.counters["send_paused"] += 1
         self._sendto = self._drop_datagram
         self._fan = None
 
@@ -375,7 +369,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             self._fan = self._fanout
 
     def _drop_datagram(self, data: bytes, addr: Any) -> None:
-        self.counters["send_dropped"] += 1
+        self.tables.counters["send_dropped"] += 1
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Demultiplex one datagram; SRTP from a connected peer is forwarded right here."""
@@ -388,7 +382,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             if 127 < b0 < 192 and not 191 < data[1] < 224:
                 unprotect = peer.unprotect
                 if unprotect is None:
-                    self.counters["srtp_not_keyed"] += 1
+                    self.tables.counters["srtp_not_keyed"] += 1
                     return
                 try:
                     plain = unprotect(data)
@@ -476,19 +470,19 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         now = self._now()
         if kind == demux.STUN:
             ufrag = local_ufrag_of(data)
-            target = self._by_ufrag.get(ufrag) if ufrag is not None else None
+            target = self.tables.by_ufrag.get(ufrag) if ufrag is not None else None
             if target is None:
                 # Indications and responses carry no ufrag: a known address's keepalive.
                 target = peer
             if target is None:
-                self.counters["stun_unknown_ufrag"] += 1
+                self.tables.counters["stun_unknown_ufrag"] += 1
                 return
             ice = target.transport.ice
             checks = ice.counters["checks"]
             target.transport.receive_datagram(data, addr, now)
             if ufrag is not None and ice.counters["checks"] == checks:
                 # A request for a known ufrag that failed its checks (401, 400, ...).
-                self.counters["stun_refused"] += 1
+                self.tables.counters["stun_refused"] += 1
             self._service(target)
             self._soon(target.transport.get_timer())
         elif peer is None:
@@ -502,7 +496,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 demux.RTP: "srtp_stranger",
                 demux.RTCP: "srtp_stranger",
             }.get(kind, "garbage")
-            self.counters[reason] += 1
+            self.tables.counters[reason] += 1
         elif kind == demux.DTLS:
             peer.transport.receive_datagram(data, addr, now)
             self._service(peer)
@@ -510,18 +504,18 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         elif kind == demux.RTCP:
             self._rtcp(peer, data, addr, now)
         else:
-            self.counters["garbage" if kind != demux.RTP else "rtp_too_short"] += 1
+            self.tables.counters["garbage" if kind != demux.RTP else "rtp_too_short"] += 1
 
     def _stranger_media(self, data: bytes, addr: Address, kind: int, now: float) -> None:
         """SRTP or SRTCP from an address no transport validated: a NAT rebinding
         (the path moves there and the packet is used) or a forgery
         (:mod:`sfu.strangers`)."""
         rtcp = kind == demux.RTCP
-        found = self._strangers.find(data, rtcp, self._peers, now)
+        found = self._strangers.find(data, rtcp, self.tables.peers, now)
         if not isinstance(found, tuple):
             if found == "forged":
-                self.paths["forged"] += 1
-            self.counters["srtp_stranger"] += 1
+                self.tables.paths["forged"] += 1
+            self.tables.counters["srtp_stranger"] += 1
             return
         peer, plain = found
         self._path_moved(peer, addr, "rebinding")
@@ -535,13 +529,13 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
     def _path_moved(self, peer: Peer, addr: Address, how: str) -> None:
         """Authenticated media came from ``addr``: the peer's path is there now."""
         if peer.transport.rebind(addr, self._now()):
-            self.paths[how] += 1
+            self.tables.paths[how] += 1
             self._service(peer)
 
     def _rtcp(self, peer: Peer, data: bytes, addr: Address, now: float) -> None:
         unprotect = peer.unprotect_rtcp
         if unprotect is None:
-            self.counters["srtp_not_keyed"] += 1
+            self.tables.counters["srtp_not_keyed"] += 1
             return
         try:
             plain = unprotect(data)
@@ -556,7 +550,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         try:
             packets = parse_compound(plain)
         except RtcpParseError:
-            self.counters["rtcp_malformed"] += 1
+            self.tables.counters["rtcp_malformed"] += 1
             return
         peer.rtcp_in += 1
         (ssrc,) = _SSRC.unpack_from(plain, 4)
@@ -570,7 +564,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         forwarder = peer.forwarder
         # SRs (lip-sync mapping, LSR/DLSR of our RRs) and the report blocks
         # about what we send (RTT), RFC 3550 6.4.
-        if self.reports.on_rtcp(peer, packets, now) is not None:
+        if self.tables.reports.on_rtcp(peer, packets, now) is not None:
             self._update_nack_interval(peer.room)
         for packet in packets:
             if isinstance(packet, Nack):
@@ -600,7 +594,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         share one path, so the slowest subscriber leg stands in for the
         slowest publisher: a retry sooner than its RTT would only duplicate.
         """
-        rtt = self.reports.slowest_rtt(
+        rtt = self.tables.reports.slowest_rtt(
             p.subscribe for p in room.participants.values() if p.subscribe is not None
         )
         if rtt is not None:
@@ -638,7 +632,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 moved = peer.addr is not None and peer.addr != event.address
                 peer.addr = event.address
                 if moved and transport.state is PeerState.CONNECTED:
-                    self.paths["moved"] += 1
+                    self.tables.paths["moved"] += 1
                     self._path_changed(peer)
                     if peer.direction == "subscribe":
                         # What the old path swallowed may be past repair by
@@ -660,9 +654,9 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                         },
                     )
             elif isinstance(event, CredentialsRetired):
-                if self._by_ufrag.get(event.ufrag) is peer:
-                    del self._by_ufrag[event.ufrag]
-                self.paths["ice_restart_completed"] += 1
+                if self.tables.by_ufrag.get(event.ufrag) is peer:
+                    del self.tables.by_ufrag[event.ufrag]
+                self.tables.paths["ice_restart_completed"] += 1
                 if transport.state is PeerState.CONNECTED:
                     self._emit(
                         TransportState(
@@ -704,10 +698,10 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         now = self._now()
         # Reports start with the connection: before it nothing can be sent or received.
         if not peer.reporting:
-            self.reports.add_leg(peer, now)
+            self.tables.reports.add_leg(peer, now)
             peer.reporting = True
             for stats in peer.recv_stats.values():
-                self.reports.add_receive(peer, stats)
+                self.tables.reports.add_receive(peer, stats)
         if peer.direction == "subscribe":
             self._apply_subscriptions(peer, now)
         else:
@@ -733,14 +727,14 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         """
         if not peer.reporting:
             return  # again when it connects
-        member = self.bandwidth.get(peer)
+        member = self.tables.bandwidth.get(peer)
         if member is None:
             for track in peer.tracks.values():
                 ext_id = track.extensions.get(TRANSPORT_CC, 0)
                 if ext_id and _has_feedback(track.codec, "transport-cc"):
                     recorder = TransportCcRecorder(self.feedback_ssrc, media_ssrc=track.ssrc)
                     peer.twcc, peer.twcc_id = recorder, ext_id
-                    self.bandwidth.add(peer, recorder, now)
+                    self.tables.bandwidth.add(peer, recorder, now)
                     self._soon_rtcp()
                     return
             if not any(
@@ -749,7 +743,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             ):
                 return
             member = RembEstimator(self.feedback_ssrc, max_bitrate=self.remb_max_bitrate)
-            self.bandwidth.add(peer, member, now)
+            self.tables.bandwidth.add(peer, member, now)
             self._soon_rtcp()
         if isinstance(member, RembEstimator):
             for track in peer.tracks.values():
@@ -763,8 +757,8 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
     def _down(self, peer: Peer, state: PeerState, reason: str) -> None:
         peer.unprotect = peer.unprotect_rtcp = peer.protect = peer.protect_rtcp = None
-        self.reports.remove_leg(peer)
-        self.bandwidth.remove(peer)
+        self.tables.reports.remove_leg(peer)
+        self.tables.bandwidth.remove(peer)
         peer.reporting = False
         peer.twcc = None
         for address in peer.addresses:
@@ -772,11 +766,11 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 del self._by_addr[address]
         peer.addresses.clear()
         for ufrag in (peer.transport.local_ufrag, peer.transport.ice.previous_ufrag):
-            if ufrag is not None and self._by_ufrag.get(ufrag) is peer:
-                del self._by_ufrag[ufrag]
-        self._peers.discard(peer)
+            if ufrag is not None and self.tables.by_ufrag.get(ufrag) is peer:
+                del self.tables.by_ufrag[ufrag]
+        self.tables.peers.discard(peer)
         for name, value in peer.transport.counters.items():
-            self.counters[f"transport_{name}"] += value
+            self.tables.counters[f"transport_{name}"] += value
         if peer.direction == "subscribe":
             peer.forwarder.remove_subscriber(peer)
             self._forget_subscriber(peer)
@@ -834,11 +828,11 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
     def _rearm(self) -> None:
         when: float | None = None
-        for room in self._rooms.values():
+        for room in self.tables.rooms.values():
             for due in (room.forwarder.get_timer(), room.speaker.get_timer()):
                 if due is not None and (when is None or due < when):
                     when = due
-        for peer in self._peers:
+        for peer in self.tables.peers:
             due = peer.transport.get_timer()
             if due is not None and (when is None or due < when):
                 when = due
@@ -860,7 +854,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         # The loop's clock has millisecond steps: never hand a core a `now`
         # before the deadline it asked for, or it would ask again at once.
         now = self._now() if due is None else max(self._now(), due)
-        for room in list(self._rooms.values()):
+        for room in list(self.tables.rooms.values()):
             forwarder = room.forwarder
             when = forwarder.get_timer()
             if when is not None and when <= now:
@@ -871,7 +865,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 if change is not None:
                     self._speaker_changed(room, cast(str | None, change.speaker))
             self._flush_rtcp(room)
-        for peer in list(self._peers):
+        for peer in list(self.tables.peers):
             when = peer.transport.get_timer()
             if when is not None and when <= now:
                 peer.transport.handle_timer(now)
@@ -882,11 +876,11 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
     # -- the periodic RTCP timer: reports and bandwidth feedback ---------------------------
 
     def _rtcp_due(self) -> float | None:
-        when = self.bandwidth.get_timer()
+        when = self.tables.bandwidth.get_timer()
         layers = self._layers_due()
         if layers is not None and (when is None or layers < when):
             when = layers
-        due = self.reports.get_timer()
+        due = self.tables.reports.get_timer()
         if due is not None:
             due += _REPORT_SLACK
             if when is None or due < when:
@@ -909,13 +903,13 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         due = self._rtcp_when
         self._rtcp_timer = self._rtcp_when = None
         now = self._now() if due is None else max(self._now(), due)
-        when = self.reports.get_timer()
+        when = self.tables.reports.get_timer()
         if when is not None and when <= now:
-            for key, compound in self.reports.handle_timer(now):
+            for key, compound in self.tables.reports.handle_timer(now):
                 self._send_rtcp(cast(Peer, key), compound)
-        when = self.bandwidth.get_timer()
+        when = self.tables.bandwidth.get_timer()
         if when is not None and when <= now:
-            feedback = self.bandwidth.handle_timer(now)
+            feedback = self.tables.bandwidth.handle_timer(now)
             if feedback:
                 self._send_feedback(feedback)
         when = self._layers_due()
@@ -933,7 +927,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         for key, compounds, packets in feedback_compounds(pending, self.feedback_ssrc):
             peer = cast(Peer, key)
             if peer.protect_rtcp is None or peer.addr is None:
-                self.counters["rtcp_unsent"] += packets
+                self.tables.counters["rtcp_unsent"] += packets
                 continue
             for compound in compounds:
                 self._send_rtcp(peer, compound)
@@ -943,7 +937,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         protect = peer.protect_rtcp
         addr = peer.addr
         if protect is None or addr is None:
-            self.counters["rtcp_unsent"] += 1
+            self.tables.counters["rtcp_unsent"] += 1
             return
         try:
             self._send(protect(compound), addr)
@@ -957,16 +951,16 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges for :mod:`sfu.metrics`, read at scrape time."""
         rooms = []
-        totals = Counter(self.totals)
-        for room in self._rooms.values():
-            entry = room_snapshot(room, self.reports, self.bandwidth)
+        totals = Counter(self.tables.totals)
+        for room in self.tables.rooms.values():
+            entry = room_snapshot(room, self.tables.reports, self.tables.bandwidth)
             totals.update(entry["stats"])
             rooms.append(entry)
         relays = self.relay_snapshot()
         # Packets from the worker's own publishers only: what came over relay
         # links is counted as relay "in" (sfu_relay_packets_total).
         totals["received"] -= relays["routed"]
-        dropped = Counter(self.counters)
+        dropped = Counter(self.tables.counters)
         if self._fanout is not None:
             # The native leaf drops and counts what a full socket refuses itself.
             for ours, theirs in (("send_dropped", "dropped"), ("socket_error", "send_errors")):
@@ -974,10 +968,10 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                     dropped[ours] += self._fanout.counters()[theirs]
         return {
             "port": self.port,
-            "paths": dict(self.paths),
+            "paths": dict(self.tables.paths),
             "dropped": dict(dropped),
             "totals": dict(totals),
-            "transports": len(self._peers),
+            "transports": len(self.tables.peers),
             "rooms": rooms,
             "relays": relays,
         }

@@ -209,7 +209,7 @@ async def test_rid_layers_are_learnt_and_announced(worker: MediaWorker, events: 
     answer = SessionDescription.parse(result.answer).media[0]
     assert answer.simulcast == "recv q;h;f"
     assert {e.uri for e in answer.extmaps} >= {RTP_STREAM_ID, REPAIRED_RTP_STREAM_ID}
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     peer = room.participants["alice"].publish
     now = worker._now()
     for index, rid in enumerate("qhf"):
@@ -238,7 +238,7 @@ async def test_dynacast_never_stops_a_layer_it_has_not_seen(
     again (the capped visit sent its viewers 640x360 for good that way)."""
     fp = worker.relay_identity()[1].split(" ", 1)[1]
     await worker.publish("room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {})
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     peer = room.participants["alice"].publish
     now = worker._now()
     worker._route(peer, vp8_packet(LAYERS[0], 1, 0, 1, key=True, ext=rid_ext("q")), now)
@@ -265,7 +265,7 @@ async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estima
         "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
     )
     track_id = result.added[0].track_id
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     pub = room.participants["alice"].publish
     now = worker._now()
     for index, rid in enumerate("qhf"):
@@ -279,7 +279,7 @@ async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estima
     }
     sub_peer.pending_offer = False
     sub_peer.reporting = True
-    worker.reports.add_leg(sub_peer, now)
+    worker.tables.reports.add_leg(sub_peer, now)
     worker._apply_subscriptions(sub_peer, now)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
     assert worker._subscribers[sub_peer].estimator is None
@@ -292,7 +292,7 @@ async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -
         "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
     )
     track_id = result.added[0].track_id
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     pub = room.participants["alice"].publish
     now = worker._now()
     for index, rid in enumerate("qhf"):
@@ -306,7 +306,7 @@ async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -
     section.sub_extensions = {e.uri: e.id for e in section.forwarded.extensions}
     sub_peer.pending_offer = False
     sub_peer.reporting = True
-    worker.reports.add_leg(sub_peer, now)
+    worker.tables.reports.add_leg(sub_peer, now)
     worker._apply_subscriptions(sub_peer, now)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
     # No view yet: the best layer the start estimate (1 Mbit/s) carries.
@@ -339,7 +339,7 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
         "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
     )
     track_id = result.added[0].track_id
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     pub = room.participants["alice"].publish
     now = worker._now()
 
@@ -356,7 +356,7 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
     section.sub_extensions = {e.uri: e.id for e in section.forwarded.extensions}
     sub_peer.pending_offer = False
     sub_peer.reporting = True
-    worker.reports.add_leg(sub_peer, now)
+    worker.tables.reports.add_leg(sub_peer, now)
     worker._apply_subscriptions(sub_peer, now)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
     assert fsub.target == 1

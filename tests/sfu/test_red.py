@@ -352,7 +352,7 @@ async def test_publish_answer_keeps_red_and_subscribers_are_offered_it(
     assert (opus.name, opus.payload_type) == ("opus", 111)
     assert opus.parameters["useinbandfec"] == "1"
     assert (red.name, red.payload_type, red.fmtp) == ("red", 63, "111/111")
-    room = worker._rooms["room"]
+    room = worker.tables.rooms["room"]
     track = next(iter(room.tracks.values()))
     assert room.forwarder.track(track.ssrc).red_pt == 63
     (section,) = room.participants["bob"].subscribe.sections  # type: ignore[union-attr]
@@ -361,7 +361,7 @@ async def test_publish_answer_keeps_red_and_subscribers_are_offered_it(
 
 async def test_an_answer_without_red_gets_plain_opus(worker: MediaWorker) -> None:
     await _subscribe_with(worker, keep_red=False)
-    room = worker._rooms["room"]
+    room = worker.tables.rooms["room"]
     (section,) = room.participants["bob"].subscribe.sections  # type: ignore[union-attr]
     assert section.pt_map == {111: 111}
 
@@ -373,7 +373,7 @@ async def test_red_turned_off(loopback_aiortc: None) -> None:
         offer = await worker.subscribe("room", "bob", [published.added[0].track_id])
         assert offer is not None
         assert [c.name for c in SessionDescription.parse(offer).media[0].codecs] == ["opus"]
-        room = worker._rooms["room"]
+        room = worker.tables.rooms["room"]
         track = next(iter(room.tracks.values()))
         assert room.forwarder.track(track.ssrc).red_pt == -1
 
@@ -456,14 +456,14 @@ async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker)
     says the path's loss follows the rate (a policer: redundancy would only
     take the video's room), and RED again once the loss is random."""
     await _subscribe_with(worker, keep_red=True)
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     peer = room.participants["bob"].subscribe
     (section,) = peer.sections
     now = worker._now()
     if not section.subscribed:  # the transport connects (no ICE here)
         peer.pending_offer = False
         peer.reporting = True
-        worker.reports.add_leg(peer, now)
+        worker.tables.reports.add_leg(peer, now)
         worker._apply_subscriptions(peer, now)
     state = worker._subscriber_state(peer)
     state.estimator = estimator = SendSideEstimator()  # aiortc's answer has no transport-cc
