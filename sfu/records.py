@@ -191,13 +191,23 @@ class RelayRoom:
     peer worker receives, each under a link SSRC) and a publisher
     (``ingress``: the peer's tracks, whose ``tracks`` are keyed by track id)."""
 
-    __slots__ = ("egress", "ingress", "peer_worker", "room", "sent", "subscribed")
+    __slots__ = ("egress", "ingress", "outgoing", "peer_worker", "room", "sent", "subscribed")
 
-    def __init__(self, room: Room, peer_worker: str, egress: Peer, ingress: Peer) -> None:
+    def __init__(
+        self,
+        room: Room,
+        peer_worker: str,
+        egress: Peer,
+        ingress: Peer,
+        outgoing: dict[int, Peer],
+    ) -> None:
         self.room = room
         self.peer_worker = peer_worker
         self.egress = egress
         self.ingress = ingress
+        self.outgoing = outgoing
+        """The link's own table of the SSRCs it sends -> their egress leg (shared by
+        every room on the link): a track that ends leaves it (:mod:`sfu.negotiation`)."""
         self.sent: dict[str, tuple[RelayedTrack, Track]] = {}
         """Track id -> how it goes on the link, and the local track."""
         self.subscribed: set[str] = set()

@@ -22,7 +22,7 @@ from sfu.forward import Forwarder
 from sfu.layers import DYNACAST_DELAY, TICK
 from sfu.worker import MediaWorker
 
-from .conftest import Events
+from .conftest import Events, take_events
 
 PUB = "publisher"
 SUB = "subscriber"
@@ -223,7 +223,8 @@ async def test_rid_layers_are_learnt_and_announced(worker: MediaWorker, events: 
     assert not peer.rid_tracks
     # Nobody subscribes: after the dynacast delay only the lowest layer stays wanted.
     later = now + DYNACAST_DELAY + TICK
-    worker._layers_tick(later)
+    worker.layers.tick(later)
+    take_events(worker.layers, events)
     wanted = [e for e in events.items if isinstance(e, LayersWanted)]
     assert wanted and wanted[-1].active_rids == ["q"] and wanted[-1].rids == ["q", "h", "f"]
     assert wanted[-1].participant == "alice"
@@ -242,14 +243,16 @@ async def test_dynacast_never_stops_a_layer_it_has_not_seen(
     peer = room.participants["alice"].publish
     now = worker._now()
     worker._route(peer, vp8_packet(LAYERS[0], 1, 0, 1, key=True, ext=rid_ext("q")), now)
-    worker._layers_tick(now + DYNACAST_DELAY + TICK)
+    worker.layers.tick(now + DYNACAST_DELAY + TICK)
+    take_events(worker.layers, events)
     wanted = [e for e in events.items if isinstance(e, LayersWanted)]
     assert not wanted or wanted[-1].active_rids == ["q", "h", "f"], wanted
     # The middle layer comes and nobody wants it: it stops; the top one,
     # still unseen, stays on.
     later = now + DYNACAST_DELAY + 2 * TICK
     worker._route(peer, vp8_packet(LAYERS[1], 1, 0, 1, key=True, ext=rid_ext("h")), later)
-    worker._layers_tick(later + DYNACAST_DELAY + TICK)
+    worker.layers.tick(later + DYNACAST_DELAY + TICK)
+    take_events(worker.layers, events)
     wanted = [e for e in events.items if isinstance(e, LayersWanted)]
     assert wanted and wanted[-1].active_rids == ["q", "f"], wanted
 
@@ -280,9 +283,10 @@ async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estima
     sub_peer.pending_offer = False
     sub_peer.reporting = True
     worker.tables.reports.add_leg(sub_peer, now)
-    worker._apply_subscriptions(sub_peer, now)
+    worker.negotiator.apply_subscriptions(sub_peer, now)
+    take_events(worker.negotiator)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
-    assert worker._subscribers[sub_peer].estimator is None
+    assert worker.layers.subscribers[sub_peer].estimator is None
     assert fsub.target == 2
 
 
@@ -307,7 +311,8 @@ async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -
     sub_peer.pending_offer = False
     sub_peer.reporting = True
     worker.tables.reports.add_leg(sub_peer, now)
-    worker._apply_subscriptions(sub_peer, now)
+    worker.negotiator.apply_subscriptions(sub_peer, now)
+    take_events(worker.negotiator, events)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
     # No view yet: the best layer the start estimate (1 Mbit/s) carries.
     assert fsub.target == 1
@@ -357,7 +362,8 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
     sub_peer.pending_offer = False
     sub_peer.reporting = True
     worker.tables.reports.add_leg(sub_peer, now)
-    worker._apply_subscriptions(sub_peer, now)
+    worker.negotiator.apply_subscriptions(sub_peer, now)
+    take_events(worker.negotiator, events)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
     assert fsub.target == 1
 
@@ -365,29 +371,34 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
         return [(e.paused, e.reason) for e in events.items if isinstance(e, TrackPaused)]
 
     now += TICK
-    worker._layers_tick(now)
+    worker.layers.tick(now)
+    take_events(worker.layers, events)
     assert fsub.target == 1 and paused() == []
     # Muted by its publisher: off at the next tick.
     await worker.set_muted("room", track_id, True)
     now += TICK
-    worker._layers_tick(now)
+    worker.layers.tick(now)
+    take_events(worker.layers, events)
     assert fsub.target is None
     assert paused() == [(True, "off")]
     # Unmuted, and its packets come again: resumed, on a layer.
     await worker.set_muted("room", track_id, False)
     send(2)
     now += TICK
-    worker._layers_tick(now)
+    worker.layers.tick(now)
+    take_events(worker.layers, events)
     assert paused() == [(True, "off"), (False, "off")]
     assert fsub.target is not None
     # Its layers stop with no mute (a camera stopped): off once nothing has
     # arrived for STALE, however long it lasts, and never "bandwidth".
     for _ in range(int(10 / TICK)):
         now += TICK
-        worker._layers_tick(now)
+        worker.layers.tick(now)
+        take_events(worker.layers, events)
     assert fsub.target is None
     assert paused() == [(True, "off"), (False, "off"), (True, "off")]
     send(3)
     now += TICK
-    worker._layers_tick(now)
+    worker.layers.tick(now)
+    take_events(worker.layers, events)
     assert paused()[-1] == (False, "off") and fsub.target is not None

@@ -28,6 +28,7 @@ from sfu import native
 from sfu.estimator import SendSideEstimator
 from sfu.forward import Forwarder
 from sfu.worker import MediaWorker
+from tests.sfu.conftest import take_events
 from tests.sfu.test_native import KEY, Record, loopback_sockets, route_native
 
 needs_native = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
@@ -464,8 +465,9 @@ async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker)
         peer.pending_offer = False
         peer.reporting = True
         worker.tables.reports.add_leg(peer, now)
-        worker._apply_subscriptions(peer, now)
-    state = worker._subscriber_state(peer)
+        worker.negotiator.apply_subscriptions(peer, now)
+        take_events(worker.negotiator)
+    state = worker.layers.subscriber(peer)
     state.estimator = estimator = SendSideEstimator()  # aiortc's answer has no transport-cc
     sub = room.forwarder.subscription(peer, section.forwarded.ssrc)
 
@@ -473,7 +475,8 @@ async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker)
         nonlocal now
         for _ in range(n):
             now += 0.5
-            worker._allocate_participant(room, "bob", now)
+            worker.layers.allocate(room, "bob", now)
+            take_events(worker.layers)
 
     ticks(2)
     assert sub.pt_map == {111: 111, 63: 63}

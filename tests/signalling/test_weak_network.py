@@ -781,7 +781,7 @@ def worker_view(world: World) -> dict[str, Any]:
 
     worker = world.app[sfu.http.WORKER]  # type: ignore[attr-defined]
     out: dict[str, Any] = {}
-    for peer, state in list(worker._subscribers.items()):
+    for peer, state in list(worker.layers.subscribers.items()):
         est = state.estimator
         out[str(peer.participant)[-6:]] = {
             "estimate": int(est.estimate) if est else None,
