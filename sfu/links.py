@@ -188,7 +188,7 @@ class Links:
         out, self._out = self._out, []
         return out
 
-    def _negotiated(self) -> None:
+    def _pass_on_negotiator(self) -> None:
         """Queue what the negotiator wants done, where it wanted it."""
         self._out += self.negotiator.take_actions()
 
@@ -614,7 +614,7 @@ class Links:
     def _remove_relayed(self, link: Link, relay: RelayRoom, track: Track, now: float) -> None:
         leg = relay.ingress
         self.negotiator.remove_track(relay.room, track, now)
-        self._negotiated()
+        self._pass_on_negotiator()
         leg.tracks.pop(track.info.track_id, None)
         assert leg.owners is not None
         participant = leg.owners.pop(track.ssrc, None)
@@ -623,7 +623,7 @@ class Links:
             link.incoming.pop(track.rtx_ssrc, None)
         if participant is not None and participant not in leg.owners.values():
             self.negotiator.speaker_left(relay.room, participant, now)
-            self._negotiated()
+            self._pass_on_negotiator()
 
     # -- datagrams -----------------------------------------------------------------------
 

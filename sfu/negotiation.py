@@ -25,7 +25,6 @@ holds it to that): every verb is given ``now``.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +35,6 @@ from rtc.dtls import DtlsCertificate
 from rtc.errors import DtlsError, IceStateError, SdpNegotiationError
 from rtc.ice import Address, CredentialsRetired
 from rtc.sdp import (
-    ABS_SEND_TIME,
     AUDIO_LEVEL,
     TRANSPORT_CC,
     Codec,
@@ -72,15 +70,6 @@ from sfu.transport import (
 __all__ = ["Negotiator"]
 
 log = logging.getLogger("wadud.sfu.worker")
-
-# Extensions forwarded to subscribers. The mid extension is not among them:
-# its value is the publisher's mid, which means nothing on the subscriber's
-# transport, and our offers carry a=ssrc lines to demultiplex by.
-_FORWARDED_EXTENSIONS = (ABS_SEND_TIME, TRANSPORT_CC, AUDIO_LEVEL)
-# Dynamic payload types (RFC 3551 section 6), then the range RFC 7587-era
-# browsers use when 96-127 are full (RFC 8866 section 6.6 allows 35-63 with rtcp-mux).
-_FREE_PAYLOAD_TYPES = tuple(itertools.chain(range(96, 128), range(35, 64)))
-
 
 class Negotiator:
     """Rooms, transports and offer/answer of one media worker (see the module docstring).
@@ -123,7 +112,7 @@ class Negotiator:
         out, self._out = self._out, []
         return out
 
-    def _layers(self) -> None:
+    def _pass_on_layers(self) -> None:
         """Queue what the layers core wants done, where it wanted it."""
         self._out += self.layers.take_actions()
 
@@ -199,7 +188,7 @@ class Negotiator:
 
     def _leave(self, room: Room, participant: str, reason: str, now: float) -> None:
         self.layers.left(room, participant)
-        self._layers()
+        self._pass_on_layers()
         p = room.participants.pop(participant, None)
         if p is None:
             return
@@ -370,7 +359,7 @@ class Negotiator:
                 removed.append(track.info.track_id)
                 self.remove_track(room, track, now)
         if added:
-            self.start_bandwidth_feedback(peer, now)
+            self._start_bandwidth_feedback(peer, now)
         log.info(
             "%s/%s publish negotiated: added %s, removed %s",
             room.name,
@@ -664,7 +653,7 @@ class Negotiator:
                     SendStatistics(sub, source, _offset_of(sub), cname=forwarded.cname or ""),
                 )
         self.layers.subscribed(peer, now)
-        self._layers()
+        self._pass_on_layers()
 
     def set_muted(self, room: str, track_id: str, muted: bool, now: float) -> None:
         """Stop or resume forwarding a track; resuming video waits for a keyframe (requested)."""
@@ -809,7 +798,7 @@ class Negotiator:
         if peer.direction == "subscribe":
             self.apply_subscriptions(peer, now)
         else:
-            self.start_bandwidth_feedback(peer, now)
+            self._start_bandwidth_feedback(peer, now)
             # Subscribers may have waited for this publisher: ask for keyframes now.
             for track in peer.tracks.values():
                 if track.info.kind == "video" and track.live:
@@ -820,7 +809,7 @@ class Negotiator:
         if due is not None:
             self._out.append(Arm(due))
 
-    def start_bandwidth_feedback(self, peer: Peer, now: float) -> None:
+    def _start_bandwidth_feedback(self, peer: Peer, now: float) -> None:
         """Give a connected publisher transport-cc feedback, else REMB, if it negotiated one.
 
         transport-cc (draft-holmer-rmcat-transport-wide-cc-extensions-01)
