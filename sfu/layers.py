@@ -8,7 +8,7 @@ forwarder's layer switching (:mod:`sfu.groups`):
   ``a=ssrc``: each layer's first packets carry the MID and RID header
   extensions (RTX: the repaired RID, RFC 8852). A packet from an SSRC the
   worker does not know, on a publisher with such layers still unknown, is
-  looked at in the slow branch (:meth:`WorkerLayers._learn_ssrc`) and its
+  looked at in the slow branch (:meth:`Layers.learn_ssrc`) and its
   SSRC becomes that layer's.
 * **Estimation.** Each subscriber transport that negotiated transport-cc
   has a :class:`~sfu.estimator.SendSideEstimator`: the forwarder records
@@ -38,14 +38,15 @@ forwarder's layer switching (:mod:`sfu.groups`):
   :class:`~sfu.quality.QualityTracker` fed by both legs; ``ConnectionQuality``
   events on change.
 
-Sans-I/O like :mod:`sfu.negotiation`: the worker calls :meth:`_layers_tick`
-from its RTCP timer (:meth:`_layers_due` says when) and sends what
-:meth:`_send_padding` builds.
+A sans-I/O core like :mod:`sfu.negotiation`, held by the worker's
+negotiator: the worker calls :meth:`Layers.tick` from its RTCP timer
+(:meth:`Layers.due` says when) and carries out what it queued
+(:mod:`sfu.actions`): events, RTCP to flush, the padding and probes
+:meth:`Layers._send_padding` builds, already protected.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import math
 from collections.abc import Sequence
@@ -56,17 +57,17 @@ from rtc.rtcp import Remb, RtcpPacket, TransportCc
 from rtc.rtp import extension_elements
 from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
 from sfu import call_samples
+from sfu.actions import Action, ArmRtcp, Emit, FlushRtcp, Send
 from sfu.control import ConnectionQuality, LayersWanted, TrackPaused
 from sfu.errors import SfuStateError
 from sfu.estimator import RAMP_REACH, SendSideEstimator
-from sfu.negotiation import WorkerControl
 from sfu.quality import QualityTracker, Sample
-from sfu.records import LayerInfo, Peer, Room, Section, Track, View
+from sfu.records import LayerInfo, Peer, Room, Section, Track, View, WorkerTables
 from sfu.reports import ReceiveStatistics
 from sfu.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
 from sfu.table import Group
 
-__all__ = ["DYNACAST_DELAY", "HOLD", "TICK", "WorkerLayers"]
+__all__ = ["DYNACAST_DELAY", "HOLD", "TICK", "Layers"]
 
 #: Seconds between allocations.
 TICK = 0.5
@@ -173,39 +174,45 @@ class _Quality:
         self.peak = 0.0
 
 
-class WorkerLayers(WorkerControl):
-    """Simulcast layers, estimation, dynacast and quality of :class:`sfu.worker.MediaWorker`."""
+class Layers:
+    """Simulcast layers, estimation, dynacast and quality of a media worker's
+    subscribers (see the module docstring), on the worker's shared
+    :class:`~sfu.records.WorkerTables`.
 
-    def _init_layers(self) -> None:
-        self._subscribers: dict[Peer, _Subscriber] = {}
+    Its input is the tick (:meth:`tick`, when :meth:`due` says) and what the
+    worker learns of subscribers; what it wants done (events, RTCP to
+    flush, padding to send, the RTCP timer to re-arm) it queues as
+    :mod:`sfu.actions` for :meth:`take_actions`.
+    """
+
+    def __init__(self, tables: WorkerTables) -> None:
+        self.tables = tables
+        self.subscribers: dict[Peer, _Subscriber] = {}
+        """A subscriber transport's allocation state, from its first allocation."""
         self._qualities: dict[tuple[str, str], _Quality] = {}
         self._layers_when: float | None = None
         self._padding_when: float | None = None
         self._ticks = 0
+        self._out: list[Action] = []
 
-    # -- provided by the datagram side ----------------------------------------------------
+    def take_actions(self) -> list[Action]:
+        """What the calls since the last take want done, in order."""
+        out, self._out = self._out, []
+        return out
 
-    @abc.abstractmethod
-    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Send one datagram."""
+    # -- what the negotiator tells it ----------------------------------------------------
 
-    @abc.abstractmethod
-    def _soon_rtcp(self) -> None:
-        """Make sure the RTCP timer (which runs :meth:`_layers_tick`) fires in time."""
-
-    # -- hooks into the control side ----------------------------------------------------
-
-    def _apply_subscriptions(self, peer: Peer, now: float) -> None:
-        super()._apply_subscriptions(peer, now)
+    def subscribed(self, peer: Peer, now: float) -> None:
+        """A subscriber transport's subscriptions were handed to the forwarder."""
         # Simulcast subscriptions have no layer until allocated: do it now.
-        self._allocate_participant(peer.room, peer.participant, now)
+        self.allocate(peer.room, peer.participant, now)
         self._layers_start(now)
 
-    def _leave(self, room: Room, participant: str, reason: str) -> None:
+    def left(self, room: Room, participant: str) -> None:
+        """A participant leaves the room: forget its views and allocation."""
         p = room.participants.get(participant)
         if p is not None and p.subscribe is not None:
-            self._forget_subscriber(p.subscribe)
-        super()._leave(room, participant, reason)
+            self.forget(p.subscribe)
         for key in [k for k in room.views if k[0] == participant]:
             del room.views[key]
         room.audio_only.discard(participant)
@@ -213,7 +220,7 @@ class WorkerLayers(WorkerControl):
 
     # -- MediaControl ------------------------------------------------------------------
 
-    async def set_view(
+    def set_view(
         self,
         room: str,
         participant: str,
@@ -221,28 +228,29 @@ class WorkerLayers(WorkerControl):
         width: int,
         height: int,
         visible: bool,
+        now: float,
     ) -> None:
         """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         if r is None:
             raise SfuStateError(f"no room {room!r}")
         r.views[(participant, track_id)] = View(max(0, width), max(0, height), visible)
-        self._allocate_participant(r, participant, self._now())
+        self.allocate(r, participant, now)
 
-    async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
+    def set_audio_only(self, room: str, participant: str, enabled: bool, now: float) -> None:
         """``participant`` receives no video while ``enabled``."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         if r is None:
             raise SfuStateError(f"no room {room!r}")
         if enabled:
             r.audio_only.add(participant)
         else:
             r.audio_only.discard(participant)
-        self._allocate_participant(r, participant, self._now())
+        self.allocate(r, participant, now)
 
     # -- learning layers (the slow branch of the hot path) ----------------------------------
 
-    def _learn_ssrc(self, peer: Peer, plain: bytes, ssrc: int, now: float) -> bool:
+    def learn_ssrc(self, peer: Peer, plain: bytes, ssrc: int, now: float) -> bool:
         """A publisher's packet from an unknown SSRC: a simulcast layer's (or its
         RTX's) first packets, by their MID and RID extensions (RFC 8852).
         True when the SSRC became known."""
@@ -284,7 +292,7 @@ class WorkerLayers(WorkerControl):
             stats = ReceiveStatistics(ssrc, track.codec.clock_rate)
             peer.recv_stats[ssrc] = stats
             if peer.reporting:
-                self.reports.add_receive(peer, stats)
+                self.tables.reports.add_receive(peer, stats)
             self._layer_learnt(peer.room, track, index, now)
         elif repaired is not None:
             index = _index(track, repaired)
@@ -308,21 +316,22 @@ class WorkerLayers(WorkerControl):
 
     # -- bandwidth feedback of subscribers ------------------------------------------------
 
-    def _subscriber_feedback(self, peer: Peer, packet: RtcpPacket, now: float) -> None:
+    def feedback(self, peer: Peer, packet: RtcpPacket, now: float) -> None:
         """A subscriber's transport-cc feedback or REMB."""
-        state = self._subscribers.get(peer)
+        state = self.subscribers.get(peer)
         if state is None:
-            state = self._subscriber_state(peer)
+            state = self.subscriber(peer)
         if isinstance(packet, TransportCc):
             if state.estimator is not None:
                 state.estimator.on_feedback(packet, now)
         elif isinstance(packet, Remb):
             state.remb = packet.bitrate
 
-    def _subscriber_state(self, peer: Peer) -> _Subscriber:
-        state = self._subscribers.get(peer)
+    def subscriber(self, peer: Peer) -> _Subscriber:
+        """A subscriber transport's allocation state, made on first use."""
+        state = self.subscribers.get(peer)
         if state is None:
-            state = self._subscribers[peer] = _Subscriber()
+            state = self.subscribers[peer] = _Subscriber()
         # Only when the subscriber took transport-cc in its answer: one that
         # refused it sends no feedback, and an estimator that never hears
         # would hold it at START_ESTIMATE for good.
@@ -337,19 +346,21 @@ class WorkerLayers(WorkerControl):
             peer.forwarder.set_send_rings(peer, sent_at, sizes)
         return state
 
-    def _path_changed(self, peer: Peer) -> None:
+    def path_changed(self, peer: Peer, now: float) -> None:
         """A subscriber's path moved: its estimator forgets the old path's losses."""
-        state = self._subscribers.get(peer)
+        state = self.subscribers.get(peer)
         if state is not None and state.estimator is not None:
-            state.estimator.path_changed(self._now())
+            state.estimator.path_changed(now)
 
-    def _forget_subscriber(self, peer: Peer) -> None:
-        self._subscribers.pop(peer, None)
+    def forget(self, peer: Peer) -> None:
+        """A subscriber transport is down or gone."""
+        self.subscribers.pop(peer, None)
 
     # -- the tick ---------------------------------------------------------------------------
 
-    def _layers_due(self) -> float | None:
-        if not self._rooms:
+    def due(self) -> float | None:
+        """When :meth:`tick` wants to run next: the tick, or a ramp's padding."""
+        if not self.tables.rooms:
             return None
         when, padding = self._layers_when, self._padding_when
         return padding if padding is not None and (when is None or padding < when) else when
@@ -357,26 +368,26 @@ class WorkerLayers(WorkerControl):
     def _layers_start(self, now: float) -> None:
         if self._layers_when is None:
             self._layers_when = now + TICK
-            self._soon_rtcp()
+            self._out.append(ArmRtcp())
 
-    def _layers_tick(self, now: float) -> None:
+    def tick(self, now: float) -> None:
         """Measure layers, allocate every subscriber, dynacast, and (every
         other tick) connection quality; between ticks, every
         ``PADDING_INTERVAL``, the padding ramping subscribers asked for."""
         if self._layers_when is None or now >= self._layers_when:
-            self._layers_when = now + TICK if self._rooms else None
+            self._layers_when = now + TICK if self.tables.rooms else None
             self._ticks += 1
-            for room in list(self._rooms.values()):
+            for room in list(self.tables.rooms.values()):
                 self._measure(room, now)
                 self._allocate_room(room, now)
                 self._relay_layers(room, now)
                 self._dynacast(room, now)
                 if self._ticks % 2 == 0:
                     self._quality(room, now)
-            for peer in [p for p in self._subscribers if p.transport.state.value == "closed"]:
-                del self._subscribers[peer]
+            for peer in [p for p in self.subscribers if p.transport.state.value == "closed"]:
+                del self.subscribers[peer]
         self._padding_when = None
-        for peer, state in self._subscribers.items():
+        for peer, state in self.subscribers.items():
             if state.padding and state.estimator is not None:
                 size = int(state.padding * min(now - state.padded_at, TICK) / 8)
                 state.padded_at = now
@@ -400,14 +411,15 @@ class WorkerLayers(WorkerControl):
 
     def _allocate_room(self, room: Room, now: float) -> None:
         for participant in list(room.participants):
-            self._allocate_participant(room, participant, now)
+            self.allocate(room, participant, now)
 
-    def _allocate_participant(self, room: Room, participant: str, now: float) -> None:
+    def allocate(self, room: Room, participant: str, now: float) -> None:
+        """Choose the layers ``participant`` receives now (see the module docstring)."""
         p = room.participants.get(participant)
         peer = p.subscribe if p is not None else None
         if peer is None or not peer.reporting:
             return
-        state = self._subscriber_state(peer)
+        state = self.subscriber(peer)
         forwarder = peer.forwarder
         audio = 0
         audio_bitrate = 0.0
@@ -526,12 +538,12 @@ class WorkerLayers(WorkerControl):
             self._set(peer, tracks[tid], None, now)
             if state.paused.get(tid) != reason:
                 state.paused[tid] = reason
-                self._emit(TrackPaused(room.name, participant, tid, True, reason))
+                self._out.append(Emit(TrackPaused(room.name, participant, tid, True, reason)))
         for tid in [t for t in state.paused if t not in reasons]:
             reason = state.paused.pop(tid)
             if tid in tracks:
-                self._emit(TrackPaused(room.name, participant, tid, False, reason))
-        self._flush_rtcp(room)
+                self._out.append(Emit(TrackPaused(room.name, participant, tid, False, reason)))
+        self._out.append(FlushRtcp(room))
         estimator = state.estimator
         padded, state.padding = state.padding, 0.0
         if estimator is None or state.wanted <= estimate:
@@ -597,7 +609,7 @@ class WorkerLayers(WorkerControl):
             packet, tseq = built
             estimator.on_sent(tseq, len(packet), now, cluster)
             try:
-                self._send(protect(packet), addr)
+                self._out.append(Send(protect(packet), addr))
             except Exception:
                 peer.srtp_errors += 1
                 return
@@ -656,13 +668,15 @@ class WorkerLayers(WorkerControl):
                     info.active = active
                     changed = True
             if changed:
-                self._emit(
-                    LayersWanted(
-                        room.name,
-                        track.info.track_id,
-                        track.info.participant,
-                        [x.rid for x in track.layers],
-                        [x.rid for x in track.layers if x.active],
+                self._out.append(
+                    Emit(
+                        LayersWanted(
+                            room.name,
+                            track.info.track_id,
+                            track.info.participant,
+                            [x.rid for x in track.layers],
+                            [x.rid for x in track.layers if x.active],
+                        )
                     )
                 )
 
@@ -697,8 +711,8 @@ class WorkerLayers(WorkerControl):
                 activity += pub.packets_in + pub.rtcp_in
             sub = p.subscribe
             if sub is not None:
-                rtt = self.reports.rtt(sub)
-                state = self._subscribers.get(sub)
+                rtt = self.tables.reports.rtt(sub)
+                state = self.subscribers.get(sub)
                 if state is not None:
                     if state.estimator is not None:
                         loss = max(loss, state.estimator.loss)
@@ -720,7 +734,7 @@ class WorkerLayers(WorkerControl):
             if first and level is None:
                 level = q.tracker.level
             if level is not None:
-                self._emit(ConnectionQuality(room.name, participant, level.value))
+                self._out.append(Emit(ConnectionQuality(room.name, participant, level.value)))
             q.peak = max(q.peak, loss)
             if now - q.sampled >= call_samples.SAMPLE_EVERY:
                 q.sampled, peak, q.peak = now, q.peak, 0.0
@@ -728,17 +742,19 @@ class WorkerLayers(WorkerControl):
                 paused: dict[str, Reason] = {}
                 if sub is not None:
                     got = [(s.track, self._current(sub, s.track)) for s in sub.sections]
-                    known = self._subscribers.get(sub)
+                    known = self.subscribers.get(sub)
                     paused = known.paused if known is not None else paused
-                self._emit(
-                    call_samples.sample(
-                        room.name,
-                        participant,
-                        sample,
-                        q.tracker.level,
-                        call_samples.sent_bitrate(room.tracks.values(), pub),
-                        call_samples.received_layers(got, paused),
-                        peak,
+                self._out.append(
+                    Emit(
+                        call_samples.sample(
+                            room.name,
+                            participant,
+                            sample,
+                            q.tracker.level,
+                            call_samples.sent_bitrate(room.tracks.values(), pub),
+                            call_samples.received_layers(got, paused),
+                            peak,
+                        )
                     )
                 )
 

@@ -2,8 +2,8 @@
 
 A room may live on several workers (participants are placed in their own
 region). When a track has subscribers on another worker, signalling asks the
-publishing worker to send it there (:meth:`WorkerLinks.relay_send`) and the
-other worker to take it (:meth:`WorkerLinks.relay_receive`); the track then
+publishing worker to send it there (:meth:`Links.relay_send`) and the
+other worker to take it (:meth:`Links.relay_receive`); the track then
 crosses once, however many subscribers it has over there, and each worker
 fans it out to its own.
 
@@ -39,28 +39,31 @@ The link is set up on first use and closed when no room uses it either way;
 a link that fails retries while it is used (:mod:`sfu.relay`). Its state
 changes go to listeners as :class:`~sfu.control.RelayState`.
 
-Like :mod:`sfu.negotiation`, this half never touches the socket, the loop or
-the clock: :class:`sfu.worker.MediaWorker` provides ``_now``, ``_send``,
-``_route`` and the RTCP helpers.
+Like :mod:`sfu.negotiation`, :class:`Links` is a core that never touches the
+socket, the loop or the clock: it is given ``now`` and queues what it wants
+done (:mod:`sfu.actions`). A link's SRTP media is the worker's hot path
+(:meth:`sfu.worker.MediaWorker.datagram_received`), which finds the link by
+:attr:`Links.by_addr` and the room's ingress leg by the link's ``incoming``
+table; SRTCP and DTLS come here (:meth:`Links.receive_rtcp`,
+:meth:`Links.receive_dtls`).
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import logging
 import secrets
-import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
-from rtc import demux
+from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError
 from rtc.ice import Address
 from rtc.rtcp import Fir, Nack, Pli, ReceiverReport, RtcpPacket, SenderReport, parse_compound
 from rtc.sdp import AUDIO_LEVEL, Codec, RtcpFeedback
+from sfu.actions import Action, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
 from sfu.control import (
     RelayCodec,
     RelayedTrack,
@@ -68,19 +71,18 @@ from sfu.control import (
     RelayState,
 )
 from sfu.errors import SfuStateError
-from sfu.negotiation import WorkerControl
+from sfu.negotiation import Negotiator
 from sfu.offer_answer import LocalParameters
-from sfu.records import Peer, RelayRoom, Room, Track
+from sfu.records import Peer, RelayRoom, Room, Track, WorkerTables
 from sfu.relay import LinkState, RelayLink, parse_fingerprint
 from sfu.reports import ReceiveStatistics, SendStatistics
 from sfu.table import Subscription
 from sfu.transport import PeerTransport
 
-__all__ = ["Link", "WorkerLinks"]
+__all__ = ["Link", "Links"]
 
 log = logging.getLogger("wadud.sfu.links")
 
-_SSRC = struct.Struct("!I")
 # DTLS ClientHellos kept from addresses no link knows yet: a link's client may
 # learn of the link (and send its first flight) before the server does.
 _EARLY_ADDRESSES = 16
@@ -149,35 +151,46 @@ class Link:
         return any(r.used for r in self.rooms.values())
 
 
-class WorkerLinks(WorkerControl):
-    """The relay-link part of :class:`sfu.worker.MediaWorker` (see the module docstring),
-    on top of its control side."""
+class Links:
+    """A media worker's relay links (see the module docstring), on the worker's
+    :class:`~sfu.records.WorkerTables` and over its
+    :class:`~sfu.negotiation.Negotiator` (rooms and tracks are its).
 
-    worker_id: str
-    counters: Counter[str]
-    link_options: dict[str, Any]
+    What it wants done (datagrams, RTCP to flush, events, timers) it queues
+    as :mod:`sfu.actions` for :meth:`take_actions`. A link's SRTP media
+    never passes through here: the worker routes it by :attr:`by_addr` and
+    each link's ``incoming`` table on its hot path.
+    """
 
-    # -- provided by the other halves --------------------------------------------------------
-
-    @abc.abstractmethod
-    def _send(self, data: bytes, addr: Address) -> None: ...
-
-    @abc.abstractmethod
-    def _route(self, peer: Peer, plain: bytes, now: float) -> None: ...
-
-    @abc.abstractmethod
-    def _rtcp_packets(self, peer: Peer, packets: Sequence[RtcpPacket], now: float) -> None: ...
-
-    @abc.abstractmethod
-    def _soon(self, when: float | None) -> None: ...
-
-    @abc.abstractmethod
-    def _soon_rtcp(self) -> None: ...
-
-    def _init_links(self) -> None:
+    def __init__(
+        self,
+        tables: WorkerTables,
+        negotiator: Negotiator,
+        *,
+        certificate: DtlsCertificate,
+        worker_id: str,
+        link_options: dict[str, Any],
+    ) -> None:
+        self.tables = tables
+        self.negotiator = negotiator
+        self.certificate = certificate
+        self.worker_id = worker_id
+        self.link_options = link_options
+        self._fingerprint = certificate.fingerprint("sha-256")
         self._links: dict[str, Link] = {}
-        self._link_addrs: dict[Address, Link] = {}
+        self.by_addr: dict[Address, Link] = {}
+        """A peer worker's address -> its link: how the worker knows a link's datagrams."""
         self._early_dtls: dict[Address, list[bytes]] = {}
+        self._out: list[Action] = []
+
+    def take_actions(self) -> list[Action]:
+        """What the calls since the last take want done, in order."""
+        out, self._out = self._out, []
+        return out
+
+    def _pass_on_negotiator(self) -> None:
+        """Queue what the negotiator wants done, where it wanted it."""
+        self._out += self.negotiator.take_actions()
 
     # -- MediaControl --------------------------------------------------------------------
 
@@ -185,14 +198,14 @@ class WorkerLinks(WorkerControl):
         """This worker's id and DTLS fingerprint, ``"sha-256 AB:CD:..."`` (RFC 8122 section 5)."""
         return self.worker_id, f"sha-256 {self._fingerprint}"
 
-    async def relay_send(
-        self, room: str, peer: RelayPeer, track_ids: Sequence[str]
+    def relay_send(
+        self, room: str, peer: RelayPeer, track_ids: Sequence[str], now: float
     ) -> list[RelayedTrack]:
         """Send exactly ``track_ids`` (local tracks of ``room``) to ``peer``; see
         :meth:`sfu.control.MediaControl.relay_send`."""
         wanted = list(dict.fromkeys(track_ids))
         self._check_peer(peer)
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         tracks: list[Track] = []
         for track_id in wanted:
             track = r.tracks.get(track_id) if r is not None else None
@@ -201,7 +214,6 @@ class WorkerLinks(WorkerControl):
             if track.publisher.owners is not None:
                 raise SfuStateError(f"track {track_id!r} is relayed here, not published here")
             tracks.append(track)
-        now = self._now()
         if r is None:
             return []
         link = self._links.get(peer.worker)
@@ -213,20 +225,20 @@ class WorkerLinks(WorkerControl):
             self._set_sent(link, relay, tracks, now)
             return [relay.sent[t][0] for t in wanted]
         finally:
-            self._after(link, r)
+            self._after(link, r, now)
 
-    async def relay_receive(
-        self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack]
+    def relay_receive(
+        self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack], now: float
     ) -> None:
         """Receive exactly ``tracks`` of ``room`` from ``peer``; see
         :meth:`sfu.control.MediaControl.relay_receive`."""
         self._check_peer(peer)
         wanted = {t.info.track_id: t for t in tracks}
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         link = self._links.get(peer.worker)
         if not wanted and (r is None or link is None or room not in link.rooms):
             return
-        r = self._room(room)
+        r = self.negotiator.room(room)
         current = r.relays.get(peer.worker)
         mine = current.ingress if current is not None else None
         ours: set[int] = set()
@@ -243,19 +255,18 @@ class WorkerLinks(WorkerControl):
         for t in tracks:
             existing = r.tracks.get(t.info.track_id)
             if existing is not None and existing.publisher is not mine:
-                self._forget_if_empty(r)
+                self.negotiator.forget_if_empty(r)
                 raise SfuStateError(f"room {room!r} already has a track {t.info.track_id!r}")
             for maybe in (t.ssrc, t.rtx_ssrc):
                 if maybe is not None and (maybe in taken or maybe in ours):
-                    self._forget_if_empty(r)
+                    self.negotiator.forget_if_empty(r)
                     raise SfuStateError(f"SSRC {maybe} is already in use in room {room!r}")
-        now = self._now()
         link = self._link(peer, now)
         try:
             relay = self._relay_room(link, r, now)
             self._set_received(link, relay, wanted, now)
         finally:
-            self._after(link, r)
+            self._after(link, r, now)
 
     def _check_peer(self, peer: RelayPeer) -> None:
         if peer.worker == self.worker_id:
@@ -265,16 +276,16 @@ class WorkerLinks(WorkerControl):
         except ValueError as exc:
             raise SfuStateError(str(exc)) from None
 
-    def _after(self, link: Link, room: Room) -> None:
+    def _after(self, link: Link, room: Room, now: float) -> None:
         relay = room.relays.get(link.peer_worker)
         if relay is not None and not relay.used:
-            self._drop_relay_room(link, relay)
+            self._drop_relay_room(link, relay, now)
         if not link.used:
-            self._close_link(link, "no room uses the link")
-        self._forget_if_empty(room)
-        self._flush_rtcp(room)
-        self._service_link(link)
-        self._rearm()
+            self._close_link(link, "no room uses the link", now)
+        self.negotiator.forget_if_empty(room)
+        self._out.append(FlushRtcp(room))
+        self._service_link(link, now)
+        self._out.append(Rearm())
 
     # -- links ---------------------------------------------------------------------------
 
@@ -286,7 +297,7 @@ class WorkerLinks(WorkerControl):
         if link is None:
             core = RelayLink(self.certificate, self.worker_id, peer, now=now, **self.link_options)
             link = self._links[peer.worker] = Link(core)
-            self._link_addrs[core.address] = link
+            self.by_addr[core.address] = link
             core.start(now)
             log.info(
                 "relay link to %s at %s:%d (%s)",
@@ -300,13 +311,13 @@ class WorkerLinks(WorkerControl):
                 core.receive_datagram(data, now)
         elif link.core.peer != peer:
             old = link.core.address
-            if self._link_addrs.get(old) is link:
-                del self._link_addrs[old]
+            if self.by_addr.get(old) is link:
+                del self.by_addr[old]
             link.core.restart(peer, now)
-            self._link_addrs[link.core.address] = link
+            self.by_addr[link.core.address] = link
         elif link.core.state is LinkState.FAILED:
             link.core.start(now, "asked for again")
-        self._service_link(link)
+        self._service_link(link, now)
         return link
 
     def _relay_room(self, link: Link, room: Room, now: float) -> RelayRoom:
@@ -315,7 +326,7 @@ class WorkerLinks(WorkerControl):
             egress = self._leg(room, link, "subscribe", now)
             ingress = self._leg(room, link, "publish", now)
             relay = room.relays[link.peer_worker] = RelayRoom(
-                room, link.peer_worker, egress, ingress
+                room, link.peer_worker, egress, ingress, link.outgoing
             )
             link.rooms[room.name] = relay
             if link.core.state is LinkState.CONNECTED:
@@ -344,21 +355,21 @@ class WorkerLinks(WorkerControl):
         leg.protect = link.protect
         leg.protect_rtcp = link.protect_rtcp
         if not leg.reporting:
-            self.reports.add_leg(leg, now)
+            self.tables.reports.add_leg(leg, now)
             leg.reporting = True
             for stats in leg.recv_stats.values():
-                self.reports.add_receive(leg, stats)
+                self.tables.reports.add_receive(leg, stats)
 
     def _leg_down(self, leg: Peer) -> None:
         leg.protect = leg.protect_rtcp = None
         if leg.reporting:
-            self.reports.remove_leg(leg)
+            self.tables.reports.remove_leg(leg)
             leg.reporting = False
 
-    def _drop_relay_room(self, link: Link, relay: RelayRoom) -> None:
+    def _drop_relay_room(self, link: Link, relay: RelayRoom, now: float) -> None:
         room = relay.room
-        self._set_sent(link, relay, [], self._now())
-        self._set_received(link, relay, {}, self._now())
+        self._set_sent(link, relay, [], now)
+        self._set_received(link, relay, {}, now)
         for leg in (relay.egress, relay.ingress):
             self._leg_down(leg)
         room.forwarder.remove_subscriber(relay.egress)
@@ -367,42 +378,50 @@ class WorkerLinks(WorkerControl):
         if link.rooms.get(room.name) is relay:
             del link.rooms[room.name]
 
-    def _close_link(self, link: Link, reason: str) -> None:
+    def _close_link(self, link: Link, reason: str, now: float) -> None:
         for relay in list(link.rooms.values()):
-            self._drop_relay_room(link, relay)
+            self._drop_relay_room(link, relay, now)
         core = link.core
         core.close(reason)
-        self._service_link(link)
+        self._service_link(link, now)
         if self._links.get(link.peer_worker) is link:
             del self._links[link.peer_worker]
-        if self._link_addrs.get(core.address) is link:
-            del self._link_addrs[core.address]
-        self.totals["relay_in"] += link.packets_in
-        self.totals["relay_out"] += self._link_sent(link)
-        self.totals["relay_routed"] += link.routed
-        self.totals["relay_forged"] += link.forged
+        if self.by_addr.get(core.address) is link:
+            del self.by_addr[core.address]
+        self.tables.totals["relay_in"] += link.packets_in
+        self.tables.totals["relay_out"] += self._link_sent(link)
+        self.tables.totals["relay_routed"] += link.routed
+        self.tables.totals["relay_forged"] += link.forged
 
-    def _close_links(self, reason: str) -> None:
+    def close(self, reason: str, now: float) -> None:
+        """Close every link (the worker closes)."""
         for link in list(self._links.values()):
-            self._close_link(link, reason)
+            self._close_link(link, reason, now)
 
-    def _close_room_relays(self, room: Room) -> None:
+    def close_room(self, name: str, now: float) -> None:
+        """A room closed: stop relaying it either way, and forget it if nothing
+        else uses it (after :meth:`sfu.negotiation.Negotiator.close_room`)."""
+        room = self.tables.rooms.get(name)
+        if room is None:
+            return
         for peer_worker, relay in list(room.relays.items()):
             link = self._links.get(peer_worker)
             if link is None:
                 del room.relays[peer_worker]
                 continue
-            self._drop_relay_room(link, relay)
+            self._drop_relay_room(link, relay, now)
             if not link.used:
-                self._close_link(link, "no room uses the link")
+                self._close_link(link, "no room uses the link", now)
+        self.negotiator.forget_if_empty(room)
+        self._out.append(Rearm())
 
-    def _service_link(self, link: Link) -> None:
+    def _service_link(self, link: Link, now: float) -> None:
         core = link.core
         for datagram in core.datagrams_to_send():
-            self._send(datagram, core.address)
+            self._out.append(Send(datagram, core.address))
         while (event := core.next_event()) is not None:
             if event.new is LinkState.CONNECTED:
-                self._link_up(link)
+                self._link_up(link, now)
             elif event.old is LinkState.CONNECTED:
                 self._link_down(link)
             if event.new in (LinkState.CONNECTED, LinkState.FAILED, LinkState.CLOSED):
@@ -416,17 +435,18 @@ class WorkerLinks(WorkerControl):
                     event.reason,
                     extra={"peer_worker": link.peer_worker, "reason": event.reason},
                 )
-                self._emit(RelayState(link.peer_worker, state, event.reason))
-        self._soon(core.get_timer())
+                self._out.append(Emit(RelayState(link.peer_worker, state, event.reason)))
+        due = core.get_timer()
+        if due is not None:
+            self._out.append(Arm(due))
 
-    def _link_up(self, link: Link) -> None:
+    def _link_up(self, link: Link, now: float) -> None:
         srtp = link.core.srtp
         assert srtp is not None  # CONNECTED means keyed
         link.protect = srtp.outbound.protect
         link.protect_rtcp = srtp.outbound.protect_rtcp
         link.unprotect = srtp.inbound.unprotect
         link.unprotect_rtcp = srtp.inbound.unprotect_rtcp
-        now = self._now()
         for relay in link.rooms.values():
             self._leg_up(link, relay.egress, now)
             self._leg_up(link, relay.ingress, now)
@@ -435,8 +455,8 @@ class WorkerLinks(WorkerControl):
             for track in relay.ingress.tracks.values():
                 if track.info.kind == "video" and track.live:
                     relay.room.forwarder.request_keyframe(track.ssrc, now)
-            self._flush_rtcp(relay.room)
-        self._soon_rtcp()
+            self._out.append(FlushRtcp(relay.room))
+        self._out.append(ArmRtcp())
 
     def _link_down(self, link: Link) -> None:
         link.protect = link.protect_rtcp = link.unprotect = link.unprotect_rtcp = None
@@ -460,7 +480,7 @@ class WorkerLinks(WorkerControl):
                     link.sent_gone += sub.packets_sent + sub.retransmitted
                 with contextlib.suppress(SfuStateError):
                     room.forwarder.unsubscribe(relay.egress, track.ssrc)
-                self.reports.remove_send(relay.egress, relayed.ssrc)
+                self.tables.reports.remove_send(relay.egress, relayed.ssrc)
             link.outgoing.pop(relayed.ssrc, None)
             if relayed.rtx_ssrc is not None:
                 link.outgoing.pop(relayed.rtx_ssrc, None)
@@ -518,7 +538,7 @@ class WorkerLinks(WorkerControl):
         source = track.publisher.recv_stats.get(track.ssrc)
         if relay.egress.reporting and source is not None:
             rewriter = sub.rewriter
-            self.reports.add_send(
+            self.tables.reports.add_send(
                 relay.egress,
                 SendStatistics(
                     sub,
@@ -538,7 +558,7 @@ class WorkerLinks(WorkerControl):
                 if new.info.muted != track.info.muted:
                     track.info = replace(track.info, muted=new.info.muted)
                 continue
-            self._remove_relayed(link, relay, track)
+            self._remove_relayed(link, relay, track, now)
         for track_id, relayed in wanted.items():
             if track_id in leg.tracks:
                 continue
@@ -579,7 +599,7 @@ class WorkerLinks(WorkerControl):
         stats = ReceiveStatistics(relayed.ssrc, codec.clock_rate)
         leg.recv_stats[relayed.ssrc] = stats
         if leg.reporting:
-            self.reports.add_receive(leg, stats)
+            self.tables.reports.add_receive(leg, stats)
         assert leg.owners is not None
         leg.owners[relayed.ssrc] = relayed.info.participant
         level_id = relayed.extensions.get(AUDIO_LEVEL)
@@ -591,9 +611,10 @@ class WorkerLinks(WorkerControl):
         if relayed.info.kind == "video" and link.core.state is LinkState.CONNECTED:
             room.forwarder.request_keyframe(relayed.ssrc, now)
 
-    def _remove_relayed(self, link: Link, relay: RelayRoom, track: Track) -> None:
+    def _remove_relayed(self, link: Link, relay: RelayRoom, track: Track, now: float) -> None:
         leg = relay.ingress
-        self._remove_track(relay.room, track)
+        self.negotiator.remove_track(relay.room, track, now)
+        self._pass_on_negotiator()
         leg.tracks.pop(track.info.track_id, None)
         assert leg.owners is not None
         participant = leg.owners.pop(track.ssrc, None)
@@ -601,78 +622,37 @@ class WorkerLinks(WorkerControl):
         if track.rtx_ssrc is not None:
             link.incoming.pop(track.rtx_ssrc, None)
         if participant is not None and participant not in leg.owners.values():
-            self._speaker_left(relay.room, participant)
-
-    def _relay_track_removed(self, room: Room, track: Track) -> None:
-        """A local track ended (unpublish, leave): forget it on every link it went over."""
-        for peer_worker, relay in room.relays.items():
-            entry = relay.sent.get(track.info.track_id)
-            if entry is None or entry[1] is not track:
-                continue
-            link = self._links.get(peer_worker)
-            relay.sent.pop(track.info.track_id)
-            relay.subscribed.discard(track.info.track_id)
-            relayed = entry[0]
-            self.reports.remove_send(relay.egress, relayed.ssrc)
-            if link is not None:
-                link.outgoing.pop(relayed.ssrc, None)
-                if relayed.rtx_ssrc is not None:
-                    link.outgoing.pop(relayed.rtx_ssrc, None)
+            self.negotiator.speaker_left(relay.room, participant, now)
+            self._pass_on_negotiator()
 
     # -- datagrams -----------------------------------------------------------------------
 
-    def _link_datagram(self, link: Link, data: bytes) -> None:
-        """A datagram from a link's peer address: SRTP media on the hot path,
-        SRTCP and DTLS here too (RFC 7983 section 7)."""
-        if len(data) > 11 and 127 < data[0] < 192:
-            now = self._now()
-            if 191 < data[1] < 224:
-                self._link_rtcp(link, data, now)
-                return
-            unprotect = link.unprotect
-            if unprotect is None:
-                self.counters["relay_not_keyed"] += 1
-                return
-            try:
-                plain = unprotect(data)
-            except _SRTP_ERRORS:
-                link.forged += 1
-                return
-            link.core.heard = now
-            link.packets_in += 1
-            link.octets_in += len(data)
-            leg = link.incoming.get(_SSRC.unpack_from(plain, 8)[0])
-            if leg is None:
-                link.unknown_ssrc += 1
-                return
-            fstats = leg.forwarder.stats
-            before = fstats.received
-            self._route(leg, plain, now)
-            link.routed += fstats.received - before
-            return
-        if demux.classify(data) == demux.DTLS:
-            link.core.receive_datagram(data, self._now())
-            self._service_link(link)
-        else:
-            self.counters["relay_garbage"] += 1
+    def receive_dtls(self, link: Link, data: bytes, now: float) -> None:
+        """A DTLS datagram from a link's peer address (RFC 7983 section 7)."""
+        link.core.receive_datagram(data, now)
+        self._service_link(link, now)
 
-    def _link_rtcp(self, link: Link, data: bytes, now: float) -> None:
+    def receive_rtcp(
+        self, link: Link, data: bytes, now: float
+    ) -> list[tuple[Peer, list[RtcpPacket]]]:
+        """SRTCP from a link's peer: its packets by the leg each is about, for
+        the worker to act on as on any leg's RTCP."""
         unprotect = link.unprotect_rtcp
         if unprotect is None:
-            self.counters["relay_not_keyed"] += 1
-            return
+            self.tables.counters["relay_not_keyed"] += 1
+            return []
         try:
             plain = unprotect(data)
         except _SRTP_ERRORS:
             link.forged += 1
-            return
+            return []
         link.core.heard = now
         link.rtcp_in += 1
         try:
             packets = parse_compound(plain)
         except RtcpParseError:
-            self.counters["rtcp_malformed"] += 1
-            return
+            self.tables.counters["rtcp_malformed"] += 1
+            return []
         # One SRTCP session for every room on the link: each packet goes to
         # the leg whose stream it is about.
         by_leg: dict[Peer, list[RtcpPacket]] = {}
@@ -692,10 +672,9 @@ class WorkerLinks(WorkerControl):
                     found = by_leg.setdefault(leg, [])
                     if not found or found[-1] is not packet:
                         found.append(packet)
-        for leg, mine in by_leg.items():
-            self._rtcp_packets(leg, mine, now)
+        return list(by_leg.items())
 
-    def _early_link_dtls(self, data: bytes, addr: Address) -> None:
+    def early_dtls(self, data: bytes, addr: Address) -> None:
         """Keep a few DTLS datagrams from an unknown address for a link set up soon."""
         early = self._early_dtls.get(addr)
         if early is None:
@@ -707,7 +686,8 @@ class WorkerLinks(WorkerControl):
 
     # -- timers --------------------------------------------------------------------------
 
-    def _links_due(self) -> float | None:
+    def due(self) -> float | None:
+        """The links' next deadline (retransmissions, keepalives, retries)."""
         when: float | None = None
         for link in self._links.values():
             due = link.core.get_timer()
@@ -715,12 +695,13 @@ class WorkerLinks(WorkerControl):
                 when = due
         return when
 
-    def _links_timer(self, now: float) -> None:
+    def handle_timer(self, now: float) -> None:
+        """Run the links whose deadline has come."""
         for link in list(self._links.values()):
             due = link.core.get_timer()
             if due is not None and due <= now:
                 link.core.handle_timer(now)
-                self._service_link(link)
+                self._service_link(link, now)
 
     # -- metrics -------------------------------------------------------------------------
 
@@ -733,15 +714,15 @@ class WorkerLinks(WorkerControl):
                     sent += sub.packets_sent + sub.retransmitted
         return sent
 
-    def relay_snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """Relay links for metrics: totals that never go down, and one entry per link."""
         links = []
         totals = Counter(
             {
-                "in": self.totals["relay_in"],
-                "out": self.totals["relay_out"],
-                "routed": self.totals["relay_routed"],
-                "forged": self.totals["relay_forged"],
+                "in": self.tables.totals["relay_in"],
+                "out": self.tables.totals["relay_out"],
+                "routed": self.tables.totals["relay_routed"],
+                "forged": self.tables.totals["relay_forged"],
             }
         )
         for link in self._links.values():
@@ -753,7 +734,7 @@ class WorkerLinks(WorkerControl):
                     if stats.started:
                         expected += stats.expected
                         lost += max(0, stats.cumulative_lost)
-                rtt = self.reports.rtt(relay.egress)
+                rtt = self.tables.reports.rtt(relay.egress)
                 if rtt is not None:
                     rtts.append(rtt)
             totals["in"] += link.packets_in

@@ -1,16 +1,16 @@
-"""The control side of a media worker: rooms, transports, offer/answer, :class:`MediaControl`.
+"""The control side of a media worker: rooms, transports, offer/answer.
 
-:class:`WorkerControl` is the half of :class:`sfu.worker.MediaWorker` that
-signalling drives through :class:`sfu.control.MediaControl`: it creates and
-closes each participant's transports, negotiates them (RFC 8829 offer/answer,
-one RFC 8843 BUNDLE transport per leg), registers tracks and subscriptions
-with the room's :class:`~sfu.forward.Forwarder` and tells listeners what
-happened. Everything a datagram or a timer sets off (demultiplexing, the
-forwarding hot path, a transport's state changes, RTCP, timers) is the other
-half, :mod:`sfu.worker`, which inherits this class and provides the few
-things it needs from there: the clock, a transport's service, the timers and
-RTCP output, declared below as abstract methods. The records both halves
-share are in :mod:`sfu.records`.
+:class:`Negotiator` is what signalling's :class:`sfu.control.MediaControl`
+calls reach (through :class:`sfu.worker.MediaWorker`, which awaits nothing
+around them): it creates and closes each participant's transports,
+negotiates them (RFC 8829 offer/answer, one RFC 8843 BUNDLE transport per
+leg), registers tracks and subscriptions with the room's
+:class:`~sfu.forward.Forwarder`, and acts on what each transport reports
+(:meth:`Negotiator.service`: addresses validated, connected, failed). It
+works on the worker's :class:`~sfu.records.WorkerTables` and holds the
+worker's :class:`~sfu.layers.Layers`; what it wants done (datagrams and
+RTCP to send, events, timers) it queues as :mod:`sfu.actions` for the
+worker to take (:meth:`Negotiator.take_actions`) and carry out.
 
 Each participant has a *publish* transport (the client offers, we answer) and
 a *subscribe* transport (we offer, the client answers), see
@@ -19,128 +19,102 @@ subscriber's transport is connected: the keyframe it asks for on subscribing
 must not be spent before the subscriber can decrypt it.
 
 Nothing here touches the socket, the event loop or the clock (ruff's TID251
-holds it to that); the coroutines of :class:`MediaControl` never wait.
+holds it to that): every verb is given ``now``.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
-import itertools
 import logging
 import secrets
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
 from rtc.dtls import DtlsCertificate
 from rtc.errors import DtlsError, IceStateError, SdpNegotiationError
-from rtc.ice import Address
+from rtc.ice import Address, CredentialsRetired
 from rtc.sdp import (
-    ABS_SEND_TIME,
     AUDIO_LEVEL,
     TRANSPORT_CC,
     Codec,
     Direction,
-    Extmap,
     Fingerprint,
-    MediaDescription,
-    RtcpFeedback,
     SessionDescription,
     Setup,
 )
 from sfu import native
-from sfu.bandwidth import BandwidthFeedback, RembEstimator
-from sfu.control import ActiveSpeaker, MediaEvent, PublishResult, Restart, Source, TrackInfo
+from sfu.actions import Action, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
+from sfu.bandwidth import RembEstimator, TransportCcRecorder
+from sfu.control import ActiveSpeaker, PublishResult, Restart, Source, TrackInfo, TransportState
 from sfu.errors import SfuStateError
 from sfu.forward import Forwarder
-from sfu.offer_answer import ForwardedTrack, LocalParameters, answer, offer_for_subscriber
+from sfu.layers import Layers
+from sfu.offer_answer import LocalParameters, answer, offer_for_subscriber
 from sfu.offered import OfferedTrack, parse_tracks
-from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track
-from sfu.reports import ReceiveStatistics, ReportScheduler, SendStatistics
+from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track, WorkerTables
+from sfu.reports import ReceiveStatistics, SendStatistics
+from sfu.sections import negotiate, new_section, new_ssrc
 from sfu.speaker import SpeakerDetector
 from sfu.table import ForwarderStats, Subscription
-from sfu.transport import TERMINAL, PeerState, PeerTransport
+from sfu.transport import (
+    TERMINAL,
+    AddressForgotten,
+    AddressSelected,
+    AddressValidated,
+    PeerState,
+    PeerStateChanged,
+    PeerTransport,
+)
 
-__all__ = ["WorkerControl"]
+__all__ = ["Negotiator"]
 
 log = logging.getLogger("wadud.sfu.worker")
 
-# Extensions forwarded to subscribers. The mid extension is not among them:
-# its value is the publisher's mid, which means nothing on the subscriber's
-# transport, and our offers carry a=ssrc lines to demultiplex by.
-_FORWARDED_EXTENSIONS = (ABS_SEND_TIME, TRANSPORT_CC, AUDIO_LEVEL)
-# Dynamic payload types (RFC 3551 section 6), then the range RFC 7587-era
-# browsers use when 96-127 are full (RFC 8866 section 6.6 allows 35-63 with rtcp-mux).
-_FREE_PAYLOAD_TYPES = tuple(itertools.chain(range(96, 128), range(35, 64)))
+class Negotiator:
+    """Rooms, transports and offer/answer of one media worker (see the module docstring).
 
-
-class WorkerControl(abc.ABC):
-    """The :class:`sfu.control.MediaControl` half of :class:`sfu.worker.MediaWorker`.
-
-    Not used on its own: the worker inherits it, sets the attributes declared
-    here in its ``__init__`` and implements the abstract methods.
+    ``candidates`` gives the worker's host candidates (known once its socket
+    is bound); the other settings are :class:`sfu.worker.MediaWorker`'s.
     """
 
-    # The worker's settings and the tables both halves share (see sfu.worker.MediaWorker).
-    certificate: DtlsCertificate
-    consent_timeout: float
-    connect_timeout: float
-    forwarder_options: dict[str, Any]
-    simulcast: bool
-    red: bool
-    feedback_ssrc: int
-    reports: ReportScheduler
-    bandwidth: BandwidthFeedback
-    totals: Counter[str]
-    paths: Counter[str]
-    _fingerprint: str
-    _rooms: dict[str, Room]
-    _peers: set[Peer]
-    _by_ufrag: dict[str, Peer]
-    _listeners: list[Callable[[MediaEvent], None]]
+    def __init__(
+        self,
+        tables: WorkerTables,
+        layers: Layers,
+        *,
+        certificate: DtlsCertificate,
+        candidates: Callable[[], list[Address]],
+        consent_timeout: float,
+        connect_timeout: float,
+        forwarder_options: dict[str, Any],
+        simulcast: bool,
+        red: bool,
+        feedback_ssrc: int,
+        remb_max_bitrate: int,
+    ) -> None:
+        self.tables = tables
+        self.layers = layers
+        self.certificate = certificate
+        self.candidates = candidates
+        self.consent_timeout = consent_timeout
+        self.connect_timeout = connect_timeout
+        self.forwarder_options = forwarder_options
+        self.simulcast = simulcast
+        self.red = red
+        self.feedback_ssrc = feedback_ssrc
+        self.remb_max_bitrate = remb_max_bitrate
+        self._fingerprint = certificate.fingerprint("sha-256")
+        self._out: list[Action] = []
 
-    # -- provided by the datagram side ------------------------------------------------------
+    def take_actions(self) -> list[Action]:
+        """What the calls since the last take want done, in order."""
+        out, self._out = self._out, []
+        return out
 
-    @property
-    @abc.abstractmethod
-    def candidate_addresses(self) -> list[Address]:
-        """(address, port) of each host candidate (RFC 8445 section 5.1.1.1)."""
-
-    @abc.abstractmethod
-    def _now(self) -> float:
-        """The worker's clock (the event loop's)."""
-
-    @abc.abstractmethod
-    def _service(self, peer: Peer) -> None:
-        """Send what a transport wants sent and act on its events."""
-
-    @abc.abstractmethod
-    def _start_bandwidth_feedback(self, peer: Peer, now: float) -> None:
-        """Give a connected publisher transport-cc or REMB feedback for its tracks."""
-
-    @abc.abstractmethod
-    def _flush_rtcp(self, room: Room) -> None:
-        """Send the feedback a room's forwarder has pending (NACK, PLI, FIR)."""
-
-    @abc.abstractmethod
-    def _send_rtcp(self, peer: Peer, compound: bytes) -> None:
-        """Protect and send one compound RTCP packet on a peer's transport."""
-
-    @abc.abstractmethod
-    def _rearm(self) -> None:
-        """Re-arm the worker's timer at the earliest deadline of every core."""
-
-    # -- provided by the relay-link side (sfu.links) ----------------------------------------
-
-    @abc.abstractmethod
-    def _relay_track_removed(self, room: Room, track: Track) -> None:
-        """A local track ended: forget it on the relay links it went over."""
-
-    @abc.abstractmethod
-    def _close_room_relays(self, room: Room) -> None:
-        """The room closes: stop relaying it either way."""
+    def _pass_on_layers(self) -> None:
+        """Queue what the layers core wants done, where it wanted it."""
+        self._out += self.layers.take_actions()
 
     # -- transports ----------------------------------------------------------------------------
 
@@ -155,52 +129,44 @@ class WorkerControl(abc.ABC):
             ice_ufrag=transport.local_ufrag,
             ice_pwd=transport.local_pwd,
             fingerprints=[Fingerprint("sha-256", self._fingerprint)],
-            addresses=self.candidate_addresses,
+            addresses=self.candidates(),
             simulcast=self.simulcast and direction == "publish",
             red=self.red,
         )
         peer = Peer(room, participant, direction, transport, local)
-        self._peers.add(peer)
-        self._by_ufrag[transport.local_ufrag] = peer
+        self.tables.peers.add(peer)
+        self.tables.by_ufrag[transport.local_ufrag] = peer
         return peer
 
-    def _close_peer(self, peer: Peer, reason: str) -> None:
+    def _close_peer(self, peer: Peer, reason: str, now: float) -> None:
         if peer.transport.state not in TERMINAL:
             peer.transport.close(reason)
-            self._service(peer)
+            self.service(peer, now)
         if peer.direction == "subscribe":
             peer.forwarder.remove_subscriber(peer)
         else:
             for track in list(peer.tracks.values()):
-                self._remove_track(peer.room, track)
+                self.remove_track(peer.room, track, now)
 
     # -- events ------------------------------------------------------------------------------
 
-    def add_listener(self, listener: Callable[[MediaEvent], None]) -> None:
-        self._listeners.append(listener)
-
-    def _emit(self, event: MediaEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("media event listener failed", extra={"event": repr(event)})
-
-    def _speaker_changed(self, room: Room, speaker: str | None) -> None:
+    def speaker_changed(self, room: Room, speaker: str | None) -> None:
+        """The room's speaker detector chose ``speaker``: tell listeners if it is news."""
         if speaker == room.speaker_sent:
             return
         room.speaker_sent = speaker
-        self._emit(ActiveSpeaker(room.name, speaker))
+        self._out.append(Emit(ActiveSpeaker(room.name, speaker)))
 
     # -- rooms ----------------------------------------------------------------------------
 
-    def _room(self, name: str) -> Room:
-        room = self._rooms.get(name)
+    def room(self, name: str) -> Room:
+        """The room called ``name``, made now if the worker has none."""
+        room = self.tables.rooms.get(name)
         if room is None:
             forwarder = Forwarder(
                 feedback_ssrc=self.feedback_ssrc, red_leaf=native.RED, **self.forwarder_options
             )
-            room = self._rooms[name] = Room(name, forwarder, SpeakerDetector())
+            room = self.tables.rooms[name] = Room(name, forwarder, SpeakerDetector())
         return room
 
     def _participant(self, room: Room, participant: str) -> Participant:
@@ -209,41 +175,36 @@ class WorkerControl(abc.ABC):
             p = room.participants[participant] = Participant(room, participant)
         return p
 
-    def _forget_if_empty(self, room: Room) -> None:
-        if room.participants or room.relays or self._rooms.get(room.name) is not room:
+    def forget_if_empty(self, room: Room) -> None:
+        """Forget a room no participant and no relay link uses; its counters go to the totals."""
+        if room.participants or room.relays or self.tables.rooms.get(room.name) is not room:
             return
-        del self._rooms[room.name]
+        del self.tables.rooms[room.name]
         self._add_totals(room.forwarder.stats)
 
     def _add_totals(self, stats: ForwarderStats) -> None:
         for name, value in stats.as_dict().items():
-            self.totals[name] += value
+            self.tables.totals[name] += value
 
-    def _close_room(self, name: str, reason: str) -> None:
-        room = self._rooms.get(name)
-        if room is None:
-            return
-        for participant in list(room.participants):
-            self._leave(room, participant, reason)
-        self._close_room_relays(room)
-        self._forget_if_empty(room)
-
-    def _leave(self, room: Room, participant: str, reason: str) -> None:
+    def _leave(self, room: Room, participant: str, reason: str, now: float) -> None:
+        self.layers.left(room, participant)
+        self._pass_on_layers()
         p = room.participants.pop(participant, None)
         if p is None:
             return
         for peer in (p.publish, p.subscribe):
             if peer is not None:
-                self._close_peer(peer, reason)
-        self._speaker_left(room, participant)
+                self._close_peer(peer, reason, now)
+        self.speaker_left(room, participant, now)
 
-    def _speaker_left(self, room: Room, participant: str) -> None:
+    def speaker_left(self, room: Room, participant: str, now: float) -> None:
         """A participant (local, or remote behind a relay link) has no audio here any more."""
-        change = room.speaker.remove(participant, self._now())
+        change = room.speaker.remove(participant, now)
         if change is not None:
-            self._speaker_changed(room, cast(str | None, change.speaker))
+            self.speaker_changed(room, cast(str | None, change.speaker))
 
-    def _remove_track(self, room: Room, track: Track) -> None:
+    def remove_track(self, room: Room, track: Track, now: float) -> None:
+        """A track ends: forwarding, reports, relay links and subscriptions forget it."""
         if not track.live:
             return
         track.live = False
@@ -251,23 +212,22 @@ class WorkerControl(abc.ABC):
             room.forwarder.remove_track(track.ssrc)
         room.tracks.pop(track.info.track_id, None)
         if room.relays:
-            self._relay_track_removed(room, track)
+            self._unrelay(room, track)
         publisher = track.publisher
         if publisher.tracks.get(track.info.mid) is track:
             del publisher.tracks[track.info.mid]
         publisher.levels.pop(track.ssrc, None)
         publisher.recv_stats.pop(track.ssrc, None)
-        self.reports.remove_receive(publisher, track.ssrc)
+        self.tables.reports.remove_receive(publisher, track.ssrc)
         if publisher.rid_tracks.get(track.info.mid) is track:
             del publisher.rid_tracks[track.info.mid]
         for layer in track.layers:
             if layer.ssrc:
                 publisher.recv_stats.pop(layer.ssrc, None)
-                self.reports.remove_receive(publisher, layer.ssrc)
-        estimator = self.bandwidth.get(publisher)
+                self.tables.reports.remove_receive(publisher, layer.ssrc)
+        estimator = self.tables.bandwidth.get(publisher)
         if isinstance(estimator, RembEstimator):
             estimator.remove_source(track.ssrc)
-        now = self._now()
         for p in room.participants.values():
             sub = p.subscribe
             if sub is not None:
@@ -275,6 +235,20 @@ class WorkerControl(abc.ABC):
                     if section.track is track and section.subscribed:
                         section.subscribed = False
                         self._end_send(sub, section, now)
+
+    def _unrelay(self, room: Room, track: Track) -> None:
+        """A local track ended: forget it on every relay link it went over (:mod:`sfu.links`)."""
+        for relay in room.relays.values():
+            entry = relay.sent.get(track.info.track_id)
+            if entry is None or entry[1] is not track:
+                continue
+            relay.sent.pop(track.info.track_id)
+            relay.subscribed.discard(track.info.track_id)
+            relayed = entry[0]
+            self.tables.reports.remove_send(relay.egress, relayed.ssrc)
+            relay.outgoing.pop(relayed.ssrc, None)
+            if relayed.rtx_ssrc is not None:
+                relay.outgoing.pop(relayed.rtx_ssrc, None)
 
     def _end_send(self, peer: Peer, section: Section, now: float) -> None:
         """A subscription ended: say BYE for its SSRCs (RFC 3550 6.6), stop reporting on it.
@@ -287,25 +261,28 @@ class WorkerControl(abc.ABC):
         if section.use_rtx and forwarded.rtx_ssrc is not None:
             ssrcs.append(forwarded.rtx_ssrc)
         if peer.reporting:
-            for compound in self.reports.goodbye(peer, ssrcs, now):
-                self._send_rtcp(peer, compound)
-        self.reports.remove_send(peer, forwarded.ssrc)
+            for compound in self.tables.reports.goodbye(peer, ssrcs, now):
+                self._out.append(SendRtcp(peer, compound))
+        self.tables.reports.remove_send(peer, forwarded.ssrc)
 
     # -- MediaControl ----------------------------------------------------------------------
 
-    async def publish(
-        self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
+    def publish(
+        self,
+        room: str,
+        participant: str,
+        offer: str,
+        sources: Mapping[str, Source],
+        now: float,
     ) -> PublishResult:
         """Answer a publish offer (RFC 8829 5.3) and register its tracks with the forwarder."""
         desc = SessionDescription.parse(offer)
-        now = self._now()
-        r = self._room(room)
+        r = self.room(room)
         try:
             return self._publish(r, participant, desc, sources, now)
         finally:
-            self._forget_if_empty(r)
-            self._flush_rtcp(r)
-            self._rearm()
+            self.forget_if_empty(r)
+            self._out += (FlushRtcp(r), Rearm())
 
     def _publish(
         self,
@@ -331,8 +308,8 @@ class WorkerControl(abc.ABC):
             peer = self._new_peer(room, participant, "publish", now)
         assert peer is not None
         if not fresh and _ice_restart(peer.transport, params.ice_ufrag, params.ice_pwd):
-            _restart_ice(peer, self._by_ufrag, now)
-            self.paths["ice_restart"] += 1
+            _restart_ice(peer, self.tables.by_ufrag, now)
+            self.tables.paths["ice_restart"] += 1
         try:
             try:
                 # A renegotiation repeats the same parameters (a no-op); after
@@ -361,7 +338,7 @@ class WorkerControl(abc.ABC):
             old = p.publish
             if old is not None:
                 removed = [t.info.track_id for t in old.tracks.values()]
-                self._close_peer(old, "replaced by a new publish transport")
+                self._close_peer(old, "replaced by a new publish transport", now)
             p.publish = peer
 
         added: list[TrackInfo] = []
@@ -375,12 +352,12 @@ class WorkerControl(abc.ABC):
                 continue
             if existing is not None:
                 removed.append(existing.info.track_id)
-                self._remove_track(room, existing)
-            added.append(self._add_track(room, peer, item, sources).info)
+                self.remove_track(room, existing, now)
+            added.append(self._add_track(room, peer, item, sources, now).info)
         for mid, track in list(peer.tracks.items()):
             if mid not in seen:
                 removed.append(track.info.track_id)
-                self._remove_track(room, track)
+                self.remove_track(room, track, now)
         if added:
             self._start_bandwidth_feedback(peer, now)
         log.info(
@@ -401,9 +378,9 @@ class WorkerControl(abc.ABC):
     def _discard_new_peer(self, peer: Peer) -> None:
         peer.transport.close("negotiation failed")
         peer.transport.datagrams_to_send()
-        self._peers.discard(peer)
-        if self._by_ufrag.get(peer.transport.local_ufrag) is peer:
-            del self._by_ufrag[peer.transport.local_ufrag]
+        self.tables.peers.discard(peer)
+        if self.tables.by_ufrag.get(peer.transport.local_ufrag) is peer:
+            del self.tables.by_ufrag[peer.transport.local_ufrag]
 
     def _check_ssrcs(self, room: Room, peer: Peer, parsed: list[OfferedTrack]) -> None:
         """Refuse SSRCs another track of the room routes (RFC 3550 8.2 collision) before
@@ -425,14 +402,19 @@ class WorkerControl(abc.ABC):
                 seen.add(ssrc)
 
     def _add_track(
-        self, room: Room, peer: Peer, item: OfferedTrack, sources: Mapping[str, Source]
+        self,
+        room: Room,
+        peer: Peer,
+        item: OfferedTrack,
+        sources: Mapping[str, Source],
+        now: float,
     ) -> Track:
         default: Source = "microphone" if item.kind == "audio" else "camera"
         source = sources.get(item.mid, default)
         track_id = _new_id("t-", room.tracks)
         info = TrackInfo(track_id, peer.participant, item.kind, source, item.mid, rids=item.rids)
         if item.rids:
-            return self._add_simulcast_track(room, peer, item, info)
+            return self._add_simulcast_track(room, peer, item, info, now)
         room.forwarder.add_track(
             peer,
             item.ssrc,
@@ -455,21 +437,21 @@ class WorkerControl(abc.ABC):
         stats = ReceiveStatistics(item.ssrc, item.codec.clock_rate)
         peer.recv_stats[item.ssrc] = stats
         if peer.reporting:
-            self.reports.add_receive(peer, stats)
+            self.tables.reports.add_receive(peer, stats)
         level_id = item.extensions.get(AUDIO_LEVEL)
         if item.kind == "audio" and level_id:
             peer.levels[item.ssrc] = level_id
         return track
 
     def _add_simulcast_track(
-        self, room: Room, peer: Peer, item: OfferedTrack, info: TrackInfo
+        self, room: Room, peer: Peer, item: OfferedTrack, info: TrackInfo, now: float
     ) -> Track:
         """A simulcast track: a forwarder group under an id no packet uses;
         its layers' SSRCs are learnt from the first packets (sfu.layers)."""
         taken = {t.ssrc for t in room.tracks.values()} | {
             t.rtx_ssrc for t in room.tracks.values() if t.rtx_ssrc
         }
-        gid = _new_ssrc(taken)
+        gid = new_ssrc(taken)
         room.forwarder.add_group(
             peer,
             gid,
@@ -482,19 +464,19 @@ class WorkerControl(abc.ABC):
             fir=item.fir,
         )
         track = Track(info, peer, gid, None, item.codec, item.rtx, dict(item.extensions))
-        now = self._now()
         track.layers = [LayerInfo(rid, now) for rid in item.rids]
         room.tracks[info.track_id] = track
         peer.tracks[item.mid] = track
         peer.rid_tracks[item.mid] = track
         return track
 
-    async def subscribe(
+    def subscribe(
         self,
         room: str,
         participant: str,
         track_ids: Sequence[str],
-        restart: Restart | None = None,
+        restart: Restart | None,
+        now: float,
     ) -> str | None:
         """Offer exactly ``track_ids`` on the participant's subscribe transport (RFC 8829 5.2).
 
@@ -508,14 +490,12 @@ class WorkerControl(abc.ABC):
         Raises SfuStateError for an unknown track, the participant's own
         track, or while the previous offer is unanswered.
         """
-        now = self._now()
-        r = self._room(room)
+        r = self.room(room)
         try:
             return self._subscribe(r, participant, list(dict.fromkeys(track_ids)), now, restart)
         finally:
-            self._forget_if_empty(r)
-            self._flush_rtcp(r)
-            self._rearm()
+            self.forget_if_empty(r)
+            self._out += (FlushRtcp(r), Rearm())
 
     def _subscribe(
         self,
@@ -538,7 +518,7 @@ class WorkerControl(abc.ABC):
         if peer is not None and (peer.transport.state in TERMINAL or restart == "transport"):
             # Its client needs a new peer connection: start over, whatever
             # offer the old transport still had outstanding.
-            self._close_peer(peer, "replaced")
+            self._close_peer(peer, "replaced", now)
             assert p is not None
             p.subscribe = peer = None
         if peer is not None and peer.pending_offer:
@@ -551,8 +531,8 @@ class WorkerControl(abc.ABC):
             peer = self._new_peer(room, participant, "subscribe", now)
             self._participant(room, participant).subscribe = peer
         elif restart == "ice" and peer.transport.dtls is not None:
-            _restart_ice(peer, self._by_ufrag, now)
-            self.paths["ice_restart"] += 1
+            _restart_ice(peer, self.tables.by_ufrag, now)
+            self.tables.paths["ice_restart"] += 1
             changed = True
         wanted_set = set(wanted)
         current: set[str] = set()
@@ -573,7 +553,7 @@ class WorkerControl(abc.ABC):
             changed = True
         for track in tracks:
             if track.info.track_id not in current:
-                peer.sections.append(self._new_section(peer, track))
+                peer.sections.append(new_section(peer, track, self.red))
                 changed = True
         if not changed:
             return None
@@ -600,79 +580,14 @@ class WorkerControl(abc.ABC):
         )
         return str(offer)
 
-    def _new_section(self, peer: Peer, track: Track) -> Section:
-        mid = str(peer.next_mid)
-        peer.next_mid += 1
-        used: dict[int, tuple[object, ...]] = {}
-        for section in peer.sections:
-            if section.forwarded.stopped:
-                continue
-            f = section.forwarded
-            used[f.codec.payload_type] = _meaning(f.kind, f.codec)
-            if f.rtx is not None:
-                used[f.rtx.payload_type] = _meaning(f.kind, f.rtx)
-            if f.red is not None:
-                used[f.red.payload_type] = _meaning(f.kind, f.red)
-        kind = track.info.kind
-        feedback_ok = {"nack", "ccm", "goog-remb"}
-        extmaps: list[Extmap] = []
-        for uri in _FORWARDED_EXTENSIONS:
-            if uri not in track.extensions or (uri == AUDIO_LEVEL and kind != "audio"):
-                continue
-            extmaps.append(Extmap(_extension_id(peer.ext_ids, uri, track.extensions[uri]), uri))
-            if uri == TRANSPORT_CC:
-                feedback_ok.add("transport-cc")
-        codec = replace(
-            track.codec,
-            feedback=[
-                RtcpFeedback(f.type, f.parameter)
-                for f in track.codec.feedback
-                if f.type in feedback_ok
-            ],
-        )
-        media_pt = _payload_type(used, _meaning(kind, codec), codec.payload_type)
-        codec = replace(codec, payload_type=media_pt)
-        used[media_pt] = _meaning(kind, codec)
-        rtx: Codec | None = None
-        rtx_ssrc: int | None = None
-        if track.rtx is not None and (track.rtx_ssrc is not None or track.layers):
-            rtx = replace(track.rtx, fmtp=f"apt={media_pt}", feedback=[])
-            rtx_pt = _payload_type(used, _meaning(kind, rtx), track.rtx.payload_type)
-            rtx = replace(rtx, payload_type=rtx_pt)
-            rtx_ssrc = _new_ssrc(peer.ssrcs)
-        red: Codec | None = None
-        if self.red and track.red is not None and media_pt == track.codec.payload_type:
-            # Only under the publisher's own Opus payload type: the RED blocks
-            # name it, and the forwarder passes them on unchanged.
-            red = replace(track.red, fmtp=f"{media_pt}/{media_pt}", feedback=[])
-            red_pt = _payload_type(used, _meaning(kind, red), track.red.payload_type)
-            red = replace(red, payload_type=red_pt)
-            used[red_pt] = _meaning(kind, red)
-        ssrc = _new_ssrc(peer.ssrcs)
-        forwarded = ForwardedTrack(
-            kind=kind,
-            mid=mid,
-            stream_id=track.info.participant,
-            track_id=track.info.track_id,
-            ssrc=ssrc,
-            codec=codec,
-            rtx_ssrc=rtx_ssrc,
-            rtx=rtx,
-            extensions=extmaps,
-            cname=track.info.participant,
-            red=red,
-        )
-        return Section(track, forwarded, {track.codec.payload_type: media_pt})
-
-    async def answer(self, room: str, participant: str, sdp: str) -> None:
+    def answer(self, room: str, participant: str, sdp: str, now: float) -> None:
         """Take the subscriber's answer (RFC 3264 section 6): transport and negotiated formats."""
         desc = SessionDescription.parse(sdp)
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         p = r.participants.get(participant) if r is not None else None
         peer = p.subscribe if p is not None else None
         if r is None or peer is None or not peer.pending_offer:
             raise SfuStateError("no subscribe offer is waiting for an answer")
-        now = self._now()
         params = desc.transport()
         if not params.ice_ufrag or not params.ice_pwd:
             raise SdpNegotiationError("answer has no ICE credentials")
@@ -695,51 +610,20 @@ class WorkerControl(abc.ABC):
         for index, section in enumerate(peer.sections):
             if not section.live or section.negotiated:
                 continue
-            self._negotiate(section, desc.media_by_mid(section.forwarded.mid), index == 0)
+            negotiate(section, desc.media_by_mid(section.forwarded.mid), index == 0)
         peer.pending_offer = False
         log.info(
             "%s answered: %s",
             peer,
             [(x.forwarded.mid, x.negotiated, x.live) for x in peer.sections],
         )
-        self._service(peer)
+        self.service(peer, now)
         if peer.transport.state is PeerState.CONNECTED:
-            self._apply_subscriptions(peer, now)
-        self._flush_rtcp(r)
-        self._rearm()
+            self.apply_subscriptions(peer, now)
+        self._out += (FlushRtcp(r), Rearm())
 
-    def _negotiate(self, section: Section, media: MediaDescription | None, first: bool) -> None:
-        forwarded = section.forwarded
-        accepted = {c.payload_type for c in media.codecs} if media is not None else set()
-        if (
-            media is None
-            or media.port == 0
-            or media.direction in (Direction.SENDONLY, Direction.INACTIVE)
-            or forwarded.codec.payload_type not in accepted
-        ):
-            # Refused (no common codec, or the client stopped it): keep it stopped.
-            section.stop(first)
-            return
-        section.negotiated = True
-        offered = {e.uri for e in forwarded.extensions}
-        section.sub_extensions = {e.uri: e.id for e in media.extmaps if e.uri in offered}
-        rtx = forwarded.rtx
-        section.use_rtx = (
-            rtx is not None and forwarded.rtx_ssrc is not None and rtx.payload_type in accepted
-        )
-        section.rtx_map = (
-            {forwarded.codec.payload_type: rtx.payload_type}
-            if section.use_rtx and rtx is not None
-            else {}
-        )
-        # RED goes as it is only if the answer kept it; else the forwarder
-        # cuts each RED packet to its Opus block (sfu.forward).
-        red = forwarded.red
-        track_red = section.track.red
-        if red is not None and track_red is not None and red.payload_type in accepted:
-            section.pt_map[track_red.payload_type] = red.payload_type
-
-    def _apply_subscriptions(self, peer: Peer, now: float) -> None:
+    def apply_subscriptions(self, peer: Peer, now: float) -> None:
+        """Hand a connected subscriber's negotiated sections to the forwarder."""
         forwarder = peer.forwarder
         for section in peer.sections:
             track = section.track
@@ -764,18 +648,19 @@ class WorkerControl(abc.ABC):
                 # SRs carry the publisher's NTP/RTP pairing through this
                 # subscription's timestamp offset, under the CNAME its offer
                 # gave the SSRC, so the subscriber lip-syncs the participant.
-                self.reports.add_send(
+                self.tables.reports.add_send(
                     peer,
                     SendStatistics(sub, source, _offset_of(sub), cname=forwarded.cname or ""),
                 )
+        self.layers.subscribed(peer, now)
+        self._pass_on_layers()
 
-    async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
+    def set_muted(self, room: str, track_id: str, muted: bool, now: float) -> None:
         """Stop or resume forwarding a track; resuming video waits for a keyframe (requested)."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         track = r.tracks.get(track_id) if r is not None else None
         if r is None or track is None:
             raise SfuStateError(f"no track {track_id!r} in room {room!r}")
-        now = self._now()
         r.forwarder.set_muted(track.ssrc, muted, now)
         track.info = replace(track.info, muted=muted)
         level_id = track.extensions.get(AUDIO_LEVEL)
@@ -785,33 +670,232 @@ class WorkerControl(abc.ABC):
                 track.publisher.levels.pop(track.ssrc, None)
             else:
                 track.publisher.levels[track.ssrc] = level_id
-        self._flush_rtcp(r)
-        self._rearm()
+        self._out += (FlushRtcp(r), Rearm())
 
-    async def unpublish(self, room: str, participant: str, track_id: str) -> None:
+    def unpublish(self, room: str, participant: str, track_id: str, now: float) -> None:
         """Forget a track and every subscription to it.
 
         Subscribers' sections for it stop with their next offer."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         track = r.tracks.get(track_id) if r is not None else None
         if r is None or track is None or track.info.participant != participant:
             raise SfuStateError(f"{participant!r} publishes no track {track_id!r} in {room!r}")
-        self._remove_track(r, track)
-        self._rearm()
+        self.remove_track(r, track, now)
+        self._out.append(Rearm())
 
-    async def leave(self, room: str, participant: str) -> None:
+    def leave(self, room: str, participant: str, now: float) -> None:
         """Close the participant's transports, forget its tracks and subscriptions (idempotent)."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         if r is None:
             return
-        self._leave(r, participant, "left")
-        self._forget_if_empty(r)
-        self._rearm()
+        self._leave(r, participant, "left", now)
+        self.forget_if_empty(r)
+        self._out.append(Rearm())
 
-    async def close_room(self, room: str) -> None:
-        """Everyone leaves and the room is forgotten (idempotent)."""
-        self._close_room(room, "room closed")
-        self._rearm()
+    def close_room(self, name: str, reason: str, now: float) -> None:
+        """Everyone leaves; the room is forgotten unless a relay link still
+        uses it, which :meth:`sfu.links.Links.close_room` ends (idempotent)."""
+        room = self.tables.rooms.get(name)
+        if room is None:
+            return
+        for participant in list(room.participants):
+            self._leave(room, participant, reason, now)
+        self.forget_if_empty(room)
+        self._out.append(Rearm())
+
+    # -- transport events ---------------------------------------------------------------
+
+    def service(self, peer: Peer, now: float) -> None:
+        """Send what a transport wants sent and act on its events (after any
+        input to it: a datagram, a timer, a close, new remote parameters)."""
+        transport = peer.transport
+        for datagram, addr in transport.datagrams_to_send():
+            self._out.append(Send(datagram, addr))
+        while (event := transport.next_event()) is not None:
+            if isinstance(event, AddressValidated):
+                self.tables.by_addr[event.address] = peer
+                peer.addresses.add(event.address)
+            elif isinstance(event, AddressForgotten):
+                if self.tables.by_addr.get(event.address) is peer:
+                    del self.tables.by_addr[event.address]
+                peer.addresses.discard(event.address)
+            elif isinstance(event, AddressSelected):
+                moved = peer.addr is not None and peer.addr != event.address
+                peer.addr = event.address
+                if moved and transport.state is PeerState.CONNECTED:
+                    self.tables.paths["moved"] += 1
+                    self.layers.path_changed(peer, now)
+                    if peer.direction == "subscribe":
+                        # What the old path swallowed may be past repair by
+                        # NACK: a keyframe lets the decoder start clean.
+                        for section in peer.sections:
+                            if section.subscribed and section.track.info.kind == "video":
+                                peer.forwarder.request_keyframe(section.track.ssrc, now)
+                        self._out.append(FlushRtcp(peer.room))
+                    log.info(
+                        "%s path moved to %s",
+                        peer,
+                        event.address,
+                        extra={
+                            "room": peer.room.name,
+                            "participant": peer.participant,
+                            "direction": peer.direction,
+                            "address": event.address,
+                        },
+                    )
+            elif isinstance(event, CredentialsRetired):
+                if self.tables.by_ufrag.get(event.ufrag) is peer:
+                    del self.tables.by_ufrag[event.ufrag]
+                self.tables.paths["ice_restart_completed"] += 1
+                if transport.state is PeerState.CONNECTED:
+                    self._out.append(
+                        Emit(
+                            TransportState(
+                                peer.room.name,
+                                peer.participant,
+                                peer.direction,
+                                "connected",
+                                "ICE restart completed",
+                            )
+                        )
+                    )
+            elif isinstance(event, PeerStateChanged):
+                if event.new is PeerState.CONNECTED:
+                    self._connected(peer, now)
+                elif event.new in TERMINAL:
+                    self._down(peer, event.new, event.reason)
+
+    def _connected(self, peer: Peer, now: float) -> None:
+        srtp = peer.transport.srtp
+        assert srtp is not None  # CONNECTED means keyed
+        peer.addr = peer.transport.remote
+        peer.unprotect = srtp.inbound.unprotect
+        peer.unprotect_rtcp = srtp.inbound.unprotect_rtcp
+        peer.protect = srtp.outbound.protect
+        peer.protect_rtcp = srtp.outbound.protect_rtcp
+        log.info(
+            "%s %s transport connected from %s",
+            peer,
+            srtp.profile,
+            peer.addr,
+            extra={
+                "room": peer.room.name,
+                "participant": peer.participant,
+                "direction": peer.direction,
+                "address": peer.addr,
+                "profile": srtp.profile,
+            },
+        )
+        self._out.append(
+            Emit(TransportState(peer.room.name, peer.participant, peer.direction, "connected"))
+        )
+        # Reports start with the connection: before it nothing can be sent or received.
+        if not peer.reporting:
+            self.tables.reports.add_leg(peer, now)
+            peer.reporting = True
+            for stats in peer.recv_stats.values():
+                self.tables.reports.add_receive(peer, stats)
+        if peer.direction == "subscribe":
+            self.apply_subscriptions(peer, now)
+        else:
+            self._start_bandwidth_feedback(peer, now)
+            # Subscribers may have waited for this publisher: ask for keyframes now.
+            for track in peer.tracks.values():
+                if track.info.kind == "video" and track.live:
+                    peer.forwarder.request_keyframe(track.ssrc, now)
+        self._out.append(FlushRtcp(peer.room))
+        self._out.append(ArmRtcp())
+        due = peer.forwarder.get_timer()
+        if due is not None:
+            self._out.append(Arm(due))
+
+    def _start_bandwidth_feedback(self, peer: Peer, now: float) -> None:
+        """Give a connected publisher transport-cc feedback, else REMB, if it negotiated one.
+
+        transport-cc (draft-holmer-rmcat-transport-wide-cc-extensions-01)
+        needs both the rtcp-fb and the header extension; it is per transport
+        (BUNDLE), so the first track that has it sets it up. REMB
+        (draft-alvestrand-rmcat-remb-03) goes only to publishers without
+        transport-cc: libwebrtc takes a REMB as a cap even when it runs its
+        own transport-cc estimator. Called again as tracks are added, so a
+        REMB estimator counts every video track.
+        """
+        if not peer.reporting:
+            return  # again when it connects
+        member = self.tables.bandwidth.get(peer)
+        if member is None:
+            for track in peer.tracks.values():
+                ext_id = track.extensions.get(TRANSPORT_CC, 0)
+                if ext_id and _has_feedback(track.codec, "transport-cc"):
+                    recorder = TransportCcRecorder(self.feedback_ssrc, media_ssrc=track.ssrc)
+                    peer.twcc, peer.twcc_id = recorder, ext_id
+                    self.tables.bandwidth.add(peer, recorder, now)
+                    self._out.append(ArmRtcp())
+                    return
+            if not any(
+                t.info.kind == "video" and _has_feedback(t.codec, "goog-remb")
+                for t in peer.tracks.values()
+            ):
+                return
+            member = RembEstimator(self.feedback_ssrc, max_bitrate=self.remb_max_bitrate)
+            self.tables.bandwidth.add(peer, member, now)
+            self._out.append(ArmRtcp())
+        if isinstance(member, RembEstimator):
+            for track in peer.tracks.values():
+                stats = peer.recv_stats.get(track.ssrc)
+                if (
+                    track.info.kind == "video"
+                    and stats is not None
+                    and track.ssrc not in member.sources
+                ):
+                    member.add_source(stats)
+
+    def _down(self, peer: Peer, state: PeerState, reason: str) -> None:
+        peer.unprotect = peer.unprotect_rtcp = peer.protect = peer.protect_rtcp = None
+        self.tables.reports.remove_leg(peer)
+        self.tables.bandwidth.remove(peer)
+        peer.reporting = False
+        peer.twcc = None
+        for address in peer.addresses:
+            if self.tables.by_addr.get(address) is peer:
+                del self.tables.by_addr[address]
+        peer.addresses.clear()
+        for ufrag in (peer.transport.local_ufrag, peer.transport.ice.previous_ufrag):
+            if ufrag is not None and self.tables.by_ufrag.get(ufrag) is peer:
+                del self.tables.by_ufrag[ufrag]
+        self.tables.peers.discard(peer)
+        for name, value in peer.transport.counters.items():
+            self.tables.counters[f"transport_{name}"] += value
+        if peer.direction == "subscribe":
+            peer.forwarder.remove_subscriber(peer)
+            self.layers.forget(peer)
+            for section in peer.sections:
+                section.subscribed = False
+        level = logging.INFO if state is PeerState.CLOSED else logging.WARNING
+        log.log(
+            level,
+            "%s transport %s: %s",
+            peer,
+            state.value,
+            reason,
+            extra={
+                "room": peer.room.name,
+                "participant": peer.participant,
+                "direction": peer.direction,
+                "reason": reason,
+            },
+        )
+        self._out.append(
+            Emit(
+                TransportState(
+                    peer.room.name,
+                    peer.participant,
+                    peer.direction,
+                    "failed" if state is PeerState.FAILED else "closed",
+                    reason,
+                )
+            )
+        )
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -892,52 +976,14 @@ def _restart_ice(peer: Peer, by_ufrag: dict[str, Peer], now: float) -> None:
     )
 
 
-def _meaning(kind: str, codec: Codec) -> tuple[object, ...]:
-    # What a payload type means within one BUNDLE group (RFC 8843 section 9.1).
-    return (kind, (codec.name or "").lower(), codec.clock_rate, codec.channels, codec.fmtp)
-
-
-def _payload_type(
-    used: dict[int, tuple[object, ...]], meaning: tuple[object, ...], preferred: int
-) -> int:
-    """The publisher's payload type when free on this transport, else one that is."""
-    for pt, m in used.items():
-        if m == meaning:
-            return pt
-    if preferred not in used:
-        return preferred
-    for pt in _FREE_PAYLOAD_TYPES:
-        if pt not in used:
-            return pt
-    raise SdpNegotiationError("no payload type left on this subscribe transport")
-
-
-def _extension_id(ids: dict[str, int], uri: str, preferred: int) -> int:
-    """One id per URI on a transport (RFC 8285 section 5), the publisher's when free."""
-    known = ids.get(uri)
-    if known is not None:
-        return known
-    taken = set(ids.values())
-    ident = preferred if 0 < preferred < 15 and preferred not in taken else None
-    if ident is None:
-        ident = next((i for i in range(1, 15) if i not in taken), None)
-    if ident is None:
-        raise SdpNegotiationError("no header extension id left on this subscribe transport")
-    ids[uri] = ident
-    return ident
-
-
-def _new_ssrc(taken: set[int]) -> int:
-    while True:
-        ssrc = secrets.randbits(32)
-        if ssrc and ssrc not in taken:
-            taken.add(ssrc)
-            return ssrc
-
-
 def _new_id(prefix: str, taken: Iterable[str]) -> str:
     existing = set(taken)
     while True:
         ident = prefix + secrets.token_hex(4)
         if ident not in existing:
             return ident
+
+
+def _has_feedback(codec: Codec, kind: str) -> bool:
+    """Whether a negotiated codec carries ``a=rtcp-fb`` ``kind`` (RFC 4585 4.2)."""
+    return any(f.type == kind and not f.parameter for f in codec.feedback)

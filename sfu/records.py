@@ -1,6 +1,7 @@
 """What a media worker knows of its rooms: rooms, participants, transports, tracks, m= sections.
 
-The records both sides of :class:`sfu.worker.MediaWorker` share. The datagram
+The records the parts of :class:`sfu.worker.MediaWorker` share, and
+:class:`WorkerTables`, the one record of its tables that it hands them. The datagram
 side (:mod:`sfu.worker`) reads a :class:`Peer` on every packet: its SRTP
 methods, selected address, forwarder and per-packet counters. The control
 side (:mod:`sfu.negotiation`) creates and changes them as participants
@@ -14,17 +15,18 @@ forwarder's and the report scheduler's tables key on.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
 from rtc.ice import Address
 from rtc.sdp import Codec
-from sfu.bandwidth import TransportCcRecorder
+from sfu.bandwidth import BandwidthFeedback, TransportCcRecorder
 from sfu.control import RelayedTrack, TrackInfo
 from sfu.forward import Forwarder
 from sfu.offer_answer import ForwardedTrack, LocalParameters
-from sfu.reports import ReceiveStatistics
+from sfu.reports import ReceiveStatistics, ReportScheduler
 from sfu.speaker import SpeakerDetector
 from sfu.transport import PeerTransport
 
@@ -38,6 +40,7 @@ __all__ = [
     "Section",
     "Track",
     "View",
+    "WorkerTables",
 ]
 
 Leg = Literal["publish", "subscribe"]
@@ -188,13 +191,23 @@ class RelayRoom:
     peer worker receives, each under a link SSRC) and a publisher
     (``ingress``: the peer's tracks, whose ``tracks`` are keyed by track id)."""
 
-    __slots__ = ("egress", "ingress", "peer_worker", "room", "sent", "subscribed")
+    __slots__ = ("egress", "ingress", "outgoing", "peer_worker", "room", "sent", "subscribed")
 
-    def __init__(self, room: Room, peer_worker: str, egress: Peer, ingress: Peer) -> None:
+    def __init__(
+        self,
+        room: Room,
+        peer_worker: str,
+        egress: Peer,
+        ingress: Peer,
+        outgoing: dict[int, Peer],
+    ) -> None:
         self.room = room
         self.peer_worker = peer_worker
         self.egress = egress
         self.ingress = ingress
+        self.outgoing = outgoing
+        """The link's own table of the SSRCs it sends -> their egress leg (shared by
+        every room on the link): a track that ends leaves it (:mod:`sfu.negotiation`)."""
         self.sent: dict[str, tuple[RelayedTrack, Track]] = {}
         """Track id -> how it goes on the link, and the local track."""
         self.subscribed: set[str] = set()
@@ -333,3 +346,48 @@ class Section:
             self.parked = True
         else:
             self.forwarded = replace(self.forwarded, stopped=True)
+
+
+class WorkerTables:
+    """What a media worker's parts share: its rooms, its transports and the
+    tables a datagram is routed by, the per-worker RTCP cores, and counters.
+
+    :class:`sfu.worker.MediaWorker` owns it and hands the same record to
+    its negotiator (:mod:`sfu.negotiation`), relay links (:mod:`sfu.links`)
+    and layers (:mod:`sfu.layers`); each changes the tables, none holds
+    another copy of them.
+    """
+
+    __slots__ = (
+        "bandwidth",
+        "by_addr",
+        "by_ufrag",
+        "counters",
+        "paths",
+        "peers",
+        "reports",
+        "rooms",
+        "timer_failures",
+        "totals",
+    )
+
+    def __init__(self, reports: ReportScheduler, bandwidth: BandwidthFeedback) -> None:
+        self.rooms: dict[str, Room] = {}
+        self.peers: set[Peer] = set()
+        """Every participant transport (not relay links' legs)."""
+        self.by_addr: dict[Address, Peer] = {}
+        """Addresses some transport validated with an ICE check -> its peer."""
+        self.by_ufrag: dict[str, Peer] = {}
+        """Local ICE ufrags (and, during a restart, the one before) -> their peer."""
+        self.reports = reports
+        """SR/RR/SDES of every leg (RFC 3550 6.4)."""
+        self.bandwidth = bandwidth
+        """transport-cc or REMB to every publisher transport that negotiated one."""
+        self.counters: Counter[str] = Counter()
+        """Datagrams dropped by the worker itself, by reason (metrics: ``sfu_dropped_total``)."""
+        self.paths: Counter[str] = Counter()
+        """Path changes of peer transports, by event (metrics: ``sfu_path_changes_total``)."""
+        self.totals: Counter[str] = Counter()
+        """Forwarder counters of rooms that are gone, so worker totals never go down."""
+        self.timer_failures = 0
+        """RTCP timer rounds that raised (metrics: ``sfu_timer_rounds_failed``)."""

@@ -1,4 +1,4 @@
-"""What the metrics read of a room at scrape time (:meth:`sfu.worker.MediaWorker.snapshot`).
+"""What the metrics read of a worker and its rooms (:meth:`sfu.worker.MediaWorker.snapshot`).
 
 Plain dicts, built from the records (:mod:`sfu.records`) and the worker's
 report and bandwidth feedback cores when Prometheus scrapes, so the hot path
@@ -7,13 +7,15 @@ keeps only plain counters.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
-from sfu.records import Room
+from sfu.records import Room, WorkerTables
 from sfu.reports import ReportScheduler
 
-__all__ = ["room_snapshot"]
+__all__ = ["room_snapshot", "worker_snapshot"]
 
 
 def room_snapshot(
@@ -63,4 +65,39 @@ def room_snapshot(
         "tracks": len(room.tracks),
         "stats": stats,
         "peers": peers,
+    }
+
+
+def worker_snapshot(
+    tables: WorkerTables,
+    relays: dict[str, Any],
+    native: Mapping[str, int] | None,
+    port: int,
+) -> dict[str, Any]:
+    """A worker's counters and gauges: its rooms', its relay links' (``relays``,
+    :meth:`sfu.links.Links.snapshot`) and its native leaf's (``native``)."""
+    rooms = []
+    totals = Counter(tables.totals)
+    for room in tables.rooms.values():
+        entry = room_snapshot(room, tables.reports, tables.bandwidth)
+        totals.update(entry["stats"])
+        rooms.append(entry)
+    # Packets from the worker's own publishers only: what came over relay
+    # links is counted as relay "in" (sfu_relay_packets_total).
+    totals["received"] -= relays["routed"]
+    dropped = Counter(tables.counters)
+    if native is not None:
+        # The native leaf drops and counts what a full socket refuses itself.
+        for ours, theirs in (("send_dropped", "dropped"), ("socket_error", "send_errors")):
+            if native[theirs]:
+                dropped[ours] += native[theirs]
+    return {
+        "port": port,
+        "paths": dict(tables.paths),
+        "dropped": dict(dropped),
+        "totals": dict(totals),
+        "timer_failures": tables.timer_failures,
+        "transports": len(tables.peers),
+        "rooms": rooms,
+        "relays": relays,
     }

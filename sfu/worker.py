@@ -2,13 +2,17 @@
 
 :class:`MediaWorker` is the asyncio adapter around the sans-I/O cores. It owns
 the socket (an :class:`asyncio.DatagramProtocol`, so uvloop reads it), the one
-timer handle, and the tables that say which datagram belongs to whom; the
-protocol work is done by :class:`sfu.transport.PeerTransport` (ICE-lite,
+timer handles, the native leaf and the record of the tables every part shares
+(:class:`~sfu.records.WorkerTables`). It is the :class:`sfu.control.MediaControl`
+signalling drives, by composition: :class:`sfu.negotiation.Negotiator`
+(rooms, transports, offer/answer), :class:`sfu.links.Links` (relay links) and
+:class:`sfu.layers.Layers` (simulcast, estimates, quality) are cores it holds;
+each is given ``now``, queues what it wants done (:mod:`sfu.actions`), and the
+worker carries that out (:meth:`MediaWorker._act`) after each call. The
+protocol work below them is :class:`sfu.transport.PeerTransport` (ICE-lite,
 DTLS-SRTP), :class:`sfu.forward.Forwarder` (routing, rewriting, repair) and
-:class:`sfu.speaker.SpeakerDetector`. It is the :class:`sfu.control.MediaControl`
-signalling drives: that half (rooms, transports, offer/answer) is
-:class:`sfu.negotiation.WorkerControl`, which it inherits; this module keeps
-what a datagram or a timer sets off.
+:class:`sfu.speaker.SpeakerDetector`. Forwarding is no action: the hot path
+below sends each copy itself.
 
 Demultiplexing (RFC 7983 section 7) on one port shared by every peer:
 
@@ -76,7 +80,6 @@ import secrets
 import socket
 import struct
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -89,7 +92,6 @@ from rtc.ice import (
     CONNECT_TIMEOUT,
     CONSENT_TIMEOUT,
     Address,
-    CredentialsRetired,
     local_ufrag_of,
 )
 from rtc.rtcp import (
@@ -102,25 +104,25 @@ from rtc.rtcp import (
     parse_compound,
 )
 from rtc.rtp import transport_sequence_number
-from rtc.sdp import TRANSPORT_CC, Codec
 from sfu import metrics, native
-from sfu.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
-from sfu.control import MediaEvent, TransportState
-from sfu.forward import Forwarder
-from sfu.layers import WorkerLayers
-from sfu.links import WorkerLinks
-from sfu.records import Peer, Room
-from sfu.reports import ReportScheduler, feedback_compounds, nack_interval_for
-from sfu.snapshot import room_snapshot
-from sfu.strangers import RTCP_SSRCS, StrangerSearch
-from sfu.transport import (
-    TERMINAL,
-    AddressForgotten,
-    AddressSelected,
-    AddressValidated,
-    PeerState,
-    PeerStateChanged,
+from sfu.actions import Action, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
+from sfu.bandwidth import BandwidthFeedback
+from sfu.control import (
+    MediaEvent,
+    PublishResult,
+    RelayedTrack,
+    RelayPeer,
+    Restart,
+    Source,
 )
+from sfu.forward import Forwarder
+from sfu.layers import Layers
+from sfu.links import Link, Links
+from sfu.negotiation import Negotiator
+from sfu.records import Peer, Room, WorkerTables
+from sfu.reports import ReportScheduler, feedback_compounds, nack_interval_for
+from sfu.snapshot import worker_snapshot
+from sfu.strangers import RTCP_SSRCS, StrangerSearch
 
 __all__ = ["MediaWorker"]
 
@@ -151,7 +153,7 @@ _ONE_REPORT_PER_COMPOUND = 0
 # --- the worker -------------------------------------------------------------------------
 
 
-class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
+class MediaWorker(asyncio.DatagramProtocol):
     """An SFU worker on one UDP port (RFC 8445 2.5 ICE-lite, RFC 5764 DTLS-SRTP, RFC 3550 7.1).
 
     ``host``/``port``: what the socket binds (port 0: any free port).
@@ -197,35 +199,52 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         self.certificate = certificate or DtlsCertificate.generate(
             datetime.datetime.now(datetime.UTC)
         )
-        self._fingerprint = self.certificate.fingerprint("sha-256")
         self.forwarder_options = dict(forwarder_options or {})
         self.remb_max_bitrate = remb_max_bitrate
         self.link_options = dict(link_options or {})
         """Keyword arguments of each relay link (:class:`sfu.relay.RelayLink`): timeouts."""
         self.feedback_ssrc = secrets.randbits(32) or 1
         """The SSRC our RTCP (reports, NACK, PLI, bandwidth feedback) is sent from."""
-        self.reports = ReportScheduler(
-            ssrc=self.feedback_ssrc,
-            cname="wadud",
-            wall_offset=0.0,
-            max_size=_ONE_REPORT_PER_COMPOUND,
+        self.tables = WorkerTables(
+            ReportScheduler(
+                ssrc=self.feedback_ssrc,
+                cname="wadud",
+                wall_offset=0.0,
+                max_size=_ONE_REPORT_PER_COMPOUND,
+            ),
+            BandwidthFeedback(),
         )
-        """SR/RR/SDES of every leg (RFC 3550 6.4); ``wall_offset`` is set by :meth:`start`."""
-        self.bandwidth = BandwidthFeedback()
-        """transport-cc or REMB to every publisher transport that negotiated one."""
-        self.counters: Counter[str] = Counter()
-        #: RTCP timer rounds that raised (sfu_timer_rounds_failed).
-        self.timer_failures = 0
-        """Datagrams dropped by the worker itself, by reason (metrics: ``sfu_dropped_total``)."""
-        self.paths: Counter[str] = Counter()
-        """Path changes of peer transports, by event (metrics: ``sfu_path_changes_total``)."""
+        """The rooms, transports and routing tables every part of the worker
+        shares; the reports' ``wall_offset`` is set by :meth:`start`."""
+        # The hot path's own reference to the table it reads per datagram.
+        self._by_addr = self.tables.by_addr
         self._strangers = StrangerSearch()
-        self.totals: Counter[str] = Counter()
-        """Forwarder counters of rooms that are gone, so worker totals never go down."""
-        self._rooms: dict[str, Room] = {}
-        self._peers: set[Peer] = set()
-        self._by_addr: dict[Address, Peer] = {}
-        self._by_ufrag: dict[str, Peer] = {}
+        self.layers = Layers(self.tables)
+        """Simulcast layers, estimates, dynacast and quality of subscribers (:mod:`sfu.layers`)."""
+        self.negotiator = Negotiator(
+            self.tables,
+            self.layers,
+            certificate=self.certificate,
+            candidates=lambda: self.candidate_addresses,
+            consent_timeout=consent_timeout,
+            connect_timeout=connect_timeout,
+            forwarder_options=self.forwarder_options,
+            simulcast=simulcast,
+            red=red,
+            feedback_ssrc=self.feedback_ssrc,
+            remb_max_bitrate=remb_max_bitrate,
+        )
+        """Rooms, transports and offer/answer (:mod:`sfu.negotiation`)."""
+        self.links = Links(
+            self.tables,
+            self.negotiator,
+            certificate=self.certificate,
+            worker_id=self.worker_id,
+            link_options=self.link_options,
+        )
+        """Relay links to other workers (:mod:`sfu.links`)."""
+        # The hot path's own reference to the links' table of peer addresses.
+        self._link_addrs = self.links.by_addr
         self._listeners: list[Callable[[MediaEvent], None]] = []
         self._routed: list[tuple[Any, bytes]] = []
         self._transport: asyncio.DatagramTransport | None = None
@@ -242,8 +261,6 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         self._rtcp_timer: asyncio.TimerHandle | None = None
         self._rtcp_when: float | None = None
         self._closed = False
-        self._init_links()
-        self._init_layers()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -269,7 +286,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         loop = self._loop = asyncio.get_running_loop()
         self._time = loop.time
         # NTP timestamps in reports are wall-clock time; everything else runs on the loop's clock.
-        self.reports.wall_offset = time.time() - loop.time()
+        self.tables.reports.wall_offset = time.time() - loop.time()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -302,9 +319,10 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         if self._closed:
             return
         self._closed = True
-        for name in list(self._rooms):
+        for name in list(self.tables.rooms):
             self._close_room(name, "worker closed")
-        self._close_links("worker closed")
+        self.links.close("worker closed", self._now())
+        self._act(self.links.take_actions())
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -342,11 +360,131 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
     def room_forwarder(self, room: str) -> Forwarder | None:
         """The forwarder of a live room (for tests and tools)."""
-        r = self._rooms.get(room)
+        r = self.tables.rooms.get(room)
         return None if r is None else r.forwarder
 
     def rooms(self) -> list[str]:
-        return list(self._rooms)
+        return list(self.tables.rooms)
+
+    # -- sfu.control.MediaControl: the negotiator's and the layers' verbs, and their actions ----
+
+    def add_listener(self, listener: Callable[[MediaEvent], None]) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, event: MediaEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("media event listener failed", extra={"event": repr(event)})
+
+    async def publish(
+        self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
+    ) -> PublishResult:
+        """Answer a publish offer (RFC 8829 5.3): :meth:`Negotiator.publish`."""
+        try:
+            return self.negotiator.publish(room, participant, offer, sources, self._now())
+        finally:
+            self._act(self.negotiator.take_actions())
+
+    async def subscribe(
+        self,
+        room: str,
+        participant: str,
+        track_ids: Sequence[str],
+        restart: Restart | None = None,
+    ) -> str | None:
+        """Offer ``track_ids`` to ``participant`` (RFC 8829 5.2): :meth:`Negotiator.subscribe`."""
+        try:
+            return self.negotiator.subscribe(room, participant, track_ids, restart, self._now())
+        finally:
+            self._act(self.negotiator.take_actions())
+
+    async def answer(self, room: str, participant: str, sdp: str) -> None:
+        """Take a subscriber's answer (RFC 3264 section 6): :meth:`Negotiator.answer`."""
+        try:
+            self.negotiator.answer(room, participant, sdp, self._now())
+        finally:
+            self._act(self.negotiator.take_actions())
+
+    async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
+        """Stop or resume forwarding a track: :meth:`Negotiator.set_muted`."""
+        try:
+            self.negotiator.set_muted(room, track_id, muted, self._now())
+        finally:
+            self._act(self.negotiator.take_actions())
+
+    async def unpublish(self, room: str, participant: str, track_id: str) -> None:
+        """Forget a track and every subscription to it: :meth:`Negotiator.unpublish`."""
+        try:
+            self.negotiator.unpublish(room, participant, track_id, self._now())
+        finally:
+            self._act(self.negotiator.take_actions())
+
+    async def leave(self, room: str, participant: str) -> None:
+        """Close the participant's transports, forget its tracks (idempotent)."""
+        self.negotiator.leave(room, participant, self._now())
+        self._act(self.negotiator.take_actions())
+
+    async def close_room(self, room: str) -> None:
+        """Everyone leaves and the room is forgotten (idempotent)."""
+        self._close_room(room, "room closed")
+
+    def _close_room(self, name: str, reason: str) -> None:
+        room = self.tables.rooms.get(name)
+        self.negotiator.close_room(name, reason, self._now())
+        self._act(self.negotiator.take_actions())
+        if room is not None:
+            self.links.close_room(name, self._now())
+            self._act(self.links.take_actions())
+
+    def link_of(self, peer_worker: str) -> Link | None:
+        """The live link to a peer worker (for tests and tools)."""
+        return self.links.link_of(peer_worker)
+
+    def relay_identity(self) -> tuple[str, str]:
+        """This worker's id and DTLS fingerprint, ``"sha-256 AB:CD:..."`` (RFC 8122 section 5)."""
+        return self.links.relay_identity()
+
+    async def relay_send(
+        self, room: str, peer: RelayPeer, track_ids: Sequence[str]
+    ) -> list[RelayedTrack]:
+        """Send ``track_ids`` of ``room`` to ``peer``: :meth:`Links.relay_send`."""
+        try:
+            return self.links.relay_send(room, peer, track_ids, self._now())
+        finally:
+            self._act(self.links.take_actions())
+
+    async def relay_receive(
+        self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack]
+    ) -> None:
+        """Receive ``tracks`` of ``room`` from ``peer``: :meth:`Links.relay_receive`."""
+        try:
+            self.links.relay_receive(room, peer, tracks, self._now())
+        finally:
+            self._act(self.links.take_actions())
+
+    async def set_view(
+        self,
+        room: str,
+        participant: str,
+        track_id: str,
+        width: int,
+        height: int,
+        visible: bool,
+    ) -> None:
+        """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
+        try:
+            self.layers.set_view(room, participant, track_id, width, height, visible, self._now())
+        finally:
+            self._act(self.layers.take_actions())
+
+    async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
+        """``participant`` receives no video while ``enabled``."""
+        try:
+            self.layers.set_audio_only(room, participant, enabled, self._now())
+        finally:
+            self._act(self.layers.take_actions())
 
     # -- asyncio.DatagramProtocol ------------------------------------------------------
 
@@ -356,7 +494,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a peer that went away: its consent expires.
-        self.counters["socket_error"] += 1
+        self.tables.counters["socket_error"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -367,7 +505,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         # The kernel refused datagrams and the loop started queueing them in
         # user space: drop instead, as a full UDP socket would, so the queue
         # (and every subscriber's latency) cannot grow without bound.
-        self.counters["send_paused"] += 1
+        self.tables.counters["send_paused"] += 1
         self._sendto = self._drop_datagram
         self._fan = None
 
@@ -377,7 +515,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             self._fan = self._fanout
 
     def _drop_datagram(self, data: bytes, addr: Any) -> None:
-        self.counters["send_dropped"] += 1
+        self.tables.counters["send_dropped"] += 1
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Demultiplex one datagram; SRTP from a connected peer is forwarded right here."""
@@ -390,7 +528,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             if 127 < b0 < 192 and not 191 < data[1] < 224:
                 unprotect = peer.unprotect
                 if unprotect is None:
-                    self.counters["srtp_not_keyed"] += 1
+                    self.tables.counters["srtp_not_keyed"] += 1
                     return
                 try:
                     plain = unprotect(data)
@@ -411,6 +549,42 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 self._link_datagram(link, data)
                 return
         self._slow_path(data, addr, peer)
+
+    def _link_datagram(self, link: Link, data: bytes) -> None:
+        """A datagram from a relay link's peer address: SRTP media on the hot
+        path, SRTCP and DTLS through the links core (RFC 7983 section 7)."""
+        if len(data) > 11 and 127 < data[0] < 192:
+            now = self._time()
+            if 191 < data[1] < 224:
+                for about, packets in self.links.receive_rtcp(link, data, now):
+                    self._rtcp_packets(about, packets, now)
+                return
+            unprotect = link.unprotect
+            if unprotect is None:
+                self.tables.counters["relay_not_keyed"] += 1
+                return
+            try:
+                plain = unprotect(data)
+            except _SRTP_ERRORS:
+                link.forged += 1
+                return
+            link.core.heard = now
+            link.packets_in += 1
+            link.octets_in += len(data)
+            leg = link.incoming.get(_SSRC.unpack_from(plain, 8)[0])
+            if leg is None:
+                link.unknown_ssrc += 1
+                return
+            fstats = leg.forwarder.stats
+            before = fstats.received
+            self._route(leg, plain, now)
+            link.routed += fstats.received - before
+            return
+        if demux.classify(data) == demux.DTLS:
+            self.links.receive_dtls(link, data, self._now())
+            self._act(self.links.take_actions())
+        else:
+            self.tables.counters["relay_garbage"] += 1
 
     def _route(self, peer: Peer, plain: bytes, now: float) -> None:
         """Forward one unprotected RTP packet of a publisher (or a relay link's ingress leg)."""
@@ -471,6 +645,12 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         if due is not None and (self._when is None or due < self._when):
             self._arm(due)
 
+    def _learn_ssrc(self, peer: Peer, plain: bytes, ssrc: int, now: float) -> bool:
+        """The hot path's slow branch: an SSRC the publisher has not used before."""
+        learnt = self.layers.learn_ssrc(peer, plain, ssrc, now)
+        self._act(self.layers.take_actions())
+        return learnt
+
     # -- the slow path ------------------------------------------------------------------
 
     def _slow_path(self, data: bytes, addr: Address, peer: Peer | None) -> None:
@@ -478,19 +658,19 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         now = self._now()
         if kind == demux.STUN:
             ufrag = local_ufrag_of(data)
-            target = self._by_ufrag.get(ufrag) if ufrag is not None else None
+            target = self.tables.by_ufrag.get(ufrag) if ufrag is not None else None
             if target is None:
                 # Indications and responses carry no ufrag: a known address's keepalive.
                 target = peer
             if target is None:
-                self.counters["stun_unknown_ufrag"] += 1
+                self.tables.counters["stun_unknown_ufrag"] += 1
                 return
             ice = target.transport.ice
             checks = ice.counters["checks"]
             target.transport.receive_datagram(data, addr, now)
             if ufrag is not None and ice.counters["checks"] == checks:
                 # A request for a known ufrag that failed its checks (401, 400, ...).
-                self.counters["stun_refused"] += 1
+                self.tables.counters["stun_refused"] += 1
             self._service(target)
             self._soon(target.transport.get_timer())
         elif peer is None:
@@ -498,13 +678,13 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 self._stranger_media(data, addr, kind, now)
                 return
             if kind == demux.DTLS:
-                self._early_link_dtls(data, addr)
+                self.links.early_dtls(data, addr)
             reason = {
                 demux.DTLS: "dtls_stranger",
                 demux.RTP: "srtp_stranger",
                 demux.RTCP: "srtp_stranger",
             }.get(kind, "garbage")
-            self.counters[reason] += 1
+            self.tables.counters[reason] += 1
         elif kind == demux.DTLS:
             peer.transport.receive_datagram(data, addr, now)
             self._service(peer)
@@ -512,18 +692,18 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         elif kind == demux.RTCP:
             self._rtcp(peer, data, addr, now)
         else:
-            self.counters["garbage" if kind != demux.RTP else "rtp_too_short"] += 1
+            self.tables.counters["garbage" if kind != demux.RTP else "rtp_too_short"] += 1
 
     def _stranger_media(self, data: bytes, addr: Address, kind: int, now: float) -> None:
         """SRTP or SRTCP from an address no transport validated: a NAT rebinding
         (the path moves there and the packet is used) or a forgery
         (:mod:`sfu.strangers`)."""
         rtcp = kind == demux.RTCP
-        found = self._strangers.find(data, rtcp, self._peers, now)
+        found = self._strangers.find(data, rtcp, self.tables.peers, now)
         if not isinstance(found, tuple):
             if found == "forged":
-                self.paths["forged"] += 1
-            self.counters["srtp_stranger"] += 1
+                self.tables.paths["forged"] += 1
+            self.tables.counters["srtp_stranger"] += 1
             return
         peer, plain = found
         self._path_moved(peer, addr, "rebinding")
@@ -537,13 +717,13 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
     def _path_moved(self, peer: Peer, addr: Address, how: str) -> None:
         """Authenticated media came from ``addr``: the peer's path is there now."""
         if peer.transport.rebind(addr, self._now()):
-            self.paths[how] += 1
+            self.tables.paths[how] += 1
             self._service(peer)
 
     def _rtcp(self, peer: Peer, data: bytes, addr: Address, now: float) -> None:
         unprotect = peer.unprotect_rtcp
         if unprotect is None:
-            self.counters["srtp_not_keyed"] += 1
+            self.tables.counters["srtp_not_keyed"] += 1
             return
         try:
             plain = unprotect(data)
@@ -558,7 +738,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         try:
             packets = parse_compound(plain)
         except RtcpParseError:
-            self.counters["rtcp_malformed"] += 1
+            self.tables.counters["rtcp_malformed"] += 1
             return
         peer.rtcp_in += 1
         (ssrc,) = _SSRC.unpack_from(plain, 4)
@@ -572,7 +752,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         forwarder = peer.forwarder
         # SRs (lip-sync mapping, LSR/DLSR of our RRs) and the report blocks
         # about what we send (RTT), RFC 3550 6.4.
-        if self.reports.on_rtcp(peer, packets, now) is not None:
+        if self.tables.reports.on_rtcp(peer, packets, now) is not None:
             self._update_nack_interval(peer.room)
         for packet in packets:
             if isinstance(packet, Nack):
@@ -590,7 +770,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
                 for ssrc, _seq in packet.entries:
                     forwarder.handle_keyframe_request(peer, ssrc, now)
             elif isinstance(packet, TransportCc | Remb) and peer.direction == "subscribe":
-                self._subscriber_feedback(peer, packet, now)
+                self.layers.feedback(peer, packet, now)
         self._flush_rtcp(peer.room)
         self._soon(forwarder.get_timer())
 
@@ -602,7 +782,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         share one path, so the slowest subscriber leg stands in for the
         slowest publisher: a retry sooner than its RTT would only duplicate.
         """
-        rtt = self.reports.slowest_rtt(
+        rtt = self.tables.reports.slowest_rtt(
             p.subscribe for p in room.participants.values() if p.subscribe is not None
         )
         if rtt is not None:
@@ -621,194 +801,33 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         if speaker.hear(who, plain, ext_id, now):
             self._soon(speaker.get_timer())
 
-    # -- transport events (their creation and negotiation: sfu.negotiation) --------------
+    # -- the cores' output ------------------------------------------------------------------
 
     def _service(self, peer: Peer) -> None:
-        """Send what a transport wants sent and act on its events."""
-        transport = peer.transport
-        for datagram, addr in transport.datagrams_to_send():
-            self._send(datagram, addr)
-        while (event := transport.next_event()) is not None:
-            if isinstance(event, AddressValidated):
-                self._by_addr[event.address] = peer
-                peer.addresses.add(event.address)
-            elif isinstance(event, AddressForgotten):
-                if self._by_addr.get(event.address) is peer:
-                    del self._by_addr[event.address]
-                peer.addresses.discard(event.address)
-            elif isinstance(event, AddressSelected):
-                moved = peer.addr is not None and peer.addr != event.address
-                peer.addr = event.address
-                if moved and transport.state is PeerState.CONNECTED:
-                    self.paths["moved"] += 1
-                    self._path_changed(peer)
-                    if peer.direction == "subscribe":
-                        # What the old path swallowed may be past repair by
-                        # NACK: a keyframe lets the decoder start clean.
-                        now = self._now()
-                        for section in peer.sections:
-                            if section.subscribed and section.track.info.kind == "video":
-                                peer.forwarder.request_keyframe(section.track.ssrc, now)
-                        self._flush_rtcp(peer.room)
-                    log.info(
-                        "%s path moved to %s",
-                        peer,
-                        event.address,
-                        extra={
-                            "room": peer.room.name,
-                            "participant": peer.participant,
-                            "direction": peer.direction,
-                            "address": event.address,
-                        },
-                    )
-            elif isinstance(event, CredentialsRetired):
-                if self._by_ufrag.get(event.ufrag) is peer:
-                    del self._by_ufrag[event.ufrag]
-                self.paths["ice_restart_completed"] += 1
-                if transport.state is PeerState.CONNECTED:
-                    self._emit(
-                        TransportState(
-                            peer.room.name,
-                            peer.participant,
-                            peer.direction,
-                            "connected",
-                            "ICE restart completed",
-                        )
-                    )
-            elif isinstance(event, PeerStateChanged):
-                if event.new is PeerState.CONNECTED:
-                    self._connected(peer)
-                elif event.new in TERMINAL:
-                    self._down(peer, event.new, event.reason)
-
-    def _connected(self, peer: Peer) -> None:
-        srtp = peer.transport.srtp
-        assert srtp is not None  # CONNECTED means keyed
-        peer.addr = peer.transport.remote
-        peer.unprotect = srtp.inbound.unprotect
-        peer.unprotect_rtcp = srtp.inbound.unprotect_rtcp
-        peer.protect = srtp.outbound.protect
-        peer.protect_rtcp = srtp.outbound.protect_rtcp
-        log.info(
-            "%s %s transport connected from %s",
-            peer,
-            srtp.profile,
-            peer.addr,
-            extra={
-                "room": peer.room.name,
-                "participant": peer.participant,
-                "direction": peer.direction,
-                "address": peer.addr,
-                "profile": srtp.profile,
-            },
-        )
-        self._emit(TransportState(peer.room.name, peer.participant, peer.direction, "connected"))
-        now = self._now()
-        # Reports start with the connection: before it nothing can be sent or received.
-        if not peer.reporting:
-            self.reports.add_leg(peer, now)
-            peer.reporting = True
-            for stats in peer.recv_stats.values():
-                self.reports.add_receive(peer, stats)
-        if peer.direction == "subscribe":
-            self._apply_subscriptions(peer, now)
-        else:
-            self._start_bandwidth_feedback(peer, now)
-            # Subscribers may have waited for this publisher: ask for keyframes now.
-            for track in peer.tracks.values():
-                if track.info.kind == "video" and track.live:
-                    peer.forwarder.request_keyframe(track.ssrc, now)
-        self._flush_rtcp(peer.room)
-        self._soon(peer.forwarder.get_timer())
-        self._soon_rtcp()
-
-    def _start_bandwidth_feedback(self, peer: Peer, now: float) -> None:
-        """Give a connected publisher transport-cc feedback, else REMB, if it negotiated one.
-
-        transport-cc (draft-holmer-rmcat-transport-wide-cc-extensions-01)
-        needs both the rtcp-fb and the header extension; it is per transport
-        (BUNDLE), so the first track that has it sets it up. REMB
-        (draft-alvestrand-rmcat-remb-03) goes only to publishers without
-        transport-cc: libwebrtc takes a REMB as a cap even when it runs its
-        own transport-cc estimator. Called again as tracks are added, so a
-        REMB estimator counts every video track.
-        """
-        if not peer.reporting:
-            return  # again when it connects
-        member = self.bandwidth.get(peer)
-        if member is None:
-            for track in peer.tracks.values():
-                ext_id = track.extensions.get(TRANSPORT_CC, 0)
-                if ext_id and _has_feedback(track.codec, "transport-cc"):
-                    recorder = TransportCcRecorder(self.feedback_ssrc, media_ssrc=track.ssrc)
-                    peer.twcc, peer.twcc_id = recorder, ext_id
-                    self.bandwidth.add(peer, recorder, now)
-                    self._soon_rtcp()
-                    return
-            if not any(
-                t.info.kind == "video" and _has_feedback(t.codec, "goog-remb")
-                for t in peer.tracks.values()
-            ):
-                return
-            member = RembEstimator(self.feedback_ssrc, max_bitrate=self.remb_max_bitrate)
-            self.bandwidth.add(peer, member, now)
-            self._soon_rtcp()
-        if isinstance(member, RembEstimator):
-            for track in peer.tracks.values():
-                stats = peer.recv_stats.get(track.ssrc)
-                if (
-                    track.info.kind == "video"
-                    and stats is not None
-                    and track.ssrc not in member.sources
-                ):
-                    member.add_source(stats)
-
-    def _down(self, peer: Peer, state: PeerState, reason: str) -> None:
-        peer.unprotect = peer.unprotect_rtcp = peer.protect = peer.protect_rtcp = None
-        self.reports.remove_leg(peer)
-        self.bandwidth.remove(peer)
-        peer.reporting = False
-        peer.twcc = None
-        for address in peer.addresses:
-            if self._by_addr.get(address) is peer:
-                del self._by_addr[address]
-        peer.addresses.clear()
-        for ufrag in (peer.transport.local_ufrag, peer.transport.ice.previous_ufrag):
-            if ufrag is not None and self._by_ufrag.get(ufrag) is peer:
-                del self._by_ufrag[ufrag]
-        self._peers.discard(peer)
-        for name, value in peer.transport.counters.items():
-            self.counters[f"transport_{name}"] += value
-        if peer.direction == "subscribe":
-            peer.forwarder.remove_subscriber(peer)
-            self._forget_subscriber(peer)
-            for section in peer.sections:
-                section.subscribed = False
-        level = logging.INFO if state is PeerState.CLOSED else logging.WARNING
-        log.log(
-            level,
-            "%s transport %s: %s",
-            peer,
-            state.value,
-            reason,
-            extra={
-                "room": peer.room.name,
-                "participant": peer.participant,
-                "direction": peer.direction,
-                "reason": reason,
-            },
-        )
-        self._emit(
-            TransportState(
-                peer.room.name,
-                peer.participant,
-                peer.direction,
-                "failed" if state is PeerState.FAILED else "closed",
-                reason,
-            )
-        )
+        """A transport had input: the negotiator acts on its output."""
+        self.negotiator.service(peer, self._now())
+        self._act(self.negotiator.take_actions())
 
     # -- timers and output ------------------------------------------------------------------
+
+    def _act(self, actions: list[Action]) -> None:
+        """Carry out what a core queued (:mod:`sfu.actions`), in its order."""
+        for action in actions:
+            match action:
+                case Send(data, addr):
+                    self._send(data, addr)
+                case SendRtcp(peer, compound):
+                    self._send_rtcp(peer, compound)
+                case FlushRtcp(room):
+                    self._flush_rtcp(room)
+                case Emit(event):
+                    self._emit(event)
+                case Arm(when):
+                    self._soon(when)
+                case ArmRtcp():
+                    self._soon_rtcp()
+                case Rearm():
+                    self._rearm()
 
     def _now(self) -> float:
         return self._time()
@@ -836,15 +855,15 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
     def _rearm(self) -> None:
         when: float | None = None
-        for room in self._rooms.values():
+        for room in self.tables.rooms.values():
             for due in (room.forwarder.get_timer(), room.speaker.get_timer()):
                 if due is not None and (when is None or due < when):
                     when = due
-        for peer in self._peers:
+        for peer in self.tables.peers:
             due = peer.transport.get_timer()
             if due is not None and (when is None or due < when):
                 when = due
-        due = self._links_due()
+        due = self.links.due()
         if due is not None and (when is None or due < when):
             when = due
         if when == self._when:
@@ -862,7 +881,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         # The loop's clock has millisecond steps: never hand a core a `now`
         # before the deadline it asked for, or it would ask again at once.
         now = self._now() if due is None else max(self._now(), due)
-        for room in list(self._rooms.values()):
+        for room in list(self.tables.rooms.values()):
             forwarder = room.forwarder
             when = forwarder.get_timer()
             if when is not None and when <= now:
@@ -871,24 +890,26 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
             if when is not None and when <= now:
                 change = room.speaker.handle_timer(now)
                 if change is not None:
-                    self._speaker_changed(room, cast(str | None, change.speaker))
+                    self.negotiator.speaker_changed(room, cast(str | None, change.speaker))
+                    self._act(self.negotiator.take_actions())
             self._flush_rtcp(room)
-        for peer in list(self._peers):
+        for peer in list(self.tables.peers):
             when = peer.transport.get_timer()
             if when is not None and when <= now:
                 peer.transport.handle_timer(now)
                 self._service(peer)
-        self._links_timer(now)
+        self.links.handle_timer(now)
+        self._act(self.links.take_actions())
         self._rearm()
 
     # -- the periodic RTCP timer: reports and bandwidth feedback ---------------------------
 
     def _rtcp_due(self) -> float | None:
-        when = self.bandwidth.get_timer()
-        layers = self._layers_due()
+        when = self.tables.bandwidth.get_timer()
+        layers = self.layers.due()
         if layers is not None and (when is None or layers < when):
             when = layers
-        due = self.reports.get_timer()
+        due = self.tables.reports.get_timer()
         if due is not None:
             due += _REPORT_SLACK
             if when is None or due < when:
@@ -915,20 +936,21 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         # armed again: every call on the worker lives on its reports,
         # feedback and layer choices.
         try:
-            when = self.reports.get_timer()
+            when = self.tables.reports.get_timer()
             if when is not None and when <= now:
-                for key, compound in self.reports.handle_timer(now):
+                for key, compound in self.tables.reports.handle_timer(now):
                     self._send_rtcp(cast(Peer, key), compound)
-            when = self.bandwidth.get_timer()
+            when = self.tables.bandwidth.get_timer()
             if when is not None and when <= now:
-                feedback = self.bandwidth.handle_timer(now)
+                feedback = self.tables.bandwidth.handle_timer(now)
                 if feedback:
                     self._send_feedback(feedback)
-            when = self._layers_due()
+            when = self.layers.due()
             if when is not None and when <= now:
-                self._layers_tick(now)
+                self.layers.tick(now)
+                self._act(self.layers.take_actions())
         except Exception:
-            self.timer_failures += 1
+            self.tables.timer_failures += 1
             log.exception("media worker RTCP round failed", extra={"worker": self.worker_id})
         finally:
             self._soon_rtcp()
@@ -943,7 +965,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         for key, compounds, packets in feedback_compounds(pending, self.feedback_ssrc):
             peer = cast(Peer, key)
             if peer.protect_rtcp is None or peer.addr is None:
-                self.counters["rtcp_unsent"] += packets
+                self.tables.counters["rtcp_unsent"] += packets
                 continue
             for compound in compounds:
                 self._send_rtcp(peer, compound)
@@ -953,7 +975,7 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
         protect = peer.protect_rtcp
         addr = peer.addr
         if protect is None or addr is None:
-            self.counters["rtcp_unsent"] += 1
+            self.tables.counters["rtcp_unsent"] += 1
             return
         try:
             self._send(protect(compound), addr)
@@ -966,32 +988,8 @@ class MediaWorker(WorkerLinks, WorkerLayers, asyncio.DatagramProtocol):
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges for :mod:`sfu.metrics`, read at scrape time."""
-        rooms = []
-        totals = Counter(self.totals)
-        for room in self._rooms.values():
-            entry = room_snapshot(room, self.reports, self.bandwidth)
-            totals.update(entry["stats"])
-            rooms.append(entry)
-        relays = self.relay_snapshot()
-        # Packets from the worker's own publishers only: what came over relay
-        # links is counted as relay "in" (sfu_relay_packets_total).
-        totals["received"] -= relays["routed"]
-        dropped = Counter(self.counters)
-        if self._fanout is not None:
-            # The native leaf drops and counts what a full socket refuses itself.
-            for ours, theirs in (("send_dropped", "dropped"), ("socket_error", "send_errors")):
-                if self._fanout.counters()[theirs]:
-                    dropped[ours] += self._fanout.counters()[theirs]
-        return {
-            "port": self.port,
-            "paths": dict(self.paths),
-            "dropped": dict(dropped),
-            "totals": dict(totals),
-            "timer_failures": self.timer_failures,
-            "transports": len(self._peers),
-            "rooms": rooms,
-            "relays": relays,
-        }
+        native_counters = self._fanout.counters() if self._fanout is not None else None
+        return worker_snapshot(self.tables, self.links.snapshot(), native_counters, self.port)
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -1003,8 +1001,3 @@ def _running_loop_time() -> float:
 
 def _no_socket(data: bytes, addr: Any) -> None:
     """``sendto`` before the socket is open or after it closed: nothing goes out."""
-
-
-def _has_feedback(codec: Codec, kind: str) -> bool:
-    """Whether a negotiated codec carries ``a=rtcp-fb`` ``kind`` (RFC 4585 4.2)."""
-    return any(f.type == kind and not f.parameter for f in codec.feedback)

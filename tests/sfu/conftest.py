@@ -34,7 +34,10 @@ from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete
 from rtc.ice import random_credentials
 from rtc.sdp import SessionDescription
 from rtc.srtp import SrtpSession
+from sfu.actions import Emit
 from sfu.control import MediaEvent, TransportState
+from sfu.layers import Layers
+from sfu.negotiation import Negotiator
 from sfu.worker import MediaWorker
 
 WIDTH, HEIGHT = 160, 120
@@ -87,6 +90,15 @@ class Events:
 async def worker(loopback_aiortc: None) -> AsyncIterator[MediaWorker]:
     async with MediaWorker(host="127.0.0.1", port=0) as w:
         yield w
+
+
+def take_events(core: Negotiator | Layers, events: Events | None = None) -> None:
+    """After a test calls a worker's core itself: its queued events go to
+    ``events``, as the worker would hand them to its listeners; the rest of
+    what it queued (RTCP to flush, timers) is dropped."""
+    for action in core.take_actions():
+        if isinstance(action, Emit) and events is not None:
+            events(action.event)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from sfu.forward import Forwarder
 from sfu.layers import DYNACAST_DELAY, STALE, TICK
 from sfu.worker import MediaWorker
 
-from .conftest import Events
+from .conftest import Events, take_events
 
 PUB = "publisher"
 SUB = "subscriber"
@@ -210,7 +210,7 @@ async def test_rid_layers_are_learnt_and_announced(worker: MediaWorker, events: 
     answer = SessionDescription.parse(result.answer).media[0]
     assert answer.simulcast == "recv q;h;f"
     assert {e.uri for e in answer.extmaps} >= {RTP_STREAM_ID, REPAIRED_RTP_STREAM_ID}
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     peer = room.participants["alice"].publish
     now = worker._now()
     for index, rid in enumerate("qhf"):
@@ -224,7 +224,8 @@ async def test_rid_layers_are_learnt_and_announced(worker: MediaWorker, events: 
     assert not peer.rid_tracks
     # Nobody subscribes: after the dynacast delay only the lowest layer stays wanted.
     later = now + DYNACAST_DELAY + TICK
-    worker._layers_tick(later)
+    worker.layers.tick(later)
+    take_events(worker.layers, events)
     wanted = [e for e in events.items if isinstance(e, LayersWanted)]
     assert wanted and wanted[-1].active_rids == ["q"] and wanted[-1].rids == ["q", "h", "f"]
     assert wanted[-1].participant == "alice"
@@ -239,18 +240,20 @@ async def test_dynacast_never_stops_a_layer_it_has_not_seen(
     again (the capped visit sent its viewers 640x360 for good that way)."""
     fp = worker.relay_identity()[1].split(" ", 1)[1]
     await worker.publish("room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {})
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     peer = room.participants["alice"].publish
     now = worker._now()
     worker._route(peer, vp8_packet(LAYERS[0], 1, 0, 1, key=True, ext=rid_ext("q")), now)
-    worker._layers_tick(now + DYNACAST_DELAY + TICK)
+    worker.layers.tick(now + DYNACAST_DELAY + TICK)
+    take_events(worker.layers, events)
     wanted = [e for e in events.items if isinstance(e, LayersWanted)]
     assert not wanted or wanted[-1].active_rids == ["q", "h", "f"], wanted
     # The middle layer comes and nobody wants it: it stops; the top one,
     # still unseen, stays on.
     later = now + DYNACAST_DELAY + 2 * TICK
     worker._route(peer, vp8_packet(LAYERS[1], 1, 0, 1, key=True, ext=rid_ext("h")), later)
-    worker._layers_tick(later + DYNACAST_DELAY + TICK)
+    worker.layers.tick(later + DYNACAST_DELAY + TICK)
+    take_events(worker.layers, events)
     wanted = [e for e in events.items if isinstance(e, LayersWanted)]
     assert wanted and wanted[-1].active_rids == ["q", "f"], wanted
 
@@ -268,13 +271,15 @@ class Watched:
     now: float
 
 
-async def watched(worker: MediaWorker, *, transport_cc: bool = True) -> Watched:
+async def watched(
+    worker: MediaWorker, events: Events | None = None, *, transport_cc: bool = True
+) -> Watched:
     fp = worker.relay_identity()[1].split(" ", 1)[1]
     result = await worker.publish(
         "room", "alice", CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n"), {}
     )
     track_id = result.added[0].track_id
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     pub = room.participants["alice"].publish
     now = worker._now()
     for index, rid in enumerate("qhf"):
@@ -290,8 +295,9 @@ async def watched(worker: MediaWorker, *, transport_cc: bool = True) -> Watched:
     }
     sub_peer.pending_offer = False
     sub_peer.reporting = True
-    worker.reports.add_leg(sub_peer, now)
-    worker._apply_subscriptions(sub_peer, now)
+    worker.tables.reports.add_leg(sub_peer, now)
+    worker.negotiator.apply_subscriptions(sub_peer, now)
+    take_events(worker.negotiator, events)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
     return Watched(pub, sub_peer, fsub, track_id, now)
 
@@ -303,12 +309,12 @@ async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estima
     estimator for it (nor REMB here), so nothing caps it and the top layer
     comes, where an estimator that never heard would hold it at 1 Mbit/s."""
     w = await watched(worker, transport_cc=False)
-    assert worker._subscribers[w.sub_peer].estimator is None
+    assert worker.layers.subscribers[w.sub_peer].estimator is None
     assert w.fsub.target == 2
 
 
 async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -> None:
-    w = await watched(worker)
+    w = await watched(worker, events)
     fsub, track_id = w.fsub, w.track_id
     # No view yet: the best layer the start estimate (1 Mbit/s) carries.
     assert fsub.target == 1
@@ -335,7 +341,7 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
     with no mute, as a camera turned off) is paused for subscribers as
     ``off``, never ``bandwidth`` (which the page shows as a weak link), and
     resumes when its packets come back."""
-    w = await watched(worker)
+    w = await watched(worker, events)
     fsub, track_id, now = w.fsub, w.track_id, w.now
 
     def send(seq: int) -> None:
@@ -349,31 +355,36 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
         return [(e.paused, e.reason) for e in events.items if isinstance(e, TrackPaused)]
 
     now += TICK
-    worker._layers_tick(now)
+    worker.layers.tick(now)
+    take_events(worker.layers, events)
     assert fsub.target == 1 and paused() == []
     # Muted by its publisher: off at the next tick.
     await worker.set_muted("room", track_id, True)
     now += TICK
-    worker._layers_tick(now)
+    worker.layers.tick(now)
+    take_events(worker.layers, events)
     assert fsub.target is None
     assert paused() == [(True, "off")]
     # Unmuted, and its packets come again: resumed, on a layer.
     await worker.set_muted("room", track_id, False)
     send(2)
     now += TICK
-    worker._layers_tick(now)
+    worker.layers.tick(now)
+    take_events(worker.layers, events)
     assert paused() == [(True, "off"), (False, "off")]
     assert fsub.target is not None
     # Its layers stop with no mute (a camera stopped): off once nothing has
     # arrived for STALE, however long it lasts, and never "bandwidth".
     for _ in range(int(10 / TICK)):
         now += TICK
-        worker._layers_tick(now)
+        worker.layers.tick(now)
+        take_events(worker.layers, events)
     assert fsub.target is None
     assert paused() == [(True, "off"), (False, "off"), (True, "off")]
     send(3)
     now += TICK
-    worker._layers_tick(now)
+    worker.layers.tick(now)
+    take_events(worker.layers, events)
     assert paused()[-1] == (False, "off") and fsub.target is not None
 
 
@@ -387,13 +398,13 @@ async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker)
     fsub, track_id, now = w.fsub, w.track_id, w.now
     await worker.set_view("room", "bob", track_id, 160, 90, True)
     assert fsub.target == 0
-    worker._layers_tick(now + TICK)  # every layer measured, seen sending
+    worker.layers.tick(now + TICK)  # every layer measured, seen sending
     # Then only the upper layers keep coming, and congestion was just now.
     later = now + 2 * TICK + STALE
     for index, rid in ((1, "h"), (2, "f")):
         packet = vp8_packet(LAYERS[index], 2, 3000, 2, key=True, ext=rid_ext(rid))
         worker._route(w.pub, packet, later)
-    worker._subscribers[w.sub_peer].downgraded_at = later
+    worker.layers.subscribers[w.sub_peer].downgraded_at = later
     await worker.set_view("room", "bob", track_id, 640, 360, True)
-    worker._layers_tick(later)
+    worker.layers.tick(later)
     assert fsub.target == 1

@@ -28,6 +28,7 @@ from sfu import native
 from sfu.estimator import SendSideEstimator
 from sfu.forward import Forwarder
 from sfu.worker import MediaWorker
+from tests.sfu.conftest import take_events
 from tests.sfu.test_native import KEY, Record, loopback_sockets, route_native
 
 needs_native = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
@@ -352,7 +353,7 @@ async def test_publish_answer_keeps_red_and_subscribers_are_offered_it(
     assert (opus.name, opus.payload_type) == ("opus", 111)
     assert opus.parameters["useinbandfec"] == "1"
     assert (red.name, red.payload_type, red.fmtp) == ("red", 63, "111/111")
-    room = worker._rooms["room"]
+    room = worker.tables.rooms["room"]
     track = next(iter(room.tracks.values()))
     assert room.forwarder.track(track.ssrc).red_pt == 63
     (section,) = room.participants["bob"].subscribe.sections  # type: ignore[union-attr]
@@ -361,7 +362,7 @@ async def test_publish_answer_keeps_red_and_subscribers_are_offered_it(
 
 async def test_an_answer_without_red_gets_plain_opus(worker: MediaWorker) -> None:
     await _subscribe_with(worker, keep_red=False)
-    room = worker._rooms["room"]
+    room = worker.tables.rooms["room"]
     (section,) = room.participants["bob"].subscribe.sections  # type: ignore[union-attr]
     assert section.pt_map == {111: 111}
 
@@ -373,7 +374,7 @@ async def test_red_turned_off(loopback_aiortc: None) -> None:
         offer = await worker.subscribe("room", "bob", [published.added[0].track_id])
         assert offer is not None
         assert [c.name for c in SessionDescription.parse(offer).media[0].codecs] == ["opus"]
-        room = worker._rooms["room"]
+        room = worker.tables.rooms["room"]
         track = next(iter(room.tracks.values()))
         assert room.forwarder.track(track.ssrc).red_pt == -1
 
@@ -456,16 +457,17 @@ async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker)
     says the path's loss follows the rate (a policer: redundancy would only
     take the video's room), and RED again once the loss is random."""
     await _subscribe_with(worker, keep_red=True)
-    room: Any = worker._rooms["room"]
+    room: Any = worker.tables.rooms["room"]
     peer = room.participants["bob"].subscribe
     (section,) = peer.sections
     now = worker._now()
     if not section.subscribed:  # the transport connects (no ICE here)
         peer.pending_offer = False
         peer.reporting = True
-        worker.reports.add_leg(peer, now)
-        worker._apply_subscriptions(peer, now)
-    state = worker._subscriber_state(peer)
+        worker.tables.reports.add_leg(peer, now)
+        worker.negotiator.apply_subscriptions(peer, now)
+        take_events(worker.negotiator)
+    state = worker.layers.subscriber(peer)
     state.estimator = estimator = SendSideEstimator()  # aiortc's answer has no transport-cc
     sub = room.forwarder.subscription(peer, section.forwarded.ssrc)
 
@@ -473,7 +475,8 @@ async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker)
         nonlocal now
         for _ in range(n):
             now += 0.5
-            worker._allocate_participant(room, "bob", now)
+            worker.layers.allocate(room, "bob", now)
+            take_events(worker.layers)
 
     ticks(2)
     assert sub.pt_map == {111: 111, 63: 63}

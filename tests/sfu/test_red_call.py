@@ -129,7 +129,7 @@ def _redundant_blocks(worker: Any, track_id: str) -> dict[int, int]:
     from rtc.red import RedPayload
     from rtc.rtp import RtpPacket
 
-    room = worker._rooms[ROOM]
+    room = worker.tables.rooms[ROOM]
     track = room.forwarder.track(room.tracks[track_id].ssrc)
     counts: dict[int, int] = {}
     for seq in range(track.highest - 200, track.highest + 1):

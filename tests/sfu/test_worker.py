@@ -170,7 +170,7 @@ async def test_bad_input_is_dropped_and_counted_while_the_call_flows(
         "stun_unknown_ufrag": [_stun("nobody:browser", "x" * 22)],
         "stun_refused": [_stun(f"{ufrag}:browser", "not-the-right-password")],
     }
-    before = dict(worker.counters)
+    before = dict(worker.tables.counters)
     frames = sub.frames["video"]
     loop = asyncio.get_running_loop()
     sink = _Sink()
@@ -185,7 +185,7 @@ async def test_bad_input_is_dropped_and_counted_while_the_call_flows(
             await asyncio.sleep(0.01)
         await wait_until(
             lambda: all(
-                worker.counters[k] - before.get(k, 0) >= 20 * len(v) for k, v in bad.items()
+                worker.tables.counters[k] - before.get(k, 0) >= 20 * len(v) for k, v in bad.items()
             )
         )
         # The wrong password got a 401 (RFC 8445 7.3.1.1), nothing else came back.
@@ -201,7 +201,7 @@ async def test_bad_input_is_dropped_and_counted_while_the_call_flows(
 
     # When the socket pushes back, the worker drops (and counts) rather than queue.
     worker.pause_writing()
-    await wait_until(lambda: worker.counters["send_dropped"] >= 20)
+    await wait_until(lambda: worker.tables.counters["send_dropped"] >= 20)
     stalled = sub.frames["video"]
     await asyncio.sleep(0.3)
     assert sub.frames["video"] <= stalled + 2
@@ -339,8 +339,8 @@ async def test_a_transport_whose_consent_checks_stop_fails(loopback_aiortc: None
             failed = await events.wait_state("doctor", "publish", "failed", limit=5.0)
             assert "consent" in failed.reason
             assert worker.snapshot()["transports"] == 0
-            strangers = worker.counters["srtp_stranger"]
-            await wait_until(lambda: worker.counters["srtp_stranger"] > strangers)
+            strangers = worker.tables.counters["srtp_stranger"]
+            await wait_until(lambda: worker.tables.counters["srtp_stranger"] > strangers)
         finally:
             await publisher.close()
 
@@ -442,7 +442,7 @@ async def test_a_new_publish_connection_replaces_the_old_one(
     assert restarted.added == [] and restarted.removed == []
     after = SessionDescription.parse(restarted.answer).transport()
     assert (after.ice_ufrag, after.ice_pwd) != (before.ice_ufrag, before.ice_pwd)
-    assert worker.paths["ice_restart"] == 1
+    assert worker.tables.paths["ice_restart"] == 1
     assert list(first.tracks.values()) == old_ids
 
     # A new RTCPeerConnection (new credentials and certificate) takes over.

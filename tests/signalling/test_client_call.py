@@ -428,7 +428,7 @@ async def test_nat_rebinding_keeps_media_without_renegotiation(call: Call) -> No
         await asyncio.sleep(0.5)
         negotiated = len(negotiations)
         pcs = (patient.publish_pc, patient.subscribe_pc)
-        paths0 = dict(call.media.paths)
+        paths0 = dict(call.media.tables.paths)
         stats0 = call.forwarder_stats()
         down, up = _video(patient, doctor), _video(doctor, patient)
         assert down is not None and up is not None
@@ -442,7 +442,7 @@ async def test_nat_rebinding_keeps_media_without_renegotiation(call: Call) -> No
 
         now = time.monotonic()
         gaps = [max(v.max_gap, now - (v.last_frame_at or 0)) for v in (down, up)]
-        paths = {k: call.media.paths[k] - paths0.get(k, 0) for k in call.media.paths}
+        paths = {k: call.media.tables.paths[k] - paths0.get(k, 0) for k in call.media.tables.paths}
         stats = call.forwarder_stats()
         print({k: v - stats0.get(k, 0) for k, v in stats.items() if v != stats0.get(k, 0)})
         print(
@@ -471,8 +471,8 @@ async def test_nat_rebinding_keeps_media_without_renegotiation(call: Call) -> No
         # A stranger replays the patient's SRTP with a broken tag from a new
         # address: it is counted as forged and the path stays where it is.
         worker = call.media
-        forged0 = worker.paths["forged"]
-        moved0 = worker.paths["moved"]
+        forged0 = worker.tables.paths["forged"]
+        moved0 = worker.tables.paths["moved"]
         ssrc = next(
             ssrc
             for r in worker.snapshot()["rooms"]
@@ -489,8 +489,8 @@ async def test_nat_rebinding_keeps_media_without_renegotiation(call: Call) -> No
             await asyncio.sleep(0.3)
         finally:
             stranger.close()
-        assert worker.paths["forged"] >= forged0 + 5
-        assert worker.paths["moved"] == moved0
+        assert worker.tables.paths["forged"] >= forged0 + 5
+        assert worker.tables.paths["moved"] == moved0
         assert await _rises(doctor, patient)
     finally:
         for relay in relays.values():
@@ -508,7 +508,7 @@ async def test_ice_restart_offers_new_credentials_and_tells_the_others(call: Cal
     await patient.wait_until(lambda: _receiving_video(patient, doctor, 10), 30)
     first = await patient.wait_for("offer")
     since_p, since_d = len(patient.history), len(doctor.history)
-    restarts = call.media.paths["ice_restart"]
+    restarts = call.media.tables.paths["ice_restart"]
 
     ok = await patient.request("ice_restart")
     assert ok["type"] == "ok"
@@ -517,7 +517,7 @@ async def test_ice_restart_offers_new_credentials_and_tells_the_others(call: Cal
     assert new.transport().ice_ufrag != old.transport().ice_ufrag
     assert [m.mid for m in new.media] == [m.mid for m in old.media]
     assert offer["tracks"] == first["tracks"]
-    assert call.media.paths["ice_restart"] == restarts + 1
+    assert call.media.tables.paths["ice_restart"] == restarts + 1
     pid = patient.participant_id
     note = await doctor.wait_for(
         "participant_media", lambda d: d["participant_id"] == pid, since=since_d

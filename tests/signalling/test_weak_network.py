@@ -749,7 +749,7 @@ async def scenario_firefox(world: World) -> dict[str, Any]:
 
         worker = world.app[sfu.http.WORKER]  # type: ignore[attr-defined]
         tracks: dict[str, Any] = {}
-        for room in worker._rooms.values():
+        for room in worker.tables.rooms.values():
             for track in room.tracks.values():
                 if track.info.kind != "video":
                     continue
@@ -781,7 +781,7 @@ def worker_view(world: World) -> dict[str, Any]:
 
     worker = world.app[sfu.http.WORKER]  # type: ignore[attr-defined]
     out: dict[str, Any] = {}
-    for peer, state in list(worker._subscribers.items()):
+    for peer, state in list(worker.layers.subscribers.items()):
         est = state.estimator
         out[str(peer.participant)[-6:]] = {
             "estimate": int(est.estimate) if est else None,
@@ -797,7 +797,7 @@ def worker_view(world: World) -> dict[str, Any]:
             "capacity": int(est.loss_capacity or 0) if est else None,
             "ramps_failed": est.ramps_failed if est else None,
         }
-    for room in worker._rooms.values():
+    for room in worker.tables.rooms.values():
         for track in room.tracks.values():
             rates = [int(layer.bitrate) for layer in track.layers or []]
             if track.measured is not None:

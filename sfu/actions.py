@@ -1,0 +1,86 @@
+"""What the media worker's cores ask of it: send, flush RTCP, re-arm a timer, tell listeners.
+
+The worker's cores (:class:`sfu.negotiation.Negotiator`, :class:`sfu.links.Links`,
+:class:`sfu.layers.Layers`) never send, arm a timer or call a listener
+themselves: each input verb queues what it wants done, in the order it wants
+it, and :class:`sfu.worker.MediaWorker` takes them (``take_actions()``, as
+aioquic's ``datagrams_to_send()``) after every call and carries them out. A
+core that calls another core passes on what that one queued, right after the
+call, so the order holds across cores.
+
+Control plane, RTCP and timer work only: a forwarded RTP packet never becomes
+an action (the worker's hot path sends those itself, with no allocation per
+packet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtc.ice import Address
+from sfu.control import MediaEvent
+from sfu.records import Peer, Room
+
+__all__ = [
+    "Action",
+    "Arm",
+    "ArmRtcp",
+    "Emit",
+    "FlushRtcp",
+    "Rearm",
+    "Send",
+    "SendRtcp",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send one datagram as it is (DTLS, STUN, an already protected packet)."""
+
+    data: bytes
+    addr: Address
+
+
+@dataclass(frozen=True, slots=True)
+class SendRtcp:
+    """Protect one compound RTCP packet with ``peer``'s SRTCP context and send it
+    to its selected address (RFC 3711 3.4); counted unsent if it has none."""
+
+    peer: Peer
+    compound: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRtcp:
+    """Send the feedback a room's forwarder has pending (NACK, PLI, FIR)."""
+
+    room: Room
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Hand a :class:`~sfu.control.MediaEvent` to the worker's listeners."""
+
+    event: MediaEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """Make sure the worker's timer fires by ``when`` (it looks at every core then)."""
+
+    when: float
+
+
+@dataclass(frozen=True, slots=True)
+class ArmRtcp:
+    """Make sure the periodic RTCP timer (reports, bandwidth feedback, the
+    layers' tick) fires by its cores' next deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rearm:
+    """Some deadline may have moved later or gone: re-arm the worker's timer
+    at the earliest deadline of every core."""
+
+
+Action = Send | SendRtcp | FlushRtcp | Emit | Arm | ArmRtcp | Rearm

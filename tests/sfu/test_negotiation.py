@@ -1,0 +1,134 @@
+"""The worker's negotiator as a core: no socket, no event loop, a made-up clock.
+
+What it wants done comes back as :mod:`sfu.actions` for the test to read,
+as the worker would take and carry them out.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from rtc.dtls import DtlsCertificate
+from rtc.ice import random_credentials
+from rtc.sdp import Direction, SessionDescription
+from sfu.actions import Action, Emit, FlushRtcp, Rearm, Send
+from sfu.bandwidth import BandwidthFeedback
+from sfu.control import TransportState
+from sfu.errors import SfuStateError
+from sfu.layers import Layers
+from sfu.negotiation import Negotiator
+from sfu.records import WorkerTables
+from sfu.reports import ReportScheduler
+
+NOW = 1000.0
+
+OFFER = """v=0
+o=- 1 2 IN IP4 127.0.0.1
+s=-
+t=0 0
+a=group:BUNDLE 0
+m=audio 9 UDP/TLS/RTP/SAVPF 111
+c=IN IP4 0.0.0.0
+a=ice-ufrag:{ufrag}
+a=ice-pwd:{pwd}
+a=fingerprint:sha-256 {fingerprint}
+a=setup:actpass
+a=mid:0
+a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level
+a=sendonly
+a=msid:a a-audio
+a=rtcp-mux
+a=rtpmap:111 opus/48000/2
+a=ssrc:1234 cname:a
+"""
+
+
+@pytest.fixture(scope="module")
+def certificate() -> DtlsCertificate:
+    return DtlsCertificate.generate(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+
+
+def negotiator(certificate: DtlsCertificate) -> Negotiator:
+    tables = WorkerTables(
+        ReportScheduler(ssrc=1, cname="wadud", wall_offset=0.0), BandwidthFeedback()
+    )
+    return Negotiator(
+        tables,
+        Layers(tables),
+        certificate=certificate,
+        candidates=lambda: [("127.0.0.1", 40000)],
+        consent_timeout=30.0,
+        connect_timeout=10.0,
+        forwarder_options={},
+        simulcast=True,
+        red=True,
+        feedback_ssrc=1,
+        remb_max_bitrate=2_500_000,
+    )
+
+
+def offer(certificate: DtlsCertificate) -> str:
+    ufrag, pwd = random_credentials()
+    return OFFER.format(
+        ufrag=ufrag, pwd=pwd, fingerprint=certificate.fingerprint("sha-256")
+    ).replace("\n", "\r\n")
+
+
+def states(actions: list[Action]) -> list[tuple[str, str, str]]:
+    return [
+        (a.event.participant, a.event.direction, a.event.state)
+        for a in actions
+        if isinstance(a, Emit) and isinstance(a.event, TransportState)
+    ]
+
+
+def test_a_publish_is_answered_and_queues_its_rtcp_flush_and_timer(
+    certificate: DtlsCertificate,
+) -> None:
+    core = negotiator(certificate)
+    result = core.publish("room", "alice", offer(certificate), {}, NOW)
+    (track,) = result.added
+    assert track.kind == "audio" and track.participant == "alice"
+    (peer,) = core.tables.peers
+    answer = SessionDescription.parse(result.answer)
+    assert answer.transport().ice_ufrag == peer.transport.local_ufrag
+    assert answer.media[0].direction is Direction.RECVONLY
+    assert core.tables.by_ufrag[peer.transport.local_ufrag] is peer
+    assert core.tables.rooms["room"].tracks[track.track_id].ssrc == 1234
+    # Nothing goes out before the client's ICE checks; the worker is asked
+    # to flush the room's RTCP and re-arm its timer.
+    assert core.take_actions() == [FlushRtcp(core.tables.rooms["room"]), Rearm()]
+    assert core.take_actions() == []
+
+
+def test_leaving_closes_the_transports_and_forgets_the_room(
+    certificate: DtlsCertificate,
+) -> None:
+    core = negotiator(certificate)
+    track = core.publish("room", "alice", offer(certificate), {}, NOW).added[0]
+    sdp = core.subscribe("room", "bob", [track.track_id], None, NOW)
+    assert sdp is not None and "a=sendonly" in sdp
+    core.take_actions()
+    core.leave("room", "alice", NOW + 1)
+    actions = core.take_actions()
+    assert states(actions) == [("alice", "publish", "closed")]
+    assert not any(isinstance(a, Send) for a in actions)  # never connected: no close_notify
+    assert actions[-1] == Rearm()
+    assert track.track_id not in core.tables.rooms["room"].tracks
+    core.leave("room", "bob", NOW + 2)
+    assert states(core.take_actions()) == [("bob", "subscribe", "closed")]
+    assert core.tables.rooms == {} and core.tables.peers == set()
+    assert core.tables.by_ufrag == {}
+    assert core.tables.totals["received"] == 0
+
+
+def test_a_refused_verb_still_leaves_its_actions_to_take(certificate: DtlsCertificate) -> None:
+    core = negotiator(certificate)
+    with pytest.raises(SfuStateError):
+        core.subscribe("room", "bob", ["t-missing"], None, NOW)
+    # The room made for the call is forgotten again, and the worker is
+    # still asked to re-arm (as it takes actions in a finally).
+    assert core.tables.rooms == {}
+    assert core.take_actions()[-1] == Rearm()
