@@ -932,9 +932,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         due = self._rtcp_when
         self._rtcp_timer = self._rtcp_when = None
         now = self._now() if due is None else max(self._now(), due)
-        # A round that fails (a bug) is counted and logged, and the timer is
-        # armed again: every call on the worker lives on its reports,
-        # feedback and layer choices.
+        # A failing round (a bug) is counted and logged; the timer goes on.
         try:
             when = self.tables.reports.get_timer()
             if when is not None and when <= now:
@@ -942,9 +940,7 @@ class MediaWorker(asyncio.DatagramProtocol):
                     self._send_rtcp(cast(Peer, key), compound)
             when = self.tables.bandwidth.get_timer()
             if when is not None and when <= now:
-                feedback = self.tables.bandwidth.handle_timer(now)
-                if feedback:
-                    self._send_feedback(feedback)
+                self._send_feedback(self.tables.bandwidth.handle_timer(now))
             when = self.layers.due()
             if when is not None and when <= now:
                 self.layers.tick(now)

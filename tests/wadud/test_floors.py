@@ -452,3 +452,21 @@ def test_no_module_reaches_into_anothers_private_names(modules: Modules) -> None
         for pair in private_names(tree, name, modules.files[name].name == "__init__.py")
     }
     assert found == KNOWN_PRIVATE_IMPORTS
+
+
+#: The longest a source module may be (issue 21): past it, a module holds
+#: more than one concept and wants splitting along them.
+MAX_LINES = 1000
+
+
+def test_no_source_module_is_over_a_thousand_lines() -> None:
+    """Every Python module of ours, the tests and benchmarks included
+    (SQL migrations and static assets are not modules)."""
+    roots = [ROOT / name for name in (*OURS, "tests", "benchmarks")]
+    long = {
+        str(path.relative_to(ROOT)): n
+        for root in roots
+        for path in root.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"over {MAX_LINES} lines: {long}"
