@@ -218,9 +218,18 @@ class Replicas:
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2 * self.cluster.lease + 2
+        asked_last = False
         while True:
             owner = self.owners.get(name)
             here = name in self._rooms or name in self._taking
+            if owner is None and not here and not asked_last and self._redis_trouble():
+                # Redis just failed over or restarted: a lease can be missing
+                # while its holder lives and has not renewed it yet. Claiming
+                # it would take the room from a live owner (a takeover the
+                # pages feel); the owner its snapshot names is asked first.
+                asked_last = True
+                if await self.cluster.owner(name) is None:
+                    owner = await self._last_owner(name)
             if (here or owner is None) and await self.own(name):
                 await self._host.handle(conn, frame, grant)
                 return
@@ -246,6 +255,17 @@ class Replicas:
                 conn.send(protocol.error_from(lost))
                 return
             await asyncio.sleep(0.2)
+
+    def _redis_trouble(self) -> bool:
+        """Redis failed, or came back too recently for a missing key to mean
+        a death (see :meth:`_settling`)."""
+        return self._redis_failed or time.monotonic() < self._settle_until
+
+    async def _last_owner(self, name: str) -> str | None:
+        """Another replica the room's snapshot says owned it, if any."""
+        data = await self.cluster.load(name)
+        owner = data.get("owner") if data else None
+        return owner if isinstance(owner, str) and owner != self.cluster.replica else None
 
     async def own(self, name: str) -> bool:
         """This replica owns room ``name`` now, taking it over if it was free.
@@ -334,6 +354,7 @@ class Replicas:
 
         data = room.core.snapshot(now, ref)
         data["at"] = time.time()
+        data["owner"] = self.cluster.replica
         data["region"] = room.region
         data["sites"] = {region: str(site.placed) for region, site in room.sites.items()}
         data["regions"] = dict(room.regions)
@@ -487,7 +508,9 @@ class Replicas:
         orphaned = {c.room_name for c in self.local.values() if c.room is None and c.room_name}
         for name in set(self.owners) - orphaned:
             del self.owners[name]
-        for name in orphaned:
+        # Not while settling: a lease missing then may be one its live
+        # holder has not renewed yet (it claims it again within a round).
+        for name in orphaned if not settling else ():
             if (
                 name is not None
                 and name not in self._rooms

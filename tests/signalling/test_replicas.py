@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from signalling import service
-from signalling.cluster import HOLD, Cluster
+from signalling.cluster import HOLD, OWNER_KEY, STATE_KEY, Cluster
+from signalling.http import CALLS
 from tests.conftest import Api
 from tests.sfu.conftest import wait_until
 from tests.signalling.test_ws import connect, joined, token
@@ -154,3 +156,43 @@ async def test_messages_to_a_replica_not_listening_are_held_in_order(redis_serve
         await receiver.close()
         await sender.close()
         await redis.aclose()
+
+
+async def test_a_lease_lost_in_a_failover_does_not_take_the_room_from_its_live_owner(
+    replicas: list[Api], redis_server: Any
+) -> None:
+    """After a Redis failover the promoted replica may lack a room's lease
+    while its owner lives and has not renewed it yet. A join through the
+    other replica then goes to the owner the room's snapshot names, instead
+    of claiming the room (a takeover every page in the call would feel)."""
+    a, b = replicas
+    name = room()
+    calls_a, calls_b = a.app[CALLS], b.app[CALLS]
+    assert calls_a.replicas is not None and calls_b.replicas is not None
+    async with joined(a, token(a, "dr-amina", "doctor", room=name)) as (doc, _):
+        owner = calls_a.replicas.cluster.replica
+        redis = aioredis.from_url(redis_server.url, decode_responses=True)
+        try:
+            assert await redis.get(OWNER_KEY.format(room=name)) == owner
+            # The room's snapshot is written (a moment after the change).
+            for _ in range(50):
+                state = await redis.get(STATE_KEY.format(room=name))
+                if state and json.loads(state).get("owner") == owner:
+                    break
+                await asyncio.sleep(0.05)
+            # The failover: the lease is gone, and B has seen Redis fail.
+            await redis.delete(OWNER_KEY.format(room=name))
+            calls_b.replicas._redis_failed = True
+            async with joined(b, token(b, "pt-bilal", room=name)) as (_, pj):
+                assert pj["type"] == "joined", pj
+                arrived = await doc.type("participant_joined")
+                assert arrived["participant"]["id"] == pj["participant"]["id"]
+                # A still runs the room, and claims its lease again itself.
+                assert name in calls_a.replicas._rooms and name not in calls_b.replicas._rooms
+                for _ in range(50):
+                    if await redis.get(OWNER_KEY.format(room=name)) == owner:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await redis.get(OWNER_KEY.format(room=name)) == owner
+        finally:
+            await redis.aclose()
