@@ -192,21 +192,26 @@ class Replicas:
         pongs are answered where the socket is; the owner of each room is
         remembered until a delivery finds nobody listening."""
         name = conn.room_name
-        if name is None and isinstance(conn, Connection) and isinstance(frame, protocol.Join):
-            # A first join: refused here, or routed to its room from now on.
-            grant = await self._host.admit(conn, frame)
-            name = conn.room_name = grant.room
-        if name is None or (
-            name not in self._rooms and isinstance(frame, protocol.Ping | protocol.Pong)
-        ):
-            await self._host.handle(conn, frame, grant)
-            return
+        first_join = name is None and isinstance(frame, protocol.Join)
         try:
+            if first_join and isinstance(conn, Connection) and isinstance(frame, protocol.Join):
+                # A first join: refused here, or routed to its room from now on.
+                grant = await self._host.admit(conn, frame)
+                name = conn.room_name = grant.room
+            if name is None or (
+                name not in self._rooms and isinstance(frame, protocol.Ping | protocol.Pong)
+            ):
+                await self._host.handle(conn, frame, grant)
+                return
             await self._route(conn, name, frame, text, grant)
         except RedisError as exc:
+            # Redis failing over (or away): the client tries again (a join
+            # answered so is sent again by the call page, and admitted anew).
             log.warning("call frame not routed: redis: %s", exc, extra={"room": name})
+            if first_join:
+                conn.room_name = None
             busy = errors.SignallingError("the server is busy; try again in a moment")
-            conn.send(protocol.error_from(busy))
+            conn.send(protocol.error_from(busy, frame.id))
 
     async def _route(
         self,
@@ -218,18 +223,17 @@ class Replicas:
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 2 * self.cluster.lease + 2
-        asked_last = False
         while True:
             owner = self.owners.get(name)
             here = name in self._rooms or name in self._taking
-            if owner is None and not here and not asked_last and self._redis_trouble():
-                # Redis just failed over or restarted: a lease can be missing
-                # while its holder lives and has not renewed it yet. Claiming
-                # it would take the room from a live owner (a takeover the
-                # pages feel); the owner its snapshot names is asked first.
-                asked_last = True
-                if await self.cluster.owner(name) is None:
-                    owner = await self._last_owner(name)
+            # Redis just failed over or restarted: a lease can be missing
+            # while its holder lives and has not renewed it yet (nor
+            # subscribed again). Claiming it would take the room from a live
+            # owner (a takeover the pages feel): until the settling ends, the
+            # owner its snapshot names is asked, again and again.
+            trouble = owner is None and not here and self._redis_trouble()
+            if trouble and await self.cluster.owner(name) is None:
+                owner = await self._last_owner(name)
             if (here or owner is None) and await self.own(name):
                 await self._host.handle(conn, frame, grant)
                 return

@@ -69,6 +69,9 @@ const FINAL_CLOSES = {
 // Reconnect this long after a dropped socket; the server keeps us in the
 // room for `call_resume_grace` (20 s by default).
 const RESUME_FOR_MS = 30000;
+// A join answered with an error that is no refusal (the server busy) is sent
+// again this many times, backing off, before the call fails.
+const JOIN_TRIES = 10;
 // A connection `disconnected` this long is taken as a dead path (Chrome says
 // `disconnected` after about 2.5 s without a packet; a blip is shorter).
 const DISCONNECTED_GRACE_MS = 2000;
@@ -182,14 +185,19 @@ export class WadudCall extends EventTarget {
     this._setState(resume ? 'reconnecting' : 'connecting');
     const ws = new WebSocket(this.url);
     this._ws = ws;
-    ws.onopen = () => {
-      const frame = { type: 'join', token: this.token };
-      if (resume) frame.resume = resume;
-      if (this.name) frame.name = this.name;
-      this._send(frame, 'join');
-    };
+    this._joinTries = 0;
+    ws.onopen = () => this._sendJoin(ws, resume);
     ws.onmessage = (e) => this._onFrame(e.data);
     ws.onclose = (e) => this._onClose(ws, e.code, e.reason);
+  }
+
+  _sendJoin(ws, resume) {
+    if (ws !== this._ws || ws.readyState !== WebSocket.OPEN || this._leaving) return;
+    const frame = { type: 'join', token: this.token };
+    if (resume) frame.resume = resume;
+    if (this.name) frame.name = this.name;
+    this._joinId = this._send(frame, 'join');
+    this._joinResume = resume;
   }
 
   _onClose(ws, code, reason) {
@@ -298,6 +306,18 @@ export class WadudCall extends EventTarget {
   _on_ping() { this._send({ type: 'pong' }, 'pong'); }
 
   _on_error(f) {
+    if (!f.fatal && f.ref !== undefined && f.ref === this._joinId
+        && (this.state === 'connecting' || this.state === 'reconnecting')) {
+      // The join was not refused but could not be served now (the server
+      // is busy: its Redis failing over): send it again, backing off
+      // (0.25, 0.5, 1, 2, 2... s) for about 15 s before giving up.
+      this._joinTries = (this._joinTries || 0) + 1;
+      if (this._joinTries > JOIN_TRIES) return this._finish('failed', f.message);
+      const delay = Math.min(250 * 2 ** (this._joinTries - 1), 2000);
+      const ws = this._ws;
+      setTimeout(() => this._sendJoin(ws, this._joinResume), delay);
+      return;
+    }
     if (f.fatal) {
       // A refusal: keep its code (unauthorized, forbidden, room-full, ...)
       // for the page to explain; the server closes the socket next.
