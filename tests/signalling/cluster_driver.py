@@ -65,6 +65,7 @@ from tests.conftest import udp_ports_free
 from tests.sentinel import FAILOVER, Group, primary_port, sentinels, settled
 from tests.signalling.cluster_world import (
     DRAIN_TIMEOUT,
+    FAILOVER_FREEZE_S,
     FREEZE_S,
     MARK_PCS,
     NEWS,
@@ -679,7 +680,7 @@ async def _fail_over(
         "all_decoding_after_failover_s": None
         if decoding is None
         else round(decoding - failed_over, 2),
-        "stalls": freezes(samples, names, t0, FREEZE_S),
+        "stalls": freezes(samples, names, t0, FAILOVER_FREEZE_S),
         "samples": len(samples),
         "placed_before": placed_before,
         "placed_after": await world.cluster.worker_of(ROOM),

@@ -20,7 +20,7 @@ import pytest
 from tests.browser import assert_flowing
 from tests.sentinel import available
 from tests.signalling.cluster_driver import Driver, started
-from tests.signalling.cluster_world import FREEZE_S
+from tests.signalling.cluster_world import FAILOVER_FREEZE_S
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,9 @@ def test_a_call_carries_on_through_a_redis_failover(cluster: Driver) -> None:
         f" {report['fourth_joined_after_failover_s']} s after it, all decoding after"
         f" {report['all_decoding_after_failover_s']} s"
     )
-    # Media never stopped: no pair of the first three pages went FREEZE_S
+    # Media never stopped: no pair of the first three pages went FAILOVER_FREEZE_S
     # without a new decoded frame, from the kill to the fourth page's media.
-    assert report["stalls"] == [], f"freezes of {FREEZE_S} s or more: {report}"
+    assert report["stalls"] == [], f"freezes of {FAILOVER_FREEZE_S} s or more: {report}"
     assert report["samples"] > 10, report
     # Within 10 s of the failover the fourth page is in, and everyone decodes everyone.
     assert report["fourth_joined_after_failover_s"] <= 10.0, report
