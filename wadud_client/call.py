@@ -70,6 +70,9 @@ _FINAL = {"denied", "removed", "room_ended", "replaced"}
 _FINAL_CLOSE = {1000, 4401, 4403, 4409, 4410, 4429}
 # New peer connections that are not connected by then are tried again.
 RECONNECT_WITHIN = 8.0
+#: Seconds each step of close() may take (the socket, each peer connection,
+#: the tasks) before it is given up on.
+CLOSE_STEP = 5.0
 
 
 @dataclass(frozen=True)
@@ -250,17 +253,25 @@ class CallClient:
         """Close the WebSocket and both peer connections, without ``leave``
         (the server notices the socket and the transports go)."""
         self.state = "closed"
-        for task in (self._offer_task, self._retry_task, self._recovery, *self._consumers):
-            if task is not None:
-                task.cancel()
-        await self._drop_socket()
+        tasks = [
+            t
+            for t in (self._offer_task, self._retry_task, self._recovery, *self._consumers)
+            if t is not None
+        ]
+        for task in tasks:
+            task.cancel()
+        # Each step is bounded: a close must end, whatever the server or a
+        # peer connection does (a test's clean-up hung on one for minutes).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_STEP):
+                await self._drop_socket()
         for pc in (self.publish_pc, self.subscribe_pc):
             if pc is not None:
-                await pc.close()
-        for task in (self._offer_task, self._retry_task, self._recovery, *self._consumers):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_STEP):
+                        await pc.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_STEP)
         self._consumers.clear()
         if self._own_http and self._http is not None:
             await self._http.close()

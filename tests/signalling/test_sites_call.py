@@ -136,8 +136,17 @@ async def test_doctor_in_ae_and_patient_in_pk_meet_through_their_own_nodes(
         clients.append(interpreter)
         await admitted(doctor, interpreter)
         await interpreter.publish({"microphone": ToneAudio()})
-        seen = await decoding(interpreter, "video")
-        assert len(seen) == 2, seen
+        await decoding(interpreter, "video")
+        # Both videos, the doctor's from its own worker and the patient's
+        # over the relay link (the sum above may have risen on one alone).
+        for _ in range(200):
+            seen = {
+                t.track_id: t.frames for t in interpreter.received.values() if t.kind == "video"
+            }
+            if len(seen) == 2 and all(seen.values()):
+                break
+            await asyncio.sleep(0.1)
+        assert len(seen) == 2 and all(seen.values()), seen
         await decoding(patient, "audio")
 
         pk = await metrics(world.media["pk1"].url)
