@@ -23,6 +23,7 @@ from sfu.records import Peer, Room
 
 __all__ = [
     "Action",
+    "ActionQueue",
     "Arm",
     "ArmRtcp",
     "Emit",
@@ -84,3 +85,16 @@ class Rearm:
 
 
 Action = Send | SendRtcp | FlushRtcp | Emit | Arm | ArmRtcp | Rearm
+
+
+class ActionQueue:
+    """What a core's calls want done, queued in order until the worker takes
+    them (:meth:`take_actions`); the cores queue with ``self._out.append``."""
+
+    def __init__(self) -> None:
+        self._out: list[Action] = []
+
+    def take_actions(self) -> list[Action]:
+        """What the calls since the last take want done, in order."""
+        out, self._out = self._out, []
+        return out

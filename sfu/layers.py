@@ -57,7 +57,7 @@ from rtc.rtcp import Remb, RtcpPacket, TransportCc
 from rtc.rtp import extension_elements
 from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
 from sfu import call_samples
-from sfu.actions import Action, ArmRtcp, Emit, FlushRtcp, Send
+from sfu.actions import ActionQueue, ArmRtcp, Emit, FlushRtcp, Send
 from sfu.control import ConnectionQuality, LayersWanted, TrackPaused
 from sfu.errors import SfuStateError
 from sfu.estimator import RAMP_REACH, SendSideEstimator
@@ -174,7 +174,7 @@ class _Quality:
         self.peak = 0.0
 
 
-class Layers:
+class Layers(ActionQueue):
     """Simulcast layers, estimation, dynacast and quality of a media worker's
     subscribers (see the module docstring), on the worker's shared
     :class:`~sfu.records.WorkerTables`.
@@ -193,12 +193,7 @@ class Layers:
         self._layers_when: float | None = None
         self._padding_when: float | None = None
         self._ticks = 0
-        self._out: list[Action] = []
-
-    def take_actions(self) -> list[Action]:
-        """What the calls since the last take want done, in order."""
-        out, self._out = self._out, []
-        return out
+        super().__init__()
 
     # -- what the negotiator tells it ----------------------------------------------------
 

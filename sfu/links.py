@@ -63,7 +63,7 @@ from rtc.errors import RtcpParseError
 from rtc.ice import Address
 from rtc.rtcp import Fir, Nack, Pli, ReceiverReport, RtcpPacket, SenderReport, parse_compound
 from rtc.sdp import AUDIO_LEVEL, Codec, RtcpFeedback
-from sfu.actions import Action, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
+from sfu.actions import ActionQueue, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
 from sfu.control import (
     RelayCodec,
     RelayedTrack,
@@ -151,7 +151,7 @@ class Link:
         return any(r.used for r in self.rooms.values())
 
 
-class Links:
+class Links(ActionQueue):
     """A media worker's relay links (see the module docstring), on the worker's
     :class:`~sfu.records.WorkerTables` and over its
     :class:`~sfu.negotiation.Negotiator` (rooms and tracks are its).
@@ -181,12 +181,7 @@ class Links:
         self.by_addr: dict[Address, Link] = {}
         """A peer worker's address -> its link: how the worker knows a link's datagrams."""
         self._early_dtls: dict[Address, list[bytes]] = {}
-        self._out: list[Action] = []
-
-    def take_actions(self) -> list[Action]:
-        """What the calls since the last take want done, in order."""
-        out, self._out = self._out, []
-        return out
+        super().__init__()
 
     def _pass_on_negotiator(self) -> None:
         """Queue what the negotiator wants done, where it wanted it."""

@@ -44,7 +44,7 @@ from rtc.sdp import (
     Setup,
 )
 from sfu import native
-from sfu.actions import Action, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
+from sfu.actions import ActionQueue, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
 from sfu.bandwidth import RembEstimator, TransportCcRecorder
 from sfu.control import ActiveSpeaker, PublishResult, Restart, Source, TrackInfo, TransportState
 from sfu.errors import SfuStateError
@@ -71,7 +71,8 @@ __all__ = ["Negotiator"]
 
 log = logging.getLogger("wadud.sfu.worker")
 
-class Negotiator:
+
+class Negotiator(ActionQueue):
     """Rooms, transports and offer/answer of one media worker (see the module docstring).
 
     ``candidates`` gives the worker's host candidates (known once its socket
@@ -105,12 +106,7 @@ class Negotiator:
         self.feedback_ssrc = feedback_ssrc
         self.remb_max_bitrate = remb_max_bitrate
         self._fingerprint = certificate.fingerprint("sha-256")
-        self._out: list[Action] = []
-
-    def take_actions(self) -> list[Action]:
-        """What the calls since the last take want done, in order."""
-        out, self._out = self._out, []
-        return out
+        super().__init__()
 
     def _pass_on_layers(self) -> None:
         """Queue what the layers core wants done, where it wanted it."""
