@@ -247,9 +247,7 @@ async def _start(
     try:
         await worker.start()
     except OSError as exc:
-        raise WorkerStartError(
-            f"cannot bind UDP port {spec.port} on {settings.media_host}: {exc.strerror or exc}"
-        ) from exc
+        raise WorkerStartError(_bind_failure(spec.port, settings.media_host, exc)) from exc
     stack.push_async_callback(worker.close)
     load = _Load(worker)
     server = MediaServer(
@@ -719,8 +717,13 @@ def _port_taken(host: str, port: int) -> str:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            return f"cannot bind UDP port {port} on {host}: {exc.strerror or exc}"
+            return _bind_failure(port, host, exc)
     return ""
+
+
+def _bind_failure(port: int, host: str, exc: OSError) -> str:
+    """A port that cannot be bound, said the same by a worker and its node."""
+    return f"cannot bind UDP port {port} on {host}: {exc.strerror or exc}"
 
 
 def _read_start(slot: _Slot, code: int) -> str | None:

@@ -34,7 +34,6 @@ def available() -> bool:
 
 @dataclass
 class Group:
-    primary: subprocess.Popen[bytes]
     primary_port: int
     replica_port: int
     sentinel_ports: list[int]
@@ -43,6 +42,11 @@ class Group:
     procs: list[subprocess.Popen[bytes]]
     #: The redis-server processes by port.
     servers: dict[int, subprocess.Popen[bytes]]
+
+    @property
+    def primary(self) -> subprocess.Popen[bytes]:
+        """The process the group started as its primary, or promoted since."""
+        return self.servers[self.primary_port]
 
     def restore(self) -> None:
         """After a failover (the primary killed, the replica promoted): the
@@ -55,7 +59,6 @@ class Group:
         self.procs.append(self.servers[killed])
         _until_synced(killed)
         self.primary_port, self.replica_port = promoted, killed
-        self.primary = self.servers[promoted]
 
     @property
     def url(self) -> str:
@@ -92,7 +95,7 @@ def sentinels(work: Path) -> Iterator[Group]:
                 f"sentinel failover-timeout {SERVICE} 5000\n"
             )
             procs.append(_start([str(REDIS_SENTINEL), str(conf)], work / f"sentinel{i}.log"))
-        yield Group(primary, primary_port, replica_port, sentinel_ports, work, procs, servers)
+        yield Group(primary_port, replica_port, sentinel_ports, work, procs, servers)
     finally:
         for proc in procs:
             if proc.poll() is None:
