@@ -54,6 +54,8 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "Publish",
+    "Record",
+    "RecordingConsent",
     "Remove",
     "RoomSettings",
     "ServerEvent",
@@ -235,6 +237,24 @@ class End(Frame):
     type: Literal["end"] = "end"
 
 
+class Record(Frame):
+    """An admin asks to record the visit (``on`` true: everyone present is
+    asked, ``recording_asked``) or stops the recording (false). Answered
+    ``ok``; the room hears ``recording`` as its state changes."""
+
+    type: Literal["record"] = "record"
+    on: bool
+
+
+class RecordingConsent(Frame):
+    """A participant's answer to ``recording_asked``: ``agree`` false stops
+    the recording for everyone. Answered ``ok``."""
+
+    type: Literal["recording_consent"] = "recording_consent"
+    recording_id: Ident
+    agree: bool
+
+
 #: Bound on a reported size: no screen is 16k CSS pixels times its scale.
 Pixels = Annotated[int, Field(ge=0, le=16_384)]
 
@@ -305,6 +325,8 @@ ClientFrame = (
     | Remove
     | RoomSettings
     | End
+    | Record
+    | RecordingConsent
     | TrackView
     | AudioOnly
     | IceRestart

@@ -73,7 +73,18 @@ from typing import TYPE_CHECKING, Any
 
 from sfu.control import TrackInfo
 from signalling import errors
-from signalling.protocol import Admit, Deny, End, Leave, Remove, RoomSettings, reply
+from signalling.protocol import (
+    Admit,
+    Deny,
+    End,
+    Leave,
+    Record,
+    RecordingConsent,
+    Remove,
+    RoomSettings,
+    reply,
+)
+from signalling.recording_consent import RecordingOutput, RoomRecording, Voter
 
 if TYPE_CHECKING:
     # Only its shape: the core has no business with tokens or their crypto.
@@ -189,7 +200,7 @@ class Resubscribe:
     participants: tuple[str, ...]
 
 
-Output = Send | Close | MediaLeave | MediaCloseRoom | Resubscribe
+Output = Send | Close | MediaLeave | MediaCloseRoom | Resubscribe | RecordingOutput
 
 
 # -- participants --------------------------------------------------------------
@@ -264,7 +275,7 @@ def _new_session() -> str:
 IceServers = Callable[[str], list[dict[str, Any]]]
 
 #: The frames the room answers by itself, with no media call.
-ControlFrame = Admit | Deny | Remove | RoomSettings | End | Leave
+ControlFrame = Admit | Deny | Remove | RoomSettings | End | Leave | Record | RecordingConsent
 
 
 class Room:
@@ -297,6 +308,8 @@ class Room:
         #: Identities an admin denied or removed: they wait for admission,
         #: whatever the room's setting, until an admin admits them.
         self.blocked: set[str] = set()
+        #: The visit's recording and who agreed to it (signalling.recording_consent).
+        self.recording = RoomRecording()
 
     # -- views -----------------------------------------------------------------
 
@@ -454,8 +467,9 @@ class Room:
             require_admission=self.require_admission,
             active_speaker=self._speaker,
             ping_interval=self.ping_interval,
+            recording=self.recording.view(),
         )
-        return self._to(p, frame)
+        return self._to(p, frame) + self._consent(*self.recording.arrived(_voter(p)))
 
     def _announce_joined(self, p: Participant) -> list[Output]:
         out = self._broadcast(reply("participant_joined", participant=participant_info(p)), p)
@@ -503,6 +517,7 @@ class Room:
             self._move(p, Event.END)
             self._forget(p)
         self.ended = True
+        out += self.recording.close()
         out.append(MediaCloseRoom())
         return out
 
@@ -517,6 +532,7 @@ class Room:
             self._move(p, Event.END)
             self._forget(p)
         self.ended = True
+        out += self.recording.close()
         out.append(MediaCloseRoom())
         return out
 
@@ -565,7 +581,7 @@ class Room:
         if self._speaker == p.id:
             self._speaker = None
             out += self._broadcast(reply("active_speaker", participant_id=None))
-        return out
+        return out + self._consent(*self.recording.departed(self._voters()))
 
     def _forget(self, p: Participant) -> None:
         self.participants.pop(p.id, None)
@@ -575,7 +591,9 @@ class Room:
     def _maybe_close(self) -> list[Output]:
         # The last one out closes the room on the media side; the adapter
         # forgets an empty room.
-        return [MediaCloseRoom()] if self.empty and not self.ended else []
+        if not self.empty or self.ended:
+            return []
+        return [*self.recording.close(), MediaCloseRoom()]
 
     # -- control frames ----------------------------------------------------------
 
@@ -614,12 +632,48 @@ class Room:
         frame = reply("room_settings", require_admission=value)
         return [Send(p.conn, frame) for p in self._listeners() if p.admin]
 
+    # -- recording (signalling.recording_consent) ---------------------------------
+
+    def record(self, conn: ConnId, on: bool) -> list[Output]:
+        """An admin asks to record (everyone present is asked) or stops it."""
+        by = _voter(self._admin(conn))
+        if on:
+            return self._consent(*self.recording.request(by, self._voters()))
+        return self._consent(*self.recording.stop(by))
+
+    def answer_recording(self, conn: ConnId, recording_id: str, agree: bool) -> list[Output]:
+        voter = _voter(self._caller(conn))
+        return self._consent(*self.recording.answer(voter, recording_id, agree, self._voters()))
+
+    def recording_failed(self, recording_id: str, detail: str) -> list[Output]:
+        """The recording could not be kept (the media side or its storage)."""
+        return self._consent(*self.recording.failed(recording_id, detail))
+
+    def _voters(self) -> list[Voter]:
+        return [_voter(p) for p in self.present()]
+
+    def _consent(
+        self, frames: list[tuple[str | None, dict[str, Any]]], outputs: list[RecordingOutput]
+    ) -> list[Output]:
+        out: list[Output] = []
+        for pid, frame in frames:
+            if pid is None:
+                out += self._broadcast(frame)
+            elif (p := self.participants.get(pid)) is not None:
+                out += self._to(p, frame)
+        return out + list(outputs)
+
     # -- tracks ----------------------------------------------------------------
 
     def check_publish(self, conn: ConnId) -> Participant:
         p = self._caller(conn)
         if not p.grant.publish:
             raise errors.NotAllowed("your token does not grant publish")
+        if not p.tracks and self.recording.state == "on" and self.recording.must_answer(_voter(p)):
+            # Someone who came in while the visit is recorded sends nothing
+            # before answering; whoever was already sending keeps sending
+            # (a refusal stops the recording, not their media).
+            raise errors.NotAllowed("answer whether this visit may be recorded first")
         return p
 
     def published(
@@ -723,6 +777,7 @@ class Room:
             "ended": self.ended,
             "speaker": self._speaker,
             "blocked": sorted(self.blocked),
+            "recording": self.recording.snapshot(),
             "participants": [
                 {
                     "id": p.id,
@@ -755,6 +810,7 @@ class Room:
         self.ended = bool(data.get("ended", False))
         self._speaker = data.get("speaker")
         self.blocked = set(data.get("blocked", ()))
+        self.recording.restore(data.get("recording") or {})
         self.participants.clear()
         self._sessions.clear()
         lost: list[Participant] = []
@@ -843,6 +899,10 @@ class Room:
         return [Send(p.conn, frame) for p in self._listeners() if p.admin]
 
 
+def _voter(p: Participant) -> Voter:
+    return Voter(p.id, p.grant.identity, p.grant.role, p.grant.admin)
+
+
 #: Each control frame's handler (:meth:`Room.receive`).
 _CONTROL: dict[type[ControlFrame], Callable[[Room, ConnId, Any], list[Output]]] = {
     Admit: lambda room, conn, f: room.admit(conn, f.participant_id),
@@ -851,4 +911,6 @@ _CONTROL: dict[type[ControlFrame], Callable[[Room, ConnId, Any], list[Output]]] 
     RoomSettings: lambda room, conn, f: room.set_require_admission(conn, f.require_admission),
     End: lambda room, conn, f: room.end(conn),
     Leave: lambda room, conn, f: room.leave(conn),
+    Record: lambda room, conn, f: room.record(conn, f.on),
+    RecordingConsent: lambda room, conn, f: room.answer_recording(conn, f.recording_id, f.agree),
 }
