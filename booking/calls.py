@@ -34,6 +34,7 @@ __all__ = [
     "ROOM_PREFIX",
     "LinkRefusal",
     "VideoLink",
+    "booking_of",
     "has_video_link",
     "link_refusal",
     "room_of",
@@ -54,6 +55,16 @@ EARLY_JOIN = dt.timedelta(minutes=10)
 
 def room_of(booking_id: str) -> str:
     return ROOM_PREFIX + booking_id
+
+
+def booking_of(room: str) -> UUID | None:
+    """The booking whose video consultation ``room`` is (None: a room of no booking)."""
+    if not room.startswith(ROOM_PREFIX):
+        return None
+    try:
+        return UUID(room[len(ROOM_PREFIX) :])
+    except ValueError:
+        return None
 
 
 class VideoLink(ApiModel):

@@ -35,7 +35,7 @@ import asyncpg
 from aiohttp import web
 
 from booking.call_reports import Event, Participant, Row, finish, store
-from booking.calls import ROOM_PREFIX
+from booking.calls import booking_of
 from sfu.control import CallSample, MediaControl, MediaEvent, TransportState
 from wadud.auth import InvalidToken, decode_room_token
 from wadud.config import Settings
@@ -69,15 +69,6 @@ _PAGE_FIELDS: dict[str, tuple[type, ...]] = {
     "media": (str,),
     "quality_shown": (dict,),
 }
-
-
-def _booking(room: str) -> UUID | None:
-    if not room.startswith(ROOM_PREFIX):
-        return None
-    try:
-        return UUID(room[len(ROOM_PREFIX) :])
-    except ValueError:
-        return None
 
 
 def _finite(value: float | None) -> float | None:
@@ -155,7 +146,7 @@ class CallRecorder:
     def on_media_event(self, event: MediaEvent) -> None:
         if not isinstance(event, CallSample | TransportState):
             return
-        booking = _booking(event.room)
+        booking = booking_of(event.room)
         if booking is None or not self.owned(event.room) or len(self.rows) >= BUFFER_MAX:
             return
         self.live[event.room] = booking
@@ -256,7 +247,7 @@ async def post_stats(request: web.Request, settings: Settings, recorder: CallRec
     except InvalidToken as exc:
         raise Unauthorized(str(exc) or "not a valid room token") from None
     pid, data = page_sample(body)
-    booking = _booking(grant.room)
+    booking = booking_of(grant.room)
     if booking is None:
         return  # a room of no booking (the demo, a token from the CLI): no report
     known = recorder.identity(grant.room, pid)
