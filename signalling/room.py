@@ -467,7 +467,7 @@ class Room:
             require_admission=self.require_admission,
             active_speaker=self._speaker,
             ping_interval=self.ping_interval,
-            recording=self.recording.view(),
+            recording={**self.recording.view(), "asked": self.recording.must_answer(_voter(p))},
         )
         return self._to(p, frame) + self._consent(*self.recording.arrived(_voter(p)))
 

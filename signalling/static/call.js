@@ -407,6 +407,10 @@ async function join() {
   call.addEventListener('mediareconnect', () => toast(i18n.t('reconnecting.video')));
   call.addEventListener('media', (e) => onMedia(e.detail));
   call.addEventListener('participantmedia', () => showReconnecting());
+  call.addEventListener('recording', (e) => onRecording(e.detail));
+  call.addEventListener('recordingasked', (e) => askRecording(e.detail));
+  $('consent-yes').onclick = () => answerRecording(true);
+  $('consent-no').onclick = () => answerRecording(false);
   reportStats(call, token); // the visit's call report (docs/calls.md)
 
   await call.publish({ microphone, camera: wantCamera ? camera : null });
@@ -457,6 +461,9 @@ function enterCall() {
     endedByMe = true;
     call.end().catch((e) => { endedByMe = false; toast(e.message); });
   };
+  $('record').onclick = () => {
+    call.record(call.recording.state === 'off').catch((err) => toast(err.message));
+  };
   $('require-admission').onchange = (e) => call.setRequireAdmission(e.target.checked).catch((err) => toast(err.message));
   $('alert-admit').onclick = () => answerAlert('admit');
   $('alert-deny').onclick = () => answerAlert('deny');
@@ -472,6 +479,34 @@ function enterCall() {
   });
   renderAdmin();
   layout();
+}
+
+// ---- recording (docs/recording.md) --------------------------------------------
+
+function onRecording(r) {
+  const rec = $('rec');
+  rec.hidden = r.state === 'off';
+  rec.classList.toggle('asking', r.state === 'asking');
+  $('rec-text').textContent = i18n.t(r.state === 'asking' ? 'rec.asking' : 'rec.on');
+  $('record').textContent = i18n.t(r.state === 'off' ? 'rec.start' : 'rec.stop');
+  document.body.dataset.recording = r.state;
+  if (r.state !== 'off') return;
+  $('consent').hidden = true;
+  if (r.reason === 'refused' || r.reason === 'failed') toast(i18n.t(`rec.off.${r.reason}`));
+  else if (r.reason === 'stopped') toast(i18n.t('rec.off.stopped'));
+}
+
+function askRecording({ requested_by: by }) {
+  const who = call.participants.get(by);
+  const name = (who && who.name) || roleName('doctor');
+  $('consent-text').textContent = i18n.t('consent.ask', { name });
+  $('consent').hidden = false;
+  $('consent-yes').focus();
+}
+
+function answerRecording(agree) {
+  $('consent').hidden = true;
+  call.answerRecording(agree).catch((err) => toast(err.message));
 }
 
 function isAdmin() {

@@ -133,6 +133,9 @@ export class WadudCall extends EventTarget {
     this.remoteTracks = new Map(); // track_id -> {..., mid, track, transceiver}
     this.localTracks = new Map(); // source -> {source, track, transceiver, track_id}
     this.waiting = [];
+    this.recording = { state: 'off' }; // the visit's recording (`recording` events)
+    this.recordingAsk = null; // a `recording_asked` not answered yet
+    this._recordingHold = false;
     this.activeSpeaker = null;
     this.refusal = null; // {code, message} of a fatal error frame
     this.iceServers = [];
@@ -348,6 +351,11 @@ export class WadudCall extends EventTarget {
     this._takeSession(f);
     this.iceServers = f.ice_servers || [];
     this.waiting = f.waiting || [];
+    // A visit being recorded (or asked about): a newcomer answers before it
+    // sends anything (`recording_asked` follows), see answerRecording().
+    this.recording = f.recording || { state: 'off' };
+    this._recordingHold = Boolean(this.recording.asked) && this.recording.state === 'on';
+    this._emit('recording', this.recording);
     this._syncParticipants(f.participants || []);
     this.roomTracks = new Map((f.tracks || []).map((t) => [t.track_id, t]));
     for (const t of this.roomTracks.values()) this._applyMuted(t.track_id, t.muted);
@@ -615,6 +623,7 @@ export class WadudCall extends EventTarget {
   }
 
   _publishNow() {
+    if (this._recordingHold) return Promise.resolve(); // sent once answered
     const fresh = [...this.localTracks.values()].some((t) => !t.transceiver);
     return fresh ? this._renegotiate() : Promise.resolve();
   }
@@ -1019,6 +1028,45 @@ export class WadudCall extends EventTarget {
       this._unlisten = null;
     };
   }
+
+  // ---- recording (docs/protocol.md, "Recording") ---------------------------
+
+  // The server asks whether the visit may be recorded: the page asks the
+  // person (`recordingasked`) and answers with answerRecording().
+  _on_recording_asked(f) {
+    this.recordingAsk = f;
+    this._emit('recordingasked', { recording_id: f.recording_id, requested_by: f.requested_by });
+  }
+
+  // The recording's state changed: asking, on, or off with its reason.
+  _on_recording(f) {
+    this.recording = f;
+    if (f.state === 'off') {
+      this.recordingAsk = null;
+      this._releaseRecordingHold();
+    }
+    this._emit('recording', f);
+  }
+
+  async answerRecording(agree) {
+    const ask = this.recordingAsk;
+    if (!ask) return;
+    this.recordingAsk = null;
+    try {
+      await this.request('recording_consent', { recording_id: ask.recording_id, agree: Boolean(agree) });
+    } finally {
+      this._releaseRecordingHold();
+    }
+  }
+
+  _releaseRecordingHold() {
+    if (!this._recordingHold) return;
+    this._recordingHold = false;
+    if (this.state === 'joined') this._publishNow();
+  }
+
+  // Admins: ask everyone to agree to recording the visit (true), or stop it.
+  record(on) { return this.request('record', { on: Boolean(on) }); }
 
   // ---- admin -------------------------------------------------------------
 
