@@ -50,7 +50,7 @@ from prometheus_client import Counter
 
 from hooks import events
 from privacy.subject_keys import SubjectKeys
-from recording import remux
+from recording import composite, remux
 from recording.errors import RecordingError, RemuxError
 from recording.store import fail, recording_key, seal_file
 from rtc.rtpdump import RtpDumpError, open_segment
@@ -115,6 +115,8 @@ class _Made:
     nonce: bytes
     result: remux.Remuxed
     size: int
+    #: Its plaintext's name in the job's temporary folder (the composite's input).
+    name: str = ""
 
 
 class Recorder:
@@ -306,7 +308,8 @@ class Recorder:
                     )
                     for t in tracks.values()
                 ]
-                path = Path(tmp) / f"p{n}.webm"
+                name = f"p{n}.webm"
+                path = Path(tmp) / name
                 try:
                     result = await asyncio.to_thread(remux.remux, media, path)
                 except RemuxError as exc:
@@ -325,12 +328,39 @@ class Recorder:
                         nonce,
                         result,
                         len(data),
+                        name,
                     )
                 )
-        if not made:
-            why = "; ".join(skipped) or "no segment was stored"
-            raise RemuxError(f"nothing playable was recorded ({why})"[:500])
+            if not made:
+                why = "; ".join(skipped) or "no segment was stored"
+                raise RemuxError(f"nothing playable was recorded ({why})"[:500])
+            if self.settings.recording_composite:
+                await self._composite(rid, key, Path(tmp), made)
         return {"segments_left_out": bad, "tracks_left_out": skipped}
+
+    async def _composite(self, rid: UUID, key: bytes, tmp: Path, made: list[_Made]) -> None:
+        """The side-by-side file, transcoded here (never on a media node). A
+        failure leaves the participants' files standing and is logged."""
+        first = min(m.result.start for m in made)
+        sources = [composite.Source(tmp / m.name, m.result.start - first) for m in made]
+        path = tmp / "composite.webm"
+        try:
+            duration = await asyncio.to_thread(composite.composite, sources, path)
+            probe = await asyncio.to_thread(remux.probe, path)
+        except Exception:
+            log.exception("the composite could not be made", extra={"recording": str(rid)})
+            return
+        data = await asyncio.to_thread(path.read_bytes)
+        file_id = uuid4()
+        nonce, sealed = seal_file(key, rid, file_id, data)
+        result = remux.Remuxed(
+            duration, probe.audio > 0, probe.video > 0, probe.width, probe.height
+        )
+        made.append(
+            _Made(
+                file_id, "", "composite", await self.storage.put(sealed), nonce, result, len(data)
+            )
+        )
 
     async def _finish(
         self, row: asyncpg.Record, made: Sequence[_Made], notes: dict[str, Any]

@@ -209,8 +209,9 @@ def frames_of(media: TrackMedia) -> list[Frame]:
 
 @dataclass
 class Remuxed:
-    """What :func:`remux` wrote: the file's span (seconds), its streams, and
-    the tracks it left out with why."""
+    """What :func:`remux` wrote: the file's span (seconds), its streams, the
+    tracks it left out with why, and the wall-clock time (Unix seconds) its
+    zero stands for."""
 
     duration: float
     audio: bool
@@ -218,6 +219,7 @@ class Remuxed:
     width: int = 0
     height: int = 0
     skipped: list[str] = field(default_factory=list)
+    start: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ def remux(tracks: Sequence[TrackMedia], path: Path) -> Remuxed:
     timed_audio = _timed(*audio) if audio else None
     timed_video = _timed(*video) if video else None
     zero = min(t.wall(t.frames[0].timestamp) for t in (timed_audio, timed_video) if t is not None)
-    result = Remuxed(0.0, audio is not None, video is not None, skipped=skipped)
+    result = Remuxed(0.0, audio is not None, video is not None, skipped=skipped, start=zero)
     path.parent.mkdir(parents=True, exist_ok=True)
     end_ms = 0
     with av.open(str(path), "w", format="webm") as out:

@@ -26,7 +26,7 @@ from recording import remux
 from recording.errors import AlreadyRecording, BadTransition, RecordingErased, RecordingNotFound
 from recording.http import RECORDINGS, AppParts
 from recording.recorder import Recorder
-from recording.store import Recordings, recording_key
+from recording.store import Recordings, open_file, recording_key
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import anon, events, local, pool_of, requested
 from tests.conftest import Api
@@ -382,3 +382,28 @@ async def test_retention_deletes_old_recordings(api: Api, doctor: Doctor) -> Non
     assert await pool.fetchval("SELECT count(*) FROM recordings WHERE id = $1", rid) == 0
     with pytest.raises(NotFound):
         await storage.get(file_key)
+
+
+async def test_the_optional_composite_puts_everyone_side_by_side(
+    api: Api, doctor: Doctor, tmp_path: Path
+) -> None:
+    v = await visit(api, doctor)
+    rid = await recorded(api, v, seconds=2.0)
+    assert await recorder(api, recording_composite=True).run_one() is True
+    pool, storage = pool_of(api), storage_of(api.app)
+    row = await pool.fetchrow("SELECT * FROM recordings WHERE id = $1", rid)
+    assert row["state"] == "ready", row["failure"]
+    f = await pool.fetchrow("SELECT * FROM recording_files WHERE kind = 'composite'")
+    assert f["participant"] == ""
+    data = open_file(
+        await _raw_key(api, row),
+        rid,
+        f["id"],
+        bytes(f["nonce"]),
+        await storage.get(f["storage_key"]),
+    )
+    path = tmp_path / "composite.webm"
+    path.write_bytes(data)
+    probe = remux.probe(path)
+    assert (probe.audio, probe.video, probe.width, probe.height) == (1, 1, 2 * 480, 360)
+    assert abs(probe.duration - 2.2) < 1.0
