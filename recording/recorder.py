@@ -316,6 +316,16 @@ class Recorder:
                     skipped.append(f"{participant}: {exc}")
                     continue
                 skipped += [f"{participant}: {s}" for s in result.skipped]
+                # What a player will see: the file opens, with its streams.
+                try:
+                    probe = await asyncio.to_thread(remux.probe, path)
+                except Exception as exc:
+                    skipped.append(f"{participant}: the file did not open ({exc})")
+                    continue
+                if probe.audio + probe.video == 0:
+                    skipped.append(f"{participant}: the file has no stream")
+                    continue
+                result.duration = probe.duration
                 data = await asyncio.to_thread(path.read_bytes)
                 file_id = uuid4()
                 nonce, sealed = seal_file(key, rid, file_id, data)
