@@ -185,7 +185,12 @@ async def _visible(call: Call[None, None]) -> Any:
     return row
 
 
-@routes.get("/api/v1/recordings/{id:uuid}/files/{file_id:uuid}", auth=READERS)
+@routes.get(
+    "/api/v1/recordings/{id:uuid}/files/{file_id:uuid}",
+    returns={"content": {"video/webm": {"schema": {"type": "string", "format": "binary"}}}},
+    responses={410: "The patient's data was erased"},
+    auth=READERS,
+)
 async def download(call: Call[None, None]) -> web.Response:
     """One recorded file, decrypted: ``video/webm`` (VP8 and Opus).
 
@@ -227,7 +232,11 @@ async def download(call: Call[None, None]) -> web.Response:
     )
 
 
-@routes.delete("/api/v1/recordings/{id:uuid}", auth=DELETERS)
+@routes.delete(
+    "/api/v1/recordings/{id:uuid}",
+    responses={409: "Still asking or recording: stop it in the call first"},
+    auth=DELETERS,
+)
 async def delete_recording(call: Call[None, None]) -> None:
     """Delete a recording: its files, segments, consents and row (audited).
 
