@@ -79,6 +79,7 @@ def features() -> list[Installer]:
     import hooks.http
     import notify.http
     import privacy.http
+    import recording.http
     import signalling.http
     import signalling.nodes
     import signalling.pages
@@ -94,6 +95,7 @@ def features() -> list[Installer]:
         chat.http.install,
         notify.http.install,
         hooks.http.install,
+        recording.http.install,
         data_rights,
         signalling.http.install,
         signalling.pages.install,
@@ -113,6 +115,8 @@ def data_rights(app: web.Application) -> None:
     import privacy.retention
     import privacy.rights
     import privacy.rights_http
+    import recording.http
+    import recording.privacy
 
     # In this order: notify finds jobs by the conversations chat then deletes.
     privacy.rights.register(app, booking.privacy.BookingProvider())
@@ -120,6 +124,9 @@ def data_rights(app: web.Application) -> None:
     privacy.rights.register(app, booking.payments.transfer_privacy.BankTransferProvider(app))
     privacy.rights.register(app, notify.privacy.NotifyProvider())
     privacy.rights.register(app, chat.privacy.ChatProvider(app))
+    # Before the account's own part: erasure shreds the patient's key after
+    # every provider ran, so recordings are deleted while their rows exist.
+    privacy.rights.register(app, recording.privacy.RecordingProvider(recording.http.AppParts(app)))
     privacy.retention.register(app, retention_rules())
     privacy.rights_http.install(app)
     privacy.retention.install(app)
@@ -132,12 +139,14 @@ def retention_rules() -> list[privacy.retention.Rule]:
     import booking.privacy
     import chat.privacy
     import notify.privacy
+    import recording.privacy
 
     return [
         *booking.privacy.retention_rules(),
         *booking.call_reports.retention_rules(),
         *chat.privacy.retention_rules(),
         *notify.privacy.retention_rules(),
+        *recording.privacy.retention_rules(),
     ]
 
 
@@ -179,6 +188,11 @@ def installers(role: Role) -> list[Installer]:
     import hooks.http
 
     out.append(hooks.http.install_worker)
+    # And the recorder (unless recording_in_serve is off): `wadud api`
+    # deployments run `wadud recorder` replicas beside theirs.
+    import recording.http
+
+    out.append(recording.http.install_worker)
     return out
 
 

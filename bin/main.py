@@ -7,6 +7,7 @@ wadud migrate   apply database migrations and exit
 wadud audit verify  walk the audit trail's hash chain; exit 1 naming the first bad row
 wadud notify    send notifications (email, push, SMS, WhatsApp); any number of replicas
 wadud hooks     deliver clinics' signed room webhooks; any number of replicas
+wadud recorder  make stopped visit recordings into WebM files; any number of replicas
 wadud user add  create an account (how the first admin comes to be)
 wadud retention run [--dry-run]  delete data past its retention period
 wadud token     print a call link (room token) for one participant
@@ -80,6 +81,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("notify", help="send notifications and reminders (docs/notifications.md)")
     _common(p)
     p = sub.add_parser("hooks", help="deliver clinics' room webhooks (docs/webhooks.md)")
+    _common(p)
+    p = sub.add_parser("recorder", help="make visit recordings into files (docs/recording.md)")
     _common(p)
     p = sub.add_parser("turn", help="run the TURN/STUN relay (RFC 8656)")
     p.add_argument("--config", help="TOML configuration file (also $WADUD_CONFIG)")
@@ -325,6 +328,14 @@ def cmd_hooks(settings: config.Settings) -> int:
     return 0
 
 
+def cmd_recorder(settings: config.Settings) -> int:
+    from recording.recorder import run
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(_run(run(settings)))
+    return 0
+
+
 def cmd_audit_verify(settings: config.Settings) -> int:
     """Exit 0 and print the count and head when the chain verifies; 1 and
     the first altered, inserted or missing row when it does not."""
@@ -532,6 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_notify(settings)
         if args.command == "hooks":
             return cmd_hooks(settings)
+        if args.command == "recorder":
+            return cmd_recorder(settings)
         if args.command == "retention" and args.retention_command == "run":
             return cmd_retention_run(args, settings)
         if args.command == "audit" and args.audit_command == "verify":

@@ -169,6 +169,20 @@ async def _age_world(api: Api) -> Aged:
             now - days_ago * DAY,
         )
         reports.append(bid)
+    recordings = []
+    for days_ago in (100, 10):
+        bid = uuid.UUID(await _booking(pool, doctor.id, pid))
+        recordings.append(
+            await pool.fetchval(
+                """INSERT INTO recordings (id, booking_id, clinic_id, patient_id, room, state,
+                       key_id, key_nonce, key_sealed, created_at, stopped_at, ready_at)
+                   SELECT gen_random_uuid(), id, clinic_id, patient_id, 'booking-x', 'ready',
+                          's:00', '\\x00', '\\x00', $2, $2, $2
+                   FROM bookings WHERE id = $1 RETURNING id""",
+                bid,
+                now - days_ago * DAY,
+            )
+        )
     assert old_file is not None and new_file is not None
     return Aged(
         old={
@@ -179,6 +193,7 @@ async def _age_world(api: Api) -> Aged:
             "outbox": [outbox[0]],
             "notify_log": [jobs[0]],
             "call_reports": [reports[0]],
+            "recordings": [recordings[0]],
         },
         fresh={
             "chat": [uuid.UUID(new_conv)],
@@ -188,6 +203,7 @@ async def _age_world(api: Api) -> Aged:
             "outbox": [outbox[1]],
             "notify_log": [jobs[1]],
             "call_reports": [reports[1]],
+            "recordings": [recordings[1]],
         },
         files={"old": old_file, "new": new_file},
     )
@@ -201,6 +217,7 @@ _EXISTS = {
     "outbox": "SELECT count(*) FROM outbox WHERE id = ANY($1::bigint[])",
     "notify_log": "SELECT count(*) FROM notify_jobs WHERE key = ANY($1::text[])",
     "call_reports": "SELECT count(*) FROM call_reports WHERE booking_id = ANY($1::uuid[])",
+    "recordings": "SELECT count(*) FROM recordings WHERE id = ANY($1::uuid[])",
 }
 
 

@@ -27,6 +27,7 @@ ABOVE = frozenset(
         "hooks",
         "notify",
         "privacy",
+        "recording",
         "rtc",
         "sfu",
         "signalling",
@@ -208,6 +209,7 @@ SERVER = (
     "privacy",
     "notify",
     "hooks",
+    "recording",
 )
 OURS = (*SERVER, "wadud_client")
 
@@ -271,7 +273,7 @@ def modules() -> Modules:
 FLOOR_RULES = {
     "rtc imports only wadud and rtc": (("rtc",), set(OURS) - {"wadud", "rtc"}),
     "features import nothing of signalling or the assembly": (
-        ("sfu", "turn", "chat", "booking", "privacy", "notify", "hooks"),
+        ("sfu", "turn", "chat", "booking", "privacy", "notify", "hooks", "recording"),
         {"signalling", "bin"},
     ),
     "signalling imports nothing of the assembly": (("signalling",), {"bin"}),

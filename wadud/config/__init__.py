@@ -621,6 +621,38 @@ class Settings:
         " TURN peer rules refuse them (loopback, private, link-local). Empty, the"
         " default: none. For tests and private deployments only.",
     )
+    # [recording]: recording visits with consent (recording/, docs/recording.md)
+    recording_in_serve: bool = setting(
+        True,
+        "Run the recorder inside `wadud serve`. Deployments of `wadud api` run"
+        " `wadud recorder` (one or more replicas) instead.",
+    )
+    recording_poll_interval: float = setting(
+        2.0, "Seconds between a recorder's looks for stopped recordings."
+    )
+    recording_grace: float = setting(
+        10.0,
+        "Seconds a stopped recording waits before a recorder takes it, so the"
+        " media worker's last segments land first.",
+    )
+    recording_lease: float = setting(
+        300.0,
+        "Seconds a recorder holds a recording it works on (renewed while it"
+        " works); a recorder that died leaves it to another after this.",
+    )
+    recording_max_attempts: int = setting(
+        3, "Tries of one recording (crashes, storage errors) before it is marked failed."
+    )
+    recording_composite: bool = setting(
+        False,
+        "Also make a side-by-side composite of all participants (transcoded by"
+        " the recorder, never on media nodes).",
+    )
+    recording_retention_days: int = setting(
+        90,
+        "Days a recording (its files, segments and rows) is kept after the call."
+        " 0: kept until deleted or the patient is erased.",
+    )
     turn_relay: dict[str, Any] = setting(
         {}, "The other keys of the [turn] table: the relay's own settings.", env=False
     )

@@ -1,0 +1,355 @@
+"""A participant's recorded RTP made into one playable WebM, without transcoding.
+
+The media worker keeps each track's packets as they arrived (after SRTP,
+never decoded; :mod:`rtc.rtpdump`). Here, per track:
+
+1. Order: packets of the track's payload type and main SSRC (the one that
+   carried the most bytes: a simulcast track's other layers and RTX repairs
+   are left out), sequence numbers extended past their 16-bit wrap
+   (:class:`rtc.rtp.SequenceUnwrapper`, RFC 3550 A.1), duplicates dropped,
+   sorted by extended sequence number; timestamps extended past their
+   32-bit wrap the same way.
+2. Frames: Opus, one packet is one frame (RFC 7587 section 4.2). VP8, a
+   frame is the run of packets with one RTP timestamp, whole only when its
+   first packet starts partition 0 (RFC 7741 section 4.2: S bit, PID 0),
+   its last has the marker bit (section 4.1) and no sequence number between
+   them is missing; its payload is the concatenation of the packets'
+   payloads without their VP8 payload descriptors. A frame missing any
+   packet is dropped; the picture resumes with the next whole frame (a
+   decoder conceals what the lost one referenced until the next keyframe).
+   The video starts at its first keyframe (RFC 6386 section 9.1), which
+   also gives the picture's size.
+3. Time: each track's RTP clock is tied to the wall clock by its first
+   packet's arrival, so one participant's audio and video line up as they
+   arrived; the file's zero is the earliest first frame of either.
+4. Mux with PyAV into WebM (Matroska's ``V_VP8`` and ``A_OPUS``), each
+   frame one packet, time base 1 ms.
+
+Other codecs (H.264: WebM does not carry it) raise :class:`RemuxError`
+for that track; :func:`remux` leaves such a track out and says so in its
+result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from recording.errors import RemuxError
+from rtc.errors import RtpParseError
+from rtc.rtp import SequenceUnwrapper, header_fields, payload_range, ts_diff
+
+__all__ = [
+    "Frame",
+    "Probe",
+    "Remuxed",
+    "TrackMedia",
+    "frames_of",
+    "opus_frames",
+    "probe",
+    "remux",
+    "vp8_frames",
+]
+
+_MS = Fraction(1, 1000)
+_VP8_START_CODE = b"\x9d\x01\x2a"
+_DIMENSION = struct.Struct("<HH")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackMedia:
+    """One recorded track: its codec (as in its segments' headers) and its
+    packets ``(arrival in Unix seconds, RTP packet)`` of every segment, in
+    segment order."""
+
+    kind: str
+    codec: str
+    clock_rate: int
+    payload_type: int
+    packets: Sequence[tuple[float, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One coded frame: extended RTP timestamp, wall-clock time its first
+    packet arrived, the codec's bytes, and whether a decoder can start at it."""
+
+    timestamp: int
+    arrival: float
+    data: bytes
+    keyframe: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Rtp:
+    seq: int  # extended
+    ts: int  # extended
+    marker: bool
+    arrival: float
+    payload: bytes
+
+
+def _ordered(media: TrackMedia) -> list[_Rtp]:
+    """The track's packets of its main SSRC, in extended sequence order, once each."""
+    parsed: list[tuple[float, int, int, int, int, bytes]] = []
+    bytes_by_ssrc: dict[int, int] = {}
+    for arrival, data in media.packets:
+        try:
+            marker, pt, seq, ts, ssrc = header_fields(data)
+            start, end = payload_range(data)
+        except RtpParseError:
+            continue
+        if pt != media.payload_type or start >= end:
+            continue  # RTX, FEC, padding-only probes
+        parsed.append((arrival, marker, seq, ts, ssrc, bytes(data[start:end])))
+        bytes_by_ssrc[ssrc] = bytes_by_ssrc.get(ssrc, 0) + end - start
+    if not parsed:
+        return []
+    main = max(bytes_by_ssrc, key=lambda s: bytes_by_ssrc[s])
+    seqs = SequenceUnwrapper()
+    seen: dict[int, _Rtp] = {}
+    for arrival, marker, seq, ts, ssrc, payload in parsed:
+        if ssrc != main:
+            continue
+        ext = seqs.unwrap(seq)
+        if ext not in seen:
+            seen[ext] = _Rtp(ext, ts, bool(marker), arrival, payload)
+    out = [seen[k] for k in sorted(seen)]
+    # Timestamps extended in sequence order, each placed nearest the previous.
+    last: int | None = None
+    extended: list[_Rtp] = []
+    for p in out:
+        ts = p.ts if last is None else last + ts_diff(p.ts, last)
+        last = ts
+        extended.append(_Rtp(p.seq, ts, p.marker, p.arrival, p.payload))
+    return extended
+
+
+def opus_frames(media: TrackMedia) -> list[Frame]:
+    """RFC 7587 section 4.2: each RTP payload is one Opus packet."""
+    return [Frame(p.ts, p.arrival, p.payload) for p in _ordered(media)]
+
+
+def _vp8_descriptor(payload: bytes) -> tuple[bool, int]:
+    """(starts partition 0, length of the payload descriptor), RFC 7741 section 4.2."""
+    b = payload[0]
+    pos = 1
+    if b & 0x80:  # X
+        if pos >= len(payload):
+            raise RemuxError("truncated VP8 payload descriptor")
+        x = payload[pos]
+        pos += 1
+        if x & 0x80:  # I: PictureID, 7 or 15 bits (M)
+            if pos >= len(payload):
+                raise RemuxError("truncated VP8 payload descriptor")
+            pos += 2 if payload[pos] & 0x80 else 1
+        if x & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if x & 0x30:  # T or K: TID/Y/KEYIDX
+            pos += 1
+    if pos > len(payload):
+        raise RemuxError("truncated VP8 payload descriptor")
+    return b & 0x17 == 0x10, pos
+
+
+def vp8_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) of a VP8 keyframe (RFC 6386 section 9.1), else None."""
+    if len(frame) < 10 or frame[0] & 0x01 or frame[3:6] != _VP8_START_CODE:
+        return None
+    w, h = _DIMENSION.unpack_from(frame, 6)
+    return w & 0x3FFF, h & 0x3FFF
+
+
+def vp8_frames(media: TrackMedia) -> list[Frame]:
+    """Whole VP8 frames (RFC 7741 sections 4.1-4.3); incomplete ones dropped."""
+    frames: list[Frame] = []
+    run: list[_Rtp] = []
+
+    def close(run: list[_Rtp]) -> None:
+        if not run or not run[-1].marker:
+            return
+        if any(b.seq != a.seq + 1 for a, b in itertools.pairwise(run)):
+            return
+        parts: list[bytes] = []
+        for i, p in enumerate(run):
+            try:
+                first, skip = _vp8_descriptor(p.payload)
+            except RemuxError:
+                return
+            if i == 0 and not first:
+                return
+            parts.append(p.payload[skip:])
+        data = b"".join(parts)
+        if data:
+            frames.append(Frame(run[0].ts, run[0].arrival, data, not data[0] & 0x01))
+
+    for p in _ordered(media):
+        if run and p.ts != run[0].ts:
+            close(run)
+            run = []
+        run.append(p)
+    close(run)
+    return frames
+
+
+def frames_of(media: TrackMedia) -> list[Frame]:
+    """The track's whole frames; :class:`RemuxError` for a codec this does not remux."""
+    codec = media.codec.lower()
+    if media.kind == "audio" and codec == "opus":
+        return opus_frames(media)
+    if media.kind == "video" and codec == "vp8":
+        return vp8_frames(media)
+    raise RemuxError(f"{media.kind} codec {media.codec} is not remuxed into WebM")
+
+
+@dataclass
+class Remuxed:
+    """What :func:`remux` wrote: the file's span (seconds), its streams, the
+    tracks it left out with why, and the wall-clock time (Unix seconds) its
+    zero stands for."""
+
+    duration: float
+    audio: bool
+    video: bool
+    width: int = 0
+    height: int = 0
+    skipped: list[str] = field(default_factory=list)
+    start: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Timed:
+    clock_rate: int
+    frames: list[Frame]
+    # RTP timestamp and wall-clock time of the track's first arrived packet.
+    anchor_ts: int
+    anchor_at: float
+
+    def wall(self, ts: int) -> float:
+        return self.anchor_at + (ts - self.anchor_ts) / self.clock_rate
+
+
+def _timed(media: TrackMedia, frames: list[Frame]) -> _Timed:
+    first = min(frames, key=lambda f: f.arrival)
+    return _Timed(media.clock_rate, frames, first.timestamp, first.arrival)
+
+
+def _packets(track: _Timed, zero: float, last_duration_ms: int) -> Iterable[tuple[int, int, bytes]]:
+    """(pts ms, duration ms, data) for each frame, pts strictly increasing."""
+    times = [round((track.wall(f.timestamp) - zero) * 1000) for f in track.frames]
+    previous = -1
+    for i, f in enumerate(track.frames):
+        pts = times[i]
+        if pts <= previous:
+            continue
+        nxt = times[i + 1] if i + 1 < len(times) else pts + last_duration_ms
+        previous = pts
+        yield pts, max(1, nxt - pts), f.data
+
+
+def remux(tracks: Sequence[TrackMedia], path: Path) -> Remuxed:
+    """Write one WebM at ``path`` from one participant's tracks (at most one
+    audio and one video is used: the ones with the most frames).
+    :class:`RemuxError` when no track yields a frame."""
+    import av  # the recorder's library; imported here so the module's pure parts need none
+
+    audio: tuple[TrackMedia, list[Frame]] | None = None
+    video: tuple[TrackMedia, list[Frame]] | None = None
+    skipped: list[str] = []
+    for media in tracks:
+        try:
+            frames = frames_of(media)
+        except RemuxError as exc:
+            skipped.append(str(exc))
+            continue
+        if media.kind == "video":
+            start = next((i for i, f in enumerate(frames) if f.keyframe), None)
+            if start is None:
+                skipped.append("a video track without a whole keyframe")
+                continue
+            frames = frames[start:]
+            if video is None or len(frames) > len(video[1]):
+                video = (media, frames)
+        elif frames and (audio is None or len(frames) > len(audio[1])):
+            audio = (media, frames)
+    if audio is None and video is None:
+        raise RemuxError("no whole frame in any track")
+    timed_audio = _timed(*audio) if audio else None
+    timed_video = _timed(*video) if video else None
+    zero = min(t.wall(t.frames[0].timestamp) for t in (timed_audio, timed_video) if t is not None)
+    result = Remuxed(0.0, audio is not None, video is not None, skipped=skipped, start=zero)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    end_ms = 0
+    with av.open(str(path), "w", format="webm") as out:
+        planned: list[tuple[Any, _Timed, int]] = []
+        if timed_video is not None:
+            size = vp8_size(timed_video.frames[0].data)
+            assert size is not None, "a keyframe carries its size"
+            result.width, result.height = size
+            vs = out.add_stream("libvpx", rate=30)
+            vs.width, vs.height = size
+            vs.pix_fmt = "yuv420p"
+            vs.time_base = _MS
+            planned.append((vs, timed_video, 33))
+        if timed_audio is not None:
+            aus = out.add_stream("libopus", rate=48_000)
+            aus.layout = "stereo"
+            aus.time_base = _MS
+            planned.append((aus, timed_audio, 20))
+        # Interleaved by time, as Matroska players read clusters in order.
+        queue: list[tuple[int, int, Any, int, bytes, bool]] = []
+        for order, (stream, track, last) in enumerate(planned):
+            for pts, dur, data in _packets(track, zero, last):
+                key = _is_key(data) if track is timed_video else True
+                queue.append((pts, order, stream, dur, data, key))
+        queue.sort(key=lambda q: (q[0], q[1]))
+        for pts, _, stream, dur, data, key in queue:
+            packet = av.Packet(data)
+            packet.stream = stream
+            packet.time_base = _MS
+            packet.pts = packet.dts = pts
+            packet.duration = dur
+            packet.is_keyframe = key
+            out.mux(packet)
+            end_ms = max(end_ms, pts + dur)
+    result.duration = end_ms / 1000
+    return result
+
+
+def _is_key(vp8: bytes) -> bool:
+    return bool(vp8) and not vp8[0] & 0x01
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What PyAV reads back from a file: its duration (seconds) and streams."""
+
+    duration: float
+    audio: int
+    video: int
+    width: int = 0
+    height: int = 0
+
+
+def probe(path: Path) -> Probe:
+    """Open ``path`` with PyAV and read its streams and duration (the last
+    packet's end, which is what a player shows)."""
+    import av
+
+    with av.open(str(path)) as f:
+        audio = list(f.streams.audio)
+        video = list(f.streams.video)
+        end = 0.0
+        for packet in f.demux():
+            if packet.pts is None or packet.time_base is None:
+                continue
+            t = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+            end = max(end, t)
+        width = video[0].codec_context.width if video else 0
+        height = video[0].codec_context.height if video else 0
+    return Probe(end, len(audio), len(video), width, height)

@@ -1,0 +1,111 @@
+"""Recorded RTP into one WebM per participant (recording/remux.py), on real
+VP8 and Opus from aiortc's encoders, read back and decoded with PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import pytest
+
+from recording import remux
+from recording.errors import RemuxError
+from rtc.rtp import RtpPacket
+from tests.recording import media
+
+
+def tracks(*ts: media.Track) -> list[remux.TrackMedia]:
+    return [remux.TrackMedia(t.kind, t.codec, t.clock_rate, t.payload_type, t.packets) for t in ts]
+
+
+def decoded(path: Path) -> tuple[int, int]:
+    """(video frames, audio frames) a decoder gets out of the file."""
+    with av.open(str(path)) as f:
+        v = sum(1 for _ in f.decode(video=0))
+    with av.open(str(path)) as f:
+        a = sum(1 for _ in f.decode(audio=0))
+    return v, a
+
+
+def test_a_participant_s_rtp_becomes_one_playable_webm(tmp_path: Path) -> None:
+    # Sequence numbers start near 65535: the video's wrap past 0 mid-track.
+    v = media.video(6, 1000.0, width=320, height=240, seq0=65_500)
+    a = media.audio(6, 1000.0, seq0=65_400)
+    out = tmp_path / "p.webm"
+    made = remux.remux(tracks(v, a), out)
+    assert (made.audio, made.video, made.width, made.height) == (True, True, 320, 240)
+    got = remux.probe(out)
+    span = max(at for at, _ in v.packets + a.packets) - 1000.0
+    assert (got.audio, got.video, got.width, got.height) == (1, 1, 320, 240)
+    assert abs(got.duration - span) < 1.0, (got.duration, span)
+    assert decoded(out) == (90, 300)
+
+
+def test_lost_reordered_and_repeated_packets_still_play(tmp_path: Path) -> None:
+    v = media.video(6, 1000.0, width=640, height=480)
+    a = media.audio(6, 1000.0)
+    whole = remux.vp8_frames(tracks(v)[0])
+    lossy = media.damaged(v, loss=0.04, reorder=0.1)
+    frames = remux.vp8_frames(tracks(lossy)[0])
+    # Every frame kept is one the encoder made, whole; the lost ones are gone.
+    assert 0 < len(frames) < len(whole)
+    by_ts = {f.timestamp: f.data for f in whole}
+    assert all(by_ts[f.timestamp] == f.data for f in frames)
+    out = tmp_path / "lossy.webm"
+    remux.remux(tracks(lossy, media.damaged(a, loss=0.04, reorder=0.1, seed=3)), out)
+    got = remux.probe(out)
+    assert (got.audio, got.video) == (1, 1)
+    assert abs(got.duration - 6.0) < 1.0
+    video_frames, audio_frames = decoded(out)
+    assert video_frames >= len(frames) - 1 and audio_frames > 250
+
+
+def test_the_video_starts_at_a_keyframe_and_lines_up_with_the_audio(tmp_path: Path) -> None:
+    # The camera starts 1.5 s after the microphone; its first keyframe's
+    # first packet is lost, so the picture starts at the next keyframe (2 s on).
+    v = media.video(5, 1001.5, width=320, height=240)
+    first = RtpPacket.parse(v.packets[0][1])
+    v.packets[:] = [
+        p for p in v.packets if RtpPacket.parse(p[1]).sequence_number != first.sequence_number
+    ]
+    a = media.audio(6.5, 1000.0)
+    out = tmp_path / "late.webm"
+    remux.remux(tracks(v, a), out)
+    with av.open(str(out)) as f:
+        starts = {}
+        for packet in f.demux():
+            if packet.pts is not None and packet.stream.type not in starts:
+                assert packet.time_base is not None
+                starts[packet.stream.type] = float(packet.pts * packet.time_base)
+                if packet.stream.type == "video":
+                    assert packet.is_keyframe
+    assert starts["audio"] == pytest.approx(0.0, abs=0.05)
+    assert starts["video"] == pytest.approx(1.5 + 2.0, abs=0.05)
+
+
+def test_a_codec_webm_cannot_carry_is_left_out_and_nothing_playable_is_an_error(
+    tmp_path: Path,
+) -> None:
+    a = media.audio(2, 1000.0)
+    h264 = remux.TrackMedia(
+        "video",
+        "H264",
+        90_000,
+        102,
+        [(1000.0, bytes(RtpPacket(payload_type=102, payload=b"\x65\x88")))],
+    )
+    made = remux.remux([*tracks(a), h264], tmp_path / "a.webm")
+    assert (made.audio, made.video) == (True, False)
+    assert made.skipped == ["video codec H264 is not remuxed into WebM"]
+    with pytest.raises(RemuxError, match="no whole frame"):
+        remux.remux([h264], tmp_path / "none.webm")
+    # Garbage and other payload types (RTX, padding probes) are not frames.
+    junk = remux.TrackMedia(
+        "audio",
+        "opus",
+        48_000,
+        111,
+        [(1000.0, b"\x00" * 30), (1000.1, bytes(RtpPacket(payload_type=97, payload=b"x")))],
+    )
+    with pytest.raises(RemuxError):
+        remux.remux([junk], tmp_path / "junk.webm")
