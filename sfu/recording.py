@@ -112,6 +112,8 @@ class RoomRecording:
         """Bytes of cuts handed out and not yet stored (:meth:`stored`)."""
         self.queued = 0
         """Bytes the last :meth:`tick` found in the queue."""
+        self.attached = False
+        """Whether the room's peers queue their packets here."""
         self.keyframes: list[int] = []
         """Video tracks (forwarder SSRC) taken on since the last tick, whose
         recording should start with a keyframe: the adapter asks for one."""
@@ -128,12 +130,14 @@ class RoomRecording:
             yield relay.ingress
 
     def _attach(self) -> None:
+        self.attached = True
         self.room.recording = self.queue
         for peer in self._peers():
             peer.recording = self.queue
 
     def detach(self) -> None:
         """Nothing more is queued from now on (stopped or failed)."""
+        self.attached = False
         if self.room.recording is self.queue:
             self.room.recording = None
         for peer in self._peers():
@@ -150,6 +154,8 @@ class RoomRecording:
                 state = self.tracks[track_id] = _TrackState(track, now)
             if not state.ssrc:
                 self._choose_ssrc(state, now)
+        if not self.attached:
+            return
         for peer in self._peers():
             if peer.recording is not self.queue:
                 peer.recording = self.queue

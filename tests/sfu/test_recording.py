@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import secrets
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from sfu.control import (
 )
 from sfu.errors import SfuStateError
 from sfu.worker import MediaWorker
+from tests.sfu import test_relay
 from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone, wait_until
 from wadud.storage import LocalStorage
 
@@ -134,6 +136,9 @@ async def test_a_recorded_call_is_stored_in_sealed_segments(
         assert abs(packets - during[track_id]) <= 2, (packets, during[track_id])
     counts = worker.snapshot()["recordings"]
     assert counts["active"] == 0
+    # Nothing is queued any more.
+    assert room.recording is None
+    assert all(p.publish is None or p.publish.recording is None for p in room.participants.values())
     assert counts["segments_stored"] == len(segments)
     assert counts["bytes_stored"] == sum(s.size for s in segments)
     # The call went on meanwhile.
@@ -250,3 +255,58 @@ def test_recording_events_round_trip_through_dicts() -> None:
         data = event_to_dict(event)
         assert event_from_dict(data) == event
         assert event_from_dict(dict(data)) == event
+
+
+@pytest.fixture
+async def relayed(
+    loopback_aiortc: None,
+) -> AsyncIterator[tuple[MediaWorker, MediaWorker, test_relay.Middle]]:
+    """Two workers and the UDP relay between them, as tests/sfu/test_relay.py has them."""
+    a = MediaWorker(worker_id="a-" + secrets.token_hex(3), link_options=test_relay.FAST)
+    b = MediaWorker(worker_id="b-" + secrets.token_hex(3), link_options=test_relay.FAST)
+    await a.start()
+    await b.start()
+    middle = test_relay.Middle(a.address, b.address)
+    await middle.start()
+    try:
+        yield a, b, middle
+    finally:
+        middle.close()
+        await a.close()
+        await b.close()
+
+
+async def test_tracks_relayed_in_from_another_worker_are_recorded(
+    relayed: tuple[MediaWorker, MediaWorker, test_relay.Middle], tmp_path: Path
+) -> None:
+    a, b, middle = relayed
+    made: list[Any] = []
+    store = LocalStorage(tmp_path / "b-store")
+    b.recordings.storage = store
+    events = Events()
+    b.add_listener(events)
+    try:
+        publisher = await test_relay.publish(a, made)
+        track_ids = list(publisher.tracks.values())
+        sent = await test_relay.relay(a, b, middle, track_ids)
+        sub = Subscriber(b, test_relay.ROOM, "patient")
+        made.append(sub)
+        await sub.update(track_ids)
+        await wait_until(lambda: sub.frames["video"] >= 5 and sub.frames["audio"] >= 5, limit=20)
+        await b.record(test_relay.ROOM, ORDER)
+        await asyncio.sleep(1.0)
+        await b.record(test_relay.ROOM, None)
+    finally:
+        for peer in made:
+            await peer.close()
+    end = await stopped(events)
+    assert end.reason == "stopped"
+    segments: list[RecordingSegment] = of(events, RecordingSegment)
+    assert {s.track_id for s in segments} == set(track_ids)
+    for relayed in sent:
+        mine = [s for s in segments if s.track_id == relayed.info.track_id]
+        assert {s.participant for s in mine} == {"doctor"}
+        segment = open_segment(await store.get(mine[0].key), KEY)
+        # As it arrived on the link: the link's SSRC and payload type.
+        assert segment.header.payload_type == relayed.codec.payload_type
+        assert {struct.unpack_from("!I", p, 8)[0] for _, p in segment.packets} == {relayed.ssrc}
