@@ -76,6 +76,7 @@ def of(events: Events, kind: type[Any]) -> list[Any]:
 async def stopped(events: Events, limit: float = 10.0) -> RecordingStopped:
     await wait_until(lambda: bool(of(events, RecordingStopped)), limit)
     (event,) = of(events, RecordingStopped)
+    assert isinstance(event, RecordingStopped)
     return event
 
 
@@ -303,10 +304,10 @@ async def test_tracks_relayed_in_from_another_worker_are_recorded(
     assert end.reason == "stopped"
     segments: list[RecordingSegment] = of(events, RecordingSegment)
     assert {s.track_id for s in segments} == set(track_ids)
-    for relayed in sent:
-        mine = [s for s in segments if s.track_id == relayed.info.track_id]
+    for crossed in sent:
+        mine = [s for s in segments if s.track_id == crossed.info.track_id]
         assert {s.participant for s in mine} == {"doctor"}
         segment = open_segment(await store.get(mine[0].key), KEY)
         # As it arrived on the link: the link's SSRC and payload type.
-        assert segment.header.payload_type == relayed.codec.payload_type
-        assert {struct.unpack_from("!I", p, 8)[0] for _, p in segment.packets} == {relayed.ssrc}
+        assert segment.header.payload_type == crossed.codec.payload_type
+        assert {struct.unpack_from("!I", p, 8)[0] for _, p in segment.packets} == {crossed.ssrc}
