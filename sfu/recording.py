@@ -14,7 +14,8 @@ the worker's hot path appends ``(ssrc, packet, now)`` to it; a peer of a
 room nobody records holds None. Everything else happens when the adapter
 calls :meth:`RoomRecording.tick` a few times a second: the queue is
 drained into each track's :class:`~rtc.rtpdump.SegmentWriter` (RTX and
-padding-only packets left out, Opus RED reduced to its primary), tracks
+padding-only packets left out, Opus RED reduced to its primary, a simulcast
+track's top layer only, which dynacast then keeps on), tracks
 that appeared since are taken on and those that ended are closed, and
 segments that are old or large enough come back as :class:`Cut` for the
 adapter to seal and store.
@@ -38,7 +39,7 @@ from rtc.errors import RtpParseError
 from rtc.rtp import payload_range
 from rtc.rtpdump import MAX_PACKET, SegmentHeader, SegmentWriter
 from sfu.control import RecordingOrder
-from sfu.records import Peer, Room, Track
+from sfu.records import LayerInfo, Peer, Room, Track
 
 __all__ = ["Cut", "Queue", "RoomRecording"]
 
@@ -71,12 +72,14 @@ class Cut:
 class _TrackState:
     """One recorded track: the SSRC recorded, its open segment and next index."""
 
-    __slots__ = ("first_seen", "index", "last", "red_pt", "ssrc", "track", "writer")
+    __slots__ = ("first_seen", "index", "last", "layer", "red_pt", "ssrc", "track", "writer")
 
     def __init__(self, track: Track, now: float) -> None:
         self.track = track
         self.ssrc = 0
         """The media SSRC recorded; 0 until known (a simulcast track's layer)."""
+        self.layer: LayerInfo | None = None
+        """A simulcast track's recorded layer (its top one)."""
         self.first_seen = now
         self.index = 0
         self.writer: SegmentWriter | None = None
@@ -178,13 +181,14 @@ class RoomRecording:
         if not track.layers:
             ssrc = track.ssrc
         else:
-            known = [layer.ssrc for layer in track.layers if layer.ssrc]
+            known = [x.ssrc for x in track.layers if x.ssrc]
             if not known or (
                 len(known) < len(track.layers) and now - state.first_seen < LAYER_WAIT
             ):
                 return
             # The top layer: the best picture the publisher sends.
-            ssrc = known[-1]
+            state.layer = next(x for x in reversed(track.layers) if x.ssrc)
+            ssrc = state.layer.ssrc
         state.ssrc = ssrc
         self._by_ssrc[ssrc] = state
         if track.info.kind == "video":
@@ -199,6 +203,10 @@ class RoomRecording:
         cuts += self._ended()
         wall = now + self.wall_offset
         for state in self.tracks.values():
+            layer = state.layer
+            if layer is not None:
+                # Dynacast keeps a layer on while someone wants it: the recording does.
+                layer.wanted_at = now
             writer = state.writer
             if writer is not None and wall - writer.header.started >= self.segment_seconds:
                 cut = self._close(state)

@@ -18,6 +18,7 @@ import pytest
 
 from rtc.rtpdump import open_segment
 from sfu.control import (
+    LayersWanted,
     RecordingOrder,
     RecordingSegment,
     RecordingStopped,
@@ -25,9 +26,18 @@ from sfu.control import (
     event_to_dict,
 )
 from sfu.errors import SfuStateError
+from sfu.layers import DYNACAST_DELAY
 from sfu.worker import MediaWorker
-from tests.sfu import test_relay
-from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone, wait_until
+from tests.sfu import test_layers, test_relay
+from tests.sfu.conftest import (
+    Events,
+    MovingVideo,
+    Publisher,
+    Subscriber,
+    Tone,
+    take_events,
+    wait_until,
+)
 from wadud.storage import LocalStorage
 
 ROOM = "consult-rec"
@@ -311,3 +321,40 @@ async def test_tracks_relayed_in_from_another_worker_are_recorded(
         # As it arrived on the link: the link's SSRC and payload type.
         assert segment.header.payload_type == crossed.codec.payload_type
         assert {struct.unpack_from("!I", p, 8)[0] for _, p in segment.packets} == {crossed.ssrc}
+
+
+async def test_a_simulcast_track_is_recorded_at_its_top_layer_which_dynacast_keeps(
+    worker: MediaWorker, events: Events, store: LocalStorage
+) -> None:
+    fp = worker.relay_identity()[1].split(" ", 1)[1]
+    offer = test_layers.CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n")
+    (info,) = (await worker.publish(ROOM, "alice", offer, {})).added
+    room = worker.tables.rooms[ROOM]
+    peer = room.participants["alice"].publish
+    assert peer is not None
+    now = worker._now()
+    for index, rid in enumerate("qhf"):
+        first = test_layers.vp8_packet(
+            test_layers.LAYERS[index], 1, 0, 1, key=True, ext=test_layers.rid_ext(rid)
+        )
+        worker._route(peer, first, now)
+    await worker.record(ROOM, ORDER)
+    for seq in range(2, 12):
+        for index in range(3):
+            packet = test_layers.vp8_packet(test_layers.LAYERS[index], seq, seq, seq, key=False)
+            worker._route(peer, packet, now)
+    await asyncio.sleep(0.3)  # a tick: the recording wants the top layer
+    marked = room.tracks[info.track_id].layers[2].wanted_at
+    assert marked > now
+    # Nobody subscribes: the middle layer goes off after the dynacast delay,
+    # the top one stays on while the recording wants it (each tick).
+    worker.layers.tick(marked + DYNACAST_DELAY - 0.01)
+    take_events(worker.layers, events)
+    wanted = [e for e in events.items if isinstance(e, LayersWanted)]
+    assert wanted[-1].active_rids == ["q", "f"]
+    await worker.record(ROOM, None)
+    await stopped(events)
+    (segment,) = [s for s in of(events, RecordingSegment) if s.track_id == info.track_id]
+    packets = open_segment(await store.get(segment.key), KEY).packets
+    ssrcs = {struct.unpack_from("!I", p, 8)[0] for _, p in packets}
+    assert ssrcs == {test_layers.LAYERS[2]} and len(packets) == 10
