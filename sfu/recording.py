@@ -251,6 +251,8 @@ class RoomRecording:
 
     def _plain(self, state: _TrackState, packet: bytes) -> bytes | None:
         """The packet as recorded: None for padding only; RED reduced to its primary."""
+        if not packet[0] & 0x20 and (packet[1] & 0x7F) != state.red_pt:
+            return packet  # no padding, no RED: as it came (the common case, unparsed)
         try:
             start, end = payload_range(packet)
         except RtpParseError:
