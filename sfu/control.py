@@ -30,6 +30,9 @@ __all__ = [
     "MediaControl",
     "MediaEvent",
     "PublishResult",
+    "RecordingOrder",
+    "RecordingSegment",
+    "RecordingStopped",
     "RelayCodec",
     "RelayPeer",
     "RelayState",
@@ -345,6 +348,52 @@ class CallSample:
     type: Literal["call_sample"] = "call_sample"
 
 
+@dataclass(frozen=True)
+class RecordingOrder:
+    """What :meth:`MediaControl.record` records under: the recording's id (a
+    UUID string) and its 32-byte AES-256 key, urlsafe base64 (plain data: it
+    crosses the bus). The key seals every segment (:mod:`rtc.rtpdump`)."""
+
+    recording: str
+    key: str
+
+
+@dataclass(frozen=True)
+class RecordingSegment:
+    """One sealed segment of a recorded track is stored: under ``key`` (the
+    file store's SHA-256 hex) in ``size`` bytes, ``packets`` RTP packets that
+    arrived from ``started`` to ``ended`` (Unix seconds). ``index`` counts a
+    track's segments 0, 1, 2, ... without gaps; ``participant`` published
+    the track."""
+
+    room: str
+    recording: str
+    participant: str
+    track_id: str
+    kind: Literal["audio", "video"]
+    index: int
+    key: str
+    packets: int
+    size: int
+    started: float
+    ended: float
+    type: Literal["recording_segment"] = "recording_segment"
+
+
+@dataclass(frozen=True)
+class RecordingStopped:
+    """A room's recording on this worker ended: ``stopped`` (asked to, or the
+    room closed; every segment is stored and reported before this) or
+    ``failed`` (the store was too slow or refused a segment; ``detail``
+    says which, and what was queued is dropped). The call goes on either way."""
+
+    room: str
+    recording: str
+    reason: Literal["stopped", "failed"]
+    detail: str
+    type: Literal["recording_stopped"] = "recording_stopped"
+
+
 MediaEvent = (
     TransportState
     | ActiveSpeaker
@@ -353,6 +402,8 @@ MediaEvent = (
     | LayersWanted
     | ConnectionQuality
     | CallSample
+    | RecordingSegment
+    | RecordingStopped
 )
 
 
@@ -417,6 +468,27 @@ def event_from_dict(data: Mapping[str, Any]) -> MediaEvent:
             available=float(data["available"]),
             layers={str(k): None if v is None else str(v) for k, v in data["layers"].items()},
             quality=data["quality"],
+        )
+    if kind == "recording_segment":
+        return RecordingSegment(
+            room=str(data["room"]),
+            recording=str(data["recording"]),
+            participant=str(data["participant"]),
+            track_id=str(data["track_id"]),
+            kind=data["kind"],
+            index=int(data["index"]),
+            key=str(data["key"]),
+            packets=int(data["packets"]),
+            size=int(data["size"]),
+            started=float(data["started"]),
+            ended=float(data["ended"]),
+        )
+    if kind == "recording_stopped":
+        return RecordingStopped(
+            room=str(data["room"]),
+            recording=str(data["recording"]),
+            reason=data["reason"],
+            detail=str(data.get("detail", "")),
         )
     raise ValueError(f"not a media event: {kind!r}")
 
@@ -485,6 +557,18 @@ class MediaControl(Protocol):
         """The subscriber ``participant`` receives no video while ``enabled``
         (TrackPaused ``audio_only`` for each video track it receives), and
         video again when not. SfuStateError for an unknown room."""
+        ...
+
+    async def record(self, room: str, order: RecordingOrder | None) -> None:
+        """Record every track of ``room`` this worker has (published here or relayed in),
+        and any added later, until called with None (stop: the open segments are sealed
+        and stored, then RecordingStopped(reason="stopped")). Idempotent for the same
+        recording id; a different id while one runs: SfuStateError. SfuStateError for an
+        unknown room.
+
+        Each stored segment is a :class:`RecordingSegment` event; a store too
+        slow or failing ends it with RecordingStopped(reason="failed"), never
+        the call. Stopping returns at once; the events follow."""
         ...
 
     async def leave(self, room: str, participant: str) -> None:

@@ -24,6 +24,12 @@ the peer *worker* id (a bounded set, and no consultation's name).
 ``sfu_rtp_total{event="received"}`` counts packets from the workers' own
 publishers only: what came over a link is relay ``in``.
 
+Recordings (:mod:`sfu.recording_writer`): how many rooms are being
+recorded (``sfu_recordings_active``), bytes of sealed segments stored
+(``sfu_recording_bytes_stored_total``) and recordings that failed by reason
+(``sfu_recordings_failed_total{reason}``: ``queue``, ``timeout``,
+``storage``, ``internal``).
+
 Worker-wide: datagrams dropped by reason (garbage, strangers, refused STUN,
 ...) and forwarder totals that include rooms already closed, so they never go
 down.
@@ -229,6 +235,7 @@ class _WorkerCollector(Collector):
                     summary.add_metric([direction, "min"], min(values))
             summaries.append(summary)
         yield from self._relays(snapshots)
+        yield from _recordings(snapshots)
         yield workers
         yield rooms
         yield transports
@@ -307,6 +314,43 @@ class _WorkerCollector(Collector):
                 for key, value in values.items():
                     out[(key, ident[-1])] = out.get((key, ident[-1]), 0) + value
             return out
+
+
+_RECORDING_FAILURES = ("queue", "timeout", "storage", "internal")
+
+
+def _recordings(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
+    active = GaugeMetricFamily("sfu_recordings_active", "Rooms being recorded on these workers.")
+    stored = CounterMetricFamily(
+        "sfu_recording_bytes_stored", "Bytes of sealed recording segments put in the file store."
+    )
+    segments = CounterMetricFamily(
+        "sfu_recording_segments_stored", "Sealed recording segments put in the file store."
+    )
+    failed = CounterMetricFamily(
+        "sfu_recordings_failed",
+        "Recordings stopped because the file store could not keep up or refused a segment,"
+        " by reason: queue (the backlog passed recording_queue_bytes), timeout (a segment"
+        " took over recording_write_timeout), storage (the store raised), internal (a bug).",
+        labels=["reason"],
+    )
+    reasons: Counter[str] = Counter()
+    n_active = n_bytes = n_segments = 0
+    for s in snapshots:
+        rec = s.get("recordings") or {}
+        n_active += int(rec.get("active", 0))
+        n_bytes += int(rec.get("bytes_stored", 0))
+        n_segments += int(rec.get("segments_stored", 0))
+        reasons.update(rec.get("failed", {}))
+    active.add_metric([], n_active)
+    stored.add_metric([], n_bytes)
+    segments.add_metric([], n_segments)
+    for reason in _RECORDING_FAILURES:
+        failed.add_metric([reason], reasons.get(reason, 0))
+    yield active
+    yield stored
+    yield segments
+    yield failed
 
 
 COLLECTOR = _WorkerCollector()

@@ -15,7 +15,7 @@ forwarder's and the report scheduler's tables key on.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
@@ -53,6 +53,7 @@ class Room:
         "forwarder",
         "name",
         "participants",
+        "recording",
         "relays",
         "speaker",
         "speaker_sent",
@@ -73,6 +74,8 @@ class Room:
         """(subscriber, track id) -> how the subscriber shows the track (:mod:`sfu.layers`)."""
         self.audio_only: set[str] = set()
         """Subscribers that asked for no video."""
+        self.recording: deque[tuple[int, bytes, float]] | None = None
+        """While the room is recorded, the queue its peers' packets go to (:mod:`sfu.recording`)."""
 
 
 class Participant:
@@ -88,7 +91,7 @@ class Participant:
 class Peer:
     """One transport of one participant, and the forwarder's key for it.
 
-    The hot path reads ``addr``, ``forwarder``, ``levels``, ``recv_stats``,
+    The hot path reads ``addr``, ``forwarder``, ``levels``, ``recording``, ``recv_stats``,
     ``twcc``/``twcc_id``, the SRTP methods (bound once when the transport
     connects, None when it is not) and bumps ``packets_in``/``octets_in``.
     """
@@ -109,6 +112,7 @@ class Peer:
         "pending_offer",
         "protect",
         "protect_rtcp",
+        "recording",
         "recv_stats",
         "reporting",
         "rid_tracks",
@@ -142,6 +146,8 @@ class Peer:
         """Publisher's audio SSRC -> its ssrc-audio-level extension id (RFC 6464)."""
         self.recv_stats: dict[int, ReceiveStatistics] = {}
         """Publisher's media SSRC -> its reception statistics (RFC 3550 A.1, A.3, A.8)."""
+        self.recording = room.recording
+        """The room's recording queue while it is recorded, else None (:mod:`sfu.recording`)."""
         self.twcc: TransportCcRecorder | None = None
         """Set while the worker sends this publisher transport-cc feedback."""
         self.twcc_id = 0

@@ -50,6 +50,7 @@ from sfu.control import (
     MediaControl,
     MediaEvent,
     PublishResult,
+    RecordingOrder,
     RelayedTrack,
     RelayPeer,
     Restart,
@@ -401,6 +402,9 @@ class RemoteMedia:
     async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
         await self._call("set_audio_only", room=room, participant=participant, enabled=enabled)
 
+    async def record(self, room: str, order: RecordingOrder | None) -> None:
+        await self._call("record", room=room, order=None if order is None else asdict(order))
+
     async def leave(self, room: str, participant: str) -> None:
         await self._call("leave", room=room, participant=participant)
 
@@ -454,6 +458,7 @@ _OPS = frozenset(
         "unpublish",
         "set_view",
         "set_audio_only",
+        "record",
         "leave",
         "close_room",
         "relay_send",
@@ -581,10 +586,25 @@ class MediaServer:
             raise MediaError(f"unknown op {op!r}")
         if op in ("relay_send", "relay_receive"):
             return await self._relay(str(op), args)
+        if op == "record":
+            return await self._record(args)
         result = await getattr(self.worker, str(op))(**args)
         if isinstance(result, PublishResult):
             return asdict(result)
         return result
+
+    async def _record(self, args: Mapping[str, Any]) -> None:
+        try:
+            room = str(args["room"])
+            data = args.get("order")
+            order = (
+                None
+                if data is None
+                else RecordingOrder(recording=str(data["recording"]), key=str(data["key"]))
+            )
+        except (KeyError, TypeError) as exc:
+            raise MediaError(f"malformed record request: {exc!r}") from exc
+        await self.worker.record(room, order)
 
     async def _relay(self, op: str, args: Mapping[str, Any]) -> Any:
         try:

@@ -40,7 +40,7 @@ forwarder makes (``route_rest``, ``send``).
 No task, coroutine or queue per packet; the forwarder's keys *are* the
 subscribers' peer records, so there is no lookup per subscriber either, and
 the per-packet counters are plain attribute increments (the Prometheus
-collector in :mod:`sfu.metrics` reads them at scrape time).
+collector in :mod:`sfu.metrics` reads them at scrape time). Recording: :mod:`sfu.recording`.
 
 One :class:`Forwarder` per room, not per worker: a room's NACK and keyframe
 timers then walk only its own tracks, its counters are the room's metrics for
@@ -88,21 +88,8 @@ import pylibsrtp
 from rtc import demux
 from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError, RtpParseError
-from rtc.ice import (
-    CONNECT_TIMEOUT,
-    CONSENT_TIMEOUT,
-    Address,
-    local_ufrag_of,
-)
-from rtc.rtcp import (
-    Fir,
-    Nack,
-    Pli,
-    Remb,
-    RtcpPacket,
-    TransportCc,
-    parse_compound,
-)
+from rtc.ice import CONNECT_TIMEOUT, CONSENT_TIMEOUT, Address, local_ufrag_of
+from rtc.rtcp import Fir, Nack, Pli, Remb, RtcpPacket, TransportCc, parse_compound
 from rtc.rtp import transport_sequence_number
 from sfu import metrics, native
 from sfu.actions import Action, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
@@ -110,6 +97,7 @@ from sfu.bandwidth import BandwidthFeedback
 from sfu.control import (
     MediaEvent,
     PublishResult,
+    RecordingOrder,
     RelayedTrack,
     RelayPeer,
     Restart,
@@ -119,6 +107,7 @@ from sfu.forward import Forwarder
 from sfu.layers import Layers
 from sfu.links import Link, Links
 from sfu.negotiation import Negotiator
+from sfu.recording_writer import RecordingWriter, recording_options
 from sfu.records import Peer, Room, WorkerTables
 from sfu.reports import ReportScheduler, feedback_compounds, nack_interval_for
 from sfu.snapshot import worker_snapshot
@@ -165,7 +154,7 @@ class MediaWorker(asyncio.DatagramProtocol):
     REMB estimate sent to publishers without transport-cc
     (draft-alvestrand-rmcat-remb-03). ``worker_id`` names the worker to
     other workers' relay links (its registry id; random by default);
-    ``link_options`` go to each :class:`~sfu.relay.RelayLink`.
+    ``link_options`` go to each :class:`~sfu.relay.RelayLink`, ``recording`` to its recorder.
     ``simulcast``: accept publishers' RFC 8853 simulcast and pick a layer
     per subscriber (:mod:`sfu.layers`). ``red``: accept publishers' Opus RED
     (RFC 2198) and offer it to subscribers (those that refuse it get plain
@@ -187,6 +176,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         link_options: Mapping[str, Any] | None = None,
         simulcast: bool = True,
         red: bool = True,
+        recording: Mapping[str, Any] | None = None,
     ) -> None:
         self.simulcast = simulcast
         self.red = red
@@ -246,6 +236,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         # The hot path's own reference to the links' table of peer addresses.
         self._link_addrs = self.links.by_addr
         self._listeners: list[Callable[[MediaEvent], None]] = []
+        self.recordings = RecordingWriter(self.tables, self._emit, **(recording or {}))
         self._routed: list[tuple[Any, bytes]] = []
         self._transport: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -279,6 +270,7 @@ class MediaWorker(asyncio.DatagramProtocol):
             remb_max_bitrate=settings.media_remb_max_bitrate,
             simulcast=settings.media_simulcast,
             red=settings.media_red,
+            recording=recording_options(settings),
         )
 
     async def start(self) -> None:
@@ -319,6 +311,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         if self._closed:
             return
         self._closed = True
+        await self.recordings.close()
         for name in list(self.tables.rooms):
             self._close_room(name, "worker closed")
         self.links.close("worker closed", self._now())
@@ -420,6 +413,10 @@ class MediaWorker(asyncio.DatagramProtocol):
             self.negotiator.unpublish(room, participant, track_id, self._now())
         finally:
             self._act(self.negotiator.take_actions())
+
+    async def record(self, room: str, order: RecordingOrder | None) -> None:
+        """Record ``room``'s tracks, or stop (None): :meth:`RecordingWriter.record`."""
+        self.recordings.record(room, order, self._now())
 
     async def leave(self, room: str, participant: str) -> None:
         """Close the participant's transports, forget its tracks (idempotent)."""
@@ -598,6 +595,9 @@ class MediaWorker(asyncio.DatagramProtocol):
             stats = peer.recv_stats.get(ssrc)
             if stats is not None:
                 stats.on_packet(seq, ts, now, len(plain))
+        recording = peer.recording
+        if recording is not None:
+            recording.append((ssrc, plain, now))  # drained by sfu.recording, off this path
         twcc = peer.twcc
         if twcc is not None:
             # Every packet with the extension, RTX and padding probes
@@ -985,7 +985,8 @@ class MediaWorker(asyncio.DatagramProtocol):
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges for :mod:`sfu.metrics`, read at scrape time."""
         native_counters = self._fanout.counters() if self._fanout is not None else None
-        return worker_snapshot(self.tables, self.links.snapshot(), native_counters, self.port)
+        snapshot = worker_snapshot(self.tables, self.links.snapshot(), native_counters, self.port)
+        return {**snapshot, "recordings": self.recordings.counts()}
 
 
 # --- helpers --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import itertools
@@ -190,6 +191,8 @@ class Bench:
         # Whether subscribers accept transport-cc (they never send its feedback).
         self.transport_cc = not args.simulcast
         self.rid_of: dict[int, str] = {}  # stream number -> RID of a simulcast layer
+        # --record: the recording events the worker sent back (segments, stops).
+        self.recorded: list[Any] = []
 
     def token(self, room: str, identity: str, *, admin: bool, publish: bool) -> str:
         now = dt.datetime.now(dt.UTC)
@@ -352,6 +355,7 @@ class Bench:
         switch_interval: float = 0.0,
         switch_per_room: int = 0,
         seconds: float = 0.0,
+        record: float = 0.0,
     ) -> ScenarioResult:
         args = self.args
         seconds = seconds or args.seconds
@@ -361,6 +365,7 @@ class Bench:
         t0 = time.monotonic()
         people_by_room: list[list[Participant]] = []
         errors: list[str] = []
+        recorded: list[str] = []
         try:
             # A few rooms at a time: the server is one process, and so are we.
             for start in range(0, rooms, 4):
@@ -373,6 +378,8 @@ class Bench:
             tids = [t for p in everyone for t in (p.pub_tid, p.sub_tid) if t]
             profiles = await self.load.call("connect", tids, 30.0, within=90)
             setup = time.monotonic() - t0
+            if record:
+                recorded = await self.record_rooms(people_by_room, record)
             await asyncio.sleep(0.3)
 
             by_pid = {p.pid: p for p in everyone}
@@ -465,6 +472,9 @@ class Bench:
                 for p in room:
                     errors += [json.dumps(e) for e in p.errors]
         finally:
+            for name in recorded:
+                with contextlib.suppress(Exception):
+                    await self.media.record(name, None)
             everyone = [p for room in people_by_room for p in room]
             await asyncio.gather(*(p.close() for p in everyone), return_exceptions=True)
             tids = [t for p in everyone for t in (p.pub_tid, p.sub_tid) if t]
@@ -473,6 +483,29 @@ class Bench:
         raw["waited"] = waited
         raw["switches"] = switch_times(views, raw["transitions"]) if views else {}
         return self.summarise(scenario, purpose, rooms, raw, counts, profiles, setup, errors)
+
+    async def record_rooms(
+        self, people_by_room: list[list[Participant]], share: float
+    ) -> list[str]:
+        """Record the first rooms, ``share`` of all their published tracks
+        (``--record``: in ``1x10`` one track a room, so 0.2 is two tracks in
+        ten), over the MediaControl a signalling replica would use."""
+        from sfu.control import RecordingOrder
+
+        if self.media is None:
+            raise SystemExit("--record needs --media (MediaControl.record over Redis)")
+        tracks = [(room[0].room, sum(1 for p in room if p.pub_tid)) for room in people_by_room]
+        total = sum(n for _, n in tracks)
+        names: list[str] = []
+        count = 0
+        for name, n in tracks:
+            if count >= round(total * share):
+                break
+            key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+            await self.media.record(name, RecordingOrder(f"bench-{name}", key))
+            names.append(name)
+            count += n
+        return names
 
     def summarise(
         self,

