@@ -173,12 +173,20 @@ class Recordings:
             raise RecordingNotFound("no such recording")
         return row
 
-    async def request(self, booking_id: UUID, room: str, requested_by: UUID | None) -> UUID:
+    async def request(
+        self,
+        booking_id: UUID,
+        room: str,
+        requested_by: UUID | None,
+        *,
+        recording_id: UUID | None = None,
+    ) -> UUID:
         """A new recording in state ``asking`` for the booking's visit, with a
         random 32-byte key stored wrapped under the booking's patient's data
-        key. :class:`AlreadyRecording` if one is already asking or recording
-        for that booking; :class:`RecordingNotFound` for no such booking."""
-        rid = uuid4()
+        key. ``recording_id``: the id the call room gave it (new if None).
+        :class:`AlreadyRecording` if one is already asking or recording for
+        that booking; :class:`RecordingNotFound` for no such booking."""
+        rid = recording_id or uuid4()
         async with self.pool.acquire() as conn, conn.transaction():
             booking = await conn.fetchrow(
                 "SELECT id, clinic_id, patient_id FROM bookings WHERE id = $1 FOR UPDATE",

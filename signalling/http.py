@@ -21,6 +21,7 @@ from aiohttp import web
 import booking.calls
 from privacy import consent
 from privacy.errors import ConsentRequired
+from recording.http import RECORDINGS
 from sfu.control import MediaControl
 from sfu.http import MEDIA
 from sfu.rpc import MediaClient
@@ -130,6 +131,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         guard=guard,
         on_waiting=waiting,
         observe=room_events,
+        recording_store=lambda: app.get(RECORDINGS),
     )
     app[CALLS] = service
 

@@ -42,6 +42,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from booking.calls import booking_of
 from rtc.errors import SdpError
 from sfu.control import (
     ActiveSpeaker,
@@ -49,6 +50,8 @@ from sfu.control import (
     LayersWanted,
     MediaControl,
     MediaEvent,
+    RecordingSegment,
+    RecordingStopped,
     RelayState,
     TrackPaused,
     TransportState,
@@ -61,6 +64,13 @@ from signalling.cluster import Cluster
 from signalling.connections import ERRORS, AnyConnection, Connection, RemoteConnection
 from signalling.lane import MediaLane
 from signalling.placement import Placement
+from signalling.recording_consent import (
+    ConsentAnswered,
+    RecordingAsked,
+    RecordingStart,
+    RecordingStop,
+)
+from signalling.recordings import CallRecordings, RecordingStore
 from signalling.replicas import Replicas
 from signalling.room import (
     Close,
@@ -150,6 +160,7 @@ class CallService:
         guard: Callable[[RoomGrant], Awaitable[None]] | None = None,
         on_waiting: Callable[[RoomGrant], Awaitable[None]] | None = None,
         observe: Callable[[Room, list[Output]], None] | None = None,
+        recording_store: Callable[[], RecordingStore | None] | None = None,
     ) -> None:
         self.settings = settings
         self._get_media = media
@@ -176,6 +187,13 @@ class CallService:
             rooms=self.rooms,
             changed=self._mark,
             moved=self._media_moved,
+        )
+        #: Rooms' recordings: their rows and the worker writing them.
+        self.recordings = CallRecordings(
+            recording_store or (lambda: None),
+            booking_of=booking_of,
+            media_of=self.sites.controls,
+            failed=self._recording_failed,
         )
         self.replicas: Replicas | None = None
         if cluster is not None:
@@ -240,6 +258,13 @@ class CallService:
                     self._wake_watcher()
                 return
             room = self.rooms.get(event.room)
+            if isinstance(event, RecordingSegment | RecordingStopped):
+                # The room's owner keeps the rows (every replica hears every
+                # event), or whoever started it if the room closed since.
+                MEDIA_EVENTS.labels(event.type, "").inc()
+                if room is not None or self.recordings.concerns(event.recording):
+                    self.recordings.on_event(event)
+                return
             if isinstance(event, TrackPaused | LayersWanted | ConnectionQuality):
                 MEDIA_EVENTS.labels(event.type, "").inc()
                 if room is not None:
@@ -442,11 +467,18 @@ class CallService:
                     for pid in pids:
                         if not closed:
                             room.subscriber(pid).kick()
+                case RecordingAsked() | ConsentAnswered() | RecordingStart() | RecordingStop():
+                    self.recordings.carry(room, out)
         if closed:
             self.drop_room(room)
         else:
             self._arm(room)
             self._mark(room)
+
+    def _recording_failed(self, name: str, recording_id: str, detail: str) -> None:
+        room = self.rooms.get(name)
+        if room is not None:
+            self.apply(room, room.core.recording_failed(recording_id, detail))
 
     def _mark(self, room: CallRoom) -> None:
         if self.replicas is not None:

@@ -83,7 +83,7 @@ async def test_a_capped_participant_s_report_shows_layer_loss_and_reconnect(
 # -- the driver ------------------------------------------------------------------
 
 
-async def _booking(pool: Any) -> uuid.UUID:
+async def booking_now(pool: Any) -> uuid.UUID:
     """A clinic, its doctor and an accepted video booking now (SQL: this is
     a call's test, not the booking API's)."""
     from wadud import accounts
@@ -144,7 +144,7 @@ async def scenario_report(world: World) -> dict[str, Any]:
     from wadud import keys
 
     pool = world.app[keys.DB]  # type: ignore[attr-defined]
-    booking = await _booking(pool)
+    booking = await booking_now(pool)
     world.room = f"booking-{booking}"
     turn, path, doctor, _clean, capped, _pub = await capped_call(world, RATE)
     try:

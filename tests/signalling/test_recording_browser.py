@@ -1,0 +1,269 @@
+"""Recording a visit with everyone's consent, in real Chromium pages (issue
+23's must-show): a doctor, a patient and a relative in a booking's call.
+
+1. The doctor asks to record; the patient refuses in the dialog. Every page
+   shows the recording off; nothing was written (no segment, no row moved
+   past ``refused``).
+2. The doctor asks again; both agree. Every page shows the "Recording"
+   badge. A late joiner (an interpreter) is asked as they come in and sends
+   nothing until they agree. About 20 s later the doctor stops it.
+3. The recorder (in-process in ``wadud serve``) remuxes each participant's
+   audio and video into a WebM: each opens with PyAV with an audio and a
+   video stream, and lasts the recorded time within a second.
+
+Screenshots of the question and of the badge (phone and desktop) go to
+``WADUD_SCREENSHOTS`` (docs/img) when set, else under the test's folder.
+
+Run by hand (as root, from the repository):
+
+    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
+        tests.signalling.test_recording_browser record --database-url URL --work /tmp/x'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import DriverError, Page, click, driver_main, join, play, receiving, run_driver
+from tests.signalling.test_browser_call import World
+from tests.signalling.test_call_report_browser import booking_now
+from tests.signalling.test_visit_journey import Shots
+from tests.signalling.test_weak_network import HTTP_PORT, serving
+
+#: Seconds the visit is recorded once everyone agreed.
+RECORDED = 20.0
+
+
+@pytest.mark.timeout(240)
+async def test_a_visit_is_recorded_only_with_everyone_s_consent(
+    database_url: str, tmp_path: Path
+) -> None:
+    args = ["record", "--database-url", database_url, "--work", str(tmp_path), "--budget", "180"]
+    result = await run_driver("tests.signalling.test_recording_browser", args, tmp_path, 180)
+    print(json.dumps(result))
+    refused = result["refused"]
+    # A refusal: every page shows it off, and nothing was kept.
+    assert set(refused["pages"].values()) == {"off:refused"}, refused
+    assert refused["state"] == "refused" and refused["segments"] == 0, refused
+    agreed = result["agreed"]
+    assert set(agreed["badges"].values()) == {True}, agreed
+    # The late joiner was asked, and published only after agreeing.
+    late = result["late"]
+    assert late["asked"] and late["tracks_before_answer"] == 0, late
+    assert late["tracks_after_answer"] > 0, late
+    # Each participant who sent media has a playable WebM of the recorded time.
+    files = result["files"]
+    assert len(files) >= 3, files
+    for f in files:
+        assert f["streams"] == ["audio", "video"], f
+        assert abs(f["duration"] - f["expected"]) <= 1.0, f
+
+
+async def _recording_state(page: Page) -> str:
+    return str(
+        await page.eval(
+            "(() => { const r = window.wadudCall.recording;"
+            " return r.state + (r.reason ? ':' + r.reason : ''); })()"
+        )
+    )
+
+
+async def scenario_record(world: World) -> dict[str, Any]:
+    from wadud import keys
+
+    app: Any = world.app  # type: ignore[attr-defined]
+    pool = app[keys.DB]
+    shots = Shots(Path(os.environ.get("WADUD_SCREENSHOTS") or world.browsers.work / "shots"))
+    booking = await booking_now(pool)
+    world.room = f"booking-{booking}"
+    doctor = await world.browsers.open(
+        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    )
+    await join(doctor)
+    patient = await world.browsers.open("patient", world.link("pt-991", "Bilal", "patient"))
+    await join(patient)
+    relative = await world.browsers.open("relative", world.link("rel-17", "Sana", "family"))
+    await join(relative)
+    pages = [doctor, patient, relative]
+    await receiving(world, pages)
+    world.mark("three in the call")
+
+    # 1. Asked, and the patient refuses.
+    await doctor.eval("window.wadudCall.record(true).then(() => true)")
+    await patient.wait_for("!document.getElementById('consent').hidden", "the question")
+    await shots.take(patient, "recording-consent")
+    await click(patient, "#consent-no")
+    for page in pages:
+        await page.wait_for(
+            "window.wadudCall.recording.state === 'off'", "the recording off after a refusal"
+        )
+    await asyncio.sleep(1.0)  # let the steps' rows land
+    refused = {
+        "pages": {p.name: await _recording_state(p) for p in pages},
+        "state": await pool.fetchval(
+            "SELECT state FROM recordings WHERE booking_id = $1 ORDER BY created_at LIMIT 1",
+            booking,
+        ),
+        "segments": await pool.fetchval(
+            """SELECT count(*) FROM recording_segments s JOIN recordings r
+               ON r.id = s.recording_id WHERE r.booking_id = $1""",
+            booking,
+        ),
+    }
+    world.mark("refused")
+
+    # 2. Asked again: both agree; every page shows the badge.
+    await doctor.eval("window.wadudCall.record(true).then(() => true)")
+    for page in (patient, relative):
+        await page.wait_for("!document.getElementById('consent').hidden", "the question again")
+        await click(page, "#consent-yes")
+    badge = "!document.getElementById('rec').hidden && window.wadudCall.recording.state === 'on'"
+    badges = {p.name: bool(await p.wait_for(badge, "the Recording badge")) for p in pages}
+    started = time.time()
+    world.mark("recording")
+    # The refusal's notice has gone (4 s) before the picture.
+    await relative.wait_for(
+        "!document.getElementById('toast').classList.contains('show')", "the notice gone"
+    )
+    await shots.take(relative, "recording-on")
+
+    # A late joiner is asked, and sends nothing before agreeing.
+    late = await world.browsers.open("interpreter", world.link("int-3", "Rania", "interpreter"))
+    await join(late)
+    asked = bool(
+        await late.wait_for("!document.getElementById('consent').hidden", "the late question")
+    )
+    await asyncio.sleep(2.0)
+    before = await late.eval("window.wadudCall.publishPc ? 1 : 0")
+    await click(late, "#consent-yes")
+    after = await late.wait_for(
+        "[...window.wadudCall.localTracks.values()].filter(t => t.track_id).length",
+        "the late joiner publishing after agreeing",
+    )
+    await late.wait_for(
+        "window.wadudCall.publishPc.connectionState === 'connected'", "the late joiner's media"
+    )
+    late_from = time.time()
+    remaining = RECORDED - (time.time() - started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+    await doctor.eval("window.wadudCall.record(false).then(() => true)")
+    stopped = time.time()
+    world.mark("stopped")
+
+    # 3. The recorder's files.
+    recording = await pool.fetchval(
+        """SELECT id FROM recordings WHERE booking_id = $1 AND state <> 'refused'
+           ORDER BY created_at DESC LIMIT 1""",
+        booking,
+    )
+    # `wadud serve` runs a recorder in-process; this app is the calls' part
+    # of it, so run one here, as `wadud recorder` would.
+    from recording.http import AppParts
+    from recording.recorder import Recorder
+
+    parts = AppParts(app)
+    recorder = Recorder(pool, parts.keys, parts.storage, app[keys.SETTINGS])
+    await recorder.start()
+    state = ""
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = await pool.fetchval("SELECT state FROM recordings WHERE id = $1", recording)
+            if state in ("ready", "failed"):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await recorder.close()
+    if state != "ready":
+        raise DriverError(f"the recording ended {state!r}, not ready")
+    world.mark("ready")
+    ids = {p.name: await p.eval("window.wadudCall.me.id") for p in [*pages, late]}
+    spans = {ids[p.name]: stopped - started for p in pages}
+    spans[ids[late.name]] = stopped - late_from
+    files = await _probe(app, booking, recording, spans)
+    return {
+        "refused": refused,
+        "agreed": {"badges": badges},
+        "late": {"asked": asked, "tracks_before_answer": before, "tracks_after_answer": after},
+        "files": files,
+        "timings": world.timings,
+    }
+
+
+async def _probe(
+    app: Any, booking: uuid.UUID, recording: uuid.UUID, spans: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Each of the recording's files as the booking's patient downloads it
+    from the API, probed with PyAV; ``expected`` is how long that
+    participant was recorded (``spans``, by participant id)."""
+    import io
+
+    import aiohttp
+    import av
+
+    from wadud import auth, keys
+
+    pool = app[keys.DB]
+    async with pool.acquire() as conn:
+        patient = await conn.fetchval("SELECT patient_id FROM bookings WHERE id = $1", booking)
+        pair = await auth.start_session(conn, app[keys.SETTINGS], patient)
+    headers = {"Authorization": f"Bearer {pair.access_token}"}
+    base = f"http://127.0.0.1:{HTTP_PORT}"
+    out: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(f"{base}/api/v1/bookings/{booking}/recordings") as r:
+            listing = await r.json()
+            if r.status != 200:
+                raise DriverError(f"listing recordings: {r.status} {listing}")
+        [rec] = [x for x in listing["recordings"] if x["id"] == str(recording)]
+        for f in rec["files"]:
+            async with http.get(base + f["url"]) as r:
+                body = await r.read()
+                if r.status != 200 or r.content_type != "video/webm":
+                    raise DriverError(f"download {f['url']}: {r.status} {body[:200]!r}")
+            with av.open(io.BytesIO(body), "r") as container:
+                kinds = sorted(s.type for s in container.streams)
+                duration = (container.duration or 0) / av.time_base
+            out.append(
+                {
+                    "participant": f["participant"],
+                    "streams": kinds,
+                    "duration": round(duration, 2),
+                    "listed": f["duration_seconds"],
+                    "expected": round(spans.get(f["participant"], -1.0), 2),
+                    "bytes": len(body),
+                }
+            )
+    return out
+
+
+SCENARIOS = {"record": scenario_record}
+
+
+async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
+    from tests.browser import Browsers
+    from wadud import keys
+
+    browsers = Browsers(work)
+    # The recorder waits a second, not ten, for a stopped recording's last rows.
+    async with serving(database_url, work, recording_grace=1.0, recording_poll_interval=0.5) as app:
+        world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
+        world.app = app  # type: ignore[attr-defined]
+        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
+
+
+def main() -> None:
+    driver_main(__doc__, SCENARIOS, drive, 180)
+
+
+if __name__ == "__main__":
+    main()
