@@ -68,6 +68,7 @@ BUSY = {
         "tests/signalling/test_browser_restart.py",
         "tests/signalling/test_client_call.py",
         "tests/signalling/test_browser_call.py",
+        "tests/signalling/test_recording_browser.py",
         "tests/signalling/test_check.py",
         "tests/sfu/test_red_call.py",
         "tests/turn/test_turn_bench.py",
