@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 
 from rtc.rtpdump import open_segment
 from sfu.control import (
@@ -198,6 +199,9 @@ async def test_a_slow_store_fails_the_recording_not_the_call(
         "segments_stored": 0,
         "failed": {how: 1},
     }
+    scraped = generate_latest(REGISTRY).decode()
+    assert f'sfu_recordings_failed_total{{reason="{how}"}}' in scraped
+    assert "sfu_recordings_active 0.0" in scraped
     # The subscriber decoded frames while the recording failed and goes on after.
     assert sub.frames["video"] > frames
     frames = sub.frames["video"]
