@@ -49,6 +49,7 @@ __all__ = [
     "payload_range",
     "payload_type",
     "rewrite_header",
+    "rtx_original",
     "seq_add",
     "seq_diff",
     "seq_newer",
@@ -141,6 +142,25 @@ def payload_range(data: Buffer) -> tuple[int, int]:
             raise RtpParseError("RTP padding length is invalid")
         end -= pad
     return hl, end
+
+
+def rtx_original(packet: Buffer, payload_type: int, ssrc: int) -> bytes | None:
+    """The original packet inside an RTX packet (RFC 4588 section 4): the
+    RTX header with the original sequence number (the payload's first two
+    bytes), ``payload_type`` and ``ssrc`` of the stream it repairs, and the
+    rest of the payload. None for an RTX packet without a payload (a
+    bandwidth probe, no repair); :class:`RtpParseError` if it is not RTP."""
+    start, end = payload_range(packet)
+    if end - start < 2:
+        return None
+    osn = (packet[start] << 8) | packet[start + 1]
+    buf = bytearray(packet[:start])
+    buf += packet[start + 2 : end]
+    buf[0] &= 0xDF  # the RTX padding is not the original's
+    _REWRITE.pack_into(
+        buf, 1, (packet[1] & 0x80) | payload_type, osn, _U32.unpack_from(packet, 4)[0], ssrc
+    )
+    return bytes(buf)
 
 
 def header_fields(data: Buffer) -> tuple[int, int, int, int, int]:

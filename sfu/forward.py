@@ -54,7 +54,7 @@ from typing import Literal, Protocol
 from rtc import red
 from rtc.errors import RtpParseError
 from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
-from rtc.rtp import extension_elements, payload_range
+from rtc.rtp import extension_elements, payload_range, rtx_original
 from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.groups import SimulcastTable
@@ -129,7 +129,6 @@ class NativeRed(Protocol):
 _FIXED = struct.Struct("!BBHII")
 _REWRITE = struct.Struct("!BHII")
 _U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
 
 # Upstream gaps larger than this are a stream restart or a long outage: NACKing
 # each packet would flood the publisher, so ask for a keyframe instead.
@@ -748,27 +747,19 @@ class Forwarder(SimulcastTable):
 
     def _unwrap_rtx(self, track: SourceStream, packet: bytes) -> bytes | None:
         """The original packet inside a publisher's RTX packet (RFC 4588 section 4)."""
-        try:
-            start, end = payload_range(packet)
-        except RtpParseError:
-            self.stats.malformed += 1
-            return None
         apt = track.rtx_apt.get(packet[1] & 0x7F)
         if apt is None:
             self.stats.malformed += 1
             return None
-        if end - start < 2:
+        try:
+            original = rtx_original(packet, apt, track.ssrc)
+        except RtpParseError:
+            self.stats.malformed += 1
+            return None
+        if original is None:
             # An RTX packet without a payload is a bandwidth probe, not a repair.
             self.stats.rtx_padding += 1
-            return None
-        osn = (packet[start] << 8) | packet[start + 1]
-        buf = bytearray(packet[:start])
-        buf += packet[start + 2 : end]
-        buf[0] &= 0xDF  # the RTX padding is not the original's
-        _REWRITE.pack_into(
-            buf, 1, (packet[1] & 0x80) | apt, osn, _U32.unpack_from(packet, 4)[0], track.ssrc
-        )
-        return bytes(buf)
+        return original
 
     # -- upstream repair -------------------------------------------------------------
 

@@ -13,9 +13,10 @@ ingress legs alike, those that join later too, through
 the worker's hot path appends ``(ssrc, packet, now)`` to it; a peer of a
 room nobody records holds None. Everything else happens when the adapter
 calls :meth:`RoomRecording.tick` a few times a second: the queue is
-drained into each track's :class:`~rtc.rtpdump.SegmentWriter` (RTX and
-padding-only packets left out, Opus RED reduced to its primary, a simulcast
-track's top layer only, which dynacast then keeps on), tracks
+drained into each track's :class:`~rtc.rtpdump.SegmentWriter` (a repair
+on the RTX SSRC as the packet it repairs, padding-only packets left out,
+Opus RED reduced to its primary, a simulcast track's top flowing layer
+only, which dynacast then keeps on), tracks
 that appeared since are taken on and those that ended are closed, and
 segments that are old or large enough come back as :class:`Cut` for the
 adapter to seal and store.
@@ -29,6 +30,7 @@ into the Unix seconds the segments carry.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,9 +38,10 @@ from typing import Literal
 
 from rtc import red
 from rtc.errors import RtpParseError
-from rtc.rtp import payload_range
+from rtc.rtp import payload_range, rtx_original
 from rtc.rtpdump import MAX_PACKET, SegmentHeader, SegmentWriter
 from sfu.control import RecordingOrder
+from sfu.layers import STALE
 from sfu.records import LayerInfo, Peer, Room, Track
 
 __all__ = ["Cut", "Queue", "RoomRecording"]
@@ -48,9 +51,11 @@ Queue = deque[tuple[int, bytes, float]]
 
 #: A segment ends when it holds this many bytes of records, whatever its age.
 SEGMENT_BYTES = 1 << 20
-#: A simulcast track whose layers are not all known yet is taken on with the
-#: highest known one after this many seconds.
+#: A simulcast track whose layers are not all flowing yet is taken on with
+#: the highest flowing one after this many seconds; with the highest known one
+#: (none measured yet: a track just published) after ``LAYER_GIVE_UP``.
 LAYER_WAIT = 1.0
+LAYER_GIVE_UP = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +77,17 @@ class Cut:
 class _TrackState:
     """One recorded track: the SSRC recorded, its open segment and next index."""
 
-    __slots__ = ("first_seen", "index", "last", "layer", "red_pt", "ssrc", "track", "writer")
+    __slots__ = (
+        "first_seen",
+        "index",
+        "last",
+        "layer",
+        "red_pt",
+        "rtx",
+        "ssrc",
+        "track",
+        "writer",
+    )
 
     def __init__(self, track: Track, now: float) -> None:
         self.track = track
@@ -85,6 +100,15 @@ class _TrackState:
         self.writer: SegmentWriter | None = None
         self.last = 0.0
         self.red_pt = -1 if track.red is None else track.red.payload_type
+        self.rtx = 0
+        """The RTX SSRC repairing the recorded one (0: none known yet)."""
+
+    def rtx_ssrc(self) -> int:
+        """The RTX SSRC of the recorded stream as the worker knows it now."""
+        if not self.ssrc or self.track.rtx is None:
+            return 0
+        found = self.layer.rtx_ssrc if self.layer is not None else self.track.rtx_ssrc
+        return found or 0
 
 
 class RoomRecording:
@@ -111,6 +135,11 @@ class RoomRecording:
         self.queue: Queue = deque()
         self.tracks: dict[str, _TrackState] = {}
         self._by_ssrc: dict[int, _TrackState] = {}
+        #: The RTX SSRCs of the recorded streams: a repair the publisher
+        #: resends on one (after the worker's NACK) is recorded as the
+        #: packet it repairs, or every loss would break the picture until
+        #: the next keyframe.
+        self._by_rtx: dict[int, _TrackState] = {}
         self.pending = 0
         """Bytes of cuts handed out and not yet stored (:meth:`stored`)."""
         self.queued = 0
@@ -157,6 +186,10 @@ class RoomRecording:
                 state = self.tracks[track_id] = _TrackState(track, now)
             if not state.ssrc:
                 self._choose_ssrc(state, now)
+            if not state.rtx and (rtx := state.rtx_ssrc()):
+                # A layer's RTX SSRC is learnt with its first repair.
+                state.rtx = rtx
+                self._by_rtx[rtx] = state
         if not self.attached:
             return
         for peer in self._peers():
@@ -174,6 +207,7 @@ class RoomRecording:
                     cuts.append(cut)
                 del self.tracks[track_id]
                 self._by_ssrc.pop(state.ssrc, None)
+                self._by_rtx.pop(state.rtx, None)
         return cuts
 
     def _choose_ssrc(self, state: _TrackState, now: float) -> None:
@@ -181,18 +215,28 @@ class RoomRecording:
         if not track.layers:
             ssrc = track.ssrc
         else:
-            known = [x.ssrc for x in track.layers if x.ssrc]
-            if not known or (
-                len(known) < len(track.layers) and now - state.first_seen < LAYER_WAIT
-            ):
+            known = [x for x in track.layers if x.ssrc]
+            # The top layer the publisher is sending now: a browser sends
+            # fewer layers than it offered when its camera is small or its
+            # link weak, and a layer learnt from one early packet is no
+            # picture at all.
+            flowing = [x for x in known if now - x.seen < STALE]
+            # Layers not learnt or not measured yet may still come; a layer
+            # that went quiet will not.
+            pending = any(x.seen == -math.inf for x in track.layers)
+            waited = now - state.first_seen
+            if flowing and (not pending or waited >= LAYER_WAIT):
+                state.layer = flowing[-1]
+            elif known and waited >= LAYER_GIVE_UP:
+                state.layer = known[-1]
+            else:
                 return
-            # The top layer: the best picture the publisher sends.
-            state.layer = next(x for x in reversed(track.layers) if x.ssrc)
             ssrc = state.layer.ssrc
         state.ssrc = ssrc
         self._by_ssrc[ssrc] = state
         if track.info.kind == "video":
-            self.keyframes.append(track.ssrc)
+            # That layer's keyframe, whether or not anyone receives it.
+            self.keyframes.append(ssrc)
 
     # -- packets -------------------------------------------------------------------------
 
@@ -239,7 +283,13 @@ class RoomRecording:
             queued += len(packet)
             state = by_ssrc.get(ssrc)
             if state is None:
-                continue  # RTX, a layer not recorded
+                state = self._by_rtx.get(ssrc)
+                if state is None:
+                    continue  # a layer not recorded, or not a recorded track's
+                repaired = self._repair(state, packet)
+                if repaired is None:
+                    continue
+                packet = repaired
             plain = self._plain(state, packet)
             if plain is None:
                 continue
@@ -248,6 +298,17 @@ class RoomRecording:
                 cuts.append(cut)
         self.queued = queued
         return cuts
+
+    def _repair(self, state: _TrackState, packet: bytes) -> bytes | None:
+        """The packet an RTX packet of the recorded stream resends; None for a
+        probe (no payload) or anything else on that SSRC."""
+        rtx = state.track.rtx
+        if rtx is None or (packet[1] & 0x7F) != rtx.payload_type:
+            return None
+        try:
+            return rtx_original(packet, state.track.codec.payload_type, state.ssrc)
+        except RtpParseError:
+            return None
 
     def _plain(self, state: _TrackState, packet: bytes) -> bytes | None:
         """The packet as recorded: None for padding only; RED reduced to its primary."""

@@ -28,6 +28,7 @@ from sfu.control import (
 )
 from sfu.errors import SfuStateError
 from sfu.layers import DYNACAST_DELAY
+from sfu.recording import LAYER_WAIT
 from sfu.worker import MediaWorker
 from tests.sfu import test_layers, test_relay
 from tests.sfu.conftest import (
@@ -342,6 +343,7 @@ async def test_a_simulcast_track_is_recorded_at_its_top_layer_which_dynacast_kee
             test_layers.LAYERS[index], 1, 0, 1, key=True, ext=test_layers.rid_ext(rid)
         )
         worker._route(peer, first, now)
+    worker.layers.tick(now + 0.5)  # every layer measured: all three flow
     await worker.record(ROOM, ORDER)
     for seq in range(2, 12):
         for index in range(3):
@@ -362,3 +364,44 @@ async def test_a_simulcast_track_is_recorded_at_its_top_layer_which_dynacast_kee
     packets = open_segment(await store.get(segment.key), KEY).packets
     ssrcs = {struct.unpack_from("!I", p, 8)[0] for _, p in packets}
     assert ssrcs == {test_layers.LAYERS[2]} and len(packets) == 10
+
+
+async def test_a_simulcast_layer_the_publisher_stopped_sending_is_not_the_one_recorded(
+    worker: MediaWorker, events: Events, store: LocalStorage
+) -> None:
+    # A browser offers three layers but sends two when its camera is small:
+    # the top layer was learnt from one early packet and then nothing came.
+    fp = worker.relay_identity()[1].split(" ", 1)[1]
+    offer = test_layers.CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n")
+    (info,) = (await worker.publish(ROOM, "alice", offer, {})).added
+    room = worker.tables.rooms[ROOM]
+    peer = room.participants["alice"].publish
+    assert peer is not None
+    now = worker._now() - 10.0
+    for index, rid in enumerate("qhf"):
+        first = test_layers.vp8_packet(
+            test_layers.LAYERS[index], 1, 0, 1, key=True, ext=test_layers.rid_ext(rid)
+        )
+        worker._route(peer, first, now)
+    worker.layers.tick(now + 0.5)
+    later = worker._now()
+    for seq in range(2, 6):
+        for index in range(2):
+            packet = test_layers.vp8_packet(test_layers.LAYERS[index], seq, seq, seq, key=False)
+            worker._route(peer, packet, later)
+    worker.layers.tick(later)
+    await worker.record(ROOM, ORDER)
+    # Two of three layers flow: after LAYER_WAIT the higher of them is taken.
+    await asyncio.sleep(LAYER_WAIT + 0.3)
+    worker.layers.tick(worker._now())
+    for seq in range(6, 16):
+        for index in range(2):
+            packet = test_layers.vp8_packet(test_layers.LAYERS[index], seq, seq, seq, key=False)
+            worker._route(peer, packet, worker._now())
+    await asyncio.sleep(0.3)
+    await worker.record(ROOM, None)
+    await stopped(events)
+    (segment,) = [s for s in of(events, RecordingSegment) if s.track_id == info.track_id]
+    packets = open_segment(await store.get(segment.key), KEY).packets
+    ssrcs = {struct.unpack_from("!I", p, 8)[0] for _, p in packets}
+    assert ssrcs == {test_layers.LAYERS[1]}

@@ -27,6 +27,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ async def test_a_visit_is_recorded_only_with_everyone_s_consent(
     for f in files:
         assert f["streams"] == ["audio", "video"], f
         assert abs(f["duration"] - f["expected"]) <= 1.0, f
+        assert f["video"] >= f["expected"] - 1.5, f
 
 
 async def _recording_state(page: Page) -> str:
@@ -165,6 +167,20 @@ async def scenario_record(world: World) -> dict[str, Any]:
            ORDER BY created_at DESC LIMIT 1""",
         booking,
     )
+    # The worker's last segments, then its stop, land as rows.
+    await wait_state(pool, recording, lambda state: state != "recording", 20)
+    # What the worker stored, per track, for a failure report.
+    stored = [
+        dict(r)
+        for r in await pool.fetch(
+            """SELECT participant, kind, count(*)::int AS segments, sum(packets)::int AS packets,
+                      extract(epoch FROM max(ended_at) - min(started_at))::float AS span
+               FROM recording_segments WHERE recording_id = $1
+               GROUP BY participant, kind ORDER BY participant, kind""",
+            recording,
+        )
+    ]
+
     # `wadud serve` runs a recorder in-process; this app is the calls' part
     # of it, so run one here, as `wadud recorder` would.
     from recording.http import AppParts
@@ -173,14 +189,8 @@ async def scenario_record(world: World) -> dict[str, Any]:
     parts = AppParts(app)
     recorder = Recorder(pool, parts.keys, parts.storage, app[keys.SETTINGS])
     await recorder.start()
-    state = ""
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            state = await pool.fetchval("SELECT state FROM recordings WHERE id = $1", recording)
-            if state in ("ready", "failed"):
-                break
-            await asyncio.sleep(0.5)
+        state = await wait_state(pool, recording, lambda state: state in ("ready", "failed"), 60)
     finally:
         await recorder.close()
     if state != "ready":
@@ -195,8 +205,20 @@ async def scenario_record(world: World) -> dict[str, Any]:
         "agreed": {"badges": badges},
         "late": {"asked": asked, "tracks_before_answer": before, "tracks_after_answer": after},
         "files": files,
+        "stored": stored,
         "timings": world.timings,
     }
+
+
+async def wait_state(
+    pool: Any, recording: uuid.UUID, done: Callable[[str], bool], within: float
+) -> str:
+    deadline = time.monotonic() + within
+    while True:
+        state = str(await pool.fetchval("SELECT state FROM recordings WHERE id = $1", recording))
+        if done(state) or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.2)
 
 
 async def _probe(
@@ -233,11 +255,19 @@ async def _probe(
             with av.open(io.BytesIO(body), "r") as container:
                 kinds = sorted(s.type for s in container.streams)
                 duration = (container.duration or 0) / av.time_base
+                # The span of the video's own frames: a picture from start to end.
+                times = [
+                    float(packet.pts * packet.time_base)
+                    for packet in container.demux(video=0)
+                    if packet.pts is not None
+                ]
+                video = max(times) - min(times) if times else 0.0
             out.append(
                 {
                     "participant": f["participant"],
                     "streams": kinds,
                     "duration": round(duration, 2),
+                    "video": round(video, 2),
                     "listed": f["duration_seconds"],
                     "expected": round(spans.get(f["participant"], -1.0), 2),
                     "bytes": len(body),
