@@ -850,7 +850,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     """Build the gateways once (one HTTP client session for the remote ones,
     closed on shutdown) and run the sweeper of stale intents."""
     settings = app[keys.SETTINGS]
-    async with aiohttp.ClientSession() as session:
+    # Server to server: no gateway's API sets a cookie we should send back,
+    # and a jar would carry one gateway's answers into the next call.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         registry = service.build_registry(settings, session)
         app[GATEWAYS] = registry
         service.use_registry(registry)

@@ -369,6 +369,13 @@ async def test_inquiry_round_runs_on_one_replica_at_a_time(api: Api) -> None:
 
 async def test_postback_and_pages_refuse_strangers(api: Api) -> None:
     await api.get("/api/v1/payments/easypaisa/postback/EPH12345678901234567", expect=404)
+    # The auth_token bridge reads nothing of ours: it only posts the token on
+    # to EasyPaisa, which knows whether it issued it for this order.
+    bridge = await api.client.get(
+        "/api/v1/payments/easypaisa/postback/EPH12345678901234567?auth_token=unknown"
+    )
+    assert bridge.status == 200
+    assert "/easypay/Confirm.jsf" in await bridge.text()
     await api.get("/api/v1/payments/easypaisa/ma/EPM12345678901234567", expect=404)
     await api.client.post("/easypaisa-sim/phone/EPM1", data={"action": "approve"})
     junk = await api.client.post(
