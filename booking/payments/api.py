@@ -33,6 +33,7 @@ from booking import pages
 from booking.payments import (
     checkout,
     easypaisa_http,
+    payout_details,
     payouts,
     payouts_api,
     refund_due,
@@ -856,6 +857,8 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         registry = service.build_registry(settings, session)
         app[GATEWAYS] = registry
         service.use_registry(registry)
+        # Bank details stored in clear before migration 0023 are sealed now.
+        await payout_details.seal_clear_rows(app[keys.DB], payout_details.sealer_of(app))
 
         async def sweep() -> None:
             while True:
