@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -861,8 +862,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         await payout_details.seal_clear_rows(app[keys.DB], payout_details.sealer_of(app))
 
         async def sweep() -> None:
+            delay = SWEEP_INTERVAL
             while True:
-                await asyncio.sleep(SWEEP_INTERVAL)
+                await asyncio.sleep(delay)
                 try:
                     await service.sweep_once(
                         app[keys.DB],
@@ -872,6 +874,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
                     )
                 except Exception:
                     log.exception("payments sweep failed")
+                # A gateway in an outage is tried again at its retry time.
+                retry = registry.reach.retry_in(time.monotonic())
+                delay = SWEEP_INTERVAL if retry is None else min(SWEEP_INTERVAL, retry + 0.01)
 
         task = asyncio.create_task(sweep(), name="payments-sweeper")
         try:
