@@ -1,13 +1,16 @@
 """Doctors' bank details sealed at rest (booking.payments.payout_details):
 no clear IBAN or title in the tables, the details still in the bank file
 and on the doctor's page, rows from before the migration sealed at start,
-and the doctor's erasure shredding them."""
+and the doctor's erasure shredding them; and a doctor's own data export."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
+import zipfile
+from typing import Any
 
 import asyncpg
 
@@ -186,3 +189,56 @@ async def test_erasing_the_doctor_shreds_their_bank_details(api: Api) -> None:
         headers={"Authorization": f"Bearer {clinic.staff_token}"},
     )
     assert resp.status == 410
+
+
+async def test_a_doctor_exports_their_profile_schedule_bank_details_and_earnings(
+    api: Api,
+) -> None:
+    clinic, doctor = await owed(api)
+    await api.put(account_url(doctor), {"iban": IBAN, "account_title": TITLE}, token=doctor.token)
+    await api.post(
+        f"/api/v1/clinics/{clinic.id}/payout-batches",
+        {"threshold_minor": 1},
+        token=clinic.staff_token,
+        expect=201,
+    )
+    pool = pool_of(api)
+    await pool.execute(
+        """INSERT INTO availability_rules (doctor_id, clinic_id, weekday, start_local, end_local)
+           VALUES ($1, $2, 0, '09:00', '13:00')""",
+        uuid.UUID(doctor.id),
+        uuid.UUID(clinic.id),
+    )
+    resp = await api.client.get(
+        "/api/v1/me/export", headers={"Authorization": f"Bearer {doctor.token}"}
+    )
+    assert resp.status == 200, await resp.text()
+    with zipfile.ZipFile(io.BytesIO(await resp.read())) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    manifest = json.loads(files["manifest.json"])
+    assert {"doctor/profiles.json", "doctor/payout_accounts.json"} <= {
+        p["file"] for p in manifest["parts"]
+    }
+
+    def part(name: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = json.loads(files[f"doctor/{name}.json"])
+        return found
+
+    (profile,) = part("profiles")
+    assert profile["id"] == doctor.id
+    (account,) = part("payout_accounts")
+    assert (account["iban"], account["account_title"]) == (IBAN, TITLE)
+    rules = part("availability_rules")
+    assert {"doctor_id": doctor.id, "weekday": 0, "start_local": "09:00:00"}.items() <= next(
+        r for r in rules if r["start_local"] == "09:00:00" and r["end_local"] == "13:00:00"
+    ).items()
+    (pkr,) = part("earnings")
+    assert (pkr["currency"], pkr["gross_minor"], pkr["payable_minor"]) == ("PKR", 100_000, 100_000)
+    (line,) = part("payout_batch_lines")
+    assert (line["amount_minor"], line["status"]) == (100_000, "pending")
+    # Nothing of the patient who paid: earnings are the ledger's sums.
+    patient = await pool.fetchval(
+        "SELECT patient_id FROM bookings WHERE doctor_id = $1", uuid.UUID(doctor.id)
+    )
+    assert str(patient).encode() not in b"".join(files.values())
+    assert "patient" not in {p["provider"] for p in manifest["parts"]}
