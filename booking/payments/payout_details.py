@@ -42,6 +42,7 @@ __all__ = [
     "Details",
     "DetailsErased",
     "PayoutSealer",
+    "SealedDetails",
     "iban_last4",
     "seal_clear_rows",
     "sealer_of",
