@@ -108,6 +108,7 @@ def data_rights(app: web.Application) -> None:
     rules, registered on privacy's endpoints and schedule, since privacy/
     stands below the features and imports none of them."""
     import booking.call_reports
+    import booking.payments.doctor_privacy
     import booking.payments.transfer_privacy
     import booking.privacy
     import chat.privacy
@@ -122,6 +123,7 @@ def data_rights(app: web.Application) -> None:
     privacy.rights.register(app, booking.privacy.BookingProvider())
     privacy.rights.register(app, booking.call_reports.CallReportProvider())
     privacy.rights.register(app, booking.payments.transfer_privacy.BankTransferProvider(app))
+    privacy.rights.register(app, booking.payments.doctor_privacy.DoctorProvider(app))
     privacy.rights.register(app, notify.privacy.NotifyProvider())
     privacy.rights.register(app, chat.privacy.ChatProvider(app))
     # Before the account's own part: erasure shreds the patient's key after

@@ -27,6 +27,7 @@ from notify.templates import TEMPLATES, zone
 
 __all__ = [
     "CHANNELS",
+    "INBOX",
     "INTRUSIVE",
     "Context",
     "Delivery",
@@ -48,6 +49,25 @@ CHANNELS = ("email", "webpush", "fcm", "apns", "sms", "whatsapp")
 #: an inbox anyway, so it goes at once.
 INTRUSIVE = frozenset({"webpush", "fcm", "apns", "sms", "whatsapp"})
 PUSH = frozenset({"webpush", "fcm", "apns"})
+#: The events :func:`plan_event` acts on: topic, and the only gateway (or,
+#: with "!", the one gateway not) whose events of that topic it plans for;
+#: None for any. The inbox trigger (migration 0022) copies exactly these.
+INBOX: Final[Mapping[str, str | None]] = {
+    "booking.requested": None,
+    "booking.accepted": None,
+    "booking.cancelled": None,
+    "payment.succeeded": "!bank_transfer",
+    "payment.refunded": None,
+    "payment.expired": "bank_transfer",
+    "payment.bank_transfer.requested": None,
+    "payment.bank_transfer.confirmed": None,
+    "payment.refund_refused": None,
+    "payment.received_late": None,
+    "payment.bank_transfer.refund_due": None,
+    "payment.bank_transfer.refunded": None,
+    "chat.message.sent": None,
+    "call.waiting": None,
+}
 #: The platform's account, as a bank transfer's instructions carry it.
 _BANK_FIELDS = ("bank_name", "account_title", "account_number", "iban")
 #: Reminders this many minutes ahead or more use the "upcoming" wording.

@@ -81,7 +81,7 @@ def check_token(secret: str, me: Principal, token: str, now: float) -> None:
 
 @routes.get(
     "/api/v1/me/export",
-    auth={Role.PATIENT},
+    auth={Role.PATIENT, Role.DOCTOR},
     returns={"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}},
 )
 async def export_me(call: Call[None, None]) -> web.Response:
@@ -89,7 +89,9 @@ async def export_me(call: Call[None, None]) -> web.Response:
     ``manifest.json`` (format, parts, files with SHA-256), one JSON file per
     part (profile, sessions, consents, the audit of who accessed the data,
     bookings, payments, conversations and messages decrypted) and the
-    attachments decrypted under ``files/``."""
+    attachments decrypted under ``files/``. A doctor's archive also holds
+    their profile, schedule, payout bank details (decrypted), earnings,
+    payouts and payout-batch lines (``doctor/``)."""
     me = call.user
     data = await rights.export(
         call.pool,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -33,6 +34,7 @@ from booking import pages
 from booking.payments import (
     checkout,
     easypaisa_http,
+    payout_details,
     payouts,
     payouts_api,
     refund_due,
@@ -850,14 +852,19 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     """Build the gateways once (one HTTP client session for the remote ones,
     closed on shutdown) and run the sweeper of stale intents."""
     settings = app[keys.SETTINGS]
-    async with aiohttp.ClientSession() as session:
+    # Server to server: no gateway's API sets a cookie we should send back,
+    # and a jar would carry one gateway's answers into the next call.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         registry = service.build_registry(settings, session)
         app[GATEWAYS] = registry
         service.use_registry(registry)
+        # Bank details stored in clear before migration 0023 are sealed now.
+        await payout_details.seal_clear_rows(app[keys.DB], payout_details.sealer_of(app))
 
         async def sweep() -> None:
+            delay = SWEEP_INTERVAL
             while True:
-                await asyncio.sleep(SWEEP_INTERVAL)
+                await asyncio.sleep(delay)
                 try:
                     await service.sweep_once(
                         app[keys.DB],
@@ -867,6 +874,9 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
                     )
                 except Exception:
                     log.exception("payments sweep failed")
+                # A gateway in an outage is tried again at its retry time.
+                retry = registry.reach.retry_in(time.monotonic())
+                delay = SWEEP_INTERVAL if retry is None else min(SWEEP_INTERVAL, retry + 0.01)
 
         task = asyncio.create_task(sweep(), name="payments-sweeper")
         try:

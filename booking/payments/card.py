@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from booking.payments.errors import GatewayError, MalformedPayload
+from booking.payments.errors import GatewayError, GatewayUnreachable, MalformedPayload
 from booking.payments.gateway import (
     DEFAULT_TOLERANCE,
     CheckoutSession,
@@ -134,11 +134,13 @@ class CardGateway:
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout.total_seconds()),
             ) as response:
                 status = response.status
+                if status >= 500:
+                    raise GatewayUnreachable(f"card API {method} {path} answered HTTP {status}")
                 body: Any = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise GatewayError(f"card API {method} {path} failed: {exc!r}") from exc
-        if status >= 500:
-            raise GatewayError(f"card API {method} {path} answered HTTP {status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GatewayUnreachable(f"card API {method} {path} failed: {exc!r}") from exc
+        except ValueError as exc:
+            raise GatewayError(f"card API {method} {path} answered no JSON: {exc!r}") from exc
         if not isinstance(body, dict):
             raise GatewayError(f"card API {method} {path} answered a non-object")
         return status, body

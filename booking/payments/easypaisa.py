@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from booking.payments.errors import (
     GatewayError,
+    GatewayUnreachable,
     InvalidSignature,
     MalformedPayload,
     UnknownReference,
@@ -429,12 +430,16 @@ class EasyPaisaGateway:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=limit),
             ) as response:
+                if response.status >= 500:
+                    raise GatewayUnreachable(f"EasyPaisa answered HTTP {response.status}")
                 if response.status != 200:
                     raise GatewayError(f"EasyPaisa answered HTTP {response.status}")
                 # EasyPaisa labels its JSON text/html (see the recorded answers).
                 data: Any = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise GatewayError(f"EasyPaisa request failed: {exc!r}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GatewayUnreachable(f"EasyPaisa request failed: {exc!r}") from exc
+        except ValueError as exc:
+            raise GatewayError(f"EasyPaisa answer is not JSON: {exc!r}") from exc
         if not isinstance(data, dict):
             raise GatewayError("EasyPaisa answer is not a JSON object")
         return data
@@ -585,11 +590,15 @@ class EasyPaisaGateway:
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout.total_seconds()),
                 allow_redirects=False,
             ) as response:
+                if response.status >= 500:
+                    raise GatewayUnreachable(f"EasyPaisa IPN link answered HTTP {response.status}")
                 if response.status != 200:
                     raise GatewayError(f"EasyPaisa IPN link answered HTTP {response.status}")
                 record: Any = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise GatewayError(f"EasyPaisa IPN link failed: {exc!r}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GatewayUnreachable(f"EasyPaisa IPN link failed: {exc!r}") from exc
+        except ValueError as exc:
+            raise GatewayError(f"EasyPaisa IPN record is not JSON: {exc!r}") from exc
         if not isinstance(record, dict):
             raise GatewayError("EasyPaisa IPN record is not a JSON object")
         order = str(record.get("order_id") or "")

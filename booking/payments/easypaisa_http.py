@@ -205,10 +205,14 @@ async def easypaisa_postback(call: Call[None, None]) -> web.Response:
     payment's landing, which verifies the outcome with an inquiry."""
     reference = call.path("reference")
     gateway = _gateway(call)
-    intent = await _intent(call, gateway.settings.name, reference)
     query = call.request.query
     token = query.get("auth_token", "")
     if token:
+        # A render of the query, with no read of ours: the page only hands
+        # the token on to EasyPaisa's own Confirm.jsf with this order's
+        # postBackURL, which EasyPaisa checks against the order it issued
+        # the token for. A stranger's reference gets a page that posts a
+        # stranger's token to EasyPaisa, which anyone can do without us.
         if len(token) > 512:
             raise BadRequest("auth_token is too long")
         target, fields = gateway.confirm_form(token, reference)
@@ -224,6 +228,7 @@ async def easypaisa_postback(call: Call[None, None]) -> web.Response:
     given = query.get("orderRefNumber", reference)
     if given != reference:
         raise BadRequest("orderRefNumber differs from the postback's order")
+    intent = await _intent(call, gateway.settings.name, reference)
     return _landing(intent["id"], reference)
 
 

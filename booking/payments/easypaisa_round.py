@@ -16,12 +16,19 @@ PostgreSQL advisory lock with ``pg_try_advisory_lock``; a replica that does
 not get it skips the round, so N replicas make one round per interval, not N.
 Expiry stays with the payments sweeper (:func:`booking.payments.service.sweep_once`),
 which inquires once more before it expires anything.
+
+When EasyPaisa cannot be reached (:class:`~booking.payments.errors.GatewayUnreachable`)
+the round stops asking it, counts it (``wadud_payments_gateway_unreachable_total``),
+logs the outage once, and the next round comes at the gateway's retry time
+(backing off, :mod:`booking.payments.reach`) instead of a whole interval
+later; the first answer ends the outage, and the round goes on as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
@@ -29,7 +36,7 @@ from typing import Final
 import asyncpg
 
 from booking.payments import service
-from booking.payments.errors import GatewayError, UnknownReference
+from booking.payments.errors import GatewayError, GatewayUnreachable, UnknownReference
 from booking.payments.gateway import GatewayRegistry, PaymentStatus, Verdict
 from wadud.errors import WadudError
 
@@ -71,9 +78,14 @@ async def run_round(
             )
             settled = 0
             # A few inquiries at a time: one slow answer must not push the
-            # rest of the batch past the interval.
+            # rest of the batch past the interval. A gateway found unreachable
+            # is not asked about the rest (schedule comes back at its retry).
             for start in range(0, len(rows), PARALLEL):
-                chunk = rows[start : start + PARALLEL]
+                chunk = [
+                    row
+                    for row in rows[start : start + PARALLEL]
+                    if registry.reach.may_ask(row["gateway"], time.monotonic())
+                ]
                 done = await asyncio.gather(
                     *(_settle_one(pool, registry, row, default_bp) for row in chunk)
                 )
@@ -91,10 +103,16 @@ async def _settle_one(
     try:
         answer = await registry.get(row["gateway"]).inquire(row["gateway_ref"])
     except UnknownReference:
+        service.gateway_answered(registry, row["gateway"])
         return 0  # not at EasyPaisa (yet): the patient may still be paying
+    except GatewayUnreachable as exc:
+        service.gateway_unreachable(registry, row["gateway"], exc)
+        return 0
     except GatewayError:
+        service.gateway_answered(registry, row["gateway"])
         log.warning("EasyPaisa inquiry failed", extra={"payment_id": str(row["id"])}, exc_info=True)
         return 0
+    service.gateway_answered(registry, row["gateway"])
     if answer.status is PaymentStatus.PENDING:
         return 0
     verdict = Verdict(
@@ -132,12 +150,16 @@ async def schedule(
     default_bp: int,
 ) -> None:
     """Run a round every ``interval`` seconds, forever (a task the app's
-    lifespan owns). The first round comes one interval after start."""
+    lifespan owns). The first round comes one interval after start; while
+    EasyPaisa is unreachable, the next comes at its retry time."""
+    delay = interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(delay)
         try:
             await run_round(pool, registry, gateways, datetime.now(UTC), default_bp=default_bp)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("EasyPaisa inquiry round failed; retrying next round")
+        retry = registry.reach.retry_in(time.monotonic(), gateways)
+        delay = interval if retry is None else min(interval, retry + 0.01)

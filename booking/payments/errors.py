@@ -60,6 +60,13 @@ class GatewayError(PaymentError):
     code = "gateway_error"
 
 
+class GatewayUnreachable(GatewayError):
+    """The gateway did not answer at all: refused, timed out, or a 5xx (its
+    own outage). An inquiry round backs off from it (:mod:`.reach`)."""
+
+    code = "gateway_unreachable"
+
+
 # --- we were asked to do something invalid ---------------------------------
 
 

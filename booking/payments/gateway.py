@@ -47,6 +47,7 @@ from booking.payments.errors import (
     UnknownGateway,
 )
 from booking.payments.intent import IntentEvent, Money, PaymentIntent
+from booking.payments.reach import Reach
 from wadud import signing
 
 __all__ = [
@@ -378,6 +379,8 @@ class GatewayRegistry:
 
     def __init__(self, gateways: Sequence[Gateway] = ()) -> None:
         self._gateways: dict[str, Gateway] = {}
+        #: Which of them answer (the inquiry rounds back off from the rest).
+        self.reach = Reach()
         for gateway in gateways:
             self.register(gateway)
 

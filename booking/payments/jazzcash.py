@@ -42,6 +42,7 @@ import aiohttp
 
 from booking.payments.errors import (
     GatewayError,
+    GatewayUnreachable,
     InvalidSignature,
     MalformedPayload,
     UnsupportedCurrency,
@@ -305,11 +306,15 @@ class JazzCashGateway:
                 json=self._sign(fields),
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout.total_seconds()),
             ) as response:
+                if response.status >= 500:
+                    raise GatewayUnreachable(f"JazzCash answered HTTP {response.status}")
                 if response.status != 200:
                     raise GatewayError(f"JazzCash answered HTTP {response.status}")
                 data: Any = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise GatewayError(f"JazzCash request failed: {exc!r}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise GatewayUnreachable(f"JazzCash request failed: {exc!r}") from exc
+        except ValueError as exc:
+            raise GatewayError(f"JazzCash answer is not JSON: {exc!r}") from exc
         if not isinstance(data, dict):
             raise GatewayError("JazzCash answer is not a JSON object")
         try:

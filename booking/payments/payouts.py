@@ -40,6 +40,7 @@ from booking.payments.batch import (
 )
 from booking.payments.errors import PaymentError
 from booking.payments.intent import Currency, Money
+from booking.payments.payout_details import SealedDetails
 from booking.payments.postings import post_transaction
 from wadud import audit, outbox
 from wadud.errors import Conflict, NotFound
@@ -75,7 +76,9 @@ BATCH_COLUMNS: Final = """b.id, b.clinic_id, b.reference, b.currency, b.threshol
     (SELECT COALESCE(sum(l.amount_minor), 0) FROM payout_batch_lines l
        WHERE l.batch_id = b.id AND l.status = 'failed') AS failed_minor"""
 
+#: A line, its bank details still sealed (:mod:`.payout_details` opens them).
 LINE_COLUMNS: Final = """l.id, l.batch_id, l.line_no, l.doctor_id, l.amount_minor, l.currency,
+    COALESCE(l.iban_last4, right(l.iban, 4)) AS iban_last4, l.key_id, l.nonce, l.sealed,
     l.iban, l.account_title, l.reference, l.status, l.failure_reason, l.payout_id,
     l.settled_at"""
 
@@ -165,24 +168,28 @@ async def save_account(
     conn: asyncpg.Connection,
     doctor: asyncpg.Record,
     *,
-    iban: str,
-    account_title: str,
+    sealed: SealedDetails,
     actor: Principal,
 ) -> asyncpg.Record:
-    """Store the doctor's bank details (already checked by :mod:`.batch`),
-    audited. Lines already in a batch keep the details they were made with."""
+    """Store the doctor's bank details (checked by :mod:`.batch`, sealed by
+    :mod:`.payout_details`), audited. Lines already in a batch keep the
+    details they were made with."""
     row = await conn.fetchrow(
         """INSERT INTO doctor_payout_accounts
-               (doctor_id, clinic_id, iban, account_title, updated_by)
-           VALUES ($1, $2, $3, $4, $5)
+               (doctor_id, clinic_id, key_id, nonce, sealed, iban_last4, updated_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (doctor_id) DO UPDATE
-               SET iban = EXCLUDED.iban, account_title = EXCLUDED.account_title,
+               SET iban = NULL, account_title = NULL, key_id = EXCLUDED.key_id,
+                   nonce = EXCLUDED.nonce, sealed = EXCLUDED.sealed,
+                   iban_last4 = EXCLUDED.iban_last4,
                    updated_by = EXCLUDED.updated_by, updated_at = now()
-           RETURNING doctor_id, iban, account_title, updated_at""",
+           RETURNING doctor_id, updated_at""",
         doctor["id"],
         doctor["clinic_id"],
-        iban,
-        account_title,
+        sealed.key_id,
+        sealed.nonce,
+        sealed.sealed,
+        sealed.iban_last4,
         actor.user_id,
     )
     assert row is not None
@@ -223,7 +230,7 @@ async def create_batch(
     # A fresh statement after the locks: it sees what a creation we waited
     # for committed (READ COMMITTED takes a snapshot per statement).
     rows = await conn.fetch(
-        f"""SELECT d.id, {_PAYABLE} AS payable, a.iban, a.account_title,
+        f"""SELECT d.id, {_PAYABLE} AS payable, a.doctor_id IS NOT NULL AS has_account,
                    EXISTS (SELECT 1 FROM payout_batch_lines l
                              JOIN payout_batches b ON b.id = l.batch_id
                            WHERE l.doctor_id = d.id AND b.status = 'open') AS in_open_batch
@@ -241,7 +248,7 @@ async def create_batch(
             continue  # paid or refunded since the candidates were read
         if r["in_open_batch"]:
             skipped.append(Skipped(r["id"], payable, "in_open_batch"))
-        elif r["iban"] is None:
+        elif not r["has_account"]:
             skipped.append(Skipped(r["id"], payable, "no_payout_account"))
         elif len(taken) >= MAX_LINES:
             skipped.append(Skipped(r["id"], payable, "batch_full"))
@@ -254,6 +261,8 @@ async def create_batch(
             skipped=[{"doctor_id": str(s.doctor_id), "reason": s.reason} for s in skipped],
         )
     try:
+        # Each line copies its doctor's bank details as they are, sealed
+        # (they open as the doctor's, payout_details), read under the locks.
         await conn.execute(
             """WITH b AS (
                    INSERT INTO payout_batches
@@ -262,10 +271,12 @@ async def create_batch(
                    VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id)
                INSERT INTO payout_batch_lines
                    (batch_id, clinic_id, line_no, doctor_id, amount_minor, currency, iban,
-                    account_title, reference)
-               SELECT b.id, $2, x.n, x.doctor_id, x.amount, $4, x.iban, x.title, x.ref
-               FROM b, unnest($8::int[], $9::uuid[], $10::bigint[], $11::text[], $12::text[],
-                              $13::text[]) AS x(n, doctor_id, amount, iban, title, ref)""",
+                    account_title, key_id, nonce, sealed, iban_last4, reference)
+               SELECT b.id, $2, x.n, x.doctor_id, x.amount, $4, a.iban, a.account_title,
+                      a.key_id, a.nonce, a.sealed, a.iban_last4, x.ref
+               FROM b, unnest($8::int[], $9::uuid[], $10::bigint[], $11::text[])
+                       AS x(n, doctor_id, amount, ref)
+                   JOIN doctor_payout_accounts a ON a.doctor_id = x.doctor_id""",
             batch_id,
             clinic_id,
             reference,
@@ -276,8 +287,6 @@ async def create_batch(
             list(range(1, len(taken) + 1)),
             [r["id"] for r in taken],
             [int(r["payable"]) for r in taken],
-            [r["iban"] for r in taken],
-            [r["account_title"] for r in taken],
             [line_reference(reference, n) for n in range(1, len(taken) + 1)],
         )
     except asyncpg.UniqueViolationError:

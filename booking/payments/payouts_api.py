@@ -21,6 +21,7 @@ from pydantic import Field, StringConstraints, model_validator
 from booking.payments import batch, payouts
 from booking.payments.batch import LineStatus
 from booking.payments.intent import Currency
+from booking.payments.payout_details import SEALED_COLUMNS, Details, sealer_of
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound
 
@@ -67,8 +68,10 @@ class BatchLine(ApiModel):
     doctor_id: UUID
     amount_minor: int
     currency: Currency
-    iban: str
-    account_title: str
+    iban_last4: str = Field(
+        description="The last four characters of the line's IBAN; the whole IBAN and"
+        " the account title are in the bank file (export.csv) only."
+    )
     reference: str = Field(description="The transfer's reference in the bank file.")
     status: LineStatus
     failure_reason: str | None
@@ -185,8 +188,7 @@ def _line(row: asyncpg.Record) -> BatchLine:
         doctor_id=row["doctor_id"],
         amount_minor=row["amount_minor"],
         currency=Currency(row["currency"]),
-        iban=row["iban"],
-        account_title=row["account_title"],
+        iban_last4=row["iban_last4"],
         reference=row["reference"],
         status=LineStatus(row["status"]),
         failure_reason=row["failure_reason"],
@@ -268,33 +270,44 @@ async def put_payout_account(call: Call[PayoutAccountIn, None]) -> PayoutAccount
     The IBAN is checked (country, length, BBAN shape, ISO 13616 mod 97) and
     stored without spaces. Audited; lines already in a batch keep the details
     they were made with."""
-    iban = batch.iban(call.body.iban)
-    title = batch.account_title(call.body.account_title)
+    details = Details(batch.iban(call.body.iban), batch.account_title(call.body.account_title))
+    sealer = sealer_of(call.request.app)
     async with call.pool.acquire() as conn, conn.transaction():
         doctor = await _doctor(conn, call.user, call.path_uuid("doctor_id"))
-        row = await payouts.save_account(
-            conn, doctor, iban=iban, account_title=title, actor=call.user
-        )
-    return PayoutAccount(**dict(row))
+        sealed = await sealer.seal(conn, doctor["id"], doctor["user_id"], details)
+        row = await payouts.save_account(conn, doctor, sealed=sealed, actor=call.user)
+    return PayoutAccount(
+        doctor_id=row["doctor_id"],
+        iban=details.iban,
+        account_title=details.account_title,
+        updated_at=row["updated_at"],
+    )
 
 
 @routes.get(
     "/api/v1/doctors/{doctor_id:uuid}/payout-account",
     returns=PayoutAccount,
     auth=_ACCOUNT_READERS,
+    responses={410: "The doctor's account was erased, and their sealed bank details with it"},
 )
 async def get_payout_account(call: Call[None, None]) -> PayoutAccount:
     """Where a doctor is paid; 404 until it is set."""
     async with call.pool.acquire() as conn:
         doctor = await _doctor(conn, call.user, call.path_uuid("doctor_id"))
         row = await conn.fetchrow(
-            """SELECT doctor_id, iban, account_title, updated_at FROM doctor_payout_accounts
-               WHERE doctor_id = $1""",
+            f"""SELECT {SEALED_COLUMNS.format(t="a")}, a.updated_at
+                FROM doctor_payout_accounts a WHERE a.doctor_id = $1""",
             doctor["id"],
         )
-    if row is None:
-        raise NotFound("the doctor has no payout account yet")
-    return PayoutAccount(**dict(row))
+        if row is None:
+            raise NotFound("the doctor has no payout account yet")
+        (details,) = await sealer_of(call.request.app).open_rows(conn, [row])
+    return PayoutAccount(
+        doctor_id=row["doctor_id"],
+        iban=details.iban,
+        account_title=details.account_title,
+        updated_at=row["updated_at"],
+    )
 
 
 # --- batches ------------------------------------------------------------------------
@@ -380,6 +393,7 @@ async def get_payout_batch(call: Call[None, None]) -> Batch:
         },
     },
     auth=_FINANCE,
+    responses={410: "A line's doctor was erased, and their sealed bank details with them"},
 )
 async def export_payout_batch(call: Call[None, None]) -> web.Response:
     """The batch as the bank's bulk-upload CSV (staff of its clinic, admins).
@@ -392,15 +406,16 @@ async def export_payout_batch(call: Call[None, None]) -> web.Response:
     async with call.pool.acquire() as conn:
         row = await _batch(conn, call.user, call.path_uuid("batch_id"))
         lines = await _lines(conn, row["id"])
+        details = await sealer_of(call.request.app).open_rows(conn, lines)
     text = batch.bank_file(
         batch.FileLine(
-            iban=r["iban"],
-            account_title=r["account_title"],
+            iban=d.iban,
+            account_title=d.account_title,
             amount_minor=int(r["amount_minor"]),
             currency=Currency(r["currency"]),
             reference=r["reference"],
         )
-        for r in lines
+        for r, d in zip(lines, details, strict=True)
     )
     return web.Response(
         text=text,

@@ -21,6 +21,7 @@ concurrent deliveries safe:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from uuid import UUID
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import Counter
 
 from booking import lifecycle
 from booking import service as bookings
@@ -36,6 +38,7 @@ from booking.payments import ledger, refund_due, settle
 from booking.payments.errors import (
     AmountMismatch,
     GatewayError,
+    GatewayUnreachable,
     InvalidSignature,
     UnknownReference,
 )
@@ -91,6 +94,8 @@ __all__ = [
     "current_registry",
     "current_registry_or_none",
     "doctor_earnings",
+    "gateway_answered",
+    "gateway_unreachable",
     "handle_webhook",
     "ledger_is_balanced",
     "move_intent",
@@ -108,6 +113,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("wadud.payments")
+
+UNREACHABLE = Counter(
+    "wadud_payments_gateway_unreachable_total",
+    "Inquiries that found a payment gateway unreachable (refused, timed out, 5xx), by"
+    " gateway; the rounds back off from it until it answers.",
+    ["gateway"],
+)
 
 #: The app's gateways, built once in :func:`booking.payments.api.lifespan`.
 GATEWAYS: Final = web.AppKey("payments_gateways", GatewayRegistry)
@@ -576,6 +588,31 @@ async def _apply_webhook(
 # --- the sweeper --------------------------------------------------------------
 
 
+def gateway_unreachable(registry: GatewayRegistry, gateway: str, exc: GatewayUnreachable) -> None:
+    """An inquiry round found ``gateway`` unreachable: counted, logged once
+    per outage, and left alone until its retry (:mod:`.reach`)."""
+    UNREACHABLE.labels(gateway).inc()
+    if registry.reach.failed(gateway, time.monotonic()):
+        log.warning(
+            "payment gateway unreachable; inquiries back off until it answers",
+            extra={"gateway": gateway, "error": str(exc)},
+        )
+
+
+def gateway_answered(registry: GatewayRegistry, gateway: str) -> None:
+    """``gateway`` answered an inquiry: an outage it was in is over (logged)."""
+    outage = registry.reach.answered(gateway)
+    if outage is not None:
+        log.info(
+            "payment gateway reachable again",
+            extra={
+                "gateway": gateway,
+                "down_seconds": round(time.monotonic() - outage.since, 1),
+                "failed_inquiries": outage.failures,
+            },
+        )
+
+
 async def _expire(conn: asyncpg.Connection, intent_id: UUID, why: str) -> None:
     row = await conn.fetchrow(
         f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1 FOR UPDATE", intent_id
@@ -620,6 +657,11 @@ async def sweep_once(
         registry.names(),
     )
     for r in candidates:
+        # A gateway in an outage is asked again at its retry time, not once
+        # per payment meanwhile (the sweeper's loop wakes for it); nothing is
+        # expired while it cannot say whether the patient paid.
+        if not registry.reach.may_ask(r["gateway"], time.monotonic()):
+            continue
         # The inquiry is I/O and holds no lock; applying its answer locks the
         # row and is idempotent, so a webhook racing with it is harmless.
         try:
@@ -630,9 +672,15 @@ async def sweep_once(
         except UnknownReference:
             status = PaymentStatus.PENDING  # the gateway forgot it; only expiry can close it
             answer = None
+        except GatewayUnreachable as exc:
+            gateway_unreachable(registry, r["gateway"], exc)
+            continue
         except GatewayError:
             log.warning("inquiry failed", extra={"payment_id": str(r["id"])}, exc_info=True)
+            gateway_answered(registry, r["gateway"])
             continue
+        if r["gateway"] in registry:
+            gateway_answered(registry, r["gateway"])
         try:
             async with pool.acquire() as conn, conn.transaction():
                 if answer is not None and status is not PaymentStatus.PENDING:

@@ -113,11 +113,14 @@ async def audit_actions(api: Api, obj: str) -> list[str]:
 
 
 async def told(api: Api, topic: str) -> list[tuple[str, str]]:
-    """What the notifier plans for the latest ``topic`` event: (template,
-    recipient) pairs, with the people looked up as the notifier does."""
+    """What the notifier plans for the latest ``topic`` event in its inbox
+    (where the outbox trigger copied it): (template, recipient) pairs, with
+    the people looked up as the notifier does."""
     pool = pool_of(api)
     row = await pool.fetchrow(
-        "SELECT id, payload FROM outbox WHERE topic = $1 ORDER BY id DESC LIMIT 1", topic
+        """SELECT event_id AS id, payload FROM notify_inbox WHERE topic = $1
+           ORDER BY event_id DESC LIMIT 1""",
+        topic,
     )
     assert row is not None, f"no {topic} event"
     data = row["payload"]

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import html
+import logging
 import os
 import re
 import shutil
@@ -24,16 +25,20 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from bin.assembly import build_app
 from booking.payments import easypaisa_round, service
-from booking.payments.easypaisa_http import SIMULATOR, SimulatorHost
+from booking.payments.easypaisa import IPN_HANDLER_PATH, EasyPaisaGateway
+from booking.payments.easypaisa_http import SIMULATOR, SimulatorHost, simulator_app
 from booking.payments.intent import Currency, Money
+from booking.payments.reach import Reach
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.chromium import CHROMIUM, FLAGS
 from tests.cluster import WADUD, Proc
@@ -369,6 +374,13 @@ async def test_inquiry_round_runs_on_one_replica_at_a_time(api: Api) -> None:
 
 async def test_postback_and_pages_refuse_strangers(api: Api) -> None:
     await api.get("/api/v1/payments/easypaisa/postback/EPH12345678901234567", expect=404)
+    # The auth_token bridge reads nothing of ours: it only posts the token on
+    # to EasyPaisa, which knows whether it issued it for this order.
+    bridge = await api.client.get(
+        "/api/v1/payments/easypaisa/postback/EPH12345678901234567?auth_token=unknown"
+    )
+    assert bridge.status == 200
+    assert "/easypay/Confirm.jsf" in await bridge.text()
     await api.get("/api/v1/payments/easypaisa/ma/EPM12345678901234567", expect=404)
     await api.client.post("/easypaisa-sim/phone/EPM1", data={"action": "approve"})
     junk = await api.client.post(
@@ -538,3 +550,76 @@ async def test_the_simulator_on_its_own_calls_our_ipn_handler(start: Start, tmp_
             await balanced(api, clinic)
     finally:
         assert await simulator.stop() == 0, simulator.tail()
+
+
+async def test_an_unreachable_easypaisa_is_asked_again_as_it_comes_back(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EasyPaisa (the simulator on its own port) goes down after a patient
+    paid and their IPN was lost: the inquiry round finds it unreachable,
+    counts it, logs the outage once and tries again at a backing-off retry
+    time instead of a whole interval later, so the payment settles soon
+    after EasyPaisa is back, with one more log line for the recovery."""
+    sim_port = free_port()
+    endpoint = f"http://127.0.0.1:{sim_port}/easypaisa-sim"
+    interval = 6.0
+    api = await start(
+        **STORE,
+        payments_easypaisa_endpoint=endpoint,
+        payments_easypaisa_inquiry_interval=interval,
+    )
+    registry = api.app[service.GATEWAYS]
+    registry.reach = Reach(first=0.5, cap=interval)  # seconds, for a short test
+    gateway = registry.get("easypaisa")
+    assert isinstance(gateway, EasyPaisaGateway)
+    simulator = simulator_app(
+        gateway.settings, endpoint, api.app[keys.SETTINGS].base_url + IPN_HANDLER_PATH
+    )
+    simulator[SIMULATOR].core.deliver_ipn = False  # the IPN is lost
+    runner = web.AppRunner(simulator)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", sim_port)
+    await site.start()
+    try:
+        _, _, token, booking = await setting_up(api)
+        payment = await start_payment(api, token, booking, gateway="easypaisa")
+        checkout = payment["checkout"]
+        async with (
+            aiohttp.ClientSession() as browser,
+            browser.post(checkout["url"], data=checkout["fields"], allow_redirects=False) as r,
+        ):
+            assert r.status == 303, await r.text()
+            bridge = r.headers["Location"]
+        reference = checkout["fields"]["orderRefNum"]
+        core = simulator[SIMULATOR].core
+        auth = dict(parse_qsl(urlsplit(bridge).query))["auth_token"]
+        core.finish_hosted(auth, core.orders[reference].postback, True, _now())
+        await site.stop()  # EasyPaisa goes down with the payment made
+
+        def unreachable() -> float:
+            found = REGISTRY.get_sample_value(
+                "wadud_payments_gateway_unreachable_total", {"gateway": "easypaisa"}
+            )
+            return found or 0.0
+
+        before = unreachable()
+        with caplog.at_level(logging.INFO, logger="wadud.payments"):
+            waited = time.monotonic()
+            while unreachable() < before + 2:  # the round's failure and a retry's
+                assert time.monotonic() - waited < interval + 3, "no round asked"
+                await asyncio.sleep(0.05)
+            down_at = time.monotonic()
+            assert (await intent(api, payment["id"]))["status"] == "processing"
+            site = web.TCPSite(runner, "127.0.0.1", sim_port)
+            await site.start()  # back
+            while (await intent(api, payment["id"]))["status"] != "succeeded":
+                # Sooner than the next interval's round would have asked.
+                assert time.monotonic() - down_at < interval - 1.5, "not retried"
+                await asyncio.sleep(0.05)
+        assert await booking_status(api, booking) == "requested"
+        messages = [r.getMessage() for r in caplog.records if r.name == "wadud.payments"]
+        assert sum("unreachable" in m for m in messages) == 1, messages
+        assert sum("reachable again" in m for m in messages) == 1, messages
+        assert registry.reach.down() == {}
+    finally:
+        await runner.cleanup()

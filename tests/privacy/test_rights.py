@@ -268,7 +268,7 @@ async def test_export_holds_the_patient_s_data_and_no_one_else_s(api: Api) -> No
     _, files_b = _archive(await _export(api, b))
     assert [r["id"] for r in _part(files_b, "booking/bookings.json")] == [b.booking_id]
     assert a.name.encode() not in b"".join(files_b.values())
-    # Only patients export themselves; the export is audited.
+    # Patients (and doctors) export themselves, staff do not; the export is audited.
     await api.get("/api/v1/me/export", token=w.clinic.staff_token, expect=403)
     pool = api.app[keys.DB]
     assert (

@@ -285,7 +285,9 @@ class Settings:
         [],
         "Chat encryption keys at rest as KID:KEY (KEY: 32 bytes, urlsafe base64), comma"
         " separated; the first encrypts, all decrypt, so a key can rotate. Empty: one key"
-        " derived from SECRET_KEY.",
+        " derived from SECRET_KEY. They also wrap every person's data key (chat, bank"
+        " transfer proofs, doctors' payout bank details) and seal the payout details of"
+        " doctors without an account.",
     )
     chat_reconcile_interval: float = setting(
         1.0,
