@@ -51,7 +51,7 @@ INTRUSIVE = frozenset({"webpush", "fcm", "apns", "sms", "whatsapp"})
 PUSH = frozenset({"webpush", "fcm", "apns"})
 #: The events :func:`plan_event` acts on: topic, and the only gateway (or,
 #: with "!", the one gateway not) whose events of that topic it plans for;
-#: None for any. The inbox trigger (migration 0022) copies exactly these.
+#: None for any. The inbox trigger (migration 0023) copies exactly these.
 INBOX: Final[Mapping[str, str | None]] = {
     "booking.requested": None,
     "booking.accepted": None,

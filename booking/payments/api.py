@@ -858,7 +858,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         registry = service.build_registry(settings, session)
         app[GATEWAYS] = registry
         service.use_registry(registry)
-        # Bank details stored in clear before migration 0023 are sealed now.
+        # Bank details stored in clear before migration 0024 are sealed now.
         await payout_details.seal_clear_rows(app[keys.DB], payout_details.sealer_of(app))
 
         async def sweep() -> None:

@@ -15,7 +15,7 @@ The details are opened only where they are shown to the doctor (and the
 clinic's finance staff who keep them, ``GET .../payout-account``), in the
 bank's bulk-upload file, and in the doctor's own data export.
 
-Rows written before migration 0023 hold the details in clear;
+Rows written before migration 0024 hold the details in clear;
 :func:`seal_clear_rows` (run at start) seals them, and until then they are
 read as they are.
 """
@@ -154,7 +154,7 @@ def sealer_of(app: web.Application) -> PayoutSealer:
 
 async def seal_clear_rows(pool: asyncpg.Pool, sealer: PayoutSealer) -> int:
     """Seal the bank details still held in clear (rows from before migration
-    0023), accounts and batch lines alike, a batch per transaction; rows are
+    0024), accounts and batch lines alike, a batch per transaction; rows are
     taken ``SKIP LOCKED``, so replicas starting together share the work.
     Returns how many rows were sealed."""
     done = 0

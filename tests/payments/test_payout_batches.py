@@ -193,7 +193,7 @@ async def seed_doctors(
             clinic.currency,
         )
     if accounts:
-        # Inserted in clear, as before migration 0023; sealed as start-up does.
+        # Inserted in clear, as before migration 0024; sealed as start-up does.
         await payout_details.seal_clear_rows(pool, payout_details.sealer_of(api.app))
     return ids
 
