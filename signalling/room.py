@@ -765,6 +765,12 @@ class Room:
         if self._speaker is not None and (only is None or self._speaker in only):
             self._speaker = None
             out += self._broadcast(reply("active_speaker", participant_id=None))
+        if moved and self.recording.recording_id is not None:
+            # The worker writing it may be the one lost: a recording is not
+            # carried across, it stops (asking again starts a new one).
+            out += self.recording_failed(
+                self.recording.recording_id, "the call's media moved to another server"
+            )
         return out
 
     # -- snapshots ---------------------------------------------------------------

@@ -11,6 +11,11 @@
    audio and video into a WebM: each opens with PyAV with an audio and a
    video stream, and lasts the recorded time within a second.
 
+And ``fail``: a store too slow for the media (every segment takes longer
+than ``recording_write_timeout``) stops the recording as failed: every page
+says so, the clinic's webhook ``recording_failed`` is queued, and the call's
+frames keep flowing both ways.
+
 Screenshots of the question and of the badge (phone and desktop) go to
 ``WADUD_SCREENSHOTS`` (docs/img) when set, else under the test's folder.
 
@@ -33,7 +38,17 @@ from typing import Any
 
 import pytest
 
-from tests.browser import DriverError, Page, click, driver_main, join, play, receiving, run_driver
+from tests.browser import (
+    DriverError,
+    Page,
+    click,
+    driver_main,
+    flow,
+    join,
+    play,
+    receiving,
+    run_driver,
+)
 from tests.signalling.test_browser_call import World
 from tests.signalling.test_call_report_browser import booking_now
 from tests.signalling.test_visit_journey import Shots
@@ -67,6 +82,20 @@ async def test_a_visit_is_recorded_only_with_everyone_s_consent(
         assert f["streams"] == ["audio", "video"], f
         assert abs(f["duration"] - f["expected"]) <= 1.0, f
         assert f["video"] >= f["expected"] - 1.5, f
+
+
+@pytest.mark.timeout(200)
+async def test_a_store_too_slow_fails_the_recording_not_the_call(
+    database_url: str, tmp_path: Path
+) -> None:
+    args = ["fail", "--database-url", database_url, "--work", str(tmp_path), "--budget", "120"]
+    result = await run_driver("tests.signalling.test_recording_browser", args, tmp_path, 120)
+    print(json.dumps(result))
+    assert set(result["pages"].values()) == {"off:failed"}, result
+    assert result["state"] == "failed" and "too slow" in result["failure"], result
+    assert result["webhook"] == 1, result
+    for pair, rose in result["after"].items():
+        assert rose["framesDecoded"] > 10 and rose["audioPackets"] > 20, (pair, result)
 
 
 async def _recording_state(page: Page) -> str:
@@ -276,7 +305,60 @@ async def _probe(
     return out
 
 
-SCENARIOS = {"record": scenario_record}
+async def scenario_fail(world: World) -> dict[str, Any]:
+    from wadud import keys
+
+    app: Any = world.app  # type: ignore[attr-defined]
+    pool = app[keys.DB]
+    booking = await booking_now(pool)
+    world.room = f"booking-{booking}"
+    doctor = await world.browsers.open(
+        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    )
+    await join(doctor)
+    patient = await world.browsers.open("patient", world.link("pt-991", "Bilal", "patient"))
+    await join(patient)
+    pages = [doctor, patient]
+    await receiving(world, pages)
+    await doctor.eval("window.wadudCall.record(true).then(() => true)")
+    await patient.wait_for("!document.getElementById('consent').hidden", "the question")
+    await click(patient, "#consent-yes")
+    await doctor.wait_for("window.wadudCall.recording.state === 'on'", "recording on")
+    world.mark("recording")
+    for page in pages:
+        await page.wait_for(
+            "window.wadudCall.recording.state === 'off'", "the recording failed", within=30
+        )
+    world.mark("failed")
+    ids = {p.name: await p.eval("window.wadudCall.me.id") for p in pages}
+    after = {
+        f"{p.name}<-{q.name}": await flow(p, ids[q.name], 2.0)
+        for p in pages
+        for q in pages
+        if p is not q
+    }
+    row = await pool.fetchrow(
+        "SELECT id, state, failure FROM recordings WHERE booking_id = $1", booking
+    )
+    webhook = await pool.fetchval(
+        """SELECT count(*)::int FROM outbox WHERE topic = 'room.recording_failed'
+           AND payload->>'booking_id' = $1""",
+        str(booking),
+    )
+    return {
+        "pages": {p.name: await _recording_state(p) for p in pages},
+        "state": row["state"],
+        "failure": row["failure"],
+        "webhook": webhook,
+        "after": after,
+        "timings": world.timings,
+    }
+
+
+SCENARIOS = {"record": scenario_record, "fail": scenario_fail}
+
+#: The media worker's store for ``fail``: no segment is stored in time.
+SLOW_STORE = {"recording_segment_seconds": 0.5, "recording_write_timeout": 0.0001}
 
 
 async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
@@ -285,7 +367,10 @@ async def drive(scenario: str, database_url: str, work: Path, budget: float) -> 
 
     browsers = Browsers(work)
     # The recorder waits a second, not ten, for a stopped recording's last rows.
-    async with serving(database_url, work, recording_grace=1.0, recording_poll_interval=0.5) as app:
+    overrides: dict[str, Any] = SLOW_STORE if scenario == "fail" else {}
+    async with serving(
+        database_url, work, recording_grace=1.0, recording_poll_interval=0.5, **overrides
+    ) as app:
         world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
         world.app = app  # type: ignore[attr-defined]
         return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)

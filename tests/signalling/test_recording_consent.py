@@ -184,3 +184,16 @@ def test_the_frames_parse() -> None:
     assert frame == protocol.RecordingConsent(recording_id="r", agree=False)
     with pytest.raises(protocol.InvalidFrame):
         protocol.parse('{"type": "recording_consent", "agree": "yes"}')
+
+
+def test_the_call_s_media_moving_stops_it() -> None:
+    room = in_call()
+    rid, _ = ask(room)
+    for conn in ("c-pt", "c-fam"):
+        room.receive(conn, protocol.RecordingConsent(recording_id=rid, agree=True))
+    out = room.media_reset("media-lost")
+    [stop] = [s for s in steps(out) if isinstance(s, RecordingStop)]
+    assert (stop.reason, stop.started) == ("failed", True) and "moved" in stop.detail
+    assert states(out, "c-pt") == ["off"]
+    # Nothing under way: nothing to stop.
+    assert steps(room.media_reset("media-lost")) == []
