@@ -40,7 +40,7 @@ __all__ = [
     "RecordingOutput",
     "RecordingStart",
     "RecordingStop",
-    "RoomRecording",
+    "RoomConsent",
     "Voter",
 ]
 
@@ -94,7 +94,7 @@ def _new_id() -> str:
 
 
 @dataclass
-class RoomRecording:
+class RoomConsent:
     """The room's recording: its id and state, and who agreed.
 
     Each method returns ``(frames, outputs)``: ``frames`` as ``(participant

@@ -84,7 +84,7 @@ from signalling.protocol import (
     RoomSettings,
     reply,
 )
-from signalling.recording_consent import RecordingOutput, RoomRecording, Voter
+from signalling.recording_consent import RecordingOutput, RoomConsent, Voter
 
 if TYPE_CHECKING:
     # Only its shape: the core has no business with tokens or their crypto.
@@ -309,7 +309,7 @@ class Room:
         #: whatever the room's setting, until an admin admits them.
         self.blocked: set[str] = set()
         #: The visit's recording and who agreed to it (signalling.recording_consent).
-        self.recording = RoomRecording()
+        self.recording = RoomConsent()
 
     # -- views -----------------------------------------------------------------
 
