@@ -3,12 +3,14 @@
 The media worker keeps each track's packets as they arrived (after SRTP,
 never decoded; :mod:`rtc.rtpdump`). Here, per track:
 
-1. Order: packets of the track's payload type and main SSRC (the one that
-   carried the most bytes: a simulcast track's other layers and RTX repairs
-   are left out), sequence numbers extended past their 16-bit wrap
-   (:class:`rtc.rtp.SequenceUnwrapper`, RFC 3550 A.1), duplicates dropped,
-   sorted by extended sequence number; timestamps extended past their
-   32-bit wrap the same way.
+1. Order: packets of the track's payload type, in runs of one SSRC (the
+   worker records one simulcast layer at a time and moves down when that
+   one goes quiet), each run's sequence numbers extended past their 16-bit
+   wrap (:class:`rtc.rtp.SequenceUnwrapper`, RFC 3550 A.1), duplicates
+   dropped, sorted by extended sequence number; timestamps extended past
+   their 32-bit wrap the same way, and each later run's placed on the
+   first's clock by the arrival of its first packet. Each run starts at its
+   first keyframe.
 2. Frames: Opus, one packet is one frame (RFC 7587 section 4.2). VP8, a
    frame is the run of packets with one RTP timestamp, whole only when its
    first packet starts partition 0 (RFC 7741 section 4.2: S bit, PID 0),
@@ -83,6 +85,8 @@ class Frame:
     arrival: float
     data: bytes
     keyframe: bool = True
+    #: The run of one SSRC it came from (a simulcast layer; see _ordered).
+    run: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +96,19 @@ class _Rtp:
     marker: bool
     arrival: float
     payload: bytes
+    run: int = 0  # which run of one SSRC (see _ordered)
 
 
 def _ordered(media: TrackMedia) -> list[_Rtp]:
-    """The track's packets of its main SSRC, in extended sequence order, once each."""
-    parsed: list[tuple[float, int, int, int, int, bytes]] = []
-    bytes_by_ssrc: dict[int, int] = {}
+    """The track's packets in one timeline, once each.
+
+    The worker records one SSRC at a time, but moves to another simulcast
+    layer when the one it records goes quiet. Each run of one SSRC (in
+    arrival order) is put in extended sequence order on its own; its RTP
+    timestamps are placed on the first run's clock by the arrival time of
+    its first packet (layers start from unrelated random timestamps). The
+    runs follow one another; :func:`vp8_frames` starts each at a keyframe."""
+    runs: list[tuple[int, list[tuple[float, int, int, int, bytes]]]] = []
     for arrival, data in media.packets:
         try:
             marker, pt, seq, ts, ssrc = header_fields(data)
@@ -106,28 +117,38 @@ def _ordered(media: TrackMedia) -> list[_Rtp]:
             continue
         if pt != media.payload_type or start >= end:
             continue  # RTX, FEC, padding-only probes
-        parsed.append((arrival, marker, seq, ts, ssrc, bytes(data[start:end])))
-        bytes_by_ssrc[ssrc] = bytes_by_ssrc.get(ssrc, 0) + end - start
-    if not parsed:
-        return []
-    main = max(bytes_by_ssrc, key=lambda s: bytes_by_ssrc[s])
-    seqs = SequenceUnwrapper()
-    seen: dict[int, _Rtp] = {}
-    for arrival, marker, seq, ts, ssrc, payload in parsed:
-        if ssrc != main:
-            continue
-        ext = seqs.unwrap(seq)
-        if ext not in seen:
-            seen[ext] = _Rtp(ext, ts, bool(marker), arrival, payload)
-    out = [seen[k] for k in sorted(seen)]
-    # Timestamps extended in sequence order, each placed nearest the previous.
-    last: int | None = None
-    extended: list[_Rtp] = []
-    for p in out:
-        ts = p.ts if last is None else last + ts_diff(p.ts, last)
-        last = ts
-        extended.append(_Rtp(p.seq, ts, p.marker, p.arrival, p.payload))
-    return extended
+        if not runs or runs[-1][0] != ssrc:
+            runs.append((ssrc, []))
+        runs[-1][1].append((arrival, marker, seq, ts, bytes(data[start:end])))
+    out: list[_Rtp] = []
+    clock = media.clock_rate
+    origin: tuple[float, int] | None = None  # (arrival, timeline timestamp) of the first run
+    for number, (_ssrc, packets) in enumerate(runs):
+        seqs = SequenceUnwrapper()
+        seen: dict[int, tuple[float, int, int, bytes]] = {}
+        for arrival, marker, seq, ts, payload in packets:
+            ext = seqs.unwrap(seq)
+            if ext not in seen:
+                seen[ext] = (arrival, ts, marker, payload)
+        ordered = sorted(seen.items())
+        # Timestamps extended in sequence order, each placed nearest the previous.
+        last: int | None = None
+        extended: list[tuple[int, float, int, int, bytes]] = []
+        for ext, (arrival, ts, marker, payload) in ordered:
+            ts = ts if last is None else last + ts_diff(ts, last)
+            last = ts
+            extended.append((ext, arrival, ts, marker, payload))
+        first = min(extended, key=lambda p: p[1])
+        if origin is None:
+            origin = (first[1], first[2])
+        shift = origin[1] + round((first[1] - origin[0]) * clock) - first[2]
+        # Runs never share sequence numbers: a frame never spans two of them.
+        base = number << 40
+        out += [
+            _Rtp(base + ext, ts + shift, bool(marker), arrival, payload, number)
+            for ext, arrival, ts, marker, payload in extended
+        ]
+    return out
 
 
 def opus_frames(media: TrackMedia) -> list[Frame]:
@@ -186,15 +207,29 @@ def vp8_frames(media: TrackMedia) -> list[Frame]:
             parts.append(p.payload[skip:])
         data = b"".join(parts)
         if data:
-            frames.append(Frame(run[0].ts, run[0].arrival, data, not data[0] & 0x01))
+            frames.append(Frame(run[0].ts, run[0].arrival, data, not data[0] & 0x01, run[0].run))
 
     for p in _ordered(media):
-        if run and p.ts != run[0].ts:
+        if run and (p.ts != run[0].ts or p.run != run[0].run):
             close(run)
             run = []
         run.append(p)
     close(run)
-    return frames
+    return _from_keyframes(frames)
+
+
+def _from_keyframes(frames: list[Frame]) -> list[Frame]:
+    """Each run of one SSRC (another simulcast layer) from its first keyframe:
+    a frame predicted from the other layer's pictures would decode as garbage."""
+    out: list[Frame] = []
+    started: set[int] = set()
+    for f in frames:
+        if f.run not in started:
+            if not f.keyframe:
+                continue
+            started.add(f.run)
+        out.append(f)
+    return out
 
 
 def frames_of(media: TrackMedia) -> list[Frame]:

@@ -16,7 +16,8 @@ calls :meth:`RoomRecording.tick` a few times a second: the queue is
 drained into each track's :class:`~rtc.rtpdump.SegmentWriter` (a repair
 on the RTX SSRC as the packet it repairs, padding-only packets left out,
 Opus RED reduced to its primary, a simulcast track's top flowing layer
-only, which dynacast then keeps on), tracks
+only, which dynacast then keeps on, and the next one down once it goes
+quiet), tracks
 that appeared since are taken on and those that ended are closed, and
 segments that are old or large enough come back as :class:`Cut` for the
 adapter to seal and store.
@@ -186,6 +187,8 @@ class RoomRecording:
                 state = self.tracks[track_id] = _TrackState(track, now)
             if not state.ssrc:
                 self._choose_ssrc(state, now)
+            elif state.layer is not None and now - state.layer.seen >= STALE:
+                self._follow(state, now)
             if not state.rtx and (rtx := state.rtx_ssrc()):
                 # A layer's RTX SSRC is learnt with its first repair.
                 state.rtx = rtx
@@ -237,6 +240,18 @@ class RoomRecording:
         if track.info.kind == "video":
             # That layer's keyframe, whether or not anyone receives it.
             self.keyframes.append(ssrc)
+
+    def _follow(self, state: _TrackState, now: float) -> None:
+        """The recorded layer went quiet (the publisher's link or CPU made it
+        drop that layer): record the top layer still flowing, from its next
+        keyframe. The remux stitches the layers by arrival time."""
+        if not any(x.ssrc and now - x.seen < STALE for x in state.track.layers):
+            return  # nothing flows (a camera turned off): keep waiting on this one
+        self._by_ssrc.pop(state.ssrc, None)
+        self._by_rtx.pop(state.rtx, None)
+        state.ssrc = state.rtx = 0
+        state.layer = None
+        self._choose_ssrc(state, now)
 
     # -- packets -------------------------------------------------------------------------
 

@@ -109,3 +109,34 @@ def test_a_codec_webm_cannot_carry_is_left_out_and_nothing_playable_is_an_error(
     )
     with pytest.raises(RemuxError):
         remux.remux([junk], tmp_path / "junk.webm")
+
+
+def test_a_layer_switch_continues_the_picture_on_the_arrival_clock(tmp_path: Path) -> None:
+    # The worker recorded the top layer for 4 s, then it went quiet and the
+    # worker moved to the middle one: another SSRC, another random
+    # timestamp base, and a picture size of its own. Its first keyframe was
+    # lost, so its part starts at its next keyframe, 2 s in.
+    top = media.video(4, 1000.0, width=640, height=480, ssrc=1111, seq0=100)
+    middle = media.video(4, 1004.0, width=320, height=240, ssrc=3333, seq0=40_000)
+    shifted: list[tuple[float, bytes]] = []
+    for at, data in middle.packets:
+        packet = RtpPacket.parse(data)
+        if packet.timestamp == 0:
+            continue  # the lost keyframe
+        packet.timestamp = (packet.timestamp + 3_000_000_000) & 0xFFFFFFFF
+        shifted.append((at, bytes(packet)))
+    packets = top.packets + shifted
+    both = remux.TrackMedia("video", "VP8", 90_000, media.VP8_PT, packets)
+    frames = remux.vp8_frames(both)
+    runs = [f.run for f in frames]
+    assert runs == sorted(runs) and set(runs) == {0, 1}
+    second = next(f for f in frames if f.run == 1)
+    assert second.keyframe
+    # On the first run's clock: about 6 s after the first frame.
+    assert abs((second.timestamp - frames[0].timestamp) / 90_000 - 6.0) < 0.1
+    out = tmp_path / "switch.webm"
+    remux.remux([both, *tracks(media.audio(8, 1000.0))], out)
+    got = remux.probe(out)
+    assert (got.audio, got.video) == (1, 1) and abs(got.duration - 8.0) < 1.0
+    video_frames, _ = decoded(out)
+    assert video_frames == len(frames)

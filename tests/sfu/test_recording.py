@@ -405,3 +405,49 @@ async def test_a_simulcast_layer_the_publisher_stopped_sending_is_not_the_one_re
     packets = open_segment(await store.get(segment.key), KEY).packets
     ssrcs = {struct.unpack_from("!I", p, 8)[0] for _, p in packets}
     assert ssrcs == {test_layers.LAYERS[1]}
+
+
+async def test_when_the_recorded_layer_goes_quiet_the_next_one_down_is_recorded(
+    worker: MediaWorker, events: Events, store: LocalStorage
+) -> None:
+    # The publisher's link (or CPU) made it drop its top layer mid-recording.
+    fp = worker.relay_identity()[1].split(" ", 1)[1]
+    offer = test_layers.CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n")
+    (info,) = (await worker.publish(ROOM, "alice", offer, {})).added
+    room = worker.tables.rooms[ROOM]
+    peer = room.participants["alice"].publish
+    assert peer is not None
+    now = worker._now()
+    for index, rid in enumerate("qhf"):
+        first = test_layers.vp8_packet(
+            test_layers.LAYERS[index], 1, 0, 1, key=True, ext=test_layers.rid_ext(rid)
+        )
+        worker._route(peer, first, now)
+    worker.layers.tick(now)
+    await worker.record(ROOM, ORDER)
+
+    async def send(layers: range, seqs: range) -> None:
+        for seq in seqs:
+            for index in layers:
+                packet = test_layers.vp8_packet(test_layers.LAYERS[index], seq, seq, seq, key=False)
+                worker._route(peer, packet, worker._now())
+            worker.layers.tick(worker._now())
+            await asyncio.sleep(0.1)
+
+    await send(range(3), range(2, 6))  # all three: the top one is recorded
+    asked = worker.tables.rooms[ROOM].forwarder.stats.keyframe_requests
+    await send(range(2), range(6, 36))  # three seconds without the top one
+    await worker.record(ROOM, None)
+    await stopped(events)
+    segments = [s for s in of(events, RecordingSegment) if s.track_id == info.track_id]
+    ssrcs = [
+        struct.unpack_from("!I", p, 8)[0]
+        for s in segments
+        for _, p in open_segment(await store.get(s.key), KEY).packets
+    ]
+    # The top layer first, then (once it was quiet for STALE) the middle one.
+    top, middle = test_layers.LAYERS[2], test_layers.LAYERS[1]
+    assert ssrcs[0] == top and ssrcs[-1] == middle
+    assert ssrcs == sorted(ssrcs, key=lambda x: x == middle)
+    # The middle layer was asked for a keyframe when it was taken on.
+    assert worker.tables.rooms[ROOM].forwarder.stats.keyframe_requests > asked
