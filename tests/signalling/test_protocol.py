@@ -39,6 +39,8 @@ VALID: list[dict[str, Any]] = [
     {"type": "remove", "participant_id": "p-1"},
     {"type": "room_settings", "require_admission": False},
     {"type": "end", "v": 1},
+    {"type": "record", "on": True, "id": "7"},
+    {"type": "recording_consent", "recording_id": "rec-1", "agree": False},
     {"type": "track_view", "track_id": "t-1", "width": 640, "height": 360, "visible": True},
     {"type": "track_view", "track_id": "t-1", "width": 0, "height": 0, "visible": False},
     {"type": "audio_only", "enabled": True, "id": "a1"},
