@@ -130,7 +130,7 @@ async def scenario_record(world: World) -> dict[str, Any]:
     # 1. Asked, and the patient refuses.
     await doctor.eval("window.wadudCall.record(true).then(() => true)")
     await patient.wait_for("!document.getElementById('consent').hidden", "the question")
-    await shots.take(patient, "recording-consent")
+    await shots.take(patient, "call-recording-consent")
     await click(patient, "#consent-no")
     for page in pages:
         await page.wait_for(
@@ -164,7 +164,7 @@ async def scenario_record(world: World) -> dict[str, Any]:
     await relative.wait_for(
         "!document.getElementById('toast').classList.contains('show')", "the notice gone"
     )
-    await shots.take(relative, "recording-on")
+    await shots.take(relative, "call-recording-on")
 
     # A late joiner is asked, and sends nothing before agreeing.
     late = await world.browsers.open("interpreter", world.link("int-3", "Rania", "interpreter"))
