@@ -1,5 +1,5 @@
 """What a room's recording steps mean outside the room: the recording's rows
-and key (:class:`RecordingStore`, ``recording.store.Recordings``) and the
+and key (:class:`recording.store.Recordings`) and the
 media worker writing it (:meth:`sfu.control.MediaControl.record`).
 
 The room core (:mod:`signalling.recording_consent`) decides; this carries
@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Protocol
 from uuid import UUID
 
+from recording.store import Recordings
 from sfu.control import MediaControl, RecordingOrder, RecordingSegment, RecordingStopped
 from signalling.callroom import CallRoom
 from signalling.lane import MediaLane
@@ -39,49 +39,9 @@ from signalling.recording_consent import (
     RecordingStop,
 )
 
-__all__ = ["CallRecordings", "RecordingStore"]
+__all__ = ["CallRecordings"]
 
 log = logging.getLogger("signalling.recordings")
-
-
-class RecordingStore(Protocol):
-    """What signalling needs of the recordings' rows (``recording.store.Recordings``)."""
-
-    async def request(
-        self,
-        booking_id: UUID,
-        room: str,
-        requested_by: UUID | None,
-        *,
-        recording_id: UUID | None = None,
-    ) -> UUID: ...
-
-    async def answer(
-        self,
-        recording_id: UUID,
-        participant: str,
-        account_id: UUID | None,
-        role: str,
-        agreed: bool,
-    ) -> str: ...
-
-    async def start(self, recording_id: UUID) -> str: ...
-
-    async def segment(
-        self,
-        recording_id: UUID,
-        participant: str,
-        track_id: str,
-        kind: str,
-        index: int,
-        key: str,
-        packets: int,
-        size: int,
-        started: float,
-        ended: float,
-    ) -> None: ...
-
-    async def stop(self, recording_id: UUID, failure: str | None = None) -> None: ...
 
 
 def _account(identity: str) -> UUID | None:
@@ -98,7 +58,7 @@ class CallRecordings:
 
     def __init__(
         self,
-        store: Callable[[], RecordingStore | None],
+        store: Callable[[], Recordings | None],
         *,
         booking_of: Callable[[str], UUID | None],
         media_of: Callable[[CallRoom], Sequence[MediaControl]],

@@ -43,6 +43,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from booking.calls import booking_of
+from recording.store import Recordings
 from rtc.errors import SdpError
 from sfu.control import (
     ActiveSpeaker,
@@ -70,7 +71,7 @@ from signalling.recording_consent import (
     RecordingStart,
     RecordingStop,
 )
-from signalling.recordings import CallRecordings, RecordingStore
+from signalling.recordings import CallRecordings
 from signalling.replicas import Replicas
 from signalling.room import (
     Close,
@@ -160,7 +161,7 @@ class CallService:
         guard: Callable[[RoomGrant], Awaitable[None]] | None = None,
         on_waiting: Callable[[RoomGrant], Awaitable[None]] | None = None,
         observe: Callable[[Room, list[Output]], None] | None = None,
-        recording_store: Callable[[], RecordingStore | None] | None = None,
+        recording_store: Callable[[], Recordings | None] | None = None,
     ) -> None:
         self.settings = settings
         self._get_media = media

@@ -23,12 +23,14 @@ from sfu.control import (
     RecordingOrder,
     RecordingSegment,
     RecordingStopped,
+    TrackInfo,
     event_from_dict,
     event_to_dict,
 )
 from sfu.errors import SfuStateError
 from sfu.layers import DYNACAST_DELAY
 from sfu.recording import LAYER_WAIT
+from sfu.records import Peer, Room
 from sfu.worker import MediaWorker
 from tests.sfu import test_layers, test_relay
 from tests.sfu.conftest import (
@@ -328,21 +330,28 @@ async def test_tracks_relayed_in_from_another_worker_are_recorded(
         assert {struct.unpack_from("!I", p, 8)[0] for _, p in segment.packets} == {crossed.ssrc}
 
 
-async def test_a_simulcast_track_is_recorded_at_its_top_layer_which_dynacast_keeps(
-    worker: MediaWorker, events: Events, store: LocalStorage
-) -> None:
+async def simulcast_publisher(worker: MediaWorker, now: float) -> tuple[TrackInfo, Room, Peer]:
+    """Alice publishes a three-layer simulcast camera; one keyframe of each
+    layer (q, h, f) arrives at ``now`` so the worker learns their SSRCs."""
     fp = worker.relay_identity()[1].split(" ", 1)[1]
     offer = test_layers.CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n")
     (info,) = (await worker.publish(ROOM, "alice", offer, {})).added
     room = worker.tables.rooms[ROOM]
     peer = room.participants["alice"].publish
     assert peer is not None
-    now = worker._now()
     for index, rid in enumerate("qhf"):
         first = test_layers.vp8_packet(
             test_layers.LAYERS[index], 1, 0, 1, key=True, ext=test_layers.rid_ext(rid)
         )
         worker._route(peer, first, now)
+    return info, room, peer
+
+
+async def test_a_simulcast_track_is_recorded_at_its_top_layer_which_dynacast_keeps(
+    worker: MediaWorker, events: Events, store: LocalStorage
+) -> None:
+    now = worker._now()
+    info, room, peer = await simulcast_publisher(worker, now)
     worker.layers.tick(now + 0.5)  # every layer measured: all three flow
     await worker.record(ROOM, ORDER)
     for seq in range(2, 12):
@@ -371,18 +380,8 @@ async def test_a_simulcast_layer_the_publisher_stopped_sending_is_not_the_one_re
 ) -> None:
     # A browser offers three layers but sends two when its camera is small:
     # the top layer was learnt from one early packet and then nothing came.
-    fp = worker.relay_identity()[1].split(" ", 1)[1]
-    offer = test_layers.CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n")
-    (info,) = (await worker.publish(ROOM, "alice", offer, {})).added
-    room = worker.tables.rooms[ROOM]
-    peer = room.participants["alice"].publish
-    assert peer is not None
     now = worker._now() - 10.0
-    for index, rid in enumerate("qhf"):
-        first = test_layers.vp8_packet(
-            test_layers.LAYERS[index], 1, 0, 1, key=True, ext=test_layers.rid_ext(rid)
-        )
-        worker._route(peer, first, now)
+    info, _room, peer = await simulcast_publisher(worker, now)
     worker.layers.tick(now + 0.5)
     later = worker._now()
     for seq in range(2, 6):
@@ -411,18 +410,8 @@ async def test_when_the_recorded_layer_goes_quiet_the_next_one_down_is_recorded(
     worker: MediaWorker, events: Events, store: LocalStorage
 ) -> None:
     # The publisher's link (or CPU) made it drop its top layer mid-recording.
-    fp = worker.relay_identity()[1].split(" ", 1)[1]
-    offer = test_layers.CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n")
-    (info,) = (await worker.publish(ROOM, "alice", offer, {})).added
-    room = worker.tables.rooms[ROOM]
-    peer = room.participants["alice"].publish
-    assert peer is not None
     now = worker._now()
-    for index, rid in enumerate("qhf"):
-        first = test_layers.vp8_packet(
-            test_layers.LAYERS[index], 1, 0, 1, key=True, ext=test_layers.rid_ext(rid)
-        )
-        worker._route(peer, first, now)
+    info, _room, peer = await simulcast_publisher(worker, now)
     worker.layers.tick(now)
     await worker.record(ROOM, ORDER)
 

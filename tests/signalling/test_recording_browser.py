@@ -107,24 +107,35 @@ async def _recording_state(page: Page) -> str:
     )
 
 
-async def scenario_record(world: World) -> dict[str, Any]:
+async def in_call(world: World, *, relative: bool) -> tuple[Any, Any, uuid.UUID, list[Page]]:
+    """A booking's call with its doctor, its patient and (``relative``) a
+    relative, media flowing between all: the app, its pool, the booking, the pages."""
     from wadud import keys
 
     app: Any = world.app  # type: ignore[attr-defined]
     pool = app[keys.DB]
-    shots = Shots(Path(os.environ.get("WADUD_SCREENSHOTS") or world.browsers.work / "shots"))
     booking = await booking_now(pool)
     world.room = f"booking-{booking}"
-    doctor = await world.browsers.open(
-        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
-    )
-    await join(doctor)
-    patient = await world.browsers.open("patient", world.link("pt-991", "Bilal", "patient"))
-    await join(patient)
-    relative = await world.browsers.open("relative", world.link("rel-17", "Sana", "family"))
-    await join(relative)
-    pages = [doctor, patient, relative]
+    people = [
+        ("doctor", "dr-amina", "Dr Amina", "doctor"),
+        ("patient", "pt-991", "Bilal", "patient"),
+    ]
+    if relative:
+        people.append(("relative", "rel-17", "Sana", "family"))
+    pages = []
+    for name, identity, shown, role in people:
+        link = world.link(identity, shown, role, admin=role == "doctor")
+        page = await world.browsers.open(name, link)
+        await join(page)
+        pages.append(page)
     await receiving(world, pages)
+    return app, pool, booking, pages
+
+
+async def scenario_record(world: World) -> dict[str, Any]:
+    shots = Shots(Path(os.environ.get("WADUD_SCREENSHOTS") or world.browsers.work / "shots"))
+    app, pool, booking, pages = await in_call(world, relative=True)
+    doctor, patient, relative = pages
     world.mark("three in the call")
 
     # 1. Asked, and the patient refuses.
@@ -214,6 +225,7 @@ async def scenario_record(world: World) -> dict[str, Any]:
     # of it, so run one here, as `wadud recorder` would.
     from recording.http import AppParts
     from recording.recorder import Recorder
+    from wadud import keys
 
     parts = AppParts(app)
     recorder = Recorder(pool, parts.keys, parts.storage, app[keys.SETTINGS])
@@ -306,20 +318,8 @@ async def _probe(
 
 
 async def scenario_fail(world: World) -> dict[str, Any]:
-    from wadud import keys
-
-    app: Any = world.app  # type: ignore[attr-defined]
-    pool = app[keys.DB]
-    booking = await booking_now(pool)
-    world.room = f"booking-{booking}"
-    doctor = await world.browsers.open(
-        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
-    )
-    await join(doctor)
-    patient = await world.browsers.open("patient", world.link("pt-991", "Bilal", "patient"))
-    await join(patient)
-    pages = [doctor, patient]
-    await receiving(world, pages)
+    _app, pool, booking, pages = await in_call(world, relative=False)
+    doctor, patient = pages
     await doctor.eval("window.wadudCall.record(true).then(() => true)")
     await patient.wait_for("!document.getElementById('consent').hidden", "the question")
     await click(patient, "#consent-yes")
