@@ -57,6 +57,11 @@ SEGMENT_BYTES = 1 << 20
 #: (none measured yet: a track just published) after ``LAYER_GIVE_UP``.
 LAYER_WAIT = 1.0
 LAYER_GIVE_UP = 3.0
+#: The recorded layer of a simulcast track that sent nothing for this long
+#: (two of the layers core's measurements) gives way to the top layer still
+#: flowing: shorter than the layers' STALE, since each second of it is a
+#: second of the file without a picture.
+QUIET = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +192,7 @@ class RoomRecording:
                 state = self.tracks[track_id] = _TrackState(track, now)
             if not state.ssrc:
                 self._choose_ssrc(state, now)
-            elif state.layer is not None and now - state.layer.seen >= STALE:
+            elif state.layer is not None and now - state.layer.seen >= QUIET:
                 self._follow(state, now)
             if not state.rtx and (rtx := state.rtx_ssrc()):
                 # A layer's RTX SSRC is learnt with its first repair.
@@ -245,7 +250,7 @@ class RoomRecording:
         """The recorded layer went quiet (the publisher's link or CPU made it
         drop that layer): record the top layer still flowing, from its next
         keyframe. The remux stitches the layers by arrival time."""
-        if not any(x.ssrc and now - x.seen < STALE for x in state.track.layers):
+        if not any(x.ssrc and now - x.seen < QUIET for x in state.track.layers):
             return  # nothing flows (a camera turned off): keep waiting on this one
         self._by_ssrc.pop(state.ssrc, None)
         self._by_rtx.pop(state.rtx, None)

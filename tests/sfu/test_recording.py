@@ -434,7 +434,7 @@ async def test_when_the_recorded_layer_goes_quiet_the_next_one_down_is_recorded(
         for s in segments
         for _, p in open_segment(await store.get(s.key), KEY).packets
     ]
-    # The top layer first, then (once it was quiet for STALE) the middle one.
+    # The top layer first, then (once it was QUIET) the middle one.
     top, middle = test_layers.LAYERS[2], test_layers.LAYERS[1]
     assert ssrcs[0] == top and ssrcs[-1] == middle
     assert ssrcs == sorted(ssrcs, key=lambda x: x == middle)

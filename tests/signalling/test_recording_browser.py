@@ -81,7 +81,11 @@ async def test_a_visit_is_recorded_only_with_everyone_s_consent(
     for f in files:
         assert f["streams"] == ["audio", "video"], f
         assert abs(f["duration"] - f["expected"]) <= 1.0, f
-        assert f["video"] >= f["expected"] - 1.5, f
+        # A picture from start to end: it starts at the first keyframe (up to
+        # about a second in), and a publisher that drops the recorded layer
+        # costs about as much again (sfu.recording.QUIET, then a keyframe).
+        # A recording stuck on a dropped layer loses far more.
+        assert f["video"] >= f["expected"] - 3.0, f
 
 
 @pytest.mark.timeout(200)
