@@ -240,9 +240,12 @@ class RoomRecording:
             else:
                 return
             ssrc = state.layer.ssrc
+        self._take(state, ssrc)
+
+    def _take(self, state: _TrackState, ssrc: int) -> None:
         state.ssrc = ssrc
         self._by_ssrc[ssrc] = state
-        if track.info.kind == "video":
+        if state.track.info.kind == "video":
             # That layer's keyframe, whether or not anyone receives it.
             self.keyframes.append(ssrc)
 
@@ -250,13 +253,16 @@ class RoomRecording:
         """The recorded layer went quiet (the publisher's link or CPU made it
         drop that layer): record the top layer still flowing, from its next
         keyframe. The remux stitches the layers by arrival time."""
-        if not any(x.ssrc and now - x.seen < QUIET for x in state.track.layers):
+        fresh = [x for x in state.track.layers if x.ssrc and now - x.seen < QUIET]
+        if not fresh:
             return  # nothing flows (a camera turned off): keep waiting on this one
+        # Fresh by QUIET, not STALE: the quiet layer itself is still within
+        # STALE for another second and would be taken again.
         self._by_ssrc.pop(state.ssrc, None)
         self._by_rtx.pop(state.rtx, None)
-        state.ssrc = state.rtx = 0
-        state.layer = None
-        self._choose_ssrc(state, now)
+        state.rtx = 0
+        state.layer = fresh[-1]
+        self._take(state, state.layer.ssrc)
 
     # -- packets -------------------------------------------------------------------------
 

@@ -438,5 +438,15 @@ async def test_when_the_recorded_layer_goes_quiet_the_next_one_down_is_recorded(
     top, middle = test_layers.LAYERS[2], test_layers.LAYERS[1]
     assert ssrcs[0] == top and ssrcs[-1] == middle
     assert ssrcs == sorted(ssrcs, key=lambda x: x == middle)
+    # And it moved within QUIET and a measurement (1.5 s; sent every 0.1 s
+    # from sequence 6 on), well before the layers' STALE (2 s) would have:
+    # taking layers fresh by STALE re-took the quiet one until then (25).
+    seqs = [
+        struct.unpack_from("!H", p, 2)[0]
+        for s in segments
+        for _, p in open_segment(await store.get(s.key), KEY).packets
+        if struct.unpack_from("!I", p, 8)[0] == middle
+    ]
+    assert min(seqs) <= 21, seqs
     # The middle layer was asked for a keyframe when it was taken on.
     assert worker.tables.rooms[ROOM].forwarder.stats.keyframe_requests > asked
