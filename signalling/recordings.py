@@ -102,7 +102,7 @@ class CallRecordings:
                 "recording step %s failed",
                 type(step).__name__,
                 extra={"room": room.name, "recording": rid},
-                exc_info=not isinstance(exc, _NoBooking),
+                exc_info=not isinstance(exc, _CannotRecord),
             )
             if not isinstance(step, RecordingStop):
                 self._failed(room.name, rid, str(exc) or type(exc).__name__)
@@ -110,13 +110,13 @@ class CallRecordings:
     async def _carry(self, room: CallRoom, step: RecordingOutput) -> None:
         store = self._store()
         if store is None:
-            raise _NoBooking("recording needs the database")
+            raise _CannotRecord("recording needs the database")
         rid = UUID(step.recording_id)
         match step:
             case RecordingAsked(_, by):
                 booking = self._booking_of(room.name)
                 if booking is None:
-                    raise _NoBooking("this room has no booking to keep a recording under")
+                    raise _CannotRecord("this room has no booking to keep a recording under")
                 await store.request(booking, room.name, _account(by.identity), recording_id=rid)
             case ConsentAnswered(_, voter, agreed):
                 await store.answer(rid, voter.id, _account(voter.identity), voter.role, agreed)
@@ -125,7 +125,7 @@ class CallRecordings:
                 self._started.add(step.recording_id)
                 media = self._media_of(room)
                 if not media:
-                    raise _NoBooking("the room has no media worker")
+                    raise _CannotRecord("the room has no media worker")
                 await media[0].record(room.name, RecordingOrder(step.recording_id, key))
             case RecordingStop(_, reason, started, detail):
                 media = self._media_of(room)
@@ -134,7 +134,9 @@ class CallRecordings:
                     # which ends the row (on_event).
                     await media[0].record(room.name, None)
                     return
-                # Never started, failed, or its worker is gone: end the row here.
+                # Never started, failed, or its worker is gone: end the row here
+                # (no RecordingStopped will come for it).
+                self._started.discard(step.recording_id)
                 await store.stop(rid, (detail or "failed") if reason == "failed" else None)
 
     def on_event(self, event: RecordingSegment | RecordingStopped) -> None:
@@ -171,5 +173,5 @@ class CallRecordings:
             self._failed(event.room, event.recording, failure)
 
 
-class _NoBooking(Exception):
+class _CannotRecord(Exception):
     """A recording that cannot be kept: said to the room, not logged as a fault."""
