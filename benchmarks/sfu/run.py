@@ -334,6 +334,28 @@ async def simulcast_runs(
     }
 
 
+def _paired(
+    pairs: list[tuple[ScenarioResult, ScenarioResult]],
+    used: list[tuple[ScenarioResult, ScenarioResult]],
+) -> tuple[float, float, list[float], float | None]:
+    """For rounds of two runs (without, with): each side's median forwarded
+    packets per CPU-second over the rounds ``used``, every round's ratio
+    (rounded, for the record), and the median ratio over ``used``."""
+    plain = statistics.median(a.forwarded_per_cpu_second for a, _ in used)
+    other = statistics.median(b.forwarded_per_cpu_second for _, b in used)
+    ratios = [
+        round(b.forwarded_per_cpu_second / a.forwarded_per_cpu_second, 3)
+        for a, b in pairs
+        if a.forwarded_per_cpu_second
+    ]
+    of_used = [
+        b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
+        for a, b in used
+        if a.forwarded_per_cpu_second
+    ]
+    return plain, other, ratios, statistics.median(of_used) if of_used else None
+
+
 async def red_runs(
     bench: Bench, args: argparse.Namespace, results: list[ScenarioResult]
 ) -> dict[str, Any]:
@@ -371,23 +393,11 @@ async def red_runs(
     # Quiet rounds when there are a few: the median of one round is that round.
     calm = [x for x in quiet if x in kept]
     used = calm if len(calm) >= 3 else kept or pairs
-    plain = statistics.median(a.forwarded_per_cpu_second for a, _ in used)
-    red = statistics.median(b.forwarded_per_cpu_second for _, b in used)
-    ratios = [
-        round(b.forwarded_per_cpu_second / a.forwarded_per_cpu_second, 3)
-        for a, b in pairs
-        if a.forwarded_per_cpu_second
-    ]
     # The figure: each round compares two runs a minute apart, so a slow
     # drift of the machine's other work cancels within it; the median over
     # the rounds used (lossless; the quiet ones when there are three or
     # more) leaves out the rounds that one burst of that work spoilt.
-    used_ratios = [
-        b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
-        for a, b in used
-        if a.forwarded_per_cpu_second
-    ]
-    median_used = statistics.median(used_ratios) if used_ratios else None
+    plain, red, ratios, median_used = _paired(pairs, used)
     # The run that goes first in a round measures better (on this machine by
     # several percent): the rounds alternate the order, but the rounds used
     # need not split evenly. Each order's median, and their geometric mean,
@@ -478,19 +488,7 @@ async def record_runs(
     lossless_pairs = [(a, b) for a, b in pairs if lossless(a) and lossless(b)]
     quiet = [x for x in lossless_pairs if undisturbed(x[0]) and undisturbed(x[1])]
     kept = quiet or lossless_pairs or pairs
-    plain = statistics.median(a.forwarded_per_cpu_second for a, _ in kept)
-    rec = statistics.median(b.forwarded_per_cpu_second for _, b in kept)
-    ratios = [
-        round(b.forwarded_per_cpu_second / a.forwarded_per_cpu_second, 3)
-        for a, b in pairs
-        if a.forwarded_per_cpu_second
-    ]
-    used = [
-        b.forwarded_per_cpu_second / a.forwarded_per_cpu_second
-        for a, b in kept
-        if a.forwarded_per_cpu_second
-    ]
-    median_used = statistics.median(used) if used else None
+    plain, rec, ratios, median_used = _paired(pairs, kept)
     return {
         "tracks_recorded_of_ten": args.record,
         "pairs": len(pairs),
