@@ -553,15 +553,17 @@ def _check_sender_reports(log: ReceiverLog, clock_rate: int) -> None:
         wall = _ntp_seconds(ntp)
         assert abs(wall - arrival) < 0.5, (wall, arrival)
         # Each packet of the two seconds before the SR, advanced by the time
-        # between, predicts the SR's timestamp. On a loaded machine packets
-        # arrive late (predicting too little) and aiortc's sender catches up
-        # in bursts (too much): the median prediction is the one to hold the
-        # SR to; a wrong clock rate or a stale timestamp is off by far more.
+        # between their arrivals, predicts the SR's timestamp. Arrival against
+        # arrival: on a loaded machine this process reads everything late (CI
+        # once saw a quarter of a second), and the SR's own NTP time would
+        # count that lag as an error. aiortc's sender catches up in bursts, so
+        # the median prediction is the one to hold the SR to; a wrong clock
+        # rate or a stale timestamp is off by far more.
         recent = [(t, ts) for t, ts in media if arrival - 2.0 <= t <= arrival]
         if not recent:
             continue
         ahead = statistics.median(
-            _signed32(rtp_ts - ts) - round((wall - t) * clock_rate) for t, ts in recent
+            _signed32(rtp_ts - ts) - round((arrival - t) * clock_rate) for t, ts in recent
         )
         assert abs(ahead) < 0.2 * clock_rate, (rtp_ts, ahead, len(recent))
     (_, _, ntp0, rtp0), (_, _, ntp1, rtp1) = log.srs[0], log.srs[-1]
