@@ -121,6 +121,12 @@ def parser() -> argparse.ArgumentParser:
         "--region", default="", help="media region for this participant (default: the replica's)"
     )
     p.add_argument(
+        "--home",
+        default="",
+        help="the region whose own control plane holds the room (every participant is"
+        " there; docs/operations.md, \"A region cut off\"); default: the global plane",
+    )
+    p.add_argument(
         "--url",
         help="the server's address for the link, e.g. http://127.0.0.1:18080 (default:"
         " public_url, else the address `wadud serve` last announced from this data folder)",
@@ -508,6 +514,7 @@ def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
         subscribe=True,
         admin=args.role in ("doctor", "staff"),
         region=args.region,
+        home=args.home,
     )
     now = dt.datetime.now(dt.UTC)
     token = issue_room_token(

@@ -129,6 +129,20 @@ def _redis(url: str) -> Redis:
     return client
 
 
+def _planes(settings: Settings) -> list[Redis]:
+    """A Redis client per control plane the node's workers serve: the global
+    one and, with ``redis_region_url``, the region's own (signalling.planes)."""
+    return [_redis(url) for url in (settings.redis_url, settings.redis_region_url) if url]
+
+
+@dataclass(frozen=True)
+class _Presence:
+    """A worker in one control plane: taking its requests, registered in it."""
+
+    server: MediaServer
+    registration: Registration
+
+
 # --- the worker process ------------------------------------------------------------------
 
 
@@ -235,11 +249,11 @@ async def _metrics(_: web.Request) -> web.Response:
 
 
 async def _start(
-    spec: WorkerSpec, redis: Redis, stack: contextlib.AsyncExitStack
-) -> tuple[MediaWorker, MediaServer, Registration, _Load]:
-    """Bind the worker's UDP port, take requests, register and open the
-    metrics socket; each opened piece is closed by ``stack``. Raises
-    :class:`WorkerStartError` naming the port when it is taken."""
+    spec: WorkerSpec, planes: list[Redis], stack: contextlib.AsyncExitStack
+) -> tuple[MediaWorker, list[_Presence], _Load]:
+    """Bind the worker's UDP port, take requests and register in each plane,
+    and open the metrics socket; each opened piece is closed by ``stack``.
+    Raises :class:`WorkerStartError` naming the port when it is taken."""
     from sfu.worker import MediaWorker
 
     settings = spec.settings
@@ -250,15 +264,6 @@ async def _start(
         raise WorkerStartError(_bind_failure(spec.port, settings.media_host, exc)) from exc
     stack.push_async_callback(worker.close)
     load = _Load(worker)
-    server = MediaServer(
-        redis,
-        worker,
-        spec.wid,
-        spec.incarnation,
-        info=lambda: {"transports": load.transports()},
-    )
-    await server.start()
-    stack.push_async_callback(server.close)
     info = WorkerInfo(
         worker=spec.wid,
         incarnation=spec.incarnation,
@@ -270,23 +275,36 @@ async def _start(
         capacity=settings.media_capacity,
         fingerprint=worker.relay_identity()[1],
     )
-    registration = Registration(
-        redis,
-        info,
-        heartbeat=settings.media_heartbeat,
-        ttl=settings.media_worker_ttl,
-        load=load,
-    )
-    await registration.start()
-    stack.push_async_callback(registration.close)
+    presences = []
+    for redis in planes:
+        server = MediaServer(
+            redis,
+            worker,
+            spec.wid,
+            spec.incarnation,
+            info=lambda: {"transports": load.transports()},
+        )
+        await server.start()
+        stack.push_async_callback(server.close)
+        registration = Registration(
+            redis,
+            info,
+            heartbeat=settings.media_heartbeat,
+            ttl=settings.media_worker_ttl,
+            load=load,
+        )
+        await registration.start()
+        stack.push_async_callback(registration.close)
+        presences.append(_Presence(server, registration))
     app = web.Application()
     app.router.add_get("/metrics", _metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     await web.UnixSite(runner, spec.metrics_socket).start()
-    await server.lifecycle("ready")
-    return worker, server, registration, load
+    for presence in presences:
+        await presence.server.lifecycle("ready")
+    return worker, presences, load
 
 
 async def _worker_main(spec: WorkerSpec) -> int:
@@ -296,12 +314,13 @@ async def _worker_main(spec: WorkerSpec) -> int:
     loop.add_signal_handler(DRAIN_SIGNAL, stop.set)
     # A drain ordered while this process started is delivered now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
-    redis = _redis(settings.redis_url)
+    planes = _planes(settings)
     extra = {"worker": spec.wid, "incarnation": spec.incarnation}
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(redis.aclose)
+        for redis in planes:
+            stack.push_async_callback(redis.aclose)
         try:
-            worker, server, registration, load = await _start(spec, redis, stack)
+            worker, presences, load = await _start(spec, planes, stack)
         except Exception as exc:
             # The supervisor counts it and says so (Supervisor._start_failed).
             # A port taken or Redis away is said in full by the reason; only
@@ -327,14 +346,15 @@ async def _worker_main(spec: WorkerSpec) -> int:
         # the worker and the node exits 1.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
-                await registration.set_state(registry.DRAINING)
-                await server.lifecycle("draining")
+                for presence in presences:
+                    await presence.registration.set_state(registry.DRAINING)
+                    await presence.server.lifecycle("draining")
         deadline = loop.time() + settings.media_drain_timeout
         drained_at = loop.time()
         while loop.time() < deadline:
             try:
                 async with asyncio.timeout(1.0):
-                    rooms = await registration.rooms()
+                    rooms = sum([await p.registration.rooms() for p in presences])
                 if rooms == 0 and load.transports() == 0:
                     break
                 if rooms == 0 and loop.time() - drained_at > _STALE_AFTER_DRAIN:
@@ -352,7 +372,8 @@ async def _worker_main(spec: WorkerSpec) -> int:
             log.warning("drain timed out; stopping anyway", extra=extra)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
-                await server.lifecycle("stopped")
+                for presence in presences:
+                    await presence.server.lifecycle("stopped")
     log.info("media worker stopped", extra=extra)
     return 0
 
@@ -423,7 +444,10 @@ class Supervisor:
         self.draining = False
         self.failed = False
         """Every worker failed to start media_start_retries times: the node exits 1."""
-        self.redis = _redis(settings.redis_url)
+        self.planes = _planes(settings)
+        #: The plane whose registry says whether the node is ready: the
+        #: region's own, where the region's rooms are placed, if it has one.
+        self.redis = self.planes[-1]
         self._ctx = multiprocessing.get_context("spawn")
         self._done = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -564,14 +588,15 @@ class Supervisor:
 
     async def _forget(self, wid: str, incarnation: str) -> None:
         """A dead incarnation: tell room owners now, and drop its registry entry."""
-        try:
-            await rpc.publish_lifecycle(self.redis, wid, incarnation, "stopped")
-            await registry.forget(self.redis, wid, incarnation)
-        except Exception as exc:
-            log.warning(
-                "could not announce a stopped worker; its entry expires by itself",
-                extra={"worker": wid, "error": repr(exc)},
-            )
+        for redis in self.planes:
+            try:
+                await rpc.publish_lifecycle(redis, wid, incarnation, "stopped")
+                await registry.forget(redis, wid, incarnation)
+            except Exception as exc:
+                log.warning(
+                    "could not announce a stopped worker; its entry expires by itself",
+                    extra={"worker": wid, "error": repr(exc)},
+                )
 
     def drain(self) -> None:
         """Stop taking work: every worker drains and exits; then the supervisor does."""
@@ -616,7 +641,8 @@ class Supervisor:
             if self._watchdog is not None:
                 self._watchdog.cancel()
             await runner.cleanup()
-            await self.redis.aclose()
+            for redis in self.planes:
+                await redis.aclose()
             shutil.rmtree(self._runtime, ignore_errors=True)
 
     async def _finish(self) -> int:

@@ -110,6 +110,7 @@ class Cluster:
         self._held: dict[str, list[tuple[str, float]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._handler: Callable[[dict[str, Any]], None] = lambda _m: None
+        self._lapsed: Callable[[float], None] = lambda _gap: None
         self._sub: Subscription | None = None
         self._closed = False
         self._seq = 0
@@ -126,8 +127,18 @@ class Cluster:
 
     # -- life -------------------------------------------------------------------
 
-    async def start(self, handler: Callable[[dict[str, Any]], None]) -> None:
+    async def start(
+        self,
+        handler: Callable[[dict[str, Any]], None],
+        lapsed: Callable[[float], None] | None = None,
+    ) -> None:
+        """Listen on this replica's channel (``handler``) and keep its key
+        alive. ``lapsed(gap)``: the key went unrenewed for ``gap`` seconds,
+        longer than the lease, and is back (Redis was out of reach): others
+        may have taken this replica for dead meanwhile."""
         self._handler = handler
+        if lapsed is not None:
+            self._lapsed = lapsed
         await self.redis.set(self.channel(self.replica), "1", px=self._lease_ms)
         await self._subscribe()
         self._tasks = [
@@ -166,12 +177,22 @@ class Cluster:
                 log.exception("cluster message failed")
 
     async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
         while not self._closed:
             await asyncio.sleep(self.lease / 3)
             try:
                 await self.redis.set(self.channel(self.replica), "1", px=self._lease_ms)
             except Exception as exc:
                 log.warning("cluster heartbeat failed", extra={"error": str(exc)})
+                continue
+            gap, renewed = loop.time() - renewed, loop.time()
+            if gap > self.lease:
+                log.warning("cluster heartbeat back after %.1f s", gap)
+                try:
+                    self._lapsed(gap)
+                except Exception:
+                    log.exception("cluster lapse handler failed")
 
     # -- publishing, in order -----------------------------------------------------
 

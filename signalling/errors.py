@@ -22,6 +22,8 @@ from wadud.errors import Conflict, Forbidden, Gone, NotFound, TooManyRequests, W
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
+#: "Service Restart" (RFC 6455 section 7.4.1's registry): reconnect and resume.
+CLOSE_RECONNECT = 1012
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TIMEOUT = 4408
@@ -67,6 +69,24 @@ class RoomEnded(SignallingError, Gone):
     code = "room-ended"
     title = "The room was ended"
     close_code = CLOSE_ENDED
+
+
+class OtherRegion(SignallingError, Forbidden):
+    """The link names a home region whose control plane this replica does not
+    hold (signalling.planes): it is joined through that region's replicas."""
+
+    code = "other-region"
+    title = "This visit is held in another region"
+    close_code = CLOSE_FORBIDDEN
+
+
+class BookingUnverifiable(SignallingError):
+    """A booking's link cannot be checked: the database is out of reach (a
+    region cut off from it). Not a refusal: the page tries again."""
+
+    http_status = 503
+    code = "booking-unverifiable"
+    title = "The booking cannot be checked now"
 
 
 class BookingClosed(SignallingError, Gone):

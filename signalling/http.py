@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,15 +30,22 @@ from signalling import errors
 from signalling.call_reports import CallRecorder, post_stats
 from signalling.cluster import Cluster
 from signalling.placement import Placement, parse_distances
+from signalling.planes import CallPlanes
 from signalling.roomevents import RoomEvents
 from signalling.service import CallService
 from turn.credentials import ice_server
 from wadud import keys, outbox, revocation
 from wadud.auth import RoomGrant
-from wadud.bus import Subscription
+from wadud.bus import RedisBus, Subscription, redis_client
+from wadud.config import Settings
 from wadud.errors import ConfigError
 
+#: The global plane's call service (the only one without ``redis_region_url``).
+log = logging.getLogger("wadud.signalling")
+
 CALLS = web.AppKey("calls", CallService)
+#: Every plane's call service (signalling.planes).
+PLANES = web.AppKey("call_planes", CallPlanes)
 #: Gathers each visit's call report (signalling.call_reports).
 RECORDER = web.AppKey("call_recorder", CallRecorder)
 
@@ -66,7 +74,7 @@ def ice_servers_for(
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """``GET /ws``: the call signalling WebSocket (docs/protocol.md, "Calls")."""
-    return await request.app[CALLS].serve(request)
+    return await request.app[PLANES].serve(request)
 
 
 async def call_stats(request: web.Request) -> web.Response:
@@ -85,28 +93,27 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     # With Redis, rooms are shared by every replica (signalling.cluster); with
     # no media worker in this process (`wadud api`), they are placed on the
-    # registered media nodes and driven over Redis (sfu.rpc).
+    # registered media nodes and driven over Redis (sfu.rpc). The region's
+    # own Redis, if any, is a second plane of its own (signalling.planes).
     redis = getattr(app[keys.BUS], "redis", None) if settings.redis_url else None
-    cluster = placement = client = None
-    if redis is not None:
-        cluster = Cluster(redis, lease=settings.call_owner_lease)
-        if MEDIA not in app:
-            try:
-                distances = parse_distances(settings.media_region_distances)
-            except ValueError as exc:
-                raise ConfigError(f"media_region_distances: {exc}") from None
-            placement = Placement(redis, distances)
-            client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
-            await client.start()
-
+    regional_redis = redis_client(settings.redis_region_url) if settings.redis_region_url else None
+    if regional_redis is not None and (redis is None or not settings.region):
+        raise ConfigError("redis_region_url needs redis_url and this process's region")
+    if regional_redis is not None:
+        app[keys.REGION_PLANE] = RedisBus.from_client(regional_redis)
+    planes: list[tuple[Cluster | None, Placement | None, MediaClient | None]] = [
+        await _plane(app, settings, r) for r in (redis, regional_redis) if r is not None
+    ]
     async def guard(grant: RoomGrant) -> None:
-        if grant.sid and not await _session_live(app[keys.DB], grant.identity, grant.sid):
-            raise errors.Unauthorized("you signed out since this link was made")
-        if grant.booking:
-            why = await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
-            if why is not None:
-                raise errors.BookingClosed(why.detail, reason=why.reason)
-            await _require_consent(app, grant)
+        try:
+            await _check_link(app, grant)
+        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+            # The database is out of reach (a region cut off from it): the
+            # link's booking and session cannot be checked, so it waits.
+            log.warning("room link not checked: database: %r", exc)
+            raise errors.BookingUnverifiable(
+                "the booking cannot be checked now (the database is out of reach); try again"
+            ) from None
 
     async def waiting(grant: RoomGrant) -> None:
         # A patient in a booking's waiting room: an outbox event, which the
@@ -121,40 +128,50 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
 
     # Room events for clinics' webhooks (hooks/), written as outbox rows.
     room_events = RoomEvents(lambda: app.get(keys.DB))
-    service = CallService(
-        settings,
-        media,
-        lambda pid: ice_servers_for(app, pid),
-        cluster=cluster,
-        placement=placement,
-        media_client=client,
-        guard=guard,
-        on_waiting=waiting,
-        observe=room_events,
-        recording_store=lambda: app.get(RECORDINGS),
-    )
-    app[CALLS] = service
+    services = [
+        CallService(
+            settings,
+            media,
+            lambda pid: ice_servers_for(app, pid),
+            cluster=cluster,
+            placement=placement,
+            media_client=client,
+            guard=guard,
+            on_waiting=waiting,
+            observe=room_events,
+            recording_store=lambda: app.get(RECORDINGS),
+            home=settings.region if i else "",
+        )
+        for i, (cluster, placement, client) in enumerate(planes or [(None, None, None)])
+    ]
+    app[CALLS] = services[0]
+    calls = app[PLANES] = CallPlanes(settings, *services)
 
     def identity(room: str, pid: str) -> str | None:
-        found = service.rooms.get(room)
-        who = found.core.get(pid) if found is not None else None
-        return who.grant.identity if who is not None else None
+        for service in calls:
+            found = service.rooms.get(room)
+            who = found.core.get(pid) if found is not None else None
+            if who is not None:
+                return who.grant.identity
+        return None
 
     recorder = app[RECORDER] = CallRecorder(
-        app[keys.DB], lambda room: room in service.rooms, identity
+        app[keys.DB], lambda room: any(room in service.rooms for service in calls), identity
     )
-    if client is not None:
+    clients = [client for _, _, client in planes if client is not None]
+    for client in clients:
         client.add_listener(recorder.on_worker_message)
     bus = app[keys.BUS]
     cancelled = await bus.subscribe(*booking.calls.ENDING_TOPICS)
     revoked = await bus.subscribe(revocation.TOPIC)
     listeners = [
-        asyncio.create_task(_end_cancelled(cancelled, service), name="call-booking-ends"),
-        asyncio.create_task(_revocations(revoked, service), name="call-revocations"),
+        asyncio.create_task(_end_cancelled(cancelled, calls), name="call-booking-ends"),
+        asyncio.create_task(_revocations(revoked, calls), name="call-revocations"),
         asyncio.create_task(recorder.run(), name="call-reports"),
     ]
     try:
-        await service.start()
+        for service in calls:
+            await service.start()
         yield
     finally:
         # Closing a subscription ends its loop; a cancel alone may land
@@ -164,15 +181,47 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
         for task in listeners:
             task.cancel()
         await asyncio.gather(*listeners, return_exceptions=True)
-        await service.close()
+        for service in calls:
+            await service.close()
         await room_events.close()
         # Rooms end with the replica, not the call: their reports are
         # finished by the replica that owns them next, or stay not ready.
         recorder.live.clear()
         with contextlib.suppress(Exception):
             await recorder.flush()
-        if client is not None:
+        for client in clients:
             await client.close()
+        if regional_redis is not None:
+            await regional_redis.aclose()
+
+
+async def _plane(
+    app: web.Application, settings: Settings, redis: Any
+) -> tuple[Cluster, Placement | None, MediaClient | None]:
+    """One control plane's cluster and, with no media worker in this
+    process, its placement and media client (started)."""
+    cluster = Cluster(redis, lease=settings.call_owner_lease)
+    if MEDIA in app:
+        return cluster, None, None
+    try:
+        distances = parse_distances(settings.media_region_distances)
+    except ValueError as exc:
+        raise ConfigError(f"media_region_distances: {exc}") from None
+    client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
+    await client.start()
+    return cluster, Placement(redis, distances), client
+
+
+async def _check_link(app: web.Application, grant: RoomGrant) -> None:
+    """Refuses a link whose sign-in session or booking is over, or whose
+    patient lacks a consent the clinic's region requires."""
+    if grant.sid and not await _session_live(app[keys.DB], grant.identity, grant.sid):
+        raise errors.Unauthorized("you signed out since this link was made")
+    if grant.booking:
+        why = await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
+        if why is not None:
+            raise errors.BookingClosed(why.detail, reason=why.reason)
+        await _require_consent(app, grant)
 
 
 #: The region whose consent rules apply to the call of booking $4.
@@ -217,29 +266,30 @@ async def _session_live(pool: asyncpg.Pool, identity: str, sid: str) -> bool:
     )
 
 
-async def _revocations(sub: Subscription, service: CallService) -> None:
+async def _revocations(sub: Subscription, calls: CallPlanes) -> None:
     """``auth.revoked`` (wadud.revocation): the account's participants leave
     the calls whose links came from the revoked session."""
     async for msg in sub:
         rev = revocation.parse(msg.data)
         if rev is not None:
             family = str(rev.family_id) if rev.family_id is not None else None
-            service.revoked(str(rev.user_id), family)
+            for service in calls:
+                service.revoked(str(rev.user_id), family)
 
 
-async def _end_cancelled(sub: Subscription, service: CallService) -> None:
+async def _end_cancelled(sub: Subscription, calls: CallPlanes) -> None:
     """A cancelled booking's call ends for whoever is in it (on the replica
     that owns the room; every replica hears the event)."""
     async for msg in sub:
         data = msg.data.get("data") or {}
         booking_id = data.get("booking_id")
         if isinstance(booking_id, str):
-            service.end_room(booking.calls.room_of(booking_id), "booking-cancelled")
+            for service in calls:
+                service.end_room(booking.calls.room_of(booking_id), "booking-cancelled")
 
 
 async def _shutdown(app: web.Application) -> None:
-    service = app.get(CALLS)
-    if service is not None:
+    for service in app.get(PLANES) or ():
         service.shutdown()
 
 
@@ -250,4 +300,4 @@ def install(app: web.Application) -> None:
     app.on_shutdown.append(_shutdown)
 
 
-__all__ = ["CALLS", "ice_servers_for", "install"]
+__all__ = ["CALLS", "PLANES", "ice_servers_for", "install"]

@@ -72,7 +72,7 @@ class Host(Protocol):
 
     def drop_room(self, room: CallRoom, *, forget: bool = True) -> None: ...
 
-    def disconnected(self, conn: AnyConnection) -> None: ...
+    def disconnected(self, conn: AnyConnection, grace: float | None = None) -> None: ...
 
 
 class Replicas:
@@ -89,10 +89,13 @@ class Replicas:
         region: str,
         rooms: Mapping[str, CallRoom],
         sites: Sites[CallRoom],
+        cutoff_grace: float,
     ) -> None:
         self.cluster = cluster
         self._host = host
         self._region = region
+        #: How long participants whose replica fell silent keep their place.
+        self._cutoff_grace = cutoff_grace
         self._rooms = rooms
         self._sites = sites
         #: This replica's connections by reference (cluster messages name them).
@@ -119,7 +122,7 @@ class Replicas:
     async def start(self) -> None:
         """Listen for other replicas' messages, watch leases, replicas and
         workers, and write room snapshots."""
-        await self.cluster.start(self._on_message)
+        await self.cluster.start(self._on_message, self._lapsed)
         self._spawn(self._watcher(), "call-cluster-watch")
         self._spawn(self._writer(), "call-cluster-write")
 
@@ -166,6 +169,21 @@ class Replicas:
             self.remote.pop(conn.ref, None)
             if conn.reader is not None:
                 conn.reader.cancel()
+
+    def _lapsed(self, gap: float) -> None:
+        """This replica was out of touch with Redis for ``gap`` seconds, past
+        its lease: the owners of rooms whose clients it holds may have taken
+        those clients for gone (a region cut off, docs/operations.md). They
+        reconnect and resume, which puts them back in the room, told of
+        whatever changed meanwhile (a media move among it)."""
+        held = [c for c in self.local.values() if c.room is None and c.room_name is not None]
+        if held:
+            log.warning(
+                "call clients told to resume after the cluster lapsed",
+                extra={"clients": len(held), "gap": round(gap, 1)},
+            )
+        for conn in held:
+            conn.close(errors.CLOSE_RECONNECT, "reconnect: this server lost touch with the call")
 
     def gone(self, room: str, ref: str) -> None:
         """A connection of ours in a room owned elsewhere ended."""
@@ -507,7 +525,9 @@ class Replicas:
         if replicas and not settling:
             alive = await self.cluster.alive(replicas)
             for conn in [c for c in self.remote.values() if c.replica not in alive]:
-                self._host.disconnected(conn)
+                # Dead, or cut off with its clients (a region whose link
+                # broke): they keep their place longer than a dropped socket.
+                self._host.disconnected(conn, self._cutoff_grace)
         # Our clients in rooms nobody owns (their owner died): take them over.
         orphaned = {c.room_name for c in self.local.values() if c.room is None and c.room_name}
         for name in set(self.owners) - orphaned:

@@ -479,16 +479,16 @@ class Room:
 
     # -- leaving ---------------------------------------------------------------
 
-    def disconnect(self, conn: ConnId, now: float) -> list[Output]:
+    def disconnect(self, conn: ConnId, now: float, grace: float | None = None) -> list[Output]:
         """A connection ended (closed, dropped, timed out). Its participant, if
-        it still has that connection, waits ``resume_grace`` or goes."""
+        it still has that connection, waits ``grace`` (``resume_grace``) or goes."""
         p = self._by_conn(conn)
         if p is None:
             return []
         if p.state is W:
             return self._depart(p, Event.DISCONNECT, "left") + self._maybe_close()
         self._move(p, Event.DISCONNECT)
-        p.conn, p.deadline = None, now + self.resume_grace
+        p.conn, p.deadline = None, now + (self.resume_grace if grace is None else grace)
         return []
 
     def leave(self, conn: ConnId) -> list[Output]:

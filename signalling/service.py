@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -162,8 +162,12 @@ class CallService:
         on_waiting: Callable[[RoomGrant], Awaitable[None]] | None = None,
         observe: Callable[[Room, list[Output]], None] | None = None,
         recording_store: Callable[[], Recordings | None] | None = None,
+        home: str = "",
     ) -> None:
         self.settings = settings
+        #: The region whose own control plane this service is (signalling.planes);
+        #: empty: the global one. It takes the links homed there, and no others.
+        self.home = home
         self._get_media = media
         self._listening: set[int] = set()
         self._ice_servers = ice_servers
@@ -199,7 +203,12 @@ class CallService:
         self.replicas: Replicas | None = None
         if cluster is not None:
             self.replicas = Replicas(
-                cluster, self, region=settings.region, rooms=self.rooms, sites=self.sites
+                cluster,
+                self,
+                region=settings.region,
+                rooms=self.rooms,
+                sites=self.sites,
+                cutoff_grace=settings.call_cutoff_grace,
             )
         #: Negotiations still running for subscribers whose room is gone.
         self._orphans: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
@@ -519,15 +528,17 @@ class CallService:
 
     # -- connections -----------------------------------------------------------
 
-    def disconnected(self, conn: AnyConnection) -> None:
-        """The connection is over, however it ended."""
+    def disconnected(self, conn: AnyConnection, grace: float | None = None) -> None:
+        """The connection is over, however it ended; ``grace``: how long its
+        participant may resume (``call_resume_grace`` by default)."""
         if isinstance(conn, Connection):
             self.connections.discard(conn)
         if self.replicas is not None:
             self.replicas.forget(conn)
         room = conn.room
         if room is not None and self.rooms.get(room.name) is room:
-            self.apply(room, room.core.disconnect(conn, asyncio.get_running_loop().time()))
+            now = asyncio.get_running_loop().time()
+            self.apply(room, room.core.disconnect(conn, now, grace))
         elif self.replicas is not None and conn.room_name is not None:
             # Its room runs elsewhere: the owner hears of it.
             self.replicas.gone(conn.room_name, conn.ref)
@@ -579,6 +590,13 @@ class CallService:
             raise errors.Unauthorized(exc.detail) from exc
         if isinstance(conn, Connection) and conn.room_hint not in (None, grant.room):
             raise errors.WrongRoom("the token is for another room than this link's")
+        if grant.home != self.home:
+            where = f"region {grant.home}'s own" if grant.home else "the global"
+            raise errors.OtherRegion(
+                f"this visit is held in {where} control plane; join it through that"
+                " region's servers",
+                home=grant.home,
+            )
         if self.guard is not None:
             await self.guard(grant)
         if await self._is_ended(grant.room, asyncio.get_running_loop().time()):
@@ -767,10 +785,18 @@ class CallService:
 
     # -- the WebSocket ---------------------------------------------------------
 
-    async def serve(self, request: web.Request) -> web.WebSocketResponse:
-        """One call WebSocket from upgrade to close (docs/protocol.md "Calls")."""
-        ws = web.WebSocketResponse(max_msg_size=self.settings.call_max_frame_bytes)
-        await ws.prepare(request)
+    async def serve(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse | None = None,
+        first: WSMessage | None = None,
+    ) -> web.WebSocketResponse:
+        """One call WebSocket from upgrade to close (docs/protocol.md "Calls").
+        ``ws`` and ``first``: a connection signalling.planes upgraded, and the
+        frame it read to choose this plane."""
+        if ws is None:
+            ws = web.WebSocketResponse(max_msg_size=self.settings.call_max_frame_bytes)
+            await ws.prepare(request)
         loop = asyncio.get_running_loop()
         ref = self.replicas.cluster.new_ref() if self.replicas is not None else ""
         conn = Connection(ws, request.query.get("room"), loop.time(), ref)
@@ -788,7 +814,7 @@ class CallService:
                     self._join_timed_out(conn)
                     break
                 try:
-                    msg = await ws.receive(timeout=timeout)
+                    msg, first = first or await ws.receive(timeout=timeout), None
                 except TimeoutError:
                     if conn.room is None and conn.room_name is None:
                         self._join_timed_out(conn)

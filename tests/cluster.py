@@ -283,11 +283,12 @@ class Cluster:
         host: str = HOST,
         region: str | None = None,
         place: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> ApiReplica:
         port = port or free_tcp_port()
         region = self.region if region is None else region
         argv = [WADUD, "api", "--host", host, "--port", str(port), "--region", region]
-        proc = self._proc(f"api-{name}", argv, place, WADUD_MEDIA_HOST=host)
+        proc = self._proc(f"api-{name}", argv, place, WADUD_MEDIA_HOST=host, **(env or {}))
         replica = ApiReplica(name, port, proc, host, region)
         self.apis[name] = replica
         return replica
@@ -300,6 +301,7 @@ class Cluster:
         host: str = HOST,
         region: str | None = None,
         place: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> MediaNode:
         """A media node; ``host`` is the address it binds and announces."""
         http_port = free_tcp_port()
@@ -309,7 +311,7 @@ class Cluster:
             WADUD, "media", "--region", region, "--workers", str(workers),
             "--http", f"{host}:{http_port}", "--udp-port", str(base), "--node-id", node_id,
         ]  # fmt: skip
-        proc = self._proc(f"media-{node_id}", argv, place, WADUD_MEDIA_HOST=host)
+        proc = self._proc(f"media-{node_id}", argv, place, WADUD_MEDIA_HOST=host, **(env or {}))
         node = MediaNode(node_id, http_port, base, workers, proc, host, region)
         self.media[node_id] = node
         return node
@@ -440,14 +442,18 @@ class Cluster:
         name: str | None = None,
         public_url: str | None = None,
         region: str | None = None,
+        home: str = "",
     ) -> str:
         """A join link from ``wadud token``, under ``public_url`` (a front of
         the load balancer, say), naming ``name`` (else the identity: a link
-        without a name makes the page ask for one before Join)."""
+        without a name makes the page ask for one before Join); ``home``: the
+        region whose own control plane holds the room."""
         argv = [WADUD, "token", "--room", room, "--identity", identity, "--role", role]
         argv += ["--name", name or identity]
         if region:
             argv += ["--region", region]
+        if home:
+            argv += ["--home", home]
         env = self.env(WADUD_PUBLIC_URL=public_url or self.public_url)
         proc = await asyncio.create_subprocess_exec(
             *argv,

@@ -57,6 +57,7 @@ BUSY = {
         "tests/signalling/test_cluster.py",
         "tests/signalling/test_weak_network.py",
         "tests/signalling/test_regions.py",
+        "tests/signalling/test_region_cut.py",
         "tests/signalling/test_page_layout.py",
         "tests/signalling/test_sites_call.py",
         "tests/sfu/test_bench_media.py",

@@ -239,8 +239,8 @@ class Bridge:
         if op in ("loss", "delay"):
             pair = pair_key(str(request["a"]), str(request["b"]))
             value = float(request["value"])
-            if op == "loss" and not 0.0 <= value < 1.0:
-                return {"ok": False, "error": f"loss must be in [0, 1), not {value}"}
+            if op == "loss" and not 0.0 <= value <= 1.0:
+                return {"ok": False, "error": f"loss must be in [0, 1], not {value}"}
             if op == "delay" and value < 0:
                 return {"ok": False, "error": "delay must be >= 0"}
             (self.loss if op == "loss" else self.delays)[pair] = value
@@ -329,7 +329,8 @@ class BridgeControl:
         return answer
 
     def set_loss(self, a: str, b: str, loss: float) -> None:
-        """Loss probability for frames between regions ``a`` and ``b`` (both ways)."""
+        """Loss probability for frames between regions ``a`` and ``b`` (both ways);
+        1.0 cuts the pair off (all but ARP)."""
         self.request(op="loss", a=a, b=b, value=loss)
 
     def set_delay(self, a: str, b: str, delay: float) -> None:
@@ -813,16 +814,20 @@ class Lab:
             wrap=lambda place, argv: self.regions.command(place or self.ctl_host, argv),
         )
 
-    def add_api(self, host: str, name: str | None = None, port: int = 8080) -> Any:
+    def add_api(
+        self, host: str, name: str | None = None, port: int = 8080, **env: str
+    ) -> Any:
         """``wadud api --region R`` in ``host`` (R: the host's region)."""
         h = self.regions[host]
-        return self.cluster.add_api(name or host, port, host=h.address, region=h.region, place=host)
+        return self.cluster.add_api(
+            name or host, port, host=h.address, region=h.region, place=host, env=env
+        )
 
-    def add_media(self, host: str, node_id: str | None = None, workers: int = 1) -> Any:
+    def add_media(self, host: str, node_id: str | None = None, workers: int = 1, **env: str) -> Any:
         """``wadud media --region R`` in ``host``, binding and announcing its address."""
         h = self.regions[host]
         return self.cluster.add_media(
-            node_id or host, workers, host=h.address, region=h.region, place=host
+            node_id or host, workers, host=h.address, region=h.region, place=host, env=env
         )
 
     async def start(self, within: float = 120.0) -> None:

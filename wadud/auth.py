@@ -443,6 +443,11 @@ class RoomGrant:
     #: Where the participant's media should go (a media node region); empty:
     #: the region of the API replica they reach.
     region: str = ""
+    #: The region whose own control plane (its ``redis_region_url``) holds
+    #: the room, for a visit whose participants are all in that region: it
+    #: goes on when the region is cut off from the rest of the deployment.
+    #: Empty: the deployment-wide plane (``redis_url``), any region.
+    home: str = ""
     #: A booking's video link: the booking id and the slot start (ISO 8601)
     #: the link was issued for. Signalling checks both against the booking
     #: at every join and resume, so a cancelled, completed or rescheduled
@@ -474,6 +479,8 @@ def issue_room_token(
     }
     if grant.region:
         claims["region"] = grant.region
+    if grant.home:
+        claims["home"] = grant.home
     if grant.booking:
         claims["booking"] = {"id": grant.booking, "slot": grant.slot}
     if grant.sid:
@@ -494,6 +501,7 @@ def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> R
             subscribe=bool(g.get("subscribe", False)),
             admin=bool(g.get("admin", False)),
             region=str(c.get("region") or ""),
+            home=str(c.get("home") or ""),
             booking=str((c.get("booking") or {}).get("id") or ""),
             slot=str((c.get("booking") or {}).get("slot") or ""),
             sid=str(c.get("sid") or ""),

@@ -21,6 +21,9 @@ SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", asyncpg.Pool)
 DATABASE_URL = web.AppKey("database_url", str)
 BUS = web.AppKey("bus", Bus)
+#: The region's own control plane (``redis_region_url``), when the process
+#: serves one: readiness holds while it answers (wadud.ops).
+REGION_PLANE = web.AppKey("region_plane", Bus)
 #: Named extras other packages hang on the app (gateways, TURN server, ...).
 EXTRAS = web.AppKey("extras", dict[str, Any])
 

@@ -41,6 +41,8 @@ class Ready(ApiModel):
     migrations: bool
     bus: bool
     pending_migrations: list[str] = []
+    #: The region's own control plane answers (None: the process has none).
+    region_plane: bool | None = None
 
 
 @routes.get("/healthz", returns=Health, auth="public")
@@ -52,7 +54,10 @@ async def healthz(call: Call[None, None]) -> Health:
 @routes.get("/readyz", returns=Ready, auth="public", responses={503: "Not ready"})
 async def readyz(call: Call[None, None]) -> web.Response:
     """Readiness: the database answers, every migration is applied, the bus
-    answers. 503 with the same body otherwise."""
+    answers. 503 with the same body otherwise. With a region's own control
+    plane (``redis_region_url``), 200 ``degraded`` while only that answers:
+    the region's own visits are served though it is cut off from the rest
+    (docs/operations.md, "A region cut off")."""
     db_ok, pending = False, ["?"]
     try:
         async with call.pool.acquire(timeout=2) as conn:
@@ -65,16 +70,25 @@ async def readyz(call: Call[None, None]) -> web.Response:
     except Exception:
         db_ok = False
     bus_ok = await call.request.app[keys.BUS].ping()
+    plane = call.request.app.get(keys.REGION_PLANE)
+    plane_ok = await plane.ping() if plane is not None else None
+    if db_ok and not pending and bus_ok and plane_ok is not False:
+        status = "ready"
+    elif plane_ok and not (db_ok and pending):
+        status = "degraded"
+    else:
+        status = "not ready"
     ready = Ready(
-        status="ready" if db_ok and not pending and bus_ok else "not ready",
+        status=status,
         database=bool(db_ok),
         migrations=db_ok and not pending,
         bus=bus_ok,
         pending_migrations=pending if db_ok else [],
+        region_plane=plane_ok,
     )
     return web.Response(
-        body=ready.model_dump_json(),
-        status=200 if ready.status == "ready" else 503,
+        body=ready.model_dump_json(exclude_none=True),
+        status=503 if status == "not ready" else 200,
         content_type="application/json",
     )
 

@@ -54,11 +54,14 @@ class World:
         self.rooms.append(name)
         return name
 
-    async def link(self, room: str, identity: str, role: str, region: str) -> str:
-        """A join link through the ``wadud api`` of ``region``, with a region claim."""
+    async def link(
+        self, room: str, identity: str, role: str, region: str, home: str = ""
+    ) -> str:
+        """A join link through the ``wadud api`` of ``region``, with a region
+        claim (and ``home``, the region whose own plane holds the room)."""
         api = self.lab.cluster.apis[region]
         link: str = await self.lab.cluster.token_link(
-            room, identity, role, region=region, public_url=api.url
+            room, identity, role, region=region, public_url=api.url, home=home
         )
         return link
 
@@ -171,10 +174,14 @@ class Party:
     host: str
     clients: list[Any] = field(default_factory=list)
 
-    async def join(self, room: str, who: str, *, publish: bool, count: int = 1) -> None:
+    async def join(
+        self, room: str, who: str, *, publish: bool, count: int = 1, home: str = ""
+    ) -> None:
         region = self.world.regions[self.host].region
         role = "doctor" if publish else "patient"
-        links = [await self.world.link(room, f"{who}-{i}", role, region) for i in range(count)]
+        links = [
+            await self.world.link(room, f"{who}-{i}", role, region, home) for i in range(count)
+        ]
 
         async def go() -> list[Any]:
             return list(
@@ -200,6 +207,39 @@ class Party:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.host}: video never reached everyone: {got}")
             await asyncio.sleep(0.3)
+
+    async def resume_dropped(self) -> list[str]:
+        """Resume, at once, each client whose WebSocket the server closed for
+        it to come back (as the call page does by itself); what each did."""
+
+        async def resume(c: Any) -> str:
+            t0 = time.monotonic()
+            try:
+                await c.resume()
+            except Exception as exc:
+                return f"{c.label} failed after {time.monotonic() - t0:.1f} s: {exc!r}"
+            return f"{c.label} resumed in {time.monotonic() - t0:.1f} s"
+
+        async def go() -> list[str]:
+            dropped = [c for c in self.clients if c.state == "disconnected"]
+            return list(await asyncio.gather(*(resume(c) for c in dropped)))
+
+        return await self.world.regions.run_in(self.host, go)
+
+    async def video_from(self) -> list[dict[str, int]]:
+        """Per client, the video frames it decoded so far from each participant."""
+
+        async def read() -> list[dict[str, int]]:
+            out = []
+            for c in self.clients:
+                seen: dict[str, int] = {}
+                for t in c.received.values():
+                    if t.kind == "video":
+                        seen[t.participant] = seen.get(t.participant, 0) + t.frames
+                out.append(seen)
+            return out
+
+        return await self.world.regions.run_in(self.host, read)
 
     async def max_gaps(self, *, reset: bool = False) -> list[float]:
         async def read() -> list[float]:

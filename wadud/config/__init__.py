@@ -106,6 +106,15 @@ class Settings:
         "Redis URL for the bus (pub/sub and streams). Empty: an in-process bus, which"
         " only works when everything runs in one process (`wadud serve`).",
     )
+    redis_region_url: str = setting(
+        "",
+        "Redis URL of this region's own control plane. Set, the rooms whose links name"
+        " this `region` as their home (the room token's `home` claim: every participant"
+        " in this region) are owned, placed and driven through it alone, and go on while"
+        " the region is cut off from `redis_url` and the other regions; `wadud media`"
+        " nodes register in both. Empty: every room uses `redis_url`"
+        " (docs/operations.md, \"A region cut off\").",
+    )
     # [auth]
     auth_access_ttl: int = setting(900, "Access token lifetime, seconds.")
     auth_refresh_ttl: int = setting(30 * 86400, "Refresh token lifetime, seconds.")
@@ -531,6 +540,12 @@ class Settings:
         20.0,
         "Seconds a participant whose WebSocket dropped stays in the room, media"
         " flowing, waiting to resume.",
+    )
+    call_cutoff_grace: float = setting(
+        120.0,
+        "Seconds a participant stays in the room when the API replica holding its"
+        " WebSocket falls silent (died, or its region was cut off from this one):"
+        " after a cut heals its clients resume within this (docs/operations.md).",
     )
     call_ping_interval: float = setting(
         15.0, "Seconds between the server's pings on call WebSockets."

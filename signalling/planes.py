@@ -1,0 +1,78 @@
+"""Which control plane a call WebSocket belongs to.
+
+A deployment has one plane, the global Redis (``redis_url``) that every
+region reaches. A region may also have its own (``redis_region_url``): a
+Redis in the region, which its ``wadud api`` replicas and ``wadud media``
+nodes use for the rooms whose every participant is there. The room token
+says which: its ``home`` claim names the region whose plane holds the room
+(wadud.auth.RoomGrant.home); no claim, the global one. Each plane is a whole
+:class:`~signalling.service.CallService` with its own cluster, placement and
+media client, so a room lives in one plane only, and a region cut off from
+the global Redis keeps owning, placing and forwarding the rooms of its own
+plane (docs/operations.md, "A region cut off").
+
+:class:`CallPlanes` reads a connection's first frame (a ``join``, whose
+token names the room) and hands the connection to that room's plane, which
+verifies the token in full and refuses a home that is not its own. With
+one plane it hands every connection over at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from aiohttp import WSMessage, WSMsgType, web
+
+from signalling.service import JOIN_TIMEOUT, CallService
+from wadud.auth import InvalidToken, decode_room_token
+from wadud.config import Settings
+
+
+class CallPlanes:
+    """The call services of this replica by plane: ``global_`` for rooms with
+    no home, ``regional`` (when ``redis_region_url`` is set) for the rooms
+    homed in this replica's region."""
+
+    def __init__(
+        self, settings: Settings, global_: CallService, regional: CallService | None = None
+    ) -> None:
+        self.settings = settings
+        self.global_ = global_
+        self.regional = regional
+        self.join_timeout = JOIN_TIMEOUT
+
+    def __iter__(self) -> Iterator[CallService]:
+        yield self.global_
+        if self.regional is not None:
+            yield self.regional
+
+    async def serve(self, request: web.Request) -> web.WebSocketResponse:
+        """``GET /ws``: the connection, given to the plane its first frame names."""
+        if self.regional is None:
+            return await self.global_.serve(request)
+        ws = web.WebSocketResponse(max_msg_size=self.settings.call_max_frame_bytes)
+        await ws.prepare(request)
+        try:
+            first: object | None = await ws.receive(timeout=self.join_timeout)
+        except TimeoutError:
+            first = None
+        if not isinstance(first, WSMessage):
+            return await self.global_.serve(request, ws)
+        return await self.plane_of(first).serve(request, ws, first)
+
+    def plane_of(self, first: WSMessage) -> CallService:
+        """The service of the room a first frame joins. Anything that is not a
+        good join, or homed in another region, goes to the global plane, which
+        refuses it as it would (a home not its own: ``other-region``)."""
+        if first.type != WSMsgType.TEXT:
+            return self.global_
+        try:
+            frame = json.loads(first.data)
+            token = frame["token"] if frame.get("type") == "join" else None
+            home = decode_room_token(self.settings, token).home if isinstance(token, str) else ""
+        except (ValueError, TypeError, KeyError, AttributeError, InvalidToken):
+            return self.global_
+        if home and home == self.settings.region and self.regional is not None:
+            return self.regional
+        return self.global_

@@ -1,0 +1,217 @@
+"""Issue 24's must-show 2: a region that stands alone when it is cut off.
+
+On the simulated regions (tests/regions.py): PostgreSQL and the global
+Redis in ``db``; ``wadud api --region pk`` and ``wadud media --region pk`` in
+``pk``; the same for ``sa`` in host ``sa``, which also runs the region's own
+Redis (``redis_region_url``, signalling.planes). Participants are aiortc
+clients in ``pk-c`` and ``sa-c``; each publishes a camera and a microphone.
+
+An ``sa``-only visit (its links' ``home`` is ``sa``) and a ``pk``–``sa`` visit
+(no home: the global plane) run; then every frame between region ``sa`` and
+the rest (``pk``, ``db``, ``ctl``) is dropped for 30 s. The ``sa``-only visit
+keeps decoding, a new ``sa``-only visit starts during the cut, the
+``pk``–``sa`` visit keeps each side's local media, and within 15 s of the heal
+everyone in it decodes everyone else again, with the same clients (no reload).
+
+    .venv/bin/pytest -s tests/signalling/test_region_cut.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.regions import Lab, Regions, start_redis, unavailable_reason, wait_tcp
+from tests.signalling.test_regions import DISTANCES, SECRET, Party, World
+
+HOSTS = ["db", "ctl", "pk", "pk-c", "sa", "sa-c"]
+REGIONAL_PORT = 6380
+CUT = 30.0
+HEAL_WITHIN = 15.0
+#: The others region ``sa`` loses when cut off: every other host's region.
+HUB = ("pk", "db", "ctl")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("region-cut")
+    regions = Regions(work, HOSTS, seed=24)
+    regions.start()
+    env = {"WADUD_MEDIA_WORKER_TTL": "3", "WADUD_MEDIA_REGION_DISTANCES": DISTANCES}
+    lab = Lab(regions, SECRET, extra_env=env)
+    sa = regions["sa"].address
+    own = {"WADUD_REDIS_REGION_URL": f"redis://{sa}:{REGIONAL_PORT}/0"}
+    try:
+        start_redis(regions, "sa", REGIONAL_PORT)
+        regions.loop("ctl").call(lambda: wait_tcp(sa, REGIONAL_PORT), timeout=40)
+        lab.add_api("pk")
+        lab.add_api("sa", **own)
+        lab.add_media("pk", workers=1)
+        lab.add_media("sa", workers=1, **own)
+        regions.loop("ctl").call(lambda: lab.start(150), timeout=200)
+        yield World(regions, lab, work)
+    finally:
+        with contextlib.suppress(Exception):
+            regions.loop("ctl").call(lab.close, timeout=60)
+        regions.close()
+
+
+async def _ready(world: World, region: str) -> tuple[int, dict[str, Any]]:
+    """``/readyz`` of ``region``'s API replica, asked from its own clients' host."""
+    url = world.lab.cluster.apis[region].url + "/readyz"
+
+    async def get() -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, timeout=aiohttp.ClientTimeout(10)) as r,
+        ):
+            return r.status, await r.json()
+
+    return await world.regions.run_in(f"{region}-c", get)
+
+
+async def _refused_elsewhere(world: World, room: str) -> str:
+    """The error code a link homed in ``sa`` gets through the ``pk`` replica."""
+    from wadud_client.call import CallClient
+    from wadud_client.errors import RequestFailed
+    from wadud_client.network import ws_url
+
+    link = await world.link(room, "stray", "patient", "pk", home="sa")
+
+    async def go() -> str:
+        url, token, name = ws_url(link)
+        assert token
+        client = CallClient(url, token, room=name, label="stray")
+        try:
+            await client.join()
+        except RequestFailed as exc:
+            return exc.code
+        finally:
+            await client.close()
+        return "joined"
+
+    return await world.regions.run_in("pk-c", go)
+
+
+def _cut(regions: Regions, loss: float) -> None:
+    for other in HUB:
+        regions.bridge.set_loss("sa", other, loss)
+
+
+async def _growing(parties: list[Party], window: float) -> list[list[int]]:
+    """Per party, per client: how many others' video grew over ``window``
+    (after resuming the clients the server asked to, as pages do)."""
+    for party in parties:
+        for line in await party.resume_dropped():
+            print(f"{time.strftime('%H:%M:%S')} {line}")
+    before = [await p.video_from() for p in parties]
+    await asyncio.sleep(window)
+    after = [await p.video_from() for p in parties]
+    return [
+        [
+            sum(1 for pid, n in now.items() if n > then.get(pid, 0))
+            for then, now in zip(old, new, strict=True)
+        ]
+        for old, new in zip(before, after, strict=True)
+    ]
+
+
+async def _everyone_sees(parties: list[Party], others: int, within: float) -> float:
+    """Seconds until every client's video grows from ``others`` participants
+    over one window; AssertionError with what was seen if not ``within``."""
+    t0 = time.monotonic()
+    while True:
+        seen = await _growing(parties, 1.5)
+        if all(n >= others for party in seen for n in party):
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > within:
+            raise AssertionError(f"not everyone decodes {others} others: {seen}")
+
+
+async def _scenario(world: World) -> dict[str, Any]:
+    regions = world.regions
+    local = world.room("sa-visit")
+    shared = world.room("pk-sa-visit")
+    report: dict[str, Any] = {}
+    sa_only, pk_side, sa_side, sa_new = (
+        Party(world, "sa-c"),
+        Party(world, "pk-c"),
+        Party(world, "sa-c"),
+        Party(world, "sa-c"),
+    )
+    try:
+        await sa_only.join(local, "sa", publish=True, count=2, home="sa")
+        await pk_side.join(shared, "pk", publish=True, count=2)
+        await sa_side.join(shared, "sb", publish=True, count=2)
+        report["joined_to_decoding"] = await _everyone_sees([sa_only], 1, 40)
+        await _everyone_sees([pk_side, sa_side], 3, 40)
+        report["other_region"] = await _refused_elsewhere(world, local)
+        report["ready_before"] = await _ready(world, "sa")
+
+        _cut(regions, 1.0)
+        cut_at = time.monotonic()
+        # The sa-only visit decodes throughout; the shared one keeps each
+        # side's own media (the other side's is cut).
+        during: list[Any] = []
+        during.append(await _growing([sa_only, pk_side, sa_side], 4.0))
+        # A new sa-only visit starts while the region is cut off.
+        new = world.room("sa-visit-new")
+        t0 = time.monotonic()
+        await sa_new.join(new, "sn", publish=True, count=2, home="sa")
+        report["new_visit_decoding"] = time.monotonic() - t0 + await _everyone_sees(
+            [sa_new], 1, 30
+        )
+        report["ready_during"] = await _ready(world, "sa")
+        while time.monotonic() - cut_at < CUT - 5.0:
+            during.append(await _growing([sa_only, pk_side, sa_side], 4.0))
+        report["during"] = during
+        report["new_started_after_cut"] = t0 - cut_at
+        report["cut_for"] = time.monotonic() - cut_at
+        assert report["cut_for"] < CUT + 5.0, report
+        await asyncio.sleep(max(0.0, CUT - report["cut_for"]))
+        report["cut_for"] = time.monotonic() - cut_at
+        clients = [id(c) for p in (sa_only, pk_side, sa_side) for c in p.clients]
+
+        _cut(regions, 0.0)
+        report["healed_to_everyone"] = await _everyone_sees([pk_side, sa_side], 3, HEAL_WITHIN)
+        report["after"] = await _growing([sa_only, sa_new, pk_side, sa_side], 3.0)
+        report["same_clients"] = clients == [
+            id(c) for p in (sa_only, pk_side, sa_side) for c in p.clients
+        ]
+        return report
+    finally:
+        _cut(regions, 0.0)
+        for party in (sa_only, pk_side, sa_side, sa_new):
+            await party.close()
+
+
+def test_a_cut_off_region_keeps_its_visits_and_the_shared_one_joins_up(world: World) -> None:
+    report = world.regions.loop("ctl").call(lambda: _scenario(world), timeout=240)
+    print(f"\nregion cut: {report}")
+    for sa_only, pk_side, sa_side in report["during"]:
+        # Each sa-only participant decodes the other; in the shared visit
+        # each side decodes its own side's other participant.
+        assert sa_only == [1, 1], report
+        assert all(n >= 1 for n in pk_side + sa_side), report
+    assert report["new_started_after_cut"] < CUT, report
+    # A link homed in sa is refused by the pk replica, not split off there.
+    assert report["other_region"] == "other-region", report
+    # Cut off, the sa replica still serves its region's calls: ready, degraded.
+    assert report["ready_before"] == (200, {**report["ready_before"][1], "status": "ready"})
+    status, body = report["ready_during"]
+    assert status == 200 and body["status"] == "degraded", report
+    assert body["region_plane"] is True and body["database"] is False, report
+    assert report["cut_for"] >= CUT, report
+    sa_only, sa_new, pk_side, sa_side = report["after"]
+    assert sa_only == [1, 1] and sa_new == [1, 1], report
+    assert pk_side == [3, 3] and sa_side == [3, 3], report
+    assert report["same_clients"], report
