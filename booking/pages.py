@@ -116,7 +116,8 @@ def wants_html(request: web.Request) -> bool:
 _BOOKING = """SELECT b.id, b.status, b.type, b.starts_at, b.ends_at, b.doctor_id,
                      b.patient_id, b.refund_minor, b.currency,
                      d.display_name AS doctor, u.display_name AS patient_name,
-                     u.locale, u.time_zone
+                     u.locale, u.time_zone,
+                     (SELECT c.region FROM clinics c WHERE c.id = b.clinic_id) AS clinic_region
               FROM bookings b
               JOIN doctors d ON d.id = b.doctor_id
               JOIN users u ON u.id = b.patient_id
@@ -147,6 +148,7 @@ def _patient_link(settings: Settings, row: asyncpg.Record) -> str | None:
         name=row["patient_name"] or "",
         role="patient",
         locale=row["locale"],
+        clinic_region=row["clinic_region"] or "",
     )
     return link.url
 

@@ -18,6 +18,7 @@ from uuid import UUID
 
 import asyncpg
 from aiohttp import web
+from redis.exceptions import RedisError
 
 import booking.calls
 from privacy import consent
@@ -104,16 +105,25 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     planes: list[tuple[Cluster | None, Placement | None, MediaClient | None]] = [
         await _plane(app, settings, r) for r in (redis, regional_redis) if r is not None
     ]
+
     async def guard(grant: RoomGrant) -> None:
+        if not grant.booking and not grant.sid:
+            return
         try:
-            await _check_link(app, grant)
-        except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
-            # The database is out of reach (a region cut off from it): the
-            # link's booking and session cannot be checked, so it waits.
+            async with asyncio.timeout(LINK_CHECK_TIMEOUT):
+                await _check_link(app, grant)
+        except _DATABASE_AWAY as exc:
+            # The database is out of reach (a region cut off from it): a link
+            # this region saw pass opens the room again; another one waits.
+            if regional_redis is not None and await _passed_before(regional_redis, grant):
+                log.info("room link let in on its earlier check: database: %r", exc)
+                return
             log.warning("room link not checked: database: %r", exc)
             raise errors.BookingUnverifiable(
                 "the booking cannot be checked now (the database is out of reach); try again"
             ) from None
+        if regional_redis is not None:
+            await _note_passed(regional_redis, grant)
 
     async def waiting(grant: RoomGrant) -> None:
         # A patient in a booking's waiting room: an outbox event, which the
@@ -210,6 +220,35 @@ async def _plane(
     client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
     await client.start()
     return cluster, Placement(redis, distances), client
+
+
+#: Seconds a join waits for the database to check its link (a region cut off
+#: from it leaves connections that hang rather than fail).
+LINK_CHECK_TIMEOUT = 5.0
+#: Seconds a region's own plane remembers a link that passed its checks, so
+#: the visit's joins and resumes go on while the database is out of reach:
+#: longer than any visit.
+LINK_PASSED_TTL = 6 * 3600
+_DATABASE_AWAY = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+
+
+def _passed_key(grant: RoomGrant) -> str:
+    return f"wadud:call:link-passed:{grant.booking}:{grant.slot}:{grant.identity}:{grant.sid}"
+
+
+async def _note_passed(redis: Any, grant: RoomGrant) -> None:
+    """Remember in the region's own plane that ``grant``'s link passed."""
+    try:
+        await redis.set(_passed_key(grant), "1", ex=LINK_PASSED_TTL)
+    except (RedisError, OSError) as exc:
+        log.warning("room link check not remembered: redis: %r", exc)
+
+
+async def _passed_before(redis: Any, grant: RoomGrant) -> bool:
+    try:
+        return bool(await redis.exists(_passed_key(grant)))
+    except (RedisError, OSError):
+        return False
 
 
 async def _check_link(app: web.Application, grant: RoomGrant) -> None:

@@ -814,9 +814,7 @@ class Lab:
             wrap=lambda place, argv: self.regions.command(place or self.ctl_host, argv),
         )
 
-    def add_api(
-        self, host: str, name: str | None = None, port: int = 8080, **env: str
-    ) -> Any:
+    def add_api(self, host: str, name: str | None = None, port: int = 8080, **env: str) -> Any:
         """``wadud api --region R`` in ``host`` (R: the host's region)."""
         h = self.regions[host]
         return self.cluster.add_api(

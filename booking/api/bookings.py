@@ -520,6 +520,7 @@ async def video_link(call: Call[None, None]) -> calls.VideoLink:
         user = await conn.fetchrow(
             "SELECT display_name, locale FROM users WHERE id = $1", me.user_id
         )
+        region = await conn.fetchval("SELECT region FROM clinics WHERE id = $1", row["clinic_id"])
         if me.role is Role.DOCTOR:
             name = await conn.fetchval(
                 "SELECT display_name FROM doctors WHERE id = $1", row["doctor_id"]
@@ -535,6 +536,7 @@ async def video_link(call: Call[None, None]) -> calls.VideoLink:
         role="patient" if is_patient else ("doctor" if me.role is Role.DOCTOR else "staff"),
         locale=user["locale"] if user is not None else None,
         sid=str(me.family_id) if me.family_id else "",
+        clinic_region=region or "",
     )
 
 

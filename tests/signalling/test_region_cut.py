@@ -167,9 +167,7 @@ async def _scenario(world: World) -> dict[str, Any]:
         new = world.room("sa-visit-new")
         t0 = time.monotonic()
         await sa_new.join(new, "sn", publish=True, count=2, home="sa")
-        report["new_visit_decoding"] = time.monotonic() - t0 + await _everyone_sees(
-            [sa_new], 1, 30
-        )
+        report["new_visit_decoding"] = time.monotonic() - t0 + await _everyone_sees([sa_new], 1, 30)
         report["ready_during"] = await _ready(world, "sa")
         while time.monotonic() - cut_at < CUT - 5.0:
             during.append(await _growing([sa_only, pk_side, sa_side], 4.0))

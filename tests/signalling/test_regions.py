@@ -54,9 +54,7 @@ class World:
         self.rooms.append(name)
         return name
 
-    async def link(
-        self, room: str, identity: str, role: str, region: str, home: str = ""
-    ) -> str:
+    async def link(self, room: str, identity: str, role: str, region: str, home: str = "") -> str:
         """A join link through the ``wadud api`` of ``region``, with a region
         claim (and ``home``, the region whose own plane holds the room)."""
         api = self.lab.cluster.apis[region]

@@ -541,6 +541,13 @@ class Settings:
         "Seconds a participant whose WebSocket dropped stays in the room, media"
         " flowing, waiting to resume.",
     )
+    call_home_regions: list[str] = setting(
+        [],
+        "Regions that run their own control plane (`redis_region_url`) for their"
+        " clinics' visits: a booking of a clinic in one of them gets video links"
+        " homed there (the room token's `home`), so the visit goes on when the"
+        " region is cut off; its participants join through that region's servers.",
+    )
     call_cutoff_grace: float = setting(
         120.0,
         "Seconds a participant stays in the room when the API replica holding its"
