@@ -39,6 +39,8 @@ log = logging.getLogger("wadud.signalling")
 
 __all__ = ["WATCH_INTERVAL", "Host", "Replicas"]
 
+#: Owner lookups of a room after the cluster lapsed, before giving up.
+HELD_TRIES = 5
 #: Seconds between the cluster watcher's rounds (leases, dead replicas and workers).
 WATCH_INTERVAL = 1.0
 #: After a Redis outage, absences prove no death for this many owner leases.
@@ -173,17 +175,39 @@ class Replicas:
     def _lapsed(self, gap: float) -> None:
         """This replica was out of touch with Redis for ``gap`` seconds, past
         its lease: the owners of rooms whose clients it holds may have taken
-        those clients for gone (a region cut off, docs/operations.md). They
-        reconnect and resume, which puts them back in the room, told of
+        those clients for gone (a region cut off, docs/operations.md). Each
+        owner is told which it still holds (``held``); those it let go are
+        closed to reconnect (1012), and resume: back in the room, told of
         whatever changed meanwhile (a media move among it)."""
         held = [c for c in self.local.values() if c.room is None and c.room_name is not None]
         if held:
             log.warning(
-                "call clients told to resume after the cluster lapsed",
-                extra={"clients": len(held), "gap": round(gap, 1)},
+                "cluster lapsed: asking the owners of %d clients' rooms",
+                len(held),
+                extra={"gap": round(gap, 1)},
             )
+            self._spawn(self._still_held(held), "call-still-held")
+
+    async def _still_held(self, held: list[Connection]) -> None:
+        # Redis has only just answered again: a command may still meet a
+        # connection the outage broke, so each lookup is tried a few times.
         for conn in held:
-            conn.close(errors.CLOSE_RECONNECT, "reconnect: this server lost touch with the call")
+            name = conn.room_name
+            for attempt in range(HELD_TRIES):
+                if name is None or conn.closing:
+                    break
+                try:
+                    owner = await self.cluster.owner(name)
+                except RedisError as exc:
+                    log.info("owner lookup after a lapse failed: %r", exc, extra={"room": name})
+                    await asyncio.sleep(0.5 * (attempt + 1))
+                    continue
+                if owner is not None and owner != self.cluster.replica:
+                    me = self.cluster.replica
+                    self.cluster.send(
+                        owner, {"k": "held", "room": name, "conn": conn.ref, "from": me}
+                    )
+                break
 
     def gone(self, room: str, ref: str) -> None:
         """A connection of ours in a room owned elsewhere ended."""
@@ -338,6 +362,25 @@ class Replicas:
             remote = self.remote.get(ref)
             if remote is not None:
                 self._host.disconnected(remote)
+        elif kind == "held":
+            # A replica back from a lapse holds this client: if we let it go
+            # meanwhile (detached, or the room changed hands), it comes back.
+            # (A frame it forwarded since may have made a new, unjoined
+            # RemoteConnection: only one in the room counts.)
+            sender, remote = msg.get("from"), self.remote.get(ref)
+            room = self._rooms.get(str(msg.get("room")))
+            if isinstance(sender, str) and (
+                remote is None or room is None or remote.room is not room
+            ):
+                log.info("a client let go during a lapse is asked back", extra={"conn": ref})
+                reason = "reconnect: this server lost touch with the call"
+                close = {
+                    "k": "close",
+                    "conn": ref,
+                    "code": errors.CLOSE_RECONNECT,
+                    "reason": reason,
+                }
+                self.cluster.send(sender, close)
         elif kind == "check":
             # A new owner asks whether a connection it restored still stands.
             sender = msg.get("from")
