@@ -814,14 +814,27 @@ class Lab:
             wrap=lambda place, argv: self.regions.command(place or self.ctl_host, argv),
         )
 
-    def add_api(self, host: str, name: str | None = None, port: int = 8080, **env: str) -> Any:
-        """``wadud api --region R`` in ``host`` (R: the host's region)."""
+    def add_api(
+        self,
+        host: str,
+        name: str | None = None,
+        port: int = 8080,
+        env: dict[str, str] | None = None,
+    ) -> Any:
+        """``wadud api --region R`` in ``host`` (R: the host's region), with
+        ``env`` besides the lab's."""
         h = self.regions[host]
         return self.cluster.add_api(
             name or host, port, host=h.address, region=h.region, place=host, env=env
         )
 
-    def add_media(self, host: str, node_id: str | None = None, workers: int = 1, **env: str) -> Any:
+    def add_media(
+        self,
+        host: str,
+        node_id: str | None = None,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> Any:
         """``wadud media --region R`` in ``host``, binding and announcing its address."""
         h = self.regions[host]
         return self.cluster.add_media(

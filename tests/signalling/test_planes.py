@@ -7,7 +7,7 @@ is tests/signalling/test_region_cut.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,15 +23,9 @@ from wadud.config import Settings
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, redis_server: RedisServer) -> Settings:
-    return Settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        secret_key="test-secret-" + "x" * 32,
-        database_pool_min=1,
-        database_pool_max=10,
-        log_format="text",
-        auth_hash_memory_kib=1024,
+def settings(settings: Settings, redis_server: RedisServer) -> Settings:
+    return dataclasses.replace(
+        settings,
         redis_url=redis_server.url,
         # The region's own Redis: another database of the same server.
         redis_region_url=redis_server.url.rsplit("/", 1)[0] + "/1",

@@ -6,11 +6,11 @@ Redis in ``db``; ``wadud api --region pk`` and ``wadud media --region pk`` in
 Redis (``redis_region_url``, signalling.planes). Participants are aiortc
 clients in ``pk-c`` and ``sa-c``; each publishes a camera and a microphone.
 
-An ``sa``-only visit (its links' ``home`` is ``sa``) and a ``pk``–``sa`` visit
+An ``sa``-only visit (its links' ``home`` is ``sa``) and a ``pk``-``sa`` visit
 (no home: the global plane) run; then every frame between region ``sa`` and
 the rest (``pk``, ``db``, ``ctl``) is dropped for 30 s. The ``sa``-only visit
 keeps decoding, a new ``sa``-only visit starts during the cut, the
-``pk``–``sa`` visit keeps each side's local media, and within 15 s of the heal
+``pk``-``sa`` visit keeps each side's local media, and within 15 s of the heal
 everyone in it decodes everyone else again, with the same clients (no reload).
 
     .venv/bin/pytest -s tests/signalling/test_region_cut.py
@@ -19,7 +19,6 @@ everyone in it decodes everyone else again, with the same clients (no reload).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,8 +26,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.regions import Lab, Regions, start_redis, unavailable_reason, wait_tcp
-from tests.signalling.test_regions import DISTANCES, SECRET, Party, World
+from tests.regions import Lab, Regions, start_redis, wait_tcp
+from tests.signalling.test_regions import Party, World, lab_world
 
 HOSTS = ["db", "ctl", "pk", "pk-c", "sa", "sa-c"]
 REGIONAL_PORT = 6380
@@ -40,29 +39,17 @@ HUB = ("pk", "db", "ctl")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    work = tmp_path_factory.mktemp("region-cut")
-    regions = Regions(work, HOSTS, seed=24)
-    regions.start()
-    env = {"WADUD_MEDIA_WORKER_TTL": "3", "WADUD_MEDIA_REGION_DISTANCES": DISTANCES}
-    lab = Lab(regions, SECRET, extra_env=env)
-    sa = regions["sa"].address
-    own = {"WADUD_REDIS_REGION_URL": f"redis://{sa}:{REGIONAL_PORT}/0"}
-    try:
+    def build(regions: Regions, lab: Lab) -> None:
+        sa = regions["sa"].address
         start_redis(regions, "sa", REGIONAL_PORT)
         regions.loop("ctl").call(lambda: wait_tcp(sa, REGIONAL_PORT), timeout=40)
+        own = {"WADUD_REDIS_REGION_URL": f"redis://{sa}:{REGIONAL_PORT}/0"}
         lab.add_api("pk")
-        lab.add_api("sa", **own)
+        lab.add_api("sa", env=own)
         lab.add_media("pk", workers=1)
-        lab.add_media("sa", workers=1, **own)
-        regions.loop("ctl").call(lambda: lab.start(150), timeout=200)
-        yield World(regions, lab, work)
-    finally:
-        with contextlib.suppress(Exception):
-            regions.loop("ctl").call(lab.close, timeout=60)
-        regions.close()
+        lab.add_media("sa", workers=1, env=own)
+
+    yield from lab_world(tmp_path_factory, HOSTS, 24, build)
 
 
 async def _ready(world: World, region: str) -> tuple[int, dict[str, Any]]:

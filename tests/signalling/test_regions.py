@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import re
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,31 +109,42 @@ def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def lab_world(
+    tmp_path_factory: pytest.TempPathFactory,
+    hosts: list[str],
+    seed: int,
+    build: Callable[[Regions, Lab], None],
+) -> Iterator[World]:
+    """A world of ``hosts`` (skipped where namespaces cannot run): ``build``
+    adds what runs where (and starts what the lab does not), then PostgreSQL,
+    the global Redis and every added process start, and are stopped after."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from wadud.config import Settings
-
     work = tmp_path_factory.mktemp("regions")
-    regions = Regions(work, HOSTS, seed=10)
-    env = {"WADUD_MEDIA_WORKER_TTL": "3"}
-    if "media_region_distances" in {f.name for f in dataclasses.fields(Settings)}:
-        env["WADUD_MEDIA_REGION_DISTANCES"] = DISTANCES
+    regions = Regions(work, hosts, seed=seed)
+    env = {"WADUD_MEDIA_WORKER_TTL": "3", "WADUD_MEDIA_REGION_DISTANCES": DISTANCES}
     regions.start()
     lab = Lab(regions, SECRET, extra_env=env)
     try:
-        for region in ("pk", "ae"):
-            lab.add_api(region)
-        for node in ("pk", *AE_NODES):
-            lab.add_media(node, workers=1)
+        build(regions, lab)
         regions.loop("ctl").call(lambda: lab.start(150), timeout=200)
         yield World(regions, lab, work)
     finally:
         with contextlib.suppress(Exception):
             regions.loop("ctl").call(lab.close, timeout=60)
         regions.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    def build(_regions: Regions, lab: Lab) -> None:
+        for region in ("pk", "ae"):
+            lab.add_api(region)
+        for node in ("pk", *AE_NODES):
+            lab.add_media(node, workers=1)
+
+    yield from lab_world(tmp_path_factory, HOSTS, 10, build)
 
 
 # -- aiortc participants --------------------------------------------------------
