@@ -179,7 +179,13 @@ class Replicas:
         owner is told which it still holds (``held``); those it let go are
         closed to reconnect (1012), and resume: back in the room, told of
         whatever changed meanwhile (a media move among it)."""
-        held = [c for c in self.local.values() if c.room is None and c.room_name is not None]
+        # Only clients whose join the owner answered: one still joining is
+        # in no owner's room yet, and its answer is on the way.
+        held = [
+            c
+            for c in self.local.values()
+            if c.room is None and c.room_name is not None and c.participant_id is not None
+        ]
         if held:
             log.warning(
                 "cluster lapsed: asking the owners of %d clients' rooms",
@@ -340,9 +346,13 @@ class Replicas:
         if not isinstance(ref, str):
             return
         if kind == "out":
-            local = self.local.get(ref)
-            if local is not None and isinstance(msg.get("frame"), dict):
-                local.send(msg["frame"])
+            local, frame = self.local.get(ref), msg.get("frame")
+            if local is not None and isinstance(frame, dict):
+                # Its own answer to a join: the client is in (see _lapsed).
+                who = frame.get("participant")
+                if frame.get("type") in ("joined", "waiting") and isinstance(who, dict):
+                    local.participant_id = str(who.get("id"))
+                local.send(frame)
         elif kind == "close":
             local = self.local.get(ref)
             if local is not None:
