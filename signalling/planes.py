@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 from aiohttp import WSMessage, WSMsgType, web
 
+from signalling import errors, protocol
 from signalling.service import JOIN_TIMEOUT, CallService
 from wadud.auth import InvalidToken, decode_room_token
 from wadud.config import Settings
@@ -54,11 +55,13 @@ class CallPlanes:
         ws = web.WebSocketResponse(max_msg_size=self.settings.call_max_frame_bytes)
         await ws.prepare(request)
         try:
-            first: object | None = await ws.receive(timeout=self.join_timeout)
+            first = await ws.receive(timeout=self.join_timeout)
         except TimeoutError:
-            first = None
-        if not isinstance(first, WSMessage):
-            return await self.global_.serve(request, ws)
+            # As a service would answer it, without waiting out a second timeout.
+            late = errors.JoinTimeout(f"no join within {self.join_timeout:g} seconds")
+            await ws.send_json(protocol.error_from(late))
+            await ws.close(code=errors.CLOSE_TIMEOUT, message=b"join timeout")
+            return ws
         return await self.plane_of(first).serve(request, ws, first)
 
     def plane_of(self, first: WSMessage) -> CallService:

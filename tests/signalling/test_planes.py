@@ -8,6 +8,7 @@ is tests/signalling/test_region_cut.py."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,7 +17,7 @@ from signalling.http import PLANES
 from tests.booking.factories import make_clinic, make_doctor
 from tests.booking.test_video_calls import _live_booking
 from tests.conftest import Api, RedisServer
-from tests.signalling.test_ws import joined, token
+from tests.signalling.test_ws import connect, joined, token
 from wadud import keys
 from wadud.auth import decode_room_token
 from wadud.config import Settings
@@ -82,3 +83,15 @@ async def test_a_link_homed_elsewhere_is_refused(api: Api) -> None:
         assert answer["type"] == "error" and answer["code"] == "other-region", answer
         assert answer["fatal"] is True
         assert await ws.closed_with() == 4403
+
+
+async def test_a_socket_that_never_joins_times_out_once(api: Api) -> None:
+    # With two planes the first frame is read before a plane takes the socket:
+    # no join in time is answered there, not after a second wait.
+    api.app[PLANES].join_timeout = 1.0
+    async with connect(api) as ws:
+        t0 = time.monotonic()
+        answer = await ws.type("error", within=5.0)
+        assert answer["code"] == "join-timeout" and answer["fatal"] is True
+        assert await ws.closed_with() == 4408
+        assert time.monotonic() - t0 < 3.0
