@@ -12,7 +12,13 @@ as agreed between the media node and signalling:
   worker that stops (SIGKILL, a frozen machine) drops out by itself;
 * ``wadud:media:worker:{wid}:rooms``: SET of the rooms placed on the worker,
   written by placement; the worker only counts it (its ``rooms`` field) and,
-  draining, waits for it to empty.
+  draining, waits for it to empty;
+* ``wadud:media:load:{region}``: ZSET of the region's ready workers by load
+  (rooms placed, then transports over capacity), written at each heartbeat
+  and moved by placement's scripts as they add and remove rooms, so
+  placement reads the least loaded few (:func:`least_loaded`) rather than
+  every entry; a reader that finds a member whose hash expired removes it;
+* ``wadud:media:regions``: SET of the regions workers registered in.
 
 Everything is plain strings (the client uses ``decode_responses=True``).
 """
@@ -38,15 +44,20 @@ __all__ = [
     "WorkerInfo",
     "alive",
     "control_channel",
+    "least_loaded",
+    "load_key",
+    "regions",
     "rooms_key",
     "worker",
     "worker_key",
     "workers",
+    "write",
 ]
 
 log = logging.getLogger("wadud.sfu.registry")
 
 WORKERS = "wadud:media:workers"
+REGIONS = "wadud:media:regions"
 READY: Literal["ready"] = "ready"
 DRAINING: Literal["draining"] = "draining"
 
@@ -54,6 +65,11 @@ DRAINING: Literal["draining"] = "draining"
 def worker_key(wid: str) -> str:
     """The worker's registry hash."""
     return f"wadud:media:worker:{wid}"
+
+
+def load_key(region: str) -> str:
+    """The region's ready workers by load (a ZSET)."""
+    return f"wadud:media:load:{region}"
 
 
 def rooms_key(wid: str) -> str:
@@ -156,6 +172,40 @@ async def workers(redis: Redis, region: str | None = None) -> list[WorkerInfo]:
     return found
 
 
+async def least_loaded(
+    redis: Redis, region: str, start: int, count: int
+) -> tuple[list[WorkerInfo], bool]:
+    """The region's ready workers ranked ``start`` to ``start + count - 1``
+    by load, least first, their entries read (one round trip each for the
+    ranks and the entries); members whose entry expired are removed on the
+    way. The flag: whether ranks past these may remain."""
+    key = load_key(region)
+    wids = [str(w) for w in await redis.zrange(key, start, start + count - 1)]
+    if not wids:
+        return [], False
+    async with redis.pipeline(transaction=False) as pipe:
+        for wid in wids:
+            pipe.hgetall(worker_key(wid))
+        entries: list[dict[str, str]] = await pipe.execute()
+    found: list[WorkerInfo] = []
+    gone: list[str] = []
+    for wid, entry in zip(wids, entries, strict=True):
+        info = _parse(wid, entry) if entry else None
+        if info is None:
+            gone.append(wid)
+        elif info.region == region:
+            found.append(info)
+    if gone:
+        # A worker that comes back re-adds itself at its next heartbeat.
+        await redis.zrem(key, *gone)
+    return found, len(wids) == count
+
+
+async def regions(redis: Redis) -> set[str]:
+    """The regions workers have registered in."""
+    return {str(r) for r in await redis.smembers(REGIONS)}
+
+
 async def worker(redis: Redis, wid: str) -> WorkerInfo | None:
     """One worker's entry, None when it expired or cannot be read."""
     # The registry's clients decode responses (str, not bytes).
@@ -197,6 +247,24 @@ async def listening_many(redis: Redis, wids: list[str]) -> set[str]:
 
 Load = Callable[[], Mapping[str, float]]
 """What a worker reports at each heartbeat: ``transports``, ``pps``, ``cpu``."""
+
+
+def write(pipe: Any, info: WorkerInfo, ttl: float) -> None:
+    """Queue on ``pipe`` what a worker's heartbeat writes: its entry for
+    ``ttl`` seconds, its id in the set, its load in its region's index (or
+    out of it, draining) and its region."""
+    key = worker_key(info.worker)
+    pipe.hset(key, mapping=info.to_hash())
+    pipe.pexpire(key, int(ttl * 1000))
+    pipe.sadd(WORKERS, info.worker)
+    if info.state == READY:
+        # Rooms placed first (placement's own measure, kept current between
+        # beats by its scripts), then transports: always below one room.
+        score = info.rooms + info.transports / (max(info.capacity, 1) + 1)
+        pipe.zadd(load_key(info.region), {info.worker: score})
+    else:
+        pipe.zrem(load_key(info.region), info.worker)
+    pipe.sadd(REGIONS, info.region)
 
 
 class Registration:
@@ -257,11 +325,8 @@ class Registration:
                 rooms=rooms,
                 updated=time.time(),
             )
-            key = worker_key(self.wid)
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=self.info.to_hash())  # type: ignore[arg-type]
-                pipe.pexpire(key, int(self.ttl * 1000))
-                pipe.sadd(WORKERS, self.wid)
+                write(pipe, self.info, self.ttl)
                 await pipe.execute()
 
     async def _run(self) -> None:

@@ -39,12 +39,28 @@ ROOM_KEY = "wadud:room:{room}:media:{region}"
 #: The placement of a room outlives a crash of its owner by this much; the
 #: owner refreshes it while the room lives.
 ROOM_TTL = 24 * 3600
+#: Workers of a region read at once, least loaded first (Placement.candidates).
+PAGE = 8
+
+# A worker's rooms set changed by ``delta``: so does its score in its region's
+# load index (sfu.registry.load_key), if it is there (a draining one is not).
+_COUNT = """
+local function count(wid, delta)
+  local region = redis.call('HGET', 'wadud:media:worker:' .. wid, 'region')
+  if region then
+    local index = 'wadud:media:load:' .. region
+    if redis.call('ZSCORE', index, wid) then
+      redis.call('ZINCRBY', index, delta, wid)
+    end
+  end
+end
+"""
 
 # KEYS[1]: the room's key. ARGV: room, ttl, then candidates "wid|inc" in the
 # caller's order of preference (by reported load), ties broken by that order.
 # ARGV[3] is the placement to replace ("" for none): the room moves only if
 # it still points there, so two replicas moving one room agree too.
-_PLACE = """
+_PLACE = _COUNT + """
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[3] then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -52,7 +68,9 @@ if current and current ~= ARGV[3] then
 end
 if current then
   local wid = string.match(current, '^([^|]*)')
-  redis.call('SREM', 'wadud:media:worker:' .. wid .. ':rooms', ARGV[1])
+  if redis.call('SREM', 'wadud:media:worker:' .. wid .. ':rooms', ARGV[1]) == 1 then
+    count(wid, -1)
+  end
   redis.call('DEL', KEYS[1])
 end
 local best, best_n = nil, nil
@@ -67,18 +85,23 @@ if best == nil then
   return false
 end
 redis.call('SET', KEYS[1], best, 'EX', ARGV[2])
-redis.call('SADD', 'wadud:media:worker:' .. string.match(best, '^([^|]*)') .. ':rooms', ARGV[1])
+local chosen = string.match(best, '^([^|]*)')
+if redis.call('SADD', 'wadud:media:worker:' .. chosen .. ':rooms', ARGV[1]) == 1 then
+  count(chosen, 1)
+end
 return best
 """
 
 # ARGV[3]: "1" when another site of the room stays on the same worker (two
 # regions that fell back to one), so the worker keeps counting the room.
-_RELEASE = """
+_RELEASE = _COUNT + """
 if redis.call('GET', KEYS[1]) == ARGV[2] then
   redis.call('DEL', KEYS[1])
   if ARGV[3] ~= '1' then
     local wid = string.match(ARGV[2], '^([^|]*)')
-    redis.call('SREM', 'wadud:media:worker:' .. wid .. ':rooms', ARGV[1])
+    if redis.call('SREM', 'wadud:media:worker:' .. wid .. ':rooms', ARGV[1]) == 1 then
+      count(wid, -1)
+    end
   end
   return 1
 end
@@ -152,26 +175,52 @@ class Placement:
         self, region: str, *, exclude: frozenset[str] = frozenset()
     ) -> list[registry.WorkerInfo]:
         """Live, ready workers below capacity: the region's own, else the
-        nearest region's that has any, else any. A worker counts as live only
-        while something listens on its control channel: a killed node's
-        workers keep their registry entries until the TTL, and a room placed
-        there would move again at once."""
+        nearest region's that has any, else (no region asked) any. A worker
+        counts as live only while something listens on its control channel:
+        a killed node's workers keep their registry entries until the TTL,
+        and a room placed there would move again at once. A region's workers
+        are read least loaded first, a page at a time, until a page has live
+        ones: a few commands however many workers are registered."""
+        if not region:
+            return self._ranked(await self._live(await registry.workers(self.redis), exclude))
+        live = await self._least_loaded(region, exclude)
+        if not live:
+            others = await registry.regions(self.redis) - {region}
+            for other in nearest(region, others, self.distances):
+                live = await self._least_loaded(other, exclude)
+                if live:
+                    log.warning(
+                        "no live media worker in region; placing in the nearest",
+                        extra={"region": region, "to": other},
+                    )
+                    break
+        return self._ranked(live)
+
+    async def _least_loaded(
+        self, region: str, exclude: frozenset[str]
+    ) -> list[registry.WorkerInfo]:
+        start = 0
+        while True:
+            page, more = await registry.least_loaded(self.redis, region, start, PAGE)
+            live = await self._live(page, exclude)
+            if live or not more:
+                return live
+            start += PAGE
+
+    async def _live(
+        self, workers: list[registry.WorkerInfo], exclude: frozenset[str]
+    ) -> list[registry.WorkerInfo]:
         ready = [
             w
-            for w in await registry.workers(self.redis)
+            for w in workers
             if w.state == "ready" and w.transports < w.capacity and w.worker not in exclude
         ]
         listening = await registry.listening_many(self.redis, [w.worker for w in ready])
-        live = [w for w in ready if w.worker in listening]
-        local = [w for w in live if w.region == region] if region else live
-        if not local and live:
-            ranked = nearest(region, {w.region for w in live}, self.distances)
-            local = [w for w in live if w.region == ranked[0]]
-            log.warning(
-                "no live media worker in region; placing in the nearest",
-                extra={"region": region, "to": ranked[0]},
-            )
-        return sorted(local, key=lambda w: (w.transports / max(w.capacity, 1), w.worker))
+        return [w for w in ready if w.worker in listening]
+
+    @staticmethod
+    def _ranked(workers: list[registry.WorkerInfo]) -> list[registry.WorkerInfo]:
+        return sorted(workers, key=lambda w: (w.transports / max(w.capacity, 1), w.worker))
 
     async def current(self, room: str, region: str = "") -> Placed | None:
         value = await self.redis.get(room_key(room, region))

@@ -20,6 +20,7 @@ import contextlib
 import json
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 from sfu import registry
@@ -73,16 +74,14 @@ class Fleet:
             for w in self.infos:
                 pipe.delete(registry.worker_key(w.worker), registry.rooms_key(w.worker))
                 pipe.srem(registry.WORKERS, w.worker)
+                pipe.zrem(registry.load_key(w.region), w.worker)
             await pipe.execute()
 
     async def _beat(self) -> None:
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
             for w in self.infos:
-                key = registry.worker_key(w.worker)
-                pipe.hset(key, mapping={**w.to_hash(), "updated": repr(now)})
-                pipe.pexpire(key, int(self.ttl * 1000))
-                pipe.sadd(registry.WORKERS, w.worker)
+                registry.write(pipe, replace(w, updated=now), self.ttl)
             await pipe.execute()
 
     async def _heartbeat(self) -> None:

@@ -119,3 +119,31 @@ async def test_one_worker_read_alone(redis: aioredis.Redis) -> None:
         assert await registry.worker(redis, "no-such-worker") is None
     finally:
         await reg.close()
+
+
+async def test_a_region_s_workers_are_read_least_loaded_first(redis: aioredis.Redis) -> None:
+    region = "r" + secrets.token_hex(3)
+    regs = [
+        Registration(
+            redis, info(region=region), heartbeat=30.0, ttl=5.0, load=lambda n=n: {"transports": n}
+        )
+        for n in (40, 10, 30, 0, 20)
+    ]
+    for reg in regs:
+        await reg.start()
+    try:
+        page, more = await registry.least_loaded(redis, region, 0, 3)
+        assert [w.transports for w in page] == [0, 10, 20] and more
+        page, more = await registry.least_loaded(redis, region, 3, 3)
+        assert [w.transports for w in page] == [30, 40] and not more
+        assert region in await registry.regions(redis)
+        # Draining leaves the index; an entry gone (a killed worker's, after
+        # its TTL) is dropped from it by the reader.
+        await regs[3].set_state(registry.DRAINING)
+        await redis.delete(registry.worker_key(regs[1].wid))
+        page, _ = await registry.least_loaded(redis, region, 0, 5)
+        assert [w.transports for w in page] == [20, 30, 40]
+        assert regs[1].wid not in await redis.zrange(registry.load_key(region), 0, -1)
+    finally:
+        for reg in regs:
+            await reg.close()

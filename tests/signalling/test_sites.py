@@ -145,3 +145,37 @@ async def test_each_region_gets_its_own_site_and_a_dark_region_the_nearest(
         await placement.release(room, at_pk, pk)
         assert room not in await redis.smembers(registry.rooms_key(w_ae.worker))
         assert await placement.current(room, pk) is None
+
+
+async def test_placement_pages_past_workers_nobody_listens_on(redis: aioredis.Redis) -> None:
+    # Placement reads a region's workers least loaded first, a page at a
+    # time: a page of dead workers (entries not yet expired, nobody on their
+    # control channel) sends it to the next page, not to another region.
+    region = "pg" + secrets.token_hex(3)
+    regs = []
+    for n in range(10):
+        node = "t" + secrets.token_hex(4)
+        worker = WorkerInfo(
+            worker=f"{node}-0",
+            incarnation=secrets.token_hex(8),
+            node=node,
+            region=region,
+            index=0,
+            host="127.0.0.1",
+            port=40000,
+            capacity=400,
+        )
+        regs.append(
+            Registration(redis, worker, heartbeat=30.0, ttl=5.0, load=lambda n=n: {"transports": n})
+        )
+    pubsub = redis.pubsub()
+    try:
+        for reg in regs:
+            await reg.start()
+        await pubsub.subscribe(registry.control_channel(regs[-1].wid))
+        placed = await Placement(redis).place("paged-" + region, region)
+        assert placed is not None and placed.worker == regs[-1].wid
+    finally:
+        await pubsub.aclose()
+        for reg in regs:
+            await reg.close()
