@@ -549,10 +549,11 @@ def _check_sender_reports(log: ReceiverLog, clock_rate: int) -> None:
     # The media SSRC's packets (a retransmission, if any, has the RTX SSRC).
     media = [(t, ts) for t, s, ts in log.rtp if s == ssrc]
     assert media
-    aheads = []
+    aheads, lags = [], []
     for arrival, _, ntp, rtp_ts in log.srs:
-        wall = _ntp_seconds(ntp)
-        assert abs(wall - arrival) < 0.5, (wall, arrival)
+        # The SR's NTP time is when the worker sent it: this process reads it
+        # that much later, more on a loaded machine (checked below, together).
+        lags.append(arrival - _ntp_seconds(ntp))
         # Each packet of the two seconds before the SR, advanced by the time
         # between their arrivals, predicts the SR's timestamp. Arrival against
         # arrival: on a loaded machine this process reads everything late (CI
@@ -572,6 +573,8 @@ def _check_sender_reports(log: ReceiverLog, clock_rate: int) -> None:
     # behind in that SR alone. So most SRs agree with the packets closely,
     # and none is off by the gross errors (a wrong clock rate, no offset, a
     # stale pair), which are seconds or more.
+    assert statistics.median(abs(lag) for lag in lags) < 0.5, lags
+    assert max(abs(lag) for lag in lags) < 2.0, lags
     assert aheads
     assert statistics.median(abs(a) for a in aheads) < 0.2 * clock_rate, aheads
     assert max(abs(a) for a in aheads) < 1.5 * clock_rate, aheads
@@ -614,7 +617,9 @@ async def test_subscribers_get_sender_reports_and_the_worker_learns_their_rtt(
     forwarder = worker.room_forwarder(ROOM)
     assert forwarder is not None
     rtt = patient_rtt()
-    assert rtt is not None and 0.0 <= rtt < 0.5
+    # Loopback: what it measures is how late the two loaded processes' loops
+    # answer, bounded loosely; the point is that it is measured and used.
+    assert rtt is not None and 0.0 <= rtt < 2.0, rtt
     assert forwarder.nack_interval == nack_interval_for(rtt)
     text = generate_latest(REGISTRY).decode()
     assert re.search(r'sfu_peer_rtt_seconds\{direction="subscribe",stat="max"\} \S+', text)
