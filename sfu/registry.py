@@ -44,6 +44,7 @@ __all__ = [
     "WorkerInfo",
     "alive",
     "control_channel",
+    "entries",
     "least_loaded",
     "load_key",
     "regions",
@@ -183,18 +184,9 @@ async def least_loaded(
     wids = [str(w) for w in await redis.zrange(key, start, start + count - 1)]
     if not wids:
         return [], False
-    async with redis.pipeline(transaction=False) as pipe:
-        for wid in wids:
-            pipe.hgetall(worker_key(wid))
-        entries: list[dict[str, str]] = await pipe.execute()
-    found: list[WorkerInfo] = []
-    gone: list[str] = []
-    for wid, entry in zip(wids, entries, strict=True):
-        info = _parse(wid, entry) if entry else None
-        if info is None:
-            gone.append(wid)
-        elif info.region == region:
-            found.append(info)
+    there = await entries(redis, wids)
+    found = [there[w] for w in wids if w in there and there[w].region == region]
+    gone = [w for w in wids if w not in there]
     if gone:
         # A worker that comes back re-adds itself at its next heartbeat.
         await redis.zrem(key, *gone)
@@ -204,6 +196,16 @@ async def least_loaded(
 async def regions(redis: Redis) -> set[str]:
     """The regions workers have registered in."""
     return {str(r) for r in await redis.smembers(REGIONS)}
+
+
+async def entries(redis: Redis, wids: list[str]) -> dict[str, WorkerInfo]:
+    """The entries of ``wids`` that are there, by id (one round trip)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for wid in wids:
+            pipe.hgetall(worker_key(wid))
+        found: list[dict[str, str]] = await pipe.execute()
+    parsed = {wid: _parse(wid, entry) for wid, entry in zip(wids, found, strict=True) if entry}
+    return {wid: info for wid, info in parsed.items() if info is not None}
 
 
 async def worker(redis: Redis, wid: str) -> WorkerInfo | None:

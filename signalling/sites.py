@@ -362,11 +362,12 @@ class Sites(Generic[R]):
         if not sites:
             return
         redis = self.placement.redis
-        workers = {w.worker: w for w in await registry.workers(redis)}
         verdicts: dict[Placed, str | None] = {}
         now = time.monotonic()
         targets = {site.placed for _, site in sites}
-        subscribed = await registry.listening_many(redis, sorted({at.worker for at in targets}))
+        wids = sorted({at.worker for at in targets})
+        workers = await registry.entries(redis, wids)
+        subscribed = await registry.listening_many(redis, wids)
         for at in targets:
             info = workers.get(at.worker)
             listening = at.worker in subscribed
