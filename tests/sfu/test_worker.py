@@ -578,15 +578,14 @@ def _check_sender_reports(log: ReceiverLog, clock_rate: int) -> None:
     assert aheads
     assert statistics.median(abs(a) for a in aheads) < 0.2 * clock_rate, aheads
     assert max(abs(a) for a in aheads) < 1.5 * clock_rate, aheads
-    # Consecutive SRs' RTP clocks advance at the clock rate (most pairs: a
-    # stalled publisher's SR skews the two pairs around it).
-    drift = [
-        abs(_signed32(r1 - r0) - (_ntp_seconds(n1) - _ntp_seconds(n0)) * clock_rate)
-        for (_, _, n0, r0), (_, _, n1, r1) in zip(log.srs, log.srs[1:], strict=False)
-    ]
-    assert statistics.median(drift) < 0.1 * clock_rate, drift
+    # The RTP clock runs at the clock rate, first SR to last. Each SR can be
+    # shifted by its publisher's stall (above, measured up to 0.73 s), so
+    # over a few seconds the slope is held to 35 %: the clock-rate mistakes
+    # (90 kHz for 48 kHz, 8 or 16 kHz) are off by half or more.
     elapsed = _ntp_seconds(log.srs[-1][2]) - _ntp_seconds(log.srs[0][2])
-    assert elapsed > 1.0
+    assert elapsed > 2.0, log.srs
+    rate = _signed32(log.srs[-1][3] - log.srs[0][3]) / elapsed
+    assert abs(rate - clock_rate) < 0.35 * clock_rate, (rate, elapsed, log.srs)
 
 
 async def test_subscribers_get_sender_reports_and_the_worker_learns_their_rtt(
