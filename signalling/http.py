@@ -41,9 +41,9 @@ from wadud.bus import RedisBus, Subscription, redis_client
 from wadud.config import Settings
 from wadud.errors import ConfigError
 
-#: The global plane's call service (the only one without ``redis_region_url``).
 log = logging.getLogger("wadud.signalling")
 
+#: The global plane's call service (the only one without ``redis_region_url``).
 CALLS = web.AppKey("calls", CallService)
 #: Every plane's call service (signalling.planes).
 PLANES = web.AppKey("call_planes", CallPlanes)
@@ -158,15 +158,12 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     calls = app[PLANES] = CallPlanes(settings, *services)
 
     def identity(room: str, pid: str) -> str | None:
-        for service in calls:
-            found = service.rooms.get(room)
-            who = found.core.get(pid) if found is not None else None
-            if who is not None:
-                return who.grant.identity
-        return None
+        found = calls.room(room)
+        who = found.core.get(pid) if found is not None else None
+        return who.grant.identity if who is not None else None
 
     recorder = app[RECORDER] = CallRecorder(
-        app[keys.DB], lambda room: any(room in service.rooms for service in calls), identity
+        app[keys.DB], lambda room: calls.room(room) is not None, identity
     )
     clients = [client for _, _, client in planes if client is not None]
     for client in clients:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from aiohttp import WSMessage, WSMsgType, web
 
 from signalling import errors, protocol
+from signalling.callroom import CallRoom
 from signalling.service import JOIN_TIMEOUT, CallService
 from wadud.auth import InvalidToken, decode_room_token
 from wadud.config import Settings
@@ -47,6 +48,14 @@ class CallPlanes:
         yield self.global_
         if self.regional is not None:
             yield self.regional
+
+    def room(self, name: str) -> CallRoom | None:
+        """The room of that name this replica owns, in whichever plane."""
+        for service in self:
+            found = service.rooms.get(name)
+            if found is not None:
+                return found
+        return None
 
     async def serve(self, request: web.Request) -> web.WebSocketResponse:
         """``GET /ws``: the connection, given to the plane its first frame names."""

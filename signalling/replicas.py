@@ -195,13 +195,14 @@ class Replicas:
             self._spawn(self._still_held(held), "call-still-held")
 
     async def _still_held(self, held: list[Connection]) -> None:
-        # Redis has only just answered again: a command may still meet a
-        # connection the outage broke, so each lookup is tried a few times.
+        by_room: dict[str, list[Connection]] = {}
         for conn in held:
-            name = conn.room_name
+            if conn.room_name is not None:
+                by_room.setdefault(conn.room_name, []).append(conn)
+        for name, conns in by_room.items():
+            # Redis has only just answered again: a command may still meet a
+            # connection the outage broke, so each lookup is tried a few times.
             for attempt in range(HELD_TRIES):
-                if name is None or conn.closing:
-                    break
                 try:
                     owner = await self.cluster.owner(name)
                 except RedisError as exc:
@@ -209,10 +210,10 @@ class Replicas:
                     await asyncio.sleep(0.5 * (attempt + 1))
                     continue
                 if owner is not None and owner != self.cluster.replica:
-                    me = self.cluster.replica
-                    self.cluster.send(
-                        owner, {"k": "held", "room": name, "conn": conn.ref, "from": me}
-                    )
+                    for conn in conns:
+                        if not conn.closing:
+                            msg = {"k": "held", "room": name, "conn": conn.ref}
+                            self.cluster.send(owner, msg)
                 break
 
     def gone(self, room: str, ref: str) -> None:
@@ -377,20 +378,14 @@ class Replicas:
             # meanwhile (detached, or the room changed hands), it comes back.
             # (A frame it forwarded since may have made a new, unjoined
             # RemoteConnection: only one in the room counts.)
-            sender, remote = msg.get("from"), self.remote.get(ref)
-            room = self._rooms.get(str(msg.get("room")))
-            if isinstance(sender, str) and (
-                remote is None or room is None or remote.room is not room
-            ):
+            name, remote = str(msg.get("room")), self.remote.get(ref)
+            room = self._rooms.get(name)
+            if remote is None or room is None or remote.room is not room:
                 log.info("a client let go during a lapse is asked back", extra={"conn": ref})
-                reason = "reconnect: this server lost touch with the call"
-                close = {
-                    "k": "close",
-                    "conn": ref,
-                    "code": errors.CLOSE_RECONNECT,
-                    "reason": reason,
-                }
-                self.cluster.send(sender, close)
+                # Its replica, as the ref names it, closes the socket.
+                RemoteConnection(self.cluster, ref, name).close(
+                    errors.CLOSE_RECONNECT, "reconnect: this server lost touch with the call"
+                )
         elif kind == "check":
             # A new owner asks whether a connection it restored still stands.
             sender = msg.get("from")

@@ -87,23 +87,28 @@ async def redis(redis_server: Any) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+def _worker_in(region: str) -> WorkerInfo:
+    """A worker of a node of its own in ``region``."""
+    node = "t" + secrets.token_hex(4)
+    return WorkerInfo(
+        worker=f"{node}-0",
+        incarnation=secrets.token_hex(8),
+        node=node,
+        region=region,
+        index=0,
+        host="127.0.0.1",
+        port=40000,
+        capacity=400,
+    )
+
+
 @contextlib.asynccontextmanager
 async def workers(redis: aioredis.Redis, regions: list[str]) -> AsyncIterator[list[WorkerInfo]]:
     """One registered, listening worker per region (as a media node's are)."""
     infos, regs = [], []
     pubsub = redis.pubsub()
     for region in regions:
-        node = "t" + secrets.token_hex(4)
-        info = WorkerInfo(
-            worker=f"{node}-0",
-            incarnation=secrets.token_hex(8),
-            node=node,
-            region=region,
-            index=0,
-            host="127.0.0.1",
-            port=40000,
-            capacity=400,
-        )
+        info = _worker_in(region)
         reg = Registration(redis, info, heartbeat=0.2, ttl=3.0, load=lambda: {})
         await reg.start()
         await pubsub.subscribe(registry.control_channel(info.worker))
@@ -152,22 +157,12 @@ async def test_placement_pages_past_workers_nobody_listens_on(redis: aioredis.Re
     # time: a page of dead workers (entries not yet expired, nobody on their
     # control channel) sends it to the next page, not to another region.
     region = "pg" + secrets.token_hex(3)
-    regs = []
-    for n in range(10):
-        node = "t" + secrets.token_hex(4)
-        worker = WorkerInfo(
-            worker=f"{node}-0",
-            incarnation=secrets.token_hex(8),
-            node=node,
-            region=region,
-            index=0,
-            host="127.0.0.1",
-            port=40000,
-            capacity=400,
+    regs = [
+        Registration(
+            redis, _worker_in(region), heartbeat=30.0, ttl=5.0, load=lambda n=n: {"transports": n}
         )
-        regs.append(
-            Registration(redis, worker, heartbeat=30.0, ttl=5.0, load=lambda n=n: {"transports": n})
-        )
+        for n in range(10)
+    ]
     pubsub = redis.pubsub()
     try:
         for reg in regs:
