@@ -92,6 +92,11 @@ def conn_replica(ref: str) -> str:
     return ref.partition("/")[0]
 
 
+#: Seconds a replica back from a lapse waits for its channel's fresh
+#: connection before it asks the owners about its clients anyway.
+RENEW_WITHIN = 5.0
+
+
 class Cluster:
     """This replica's side of the cluster: identity, lease, ordered publishing
     and its channel. Owns two Redis connections' worth of work: the shared
@@ -111,6 +116,7 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._handler: Callable[[dict[str, Any]], None] = lambda _m: None
         self._lapsed: Callable[[float], None] = lambda _gap: None
+        self._renewing: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
         self._closed = False
         self._seq = 0
@@ -158,9 +164,10 @@ class Cluster:
             # dropped connection inside the Redis client and retried).
             with contextlib.suppress(Exception):
                 await self._sub.close()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._renewing] if self._renewing is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.redis.delete(self.channel(self.replica))
 
@@ -189,10 +196,18 @@ class Cluster:
             gap, renewed = loop.time() - renewed, loop.time()
             if gap > self.lease:
                 log.warning("cluster heartbeat back after %.1f s", gap)
-                try:
-                    self._lapsed(gap)
-                except Exception:
-                    log.exception("cluster lapse handler failed")
+                self._renewing = asyncio.create_task(self._after_lapse(gap), name="cluster-lapse")
+
+    async def _after_lapse(self, gap: float) -> None:
+        """Listen on a fresh connection, then tell the handler: what others
+        answer it must reach us, and messages to us since the gap began may
+        sit in the old connection's retransmission backoff."""
+        if self._sub is not None and not await self._sub.renew(RENEW_WITHIN):
+            log.warning("cluster channel not renewed in %.0f s; going on", RENEW_WITHIN)
+        try:
+            self._lapsed(gap)
+        except Exception:
+            log.exception("cluster lapse handler failed")
 
     # -- publishing, in order -----------------------------------------------------
 

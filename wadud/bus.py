@@ -41,6 +41,9 @@ class Message:
 class Subscription(Protocol):
     def __aiter__(self) -> AsyncIterator[Message]: ...
     async def close(self) -> None: ...
+    async def renew(self, within: float) -> bool:
+        """Subscribe again on a fresh connection (the old one may be stuck);
+        whether that was done within ``within`` seconds."""
 
 
 class Bus(Protocol):
@@ -99,6 +102,10 @@ class _LocalSubscription:
         self._bus._drop(self)
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
+
+    async def renew(self, within: float) -> bool:
+        """Nothing to renew in one process."""
+        return True
 
 
 class LocalBus:
@@ -201,6 +208,9 @@ class _RedisSubscription:
         self.topics = topics
         self._pubsub: Any = None
         self._closed = False
+        #: Set by renew(): the reading loop, which owns the connection's
+        #: reads, drops it and sets the event once subscribed anew.
+        self._renewed: asyncio.Event | None = None
 
     async def _connect(self) -> None:
         self._pubsub = self._bus.redis.pubsub(ignore_subscribe_messages=True)
@@ -213,9 +223,14 @@ class _RedisSubscription:
         delay = 0.1
         while not self._closed:
             try:
+                if self._renewed is not None and self._pubsub is not None:
+                    await self._reset()
                 if self._pubsub is None:
                     await self._connect()
                     delay = 0.1
+                    if self._renewed is not None:
+                        self._renewed.set()
+                        self._renewed = None
                 msg = await self._pubsub.get_message(timeout=1.0)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("redis subscription lost; reconnecting", extra={"error": str(exc)})
@@ -242,6 +257,20 @@ class _RedisSubscription:
     async def close(self) -> None:
         self._closed = True
         await self._reset()
+
+    async def renew(self, within: float) -> bool:
+        """After a network cut the old TCP connection may look alive while
+        what Redis sends on it waits out the retransmission backoff the cut
+        built up (tens of seconds): a fresh connection starts clean. The
+        reading loop makes it within a second (its read times out each
+        second)."""
+        renewed = self._renewed = self._renewed or asyncio.Event()
+        try:
+            async with asyncio.timeout(within):
+                await renewed.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 #: Connections one process opens to Redis at most. Every subscription holds
