@@ -20,15 +20,17 @@ forwarder's layer switching (:mod:`sfu.groups`):
   never shows that more would pass, it asks for padding up to the
   allocation's next step instead, paced every ``PADDING_INTERVAL``.
 * **Allocation.** Every ``TICK`` seconds, per subscriber:
-  :func:`sfu.simulcast.allocate` with the estimate, each video track's
-  layers (sizes from keyframes, bitrates measured from what arrives), the
-  subscriber's views (:meth:`set_view`) and the active speaker. The result
-  sets each subscription's layer or pauses it (``TrackPaused`` events:
-  ``hidden``, ``bandwidth``, ``audio_only``, and ``off`` for a video its
-  publisher sends nothing of: muted, or no layer arrived for ``STALE``
-  seconds, as when a camera is turned off; never counted as a weak link). A downgrade forced by the
-  estimate holds the subscriber's upgrades back for ``HOLD`` seconds
-  (mediasoup's 10 s), so a link at its limit does not flap.
+  :func:`sfu.simulcast.allocate` with the estimate, each video track's layers
+  (sizes from keyframes, bitrates measured from what arrives; not a layer its
+  publisher stopped, silent for ``STALE`` or ``QUIET`` behind another layer of
+  the track), the subscriber's views (:meth:`set_view`) and the active
+  speaker. The result sets each subscription's layer or pauses it
+  (``TrackPaused`` events: ``hidden``, ``bandwidth``, ``audio_only``, and
+  ``off`` for a video its publisher sends nothing of: muted, or no layer
+  arrived for ``STALE`` seconds, as when a camera is turned off; never counted
+  as a weak link). A downgrade forced by the estimate holds the subscriber's
+  upgrades back for ``HOLD`` seconds (mediasoup's 10 s), so a link at its
+  limit does not flap.
 * **Dynacast.** A simulcast layer no subscriber or relay link has wanted for
   ``DYNACAST_DELAY`` seconds is dropped from the track's ``LayersWanted``
   event (signalling tells the publisher to stop that encoding); wanted again,
@@ -67,7 +69,7 @@ from sfu.reports import ReceiveStatistics
 from sfu.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
 from sfu.table import Group
 
-__all__ = ["DYNACAST_DELAY", "HOLD", "TICK", "Layers"]
+__all__ = ["DYNACAST_DELAY", "HOLD", "QUIET", "STALE", "TICK", "Layers"]
 
 #: Seconds between allocations.
 TICK = 0.5
@@ -86,6 +88,12 @@ RESUME_AFTER = 3.0
 DYNACAST_DELAY = 5.0
 #: A layer that sent nothing for this long is not offered (the publisher stopped it).
 STALE = 2.0
+#: A layer that sent nothing for this long while another layer of its track
+#: still arrives is not offered either: its publisher stopped that layer alone
+#: (a browser short of CPU or uplink drops its top layers first), and a
+#: subscriber on it sees a frozen picture. Two of ``_measure``'s readings;
+#: every layer of a sending track carries a packet each frame.
+QUIET = 1.0
 #: Where a subscriber's estimate starts (bits per second).
 START_ESTIMATE = 1_000_000
 #: What a single-layer video counts for when sharing a subscriber's bandwidth.
@@ -855,12 +863,14 @@ def _layers(group: Group | None, track: Track, now: float) -> Sequence[Layer]:
         return [Layer(0, "", 0, 0, int(min(bitrate, SINGLE_LAYER_COST)))]
     group_layers = track.layers
     n = len(group_layers)
+    newest = max((x.seen for x in group_layers if x.ssrc), default=-math.inf)
     out: list[Layer] = []
     for i, info in enumerate(group_layers):
         if not info.ssrc:
             continue
         fresh = now - info.seen < STALE
-        if not fresh and info.active and info.seen > -math.inf:
+        dropped = newest - info.seen >= QUIET
+        if (dropped or not fresh) and info.active and info.seen > -math.inf:
             continue  # the publisher stopped it on its own
         scale = 1 << (n - 1 - i)
         width, height = 1280 // scale, 720 // scale

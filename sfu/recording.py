@@ -42,7 +42,7 @@ from rtc.errors import RtpParseError
 from rtc.rtp import payload_range, rtx_original
 from rtc.rtpdump import MAX_PACKET, SegmentHeader, SegmentWriter
 from sfu.control import RecordingOrder
-from sfu.layers import STALE
+from sfu.layers import QUIET, STALE
 from sfu.records import LayerInfo, Peer, Room, Track
 
 __all__ = ["Cut", "Queue", "RoomRecording"]
@@ -57,11 +57,6 @@ SEGMENT_BYTES = 1 << 20
 #: (none measured yet: a track just published) after ``LAYER_GIVE_UP``.
 LAYER_WAIT = 1.0
 LAYER_GIVE_UP = 3.0
-#: The recorded layer of a simulcast track that sent nothing for this long
-#: (two of the layers core's measurements) gives way to the top layer still
-#: flowing: shorter than the layers' STALE, since each second of it is a
-#: second of the file without a picture.
-QUIET = 1.0
 
 
 @dataclass(frozen=True, slots=True)

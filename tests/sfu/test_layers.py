@@ -20,7 +20,7 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from rtc.sdp import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC, SessionDescription
 from sfu.control import LayersWanted, TrackPaused, event_from_dict, event_to_dict
 from sfu.forward import Forwarder
-from sfu.layers import DYNACAST_DELAY, STALE, TICK
+from sfu.layers import DYNACAST_DELAY, QUIET, STALE, TICK
 from sfu.worker import MediaWorker
 
 from .conftest import Events, take_events
@@ -386,6 +386,34 @@ async def test_a_camera_turned_off_is_off_not_a_weak_link(
     worker.layers.tick(now)
     take_events(worker.layers, events)
     assert paused()[-1] == (False, "off") and fsub.target is not None
+
+
+async def test_a_layer_its_publisher_stops_alone_is_left_within_quiet(
+    worker: MediaWorker,
+) -> None:
+    """A publisher short of CPU stops its top layer while the lower two go on
+    (Chrome's quality scaling): the subscriber on it moves down once that
+    layer is QUIET behind the others, where waiting for STALE froze its
+    picture for two seconds (a page that joined a loaded call saw a few
+    frames, then none)."""
+    w = await watched(worker, transport_cc=False)
+    fsub, now = w.fsub, w.now
+    assert fsub.target == 2
+    start = now + TICK
+    worker.layers.tick(start)  # every layer measured, seen sending
+    targets = {}
+    for frame in range(1, 16):  # 10 frames a second, q and h only
+        t = start + frame * 0.1
+        for index, rid in ((0, "q"), (1, "h")):
+            packet = vp8_packet(LAYERS[index], 1 + frame, 3000 * frame, 1 + frame, key=False,
+                                ext=rid_ext(rid))  # fmt: skip
+            worker._route(w.pub, packet, t)
+        if frame % 5 == 0:
+            worker.layers.tick(t)
+            targets[round(t - start, 1)] = fsub.target
+    # Half of QUIET behind the others is a dip; a whole QUIET, a stop.
+    assert targets == {0.5: 2, 1.0: 1, 1.5: 1}, targets
+    assert QUIET == 1.0 and STALE > 1.5
 
 
 async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker) -> None:
