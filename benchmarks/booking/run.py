@@ -29,6 +29,14 @@ It reports bookings per second, server and PostgreSQL CPU per booking and
 latency for each mode, per way to pay, and the ratios mixed / sandbox-only
 per booking (CPU, seconds and median latency; above 1 is slower).
 
+Per-booking CPU includes what the server and PostgreSQL spend each second
+whatever the load (measured idle first, ``--idle-seconds``), so a phase whose
+bookings take longer to complete pays more of it per booking. ``--rate R``
+starts R bookings a second in every phase (open loop, at most ``--clients``
+under way), so sandbox-only and mixed phases carry the same load and their
+CPU per booking compares their work alone; set R below what the mixed phases
+carry (the closed-loop run's mixed bookings per second).
+
 It prints a table and writes JSON (``--out``, default
 ``benchmarks/results/booking.json``). Figures, not assertions: these machines
 are shared and noisy, so quote medians and ratios.
@@ -383,6 +391,7 @@ async def run(
     results: dict[str, Any] = {
         "doctors": args.doctors,
         "clients": args.clients,
+        "rate": args.rate or None,
         "machine": {"cpus": os.cpu_count()},
     }
     conn = aiohttp.TCPConnector(limit=args.clients * 2)
@@ -513,27 +522,70 @@ async def run(
         # warm-up stopped.
         queues = [iter(w) for w in work]
 
-        async def client(token: str, items: Iterator[tuple[str, str]]) -> None:
+        async def book(token: str, doctor: str, start: str) -> None:
             nonlocal done, failed, turn
+            gateway = "sandbox"
+            if mode == "mix":
+                gateway = args.mix_ways[turn % len(args.mix_ways)]
+                turn += 1
+            elif not mode and doctor in rupees and mix.random() < args.easypaisa:
+                gateway = "easypaisa"
+            t = time.perf_counter()
+            if await booking_flow(
+                session, base, token, doctor, start, gateway, finance, args.easypaisa_url
+            ):
+                done += 1
+                per_booking.append(time.perf_counter() - t)
+                by_gateway.setdefault(gateway, []).append(per_booking[-1])
+                ways.append((gateway, per_booking[-1]))
+            else:
+                failed += 1
+
+        async def client(token: str, items: Iterator[tuple[str, str]]) -> None:
+            """A patient booking one visit after another (closed loop)."""
             for doctor, start in items:
                 if time.perf_counter() >= deadline or done >= args.max_bookings:
                     return
-                gateway = "sandbox"
-                if mode == "mix":
-                    gateway = args.mix_ways[turn % len(args.mix_ways)]
-                    turn += 1
-                elif not mode and doctor in rupees and mix.random() < args.easypaisa:
-                    gateway = "easypaisa"
-                t = time.perf_counter()
-                if await booking_flow(
-                    session, base, token, doctor, start, gateway, finance, args.easypaisa_url
-                ):
-                    done += 1
-                    per_booking.append(time.perf_counter() - t)
-                    by_gateway.setdefault(gateway, []).append(per_booking[-1])
-                    ways.append((gateway, per_booking[-1]))
-                else:
-                    failed += 1
+                await book(token, doctor, start)
+
+        async def paced() -> None:
+            """``--rate``: a booking starts every 1/rate seconds, each by a
+            patient with none under way (open loop), so every phase gets the
+            same load whatever its flows' latency. Behind schedule (every
+            patient busy) it starts the next one when a patient is free and
+            does not burst to catch up."""
+            free: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(len(tokens)):
+                free.put_nowait(i)
+            running: set[asyncio.Task[None]] = set()
+
+            async def one(i: int, doctor: str, start: str) -> None:
+                try:
+                    await book(tokens[i], doctor, start)
+                finally:
+                    free.put_nowait(i)
+
+            next_at = time.perf_counter()
+            while time.perf_counter() < deadline and done + len(running) < args.max_bookings:
+                try:
+                    async with asyncio.timeout(deadline - time.perf_counter()):
+                        i = await free.get()
+                except TimeoutError:
+                    break
+                item = next(queues[i], None)
+                if item is None:
+                    continue  # this patient's slots are all booked
+                task = asyncio.create_task(one(i, *item))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                next_at += 1 / args.rate
+                behind = time.perf_counter() - next_at
+                if behind < 0:
+                    await asyncio.sleep(-behind)
+                elif behind > 0.5:
+                    next_at = time.perf_counter()
+            if running:
+                await asyncio.gather(*running)
 
         conn = await asyncpg.connect(db_url)
         if args.warmup > 0:
@@ -570,6 +622,21 @@ async def run(
             busy = await asyncio.to_thread(machine_busy)
         results["machine"]["busy_before"] = round(busy, 2)
         results["machine"]["waited_for_quiet_seconds"] = round(time.perf_counter() - waited, 1)
+        # What the server and PostgreSQL spend with no booking under way (the
+        # notifier's, deliverers' and sweeper's rounds, autovacuum): a phase
+        # pays it per second, so a slower phase pays more of it per booking.
+        idle0 = (cpu_seconds(server.pid), postgres_cpu_seconds(data_dir), time.perf_counter())
+        await asyncio.sleep(args.idle_seconds)
+        idle_wall = time.perf_counter() - idle0[2]
+        results["idle"] = {
+            "seconds": round(idle_wall, 2),
+            "server_cpu_ms_per_second": round(
+                (cpu_seconds(server.pid) - idle0[0]) / idle_wall * 1000, 2
+            ),
+            "postgres_cpu_ms_per_second": round(
+                (postgres_cpu_seconds(data_dir) - idle0[1]) / idle_wall * 1000, 2
+            ),
+        }
         cpu0 = cpu_seconds(server.pid)
         pg0 = postgres_cpu_seconds(data_dir)
         client0 = time.process_time()
@@ -582,7 +649,12 @@ async def run(
             pg_before = postgres_cpu_seconds(data_dir)
             started = time.perf_counter()
             deadline = started + (args.seconds / 2 if args.mix else args.seconds)
-            await asyncio.gather(*(client(tok, q) for tok, q in zip(tokens, queues, strict=True)))
+            if args.rate:
+                await paced()
+            else:
+                await asyncio.gather(
+                    *(client(tok, q) for tok, q in zip(tokens, queues, strict=True))
+                )
             if finance is not None:
                 # The phase's transfers are confirmed within it, on its CPU.
                 await finance.flush()
@@ -756,6 +828,20 @@ def main() -> None:
         default=20,
         help="--mix: bank-transfer credits per imported statement (1: a statement per booking)",
     )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="bookings started per second, at most --clients under way (open loop: every"
+        " phase gets the same load; with --mix, set it below what the mixed phases carry)."
+        " Default 0: each client books one visit after another (closed loop)",
+    )
+    p.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=3.0,
+        help="seconds the server and PostgreSQL are measured idle before the booking phase",
+    )
     p.add_argument("--port", type=int, default=0, help="the server's port (default: any free)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "booking.json")
     args = p.parse_args()
@@ -827,6 +913,12 @@ def main() -> None:
         f"PostgreSQL); p50 {b['latency_p50_ms']} ms p95 {b['latency_p95_ms']} ms; "
         f"failed {b['failed']}; confirmed in the database {b['confirmed_in_database']} "
         f"of {b['expected_in_database']} (with the warm-up's)"
+    )
+    idle = results["idle"]
+    print(
+        f"idle before the booking phase: server {idle['server_cpu_ms_per_second']} ms,"
+        f" PostgreSQL {idle['postgres_cpu_ms_per_second']} ms of CPU a second"
+        + (f"; bookings started at {args.rate}/s (open loop)" if args.rate else "")
     )
     if b["cpu_ms_per_booking"]:
         ms = b["cpu_ms_per_booking"]
