@@ -33,7 +33,13 @@ from typing import Any, cast
 
 from rtc.dtls import DtlsCertificate
 from rtc.errors import DtlsError, IceStateError, SdpNegotiationError
-from rtc.ice import Address, CredentialsRetired
+from rtc.ice import (
+    Address,
+    CredentialsRetired,
+    ForgottenAddress,
+    SelectedAddress,
+    ValidatedAddress,
+)
 from rtc.sdp import (
     AUDIO_LEVEL,
     TRANSPORT_CC,
@@ -59,9 +65,6 @@ from sfu.speaker import SpeakerDetector
 from sfu.table import ForwarderStats, Subscription
 from sfu.transport import (
     TERMINAL,
-    AddressForgotten,
-    AddressSelected,
-    AddressValidated,
     PeerState,
     PeerStateChanged,
     PeerTransport,
@@ -708,14 +711,14 @@ class Negotiator(ActionQueue):
         for datagram, addr in transport.datagrams_to_send():
             self._out.append(Send(datagram, addr))
         while (event := transport.next_event()) is not None:
-            if isinstance(event, AddressValidated):
+            if isinstance(event, ValidatedAddress):
                 self.tables.by_addr[event.address] = peer
                 peer.addresses.add(event.address)
-            elif isinstance(event, AddressForgotten):
+            elif isinstance(event, ForgottenAddress):
                 if self.tables.by_addr.get(event.address) is peer:
                     del self.tables.by_addr[event.address]
                 peer.addresses.discard(event.address)
-            elif isinstance(event, AddressSelected):
+            elif isinstance(event, SelectedAddress):
                 moved = peer.addr is not None and peer.addr != event.address
                 peer.addr = event.address
                 if moved and transport.state is PeerState.CONNECTED:
