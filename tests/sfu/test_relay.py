@@ -9,6 +9,7 @@ a publisher on worker A, subscribers on worker B.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import random
@@ -109,8 +110,9 @@ def peer_of(worker: MediaWorker, address: tuple[str, int]) -> RelayPeer:
     return RelayPeer(worker=wid, host=address[0], port=address[1], fingerprint=fingerprint)
 
 
-@pytest.fixture
-async def pair(loopback_aiortc: None) -> AsyncIterator[tuple[MediaWorker, MediaWorker, Middle]]:
+@contextlib.asynccontextmanager
+async def two_workers() -> AsyncIterator[tuple[MediaWorker, MediaWorker, Middle]]:
+    """Two started workers and the UDP relay between them, closed after."""
     # Ids chosen so A (the sender) is the DTLS client: the harder order,
     # its ClientHello may reach B before B hears of the link.
     a = MediaWorker(worker_id="a-" + secrets.token_hex(3), link_options=FAST)
@@ -125,6 +127,12 @@ async def pair(loopback_aiortc: None) -> AsyncIterator[tuple[MediaWorker, MediaW
         middle.close()
         await a.close()
         await b.close()
+
+
+@pytest.fixture
+async def pair(loopback_aiortc: None) -> AsyncIterator[tuple[MediaWorker, MediaWorker, Middle]]:
+    async with two_workers() as workers:
+        yield workers
 
 
 async def relay(
