@@ -50,7 +50,10 @@ def certificate() -> DtlsCertificate:
     return DtlsCertificate.generate(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
 
 
-def negotiator(certificate: DtlsCertificate) -> Negotiator:
+def negotiator(
+    certificate: DtlsCertificate, address: tuple[str, int] = ("127.0.0.1", 40000)
+) -> Negotiator:
+    """A negotiator on tables of its own, its one host candidate at ``address``."""
     tables = WorkerTables(
         ReportScheduler(ssrc=1, cname="wadud", wall_offset=0.0), BandwidthFeedback()
     )
@@ -58,7 +61,7 @@ def negotiator(certificate: DtlsCertificate) -> Negotiator:
         tables,
         Layers(tables),
         certificate=certificate,
-        candidates=lambda: [("127.0.0.1", 40000)],
+        candidates=lambda: [address],
         consent_timeout=30.0,
         connect_timeout=10.0,
         forwarder_options={},
