@@ -26,6 +26,7 @@ from rtc.dtls import (
     HandshakeComplete,
 )
 from rtc.ice import (
+    CONSENT_TIMEOUT,
     MAX_VALIDATED,
     Address,
     CredentialsRetired,
@@ -163,13 +164,20 @@ class Link:
         return [e.new for e in self.events if isinstance(e, PeerStateChanged)]
 
 
-def publish_link(**kwargs: Any) -> Link:
-    """Our side answers a publisher's actpass offer: we are the DTLS client."""
-    transport = PeerTransport(SERVER_CERT, now=0.0)
+def publish_link(
+    *,
+    fingerprint_of: DtlsCertificate = CLIENT_CERT,
+    consent_timeout: float = CONSENT_TIMEOUT,
+    **kwargs: Any,
+) -> Link:
+    """Our side answers a publisher's actpass offer: we are the DTLS client.
+    The offer carries ``fingerprint_of``'s fingerprint (the browser's, unless
+    a test wants a mismatch)."""
+    transport = PeerTransport(SERVER_CERT, now=0.0, consent_timeout=consent_timeout)
     browser = Browser(DtlsRole.SERVER)
     browser.dtls.start(0.0)
     transport.set_remote(
-        CLIENT_UFRAG, CLIENT_PWD, [("sha-256", CLIENT_CERT.fingerprint())], "actpass", 0.0
+        CLIENT_UFRAG, CLIENT_PWD, [("sha-256", fingerprint_of.fingerprint())], "actpass", 0.0
     )
     return Link(transport, browser, **kwargs)
 
@@ -282,13 +290,8 @@ def test_handshake_survives_lost_flights() -> None:
 
 
 def test_fingerprint_mismatch_fails() -> None:
-    transport = PeerTransport(SERVER_CERT, now=0.0)
-    browser = Browser(DtlsRole.SERVER)
-    browser.dtls.start(0.0)
-    transport.set_remote(
-        CLIENT_UFRAG, CLIENT_PWD, [("sha-256", SERVER_CERT.fingerprint())], "actpass", 0.0
-    )
-    link = Link(transport, browser)
+    link = publish_link(fingerprint_of=SERVER_CERT)
+    transport = link.t
     connect(link)
     assert state(transport) is PeerState.FAILED
     assert "DTLS" in transport.reason
@@ -375,13 +378,8 @@ def test_too_many_addresses_forget_the_oldest() -> None:
 
 
 def test_consent_expiry_fails_the_transport() -> None:
-    transport = PeerTransport(SERVER_CERT, now=0.0, consent_timeout=5.0)
-    browser = Browser(DtlsRole.SERVER)
-    browser.dtls.start(0.0)
-    transport.set_remote(
-        CLIENT_UFRAG, CLIENT_PWD, [("sha-256", CLIENT_CERT.fingerprint())], "actpass", 0.0
-    )
-    link = Link(transport, browser)
+    link = publish_link(consent_timeout=5.0)
+    transport = link.t
     connect(link)
     assert state(transport) is PeerState.CONNECTED
     # A consent check at 3 s keeps it alive past 5 s ...
