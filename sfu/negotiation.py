@@ -384,13 +384,7 @@ class Negotiator(ActionQueue):
     def _check_ssrcs(self, room: Room, peer: Peer, parsed: list[OfferedTrack]) -> None:
         """Refuse SSRCs another track of the room routes (RFC 3550 8.2 collision) before
         anything changes; this offer's own tracks, kept or replaced, do not count."""
-        taken: dict[int, Track] = {}
-        for track in room.tracks.values():
-            if track.publisher is peer:
-                continue
-            taken[track.ssrc] = track
-            if track.rtx_ssrc is not None:
-                taken[track.rtx_ssrc] = track
+        taken = room.ssrcs_in_use(but=peer)
         seen: set[int] = set()
         for item in parsed:
             for ssrc in (item.ssrc, item.rtx_ssrc):
@@ -447,10 +441,7 @@ class Negotiator(ActionQueue):
     ) -> Track:
         """A simulcast track: a forwarder group under an id no packet uses;
         its layers' SSRCs are learnt from the first packets (sfu.layers)."""
-        taken = {t.ssrc for t in room.tracks.values()} | {
-            t.rtx_ssrc for t in room.tracks.values() if t.rtx_ssrc
-        }
-        gid = new_ssrc(taken)
+        gid = new_ssrc(room.ssrcs_in_use())
         room.forwarder.add_group(
             peer,
             gid,
