@@ -82,6 +82,7 @@ from rtc.ice import (
     ValidatedAddress,
     random_credentials,
 )
+from rtc.machine import move
 from rtc.srtp import SrtpSession
 from sfu.errors import SfuStateError
 
@@ -398,10 +399,7 @@ class PeerTransport:
     # -- internals ---------------------------------------------------------------
 
     def _transition(self, event: PeerInput, reason: str) -> None:
-        try:
-            new = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise SfuStateError(f"no transition from {self.state.value} on {event.value}") from None
+        new = move(TRANSITIONS, self.state, event, SfuStateError)
         if new is not self.state:
             self._events.append(PeerStateChanged(self.state, new, reason))
             self.state = new
