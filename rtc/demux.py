@@ -44,13 +44,7 @@ class Kind(enum.IntEnum):
 
 
 # Plain ints so the hot path compares small ints, not enum members.
-UNKNOWN = 0
-STUN = 1
-ZRTP = 2
-DTLS = 3
-TURN_CHANNEL = 4
-RTP = 5
-RTCP = 6
+UNKNOWN, STUN, ZRTP, DTLS, TURN_CHANNEL, RTP, RTCP = (int(kind) for kind in Kind)
 
 
 def _first_byte_table() -> tuple[int, ...]:

@@ -64,6 +64,7 @@ from rtc.errors import (
     DtlsStateError,
     DtlsTimeoutError,
 )
+from rtc.machine import move
 
 __all__ = [
     "DEFAULT_PROFILES",
@@ -529,12 +530,7 @@ class DtlsEndpoint:
     # -- internals ------------------------------------------------------------
 
     def _transition(self, event: _Input) -> None:
-        try:
-            self.state = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise DtlsStateError(
-                f"no transition from {self.state.value} on {event.value}"
-            ) from None
+        self.state = move(TRANSITIONS, self.state, event, DtlsStateError)
 
     def _verify(
         self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 from rtc import stun
 from rtc.errors import IceCheckError, IceStateError, StunParseError
+from rtc.machine import move
 
 __all__ = [
     "CONSENT_TIMEOUT",
@@ -525,10 +526,7 @@ class IceLiteAgent:
         return self._events.pop(0) if self._events else None
 
     def _transition(self, event: _Input, reason: str) -> None:
-        try:
-            new = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise IceStateError(f"no transition from {self.state.value} on {event.value}") from None
+        new = move(TRANSITIONS, self.state, event, IceStateError)
         if new is not self.state:
             self._events.append(StateChanged(self.state, new, reason))
             self.state = new

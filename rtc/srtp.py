@@ -15,6 +15,8 @@ forwarding path pays only for the libsrtp call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pylibsrtp
 
 from rtc.dtls import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80, DtlsRole, SrtpKeys
@@ -44,6 +46,14 @@ def _typed(exc: Exception) -> SrtpError:
     if message in _REPLAY_MESSAGES:
         return SrtpReplayError(message)
     return SrtpError(message)
+
+
+def _checked(transform: Callable[[bytes], bytes], packet: bytes) -> bytes:
+    """``transform(packet)``, with what pylibsrtp raises turned into our typed errors."""
+    try:
+        return transform(packet)
+    except (pylibsrtp.Error, ValueError, TypeError) as exc:
+        raise _typed(exc) from exc
 
 
 class SrtpSession:
@@ -109,31 +119,19 @@ class SrtpSession:
 
     def protect(self, packet: bytes) -> bytes:
         """SRTP-protect one RTP packet (RFC 3711 section 3.3)."""
-        try:
-            return self.outbound.protect(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise _typed(exc) from exc
+        return _checked(self.outbound.protect, packet)
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """SRTCP-protect one (compound) RTCP packet (RFC 3711 section 3.4)."""
-        try:
-            return self.outbound.protect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise _typed(exc) from exc
+        return _checked(self.outbound.protect_rtcp, packet)
 
     def unprotect(self, packet: bytes) -> bytes:
         """Authenticate, replay-check and decrypt one SRTP packet (RFC 3711 section 3.3).
 
         Raises :class:`SrtpAuthError`, :class:`SrtpReplayError` or :class:`SrtpError`.
         """
-        try:
-            return self.inbound.unprotect(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise _typed(exc) from exc
+        return _checked(self.inbound.unprotect, packet)
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
         """Authenticate, replay-check and decrypt one SRTCP packet (RFC 3711 section 3.4)."""
-        try:
-            return self.inbound.unprotect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as exc:
-            raise _typed(exc) from exc
+        return _checked(self.inbound.unprotect_rtcp, packet)

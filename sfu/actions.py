@@ -15,6 +15,8 @@ packet).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rtc.ice import Address
@@ -31,6 +33,7 @@ __all__ = [
     "Rearm",
     "Send",
     "SendRtcp",
+    "carried_out",
 ]
 
 
@@ -98,3 +101,13 @@ class ActionQueue:
         """What the calls since the last take want done, in order."""
         out, self._out = self._out, []
         return out
+
+
+@contextlib.contextmanager
+def carried_out(queue: ActionQueue, act: Callable[[list[Action]], None]) -> Iterator[None]:
+    """Hand ``act`` what the block's calls on ``queue`` queued, even if one raised:
+    a refused request may already have queued work (a transport to close, an event)."""
+    try:
+        yield
+    finally:
+        act(queue.take_actions())

@@ -240,13 +240,7 @@ class Links(ActionQueue):
         for ssrc, leg in link.incoming.items() if link is not None else ():
             if leg.room is not r:
                 ours.add(ssrc)  # another room on this link: the sender keeps them unique
-        taken: dict[int, Track] = {}
-        for track in r.tracks.values():
-            if track.publisher is mine:
-                continue
-            taken[track.ssrc] = track
-            if track.rtx_ssrc is not None:
-                taken[track.rtx_ssrc] = track
+        taken = r.ssrcs_in_use(but=mine)
         for t in tracks:
             existing = r.tracks.get(t.info.track_id)
             if existing is not None and existing.publisher is not mine:

@@ -33,7 +33,13 @@ from typing import Any, cast
 
 from rtc.dtls import DtlsCertificate
 from rtc.errors import DtlsError, IceStateError, SdpNegotiationError
-from rtc.ice import Address, CredentialsRetired
+from rtc.ice import (
+    Address,
+    CredentialsRetired,
+    ForgottenAddress,
+    SelectedAddress,
+    ValidatedAddress,
+)
 from rtc.sdp import (
     AUDIO_LEVEL,
     TRANSPORT_CC,
@@ -59,9 +65,6 @@ from sfu.speaker import SpeakerDetector
 from sfu.table import ForwarderStats, Subscription
 from sfu.transport import (
     TERMINAL,
-    AddressForgotten,
-    AddressSelected,
-    AddressValidated,
     PeerState,
     PeerStateChanged,
     PeerTransport,
@@ -381,13 +384,7 @@ class Negotiator(ActionQueue):
     def _check_ssrcs(self, room: Room, peer: Peer, parsed: list[OfferedTrack]) -> None:
         """Refuse SSRCs another track of the room routes (RFC 3550 8.2 collision) before
         anything changes; this offer's own tracks, kept or replaced, do not count."""
-        taken: dict[int, Track] = {}
-        for track in room.tracks.values():
-            if track.publisher is peer:
-                continue
-            taken[track.ssrc] = track
-            if track.rtx_ssrc is not None:
-                taken[track.rtx_ssrc] = track
+        taken = room.ssrcs_in_use(but=peer)
         seen: set[int] = set()
         for item in parsed:
             for ssrc in (item.ssrc, item.rtx_ssrc):
@@ -444,10 +441,7 @@ class Negotiator(ActionQueue):
     ) -> Track:
         """A simulcast track: a forwarder group under an id no packet uses;
         its layers' SSRCs are learnt from the first packets (sfu.layers)."""
-        taken = {t.ssrc for t in room.tracks.values()} | {
-            t.rtx_ssrc for t in room.tracks.values() if t.rtx_ssrc
-        }
-        gid = new_ssrc(taken)
+        gid = new_ssrc(room.ssrcs_in_use())
         room.forwarder.add_group(
             peer,
             gid,
@@ -708,14 +702,14 @@ class Negotiator(ActionQueue):
         for datagram, addr in transport.datagrams_to_send():
             self._out.append(Send(datagram, addr))
         while (event := transport.next_event()) is not None:
-            if isinstance(event, AddressValidated):
+            if isinstance(event, ValidatedAddress):
                 self.tables.by_addr[event.address] = peer
                 peer.addresses.add(event.address)
-            elif isinstance(event, AddressForgotten):
+            elif isinstance(event, ForgottenAddress):
                 if self.tables.by_addr.get(event.address) is peer:
                     del self.tables.by_addr[event.address]
                 peer.addresses.discard(event.address)
-            elif isinstance(event, AddressSelected):
+            elif isinstance(event, SelectedAddress):
                 moved = peer.addr is not None and peer.addr != event.address
                 peer.addr = event.address
                 if moved and transport.state is PeerState.CONNECTED:

@@ -77,6 +77,17 @@ class Room:
         self.recording: deque[tuple[int, bytes, float]] | None = None
         """While the room is recorded, the queue its peers' packets go to (:mod:`sfu.recording`)."""
 
+    def ssrcs_in_use(self, but: Peer | None = None) -> set[int]:
+        """The SSRCs, media and RTX, of the room's tracks but those ``but``
+        publishes: what no other source of the room may send on (RFC 3550 8.2)."""
+        used: set[int] = set()
+        for track in self.tracks.values():
+            if track.publisher is not but:
+                used.add(track.ssrc)
+                if track.rtx_ssrc is not None:
+                    used.add(track.rtx_ssrc)
+        return used
+
 
 class Participant:
     __slots__ = ("id", "publish", "room", "subscribe")

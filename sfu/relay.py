@@ -58,6 +58,7 @@ from rtc.dtls import (
 )
 from rtc.errors import DtlsError, SrtpError
 from rtc.ice import Address
+from rtc.machine import move
 from rtc.rtcp import ReceiverReport
 from rtc.srtp import SrtpSession
 from sfu.control import RelayPeer
@@ -316,10 +317,7 @@ class RelayLink:
     # -- internals ---------------------------------------------------------------
 
     def _transition(self, event: LinkInput, reason: str) -> None:
-        try:
-            new = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise SfuStateError(f"no transition from {self.state.value} on {event.value}") from None
+        new = move(TRANSITIONS, self.state, event, SfuStateError)
         if new is not self.state:
             self._events.append(LinkStateChanged(self.state, new, reason))
             self.state = new

@@ -25,7 +25,7 @@ answer reached us through signalling; those records are kept (a few) until
 Security: DTLS is accepted only from addresses that passed an ICE check with
 our password (RFC 8445 section 7.3); anything else is dropped and counted. The
 worker applies the same rule to SRTP by routing media through the addresses
-in :class:`AddressValidated` events only.
+in :class:`~rtc.ice.ValidatedAddress` events only.
 
 The machine, in one table (:data:`TRANSITIONS`):
 
@@ -37,7 +37,7 @@ The machine, in one table (:data:`TRANSITIONS`):
   (:meth:`~PeerTransport.restart_ice`, RFC 8445 section 9) and a NAT
   rebinding (:meth:`~PeerTransport.rebind`) keep CONNECTED: the DTLS
   association and the SRTP contexts stay, only the path changes, and
-  :class:`AddressSelected` says where it went. A completed restart retires
+  :class:`~rtc.ice.SelectedAddress` says where it went. A completed restart retires
   the previous local ufrag (:class:`rtc.ice.CredentialsRetired`).
 * Any failure (ICE connect timeout, consent expiry, a DTLS alert or timeout,
   a fingerprint mismatch, unusable SRTP keys) makes it FAILED. A close_notify
@@ -82,14 +82,12 @@ from rtc.ice import (
     ValidatedAddress,
     random_credentials,
 )
+from rtc.machine import move
 from rtc.srtp import SrtpSession
 from sfu.errors import SfuStateError
 
 __all__ = [
     "TRANSITIONS",
-    "AddressForgotten",
-    "AddressSelected",
-    "AddressValidated",
     "PeerInput",
     "PeerState",
     "PeerStateChanged",
@@ -138,6 +136,10 @@ TERMINAL = frozenset({PeerState.FAILED, PeerState.CLOSED})
 
 # --- events -----------------------------------------------------------------------
 
+# Besides its own state changes, the transport passes on the ICE agent's
+# address events (rtc.ice: ValidatedAddress and ForgottenAddress once per
+# change of the validated set, SelectedAddress, CredentialsRetired).
+
 
 @dataclass(frozen=True, slots=True)
 class PeerStateChanged:
@@ -148,29 +150,8 @@ class PeerStateChanged:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class AddressValidated:
-    """``address`` proved it knows our ICE password: its DTLS and SRTP are this peer's."""
-
-    address: Address
-
-
-@dataclass(frozen=True, slots=True)
-class AddressForgotten:
-    """``address`` fell out of the validated set (too many addresses): route it no more."""
-
-    address: Address
-
-
-@dataclass(frozen=True, slots=True)
-class AddressSelected:
-    """The peer nominated ``address`` (RFC 8445 section 7.3.1.5): send media there."""
-
-    address: Address
-
-
 TransportEvent = (
-    PeerStateChanged | AddressValidated | AddressForgotten | AddressSelected | CredentialsRetired
+    PeerStateChanged | ValidatedAddress | ForgottenAddress | SelectedAddress | CredentialsRetired
 )
 
 
@@ -418,10 +399,7 @@ class PeerTransport:
     # -- internals ---------------------------------------------------------------
 
     def _transition(self, event: PeerInput, reason: str) -> None:
-        try:
-            new = TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise SfuStateError(f"no transition from {self.state.value} on {event.value}") from None
+        new = move(TRANSITIONS, self.state, event, SfuStateError)
         if new is not self.state:
             self._events.append(PeerStateChanged(self.state, new, reason))
             self.state = new
@@ -442,16 +420,16 @@ class PeerTransport:
             if isinstance(event, ValidatedAddress):
                 if event.address not in self._validated:
                     self._validated.add(event.address)
-                    self._events.append(AddressValidated(event.address))
+                    self._events.append(event)
             elif isinstance(event, ForgottenAddress):
                 if event.address in self._validated:
                     self._validated.discard(event.address)
-                    self._events.append(AddressForgotten(event.address))
+                    self._events.append(event)
             elif isinstance(event, CredentialsRetired):
                 self._events.append(event)
             elif isinstance(event, SelectedAddress):
                 self.remote = event.address
-                self._events.append(AddressSelected(event.address))
+                self._events.append(event)
                 dtls = self.dtls
                 if dtls is not None and dtls.state is DtlsState.NEW:
                     dtls.start(now)

@@ -92,7 +92,17 @@ from rtc.ice import CONNECT_TIMEOUT, CONSENT_TIMEOUT, Address, local_ufrag_of
 from rtc.rtcp import Fir, Nack, Pli, Remb, RtcpPacket, TransportCc, parse_compound
 from rtc.rtp import transport_sequence_number
 from sfu import metrics, native
-from sfu.actions import Action, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
+from sfu.actions import (
+    Action,
+    Arm,
+    ArmRtcp,
+    Emit,
+    FlushRtcp,
+    Rearm,
+    Send,
+    SendRtcp,
+    carried_out,
+)
 from sfu.bandwidth import BandwidthFeedback
 from sfu.control import (
     MediaEvent,
@@ -375,10 +385,8 @@ class MediaWorker(asyncio.DatagramProtocol):
         self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
     ) -> PublishResult:
         """Answer a publish offer (RFC 8829 5.3): :meth:`Negotiator.publish`."""
-        try:
+        with carried_out(self.negotiator, self._act):
             return self.negotiator.publish(room, participant, offer, sources, self._now())
-        finally:
-            self._act(self.negotiator.take_actions())
 
     async def subscribe(
         self,
@@ -388,31 +396,23 @@ class MediaWorker(asyncio.DatagramProtocol):
         restart: Restart | None = None,
     ) -> str | None:
         """Offer ``track_ids`` to ``participant`` (RFC 8829 5.2): :meth:`Negotiator.subscribe`."""
-        try:
+        with carried_out(self.negotiator, self._act):
             return self.negotiator.subscribe(room, participant, track_ids, restart, self._now())
-        finally:
-            self._act(self.negotiator.take_actions())
 
     async def answer(self, room: str, participant: str, sdp: str) -> None:
         """Take a subscriber's answer (RFC 3264 section 6): :meth:`Negotiator.answer`."""
-        try:
+        with carried_out(self.negotiator, self._act):
             self.negotiator.answer(room, participant, sdp, self._now())
-        finally:
-            self._act(self.negotiator.take_actions())
 
     async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
         """Stop or resume forwarding a track: :meth:`Negotiator.set_muted`."""
-        try:
+        with carried_out(self.negotiator, self._act):
             self.negotiator.set_muted(room, track_id, muted, self._now())
-        finally:
-            self._act(self.negotiator.take_actions())
 
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
         """Forget a track and every subscription to it: :meth:`Negotiator.unpublish`."""
-        try:
+        with carried_out(self.negotiator, self._act):
             self.negotiator.unpublish(room, participant, track_id, self._now())
-        finally:
-            self._act(self.negotiator.take_actions())
 
     async def record(self, room: str, order: RecordingOrder | None) -> None:
         """Record ``room``'s tracks, or stop (None): :meth:`RecordingWriter.record`."""
@@ -447,19 +447,15 @@ class MediaWorker(asyncio.DatagramProtocol):
         self, room: str, peer: RelayPeer, track_ids: Sequence[str]
     ) -> list[RelayedTrack]:
         """Send ``track_ids`` of ``room`` to ``peer``: :meth:`Links.relay_send`."""
-        try:
+        with carried_out(self.links, self._act):
             return self.links.relay_send(room, peer, track_ids, self._now())
-        finally:
-            self._act(self.links.take_actions())
 
     async def relay_receive(
         self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack]
     ) -> None:
         """Receive ``tracks`` of ``room`` from ``peer``: :meth:`Links.relay_receive`."""
-        try:
+        with carried_out(self.links, self._act):
             self.links.relay_receive(room, peer, tracks, self._now())
-        finally:
-            self._act(self.links.take_actions())
 
     async def set_view(
         self,
@@ -471,17 +467,13 @@ class MediaWorker(asyncio.DatagramProtocol):
         visible: bool,
     ) -> None:
         """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
-        try:
+        with carried_out(self.layers, self._act):
             self.layers.set_view(room, participant, track_id, width, height, visible, self._now())
-        finally:
-            self._act(self.layers.take_actions())
 
     async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
         """``participant`` receives no video while ``enabled``."""
-        try:
+        with carried_out(self.layers, self._act):
             self.layers.set_audio_only(room, participant, enabled, self._now())
-        finally:
-            self._act(self.layers.take_actions())
 
     # -- asyncio.DatagramProtocol ------------------------------------------------------
 

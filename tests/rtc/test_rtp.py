@@ -24,6 +24,7 @@ URI_TWCC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensio
 
 
 def aiortc_map(ids: dict[str, int]) -> artp.HeaderExtensionsMap:
+    """aiortc's map of extension URIs to ids (``{uri: id}``), for its RTP codec."""
     m = artp.HeaderExtensionsMap()
     m.configure(
         RTCRtpParameters(

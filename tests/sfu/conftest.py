@@ -181,18 +181,24 @@ class Tone(MediaStreamTrack):
 # --- peers ---------------------------------------------------------------------------------
 
 
-def _pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-
-class Publisher:
-    """An aiortc client publishing through ``worker.publish`` (sendonly transceivers)."""
+class Client:
+    """An aiortc peer connection of ``participant`` in ``room``, on loopback to ``worker``."""
 
     def __init__(self, worker: MediaWorker, room: str, participant: str) -> None:
         self.worker = worker
         self.room = room
         self.participant = participant
-        self.pc = _pc()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class Publisher(Client):
+    """An aiortc client publishing through ``worker.publish`` (sendonly transceivers)."""
+
+    def __init__(self, worker: MediaWorker, room: str, participant: str) -> None:
+        super().__init__(worker, room, participant)
         self.tracks: dict[str, str] = {}
         """mid -> track id."""
         self.answer = ""
@@ -213,18 +219,12 @@ class Publisher:
             self.tracks = {m: t for m, t in self.tracks.items() if t != track_id}
         return result
 
-    async def close(self) -> None:
-        await self.pc.close()
 
-
-class Subscriber:
+class Subscriber(Client):
     """An aiortc client answering the worker's subscribe offers and counting what it decodes."""
 
     def __init__(self, worker: MediaWorker, room: str, participant: str) -> None:
-        self.worker = worker
-        self.room = room
-        self.participant = participant
-        self.pc = _pc()
+        super().__init__(worker, room, participant)
         self.frames: dict[str, int] = {"audio": 0, "video": 0}
         self.first: dict[str, float] = {}
         self.offer = ""
@@ -260,7 +260,7 @@ class Subscriber:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await self.pc.close()
+        await super().close()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

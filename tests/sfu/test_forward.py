@@ -14,7 +14,6 @@ import pytest
 from aiortc import rtp as artp
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import VpxPayloadDescriptor
-from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +23,7 @@ from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC
 from sfu.errors import SfuError, SfuStateError
 from sfu.forward import Forwarder
 from sfu.keyframes import h264_keyframe_start, vp8_keyframe_start
+from tests.rtc.test_rtp import aiortc_map
 
 # Chromium's and Firefox's numbering of the same extensions.
 CHROME_EXT = {AUDIO_LEVEL: 1, ABS_SEND_TIME: 2, TRANSPORT_CC: 3, MID: 4}
@@ -38,17 +38,7 @@ OPUS_PT = 111
 PUB = "publisher"
 
 
-def ext_map(ids: dict[str, int]) -> artp.HeaderExtensionsMap:
-    m = artp.HeaderExtensionsMap()
-    m.configure(
-        RTCRtpParameters(
-            headerExtensions=[RTCRtpHeaderExtensionParameters(id=i, uri=u) for u, i in ids.items()]
-        )
-    )
-    return m
-
-
-PUB_MAP = ext_map(CHROME_EXT)
+PUB_MAP = aiortc_map(CHROME_EXT)
 
 
 def vp8_payload(keyframe: bool, start: bool = True, picture_id: int = 1) -> bytes:
@@ -194,7 +184,7 @@ def test_h264_track_waits_for_idr() -> None:
 
 def test_fan_out_rewrites_per_subscriber() -> None:
     fwd = make_forwarder()
-    firefox = ext_map(FIREFOX_EXT)
+    firefox = aiortc_map(FIREFOX_EXT)
     fwd.subscribe("chrome", VIDEO_SSRC, 0.0, ssrc=1001, extensions=CHROME_EXT)
     fwd.subscribe(
         "firefox", VIDEO_SSRC, 0.0, ssrc=2001, payload_types={VP8_PT: 120}, extensions=FIREFOX_EXT
@@ -274,7 +264,7 @@ def test_equal_extension_tables_are_shared_and_interleaved_copies_stay_right() -
     for i, packet in enumerate(stream):
         fwd.route_into(packet, 0.01 * i, routed)
     subs = by_subscriber(routed)
-    firefox = ext_map(FIREFOX_EXT)
+    firefox = aiortc_map(FIREFOX_EXT)
     for key in ("ff1", "ff2", "ff3"):
         for got, sent in zip(subs[key], stream, strict=True):
             assert artp.RtpPacket.parse(got, firefox).extensions.mid == "1"

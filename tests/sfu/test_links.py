@@ -13,38 +13,18 @@ import pytest
 
 from rtc.dtls import DtlsCertificate
 from sfu.actions import Action, Arm, Emit, Send
-from sfu.bandwidth import BandwidthFeedback
 from sfu.control import RelayPeer, RelayState
-from sfu.layers import Layers
 from sfu.links import Links
-from sfu.negotiation import Negotiator
-from sfu.records import WorkerTables
-from sfu.reports import ReportScheduler
 
-from .test_negotiation import NOW, offer
+from .test_negotiation import NOW, negotiator, offer
 
 A = ("127.0.0.1", 40001)
 B = ("127.0.0.1", 40002)
 
 
 def links(worker_id: str, certificate: DtlsCertificate, address: tuple[str, int]) -> Links:
-    tables = WorkerTables(
-        ReportScheduler(ssrc=1, cname="wadud", wall_offset=0.0), BandwidthFeedback()
-    )
-    negotiator = Negotiator(
-        tables,
-        Layers(tables),
-        certificate=certificate,
-        candidates=lambda: [address],
-        consent_timeout=30.0,
-        connect_timeout=10.0,
-        forwarder_options={},
-        simulcast=True,
-        red=True,
-        feedback_ssrc=1,
-        remb_max_bitrate=2_500_000,
-    )
-    return Links(tables, negotiator, certificate=certificate, worker_id=worker_id, link_options={})
+    core = negotiator(certificate, address)
+    return Links(core.tables, core, certificate=certificate, worker_id=worker_id, link_options={})
 
 
 def peer(core: Links, address: tuple[str, int]) -> RelayPeer:

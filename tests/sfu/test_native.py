@@ -57,16 +57,16 @@ def twins() -> tuple[SrtpSession, SrtpSession]:
 
 @contextlib.contextmanager
 def loopback_sockets(
-    *, rcvbuf: int = 1 << 20, timeout: float | None = None
+    *, count: int = 3, rcvbuf: int = 1 << 20, timeout: float | None = None
 ) -> Iterator[tuple[socket.socket, list[socket.socket]]]:
-    """A non-blocking sender and three receivers on 127.0.0.1 (with
+    """A non-blocking sender and ``count`` receivers on 127.0.0.1 (with
     ``timeout``: blocking reads that give up after it), closed after."""
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender.bind(("127.0.0.1", 0))
     sender.setblocking(False)
     receivers = []
     try:
-        for _ in range(3):
+        for _ in range(count):
             r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             receivers.append(r)
             r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -81,9 +81,52 @@ def loopback_sockets(
             s.close()
 
 
+@contextlib.contextmanager
+def native_leaf(
+    *, count: int = 3, rcvbuf: int = 1 << 20, timeout: float | None = None
+) -> Iterator[tuple[native.Fanout, list[socket.socket]]]:
+    """The leaf on the sender of :func:`loopback_sockets`, and its receivers."""
+    with loopback_sockets(count=count, rcvbuf=rcvbuf, timeout=timeout) as (sender, receivers):
+        fan = native.fanout(sender)
+        assert fan is not None
+        yield fan, receivers
+
+
+def keyed(receiver: socket.socket) -> tuple[Record, SrtpSession]:
+    """A record addressed to ``receiver``, and the twin session that says what it gets."""
+    ours, expected = twins()
+    return Record(ours.outbound.protect, receiver.getsockname()), expected
+
+
+def twin_records(receivers: list[socket.socket]) -> tuple[list[Record], list[Record]]:
+    """A record per receiver for the leaf, and its twin (a session of the same
+    key) for what the Python loop would send there."""
+    pairs = [twins() for _ in receivers]
+    addrs = [r.getsockname() for r in receivers]
+    ours = [Record(a.outbound.protect, at) for (a, _), at in zip(pairs, addrs, strict=True)]
+    theirs = [Record(b.outbound.protect, at) for (_, b), at in zip(pairs, addrs, strict=True)]
+    return ours, theirs
+
+
+def drain(receivers: list[socket.socket]) -> list[list[bytes]]:
+    """What each non-blocking receiver has waiting, in order."""
+    got: list[list[bytes]] = []
+    for r in receivers:
+        got.append([])
+        while True:
+            try:
+                got[-1].append(r.recv(2048))
+            except BlockingIOError:
+                break
+    return got
+
+
+Leaf = tuple[native.Fanout, list[socket.socket]]
+
+
 @pytest.fixture
-def sockets() -> Iterator[tuple[socket.socket, list[socket.socket]]]:
-    with loopback_sockets(timeout=2.0) as pair:
+def leaf() -> Iterator[Leaf]:
+    with native_leaf(timeout=2.0) as pair:
         yield pair
 
 
@@ -97,12 +140,8 @@ def test_enabled_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @needs_native
-def test_copies_arrive_as_the_python_path_would_send_them(
-    sockets: tuple[socket.socket, list[socket.socket]],
-) -> None:
-    sender, receivers = sockets
-    fan = native.fanout(sender)
-    assert fan is not None
+def test_copies_arrive_as_the_python_path_would_send_them(leaf: Leaf) -> None:
+    fan, receivers = leaf
     pairs = [twins() for _ in receivers]
     records = [
         Record(ours.outbound.protect, r.getsockname())
@@ -125,14 +164,9 @@ def test_copies_arrive_as_the_python_path_would_send_them(
 
 
 @needs_native
-def test_the_cached_leg_follows_a_new_address_and_a_new_session(
-    sockets: tuple[socket.socket, list[socket.socket]],
-) -> None:
-    sender, (first, second, _) = sockets
-    fan = native.fanout(sender)
-    assert fan is not None
-    ours, expected = twins()
-    rec = Record(ours.outbound.protect, first.getsockname())
+def test_the_cached_leg_follows_a_new_address_and_a_new_session(leaf: Leaf) -> None:
+    fan, (first, second, _) = leaf
+    rec, expected = keyed(first)
     fan.send([(rec, rtp(1, 7))])
     assert first.recv(2048) == expected.outbound.protect(rtp(1, 7))
     leg = rec.wire
@@ -156,12 +190,8 @@ def test_the_cached_leg_follows_a_new_address_and_a_new_session(
 
 
 @needs_native
-def test_unkeyed_and_unaddressed_records_are_skipped(
-    sockets: tuple[socket.socket, list[socket.socket]],
-) -> None:
-    sender, (first, *_) = sockets
-    fan = native.fanout(sender)
-    assert fan is not None
+def test_unkeyed_and_unaddressed_records_are_skipped(leaf: Leaf) -> None:
+    fan, (first, *_) = leaf
     ours, expected = twins()
     routed = [
         (Record(None, first.getsockname()), rtp(1, 5)),
@@ -173,12 +203,8 @@ def test_unkeyed_and_unaddressed_records_are_skipped(
 
 
 @needs_native
-def test_a_protect_that_is_not_pylibsrtps_is_called_and_its_errors_counted(
-    sockets: tuple[socket.socket, list[socket.socket]],
-) -> None:
-    sender, (first, *_) = sockets
-    fan = native.fanout(sender)
-    assert fan is not None
+def test_a_protect_that_is_not_pylibsrtps_is_called_and_its_errors_counted(leaf: Leaf) -> None:
+    fan, (first, *_) = leaf
     calls: list[bytes] = []
 
     def protect(packet: bytes) -> bytes:
@@ -195,14 +221,9 @@ def test_a_protect_that_is_not_pylibsrtps_is_called_and_its_errors_counted(
 
 
 @needs_native
-def test_an_oversized_packet_is_counted_not_sent_and_the_rest_go(
-    sockets: tuple[socket.socket, list[socket.socket]],
-) -> None:
-    sender, (first, *_) = sockets
-    fan = native.fanout(sender)
-    assert fan is not None
-    ours, expected = twins()
-    rec = Record(ours.outbound.protect, first.getsockname())
+def test_an_oversized_packet_is_counted_not_sent_and_the_rest_go(leaf: Leaf) -> None:
+    fan, (first, *_) = leaf
+    rec, expected = keyed(first)
     assert fan.send([(rec, rtp(1, 9, size=4000)), (rec, rtp(2, 9))]) == 1
     assert rec.srtp_errors == 1
     # The oversized one never reached libsrtp, so the next index is the same as
@@ -211,14 +232,9 @@ def test_an_oversized_packet_is_counted_not_sent_and_the_rest_go(
 
 
 @needs_native
-def test_a_refused_destination_is_counted_and_the_batch_goes_on(
-    sockets: tuple[socket.socket, list[socket.socket]],
-) -> None:
-    sender, (first, *_) = sockets
-    fan = native.fanout(sender)
-    assert fan is not None
-    ours, expected = twins()
-    good = Record(ours.outbound.protect, first.getsockname())
+def test_a_refused_destination_is_counted_and_the_batch_goes_on(leaf: Leaf) -> None:
+    fan, (first, *_) = leaf
+    good, expected = keyed(first)
     # Port 0 is not a destination the kernel sends to (EINVAL).
     bad = Record(twins()[0].outbound.protect, ("127.0.0.1", 0))
     assert fan.send([(bad, rtp(1, 3)), (good, rtp(1, 4)), (bad, rtp(2, 3))]) == 1
@@ -227,12 +243,8 @@ def test_a_refused_destination_is_counted_and_the_batch_goes_on(
 
 
 @needs_native
-def test_bad_input_raises_typed_errors_without_sending(
-    sockets: tuple[socket.socket, list[socket.socket]],
-) -> None:
-    sender, (first, *_) = sockets
-    fan = native.fanout(sender)
-    assert fan is not None
+def test_bad_input_raises_typed_errors_without_sending(leaf: Leaf) -> None:
+    fan, (first, *_) = leaf
     ours, _ = twins()
     with pytest.raises(TypeError):
         fan.send(((Record(ours.outbound.protect, first.getsockname()), rtp(1, 1)),))  # type: ignore[arg-type]
@@ -359,13 +371,8 @@ def forwarder_with_three(records: list[Record], now: float) -> Any:
 def test_native_forward_sends_what_the_python_loop_would(
     steps: list[tuple[int, int, int, str | None]],
 ) -> None:
-    with loopback_sockets() as (sender, receivers):
-        fan = native.fanout(sender)
-        assert fan is not None
-        pairs = [twins() for _ in receivers]
-        addrs = [r.getsockname() for r in receivers]
-        ours = [Record(a.outbound.protect, at) for (a, _), at in zip(pairs, addrs, strict=True)]
-        theirs = [Record(b.outbound.protect, at) for (_, b), at in zip(pairs, addrs, strict=True)]
+    with native_leaf() as (fan, receivers):
+        ours, theirs = twin_records(receivers)
         now = 100.0
         fast = forwarder_with_three(ours, now)
         slow = forwarder_with_three(theirs, now)
@@ -386,14 +393,7 @@ def test_native_forward_sends_what_the_python_loop_would(
                 i = theirs.index(key)
                 expected[i].append(key.protect(copy))
             assert fast.stats.as_dict() == slow.stats.as_dict(), step
-        for i, r in enumerate(receivers):
-            got = []
-            while True:
-                try:
-                    got.append(r.recv(2048))
-                except BlockingIOError:
-                    break
-            assert got == expected[i], i
+        assert drain(receivers) == expected
         assert fast.stats.malformed == 0
         assert expected[1]
         assert fan.counters()["sent"] == sum(map(len, expected))
@@ -407,13 +407,9 @@ def test_native_forward_sends_what_the_python_loop_would(
 
 
 @needs_native
-def test_copies_past_a_runs_first_packet_go_native(
-    sockets: tuple[socket.socket, list[socket.socket]],
-) -> None:
+def test_copies_past_a_runs_first_packet_go_native(leaf: Leaf) -> None:
     """The first packet of each run goes round the Python loop, the rest do not."""
-    sender, receivers = sockets
-    fan = native.fanout(sender)
-    assert fan is not None
+    fan, receivers = leaf
     records = [Record(twins()[0].outbound.protect, r.getsockname()) for r in receivers]
     f = forwarder_with_three(records, 100.0)
     for i in range(5):

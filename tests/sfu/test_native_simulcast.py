@@ -17,14 +17,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfu import native
 from tests.sfu.test_native import (
     PUB_EXTS,
     Record,
-    loopback_sockets,
+    drain,
+    native_leaf,
     needs_native,
     route_native,
-    twins,
+    twin_records,
 )
 
 GROUP = 9000
@@ -79,13 +79,8 @@ def forwarder(records: list[Record], now: float) -> Any:
 def test_native_forwards_simulcast_layers_as_python_does(
     wide: bool, steps: list[tuple[Any, bool]]
 ) -> None:
-    with loopback_sockets(rcvbuf=1 << 21) as (sender, receivers):
-        fan = native.fanout(sender)
-        assert fan is not None
-        pairs = [twins() for _ in receivers]
-        addrs = [r.getsockname() for r in receivers]
-        ours = [Record(a.outbound.protect, at) for (a, _), at in zip(pairs, addrs, strict=True)]
-        theirs = [Record(b.outbound.protect, at) for (_, b), at in zip(pairs, addrs, strict=True)]
+    with native_leaf(rcvbuf=1 << 21) as (fan, receivers):
+        ours, theirs = twin_records(receivers)
         now = 100.0
         fast, slow = forwarder(ours, now), forwarder(theirs, now)
         expected: list[list[bytes]] = [[], [], []]
@@ -119,14 +114,7 @@ def test_native_forwards_simulcast_layers_as_python_does(
                 pids[i] = (pids[i] + 1) & (0x7FFF if wide else 0x7F)
                 tl0s[i] = (tl0s[i] + 1) & 0xFF
             assert fast.stats.as_dict() == slow.stats.as_dict(), frame
-        for i, r in enumerate(receivers):
-            got = []
-            while True:
-                try:
-                    got.append(r.recv(2048))
-                except BlockingIOError:
-                    break
-            assert got == expected[i], i
+        assert drain(receivers) == expected
         assert expected[1]
         # Past each run's first packet the copies went native, VP8 rewrite and all.
         assert fan.counters()["sent"] > by_python

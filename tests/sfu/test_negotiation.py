@@ -11,6 +11,7 @@ import datetime
 import pytest
 
 from rtc.dtls import DtlsCertificate
+from rtc.errors import SdpNegotiationError
 from rtc.ice import random_credentials
 from rtc.sdp import Direction, SessionDescription
 from sfu.actions import Action, Emit, FlushRtcp, Rearm, Send
@@ -50,7 +51,10 @@ def certificate() -> DtlsCertificate:
     return DtlsCertificate.generate(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
 
 
-def negotiator(certificate: DtlsCertificate) -> Negotiator:
+def negotiator(
+    certificate: DtlsCertificate, address: tuple[str, int] = ("127.0.0.1", 40000)
+) -> Negotiator:
+    """A negotiator on tables of its own, its one host candidate at ``address``."""
     tables = WorkerTables(
         ReportScheduler(ssrc=1, cname="wadud", wall_offset=0.0), BandwidthFeedback()
     )
@@ -58,7 +62,7 @@ def negotiator(certificate: DtlsCertificate) -> Negotiator:
         tables,
         Layers(tables),
         certificate=certificate,
-        candidates=lambda: [("127.0.0.1", 40000)],
+        candidates=lambda: [address],
         consent_timeout=30.0,
         connect_timeout=10.0,
         forwarder_options={},
@@ -132,3 +136,18 @@ def test_a_refused_verb_still_leaves_its_actions_to_take(certificate: DtlsCertif
     # still asked to re-arm (as it takes actions in a finally).
     assert core.tables.rooms == {}
     assert core.take_actions()[-1] == Rearm()
+
+
+def test_an_ssrc_another_publisher_sends_on_is_refused(certificate: DtlsCertificate) -> None:
+    """RFC 3550 8.2: two sources of a room on one SSRC would be one stream to
+    every subscriber; a publisher's own tracks, offered again, do not collide."""
+    core = negotiator(certificate)
+    core.publish("room", "alice", offer(certificate), {}, NOW)
+    room = core.tables.rooms["room"]
+    (alice,) = core.tables.peers
+    assert room.ssrcs_in_use() == {1234}
+    assert room.ssrcs_in_use(but=alice) == set()
+    core.publish("room", "alice", offer(certificate), {}, NOW)  # a renegotiation
+    with pytest.raises(SdpNegotiationError, match="SSRC 1234"):
+        core.publish("room", "bob", offer(certificate), {}, NOW)
+    assert [t.info.participant for t in room.tracks.values()] == ["alice"]

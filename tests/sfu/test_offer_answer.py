@@ -482,6 +482,21 @@ def aiortc_pc() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
+async def aiortc_answer(
+    offer: SessionDescription, kinds: list[str] | None = None
+) -> SessionDescription:
+    """aiortc's answer to our ``offer``; the kinds of the tracks it saw go to ``kinds``."""
+    pc = aiortc_pc()
+    if kinds is not None:
+        pc.on("track", lambda track: kinds.append(track.kind))
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(str(offer), "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return SessionDescription.parse(pc.localDescription.sdp)
+    finally:
+        await pc.close()
+
+
 async def test_aiortc_accepts_our_answer() -> None:
     pc = aiortc_pc()
     try:
@@ -523,15 +538,8 @@ async def test_aiortc_answers_our_subscriber_offer() -> None:
         offer_for_subscriber([*tracks, forwarded_from(second, "carol", 7000)[1]], local())
     tracks.append(carol)
     offer = offer_for_subscriber(tracks, local(addresses=[("127.0.0.1", 9)]))
-    pc = aiortc_pc()
     kinds: list[str] = []
-    pc.on("track", lambda track: kinds.append(track.kind))
-    try:
-        await pc.setRemoteDescription(RTCSessionDescription(str(offer), "offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        theirs = SessionDescription.parse(pc.localDescription.sdp)
-    finally:
-        await pc.close()
+    theirs = await aiortc_answer(offer, kinds)
     assert kinds == ["audio", "video", "video"]
     assert theirs.bundle is not None and theirs.bundle.mids == [t.mid for t in tracks]
     assert theirs.transport().setup in (Setup.ACTIVE, Setup.PASSIVE)
@@ -551,11 +559,5 @@ async def test_aiortc_answers_red_with_plain_opus() -> None:
     audio = forwarded_from(published, "dana", 9000)[0]
     assert audio.red is not None
     offer = offer_for_subscriber([audio], local(addresses=[("127.0.0.1", 9)]))
-    pc = aiortc_pc()
-    try:
-        await pc.setRemoteDescription(RTCSessionDescription(str(offer), "offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        theirs = SessionDescription.parse(pc.localDescription.sdp)
-    finally:
-        await pc.close()
+    theirs = await aiortc_answer(offer)
     assert [c.name for c in theirs.media[0].codecs] == ["opus"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import secrets
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -280,18 +279,8 @@ async def relayed(
     loopback_aiortc: None,
 ) -> AsyncIterator[tuple[MediaWorker, MediaWorker, test_relay.Middle]]:
     """Two workers and the UDP relay between them, as tests/sfu/test_relay.py has them."""
-    a = MediaWorker(worker_id="a-" + secrets.token_hex(3), link_options=test_relay.FAST)
-    b = MediaWorker(worker_id="b-" + secrets.token_hex(3), link_options=test_relay.FAST)
-    await a.start()
-    await b.start()
-    middle = test_relay.Middle(a.address, b.address)
-    await middle.start()
-    try:
-        yield a, b, middle
-    finally:
-        middle.close()
-        await a.close()
-        await b.close()
+    async with test_relay.two_workers() as workers:
+        yield workers
 
 
 async def test_tracks_relayed_in_from_another_worker_are_recorded(
@@ -304,12 +293,9 @@ async def test_tracks_relayed_in_from_another_worker_are_recorded(
     events = Events()
     b.add_listener(events)
     try:
-        publisher = await test_relay.publish(a, made)
-        track_ids = list(publisher.tracks.values())
+        track_ids = await test_relay.publish(a, made)
         sent = await test_relay.relay(a, b, middle, track_ids)
-        sub = Subscriber(b, test_relay.ROOM, "patient")
-        made.append(sub)
-        await sub.update(track_ids)
+        sub = await test_relay.subscribe(b, made, "patient", track_ids)
         await wait_until(lambda: sub.frames["video"] >= 5 and sub.frames["audio"] >= 5, limit=20)
         await b.record(test_relay.ROOM, ORDER)
         await asyncio.sleep(1.0)

@@ -23,15 +23,18 @@ from rtc import red
 from rtc.red import RedBlock, RedPayload
 from rtc.rtp import RtpPacket, build_extensions
 from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC, SessionDescription
-from rtc.srtp import SrtpSession
 from sfu import native
 from sfu.estimator import SendSideEstimator
 from sfu.forward import Forwarder
 from sfu.worker import MediaWorker
 from tests.sfu.conftest import take_events
-from tests.sfu.test_native import KEY, Record, loopback_sockets, route_native
-
-needs_native = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
+from tests.sfu.test_native import (
+    drain,
+    native_leaf,
+    needs_native,
+    route_native,
+    twin_records,
+)
 
 SSRC = 0x3333
 OPUS = 111
@@ -250,34 +253,16 @@ def _packet(seq: int, kind: str, primary: bytes) -> bytes:
 def test_native_and_python_send_the_same_red_and_plain_copies(
     steps: list[tuple[int, str, bytes, str | None]],
 ) -> None:
-    with loopback_sockets() as (sender, receivers):
-        extra = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        extra.bind(("127.0.0.1", 0))
-        extra.setblocking(False)
-        receivers = [*receivers, extra]
-        try:
-            _compare(sender, receivers, steps)
-        finally:
-            extra.close()
+    with native_leaf(count=4) as (fan, receivers):
+        _compare(fan, receivers, steps)
 
 
 def _compare(
-    sender: socket.socket,
+    fan: native.Fanout,
     receivers: list[socket.socket],
     steps: list[tuple[int, str, bytes, str | None]],
 ) -> None:
-    fan = native.fanout(sender)
-    assert fan is not None
-    sessions = [
-        (
-            SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY),
-            SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY),
-        )
-        for _ in receivers
-    ]
-    addrs = [r.getsockname() for r in receivers]
-    ours = [Record(a.outbound.protect, at) for (a, _), at in zip(sessions, addrs, strict=True)]
-    theirs = [Record(b.outbound.protect, at) for (_, b), at in zip(sessions, addrs, strict=True)]
+    ours, theirs = twin_records(receivers)
     now = 10.0
     fast = forwarder(ours, now)
     fast.red_leaf = native.RED
@@ -298,14 +283,7 @@ def _compare(
             record = theirs[theirs.index(key)]  # type: ignore[arg-type]
             expected[theirs.index(record)].append(record.protect(copy))
         assert fast.stats.as_dict() == slow.stats.as_dict()
-    for i, r in enumerate(receivers):
-        got = []
-        while True:
-            try:
-                got.append(r.recv(2048))
-            except BlockingIOError:
-                break
-        assert got == expected[i], i
+    assert drain(receivers) == expected
     pairs = zip(fast.track(SSRC).subscriptions, slow.track(SSRC).subscriptions, strict=True)
     for mine, ref in pairs:
         assert (mine.packets_sent, mine.octets_sent) == (ref.packets_sent, ref.octets_sent)
@@ -504,11 +482,8 @@ def test_native_counts_stripped_copies_on_any_stats_object() -> None:
     # The leaf bumps ``red_stripped`` through a slot it resolved once for
     # ForwarderStats; another type of object (and ForwarderStats again after
     # it) must be counted as well, never written at a stale offset.
-    with loopback_sockets() as (sender, receivers):
-        fan = native.fanout(sender)
-        assert fan is not None
-        subs = [Record(SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY).outbound.protect,
-                       r.getsockname()) for r in receivers]  # fmt: skip
+    with native_leaf() as (fan, receivers):
+        subs, _ = twin_records(receivers)
         f = forwarder(subs)
         f.red_leaf = native.RED
         out: list[tuple[Any, bytes]] = []

@@ -9,6 +9,7 @@ a publisher on worker A, subscribers on worker B.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import random
@@ -109,8 +110,9 @@ def peer_of(worker: MediaWorker, address: tuple[str, int]) -> RelayPeer:
     return RelayPeer(worker=wid, host=address[0], port=address[1], fingerprint=fingerprint)
 
 
-@pytest.fixture
-async def pair(loopback_aiortc: None) -> AsyncIterator[tuple[MediaWorker, MediaWorker, Middle]]:
+@contextlib.asynccontextmanager
+async def two_workers() -> AsyncIterator[tuple[MediaWorker, MediaWorker, Middle]]:
+    """Two started workers and the UDP relay between them, closed after."""
     # Ids chosen so A (the sender) is the DTLS client: the harder order,
     # its ClientHello may reach B before B hears of the link.
     a = MediaWorker(worker_id="a-" + secrets.token_hex(3), link_options=FAST)
@@ -127,6 +129,12 @@ async def pair(loopback_aiortc: None) -> AsyncIterator[tuple[MediaWorker, MediaW
         await b.close()
 
 
+@pytest.fixture
+async def pair(loopback_aiortc: None) -> AsyncIterator[tuple[MediaWorker, MediaWorker, Middle]]:
+    async with two_workers() as workers:
+        yield workers
+
+
 async def relay(
     a: MediaWorker, b: MediaWorker, middle: Middle, track_ids: list[str]
 ) -> list[RelayedTrack]:
@@ -136,13 +144,22 @@ async def relay(
     return sent
 
 
-async def publish(a: MediaWorker, made: list[Any]) -> Publisher:
+async def publish(a: MediaWorker, made: list[Any]) -> list[str]:
+    """The doctor publishes audio and video on ``a``: the track ids."""
     publisher = Publisher(a, ROOM, "doctor")
     made.append(publisher)
     publisher.add(Tone())
     publisher.add(MovingVideo())
     await publisher.negotiate()
-    return publisher
+    return list(publisher.tracks.values())
+
+
+async def subscribe(b: MediaWorker, made: list[Any], name: str, track_ids: list[str]) -> Subscriber:
+    """``name`` subscribes to ``track_ids`` on ``b`` (and answers its offer)."""
+    sub = Subscriber(b, ROOM, name)
+    made.append(sub)
+    assert await sub.update(track_ids)
+    return sub
 
 
 @pytest.fixture
@@ -166,8 +183,7 @@ async def test_one_track_crosses_once_to_three_subscribers(
     events_a, events_b = Events(), Events()
     a.add_listener(events_a)
     b.add_listener(events_b)
-    publisher = await publish(a, made)
-    track_ids = list(publisher.tracks.values())
+    track_ids = await publish(a, made)
     sent = await relay(a, b, middle, track_ids)
     assert [t.info.track_id for t in sent] == track_ids
     assert {t.info.kind for t in sent} == {"audio", "video"}
@@ -179,10 +195,7 @@ async def test_one_track_crosses_once_to_three_subscribers(
 
     subs = []
     for name in ("patient", "interpreter", "family"):
-        sub = Subscriber(b, ROOM, name)
-        made.append(sub)
-        assert await sub.update(track_ids)
-        subs.append(sub)
+        subs.append(await subscribe(b, made, name, track_ids))
     # aiortc's encoder makes a keyframe at its start and on request only:
     # video decoding on B means B's request went over the link to the publisher.
     await wait_until(
@@ -255,12 +268,9 @@ async def test_nack_over_a_lossy_link_is_answered_per_hop(
     pair: tuple[MediaWorker, MediaWorker, Middle], made: list[Any]
 ) -> None:
     a, b, middle = pair
-    publisher = await publish(a, made)
-    track_ids = list(publisher.tracks.values())
+    track_ids = await publish(a, made)
     await relay(a, b, middle, track_ids)
-    sub = Subscriber(b, ROOM, "patient")
-    made.append(sub)
-    await sub.update(track_ids)
+    sub = await subscribe(b, made, "patient", track_ids)
     await wait_until(lambda: sub.frames["video"] >= 5, limit=20)
     rng = random.Random(7)
     middle.drop = lambda data: rng.random() < 0.05
@@ -318,8 +328,7 @@ async def test_a_colliding_track_id_is_refused(
     pair: tuple[MediaWorker, MediaWorker, Middle], made: list[Any]
 ) -> None:
     a, b, middle = pair
-    publisher = await publish(a, made)
-    track_ids = list(publisher.tracks.values())
+    track_ids = await publish(a, made)
     sent = await a.relay_send(ROOM, peer_of(b, middle.address("for_a")), track_ids)
     # A relaying back to A a track A has: refused, nothing changes.
     with pytest.raises(SfuStateError):
@@ -383,8 +392,7 @@ async def test_relay_calls_over_redis(
         remote_a = client.remote(a.worker_id, "inc-" + a.worker_id, a.relay_identity()[1])
         remote_b = client.remote(b.worker_id, "inc-" + b.worker_id, b.relay_identity()[1])
         assert remote_a.relay_identity() == a.relay_identity()
-        publisher = await publish(a, made)
-        track_ids = list(publisher.tracks.values())
+        track_ids = await publish(a, made)
         sent = await remote_a.relay_send(ROOM, peer_of(b, middle.address("for_a")), track_ids)
         assert [t.info.track_id for t in sent] == track_ids
         await remote_b.relay_receive(ROOM, peer_of(a, middle.address("for_b")), sent)

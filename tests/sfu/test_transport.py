@@ -25,16 +25,21 @@ from rtc.dtls import (
     DtlsState,
     HandshakeComplete,
 )
-from rtc.ice import MAX_VALIDATED, Address, CredentialsRetired
+from rtc.ice import (
+    CONSENT_TIMEOUT,
+    MAX_VALIDATED,
+    Address,
+    CredentialsRetired,
+    ForgottenAddress,
+    SelectedAddress,
+    ValidatedAddress,
+)
 from rtc.rtp import RtpPacket
 from rtc.srtp import SrtpSession
 from sfu.errors import SfuStateError
 from sfu.transport import (
     TERMINAL,
     TRANSITIONS,
-    AddressForgotten,
-    AddressSelected,
-    AddressValidated,
     PeerInput,
     PeerState,
     PeerStateChanged,
@@ -159,13 +164,20 @@ class Link:
         return [e.new for e in self.events if isinstance(e, PeerStateChanged)]
 
 
-def publish_link(**kwargs: Any) -> Link:
-    """Our side answers a publisher's actpass offer: we are the DTLS client."""
-    transport = PeerTransport(SERVER_CERT, now=0.0)
+def publish_link(
+    *,
+    fingerprint_of: DtlsCertificate = CLIENT_CERT,
+    consent_timeout: float = CONSENT_TIMEOUT,
+    **kwargs: Any,
+) -> Link:
+    """Our side answers a publisher's actpass offer: we are the DTLS client.
+    The offer carries ``fingerprint_of``'s fingerprint (the browser's, unless
+    a test wants a mismatch)."""
+    transport = PeerTransport(SERVER_CERT, now=0.0, consent_timeout=consent_timeout)
     browser = Browser(DtlsRole.SERVER)
     browser.dtls.start(0.0)
     transport.set_remote(
-        CLIENT_UFRAG, CLIENT_PWD, [("sha-256", CLIENT_CERT.fingerprint())], "actpass", 0.0
+        CLIENT_UFRAG, CLIENT_PWD, [("sha-256", fingerprint_of.fingerprint())], "actpass", 0.0
     )
     return Link(transport, browser, **kwargs)
 
@@ -200,7 +212,7 @@ def test_publish_transport_connects_as_dtls_client_after_nomination() -> None:
     link.send(check(link.t))
     # Validated but not nominated: no DTLS yet (nowhere chosen to send it).
     assert state(link.t) is PeerState.CHECKING
-    assert AddressValidated(CLIENT) in link.events
+    assert ValidatedAddress(CLIENT) in link.events
     assert link.b.dtls.state is DtlsState.CONNECTING
     assert link.sent["down"] == 1  # the STUN success response only
     assert link.b.stun[0].message_class == astun.Class.RESPONSE
@@ -208,7 +220,7 @@ def test_publish_transport_connects_as_dtls_client_after_nomination() -> None:
     link.send(check(link.t, use_candidate=True))
     link.run()
     assert state(link.t) is PeerState.CONNECTED
-    assert AddressSelected(CLIENT) in link.events
+    assert SelectedAddress(CLIENT) in link.events
     assert link.states() == [PeerState.CHECKING, PeerState.CONNECTED]
     assert link.t.remote == CLIENT
 
@@ -278,13 +290,8 @@ def test_handshake_survives_lost_flights() -> None:
 
 
 def test_fingerprint_mismatch_fails() -> None:
-    transport = PeerTransport(SERVER_CERT, now=0.0)
-    browser = Browser(DtlsRole.SERVER)
-    browser.dtls.start(0.0)
-    transport.set_remote(
-        CLIENT_UFRAG, CLIENT_PWD, [("sha-256", SERVER_CERT.fingerprint())], "actpass", 0.0
-    )
-    link = Link(transport, browser)
+    link = publish_link(fingerprint_of=SERVER_CERT)
+    transport = link.t
     connect(link)
     assert state(transport) is PeerState.FAILED
     assert "DTLS" in transport.reason
@@ -350,8 +357,8 @@ def test_renomination_moves_the_selected_address() -> None:
     link.events.clear()
     link.t.receive_datagram(check(link.t, use_candidate=True), OTHER, link.now)
     link.pump()
-    assert AddressValidated(OTHER) in link.events
-    assert AddressSelected(OTHER) in link.events
+    assert ValidatedAddress(OTHER) in link.events
+    assert SelectedAddress(OTHER) in link.events
     assert link.t.remote == OTHER
     assert state(link.t) is PeerState.CONNECTED
     assert link.states() == []
@@ -364,20 +371,15 @@ def test_too_many_addresses_forget_the_oldest() -> None:
     events = []
     while (event := transport.next_event()) is not None:
         events.append(event)
-    forgotten = [e.address for e in events if isinstance(e, AddressForgotten)]
+    forgotten = [e.address for e in events if isinstance(e, ForgottenAddress)]
     assert forgotten == [("198.51.100.1", 1000), ("198.51.100.1", 1001)]
     assert len(transport.validated) == MAX_VALIDATED
     assert ("198.51.100.1", 1000) not in transport.validated
 
 
 def test_consent_expiry_fails_the_transport() -> None:
-    transport = PeerTransport(SERVER_CERT, now=0.0, consent_timeout=5.0)
-    browser = Browser(DtlsRole.SERVER)
-    browser.dtls.start(0.0)
-    transport.set_remote(
-        CLIENT_UFRAG, CLIENT_PWD, [("sha-256", CLIENT_CERT.fingerprint())], "actpass", 0.0
-    )
-    link = Link(transport, browser)
+    link = publish_link(consent_timeout=5.0)
+    transport = link.t
     connect(link)
     assert state(transport) is PeerState.CONNECTED
     # A consent check at 3 s keeps it alive past 5 s ...
@@ -460,9 +462,9 @@ def test_ice_restart_keeps_dtls_and_srtp_and_moves_the_path() -> None:
     link.now += 1.0
     link.t.receive_datagram(check(link.t, use_candidate=True, remote="brwV"), OTHER, link.now)
     link.pump()
-    assert AddressValidated(OTHER) in link.events
-    assert AddressSelected(OTHER) in link.events
-    assert AddressForgotten(CLIENT) in link.events
+    assert ValidatedAddress(OTHER) in link.events
+    assert SelectedAddress(OTHER) in link.events
+    assert ForgottenAddress(CLIENT) in link.events
     assert CredentialsRetired(old_ufrag) in link.events
     assert link.t.remote == OTHER and link.t.validated == frozenset({OTHER})
     # Same DTLS association and SRTP contexts: media keeps its keys.
@@ -489,7 +491,7 @@ def test_authenticated_media_from_a_new_address_rebinds() -> None:
     assert link.t.rebind(STRANGER, link.now)
     assert link.events == [] and link.t.remote == STRANGER
     link.pump()
-    assert link.events == [AddressValidated(STRANGER), AddressSelected(STRANGER)]
+    assert link.events == [ValidatedAddress(STRANGER), SelectedAddress(STRANGER)]
     assert STRANGER in link.t.validated
     assert not link.t.rebind(STRANGER, link.now)  # already there
     # A transport that is not connected has no path to move.

@@ -66,6 +66,16 @@ async def start_call(peers: Any, events: Events, *, video: bool = True) -> Publi
     return publisher
 
 
+async def watched_call(peers: Any, events: Events, frames: int) -> tuple[Publisher, Subscriber]:
+    """The doctor's call (:func:`start_call`) with the patient subscribed to
+    all of its tracks until ``frames`` video frames were decoded."""
+    publisher = await start_call(peers, events)
+    sub = peers(Subscriber, ROOM, "patient")
+    await sub.update(list(publisher.tracks.values()))
+    await wait_until(lambda: sub.frames["video"] >= frames)
+    return publisher, sub
+
+
 async def test_one_publisher_two_subscribers_decode_audio_and_video(
     worker: MediaWorker, events: Events, peers: Any
 ) -> None:
@@ -94,11 +104,7 @@ async def test_one_publisher_two_subscribers_decode_audio_and_video(
 async def test_late_subscriber_gets_a_keyframe_within_a_second(
     worker: MediaWorker, events: Events, peers: Any
 ) -> None:
-    publisher = await start_call(peers, events)
-    track_ids = list(publisher.tracks.values())
-    early = peers(Subscriber, ROOM, "patient")
-    await early.update(track_ids)
-    await wait_until(lambda: early.frames["video"] >= 5)
+    publisher, early = await watched_call(peers, events, 5)
     # aiortc restarts its encoder, a keyframe, when a REMB moves its target
     # bitrate by more than 10%: let the first REMB (from 250 kbit/s on, its
     # floor, it holds) pass, or its keyframe may serve the late subscriber
@@ -112,7 +118,7 @@ async def test_late_subscriber_gets_a_keyframe_within_a_second(
     held = forwarder.stats.waiting_keyframe
 
     late = peers(Subscriber, ROOM, "family")
-    await late.update(track_ids)
+    await late.update(list(publisher.tracks.values()))
     connected = await events.wait_state("family", "subscribe", "connected")
     await wait_until(lambda: late.frames["video"] >= 1, limit=5.0)
     elapsed = late.first["video"] - events.times[id(connected)]
@@ -265,11 +271,8 @@ async def test_renegotiation_adds_a_track_and_subscribers_follow(
 async def test_mute_unpublish_and_leave_clean_up(
     worker: MediaWorker, events: Events, peers: Any
 ) -> None:
-    publisher = await start_call(peers, events)
+    publisher, sub = await watched_call(peers, events, 5)
     audio_id, video_id = publisher.tracks["0"], publisher.tracks["1"]
-    sub = peers(Subscriber, ROOM, "patient")
-    await sub.update([audio_id, video_id])
-    await wait_until(lambda: sub.frames["video"] >= 5)
     forwarder = worker.room_forwarder(ROOM)
     assert forwarder is not None
 
@@ -351,10 +354,7 @@ async def test_metrics_name_no_room_or_participant(
 ) -> None:
     """Issue 12, finding 1: /metrics labelled series by room (a booking's id)
     and participant while a call ran. Now everything is summed per worker."""
-    publisher = await start_call(peers, events)
-    sub = peers(Subscriber, ROOM, "patient")
-    await sub.update(list(publisher.tracks.values()))
-    await wait_until(lambda: sub.frames["video"] >= 3)
+    publisher, _ = await watched_call(peers, events, 3)
     text = generate_latest(REGISTRY).decode()
     samples = [line for line in text.splitlines() if line.startswith("sfu_")]
     for secret in (ROOM, "doctor", "patient", "room=", "participant="):
@@ -469,11 +469,7 @@ async def test_a_new_publish_connection_replaces_the_old_one(
 async def test_the_bundle_tagged_section_is_parked_not_rejected(
     worker: MediaWorker, events: Events, peers: Any
 ) -> None:
-    publisher = await start_call(peers, events)
-    track_ids = list(publisher.tracks.values())
-    sub = peers(Subscriber, ROOM, "patient")
-    await sub.update(track_ids)
-    await wait_until(lambda: sub.frames["video"] >= 3)
+    publisher, sub = await watched_call(peers, events, 3)
 
     # Unsubscribing from everything still offers: the first section keeps its
     # port and the BUNDLE tag, inactive, so the transport stays the same.
@@ -490,7 +486,7 @@ async def test_the_bundle_tagged_section_is_parked_not_rejected(
     assert sub.frames["video"] <= frames + 1
 
     # Subscribing again adds sections on the same, still connected transport.
-    assert await sub.update(track_ids)
+    assert await sub.update(list(publisher.tracks.values()))
     offer = SessionDescription.parse(sub.offer)
     assert [m.mid for m in offer.media] == ["0", "1", "2", "3"]
     assert offer.bundle is not None and offer.bundle.mids == ["0", "2", "3"]
