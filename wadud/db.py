@@ -181,6 +181,28 @@ async def _release(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
+async def _connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for a command that runs and exits (``wadud migrate``,
+    ``user add``, ...): to ``database_url``, or to the embedded PostgreSQL
+    under ``data_dir`` when none is set. Not migrated here."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.database_url or await stack.enter_async_context(
+            embedded_postgres(settings.data_dir)
+        )
+        async with _connected(url) as conn:
+            yield conn
+
+
+@asynccontextmanager
 async def pool(settings: Settings, url: str) -> AsyncIterator[asyncpg.Pool]:
     p: asyncpg.Pool = await asyncpg.create_pool(
         url,
@@ -216,11 +238,8 @@ async def database(settings: Settings) -> AsyncIterator[tuple[str, asyncpg.Pool]
             embedded_postgres(settings.data_dir)
         )
         if settings.database_migrate:
-            conn = await connect(url)
-            try:
+            async with _connected(url) as conn:
                 applied = await migrate.migrate(conn)
-            finally:
-                await conn.close()
             if applied:
                 log.info("migrations applied", extra={"migrations": applied})
         yield url, await stack.enter_async_context(pool(settings, url))
