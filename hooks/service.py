@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -288,16 +287,10 @@ async def run(settings: Settings) -> int:
     """``wadud hooks``: the deliverer until SIGTERM or SIGINT."""
     from wadud import db, ops
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = ops.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         _, pool = await stack.enter_async_context(db.database(settings))
-        deliverer = Deliverer(pool, settings)
-        await deliverer.start()
-        stack.push_async_callback(deliverer.close)
-        await stack.enter_async_context(ops.worker_listener(settings, pool))
+        await ops.start_worker(stack, settings, pool, Deliverer(pool, settings))
         log.info("webhook deliverer running")
         print("wadud hooks: running", flush=True)
         await stop.wait()

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import signal
 import time
 from collections.abc import Callable
 from uuid import UUID
@@ -388,10 +387,7 @@ async def run(settings: Settings) -> int:
     """``wadud notify``: the notifier until SIGTERM or SIGINT."""
     from wadud import db, ops
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = ops.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         # As the HTTP roles do (wadud.app): first in, last out.
         tracing.configure(
@@ -404,10 +400,7 @@ async def run(settings: Settings) -> int:
         _, pool = await stack.enter_async_context(db.database(settings))
         opened = await ch.open_channels(settings)
         stack.push_async_callback(opened.close)
-        notifier = Notifier(pool, settings, opened.senders)
-        await notifier.start()
-        stack.push_async_callback(notifier.close)
-        await stack.enter_async_context(ops.worker_listener(settings, pool))
+        await ops.start_worker(stack, settings, pool, Notifier(pool, settings, opened.senders))
         log.info("notifier running", extra={"channels": sorted(opened.senders)})
         print(
             f"wadud notify: running ({', '.join(sorted(opened.senders)) or 'no channels'})",

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import tempfile
 import time
 from collections.abc import Sequence
@@ -449,18 +448,13 @@ async def run(settings: Settings) -> int:
         raise ConfigError(
             "wadud recorder needs the api's WADUD_SECRET_KEY (or WADUD_CHAT_ENCRYPTION_KEYS)"
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = ops.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         _, pool = await stack.enter_async_context(db.database(settings))
         store = storage.create(settings)
         stack.push_async_callback(store.close)
         recorder = Recorder(pool, subject_keys(settings), store, settings)
-        await recorder.start()
-        stack.push_async_callback(recorder.close)
-        await stack.enter_async_context(ops.worker_listener(settings, pool))
+        await ops.start_worker(stack, settings, pool, recorder)
         log.info("recorder running")
         print("wadud recorder: running", flush=True)
         await stop.wait()
