@@ -32,7 +32,6 @@ its clients resume from their last sequence on another.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from chat import store
 from chat.crypto import Keyring
 from chat.errors import BadSequence
 from chat.protocol import VERSION, encode
-from wadud import revocation
+from wadud import loops, revocation
 from wadud.bus import Bus
 from wadud.principal import Principal
 
@@ -195,14 +194,10 @@ class Hub:
         ]
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
         for room in self.rooms.values():
             if room.filling is not None:
                 room.filling.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await loops.stopped(*self._tasks)
         await self._sub.close()
         await self._revocations.close()
 

@@ -146,11 +146,7 @@ class Deliverer:
         return max(1, self.settings.webhooks_concurrency)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await loops.stopped(*self._tasks)
         self._tasks.clear()
         await self._unlisten()
         if self._session is not None:

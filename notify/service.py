@@ -110,11 +110,7 @@ class Notifier:
             self._tasks.append(asyncio.create_task(self._send_loop(), name=f"notify-send-{i}"))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await loops.stopped(*self._tasks)
         self._tasks.clear()
         await self._unlisten()
 

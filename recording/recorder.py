@@ -154,10 +154,7 @@ class Recorder:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await loops.stopped(task)
 
     def wake(self) -> None:
         self._wake.set()
@@ -226,9 +223,7 @@ class Recorder:
             await self._fail(rid, attempt, reason)
             JOBS.labels("failed").inc()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await loops.stopped(heartbeat)
 
     async def _renew(self, rid: UUID, attempt: int) -> None:
         lease = self.settings.recording_lease

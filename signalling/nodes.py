@@ -12,7 +12,6 @@ beyond region and state: a bounded set, unlike rooms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +24,7 @@ from prometheus_client.registry import Collector
 
 import sfu.http
 from sfu import registry
-from wadud import keys
+from wadud import keys, loops
 from wadud.api import ApiModel, Call, Role, Routes
 
 log = logging.getLogger("wadud.signalling.nodes")
@@ -182,13 +181,10 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
                 log.warning("media registry not readable: %s", exc)
             await asyncio.sleep(REFRESH)
 
-    task = asyncio.create_task(refresh(), name="media-registry-gauges")
     try:
-        yield
+        async with loops.background(refresh(), "media-registry-gauges"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         COLLECTOR.views.discard(view)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
-__all__ = ["drain", "woken"]
+__all__ = ["background", "drain", "stopped", "woken"]
 
 
 async def drain(
@@ -45,3 +46,26 @@ async def woken(event: asyncio.Event, within: float) -> bool:
         async with asyncio.timeout(within):
             await event.wait()
     return event.is_set()
+
+
+async def stopped(*tasks: asyncio.Future[Any] | None) -> None:
+    """Cancel every task (a None is skipped), then wait until each has
+    finished: its cancellation is swallowed, any other error it ends with
+    is raised."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``work`` as a task named ``name`` for the life of the ``async
+    with`` block (an aiohttp cleanup context's span); stopped on the way out."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        await stopped(task)

@@ -161,10 +161,7 @@ class Relay:
         if self._watch is not None:
             self._watch.cancel()
         self._pending.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await loops.stopped(self._task)
         await self._unlisten()
 
     def expect(self, conn: asyncpg.Connection) -> None:
