@@ -47,11 +47,10 @@ from uuid import UUID, uuid4
 import asyncpg
 from prometheus_client import Counter
 
-from hooks import events
 from privacy.subject_keys import SubjectKeys
 from recording import composite, remux
 from recording.errors import RecordingError, RemuxError
-from recording.store import fail, recording_key, seal_file
+from recording.store import announce, fail, recording_key, seal_file
 from rtc.rtpdump import RtpDumpError, open_segment
 from wadud import loops
 from wadud.config import Settings
@@ -406,17 +405,13 @@ class Recorder:
                        WHERE id = $1 RETURNING ready_at""",
                 rid,
             )
-            await events.emit(
+            await announce(
                 conn,
+                row,
                 "recording_ready",
-                booking_id=str(row["booking_id"]),
-                room=row["room"],
-                at=at.isoformat(),
-                data={
-                    "recording_id": str(rid),
-                    "files": len(made),
-                    "duration_seconds": max(m.result.duration for m in made),
-                },
+                at,
+                files=len(made),
+                duration_seconds=max(m.result.duration for m in made),
             )
             gone = await conn.fetch(
                 "DELETE FROM recording_segments WHERE recording_id = $1 RETURNING storage_key",
