@@ -14,7 +14,8 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -26,6 +27,7 @@ from chat import store
 from chat.crypto import Keyring
 from chat.errors import BadSequence, ChatError, ConversationNotFound, NotAllowed
 from chat.hub import Client, Hub
+from chat.service import Ack as ServiceAck
 from chat.service import ChatService
 from privacy import audit
 from wadud import auth, keys
@@ -282,8 +284,6 @@ async def list_events(call: Call[None, EventsQuery]) -> list[ChatEvent]:
 
 
 def _ack(a: object) -> Ack:
-    from chat.service import Ack as ServiceAck
-
     assert isinstance(a, ServiceAck)
     return Ack.model_validate(a.fields())
 
@@ -493,6 +493,15 @@ class Session:
             self.access[cid] = acc
         return acc
 
+    async def _change(
+        self, frame: p.Send | p.Edit | p.Delete, change: Callable[..., Awaitable[ServiceAck]]
+    ) -> None:
+        """A new event in the frame's conversation (``send``, ``edit``,
+        ``delete``: the service's method for it), answered ``ack``."""
+        acc = await self._access(frame.conversation_id)
+        ack = await change(acc, self.principal, client_id=frame.client_id, ref=frame.id)
+        self.send(p.reply("ack", frame.id, **ack.fields()))
+
     async def handle(self, frame: p.ClientFrame) -> None:
         who = self.principal
         assert who is not None
@@ -531,33 +540,16 @@ class Session:
                     p.reply("unsubscribed", frame.id, conversation_id=str(frame.conversation_id))
                 )
             case p.Send():
-                acc = await self._access(frame.conversation_id)
-                ack = await self.svc.send(
-                    acc,
-                    who,
-                    client_id=frame.client_id,
-                    body=frame.body,
-                    attachment_id=frame.attachment_id,
-                    ref=frame.id,
+                await self._change(
+                    frame,
+                    partial(self.svc.send, body=frame.body, attachment_id=frame.attachment_id),
                 )
-                self.send(p.reply("ack", frame.id, **ack.fields()))
             case p.Edit():
-                acc = await self._access(frame.conversation_id)
-                ack = await self.svc.edit(
-                    acc,
-                    who,
-                    client_id=frame.client_id,
-                    target_seq=frame.target_seq,
-                    body=frame.body,
-                    ref=frame.id,
+                await self._change(
+                    frame, partial(self.svc.edit, target_seq=frame.target_seq, body=frame.body)
                 )
-                self.send(p.reply("ack", frame.id, **ack.fields()))
             case p.Delete():
-                acc = await self._access(frame.conversation_id)
-                ack = await self.svc.delete(
-                    acc, who, client_id=frame.client_id, target_seq=frame.target_seq, ref=frame.id
-                )
-                self.send(p.reply("ack", frame.id, **ack.fields()))
+                await self._change(frame, partial(self.svc.delete, target_seq=frame.target_seq))
             case p.Typing():
                 acc = await self._access(frame.conversation_id)
                 self.svc.typing(acc, who)
