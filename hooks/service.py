@@ -126,7 +126,7 @@ class Deliverer:
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: asyncpg.Connection | None = None
+        self._listener = outbox.Listener(pool, lambda _payload: self._wake.set())
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -148,23 +148,12 @@ class Deliverer:
     async def close(self) -> None:
         await loops.stopped(*self._tasks)
         self._tasks.clear()
-        await self._unlisten()
+        await self._listener.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     # -- waking ------------------------------------------------------------
-
-    async def _unlisten(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.remove_listener(outbox.CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await self.pool.release(conn)
-
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
 
     def wake(self) -> None:
         """Look for due deliveries now (a redeliver asked for one)."""
@@ -175,10 +164,7 @@ class Deliverer:
         published batch wakes the senders) and refresh the backlog gauge."""
         while True:
             try:
-                if self._listener is None or self._listener.is_closed():
-                    await self._unlisten()
-                    self._listener = await self.pool.acquire()
-                    await self._listener.add_listener(outbox.CHANNEL, self._notified)
+                await self._listener.ensure()
                 BACKLOG.set(
                     await self.pool.fetchval(
                         """SELECT count(*) FROM room_hook_deliveries
@@ -190,7 +176,7 @@ class Deliverer:
                 raise
             except Exception:
                 log.exception("webhook listener failed; retrying")
-                await self._unlisten()
+                await self._listener.close()
             await asyncio.sleep(max(1.0, self.settings.webhooks_poll_interval))
 
     async def _send_loop(self) -> None:

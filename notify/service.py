@@ -99,7 +99,7 @@ class Notifier:
         self._wake = asyncio.Event()
         self._send_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: asyncpg.Connection | None = None
+        self._listener = outbox.Listener(pool, lambda _payload: self._wake.set())
         self.sent = 0
 
     # -- life --------------------------------------------------------------
@@ -112,31 +112,14 @@ class Notifier:
     async def close(self) -> None:
         await loops.stopped(*self._tasks)
         self._tasks.clear()
-        await self._unlisten()
-
-    async def _listen(self) -> None:
-        self._listener = await self.pool.acquire()
-        await self._listener.add_listener(outbox.CHANNEL, self._notified)
-
-    async def _unlisten(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.remove_listener(outbox.CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await self.pool.release(conn)
-
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
+        await self._listener.close()
 
     async def _plan_loop(self) -> None:
         loop = asyncio.get_running_loop()
         last_observed = 0.0
         while True:
             try:
-                if self._listener is None or self._listener.is_closed():
-                    await self._unlisten()
-                    await self._listen()
+                await self._listener.ensure()
                 done = 0
                 while (n := await self.plan_events()) >= self.batch:
                     done += n
@@ -153,7 +136,7 @@ class Notifier:
                 raise
             except Exception:
                 log.exception("notifier planning round failed; retrying")
-                await self._unlisten()
+                await self._listener.close()
             self._wake.clear()
             await loops.woken(self._wake, self.settings.notify_poll_interval)
 
