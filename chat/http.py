@@ -249,10 +249,13 @@ async def get_conversation(call: Call[None, None]) -> Conversation:
     return _conversation(row)
 
 
-async def _audit_read(pool: Any, who: Principal, acc: store.Access, action: str, obj: str) -> None:
+async def _audit_read(
+    pool: Any, who: Principal, acc: store.Access, action: str = "chat.read", obj: str = ""
+) -> None:
     """An audit row when a doctor, staff member or admin reads a patient's
-    chat or its documents (docs/privacy.md); the patient's own reads are not
-    accesses."""
+    chat (by default: the conversation's events) or its documents
+    (docs/privacy.md); the patient's own reads are not accesses."""
+    obj = obj or f"conversation/{acc.conversation_id}"
     if who.role is Role.PATIENT:
         return
     await audit.record(
@@ -278,8 +281,7 @@ async def list_events(call: Call[None, EventsQuery]) -> list[ChatEvent]:
         events = await store.events_before(
             call.pool, svc.keyring, acc.conversation_id, q.before, limit=q.limit
         )
-    obj = f"conversation/{acc.conversation_id}"
-    await _audit_read(call.pool, call.user, acc, "chat.read", obj)
+    await _audit_read(call.pool, call.user, acc)
     return [ChatEvent.model_validate(e) for e in events]
 
 
@@ -502,6 +504,10 @@ class Session:
         ack = await change(acc, self.principal, client_id=frame.client_id, ref=frame.id)
         self.send(p.reply("ack", frame.id, **ack.fields()))
 
+    def _answer(self, kind: str, frame: p.ClientFrame, conversation: UUID, **fields: Any) -> None:
+        """The answer to ``frame``, about one conversation."""
+        self.send(p.reply(kind, frame.id, conversation_id=str(conversation), **fields))
+
     async def handle(self, frame: p.ClientFrame) -> None:
         who = self.principal
         assert who is not None
@@ -522,23 +528,14 @@ class Session:
                 if frame.after is not None and frame.after > last:
                     raise BadSequence(f"after = {frame.after} is past the last sequence ({last})")
                 # The backlog that follows is a read of the conversation.
-                obj = f"conversation/{acc.conversation_id}"
-                await _audit_read(self.svc.pool, who, acc, "chat.read", obj)
-                self.send(
-                    p.reply(
-                        "subscribed",
-                        frame.id,
-                        conversation_id=str(acc.conversation_id),
-                        last_seq=last,
-                        can_write=acc.can_write,
-                    )
+                await _audit_read(self.svc.pool, who, acc)
+                self._answer(
+                    "subscribed", frame, acc.conversation_id, last_seq=last, can_write=acc.can_write
                 )
                 await hub.subscribe(self.client, acc, frame.after)
             case p.Unsubscribe():
                 hub.unsubscribe(self.client, frame.conversation_id)
-                self.send(
-                    p.reply("unsubscribed", frame.id, conversation_id=str(frame.conversation_id))
-                )
+                self._answer("unsubscribed", frame, frame.conversation_id)
             case p.Send():
                 await self._change(
                     frame,
@@ -556,14 +553,7 @@ class Session:
             case p.Read():
                 acc = await self._access(frame.conversation_id)
                 pos = await self.svc.read(acc, who, frame.seq)
-                self.send(
-                    p.reply(
-                        "read_ok",
-                        frame.id,
-                        conversation_id=str(acc.conversation_id),
-                        last_read_seq=pos,
-                    )
-                )
+                self._answer("read_ok", frame, acc.conversation_id, last_read_seq=pos)
             case p.History():
                 acc = await self._access(frame.conversation_id)
                 events = await store.events_before(
@@ -573,16 +563,8 @@ class Session:
                     frame.before,
                     limit=frame.limit,
                 )
-                obj = f"conversation/{acc.conversation_id}"
-                await _audit_read(self.svc.pool, who, acc, "chat.read", obj)
-                self.send(
-                    p.reply(
-                        "history",
-                        frame.id,
-                        conversation_id=str(acc.conversation_id),
-                        events=events,
-                    )
-                )
+                await _audit_read(self.svc.pool, who, acc)
+                self._answer("history", frame, acc.conversation_id, events=events)
 
 
 def _error(exc: Exception, ref: str | None) -> dict[str, object]:
