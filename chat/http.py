@@ -31,7 +31,7 @@ from chat.service import Ack as ServiceAck
 from chat.service import ChatService
 from privacy import audit
 from wadud import auth, keys
-from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud.api import ApiModel, Call, Principal, Role, Routes, file_body
 from wadud.errors import (
     BadRequest,
     Forbidden,
@@ -350,13 +350,7 @@ async def mark_read(call: Call[MarkRead, None]) -> ReadPosition:
     _CONV + "/attachments",
     returns=Attachment,
     status=201,
-    raw_body={
-        "required": True,
-        "description": "The file itself; its type is judged by its content.",
-        "content": {
-            t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(_ACCEPTED)
-        },
-    },
+    raw_body=file_body(_ACCEPTED),
     responses={413: "Attachment too large", 415: "Not an image or PDF"},
 )
 async def upload_attachment(call: Call[None, None]) -> Attachment:
