@@ -12,6 +12,7 @@ beyond region and state: a bounded set, unlike rooms.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -61,22 +62,9 @@ def _redis(app: web.Application) -> Any:
 
 
 def _model(w: registry.WorkerInfo) -> MediaWorker:
-    return MediaWorker(
-        worker=w.worker,
-        incarnation=w.incarnation,
-        node=w.node,
-        region=w.region,
-        index=w.index,
-        host=w.host,
-        port=w.port,
-        state=w.state,
-        capacity=w.capacity,
-        transports=w.transports,
-        rooms=w.rooms,
-        packets_per_second=w.pps,
-        cpu=w.cpu,
-        updated=w.updated,
-    )
+    # The registry entry's fields under their own names, but for ``pps``.
+    shown = {k: v for k, v in dataclasses.asdict(w).items() if k in MediaWorker.model_fields}
+    return MediaWorker(**shown, packets_per_second=w.pps)
 
 
 @routes.get("/api/v1/admin/media/workers", returns=MediaWorkers, auth={Role.ADMIN})
