@@ -321,14 +321,9 @@ class Hub:
         return ended
 
     async def _liveness_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.liveness_interval)
-            try:
-                await self.check_liveness()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("chat liveness check failed")
+        await loops.every(
+            self.liveness_interval, self.check_liveness, "chat liveness check failed", log
+        )
 
     # -- events -----------------------------------------------------------------
 
@@ -474,14 +469,7 @@ class Hub:
             log.warning("malformed chat bus item dropped")
 
     async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.reconcile_interval)
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("chat reconcile failed")
+        await loops.every(self.reconcile_interval, self.reconcile, "chat reconcile failed", log)
 
     async def reconcile(self) -> None:
         """Fill rooms that stayed behind PostgreSQL since the last round."""

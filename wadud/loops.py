@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
-__all__ = ["background", "drain", "stopped", "woken"]
+__all__ = ["background", "drain", "every", "stopped", "woken"]
 
 
 async def drain(
@@ -32,6 +32,22 @@ async def drain(
             log.exception(failed)
         wake.clear()
         await woken(wake, interval)
+
+
+async def every(
+    interval: float, step: Callable[[], Awaitable[object]], failed: str, log: logging.Logger
+) -> None:
+    """Wait ``interval`` seconds, run ``step``, and go again, forever. A step
+    that raises is logged (``failed``) and the next one runs on time;
+    cancellation ends the loop."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(failed)
 
 
 async def woken(event: asyncio.Event, within: float) -> bool:
