@@ -267,12 +267,12 @@ class Deliverer:
 
 async def run(settings: Settings) -> int:
     """``wadud hooks``: the deliverer until SIGTERM or SIGINT."""
-    from wadud import db, ops
+    from wadud import db, workers
 
-    stop = ops.stop_on_signals()
+    stop = workers.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         _, pool = await stack.enter_async_context(db.database(settings))
-        await ops.start_worker(stack, settings, pool, Deliverer(pool, settings))
+        await workers.start_worker(stack, settings, pool, Deliverer(pool, settings))
         log.info("webhook deliverer running")
         print("wadud hooks: running", flush=True)
         await stop.wait()

@@ -364,9 +364,9 @@ class Notifier:
 
 async def run(settings: Settings) -> int:
     """``wadud notify``: the notifier until SIGTERM or SIGINT."""
-    from wadud import db, ops
+    from wadud import db, workers
 
-    stop = ops.stop_on_signals()
+    stop = workers.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         # As the HTTP roles do (wadud.app): first in, last out.
         tracing.configure(
@@ -379,7 +379,7 @@ async def run(settings: Settings) -> int:
         _, pool = await stack.enter_async_context(db.database(settings))
         opened = await ch.open_channels(settings)
         stack.push_async_callback(opened.close)
-        await ops.start_worker(stack, settings, pool, Notifier(pool, settings, opened.senders))
+        await workers.start_worker(stack, settings, pool, Notifier(pool, settings, opened.senders))
         log.info("notifier running", extra={"channels": sorted(opened.senders)})
         print(
             f"wadud notify: running ({', '.join(sorted(opened.senders)) or 'no channels'})",

@@ -32,7 +32,7 @@ from recording.errors import BadTransition, RecordingFileNotFound, RecordingNotF
 from recording.privacy import delete_recordings
 from recording.recorder import Recorder, available, subject_keys
 from recording.store import LIVE, Recordings, open_file, recording_key
-from wadud import keys
+from wadud import keys, workers
 from wadud.api import ApiModel, Call, Role, Routes
 from wadud.audit import record_about
 from wadud.errors import NotFound
@@ -278,13 +278,8 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         return
     parts = AppParts(app)
     recorder = Recorder(app[keys.DB], parts.keys, parts.storage, settings)
-    await recorder.start()
-    app[RECORDER] = recorder
-    try:
+    async with workers.in_app(app, RECORDER, recorder):
         yield
-    finally:
-        with contextlib.suppress(Exception):
-            await recorder.close()
 
 
 def install(app: web.Application) -> None:

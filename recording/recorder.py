@@ -427,7 +427,7 @@ class Recorder:
 
 async def run(settings: Settings) -> int:
     """``wadud recorder``: the recorder until SIGTERM or SIGINT."""
-    from wadud import db, ops, storage
+    from wadud import db, storage, workers
 
     if not available():
         raise ConfigError("wadud recorder needs PyAV: pip install 'wadud[recorder]'")
@@ -438,13 +438,13 @@ async def run(settings: Settings) -> int:
         raise ConfigError(
             "wadud recorder needs the api's WADUD_SECRET_KEY (or WADUD_CHAT_ENCRYPTION_KEYS)"
         )
-    stop = ops.stop_on_signals()
+    stop = workers.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         _, pool = await stack.enter_async_context(db.database(settings))
         store = storage.create(settings)
         stack.push_async_callback(store.close)
         recorder = Recorder(pool, subject_keys(settings), store, settings)
-        await ops.start_worker(stack, settings, pool, recorder)
+        await workers.start_worker(stack, settings, pool, recorder)
         log.info("recorder running")
         print("wadud recorder: running", flush=True)
         await stop.wait()

@@ -11,15 +11,12 @@ aiohttp site (like ``wadud turn --metrics-listen`` and ``wadud media
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import html
 import logging
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Protocol
 
 import asyncpg
 from aiohttp import web
@@ -221,35 +218,6 @@ async def worker_listener(settings: Settings, pool: asyncpg.Pool) -> AsyncIterat
         yield
     finally:
         await runner.cleanup()
-
-
-def stop_on_signals() -> asyncio.Event:
-    """The event a worker role (``wadud hooks``, ``notify``, ``recorder``)
-    waits on: set by SIGTERM or SIGINT, so the role unwinds what it opened."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-class Worker(Protocol):
-    """What a worker role runs: started once, closed once on the way out."""
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-async def start_worker(
-    stack: contextlib.AsyncExitStack, settings: Settings, pool: asyncpg.Pool, worker: Worker
-) -> None:
-    """Start ``worker`` and then its :func:`worker_listener`, each undone as
-    ``stack`` unwinds (the listener first): the last steps of a worker
-    role's start, before it waits for its stop."""
-    await worker.start()
-    stack.push_async_callback(worker.close)
-    await stack.enter_async_context(worker_listener(settings, pool))
 
 
 def install(app: web.Application) -> None:
