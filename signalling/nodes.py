@@ -99,6 +99,20 @@ def _local(app: web.Application) -> registry.WorkerInfo:
     )
 
 
+#: The gauges of each media worker: its registry entry's field, then the
+#: metric's name and help.
+_PER_WORKER = (
+    ("transports", "wadud_media_worker_transports", "Transports on each media worker."),
+    ("rooms", "wadud_media_worker_rooms", "Call rooms placed on each media worker."),
+    ("cpu", "wadud_media_worker_cpu", "Fraction of a core each media worker used."),
+    (
+        "pps",
+        "wadud_media_worker_packets_per_second",
+        "Packets per second each media worker received and sent.",
+    ),
+)
+
+
 class _Collector(Collector):
     """The last registry read of every app in this process."""
 
@@ -111,22 +125,10 @@ class _Collector(Collector):
             "Live media workers, by region and state.",
             labels=["region", "state"],
         )
-        transports = GaugeMetricFamily(
-            "wadud_media_worker_transports", "Transports on each media worker.", labels=["worker"]
-        )
-        rooms = GaugeMetricFamily(
-            "wadud_media_worker_rooms", "Call rooms placed on each media worker.", labels=["worker"]
-        )
-        cpu = GaugeMetricFamily(
-            "wadud_media_worker_cpu",
-            "Fraction of a core each media worker used.",
-            labels=["worker"],
-        )
-        pps = GaugeMetricFamily(
-            "wadud_media_worker_packets_per_second",
-            "Packets per second each media worker received and sent.",
-            labels=["worker"],
-        )
+        per_worker = [
+            (field, GaugeMetricFamily(name, doc, labels=["worker"]))
+            for field, name, doc in _PER_WORKER
+        ]
         counts: dict[tuple[str, str], int] = {}
         seen: set[str] = set()
         for view in list(self.views):
@@ -135,13 +137,12 @@ class _Collector(Collector):
                     continue
                 seen.add(w.worker)
                 counts[(w.region, w.state)] = counts.get((w.region, w.state), 0) + 1
-                transports.add_metric([w.worker], w.transports)
-                rooms.add_metric([w.worker], w.rooms)
-                cpu.add_metric([w.worker], w.cpu)
-                pps.add_metric([w.worker], w.pps)
+                for field, family in per_worker:
+                    family.add_metric([w.worker], getattr(w, field))
         for (region, state), n in sorted(counts.items()):
             count.add_metric([region, state], n)
-        yield from (count, transports, rooms, cpu, pps)
+        yield count
+        yield from (family for _, family in per_worker)
 
 
 COLLECTOR = _Collector()
