@@ -21,7 +21,7 @@ import contextlib
 import getpass
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -303,43 +303,37 @@ def cmd_migrate(settings: config.Settings) -> int:
     from wadud import db, migrate
 
     async def go() -> list[str]:
-        async with contextlib.AsyncExitStack() as stack:
-            url = settings.database_url or await stack.enter_async_context(
-                db.embedded_postgres(settings.data_dir)
-            )
-            conn = await db.connect(url)
-            try:
-                return await migrate.migrate(conn)
-            finally:
-                await conn.close()
+        async with db.connection(settings) as conn:
+            return await migrate.migrate(conn)
 
     applied = _run(go())
     print("applied: " + ", ".join(applied) if applied else "nothing to apply; schema is current")
     return 0
 
 
+def _until_interrupted(role: Coroutine[Any, Any, int]) -> int:
+    """Run a worker role; Ctrl-C in a terminal is a clean stop, not a traceback."""
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(_run(role))
+    return 0
+
+
 def cmd_notify(settings: config.Settings) -> int:
     from notify.service import run
 
-    with contextlib.suppress(KeyboardInterrupt):
-        return int(_run(run(settings)))
-    return 0
+    return _until_interrupted(run(settings))
 
 
 def cmd_hooks(settings: config.Settings) -> int:
     from hooks.service import run
 
-    with contextlib.suppress(KeyboardInterrupt):
-        return int(_run(run(settings)))
-    return 0
+    return _until_interrupted(run(settings))
 
 
 def cmd_recorder(settings: config.Settings) -> int:
     from recording.recorder import run
 
-    with contextlib.suppress(KeyboardInterrupt):
-        return int(_run(run(settings)))
-    return 0
+    return _until_interrupted(run(settings))
 
 
 def cmd_audit_verify(settings: config.Settings) -> int:
@@ -351,17 +345,11 @@ def cmd_audit_verify(settings: config.Settings) -> int:
     from wadud import db
 
     async def go() -> audit.Verdict:
-        async with contextlib.AsyncExitStack() as stack:
-            url = settings.database_url or await stack.enter_async_context(
-                db.embedded_postgres(settings.data_dir)
-            )
-            conn = await db.connect(url)
+        async with db.connection(settings) as conn:
             try:
                 return await audit.verify(conn)
             except asyncpg.UndefinedTableError:
                 raise ConfigError("this database has no audit trail; run `wadud migrate`") from None
-            finally:
-                await conn.close()
 
     try:
         verdict = _run(go())
@@ -408,24 +396,17 @@ def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
         raise ConfigError("the password needs at least 8 characters")
 
     async def go() -> accounts.User:
-        async with contextlib.AsyncExitStack() as stack:
-            url = settings.database_url or await stack.enter_async_context(
-                db.embedded_postgres(settings.data_dir)
+        async with db.connection(settings) as conn:
+            await migrate.migrate(conn)
+            return await accounts.create_user(
+                conn,
+                email=args.email,
+                password=password,
+                role=Role(args.role),
+                clinic_id=UUID(args.clinic_id) if args.clinic_id else None,
+                display_name=args.name,
+                passwords=auth.passwords_for(settings),
             )
-            conn = await db.connect(url)
-            try:
-                await migrate.migrate(conn)
-                return await accounts.create_user(
-                    conn,
-                    email=args.email,
-                    password=password,
-                    role=Role(args.role),
-                    clinic_id=UUID(args.clinic_id) if args.clinic_id else None,
-                    display_name=args.name,
-                    passwords=auth.passwords_for(settings),
-                )
-            finally:
-                await conn.close()
 
     user = _run(go())
     print(f"created {user.role.value} {user.email} ({user.id})")
@@ -440,21 +421,13 @@ def cmd_retention_run(args: argparse.Namespace, settings: config.Settings) -> in
 
     async def go() -> list[retention.Outcome]:
         async with contextlib.AsyncExitStack() as stack:
-            url = settings.database_url or await stack.enter_async_context(
-                db.embedded_postgres(settings.data_dir)
-            )
             store = storage.create(settings)
             stack.push_async_callback(store.close)
-            conn = await db.connect(url)
-            try:
-                await migrate.migrate(conn)
-                done = await retention.run(
-                    conn, rules, settings, storage=store, dry_run=args.dry_run
-                )
-                assert done is not None
-                return done
-            finally:
-                await conn.close()
+            conn = await stack.enter_async_context(db.connection(settings))
+            await migrate.migrate(conn)
+            done = await retention.run(conn, rules, settings, storage=store, dry_run=args.dry_run)
+            assert done is not None
+            return done
 
     outcomes = _run(go())
     verb = "would delete" if args.dry_run else "deleted"

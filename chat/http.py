@@ -14,7 +14,8 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -26,10 +27,11 @@ from chat import store
 from chat.crypto import Keyring
 from chat.errors import BadSequence, ChatError, ConversationNotFound, NotAllowed
 from chat.hub import Client, Hub
+from chat.service import Ack as ServiceAck
 from chat.service import ChatService
 from privacy import audit
 from wadud import auth, keys
-from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud.api import ApiModel, Call, Principal, Role, Routes, file_body
 from wadud.errors import (
     BadRequest,
     Forbidden,
@@ -247,10 +249,13 @@ async def get_conversation(call: Call[None, None]) -> Conversation:
     return _conversation(row)
 
 
-async def _audit_read(pool: Any, who: Principal, acc: store.Access, action: str, obj: str) -> None:
+async def _audit_read(
+    pool: Any, who: Principal, acc: store.Access, action: str = "chat.read", obj: str = ""
+) -> None:
     """An audit row when a doctor, staff member or admin reads a patient's
-    chat or its documents (docs/privacy.md); the patient's own reads are not
-    accesses."""
+    chat (by default: the conversation's events) or its documents
+    (docs/privacy.md); the patient's own reads are not accesses."""
+    obj = obj or f"conversation/{acc.conversation_id}"
     if who.role is Role.PATIENT:
         return
     await audit.record(
@@ -276,14 +281,11 @@ async def list_events(call: Call[None, EventsQuery]) -> list[ChatEvent]:
         events = await store.events_before(
             call.pool, svc.keyring, acc.conversation_id, q.before, limit=q.limit
         )
-    obj = f"conversation/{acc.conversation_id}"
-    await _audit_read(call.pool, call.user, acc, "chat.read", obj)
+    await _audit_read(call.pool, call.user, acc)
     return [ChatEvent.model_validate(e) for e in events]
 
 
 def _ack(a: object) -> Ack:
-    from chat.service import Ack as ServiceAck
-
     assert isinstance(a, ServiceAck)
     return Ack.model_validate(a.fields())
 
@@ -348,13 +350,7 @@ async def mark_read(call: Call[MarkRead, None]) -> ReadPosition:
     _CONV + "/attachments",
     returns=Attachment,
     status=201,
-    raw_body={
-        "required": True,
-        "description": "The file itself; its type is judged by its content.",
-        "content": {
-            t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(_ACCEPTED)
-        },
-    },
+    raw_body=file_body(_ACCEPTED),
     responses={413: "Attachment too large", 415: "Not an image or PDF"},
 )
 async def upload_attachment(call: Call[None, None]) -> Attachment:
@@ -493,6 +489,19 @@ class Session:
             self.access[cid] = acc
         return acc
 
+    async def _change(
+        self, frame: p.Send | p.Edit | p.Delete, change: Callable[..., Awaitable[ServiceAck]]
+    ) -> None:
+        """A new event in the frame's conversation (``send``, ``edit``,
+        ``delete``: the service's method for it), answered ``ack``."""
+        acc = await self._access(frame.conversation_id)
+        ack = await change(acc, self.principal, client_id=frame.client_id, ref=frame.id)
+        self.send(p.reply("ack", frame.id, **ack.fields()))
+
+    def _answer(self, kind: str, frame: p.ClientFrame, conversation: UUID, **fields: Any) -> None:
+        """The answer to ``frame``, about one conversation."""
+        self.send(p.reply(kind, frame.id, conversation_id=str(conversation), **fields))
+
     async def handle(self, frame: p.ClientFrame) -> None:
         who = self.principal
         assert who is not None
@@ -513,65 +522,32 @@ class Session:
                 if frame.after is not None and frame.after > last:
                     raise BadSequence(f"after = {frame.after} is past the last sequence ({last})")
                 # The backlog that follows is a read of the conversation.
-                obj = f"conversation/{acc.conversation_id}"
-                await _audit_read(self.svc.pool, who, acc, "chat.read", obj)
-                self.send(
-                    p.reply(
-                        "subscribed",
-                        frame.id,
-                        conversation_id=str(acc.conversation_id),
-                        last_seq=last,
-                        can_write=acc.can_write,
-                    )
+                await _audit_read(self.svc.pool, who, acc)
+                self._answer(
+                    "subscribed", frame, acc.conversation_id, last_seq=last, can_write=acc.can_write
                 )
                 await hub.subscribe(self.client, acc, frame.after)
             case p.Unsubscribe():
                 hub.unsubscribe(self.client, frame.conversation_id)
-                self.send(
-                    p.reply("unsubscribed", frame.id, conversation_id=str(frame.conversation_id))
-                )
+                self._answer("unsubscribed", frame, frame.conversation_id)
             case p.Send():
-                acc = await self._access(frame.conversation_id)
-                ack = await self.svc.send(
-                    acc,
-                    who,
-                    client_id=frame.client_id,
-                    body=frame.body,
-                    attachment_id=frame.attachment_id,
-                    ref=frame.id,
+                await self._change(
+                    frame,
+                    partial(self.svc.send, body=frame.body, attachment_id=frame.attachment_id),
                 )
-                self.send(p.reply("ack", frame.id, **ack.fields()))
             case p.Edit():
-                acc = await self._access(frame.conversation_id)
-                ack = await self.svc.edit(
-                    acc,
-                    who,
-                    client_id=frame.client_id,
-                    target_seq=frame.target_seq,
-                    body=frame.body,
-                    ref=frame.id,
+                await self._change(
+                    frame, partial(self.svc.edit, target_seq=frame.target_seq, body=frame.body)
                 )
-                self.send(p.reply("ack", frame.id, **ack.fields()))
             case p.Delete():
-                acc = await self._access(frame.conversation_id)
-                ack = await self.svc.delete(
-                    acc, who, client_id=frame.client_id, target_seq=frame.target_seq, ref=frame.id
-                )
-                self.send(p.reply("ack", frame.id, **ack.fields()))
+                await self._change(frame, partial(self.svc.delete, target_seq=frame.target_seq))
             case p.Typing():
                 acc = await self._access(frame.conversation_id)
                 self.svc.typing(acc, who)
             case p.Read():
                 acc = await self._access(frame.conversation_id)
                 pos = await self.svc.read(acc, who, frame.seq)
-                self.send(
-                    p.reply(
-                        "read_ok",
-                        frame.id,
-                        conversation_id=str(acc.conversation_id),
-                        last_read_seq=pos,
-                    )
-                )
+                self._answer("read_ok", frame, acc.conversation_id, last_read_seq=pos)
             case p.History():
                 acc = await self._access(frame.conversation_id)
                 events = await store.events_before(
@@ -581,16 +557,8 @@ class Session:
                     frame.before,
                     limit=frame.limit,
                 )
-                obj = f"conversation/{acc.conversation_id}"
-                await _audit_read(self.svc.pool, who, acc, "chat.read", obj)
-                self.send(
-                    p.reply(
-                        "history",
-                        frame.id,
-                        conversation_id=str(acc.conversation_id),
-                        events=events,
-                    )
-                )
+                await _audit_read(self.svc.pool, who, acc)
+                self._answer("history", frame, acc.conversation_id, events=events)
 
 
 def _error(exc: Exception, ref: str | None) -> dict[str, object]:

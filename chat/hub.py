@@ -32,7 +32,6 @@ its clients resume from their last sequence on another.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from chat import store
 from chat.crypto import Keyring
 from chat.errors import BadSequence
 from chat.protocol import VERSION, encode
-from wadud import revocation
+from wadud import loops, revocation
 from wadud.bus import Bus
 from wadud.principal import Principal
 
@@ -195,14 +194,10 @@ class Hub:
         ]
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
         for room in self.rooms.values():
             if room.filling is not None:
                 room.filling.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await loops.stopped(*self._tasks)
         await self._sub.close()
         await self._revocations.close()
 
@@ -326,14 +321,9 @@ class Hub:
         return ended
 
     async def _liveness_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.liveness_interval)
-            try:
-                await self.check_liveness()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("chat liveness check failed")
+        await loops.every(
+            self.liveness_interval, self.check_liveness, "chat liveness check failed", log
+        )
 
     # -- events -----------------------------------------------------------------
 
@@ -479,14 +469,7 @@ class Hub:
             log.warning("malformed chat bus item dropped")
 
     async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.reconcile_interval)
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("chat reconcile failed")
+        await loops.every(self.reconcile_interval, self.reconcile, "chat reconcile failed", log)
 
     async def reconcile(self) -> None:
         """Fill rooms that stayed behind PostgreSQL since the last round."""

@@ -25,7 +25,7 @@ from chat.errors import (
     NotAllowed,
     PatientNotFound,
 )
-from wadud import outbox
+from wadud import db, outbox
 from wadud.errors import NotFound
 from wadud.principal import Principal, Role
 
@@ -78,15 +78,7 @@ def _decide(row: asyncpg.Record, who: Principal) -> Access | None:
         role, write = "clinic_staff", row["staff_access"] == "write"
     else:
         return None
-    return Access(
-        conversation_id=row["id"],
-        clinic_id=row["clinic_id"],
-        patient_id=row["patient_id"],
-        doctor_user_id=row["doctor_user_id"],
-        role=role,
-        can_write=write,
-        last_seq=row["last_seq"],
-    )
+    return db.row_into(Access, row, conversation_id=row["id"], role=role, can_write=write)
 
 
 async def access(conn: Conn, who: Principal, conversation_id: UUID) -> Access:

@@ -11,7 +11,6 @@ the process (``wadud serve`` and ``wadud api``, unless ``webhooks_deliver`` is o
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -30,7 +29,7 @@ from hooks.errors import DeliveryNotFound, EndpointNotFound, RefusedAddress
 from hooks.events import EVENTS
 from hooks.service import Deliverer
 from turn.policy import PeerPolicy
-from wadud import keys
+from wadud import keys, workers
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 
 log = logging.getLogger("wadud.hooks")
@@ -360,13 +359,8 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     deliverer = Deliverer(app[keys.DB], settings, resolver=app.get(RESOLVER))
-    await deliverer.start()
-    app[DELIVERER] = deliverer
-    try:
+    async with workers.in_app(app, DELIVERER, deliverer):
         yield
-    finally:
-        with contextlib.suppress(Exception):
-            await deliverer.close()
 
 
 def install(app: web.Application) -> None:

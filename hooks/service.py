@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -127,7 +126,7 @@ class Deliverer:
         self._session: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: asyncpg.Connection | None = None
+        self._listener = outbox.Listener(pool, lambda _payload: self._wake.set())
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -147,29 +146,14 @@ class Deliverer:
         return max(1, self.settings.webhooks_concurrency)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await loops.stopped(*self._tasks)
         self._tasks.clear()
-        await self._unlisten()
+        await self._listener.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     # -- waking ------------------------------------------------------------
-
-    async def _unlisten(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.remove_listener(outbox.CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await self.pool.release(conn)
-
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
 
     def wake(self) -> None:
         """Look for due deliveries now (a redeliver asked for one)."""
@@ -180,10 +164,7 @@ class Deliverer:
         published batch wakes the senders) and refresh the backlog gauge."""
         while True:
             try:
-                if self._listener is None or self._listener.is_closed():
-                    await self._unlisten()
-                    self._listener = await self.pool.acquire()
-                    await self._listener.add_listener(outbox.CHANNEL, self._notified)
+                await self._listener.ensure()
                 BACKLOG.set(
                     await self.pool.fetchval(
                         """SELECT count(*) FROM room_hook_deliveries
@@ -195,7 +176,7 @@ class Deliverer:
                 raise
             except Exception:
                 log.exception("webhook listener failed; retrying")
-                await self._unlisten()
+                await self._listener.close()
             await asyncio.sleep(max(1.0, self.settings.webhooks_poll_interval))
 
     async def _send_loop(self) -> None:
@@ -286,18 +267,12 @@ class Deliverer:
 
 async def run(settings: Settings) -> int:
     """``wadud hooks``: the deliverer until SIGTERM or SIGINT."""
-    from wadud import db, ops
+    from wadud import db, workers
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = workers.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         _, pool = await stack.enter_async_context(db.database(settings))
-        deliverer = Deliverer(pool, settings)
-        await deliverer.start()
-        stack.push_async_callback(deliverer.close)
-        await stack.enter_async_context(ops.worker_listener(settings, pool))
+        await workers.start_worker(stack, settings, pool, Deliverer(pool, settings))
         log.info("webhook deliverer running")
         print("wadud hooks: running", flush=True)
         await stop.wait()

@@ -9,7 +9,6 @@ unless ``notify_in_serve`` is off).
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -26,7 +25,7 @@ from notify import channels as ch
 from notify.errors import DeviceNotFound, InvalidPreferences
 from notify.service import Notifier
 from notify.templates import zone
-from wadud import keys
+from wadud import keys, workers
 from wadud.api import ApiModel, Call, Routes
 
 log = logging.getLogger("wadud.notify")
@@ -284,15 +283,11 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     opened = await ch.open_channels(settings)
-    notifier = Notifier(app[keys.DB], settings, opened.senders)
-    await notifier.start()
-    app[NOTIFIER] = notifier
-    log.info("notifier running in this process", extra={"channels": sorted(opened.senders)})
     try:
-        yield
+        async with workers.in_app(app, NOTIFIER, Notifier(app[keys.DB], settings, opened.senders)):
+            log.info("notifier running in this process", extra={"channels": sorted(opened.senders)})
+            yield
     finally:
-        with contextlib.suppress(Exception):
-            await notifier.close()
         await opened.close()
 
 

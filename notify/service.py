@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import signal
 import time
 from collections.abc import Callable
 from uuid import UUID
@@ -100,7 +99,7 @@ class Notifier:
         self._wake = asyncio.Event()
         self._send_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: asyncpg.Connection | None = None
+        self._listener = outbox.Listener(pool, lambda _payload: self._wake.set())
         self.sent = 0
 
     # -- life --------------------------------------------------------------
@@ -111,37 +110,16 @@ class Notifier:
             self._tasks.append(asyncio.create_task(self._send_loop(), name=f"notify-send-{i}"))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await loops.stopped(*self._tasks)
         self._tasks.clear()
-        await self._unlisten()
-
-    async def _listen(self) -> None:
-        self._listener = await self.pool.acquire()
-        await self._listener.add_listener(outbox.CHANNEL, self._notified)
-
-    async def _unlisten(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.remove_listener(outbox.CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await self.pool.release(conn)
-
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
+        await self._listener.close()
 
     async def _plan_loop(self) -> None:
         loop = asyncio.get_running_loop()
         last_observed = 0.0
         while True:
             try:
-                if self._listener is None or self._listener.is_closed():
-                    await self._unlisten()
-                    await self._listen()
+                await self._listener.ensure()
                 done = 0
                 while (n := await self.plan_events()) >= self.batch:
                     done += n
@@ -158,7 +136,7 @@ class Notifier:
                 raise
             except Exception:
                 log.exception("notifier planning round failed; retrying")
-                await self._unlisten()
+                await self._listener.close()
             self._wake.clear()
             await loops.woken(self._wake, self.settings.notify_poll_interval)
 
@@ -386,12 +364,9 @@ class Notifier:
 
 async def run(settings: Settings) -> int:
     """``wadud notify``: the notifier until SIGTERM or SIGINT."""
-    from wadud import db, ops
+    from wadud import db, workers
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = workers.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         # As the HTTP roles do (wadud.app): first in, last out.
         tracing.configure(
@@ -404,10 +379,7 @@ async def run(settings: Settings) -> int:
         _, pool = await stack.enter_async_context(db.database(settings))
         opened = await ch.open_channels(settings)
         stack.push_async_callback(opened.close)
-        notifier = Notifier(pool, settings, opened.senders)
-        await notifier.start()
-        stack.push_async_callback(notifier.close)
-        await stack.enter_async_context(ops.worker_listener(settings, pool))
+        await workers.start_worker(stack, settings, pool, Notifier(pool, settings, opened.senders))
         log.info("notifier running", extra={"channels": sorted(opened.senders)})
         print(
             f"wadud notify: running ({', '.join(sorted(opened.senders)) or 'no channels'})",

@@ -19,6 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from notify.plan import Context, Delivery, Device, Event, Job, Plan, Preferences, Recipient
+from wadud import db
 
 __all__ = [
     "add_deliveries",
@@ -218,16 +219,7 @@ async def claim_jobs(conn: Conn, now: dt.datetime, limit: int) -> list[asyncpg.R
 
 
 def job_of(row: asyncpg.Record) -> Job:
-    return Job(
-        key=row["key"],
-        event_id=row["event_id"],
-        recipient_id=row["recipient_id"],
-        template=row["template"],
-        params=row["params"],
-        due_at=row["due_at"],
-        expires_at=row["expires_at"],
-        booking_id=row["booking_id"],
-    )
+    return db.row_into(Job, row)
 
 
 async def still_wanted(conn: Conn, job: Job, chat_delay: float) -> bool:
@@ -280,14 +272,7 @@ WHERE u.id = $1 AND NOT u.disabled"""
 
 
 def _recipient(row: asyncpg.Record) -> Recipient:
-    return Recipient(
-        id=row["id"],
-        email=row["email"],
-        phone=row["phone"],
-        locale=row["locale"],
-        time_zone=row["time_zone"],
-        display_name=row["display_name"] or "",
-    )
+    return db.row_into(Recipient, row, display_name=row["display_name"] or "")
 
 
 async def recipient(conn: Conn, user_id: UUID) -> Recipient | None:

@@ -27,14 +27,14 @@ from uuid import UUID
 from aiohttp import web
 
 from booking.api.bookings import scope, visible_booking
-from privacy import audit
 from privacy.subject_keys import SubjectKeys
 from recording.errors import BadTransition, RecordingFileNotFound, RecordingNotFound
 from recording.privacy import delete_recordings
 from recording.recorder import Recorder, available, subject_keys
 from recording.store import LIVE, Recordings, open_file, recording_key
-from wadud import keys
+from wadud import keys, workers
 from wadud.api import ApiModel, Call, Role, Routes
+from wadud.audit import record_about
 from wadud.errors import NotFound
 from wadud.storage import Storage, storage_of
 
@@ -140,14 +140,7 @@ async def list_recordings(call: Call[None, None]) -> RecordingList:
             ids,
         )
         if me.role is not Role.PATIENT:
-            await audit.record(
-                conn,
-                actor=me,
-                action="recording.list",
-                subject=booking["patient_id"],
-                clinic=booking["clinic_id"],
-                object=f"booking/{booking['id']}",
-            )
+            await record_about(conn, booking, "booking", actor=me, action="recording.list")
     out = []
     for r in recs:
         mine_c = [c for c in consents if c["recording_id"] == r["id"]]
@@ -212,13 +205,12 @@ async def download(call: Call[None, None]) -> web.Response:
     except NotFound:
         raise RecordingFileNotFound("this file's stored bytes are gone") from None
     data = open_file(key, rec["id"], file_id, bytes(f["nonce"]), sealed)
-    await audit.record(
+    await record_about(
         call.pool,
+        rec,
+        "recording",
         actor=me,
         action="recording.download",
-        subject=rec["patient_id"],
-        clinic=rec["clinic_id"],
-        object=f"recording/{rec['id']}",
         detail={"file": str(file_id)},
     )
     return web.Response(
@@ -253,13 +245,12 @@ async def delete_recording(call: Call[None, None]) -> None:
         if state in LIVE:
             raise BadTransition(f"the recording is {state}: stop it in the call first")
         gone = await delete_recordings(conn, [rec["id"]])
-        await audit.record(
+        await record_about(
             conn,
+            rec,
+            "recording",
             actor=me,
             action="recording.delete",
-            subject=rec["patient_id"],
-            clinic=rec["clinic_id"],
-            object=f"recording/{rec['id']}",
             detail={"objects": len(gone)},
         )
     storage = storage_of(call.request.app)
@@ -287,13 +278,8 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         return
     parts = AppParts(app)
     recorder = Recorder(app[keys.DB], parts.keys, parts.storage, settings)
-    await recorder.start()
-    app[RECORDER] = recorder
-    try:
+    async with workers.in_app(app, RECORDER, recorder):
         yield
-    finally:
-        with contextlib.suppress(Exception):
-            await recorder.close()
 
 
 def install(app: web.Application) -> None:

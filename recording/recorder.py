@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,11 +47,10 @@ from uuid import UUID, uuid4
 import asyncpg
 from prometheus_client import Counter
 
-from hooks import events
 from privacy.subject_keys import SubjectKeys
 from recording import composite, remux
 from recording.errors import RecordingError, RemuxError
-from recording.store import fail, recording_key, seal_file
+from recording.store import announce, fail, recording_key, seal_file
 from rtc.rtpdump import RtpDumpError, open_segment
 from wadud import loops
 from wadud.config import Settings
@@ -155,10 +153,7 @@ class Recorder:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await loops.stopped(task)
 
     def wake(self) -> None:
         self._wake.set()
@@ -227,9 +222,7 @@ class Recorder:
             await self._fail(rid, attempt, reason)
             JOBS.labels("failed").inc()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await loops.stopped(heartbeat)
 
     async def _renew(self, rid: UUID, attempt: int) -> None:
         lease = self.settings.recording_lease
@@ -412,17 +405,13 @@ class Recorder:
                        WHERE id = $1 RETURNING ready_at""",
                 rid,
             )
-            await events.emit(
+            await announce(
                 conn,
+                row,
                 "recording_ready",
-                booking_id=str(row["booking_id"]),
-                room=row["room"],
-                at=at.isoformat(),
-                data={
-                    "recording_id": str(rid),
-                    "files": len(made),
-                    "duration_seconds": max(m.result.duration for m in made),
-                },
+                at,
+                files=len(made),
+                duration_seconds=max(m.result.duration for m in made),
             )
             gone = await conn.fetch(
                 "DELETE FROM recording_segments WHERE recording_id = $1 RETURNING storage_key",
@@ -438,7 +427,7 @@ class Recorder:
 
 async def run(settings: Settings) -> int:
     """``wadud recorder``: the recorder until SIGTERM or SIGINT."""
-    from wadud import db, ops, storage
+    from wadud import db, storage, workers
 
     if not available():
         raise ConfigError("wadud recorder needs PyAV: pip install 'wadud[recorder]'")
@@ -449,18 +438,13 @@ async def run(settings: Settings) -> int:
         raise ConfigError(
             "wadud recorder needs the api's WADUD_SECRET_KEY (or WADUD_CHAT_ENCRYPTION_KEYS)"
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = workers.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
         _, pool = await stack.enter_async_context(db.database(settings))
         store = storage.create(settings)
         stack.push_async_callback(store.close)
         recorder = Recorder(pool, subject_keys(settings), store, settings)
-        await recorder.start()
-        stack.push_async_callback(recorder.close)
-        await stack.enter_async_context(ops.worker_listener(settings, pool))
+        await workers.start_worker(stack, settings, pool, recorder)
         log.info("recorder running")
         print("wadud recorder: running", flush=True)
         await stop.wait()

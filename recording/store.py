@@ -31,9 +31,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -155,8 +156,19 @@ def _recording(row: asyncpg.Record) -> Recording:
     return Recording(row["id"], row["booking_id"], row["room"], row["state"])
 
 
-def _iso(at: dt.datetime) -> str:
-    return at.isoformat()
+async def announce(
+    conn: asyncpg.Connection, row: Mapping[str, Any], name: str, at: dt.datetime, **data: Any
+) -> None:
+    """Webhook event ``name`` of the recording ``row`` (its id, booking and
+    room), with ``data`` besides its id, in ``conn``'s transaction."""
+    await events.emit(
+        conn,
+        name,
+        booking_id=str(row["booking_id"]),
+        room=row["room"],
+        at=at.isoformat(),
+        data={"recording_id": str(row["id"]), **data},
+    )
 
 
 class Recordings:
@@ -276,14 +288,7 @@ class Recordings:
                    WHERE id = $1 RETURNING started_at""",
                 recording_id,
             )
-            await events.emit(
-                conn,
-                "recording_started",
-                booking_id=str(row["booking_id"]),
-                room=row["room"],
-                at=_iso(at),
-                data={"recording_id": str(recording_id)},
-            )
+            await announce(conn, row, "recording_started", at)
             raw = await recording_key(conn, self.keys, row)
         return base64.urlsafe_b64encode(raw).decode()
 
@@ -381,11 +386,4 @@ async def fail(conn: asyncpg.Connection, row: asyncpg.Record, failure: str) -> N
         row["id"],
         reason,
     )
-    await events.emit(
-        conn,
-        "recording_failed",
-        booking_id=str(row["booking_id"]),
-        room=row["room"],
-        at=_iso(at),
-        data={"recording_id": str(row["id"]), "reason": reason},
-    )
+    await announce(conn, row, "recording_failed", at, reason=reason)

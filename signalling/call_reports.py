@@ -21,7 +21,6 @@ the report marked ready (outbox ``call_report_ready``).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -37,6 +36,7 @@ from aiohttp import web
 from booking.call_reports import Event, Participant, Row, finish, store
 from booking.calls import booking_of
 from sfu.control import CallSample, MediaControl, MediaEvent, TransportState
+from wadud import loops
 from wadud.auth import InvalidToken, decode_room_token
 from wadud.config import Settings
 from wadud.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
@@ -215,14 +215,9 @@ class CallRecorder:
                         log.info("call report ready", extra={"booking": str(booking)})
 
     async def run(self, every: float = FLUSH_EVERY) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("call report batch failed; kept for the next round")
+        await loops.every(
+            every, self.flush, "call report batch failed; kept for the next round", log
+        )
 
 
 async def post_stats(request: web.Request, settings: Settings, recorder: CallRecorder) -> None:

@@ -246,6 +246,18 @@ class CallRoom:
     def media_call(self, call: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
         return self.lane.submit(call)
 
+    async def track_call(
+        self, participant_id: str, call: Callable[[MediaControl], Awaitable[object]]
+    ) -> None:
+        """``call`` on the worker of ``participant_id``, in the room's lane,
+        about one of their tracks: one the worker does not know is
+        :class:`errors.UnknownTarget`."""
+        try:
+            media = await self.media_for(participant_id)
+            await self.media_call(partial(call, media))
+        except SfuStateError as exc:
+            raise errors.UnknownTarget(str(exc) or "no such track") from exc
+
     def send_to(self, participant_id: str, frame: dict[str, Any]) -> None:
         who = self.core.get(participant_id)
         if who is not None and isinstance(who.conn, Peer) and who.state is State.JOINED:

@@ -12,7 +12,7 @@ beyond region and state: a bounded set, unlike rooms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import logging
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 import sfu.http
 from sfu import registry
-from wadud import keys
+from wadud import keys, loops
 from wadud.api import ApiModel, Call, Role, Routes
 
 log = logging.getLogger("wadud.signalling.nodes")
@@ -62,22 +62,9 @@ def _redis(app: web.Application) -> Any:
 
 
 def _model(w: registry.WorkerInfo) -> MediaWorker:
-    return MediaWorker(
-        worker=w.worker,
-        incarnation=w.incarnation,
-        node=w.node,
-        region=w.region,
-        index=w.index,
-        host=w.host,
-        port=w.port,
-        state=w.state,
-        capacity=w.capacity,
-        transports=w.transports,
-        rooms=w.rooms,
-        packets_per_second=w.pps,
-        cpu=w.cpu,
-        updated=w.updated,
-    )
+    # The registry entry's fields under their own names, but for ``pps``.
+    shown = {k: v for k, v in dataclasses.asdict(w).items() if k in MediaWorker.model_fields}
+    return MediaWorker(**shown, packets_per_second=w.pps)
 
 
 @routes.get("/api/v1/admin/media/workers", returns=MediaWorkers, auth={Role.ADMIN})
@@ -112,6 +99,20 @@ def _local(app: web.Application) -> registry.WorkerInfo:
     )
 
 
+#: The gauges of each media worker: its registry entry's field, then the
+#: metric's name and help.
+_PER_WORKER = (
+    ("transports", "wadud_media_worker_transports", "Transports on each media worker."),
+    ("rooms", "wadud_media_worker_rooms", "Call rooms placed on each media worker."),
+    ("cpu", "wadud_media_worker_cpu", "Fraction of a core each media worker used."),
+    (
+        "pps",
+        "wadud_media_worker_packets_per_second",
+        "Packets per second each media worker received and sent.",
+    ),
+)
+
+
 class _Collector(Collector):
     """The last registry read of every app in this process."""
 
@@ -124,22 +125,10 @@ class _Collector(Collector):
             "Live media workers, by region and state.",
             labels=["region", "state"],
         )
-        transports = GaugeMetricFamily(
-            "wadud_media_worker_transports", "Transports on each media worker.", labels=["worker"]
-        )
-        rooms = GaugeMetricFamily(
-            "wadud_media_worker_rooms", "Call rooms placed on each media worker.", labels=["worker"]
-        )
-        cpu = GaugeMetricFamily(
-            "wadud_media_worker_cpu",
-            "Fraction of a core each media worker used.",
-            labels=["worker"],
-        )
-        pps = GaugeMetricFamily(
-            "wadud_media_worker_packets_per_second",
-            "Packets per second each media worker received and sent.",
-            labels=["worker"],
-        )
+        per_worker = [
+            (field, GaugeMetricFamily(name, doc, labels=["worker"]))
+            for field, name, doc in _PER_WORKER
+        ]
         counts: dict[tuple[str, str], int] = {}
         seen: set[str] = set()
         for view in list(self.views):
@@ -148,13 +137,12 @@ class _Collector(Collector):
                     continue
                 seen.add(w.worker)
                 counts[(w.region, w.state)] = counts.get((w.region, w.state), 0) + 1
-                transports.add_metric([w.worker], w.transports)
-                rooms.add_metric([w.worker], w.rooms)
-                cpu.add_metric([w.worker], w.cpu)
-                pps.add_metric([w.worker], w.pps)
+                for field, family in per_worker:
+                    family.add_metric([w.worker], getattr(w, field))
         for (region, state), n in sorted(counts.items()):
             count.add_metric([region, state], n)
-        yield from (count, transports, rooms, cpu, pps)
+        yield count
+        yield from (family for _, family in per_worker)
 
 
 COLLECTOR = _Collector()
@@ -182,13 +170,10 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
                 log.warning("media registry not readable: %s", exc)
             await asyncio.sleep(REFRESH)
 
-    task = asyncio.create_task(refresh(), name="media-registry-gauges")
     try:
-        yield
+        async with loops.background(refresh(), "media-registry-gauges"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         COLLECTOR.views.discard(view)
 
 

@@ -509,24 +509,18 @@ class Room:
     def end(self, conn: ConnId) -> list[Output]:
         """An admin ends the room: everyone is told and closed; joins are refused from now on."""
         self._admin(conn)
-        out: list[Output] = []
-        for p in list(self.participants.values()):
-            out += self._to(p, reply("room_ended"))
-            if p.conn is not None:
-                out.append(Close(p.conn, errors.CLOSE_ENDED, "room ended"))
-            self._move(p, Event.END)
-            self._forget(p)
-        self.ended = True
-        out += self.recording.close()
-        out.append(MediaCloseRoom())
-        return out
+        return self._ended(reply("room_ended"), "room ended")
 
     def close(self, reason: str) -> list[Output]:
         """The server ends the room (its booking was cancelled): everyone is
         told ``room_ended`` with ``reason`` and closed; joins are refused."""
+        return self._ended(reply("room_ended", reason=reason), reason)
+
+    def _ended(self, told: dict[str, Any], reason: str) -> list[Output]:
+        # Everyone hears ``told`` and is closed with ``reason``.
         out: list[Output] = []
         for p in list(self.participants.values()):
-            out += self._to(p, reply("room_ended", reason=reason))
+            out += self._to(p, told)
             if p.conn is not None:
                 out.append(Close(p.conn, errors.CLOSE_ENDED, reason))
             self._move(p, Event.END)

@@ -670,25 +670,18 @@ class CallService:
                 conn.send(ok)
             case protocol.Mute():
                 who, track = core.check_mute(conn, frame.track_id)
-                try:
-                    media = await room.media_for(track.participant)
-                    await room.media_call(
-                        partial(media.set_muted, room.name, track.track_id, frame.muted)
-                    )
-                except SfuStateError as exc:
-                    raise errors.UnknownTarget(str(exc) or "no such track") from exc
+                await room.track_call(
+                    track.participant,
+                    lambda media: media.set_muted(room.name, track.track_id, frame.muted),
+                )
                 outputs = core.muted(who.id, track.track_id, frame.muted)
                 conn.send(ok)
                 self.apply(room, outputs)
             case protocol.Unpublish():
                 who = core.check_unpublish(conn, frame.track_id)
-                try:
-                    media = await room.media_for(who.id)
-                    await room.media_call(
-                        partial(media.unpublish, room.name, who.id, frame.track_id)
-                    )
-                except SfuStateError as exc:
-                    raise errors.UnknownTarget(str(exc) or "no such track") from exc
+                await room.track_call(
+                    who.id, lambda media: media.unpublish(room.name, who.id, frame.track_id)
+                )
                 outputs = core.unpublished(who.id, frame.track_id)
                 conn.send(ok)
                 self.apply(room, outputs)

@@ -434,21 +434,14 @@ class TurnServer:
     # ------------------------------------------------------------------ relays
 
     def _bind_relay_socket(self, ip: str, port: int) -> socket.socket | None:
-        sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
         try:
-            if ":" in ip:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            self._tune(sock)
-            sock.bind((ip, port))
-            sock.setblocking(False)
+            return self._udp_socket(ip, port)
         except OSError as exc:
-            sock.close()
             if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                 logger.warning(
                     "relay bind failed", extra={"ip": ip, "port": port, "error": str(exc)}
                 )
             return None
-        return sock
 
     def _reserve_port(self, ip: str, port: int) -> _Reserved | None:
         """Hold ``port`` for a RESERVATION-TOKEN (the core's ``reserve_port``)."""

@@ -259,21 +259,16 @@ class TurnCore:
                 expiry = alloc.permissions.get(key)
                 if expiry is not None and expiry <= now:
                     self._remove_permission(alloc, key)
-            elif kind == _T_CHAN:
+            elif kind in (_T_CHAN, _T_COOLDOWN):
+                # A timer armed for a state the binding has left since (a
+                # refresh, a re-bind) finds it in another state or later.
                 binding = alloc.bindings.get(key)
-                if (
-                    binding is not None
-                    and binding.state is ChannelState.BOUND
-                    and binding.expires <= now
-                ):
+                due = ChannelState.BOUND if kind == _T_CHAN else ChannelState.COOLDOWN
+                if binding is None or binding.state is not due or binding.expires > now:
+                    continue
+                if kind == _T_CHAN:
                     self._expire_channel(alloc, key, binding, now)
-            elif kind == _T_COOLDOWN:
-                binding = alloc.bindings.get(key)
-                if (
-                    binding is not None
-                    and binding.state is ChannelState.COOLDOWN
-                    and binding.expires <= now
-                ):
+                else:
                     next_state(binding.state, ChannelEvent.COOLDOWN_OVER)
                     del alloc.bindings[key]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
@@ -57,6 +57,7 @@ __all__ = [
     "Principal",
     "Role",
     "Routes",
+    "file_body",
     "in_sane_range",
     "openapi",
 ]
@@ -216,6 +217,15 @@ class Endpoint:
 
 #: Every endpoint the app serves, in installation order: the OpenAPI document's source.
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints", list)
+
+
+def file_body(
+    types: Iterable[str], description: str = "The file itself; its type is judged by its content."
+) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` (a route's ``raw_body``) of a file sent as
+    the raw request body, in one of the media ``types``."""
+    content = {t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(types)}
+    return {"required": True, "description": description, "content": content}
 
 
 class Routes:

@@ -11,7 +11,6 @@ module knows none of them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -24,6 +23,7 @@ from wadud import (
     http,
     idempotency,
     keys,
+    loops,
     outbox,
     ratelimit,
     storage,
@@ -109,13 +109,8 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
                 log.exception("housekeeping failed")
             await asyncio.sleep(3600)
 
-    task = asyncio.create_task(loop(), name="housekeeping")
-    try:
+    async with loops.background(loop(), "housekeeping"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def build_app(settings: Settings, installers: Iterable[Installer]) -> web.Application:

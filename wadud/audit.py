@@ -37,7 +37,7 @@ import asyncpg
 
 from wadud.principal import Principal
 
-__all__ = ["ACTION", "TABLE", "Entry", "actor_of", "record", "record_many"]
+__all__ = ["ACTION", "TABLE", "Entry", "actor_of", "record", "record_about", "record_many"]
 
 #: The audit table (migration 0009).
 TABLE = "audit_log"
@@ -100,6 +100,29 @@ async def record(
     actor_id, actor_role = actor_of(actor, role)
     await conn.execute(
         _INSERT, actor_id, actor_role, action, clinic, object, _detail(detail), subject
+    )
+
+
+async def record_about(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    row: Mapping[str, Any],
+    kind: str,
+    *,
+    actor: Principal | UUID | None,
+    action: str,
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """:func:`record` about one row that names its patient and its clinic (a
+    booking, a recording, a payment): they are the subject and the clinic,
+    ``kind/id`` the object."""
+    await record(
+        conn,
+        actor=actor,
+        action=action,
+        subject=row["patient_id"],
+        clinic=row["clinic_id"],
+        object=f"{kind}/{row['id']}",
+        detail=detail,
     )
 
 

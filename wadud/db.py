@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import subprocess
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -181,6 +182,28 @@ async def _release(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
+async def _connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for a command that runs and exits (``wadud migrate``,
+    ``user add``, ...): to ``database_url``, or to the embedded PostgreSQL
+    under ``data_dir`` when none is set. Not migrated here."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.database_url or await stack.enter_async_context(
+            embedded_postgres(settings.data_dir)
+        )
+        async with _connected(url) as conn:
+            yield conn
+
+
+@asynccontextmanager
 async def pool(settings: Settings, url: str) -> AsyncIterator[asyncpg.Pool]:
     p: asyncpg.Pool = await asyncpg.create_pool(
         url,
@@ -216,11 +239,8 @@ async def database(settings: Settings) -> AsyncIterator[tuple[str, asyncpg.Pool]
             embedded_postgres(settings.data_dir)
         )
         if settings.database_migrate:
-            conn = await connect(url)
-            try:
+            async with _connected(url) as conn:
                 applied = await migrate.migrate(conn)
-            finally:
-                await conn.close()
             if applied:
                 log.info("migrations applied", extra={"migrations": applied})
         yield url, await stack.enter_async_context(pool(settings, url))
@@ -252,3 +272,17 @@ class Args:
 
 def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
     return None if row is None else dict(row)
+
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    D = TypeVar("D", bound=DataclassInstance)
+
+
+def row_into(cls: type[D], row: Mapping[str, Any], **given: Any) -> D:
+    """An instance of dataclass ``cls`` whose fields are ``row``'s columns
+    of the same names, but for those ``given`` (a value the row does not
+    hold as the field wants it)."""
+    names = (f.name for f in dataclasses.fields(cls) if f.init and f.name not in given)
+    return cls(**{name: row[name] for name in names}, **given)

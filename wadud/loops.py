@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
-__all__ = ["drain", "woken"]
+__all__ = ["background", "drain", "every", "stopped", "woken"]
 
 
 async def drain(
@@ -33,6 +34,22 @@ async def drain(
         await woken(wake, interval)
 
 
+async def every(
+    interval: float, step: Callable[[], Awaitable[object]], failed: str, log: logging.Logger
+) -> None:
+    """Wait ``interval`` seconds, run ``step``, and go again, forever. A step
+    that raises is logged (``failed``) and the next one runs on time;
+    cancellation ends the loop."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(failed)
+
+
 async def woken(event: asyncio.Event, within: float) -> bool:
     """Wait until ``event`` is set or ``within`` seconds pass; whether it was set.
 
@@ -45,3 +62,26 @@ async def woken(event: asyncio.Event, within: float) -> bool:
         async with asyncio.timeout(within):
             await event.wait()
     return event.is_set()
+
+
+async def stopped(*tasks: asyncio.Future[Any] | None) -> None:
+    """Cancel every task (a None is skipped), then wait until each has
+    finished: its cancellation is swallowed, any other error it ends with
+    is raised."""
+    running = [t for t in tasks if t is not None]
+    for task in running:
+        task.cancel()
+    for task in running:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run ``work`` as a task named ``name`` for the life of the ``async
+    with`` block (an aiohttp cleanup context's span); stopped on the way out."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield
+    finally:
+        await stopped(task)

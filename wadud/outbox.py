@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -130,6 +130,39 @@ def events(
     return cte, [[t for t, _ in items], [p for _, p in items], trace]
 
 
+class Listener:
+    """A LISTEN on :data:`CHANNEL`, held on one connection of ``pool``: each
+    NOTIFY's payload goes to ``notified``. The relay holds one, and so does
+    each consumer that a relayed batch may have given work (hooks, notify)."""
+
+    def __init__(self, pool: asyncpg.Pool, notified: Callable[[str], None]) -> None:
+        self.pool = pool
+        self._notified = notified
+        self._conn: asyncpg.Connection | None = None
+
+    async def ensure(self) -> None:
+        """Listen, unless already listening on a live connection."""
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        await self.close()
+        # Keep the connection where close() finds it before anything else
+        # can be cancelled, so a shutdown mid-setup still releases it.
+        self._conn = await self.pool.acquire()
+        await self._conn.add_listener(CHANNEL, self._heard)
+
+    async def close(self) -> None:
+        """Stop listening and give the connection back (a dead one too)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(CHANNEL, self._heard)
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._notified(payload)
+
+
 class Relay:
     def __init__(
         self,
@@ -147,7 +180,7 @@ class Relay:
         self.retention = retention
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._listener = Listener(pool, self._notified)
         #: Connections whose open transaction wrote an event, and since when.
         self._pending: dict[asyncpg.Connection, float] = {}
         self._watch: asyncio.Handle | None = None
@@ -161,11 +194,8 @@ class Relay:
         if self._watch is not None:
             self._watch.cancel()
         self._pending.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._unlisten()
+        await loops.stopped(self._task)
+        await self._listener.close()
 
     def expect(self, conn: asyncpg.Connection) -> None:
         """See :func:`written`."""
@@ -192,21 +222,7 @@ class Relay:
         if self._pending:
             self._watch = loop.call_later(0.002, self._check_pending)
 
-    async def _listen(self) -> None:
-        # Keep the connection where _unlisten finds it before anything else
-        # can be cancelled, so a shutdown mid-setup still releases it.
-        self._listener = await self.pool.acquire()
-        await self._listener.add_listener(CHANNEL, self._notified)
-
-    async def _unlisten(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.remove_listener(CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await self.pool.release(conn)
-
-    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _notified(self, payload: str) -> None:
         if payload != RELAYED:  # a relay's own note is for the other consumers
             self._wake.set()
 
@@ -218,9 +234,7 @@ class Relay:
             # (an event committed meanwhile) runs another one.
             self._wake.clear()
             try:
-                if self._listener is None or self._listener.is_closed():
-                    await self._unlisten()
-                    await self._listen()
+                await self._listener.ensure()
                 relayed = 0
                 while (n := await self.relay_once()) >= self.batch:
                     relayed += n
@@ -239,7 +253,7 @@ class Relay:
                 raise
             except Exception:
                 log.exception("outbox relay round failed; retrying")
-                await self._unlisten()
+                await self._listener.close()
             await loops.woken(self._wake, self.poll_interval)
 
     async def relay_once(self) -> int:

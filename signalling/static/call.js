@@ -41,6 +41,7 @@
 import { WadudCall } from './wadud-call.js';
 import { ConsultChat } from './consult-chat.js';
 import { reportStats } from './call-stats.js';
+import { chime, levelMeter } from './sound.js';
 import * as i18n from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
@@ -333,21 +334,8 @@ function fillPicker(select, devices, current) {
 // A level meter, so the user sees the microphone hears them before joining.
 function startMeter(track) {
   stopMeter();
-  const ctx = new AudioContext();
-  const analyser = ctx.createAnalyser();
-  analyser.fftSize = 512;
-  ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
-  const samples = new Float32Array(analyser.fftSize);
-  const bar = $('level');
-  const draw = () => {
-    analyser.getFloatTimeDomainData(samples);
-    let sum = 0;
-    for (const s of samples) sum += s * s;
-    const rms = Math.sqrt(sum / samples.length);
-    bar.style.width = `${Math.min(100, Math.round(rms * 300))}%`;
-    meter.frame = requestAnimationFrame(draw);
-  };
-  meter = { ctx, frame: requestAnimationFrame(draw) };
+  meter = levelMeter(track, $('level'));
+  const { ctx } = meter;
   // Browsers start audio contexts suspended until the user does something
   // on the page; say so rather than show a meter that looks dead.
   $('meter-hint').hidden = ctx.state !== 'suspended';
@@ -364,9 +352,8 @@ function startMeter(track) {
 
 function stopMeter() {
   if (!meter) return;
-  cancelAnimationFrame(meter.frame);
   meter.ctx.onstatechange = null;
-  meter.ctx.close();
+  meter.stop();
   meter = null;
   $('meter-hint').hidden = true;
 }
@@ -944,18 +931,8 @@ function beep() {
   if (!ctx) return;
   document.body.dataset.beeps = String(Number(document.body.dataset.beeps || 0) + 1);
   ctx.resume().catch(() => {});
-  const start = ctx.currentTime + 0.01;
-  for (const [at, freq] of [[0, 880], [0.18, 660]]) {
-    const osc = ctx.createOscillator();
-    const gain = ctx.createGain();
-    osc.frequency.value = freq;
-    gain.gain.setValueAtTime(0.0001, start + at);
-    gain.gain.exponentialRampToValueAtTime(0.2, start + at + 0.02);
-    gain.gain.exponentialRampToValueAtTime(0.0001, start + at + 0.15);
-    osc.connect(gain).connect(ctx.destination);
-    osc.start(start + at);
-    osc.stop(start + at + 0.16);
-  }
+  const notes = [[0, 880], [0.18, 660]];
+  chime(ctx, ctx.currentTime + 0.01, notes, { peak: 0.2, rise: 0.02, fade: 0.15, stop: 0.16 });
 }
 
 function renderAdmin() {

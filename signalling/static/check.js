@@ -10,6 +10,7 @@
 // (verdict: ready | ready-relay | audio-only | blocked); the page itself
 // keeps it as `window.wadudCheck` and <body data-verdict>.
 
+import { chime, levelMeter } from './sound.js';
 import { checkConnection } from './wadud-call.js';
 import { LANGUAGES, lang, t, translatePage } from './i18n.js';
 
@@ -60,20 +61,7 @@ async function devices() {
 }
 
 function startMeter(track) {
-  const ctx = new AudioContext();
-  const analyser = ctx.createAnalyser();
-  analyser.fftSize = 512;
-  ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
-  const samples = new Float32Array(analyser.fftSize);
-  const bar = $('level');
-  const draw = () => {
-    analyser.getFloatTimeDomainData(samples);
-    let sum = 0;
-    for (const s of samples) sum += s * s;
-    bar.style.width = `${Math.min(100, Math.round(Math.sqrt(sum / samples.length) * 300))}%`;
-    requestAnimationFrame(draw);
-  };
-  requestAnimationFrame(draw);
+  const { ctx } = levelMeter(track, $('level'));
   meter = ctx;
   // Audio starts suspended until the user does something on the page.
   for (const type of ['pointerdown', 'keydown']) {
@@ -84,18 +72,8 @@ function startMeter(track) {
 // A short two-note chime through the default output.
 function playTone() {
   const ctx = new AudioContext();
-  const start = ctx.currentTime + 0.05;
-  for (const [at, freq] of [[0, 660], [0.35, 880]]) {
-    const osc = ctx.createOscillator();
-    const gain = ctx.createGain();
-    osc.frequency.value = freq;
-    gain.gain.setValueAtTime(0.0001, start + at);
-    gain.gain.exponentialRampToValueAtTime(0.3, start + at + 0.03);
-    gain.gain.exponentialRampToValueAtTime(0.0001, start + at + 0.3);
-    osc.connect(gain).connect(ctx.destination);
-    osc.start(start + at);
-    osc.stop(start + at + 0.32);
-  }
+  const notes = [[0, 660], [0.35, 880]];
+  chime(ctx, ctx.currentTime + 0.05, notes, { peak: 0.3, rise: 0.03, fade: 0.3, stop: 0.32 });
   setTimeout(() => ctx.close(), 1200);
   if (meter) meter.resume();
   document.body.dataset.tone = String(Number(document.body.dataset.tone || 0) + 1);
