@@ -582,9 +582,7 @@ async def payment_return(call: Call[None, None]) -> web.StreamResponse:
     "/api/v1/payments/{payment_id:uuid}/return",
     returns=PaymentResult,
     auth="public",
-    raw_body={
-        "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}},
-    },
+    raw_body=service.form_body(),
     responses={303: "Verified; a program (not a browser) on to the client's return_url"},
 )
 async def payment_return_post(call: Call[None, None]) -> web.StreamResponse:

@@ -28,7 +28,7 @@ from booking.payments import service
 from booking.payments.gateway import PaymentStatus
 from booking.payments.sandbox import SandboxGateway
 from wadud.api import Call, Routes
-from wadud.errors import BadRequest, NotFound, WadudError
+from wadud.errors import NotFound, WadudError
 
 __all__ = ["routes"]
 
@@ -87,28 +87,15 @@ async def sandbox_checkout_page(call: Call[None, None]) -> web.Response:
     _PATH,
     status=303,
     auth="public",
-    raw_body={
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["action"],
-                    "properties": {"action": {"type": "string", "enum": ["pay", "decline"]}},
-                }
-            }
-        }
-    },
+    raw_body=service.choice_body("pay", "decline"),
 )
 async def sandbox_checkout_submit(call: Call[None, None]) -> web.Response:
     """Pay or decline on the sandbox page; redirects to the signed return URL."""
     reference = call.path("reference")
     gateway = _sandbox(call)
-    form = await service.read_form(call.request)
-    action = form.get("action")
-    if action not in ("pay", "decline"):
-        raise BadRequest("action must be pay or decline")
+    paid = await service.read_choice(call.request, "pay", "decline")
     now = datetime.now(UTC)
-    target = gateway.complete(reference, action == "pay", now)
+    target = gateway.complete(reference, paid, now)
     body, headers = gateway.webhook(reference, now)
     try:
         await service.handle_webhook(

@@ -265,20 +265,13 @@ async def easypaisa_ma_page(call: Call[None, None]) -> web.Response:
     MA_PAGE_PATH.replace("{reference}", _REF),
     status=303,
     auth="public",
-    raw_body={
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["mobileAccountNo"],
-                    "properties": {
-                        "mobileAccountNo": {"type": "string", "pattern": f"^{_MOBILE}$"},
-                        "emailAddress": {"type": "string", "maxLength": 200},
-                    },
-                }
-            }
-        }
-    },
+    raw_body=service.form_body(
+        required=["mobileAccountNo"],
+        properties={
+            "mobileAccountNo": {"type": "string", "pattern": f"^{_MOBILE}$"},
+            "emailAddress": {"type": "string", "maxLength": 200},
+        },
+    ),
     responses={422: "Not a Pakistani mobile number (03XXXXXXXXX)"},
 )
 async def easypaisa_ma_submit(call: Call[None, None]) -> web.Response:
@@ -411,9 +404,7 @@ def _decided(host: SimulatorHost, reference: str) -> None:
         waiter.set()
 
 
-_FORM_BODY: Final = {
-    "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
-}
+_FORM_BODY: Final = service.form_body()
 
 
 @simulator_routes.post(
@@ -560,26 +551,13 @@ async def easypaisa_sim_phone(call: Call[None, None]) -> web.Response:
     SIM_PREFIX + "/phone/{order:[A-Za-z0-9_-]{1,40}}",
     status=303,
     auth="public",
-    raw_body={
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["action"],
-                    "properties": {"action": {"type": "string", "enum": ["approve", "decline"]}},
-                }
-            }
-        }
-    },
+    raw_body=service.choice_body("approve", "decline"),
 )
 async def easypaisa_sim_phone_answer(call: Call[None, None]) -> web.Response:
     """Simulator: approve or decline an MA request on the phone."""
     host = _sim(call)
-    form = await service.read_form(call.request)
-    action = form.get("action")
-    if action not in ("approve", "decline"):
-        raise BadRequest("action must be approve or decline")
-    order = host.core.settle(call.path("order"), action == "approve", _now())
+    approved = await service.read_choice(call.request, "approve", "decline")
+    order = host.core.settle(call.path("order"), approved, _now())
     _decided(host, order.reference)
     await _notify(call, host, order.reference)
     return web.Response(status=303, headers={"Location": f"{SIM_PREFIX}/phone"})
