@@ -158,18 +158,7 @@ async def visible_booking(
 async def _audit(
     conn: asyncpg.Connection | asyncpg.Pool, me: Principal, action: str, row: asyncpg.Record
 ) -> None:
-    """An audit row when a doctor, staff member or admin reads or changes a
-    patient's booking (docs/privacy.md); a patient's own are not accesses."""
-    if me.role is Role.PATIENT:
-        return
-    await audit.record(
-        conn,
-        actor=me,
-        action=action,
-        subject=row["patient_id"],
-        clinic=row["clinic_id"],
-        object=f"booking/{row['id']}",
-    )
+    await audit.record_access(conn, me, action, row, f"booking/{row['id']}")
 
 
 #: The region whose consent rules apply to a hold with doctor $1 (read with

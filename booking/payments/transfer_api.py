@@ -35,8 +35,8 @@ from booking.payments.transfer import (
     normalise_reference,
 )
 from booking.payments.transfer_privacy import subject_keys_of
+from privacy.audit import record_access
 from privacy.subject_keys import SubjectKeys
-from wadud import audit
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from wadud.http import read_upload
@@ -236,21 +236,6 @@ async def _out(
     )
 
 
-async def _audit_read(
-    conn: asyncpg.Connection, me: Principal, action: str, row: asyncpg.Record, obj: str
-) -> None:
-    if me.role is Role.PATIENT:
-        return
-    await audit.record(
-        conn,
-        actor=me,
-        action=action,
-        subject=row["patient_id"],
-        clinic=row["clinic_id"],
-        object=obj,
-    )
-
-
 # --- the patient's side ------------------------------------------------------------------
 
 
@@ -306,7 +291,7 @@ async def get_bank_transfer(call: Call[None, None]) -> BankTransfer:
         row = await _transfer_of(conn, call.user, call.path_uuid("booking_id"))
         out = await _out(conn, row, call.settings)
         obj = f"payment/{row['id']}"
-        await _audit_read(conn, call.user, "payment.bank_transfer.read", row, obj)
+        await record_access(conn, call.user, "payment.bank_transfer.read", row, obj)
     return out
 
 
@@ -381,7 +366,7 @@ async def get_proof(call: Call[None, None]) -> web.Response:
         data = await transfer_proofs.read_proof(
             conn, _subjects(call), storage_of(call.request.app), proof
         )
-        await _audit_read(
+        await record_access(
             conn, call.user, "payment.bank_transfer.proof_read", row, f"proof/{proof['id']}"
         )
     disposition = "inline" if proof["content_type"].startswith("image/") else "attachment"
