@@ -18,6 +18,7 @@ from booking.api.doctors import fetch_doctor
 from wadud import cursor, outbox
 from wadud.api import ApiModel, Call, Role, Routes, in_sane_range
 from wadud.errors import Conflict, NotFound
+from wadud.rows import from_row
 
 routes = Routes("reviews", "Patients' reviews of doctors.")
 
@@ -203,4 +204,4 @@ async def hide_review(call: Call[HideIn, None]) -> Review:
                     "reason": call.body.reason,
                 },
             )
-    return Review(**{k: row[k] for k in Review.model_fields})
+    return from_row(Review, row)

@@ -50,6 +50,7 @@ from booking.payments.service import GATEWAYS, INTENT_COLUMNS
 from wadud import keys, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import Conflict, NotFound, Unprocessable
+from wadud.rows import from_row
 
 __all__ = ["SWEEP_INTERVAL", "lifespan", "routes"]
 
@@ -258,21 +259,10 @@ def _sees(me: Principal, row: asyncpg.Record) -> bool:
 def _payment(row: asyncpg.Record, me: Principal | None = None, owed: int = 0) -> Payment:
     live = IntentState(row["status"]) in service.LIVE_STATES
     show = live and me is not None and me.user_id == row["patient_id"] and row["checkout_url"]
-    return Payment(
-        id=row["id"],
-        booking_id=row["booking_id"],
-        clinic_id=row["clinic_id"],
-        patient_id=row["patient_id"],
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
-        gateway=row["gateway"],
-        status=IntentState(row["status"]),
-        refunded_minor=row["refunded_minor"],
+    return from_row(
+        Payment,
+        row,
         refund_due_minor=owed,
-        failure_reason=row["failure_reason"],
-        expires_at=row["expires_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
         checkout=Checkout(
             url=row["checkout_url"],
             method=row["checkout_method"],

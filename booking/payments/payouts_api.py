@@ -24,6 +24,7 @@ from booking.payments.intent import Currency
 from booking.payments.payout_details import SEALED_COLUMNS, Details, sealer_of
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound
+from wadud.rows import from_row
 
 __all__ = ["DoctorBatchLine", "doctor_batch_lines", "routes"]
 
@@ -182,7 +183,7 @@ async def _batch(
 
 
 def _line(row: asyncpg.Record) -> BatchLine:
-    return BatchLine(**{k: row[k] for k in BatchLine.model_fields})
+    return from_row(BatchLine, row)
 
 
 def _batch_out(
@@ -225,10 +226,7 @@ async def doctor_batch_lines(
     conn: asyncpg.Connection | asyncpg.Pool, doctor_id: UUID
 ) -> list[DoctorBatchLine]:
     """The doctor's latest batch lines, newest batch first (for the earnings)."""
-    return [
-        DoctorBatchLine(**{k: r[k] for k in DoctorBatchLine.model_fields})
-        for r in await payouts.doctor_lines(conn, doctor_id)
-    ]
+    return [from_row(DoctorBatchLine, r) for r in await payouts.doctor_lines(conn, doctor_id)]
 
 
 # --- a doctor's bank details --------------------------------------------------------

@@ -40,6 +40,7 @@ from privacy.subject_keys import SubjectKeys
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from wadud.http import read_upload
+from wadud.rows import from_row
 from wadud.storage import sniff_type, storage_of
 
 __all__ = ["routes"]
@@ -173,7 +174,7 @@ def _subjects(call: Call[Any, Any]) -> SubjectKeys:
 
 
 def _proof(row: asyncpg.Record) -> Proof:
-    return Proof(**{k: row[k] for k in Proof.model_fields})
+    return from_row(Proof, row)
 
 
 def _credit(row: asyncpg.Record) -> Credit:
@@ -219,20 +220,14 @@ async def _out(
         )
     )
     details = BankDetails.of(settings)
-    return BankTransfer(
+    return from_row(
+        BankTransfer,
+        row,
         payment_id=row["id"],
-        booking_id=row["booking_id"],
-        clinic_id=row["clinic_id"],
-        patient_id=row["patient_id"],
         reference=row["gateway_ref"],
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
-        status=IntentState(row["status"]),
-        expires_at=row["expires_at"],
         bank=BankAccount(**details.as_dict()) if details is not None else None,
         proofs=[_proof(p) for p in proofs],
         page_url=transfer_page.page_url(settings, row["id"]),
-        created_at=row["created_at"],
     )
 
 
