@@ -47,6 +47,7 @@ from booking.payments.gateway import GatewayRegistry, Verdict
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
 from booking.payments.service import GATEWAYS, INTENT_COLUMNS
+from booking.payments.webhook_http import WebhookAck, deliver
 from wadud import keys, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import Conflict, NotFound, Unprocessable
@@ -157,14 +158,6 @@ class PaymentResult(ApiModel):
     payment_id: UUID
     booking_id: UUID
     status: IntentState
-
-
-class WebhookAck(ApiModel):
-    received: bool = True
-    duplicate: bool
-    event_id: str
-    payment_id: UUID | None
-    status: str | None
 
 
 class RefundIn(ApiModel):
@@ -610,21 +603,7 @@ async def webhook(call: Call[None, None]) -> WebhookAck:
     if name not in registry:
         raise NotFound(f"no payment gateway named {name!r}")
     body = await call.request.read()
-    outcome = await service.handle_webhook(
-        call.pool,
-        registry,
-        name,
-        body,
-        call.request.headers,
-        _now(),
-        default_bp=call.settings.payments_platform_commission_bp,
-    )
-    return WebhookAck(
-        duplicate=outcome.duplicate,
-        event_id=outcome.event_id,
-        payment_id=outcome.payment_id,
-        status=outcome.status,
-    )
+    return await deliver(call, name, body, call.request.headers, _now())
 
 
 # --- refunds --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ locally: ``GET /sandbox/checkout/{reference}`` shows the visit and the amount
 with Pay and Decline buttons, in the patient's language
 (:mod:`booking.pages`); the form's POST settles the sandbox payment, then "the
 gateway" delivers its signed webhook, in process, through the very function
-the webhook endpoint calls (:func:`booking.payments.service.handle_webhook`),
+the webhook endpoint calls (:func:`booking.payments.webhook_http.deliver`),
 and finally sends the browser to the signed return URL, where the redirect
 landing verifies it like any gateway's.
 
@@ -27,6 +27,7 @@ from booking import pages
 from booking.payments import service
 from booking.payments.gateway import PaymentStatus
 from booking.payments.sandbox import SandboxGateway
+from booking.payments.webhook_http import deliver
 from wadud.api import Call, Routes
 from wadud.errors import NotFound, WadudError
 
@@ -98,15 +99,7 @@ async def sandbox_checkout_submit(call: Call[None, None]) -> web.Response:
     target = gateway.complete(reference, paid, now)
     body, headers = gateway.webhook(reference, now)
     try:
-        await service.handle_webhook(
-            call.pool,
-            call.request.app[service.GATEWAYS],
-            gateway.name,
-            body,
-            headers,
-            now,
-            default_bp=call.settings.payments_platform_commission_bp,
-        )
+        await deliver(call, gateway.name, body, headers, now)
     except WadudError:
         log.warning(
             "sandbox webhook delivery failed", extra={"reference": reference}, exc_info=True
