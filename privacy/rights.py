@@ -75,13 +75,11 @@ FORMAT_VERSION = 1
 class ErasureNotConfirmed(PrivacyError, Unprocessable):
     """The confirmation (token, phrase or password) is missing or wrong."""
 
-    http_status = 422
     code = "erasure_not_confirmed"
     title = "Erasure not confirmed"
 
 
 class AlreadyErased(PrivacyError, Conflict):
-    http_status = 409
     code = "already_erased"
     title = "This account was erased"
 
