@@ -686,12 +686,9 @@ async def _availability_out(conn: asyncpg.Connection, doctor_id: UUID) -> Availa
            WHERE doctor_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 1 ORDER BY day""",
         doctor_id,
     )
-    return AvailabilityOut(
-        time_zone=row["time_zone"],
-        buffer_before_min=row["buffer_before_min"],
-        buffer_after_min=row["buffer_after_min"],
-        min_notice_min=row["min_notice_min"],
-        horizon_days=row["horizon_days"],
+    return from_row(
+        AvailabilityOut,
+        row,
         slot_minutes=dict(row["slot_minutes"]),
         weekly=[
             WeeklyWindow(
@@ -710,7 +707,6 @@ async def _availability_out(conn: asyncpg.Connection, doctor_id: UUID) -> Availa
             )
             for o in overrides
         ],
-        next_free_at=row["next_free_at"],
     )
 
 

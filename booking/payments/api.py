@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -738,17 +739,7 @@ async def doctor_earnings(call: Call[None, None]) -> Earnings:
         batch_lines = await payouts_api.doctor_batch_lines(conn, doctor["id"])
     return Earnings(
         doctor_id=doctor["id"],
-        currencies=[
-            CurrencyEarnings(
-                currency=f.currency,
-                gross_minor=f.gross_minor,
-                refunds_minor=f.refunds_minor,
-                commission_minor=f.commission_minor,
-                paid_out_minor=f.paid_out_minor,
-                payable_minor=f.payable_minor,
-            )
-            for f in figures
-        ],
+        currencies=[CurrencyEarnings(**dataclasses.asdict(f)) for f in figures],
         payout_batches=batch_lines,
     )
 
@@ -790,20 +781,13 @@ async def clinic_ledger(call: Call[None, LedgerQuery]) -> LedgerPage:
         )
     by_txn: dict[UUID, list[LedgerEntry]] = {}
     for e in entries:
-        by_txn.setdefault(e["transaction_id"], []).append(
-            LedgerEntry(
-                account=e["account"], amount_minor=e["amount_minor"], currency=e["currency"]
-            )
-        )
+        by_txn.setdefault(e["transaction_id"], []).append(from_row(LedgerEntry, e))
     return LedgerPage(
         items=[
-            LedgerTransaction(
-                id=h["id"],
-                kind=h["kind"],
-                reference=h["reference"],
+            from_row(
+                LedgerTransaction,
+                h,
                 payment_id=h["payment_intent_id"],
-                booking_id=h["booking_id"],
-                created_at=h["created_at"],
                 entries=by_txn.get(h["id"], []),
             )
             for h in page

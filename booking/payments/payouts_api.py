@@ -191,16 +191,9 @@ def _batch_out(
     lines: list[asyncpg.Record] | None = None,
     skipped: list[payouts.Skipped] | None = None,
 ) -> Batch:
-    return Batch(
-        id=row["id"],
-        clinic_id=row["clinic_id"],
-        reference=row["reference"],
-        currency=Currency(row["currency"]),
-        threshold_minor=row["threshold_minor"],
-        status=row["status"],
-        created_by=row["created_by"],
-        created_at=row["created_at"],
-        closed_at=row["closed_at"],
+    return from_row(
+        Batch,
+        row,
         **payouts.summary(row),
         lines=None if lines is None else [_line(r) for r in lines],
         skipped=None
