@@ -829,7 +829,7 @@ async def mark_refund_due(
     reference): owed back to whoever sent it."""
     async with conn.transaction():
         credit = await _open_credit(conn, credit_id, _scope(actor), "unmatched")
-        amount = Money(credit["amount_minor"], credit["currency"])
+        amount = money(credit)
         await _post_refund_due(conn, credit_id, amount, credit["clinic_id"], None)
         row = await conn.fetchrow(
             f"""UPDATE bank_credits SET status = 'refund_due', note = $2, resolved_by = $3,
@@ -859,7 +859,7 @@ async def mark_refunded(
     async with conn.transaction():
         credit = await _open_credit(conn, credit_id, _scope(actor), "refund_due")
         intent = await _patient_of(conn, credit)
-        amount = Money(credit["amount_minor"], credit["currency"])
+        amount = money(credit)
         await service.post_transaction(
             conn,
             refund_sent(amount, str(credit_id)),
