@@ -122,6 +122,31 @@ def _marks(reconnects: Sequence[Mapping[str, Any]], start: dt.datetime, span: fl
     return "".join(out)
 
 
+def _figure(
+    label: str, ticks: Sequence[tuple[float, str]], span: float, body: str, caption: str
+) -> str:
+    """:func:`_frame` in a figure under its ``caption`` (HTML, not escaped)."""
+    return f"<figure>{_frame(label, ticks, span, body)}<figcaption>{caption}</figcaption></figure>"
+
+
+def _plot(
+    label: str,
+    series: Sequence[tuple[Sequence[tuple[float, float]], str]],
+    scale: tuple[float, str, str],
+    span: float,
+    marks: str,
+    caption: str,
+) -> str:
+    """A :func:`_figure` of ``series`` (points, colour) as lines on one axis.
+    ``scale`` is (the least top, the unit after a tick's number, the zero
+    tick's label): the top is the next round number over the points."""
+    least, unit, zero = scale
+    top = _nice(max([v for points, _ in series for _, v in points] + [least]))
+    ticks = [(1, f"{top:g}{unit}"), (0.5, f"{top / 2:g}{unit}"), (0, zero)]
+    lines = "".join(_line(points, top, colour, span) for points, colour in series)
+    return _figure(label, ticks, span, lines + marks, caption)
+
+
 def _nice(top: float) -> float:
     for v in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000):
         if top <= v:
@@ -153,14 +178,13 @@ def _participant(p: Mapping[str, Any], start: dt.datetime, span: float) -> str:
     html.append("</ul>")
     quality = [(s["t"], s["quality"]) for s in media]
     html.append(
-        "<figure>"
-        + _frame(
+        _figure(
             "Quality shown",
             [(1, "excellent"), (2 / 3, "good"), (1 / 3, "poor"), (0, "lost")],
             span,
             _steps(quality, QUALITY_Y, lambda q: QUALITY_COLOUR.get(q, "#57606a"), span) + marks,
+            "Quality shown (bars); dashed: a reconnect",
         )
-        + "<figcaption>Quality shown (bars); dashed: a reconnect</figcaption></figure>"
     )
     layer_points = []
     for s in media:
@@ -169,8 +193,7 @@ def _participant(p: Mapping[str, Any], start: dt.datetime, span: float) -> str:
             layer_points.append((s["t"], min(rids, key=lambda r: LAYER_Y.get(r, 0))))
     if layer_points:
         html.append(
-            "<figure>"
-            + _frame(
+            _figure(
                 "Video layer received",
                 [(1, "full"), (2 / 3, "half"), (1 / 3, "quarter"), (0, "paused")],
                 span,
@@ -181,56 +204,48 @@ def _participant(p: Mapping[str, Any], start: dt.datetime, span: float) -> str:
                     span,
                 )
                 + marks,
+                "Video layer received (lowest of the videos they watch)",
             )
-            + "<figcaption>Video layer received (lowest of the videos they watch)</figcaption>"
-            "</figure>"
         )
     loss = [(s["t"], 100.0 * float(s["loss"] or 0)) for s in media]
     seen = [(s["t"], 100.0 * float(s["loss"] or 0)) for s in p["page"] if s["loss"] is not None]
-    top = _nice(max([v for _, v in loss + seen] + [5.0]))
     html.append(
-        "<figure>"
-        + _frame(
+        _plot(
             "Loss",
-            [(1, f"{top:g} %"), (0.5, f"{top / 2:g} %"), (0, "0 %")],
+            [(loss, "#cf222e"), (seen, "#8250df")],
+            (5.0, " %", "0 %"),
             span,
-            _line(loss, top, "#cf222e", span) + _line(seen, top, "#8250df", span) + marks,
+            marks,
+            "Packet loss, %: <span class=c-red>the worker's</span>,"
+            " <span class=c-purple>what their page lost</span>",
         )
-        + "<figcaption>Packet loss, %: <span class=c-red>the worker's</span>,"
-        " <span class=c-purple>what their page lost</span></figcaption></figure>"
     )
     rtt = [(s["t"], 1000.0 * float(s["rtt"])) for s in media if s["rtt"] is not None]
     jit = [(s["t"], 1000.0 * float(s["jitter"])) for s in media if s["jitter"] is not None]
-    top = _nice(max([v for _, v in rtt + jit] + [100.0]))
     html.append(
-        "<figure>"
-        + _frame(
+        _plot(
             "RTT and jitter",
-            [(1, f"{top:g} ms"), (0.5, f"{top / 2:g} ms"), (0, "0")],
+            [(rtt, "#0969da"), (jit, "#bf8700")],
+            (100.0, " ms", "0"),
             span,
-            _line(rtt, top, "#0969da", span) + _line(jit, top, "#bf8700", span) + marks,
+            marks,
+            "<span class=c-blue>Round-trip time</span> and <span class=c-amber>jitter</span>, ms",
         )
-        + "<figcaption><span class=c-blue>Round-trip time</span> and"
-        " <span class=c-amber>jitter</span>, ms</figcaption></figure>"
     )
     sent = [(s["t"], float(s["sent"] or 0) / 1000) for s in media]
     got = [(s["t"], float(s["received"] or 0) / 1000) for s in media]
     avail = [(s["t"], float(s["available"] or 0) / 1000) for s in media]
-    top = _nice(max([v for _, v in sent + got + avail] + [100.0]))
     html.append(
-        "<figure>"
-        + _frame(
+        _plot(
             "Bitrate",
-            [(1, f"{top:g} k"), (0.5, f"{top / 2:g} k"), (0, "0")],
+            [(avail, "#8c959f"), (sent, "#1a7f37"), (got, "#0969da")],
+            (100.0, " k", "0"),
             span,
-            _line(avail, top, "#8c959f", span)
-            + _line(sent, top, "#1a7f37", span)
-            + _line(got, top, "#0969da", span)
-            + marks,
+            marks,
+            "kbit/s: <span class=c-green>sent</span>,"
+            " <span class=c-blue>received</span>,"
+            " <span class=c-grey>estimated available</span>",
         )
-        + "<figcaption>kbit/s: <span class=c-green>sent</span>,"
-        " <span class=c-blue>received</span>,"
-        " <span class=c-grey>estimated available</span></figcaption></figure>"
     )
     html.append("</section>")
     return "".join(html)

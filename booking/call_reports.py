@@ -384,4 +384,6 @@ class CallReportProvider:
                WHERE booking_id IN (SELECT id FROM bookings WHERE patient_id = $1)""",
             subject.user_id,
         )
-        return Erased(counts={"call_reports": int(status.split()[-1])})
+        out = Erased()
+        out.count("call_reports", status)
+        return out

@@ -10,7 +10,8 @@ As in h11, two kinds are kept apart: input that is malformed or inconsistent
 :class:`wadud.errors.Unprocessable` and so :class:`ValueError`, which generic
 parsing code can catch) and requests that are well formed but not allowed in
 the current state (a transition the lifecycle forbids, a slot someone else
-already took: HTTP 409, also :class:`wadud.errors.Conflict`).
+already took: HTTP 409, also :class:`wadud.errors.Conflict`). Each takes its
+HTTP status from that status class; the root sets none, so bare it is 500.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class BookingError(WadudError):
     the children below say what the caller did wrong.
     """
 
-    http_status: ClassVar[int] = 500
     code: ClassVar[str] = "booking_error"
     title: ClassVar[str] = "Booking error"
 
@@ -56,7 +56,6 @@ class BookingError(WadudError):
 class InvalidSchedule(BookingError, Unprocessable):
     """A doctor's availability is inconsistent."""
 
-    http_status = 422
     code = "invalid_schedule"
     title = "Invalid availability schedule"
 
@@ -106,7 +105,6 @@ class InvalidTimeZone(InvalidSchedule):
 class UnknownConsultationType(BookingError, Unprocessable):
     """A consultation type that Wadud does not know (neither video nor in person)."""
 
-    http_status = 422
     code = "unknown_consultation_type"
     title = "Unknown consultation type"
 
@@ -114,7 +112,6 @@ class UnknownConsultationType(BookingError, Unprocessable):
 class ConsultationTypeNotOffered(BookingError, Unprocessable):
     """A known consultation type for which the doctor has no slot length."""
 
-    http_status = 422
     code = "consultation_type_not_offered"
     title = "Consultation type not offered"
 
@@ -122,7 +119,6 @@ class ConsultationTypeNotOffered(BookingError, Unprocessable):
 class InvalidTimeRange(BookingError, Unprocessable):
     """A naive datetime, an interval whose end precedes its start, a negative buffer."""
 
-    http_status = 422
     code = "invalid_time_range"
     title = "Invalid time range"
 
@@ -130,7 +126,6 @@ class InvalidTimeRange(BookingError, Unprocessable):
 class InvalidRefundPolicy(BookingError, Unprocessable):
     """A refund policy whose tiers are unordered or out of range."""
 
-    http_status = 422
     code = "invalid_refund_policy"
     title = "Invalid refund policy"
 
@@ -138,7 +133,6 @@ class InvalidRefundPolicy(BookingError, Unprocessable):
 class InvalidRefundRequest(BookingError, Unprocessable):
     """A refund asked for with a negative amount or naive datetimes."""
 
-    http_status = 422
     code = "invalid_refund_request"
     title = "Invalid refund request"
 
@@ -150,7 +144,6 @@ class SlotConflict(BookingError, Conflict):
     """The slot overlaps an active booking (raised by the database adapter when
     the exclusion constraint fires)."""
 
-    http_status = 409
     code = "slot_conflict"
     title = "Slot no longer free"
 
@@ -163,7 +156,6 @@ class InvalidTransition(BookingError, Conflict):
     ``str`` here so this module does not import the lifecycle).
     """
 
-    http_status = 409
     code = "invalid_transition"
     title = "Booking state does not allow this"
 

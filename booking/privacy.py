@@ -16,6 +16,7 @@ nothing personal left in it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import asyncpg
 
@@ -25,8 +26,60 @@ from privacy.rights import Erased, Part, Subject, records
 __all__ = ["BookingProvider", "retention_rules"]
 
 
-def _n(status: str) -> int:
-    return int(status.split()[-1])
+#: What erasure changes, in order: (the kind it is counted as, a statement on
+#: the patient's rows, whose id is $1).
+_SCRUBS: Final = (
+    (
+        "bookings",
+        """UPDATE bookings SET cancel_reason = NULL, manage_token_hash = NULL
+           WHERE patient_id = $1""",
+    ),
+    # booking_events is the bookings' own history: keep the transitions,
+    # drop any free text (a cancel reason) from their detail.
+    (
+        "booking_events",
+        """UPDATE booking_events e SET detail = e.detail - 'reason'
+           FROM bookings b
+           WHERE b.id = e.booking_id AND b.patient_id = $1 AND e.detail ? 'reason'""",
+    ),
+    (
+        "instant_queue",
+        """UPDATE instant_queue SET note = '',
+               status = CASE status WHEN 'waiting' THEN 'left' ELSE status END
+           WHERE patient_id = $1""",
+    ),
+    ("reviews", "UPDATE reviews SET body = '' WHERE patient_id = $1 AND body <> ''"),
+    # The gateway's payloads for this patient's payments (they may carry
+    # the payer's phone or email) are replaced; the row stays so a
+    # redelivered webhook is still recognised as seen.
+    (
+        "webhook_events",
+        """UPDATE webhook_events w SET payload = '{"erased": true}'::jsonb
+           FROM payment_intents p
+           WHERE p.patient_id = $1 AND p.gateway = w.gateway
+             AND p.gateway_ref IS NOT NULL
+             AND strpos(w.payload::text, p.gateway_ref) > 0""",
+    ),
+    (
+        "payment_events",
+        """UPDATE payment_events e SET detail = '{}'::jsonb
+           FROM payment_intents p
+           WHERE p.id = e.payment_intent_id AND p.patient_id = $1
+             AND e.detail <> '{}'::jsonb""",
+    ),
+    (
+        "payments",
+        """UPDATE payment_intents SET checkout_url = NULL, checkout_fields = '{}',
+               return_url = NULL, failure_reason = NULL
+           WHERE patient_id = $1""",
+    ),
+    (
+        "refunds",
+        """UPDATE refunds r SET reason = '', note = ''
+           FROM payment_intents p
+           WHERE p.id = r.payment_intent_id AND p.patient_id = $1""",
+    ),
+)
 
 
 class BookingProvider:
@@ -87,74 +140,8 @@ class BookingProvider:
     async def erase(self, conn: asyncpg.Connection, subject: Subject) -> Erased:
         uid = subject.user_id
         out = Erased()
-        out.counts["bookings"] = _n(
-            await conn.execute(
-                """UPDATE bookings SET cancel_reason = NULL, manage_token_hash = NULL
-                   WHERE patient_id = $1""",
-                uid,
-            )
-        )
-        # booking_events is the bookings' own history: keep the transitions,
-        # drop any free text (a cancel reason) from their detail.
-        out.counts["booking_events"] = _n(
-            await conn.execute(
-                """UPDATE booking_events e SET detail = e.detail - 'reason'
-                   FROM bookings b
-                   WHERE b.id = e.booking_id AND b.patient_id = $1 AND e.detail ? 'reason'""",
-                uid,
-            )
-        )
-        out.counts["instant_queue"] = _n(
-            await conn.execute(
-                """UPDATE instant_queue SET note = '',
-                       status = CASE status WHEN 'waiting' THEN 'left' ELSE status END
-                   WHERE patient_id = $1""",
-                uid,
-            )
-        )
-        out.counts["reviews"] = _n(
-            await conn.execute(
-                "UPDATE reviews SET body = '' WHERE patient_id = $1 AND body <> ''", uid
-            )
-        )
-        # The gateway's payloads for this patient's payments (they may carry
-        # the payer's phone or email) are replaced; the row stays so a
-        # redelivered webhook is still recognised as seen.
-        out.counts["webhook_events"] = _n(
-            await conn.execute(
-                """UPDATE webhook_events w SET payload = '{"erased": true}'::jsonb
-                   FROM payment_intents p
-                   WHERE p.patient_id = $1 AND p.gateway = w.gateway
-                     AND p.gateway_ref IS NOT NULL
-                     AND strpos(w.payload::text, p.gateway_ref) > 0""",
-                uid,
-            )
-        )
-        out.counts["payment_events"] = _n(
-            await conn.execute(
-                """UPDATE payment_events e SET detail = '{}'::jsonb
-                   FROM payment_intents p
-                   WHERE p.id = e.payment_intent_id AND p.patient_id = $1
-                     AND e.detail <> '{}'::jsonb""",
-                uid,
-            )
-        )
-        out.counts["payments"] = _n(
-            await conn.execute(
-                """UPDATE payment_intents SET checkout_url = NULL, checkout_fields = '{}',
-                       return_url = NULL, failure_reason = NULL
-                   WHERE patient_id = $1""",
-                uid,
-            )
-        )
-        out.counts["refunds"] = _n(
-            await conn.execute(
-                """UPDATE refunds r SET reason = '', note = ''
-                   FROM payment_intents p
-                   WHERE p.id = r.payment_intent_id AND p.patient_id = $1""",
-                uid,
-            )
-        )
+        for kind, statement in _SCRUBS:
+            out.count(kind, await conn.execute(statement, uid))
         return out
 
 

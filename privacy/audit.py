@@ -7,7 +7,9 @@ object=..., detail=...)`` (and ``record_many``) append rows to the table
 :data:`TABLE` (``audit_log``). They are defined in :mod:`wadud.audit`, in the
 ground, because the ground's sign-in flow is audited too; see there for the
 arguments. ``detail`` and every hashed field hold ids and codes only, never
-plaintext personal data.
+plaintext personal data. :func:`record_access` is ``record`` for a read or
+change of one patient's record, which is an access only when someone other
+than the patient makes it.
 
 The chain
 ---------
@@ -57,7 +59,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -65,6 +67,7 @@ from uuid import UUID
 import asyncpg
 
 from wadud.audit import ACTION, TABLE, Entry, record, record_many
+from wadud.principal import Principal, Role
 
 __all__ = [
     "ACTION",
@@ -76,6 +79,7 @@ __all__ = [
     "content",
     "forget_subject",
     "record",
+    "record_access",
     "record_many",
     "row_hash",
     "subject_digest",
@@ -92,6 +96,29 @@ COLUMNS = (
     "seq, at, actor_id, actor_role, action, clinic_id, object, subject_digest, detail,"
     " hash, subject_id"
 )
+
+
+async def record_access(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    me: Principal,
+    action: str,
+    row: Mapping[str, Any],
+    obj: str,
+) -> None:
+    """An audit row when a doctor, staff member or admin reads or changes a
+    patient's record ``obj`` (docs/privacy.md); a patient's own are not
+    accesses. ``row`` names the patient (``patient_id``) and the clinic
+    (``clinic_id``)."""
+    if me.role is Role.PATIENT:
+        return
+    await record(
+        conn,
+        actor=me,
+        action=action,
+        subject=row["patient_id"],
+        clinic=row["clinic_id"],
+        object=obj,
+    )
 
 
 def subject_digest(subject: UUID) -> str:

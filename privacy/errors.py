@@ -2,6 +2,8 @@
 
 Every error derives from :class:`PrivacyError`, hung under
 :class:`wadud.errors.WadudError`, so the one problem middleware renders it.
+A child's HTTP status is that of the status class it also derives from
+(``Forbidden``, ``NotFound``, ...); the root sets none, so bare it is 500.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ __all__ = [
 class PrivacyError(WadudError):
     """Root of every error raised by the privacy package (bare: our fault, 500)."""
 
-    http_status: ClassVar[int] = 500
     code: ClassVar[str] = "privacy_error"
     title: ClassVar[str] = "Privacy error"
 
@@ -36,7 +37,6 @@ class ConsentRequired(PrivacyError, Forbidden):
     whose rules asked for them, so a client can show the right texts.
     """
 
-    http_status = 403
     code = "consent_required"
     title = "Consent required"
 
@@ -54,7 +54,6 @@ class ConsentRequired(PrivacyError, Forbidden):
 class InvalidConsentText(PrivacyError, Unprocessable):
     """A consent text to publish is malformed (unknown purpose or language, empty body)."""
 
-    http_status = 422
     code = "invalid_consent_text"
     title = "Invalid consent text"
 
@@ -62,7 +61,6 @@ class InvalidConsentText(PrivacyError, Unprocessable):
 class UnknownConsentVersion(PrivacyError, NotFound):
     """An accept names a consent version that does not exist (or is not current)."""
 
-    http_status = 404
     code = "unknown_consent_version"
     title = "Unknown consent version"
 
@@ -70,7 +68,6 @@ class UnknownConsentVersion(PrivacyError, NotFound):
 class StaleConsentVersion(PrivacyError, Conflict):
     """An accept names a consent version that a newer one has replaced."""
 
-    http_status = 409
     code = "stale_consent_version"
     title = "Consent version replaced"
 

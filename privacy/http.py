@@ -38,6 +38,7 @@ from wadud import cursor, keys
 from wadud.api import ApiModel, Call, Role, Routes
 from wadud.errors import Forbidden, WadudError
 from wadud.principal import Principal
+from wadud.rows import from_row
 
 routes = Routes("privacy", "Consent texts and answers; the audit trail.")
 
@@ -240,7 +241,7 @@ async def publish_text(call: Call[TextIn, None]) -> TextOut:
 
 
 def _answer(row: asyncpg.Record) -> Answer:
-    return Answer(**{k: row[k] for k in Answer.model_fields})
+    return from_row(Answer, row)
 
 
 async def _mine(conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID) -> MyConsents:
@@ -251,7 +252,7 @@ async def _mine(conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID) -> MyCon
     )
     current = await consent.current_state(conn, user_id)
     return MyConsents(
-        current=[Answer(**{k: r[k] for k in Answer.model_fields}) for r in current],
+        current=[_answer(r) for r in current],
         history=[_answer(r) for r in history],
     )
 

@@ -75,13 +75,11 @@ FORMAT_VERSION = 1
 class ErasureNotConfirmed(PrivacyError, Unprocessable):
     """The confirmation (token, phrase or password) is missing or wrong."""
 
-    http_status = 422
     code = "erasure_not_confirmed"
     title = "Erasure not confirmed"
 
 
 class AlreadyErased(PrivacyError, Conflict):
-    http_status = 409
     code = "already_erased"
     title = "This account was erased"
 
@@ -120,6 +118,11 @@ class Erased:
 
     counts: dict[str, int] = field(default_factory=dict)
     storage_keys: list[str] = field(default_factory=list)
+
+    def count(self, kind: str, status: str) -> None:
+        """Count under ``kind`` the rows a command touched, read from its
+        status (``"UPDATE 3"``, ``"DELETE 0"``)."""
+        self.counts[kind] = int(status.split()[-1])
 
 
 class Provider(Protocol):
@@ -369,14 +372,14 @@ class AccountProvider:
                WHERE user_id = $1 AND revoked_at IS NULL""",
             uid,
         )
-        out.counts["sessions_revoked"] = int(status.split()[-1])
+        out.count("sessions_revoked", status)
         await conn.execute(
             """DELETE FROM refresh_tokens WHERE family_id IN
                    (SELECT id FROM token_families WHERE user_id = $1)""",
             uid,
         )
         status = await conn.execute("DELETE FROM idempotency_keys WHERE owner = $1", f"user:{uid}")
-        out.counts["idempotency_answers"] = int(status.split()[-1])
+        out.count("idempotency_answers", status)
         # Published events are history nobody reads again; unpublished ones
         # still have to go out (and are pruned after outbox_retention).
         status = await conn.execute(
@@ -384,7 +387,7 @@ class AccountProvider:
                AND strpos(payload::text, $1) > 0""",
             str(uid),
         )
-        out.counts["outbox_events"] = int(status.split()[-1])
+        out.count("outbox_events", status)
         out.counts["audit_rows_unlinked"] = await privacy_audit.forget_subject(conn, uid)
         # The row stays (bookings and the ledger point at it) with nothing
         # personal in it, disabled: no sign-in, every token refused.

@@ -158,18 +158,7 @@ async def visible_booking(
 async def _audit(
     conn: asyncpg.Connection | asyncpg.Pool, me: Principal, action: str, row: asyncpg.Record
 ) -> None:
-    """An audit row when a doctor, staff member or admin reads or changes a
-    patient's booking (docs/privacy.md); a patient's own are not accesses."""
-    if me.role is Role.PATIENT:
-        return
-    await audit.record(
-        conn,
-        actor=me,
-        action=action,
-        subject=row["patient_id"],
-        clinic=row["clinic_id"],
-        object=f"booking/{row['id']}",
-    )
+    await audit.record_access(conn, me, action, row, f"booking/{row['id']}")
 
 
 #: The region whose consent rules apply to a hold with doctor $1 (read with
@@ -323,20 +312,7 @@ async def accept_booking(call: Call[None, None]) -> BookingOut:
 @routes.post("/api/v1/bookings/{id:uuid}/decline", returns=BookingOut, auth=STAFF)
 async def decline_booking(call: Call[None, None]) -> BookingOut:
     """Decline a requested booking; the patient is refunded in full."""
-    me = call.user
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
-        updated = await service.cancel_booking(
-            conn,
-            row["id"],
-            by=CANCELLERS[Event.DECLINE],
-            actor_id=me.user_id,
-            reason="declined",
-            decline=True,
-            refund=refund_booking,
-        )
-        await _audit(conn, me, "booking.decline", row)
-    return booking_out(updated)
+    return await _cancel(call, CANCELLERS[Event.DECLINE], "declined", decline=True)
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/start", returns=BookingOut, auth=STAFF)
@@ -371,6 +347,27 @@ def _canceller(me: Principal) -> Canceller:
     return Canceller.CLINIC
 
 
+async def _cancel(
+    call: Call[Any, Any], by: Canceller, reason: str, *, decline: bool = False
+) -> BookingOut:
+    """Cancel (or decline) the booking in the path and refund per policy;
+    audited as ``booking.decline`` or ``booking.cancel``."""
+    me = call.user
+    async with call.pool.acquire() as conn, conn.transaction():
+        row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
+        updated = await service.cancel_booking(
+            conn,
+            row["id"],
+            by=by,
+            actor_id=me.user_id,
+            reason=reason,
+            decline=decline,
+            refund=refund_booking,
+        )
+        await _audit(conn, me, "booking.decline" if decline else "booking.cancel", row)
+    return booking_out(updated)
+
+
 @routes.post("/api/v1/bookings/{id:uuid}/cancel", body=CancelIn, returns=BookingOut, auth="any")
 async def cancel_booking(call: Call[CancelIn, None]) -> BookingOut:
     """Cancel a booking (its patient, its doctor, or staff of its clinic).
@@ -379,19 +376,7 @@ async def cancel_booking(call: Call[CancelIn, None]) -> BookingOut:
     more ahead gets everything back, from 2 h half, later nothing; a doctor or
     clinic cancelling refunds in full; an unpaid hold refunds nothing. The
     booking records who cancelled, why, and ``refund_minor``."""
-    me = call.user
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await visible_booking(conn, call.path_uuid("id"), me, lock=True)
-        updated = await service.cancel_booking(
-            conn,
-            row["id"],
-            by=_canceller(me),
-            actor_id=me.user_id,
-            reason=call.body.reason,
-            refund=refund_booking,
-        )
-        await _audit(conn, me, "booking.cancel", row)
-    return booking_out(updated)
+    return await _cancel(call, _canceller(call.user), call.body.reason)
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/reschedule", body=RescheduleIn, returns=BookingOut,

@@ -38,6 +38,7 @@ from wadud.errors import (
     UnsupportedMediaType,
 )
 from wadud.http import read_upload
+from wadud.rows import from_row
 from wadud.storage import sniff_type, storage_of
 
 routes = Routes("doctors", "Doctor profiles, credentials, availability and slots.")
@@ -255,24 +256,13 @@ async def fetch_doctor(
 
 def doctor_out(row: Mapping[str, Any]) -> Doctor:
     count = int(row["rating_count"])
-    return Doctor(
-        id=row["id"],
-        clinic_id=row["clinic_id"],
-        display_name=row["display_name"],
-        specialty=row["specialty"],
+    return from_row(
+        Doctor,
+        row,
         languages=list(row["languages"]),
-        bio=row["bio"],
-        fee_minor=row["fee_minor"],
-        currency=row["currency"],
-        region=row["region"],
-        status=row["status"],
-        time_zone=row["time_zone"],
         consultation_types=sorted(row["slot_minutes"]),
         rating_average=round(row["rating_sum"] / count, 2) if count else None,
         rating_count=count,
-        next_free_at=row["next_free_at"],
-        published_at=row["published_at"],
-        created_at=row["created_at"],
     )
 
 
@@ -696,12 +686,9 @@ async def _availability_out(conn: asyncpg.Connection, doctor_id: UUID) -> Availa
            WHERE doctor_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 1 ORDER BY day""",
         doctor_id,
     )
-    return AvailabilityOut(
-        time_zone=row["time_zone"],
-        buffer_before_min=row["buffer_before_min"],
-        buffer_after_min=row["buffer_after_min"],
-        min_notice_min=row["min_notice_min"],
-        horizon_days=row["horizon_days"],
+    return from_row(
+        AvailabilityOut,
+        row,
         slot_minutes=dict(row["slot_minutes"]),
         weekly=[
             WeeklyWindow(
@@ -720,7 +707,6 @@ async def _availability_out(conn: asyncpg.Connection, doctor_id: UUID) -> Availa
             )
             for o in overrides
         ],
-        next_free_at=row["next_free_at"],
     )
 
 

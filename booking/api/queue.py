@@ -47,6 +47,7 @@ from booking.lifecycle import ACTIVE_STATES
 from wadud import outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import Conflict, Forbidden, NotFound
+from wadud.rows import from_row
 
 routes = Routes("instant-queue", "Instant consultations: queue, position, take.")
 
@@ -191,18 +192,7 @@ async def _entry_out(conn: asyncpg.Connection, row: asyncpg.Record) -> EntryOut:
         doctors = max(1, await _doctors_taking(conn, row["clinic_id"], row["specialty"]))
         average = await average_consult_seconds(conn, row["clinic_id"], row["specialty"])
         wait = math.ceil(position / doctors) * round(average)
-    return EntryOut(
-        id=row["id"],
-        clinic_id=row["clinic_id"],
-        specialty=row["specialty"],
-        status=row["status"],
-        note=row["note"],
-        enqueued_at=row["enqueued_at"],
-        position=position,
-        estimated_wait_seconds=wait,
-        booking_id=row["booking_id"],
-        taken_at=row["taken_at"],
-    )
+    return from_row(EntryOut, row, position=position, estimated_wait_seconds=wait)
 
 
 def _entry_event(row: asyncpg.Record) -> dict[str, Any]:

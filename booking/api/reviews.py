@@ -8,7 +8,7 @@ equal the sum over the doctor's visible reviews.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
@@ -18,6 +18,7 @@ from booking.api.doctors import fetch_doctor
 from wadud import cursor, outbox
 from wadud.api import ApiModel, Call, Role, Routes, in_sane_range
 from wadud.errors import Conflict, NotFound
+from wadud.rows import from_row
 
 routes = Routes("reviews", "Patients' reviews of doctors.")
 
@@ -66,6 +67,31 @@ class AlreadyReviewed(Conflict):
 _COLS = "id, doctor_id, booking_id, rating, body, hidden, created_at"
 
 
+async def _counted(
+    conn: asyncpg.Connection, row: asyncpg.Record, sign: int, event: str, **data: Any
+) -> None:
+    """Count the review ``row`` into (``sign`` 1) or out of (-1) its doctor's
+    rating, and emit ``event`` about it with ``data``."""
+    await conn.execute(
+        """UPDATE doctors SET rating_count = rating_count + $3,
+                              rating_sum = rating_sum + $3 * $2
+           WHERE id = $1""",
+        row["doctor_id"],
+        row["rating"],
+        sign,
+    )
+    await outbox.emit(
+        conn,
+        event,
+        {
+            "review_id": str(row["id"]),
+            "doctor_id": str(row["doctor_id"]),
+            "clinic_id": str(row["clinic_id"]),
+            **data,
+        },
+    )
+
+
 @routes.post(
     "/api/v1/bookings/{booking_id:uuid}/review",
     body=ReviewIn,
@@ -91,7 +117,7 @@ async def post_review(call: Call[ReviewIn, None]) -> Review:
                 row = await conn.fetchrow(
                     f"""INSERT INTO reviews (booking_id, clinic_id, doctor_id, patient_id,
                                              rating, body)
-                        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLS}""",
+                        VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLS}, clinic_id""",
                     booking["id"],
                     booking["clinic_id"],
                     booking["doctor_id"],
@@ -102,24 +128,8 @@ async def post_review(call: Call[ReviewIn, None]) -> Review:
         except asyncpg.UniqueViolationError:
             raise AlreadyReviewed("you reviewed this consultation already") from None
         assert row is not None
-        await conn.execute(
-            """UPDATE doctors SET rating_count = rating_count + 1,
-                                  rating_sum = rating_sum + $2
-               WHERE id = $1""",
-            booking["doctor_id"],
-            body.rating,
-        )
-        await outbox.emit(
-            conn,
-            "review.created",
-            {
-                "review_id": str(row["id"]),
-                "doctor_id": str(booking["doctor_id"]),
-                "clinic_id": str(booking["clinic_id"]),
-                "rating": body.rating,
-            },
-        )
-    return Review(**dict(row))
+        await _counted(conn, row, 1, "review.created", rating=body.rating)
+    return from_row(Review, row)
 
 
 @routes.get(
@@ -186,21 +196,5 @@ async def hide_review(call: Call[HideIn, None]) -> Review:
                 call.user.user_id,
             )
             assert row is not None
-            await conn.execute(
-                """UPDATE doctors SET rating_count = rating_count - 1,
-                                      rating_sum = rating_sum - $2
-                   WHERE id = $1""",
-                row["doctor_id"],
-                row["rating"],
-            )
-            await outbox.emit(
-                conn,
-                "review.hidden",
-                {
-                    "review_id": str(row["id"]),
-                    "doctor_id": str(row["doctor_id"]),
-                    "clinic_id": str(row["clinic_id"]),
-                    "reason": call.body.reason,
-                },
-            )
-    return Review(**{k: row[k] for k in Review.model_fields})
+            await _counted(conn, row, -1, "review.hidden", reason=call.body.reason)
+    return from_row(Review, row)

@@ -32,6 +32,7 @@ from booking import slots as slot_db
 from wadud import cursor, keys
 from wadud.api import ApiModel, Call, Routes, in_sane_range
 from wadud.errors import Unprocessable
+from wadud.rows import from_row
 
 log = logging.getLogger("booking.search")
 
@@ -215,18 +216,12 @@ async def search_doctors(call: Call[None, SearchQuery]) -> SearchPage:
 
 def summary(row: asyncpg.Record) -> DoctorSummary:
     count = int(row["rating_count"])
-    return DoctorSummary(
-        id=row["id"],
-        clinic_id=row["clinic_id"],
-        display_name=row["display_name"],
-        specialty=row["specialty"],
+    return from_row(
+        DoctorSummary,
+        row,
         languages=list(row["languages"]),
-        fee_minor=row["fee_minor"],
-        currency=row["currency"],
-        region=row["region"],
         rating_average=round(row["rating_sum"] / count, 2) if count else None,
         rating_count=count,
-        next_free_at=row["next_free_at"],
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -47,9 +48,11 @@ from booking.payments.gateway import GatewayRegistry, Verdict
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
 from booking.payments.service import GATEWAYS, INTENT_COLUMNS
+from booking.payments.webhook_http import WebhookAck, deliver
 from wadud import keys, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import Conflict, NotFound, Unprocessable
+from wadud.rows import from_row
 
 __all__ = ["SWEEP_INTERVAL", "lifespan", "routes"]
 
@@ -158,14 +161,6 @@ class PaymentResult(ApiModel):
     status: IntentState
 
 
-class WebhookAck(ApiModel):
-    received: bool = True
-    duplicate: bool
-    event_id: str
-    payment_id: UUID | None
-    status: str | None
-
-
 class RefundIn(ApiModel):
     amount_minor: Amount
     reason: Reason = ""
@@ -258,21 +253,10 @@ def _sees(me: Principal, row: asyncpg.Record) -> bool:
 def _payment(row: asyncpg.Record, me: Principal | None = None, owed: int = 0) -> Payment:
     live = IntentState(row["status"]) in service.LIVE_STATES
     show = live and me is not None and me.user_id == row["patient_id"] and row["checkout_url"]
-    return Payment(
-        id=row["id"],
-        booking_id=row["booking_id"],
-        clinic_id=row["clinic_id"],
-        patient_id=row["patient_id"],
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
-        gateway=row["gateway"],
-        status=IntentState(row["status"]),
-        refunded_minor=row["refunded_minor"],
+    return from_row(
+        Payment,
+        row,
         refund_due_minor=owed,
-        failure_reason=row["failure_reason"],
-        expires_at=row["expires_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
         checkout=Checkout(
             url=row["checkout_url"],
             method=row["checkout_method"],
@@ -582,9 +566,7 @@ async def payment_return(call: Call[None, None]) -> web.StreamResponse:
     "/api/v1/payments/{payment_id:uuid}/return",
     returns=PaymentResult,
     auth="public",
-    raw_body={
-        "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}},
-    },
+    raw_body=service.form_body(),
     responses={303: "Verified; a program (not a browser) on to the client's return_url"},
 )
 async def payment_return_post(call: Call[None, None]) -> web.StreamResponse:
@@ -622,21 +604,7 @@ async def webhook(call: Call[None, None]) -> WebhookAck:
     if name not in registry:
         raise NotFound(f"no payment gateway named {name!r}")
     body = await call.request.read()
-    outcome = await service.handle_webhook(
-        call.pool,
-        registry,
-        name,
-        body,
-        call.request.headers,
-        _now(),
-        default_bp=call.settings.payments_platform_commission_bp,
-    )
-    return WebhookAck(
-        duplicate=outcome.duplicate,
-        event_id=outcome.event_id,
-        payment_id=outcome.payment_id,
-        status=outcome.status,
-    )
+    return await deliver(call, name, body, call.request.headers, _now())
 
 
 # --- refunds --------------------------------------------------------------------------
@@ -771,17 +739,7 @@ async def doctor_earnings(call: Call[None, None]) -> Earnings:
         batch_lines = await payouts_api.doctor_batch_lines(conn, doctor["id"])
     return Earnings(
         doctor_id=doctor["id"],
-        currencies=[
-            CurrencyEarnings(
-                currency=f.currency,
-                gross_minor=f.gross_minor,
-                refunds_minor=f.refunds_minor,
-                commission_minor=f.commission_minor,
-                paid_out_minor=f.paid_out_minor,
-                payable_minor=f.payable_minor,
-            )
-            for f in figures
-        ],
+        currencies=[CurrencyEarnings(**dataclasses.asdict(f)) for f in figures],
         payout_batches=batch_lines,
     )
 
@@ -823,20 +781,13 @@ async def clinic_ledger(call: Call[None, LedgerQuery]) -> LedgerPage:
         )
     by_txn: dict[UUID, list[LedgerEntry]] = {}
     for e in entries:
-        by_txn.setdefault(e["transaction_id"], []).append(
-            LedgerEntry(
-                account=e["account"], amount_minor=e["amount_minor"], currency=e["currency"]
-            )
-        )
+        by_txn.setdefault(e["transaction_id"], []).append(from_row(LedgerEntry, e))
     return LedgerPage(
         items=[
-            LedgerTransaction(
-                id=h["id"],
-                kind=h["kind"],
-                reference=h["reference"],
+            from_row(
+                LedgerTransaction,
+                h,
                 payment_id=h["payment_intent_id"],
-                booking_id=h["booking_id"],
-                created_at=h["created_at"],
                 entries=by_txn.get(h["id"], []),
             )
             for h in page

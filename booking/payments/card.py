@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from booking.payments.errors import GatewayError, GatewayUnreachable, MalformedPayload
+from booking.payments.errors import GatewayError, MalformedPayload
 from booking.payments.gateway import (
     DEFAULT_TOLERANCE,
     CheckoutSession,
@@ -41,6 +41,7 @@ from booking.payments.gateway import (
     unix_seconds,
     verify_webhook,
 )
+from booking.payments.gateway_http import request_json
 from booking.payments.intent import Currency, Money, PaymentIntent
 
 __all__ = ["CardGateway", "CardSettings", "session_status"]
@@ -124,26 +125,16 @@ class CardGateway:
         headers = {"Authorization": f"Bearer {self.settings.api_key}"}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
-        url = self.settings.api_base.rstrip("/") + path
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout.total_seconds()),
-            ) as response:
-                status = response.status
-                if status >= 500:
-                    raise GatewayUnreachable(f"card API {method} {path} answered HTTP {status}")
-                body: Any = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GatewayUnreachable(f"card API {method} {path} failed: {exc!r}") from exc
-        except ValueError as exc:
-            raise GatewayError(f"card API {method} {path} answered no JSON: {exc!r}") from exc
-        if not isinstance(body, dict):
-            raise GatewayError(f"card API {method} {path} answered a non-object")
-        return status, body
+        return await request_json(
+            self._session,
+            method,
+            self.settings.api_base.rstrip("/") + path,
+            what=f"card API {method} {path}",
+            limit=self.settings.timeout,
+            headers=headers,
+            data=data,
+            only_ok=False,
+        )
 
     @staticmethod
     def _error(body: Mapping[str, Any]) -> tuple[str, str]:

@@ -5,7 +5,7 @@ locally: ``GET /sandbox/checkout/{reference}`` shows the visit and the amount
 with Pay and Decline buttons, in the patient's language
 (:mod:`booking.pages`); the form's POST settles the sandbox payment, then "the
 gateway" delivers its signed webhook, in process, through the very function
-the webhook endpoint calls (:func:`booking.payments.service.handle_webhook`),
+the webhook endpoint calls (:func:`booking.payments.webhook_http.deliver`),
 and finally sends the browser to the signed return URL, where the redirect
 landing verifies it like any gateway's.
 
@@ -27,8 +27,9 @@ from booking import pages
 from booking.payments import service
 from booking.payments.gateway import PaymentStatus
 from booking.payments.sandbox import SandboxGateway
+from booking.payments.webhook_http import deliver
 from wadud.api import Call, Routes
-from wadud.errors import BadRequest, NotFound, WadudError
+from wadud.errors import NotFound, WadudError
 
 __all__ = ["routes"]
 
@@ -87,39 +88,18 @@ async def sandbox_checkout_page(call: Call[None, None]) -> web.Response:
     _PATH,
     status=303,
     auth="public",
-    raw_body={
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["action"],
-                    "properties": {"action": {"type": "string", "enum": ["pay", "decline"]}},
-                }
-            }
-        }
-    },
+    raw_body=service.choice_body("pay", "decline"),
 )
 async def sandbox_checkout_submit(call: Call[None, None]) -> web.Response:
     """Pay or decline on the sandbox page; redirects to the signed return URL."""
     reference = call.path("reference")
     gateway = _sandbox(call)
-    form = await service.read_form(call.request)
-    action = form.get("action")
-    if action not in ("pay", "decline"):
-        raise BadRequest("action must be pay or decline")
+    paid = await service.read_choice(call.request, "pay", "decline")
     now = datetime.now(UTC)
-    target = gateway.complete(reference, action == "pay", now)
+    target = gateway.complete(reference, paid, now)
     body, headers = gateway.webhook(reference, now)
     try:
-        await service.handle_webhook(
-            call.pool,
-            call.request.app[service.GATEWAYS],
-            gateway.name,
-            body,
-            headers,
-            now,
-            default_bp=call.settings.payments_platform_commission_bp,
-        )
+        await deliver(call, gateway.name, body, headers, now)
     except WadudError:
         log.warning(
             "sandbox webhook delivery failed", extra={"reference": reference}, exc_info=True

@@ -67,7 +67,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from booking.payments.errors import (
     GatewayError,
-    GatewayUnreachable,
     InvalidSignature,
     MalformedPayload,
     UnknownReference,
@@ -83,6 +82,7 @@ from booking.payments.gateway import (
     get_header,
     reference_suffix,
 )
+from booking.payments.gateway_http import request_json
 from booking.payments.intent import Currency, Money, PaymentIntent
 from wadud.config import Settings
 
@@ -422,26 +422,15 @@ class EasyPaisaGateway:
             CREDENTIALS_HEADER: credentials_header(s.username, s.password),
             "Accept": "application/json",
         }
-        limit = (wait or s.timeout).total_seconds()
-        try:
-            async with self._session.post(
-                s.url(path),
-                json=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=limit),
-            ) as response:
-                if response.status >= 500:
-                    raise GatewayUnreachable(f"EasyPaisa answered HTTP {response.status}")
-                if response.status != 200:
-                    raise GatewayError(f"EasyPaisa answered HTTP {response.status}")
-                # EasyPaisa labels its JSON text/html (see the recorded answers).
-                data: Any = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GatewayUnreachable(f"EasyPaisa request failed: {exc!r}") from exc
-        except ValueError as exc:
-            raise GatewayError(f"EasyPaisa answer is not JSON: {exc!r}") from exc
-        if not isinstance(data, dict):
-            raise GatewayError("EasyPaisa answer is not a JSON object")
+        _, data = await request_json(
+            self._session,
+            "POST",
+            s.url(path),
+            what="EasyPaisa",
+            limit=wait or s.timeout,
+            headers=headers,
+            json=body,
+        )
         return data
 
     async def initiate_ma(
@@ -583,24 +572,15 @@ class EasyPaisaGateway:
     ) -> WebhookEvent:
         """Read an IPN: check its link, fetch the record, check the record."""
         link = self.ipn_link(body, headers)
-        try:
-            async with self._session.get(
-                link,
-                headers={"Accept": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout.total_seconds()),
-                allow_redirects=False,
-            ) as response:
-                if response.status >= 500:
-                    raise GatewayUnreachable(f"EasyPaisa IPN link answered HTTP {response.status}")
-                if response.status != 200:
-                    raise GatewayError(f"EasyPaisa IPN link answered HTTP {response.status}")
-                record: Any = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GatewayUnreachable(f"EasyPaisa IPN link failed: {exc!r}") from exc
-        except ValueError as exc:
-            raise GatewayError(f"EasyPaisa IPN record is not JSON: {exc!r}") from exc
-        if not isinstance(record, dict):
-            raise GatewayError("EasyPaisa IPN record is not a JSON object")
+        _, record = await request_json(
+            self._session,
+            "GET",
+            link,
+            what="EasyPaisa IPN link",
+            limit=self.settings.timeout,
+            headers={"Accept": "application/json"},
+            allow_redirects=False,
+        )
         order = str(record.get("order_id") or "")
         if str(record.get("store_id") or "") != self.settings.store_id:
             raise InvalidSignature("the EasyPaisa IPN record is for another store")

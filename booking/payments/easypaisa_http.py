@@ -65,6 +65,7 @@ from booking.payments.easypaisa_sim import SIM_PREFIX, EasyPaisaSimulator, codes
 from booking.payments.errors import GatewayError
 from booking.payments.intent import IntentState
 from booking.payments.rows import money
+from booking.payments.webhook_http import WebhookAck, deliver
 from wadud import http, keys, loops
 from wadud.api import ENDPOINTS, ApiModel, Call, Routes
 from wadud.errors import BadRequest, NotFound, Unprocessable, WadudError
@@ -265,20 +266,13 @@ async def easypaisa_ma_page(call: Call[None, None]) -> web.Response:
     MA_PAGE_PATH.replace("{reference}", _REF),
     status=303,
     auth="public",
-    raw_body={
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["mobileAccountNo"],
-                    "properties": {
-                        "mobileAccountNo": {"type": "string", "pattern": f"^{_MOBILE}$"},
-                        "emailAddress": {"type": "string", "maxLength": 200},
-                    },
-                }
-            }
-        }
-    },
+    raw_body=service.form_body(
+        required=["mobileAccountNo"],
+        properties={
+            "mobileAccountNo": {"type": "string", "pattern": f"^{_MOBILE}$"},
+            "emailAddress": {"type": "string", "maxLength": 200},
+        },
+    ),
     responses={422: "Not a Pakistani mobile number (03XXXXXXXXX)"},
 )
 async def easypaisa_ma_submit(call: Call[None, None]) -> web.Response:
@@ -318,48 +312,31 @@ async def easypaisa_ma_submit(call: Call[None, None]) -> web.Response:
 # --- our side: the IPN handler -----------------------------------------------------------
 
 
+def _ipn(url: str) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of an IPN naming the record at ``url``, as the
+    gateway's ``parse_webhook`` reads it."""
+    return urlencode({"url": url}).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+
+
 class IpnQuery(ApiModel):
     url: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
-
-
-class IpnAck(ApiModel):
-    received: bool = True
-    duplicate: bool
-    event_id: str
-    payment_id: UUID | None
-    status: str | None
 
 
 @routes.get(
     IPN_HANDLER_PATH,
     query=IpnQuery,
-    returns=IpnAck,
+    returns=WebhookAck,
     auth="public",
     responses={400: "The url is not EasyPaisa's, or its record is not ours"},
 )
-async def easypaisa_ipn(call: Call[None, IpnQuery]) -> IpnAck:
+async def easypaisa_ipn(call: Call[None, IpnQuery]) -> WebhookAck:
     """EasyPaisa's IPN handler (set it in the merchant portal).
 
     EasyPaisa calls it with ``url``, a link on its own host; we fetch the
     transaction from there (any other host is refused, 400) and apply it like
     any webhook: deduplicated on order, status and transaction id, in one
     transaction."""
-    gateway = _gateway(call)
-    outcome = await service.handle_webhook(
-        call.pool,
-        call.request.app[service.GATEWAYS],
-        gateway.name,
-        urlencode({"url": call.query.url}).encode(),
-        {"Content-Type": "application/x-www-form-urlencoded"},
-        _now(),
-        default_bp=call.settings.payments_platform_commission_bp,
-    )
-    return IpnAck(
-        duplicate=outcome.duplicate,
-        event_id=outcome.event_id,
-        payment_id=outcome.payment_id,
-        status=outcome.status,
-    )
+    return await deliver(call, _gateway(call).name, *_ipn(call.query.url), _now())
 
 
 # --- the simulator ------------------------------------------------------------------------
@@ -392,15 +369,7 @@ async def _notify(call: Call[Any, Any], host: SimulatorHost, reference: str) -> 
             log.warning("simulated EasyPaisa IPN failed", extra={"reference": reference})
         return
     try:
-        await service.handle_webhook(
-            call.pool,
-            call.request.app[service.GATEWAYS],
-            host.core.settings.name,
-            urlencode({"url": host.core.ipn_url(reference)}).encode(),
-            {"Content-Type": "application/x-www-form-urlencoded"},
-            _now(),
-            default_bp=call.settings.payments_platform_commission_bp,
-        )
+        await deliver(call, host.core.settings.name, *_ipn(host.core.ipn_url(reference)), _now())
     except WadudError:
         log.warning("simulated EasyPaisa IPN failed", extra={"reference": reference}, exc_info=True)
 
@@ -411,9 +380,7 @@ def _decided(host: SimulatorHost, reference: str) -> None:
         waiter.set()
 
 
-_FORM_BODY: Final = {
-    "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
-}
+_FORM_BODY: Final = service.form_body()
 
 
 @simulator_routes.post(
@@ -560,26 +527,13 @@ async def easypaisa_sim_phone(call: Call[None, None]) -> web.Response:
     SIM_PREFIX + "/phone/{order:[A-Za-z0-9_-]{1,40}}",
     status=303,
     auth="public",
-    raw_body={
-        "content": {
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["action"],
-                    "properties": {"action": {"type": "string", "enum": ["approve", "decline"]}},
-                }
-            }
-        }
-    },
+    raw_body=service.choice_body("approve", "decline"),
 )
 async def easypaisa_sim_phone_answer(call: Call[None, None]) -> web.Response:
     """Simulator: approve or decline an MA request on the phone."""
     host = _sim(call)
-    form = await service.read_form(call.request)
-    action = form.get("action")
-    if action not in ("approve", "decline"):
-        raise BadRequest("action must be approve or decline")
-    order = host.core.settle(call.path("order"), action == "approve", _now())
+    approved = await service.read_choice(call.request, "approve", "decline")
+    order = host.core.settle(call.path("order"), approved, _now())
     _decided(host, order.reference)
     await _notify(call, host, order.reference)
     return web.Response(status=303, headers={"Location": f"{SIM_PREFIX}/phone"})

@@ -42,7 +42,6 @@ import aiohttp
 
 from booking.payments.errors import (
     GatewayError,
-    GatewayUnreachable,
     InvalidSignature,
     MalformedPayload,
     UnsupportedCurrency,
@@ -57,6 +56,7 @@ from booking.payments.gateway import (
     get_header,
     reference_suffix,
 )
+from booking.payments.gateway_http import request_json
 from booking.payments.intent import Currency, Money, PaymentIntent
 
 __all__ = [
@@ -300,23 +300,14 @@ class JazzCashGateway:
         )
 
     async def _post(self, url: str, fields: dict[str, str]) -> dict[str, str]:
-        try:
-            async with self._session.post(
-                url,
-                json=self._sign(fields),
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout.total_seconds()),
-            ) as response:
-                if response.status >= 500:
-                    raise GatewayUnreachable(f"JazzCash answered HTTP {response.status}")
-                if response.status != 200:
-                    raise GatewayError(f"JazzCash answered HTTP {response.status}")
-                data: Any = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GatewayUnreachable(f"JazzCash request failed: {exc!r}") from exc
-        except ValueError as exc:
-            raise GatewayError(f"JazzCash answer is not JSON: {exc!r}") from exc
-        if not isinstance(data, dict):
-            raise GatewayError("JazzCash answer is not a JSON object")
+        _, data = await request_json(
+            self._session,
+            "POST",
+            url,
+            what="JazzCash",
+            limit=self.settings.timeout,
+            json=self._sign(fields),
+        )
         try:
             answer = _string_fields(data)
             verify_secure_hash(answer, self.settings.integrity_salt)

@@ -71,6 +71,7 @@ __all__ = [
     "payout",
     "refund",
     "refunded_total",
+    "simple",
     "split",
 ]
 
@@ -183,6 +184,24 @@ def _entries(currency: Currency, legs: Iterable[tuple[str, int]]) -> tuple[Entry
     return tuple(Entry(account, amount, currency) for account, amount in legs if amount)
 
 
+def simple(kind: str, reference: str, amount: Money, *, debit: str, credit: str) -> Transaction:
+    """A simple (two-entry) transaction: ``amount`` debited to ``debit`` and
+    credited to ``credit``."""
+    return Transaction(
+        kind,
+        reference,
+        (
+            Entry(debit, amount.amount_minor, amount.currency),
+            Entry(credit, -amount.amount_minor, amount.currency),
+        ),
+    )
+
+
+def _positive(amount: Money, what: str) -> None:
+    if amount.amount_minor <= 0:
+        raise InvalidAmount(f"{what} must be positive, got {amount}")
+
+
 @dataclass(frozen=True, slots=True)
 class CapturedPayment:
     """A payment the gateway has confirmed, as the ledger needs it."""
@@ -195,9 +214,8 @@ class CapturedPayment:
 
 def capture(payment: CapturedPayment, commission: Commission) -> Transaction:
     """Money in: debit gateway clearing; credit doctor payable and platform revenue."""
+    _positive(payment.amount, "a capture")
     gross = payment.amount.amount_minor
-    if gross <= 0:
-        raise InvalidAmount(f"a capture must be positive, got {payment.amount}")
     platform, doctor = split(gross, commission)
     return Transaction(
         "capture",
@@ -270,8 +288,7 @@ def refund(
     cap = _read_capture(capture_txn)
     if amount.currency is not cap.currency:
         raise CurrencyMismatch(f"refund in {amount.currency} of a capture in {cap.currency}")
-    if amount.amount_minor <= 0:
-        raise InvalidAmount(f"a refund must be positive, got {amount}")
+    _positive(amount, "a refund")
     before = refunded_total(capture_txn, previous)
     after = before + amount.amount_minor
     if after > cap.gross:
@@ -296,18 +313,9 @@ def refund(
 
 def payout(doctor_id: str, amount: Money, payout_id: str) -> Transaction:
     """Money out: debit the doctor's payable, credit payouts clearing."""
-    if amount.amount_minor <= 0:
-        raise InvalidAmount(f"a payout must be positive, got {amount}")
-    return Transaction(
-        "payout",
-        payout_id,
-        _entries(
-            amount.currency,
-            [
-                (doctor_payable(doctor_id), amount.amount_minor),
-                (PAYOUTS_CLEARING, -amount.amount_minor),
-            ],
-        ),
+    _positive(amount, "a payout")
+    return simple(
+        "payout", payout_id, amount, debit=doctor_payable(doctor_id), credit=PAYOUTS_CLEARING
     )
 
 
@@ -315,36 +323,26 @@ def owed_back(gateway: str, amount: Money, reference: str) -> Transaction:
     """Money in that is not ours to keep (paid after its booking lapsed, on a
     gateway that cannot send it back): debit the gateway's clearing account,
     credit what is owed to the patient. No revenue, nothing to the doctor."""
-    if amount.amount_minor <= 0:
-        raise InvalidAmount(f"money owed back must be positive, got {amount}")
-    return Transaction(
+    _positive(amount, "money owed back")
+    return simple(
         "adjustment",
         f"late_payment:{reference}",
-        _entries(
-            amount.currency,
-            [
-                (gateway_clearing(gateway), amount.amount_minor),
-                (PATIENT_REFUNDS_DUE, -amount.amount_minor),
-            ],
-        ),
+        amount,
+        debit=gateway_clearing(gateway),
+        credit=PATIENT_REFUNDS_DUE,
     )
 
 
 def owed_back_sent(gateway: str, amount: Money, reference: str) -> Transaction:
     """The money :func:`owed_back` parked left through the gateway's account:
     its exact reverse."""
-    if amount.amount_minor <= 0:
-        raise InvalidAmount(f"money sent back must be positive, got {amount}")
-    return Transaction(
+    _positive(amount, "money sent back")
+    return simple(
         "adjustment",
         f"late_payment_refund:{reference}",
-        _entries(
-            amount.currency,
-            [
-                (PATIENT_REFUNDS_DUE, amount.amount_minor),
-                (gateway_clearing(gateway), -amount.amount_minor),
-            ],
-        ),
+        amount,
+        debit=PATIENT_REFUNDS_DUE,
+        credit=gateway_clearing(gateway),
     )
 
 

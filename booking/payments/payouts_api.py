@@ -24,6 +24,7 @@ from booking.payments.intent import Currency
 from booking.payments.payout_details import SEALED_COLUMNS, Details, sealer_of
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound
+from wadud.rows import from_row
 
 __all__ = ["DoctorBatchLine", "doctor_batch_lines", "routes"]
 
@@ -182,19 +183,7 @@ async def _batch(
 
 
 def _line(row: asyncpg.Record) -> BatchLine:
-    return BatchLine(
-        id=row["id"],
-        line_no=row["line_no"],
-        doctor_id=row["doctor_id"],
-        amount_minor=row["amount_minor"],
-        currency=Currency(row["currency"]),
-        iban_last4=row["iban_last4"],
-        reference=row["reference"],
-        status=LineStatus(row["status"]),
-        failure_reason=row["failure_reason"],
-        payout_id=row["payout_id"],
-        settled_at=row["settled_at"],
-    )
+    return from_row(BatchLine, row)
 
 
 def _batch_out(
@@ -202,16 +191,9 @@ def _batch_out(
     lines: list[asyncpg.Record] | None = None,
     skipped: list[payouts.Skipped] | None = None,
 ) -> Batch:
-    return Batch(
-        id=row["id"],
-        clinic_id=row["clinic_id"],
-        reference=row["reference"],
-        currency=Currency(row["currency"]),
-        threshold_minor=row["threshold_minor"],
-        status=row["status"],
-        created_by=row["created_by"],
-        created_at=row["created_at"],
-        closed_at=row["closed_at"],
+    return from_row(
+        Batch,
+        row,
         **payouts.summary(row),
         lines=None if lines is None else [_line(r) for r in lines],
         skipped=None
@@ -237,24 +219,19 @@ async def doctor_batch_lines(
     conn: asyncpg.Connection | asyncpg.Pool, doctor_id: UUID
 ) -> list[DoctorBatchLine]:
     """The doctor's latest batch lines, newest batch first (for the earnings)."""
-    return [
-        DoctorBatchLine(
-            batch_id=r["batch_id"],
-            batch_reference=r["batch_reference"],
-            batch_status=r["batch_status"],
-            batch_created_at=r["batch_created_at"],
-            reference=r["reference"],
-            amount_minor=r["amount_minor"],
-            currency=Currency(r["currency"]),
-            status=LineStatus(r["status"]),
-            failure_reason=r["failure_reason"],
-            settled_at=r["settled_at"],
-        )
-        for r in await payouts.doctor_lines(conn, doctor_id)
-    ]
+    return [from_row(DoctorBatchLine, r) for r in await payouts.doctor_lines(conn, doctor_id)]
 
 
 # --- a doctor's bank details --------------------------------------------------------
+
+
+def _account_out(row: asyncpg.Record, details: Details) -> PayoutAccount:
+    return PayoutAccount(
+        doctor_id=row["doctor_id"],
+        iban=details.iban,
+        account_title=details.account_title,
+        updated_at=row["updated_at"],
+    )
 
 
 @routes.put(
@@ -276,12 +253,7 @@ async def put_payout_account(call: Call[PayoutAccountIn, None]) -> PayoutAccount
         doctor = await _doctor(conn, call.user, call.path_uuid("doctor_id"))
         sealed = await sealer.seal(conn, doctor["id"], doctor["user_id"], details)
         row = await payouts.save_account(conn, doctor, sealed=sealed, actor=call.user)
-    return PayoutAccount(
-        doctor_id=row["doctor_id"],
-        iban=details.iban,
-        account_title=details.account_title,
-        updated_at=row["updated_at"],
-    )
+    return _account_out(row, details)
 
 
 @routes.get(
@@ -302,12 +274,7 @@ async def get_payout_account(call: Call[None, None]) -> PayoutAccount:
         if row is None:
             raise NotFound("the doctor has no payout account yet")
         (details,) = await sealer_of(call.request.app).open_rows(conn, [row])
-    return PayoutAccount(
-        doctor_id=row["doctor_id"],
-        iban=details.iban,
-        account_title=details.account_title,
-        updated_at=row["updated_at"],
-    )
+    return _account_out(row, details)
 
 
 # --- batches ------------------------------------------------------------------------

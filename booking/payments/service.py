@@ -90,10 +90,12 @@ __all__ = [
     "RefundRefused",
     "apply_verdict",
     "build_registry",
+    "choice_body",
     "commission_for",
     "current_registry",
     "current_registry_or_none",
     "doctor_earnings",
+    "form_body",
     "gateway_answered",
     "gateway_unreachable",
     "handle_webhook",
@@ -102,6 +104,7 @@ __all__ = [
     "payment_payload",
     "post_refund",
     "post_transaction",
+    "read_choice",
     "read_form",
     "record_intent_event",
     "refund_booking",
@@ -139,6 +142,30 @@ async def read_form(request: web.Request) -> dict[str, str]:
     except (ValueError, LookupError, AssertionError) as exc:
         raise BadRequest(f"the body is not a readable form: {exc}") from None
     return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def form_body(**schema: Any) -> dict[str, Any]:
+    """The OpenAPI request body of a posted form whose object schema has
+    ``schema``'s keys (``required``, ``properties``) besides its type."""
+    return {
+        "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", **schema}}}
+    }
+
+
+def choice_body(yes: str, no: str) -> dict[str, Any]:
+    """:func:`form_body` of a page with two buttons named ``action``."""
+    return form_body(
+        required=["action"], properties={"action": {"type": "string", "enum": [yes, no]}}
+    )
+
+
+async def read_choice(request: web.Request, yes: str, no: str) -> bool:
+    """Which of a :func:`choice_body` form's two buttons was pressed (``yes``:
+    true); anything else is a 400."""
+    action = (await read_form(request)).get("action")
+    if action not in (yes, no):
+        raise BadRequest(f"action must be {yes} or {no}")
+    return action == yes
 
 
 # --- the ledger ---------------------------------------------------------------

@@ -430,23 +430,13 @@ class BankDetails:
 def refund_due(amount: Money, credit_id: str) -> ledger.Transaction:
     """Money in that is not ours to keep: debit the bank (clearing), credit
     what we owe the patient. No revenue, nothing to the doctor."""
-    return ledger.Transaction(
-        "adjustment",
-        f"bank_credit:{credit_id}",
-        (
-            ledger.Entry(CLEARING, amount.amount_minor, amount.currency),
-            ledger.Entry(REFUNDS_DUE, -amount.amount_minor, amount.currency),
-        ),
+    return ledger.simple(
+        "adjustment", f"bank_credit:{credit_id}", amount, debit=CLEARING, credit=REFUNDS_DUE
     )
 
 
 def refund_sent(amount: Money, credit_id: str) -> ledger.Transaction:
     """The money owed back left the bank: the reverse of :func:`refund_due`."""
-    return ledger.Transaction(
-        "adjustment",
-        f"bank_credit_refund:{credit_id}",
-        (
-            ledger.Entry(REFUNDS_DUE, amount.amount_minor, amount.currency),
-            ledger.Entry(CLEARING, -amount.amount_minor, amount.currency),
-        ),
+    return ledger.simple(
+        "adjustment", f"bank_credit_refund:{credit_id}", amount, debit=REFUNDS_DUE, credit=CLEARING
     )

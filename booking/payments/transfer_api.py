@@ -35,11 +35,12 @@ from booking.payments.transfer import (
     normalise_reference,
 )
 from booking.payments.transfer_privacy import subject_keys_of
+from privacy.audit import record_access
 from privacy.subject_keys import SubjectKeys
-from wadud import audit
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from wadud.http import read_upload
+from wadud.rows import from_row
 from wadud.storage import sniff_type, storage_of
 
 __all__ = ["routes"]
@@ -173,7 +174,7 @@ def _subjects(call: Call[Any, Any]) -> SubjectKeys:
 
 
 def _proof(row: asyncpg.Record) -> Proof:
-    return Proof(**{k: row[k] for k in Proof.model_fields})
+    return from_row(Proof, row)
 
 
 def _credit(row: asyncpg.Record) -> Credit:
@@ -219,35 +220,14 @@ async def _out(
         )
     )
     details = BankDetails.of(settings)
-    return BankTransfer(
+    return from_row(
+        BankTransfer,
+        row,
         payment_id=row["id"],
-        booking_id=row["booking_id"],
-        clinic_id=row["clinic_id"],
-        patient_id=row["patient_id"],
         reference=row["gateway_ref"],
-        amount_minor=row["amount_minor"],
-        currency=row["currency"],
-        status=IntentState(row["status"]),
-        expires_at=row["expires_at"],
         bank=BankAccount(**details.as_dict()) if details is not None else None,
         proofs=[_proof(p) for p in proofs],
         page_url=transfer_page.page_url(settings, row["id"]),
-        created_at=row["created_at"],
-    )
-
-
-async def _audit_read(
-    conn: asyncpg.Connection, me: Principal, action: str, row: asyncpg.Record, obj: str
-) -> None:
-    if me.role is Role.PATIENT:
-        return
-    await audit.record(
-        conn,
-        actor=me,
-        action=action,
-        subject=row["patient_id"],
-        clinic=row["clinic_id"],
-        object=obj,
     )
 
 
@@ -306,7 +286,7 @@ async def get_bank_transfer(call: Call[None, None]) -> BankTransfer:
         row = await _transfer_of(conn, call.user, call.path_uuid("booking_id"))
         out = await _out(conn, row, call.settings)
         obj = f"payment/{row['id']}"
-        await _audit_read(conn, call.user, "payment.bank_transfer.read", row, obj)
+        await record_access(conn, call.user, "payment.bank_transfer.read", row, obj)
     return out
 
 
@@ -381,7 +361,7 @@ async def get_proof(call: Call[None, None]) -> web.Response:
         data = await transfer_proofs.read_proof(
             conn, _subjects(call), storage_of(call.request.app), proof
         )
-        await _audit_read(
+        await record_access(
             conn, call.user, "payment.bank_transfer.proof_read", row, f"proof/{proof['id']}"
         )
     disposition = "inline" if proof["content_type"].startswith("image/") else "attachment"

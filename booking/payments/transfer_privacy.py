@@ -55,10 +55,6 @@ def subject_keys_of(app: web.Application) -> SubjectKeys:
     return found
 
 
-def _n(status: str) -> int:
-    return int(status.split()[-1])
-
-
 class BankTransferProvider:
     name = "bank_transfer"
 
@@ -116,12 +112,13 @@ class BankTransferProvider:
         )
         out.counts["proofs"] = len(gone)
         out.storage_keys += [r["storage_key"] for r in gone]
-        out.counts["credits"] = _n(
+        out.count(
+            "credits",
             await conn.execute(
                 """UPDATE bank_credits c SET narration = '', note = ''
                    FROM payment_intents p
                    WHERE p.id = c.payment_intent_id AND p.patient_id = $1""",
                 uid,
-            )
+            ),
         )
         return out

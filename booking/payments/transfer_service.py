@@ -719,9 +719,8 @@ async def confirm_by_hand(
     longer take it makes the credit ``refund_due``; a transfer confirmed
     already is refused (409) unless a statement credit is named (the
     patient paid twice: that credit is owed back)."""
-    clinic_scope = None if actor.role.value == "admin" else actor.clinic_id
     async with conn.transaction():
-        target = await _lock_transfer(conn, reference, clinic_scope)
+        target = await _lock_transfer(conn, reference, _scope(actor))
         if target is None:
             raise UnknownTransfer(f"no bank transfer with reference {reference}")
         intent = target.intent
@@ -734,16 +733,7 @@ async def confirm_by_hand(
         if credit_id is None and intent["status"] == IntentState.SUCCEEDED.value:
             raise AlreadyConfirmed(f"the transfer {reference} is confirmed already")
         if credit_id is not None:
-            credit = await conn.fetchrow(
-                f"""SELECT {CREDIT_COLUMNS} FROM bank_credits
-                    WHERE id = $1 AND clinic_id = $2 FOR UPDATE""",
-                credit_id,
-                intent["clinic_id"],
-            )
-            if credit is None:
-                raise NotFound("no such bank credit")
-            if credit["status"] != "unmatched":
-                raise CreditNotOpen(f"the credit is {credit['status']}, not unmatched")
+            credit = await _open_credit(conn, credit_id, intent["clinic_id"], "unmatched")
             if (credit["amount_minor"], credit["currency"]) != (
                 expected.amount_minor,
                 expected.currency.value,
@@ -800,10 +790,16 @@ async def confirm_by_hand(
     return row, intent
 
 
+def _scope(actor: Principal) -> UUID | None:
+    """The clinic whose transfers and credits ``actor`` may handle (None: any)."""
+    return None if actor.role.value == "admin" else actor.clinic_id
+
+
 async def _open_credit(
-    conn: asyncpg.Connection, credit_id: UUID, actor: Principal, status: str
+    conn: asyncpg.Connection, credit_id: UUID, clinic_scope: UUID | None, status: str
 ) -> asyncpg.Record:
-    clinic_scope = None if actor.role.value == "admin" else actor.clinic_id
+    """The credit, locked, if it is ``clinic_scope``'s (None: any clinic's)
+    and in ``status``."""
     credit = await conn.fetchrow(
         f"""SELECT {CREDIT_COLUMNS} FROM bank_credits
             WHERE id = $1 AND ($2::uuid IS NULL OR clinic_id = $2) FOR UPDATE""",
@@ -832,8 +828,8 @@ async def mark_refund_due(
     """An unmatched credit that is nobody's payment (another amount, no
     reference): owed back to whoever sent it."""
     async with conn.transaction():
-        credit = await _open_credit(conn, credit_id, actor, "unmatched")
-        amount = Money(credit["amount_minor"], credit["currency"])
+        credit = await _open_credit(conn, credit_id, _scope(actor), "unmatched")
+        amount = money(credit)
         await _post_refund_due(conn, credit_id, amount, credit["clinic_id"], None)
         row = await conn.fetchrow(
             f"""UPDATE bank_credits SET status = 'refund_due', note = $2, resolved_by = $3,
@@ -861,9 +857,9 @@ async def mark_refunded(
 ) -> asyncpg.Record:
     """Finance sent a refund-due credit back: the ledger says so."""
     async with conn.transaction():
-        credit = await _open_credit(conn, credit_id, actor, "refund_due")
+        credit = await _open_credit(conn, credit_id, _scope(actor), "refund_due")
         intent = await _patient_of(conn, credit)
-        amount = Money(credit["amount_minor"], credit["currency"])
+        amount = money(credit)
         await service.post_transaction(
             conn,
             refund_sent(amount, str(credit_id)),
