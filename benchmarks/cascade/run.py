@@ -53,7 +53,7 @@ import psutil  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port  # noqa: E402
+from benchmarks.common import cpu_seconds, free_port, write_results  # noqa: E402
 from benchmarks.sfu.bench import Bench, Participant  # noqa: E402
 from benchmarks.sfu.measure import ScenarioResult  # noqa: E402
 from benchmarks.sfu.report import code_identity  # noqa: E402
@@ -327,9 +327,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wadud-cascade-") as tmp:
         out = asyncio.run(run(args, Path(tmp)))
     print(json.dumps(out.get("figures", {}), indent=1))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1, default=str))
-    print(f"wrote {args.json}")
+    write_results(args.json, out)
     return 0
 
 
