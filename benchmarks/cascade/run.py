@@ -324,6 +324,7 @@ def main() -> int:
     args = p.parse_args()
     args.quiet_wait = 0.0
     args.gc_log = False
+    args.simulcast = False  # what Bench reads of benchmarks/sfu/run.py's flags
     with tempfile.TemporaryDirectory(prefix="wadud-cascade-") as tmp:
         out = asyncio.run(run(args, Path(tmp)))
     print(json.dumps(out.get("figures", {}), indent=1))
