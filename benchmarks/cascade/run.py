@@ -129,18 +129,9 @@ class Nodes:
 class RegionParticipant(Participant):
     region = "pk"
 
-    async def connect(self, token: str) -> None:
+    def ws_url(self) -> str:
         port = self.bench.cluster.apis[self.region].port  # type: ignore[attr-defined]
-        self.ws = await self.bench.http.ws_connect(f"ws://{HOST}:{port}/ws", max_msg_size=1 << 20)
-        self.reader = asyncio.create_task(self._read())
-        reply = await self.request("join", token=token)
-        if reply["type"] == "waiting":
-            await asyncio.wait_for(self.joined.wait(), 20)
-        elif reply["type"] != "joined":
-            raise RuntimeError(f"{self.identity}: join answered {reply}")
-        else:
-            self.pid = reply["participant"]["id"]
-            self.joined.set()
+        return f"ws://{HOST}:{port}/ws"
 
 
 class CascadeBench(Bench):
