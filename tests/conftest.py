@@ -8,6 +8,7 @@ Nothing here mocks PostgreSQL or Redis: tests talk to the real servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import logging
 import os
@@ -354,11 +355,19 @@ async def app(settings: Settings) -> web.Application:
     return build_app(settings)
 
 
-@pytest.fixture
-async def api(app: web.Application) -> AsyncIterator[Api]:
+@contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[Api]:
+    """``app`` served on a free loopback port for the length of the block;
+    the client of it."""
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
         yield Api(client, app)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def api(app: web.Application) -> AsyncIterator[Api]:
+    async with served(app) as api:
+        yield api

@@ -22,7 +22,7 @@ from aioice import turn as aioice_turn
 from cryptography import x509
 
 from bin.assembly import build_app, installers
-from tests.conftest import Api
+from tests.conftest import Api, served
 from tests.turn.conftest import EchoPeer
 from tests.turn.test_turn_server import Collect
 from turn import tls
@@ -93,12 +93,8 @@ def test_tls_cert_and_key_go_together(tmp_path: Path) -> None:
 @pytest.fixture
 async def serve(settings: Settings) -> AsyncIterator[Api]:
     settings = dataclasses.replace(settings, turn_embedded_port=0, turn_embedded_tls_port=0)
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings, installers("serve"))))
-    await client.start_server()
-    try:
-        yield Api(client, client.app)
-    finally:
-        await client.close()
+    async with served(build_app(settings, installers("serve"))) as api:
+        yield api
 
 
 async def test_the_embedded_relay_hands_out_turns_and_relays_over_tls(
