@@ -12,6 +12,7 @@ import contextlib
 import faulthandler
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -155,6 +156,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_port_in(first: int, last: int) -> int:
+    """A free loopback TCP port in [first, last], tried in random order: a
+    range a suite keeps for itself, away from the ports others draw."""
+    for port in random.sample(range(first, last + 1), last - first + 1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{last}")
 
 
 def udp_ports_free(first: int, count: int = 1) -> bool:
