@@ -158,6 +158,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def free_port_in(first: int, last: int) -> int:
     """A free loopback TCP port in [first, last], tried in random order: a
     range a suite keeps for itself, away from the ports others draw."""
