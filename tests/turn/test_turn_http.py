@@ -15,7 +15,7 @@ from aioice import turn as aioice_turn
 
 from bin.assembly import build_app, installers
 from tests.conftest import Api, served
-from tests.turn.test_turn_server import Collect, EchoPeer
+from tests.turn.test_turn_server import Collect, EchoPeer, echoed
 from wadud.api import Role
 from wadud.config import Settings
 
@@ -42,12 +42,7 @@ async def test_credentials_from_the_api_relay_through_the_embedded_relay(
     transport, proto = await aioice_turn.create_turn_endpoint(
         Collect, (host, int(port)), entry["username"], entry["credential"]
     )
-    try:
-        transport.sendto(b"consultation", echo_peer.address)
-        data, _ = await asyncio.wait_for(proto.queue.get(), 2)
-        assert data == b"consultation"
-    finally:
-        transport.close()
+    assert await echoed(transport, proto, echo_peer.address, b"consultation") == b"consultation"
 
 
 async def test_api_role_hands_out_configured_relay(settings: Settings) -> None:
