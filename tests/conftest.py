@@ -343,7 +343,7 @@ class Api:
     async def delete(self, path: str, **kw: Any) -> Any:
         return await self.call("DELETE", path, **kw)
 
-    async def user(
+    async def account(
         self,
         role: Role,
         *,
@@ -351,8 +351,7 @@ class Api:
         email: str | None = None,
         password: str = "correct horse battery",
     ) -> str:
-        """Create an account directly (as ``wadud user add`` does) and log in;
-        return its access token."""
+        """Create an account directly (as ``wadud user add`` does); its email."""
         from wadud import accounts, auth, keys
 
         email = email or f"{role.value}-{uuid.uuid4().hex[:8]}@example.test"
@@ -364,6 +363,18 @@ class Api:
             clinic_id=uuid.UUID(clinic_id) if clinic_id else None,
             passwords=self.app[auth.PASSWORDS],
         )
+        return email
+
+    async def user(
+        self,
+        role: Role,
+        *,
+        clinic_id: str | None = None,
+        email: str | None = None,
+        password: str = "correct horse battery",
+    ) -> str:
+        """Create an account directly and log in; its access token."""
+        email = await self.account(role, clinic_id=clinic_id, email=email, password=password)
         tokens = await self.post(
             "/api/v1/auth/login", {"email": email, "password": password}, expect=200
         )
