@@ -1,13 +1,18 @@
-"""Measurement helpers every benchmark uses: free loopback ports, a process's
+"""Measurement helpers every benchmark uses: free loopback ports, a server run
+in a process group of its own (started, stopped, its log read), a process's
 CPU time (alone or with its children), the kernel's UDP receive-buffer drops. Scripts run standalone
 (``python benchmarks/X/run.py``) put the repository root on ``sys.path``
 before importing this."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
+from typing import Any
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -15,6 +20,56 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def start_group(
+    argv: list[str], log: Path | None, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``argv`` in a process group of its own, so its CPU is its own and a
+    stop reaches its children; its output (stdout and stderr) to ``log``, or
+    nowhere."""
+    with open(os.devnull if log is None else log, "wb") as out:  # the child keeps its own copy
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """SIGTERM to the process group of ``proc`` (from :func:`start_group`),
+    then SIGKILL if it has not exited within ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def log_lines(log: Path) -> list[str]:
+    """The lines a server wrote to its log so far (none if it has no log)."""
+    try:
+        return log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    """The end of a server's log, for an error message."""
+    try:
+        return log.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def write_results(path: Path | str, results: Any) -> None:
+    """A benchmark's results as indented JSON at ``path`` (values JSON has no
+    type for, such as paths, as strings), and a line saying where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str, ensure_ascii=False) + "\n")
+    print(f"wrote {path}")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -8,9 +8,11 @@ Nothing here mocks PostgreSQL or Redis: tests talk to the real servers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -154,6 +156,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_in(first: int, last: int) -> int:
+    """A free loopback TCP port in [first, last], tried in random order: a
+    range a suite keeps for itself, away from the ports others draw."""
+    for port in random.sample(range(first, last + 1), last - first + 1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{last}")
 
 
 def udp_ports_free(first: int, count: int = 1) -> bool:
@@ -322,7 +343,7 @@ class Api:
     async def delete(self, path: str, **kw: Any) -> Any:
         return await self.call("DELETE", path, **kw)
 
-    async def user(
+    async def account(
         self,
         role: Role,
         *,
@@ -330,8 +351,7 @@ class Api:
         email: str | None = None,
         password: str = "correct horse battery",
     ) -> str:
-        """Create an account directly (as ``wadud user add`` does) and log in;
-        return its access token."""
+        """Create an account directly (as ``wadud user add`` does); its email."""
         from wadud import accounts, auth, keys
 
         email = email or f"{role.value}-{uuid.uuid4().hex[:8]}@example.test"
@@ -343,6 +363,18 @@ class Api:
             clinic_id=uuid.UUID(clinic_id) if clinic_id else None,
             passwords=self.app[auth.PASSWORDS],
         )
+        return email
+
+    async def user(
+        self,
+        role: Role,
+        *,
+        clinic_id: str | None = None,
+        email: str | None = None,
+        password: str = "correct horse battery",
+    ) -> str:
+        """Create an account directly and log in; its access token."""
+        email = await self.account(role, clinic_id=clinic_id, email=email, password=password)
         tokens = await self.post(
             "/api/v1/auth/login", {"email": email, "password": password}, expect=200
         )
@@ -354,11 +386,19 @@ async def app(settings: Settings) -> web.Application:
     return build_app(settings)
 
 
-@pytest.fixture
-async def api(app: web.Application) -> AsyncIterator[Api]:
+@contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[Api]:
+    """``app`` served on a free loopback port for the length of the block;
+    the client of it."""
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
         yield Api(client, app)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def api(app: web.Application) -> AsyncIterator[Api]:
+    async with served(app) as api:
+        yield api

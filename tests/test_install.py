@@ -30,7 +30,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 import uuid
@@ -40,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, free_udp_port
 from tests.wadud.test_floors import SERVER
 from wadud import keys
 from wadud.auth import RoomGrant, issue_room_token
@@ -133,16 +132,10 @@ async def run(*command: str | Path, cwd: Path, within: float = 300) -> str:
     return out.decode()
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     # Our own UDP port for the media worker: other suites use the default.
-    return dataclasses.replace(settings, media_port=_free_udp_port())
+    return dataclasses.replace(settings, media_port=free_udp_port())
 
 
 def join_link(api: Api) -> str:

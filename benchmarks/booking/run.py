@@ -88,7 +88,8 @@ from benchmarks.booking.mix import (  # noqa: E402
     mix_results,
     staff_tokens,
 )
-from benchmarks.common import cpu_seconds, free_port, tree_cpu_seconds  # noqa: E402
+from benchmarks.common import cpu_seconds, free_port, tree_cpu_seconds, write_results  # noqa: E402
+from tests.wadud.processes import answers_ready  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SPECIALTIES = ["general", "cardiology", "dermatology", "pediatrics", "psychiatry", "gynecology"]
@@ -110,18 +111,6 @@ EASYPAISA_STORE = {
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
-async def wait_ready(session: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(300):
-        try:
-            async with session.get(base + "/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit("wadud serve did not become ready")
 
 
 #: Transactions committed or rolled back in the server's databases so far
@@ -398,7 +387,8 @@ async def run(
     # No cookies to keep (every call carries its token).
     jar = aiohttp.DummyCookieJar()
     async with aiohttp.ClientSession(connector=conn, cookie_jar=jar) as session:
-        await wait_ready(session, base)
+        if not await answers_ready(session, base, 30):
+            raise SystemExit("wadud serve did not become ready")
         db_url = database_url(data_dir)
         t0 = time.perf_counter()
         clinics = await seed(db_url, args.doctors)
@@ -963,8 +953,7 @@ def main() -> None:
             f" seconds {mx['ratio_seconds_per_booking']}, median latency"
             f" {mx['ratio_latency_p50']}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
     m = results["machine"]
     print(
         f"consent required: {results['consent_required'] or 'none'}; machine busy before the "
@@ -977,7 +966,6 @@ def main() -> None:
         f"{stopped['serve_stop_seconds']} s; PostgreSQL left running: "
         f"{stopped['postgres_left_running']}"
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ import psutil  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port  # noqa: E402
+from benchmarks.common import cpu_seconds, free_port, write_results  # noqa: E402
 from benchmarks.sfu.bench import Bench, Participant  # noqa: E402
 from benchmarks.sfu.measure import ScenarioResult  # noqa: E402
 from benchmarks.sfu.report import code_identity  # noqa: E402
@@ -129,18 +129,9 @@ class Nodes:
 class RegionParticipant(Participant):
     region = "pk"
 
-    async def connect(self, token: str) -> None:
+    def ws_url(self) -> str:
         port = self.bench.cluster.apis[self.region].port  # type: ignore[attr-defined]
-        self.ws = await self.bench.http.ws_connect(f"ws://{HOST}:{port}/ws", max_msg_size=1 << 20)
-        self.reader = asyncio.create_task(self._read())
-        reply = await self.request("join", token=token)
-        if reply["type"] == "waiting":
-            await asyncio.wait_for(self.joined.wait(), 20)
-        elif reply["type"] != "joined":
-            raise RuntimeError(f"{self.identity}: join answered {reply}")
-        else:
-            self.pid = reply["participant"]["id"]
-            self.joined.set()
+        return f"ws://{HOST}:{port}/ws"
 
 
 class CascadeBench(Bench):
@@ -324,12 +315,11 @@ def main() -> int:
     args = p.parse_args()
     args.quiet_wait = 0.0
     args.gc_log = False
+    args.simulcast = False  # what Bench reads of benchmarks/sfu/run.py's flags
     with tempfile.TemporaryDirectory(prefix="wadud-cascade-") as tmp:
         out = asyncio.run(run(args, Path(tmp)))
     print(json.dumps(out.get("figures", {}), indent=1))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1, default=str))
-    print(f"wrote {args.json}")
+    write_results(args.json, out)
     return 0
 
 

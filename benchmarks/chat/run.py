@@ -39,7 +39,8 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port, tree_cpu_seconds  # noqa: E402
+from benchmarks.common import cpu_seconds, free_port, tree_cpu_seconds, write_results  # noqa: E402
+from tests.wadud.processes import answers_ready  # noqa: E402
 from wadud import auth, db, migrate  # noqa: E402
 from wadud.config import Settings  # noqa: E402
 from wadud.principal import Principal, Role  # noqa: E402
@@ -81,16 +82,10 @@ def start_node(port: int, db_url: str, redis_url: str, data_dir: Path) -> subpro
 
 async def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
     async with aiohttp.ClientSession() as s:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise SystemExit(f"node {base} exited with {proc.returncode}")
-            try:
-                async with s.get(base + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+        if await answers_ready(s, base, 60, proc):
+            return
+    if proc.poll() is not None:
+        raise SystemExit(f"node {base} exited with {proc.returncode}")
     raise SystemExit(f"node {base} did not become ready")
 
 
@@ -388,9 +383,7 @@ def main() -> None:
         f" message in all; machine load (1 min) {results['machine_load_1min']} on"
         f" {results['cpus']} cpus"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -62,7 +61,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port, tree_cpu_seconds  # noqa: E402
+from benchmarks.common import free_port, tree_cpu_seconds, write_results  # noqa: E402
 from benchmarks.control.clients import Client, ClientError, room_token  # noqa: E402
 from benchmarks.control.fleet import Fleet  # noqa: E402
 from signalling.placement import Placement  # noqa: E402
@@ -557,10 +556,8 @@ def main() -> None:
     results["machine"] = machine()
     results["at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["command"] = " ".join([".venv/bin/python", "benchmarks/control/run.py", *sys.argv[1:]])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
     print(f"machine: {results['machine']}")
-    print(f"wrote {args.json}")
+    write_results(args.json, results)
 
 
 if __name__ == "__main__":

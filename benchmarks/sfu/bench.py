@@ -77,9 +77,12 @@ class Participant:
         self._tasks: set[asyncio.Task[None]] = set()
         self.remote: Any = None  # RemoteMedia in --media mode: no WebSocket
 
+    def ws_url(self) -> str:
+        """Where this participant's WebSocket connects."""
+        return f"ws://{HOST}:{self.bench.server.port}/ws"
+
     async def connect(self, token: str) -> None:
-        url = f"ws://{HOST}:{self.bench.server.port}/ws"
-        self.ws = await self.bench.http.ws_connect(url, max_msg_size=1 << 20)
+        self.ws = await self.bench.http.ws_connect(self.ws_url(), max_msg_size=1 << 20)
         self.reader = asyncio.create_task(self._read())
         reply = await self.request("join", token=token)
         if reply["type"] == "waiting":

@@ -51,7 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port  # noqa: E402
+from benchmarks.common import free_port, write_results  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
 from wadud.auth import RoomGrant, issue_room_token  # noqa: E402
 from wadud.config import Settings  # noqa: E402
@@ -310,9 +310,7 @@ def main() -> int:
     print(f"  rooms per worker: {s['rooms_per_worker']}")
     if out.get("problems"):
         print(f"  problems in logs: {json.dumps(out['problems'])[:2000]}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, out)
     return 0
 
 

@@ -58,7 +58,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -76,7 +75,14 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    free_port,
+    log_lines,
+    log_tail,
+    start_group,
+    stop_group,
+    write_results,
+)
 from benchmarks.sfu import load, peer  # noqa: E402
 from benchmarks.sfu.bench import Bench  # noqa: E402
 from benchmarks.sfu.report import code_identity, print_table  # noqa: E402
@@ -246,8 +252,7 @@ admin: {{
         (conf / "janus.plugin.videoroom.jcfg").write_text("general: {\n}\n")
         shim = build_shim(work)
         self.log_path = work / "janus.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(
+        self.proc = start_group(
             [
                 janus,
                 "-C",
@@ -257,10 +262,8 @@ admin: {{
                 "-o",
                 *os.environ.get("JANUS_BENCH_ARGS", "").split(),
             ],
+            self.log_path,
             env={**os.environ, "LD_PRELOAD": str(shim)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         self.ps = psutil.Process(self.proc.pid)
         self.base = f"http://{HOST}:{self.port}/janus"
@@ -289,29 +292,16 @@ admin: {{
         return {}  # Janus has no such counters; loss is the clients' count
 
     def tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path)
 
     def problems(self, limit: int = 10) -> list[str]:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return []
-        found = [ln[:300] for ln in lines if "[ERR]" in ln or "[WARN]" in ln]
+        found = [ln[:300] for ln in log_lines(self.log_path) if "[ERR]" in ln or "[WARN]" in ln]
         return found[:limit]
 
     def stop(self) -> None:
         if self.api is not None:
             self.api.stop()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
 
 class JanusError(RuntimeError):
@@ -833,9 +823,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="sfu-janus-") as tmp:
         out = uvloop.run(main_async(args, Path(tmp)))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2, default=str))
-    print(f"wrote {args.json}")
+    write_results(args.json, out)
     return 0
 
 

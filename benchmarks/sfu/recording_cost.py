@@ -40,6 +40,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_results  # noqa: E402
 from benchmarks.sfu import peer  # noqa: E402
 from rtc.dtls import DtlsCertificate  # noqa: E402
 from sfu.control import MediaEvent, RecordingOrder, RecordingStopped  # noqa: E402
@@ -161,10 +162,7 @@ def main() -> int:
     )
     out["wadud_native"] = os.environ.get("WADUD_NATIVE", "1")
     print(json.dumps(out, indent=1))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_results(args.json, out)
     return 0
 
 

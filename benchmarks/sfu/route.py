@@ -17,7 +17,6 @@ Prints microseconds per copy and writes benchmarks/results/sfu-route.json.
 
 from __future__ import annotations
 
-import json
 import struct
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.common import write_results
 from benchmarks.sfu import peer
 from rtc.sdp import ABS_SEND_TIME, MID, TRANSPORT_CC
 from sfu.forward import Forwarder
@@ -129,21 +129,17 @@ def main() -> None:
     print(f"  single-layer track:             {video['single']:.2f} us")
     print(f"  simulcast, only the top layer:  {video['top']:.2f} us")
     print(f"  simulcast, all three layers in: {video['all']:.2f} us")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(
-        json.dumps(
-            {
-                "fanout": FANOUT,
-                "same_ids_us": same,
-                "remapped_us": remapped,
-                "vp8_single_us": video["single"],
-                "vp8_simulcast_top_only_us": video["top"],
-                "vp8_simulcast_all_layers_us": video["all"],
-            },
-            indent=1,
-        )
+    write_results(
+        OUT,
+        {
+            "fanout": FANOUT,
+            "same_ids_us": same,
+            "remapped_us": remapped,
+            "vp8_single_us": video["single"],
+            "vp8_simulcast_top_only_us": video["top"],
+            "vp8_simulcast_all_layers_us": video["all"],
+        },
     )
-    print(f"wrote {OUT}")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_results  # noqa: E402
 from benchmarks.sfu.bench import Bench  # noqa: E402
 from benchmarks.sfu.measure import (  # noqa: E402
     ScenarioResult,
@@ -637,10 +638,8 @@ def main() -> int:
             "machine_load_1min": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
         }
     )
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    print()
+    write_results(args.json, out)
     return 0
 
 

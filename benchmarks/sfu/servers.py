@@ -7,15 +7,11 @@ its log for each long garbage collection.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,7 +19,8 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
-from benchmarks.common import free_port
+from benchmarks.common import free_port, log_lines, log_tail, start_group, stop_group
+from tests.wadud.processes import answers_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sfu-bench-secret-" + "k" * 40
@@ -54,35 +51,20 @@ class Server:
             "PYTHONPATH": str(ROOT),
         }
         self.log_path = work / "server.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
         argv = [str(Path(sys.executable).parent / "wadud"), "serve", "--host", HOST]
         if gc_log:
             argv[:2] = [sys.executable, "-c", _GC_LOGGER, "serve"]
         argv += ["--port", str(self.port), "--data-dir", str(data)]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = start_group(argv, self.log_path, env=env, cwd=ROOT)
         self.ps = psutil.Process(self.proc.pid)
         self.base = f"http://{HOST}:{self.port}"
         self.metrics_base = f"http://{HOST}:{metrics_port}"
 
     async def ready(self, session: aiohttp.ClientSession, within: float = 60.0) -> None:
-        end = time.monotonic() + within
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"wadud serve exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                async with session.get(self.base + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+        if await answers_ready(session, self.base, within, self.proc):
+            return
+        if self.proc.poll() is not None:
+            raise SystemExit(f"wadud serve exited ({self.proc.returncode}):\n{self.tail()}")
         raise SystemExit(f"wadud serve not ready after {within} s:\n{self.tail()}")
 
     def worker_pid(self) -> int:
@@ -101,30 +83,19 @@ class Server:
         return dict(totals)
 
     def tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path)
 
     def problems(self, limit: int = 10) -> list[str]:
         """Warning, error and traceback lines the server logged (it logs at warning)."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return []
         found = [
-            ln[:300] for ln in lines if re.search(r"WARNING|ERROR|Traceback|warning|error", ln)
+            ln[:300]
+            for ln in log_lines(self.log_path)
+            if re.search(r"WARNING|ERROR|Traceback|warning|error", ln)
         ]
         return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else [])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
 
 class MediaNode(Server):
@@ -153,21 +124,13 @@ class MediaNode(Server):
             "PYTHONPATH": str(ROOT),
         }
         self.log_path = work / "media.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the node
         argv = [
             str(Path(sys.executable).parent / "wadud"), "media",
             "--region", "bench", "--workers", "1", "--node-id", self.node,
             "--http", f"{HOST}:{self.port}",
             "--udp-port", str(free_port(socket.SOCK_DGRAM)),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.proc = start_group(argv, self.log_path, env=env, cwd=ROOT)
         self.ps = psutil.Process(self.proc.pid)
         self.base = f"http://{HOST}:{self.port}"
         self.metrics_base = self.base  # the node's --http listener is private already

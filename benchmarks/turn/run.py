@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -50,7 +48,12 @@ import psutil  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import udp_rcvbuf_errors  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    start_group,
+    stop_group,
+    udp_rcvbuf_errors,
+    write_results,
+)
 from rtc import stun  # noqa: E402
 from turn.credentials import rest_credentials  # noqa: E402
 
@@ -104,14 +107,7 @@ class Server:
     def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str] | None = None):
         self.name = name
         self.port = port
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.proc = start_group(argv, None, env=env, cwd=ROOT)
         self.ps = psutil.Process(self.proc.pid)
         wait_stun(port)
 
@@ -120,13 +116,7 @@ class Server:
         return float(t.user + t.system)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc, grace=10)
 
 
 def wait_stun(port: int, deadline: float = 15.0) -> None:
@@ -385,12 +375,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="turn-bench-"))
     peer_port = free_port()
-    peer = subprocess.Popen(
-        ["turnutils_peer", "-L", HOST, "-p", str(peer_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    peer = start_group(["turnutils_peer", "-L", HOST, "-p", str(peer_port)], None)
     servers: list[Server] = []
     loads: list[LoadResult] = []
     try:
@@ -424,8 +409,7 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()
-        os.killpg(peer.pid, signal.SIGTERM)
-        peer.wait(10)
+        stop_group(peer, grace=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(
@@ -499,10 +483,8 @@ def main() -> int:
         "added_p50_diff_us": diff,
         "time": time.time(),
     }
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print()
+    write_results(args.json, result)
     return 0
 
 

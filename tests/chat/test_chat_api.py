@@ -368,14 +368,20 @@ async def test_history_query_bad_values(api: Api, world: World, field: str) -> N
     assert r["status"] == 422
 
 
-async def test_wrong_content_type_on_rest(api: Api, world: World) -> None:
-    resp = await api.client.post(
+async def _post_message_bytes(
+    api: Api, world: World, data: bytes, content_type: str
+) -> aiohttp.ClientResponse:
+    """The patient posts ``data`` as a message, as is, with ``content_type``."""
+    return await api.client.post(
         _conv(world) + "/messages",
-        data=b"client_id=1&body=x",
-        headers={
-            "Authorization": f"Bearer {world.patient_token}",
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
+        data=data,
+        headers={"Authorization": f"Bearer {world.patient_token}", "Content-Type": content_type},
+    )
+
+
+async def test_wrong_content_type_on_rest(api: Api, world: World) -> None:
+    resp = await _post_message_bytes(
+        api, world, b"client_id=1&body=x", "application/x-www-form-urlencoded"
     )
     assert resp.status == 415
     big = await api.post(
@@ -432,13 +438,8 @@ async def test_non_members_cannot_subscribe_or_send_over_websocket(api: Api, wor
 
 
 async def test_lone_surrogate_over_rest_is_a_4xx(api: Api, world: World) -> None:
-    resp = await api.client.post(
-        _conv(world) + "/messages",
-        data=b'{"client_id": "\\ud800", "body": "x"}',
-        headers={
-            "Authorization": f"Bearer {world.patient_token}",
-            "Content-Type": "application/json",
-        },
+    resp = await _post_message_bytes(
+        api, world, b'{"client_id": "\\ud800", "body": "x"}', "application/json"
     )
     assert resp.status in (400, 422)
 

@@ -10,7 +10,6 @@ import asyncio
 import datetime as dt
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, free_udp_port
 from tests.deploy.conftest import ROOT, Images, podman, podman_env
 from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
@@ -30,12 +29,6 @@ pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 HEALTHY = ("api-1", "api-2", "media-pk", "media-ae", "notify")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -40,7 +40,7 @@ from bin.assembly import build_app, in_process
 from hooks import events as hook_events
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import local, requested, shift
-from tests.conftest import Api
+from tests.conftest import Api, free_port_in
 from tests.signalling.test_ws import joined, loopback_aiortc, publish_video
 from wadud import keys, signing
 from wadud.api import Role
@@ -65,14 +65,7 @@ VISIT = [
 
 def receiver_port() -> int:
     """A free TCP port in 26000-26999 (the range this suite's servers use)."""
-    for port in range(26000 + (uuid.uuid4().int % 900), 27000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 26000-26999")
+    return free_port_in(26000, 26999)
 
 
 def verify(secret: str, header: str, body: bytes, tolerance: float = 300) -> bool:

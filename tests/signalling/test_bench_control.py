@@ -5,28 +5,16 @@ docs/operations.md is built from, and that each is there and positive."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmark_run import run_benchmark
 
 
 @pytest.mark.timeout(90)
 def test_benchmark_quick_mode(tmp_path: Path) -> None:
-    out = tmp_path / "control.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/control/run.py"), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    proc, result = run_benchmark("control/run.py", tmp_path / "control.json", 80)
     for op in ("joins", "leaves", "resumes", "forwarded_frames"):
         figures = result[op]
         assert figures["count"] > 0, op

@@ -51,7 +51,7 @@ from aiohttp import web
 
 from signalling.check import CHECK_VALIDITY
 from tests.browser import Browsers, Page, driver_main, frame_of, play, run_driver
-from tests.conftest import Api
+from tests.conftest import Api, served
 from tests.signalling.test_browser_call import HTTP_PORT, World
 from wadud import keys
 from wadud.auth import decode_room_token
@@ -79,7 +79,6 @@ TURN_URLS = [
 async def api(settings: Settings) -> AsyncIterator[Api]:
     """The app with a TURN relay configured (as `wadud api` has one), and a
     check limit low enough to reach."""
-    from aiohttp.test_utils import TestClient, TestServer
 
     from bin.assembly import build_app
 
@@ -92,12 +91,8 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
             limits_check_burst=3,
         )
     )
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield Api(client, app)
-    finally:
-        await client.close()
+    async with served(app) as api:
+        yield api
 
 
 async def test_check_hands_out_a_throwaway_room(api: Api) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import socket
 import sys
 import time
 import uuid
@@ -28,7 +27,7 @@ from hypothesis import strategies as st
 
 from rtc.sdp import SessionDescription
 from sfu.http import MEDIA
-from tests.conftest import Api
+from tests.conftest import Api, free_udp_port
 from tests.signalling.relay import (
     Address,
     Schedule,
@@ -210,16 +209,10 @@ def test_ws_url_accepts_base_ws_and_join_links() -> None:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     # Our own UDP port: other suites (and other engineers' runs) use the default.
-    return dataclasses.replace(settings, media_port=_free_udp_port())
+    return dataclasses.replace(settings, media_port=free_udp_port())
 
 
 @pytest.fixture

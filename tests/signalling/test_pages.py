@@ -8,16 +8,14 @@ import dataclasses
 import datetime as dt
 import re
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from signalling.pages import STATIC
-from tests.conftest import Api
+from tests.conftest import Api, served
 from wadud import keys
 from wadud.auth import decode_room_token
 from wadud.config import Settings
@@ -28,12 +26,8 @@ PAGES = ("call.html", "demo.html", "check.html")
 @pytest.fixture
 async def demo_api(settings: Settings) -> AsyncIterator[Api]:
     app = build_app(dataclasses.replace(settings, call_demo=True))
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield Api(client, app)
-    finally:
-        await client.close()
+    async with served(app) as api:
+        yield api
 
 
 def _directives(csp: str) -> dict[str, str]:
@@ -175,13 +169,9 @@ async def test_demo_links_use_the_public_url(settings: Settings) -> None:
     app = build_app(
         dataclasses.replace(settings, call_demo=True, public_url="https://video.clinic.example/")
     )
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        resp = await client.post("/api/v1/calls/demo")
+    async with served(app) as api:
+        resp = await api.client.post("/api/v1/calls/demo")
         body = await resp.json()
-    finally:
-        await client.close()
     assert body["doctor_url"].startswith(f"https://video.clinic.example/call/{body['room']}?token=")
 
 

@@ -66,6 +66,15 @@ def new_room(**kw: Any) -> Room:
     return Room(ROOM, **args)
 
 
+def joined_room(*people: tuple[str, RoomGrant]) -> Room:
+    """A new room that each (connection, grant) of ``people`` joined, in
+    order, at time 0."""
+    room = new_room()
+    for conn, person in people:
+        room.join(conn, person, 0.0)
+    return room
+
+
 def frames(outputs: list[Output], conn: str) -> list[dict[str, Any]]:
     return [o.frame for o in outputs if isinstance(o, Send) and o.conn == conn]
 
@@ -144,9 +153,7 @@ def test_patient_before_doctor_waits_until_admitted() -> None:
 
 
 def test_deny_closes_the_waiting_connection_with_4403() -> None:
-    room = new_room()
-    room.join("c-pt", PATIENT, 0.0)
-    room.join("c-doc", DOCTOR, 0.0)
+    room = joined_room(("c-pt", PATIENT), ("c-doc", DOCTOR))
     out = room.deny("c-doc", "p-1")
     assert types(out, "c-pt") == ["denied"]
     assert closes(out) == {"c-pt": 4403}
@@ -156,10 +163,7 @@ def test_deny_closes_the_waiting_connection_with_4403() -> None:
 
 
 def test_patient_cannot_use_admin_rights() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
-    room.join("c-fam", FAMILY, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT), ("c-fam", FAMILY))
     calls: list[Callable[[], object]] = [
         lambda: room.admit("c-pt", "p-3"),
         lambda: room.deny("c-pt", "p-3"),
@@ -187,9 +191,7 @@ def test_require_admission_makes_everyone_without_admin_wait() -> None:
 
 
 def test_a_new_connection_for_the_same_identity_replaces_the_old() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.published("p-2", [track("t-1", "p-2")], [])
     again = room.join("c-pt2", PATIENT, 5.0, ref="9")
     assert again.participant.id == "p-3" and not again.resumed
@@ -239,9 +241,7 @@ def test_resume_takes_over_a_half_open_connection() -> None:
 
 
 def test_grace_over_means_gone_and_the_last_one_closes_the_room() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.disconnect("c-pt", 1.0)
     out = room.handle_timer(1.0 + GRACE)
     assert frames(out, "c-doc") == [
@@ -259,9 +259,7 @@ def test_grace_over_means_gone_and_the_last_one_closes_the_room() -> None:
 
 
 def test_resume_with_other_rights_starts_afresh() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.disconnect("c-pt", 1.0)
     res = room.join("c-pt2", grant("pt-bilal", publish=False), 2.0, resume="s-2")
     assert not res.resumed and res.participant.id == "p-3"
@@ -279,10 +277,7 @@ def test_a_waiting_participant_who_drops_is_gone() -> None:
 
 
 def test_control_frames_are_answered_ok_then_carried_out() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
-    room.join("c-fam", FAMILY, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT), ("c-fam", FAMILY))
     out = room.receive("c-doc", protocol.RoomSettings(id="s", require_admission=True))
     assert out[0] == Send("c-doc", {"v": 1, "type": "ok", "ref": "s"})
     assert types(out, "c-doc") == ["ok", "room_settings"] and room.require_admission
@@ -298,10 +293,7 @@ def test_control_frames_are_answered_ok_then_carried_out() -> None:
 
 
 def test_remove_and_end() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
-    room.join("c-fam", FAMILY, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT), ("c-fam", FAMILY))
     out = room.remove("c-doc", "p-3")
     assert types(out, "c-fam") == ["removed"] and closes(out) == {"c-fam": 4403}
     assert types(out, "c-pt") == ["participant_left"]
@@ -336,9 +328,7 @@ def test_room_full_counts_the_waiting_and_frees_a_replaced_seat() -> None:
 
 
 def test_tracks_subscriptions_and_mute_rights() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.join("c-obs", grant("observer", subscribe=True, publish=False), 0.0)
     with pytest.raises(errors.NotAllowed):
         room.check_publish("c-obs")
@@ -385,9 +375,7 @@ def test_tracks_subscriptions_and_mute_rights() -> None:
 
 
 def test_leaving_with_tracks_unpublishes_them_and_renegotiates_others() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.published("p-2", [track("t-1", "p-2")], [])
     out = room.leave("c-pt")
     assert closes(out) == {"c-pt": 1000}
@@ -397,9 +385,7 @@ def test_leaving_with_tracks_unpublishes_them_and_renegotiates_others() -> None:
 
 
 def test_active_speaker_is_deduplicated_and_cleared_on_leave() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     out = room.speaker("p-2")
     assert frames(out, "c-doc") == [{"v": 1, "type": "active_speaker", "participant_id": "p-2"}]
     assert room.speaker("p-2") == []
@@ -548,9 +534,7 @@ TestRoomMachine.settings = settings(max_examples=150, stateful_step_count=40, de
 
 
 def test_a_removed_or_denied_identity_waits_again_until_admitted() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.remove("c-doc", "p-2")
     # The same link again: the doctor is in and admission is off, yet it waits.
     again = room.join("c-pt2", PATIENT, 1.0)
@@ -567,9 +551,7 @@ def test_a_removed_or_denied_identity_waits_again_until_admitted() -> None:
 
 
 def test_media_reset_forgets_tracks_and_tells_joined_now_and_detached_on_resume() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.published("p-2", [track("t-v", "p-2")], [])
     room.speaker("p-2")
     room.disconnect("c-pt", 1.0)
@@ -587,9 +569,7 @@ def test_media_reset_forgets_tracks_and_tells_joined_now_and_detached_on_resume(
 
 
 def test_media_reset_of_one_site_keeps_the_other_sites_tracks() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.published("p-1", [track("t-doc", "p-1")], [])
     room.published("p-2", [track("t-pt", "p-2")], [])
     room.speaker("p-1")
@@ -601,10 +581,7 @@ def test_media_reset_of_one_site_keeps_the_other_sites_tracks() -> None:
 
 
 def test_snapshot_and_restore_keep_the_room_and_detach_lost_connections() -> None:
-    room = new_room()
-    room.join("c-doc", DOCTOR, 0.0)
-    room.join("c-pt", PATIENT, 0.0)
-    room.join("c-fam", FAMILY, 0.0)
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT), ("c-fam", FAMILY))
     room.published("p-1", [track("t-v", "p-1")], [])
     room.remove("c-doc", "p-3")
     room.join("c-fam2", FAMILY, 1.0)  # waits: removed before

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from bin.assembly import build_app
 from signalling.http import CALLS
-from tests.conftest import Api
+from tests.conftest import Api, served
 from tests.wsframes import FrameSocket
 from wadud import keys, metrics
 from wadud.api import Role
@@ -135,28 +135,21 @@ async def test_join_answers_with_the_room(api: Api) -> None:
 
 
 async def test_ice_servers_come_from_the_configured_relay(settings: Settings) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
 
     app = build_app(
         dataclasses.replace(
             settings, turn_secrets=["relay-secret"], turn_urls=["turn:turn.example:3478"]
         )
     )
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        api = Api(client, app)
-        async with joined(api, token(api, "dr-amina", "doctor")) as (_, j):
-            [server] = j["ice_servers"]
-            assert server["urls"] == ["turn:turn.example:3478"]
-            expiry, user = server["username"].split(":")
-            # The person's identity: the relay's quota follows it across rejoins.
-            assert user == "dr-amina" and int(expiry) > 0
-            from turn.credentials import rest_password
+    async with served(app) as api, joined(api, token(api, "dr-amina", "doctor")) as (_, j):
+        [server] = j["ice_servers"]
+        assert server["urls"] == ["turn:turn.example:3478"]
+        expiry, user = server["username"].split(":")
+        # The person's identity: the relay's quota follows it across rejoins.
+        assert user == "dr-amina" and int(expiry) > 0
+        from turn.credentials import rest_password
 
-            assert server["credential"] == rest_password("relay-secret", server["username"])
-    finally:
-        await client.close()
+        assert server["credential"] == rest_password("relay-secret", server["username"])
 
 
 async def test_waiting_room_admit_and_deny(api: Api) -> None:

@@ -10,27 +10,21 @@ import contextlib
 import os
 import re
 import signal
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from tests.conftest import free_udp_port
 from tests.turn.conftest import SECRET, need_binary
 from turn.aio import TurnServer
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 async def coturn_peer() -> AsyncIterator[int]:
     """turnutils_peer: coturn's UDP echo peer."""
     need_binary("turnutils_peer")
-    port = _free_udp_port()
+    port = free_udp_port()
     proc = await asyncio.create_subprocess_exec(
         "turnutils_peer", "-L", "127.0.0.1", "-p", str(port),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,

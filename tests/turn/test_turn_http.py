@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from aioice import stun as aioice_stun
 from aioice import turn as aioice_turn
 
 from bin.assembly import build_app, installers
-from tests.conftest import Api
-from tests.turn.test_turn_server import Collect, EchoPeer
+from tests.conftest import Api, served
+from tests.turn.test_turn_server import Collect, EchoPeer, echoed
 from wadud.api import Role
 from wadud.config import Settings
 
@@ -25,12 +24,8 @@ from wadud.config import Settings
 async def serve_api(settings: Settings) -> AsyncIterator[Api]:
     settings = dataclasses.replace(settings, turn_embedded_port=0)
     app = build_app(settings, installers("serve"))
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield Api(client, app)
-    finally:
-        await client.close()
+    async with served(app) as api:
+        yield api
 
 
 async def test_credentials_from_the_api_relay_through_the_embedded_relay(
@@ -47,27 +42,17 @@ async def test_credentials_from_the_api_relay_through_the_embedded_relay(
     transport, proto = await aioice_turn.create_turn_endpoint(
         Collect, (host, int(port)), entry["username"], entry["credential"]
     )
-    try:
-        transport.sendto(b"consultation", echo_peer.address)
-        data, _ = await asyncio.wait_for(proto.queue.get(), 2)
-        assert data == b"consultation"
-    finally:
-        transport.close()
+    assert await echoed(transport, proto, echo_peer.address, b"consultation") == b"consultation"
 
 
 async def test_api_role_hands_out_configured_relay(settings: Settings) -> None:
     settings = dataclasses.replace(
         settings, turn_secrets=["s" * 32], turn_urls=["turn:turn.example.com:3478"]
     )
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings)))
-    await client.start_server()
-    try:
-        api = Api(client, client.app)
+    async with served(build_app(settings)) as api:
         token = await api.user(Role.PATIENT)
         body = await api.get("/api/v1/turn/credentials", token=token, expect=200)
         assert body["ice_servers"][0]["urls"] == ["turn:turn.example.com:3478"]
-    finally:
-        await client.close()
 
 
 async def test_no_relay_configured_gives_empty_list(api: Api) -> None:

@@ -17,7 +17,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -279,6 +279,26 @@ def _drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
             return out
 
 
+def _relay_all(
+    relay: Callable[[Callable[[bytes, Any], None]], int],
+) -> tuple[int, list[tuple[bytes, Any]]]:
+    """Call one of the native loops (``relay(slow)``) until a call relays
+    nothing and hands nothing to ``slow``: how many it relayed, and the
+    (datagram, address) pairs it left to the slow path."""
+    relayed = 0
+    rest: list[tuple[bytes, Any]] = []
+
+    def slow(data: bytes, addr: Any) -> None:
+        rest.append((data, addr))
+
+    while True:
+        before = len(rest)
+        n = relay(slow)
+        relayed += n
+        if not n and len(rest) == before:
+            return relayed, rest
+
+
 def _wait_readable(sock: socket.socket) -> None:
     """Until a datagram is queued (loopback delivers within sendto, but be sure)."""
     select.select([sock], [], [], 1.0)
@@ -365,18 +385,9 @@ def test_client_to_peer_relays_what_the_model_says(
         else:
             expected_rest.append((data, src))
     _wait_readable(listener)
-    got_relayed = 0
-    got_rest: list[tuple[bytes, Any]] = []
-
-    def slow(data: bytes, addr: Any) -> None:
-        got_rest.append((data, addr))
-
-    while True:
-        before = len(got_rest)
-        r = _relay.client_to_peer(listener.fileno(), allocations, 64, slow)
-        got_relayed += r
-        if not r and len(got_rest) == before:
-            break
+    got_relayed, got_rest = _relay_all(
+        lambda slow: _relay.client_to_peer(listener.fileno(), allocations, 64, slow)
+    )
     assert got_relayed == relayed
     assert got_rest == expected_rest
     for peer_sock in peers:
@@ -429,18 +440,11 @@ def test_peer_to_client_frames_what_the_core_would(
         else:
             expected_rest.append((payload, addr))
     _wait_readable(relays[0])
-    got_relayed = 0
-    got_rest: list[tuple[bytes, Any]] = []
-
-    def slow(data: bytes, addr: Any) -> None:
-        got_rest.append((data, addr))
-
-    while True:
-        before = len(got_rest)
-        r = _relay.peer_to_client(relays[0].fileno(), w["listener"].fileno(), alloc, 64, slow)
-        got_relayed += r
-        if not r and len(got_rest) == before:
-            break
+    got_relayed, got_rest = _relay_all(
+        lambda slow: _relay.peer_to_client(
+            relays[0].fileno(), w["listener"].fileno(), alloc, 64, slow
+        )
+    )
     assert got_relayed == len(expected_client)
     assert got_rest == expected_rest
     got = [(d, a) for d, a in _drain(clients[0])]

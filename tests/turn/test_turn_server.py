@@ -40,6 +40,19 @@ class Collect(asyncio.DatagramProtocol):
         self.queue.put_nowait((data, addr))
 
 
+async def echoed(
+    transport: asyncio.DatagramTransport, proto: Collect, peer: Any, payload: bytes
+) -> bytes:
+    """Send ``payload`` through an aioice TURN client's ``transport`` to the
+    echo ``peer``; the first datagram back. The transport is closed after."""
+    try:
+        transport.sendto(payload, peer)
+        data, _ = await asyncio.wait_for(proto.queue.get(), 2)
+        return data
+    finally:
+        transport.close()
+
+
 async def relay_round_trips(
     server_addr: tuple[str, int], peer: EchoPeer, transport: str, n: int = 20, **kw: Any
 ) -> tuple[str, int]:
@@ -430,10 +443,6 @@ async def test_loopback_config_for_serve_and_ice_server_entry(echo_peer: EchoPee
         turn_transport, proto = await aioice_turn.create_turn_endpoint(
             Collect, server.udp_addresses[0], username, password
         )
-        try:
-            turn_transport.sendto(b"hi", echo_peer.address)
-            assert (await asyncio.wait_for(proto.queue.get(), 2))[0] == b"hi"
-        finally:
-            turn_transport.close()
+        assert await echoed(turn_transport, proto, echo_peer.address, b"hi") == b"hi"
     finally:
         await server.close()

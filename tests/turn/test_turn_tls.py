@@ -5,7 +5,6 @@ it trusts that certificate (and refusing it before)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import ipaddress
@@ -22,9 +21,9 @@ from aioice import turn as aioice_turn
 from cryptography import x509
 
 from bin.assembly import build_app, installers
-from tests.conftest import Api
+from tests.conftest import Api, served
 from tests.turn.conftest import EchoPeer
-from tests.turn.test_turn_server import Collect
+from tests.turn.test_turn_server import Collect, echoed
 from turn import tls
 from turn.http import EMBEDDED, embedded_tls_files
 from wadud.api import Role
@@ -93,12 +92,8 @@ def test_tls_cert_and_key_go_together(tmp_path: Path) -> None:
 @pytest.fixture
 async def serve(settings: Settings) -> AsyncIterator[Api]:
     settings = dataclasses.replace(settings, turn_embedded_port=0, turn_embedded_tls_port=0)
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings, installers("serve"))))
-    await client.start_server()
-    try:
-        yield Api(client, client.app)
-    finally:
-        await client.close()
+    async with served(build_app(settings, installers("serve"))) as api:
+        yield api
 
 
 async def test_the_embedded_relay_hands_out_turns_and_relays_over_tls(
@@ -128,12 +123,8 @@ async def test_the_embedded_relay_hands_out_turns_and_relays_over_tls(
     transport, proto = await aioice_turn.create_turn_endpoint(
         Collect, server, user, password, transport="tcp", ssl=trusted
     )
-    try:
-        transport.sendto(b"consultation over tls", echo_peer.address)
-        data, _ = await asyncio.wait_for(proto.queue.get(), 2)
-        assert data == b"consultation over tls"
-    finally:
-        transport.close()
+    data = await echoed(transport, proto, echo_peer.address, b"consultation over tls")
+    assert data == b"consultation over tls"
 
 
 async def test_a_taken_tls_port_moves_the_embedded_relay_to_a_free_one(

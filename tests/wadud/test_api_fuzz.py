@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import free_port
-from tests.wadud.processes import serve
+from tests.wadud.processes import answers_ready, serve
 
 BIN = Path(sys.executable).parent
 SECRET = "fuzz-secret-" + "y" * 40
@@ -54,19 +54,6 @@ def server(database_url: str, tmp_path: Path) -> Iterator[str]:
             if "unhandled error" in line or re.search(r'"status": 5\d\d', line)
         ]
         assert not bad, "\n".join(bad)[-6000:]
-
-
-async def _ready(base: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(600):  # a minute: four workers start servers at once
-            try:
-                async with s.get(base + "/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("server did not become ready")
 
 
 async def _token(base: str, tmp_path: Path, database_url: str, role: str) -> str:
@@ -122,7 +109,9 @@ async def test_fuzz_finds_no_server_errors(
 ) -> None:
     if shutil.which("schemathesis", path=str(BIN)) is None:
         pytest.fail("schemathesis is a test dependency; install wadud[test]")
-    await _ready(server)
+    async with aiohttp.ClientSession() as s:
+        # A minute: four workers start servers at once.
+        assert await answers_ready(s, server, 60), "server did not become ready"
     headers: list[str] = []
     if name != "anonymous":
         role = "patient" if name == "patient" else "admin"

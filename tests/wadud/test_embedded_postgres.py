@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import free_port
+from tests.wadud.processes import answers_ready
 
 WADUD = Path(sys.executable).parent / "wadud"
 
@@ -60,14 +61,10 @@ class Serve:
 
     async def ready(self) -> None:
         async with aiohttp.ClientSession() as s:
-            for _ in range(300):
-                if self.proc.poll() is not None:
-                    raise AssertionError(self.proc.stderr.read().decode()[-3000:])  # type: ignore[union-attr]
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(self.base + "/readyz") as r:
-                        if r.status == 200:
-                            return
-                await asyncio.sleep(0.1)
+            if await answers_ready(s, self.base, 40, self.proc):
+                return
+        if self.proc.poll() is not None:
+            raise AssertionError(self.proc.stderr.read().decode()[-3000:])  # type: ignore[union-attr]
         raise AssertionError("wadud serve did not become ready")
 
     def postmaster(self) -> tuple[int, str, int]:

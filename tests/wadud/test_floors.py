@@ -128,62 +128,37 @@ def test_the_check_leaves_the_ground_and_lookalikes_alone(source: str) -> None:
     assert upward(_parse_source(source)) == []
 
 
-PRIVACY = GROUND.parent / "privacy"
-PRIVACY_ABOVE = frozenset({"booking", "chat", "sfu", "signalling", "turn", "bin"})
+#: Features that stand beside or below others: the packages each must not
+#: import, and the modules of those it may import all the same.
+FEATURE_RULES = {
+    # privacy/ stands below booking, chat and signalling: they import it, never
+    # the other way (export and erasure reach features through providers the
+    # assembly registers).
+    "privacy": (frozenset({"booking", "chat", "sfu", "signalling", "turn", "bin"}), frozenset()),
+    # notify/ stands beside booking and chat: it reads their events as plain
+    # data (and a few of their tables in SQL), never their code.
+    "notify": (frozenset({"booking", "chat", "sfu", "signalling", "turn", "bin"}), frozenset()),
+    # hooks/ stands beside notify: room events reach it as outbox rows;
+    # signalling imports it (to write them), never the other way. Of turn/ it
+    # uses only the pure peer rules (turn.policy), which its endpoints share.
+    "hooks": (
+        frozenset({"booking", "chat", "notify", "sfu", "signalling", "turn", "bin"}),
+        frozenset({"turn.policy"}),
+    ),
+}
 
 
-def test_privacy_imports_no_feature_above_it() -> None:
-    """privacy/ stands below booking, chat and signalling: they import it, never
-    the other way (export and erasure reach features through providers the
-    assembly registers)."""
-    files = sorted(PRIVACY.rglob("*.py"))
-    assert files, "privacy/ was not found"
+@pytest.mark.parametrize("package", sorted(FEATURE_RULES))
+def test_a_feature_imports_no_feature_beside_or_above_it(package: str) -> None:
+    forbidden, allowed = FEATURE_RULES[package]
+    files = sorted((GROUND.parent / package).rglob("*.py"))
+    assert files, f"{package}/ was not found"
     trees = _parse_all([(str(path), path.read_text()) for path in files])
     offences = [
         f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
         for path, tree in zip(files, trees, strict=True)
         for line, name in imported(tree)
-        if name.split(".")[0] in PRIVACY_ABOVE
-    ]
-    assert offences == []
-
-
-NOTIFY = GROUND.parent / "notify"
-NOTIFY_ABOVE = frozenset({"booking", "chat", "sfu", "signalling", "turn", "bin"})
-
-
-def test_notify_imports_no_feature() -> None:
-    """notify/ stands beside booking and chat: it reads their events as plain
-    data (and a few of their tables in SQL), never their code."""
-    files = sorted(NOTIFY.rglob("*.py"))
-    assert files, "notify/ was not found"
-    trees = _parse_all([(str(path), path.read_text()) for path in files])
-    offences = [
-        f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
-        for path, tree in zip(files, trees, strict=True)
-        for line, name in imported(tree)
-        if name.split(".")[0] in NOTIFY_ABOVE
-    ]
-    assert offences == []
-
-
-HOOKS = GROUND.parent / "hooks"
-HOOKS_ABOVE = frozenset({"booking", "chat", "notify", "sfu", "signalling", "bin"})
-
-
-def test_hooks_imports_no_feature_but_the_turn_peer_rules() -> None:
-    """hooks/ stands beside notify: room events reach it as outbox rows;
-    signalling imports it (to write them), never the other way. Of turn/ it
-    uses only the pure peer rules (turn.policy), which its endpoints share."""
-    files = sorted(HOOKS.rglob("*.py"))
-    assert files, "hooks/ was not found"
-    trees = _parse_all([(str(path), path.read_text()) for path in files])
-    offences = [
-        f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
-        for path, tree in zip(files, trees, strict=True)
-        for line, name in imported(tree)
-        if name.split(".")[0] in HOOKS_ABOVE
-        or (name.split(".")[0] == "turn" and name != "turn.policy")
+        if name.split(".")[0] in forbidden and name not in allowed
     ]
     assert offences == []
 

@@ -9,21 +9,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from bin.assembly import build_app
+from tests.conftest import served
 from wadud.config import Settings
 
 
 @pytest.fixture
 async def behind(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     proxied = dataclasses.replace(settings, trusted_proxies=["127.0.0.1"], limits_anonymous_burst=3)
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(proxied)))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
+    async with served(build_app(proxied)) as api:
+        yield api.client
 
 
 async def _anonymous(client: TestClient[Any, Any], forwarded: str | None) -> int:
@@ -50,10 +47,6 @@ async def test_behind_an_untrusted_peer_the_header_is_ignored(settings: Settings
     elsewhere = dataclasses.replace(
         settings, trusted_proxies=["192.0.2.1"], limits_anonymous_burst=2
     )
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(elsewhere)))
-    await client.start_server()
-    try:
-        statuses = [await _anonymous(client, f"198.51.100.{n}") for n in range(3)]
+    async with served(build_app(elsewhere)) as api:
+        statuses = [await _anonymous(api.client, f"198.51.100.{n}") for n in range(3)]
         assert statuses == [201, 201, 429]
-    finally:
-        await client.close()

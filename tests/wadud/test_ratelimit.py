@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
-from tests.conftest import Api, RedisServer
+from tests.conftest import Api, RedisServer, served
 from wadud import accounts, auth, keys, ratelimit
 from wadud.api import Role
 from wadud.config import Settings
@@ -82,12 +82,8 @@ async def slow_backoff(settings: Settings) -> AsyncIterator[Api]:
     burst however slowly a loaded machine serves it: with the default second,
     a burst spread over more than a second rightly lets a seventh guess in."""
     s = dataclasses.replace(settings, limits_login_delay=600.0)
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(s)))
-    await client.start_server()
-    try:
-        yield Api(client, client.app)
-    finally:
-        await client.close()
+    async with served(build_app(s)) as api:
+        yield api
 
 
 async def test_concurrent_guesses_are_stopped_before_hashing(

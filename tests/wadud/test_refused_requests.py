@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
+from tests.conftest import free_port_in
 from tests.sfu.test_node import get, start_media_node, wait_ready
 from wadud import logs
 
@@ -28,17 +28,6 @@ MALFORMED = (
     # A negative Content-Length.
     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
 )
-
-
-def _free_tcp_port() -> int:
-    for port in range(24600, 24800):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free TCP port in 24600-24799")
 
 
 class _Records(logging.Handler):
@@ -87,7 +76,7 @@ async def test_a_thousand_malformed_requests_get_400_and_no_error_lines(
     app.router.add_get("/", hello)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = _free_tcp_port()
+    port = free_port_in(24600, 24799)
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         # One of each kind first, so each is among the lines logged.
@@ -149,7 +138,7 @@ async def test_a_running_role_logs_no_error_for_a_thousand_malformed_requests(
 ) -> None:
     """The same through a role as it runs (``wadud media``'s /healthz port,
     logging set up by ``wadud`` itself, JSON lines on its output)."""
-    node = start_media_node(redis_server.url, tmp_path, workers=1, http=_free_tcp_port())
+    node = start_media_node(redis_server.url, tmp_path, workers=1, http=free_port_in(24600, 24799))
     try:
         await wait_ready(node)
         port = node.http

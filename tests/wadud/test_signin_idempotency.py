@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app, in_process
-from tests.conftest import Api
+from tests.conftest import Api, served
 from wadud import keys
 from wadud.api import ApiModel, Call, Routes
 from wadud.config import Settings
@@ -153,14 +153,9 @@ async def test_routes_whose_answers_hold_tokens_are_never_stored(api: Api) -> No
     """The demo's join links (room tokens) with an Idempotency-Key: each call
     runs for real and nothing of it is kept for replay."""
     settings = dataclasses.replace(api.app[keys.SETTINGS], call_demo=True)
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(settings)))
-    await client.start_server()
-    try:
-        demo = Api(client, client.server.app)
+    async with served(build_app(settings)) as demo:
         first = await demo.post("/api/v1/calls/demo", headers={"Idempotency-Key": "d1"}, expect=200)
         again = await demo.post("/api/v1/calls/demo", headers={"Idempotency-Key": "d1"}, expect=200)
         assert first["room"] != again["room"]
         stored = await demo.app[keys.DB].fetchval("SELECT count(*) FROM idempotency_keys")
         assert stored == 0
-    finally:
-        await client.close()

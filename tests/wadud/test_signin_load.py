@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from tests.conftest import free_port
-from tests.wadud.processes import serve
+from tests.wadud.processes import answers_ready, serve
 
 BIN = Path(sys.executable).parent
 RSS_LIMIT = 300 * 1024 * 1024
@@ -57,18 +57,6 @@ def server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, int]]:
         proc.wait(20)
 
 
-async def _ready(s: aiohttp.ClientSession, base: str) -> None:
-    for _ in range(200):
-        try:
-            async with s.get(base + "/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("server did not become ready")
-
-
 async def test_200_concurrent_wrong_passwords_keep_memory_and_latency(
     server: tuple[str, int],
 ) -> None:
@@ -76,7 +64,7 @@ async def test_200_concurrent_wrong_passwords_keep_memory_and_latency(
     proc = psutil.Process(pid)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as s:
-        await _ready(s, base)
+        assert await answers_ready(s, base, 20), "server did not become ready"
         email = "target@example.test"
         async with s.post(
             base + "/api/v1/auth/register", json={"email": email, "password": "the real one!"}

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import Api
-from wadud import accounts, keys, totp
+from wadud import keys, totp
 from wadud.api import Role
 from wadud.config import Settings
 
@@ -27,15 +27,7 @@ def settings(settings: Settings) -> Settings:
 
 
 async def _account(api: Api, role: Role, clinic_id: str | None = None) -> str:
-    email = f"{role.value}-{uuid.uuid4().hex[:8]}@example.test"
-    await accounts.create_user(
-        api.app[keys.DB],
-        email=email,
-        password=PASSWORD,
-        role=role,
-        clinic_id=uuid.UUID(clinic_id) if clinic_id else None,
-    )
-    return email
+    return await api.account(role, clinic_id=clinic_id, password=PASSWORD)
 
 
 async def _login(api: Api, email: str, code: str | None = None, expect: int = 200) -> Any:

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.conftest import Api, free_port
+from tests.conftest import Api, free_port, served
 from wadud import keys, logs, tracing
 from wadud.api import Role
 from wadud.config import Settings
@@ -203,13 +203,9 @@ async def test_a_caller_traceparent_is_continued(api: Api, receiver: Receiver) -
 
 async def test_off_by_default_events_and_rows_carry_nothing(settings: Settings) -> None:
     from bin.assembly import build_app
-    from tests.conftest import TestClient, TestServer
 
     app = build_app(dataclasses.replace(settings, otel_endpoint=""))
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        api = Api(client, app)
+    async with served(app) as api:
         assert not tracing.enabled()
         assert logs.trace_ids is None
         admin = await api.user(Role.ADMIN)
@@ -223,5 +219,3 @@ async def test_off_by_default_events_and_rows_carry_nothing(settings: Settings) 
         assert (
             await app[keys.DB].fetchval("SELECT count(*) FROM outbox WHERE trace IS NOT NULL") == 0
         )
-    finally:
-        await client.close()

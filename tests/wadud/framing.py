@@ -1,0 +1,34 @@
+"""What the Hypothesis tests of every parser built on :mod:`wadud.frames`
+(its plain envelope, chat's and the call's protocols) share: arbitrary JSON
+values to put in a frame's fields, and the outcome of parsing arbitrary
+input, which is a frame or a protocol error with one of the envelope's
+codes, never anything else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hypothesis import strategies as st
+
+from wadud import frames
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+#: What parsing arbitrary input may come to: a frame, or one of these codes.
+OUTCOMES = frozenset({"parsed", "bad-frame", "unsupported-version", "unknown-type", "invalid"})
+
+
+def outcome(
+    parse: Callable[[str | bytes], object], error: type[frames.ProtocolError], data: str | bytes
+) -> str:
+    """``"parsed"``, or the wire code of the ``error`` that ``parse(data)``
+    raised (any other exception propagates)."""
+    try:
+        parse(data)
+    except error as exc:
+        return exc.code
+    return "parsed"
