@@ -21,7 +21,6 @@ The rules run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,7 +30,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from wadud import keys
+from wadud import keys, loops
 from wadud.config import Settings
 from wadud.storage import Storage, storage_of
 
@@ -242,10 +241,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await loops.stopped(task)
 
 
 def register(app: web.Application, rules: Sequence[Rule]) -> None:

@@ -13,7 +13,6 @@ translate the caller into the service's terms.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -30,7 +29,7 @@ from booking.payments.refunding import refund_booking
 from booking.refunds import CANCELLERS, Canceller
 from booking.service import BookingNotFound, TooEarly, TooLate
 from privacy import audit, consent
-from wadud import cursor, keys
+from wadud import cursor, keys, loops
 from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes, in_sane_range
 from wadud.errors import Conflict, NotFound
 
@@ -544,12 +543,6 @@ async def _sweep_forever(pool: asyncpg.Pool, interval: float) -> None:
 async def lifespan(app: web.Application) -> AsyncIterator[None]:
     """Expire lapsed holds every ``HOLD_SWEEP_INTERVAL`` seconds (a booking
     request also expires its doctor's at once, so this only tidies up)."""
-    task = asyncio.create_task(
-        _sweep_forever(app[keys.DB], HOLD_SWEEP_INTERVAL), name="booking-hold-sweeper"
-    )
-    try:
+    sweeper = _sweep_forever(app[keys.DB], HOLD_SWEEP_INTERVAL)
+    async with loops.background(sweeper, "booking-hold-sweeper"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -15,7 +15,6 @@ several API replicas share the work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import math
@@ -29,7 +28,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from booking import slots as slot_db
-from wadud import cursor, keys
+from wadud import cursor, keys, loops
 from wadud.api import ApiModel, Call, Routes, in_sane_range
 from wadud.errors import Unprocessable
 from wadud.rows import from_row
@@ -276,10 +275,5 @@ async def _sweep_forever(app: web.Application) -> None:
 
 async def lifespan(app: web.Application) -> AsyncIterator[None]:
     """Run the next-free sweep for the life of the app."""
-    task = asyncio.create_task(_sweep_forever(app), name="booking-next-free-sweep")
-    try:
+    async with loops.background(_sweep_forever(app), "booking-next-free-sweep"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

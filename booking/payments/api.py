@@ -16,7 +16,6 @@ money may already be moving through the first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -49,7 +48,7 @@ from booking.payments.intent import IntentEvent, IntentState, Money, PaymentInte
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
 from booking.payments.service import GATEWAYS, INTENT_COLUMNS
 from booking.payments.webhook_http import WebhookAck, deliver
-from wadud import keys, outbox
+from wadud import keys, loops, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import Conflict, NotFound, Unprocessable
 from wadud.rows import from_row
@@ -833,8 +832,6 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await loops.stopped(task)
             if service.current_registry_or_none() is registry:
                 service.use_registry(None)

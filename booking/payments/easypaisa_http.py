@@ -32,7 +32,6 @@ browser is redirected (as the sandbox checkout does), unless the test knob
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import json
 import logging
@@ -567,10 +566,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await loops.stopped(task)
 
 
 def simulator_app(store: EasyPaisaSettings, public_url: str, merchant_ipn: str) -> web.Application:
