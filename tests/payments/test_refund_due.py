@@ -10,8 +10,6 @@ test_easypaisa_flow.py, whose helpers these tests share.
 from __future__ import annotations
 
 import datetime as dt
-import random
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from bin.assembly import build_app
 from booking.payments import easypaisa_round, ledger, service
 from booking.payments.intent import Currency, Money
 from tests.booking.factories import Clinic, make_clinic
-from tests.conftest import Api
+from tests.conftest import Api, free_port_in
 from tests.payments import test_easypaisa_flow as flow
 from tests.payments.test_bank_transfer import told
 from tests.payments.test_payments_api import (
@@ -36,24 +34,11 @@ from tests.payments.test_payments_api import (
 from wadud.config import Settings
 
 
-def loopback_port(first: int = 25_000, last: int = 25_999) -> int:
-    """A free loopback TCP port in [first, last] (a range kept for these
-    tests, away from the ports other suites on the machine draw)."""
-    for port in random.sample(range(first, last + 1), last - first + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {first}-{last}")
-
-
 @pytest.fixture
 async def served(tmp_path: Path, database_url: str) -> AsyncIterator[Api]:
     """The app on a port its own settings name (the simulator is reached
     over HTTP at ``base_url``), with no inquiry round of its own."""
-    port = loopback_port()
+    port = free_port_in(25_000, 25_999)
     app = build_app(
         Settings(
             host="127.0.0.1",

@@ -11,10 +11,7 @@ itself for about a second against a real ``wadud serve``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from benchmarks.sfu import peer
@@ -24,6 +21,7 @@ from rtc.ice import IceLiteAgent, SelectedAddress, local_ufrag_of, random_creden
 from rtc.srtp import SrtpSession
 from sfu import offer_answer
 from sfu.keyframes import vp8_keyframe_start
+from tests.benchmark_run import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,17 +157,8 @@ def test_synthetic_peer_against_rtc_cores() -> None:
 
 def test_benchmark_quick_mode(tmp_path: Path) -> None:
     """About a second of one publisher to ten subscribers through a real ``wadud serve``."""
-    out = tmp_path / "sfu.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/sfu/run.py"), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc, result = run_benchmark("sfu/run.py", tmp_path / "sfu.json", 100)
     assert "fwd/cpu-s" in proc.stdout
-    result = json.loads(out.read_text())
     assert result["direct_baseline_us"]["count"] > 0
     (run,) = result["results"]
     assert run["scenario"] == "1x10"
