@@ -22,8 +22,7 @@ from uuid import UUID
 from aiohttp import WSMsgType, web
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from chat import protocol as p
-from chat import store
+from chat import protocol, store
 from chat.crypto import Keyring
 from chat.errors import BadSequence, ChatError, ConversationNotFound, NotAllowed
 from chat.hub import Client, Hub
@@ -66,7 +65,7 @@ class ChatModel(ApiModel):
     @classmethod
     def _sound(cls, value: Any) -> Any:
         # A JSON escape can carry a lone surrogate, which cannot be stored.
-        if isinstance(value, str) and not p.sound_text(value):
+        if isinstance(value, str) and not protocol.sound_text(value):
             raise ValueError("not valid Unicode text")
         return value
 
@@ -471,7 +470,7 @@ class Session:
 
     def send(self, frame: dict[str, object]) -> None:
         if self.client is not None:
-            self.client.put(p.encode(frame))
+            self.client.put(protocol.encode(frame))
 
     async def authenticate(self, token: str) -> Principal:
         principal = auth.decode_access_token(self.settings, token)
@@ -490,29 +489,33 @@ class Session:
         return acc
 
     async def _change(
-        self, frame: p.Send | p.Edit | p.Delete, change: Callable[..., Awaitable[ServiceAck]]
+        self,
+        frame: protocol.Send | protocol.Edit | protocol.Delete,
+        change: Callable[..., Awaitable[ServiceAck]],
     ) -> None:
         """A new event in the frame's conversation (``send``, ``edit``,
         ``delete``: the service's method for it), answered ``ack``."""
         acc = await self._access(frame.conversation_id)
         ack = await change(acc, self.principal, client_id=frame.client_id, ref=frame.id)
-        self.send(p.reply("ack", frame.id, **ack.fields()))
+        self.send(protocol.reply("ack", frame.id, **ack.fields()))
 
-    def _answer(self, kind: str, frame: p.ClientFrame, conversation: UUID, **fields: Any) -> None:
+    def _answer(
+        self, kind: str, frame: protocol.ClientFrame, conversation: UUID, **fields: Any
+    ) -> None:
         """The answer to ``frame``, about one conversation."""
-        self.send(p.reply(kind, frame.id, conversation_id=str(conversation), **fields))
+        self.send(protocol.reply(kind, frame.id, conversation_id=str(conversation), **fields))
 
-    async def handle(self, frame: p.ClientFrame) -> None:
+    async def handle(self, frame: protocol.ClientFrame) -> None:
         who = self.principal
         assert who is not None
         assert self.client is not None
         hub = self.svc.hub
         match frame:
-            case p.Auth():
-                raise p.BadFrame("already authenticated", ref=frame.id)
-            case p.Ping():
-                self.send(p.reply("pong", frame.id))
-            case p.Subscribe():
+            case protocol.Auth():
+                raise protocol.BadFrame("already authenticated", ref=frame.id)
+            case protocol.Ping():
+                self.send(protocol.reply("pong", frame.id))
+            case protocol.Subscribe():
                 acc = await self._access(frame.conversation_id)
                 # The answer goes first so the client knows where the
                 # backlog that follows ends.
@@ -527,28 +530,28 @@ class Session:
                     "subscribed", frame, acc.conversation_id, last_seq=last, can_write=acc.can_write
                 )
                 await hub.subscribe(self.client, acc, frame.after)
-            case p.Unsubscribe():
+            case protocol.Unsubscribe():
                 hub.unsubscribe(self.client, frame.conversation_id)
                 self._answer("unsubscribed", frame, frame.conversation_id)
-            case p.Send():
+            case protocol.Send():
                 await self._change(
                     frame,
                     partial(self.svc.send, body=frame.body, attachment_id=frame.attachment_id),
                 )
-            case p.Edit():
+            case protocol.Edit():
                 await self._change(
                     frame, partial(self.svc.edit, target_seq=frame.target_seq, body=frame.body)
                 )
-            case p.Delete():
+            case protocol.Delete():
                 await self._change(frame, partial(self.svc.delete, target_seq=frame.target_seq))
-            case p.Typing():
+            case protocol.Typing():
                 acc = await self._access(frame.conversation_id)
                 self.svc.typing(acc, who)
-            case p.Read():
+            case protocol.Read():
                 acc = await self._access(frame.conversation_id)
                 pos = await self.svc.read(acc, who, frame.seq)
                 self._answer("read_ok", frame, acc.conversation_id, last_read_seq=pos)
-            case p.History():
+            case protocol.History():
                 acc = await self._access(frame.conversation_id)
                 events = await store.events_before(
                     self.svc.pool,
@@ -562,14 +565,14 @@ class Session:
 
 
 def _error(exc: Exception, ref: str | None) -> dict[str, object]:
-    if isinstance(exc, p.InvalidFrame):
-        return p.error_frame(exc.code, exc.detail, ref=ref, errors=exc.errors)
+    if isinstance(exc, protocol.InvalidFrame):
+        return protocol.error_frame(exc.code, exc.detail, ref=ref, errors=exc.errors)
     if isinstance(exc, WadudError):
         extra: dict[str, Any] = {
             k: v for k, v in exc.extra.items() if isinstance(v, int | float | str)
         }
-        return p.error_frame(exc.code, exc.detail, ref=ref, **extra)
-    return p.error_frame("invalid", str(exc), ref=ref)
+        return protocol.error_frame(exc.code, exc.detail, ref=ref, **extra)
+    return protocol.error_frame("invalid", str(exc), ref=ref)
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -594,14 +597,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
         def overflow() -> None:
             asyncio.get_running_loop().create_task(
-                ws.close(code=p.CLOSE_SLOW_CONSUMER, message=b"slow consumer; resume")
+                ws.close(code=protocol.CLOSE_SLOW_CONSUMER, message=b"slow consumer; resume")
             )
 
         def revoked(reason: str) -> None:
             # The last frame says why; the writer sends it, then the close.
             client.queue.put_nowait(
-                p.encode(
-                    p.error_frame(
+                protocol.encode(
+                    protocol.error_frame(
                         "session-revoked", f"this session ended ({reason}); sign in", fatal=True
                     )
                 )
@@ -620,7 +623,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         writer = asyncio.create_task(_writer(ws, client))
         request.app[CHAT].hub.attach(client)
         session.send(
-            p.reply("ready", None, user_id=str(principal.user_id), role=principal.role.value)
+            protocol.reply("ready", None, user_id=str(principal.user_id), role=principal.role.value)
         )
         async for msg in ws:
             if client.revoked:
@@ -628,7 +631,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if msg.type == WSMsgType.TEXT:
                 await _one(session, msg.data)
             elif msg.type == WSMsgType.BINARY:
-                session.send(p.error_frame("bad-frame", "frames are JSON text, not binary"))
+                session.send(protocol.error_frame("bad-frame", "frames are JSON text, not binary"))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
@@ -649,7 +652,7 @@ async def _close_revoked(ws: web.WebSocketResponse, writer: asyncio.Task[None] |
     if writer is not None:
         with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
             await asyncio.wait_for(asyncio.shield(writer), 2.0)
-    await ws.close(code=p.CLOSE_UNAUTHORIZED, message=b"session revoked")
+    await ws.close(code=protocol.CLOSE_UNAUTHORIZED, message=b"session revoked")
 
 
 async def _one(session: Session, text: str) -> None:
@@ -657,18 +660,20 @@ async def _one(session: Session, text: str) -> None:
     if session.client is not None and session.client.revoked:
         return  # the session ended: nothing more is read, written or answered
     try:
-        frame = p.parse(text)
+        frame = protocol.parse(text)
         ref = frame.id
         await session.handle(frame)
     except asyncio.CancelledError:
         raise
-    except p.ProtocolError as exc:
+    except protocol.ProtocolError as exc:
         session.send(_error(exc, exc.ref))
     except (ChatError, WadudError) as exc:
         session.send(_error(exc, ref))
     except Exception:
         log.exception("chat frame failed")
-        session.send(p.error_frame("internal-error", "the server failed; try again", ref=ref))
+        session.send(
+            protocol.error_frame("internal-error", "the server failed; try again", ref=ref)
+        )
 
 
 async def _ws_auth(session: Session, token: str | None) -> Principal | None:
@@ -682,23 +687,27 @@ async def _ws_auth(session: Session, token: str | None) -> Principal | None:
                 msg = await ws.receive(timeout=AUTH_TIMEOUT)
             except TimeoutError:
                 await ws.send_str(
-                    p.encode(p.error_frame("unauthorized", "auth timed out", fatal=True))
+                    protocol.encode(
+                        protocol.error_frame("unauthorized", "auth timed out", fatal=True)
+                    )
                 )
-                await ws.close(code=p.CLOSE_AUTH_TIMEOUT, message=b"auth timeout")
+                await ws.close(code=protocol.CLOSE_AUTH_TIMEOUT, message=b"auth timeout")
                 return None
             if msg.type != WSMsgType.TEXT:
-                await ws.close(code=p.CLOSE_UNAUTHORIZED, message=b"auth first")
+                await ws.close(code=protocol.CLOSE_UNAUTHORIZED, message=b"auth first")
                 return None
-            frame = p.parse(msg.data)
+            frame = protocol.parse(msg.data)
             ref = frame.id
-            if not isinstance(frame, p.Auth):
+            if not isinstance(frame, protocol.Auth):
                 raise Unauthorized('the first frame must be {"type": "auth", "token": ...}')
             token = frame.token
         return await session.authenticate(token)
-    except (Unauthorized, p.ProtocolError, BadRequest) as exc:
-        err = p.error_frame("unauthorized", getattr(exc, "detail", str(exc)), ref=ref, fatal=True)
-        await ws.send_str(p.encode(err))
-        await ws.close(code=p.CLOSE_UNAUTHORIZED, message=b"unauthorized")
+    except (Unauthorized, protocol.ProtocolError, BadRequest) as exc:
+        err = protocol.error_frame(
+            "unauthorized", getattr(exc, "detail", str(exc)), ref=ref, fatal=True
+        )
+        await ws.send_str(protocol.encode(err))
+        await ws.close(code=protocol.CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return None
 
 

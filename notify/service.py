@@ -38,8 +38,7 @@ from uuid import UUID
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from notify import channels as ch
-from notify import plan, store
+from notify import channels, plan, store
 from notify.errors import DeliveryFailed, PermanentFailure
 from notify.templates import render
 from wadud import loops, outbox, tracing
@@ -84,7 +83,7 @@ class Notifier:
         self,
         pool: asyncpg.Pool,
         settings: Settings,
-        senders: dict[str, ch.Channel],
+        senders: dict[str, channels.Channel],
         *,
         clock: Callable[[], dt.datetime] = _now,
         batch: int = 100,
@@ -325,7 +324,7 @@ class Notifier:
             if device is None:
                 raise PermanentFailure("device removed")
         expires = row["expires_at"]
-        msg = ch.Message(
+        msg = channels.Message(
             key=f"{row['event_id']}/{row['channel']}/{row['recipient_id']}/{row['target']}",
             template=row["template"],
             rendered=render(row["template"], who.locale, who.time_zone, row["params"]),
@@ -377,7 +376,7 @@ async def run(settings: Settings) -> int:
         )
         stack.push_async_callback(tracing.aclose)
         _, pool = await stack.enter_async_context(db.database(settings))
-        opened = await ch.open_channels(settings)
+        opened = await channels.open_channels(settings)
         stack.push_async_callback(opened.close)
         await workers.start_worker(stack, settings, pool, Notifier(pool, settings, opened.senders))
         log.info("notifier running", extra={"channels": sorted(opened.senders)})

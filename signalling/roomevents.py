@@ -31,7 +31,7 @@ from typing import Any
 
 import asyncpg
 
-from hooks import events as hook_events
+from hooks import events
 from signalling.room import MediaCloseRoom, Output, Room, Send, State
 
 log = logging.getLogger("wadud.signalling")
@@ -213,7 +213,7 @@ class RoomEvents:
                 try:
                     async with pool.acquire() as conn, conn.transaction():
                         for name, booking, room, at, data in batch:
-                            await hook_events.emit(
+                            await events.emit(
                                 conn, name, booking_id=booking, room=room, at=at, data=data
                             )
                     break

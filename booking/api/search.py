@@ -27,7 +27,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from booking import slots as slot_db
+from booking import slots
 from wadud import cursor, keys, loops
 from wadud.api import ApiModel, Call, Routes, in_sane_range
 from wadud.errors import Unprocessable
@@ -248,7 +248,7 @@ async def sweep_next_free(pool: asyncpg.Pool, now: datetime, *, batch: int = SWE
         for row in rows:
             try:
                 async with conn.transaction():
-                    await slot_db.refresh_next_free(conn, row["id"], now)
+                    await slots.refresh_next_free(conn, row["id"], now)
             except Exception:
                 # One doctor's unreadable schedule must not stall the sweep;
                 # mark it looked at so it waits for NULL_RECHECK.

@@ -22,8 +22,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
 
-from booking.payments import transfer_page, transfer_proofs
-from booking.payments import transfer_service as svc
+from booking.payments import transfer_page, transfer_proofs, transfer_service
 from booking.payments.intent import IntentState
 from booking.payments.rows import INTENT_COLUMNS
 from booking.payments.transfer import (
@@ -252,7 +251,7 @@ async def start_bank_transfer(call: Call[None, None]) -> BankTransfer | web.Resp
     payment reference to write on the transfer. The patient is sent the same
     in a notification. Asking again returns the same transfer (200)."""
     async with call.pool.acquire() as conn:
-        row, created = await svc.start_transfer(
+        row, created = await transfer_service.start_transfer(
             conn, call.path_uuid("booking_id"), call.user.user_id, call.settings, _now()
         )
         out = await _out(conn, row, call.settings, new=created)
@@ -272,7 +271,7 @@ async def cancel_bank_transfer(call: Call[None, None]) -> BankTransfer:
     shrinks back to a card hold (``booking_hold_minutes`` from now). Money
     that still arrives under the reference is refunded, never kept."""
     async with call.pool.acquire() as conn:
-        row = await svc.cancel_transfer(
+        row = await transfer_service.cancel_transfer(
             conn, call.path_uuid("booking_id"), call.user.user_id, call.settings, _now()
         )
         return await _out(conn, row, call.settings)
@@ -414,7 +413,7 @@ async def import_statement(call: Call[None, None]) -> StatementImport:
     limit = call.settings.payments_bank_transfer_statement_max_bytes
     data = await read_upload(request, limit, "a statement")
     async with call.pool.acquire() as conn:
-        done = await svc.import_statement(
+        done = await transfer_service.import_statement(
             conn,
             clinic_id,
             data,
@@ -448,7 +447,7 @@ async def list_credits(call: Call[None, CreditsQuery]) -> list[Credit]:
     clinic_id = call.path_uuid("clinic_id")
     _clinic_scope(call.user, clinic_id)
     q = call.query
-    rows = await svc.credits_of(call.pool, clinic_id, q.status, q.limit, q.offset)
+    rows = await transfer_service.credits_of(call.pool, clinic_id, q.status, q.limit, q.offset)
     return [_credit(r) for r in rows]
 
 
@@ -474,7 +473,7 @@ async def confirm_transfer(call: Call[ConfirmIn, None]) -> Confirmation:
         raise UnknownTransfer("that is not a payment reference (WD and eight characters)")
     body = call.body
     async with call.pool.acquire() as conn:
-        credit, intent = await svc.confirm_by_hand(
+        credit, intent = await transfer_service.confirm_by_hand(
             conn,
             reference,
             body.amount_minor,
@@ -505,7 +504,7 @@ async def credit_refund_due(call: Call[NoteIn, None]) -> Credit:
     """Mark an unmatched credit as owed back (nobody's payment: another
     amount, no reference). Audited."""
     async with call.pool.acquire() as conn:
-        row = await svc.mark_refund_due(
+        row = await transfer_service.mark_refund_due(
             conn, call.path_uuid("credit_id"), call.body.note, call.user, _now()
         )
     return _credit(row)
@@ -522,7 +521,7 @@ async def credit_refunded(call: Call[NoteIn, None]) -> Credit:
     """Record that a refund-due credit was sent back; the ledger clears it.
     Audited."""
     async with call.pool.acquire() as conn:
-        row = await svc.mark_refunded(
+        row = await transfer_service.mark_refunded(
             conn, call.path_uuid("credit_id"), call.body.note, call.user, _now()
         )
     return _credit(row)
