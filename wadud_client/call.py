@@ -288,7 +288,10 @@ class CallClient:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         self.close_code = None
-        self._ws = await self._http.ws_connect(self.url, heartbeat=None, autoping=True)
+        # Bounded: a connect into a cut network would otherwise wait out
+        # TCP's retries (minutes).
+        async with asyncio.timeout(self.request_timeout):
+            self._ws = await self._http.ws_connect(self.url, heartbeat=None, autoping=True)
         self._reader = asyncio.create_task(self._read(self._ws), name=f"call-read {self.label}")
         if self._offer_task is None:
             self._offer_task = asyncio.create_task(self._answer_offers(), name="call-offers")
