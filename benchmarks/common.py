@@ -6,13 +6,18 @@ before importing this."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -105,3 +110,23 @@ def udp_rcvbuf_errors() -> int:
     if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
         return 0
     return int(udp[1][udp[0].index("RcvbufErrors")])
+
+
+async def answers_ready(
+    session: aiohttp.ClientSession,
+    base: str,
+    within: float,
+    proc: subprocess.Popen[Any] | None = None,
+) -> bool:
+    """Whether the server at ``base`` answers ``/readyz`` with 200 within
+    ``within`` seconds; no, at once, if its process ``proc`` exits first."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            return False
+        with contextlib.suppress(aiohttp.ClientError):
+            async with session.get(base + "/readyz") as r:
+                if r.status == 200:
+                    return True
+        await asyncio.sleep(0.1)
+    return False

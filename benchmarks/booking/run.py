@@ -88,8 +88,7 @@ from benchmarks.booking.mix import (  # noqa: E402
     mix_results,
     staff_tokens,
 )
-from benchmarks.common import cpu_seconds, free_port, tree_cpu_seconds, write_results  # noqa: E402
-from tests.wadud.processes import answers_ready  # noqa: E402
+from benchmarks.common import answers_ready, cpu_seconds, free_port, tree_cpu_seconds, write_results  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SPECIALTIES = ["general", "cardiology", "dermatology", "pediatrics", "psychiatry", "gynecology"]

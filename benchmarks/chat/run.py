@@ -39,8 +39,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port, tree_cpu_seconds, write_results  # noqa: E402
-from tests.wadud.processes import answers_ready  # noqa: E402
+from benchmarks.common import answers_ready, cpu_seconds, free_port, tree_cpu_seconds, write_results  # noqa: E402
 from wadud import auth, db, migrate  # noqa: E402
 from wadud.config import Settings  # noqa: E402
 from wadud.principal import Principal, Role  # noqa: E402

@@ -19,8 +19,7 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
-from benchmarks.common import free_port, log_lines, log_tail, start_group, stop_group
-from tests.wadud.processes import answers_ready
+from benchmarks.common import answers_ready, free_port, log_lines, log_tail, start_group, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sfu-bench-secret-" + "k" * 40

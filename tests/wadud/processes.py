@@ -5,7 +5,6 @@ the database and by what they print."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -13,9 +12,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import aiohttp
 
 from wadud.config import Settings
 
@@ -47,26 +43,6 @@ def serve(database_url: str, data_dir: Path, port: int, **env: str) -> subproces
         stdout=subprocess.DEVNULL,
         stderr=open(data_dir / "server.log", "wb"),
     )  # fmt: skip
-
-
-async def answers_ready(
-    session: aiohttp.ClientSession,
-    base: str,
-    within: float,
-    proc: subprocess.Popen[Any] | None = None,
-) -> bool:
-    """Whether the server at ``base`` answers ``/readyz`` with 200 within
-    ``within`` seconds; no, at once, if its process ``proc`` exits first."""
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            return False
-        with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(base + "/readyz") as r:
-                if r.status == 200:
-                    return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 class RoleProcess:

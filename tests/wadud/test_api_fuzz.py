@@ -27,8 +27,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from benchmarks.common import answers_ready
 from tests.conftest import free_port
-from tests.wadud.processes import answers_ready, serve
+from tests.wadud.processes import serve
 
 BIN = Path(sys.executable).parent
 SECRET = "fuzz-secret-" + "y" * 40

@@ -22,8 +22,8 @@ import aiohttp
 import asyncpg
 import pytest
 
+from benchmarks.common import answers_ready
 from tests.conftest import free_port
-from tests.wadud.processes import answers_ready
 
 WADUD = Path(sys.executable).parent / "wadud"
 

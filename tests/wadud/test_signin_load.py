@@ -24,8 +24,9 @@ import aiohttp
 import psutil
 import pytest
 
+from benchmarks.common import answers_ready
 from tests.conftest import free_port
-from tests.wadud.processes import answers_ready, serve
+from tests.wadud.processes import serve
 
 BIN = Path(sys.executable).parent
 RSS_LIMIT = 300 * 1024 * 1024
