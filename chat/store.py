@@ -25,9 +25,10 @@ from chat.errors import (
     NotAllowed,
     PatientNotFound,
 )
-from wadud import db, outbox
+from wadud import outbox
 from wadud.errors import NotFound
 from wadud.principal import Principal, Role
+from wadud.rows import from_row
 
 Event = dict[str, Any]
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -78,7 +79,7 @@ def _decide(row: asyncpg.Record, who: Principal) -> Access | None:
         role, write = "clinic_staff", row["staff_access"] == "write"
     else:
         return None
-    return db.row_into(Access, row, conversation_id=row["id"], role=role, can_write=write)
+    return from_row(Access, row, conversation_id=row["id"], role=role, can_write=write)
 
 
 async def access(conn: Conn, who: Principal, conversation_id: UUID) -> Access:

@@ -19,7 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from notify.plan import Context, Delivery, Device, Event, Job, Plan, Preferences, Recipient
-from wadud import db
+from wadud.rows import from_row
 
 __all__ = [
     "add_deliveries",
@@ -219,7 +219,7 @@ async def claim_jobs(conn: Conn, now: dt.datetime, limit: int) -> list[asyncpg.R
 
 
 def job_of(row: asyncpg.Record) -> Job:
-    return db.row_into(Job, row)
+    return from_row(Job, row)
 
 
 async def still_wanted(conn: Conn, job: Job, chat_delay: float) -> bool:
@@ -272,7 +272,7 @@ WHERE u.id = $1 AND NOT u.disabled"""
 
 
 def _recipient(row: asyncpg.Record) -> Recipient:
-    return db.row_into(Recipient, row, display_name=row["display_name"] or "")
+    return from_row(Recipient, row, display_name=row["display_name"] or "")
 
 
 async def recipient(conn: Conn, user_id: UUID) -> Recipient | None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import signal
 import subprocess
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import asyncpg
 
@@ -272,17 +271,3 @@ class Args:
 
 def record(row: asyncpg.Record | None) -> dict[str, Any] | None:
     return None if row is None else dict(row)
-
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-    D = TypeVar("D", bound=DataclassInstance)
-
-
-def row_into(cls: type[D], row: Mapping[str, Any], **given: Any) -> D:
-    """An instance of dataclass ``cls`` whose fields are ``row``'s columns
-    of the same names, but for those ``given`` (a value the row does not
-    hold as the field wants it)."""
-    names = (f.name for f in dataclasses.fields(cls) if f.init and f.name not in given)
-    return cls(**{name: row[name] for name in names}, **given)
