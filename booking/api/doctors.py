@@ -29,7 +29,7 @@ from pydantic import AwareDatetime, Field, StringConstraints
 
 from booking import slots as slot_db
 from wadud import accounts, auth, outbox
-from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud.api import ApiModel, Call, Principal, Role, Routes, file_body
 from wadud.errors import (
     Conflict,
     Forbidden,
@@ -501,13 +501,7 @@ _DOC_COLS = """id, doctor_id, kind, filename, content_type, size_bytes, sha256, 
     returns=Document,
     status=201,
     auth={Role.ADMIN, Role.CLINIC_STAFF, Role.DOCTOR},
-    raw_body={
-        "required": True,
-        "description": "The file itself; its type is judged by its content.",
-        "content": {
-            t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(_ACCEPTED)
-        },
-    },
+    raw_body=file_body(_ACCEPTED),
     responses={413: "Document too large", 415: "Not a PDF, PNG or JPEG"},
 )
 async def upload_document(call: Call[None, DocumentQuery]) -> Document:
