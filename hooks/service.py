@@ -123,10 +123,17 @@ class Deliverer:
         self.resolver = CheckedResolver(self.rules, resolver)
         self.clock = clock
         self.sent = 0
+        self.woken = 0
+        self.looked = 0
+        """Wakes, and claims that found nothing due (for tests and tools)."""
         self._session: aiohttp.ClientSession | None = None
-        self._wake = asyncio.Event()
+        # A wake reaches the first sender only, and a sender that found a
+        # delivery wakes the next: a burst brings up to ``concurrency``
+        # senders, while a wake with nothing due (most outbox batches hold
+        # no room event) costs one claim, not one per sender.
+        self._wakes = [asyncio.Event() for _ in range(self.concurrency)]
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener = outbox.Listener(pool, lambda _payload: self._wake.set())
+        self._listener = outbox.Listener(pool, lambda _payload: self.wake())
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -139,7 +146,7 @@ class Deliverer:
         )
         self._tasks.append(asyncio.create_task(self._listen_loop(), name="hooks-listen"))
         for i in range(self.concurrency):
-            self._tasks.append(asyncio.create_task(self._send_loop(), name=f"hooks-send-{i}"))
+            self._tasks.append(asyncio.create_task(self._send_loop(i), name=f"hooks-send-{i}"))
 
     @property
     def concurrency(self) -> int:
@@ -156,8 +163,9 @@ class Deliverer:
     # -- waking ------------------------------------------------------------
 
     def wake(self) -> None:
-        """Look for due deliveries now (a redeliver asked for one)."""
-        self._wake.set()
+        """Look for due deliveries now (a relayed batch, or a redeliver)."""
+        self.woken += 1
+        self._wakes[0].set()
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN on the outbox channel (a relay's NOTIFY after each
@@ -179,23 +187,31 @@ class Deliverer:
                 await self._listener.close()
             await asyncio.sleep(max(1.0, self.settings.webhooks_poll_interval))
 
-    async def _send_loop(self) -> None:
+    async def _send_loop(self, i: int) -> None:
+        """Sender ``i``: the first also looks every poll interval (retries
+        come due with no wake); the others look when the one before them
+        claimed a delivery, and hourly besides."""
+        after = self._wakes[i + 1] if i + 1 < len(self._wakes) else None
         await loops.drain(
-            self.send_one,
-            self._wake,
-            self.settings.webhooks_poll_interval,
+            lambda: self.send_one(claimed=after),
+            self._wakes[i],
+            self.settings.webhooks_poll_interval if i == 0 else 3600.0,
             "webhook send round failed; retrying",
             log,
         )
 
     # -- one delivery ------------------------------------------------------
 
-    async def send_one(self) -> bool:
-        """Send the next due delivery, if any; False when there was none."""
+    async def send_one(self, *, claimed: asyncio.Event | None = None) -> bool:
+        """Send the next due delivery, if any; False when there was none.
+        ``claimed`` is set once a delivery is claimed, before it is sent."""
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_CLAIM, self.clock())
             if row is None:
+                self.looked += 1
                 return False
+            if claimed is not None:
+                claimed.set()
             attempt = row["attempts"] + 1
             started = time.monotonic()
             status, detail = await self._post(row, attempt)
@@ -216,7 +232,6 @@ class Deliverer:
         DELIVERIES.labels(outcome).inc()
         if ok:
             self.sent += 1
-            self._wake.set()  # the room's next event may be due now
         else:
             log.info(
                 "webhook delivery %s",

@@ -38,9 +38,11 @@ from aiohttp.resolver import ThreadedResolver
 import hooks.http
 from bin.assembly import build_app, in_process
 from hooks import events as hook_events
+from hooks.service import Deliverer
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import local, requested, shift
 from tests.conftest import Api, free_port_in
+from tests.sfu.conftest import wait_until
 from tests.signalling.test_ws import joined, loopback_aiortc, publish_video
 from wadud import keys, signing
 from wadud.api import Role
@@ -500,3 +502,68 @@ async def test_an_endpoint_gets_only_its_events_and_other_clinics_nothing(
         assert theirs.got == []
     finally:
         await theirs.stop()
+
+
+async def test_a_wake_with_nothing_due_costs_one_claim_not_one_per_sender(
+    api: Api, settings: Settings
+) -> None:
+    """Every relayed outbox batch wakes the deliverer, and most hold no room
+    event: only the first sender looks then (wakes that come while it looks
+    fold into one look)."""
+    quiet = dataclasses.replace(_settings(settings, loopback=True), webhooks_poll_interval=60.0)
+    deliverer = Deliverer(api.app[keys.DB], quiet)
+    assert deliverer.concurrency == 4
+    await deliverer.start()
+    try:
+        # At start every sender looks once.
+        await wait_until(lambda: deliverer.looked >= 4)
+        assert deliverer.looked == 4
+        for n in range(1, 4):
+            deliverer.wake()
+            await wait_until(lambda n=n: deliverer.looked >= 4 + n)
+            await asyncio.sleep(0.3)
+            # A relayed batch of the app's own may wake it too.
+            assert 4 + n <= deliverer.looked <= 4 + deliverer.woken
+    finally:
+        await deliverer.close()
+
+
+@dataclass
+class SlowReceiver(Receiver):
+    """Holds each delivery ``hold`` seconds, counting how many it holds at once."""
+
+    hold: float = 0.5
+    holding: int = 0
+    most: int = 0
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        self.holding += 1
+        self.most = max(self.most, self.holding)
+        try:
+            await asyncio.sleep(self.hold)
+            return await super()._hook(request)
+        finally:
+            self.holding -= 1
+
+
+async def test_a_burst_over_rooms_brings_up_every_sender(
+    api: Api, doctor: Doctor, clinic: Clinic
+) -> None:
+    """Deliveries of different rooms go out ``webhooks_concurrency`` at a
+    time: a sender that finds work wakes the next."""
+    receiver = SlowReceiver()
+    await receiver.start()
+    try:
+        await _endpoint(api, clinic, receiver.url)
+        _patient, bid, _ = await requested(api, doctor, local(2, "10:00"))
+        at = dt.datetime.now(dt.UTC).isoformat()
+        async with api.app[keys.DB].acquire() as conn, conn.transaction():
+            for room in range(8):
+                await hook_events.emit(
+                    conn, "room_started", booking_id=bid, room=f"burst-{room}", at=at
+                )
+        events = await receiver.wait(8)
+        assert sorted(e["room"] for e in events) == sorted(f"burst-{r}" for r in range(8))
+        assert receiver.most == api.app[hooks.http.DELIVERER].concurrency == 4
+    finally:
+        await receiver.stop()
