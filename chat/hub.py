@@ -46,7 +46,7 @@ from chat.crypto import Keyring
 from chat.errors import BadSequence
 from chat.protocol import VERSION, encode
 from wadud import loops, revocation
-from wadud.bus import Bus
+from wadud.bus import Bus, Subscription
 from wadud.principal import Principal
 
 log = logging.getLogger("wadud.chat")
@@ -290,19 +290,14 @@ class Hub:
         return ended
 
     async def _listen_revocations(self) -> None:
-        while True:
-            try:
-                async for msg in self._revocations:
-                    rev = revocation.parse(msg.data)
-                    if rev is None:
-                        log.warning("malformed revocation dropped")
-                        continue
-                    self.revoke(rev)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("revocation listener failed; restarting")
-                await asyncio.sleep(0.5)
+        await _keep_reading(self._revocations, self._revocation, "revocation listener")
+
+    def _revocation(self, data: dict[str, Any]) -> None:
+        rev = revocation.parse(data)
+        if rev is None:
+            log.warning("malformed revocation dropped")
+            return
+        self.revoke(rev)
 
     async def check_liveness(self) -> int:
         """Re-check every connected principal; end the stale ones."""
@@ -443,20 +438,14 @@ class Hub:
                 delay = min(delay * 2, 1.0)
 
     async def _listen(self) -> None:
-        while True:
-            try:
-                async for msg in self._sub:
-                    data = msg.data
-                    if data.get("node") == self.node:
-                        continue
-                    for item in data.get("items", ()):
-                        self.stats["bus_received"] += 1
-                        self._on_item(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("chat bus listener failed; restarting")
-                await asyncio.sleep(0.5)
+        await _keep_reading(self._sub, self._on_batch, "chat bus listener")
+
+    def _on_batch(self, data: dict[str, Any]) -> None:
+        if data.get("node") == self.node:
+            return
+        for item in data.get("items", ()):
+            self.stats["bus_received"] += 1
+            self._on_item(item)
 
     def _on_item(self, item: dict[str, Any]) -> None:
         try:
@@ -484,3 +473,17 @@ class Hub:
             if room.delivered < room.suspect:
                 self._fill(room, last)
             room.suspect = last if last > room.delivered else 0
+
+
+async def _keep_reading(
+    sub: Subscription, take: Callable[[dict[str, Any]], None], what: str
+) -> None:
+    """Hand each message of ``sub`` to ``take``, for as long as the hub runs:
+    a failure is logged and reading starts again half a second later."""
+    while True:
+        try:
+            async for msg in sub:
+                take(msg.data)
+        except Exception:
+            log.exception("%s failed; restarting", what)
+            await asyncio.sleep(0.5)

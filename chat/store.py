@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -25,7 +26,7 @@ from chat.errors import (
     NotAllowed,
     PatientNotFound,
 )
-from wadud import outbox
+from wadud import loops, outbox
 from wadud.errors import NotFound
 from wadud.principal import Principal, Role
 from wadud.rows import from_row
@@ -448,14 +449,7 @@ class Appender:
                 if conn.is_closed():
                     raise
                 for it, fut in batch:
-                    try:
-                        res = await self._one(conn, it)
-                    except Exception as exc:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    else:
-                        if not fut.done():
-                            fut.set_result(res)
+                    await loops.settle(fut, functools.partial(self._one, conn, it))
                 continue
             for (_, fut), res in zip(batch, results, strict=True):
                 if not fut.done():

@@ -171,21 +171,17 @@ class Deliverer:
         """Keep a LISTEN on the outbox channel (a relay's NOTIFY after each
         published batch wakes the senders) and refresh the backlog gauge."""
         while True:
-            try:
-                await self._listener.ensure()
-                BACKLOG.set(
-                    await self.pool.fetchval(
-                        """SELECT count(*) FROM room_hook_deliveries
-                           WHERE status = 'pending' AND next_attempt_at <= $1""",
-                        self.clock(),
-                    )
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("webhook listener failed; retrying")
-                await self._listener.close()
+            await self._listener.round(self._observe, "webhook listener failed; retrying", log)
             await asyncio.sleep(max(1.0, self.settings.webhooks_poll_interval))
+
+    async def _observe(self) -> None:
+        BACKLOG.set(
+            await self.pool.fetchval(
+                """SELECT count(*) FROM room_hook_deliveries
+                   WHERE status = 'pending' AND next_attempt_at <= $1""",
+                self.clock(),
+            )
+        )
 
     async def _send_loop(self, i: int) -> None:
         """Sender ``i``: the first also looks every poll interval (retries

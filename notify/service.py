@@ -99,6 +99,7 @@ class Notifier:
         self._send_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener = outbox.Listener(pool, lambda _payload: self._wake.set())
+        self._gauges = outbox.Gauges(self.observe)
         self.sent = 0
 
     # -- life --------------------------------------------------------------
@@ -114,30 +115,22 @@ class Notifier:
         await self._listener.close()
 
     async def _plan_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_observed = 0.0
         while True:
-            try:
-                await self._listener.ensure()
-                done = 0
-                while (n := await self.plan_events()) >= self.batch:
-                    done += n
-                done += n
-                while (n := await self.expand_jobs()) >= self.batch:
-                    done += n
-                done += n
-                # As the outbox relay does: the backlog gauges after an idle
-                # round, and at most once a second while busy.
-                if not done or loop.time() - last_observed >= outbox.OBSERVE_EVERY:
-                    await self.observe()
-                    last_observed = loop.time()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("notifier planning round failed; retrying")
-                await self._listener.close()
+            await self._listener.round(
+                self._plan_round, "notifier planning round failed; retrying", log
+            )
             self._wake.clear()
             await loops.woken(self._wake, self.settings.notify_poll_interval)
+
+    async def _plan_round(self) -> None:
+        done = 0
+        while (n := await self.plan_events()) >= self.batch:
+            done += n
+        done += n
+        while (n := await self.expand_jobs()) >= self.batch:
+            done += n
+        done += n
+        await self._gauges.after_round(busy=done > 0)
 
     async def _send_loop(self) -> None:
         await loops.drain(

@@ -65,6 +65,7 @@ from rtc.errors import (
     DtlsTimeoutError,
 )
 from rtc.machine import move
+from wadud import certs
 
 __all__ = [
     "DEFAULT_PROFILES",
@@ -225,17 +226,8 @@ class DtlsCertificate:
         (RFC 8827 section 6.5), not by its issuer, so it is self-signed with a
         random common name.
         """
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, secrets.token_hex(16))])
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + lifetime)
-            .sign(key, hashes.SHA256())
+        key, certificate = certs.self_signed(
+            secrets.token_hex(16), now - datetime.timedelta(days=1), now + lifetime
         )
         return cls(key, certificate)
 

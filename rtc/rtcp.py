@@ -179,8 +179,23 @@ class ReportBlock:
         )
 
 
-def _unpack_blocks(body: Buffer, offset: int, count: int) -> list[ReportBlock]:
-    return [ReportBlock._unpack(body, offset + 24 * i) for i in range(count)]
+def _unpack_blocks(
+    body: bytes, offset: int, count: int, kind: str
+) -> tuple[list[ReportBlock], bytes]:
+    """An SR's or RR's ``count`` report blocks from ``offset`` on, and the
+    extension after them (RFC 3550 section 6.4)."""
+    need = offset + ReportBlock.SIZE * count
+    if len(body) < need:
+        raise RtcpParseError(f"RTCP {kind} is shorter than its report count")
+    blocks = [ReportBlock._unpack(body, offset + ReportBlock.SIZE * i) for i in range(count)]
+    return blocks, body[need:]
+
+
+def _pack_blocks(reports: list[ReportBlock], extension: bytes, kind: str) -> bytes:
+    """An SR's or RR's report blocks and the extension after them."""
+    if len(extension) % 4:
+        raise ValueError(f"{kind} extension must be a multiple of 4 bytes")
+    return b"".join(bytes(r) for r in reports) + extension
 
 
 @dataclass(slots=True)
@@ -198,20 +213,16 @@ class SenderReport(_Rtcp):
 
     @classmethod
     def _decode(cls, count: int, body: bytes) -> Self:
-        need = 24 + 24 * count
-        if len(body) < need:
-            raise RtcpParseError("RTCP SR is shorter than its report count")
+        reports, extension = _unpack_blocks(body, _SENDER_INFO.size, count, "SR")
         ssrc, ntp, rtp_ts, packets, octets = _SENDER_INFO.unpack_from(body)
-        return cls(ssrc, ntp, rtp_ts, packets, octets, _unpack_blocks(body, 24, count), body[need:])
+        return cls(ssrc, ntp, rtp_ts, packets, octets, reports, extension)
 
     def _encode(self) -> tuple[int, int, bytes]:
-        if len(self.extension) % 4:
-            raise ValueError("SR extension must be a multiple of 4 bytes")
+        tail = _pack_blocks(self.reports, self.extension, "SR")
         head = _SENDER_INFO.pack(
             self.ssrc, self.ntp_timestamp, self.rtp_timestamp, self.packet_count, self.octet_count
         )
-        blocks = b"".join(bytes(r) for r in self.reports)
-        return len(self.reports), SR, head + blocks + self.extension
+        return len(self.reports), SR, head + tail
 
 
 @dataclass(slots=True)
@@ -225,17 +236,13 @@ class ReceiverReport(_Rtcp):
 
     @classmethod
     def _decode(cls, count: int, body: bytes) -> Self:
-        need = 4 + 24 * count
-        if len(body) < need:
-            raise RtcpParseError("RTCP RR is shorter than its report count")
+        reports, extension = _unpack_blocks(body, _U32.size, count, "RR")
         (ssrc,) = _U32.unpack_from(body)
-        return cls(ssrc, _unpack_blocks(body, 4, count), body[need:])
+        return cls(ssrc, reports, extension)
 
     def _encode(self) -> tuple[int, int, bytes]:
-        if len(self.extension) % 4:
-            raise ValueError("RR extension must be a multiple of 4 bytes")
-        blocks = b"".join(bytes(r) for r in self.reports)
-        return len(self.reports), RR, _U32.pack(self.ssrc) + blocks + self.extension
+        tail = _pack_blocks(self.reports, self.extension, "RR")
+        return len(self.reports), RR, _U32.pack(self.ssrc) + tail
 
 
 # -- SDES and BYE (RFC 3550 6.5, 6.6) -------------------------------------------------

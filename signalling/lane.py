@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sfu.errors import SfuStateError
+from wadud import loops
 
 log = logging.getLogger("wadud.signalling")
 T = TypeVar("T")
@@ -65,17 +66,7 @@ class MediaLane:
         try:
             while self._queue:
                 call, fut = self._queue.popleft()
-                try:
-                    result = await call()
-                except asyncio.CancelledError:
-                    fut.cancel()
-                    raise
-                except Exception as exc:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                else:
-                    if not fut.done():
-                        fut.set_result(result)
+                await loops.settle(fut, call)
         finally:
             self._task = None
             for _, fut in self._queue:

@@ -12,22 +12,22 @@ the global Redis keeps owning, placing and forwarding the rooms of its own
 plane (docs/operations.md, "A region cut off").
 
 :class:`CallPlanes` reads a connection's first frame (a ``join``, whose
-token names the room) and hands the connection to that room's plane, which
-verifies the token in full and refuses a home that is not its own. With
-one plane it hands every connection over at once.
+token names the room) and hands the connection to that room's plane with
+the frame parsed and the token decoded (:class:`signalling.opening.Opening`):
+the plane checks the token's claims against the room and refuses a home
+that is not its own. With one plane it hands every connection over at once.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import web
 
 from signalling import errors, protocol
 from signalling.callroom import CallRoom
+from signalling.opening import Opening
 from signalling.service import JOIN_TIMEOUT, CallService
-from wadud.auth import InvalidToken, decode_room_token
 from wadud.config import Settings
 
 
@@ -71,20 +71,13 @@ class CallPlanes:
             await ws.send_json(protocol.error_from(late))
             await ws.close(code=errors.CLOSE_TIMEOUT, message=b"join timeout")
             return ws
-        return await self.plane_of(first).serve(request, ws, first)
+        opening = Opening.read(self.settings, first)
+        return await self.plane_of(opening).serve(request, ws, opening)
 
-    def plane_of(self, first: WSMessage) -> CallService:
+    def plane_of(self, opening: Opening) -> CallService:
         """The service of the room a first frame joins. Anything that is not a
         good join, or homed in another region, goes to the global plane, which
         refuses it as it would (a home not its own: ``other-region``)."""
-        if first.type != WSMsgType.TEXT:
-            return self.global_
-        try:
-            frame = json.loads(first.data)
-            token = frame["token"] if frame.get("type") == "join" else None
-            home = decode_room_token(self.settings, token).home if isinstance(token, str) else ""
-        except (ValueError, TypeError, KeyError, AttributeError, InvalidToken):
-            return self.global_
-        if home and home == self.settings.region and self.regional is not None:
+        if opening.home and opening.home == self.settings.region and self.regional is not None:
             return self.regional
         return self.global_

@@ -30,6 +30,7 @@ from signalling import errors, protocol
 from signalling.callroom import CallRoom
 from signalling.cluster import Cluster, conn_replica
 from signalling.connections import AnyConnection, Connection, RemoteConnection
+from signalling.opening import Claims
 from signalling.placement import Placed
 from signalling.room import Output
 from signalling.sites import Sites
@@ -64,8 +65,11 @@ class Host(Protocol):
         """A frame for a room this replica owns (or for no room)."""
         ...
 
-    async def admit(self, conn: Connection, frame: protocol.Join) -> RoomGrant:
-        """A ``join``'s grant, once its token and the checks on it passed."""
+    async def admit(
+        self, conn: Connection, frame: protocol.Join, claims: Claims | None = None
+    ) -> RoomGrant:
+        """A ``join``'s grant, once its token (or its ``claims``, the token
+        decoded already) and the checks on it passed."""
         ...
 
     def room(self, name: str, region: str = "") -> CallRoom: ...
@@ -234,18 +238,24 @@ class Replicas:
     # -- routing ---------------------------------------------------------------
 
     async def route(
-        self, conn: AnyConnection, frame: protocol.ClientFrame, text: str, grant: RoomGrant | None
+        self,
+        conn: AnyConnection,
+        frame: protocol.ClientFrame,
+        text: str,
+        grant: RoomGrant | None,
+        claims: Claims | None = None,
     ) -> None:
         """One parsed frame from a client, handled here when this replica
         owns (or can take) its room, else forwarded to the owner. Pings and
         pongs are answered where the socket is; the owner of each room is
-        remembered until a delivery finds nobody listening."""
+        remembered until a delivery finds nobody listening. ``claims``: a
+        first join's token decoded already (signalling.opening)."""
         name = conn.room_name
         first_join = name is None and isinstance(frame, protocol.Join)
         try:
             if first_join and isinstance(conn, Connection) and isinstance(frame, protocol.Join):
                 # A first join: refused here, or routed to its room from now on.
-                grant = await self._host.admit(conn, frame)
+                grant = await self._host.admit(conn, frame, claims)
                 name = conn.room_name = grant.room
             if name is None or (
                 name not in self._rooms and isinstance(frame, protocol.Ping | protocol.Pong)

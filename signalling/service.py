@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WSMsgType, web
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -64,6 +64,7 @@ from signalling.callroom import CallRoom, Subscriber
 from signalling.cluster import Cluster
 from signalling.connections import ERRORS, AnyConnection, Connection, RemoteConnection
 from signalling.lane import MediaLane
+from signalling.opening import Claims, Opening, claims_of
 from signalling.placement import Placement
 from signalling.recording_consent import (
     ConsentAnswered,
@@ -86,7 +87,7 @@ from signalling.room import (
     track_info,
 )
 from signalling.sites import Sites
-from wadud.auth import InvalidToken, RoomGrant, decode_room_token
+from wadud.auth import RoomGrant
 from wadud.config import Settings
 
 log = logging.getLogger("wadud.signalling")
@@ -543,23 +544,35 @@ class CallService:
             # Its room runs elsewhere: the owner hears of it.
             self.replicas.gone(conn.room_name, conn.ref)
 
-    async def receive(self, conn: AnyConnection, text: str, grant: RoomGrant | None = None) -> None:
+    async def receive(
+        self,
+        conn: AnyConnection,
+        text: str,
+        grant: RoomGrant | None = None,
+        opening: Opening | None = None,
+    ) -> None:
         """One text frame: parsed here, once, then handled or routed to its
         room's owner; errors are answered on this connection only. ``grant``:
-        a ``join`` forwarded by another replica, its token decoded there."""
+        a ``join`` forwarded by another replica, its token decoded there.
+        ``opening``: ``text`` is the connection's first frame, which
+        signalling.planes parsed already (and decoded a join's token)."""
         conn.last_seen = asyncio.get_running_loop().time()
         ref: str | None = None
+        read = opening.frame if opening is not None else None
+        claims = opening.claims if opening is not None else None
         try:
             try:
-                frame = protocol.parse(text)
+                if isinstance(read, protocol.ProtocolError):
+                    raise read
+                frame = protocol.parse(text) if read is None else read
             except protocol.ProtocolError:
                 FRAMES.labels("malformed").inc()
                 raise
             ref = frame.id
             if self.replicas is None:
-                await self.handle(conn, frame, grant)
+                await self.handle(conn, frame, grant, claims)
             else:
-                await self.replicas.route(conn, frame, text, grant)
+                await self.replicas.route(conn, frame, text, grant, claims)
         except Exception as exc:
             conn.send(protocol.error_from(self._refusal(exc), ref))
             if isinstance(exc, errors.SignallingError) and exc.close_code is not None:
@@ -581,13 +594,17 @@ class CallService:
         log.error("call frame failed", exc_info=exc)
         return errors.SignallingError("the server failed; try again")
 
-    async def admit(self, conn: AnyConnection, frame: protocol.Join) -> RoomGrant:
+    async def admit(
+        self, conn: AnyConnection, frame: protocol.Join, claims: Claims | None = None
+    ) -> RoomGrant:
         """The grant of a ``join``'s token, once the token is good, for this
-        link's room, still open (``guard``) and the room not ended."""
-        try:
-            grant = decode_room_token(self.settings, frame.token)
-        except InvalidToken as exc:
-            raise errors.Unauthorized(exc.detail) from exc
+        link's room, still open (``guard``) and the room not ended.
+        ``claims``: the token as signalling.planes decoded it already."""
+        if claims is None:
+            claims = claims_of(self.settings, frame.token)
+        elif isinstance(claims, errors.Unauthorized):
+            raise claims
+        grant = claims
         if isinstance(conn, Connection) and conn.room_hint not in (None, grant.room):
             raise errors.WrongRoom("the token is for another room than this link's")
         if grant.home != self.home:
@@ -604,10 +621,15 @@ class CallService:
         return grant
 
     async def handle(
-        self, conn: AnyConnection, frame: protocol.ClientFrame, grant: RoomGrant | None = None
+        self,
+        conn: AnyConnection,
+        frame: protocol.ClientFrame,
+        grant: RoomGrant | None = None,
+        claims: Claims | None = None,
     ) -> None:
         """A frame for a room this replica owns, or for none yet (``grant``:
-        a ``join``'s, when :meth:`admit` passed it on its way here)."""
+        a ``join``'s, when :meth:`admit` passed it on its way here; else
+        ``claims``: its token decoded, if it was already)."""
         # Counted where handled, so a frame routed to another replica counts once.
         FRAMES.labels(frame.type).inc()
         if isinstance(frame, protocol.Ping):
@@ -619,7 +641,7 @@ class CallService:
             if conn.room is not None:
                 raise protocol.BadFrame("already joined", ref=frame.id)
             if grant is None:
-                grant = await self.admit(conn, frame)
+                grant = await self.admit(conn, frame, claims)
             await self._join(conn, frame, grant)
             return
         room = conn.room
@@ -782,11 +804,11 @@ class CallService:
         self,
         request: web.Request,
         ws: web.WebSocketResponse | None = None,
-        first: WSMessage | None = None,
+        opening: Opening | None = None,
     ) -> web.WebSocketResponse:
         """One call WebSocket from upgrade to close (docs/protocol.md "Calls").
-        ``ws`` and ``first``: a connection signalling.planes upgraded, and the
-        frame it read to choose this plane."""
+        ``ws`` and ``opening``: a connection signalling.planes upgraded, and
+        its first message as read there to choose this plane."""
         if ws is None:
             ws = web.WebSocketResponse(max_msg_size=self.settings.call_max_frame_bytes)
             await ws.prepare(request)
@@ -806,8 +828,9 @@ class CallService:
                 if timeout is not None and timeout <= 0:
                     self._join_timed_out(conn)
                     break
+                read, opening = opening, None
                 try:
-                    msg, first = first or await ws.receive(timeout=timeout), None
+                    msg = read.message if read is not None else await ws.receive(timeout=timeout)
                 except TimeoutError:
                     if conn.room is None and conn.room_name is None:
                         self._join_timed_out(conn)
@@ -816,7 +839,7 @@ class CallService:
                 if msg.type == WSMsgType.TEXT:
                     conn.last_seen = loop.time()
                     try:
-                        await self.receive(conn, msg.data)
+                        await self.receive(conn, msg.data, opening=read)
                     except Exception:
                         # Nothing one frame does may end the connection.
                         log.exception("call frame failed")

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from wadud import certs
 
 #: What a self-signed certificate names: the loopback relay of ``wadud serve``.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -46,22 +47,15 @@ def self_signed(
     if _still_good(cert_path, key_path, names, now):
         return cert_path, key_path
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"Wadud TURN {names[0]} (self-signed)")]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + LIFETIME)
-        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
+    key, cert = certs.self_signed(
+        f"Wadud TURN {names[0]} (self-signed)",
+        now - dt.timedelta(hours=1),
+        now + LIFETIME,
+        [
+            (x509.SubjectAlternativeName([_general_name(n) for n in names]), False),
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
     )
     # The key first: a certificate is only kept beside the key it names.
     _write(

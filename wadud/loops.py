@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["background", "drain", "every", "stopped", "woken"]
+__all__ = ["background", "drain", "every", "settle", "stopped", "woken"]
+
+T = TypeVar("T")
 
 
 async def drain(
@@ -62,6 +64,23 @@ async def woken(event: asyncio.Event, within: float) -> bool:
         async with asyncio.timeout(within):
             await event.wait()
     return event.is_set()
+
+
+async def settle(fut: asyncio.Future[T], call: Callable[[], Awaitable[T]]) -> None:
+    """Run ``call``, a queued request, and give its outcome to ``fut``, the
+    request's answer, unless that is done already (its caller gave up).
+    Cancelled meanwhile, ``fut`` is cancelled too and the cancellation goes on."""
+    try:
+        result = await call()
+    except asyncio.CancelledError:
+        fut.cancel()
+        raise
+    except Exception as exc:
+        if not fut.done():
+            fut.set_exception(exc)
+    else:
+        if not fut.done():
+            fut.set_result(result)
 
 
 async def stopped(*tasks: asyncio.Future[Any] | None) -> None:

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -150,6 +150,19 @@ class Listener:
         self._conn = await self.pool.acquire()
         await self._conn.add_listener(CHANNEL, self._heard)
 
+    async def round(
+        self, step: Callable[[], Awaitable[None]], failed: str, log: logging.Logger
+    ) -> None:
+        """One round of the work a NOTIFY wakes (``step``), listening first.
+        A round that fails is logged (``failed``) and ends there, and the
+        LISTEN starts afresh next round: its connection may be what failed."""
+        try:
+            await self.ensure()
+            await step()
+        except Exception:
+            log.exception(failed)
+            await self.close()
+
     async def close(self) -> None:
         """Stop listening and give the connection back (a dead one too)."""
         conn, self._conn = self._conn, None
@@ -161,6 +174,23 @@ class Listener:
 
     def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._notified(payload)
+
+
+class Gauges:
+    """Backlog gauges refreshed by a query (``observe``) after every idle
+    round, and once every :data:`OBSERVE_EVERY` seconds while busy: under
+    load a round runs per commit or so, and a count of the pending rows each
+    time would be a statement per booking for a figure scraped every 15 s."""
+
+    def __init__(self, observe: Callable[[], Awaitable[None]]) -> None:
+        self.observe = observe
+        self._last = 0.0
+
+    async def after_round(self, busy: bool) -> None:
+        loop = asyncio.get_running_loop()
+        if not busy or loop.time() - self._last >= OBSERVE_EVERY:
+            await self.observe()
+            self._last = loop.time()
 
 
 class Relay:
@@ -181,6 +211,8 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener = Listener(pool, self._notified)
+        self._gauges = Gauges(self.observe)
+        self._last_prune = 0.0
         #: Connections whose open transaction wrote an event, and since when.
         self._pending: dict[asyncpg.Connection, float] = {}
         self._watch: asyncio.Handle | None = None
@@ -227,34 +259,23 @@ class Relay:
             self._wake.set()
 
     async def _run(self) -> None:
-        last_prune = last_observed = 0.0
-        loop = asyncio.get_running_loop()
         while True:
             # Cleared before the round, not after: a wake during the round
             # (an event committed meanwhile) runs another one.
             self._wake.clear()
-            try:
-                await self._listener.ensure()
-                relayed = 0
-                while (n := await self.relay_once()) >= self.batch:
-                    relayed += n
-                relayed += n
-                if loop.time() - last_prune > 60:
-                    await self.prune()
-                    last_prune = loop.time()
-                # The gauges after every idle round, and once a second while
-                # busy: under load a round runs per commit or so, and a
-                # count of the pending rows each time would be a statement
-                # per booking for a figure scraped every 15 s.
-                if not relayed or loop.time() - last_observed >= OBSERVE_EVERY:
-                    await self.observe()
-                    last_observed = loop.time()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox relay round failed; retrying")
-                await self._listener.close()
+            await self._listener.round(self._round, "outbox relay round failed; retrying", log)
             await loops.woken(self._wake, self.poll_interval)
+
+    async def _round(self) -> None:
+        relayed = 0
+        while (n := await self.relay_once()) >= self.batch:
+            relayed += n
+        relayed += n
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_prune > 60:
+            await self.prune()
+            self._last_prune = loop.time()
+        await self._gauges.after_round(busy=relayed > 0)
 
     async def relay_once(self) -> int:
         """Publish one batch of pending events; return how many."""

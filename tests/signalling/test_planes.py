@@ -8,18 +8,21 @@ is tests/signalling/test_region_cut.py."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import pytest
 import redis.asyncio as aioredis
 
+from signalling import protocol
 from signalling.http import PLANES
+from signalling.protocol import ClientFrame
 from tests.booking.factories import make_clinic, make_doctor
 from tests.booking.test_video_calls import _live_booking
 from tests.conftest import Api, RedisServer
 from tests.signalling.test_ws import connect, joined, token
-from wadud import keys
-from wadud.auth import decode_room_token
+from wadud import auth, keys
+from wadud.auth import RoomGrant, decode_room_token
 from wadud.config import Settings
 
 
@@ -33,6 +36,23 @@ def settings(settings: Settings, redis_server: RedisServer) -> Settings:
         region="pk",
         call_home_regions=["pk"],
     )
+
+
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The room tokens signalling decodes from now on: every signalling
+    module's ``decode_room_token`` counts each call, then decodes for real."""
+    decoded: list[str] = []
+
+    def decode(settings: Settings, tok: str, *, leeway: float = 0) -> RoomGrant:
+        decoded.append(tok)
+        return auth.decode_room_token(settings, tok, leeway=leeway)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("signalling.") and (
+            getattr(module, "decode_room_token", None) is auth.decode_room_token
+        ):
+            monkeypatch.setattr(module, "decode_room_token", decode)
+    return decoded
 
 
 async def test_a_home_region_s_booking_is_held_in_its_own_plane(api: Api) -> None:
@@ -95,3 +115,54 @@ async def test_a_socket_that_never_joins_times_out_once(api: Api) -> None:
         assert answer["code"] == "join-timeout" and answer["fatal"] is True
         assert await ws.closed_with() == 4408
         assert time.monotonic() - t0 < 3.0
+
+
+async def test_a_join_is_parsed_and_its_token_decoded_once_by_either_plane(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replica reads the first frame to choose the plane; the plane's
+    service takes that reading as its own, for a good token and a bad one."""
+    decoded = count_decodes(monkeypatch)
+    parsed: list[str] = []
+
+    def parse(text: str | bytes) -> ClientFrame:
+        parsed.append(str(text))
+        return real_parse(text)
+
+    real_parse = protocol.parse
+    monkeypatch.setattr(protocol, "parse", parse)
+    planes = api.app[PLANES]
+    assert planes.regional is not None
+    homed = token(api, "dr-homed", "doctor", home="pk", room="room-homed")
+    anywhere = token(api, "dr-anywhere", "doctor", room="room-anywhere")
+    for tok, plane, name in (
+        (homed, planes.regional, "room-homed"),
+        (anywhere, planes.global_, "room-anywhere"),
+    ):
+        decoded.clear()
+        async with joined(api, tok) as (_ws, answer):
+            assert answer["type"] == "joined", answer
+            assert list(plane.rooms) == [name]
+            assert decoded == [tok]
+            assert len([text for text in parsed if tok in text]) == 1
+    # A bad token: refused as ever, and decoded once.
+    decoded.clear()
+    forged = homed[:-4] + "AAAA"
+    async with connect(api) as ws:
+        err = await ws.request({"type": "join", "token": forged}, "j")
+        assert (err["type"], err["code"], err["fatal"]) == ("error", "unauthorized", True), err
+        assert await ws.closed_with() == 4401
+    assert decoded == [forged]
+    assert len([text for text in parsed if forged in text]) == 1
+
+
+async def test_a_first_frame_that_is_no_frame_is_answered_and_the_socket_stays(
+    api: Api,
+) -> None:
+    async with connect(api) as ws:
+        await ws.ws.send_str("{not json")
+        err = await ws.wait_for(lambda f: f.get("type") == "error", 5)
+        assert err["code"] == "bad-frame" and "fatal" not in err, err
+        # The global plane holds the socket: a join without a home gets in.
+        answer = await ws.request({"type": "join", "token": token(api, "dr-later", "doctor")}, "j")
+        assert answer["type"] == "joined", answer

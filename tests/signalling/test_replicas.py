@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
-from signalling import service
+from signalling import opening
 from signalling.cluster import HOLD, OWNER_KEY, STATE_KEY, Cluster
 from signalling.http import CALLS
 from tests.conftest import Api
@@ -79,7 +79,7 @@ async def test_a_join_token_is_decoded_once_wherever_the_room_is(
         decoded.append(grant.identity)
         return grant
 
-    monkeypatch.setattr(service, "decode_room_token", decode)
+    monkeypatch.setattr(opening, "decode_room_token", decode)
     name = room()
     async with (
         joined(a, token(a, "dr-amina", "doctor", room=name)) as (_doc, dj),

@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 from aioice import turn as aioice_turn
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -30,6 +28,7 @@ from tests.turn.conftest import SECRET, EchoPeer, RawClient, error_code, make_co
 from turn import aio as turn_aio
 from turn.aio import TurnServer
 from turn.credentials import rest_credentials
+from wadud import certs
 
 
 class Collect(asyncio.DatagramProtocol):
@@ -92,22 +91,13 @@ async def test_aioice_tcp_relays_to_echo_peer(turn_server: TurnServer, echo_peer
 
 
 def _self_signed(tmp: Path) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    key, cert = certs.self_signed(
+        "localhost",
+        now - datetime.timedelta(minutes=1),
+        now + datetime.timedelta(days=1),
+        [(san, False)],
     )
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -64,3 +64,36 @@ async def test_drain_steps_while_there_is_work_then_waits_for_a_wake() -> None:
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=2)
     assert done == {task}
+
+
+async def test_settle_gives_a_request_s_outcome_to_its_answer() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def answer() -> int:
+        return 7
+
+    async def fail() -> int:
+        raise ValueError("no")
+
+    ok: asyncio.Future[int] = loop.create_future()
+    await loops.settle(ok, answer)
+    assert ok.result() == 7
+    failed: asyncio.Future[int] = loop.create_future()
+    await loops.settle(failed, fail)
+    assert isinstance(failed.exception(), ValueError)
+    # A caller that gave up already keeps its answer; nothing is raised here.
+    gave_up: asyncio.Future[int] = loop.create_future()
+    gave_up.cancel()
+    await loops.settle(gave_up, fail)
+    assert gave_up.cancelled()
+
+
+async def test_settle_cancelled_cancels_the_answer_too() -> None:
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[None] = loop.create_future()
+    task = asyncio.create_task(loops.settle(answer, lambda: asyncio.sleep(10)))
+    await asyncio.sleep(0)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    assert done == {task} and task.cancelled()
+    assert answer.cancelled()
