@@ -162,6 +162,14 @@ def mix_results(phases: list[dict[str, Any]]) -> dict[str, Any]:
         a, b = mixed[key], sandbox[key]
         return round(a / b, 3) if a and b else None
 
+    # Each ABBA round on its own: its two modes met the same moment's load.
+    by_round = []
+    for r in range(0, len(phases) - 3, 4):
+        four = phases[r : r + 4]
+        one, other = mode_figures(four, "mix"), mode_figures(four, "sandbox")
+        if one["cpu_ms_per_booking"] and other["cpu_ms_per_booking"]:
+            by_round.append(round(one["cpu_ms_per_booking"] / other["cpu_ms_per_booking"], 3))
+
     return {
         "phases": [
             {
@@ -183,6 +191,10 @@ def mix_results(phases: list[dict[str, Any]]) -> dict[str, Any]:
         },
         # Mixed over sandbox-only, per booking: above 1, a mixed booking costs more.
         "ratio_cpu_per_booking": ratio("cpu_ms_per_booking"),
+        "ratio_cpu_per_booking_by_round": by_round,
+        "ratio_cpu_per_booking_median_of_rounds": round(statistics.median(by_round), 3)
+        if by_round
+        else None,
         "ratio_latency_p50": ratio("latency_p50_ms"),
         "ratio_seconds_per_booking": round(sandbox["per_second"] / mixed["per_second"], 3)
         if sandbox["per_second"] and mixed["per_second"]

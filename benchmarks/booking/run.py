@@ -18,7 +18,9 @@ the ratio of their medians, from the same run.
 ``--mix`` compares a mix of ways to pay with sandbox-only bookings on the
 same run: after the warm-up, four phases of ``--seconds``/2 each, sandbox
 only, mixed, mixed, sandbox only (ABBA, so the database's growth and the
-machine's drift weigh on both alike). Mixed phases pay in turn by the
+machine's drift weigh on both alike); ``--rounds N`` repeats the four N
+times in shorter phases, which shares a busy machine's bursts more evenly,
+and reports each round's ratio and their median. Mixed phases pay in turn by the
 sandbox, by the EasyPaisa simulator's hosted checkout and by bank transfer
 (the patient starts the transfer; clinic finance imports the credits as CSV
 statements of ``--statement-lines`` lines, 20 by default, matched by
@@ -632,12 +634,12 @@ async def run(
         ticks0 = cpu_ticks()
         t0 = time.perf_counter()
         phases: list[dict[str, Any]] = []
-        for mode in ("sandbox", "mix", "mix", "sandbox") if args.mix else ("",):
+        for mode in ("sandbox", "mix", "mix", "sandbox") * args.rounds if args.mix else ("",):
             before = (done, failed, len(ways), cpu_seconds(server.pid))
             sim_before = cpu_seconds(simulator.pid) if simulator is not None else 0.0
             pg_before = postgres_cpu_seconds(data_dir)
             started = time.perf_counter()
-            deadline = started + (args.seconds / 2 if args.mix else args.seconds)
+            deadline = started + (args.seconds / 2 / args.rounds if args.mix else args.seconds)
             if args.rate:
                 await paced()
             else:
@@ -818,6 +820,13 @@ def main() -> None:
         help="--mix: bank-transfer credits per imported statement (1: a statement per booking)",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="--mix: ABBA rounds the phases take (each phase --seconds/2/rounds); more, shorter"
+        " rounds share the machine's drift more evenly, and each round's ratio is reported",
+    )
+    p.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -849,6 +858,8 @@ def main() -> None:
     }
     if args.consent:
         env["WADUD_CONSENT_REQUIRED"] = ",".join(CONSENTS)
+    if args.rounds < 1:
+        p.error("--rounds takes a whole number from 1")
     if args.mix:
         # Bank transfer is offered once the platform has an account to pay into.
         env["WADUD_PAYMENTS_BANK_TRANSFER_IBAN"] = "PK36SCBL0000001123456702"
@@ -947,6 +958,12 @@ def main() -> None:
             f" {mx['statement_lines']} credits each; transfers left unmatched:"
             f" {mx['transfers_unmatched']}"
         )
+        if len(mx["ratio_cpu_per_booking_by_round"]) > 1:
+            print(
+                "  mixed / sandbox-only CPU per booking, round by round:"
+                f" {mx['ratio_cpu_per_booking_by_round']}, median"
+                f" {mx['ratio_cpu_per_booking_median_of_rounds']}"
+            )
         print(
             f"  mixed / sandbox-only per booking: CPU {mx['ratio_cpu_per_booking']},"
             f" seconds {mx['ratio_seconds_per_booking']}, median latency"
