@@ -25,9 +25,8 @@ from pydantic import Field, StringConstraints
 
 from booking import calls, pages, service
 from booking.lifecycle import Event, State, allowed_events
-from booking.payments.refunding import refund_booking
 from booking.refunds import CANCELLERS, Canceller
-from booking.service import BookingNotFound, TooEarly, TooLate
+from booking.service import BookingNotFound, Refunder, TooEarly, TooLate
 from privacy import audit, consent
 from wadud import cursor, keys, loops
 from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes, in_sane_range
@@ -43,6 +42,11 @@ STAFF = {Role.DOCTOR, Role.CLINIC_STAFF, Role.ADMIN}
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
 ManageToken = "{token:[A-Za-z0-9_-]+}"
+
+#: What refunds a cancelled booking's payment: set by the payments part of
+#: the app (:mod:`booking.payments.http`), bound to its gateways. With no
+#: payments installed, a paid booking cannot be cancelled.
+REFUNDER: web.AppKey[Refunder] = web.AppKey("booking_refunder")
 
 
 class BookingIn(ApiModel):
@@ -361,7 +365,7 @@ async def _cancel(
             actor_id=me.user_id,
             reason=reason,
             decline=decline,
-            refund=refund_booking,
+            refund=call.request.app.get(REFUNDER),
         )
         await _audit(conn, me, "booking.decline" if decline else "booking.cancel", row)
     return booking_out(updated)
@@ -459,7 +463,7 @@ async def manage_cancel(call: Call[CancelIn, None]) -> BookingOut:
             by=Canceller.PATIENT,
             actor_id=row["patient_id"],
             reason=call.body.reason,
-            refund=refund_booking,
+            refund=call.request.app.get(REFUNDER),
         )
     return booking_out(updated)
 

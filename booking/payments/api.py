@@ -25,7 +25,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 from uuid import UUID, uuid4
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
@@ -795,43 +794,35 @@ async def clinic_ledger(call: Call[None, LedgerQuery]) -> LedgerPage:
     )
 
 
-# --- lifespan: gateways and the sweeper -------------------------------------------------
+# --- lifespan: the sweeper ------------------------------------------------------
 
 
 async def lifespan(app: web.Application) -> AsyncIterator[None]:
-    """Build the gateways once (one HTTP client session for the remote ones,
-    closed on shutdown) and run the sweeper of stale intents."""
+    """Run the sweeper of stale intents over the app's gateways."""
     settings = app[keys.SETTINGS]
-    # Server to server: no gateway's API sets a cookie we should send back,
-    # and a jar would carry one gateway's answers into the next call.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        registry = service.build_registry(settings, session)
-        app[GATEWAYS] = registry
-        service.use_registry(registry)
-        # Bank details stored in clear before migration 0024 are sealed now.
-        await payout_details.seal_clear_rows(app[keys.DB], payout_details.sealer_of(app))
+    registry = app[GATEWAYS]
+    # Bank details stored in clear before migration 0024 are sealed now.
+    await payout_details.seal_clear_rows(app[keys.DB], payout_details.sealer_of(app))
 
-        async def sweep() -> None:
-            delay = SWEEP_INTERVAL
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    await service.sweep_once(
-                        app[keys.DB],
-                        registry,
-                        _now(),
-                        default_bp=settings.payments_platform_commission_bp,
-                    )
-                except Exception:
-                    log.exception("payments sweep failed")
-                # A gateway in an outage is tried again at its retry time.
-                retry = registry.reach.retry_in(time.monotonic())
-                delay = SWEEP_INTERVAL if retry is None else min(SWEEP_INTERVAL, retry + 0.01)
+    async def sweep() -> None:
+        delay = SWEEP_INTERVAL
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await service.sweep_once(
+                    app[keys.DB],
+                    registry,
+                    _now(),
+                    default_bp=settings.payments_platform_commission_bp,
+                )
+            except Exception:
+                log.exception("payments sweep failed")
+            # A gateway in an outage is tried again at its retry time.
+            retry = registry.reach.retry_in(time.monotonic())
+            delay = SWEEP_INTERVAL if retry is None else min(SWEEP_INTERVAL, retry + 0.01)
 
-        task = asyncio.create_task(sweep(), name="payments-sweeper")
-        try:
-            yield
-        finally:
-            await loops.stopped(task)
-            if service.current_registry_or_none() is registry:
-                service.use_registry(None)
+    task = asyncio.create_task(sweep(), name="payments-sweeper")
+    try:
+        yield
+    finally:
+        await loops.stopped(task)

@@ -1,4 +1,4 @@
-"""A local EasyPaisa: the other side of :mod:`booking.payments.easypaisa`.
+"""A local EasyPaisa: the other side of :mod:`booking.payments.gateways.easypaisa`.
 
 It plays the merchant-facing half of EasyPaisa's protocol so the whole flow
 runs with no account (``wadud serve`` enables it when no store is configured,
@@ -36,7 +36,8 @@ from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from booking.payments.easypaisa import (
+from booking.payments.errors import InvalidSignature, MalformedPayload, UnknownReference
+from booking.payments.gateways.easypaisa import (
     IPN_PATH,
     PKT,
     SIMULATOR_PATH,
@@ -47,7 +48,6 @@ from booking.payments.easypaisa import (
     parse_amount,
     read_merchant_hash,
 )
-from booking.payments.errors import InvalidSignature, MalformedPayload, UnknownReference
 from booking.payments.intent import Money
 
 __all__ = ["SIM_PREFIX", "EasyPaisaSimulator", "SimOrder", "codes"]
