@@ -773,13 +773,12 @@ async def confirm_by_hand(
             now,
         )
         assert row is not None
-        await audit.record(
+        await audit.record_about(
             conn,
+            intent,
+            "payment",
             actor=actor,
             action="payment.bank_transfer.manual_match",
-            subject=intent["patient_id"],
-            clinic=intent["clinic_id"],
-            object=f"payment/{intent['id']}",
             detail={
                 "credit_id": str(cid),
                 "outcome": status,
