@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -29,7 +29,7 @@ from booking.refunds import CANCELLERS, Canceller
 from booking.service import BookingNotFound, Refunder, TooEarly, TooLate
 from privacy import audit, consent
 from wadud import cursor, keys, loops
-from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes, in_sane_range
+from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes
 from wadud.errors import Conflict, NotFound
 
 routes = Routes("bookings", "Bookings, their lifecycle, manage links and video links.")
@@ -204,21 +204,6 @@ async def create_booking(call: Call[BookingIn, None]) -> BookingOut:
     return booking_out(row)
 
 
-def _encode_cursor(secret: str, row: Mapping[str, Any]) -> str:
-    return cursor.encode(secret, "bookings", row["starts_at"].isoformat(), str(row["id"]))
-
-
-def _decode_cursor(secret: str, text: str) -> tuple[dt.datetime, UUID]:
-    at, ident = cursor.decode(secret, "bookings", text, 2)
-    try:
-        when = dt.datetime.fromisoformat(str(at))
-        if when.utcoffset() is None or not in_sane_range(when):
-            raise ValueError("not an instant we hand out")
-        return when, UUID(str(ident))
-    except ValueError:
-        raise cursor.InvalidCursor("the cursor is not one this API handed out") from None
-
-
 @routes.get("/api/v1/bookings", query=BookingQuery, returns=BookingPage, auth="any")
 async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
     """List bookings the caller may see, by start time.
@@ -242,7 +227,7 @@ async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
         args.append(q.to)
         where.append(f"b.starts_at < ${len(args)}")
     if q.cursor is not None:
-        at, ident = _decode_cursor(call.settings.secret_key, q.cursor)
+        at, ident = cursor.decode_instant_id(call.settings.secret_key, "bookings", q.cursor)
         args.extend([at, ident])
         where.append(f"(b.starts_at, b.id) > (${len(args) - 1}, ${len(args)})")
     args.append(q.limit + 1)
@@ -263,10 +248,13 @@ async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
                 for r in rows
             ],
         )
-    return BookingPage(
-        items=[booking_out(r) for r in rows],
-        next_cursor=_encode_cursor(call.settings.secret_key, rows[-1]) if more else None,
-    )
+    next_cursor = None
+    if more:
+        last = rows[-1]
+        next_cursor = cursor.encode_instant_id(
+            call.settings.secret_key, "bookings", last["starts_at"], last["id"]
+        )
+    return BookingPage(items=[booking_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @routes.get("/api/v1/bookings/{id:uuid}", returns=BookingOut, auth="any")
