@@ -45,6 +45,7 @@ from booking.payments.errors import PaymentError
 from booking.payments.gateway import GatewayRegistry, Verdict
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
+from booking.payments.paging import OffsetQuery
 from booking.payments.service import GATEWAYS, INTENT_COLUMNS
 from booking.payments.webhook_http import WebhookAck, deliver
 from wadud import keys, loops, outbox
@@ -145,10 +146,8 @@ class Payment(ApiModel):
     )
 
 
-class PaymentsQuery(ApiModel):
+class PaymentsQuery(OffsetQuery):
     booking_id: UUID | None = None
-    limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class PaymentResult(ApiModel):
@@ -200,10 +199,8 @@ class Earnings(ApiModel):
     )
 
 
-class LedgerQuery(ApiModel):
+class LedgerQuery(OffsetQuery):
     kind: Literal["capture", "refund", "payout", "adjustment"] | None = None
-    limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class LedgerEntry(ApiModel):

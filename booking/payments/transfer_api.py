@@ -24,6 +24,7 @@ from pydantic import Field, StringConstraints
 
 from booking.payments import transfer_page, transfer_proofs, transfer_service
 from booking.payments.intent import IntentState
+from booking.payments.paging import OffsetQuery
 from booking.payments.rows import INTENT_COLUMNS
 from booking.payments.transfer import (
     GATEWAY,
@@ -137,10 +138,8 @@ class StatementImport(ApiModel):
     duplicates: int = Field(description="Lines imported before (the same statement again).")
 
 
-class CreditsQuery(ApiModel):
+class CreditsQuery(OffsetQuery):
     status: list[CreditStatus] = Field(default_factory=list)
-    limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class ConfirmIn(ApiModel):
