@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -42,7 +42,7 @@ from booking.payments import (
     transfer_api,
 )
 from booking.payments.errors import PaymentError
-from booking.payments.gateway import GatewayRegistry, Verdict
+from booking.payments.gateway import GatewayRegistry, Verdict, with_query
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
 from booking.payments.paging import OffsetQuery
@@ -269,12 +269,6 @@ def _check_return_url(url: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise Unprocessable("return_url must be an absolute http or https URL")
     return url
-
-
-def _with_query(url: str, params: Mapping[str, str]) -> str:
-    parts = urlsplit(url)
-    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
-    return urlunsplit(parts._replace(query=query))
 
 
 async def _visible_intent(
@@ -523,7 +517,7 @@ async def _landing(call: Call[None, None], params: Mapping[str, str]) -> web.Str
     )
     onward = None
     if row["return_url"]:
-        onward = _with_query(
+        onward = with_query(
             row["return_url"], {"payment_id": str(row["id"]), "status": row["status"]}
         )
     if pages.wants_html(call.request):

@@ -34,9 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from booking.payments.errors import InvalidSignature, MalformedPayload, UnknownReference
+from booking.payments.gateway import with_query
 from booking.payments.gateways.easypaisa import (
     IPN_PATH,
     PKT,
@@ -91,12 +92,6 @@ class SimOrder:
         return self.status == "PENDING"
 
 
-def _with_query(url: str, params: Mapping[str, str]) -> str:
-    parts = urlsplit(url)
-    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
-    return urlunsplit(parts._replace(query=query))
-
-
 def _pkt(moment: datetime) -> str:
     # The Open API writes "03/10/2023 11:32 AM" (day first, Pakistan time).
     return moment.astimezone(PKT).strftime("%d/%m/%Y %I:%M %p")
@@ -145,7 +140,7 @@ class EasyPaisaSimulator:
             raise InvalidSignature("orderRefNum was used for another order")
         token = secrets.token_urlsafe(18)
         self.tokens[token] = reference
-        return _with_query(order.postback, {"auth_token": token})
+        return with_query(order.postback, {"auth_token": token})
 
     def order_for_token(self, token: str, postback: str) -> SimOrder:
         """``Confirm.jsf``: the order an ``auth_token`` opened (one store,
@@ -165,7 +160,7 @@ class EasyPaisaSimulator:
         self.settle(order.reference, paid, now)
         del self.tokens[token]
         paid_now = order.status == "PAID"
-        return _with_query(
+        return with_query(
             order.postback,
             {
                 "status": codes.OK if paid_now else codes.DECLINED,
