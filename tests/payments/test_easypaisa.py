@@ -1,4 +1,4 @@
-"""EasyPaisa adapter (booking/payments/easypaisa.py) without a database.
+"""EasyPaisa adapter (booking/payments/gateways/easypaisa.py) without a database.
 
 The hash vector is built here from the published recipe by hand (the string,
 then AES-ECB with the cryptography primitives directly, not through the

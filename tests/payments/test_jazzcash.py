@@ -1,4 +1,4 @@
-"""JazzCash-style adapter (booking/payments/jazzcash.py).
+"""JazzCash-style adapter (booking/payments/gateways/jazzcash.py).
 
 The hash vectors are built here from the published recipe, by hand, not by
 calling the code under test; the inquiry and refund APIs run against a small
