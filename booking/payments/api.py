@@ -16,7 +16,6 @@ money may already be moving through the first.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -180,20 +179,11 @@ class Payout(ApiModel):
     payable_minor: int = Field(description="What is still owed to the doctor after this payout.")
 
 
-class CurrencyEarnings(ApiModel):
-    currency: str
-    gross_minor: int
-    refunds_minor: int
-    commission_minor: int
-    paid_out_minor: int
-    payable_minor: int
-
-
 class Earnings(ApiModel):
     """``gross - refunds - commission - paid_out == payable``, per currency."""
 
     doctor_id: UUID
-    currencies: list[CurrencyEarnings]
+    currencies: list[service.CurrencyEarnings]
     payout_batches: list[payouts_api.DoctorBatchLine] = Field(
         default=[], description="The doctor's latest payout-batch lines, newest first."
     )
@@ -728,7 +718,7 @@ async def doctor_earnings(call: Call[None, None]) -> Earnings:
         batch_lines = await payouts_api.doctor_batch_lines(conn, doctor["id"])
     return Earnings(
         doctor_id=doctor["id"],
-        currencies=[CurrencyEarnings(**dataclasses.asdict(f)) for f in figures],
+        currencies=figures,
         payout_batches=batch_lines,
     )
 

@@ -78,8 +78,8 @@ __all__ = [
     "GATEWAYS",
     "INTENT_COLUMNS",
     "LIVE_STATES",
+    "CurrencyEarnings",
     "DuplicatePosting",
-    "Earnings",
     "RefundRefused",
     "apply_verdict",
     "choice_body",
@@ -227,7 +227,7 @@ async def _capture(
 
 
 @dataclass(frozen=True, slots=True)
-class Earnings:
+class CurrencyEarnings:
     """A doctor's money in one currency, from the ledger.
 
     ``gross - refunds - commission - paid_out == payable``.
@@ -243,7 +243,7 @@ class Earnings:
 
 async def doctor_earnings(
     conn: asyncpg.Connection | asyncpg.Pool, doctor_id: UUID
-) -> list[Earnings]:
+) -> list[CurrencyEarnings]:
     """Per currency: captured, refunded, the platform's net commission, paid
     out, and the balance still owed to the doctor."""
     account = ledger.doctor_payable(str(doctor_id))
@@ -277,7 +277,7 @@ async def doctor_earnings(
         doctor_id,
     )
     return [
-        Earnings(
+        CurrencyEarnings(
             currency=r["currency"],
             gross_minor=int(r["gross"]),
             refunds_minor=int(r["refunds"]),
