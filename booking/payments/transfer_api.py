@@ -28,7 +28,7 @@ from booking.payments.paging import OffsetQuery
 from booking.payments.rows import INTENT_COLUMNS
 from booking.payments.transfer import (
     GATEWAY,
-    BankDetails,
+    BankAccount,
     ProofNotAccepted,
     ProofTooLarge,
     UnknownTransfer,
@@ -59,15 +59,6 @@ CreditStatus = Literal["unmatched", "matched", "refund_due", "refunded"]
 
 
 # --- models -------------------------------------------------------------------------
-
-
-class BankAccount(ApiModel):
-    """Where the patient sends the money (the platform's account)."""
-
-    bank_name: str
-    account_title: str
-    account_number: str
-    iban: str
 
 
 class Proof(ApiModel):
@@ -217,13 +208,12 @@ async def _out(
             row["id"],
         )
     )
-    details = BankDetails.of(settings)
     return from_row(
         BankTransfer,
         row,
         payment_id=row["id"],
         reference=row["gateway_ref"],
-        bank=BankAccount(**details.as_dict()) if details is not None else None,
+        bank=BankAccount.of(settings),
         proofs=[_proof(p) for p in proofs],
         page_url=transfer_page.page_url(settings, row["id"]),
     )
