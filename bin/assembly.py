@@ -75,6 +75,7 @@ def features() -> list[Installer]:
     # Imported here, not above: every command checks its settings with this
     # module, and only the roles that serve HTTP need the app's code.
     import booking.http
+    import booking.payments.http
     import chat.http
     import hooks.http
     import notify.http
@@ -92,6 +93,7 @@ def features() -> list[Installer]:
         privacy.http.install,
         turn.http.install,
         booking.http.install,
+        booking.payments.http.install,
         chat.http.install,
         notify.http.install,
         hooks.http.install,

@@ -254,7 +254,8 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
     ``payments_easypaisa_*`` settings name (the merchant's own; its
     ``payments_easypaisa_endpoint`` is this simulator's ``/easypaisa-sim``)."""
 
-    from booking.payments import easypaisa, easypaisa_http
+    from booking.payments import easypaisa_http
+    from booking.payments.gateways import easypaisa
 
     if not settings.payments_easypaisa_store_id:
         print(

@@ -1,5 +1,6 @@
-"""Plugs the booking and payments API into the app: every resource module's
-routes, and the background tasks they own (``lifespan``, a cleanup context)."""
+"""Plugs the booking API into the app: every resource module's routes, and
+the background tasks they own (``lifespan``, a cleanup context). Payments
+plug in beside it (:mod:`booking.payments.http`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from types import ModuleType
 from aiohttp import web
 
 from booking.api import bookings, call_reports, clinics, doctors, queue, reviews, search
-from booking.payments import api as payments
-from booking.payments import easypaisa_http
 
 MODULES: tuple[ModuleType, ...] = (
     clinics,
@@ -19,7 +18,6 @@ MODULES: tuple[ModuleType, ...] = (
     call_reports,
     queue,
     reviews,
-    payments,
 )
 
 
@@ -29,6 +27,3 @@ def install(app: web.Application) -> None:
         lifespan = getattr(module, "lifespan", None)
         if lifespan is not None:
             app.cleanup_ctx.append(lifespan)
-    # EasyPaisa's routes are the payments module's; its simulator and inquiry
-    # round need the gateways that module's lifespan builds, so they start after.
-    app.cleanup_ctx.append(easypaisa_http.lifespan)

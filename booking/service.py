@@ -725,9 +725,9 @@ async def amount_paid(conn: asyncpg.Connection, booking_id: UUID) -> int:
 
 class Refunder(Protocol):
     """Refunds up to ``amount_minor`` of what was paid for a booking, in the
-    caller's transaction, and says how much went back or is owed:
-    ``booking.payments.refunding.refund_booking``. Payments sit above the
-    bookings core, so the caller (booking's HTTP layer) hands it in."""
+    caller's transaction, and says how much went back or is owed. Payments
+    sit above the bookings core: the payments part of the app binds one to
+    its gateways, and the caller (booking's HTTP layer) hands it in."""
 
     async def __call__(
         self,

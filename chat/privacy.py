@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from uuid import UUID
 
 import asyncpg
 from aiohttp import web
@@ -152,35 +153,22 @@ class ChatProvider:
 # -- retention -------------------------------------------------------------------
 
 
+async def _delete_conversations(conn: asyncpg.Connection, ids: list[UUID]) -> list[str]:
+    files = await conn.fetch(
+        "SELECT storage_key FROM chat_attachments WHERE conversation_id = ANY($1::uuid[])", ids
+    )
+    await conn.execute("DELETE FROM chat_conversations WHERE id = ANY($1::uuid[])", ids)
+    return [r["storage_key"] for r in files]
+
+
 async def _idle_conversations(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
-    cutoff = ctx.days_ago(days)
-    where = "COALESCE(last_event_at, created_at) < $1"
-    if ctx.dry_run:
-        n: int = await conn.fetchval(
-            f"SELECT count(*) FROM chat_conversations WHERE {where}", cutoff
-        )
-        return n
-    total = 0
-    while True:
-        async with conn.transaction():
-            ids = [
-                r["id"]
-                for r in await conn.fetch(
-                    f"""SELECT id FROM chat_conversations WHERE {where}
-                        LIMIT $2 FOR UPDATE SKIP LOCKED""",
-                    cutoff,
-                    ctx.batch,
-                )
-            ]
-            files = await conn.fetch(
-                "SELECT storage_key FROM chat_attachments WHERE conversation_id = ANY($1::uuid[])",
-                ids,
-            )
-            await conn.execute("DELETE FROM chat_conversations WHERE id = ANY($1::uuid[])", ids)
-        ctx.files += [r["storage_key"] for r in files]
-        total += len(ids)
-        if len(ids) < ctx.batch:
-            return total
+    return await ctx.delete_batched_by(
+        conn,
+        "chat_conversations",
+        "COALESCE(last_event_at, created_at) < $1",
+        ctx.days_ago(days),
+        delete=_delete_conversations,
+    )
 
 
 def retention_rules() -> list[Rule]:

@@ -3,7 +3,8 @@
 Writing
 -------
 ``privacy.audit.record(conn, actor=..., action=..., subject=..., clinic=...,
-object=..., detail=...)`` (and ``record_many``) append rows to the table
+object=..., detail=...)`` (and ``record_many``, and ``record_about`` for one
+row that names its patient and clinic) append rows to the table
 :data:`TABLE` (``audit_log``). They are defined in :mod:`wadud.audit`, in the
 ground, because the ground's sign-in flow is audited too; see there for the
 arguments. ``detail`` and every hashed field hold ids and codes only, never
@@ -66,7 +67,7 @@ from uuid import UUID
 
 import asyncpg
 
-from wadud.audit import ACTION, TABLE, Entry, record, record_many
+from wadud.audit import ACTION, TABLE, Entry, record, record_about, record_many
 from wadud.principal import Principal, Role
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "content",
     "forget_subject",
     "record",
+    "record_about",
     "record_access",
     "record_many",
     "row_hash",

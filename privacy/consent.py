@@ -9,10 +9,10 @@ version, in a language) or withdraws a purpose; every answer is appended to
 that counts.
 
 Which purposes a region requires is configuration (``consent_required`` and
-``consent_required_regions``, :func:`requirements`). :func:`missing_sql` is
-the check as one SQL statement, so the booking and join paths spend one
-query on it, and :func:`require` raises :class:`ConsentRequired` naming what
-is missing.
+``consent_required_regions``, :func:`requirements`). :func:`columns` is
+the check as SQL another statement carries, so the booking path spends no
+query of its own on it, and :func:`require` runs it alone and raises
+:class:`ConsentRequired` naming what is missing.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ __all__ = [
     "check_settings",
     "columns",
     "current_state",
-    "missing",
     "parse_requirements",
     "raise_missing",
     "require",
@@ -101,56 +100,13 @@ def enforced(settings: Settings) -> bool:
     return bool(base) or any(regions.values())
 
 
-# The purposes of the region that are not currently accepted (at a version no
-# older than the newest material one). $1: user id, $2: per-region
-# requirements (jsonb object), $3: the default (jsonb array); the region is
-# a scalar subquery the caller supplies (parameters from $4 on).
-_MISSING = """
-WITH r AS (SELECT ({region}) AS region)
-SELECT r.region, ARRAY(
-    SELECT p.purpose
-    FROM jsonb_array_elements_text(
-        coalesce($2::text::jsonb -> r.region, $3::text::jsonb)) AS p(purpose)
-    WHERE NOT EXISTS (
-        SELECT 1
-        FROM (SELECT e.action, e.version FROM consent_events e
-              WHERE e.user_id = $1 AND e.region = r.region AND e.purpose = p.purpose
-              ORDER BY e.id DESC LIMIT 1) AS latest
-        WHERE latest.action = 'accept'
-          AND latest.version >= coalesce(
-              (SELECT max(t.version) FROM consent_texts t
-               WHERE t.region = r.region AND t.purpose = p.purpose AND t.material), 0))
-    ORDER BY p.purpose) AS missing
-FROM r"""
-
-
-async def missing(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    settings: Settings,
-    user_id: UUID,
-    region_sql: str,
-    *args: Any,
-) -> tuple[str | None, list[str]]:
-    """(region, purposes missing) for ``user_id`` where the region is what the
-    scalar SQL ``region_sql`` gives (its parameters are ``$4`` on: ``args``),
-    e.g. ``SELECT region FROM clinics WHERE id = $4``. One statement. A NULL
-    region (the booking or doctor does not exist) gives (None, [])."""
-    base, regions = requirements(settings)
-    row = await conn.fetchrow(
-        _MISSING.format(region=region_sql),
-        user_id,
-        json.dumps({k: list(v) for k, v in regions.items()}),
-        json.dumps(list(base)),
-        *args,
-    )
-    if row is None or row["region"] is None:
-        return None, []
-    return row["region"], list(row["missing"])
-
-
-#: The same test as :data:`_MISSING`, as two select-list columns
-#: (``consent_region``, ``consent_missing``) another statement can carry. Both
-#: are uncorrelated scalar subqueries (PostgreSQL runs each once per statement).
+#: The purposes of a region not currently accepted (at a version no older
+#: than the newest material one), as two select-list columns
+#: (``consent_region``, ``consent_missing``) a statement can carry. ``{u}``:
+#: the user id, ``{r}``: per-region requirements (jsonb object), ``{b}``: the
+#: default (jsonb array); ``{region}`` is a scalar subquery the caller
+#: supplies. Both are uncorrelated scalar subqueries (PostgreSQL runs each
+#: once per statement).
 _COLUMNS = """
 ({region}) AS consent_region,
 (SELECT ARRAY(
@@ -211,13 +167,18 @@ async def require(
     *args: Any,
 ) -> None:
     """Raise :class:`ConsentRequired` (403, naming the purposes) unless
-    ``user_id`` has accepted every consent the region requires. Costs nothing
-    when no region requires any."""
-    if not enforced(settings):
+    ``user_id`` has accepted every consent the region requires, where the
+    region is what the scalar SQL ``region_sql`` gives (its parameters are
+    ``$4`` on: ``args``), e.g. ``SELECT region FROM clinics WHERE id = $4``.
+    One statement; a NULL region (the booking or doctor does not exist)
+    requires nothing. Costs nothing when no region requires any."""
+    folded = columns(settings, user_id, region_sql, 1)
+    if folded is None:
         return
-    region, lacking = await missing(conn, settings, user_id, region_sql, *args)
-    if region is not None and lacking:
-        raise ConsentRequired(lacking, region=region)
+    sql, params = folded
+    row = await conn.fetchrow(f"SELECT {sql}", *params, *args)
+    assert row is not None
+    raise_missing(row)
 
 
 async def current_state(

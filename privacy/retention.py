@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from aiohttp import web
@@ -34,12 +35,27 @@ from wadud import keys, loops
 from wadud.config import Settings
 from wadud.storage import Storage, storage_of
 
-__all__ = ["LOCK_KEY", "RULES", "Context", "Outcome", "Rule", "core_rules", "install", "run"]
+__all__ = [
+    "LOCK_KEY",
+    "RULES",
+    "Context",
+    "Deleter",
+    "Outcome",
+    "Rule",
+    "core_rules",
+    "install",
+    "run",
+]
 
 log = logging.getLogger("wadud.retention")
 
 #: The advisory lock a round holds; spells "retain".
 LOCK_KEY = 0x72657461696E
+
+
+#: Deletes the rows of one batch of ids (in the caller's transaction) and
+#: returns the storage keys of the files they named.
+Deleter = Callable[[asyncpg.Connection, list[UUID]], Awaitable[list[str]]]
 
 
 @dataclass
@@ -66,8 +82,7 @@ class Context:
         count them. ``table`` and ``where`` are the rule's own SQL, never
         input."""
         if self.dry_run:
-            n: int = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE {where}", *args)
-            return n
+            return await self._count(conn, table, where, *args)
         limit = f"${len(args) + 1}"
         total = 0
         while True:
@@ -81,6 +96,40 @@ class Context:
             total += n
             if n < self.batch:
                 return total
+
+    async def delete_batched_by(
+        self, conn: asyncpg.Connection, table: str, where: str, *args: Any, delete: Deleter
+    ) -> int:
+        """:meth:`delete_batched` for rows a feature deletes itself (with the
+        rows that hang off them, and the stored files they name): ``batch``
+        ids of ``table`` matching ``where`` at a time are locked, skipping
+        rows in use, and handed to ``delete``, each batch in its own
+        transaction; the storage keys it returns are deleted once the round
+        has committed. In a dry run, count them."""
+        if self.dry_run:
+            return await self._count(conn, table, where, *args)
+        limit = f"${len(args) + 1}"
+        total = 0
+        while True:
+            async with conn.transaction():
+                ids = [
+                    r["id"]
+                    for r in await conn.fetch(
+                        f"""SELECT id FROM {table} WHERE {where}
+                            LIMIT {limit} FOR UPDATE SKIP LOCKED""",
+                        *args,
+                        self.batch,
+                    )
+                ]
+                released = await delete(conn, ids)
+            self.files += released
+            total += len(ids)
+            if len(ids) < self.batch:
+                return total
+
+    async def _count(self, conn: asyncpg.Connection, table: str, where: str, *args: Any) -> int:
+        n: int = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE {where}", *args)
+        return n
 
 
 RuleFn = Callable[[asyncpg.Connection, Context, float], Awaitable[int]]

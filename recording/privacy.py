@@ -131,28 +131,12 @@ class RecordingProvider:
 
 
 async def _old(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
-    cutoff = ctx.days_ago(days)
     # Not one a recorder holds right now: it would write its files after us.
     where = """coalesce(ready_at, stopped_at, created_at) < $1
                AND (state <> 'processing' OR lease_until < now())"""
-    if ctx.dry_run:
-        n: int = await conn.fetchval(f"SELECT count(*) FROM recordings WHERE {where}", cutoff)
-        return n
-    total = 0
-    while True:
-        async with conn.transaction():
-            ids = [
-                r["id"]
-                for r in await conn.fetch(
-                    f"SELECT id FROM recordings WHERE {where} LIMIT $2 FOR UPDATE SKIP LOCKED",
-                    cutoff,
-                    ctx.batch,
-                )
-            ]
-            ctx.files += await delete_recordings(conn, ids)
-        total += len(ids)
-        if len(ids) < ctx.batch:
-            return total
+    return await ctx.delete_batched_by(
+        conn, "recordings", where, ctx.days_ago(days), delete=delete_recordings
+    )
 
 
 def retention_rules() -> list[Rule]:

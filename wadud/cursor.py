@@ -10,20 +10,26 @@ everything else is one :class:`InvalidCursor` (422). Callers still check the
 types of what they get back; the tag only says the values are ours.
 
 Cursors are not secret (the values are visible in base64), only unforgeable.
+Most lists are ordered by an instant and an id (a booking's start, a
+review's creation): :func:`encode_instant_id` and :func:`decode_instant_id`
+are their cursors, with the types checked.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import hmac
 import json
 from typing import Any
+from uuid import UUID
 
+from wadud.api import in_sane_range
 from wadud.errors import Unprocessable
 
-__all__ = ["InvalidCursor", "decode", "encode"]
+__all__ = ["InvalidCursor", "decode", "decode_instant_id", "encode", "encode_instant_id"]
 
 #: Tag length in bytes: 128 bits is plenty against forgery and keeps URLs short.
 _TAG = 16
@@ -79,3 +85,21 @@ def decode(secret: str, kind: str, cursor: str, arity: int) -> list[Any]:
     if not isinstance(parts, list) or len(parts) != arity:
         raise InvalidCursor("the cursor is not one this API handed out")
     return parts
+
+
+def encode_instant_id(secret: str, kind: str, at: dt.datetime, ident: UUID) -> str:
+    """A cursor for a list ordered by (an instant, an id), after ``(at, ident)``."""
+    return encode(secret, kind, at.isoformat(), str(ident))
+
+
+def decode_instant_id(secret: str, kind: str, cursor: str) -> tuple[dt.datetime, UUID]:
+    """The (instant, id) of a cursor :func:`encode_instant_id` made for
+    ``kind``; :class:`InvalidCursor` for anything else."""
+    at, ident = decode(secret, kind, cursor, 2)
+    try:
+        when = dt.datetime.fromisoformat(str(at))
+        if when.utcoffset() is None or not in_sane_range(when):
+            raise ValueError("not an instant we hand out")
+        return when, UUID(str(ident))
+    except ValueError:
+        raise InvalidCursor("the cursor is not one this API handed out") from None

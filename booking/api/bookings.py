@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -25,12 +25,11 @@ from pydantic import Field, StringConstraints
 
 from booking import calls, pages, service
 from booking.lifecycle import Event, State, allowed_events
-from booking.payments.refunding import refund_booking
 from booking.refunds import CANCELLERS, Canceller
-from booking.service import BookingNotFound, TooEarly, TooLate
+from booking.service import BookingNotFound, Refunder, TooEarly, TooLate
 from privacy import audit, consent
 from wadud import cursor, keys, loops
-from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes, in_sane_range
+from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes
 from wadud.errors import Conflict, NotFound
 
 routes = Routes("bookings", "Bookings, their lifecycle, manage links and video links.")
@@ -43,6 +42,11 @@ STAFF = {Role.DOCTOR, Role.CLINIC_STAFF, Role.ADMIN}
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
 ManageToken = "{token:[A-Za-z0-9_-]+}"
+
+#: What refunds a cancelled booking's payment: set by the payments part of
+#: the app (:mod:`booking.payments.http`), bound to its gateways. With no
+#: payments installed, a paid booking cannot be cancelled.
+REFUNDER: web.AppKey[Refunder] = web.AppKey("booking_refunder")
 
 
 class BookingIn(ApiModel):
@@ -200,21 +204,6 @@ async def create_booking(call: Call[BookingIn, None]) -> BookingOut:
     return booking_out(row)
 
 
-def _encode_cursor(secret: str, row: Mapping[str, Any]) -> str:
-    return cursor.encode(secret, "bookings", row["starts_at"].isoformat(), str(row["id"]))
-
-
-def _decode_cursor(secret: str, text: str) -> tuple[dt.datetime, UUID]:
-    at, ident = cursor.decode(secret, "bookings", text, 2)
-    try:
-        when = dt.datetime.fromisoformat(str(at))
-        if when.utcoffset() is None or not in_sane_range(when):
-            raise ValueError("not an instant we hand out")
-        return when, UUID(str(ident))
-    except ValueError:
-        raise cursor.InvalidCursor("the cursor is not one this API handed out") from None
-
-
 @routes.get("/api/v1/bookings", query=BookingQuery, returns=BookingPage, auth="any")
 async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
     """List bookings the caller may see, by start time.
@@ -238,7 +227,7 @@ async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
         args.append(q.to)
         where.append(f"b.starts_at < ${len(args)}")
     if q.cursor is not None:
-        at, ident = _decode_cursor(call.settings.secret_key, q.cursor)
+        at, ident = cursor.decode_instant_id(call.settings.secret_key, "bookings", q.cursor)
         args.extend([at, ident])
         where.append(f"(b.starts_at, b.id) > (${len(args) - 1}, ${len(args)})")
     args.append(q.limit + 1)
@@ -259,10 +248,13 @@ async def list_bookings(call: Call[None, BookingQuery]) -> BookingPage:
                 for r in rows
             ],
         )
-    return BookingPage(
-        items=[booking_out(r) for r in rows],
-        next_cursor=_encode_cursor(call.settings.secret_key, rows[-1]) if more else None,
-    )
+    next_cursor = None
+    if more:
+        last = rows[-1]
+        next_cursor = cursor.encode_instant_id(
+            call.settings.secret_key, "bookings", last["starts_at"], last["id"]
+        )
+    return BookingPage(items=[booking_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @routes.get("/api/v1/bookings/{id:uuid}", returns=BookingOut, auth="any")
@@ -361,7 +353,7 @@ async def _cancel(
             actor_id=me.user_id,
             reason=reason,
             decline=decline,
-            refund=refund_booking,
+            refund=call.request.app.get(REFUNDER),
         )
         await _audit(conn, me, "booking.decline" if decline else "booking.cancel", row)
     return booking_out(updated)
@@ -459,7 +451,7 @@ async def manage_cancel(call: Call[CancelIn, None]) -> BookingOut:
             by=Canceller.PATIENT,
             actor_id=row["patient_id"],
             reason=call.body.reason,
-            refund=refund_booking,
+            refund=call.request.app.get(REFUNDER),
         )
     return booking_out(updated)
 

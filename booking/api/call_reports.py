@@ -54,14 +54,7 @@ async def _load(call: Call[None, None]) -> dict[str, Any]:
         report = await call_reports.assemble(conn, row["id"])
         if report is None:
             raise NoCallReport("no call took place for this booking")
-        await audit.record(
-            conn,
-            actor=me,
-            action="call_report.read",
-            subject=row["patient_id"],
-            clinic=row["clinic_id"],
-            object=f"booking/{row['id']}",
-        )
+        await audit.record_about(conn, row, "booking", actor=me, action="call_report.read")
     return report
 
 

@@ -16,7 +16,7 @@ from pydantic import Field, StringConstraints
 
 from booking.api.doctors import fetch_doctor
 from wadud import cursor, outbox
-from wadud.api import ApiModel, Call, Role, Routes, in_sane_range
+from wadud.api import ApiModel, Call, Role, Routes
 from wadud.errors import Conflict, NotFound
 from wadud.rows import from_row
 
@@ -146,14 +146,7 @@ async def list_reviews(call: Call[None, ReviewQuery]) -> ReviewPage:
         args: list[object] = [doctor["id"], q.limit + 1]
         after = ""
         if q.cursor is not None:
-            created, last = cursor.decode(call.settings.secret_key, "reviews", q.cursor, 2)
-            try:
-                when = dt.datetime.fromisoformat(str(created))
-                if when.utcoffset() is None or not in_sane_range(when):
-                    raise ValueError("not an instant we hand out")
-                args += [when, UUID(str(last))]
-            except ValueError:
-                raise cursor.InvalidCursor("the cursor is malformed") from None
+            args += cursor.decode_instant_id(call.settings.secret_key, "reviews", q.cursor)
             after = "AND (created_at, id) < ($3, $4)"
         rows = await conn.fetch(
             f"""SELECT id, rating, body, created_at FROM reviews
@@ -165,11 +158,8 @@ async def list_reviews(call: Call[None, ReviewQuery]) -> ReviewPage:
     next_cursor = None
     if len(rows) > q.limit:
         last_row = rows[q.limit - 1]
-        next_cursor = cursor.encode(
-            call.settings.secret_key,
-            "reviews",
-            last_row["created_at"].isoformat(),
-            str(last_row["id"]),
+        next_cursor = cursor.encode_instant_id(
+            call.settings.secret_key, "reviews", last_row["created_at"], last_row["id"]
         )
     return ReviewPage(items=items, next_cursor=next_cursor)
 

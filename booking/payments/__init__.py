@@ -1,13 +1,15 @@
-"""Payments: intents and their state machine, gateway adapters, the ledger.
+"""Payments: intents and their state machine, the gateway interface, the ledger.
 
 This package's names are the pure cores (:mod:`.intent`, the errors, the
 gateway interface :mod:`.gateway`); nothing they hold touches the database.
-The adapters (:mod:`.sandbox`, :mod:`.jazzcash`, :mod:`.card`,
-:mod:`.easypaisa`) implement the interface and only :mod:`.registry` builds
-them; the service modules (:mod:`.service`, :mod:`.settle`,
+The adapters live in :mod:`.gateways` (the sandbox, JazzCash, card,
+EasyPaisa), above the interface they implement; only
+:mod:`.gateways.registry` builds them, in the app's assembly
+(:mod:`.http`), and the rest of payments knows a gateway by the interface.
+The service modules (:mod:`.service`, :mod:`.settle`,
 :mod:`.transfer_service`, ...) keep intents, the ledger and refunds in
-PostgreSQL. The bookings core below never imports this package: a
-cancellation's refund is handed to it (``booking.service.Refunder``).
+PostgreSQL. The bookings code never imports this package: a cancellation's
+refund is handed to it (``booking.service.Refunder``).
 """
 
 from __future__ import annotations

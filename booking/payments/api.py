@@ -16,16 +16,14 @@ money may already be moving through the first.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
-import aiohttp
 import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
@@ -43,9 +41,10 @@ from booking.payments import (
     transfer_api,
 )
 from booking.payments.errors import PaymentError
-from booking.payments.gateway import GatewayRegistry, Verdict
+from booking.payments.gateway import GatewayRegistry, Verdict, with_query
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
+from booking.payments.paging import OffsetQuery
 from booking.payments.service import GATEWAYS, INTENT_COLUMNS
 from booking.payments.webhook_http import WebhookAck, deliver
 from wadud import keys, loops, outbox
@@ -146,10 +145,8 @@ class Payment(ApiModel):
     )
 
 
-class PaymentsQuery(ApiModel):
+class PaymentsQuery(OffsetQuery):
     booking_id: UUID | None = None
-    limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class PaymentResult(ApiModel):
@@ -182,29 +179,18 @@ class Payout(ApiModel):
     payable_minor: int = Field(description="What is still owed to the doctor after this payout.")
 
 
-class CurrencyEarnings(ApiModel):
-    currency: str
-    gross_minor: int
-    refunds_minor: int
-    commission_minor: int
-    paid_out_minor: int
-    payable_minor: int
-
-
 class Earnings(ApiModel):
     """``gross - refunds - commission - paid_out == payable``, per currency."""
 
     doctor_id: UUID
-    currencies: list[CurrencyEarnings]
+    currencies: list[service.CurrencyEarnings]
     payout_batches: list[payouts_api.DoctorBatchLine] = Field(
         default=[], description="The doctor's latest payout-batch lines, newest first."
     )
 
 
-class LedgerQuery(ApiModel):
+class LedgerQuery(OffsetQuery):
     kind: Literal["capture", "refund", "payout", "adjustment"] | None = None
-    limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class LedgerEntry(ApiModel):
@@ -273,12 +259,6 @@ def _check_return_url(url: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise Unprocessable("return_url must be an absolute http or https URL")
     return url
-
-
-def _with_query(url: str, params: Mapping[str, str]) -> str:
-    parts = urlsplit(url)
-    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
-    return urlunsplit(parts._replace(query=query))
 
 
 async def _visible_intent(
@@ -527,7 +507,7 @@ async def _landing(call: Call[None, None], params: Mapping[str, str]) -> web.Str
     )
     onward = None
     if row["return_url"]:
-        onward = _with_query(
+        onward = with_query(
             row["return_url"], {"payment_id": str(row["id"]), "status": row["status"]}
         )
     if pages.wants_html(call.request):
@@ -738,7 +718,7 @@ async def doctor_earnings(call: Call[None, None]) -> Earnings:
         batch_lines = await payouts_api.doctor_batch_lines(conn, doctor["id"])
     return Earnings(
         doctor_id=doctor["id"],
-        currencies=[CurrencyEarnings(**dataclasses.asdict(f)) for f in figures],
+        currencies=figures,
         payout_batches=batch_lines,
     )
 
@@ -795,43 +775,35 @@ async def clinic_ledger(call: Call[None, LedgerQuery]) -> LedgerPage:
     )
 
 
-# --- lifespan: gateways and the sweeper -------------------------------------------------
+# --- lifespan: the sweeper ------------------------------------------------------
 
 
 async def lifespan(app: web.Application) -> AsyncIterator[None]:
-    """Build the gateways once (one HTTP client session for the remote ones,
-    closed on shutdown) and run the sweeper of stale intents."""
+    """Run the sweeper of stale intents over the app's gateways."""
     settings = app[keys.SETTINGS]
-    # Server to server: no gateway's API sets a cookie we should send back,
-    # and a jar would carry one gateway's answers into the next call.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        registry = service.build_registry(settings, session)
-        app[GATEWAYS] = registry
-        service.use_registry(registry)
-        # Bank details stored in clear before migration 0024 are sealed now.
-        await payout_details.seal_clear_rows(app[keys.DB], payout_details.sealer_of(app))
+    registry = app[GATEWAYS]
+    # Bank details stored in clear before migration 0024 are sealed now.
+    await payout_details.seal_clear_rows(app[keys.DB], payout_details.sealer_of(app))
 
-        async def sweep() -> None:
-            delay = SWEEP_INTERVAL
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    await service.sweep_once(
-                        app[keys.DB],
-                        registry,
-                        _now(),
-                        default_bp=settings.payments_platform_commission_bp,
-                    )
-                except Exception:
-                    log.exception("payments sweep failed")
-                # A gateway in an outage is tried again at its retry time.
-                retry = registry.reach.retry_in(time.monotonic())
-                delay = SWEEP_INTERVAL if retry is None else min(SWEEP_INTERVAL, retry + 0.01)
+    async def sweep() -> None:
+        delay = SWEEP_INTERVAL
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await service.sweep_once(
+                    app[keys.DB],
+                    registry,
+                    _now(),
+                    default_bp=settings.payments_platform_commission_bp,
+                )
+            except Exception:
+                log.exception("payments sweep failed")
+            # A gateway in an outage is tried again at its retry time.
+            retry = registry.reach.retry_in(time.monotonic())
+            delay = SWEEP_INTERVAL if retry is None else min(SWEEP_INTERVAL, retry + 0.01)
 
-        task = asyncio.create_task(sweep(), name="payments-sweeper")
-        try:
-            yield
-        finally:
-            await loops.stopped(task)
-            if service.current_registry_or_none() is registry:
-                service.use_registry(None)
+    task = asyncio.create_task(sweep(), name="payments-sweeper")
+    try:
+        yield
+    finally:
+        await loops.stopped(task)

@@ -26,7 +26,7 @@ from aiohttp import web
 from booking import pages
 from booking.payments import service
 from booking.payments.gateway import PaymentStatus
-from booking.payments.sandbox import SandboxGateway
+from booking.payments.gateways.sandbox import SandboxGateway
 from booking.payments.webhook_http import deliver
 from wadud.api import Call, Routes
 from wadud.errors import NotFound, WadudError

@@ -1,6 +1,6 @@
 """EasyPaisa over HTTP: our side of its protocol, and the built-in simulator.
 
-Our side (:mod:`booking.payments.easypaisa` is the adapter):
+Our side (:mod:`booking.payments.gateways.easypaisa` is the adapter):
 
 * ``GET /api/v1/payments/easypaisa/postback/{reference}``: the hosted
   checkout's ``postBackURL``. EasyPaisa sends the browser here twice: first
@@ -16,7 +16,7 @@ Our side (:mod:`booking.payments.easypaisa` is the adapter):
   the merchant portal (EasyPaisa calls it with ``url``; ``POST
   /api/v1/webhooks/easypaisa`` with the same ``url`` field works too).
 
-The simulator (:mod:`booking.payments.easypaisa_sim`), under
+The simulator (:mod:`booking.payments.gateways.easypaisa_sim`), under
 ``/easypaisa-sim/``, only while the ``easypaisa`` gateway is configured to use
 it: ``Index.jsf``, ``Confirm.jsf``, the Open API's two calls, the IPN record,
 and ``/easypaisa-sim/phone``, the customer's phone, where a pending MA
@@ -50,7 +50,8 @@ from pydantic import StringConstraints
 
 from booking import pages
 from booking.payments import easypaisa_round, service
-from booking.payments.easypaisa import (
+from booking.payments.errors import GatewayError
+from booking.payments.gateways.easypaisa import (
     INITIATE_MA_PATH,
     INQUIRE_PATH,
     IPN_HANDLER_PATH,
@@ -60,8 +61,7 @@ from booking.payments.easypaisa import (
     EasyPaisaGateway,
     EasyPaisaSettings,
 )
-from booking.payments.easypaisa_sim import SIM_PREFIX, EasyPaisaSimulator, codes
-from booking.payments.errors import GatewayError
+from booking.payments.gateways.easypaisa_sim import SIM_PREFIX, EasyPaisaSimulator, codes
 from booking.payments.intent import IntentState
 from booking.payments.rows import money
 from booking.payments.webhook_http import WebhookAck, deliver

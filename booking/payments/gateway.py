@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, runtime_checkable
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from booking.payments.errors import (
     AmountMismatch,
@@ -66,6 +67,7 @@ __all__ = [
     "reference_suffix",
     "unix_seconds",
     "verify_webhook",
+    "with_query",
 ]
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
@@ -321,6 +323,14 @@ def reference_suffix(length: int = 5) -> str:
     a second (a 409 for the patient); five letters or digits are 600 times
     as many, and the unique (gateway, reference) constraint still backs them."""
     return "".join(secrets.choice(_REFERENCE_CHARS) for _ in range(length))
+
+
+def with_query(url: str, params: Mapping[str, str]) -> str:
+    """``url`` with ``params`` added to its query: where a gateway sends the
+    browser back, with what it says (the URL's own parameters kept)."""
+    parts = urlsplit(url)
+    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
+    return urlunsplit(parts._replace(query=query))
 
 
 def get_header(headers: Mapping[str, str], name: str) -> str | None:

@@ -21,6 +21,7 @@ from pydantic import Field, StringConstraints, model_validator
 from booking.payments import batch, payouts
 from booking.payments.batch import LineStatus
 from booking.payments.intent import Currency
+from booking.payments.paging import OffsetQuery
 from booking.payments.payout_details import SEALED_COLUMNS, Details, sealer_of
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound
@@ -109,10 +110,8 @@ class Batch(ApiModel):
     )
 
 
-class BatchesQuery(ApiModel):
+class BatchesQuery(OffsetQuery):
     status: Literal["open", "closed"] | None = None
-    limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class LineMark(ApiModel):

@@ -39,7 +39,6 @@ from booking.payments.postings import (
     post_transaction,
     record_intent_event,
 )
-from booking.payments.registry import current_registry
 from booking.payments.rows import INTENT_COLUMNS, money, payment_payload
 from wadud import outbox
 from wadud.principal import Principal
@@ -98,11 +97,11 @@ async def refund_intent(
     :class:`RefundRefused` (502) is raised and nothing is written.
     Raises :class:`RefundExceedsCapture` (409) beyond the capture less what
     is owed by hand already, :class:`InvalidTransition` (409) for an intent
-    that was never captured. ``move_state=False`` is for a capture recorded
-    on an intent whose state cannot take it (a late success on a cancelled
-    intent): the money goes back and the state stays.
+    that was never captured. ``registry`` is the app's gateways: only a bank
+    transfer, sent back by hand, is refunded without one. ``move_state=False``
+    is for a capture recorded on an intent whose state cannot take it (a late
+    success on a cancelled intent): the money goes back and the state stays.
     """
-    registry = registry or current_registry()
     state = IntentState(row["status"])
     if move_state and state not in _REFUNDABLE:
         raise InvalidTransition(state.value, "refund")
@@ -128,6 +127,8 @@ async def refund_intent(
             message="a bank transfer is sent back by hand",
         )
     else:
+        if registry is None:
+            raise PaymentError(f"refunding a {row['gateway']} payment needs the app's gateways")
         result = await registry.get(row["gateway"]).refund(
             row["gateway_ref"], amount, idempotency_key=str(refund_id)
         )
@@ -237,7 +238,7 @@ async def refund_booking(
     amount_minor: int,
     reason: str,
     *,
-    registry: GatewayRegistry | None = None,
+    registry: GatewayRegistry,
     actor: Principal | UUID | None = None,
 ) -> int:
     """Refund up to ``amount_minor`` of what was paid for a booking; return

@@ -25,6 +25,7 @@ from pydantic import Field, StringConstraints
 from booking.payments import ledger, refund_due, service
 from booking.payments.errors import PaymentError
 from booking.payments.intent import IntentState, Money
+from booking.payments.paging import OffsetQuery
 from booking.payments.postings import post_transaction, record_intent_event
 from booking.payments.rows import INTENT_COLUMNS, payment_payload
 from wadud import audit, outbox
@@ -89,11 +90,9 @@ class Refund(ApiModel):
     payment_refunded_minor: int
 
 
-class ClinicRefundsQuery(ApiModel):
+class ClinicRefundsQuery(OffsetQuery):
     status: list[RefundStatus] = Field(default_factory=list)
     kind: RefundKind | None = None
-    limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class RefundedIn(ApiModel):

@@ -63,13 +63,6 @@ from booking.payments.refunding import (
     refund_intent,
     refund_posting,
 )
-from booking.payments.registry import (
-    build_registry,
-    current_registry,
-    current_registry_or_none,
-    sandbox_secret,
-    use_registry,
-)
 from booking.payments.rows import (
     COMMISSION,
     INTENT_COLUMNS,
@@ -85,15 +78,12 @@ __all__ = [
     "GATEWAYS",
     "INTENT_COLUMNS",
     "LIVE_STATES",
+    "CurrencyEarnings",
     "DuplicatePosting",
-    "Earnings",
     "RefundRefused",
     "apply_verdict",
-    "build_registry",
     "choice_body",
     "commission_for",
-    "current_registry",
-    "current_registry_or_none",
     "doctor_earnings",
     "form_body",
     "gateway_answered",
@@ -110,9 +100,7 @@ __all__ = [
     "refund_booking",
     "refund_intent",
     "refund_posting",
-    "sandbox_secret",
     "sweep_once",
-    "use_registry",
 ]
 
 log = logging.getLogger("wadud.payments")
@@ -124,7 +112,7 @@ UNREACHABLE = Counter(
     ["gateway"],
 )
 
-#: The app's gateways, built once in :func:`booking.payments.api.lifespan`.
+#: The app's gateways, built once in :func:`booking.payments.http.gateways_context`.
 GATEWAYS: Final = web.AppKey("payments_gateways", GatewayRegistry)
 
 LIVE_STATES: Final = frozenset({IntentState.REQUIRES_PAYMENT, IntentState.PROCESSING})
@@ -239,7 +227,7 @@ async def _capture(
 
 
 @dataclass(frozen=True, slots=True)
-class Earnings:
+class CurrencyEarnings:
     """A doctor's money in one currency, from the ledger.
 
     ``gross - refunds - commission - paid_out == payable``.
@@ -255,7 +243,7 @@ class Earnings:
 
 async def doctor_earnings(
     conn: asyncpg.Connection | asyncpg.Pool, doctor_id: UUID
-) -> list[Earnings]:
+) -> list[CurrencyEarnings]:
     """Per currency: captured, refunded, the platform's net commission, paid
     out, and the balance still owed to the doctor."""
     account = ledger.doctor_payable(str(doctor_id))
@@ -289,7 +277,7 @@ async def doctor_earnings(
         doctor_id,
     )
     return [
-        Earnings(
+        CurrencyEarnings(
             currency=r["currency"],
             gross_minor=int(r["gross"]),
             refunds_minor=int(r["refunds"]),
@@ -355,8 +343,9 @@ async def apply_verdict(
     A repeated verdict is a no-op. ``intent_id``, when given (the redirect
     landing names its intent in the path), must be the intent the verdict is
     about. ``locked``: the intent's row, when the caller has locked it
-    already (the webhook does so in its first statement). Call inside a
-    transaction.
+    already (the webhook does so in its first statement). ``registry``
+    (the app's gateways) refunds what came too late; a bank transfer's
+    verdict needs none. Call inside a transaction.
     """
     row = locked or await conn.fetchrow(
         f"""SELECT {INTENT_COLUMNS} FROM payment_intents

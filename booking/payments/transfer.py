@@ -51,7 +51,7 @@ __all__ = [
     "COLUMNS",
     "GATEWAY",
     "REFUNDS_DUE",
-    "BankDetails",
+    "BankAccount",
     "CreditNotOpen",
     "MalformedStatement",
     "ProofNotAccepted",
@@ -390,8 +390,9 @@ def parse_statement(data: bytes, currency: Currency) -> Statement:
 
 
 @dataclass(frozen=True, slots=True)
-class BankDetails:
-    """The platform's account, from the ``payments_bank_transfer_*`` settings."""
+class BankAccount:
+    """Where the patient sends the money: the platform's account, from the
+    ``payments_bank_transfer_*`` settings."""
 
     bank_name: str
     account_title: str
@@ -407,7 +408,7 @@ class BankDetails:
     )
 
     @classmethod
-    def of(cls, settings: Any) -> BankDetails | None:
+    def of(cls, settings: Any) -> BankAccount | None:
         """The configured details; None when bank transfer is not offered
         (neither an IBAN nor an account number is set)."""
         values = [str(getattr(settings, name) or "").strip() for name in cls.SETTINGS]

@@ -24,10 +24,11 @@ from pydantic import Field, StringConstraints
 
 from booking.payments import transfer_page, transfer_proofs, transfer_service
 from booking.payments.intent import IntentState
+from booking.payments.paging import OffsetQuery
 from booking.payments.rows import INTENT_COLUMNS
 from booking.payments.transfer import (
     GATEWAY,
-    BankDetails,
+    BankAccount,
     ProofNotAccepted,
     ProofTooLarge,
     UnknownTransfer,
@@ -58,15 +59,6 @@ CreditStatus = Literal["unmatched", "matched", "refund_due", "refunded"]
 
 
 # --- models -------------------------------------------------------------------------
-
-
-class BankAccount(ApiModel):
-    """Where the patient sends the money (the platform's account)."""
-
-    bank_name: str
-    account_title: str
-    account_number: str
-    iban: str
 
 
 class Proof(ApiModel):
@@ -137,10 +129,8 @@ class StatementImport(ApiModel):
     duplicates: int = Field(description="Lines imported before (the same statement again).")
 
 
-class CreditsQuery(ApiModel):
+class CreditsQuery(OffsetQuery):
     status: list[CreditStatus] = Field(default_factory=list)
-    limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
 class ConfirmIn(ApiModel):
@@ -218,13 +208,12 @@ async def _out(
             row["id"],
         )
     )
-    details = BankDetails.of(settings)
     return from_row(
         BankTransfer,
         row,
         payment_id=row["id"],
         reference=row["gateway_ref"],
-        bank=BankAccount(**details.as_dict()) if details is not None else None,
+        bank=BankAccount.of(settings),
         proofs=[_proof(p) for p in proofs],
         page_url=transfer_page.page_url(settings, row["id"]),
     )

@@ -23,7 +23,7 @@ from uuid import UUID
 from aiohttp import web
 
 from booking import pages
-from booking.payments.transfer import GATEWAY, BankDetails
+from booking.payments.transfer import GATEWAY, BankAccount
 from wadud.api import Call, Routes
 from wadud.config import Settings
 from wadud.errors import NotFound
@@ -98,7 +98,7 @@ async def bank_transfer_page(call: Call[None, None]) -> web.Response:
     if intent is None or facts is None or intent["gateway"] != GATEWAY:
         raise NotFound("no such bank transfer")
     state = _STATES.get(intent["status"])
-    details = BankDetails.of(call.settings)
+    details = BankAccount.of(call.settings)
     if state is None and details is not None:
         fields = {k: html.escape(v) for k, v in details.as_dict().items()}
         account = _ACCOUNT.format(reference=html.escape(intent["gateway_ref"]), **fields)

@@ -37,7 +37,7 @@ from booking.payments.intent import Currency, IntentEvent, IntentState, Money
 from booking.payments.rows import INTENT_COLUMNS, money, payment_payload
 from booking.payments.transfer import (
     GATEWAY,
-    BankDetails,
+    BankAccount,
     CreditNotOpen,
     RejectedLine,
     StatementLine,
@@ -120,7 +120,7 @@ async def start_transfer(
     slot's start) and hands out a fresh reference; asking again returns the
     same transfer. Refused (409) when another gateway's payment is live, the
     booking is not held, or the slot starts within :data:`MIN_WINDOW`."""
-    details = BankDetails.of(settings)
+    details = BankAccount.of(settings)
     if details is None:
         raise TransferNotOffered("bank transfer is not offered: no bank account is configured")
     # The common case as the card checkout does it (booking.payments.api's
@@ -212,7 +212,7 @@ def _started_events(
     row: Mapping[str, Any],
     booking: Mapping[str, Any],
     until: dt.datetime,
-    details: BankDetails,
+    details: BankAccount,
     settings: Settings,
 ) -> list[tuple[str, dict[str, Any]]]:
     """A new transfer's outbox events: created, and the patient's instructions."""
@@ -237,7 +237,7 @@ async def _start_at_once(
     conn: asyncpg.Connection,
     booking: asyncpg.Record,
     until: dt.datetime,
-    details: BankDetails,
+    details: BankAccount,
     settings: Settings,
     now: dt.datetime,
 ) -> asyncpg.Record | None:
@@ -773,13 +773,12 @@ async def confirm_by_hand(
             now,
         )
         assert row is not None
-        await audit.record(
+        await audit.record_about(
             conn,
+            intent,
+            "payment",
             actor=actor,
             action="payment.bank_transfer.manual_match",
-            subject=intent["patient_id"],
-            clinic=intent["clinic_id"],
-            object=f"payment/{intent['id']}",
             detail={
                 "credit_id": str(cid),
                 "outcome": status,

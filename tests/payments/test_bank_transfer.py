@@ -463,7 +463,7 @@ async def test_expired_hold_frees_the_slot_and_late_money_is_owed_back(api: Api)
     )
     assert await bookings.sweep_holds(pool) == 1
     await service.sweep_once(
-        pool, service.current_registry(), dt.datetime.now(dt.UTC), default_bp=1500
+        pool, api.app[service.GATEWAYS], dt.datetime.now(dt.UTC), default_bp=1500
     )
     assert await booking_status(api, held["id"]) == "expired"
     got = await api.get(f"/api/v1/bookings/{held['id']}/bank-transfer", token=first)

@@ -22,7 +22,6 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from booking.payments.card import CardGateway, CardSettings
 from booking.payments.errors import (
     GatewayError,
     InvalidSignature,
@@ -33,8 +32,9 @@ from booking.payments.gateway import (
     PaymentStatus,
     verify_webhook,
 )
+from booking.payments.gateways.card import CardGateway, CardSettings
+from booking.payments.gateways.registry import PaymentSettings, gateways
 from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
-from booking.payments.registry import PaymentSettings, gateways
 from wadud import signing
 
 NOW = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -359,7 +359,7 @@ async def test_api_failures(harness: Harness) -> None:
 
 
 async def test_registry_builds_card_and_sandbox(harness: Harness) -> None:
-    from booking.payments.sandbox import SandboxSettings
+    from booking.payments.gateways.sandbox import SandboxSettings
 
     registry = gateways(
         PaymentSettings(

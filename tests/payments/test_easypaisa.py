@@ -1,4 +1,4 @@
-"""EasyPaisa adapter (booking/payments/easypaisa.py) without a database.
+"""EasyPaisa adapter (booking/payments/gateways/easypaisa.py) without a database.
 
 The hash vector is built here from the published recipe by hand (the string,
 then AES-ECB with the cryptography primitives directly, not through the
@@ -25,7 +25,15 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from booking.payments.easypaisa import (
+from booking.payments.errors import (
+    GatewayError,
+    InvalidSignature,
+    MalformedPayload,
+    UnknownReference,
+    UnsupportedCurrency,
+)
+from booking.payments.gateway import PaymentStatus
+from booking.payments.gateways.easypaisa import (
     HASHED_FIELDS,
     HOSTED,
     MOBILE,
@@ -39,15 +47,7 @@ from booking.payments.easypaisa import (
     parse_amount,
     read_merchant_hash,
 )
-from booking.payments.easypaisa_sim import EasyPaisaSimulator
-from booking.payments.errors import (
-    GatewayError,
-    InvalidSignature,
-    MalformedPayload,
-    UnknownReference,
-    UnsupportedCurrency,
-)
-from booking.payments.gateway import PaymentStatus
+from booking.payments.gateways.easypaisa_sim import EasyPaisaSimulator
 from booking.payments.intent import Currency, Money, PaymentIntent
 
 DATA = Path(__file__).parents[1] / "data" / "easypaisa"

@@ -35,8 +35,8 @@ from prometheus_client import REGISTRY
 
 from bin.assembly import build_app
 from booking.payments import easypaisa_round, service
-from booking.payments.easypaisa import IPN_HANDLER_PATH, EasyPaisaGateway
 from booking.payments.easypaisa_http import SIMULATOR, SimulatorHost, simulator_app
+from booking.payments.gateways.easypaisa import IPN_HANDLER_PATH, EasyPaisaGateway
 from booking.payments.intent import Currency, Money
 from booking.payments.reach import Reach
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor

@@ -1,4 +1,4 @@
-"""JazzCash-style adapter (booking/payments/jazzcash.py).
+"""JazzCash-style adapter (booking/payments/gateways/jazzcash.py).
 
 The hash vectors are built here from the published recipe, by hand, not by
 calling the code under test; the inquiry and refund APIs run against a small
@@ -30,14 +30,14 @@ from booking.payments.errors import (
     UnsupportedCurrency,
 )
 from booking.payments.gateway import PaymentStatus
-from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
-from booking.payments.jazzcash import (
+from booking.payments.gateways.jazzcash import (
     JazzCashGateway,
     JazzCashSettings,
     format_txn_datetime,
     hash_string,
     secure_hash,
 )
+from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
 
 SALT = "8zx1vt3w5y"
 MERCHANT = "MC12345"

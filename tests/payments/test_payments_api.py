@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
+from booking.api import bookings
 from booking.payments import service
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
@@ -327,7 +328,7 @@ async def test_forged_landing_changes_nothing(api: Api) -> None:
 async def test_landing_applies_a_genuine_result_without_webhook(api: Api) -> None:
     """The redirect alone (its webhook lost) settles the payment once verified,
     and a signed result for another payment is refused."""
-    from booking.payments.sandbox import SandboxGateway
+    from booking.payments.gateways.sandbox import SandboxGateway
 
     clinic = await make_clinic(api)
     doctor = await make_doctor(api, clinic)
@@ -400,16 +401,16 @@ async def test_refund_booking_for_cancellations(api: Api) -> None:
     clinic = await make_clinic(api)
     doctor = await make_doctor(api, clinic, fee_minor=80_000)
     _token, booking, payment = await paid_booking(api, doctor)
+    # The refunder the app hands the bookings API, bound to its gateways.
+    refund = api.app[bookings.REFUNDER]
     async with pool_of(api).acquire() as conn, conn.transaction():
-        assert (
-            await service.refund_booking(conn, uuid.UUID(booking), 30_000, "late cancel") == 30_000
-        )
+        assert await refund(conn, uuid.UUID(booking), 30_000, "late cancel", actor=None) == 30_000
         # Capped at what is left, never more than captured.
-        assert await service.refund_booking(conn, uuid.UUID(booking), 90_000, "again") == 50_000
-        assert await service.refund_booking(conn, uuid.UUID(booking), 10, "nothing left") == 0
+        assert await refund(conn, uuid.UUID(booking), 90_000, "again", actor=None) == 50_000
+        assert await refund(conn, uuid.UUID(booking), 10, "nothing left", actor=None) == 0
     unpaid = await held_booking(api, doctor, (await anon_patient(api))[1], day=2)
     async with pool_of(api).acquire() as conn, conn.transaction():
-        assert await service.refund_booking(conn, uuid.UUID(unpaid), 10_000, "never paid") == 0
+        assert await refund(conn, uuid.UUID(unpaid), 10_000, "never paid", actor=None) == 0
     reasons = await pool_of(api).fetch(
         "SELECT reason FROM refunds WHERE payment_intent_id = $1 ORDER BY created_at",
         uuid.UUID(payment["id"]),

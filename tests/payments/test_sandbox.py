@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from booking.payments.card import CardSettings
 from booking.payments.errors import (
     AmountMismatch,
     InvalidSignature,
@@ -27,9 +26,9 @@ from booking.payments.gateway import (
     PaymentStatus,
     verify_webhook,
 )
-from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
-from booking.payments.registry import PaymentSettings, gateways
-from booking.payments.sandbox import (
+from booking.payments.gateways.card import CardSettings
+from booking.payments.gateways.registry import PaymentSettings, gateways
+from booking.payments.gateways.sandbox import (
     SandboxGateway,
     SandboxPayment,
     SandboxSettings,
@@ -37,6 +36,7 @@ from booking.payments.sandbox import (
     sign_fields,
     verify_fields,
 )
+from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
 from wadud import signing
 
 NOW = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from booking.payments import service
-from booking.payments.sandbox import SandboxGateway
+from booking.payments.gateways.sandbox import SandboxGateway
 from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.conftest import Api
 from tests.payments.test_payments_api import (

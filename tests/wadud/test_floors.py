@@ -190,7 +190,8 @@ OURS = (*SERVER, "wadud_client")
 
 
 def module_name(path: Path) -> str:
-    """``booking/payments/card.py`` -> ``booking.payments.card``; a package is its folder."""
+    """``booking/payments/gateways/card.py`` -> ``booking.payments.gateways.card``;
+    a package is its folder."""
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -270,6 +271,67 @@ def test_every_floor_looks_only_down(modules: Modules, rule: str) -> None:
         if other.split(".")[0] in forbidden
     )
     assert offences == []
+
+
+def test_booking_never_imports_payments(modules: Modules) -> None:
+    """Inside booking/, the bookings code (its core and its API) stands below
+    payments: a cancellation's refunder is handed in by the app's assembly
+    (``booking.api.bookings.REFUNDER``), never imported."""
+    offences = sorted(
+        (name, other)
+        for name, others in modules.imports.items()
+        if name.split(".")[0] == "booking" and not name.startswith("booking.payments")
+        for other in others
+        if other.startswith("booking.payments")
+    )
+    assert offences == []
+
+
+GATEWAYS = "booking.payments.gateways"
+#: What a gateway adapter may import of payments: the pure core it implements.
+ADAPTERS_MAY_IMPORT = frozenset(
+    {
+        "booking",
+        "booking.payments",
+        "booking.payments.errors",
+        "booking.payments.gateway",
+        "booking.payments.intent",
+        "booking.payments.reach",
+    }
+)
+#: Who may import an adapter besides the adapters: the payments part of the
+#: app, which builds the registry, and the pages that play a gateway's part
+#: (the sandbox's checkout, EasyPaisa's bridge and simulator) or serve one.
+ADAPTER_USERS = frozenset(
+    {
+        "booking.payments.http",
+        "booking.payments.checkout",
+        "booking.payments.easypaisa_http",
+        "bin.main",
+    }
+)
+
+
+def test_gateway_adapters_stand_apart(modules: Modules) -> None:
+    """The adapters import only the payments core; the service modules know
+    a gateway by its interface and are handed the app's registry."""
+    adapters = {name for name in modules.files if name.startswith(GATEWAYS)}
+    assert {f"{GATEWAYS}.sandbox", f"{GATEWAYS}.registry"} <= adapters
+    reaching_up = sorted(
+        (name, other)
+        for name in adapters
+        for other in modules.imports[name]
+        if other.split(".")[0] == "booking"
+        and other not in adapters
+        and other not in ADAPTERS_MAY_IMPORT
+    )
+    assert reaching_up == []
+    users = {
+        name
+        for name, others in modules.imports.items()
+        if name not in adapters and any(other.startswith(GATEWAYS) for other in others)
+    }
+    assert users <= ADAPTER_USERS
 
 
 #: What the Python client may import of ours: the wire protocol's pure
@@ -373,7 +435,11 @@ def test_the_cycle_check_finds_cycles(
     [
         ("from sfu import worker", "bin.main", {"sfu", "sfu.worker"}),
         ("from . import keys", "wadud.api", {"wadud", "wadud.keys"}),
-        ("from .. import errors", "booking.payments.card", {"booking", "booking.errors"}),
+        (
+            "from .. import errors",
+            "booking.payments.gateways.card",
+            {"booking.payments", "booking.payments.errors"},
+        ),
         ("def f():\n    import rtc.stun\n", "turn.core", {"rtc.stun"}),
     ],
 )

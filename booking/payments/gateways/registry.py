@@ -1,9 +1,10 @@
 """The payment gateways a process uses: which the configuration asks for,
-built once, and the process's default registry.
+built once.
 
-:func:`booking.payments.service.refund_booking` is called by the bookings
-code, which has a connection but no app, so the app's lifespan makes its
-registry the process's default here (:func:`use_registry`).
+The one module that knows every adapter. The payments app's assembly
+(:mod:`booking.payments.http`) builds the registry in a cleanup context and
+hands it to what needs it: the handlers and rounds read it from the app, and
+a booking's cancellation gets a refunder bound to it.
 """
 
 from __future__ import annotations
@@ -16,24 +17,20 @@ from typing import Any
 
 import aiohttp
 
-from booking.payments import easypaisa
-from booking.payments.card import CardGateway, CardSettings
-from booking.payments.easypaisa import EasyPaisaSettings
-from booking.payments.errors import PaymentError
 from booking.payments.gateway import GatewayRegistry
-from booking.payments.jazzcash import JazzCashGateway, JazzCashSettings
-from booking.payments.sandbox import SandboxGateway, SandboxSettings
+from booking.payments.gateways import easypaisa
+from booking.payments.gateways.card import CardGateway, CardSettings
+from booking.payments.gateways.easypaisa import EasyPaisaSettings
+from booking.payments.gateways.jazzcash import JazzCashGateway, JazzCashSettings
+from booking.payments.gateways.sandbox import SandboxGateway, SandboxSettings
 from wadud.config import Settings
 
 __all__ = [
     "PaymentSettings",
     "build_registry",
-    "current_registry",
-    "current_registry_or_none",
     "gateways",
     "payment_settings",
     "sandbox_secret",
-    "use_registry",
 ]
 
 
@@ -46,29 +43,6 @@ class PaymentSettings:
     card: CardSettings | None = None
     #: Registers two gateways, its hosted checkout and its mobile-account flow.
     easypaisa: EasyPaisaSettings | None = None
-
-
-_current: GatewayRegistry | None = None
-
-
-def use_registry(registry: GatewayRegistry | None) -> None:
-    """Make ``registry`` the process's default (set by the app's lifespan).
-
-    :func:`refund_booking` is called by the bookings code, which has a
-    connection but no app; it falls back on this.
-    """
-    global _current
-    _current = registry
-
-
-def current_registry_or_none() -> GatewayRegistry | None:
-    return _current
-
-
-def current_registry() -> GatewayRegistry:
-    if _current is None:
-        raise PaymentError("payment gateways are not configured (app not started)")
-    return _current
 
 
 def sandbox_secret(settings: Settings) -> str:

@@ -41,7 +41,7 @@ from booking.payments.gateway import (
     unix_seconds,
     verify_webhook,
 )
-from booking.payments.gateway_http import request_json
+from booking.payments.gateways.json_api import request_json
 from booking.payments.intent import Currency, Money, PaymentIntent
 
 __all__ = ["CardGateway", "CardSettings", "session_status"]

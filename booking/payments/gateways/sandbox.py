@@ -39,7 +39,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from booking.payments.errors import (
     InvalidSignature,
@@ -57,6 +57,7 @@ from booking.payments.gateway import (
     WebhookEvent,
     unix_seconds,
     verify_webhook,
+    with_query,
 )
 from booking.payments.intent import Money, PaymentIntent, refund_event
 from wadud import signing
@@ -165,12 +166,6 @@ class SandboxPayment:
         return total
 
 
-def _with_query(url: str, params: Mapping[str, str]) -> str:
-    parts = urlsplit(url)
-    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
-    return urlunsplit(parts._replace(query=query))
-
-
 def _event_id(reference: str, kind: str) -> str:
     # Deterministic: a redelivery of the same notification keeps its id, so
     # the receiver's dedup works exactly as with a real gateway.
@@ -252,7 +247,7 @@ class SandboxGateway:
             else:
                 record.status, record.code = PaymentStatus.FAILED, "declined"
             record.completed_at = now
-        return _with_query(record.return_url, self.callback_fields(reference, now))
+        return with_query(record.return_url, self.callback_fields(reference, now))
 
     def webhook(self, reference: str, now: datetime) -> tuple[bytes, dict[str, str]]:
         """The notification the sandbox sends for a settled payment: (body, headers)."""

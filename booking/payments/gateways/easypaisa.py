@@ -82,7 +82,7 @@ from booking.payments.gateway import (
     get_header,
     reference_suffix,
 )
-from booking.payments.gateway_http import request_json
+from booking.payments.gateways.json_api import request_json
 from booking.payments.intent import Currency, Money, PaymentIntent
 from wadud.config import Settings
 

@@ -1,4 +1,4 @@
-"""A local EasyPaisa: the other side of :mod:`booking.payments.easypaisa`.
+"""A local EasyPaisa: the other side of :mod:`booking.payments.gateways.easypaisa`.
 
 It plays the merchant-facing half of EasyPaisa's protocol so the whole flow
 runs with no account (``wadud serve`` enables it when no store is configured,
@@ -34,9 +34,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from booking.payments.easypaisa import (
+from booking.payments.errors import InvalidSignature, MalformedPayload, UnknownReference
+from booking.payments.gateway import with_query
+from booking.payments.gateways.easypaisa import (
     IPN_PATH,
     PKT,
     SIMULATOR_PATH,
@@ -47,7 +49,6 @@ from booking.payments.easypaisa import (
     parse_amount,
     read_merchant_hash,
 )
-from booking.payments.errors import InvalidSignature, MalformedPayload, UnknownReference
 from booking.payments.intent import Money
 
 __all__ = ["SIM_PREFIX", "EasyPaisaSimulator", "SimOrder", "codes"]
@@ -89,12 +90,6 @@ class SimOrder:
     @property
     def open(self) -> bool:
         return self.status == "PENDING"
-
-
-def _with_query(url: str, params: Mapping[str, str]) -> str:
-    parts = urlsplit(url)
-    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
-    return urlunsplit(parts._replace(query=query))
 
 
 def _pkt(moment: datetime) -> str:
@@ -145,7 +140,7 @@ class EasyPaisaSimulator:
             raise InvalidSignature("orderRefNum was used for another order")
         token = secrets.token_urlsafe(18)
         self.tokens[token] = reference
-        return _with_query(order.postback, {"auth_token": token})
+        return with_query(order.postback, {"auth_token": token})
 
     def order_for_token(self, token: str, postback: str) -> SimOrder:
         """``Confirm.jsf``: the order an ``auth_token`` opened (one store,
@@ -165,7 +160,7 @@ class EasyPaisaSimulator:
         self.settle(order.reference, paid, now)
         del self.tokens[token]
         paid_now = order.status == "PAID"
-        return _with_query(
+        return with_query(
             order.postback,
             {
                 "status": codes.OK if paid_now else codes.DECLINED,
