@@ -1,6 +1,7 @@
 """Measurement helpers every benchmark uses: free loopback ports, a server run
 in a process group of its own (started, stopped, its log read), a process's
-CPU time (alone or with its children), the kernel's UDP receive-buffer drops. Scripts run standalone
+CPU time (alone or with its children), the kernel's UDP receive-buffer drops,
+a PostgreSQL and a Redis of a benchmark's own. Scripts run standalone
 (``python benchmarks/X/run.py``) put the repository root on ``sys.path``
 before importing this."""
 
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,25 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@contextlib.contextmanager
+def postgres_and_redis(work: Path) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL (the pgserver wheel's, data in ``work/pg``) and a Redis
+    of this run's own, for a cluster of ``wadud`` processes: (database URL,
+    Redis URL). Both are gone after."""
+    from pgserver.postgres_server import get_server
+
+    from tests.conftest import RedisServer
+
+    pg = get_server(work / "pg", cleanup_mode="delete")
+    redis = RedisServer(free_port(), dbfile=work / "redis.db")
+    redis.start()
+    try:
+        yield str(pg.get_uri("postgres")), redis.url
+    finally:
+        redis.stop()
+        pg.cleanup()
 
 
 def log_lines(log: Path) -> list[str]:
