@@ -1,7 +1,8 @@
 """Measurement helpers every benchmark uses: free loopback ports, a server run
 in a process group of its own (started, stopped, its log read), a process's
 CPU time (alone or with its children), the kernel's UDP receive-buffer drops,
-a PostgreSQL and a Redis of a benchmark's own. Scripts run standalone
+a PostgreSQL and a Redis of a benchmark's own, the frames a signalling
+WebSocket receives. Scripts run standalone
 (``python benchmarks/X/run.py``) put the repository root on ``sys.path``
 before importing this."""
 
@@ -15,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,16 @@ async def answers_ready(
                     return True
         await asyncio.sleep(0.1)
     return False
+
+
+async def signalling_frames(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON frames ``ws`` (a signalling WebSocket) receives until it
+    closes; a ``ping`` is answered with a ``pong`` and not given."""
+    async for msg in ws:
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return
+        frame = json.loads(msg.data)
+        if frame.get("type") == "ping":
+            await ws.send_str(json.dumps({"v": 1, "type": "pong"}))
+            continue
+        yield frame
