@@ -1,7 +1,7 @@
 """Measurement helpers every benchmark uses: free loopback ports, a server run
 in a process group of its own (started, stopped, its log read), a process's
 CPU time (alone or with its children), the kernel's UDP receive-buffer drops,
-a PostgreSQL and a Redis of a benchmark's own, the frames a signalling
+a cluster on a PostgreSQL and a Redis of a benchmark's own, the frames a signalling
 WebSocket receives. Scripts run standalone
 (``python benchmarks/X/run.py``) put the repository root on ``sys.path``
 before importing this."""
@@ -18,9 +18,12 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from tests.cluster import Cluster
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -56,19 +59,21 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
-def postgres_and_redis(work: Path) -> Iterator[tuple[str, str]]:
-    """A PostgreSQL (the pgserver wheel's, data in ``work/pg``) and a Redis
-    of this run's own, for a cluster of ``wadud`` processes: (database URL,
-    Redis URL). Both are gone after."""
+def own_cluster(work: Path, secret: str, **options: Any) -> Iterator[Cluster]:
+    """A :class:`tests.cluster.Cluster` under ``work/cluster`` (described,
+    not started: the caller starts and closes it) on a PostgreSQL (the
+    pgserver wheel's, data in ``work/pg``) and a Redis of this run's own,
+    both gone after; ``options``: the Cluster's others."""
     from pgserver.postgres_server import get_server
 
+    from tests.cluster import Cluster
     from tests.conftest import RedisServer
 
     pg = get_server(work / "pg", cleanup_mode="delete")
     redis = RedisServer(free_port(), dbfile=work / "redis.db")
     redis.start()
     try:
-        yield str(pg.get_uri("postgres")), redis.url
+        yield Cluster(work / "cluster", str(pg.get_uri("postgres")), redis.url, secret, **options)
     finally:
         redis.stop()
         pg.cleanup()

@@ -53,7 +53,7 @@ import psutil  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, postgres_and_redis, write_results  # noqa: E402
+from benchmarks.common import cpu_seconds, own_cluster, write_results  # noqa: E402
 from benchmarks.sfu.bench import Bench, Participant  # noqa: E402
 from benchmarks.sfu.measure import ScenarioResult  # noqa: E402
 from benchmarks.sfu.report import code_identity  # noqa: E402
@@ -218,18 +218,12 @@ def per_packet_us(cpu: float, packets: float) -> float | None:
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    with postgres_and_redis(work) as (database_url, redis_url):
-        cluster = Cluster(
-            work / "cluster",
-            database_url,
-            redis_url,
-            SECRET,
-            extra_env={
-                "WADUD_LOG_LEVEL": "warning",
-                "WADUD_CALL_MAX_PARTICIPANTS": "60",
-                "WADUD_MEDIA_REGION_DISTANCES": "pk-ae=40",
-            },
-        )
+    extra_env = {
+        "WADUD_LOG_LEVEL": "warning",
+        "WADUD_CALL_MAX_PARTICIPANTS": "60",
+        "WADUD_MEDIA_REGION_DISTANCES": "pk-ae=40",
+    }
+    with own_cluster(work, SECRET, extra_env=extra_env) as cluster:
         out: dict[str, Any] = {"code": code_identity(), "args": vars(args).copy()}
         try:
             for region in ("pk", "ae"):

@@ -51,7 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import postgres_and_redis, write_results  # noqa: E402
+from benchmarks.common import own_cluster, write_results  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
 from wadud.auth import RoomGrant, issue_room_token  # noqa: E402
 from wadud.config import Settings  # noqa: E402
@@ -176,15 +176,8 @@ async def failover(cluster: Cluster, room: str) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     allow_loopback_candidates()
-    with postgres_and_redis(work) as (database_url, redis_url):
-        cluster = Cluster(
-            work / "cluster",
-            database_url,
-            redis_url,
-            SECRET,
-            region=REGION,
-            extra_env={"WADUD_LOG_LEVEL": "warning"},
-        )
+    extra_env = {"WADUD_LOG_LEVEL": "warning"}
+    with own_cluster(work, SECRET, region=REGION, extra_env=extra_env) as cluster:
         out: dict[str, Any] = {"rooms": [], "failover": []}
         try:
             cluster.add_api("A")
