@@ -1,6 +1,8 @@
 """Measurement helpers every benchmark uses: free loopback ports, a server run
 in a process group of its own (started, stopped, its log read), a process's
-CPU time (alone or with its children), the kernel's UDP receive-buffer drops. Scripts run standalone
+CPU time (alone or with its children), the kernel's UDP receive-buffer drops,
+a cluster on a PostgreSQL and a Redis of a benchmark's own, the frames a signalling
+WebSocket receives. Scripts run standalone
 (``python benchmarks/X/run.py``) put the repository root on ``sys.path``
 before importing this."""
 
@@ -14,10 +16,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from tests.cluster import Cluster
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -50,6 +56,27 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@contextlib.contextmanager
+def own_cluster(work: Path, secret: str, **options: Any) -> Iterator[Cluster]:
+    """A :class:`tests.cluster.Cluster` under ``work/cluster`` (described,
+    not started: the caller starts and closes it) on a PostgreSQL (the
+    pgserver wheel's, data in ``work/pg``) and a Redis of this run's own,
+    both gone after; ``options``: the Cluster's others."""
+    from pgserver.postgres_server import get_server
+
+    from tests.cluster import Cluster
+    from tests.conftest import RedisServer
+
+    pg = get_server(work / "pg", cleanup_mode="delete")
+    redis = RedisServer(free_port(), dbfile=work / "redis.db")
+    redis.start()
+    try:
+        yield Cluster(work / "cluster", str(pg.get_uri("postgres")), redis.url, secret, **options)
+    finally:
+        redis.stop()
+        pg.cleanup()
 
 
 def log_lines(log: Path) -> list[str]:
@@ -130,3 +157,16 @@ async def answers_ready(
                     return True
         await asyncio.sleep(0.1)
     return False
+
+
+async def signalling_frames(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON frames ``ws`` (a signalling WebSocket) receives until it
+    closes; a ``ping`` is answered with a ``pong`` and not given."""
+    async for msg in ws:
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return
+        frame = json.loads(msg.data)
+        if frame.get("type") == "ping":
+            await ws.send_str(json.dumps({"v": 1, "type": "pong"}))
+            continue
+        yield frame

@@ -120,6 +120,22 @@ async def run_driver(
     return result
 
 
+async def run_scenario(
+    module: str,
+    scenario: str,
+    database_url: str,
+    work: Path,
+    budget: float,
+    *,
+    namespace: list[str] | None = None,
+    also_kill: Callable[[Path], list[int]] | None = None,
+) -> dict[str, Any]:
+    """Run one ``scenario`` of a driver module made with :func:`driver_main`
+    (through :func:`run_driver`, which says the rest) and return its result."""
+    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
+    return await run_driver(module, args, work, budget, namespace=namespace, also_kill=also_kill)
+
+
 def assert_flowing(pair: dict[str, Any]) -> None:
     """Between the two readings of what ``to`` receives from ``frm``, video
     frames were decoded and audio arrived (packets, and samples played out)."""
@@ -144,7 +160,16 @@ def driver_main(doc: str | None, scenarios: Iterable[str], drive: Drive, budget:
     :func:`run_driver` runs): ``SCENARIO --database-url URL --work DIR
     [--budget SECONDS]``; the server's log goes to ``DIR/server.log`` and the
     result of ``drive`` is printed as one JSON line."""
-    parser = argparse.ArgumentParser(description=doc)
+    spec = sys.modules["__main__"].__spec__
+    module = spec.name if spec is not None else "MODULE"
+    by_hand = (
+        "Run one scenario by hand (as root, from the repository): unshare --net -- sh -c"
+        f" 'ip link set lo up && exec .venv/bin/python -m {module} SCENARIO"
+        " --database-url URL --work /tmp/x'"
+    )
+    parser = argparse.ArgumentParser(
+        description=doc, epilog=by_hand, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("scenario", choices=sorted(scenarios))
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--work", type=Path, required=True)

@@ -1,15 +1,23 @@
 """Headless Chromium as a WebRTC test peer: where it is and the flags a loopback
 call needs (../shared/TESTING.md explains each; without
---allow-loopback-in-peer-connection it offers no 127.0.0.1 candidate)."""
+--allow-loopback-in-peer-connection it offers no 127.0.0.1 candidate), and a
+site whose page reports its outcome back to the test."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import json
 import shutil
 import subprocess
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -49,3 +57,37 @@ def trust(home: Path, certificate: Path, *, ca: bool) -> None:
     flags = "C,," if ca else "P,,"  # trusted to issue server certificates / a trusted server
     run(["certutil", "-A", "-d", f"sql:{db}", "-n", certificate.stem, "-t", flags,
          "-i", str(certificate)])  # fmt: skip
+
+
+@dataclass
+class ReportingSite:
+    url: str
+    #: The JSON the page POSTed to ``/result`` (its first).
+    result: asyncio.Future[dict[str, Any]]
+
+
+@contextlib.asynccontextmanager
+async def reporting_site(page: str, routes: Iterable[web.RouteDef]) -> AsyncIterator[ReportingSite]:
+    """A site on a free loopback port: ``page`` (HTML) at ``/``, ``routes``
+    beside it, and ``/result``, where the page POSTs its outcome."""
+    result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    async def report(request: web.Request) -> web.Response:
+        if not result.done():
+            result.set_result(json.loads(await request.text()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_routes(routes)
+    app.router.add_post("/result", report)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield ReportingSite(f"http://127.0.0.1:{runner.addresses[0][1]}/", result)
+    finally:
+        await runner.cleanup()

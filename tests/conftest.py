@@ -33,6 +33,9 @@ from wadud.config import Settings
 
 TEMPLATE = "wadud_template"
 
+#: Fixtures that tests of several folders share: a clinic and its doctor.
+pytest_plugins = ["tests.booking.factories"]
+
 # Hypothesis's per-example deadline (200 ms) is a timing assertion, and the
 # suite runs in parallel on a shared machine: speed is measured in
 # benchmarks/, so examples here may take as long as they take.

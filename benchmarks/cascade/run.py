@@ -53,7 +53,7 @@ import psutil  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import cpu_seconds, free_port, write_results  # noqa: E402
+from benchmarks.common import cpu_seconds, own_cluster, write_results  # noqa: E402
 from benchmarks.sfu.bench import Bench, Participant  # noqa: E402
 from benchmarks.sfu.measure import ScenarioResult  # noqa: E402
 from benchmarks.sfu.report import code_identity  # noqa: E402
@@ -218,62 +218,48 @@ def per_packet_us(cpu: float, packets: float) -> float | None:
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from pgserver.postgres_server import get_server
-
-    from tests.conftest import RedisServer
-
-    pg = get_server(work / "pg", cleanup_mode="delete")
-    redis = RedisServer(free_port(), dbfile=work / "redis.db")
-    redis.start()
-    cluster = Cluster(
-        work / "cluster",
-        str(pg.get_uri("postgres")),
-        redis.url,
-        SECRET,
-        extra_env={
-            "WADUD_LOG_LEVEL": "warning",
-            "WADUD_CALL_MAX_PARTICIPANTS": "60",
-            "WADUD_MEDIA_REGION_DISTANCES": "pk-ae=40",
-        },
-    )
-    out: dict[str, Any] = {"code": code_identity(), "args": vars(args).copy()}
-    try:
-        for region in ("pk", "ae"):
-            cluster.add_api(region, region=region)
-            cluster.add_media(region, workers=1, region=region)
-        await cluster.start()
-        async with aiohttp.ClientSession() as http:
-            nodes = Nodes(cluster, work / "pg")
-            bench = CascadeBench(args, nodes, http)
-            try:
-                runs: dict[str, Any] = {}
-                plan = [
-                    ("local 1x1", Scenario("local 1x1", 1, 1), 0, args.rooms),
-                    ("relay 1x1", Scenario("relay 1x1", 1, 1), 1, args.rooms),
-                    ("one node 1x50", Scenario("one node 1x50", 1, 50), 0, 1),
-                    ("split 1x50", Scenario("split 1x50", 1, 50), 25, 1),
-                ]
-                for name, scenario, ae, rooms in plan:
-                    result, extra = await bench.measured(scenario, ae, rooms)
-                    runs[name] = {"result": asdict(result), **extra}
-                    print(
-                        f"{name:14s} cpu pk {extra['cpu']['pk']:.3f} s"
-                        f" ae {extra['cpu']['ae']:.3f} s"
-                        f" over {extra['seconds']:.1f} s; relay {extra['relay_packets']};"
-                        f" forwarded {result.forwarded_window}; loss {result.loss_pct}%;"
-                        f" one-way p50 {result.latency_us.get('p50')} us"
-                        f" p99 {result.latency_us.get('p99')} us",
-                        flush=True,
-                    )
-                out["runs"] = runs
-                out["figures"] = figures(runs)
-            finally:
-                bench.load.stop()
-        out["problems"] = cluster.problems()
-    finally:
-        out["exit_codes"] = await cluster.close()
-        redis.stop()
-        pg.cleanup()
+    extra_env = {
+        "WADUD_LOG_LEVEL": "warning",
+        "WADUD_CALL_MAX_PARTICIPANTS": "60",
+        "WADUD_MEDIA_REGION_DISTANCES": "pk-ae=40",
+    }
+    with own_cluster(work, SECRET, extra_env=extra_env) as cluster:
+        out: dict[str, Any] = {"code": code_identity(), "args": vars(args).copy()}
+        try:
+            for region in ("pk", "ae"):
+                cluster.add_api(region, region=region)
+                cluster.add_media(region, workers=1, region=region)
+            await cluster.start()
+            async with aiohttp.ClientSession() as http:
+                nodes = Nodes(cluster, work / "pg")
+                bench = CascadeBench(args, nodes, http)
+                try:
+                    runs: dict[str, Any] = {}
+                    plan = [
+                        ("local 1x1", Scenario("local 1x1", 1, 1), 0, args.rooms),
+                        ("relay 1x1", Scenario("relay 1x1", 1, 1), 1, args.rooms),
+                        ("one node 1x50", Scenario("one node 1x50", 1, 50), 0, 1),
+                        ("split 1x50", Scenario("split 1x50", 1, 50), 25, 1),
+                    ]
+                    for name, scenario, ae, rooms in plan:
+                        result, extra = await bench.measured(scenario, ae, rooms)
+                        runs[name] = {"result": asdict(result), **extra}
+                        print(
+                            f"{name:14s} cpu pk {extra['cpu']['pk']:.3f} s"
+                            f" ae {extra['cpu']['ae']:.3f} s"
+                            f" over {extra['seconds']:.1f} s; relay {extra['relay_packets']};"
+                            f" forwarded {result.forwarded_window}; loss {result.loss_pct}%;"
+                            f" one-way p50 {result.latency_us.get('p50')} us"
+                            f" p99 {result.latency_us.get('p99')} us",
+                            flush=True,
+                        )
+                    out["runs"] = runs
+                    out["figures"] = figures(runs)
+                finally:
+                    bench.load.stop()
+            out["problems"] = cluster.problems()
+        finally:
+            out["exit_codes"] = await cluster.close()
     return out
 
 

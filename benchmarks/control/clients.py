@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.common import signalling_frames
 from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
 
@@ -63,14 +64,8 @@ class Client:
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            frame = json.loads(msg.data)
+        async for frame in signalling_frames(self.ws):
             kind = frame.get("type")
-            if kind == "ping":
-                await self.ws.send_str(json.dumps({"v": 1, "type": "pong"}))
-                continue
             key = frame.get("ref") if kind in ("ok", "error", "joined", "waiting") else None
             fut = self._waiters.pop(key, None) if key else None
             if fut is not None and not fut.done():

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
+from benchmarks.common import signalling_frames
 from benchmarks.sfu import load, peer
 from benchmarks.sfu.measure import QUIET, ScenarioResult, others_cpu, percentiles, switch_times
 from benchmarks.sfu.scenarios import LARGE_VIEW, SMALL_VIEW, Scenario
@@ -109,10 +110,7 @@ class Participant:
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for msg in self.ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            frame = json.loads(msg.data)
+        async for frame in signalling_frames(self.ws):
             kind = frame.get("type")
             ref = frame.get("ref")
             if ref is not None and ref in self.pending:
@@ -120,9 +118,7 @@ class Participant:
                     self.pid = frame["participant"]["id"]
                 self.pending[ref].set_result(frame)
                 continue
-            if kind == "ping":
-                await self.ws.send_str(json.dumps({"v": 1, "type": "pong"}))
-            elif kind == "offer" and not self.closing:
+            if kind == "offer" and not self.closing:
                 self._spawn(self._answer(frame))
             elif kind == "joined":
                 self.pid = frame["participant"]["id"]

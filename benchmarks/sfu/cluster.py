@@ -51,7 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port, write_results  # noqa: E402
+from benchmarks.common import own_cluster, write_results  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
 from wadud.auth import RoomGrant, issue_room_token  # noqa: E402
 from wadud.config import Settings  # noqa: E402
@@ -175,65 +175,50 @@ async def failover(cluster: Cluster, room: str) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from pgserver.postgres_server import get_server
-
-    from tests.conftest import RedisServer
-
     allow_loopback_candidates()
-    pg = get_server(work / "pg", cleanup_mode="delete")
-    redis = RedisServer(free_port(), dbfile=work / "redis.db")
-    redis.start()
-    cluster = Cluster(
-        work / "cluster",
-        str(pg.get_uri("postgres")),
-        redis.url,
-        SECRET,
-        region=REGION,
-        extra_env={"WADUD_LOG_LEVEL": "warning"},
-    )
-    out: dict[str, Any] = {"rooms": [], "failover": []}
-    try:
-        cluster.add_api("A")
-        cluster.add_api("B")
-        for n in range(args.nodes):
-            cluster.add_media(f"node{chr(ord('A') + n)}", workers=args.workers)
-        t = time.monotonic()
-        await cluster.start()
-        out["started_in_s"] = round(time.monotonic() - t, 2)
-        run_id = uuid.uuid4().hex[:6]
-        out["room_errors"] = []
-        for i in range(args.rooms):
-            try:
-                doctor, patient, timings = await open_room(cluster, f"bench-{run_id}-{i}")
-            except (CallError, OSError, TimeoutError) as exc:
-                # A set-up that cannot hold a call at all: say so once, with the logs.
-                out["room_errors"].append(repr(exc))
-                print(f"room {i}: no call: {exc!r}", flush=True)
-                break
-            out["rooms"].append(timings)
-            for client in (patient, doctor):
-                await client.leave()
-            print(
-                f"room {i:2d} on {','.join(timings['worker']) or '?':9s} join→first frame "
-                f"{timings['join_to_first_frame'] * 1000:7.1f} ms",
-                flush=True,
-            )
-        for i in range(args.failover if out["rooms"] else 0):
-            trial = await failover(cluster, f"failover-{run_id}-{i}")
-            out["failover"].append(trial)
-            if trial["gap"] is None:
-                print(f"failover {i}: {trial['error']}: {json.dumps(trial)[:1000]}", flush=True)
-                continue
-            print(
-                f"failover {i}: kill -9 of the node of {trial['killed']}, decoding again on "
-                f"{','.join(trial['moved_to'])} after {trial['gap']:.2f} s",
-                flush=True,
-            )
-        out["problems"] = cluster.problems()
-    finally:
-        out["exit_codes"] = await cluster.close()
-        redis.stop()
-        pg.cleanup()
+    extra_env = {"WADUD_LOG_LEVEL": "warning"}
+    with own_cluster(work, SECRET, region=REGION, extra_env=extra_env) as cluster:
+        out: dict[str, Any] = {"rooms": [], "failover": []}
+        try:
+            cluster.add_api("A")
+            cluster.add_api("B")
+            for n in range(args.nodes):
+                cluster.add_media(f"node{chr(ord('A') + n)}", workers=args.workers)
+            t = time.monotonic()
+            await cluster.start()
+            out["started_in_s"] = round(time.monotonic() - t, 2)
+            run_id = uuid.uuid4().hex[:6]
+            out["room_errors"] = []
+            for i in range(args.rooms):
+                try:
+                    doctor, patient, timings = await open_room(cluster, f"bench-{run_id}-{i}")
+                except (CallError, OSError, TimeoutError) as exc:
+                    # A set-up that cannot hold a call at all: say so once, with the logs.
+                    out["room_errors"].append(repr(exc))
+                    print(f"room {i}: no call: {exc!r}", flush=True)
+                    break
+                out["rooms"].append(timings)
+                for client in (patient, doctor):
+                    await client.leave()
+                print(
+                    f"room {i:2d} on {','.join(timings['worker']) or '?':9s} join→first frame "
+                    f"{timings['join_to_first_frame'] * 1000:7.1f} ms",
+                    flush=True,
+                )
+            for i in range(args.failover if out["rooms"] else 0):
+                trial = await failover(cluster, f"failover-{run_id}-{i}")
+                out["failover"].append(trial)
+                if trial["gap"] is None:
+                    print(f"failover {i}: {trial['error']}: {json.dumps(trial)[:1000]}", flush=True)
+                    continue
+                print(
+                    f"failover {i}: kill -9 of the node of {trial['killed']}, decoding again on "
+                    f"{','.join(trial['moved_to'])} after {trial['gap']:.2f} s",
+                    flush=True,
+                )
+            out["problems"] = cluster.problems()
+        finally:
+            out["exit_codes"] = await cluster.close()
     return out
 
 

@@ -1,5 +1,9 @@
 """Rows for booking tests, inserted with SQL so a test of one resource does not
-depend on another resource's handlers. Whole-flow tests go through HTTP."""
+depend on another resource's handlers. Whole-flow tests go through HTTP.
+
+The fixtures ``clinic`` and ``doctor`` (a clinic in Pakistan and a doctor of
+it, as :func:`make_clinic` and :func:`make_doctor` make them) serve every
+folder: tests/conftest.py names this module a plugin."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tests.conftest import Api
 from wadud import keys
@@ -105,3 +110,13 @@ async def make_doctor(
                 list(types),
             )
     return Doctor(str(did), clinic.id, str(user_id), token, fee_minor)
+
+
+@pytest.fixture
+async def clinic(api: Api) -> Clinic:
+    return await make_clinic(api)
+
+
+@pytest.fixture
+async def doctor(api: Api, clinic: Clinic) -> Doctor:
+    return await make_doctor(api, clinic)

@@ -104,16 +104,6 @@ async def requested(api: Api, doctor: Doctor, starts_at: dt.datetime) -> tuple[s
     return patient, booking["id"], sent[-1]["manage_token"]
 
 
-@pytest.fixture
-async def clinic(api: Api) -> Clinic:
-    return await make_clinic(api)
-
-
-@pytest.fixture
-async def doctor(api: Api, clinic: Clinic) -> Doctor:
-    return await make_doctor(api, clinic)
-
-
 # -- holds -------------------------------------------------------------------------
 
 

@@ -14,8 +14,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from booking import call_report_page, call_reports
 from privacy import retention
 from sfu.control import CallSample, TransportState
@@ -30,16 +28,6 @@ from wadud import keys
 from wadud.api import Role
 
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-
-
-@pytest.fixture
-async def clinic(api: Api) -> Clinic:
-    return await make_clinic(api)
-
-
-@pytest.fixture
-async def doctor(api: Api, clinic: Clinic) -> Doctor:
-    return await make_doctor(api, clinic)
 
 
 def _sample(room: str, pid: str, i: int, *, capped: bool) -> CallSample:

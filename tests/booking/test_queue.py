@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 
 from booking.api.queue import DEFAULT_CONSULT_SECONDS
-from tests.booking.factories import Clinic, make_clinic, make_doctor
+from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import anon, events, pool_of
 from tests.conftest import Api
 from wadud import auth, keys
@@ -25,9 +25,7 @@ def _queue(clinic: Clinic, specialty: str = "general") -> str:
     return f"/api/v1/instant/{clinic.id}/{specialty}"
 
 
-async def test_region_feature_gates_the_queue(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_region_feature_gates_the_queue(api: Api, clinic: Clinic, doctor: Doctor) -> None:
     patient = await anon(api)
     err = await api.post(_queue(clinic), {}, token=patient, expect=403)
     assert err["code"] == "instant-unavailable"

@@ -8,22 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import pytest
-
-from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
+from tests.booking.factories import Doctor
 from tests.booking.test_bookings import local, requested, shift
 from tests.conftest import Api
 from tests.signalling.test_ws import connect, joined
-
-
-@pytest.fixture
-async def clinic(api: Api) -> Clinic:
-    return await make_clinic(api)
-
-
-@pytest.fixture
-async def doctor(api: Api, clinic: Clinic) -> Doctor:
-    return await make_doctor(api, clinic)
 
 
 async def _live_booking(

@@ -8,7 +8,7 @@ import dataclasses
 
 import hooks.http
 from bin import assembly
-from tests.conftest import Api
+from tests.conftest import Api, served
 from wadud.config import Settings
 
 
@@ -20,19 +20,13 @@ def test_serve_and_api_both_serve_the_routes_and_deliver() -> None:
 
 
 async def test_webhooks_deliver_off_runs_no_deliverer(settings: Settings) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
-
     for deliver in (True, False):
         app = assembly.build_app(
             dataclasses.replace(settings, webhooks_deliver=deliver),
             [*assembly.in_process(), hooks.http.install_worker],
         )
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        try:
+        async with served(app):
             assert (hooks.http.DELIVERER in app) is deliver
-        finally:
-            await client.close()
 
 
 async def test_the_routes_are_in_the_openapi_document(api: Api) -> None:

@@ -39,7 +39,7 @@ import hooks.http
 from bin.assembly import build_app, in_process
 from hooks import events as hook_events
 from hooks.service import Deliverer
-from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
+from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.booking.test_bookings import local, requested, shift
 from tests.conftest import Api, free_port_in
 from tests.sfu.conftest import wait_until
@@ -182,16 +182,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
     yield r
     await r.stop()
-
-
-@pytest.fixture
-async def clinic(api: Api) -> Clinic:
-    return await make_clinic(api)
-
-
-@pytest.fixture
-async def doctor(api: Api, clinic: Clinic) -> Doctor:
-    return await make_doctor(api, clinic)
 
 
 async def _live_booking(api: Api, doctor: Doctor) -> tuple[str, str, str]:

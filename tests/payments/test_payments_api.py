@@ -198,9 +198,9 @@ async def test_sandbox_flow_end_to_end(api: Api) -> None:
     ]
 
 
-async def test_decline_fails_the_intent_and_keeps_the_hold(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_decline_fails_the_intent_and_keeps_the_hold(
+    api: Api, clinic: Clinic, doctor: Doctor
+) -> None:
     token, patient = await anon_patient(api)
     booking = await held_booking(api, doctor, patient)
     payment = await start_payment(api, token, booking)
@@ -218,9 +218,9 @@ async def test_decline_fails_the_intent_and_keeps_the_hold(api: Api) -> None:
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
-async def test_return_url_redirect_after_verification(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_return_url_redirect_after_verification(
+    api: Api, clinic: Clinic, doctor: Doctor
+) -> None:
     token, patient = await anon_patient(api)
     booking = await held_booking(api, doctor, patient)
     payment = await start_payment(api, token, booking, return_url="https://clinic.example/done?x=1")
@@ -250,9 +250,7 @@ async def test_return_url_redirect_after_verification(api: Api) -> None:
     assert bad["status"] == 422
 
 
-async def test_second_create_returns_the_live_intent(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_second_create_returns_the_live_intent(api: Api, doctor: Doctor) -> None:
     token, patient = await anon_patient(api)
     booking = await held_booking(api, doctor, patient)
     first = await start_payment(api, token, booking)
@@ -269,9 +267,7 @@ async def test_second_create_returns_the_live_intent(api: Api) -> None:
     assert count == 1
 
 
-async def test_create_refusals(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_create_refusals(api: Api, clinic: Clinic, doctor: Doctor) -> None:
     token, patient = await anon_patient(api)
     other_token, _ = await anon_patient(api)
     booking = await held_booking(api, doctor, patient)
@@ -297,9 +293,7 @@ async def test_create_refusals(api: Api) -> None:
 # --- the redirect landing ------------------------------------------------------------
 
 
-async def test_forged_landing_changes_nothing(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_forged_landing_changes_nothing(api: Api, clinic: Clinic, doctor: Doctor) -> None:
     token, patient = await anon_patient(api)
     booking = await held_booking(api, doctor, patient)
     payment = await start_payment(api, token, booking)
@@ -486,9 +480,7 @@ async def test_concurrent_payouts_never_overdraw(api: Api) -> None:
 # --- tenant isolation -------------------------------------------------------------------
 
 
-async def test_tenant_isolation(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_tenant_isolation(api: Api, clinic: Clinic, doctor: Doctor) -> None:
     other_clinic = await make_clinic(api, name="Other Clinic")
     other_doctor = await make_doctor(api, other_clinic)
     token, booking, payment = await paid_booking(api, doctor)

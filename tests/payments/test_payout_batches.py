@@ -485,9 +485,7 @@ async def test_concurrent_marks_post_a_line_once(api: Api) -> None:
 # --- bad input ------------------------------------------------------------------------
 
 
-async def test_bad_bank_details_change_nothing(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_bad_bank_details_change_nothing(api: Api, clinic: Clinic, doctor: Doctor) -> None:
     url = f"/api/v1/doctors/{doctor.id}/payout-account"
     await api.get(url, token=doctor.token, expect=404)
     before = await state_of(api, clinic)

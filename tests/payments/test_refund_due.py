@@ -9,10 +9,10 @@ test_easypaisa_flow.py, whose helpers these tests share.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,22 +35,13 @@ from wadud.config import Settings
 
 
 @pytest.fixture
-async def served(tmp_path: Path, database_url: str) -> AsyncIterator[Api]:
+async def served(settings: Settings) -> AsyncIterator[Api]:
     """The app on a port its own settings name (the simulator is reached
     over HTTP at ``base_url``), with no inquiry round of its own."""
     port = free_port_in(25_000, 25_999)
     app = build_app(
-        Settings(
-            host="127.0.0.1",
-            port=port,
-            data_dir=tmp_path,
-            database_url=database_url,
-            secret_key="test-secret-" + "x" * 32,
-            database_pool_min=1,
-            database_pool_max=10,
-            log_format="text",
-            outbox_poll_interval=0.2,
-            payments_easypaisa_inquiry_interval=0,
+        dataclasses.replace(
+            settings, host="127.0.0.1", port=port, payments_easypaisa_inquiry_interval=0
         )
     )
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=port))

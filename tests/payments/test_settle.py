@@ -242,9 +242,9 @@ async def test_a_booking_that_moves_meanwhile_is_left_to_the_general_path(
     assert await booking_status(api, booking) == booking_now
 
 
-async def test_an_intent_that_moves_meanwhile_is_left_to_the_general_path(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_an_intent_that_moves_meanwhile_is_left_to_the_general_path(
+    api: Api, doctor: Doctor
+) -> None:
     booking, payment, event = await _paid_event(api, doctor)
     done = await _meanwhile(
         api,
@@ -261,9 +261,9 @@ async def test_an_intent_that_moves_meanwhile_is_left_to_the_general_path(api: A
     assert await count(api, "SELECT count(*) FROM outbox WHERE topic = 'booking.requested'") == 0
 
 
-async def test_the_same_delivery_landing_meanwhile_aborts_the_whole_statement(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_the_same_delivery_landing_meanwhile_aborts_the_whole_statement(
+    api: Api, doctor: Doctor
+) -> None:
     booking, payment, event = await _paid_event(api, doctor)
     pool = pool_of(api)
     pid = uuid.UUID(payment["id"])
@@ -288,9 +288,9 @@ async def test_the_same_delivery_landing_meanwhile_aborts_the_whole_statement(ap
     assert await count(api, "SELECT count(*) FROM payment_events WHERE to_state = 'succeeded'") == 0
 
 
-async def test_what_is_not_the_common_case_is_left_to_the_general_path(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_what_is_not_the_common_case_is_left_to_the_general_path(
+    api: Api, doctor: Doctor
+) -> None:
     pool = pool_of(api)
     gw = sandbox(api)
     async with pool.acquire() as conn:

@@ -16,7 +16,7 @@ import pytest
 
 from booking.payments import service
 from booking.payments.gateways.sandbox import SandboxGateway
-from tests.booking.factories import Doctor, make_clinic, make_doctor
+from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
 from tests.payments.test_payments_api import (
     account_balances,
@@ -32,16 +32,21 @@ from wadud.config import Settings
 CARD_SECRETS = ["whsec_new_" + "n" * 24, "whsec_old_" + "o" * 24]
 
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    # The card gateway is configured (nothing listens at its API base: these
-    # tests only need its webhook verifier), with two secrets mid-rotation.
+def with_card_webhooks(settings: Settings, secrets: list[str]) -> Settings:
+    """``settings`` with the card gateway configured to verify webhooks
+    signed with any of ``secrets`` (nothing listens at its API base)."""
     return dataclasses.replace(
         settings,
         payments_card_api_base="http://127.0.0.1:9",
         payments_card_api_key="sk_test_" + "k" * 24,
-        payments_card_webhook_secrets=list(CARD_SECRETS),
+        payments_card_webhook_secrets=list(secrets),
     )
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # Two secrets mid-rotation.
+    return with_card_webhooks(settings, CARD_SECRETS)
 
 
 def now() -> dt.datetime:
@@ -90,9 +95,7 @@ async def count(api: Api, sql: str, *args: Any) -> int:
     return int(await pool_of(api).fetchval(sql, *args))
 
 
-async def test_webhook_applies_once(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_webhook_applies_once(api: Api, doctor: Doctor) -> None:
     _token, booking, payment = await live_payment(api, doctor)
     body, headers = paid_webhook(api, payment)
     status, ack = await deliver(api, body, headers)
@@ -108,9 +111,7 @@ async def test_webhook_applies_once(api: Api) -> None:
     assert await count(api, "SELECT count(*) FROM outbox WHERE topic = 'payment.succeeded'") == 1
 
 
-async def test_concurrent_duplicate_webhooks_capture_once(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_concurrent_duplicate_webhooks_capture_once(api: Api, doctor: Doctor) -> None:
     _token, booking, payment = await live_payment(api, doctor)
     body, headers = paid_webhook(api, payment)
     # Same event id eight times at once, plus the same verdict under another
@@ -135,9 +136,7 @@ async def test_concurrent_duplicate_webhooks_capture_once(api: Api) -> None:
         assert await service.ledger_is_balanced(conn)
 
 
-async def test_signature_failures_change_nothing(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_signature_failures_change_nothing(api: Api, clinic: Clinic, doctor: Doctor) -> None:
     _token, booking, payment = await live_payment(api, doctor)
     body, headers = paid_webhook(api, payment)
     secret = sandbox(api)._webhook_secrets[0]
@@ -229,9 +228,7 @@ async def test_rotated_card_secret_is_accepted(api: Api) -> None:
     assert got["gateway"] == "card"
 
 
-async def test_amount_mismatch_is_refused(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_amount_mismatch_is_refused(api: Api, doctor: Doctor) -> None:
     _token, booking, payment = await live_payment(api, doctor)
     await pool_of(api).execute(
         "UPDATE payment_intents SET amount_minor = amount_minor + 1 WHERE id = $1",
@@ -246,9 +243,7 @@ async def test_amount_mismatch_is_refused(api: Api) -> None:
     assert await count(api, "SELECT count(*) FROM webhook_events") == 0
 
 
-async def test_unknown_reference_is_not_acknowledged(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_unknown_reference_is_not_acknowledged(api: Api, doctor: Doctor) -> None:
     _token, _booking, payment = await live_payment(api, doctor)
     body, headers = paid_webhook(api, payment)
     await pool_of(api).execute(
@@ -293,9 +288,7 @@ async def test_paid_but_unconfirmable_booking_is_refunded(api: Api, booking_now:
     assert got["refunded_minor"] == 120_000
 
 
-async def test_sweeper_expires_and_settles(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_sweeper_expires_and_settles(api: Api, doctor: Doctor) -> None:
     pool = pool_of(api)
     registry = api.app[service.GATEWAYS]
     _t1, _b1, abandoned = await live_payment(api, doctor)

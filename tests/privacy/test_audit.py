@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from privacy import audit
-from tests.booking.factories import make_clinic, make_doctor
+from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.booking.test_bookings import local, requested
 from tests.conftest import Api
 from wadud import db, keys
@@ -214,9 +214,9 @@ async def test_verify_with_the_embedded_database_of_a_data_dir(tmp_path: Path) -
 # -- what the API writes ------------------------------------------------------------
 
 
-async def test_staff_reads_and_changes_are_audited_and_shown(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic)
+async def test_staff_reads_and_changes_are_audited_and_shown(
+    api: Api, clinic: Clinic, doctor: Doctor
+) -> None:
     other_clinic = await make_clinic(api, name="Other")
     patient, bid, _ = await requested(api, doctor, local(2, "10:00"))
     pool = api.app[keys.DB]

@@ -40,16 +40,6 @@ async def admin(api: Api) -> str:
     return await api.user(Role.ADMIN)
 
 
-@pytest.fixture
-async def clinic(api: Api) -> Clinic:
-    return await make_clinic(api, "PK")
-
-
-@pytest.fixture
-async def doctor(api: Api, clinic: Clinic) -> Doctor:
-    return await make_doctor(api, clinic)
-
-
 async def publish(
     api: Api, admin: str, purpose: str, language: str = "en", **kw: Any
 ) -> dict[str, Any]:

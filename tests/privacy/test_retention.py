@@ -65,15 +65,12 @@ async def _conversation(api: Api, doctor: Any, *, attach: bool) -> tuple[str, st
     await api.post(f"{base}/messages", {"client_id": "1", "body": "hello"}, token=token, expect=201)
     key = None
     if attach:
-        resp = await api.client.post(
-            f"{base}/attachments",
-            data=PNG,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
+        headers = {"Content-Type": "image/png"}
+        att = await api.post(
+            f"{base}/attachments", data=PNG, headers=headers, token=token, expect=201
         )
-        assert resp.status == 201, await resp.text()
         key = await api.app[keys.DB].fetchval(
-            "SELECT storage_key FROM chat_attachments WHERE id = $1",
-            uuid.UUID((await resp.json())["id"]),
+            "SELECT storage_key FROM chat_attachments WHERE id = $1", uuid.UUID(att["id"])
         )
     return conv["id"], key
 

@@ -111,13 +111,10 @@ async def _chat(api: Api, doctor: Doctor, p: Patient, *, attach: bool) -> None:
     )
     p.texts = (mine, reply)
     if attach:
-        resp = await api.client.post(
-            f"{base}/attachments",
-            data=PNG,
-            headers={"Authorization": f"Bearer {p.token}", "Content-Type": "image/png"},
+        headers = {"Content-Type": "image/png"}
+        att = await api.post(
+            f"{base}/attachments", data=PNG, headers=headers, token=p.token, expect=201
         )
-        assert resp.status == 201, await resp.text()
-        att = await resp.json()
         await api.post(
             f"{base}/messages",
             {"client_id": "3", "body": "the rash", "attachment_id": att["id"]},

@@ -27,7 +27,7 @@ from recording.errors import AlreadyRecording, BadTransition, RecordingErased, R
 from recording.http import RECORDINGS, AppParts
 from recording.recorder import Recorder
 from recording.store import Recordings, open_file, recording_key
-from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
+from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.booking.test_bookings import anon, events, local, pool_of, requested
 from tests.conftest import Api
 from tests.recording import media
@@ -35,16 +35,6 @@ from wadud import keys
 from wadud.api import Role
 from wadud.errors import NotFound
 from wadud.storage import storage_of
-
-
-@pytest.fixture
-async def clinic(api: Api) -> Clinic:
-    return await make_clinic(api)
-
-
-@pytest.fixture
-async def doctor(api: Api, clinic: Clinic) -> Doctor:
-    return await make_doctor(api, clinic)
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ import dataclasses
 import recording.http
 from bin import assembly
 from bin.main import parser
+from tests.conftest import served
 from wadud.config import Settings
 
 
@@ -21,17 +22,11 @@ def test_serve_records_and_api_serves_the_routes_only() -> None:
 
 
 async def test_recording_in_serve_off_runs_no_recorder(settings: Settings) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
-
     for on in (True, False):
         app = assembly.build_app(
             dataclasses.replace(settings, recording_in_serve=on),
             [*assembly.in_process(), recording.http.install_worker],
         )
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        try:
+        async with served(app):
             assert (recording.http.RECORDER in app) is on
             assert recording.http.RECORDINGS in app
-        finally:
-            await client.close()

@@ -4,7 +4,6 @@ errors, and the key split checked against aiortc's own."""
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import struct
 
@@ -17,7 +16,6 @@ from hypothesis import strategies as st
 from rtc.dtls import (
     SRTP_AEAD_AES_128_GCM,
     SRTP_AES128_CM_SHA1_80,
-    DtlsCertificate,
     DtlsEndpoint,
     DtlsRole,
     DtlsState,
@@ -26,10 +24,8 @@ from rtc.dtls import (
 )
 from rtc.errors import SrtpAuthError, SrtpError, SrtpReplayError
 from rtc.srtp import SrtpSession
+from tests.rtc.test_dtls import CERT_A, CERT_B
 
-T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-CERT_A = DtlsCertificate.generate(T0)
-CERT_B = DtlsCertificate.generate(T0)
 PROFILES = [SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 import os
 import re
 import signal
@@ -36,7 +35,7 @@ from sfu.control import ActiveSpeaker
 from sfu.errors import SfuStateError
 from sfu.reports import nack_interval_for
 from sfu.worker import MediaWorker
-from tests.chromium import CHROMIUM, FLAGS
+from tests.chromium import CHROMIUM, FLAGS, reporting_site
 from tests.sfu.conftest import (
     HEIGHT,
     WIDTH,
@@ -872,42 +871,23 @@ async def test_chromium_publisher_gets_transport_cc_feedback_and_receiver_report
     holds the estimate under 100 kbit/s and the traffic with it (checked here
     by patching the recorder to each, 84 kbit/s both times).
     """
-    result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-    async def page(_: web.Request) -> web.Response:
-        return web.Response(text=PUBLISH_PAGE, content_type="text/html")
 
     async def offer(request: web.Request) -> web.Response:
         published = await worker.publish(ROOM, "doctor", await request.text(), {})
         return web.Response(text=published.answer)
 
-    async def report(request: web.Request) -> web.Response:
-        if not result.done():
-            result.set_result(json.loads(await request.text()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/", page)
-    app.router.add_post("/offer", offer)
-    app.router.add_post("/result", report)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    browser = await asyncio.create_subprocess_exec(
-        CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-        f"http://127.0.0.1:{port}/",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        outcome = await asyncio.wait_for(result, 40)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(browser.pid, signal.SIGKILL)
-        await browser.wait()
-        await runner.cleanup()
+    async with reporting_site(PUBLISH_PAGE, [web.post("/offer", offer)]) as site:
+        browser = await asyncio.create_subprocess_exec(
+            CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", site.url,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            outcome = await asyncio.wait_for(site.result, 40)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(browser.pid, signal.SIGKILL)
+            await browser.wait()
     assert "error" not in outcome, outcome
     assert outcome["sent"], outcome
     assert outcome["bwe"] >= max(BWE_FLOOR, BWE_OVER_SENT * outcome["sent"]), outcome

@@ -12,12 +12,7 @@ from ``window.wadudCall.stats()`` (``getStats()``: inbound video
 ``framesDecoded``, inbound audio ``packetsReceived`` and
 ``totalSamplesReceived``) twice, a moment apart, and prints one JSON line;
 the test asserts on it. Media "flows" when every number rose between the two
-readings.
-
-Run one scenario by hand (as root, from the repository):
-
-    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
-        tests.signalling.test_browser_call three --database-url URL --work /tmp/x'
+readings. The driver's ``--help`` says how to run one scenario by hand.
 """
 
 from __future__ import annotations
@@ -28,49 +23,32 @@ import datetime as dt
 import json
 import math
 import struct
-import time
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from tests.browser import (
-    Browsers,
     Page,
     assert_flowing,
     captions,
     click,
-    driver_main,
     flow,
     frame_of,
     join,
     participant_id,
-    play,
     receiving,
-    run_driver,
+    run_scenario,
     until_flowing,
 )
+from tests.signalling.call_world import HTTP_PORT, Scenario, World, embedder, serve_scenarios
 
-ROOT = Path(__file__).resolve().parents[2]
-HTTP_PORT = 8080  # the namespace is ours alone: every port is free
-EMBED_PORT = 9090
+DRIVER = "tests.signalling.test_browser_call"
 PROXY_PORT = 8081
-SECRET = "browser-test-secret-" + "x" * 32
 
 
 # -- the pytest side -----------------------------------------------------------
-
-
-async def run_scenario(
-    scenario: str, database_url: str, work: Path, budget: float
-) -> dict[str, Any]:
-    """Run the driver in its own loopback-only namespace; its JSON result."""
-    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
-    return await run_driver("tests.signalling.test_browser_call", args, work, budget)
 
 
 @pytest.mark.timeout(120)
@@ -78,7 +56,7 @@ async def test_device_check_top_level_and_in_a_frame(database_url: str, tmp_path
     """Before joining: camera preview, device pickers and a moving
     microphone meter, on the page itself and framed by another site with
     ``allow``; a frame without ``allow`` gets no devices and says so."""
-    result = await run_scenario("devices", database_url, tmp_path, budget=60)
+    result = await run_scenario(DRIVER, "devices", database_url, tmp_path, 60)
     print(json.dumps(result))
     for where in ("top", "allowed"):
         check = result[where]
@@ -98,7 +76,7 @@ async def test_links_that_cannot_join_say_why(database_url: str, tmp_path: Path)
     or join (issue 25: it says which it is and what to do); a link opened
     under another room's URL is refused on joining; each end screen says
     why in plain words, with no "Join again"."""
-    result = await run_scenario("refusals", database_url, tmp_path, budget=60)
+    result = await run_scenario(DRIVER, "refusals", database_url, tmp_path, 60)
     print(json.dumps(result))
     expired = result["expired"]
     assert expired["screen"] == "ended", expired
@@ -115,7 +93,7 @@ async def test_links_that_cannot_join_say_why(database_url: str, tmp_path: Path)
 async def test_three_pages_hold_a_call_through_the_sfu(database_url: str, tmp_path: Path) -> None:
     """The must-show: two pages decode each other's video and receive each
     other's audio; a third joins and sees and hears both, and they it."""
-    result = await run_scenario("three", database_url, tmp_path, budget=150)
+    result = await run_scenario(DRIVER, "three", database_url, tmp_path, 150)
     names = ["doctor", "patient", "relative"]
     assert {(p["to"], p["frm"]) for p in result["two"]} == {
         ("doctor", "patient"),
@@ -144,7 +122,7 @@ async def test_call_page_controls(database_url: str, tmp_path: Path) -> None:
     """Each button does what it says, as the other participant sees it:
     mute, camera off and on, screen share, the doctor's mute and remove,
     a dropped socket resumed without renegotiating, end."""
-    result = await run_scenario("controls", database_url, tmp_path, budget=150)
+    result = await run_scenario(DRIVER, "controls", database_url, tmp_path, 150)
     print(json.dumps(result))
     assert result["start"]["framesDecoded"] > 0 and result["start"]["audioPackets"] > 0
     # Muted audio is not forwarded (a packet or two may be in flight).
@@ -169,7 +147,7 @@ async def test_leave_and_join_again(database_url: str, tmp_path: Path) -> None:
     """After leaving, "Join again" makes a new participant whom the one who
     stayed sees and hears (their subscribe connection had every section
     stopped in between)."""
-    result = await run_scenario("rejoin", database_url, tmp_path, budget=120)
+    result = await run_scenario(DRIVER, "rejoin", database_url, tmp_path, 120)
     print(json.dumps(result))
     assert result["new_participant"]
     assert "Bilal" in result["doctor_captions"]
@@ -181,7 +159,7 @@ async def test_leave_and_join_again(database_url: str, tmp_path: Path) -> None:
 async def test_demo_links_hold_a_call(database_url: str, tmp_path: Path) -> None:
     """A newcomer's path: /demo makes a room; the patient's link waits until
     the doctor, on the other link, admits them; then they hold a call."""
-    result = await run_scenario("demo", database_url, tmp_path, budget=120)
+    result = await run_scenario(DRIVER, "demo", database_url, tmp_path, 120)
     print(json.dumps(result))
     assert result["patient_screen_before_doctor"] == "waiting"
     assert result["doctor_saw_waiting"] == ["Patient"]
@@ -195,7 +173,7 @@ async def test_call_page_in_another_sites_iframe(database_url: str, tmp_path: Pa
     """A clinic's page on another origin frames the call page with
     ``allow="camera; microphone; display-capture"``: the framed page gets
     the devices, joins, and media flows both ways."""
-    result = await run_scenario("iframe", database_url, tmp_path, budget=120)
+    result = await run_scenario(DRIVER, "iframe", database_url, tmp_path, 120)
     print(json.dumps(result))
     assert result["embedder_origin"] != result["call_origin"]
     assert "joined" in result["embedder_saw"]
@@ -205,42 +183,6 @@ async def test_call_page_in_another_sites_iframe(database_url: str, tmp_path: Pa
 
 
 # -- the driver: runs inside the namespace ------------------------------------
-
-
-@dataclass
-class World:
-    base: str
-    settings: Any
-    browsers: Browsers
-    room: str = "consult-4411"
-    timings: dict[str, float] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-
-    def mark(self, what: str) -> None:
-        while what in self.timings:
-            what += " again"
-        self.timings[what] = round(time.monotonic() - self.started, 2)
-
-    def link(
-        self,
-        identity: str,
-        name: str,
-        role: str,
-        *,
-        admin: bool = False,
-        expires_in: dt.timedelta = dt.timedelta(hours=1),
-        opens_in: dt.timedelta = -dt.timedelta(hours=2),
-    ) -> str:
-        from wadud.auth import RoomGrant, issue_room_token
-
-        now = dt.datetime.now(dt.UTC)
-        token = issue_room_token(
-            self.settings,
-            RoomGrant(room=self.room, identity=identity, name=name, role=role, admin=admin),
-            not_before=now + opens_in,
-            expires=now + expires_in,
-        )
-        return f"{self.base}/call/{self.room}?token={token}"
 
 
 def talking(path: Path) -> Path:
@@ -352,28 +294,18 @@ async def scenario_iframe(world: World) -> dict[str, Any]:
     # Another site: localhost against the call server's 127.0.0.1.
     call_url = world.link("pt-991", "Bilal", "patient")
 
-    async def clinic(_: web.Request) -> web.Response:
-        return web.Response(text=EMBEDDER.format(src=call_url), content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/clinic", clinic)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", EMBED_PORT).start()
-    try:
+    async with embedder(EMBEDDER.format(src=call_url)) as clinic_url:
         doctor = await world.browsers.open(
             "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
         )
         await join(doctor)
-        embedder = await world.browsers.open("clinic", f"http://localhost:{EMBED_PORT}/clinic")
-        framed = await frame_of(embedder, world.base)
+        clinic = await world.browsers.open("clinic", clinic_url)
+        framed = await frame_of(clinic, world.base)
         await join(framed)
         world.mark("framed patient joined")
         pairs = await receiving(world, [doctor, framed])
-        seen = await embedder.eval("window.seen")
-        origin = await embedder.eval("location.origin")
-    finally:
-        await runner.cleanup()
+        seen = await clinic.eval("window.seen")
+        origin = await clinic.eval("location.origin")
     return {
         "pairs": pairs,
         "embedder_saw": seen,
@@ -646,31 +578,17 @@ async def scenario_devices(world: World) -> dict[str, Any]:
     result: dict[str, Any] = {"top": await device_check(top)}
     allowed = world.link("pt-992", "Amal", "patient").replace(world.room, "allowed")
     refused = world.link("pt-993", "Omar", "patient").replace(world.room, "refused")
-
-    async def clinic(_: web.Request) -> web.Response:
-        page = EMBED_TWO.format(allowed=allowed, refused=refused)
-        return web.Response(text=page, content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/clinic", clinic)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", EMBED_PORT).start()
-    try:
-        embedder = await world.browsers.open("clinic", f"http://localhost:{EMBED_PORT}/clinic")
-        result["allowed"] = await device_check(
-            await frame_of(embedder, world.base + "/call/allowed")
-        )
+    async with embedder(EMBED_TWO.format(allowed=allowed, refused=refused)) as clinic_url:
+        clinic = await world.browsers.open("clinic", clinic_url)
+        result["allowed"] = await device_check(await frame_of(clinic, world.base + "/call/allowed"))
         result["refused"] = await device_check(
-            await frame_of(embedder, world.base + "/call/refused"), expect_devices=False
+            await frame_of(clinic, world.base + "/call/refused"), expect_devices=False
         )
-    finally:
-        await runner.cleanup()
     result["timings"] = world.timings
     return result
 
 
-SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
+SCENARIOS: dict[str, Scenario] = {
     "three": scenario_three,
     "demo": scenario_demo,
     "iframe": scenario_iframe,
@@ -681,47 +599,5 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
 }
 
 
-@contextlib.asynccontextmanager
-async def serving(database_url: str, work: Path, *, relay: bool = False) -> AsyncIterator[Any]:
-    """The app on HTTP_PORT; ``relay``: with the TURN relay ``wadud serve``
-    runs beside it (127.0.0.1:3478 over UDP and TCP, 5349 over TLS), named in
-    ``joined``."""
-    import turn.http
-    from bin.assembly import build_app, in_process
-    from wadud import keys
-    from wadud.config import Settings
-
-    settings = Settings(
-        data_dir=work / "data",
-        database_url=database_url,
-        secret_key=SECRET,
-        database_pool_min=1,
-        database_pool_max=5,
-        host="127.0.0.1",
-        port=HTTP_PORT,
-        call_demo=True,
-        log_format="text",
-    )
-    app = build_app(settings, [*in_process(), turn.http.install_embedded] if relay else None)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", HTTP_PORT).start()
-    try:
-        yield app[keys.SETTINGS]
-    finally:
-        await runner.cleanup()
-
-
-async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    browsers = Browsers(work)
-    async with serving(database_url, work) as settings:
-        world = World(f"http://127.0.0.1:{HTTP_PORT}", settings, browsers)
-        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
-
-
-def main() -> None:
-    driver_main(__doc__, SCENARIOS, drive, 120)
-
-
 if __name__ == "__main__":
-    main()
+    serve_scenarios(__doc__, SCENARIOS, 120)

@@ -7,45 +7,27 @@ call page's chat panel; the test then reads the consultation's history
 through the chat API (``GET /api/v1/chat/conversations/{id}/events``) and
 checks both messages are there, in order, from the right senders, and that
 the page whose chat panel is closed shows an unread badge until it opens
-the panel.
-
-Run it by hand (as root, from the repository):
-
-    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
-        tests.signalling.test_browser_chat chat --database-url URL --work /tmp/x'
+the panel. The driver's ``--help`` says how to run it by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.browser import (
-    Browsers,
     Page,
     click,
-    driver_main,
     join,
-    play,
-    run_driver,
+    run_scenario,
 )
-from tests.signalling.test_browser_call import World
-from tests.signalling.test_weak_network import HTTP_PORT, serving
+from tests.signalling.call_world import Scenario, World, serve_scenarios
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def run_scenario(
-    scenario: str, database_url: str, work: Path, budget: float
-) -> dict[str, Any]:
-    """Run the driver in its own loopback-only namespace; its JSON result."""
-    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
-    return await run_driver("tests.signalling.test_browser_chat", args, work, budget)
 
 
 DOCTOR_SAYS = "Please take Paracetamol 500 mg twice a day"
@@ -54,7 +36,9 @@ PATIENT_SAYS = "دوا کا نام: Paracetamol 500mg — شکریہ"
 
 @pytest.mark.timeout(180)
 async def test_in_call_chat_persists_and_shows_unread(database_url: str, tmp_path: Path) -> None:
-    result = await run_scenario("chat", database_url, tmp_path, budget=120)
+    result = await run_scenario(
+        "tests.signalling.test_browser_chat", "chat", database_url, tmp_path, 120
+    )
     print(json.dumps(result))
     # The patient's panel was closed: the doctor's message made a badge.
     assert result["patient_badge"] == {"text": "1", "hidden": False, "label": "Chat, 1 unread"}
@@ -146,8 +130,7 @@ async def chat_ready(page: Page) -> None:
 
 
 async def scenario_chat(world: World) -> dict[str, Any]:
-    app = world.app  # type: ignore[attr-defined]
-    booking = await live_booking(app, world.base)
+    booking = await live_booking(world.app, world.base)
     try:
         doctor = await world.browsers.open("doctor", booking["doctor_link"])
         await join(doctor)
@@ -203,22 +186,8 @@ async def scenario_chat(world: World) -> dict[str, Any]:
         await booking["close"]()
 
 
-SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {"chat": scenario_chat}
-
-
-async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    from wadud import keys
-
-    browsers = Browsers(work)
-    async with serving(database_url, work) as app:
-        world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
-        world.app = app  # type: ignore[attr-defined]
-        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
-
-
-def main() -> None:
-    driver_main(__doc__, SCENARIOS, drive, 120)
+SCENARIOS: dict[str, Scenario] = {"chat": scenario_chat}
 
 
 if __name__ == "__main__":
-    main()
+    serve_scenarios(__doc__, SCENARIOS, 120)

@@ -25,12 +25,8 @@ decodes rising video from the other again, and prints it.
   the old UDP ports stay dead. Measured from the return.
 
 ``screens`` is no test: it takes the screenshots of docs/calls.md into
-``$WADUD_SCREENSHOTS`` (docs/img).
-
-Run one by hand (as root, from the repository):
-
-    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
-        tests.signalling.test_browser_restart host --database-url URL --work /tmp/x'
+``$WADUD_SCREENSHOTS`` (docs/img). The driver's ``--help`` says how to run
+one by hand.
 """
 
 from __future__ import annotations
@@ -45,10 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from tests.browser import (
-    Browsers,
     DriverError,
     Page,
     driver_main,
@@ -57,16 +51,10 @@ from tests.browser import (
     join,
     play,
     receiving,
-    run_driver,
+    run_scenario,
 )
-from tests.signalling.test_browser_call import (
-    EMBED_PORT,
-    HTTP_PORT,
-    PROXY_PORT,
-    CuttableProxy,
-    World,
-    serving,
-)
+from tests.signalling.call_world import HTTP_PORT, World, embedder, serving
+from tests.signalling.test_browser_call import PROXY_PORT, CuttableProxy
 
 #: Every run must be back within this long (issue 20); 5 s is the median aim.
 WITHIN = 8.0
@@ -78,9 +66,10 @@ SCENARIOS = ("host", "relay-udp", "relay-tcp", "relay-tls", "blackout", "screens
 # -- the pytest side -----------------------------------------------------------
 
 
-async def run_scenario(scenario: str, database_url: str, work: Path) -> dict[str, Any]:
-    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", "80"]
-    result = await run_driver("tests.signalling.test_browser_restart", args, work, 80)
+async def run_restart(scenario: str, database_url: str, work: Path) -> dict[str, Any]:
+    result = await run_scenario(
+        "tests.signalling.test_browser_restart", scenario, database_url, work, 80
+    )
     print(json.dumps(result))
     return result
 
@@ -111,7 +100,7 @@ def assert_came_back(result: dict[str, Any]) -> None:
 async def test_the_patients_path_dies_and_the_call_comes_back(
     database_url: str, tmp_path: Path
 ) -> None:
-    result = await run_scenario("host", database_url, tmp_path)
+    result = await run_restart("host", database_url, tmp_path)
     assert_came_back(result)
     # The clinic's page framing the patient's call heard both.
     assert result["embedder_saw"] == ["reconnecting", "connected"], result["embedder_saw"]
@@ -122,7 +111,7 @@ async def test_the_patients_path_dies_and_the_call_comes_back(
 async def test_a_relay_only_patients_relay_path_dies(
     database_url: str, tmp_path: Path, transport: str
 ) -> None:
-    result = await run_scenario(f"relay-{transport}", database_url, tmp_path)
+    result = await run_restart(f"relay-{transport}", database_url, tmp_path)
     assert {p["type"] for p in result["dropped"]} == {"relay"}, result["dropped"]
     assert {p["relayProtocol"] for p in result["dropped"]} == {transport}, result["dropped"]
     assert_came_back(result)
@@ -133,7 +122,7 @@ async def test_a_relay_only_patients_relay_path_dies(
 async def test_socket_and_media_die_together_then_the_network_returns(
     database_url: str, tmp_path: Path
 ) -> None:
-    result = await run_scenario("blackout", database_url, tmp_path)
+    result = await run_restart("blackout", database_url, tmp_path)
     assert_came_back(result)
     # The socket dropped and was resumed (the same participant, above).
     assert result["resumed"][:1] == ["reconnecting"], result["resumed"]
@@ -293,26 +282,19 @@ async def scenario(world: World, kind: str) -> dict[str, Any]:
     await join(doctor)
     link = world.link("pt-991", "Bilal", "patient")
     proxy = None
-    runner = None
     if kind.startswith("relay-"):
         link += "&relay=" + kind.removeprefix("relay-")
-    if kind == "blackout":
-        proxy = CuttableProxy(HTTP_PORT)
-        await proxy.start(PROXY_PORT)
-        link = link.replace(f":{HTTP_PORT}/", f":{PROXY_PORT}/")
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "blackout":
+            proxy = CuttableProxy(HTTP_PORT)
+            await proxy.start(PROXY_PORT)
+            stack.push_async_callback(proxy.close)
+            link = link.replace(f":{HTTP_PORT}/", f":{PROXY_PORT}/")
         if kind == "host":
             # A clinic's page on another origin frames the patient's call.
-            async def clinic(_: web.Request) -> web.Response:
-                return web.Response(text=EMBEDDER.format(src=link), content_type="text/html")
-
-            app = web.Application()
-            app.router.add_get("/clinic", clinic)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", EMBED_PORT).start()
-            embedder = await world.browsers.open("clinic", f"http://localhost:{EMBED_PORT}/clinic")
-            patient = await frame_of(embedder, world.base)
+            clinic_url = await stack.enter_async_context(embedder(EMBEDDER.format(src=link)))
+            clinic = await world.browsers.open("clinic", clinic_url)
+            patient = await frame_of(clinic, world.base)
             patient.name = "patient"
         else:
             patient = await world.browsers.open("patient", link)
@@ -386,14 +368,9 @@ async def scenario(world: World, kind: str) -> dict[str, Any]:
         out["resumed"] = [e["socket"] for e in out["patient_media"] if "socket" in e]
         out["ports_after"] = await patient.eval(PORTS)
         if kind == "host":
-            out["embedder_saw"] = await embedder.eval("window.media")
+            out["embedder_saw"] = await clinic.eval("window.media")
         out["timings"] = world.timings
         return out
-    finally:
-        if proxy is not None:
-            await proxy.close()
-        if runner is not None:
-            await runner.cleanup()
 
 
 async def screens(world: World) -> dict[str, Any]:
@@ -432,21 +409,15 @@ async def drive(kind: str, database_url: str, work: Path, budget: float) -> dict
     from tests.chromium import trust
     from turn.http import embedded_tls_files
 
-    async with serving(database_url, work, relay=kind.startswith("relay-")) as settings:
-        browsers = Browsers(work)
+    async with serving(database_url, work, relay=kind.startswith("relay-")) as world:
         if kind == "relay-tls":
             # The self-signed certificate the relay made, trusted as a
             # developer trusts it by hand: a browser refuses it otherwise.
-            browsers.home = work / "home"
-            trust(browsers.home, Path(embedded_tls_files(settings)[0]), ca=False)
-        world = World(f"http://127.0.0.1:{HTTP_PORT}", settings, browsers)
+            world.browsers.home = work / "home"
+            trust(world.browsers.home, Path(embedded_tls_files(world.settings)[0]), ca=False)
         run = screens(world) if kind == "screens" else scenario(world, kind)
-        return await play(run, browsers, world.timings, budget)
-
-
-def main() -> None:
-    driver_main(__doc__, SCENARIOS, drive, 80)
+        return await play(run, world.browsers, world.timings, budget)
 
 
 if __name__ == "__main__":
-    main()
+    driver_main(__doc__, SCENARIOS, drive, 80)

@@ -5,12 +5,8 @@ coturn, :class:`~tests.signalling.test_weak_network.PathProcess`), whose
 path then goes dark for a few seconds so that page restarts ICE. After the
 call ends, the report (as ``GET /api/v1/bookings/{id}/call-report`` serves
 it) must show that participant's lower layer, their loss, and a reconnect
-at the time the path went dark; the other two neither.
-
-Run by hand (as root, from the repository):
-
-    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
-        tests.signalling.test_call_report_browser report --database-url URL --work /tmp/x'
+at the time the path went dark; the other two neither. The driver's
+``--help`` says how to run it by hand.
 """
 
 from __future__ import annotations
@@ -25,14 +21,9 @@ from typing import Any
 import pytest
 
 from tests.booking.test_call_reports import screenshots
-from tests.browser import driver_main, play, run_driver
-from tests.signalling.test_browser_call import World
-from tests.signalling.test_weak_network import (
-    HTTP_PORT,
-    capped_call,
-    serving,
-    worker_view,
-)
+from tests.browser import driver_main, play, run_scenario
+from tests.signalling.call_world import World, serving
+from tests.signalling.test_weak_network import capped_call, worker_view
 from tests.signalling.weak_paths import turn_groups
 
 #: The capped path: 400 kbit/s each way (the top layer needs ~1.5 Mbit/s).
@@ -50,9 +41,13 @@ async def test_a_capped_participant_s_report_shows_layer_loss_and_reconnect(
 
     if shutil.which("turnserver") is None:
         pytest.skip("needs coturn's turnserver")
-    args = ["report", "--database-url", database_url, "--work", str(tmp_path), "--budget", "180"]
-    result = await run_driver(
-        "tests.signalling.test_call_report_browser", args, tmp_path, 180, also_kill=turn_groups
+    result = await run_scenario(
+        "tests.signalling.test_call_report_browser",
+        "report",
+        database_url,
+        tmp_path,
+        180,
+        also_kill=turn_groups,
     )
     print(json.dumps({k: v for k, v in result.items() if k != "report"}))
     screenshots(tmp_path / "report.html", tmp_path, "call-report-visit")
@@ -143,7 +138,7 @@ async def scenario_report(world: World) -> dict[str, Any]:
     from booking import call_report_page, call_reports
     from wadud import keys
 
-    pool = world.app[keys.DB]  # type: ignore[attr-defined]
+    pool = world.app[keys.DB]
     booking = await booking_now(pool)
     world.room = f"booking-{booking}"
     turn, path, doctor, _clean, capped, _pub = await capped_call(world, RATE)
@@ -201,20 +196,10 @@ SCENARIOS = {"report": scenario_report}
 
 
 async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    from tests.browser import Browsers
-    from wadud import keys
-
-    browsers = Browsers(work)
-    async with serving(database_url, work) as app:
-        world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
-        world.app = app  # type: ignore[attr-defined]
+    async with serving(database_url, work) as world:
         also = lambda: {"worker": worker_view(world)}  # noqa: E731
-        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget, also)
-
-
-def main() -> None:
-    driver_main(__doc__, SCENARIOS, drive, 180)
+        return await play(SCENARIOS[scenario](world), world.browsers, world.timings, budget, also)
 
 
 if __name__ == "__main__":
-    main()
+    driver_main(__doc__, SCENARIOS, drive, 180)

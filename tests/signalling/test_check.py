@@ -23,17 +23,14 @@ iptables in the namespace:
 
 ``shots`` (by hand only) saves the screenshots in docs/img (or
 ``WADUD_SCREENSHOTS``): the check page in three languages on a phone and a
-desktop, and the call page's join screen in Urdu and Arabic.
-
-    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
-        tests.signalling.test_check shots --database-url URL --work /tmp/x'
+desktop, and the call page's join screen in Urdu and Arabic; the driver's
+``--help`` says how to run a scenario by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -41,24 +38,22 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
 
 from signalling.check import CHECK_VALIDITY
-from tests.browser import Browsers, Page, driver_main, frame_of, play, run_driver
+from tests.browser import Page, driver_main, frame_of, play, run_scenario
 from tests.conftest import Api, served
-from tests.signalling.test_browser_call import HTTP_PORT, World
+from tests.signalling.call_world import Scenario, World, embedder, serving
 from wadud import keys
 from wadud.auth import decode_room_token
 from wadud.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-EMBED_PORT = 9090
 TURN_PORT = 3478
 TURNS_PORT = 5349
 RELAY_PORTS = (45000, 45999)  # our relay's allocations
@@ -155,16 +150,13 @@ async def test_check_is_rate_limited_per_address(api: Api) -> None:
 # -- the verdicts, in Chromium ------------------------------------------------------
 
 
-async def run_scenario(
-    scenario: str, database_url: str, work: Path, budget: float
-) -> dict[str, Any]:
+async def run_check(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
     from tests.signalling.weak_paths import turn_groups
 
     if shutil.which("iptables") is None:
         pytest.skip("needs iptables")
-    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
-    return await run_driver(
-        "tests.signalling.test_check", args, work, budget, also_kill=turn_groups
+    return await run_scenario(
+        "tests.signalling.test_check", scenario, database_url, work, budget, also_kill=turn_groups
     )
 
 
@@ -175,7 +167,7 @@ async def test_check_verdicts_as_the_network_closes(database_url: str, tmp_path:
     ``ready-relay``, and the TLS row says so. Nothing gets through:
     ``blocked``, within 15 s. Each verdict reaches the framing page as a
     ``wadud-check`` message."""
-    result = await run_scenario("paths", database_url, tmp_path, budget=130)
+    result = await run_check("paths", database_url, tmp_path, 130)
     print(json.dumps(result))
     open_, relay, tls, blocked = result["open"], result["relay"], result["tls"], result["blocked"]
     assert open_["verdict"] == "ready", open_
@@ -213,7 +205,7 @@ async def test_check_at_100_kbps_says_audio_only(database_url: str, tmp_path: Pa
     each way: the probe cannot carry the lowest video layer."""
     if shutil.which("turnserver") is None:
         pytest.skip("needs coturn's turnserver")
-    result = await run_scenario("capped", database_url, tmp_path, budget=90)
+    result = await run_check("capped", database_url, tmp_path, 90)
     print(json.dumps(result))
     assert result["verdict"] == "audio-only", result
     speed = result["details"]["speed"]
@@ -225,7 +217,7 @@ async def test_call_page_speaks_urdu_and_arabic(database_url: str, tmp_path: Pat
     """``?lang=ur`` and ``?lang=ar``: the document's language, right to left,
     the join screen's words, and a link to the check in the same language;
     no ``lang``: English, left to right (the browser's language)."""
-    result = await run_scenario("lang", database_url, tmp_path, budget=60)
+    result = await run_check("lang", database_url, tmp_path, 60)
     print(json.dumps(result, ensure_ascii=False))
     ur, ar, en = result["ur"], result["ar"], result["en"]
     assert (ur["lang"], ur["dir"]) == ("ur", "rtl")
@@ -251,25 +243,6 @@ EMBEDDER = """<!doctype html><html><head><title>Clinic</title></head><body>
     if (e.data && e.data.type === 'wadud-check') window.seen.push(e.data);
   }});
 </script></body></html>"""
-
-
-@contextlib.asynccontextmanager
-async def embedder(src: str) -> AsyncIterator[str]:
-    """A clinic's page on another site (localhost, against 127.0.0.1) that
-    frames ``src``."""
-
-    async def clinic(_: web.Request) -> web.Response:
-        return web.Response(text=EMBEDDER.format(src=src), content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/clinic", clinic)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", EMBED_PORT).start()
-    try:
-        yield f"http://localhost:{EMBED_PORT}/clinic"
-    finally:
-        await runner.cleanup()
 
 
 # Each line of the check page: its state and the word it shows.
@@ -300,7 +273,7 @@ def iptables(*rule: str) -> None:
 
 async def scenario_paths(world: World) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    async with embedder(f"{world.base}/check?lang=en") as clinic:
+    async with embedder(EMBEDDER.format(src=f"{world.base}/check?lang=en")) as clinic:
         page = await world.browsers.open("clinic", clinic)
         out["open"] = await verdict(page, world.base)
         world.mark("ready")
@@ -417,7 +390,7 @@ async def scenario_shots(world: World) -> dict[str, Any]:
     return {"taken": taken}
 
 
-SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
+SCENARIOS: dict[str, Scenario] = {
     "paths": scenario_paths,
     "capped": scenario_capped,
     "lang": scenario_lang,
@@ -427,7 +400,6 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
 
 async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
     from tests.chromium import trust
-    from tests.signalling.test_weak_network import serving
     from tests.tlsca import make_ca
     from turn.aio import TurnServer
     from turn.config import TurnConfig
@@ -451,19 +423,14 @@ async def drive(scenario: str, database_url: str, work: Path, budget: float) -> 
     if scenario != "capped":  # there coturn has the port
         await relay.start()
         overrides |= {"turn_secrets": [secret], "turn_urls": relay.urls()}
-    browsers = Browsers(work, home=work / "home")
     trust(work / "home", ca.ca_file, ca=True)
     try:
-        async with serving(database_url, work, **overrides) as app:
-            world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
-            return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
+        async with serving(database_url, work, **overrides) as world:
+            world.browsers.home = work / "home"
+            return await play(SCENARIOS[scenario](world), world.browsers, world.timings, budget)
     finally:
         await relay.close()
 
 
-def main() -> None:
-    driver_main(__doc__, SCENARIOS, drive, 120)
-
-
 if __name__ == "__main__":
-    main()
+    driver_main(__doc__, SCENARIOS, drive, 120)

@@ -16,17 +16,15 @@ under the test's own folder) and the layout measured in the page:
 * the page reports each remote video's rendered size (``track_view``) and
   hides video on "Audio only".
 
-Like test_browser_call.py, the driver runs in a loopback-only namespace;
-run it by hand the same way with ``-m tests.signalling.test_page_layout``.
+Like test_browser_call.py, the driver runs in a loopback-only namespace; its
+``--help`` says how to run it by hand.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -34,15 +32,15 @@ from typing import Any
 import pytest
 
 from tests.browser import (
-    Browsers,
-    DriverError,
     Page,
+    driver_main,
     join,
     participant_id,
+    play,
     receiving,
-    run_driver,
+    run_scenario,
 )
-from tests.signalling.test_browser_call import HTTP_PORT, World, serving
+from tests.signalling.call_world import World, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 DESKTOP = (1280, 800)
@@ -70,11 +68,6 @@ def test_contrast_matches_the_wcag_examples() -> None:
     assert contrast((255, 255, 255), (255, 255, 255)) == pytest.approx(1)
     # WebAIM's reference: #777 on white is 4.48:1, just under AA.
     assert contrast((0x77, 0x77, 0x77), (255, 255, 255)) == pytest.approx(4.48, abs=0.01)
-
-
-async def run_layout(database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    args = ["--database-url", database_url, "--work", str(work), "--budget", str(budget)]
-    return await run_driver("tests.signalling.test_page_layout", args, work, budget)
 
 
 def check_layout(shot: dict[str, Any], *, mode: str) -> None:
@@ -107,7 +100,9 @@ def check_contrast(colors: list[dict[str, Any]]) -> list[str]:
 
 @pytest.mark.timeout(240)
 async def test_the_call_page_as_a_visit(database_url: str, tmp_path: Path) -> None:
-    result = await run_layout(database_url, tmp_path, budget=170)
+    result = await run_scenario(
+        "tests.signalling.test_page_layout", "visit", database_url, tmp_path, 170
+    )
     print(json.dumps({k: v for k, v in result.items() if k != "shots"}))
     shots = result["shots"]
 
@@ -379,33 +374,11 @@ async def scenario(world: World, shots: Shots) -> dict[str, Any]:
     return out
 
 
-async def drive(database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    browsers = Browsers(work)
+async def drive(name: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
     folder = Path(os.environ.get("WADUD_SCREENSHOTS") or work / "shots")
-    async with serving(database_url, work) as settings:
-        world = World(f"http://127.0.0.1:{HTTP_PORT}", settings, browsers)
-        try:
-            return await asyncio.wait_for(scenario(world, Shots(folder)), budget)
-        except (DriverError, TimeoutError) as exc:
-            pages = {p.name: await p.snapshot() for p in browsers.pages}
-            return {"error": str(exc) or "timed out", "pages": pages, "timings": world.timings}
-        finally:
-            await browsers.close()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--database-url", required=True)
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--budget", type=float, default=150)
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(filename=args.work / "server.log", level=logging.INFO)
-    import uvloop
-
-    result = uvloop.run(drive(args.database_url, args.work, args.budget))
-    print(json.dumps(result), flush=True)
+    async with serving(database_url, work) as world:
+        return await play(scenario(world, Shots(folder)), world.browsers, world.timings, budget)
 
 
 if __name__ == "__main__":
-    main()
+    driver_main(__doc__, ["visit"], drive, 150)

@@ -18,11 +18,7 @@ frames keep flowing both ways.
 
 Screenshots of the question and of the badge (phone and desktop) go to
 ``WADUD_SCREENSHOTS`` (docs/img) when set, else under the test's folder.
-
-Run by hand (as root, from the repository):
-
-    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
-        tests.signalling.test_recording_browser record --database-url URL --work /tmp/x'
+The driver's ``--help`` says how to run one scenario by hand.
 """
 
 from __future__ import annotations
@@ -47,12 +43,13 @@ from tests.browser import (
     join,
     play,
     receiving,
-    run_driver,
+    run_scenario,
 )
-from tests.signalling.test_browser_call import World
+from tests.signalling.call_world import HTTP_PORT, World, serving
 from tests.signalling.test_call_report_browser import booking_now
 from tests.signalling.test_visit_journey import Shots
-from tests.signalling.test_weak_network import HTTP_PORT, serving
+
+DRIVER = "tests.signalling.test_recording_browser"
 
 #: Seconds the visit is recorded once everyone agreed.
 RECORDED = 20.0
@@ -62,8 +59,7 @@ RECORDED = 20.0
 async def test_a_visit_is_recorded_only_with_everyone_s_consent(
     database_url: str, tmp_path: Path
 ) -> None:
-    args = ["record", "--database-url", database_url, "--work", str(tmp_path), "--budget", "180"]
-    result = await run_driver("tests.signalling.test_recording_browser", args, tmp_path, 180)
+    result = await run_scenario(DRIVER, "record", database_url, tmp_path, 180)
     print(json.dumps(result))
     refused = result["refused"]
     # A refusal: every page shows it off, and nothing was kept.
@@ -92,8 +88,7 @@ async def test_a_visit_is_recorded_only_with_everyone_s_consent(
 async def test_a_store_too_slow_fails_the_recording_not_the_call(
     database_url: str, tmp_path: Path
 ) -> None:
-    args = ["fail", "--database-url", database_url, "--work", str(tmp_path), "--budget", "120"]
-    result = await run_driver("tests.signalling.test_recording_browser", args, tmp_path, 120)
+    result = await run_scenario(DRIVER, "fail", database_url, tmp_path, 120)
     print(json.dumps(result))
     assert set(result["pages"].values()) == {"off:failed"}, result
     assert result["state"] == "failed" and "too slow" in result["failure"], result
@@ -116,7 +111,7 @@ async def in_call(world: World, *, relative: bool) -> tuple[Any, Any, uuid.UUID,
     relative, media flowing between all: the app, its pool, the booking, the pages."""
     from wadud import keys
 
-    app: Any = world.app  # type: ignore[attr-defined]
+    app = world.app
     pool = app[keys.DB]
     booking = await booking_now(pool)
     world.room = f"booking-{booking}"
@@ -366,23 +361,13 @@ SLOW_STORE = {"recording_segment_seconds": 0.5, "recording_write_timeout": 0.000
 
 
 async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    from tests.browser import Browsers
-    from wadud import keys
-
-    browsers = Browsers(work)
     # The recorder waits a second, not ten, for a stopped recording's last rows.
     overrides: dict[str, Any] = SLOW_STORE if scenario == "fail" else {}
     async with serving(
         database_url, work, recording_grace=1.0, recording_poll_interval=0.5, **overrides
-    ) as app:
-        world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
-        world.app = app  # type: ignore[attr-defined]
-        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
-
-
-def main() -> None:
-    driver_main(__doc__, SCENARIOS, drive, 180)
+    ) as world:
+        return await play(SCENARIOS[scenario](world), world.browsers, world.timings, budget)
 
 
 if __name__ == "__main__":
-    main()
+    driver_main(__doc__, SCENARIOS, drive, 180)

@@ -27,10 +27,8 @@
 
 Screenshots (phone 390x844 and desktop 1280x800) go to ``WADUD_SCREENSHOTS``
 (docs/img) when set, else under the test's folder. Like
-test_browser_call.py, the driver runs in a loopback-only namespace:
-
-    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
-        tests.signalling.test_visit_journey pay-ur --database-url URL --work /tmp/x'
+test_browser_call.py, the driver runs in a loopback-only namespace; its
+``--help`` says how to run one scenario by hand.
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,28 +49,21 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.browser import Browsers, Page, click, driver_main, join, play, run_driver
-from tests.signalling.test_browser_call import World
+from tests.browser import Page, click, join, run_scenario
+from tests.signalling.call_world import Scenario, World, serve_scenarios
 from tests.signalling.test_browser_chat import _Session, chat_ready, say
 from tests.signalling.test_page_layout import DESKTOP, PHONE, size
-from tests.signalling.test_weak_network import HTTP_PORT, serving
 
 #: How long before its link becomes valid the early patient opens it.
 EARLY = 80.0
-
-
-async def run_scenario(
-    scenario: str, database_url: str, work: Path, budget: float
-) -> dict[str, Any]:
-    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
-    return await run_driver("tests.signalling.test_visit_journey", args, work, budget)
+DRIVER = "tests.signalling.test_visit_journey"
 
 
 @pytest.mark.timeout(260)
 async def test_an_early_patient_waits_then_joins_by_itself(
     database_url: str, tmp_path: Path
 ) -> None:
-    result = await run_scenario("early", database_url, tmp_path, budget=200)
+    result = await run_scenario(DRIVER, "early", database_url, tmp_path, 200)
     print(json.dumps(result))
     first = result["first"]
     # The waiting screen says when, and counts down; Join is not offered.
@@ -99,7 +89,7 @@ async def test_an_early_patient_waits_then_joins_by_itself(
 async def test_paying_and_joining_in_the_patient_s_language(
     database_url: str, tmp_path: Path, lang: str
 ) -> None:
-    result = await run_scenario(f"pay-{lang}", database_url, tmp_path, budget=150)
+    result = await run_scenario(DRIVER, f"pay-{lang}", database_url, tmp_path, 150)
     print(json.dumps(result)[:6000])
     rtl = lang != "en"
     words = WORDS[lang]
@@ -159,7 +149,7 @@ WORDS = {
 async def test_paying_with_a_return_url_shows_the_way_on_and_then_the_visit(
     database_url: str, tmp_path: Path
 ) -> None:
-    result = await run_scenario("onward", database_url, tmp_path, budget=150)
+    result = await run_scenario(DRIVER, "onward", database_url, tmp_path, 150)
     print(json.dumps(result)[:6000])
     # A browser lands on our confirmation, not on the client's page...
     done = result["confirmation"]
@@ -193,7 +183,7 @@ async def test_paying_with_a_return_url_shows_the_way_on_and_then_the_visit(
 async def test_the_manage_link_opens_a_page_in_the_patient_s_language(
     database_url: str, tmp_path: Path, lang: str
 ) -> None:
-    result = await run_scenario(f"manage-{lang}", database_url, tmp_path, budget=150)
+    result = await run_scenario(DRIVER, f"manage-{lang}", database_url, tmp_path, 150)
     print(json.dumps(result)[:6000])
     rtl = lang != "en"
     seen = result["page"]
@@ -276,11 +266,9 @@ def _shots(work: Path) -> Shots:
 
 
 async def scenario_early(world: World) -> dict[str, Any]:
-    shots = _shots(world.work)  # type: ignore[attr-defined]
+    shots = _shots(world.browsers.work)
     valid_at = time.time() + EARLY
-    link = world.link(
-        "pt-77", "Bilal Ahmed", "patient", opens_in=dt.timedelta(seconds=EARLY)
-    )
+    link = world.link("pt-77", "Bilal Ahmed", "patient", opens_in=dt.timedelta(seconds=EARLY))
     patient = await world.browsers.open("patient", link)
     await size(patient, PHONE, mobile=True)
     state = """(() => ({early: document.body.dataset.early === '1',
@@ -290,8 +278,7 @@ async def scenario_early(world: World) -> dict[str, Any]:
       state: document.body.dataset.state || null,
       preview: document.getElementById('preview').videoWidth}))()"""
     await patient.wait_for(
-        "document.body.dataset.early === '1'"
-        " && document.getElementById('preview').videoWidth > 0",
+        "document.body.dataset.early === '1' && document.getElementById('preview').videoWidth > 0",
         "the early screen with the device check",
     )
     # Clicks would be counted: none is made from here on.
@@ -353,13 +340,13 @@ def _api(world: World) -> tuple[_Session, Any]:
     from tests.conftest import Api
 
     client = _Session(world.base)
-    return client, Api(client, world.app)  # type: ignore[attr-defined, arg-type]
+    return client, Api(client, world.app)  # type: ignore[arg-type]
 
 
 async def scenario_pay(world: World, lang: str) -> dict[str, Any]:
     from tests.booking.test_bookings import shift
 
-    shots = _shots(world.work)  # type: ignore[attr-defined]
+    shots = _shots(world.browsers.work)
     client, api = _api(world)
     out: dict[str, Any] = {}
     try:
@@ -452,7 +439,7 @@ async def scenario_pay(world: World, lang: str) -> dict[str, Any]:
 
 
 async def scenario_onward(world: World) -> dict[str, Any]:
-    shots = _shots(world.work)  # type: ignore[attr-defined]
+    shots = _shots(world.browsers.work)
     client, api = _api(world)
     try:
         doctor, patient, booking = await _patient_holding(api, "en")
@@ -506,7 +493,7 @@ async def _manage_page(page: Page) -> dict[str, Any]:
 
 
 async def scenario_manage(world: World, lang: str) -> dict[str, Any]:
-    shots = _shots(world.work)  # type: ignore[attr-defined]
+    shots = _shots(world.browsers.work)
     client, api = _api(world)
     try:
         doctor, patient, booking = await _patient_holding(api, lang)
@@ -580,7 +567,7 @@ async def _manage_wait_done(page: Page, done: str) -> dict[str, Any]:
     return await _manage_page(page)
 
 
-SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
+SCENARIOS: dict[str, Scenario] = {
     "early": scenario_early,
     **{f"pay-{lang}": partial(scenario_pay, lang=lang) for lang in ("en", "ur", "ar")},
     "onward": scenario_onward,
@@ -588,20 +575,5 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
 }
 
 
-async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    from wadud import keys
-
-    browsers = Browsers(work)
-    async with serving(database_url, work) as app:
-        world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
-        world.app = app  # type: ignore[attr-defined]
-        world.work = work  # type: ignore[attr-defined]
-        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget)
-
-
-def main() -> None:
-    driver_main(__doc__, SCENARIOS, drive, 150)
-
-
 if __name__ == "__main__":
-    main()
+    serve_scenarios(__doc__, SCENARIOS, 150)

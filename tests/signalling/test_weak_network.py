@@ -21,30 +21,23 @@ link gets worse or better.
 Figures come from ``getStats()`` (``window.wadudCall.stats()``): inbound
 video ``framesDecoded``, ``frameWidth``, ``freezeCount``,
 ``totalFreezesDuration``; outbound ``packetsSent`` per rid.
-
-Run one scenario by hand (as root, from the repository):
-
-    unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python -m \\
-        tests.signalling.test_weak_network capped --database-url URL --work /tmp/x'
+The driver's ``--help`` says how to run one scenario by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.browser import (
-    Browsers,
     DriverError,
     Page,
     click,
@@ -52,10 +45,10 @@ from tests.browser import (
     join,
     participant_id,
     play,
-    run_driver,
+    run_scenario,
 )
 from tests.firefox import VETH_ADDRESS, FirefoxPage, veth_namespace_command
-from tests.signalling.test_browser_call import SECRET, World
+from tests.signalling.call_world import Scenario, World, serving
 from tests.signalling.weak_paths import (
     CAPPED_PORT,
     TURN_PORT,
@@ -66,23 +59,22 @@ from tests.signalling.weak_paths import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-HTTP_PORT = 8080
 
 
 # -- the pytest side -----------------------------------------------------------
 
 
-async def run_scenario(
+async def run_weak(
     scenario: str, database_url: str, work: Path, budget: float, *, veth: bool = False
 ) -> dict[str, Any]:
     """Run the driver in its own loopback-only namespace (``veth``: with a
     veth interface too, for Firefox); its JSON result."""
     if shutil.which("turnserver") is None:
         pytest.skip("needs coturn's turnserver")
-    args = [scenario, "--database-url", database_url, "--work", str(work), "--budget", str(budget)]
-    return await run_driver(
+    return await run_scenario(
         "tests.signalling.test_weak_network",
-        args,
+        scenario,
+        database_url,
         work,
         budget,
         namespace=veth_namespace_command() if veth else None,
@@ -100,7 +92,7 @@ async def test_capped_subscriber_gets_a_lower_layer_smoothly(
     decodes the publisher at >= 10 fps with < 2 s of freezes, at a lower
     resolution than the clean one; once the cap lifts it is back on the top
     layer within 10 s."""
-    result = await run_scenario("capped", database_url, tmp_path, budget=240)
+    result = await run_weak("capped", database_url, tmp_path, 240)
     print(json.dumps(result))
     clean, capped = result["clean"], result["capped"]
     assert clean["fps"] >= 10, result
@@ -135,7 +127,7 @@ async def test_weak_patient_in_a_three_person_visit(
     times the media's rate and paused a video. On a machine loaded by other
     test runs, misses come back (the trendline reads scheduling jitter as
     overuse). See issue 20's closing notes."""
-    result = await run_scenario(scenario, database_url, tmp_path, budget=200)
+    result = await run_weak(scenario, database_url, tmp_path, 200)
     print(json.dumps({k: v for k, v in result.items() if k != "trace"}))
     assert "error" not in result, result
     for key in ("capped_from_doctor", "capped_from_clean"):
@@ -150,7 +142,7 @@ async def test_starved_subscriber_gets_audio_only(database_url: str, tmp_path: P
     """Capped at 80 kbit/s each way: no video reaches the page, audio goes
     on, the tile says "Video paused: weak connection"; lifting the cap
     brings video back."""
-    result = await run_scenario("starved", database_url, tmp_path, budget=180)
+    result = await run_weak("starved", database_url, tmp_path, 180)
     print(json.dumps(result))
     starved = result["starved"]
     assert result["note"] == "Video paused: weak connection", result
@@ -171,7 +163,7 @@ async def test_tile_size_and_visibility_pick_layers(database_url: str, tmp_path:
     """A 160x90 tile on a fast link gets the low layer (320x180); then the
     publisher's top encoding stops (its packets stop rising); a hidden tile
     gets no video packets while audio goes on."""
-    result = await run_scenario("views", database_url, tmp_path, budget=120)
+    result = await run_weak("views", database_url, tmp_path, 120)
     print(json.dumps(result))
     assert result["small"]["width"] == 320 and result["small"]["fps"] >= 10, result
     assert result["top_rise"] == 0, result
@@ -194,7 +186,7 @@ async def test_connection_quality_drops_with_loss_and_recovers(
     and its own) gets connection_quality poor for it and its tile's bars
     say so; once the loss stops, good or excellent again (33 s here, in
     the default run)."""
-    result = await run_scenario("lossy", database_url, tmp_path, budget=180)
+    result = await run_weak("lossy", database_url, tmp_path, 180)
     print(json.dumps({k: v for k, v in result.items() if k != "worker_lossy"}))
     who = result["who"]
     for name in ("doctor", "clean", "lossy"):
@@ -220,7 +212,7 @@ async def test_firefox_and_chromium_decode_each_other_with_simulcast(
     their camera with the page's simulcast encodings: each decodes the
     other's video and hears its audio; the worker learnt Firefox's rid
     layers."""
-    result = await run_scenario("firefox", database_url, tmp_path, budget=150, veth=True)
+    result = await run_weak("firefox", database_url, tmp_path, 150, veth=True)
     print(json.dumps(result))
     for pair in ("firefox_from_chromium", "chromium_from_firefox"):
         got = result[pair]
@@ -747,7 +739,7 @@ async def scenario_firefox(world: World) -> dict[str, Any]:
         a, b = await asyncio.gather(window(ff, pub, 4), window(doctor, ffid, 4))
         import sfu.http
 
-        worker = world.app[sfu.http.WORKER]  # type: ignore[attr-defined]
+        worker = world.app[sfu.http.WORKER]
         tracks: dict[str, Any] = {}
         for room in worker.tables.rooms.values():
             for track in room.tracks.values():
@@ -779,7 +771,7 @@ def worker_view(world: World) -> dict[str, Any]:
     it would want, paused tracks, and the layer each video is on."""
     import sfu.http
 
-    worker = world.app[sfu.http.WORKER]  # type: ignore[attr-defined]
+    worker = world.app[sfu.http.WORKER]
     out: dict[str, Any] = {}
     for peer, state in list(worker.layers.subscribers.items()):
         est = state.estimator
@@ -809,7 +801,7 @@ def worker_view(world: World) -> dict[str, Any]:
     return out
 
 
-SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
+SCENARIOS: dict[str, Scenario] = {
     "capped": scenario_capped,
     "starved": scenario_starved,
     "views": scenario_views,
@@ -820,54 +812,14 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[dict[str, Any]]]] = {
 }
 
 
-@contextlib.asynccontextmanager
-async def serving(database_url: str, work: Path, **overrides: Any) -> AsyncIterator[Any]:
-    """The app as test_browser_call serves it; yields the app (the driver
-    reads the in-process media worker's view of each subscriber)."""
-    from aiohttp import web
-
-    from bin.assembly import build_app
-    from wadud.config import Settings
-
-    settings = Settings(
-        data_dir=work / "data",
-        database_url=database_url,
-        secret_key=SECRET,
-        database_pool_min=1,
-        database_pool_max=5,
-        host="127.0.0.1",
-        port=HTTP_PORT,
-        call_demo=True,
-        log_format="text",
-        **overrides,
-    )
-    app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", HTTP_PORT).start()
-    try:
-        yield app
-    finally:
-        await runner.cleanup()
-
-
 async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    from wadud import keys
-
-    browsers = Browsers(work)
     # Firefox pairs none of its candidates with a worker on 127.0.0.1 (its
     # checks never nominated one): the worker takes the veth address.
     overrides = {"media_host": VETH_ADDRESS} if scenario == "firefox" else {}
-    async with serving(database_url, work, **overrides) as app:
-        world = World(f"http://127.0.0.1:{HTTP_PORT}", app[keys.SETTINGS], browsers)
-        world.app = app  # type: ignore[attr-defined]
+    async with serving(database_url, work, **overrides) as world:
         also = lambda: {"worker": worker_view(world)}  # noqa: E731
-        return await play(SCENARIOS[scenario](world), browsers, world.timings, budget, also)
-
-
-def main() -> None:
-    driver_main(__doc__, SCENARIOS, drive, 120)
+        return await play(SCENARIOS[scenario](world), world.browsers, world.timings, budget, also)
 
 
 if __name__ == "__main__":
-    main()
+    driver_main(__doc__, SCENARIOS, drive, 120)

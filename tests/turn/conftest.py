@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -234,3 +235,15 @@ def need_binary(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} not installed (apt-get install -y coturn chromium)")
     return path
+
+
+@pytest.fixture
+def ipv6_loopback() -> None:
+    """Skips a test where this machine has no ``::1`` to bind."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 on this machine")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.chromium import FLAGS
+from tests.chromium import FLAGS, reporting_site
 from tests.turn.conftest import need_binary
 from turn.aio import TurnServer
 
@@ -99,13 +98,9 @@ async def test_chromium_call_through_relay(
 
     username, credential = turn_server.credentials("browser", 600)
     urls = [u for u in turn_server.urls() if u.endswith(f"transport={transport}")]
-    result: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     peers: list[RTCPeerConnection] = []
     received = {"frames": 0}
     tasks: set[asyncio.Future[None]] = set()
-
-    async def page(_: web.Request) -> web.Response:
-        return web.Response(text=PAGE, content_type="text/html")
 
     async def config(_: web.Request) -> web.Response:
         return web.json_response({"urls": urls, "username": username, "credential": credential})
@@ -130,26 +125,13 @@ async def test_chromium_call_through_relay(
         await pc.setLocalDescription(await pc.createAnswer())
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
 
-    async def report(request: web.Request) -> web.Response:
-        if not result.done():
-            result.set_result(json.loads(await request.text()))
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/", page)
-    app.router.add_get("/config", config)
-    app.router.add_post("/offer", offer)
-    app.router.add_post("/result", report)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    routes = [web.get("/config", config), web.post("/offer", offer)]
     blackhole = MediaBlackhole()
     try:
-        with tempfile.TemporaryDirectory() as profile:
-            await chromium(f"http://127.0.0.1:{port}/", profile)
-            outcome = await asyncio.wait_for(result, 40)
+        async with reporting_site(PAGE, routes) as site:
+            with tempfile.TemporaryDirectory() as profile:
+                await chromium(site.url, profile)
+                outcome = await asyncio.wait_for(site.result, 40)
         assert outcome.get("error") is None, outcome
         assert outcome["localType"] == "relay"
         assert outcome["frames"] > 5
@@ -168,4 +150,3 @@ async def test_chromium_call_through_relay(
         for task in tasks:
             task.cancel()
         await blackhole.stop()
-        await runner.cleanup()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -138,14 +137,10 @@ ATTACK_PEERS = [
 ]
 
 
+@pytest.mark.usefixtures("ipv6_loopback")
 async def test_create_permission_to_each_embedded_form_is_403(server_factory: Any) -> None:
     """The review's probe: an IPv6 allocation on a relay with default rules,
     then CreatePermission (and ChannelBind) to each form."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no ::1 on this machine")
     server = await server_factory(
         listen_udp=(("::1", 0),), listen_tcp=(), relay_ips=("127.0.0.1", "::1"), allow_peers=()
     )

@@ -7,7 +7,6 @@ import asyncio
 import datetime
 import ipaddress
 import os
-import socket
 import ssl
 import struct
 import time
@@ -123,14 +122,8 @@ async def test_aioice_tls_relays_to_echo_peer(
     assert any(u.startswith("turns:") for u in server.urls())
 
 
+@pytest.mark.usefixtures("ipv6_loopback")
 async def test_ipv6_allocation_and_relay(server_factory: Any) -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 on this machine")
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no ::1 on this machine")
     server = await server_factory(
         listen_udp=(("::1", 0),), listen_tcp=(), relay_ips=("127.0.0.1", "::1")
     )

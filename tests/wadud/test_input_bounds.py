@@ -11,7 +11,6 @@ error.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import logging
 import uuid
@@ -21,6 +20,7 @@ import pytest
 
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
+from tests.payments.test_webhooks import with_card_webhooks
 from wadud.api import Role
 from wadud.config import Settings
 
@@ -28,12 +28,7 @@ from wadud.config import Settings
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     # The card gateway, so its webhook verifier is reachable.
-    return dataclasses.replace(
-        settings,
-        payments_card_api_base="http://127.0.0.1:9",
-        payments_card_api_key="sk_test_" + "k" * 24,
-        payments_card_webhook_secrets=["whsec_" + "s" * 24],
-    )
+    return with_card_webhooks(settings, ["whsec_" + "s" * 24])
 
 
 def _b64(raw: bytes) -> str:
