@@ -15,8 +15,8 @@ TEST_RERUNS ?= 2
 
 .PHONY: run test lint typecheck bench clean
 
-# setup.py builds the native hot loops (*/_*.c): a changed one is rebuilt.
-$(BIN)/wadud: setup.cfg pyproject.toml setup.py $(wildcard */_*.c)
+# setup.py builds the native hot loops (*/_*.c, */_*.h): a changed one is rebuilt.
+$(BIN)/wadud: setup.cfg pyproject.toml setup.py $(wildcard */_*.c */_*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[dev]'

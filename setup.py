@@ -20,7 +20,13 @@ _FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-fiel
 
 setup(
     ext_modules=[
-        Extension("sfu._fanout", ["sfu/_fanout.c"], optional=True, extra_compile_args=_FLAGS),
+        Extension(
+            "sfu._fanout",
+            ["sfu/_fanout.c", "sfu/_fanout_red.c"],
+            depends=["sfu/_fanout.h"],
+            optional=True,
+            extra_compile_args=_FLAGS,
+        ),
         Extension("turn._relay", ["turn/_relay.c"], optional=True, extra_compile_args=_FLAGS),
     ]
 )

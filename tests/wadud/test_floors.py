@@ -503,13 +503,15 @@ MAX_LINES = 1000
 
 
 def test_no_source_module_is_over_a_thousand_lines() -> None:
-    """Every Python module of ours, the tests and benchmarks included
-    (SQL migrations and static assets are not modules)."""
+    """Every Python module of ours, the tests and benchmarks included, and
+    the native leaves' C sources (SQL migrations and static assets are not
+    modules)."""
     roots = [ROOT / name for name in (*OURS, "tests", "benchmarks")]
     long = {
         str(path.relative_to(ROOT)): n
         for root in roots
-        for path in root.rglob("*.py")
+        for pattern in ("*.py", "*.c", "*.h")
+        for path in root.rglob(pattern)
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert long == {}, f"over {MAX_LINES} lines: {long}"
