@@ -67,9 +67,9 @@ from sfu.quality import QualityTracker, Sample
 from sfu.records import LayerInfo, Peer, Room, Section, Track, View, WorkerTables
 from sfu.reports import ReceiveStatistics
 from sfu.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
-from sfu.table import Group
+from sfu.table import Group, Subscription
 
-__all__ = ["DYNACAST_DELAY", "HOLD", "QUIET", "STALE", "TICK", "Layers"]
+__all__ = ["DYNACAST_DELAY", "HOLD", "QUIET", "STALE", "TICK", "LayerSource", "Layers"]
 
 #: Seconds between allocations.
 TICK = 0.5
@@ -167,6 +167,22 @@ class _Sent:
             self.bitrate = _smoothed(self.bitrate, size * 8 / dt)
             self.at, self.octets, self.packets = now, octets, packets
         return self.bitrate
+
+
+class LayerSource:
+    """What a sender report reads of its source, for a simulcast subscription:
+    the statistics of the layer it forwards now (RFC 3550 6.4.1)."""
+
+    __slots__ = ("clock_rate", "sub", "track")
+
+    def __init__(self, sub: Subscription, track: Track) -> None:
+        self.sub = sub
+        self.track = track
+        self.clock_rate = track.codec.clock_rate
+
+    def rtp_timestamp_at(self, now: float) -> int | None:
+        stats = self.track.publisher.recv_stats.get(self.sub.track.ssrc)
+        return None if stats is None else stats.rtp_timestamp_at(now)
 
 
 class _Quality:

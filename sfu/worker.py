@@ -81,7 +81,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pylibsrtp
 
@@ -91,7 +91,7 @@ from rtc.errors import RtcpParseError, RtpParseError
 from rtc.ice import CONNECT_TIMEOUT, CONSENT_TIMEOUT, Address, local_ufrag_of
 from rtc.rtcp import Fir, Nack, Pli, Remb, RtcpPacket, TransportCc, parse_compound
 from rtc.rtp import transport_sequence_number
-from sfu import metrics, native
+from sfu import inputs, metrics, native
 from sfu.actions import (
     Action,
     Arm,
@@ -130,6 +130,8 @@ if TYPE_CHECKING:
     from wadud.config import Settings
 
 log = logging.getLogger("wadud.sfu.worker")
+
+R = TypeVar("R")
 
 # What pylibsrtp raises for a packet it refuses (auth, replay, size); the hot
 # path catches these itself instead of going through rtc.srtp's wrapper.
@@ -381,12 +383,17 @@ class MediaWorker(asyncio.DatagramProtocol):
             except Exception:
                 log.exception("media event listener failed", extra={"event": repr(event)})
 
+    def _receive(self, core: inputs.Core, input: inputs.Input[R], now: float | None = None) -> R:
+        """Hand ``input`` to ``core`` (:meth:`sfu.inputs.Core.receive`) at ``now``
+        (the clock's, unless given), then carry out what it queued, even if it raised."""
+        with carried_out(core, self._act):
+            return core.receive(input, self._now() if now is None else now)
+
     async def publish(
         self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
     ) -> PublishResult:
-        """Answer a publish offer (RFC 8829 5.3): :meth:`Negotiator.publish`."""
-        with carried_out(self.negotiator, self._act):
-            return self.negotiator.publish(room, participant, offer, sources, self._now())
+        """Answer a publish offer (RFC 8829 5.3): :class:`sfu.inputs.Publish`."""
+        return self._receive(self.negotiator, inputs.Publish(room, participant, offer, sources))
 
     async def subscribe(
         self,
@@ -395,24 +402,22 @@ class MediaWorker(asyncio.DatagramProtocol):
         track_ids: Sequence[str],
         restart: Restart | None = None,
     ) -> str | None:
-        """Offer ``track_ids`` to ``participant`` (RFC 8829 5.2): :meth:`Negotiator.subscribe`."""
-        with carried_out(self.negotiator, self._act):
-            return self.negotiator.subscribe(room, participant, track_ids, restart, self._now())
+        """Offer ``track_ids`` to ``participant`` (RFC 8829 5.2): :class:`sfu.inputs.Subscribe`."""
+        return self._receive(
+            self.negotiator, inputs.Subscribe(room, participant, track_ids, restart)
+        )
 
     async def answer(self, room: str, participant: str, sdp: str) -> None:
-        """Take a subscriber's answer (RFC 3264 section 6): :meth:`Negotiator.answer`."""
-        with carried_out(self.negotiator, self._act):
-            self.negotiator.answer(room, participant, sdp, self._now())
+        """Take a subscriber's answer (RFC 3264 section 6): :class:`sfu.inputs.Answer`."""
+        self._receive(self.negotiator, inputs.Answer(room, participant, sdp))
 
     async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
-        """Stop or resume forwarding a track: :meth:`Negotiator.set_muted`."""
-        with carried_out(self.negotiator, self._act):
-            self.negotiator.set_muted(room, track_id, muted, self._now())
+        """Stop or resume forwarding a track: :class:`sfu.inputs.SetMuted`."""
+        self._receive(self.negotiator, inputs.SetMuted(room, track_id, muted))
 
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
-        """Forget a track and every subscription to it: :meth:`Negotiator.unpublish`."""
-        with carried_out(self.negotiator, self._act):
-            self.negotiator.unpublish(room, participant, track_id, self._now())
+        """Forget a track and every subscription to it: :class:`sfu.inputs.Unpublish`."""
+        self._receive(self.negotiator, inputs.Unpublish(room, participant, track_id))
 
     async def record(self, room: str, order: RecordingOrder | None) -> None:
         """Record ``room``'s tracks, or stop (None): :meth:`RecordingWriter.record`."""
@@ -420,8 +425,7 @@ class MediaWorker(asyncio.DatagramProtocol):
 
     async def leave(self, room: str, participant: str) -> None:
         """Close the participant's transports, forget its tracks (idempotent)."""
-        self.negotiator.leave(room, participant, self._now())
-        self._act(self.negotiator.take_actions())
+        self._receive(self.negotiator, inputs.Leave(room, participant))
 
     async def close_room(self, room: str) -> None:
         """Everyone leaves and the room is forgotten (idempotent)."""
@@ -429,8 +433,7 @@ class MediaWorker(asyncio.DatagramProtocol):
 
     def _close_room(self, name: str, reason: str) -> None:
         room = self.tables.rooms.get(name)
-        self.negotiator.close_room(name, reason, self._now())
-        self._act(self.negotiator.take_actions())
+        self._receive(self.negotiator, inputs.CloseRoom(name, reason))
         if room is not None:
             self.links.close_room(name, self._now())
             self._act(self.links.take_actions())
@@ -659,12 +662,10 @@ class MediaWorker(asyncio.DatagramProtocol):
                 return
             ice = target.transport.ice
             checks = ice.counters["checks"]
-            target.transport.receive_datagram(data, addr, now)
+            self._receive(self.negotiator, inputs.PeerDatagram(target, data, addr), now)
             if ufrag is not None and ice.counters["checks"] == checks:
                 # A request for a known ufrag that failed its checks (401, 400, ...).
                 self.tables.counters["stun_refused"] += 1
-            self._service(target)
-            self._soon(target.transport.get_timer())
         elif peer is None:
             if kind in (demux.RTP, demux.RTCP) and len(data) > 11:
                 self._stranger_media(data, addr, kind, now)
@@ -678,9 +679,7 @@ class MediaWorker(asyncio.DatagramProtocol):
             }.get(kind, "garbage")
             self.tables.counters[reason] += 1
         elif kind == demux.DTLS:
-            peer.transport.receive_datagram(data, addr, now)
-            self._service(peer)
-            self._soon(peer.transport.get_timer())
+            self._receive(self.negotiator, inputs.PeerDatagram(peer, data, addr), now)
         elif kind == demux.RTCP:
             self._rtcp(peer, data, addr, now)
         else:
@@ -708,9 +707,7 @@ class MediaWorker(asyncio.DatagramProtocol):
 
     def _path_moved(self, peer: Peer, addr: Address, how: str) -> None:
         """Authenticated media came from ``addr``: the peer's path is there now."""
-        if peer.transport.rebind(addr, self._now()):
-            self.tables.paths[how] += 1
-            self._service(peer)
+        self._receive(self.negotiator, inputs.PathMoved(peer, addr, how))
 
     def _rtcp(self, peer: Peer, data: bytes, addr: Address, now: float) -> None:
         unprotect = peer.unprotect_rtcp
@@ -793,13 +790,6 @@ class MediaWorker(asyncio.DatagramProtocol):
         if speaker.hear(who, plain, ext_id, now):
             self._soon(speaker.get_timer())
 
-    # -- the cores' output ------------------------------------------------------------------
-
-    def _service(self, peer: Peer) -> None:
-        """A transport had input: the negotiator acts on its output."""
-        self.negotiator.service(peer, self._now())
-        self._act(self.negotiator.take_actions())
-
     # -- timers and output ------------------------------------------------------------------
 
     def _act(self, actions: list[Action]) -> None:
@@ -851,13 +841,9 @@ class MediaWorker(asyncio.DatagramProtocol):
             for due in (room.forwarder.get_timer(), room.speaker.get_timer()):
                 if due is not None and (when is None or due < when):
                     when = due
-        for peer in self.tables.peers:
-            due = peer.transport.get_timer()
+        for due in (self.negotiator.due(), self.links.due()):
             if due is not None and (when is None or due < when):
                 when = due
-        due = self.links.due()
-        if due is not None and (when is None or due < when):
-            when = due
         if when == self._when:
             return
         if when is None:
@@ -882,14 +868,11 @@ class MediaWorker(asyncio.DatagramProtocol):
             if when is not None and when <= now:
                 change = room.speaker.handle_timer(now)
                 if change is not None:
-                    self.negotiator.speaker_changed(room, cast(str | None, change.speaker))
-                    self._act(self.negotiator.take_actions())
+                    speaker = cast(str | None, change.speaker)
+                    self._receive(self.negotiator, inputs.SpeakerChanged(room, speaker), now)
             self._flush_rtcp(room)
-        for peer in list(self.tables.peers):
-            when = peer.transport.get_timer()
-            if when is not None and when <= now:
-                peer.transport.handle_timer(now)
-                self._service(peer)
+        self.negotiator.handle_timer(now)
+        self._act(self.negotiator.take_actions())
         self.links.handle_timer(now)
         self._act(self.links.take_actions())
         self._rearm()

@@ -14,6 +14,7 @@ import pytest
 from rtc.dtls import DtlsCertificate
 from sfu.actions import Action, Arm, Emit, Send
 from sfu.control import RelayPeer, RelayState
+from sfu.inputs import CloseRoom, Publish
 from sfu.links import Links
 
 from .test_negotiation import NOW, negotiator, offer
@@ -54,7 +55,7 @@ def test_a_link_comes_up_over_an_in_memory_wire_and_closes_with_its_room(
 ) -> None:
     a = links("worker-a", certificates[0], A)
     b = links("worker-b", certificates[1], B)
-    track = a.negotiator.publish("room", "alice", offer(certificates[0]), {}, NOW).added[0]
+    track = a.negotiator.receive(Publish("room", "alice", offer(certificates[0]), {}), NOW).added[0]
     a.negotiator.take_actions()
     b.relay_receive("room", peer(a, A), [], NOW)  # nothing yet: no link
     assert b.link_of("worker-a") is None
@@ -76,7 +77,7 @@ def test_a_link_comes_up_over_an_in_memory_wire_and_closes_with_its_room(
     assert link_a.protect is not None and link_b.unprotect is not None
     assert set(link_b.incoming) == {relayed.ssrc}
     # The room closes on the sending side: the link is no longer used and closes.
-    a.negotiator.close_room("room", "room closed", now)
+    a.negotiator.receive(CloseRoom("room", "room closed"), now)
     a.close_room("room", now)
     closed = [x.event for x in a.take_actions() if isinstance(x, Emit)]
     assert RelayState("worker-b", "closed", "no room uses the link") in closed
