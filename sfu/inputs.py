@@ -6,13 +6,13 @@ from outside through one verb, ``core.receive(input, now)``, as aioquic's
 connection takes its datagrams (``receive_datagram(data, addr, now)``): the
 :class:`sfu.control.MediaControl` calls signalling makes (:class:`Publish`,
 :class:`Subscribe`, ...) and the control datagrams the worker's socket reads
-for it (:class:`PeerDatagram`, ...). ``receive`` finds the handler in the
+for it (:class:`PeerDatagram`, :class:`LinkRtcp`, ...). ``receive`` finds the handler in the
 core's table (:attr:`Core.handlers`), keyed on the record's type, as h11 and
 aioquic dispatch theirs; a record the core does not take raises
 :class:`~sfu.errors.UnknownInput`. What an input wants done the core queues
 as :mod:`sfu.actions` for the worker to take; what the caller needs back
-(the publish answer, the subscribe offer) ``receive`` returns, typed by the
-record: a :class:`Publish` is an ``Input[PublishResult]``.
+(the publish answer, the subscribe offer, the relayed tracks) ``receive``
+returns, typed by the record: a :class:`Publish` is an ``Input[PublishResult]``.
 
 Beside ``receive`` a core keeps its timer pair (``due()`` and
 ``handle_timer(now)``, the layers' ``tick``), and a core calls another by its
@@ -30,21 +30,30 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from rtc.ice import Address
+from rtc.rtcp import RtcpPacket
 from sfu.actions import ActionQueue
-from sfu.control import PublishResult, Restart, Source
+from sfu.control import PublishResult, RelayedTrack, RelayPeer, Restart, Source
 from sfu.errors import UnknownInput
-from sfu.records import Peer, Room
+from sfu.records import Link, Peer, Room
 
 __all__ = [
     "Answer",
+    "CloseLinks",
     "CloseRoom",
     "Core",
+    "EarlyDtls",
     "Input",
     "Leave",
+    "LegsRtcp",
+    "LinkDtls",
+    "LinkRtcp",
+    "LinksInput",
     "NegotiatorInput",
     "PathMoved",
     "PeerDatagram",
     "Publish",
+    "RelayReceive",
+    "RelaySend",
     "SetMuted",
     "SpeakerChanged",
     "Subscribe",
@@ -157,6 +166,64 @@ class SpeakerChanged(Input[None]):
     speaker: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class RelaySend(Input[list[RelayedTrack]]):
+    """The local tracks of a room sent to another worker
+    (:meth:`sfu.control.MediaControl.relay_send`); ``receive`` gives back
+    each as it goes on the link."""
+
+    room: str
+    peer: RelayPeer
+    track_ids: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayReceive(Input[None]):
+    """The remote tracks of a room taken from another worker
+    (:meth:`sfu.control.MediaControl.relay_receive`)."""
+
+    room: str
+    peer: RelayPeer
+    tracks: Sequence[RelayedTrack]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLinks(Input[None]):
+    """The worker closes: every relay link closes."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDtls(Input[None]):
+    """A DTLS datagram from a relay link's peer address (RFC 7983 section 7)."""
+
+    link: Link
+    data: bytes
+
+
+LegsRtcp = list[tuple[Peer, list[RtcpPacket]]]
+"""RTCP packets by the leg each is about."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRtcp(Input[LegsRtcp]):
+    """SRTCP from a relay link's peer address; ``receive`` gives back its
+    packets by the leg each is about (one SRTCP session carries every room)."""
+
+    link: Link
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyDtls(Input[None]):
+    """DTLS from an address no transport or link knows: perhaps a link's
+    first flight, sent before this worker heard of the link."""
+
+    data: bytes
+    addr: Address
+
+
 NegotiatorInput = (
     Publish
     | Subscribe
@@ -170,6 +237,9 @@ NegotiatorInput = (
     | SpeakerChanged
 )
 """What :class:`sfu.negotiation.Negotiator` takes."""
+
+LinksInput = RelaySend | RelayReceive | CloseRoom | CloseLinks | LinkDtls | LinkRtcp | EarlyDtls
+"""What :class:`sfu.links.Links` takes."""
 
 
 # --- the verb ---------------------------------------------------------------------------

@@ -115,10 +115,10 @@ from sfu.control import (
 )
 from sfu.forward import Forwarder
 from sfu.layers import Layers
-from sfu.links import Link, Links
+from sfu.links import Links
 from sfu.negotiation import Negotiator
 from sfu.recording_writer import RecordingWriter, recording_options
-from sfu.records import Peer, Room, WorkerTables
+from sfu.records import Link, Peer, Room, WorkerTables
 from sfu.reports import ReportScheduler, feedback_compounds, nack_interval_for
 from sfu.snapshot import worker_snapshot
 from sfu.strangers import RTCP_SSRCS, StrangerSearch
@@ -326,8 +326,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         await self.recordings.close()
         for name in list(self.tables.rooms):
             self._close_room(name, "worker closed")
-        self.links.close("worker closed", self._now())
-        self._act(self.links.take_actions())
+        self._receive(self.links, inputs.CloseLinks("worker closed"))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -433,10 +432,10 @@ class MediaWorker(asyncio.DatagramProtocol):
 
     def _close_room(self, name: str, reason: str) -> None:
         room = self.tables.rooms.get(name)
-        self._receive(self.negotiator, inputs.CloseRoom(name, reason))
+        close = inputs.CloseRoom(name, reason)
+        self._receive(self.negotiator, close)
         if room is not None:
-            self.links.close_room(name, self._now())
-            self._act(self.links.take_actions())
+            self._receive(self.links, close)
 
     def link_of(self, peer_worker: str) -> Link | None:
         """The live link to a peer worker (for tests and tools)."""
@@ -449,16 +448,14 @@ class MediaWorker(asyncio.DatagramProtocol):
     async def relay_send(
         self, room: str, peer: RelayPeer, track_ids: Sequence[str]
     ) -> list[RelayedTrack]:
-        """Send ``track_ids`` of ``room`` to ``peer``: :meth:`Links.relay_send`."""
-        with carried_out(self.links, self._act):
-            return self.links.relay_send(room, peer, track_ids, self._now())
+        """Send ``track_ids`` of ``room`` to ``peer``: :class:`sfu.inputs.RelaySend`."""
+        return self._receive(self.links, inputs.RelaySend(room, peer, track_ids))
 
     async def relay_receive(
         self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack]
     ) -> None:
-        """Receive ``tracks`` of ``room`` from ``peer``: :meth:`Links.relay_receive`."""
-        with carried_out(self.links, self._act):
-            self.links.relay_receive(room, peer, tracks, self._now())
+        """Receive ``tracks`` of ``room`` from ``peer``: :class:`sfu.inputs.RelayReceive`."""
+        self._receive(self.links, inputs.RelayReceive(room, peer, tracks))
 
     async def set_view(
         self,
@@ -548,7 +545,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         if len(data) > 11 and 127 < data[0] < 192:
             now = self._time()
             if 191 < data[1] < 224:
-                for about, packets in self.links.receive_rtcp(link, data, now):
+                for about, packets in self._receive(self.links, inputs.LinkRtcp(link, data), now):
                     self._rtcp_packets(about, packets, now)
                 return
             unprotect = link.unprotect
@@ -573,8 +570,7 @@ class MediaWorker(asyncio.DatagramProtocol):
             link.routed += fstats.received - before
             return
         if demux.classify(data) == demux.DTLS:
-            self.links.receive_dtls(link, data, self._now())
-            self._act(self.links.take_actions())
+            self._receive(self.links, inputs.LinkDtls(link, data))
         else:
             self.tables.counters["relay_garbage"] += 1
 
@@ -671,7 +667,7 @@ class MediaWorker(asyncio.DatagramProtocol):
                 self._stranger_media(data, addr, kind, now)
                 return
             if kind == demux.DTLS:
-                self.links.early_dtls(data, addr)
+                self._receive(self.links, inputs.EarlyDtls(data, addr), now)
             reason = {
                 demux.DTLS: "dtls_stranger",
                 demux.RTP: "srtp_stranger",

@@ -11,7 +11,8 @@ import pytest
 
 from rtc.dtls import DtlsCertificate
 from sfu.errors import SfuError, UnknownInput
-from sfu.inputs import Core, Input, NegotiatorInput
+from sfu.inputs import Core, Input, LinksInput, NegotiatorInput
+from sfu.links import Links
 from sfu.negotiation import Negotiator
 
 from .test_negotiation import NOW, negotiator
@@ -24,7 +25,7 @@ def certificate() -> DtlsCertificate:
 
 @pytest.mark.parametrize(
     ("core", "declared"),
-    [(Negotiator, NegotiatorInput)],
+    [(Negotiator, NegotiatorInput), (Links, LinksInput)],
 )
 def test_each_core_takes_every_input_it_declares(core: type[Core], declared: object) -> None:
     assert set(core.handlers) == set(typing.get_args(declared))
