@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from rtc.ice import Address
-from rtc.rtcp import RtcpPacket
+from rtc.rtcp import Remb, RtcpPacket, TransportCc
 from sfu.actions import ActionQueue
 from sfu.control import PublishResult, RelayedTrack, RelayPeer, Restart, Source
 from sfu.errors import UnknownInput
@@ -43,6 +43,7 @@ __all__ = [
     "Core",
     "EarlyDtls",
     "Input",
+    "LayersInput",
     "Leave",
     "LegsRtcp",
     "LinkDtls",
@@ -54,9 +55,12 @@ __all__ = [
     "Publish",
     "RelayReceive",
     "RelaySend",
+    "SetAudioOnly",
     "SetMuted",
+    "SetView",
     "SpeakerChanged",
     "Subscribe",
+    "SubscriberFeedback",
     "Unpublish",
 ]
 
@@ -224,6 +228,38 @@ class EarlyDtls(Input[None]):
     addr: Address
 
 
+@dataclass(frozen=True, slots=True)
+class SetView(Input[None]):
+    """How a subscriber shows a video track
+    (:meth:`sfu.control.MediaControl.set_view`)."""
+
+    room: str
+    participant: str
+    track_id: str
+    width: int
+    height: int
+    visible: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetAudioOnly(Input[None]):
+    """A subscriber receives no video while ``enabled``."""
+
+    room: str
+    participant: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberFeedback(Input[None]):
+    """A subscriber's bandwidth feedback: transport-cc
+    (draft-holmer-rmcat-transport-wide-cc-extensions-01) or REMB
+    (draft-alvestrand-rmcat-remb-03)."""
+
+    peer: Peer
+    packet: TransportCc | Remb
+
+
 NegotiatorInput = (
     Publish
     | Subscribe
@@ -240,6 +276,9 @@ NegotiatorInput = (
 
 LinksInput = RelaySend | RelayReceive | CloseRoom | CloseLinks | LinkDtls | LinkRtcp | EarlyDtls
 """What :class:`sfu.links.Links` takes."""
+
+LayersInput = SetView | SetAudioOnly | SubscriberFeedback
+"""What :class:`sfu.layers.Layers` takes."""
 
 
 # --- the verb ---------------------------------------------------------------------------

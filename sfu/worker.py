@@ -466,14 +466,13 @@ class MediaWorker(asyncio.DatagramProtocol):
         height: int,
         visible: bool,
     ) -> None:
-        """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
-        with carried_out(self.layers, self._act):
-            self.layers.set_view(room, participant, track_id, width, height, visible, self._now())
+        """How ``participant`` shows ``track_id``: :class:`sfu.inputs.SetView`."""
+        view = inputs.SetView(room, participant, track_id, width, height, visible)
+        self._receive(self.layers, view)
 
     async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
-        """``participant`` receives no video while ``enabled``."""
-        with carried_out(self.layers, self._act):
-            self.layers.set_audio_only(room, participant, enabled, self._now())
+        """``participant`` receives no video while ``enabled``: :class:`sfu.inputs.SetAudioOnly`."""
+        self._receive(self.layers, inputs.SetAudioOnly(room, participant, enabled))
 
     # -- asyncio.DatagramProtocol ------------------------------------------------------
 
@@ -755,7 +754,7 @@ class MediaWorker(asyncio.DatagramProtocol):
                 for ssrc, _seq in packet.entries:
                     forwarder.handle_keyframe_request(peer, ssrc, now)
             elif isinstance(packet, TransportCc | Remb) and peer.direction == "subscribe":
-                self.layers.feedback(peer, packet, now)
+                self._receive(self.layers, inputs.SubscriberFeedback(peer, packet), now)
         self._flush_rtcp(peer.room)
         self._soon(forwarder.get_timer())
 

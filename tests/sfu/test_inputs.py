@@ -11,7 +11,16 @@ import pytest
 
 from rtc.dtls import DtlsCertificate
 from sfu.errors import SfuError, UnknownInput
-from sfu.inputs import Core, Input, LinksInput, NegotiatorInput
+from sfu.inputs import (
+    Core,
+    Input,
+    LayersInput,
+    Leave,
+    LinksInput,
+    NegotiatorInput,
+    SetAudioOnly,
+)
+from sfu.layers import Layers
 from sfu.links import Links
 from sfu.negotiation import Negotiator
 
@@ -25,7 +34,7 @@ def certificate() -> DtlsCertificate:
 
 @pytest.mark.parametrize(
     ("core", "declared"),
-    [(Negotiator, NegotiatorInput), (Links, LinksInput)],
+    [(Negotiator, NegotiatorInput), (Links, LinksInput), (Layers, LayersInput)],
 )
 def test_each_core_takes_every_input_it_declares(core: type[Core], declared: object) -> None:
     assert set(core.handlers) == set(typing.get_args(declared))
@@ -45,3 +54,12 @@ def test_an_input_the_core_does_not_take_is_a_typed_error(certificate: DtlsCerti
         core.receive(Stray(), NOW)
     assert isinstance(caught.value, SfuError) and isinstance(caught.value, TypeError)
     assert core.take_actions() == []
+
+
+def test_an_input_of_another_core_is_refused_as_well(certificate: DtlsCertificate) -> None:
+    core = negotiator(certificate)
+    with pytest.raises(UnknownInput, match="Layers takes no Leave"):
+        core.layers.receive(Leave("room", "alice"), NOW)
+    with pytest.raises(UnknownInput, match="Negotiator takes no SetAudioOnly"):
+        core.receive(SetAudioOnly("room", "alice", True), NOW)
+    assert core.tables.rooms == {}

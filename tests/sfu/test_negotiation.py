@@ -153,3 +153,19 @@ def test_an_ssrc_another_publisher_sends_on_is_refused(certificate: DtlsCertific
     with pytest.raises(SdpNegotiationError, match="SSRC 1234"):
         core.receive(Publish("room", "bob", offer(certificate), {}), NOW)
     assert [t.info.participant for t in room.tracks.values()] == ["alice"]
+
+
+def test_a_transport_that_never_connects_fails_on_the_negotiators_timer(
+    certificate: DtlsCertificate,
+) -> None:
+    """The transports' timers are the negotiator's pair, due() and handle_timer()."""
+    core = negotiator(certificate)
+    core.receive(Publish("room", "alice", offer(certificate), {}), NOW)
+    core.take_actions()
+    due = core.due()
+    assert due is not None and NOW < due <= NOW + 10.0
+    core.handle_timer(due - 0.001)
+    assert core.take_actions() == []
+    core.handle_timer(NOW + 10.0)
+    assert states(core.take_actions()) == [("alice", "publish", "failed")]
+    assert core.tables.peers == set() and core.due() is None
