@@ -7,8 +7,11 @@ timer handles, the native leaf and the record of the tables every part shares
 signalling drives, by composition: :class:`sfu.negotiation.Negotiator`
 (rooms, transports, offer/answer), :class:`sfu.links.Links` (relay links) and
 :class:`sfu.layers.Layers` (simulcast, estimates, quality) are cores it holds;
-each is given ``now``, queues what it wants done (:mod:`sfu.actions`), and the
-worker carries that out (:meth:`MediaWorker._act`) after each call. The
+each takes its inputs through one verb, ``receive(input, now)``, with a record
+of :mod:`sfu.inputs` (a MediaControl call, a transport's STUN or DTLS, a
+link's SRTCP, ...), queues what it wants done (:mod:`sfu.actions`), and the
+worker carries that out (:meth:`MediaWorker._act`) after each input
+(:meth:`MediaWorker._receive`). The
 protocol work below them is :class:`sfu.transport.PeerTransport` (ICE-lite,
 DTLS-SRTP), :class:`sfu.forward.Forwarder` (routing, rewriting, repair) and
 :class:`sfu.speaker.SpeakerDetector`. Forwarding is no action: the hot path
@@ -370,7 +373,7 @@ class MediaWorker(asyncio.DatagramProtocol):
     def rooms(self) -> list[str]:
         return list(self.tables.rooms)
 
-    # -- sfu.control.MediaControl: the negotiator's and the layers' verbs, and their actions ----
+    # -- sfu.control.MediaControl: each call is one input to a core -------------------------
 
     def add_listener(self, listener: Callable[[MediaEvent], None]) -> None:
         self._listeners.append(listener)
