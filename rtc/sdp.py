@@ -240,6 +240,10 @@ class Codec:
     def is_named(self, name: str) -> bool:
         return self.name is not None and self.name.lower() == name.lower()
 
+    def has_feedback(self, kind: str) -> bool:
+        """Whether it carries ``a=rtcp-fb`` ``kind`` with no parameter (RFC 4585 section 4.2)."""
+        return any(f.type == kind and not f.parameter for f in self.feedback)
+
 
 @dataclass
 class Candidate:

@@ -2,9 +2,10 @@
 
 The worker's cores (:class:`sfu.negotiation.Negotiator`, :class:`sfu.links.Links`,
 :class:`sfu.layers.Layers`) never send, arm a timer or call a listener
-themselves: each input verb queues what it wants done, in the order it wants
-it, and :class:`sfu.worker.MediaWorker` takes them (``take_actions()``, as
-aioquic's ``datagrams_to_send()``) after every call and carries them out. A
+themselves: each input (``receive``, :mod:`sfu.inputs`) and each timer
+queues what it wants done, in the order it wants it, and
+:class:`sfu.worker.MediaWorker` takes them (``take_actions()``, as aioquic's
+``datagrams_to_send()``) after every call and carries them out. A
 core that calls another core passes on what that one queued, right after the
 call, so the order holds across cores.
 

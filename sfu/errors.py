@@ -20,6 +20,11 @@ class SfuStateError(SfuError, AssertionError):
     """The routing table was asked for something it does not have or already has."""
 
 
+class UnknownInput(SfuError, TypeError):
+    """A worker core was handed an input it does not take (:mod:`sfu.inputs`):
+    a bug in the caller."""
+
+
 class WorkerStartError(SfuError):
     """A media worker process could not start (its UDP port taken, ...); the
     message names what and where, for the node's log and ``/readyz``."""

@@ -41,8 +41,9 @@ forwarder's layer switching (:mod:`sfu.groups`):
   events on change.
 
 A sans-I/O core like :mod:`sfu.negotiation`, held by the worker's
-negotiator: the worker calls :meth:`Layers.tick` from its RTCP timer
-(:meth:`Layers.due` says when) and carries out what it queued
+negotiator: the worker hands it the subscribers' views and bandwidth
+feedback through ``receive`` (:mod:`sfu.inputs`), calls :meth:`Layers.tick`
+from its RTCP timer (:meth:`Layers.due` says when) and carries out what it queued
 (:mod:`sfu.actions`): events, RTCP to flush, the padding and probes
 :meth:`Layers._send_padding` builds, already protected.
 """
@@ -55,21 +56,22 @@ from collections.abc import Sequence
 from typing import Literal
 
 from rtc.errors import RtpParseError
-from rtc.rtcp import Remb, RtcpPacket, TransportCc
+from rtc.rtcp import TransportCc
 from rtc.rtp import extension_elements
 from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
 from sfu import call_samples
-from sfu.actions import ActionQueue, ArmRtcp, Emit, FlushRtcp, Send
+from sfu.actions import ArmRtcp, Emit, FlushRtcp, Send
 from sfu.control import ConnectionQuality, LayersWanted, TrackPaused
 from sfu.errors import SfuStateError
 from sfu.estimator import RAMP_REACH, SendSideEstimator
+from sfu.inputs import Core, SetAudioOnly, SetView, SubscriberFeedback
 from sfu.quality import QualityTracker, Sample
 from sfu.records import LayerInfo, Peer, Room, Section, Track, View, WorkerTables
 from sfu.reports import ReceiveStatistics
 from sfu.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
-from sfu.table import Group
+from sfu.table import Group, Subscription
 
-__all__ = ["DYNACAST_DELAY", "HOLD", "QUIET", "STALE", "TICK", "Layers"]
+__all__ = ["DYNACAST_DELAY", "HOLD", "QUIET", "STALE", "TICK", "LayerSource", "Layers"]
 
 #: Seconds between allocations.
 TICK = 0.5
@@ -169,6 +171,22 @@ class _Sent:
         return self.bitrate
 
 
+class LayerSource:
+    """What a sender report reads of its source, for a simulcast subscription:
+    the statistics of the layer it forwards now (RFC 3550 6.4.1)."""
+
+    __slots__ = ("clock_rate", "sub", "track")
+
+    def __init__(self, sub: Subscription, track: Track) -> None:
+        self.sub = sub
+        self.track = track
+        self.clock_rate = track.codec.clock_rate
+
+    def rtp_timestamp_at(self, now: float) -> int | None:
+        stats = self.track.publisher.recv_stats.get(self.sub.track.ssrc)
+        return None if stats is None else stats.rtp_timestamp_at(now)
+
+
 class _Quality:
     __slots__ = ("expected", "lost", "peak", "rtcp", "sampled", "seen", "tracker")
 
@@ -182,15 +200,19 @@ class _Quality:
         self.peak = 0.0
 
 
-class Layers(ActionQueue):
+class Layers(Core):
     """Simulcast layers, estimation, dynacast and quality of a media worker's
     subscribers (see the module docstring), on the worker's shared
     :class:`~sfu.records.WorkerTables`.
 
-    Its input is the tick (:meth:`tick`, when :meth:`due` says) and what the
-    worker learns of subscribers; what it wants done (events, RTCP to
-    flush, padding to send, the RTCP timer to re-arm) it queues as
-    :mod:`sfu.actions` for :meth:`take_actions`.
+    Its inputs come through ``receive`` (:mod:`sfu.inputs`: SetView,
+    SetAudioOnly, a subscriber's bandwidth feedback), its timer is the tick
+    (:meth:`tick`, when :meth:`due` says); the negotiator tells it of
+    subscriptions and paths by method, and the hot path's slow branch hands
+    it a packet from an unknown SSRC (:meth:`learn_ssrc`: no record per RTP
+    packet). What it wants done (events, RTCP to flush, padding to send, the
+    RTCP timer to re-arm) it queues as :mod:`sfu.actions` for
+    :meth:`take_actions`.
     """
 
     def __init__(self, tables: WorkerTables) -> None:
@@ -221,35 +243,46 @@ class Layers(ActionQueue):
         room.audio_only.discard(participant)
         self._qualities.pop((room.name, participant), None)
 
-    # -- MediaControl ------------------------------------------------------------------
+    # -- inputs (sfu.inputs) ---------------------------------------------------------------
 
-    def set_view(
-        self,
-        room: str,
-        participant: str,
-        track_id: str,
-        width: int,
-        height: int,
-        visible: bool,
-        now: float,
-    ) -> None:
+    def _handle_set_view(self, view: SetView, now: float) -> None:
         """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
-        r = self.tables.rooms.get(room)
+        r = self.tables.rooms.get(view.room)
         if r is None:
-            raise SfuStateError(f"no room {room!r}")
-        r.views[(participant, track_id)] = View(max(0, width), max(0, height), visible)
-        self.allocate(r, participant, now)
+            raise SfuStateError(f"no room {view.room!r}")
+        width, height = max(0, view.width), max(0, view.height)
+        r.views[(view.participant, view.track_id)] = View(width, height, view.visible)
+        self.allocate(r, view.participant, now)
 
-    def set_audio_only(self, room: str, participant: str, enabled: bool, now: float) -> None:
+    def _handle_set_audio_only(self, command: SetAudioOnly, now: float) -> None:
         """``participant`` receives no video while ``enabled``."""
-        r = self.tables.rooms.get(room)
+        r = self.tables.rooms.get(command.room)
         if r is None:
-            raise SfuStateError(f"no room {room!r}")
-        if enabled:
-            r.audio_only.add(participant)
+            raise SfuStateError(f"no room {command.room!r}")
+        if command.enabled:
+            r.audio_only.add(command.participant)
         else:
-            r.audio_only.discard(participant)
-        self.allocate(r, participant, now)
+            r.audio_only.discard(command.participant)
+        self.allocate(r, command.participant, now)
+
+    def _handle_subscriber_feedback(self, feedback: SubscriberFeedback, now: float) -> None:
+        """A subscriber's transport-cc feedback
+        (draft-holmer-rmcat-transport-wide-cc-extensions-01) or REMB."""
+        peer, packet = feedback.peer, feedback.packet
+        state = self.subscribers.get(peer)
+        if state is None:
+            state = self.subscriber(peer)
+        if isinstance(packet, TransportCc):
+            if state.estimator is not None:
+                state.estimator.on_feedback(packet, now)
+        else:
+            state.remb = packet.bitrate
+
+    handlers = {
+        SetView: _handle_set_view,
+        SetAudioOnly: _handle_set_audio_only,
+        SubscriberFeedback: _handle_subscriber_feedback,
+    }
 
     # -- learning layers (the slow branch of the hot path) ----------------------------------
 
@@ -317,18 +350,7 @@ class Layers(ActionQueue):
         self._allocate_room(room, now)
         self._layers_start(now)
 
-    # -- bandwidth feedback of subscribers ------------------------------------------------
-
-    def feedback(self, peer: Peer, packet: RtcpPacket, now: float) -> None:
-        """A subscriber's transport-cc feedback or REMB."""
-        state = self.subscribers.get(peer)
-        if state is None:
-            state = self.subscriber(peer)
-        if isinstance(packet, TransportCc):
-            if state.estimator is not None:
-                state.estimator.on_feedback(packet, now)
-        elif isinstance(packet, Remb):
-            state.remb = packet.bitrate
+    # -- subscribers' estimates -----------------------------------------------------------
 
     def subscriber(self, peer: Peer) -> _Subscriber:
         """A subscriber transport's allocation state, made on first use."""

@@ -2,8 +2,8 @@
 
 A room may live on several workers (participants are placed in their own
 region). When a track has subscribers on another worker, signalling asks the
-publishing worker to send it there (:meth:`Links.relay_send`) and the
-other worker to take it (:meth:`Links.relay_receive`); the track then
+publishing worker to send it there (:class:`~sfu.inputs.RelaySend`) and the
+other worker to take it (:class:`~sfu.inputs.RelayReceive`); the track then
 crosses once, however many subscribers it has over there, and each worker
 fans it out to its own.
 
@@ -40,12 +40,14 @@ a link that fails retries while it is used (:mod:`sfu.relay`). Its state
 changes go to listeners as :class:`~sfu.control.RelayState`.
 
 Like :mod:`sfu.negotiation`, :class:`Links` is a core that never touches the
-socket, the loop or the clock: it is given ``now`` and queues what it wants
-done (:mod:`sfu.actions`). A link's SRTP media is the worker's hot path
-(:meth:`sfu.worker.MediaWorker.datagram_received`), which finds the link by
-:attr:`Links.by_addr` and the room's ingress leg by the link's ``incoming``
-table; SRTCP and DTLS come here (:meth:`Links.receive_rtcp`,
-:meth:`Links.receive_dtls`).
+socket, the loop or the clock: what reaches it from outside comes through one
+verb, ``receive(input, now)`` (:mod:`sfu.inputs`: RelaySend, RelayReceive,
+CloseRoom, CloseLinks, and the link's SRTCP and DTLS), its links' timers
+through :meth:`Links.due` and :meth:`Links.handle_timer`, and it queues
+what it wants done (:mod:`sfu.actions`). A link's SRTP media is the worker's
+hot path (:meth:`sfu.worker.MediaWorker.datagram_received`), which finds the
+link by :attr:`Links.by_addr` and the room's ingress leg by the link's
+``incoming`` table, with no record made per packet.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ import contextlib
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -63,7 +64,7 @@ from rtc.errors import RtcpParseError
 from rtc.ice import Address
 from rtc.rtcp import Fir, Nack, Pli, ReceiverReport, RtcpPacket, SenderReport, parse_compound
 from rtc.sdp import AUDIO_LEVEL, Codec, RtcpFeedback
-from sfu.actions import ActionQueue, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
+from sfu.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
 from sfu.control import (
     RelayCodec,
     RelayedTrack,
@@ -71,15 +72,26 @@ from sfu.control import (
     RelayState,
 )
 from sfu.errors import SfuStateError
+from sfu.inputs import (
+    CloseLinks,
+    CloseRoom,
+    Core,
+    EarlyDtls,
+    LegsRtcp,
+    LinkDtls,
+    LinkRtcp,
+    RelayReceive,
+    RelaySend,
+)
 from sfu.negotiation import Negotiator
 from sfu.offer_answer import LocalParameters
-from sfu.records import Peer, RelayRoom, Room, Track, WorkerTables
+from sfu.records import Link, Peer, RelayRoom, Room, Track, WorkerTables
 from sfu.relay import LinkState, RelayLink, parse_fingerprint
 from sfu.reports import ReceiveStatistics, SendStatistics
 from sfu.table import Subscription
 from sfu.transport import PeerTransport
 
-__all__ = ["Link", "Links"]
+__all__ = ["Links"]
 
 log = logging.getLogger("wadud.sfu.links")
 
@@ -98,60 +110,7 @@ def _srtp_errors() -> tuple[type[BaseException], ...]:
 _SRTP_ERRORS = _srtp_errors()
 
 
-class Link:
-    """A relay link to one peer worker as the worker keeps it: the core, the
-    rooms that use it, and the SSRC tables its datagrams are routed by."""
-
-    __slots__ = (
-        "core",
-        "forged",
-        "incoming",
-        "octets_in",
-        "outgoing",
-        "packets_in",
-        "protect",
-        "protect_rtcp",
-        "rooms",
-        "routed",
-        "rtcp_in",
-        "sent_gone",
-        "unknown_ssrc",
-        "unprotect",
-        "unprotect_rtcp",
-    )
-
-    def __init__(self, core: RelayLink) -> None:
-        self.core = core
-        self.rooms: dict[str, RelayRoom] = {}
-        self.incoming: dict[int, Peer] = {}
-        """Link SSRCs (media and RTX) the peer sends us -> the room's ingress leg."""
-        self.outgoing: dict[int, Peer] = {}
-        """Link SSRCs we send the peer -> the room's egress leg (RTCP about them)."""
-        self.protect: Callable[[bytes], bytes] | None = None
-        self.protect_rtcp: Callable[[bytes], bytes] | None = None
-        self.unprotect: Callable[[bytes], bytes] | None = None
-        self.unprotect_rtcp: Callable[[bytes], bytes] | None = None
-        self.packets_in = 0
-        self.octets_in = 0
-        self.rtcp_in = 0
-        self.routed = 0
-        """Packets from the link the forwarders accepted (no duplicates)."""
-        self.forged = 0
-        """Datagrams from the peer's address that failed SRTP authentication."""
-        self.unknown_ssrc = 0
-        self.sent_gone = 0
-        """Packets sent by subscriptions that ended."""
-
-    @property
-    def peer_worker(self) -> str:
-        return self.core.peer.worker
-
-    @property
-    def used(self) -> bool:
-        return any(r.used for r in self.rooms.values())
-
-
-class Links(ActionQueue):
+class Links(Core):
     """A media worker's relay links (see the module docstring), on the worker's
     :class:`~sfu.records.WorkerTables` and over its
     :class:`~sfu.negotiation.Negotiator` (rooms and tracks are its).
@@ -193,12 +152,11 @@ class Links(ActionQueue):
         """This worker's id and DTLS fingerprint, ``"sha-256 AB:CD:..."`` (RFC 8122 section 5)."""
         return self.worker_id, f"sha-256 {self._fingerprint}"
 
-    def relay_send(
-        self, room: str, peer: RelayPeer, track_ids: Sequence[str], now: float
-    ) -> list[RelayedTrack]:
+    def _handle_relay_send(self, command: RelaySend, now: float) -> list[RelayedTrack]:
         """Send exactly ``track_ids`` (local tracks of ``room``) to ``peer``; see
         :meth:`sfu.control.MediaControl.relay_send`."""
-        wanted = list(dict.fromkeys(track_ids))
+        room, peer = command.room, command.peer
+        wanted = list(dict.fromkeys(command.track_ids))
         self._check_peer(peer)
         r = self.tables.rooms.get(room)
         tracks: list[Track] = []
@@ -222,11 +180,10 @@ class Links(ActionQueue):
         finally:
             self._after(link, r, now)
 
-    def relay_receive(
-        self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack], now: float
-    ) -> None:
+    def _handle_relay_receive(self, command: RelayReceive, now: float) -> None:
         """Receive exactly ``tracks`` of ``room`` from ``peer``; see
         :meth:`sfu.control.MediaControl.relay_receive`."""
+        room, peer, tracks = command.room, command.peer, command.tracks
         self._check_peer(peer)
         wanted = {t.info.track_id: t for t in tracks}
         r = self.tables.rooms.get(room)
@@ -382,15 +339,15 @@ class Links(ActionQueue):
         self.tables.totals["relay_routed"] += link.routed
         self.tables.totals["relay_forged"] += link.forged
 
-    def close(self, reason: str, now: float) -> None:
+    def _handle_close_links(self, command: CloseLinks, now: float) -> None:
         """Close every link (the worker closes)."""
         for link in list(self._links.values()):
-            self._close_link(link, reason, now)
+            self._close_link(link, command.reason, now)
 
-    def close_room(self, name: str, now: float) -> None:
+    def _handle_close_room(self, command: CloseRoom, now: float) -> None:
         """A room closed: stop relaying it either way, and forget it if nothing
-        else uses it (after :meth:`sfu.negotiation.Negotiator.close_room`)."""
-        room = self.tables.rooms.get(name)
+        else uses it (after the negotiator took the same input)."""
+        room = self.tables.rooms.get(command.room)
         if room is None:
             return
         for peer_worker, relay in list(room.relays.items()):
@@ -616,16 +573,16 @@ class Links(ActionQueue):
 
     # -- datagrams -----------------------------------------------------------------------
 
-    def receive_dtls(self, link: Link, data: bytes, now: float) -> None:
+    def _handle_link_dtls(self, datagram: LinkDtls, now: float) -> None:
         """A DTLS datagram from a link's peer address (RFC 7983 section 7)."""
-        link.core.receive_datagram(data, now)
+        link = datagram.link
+        link.core.receive_datagram(datagram.data, now)
         self._service_link(link, now)
 
-    def receive_rtcp(
-        self, link: Link, data: bytes, now: float
-    ) -> list[tuple[Peer, list[RtcpPacket]]]:
+    def _handle_link_rtcp(self, datagram: LinkRtcp, now: float) -> LegsRtcp:
         """SRTCP from a link's peer: its packets by the leg each is about, for
         the worker to act on as on any leg's RTCP."""
+        link, data = datagram.link, datagram.data
         unprotect = link.unprotect_rtcp
         if unprotect is None:
             self.tables.counters["relay_not_keyed"] += 1
@@ -663,15 +620,25 @@ class Links(ActionQueue):
                         found.append(packet)
         return list(by_leg.items())
 
-    def early_dtls(self, data: bytes, addr: Address) -> None:
+    def _handle_early_dtls(self, datagram: EarlyDtls, now: float) -> None:
         """Keep a few DTLS datagrams from an unknown address for a link set up soon."""
-        early = self._early_dtls.get(addr)
+        early = self._early_dtls.get(datagram.addr)
         if early is None:
             if len(self._early_dtls) >= _EARLY_ADDRESSES:
                 self._early_dtls.pop(next(iter(self._early_dtls)))
-            early = self._early_dtls[addr] = []
+            early = self._early_dtls[datagram.addr] = []
         if len(early) < _EARLY_PER_ADDRESS:
-            early.append(data)
+            early.append(datagram.data)
+
+    handlers = {
+        RelaySend: _handle_relay_send,
+        RelayReceive: _handle_relay_receive,
+        CloseRoom: _handle_close_room,
+        CloseLinks: _handle_close_links,
+        LinkDtls: _handle_link_dtls,
+        LinkRtcp: _handle_link_rtcp,
+        EarlyDtls: _handle_early_dtls,
+    }
 
     # -- timers --------------------------------------------------------------------------
 

@@ -6,11 +6,18 @@ around them): it creates and closes each participant's transports,
 negotiates them (RFC 8829 offer/answer, one RFC 8843 BUNDLE transport per
 leg), registers tracks and subscriptions with the room's
 :class:`~sfu.forward.Forwarder`, and acts on what each transport reports
-(:meth:`Negotiator.service`: addresses validated, connected, failed). It
-works on the worker's :class:`~sfu.records.WorkerTables` and holds the
-worker's :class:`~sfu.layers.Layers`; what it wants done (datagrams and
-RTCP to send, events, timers) it queues as :mod:`sfu.actions` for the
-worker to take (:meth:`Negotiator.take_actions`) and carry out.
+(addresses validated, connected, failed). It works on the worker's
+:class:`~sfu.records.WorkerTables` and holds the worker's
+:class:`~sfu.layers.Layers`.
+
+Everything reaches it through one verb, ``receive(input, now)``
+(:mod:`sfu.inputs`): the MediaControl calls (:class:`~sfu.inputs.Publish`,
+:class:`~sfu.inputs.Subscribe`, ...), a transport's STUN and DTLS
+(:class:`~sfu.inputs.PeerDatagram`), a path that moved, a new active speaker;
+the transports' timers run through :meth:`Negotiator.due` and
+:meth:`Negotiator.handle_timer`. What it wants done (datagrams and RTCP to
+send, events, timers) it queues as :mod:`sfu.actions` for the worker to take
+(:meth:`Negotiator.take_actions`) and carry out.
 
 Each participant has a *publish* transport (the client offers, we answer) and
 a *subscribe* transport (we offer, the client answers), see
@@ -27,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
@@ -43,19 +50,31 @@ from rtc.ice import (
 from rtc.sdp import (
     AUDIO_LEVEL,
     TRANSPORT_CC,
-    Codec,
     Direction,
     Fingerprint,
     SessionDescription,
     Setup,
 )
 from sfu import native
-from sfu.actions import ActionQueue, Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
+from sfu.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
 from sfu.bandwidth import RembEstimator, TransportCcRecorder
 from sfu.control import ActiveSpeaker, PublishResult, Restart, Source, TrackInfo, TransportState
 from sfu.errors import SfuStateError
 from sfu.forward import Forwarder
-from sfu.layers import Layers
+from sfu.inputs import (
+    Answer,
+    CloseRoom,
+    Core,
+    Leave,
+    PathMoved,
+    PeerDatagram,
+    Publish,
+    SetMuted,
+    SpeakerChanged,
+    Subscribe,
+    Unpublish,
+)
+from sfu.layers import Layers, LayerSource
 from sfu.offer_answer import LocalParameters, answer, offer_for_subscriber
 from sfu.offered import OfferedTrack, parse_tracks
 from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track, WorkerTables
@@ -75,7 +94,7 @@ __all__ = ["Negotiator"]
 log = logging.getLogger("wadud.sfu.worker")
 
 
-class Negotiator(ActionQueue):
+class Negotiator(Core):
     """Rooms, transports and offer/answer of one media worker (see the module docstring).
 
     ``candidates`` gives the worker's host candidates (known once its socket
@@ -140,7 +159,7 @@ class Negotiator(ActionQueue):
     def _close_peer(self, peer: Peer, reason: str, now: float) -> None:
         if peer.transport.state not in TERMINAL:
             peer.transport.close(reason)
-            self.service(peer, now)
+            self._service(peer, now)
         if peer.direction == "subscribe":
             peer.forwarder.remove_subscriber(peer)
         else:
@@ -149,7 +168,7 @@ class Negotiator(ActionQueue):
 
     # -- events ------------------------------------------------------------------------------
 
-    def speaker_changed(self, room: Room, speaker: str | None) -> None:
+    def _speaker_changed(self, room: Room, speaker: str | None) -> None:
         """The room's speaker detector chose ``speaker``: tell listeners if it is news."""
         if speaker == room.speaker_sent:
             return
@@ -200,7 +219,7 @@ class Negotiator(ActionQueue):
         """A participant (local, or remote behind a relay link) has no audio here any more."""
         change = room.speaker.remove(participant, now)
         if change is not None:
-            self.speaker_changed(room, cast(str | None, change.speaker))
+            self._speaker_changed(room, cast(str | None, change.speaker))
 
     def remove_track(self, room: Room, track: Track, now: float) -> None:
         """A track ends: forwarding, reports, relay links and subscriptions forget it."""
@@ -264,21 +283,14 @@ class Negotiator(ActionQueue):
                 self._out.append(SendRtcp(peer, compound))
         self.tables.reports.remove_send(peer, forwarded.ssrc)
 
-    # -- MediaControl ----------------------------------------------------------------------
+    # -- inputs (sfu.inputs): MediaControl calls ---------------------------------------------
 
-    def publish(
-        self,
-        room: str,
-        participant: str,
-        offer: str,
-        sources: Mapping[str, Source],
-        now: float,
-    ) -> PublishResult:
+    def _handle_publish(self, command: Publish, now: float) -> PublishResult:
         """Answer a publish offer (RFC 8829 5.3) and register its tracks with the forwarder."""
-        desc = SessionDescription.parse(offer)
-        r = self.room(room)
+        desc = SessionDescription.parse(command.offer)
+        r = self.room(command.room)
         try:
-            return self._publish(r, participant, desc, sources, now)
+            return self._publish(r, command.participant, desc, command.sources, now)
         finally:
             self.forget_if_empty(r)
             self._out += (FlushRtcp(r), Rearm())
@@ -301,12 +313,12 @@ class Negotiator(ActionQueue):
         fresh = (
             peer is None
             or peer.transport.state in TERMINAL
-            or _new_connection(peer.transport, params.ice_ufrag, params.ice_pwd, fingerprints)
+            or peer.transport.is_new_connection(params.ice_ufrag, params.ice_pwd, fingerprints)
         )
         if fresh:
             peer = self._new_peer(room, participant, "publish", now)
         assert peer is not None
-        if not fresh and _ice_restart(peer.transport, params.ice_ufrag, params.ice_pwd):
+        if not fresh and peer.transport.restarts_ice(params.ice_ufrag, params.ice_pwd):
             _restart_ice(peer, self.tables.by_ufrag, now)
             self.tables.paths["ice_restart"] += 1
         try:
@@ -460,14 +472,7 @@ class Negotiator(ActionQueue):
         peer.rid_tracks[item.mid] = track
         return track
 
-    def subscribe(
-        self,
-        room: str,
-        participant: str,
-        track_ids: Sequence[str],
-        restart: Restart | None,
-        now: float,
-    ) -> str | None:
+    def _handle_subscribe(self, command: Subscribe, now: float) -> str | None:
         """Offer exactly ``track_ids`` on the participant's subscribe transport (RFC 8829 5.2).
 
         Returns None when nothing changed (or the participant receives nothing
@@ -480,9 +485,10 @@ class Negotiator(ActionQueue):
         Raises SfuStateError for an unknown track, the participant's own
         track, or while the previous offer is unanswered.
         """
-        r = self.room(room)
+        r = self.room(command.room)
+        wanted = list(dict.fromkeys(command.track_ids))
         try:
-            return self._subscribe(r, participant, list(dict.fromkeys(track_ids)), now, restart)
+            return self._subscribe(r, command.participant, wanted, now, command.restart)
         finally:
             self.forget_if_empty(r)
             self._out += (FlushRtcp(r), Rearm())
@@ -570,11 +576,11 @@ class Negotiator(ActionQueue):
         )
         return str(offer)
 
-    def answer(self, room: str, participant: str, sdp: str, now: float) -> None:
+    def _handle_answer(self, command: Answer, now: float) -> None:
         """Take the subscriber's answer (RFC 3264 section 6): transport and negotiated formats."""
-        desc = SessionDescription.parse(sdp)
-        r = self.tables.rooms.get(room)
-        p = r.participants.get(participant) if r is not None else None
+        desc = SessionDescription.parse(command.sdp)
+        r = self.tables.rooms.get(command.room)
+        p = r.participants.get(command.participant) if r is not None else None
         peer = p.subscribe if p is not None else None
         if r is None or peer is None or not peer.pending_offer:
             raise SfuStateError("no subscribe offer is waiting for an answer")
@@ -607,7 +613,7 @@ class Negotiator(ActionQueue):
             peer,
             [(x.forwarded.mid, x.negotiated, x.live) for x in peer.sections],
         )
-        self.service(peer, now)
+        self._service(peer, now)
         if peer.transport.state is PeerState.CONNECTED:
             self.apply_subscriptions(peer, now)
         self._out += (FlushRtcp(r), Rearm())
@@ -633,7 +639,7 @@ class Negotiator(ActionQueue):
             section.subscribed = True
             source: ReceiveStatistics | None = track.publisher.recv_stats.get(track.ssrc)
             if track.layers:
-                source = cast(ReceiveStatistics, _LayerSource(sub, track))
+                source = cast(ReceiveStatistics, LayerSource(sub, track))
             if peer.reporting and source is not None:
                 # SRs carry the publisher's NTP/RTP pairing through this
                 # subscription's timestamp offset, under the CNAME its offer
@@ -645,12 +651,13 @@ class Negotiator(ActionQueue):
         self.layers.subscribed(peer, now)
         self._pass_on_layers()
 
-    def set_muted(self, room: str, track_id: str, muted: bool, now: float) -> None:
+    def _handle_set_muted(self, command: SetMuted, now: float) -> None:
         """Stop or resume forwarding a track; resuming video waits for a keyframe (requested)."""
-        r = self.tables.rooms.get(room)
-        track = r.tracks.get(track_id) if r is not None else None
+        r = self.tables.rooms.get(command.room)
+        track = r.tracks.get(command.track_id) if r is not None else None
         if r is None or track is None:
-            raise SfuStateError(f"no track {track_id!r} in room {room!r}")
+            raise SfuStateError(f"no track {command.track_id!r} in room {command.room!r}")
+        muted = command.muted
         r.forwarder.set_muted(track.ssrc, muted, now)
         track.info = replace(track.info, muted=muted)
         level_id = track.extensions.get(AUDIO_LEVEL)
@@ -662,10 +669,11 @@ class Negotiator(ActionQueue):
                 track.publisher.levels[track.ssrc] = level_id
         self._out += (FlushRtcp(r), Rearm())
 
-    def unpublish(self, room: str, participant: str, track_id: str, now: float) -> None:
+    def _handle_unpublish(self, command: Unpublish, now: float) -> None:
         """Forget a track and every subscription to it.
 
         Subscribers' sections for it stop with their next offer."""
+        room, participant, track_id = command.room, command.participant, command.track_id
         r = self.tables.rooms.get(room)
         track = r.tracks.get(track_id) if r is not None else None
         if r is None or track is None or track.info.participant != participant:
@@ -673,29 +681,82 @@ class Negotiator(ActionQueue):
         self.remove_track(r, track, now)
         self._out.append(Rearm())
 
-    def leave(self, room: str, participant: str, now: float) -> None:
+    def _handle_leave(self, command: Leave, now: float) -> None:
         """Close the participant's transports, forget its tracks and subscriptions (idempotent)."""
-        r = self.tables.rooms.get(room)
+        r = self.tables.rooms.get(command.room)
         if r is None:
             return
-        self._leave(r, participant, "left", now)
+        self._leave(r, command.participant, "left", now)
         self.forget_if_empty(r)
         self._out.append(Rearm())
 
-    def close_room(self, name: str, reason: str, now: float) -> None:
+    def _handle_close_room(self, command: CloseRoom, now: float) -> None:
         """Everyone leaves; the room is forgotten unless a relay link still
-        uses it, which :meth:`sfu.links.Links.close_room` ends (idempotent)."""
-        room = self.tables.rooms.get(name)
+        uses it, which the links core ends on the same input (idempotent)."""
+        room = self.tables.rooms.get(command.room)
         if room is None:
             return
         for participant in list(room.participants):
-            self._leave(room, participant, reason, now)
+            self._leave(room, participant, command.reason, now)
         self.forget_if_empty(room)
         self._out.append(Rearm())
 
+    # -- what the worker's socket and timers bring ----------------------------------------
+
+    def _handle_peer_datagram(self, datagram: PeerDatagram, now: float) -> None:
+        """A STUN or DTLS datagram for a peer's transport (RFC 7983 section 7)."""
+        transport = datagram.peer.transport
+        transport.receive_datagram(datagram.data, datagram.addr, now)
+        self._service(datagram.peer, now)
+        due = transport.get_timer()
+        if due is not None:
+            self._out.append(Arm(due))
+
+    def _handle_path_moved(self, moved: PathMoved, now: float) -> None:
+        """Authenticated media came from another address: the peer's path is
+        there now (a NAT rebinding, or the peer changed pairs)."""
+        if moved.peer.transport.rebind(moved.addr, now):
+            self.tables.paths[moved.how] += 1
+            self._service(moved.peer, now)
+
+    def _handle_speaker_changed(self, change: SpeakerChanged, now: float) -> None:
+        self._speaker_changed(change.room, change.speaker)
+
+    handlers = {
+        Publish: _handle_publish,
+        Subscribe: _handle_subscribe,
+        Answer: _handle_answer,
+        SetMuted: _handle_set_muted,
+        Unpublish: _handle_unpublish,
+        Leave: _handle_leave,
+        CloseRoom: _handle_close_room,
+        PeerDatagram: _handle_peer_datagram,
+        PathMoved: _handle_path_moved,
+        SpeakerChanged: _handle_speaker_changed,
+    }
+
+    # -- timers ------------------------------------------------------------------------
+
+    def due(self) -> float | None:
+        """The transports' next deadline (ICE consent, DTLS retransmissions)."""
+        when: float | None = None
+        for peer in self.tables.peers:
+            due = peer.transport.get_timer()
+            if due is not None and (when is None or due < when):
+                when = due
+        return when
+
+    def handle_timer(self, now: float) -> None:
+        """Run the transports whose deadline has come, and act on what they report."""
+        for peer in list(self.tables.peers):
+            due = peer.transport.get_timer()
+            if due is not None and due <= now:
+                peer.transport.handle_timer(now)
+                self._service(peer, now)
+
     # -- transport events ---------------------------------------------------------------
 
-    def service(self, peer: Peer, now: float) -> None:
+    def _service(self, peer: Peer, now: float) -> None:
         """Send what a transport wants sent and act on its events (after any
         input to it: a datagram, a timer, a close, new remote parameters)."""
         transport = peer.transport
@@ -816,14 +877,14 @@ class Negotiator(ActionQueue):
         if member is None:
             for track in peer.tracks.values():
                 ext_id = track.extensions.get(TRANSPORT_CC, 0)
-                if ext_id and _has_feedback(track.codec, "transport-cc"):
+                if ext_id and track.codec.has_feedback("transport-cc"):
                     recorder = TransportCcRecorder(self.feedback_ssrc, media_ssrc=track.ssrc)
                     peer.twcc, peer.twcc_id = recorder, ext_id
                     self.tables.bandwidth.add(peer, recorder, now)
                     self._out.append(ArmRtcp())
                     return
             if not any(
-                t.info.kind == "video" and _has_feedback(t.codec, "goog-remb")
+                t.info.kind == "video" and t.codec.has_feedback("goog-remb")
                 for t in peer.tracks.values()
             ):
                 return
@@ -891,54 +952,10 @@ class Negotiator(ActionQueue):
 # --- helpers --------------------------------------------------------------------------
 
 
-class _LayerSource:
-    """What a sender report reads of its source, for a simulcast subscription:
-    the statistics of the layer it forwards now (RFC 3550 6.4.1)."""
-
-    __slots__ = ("clock_rate", "sub", "track")
-
-    def __init__(self, sub: Subscription, track: Track) -> None:
-        self.sub = sub
-        self.track = track
-        self.clock_rate = track.codec.clock_rate
-
-    def rtp_timestamp_at(self, now: float) -> int | None:
-        stats = self.track.publisher.recv_stats.get(self.sub.track.ssrc)
-        return None if stats is None else stats.rtp_timestamp_at(now)
-
-
 def _offset_of(sub: Subscription) -> Callable[[], int | None]:
     """The subscription's current RTP timestamp offset, read when a report is built."""
     rewriter = sub.rewriter
     return lambda: rewriter.timestamp_offset
-
-
-def _new_connection(
-    transport: PeerTransport, ufrag: str, pwd: str, fingerprints: list[tuple[str, str]]
-) -> bool:
-    """Whether an offer comes from another peer connection than ``transport``'s.
-
-    New ICE credentials *and* a new certificate: the client made a new
-    ``RTCPeerConnection`` (browsers make a certificate per connection), which
-    gets a new transport. New credentials with the same certificate are an
-    ICE restart (RFC 8445 section 9) on the old connection, which keeps its
-    DTLS association (:func:`_ice_restart`).
-    """
-    ice = transport.ice
-    if ice.remote_ufrag is None or (ice.remote_ufrag, ice.remote_pwd) == (ufrag, pwd):
-        return False
-    known = {(a.lower(), v.strip().upper()) for a, v in transport.remote_fingerprints}
-    return not known & {(a.lower(), v.strip().upper()) for a, v in fingerprints}
-
-
-def _ice_restart(transport: PeerTransport, ufrag: str, pwd: str) -> bool:
-    """Whether an offer on ``transport``'s own peer connection (same certificate:
-    :func:`_new_connection` said so) carries new ICE credentials: the client
-    restarts ICE (RFC 8445 section 9, RFC 8839 section 4.4.1.1.1)."""
-    ice = transport.ice
-    if transport.dtls is None or ice.remote_ufrag is None:
-        return False
-    return (ice.remote_ufrag, ice.remote_pwd) != (ufrag, pwd)
 
 
 def _restart_ice(peer: Peer, by_ufrag: dict[str, Peer], now: float) -> None:
@@ -972,8 +989,3 @@ def _new_id(prefix: str, taken: Iterable[str]) -> str:
         ident = prefix + secrets.token_hex(4)
         if ident not in existing:
             return ident
-
-
-def _has_feedback(codec: Codec, kind: str) -> bool:
-    """Whether a negotiated codec carries ``a=rtcp-fb`` ``kind`` (RFC 4585 4.2)."""
-    return any(f.type == kind and not f.parameter for f in codec.feedback)

@@ -1,7 +1,8 @@
 """What a media worker knows of its rooms: rooms, participants, transports, tracks, m= sections.
 
-The records the parts of :class:`sfu.worker.MediaWorker` share, and
-:class:`WorkerTables`, the one record of its tables that it hands them. The datagram
+The records the parts of :class:`sfu.worker.MediaWorker` share (a relay
+link to another worker is a :class:`Link`), and :class:`WorkerTables`, the
+one record of its tables that it hands them. The datagram
 side (:mod:`sfu.worker`) reads a :class:`Peer` on every packet: its SRTP
 methods, selected address, forwarder and per-packet counters. The control
 side (:mod:`sfu.negotiation`) creates and changes them as participants
@@ -26,6 +27,7 @@ from sfu.bandwidth import BandwidthFeedback, TransportCcRecorder
 from sfu.control import RelayedTrack, TrackInfo
 from sfu.forward import Forwarder
 from sfu.offer_answer import ForwardedTrack, LocalParameters
+from sfu.relay import RelayLink
 from sfu.reports import ReceiveStatistics, ReportScheduler
 from sfu.speaker import SpeakerDetector
 from sfu.transport import PeerTransport
@@ -33,6 +35,7 @@ from sfu.transport import PeerTransport
 __all__ = [
     "LayerInfo",
     "Leg",
+    "Link",
     "Participant",
     "Peer",
     "RelayRoom",
@@ -233,6 +236,59 @@ class RelayRoom:
     @property
     def used(self) -> bool:
         return bool(self.sent or self.ingress.tracks)
+
+
+class Link:
+    """A relay link to one peer worker as the worker keeps it: the core, the
+    rooms that use it, and the SSRC tables its datagrams are routed by."""
+
+    __slots__ = (
+        "core",
+        "forged",
+        "incoming",
+        "octets_in",
+        "outgoing",
+        "packets_in",
+        "protect",
+        "protect_rtcp",
+        "rooms",
+        "routed",
+        "rtcp_in",
+        "sent_gone",
+        "unknown_ssrc",
+        "unprotect",
+        "unprotect_rtcp",
+    )
+
+    def __init__(self, core: RelayLink) -> None:
+        self.core = core
+        self.rooms: dict[str, RelayRoom] = {}
+        self.incoming: dict[int, Peer] = {}
+        """Link SSRCs (media and RTX) the peer sends us -> the room's ingress leg."""
+        self.outgoing: dict[int, Peer] = {}
+        """Link SSRCs we send the peer -> the room's egress leg (RTCP about them)."""
+        self.protect: Callable[[bytes], bytes] | None = None
+        self.protect_rtcp: Callable[[bytes], bytes] | None = None
+        self.unprotect: Callable[[bytes], bytes] | None = None
+        self.unprotect_rtcp: Callable[[bytes], bytes] | None = None
+        self.packets_in = 0
+        self.octets_in = 0
+        self.rtcp_in = 0
+        self.routed = 0
+        """Packets from the link the forwarders accepted (no duplicates)."""
+        self.forged = 0
+        """Datagrams from the peer's address that failed SRTP authentication."""
+        self.unknown_ssrc = 0
+        self.sent_gone = 0
+        """Packets sent by subscriptions that ended."""
+
+    @property
+    def peer_worker(self) -> str:
+        return self.core.peer.worker
+
+    @property
+    def used(self) -> bool:
+        return any(r.used for r in self.rooms.values())
 
 
 class View:

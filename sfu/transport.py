@@ -232,6 +232,32 @@ class PeerTransport:
         """Addresses whose DTLS and SRTP this transport accepts."""
         return frozenset(self._validated)
 
+    def is_new_connection(
+        self, ufrag: str, pwd: str, fingerprints: Sequence[tuple[str, str]]
+    ) -> bool:
+        """Whether an offer comes from another peer connection than this transport's.
+
+        New ICE credentials *and* a new certificate: the client made a new
+        ``RTCPeerConnection`` (browsers make a certificate per connection), which
+        gets a new transport. New credentials with the same certificate are an
+        ICE restart (RFC 8445 section 9) on the old connection, which keeps its
+        DTLS association (:meth:`restarts_ice`).
+        """
+        ice = self.ice
+        if ice.remote_ufrag is None or (ice.remote_ufrag, ice.remote_pwd) == (ufrag, pwd):
+            return False
+        known = {(a.lower(), v.strip().upper()) for a, v in self._fingerprints}
+        return not known & {(a.lower(), v.strip().upper()) for a, v in fingerprints}
+
+    def restarts_ice(self, ufrag: str, pwd: str) -> bool:
+        """Whether an offer on this transport's own peer connection (same certificate:
+        :meth:`is_new_connection` said so) carries new ICE credentials: the client
+        restarts ICE (RFC 8445 section 9, RFC 8839 section 4.4.1.1.1)."""
+        ice = self.ice
+        if self.dtls is None or ice.remote_ufrag is None:
+            return False
+        return (ice.remote_ufrag, ice.remote_pwd) != (ufrag, pwd)
+
     def set_remote(
         self,
         ice_ufrag: str,

@@ -7,8 +7,11 @@ timer handles, the native leaf and the record of the tables every part shares
 signalling drives, by composition: :class:`sfu.negotiation.Negotiator`
 (rooms, transports, offer/answer), :class:`sfu.links.Links` (relay links) and
 :class:`sfu.layers.Layers` (simulcast, estimates, quality) are cores it holds;
-each is given ``now``, queues what it wants done (:mod:`sfu.actions`), and the
-worker carries that out (:meth:`MediaWorker._act`) after each call. The
+each takes its inputs through one verb, ``receive(input, now)``, with a record
+of :mod:`sfu.inputs` (a MediaControl call, a transport's STUN or DTLS, a
+link's SRTCP, ...), queues what it wants done (:mod:`sfu.actions`), and the
+worker carries that out (:meth:`MediaWorker._act`) after each input
+(:meth:`MediaWorker._receive`). The
 protocol work below them is :class:`sfu.transport.PeerTransport` (ICE-lite,
 DTLS-SRTP), :class:`sfu.forward.Forwarder` (routing, rewriting, repair) and
 :class:`sfu.speaker.SpeakerDetector`. Forwarding is no action: the hot path
@@ -81,7 +84,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pylibsrtp
 
@@ -91,7 +94,7 @@ from rtc.errors import RtcpParseError, RtpParseError
 from rtc.ice import CONNECT_TIMEOUT, CONSENT_TIMEOUT, Address, local_ufrag_of
 from rtc.rtcp import Fir, Nack, Pli, Remb, RtcpPacket, TransportCc, parse_compound
 from rtc.rtp import transport_sequence_number
-from sfu import metrics, native
+from sfu import inputs, metrics, native
 from sfu.actions import (
     Action,
     Arm,
@@ -115,10 +118,10 @@ from sfu.control import (
 )
 from sfu.forward import Forwarder
 from sfu.layers import Layers
-from sfu.links import Link, Links
+from sfu.links import Links
 from sfu.negotiation import Negotiator
 from sfu.recording_writer import RecordingWriter, recording_options
-from sfu.records import Peer, Room, WorkerTables
+from sfu.records import Link, Peer, Room, WorkerTables
 from sfu.reports import ReportScheduler, feedback_compounds, nack_interval_for
 from sfu.snapshot import worker_snapshot
 from sfu.strangers import RTCP_SSRCS, StrangerSearch
@@ -130,6 +133,8 @@ if TYPE_CHECKING:
     from wadud.config import Settings
 
 log = logging.getLogger("wadud.sfu.worker")
+
+R = TypeVar("R")
 
 # What pylibsrtp raises for a packet it refuses (auth, replay, size); the hot
 # path catches these itself instead of going through rtc.srtp's wrapper.
@@ -324,8 +329,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         await self.recordings.close()
         for name in list(self.tables.rooms):
             self._close_room(name, "worker closed")
-        self.links.close("worker closed", self._now())
-        self._act(self.links.take_actions())
+        self._receive(self.links, inputs.CloseLinks("worker closed"))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -369,7 +373,7 @@ class MediaWorker(asyncio.DatagramProtocol):
     def rooms(self) -> list[str]:
         return list(self.tables.rooms)
 
-    # -- sfu.control.MediaControl: the negotiator's and the layers' verbs, and their actions ----
+    # -- sfu.control.MediaControl: each call is one input to a core -------------------------
 
     def add_listener(self, listener: Callable[[MediaEvent], None]) -> None:
         self._listeners.append(listener)
@@ -381,12 +385,17 @@ class MediaWorker(asyncio.DatagramProtocol):
             except Exception:
                 log.exception("media event listener failed", extra={"event": repr(event)})
 
+    def _receive(self, core: inputs.Core, input: inputs.Input[R], now: float | None = None) -> R:
+        """Hand ``input`` to ``core`` (:meth:`sfu.inputs.Core.receive`) at ``now``
+        (the clock's, unless given), then carry out what it queued, even if it raised."""
+        with carried_out(core, self._act):
+            return core.receive(input, self._now() if now is None else now)
+
     async def publish(
         self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
     ) -> PublishResult:
-        """Answer a publish offer (RFC 8829 5.3): :meth:`Negotiator.publish`."""
-        with carried_out(self.negotiator, self._act):
-            return self.negotiator.publish(room, participant, offer, sources, self._now())
+        """Answer a publish offer (RFC 8829 5.3): :class:`sfu.inputs.Publish`."""
+        return self._receive(self.negotiator, inputs.Publish(room, participant, offer, sources))
 
     async def subscribe(
         self,
@@ -395,24 +404,22 @@ class MediaWorker(asyncio.DatagramProtocol):
         track_ids: Sequence[str],
         restart: Restart | None = None,
     ) -> str | None:
-        """Offer ``track_ids`` to ``participant`` (RFC 8829 5.2): :meth:`Negotiator.subscribe`."""
-        with carried_out(self.negotiator, self._act):
-            return self.negotiator.subscribe(room, participant, track_ids, restart, self._now())
+        """Offer ``track_ids`` to ``participant`` (RFC 8829 5.2): :class:`sfu.inputs.Subscribe`."""
+        return self._receive(
+            self.negotiator, inputs.Subscribe(room, participant, track_ids, restart)
+        )
 
     async def answer(self, room: str, participant: str, sdp: str) -> None:
-        """Take a subscriber's answer (RFC 3264 section 6): :meth:`Negotiator.answer`."""
-        with carried_out(self.negotiator, self._act):
-            self.negotiator.answer(room, participant, sdp, self._now())
+        """Take a subscriber's answer (RFC 3264 section 6): :class:`sfu.inputs.Answer`."""
+        self._receive(self.negotiator, inputs.Answer(room, participant, sdp))
 
     async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
-        """Stop or resume forwarding a track: :meth:`Negotiator.set_muted`."""
-        with carried_out(self.negotiator, self._act):
-            self.negotiator.set_muted(room, track_id, muted, self._now())
+        """Stop or resume forwarding a track: :class:`sfu.inputs.SetMuted`."""
+        self._receive(self.negotiator, inputs.SetMuted(room, track_id, muted))
 
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
-        """Forget a track and every subscription to it: :meth:`Negotiator.unpublish`."""
-        with carried_out(self.negotiator, self._act):
-            self.negotiator.unpublish(room, participant, track_id, self._now())
+        """Forget a track and every subscription to it: :class:`sfu.inputs.Unpublish`."""
+        self._receive(self.negotiator, inputs.Unpublish(room, participant, track_id))
 
     async def record(self, room: str, order: RecordingOrder | None) -> None:
         """Record ``room``'s tracks, or stop (None): :meth:`RecordingWriter.record`."""
@@ -420,8 +427,7 @@ class MediaWorker(asyncio.DatagramProtocol):
 
     async def leave(self, room: str, participant: str) -> None:
         """Close the participant's transports, forget its tracks (idempotent)."""
-        self.negotiator.leave(room, participant, self._now())
-        self._act(self.negotiator.take_actions())
+        self._receive(self.negotiator, inputs.Leave(room, participant))
 
     async def close_room(self, room: str) -> None:
         """Everyone leaves and the room is forgotten (idempotent)."""
@@ -429,11 +435,10 @@ class MediaWorker(asyncio.DatagramProtocol):
 
     def _close_room(self, name: str, reason: str) -> None:
         room = self.tables.rooms.get(name)
-        self.negotiator.close_room(name, reason, self._now())
-        self._act(self.negotiator.take_actions())
+        close = inputs.CloseRoom(name, reason)
+        self._receive(self.negotiator, close)
         if room is not None:
-            self.links.close_room(name, self._now())
-            self._act(self.links.take_actions())
+            self._receive(self.links, close)
 
     def link_of(self, peer_worker: str) -> Link | None:
         """The live link to a peer worker (for tests and tools)."""
@@ -446,16 +451,14 @@ class MediaWorker(asyncio.DatagramProtocol):
     async def relay_send(
         self, room: str, peer: RelayPeer, track_ids: Sequence[str]
     ) -> list[RelayedTrack]:
-        """Send ``track_ids`` of ``room`` to ``peer``: :meth:`Links.relay_send`."""
-        with carried_out(self.links, self._act):
-            return self.links.relay_send(room, peer, track_ids, self._now())
+        """Send ``track_ids`` of ``room`` to ``peer``: :class:`sfu.inputs.RelaySend`."""
+        return self._receive(self.links, inputs.RelaySend(room, peer, track_ids))
 
     async def relay_receive(
         self, room: str, peer: RelayPeer, tracks: Sequence[RelayedTrack]
     ) -> None:
-        """Receive ``tracks`` of ``room`` from ``peer``: :meth:`Links.relay_receive`."""
-        with carried_out(self.links, self._act):
-            self.links.relay_receive(room, peer, tracks, self._now())
+        """Receive ``tracks`` of ``room`` from ``peer``: :class:`sfu.inputs.RelayReceive`."""
+        self._receive(self.links, inputs.RelayReceive(room, peer, tracks))
 
     async def set_view(
         self,
@@ -466,14 +469,13 @@ class MediaWorker(asyncio.DatagramProtocol):
         height: int,
         visible: bool,
     ) -> None:
-        """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
-        with carried_out(self.layers, self._act):
-            self.layers.set_view(room, participant, track_id, width, height, visible, self._now())
+        """How ``participant`` shows ``track_id``: :class:`sfu.inputs.SetView`."""
+        view = inputs.SetView(room, participant, track_id, width, height, visible)
+        self._receive(self.layers, view)
 
     async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
-        """``participant`` receives no video while ``enabled``."""
-        with carried_out(self.layers, self._act):
-            self.layers.set_audio_only(room, participant, enabled, self._now())
+        """``participant`` receives no video while ``enabled``: :class:`sfu.inputs.SetAudioOnly`."""
+        self._receive(self.layers, inputs.SetAudioOnly(room, participant, enabled))
 
     # -- asyncio.DatagramProtocol ------------------------------------------------------
 
@@ -545,7 +547,7 @@ class MediaWorker(asyncio.DatagramProtocol):
         if len(data) > 11 and 127 < data[0] < 192:
             now = self._time()
             if 191 < data[1] < 224:
-                for about, packets in self.links.receive_rtcp(link, data, now):
+                for about, packets in self._receive(self.links, inputs.LinkRtcp(link, data), now):
                     self._rtcp_packets(about, packets, now)
                 return
             unprotect = link.unprotect
@@ -570,8 +572,7 @@ class MediaWorker(asyncio.DatagramProtocol):
             link.routed += fstats.received - before
             return
         if demux.classify(data) == demux.DTLS:
-            self.links.receive_dtls(link, data, self._now())
-            self._act(self.links.take_actions())
+            self._receive(self.links, inputs.LinkDtls(link, data))
         else:
             self.tables.counters["relay_garbage"] += 1
 
@@ -659,18 +660,16 @@ class MediaWorker(asyncio.DatagramProtocol):
                 return
             ice = target.transport.ice
             checks = ice.counters["checks"]
-            target.transport.receive_datagram(data, addr, now)
+            self._receive(self.negotiator, inputs.PeerDatagram(target, data, addr), now)
             if ufrag is not None and ice.counters["checks"] == checks:
                 # A request for a known ufrag that failed its checks (401, 400, ...).
                 self.tables.counters["stun_refused"] += 1
-            self._service(target)
-            self._soon(target.transport.get_timer())
         elif peer is None:
             if kind in (demux.RTP, demux.RTCP) and len(data) > 11:
                 self._stranger_media(data, addr, kind, now)
                 return
             if kind == demux.DTLS:
-                self.links.early_dtls(data, addr)
+                self._receive(self.links, inputs.EarlyDtls(data, addr), now)
             reason = {
                 demux.DTLS: "dtls_stranger",
                 demux.RTP: "srtp_stranger",
@@ -678,9 +677,7 @@ class MediaWorker(asyncio.DatagramProtocol):
             }.get(kind, "garbage")
             self.tables.counters[reason] += 1
         elif kind == demux.DTLS:
-            peer.transport.receive_datagram(data, addr, now)
-            self._service(peer)
-            self._soon(peer.transport.get_timer())
+            self._receive(self.negotiator, inputs.PeerDatagram(peer, data, addr), now)
         elif kind == demux.RTCP:
             self._rtcp(peer, data, addr, now)
         else:
@@ -708,9 +705,7 @@ class MediaWorker(asyncio.DatagramProtocol):
 
     def _path_moved(self, peer: Peer, addr: Address, how: str) -> None:
         """Authenticated media came from ``addr``: the peer's path is there now."""
-        if peer.transport.rebind(addr, self._now()):
-            self.tables.paths[how] += 1
-            self._service(peer)
+        self._receive(self.negotiator, inputs.PathMoved(peer, addr, how))
 
     def _rtcp(self, peer: Peer, data: bytes, addr: Address, now: float) -> None:
         unprotect = peer.unprotect_rtcp
@@ -762,7 +757,7 @@ class MediaWorker(asyncio.DatagramProtocol):
                 for ssrc, _seq in packet.entries:
                     forwarder.handle_keyframe_request(peer, ssrc, now)
             elif isinstance(packet, TransportCc | Remb) and peer.direction == "subscribe":
-                self.layers.feedback(peer, packet, now)
+                self._receive(self.layers, inputs.SubscriberFeedback(peer, packet), now)
         self._flush_rtcp(peer.room)
         self._soon(forwarder.get_timer())
 
@@ -792,13 +787,6 @@ class MediaWorker(asyncio.DatagramProtocol):
         speaker = peer.room.speaker
         if speaker.hear(who, plain, ext_id, now):
             self._soon(speaker.get_timer())
-
-    # -- the cores' output ------------------------------------------------------------------
-
-    def _service(self, peer: Peer) -> None:
-        """A transport had input: the negotiator acts on its output."""
-        self.negotiator.service(peer, self._now())
-        self._act(self.negotiator.take_actions())
 
     # -- timers and output ------------------------------------------------------------------
 
@@ -851,13 +839,9 @@ class MediaWorker(asyncio.DatagramProtocol):
             for due in (room.forwarder.get_timer(), room.speaker.get_timer()):
                 if due is not None and (when is None or due < when):
                     when = due
-        for peer in self.tables.peers:
-            due = peer.transport.get_timer()
+        for due in (self.negotiator.due(), self.links.due()):
             if due is not None and (when is None or due < when):
                 when = due
-        due = self.links.due()
-        if due is not None and (when is None or due < when):
-            when = due
         if when == self._when:
             return
         if when is None:
@@ -882,14 +866,11 @@ class MediaWorker(asyncio.DatagramProtocol):
             if when is not None and when <= now:
                 change = room.speaker.handle_timer(now)
                 if change is not None:
-                    self.negotiator.speaker_changed(room, cast(str | None, change.speaker))
-                    self._act(self.negotiator.take_actions())
+                    speaker = cast(str | None, change.speaker)
+                    self._receive(self.negotiator, inputs.SpeakerChanged(room, speaker), now)
             self._flush_rtcp(room)
-        for peer in list(self.tables.peers):
-            when = peer.transport.get_timer()
-            if when is not None and when <= now:
-                peer.transport.handle_timer(now)
-                self._service(peer)
+        self.negotiator.handle_timer(now)
+        self._act(self.negotiator.take_actions())
         self.links.handle_timer(now)
         self._act(self.links.take_actions())
         self._rearm()

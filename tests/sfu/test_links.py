@@ -1,7 +1,7 @@
 """Two workers' relay-link cores, joined by an in-memory wire: no socket, no loop.
 
 Each core queues the datagrams it wants sent (:class:`sfu.actions.Send`);
-the test carries them to the other core's :meth:`~sfu.links.Links.receive_dtls`,
+the test carries them to the other core as :class:`~sfu.inputs.LinkDtls`,
 as each worker would after its socket received them.
 """
 
@@ -14,6 +14,7 @@ import pytest
 from rtc.dtls import DtlsCertificate
 from sfu.actions import Action, Arm, Emit, Send
 from sfu.control import RelayPeer, RelayState
+from sfu.inputs import CloseRoom, LinkDtls, Publish, RelayReceive, RelaySend
 from sfu.links import Links
 
 from .test_negotiation import NOW, negotiator, offer
@@ -37,7 +38,7 @@ def carry(actions: list[Action], to: Links, source: tuple[str, int], now: float)
     rest = []
     for action in actions:
         if isinstance(action, Send):
-            to.receive_dtls(to.by_addr[source], action.data, now)
+            to.receive(LinkDtls(to.by_addr[source], action.data), now)
         else:
             rest.append(action)
     return rest
@@ -54,12 +55,12 @@ def test_a_link_comes_up_over_an_in_memory_wire_and_closes_with_its_room(
 ) -> None:
     a = links("worker-a", certificates[0], A)
     b = links("worker-b", certificates[1], B)
-    track = a.negotiator.publish("room", "alice", offer(certificates[0]), {}, NOW).added[0]
+    track = a.negotiator.receive(Publish("room", "alice", offer(certificates[0]), {}), NOW).added[0]
     a.negotiator.take_actions()
-    b.relay_receive("room", peer(a, A), [], NOW)  # nothing yet: no link
+    b.receive(RelayReceive("room", peer(a, A), []), NOW)  # nothing yet: no link
     assert b.link_of("worker-a") is None
-    (relayed,) = a.relay_send("room", peer(b, B), [track.track_id], NOW)
-    b.relay_receive("room", peer(a, A), [relayed], NOW)
+    (relayed,) = a.receive(RelaySend("room", peer(b, B), [track.track_id]), NOW)
+    b.receive(RelayReceive("room", peer(a, A), [relayed]), NOW)
     events: list[object] = []
     now = NOW
     for _ in range(10):  # a DTLS handshake is a few flights each way
@@ -76,8 +77,9 @@ def test_a_link_comes_up_over_an_in_memory_wire_and_closes_with_its_room(
     assert link_a.protect is not None and link_b.unprotect is not None
     assert set(link_b.incoming) == {relayed.ssrc}
     # The room closes on the sending side: the link is no longer used and closes.
-    a.negotiator.close_room("room", "room closed", now)
-    a.close_room("room", now)
+    close = CloseRoom("room", "room closed")
+    a.negotiator.receive(close, now)
+    a.receive(close, now)
     closed = [x.event for x in a.take_actions() if isinstance(x, Emit)]
     assert RelayState("worker-b", "closed", "no room uses the link") in closed
     assert a.link_of("worker-b") is None and a.tables.rooms == {}

@@ -1,6 +1,7 @@
 """The worker's negotiator as a core: no socket, no event loop, a made-up clock.
 
-What it wants done comes back as :mod:`sfu.actions` for the test to read,
+Each input goes in through its one verb, ``receive`` (:mod:`sfu.inputs`);
+what it wants done comes back as :mod:`sfu.actions` for the test to read,
 as the worker would take and carry them out.
 """
 
@@ -18,6 +19,7 @@ from sfu.actions import Action, Emit, FlushRtcp, Rearm, Send
 from sfu.bandwidth import BandwidthFeedback
 from sfu.control import TransportState
 from sfu.errors import SfuStateError
+from sfu.inputs import Leave, Publish, Subscribe
 from sfu.layers import Layers
 from sfu.negotiation import Negotiator
 from sfu.records import WorkerTables
@@ -92,7 +94,7 @@ def test_a_publish_is_answered_and_queues_its_rtcp_flush_and_timer(
     certificate: DtlsCertificate,
 ) -> None:
     core = negotiator(certificate)
-    result = core.publish("room", "alice", offer(certificate), {}, NOW)
+    result = core.receive(Publish("room", "alice", offer(certificate), {}), NOW)
     (track,) = result.added
     assert track.kind == "audio" and track.participant == "alice"
     (peer,) = core.tables.peers
@@ -111,17 +113,17 @@ def test_leaving_closes_the_transports_and_forgets_the_room(
     certificate: DtlsCertificate,
 ) -> None:
     core = negotiator(certificate)
-    track = core.publish("room", "alice", offer(certificate), {}, NOW).added[0]
-    sdp = core.subscribe("room", "bob", [track.track_id], None, NOW)
+    track = core.receive(Publish("room", "alice", offer(certificate), {}), NOW).added[0]
+    sdp = core.receive(Subscribe("room", "bob", [track.track_id]), NOW)
     assert sdp is not None and "a=sendonly" in sdp
     core.take_actions()
-    core.leave("room", "alice", NOW + 1)
+    core.receive(Leave("room", "alice"), NOW + 1)
     actions = core.take_actions()
     assert states(actions) == [("alice", "publish", "closed")]
     assert not any(isinstance(a, Send) for a in actions)  # never connected: no close_notify
     assert actions[-1] == Rearm()
     assert track.track_id not in core.tables.rooms["room"].tracks
-    core.leave("room", "bob", NOW + 2)
+    core.receive(Leave("room", "bob"), NOW + 2)
     assert states(core.take_actions()) == [("bob", "subscribe", "closed")]
     assert core.tables.rooms == {} and core.tables.peers == set()
     assert core.tables.by_ufrag == {}
@@ -131,7 +133,7 @@ def test_leaving_closes_the_transports_and_forgets_the_room(
 def test_a_refused_verb_still_leaves_its_actions_to_take(certificate: DtlsCertificate) -> None:
     core = negotiator(certificate)
     with pytest.raises(SfuStateError):
-        core.subscribe("room", "bob", ["t-missing"], None, NOW)
+        core.receive(Subscribe("room", "bob", ["t-missing"]), NOW)
     # The room made for the call is forgotten again, and the worker is
     # still asked to re-arm (as it takes actions in a finally).
     assert core.tables.rooms == {}
@@ -142,12 +144,28 @@ def test_an_ssrc_another_publisher_sends_on_is_refused(certificate: DtlsCertific
     """RFC 3550 8.2: two sources of a room on one SSRC would be one stream to
     every subscriber; a publisher's own tracks, offered again, do not collide."""
     core = negotiator(certificate)
-    core.publish("room", "alice", offer(certificate), {}, NOW)
+    core.receive(Publish("room", "alice", offer(certificate), {}), NOW)
     room = core.tables.rooms["room"]
     (alice,) = core.tables.peers
     assert room.ssrcs_in_use() == {1234}
     assert room.ssrcs_in_use(but=alice) == set()
-    core.publish("room", "alice", offer(certificate), {}, NOW)  # a renegotiation
+    core.receive(Publish("room", "alice", offer(certificate), {}), NOW)  # a renegotiation
     with pytest.raises(SdpNegotiationError, match="SSRC 1234"):
-        core.publish("room", "bob", offer(certificate), {}, NOW)
+        core.receive(Publish("room", "bob", offer(certificate), {}), NOW)
     assert [t.info.participant for t in room.tracks.values()] == ["alice"]
+
+
+def test_a_transport_that_never_connects_fails_on_the_negotiators_timer(
+    certificate: DtlsCertificate,
+) -> None:
+    """The transports' timers are the negotiator's pair, due() and handle_timer()."""
+    core = negotiator(certificate)
+    core.receive(Publish("room", "alice", offer(certificate), {}), NOW)
+    core.take_actions()
+    due = core.due()
+    assert due is not None and NOW < due <= NOW + 10.0
+    core.handle_timer(due - 0.001)
+    assert core.take_actions() == []
+    core.handle_timer(NOW + 10.0)
+    assert states(core.take_actions()) == [("alice", "publish", "failed")]
+    assert core.tables.peers == set() and core.due() is None

@@ -13,6 +13,7 @@ import pytest
 from rtc.dtls import DtlsCertificate
 from rtc.rtpdump import open_segment
 from sfu.control import RecordingOrder
+from sfu.inputs import Publish, Unpublish
 from sfu.recording import RoomRecording
 from sfu.records import Room
 
@@ -67,7 +68,7 @@ def recorded_room(
         sdp = sdp.replace(*RED_LINES).replace(*RED_MAP)
     if video:
         sdp = sdp.replace(*VIDEO_LINES).replace(*VIDEO_MAP).replace("audio-level", "toffset")
-    (track,) = core.publish("room", "alice", sdp, {}, NOW).added
+    (track,) = core.receive(Publish("room", "alice", sdp, {}), NOW).added
     return core.tables.rooms["room"], track.track_id
 
 
@@ -119,12 +120,12 @@ def test_red_is_recorded_as_its_primary_opus(certificate: DtlsCertificate) -> No
 
 def test_a_track_that_ends_closes_its_segment(certificate: DtlsCertificate) -> None:
     core = negotiator(certificate)
-    (track,) = core.publish("room", "alice", offer(certificate), {}, NOW).added
+    (track,) = core.receive(Publish("room", "alice", offer(certificate), {}), NOW).added
     room = core.tables.rooms["room"]
     rec = RoomRecording(room, ORDER, wall_offset=WALL, segment_seconds=4.0, now=NOW)
     rec.queue.append((1234, rtp(111, 1, b"a" * 40), NOW + 0.1))
     assert rec.tick(NOW + 0.2) == []
-    core.unpublish("room", "alice", track.track_id, NOW + 0.3)
+    core.receive(Unpublish("room", "alice", track.track_id), NOW + 0.3)
     (cut,) = rec.tick(NOW + 0.4)
     assert cut.track_id == track.track_id and cut.writer.count == 1
     assert rec.tracks == {}
