@@ -20,7 +20,9 @@ same run: after the warm-up, four phases of ``--seconds``/2 each, sandbox
 only, mixed, mixed, sandbox only (ABBA, so the database's growth and the
 machine's drift weigh on both alike); ``--rounds N`` repeats the four N
 times in shorter phases, which shares a busy machine's bursts more evenly,
-and reports each round's ratio and their median. Mixed phases pay in turn by the
+and reports each round's ratio and their median. Each phase ends once the
+server has relayed its outbox events and planned their notifications, so
+no phase pays for the one before. Mixed phases pay in turn by the
 sandbox, by the EasyPaisa simulator's hosted checkout and by bank transfer
 (the patient starts the transfer; clinic finance imports the credits as CSV
 statements of ``--statement-lines`` lines, 20 by default, matched by
@@ -117,6 +119,22 @@ def pct(values: list[float], p: float) -> float:
 #: Transactions committed or rolled back in the server's databases so far
 #: (the statistics lag by at most a second, so the run sleeps before reading).
 XACTS = """SELECT sum(xact_commit + xact_rollback)::bigint FROM pg_stat_database, pg_sleep(1.1)"""
+#: Work a phase's bookings leave behind them: outbox events not yet relayed,
+#: relayed events the notifier has not planned yet.
+BEHIND = """SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL)
+                 + (SELECT count(*) FROM notify_inbox)"""
+
+
+async def caught_up(conn: asyncpg.Connection, within: float = 10.0) -> float:
+    """Wait (``within`` seconds at most) until the server has done what the
+    bookings so far left for its background rounds, so each phase's CPU is
+    its own bookings' and not partly the phase before's; the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < within:
+        if not await conn.fetchval(BEHIND):
+            break
+        await asyncio.sleep(0.02)
+    return time.perf_counter() - started
 
 
 def count_statements(log: bytes) -> dict[str, tuple[int, float]]:
@@ -649,6 +667,8 @@ async def run(
             if finance is not None:
                 # The phase's transfers are confirmed within it, on its CPU.
                 await finance.flush()
+            if args.mix:
+                await caught_up(conn)
             phases.append(
                 {
                     "mode": mode,
