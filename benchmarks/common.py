@@ -111,8 +111,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of ``root`` and its direct children alive now (a role and
-    its workers, PostgreSQL's postmaster and its backends)."""
+    """CPU seconds of ``root``, its direct children alive now (a role and
+    its workers, PostgreSQL's postmaster and its backends) and the children
+    it has reaped: a backend or an autovacuum worker that exits between two
+    readings keeps its CPU in the sum instead of taking it away."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -121,7 +123,10 @@ def tree_cpu_seconds(root: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry.name) == root or int(fields[1]) == root:
+        if int(entry.name) == root:
+            # utime, stime, then cutime and cstime: the reaped children's.
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        elif int(fields[1]) == root:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
