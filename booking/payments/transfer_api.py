@@ -185,8 +185,7 @@ async def _transfer_of(conn: asyncpg.Connection, me: Principal, booking_id: UUID
         GATEWAY,
     )
     visible = row is not None and (
-        me.role == Role.ADMIN
-        or (me.role == Role.CLINIC_STAFF and row["clinic_id"] == me.clinic_id)
+        me.oversees(row["clinic_id"])
         or (me.role == Role.PATIENT and row["patient_id"] == me.user_id)
     )
     if row is None or not visible:
