@@ -711,7 +711,7 @@ async def clinic_ledger(call: Call[None, LedgerQuery]) -> LedgerPage:
     of the clinic, admins). Page with ``offset``/``limit``."""
     me, q = call.user, call.query
     clinic_id = call.path_uuid("clinic_id")
-    if me.role != Role.ADMIN and me.clinic_id != clinic_id:
+    if not me.oversees(clinic_id):
         raise NotFound("no such clinic")
     async with call.pool.acquire() as conn:
         if not await conn.fetchval("SELECT 1 FROM clinics WHERE id = $1", clinic_id):

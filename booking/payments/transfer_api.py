@@ -172,7 +172,7 @@ def _credit(row: asyncpg.Record) -> Credit:
 
 
 def _clinic_scope(me: Principal, clinic_id: UUID) -> None:
-    if me.role != Role.ADMIN and me.clinic_id != clinic_id:
+    if not me.oversees(clinic_id):
         raise NotFound("no such clinic")
 
 
