@@ -21,3 +21,10 @@ class Principal:
     clinic_id: UUID | None
     anonymous: bool
     family_id: UUID | None
+
+    def oversees(self, clinic_id: UUID) -> bool:
+        """An admin, or staff of clinic ``clinic_id``: who may act on that
+        clinic's doctors, money and records."""
+        return self.role == Role.ADMIN or (
+            self.role == Role.CLINIC_STAFF and self.clinic_id == clinic_id
+        )

@@ -214,11 +214,7 @@ class Slots(ApiModel):
 
 def is_staff_of(me: Principal | None, row: Mapping[str, Any]) -> bool:
     """An admin, or clinic staff of the doctor's clinic."""
-    if me is None:
-        return False
-    return me.role == Role.ADMIN or (
-        me.role == Role.CLINIC_STAFF and me.clinic_id == row["clinic_id"]
-    )
+    return me is not None and me.oversees(row["clinic_id"])
 
 
 def may_manage(me: Principal | None, row: Mapping[str, Any]) -> bool:

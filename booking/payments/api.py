@@ -226,13 +226,9 @@ def _registry(call: Call[Any, Any]) -> GatewayRegistry:
 
 
 def _sees(me: Principal, row: asyncpg.Record) -> bool:
-    if me.role == Role.ADMIN:
-        return True
-    if me.role == Role.CLINIC_STAFF:
-        return me.clinic_id is not None and row["clinic_id"] == me.clinic_id
-    if me.role == Role.PATIENT:
-        return bool(row["patient_id"] == me.user_id)
-    return False
+    return me.oversees(row["clinic_id"]) or (
+        me.role == Role.PATIENT and bool(row["patient_id"] == me.user_id)
+    )
 
 
 def _payment(row: asyncpg.Record, me: Principal | None = None, owed: int = 0) -> Payment:
@@ -625,28 +621,6 @@ async def refund_payment(call: Call[RefundIn, None]) -> refunds_api.Refund | web
 # --- doctors: payouts and earnings -----------------------------------------------------
 
 
-async def _doctor(
-    conn: asyncpg.Connection, me: Principal, doctor_id: UUID, *, lock: bool = False
-) -> asyncpg.Record:
-    # NO KEY UPDATE: serialises payouts of one doctor without blocking the
-    # KEY SHARE locks that booking inserts take on the doctor row.
-    row = await conn.fetchrow(
-        "SELECT id, clinic_id, user_id, currency FROM doctors WHERE id = $1"
-        + (" FOR NO KEY UPDATE" if lock else ""),
-        doctor_id,
-    )
-    if row is None:
-        raise NotFound("no such doctor")
-    allowed = (
-        me.role == Role.ADMIN
-        or (me.role == Role.CLINIC_STAFF and row["clinic_id"] == me.clinic_id)
-        or (me.role == Role.DOCTOR and row["user_id"] == me.user_id)
-    )
-    if not allowed:
-        raise NotFound("no such doctor")
-    return row
-
-
 @routes.post(
     "/api/v1/doctors/{doctor_id:uuid}/payouts",
     body=PayoutIn,
@@ -662,7 +636,7 @@ async def create_payout(call: Call[PayoutIn, None]) -> Payout:
     in the doctor's currency, less what pending payout-batch lines reserve."""
     me, body = call.user, call.body
     async with call.pool.acquire() as conn, conn.transaction():
-        doctor = await _doctor(conn, me, call.path_uuid("doctor_id"), lock=True)
+        doctor = await payouts_api.doctor_of(conn, me, call.path_uuid("doctor_id"), lock=True)
         # Pending payout-batch lines reserve their amounts until marked.
         payable, pending = await payouts.payable_and_pending(conn, doctor["id"], doctor["currency"])
         if body.amount_minor > payable - pending:
@@ -713,7 +687,7 @@ async def doctor_earnings(call: Call[None, None]) -> Earnings:
     """A doctor's earnings per currency, from the ledger (the doctor, staff of
     the clinic, admins): gross, refunds, commission, paid out, payable."""
     async with call.pool.acquire() as conn:
-        doctor = await _doctor(conn, call.user, call.path_uuid("doctor_id"))
+        doctor = await payouts_api.doctor_of(conn, call.user, call.path_uuid("doctor_id"))
         figures = await service.doctor_earnings(conn, doctor["id"])
         batch_lines = await payouts_api.doctor_batch_lines(conn, doctor["id"])
     return Earnings(
@@ -737,7 +711,7 @@ async def clinic_ledger(call: Call[None, LedgerQuery]) -> LedgerPage:
     of the clinic, admins). Page with ``offset``/``limit``."""
     me, q = call.user, call.query
     clinic_id = call.path_uuid("clinic_id")
-    if me.role != Role.ADMIN and me.clinic_id != clinic_id:
+    if not me.oversees(clinic_id):
         raise NotFound("no such clinic")
     async with call.pool.acquire() as conn:
         if not await conn.fetchval("SELECT 1 FROM clinics WHERE id = $1", clinic_id):

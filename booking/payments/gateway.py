@@ -269,11 +269,8 @@ class Verdict:
 
     @property
     def event(self) -> IntentEvent | None:
-        if self.status is PaymentStatus.SUCCEEDED:
-            return IntentEvent.VERIFIED_SUCCESS
-        if self.status is PaymentStatus.FAILED:
-            return IntentEvent.VERIFIED_FAILURE
-        return None
+        """The intent event this verdict stands for, None while pending."""
+        return _STATUS_EVENT.get(self.status)
 
     @classmethod
     def of_callback(cls, result: VerifiedResult) -> Verdict:

@@ -18,6 +18,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints, model_validator
 
+from booking.api import doctors
 from booking.payments import batch, payouts
 from booking.payments.batch import LineStatus
 from booking.payments.intent import Currency
@@ -153,16 +154,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _finance_of(me: Principal, clinic_id: UUID) -> bool:
-    return me.role == Role.ADMIN or (me.role == Role.CLINIC_STAFF and me.clinic_id == clinic_id)
-
-
-async def _doctor(conn: asyncpg.Connection, me: Principal, doctor_id: UUID) -> asyncpg.Record:
-    row = await conn.fetchrow("SELECT id, clinic_id, user_id FROM doctors WHERE id = $1", doctor_id)
-    if row is None or not (
-        _finance_of(me, row["clinic_id"])
-        or (me.role == Role.DOCTOR and row["user_id"] == me.user_id)
-    ):
+async def doctor_of(
+    conn: asyncpg.Connection, me: Principal, doctor_id: UUID, *, lock: bool = False
+) -> asyncpg.Record:
+    """The doctor ``doctor_id`` (id, clinic, user, currency) if ``me`` may see
+    its money: the doctor, staff of its clinic, admins; 404 for anyone else."""
+    # NO KEY UPDATE: serialises payouts of one doctor without blocking the
+    # KEY SHARE locks that booking inserts take on the doctor row.
+    row = await conn.fetchrow(
+        "SELECT id, clinic_id, user_id, currency FROM doctors WHERE id = $1"
+        + (" FOR NO KEY UPDATE" if lock else ""),
+        doctor_id,
+    )
+    if row is None or not doctors.may_manage(me, row):
         raise NotFound("no such doctor")
     return row
 
@@ -176,7 +180,7 @@ async def _batch(
     row = await conn.fetchrow(
         f"SELECT {payouts.BATCH_COLUMNS} FROM payout_batches b WHERE b.id = $1", batch_id
     )
-    if row is None or not _finance_of(me, row["clinic_id"]):
+    if row is None or not me.oversees(row["clinic_id"]):
         raise NotFound("no such payout batch")
     return row
 
@@ -249,7 +253,7 @@ async def put_payout_account(call: Call[PayoutAccountIn, None]) -> PayoutAccount
     details = Details(batch.iban(call.body.iban), batch.account_title(call.body.account_title))
     sealer = sealer_of(call.request.app)
     async with call.pool.acquire() as conn, conn.transaction():
-        doctor = await _doctor(conn, call.user, call.path_uuid("doctor_id"))
+        doctor = await doctor_of(conn, call.user, call.path_uuid("doctor_id"))
         sealed = await sealer.seal(conn, doctor["id"], doctor["user_id"], details)
         row = await payouts.save_account(conn, doctor, sealed=sealed, actor=call.user)
     return _account_out(row, details)
@@ -264,7 +268,7 @@ async def put_payout_account(call: Call[PayoutAccountIn, None]) -> PayoutAccount
 async def get_payout_account(call: Call[None, None]) -> PayoutAccount:
     """Where a doctor is paid; 404 until it is set."""
     async with call.pool.acquire() as conn:
-        doctor = await _doctor(conn, call.user, call.path_uuid("doctor_id"))
+        doctor = await doctor_of(conn, call.user, call.path_uuid("doctor_id"))
         row = await conn.fetchrow(
             f"""SELECT {SEALED_COLUMNS.format(t="a")}, a.updated_at
                 FROM doctor_payout_accounts a WHERE a.doctor_id = $1""",
@@ -299,7 +303,7 @@ async def create_payout_batch(call: Call[BatchIn, None]) -> Batch:
     payout cannot take it)."""
     me = call.user
     clinic_id = call.path_uuid("clinic_id")
-    if not _finance_of(me, clinic_id):
+    if not me.oversees(clinic_id):
         raise NotFound("no such clinic")
     async with call.pool.acquire() as conn:
         async with conn.transaction():
@@ -326,7 +330,7 @@ async def list_payout_batches(call: Call[None, BatchesQuery]) -> list[Batch]:
     clinic, admins)."""
     me, q = call.user, call.query
     clinic_id = call.path_uuid("clinic_id")
-    if not _finance_of(me, clinic_id):
+    if not me.oversees(clinic_id):
         raise NotFound("no such clinic")
     rows = await call.pool.fetch(
         f"""SELECT {payouts.BATCH_COLUMNS} FROM payout_batches b

@@ -122,10 +122,6 @@ def _joined(row: asyncpg.Record) -> Refund:
     )
 
 
-def _finance_of(me: Principal, clinic_id: UUID) -> bool:
-    return me.role == Role.ADMIN or (me.role == Role.CLINIC_STAFF and me.clinic_id == clinic_id)
-
-
 async def owed_by_payment(
     conn: asyncpg.Connection | asyncpg.Pool, payment_ids: Sequence[UUID]
 ) -> dict[UUID, int]:
@@ -150,7 +146,7 @@ async def mark_refunded(
         found = await conn.fetchrow(
             "SELECT payment_intent_id, clinic_id FROM refunds WHERE id = $1", refund_id
         )
-        if found is None or not _finance_of(me, found["clinic_id"]):
+        if found is None or not me.oversees(found["clinic_id"]):
             raise NotFound("no such refund")
         # The intent first, then the refund: the order refunds are made in.
         intent = await conn.fetchrow(
@@ -248,7 +244,7 @@ async def payment_refunds(call: Call[None, None]) -> list[Refund]:
         call.path_uuid("payment_id"),
     )
     visible = intent is not None and (
-        _finance_of(me, intent["clinic_id"])
+        me.oversees(intent["clinic_id"])
         or (me.role == Role.PATIENT and intent["patient_id"] == me.user_id)
     )
     if intent is None or not visible:
@@ -271,7 +267,7 @@ async def clinic_refunds(call: Call[None, ClinicRefundsQuery]) -> list[Refund]:
     what finance still owes by hand (repeatable ``status``; ``kind``
     ``late_payment`` for money that arrived after its booking lapsed)."""
     clinic_id = call.path_uuid("clinic_id")
-    if not _finance_of(call.user, clinic_id):
+    if not call.user.oversees(clinic_id):
         raise NotFound("no such clinic")
     q = call.query
     rows = await call.pool.fetch(

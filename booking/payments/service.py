@@ -423,16 +423,33 @@ async def _refund_whole(
         "paid booking could not be confirmed; refunding",
         extra={"payment_id": str(row["id"]), "reason": why},
     )
-    _, row = await refund_intent(
+    row = await _give_back(conn, row, why, registry)
+    await add_booking_refund(conn, row["booking_id"], int(row["amount_minor"]))
+    return row
+
+
+async def _give_back(
+    conn: asyncpg.Connection,
+    row: asyncpg.Record,
+    why: str,
+    registry: GatewayRegistry | None,
+    *,
+    move_state: bool = True,
+) -> asyncpg.Record:
+    """The whole of the intent ``row`` back through its gateway, unasked: the
+    refund's reason is ``automatic: why`` (what the booking page reads as
+    money going back). A refusal raises :class:`RefundRefused` and writes
+    nothing, so the caller owes the money by hand instead. Returns the intent."""
+    _, moved = await refund_intent(
         conn,
         row,
         int(row["amount_minor"]),
         f"automatic: {why}",
         registry=registry,
+        move_state=move_state,
         keep_refused=False,
     )
-    await add_booking_refund(conn, row["booking_id"], int(row["amount_minor"]))
-    return row
+    return moved
 
 
 async def add_booking_refund(conn: asyncpg.Connection, booking_id: UUID, amount_minor: int) -> None:
@@ -506,16 +523,7 @@ async def _late_success(
                 conn, row, "late_success", row["status"], row["status"], detail
             )
             await _capture(conn, row, default_bp)
-            _, moved = await refund_intent(
-                conn,
-                row,
-                int(row["amount_minor"]),
-                f"automatic: {why}",
-                registry=registry,
-                move_state=False,
-                keep_refused=False,
-            )
-            return moved
+            return await _give_back(conn, row, why, registry, move_state=False)
     except RefundRefused as refusal:
         await refund_due.owe_late(conn, row, why, code=refusal.gateway_code, message=refusal.detail)
         return row

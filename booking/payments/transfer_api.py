@@ -172,7 +172,7 @@ def _credit(row: asyncpg.Record) -> Credit:
 
 
 def _clinic_scope(me: Principal, clinic_id: UUID) -> None:
-    if me.role != Role.ADMIN and me.clinic_id != clinic_id:
+    if not me.oversees(clinic_id):
         raise NotFound("no such clinic")
 
 
@@ -185,8 +185,7 @@ async def _transfer_of(conn: asyncpg.Connection, me: Principal, booking_id: UUID
         GATEWAY,
     )
     visible = row is not None and (
-        me.role == Role.ADMIN
-        or (me.role == Role.CLINIC_STAFF and row["clinic_id"] == me.clinic_id)
+        me.oversees(row["clinic_id"])
         or (me.role == Role.PATIENT and row["patient_id"] == me.user_id)
     )
     if row is None or not visible:

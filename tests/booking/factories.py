@@ -112,6 +112,19 @@ async def make_doctor(
     return Doctor(str(did), clinic.id, str(user_id), token, fee_minor)
 
 
+async def video_slots(
+    api: Api, doctor_id: str, start: dt.datetime, end: dt.datetime
+) -> list[dict[str, Any]]:
+    """The doctor's free video slots starting in ``[start, end)``, as anyone
+    browsing the catalogue sees them."""
+    got = await api.get(
+        f"/api/v1/doctors/{doctor_id}/slots",
+        params={"type": "video", "from": start.isoformat(), "to": end.isoformat()},
+        expect=200,
+    )
+    return list(got["slots"])
+
+
 @pytest.fixture
 async def clinic(api: Api) -> Clinic:
     return await make_clinic(api)

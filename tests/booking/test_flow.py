@@ -8,6 +8,7 @@ from collections import defaultdict
 
 from yarl import URL
 
+from tests.booking.factories import video_slots
 from tests.booking.test_bookings import shift
 from tests.conftest import Api
 from wadud import auth, keys
@@ -112,18 +113,7 @@ async def test_onboard_publish_search_hold_pay_consult_review(api: Api) -> None:
     )
     assert [d["id"] for d in found["items"]] == [did]
     now = dt.datetime.now(dt.UTC)
-    slots = (
-        await api.get(
-            f"/api/v1/doctors/{did}/slots",
-            params={
-                "type": "video",
-                "from": now.isoformat(),
-                "to": (now + dt.timedelta(hours=2)).isoformat(),
-            },
-            expect=200,
-        )
-    )["slots"]
-    first = slots[0]
+    first = (await video_slots(api, did, now, now + dt.timedelta(hours=2)))[0]
 
     # Hold, pay on the sandbox's hosted checkout; its webhook confirms.
     booking = await api.post(

@@ -29,7 +29,7 @@ import pgserver
 from yarl import URL
 
 from privacy import audit as privacy_audit
-from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
+from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor, video_slots
 from tests.conftest import Api
 from wadud import audit, keys
 from wadud.config import Settings
@@ -68,17 +68,9 @@ async def _patient(api: Api, tag: str, name: str, phone: str) -> Patient:
 
 async def _book_and_pay(api: Api, doctor: Doctor, p: Patient, nth: int) -> None:
     now = dt.datetime.now(dt.UTC)
-    slots = (
-        await api.get(
-            f"/api/v1/doctors/{doctor.id}/slots",
-            params={
-                "type": "video",
-                "from": (now + dt.timedelta(days=2)).isoformat(),
-                "to": (now + dt.timedelta(days=4)).isoformat(),
-            },
-            expect=200,
-        )
-    )["slots"]
+    slots = await video_slots(
+        api, doctor.id, now + dt.timedelta(days=2), now + dt.timedelta(days=4)
+    )
     booking = await api.post(
         "/api/v1/bookings",
         {"doctor_id": doctor.id, "type": "video", "starts_at": slots[nth]["start"]},

@@ -190,3 +190,18 @@ async def test_a_hash_verifies_under_another_memory_cost_and_unknown_accounts_ne
     finally:
         small.close()
         default.close()
+
+
+def test_oversees_is_an_admin_or_staff_of_that_clinic() -> None:
+    clinic, other = uuid.uuid4(), uuid.uuid4()
+
+    def who(role: Role, clinic_id: uuid.UUID | None) -> Principal:
+        return Principal(uuid.uuid4(), role, clinic_id, False, None)
+
+    assert who(Role.ADMIN, None).oversees(clinic)
+    assert who(Role.CLINIC_STAFF, clinic).oversees(clinic)
+    assert not who(Role.CLINIC_STAFF, other).oversees(clinic)
+    assert not who(Role.CLINIC_STAFF, None).oversees(clinic)
+    # A doctor of the clinic acts for themselves, not for the clinic.
+    assert not who(Role.DOCTOR, clinic).oversees(clinic)
+    assert not who(Role.PATIENT, clinic).oversees(clinic)
