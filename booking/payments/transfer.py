@@ -39,6 +39,7 @@ import secrets
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, ClassVar, Final
 
 from booking.payments import ledger
@@ -148,7 +149,6 @@ _BODY: Final = 7
 #: Crockford's reading of characters people type for others.
 _READ_AS: Final = str.maketrans("OIL", "011")
 _SEPARATORS: Final = re.compile(r"[\s\-_./:#]+")
-_CANDIDATE: Final = re.compile(rf"(?=({PREFIX}[0-9A-Z]{{{_BODY + 1}}}))")
 
 
 def _check_char(body: str) -> str:
@@ -183,13 +183,35 @@ def normalise_reference(text: str) -> str | None:
 
 
 def find_references(text: str) -> list[str]:
-    """Every valid reference in a statement's free text, in order, once each."""
-    squeezed = _SEPARATORS.sub("", text.upper())
+    """Every valid reference in a statement's free text, in order, once each.
+
+    People put separators inside a reference (``WD 12AB-34CD``), so the text
+    is read with its words run together, leftmost reference first and no two
+    overlapping. References made of whole words are looked for first; only
+    where there is none is one taken that starts or ends inside a word
+    (``REFWD12AB34CDTHANKS``). So neither a word before a reference that has
+    ``WD`` in it (``SHOWDOWN``) nor the words after one (``WD 12AB-WD4C
+    THANKS``: its own ``WD4C`` and ``THANKS``) make another reference that
+    would hide it or leave its credit unmatched for naming several."""
+    words = [w for w in _SEPARATORS.split(text.upper()) if w]
+    ends = list(accumulate(len(w) for w in words))
+    squeezed = "".join(words)
+    return _scan(squeezed, {0, *ends}, set(ends)) or _scan(squeezed, None, None)
+
+
+def _scan(squeezed: str, starts: set[int] | None, ends: set[int] | None) -> list[str]:
+    """The references in ``squeezed``, leftmost first and none overlapping;
+    with ``starts`` and ``ends``, only those that start and end at them."""
     found: dict[str, None] = {}
-    for m in _CANDIDATE.finditer(squeezed):
-        ref = _valid(m.group(1))
+    size = len(PREFIX) + _BODY + 1
+    at = squeezed.find(PREFIX)
+    while at >= 0:
+        end = at + size
+        whole = starts is None or (at in starts and ends is not None and end in ends)
+        ref = _valid(squeezed[at:end]) if whole else None
         if ref is not None:
             found[ref] = None
+        at = squeezed.find(PREFIX, end if ref is not None else at + 1)
     return list(found)
 
 

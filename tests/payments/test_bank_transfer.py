@@ -32,6 +32,7 @@ from booking.payments.gateway import PaymentStatus
 from booking.payments.intent import Currency, Money
 from booking.payments.transfer import (
     MalformedStatement,
+    _check_char,
     find_references,
     new_reference,
     normalise_reference,
@@ -176,6 +177,32 @@ def test_references_survive_how_people_write_them() -> None:
     ref += next(c for c in "0123456789ABCDEFGHJKMNPQRSTVWXYZ" if normalise_reference(ref + c))
     assert normalise_reference(ref.replace("0", "O")) == ref  # O read as zero
     assert find_references("WDWDWD nothing here") == []
+
+
+def test_the_words_after_a_reference_make_no_second_one() -> None:
+    """A reference with ``WD`` in its body, then a word that completes a
+    valid reference from that inner ``WD``: still the one reference."""
+    body = "VEPPWD4"
+    ref = "WD" + body + _check_char(body)
+    # The inner WD's body: "4", the reference's check character, and five
+    # letters of the next word, whose sixth is that body's check character.
+    word = "THANK" + _check_char(ref[8:] + "THANK")
+    assert normalise_reference(ref[6:] + word) is not None  # the trap is real
+    spaced = f"{ref[:2]} {ref[2:6]}-{ref[6:]}".lower()
+    for text in (
+        f"IBFT REF {spaced} {word} JAZAKALLAH",
+        f"IBFT REF {ref}{word}",  # run together: still one, leftmost first
+        f"{ref} {word} {ref}",
+    ):
+        assert find_references(text) == [ref], text
+    # A reference run into the words around it is still found when no other is.
+    other = new_reference()
+    assert find_references(f"IBFTREF{other}THANKS") == [other]
+    assert find_references(f"REF {other} AND {ref}") == [other, ref]
+    # A word with WD in it before the reference hides nothing.
+    for _ in range(200):
+        one = new_reference()
+        assert find_references(f"SHOWDOWN {one} THANKS") == [one]
 
 
 def test_amounts_and_statement_lines() -> None:
