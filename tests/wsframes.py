@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -20,6 +21,17 @@ class FrameSocket:
     new: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     closed: bool = False
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def opened(cls, session: aiohttp.ClientSession, url: str) -> AsyncIterator[Self]:
+        """A socket of this kind to ``url``, reading from the start, closed at the end."""
+        client = cls(await session.ws_connect(url, max_msg_size=0))
+        client.start()
+        try:
+            yield client
+        finally:
+            await client.close()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._read())

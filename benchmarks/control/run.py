@@ -218,17 +218,22 @@ class Bench:
         # Background work of the previous phase (leaves, snapshots) ends first.
         await asyncio.sleep(self.args.settle)
 
+    async def timed_join(self, room: str, clients: list[Client]) -> float:
+        """Seconds for a doctor to connect to replica A and join ``room``;
+        the client is kept in ``clients`` once connected."""
+        c = self.client(self.a, room, "dr")
+        t0 = time.perf_counter()
+        await c.connect()
+        clients.append(c)
+        await c.join()
+        return time.perf_counter() - t0
+
     async def joins_leaves(self) -> dict[str, Any]:
         n, secs, conc = self.args.ops, self.args.seconds, self.args.concurrency
         clients: list[Client] = []
 
-        async def join(i: int) -> float:
-            c = self.client(self.a, f"j-{self.run_id}-{i}", "dr")
-            t0 = time.perf_counter()
-            await c.connect()
-            clients.append(c)
-            await c.join()
-            return time.perf_counter() - t0
+        def join(i: int) -> Awaitable[float]:
+            return self.timed_join(f"j-{self.run_id}-{i}", clients)
 
         async with self.meter() as m:
             lat, failed = await bounded(n, secs, conc, join)
@@ -256,12 +261,8 @@ class Bench:
         n, secs, conc = self.args.ops, self.args.seconds, self.args.concurrency
         first: list[Client] = []
 
-        async def join(i: int) -> float:
-            c = self.client(self.a, f"r-{self.run_id}-{i}", "dr")
-            await c.connect()
-            first.append(c)
-            await c.join()
-            return 0.0
+        def join(i: int) -> Awaitable[float]:
+            return self.timed_join(f"r-{self.run_id}-{i}", first)
 
         await bounded(n, secs, conc, join)
         ready = [c for c in first if c.session]
@@ -356,13 +357,8 @@ class Bench:
         clients: list[Client] = []
         n = self.args.placement_joins
 
-        async def join(i: int) -> float:
-            c = self.client(self.a, f"pj-{self.run_id}-{workers}-{i}", "dr")
-            t0 = time.perf_counter()
-            await c.connect()
-            clients.append(c)
-            await c.join()
-            return time.perf_counter() - t0
+        def join(i: int) -> Awaitable[float]:
+            return self.timed_join(f"pj-{self.run_id}-{workers}-{i}", clients)
 
         await self.settle()
         async with self.meter() as m:

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,18 +129,10 @@ class Ws(FrameSocket):
         )
 
 
-@contextlib.asynccontextmanager
-async def ws_connect(
+def ws_connect(
     session: aiohttp.ClientSession, url: str, token: str | None = None
-) -> AsyncIterator[Ws]:
-    full = url + (f"?token={token}" if token else "")
-    raw = await session.ws_connect(full, max_msg_size=0)
-    client = Ws(raw)
-    client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
+) -> contextlib.AbstractAsyncContextManager[Ws]:
+    return Ws.opened(session, url + (f"?token={token}" if token else ""))
 
 
 # -- two real nodes ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from tests.chat.conftest import World, make_patient
 from tests.conftest import Api, free_port
 from wadud import keys
 from wadud.errors import NotFound
-from wadud.storage import LocalStorage, S3Storage
+from wadud.storage import LocalStorage, S3Storage, Storage
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 PDF = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"
@@ -126,17 +126,23 @@ async def test_upload_type_and_size_checks(
 # -- the stores ------------------------------------------------------------------
 
 
-async def test_local_storage(tmp_path: Path) -> None:
-    store = LocalStorage(tmp_path)
-    key = await store.put(b"hello")
-    assert await store.put(b"hello") == key
-    assert await store.get(key) == b"hello"
+async def keeps_and_deletes(store: Storage, data: bytes, foreign: str) -> None:
+    """What every store does: gives ``data`` back, deletes it (twice without
+    error), and then has nothing at its key, nor ever at ``foreign``."""
+    key = await store.put(data)
+    assert await store.get(key) == data
     await store.delete(key)
     await store.delete(key)
     with pytest.raises(NotFound):
         await store.get(key)
     with pytest.raises(NotFound):
-        await store.get("../../etc/passwd")
+        await store.get(foreign)
+
+
+async def test_local_storage(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    assert await store.put(b"hello") == await store.put(b"hello")
+    await keeps_and_deletes(store, b"hello", "../../etc/passwd")
 
 
 @pytest.fixture(scope="module")
@@ -182,15 +188,7 @@ async def test_s3_storage_against_real_server(s3_endpoint: str) -> None:
         prefix="uploads/",
     )
     try:
-        data = PNG * 50
-        key = await store.put(data)
-        assert await store.get(key) == data
-        await store.delete(key)
-        await store.delete(key)
-        with pytest.raises(NotFound):
-            await store.get(key)
-        with pytest.raises(NotFound):
-            await store.get("not-a-key")
+        await keeps_and_deletes(store, PNG * 50, "not-a-key")
     finally:
         await store.close()
 

@@ -329,18 +329,3 @@ async def set_status(pool: asyncpg.Pool, row: asyncpg.Record, status: str) -> as
     )
     assert new is not None
     return new
-
-
-async def wait_for(check: Callable[[], Any], seconds: float = 10.0, every: float = 0.05) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        got = check()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met in {seconds} s")
-        await asyncio.sleep(every)

@@ -18,7 +18,8 @@ from notify import channels as ch
 from notify.channels import Message
 from notify.service import Notifier
 from tests.conftest import free_port
-from tests.notify.conftest import Inbox, Tls, World, wait_for
+from tests.notify.conftest import Inbox, Tls, World
+from tests.polling import wait_until
 from wadud import outbox
 from wadud.config import Settings
 
@@ -137,7 +138,7 @@ async def test_a_lost_commit_after_the_server_took_the_mail_resends_the_same_mes
             await n.send_one()
         assert len(smtp.messages) == 1
         assert (await _delivery(pool))["status"] == "pending"  # the commit was lost
-        await wait_for(lambda: n.send_one())
+        await wait_until(lambda: n.send_one())
         assert len(smtp.messages) == 2
         first, again = smtp.messages
         assert first["Message-ID"] == again["Message-ID"]

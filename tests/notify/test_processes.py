@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import free_port
-from tests.notify.conftest import Inbox, World, emit, make_booking, wait_for
+from tests.notify.conftest import Inbox, World, emit, make_booking
+from tests.polling import wait_until
 from tests.wadud.processes import RoleProcess, role_env
 from wadud.config import Settings
 
@@ -73,10 +74,10 @@ async def test_a_reminder_is_sent_once_across_a_killed_and_restarted_notifier(
     # (and logged them sent: a kill between the SMTP server's "250" and that
     # commit is the one window where a message goes twice, see
     # test_delivery.py)...
-    await wait_for(
+    await wait_until(
         lambda: pool.fetchval("SELECT count(*) FROM notify_jobs WHERE template = 'reminder_15m'")
     )
-    await wait_for(lambda: _sent(pool, 2))
+    await wait_until(lambda: _sent(pool, 2))
     # ...and dies, before the reminders fall due.
     first.kill()
     await pool.execute(
@@ -88,7 +89,7 @@ async def test_a_reminder_is_sent_once_across_a_killed_and_restarted_notifier(
     second = Role(settings, smtp, "second")
     roles.append(second)
     await second.started()
-    await wait_for(lambda: _sent(pool, 4), seconds=15)
+    await wait_until(lambda: _sent(pool, 4), within=15)
     # The one that sent them dies too; a third starts and finds nothing to send.
     second.kill()
     third = Role(settings, smtp, "third")
@@ -118,13 +119,13 @@ async def test_two_replicas_send_each_reminder_once(
         starts = _soon(3) + dt.timedelta(minutes=20 * i)
         row = await make_booking(pool, world, starts)
         await emit(pool, row, "confirm_payment", "held")
-    await wait_for(lambda: len(smtp.of("booking_received")) == bookings, seconds=15)
+    await wait_until(lambda: len(smtp.of("booking_received")) == bookings, within=15)
     # Only the first booking's reminders fall due in the test; make the rest
     # due now too, so both replicas race for a crowd of them at once.
     await pool.execute(
         "UPDATE notify_jobs SET due_at = now() + interval '1 second' WHERE state = 'scheduled'"
     )
-    await wait_for(lambda: len(smtp.of("reminder_15m")) >= 2 * bookings, seconds=20)
+    await wait_until(lambda: len(smtp.of("reminder_15m")) >= 2 * bookings, within=20)
     await asyncio.sleep(1.5)
     async with aiohttp.ClientSession() as http, http.get(f"http://{metrics}/metrics") as resp:
         page = await resp.text()

@@ -13,7 +13,8 @@ import pytest
 
 from notify import channels as ch
 from notify.service import Notifier
-from tests.notify.conftest import Inbox, World, emit, make_booking, set_status, wait_for
+from tests.notify.conftest import Inbox, World, emit, make_booking, set_status
+from tests.polling import wait_until
 from wadud.config import Settings
 
 
@@ -44,7 +45,7 @@ async def test_a_reminder_due_in_seconds_is_one_email_in_urdu_at_karachi_time(
 
     # The 15-minute reminder is in the schedule; the 24-hour one is not (the
     # booking was made less than a day ahead).
-    jobs = await wait_for(
+    jobs = await wait_until(
         lambda: pool.fetch(
             "SELECT template, recipient_id, due_at FROM notify_jobs WHERE template LIKE 'reminder%'"
         )
@@ -55,7 +56,7 @@ async def test_a_reminder_due_in_seconds_is_one_email_in_urdu_at_karachi_time(
     }
     assert not smtp.of("reminder_15m"), "a reminder went before it was due"
 
-    await wait_for(lambda: len(smtp.of("reminder_15m")) >= 2, seconds=8)
+    await wait_until(lambda: len(smtp.of("reminder_15m")) >= 2, within=8)
     await asyncio.sleep(1.0)  # anything extra would have arrived by now
     to_patient = [m for m in smtp.of("reminder_15m") if world.patient_email in m["To"]]
     assert len(to_patient) == 1
@@ -94,10 +95,10 @@ async def test_a_cancelled_booking_sends_no_reminder(
 ) -> None:
     row = await make_booking(pool, world, _soon(60))
     await emit(pool, row, "confirm_payment", "held")
-    await wait_for(lambda: smtp.of("booking_received"))
+    await wait_until(lambda: smtp.of("booking_received"))
     row = await set_status(pool, row, "cancelled")
     await emit(pool, row, "cancel_by_patient", "requested", actor=world.patient)
-    await wait_for(lambda: smtp.of("booking_cancelled"))
+    await wait_until(lambda: smtp.of("booking_cancelled"))
     # Had they stayed scheduled, the reminders would go now.
     await pool.execute("UPDATE notify_jobs SET due_at = now() WHERE template = 'reminder_15m'")
     await asyncio.sleep(1.5)
@@ -117,7 +118,7 @@ async def test_a_rescheduled_booking_is_reminded_at_its_new_time_only(
     old = _soon(60)
     row = await make_booking(pool, world, old)
     await emit(pool, row, "confirm_payment", "held")
-    await wait_for(lambda: smtp.of("booking_received"))
+    await wait_until(lambda: smtp.of("booking_received"))
     new = _soon(90)
     row = await pool.fetchrow(
         """UPDATE bookings
@@ -136,11 +137,11 @@ async def test_a_rescheduled_booking_is_reminded_at_its_new_time_only(
         actor=world.patient,
         detail={"from_starts_at": old.isoformat(), "to_starts_at": new.isoformat()},
     )
-    moved = await wait_for(lambda: smtp.of("booking_rescheduled"))
+    moved = await wait_until(lambda: smtp.of("booking_rescheduled"))
     assert len(moved) == 1  # to the doctor; the patient moved it
     # Both times' reminders fall due now: only the new time's may go.
     await pool.execute("UPDATE notify_jobs SET due_at = now() WHERE template = 'reminder_15m'")
-    await wait_for(lambda: len(smtp.of("reminder_15m")) >= 2, seconds=8)
+    await wait_until(lambda: len(smtp.of("reminder_15m")) >= 2, within=8)
     await asyncio.sleep(1.0)
     assert len(smtp.of("reminder_15m")) == 2
     # Sent for the new time, and at or after it was due.
@@ -185,9 +186,9 @@ async def test_the_notifier_wakes_on_a_relayed_batch_not_its_poll(
         await asyncio.sleep(0.5)  # both listening
         row = await make_booking(pool, world, _soon(600))
         await emit(pool, row, "confirm_payment", "held")
-        jobs = await wait_for(
+        jobs = await wait_until(
             lambda: pool.fetch("SELECT template FROM notify_jobs WHERE booking_id = $1", row["id"]),
-            seconds=3,
+            within=3,
         )
         assert jobs
     finally:

@@ -108,15 +108,6 @@ def events(worker: MediaWorker) -> Events:
     return collected
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
-    """Poll ``predicate`` every 20 ms until it holds; TimeoutError after ``limit``."""
-    async with asyncio.timeout(limit):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.02)
-
-
 # --- synthetic media -------------------------------------------------------------------
 
 

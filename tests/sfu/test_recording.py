@@ -31,6 +31,7 @@ from sfu.layers import DYNACAST_DELAY
 from sfu.recording import LAYER_WAIT
 from sfu.records import Peer, Room
 from sfu.worker import MediaWorker
+from tests.polling import wait_until
 from tests.sfu import test_layers, test_relay
 from tests.sfu.conftest import (
     Events,
@@ -39,7 +40,6 @@ from tests.sfu.conftest import (
     Subscriber,
     Tone,
     take_events,
-    wait_until,
 )
 from wadud.storage import LocalStorage
 
@@ -296,7 +296,7 @@ async def test_tracks_relayed_in_from_another_worker_are_recorded(
         track_ids = await test_relay.publish(a, made)
         sent = await test_relay.relay(a, b, middle, track_ids)
         sub = await test_relay.subscribe(b, made, "patient", track_ids)
-        await wait_until(lambda: sub.frames["video"] >= 5 and sub.frames["audio"] >= 5, limit=20)
+        await wait_until(lambda: sub.frames["video"] >= 5 and sub.frames["audio"] >= 5, within=20)
         await b.record(test_relay.ROOM, ORDER)
         await asyncio.sleep(1.0)
         await b.record(test_relay.ROOM, None)

@@ -29,7 +29,8 @@ from sfu.errors import SfuStateError
 from sfu.relay import TRANSITIONS, LinkInput, LinkState, RelayLink
 from sfu.rpc import MediaClient, MediaServer
 from sfu.worker import MediaWorker
-from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone, wait_until
+from tests.polling import wait_until
+from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone
 
 ROOM = "cross-region"
 FAST: dict[str, Any] = {"keepalive": 0.2, "timeout": 1.5, "connect_timeout": 3.0, "retry": 0.5}
@@ -190,8 +191,8 @@ async def test_one_track_crosses_once_to_three_subscribers(
     # Idempotent: the same call describes the same SSRCs.
     again = await a.relay_send(ROOM, peer_of(b, middle.address("for_a")), track_ids)
     assert again == sent
-    await wait_until(lambda: "connected" in link_state(events_a, b.worker_id), limit=5)
-    await wait_until(lambda: "connected" in link_state(events_b, a.worker_id), limit=5)
+    await wait_until(lambda: "connected" in link_state(events_a, b.worker_id), within=5)
+    await wait_until(lambda: "connected" in link_state(events_b, a.worker_id), within=5)
 
     subs = []
     for name in ("patient", "interpreter", "family"):
@@ -199,7 +200,7 @@ async def test_one_track_crosses_once_to_three_subscribers(
     # aiortc's encoder makes a keyframe at its start and on request only:
     # video decoding on B means B's request went over the link to the publisher.
     await wait_until(
-        lambda: all(s.frames["video"] >= 10 and s.frames["audio"] >= 10 for s in subs), limit=20
+        lambda: all(s.frames["video"] >= 10 and s.frames["audio"] >= 10 for s in subs), within=20
     )
     fwd_a, fwd_b = a.room_forwarder(ROOM), b.room_forwarder(ROOM)
     assert fwd_a is not None and fwd_b is not None
@@ -234,12 +235,12 @@ async def test_one_track_crosses_once_to_three_subscribers(
     transport = middle.sides["for_b"].transport
     assert transport is not None
     transport.sendto(bytes(forged), b.address)
-    await wait_until(lambda: link_b.forged == 1, limit=2)
+    await wait_until(lambda: link_b.forged == 1, within=2)
     assert link_b.core.state is LinkState.CONNECTED
 
     # Sender reports crossed (lip-sync) and receiver reports came back (the link's RTT).
-    await wait_until(lambda: b.snapshot()["relays"]["links"][0]["loss"] is not None, limit=5)
-    await wait_until(lambda: a.snapshot()["relays"]["links"][0]["rtt"] is not None, limit=5)
+    await wait_until(lambda: b.snapshot()["relays"]["links"][0]["loss"] is not None, within=5)
+    await wait_until(lambda: a.snapshot()["relays"]["links"][0]["rtt"] is not None, within=5)
 
     # Metrics: links, packets each way, forged datagrams, the link's loss and RTT by peer worker.
     text = generate_latest(REGISTRY).decode()
@@ -271,14 +272,14 @@ async def test_nack_over_a_lossy_link_is_answered_per_hop(
     track_ids = await publish(a, made)
     await relay(a, b, middle, track_ids)
     sub = await subscribe(b, made, "patient", track_ids)
-    await wait_until(lambda: sub.frames["video"] >= 5, limit=20)
+    await wait_until(lambda: sub.frames["video"] >= 5, within=20)
     rng = random.Random(7)
     middle.drop = lambda data: rng.random() < 0.05
     frames = sub.frames["video"]
     fwd_a, fwd_b = a.room_forwarder(ROOM), b.room_forwarder(ROOM)
     assert fwd_a is not None and fwd_b is not None
-    await wait_until(lambda: middle.dropped >= 20, limit=20)
-    await wait_until(lambda: sub.frames["video"] >= frames + 20, limit=20)
+    await wait_until(lambda: middle.dropped >= 20, within=20)
+    await wait_until(lambda: sub.frames["video"] >= frames + 20, within=20)
     # B saw the gaps on the link and asked A; A answered from its history.
     assert fwd_b.stats.nack_requested > 0
     assert fwd_a.stats.nack_received > 0
@@ -317,7 +318,7 @@ async def test_a_wrong_fingerprint_fails_the_link(
     )
     await a.relay_receive(room, impostor, [relayed])
     await b.relay_receive(room, peer_of(a, a.address), [relayed])
-    await wait_until(lambda: "failed" in link_state(events_a, b.worker_id), limit=8)
+    await wait_until(lambda: "failed" in link_state(events_a, b.worker_id), within=8)
     failure = next(e for e in events_a.items if isinstance(e, RelayState) and e.state == "failed")
     assert "DTLS" in failure.reason
     assert "connected" not in link_state(events_a, b.worker_id)
@@ -401,7 +402,7 @@ async def test_relay_calls_over_redis(
                 wid == b.worker_id and isinstance(w, RelayState) and w.state == "connected"
                 for wid, w in states
             ),
-            limit=5,
+            within=5,
         )
         # Typed errors cross too.
         with pytest.raises(SfuStateError):

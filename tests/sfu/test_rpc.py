@@ -43,7 +43,7 @@ from sfu.rpc import (
     RemoteMedia,
 )
 from sfu.worker import MediaWorker
-from tests.sfu.conftest import wait_until
+from tests.polling import wait_until
 from wadud.storage import LocalStorage
 
 ROOM = "rpc-room"

@@ -36,6 +36,7 @@ from sfu.errors import SfuStateError
 from sfu.reports import nack_interval_for
 from sfu.worker import MediaWorker
 from tests.chromium import CHROMIUM, FLAGS, reporting_site
+from tests.polling import wait_until
 from tests.sfu.conftest import (
     HEIGHT,
     WIDTH,
@@ -45,7 +46,6 @@ from tests.sfu.conftest import (
     RawPublisher,
     Subscriber,
     Tone,
-    wait_until,
 )
 
 ROOM = "consult-1"
@@ -119,7 +119,7 @@ async def test_late_subscriber_gets_a_keyframe_within_a_second(
     late = peers(Subscriber, ROOM, "family")
     await late.update(list(publisher.tracks.values()))
     connected = await events.wait_state("family", "subscribe", "connected")
-    await wait_until(lambda: late.frames["video"] >= 1, limit=5.0)
+    await wait_until(lambda: late.frames["video"] >= 1, within=5.0)
     elapsed = late.first["video"] - events.times[id(connected)]
     assert elapsed < 1.0, f"first frame {elapsed:.3f} s after the transport connected"
     # It got there by asking: a PLI went upstream for the late subscriber.
@@ -325,7 +325,7 @@ async def test_close_room_closes_everyone(worker: MediaWorker, events: Events, p
     assert events.transport("patient", "subscribe")[-1].state == "closed"
     # The worker said goodbye with a DTLS close_notify, which aiortc heard.
     transports = [p.pc.getTransceivers()[0].sender.transport for p in (publisher, sub)]
-    await wait_until(lambda: all(t.state == "closed" for t in transports), limit=5.0)
+    await wait_until(lambda: all(t.state == "closed" for t in transports), within=5.0)
 
 
 async def test_a_transport_whose_consent_checks_stop_fails(loopback_aiortc: None) -> None:
@@ -391,16 +391,16 @@ async def test_active_speaker_follows_audio_levels(
         return [e.participant for e in events.items if isinstance(e, ActiveSpeaker)]
 
     doctor.voice, doctor.level = True, 20  # -20 dBov, speaking
-    await wait_until(lambda: speakers() == ["doctor"], limit=5.0)
+    await wait_until(lambda: speakers() == ["doctor"], within=5.0)
     # The patient talks louder, and the doctor falls silent: after the hold, a change.
     doctor.voice, doctor.level = False, 127
     patient.voice, patient.level = True, 10
-    await wait_until(lambda: speakers() == ["doctor", "patient"], limit=5.0)
+    await wait_until(lambda: speakers() == ["doctor", "patient"], within=5.0)
 
     # A muted participant cannot take the floor, however loud.
     await worker.set_muted(ROOM, patient.track_id, True)
     doctor.voice, doctor.level = True, 30
-    await wait_until(lambda: speakers() == ["doctor", "patient", "doctor"], limit=5.0)
+    await wait_until(lambda: speakers() == ["doctor", "patient", "doctor"], within=5.0)
     patient.voice, patient.level = False, 127
     await worker.set_muted(ROOM, patient.track_id, False)
 
@@ -592,7 +592,7 @@ async def test_subscribers_get_sender_reports_and_the_worker_learns_their_rtt(
     assert await sub.update([audio_id, video_id])
     logs = {r.track.kind: ReceiverLog(r) for r in sub.pc.getReceivers()}
     await events.wait_state("patient", "subscribe", "connected")
-    await wait_until(lambda: all(len(log.srs) >= 4 for log in logs.values()), limit=15.0)
+    await wait_until(lambda: all(len(log.srs) >= 4 for log in logs.values()), within=15.0)
     _check_sender_reports(logs["audio"], 48000)
     _check_sender_reports(logs["video"], 90000)
     # aiortc turned them into remote-outbound-rtp stats.
@@ -607,7 +607,7 @@ async def test_subscribers_get_sender_reports_and_the_worker_learns_their_rtt(
         (row,) = [r for r in rows if r["participant"] == "patient"]
         return cast(float | None, row["rtt"])
 
-    await wait_until(lambda: patient_rtt() is not None, limit=10.0)
+    await wait_until(lambda: patient_rtt() is not None, within=10.0)
     forwarder = worker.room_forwarder(ROOM)
     assert forwarder is not None
     rtt = patient_rtt()
@@ -621,11 +621,11 @@ async def test_subscribers_get_sender_reports_and_the_worker_learns_their_rtt(
     # Unsubscribing from the video says BYE for its SSRC, and its SRs stop.
     video_ssrc = logs["video"].srs[-1][1]
     assert await sub.update([audio_id])
-    await wait_until(lambda: bool(logs["video"].byes), limit=5.0)
+    await wait_until(lambda: bool(logs["video"].byes), within=5.0)
     bye_at, sources = logs["video"].byes[0]
     assert video_ssrc in sources
     audio_reports = len(logs["audio"].srs)
-    await wait_until(lambda: len(logs["audio"].srs) >= audio_reports + 2, limit=5.0)
+    await wait_until(lambda: len(logs["audio"].srs) >= audio_reports + 2, within=5.0)
     assert [sr for sr in logs["video"].srs if sr[0] > bye_at] == []
 
 
@@ -675,7 +675,7 @@ async def test_publishers_get_receiver_reports_and_remb(loopback_aiortc: None) -
             assert reports and reports[-1].packets_lost == 0
             assert reports[-1].lsr != 0
 
-            await wait_until(lambda: len(rembs) >= 2, limit=10.0)
+            await wait_until(lambda: len(rembs) >= 2, within=10.0)
             for bitrate, ssrcs in rembs:
                 assert ssrcs == [video._ssrc]
                 assert 50_000 <= bitrate <= cap
@@ -784,7 +784,7 @@ async def test_forwarded_packets_per_cpu_second_at_fan_out_10(
             rows = worker.snapshot()["rooms"][0]["peers"]
             return next(r for r in rows if r["participant"] == "doctor")
 
-        await wait_until(lambda: (doctor()["twcc_feedback"] or 0) > 0, limit=5.0)
+        await wait_until(lambda: (doctor()["twcc_feedback"] or 0) > 0, within=5.0)
     finally:
         for t in (publisher, *subscribers):
             t.close()

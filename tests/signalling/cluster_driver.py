@@ -37,6 +37,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from tests.cluster import (
     Cluster,
     ClusterError,
     LoadBalancer,
+    MediaNode,
     free_tcp_port,
     kill_namespace,
     net_namespace,
@@ -240,17 +242,37 @@ async def scenario_call(world: World) -> dict[str, Any]:
     }
 
 
-async def scenario_media_kill(world: World) -> dict[str, Any]:
+@dataclass
+class CallOnOneWorker:
+    """The call's pages as a scenario that takes its worker away finds them."""
+
+    pages: list[Page]
+    ids: dict[str, str]
+    worker: str
+    node: MediaNode
+    #: Which worker each page reached (:func:`media_workers`).
+    workers_before: dict[str, Any]
+
+
+async def call_on_one_worker(world: World) -> CallOnOneWorker:
+    """The call with media flowing, its room on one worker, and each page's
+    peer connections marked (``MARK_PCS``) so that a replaced one shows."""
     pages = await ensure_call(world)
     await receiving(world, pages)
     ids = await ids_of(pages)
-    killed_workers = await world.cluster.worker_of(ROOM)
-    if len(killed_workers) != 1:
-        raise DriverError(f"room {ROOM} is on {killed_workers}, not on one worker")
-    node = world.cluster.node_of_worker(killed_workers[0])
+    workers = await world.cluster.worker_of(ROOM)
+    if len(workers) != 1:
+        raise DriverError(f"room {ROOM} is on {workers}, not on one worker")
     workers_before = await media_workers(world, pages)
     for page in pages:
         await page.eval(MARK_PCS)
+    node = world.cluster.node_of_worker(workers[0])
+    return CallOnOneWorker(pages, ids, workers[0], node, workers_before)
+
+
+async def scenario_media_kill(world: World) -> dict[str, Any]:
+    call = await call_on_one_worker(world)
+    pages, ids, node = call.pages, call.ids, call.node
     baseline = await poll_decoded(pages, ids)
     t0 = time.monotonic()
     wall0 = time.time() * 1000
@@ -260,14 +282,14 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     world.mark("decoding again")
     report: dict[str, Any] = {
         "killed_node": node.node_id,
-        "killed_workers": killed_workers,
+        "killed_workers": [call.worker],
         **recovery,
         "node_exit": await node.proc.wait(2),
         "node_group_gone": not node.proc.group_alive(),
         "udp_ports_free": udp_ports_free(node.udp_base, node.workers),
         "moved_to": await world.cluster.worker_of(ROOM),
         "pcs_replaced": {p.name: await p.eval(PCS_REPLACED) for p in pages},
-        "workers_before": workers_before,
+        "workers_before": call.workers_before,
         "workers_after": await media_workers(world, pages),
     }
     pairs = await receiving(world, pages) if not recovery["missing"] else []
@@ -371,17 +393,9 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
 
 
 async def scenario_media_drain(world: World) -> dict[str, Any]:
-    pages = await ensure_call(world)
-    await receiving(world, pages)
-    ids = await ids_of(pages)
-    drained = await world.cluster.worker_of(ROOM)
-    if len(drained) != 1:
-        raise DriverError(f"room {ROOM} is on {drained}, not on one worker")
-    node = world.cluster.node_of_worker(drained[0])
+    call = await call_on_one_worker(world)
+    pages, ids, node = call.pages, call.ids, call.node
     screens = {p.name: await p.eval("document.body.dataset.screen") for p in pages}
-    workers_before = await media_workers(world, pages)
-    for page in pages:
-        await page.eval(MARK_PCS)
     t0 = time.monotonic()
     wall0 = time.time() * 1000
     node.proc.signal(signal.SIGTERM)
@@ -412,7 +426,7 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
         for page in pages:
             if page.name not in moved_pages and await page.eval(PCS_REPLACED):
                 moved_pages[page.name] = round(time.monotonic() - t0, 2)
-        if settled is None and len(moved_pages) == len(pages) and set(moved_to) - set(drained):
+        if settled is None and len(moved_pages) == len(pages) and set(moved_to) - {call.worker}:
             settled = time.monotonic()  # and watch a little longer
         await asyncio.sleep(0.1)
     world.mark("pages moved")
@@ -429,7 +443,7 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
             failures[name] = {"states": bad, "state": r.get("state"), "screen": r.get("screen")}
     report = {
         "drained_node": node.node_id,
-        "drained_workers": drained,
+        "drained_workers": [call.worker],
         "moved_to": moved_to,
         "moved_after": moved_pages,
         "all_pages_moved": len(moved_pages) == len(pages),
@@ -439,7 +453,7 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
         "same_pages": same_pages(world, read),
         "exit": code,
         "exited_after": exited_after,
-        "workers_before": workers_before,
+        "workers_before": call.workers_before,
         "workers_after": await media_workers(world, pages),
         "frames_after_sigterm": frames_since(read, wall0, SEEN),
     }

@@ -9,13 +9,11 @@ import datetime as dt
 import uuid
 
 from tests.booking.factories import Doctor
-from tests.booking.test_video_calls import _live_booking, clinic, doctor
+from tests.booking.test_video_calls import _live_booking
 from tests.chat.conftest import ws_connect
 from tests.conftest import Api
 from wadud import keys
 from wadud.auth import RoomGrant, issue_room_token
-
-__all__ = ["clinic", "doctor"]  # fixtures, used by name
 
 WS = "/api/v1/calls/chat/ws"
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import secrets
 import signal
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.prometheus import metric_sum, parse_metrics
 from tests.regions import Lab, Regions, unavailable_reason
 
 HOSTS = ["db", "ctl", "pk", "pk-c", "ae", "ae2", "ae-c"]
@@ -73,13 +73,7 @@ class World:
             ):
                 return await r.text()
 
-        text = await self.regions.run_in("ctl", get)
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([-+0-9.eE]+|NaN)$", line)
-            if m:
-                out[m.group(1)] = float(m.group(2))
-        return out
+        return parse_metrics(await self.regions.run_in("ctl", get))
 
     async def transports(self) -> dict[str, float]:
         """sfu_transports of each live node (its workers' summed)."""
@@ -94,19 +88,6 @@ class World:
         """UDP packets the bridge saw from host ``src`` to ``dsts`` since the last reset."""
         targets = (dsts,) if isinstance(dsts, str) else dsts
         return sum(self.regions.bridge.count(src, d, "udp").packets for d in targets)
-
-
-def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
-    """The sum of ``name``'s series (any labels, e.g. each worker's) that
-    carry ``labels``."""
-    total = 0.0
-    for key, value in metrics.items():
-        base, _, rest = key.partition("{")
-        if base != name:
-            continue
-        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += value
-    return total
 
 
 def lab_world(

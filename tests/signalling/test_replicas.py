@@ -22,7 +22,7 @@ from signalling import opening
 from signalling.cluster import HOLD, OWNER_KEY, STATE_KEY, Cluster
 from signalling.http import CALLS
 from tests.conftest import Api
-from tests.sfu.conftest import wait_until
+from tests.polling import wait_until
 from tests.signalling.test_ws import connect, joined, token
 from wadud import auth
 from wadud.auth import RoomGrant

@@ -12,7 +12,6 @@ is the quick check that runs by default.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 
 from tests.cluster import Cluster, ClusterError
 from tests.conftest import RedisServer
+from tests.prometheus import metric_sum, parse_metrics
 from wadud_client.call import CallClient
 from wadud_client.sources import TestPatternVideo, ToneAudio
 
@@ -65,22 +65,7 @@ async def world(
 async def metrics(node_url: str) -> dict[str, float]:
     """The node's /metrics as {"name{labels}": value}."""
     async with aiohttp.ClientSession() as http, http.get(node_url + "/metrics") as resp:
-        text = await resp.text()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
-
-
-def total(values: dict[str, float], name: str, **labels: str) -> float:
-    want = [f'{k}="{v}"' for k, v in labels.items()]
-    return sum(
-        v
-        for k, v in values.items()
-        if (k == name or k.startswith(name + "{")) and all(w in k for w in want)
-    )
+        return parse_metrics(await resp.text())
 
 
 async def join(world: Cluster, room: str, identity: str, role: str, region: str) -> CallClient:
@@ -153,20 +138,20 @@ async def test_doctor_in_ae_and_patient_in_pk_meet_through_their_own_nodes(
         ae = await metrics(world.media["ae1"].url)
         # Each node holds exactly its own region's participants: two
         # transports (publish, subscribe) each.
-        assert total(pk, "sfu_transports") == 2, pk
-        assert total(ae, "sfu_transports") == 4, ae
+        assert metric_sum(pk, "sfu_transports") == 2, pk
+        assert metric_sum(ae, "sfu_transports") == 4, ae
         # The tracks crossed over a relay link, both ways, and were counted
         # as relayed, not as the node's own publishers' packets.
         for node in (pk, ae):
-            assert total(node, "sfu_relay_links", state="connected") == 1, node
-            assert total(node, "sfu_relay_packets_total", direction="in") > 100, node
-            assert total(node, "sfu_relay_packets_total", direction="out") > 100, node
+            assert metric_sum(node, "sfu_relay_links", state="connected") == 1, node
+            assert metric_sum(node, "sfu_relay_packets_total", direction="in") > 100, node
+            assert metric_sum(node, "sfu_relay_packets_total", direction="out") > 100, node
         # Each worker received RTP from its own publisher only: one
         # participant's audio and video, far fewer packets than it relayed
         # in and out together would suggest if relayed packets counted too.
         for node in (pk, ae):
-            own = total(node, "sfu_rtp_total", event="received")
-            relayed_in = total(node, "sfu_relay_packets_total", direction="in")
+            own = metric_sum(node, "sfu_rtp_total", event="received")
+            relayed_in = metric_sum(node, "sfu_relay_packets_total", direction="in")
             assert 0 < own < 3 * relayed_in, (own, relayed_in)
 
         # The doctor and the interpreter leave: the patient's node stops
@@ -175,9 +160,9 @@ async def test_doctor_in_ae_and_patient_in_pk_meet_through_their_own_nodes(
         await interpreter.leave()
         await asyncio.sleep(3)
         pk_url = world.media["pk1"].url
-        before = total(await metrics(pk_url), "sfu_relay_packets_total", direction="in")
+        before = metric_sum(await metrics(pk_url), "sfu_relay_packets_total", direction="in")
         await asyncio.sleep(1.5)
-        after = total(await metrics(pk_url), "sfu_relay_packets_total", direction="in")
+        after = metric_sum(await metrics(pk_url), "sfu_relay_packets_total", direction="in")
         assert after - before < 20, (before, after)
     finally:
         for client in clients:

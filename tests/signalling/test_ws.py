@@ -93,14 +93,8 @@ class Ws(FrameSocket):
 @contextlib.asynccontextmanager
 async def connect(api: Api, query: str = "") -> AsyncIterator[Ws]:
     url = str(api.client.make_url("/ws")) + query
-    async with aiohttp.ClientSession() as session:
-        raw = await session.ws_connect(url, max_msg_size=0)
-        client = Ws(raw)
-        client.start()
-        try:
-            yield client
-        finally:
-            await client.close()
+    async with aiohttp.ClientSession() as session, Ws.opened(session, url) as client:
+        yield client
 
 
 @contextlib.asynccontextmanager

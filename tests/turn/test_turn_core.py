@@ -138,6 +138,13 @@ class Harness:
         transport = (stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
         return self.call(stun.ALLOCATE, transport, *attrs, client=client)
 
+    def channel_bind(self, channel: int, peer: tuple[str, int] = PEER) -> stun.Message:
+        return self.call(
+            stun.CHANNEL_BIND,
+            (stun.CHANNEL_NUMBER, stun.pack_channel(channel)),
+            (stun.XOR_PEER_ADDRESS, peer),
+        )
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
         self.core.handle_timer(self.now)
@@ -445,14 +452,7 @@ def test_permissions_and_channels_fill_the_hot_path_tables(h: Harness) -> None:
     h.allocate((stun.LIFETIME, stun.pack_u32(3600)))
     assert h.call(stun.CREATE_PERMISSION, (stun.XOR_PEER_ADDRESS, PEER)).cls == stun.SUCCESS
     assert PEER[0] in h.alloc.permissions
-    assert (
-        h.call(
-            stun.CHANNEL_BIND,
-            (stun.CHANNEL_NUMBER, stun.pack_channel(0x4001)),
-            (stun.XOR_PEER_ADDRESS, PEER),
-        ).cls
-        == stun.SUCCESS
-    )
+    assert h.channel_bind(0x4001).cls == stun.SUCCESS
     assert h.alloc.channels == {0x4001: PEER}
     assert h.alloc.peer_channels == {PEER: 0x4001}
     # Permission lapses at 300 s: the channel leaves the hot path until renewed.
@@ -466,21 +466,9 @@ def test_permissions_and_channels_fill_the_hot_path_tables(h: Harness) -> None:
     h.advance(300)
     assert h.alloc.channels == {}
     other = ("203.0.113.6", 5000)
-    bind_other = h.call(
-        stun.CHANNEL_BIND,
-        (stun.CHANNEL_NUMBER, stun.pack_channel(0x4001)),
-        (stun.XOR_PEER_ADDRESS, other),
-    )
-    assert code(bind_other) == 400
+    assert code(h.channel_bind(0x4001, other)) == 400
     h.advance(301)
-    assert (
-        h.call(
-            stun.CHANNEL_BIND,
-            (stun.CHANNEL_NUMBER, stun.pack_channel(0x4001)),
-            (stun.XOR_PEER_ADDRESS, other),
-        ).cls
-        == stun.SUCCESS
-    )
+    assert h.channel_bind(0x4001, other).cls == stun.SUCCESS
 
 
 @pytest.mark.parametrize(
@@ -488,22 +476,13 @@ def test_permissions_and_channels_fill_the_hot_path_tables(h: Harness) -> None:
 )
 def test_channel_number_range(h: Harness, number: int, expected: int | None) -> None:
     h.allocate()
-    reply = h.call(
-        stun.CHANNEL_BIND,
-        (stun.CHANNEL_NUMBER, stun.pack_channel(number)),
-        (stun.XOR_PEER_ADDRESS, PEER),
-    )
-    assert code(reply) == expected
+    assert code(h.channel_bind(number)) == expected
 
 
 def test_peer_bound_to_another_channel_400(h: Harness) -> None:
     h.allocate()
-    bind = (stun.XOR_PEER_ADDRESS, PEER)
-    h.call(stun.CHANNEL_BIND, (stun.CHANNEL_NUMBER, stun.pack_channel(0x4000)), bind)
-    assert (
-        code(h.call(stun.CHANNEL_BIND, (stun.CHANNEL_NUMBER, stun.pack_channel(0x4002)), bind))
-        == 400
-    )
+    h.channel_bind(0x4000)
+    assert code(h.channel_bind(0x4002)) == 400
 
 
 def test_peer_family_mismatch_443(h: Harness) -> None:
@@ -530,8 +509,7 @@ def test_special_peers_403_for_every_method(ip: str) -> None:
     h.allocate()
     peer = (ip, 80)
     assert code(h.call(stun.CREATE_PERMISSION, (stun.XOR_PEER_ADDRESS, peer))) == 403
-    bind = (stun.CHANNEL_NUMBER, stun.pack_channel(0x4000))
-    assert code(h.call(stun.CHANNEL_BIND, bind, (stun.XOR_PEER_ADDRESS, peer))) == 403
+    assert code(h.channel_bind(0x4000, peer)) == 403
     # A Send to it is dropped, even with a forged permission entry.
     h.alloc.permissions[ip] = h.now + 100
     send = stun.Message(stun.SEND, stun.INDICATION, os.urandom(12))
