@@ -10,16 +10,17 @@ raised as that machine's own state error.
 :class:`Machine` is what those cores share: the current state, moved only
 through the table, and the queue of events their user reads with
 ``next_event()`` after each call, as aioquic's ``QuicConnection`` is read.
-It knows nothing of its subclass and never calls into it.
+It knows nothing of its subclass and never calls into it. A core made of
+parts wants to be woken at the :func:`earliest` of their deadlines.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
-__all__ = ["Machine", "move"]
+__all__ = ["Machine", "earliest", "move"]
 
 State = TypeVar("State", bound=enum.Enum)
 Input = TypeVar("Input", bound=enum.Enum)
@@ -38,6 +39,12 @@ def move(
         return table[(state, event)]
     except KeyError:
         raise error(f"no transition from {state.value} on {event.value}") from None
+
+
+def earliest(deadlines: Iterable[float | None]) -> float | None:
+    """The earliest of some deadlines (each a part's ``get_timer()``, None when
+    it wants no call), or None if none has one."""
+    return min((due for due in deadlines if due is not None), default=None)
 
 
 class Machine(Generic[State, Input, Event]):

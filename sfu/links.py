@@ -62,6 +62,7 @@ from typing import Any, cast
 from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError
 from rtc.ice import Address
+from rtc.machine import earliest
 from rtc.rtcp import Fir, Nack, Pli, ReceiverReport, RtcpPacket, SenderReport, parse_compound
 from rtc.sdp import AUDIO_LEVEL, Codec, RtcpFeedback
 from sfu.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
@@ -644,12 +645,7 @@ class Links(Core):
 
     def due(self) -> float | None:
         """The links' next deadline (retransmissions, keepalives, retries)."""
-        when: float | None = None
-        for link in self._links.values():
-            due = link.core.get_timer()
-            if due is not None and (when is None or due < when):
-                when = due
-        return when
+        return earliest(link.core.get_timer() for link in self._links.values())
 
     def handle_timer(self, now: float) -> None:
         """Run the links whose deadline has come."""

@@ -47,6 +47,7 @@ from rtc.ice import (
     SelectedAddress,
     ValidatedAddress,
 )
+from rtc.machine import earliest
 from rtc.sdp import (
     AUDIO_LEVEL,
     TRANSPORT_CC,
@@ -739,12 +740,7 @@ class Negotiator(Core):
 
     def due(self) -> float | None:
         """The transports' next deadline (ICE consent, DTLS retransmissions)."""
-        when: float | None = None
-        for peer in self.tables.peers:
-            due = peer.transport.get_timer()
-            if due is not None and (when is None or due < when):
-                when = due
-        return when
+        return earliest(peer.transport.get_timer() for peer in self.tables.peers)
 
     def handle_timer(self, now: float) -> None:
         """Run the transports whose deadline has come, and act on what they report."""

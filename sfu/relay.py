@@ -58,7 +58,7 @@ from rtc.dtls import (
 )
 from rtc.errors import DtlsError, SrtpError
 from rtc.ice import Address
-from rtc.machine import Machine
+from rtc.machine import Machine, earliest
 from rtc.rtcp import ReceiverReport
 from rtc.srtp import SrtpSession
 from sfu.control import RelayPeer
@@ -256,20 +256,14 @@ class RelayLink(Machine[LinkState, LinkInput, LinkStateChanged]):
 
     def get_timer(self) -> float | None:
         """The next deadline: DTLS retransmission, connect timeout, keepalive, silence, retry."""
-        when: float | None = None
         state = self.state
         if state is LinkState.CONNECTING:
-            when = self._deadline
-            due = self.dtls.get_timer()
-            if due is not None and (when is None or due < when):
-                when = due
-        elif state is LinkState.CONNECTED:
-            when = self.heard + self.timeout
-            if self._keepalive_at is not None and self._keepalive_at < when:
-                when = self._keepalive_at
-        elif state is LinkState.FAILED:
-            when = self._retry_at
-        return when
+            return earliest((self._deadline, self.dtls.get_timer()))
+        if state is LinkState.CONNECTED:
+            return earliest((self.heard + self.timeout, self._keepalive_at))
+        if state is LinkState.FAILED:
+            return self._retry_at
+        return None
 
     def handle_timer(self, now: float) -> None:
         state = self.state

@@ -82,7 +82,7 @@ from rtc.ice import (
     ValidatedAddress,
     random_credentials,
 )
-from rtc.machine import Machine
+from rtc.machine import Machine, earliest
 from rtc.srtp import SrtpSession
 from sfu.errors import SfuStateError
 
@@ -375,12 +375,8 @@ class PeerTransport(Machine[PeerState, PeerInput, TransportEvent]):
         """The next ICE (connect, consent) or DTLS (retransmission) deadline, or None."""
         if self.state in TERMINAL:
             return None
-        timer = self.ice.get_timer()
-        if self.dtls is not None:
-            dtls_timer = self.dtls.get_timer()
-            if dtls_timer is not None and (timer is None or dtls_timer < timer):
-                timer = dtls_timer
-        return timer
+        dtls = self.dtls
+        return earliest((self.ice.get_timer(), None if dtls is None else dtls.get_timer()))
 
     def handle_timer(self, now: float) -> None:
         """Apply due deadlines: ICE connect or consent expiry (RFC 7675 5.1), DTLS resends."""

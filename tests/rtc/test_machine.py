@@ -11,7 +11,7 @@ from rtc import dtls, ice
 from rtc.dtls import DtlsState
 from rtc.errors import DtlsStateError, IceStateError
 from rtc.ice import IceState, StateChanged
-from rtc.machine import Machine, move
+from rtc.machine import Machine, earliest, move
 
 # ICE's inputs by name (its input enum is the agent's own).
 ICE = {event.value: event for _, event in ice.TRANSITIONS}
@@ -56,3 +56,9 @@ def test_without_a_changed_factory_a_move_queues_nothing() -> None:
         "first check",
         None,
     )
+
+
+def test_earliest_skips_parts_that_want_no_call() -> None:
+    assert earliest([None, 3.0, None, 1.5, 2.0]) == 1.5
+    assert earliest(iter([None, None])) is None
+    assert earliest([]) is None
