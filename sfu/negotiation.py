@@ -78,7 +78,17 @@ from sfu.inputs import (
 from sfu.layers import Layers, LayerSource
 from sfu.offer_answer import LocalParameters, answer, offer_for_subscriber
 from sfu.offered import OfferedTrack, parse_tracks
-from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track, WorkerTables
+from sfu.records import (
+    LayerInfo,
+    Leg,
+    Participant,
+    Peer,
+    Room,
+    Section,
+    Track,
+    WorkerTables,
+    bind_srtp,
+)
 from sfu.reports import ReceiveStatistics, SendStatistics
 from sfu.sections import negotiate, new_section, new_ssrc
 from sfu.speaker import SpeakerDetector
@@ -816,10 +826,7 @@ class Negotiator(Core):
         srtp = peer.transport.srtp
         assert srtp is not None  # CONNECTED means keyed
         peer.addr = peer.transport.remote
-        peer.unprotect = srtp.inbound.unprotect
-        peer.unprotect_rtcp = srtp.inbound.unprotect_rtcp
-        peer.protect = srtp.outbound.protect
-        peer.protect_rtcp = srtp.outbound.protect_rtcp
+        bind_srtp(peer, srtp)
         log.info(
             "%s %s transport connected from %s",
             peer,
@@ -898,7 +905,7 @@ class Negotiator(Core):
                     member.add_source(stats)
 
     def _down(self, peer: Peer, state: PeerState, reason: str) -> None:
-        peer.unprotect = peer.unprotect_rtcp = peer.protect = peer.protect_rtcp = None
+        bind_srtp(peer, None)
         self.tables.reports.remove_leg(peer)
         self.tables.bandwidth.remove(peer)
         peer.reporting = False
