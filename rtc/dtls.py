@@ -64,7 +64,7 @@ from rtc.errors import (
     DtlsStateError,
     DtlsTimeoutError,
 )
-from rtc.machine import move
+from rtc.machine import Machine
 from wadud import certs
 
 __all__ = [
@@ -367,7 +367,7 @@ def _pack(data: bytes, mtu: int) -> list[bytes]:
     return datagrams
 
 
-class DtlsEndpoint:
+class DtlsEndpoint(Machine[DtlsState, _Input, DtlsEvent]):
     """One DTLS-SRTP association, sans-I/O (RFC 6347, RFC 5764; aioquic's shape).
 
     Feed datagrams with :meth:`receive`, send what :meth:`datagrams_to_send`
@@ -389,8 +389,9 @@ class DtlsEndpoint:
         mtu: int = 1200,
         max_retransmissions: int = 6,
     ) -> None:
+        # The state shows in the events (HandshakeComplete, HandshakeFailed, Closed).
+        super().__init__(TRANSITIONS, DtlsState.NEW, DtlsStateError, None)
         self.role = role
-        self.state = DtlsState.NEW
         self.mtu = mtu
         self.max_retransmissions = max_retransmissions
         self._fingerprints = self._usable(remote_fingerprints)
@@ -402,7 +403,6 @@ class DtlsEndpoint:
         else:
             self._ssl.set_accept_state()
         self._mismatch = False
-        self._events: list[DtlsEvent] = []
         self._out: list[bytes] = []
         self._last_flight: list[bytes] = []
         self._final_flight_ours = False
@@ -431,7 +431,7 @@ class DtlsEndpoint:
         """Begin the handshake: the client writes its ClientHello (RFC 6347 section 4.2.1)."""
         if self.state is not DtlsState.NEW:
             raise DtlsStateError(f"start() in state {self.state.value}")
-        self._transition(_Input.START)
+        self._transition(_Input.START, "started")
         if self.role is DtlsRole.CLIENT:
             self._handshake(now)
 
@@ -494,10 +494,6 @@ class DtlsEndpoint:
         self._retransmissions += 1
         self._deadline = now + self._rto
 
-    def next_event(self) -> DtlsEvent | None:
-        """The oldest event not yet read, or None."""
-        return self._events.pop(0) if self._events else None
-
     def send(self, data: bytes) -> None:
         """Encrypt application data (SCTP) for the peer."""
         if self.state is not DtlsState.CONNECTED:
@@ -516,13 +512,10 @@ class DtlsEndpoint:
                 self._ssl.shutdown()
             self._out.extend(self._drain())
         if self.state in (DtlsState.NEW, DtlsState.CONNECTING, DtlsState.CONNECTED):
-            self._transition(_Input.CLOSE)
+            self._transition(_Input.CLOSE, "closed")
         self._deadline = None
 
     # -- internals ------------------------------------------------------------
-
-    def _transition(self, event: _Input) -> None:
-        self.state = move(TRANSITIONS, self.state, event, DtlsStateError)
 
     def _verify(
         self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int
@@ -614,7 +607,7 @@ class DtlsEndpoint:
             EXPORTER_LABEL, 2 * (profile.key_length + profile.salt_length)
         )
         self.keys = SrtpKeys.from_material(profile, material)
-        self._transition(_Input.COMPLETE)
+        self._transition(_Input.COMPLETE, f"handshake done ({profile.name})")
         self._events.append(HandshakeComplete(self.role, profile, self.keys))
         # Application data may have come in the same datagram as the last flight.
         self._read_application()
@@ -628,12 +621,12 @@ class DtlsEndpoint:
                 break
             except SSL.ZeroReturnError:
                 self._out.extend(self._drain())
-                self._transition(_Input.CLOSE)
+                self._transition(_Input.CLOSE, "close_notify from the peer")
                 self._events.append(Closed(None))
                 break
             except SSL.Error as exc:
                 self._out.extend(self._drain())
-                self._transition(_Input.FAIL)
+                self._transition(_Input.FAIL, f"fatal: {exc}")
                 self._events.append(Closed(f"fatal: {exc}"))
                 break
             if data:
@@ -644,7 +637,7 @@ class DtlsEndpoint:
 
     def _fail(self, error: DtlsError) -> None:
         self._deadline = None
-        self._transition(_Input.FAIL)
+        self._transition(_Input.FAIL, str(error))
         self._events.append(HandshakeFailed(error))
 
 

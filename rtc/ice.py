@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 from rtc import stun
 from rtc.errors import IceCheckError, IceStateError, StunParseError
-from rtc.machine import move
+from rtc.machine import Machine
 
 __all__ = [
     "CONSENT_TIMEOUT",
@@ -217,7 +217,7 @@ _ANSWERING = frozenset({IceState.NEW, IceState.CHECKING, IceState.CONNECTED, Ice
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 420: "Unknown Attribute", 487: "Role Conflict"}
 
 
-class IceLiteAgent:
+class IceLiteAgent(Machine[IceState, _Input, IceEvent]):
     """The controlled, lite side of one ICE session (RFC 8445 sections 2.5, 6.1.1 and 7.3).
 
     ``receive_stun(data, addr, now)`` returns the response to send back to
@@ -240,6 +240,7 @@ class IceLiteAgent:
         connect_timeout: float = CONNECT_TIMEOUT,
         rebind_quiet: float = REBIND_QUIET,
     ) -> None:
+        super().__init__(TRANSITIONS, IceState.NEW, IceStateError, StateChanged)
         self.local_ufrag = local_ufrag
         self.local_pwd = local_pwd
         self._key = local_pwd.encode("utf-8")
@@ -248,13 +249,11 @@ class IceLiteAgent:
         self.consent_timeout = consent_timeout
         self.disconnect_timeout = disconnect_timeout
         self.rebind_quiet = rebind_quiet
-        self.state = IceState.NEW
         self.selected: Address | None = None
         # Insertion-ordered set; the value says whether the current credentials
         # validated the address (False: only the previous ones, during a restart).
         self.validated: dict[Address, bool] = {}
         self.counters: Counter[str] = Counter()
-        self._events: list[IceEvent] = []
         self._connect_timeout = connect_timeout
         self._connect_deadline = now + connect_timeout
         self._consent_at = now  # last consent refresh of the selected address
@@ -518,18 +517,6 @@ class IceLiteAgent:
         """Stop answering (the peer connection is gone)."""
         if self.state is not IceState.CLOSED:
             self._transition(_Input.CLOSE, "closed")
-
-    # -- output ----------------------------------------------------------------
-
-    def next_event(self) -> IceEvent | None:
-        """The oldest event not yet read, or None."""
-        return self._events.pop(0) if self._events else None
-
-    def _transition(self, event: _Input, reason: str) -> None:
-        new = move(TRANSITIONS, self.state, event, IceStateError)
-        if new is not self.state:
-            self._events.append(StateChanged(self.state, new, reason))
-            self.state = new
 
 
 class _UnknownAttributes(IceCheckError):

@@ -56,6 +56,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from rtc.errors import RtpParseError
+from rtc.machine import earliest
 from rtc.rtcp import TransportCc
 from rtc.rtp import extension_elements
 from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
@@ -387,8 +388,7 @@ class Layers(Core):
         """When :meth:`tick` wants to run next: the tick, or a ramp's padding."""
         if not self.tables.rooms:
             return None
-        when, padding = self._layers_when, self._padding_when
-        return padding if padding is not None and (when is None or padding < when) else when
+        return earliest((self._layers_when, self._padding_when))
 
     def _layers_start(self, now: float) -> None:
         if self._layers_when is None:

@@ -62,6 +62,7 @@ from typing import Any, cast
 from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError
 from rtc.ice import Address
+from rtc.machine import earliest
 from rtc.rtcp import Fir, Nack, Pli, ReceiverReport, RtcpPacket, SenderReport, parse_compound
 from rtc.sdp import AUDIO_LEVEL, Codec, RtcpFeedback
 from sfu.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
@@ -85,7 +86,7 @@ from sfu.inputs import (
 )
 from sfu.negotiation import Negotiator
 from sfu.offer_answer import LocalParameters
-from sfu.records import Link, Peer, RelayRoom, Room, Track, WorkerTables
+from sfu.records import Link, Peer, RelayRoom, Room, Track, WorkerTables, bind_srtp
 from sfu.relay import LinkState, RelayLink, parse_fingerprint
 from sfu.reports import ReceiveStatistics, SendStatistics
 from sfu.table import Subscription
@@ -389,10 +390,7 @@ class Links(Core):
     def _link_up(self, link: Link, now: float) -> None:
         srtp = link.core.srtp
         assert srtp is not None  # CONNECTED means keyed
-        link.protect = srtp.outbound.protect
-        link.protect_rtcp = srtp.outbound.protect_rtcp
-        link.unprotect = srtp.inbound.unprotect
-        link.unprotect_rtcp = srtp.inbound.unprotect_rtcp
+        bind_srtp(link, srtp)
         for relay in link.rooms.values():
             self._leg_up(link, relay.egress, now)
             self._leg_up(link, relay.ingress, now)
@@ -405,7 +403,7 @@ class Links(Core):
         self._out.append(ArmRtcp())
 
     def _link_down(self, link: Link) -> None:
-        link.protect = link.protect_rtcp = link.unprotect = link.unprotect_rtcp = None
+        bind_srtp(link, None)
         for relay in link.rooms.values():
             # Subscriptions stay: their sequence numbers go on where they
             # stopped when the link is back, which the peer sees as a gap.
@@ -644,12 +642,7 @@ class Links(Core):
 
     def due(self) -> float | None:
         """The links' next deadline (retransmissions, keepalives, retries)."""
-        when: float | None = None
-        for link in self._links.values():
-            due = link.core.get_timer()
-            if due is not None and (when is None or due < when):
-                when = due
-        return when
+        return earliest(link.core.get_timer() for link in self._links.values())
 
     def handle_timer(self, now: float) -> None:
         """Run the links whose deadline has come."""

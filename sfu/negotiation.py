@@ -47,6 +47,7 @@ from rtc.ice import (
     SelectedAddress,
     ValidatedAddress,
 )
+from rtc.machine import earliest
 from rtc.sdp import (
     AUDIO_LEVEL,
     TRANSPORT_CC,
@@ -77,7 +78,17 @@ from sfu.inputs import (
 from sfu.layers import Layers, LayerSource
 from sfu.offer_answer import LocalParameters, answer, offer_for_subscriber
 from sfu.offered import OfferedTrack, parse_tracks
-from sfu.records import LayerInfo, Leg, Participant, Peer, Room, Section, Track, WorkerTables
+from sfu.records import (
+    LayerInfo,
+    Leg,
+    Participant,
+    Peer,
+    Room,
+    Section,
+    Track,
+    WorkerTables,
+    bind_srtp,
+)
 from sfu.reports import ReceiveStatistics, SendStatistics
 from sfu.sections import negotiate, new_section, new_ssrc
 from sfu.speaker import SpeakerDetector
@@ -739,12 +750,7 @@ class Negotiator(Core):
 
     def due(self) -> float | None:
         """The transports' next deadline (ICE consent, DTLS retransmissions)."""
-        when: float | None = None
-        for peer in self.tables.peers:
-            due = peer.transport.get_timer()
-            if due is not None and (when is None or due < when):
-                when = due
-        return when
+        return earliest(peer.transport.get_timer() for peer in self.tables.peers)
 
     def handle_timer(self, now: float) -> None:
         """Run the transports whose deadline has come, and act on what they report."""
@@ -820,10 +826,7 @@ class Negotiator(Core):
         srtp = peer.transport.srtp
         assert srtp is not None  # CONNECTED means keyed
         peer.addr = peer.transport.remote
-        peer.unprotect = srtp.inbound.unprotect
-        peer.unprotect_rtcp = srtp.inbound.unprotect_rtcp
-        peer.protect = srtp.outbound.protect
-        peer.protect_rtcp = srtp.outbound.protect_rtcp
+        bind_srtp(peer, srtp)
         log.info(
             "%s %s transport connected from %s",
             peer,
@@ -902,7 +905,7 @@ class Negotiator(Core):
                     member.add_source(stats)
 
     def _down(self, peer: Peer, state: PeerState, reason: str) -> None:
-        peer.unprotect = peer.unprotect_rtcp = peer.protect = peer.protect_rtcp = None
+        bind_srtp(peer, None)
         self.tables.reports.remove_leg(peer)
         self.tables.bandwidth.remove(peer)
         peer.reporting = False

@@ -23,6 +23,7 @@ from typing import Literal
 
 from rtc.ice import Address
 from rtc.sdp import Codec
+from rtc.srtp import SrtpSession
 from sfu.bandwidth import BandwidthFeedback, TransportCcRecorder
 from sfu.control import RelayedTrack, TrackInfo
 from sfu.forward import Forwarder
@@ -44,6 +45,7 @@ __all__ = [
     "Track",
     "View",
     "WorkerTables",
+    "bind_srtp",
 ]
 
 Leg = Literal["publish", "subscribe"]
@@ -203,6 +205,19 @@ class Peer:
 
     def __repr__(self) -> str:
         return f"<peer {self.room.name}/{self.participant} {self.direction}>"
+
+
+def bind_srtp(record: Peer | Link, srtp: SrtpSession | None) -> None:
+    """Bind a keyed session's protect and unprotect calls onto the peer or
+    link, where the hot path reads them per packet with no lookup through its
+    transport; None unbinds them (not keyed, or gone: the hot path drops)."""
+    if srtp is None:
+        record.protect = record.protect_rtcp = record.unprotect = record.unprotect_rtcp = None
+    else:
+        record.protect = srtp.outbound.protect
+        record.protect_rtcp = srtp.outbound.protect_rtcp
+        record.unprotect = srtp.inbound.unprotect
+        record.unprotect_rtcp = srtp.inbound.unprotect_rtcp
 
 
 class RelayRoom:

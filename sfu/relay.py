@@ -58,7 +58,7 @@ from rtc.dtls import (
 )
 from rtc.errors import DtlsError, SrtpError
 from rtc.ice import Address
-from rtc.machine import move
+from rtc.machine import Machine, earliest
 from rtc.rtcp import ReceiverReport
 from rtc.srtp import SrtpSession
 from sfu.control import RelayPeer
@@ -148,7 +148,7 @@ def _new_handshake(data: bytes) -> bool:
     return len(data) > 13 and data[0] == 22 and data[3] == 0 and data[4] == 0 and data[13] == 1
 
 
-class RelayLink:
+class RelayLink(Machine[LinkState, LinkInput, LinkStateChanged]):
     """DTLS-SRTP to one other worker (RFC 5764), without ICE; see the module docstring.
 
     The worker owns the socket and the clock: it feeds DTLS datagrams from
@@ -172,6 +172,7 @@ class RelayLink:
         retry: float = RETRY,
         mtu: int = 1200,
     ) -> None:
+        super().__init__(TRANSITIONS, LinkState.NEW, SfuStateError, LinkStateChanged)
         self.certificate = certificate
         self.local_worker = local_worker
         self.role = dtls_role(local_worker, peer.worker)
@@ -182,8 +183,6 @@ class RelayLink:
         self.connect_timeout = connect_timeout
         self.retry = retry
         self.mtu = mtu
-        self.state = LinkState.NEW
-        self.reason = ""
         self.srtp: SrtpSession | None = None
         self.ssrc = secrets.randbits(32) or 1
         """The SSRC of the link's own keepalive reports."""
@@ -196,7 +195,6 @@ class RelayLink:
         self._keepalive_at: float | None = None
         self._retry_at: float | None = None
         self._out: list[bytes] = []
-        self._events: list[LinkStateChanged] = []
 
     @property
     def address(self) -> Address:
@@ -258,20 +256,14 @@ class RelayLink:
 
     def get_timer(self) -> float | None:
         """The next deadline: DTLS retransmission, connect timeout, keepalive, silence, retry."""
-        when: float | None = None
         state = self.state
         if state is LinkState.CONNECTING:
-            when = self._deadline
-            due = self.dtls.get_timer()
-            if due is not None and (when is None or due < when):
-                when = due
-        elif state is LinkState.CONNECTED:
-            when = self.heard + self.timeout
-            if self._keepalive_at is not None and self._keepalive_at < when:
-                when = self._keepalive_at
-        elif state is LinkState.FAILED:
-            when = self._retry_at
-        return when
+            return earliest((self._deadline, self.dtls.get_timer()))
+        if state is LinkState.CONNECTED:
+            return earliest((self.heard + self.timeout, self._keepalive_at))
+        if state is LinkState.FAILED:
+            return self._retry_at
+        return None
 
     def handle_timer(self, now: float) -> None:
         state = self.state
@@ -311,17 +303,7 @@ class RelayLink:
         out, self._out = self._out, []
         return out
 
-    def next_event(self) -> LinkStateChanged | None:
-        return self._events.pop(0) if self._events else None
-
     # -- internals ---------------------------------------------------------------
-
-    def _transition(self, event: LinkInput, reason: str) -> None:
-        new = move(TRANSITIONS, self.state, event, SfuStateError)
-        if new is not self.state:
-            self._events.append(LinkStateChanged(self.state, new, reason))
-            self.state = new
-        self.reason = reason
 
     def _fail(self, reason: str, now: float) -> None:
         self.srtp = None

@@ -82,7 +82,7 @@ from rtc.ice import (
     ValidatedAddress,
     random_credentials,
 )
-from rtc.machine import move
+from rtc.machine import Machine, earliest
 from rtc.srtp import SrtpSession
 from sfu.errors import SfuStateError
 
@@ -155,7 +155,7 @@ TransportEvent = (
 )
 
 
-class PeerTransport:
+class PeerTransport(Machine[PeerState, PeerInput, TransportEvent]):
     """ICE-lite + DTLS-SRTP for one peer connection (RFC 8445 2.5, RFC 5764, RFC 8843).
 
     ``certificate`` is the worker's (one for every peer). Local ICE
@@ -181,6 +181,7 @@ class PeerTransport:
     ) -> None:
         if local_ufrag is None or local_pwd is None:
             local_ufrag, local_pwd = random_credentials()
+        super().__init__(TRANSITIONS, PeerState.NEW, SfuStateError, PeerStateChanged)
         self.certificate = certificate
         self.ice = IceLiteAgent(
             local_ufrag,
@@ -192,9 +193,6 @@ class PeerTransport:
         )
         self.dtls: DtlsEndpoint | None = None
         self.srtp: SrtpSession | None = None
-        self.state = PeerState.NEW
-        self.reason = ""
-        """Why the transport is in its current state (the last transition's reason)."""
         self.remote: Address | None = None
         """The selected address: where media and DTLS go."""
         self.counters: Counter[str] = Counter()
@@ -205,7 +203,6 @@ class PeerTransport:
         self._early: list[tuple[bytes, Address]] = []
         self._dtls_addr: Address | None = None
         self._out: list[tuple[bytes, Address]] = []
-        self._events: list[TransportEvent] = []
 
     # -- identity ----------------------------------------------------------------
 
@@ -378,12 +375,8 @@ class PeerTransport:
         """The next ICE (connect, consent) or DTLS (retransmission) deadline, or None."""
         if self.state in TERMINAL:
             return None
-        timer = self.ice.get_timer()
-        if self.dtls is not None:
-            dtls_timer = self.dtls.get_timer()
-            if dtls_timer is not None and (timer is None or dtls_timer < timer):
-                timer = dtls_timer
-        return timer
+        dtls = self.dtls
+        return earliest((self.ice.get_timer(), None if dtls is None else dtls.get_timer()))
 
     def handle_timer(self, now: float) -> None:
         """Apply due deadlines: ICE connect or consent expiry (RFC 7675 5.1), DTLS resends."""
@@ -418,18 +411,7 @@ class PeerTransport:
         out, self._out = self._out, []
         return out
 
-    def next_event(self) -> TransportEvent | None:
-        """The oldest event not yet read, or None."""
-        return self._events.pop(0) if self._events else None
-
     # -- internals ---------------------------------------------------------------
-
-    def _transition(self, event: PeerInput, reason: str) -> None:
-        new = move(TRANSITIONS, self.state, event, SfuStateError)
-        if new is not self.state:
-            self._events.append(PeerStateChanged(self.state, new, reason))
-            self.state = new
-            self.reason = reason
 
     def _fail(self, reason: str) -> None:
         if self.state in TERMINAL:

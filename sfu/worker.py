@@ -92,6 +92,7 @@ from rtc import demux
 from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError, RtpParseError
 from rtc.ice import CONNECT_TIMEOUT, CONSENT_TIMEOUT, Address, local_ufrag_of
+from rtc.machine import earliest
 from rtc.rtcp import Fir, Nack, Pli, Remb, RtcpPacket, TransportCc, parse_compound
 from rtc.rtp import transport_sequence_number
 from sfu import inputs, metrics, native
@@ -834,14 +835,12 @@ class MediaWorker(asyncio.DatagramProtocol):
             self._arm(when)
 
     def _rearm(self) -> None:
-        when: float | None = None
-        for room in self.tables.rooms.values():
-            for due in (room.forwarder.get_timer(), room.speaker.get_timer()):
-                if due is not None and (when is None or due < when):
-                    when = due
-        for due in (self.negotiator.due(), self.links.due()):
-            if due is not None and (when is None or due < when):
-                when = due
+        rooms = self.tables.rooms.values()
+        when = earliest(
+            [self.negotiator.due(), self.links.due()]
+            + [room.forwarder.get_timer() for room in rooms]
+            + [room.speaker.get_timer() for room in rooms]
+        )
         if when == self._when:
             return
         if when is None:
@@ -878,16 +877,14 @@ class MediaWorker(asyncio.DatagramProtocol):
     # -- the periodic RTCP timer: reports and bandwidth feedback ---------------------------
 
     def _rtcp_due(self) -> float | None:
-        when = self.tables.bandwidth.get_timer()
-        layers = self.layers.due()
-        if layers is not None and (when is None or layers < when):
-            when = layers
-        due = self.tables.reports.get_timer()
-        if due is not None:
-            due += _REPORT_SLACK
-            if when is None or due < when:
-                when = due
-        return when
+        reports = self.tables.reports.get_timer()
+        return earliest(
+            (
+                self.tables.bandwidth.get_timer(),
+                self.layers.due(),
+                None if reports is None else reports + _REPORT_SLACK,
+            )
+        )
 
     def _soon_rtcp(self) -> None:
         """Make sure the RTCP timer fires by the reports' or the feedback's next deadline."""

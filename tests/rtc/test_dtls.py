@@ -5,7 +5,6 @@ handshake against aiortc's RTCDtlsTransport (a peer no one here wrote) in memory
 from __future__ import annotations
 
 import asyncio
-import datetime
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,10 +43,7 @@ from rtc.errors import (
     DtlsTimeoutError,
 )
 from rtc.srtp import SrtpSession
-
-T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-CERT_A = DtlsCertificate.generate(T0)
-CERT_B = DtlsCertificate.generate(T0)
+from tests.rtc.certificates import CLIENT_CERT, ISSUED, SERVER_CERT
 
 # A filter sees (direction, index of the datagram in that direction, data) and
 # says whether to drop it.
@@ -127,8 +123,12 @@ class Pair:
 def endpoints(**kwargs: Any) -> tuple[DtlsEndpoint, DtlsEndpoint]:
     client_kw = {k[2:]: v for k, v in kwargs.items() if k.startswith("c_")}
     server_kw = {k[2:]: v for k, v in kwargs.items() if k.startswith("s_")}
-    client = DtlsEndpoint(CERT_A, DtlsRole.CLIENT, [("sha-256", CERT_B.fingerprint())], **client_kw)
-    server = DtlsEndpoint(CERT_B, DtlsRole.SERVER, [("sha-256", CERT_A.fingerprint())], **server_kw)
+    client = DtlsEndpoint(
+        CLIENT_CERT, DtlsRole.CLIENT, [("sha-256", SERVER_CERT.fingerprint())], **client_kw
+    )
+    server = DtlsEndpoint(
+        SERVER_CERT, DtlsRole.SERVER, [("sha-256", CLIENT_CERT.fingerprint())], **server_kw
+    )
     return client, server
 
 
@@ -263,12 +263,12 @@ def test_timeout_when_nothing_gets_through() -> None:
 
 @pytest.mark.parametrize("liar", ["client", "server"])
 def test_wrong_fingerprint_fails_the_handshake(liar: str) -> None:
-    wrong = [("sha-256", DtlsCertificate.generate(T0).fingerprint())]
+    wrong = [("sha-256", DtlsCertificate.generate(ISSUED).fingerprint())]
     client, server = endpoints()
     if liar == "server":  # the client expects someone else
-        client = DtlsEndpoint(CERT_A, DtlsRole.CLIENT, wrong)
+        client = DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, wrong)
     else:
-        server = DtlsEndpoint(CERT_B, DtlsRole.SERVER, wrong)
+        server = DtlsEndpoint(SERVER_CERT, DtlsRole.SERVER, wrong)
     pair = Pair(client, server)
     pair.run()
     checker = pair.client if liar == "server" else pair.server
@@ -284,25 +284,27 @@ def test_wrong_fingerprint_fails_the_handshake(liar: str) -> None:
 
 def test_fingerprint_rules() -> None:
     with pytest.raises(DtlsFingerprintError):
-        DtlsEndpoint(CERT_A, DtlsRole.CLIENT, [("md5", "00:11")])
+        DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, [("md5", "00:11")])
     # Unknown algorithms are ignored; every known one must match, in any case.
-    fp = CERT_B.fingerprint().lower()
-    client = DtlsEndpoint(CERT_A, DtlsRole.CLIENT, [("md5", "00"), ("SHA-256", fp)])
+    fp = SERVER_CERT.fingerprint().lower()
+    client = DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, [("md5", "00"), ("SHA-256", fp)])
     _, server = endpoints()
     pair = Pair(client, server)
     pair.run()
     assert pair.client.state is DtlsState.CONNECTED
-    both = [("sha-256", CERT_B.fingerprint()), ("sha-1", "00:11")]
-    pair = Pair(DtlsEndpoint(CERT_A, DtlsRole.CLIENT, both), endpoints()[1])
+    both = [("sha-256", SERVER_CERT.fingerprint()), ("sha-1", "00:11")]
+    pair = Pair(DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, both), endpoints()[1])
     pair.run()
     assert pair.client.state is DtlsState.FAILED
 
 
 def test_fingerprint_format_matches_aiortc() -> None:
     for algorithm in ("sha-256", "sha-384", "sha-512"):
-        assert CERT_A.fingerprint(algorithm) == certificate_digest(CERT_A.certificate, algorithm)
+        assert CLIENT_CERT.fingerprint(algorithm) == certificate_digest(
+            CLIENT_CERT.certificate, algorithm
+        )
     with pytest.raises(DtlsError):
-        CERT_A.fingerprint("md5")
+        CLIENT_CERT.fingerprint("md5")
 
 
 def test_application_data_and_close_notify() -> None:
@@ -422,11 +424,13 @@ async def test_against_aiortc(our_role: DtlsRole) -> None:
     theirs = RTCDtlsTransport(_MemoryIce("controlled", to_them, to_us), [certificate])  # type: ignore[arg-type]
     theirs._set_role("client" if our_role is DtlsRole.SERVER else "server")
     ours = DtlsEndpoint(
-        CERT_A,
+        CLIENT_CERT,
         our_role,
         [(f.algorithm, f.value) for f in certificate.getFingerprints()],
     )
-    params = RTCDtlsParameters(fingerprints=[RTCDtlsFingerprint("sha-256", CERT_A.fingerprint())])
+    params = RTCDtlsParameters(
+        fingerprints=[RTCDtlsFingerprint("sha-256", CLIENT_CERT.fingerprint())]
+    )
     await asyncio.wait_for(asyncio.gather(theirs.start(params), _drive(ours, to_us, to_them)), 10)
     try:
         assert theirs.state == "connected"

@@ -24,7 +24,7 @@ from rtc.dtls import (
 )
 from rtc.errors import SrtpAuthError, SrtpError, SrtpReplayError
 from rtc.srtp import SrtpSession
-from tests.rtc.test_dtls import CERT_A, CERT_B
+from tests.rtc.certificates import CLIENT_CERT, SERVER_CERT
 
 PROFILES = [SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80]
 
@@ -32,10 +32,10 @@ PROFILES = [SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80]
 def handshake(profile: SrtpProfile) -> tuple[SrtpKeys, SrtpKeys]:
     """A real DTLS handshake in memory restricted to ``profile``; both sides' keys."""
     client = DtlsEndpoint(
-        CERT_A, DtlsRole.CLIENT, [("sha-256", CERT_B.fingerprint())], profiles=(profile,)
+        CLIENT_CERT, DtlsRole.CLIENT, [("sha-256", SERVER_CERT.fingerprint())], profiles=(profile,)
     )
     server = DtlsEndpoint(
-        CERT_B, DtlsRole.SERVER, [("sha-256", CERT_A.fingerprint())], profiles=(profile,)
+        SERVER_CERT, DtlsRole.SERVER, [("sha-256", CLIENT_CERT.fingerprint())], profiles=(profile,)
     )
     server.start(0.0)
     client.start(0.0)

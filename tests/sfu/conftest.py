@@ -86,6 +86,12 @@ class Events:
                 await asyncio.sleep(0.02)
 
 
+@pytest.fixture(scope="module")
+def certificate() -> DtlsCertificate:
+    """The worker's certificate for the tests that build its cores without a worker."""
+    return DtlsCertificate.generate(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+
+
 @pytest.fixture
 async def worker(loopback_aiortc: None) -> AsyncIterator[MediaWorker]:
     async with MediaWorker(host="127.0.0.1", port=0) as w:

@@ -3,7 +3,6 @@ every input it declares, and nothing else."""
 
 from __future__ import annotations
 
-import datetime
 import typing
 from dataclasses import dataclass
 
@@ -25,11 +24,6 @@ from sfu.links import Links
 from sfu.negotiation import Negotiator
 
 from .test_negotiation import NOW, negotiator
-
-
-@pytest.fixture(scope="module")
-def certificate() -> DtlsCertificate:
-    return DtlsCertificate.generate(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,6 @@ as the worker would take and carry them out.
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 
 from rtc.dtls import DtlsCertificate
@@ -46,11 +44,6 @@ a=rtcp-mux
 a=rtpmap:111 opus/48000/2
 a=ssrc:1234 cname:a
 """
-
-
-@pytest.fixture(scope="module")
-def certificate() -> DtlsCertificate:
-    return DtlsCertificate.generate(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
 
 
 def negotiator(

@@ -4,11 +4,8 @@ path puts them; :meth:`RoomRecording.tick` turns them into segments."""
 
 from __future__ import annotations
 
-import datetime
 import os
 import struct
-
-import pytest
 
 from rtc.dtls import DtlsCertificate
 from rtc.rtpdump import open_segment
@@ -27,11 +24,6 @@ WALL = 1_700_000_000.0 - NOW  # loop time -> Unix time
 RED_LINES = ("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "m=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\n")
 RED_MAP = ("a=rtpmap:111 opus/48000/2\r\n", "a=rtpmap:111 opus/48000/2\r\n"
            "a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n")  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def certificate() -> DtlsCertificate:
-    return DtlsCertificate.generate(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
 
 
 def rtp(pt: int, seq: int, payload: bytes, ssrc: int = 1234, padding: int = 0) -> bytes:

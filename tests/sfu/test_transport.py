@@ -8,7 +8,6 @@ joined through an in-memory link that can drop datagrams (aioquic's
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +44,8 @@ from sfu.transport import (
     PeerStateChanged,
     PeerTransport,
 )
+from tests.rtc.certificates import CLIENT_CERT, SERVER_CERT
 
-T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-SERVER_CERT = DtlsCertificate.generate(T0)
-CLIENT_CERT = DtlsCertificate.generate(T0)
 CLIENT = ("198.51.100.7", 50000)
 OTHER = ("198.51.100.8", 50001)
 STRANGER = ("203.0.113.9", 40000)
