@@ -37,6 +37,7 @@ blocking loop that drives many of them at once, reads the clock.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -46,7 +47,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtc import sdp, stun
 from rtc.dtls import (
@@ -61,6 +62,9 @@ from rtc.ice import random_credentials
 from rtc.rtp import extension_elements
 from rtc.srtp import SrtpSession
 from sfu import offer_answer
+
+if TYPE_CHECKING:
+    from sfu.worker import MediaWorker
 
 HOST = "127.0.0.1"
 
@@ -358,6 +362,31 @@ def handshake(
             if failed:
                 raise PeerError(failed[0].error or "transport failed")
             pending = [t for t in pending if not t.connected]
+
+
+async def fan_out_in_process(
+    worker: MediaWorker,
+    room: str,
+    publisher: Transport,
+    subscribers: Sequence[Transport],
+    ssrc: int,
+    rtx_ssrc: int,
+) -> None:
+    """``publisher`` publishes one video track to ``worker`` (in this process)
+    in ``room`` as ``doctor``, each of ``subscribers`` subscribes to it as
+    ``s0``, ``s1``, ...; then :func:`handshake` (off the event loop, which
+    the worker needs) connects them all."""
+    result = await worker.publish(room, "doctor", publish_offer(publisher, ssrc, rtx_ssrc), {})
+    publisher.set_remote(remote_parameters(result.answer, offerer=True))
+    (track,) = result.added
+    for i, t in enumerate(subscribers):
+        offer = await worker.subscribe(room, f"s{i}", [track.track_id])
+        if offer is None:
+            raise PeerError(f"the worker offered s{i} nothing")
+        answer, _ = subscribe_answer(t, offer)
+        t.set_remote(remote_parameters(offer, offerer=False))
+        await worker.answer(room, f"s{i}", answer)
+    await asyncio.to_thread(handshake, [publisher, *subscribers], timeout=20.0)
 
 
 # -- descriptions ---------------------------------------------------------------

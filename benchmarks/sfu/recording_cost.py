@@ -72,18 +72,7 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, Any]:
         subscribers = [peer.Transport(certificate) for _ in range(10)]
         try:
             ssrc = 0x1234
-            result = await worker.publish(
-                ROOM, "doctor", peer.publish_offer(publisher, ssrc, 0x5678), {}
-            )
-            publisher.set_remote(peer.remote_parameters(result.answer, offerer=True))
-            (track,) = result.added
-            for i, t in enumerate(subscribers):
-                offer = await worker.subscribe(ROOM, f"s{i}", [track.track_id])
-                assert offer is not None
-                answer, _ = peer.subscribe_answer(t, offer)
-                t.set_remote(peer.remote_parameters(offer, offerer=False))
-                await worker.answer(ROOM, f"s{i}", answer)
-            await asyncio.to_thread(peer.handshake, [publisher, *subscribers], timeout=20.0)
+            await peer.fan_out_in_process(worker, ROOM, publisher, subscribers, ssrc, 0x5678)
             await asyncio.sleep(0.5)
             assert publisher.srtp is not None
             frames = (args.packets * (2 * args.rounds + 1)) // 6 + 1
