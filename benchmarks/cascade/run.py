@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import re
 import sys
@@ -60,7 +59,6 @@ from benchmarks.sfu.report import code_identity  # noqa: E402
 from benchmarks.sfu.scenarios import Scenario  # noqa: E402
 from benchmarks.sfu.servers import HOST, SECRET  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
-from wadud import auth  # noqa: E402
 
 
 def metric_totals(text: str, name: str, label: str) -> Counter[str]:
@@ -127,7 +125,7 @@ class Nodes:
 
 
 class RegionParticipant(Participant):
-    region = "pk"
+    """A participant who joins through the API of its region."""
 
     def ws_url(self) -> str:
         port = self.bench.cluster.apis[self.region].port  # type: ignore[attr-defined]
@@ -136,7 +134,11 @@ class RegionParticipant(Participant):
 
 class CascadeBench(Bench):
     """The SFU benchmark's rooms, each participant joining in a region:
-    publishers in ``pk``, subscriber ``i`` in ``self.where(i)``."""
+    publishers in ``pk``, the first ``ae_subscribers`` subscribers in ``ae``,
+    the others in ``pk``."""
+
+    room_prefix = "cascade"
+    participant_type = RegionParticipant
 
     def __init__(self, args: argparse.Namespace, nodes: Nodes, http: aiohttp.ClientSession):
         super().__init__(args, nodes, http)  # type: ignore[arg-type]
@@ -144,43 +146,13 @@ class CascadeBench(Bench):
         self.nodes = nodes
         self.ae_subscribers = 0
 
-    def token_in(self, room: str, p: RegionParticipant, *, admin: bool) -> str:
-        now = dt.datetime.now(dt.UTC)
-        grant = auth.RoomGrant(
-            room=room, identity=p.identity, name=p.identity,
-            role="doctor" if admin else "patient", publish=admin, subscribe=True,
-            admin=admin, region=p.region,
-        )  # fmt: skip
-        return auth.issue_room_token(
-            self.settings, grant,
-            not_before=now - dt.timedelta(minutes=1), expires=now + dt.timedelta(hours=2),
-        )  # fmt: skip
-
-    async def room(self, scenario: Scenario) -> list[Participant]:
-        room = f"cascade-{scenario.name.replace(' ', '-')}-{next(self.rooms)}"
-        people: list[RegionParticipant] = []
-        for i in range(scenario.publishers):
-            people.append(RegionParticipant(self, room, f"pub{i}", publish=True, admin=True))
-        for i in range(scenario.subscribers):
-            p = RegionParticipant(self, room, f"sub{i}", publish=False, admin=False)
-            p.region = "ae" if i < self.ae_subscribers else "pk"
-            people.append(p)
-        pubs = people[: scenario.publishers]
-        for p in pubs:
-            await p.connect(self.token_in(room, p, admin=True))
-        await asyncio.gather(
-            *(p.connect(self.token_in(room, p, admin=False)) for p in people[len(pubs) :])
-        )
-        for p in pubs:
-            p.number = next(self.numbers)
-            p.ssrc = 0x10000000 + p.number * 2
-            p.pub_tid = await self.load.call("new")
-            offer = await self.load.call("offer", p.pub_tid, p.ssrc, p.ssrc + 1)
-            reply = await p.request("publish", sdp=offer, sources={"0": "camera"})
-            if reply["type"] != "published":
-                raise RuntimeError(f"publish answered {reply}")
-            await self.load.call("published", p.pub_tid, reply["sdp"])
-        return list(people)
+    def people(self, scenario: Scenario) -> list[Participant]:
+        people = super().people(scenario)
+        for p in people:
+            p.region = "pk"
+        for p in people[scenario.publishers : scenario.publishers + self.ae_subscribers]:
+            p.region = "ae"
+        return people
 
     async def measured(
         self, scenario: Scenario, ae_subscribers: int, rooms: int

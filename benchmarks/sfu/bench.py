@@ -54,6 +54,7 @@ class Participant:
         self.identity = identity
         self.publish = publish
         self.admin = admin
+        self.region = ""  # where its join token sends its media; empty: its API replica's
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.pid = ""
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -177,6 +178,10 @@ def _top(p: Participant) -> int:
 
 
 class Bench:
+    #: What its rooms are called (before the scenario's name) and who joins them.
+    room_prefix = "bench"
+    participant_type: type[Participant] = Participant
+
     def __init__(self, args: argparse.Namespace, server: Server, http: aiohttp.ClientSession):
         self.args = args
         self.server = server
@@ -193,16 +198,18 @@ class Bench:
         # --record: the recording events the worker sent back (segments, stops).
         self.recorded: list[Any] = []
 
-    def token(self, room: str, identity: str, *, admin: bool, publish: bool) -> str:
+    def token(self, p: Participant) -> str:
+        """``p``'s join token: its room, identity, rights and region."""
         now = dt.datetime.now(dt.UTC)
         grant = auth.RoomGrant(
-            room=room,
-            identity=identity,
-            name=identity,
-            role="doctor" if admin else "patient",
-            publish=publish,
+            room=p.room,
+            identity=p.identity,
+            name=p.identity,
+            role="doctor" if p.admin else "patient",
+            publish=p.publish,
             subscribe=True,
-            admin=admin,
+            admin=p.admin,
+            region=p.region,
         )
         return auth.issue_room_token(
             self.settings,
@@ -211,26 +218,26 @@ class Bench:
             expires=now + dt.timedelta(hours=2),
         )
 
-    async def room(self, scenario: Scenario) -> list[Participant]:
-        """Join, publish and subscribe one room; returns its participants."""
-        room = f"bench-{scenario.name}-{next(self.rooms)}"
+    def people(self, scenario: Scenario) -> list[Participant]:
+        """A new room's participants: its publishers (admins), then its subscribers."""
+        room = f"{self.room_prefix}-{scenario.name.replace(' ', '-')}-{next(self.rooms)}"
         people: list[Participant] = []
         for i in range(scenario.publishers):
-            people.append(Participant(self, room, f"pub{i}", publish=True, admin=True))
+            people.append(self.participant_type(self, room, f"pub{i}", publish=True, admin=True))
         for i in range(scenario.subscribers):
-            people.append(Participant(self, room, f"sub{i}", publish=False, admin=False))
+            people.append(self.participant_type(self, room, f"sub{i}", publish=False, admin=False))
+        return people
+
+    async def room(self, scenario: Scenario) -> list[Participant]:
+        """Join, publish and subscribe one room; returns its participants."""
+        people = self.people(scenario)
         if self.media is not None:
             await self.room_rpc(scenario, people)
             return people
         # Admins first, so nobody waits; then everyone else at once.
         for p in people[: scenario.publishers]:
-            await p.connect(self.token(room, p.identity, admin=True, publish=True))
-        await asyncio.gather(
-            *(
-                p.connect(self.token(room, p.identity, admin=False, publish=False))
-                for p in people[scenario.publishers :]
-            )
-        )
+            await p.connect(self.token(p))
+        await asyncio.gather(*(p.connect(self.token(p)) for p in people[scenario.publishers :]))
         for p in people[: scenario.publishers]:
             offer = await self.publisher(p, scenario)
             sources = {"0": "camera", peer.AUDIO_MID: "microphone"}

@@ -32,21 +32,24 @@ last eight payload octets, the publisher number and packet index so a
 receiver that unprotects can match each packet with its send time.
 
 Transports take ``now`` (seconds, monotonic); only :func:`handshake`, the
-blocking loop that drives many of them at once, reads the clock.
+blocking loop that drives many of them at once, reads the clock (and
+:func:`fan_out_in_process`, which makes a certificate and calls it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime
 import os
 import secrets
 import selectors
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtc import sdp, stun
 from rtc.dtls import (
@@ -61,6 +64,9 @@ from rtc.ice import random_credentials
 from rtc.rtp import extension_elements
 from rtc.srtp import SrtpSession
 from sfu import offer_answer
+
+if TYPE_CHECKING:
+    from sfu.worker import MediaWorker
 
 HOST = "127.0.0.1"
 
@@ -358,6 +364,38 @@ def handshake(
             if failed:
                 raise PeerError(failed[0].error or "transport failed")
             pending = [t for t in pending if not t.connected]
+
+
+@contextlib.asynccontextmanager
+async def fan_out_in_process(
+    worker: MediaWorker, room: str, ssrc: int, rtx_ssrc: int, *, subscribers: int = 10
+) -> AsyncIterator[Transport]:
+    """A publisher's transport, connected to ``worker`` (in this process).
+
+    It publishes one video track in ``room`` as ``doctor``; ``subscribers``
+    more transports subscribe to it as ``s0``, ``s1``, ...; then
+    :func:`handshake` (off the event loop, which the worker needs) connects
+    them all. Every transport is closed on the way out.
+    """
+    certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
+    publisher = Transport(certificate)
+    receivers = [Transport(certificate) for _ in range(subscribers)]
+    try:
+        result = await worker.publish(room, "doctor", publish_offer(publisher, ssrc, rtx_ssrc), {})
+        publisher.set_remote(remote_parameters(result.answer, offerer=True))
+        (track,) = result.added
+        for i, t in enumerate(receivers):
+            offer = await worker.subscribe(room, f"s{i}", [track.track_id])
+            if offer is None:
+                raise PeerError(f"the worker offered s{i} nothing")
+            answer, _ = subscribe_answer(t, offer)
+            t.set_remote(remote_parameters(offer, offerer=False))
+            await worker.answer(room, f"s{i}", answer)
+        await asyncio.to_thread(handshake, [publisher, *receivers], timeout=20.0)
+        yield publisher
+    finally:
+        for t in (publisher, *receivers):
+            t.close()
 
 
 # -- descriptions ---------------------------------------------------------------

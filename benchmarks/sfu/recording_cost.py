@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime
 import json
 import os
 import statistics
@@ -42,7 +41,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_results  # noqa: E402
 from benchmarks.sfu import peer  # noqa: E402
-from rtc.dtls import DtlsCertificate  # noqa: E402
 from sfu.control import MediaEvent, RecordingOrder, RecordingStopped  # noqa: E402
 from sfu.worker import MediaWorker  # noqa: E402
 from wadud.storage import LocalStorage  # noqa: E402
@@ -67,23 +65,8 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, Any]:
         host="127.0.0.1", port=0, recording=recording, consent_timeout=3600.0
     ) as worker:
         worker.add_listener(heard)
-        certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
-        publisher = peer.Transport(certificate)
-        subscribers = [peer.Transport(certificate) for _ in range(10)]
-        try:
-            ssrc = 0x1234
-            result = await worker.publish(
-                ROOM, "doctor", peer.publish_offer(publisher, ssrc, 0x5678), {}
-            )
-            publisher.set_remote(peer.remote_parameters(result.answer, offerer=True))
-            (track,) = result.added
-            for i, t in enumerate(subscribers):
-                offer = await worker.subscribe(ROOM, f"s{i}", [track.track_id])
-                assert offer is not None
-                answer, _ = peer.subscribe_answer(t, offer)
-                t.set_remote(peer.remote_parameters(offer, offerer=False))
-                await worker.answer(ROOM, f"s{i}", answer)
-            await asyncio.to_thread(peer.handshake, [publisher, *subscribers], timeout=20.0)
+        ssrc = 0x1234
+        async with peer.fan_out_in_process(worker, ROOM, ssrc, 0x5678) as publisher:
             await asyncio.sleep(0.5)
             assert publisher.srtp is not None
             frames = (args.packets * (2 * args.rounds + 1)) // 6 + 1
@@ -121,9 +104,6 @@ async def measure(args: argparse.Namespace, store: Path) -> dict[str, Any]:
                 e for e in events if isinstance(e, RecordingStopped) and e.reason != "stopped"
             ]
             assert not failed, failed
-        finally:
-            for t in (publisher, *subscribers):
-                t.close()
     plain = statistics.median(costs[False])
     recorded_cost = statistics.median(costs[True])
     extra = recorded_cost - plain

@@ -735,23 +735,8 @@ async def test_forwarded_packets_per_cpu_second_at_fan_out_10(
     CPU-second of the process (the figure benchmarks/sfu/run.py measures
     across processes). No timing assertion: the machine is shared.
     """
-    certificate = DtlsCertificate.generate(datetime.datetime.now(datetime.UTC))
-    publisher = peer.Transport(certificate)
-    subscribers = [peer.Transport(certificate) for _ in range(10)]
-    try:
-        ssrc, rtx_ssrc = 0x1234, 0x5678
-        result = await worker.publish(
-            ROOM, "doctor", peer.publish_offer(publisher, ssrc, rtx_ssrc), {}
-        )
-        publisher.set_remote(peer.remote_parameters(result.answer, offerer=True))
-        (track,) = result.added
-        for i, t in enumerate(subscribers):
-            offer = await worker.subscribe(ROOM, f"s{i}", [track.track_id])
-            assert offer is not None
-            answer, _ = peer.subscribe_answer(t, offer)
-            t.set_remote(peer.remote_parameters(offer, offerer=False))
-            await worker.answer(ROOM, f"s{i}", answer)
-        await asyncio.to_thread(peer.handshake, [publisher, *subscribers], timeout=20.0)
+    ssrc = 0x1234
+    async with peer.fan_out_in_process(worker, ROOM, ssrc, 0x5678) as publisher:
         # The worker's side of DTLS may finish a flight after the peer's.
         await events.wait_state("doctor", "publish", "connected", limit=5.0)
         for i in range(10):
@@ -785,9 +770,6 @@ async def test_forwarded_packets_per_cpu_second_at_fan_out_10(
             return next(r for r in rows if r["participant"] == "doctor")
 
         await wait_until(lambda: (doctor()["twcc_feedback"] or 0) > 0, within=5.0)
-    finally:
-        for t in (publisher, *subscribers):
-            t.close()
 
 
 # --- Chromium as a publisher: transport-cc ----------------------------------------------
