@@ -14,12 +14,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from benchmarks.booking.measure import pct
+
 __all__ = ["MIX", "Finance", "bank_transfer", "mix_results", "staff_tokens"]
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 class Finance:
