@@ -43,6 +43,7 @@ __all__ = [
     "TrackInfo",
     "TrackPaused",
     "TransportState",
+    "View",
     "event_from_dict",
     "event_to_dict",
 ]
@@ -99,6 +100,22 @@ class PublishResult:
             added=[TrackInfo.from_dict(t) for t in data.get("added", ())],
             removed=[str(t) for t in data.get("removed", ())],
         )
+
+
+@dataclass(frozen=True)
+class View:
+    """How a subscriber shows a video track (the page's ``track_view``): the
+    largest element's size in device pixels (0 x 0: unknown, no cap) and
+    whether it is visible."""
+
+    width: int = 0
+    height: int = 0
+    visible: bool = True
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> View:
+        """The inverse of :func:`dataclasses.asdict` (data that crossed the bus)."""
+        return cls(int(data["width"]), int(data["height"]), bool(data["visible"]))
 
 
 @dataclass(frozen=True)
@@ -535,22 +552,13 @@ class MediaControl(Protocol):
         """Forget a track and every subscription to it."""
         ...
 
-    async def set_view(
-        self,
-        room: str,
-        participant: str,
-        track_id: str,
-        width: int,
-        height: int,
-        visible: bool,
-    ) -> None:
-        """How the subscriber ``participant`` shows a video track (the page's
-        ``track_view``): the largest element's size in device pixels (0 x 0:
-        unknown, no cap) and whether it is visible. The worker sends the
-        smallest simulcast layer that covers the size (within the bandwidth
-        it estimates) and nothing to an invisible view (TrackPaused
-        ``hidden``). May come before the subscription exists; kept until the
-        participant leaves. SfuStateError for an unknown room."""
+    async def set_view(self, room: str, participant: str, track_id: str, view: View) -> None:
+        """How the subscriber ``participant`` shows the video track
+        ``track_id`` (:class:`View`). The worker sends the smallest simulcast
+        layer that covers the size (within the bandwidth it estimates) and
+        nothing to an invisible view (TrackPaused ``hidden``). May come before
+        the subscription exists; kept until the participant leaves.
+        SfuStateError for an unknown room."""
         ...
 
     async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:

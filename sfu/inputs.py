@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from rtc.ice import Address
 from rtc.rtcp import Remb, RtcpPacket, TransportCc
 from sfu.actions import ActionQueue
-from sfu.control import PublishResult, RelayedTrack, RelayPeer, Restart, Source
+from sfu.control import PublishResult, RelayedTrack, RelayPeer, Restart, Source, View
 from sfu.errors import UnknownInput
 from sfu.records import Link, Peer, Room
 
@@ -236,9 +236,7 @@ class SetView(Input[None]):
     room: str
     participant: str
     track_id: str
-    width: int
-    height: int
-    visible: bool
+    view: View
 
 
 @dataclass(frozen=True, slots=True)

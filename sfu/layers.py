@@ -62,12 +62,12 @@ from rtc.rtp import extension_elements
 from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
 from sfu import call_samples
 from sfu.actions import ArmRtcp, Emit, FlushRtcp, Send
-from sfu.control import ConnectionQuality, LayersWanted, TrackPaused
+from sfu.control import ConnectionQuality, LayersWanted, TrackPaused, View
 from sfu.errors import SfuStateError
 from sfu.estimator import RAMP_REACH, SendSideEstimator
 from sfu.inputs import Core, SetAudioOnly, SetView, SubscriberFeedback
 from sfu.quality import QualityTracker, Sample
-from sfu.records import LayerInfo, Peer, Room, Section, Track, View, WorkerTables
+from sfu.records import LayerInfo, Peer, Room, Section, Track, WorkerTables
 from sfu.reports import ReceiveStatistics
 from sfu.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
 from sfu.table import Group, Subscription
@@ -246,14 +246,15 @@ class Layers(Core):
 
     # -- inputs (sfu.inputs) ---------------------------------------------------------------
 
-    def _handle_set_view(self, view: SetView, now: float) -> None:
+    def _handle_set_view(self, command: SetView, now: float) -> None:
         """How ``participant`` shows ``track_id`` (see :class:`sfu.control.MediaControl`)."""
-        r = self.tables.rooms.get(view.room)
+        r = self.tables.rooms.get(command.room)
         if r is None:
-            raise SfuStateError(f"no room {view.room!r}")
+            raise SfuStateError(f"no room {command.room!r}")
+        view = command.view
         width, height = max(0, view.width), max(0, view.height)
-        r.views[(view.participant, view.track_id)] = View(width, height, view.visible)
-        self.allocate(r, view.participant, now)
+        r.views[(command.participant, command.track_id)] = View(width, height, view.visible)
+        self.allocate(r, command.participant, now)
 
     def _handle_set_audio_only(self, command: SetAudioOnly, now: float) -> None:
         """``participant`` receives no video while ``enabled``."""

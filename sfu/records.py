@@ -25,7 +25,7 @@ from rtc.ice import Address
 from rtc.sdp import Codec
 from rtc.srtp import SrtpSession
 from sfu.bandwidth import BandwidthFeedback, TransportCcRecorder
-from sfu.control import RelayedTrack, TrackInfo
+from sfu.control import RelayedTrack, TrackInfo, View
 from sfu.forward import Forwarder
 from sfu.offer_answer import ForwardedTrack, LocalParameters
 from sfu.relay import RelayLink
@@ -43,7 +43,6 @@ __all__ = [
     "Room",
     "Section",
     "Track",
-    "View",
     "WorkerTables",
     "bind_srtp",
 ]
@@ -304,17 +303,6 @@ class Link:
     @property
     def used(self) -> bool:
         return any(r.used for r in self.rooms.values())
-
-
-class View:
-    """How a subscriber shows a video track (the page's ``track_view``)."""
-
-    __slots__ = ("height", "visible", "width")
-
-    def __init__(self, width: int = 0, height: int = 0, visible: bool = True) -> None:
-        self.width = width
-        self.height = height
-        self.visible = visible
 
 
 class LayerInfo:

@@ -55,6 +55,7 @@ from sfu.control import (
     RelayPeer,
     Restart,
     Source,
+    View,
     event_from_dict,
     event_to_dict,
 )
@@ -380,23 +381,9 @@ class RemoteMedia:
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
         await self._call("unpublish", room=room, participant=participant, track_id=track_id)
 
-    async def set_view(
-        self,
-        room: str,
-        participant: str,
-        track_id: str,
-        width: int,
-        height: int,
-        visible: bool,
-    ) -> None:
+    async def set_view(self, room: str, participant: str, track_id: str, view: View) -> None:
         await self._call(
-            "set_view",
-            room=room,
-            participant=participant,
-            track_id=track_id,
-            width=width,
-            height=height,
-            visible=visible,
+            "set_view", room=room, participant=participant, track_id=track_id, view=asdict(view)
         )
 
     async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
@@ -588,6 +575,8 @@ class MediaServer:
             return await self._relay(str(op), args)
         if op == "record":
             return await self._record(args)
+        if op == "set_view":
+            return await self._set_view(args)
         result = await getattr(self.worker, str(op))(**args)
         if isinstance(result, PublishResult):
             return asdict(result)
@@ -605,6 +594,16 @@ class MediaServer:
         except (KeyError, TypeError) as exc:
             raise MediaError(f"malformed record request: {exc!r}") from exc
         await self.worker.record(room, order)
+
+    async def _set_view(self, args: Mapping[str, Any]) -> None:
+        try:
+            room = str(args["room"])
+            participant = str(args["participant"])
+            track_id = str(args["track_id"])
+            view = View.from_dict(args["view"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MediaError(f"malformed set_view request: {exc!r}") from exc
+        await self.worker.set_view(room, participant, track_id, view)
 
     async def _relay(self, op: str, args: Mapping[str, Any]) -> Any:
         try:

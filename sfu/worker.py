@@ -116,6 +116,7 @@ from sfu.control import (
     RelayPeer,
     Restart,
     Source,
+    View,
 )
 from sfu.forward import Forwarder
 from sfu.layers import Layers
@@ -461,18 +462,9 @@ class MediaWorker(asyncio.DatagramProtocol):
         """Receive ``tracks`` of ``room`` from ``peer``: :class:`sfu.inputs.RelayReceive`."""
         self._receive(self.links, inputs.RelayReceive(room, peer, tracks))
 
-    async def set_view(
-        self,
-        room: str,
-        participant: str,
-        track_id: str,
-        width: int,
-        height: int,
-        visible: bool,
-    ) -> None:
+    async def set_view(self, room: str, participant: str, track_id: str, view: View) -> None:
         """How ``participant`` shows ``track_id``: :class:`sfu.inputs.SetView`."""
-        view = inputs.SetView(room, participant, track_id, width, height, visible)
-        self._receive(self.layers, view)
+        self._receive(self.layers, inputs.SetView(room, participant, track_id, view))
 
     async def set_audio_only(self, room: str, participant: str, enabled: bool) -> None:
         """``participant`` receives no video while ``enabled``: :class:`sfu.inputs.SetAudioOnly`."""

@@ -56,6 +56,7 @@ from sfu.control import (
     RelayState,
     TrackPaused,
     TransportState,
+    View,
 )
 from sfu.errors import SfuStateError
 from sfu.rpc import MediaClient, MediaUnavailable
@@ -719,9 +720,7 @@ class CallService:
                             room.name,
                             who.id,
                             frame.track_id,
-                            frame.width,
-                            frame.height,
-                            frame.visible,
+                            View(frame.width, frame.height, frame.visible),
                         ),
                     )
             case protocol.AudioOnly():

@@ -9,6 +9,7 @@ DTLS-SRTP with the worker, whose events then come back over the events channel.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import secrets
@@ -30,6 +31,7 @@ from sfu.control import (
     RecordingOrder,
     RecordingStopped,
     TransportState,
+    View,
     event_from_dict,
     event_to_dict,
 )
@@ -109,6 +111,11 @@ def test_events_round_trip_through_dicts() -> None:
         event_from_dict({"type": "nope"})
 
 
+def test_view_round_trips_through_json() -> None:
+    view = View(1280, 720, False)
+    assert View.from_dict(json.loads(json.dumps(dataclasses.asdict(view)))) == view
+
+
 async def test_every_operation_round_trips(
     served: tuple[MediaServer, MediaClient, Heard], worker: MediaWorker
 ) -> None:
@@ -138,6 +145,8 @@ async def test_every_operation_round_trips(
         await media.answer(ROOM, "patient", answer)
         # Unchanged set: no new offer (None crosses the wire as null).
         assert await media.subscribe(ROOM, "patient", [track.track_id]) is None
+        await media.set_view(ROOM, "patient", track.track_id, View(320, 180, False))
+        assert worker.tables.rooms[ROOM].views[("patient", track.track_id)] == View(320, 180, False)
 
         # Real ICE and DTLS-SRTP; the worker's events come back over Redis.
         await asyncio.to_thread(peer.handshake, [publisher, subscriber], timeout=20.0)
@@ -195,6 +204,8 @@ async def test_typed_errors_cross_the_wire(served: tuple[MediaServer, MediaClien
         await media.publish(ROOM, "doctor", "this is not SDP", {})
     with pytest.raises(SfuStateError, match="no track"):
         await media.set_muted("no-such-room", "t1", True)
+    with pytest.raises(SfuStateError, match="no room"):
+        await media.set_view("no-such-room", "p", "t1", View())
     server, client, _ = served
     stale = client.remote(server.wid, "an-old-incarnation")
     with pytest.raises(MediaUnavailable, match="incarnation"):
