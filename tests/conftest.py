@@ -26,9 +26,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bin.assembly import build_app
+from bin.assembly import build_app, in_process
 from wadud import db, migrate
 from wadud.api import Role
+from wadud.app import Installer
 from wadud.config import Settings
 
 TEMPLATE = "wadud_template"
@@ -399,6 +400,18 @@ async def served(app: web.Application) -> AsyncIterator[Api]:
         yield Api(client, app)
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def served_with_worker(
+    settings: Settings, install_worker: Installer
+) -> AsyncIterator[web.Application]:
+    """The in-process app and one background worker's ``install_worker``
+    (which ``build_app``'s default leaves out), served for the length of
+    the block; the app, to see what the worker put in it."""
+    app = build_app(settings, [*in_process(), install_worker])
+    async with served(app):
+        yield app
 
 
 @pytest.fixture
