@@ -26,12 +26,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bin.assembly import build_app
+from bin.assembly import build_app, in_process
 from wadud import db, migrate
 from wadud.api import Role
+from wadud.app import Installer
 from wadud.config import Settings
 
 TEMPLATE = "wadud_template"
+#: The password of the accounts :class:`Api` creates unless told otherwise.
+PASSWORD = "correct horse battery"
 
 #: Fixtures that tests of several folders share: a clinic and its doctor.
 pytest_plugins = ["tests.booking.factories"]
@@ -352,7 +355,7 @@ class Api:
         *,
         clinic_id: str | None = None,
         email: str | None = None,
-        password: str = "correct horse battery",
+        password: str = PASSWORD,
     ) -> str:
         """Create an account directly (as ``wadud user add`` does); its email."""
         from wadud import accounts, auth, keys
@@ -368,20 +371,19 @@ class Api:
         )
         return email
 
-    async def user(
-        self,
-        role: Role,
-        *,
-        clinic_id: str | None = None,
-        email: str | None = None,
-        password: str = "correct horse battery",
-    ) -> str:
-        """Create an account directly and log in; its access token."""
-        email = await self.account(role, clinic_id=clinic_id, email=email, password=password)
+    async def login(self, email: str, password: str = PASSWORD) -> str:
+        """Log in through the API; the access token."""
         tokens = await self.post(
             "/api/v1/auth/login", {"email": email, "password": password}, expect=200
         )
         return str(tokens["access_token"])
+
+    async def user(
+        self, role: Role, *, clinic_id: str | None = None, email: str | None = None
+    ) -> str:
+        """Create an account directly (with :data:`PASSWORD`) and log in; its
+        access token."""
+        return await self.login(await self.account(role, clinic_id=clinic_id, email=email))
 
 
 @pytest.fixture
@@ -399,6 +401,18 @@ async def served(app: web.Application) -> AsyncIterator[Api]:
         yield Api(client, app)
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def served_with_worker(
+    settings: Settings, install_worker: Installer
+) -> AsyncIterator[web.Application]:
+    """The in-process app and one background worker's ``install_worker``
+    (which ``build_app``'s default leaves out), served for the length of
+    the block; the app, to see what the worker put in it."""
+    app = build_app(settings, [*in_process(), install_worker])
+    async with served(app):
+        yield app
 
 
 @pytest.fixture

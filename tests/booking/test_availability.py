@@ -327,35 +327,22 @@ NINE_TO_FIVE = [f"{h:02d}:{m:02d}" for h in range(9, 17) for m in (0, 30)]
 
 
 @pytest.mark.parametrize(
-    ("tz", "days", "offsets"),
+    ("tz", "change", "before", "after"),
     [
-        (
-            NEW_YORK,
-            [date(2024, 3, 9), date(2024, 3, 10), date(2024, 3, 11)],
-            ["-0500", "-0400", "-0400"],
-        ),
-        (
-            NEW_YORK,
-            [date(2024, 11, 2), date(2024, 11, 3), date(2024, 11, 4)],
-            ["-0400", "-0500", "-0500"],
-        ),
-        (
-            LONDON,
-            [date(2024, 3, 30), date(2024, 3, 31), date(2024, 4, 1)],
-            ["+0000", "+0100", "+0100"],
-        ),
-        (
-            LONDON,
-            [date(2024, 10, 26), date(2024, 10, 27), date(2024, 10, 28)],
-            ["+0100", "+0000", "+0000"],
-        ),
+        (NEW_YORK, date(2024, 3, 10), "-0500", "-0400"),
+        (NEW_YORK, date(2024, 11, 3), "-0400", "-0500"),
+        (LONDON, date(2024, 3, 31), "+0000", "+0100"),
+        (LONDON, date(2024, 10, 27), "+0100", "+0000"),
     ],
 )
 def test_nine_to_five_stays_nine_to_five_across_dst(
-    tz: ZoneInfo, days: list[date], offsets: list[str]
+    tz: ZoneInfo, change: date, before: str, after: str
 ) -> None:
+    """The day before the clocks change, the day they change (at night, so
+    the whole working day is at the new offset) and the day after."""
     av = make(tz, every_day(time(9), time(17)))
-    for day, offset in zip(days, offsets, strict=True):
+    days = [change - timedelta(days=1), change, change + timedelta(days=1)]
+    for day, offset in zip(days, [before, after, after], strict=True):
         slots = local_day(av, day)
         assert wall(slots, tz) == [f"{t}{offset}" for t in NINE_TO_FIVE]
         assert all(s.end - s.start == timedelta(minutes=30) for s in slots)

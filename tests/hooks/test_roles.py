@@ -8,7 +8,7 @@ import dataclasses
 
 import hooks.http
 from bin import assembly
-from tests.conftest import Api, served
+from tests.conftest import Api, served_with_worker
 from wadud.config import Settings
 
 
@@ -21,11 +21,8 @@ def test_serve_and_api_both_serve_the_routes_and_deliver() -> None:
 
 async def test_webhooks_deliver_off_runs_no_deliverer(settings: Settings) -> None:
     for deliver in (True, False):
-        app = assembly.build_app(
-            dataclasses.replace(settings, webhooks_deliver=deliver),
-            [*assembly.in_process(), hooks.http.install_worker],
-        )
-        async with served(app):
+        with_deliver = dataclasses.replace(settings, webhooks_deliver=deliver)
+        async with served_with_worker(with_deliver, hooks.http.install_worker) as app:
             assert (hooks.http.DELIVERER in app) is deliver
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,6 +34,7 @@ from booking.payments.gateway import (
 from booking.payments.gateways.card import CardGateway, CardSettings
 from booking.payments.gateways.registry import PaymentSettings, gateways
 from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
+from tests.payments.provider import provider_at
 from wadud import signing
 
 NOW = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -284,12 +284,13 @@ class Harness:
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
     api = FakeCardApi()
-    app = web.Application()
-    app.router.add_post("/v1/checkout/sessions", api.create)
-    app.router.add_get("/v1/checkout/sessions/{sid}", api.get)
-    app.router.add_post("/v1/refunds", api.refund)
-    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
-        api.base = str(server.make_url("")).rstrip("/")
+    routes = [
+        web.post("/v1/checkout/sessions", api.create),
+        web.get("/v1/checkout/sessions/{sid}", api.get),
+        web.post("/v1/refunds", api.refund),
+    ]
+    async with provider_at(routes) as (base, http):
+        api.base = base
         yield Harness(api, CardGateway(card_settings(api.base), http))
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given
 from hypothesis import strategies as st
@@ -49,6 +48,7 @@ from booking.payments.gateways.easypaisa import (
 )
 from booking.payments.gateways.easypaisa_sim import EasyPaisaSimulator
 from booking.payments.intent import Currency, Money, PaymentIntent
+from tests.payments.provider import provider_at
 
 DATA = Path(__file__).parents[1] / "data" / "easypaisa"
 KEY = "0123456789abcdef"  # 16 bytes: AES-128
@@ -229,10 +229,8 @@ class Harness:
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
     replay = Replay()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", replay.handle)
-    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
-        yield Harness(replay, str(server.make_url("")).rstrip("/"), http)
+    async with provider_at([web.route("*", "/{tail:.*}", replay.handle)]) as (base, http):
+        yield Harness(replay, base, http)
 
 
 def install(harness: Harness, name: str) -> dict[str, Any]:

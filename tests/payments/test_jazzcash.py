@@ -21,7 +21,6 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from booking.payments.errors import (
     GatewayError,
@@ -38,6 +37,7 @@ from booking.payments.gateways.jazzcash import (
     secure_hash,
 )
 from booking.payments.intent import Currency, IntentEvent, Money, PaymentIntent
+from tests.payments.provider import provider_at
 
 SALT = "8zx1vt3w5y"
 MERCHANT = "MC12345"
@@ -316,12 +316,12 @@ class Harness:
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
     fake = FakeJazzCash()
-    app = web.Application()
-    app.router.add_post("/inquire", fake.inquire)
-    app.router.add_post("/refund", fake.refund)
-    app.router.add_post("/broken", broken_endpoint)
-    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
-        base = str(server.make_url("")).rstrip("/")
+    routes = [
+        web.post("/inquire", fake.inquire),
+        web.post("/refund", fake.refund),
+        web.post("/broken", broken_endpoint),
+    ]
+    async with provider_at(routes) as (base, http):
         gw = JazzCashGateway(
             settings(inquiry_url=f"{base}/inquire", refund_url=f"{base}/refund", mpin="1234"),
             http,

@@ -9,7 +9,7 @@ import dataclasses
 import recording.http
 from bin import assembly
 from bin.main import parser
-from tests.conftest import served
+from tests.conftest import served_with_worker
 from wadud.config import Settings
 
 
@@ -23,10 +23,7 @@ def test_serve_records_and_api_serves_the_routes_only() -> None:
 
 async def test_recording_in_serve_off_runs_no_recorder(settings: Settings) -> None:
     for on in (True, False):
-        app = assembly.build_app(
-            dataclasses.replace(settings, recording_in_serve=on),
-            [*assembly.in_process(), recording.http.install_worker],
-        )
-        async with served(app):
+        with_on = dataclasses.replace(settings, recording_in_serve=on)
+        async with served_with_worker(with_on, recording.http.install_worker) as app:
             assert (recording.http.RECORDER in app) is on
             assert recording.http.RECORDINGS in app

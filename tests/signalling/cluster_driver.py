@@ -59,6 +59,7 @@ from tests.cluster import (
     ClusterError,
     LoadBalancer,
     MediaNode,
+    Proc,
     free_tcp_port,
     kill_namespace,
     net_namespace,
@@ -270,6 +271,24 @@ async def call_on_one_worker(world: World) -> CallOnOneWorker:
     return CallOnOneWorker(pages, ids, workers[0], node, workers_before)
 
 
+async def back_and_result(
+    world: World,
+    proc: Proc,
+    name: str,
+    pairs: list[dict[str, Any]],
+    report: dict[str, Any],
+    read: dict[str, Any],
+) -> dict[str, Any]:
+    """Start the process a scenario took away again and wait until the whole
+    cluster is ready, so the next scenario finds every node and replica; the
+    scenario's result, its report closed with the timings up to then."""
+    proc.start()
+    await world.cluster.ready()
+    world.mark(f"{name} back")
+    report["timings"] = world.timings
+    return {"pairs": pairs, "report": report, "probes": read}
+
+
 async def scenario_media_kill(world: World) -> dict[str, Any]:
     call = await call_on_one_worker(world)
     pages, ids, node = call.pages, call.ids, call.node
@@ -299,12 +318,7 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
         n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
     }
     report["frames_after_kill"] = frames_since(read, wall0, SEEN)
-    # Back to two nodes for the next test.
-    node.proc.start()
-    await world.cluster.ready()
-    world.mark(f"{node.node_id} back")
-    report["timings"] = world.timings
-    return {"pairs": pairs, "report": report, "probes": read}
+    return await back_and_result(world, node.proc, node.node_id, pairs, report, read)
 
 
 async def scenario_api_kill(world: World) -> dict[str, Any]:
@@ -385,11 +399,7 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
             n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
         },
     }
-    replica.proc.start()
-    await world.cluster.ready()
-    world.mark("api A back")
-    report["timings"] = world.timings
-    return {"pairs": pairs, "report": report, "probes": read}
+    return await back_and_result(world, replica.proc, "api A", pairs, report, read)
 
 
 async def scenario_media_drain(world: World) -> dict[str, Any]:
@@ -460,11 +470,7 @@ async def scenario_media_drain(world: World) -> dict[str, Any]:
     if code is None:
         node.proc.signal(signal.SIGKILL)
         await node.proc.wait(5)
-    node.proc.start()
-    await world.cluster.ready()
-    world.mark(f"{node.node_id} back")
-    report["timings"] = world.timings
-    return {"pairs": pairs, "report": report, "probes": read}
+    return await back_and_result(world, node.proc, node.node_id, pairs, report, read)
 
 
 async def scenario_removals(world: World) -> dict[str, Any]:

@@ -91,12 +91,9 @@ async def test_paying_and_joining_in_the_patient_s_language(
 ) -> None:
     result = await run_scenario(DRIVER, f"pay-{lang}", database_url, tmp_path, 150)
     print(json.dumps(result)[:6000])
-    rtl = lang != "en"
     words = WORDS[lang]
     for page in ("checkout", "confirmation", "waiting", "call"):
-        seen = result[page]
-        assert seen["lang"] == lang and seen["dir"] == ("rtl" if rtl else "ltr"), (page, seen)
-        assert seen["scrollWidth"] <= PHONE[0], (page, seen)  # nothing sideways on a phone
+        assert_in_language(result[page], lang, page)
     checkout = result["checkout"]
     assert checkout["h1"] == words["checkout"], checkout
     assert checkout["amount"].replace("\xa0", " ") == words["amount"], checkout
@@ -118,6 +115,13 @@ async def test_paying_and_joining_in_the_patient_s_language(
     assert result["chat"]["dirs"] and set(result["chat"]["dirs"]) == {"auto"}, result["chat"]
     assert result["left"] == "left", result
     assert result["errors"] == {"patient": [], "doctor": []}, result["errors"]
+
+
+def assert_in_language(seen: dict[str, Any], lang: str, page: str) -> None:
+    """What a driver read of ``page``: in the patient's language, right to
+    left for Urdu and Arabic, and nothing sideways on a phone."""
+    assert seen["lang"] == lang and seen["dir"] == ("ltr" if lang == "en" else "rtl"), (page, seen)
+    assert seen["scrollWidth"] <= PHONE[0], (page, seen)
 
 
 WORDS = {
@@ -185,10 +189,9 @@ async def test_the_manage_link_opens_a_page_in_the_patient_s_language(
 ) -> None:
     result = await run_scenario(DRIVER, f"manage-{lang}", database_url, tmp_path, 150)
     print(json.dumps(result)[:6000])
-    rtl = lang != "en"
     seen = result["page"]
-    assert seen["lang"] == lang and seen["dir"] == ("rtl" if rtl else "ltr"), seen
-    assert seen["contentType"] == "text/html" and seen["scrollWidth"] <= PHONE[0], seen
+    assert_in_language(seen, lang, "manage")
+    assert seen["contentType"] == "text/html", seen
     words = MANAGE_WORDS[lang]
     assert seen["h1"] == words["title"], seen
     assert seen["doctor"] == "Dr. Test" and seen["when"].endswith(WORDS[lang]["zone"]), seen
