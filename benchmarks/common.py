@@ -104,6 +104,12 @@ def write_results(path: Path | str, results: Any) -> None:
     print(f"wrote {path}")
 
 
+def pct(values: list[float], p: float) -> float:
+    """The ``p``-th percentile of ``values`` (nearest rank; at least one value)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

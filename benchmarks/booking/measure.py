@@ -21,15 +21,9 @@ __all__ = [
     "count_statements",
     "cpu_ticks",
     "machine_busy",
-    "pct",
     "postgres_cpu_seconds",
     "postmaster_pid",
 ]
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 #: Transactions committed or rolled back in the server's databases so far

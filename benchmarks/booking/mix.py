@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from benchmarks.booking.measure import pct
+from benchmarks.common import pct
 
 __all__ = ["MIX", "Finance", "bank_transfer", "mix_results", "staff_tokens"]
 

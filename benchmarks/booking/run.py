@@ -91,7 +91,6 @@ from benchmarks.booking.measure import (  # noqa: E402
     count_statements,
     cpu_ticks,
     machine_busy,
-    pct,
     postgres_cpu_seconds,
     postmaster_pid,
 )
@@ -102,7 +101,7 @@ from benchmarks.booking.mix import (  # noqa: E402
     mix_results,
     staff_tokens,
 )
-from benchmarks.common import answers_ready, cpu_seconds, free_port, write_results  # noqa: E402
+from benchmarks.common import answers_ready, cpu_seconds, free_port, pct, write_results  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SPECIALTIES = ["general", "cardiology", "dermatology", "pediatrics", "psychiatry", "gynecology"]

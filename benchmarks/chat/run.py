@@ -39,17 +39,19 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import answers_ready, cpu_seconds, free_port, tree_cpu_seconds, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    answers_ready,
+    cpu_seconds,
+    free_port,
+    pct,
+    tree_cpu_seconds,
+    write_results,
+)
 from wadud import auth, db, migrate  # noqa: E402
 from wadud.config import Settings  # noqa: E402
 from wadud.principal import Principal, Role  # noqa: E402
 
 SECRET = "bench-secret-" + "z" * 40
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def node_command() -> list[str]:

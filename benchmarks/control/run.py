@@ -61,7 +61,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import free_port, tree_cpu_seconds, write_results  # noqa: E402
+from benchmarks.common import free_port, pct, tree_cpu_seconds, write_results  # noqa: E402
 from benchmarks.control.clients import Client, ClientError, room_token  # noqa: E402
 from benchmarks.control.fleet import Fleet  # noqa: E402
 from signalling.placement import Placement  # noqa: E402
@@ -100,11 +100,6 @@ def machine() -> dict[str, Any]:
         "ram_gib": round(ram / 2**30, 1),
         "load_1min": round(os.getloadavg()[0], 2),
     }
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 def latency_ms(values: list[float]) -> dict[str, float]:
