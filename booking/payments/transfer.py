@@ -196,18 +196,19 @@ def find_references(text: str) -> list[str]:
     words = [w for w in _SEPARATORS.split(text.upper()) if w]
     ends = list(accumulate(len(w) for w in words))
     squeezed = "".join(words)
-    return _scan(squeezed, {0, *ends}, set(ends)) or _scan(squeezed, None, None)
+    return _scan(squeezed, ({0, *ends}, set(ends))) or _scan(squeezed, None)
 
 
-def _scan(squeezed: str, starts: set[int] | None, ends: set[int] | None) -> list[str]:
+def _scan(squeezed: str, words: tuple[set[int], set[int]] | None) -> list[str]:
     """The references in ``squeezed``, leftmost first and none overlapping;
-    with ``starts`` and ``ends``, only those that start and end at them."""
+    with ``words`` (where words start, where they end), only those that
+    start and end there."""
     found: dict[str, None] = {}
     size = len(PREFIX) + _BODY + 1
     at = squeezed.find(PREFIX)
     while at >= 0:
         end = at + size
-        whole = starts is None or (at in starts and ends is not None and end in ends)
+        whole = words is None or (at in words[0] and end in words[1])
         ref = _valid(squeezed[at:end]) if whole else None
         if ref is not None:
             found[ref] = None
