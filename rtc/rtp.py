@@ -265,41 +265,16 @@ def find_extension(data: Buffer, ext_id: int) -> tuple[int, int]:
     ``(-1, 0)`` when the packet has no such element. Walks the one-byte
     (RFC 8285 section 4.2) or two-byte (section 4.3) form: zero bytes between
     elements are padding, and in the one-byte form ID 15 ends the walk. Other
-    profiles hold no RFC 8285 elements. Raises :class:`RtpParseError` when an
+    profiles hold no RFC 8285 elements. Raises :class:`RtpParseError` when any
     element runs past the block.
     """
     profile, pos, end = extension_block(data)
-    if profile == ONE_BYTE_PROFILE:
-        while pos < end:
-            b = data[pos]
-            if b == 0:
-                pos += 1
-                continue
-            xid = b >> 4
-            if xid == 15:
-                return _ABSENT
-            length = (b & 0x0F) + 1
-            pos += 1
-            if pos + length > end:
-                raise RtpParseError("RTP one-byte extension element overruns its block")
+    walked = _walk_elements(data, pos, end, profile)
+    if walked is not None:
+        two_byte, elements = walked
+        for offset, xid, length in elements:
             if xid == ext_id:
-                return pos, length
-            pos += length
-    elif profile & 0xFFF0 == TWO_BYTE_PROFILE:
-        while pos < end:
-            xid = data[pos]
-            if xid == 0:
-                pos += 1
-                continue
-            if pos + 2 > end:
-                raise RtpParseError("RTP two-byte extension element header is truncated")
-            length = data[pos + 1]
-            pos += 2
-            if pos + length > end:
-                raise RtpParseError("RTP two-byte extension element overruns its block")
-            if xid == ext_id:
-                return pos, length
-            pos += length
+                return offset + (2 if two_byte else 1), length
     return _ABSENT
 
 
