@@ -57,7 +57,7 @@ from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
 from rtc.rtp import extension_elements, payload_range, rtx_original
 from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
-from sfu.groups import SimulcastTable
+from sfu.groups import SimulcastGroups
 from sfu.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
 from sfu.keyframes import vp8_size
 from sfu.repair import padding_probe, retransmission
@@ -137,7 +137,7 @@ _MAX_NACK_GAP = 256
 _MAX_MISSING = 512
 
 
-class Forwarder(SimulcastTable):
+class Forwarder:
     """Routing table and fan-out of one worker's RTP (RFC 3550 section 7.1 translator).
 
     Keys for publishers and subscribers are whatever the adapter uses for a
@@ -194,6 +194,16 @@ class Forwarder(SimulcastTable):
         """RED's per-packet steps in native code, if the adapter has them."""
         self.switch_times: deque[float] = deque(maxlen=4096)
         """Seconds from each layer switch's decision to the new layer's first packet."""
+        self.simulcast = SimulcastGroups(
+            self._tracks,
+            self._rtx_tracks,
+            self._groups,
+            self.switch_times,
+            history_age,
+            self.add_track,
+            self.request_keyframe,
+        )
+        """Simulcast groups: add them and their layers, and choose a subscriber's layer."""
 
     # -- the table --------------------------------------------------------------
 
@@ -360,7 +370,7 @@ class Forwarder(SimulcastTable):
         transport.by_ssrc[ssrc] = sub
         group = self._groups.get(track_ssrc)
         if group is not None:
-            # Nothing until set_layer gives it a layer.
+            # Nothing until simulcast.set_layer gives it a layer.
             sub.group = group
             sub.waiting_keyframe = False
             group.subscriptions.append(sub)
@@ -394,6 +404,15 @@ class Forwarder(SimulcastTable):
         """The subscription a subscriber knows by its outgoing SSRC, if any."""
         transport = self._transports.get(subscriber)
         return None if transport is None else transport.by_ssrc.get(ssrc)
+
+    def _detach(self, sub: Subscription) -> None:
+        """Take a subscription out of every list of the table."""
+        track = sub.track
+        track.subscriptions = [s for s in track.subscriptions if s is not sub]
+        if sub.waiting_keyframe:
+            track.waiting -= 1
+        if sub.group is not None:
+            self.simulcast.leave(sub)
 
     def _subscription_for(self, subscriber: Key, track_ssrc: int) -> Subscription:
         group = self._groups.get(track_ssrc)
@@ -565,7 +584,7 @@ class Forwarder(SimulcastTable):
                         track.width, track.height = size
                         track.sizing = False
                 if track.pending:
-                    self._switch_in(track, now)
+                    self.simulcast.switch_in(track, now)
         subs = track.subscriptions
         if not subs:
             return None

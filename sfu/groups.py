@@ -1,55 +1,51 @@
 """Simulcast in the forwarder: groups of layers, and switching a subscriber between them.
 
-:class:`SimulcastTable` is the part of :class:`sfu.forward.Forwarder` that
-keeps :class:`~sfu.table.Group` records (see its docstring for the model);
-the cut-over itself happens in the hot path (:meth:`Forwarder.route_into`
-calls :meth:`SimulcastTable._switch_in` on the keyframe). Sans-I/O like
-the rest of the forwarder.
+:class:`SimulcastGroups` keeps the :class:`~sfu.table.Group` records of a
+:class:`sfu.forward.Forwarder` (see its docstring for the model), which holds
+one as :attr:`Forwarder.simulcast`; the cut-over itself happens in the hot
+path (:meth:`Forwarder.route_into` calls :meth:`SimulcastGroups.switch_in`
+on the keyframe). Sans-I/O like the rest of the forwarder.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping
 
 from sfu.errors import SfuStateError
 from sfu.history import PacketHistory
 from sfu.table import Group, Key, SourceStream, Subscription
 
-__all__ = ["SimulcastTable"]
+__all__ = ["SimulcastGroups"]
 
 
-class SimulcastTable:
-    """Simulcast groups of a :class:`sfu.forward.Forwarder` (a mixin)."""
+class SimulcastGroups:
+    """The simulcast groups of one :class:`sfu.forward.Forwarder`.
 
-    history_age: float
-    switch_times: deque[float]
-    _tracks: dict[int, SourceStream]
-    _rtx_tracks: dict[int, SourceStream]
-    _groups: dict[int, Group]
+    The forwarder holds one and hands it the tables they share (its tracks
+    and RTX streams by SSRC, the groups by id, the switch times) and the two
+    of its verbs a group needs: ``add_track`` registers a layer as a track
+    (:meth:`sfu.forward.Forwarder.add_track`), ``request_keyframe`` asks a
+    layer's publisher for the keyframe a switch waits for.
+    """
 
-    def add_track(
+    def __init__(
         self,
-        publisher: Key,
-        ssrc: int,
-        *,
-        kind: Literal["audio", "video"],
-        codec: str,
-        clock_rate: int,
-        rtx_ssrc: int | None = None,
-        rtx_payload_types: Mapping[int, int] | None = None,
-        extensions: Mapping[str, int] | None = None,
-        nack: bool | None = None,
-        fir: bool = False,
-    ) -> SourceStream:
-        raise NotImplementedError
-
-    def request_keyframe(self, track_ssrc: int, now: float) -> None:
-        raise NotImplementedError
-
-    def _subscription_for(self, subscriber: Key, track_ssrc: int) -> Subscription:
-        raise NotImplementedError
+        tracks: dict[int, SourceStream],
+        rtx_tracks: dict[int, SourceStream],
+        groups: dict[int, Group],
+        switch_times: deque[float],
+        history_age: float,
+        add_track: Callable[..., SourceStream],
+        request_keyframe: Callable[[int, float], None],
+    ) -> None:
+        self._tracks = tracks
+        self._rtx_tracks = rtx_tracks
+        self._groups = groups
+        self.switch_times = switch_times
+        self.history_age = history_age
+        self._add_track = add_track
+        self._request_keyframe = request_keyframe
 
     def add_group(
         self,
@@ -99,7 +95,7 @@ class SimulcastTable:
         if group.layers[index] is not None:
             raise SfuStateError(f"simulcast layer {index} of {gid} is known already")
         idle = group.idle
-        track = self.add_track(
+        track = self._add_track(
             group.publisher,
             ssrc,
             kind="video",
@@ -136,9 +132,12 @@ class SimulcastTable:
         nothing). Returns whether anything changed. A subscription that
         forwards a layer keeps it until the new layer's keyframe (requested,
         throttled); one that forwards nothing moves at once and waits there."""
-        sub = self._subscription_for(subscriber, gid)
-        group = sub.group
-        assert group is not None
+        group = self._groups.get(gid)
+        if group is None:
+            raise SfuStateError(f"no simulcast group {gid}")
+        sub = next((s for s in group.subscriptions if s.key == subscriber), None)
+        if sub is None:
+            raise SfuStateError(f"subscriber {subscriber!r} does not receive track {gid}")
         target = group.idle if index is None else group.layers[index]
         if target is None:
             raise SfuStateError(f"simulcast layer {index} of {gid} is not known yet")
@@ -159,7 +158,7 @@ class SimulcastTable:
         target.pending.append(sub)
         target.waiting += 1
         sub.pending_on = target
-        self.request_keyframe(target.ssrc, now)
+        self._request_keyframe(target.ssrc, now)
         return True
 
     def _cancel_pending(self, sub: Subscription) -> None:
@@ -182,9 +181,9 @@ class SimulcastTable:
         if group is not None and target is not group.idle and not sub.paused:
             sub.waiting_keyframe = True
             target.waiting += 1
-            self.request_keyframe(target.ssrc, now)
+            self._request_keyframe(target.ssrc, now)
 
-    def _switch_in(self, track: SourceStream, now: float) -> None:
+    def switch_in(self, track: SourceStream, now: float) -> None:
         """A keyframe of ``track``: subscriptions waiting to switch to it cut over."""
         times = self.switch_times
         for sub in track.pending:
@@ -200,13 +199,9 @@ class SimulcastTable:
         track.waiting -= len(track.pending)
         track.pending = []
 
-    def _detach(self, sub: Subscription) -> None:
-        """Take a subscription out of every list of the table."""
+    def leave(self, sub: Subscription) -> None:
+        """A subscription to a group ends: out of its group and any switch it waits for."""
         self._cancel_pending(sub)
-        track = sub.track
-        track.subscriptions = [s for s in track.subscriptions if s is not sub]
-        if sub.waiting_keyframe:
-            track.waiting -= 1
         group = sub.group
         if group is not None:
             group.subscriptions = [s for s in group.subscriptions if s is not sub]

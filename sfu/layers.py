@@ -322,7 +322,7 @@ class Layers(Core):
             if index is None or track.layers[index].ssrc:
                 return False
             try:
-                forwarder.add_layer(track.ssrc, index, ssrc)
+                forwarder.simulcast.add_layer(track.ssrc, index, ssrc)
             except SfuStateError:
                 return False
             layer = track.layers[index]
@@ -337,7 +337,7 @@ class Layers(Core):
             if index is None or not track.layers[index].ssrc or track.layers[index].rtx_ssrc:
                 return False
             try:
-                forwarder.add_layer_rtx(track.ssrc, index, ssrc)
+                forwarder.simulcast.add_layer_rtx(track.ssrc, index, ssrc)
             except SfuStateError:
                 return False
             track.layers[index].rtx_ssrc = ssrc
@@ -487,7 +487,7 @@ class Layers(Core):
             wanted.append(
                 Wanted(
                     tid,
-                    _layers(forwarder.group(track.ssrc), track, now),
+                    _layers(forwarder.simulcast.group(track.ssrc), track, now),
                     screen=track.info.source == "screen",
                     speaker=speaker is not None and track.info.participant == speaker,
                     width=view.width,
@@ -612,8 +612,8 @@ class Layers(Core):
     def _set(self, peer: Peer, track: Track, index: int | None, now: float) -> None:
         forwarder = peer.forwarder
         try:
-            if forwarder.group(track.ssrc) is not None:
-                forwarder.set_layer(peer, track.ssrc, index, now)
+            if forwarder.simulcast.group(track.ssrc) is not None:
+                forwarder.simulcast.set_layer(peer, track.ssrc, index, now)
             else:
                 forwarder.set_paused(peer, track.ssrc, index is None, now)
         except SfuStateError:
@@ -652,7 +652,7 @@ class Layers(Core):
             return
         forwarder = room.forwarder
         for track in room.tracks.values():
-            group = forwarder.group(track.ssrc) if track.layers else None
+            group = forwarder.simulcast.group(track.ssrc) if track.layers else None
             if group is None:
                 continue
             live = [
@@ -664,12 +664,12 @@ class Layers(Core):
                 continue
             for sub in group.subscriptions:
                 if sub.key in egress:
-                    forwarder.set_layer(sub.key, track.ssrc, live[-1], now)
+                    forwarder.simulcast.set_layer(sub.key, track.ssrc, live[-1], now)
 
     def _dynacast(self, room: Room, now: float) -> None:
         forwarder = room.forwarder
         for track in room.tracks.values():
-            group = forwarder.group(track.ssrc) if track.layers else None
+            group = forwarder.simulcast.group(track.ssrc) if track.layers else None
             if group is None or track.publisher.owners is not None:
                 continue  # a relayed track's publisher is another worker's
             wanted: set[int] = {0}

@@ -465,7 +465,7 @@ class Negotiator(Core):
         """A simulcast track: a forwarder group under an id no packet uses;
         its layers' SSRCs are learnt from the first packets (sfu.layers)."""
         gid = new_ssrc(room.ssrcs_in_use())
-        room.forwarder.add_group(
+        room.forwarder.simulcast.add_group(
             peer,
             gid,
             len(item.rids),

@@ -295,7 +295,7 @@ class Group:
     from the RID header extension of its first packets, RFC 8852).
 
     A subscription to a group is fed by one layer at a time, on one outgoing
-    SSRC. :meth:`Forwarder.set_layer` moves it: while nothing is forwarded
+    SSRC. :meth:`SimulcastGroups.set_layer` moves it: while nothing is forwarded
     yet it moves at once and waits for a keyframe there; otherwise it keeps
     the old layer until the new one's next keyframe (which is requested),
     then cuts over in the hot path: the RTP rewriter starts a new run

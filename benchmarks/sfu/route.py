@@ -83,11 +83,13 @@ def video_per_copy(layers: str) -> float:
             stream = peer.Stream(1, 100)
             streams.append((peer.build_frames(stream, VIDEO_FRAMES, 6, fps=30), 6))
         else:
-            fwd.add_group("p", GROUP, 3, codec="vp8", clock_rate=90000, extensions=PUBLISHER)
+            fwd.simulcast.add_group(
+                "p", GROUP, 3, codec="vp8", clock_rate=90000, extensions=PUBLISHER
+            )
             for i, (_, width, height, per_frame, size) in enumerate(peer.SIMULCAST_LAYERS):
                 if layers == "top" and i < 2:
                     continue
-                fwd.add_layer(GROUP, i, 100 + i)
+                fwd.simulcast.add_layer(GROUP, i, 100 + i)
                 per_frame, size = per_frame or 6, size or 1200
                 stream = peer.Stream(1 + i, 100 + i)
                 built = peer.build_frames(
@@ -98,7 +100,7 @@ def video_per_copy(layers: str) -> float:
         for i in range(FANOUT):
             fwd.subscribe(i, track, 0.0, ssrc=5000 + i, extensions=subscriber)
             if layers != "single":
-                fwd.set_layer(i, GROUP, 2, 0.0)
+                fwd.simulcast.set_layer(i, GROUP, 2, 0.0)
         # Frame by frame, each layer's packets in turn, as a browser sends them.
         order = [
             p for k in range(VIDEO_FRAMES) for built, per in streams

@@ -55,9 +55,9 @@ def picture_id(packet: bytes) -> int:
 
 def simulcast_forwarder() -> Forwarder:
     f = Forwarder(keyframe_interval=0.0)
-    f.add_group(PUB, GID, 3, codec="VP8", clock_rate=90_000)
+    f.simulcast.add_group(PUB, GID, 3, codec="VP8", clock_rate=90_000)
     for index, ssrc in enumerate(LAYERS):
-        f.add_layer(GID, index, ssrc)
+        f.simulcast.add_layer(GID, index, ssrc)
     f.subscribe(SUB, GID, 0.0, ssrc=0x5555)
     return f
 
@@ -88,7 +88,7 @@ def test_a_switch_waits_for_the_new_layers_keyframe_and_keeps_one_stream() -> No
     f = simulcast_forwarder()
     src = Layered()
     now = 1.0
-    assert f.set_layer(SUB, GID, 0, now)
+    assert f.simulcast.set_layer(SUB, GID, 0, now)
     # Nothing before layer 0's keyframe; a keyframe was asked for on it.
     assert f.route(src.frame(0), now) == []
     assert any(getattr(p, "media_ssrc", None) == LAYERS[0] for _, p in f.rtcp_to_send())
@@ -99,7 +99,7 @@ def test_a_switch_waits_for_the_new_layers_keyframe_and_keeps_one_stream() -> No
             routed = f.route(src.frame(layer, key=i == 0), now)
             out += [packet for _, packet in routed]
     assert len(out) == 10
-    f.set_layer(SUB, GID, 2, now)
+    f.simulcast.set_layer(SUB, GID, 2, now)
     # Layer 0 keeps flowing until layer 2's keyframe.
     for i in range(5):
         now += 1 / 30
@@ -124,18 +124,18 @@ def test_a_switch_waits_for_the_new_layers_keyframe_and_keeps_one_stream() -> No
 def test_no_layer_sends_nothing_and_resuming_waits_for_a_keyframe() -> None:
     f = simulcast_forwarder()
     src = Layered()
-    f.set_layer(SUB, GID, 1, 0.0)
+    f.simulcast.set_layer(SUB, GID, 1, 0.0)
     assert f.route(src.frame(1, key=True), 0.1)
-    f.set_layer(SUB, GID, None, 0.2)
+    f.simulcast.set_layer(SUB, GID, None, 0.2)
     assert all(f.route(src.frame(i, key=True), 0.3) == [] for i in range(3))
-    f.set_layer(SUB, GID, 0, 0.4)
+    f.simulcast.set_layer(SUB, GID, 0, 0.4)
     assert f.route(src.frame(0), 0.5) == []
     assert f.route(src.frame(0, key=True), 0.6)
 
 
 def test_removing_the_group_forgets_its_layers_and_subscriptions() -> None:
     f = simulcast_forwarder()
-    f.set_layer(SUB, GID, 0, 0.0)
+    f.simulcast.set_layer(SUB, GID, 0, 0.0)
     f.remove_track(GID)
     assert f.tracks == []
     assert f.subscription(SUB, 0x5555) is None
@@ -217,7 +217,7 @@ async def test_rid_layers_are_learnt_and_announced(worker: MediaWorker, events: 
         worker._route(peer, vp8_packet(LAYERS[index], 1, 0, 1, key=True, ext=rid_ext(rid)), now)
         rtx = vp8_packet(LAYERS[index] + 1, 1, 0, 1, key=False, ext=rid_ext(rid, repaired=True))
         worker._route(peer, rtx, now)
-    group = room.forwarder.group(room.tracks[info.track_id].ssrc)
+    group = room.forwarder.simulcast.group(room.tracks[info.track_id].ssrc)
     assert [t.ssrc for t in group.layers] == list(LAYERS)
     assert [t.rtx_ssrc for t in group.layers] == [s + 1 for s in LAYERS]
     assert group.layers[0].width == 1280 or group.layers[0].width == 0

@@ -48,9 +48,9 @@ def forwarder(records: list[Record], now: float) -> Any:
     from sfu.forward import Forwarder
 
     f = Forwarder()
-    f.add_group("pub", GROUP, 3, codec="vp8", clock_rate=90000, extensions=PUB_EXTS)
+    f.simulcast.add_group("pub", GROUP, 3, codec="vp8", clock_rate=90000, extensions=PUB_EXTS)
     for i, ssrc in enumerate(LAYER_SSRCS):
-        f.add_layer(GROUP, i, ssrc)
+        f.simulcast.add_layer(GROUP, i, ssrc)
     f.subscribe(
         records[0], GROUP, now, ssrc=0xA0, payload_types={96: 100},
         extensions={TRANSPORT_CC: 5, ABS_SEND_TIME: 6, MID: 1},
@@ -59,7 +59,7 @@ def forwarder(records: list[Record], now: float) -> Any:
     f.subscribe(records[1], GROUP, now, ssrc=0xB0)
     f.subscribe(records[2], GROUP, now, ssrc=0xC0, extensions={TRANSPORT_CC: 3})
     for r in records:
-        f.set_layer(r, GROUP, 0, now)
+        f.simulcast.set_layer(r, GROUP, 0, now)
     return f
 
 
@@ -97,8 +97,8 @@ def test_native_forwards_simulcast_layers_as_python_does(
                     fast.set_paused(ours[layer], GROUP, paused, now)
                     slow.set_paused(theirs[layer], GROUP, paused, now)
                 else:
-                    fast.set_layer(ours[who], GROUP, layer, now)
-                    slow.set_layer(theirs[who], GROUP, layer, now)
+                    fast.simulcast.set_layer(ours[who], GROUP, layer, now)
+                    slow.simulcast.set_layer(theirs[who], GROUP, layer, now)
             for i, ssrc in enumerate(LAYER_SSRCS):
                 for part in range(2):
                     seqs[i] = (seqs[i] + 1) & 0xFFFF
@@ -118,8 +118,8 @@ def test_native_forwards_simulcast_layers_as_python_does(
         assert expected[1]
         # Past each run's first packet the copies went native, VP8 rewrite and all.
         assert fan.counters()["sent"] > by_python
-        mine = fast.group(GROUP).subscriptions
-        ref = slow.group(GROUP).subscriptions
+        mine = fast.simulcast.group(GROUP).subscriptions
+        ref = slow.simulcast.group(GROUP).subscriptions
         for a, b in zip(mine, ref, strict=True):
             assert a.vp8 is not None and b.vp8 is not None
             assert [getattr(a.vp8, n) for n in a.vp8.__slots__] == [
