@@ -42,8 +42,8 @@ class SimulcastGroups:
         self._tracks = tracks
         self._rtx_tracks = rtx_tracks
         self._groups = groups
-        self.switch_times = switch_times
-        self.history_age = history_age
+        self._switch_times = switch_times
+        self._history_age = history_age
         self._add_track = add_track
         self._request_keyframe = request_keyframe
 
@@ -77,7 +77,7 @@ class SimulcastGroups:
             dict(extensions or {}),
             nack,
             fir,
-            PacketHistory(1, self.history_age),
+            PacketHistory(1, self._history_age),
         )
         group = self._groups[gid] = Group(gid, publisher, layers, idle)
         return group
@@ -185,7 +185,7 @@ class SimulcastGroups:
 
     def switch_in(self, track: SourceStream, now: float) -> None:
         """A keyframe of ``track``: subscriptions waiting to switch to it cut over."""
-        times = self.switch_times
+        times = self._switch_times
         for sub in track.pending:
             old = sub.track
             old.subscriptions = [s for s in old.subscriptions if s is not sub]

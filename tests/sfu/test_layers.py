@@ -15,10 +15,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 from rtc.sdp import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC, SessionDescription
 from sfu.control import LayersWanted, TrackPaused, View, event_from_dict, event_to_dict
+from sfu.errors import SfuStateError
 from sfu.forward import Forwarder
 from sfu.layers import DYNACAST_DELAY, QUIET, STALE, TICK
 from sfu.worker import MediaWorker
@@ -140,6 +142,31 @@ def test_removing_the_group_forgets_its_layers_and_subscriptions() -> None:
     assert f.tracks == []
     assert f.subscription(SUB, 0x5555) is None
     assert f.route(Layered().frame(0, key=True), 1.0) == []
+
+
+def test_set_layer_refuses_what_is_not_a_subscription_to_a_group() -> None:
+    f = simulcast_forwarder()
+    f.add_track(PUB, 0x7777, kind="video", codec="VP8", clock_rate=90_000)
+    f.subscribe(SUB, 0x7777, 0.0, ssrc=0x6666)
+    with pytest.raises(SfuStateError, match="no simulcast group"):
+        f.simulcast.set_layer(SUB, 0x7777, 0, 0.0)
+    with pytest.raises(SfuStateError, match="does not receive"):
+        f.simulcast.set_layer("someone else", GID, 0, 0.0)
+
+
+def test_unsubscribing_during_a_switch_leaves_no_one_waiting() -> None:
+    f = simulcast_forwarder()
+    src = Layered()
+    f.simulcast.set_layer(SUB, GID, 0, 0.0)
+    assert f.route(src.frame(0, key=True), 0.1)
+    f.simulcast.set_layer(SUB, GID, 2, 0.2)
+    layer = f.track(LAYERS[2])
+    assert layer.waiting == 1
+    f.unsubscribe(SUB, GID)
+    assert layer.waiting == 0 and layer.pending == []
+    group = f.simulcast.group(GID)
+    assert group is not None and group.subscriptions == []
+    assert f.route(src.frame(2, key=True), 0.3) == []
 
 
 def test_events_round_trip() -> None:
