@@ -1,8 +1,8 @@
 """Simulcast in the forwarder: groups of layers, and switching a subscriber between them.
 
-:class:`SimulcastGroups` keeps the :class:`~sfu.table.Group` records of a
-:class:`sfu.forward.Forwarder` (see its docstring for the model), which holds
-one as :attr:`Forwarder.simulcast`; the cut-over itself happens in the hot
+:class:`SimulcastGroups` keeps the :class:`~sfu.table.Group` records (the
+model is in Group's docstring) of a :class:`sfu.forward.Forwarder`, which
+holds one as :attr:`Forwarder.simulcast`; the cut-over itself happens in the hot
 path (:meth:`Forwarder.route_into` calls :meth:`SimulcastGroups.switch_in`
 on the keyframe). Sans-I/O like the rest of the forwarder.
 """
