@@ -44,14 +44,11 @@ from rtc.errors import (
 )
 from rtc.srtp import SrtpSession
 from tests.rtc.certificates import CLIENT_CERT, ISSUED, SERVER_CERT
-
-# A filter sees (direction, index of the datagram in that direction, data) and
-# says whether to drop it.
-Drop = Callable[[str, int, bytes], bool]
+from tests.rtc.memory_link import Drop, MemoryLink
 
 
-class Pair:
-    """Two endpoints joined by an in-memory link with a fake clock (aioquic's transfer())."""
+class Pair(MemoryLink):
+    """Two endpoints joined by the in-memory link ("c2s" and "s2c")."""
 
     def __init__(
         self,
@@ -61,14 +58,11 @@ class Pair:
         drop: Drop | None = None,
         reorder: bool = False,
     ) -> None:
+        super().__init__(("c2s", "s2c"), drop)
         self.client, self.server = client, server
-        self.drop = drop or (lambda d, i, data: False)
         self.reorder = reorder
-        self.now = 0.0
         # None: a fake clock that jumps to the next timer. Else a real one to sleep on.
         self.clock: Callable[[], float] | None = None
-        self.sent = {"c2s": 0, "s2c": 0}
-        self.dropped = 0
         self.events: dict[str, list[Any]] = {"client": [], "server": []}
 
     def _move(self, src: DtlsEndpoint, dst: DtlsEndpoint, direction: str) -> bool:
@@ -76,12 +70,8 @@ class Pair:
         if self.reorder:
             batch.reverse()
         for data in batch:
-            index = self.sent[direction]
-            self.sent[direction] += 1
-            if self.drop(direction, index, data):
-                self.dropped += 1
-                continue
-            dst.receive(data, self.now)
+            if self.arrives(direction, data):
+                dst.receive(data, self.now)
         return bool(batch)
 
     def _collect(self) -> None:
