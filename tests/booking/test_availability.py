@@ -348,17 +348,36 @@ def test_nine_to_five_stays_nine_to_five_across_dst(
         assert all(s.end - s.start == timedelta(minutes=30) for s in slots)
 
 
-def test_window_crossing_spring_forward_gap_loses_an_hour() -> None:
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [
+        pytest.param(
+            date(2024, 3, 10),
+            ["00:00-0500", "01:00-0500", "03:00-0400", "04:00-0400", "05:00-0400"],
+            id="spring-forward-gap-loses-an-hour",
+        ),
+        pytest.param(
+            date(2024, 11, 3),
+            [
+                "00:00-0400",
+                "01:00-0400",
+                "01:00-0500",
+                "02:00-0500",
+                "03:00-0500",
+                "04:00-0500",
+                "05:00-0500",
+            ],
+            id="fall-back-overlap-gains-an-hour",
+        ),
+    ],
+)
+def test_window_crossing_a_clock_change(day: date, expected: list[str]) -> None:
+    """Hour slots from midnight to six: each an hour long, one after another."""
     av = make(NEW_YORK, every_day(time(0), time(6)), video=60)
-    slots = local_day(av, date(2024, 3, 10))
-    assert wall(slots, NEW_YORK) == [
-        "00:00-0500",
-        "01:00-0500",
-        "03:00-0400",
-        "04:00-0400",
-        "05:00-0400",
-    ]
+    slots = local_day(av, day)
+    assert wall(slots, NEW_YORK) == expected
     assert all(s.end - s.start == timedelta(hours=1) for s in slots)
+    assert all(a.end == b.start for a, b in itertools.pairwise(slots))
 
 
 def test_slot_straddling_the_gap_keeps_its_real_length() -> None:
@@ -379,21 +398,6 @@ def test_window_inside_the_gap_is_empty_that_day() -> None:
     av = make(NEW_YORK, every_day(time(2), time(2, 45)), video=15)
     assert local_day(av, date(2024, 3, 10)) == []
     assert len(local_day(av, date(2024, 3, 17))) == 3
-
-
-def test_window_crossing_fall_back_overlap_gains_an_hour() -> None:
-    av = make(NEW_YORK, every_day(time(0), time(6)), video=60)
-    slots = local_day(av, date(2024, 11, 3))
-    assert wall(slots, NEW_YORK) == [
-        "00:00-0400",
-        "01:00-0400",
-        "01:00-0500",
-        "02:00-0500",
-        "03:00-0500",
-        "04:00-0500",
-        "05:00-0500",
-    ]
-    assert all(a.end == b.start for a, b in itertools.pairwise(slots))
 
 
 def test_window_inside_the_overlap_happens_twice() -> None:

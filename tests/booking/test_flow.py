@@ -45,13 +45,7 @@ async def test_onboard_publish_search_hold_pay_consult_review(api: Api) -> None:
         token=admin,
         expect=201,
     )
-    staff = (
-        await api.post(
-            "/api/v1/auth/login",
-            {"email": "staff@shifa.test", "password": "staff password 1"},
-            expect=200,
-        )
-    )["access_token"]
+    staff = await api.login("staff@shifa.test", "staff password 1")
 
     # Staff onboard a doctor, upload a credential and set the availability:
     # every day, 5-minute video consultations, no notice needed.
@@ -168,13 +162,7 @@ async def test_onboard_publish_search_hold_pay_consult_review(api: Api) -> None:
     )
 
     # The doctor accepts, both get join links, the consultation happens.
-    dr = (
-        await api.post(
-            "/api/v1/auth/login",
-            {"email": "dr.amina@shifa.test", "password": "doctor password 1"},
-            expect=200,
-        )
-    )["access_token"]
+    dr = await api.login("dr.amina@shifa.test", "doctor password 1")
     await api.post(
         f"/api/v1/bookings/{booking['id']}/review", {"rating": 5}, token=patient, expect=409
     )

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from collections import deque
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +16,7 @@ from booking.lifecycle import (
     is_terminal,
     transition,
 )
+from tests.transitions import reachable
 from wadud.errors import Conflict, WadudError
 
 S = State
@@ -119,14 +118,7 @@ def test_reschedule_keeps_state_where_allowed() -> None:
 
 
 def test_every_state_reachable_and_every_active_state_can_end() -> None:
-    seen = {S.HELD}
-    queue = deque([S.HELD])
-    while queue:
-        for nxt in TRANSITIONS[queue.popleft()].values():
-            if nxt not in seen:
-                seen.add(nxt)
-                queue.append(nxt)
-    assert seen == set(State)
+    assert reachable(TRANSITIONS, S.HELD) == set(State)
     for state in ACTIVE_STATES:
         assert any(target in TERMINAL_STATES for target in TRANSITIONS[state].values())
 

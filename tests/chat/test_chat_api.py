@@ -15,6 +15,7 @@ import pytest
 from tests.booking.factories import make_clinic, make_doctor
 from tests.chat.conftest import World, make_patient, make_world, ws_connect
 from tests.conftest import Api
+from tests.wadud.framing import ENVELOPE_REFUSALS
 from wadud import keys
 from wadud.api import Role
 
@@ -277,11 +278,7 @@ async def test_websocket_protocol_and_bad_input(api: Api, world: World) -> None:
 
                 send = {"type": "send", "conversation_id": cid, "client_id": "1"}
                 bad_inputs: list[tuple[str, str]] = [
-                    ("{not json", "bad-frame"),
-                    ("[1, 2]", "bad-frame"),
-                    (j(type=7, id="a"), "bad-frame"),
-                    (j(type="dance", id="b"), "unknown-type"),
-                    (j(v=2, type="ping", id="c"), "unsupported-version"),
+                    *ENVELOPE_REFUSALS,
                     (j(**{**send, "conversation_id": "nope"}, id="d"), "invalid"),
                     (j(type="ping", id="e", extra=1), "invalid"),
                     (j(type="subscribe", id="f", conversation_id=cid, after=-1), "invalid"),

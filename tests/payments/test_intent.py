@@ -29,6 +29,7 @@ from booking.payments.intent import (
     refund_event,
     transition,
 )
+from tests.transitions import reachable
 
 S, E = IntentState, IntentEvent
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -139,14 +140,7 @@ def test_random_walks_keep_the_money_invariants(events: list[IntentEvent]) -> No
 
 
 def test_every_state_is_reachable() -> None:
-    reached = {S.REQUIRES_PAYMENT}
-    frontier = [S.REQUIRES_PAYMENT]
-    while frontier:
-        for nxt in TRANSITIONS[frontier.pop()].values():
-            if nxt not in reached:
-                reached.add(nxt)
-                frontier.append(nxt)
-    assert reached == set(IntentState)
+    assert reachable(TRANSITIONS, S.REQUIRES_PAYMENT) == set(IntentState)
 
 
 def test_intent_apply_and_validation() -> None:

@@ -127,6 +127,16 @@ async def set_commission(api: Api, clinic: Clinic, bp: int | None, fixed: int = 
     )
 
 
+async def owed(api: Api, commission_bp: int = 0) -> tuple[Clinic, Doctor]:
+    """A new clinic taking ``commission_bp`` and its doctor (fee 100,000),
+    owed for one booking paid through the sandbox."""
+    clinic = await make_clinic(api)
+    doctor = await make_doctor(api, clinic, fee_minor=100_000)
+    await set_commission(api, clinic, commission_bp)
+    await paid_booking(api, doctor)
+    return clinic, doctor
+
+
 async def account_balances(api: Api, clinic: Clinic) -> dict[str, int]:
     rows = await pool_of(api).fetch(
         """SELECT account, sum(amount_minor) AS total FROM ledger_entries
@@ -417,10 +427,7 @@ async def test_refund_booking_for_cancellations(api: Api) -> None:
 
 
 async def test_payouts_are_bounded_by_the_payable_balance(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic, fee_minor=100_000)
-    await set_commission(api, clinic, 2000)
-    await paid_booking(api, doctor)
+    clinic, doctor = await owed(api, 2000)
     url = f"/api/v1/doctors/{doctor.id}/payouts"
     staff = clinic.staff_token
     over = await api.post(url, {"amount_minor": 80_001}, token=staff, expect=409)
@@ -459,10 +466,7 @@ async def test_payouts_are_bounded_by_the_payable_balance(api: Api) -> None:
 async def test_concurrent_payouts_never_overdraw(api: Api) -> None:
     import asyncio
 
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic, fee_minor=100_000)
-    await set_commission(api, clinic, 0)
-    await paid_booking(api, doctor)
+    clinic, doctor = await owed(api)
     url = f"/api/v1/doctors/{doctor.id}/payouts"
     results = await asyncio.gather(
         *[

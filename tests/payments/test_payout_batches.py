@@ -25,7 +25,7 @@ from booking.payments.batch import FileLine, LineStatus
 from booking.payments.intent import Currency
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
-from tests.payments.test_payments_api import paid_booking, pool_of, set_commission
+from tests.payments.test_payments_api import owed, paid_booking, pool_of
 from wadud.api import Role
 
 # --- the pure core --------------------------------------------------------------------
@@ -224,6 +224,17 @@ async def audit_count(api: Api, action: str) -> int:
     )
 
 
+async def owed_with_account(api: Api, commission_bp: int) -> tuple[Clinic, Doctor]:
+    """:func:`~tests.payments.test_payments_api.owed`, and the doctor's bank details on file."""
+    clinic, doctor = await owed(api, commission_bp)
+    await api.put(
+        f"/api/v1/doctors/{doctor.id}/payout-account",
+        {"iban": VALID[0], "account_title": "Dr Test"},
+        token=doctor.token,
+    )
+    return clinic, doctor
+
+
 def batches_url(clinic: Clinic) -> str:
     return f"/api/v1/clinics/{clinic.id}/payout-batches"
 
@@ -399,15 +410,7 @@ async def test_concurrent_creations_never_batch_a_doctor_twice(api: Api) -> None
 
 
 async def test_a_batch_and_a_manual_payout_at_once_never_pay_twice(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic, fee_minor=100_000)
-    await set_commission(api, clinic, 0)
-    await paid_booking(api, doctor)
-    await api.put(
-        f"/api/v1/doctors/{doctor.id}/payout-account",
-        {"iban": VALID[0], "account_title": "Dr Test"},
-        token=doctor.token,
-    )
+    clinic, doctor = await owed_with_account(api, 0)
     auth = {"Authorization": f"Bearer {clinic.staff_token}"}
     for _ in range(5):
         made, manual = await asyncio.gather(
@@ -635,15 +638,7 @@ async def test_bad_marks_change_nothing(api: Api) -> None:
 
 
 async def test_earnings_show_the_doctors_batches(api: Api) -> None:
-    clinic = await make_clinic(api)
-    doctor: Doctor = await make_doctor(api, clinic, fee_minor=100_000)
-    await set_commission(api, clinic, 1000)
-    await paid_booking(api, doctor)
-    await api.put(
-        f"/api/v1/doctors/{doctor.id}/payout-account",
-        {"iban": VALID[0], "account_title": "Dr Test"},
-        token=doctor.token,
-    )
+    clinic, doctor = await owed_with_account(api, 1000)
     staff = clinic.staff_token
     made = await api.post(batches_url(clinic), {"threshold_minor": 1}, token=staff, expect=201)
     earnings = await api.get(f"/api/v1/doctors/{doctor.id}/earnings", token=doctor.token)

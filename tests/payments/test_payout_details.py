@@ -16,9 +16,9 @@ import asyncpg
 
 from booking.payments import payout_details
 from privacy import subject_keys
-from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
+from tests.booking.factories import Clinic, Doctor, make_doctor
 from tests.conftest import Api
-from tests.payments.test_payments_api import paid_booking, pool_of, set_commission
+from tests.payments.test_payments_api import owed, pool_of
 
 IBAN = "PK36SCBL0000001123456702"
 TITLE = "Dr Ayesha Khan"
@@ -51,14 +51,6 @@ async def bank_file(api: Api, clinic: Clinic, batch_id: str) -> list[dict[str, s
     )
     assert resp.status == 200, await resp.text()
     return list(csv.DictReader(io.StringIO(await resp.text())))
-
-
-async def owed(api: Api) -> tuple[Clinic, Doctor]:
-    clinic = await make_clinic(api)
-    doctor = await make_doctor(api, clinic, fee_minor=100_000)
-    await set_commission(api, clinic, 0)
-    await paid_booking(api, doctor)
-    return clinic, doctor
 
 
 async def test_bank_details_are_sealed_and_open_for_the_doctor_and_the_bank_file(

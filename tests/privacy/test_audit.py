@@ -46,6 +46,15 @@ async def _write(
         )
 
 
+async def _write_rows(url: str, n: int) -> None:
+    """``n`` audit rows, on a connection of their own."""
+    conn = await _connect(url)
+    try:
+        await _write(conn, n)
+    finally:
+        await conn.close()
+
+
 async def test_an_intact_chain_verifies(database_url: str) -> None:
     conn = await _connect(database_url)
     try:
@@ -143,11 +152,7 @@ async def _as_superuser(url: str, sql: str) -> None:
 
 
 async def test_verify_names_an_altered_row(database_url: str, tmp_path: Path) -> None:
-    conn = await _connect(database_url)
-    try:
-        await _write(conn, 6)
-    finally:
-        await conn.close()
+    await _write_rows(database_url, 6)
     env = {"WADUD_DATABASE_URL": database_url}
     intact = wadud("audit", "verify", "--data-dir", str(tmp_path), env=env)
     assert intact.returncode == 0, intact.stderr
@@ -160,11 +165,7 @@ async def test_verify_names_an_altered_row(database_url: str, tmp_path: Path) ->
 
 
 async def test_verify_names_a_deleted_row(database_url: str, tmp_path: Path) -> None:
-    conn = await _connect(database_url)
-    try:
-        await _write(conn, 5)
-    finally:
-        await conn.close()
+    await _write_rows(database_url, 5)
     await _as_superuser(database_url, "DELETE FROM audit_log WHERE seq = 4")
     broken = wadud("audit", "verify", "--data-dir", str(tmp_path),
                    env={"WADUD_DATABASE_URL": database_url})  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -44,92 +43,7 @@ from rtc.errors import (
 )
 from rtc.srtp import SrtpSession
 from tests.rtc.certificates import CLIENT_CERT, ISSUED, SERVER_CERT
-
-# A filter sees (direction, index of the datagram in that direction, data) and
-# says whether to drop it.
-Drop = Callable[[str, int, bytes], bool]
-
-
-class Pair:
-    """Two endpoints joined by an in-memory link with a fake clock (aioquic's transfer())."""
-
-    def __init__(
-        self,
-        client: DtlsEndpoint,
-        server: DtlsEndpoint,
-        *,
-        drop: Drop | None = None,
-        reorder: bool = False,
-    ) -> None:
-        self.client, self.server = client, server
-        self.drop = drop or (lambda d, i, data: False)
-        self.reorder = reorder
-        self.now = 0.0
-        # None: a fake clock that jumps to the next timer. Else a real one to sleep on.
-        self.clock: Callable[[], float] | None = None
-        self.sent = {"c2s": 0, "s2c": 0}
-        self.dropped = 0
-        self.events: dict[str, list[Any]] = {"client": [], "server": []}
-
-    def _move(self, src: DtlsEndpoint, dst: DtlsEndpoint, direction: str) -> bool:
-        batch = src.datagrams_to_send()
-        if self.reorder:
-            batch.reverse()
-        for data in batch:
-            index = self.sent[direction]
-            self.sent[direction] += 1
-            if self.drop(direction, index, data):
-                self.dropped += 1
-                continue
-            dst.receive(data, self.now)
-        return bool(batch)
-
-    def _collect(self) -> None:
-        for name, ep in (("client", self.client), ("server", self.server)):
-            while (e := ep.next_event()) is not None:
-                self.events[name].append(e)
-
-    def pump(self) -> None:
-        while self._move(self.client, self.server, "c2s") | self._move(
-            self.server, self.client, "s2c"
-        ):
-            pass
-        self._collect()
-
-    def run(self, limit: float = 300.0) -> None:
-        """Start both, then move datagrams and fire timers until both settle."""
-        if self.clock is not None:
-            self.now = self.clock()
-            limit += self.now
-        for ep in (self.server, self.client):
-            if ep.state is DtlsState.NEW:
-                ep.start(self.now)
-        while True:
-            self.pump()
-            if all(ep.state is not DtlsState.CONNECTING for ep in (self.client, self.server)):
-                return
-            timers = [t for t in (self.client.get_timer(), self.server.get_timer()) if t]
-            if not timers or self.now > limit:
-                return
-            if self.clock is None:
-                self.now = max(self.now, min(timers))
-            else:
-                time.sleep(max(0.0, min(timers) - self.clock()))
-                self.now = self.clock()
-            self.client.handle_timer(self.now)
-            self.server.handle_timer(self.now)
-
-
-def endpoints(**kwargs: Any) -> tuple[DtlsEndpoint, DtlsEndpoint]:
-    client_kw = {k[2:]: v for k, v in kwargs.items() if k.startswith("c_")}
-    server_kw = {k[2:]: v for k, v in kwargs.items() if k.startswith("s_")}
-    client = DtlsEndpoint(
-        CLIENT_CERT, DtlsRole.CLIENT, [("sha-256", SERVER_CERT.fingerprint())], **client_kw
-    )
-    server = DtlsEndpoint(
-        SERVER_CERT, DtlsRole.SERVER, [("sha-256", CLIENT_CERT.fingerprint())], **server_kw
-    )
-    return client, server
+from tests.rtc.dtls_pair import DtlsPair, dtls_endpoints
 
 
 def completed(events: list[Any]) -> HandshakeComplete:
@@ -139,7 +53,7 @@ def completed(events: list[Any]) -> HandshakeComplete:
 
 
 def test_handshake_completes_with_the_same_keys() -> None:
-    pair = Pair(*endpoints())
+    pair = DtlsPair(*dtls_endpoints())
     pair.run()
     assert pair.client.state is DtlsState.CONNECTED
     assert pair.server.state is DtlsState.CONNECTED
@@ -162,7 +76,7 @@ def test_handshake_completes_with_the_same_keys() -> None:
     ],
 )
 def test_falls_back_to_aes_cm(client_profiles: Any, server_profiles: Any) -> None:
-    pair = Pair(*endpoints(c_profiles=client_profiles, s_profiles=server_profiles))
+    pair = DtlsPair(*dtls_endpoints(c_profiles=client_profiles, s_profiles=server_profiles))
     pair.run()
     c = completed(pair.events["client"])
     assert c.profile == SRTP_AES128_CM_SHA1_80
@@ -171,8 +85,8 @@ def test_falls_back_to_aes_cm(client_profiles: Any, server_profiles: Any) -> Non
 
 
 def test_no_common_profile_fails() -> None:
-    pair = Pair(
-        *endpoints(c_profiles=(SRTP_AES128_CM_SHA1_80,), s_profiles=(SRTP_AEAD_AES_128_GCM,))
+    pair = DtlsPair(
+        *dtls_endpoints(c_profiles=(SRTP_AES128_CM_SHA1_80,), s_profiles=(SRTP_AEAD_AES_128_GCM,))
     )
     pair.run()
     # OpenSSL's server goes on without use_srtp; both sides refuse the result.
@@ -191,7 +105,7 @@ def test_no_common_profile_fails() -> None:
     ],
 )
 def test_a_dropped_flight_is_retransmitted_on_the_timer(direction: str, index: int) -> None:
-    pair = Pair(*endpoints(), drop=lambda d, i, data: (d, i) == (direction, index))
+    pair = DtlsPair(*dtls_endpoints(), drop=lambda d, i, data: (d, i) == (direction, index))
     pair.run()
     assert pair.dropped == 1
     assert pair.client.state is DtlsState.CONNECTED
@@ -208,7 +122,7 @@ def test_every_flight_dropped_twice_still_completes() -> None:
         seen[key] = seen.get(key, 0) + 1
         return seen[key] <= 2
 
-    pair = Pair(*endpoints(), drop=drop)
+    pair = DtlsPair(*dtls_endpoints(), drop=drop)
     pair.run()
     assert pair.client.state is DtlsState.CONNECTED
     assert pair.server.state is DtlsState.CONNECTED
@@ -223,7 +137,7 @@ def test_small_mtu_packs_whole_records() -> None:
             oversized.append(data)
         return False
 
-    pair = Pair(*endpoints(c_mtu=200, s_mtu=200), drop=record)
+    pair = DtlsPair(*dtls_endpoints(c_mtu=200, s_mtu=200), drop=record)
     pair.run()
     assert pair.sent["s2c"] > 3  # the server's flight really was split
     # Only a record that alone exceeds the MTU goes out bigger, and then alone.
@@ -239,7 +153,7 @@ def test_reordered_flights_recover_with_openssl_retransmission() -> None:
     before the messages it follows and discards it. Only OpenSSL's own retransmission
     (fresh record numbers) repairs that, and it runs on OpenSSL's wall clock: this
     test drives the endpoints with the real monotonic clock, as the adapter does."""
-    pair = Pair(*endpoints(c_mtu=200, s_mtu=200), reorder=True)
+    pair = DtlsPair(*dtls_endpoints(c_mtu=200, s_mtu=200), reorder=True)
     start = time.monotonic()
     pair.clock = time.monotonic
     pair.run()
@@ -250,7 +164,7 @@ def test_reordered_flights_recover_with_openssl_retransmission() -> None:
 
 
 def test_timeout_when_nothing_gets_through() -> None:
-    pair = Pair(*endpoints(c_max_retransmissions=3), drop=lambda d, i, data: True)
+    pair = DtlsPair(*dtls_endpoints(c_max_retransmissions=3), drop=lambda d, i, data: True)
     pair.run()
     assert pair.client.state is DtlsState.FAILED
     failure = pair.events["client"][-1]
@@ -264,12 +178,12 @@ def test_timeout_when_nothing_gets_through() -> None:
 @pytest.mark.parametrize("liar", ["client", "server"])
 def test_wrong_fingerprint_fails_the_handshake(liar: str) -> None:
     wrong = [("sha-256", DtlsCertificate.generate(ISSUED).fingerprint())]
-    client, server = endpoints()
+    client, server = dtls_endpoints()
     if liar == "server":  # the client expects someone else
         client = DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, wrong)
     else:
         server = DtlsEndpoint(SERVER_CERT, DtlsRole.SERVER, wrong)
-    pair = Pair(client, server)
+    pair = DtlsPair(client, server)
     pair.run()
     checker = pair.client if liar == "server" else pair.server
     checker_events = pair.events["client" if liar == "server" else "server"]
@@ -288,12 +202,12 @@ def test_fingerprint_rules() -> None:
     # Unknown algorithms are ignored; every known one must match, in any case.
     fp = SERVER_CERT.fingerprint().lower()
     client = DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, [("md5", "00"), ("SHA-256", fp)])
-    _, server = endpoints()
-    pair = Pair(client, server)
+    _, server = dtls_endpoints()
+    pair = DtlsPair(client, server)
     pair.run()
     assert pair.client.state is DtlsState.CONNECTED
     both = [("sha-256", SERVER_CERT.fingerprint()), ("sha-1", "00:11")]
-    pair = Pair(DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, both), endpoints()[1])
+    pair = DtlsPair(DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, both), dtls_endpoints()[1])
     pair.run()
     assert pair.client.state is DtlsState.FAILED
 
@@ -308,7 +222,7 @@ def test_fingerprint_format_matches_aiortc() -> None:
 
 
 def test_application_data_and_close_notify() -> None:
-    pair = Pair(*endpoints())
+    pair = DtlsPair(*dtls_endpoints())
     pair.run()
     pair.client.send(b"sctp init")
     pair.pump()
@@ -326,7 +240,7 @@ def test_application_data_and_close_notify() -> None:
 
 
 def test_state_errors_and_drops() -> None:
-    client, server = endpoints()
+    client, server = dtls_endpoints()
     with pytest.raises(DtlsStateError):
         client.send(b"too early")
     server.receive(b"\x16\xfe\xfd", 0.0)  # not started: dropped
@@ -366,9 +280,9 @@ def test_keying_material_split() -> None:
 @settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
 @given(garbage=st.lists(st.binary(min_size=1, max_size=120), max_size=4), connected=st.booleans())
 def test_random_datagrams_never_raise(garbage: list[bytes], connected: bool) -> None:
-    client, server = endpoints()
+    client, server = dtls_endpoints()
     if connected:
-        Pair(client, server).run()
+        DtlsPair(client, server).run()
     else:
         server.start(0.0)
     for data in garbage:

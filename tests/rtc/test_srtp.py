@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from rtc.dtls import (
     SRTP_AEAD_AES_128_GCM,
     SRTP_AES128_CM_SHA1_80,
-    DtlsEndpoint,
     DtlsRole,
     DtlsState,
     SrtpKeys,
@@ -24,26 +23,15 @@ from rtc.dtls import (
 )
 from rtc.errors import SrtpAuthError, SrtpError, SrtpReplayError
 from rtc.srtp import SrtpSession
-from tests.rtc.certificates import CLIENT_CERT, SERVER_CERT
+from tests.rtc.dtls_pair import DtlsPair, dtls_endpoints
 
 PROFILES = [SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80]
 
 
 def handshake(profile: SrtpProfile) -> tuple[SrtpKeys, SrtpKeys]:
     """A real DTLS handshake in memory restricted to ``profile``; both sides' keys."""
-    client = DtlsEndpoint(
-        CLIENT_CERT, DtlsRole.CLIENT, [("sha-256", SERVER_CERT.fingerprint())], profiles=(profile,)
-    )
-    server = DtlsEndpoint(
-        SERVER_CERT, DtlsRole.SERVER, [("sha-256", CLIENT_CERT.fingerprint())], profiles=(profile,)
-    )
-    server.start(0.0)
-    client.start(0.0)
-    for _ in range(4):
-        for data in client.datagrams_to_send():
-            server.receive(data, 0.0)
-        for data in server.datagrams_to_send():
-            client.receive(data, 0.0)
+    client, server = dtls_endpoints(c_profiles=(profile,), s_profiles=(profile,))
+    DtlsPair(client, server).run()
     assert client.state is server.state is DtlsState.CONNECTED
     assert client.keys is not None and server.keys is not None
     assert client.keys.profile == profile

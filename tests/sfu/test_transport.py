@@ -8,7 +8,6 @@ joined through an in-memory link that can drop datagrams (aioquic's
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -45,13 +44,12 @@ from sfu.transport import (
     PeerTransport,
 )
 from tests.rtc.certificates import CLIENT_CERT, SERVER_CERT
+from tests.rtc.memory_link import Drop, MemoryLink
 
 CLIENT = ("198.51.100.7", 50000)
 OTHER = ("198.51.100.8", 50001)
 STRANGER = ("203.0.113.9", 40000)
 CLIENT_UFRAG, CLIENT_PWD = "brwU", "browserpassword012345678"
-
-Drop = Callable[[str, int, bytes], bool]
 
 
 def check(
@@ -100,8 +98,9 @@ class Browser:
                 self.srtp = SrtpSession.from_keys(event.keys, event.role)
 
 
-class Link:
-    """A transport and a browser joined in memory on a fake clock."""
+class Link(MemoryLink):
+    """A transport and a browser joined by the in-memory link: "up" to the
+    transport, "down" to the browser."""
 
     def __init__(
         self,
@@ -111,12 +110,10 @@ class Link:
         addr: Address = CLIENT,
         drop: Drop | None = None,
     ) -> None:
+        super().__init__(("up", "down"), drop)
         self.t = transport
         self.b = browser
         self.addr = addr
-        self.now = 0.0
-        self.drop = drop or (lambda direction, index, data: False)
-        self.sent = {"up": 0, "down": 0}
         self.events: list[Any] = []
         self.elsewhere: list[tuple[bytes, Address]] = []
 
@@ -130,17 +127,14 @@ class Link:
             moved = False
             for data, addr in self.t.datagrams_to_send():
                 moved = True
-                index = self.sent["down"]
-                self.sent["down"] += 1
                 if addr != self.addr:
+                    self.sent["down"] += 1  # sent, to another address than the browser's
                     self.elsewhere.append((data, addr))
-                elif not self.drop("down", index, data):
+                elif self.arrives("down", data):
                     self.b.receive(data, self.now)
             for data in self.b.dtls.datagrams_to_send():
                 moved = True
-                index = self.sent["up"]
-                self.sent["up"] += 1
-                if not self.drop("up", index, data):
+                if self.arrives("up", data):
                     self.t.receive_datagram(data, self.addr, self.now)
         while (event := self.t.next_event()) is not None:
             self.events.append(event)

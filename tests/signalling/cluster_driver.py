@@ -489,6 +489,9 @@ async def scenario_removals(world: World) -> dict[str, Any]:
         except RequestFailed as exc:
             return client, f"refused {exc.code}"
 
+    async def sees_waiting(admin: CallClient, identity: str) -> None:
+        await admin.wait_until(lambda: any(w.get("identity") == identity for w in admin.waiting), 5)
+
     report: dict[str, Any] = {}
     try:
         doctor, state = await join(a, "dr-amina", "doctor")
@@ -504,9 +507,7 @@ async def scenario_removals(world: World) -> dict[str, Any]:
         await first.close()
         _, report["removed_again"] = await join(b, "pt-991", "patient")
         try:
-            await doctor.wait_until(
-                lambda: any(w.get("identity") == "pt-991" for w in doctor.waiting), 5
-            )
+            await sees_waiting(doctor, "pt-991")
             report["doctor_sees_removed_waiting"] = True
         except TimeoutError:
             report["doctor_sees_removed_waiting"] = False
@@ -516,9 +517,7 @@ async def scenario_removals(world: World) -> dict[str, Any]:
         await doctor.room_settings(require_admission=True)
         second, report["denied_first_join"] = await join(b, "pt-992", "patient")
         if second.state == "waiting":
-            await doctor.wait_until(
-                lambda: any(w.get("identity") == "pt-992" for w in doctor.waiting), 5
-            )
+            await sees_waiting(doctor, "pt-992")
             await doctor.deny(second.participant_id or "")
             report["denied_got"] = (await second.wait_for("denied", within=5))["type"]
         await second.close()
@@ -526,9 +525,7 @@ async def scenario_removals(world: World) -> dict[str, Any]:
         third, report["denied_again"] = await join(b, "pt-992", "patient")
         # The doctor can still let them in.
         if third.state == "waiting":
-            await doctor.wait_until(
-                lambda: any(w.get("identity") == "pt-992" for w in doctor.waiting), 5
-            )
+            await sees_waiting(doctor, "pt-992")
             await doctor.admit(third.participant_id or "")
             await third.wait_admitted(5)
         report["admitted_after"] = third.state

@@ -21,6 +21,7 @@ from aiohttp import web
 from bin.assembly import build_app
 from signalling.http import CALLS
 from tests.conftest import Api, served
+from tests.wadud.framing import ENVELOPE_REFUSALS
 from tests.wsframes import FrameSocket
 from wadud import keys, metrics
 from wadud.api import Role
@@ -246,11 +247,7 @@ async def test_malformed_frames_get_typed_errors_and_the_connection_stays(api: A
             return json.dumps(kw)
 
         bad: list[tuple[str, str]] = [
-            ("{not json", "bad-frame"),
-            ("[]", "bad-frame"),
-            (j(type=1, id="a"), "bad-frame"),
-            (j(type="dance", id="b"), "unknown-type"),
-            (j(v=3, type="ping", id="c"), "unsupported-version"),
+            *ENVELOPE_REFUSALS,
             (j(type="mute", id="d", track_id="t"), "invalid"),
             (j(type="leave", id="e", extra=True), "invalid"),
             (j(type="join", id="f", token="x"), "bad-frame"),  # joined already

@@ -1,11 +1,13 @@
 """What the Hypothesis tests of every parser built on :mod:`wadud.frames`
 (its plain envelope, chat's and the call's protocols) share: arbitrary JSON
-values to put in a frame's fields, and the outcome of parsing arbitrary
+values to put in a frame's fields, the outcome of parsing arbitrary
 input, which is a frame or a protocol error with one of the envelope's
-codes, never anything else."""
+codes, never anything else, and the texts every protocol refuses for the
+envelope alone."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from hypothesis import strategies as st
@@ -32,3 +34,17 @@ def outcome(
     except error as exc:
         return exc.code
     return "parsed"
+
+
+#: Texts that any protocol on the envelope refuses before reading its own
+#: fields, each with the wire code of the error frame it answers.
+ENVELOPE_REFUSALS: tuple[tuple[str, str], ...] = (
+    ("{not json", "bad-frame"),
+    ("[]", "bad-frame"),
+    ("[1, 2]", "bad-frame"),
+    (json.dumps({"type": 1, "id": "envelope-1"}), "bad-frame"),
+    (json.dumps({"type": 7, "id": "envelope-2"}), "bad-frame"),
+    (json.dumps({"type": "dance", "id": "envelope-3"}), "unknown-type"),
+    (json.dumps({"v": 2, "type": "ping", "id": "envelope-4"}), "unsupported-version"),
+    (json.dumps({"v": 3, "type": "ping", "id": "envelope-5"}), "unsupported-version"),
+)
