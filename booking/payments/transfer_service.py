@@ -32,6 +32,7 @@ import asyncpg
 from booking import service as bookings
 from booking.lifecycle import Event, State
 from booking.payments import service, settle
+from booking.payments.errors import BookingNotPayable, LivePaymentExists
 from booking.payments.gateway import PaymentStatus, Verdict
 from booking.payments.intent import Currency, IntentEvent, IntentState, Money
 from booking.payments.rows import INTENT_COLUMNS, money, payment_payload
@@ -81,20 +82,6 @@ CREDIT_COLUMNS: Final = (
     " narration, bank_txn_id, reference, status, reason, payment_intent_id, note,"
     " resolved_by, resolved_at, created_at"
 )
-
-
-class BookingNotPayable(TransferError, Conflict):
-    """The booking is not held for payment (paid, expired, cancelled, or free)."""
-
-    http_status = 409
-    code = "booking_not_payable"
-
-
-class LivePaymentExists(TransferError, Conflict):
-    """The booking has a live payment on another gateway."""
-
-    http_status = 409
-    code = "live_payment_exists"
 
 
 class AlreadyConfirmed(TransferError, Conflict):
