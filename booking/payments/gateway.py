@@ -133,6 +133,12 @@ class VerifiedResult:
         if self.amount != expected:
             raise AmountMismatch(f"{self.gateway} confirmed {self.amount}, intent asked {expected}")
 
+    @classmethod
+    def of_inquiry(cls, answer: InquiryResult, params: Mapping[str, str]) -> VerifiedResult:
+        """A return the browser brought (``params``), proven by asking the
+        gateway: the verdict is the inquiry's ``answer``, nothing of ``params``."""
+        return cls(*_outcome(answer), dict(params))
+
 
 _STATUS_EVENT: Final = MappingProxyType(
     {
@@ -177,6 +183,28 @@ class RefundResult:
     refund_id: str | None = None
     gateway_code: str = ""
     message: str = ""
+
+    @classmethod
+    def refused(
+        cls, gateway: str, reference: str, amount: Money, code: str, message: str = ""
+    ) -> RefundResult:
+        """The gateway's (or the adapter's own) no, with why."""
+        return cls(gateway, reference, amount, False, gateway_code=code, message=message)
+
+
+def _outcome(
+    answer: VerifiedResult | InquiryResult,
+) -> tuple[str, str, PaymentStatus, Money | None, str, str]:
+    """What a proven callback or an inquiry says, in the order :class:`VerifiedResult`
+    and :class:`Verdict` take it: gateway, reference, status, amount, code, message."""
+    return (
+        answer.gateway,
+        answer.reference,
+        answer.status,
+        answer.amount,
+        answer.gateway_code,
+        answer.message,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,15 +302,11 @@ class Verdict:
 
     @classmethod
     def of_callback(cls, result: VerifiedResult) -> Verdict:
-        return cls(
-            result.gateway,
-            result.reference,
-            result.status,
-            result.amount,
-            result.gateway_code,
-            result.message,
-            "callback",
-        )
+        return cls(*_outcome(result), "callback")
+
+    @classmethod
+    def of_inquiry(cls, answer: InquiryResult) -> Verdict:
+        return cls(*_outcome(answer), "inquiry")
 
     @classmethod
     def of_webhook(cls, event: WebhookEvent) -> Verdict:

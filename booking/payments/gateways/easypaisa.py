@@ -520,15 +520,7 @@ class EasyPaisaGateway:
                 amount=None,
                 message="EasyPaisa has no such order yet",
             )
-        return VerifiedResult(
-            gateway=answer.gateway,
-            reference=reference,
-            status=answer.status,
-            amount=answer.amount,
-            gateway_code=answer.gateway_code,
-            message=answer.message,
-            raw=dict(params),
-        )
+        return VerifiedResult.of_inquiry(answer, params)
 
     # --- IPN ------------------------------------------------------------------------
 
@@ -603,13 +595,12 @@ class EasyPaisaGateway:
         self, reference: str, amount: Money, *, idempotency_key: str | None = None
     ) -> RefundResult:
         """Refused: the public Open API has no refund (see the module docstring)."""
-        return RefundResult(
-            gateway=self.gateway_of(reference),
-            reference=reference,
-            amount=amount,
-            succeeded=False,
-            gateway_code=REFUND_UNSUPPORTED,
-            message="EasyPaisa refunds are made from the merchant portal",
+        return RefundResult.refused(
+            self.gateway_of(reference),
+            reference,
+            amount,
+            REFUND_UNSUPPORTED,
+            "EasyPaisa refunds are made from the merchant portal",
         )
 
 
