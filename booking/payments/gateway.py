@@ -32,18 +32,20 @@ too); this module adds the header names, the typed errors and the clock.
 from __future__ import annotations
 
 import enum
+import json
 import secrets
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, runtime_checkable
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from booking.payments.errors import (
     AmountMismatch,
     InvalidSignature,
+    MalformedPayload,
     StaleWebhook,
     UnknownGateway,
 )
@@ -64,6 +66,7 @@ __all__ = [
     "VerifiedResult",
     "WebhookEvent",
     "get_header",
+    "notification_fields",
     "reference_suffix",
     "unix_seconds",
     "verify_webhook",
@@ -364,6 +367,35 @@ def get_header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return candidate
     return None
+
+
+def notification_fields(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    what: str,
+    from_json: Callable[[Mapping[str, Any]], dict[str, str]],
+    strict: bool = False,
+) -> dict[str, str]:
+    """The fields of a gateway's notification, posted as a JSON object (the
+    ``Content-Type`` says JSON, or the body starts with ``{``) or as a form.
+
+    ``from_json`` turns the object into strings the gateway's way; ``strict``
+    refuses a malformed form rather than skipping its bad pairs. Raises
+    :class:`MalformedPayload` naming ``what`` ("JazzCash IPN")."""
+    try:
+        text = body.decode("utf-8")
+        content_type = get_header(headers, "Content-Type") or ""
+        if "json" in content_type or text.lstrip().startswith("{"):
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise MalformedPayload(f"{what} is not a JSON object")
+            return from_json(data)
+        return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=strict))
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, MalformedPayload):
+            raise
+        raise MalformedPayload(f"{what} body: {exc}") from None
 
 
 def verify_webhook(
