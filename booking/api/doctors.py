@@ -250,6 +250,13 @@ async def fetch_doctor(
     raise NotFound("no such doctor")
 
 
+async def _doctor_to_change(
+    call: Call[Any, Any], conn: asyncpg.Connection, need: Literal["manage", "staff"]
+) -> asyncpg.Record:
+    """The doctor the path names, locked for a change the caller may ``need``."""
+    return await fetch_doctor(conn, call.user, call.path_uuid("doctor_id"), need=need, lock=True)
+
+
 def doctor_out(row: Mapping[str, Any]) -> Doctor:
     count = int(row["rating_count"])
     return from_row(
@@ -347,9 +354,7 @@ async def update_doctor(call: Call[DoctorPatch, None]) -> Doctor:
     if "languages" in fields:
         fields["languages"] = sorted(set(fields["languages"]))
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await fetch_doctor(
-            conn, call.user, call.path_uuid("doctor_id"), need="manage", lock=True
-        )
+        row = await _doctor_to_change(call, conn, "manage")
         if fields:
             # Column names come from the model's own field names, never input.
             sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
@@ -406,9 +411,7 @@ async def _set_status(
 async def submit_doctor(call: Call[None, None]) -> Doctor:
     """Submit a draft profile for verification (draft -> pending_verification)."""
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await fetch_doctor(
-            conn, call.user, call.path_uuid("doctor_id"), need="staff", lock=True
-        )
+        row = await _doctor_to_change(call, conn, "staff")
         row = await _set_status(conn, row, {"draft"}, "pending_verification")
     return doctor_out(row)
 
@@ -420,9 +423,7 @@ async def publish_doctor(call: Call[None, None]) -> Doctor:
     Needs at least one verified credential document and some availability
     (a weekly window or an upcoming date with windows)."""
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await fetch_doctor(
-            conn, call.user, call.path_uuid("doctor_id"), need="staff", lock=True
-        )
+        row = await _doctor_to_change(call, conn, "staff")
         verified = await conn.fetchval(
             "SELECT count(*) FROM doctor_documents WHERE doctor_id = $1 AND status = 'verified'",
             row["id"],
@@ -451,9 +452,7 @@ async def suspend_doctor(call: Call[None, None]) -> Doctor:
 
     Existing bookings are left to the bookings API."""
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await fetch_doctor(
-            conn, call.user, call.path_uuid("doctor_id"), need="staff", lock=True
-        )
+        row = await _doctor_to_change(call, conn, "staff")
         row = await _set_status(
             conn, row, {"draft", "pending_verification", "published"}, "suspended"
         )
@@ -754,9 +753,7 @@ async def put_availability(call: Call[AvailabilityIn, None]) -> AvailabilityOut:
         for w in body.weekly
     ]
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await fetch_doctor(
-            conn, call.user, call.path_uuid("doctor_id"), need="manage", lock=True
-        )
+        row = await _doctor_to_change(call, conn, "manage")
         overrides = await conn.fetch(
             """SELECT day, windows, closed FROM availability_overrides
                WHERE doctor_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 2""",
@@ -806,9 +803,7 @@ async def put_override(call: Call[OverrideIn, None]) -> Override:
     windows = [_window_json(w) for w in call.body.windows]
     closed = not windows
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await fetch_doctor(
-            conn, call.user, call.path_uuid("doctor_id"), need="manage", lock=True
-        )
+        row = await _doctor_to_change(call, conn, "manage")
         await conn.execute(
             """INSERT INTO availability_overrides (doctor_id, clinic_id, day, windows, closed)
                VALUES ($1, $2, $3, $4, $5)
@@ -835,9 +830,7 @@ async def delete_override(call: Call[None, None]) -> None:
     """Remove a date override; the weekly windows apply again that day."""
     day = slot_db.day_of(call.path("day"))
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await fetch_doctor(
-            conn, call.user, call.path_uuid("doctor_id"), need="manage", lock=True
-        )
+        row = await _doctor_to_change(call, conn, "manage")
         deleted = await conn.fetchval(
             "DELETE FROM availability_overrides WHERE doctor_id = $1 AND day = $2 RETURNING 1",
             row["id"],

@@ -40,7 +40,7 @@ from booking.payments import (
     service,
     transfer_api,
 )
-from booking.payments.errors import PaymentError
+from booking.payments.errors import BookingNotPayable, LivePaymentExists, PayoutExceedsPayable
 from booking.payments.gateway import GatewayRegistry, Verdict, with_query
 from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
@@ -76,27 +76,6 @@ _VIEWERS = {Role.PATIENT, Role.CLINIC_STAFF, Role.ADMIN}
 GatewayName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
 Amount = Annotated[int, Field(gt=0, le=10**12)]
-
-
-class BookingNotPayable(PaymentError, Conflict):
-    """The booking is not held for payment (paid, expired, cancelled, or free)."""
-
-    http_status = 409
-    code = "booking_not_payable"
-
-
-class LivePaymentExists(PaymentError, Conflict):
-    """The booking has a live payment on another gateway."""
-
-    http_status = 409
-    code = "live_payment_exists"
-
-
-class PayoutExceedsPayable(PaymentError, Conflict):
-    """A payout larger than what the platform owes the doctor."""
-
-    http_status = 409
-    code = "payout_exceeds_payable"
 
 
 # --- models -------------------------------------------------------------------

@@ -115,18 +115,11 @@ async def _settle_one(
     service.gateway_answered(registry, row["gateway"])
     if answer.status is PaymentStatus.PENDING:
         return 0
-    verdict = Verdict(
-        answer.gateway,
-        answer.reference,
-        answer.status,
-        answer.amount,
-        answer.gateway_code,
-        answer.message,
-        "inquiry",
-    )
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await service.apply_verdict(conn, verdict, default_bp=default_bp, registry=registry)
+            await service.apply_verdict(
+                conn, Verdict.of_inquiry(answer), default_bp=default_bp, registry=registry
+            )
     except WadudError:
         # An amount that does not match: logged by the service; the round
         # moves on, nothing of this one was written. (Money for a booking no

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from wadud.errors import WadudError
+from wadud.errors import Conflict, WadudError
 
 
 class PaymentError(WadudError):
@@ -80,6 +80,27 @@ class InvalidTransition(PaymentError):
         super().__init__(f"event {event!r} is not allowed in state {state!r}")
         self.state = state
         self.event = event
+
+
+class BookingNotPayable(PaymentError, Conflict):
+    """The booking is not held for payment (paid, expired, cancelled, or free)."""
+
+    http_status = 409
+    code = "booking_not_payable"
+
+
+class LivePaymentExists(PaymentError, Conflict):
+    """The booking has a live payment on another gateway."""
+
+    http_status = 409
+    code = "live_payment_exists"
+
+
+class PayoutExceedsPayable(PaymentError, Conflict):
+    """A payout larger than what the platform owes the doctor."""
+
+    http_status = 409
+    code = "payout_exceeds_payable"
 
 
 class AmountMismatch(PaymentError):

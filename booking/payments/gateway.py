@@ -32,18 +32,20 @@ too); this module adds the header names, the typed errors and the clock.
 from __future__ import annotations
 
 import enum
+import json
 import secrets
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, runtime_checkable
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from booking.payments.errors import (
     AmountMismatch,
     InvalidSignature,
+    MalformedPayload,
     StaleWebhook,
     UnknownGateway,
 )
@@ -64,6 +66,7 @@ __all__ = [
     "VerifiedResult",
     "WebhookEvent",
     "get_header",
+    "notification_fields",
     "reference_suffix",
     "unix_seconds",
     "verify_webhook",
@@ -133,6 +136,12 @@ class VerifiedResult:
         if self.amount != expected:
             raise AmountMismatch(f"{self.gateway} confirmed {self.amount}, intent asked {expected}")
 
+    @classmethod
+    def of_inquiry(cls, answer: InquiryResult, params: Mapping[str, str]) -> VerifiedResult:
+        """A return the browser brought (``params``), proven by asking the
+        gateway: the verdict is the inquiry's ``answer``, nothing of ``params``."""
+        return cls(*_outcome(answer), dict(params))
+
 
 _STATUS_EVENT: Final = MappingProxyType(
     {
@@ -177,6 +186,28 @@ class RefundResult:
     refund_id: str | None = None
     gateway_code: str = ""
     message: str = ""
+
+    @classmethod
+    def refused(
+        cls, gateway: str, reference: str, amount: Money, code: str, message: str = ""
+    ) -> RefundResult:
+        """The gateway's (or the adapter's own) no, with why."""
+        return cls(gateway, reference, amount, False, gateway_code=code, message=message)
+
+
+def _outcome(
+    answer: VerifiedResult | InquiryResult,
+) -> tuple[str, str, PaymentStatus, Money | None, str, str]:
+    """What a proven callback or an inquiry says, in the order :class:`VerifiedResult`
+    and :class:`Verdict` take it: gateway, reference, status, amount, code, message."""
+    return (
+        answer.gateway,
+        answer.reference,
+        answer.status,
+        answer.amount,
+        answer.gateway_code,
+        answer.message,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,15 +305,11 @@ class Verdict:
 
     @classmethod
     def of_callback(cls, result: VerifiedResult) -> Verdict:
-        return cls(
-            result.gateway,
-            result.reference,
-            result.status,
-            result.amount,
-            result.gateway_code,
-            result.message,
-            "callback",
-        )
+        return cls(*_outcome(result), "callback")
+
+    @classmethod
+    def of_inquiry(cls, answer: InquiryResult) -> Verdict:
+        return cls(*_outcome(answer), "inquiry")
 
     @classmethod
     def of_webhook(cls, event: WebhookEvent) -> Verdict:
@@ -340,6 +367,35 @@ def get_header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return candidate
     return None
+
+
+def notification_fields(
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    what: str,
+    from_json: Callable[[Mapping[str, Any]], dict[str, str]],
+    strict: bool = False,
+) -> dict[str, str]:
+    """The fields of a gateway's notification, posted as a JSON object (the
+    ``Content-Type`` says JSON, or the body starts with ``{``) or as a form.
+
+    ``from_json`` turns the object into strings the gateway's way; ``strict``
+    refuses a malformed form rather than skipping its bad pairs. Raises
+    :class:`MalformedPayload` naming ``what`` ("JazzCash IPN")."""
+    try:
+        text = body.decode("utf-8")
+        content_type = get_header(headers, "Content-Type") or ""
+        if "json" in content_type or text.lstrip().startswith("{"):
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise MalformedPayload(f"{what} is not a JSON object")
+            return from_json(data)
+        return dict(parse_qsl(text, keep_blank_values=True, strict_parsing=strict))
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, MalformedPayload):
+            raise
+        raise MalformedPayload(f"{what} body: {exc}") from None
 
 
 def verify_webhook(

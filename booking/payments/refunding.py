@@ -118,13 +118,12 @@ async def refund_intent(
     amount = Money(amount_minor, Currency(row["currency"]))
     if row["gateway"] == transfer.GATEWAY:
         # No gateway sends a bank transfer back: finance does, by hand.
-        result = RefundResult(
+        result = RefundResult.refused(
             transfer.GATEWAY,
             row["gateway_ref"] or "",
             amount,
-            succeeded=False,
-            gateway_code="by_hand",
-            message="a bank transfer is sent back by hand",
+            "by_hand",
+            "a bank transfer is sent back by hand",
         )
     else:
         if registry is None:

@@ -708,16 +708,9 @@ async def sweep_once(
         try:
             async with pool.acquire() as conn, conn.transaction():
                 if answer is not None and status is not PaymentStatus.PENDING:
-                    verdict = Verdict(
-                        answer.gateway,
-                        answer.reference,
-                        status,
-                        answer.amount,
-                        answer.gateway_code,
-                        answer.message,
-                        "inquiry",
+                    await apply_verdict(
+                        conn, Verdict.of_inquiry(answer), default_bp=default_bp, registry=registry
                     )
-                    await apply_verdict(conn, verdict, default_bp=default_bp, registry=registry)
                 elif r["expires_at"] <= now:
                     await _expire(
                         conn, r["id"], "checkout window closed; gateway reports no payment"

@@ -10,8 +10,9 @@ from uuid import UUID, uuid4
 import asyncpg
 from cryptography.exceptions import InvalidTag
 
+from booking.payments.errors import BookingNotPayable
 from booking.payments.transfer import TransferError
-from booking.payments.transfer_service import LIVE, BookingNotPayable
+from booking.payments.transfer_service import LIVE
 from privacy.subject_keys import KeyShredded, SubjectKeys
 from wadud.errors import Conflict, Gone
 from wadud.storage import Storage

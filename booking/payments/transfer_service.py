@@ -32,6 +32,7 @@ import asyncpg
 from booking import service as bookings
 from booking.lifecycle import Event, State
 from booking.payments import service, settle
+from booking.payments.errors import BookingNotPayable, LivePaymentExists
 from booking.payments.gateway import PaymentStatus, Verdict
 from booking.payments.intent import Currency, IntentEvent, IntentState, Money
 from booking.payments.rows import INTENT_COLUMNS, money, payment_payload
@@ -81,20 +82,6 @@ CREDIT_COLUMNS: Final = (
     " narration, bank_txn_id, reference, status, reason, payment_intent_id, note,"
     " resolved_by, resolved_at, created_at"
 )
-
-
-class BookingNotPayable(TransferError, Conflict):
-    """The booking is not held for payment (paid, expired, cancelled, or free)."""
-
-    http_status = 409
-    code = "booking_not_payable"
-
-
-class LivePaymentExists(TransferError, Conflict):
-    """The booking has a live payment on another gateway."""
-
-    http_status = 409
-    code = "live_payment_exists"
 
 
 class AlreadyConfirmed(TransferError, Conflict):
@@ -821,6 +808,43 @@ async def _patient_of(conn: asyncpg.Connection, credit: asyncpg.Record) -> async
     )
 
 
+async def _resolve(
+    conn: asyncpg.Connection,
+    credit: asyncpg.Record,
+    changes: str,
+    note: str,
+    actor: Principal,
+    now: dt.datetime,
+    *,
+    action: str,
+    subject: UUID | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> asyncpg.Record:
+    """Finance closes an open ``credit`` with a note, audited as ``action``.
+
+    ``changes`` is the rest of the SET clause (``$2`` is the note); who and
+    when are stamped here. Returns the credit as it now is."""
+    row = await conn.fetchrow(
+        f"""UPDATE bank_credits SET {changes}, resolved_by = $3, resolved_at = $4
+            WHERE id = $1 RETURNING {CREDIT_COLUMNS}""",
+        credit["id"],
+        note,
+        actor.user_id,
+        now,
+    )
+    assert row is not None
+    await audit.record(
+        conn,
+        actor=actor,
+        action=action,
+        subject=subject,
+        clinic=credit["clinic_id"],
+        object=f"bank_credit/{credit['id']}",
+        detail=detail,
+    )
+    return row
+
+
 async def mark_refund_due(
     conn: asyncpg.Connection, credit_id: UUID, note: str, actor: Principal, now: dt.datetime
 ) -> asyncpg.Record:
@@ -830,25 +854,16 @@ async def mark_refund_due(
         credit = await _open_credit(conn, credit_id, _scope(actor), "unmatched")
         amount = money(credit)
         await _post_refund_due(conn, credit_id, amount, credit["clinic_id"], None)
-        row = await conn.fetchrow(
-            f"""UPDATE bank_credits SET status = 'refund_due', note = $2, resolved_by = $3,
-                       resolved_at = $4, reason = coalesce(reason, 'by_hand')
-                WHERE id = $1 RETURNING {CREDIT_COLUMNS}""",
-            credit_id,
-            note,
-            actor.user_id,
-            now,
-        )
-        assert row is not None
-        await audit.record(
+        return await _resolve(
             conn,
-            actor=actor,
+            credit,
+            "status = 'refund_due', note = $2, reason = coalesce(reason, 'by_hand')",
+            note,
+            actor,
+            now,
             action="payment.bank_transfer.refund_due",
-            clinic=credit["clinic_id"],
-            object=f"bank_credit/{credit_id}",
             detail={"source": "manual"},
         )
-    return row
 
 
 async def mark_refunded(
@@ -866,24 +881,15 @@ async def mark_refunded(
             payment_intent_id=intent["id"] if intent is not None else None,
             booking_id=intent["booking_id"] if intent is not None else None,
         )
-        row = await conn.fetchrow(
-            f"""UPDATE bank_credits SET status = 'refunded',
-                       note = CASE WHEN note = '' THEN $2 ELSE note || E'\\n' || $2 END,
-                       resolved_by = $3, resolved_at = $4
-                WHERE id = $1 RETURNING {CREDIT_COLUMNS}""",
-            credit_id,
-            note,
-            actor.user_id,
-            now,
-        )
-        assert row is not None
-        await audit.record(
+        row = await _resolve(
             conn,
-            actor=actor,
+            credit,
+            "status = 'refunded', note = CASE WHEN note = '' THEN $2 ELSE note || E'\\n' || $2 END",
+            note,
+            actor,
+            now,
             action="payment.bank_transfer.refund_sent",
             subject=intent["patient_id"] if intent is not None else None,
-            clinic=credit["clinic_id"],
-            object=f"bank_credit/{credit_id}",
         )
         await outbox.emit(
             conn,

@@ -206,15 +206,7 @@ class CardGateway:
         reference = params.get("session_id", "")
         if not reference or reference == SESSION_PLACEHOLDER:
             raise MalformedPayload("card callback lacks session_id")
-        answer = await self.inquire(reference)
-        return VerifiedResult(
-            gateway=self.name,
-            reference=reference,
-            status=answer.status,
-            amount=answer.amount,
-            gateway_code=answer.gateway_code,
-            raw=dict(params),
-        )
+        return VerifiedResult.of_inquiry(await self.inquire(reference), params)
 
     async def refund(
         self, reference: str, amount: Money, *, idempotency_key: str | None = None
@@ -227,13 +219,8 @@ class CardGateway:
         """
         session = await self.inquire(reference)
         if session.payment_id is None or session.status is not PaymentStatus.SUCCEEDED:
-            return RefundResult(
-                gateway=self.name,
-                reference=reference,
-                amount=amount,
-                succeeded=False,
-                gateway_code="not_captured",
-                message=f"session is {session.gateway_code}",
+            return RefundResult.refused(
+                self.name, reference, amount, "not_captured", f"session is {session.gateway_code}"
             )
         status, body = await self._request(
             "POST",
@@ -243,14 +230,7 @@ class CardGateway:
         )
         if status != 200:
             code, message = self._error(body)
-            return RefundResult(
-                gateway=self.name,
-                reference=reference,
-                amount=amount,
-                succeeded=False,
-                gateway_code=code or str(status),
-                message=message,
-            )
+            return RefundResult.refused(self.name, reference, amount, code or str(status), message)
         refund_status = str(body.get("status", ""))
         refund_id = body.get("id")
         return RefundResult(

@@ -52,14 +52,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography.hazmat.primitives import padding
@@ -79,7 +78,7 @@ from booking.payments.gateway import (
     RefundResult,
     VerifiedResult,
     WebhookEvent,
-    get_header,
+    notification_fields,
     reference_suffix,
 )
 from booking.payments.gateways.json_api import request_json
@@ -291,6 +290,11 @@ def payment_status(word: str) -> PaymentStatus:
     if word in FAILED_STATUSES:
         return PaymentStatus.FAILED
     return PaymentStatus.PENDING
+
+
+def _str_values(data: Mapping[str, Any]) -> dict[str, str]:
+    # An IPN's one field is ``url``, a string; anything else is not read.
+    return {name: value for name, value in data.items() if isinstance(value, str)}
 
 
 def flow_of(reference: str) -> Flow | None:
@@ -520,35 +524,14 @@ class EasyPaisaGateway:
                 amount=None,
                 message="EasyPaisa has no such order yet",
             )
-        return VerifiedResult(
-            gateway=answer.gateway,
-            reference=reference,
-            status=answer.status,
-            amount=answer.amount,
-            gateway_code=answer.gateway_code,
-            message=answer.message,
-            raw=dict(params),
-        )
+        return VerifiedResult.of_inquiry(answer, params)
 
     # --- IPN ------------------------------------------------------------------------
 
     def ipn_link(self, body: bytes, headers: Mapping[str, str]) -> str:
         """The ``url`` of a notification (query string, form or JSON body),
         checked to be EasyPaisa's (raises InvalidSignature otherwise)."""
-        try:
-            text = body.decode("utf-8")
-            content_type = get_header(headers, "Content-Type") or ""
-            if "json" in content_type or text.lstrip().startswith("{"):
-                data = json.loads(text)
-                if not isinstance(data, dict):
-                    raise MalformedPayload("EasyPaisa IPN is not a JSON object")
-                fields = {k: v for k, v in data.items() if isinstance(v, str)}
-            else:
-                fields = dict(parse_qsl(text, keep_blank_values=True))
-        except (UnicodeDecodeError, ValueError) as exc:
-            if isinstance(exc, MalformedPayload):
-                raise
-            raise MalformedPayload(f"EasyPaisa IPN body: {exc}") from None
+        fields = notification_fields(body, headers, what="EasyPaisa IPN", from_json=_str_values)
         link = fields.get("url", "")
         if not link:
             raise MalformedPayload("EasyPaisa IPN carries no url")
@@ -603,13 +586,12 @@ class EasyPaisaGateway:
         self, reference: str, amount: Money, *, idempotency_key: str | None = None
     ) -> RefundResult:
         """Refused: the public Open API has no refund (see the module docstring)."""
-        return RefundResult(
-            gateway=self.gateway_of(reference),
-            reference=reference,
-            amount=amount,
-            succeeded=False,
-            gateway_code=REFUND_UNSUPPORTED,
-            message="EasyPaisa refunds are made from the merchant portal",
+        return RefundResult.refused(
+            self.gateway_of(reference),
+            reference,
+            amount,
+            REFUND_UNSUPPORTED,
+            "EasyPaisa refunds are made from the merchant portal",
         )
 
 

@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
-from urllib.parse import parse_qsl
 
 import aiohttp
 
@@ -53,7 +51,7 @@ from booking.payments.gateway import (
     RefundResult,
     VerifiedResult,
     WebhookEvent,
-    get_header,
+    notification_fields,
     reference_suffix,
 )
 from booking.payments.gateways.json_api import request_json
@@ -269,20 +267,9 @@ class JazzCashGateway:
         self, body: bytes, headers: Mapping[str, str], now: datetime
     ) -> WebhookEvent:
         """Parse an IPN: the same ``pp_`` fields, as JSON or a form body."""
-        content_type = get_header(headers, "Content-Type") or ""
-        try:
-            text = body.decode("utf-8")
-            if "json" in content_type or text.lstrip().startswith("{"):
-                data = json.loads(text)
-                if not isinstance(data, dict):
-                    raise MalformedPayload("JazzCash IPN is not a JSON object")
-                fields = _string_fields(data)
-            else:
-                fields = dict(parse_qsl(text, keep_blank_values=True, strict_parsing=True))
-        except (UnicodeDecodeError, ValueError) as exc:
-            if isinstance(exc, MalformedPayload):
-                raise
-            raise MalformedPayload(f"JazzCash IPN body: {exc}") from None
+        fields = notification_fields(
+            body, headers, what="JazzCash IPN", from_json=_string_fields, strict=True
+        )
         self._verified_fields(fields)
         reference, code = fields["pp_TxnRefNo"], fields["pp_ResponseCode"]
         rrn = fields.get("pp_RetreivalReferenceNo", "")

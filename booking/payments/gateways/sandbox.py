@@ -340,13 +340,8 @@ class SandboxGateway:
         if idempotency_key is not None and idempotency_key in record.refund_keys:
             return record.refund_keys[idempotency_key]
         if record.status is not PaymentStatus.SUCCEEDED:
-            return RefundResult(
-                gateway=self.name,
-                reference=reference,
-                amount=amount,
-                succeeded=False,
-                gateway_code="not_captured",
-                message=f"payment is {record.status.value}",
+            return RefundResult.refused(
+                self.name, reference, amount, "not_captured", f"payment is {record.status.value}"
             )
         refund_event(record.amount, record.refunded, amount)  # raises on over-refund
         record.refunds.append(amount)
