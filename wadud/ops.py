@@ -14,9 +14,10 @@ import asyncio
 import hmac
 import html
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
@@ -27,6 +28,8 @@ from wadud.config import Settings
 from wadud.errors import ConfigError
 
 log = logging.getLogger("wadud.ops")
+
+T = TypeVar("T")
 
 routes = Routes("ops", "Health, readiness and API description.")
 
@@ -51,27 +54,68 @@ async def healthz(call: Call[None, None]) -> Health:
     return Health(status="ok")
 
 
+#: Seconds each readiness check may take. The checks run at once, so
+#: ``/readyz`` answers within this even when a peer is cut off.
+PROBE_SECONDS = 1.5
+
+#: Checks that ran out of time, still ending in the background.
+_LATE: set[asyncio.Task[Any]] = set()
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _LATE.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a late failure is no news
+
+
+async def _bounded(check: Coroutine[Any, Any, T], failed: T) -> T:
+    """``check``'s answer, or ``failed`` when it raised or took longer than
+    :data:`PROBE_SECONDS`. A late check is cancelled but not waited for: a
+    query or a PING on a connection whose other end went silent ends only
+    when its cancellation does (asyncpg shields a connection's release), and
+    a probe must answer on time."""
+    task = asyncio.ensure_future(check)
+    done, _ = await asyncio.wait({task}, timeout=PROBE_SECONDS)
+    if not done:
+        task.cancel()
+        _LATE.add(task)
+        task.add_done_callback(_forget)
+        return failed
+    if task.cancelled() or task.exception() is not None:
+        return failed
+    return task.result()
+
+
+async def _database(pool: asyncpg.Pool) -> tuple[bool, list[str]]:
+    """Whether the database answers, and the migrations it still lacks."""
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT true")
+        try:
+            return True, [m.name for m in await migrate.pending(conn)]
+        except migrate.MigrationError as exc:
+            # The schema and this code disagree: not ready, and say why.
+            return True, [exc.detail]
+
+
+async def _nothing() -> None:
+    return None
+
+
 @routes.get("/readyz", returns=Ready, auth="public", responses={503: "Not ready"})
 async def readyz(call: Call[None, None]) -> web.Response:
     """Readiness: the database answers, every migration is applied, the bus
     answers. 503 with the same body otherwise. With a region's own control
     plane (``redis_region_url``), 200 ``degraded`` while only that answers:
     the region's own visits are served though it is cut off from the rest
-    (docs/operations.md, "A region cut off")."""
-    db_ok, pending = False, ["?"]
-    try:
-        async with call.pool.acquire(timeout=2) as conn:
-            db_ok = await conn.fetchval("SELECT true")
-            try:
-                pending = [m.name for m in await migrate.pending(conn)]
-            except migrate.MigrationError as exc:
-                # The schema and this code disagree: not ready, and say why.
-                pending = [exc.detail]
-    except Exception:
-        db_ok = False
-    bus_ok = await call.request.app[keys.BUS].ping()
-    plane = call.request.app.get(keys.REGION_PLANE)
-    plane_ok = await plane.ping() if plane is not None else None
+    (docs/operations.md, "A region cut off"). Each check gets
+    :data:`PROBE_SECONDS`, all at once."""
+    app = call.request.app
+    plane = app.get(keys.REGION_PLANE)
+    (db_ok, pending), bus_ok, plane_ok = await asyncio.gather(
+        _bounded(_database(call.pool), (False, ["?"])),
+        _bounded(app[keys.BUS].ping(), False),
+        _bounded(plane.ping(), False) if plane is not None else _nothing(),
+    )
     if db_ok and not pending and bus_ok and plane_ok is not False:
         status = "ready"
     elif plane_ok and not (db_ok and pending):
@@ -189,12 +233,11 @@ async def _worker_healthz(request: web.Request) -> web.Response:
 
 
 async def _worker_readyz(pool: asyncpg.Pool, request: web.Request) -> web.Response:
-    """The database answers within two seconds (a readiness probe)."""
-    try:
-        async with asyncio.timeout(2.0):
-            await pool.fetchval("SELECT 1")
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        return web.json_response({"status": "unavailable", "detail": str(exc)}, status=503)
+    """The database answers within :data:`PROBE_SECONDS` (a readiness probe)."""
+    if not await _bounded(pool.fetchval("SELECT true"), False):
+        return web.json_response(
+            {"status": "unavailable", "detail": "the database does not answer"}, status=503
+        )
     return web.json_response({"status": "ready"})
 
 

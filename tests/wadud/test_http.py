@@ -4,6 +4,9 @@ import asyncio
 import dataclasses
 import io
 import json
+import os
+import signal
+import time
 from typing import Any
 
 import aiohttp
@@ -11,7 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
-from tests.conftest import Api, free_port
+from tests.conftest import Api, RedisServer, free_port, served
+from wadud import ops
 from wadud.api import ENDPOINTS, Role
 from wadud.config import Settings
 
@@ -29,6 +33,30 @@ async def test_health_ready_metrics_openapi(api: Api) -> None:
     described = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert served == described
     assert "/api/v1/auth/login" in doc["paths"]
+
+
+async def test_readiness_answers_on_time_while_redis_is_silent(
+    settings: Settings, redis_server: RedisServer
+) -> None:
+    """A Redis that stops answering without closing its connections (here
+    stopped with SIGSTOP, as a cut-off or frozen host looks) makes ``/readyz``
+    say 503 with ``bus`` false within its probe time: the PING is not
+    waited for until TCP gives up."""
+    app = build_app(dataclasses.replace(settings, redis_url=redis_server.url))
+    async with served(app) as api:
+        assert (await api.get("/readyz", expect=200))["bus"] is True
+        pid = redis_server.handle.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            ready = await api.get("/readyz", expect=503)
+            took = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert ready["status"] == "not ready" and ready["bus"] is False, ready
+        assert ready["database"] is True, ready
+        assert took < ops.PROBE_SECONDS + 3.0, took
+        assert (await api.get("/readyz", expect=200))["bus"] is True
 
 
 async def test_malformed_requests_get_problem_json(api: Api) -> None:
