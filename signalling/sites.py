@@ -168,6 +168,8 @@ class Sites(Generic[R]):
         self._placing: dict[tuple[str, str], asyncio.Future[None]] = {}
         #: Placed workers seen alive but missing from the registry, since when.
         self.unregistered: dict[Placed, float] = {}
+        #: Sites (room, region) that found no worker to move to: said once.
+        self._stranded: set[tuple[str, str]] = set()
 
     def region_of(self, room: R, pid: str) -> str:
         """The site a participant's media goes to (fixed when they first join)."""
@@ -359,6 +361,7 @@ class Sites(Generic[R]):
         if self.placement is None:
             return
         sites = [(room, site) for room in self._rooms.values() for site in room.sites.values()]
+        self._stranded &= {(room.name, site.region) for room, site in sites}
         if not sites:
             return
         redis = self.placement.redis
@@ -398,12 +401,18 @@ class Sites(Generic[R]):
         ``media-lost`` or ``media-draining``)."""
         assert self.placement is not None
         new = await self.placement.place(room.name, old.region, replacing=old.placed)
+        stranded = (room.name, old.region)
         if new is None or new == old.placed:
-            log.error(
-                "no media worker to move a call room site to",
-                extra={"room": room.name, "region": old.region},
-            )
+            # Tried again at every check (each second) until a worker is
+            # there: said once, not once a second for as long as it lasts.
+            if stranded not in self._stranded:
+                self._stranded.add(stranded)
+                log.error(
+                    "no media worker to move a call room site to",
+                    extra={"room": room.name, "region": old.region},
+                )
             return
+        self._stranded.discard(stranded)
         if self._rooms.get(room.name) is not room or room.sites.get(old.region) is not old:
             return
         MEDIA_MOVES.labels(reason).inc()

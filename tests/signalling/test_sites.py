@@ -4,8 +4,10 @@ workers goes (signalling.sites.plan, signalling.placement's distances)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from sfu import registry
 from sfu.registry import Registration, WorkerInfo
 from signalling.placement import Placement, nearest, parse_distances
-from signalling.sites import plan
+from signalling.sites import Site, Sites, plan
 
 
 def test_each_track_crosses_once_per_receiving_site() -> None:
@@ -174,3 +176,42 @@ async def test_placement_pages_past_workers_nobody_listens_on(redis: aioredis.Re
         await pubsub.aclose()
         for reg in regs:
             await reg.close()
+
+
+@dataclass
+class _Stranded:
+    """The part of a room :meth:`Sites.move` reads before it finds no worker."""
+
+    name: str
+    sites: dict[str, Site] = field(default_factory=dict)
+
+
+async def test_a_site_with_nowhere_to_go_is_said_once(
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each media check tries the move again (every second, for as long as a
+    # region is cut off or empty): one error line, not one a second.
+    tag = secrets.token_hex(3)
+    pk, ae = f"pk{tag}", f"ae{tag}"
+    placement = Placement(redis, parse_distances(f"{pk}-{ae}=40"))
+    room = _Stranded("visit-" + tag)
+    async with workers(redis, [pk]) as (w_pk,):
+        placed = await placement.place(room.name, pk)
+        assert placed is not None and placed.worker == w_pk.worker
+    site = room.sites[pk] = Site(pk, placed, media=None)  # type: ignore[arg-type]
+    sites: Sites[Any] = Sites(
+        lambda: None,
+        placement=placement,
+        media_client=None,
+        worker_ttl=3.0,
+        rooms={room.name: room},
+        changed=lambda _room: None,
+        moved=lambda _room, _pids, _reason: None,
+    )
+    await registry.forget(redis, w_pk.worker, w_pk.incarnation)
+    with caplog.at_level(logging.ERROR, logger="wadud.signalling.sites"):
+        for _ in range(3):
+            await sites.move(room, site, "media-lost")
+    said = [r for r in caplog.records if r.getMessage().startswith("no media worker")]
+    assert len(said) == 1, caplog.text
+    assert room.sites[pk] is site
