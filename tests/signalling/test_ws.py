@@ -372,7 +372,7 @@ async def test_remove_closes_with_4403(api: Api) -> None:
 
 
 async def test_server_pings_and_disconnects_a_silent_client(api: Api) -> None:
-    api.app[CALLS].ping_interval = 0.2
+    api.app[CALLS].ping_interval = 0.5
     async with (
         joined(api, token(api, "dr-amina", "doctor")) as (doc, _),
         joined(api, token(api, "pt-bilal")) as (pat, pj),
