@@ -364,7 +364,6 @@ async def _worker_main(spec: WorkerSpec) -> int:
                     # to time out (30 s) would outlast media_drain_timeout.
                     for name in worker.rooms():
                         await worker.close_room(name)
-                    continue
             except Exception as exc:
                 log.warning("drain: cannot read the rooms set", extra={**extra, "error": repr(exc)})
             await asyncio.sleep(0.2)

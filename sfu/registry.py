@@ -351,13 +351,19 @@ class Registration:
             self._task = None
         if delete:
             try:
-                await forget(self.redis, self.wid, self.info.incarnation)
+                # Bounded: a worker on its way out must not wait on a Redis
+                # that went silent; the entry expires within its TTL anyway.
+                async with asyncio.timeout(FORGET_WITHIN):
+                    await forget(self.redis, self.wid, self.info.incarnation)
             except Exception as exc:
                 log.warning(
                     "could not remove the registry entry; it expires by itself",
                     extra={"worker": self.wid, "error": repr(exc)},
                 )
 
+
+#: Seconds a closing registration waits to remove its entry.
+FORGET_WITHIN = 2.0
 
 # Delete only the incarnation we mean: a restarted worker may already have
 # written its new entry under the same id.
