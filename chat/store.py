@@ -188,11 +188,7 @@ async def open_for_booking(conn: asyncpg.Connection, who: Principal, booking_id:
     allowed = (
         b is not None
         and not b["erased"]
-        and (
-            who.role == Role.ADMIN
-            or who.user_id in (b["patient_id"], b["doctor_user_id"])
-            or (who.role == Role.CLINIC_STAFF and who.clinic_id == b["clinic_id"])
-        )
+        and (who.oversees(b["clinic_id"]) or who.user_id in (b["patient_id"], b["doctor_user_id"]))
     )
     if b is None or not allowed:
         raise NotFound("no such booking")
