@@ -27,7 +27,7 @@ run: $(BIN)/wadud
 
 test: $(BIN)/wadud
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder \
-		--reruns $(TEST_RERUNS) --reruns-delay 2 -raR $(PYTEST_ARGS)
+		--reruns $(TEST_RERUNS) --reruns-delay 2 -raR --durations=10 $(PYTEST_ARGS)
 
 lint: $(BIN)/wadud
 	$(BIN)/ruff check .

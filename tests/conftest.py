@@ -37,7 +37,7 @@ TEMPLATE = "wadud_template"
 PASSWORD = "correct horse battery"
 
 #: Fixtures that tests of several folders share: a clinic and its doctor.
-pytest_plugins = ["tests.booking.factories"]
+pytest_plugins = ["tests.booking.factories", "tests.ids", "tests.reaper", "tests.summary"]
 
 # Hypothesis's per-example deadline (200 ms) is a timing assertion, and the
 # suite runs in parallel on a shared machine: speed is measured in

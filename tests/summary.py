@@ -1,0 +1,41 @@
+"""What a run says loudly at its end: every rerun, and every test over 30 s.
+
+A rerun that passed hides whether the product or the test was at fault, and
+a test that creeps past half a minute is how a 10-minute suite became a
+22-minute one; both are easy to miss in pytest's own summary. The figures
+are each test's setup, call and teardown together, as the controller
+received them (pytest-xdist forwards every worker's reports).
+
+Loaded by tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+#: A test that takes longer than this is named at the end of the run.
+SLOW = 30.0
+
+_seconds: dict[str, float] = defaultdict(float)
+_reruns: dict[str, int] = defaultdict(int)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _seconds[report.nodeid] += report.duration
+    if report.outcome == "rerun":
+        _reruns[report.nodeid] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if hasattr(terminalreporter.config, "workerinput"):
+        return
+    write = terminalreporter.write_sep
+    slow = sorted(((s, n) for n, s in _seconds.items() if s > SLOW), reverse=True)
+    write("!", f"{len(slow)} test(s) over {SLOW:.0f} s", yellow=bool(slow), bold=True)
+    for seconds, nodeid in slow:
+        terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}")
+    write("!", f"{sum(_reruns.values())} rerun(s)", red=bool(_reruns), bold=True)
+    for nodeid, count in sorted(_reruns.items()):
+        terminalreporter.write_line(f"  {count} x  {nodeid}")
