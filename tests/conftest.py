@@ -138,6 +138,17 @@ def pytest_configure(config: pytest.Config) -> None:
     _STDERR.append(os.dup(2))
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The network namespaces of a region run whose worker died before its
+    teardown (tests/regions.py): by now no worker runs, so every such run is
+    stale. Its processes are stopped by tests/reaper.py; the namespaces
+    would otherwise wait for the next run's sweep."""
+    if not hasattr(config, "workerinput"):
+        from tests.regions import sweep_stale_runs
+
+        sweep_stale_runs()
+
+
 def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
     """Every thread's stack on the session's stderr a second before
     pytest-timeout ends a test that hangs: its thread method ends the
