@@ -526,9 +526,20 @@ export class WadudCall extends EventTarget {
   }
 
   // Dynacast: keep sending only the layers somebody wants.
-  async _on_set_encodings(f) {
+  // One change at a time per sender: Chromium forgets the parameters that
+  // getParameters() returned once any setParameters() completes, so a second
+  // set_encodings read while the first was pending failed ("getParameters()
+  // has never been called") and its layers stayed as they were.
+  _on_set_encodings(f) {
     const local = [...this.localTracks.values()].find((t) => t.track_id === f.track_id);
-    if (!local || !local.transceiver) return;
+    if (!local || !local.transceiver) return Promise.resolve();
+    local.encodingsChange = (local.encodingsChange || Promise.resolve())
+      .then(() => this._set_encodings(local, f))
+      .catch((e) => this._emit('error', { code: 'set-encodings-failed', message: String(e.message || e) }));
+    return local.encodingsChange;
+  }
+
+  async _set_encodings(local, f) {
     const sender = local.transceiver.sender;
     const params = sender.getParameters();
     const wanted = new Map(f.encodings.map((e) => [e.rid, e.active]));
