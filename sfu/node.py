@@ -64,6 +64,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +81,7 @@ from sfu import registry, rpc
 from sfu.errors import WorkerStartError
 from sfu.registry import Registration, WorkerInfo
 from sfu.rpc import MediaServer
-from wadud.bus import redis_client
+from wadud.bus import RENEW_WITHIN, redis_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -248,6 +249,14 @@ async def _metrics(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _renew_requests(server: MediaServer, gap: float) -> None:
+    """The worker's heartbeat is back after ``gap`` seconds away from Redis:
+    requests sent since may sit in the old connection's retransmission
+    backoff, so they are taken on a fresh one."""
+    if not await server.renew(RENEW_WITHIN):
+        log.warning("media requests not renewed in %.0f s", RENEW_WITHIN, extra={"gap": gap})
+
+
 async def _start(
     spec: WorkerSpec, planes: list[Redis], stack: contextlib.AsyncExitStack
 ) -> tuple[MediaWorker, list[_Presence], _Load]:
@@ -292,6 +301,7 @@ async def _start(
             heartbeat=settings.media_heartbeat,
             ttl=settings.media_worker_ttl,
             load=load,
+            lapsed=partial(_renew_requests, server),
         )
         await registration.start()
         stack.push_async_callback(registration.close)

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -276,8 +276,13 @@ class Registration:
     soon as it returns), then every ``heartbeat`` seconds rewrites it with the
     load from ``load()`` and the size of its rooms set, renewing the TTL.
     Redis errors are logged and retried at the next beat: a Redis restart
-    costs the entry at most its TTL. :meth:`close` deletes the entry, so
-    readers do not wait for the TTL after a clean stop.
+    costs the entry at most its TTL. A beat that does not finish within the
+    TTL is given up with its connection: after a network cut that connection
+    may wait out TCP's retransmission backoff long after the heal, while a
+    fresh one works at once. A beat written after a gap longer than the TTL
+    (the entry expired: Redis was out of reach) calls ``lapsed(gap)``, for
+    the worker's subscriptions to be renewed too. :meth:`close` deletes the
+    entry, so readers do not wait for the TTL after a clean stop.
     """
 
     def __init__(
@@ -288,13 +293,16 @@ class Registration:
         heartbeat: float,
         ttl: float,
         load: Load | None = None,
+        lapsed: Callable[[float], Coroutine[Any, Any, object]] | None = None,
     ) -> None:
         self.redis = redis
         self.info = info
         self.heartbeat = heartbeat
         self.ttl = ttl
         self._load = load
+        self._lapsed = lapsed
         self._task: asyncio.Task[None] | None = None
+        self._after_lapse: asyncio.Task[object] | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -332,23 +340,34 @@ class Registration:
                 await pipe.execute()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        written = loop.time()
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
-                await self.beat()
+                async with asyncio.timeout(self.ttl):
+                    await self.beat()
             except Exception as exc:
                 log.warning(
                     "media worker heartbeat failed; retrying",
                     extra={"worker": self.wid, "error": repr(exc)},
                 )
+                continue
+            gap, written = loop.time() - written, loop.time()
+            if gap > self.ttl and self._lapsed is not None:
+                log.warning("media worker heartbeat back after %.1f s", gap)
+                self._after_lapse = asyncio.create_task(
+                    self._lapsed(gap), name=f"registration-lapse-{self.wid}"
+                )
 
     async def close(self, *, delete: bool = True) -> None:
         """Stop the heartbeat; with ``delete``, remove the entry now."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._after_lapse):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._after_lapse = None
         if delete:
             try:
                 # Bounded: a worker on its way out must not wait on a Redis

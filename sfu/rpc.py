@@ -30,7 +30,11 @@ subscribing again after a Redis restart or failover; the request is sent
 again for :data:`RESUBSCRIBE_GRACE` before :class:`MediaUnavailable`. A worker that listens but does
 not answer (frozen, overloaded) costs the caller ``timeout`` seconds. Both
 subscriptions are :mod:`wadud.bus`'s, which resubscribe after a Redis restart;
-a request whose reply was lost meanwhile times out.
+a request whose reply was lost meanwhile times out. After a network cut
+their connections may look alive while what Redis sends on them waits out
+TCP's retransmission backoff: each side's heartbeat, back after a lapse,
+has them subscribe again on a fresh connection (:meth:`MediaClient.renew`,
+:meth:`MediaServer.renew`).
 """
 
 from __future__ import annotations
@@ -135,6 +139,10 @@ async def _stop_reading(
             await reader
 
 
+async def _renew(subscription: Subscription | None, within: float) -> bool:
+    return subscription is None or await subscription.renew(within)
+
+
 # The one table from the errors a worker raises to the ``type`` of an error
 # reply and back; anything else crosses as "internal" and is raised on the
 # caller's side as MediaError.
@@ -215,6 +223,11 @@ class MediaClient:
             if not fut.done():
                 fut.set_exception(MediaUnavailable("the media client closed"))
         self._pending.clear()
+
+    async def renew(self, within: float) -> bool:
+        """Listen for replies and events on a fresh connection (the cluster's
+        heartbeat is back after a lapse); whether that took less than ``within``."""
+        return await _renew(self._subscription, within)
 
     async def __aenter__(self) -> MediaClient:
         await self.start()
@@ -505,6 +518,11 @@ class MediaServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
             self._publisher = None
+
+    async def renew(self, within: float) -> bool:
+        """Take requests on a fresh connection (the worker's registry
+        heartbeat is back after a lapse); whether that took less than ``within``."""
+        return await _renew(self._subscription, within)
 
     async def lifecycle(self, state: Lifecycle) -> None:
         """Tell every API process this worker is ready, draining or stopped."""

@@ -36,10 +36,10 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from wadud.bus import RedisBus, Subscription, encode
+from wadud.bus import RENEW_WITHIN, RedisBus, Subscription, encode
 
 log = logging.getLogger("wadud.signalling.cluster")
 
@@ -92,11 +92,6 @@ def conn_replica(ref: str) -> str:
     return ref.partition("/")[0]
 
 
-#: Seconds a replica back from a lapse waits for its channel's fresh
-#: connection before it asks the owners about its clients anyway.
-RENEW_WITHIN = 5.0
-
-
 class Cluster:
     """This replica's side of the cluster: identity, lease, ordered publishing
     and its channel. Owns two Redis connections' worth of work: the shared
@@ -117,6 +112,8 @@ class Cluster:
         self._handler: Callable[[dict[str, Any]], None] = lambda _m: None
         self._lapsed: Callable[[float], None] = lambda _gap: None
         self._renewing: asyncio.Task[None] | None = None
+        #: Other subscriptions of this process in this Redis, renewed with ours.
+        self._renewals: list[Callable[[float], Awaitable[bool]]] = []
         self._sub: Subscription | None = None
         self._closed = False
         self._seq = 0
@@ -171,6 +168,12 @@ class Cluster:
         with contextlib.suppress(Exception):
             await self.redis.delete(self.channel(self.replica))
 
+    def renew_with(self, renew: Callable[[float], Awaitable[bool]]) -> None:
+        """After a lapse, ``renew(within)`` too, beside this replica's
+        channel: another subscription of this process in the same Redis
+        (the media client's replies and events) was cut off the same way."""
+        self._renewals.append(renew)
+
     async def _subscribe(self) -> None:
         # wadud.bus's subscription resubscribes by itself after a Redis restart.
         self._sub = await RedisBus.from_client(self.redis).subscribe(self.channel(self.replica))
@@ -202,8 +205,12 @@ class Cluster:
         """Listen on a fresh connection, then tell the handler: what others
         answer it must reach us, and messages to us since the gap began may
         sit in the old connection's retransmission backoff."""
-        if self._sub is not None and not await self._sub.renew(RENEW_WITHIN):
-            log.warning("cluster channel not renewed in %.0f s; going on", RENEW_WITHIN)
+        renewals = [r(RENEW_WITHIN) for r in self._renewals]
+        if self._sub is not None:
+            renewals.append(self._sub.renew(RENEW_WITHIN))
+        done = await asyncio.gather(*renewals, return_exceptions=True)
+        if not all(ok is True for ok in done):
+            log.warning("cluster subscriptions not renewed in %.0f s; going on", RENEW_WITHIN)
         try:
             self._lapsed(gap)
         except Exception:

@@ -216,6 +216,7 @@ async def _plane(
         raise ConfigError(f"media_region_distances: {exc}") from None
     client = MediaClient(redis, cluster.replica, settings.media_rpc_timeout)
     await client.start()
+    cluster.renew_with(client.renew)
     return cluster, Placement(redis, distances), client
 
 

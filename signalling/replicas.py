@@ -494,12 +494,20 @@ class Replicas:
                 return remote
             return None
 
+        def grace_of(ref: str) -> float | None:
+            # A connection on a replica that fell silent: dead, or cut off
+            # with its clients (a region whose link broke), which come back
+            # when it heals. The watcher gives them as long (_watch_once);
+            # a resume after resume_grace would be a stranger's join.
+            return None if conn_replica(ref) == me else self._cutoff_grace
+
         outputs = room.core.restore(
             data,
             loop.time(),
             conn_of=conn_of,
             grant_of=lambda d: RoomGrant(**d),
             elapsed=max(0.0, time.time() - float(data.get("at") or time.time())),
+            grace_of=grace_of,
         )
         for participant in room.core.participants.values():
             # The handles conn_of gave: this replica's connections or RemoteConnections.

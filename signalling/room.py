@@ -801,11 +801,14 @@ class Room:
         conn_of: Callable[[str], ConnId | None],
         grant_of: Callable[[dict[str, Any]], RoomGrant],
         elapsed: float = 0.0,
+        grace_of: Callable[[str], float | None] | None = None,
     ) -> list[Output]:
         """Take over a room from :meth:`snapshot` (``elapsed`` seconds old).
         ``conn_of`` gives the handle of a connection that still stands, or
         None: its participant is DETACHED with a fresh grace period (or gone,
-        if it was waiting). Returns what that changes for the others."""
+        if it was waiting), ``grace_of(ref)`` seconds for that connection's
+        reference, ``resume_grace`` where it gives None. Returns what that
+        changes for the others."""
         self.require_admission = bool(data.get("require_admission", False))
         self.ended = bool(data.get("ended", False))
         self._speaker = data.get("speaker")
@@ -813,10 +816,11 @@ class Room:
         self.recording.restore(data.get("recording") or {})
         self.participants.clear()
         self._sessions.clear()
-        lost: list[Participant] = []
+        lost: list[tuple[Participant, float | None]] = []
         for d in data.get("participants", ()):
             grant = grant_of(d["grant"])
-            conn = conn_of(d["conn"]) if d.get("conn") else None
+            ref = d.get("conn")
+            conn = conn_of(ref) if ref else None
             p = Participant(
                 id=d["id"],
                 grant=grant,
@@ -832,14 +836,14 @@ class Room:
             self.participants[p.id] = p
             self._sessions[p.session] = p.id
             if p.conn is None and p.state is not D:
-                lost.append(p)
+                lost.append((p, grace_of(ref) if ref and grace_of is not None else None))
         out: list[Output] = []
-        for p in lost:
+        for p, grace in lost:
             if p.state is W:
                 out += self._depart(p, Event.DISCONNECT, "left")
             else:
                 self._move(p, Event.DISCONNECT)
-                p.deadline = now + self.resume_grace
+                p.deadline = now + (self.resume_grace if grace is None else grace)
         return out + self._maybe_close()
 
     # -- helpers ---------------------------------------------------------------

@@ -38,6 +38,12 @@ class Message:
     data: dict[str, Any]
 
 
+#: Seconds a process whose heartbeat is back after a lapse waits for its
+#: subscriptions' fresh connections (Subscription.renew) before going on
+#: anyway: the reading loop makes one within a second or so.
+RENEW_WITHIN = 5.0
+
+
 class Subscription(Protocol):
     def __aiter__(self) -> AsyncIterator[Message]: ...
     async def close(self) -> None: ...

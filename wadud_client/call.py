@@ -550,9 +550,10 @@ class CallClient:
             return listed
 
     def _media_moved(self) -> None:
-        """``media_reconnect``: the room is on another media worker now. Drop
-        both peer connections at once (the next offer is for a new one) and
-        publish the same tracks again on a fresh connection."""
+        """``media_reconnect`` (the room is on another media worker now), or a
+        resume that made us a new participant: drop both peer connections at
+        once (the next offer is for a new one) and publish the same tracks
+        again on a fresh connection."""
         old = [pc for pc in (self.publish_pc, self.subscribe_pc) if pc is not None]
         self.publish_pc = self.subscribe_pc = None
         self._munger = None
@@ -758,7 +759,20 @@ class CallClient:
     async def _dispatch(self, frame: dict[str, Any]) -> None:
         kind = frame["type"]
         event = Event(kind, frame, time.monotonic())
+        # A resume answered with another participant id: the server forgot
+        # us (our place lapsed), so our peer connections lead to transports
+        # it dropped and its next offer is for a new one. Media starts over
+        # as after a move (the call page does the same).
+        me = self.participant_id
+        forgotten = (
+            kind == "joined"
+            and me is not None
+            and str((frame.get("participant") or {}).get("id")) != me
+            and (self.publish_pc is not None or self.subscribe_pc is not None)
+        )
         self._track_state(event)
+        if forgotten:
+            self._media_moved()
         ref = frame.get("ref")
         fut = self._pending.get(str(ref)) if ref is not None else None
         hook = self._on_answer.pop(str(ref), None) if ref is not None else None

@@ -340,3 +340,101 @@ async def test_a_reply_waits_for_its_caller_to_listen_again(
         assert reply is not None and reply["id"] == "r1" and reply["ok"], reply
     finally:
         await caller.aclose()
+
+
+class CutLink:
+    """A TCP proxy in front of Redis that a test cuts as a network cut does:
+    while cut nothing crosses, and a connection that had bytes to carry
+    meanwhile stays stuck after the heal (what TCP's retransmission backoff
+    does for tens of seconds, here for good); a connection idle through the
+    cut, and a new one, work at once after it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cut = False
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writers += [writer, up_writer]
+        stuck = False
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            nonlocal stuck
+            while data := await src.read(65536):
+                stuck = stuck or self.cut
+                if not stuck:
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in self._writers:
+            w.close()
+
+
+async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
+    worker: MediaWorker, redis: aioredis.Redis, redis_server: Any
+) -> None:
+    """A worker cut off from Redis longer than its registry TTL: its control
+    channel's connection still looks alive after the heal while what Redis
+    sent on it is stuck, so a request would wait out TCP's backoff. The
+    heartbeat back after the lapse renews the subscription on a fresh
+    connection, and the request is answered within a few heartbeats."""
+    from sfu.registry import Registration, WorkerInfo, worker_key
+    from wadud.bus import redis_client
+
+    link = CutLink(int(redis_server.port))
+    cut_redis = redis_client(await link.start())
+    wid, incarnation = "cut" + secrets.token_hex(3) + "-0", secrets.token_hex(8)
+    server = MediaServer(cut_redis, worker, wid, incarnation)
+    await server.start()
+    info = WorkerInfo(wid, incarnation, "cut", "pk", 0, "127.0.0.1", 40000, 400)
+    ttl = 1.0
+    registration = Registration(
+        cut_redis, info, heartbeat=0.2, ttl=ttl, lapsed=lambda _gap: server.renew(5.0)
+    )
+    await registration.start()
+    client = MediaClient(redis, "api-" + secrets.token_hex(4), timeout=1.0)
+    await client.start()
+    media = client.remote(wid, incarnation)
+    try:
+        assert (await media.ping())["worker"] == wid
+        link.cut = True
+        # Sent during the cut: Redis still counts the worker's subscriber,
+        # and what it writes to it from now on is stuck.
+        with pytest.raises(MediaUnavailable, match="did not answer"):
+            await media.ping()
+
+        async def expired() -> bool:
+            return await redis.exists(worker_key(wid)) == 0
+
+        await wait_until(expired, within=10)
+        link.cut = False
+        healed = asyncio.get_running_loop().time()
+
+        async def answered() -> bool:
+            try:
+                return (await media.ping())["worker"] == wid
+            except MediaUnavailable:
+                return False
+
+        await wait_until(answered, within=10)
+        took = asyncio.get_running_loop().time() - healed
+        # A few heartbeats and one reading loop's second, not a backoff.
+        assert took < ttl + 5.0, took
+    finally:
+        await client.close()
+        await registration.close(delete=False)
+        await server.close()
+        await cut_redis.aclose()
+        await link.close()

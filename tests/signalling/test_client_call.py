@@ -822,6 +822,67 @@ async def test_client_answers_pings_and_a_silent_one_is_dropped(
         await http.close()
 
 
+class _Muffled(CallClient):
+    """A client that stops answering the server's pings while ``muffled``."""
+
+    muffled = False
+
+    async def send(self, type: str, **fields: Any) -> None:
+        if type != "pong" or not self.muffled:
+            await super().send(type, **fields)
+
+
+async def test_a_resume_after_the_grace_starts_media_over_as_a_new_participant(
+    settings: Settings, loopback_aiortc: None
+) -> None:
+    """The server forgot a participant whose socket stayed away past the
+    resume grace: its resume is answered as a new participant, whose old
+    transports are gone. The client publishes again on fresh connections
+    and takes the server's next offer on a fresh one, as the page does."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bin.assembly import build_app
+
+    app = build_app(dataclasses.replace(settings, call_ping_interval=1.0, call_resume_grace=1.0))
+    http: TestClient[Any, Any] = TestClient(TestServer(app))
+    await http.start_server()
+    call = Call(Api(http, app))
+    try:
+        room = _room()
+        doctor = await call.join(room, "dr-late", role="doctor", admin=True)
+        await doctor.room_settings(require_admission=False)
+        await doctor.publish({"camera": TestPatternVideo()})
+        patient = _Muffled(call.url, call.token(room, "pt-late"), label="pt-late")
+        call.clients.append(patient)
+        assert (await patient.join())["type"] == "joined"
+        await patient.publish({"camera": TestPatternVideo()})
+        await doctor.wait_until(
+            lambda: (v := _video(doctor, patient)) is not None and v.frames >= 5, 30
+        )
+        await patient.wait_until(
+            lambda: (v := _video(patient, doctor)) is not None and v.frames >= 5, 30
+        )
+        before = patient.participant_id
+        patient.muffled = True
+        await patient.wait_until(lambda: patient.state == "disconnected", 10)
+        await doctor.wait_for(
+            "participant_left", lambda f: f.get("participant_id") == before, within=10
+        )
+        patient.muffled = False
+        answer = await patient.resume()
+        assert answer["type"] == "joined" and patient.participant_id != before
+        await doctor.wait_until(
+            lambda: (v := _video(doctor, patient)) is not None and v.frames >= 5, 30
+        )
+        await patient.wait_until(
+            lambda: (v := _video(patient, doctor)) is not None and v.frames >= 5, 30
+        )
+        assert patient.errors == [], patient.errors
+    finally:
+        await asyncio.gather(*(c.close() for c in call.clients), return_exceptions=True)
+        await http.close()
+
+
 async def test_views_audio_only_and_quality_reach_the_worker_and_back(call: Call) -> None:
     """``track_view`` with ``visible`` false stops a video (``track_paused``,
     reason ``hidden``) and a visible one brings it back; ``audio_only``

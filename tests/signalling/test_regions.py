@@ -163,14 +163,27 @@ class Party:
     host: str
     clients: list[Any] = field(default_factory=list)
 
-    async def join(
+    async def links(
         self, room: str, who: str, *, publish: bool, count: int = 1, home: str = ""
-    ) -> None:
+    ) -> list[str]:
+        """Join links for :meth:`join` (each one a ``wadud token`` process:
+        seconds on a loaded machine, so a timed join mints them first)."""
         region = self.world.regions[self.host].region
         role = "doctor" if publish else "patient"
-        links = [
-            await self.world.link(room, f"{who}-{i}", role, region, home) for i in range(count)
-        ]
+        return [await self.world.link(room, f"{who}-{i}", role, region, home) for i in range(count)]
+
+    async def join(
+        self,
+        room: str,
+        who: str,
+        *,
+        publish: bool,
+        count: int = 1,
+        home: str = "",
+        links: list[str] | None = None,
+    ) -> None:
+        if links is None:
+            links = await self.links(room, who, publish=publish, count=count, home=home)
 
         async def go() -> list[Any]:
             return list(

@@ -613,3 +613,26 @@ def test_snapshot_and_restore_keep_the_room_and_detach_lost_connections() -> Non
     lost.restore(data, 50.0, conn_of=lambda ref: None, grant_of=lambda d: RoomGrant(**d))
     d = lost.get("p-1")
     assert d is not None and d.state is State.DETACHED and d.deadline == 50.0 + GRACE
+
+
+def test_restore_gives_the_grace_its_caller_names_per_lost_connection() -> None:
+    """A new owner keeps the participants of a replica that fell silent (a
+    region cut off) for the cut-off grace, as a live owner does, so their
+    resume after the heal finds them rather than making strangers of them."""
+    room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
+    data = room.snapshot(5.0, lambda conn: f"cut/{conn}" if conn == "c-pt" else f"gone/{conn}")
+    copy = new_room()
+    copy.restore(
+        data,
+        50.0,
+        conn_of=lambda ref: None,
+        grant_of=lambda d: RoomGrant(**d),
+        grace_of=lambda ref: 120.0 if ref.startswith("cut/") else None,
+    )
+    doc, pt = copy.get("p-1"), copy.get("p-2")
+    assert doc is not None and doc.state is State.DETACHED and doc.deadline == 50.0 + GRACE
+    assert pt is not None and pt.state is State.DETACHED and pt.deadline == 50.0 + 120.0
+    # Still there past the resume grace: its resume is the same participant.
+    copy.handle_timer(50.0 + GRACE + 1.0)
+    assert copy.get("p-1") is None
+    assert copy.join("c-pt2", PATIENT, 50.0 + GRACE + 2.0, resume="s-2").resumed
