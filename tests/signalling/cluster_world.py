@@ -62,7 +62,9 @@ PROBE = """(() => {
     try {
       const f = JSON.parse(data);
       if (!['ping', 'offer', 'active_speaker'].includes(f.type) && p.frames.length < 500) {
-        const who = f.participant ? f.participant.id : (f.participant_id || f.reason || '');
+        // A pause names its track and says whether it stops or resumes.
+        const who = f.type === 'track_paused' ? `${f.track_id}:${f.paused}:${f.reason}`
+          : f.participant ? f.participant.id : (f.participant_id || f.reason || '');
         p.frames.push([Date.now(), f.type, who, f.ref || null, f.code || null]);
       }
     } catch (_) { /* the page reports it */ }
