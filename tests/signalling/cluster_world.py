@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -424,6 +425,20 @@ def decoded_series(
     for points in series.values():
         points.sort()
     return series
+
+
+def first_decoded(records: dict[str, Any], ids: dict[str, str]) -> dict[str, float]:
+    """Per "page<-peer": the timestamp (ms since the epoch) of the page's
+    first RECORD sample showing a frame of the peer decoded."""
+    names = {pid: name for name, pid in ids.items()}
+    began: dict[str, float] = {}
+    for page, rec in records.items():
+        for row in (rec or {}).get("video", []):
+            peer = names.get(row[0])
+            if peer is not None and row[2] > 0:
+                key = f"{page}<-{peer}"
+                began[key] = min(began.get(key, math.inf), row[1])
+    return began
 
 
 def chromium_freezes(
