@@ -700,7 +700,7 @@ async def _fail_over(
     report = {
         "failover_s": round(failed_over - t0, 2),
         "fourth_joined_after_failover_s": round(joined - failed_over, 2),
-        # By the first stats sample of each pair showing a decoded frame.
+        # By each pair's stats: their timestamps and inter-frame delays.
         "all_decoding_after_failover_s": None
         if not decoding or len(began) < len(ids) * (len(ids) - 1)
         else round((max(began.values()) - failed_over_ms) / 1000, 2),

@@ -99,7 +99,7 @@ STATS = "window.wadudCall.stats().then(s => s.participants)"
 # when it is read, so the samples span the whole window. Per remote video:
 # [participant, timestamp, framesDecoded, framesReceived, packetsReceived,
 #  keyFramesDecoded, frameWidth, freezeCount, totalFreezesDuration, pliCount,
-#  ssrc]; per simulcast layer sent: [timestamp, rid, packetsSent,
+#  ssrc, totalInterFrameDelay]; per simulcast layer sent: [timestamp, rid, packetsSent,
 #  framesEncoded, frameWidth, qualityLimitationReason, ssrc].
 RECORD = """(async () => { const c = window.wadudCall;
   if (window.__rec) clearInterval(window.__rec.timer);
@@ -111,7 +111,7 @@ RECORD = """(async () => { const c = window.wadudCall;
         rec.video.push([r.participant, s.timestamp, s.framesDecoded || 0,
           s.framesReceived || 0, s.packetsReceived || 0, s.keyFramesDecoded || 0,
           s.frameWidth || 0, s.freezeCount || 0, s.totalFreezesDuration || 0, s.pliCount || 0,
-          s.ssrc]);
+          s.ssrc, s.totalInterFrameDelay || 0]);
       });
     }
     if (c.publishPc) (await c.publishPc.getStats()).forEach((s) => {
@@ -428,8 +428,12 @@ def decoded_series(
 
 
 def first_decoded(records: dict[str, Any], ids: dict[str, str]) -> dict[str, float]:
-    """Per "page<-peer": the timestamp (ms since the epoch) of the page's
-    first RECORD sample showing a frame of the peer decoded."""
+    """Per "page<-peer": when the page had its first frame of the peer (ms
+    since the epoch), at the latest. A sample at ``timestamp`` counts the
+    delays between all the frames so far (totalInterFrameDelay), and its
+    last frame came at or before ``timestamp``: the first came at or before
+    ``timestamp - totalInterFrameDelay``, however late a starved page took
+    that sample."""
     names = {pid: name for name, pid in ids.items()}
     began: dict[str, float] = {}
     for page, rec in records.items():
@@ -437,7 +441,7 @@ def first_decoded(records: dict[str, Any], ids: dict[str, str]) -> dict[str, flo
             peer = names.get(row[0])
             if peer is not None and row[2] > 0:
                 key = f"{page}<-{peer}"
-                began[key] = min(began.get(key, math.inf), row[1])
+                began[key] = min(began.get(key, math.inf), row[1] - 1000 * row[11])
     return began
 
 
