@@ -34,7 +34,9 @@ a request whose reply was lost meanwhile times out. After a network cut
 their connections may look alive while what Redis sends on them waits out
 TCP's retransmission backoff: each side's heartbeat, back after a lapse,
 has them subscribe again on a fresh connection (:meth:`MediaClient.renew`,
-:meth:`MediaServer.renew`).
+:meth:`MediaServer.renew`). A worker's event is published again the same
+way, while Redis is away too, for :data:`EVENT_GRACE`: through a failover,
+not dropped.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ EVENTS = "wadud:media:events"
 #: Seconds a request is sent again while its worker does not listen: the
 #: bus's resubscribe backoff (2 s at most, wadud.bus) and a margin.
 RESUBSCRIBE_GRACE = 3.0
+#: Seconds a worker's event is published again while Redis is away or nobody
+#: hears it: a failover (the sentinels' down-after and election, 2-3 s) and
+#: then the API processes' resubscribe backoff (2 s at most). An event lost
+#: there is a state the pages never learn: a video paused for bandwidth shown
+#: as a frozen picture, a simulcast layer dynacast wanted back left off.
+EVENT_GRACE = 10.0
 Lifecycle = Literal["ready", "draining", "stopped"]
 Listener = Callable[[str, str, "MediaEvent | str"], None]
 """``listener(worker id, incarnation, event or lifecycle word)``."""
@@ -168,13 +176,19 @@ def _raise(wid: str, error: Mapping[str, Any]) -> None:
     raise cls(message)
 
 
-async def _heard(redis: Redis, channel: str, payload: str, stop: Callable[[], bool]) -> str | None:
+async def _heard(
+    redis: Redis,
+    channel: str,
+    payload: str,
+    stop: Callable[[], bool],
+    grace: float = RESUBSCRIBE_GRACE,
+) -> str | None:
     """Publish ``payload`` until someone hears it: None once one did, else
-    why not after :data:`RESUBSCRIBE_GRACE` (or at once when ``stop()``).
+    why not after ``grace`` seconds (or at once when ``stop()``).
     After a Redis restart or failover a live process listens again only
     once its subscription is back (the bus's reconnect backoff); a message
     nobody received is safe to send again."""
-    deadline = asyncio.get_running_loop().time() + RESUBSCRIBE_GRACE
+    deadline = asyncio.get_running_loop().time() + grace
     delay = 0.05
     while True:
         try:
@@ -187,6 +201,10 @@ async def _heard(redis: Redis, channel: str, payload: str, stop: Callable[[], bo
             return failure
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.4)
+
+
+def _never() -> bool:
+    return False
 
 
 # --- the caller's side --------------------------------------------------------------------
@@ -536,12 +554,18 @@ class MediaServer:
             log.warning("media event dropped: redis is not keeping up", extra={"worker": self.wid})
 
     async def _publish_events(self) -> None:
+        # After an event nobody heard for EVENT_GRACE (no API process at
+        # all), the next ones are tried once each until one is heard again,
+        # so a backlog does not wait out the grace event by event.
+        unheard = False
         while True:
             message = await self._events.get()
             try:
-                await self.redis.publish(EVENTS, encode(message))
-            except (RedisError, OSError) as exc:
-                log.warning("media event not published", extra={"error": repr(exc)})
+                grace = 0.0 if unheard else EVENT_GRACE
+                failure = await _heard(self.redis, EVENTS, encode(message), _never, grace)
+                if failure is not None and not unheard:
+                    log.warning("media event not published: %s", failure)
+                unheard = failure is not None
             finally:
                 self._events.task_done()
 
@@ -570,7 +594,7 @@ class MediaServer:
         if not isinstance(reply_to, str) or not reply_to:
             return
         # The caller's reply subscription may be coming back from a failover.
-        failure = await _heard(self.redis, reply_to, encode(reply), lambda: False)
+        failure = await _heard(self.redis, reply_to, encode(reply), _never)
         if failure is not None:
             log.warning("media reply not delivered: %s", failure, extra={"op": request.get("op")})
 

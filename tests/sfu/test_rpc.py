@@ -37,6 +37,7 @@ from sfu.control import (
 )
 from sfu.errors import SfuStateError
 from sfu.rpc import (
+    EVENT_GRACE,
     EVENTS,
     RESUBSCRIBE_GRACE,
     MediaClient,
@@ -310,6 +311,20 @@ async def test_both_sides_survive_a_redis_restart(
         await asyncio.sleep(0.2)
     else:
         pytest.fail("no answer 15 s after Redis came back")
+
+
+async def test_an_event_of_a_redis_outage_is_heard_once_redis_is_back(
+    served: tuple[MediaServer, MediaClient, Heard], redis_server: Any
+) -> None:
+    """As in a failover: the worker pauses a video while Redis is away; the
+    API process hears it once Redis and its subscription are back."""
+    server, _, heard = served
+    redis_server.stop()
+    paused = ActiveSpeaker(ROOM, "during-the-outage")
+    server._on_event(paused)
+    await asyncio.sleep(0.5)
+    redis_server.start()
+    await wait_until(lambda: any(what == paused for _, _, what in heard.items), EVENT_GRACE)
 
 
 async def test_a_reply_waits_for_its_caller_to_listen_again(

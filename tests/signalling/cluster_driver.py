@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import secrets
@@ -75,6 +76,8 @@ from tests.signalling.cluster_world import (
     PCS_REPLACED,
     PEOPLE,
     PROBE_READ,
+    RECORD,
+    RECORD_READ,
     REGION,
     RESULT,
     ROOM,
@@ -83,8 +86,12 @@ from tests.signalling.cluster_world import (
     SEEN,
     STATS,
     World,
+    around,
+    chromium_freezes,
     close_pages,
+    decoded_series,
     ensure_call,
+    first_decoded,
     frames_since,
     freezes,
     ids_of,
@@ -92,6 +99,7 @@ from tests.signalling.cluster_world import (
     poll_decoded,
     probes,
     same_pages,
+    still,
     watch_recovery,
 )
 
@@ -623,7 +631,6 @@ async def scenario_redis_failover(world: World) -> dict[str, Any]:
     pages = await ensure_call(world)
     await receiving(world, pages)
     ids = await ids_of(pages)
-    names = [f"{a}<-{b}" for a in ids for b in ids if a != b]
     # The fourth page is open on its Join screen before the kill, so what is
     # timed after the failover is the join, not a browser starting.
     assert world.browsers is not None
@@ -632,7 +639,7 @@ async def scenario_redis_failover(world: World) -> dict[str, Any]:
     )
     fourth = await world.browsers.open("fourth", link)
     try:
-        return await _fail_over(world, group, pages, ids, names, fourth)
+        return await _fail_over(world, group, pages, ids, fourth)
     finally:
         # The call is three pages again, for a scenario run after this one.
         await world.browsers.close_page(fourth)
@@ -643,29 +650,19 @@ async def _fail_over(
     group: Group,
     pages: list[Page],
     ids: dict[str, str],
-    names: list[str],
     fourth: Page,
 ) -> dict[str, Any]:
-    samples: list[tuple[float, dict[str, int]]] = []
-    done = asyncio.Event()
-
-    async def sample() -> None:
-        while not done.is_set():
-            decoded = await poll_decoded(pages, ids)
-            samples.append(
-                (time.monotonic(), {f"{a}<-{b}": v or 0 for (a, b), v in decoded.items()})
-            )
-            await asyncio.sleep(0.3)
-
     # The fourth browser's start (seconds of CPU) is over and the call flows
     # again before the freezes are watched.
     await fourth.wait_for("document.body.dataset.screen === 'prejoin'", "the device check")
     await receiving(world, pages)
     placed_before = await world.cluster.worker_of(ROOM)
     owner_before = await _owner(world)
-    sampler = asyncio.create_task(sample())
+    for page in pages:
+        await page.eval(RECORD)
     await asyncio.sleep(1.0)
     t0 = time.monotonic()
+    wall0 = time.time() * 1000
     group.primary.send_signal(signal.SIGKILL)
     await asyncio.to_thread(group.primary.wait, 5)
     world.mark("kill -9 redis primary")
@@ -674,31 +671,49 @@ async def _fail_over(
             raise DriverError(f"the sentinels did not fail over in {FAILOVER:.0f} s")
         await asyncio.sleep(0.1)
     failed_over = time.monotonic()
+    failed_over_ms = time.time() * 1000
     world.mark("sentinels failed over")
     await join(fourth)
     joined = time.monotonic()
     world.mark("fourth joined")
+    await fourth.eval(RECORD)
     everyone = [*pages, fourth]
     ids[fourth.name] = await participant_id(fourth)
-    decoding: float | None = None
-    while decoding is None and time.monotonic() - failed_over < 30:
-        decoded = await poll_decoded(everyone, ids)
-        if all(v for v in decoded.values()):
-            decoding = time.monotonic()
-        else:
+    # Waiting only: when each page began to decode each other one is read
+    # from the pages' own samples below.
+    decoding = False
+    while not decoding and time.monotonic() - failed_over < 30:
+        decoding = all(v for v in (await poll_decoded(everyone, ids)).values())
+        if not decoding:
             await asyncio.sleep(0.2)
-    done.set()
-    await sampler
+    records = {p.name: await p.eval(RECORD_READ) for p in everyone}
+    began = first_decoded(records, ids)
     pairs = await receiving(world, everyone, within=10)
     read = await probes(pages)
+    # The three pages' views of each other, on their own clocks, from the
+    # recorder's start (a second before the kill) to the fourth's media.
+    first = {p.name: ids[p.name] for p in pages}
+    theirs = {name: records[name] for name in first}
+    series = decoded_series(theirs, first, 0)
+    stalls = still(series, wall0 / 1000, FAILOVER_FREEZE_S)
+    stalls += chromium_freezes(theirs, first, wall0, FAILOVER_FREEZE_S)
     report = {
         "failover_s": round(failed_over - t0, 2),
         "fourth_joined_after_failover_s": round(joined - failed_over, 2),
+        # By each pair's stats: their timestamps and inter-frame delays.
         "all_decoding_after_failover_s": None
-        if decoding is None
-        else round(decoding - failed_over, 2),
-        "stalls": freezes(samples, names, t0, FAILOVER_FREEZE_S),
-        "samples": len(samples),
+        if not decoding or len(began) < len(ids) * (len(ids) - 1)
+        else round((max(began.values()) - failed_over_ms) / 1000, 2),
+        "killed_at_ms": round(wall0),
+        "stalls": stalls,
+        "samples": {k: len(v) for k, v in series.items()},
+        # When the samples of every pair began and ended, in seconds after the kill.
+        "sampled": [
+            round(max((v[0][0] for v in series.values()), default=math.inf) - wall0 / 1000, 2),
+            round(min((v[-1][0] for v in series.values()), default=0) - wall0 / 1000, 2),
+        ],
+        "stall_detail": [around(records, ids, x, wall0) for x in stalls],
+        "longest_gaps": {k: _longest(v, wall0 / 1000) for k, v in series.items()},
         "placed_before": placed_before,
         "placed_after": await world.cluster.worker_of(ROOM),
         "owner_before": owner_before,
@@ -706,7 +721,15 @@ async def _fail_over(
         "same_pages": same_pages(world, read),
         "timings": world.timings,
     }
-    return {"pairs": pairs, "report": report, "probes": read}
+    return {"pairs": pairs, "report": report, "probes": read, "records": records}
+
+
+def _longest(points: list[tuple[float, int]], t0: float) -> list[float]:
+    """The longest span with no new frame in ``points`` and when it began
+    (seconds after ``t0``)."""
+    runs = still({"": points}, t0, 0.0)
+    worst = max(runs, key=lambda r: r["seconds"], default=None)
+    return [] if worst is None else [worst["at"], worst["seconds"]]
 
 
 async def _owner(world: World) -> str | None:

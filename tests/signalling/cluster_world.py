@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,9 @@ PROBE = """(() => {
     try {
       const f = JSON.parse(data);
       if (!['ping', 'offer', 'active_speaker'].includes(f.type) && p.frames.length < 500) {
-        const who = f.participant ? f.participant.id : (f.participant_id || f.reason || '');
+        // A pause names its track and says whether it stops or resumes.
+        const who = f.type === 'track_paused' ? `${f.track_id}:${f.paused}:${f.reason}`
+          : f.participant ? f.participant.id : (f.participant_id || f.reason || '');
         p.frames.push([Date.now(), f.type, who, f.ref || null, f.code || null]);
       }
     } catch (_) { /* the page reports it */ }
@@ -86,6 +89,48 @@ PROBE_READ = """(() => { const p = window.__probe; if (!p) return null;
           me: window.wadudCall.me && window.wadudCall.me.id,
           state: document.body.dataset.state, screen: document.body.dataset.screen}; })()"""
 STATS = "window.wadudCall.stats().then(s => s.participants)"
+# What the page decodes and sends, sampled by the page itself every 200 ms and
+# stamped with each stats report's own timestamp (ms since the epoch): a freeze
+# is then measured on Chromium's clock, however late the driver, starved of
+# CPU, comes to read. Decoding runs on Chromium's own threads, so a timer that
+# fires late still counts every frame decoded meanwhile, and Chromium's own
+# freezeCount and totalFreezesDuration tell a freeze that began and ended
+# between two samples. A sample is taken at once when the recorder starts and
+# when it is read, so the samples span the whole window. Per remote video:
+# [participant, timestamp, framesDecoded, framesReceived, packetsReceived,
+#  keyFramesDecoded, frameWidth, freezeCount, totalFreezesDuration, pliCount,
+#  ssrc, totalInterFrameDelay]; per simulcast layer sent: [timestamp, rid, packetsSent,
+#  framesEncoded, frameWidth, qualityLimitationReason, ssrc].
+RECORD = """(async () => { const c = window.wadudCall;
+  if (window.__rec) clearInterval(window.__rec.timer);
+  const rec = window.__rec = {video: [], sent: [], timer: 0};
+  rec.sample = async () => {
+    for (const r of c.remoteTracks.values()) {
+      (await r.transceiver.receiver.getStats()).forEach((s) => {
+        if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+        rec.video.push([r.participant, s.timestamp, s.framesDecoded || 0,
+          s.framesReceived || 0, s.packetsReceived || 0, s.keyFramesDecoded || 0,
+          s.frameWidth || 0, s.freezeCount || 0, s.totalFreezesDuration || 0, s.pliCount || 0,
+          s.ssrc, s.totalInterFrameDelay || 0]);
+      });
+    }
+    if (c.publishPc) (await c.publishPc.getStats()).forEach((s) => {
+      if (s.type !== 'outbound-rtp' || s.kind !== 'video') return;
+      rec.sent.push([s.timestamp, s.rid || '', s.packetsSent || 0, s.framesEncoded || 0,
+        s.frameWidth || 0, s.qualityLimitationReason || '', s.ssrc]);
+    });
+  };
+  let busy = false;
+  rec.timer = setInterval(async () => {
+    if (busy || rec.video.length > 20000) return;
+    busy = true;
+    try { await rec.sample(); } catch (_) { /* a receiver gone between two samples */ }
+    busy = false;
+  }, 200);
+  await rec.sample();
+  return true; })()"""
+RECORD_READ = """(async () => { const r = window.__rec; if (!r) return null;
+  clearInterval(r.timer); await r.sample(); return {video: r.video, sent: r.sent}; })()"""
 # The UDP port of the worker each peer connection is connected to.
 MEDIA_PORTS = """(async () => { const c = window.wadudCall, out = {};
   for (const [k, pc] of [['publish', c.publishPc], ['subscribe', c.subscribePc]]) {
@@ -345,17 +390,107 @@ def freezes(
     decoded frame count (``samples``: time, count by name) was seen not to
     rise (from the first sample of a count to the last with the same
     count), each with its start and length relative to ``t0``."""
+    series = {name: [(at, counts[name]) for at, counts in samples] for name in names}
+    return still(series, t0, least)
+
+
+def still(
+    series: dict[str, list[tuple[float, int]]], t0: float, least: float
+) -> list[dict[str, Any]]:
+    """:func:`freezes` over one series of (time, count) per name."""
     found: list[dict[str, Any]] = []
-    for name in names:
+    for name, points in series.items():
         runs: list[tuple[float, float, int]] = []  # (first seen, last seen, count)
-        for at, counts in samples:
-            count = counts[name]
+        for at, count in points:
             if runs and count <= runs[-1][2]:
                 runs[-1] = (runs[-1][0], at, runs[-1][2])
             else:
                 runs.append((at, at, count))
         found += [_freeze(name, a, b, n, t0) for a, b, n in runs if b - a >= least]
     return found
+
+
+def decoded_series(
+    records: dict[str, Any], ids: dict[str, str], since: float
+) -> dict[str, list[tuple[float, int]]]:
+    """From each page's RECORD samples: per "page<-peer", (seconds on the
+    page's stats clock, frames decoded), from ``since`` (ms since the epoch)."""
+    names = {pid: name for name, pid in ids.items()}
+    series: dict[str, list[tuple[float, int]]] = {}
+    for page, rec in records.items():
+        for row in (rec or {}).get("video", []):
+            peer = names.get(row[0])
+            if peer is not None and row[1] >= since:
+                series.setdefault(f"{page}<-{peer}", []).append((row[1] / 1000, int(row[2])))
+    for points in series.values():
+        points.sort()
+    return series
+
+
+def first_decoded(records: dict[str, Any], ids: dict[str, str]) -> dict[str, float]:
+    """Per "page<-peer": when the page had its first frame of the peer (ms
+    since the epoch), at the latest. A sample at ``timestamp`` counts the
+    delays between all the frames so far (totalInterFrameDelay), and its
+    last frame came at or before ``timestamp``: the first came at or before
+    ``timestamp - totalInterFrameDelay``, however late a starved page took
+    that sample."""
+    names = {pid: name for name, pid in ids.items()}
+    began: dict[str, float] = {}
+    for page, rec in records.items():
+        for row in (rec or {}).get("video", []):
+            peer = names.get(row[0])
+            if peer is not None and row[2] > 0:
+                key = f"{page}<-{peer}"
+                began[key] = min(began.get(key, math.inf), row[1] - 1000 * row[11])
+    return began
+
+
+def chromium_freezes(
+    records: dict[str, Any], ids: dict[str, str], since: float, least: float
+) -> list[dict[str, Any]]:
+    """Freezes of at least ``least`` seconds as Chromium itself counted
+    them (inbound-rtp freezeCount, totalFreezesDuration) between two of
+    the page's RECORD samples from ``since`` (ms since the epoch); where
+    several ended between two samples, the longest lasted at least their
+    mean. Times in seconds after ``since``."""
+    names = {pid: name for name, pid in ids.items()}
+    found: list[dict[str, Any]] = []
+    for page, rec in records.items():
+        last: dict[str, list[Any]] = {}
+        for row in sorted((rec or {}).get("video", []), key=lambda r: r[1]):
+            peer = names.get(row[0])
+            if peer is None:
+                continue
+            prev, last[peer] = last.get(peer), row
+            if prev is None or row[1] < since:
+                continue
+            count, seconds = row[7] - prev[7], row[8] - prev[8]
+            if count > 0 and seconds / count >= least:
+                found.append({"from": f"{page}<-{peer}", "at": round((prev[1] - since) / 1000, 2),
+                              "seconds": round(seconds / count, 2), "freezes": count})  # fmt: skip
+    return found
+
+
+def around(
+    records: dict[str, Any], ids: dict[str, str], stall: dict[str, Any], wall0: float
+) -> dict[str, Any]:
+    """What the page and the peer of a ``stall`` recorded from a second
+    before it to a second after (times in seconds after ``wall0``, ms since
+    the epoch): whether packets kept arriving, which layer (frameWidth),
+    keyframes, and what the peer sent of each layer."""
+    page, peer = stall["from"].split("<-")
+    start = wall0 + (stall["at"] - 1.0) * 1000
+    end = wall0 + (stall["at"] + stall["seconds"] + 1.0) * 1000
+
+    def rel(rows: list[list[Any]], at: int) -> list[list[Any]]:
+        return [[round((r[at] - wall0) / 1000, 2), *r[:at], *r[at + 1 :]]
+                for r in rows if start <= r[at] <= end]  # fmt: skip
+
+    got = [r for r in (records.get(page) or {}).get("video", []) if r[0] == ids.get(peer)]
+    return {
+        "received": [r[:1] + r[2:] for r in rel(got, 1)],
+        "sent": rel((records.get(peer) or {}).get("sent", []), 0),
+    }
 
 
 def _freeze(name: str, first: float, last: float, frames: int, t0: float) -> dict[str, Any]:
