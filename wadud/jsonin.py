@@ -37,6 +37,7 @@ __all__ = [
     "MAX_DEPTH",
     "JsonTooDeep",
     "NotJson",
+    "check",
     "loads",
     "read",
     "read_bytes",
@@ -75,18 +76,17 @@ def _openers(data: str | bytes) -> int:
     return data.count(b"[") + data.count(b"{")
 
 
-def _too_deep(text: str, what: str) -> JsonTooDeep | None:
-    """The error if ``text`` nests brackets more than :data:`MAX_DEPTH` deep.
-    The depth at a point is the openers before it less the closers, of
-    either kind (a mismatch is the parser's to find, and it stops there);
-    the running sum and its maximum are taken in C."""
+def _refuse_deep(text: str, what: str) -> None:
+    """:class:`JsonTooDeep` if ``text`` nests brackets more than
+    :data:`MAX_DEPTH` deep. The depth at a point is the openers before it
+    less the closers, of either kind (a mismatch is the parser's to find, and
+    it stops there); the running sum and its maximum are taken in C."""
     if _openers(text) <= MAX_DEPTH:
-        return None
+        return
     steps = _STRING.sub("", text).encode("utf-8", "surrogatepass")
     steps = steps.translate(_STEPS, _NOT_BRACKET)
-    if max(accumulate(memoryview(steps).cast("b")), default=0) <= MAX_DEPTH:
-        return None
-    return JsonTooDeep(f"{what} nests arrays and objects more than {MAX_DEPTH} deep")
+    if max(accumulate(memoryview(steps).cast("b")), default=0) > MAX_DEPTH:
+        raise JsonTooDeep(f"{what} nests arrays and objects more than {MAX_DEPTH} deep")
 
 
 def _text(data: str | bytes, what: str) -> str:
@@ -101,14 +101,19 @@ def _text(data: str | bytes, what: str) -> str:
         raise NotJson(f"{what} is not valid JSON: {exc}") from None
 
 
+def check(data: str | bytes, what: str = "the body") -> None:
+    """Refuse ``data`` as :func:`loads` would for its depth, without parsing
+    it: for a caller whose own parser reads it next."""
+    if _openers(data) > MAX_DEPTH:
+        _refuse_deep(_text(data, what), what)
+
+
 def loads(data: str | bytes, what: str = "the body") -> Any:
     """The value of the JSON text ``data``: :class:`NotJson` if it is not
     JSON, :class:`JsonTooDeep` past :data:`MAX_DEPTH`. ``what`` names it in
     the error's detail."""
     text = _text(data, what)
-    too_deep = _too_deep(text, what)
-    if too_deep is not None:
-        raise too_deep
+    _refuse_deep(text, what)
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -119,11 +124,7 @@ def validate(model: type[M], data: bytes, *, context: Any = None) -> M:
     """``model`` from the JSON body ``data``, validated in JSON mode (strict),
     within :data:`MAX_DEPTH`; pydantic's own ``ValidationError`` for values
     that are JSON but not a ``model``."""
-    if _openers(data) > MAX_DEPTH:
-        # pydantic reads UTF-8 only; anything else fails there as not JSON.
-        too_deep = _too_deep(data.decode("utf-8", "replace"), "the body")
-        if too_deep is not None:
-            raise too_deep
+    check(data)
     try:
         return model.model_validate_json(data or b"", strict=True, context=context)
     except pydantic.ValidationError as exc:
