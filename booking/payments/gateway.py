@@ -386,7 +386,7 @@ def notification_fields(
         text = body.decode("utf-8")
         content_type = get_header(headers, "Content-Type") or ""
         if "json" in content_type or text.lstrip().startswith("{"):
-            data = jsonin.loads(text, what)
+            data = jsonin.loads(text, "the JSON")
             if not isinstance(data, dict):
                 raise MalformedPayload(f"{what} is not a JSON object")
             return from_json(data)

@@ -251,7 +251,7 @@ class CardGateway:
             body, headers, self.settings.webhook_secrets, now, self.settings.tolerance
         )
         try:
-            event: Any = jsonin.loads(body, "the card webhook body")
+            event: Any = jsonin.loads(body, "the JSON")
             event_id, kind = event["id"], event["type"]
             obj = event["data"]["object"]
             if not (isinstance(event_id, str) and isinstance(kind, str) and isinstance(obj, dict)):

@@ -300,7 +300,7 @@ class SandboxGateway:
             body, headers, self._webhook_secrets, now, self.settings.tolerance
         )
         try:
-            event: Any = jsonin.loads(body, "the sandbox webhook body")
+            event: Any = jsonin.loads(body, "the JSON")
             data = event["data"]
             status = PaymentStatus(data["status"])
             amount = Money.parse_minor(str(data["amount"]), data["currency"])
