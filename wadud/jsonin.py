@@ -39,7 +39,6 @@ __all__ = [
     "NotJson",
     "check",
     "loads",
-    "read",
     "read_bytes",
     "validate",
 ]
@@ -143,9 +142,3 @@ async def read_bytes(request: web.Request, limit: int | None = None) -> bytes:
     if limit is not None and len(data) > limit:
         raise PayloadTooLarge(f"the body is at most {limit} bytes")
     return data
-
-
-async def read(request: web.Request, limit: int | None = None, what: str = "the body") -> Any:
-    """The JSON value of a request's body, within ``limit`` bytes (see
-    :func:`read_bytes`) and :data:`MAX_DEPTH` levels."""
-    return loads(await read_bytes(request, limit), what)
