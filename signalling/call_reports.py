@@ -22,7 +22,6 @@ the report marked ready (outbox ``call_report_ready``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import time
@@ -36,10 +35,10 @@ from aiohttp import web
 from booking.call_reports import Event, Participant, Row, finish, store
 from booking.calls import booking_of
 from sfu.control import CallSample, MediaControl, MediaEvent, TransportState
-from wadud import loops
+from wadud import jsonin, loops
 from wadud.auth import InvalidToken, decode_room_token
 from wadud.config import Settings
-from wadud.errors import BadRequest, Forbidden, PayloadTooLarge, Unauthorized
+from wadud.errors import BadRequest, Forbidden, Unauthorized
 
 __all__ = ["FLUSH_EVERY", "PAGE_EVERY", "CallRecorder", "page_sample"]
 
@@ -225,15 +224,7 @@ async def post_stats(request: web.Request, settings: Settings, recorder: CallRec
     body (``token``: the API's bearer header is for access tokens). Taken
     or dropped as too frequent alike; 401 for a bad token; 403 for another
     participant's id; 400 for a malformed body; 413 past ``BODY_MAX``."""
-    if (request.content_length or 0) > BODY_MAX:
-        raise PayloadTooLarge("call stats are a few hundred bytes")
-    raw = await request.content.read(BODY_MAX + 1)
-    if len(raw) > BODY_MAX:
-        raise PayloadTooLarge("call stats are a few hundred bytes")
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError:
-        raise BadRequest("the body is JSON") from None
+    body = jsonin.loads(await jsonin.read_bytes(request, BODY_MAX) or b"null", "call stats")
     token = body.get("token") if isinstance(body, dict) else None
     if not isinstance(token, str) or not token:
         raise Unauthorized("the call's room token is needed")

@@ -30,7 +30,6 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import asyncpg
-import pydantic
 from aiohttp import web
 from pydantic import (
     AfterValidator,
@@ -43,9 +42,9 @@ from pydantic import (
 )
 from pydantic.json_schema import models_json_schema
 
-from wadud import idempotency, keys
+from wadud import idempotency, jsonin, keys
 from wadud.config import Settings
-from wadud.errors import BadRequest, Forbidden, Unauthorized, UnsupportedMediaType
+from wadud.errors import Forbidden, Unauthorized, UnsupportedMediaType
 from wadud.principal import Principal, Role
 
 __all__ = [
@@ -330,13 +329,7 @@ _REQUEST = {"request": True}
 async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
-    raw = await request.read()
-    try:
-        return model.model_validate_json(raw or b"", strict=True, context=_REQUEST)
-    except pydantic.ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise BadRequest("the body is not valid JSON") from exc
-        raise
+    return jsonin.validate(model, await jsonin.read_bytes(request), context=_REQUEST)
 
 
 def _parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:

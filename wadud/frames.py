@@ -24,6 +24,7 @@ from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar, get_ar
 import pydantic
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from wadud import jsonin
 from wadud.errors import BadRequest
 
 VERSION = 1
@@ -160,8 +161,10 @@ class Envelope(Generic[F]):
         ``type``, known type, then the fields."""
         errors = self.errors
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError, RecursionError):
+            data = jsonin.loads(text, "the frame")
+        except jsonin.JsonTooDeep as exc:
+            raise errors.bad_frame(exc.detail) from None
+        except jsonin.NotJson:
             raise errors.bad_frame("the frame is not valid JSON") from None
         if not isinstance(data, dict):
             raise errors.bad_frame("a frame is a JSON object")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import logging
 import re
 import secrets
@@ -65,7 +64,7 @@ from booking.payments.gateways.easypaisa_sim import SIM_PREFIX, EasyPaisaSimulat
 from booking.payments.intent import IntentState
 from booking.payments.rows import money
 from booking.payments.webhook_http import WebhookAck, deliver
-from wadud import http, keys, loops
+from wadud import http, jsonin, keys, loops
 from wadud.api import ENDPOINTS, ApiModel, Call, Routes
 from wadud.errors import BadRequest, NotFound, Unprocessable, WadudError
 
@@ -435,10 +434,7 @@ async def easypaisa_sim_confirm(call: Call[None, None]) -> web.Response:
 
 
 async def _json_body(call: Call[None, None]) -> dict[str, Any]:
-    try:
-        data = json.loads(await call.request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body is not JSON") from None
+    data = jsonin.loads(await jsonin.read_bytes(call.request) or b"{}")
     if not isinstance(data, dict):
         raise BadRequest("the body is not a JSON object")
     return data

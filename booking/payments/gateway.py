@@ -32,7 +32,6 @@ too); this module adds the header names, the typed errors and the clock.
 from __future__ import annotations
 
 import enum
-import json
 import secrets
 import string
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +50,7 @@ from booking.payments.errors import (
 )
 from booking.payments.intent import IntentEvent, Money, PaymentIntent
 from booking.payments.reach import Reach
-from wadud import signing
+from wadud import jsonin, signing
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -387,7 +386,7 @@ def notification_fields(
         text = body.decode("utf-8")
         content_type = get_header(headers, "Content-Type") or ""
         if "json" in content_type or text.lstrip().startswith("{"):
-            data = json.loads(text)
+            data = jsonin.loads(text, "the JSON")
             if not isinstance(data, dict):
                 raise MalformedPayload(f"{what} is not a JSON object")
             return from_json(data)

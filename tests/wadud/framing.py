@@ -47,4 +47,8 @@ ENVELOPE_REFUSALS: tuple[tuple[str, str], ...] = (
     (json.dumps({"type": "dance", "id": "envelope-3"}), "unknown-type"),
     (json.dumps({"v": 2, "type": "ping", "id": "envelope-4"}), "unsupported-version"),
     (json.dumps({"v": 3, "type": "ping", "id": "envelope-5"}), "unsupported-version"),
+    # Nested past wadud.jsonin.MAX_DEPTH; 4,000 deep (the standard library's
+    # parser gave up near 1,000) fits the 8 KiB frames the tests allow.
+    ("[" * 4_000 + "]" * 4_000, "bad-frame"),
+    ('{"type": "ping", "id": "envelope-6", "x": ' + "[" * 65 + "]" * 65 + "}", "bad-frame"),
 )

@@ -68,6 +68,9 @@ def test_types_of_names_each_model_by_its_type() -> None:
         # An id that could not itself be valid is not echoed.
         ('{"type": "hello", "id": ""}', MyInvalid, "invalid", None),
         ('{"type": "hello", "id": "\\ud800"}', MyInvalid, "invalid", None),
+        # Nested past wadud.jsonin.MAX_DEPTH, however deep (issue 35).
+        ("[" * 100_000 + "]" * 100_000, MyBad, "bad-frame", None),
+        ('{"type": "hello", "x": ' + "[" * 65 + "]" * 65 + "}", MyBad, "bad-frame", None),
     ],
 )
 def test_each_refusal_raises_the_protocols_class(

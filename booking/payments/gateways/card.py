@@ -20,7 +20,6 @@ module's docstring.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,7 @@ from booking.payments.gateway import (
 )
 from booking.payments.gateways.json_api import request_json
 from booking.payments.intent import Currency, Money, PaymentIntent
+from wadud import jsonin
 
 __all__ = ["CardGateway", "CardSettings", "session_status"]
 
@@ -251,7 +251,7 @@ class CardGateway:
             body, headers, self.settings.webhook_secrets, now, self.settings.tolerance
         )
         try:
-            event: Any = json.loads(body)
+            event: Any = jsonin.loads(body, "the JSON")
             event_id, kind = event["id"], event["type"]
             obj = event["data"]["object"]
             if not (isinstance(event_id, str) and isinstance(kind, str) and isinstance(obj, dict)):

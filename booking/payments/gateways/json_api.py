@@ -12,7 +12,8 @@ came from:
 
 Gateways label their JSON loosely (EasyPaisa sends ``text/html``), so the
 content type is not checked: the body either parses as an object or it is an
-error.
+error. It is read with :mod:`wadud.jsonin`'s depth limit and no more than
+:data:`ANSWER_MAX` bytes of it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ from typing import Any
 import aiohttp
 
 from booking.payments.errors import GatewayError, GatewayUnreachable
+from wadud import jsonin
 
-__all__ = ["request_json"]
+__all__ = ["ANSWER_MAX", "request_json"]
+
+#: The largest answer read: a gateway's answers are a few hundred bytes, and a
+#: gateway (or whoever answers in its name) is outside us like any client.
+ANSWER_MAX = 1_048_576
 
 
 async def request_json(
@@ -63,11 +69,16 @@ async def request_json(
                 raise GatewayUnreachable(f"{what} answered HTTP {status}")
             if only_ok and status != 200:
                 raise GatewayError(f"{what} answered HTTP {status}")
-            body: Any = await response.json(content_type=None)
+            raw = bytearray()
+            async for chunk in response.content.iter_chunked(65_536):
+                raw += chunk
+                if len(raw) > ANSWER_MAX:
+                    raise GatewayError(f"{what} answer is over {ANSWER_MAX} bytes")
+            body: Any = jsonin.loads(bytes(raw), f"the {what} answer")
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise GatewayUnreachable(f"{what} request failed: {exc!r}") from exc
-    except ValueError as exc:
-        raise GatewayError(f"{what} answer is not JSON: {exc!r}") from exc
+    except jsonin.NotJson as exc:
+        raise GatewayError(f"{what} answer: {exc.detail}") from exc
     if not isinstance(body, dict):
         raise GatewayError(f"{what} answer is not a JSON object")
     return status, body

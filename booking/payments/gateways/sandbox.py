@@ -60,7 +60,7 @@ from booking.payments.gateway import (
     with_query,
 )
 from booking.payments.intent import Money, PaymentIntent, refund_event
-from wadud import signing
+from wadud import jsonin, signing
 
 __all__ = [
     "CHECKOUT_PATH",
@@ -300,7 +300,7 @@ class SandboxGateway:
             body, headers, self._webhook_secrets, now, self.settings.tolerance
         )
         try:
-            event: Any = json.loads(body)
+            event: Any = jsonin.loads(body, "the JSON")
             data = event["data"]
             status = PaymentStatus(data["status"])
             amount = Money.parse_minor(str(data["amount"]), data["currency"])
