@@ -9,8 +9,8 @@ never decoded; :mod:`rtc.rtpdump`). Here, per track:
    wrap (:class:`rtc.rtp.SequenceUnwrapper`, RFC 3550 A.1), duplicates
    dropped, sorted by extended sequence number; timestamps extended past
    their 32-bit wrap the same way, and each later run's placed on the
-   first's clock by the arrival of its first packet. Each run starts at its
-   first keyframe.
+   first's clock so that the packets of each that came quickest (see 3)
+   took as long. Each run starts at its first keyframe.
 2. Frames: Opus, one packet is one frame (RFC 7587 section 4.2). VP8, a
    frame is the run of packets with one RTP timestamp, whole only when its
    first packet starts partition 0 (RFC 7741 section 4.2: S bit, PID 0),
@@ -21,9 +21,13 @@ never decoded; :mod:`rtc.rtpdump`). Here, per track:
    decoder conceals what the lost one referenced until the next keyframe).
    The video starts at its first keyframe (RFC 6386 section 9.1), which
    also gives the picture's size.
-3. Time: each track's RTP clock is tied to the wall clock by its first
-   packet's arrival, so one participant's audio and video line up as they
-   arrived; the file's zero is the earliest first frame of either.
+3. Time: each track's RTP clock is tied to the wall clock by the frame that
+   took least time to come (its arrival less its RTP time), so one
+   participant's audio and video line up as they arrived. Not by the first
+   to arrive: a frame held up (the first keyframe a busy browser took seconds
+   to encode, a server reading its socket late) would put every later frame
+   after it arrived, the picture seconds behind the sound. The file's zero
+   is the earliest first frame of either.
 4. Mux with PyAV into WebM (Matroska's ``V_VP8`` and ``A_OPUS``), each
    frame one packet, time base 1 ms.
 
@@ -105,8 +109,8 @@ def _ordered(media: TrackMedia) -> list[_Rtp]:
     The worker records one SSRC at a time, but moves to another simulcast
     layer when the one it records goes quiet. Each run of one SSRC (in
     arrival order) is put in extended sequence order on its own; its RTP
-    timestamps are placed on the first run's clock by the arrival time of
-    its first packet (layers start from unrelated random timestamps). The
+    timestamps are placed on the first run's clock by their quickest
+    packets (layers start from unrelated random timestamps). The
     runs follow one another; :func:`vp8_frames` starts each at a keyframe."""
     runs: list[tuple[int, list[tuple[float, int, int, int, bytes]]]] = []
     for arrival, data in media.packets:
@@ -122,7 +126,7 @@ def _ordered(media: TrackMedia) -> list[_Rtp]:
         runs[-1][1].append((arrival, marker, seq, ts, bytes(data[start:end])))
     out: list[_Rtp] = []
     clock = media.clock_rate
-    origin: tuple[float, int] | None = None  # (arrival, timeline timestamp) of the first run
+    origin: float | None = None  # the first run's least arrival less RTP time (seconds)
     for number, (_ssrc, packets) in enumerate(runs):
         seqs = SequenceUnwrapper()
         seen: dict[int, tuple[float, int, int, bytes]] = {}
@@ -138,10 +142,10 @@ def _ordered(media: TrackMedia) -> list[_Rtp]:
             ts = ts if last is None else last + ts_diff(ts, last)
             last = ts
             extended.append((ext, arrival, ts, marker, payload))
-        first = min(extended, key=lambda p: p[1])
+        transit = min(arrival - ts / clock for _, arrival, ts, _, _ in extended)
         if origin is None:
-            origin = (first[1], first[2])
-        shift = origin[1] + round((first[1] - origin[0]) * clock) - first[2]
+            origin = transit
+        shift = round((transit - origin) * clock)
         # Runs never share sequence numbers: a frame never spans two of them.
         base = number << 40
         out += [
@@ -261,7 +265,7 @@ class Remuxed:
 class _Timed:
     clock_rate: int
     frames: list[Frame]
-    # RTP timestamp and wall-clock time of the track's first arrived packet.
+    # RTP timestamp and arrival of the frame that took least time to come.
     anchor_ts: int
     anchor_at: float
 
@@ -270,8 +274,9 @@ class _Timed:
 
 
 def _timed(media: TrackMedia, frames: list[Frame]) -> _Timed:
-    first = min(frames, key=lambda f: f.arrival)
-    return _Timed(media.clock_rate, frames, first.timestamp, first.arrival)
+    clock = media.clock_rate
+    quickest = min(frames, key=lambda f: f.arrival - f.timestamp / clock)
+    return _Timed(clock, frames, quickest.timestamp, quickest.arrival)
 
 
 def _packets(track: _Timed, zero: float, last_duration_ms: int) -> Iterable[tuple[int, int, bytes]]:

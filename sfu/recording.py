@@ -53,8 +53,9 @@ Queue = deque[tuple[int, bytes, float]]
 #: A segment ends when it holds this many bytes of records, whatever its age.
 SEGMENT_BYTES = 1 << 20
 #: A simulcast track whose layers are not all flowing yet is taken on with
-#: the highest flowing one after this many seconds; with the highest known one
-#: (none measured yet: a track just published) after ``LAYER_GIVE_UP``.
+#: the highest flowing one once it was published this many seconds ago; with
+#: the highest known one (none measured yet: a track just published) after
+#: ``LAYER_GIVE_UP``.
 LAYER_WAIT = 1.0
 LAYER_GIVE_UP = 3.0
 
@@ -79,7 +80,6 @@ class _TrackState:
     """One recorded track: the SSRC recorded, its open segment and next index."""
 
     __slots__ = (
-        "first_seen",
         "index",
         "last",
         "layer",
@@ -90,13 +90,12 @@ class _TrackState:
         "writer",
     )
 
-    def __init__(self, track: Track, now: float) -> None:
+    def __init__(self, track: Track) -> None:
         self.track = track
         self.ssrc = 0
         """The media SSRC recorded; 0 until known (a simulcast track's layer)."""
         self.layer: LayerInfo | None = None
         """A simulcast track's recorded layer (its top one)."""
-        self.first_seen = now
         self.index = 0
         self.writer: SegmentWriter | None = None
         self.last = 0.0
@@ -184,7 +183,7 @@ class RoomRecording:
         for track_id, track in self.room.tracks.items():
             state = self.tracks.get(track_id)
             if state is None:
-                state = self.tracks[track_id] = _TrackState(track, now)
+                state = self.tracks[track_id] = _TrackState(track)
             if not state.ssrc:
                 self._choose_ssrc(state, now)
             elif state.layer is not None and now - state.layer.seen >= QUIET:
@@ -224,10 +223,14 @@ class RoomRecording:
             # link weak, and a layer learnt from one early packet is no
             # picture at all.
             flowing = [x for x in known if now - x.seen < STALE]
-            # Layers not learnt or not measured yet may still come; a layer
-            # that went quiet will not.
+            # Layers not learnt or not measured yet may still come, but only
+            # while the track is new: one its browser has not sent since it
+            # published (fewer layers for a small camera, a weak link or a
+            # busy CPU) never will, and waiting for it would lose the first
+            # second of a recording started mid-visit. A layer that went
+            # quiet will not come back either.
             pending = any(x.seen == -math.inf for x in track.layers)
-            waited = now - state.first_seen
+            waited = now - track.layers[0].since
             if flowing and (not pending or waited >= LAYER_WAIT):
                 state.layer = flowing[-1]
             elif known and waited >= LAYER_GIVE_UP:

@@ -315,12 +315,15 @@ class LayerInfo:
         "rid",
         "rtx_ssrc",
         "seen",
+        "since",
         "ssrc",
         "wanted_at",
     )
 
     def __init__(self, rid: str, now: float) -> None:
         self.rid = rid
+        self.since = now
+        """When it was offered (its track published)."""
         self.ssrc = 0
         """0 until learnt from the RID header extension."""
         self.rtx_ssrc: int | None = None

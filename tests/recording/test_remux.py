@@ -140,3 +140,59 @@ def test_a_layer_switch_continues_the_picture_on_the_arrival_clock(tmp_path: Pat
     assert (got.audio, got.video) == (1, 1) and abs(got.duration - 8.0) < 1.0
     video_frames, _ = decoded(out)
     assert video_frames == len(frames)
+
+
+def starts_and_ends(path: Path) -> dict[str, tuple[float, float]]:
+    """Each stream's first and last packet time in the file (seconds)."""
+    times: dict[str, list[float]] = {}
+    with av.open(str(path)) as f:
+        for packet in f.demux():
+            if packet.pts is not None and packet.time_base is not None:
+                times.setdefault(packet.stream.type, []).append(
+                    float(packet.pts * packet.time_base)
+                )
+    return {kind: (min(t), max(t)) for kind, t in times.items()}
+
+
+def test_a_first_keyframe_sent_late_does_not_put_the_picture_behind_the_sound(
+    tmp_path: Path,
+) -> None:
+    # A browser busy starting its call sends the keyframe it captured first
+    # 1.85 s late, and nothing it captured meanwhile; from then on every
+    # frame comes as it is captured.
+    v = media.video(6, 1000.0)
+    first = RtpPacket.parse(v.packets[0][1]).timestamp
+    sent: list[tuple[float, bytes]] = []
+    for at, data in v.packets:
+        captured = (RtpPacket.parse(data).timestamp - first) / 90_000
+        if captured == 0:
+            sent.append((at + 1.85, data))
+        elif captured >= 1.85:
+            sent.append((at, data))
+    late = media.Track("video", "VP8", 90_000, media.VP8_PT, sorted(sent, key=lambda p: p[0]))
+    out = tmp_path / "late.webm"
+    remux.remux(tracks(late, media.audio(6, 1000.0)), out)
+    times = starts_and_ends(out)
+    # The picture is where it was captured, beside its sound; the file no longer.
+    assert times["video"][0] == pytest.approx(0.0, abs=0.01)
+    assert times["video"][1] == pytest.approx(6.0 - 1 / 15, abs=0.01)
+    assert remux.probe(out).duration == pytest.approx(6.0, abs=0.05)
+
+
+def test_a_layer_whose_first_packets_were_read_late_is_placed_when_captured(
+    tmp_path: Path,
+) -> None:
+    # The worker moved to the middle layer while its server was behind: the
+    # packets captured in the layer's first second were read at once at 1005.
+    top = media.video(4, 1000.0, width=640, height=480, ssrc=1111, seq0=100)
+    middle = media.video(4, 1004.0, width=320, height=240, ssrc=3333, seq0=40_000)
+    late = [(max(at, 1005.0), data) for at, data in middle.packets]
+    both = remux.TrackMedia("video", "VP8", 90_000, media.VP8_PT, top.packets + late)
+    frames = remux.vp8_frames(both)
+    second = next(f for f in frames if f.run == 1)
+    # Its first keyframe, captured 4 s after the first frame, is placed there.
+    assert second.keyframe
+    assert (second.timestamp - frames[0].timestamp) / 90_000 == pytest.approx(4.0, abs=0.01)
+    out = tmp_path / "switch.webm"
+    remux.remux([both], out)
+    assert starts_and_ends(out)["video"] == pytest.approx((0.0, 8.0 - 1 / 15), abs=0.01)

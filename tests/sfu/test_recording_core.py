@@ -11,9 +11,10 @@ from rtc.dtls import DtlsCertificate
 from rtc.rtpdump import open_segment
 from sfu.control import RecordingOrder
 from sfu.inputs import Publish, Unpublish
-from sfu.recording import RoomRecording
-from sfu.records import Room
+from sfu.recording import LAYER_WAIT, RoomRecording
+from sfu.records import Room, Track
 
+from . import test_layers
 from .test_negotiation import NOW, negotiator, offer
 
 KEY = os.urandom(32)
@@ -147,3 +148,55 @@ def test_a_repair_on_the_rtx_ssrc_is_recorded_as_the_packet_it_repairs(
         (96, 3, 5678),
     ]
     assert packets[3][1].endswith(b"v3" * 20) and packets[3][1][12:14] != struct.pack("!H", 3)
+
+
+def simulcast_room(certificate: DtlsCertificate, published: float) -> tuple[Room, Track]:
+    """Alice's three-layer camera published at ``published``; her browser
+    sends only the two lower layers (the top one never learnt)."""
+    sdp = test_layers.CHROME_RID_OFFER.format(fp=certificate.fingerprint("sha-256"))
+    core = negotiator(certificate)
+    (info,) = core.receive(Publish("room", "alice", sdp.replace("\n", "\r\n"), {}), published).added
+    room = core.tables.rooms["room"]
+    track = room.tracks[info.track_id]
+    for layer, ssrc in zip(track.layers[:2], test_layers.LAYERS, strict=False):
+        layer.ssrc = ssrc
+    return room, track
+
+
+def flowing(track: Track, now: float) -> None:
+    for layer in track.layers[:2]:
+        layer.seen = now
+
+
+def test_a_recording_started_mid_visit_takes_the_top_layer_sent_at_once(
+    certificate: DtlsCertificate,
+) -> None:
+    # The track was published long before: a layer the browser has not
+    # sent since will not come, and waiting for it would lose video.
+    room, track = simulcast_room(certificate, NOW)
+    start = NOW + 30.0
+    flowing(track, start)
+    rec = RoomRecording(room, ORDER, wall_offset=WALL, segment_seconds=10.0, now=start)
+    assert rec.keyframes == [test_layers.LAYERS[1]]
+    rec.queue.append(
+        (test_layers.LAYERS[1], rtp(96, 7, b"v" * 20, ssrc=test_layers.LAYERS[1]), start)
+    )
+    rec.tick(start + 0.25)
+    (cut,) = rec.close(start + 0.3)
+    assert cut.writer.count == 1 and cut.writer.header.started == start + WALL
+
+
+def test_a_track_just_published_waits_a_moment_for_its_top_layer(
+    certificate: DtlsCertificate,
+) -> None:
+    # Layers of a new track come up one after the other.
+    room, track = simulcast_room(certificate, NOW)
+    flowing(track, NOW + 0.2)
+    rec = RoomRecording(room, ORDER, wall_offset=WALL, segment_seconds=10.0, now=NOW + 0.2)
+    assert rec.keyframes == []
+    flowing(track, NOW + LAYER_WAIT - 0.1)
+    rec.tick(NOW + LAYER_WAIT - 0.1)
+    assert rec.keyframes == []
+    flowing(track, NOW + LAYER_WAIT)
+    rec.tick(NOW + LAYER_WAIT)
+    assert rec.keyframes == [test_layers.LAYERS[1]]

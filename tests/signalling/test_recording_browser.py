@@ -9,7 +9,9 @@
    nothing until they agree. About 20 s later the doctor stops it.
 3. The recorder (in-process in ``wadud serve``) remuxes each participant's
    audio and video into a WebM: each opens with PyAV with an audio and a
-   video stream, and lasts the recorded time within a second.
+   video stream, and lasts the time the media worker received their sound
+   while recording within a second, with a picture for all but the first
+   keyframe's wait and a layer switch.
 
 And ``fail``: a store too slow for the media (every segment takes longer
 than ``recording_write_timeout``) stops the recording as failed: every page
@@ -53,6 +55,10 @@ DRIVER = "tests.signalling.test_recording_browser"
 
 #: Seconds the visit is recorded once everyone agreed.
 RECORDED = 20.0
+#: Seconds the late joiner is recorded at least (when joining took most of RECORDED).
+LATE = 4.0
+#: Seconds of sound in one Opus packet as Chromium sends it (RFC 7587: 20 ms by default).
+OPUS_PACKET = 0.02
 
 
 @pytest.mark.timeout(240)
@@ -71,7 +77,11 @@ async def test_a_visit_is_recorded_only_with_everyone_s_consent(
     late = result["late"]
     assert late["asked"] and late["tracks_before_answer"] == 0, late
     assert late["tracks_after_answer"] > 0, late
-    # Each participant who sent media has a playable WebM of the recorded time.
+    # Each participant who sent media has a playable WebM of what the media
+    # worker received from them while recording. Not of the test's clock: on
+    # a busy machine a browser sends late and the server (this process)
+    # reads late, so the last second or so sent before the stop is not there
+    # yet when it stops, in the recording or out of it.
     files = result["files"]
     assert len(files) >= 3, files
     for f in files:
@@ -162,6 +172,7 @@ async def scenario_record(world: World) -> dict[str, Any]:
     world.mark("refused")
 
     # 2. Asked again: both agree; every page shows the badge.
+    sound = asyncio.create_task(recorded_sound(app))
     await doctor.eval("window.wadudCall.record(true).then(() => true)")
     for page in (patient, relative):
         await page.wait_for("!document.getElementById('consent').hidden", "the question again")
@@ -193,11 +204,12 @@ async def scenario_record(world: World) -> dict[str, Any]:
         "window.wadudCall.publishPc.connectionState === 'connected'", "the late joiner's media"
     )
     late_from = time.time()
-    remaining = RECORDED - (time.time() - started)
+    remaining = max(RECORDED - (time.time() - started), LATE - (time.time() - late_from))
     if remaining > 0:
         await asyncio.sleep(remaining)
     await doctor.eval("window.wadudCall.record(false).then(() => true)")
     stopped = time.time()
+    received_from, received_to = await asyncio.wait_for(sound, 10)
     world.mark("stopped")
 
     # 3. The recorder's files.
@@ -237,9 +249,14 @@ async def scenario_record(world: World) -> dict[str, Any]:
         raise DriverError(f"the recording ended {state!r}, not ready")
     world.mark("ready")
     ids = {p.name: await p.eval("window.wadudCall.me.id") for p in [*pages, late]}
-    spans = {ids[p.name]: stopped - started for p in pages}
-    spans[ids[late.name]] = stopped - late_from
-    files = await _probe(app, booking, recording, spans)
+    walls = {ids[p.name]: stopped - started for p in pages}
+    walls[ids[late.name]] = stopped - late_from
+    received = {
+        who: (count - received_from.get(who, 0)) * OPUS_PACKET for who, count in received_to.items()
+    }
+    files = await _probe(
+        app, booking, recording, received, walls, world.browsers.work / "recordings"
+    )
     return {
         "refused": refused,
         "agreed": {"badges": badges},
@@ -248,6 +265,36 @@ async def scenario_record(world: World) -> dict[str, Any]:
         "stored": stored,
         "timings": world.timings,
     }
+
+
+async def recorded_sound(app: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Audio packets the media worker had received from each participant
+    when it started recording (or when they joined) and when it stopped."""
+    import sfu.http
+
+    recordings = app[sfu.http.WORKER].recordings
+    first: dict[str, int] | None = None
+    while True:
+        if recordings.counts()["active"]:
+            first = {**audio_received(app), **(first or {})}
+        elif first is not None:
+            return first, audio_received(app)
+        await asyncio.sleep(0.02)
+
+
+def audio_received(app: Any) -> dict[str, int]:
+    """Audio packets the media worker has received so far, by participant
+    id (its own counters, RFC 3550 A.3)."""
+    import sfu.http
+
+    out: dict[str, int] = {}
+    for room in app[sfu.http.WORKER].tables.rooms.values():
+        for track in room.tracks.values():
+            stats = track.publisher.recv_stats.get(track.ssrc)
+            if track.info.kind == "audio" and stats is not None:
+                who = str(track.info.participant)
+                out[who] = out.get(who, 0) + stats.received
+    return out
 
 
 async def wait_state(
@@ -262,11 +309,18 @@ async def wait_state(
 
 
 async def _probe(
-    app: Any, booking: uuid.UUID, recording: uuid.UUID, spans: dict[str, float]
+    app: Any,
+    booking: uuid.UUID,
+    recording: uuid.UUID,
+    received: dict[str, float],
+    walls: dict[str, float],
+    keep: Path,
 ) -> list[dict[str, Any]]:
     """Each of the recording's files as the booking's patient downloads it
-    from the API, probed with PyAV; ``expected`` is how long that
-    participant was recorded (``spans``, by participant id)."""
+    from the API, probed with PyAV and kept in ``keep``. By participant id:
+    ``expected`` is the sound the media worker received from them while
+    recording (``received``, seconds), ``wall`` the test's clock over the
+    same time (``walls``)."""
     import io
 
     import aiohttp
@@ -292,16 +346,18 @@ async def _probe(
                 body = await r.read()
                 if r.status != 200 or r.content_type != "video/webm":
                     raise DriverError(f"download {f['url']}: {r.status} {body[:200]!r}")
+            await asyncio.to_thread(_keep, keep / f"{f['participant']}.webm", body)
             with av.open(io.BytesIO(body), "r") as container:
                 kinds = sorted(s.type for s in container.streams)
                 duration = (container.duration or 0) / av.time_base
                 # The span of the video's own frames: a picture from start to end.
-                times = [
-                    float(packet.pts * packet.time_base)
-                    for packet in container.demux(video=0)
-                    if packet.pts is not None
-                ]
-                video = max(times) - min(times) if times else 0.0
+                times: dict[str, list[float]] = {"audio": [], "video": []}
+                for packet in container.demux():
+                    if packet.pts is not None and packet.time_base is not None:
+                        at = float(packet.pts * packet.time_base)
+                        times.setdefault(packet.stream.type, []).append(at)
+                seen = times["video"]
+                video = max(seen) - min(seen) if seen else 0.0
             out.append(
                 {
                     "participant": f["participant"],
@@ -309,11 +365,23 @@ async def _probe(
                     "duration": round(duration, 2),
                     "video": round(video, 2),
                     "listed": f["duration_seconds"],
-                    "expected": round(spans.get(f["participant"], -1.0), 2),
+                    "expected": round(received.get(f["participant"], -1.0), 2),
+                    "wall": round(walls.get(f["participant"], -1.0), 2),
+                    # Where each stream starts and ends in the file (seconds).
+                    **{
+                        kind: [round(min(t), 2), round(max(t), 2)]
+                        for kind, t in (("audio_at", times["audio"]), ("video_at", seen))
+                        if t
+                    },
                     "bytes": len(body),
                 }
             )
     return out
+
+
+def _keep(path: Path, body: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
 
 
 async def scenario_fail(world: World) -> dict[str, Any]:
