@@ -42,3 +42,18 @@ bench: $(BIN)/wadud
 
 clean:
 	rm -rf $(VENV) build *.egg-info */_*.so
+
+# Coverage-guided fuzzing (fuzz/, issue 35): each target for FUZZ_SECONDS under
+# atheris, the C extensions rebuilt with ASan and UBSan into build/fuzz.
+# FUZZ_TARGETS picks some (default all). Crashes land in fuzz/crashes/, where
+# the default suite replays them.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+
+$(VENV)/.fuzz: $(BIN)/wadud
+	$(BIN)/pip install --quiet -e '.[dev,fuzz]'
+	touch $@
+
+.PHONY: fuzz
+fuzz: $(VENV)/.fuzz
+	$(BIN)/python -m fuzz.all --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
