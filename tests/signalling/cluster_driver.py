@@ -795,7 +795,13 @@ async def run_one(world: World, name: str, budget: float) -> dict[str, Any]:
         return await asyncio.wait_for(SCENARIOS[name](world), budget)
     except Exception as exc:  # the driver lives on to report, and for the next test
         logging.exception("scenario %s failed", name)
-        pages = {p.name: await p.snapshot() for p in world.pages.values()}
+        pages: dict[str, Any] = {}
+        for page in world.pages.values():
+            try:
+                pages[page.name] = await page.snapshot()
+            except (DriverError, TimeoutError) as exc:
+                # A browser too busy to answer: the report goes out without it.
+                pages[page.name] = {"error": repr(exc)}
         return {
             "error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
             "traceback": traceback.format_exc(limit=6),
