@@ -315,6 +315,7 @@ async def back_and_result(
 #: What the media-kill scenario reads in the servers' logs, as phases of
 #: the recovery: the room's owner sees the worker gone and moves the room.
 MOVED = "call room site moves to another media worker"
+CONNECTED = "transport connected from"
 
 
 async def scenario_media_kill(world: World) -> dict[str, Any]:
@@ -336,6 +337,7 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     world.mark("decoding again")
     read = await probes(pages)
     moved = world.cluster.logged(MOVED, since=logs)
+    connected = world.cluster.logged(CONNECTED, since=logs)
     told = {
         name: next((row[0] for row in rows if row[1] == "media_reconnect"), None)
         for name, rows in frames_since(read, wall0, {"media_reconnect"}).items()
@@ -354,6 +356,8 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
         "per_page": per_page,
         "phases": {
             "moved": round(moved[0][0] - wall0 / 1000, 2) if moved else None,
+            # The new worker's side: each page's publish and subscribe transport.
+            "worker_connected": [round(at - wall0 / 1000, 2) for at, _ in connected],
             "told": told,
             "connected": pcs_connected(decodes, wall0),
             "decoding": per_page,
@@ -799,9 +803,9 @@ async def run_one(world: World, name: str, budget: float) -> dict[str, Any]:
         for page in world.pages.values():
             try:
                 pages[page.name] = await page.snapshot()
-            except (DriverError, TimeoutError) as exc:
+            except (DriverError, TimeoutError) as busy:
                 # A browser too busy to answer: the report goes out without it.
-                pages[page.name] = {"error": repr(exc)}
+                pages[page.name] = {"error": repr(busy)}
         return {
             "error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
             "traceback": traceback.format_exc(limit=6),
