@@ -28,6 +28,9 @@ T = TypeVar("T")
 #: many times, after 1, 2, 4, ... seconds.
 UNAVAILABLE_RETRIES = 4
 UNAVAILABLE_BACKOFF = 1.0
+#: After a site moved, subscribe offers wait this long at most for the moved
+#: publishers to publish again (see :meth:`CallRoom.regather`).
+REGATHER_WITHIN = 1.0
 
 __all__ = ["CallRoom", "Peer", "Subscriber", "offer_tracks"]
 
@@ -98,6 +101,9 @@ class Subscriber:
         retries = 0
         try:
             while self.dirty and self.offer is None and not self.closed:
+                if self.room.regathering:
+                    # The end of the regathering kicks every subscriber.
+                    break
                 self.dirty = False
                 wanted = self.room.core.wanted(self.pid)
                 ids = tuple(t.track_id for t in wanted)
@@ -221,6 +227,9 @@ class CallRoom:
         self.quality: dict[str, ConnectionQuality] = {}
         #: Participants whose media is reconnecting (docs/protocol.md, ``participant_media``).
         self.reconnecting: set[str] = set()
+        #: Publishers of a moved site not published again yet (:meth:`regather`).
+        self._regathering: set[str] = set()
+        self._regather_timer: asyncio.TimerHandle | None = None
         self._changed = changed
         self._media_for = media_for
         self._subscribe = subscribe
@@ -228,6 +237,42 @@ class CallRoom:
     def changed(self) -> None:
         """Something a snapshot of the room holds changed outside the core."""
         self._changed(self)
+
+    def regather(self, publishers: Iterable[str]) -> None:
+        """A site moved and ``publishers`` will publish again on the new
+        worker: hold every subscribe offer until they all have (or left),
+        or for :data:`REGATHER_WITHIN` at most. Each offer is a whole
+        renegotiation for a page (setRemoteDescription, createAnswer,
+        setLocalDescription, new receivers), seconds of a busy machine's
+        CPU; offered as each publisher came back, a page took one of those
+        per publisher, one after the other, before it saw everyone again."""
+        self._regathering = set(publishers)
+        if self._regather_timer is not None:
+            self._regather_timer.cancel()
+            self._regather_timer = None
+        if self._regathering:
+            loop = asyncio.get_running_loop()
+            self._regather_timer = loop.call_later(REGATHER_WITHIN, self._regathered)
+
+    def republished(self, participant_id: str) -> None:
+        """``participant_id`` published again after a move, or left."""
+        if participant_id in self._regathering:
+            self._regathering.discard(participant_id)
+            if not self._regathering:
+                self._regathered()
+
+    @property
+    def regathering(self) -> bool:
+        """Whether subscribe offers wait for a moved site's publishers."""
+        return bool(self._regathering)
+
+    def _regathered(self) -> None:
+        self._regathering.clear()
+        if self._regather_timer is not None:
+            self._regather_timer.cancel()
+            self._regather_timer = None
+        for sub in self.subscribers.values():
+            sub.kick()
 
     async def media_for(self, participant_id: str) -> MediaControl:
         """The worker a participant's transports are on (placed on first use)."""

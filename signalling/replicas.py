@@ -44,6 +44,10 @@ __all__ = ["WATCH_INTERVAL", "Host", "Replicas"]
 HELD_TRIES = 5
 #: Seconds between the cluster watcher's rounds (leases, dead replicas and workers).
 WATCH_INTERVAL = 1.0
+#: Seconds between looks at whether the owned rooms' media workers still
+#: listen: a killed node is seen within this, not within a watcher round,
+#: and its calls' pages are told to reconnect that much sooner.
+MEDIA_PROBE_INTERVAL = 0.2
 #: After a Redis outage, absences prove no death for this many owner leases.
 SETTLE_FACTOR = 2
 
@@ -130,6 +134,7 @@ class Replicas:
         workers, and write room snapshots."""
         await self.cluster.start(self._on_message, self._lapsed)
         self._spawn(self._watcher(), "call-cluster-watch")
+        self._spawn(self._media_probe(), "call-media-probe")
         self._spawn(self._writer(), "call-cluster-write")
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
@@ -552,6 +557,19 @@ class Replicas:
             except Exception as exc:
                 self._redis_failed = True
                 log.warning("cluster watch failed: %s", exc)
+
+    async def _media_probe(self) -> None:
+        """Wake the watcher as soon as a media worker of our rooms stops
+        listening (:meth:`Sites.went_silent`); the watcher's round decides,
+        with what it knows of Redis outages, whether that is a death."""
+        while not self._closed:
+            await asyncio.sleep(MEDIA_PROBE_INTERVAL)
+            try:
+                if await self._sites.went_silent():
+                    self._watch_now.set()
+            except Exception as exc:
+                # The watcher's own round notices and says what is wrong with Redis.
+                log.debug("media probe failed: %s", exc)
 
     def _settling(self, now: float) -> bool:
         """Whether Redis came back from an outage too recently for a missing

@@ -460,6 +460,7 @@ class CallService:
                         conn.close(code, reason)
                 case MediaLeave(pid):
                     room.quality.pop(pid, None)
+                    room.republished(pid)
                     sub = room.subscribers.pop(pid, None)
                     if sub is not None:
                         self._retire(sub)
@@ -503,6 +504,8 @@ class CallService:
             sub = room.subscribers.get(pid)
             if sub is not None:
                 sub.offer, sub.asked, sub.force = None, (), True
+        publishers = [pid for pid in moved if (p := room.core.get(pid)) is not None and p.tracks]
+        room.regather(publishers)
         outputs = room.core.media_reset(reason, moved if len(room.sites) > 1 else None)
         self.apply(room, outputs)
         # The moved get an offer on the new worker (after their media_reconnect,
@@ -672,6 +675,7 @@ class CallService:
                     room.lane.background("leave", partial(media.leave, room.name, who.id))
                     return
                 outputs = core.published(who.id, result.added, result.removed)
+                room.republished(who.id)
                 conn.send(
                     protocol.reply(
                         "published",

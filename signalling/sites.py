@@ -170,6 +170,8 @@ class Sites(Generic[R]):
         self.unregistered: dict[Placed, float] = {}
         #: Sites (room, region) that found no worker to move to: said once.
         self._stranded: set[tuple[str, str]] = set()
+        #: Placed workers the last :meth:`went_silent` found nobody listening for.
+        self._silent: set[Placed] = set()
 
     def region_of(self, room: R, pid: str) -> str:
         """The site a participant's media goes to (fixed when they first join)."""
@@ -351,6 +353,27 @@ class Sites(Generic[R]):
             await self.placement.refresh(
                 [(name, region) for name, r in self._rooms.items() for region in r.sites]
             )
+
+    async def went_silent(self) -> bool:
+        """Whether a worker that a site of the rooms this replica owns is on
+        stopped listening on its control channel since the last call (one
+        PUBSUB NUMSUB). A killed worker's subscription is gone as soon as
+        Redis sees its socket close, so polling this often finds a death
+        well before the watcher's next round; :meth:`check_media` judges
+        it. Each silence is reported once."""
+        if self.placement is None:
+            return False
+        placed = {site.placed for room in self._rooms.values() for site in room.sites.values()}
+        if not placed:
+            self._silent.clear()
+            return False
+        listening = await registry.listening_many(
+            self.placement.redis, sorted({at.worker for at in placed})
+        )
+        silent = {at for at in placed if at.worker not in listening}
+        new = silent - self._silent
+        self._silent = silent
+        return bool(new)
 
     async def check_media(self, *, trust_absence: bool = True) -> None:
         """Sites whose worker died (its registry entry expired, its incarnation

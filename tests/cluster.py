@@ -243,6 +243,9 @@ class Cluster:
     wrap: Callable[[str | None, list[str]], list[str]] | None = None
     """Where each process runs: given a place (None: the default one) and
     an argv, the argv to start (tests/regions.py puts it in a namespace)."""
+    checkout: Path = ROOT
+    """The source tree the roles run (on their PYTHONPATH): this one, or
+    another version's, so a benchmark can time two with one harness."""
     apis: dict[str, ApiReplica] = field(default_factory=dict)
     media: dict[str, MediaNode] = field(default_factory=dict)
 
@@ -262,7 +265,7 @@ class Cluster:
             WADUD_MEDIA_HOST=HOST,
             WADUD_LOG_FORMAT="text",
             # The checkout, not whatever an older editable install maps.
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=str(self.checkout),
         )
         if self.public_url:
             env["WADUD_PUBLIC_URL"] = self.public_url
@@ -476,6 +479,28 @@ class Cluster:
     def log_sizes(self) -> dict[str, int]:
         """How long each process's log is now (see :meth:`problems`)."""
         return {p.name: p.log.stat().st_size if p.log.exists() else 0 for p in self.procs}
+
+    def logged(self, phrase: str, since: dict[str, int] | None = None) -> list[tuple[float, str]]:
+        """(Unix time, process) of each line containing ``phrase`` in the
+        processes' logs (written after ``since``, from :meth:`log_sizes`),
+        by the time the process stamped on it (``WADUD_LOG_FORMAT=text``:
+        local time to the millisecond), earliest first."""
+        found: list[tuple[float, str]] = []
+        for proc in self.procs:
+            try:
+                with proc.log.open("rb") as f:
+                    f.seek((since or {}).get(proc.name, 0))
+                    lines = f.read().decode(errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if phrase not in line:
+                    continue
+                with contextlib.suppress(ValueError):
+                    stamp, _, ms = line[:23].partition(",")
+                    at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+                    found.append((at, proc.name))
+        return sorted(found)
 
     def problems(
         self, limit: int = 20, since: dict[str, int] | None = None

