@@ -31,7 +31,7 @@ test: $(BIN)/wadud
 
 lint: $(BIN)/wadud
 	$(BIN)/ruff check .
-	$(BIN)/mypy wadud bin booking turn chat rtc sfu signalling privacy notify hooks recording wadud_client
+	$(BIN)/mypy wadud bin booking turn chat rtc sfu signalling privacy notify hooks recording wadud_client fuzz
 
 bench: $(BIN)/wadud
 	$(BIN)/python benchmarks/booking/run.py
