@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.syntax import parse_files
+
 TURN = Path(__file__).resolve().parents[2] / "turn"
 CORE_MODULES = [
     "allocation",
@@ -27,7 +29,7 @@ BANNED = {"asyncio", "socket", "time", "datetime", "selectors", "ssl", "uvloop",
 
 @pytest.mark.parametrize("name", CORE_MODULES)
 def test_core_module_has_no_io_imports(name: str) -> None:
-    tree = ast.parse((TURN / f"{name}.py").read_text())
+    (tree,) = parse_files([TURN / f"{name}.py"])
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -12,12 +12,11 @@ does not import it.
 from __future__ import annotations
 
 import ast
-import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.syntax import parse_all, parse_source
 
 GROUND = Path(__file__).resolve().parents[2] / "wadud"
 ABOVE = frozenset(
@@ -64,38 +63,10 @@ def upward(tree: ast.AST) -> list[tuple[int, str]]:
     return [(line, name) for line, name in imported(tree) if name.split(".")[0] in ABOVE]
 
 
-_PARSE = (
-    "import ast, pickle, sys\n"
-    "sources = pickle.load(sys.stdin.buffer)\n"
-    "sys.stdout.buffer.write(pickle.dumps([ast.parse(text, name) for name, text in sources]))\n"
-)
-
-
-def _parse_all(sources: list[tuple[str, str]]) -> list[ast.AST]:
-    """ast.parse in a fresh interpreter. CPython 3.11 keeps the AST builder's
-    recursion counter in interpreter-wide state, and a full test run (other
-    threads, other parsers) can leave it off balance: "AST constructor
-    recursion depth mismatch", seen twice in CI runs. The trees come back
-    pickled, which rebuilds them without that builder."""
-    done = subprocess.run(
-        [sys.executable, "-c", _PARSE],
-        input=pickle.dumps(sources),
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    trees: list[ast.AST] = pickle.loads(done.stdout)
-    return trees
-
-
-def _parse_source(source: str) -> ast.AST:
-    return _parse_all([("<test>", source)])[0]
-
-
 def test_the_ground_imports_no_feature_and_no_assembly() -> None:
     files = sorted(GROUND.rglob("*.py"))
     assert len(files) > 10, "the ground's modules were not found"
-    trees = _parse_all([(str(path), path.read_text()) for path in files])
+    trees = parse_all([(str(path), path.read_text()) for path in files])
     offences = [
         f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
         for path, tree in zip(files, trees, strict=True)
@@ -117,7 +88,7 @@ def test_the_ground_imports_no_feature_and_no_assembly() -> None:
     ],
 )
 def test_the_check_sees_every_kind_of_import(source: str) -> None:
-    assert upward(_parse_source(source))
+    assert upward(parse_source(source))
 
 
 @pytest.mark.parametrize(
@@ -125,7 +96,7 @@ def test_the_check_sees_every_kind_of_import(source: str) -> None:
     ["from wadud import keys", "from . import keys", "import sfuzzy", "import turnstile.x"],
 )
 def test_the_check_leaves_the_ground_and_lookalikes_alone(source: str) -> None:
-    assert upward(_parse_source(source)) == []
+    assert upward(parse_source(source)) == []
 
 
 #: Features that stand beside or below others: the packages each must not
@@ -153,7 +124,7 @@ def test_a_feature_imports_no_feature_beside_or_above_it(package: str) -> None:
     forbidden, allowed = FEATURE_RULES[package]
     files = sorted((GROUND.parent / package).rglob("*.py"))
     assert files, f"{package}/ was not found"
-    trees = _parse_all([(str(path), path.read_text()) for path in files])
+    trees = parse_all([(str(path), path.read_text()) for path in files])
     offences = [
         f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
         for path, tree in zip(files, trees, strict=True)
@@ -224,7 +195,7 @@ class Modules:
 
     def __init__(self) -> None:
         files = sorted(path for package in OURS for path in (ROOT / package).rglob("*.py"))
-        trees = _parse_all([(str(path), path.read_text()) for path in files])
+        trees = parse_all([(str(path), path.read_text()) for path in files])
         self.files = {module_name(path): path for path in files}
         self.trees = {module_name(path): tree for path, tree in zip(files, trees, strict=True)}
         self.imports = {
@@ -446,7 +417,7 @@ def test_the_cycle_check_finds_cycles(
 def test_the_cycle_check_sees_submodules_and_relative_imports(
     source: str, module: str, names: set[str]
 ) -> None:
-    assert names_imported(_parse_source(source), module, False) == names
+    assert names_imported(parse_source(source), module, False) == names
 
 
 def private_names(tree: ast.AST, module: str, is_package: bool) -> set[tuple[str, str]]:
@@ -480,7 +451,7 @@ def private_names(tree: ast.AST, module: str, is_package: bool) -> set[tuple[str
 def test_the_private_check_sees_private_names_but_not_native_leaves(
     source: str, found: set[tuple[str, str]]
 ) -> None:
-    assert private_names(_parse_source(source), "sfu.worker", False) == found
+    assert private_names(parse_source(source), "sfu.worker", False) == found
 
 
 #: ``from x import _name`` not yet undone. This list must only shrink: a name

@@ -30,6 +30,7 @@ from booking.payments.gateways.easypaisa import from_config
 from booking.payments.gateways.easypaisa_sim import SIM_PREFIX
 from tests.conftest import Api
 from tests.payments.test_webhooks import with_card_webhooks
+from tests.syntax import parse_files
 from wadud import keys, signing
 from wadud.api import ENDPOINTS, Role
 from wadud.config import Settings
@@ -194,20 +195,21 @@ _PACKAGES = (
 
 
 def test_no_module_but_jsonin_parses_outside_json() -> None:
+    paths = [
+        path
+        for package in _PACKAGES.split()
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path.relative_to(ROOT).as_posix() not in _TRUSTED
+    ]
     found = []
-    for package in _PACKAGES.split():
-        for path in sorted((ROOT / package).rglob("*.py")):
-            rel = path.relative_to(ROOT).as_posix()
-            if rel in _TRUSTED:
-                continue
-            for node in ast.walk(ast.parse(path.read_text(), rel)):
-                if (
-                    isinstance(node, ast.Call)
-                    and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in _PARSERS
-                    and not (
-                        isinstance(node.func.value, ast.Name) and node.func.value.id == "jsonin"
-                    )
-                ):
-                    found.append(f"{rel}:{node.lineno} .{node.func.attr}()")
+    for path, tree in zip(paths, parse_files(paths), strict=True):
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in _PARSERS
+                and not (isinstance(node.func.value, ast.Name) and node.func.value.id == "jsonin")
+            ):
+                rel = path.relative_to(ROOT).as_posix()
+                found.append(f"{rel}:{node.lineno} .{node.func.attr}()")
     assert not found, "parse outside JSON with wadud.jsonin:\n" + "\n".join(found)
