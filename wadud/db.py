@@ -31,6 +31,9 @@ log = logging.getLogger("wadud.db")
 #: never leaves it. This one counts only wadud's own roles, and only live ones.
 _HANDLES = ".wadud_handles.json"
 
+#: Seconds a closing pool waits for its connections to close cleanly.
+POOL_CLOSE_WITHIN = 0.5
+
 #: How long a fast shutdown (clients disconnected, a checkpoint) may take
 #: before an immediate one, then SIGKILL.
 _STOP_SECONDS = 20
@@ -220,12 +223,21 @@ async def pool(settings: Settings, url: str) -> AsyncIterator[asyncpg.Pool]:
     finally:
         metrics.POOLS.pools.discard(p)
         try:
-            # A connection some task failed to release must not hold the
-            # shutdown hostage: after a grace period, close them by force.
-            await asyncio.wait_for(p.close(), 10)
+            # A server that stopped answering never acknowledges the close,
+            # and a connection some task kept is never released: neither
+            # may hold the stop hostage (wadud.serving), so after a moment
+            # the connections are closed by force.
+            async with asyncio.timeout(POOL_CLOSE_WITHIN):
+                await p.close()
         except TimeoutError:
-            log.warning("database pool did not close in 10 s; terminating connections")
+            log.warning(
+                "database pool did not close in %.1f s; connections closed by force",
+                POOL_CLOSE_WITHIN,
+            )
             p.terminate()
+        except asyncio.CancelledError:
+            p.terminate()
+            raise
 
 
 @asynccontextmanager
