@@ -278,9 +278,14 @@ def cmd_media(settings: config.Settings) -> int:
         node.http_address(settings.media_http)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    from wadud import serving
+
+    code = 0
     with contextlib.suppress(KeyboardInterrupt):
-        return node.run(settings)
-    return 0
+        code = node.run(settings)
+    # Not a return: the interpreter's teardown would outlast the stop's bound.
+    serving.exit_now(code)
+    return code
 
 
 def cmd_migrate(settings: config.Settings) -> int:
