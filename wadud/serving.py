@@ -11,7 +11,9 @@ warning in the log. It goes in three steps:
    :data:`CLEANUP_WITHIN` seconds. A step still waiting then (on a database
    or a Redis that died or stopped answering, whose connections only time
    out after tens of seconds) is cancelled, and so is each one after it
-   that waits: their resources go with the process;
+   that waits: their resources go with the process. A step that must not
+   be left half done sees it through despite the cut (the embedded
+   PostgreSQL is told to stop, :func:`wadud.db.embedded_postgres`);
 3. the process ends at once (:func:`exit_now`), without the interpreter's
    own teardown, which spent more than a second collecting the garbage of
    a large heap on a loaded two-core host and can wait on threads and
@@ -46,8 +48,10 @@ CLEANUP_WITHIN = 1.2
 #: Seconds between two cancellations of a cleanup past its time: each one
 #: ends the step that waits at that moment, and the next step begins.
 _CUT_EVERY = 0.01
-#: Seconds after which cleanup is abandoned, however many steps are left.
-_ABANDON_AFTER = 0.3
+#: Seconds after which cleanup is abandoned, however many steps are left:
+#: longer than what a step sees through despite a cut (the embedded
+#: PostgreSQL's stop, at most wadud.db._STOP_WAIT).
+_ABANDON_AFTER = 1.5
 
 
 def run(
