@@ -86,7 +86,8 @@ def peers(work: Path, *, postgres: bool = True) -> Iterator[Peers]:
 
 @dataclass
 class Role:
-    """``wadud ARGV...`` in its own process group, its output in ``log``."""
+    """``wadud ARGV...`` (or ``program``'s) in its own process group, its
+    output in ``log``."""
 
     argv: list[str]
     env: dict[str, str]
@@ -95,11 +96,12 @@ class Role:
     proc: subprocess.Popen[bytes] | None = None
     signalled: float = 0.0
     stop_seconds: float = field(default=float("nan"))
+    program: str = WADUD
 
     def start(self) -> None:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [WADUD, *self.argv], cwd=ROOT, env=self.env, stdout=out,
+                [self.program, *self.argv], cwd=ROOT, env=self.env, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
@@ -120,13 +122,19 @@ class Role:
                 await asyncio.sleep(0.1)
         raise AssertionError(f"not ready in {within} s:\n{self.text()[-3000:]}")
 
-    async def stop(self, sig: signal.Signals = signal.SIGTERM, within: float = 15.0) -> int:
-        """Send ``sig`` to the role's main process and wait for its exit
-        (SIGKILL to the group past ``within``); its status. The time it
-        took is :attr:`stop_seconds`."""
+    async def stop(
+        self, sig: signal.Signals = signal.SIGTERM, within: float = 15.0, *, group: bool = False
+    ) -> int:
+        """Send ``sig`` to the role's main process (with ``group``, to its
+        whole process group, as a terminal's Ctrl-C does) and wait for its
+        exit (SIGKILL to the group past ``within``); its status. The time
+        it took is :attr:`stop_seconds`."""
         assert self.proc is not None
         self.signalled = time.monotonic()
-        self.proc.send_signal(sig)
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         try:
             code = await asyncio.to_thread(self.proc.wait, within)
         except subprocess.TimeoutExpired:
