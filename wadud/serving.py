@@ -50,8 +50,9 @@ CLEANUP_WITHIN = 1.2
 _CUT_EVERY = 0.01
 #: Seconds after which cleanup is abandoned, however many steps are left:
 #: longer than what a step sees through despite a cut (the embedded
-#: PostgreSQL's stop, at most wadud.db._STOP_WAIT).
-_ABANDON_AFTER = 1.5
+#: PostgreSQL's stop: wadud.db._STOP_WAIT, after pgserver's lock on its
+#: list of users, which other processes on a busy host held for seconds).
+_ABANDON_AFTER = 5.0
 
 
 def run(

@@ -84,6 +84,13 @@ def peers(work: Path, *, postgres: bool = True) -> Iterator[Peers]:
         found.close()
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT at its default, as a command typed in a terminal has it: a
+    background job of a shell ignores it, and so would make (and GNU make
+    acts on a Ctrl-C only when it does not ignore SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Role:
     """``wadud ARGV...`` (or ``program``'s) in its own process group, its
@@ -102,7 +109,7 @@ class Role:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [self.program, *self.argv], cwd=ROOT, env=self.env, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_as_in_a_terminal,
             )  # fmt: skip
 
     def text(self) -> str:
@@ -195,7 +202,10 @@ def media_role(work: Path, peers: Peers, **settings: str) -> Role:
     assert peers.redis is not None
     env = role_env(work, WADUD_REDIS_URL=peers.redis.url, **settings)
     return Role(
-        ["media", "--workers", "1", "--http", f"127.0.0.1:{http}", "--node-id", "stop-test"],
+        [
+            *("media", "--workers", "1", "--udp-port", "0"),
+            *("--http", f"127.0.0.1:{http}", "--node-id", "stop-test"),
+        ],
         env,
         work / "media.log",
         f"http://127.0.0.1:{http}/readyz",
