@@ -16,12 +16,11 @@ wadud token     print a call link (room token) for one participant
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import getpass
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -193,12 +192,12 @@ def _run(coro: Any) -> Any:
 
 def cmd_serve(settings: config.Settings, *, role: str) -> int:
 
-    from wadud import keys
+    from wadud import keys, serving
 
     app = assembly.role_app("serve" if role == "serve" else "api", settings)
     settings = app[keys.SETTINGS]
 
-    def announce(*_: Any) -> None:
+    def announce() -> None:
         print(f"Wadud is serving on {settings.base_url}/  (Ctrl+C to stop)", flush=True)
         # So `wadud token` on the same data folder prints links to this address.
         with contextlib.suppress(OSError):
@@ -211,27 +210,10 @@ def cmd_serve(settings: config.Settings, *, role: str) -> int:
         if settings.metrics_listen:
             print(f"Prometheus metrics: http://{settings.metrics_listen}/metrics", flush=True)
 
-    _serve_app(app, settings.host, settings.port, announce, settings.shutdown_timeout)
-    return 0
-
-
-def _serve_app(
-    app: Any, host: str, port: int, announce: Callable[..., None], shutdown_timeout: float = 60.0
-) -> None:
-    """An aiohttp app on its own uvloop until SIGINT or SIGTERM."""
-    from aiohttp import web
-
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        shutdown_timeout=shutdown_timeout,
-        access_log=None,
-        print=announce,
-        loop=loop,
-    )
+    code = serving.run(app, settings.host, settings.port, announce, settings.shutdown_timeout)
+    # Not a return: the interpreter's teardown would outlast the stop's bound.
+    serving.exit_now(code)
+    return code
 
 
 def cmd_turn(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -256,6 +238,7 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
 
     from booking.payments import easypaisa_http
     from booking.payments.gateways import easypaisa
+    from wadud import serving
 
     if not settings.payments_easypaisa_store_id:
         print(
@@ -269,13 +252,13 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
     host, port = args.host or "127.0.0.1", args.port or 8090
     merchant = args.merchant.rstrip("/") + easypaisa.IPN_HANDLER_PATH
     app = easypaisa_http.simulator_app(store, f"http://{host}:{port}", merchant)
-    _serve_app(
+    return serving.run(
         app,
         host,
         port,
-        lambda *_: print(f"EasyPaisa simulator on http://{host}:{port}", flush=True),
+        lambda: print(f"EasyPaisa simulator on http://{host}:{port}", flush=True),
+        shutdown_timeout=60.0,
     )
-    return 0
 
 
 def cmd_media(settings: config.Settings) -> int:
@@ -295,9 +278,14 @@ def cmd_media(settings: config.Settings) -> int:
         node.http_address(settings.media_http)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    from wadud import serving
+
+    code = 0
     with contextlib.suppress(KeyboardInterrupt):
-        return node.run(settings)
-    return 0
+        code = node.run(settings)
+    # Not a return: the interpreter's teardown would outlast the stop's bound.
+    serving.exit_now(code)
+    return code
 
 
 def cmd_migrate(settings: config.Settings) -> int:

@@ -59,7 +59,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -207,10 +206,13 @@ def worker_process(spec: WorkerSpec) -> None:
     _die_with_parent(spec.parent)
     import uvloop
 
-    from wadud import logs
+    from wadud import logs, serving
 
     logs.configure(spec.settings.log_level, spec.settings.log_format)
-    sys.exit(uvloop.run(_worker_main(spec)))
+    code = uvloop.run(_worker_main(spec))
+    # Not sys.exit: a spawned process's interpreter teardown (a full garbage
+    # collection of the media stack) held a drained worker up for 1.5 s.
+    serving.exit_now(code)
 
 
 class _Load:
@@ -354,35 +356,57 @@ async def _worker_main(spec: WorkerSpec) -> int:
         # Every Redis call here is bounded: a drain must end within
         # media_drain_timeout whatever Redis does, or the supervisor kills
         # the worker and the node exits 1.
-        with contextlib.suppress(Exception):
+        reachable = True
+        try:
             async with asyncio.timeout(2.0):
                 for presence in presences:
                     await presence.registration.set_state(registry.DRAINING)
                     await presence.server.lifecycle("draining")
+        except Exception:
+            reachable = False
         deadline = loop.time() + settings.media_drain_timeout
         drained_at = loop.time()
+        said = False
         while loop.time() < deadline:
+            if not reachable and load.transports() == 0:
+                # No room's owner can move anything while Redis is out of
+                # reach, and no call has media here to lose: waiting out
+                # media_drain_timeout would only hold up the stop.
+                log.info("drain: redis out of reach and no transport here; stopping", extra=extra)
+                break
             try:
                 async with asyncio.timeout(1.0):
                     rooms = sum([await p.registration.rooms() for p in presences])
-                if rooms == 0 and load.transports() == 0:
-                    break
-                if rooms == 0 and loop.time() - drained_at > _STALE_AFTER_DRAIN:
-                    # No room is placed here any more: what is left are legs
-                    # a signalling call set up just before its room moved,
-                    # whose clients went to the new worker. Waiting for them
-                    # to time out (30 s) would outlast media_drain_timeout.
+            except Exception as exc:
+                reachable = False
+                if not said:
+                    # Once: with calls here, the drain waits for Redis to
+                    # come back (their rooms then move) or for the timeout.
+                    said = True
+                    log.warning(
+                        "drain: cannot read the rooms set", extra={**extra, "error": repr(exc)}
+                    )
+                await asyncio.sleep(0.2)
+                continue
+            reachable = True
+            if rooms == 0 and load.transports() == 0:
+                break
+            if rooms == 0 and loop.time() - drained_at > _STALE_AFTER_DRAIN:
+                # No room is placed here any more: what is left are legs
+                # a signalling call set up just before its room moved,
+                # whose clients went to the new worker. Waiting for them
+                # to time out (30 s) would outlast media_drain_timeout.
+                with contextlib.suppress(Exception):
                     for name in worker.rooms():
                         await worker.close_room(name)
-            except Exception as exc:
-                log.warning("drain: cannot read the rooms set", extra={**extra, "error": repr(exc)})
             await asyncio.sleep(0.2)
         else:
             log.warning("drain timed out; stopping anyway", extra=extra)
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(2.0):
-                for presence in presences:
-                    await presence.server.lifecycle("stopped")
+        if reachable:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    for presence in presences:
+                        await presence.server.lifecycle("stopped")
     log.info("media worker stopped", extra=extra)
     return 0
 

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import signal
-import subprocess
+import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,9 +31,15 @@ log = logging.getLogger("wadud.db")
 #: never leaves it. This one counts only wadud's own roles, and only live ones.
 _HANDLES = ".wadud_handles.json"
 
-#: How long a fast shutdown (clients disconnected, a checkpoint) may take
-#: before an immediate one, then SIGKILL.
-_STOP_SECONDS = 20
+#: Seconds a closing pool waits for its connections to close cleanly.
+POOL_CLOSE_WITHIN = 0.5
+
+#: Seconds a stopping process waits for the embedded PostgreSQL's fast
+#: shutdown (clients disconnected, a checkpoint) before it lets it finish
+#: on its own: a stop is bounded (wadud.serving).
+_STOP_WAIT = 1.0
+#: Seconds a start waits for a cluster that is still finishing its shutdown.
+_STOPPING_WAIT = 30.0
 
 
 def _alive(pid: int) -> bool:
@@ -57,6 +63,7 @@ def _join(path: Path) -> Any:
     """Start or join the cluster, and count this process among its users."""
     from pgserver.postgres_server import PostgresServer, get_server
 
+    _wait_stopping(path)
     # cleanup_mode=None: pgserver's own exit hook never stops the server;
     # :func:`_let_go` decides, from wadud's live users alone.
     server = get_server(path, cleanup_mode=None)
@@ -89,37 +96,47 @@ def _let_go(server: Any) -> None:
 
 def stop_embedded(path: Path, *, user: str | None = None) -> bool:
     """Stop the PostgreSQL cluster in ``path`` if it runs: a fast shutdown
-    (open sessions are ended, their transactions rolled back), then an
-    immediate one, then SIGKILL to the postmaster. True if one was running."""
-    from pgserver._commands import POSTGRES_BIN_PATH
+    (open sessions are ended, their transactions rolled back, a checkpoint
+    written), waited for up to :data:`_STOP_WAIT` seconds; a cluster still
+    stopping then finishes on its own (a later start waits for it,
+    :func:`_join`). True if one was running."""
     from pgserver.utils import PostmasterInfo
 
     info = PostmasterInfo.read_from_pgdata(path)
     if info is None or not _alive(info.pid):
         return False
     log.info("stopping embedded PostgreSQL", extra={"pgdata": str(path), "pid": info.pid})
-    for mode in ("fast", "immediate"):
-        try:
-            subprocess.run(
-                [
-                    *(str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(path), "-m", mode),
-                    *("-w", "-t", str(_STOP_SECONDS), "stop"),
-                ],
-                user=user,
-                timeout=_STOP_SECONDS + 5,
-                check=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            log.warning("pg_ctl stop failed", extra={"pgdata": str(path), "mode": mode})
-        if not _alive(info.pid):
-            return True
-    with contextlib.suppress(OSError):
-        os.kill(info.pid, signal.SIGKILL)
-        log.warning("embedded PostgreSQL killed", extra={"pgdata": str(path), "pid": info.pid})
+    # SIGINT is the postmaster's fast shutdown, what `pg_ctl -m fast` sends.
+    try:
+        os.kill(info.pid, signal.SIGINT)
+    except OSError as exc:
+        log.warning(
+            "cannot stop embedded PostgreSQL", extra={"pgdata": str(path), "error": repr(exc)}
+        )
+        return True
+    end = time.monotonic() + _STOP_WAIT
+    while _alive(info.pid) and time.monotonic() < end:
+        time.sleep(0.02)
+    if _alive(info.pid):
+        log.info(
+            "embedded PostgreSQL finishes its shutdown on its own",
+            extra={"pgdata": str(path), "pid": info.pid},
+        )
     return True
+
+
+def _wait_stopping(path: Path) -> None:
+    """Wait (up to :data:`_STOPPING_WAIT` seconds) for a cluster in ``path``
+    that is still in its shutdown: pgserver would take it for a running one
+    and hand out a URL that refuses connections."""
+    from pgserver.utils import PostmasterInfo
+
+    end = time.monotonic() + _STOPPING_WAIT
+    while time.monotonic() < end:
+        info = PostmasterInfo.read_from_pgdata(path)
+        if info is None or not _alive(info.pid) or info.status != "stopping":
+            return
+        time.sleep(0.05)
 
 
 @asynccontextmanager
@@ -142,8 +159,19 @@ async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
     try:
         yield str(server.get_uri())
     finally:
-        # Shielded: a cancelled shutdown must still stop what it started.
-        await asyncio.shield(loop.run_in_executor(None, _let_go, server))
+        # Seen through to the end even when the stop is cut short
+        # (wadud.serving cancels the steps that wait past its bound): a
+        # cluster this process started must not outlive it, and pg_ctl's
+        # own timeouts bound the wait.
+        stopping = loop.run_in_executor(None, _let_go, server)
+        cut = False
+        while not stopping.done():
+            try:
+                await asyncio.shield(stopping)
+            except asyncio.CancelledError:
+                cut = True
+        if cut:
+            raise asyncio.CancelledError
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -220,12 +248,21 @@ async def pool(settings: Settings, url: str) -> AsyncIterator[asyncpg.Pool]:
     finally:
         metrics.POOLS.pools.discard(p)
         try:
-            # A connection some task failed to release must not hold the
-            # shutdown hostage: after a grace period, close them by force.
-            await asyncio.wait_for(p.close(), 10)
+            # A server that stopped answering never acknowledges the close,
+            # and a connection some task kept is never released: neither
+            # may hold the stop hostage (wadud.serving), so after a moment
+            # the connections are closed by force.
+            async with asyncio.timeout(POOL_CLOSE_WITHIN):
+                await p.close()
         except TimeoutError:
-            log.warning("database pool did not close in 10 s; terminating connections")
+            log.warning(
+                "database pool did not close in %.1f s; connections closed by force",
+                POOL_CLOSE_WITHIN,
+            )
             p.terminate()
+        except asyncio.CancelledError:
+            p.terminate()
+            raise
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from sfu import registry
 from sfu.rpc import EVENTS, MediaClient
 from tests.conftest import free_port
+from tests.wadud.stopping import media_role, peers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -310,3 +311,22 @@ async def test_workers_die_with_a_killed_supervisor(media_node: MediaNode) -> No
     while not all(gone(p) for p in pids):
         assert time.monotonic() < end, "workers outlived their supervisor"
         await asyncio.sleep(0.05)
+
+
+async def test_a_node_whose_redis_was_killed_stops_at_once(tmp_path: Path) -> None:
+    """SIGTERM drains, but with Redis gone no owner can move a room and a
+    worker with no transport has nothing to lose: the node exits 0 at once
+    instead of waiting out media_drain_timeout, with no error line."""
+    with peers(tmp_path, postgres=False) as found:
+        node = media_role(tmp_path, found, WADUD_MEDIA_DRAIN_TIMEOUT="20")
+        node.start()
+        try:
+            await node.ready()
+            found.kill()
+            code = await node.stop(signal.SIGTERM, 10.0)
+        finally:
+            node.kill()
+        print(f"wadud media stopped in {node.stop_seconds:.2f} s after SIGTERM")
+        assert code == 0, node.text()[-3000:]
+        assert node.bad_lines("media node draining") == [], node.text()[-3000:]
+        assert "media node stopped" in node.text()
