@@ -229,8 +229,10 @@ async def first_audio(client: CallClient, publisher: str, within: float) -> None
     await client.wait_until(heard, within)
 
 
-async def one_cycle(topo: Topology, run_id: str, n: int, room: str) -> None:
-    """Doctor joins and publishes; every other cycle a patient subscribes; both leave."""
+async def one_cycle(topo: Topology, run_id: str, n: int, room: str, steps: list[str]) -> None:
+    """Doctor joins and publishes; every other cycle a patient subscribes; both
+    leave. Each step's name goes on ``steps`` as it starts, so a cycle cut
+    short says where."""
     doctor_url = topo.doctor_urls[n % len(topo.doctor_urls)]
     patient_url = topo.patient_urls[n % len(topo.patient_urls)]
     doctor = CallClient(
@@ -238,9 +240,12 @@ async def one_cycle(topo: Topology, run_id: str, n: int, room: str) -> None:
     )
     patient: CallClient | None = None
     try:
+        steps.append("doctor joins")
         await doctor.join()
+        steps.append("doctor publishes")
         await doctor.publish({"microphone": ToneAudio()})
         if n % 2:
+            steps.append("patient joins")
             patient = CallClient(
                 f"{patient_url}/call/{room}",
                 token(room, f"pt-{run_id}-{n}", "patient"),
@@ -250,12 +255,23 @@ async def one_cycle(topo: Topology, run_id: str, n: int, room: str) -> None:
             if joined["type"] == "waiting":
                 await doctor.admit(str(joined.get("participant", {}).get("id", "")))
                 await patient.wait_admitted(20)
-            await first_audio(patient, doctor.participant_id or "", 20)
+            steps.append("patient hears")
+            try:
+                await first_audio(patient, doctor.participant_id or "", 20)
+            except TimeoutError as exc:
+                pc = patient.subscribe_pc
+                state = None if pc is None else pc.connectionState
+                tracks = [(r.kind, r.frames) for r in patient.received.values()]
+                raise TimeoutError(f"no audio: subscribe {state}, received {tracks}") from exc
+            steps.append("patient leaves")
             await patient.leave()
         else:
+            steps.append("doctor connects")
             await doctor.wait_until(lambda: "publish" in doctor.connected_at, 20)
+        steps.append("doctor leaves")
         await doctor.leave()
     finally:
+        steps.append("close")
         # Always: a cycle cut short inside leave() has its state "closed"
         # already but its session and peer connections still open.
         for client in (patient, doctor):
@@ -279,12 +295,16 @@ async def run_cycles(
     async def lane(k: int) -> None:
         for n in numbers:
             room = f"soak-{run_id}-{k}-{(n // lanes) % rooms}"
+            steps: list[str] = []
+            t0 = time.monotonic()
             try:
                 async with asyncio.timeout(CYCLE_TIMEOUT):
-                    await one_cycle(topo, run_id, n, room)
+                    await one_cycle(topo, run_id, n, room, steps)
             except (CallError, OSError, TimeoutError, aiohttp.ClientError) as exc:
-                errors.append(f"cycle {n} ({room}): {exc!r}")
-                print(f"  cycle {n}: {exc!r}", flush=True)
+                where = " > ".join(steps[-3:])
+                took = time.monotonic() - t0
+                errors.append(f"cycle {n} ({room}) at {where} after {took:.1f} s: {exc!r}")
+                print(f"  {errors[-1]}", flush=True)
 
     await asyncio.gather(*(lane(k) for k in range(lanes)))
 
@@ -311,8 +331,13 @@ async def soak(topo: Topology, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.settle)
             samples.append(await sample(topo, http, done))
             elapsed = time.monotonic() - started
+            rss = " ".join(
+                f"{name}={f['rss_mib']:.1f}M/{f['tasks']:.0f}t"
+                for name, f in samples[-1]["processes"].items()
+                if f["tasks"] is not None
+            )
             print(
-                f"  {topo.name}: {done} cycles, {elapsed:.0f} s, {len(errors)} failed",
+                f"  {topo.name}: {done} cycles, {elapsed:.0f} s, {len(errors)} failed; {rss}",
                 flush=True,
             )
             if len(errors) > args.max_failed:
