@@ -239,11 +239,14 @@ async def one_cycle(topo: Topology, run_id: str, n: int, room: str, steps: list[
         f"{doctor_url}/call/{room}", token(room, f"dr-{run_id}-{n}", "doctor"), label=f"dr{n}"
     )
     patient: CallClient | None = None
+    # Ours to stop: a client reads what it was given to publish until the
+    # source itself ends, after the client has closed too.
+    tone = ToneAudio()
     try:
         steps.append("doctor joins")
         await doctor.join()
         steps.append("doctor publishes")
-        await doctor.publish({"microphone": ToneAudio()})
+        await doctor.publish({"microphone": tone})
         if n % 2:
             steps.append("patient joins")
             patient = CallClient(
@@ -272,6 +275,7 @@ async def one_cycle(topo: Topology, run_id: str, n: int, room: str, steps: list[
         await doctor.leave()
     finally:
         steps.append("close")
+        tone.stop()
         # Always: a cycle cut short inside leave() has its state "closed"
         # already but its session and peer connections still open.
         for client in (patient, doctor):
