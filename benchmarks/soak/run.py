@@ -25,10 +25,13 @@ the run as a whole, Redis keys (DBSIZE) and PostgreSQL client connections
 (pg_stat_activity, this script's own left out).
 
 The verdict compares the last sample with the one after ``--warmup``
-cycles: each figure is *flat* when it moved by at most 5% of its warm-up
+cycles: each figure is *flat* when it rose by at most 5% of its warm-up
 level or by a small absolute amount, whichever is larger (:data:`ABSOLUTE`:
 counts such as tasks or connections are small integers, where one more is
-more than 5%). A process that was restarted on the way is not flat.
+more than 5%). A leak only climbs; a figure that fell by more is marked
+``fell`` and still flat (a pool closes connections idle for minutes, and
+their fds go with them). A process that was restarted on the way is not
+flat.
 
 Prints a table per topology and writes JSON (default
 ``benchmarks/results/soak.json``); exits 1 when anything is not flat or too
@@ -42,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 import tempfile
 import time
@@ -175,12 +179,13 @@ async def sample(topo: Topology, http: aiohttp.ClientSession, cycle: int) -> dic
     }
 
 
-def flat(before: float | None, after: float | None, figure: str) -> tuple[bool, float]:
-    """Whether ``after`` is within tolerance of ``before``; the tolerance."""
+def flat(before: float | None, after: float | None, figure: str) -> tuple[bool, bool, float]:
+    """Whether ``after`` rose no more than the tolerance above ``before``;
+    whether it fell by more; the tolerance."""
     if before is None or after is None:
-        return before is None and after is None, 0.0
+        return before is None and after is None, False, 0.0
     tolerance = max(RELATIVE * abs(before), ABSOLUTE[figure])
-    return abs(after - before) <= tolerance, tolerance
+    return after - before <= tolerance, before - after > tolerance, tolerance
 
 
 def verdict(warm: dict[str, Any], last: dict[str, Any]) -> list[dict[str, Any]]:
@@ -192,7 +197,7 @@ def verdict(warm: dict[str, Any], last: dict[str, Any]) -> list[dict[str, Any]]:
         for figure in ABSOLUTE:
             if figures.get(figure) is None and now.get(figure) is None:
                 continue  # not a figure this process has (a supervisor's pool)
-            ok, tol = flat(figures[figure], now.get(figure), figure)
+            ok, fell, tol = flat(figures[figure], now.get(figure), figure)
             rows.append(
                 {
                     "process": name,
@@ -201,11 +206,12 @@ def verdict(warm: dict[str, Any], last: dict[str, Any]) -> list[dict[str, Any]]:
                     "last": now.get(figure),
                     "tolerance": round(tol, 2),
                     "flat": ok and not restarted,
+                    "fell": fell,
                     **({"restarted": True} if restarted else {}),
                 }
             )
     for figure, level in warm["shared"].items():
-        ok, tol = flat(level, last["shared"][figure], figure)
+        ok, fell, tol = flat(level, last["shared"][figure], figure)
         rows.append(
             {
                 "process": "(shared)",
@@ -214,6 +220,7 @@ def verdict(warm: dict[str, Any], last: dict[str, Any]) -> list[dict[str, Any]]:
                 "last": last["shared"][figure],
                 "tolerance": round(tol, 2),
                 "flat": ok,
+                "fell": fell,
             }
         )
     return rows
@@ -467,9 +474,10 @@ def table(result: dict[str, Any], warmup: int) -> str:
     for r in result["verdict"]:
         warm, last = r["warm"], r["last"]
         change = "" if warm in (None, 0) or last is None else f"{(last - warm) / warm:+.1%}"
+        said = "NO" if not r["flat"] else "yes, fell" if r["fell"] else "yes"
         lines.append(
             f"  {r['process']:<12} {r['figure']:<15} {warm!s:>9} {last!s:>9} {change:>8}"
-            f" {r['tolerance']:>6}  {'yes' if r['flat'] else 'NO'}"
+            f" {r['tolerance']:>6}  {said}"
         )
     return "\n".join(lines)
 
@@ -507,11 +515,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failed", type=int, help="failed cycles before giving up (default 2%%)")
     p.add_argument("--quick", action="store_true", help="30 cycles, samples every 10")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "soak.json"))
+    p.add_argument(
+        "--report", metavar="JSON", help="judge and print an earlier run's samples; run nothing"
+    )
     return p
+
+
+def report(path: Path) -> int:
+    """The verdict on the samples an earlier run wrote, judged as now."""
+    saved = json.loads(path.read_text())
+    ok = True
+    for result in saved["topologies"].values():
+        samples = result["samples"]
+        warm = next((x for x in samples if x["cycle"] == saved["warmup"]), None)
+        result["verdict"] = verdict(warm, samples[-1]) if warm is not None else []
+        ok = ok and bool(result["verdict"]) and all(r["flat"] for r in result["verdict"])
+        print(table(result, saved["warmup"]))
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.report:
+        return report(Path(args.report))
     args.cycles = args.cycles or (30 if args.quick else 1000)
     if args.warmup is None:
         args.warmup = 10 if args.quick else min(100, args.cycles)
