@@ -80,6 +80,7 @@ from sfu import registry, rpc
 from sfu.errors import WorkerStartError
 from sfu.registry import Registration, WorkerInfo
 from sfu.rpc import MediaServer
+from wadud import metrics
 from wadud.bus import RENEW_WITHIN, redis_client
 
 if TYPE_CHECKING:
@@ -487,6 +488,10 @@ class Supervisor:
         self._watchdog: asyncio.Task[None] | None = None
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_NodeCollector(self))
+        # The supervisor's own tasks, in the same family as its workers'
+        # (wadud.metrics.TASKS, which each worker's registry holds too).
+        self._own = CollectorRegistry(auto_describe=False)
+        self._own.register(metrics.TASKS)
 
     # -- processes ---------------------------------------------------------------------
 
@@ -760,7 +765,11 @@ class Supervisor:
         """Every running worker's metrics with a ``worker`` label, and the node's."""
         slots = self.running()
         texts = await asyncio.gather(*(_scrape(s.metrics_socket) for s in slots))
-        collector = _Relabelled([(s.wid, t) for s, t in zip(slots, texts, strict=True) if t])
+        labelled: list[tuple[str | None, str]] = [
+            (s.wid, t) for s, t in zip(slots, texts, strict=True) if t
+        ]
+        labelled.append((None, generate_latest(self._own).decode()))
+        collector = _Relabelled(labelled)
         out = CollectorRegistry(auto_describe=False)
         out.register(collector)
         return generate_latest(out) + generate_latest(self._registry)
@@ -825,16 +834,20 @@ async def _scrape(path: str) -> str:
 
 class _Relabelled(Collector):
     """Workers' exposition text parsed back into families, one family per
-    name across workers, each sample labelled with its worker."""
+    name across workers, each sample labelled with its worker (a text given
+    with no worker, the supervisor's own, keeps its labels)."""
 
-    def __init__(self, texts: list[tuple[str, str]]) -> None:
+    def __init__(self, texts: list[tuple[str | None, str]]) -> None:
         self.texts = texts
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
         for wid, text in self.texts:
             for family in text_string_to_metric_families(text):
-                samples = [s._replace(labels={**s.labels, "worker": wid}) for s in family.samples]
+                samples = [
+                    s if wid is None else s._replace(labels={**s.labels, "worker": wid})
+                    for s in family.samples
+                ]
                 merged = families.setdefault(family.name, family)
                 if merged is family:
                     merged.samples = samples

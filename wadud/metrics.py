@@ -8,6 +8,7 @@ read at scrape time by a collector, never pushed from the hot path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from prometheus_client.registry import REGISTRY, Collector
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["CONTENT_TYPE_LATEST", "generate_latest"]
+__all__ = ["CONTENT_TYPE_LATEST", "TASKS", "generate_latest"]
 
 HTTP_REQUESTS = Counter(
     "wadud_http_requests_total",
@@ -67,3 +68,33 @@ class _PoolCollector(Collector):
 
 POOLS = _PoolCollector()
 REGISTRY.register(POOLS)
+
+
+class _TaskCollector(Collector):
+    """How many asyncio tasks are not done on the loop that scrapes: a count
+    that climbs with calls served is a task someone forgot to end
+    (benchmarks/soak reads it). Read on the loop's own thread, as every
+    role's /metrics handler does; a scrape from anywhere else says nothing
+    rather than 0."""
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        family = self._family()
+        family.add_metric([], len(asyncio.all_tasks(loop)))
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "wadud_asyncio_tasks", "Asyncio tasks not yet done on this process's event loop."
+        )
+
+
+TASKS = _TaskCollector()
+REGISTRY.register(TASKS)

@@ -53,6 +53,7 @@ from wadud_client.nack import NackRetry
 from wadud_client.network import relay_servers, ws_url
 from wadud_client.received import ReceivedTrack
 from wadud_client.simulcast import SimulcastMunger, layer_tracks
+from wadud_client.sources import Intake
 
 __all__ = ["CallClient", "Event"]
 
@@ -187,6 +188,8 @@ class CallClient:
         # is what gets stopped; the source stays live for the next connection.
         self._relay = MediaRelay()
         self._feeds: dict[str, Any] = {}
+        #: What the relay reads of each source we were given (see Intake).
+        self._intakes: dict[Any, Intake] = {}
         #: Sources published as simulcast, and the publish connection's rewriting.
         self._simulcast_sources: set[str] = set()
         self._munger: SimulcastMunger | None = None
@@ -260,6 +263,7 @@ class CallClient:
         ]
         for task in tasks:
             task.cancel()
+        self._stop_intakes(keep=())
         # Each step is bounded: a close must end, whatever the server or a
         # peer connection does (a test's clean-up hung on one for minutes).
         with contextlib.suppress(TimeoutError):
@@ -277,6 +281,12 @@ class CallClient:
             await self._http.close()
             self._http = None
         self._notify()
+
+    def _stop_intakes(self, keep: Iterable[Any]) -> None:
+        """End the relay's reading of every source but ``keep``."""
+        kept = set(keep)
+        for source in [s for s in self._intakes if s not in kept]:
+            self._intakes.pop(source).stop()
 
     async def __aenter__(self) -> CallClient:
         return self
@@ -366,6 +376,7 @@ class CallClient:
             feed = self._feeds.pop(str(info.get("source")), None)
             if feed is not None:
                 feed.stop()
+            self._stop_intakes(keep=self._local.values())
             transceiver = self._transceivers.get(str(info.get("mid")))
             if transceiver is not None:
                 transceiver.sender.replaceTrack(None)
@@ -504,6 +515,7 @@ class CallClient:
         what that does and does not do)."""
         items = list(tracks.items()) if isinstance(tracks, Mapping) else list(tracks)
         self._local.update(items)
+        self._stop_intakes(keep=self._local.values())  # a source given anew replaces the old
         if simulcast:
             self._simulcast_sources.update(s for s, t in items if s == "camera")
         async with self._publish_lock:
@@ -519,7 +531,10 @@ class CallClient:
                 old = self._feeds.pop(source, None)
                 if old is not None:
                     old.stop()
-                track = self._feeds[source] = self._relay.subscribe(track, buffered=False)
+                intake = self._intakes.get(track)
+                if intake is None:
+                    intake = self._intakes[track] = Intake(track)
+                track = self._feeds[source] = self._relay.subscribe(intake, buffered=False)
                 if source in self._simulcast_sources and track.kind == "video":
                     layers = layer_tracks(track)
                     group = [pc.addTransceiver(t, direction="sendonly") for t in layers]

@@ -13,7 +13,7 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-__all__ = ["TestPatternVideo", "ToneAudio"]
+__all__ = ["Intake", "TestPatternVideo", "ToneAudio"]
 
 
 class _PacedTrack(MediaStreamTrack):
@@ -124,4 +124,28 @@ class ToneAudio(_PacedTrack):
         frame.sample_rate = self.rate
         frame.pts = n * self.samples
         frame.time_base = fractions.Fraction(1, self.rate)
+        return frame
+
+
+class Intake(MediaStreamTrack):
+    """A client's own reading end of a track it was given to publish.
+
+    aiortc's MediaRelay reads its source until the source itself ends,
+    whoever still listens; the source is the caller's, and may outlive the
+    client or serve the next one. The relay reads an Intake instead, and
+    stopping the Intake (the client closed, or no longer publishes that
+    source) ends the relay's reading at the next frame while the source
+    stays live."""
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = source.kind
+        self.source = source
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self.source.recv()
+        if self.readyState != "live":
+            raise MediaStreamError  # stopped while the frame was due
         return frame

@@ -29,7 +29,16 @@ HOST = "127.0.0.1"
 class Server:
     """``wadud serve`` in its own process group, so its CPU is its own."""
 
-    def __init__(self, work: Path, participants: int, *, gc_log: bool = False) -> None:
+    def __init__(
+        self,
+        work: Path,
+        participants: int,
+        *,
+        gc_log: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env``: more settings (``WADUD_...``), e.g. a database and a
+        Redis of the caller's instead of the embedded defaults."""
         self.port = free_port()
         self.media_port = free_port(socket.SOCK_DGRAM)
         # Metrics are on a listener of their own, never the public port.
@@ -48,6 +57,7 @@ class Server:
             "WADUD_LOG_LEVEL": "warning",
             # The checkout, not whatever an older editable install maps.
             "PYTHONPATH": str(ROOT),
+            **(env or {}),
         }
         self.log_path = work / "server.log"
         argv = [str(Path(sys.executable).parent / "wadud"), "serve", "--host", HOST]

@@ -220,6 +220,11 @@ async def test_node_registers_serves_metrics_answers_and_drains(
     for wid in media_node.wids():
         assert re.search(rf'^sfu_transports\{{worker="{wid}"\}} 0\.0$', body, re.M), body[:2000]
     assert "wadud_media_workers_running 2.0" in body
+    # Tasks on each worker's loop and on the supervisor's (unlabelled), in one family.
+    for wid in media_node.wids():
+        assert re.search(rf'^wadud_asyncio_tasks\{{worker="{wid}"\}} [1-9]', body, re.M), body
+    assert re.search(r"^wadud_asyncio_tasks [1-9]", body, re.M), body[-2000:]
+    assert body.count("# TYPE wadud_asyncio_tasks ") == 1
 
     # Control through Redis reaches the worker process that registered.
     first = workers[media_node.wids()[0]]

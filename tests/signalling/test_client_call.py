@@ -943,3 +943,34 @@ async def test_views_audio_only_and_quality_reach_the_worker_and_back(call: Call
                 lambda f, who=who: f["participant_id"] == who.participant_id,
                 within=15,
             )
+
+
+class _CountedTone(ToneAudio):
+    """A tone that counts how often it is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def recv(self) -> Any:
+        self.reads += 1
+        return await super().recv()
+
+
+async def test_a_closed_client_stops_reading_what_it_published(call: Call) -> None:
+    """aiortc's MediaRelay reads a source until the source itself ends: a
+    client closed long ago went on pulling a frame every 20 ms from each
+    track it had published (issue 35's soak: by cycle 400 the load generator
+    spent its time on a thousand tones nobody heard). The source is the
+    caller's and stays live."""
+    tone = _CountedTone()
+    doctor = await call.join(_room(), "dr-leaves", role="doctor", admin=True)
+    await doctor.publish({"microphone": tone})
+    await doctor.wait_until(lambda: "publish" in doctor.connected_at, 20)
+    await doctor.wait_until(lambda: tone.reads > 10, 10)
+    await doctor.leave()
+    await asyncio.sleep(0.1)  # at most the read that was under way
+    reads = tone.reads
+    await asyncio.sleep(0.5)
+    assert tone.reads == reads, f"{tone.reads - reads} frames read after the client closed"
+    assert tone.readyState == "live"

@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -178,6 +179,9 @@ async def test_metrics_only_on_their_own_listener_and_with_the_token(
                 assert r.status == 404  # metrics only
         assert "wadud_http_requests_total" in text and "wadud_db_pool_connections" in text
         assert "wadud_outbox_lag_seconds" in text
+        # The loop's own tasks, read on the loop: at least the handler's.
+        tasks = re.search(r"^wadud_asyncio_tasks ([0-9.]+)$", text, re.M)
+        assert tasks is not None and float(tasks.group(1)) >= 1, text[-1500:]
     finally:
         await client.close()
     # Closed with the app.
