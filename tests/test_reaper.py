@@ -74,6 +74,12 @@ def test_nothing_a_crashed_worker_started_outlives_the_session(tmp_path: Path) -
             "no:randomly",
             "--rootdir",
             str(tmp_path),
+            # A temp root of its own: pytest makes the shared one
+            # (/tmp/pytest-of-USER) private again when a session starts, and
+            # the suite's PostgreSQL, run as user pgserver under it, lost its
+            # data folder (PANIC: pg_control: Permission denied).
+            "--basetemp",
+            str(tmp_path / "inner"),
             str(tmp_path),
         ],
         cwd=tmp_path,
