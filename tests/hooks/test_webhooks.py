@@ -505,9 +505,10 @@ async def test_a_wake_with_nothing_due_costs_one_claim_not_one_per_sender(
     assert deliverer.concurrency == 4
     await deliverer.start()
     try:
-        # At start every sender looks once.
+        # At start every sender looks once; a batch the app relays meanwhile
+        # (its own outbox) wakes it too, and costs one look, not four.
         await wait_until(lambda: deliverer.looked >= 4)
-        assert deliverer.looked == 4
+        assert 4 <= deliverer.looked <= 4 + deliverer.woken
         for n in range(1, 4):
             deliverer.wake()
             await wait_until(lambda n=n: deliverer.looked >= 4 + n)
