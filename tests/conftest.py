@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import importlib
 import logging
 import os
+import pkgutil
 import random
 import socket
 import uuid
@@ -44,6 +46,32 @@ pytest_plugins = ["tests.booking.factories", "tests.ids", "tests.reaper", "tests
 # benchmarks/, so examples here may take as long as they take.
 hypothesis.settings.register_profile("wadud", deadline=None)
 hypothesis.settings.load_profile("wadud")
+
+
+def _import_whole(package: Any) -> None:
+    """Every module of ``package`` now, while the stack is shallow.
+
+    pytest rewrites the asserts of every module of a plugin's distribution,
+    hypothesis among them, so each of its lazy imports runs ``ast.parse``
+    in the test process. CPython 3.11.7 leaves the AST builder's recursion
+    counter off balance when a RecursionError interrupts that (a lazy
+    import deep inside a recursive strategy, near the recursion limit), and
+    from then on every such import in that worker fails: "AST constructor
+    recursion depth mismatch", seen in CI runs and in a full rehearsal
+    (tests/wadud/test_cursor.py, 2026-11-25). Imported once here, nothing
+    of hypothesis's is parsed during a test."""
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        # The extras import optional libraries (numpy, pandas, django, ...).
+        if ".extra" in module.name or module.name.endswith("__main__"):
+            continue
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module.name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_imported() -> None:
+    # Not at import: hypothesis refuses slow work while plugins initialise.
+    _import_whole(hypothesis)
 
 #: Where the suite's time goes (``--durations``), for ``make test``, which
 #: runs the suite on four pytest-xdist workers (``--dist loadgroup``) of a
