@@ -96,8 +96,6 @@ RESUBSCRIBE_GRACE = 3.0
 #: there is a state the pages never learn: a video paused for bandwidth shown
 #: as a frozen picture, a simulcast layer dynacast wanted back left off.
 EVENT_GRACE = 10.0
-#: Worker incarnations declared gone that a client remembers (the latest).
-GONE_KEPT = 1024
 Lifecycle = Literal["ready", "draining", "stopped"]
 Listener = Callable[[str, str, "MediaEvent | str"], None]
 """``listener(worker id, incarnation, event or lifecycle word)``."""
@@ -229,8 +227,6 @@ class MediaClient:
         #: Which worker incarnation each pending request went to.
         self._targets: dict[str, tuple[str, str]] = {}
         self._listeners: list[Listener] = []
-        #: Incarnations declared gone (:meth:`abandon`), oldest first.
-        self._gone: dict[tuple[str, str], None] = {}
         self._subscription: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -265,12 +261,8 @@ class MediaClient:
 
     def abandon(self, wid: str, incarnation: str) -> None:
         """The worker is gone: fail its requests in flight now rather than at
-        their timeout, and any made later at once rather than after
-        :data:`RESUBSCRIBE_GRACE` (an incarnation never comes back), so what
-        waits behind them (a room's next media call) goes on at once."""
-        self._gone[(wid, incarnation)] = None
-        while len(self._gone) > GONE_KEPT:
-            del self._gone[next(iter(self._gone))]
+        their timeout, so what waits behind them (a room's next media call)
+        goes on at once."""
         for rid, target in list(self._targets.items()):
             fut = self._pending.get(rid)
             if target == (wid, incarnation) and fut is not None and not fut.done():
@@ -291,8 +283,6 @@ class MediaClient:
         """Send ``op`` to the worker and return the reply's result (plain data)."""
         if self._reader is None:
             raise MediaUnavailable("the media client is not started")
-        if (wid, incarnation) in self._gone:
-            raise MediaUnavailable(f"media worker {wid} is gone")
         rid = uuid.uuid4().hex
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut

@@ -276,20 +276,6 @@ async def test_a_worker_declared_gone_ends_the_wait(redis: aioredis.Redis) -> No
         assert time.monotonic() - began < 1.0
 
 
-async def test_a_request_to_a_worker_declared_gone_fails_at_once(redis: aioredis.Redis) -> None:
-    # A call queued behind the move (a room's lane holds the old worker's
-    # handle) must not hold the lane for the resubscribe grace.
-    async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=10.0) as client:
-        client.abandon("dead-0", "inc")
-        began = time.monotonic()
-        with pytest.raises(MediaUnavailable, match="gone"):
-            await client.remote("dead-0", "inc").ping()
-        assert time.monotonic() - began < 0.5
-        # Another incarnation of the same worker (restarted) is asked as usual.
-        with pytest.raises(MediaUnavailable, match="not listening"):
-            await client.remote("dead-0", "inc2").ping()
-
-
 async def test_a_silent_worker_times_out(redis: aioredis.Redis) -> None:
     silent = redis.pubsub()
     await silent.subscribe(registry.control_channel("silent-0"))
