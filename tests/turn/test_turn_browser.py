@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import os
 import signal
-import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,7 +90,7 @@ async def chromium() -> AsyncIterator[Any]:
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_chromium_call_through_relay(
-    turn_server: TurnServer, chromium: Any, loopback_aiortc: None, transport: str
+    turn_server: TurnServer, chromium: Any, loopback_aiortc: None, transport: str, tmp_path: Path
 ) -> None:
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaBlackhole
@@ -129,9 +129,13 @@ async def test_chromium_call_through_relay(
     blackhole = MediaBlackhole()
     try:
         async with reporting_site(PAGE, routes) as site:
-            with tempfile.TemporaryDirectory() as profile:
-                await chromium(site.url, profile)
-                outcome = await asyncio.wait_for(site.result, 40)
+            # Under the test's own folder, not a TemporaryDirectory: the
+            # browser runs until the fixture's teardown, and removing its
+            # profile under it failed ("Directory not empty: 'Default'").
+            profile = tmp_path / "profile"
+            profile.mkdir()
+            await chromium(site.url, str(profile))
+            outcome = await asyncio.wait_for(site.result, 40)
         assert outcome.get("error") is None, outcome
         assert outcome["localType"] == "relay"
         assert outcome["frames"] > 5
