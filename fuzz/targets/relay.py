@@ -39,8 +39,9 @@ def _udp() -> socket.socket:
     return s
 
 
-class _Relay:
-    """What the leaf reads of an allocation's relay endpoint."""
+class Relay:
+    """What the leaf reads of an allocation's relay endpoint (also used by
+    tests/turn/test_turn_native.py)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -67,7 +68,7 @@ class World:
         peer = [p.getsockname() for p in self.peers]
         for i in range(2):
             alloc = Allocation(None, self.clients[i].getsockname(), "u", "u", b"k", 1, 0.0)
-            alloc.relay = _Relay(self.relays[i])
+            alloc.relay = Relay(self.relays[i])
             alloc.channels = {0x4000: peer[0], 0x4001 + i: peer[1 + i]}
             self.allocations[self.clients[i].getsockname()] = alloc
         self.allocations[self.clients[1].getsockname()].limited = True
@@ -114,7 +115,8 @@ def datagrams(data: bytes) -> Iterator[tuple[int, bytes]]:
         pos += size
 
 
-def _drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
+def drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
+    """Every datagram queued on ``sock`` now."""
     out = []
     while True:
         try:
@@ -123,7 +125,12 @@ def _drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
             return out
 
 
-def _run(relay: Callable[[Callable[[bytes, Any], None]], int]) -> tuple[int, list[Any]]:
+def relay_all(
+    relay: Callable[[Callable[[bytes, Any], None]], int],
+) -> tuple[int, list[tuple[bytes, Any]]]:
+    """Call one of the native loops (``relay(slow)``) until a call relays
+    nothing and hands nothing to ``slow``: how many it relayed, and the
+    (datagram, address) pairs it left to the slow path."""
     relayed = 0
     rest: list[tuple[bytes, Any]] = []
 
@@ -132,9 +139,9 @@ def _run(relay: Callable[[Callable[[bytes, Any], None]], int]) -> tuple[int, lis
 
     while True:
         before = len(rest)
-        got = relay(slow)
-        relayed += got
-        if not got and len(rest) == before:
+        n = relay(slow)
+        relayed += n
+        if not n and len(rest) == before:
             return relayed, rest
 
 
@@ -156,13 +163,13 @@ def _client_to_peer(w: World, batch: list[tuple[int, bytes]]) -> None:
             relayed += 1
         else:
             expected_rest.append((data, src))
-    got, rest = _run(
+    got, rest = relay_all(
         lambda slow: _relay.client_to_peer(w.listener.fileno(), w.allocations, 64, slow)
     )
     if got != relayed or rest != expected_rest:
         raise Finding("client_to_peer relayed or handed back other datagrams than the model")
     for peer_sock in w.peers:
-        arrived = [d for d, _ in _drain(peer_sock)]
+        arrived = [d for d, _ in drain(peer_sock)]
         if arrived != expected_at.get(peer_sock.getsockname(), []):
             raise Finding("client_to_peer sent a peer other bytes than the model")
 
@@ -181,14 +188,14 @@ def _peer_to_client(w: World, batch: list[tuple[int, bytes]]) -> None:
             expected_client.append(w.core.data_indication(alloc, addrs[1], payload))
         else:
             expected_rest.append((payload, addrs[2]))
-    got, rest = _run(
+    got, rest = relay_all(
         lambda slow: _relay.peer_to_client(
             w.relays[0].fileno(), w.listener.fileno(), alloc, 64, slow
         )
     )
     if got != len(expected_client) or rest != expected_rest:
         raise Finding("peer_to_client relayed or handed back other datagrams than the model")
-    arrived = [d for d, _ in _drain(w.clients[0])]
+    arrived = [d for d, _ in drain(w.clients[0])]
     if arrived != expected_client:
         raise Finding("peer_to_client sent the client other bytes than the model")
 
@@ -205,4 +212,4 @@ def check(data: bytes) -> None:
     else:
         _client_to_peer(w, batch)
     for sock in (w.listener, *w.clients, *w.peers, *w.relays):
-        _drain(sock)
+        drain(sock)

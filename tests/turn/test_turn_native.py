@@ -17,7 +17,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from fuzz.targets.relay import Relay, drain, relay_all
 from rtc import stun
 from tests.turn.conftest import EchoPeer, RawClient, make_config
 from turn.aio import TurnServer
@@ -257,46 +258,11 @@ def test_wadud_native_is_not_a_setting() -> None:
 # --- the C leaf on its own ------------------------------------------------------------
 
 
-class _Relay:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-
-
 def _udp(host: str = "127.0.0.1") -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((host, 0))
     s.setblocking(False)
     return s
-
-
-def _drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
-    out = []
-    while True:
-        try:
-            out.append(sock.recvfrom(70000))
-        except BlockingIOError:
-            return out
-
-
-def _relay_all(
-    relay: Callable[[Callable[[bytes, Any], None]], int],
-) -> tuple[int, list[tuple[bytes, Any]]]:
-    """Call one of the native loops (``relay(slow)``) until a call relays
-    nothing and hands nothing to ``slow``: how many it relayed, and the
-    (datagram, address) pairs it left to the slow path."""
-    relayed = 0
-    rest: list[tuple[bytes, Any]] = []
-
-    def slow(data: bytes, addr: Any) -> None:
-        rest.append((data, addr))
-
-    while True:
-        before = len(rest)
-        n = relay(slow)
-        relayed += n
-        if not n and len(rest) == before:
-            return relayed, rest
 
 
 def _wait_readable(sock: socket.socket) -> None:
@@ -314,7 +280,7 @@ def leaf_world() -> Iterator[dict[str, Any]]:
     allocations: dict[Any, Allocation] = {}
     for i in range(2):
         alloc = Allocation(None, clients[i].getsockname(), "u", "u", b"k", 1, 0.0)
-        alloc.relay = _Relay(relays[i])
+        alloc.relay = Relay(relays[i])
         alloc.channels = {0x4000: peers[0].getsockname(), 0x4001 + i: peers[1 + i].getsockname()}
         allocations[clients[i].getsockname()] = alloc
     allocations[clients[1].getsockname()].limited = True
@@ -385,13 +351,13 @@ def test_client_to_peer_relays_what_the_model_says(
         else:
             expected_rest.append((data, src))
     _wait_readable(listener)
-    got_relayed, got_rest = _relay_all(
+    got_relayed, got_rest = relay_all(
         lambda slow: _relay.client_to_peer(listener.fileno(), allocations, 64, slow)
     )
     assert got_relayed == relayed
     assert got_rest == expected_rest
     for peer_sock in peers:
-        got = [d for d, _ in _drain(peer_sock)]
+        got = [d for d, _ in drain(peer_sock)]
         assert got == expected_at.get(peer_sock.getsockname(), [])
     for src, alloc in allocations.items():
         assert [alloc.to_peer_pkts, alloc.to_peer_bytes] == counted[src]
@@ -440,14 +406,14 @@ def test_peer_to_client_frames_what_the_core_would(
         else:
             expected_rest.append((payload, addr))
     _wait_readable(relays[0])
-    got_relayed, got_rest = _relay_all(
+    got_relayed, got_rest = relay_all(
         lambda slow: _relay.peer_to_client(
             relays[0].fileno(), w["listener"].fileno(), alloc, 64, slow
         )
     )
     assert got_relayed == len(expected_client)
     assert got_rest == expected_rest
-    got = [(d, a) for d, a in _drain(clients[0])]
+    got = [(d, a) for d, a in drain(clients[0])]
     assert [d for d, _ in got] == expected_client
     assert all(a == w["listener"].getsockname() for _, a in got)
     assert alloc.from_peer_pkts == len(expected_client)
