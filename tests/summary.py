@@ -20,12 +20,30 @@ SLOW = 30.0
 
 _seconds: dict[str, float] = defaultdict(float)
 _reruns: dict[str, int] = defaultdict(int)
+#: Why each rerun failed, as pytest put it in one line (its crash message).
+_why: dict[str, list[str]] = defaultdict(list)
+#: A reason longer than this is cut: enough for an assertion's first values.
+WHY_CHARS = 600
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     _seconds[report.nodeid] += report.duration
     if report.outcome == "rerun":
         _reruns[report.nodeid] += 1
+        _why[report.nodeid].append(_reason(report))
+
+
+def _reason(report: pytest.TestReport) -> str:
+    """The failure's own line (``path:line: message``), which pytest's
+    rerun summary leaves out: a rerun that passed says nothing else."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        text = f"{crash.path}:{crash.lineno}: {crash.message}"
+    else:
+        lines = str(report.longrepr).strip().splitlines()
+        text = lines[-1] if lines else ""
+    text = " ".join(text.split())
+    return text if len(text) <= WHY_CHARS else text[: WHY_CHARS - 3] + "..."
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -39,3 +57,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     write("!", f"{sum(_reruns.values())} rerun(s)", red=bool(_reruns), bold=True)
     for nodeid, count in sorted(_reruns.items()):
         terminalreporter.write_line(f"  {count} x  {nodeid}")
+        for why in _why[nodeid]:
+            terminalreporter.write_line(f"      {why}")
