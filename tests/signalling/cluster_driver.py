@@ -77,6 +77,7 @@ from tests.signalling.cluster_world import (
     PCS_REPLACED,
     PEOPLE,
     PROBE_READ,
+    RECEIVERS,
     RECORD,
     RECORD_READ,
     REGION,
@@ -379,12 +380,15 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
         "workers_after": await media_workers(world, pages),
     }
     pairs = await receiving(world, pages) if not report["missing"] else []
+    report["receivers"] = {p.name: await p.eval(RECEIVERS) for p in pages}
     report["same_pages"] = same_pages(world, read)
     report["states_seen"] = {
         n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
     }
     # With the offers and publish answers, which time the new connections' negotiation.
-    report["frames_after_kill"] = frames_since(read, wall0, SEEN | {"offer", "published"})
+    report["frames_after_kill"] = frames_since(
+        read, wall0, SEEN | {"offer", "published", "track_paused"}
+    )
     return await back_and_result(world, node.proc, node.node_id, pairs, report, read)
 
 

@@ -74,7 +74,10 @@ PROBE = """(() => {
   const send = c._send.bind(c);
   c._send = (frame, what) => {
     const id = send(frame, what);
-    if (frame.type !== 'pong' && p.sent.length < 500) p.sent.push([Date.now(), frame.type, id]);
+    // A view says which tile size it asks for, and whether it is seen.
+    const type = frame.type === 'track_view'
+      ? `track_view ${frame.track_id}:${frame.width}x${frame.height}:${frame.visible}` : frame.type;
+    if (frame.type !== 'pong' && p.sent.length < 500) p.sent.push([Date.now(), type, id]);
     return id;
   };
   const t = document.getElementById('toast');
@@ -131,6 +134,21 @@ RECORD = """(async () => { const c = window.wadudCall;
   return true; })()"""
 RECORD_READ = """(async () => { const r = window.__rec; if (!r) return null;
   clearInterval(r.timer); await r.sample(); return {video: r.video, sent: r.sent}; })()"""
+# What each remote video's receiver got, for a report to tell a video the
+# SFU never sent (no packets) from one that came but never decoded (no
+# keyframe): per track, [participant, paused, packetsReceived, framesReceived,
+# framesDecoded, keyFramesDecoded, pliCount, nackCount, frameWidth].
+RECEIVERS = """(async () => { const out = {};
+  for (const r of window.wadudCall.remoteTracks.values()) {
+    if (r.kind !== 'video') continue;
+    const row = out[r.track_id] = [r.participant, r.paused, 0, 0, 0, 0, 0, 0, 0];
+    (await r.transceiver.receiver.getStats()).forEach((s) => {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'video') return;
+      row.splice(2, 7, s.packetsReceived || 0, s.framesReceived || 0, s.framesDecoded || 0,
+        s.keyFramesDecoded || 0, s.pliCount || 0, s.nackCount || 0, s.frameWidth || 0);
+    });
+  }
+  return out; })()"""
 # The UDP port of the worker each peer connection is connected to.
 MEDIA_PORTS = """(async () => { const c = window.wadudCall, out = {};
   for (const [k, pc] of [['publish', c.publishPc], ['subscribe', c.subscribePc]]) {
