@@ -699,15 +699,28 @@ async def scenario_views(world: World) -> dict[str, Any]:
     world.mark("low layer")
     out["small"] = await window(viewer, pub, 3)
     out["worker_small"] = worker_view(world)
-    await asyncio.sleep(6)  # DYNACAST_DELAY: the top layer unwanted that long stops
+    # Dynacast: the top layer nobody wants stops once unwanted for
+    # sfu.layers.DYNACAST_DELAY; waited for as the publisher's own encoder
+    # says it (active false), then its packets watched for 3 s.
+    stopped = f"{OUTBOUND}.then((o) => o.f && o.f.active === false)"
+    await doctor.wait_for(stopped, "the top layer stopped at the publisher", within=30)
+    world.mark("top layer stopped")
     a = await outbound(doctor)
     await asyncio.sleep(3)
     b = await outbound(doctor)
     out["top_rise"] = b["f"]["packets"] - a["f"]["packets"]
     out["low_rise"] = b["q"]["packets"] - a["q"]["packets"]
     out["encodings"] = {rid: x.get("active") for rid, x in b.items()}
+    # Hidden: counted from when the worker paused the video for it (the
+    # page's track_paused "hidden"), not from when the page hid the tile:
+    # the page reports views after a 300 ms debounce, and a busy machine
+    # takes its time to pass them on.
+    await viewer.eval(PAUSES)
     await viewer.eval(SHRINK % (pub, "display:none"))
-    await asyncio.sleep(2)
+    await viewer.wait_for(
+        "window.pausedLog.some((p) => p[1] && p[2] === 'hidden')", "the hidden pause", within=20
+    )
+    world.mark("hidden")
     out["hidden"] = await window(viewer, pub, 3)
     out["worker_hidden"] = worker_view(world)
     out["camera_off"] = {"note": await doctor.eval(NOTE % vid), "paused": await doctor.eval(
