@@ -80,7 +80,7 @@ from sfu import registry, rpc
 from sfu.errors import WorkerStartError
 from sfu.registry import Registration, WorkerInfo
 from sfu.rpc import MediaServer
-from wadud import metrics
+from wadud import metrics, serving
 from wadud.bus import RENEW_WITHIN, redis_client
 
 if TYPE_CHECKING:
@@ -113,6 +113,10 @@ _STARTED = "ready"
 _STALE_AFTER_DRAIN = 3.0
 #: Seconds the supervisor gives its workers beyond media_drain_timeout.
 _DRAIN_GRACE = 10.0
+#: Seconds a drained worker's closing of what it opened may take before the
+#: step it waits on is cut (wadud.serving.bounded): the events still queued
+#: get 2 s to be published (MediaServer.close), the rest takes milliseconds.
+_STOP_WITHIN = 3.0
 
 
 def node_id(settings: Settings) -> str:
@@ -207,7 +211,7 @@ def worker_process(spec: WorkerSpec) -> None:
     _die_with_parent(spec.parent)
     import uvloop
 
-    from wadud import logs, serving
+    from wadud import logs
 
     logs.configure(spec.settings.log_level, spec.settings.log_format)
     code = uvloop.run(_worker_main(spec))
@@ -329,7 +333,11 @@ async def _worker_main(spec: WorkerSpec) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
     planes = _planes(settings)
     extra = {"worker": spec.wid, "incarnation": spec.incarnation}
-    async with contextlib.AsyncExitStack() as stack:
+    # What _start opened, closed newest first once drained; each step
+    # bounded (serving.bounded), so a close that waits on a peer cannot hold
+    # the drain past media_drain_timeout and have the supervisor kill it.
+    stack = contextlib.AsyncExitStack()
+    try:
         for redis in planes:
             stack.push_async_callback(redis.aclose)
         try:
@@ -408,6 +416,8 @@ async def _worker_main(spec: WorkerSpec) -> int:
                 async with asyncio.timeout(2.0):
                     for presence in presences:
                         await presence.server.lifecycle("stopped")
+    finally:
+        await serving.bounded(stack.aclose(), _STOP_WITHIN)
     log.info("media worker stopped", extra=extra)
     return 0
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["CLEANUP_WITHIN", "exit_now", "run"]
+__all__ = ["CLEANUP_WITHIN", "bounded", "exit_now", "run"]
 
 log = logging.getLogger("wadud.serving")
 
@@ -134,17 +134,21 @@ async def _stop(runner: web.AppRunner, app: web.Application, shutdown_timeout: f
         server.pre_shutdown()
         await runner.shutdown()
         await server.shutdown(shutdown_timeout)
-    await _bounded(app.cleanup(), CLEANUP_WITHIN)
+    await bounded(app.cleanup(), CLEANUP_WITHIN)
 
 
-async def _bounded(cleanup: Coroutine[Any, Any, None], within: float) -> None:
-    """Await ``cleanup``; past ``within`` seconds, cancel the step it waits
-    on, again and again, until it is done or :data:`_ABANDON_AFTER` more
-    seconds have passed."""
+async def bounded(cleanup: Coroutine[Any, Any, Any], within: float) -> None:
+    """Await ``cleanup`` (step 2 of the module docstring, for any process
+    that stops: an HTTP role's cleanup contexts, a media worker's exit
+    stack); past ``within`` seconds, cancel the step it waits on, again and
+    again, until it is done or :data:`_ABANDON_AFTER` more seconds have
+    passed. The first cut logs where the step waited."""
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(cleanup, name="cleanup")
     done, _ = await asyncio.wait({task}, timeout=within)
     cut = 0
+    if not done:
+        log.warning("stop: cleanup waits past %.1f s at %s", within, _waiting_at(task))
     give_up = loop.time() + _ABANDON_AFTER
     while not done and loop.time() < give_up:
         task.cancel()
@@ -166,6 +170,25 @@ async def _bounded(cleanup: Coroutine[Any, Any, None], within: float) -> None:
         )
     elif failed is not None:
         log.warning("stop: a cleanup step failed: %r", failed)
+
+
+def _waiting_at(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` waits: each coroutine it awaits through, outermost
+    first, as ``function (file:line)``, into a task it awaits too (a
+    suspended task's own stack shows only its outermost frame)."""
+    frames: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(frames) < 40:
+        if isinstance(awaited, asyncio.Task):
+            awaited = awaited.get_coro()
+            continue
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        frames.append(f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return " > ".join(frames) or "?"
 
 
 def exit_now(code: int) -> None:
