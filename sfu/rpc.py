@@ -90,6 +90,8 @@ EVENTS = "wadud:media:events"
 #: Seconds a request is sent again while its worker does not listen: the
 #: bus's resubscribe backoff (2 s at most, wadud.bus) and a margin.
 RESUBSCRIBE_GRACE = 3.0
+#: Worker incarnations declared gone that a client remembers (the latest).
+GONE_KEPT = 1024
 #: Seconds a worker's event is published again while Redis is away or nobody
 #: hears it: a failover (the sentinels' down-after and election, 2-3 s) and
 #: then the API processes' resubscribe backoff (2 s at most). An event lost
@@ -226,6 +228,9 @@ class MediaClient:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         #: Which worker incarnation each pending request went to.
         self._targets: dict[str, tuple[str, str]] = {}
+        #: Incarnations declared gone (:meth:`abandon`) and not heard since,
+        #: oldest first.
+        self._gone: dict[tuple[str, str], None] = {}
         self._listeners: list[Listener] = []
         self._subscription: Subscription | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -262,7 +267,15 @@ class MediaClient:
     def abandon(self, wid: str, incarnation: str) -> None:
         """The worker is gone: fail its requests in flight now rather than at
         their timeout, so what waits behind them (a room's next media call)
-        goes on at once."""
+        goes on at once. Until it is heard again, a request made to it later
+        is published once, without :data:`RESUBSCRIBE_GRACE`: a room's lane
+        calls one at a time, and a call queued to a killed worker just before
+        its room moved held the room's whole recovery for the grace. Heard,
+        it is asked as usual: a worker cut off from Redis long enough to be
+        declared gone comes back with the same incarnation."""
+        self._gone[(wid, incarnation)] = None
+        while len(self._gone) > GONE_KEPT:
+            del self._gone[next(iter(self._gone))]
         for rid, target in list(self._targets.items()):
             fut = self._pending.get(rid)
             if target == (wid, incarnation) and fut is not None and not fut.done():
@@ -295,7 +308,7 @@ class MediaClient:
             "reply_to": self.reply_to,
         }
         try:
-            await self._publish(wid, encode(message), fut)
+            await self._publish(wid, incarnation, encode(message), fut)
             try:
                 async with asyncio.timeout(self.timeout):
                     reply: Mapping[str, Any] = await fut
@@ -311,15 +324,21 @@ class MediaClient:
         _raise(wid, reply.get("error") or {})
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _publish(self, wid: str, payload: str, fut: asyncio.Future[Any]) -> None:
+    async def _publish(
+        self, wid: str, incarnation: str, payload: str, fut: asyncio.Future[Any]
+    ) -> None:
         """Publish a request to the worker's control channel, sent again for
-        :data:`RESUBSCRIBE_GRACE` while nobody hears it (:func:`_heard`). A
-        worker declared gone meanwhile (:meth:`abandon`) ends the wait at once."""
-        failure = await _heard(self.redis, control_channel(wid), payload, fut.done)
+        :data:`RESUBSCRIBE_GRACE` while nobody hears it (:func:`_heard`), or
+        once for a worker declared gone. A worker declared gone meanwhile
+        (:meth:`abandon`) ends the wait at once."""
+        key = (wid, incarnation)
+        grace = 0.0 if key in self._gone else RESUBSCRIBE_GRACE
+        failure = await _heard(self.redis, control_channel(wid), payload, fut.done, grace)
         if fut.done():
             fut.result()  # abandoned: raises MediaUnavailable("... is gone")
         if failure is not None:
             raise MediaUnavailable(f"media worker {wid}: {failure}")
+        self._gone.pop(key, None)
 
     async def _read(self) -> None:
         assert self._subscription is not None

@@ -276,6 +276,34 @@ async def test_a_worker_declared_gone_ends_the_wait(redis: aioredis.Redis) -> No
         assert time.monotonic() - began < 1.0
 
 
+async def test_a_request_to_a_worker_declared_gone_is_not_sent_again_and_again(
+    redis: aioredis.Redis,
+) -> None:
+    # A call queued behind a move (a room's lane holds the old worker's
+    # handle) must not hold the lane for the resubscribe grace.
+    async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=0.5) as client:
+        client.abandon("gone-0", "inc")
+        began = time.monotonic()
+        with pytest.raises(MediaUnavailable, match="not listening"):
+            await client.remote("gone-0", "inc").ping()
+        assert time.monotonic() - began < RESUBSCRIBE_GRACE / 3
+        # Back from a cut with the same incarnation, listening again: asked as
+        # usual (this one never answers, so the request times out).
+        back = redis.pubsub()
+        await back.subscribe(registry.control_channel("gone-0"))
+        try:
+            with pytest.raises(MediaUnavailable, match="did not answer"):
+                await client.remote("gone-0", "inc").ping()
+        finally:
+            await back.aclose()
+        # Heard once, it is no longer taken for gone: a request while it does
+        # not listen is sent again for the grace, as to any worker.
+        began = time.monotonic()
+        with pytest.raises(MediaUnavailable, match="not listening"):
+            await client.remote("gone-0", "inc").ping()
+        assert time.monotonic() - began >= RESUBSCRIBE_GRACE * 0.9
+
+
 async def test_a_silent_worker_times_out(redis: aioredis.Redis) -> None:
     silent = redis.pubsub()
     await silent.subscribe(registry.control_channel("silent-0"))
