@@ -86,7 +86,7 @@ from tests.signalling.cluster_world import (
     ROOT,
     SECRET,
     SEEN,
-    STATS,
+    TILES,
     World,
     around,
     chromium_freezes,
@@ -95,7 +95,6 @@ from tests.signalling.cluster_world import (
     ensure_call,
     first_decoded,
     frames_since,
-    freezes,
     ids_of,
     media_workers,
     pcs_connected,
@@ -381,6 +380,7 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     }
     pairs = await receiving(world, pages) if not report["missing"] else []
     report["receivers"] = {p.name: await p.eval(RECEIVERS) for p in pages}
+    report["tiles"] = {p.name: await p.eval(TILES) for p in pages}
     report["same_pages"] = same_pages(world, read)
     report["states_seen"] = {
         n: [s[1] for s in r.get("states", []) if s[0] >= wall0] for n, r in read.items()
@@ -407,24 +407,10 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
     patient = world.pages["patient"]
     failover_before = world.lb.routed[("A", port_b)]
 
-    # What the patient decodes, sampled all along.
-    samples: list[tuple[float, dict[str, int]]] = []
-    done = asyncio.Event()
-
-    async def sample() -> None:
-        while not done.is_set():
-            try:
-                stats = await patient.eval(STATS) or {}
-            except DriverError:
-                stats = {}
-            at = time.monotonic()
-            samples.append(
-                (at, {n: int((stats.get(ids[n]) or {}).get("framesDecoded", 0)) for n in ids})
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), 0.5)
-
-    sampler = asyncio.create_task(sample())
+    # What the patient decodes, sampled all along by the page itself and
+    # stamped by its stats' own clock (RECORD): a driver starved of CPU that
+    # reads late must not count as the patient's video freezing.
+    await patient.eval(RECORD)
     await asyncio.sleep(1.0)
     t0 = time.monotonic()
     wall0 = time.time() * 1000
@@ -444,12 +430,13 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
         await asyncio.sleep(0.1)
     world.mark("pages back")
     await asyncio.sleep(2.0)  # the patient's view a while after, too
-    done.set()
-    await sampler
+    records = {"patient": await patient.eval(RECORD_READ)}
     pairs = await receiving(world, pages) if len(back) == len(on_a) else []
     read = await probes(pages)
-    others = [n for n in ids if n != "patient"]
-    stalls = freezes(samples, others, t0, FREEZE_S)
+    others = {n: pid for n, pid in ids.items() if n != "patient"}
+    series = decoded_series(records, others, 0)
+    stalls = still(series, wall0 / 1000, FREEZE_S)
+    stalls += chromium_freezes(records, others, wall0, FREEZE_S)
     # What would tell the patient something happened to the others.
     after_kill = [f for f in read["patient"].get("frames", []) if f[0] >= wall0 and f[1] in NEWS]
     report = {
@@ -461,8 +448,9 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
         },
         "failover_connections": world.lb.routed[("A", port_b)] - failover_before,
         "same_pages": same_pages(world, read),
-        "patient_samples": len(samples),
+        "patient_samples": {k: len(v) for k, v in series.items()},
         "patient_stalls": stalls,
+        "patient_gaps": {k: _longest(v, wall0 / 1000) for k, v in series.items()},
         "frames_after_kill": frames_since(read, wall0, SEEN),
         "patient_disturbed": after_kill
         + [s for s in read["patient"].get("states", []) if s[0] >= wall0],

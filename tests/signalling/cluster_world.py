@@ -149,6 +149,20 @@ RECEIVERS = """(async () => { const out = {};
     });
   }
   return out; })()"""
+# What each remote participant's tile shows: per tile key, [paused,
+# readyState, videoWidth, currentTime, frames the element presented
+# (getVideoPlaybackQuality), its video track's id and readyState, when its
+# frame callback last fired (ms ago), the tile's classes]. With RECEIVERS it
+# tells a tile that stopped showing frames from a watch that stopped seeing.
+TILES = """(() => { const out = {};
+  document.querySelectorAll('figure.tile[data-key] > video').forEach((v) => {
+    const t = v.srcObject ? v.srcObject.getVideoTracks()[0] : null;
+    out[v.parentElement.dataset.key] = [v.paused, v.readyState, v.videoWidth,
+      Math.round(v.currentTime * 10) / 10, v.getVideoPlaybackQuality().totalVideoFrames,
+      t ? t.id : null, t ? t.readyState : null,
+      v.__called ? Date.now() - v.__called : null, v.parentElement.className];
+  });
+  return out; })()"""
 # The UDP port of the worker each peer connection is connected to.
 MEDIA_PORTS = """(async () => { const c = window.wadudCall, out = {};
   for (const [k, pc] of [['publish', c.publishPc], ['subscribe', c.subscribePc]]) {
@@ -173,6 +187,9 @@ PCS_REPLACED = """(() => { const c = window.wadudCall, pub = c.publishPc, sub = 
   return !!(pub && sub && !pub.__before && !sub.__before); })()"""
 #: How often a page looks for new tiles and at its connections' states (ms).
 WATCH_MS = 100
+#: A tile's frame callbacks quiet this long are asked for again (ms): below
+#: STALL_S, so a lost callback cannot pass for a stall, or hide a recovery.
+REARM_MS = 250
 # When each remote participant's video tile shows a new frame
 # (requestVideoFrameCallback on the call page's own <video>, stamped with the
 # page's Date.now()) and how each of the page's peer connections stands: a
@@ -184,12 +201,20 @@ DECODE_WATCH = f"""(() => {{
   const c = window.wadudCall;
   const w = window.__decodes = {{frames: {{}}, pcs: [], last: {{}}}};
   let ids = 0;
+  // A chain of requestVideoFrameCallback per tile. Chromium drops a pending
+  // callback now and then (seen when the page re-lays out its tiles after a
+  // media move: the page's receivers decoded every peer while a tile's
+  // chain had stopped for good), so a chain quiet for REARM_MS is replaced
+  // by a new one; the old one, if it ever fires, ends there.
   const watch = (video, pid) => {{
-    if (video.__watched) return;
-    video.__watched = true;
+    if (video.__chain && Date.now() - video.__called < {REARM_MS}) return;
+    const chain = video.__chain = (video.__chain || 0) + 1;
+    video.__called = Date.now();
     const seen = w.frames[pid] || (w.frames[pid] = []);
     const shown = () => {{
-      seen.push(Date.now());
+      if (video.__chain !== chain) return;
+      video.__called = Date.now();
+      seen.push(video.__called);
       if (seen.length > 12000) seen.splice(0, 6000);
       video.requestVideoFrameCallback(shown);
     }};
@@ -486,21 +511,13 @@ FREEZE_S = 1.5
 FAILOVER_FREEZE_S = 3.0
 
 
-def freezes(
-    samples: list[tuple[float, dict[str, int]]], names: list[str], t0: float, least: float
-) -> list[dict[str, Any]]:
-    """Spans of at least ``least`` seconds over which a participant's
-    decoded frame count (``samples``: time, count by name) was seen not to
-    rise (from the first sample of a count to the last with the same
-    count), each with its start and length relative to ``t0``."""
-    series = {name: [(at, counts[name]) for at, counts in samples] for name in names}
-    return still(series, t0, least)
-
-
 def still(
     series: dict[str, list[tuple[float, int]]], t0: float, least: float
 ) -> list[dict[str, Any]]:
-    """:func:`freezes` over one series of (time, count) per name."""
+    """Spans of at least ``least`` seconds over which a decoded frame count
+    (``series``: (time, count) per name) was seen not to rise (from the
+    first sample of a count to the last with the same count), each with its
+    start and length relative to ``t0``."""
     found: list[dict[str, Any]] = []
     for name, points in series.items():
         runs: list[tuple[float, float, int]] = []  # (first seen, last seen, count)
