@@ -91,12 +91,16 @@ RESUME_AFTER = 3.0
 DYNACAST_DELAY = 5.0
 #: A layer that sent nothing for this long is not offered (the publisher stopped it).
 STALE = 2.0
-#: A layer that sent nothing for this long while another layer of its track
-#: still arrives is not offered either: its publisher stopped that layer alone
-#: (a browser short of CPU or uplink drops its top layers first), and a
-#: subscriber on it sees a frozen picture. Two of ``_measure``'s readings;
-#: every layer of a sending track carries a packet each frame.
-QUIET = 1.0
+#: A layer whose last packet came this long before another layer's of its
+#: track is not offered either: its publisher stopped that layer alone (a
+#: browser short of CPU or uplink drops its top layers first), and a
+#: subscriber on it sees a frozen picture until it moves down. Compared by
+#: each layer's last packet's arrival (``_measure``), not by the ticks that
+#: read them: every layer of a sending track carries a packet each frame, so
+#: half a second behind is fifteen frames at 30 fps, and a subscriber moves
+#: within QUIET to QUIET + TICK of the stop (it froze 1.6 s with 1.0 s read
+#: at the ticks, and CI's API-kill test counted that as a freeze).
+QUIET = 0.5
 #: Where a subscriber's estimate starts (bits per second).
 START_ESTIMATE = 1_000_000
 #: What a single-layer video counts for when sharing a subscriber's bandwidth.
@@ -428,12 +432,15 @@ class Layers(Core):
                 if stats is None:
                     continue
                 if stats.octets != layer.octets:
+                    # When its last packet came, which this tick reads up
+                    # to TICK later (LayerInfo.seen).
+                    arrival = stats.last_arrival or now
                     if layer.seen > -math.inf:
-                        dt = max(now - layer.seen, TICK)
+                        dt = max(arrival - layer.seen, TICK)
                         rate = (stats.octets - layer.octets) * 8 / dt
                         layer.bitrate = _smoothed(layer.bitrate, rate)
                     layer.octets = stats.octets
-                    layer.seen = now
+                    layer.seen = arrival
 
     def _allocate_room(self, room: Room, now: float) -> None:
         for participant in list(room.participants):

@@ -42,7 +42,7 @@ from rtc.errors import RtpParseError
 from rtc.rtp import payload_range, rtx_original
 from rtc.rtpdump import MAX_PACKET, SegmentHeader, SegmentWriter
 from sfu.control import RecordingOrder
-from sfu.layers import QUIET, STALE
+from sfu.layers import QUIET, STALE, TICK
 from sfu.records import LayerInfo, Peer, Room, Track
 
 __all__ = ["Cut", "Queue", "RoomRecording"]
@@ -58,6 +58,9 @@ SEGMENT_BYTES = 1 << 20
 #: ``LAYER_GIVE_UP``.
 LAYER_WAIT = 1.0
 LAYER_GIVE_UP = 3.0
+#: A layer whose last packet the layers' tick read this long ago has gone
+#: quiet: QUIET, and the TICK by which that reading can lag this one.
+QUIET_NOW = QUIET + TICK
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +189,7 @@ class RoomRecording:
                 state = self.tracks[track_id] = _TrackState(track)
             if not state.ssrc:
                 self._choose_ssrc(state, now)
-            elif state.layer is not None and now - state.layer.seen >= QUIET:
+            elif state.layer is not None and now - state.layer.seen >= QUIET_NOW:
                 self._follow(state, now)
             if not state.rtx and (rtx := state.rtx_ssrc()):
                 # A layer's RTX SSRC is learnt with its first repair.
@@ -251,10 +254,10 @@ class RoomRecording:
         """The recorded layer went quiet (the publisher's link or CPU made it
         drop that layer): record the top layer still flowing, from its next
         keyframe. The remux stitches the layers by arrival time."""
-        fresh = [x for x in state.track.layers if x.ssrc and now - x.seen < QUIET]
+        fresh = [x for x in state.track.layers if x.ssrc and now - x.seen < QUIET_NOW]
         if not fresh:
             return  # nothing flows (a camera turned off): keep waiting on this one
-        # Fresh by QUIET, not STALE: the quiet layer itself is still within
+        # Fresh by QUIET_NOW, not STALE: the quiet layer itself is still within
         # STALE for another second and would be taken again.
         self._by_ssrc.pop(state.ssrc, None)
         self._by_rtx.pop(state.rtx, None)

@@ -331,7 +331,7 @@ class LayerInfo:
         """Measured bits per second (smoothed), 0 before any."""
         self.octets = 0
         self.seen = float("-inf")
-        """When its octet count last moved."""
+        """When its last packet arrived, as the last layers tick read it."""
         self.wanted_at = now
         """Dynacast: when some subscriber last wanted it."""
         self.active = True

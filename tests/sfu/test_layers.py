@@ -438,9 +438,36 @@ async def test_a_layer_its_publisher_stops_alone_is_left_within_quiet(
         if frame % 5 == 0:
             worker.layers.tick(t)
             targets[round(t - start, 1)] = fsub.target
-    # Half of QUIET behind the others is a dip; a whole QUIET, a stop.
-    assert targets == {0.5: 2, 1.0: 1, 1.5: 1}, targets
-    assert QUIET == 1.0 and STALE > 1.5
+    # Its last packet came just before the first tick: by the first tick
+    # after it is QUIET behind the others' (a 100 ms frame gap is a dip,
+    # half a second a stop), the subscriber moves down.
+    assert targets == {0.5: 1, 1.0: 1, 1.5: 1}, targets
+    assert QUIET == 0.5 and STALE > 1.5
+
+
+async def test_a_layer_a_moment_behind_the_others_is_kept(worker: MediaWorker) -> None:
+    """A top layer up to 0.47 s behind the others when the layers are
+    measured (a few frames late, a keyframe of another layer in the way) is
+    a dip, not a stop: the subscriber stays on it."""
+    w = await watched(worker, transport_cc=False)
+    fsub, now = w.fsub, w.now
+    assert fsub.target == 2
+    start = now + TICK
+    worker.layers.tick(start)
+    targets = []
+    for frame in range(1, 61):  # 30 frames a second for two seconds
+        t = start + frame / 30
+        for index, rid in enumerate("qhf"):
+            if rid == "f" and (17 <= frame <= 30 or 32 <= frame <= 45):
+                # The top layer's last frames before the measurements at
+                # 1.0 s and 1.5 s came 0.47 s before each.
+                continue
+            packet = vp8_packet(LAYERS[index], 1 + frame, 3000 * frame, 1 + frame, key=False,
+                                ext=rid_ext(rid))  # fmt: skip
+            worker._route(w.pub, packet, t)
+        worker.layers.tick(t)
+        targets.append(fsub.target)
+    assert set(targets) == {2}, targets
 
 
 async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker) -> None:
