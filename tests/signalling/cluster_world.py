@@ -615,6 +615,48 @@ def around(
     }
 
 
+#: Each room track's participant, as a page knows them.
+TRACK_OWNERS = """Object.fromEntries([...window.wadudCall.roomTracks].map(
+  ([id, t]) => [id, t.participant]))"""
+
+
+def bandwidth_pauses(
+    read: dict[str, Any], owners: dict[str, dict[str, str]], ids: dict[str, str]
+) -> dict[str, list[tuple[float, float]]]:
+    """Per "page<-peer": the spans (ms since the epoch, the page's clock)
+    over which the page had been told the peer's video was paused for
+    bandwidth (``track_paused``, the PROBE's frames; a span still open ends
+    at infinity). ``owners``: each page's TRACK_OWNERS."""
+    names = {pid: name for name, pid in ids.items()}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for page, r in read.items():
+        since: dict[str, tuple[str, float]] = {}
+        for at, kind, who, *_ in (r or {}).get("frames", []):
+            if kind != "track_paused":
+                continue
+            track, paused, reason = who.rsplit(":", 2)
+            peer = names.get((owners.get(page) or {}).get(track, ""))
+            if peer is None:
+                continue
+            if paused == "true" and reason == "bandwidth":
+                since.setdefault(track, (f"{page}<-{peer}", at))
+            elif paused == "false" and track in since:
+                key, began = since.pop(track)
+                out.setdefault(key, []).append((began, at))
+        for key, began in since.values():
+            out.setdefault(key, []).append((began, math.inf))
+    return out
+
+
+def announced(stall: dict[str, Any], pauses: dict[str, list[tuple[float, float]]],
+              wall0: float) -> bool:  # fmt: skip
+    """Whether a ``stall`` (seconds after ``wall0``, ms) overlaps a span in
+    which its page had been told the peer's video was paused for bandwidth."""
+    start = wall0 + stall["at"] * 1000
+    end = start + stall["seconds"] * 1000
+    return any(a <= end and b >= start for a, b in pauses.get(stall["from"], []))
+
+
 def _freeze(name: str, first: float, last: float, frames: int, t0: float) -> dict[str, Any]:
     return {"from": name, "at": round(first - t0, 2), "seconds": round(last - first, 2),
             "frames": frames}  # fmt: skip
