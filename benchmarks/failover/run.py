@@ -89,6 +89,10 @@ def one_run(driver: Driver, n: int) -> dict[str, Any]:
         "same_pages": report.get("same_pages"),
         # Each page's frames and requests after the kill, for reading a slow run.
         "signalling": report.get("frames_after_kill"),
+        # What each page's receivers decoded and its tiles presented, for a
+        # pair that did not come back (tests/signalling/cluster_world.py).
+        "receivers": report.get("receivers"),
+        "tiles": report.get("tiles"),
         "timings": report.get("timings"),
     }
     phases = report.get("phases") or {}

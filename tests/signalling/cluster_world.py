@@ -187,35 +187,31 @@ PCS_REPLACED = """(() => { const c = window.wadudCall, pub = c.publishPc, sub = 
   return !!(pub && sub && !pub.__before && !sub.__before); })()"""
 #: How often a page looks for new tiles and at its connections' states (ms).
 WATCH_MS = 100
-#: A tile's frame callbacks quiet this long are asked for again (ms): below
-#: STALL_S, so a lost callback cannot pass for a stall, or hide a recovery.
-REARM_MS = 250
 # When each remote participant's video tile shows a new frame
 # (requestVideoFrameCallback on the call page's own <video>, stamped with the
-# page's Date.now()) and how each of the page's peer connections stands: a
-# recovery is timed by the page, not by when the driver happens to ask over
-# CDP, and without getStats, which runs on the same WebRTC thread as the
-# page's negotiation and would slow what it measures on a busy machine.
+# page's Date.now()), which track it shows (each change of the tile's video
+# track, from its first frame), and how each of the page's peer connections
+# stands: a recovery is timed by the page, not by when the driver happens
+# to ask over CDP, and without getStats, which runs on the same WebRTC
+# thread as the page's negotiation and would slow what it measures on a
+# busy machine.
 DECODE_WATCH = f"""(() => {{
   if (window.__decodes) return true;
   const c = window.wadudCall;
-  const w = window.__decodes = {{frames: {{}}, pcs: [], last: {{}}}};
+  const w = window.__decodes = {{frames: {{}}, tracks: {{}}, pcs: [], last: {{}}}};
   let ids = 0;
-  // A chain of requestVideoFrameCallback per tile. Chromium drops a pending
-  // callback now and then (seen when the page re-lays out its tiles after a
-  // media move: the page's receivers decoded every peer while a tile's
-  // chain had stopped for good), so a chain quiet for REARM_MS is replaced
-  // by a new one; the old one, if it ever fires, ends there.
   const watch = (video, pid) => {{
-    if (video.__chain && Date.now() - video.__called < {REARM_MS}) return;
-    const chain = video.__chain = (video.__chain || 0) + 1;
-    video.__called = Date.now();
+    if (video.__watched) return;
+    video.__watched = true;
     const seen = w.frames[pid] || (w.frames[pid] = []);
+    const tracks = w.tracks[pid] || (w.tracks[pid] = []);
     const shown = () => {{
-      if (video.__chain !== chain) return;
-      video.__called = Date.now();
-      seen.push(video.__called);
+      const now = video.__called = Date.now();
+      seen.push(now);
       if (seen.length > 12000) seen.splice(0, 6000);
+      const track = video.srcObject ? video.srcObject.getVideoTracks()[0] : null;
+      const id = track ? track.id : '';
+      if (!tracks.length || tracks[tracks.length - 1][1] !== id) tracks.push([now, id]);
       video.requestVideoFrameCallback(shown);
     }};
     video.requestVideoFrameCallback(shown);
@@ -241,7 +237,7 @@ DECODE_WATCH = f"""(() => {{
 DECODE_READ = """((since) => { const w = window.__decodes; if (!w) return null;
   const frames = {};
   for (const [pid, seen] of Object.entries(w.frames)) frames[pid] = seen.filter((t) => t >= since);
-  return {frames, pcs: w.pcs.filter((p) => p[0] >= since)}; })"""
+  return {frames, tracks: w.tracks, pcs: w.pcs.filter((p) => p[0] >= since)}; })"""
 
 
 @dataclass
@@ -425,16 +421,27 @@ STALL_S = 0.5
 SUSTAIN_S = 1.0
 
 
-def decoding_again(shown: list[float], wall0: float) -> float | None:
+def decoding_again(
+    shown: list[float], wall0: float, tracks: list[list[Any]] | None = None
+) -> float | None:
     """Seconds from ``wall0`` (ms, the machine's clock) to the first frame a
-    tile showed after a stall that ended after ``wall0``, if frames then
-    kept coming for SUSTAIN_S; None if not (yet). ``shown``: the page's
-    stamps (ms) of each frame the tile showed (DECODE_WATCH)."""
+    tile showed of a track it took after ``wall0`` (``tracks``: when the
+    tile first showed each track, DECODE_WATCH), else after a stall that
+    ended after ``wall0``, if frames then kept coming for SUSTAIN_S; None if
+    not (yet). ``shown``: the page's stamps (ms) of each frame the tile
+    showed. By the track when there is a new one: a page that had its new
+    connections up within half a second showed the new track's first frame
+    less than STALL_S after the old one's last, and counted as never back
+    (rehearsal ci7, and CI, with every page's receivers decoding)."""
     stall, sustain = STALL_S * 1000, SUSTAIN_S * 1000
+    new = next((at for at, _ in tracks or [] if at >= wall0), None)
     start: float | None = None
     prev: float | None = None
     for at in sorted(shown):
-        if at >= wall0 and (prev is None or at - prev >= stall):
+        gap = prev is None or at - prev >= stall
+        # The new track's first frame, or (without one) a frame after a stall.
+        fresh = at >= new and (start is None or gap) if new is not None else at >= wall0 and gap
+        if fresh:
             start = at
         elif start is not None and prev is not None and at - prev >= stall:
             start = None
@@ -451,9 +458,12 @@ def recovery_of(
     out: dict[str, float | None] = {}
     for name, read in decodes.items():
         frames = (read or {}).get("frames") or {}
+        tracks = (read or {}).get("tracks") or {}
         for peer, pid in ids.items():
             if peer != name:
-                out[f"{name}<-{peer}"] = decoding_again(frames.get(pid) or [], wall0)
+                out[f"{name}<-{peer}"] = decoding_again(
+                    frames.get(pid) or [], wall0, tracks.get(pid)
+                )
     return out
 
 
