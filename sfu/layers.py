@@ -98,8 +98,7 @@ STALE = 2.0
 #: each layer's last packet's arrival (``_measure``), not by the ticks that
 #: read them: every layer of a sending track carries a packet each frame, so
 #: half a second behind is fifteen frames at 30 fps, and a subscriber moves
-#: within QUIET to QUIET + TICK of the stop (it froze 1.6 s with 1.0 s read
-#: at the ticks, and CI's API-kill test counted that as a freeze).
+#: within QUIET to QUIET + TICK of the stop.
 QUIET = 0.5
 #: Where a subscriber's estimate starts (bits per second).
 START_ESTIMATE = 1_000_000

@@ -270,7 +270,7 @@ class MediaClient:
         goes on at once. Until it is heard again, a request made to it later
         is published once, without :data:`RESUBSCRIBE_GRACE`: a room's lane
         calls one at a time, and a call queued to a killed worker just before
-        its room moved held the room's whole recovery for the grace. Heard,
+        its room moved would hold the room's whole recovery for the grace. Heard,
         it is asked as usual: a worker cut off from Redis long enough to be
         declared gone comes back with the same incarnation."""
         self._gone[(wid, incarnation)] = None

@@ -429,10 +429,9 @@ def decoding_again(
     tile first showed each track, DECODE_WATCH), else after a stall that
     ended after ``wall0``, if frames then kept coming for SUSTAIN_S; None if
     not (yet). ``shown``: the page's stamps (ms) of each frame the tile
-    showed. By the track when there is a new one: a page that had its new
-    connections up within half a second showed the new track's first frame
-    less than STALL_S after the old one's last, and counted as never back
-    (rehearsal ci7, and CI, with every page's receivers decoding)."""
+    showed. By the track when there is a new one: a page whose new
+    connections are up within half a second shows the new track's first
+    frame less than STALL_S after the old one's last, with no stall between."""
     stall, sustain = STALL_S * 1000, SUSTAIN_S * 1000
     new = next((at for at, _ in tracks or [] if at >= wall0), None)
     start: float | None = None
@@ -515,8 +514,7 @@ FREEZE_S = 1.5
 #: The longest freeze the Redis failover scenario allows. Under a loaded
 #: machine (CI: two busy chains beside it) a page's Chromium drops a simulcast
 #: layer for CPU; its subscribers move down once the layer is sfu.layers.QUIET
-#: behind the others and a keyframe of the lower one comes (it was STALE,
-#: 2 s, when this bound was set: about 2-2.6 s in all), on a publisher
+#: behind the others and a keyframe of the lower one comes, on a publisher
 #: whatever Redis does. Seen in three runs in a row with the failover itself
 #: causing nothing (no move, no takeover). The bandwidth pauses a starved
 #: machine also brings (sfu.layers.PAUSE_AFTER) are the other freezes seen.

@@ -337,7 +337,7 @@ async def scenario(world: World, shots: Shots) -> dict[str, Any]:
     me = await participant_id(doctor)
     # Given and read in one evaluation: the real server's own quality
     # frames (every second) would otherwise replace the given ones between
-    # two evaluations (CI saw 'excellent' where 'poor' was given).
+    # two evaluations.
     out["events"] = await doctor.eval(
         server_frame(type="connection_quality", participant_id=pid, quality="poor")
         + server_frame(type="connection_quality", participant_id=rid, quality="excellent")

@@ -50,7 +50,7 @@ def test_a_call_carries_on_through_a_redis_failover(cluster: Driver) -> None:
     # the page had been told was for bandwidth (report["bandwidth_paused"]):
     # the SFU's estimate of a CPU-starved page's downlink pauses its video
     # 2 s into a shortfall and resumes it 3 s later, whatever Redis does
-    # (the RTP the SFU sent, captured in rehearsal, never waited on Redis).
+    # (the forwarding path never awaits Redis).
     assert report["stalls"] == [], f"freezes of {FAILOVER_FREEZE_S} s or more: {report}"
     # The pages' samples span the failover, from before the kill.
     assert report["sampled"][0] < 0 < report["failover_s"] < report["sampled"][1], report

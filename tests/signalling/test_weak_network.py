@@ -169,8 +169,7 @@ async def test_tile_size_and_visibility_pick_layers(database_url: str, tmp_path:
     assert result["top_rise"] == 0, result
     # The low layer goes on: still active at the encoder and sending. Its
     # rate is the encoder's frame rate, which a busy machine's Chromium
-    # lowers (rehearsal ci9: 48 packets in the 3 s), so a few frames a
-    # second count, not a camera's thirty.
+    # lowers, so a few frames a second count, not a camera's thirty.
     assert result["encodings"]["q"] is True and result["low_rise"] > 10, result
     assert result["encodings"]["f"] is False, result
     assert result["hidden"]["video_packets"] <= 3, result

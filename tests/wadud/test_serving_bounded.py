@@ -1,10 +1,10 @@
 """A stop's cleanup ends within bounds whatever one step waits on
 (wadud.serving.bounded), and says where that step waited.
 
-In rehearsal ci7 a drained media worker with no room on it never finished
-closing what it had opened: the supervisor killed it 30 s later and the node
-exited 1, with no word of what it waited on. The worker's exit stack is now
-unwound through ``bounded``, like an HTTP role's cleanup contexts.
+A drained media worker's exit stack is unwound through ``bounded``, like an
+HTTP role's cleanup contexts: a close that waits on a peer must not hold the
+drain until the supervisor kills the worker and the node exits 1, and the
+log must say what it waited on.
 """
 
 from __future__ import annotations
