@@ -9,15 +9,13 @@ session has ended, neither process may be running.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.inner import inner_session
 
 CRASHING = '''
 import os, signal, subprocess, sys
@@ -58,35 +56,8 @@ def test_nothing_a_crashed_worker_started_outlives_the_session(tmp_path: Path) -
     (tmp_path / "test_crash.py").write_text(textwrap.dedent(CRASHING))
     pids = tmp_path / "pids"
     pids.touch()
-    env = {"PYTHONPATH": str(ROOT), "REAPER_PIDS": str(pids), "PATH": "/usr/bin:/bin"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "1",
-            "--max-worker-restart",
-            "0",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:randomly",
-            "--rootdir",
-            str(tmp_path),
-            # A temp root of its own: pytest makes the shared one
-            # (/tmp/pytest-of-USER) private again when a session starts, and
-            # the suite's PostgreSQL, run as user pgserver under it, lost its
-            # data folder (PANIC: pg_control: Permission denied).
-            "--basetemp",
-            str(tmp_path / "inner"),
-            str(tmp_path),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
+    run = inner_session(
+        tmp_path, "-n", "1", "--max-worker-restart", "0", env={"REAPER_PIDS": str(pids)}
     )
     out = run.stdout + run.stderr
     assert "crashed" in out, out  # the worker really died mid-test

@@ -8,12 +8,10 @@ end of its output. A session of its own, on a pytest-xdist worker as
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.inner import inner_session
 
 FAILS_ONCE = """
 import os
@@ -29,32 +27,8 @@ def test_fails_the_first_time():
 def test_a_rerun_is_named_with_its_failure(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.summary"]\n')
     (tmp_path / "test_once.py").write_text(textwrap.dedent(FAILS_ONCE))
-    env = {"PYTHONPATH": str(ROOT), "SUMMARY_MARK": str(tmp_path / "mark"), "PATH": "/usr/bin:/bin"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "1",
-            "--reruns",
-            "1",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:randomly",
-            "--rootdir",
-            str(tmp_path),
-            # A temp root of its own (see tests/test_reaper.py).
-            "--basetemp",
-            str(tmp_path / "inner"),
-            str(tmp_path),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
+    run = inner_session(
+        tmp_path, "-n", "1", "--reruns", "1", env={"SUMMARY_MARK": str(tmp_path / "mark")}
     )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
