@@ -174,20 +174,15 @@ async def bounded(cleanup: Coroutine[Any, Any, Any], within: float) -> None:
 
 def _waiting_at(task: asyncio.Task[Any]) -> str:
     """Where ``task`` waits: each coroutine it awaits through, outermost
-    first, as ``function (file:line)``, into a task it awaits too (a
-    suspended task's own stack shows only its outermost frame)."""
+    first, as ``function (file:line)``, down to the first awaitable that is
+    not a coroutine (a future, a lock's waiter). A suspended task's own
+    stack shows only its outermost frame."""
     frames: list[str] = []
     awaited: Any = task.get_coro()
-    while awaited is not None and len(frames) < 40:
-        if isinstance(awaited, asyncio.Task):
-            awaited = awaited.get_coro()
-            continue
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
-        if frame is None:
-            break
+    while (frame := getattr(awaited, "cr_frame", None)) is not None and len(frames) < 40:
         code = frame.f_code
         frames.append(f"{code.co_name} ({os.path.basename(code.co_filename)}:{frame.f_lineno})")
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        awaited = awaited.cr_await
     return " > ".join(frames) or "?"
 
 

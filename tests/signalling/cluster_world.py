@@ -434,16 +434,14 @@ def decoding_again(
     frame less than STALL_S after the old one's last, with no stall between."""
     stall, sustain = STALL_S * 1000, SUSTAIN_S * 1000
     new = next((at for at, _ in tracks or [] if at >= wall0), None)
+    since = wall0 if new is None else new
     start: float | None = None
     prev: float | None = None
     for at in sorted(shown):
+        # A run of frames begins after a stall, or at the new track's first frame.
         gap = prev is None or at - prev >= stall
-        # The new track's first frame, or (without one) a frame after a stall.
-        fresh = at >= new and (start is None or gap) if new is not None else at >= wall0 and gap
-        if fresh:
+        if at >= since and (gap or (start is None and new is not None)):
             start = at
-        elif start is not None and prev is not None and at - prev >= stall:
-            start = None
         if start is not None and at - start >= sustain:
             return round((start - wall0) / 1000, 2)
         prev = at
