@@ -155,13 +155,44 @@ def video_frames(client: Any) -> int:
     return sum(t.frames for t in client.received.values() if t.kind == "video")
 
 
+async def _resume(c: Any) -> str:
+    """Resume ``c`` once; what it did, as a line."""
+    t0 = time.monotonic()
+    try:
+        await c.resume()
+    except Exception as exc:
+        return f"{c.label} failed after {time.monotonic() - t0:.1f} s: {exc!r}"
+    return f"{c.label} resumed in {time.monotonic() - t0:.1f} s"
+
+
+#: Seconds a client waits after a failed resume before it tries again.
+RESUME_RETRY = 1.0
+
+
 @dataclass
 class Party:
-    """aiortc participants on one host's loop."""
+    """aiortc participants on one host's loop. Each resumes by itself as
+    soon as the server closes its WebSocket for it to come back, as the
+    call page does: resumed only when a test looked, a client dropped just
+    after a look stayed away for the whole next window it was measured in."""
 
     world: World
     host: str
     clients: list[Any] = field(default_factory=list)
+    #: What the clients did on being dropped, not yet reported (resume_dropped).
+    resumed: list[str] = field(default_factory=list)
+    _watchers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _resume_when_dropped(self, c: Any) -> None:
+        """On the host's loop, for as long as ``c`` is in the call."""
+        while c.state != "closed":
+            with contextlib.suppress(TimeoutError):
+                await c.wait_until(lambda: c.state in ("disconnected", "closed"), within=3600)
+            if c.state == "disconnected":
+                line = await _resume(c)
+                self.resumed.append(f"{time.strftime('%H:%M:%S')} {line}")
+                if c.state == "disconnected":
+                    await asyncio.sleep(RESUME_RETRY)
 
     async def links(
         self, room: str, who: str, *, publish: bool, count: int = 1, home: str = ""
@@ -186,11 +217,11 @@ class Party:
             links = await self.links(room, who, publish=publish, count=count, home=home)
 
         async def go() -> list[Any]:
-            return list(
-                await asyncio.gather(
-                    *(_open_client(link, f"{who}-{i}", publish) for i, link in enumerate(links))
-                )
+            clients = await asyncio.gather(
+                *(_open_client(link, f"{who}-{i}", publish) for i, link in enumerate(links))
             )
+            self._watchers += [asyncio.create_task(self._resume_when_dropped(c)) for c in clients]
+            return list(clients)
 
         self.clients += await self.world.regions.run_in(self.host, go)
 
@@ -211,20 +242,12 @@ class Party:
             await asyncio.sleep(0.3)
 
     async def resume_dropped(self) -> list[str]:
-        """Resume, at once, each client whose WebSocket the server closed for
-        it to come back (as the call page does by itself); what each did."""
-
-        async def resume(c: Any) -> str:
-            t0 = time.monotonic()
-            try:
-                await c.resume()
-            except Exception as exc:
-                return f"{c.label} failed after {time.monotonic() - t0:.1f} s: {exc!r}"
-            return f"{c.label} resumed in {time.monotonic() - t0:.1f} s"
+        """What the clients did on being dropped since the last call, each
+        line stamped with when it was done."""
 
         async def go() -> list[str]:
-            dropped = [c for c in self.clients if c.state == "disconnected"]
-            return list(await asyncio.gather(*(resume(c) for c in dropped)))
+            lines, self.resumed[:] = list(self.resumed), []
+            return lines
 
         return await self.world.regions.run_in(self.host, go)
 
@@ -258,10 +281,14 @@ class Party:
 
     async def close(self) -> None:
         async def go() -> None:
+            for task in self._watchers:
+                task.cancel()
+            await asyncio.gather(*self._watchers, return_exceptions=True)
             await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
 
         with contextlib.suppress(Exception):
             await self.world.regions.run_in(self.host, go)
+        self._watchers.clear()
         self.clients.clear()
 
 
