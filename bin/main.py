@@ -453,30 +453,43 @@ def link_base(url: str | None, settings: config.Settings) -> str:
     return settings.base_url
 
 
-def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
+def join_link(
+    settings: config.Settings,
+    room: str,
+    identity: str,
+    role: str,
+    *,
+    name: str = "",
+    region: str = "",
+    home: str = "",
+    ttl: float = 3600,
+    url: str | None = None,
+) -> str:
+    """A join link for ``room`` whose token the servers of ``settings``
+    accept (what `wadud token` prints); ConfigError for a bad argument."""
     import datetime as dt
     from urllib.parse import quote
 
     from wadud.auth import RoomGrant, issue_room_token
 
-    for what, value in (("--room", args.room), ("--identity", args.identity)):
+    for what, value in (("--room", room), ("--identity", identity)):
         if not value or len(value) > _NAME_MAX or not value.isprintable():
             raise ConfigError(f"{what} must be 1 to {_NAME_MAX} printable characters")
-    if args.ttl <= 0:
+    if ttl <= 0:
         raise ConfigError("--ttl must be a positive number of seconds")
     # The secret that `wadud serve` verifies with: configured, or kept under
     # the data folder (created here first if serve has not run yet).
     settings = settings.with_secret()
     grant = RoomGrant(
-        room=args.room,
-        identity=args.identity,
-        name=args.name,
-        role=args.role,
+        room=room,
+        identity=identity,
+        name=name,
+        role=role,
         publish=True,
         subscribe=True,
-        admin=args.role in ("doctor", "staff"),
-        region=args.region,
-        home=args.home,
+        admin=role in ("doctor", "staff"),
+        region=region,
+        home=home,
     )
     now = dt.datetime.now(dt.UTC)
     token = issue_room_token(
@@ -484,10 +497,25 @@ def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
         grant,
         # A minute back, so a server whose clock is a little behind accepts it.
         not_before=now - dt.timedelta(seconds=60),
-        expires=now + dt.timedelta(seconds=args.ttl),
+        expires=now + dt.timedelta(seconds=ttl),
     )
-    base = link_base(args.url, settings)
-    print(f"{base}/call/{quote(args.room, safe='')}?token={token}")
+    return f"{link_base(url, settings)}/call/{quote(room, safe='')}?token={token}"
+
+
+def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
+    print(
+        join_link(
+            settings,
+            args.room,
+            args.identity,
+            args.role,
+            name=args.name,
+            region=args.region,
+            home=args.home,
+            ttl=args.ttl,
+            url=args.url,
+        )
+    )
     return 0
 
 

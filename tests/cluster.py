@@ -447,28 +447,21 @@ class Cluster:
         region: str | None = None,
         home: str = "",
     ) -> str:
-        """A join link from ``wadud token``, under ``public_url`` (a front of
-        the load balancer, say), naming ``name`` (else the identity: a link
-        without a name makes the page ask for one before Join); ``home``: the
-        region whose own control plane holds the room."""
-        argv = [WADUD, "token", "--room", room, "--identity", identity, "--role", role]
-        argv += ["--name", name or identity]
-        if region:
-            argv += ["--region", region]
-        if home:
-            argv += ["--home", home]
-        env = self.env(WADUD_PUBLIC_URL=public_url or self.public_url)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        """A join link as ``wadud token`` prints it for this cluster's
+        configuration, under ``public_url`` (a front of the load balancer,
+        say), naming ``name`` (else the identity: a link without a name makes
+        the page ask for one before Join); ``home``: the region whose own
+        control plane holds the room. Minted in this process by the function
+        the command prints (tests/signalling/test_token_cli.py runs the
+        command): a process per link, a second and more of CPU on a loaded
+        machine, starved the media of the calls already running."""
+        from bin.main import join_link
+        from wadud.config import sources
+
+        settings = sources.load(env=self.env(WADUD_PUBLIC_URL=public_url or self.public_url))
+        return join_link(
+            settings, room, identity, role, name=name or identity, region=region or "", home=home
         )
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        if proc.returncode != 0:
-            raise ClusterError(f"wadud token exited {proc.returncode}: {err.decode()[-2000:]}")
-        return out.decode().strip().splitlines()[-1]
 
     async def close(self) -> dict[str, int | None]:
         """Stop every process (SIGTERM, then SIGKILL of the group); their exit codes."""
