@@ -107,15 +107,22 @@ async def _growing(parties: list[Party], window: float) -> list[list[int]]:
         for line in await party.resume_dropped():
             print(line)
     before = [await p.video_from() for p in parties]
+    media = [await p.media() for p in parties]
     await asyncio.sleep(window)
     after = [await p.video_from() for p in parties]
-    return [
+    seen = [
         [
             sum(1 for pid, n in now.items() if n > then.get(pid, 0))
             for then, now in zip(old, new, strict=True)
         ]
         for old, new in zip(before, after, strict=True)
     ]
+    for party, counts, then in zip(parties, seen, media, strict=True):
+        if 0 in counts:
+            print(
+                f"{time.strftime('%H:%M:%S')} {party.host} nothing new: {then} -> {await party.media()}"
+            )
+    return seen
 
 
 async def _everyone_sees(parties: list[Party], others: int, within: float) -> float:

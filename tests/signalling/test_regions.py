@@ -266,6 +266,50 @@ class Party:
 
         return await self.world.regions.run_in(self.host, read)
 
+    async def media(self) -> list[dict[str, Any]]:
+        """Per client, what its connections carried: each video track it
+        receives (frames, seconds since the last, RTP packets in) and the
+        video packets it sent, to tell a sender that stopped from a path that
+        did or a decoder that fell behind."""
+
+        async def packets(source: Any, kind: str) -> int:
+            if source is None:
+                return 0
+            report = await source.getStats()
+            return sum(
+                s.packetsReceived if kind == "inbound-rtp" else s.packetsSent
+                for s in report.values()
+                if s.type == kind and getattr(s, "kind", "video") == "video"
+            )
+
+        async def read() -> list[dict[str, Any]]:
+            now = time.monotonic()
+            out = []
+            for c in self.clients:
+                pc = c.subscribe_pc
+                by_mid = {t.mid: t for t in (pc.getTransceivers() if pc else [])}
+                tracks = []
+                for t in c.received.values():
+                    if t.kind != "video":
+                        continue
+                    transceiver = by_mid.get(t.mid)
+                    receiver = transceiver.receiver if transceiver else None
+                    last = t.last_frame_at
+                    tracks.append(
+                        {
+                            "from": t.participant[-4:],
+                            "frames": t.frames,
+                            "ago": round(now - last, 2) if last else None,
+                            "active": t.active,
+                            "rtp": await packets(receiver, "inbound-rtp"),
+                        }
+                    )
+                sent = await packets(c.publish_pc, "outbound-rtp")
+                out.append({"me": c.label, "state": c.state, "sent": sent, "received": tracks})
+            return out
+
+        return await self.world.regions.run_in(self.host, read)
+
     async def max_gaps(self, *, reset: bool = False) -> list[float]:
         async def read() -> list[float]:
             out = []
