@@ -209,13 +209,23 @@ async def test_one_track_crosses_once_to_three_subscribers(
     link_b = b.link_of(a.worker_id)
     link_a = a.link_of(b.worker_id)
     assert link_a is not None and link_b is not None
-    snap_a, snap_b = a.snapshot()["relays"], b.snapshot()["relays"]
     # Each packet crosses once: what the middle saw is what A sent on the
-    # link and what B took from it, not three copies.
+    # link and what B took from it, not three copies. Media still flows, so
+    # the three counts agree once B has read what is queued for it (a loaded
+    # machine left 40 packets unread behind the middle's count).
+    def counts() -> tuple[int, int, int]:
+        return a.snapshot()["relays"]["out"], middle.rtp["a->b"], link_b.packets_in
+
+    def crossed_once() -> bool:
+        out, crossed, taken = counts()
+        return abs(out - crossed) <= 5 and abs(taken - crossed) <= 5
+
+    with contextlib.suppress(TimeoutError):
+        await wait_until(crossed_once, within=5)
+    assert crossed_once(), counts()
+    snap_a, snap_b = a.snapshot()["relays"], b.snapshot()["relays"]
     received_from_publisher = fwd_a.stats.received
     assert middle.rtp["a->b"] <= received_from_publisher + fwd_a.stats.retransmitted + 5
-    assert abs(snap_a["out"] - middle.rtp["a->b"]) <= 5
-    assert abs(link_b.packets_in - middle.rtp["a->b"]) <= 5
     assert middle.rtp["b->a"] == 0
     # B counts relayed packets as relay "in", not as received from its own publishers.
     assert b.snapshot()["totals"].get("received", 0) == 0
