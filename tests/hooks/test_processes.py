@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
@@ -52,12 +53,25 @@ def replicas() -> Iterator[list[Hooks]]:
         one.kill()
 
 
+@dataclass
 class SlowReceiver(Receiver):
-    """Takes a while to answer, so the replicas race for the next rows."""
+    """Takes a while to answer, so the replicas race for the next rows.
+    Once it holds ``hold_after`` deliveries, it keeps each further request
+    waiting until :meth:`release`: a replica killed meanwhile dies with
+    deliveries in flight and events still to send, however late the test
+    gets to kill it (48 deliveries take under half a second)."""
+
+    hold_after: int | None = None
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _hook(self, request: web.Request) -> web.Response:
+        if self.hold_after is not None and len(self.got) >= self.hold_after:
+            await self.released.wait()
         await asyncio.sleep(0.03)
         return await super()._hook(request)
+
+    def release(self) -> None:
+        self.released.set()
 
 
 @pytest.fixture
@@ -94,6 +108,7 @@ async def test_two_replicas_send_each_event_once_in_order_and_survive_a_kill(
                     at=dt.datetime.now(dt.UTC).isoformat(),
                     data={"track": {"id": f"t-{n}", "kind": "video"}},
                 )
+    receiver.hold_after = len(ROOMS) * PER_ROOM // 3
     probes = receiver_port()
     replicas.extend([Hooks(settings), Hooks(settings, WADUD_METRICS_LISTEN=f"127.0.0.1:{probes}")])
     for one in replicas:
@@ -101,6 +116,7 @@ async def test_two_replicas_send_each_event_once_in_order_and_survive_a_kill(
     total = len(ROOMS) * PER_ROOM
     await receiver.wait(total // 3, within=60)
     replicas[0].kill()
+    receiver.release()
     deadline = time.monotonic() + 90
     while len({e["id"] for e in receiver.events()}) < total and time.monotonic() < deadline:
         await receiver.wait(len(receiver.got) + 1, within=1)
