@@ -28,6 +28,12 @@ class _PacedTrack(MediaStreamTrack):
         self._count = 0
         self._start: float | None = None
 
+    @property
+    def frames_out(self) -> int:
+        """Frames handed out so far (fewer than real time allows when the
+        encoder that reads them falls behind)."""
+        return self._count
+
     async def _next_frame(self) -> int:
         """Wait until the next frame is due; its index."""
         if self.readyState != "live":

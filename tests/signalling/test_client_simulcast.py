@@ -53,7 +53,8 @@ async def test_subscriber_gets_the_low_layer_then_the_top_one_decoding_throughou
     room = _room()
     doctor = await call.join(room, "dr-sim", role="doctor", admin=True)
     patient = await call.join(room, "pt-sim", sdp_filter=_no_remb)
-    await doctor.publish({"camera": TestPatternVideo(640, 360, fps=15)}, simulcast=True)
+    camera = TestPatternVideo(640, 360, fps=15)
+    await doctor.publish({"camera": camera}, simulcast=True)
     # One track for the room, three layers on the worker.
     assert len(doctor.published) == 1
     await patient.wait_until(lambda: (v := _video(patient, doctor)) is not None and v.frames >= 10)
@@ -79,13 +80,20 @@ async def test_subscriber_gets_the_low_layer_then_the_top_one_decoding_throughou
 
     # The stage: the top layer, and the decoder carries on across the switch.
     switches = len(forwarder.switch_times)
-    frames = video.frames
+    frames, shot = video.frames, camera.frames_out
     asked = time.monotonic()
     await patient.track_view(video.track_id, 640, 360)
     top = await _frames_at(patient, video, 640, within=10)
     assert top - asked < 3.0
     await asyncio.sleep(2.0)
-    assert video.frames - frames >= 30, "frames keep decoding after the switch"
+    # Against what the camera handed its encoders meanwhile: on a loaded
+    # machine the publisher's three encoders fall below 15 frames a second.
+    decoded, shot = video.frames - frames, camera.frames_out - shot
+    assert shot >= 15 and decoded >= 0.8 * shot, (
+        "frames keep decoding after the switch",
+        decoded,
+        shot,
+    )
     assert video.width == 640
     assert video.max_gap < 1.0, f"the decoder stalled {video.max_gap:.2f} s"
     assert len(forwarder.switch_times) > switches
