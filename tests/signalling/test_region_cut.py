@@ -119,9 +119,8 @@ async def _growing(parties: list[Party], window: float) -> list[list[int]]:
     ]
     for party, counts, then in zip(parties, seen, media, strict=True):
         if 0 in counts:
-            print(
-                f"{time.strftime('%H:%M:%S')} {party.host} nothing new: {then} -> {await party.media()}"
-            )
+            now = await party.media()
+            print(f"{time.strftime('%H:%M:%S')} {party.host} nothing new: {then} -> {now}")
     return seen
 
 
