@@ -209,6 +209,7 @@ async def test_one_track_crosses_once_to_three_subscribers(
     link_b = b.link_of(a.worker_id)
     link_a = a.link_of(b.worker_id)
     assert link_a is not None and link_b is not None
+
     # Each packet crosses once: what the middle saw is what A sent on the
     # link and what B took from it, not three copies. Media still flows, so
     # the three counts agree once B has read what is queued for it (a loaded
