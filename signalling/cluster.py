@@ -39,6 +39,8 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from wadud.bus import RENEW_WITHIN, RedisBus, Subscription, encode
 
 log = logging.getLogger("wadud.signalling.cluster")
@@ -117,6 +119,8 @@ class Cluster:
         self._sub: Subscription | None = None
         self._closed = False
         self._seq = 0
+        #: The run id of the Redis server that answered :meth:`server_changed` last.
+        self._server: str | None = None
 
     # -- identity ---------------------------------------------------------------
 
@@ -301,6 +305,23 @@ class Cluster:
                 del self._held[channel]
 
     # -- ownership ------------------------------------------------------------------
+
+    async def server_changed(self) -> bool:
+        """Whether another Redis server answers than at the last call (its
+        run id): the sentinels promoted a replica, or Redis restarted. The
+        client retries a command on a new connection, so a failover between
+        two calls raises nothing; the promoted replica then has every key
+        (its copy) but none of the subscriptions, until each process
+        subscribes again. False at the first call, and where INFO is
+        refused."""
+        try:
+            info = await self.redis.info("server")
+        except ResponseError:
+            return False
+        run_id = info.get("run_id")
+        changed = self._server is not None and run_id != self._server
+        self._server = run_id
+        return changed
 
     async def owner(self, room: str) -> str | None:
         value = await self.redis.get(OWNER_KEY.format(room=room))

@@ -586,6 +586,11 @@ class Replicas:
         return now < self._settle_until
 
     async def _watch_once(self) -> None:
+        if await self.cluster.server_changed():
+            # A failover the client's retries hid from every command: the
+            # media workers' and replicas' subscriptions are coming back.
+            log.warning("another Redis server answers now: settling before judging deaths")
+            self._redis_failed = True
         lost = await self.cluster.renew(list(self._rooms))
         for name in lost:
             room = self._rooms.get(name)

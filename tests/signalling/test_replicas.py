@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
+from redis.exceptions import RedisError
 
 from bin.assembly import build_app
 from signalling import opening
@@ -26,6 +27,7 @@ from tests.polling import wait_until
 from tests.signalling.test_ws import connect, joined, token
 from wadud import auth
 from wadud.auth import RoomGrant
+from wadud.bus import redis_client
 from wadud.config import Settings
 
 
@@ -196,3 +198,28 @@ async def test_a_lease_lost_in_a_failover_does_not_take_the_room_from_its_live_o
                 assert await redis.get(OWNER_KEY.format(room=name)) == owner
         finally:
             await redis.aclose()
+
+
+async def test_another_redis_answering_is_noticed_between_two_rounds(redis_server: Any) -> None:
+    """A Sentinel failover or a Redis restart between two watcher rounds may
+    raise nothing (the client retries on a new connection), yet the server
+    answering knows none of the subscriptions: its run id tells, and the
+    watcher settles before it takes a missing subscriber for a dead worker."""
+    redis = redis_client(redis_server.url, decode_responses=True)
+    cluster = Cluster(redis, lease=1.0)
+    try:
+        assert not await cluster.server_changed()  # the first answer is the mark
+        assert not await cluster.server_changed()
+        redis_server.stop()
+        redis_server.start()
+
+        async def answer() -> str | None:
+            try:
+                return "changed" if await cluster.server_changed() else "same"
+            except RedisError:
+                return None  # a connection to the old server, dropped
+
+        assert await wait_until(answer, within=10) == "changed"
+        assert not await cluster.server_changed()
+    finally:
+        await redis.aclose()
