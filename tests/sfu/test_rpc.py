@@ -301,7 +301,8 @@ async def test_a_request_to_a_worker_declared_gone_is_not_sent_again_and_again(
         began = time.monotonic()
         with pytest.raises(MediaUnavailable, match="not listening"):
             await client.remote("gone-0", "inc").ping()
-        assert time.monotonic() - began >= RESUBSCRIBE_GRACE * 0.9
+        # Given up once the next try (0.4 s apart at most) would pass the grace.
+        assert time.monotonic() - began >= RESUBSCRIBE_GRACE - 0.4
 
 
 async def test_a_silent_worker_times_out(redis: aioredis.Redis) -> None:
