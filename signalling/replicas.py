@@ -579,10 +579,13 @@ class Replicas:
         and media worker writes its key again within a heartbeat and
         subscribes again within the bus's reconnect backoff (2 s at most).
         Until then a room's worker and its participants on other replicas are
-        kept; a worker that drains still moves at once."""
+        kept; a worker that drains still moves at once. After that, a worker
+        whose heartbeat is back is kept while its subscription follows
+        (:meth:`Sites.redis_back`): a starved one took longer than this."""
         if self._redis_failed:
             self._redis_failed = False
             self._settle_until = now + SETTLE_FACTOR * self.cluster.lease
+            self._sites.redis_back(time.time())
         return now < self._settle_until
 
     async def _watch_once(self) -> None:

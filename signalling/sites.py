@@ -63,6 +63,14 @@ RELAY_CHANGES = Counter(
     "Changes to the set of tracks one site of a call room relays to another.",
 )
 
+#: Seconds after Redis came back from an outage that a worker heartbeating
+#: on it, but not yet listening, is kept: its subscription follows within the
+#: bus's reconnect backoff (2 s at most), seconds more on a starved machine.
+RESUBSCRIBE_WITHIN = 20.0
+#: Seconds two machines' clocks may disagree when a worker's heartbeat time
+#: (its clock) is compared with when Redis came back (ours).
+CLOCK_SKEW = 0.5
+
 Pair = tuple[str, str]
 """(sending site's region, receiving site's region)."""
 
@@ -172,6 +180,8 @@ class Sites(Generic[R]):
         self._stranded: set[tuple[str, str]] = set()
         #: Placed workers the last :meth:`went_silent` found nobody listening for.
         self._silent: set[Placed] = set()
+        #: When Redis last came back from an outage (time.time()), see :meth:`redis_back`.
+        self._back_at: float | None = None
 
     def region_of(self, room: R, pid: str) -> str:
         """The site a participant's media goes to (fixed when they first join)."""
@@ -375,6 +385,24 @@ class Sites(Generic[R]):
         self._silent = silent
         return bool(new)
 
+    def redis_back(self, at: float) -> None:
+        """Redis came back from an outage (or another server answers) at
+        ``at`` (time.time()): a worker whose registry entry is written after
+        that is alive, however long its subscription takes to follow."""
+        self._back_at = at
+
+    def _resubscribing(self, info: registry.WorkerInfo) -> bool:
+        """Whether ``info``'s worker, registered but not listening, is alive
+        and subscribing again after the last Redis outage: its heartbeat
+        wrote the entry since Redis came back, within :data:`RESUBSCRIBE_WITHIN`
+        of that. A killed worker's last beat is older than the outage."""
+        back = self._back_at
+        return (
+            back is not None
+            and info.updated >= back - CLOCK_SKEW
+            and time.time() - back < RESUBSCRIBE_WITHIN
+        )
+
     async def check_media(self, *, trust_absence: bool = True) -> None:
         """Sites whose worker died (its registry entry expired, its incarnation
         changed, or nobody listens on its control channel) or drains move to
@@ -399,9 +427,10 @@ class Sites(Generic[R]):
             listening = at.worker in subscribed
             if info is not None and info.incarnation == at.incarnation:
                 self.unregistered.pop(at, None)
-                verdicts[at] = (
-                    "media-lost" if not listening else "media-draining" if info.draining else None
-                )
+                if listening:
+                    verdicts[at] = "media-draining" if info.draining else None
+                else:
+                    verdicts[at] = None if self._resubscribing(info) else "media-lost"
             elif info is None and listening:
                 # Its process still takes requests but its entry is gone: Redis
                 # lost it (a restart) and the next heartbeat writes it again.

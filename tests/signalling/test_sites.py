@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,8 @@ from hypothesis import strategies as st
 
 from sfu import registry
 from sfu.registry import Registration, WorkerInfo
-from signalling.placement import Placement, nearest, parse_distances
-from signalling.sites import Site, Sites, plan
+from signalling.placement import Placed, Placement, nearest, parse_distances
+from signalling.sites import CLOCK_SKEW, Site, Sites, plan
 
 
 def test_each_track_crosses_once_per_receiving_site() -> None:
@@ -242,3 +243,40 @@ async def test_a_worker_that_stops_listening_is_reported_once(redis: aioredis.Re
     # Its subscription is gone (the context closed it): said once, not at every look.
     assert await sites.went_silent()
     assert not await sites.went_silent()
+
+
+async def test_a_worker_back_on_redis_before_its_subscription_is_kept(
+    redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a Redis failover a loaded worker's heartbeat reaches the
+    # promoted replica seconds before its control subscription does: the
+    # room stays. A worker whose last beat is older than the outage's end
+    # is dead, and its room moves (here, with nowhere to go, said once).
+    tag = secrets.token_hex(3)
+    region = f"pk{tag}"
+    room = _Stranded("visit-" + tag)
+    sites: Sites[Any] = Sites(
+        lambda: None,
+        placement=Placement(redis),
+        media_client=None,
+        worker_ttl=3.0,
+        rooms={room.name: room},
+        changed=lambda _room: None,
+        moved=lambda _room, _pids, _reason: None,
+    )
+    info = _worker_in(region)
+    room.sites[region] = Site(region, Placed(info.worker, info.incarnation), media=None)  # type: ignore[arg-type]
+    sites.redis_back(time.time())
+    beating = Registration(redis, info, heartbeat=0.2, ttl=3.0, load=lambda: {})
+    await beating.start()  # written after Redis came back; nobody listens yet
+    with caplog.at_level(logging.ERROR, logger="wadud.signalling.sites"):
+        try:
+            await sites.check_media()
+            assert "no media worker" not in caplog.text
+        finally:
+            await beating.close(delete=False)
+        # Another outage, over a moment after its last beat (as a killed
+        # worker's is: older than the sentinels' failover).
+        sites.redis_back(beating.info.updated + CLOCK_SKEW + 0.1)
+        await sites.check_media()
+    assert "no media worker to move a call room site to" in caplog.text
