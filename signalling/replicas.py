@@ -118,6 +118,9 @@ class Replicas:
         self._taking: dict[str, asyncio.Future[None]] = {}
         #: Rooms whose snapshot must be written (None: forget it).
         self._dirty: dict[str, CallRoom | None] = {}
+        #: Rooms that ended here whose snapshot is not deleted yet: one joined
+        #: again meanwhile starts afresh, not from the ended room's snapshot.
+        self._ended: set[str] = set()
         self._dirty_event = asyncio.Event()
         self._watch_now = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -424,11 +427,13 @@ class Replicas:
         """The room changed: write its snapshot soon."""
         if self._rooms.get(room.name) is room:
             self._dirty[room.name] = room
+            self._ended.discard(room.name)
             self._dirty_event.set()
 
     def forget_room(self, name: str) -> None:
         """The room is over: its snapshot and lease go."""
         self._dirty[name] = None
+        self._ended.add(name)
         self._dirty_event.set()
 
     def snapshot(self, room: CallRoom) -> dict[str, Any]:
@@ -463,8 +468,11 @@ class Replicas:
             try:
                 await self.cluster.save(states)
                 for name, state in states.items():
-                    if state is None and name not in self._rooms:
-                        await self.cluster.disown(name)
+                    if state is None:
+                        if name not in self._dirty:
+                            self._ended.discard(name)
+                        if name not in self._rooms:
+                            await self.cluster.disown(name)
             except Exception as exc:
                 log.warning("room snapshots not written: %s", exc)
                 for name, room in batch.items():
@@ -476,7 +484,10 @@ class Replicas:
         """This replica just became the owner of ``name``: restore it from its
         snapshot, if there is one (its previous owner died or let it go)."""
         data = await self.cluster.load(name)
-        if data is None or name in self._rooms:
+        if data is None or name in self._rooms or name in self._ended:
+            # Ended here a moment ago (its snapshot still being deleted): a
+            # join now is a new call, not that one restored, with the
+            # participants who left and the offers they never answered.
             return
         refs = {p_["conn"] for p_ in data.get("participants", ()) if p_.get("conn")}
         others = {conn_replica(r) for r in refs} - {self.cluster.replica}

@@ -223,3 +223,25 @@ async def test_another_redis_answering_is_noticed_between_two_rounds(redis_serve
         assert not await cluster.server_changed()
     finally:
         await redis.aclose()
+
+
+async def test_a_room_joined_again_as_it_ends_starts_afresh(replicas: list[Api]) -> None:
+    """A room that ended here is deleted from Redis a moment later (the
+    snapshot writer's batch). A join in that moment must start a new call:
+    restored from the ended one's snapshot, it held the participants who had
+    left and their unanswered subscribe offers, and the new subscriber's
+    answer went to that restored room (the cluster soak: every patient of a
+    room that had just ended heard nothing)."""
+    a, _b = replicas
+    name = room()
+    calls = a.app[CALLS]
+    assert calls.replicas is not None
+    async with joined(a, token(a, "dr-amina", "doctor", room=name)):
+        redis = calls.replicas.cluster.redis
+        await wait_until(lambda: redis.get(STATE_KEY.format(room=name)), within=5)
+        # The room ends (as when its last participant leaves), and a join
+        # for it comes before the writer has deleted its snapshot.
+        calls.drop_room(calls.rooms[name])
+        assert await redis.get(STATE_KEY.format(room=name)) is not None
+        assert await calls.replicas.own(name)
+        assert name not in calls.rooms
