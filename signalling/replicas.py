@@ -118,8 +118,8 @@ class Replicas:
         self._taking: dict[str, asyncio.Future[None]] = {}
         #: Rooms whose snapshot must be written (None: forget it).
         self._dirty: dict[str, CallRoom | None] = {}
-        #: Rooms that ended here whose snapshot is not deleted yet: one joined
-        #: again meanwhile starts afresh, not from the ended room's snapshot.
+        #: Rooms that ended here whose snapshot and lease are not let go yet:
+        #: one joined again meanwhile starts afresh and keeps the lease (own).
         self._ended: set[str] = set()
         self._dirty_event = asyncio.Event()
         self._watch_now = asyncio.Event()
@@ -342,12 +342,18 @@ class Replicas:
         """This replica owns room ``name`` now, taking it over if it was free.
         A room being taken over is not owned until it is restored."""
         if name not in self._rooms and name not in self._taking:
+            # Ended here a moment ago, its snapshot and lease not let go yet:
+            # a join now is a new call (the writer keeps the lease for it),
+            # not the ended one restored with the participants who left and
+            # the offers they never answered.
+            again = name in self._ended
+            self._ended.discard(name)
             if (
                 not await self.cluster.claim(name)
                 and await self.cluster.owner(name) != self.cluster.replica
             ):
                 return False
-            if name not in self._rooms and name not in self._taking:
+            if not again and name not in self._rooms and name not in self._taking:
                 restored = self._taking[name] = asyncio.get_running_loop().create_future()
                 try:
                     await self._take_over(name)
@@ -427,7 +433,6 @@ class Replicas:
         """The room changed: write its snapshot soon."""
         if self._rooms.get(room.name) is room:
             self._dirty[room.name] = room
-            self._ended.discard(room.name)
             self._dirty_event.set()
 
     def forget_room(self, name: str) -> None:
@@ -469,10 +474,15 @@ class Replicas:
                 await self.cluster.save(states)
                 for name, state in states.items():
                     if state is None:
-                        if name not in self._dirty:
-                            self._ended.discard(name)
+                        if name not in self._ended:
+                            continue  # joined again meanwhile: the lease stays
                         if name not in self._rooms:
                             await self.cluster.disown(name)
+                        if name not in self._ended:
+                            # Joined again while the lease was let go.
+                            await self.cluster.claim(name)
+                        elif name not in self._dirty:
+                            self._ended.discard(name)
             except Exception as exc:
                 log.warning("room snapshots not written: %s", exc)
                 for name, room in batch.items():
@@ -484,10 +494,7 @@ class Replicas:
         """This replica just became the owner of ``name``: restore it from its
         snapshot, if there is one (its previous owner died or let it go)."""
         data = await self.cluster.load(name)
-        if data is None or name in self._rooms or name in self._ended:
-            # Ended here a moment ago (its snapshot still being deleted): a
-            # join now is a new call, not that one restored, with the
-            # participants who left and the offers they never answered.
+        if data is None or name in self._rooms:
             return
         refs = {p_["conn"] for p_ in data.get("participants", ()) if p_.get("conn")}
         others = {conn_replica(r) for r in refs} - {self.cluster.replica}

@@ -245,3 +245,12 @@ async def test_a_room_joined_again_as_it_ends_starts_afresh(replicas: list[Api])
         assert await redis.get(STATE_KEY.format(room=name)) is not None
         assert await calls.replicas.own(name)
         assert name not in calls.rooms
+
+        # The ended room's snapshot goes; the lease stays with the new call
+        # (let go, the other replica would have claimed the room for the
+        # next patient: "no participant" when the doctor admitted them).
+        async def deleted() -> bool:
+            return await redis.get(STATE_KEY.format(room=name)) is None
+
+        await wait_until(deleted, within=5)
+        assert await redis.get(OWNER_KEY.format(room=name)) == calls.replicas.cluster.replica
