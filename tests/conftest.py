@@ -7,6 +7,7 @@ Nothing here mocks PostgreSQL or Redis: tests talk to the real servers.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import faulthandler
@@ -16,6 +17,7 @@ import os
 import pkgutil
 import random
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +42,24 @@ PASSWORD = "correct horse battery"
 
 #: Fixtures that tests of several folders share: a clinic and its doctor.
 pytest_plugins = ["tests.booking.factories", "tests.ids", "tests.reaper", "tests.summary"]
+
+# CPython 3.11 keeps the AST builder's recursion count in state that every
+# thread shares (gh-106905, fixed in 3.12): two threads in ast.parse at once
+# fail one of them with "SystemError: AST constructor recursion depth
+# mismatch". Threads of the test process parse too: Python 3.11's traceback
+# module parses the failing line to place its carets, for every traceback a
+# server or client thread logs. Seen in ci14 in test_room's state machine,
+# whose hypothesis parses lambdas to describe them. One parse at a time.
+_PARSE = threading.Lock()
+_parse = ast.parse
+
+
+def _parse_one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+    with _PARSE:
+        return _parse(*args, **kwargs)
+
+
+ast.parse = _parse_one_at_a_time
 
 # Hypothesis's per-example deadline (200 ms) is a timing assertion, and the
 # suite runs in parallel on a shared machine: speed is measured in
