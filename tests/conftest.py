@@ -11,6 +11,7 @@ import ast
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import importlib
 import logging
 import os
@@ -43,20 +44,34 @@ PASSWORD = "correct horse battery"
 #: Fixtures that tests of several folders share: a clinic and its doctor.
 pytest_plugins = ["tests.booking.factories", "tests.ids", "tests.reaper", "tests.summary"]
 
-# CPython 3.11 keeps the AST builder's recursion count in state that every
-# thread shares (gh-106905, fixed in 3.12): two threads in ast.parse at once
-# fail one of them with "SystemError: AST constructor recursion depth
-# mismatch". Threads of the test process parse too: Python 3.11's traceback
-# module parses the failing line to place its carets, for every traceback a
-# server or client thread logs. Seen in ci14 in test_room's state machine,
-# whose hypothesis parses lambdas to describe them. One parse at a time.
+# CPython 3.11 keeps the AST builder's recursion count in state shared by
+# every parse (gh-106905, fixed in 3.12), and a parse that runs while
+# another is building its tree breaks the other's count: "SystemError: AST
+# constructor recursion depth mismatch" (ci14, test_room's state machine).
+# A garbage collection inside a parse runs finalizers, and pytest's hook for
+# their unraisable exceptions formats a traceback, which in 3.11 parses the
+# failing line to place its carets (seen in ci15's stacks); another thread
+# may parse meanwhile too. So: one parse at a time, no collection during
+# one, and a parse re-entered from a finalizer anyway is refused with the
+# SyntaxError the traceback module takes as "no carets".
 _PARSE = threading.Lock()
+_PARSING = threading.local()
 _parse = ast.parse
 
 
 def _parse_one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+    if getattr(_PARSING, "active", False):
+        raise SyntaxError("ast.parse re-entered during a parse (CPython 3.11, gh-106905)")
     with _PARSE:
-        return _parse(*args, **kwargs)
+        collecting = gc.isenabled()
+        gc.disable()
+        _PARSING.active = True
+        try:
+            return _parse(*args, **kwargs)
+        finally:
+            _PARSING.active = False
+            if collecting:
+                gc.enable()
 
 
 ast.parse = _parse_one_at_a_time
