@@ -345,11 +345,14 @@ async def redeliver(call: Call[None, None]) -> Delivery:
     )
     if updated == "UPDATE 0":
         raise DeliveryNotFound("no such delivery")
+    # Read before the wake: the answer is the delivery as queued, not
+    # whatever this replica's sender made of it meanwhile (CI once answered
+    # 'sent' to a redeliver).
+    row = await call.pool.fetchrow(_DELIVERIES + " AND d.id = $2", endpoint["id"], delivery_id)
+    assert row is not None
     deliverer = call.request.app.get(DELIVERER)
     if deliverer is not None:
         deliverer.wake()
-    row = await call.pool.fetchrow(_DELIVERIES + " AND d.id = $2", endpoint["id"], delivery_id)
-    assert row is not None
     return _delivery(row)
 
 
