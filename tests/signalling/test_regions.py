@@ -131,7 +131,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 # -- aiortc participants --------------------------------------------------------
 
 
-async def _open_client(link: str, label: str, publish: bool) -> Any:
+async def _open_client(
+    link: str, label: str, publish: bool, camera: tuple[int, int, float] = (320, 240, 15.0)
+) -> Any:
     from wadud_client.call import CallClient
     from wadud_client.network import ws_url
     from wadud_client.sources import TestPatternVideo, ToneAudio
@@ -144,7 +146,9 @@ async def _open_client(link: str, label: str, publish: bool) -> Any:
         if publish:
             # The publisher is the room's doctor: the others come straight in.
             await client.room_settings(require_admission=False)
-            await client.publish({"camera": TestPatternVideo(fps=15), "microphone": ToneAudio()})
+            width, height, fps = camera
+            video = TestPatternVideo(width, height, fps=fps)
+            await client.publish({"camera": video, "microphone": ToneAudio()})
     except BaseException:
         await client.close()
         raise
@@ -178,6 +182,8 @@ class Party:
 
     world: World
     host: str
+    #: What each publisher's camera sends: width, height, frames a second.
+    camera: tuple[int, int, float] = (320, 240, 15.0)
     clients: list[Any] = field(default_factory=list)
     #: What the clients did on being dropped, not yet reported (resume_dropped).
     resumed: list[str] = field(default_factory=list)
@@ -218,7 +224,10 @@ class Party:
 
         async def go() -> list[Any]:
             clients = await asyncio.gather(
-                *(_open_client(link, f"{who}-{i}", publish) for i, link in enumerate(links))
+                *(
+                    _open_client(link, f"{who}-{i}", publish, self.camera)
+                    for i, link in enumerate(links)
+                )
             )
             self._watchers += [asyncio.create_task(self._resume_when_dropped(c)) for c in clients]
             return list(clients)
