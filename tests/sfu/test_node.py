@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,11 +176,16 @@ async def mine(redis: aioredis.Redis, node: MediaNode) -> dict[str, registry.Wor
     return {w.worker: w for w in await registry.workers(redis, "test") if w.node == node.node}
 
 
-async def wait_exit(proc: subprocess.Popen[bytes], limit: float) -> int:
+async def wait_exit(
+    proc: subprocess.Popen[bytes], limit: float, tail: Callable[[], str] = lambda: ""
+) -> int:
+    """``proc``'s exit code; AssertionError after ``limit`` seconds, with
+    ``tail()`` (the end of the process's log): it says where a stop waits
+    ("stop: cleanup waits past ...")."""
     end = time.monotonic() + limit
     while (code := proc.poll()) is None:
         if time.monotonic() > end:
-            raise AssertionError("the process did not exit")
+            raise AssertionError(f"the process did not exit\n{tail()}")
         await asyncio.sleep(0.05)
     return code
 
@@ -247,7 +252,7 @@ async def test_node_registers_serves_metrics_answers_and_drains(
         assert media_node.proc.poll() is None, "exited while a room was still placed on it"
     finally:
         await redis.delete(held)
-    assert await wait_exit(media_node.proc, 10.0) == 0
+    assert await wait_exit(media_node.proc, 10.0, media_node.tail) == 0
     await events.wait(worker=first.worker, incarnation=first.incarnation, lifecycle="stopped")
     assert await mine(redis, media_node) == {}
 
@@ -265,7 +270,7 @@ async def test_a_signal_to_the_whole_group_drains_through_the_supervisor(
         await asyncio.sleep(0.05)
     for wid in media_node.wids():
         await events.wait(worker=wid, incarnation=before[wid].incarnation, lifecycle="stopped")
-    assert await wait_exit(media_node.proc, 10.0) == 0, media_node.tail()
+    assert await wait_exit(media_node.proc, 10.0, media_node.tail) == 0, media_node.tail()
     log = media_node.log.read_text(errors="replace")
     assert "restarting" not in log and "failed to drain" not in log, media_node.tail()
     assert log.count('"media worker started"') == 2, media_node.tail()

@@ -139,7 +139,7 @@ async def test_a_second_node_on_taken_ports_says_not_ready_then_exits_non_zero(
         assert set(named) == {port, port + 1}, body
 
         # Every worker past its retries: the node exits non-zero, on its own.
-        code = await wait_exit(second.proc, 60.0)
+        code = await wait_exit(second.proc, 60.0, second.tail)
         assert code == 1, second.tail()
         assert await mine(registry, second) == {}
 
@@ -202,7 +202,7 @@ async def test_a_node_with_a_worker_that_cannot_start_still_drains_cleanly(
         # One failed start is enough: it is the worker's last exit either way.
         await _wait_unready(node, f"UDP port {port + 1}", status=("degraded", "failing"))
         node.proc.send_signal(signal.SIGTERM)
-        assert await wait_exit(node.proc, 60.0) == 0, node.tail()
+        assert await wait_exit(node.proc, 60.0, node.tail) == 0, node.tail()
 
 
 async def test_workers_waiting_for_redis_are_not_counted_as_failed(tmp_path: Path) -> None:
