@@ -23,8 +23,10 @@ async def drain(
     """Run ``step`` for as long as it says it did something; then wait until
     ``wake`` is set or ``interval`` seconds pass, and go again, forever. A
     step that raises is logged (``failed``) and waited out the same way;
-    cancellation ends the loop."""
+    cancellation ends the loop. A wake that comes while a step runs brings
+    another step: the event is cleared before each step, not after it."""
     while True:
+        wake.clear()
         try:
             if await step():
                 continue
@@ -32,7 +34,6 @@ async def drain(
             raise
         except Exception:
             log.exception(failed)
-        wake.clear()
         await woken(wake, interval)
 
 

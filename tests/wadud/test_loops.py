@@ -66,6 +66,37 @@ async def test_drain_steps_while_there_is_work_then_waits_for_a_wake() -> None:
     assert done == {task}
 
 
+async def test_drain_keeps_a_wake_that_comes_while_a_step_runs() -> None:
+    # A wake during a step that then finds nothing (a webhook enqueued just
+    # after the sender's claim looked) is not lost until the next interval.
+    wake, steps = asyncio.Event(), []
+    looking = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def step() -> bool:
+        steps.append(1)
+        if len(steps) == 1:
+            looking.set()
+            await finish.wait()
+        return False
+
+    task = asyncio.create_task(
+        loops.drain(step, wake, 3600, "step failed", __import__("logging").getLogger("t"))
+    )
+    try:
+        await asyncio.wait_for(looking.wait(), 5)
+        wake.set()  # while the first step runs
+        finish.set()
+        for _ in range(500):
+            if len(steps) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(steps) == 2
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=2)
+
+
 async def test_settle_gives_a_request_s_outcome_to_its_answer() -> None:
     loop = asyncio.get_running_loop()
 
