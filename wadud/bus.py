@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -203,6 +204,49 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------
 
 
+#: What a renewal publishes to a subscription's first topic to mark where the
+#: old connection ends and the new one takes over; every subscription
+#: skips it (another process's on that topic too).
+RENEWAL_MARK = "\x00wadud-renewal:"
+#: Seconds a renewal reads the old connection for its mark; one stuck in a
+#: cut's retransmission backoff gives up, and what it held is lost.
+DRAIN_WITHIN = 1.0
+
+
+def _text(data: Any) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+
+
+def _decoded(channel: Any, raw: str) -> Message | None:
+    """A pub/sub message as the bus hands it out; None (logged) for one
+    that is not JSON."""
+    topic = _text(channel)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        log.warning("undecodable bus message dropped", extra={"topic": topic})
+        return None
+    return Message(topic, data)
+
+
+async def _up_to(pubsub: Any, mark: str, within: float) -> AsyncIterator[Message]:
+    """The messages ``pubsub`` holds before ``mark``, within ``within``
+    seconds (TimeoutError after)."""
+    async with asyncio.timeout(within):
+        while True:
+            msg = await pubsub.get_message(timeout=within)
+            if msg is None or msg.get("type") != "message":
+                continue
+            raw = _text(msg["data"])
+            if raw == mark:
+                return
+            if raw.startswith(RENEWAL_MARK):
+                continue  # another's renewal
+            message = _decoded(msg["channel"], raw)
+            if message is not None:
+                yield message
+
+
 class _RedisSubscription:
     """A pub/sub subscription that survives Redis restarts: when the
     connection drops it reconnects with backoff and subscribes again. Messages
@@ -227,10 +271,32 @@ class _RedisSubscription:
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         delay = 0.1
+        #: The renewal mark up to which the new connection's messages were
+        #: read on the old one already.
+        skip_to: str | None = None
         while not self._closed:
             try:
                 if self._renewed is not None and self._pubsub is not None:
-                    await self._reset()
+                    old, self._pubsub = self._pubsub, None
+                    mark = f"{RENEWAL_MARK}{uuid.uuid4().hex}"
+                    drained = False
+                    try:
+                        await self._connect()
+                        self._renewed.set()
+                        self._renewed = None
+                        await self._bus.redis.publish(self.topics[0], mark)
+                        async for message in _up_to(old, mark, DRAIN_WITHIN):
+                            yield message
+                        drained = True
+                    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
+                        # The old connection was stuck or gone: what it still
+                        # held is lost, as in a cut. The new one's, if it is
+                        # gone too, is made again below.
+                        pass
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await old.aclose()
+                    skip_to = mark if drained else None
                 if self._pubsub is None:
                     await self._connect()
                     delay = 0.1
@@ -240,19 +306,23 @@ class _RedisSubscription:
                 msg = await self._pubsub.get_message(timeout=1.0)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("redis subscription lost; reconnecting", extra={"error": str(exc)})
+                skip_to = None
                 await self._reset()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             if msg is None or msg.get("type") != "message":
                 continue
-            try:
-                data = json.loads(msg["data"])
-            except (ValueError, TypeError):
-                log.warning("undecodable bus message dropped", extra={"topic": msg["channel"]})
+            raw = _text(msg["data"])
+            if raw.startswith(RENEWAL_MARK):
+                if raw == skip_to:
+                    skip_to = None
                 continue
-            topic = msg["channel"]
-            yield Message(topic.decode() if isinstance(topic, bytes) else topic, data)
+            if skip_to is not None:
+                continue  # read on the old connection already
+            decoded = _decoded(msg["channel"], raw)
+            if decoded is not None:
+                yield decoded
 
     async def _reset(self) -> None:
         if self._pubsub is not None:
@@ -269,7 +339,10 @@ class _RedisSubscription:
         what Redis sends on it waits out the retransmission backoff the cut
         built up (tens of seconds): a fresh connection starts clean. The
         reading loop makes it within a second (its read times out each
-        second)."""
+        second), subscribed before the old one is let go: a mark published
+        then reaches both, the old one is read up to it (for at most
+        :data:`DRAIN_WITHIN`), and the new one after it, so what was on its
+        way is neither lost nor read twice."""
         renewed = self._renewed = self._renewed or asyncio.Event()
         try:
             async with asyncio.timeout(within):

@@ -694,6 +694,13 @@ async def scenario_redis_failover(world: World) -> dict[str, Any]:
     fourth = await world.browsers.open("fourth", link)
     try:
         return await _fail_over(world, group, pages, ids, fourth)
+    except DriverError as exc:
+        # The fourth page is closed below, before the error is reported.
+        try:
+            seen = json.dumps(await fourth.snapshot(), default=str)
+        except (DriverError, TimeoutError) as busy:
+            seen = repr(busy)
+        raise DriverError(f"{exc}; the fourth page: {seen}") from exc
     finally:
         # The call is three pages again, for a scenario run after this one.
         await world.browsers.close_page(fourth)

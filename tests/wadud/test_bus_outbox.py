@@ -138,3 +138,34 @@ async def test_an_event_is_relayed_when_its_transaction_ends_not_at_the_poll(
         await sub.close()
     finally:
         await client.close()
+
+
+async def test_a_renewed_subscription_loses_and_repeats_nothing(redis_server: RedisServer) -> None:
+    """renew() swaps the connection while messages wait unread on the old
+    one (a reader busy elsewhere, a replica's answers after a failover):
+    every message comes once, in order, and another subscriber of the topic
+    sees only the messages."""
+    b = bus.RedisBus(redis_server.url)
+    sub = await b.subscribe("renewed", "renewed-2")
+    other = await b.subscribe("renewed")
+    it, seen = aiter(sub), aiter(other)
+    await b.publish("renewed", {"n": 0})
+    assert (await asyncio.wait_for(anext(it), 5)).data == {"n": 0}
+    for n in range(1, 51):
+        await b.publish("renewed" if n % 2 else "renewed-2", {"n": n})
+    renewing = asyncio.create_task(sub.renew(5))
+    await asyncio.sleep(0)  # the renewal is asked for before the next read
+    got = [(await asyncio.wait_for(anext(it), 5)).data["n"] for _ in range(50)]
+    assert await renewing
+    assert got == list(range(1, 51))
+    # Nothing of the old connection's comes twice through the new one.
+    await b.publish("renewed", {"n": 51})
+    assert (await asyncio.wait_for(anext(it), 5)).data == {"n": 51}
+    # The other subscriber had every message on the topic, and no marker.
+    odd = [(await asyncio.wait_for(anext(seen), 5)).data["n"] for _ in range(27)]
+    assert odd == [0, *range(1, 51, 2), 51]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(seen), 0.3)
+    await sub.close()
+    await other.close()
+    await b.close()
