@@ -24,6 +24,11 @@ _reruns: dict[str, int] = defaultdict(int)
 _why: dict[str, list[str]] = defaultdict(list)
 #: A reason longer than this is cut: enough for an assertion's first values.
 WHY_CHARS = 600
+#: What a failed try printed, its last this many characters: the scenario's
+#: figures that say why, which the passing try's report does not keep.
+OUT_CHARS = 4000
+#: What each rerun's failed try printed (stdout, cut to OUT_CHARS).
+_out: dict[str, list[str]] = defaultdict(list)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -31,6 +36,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.outcome == "rerun":
         _reruns[report.nodeid] += 1
         _why[report.nodeid].append(_reason(report))
+        _out[report.nodeid].append(report.capstdout[-OUT_CHARS:])
 
 
 def _reason(report: pytest.TestReport) -> str:
@@ -57,5 +63,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     write("!", f"{sum(_reruns.values())} rerun(s)", red=bool(_reruns), bold=True)
     for nodeid, count in sorted(_reruns.items()):
         terminalreporter.write_line(f"  {count} x  {nodeid}")
-        for why in _why[nodeid]:
+        for why, out in zip(_why[nodeid], _out[nodeid], strict=True):
             terminalreporter.write_line(f"      {why}")
+            for line in out.strip().splitlines():
+                terminalreporter.write_line(f"      | {line}")
