@@ -136,15 +136,29 @@ async def run_scenario(
     return await run_driver(module, args, work, budget, namespace=namespace, also_kill=also_kill)
 
 
-def assert_flowing(pair: dict[str, Any]) -> None:
-    """Between the two readings of what ``to`` receives from ``frm``, video
-    frames were decoded and audio arrived (packets, and samples played out)."""
+def not_flowing(pair: dict[str, Any]) -> str | None:
+    """What did not flow between the two readings of what ``to`` receives
+    from ``frm`` (video frames decoded, audio packets arrived and samples
+    played out), with both readings; None when all of it did."""
     before, after = pair["before"], pair["after"]
-    what = f"{pair['to']} from {pair['frm']}: {before} -> {after}"
-    assert before["framesDecoded"] > 0, what
-    assert after["framesDecoded"] > before["framesDecoded"], what
-    assert after["audioPackets"] > before["audioPackets"] > 0, what
-    assert after["totalSamplesReceived"] > before["totalSamplesReceived"], what
+    stopped = [
+        what
+        for what, ok in (
+            ("video", after["framesDecoded"] > before["framesDecoded"] > 0),
+            ("audio packets", after["audioPackets"] > before["audioPackets"] > 0),
+            ("audio samples", after["totalSamplesReceived"] > before["totalSamplesReceived"]),
+        )
+        if not ok
+    ]
+    if not stopped:
+        return None
+    return f"{pair['to']} from {pair['frm']}, no {', '.join(stopped)}: {before} -> {after}"
+
+
+def assert_flowing(pairs: list[dict[str, Any]]) -> None:
+    """Every pair flowed (:func:`not_flowing`); all that did not are named."""
+    stopped = [why for why in map(not_flowing, pairs) if why is not None]
+    assert not stopped, "\n".join(stopped)
 
 
 class DriverError(Exception):

@@ -44,8 +44,7 @@ def test_three_pages_through_two_replicas(cluster: Driver) -> None:
     pairs = result["pairs"]
     names = [p[0] for p in PEOPLE]
     assert {(p["to"], p["frm"]) for p in pairs} == {(a, b) for a in names for b in names if a != b}
-    for pair in pairs:
-        assert_flowing(pair)
+    assert_flowing(pairs)
     # Each page's signalling went where it was sent: A, B, A.
     assert result["replicas"] == {"doctor": "A", "patient": "B", "interpreter": "A"}
     assert len(result["placed_on"]) == 1, result["placed_on"]
@@ -63,8 +62,7 @@ def test_media_node_killed(cluster: Driver) -> None:
     assert report["same_pages"], report
     assert report["node_group_gone"] and report["udp_ports_free"], report
     assert report["moved_to"] and report["moved_to"][0] not in report["killed_workers"], report
-    for pair in result["pairs"]:
-        assert_flowing(pair)
+    assert_flowing(result["pairs"])
 
 
 @pytest.mark.timeout(240)
@@ -84,8 +82,7 @@ def test_api_replica_killed(cluster: Driver) -> None:
     # The patient, on B all along: no remote video froze (FREEZE_S).
     assert report["patient_stalls"] == [], report
     assert report["patient_disturbed"] == [], report
-    for pair in result["pairs"]:
-        assert_flowing(pair)
+    assert_flowing(result["pairs"])
 
 
 @pytest.mark.timeout(240)
@@ -104,8 +101,7 @@ def test_media_node_drained(cluster: Driver) -> None:
     assert report["failures_shown"] == {}, report
     assert report["same_pages"], report
     assert report["exit"] == 0, report
-    for pair in result["pairs"]:
-        assert_flowing(pair)
+    assert_flowing(result["pairs"])
 
 
 @pytest.mark.timeout(180)
