@@ -135,6 +135,10 @@ BUSY = {
         "tests/sfu/test_bench_red.py",
         "tests/signalling/test_browser_chat.py",
         "tests/signalling/test_call_report_browser.py",
+        # Two process clusters of four pages each, killed and failed over
+        # beside each other, starved each other's pages into freezes (ci18):
+        # here, in turn with test_cluster.py.
+        "tests/signalling/test_sentinel_call.py",
     ),
     "b": (
         "tests/signalling/test_browser_restart.py",
@@ -150,7 +154,6 @@ BUSY = {
         "tests/sfu/test_bench_smoke.py",
         "tests/signalling/test_bench_control.py",
         "tests/test_regions.py",
-        "tests/signalling/test_sentinel_call.py",
     ),
 }
 WAITING = (
