@@ -13,8 +13,10 @@ registry TTL.
 
 A worker that cannot start (its UDP port taken by another process, ...)
 exits with :data:`START_FAILED` and leaves its reason in a file beside its
-metrics socket; it never registers, so placement never sees it. After
-``media_start_retries`` such exits in a row for the same reason the
+metrics socket; it never registers, so placement never sees it. A port the
+supervisor finds taken as it is about to start a worker fails that start
+the same way, with no process started. After
+``media_start_retries`` such failures in a row for the same reason the
 supervisor logs an error naming the port and the node answers ``/readyz``
 with 503 ``failing``; restarts go on, so a port that frees up heals the node.
 Once every worker is in that state the node exits 1: a supervisor (systemd's
@@ -447,10 +449,9 @@ class _Slot:
     """Processes in a row that could not start for that same reason."""
     start_failures_total: int = 0
     port_taken: str = ""
-    """Why the port looked taken when the supervisor tried it before the
-    current process started (empty: it was free, or that process is ready).
-    Readiness says so at once; the worker's own bind, an interpreter start
-    later, is what counts the failure."""
+    """Why the port was taken when the supervisor last tried it, before
+    starting a process (empty: it was free, or the process is ready). Such
+    a try counts as a failed start, and no process is started for it."""
 
     @property
     def start_file(self) -> str:
@@ -527,9 +528,21 @@ class Supervisor:
         for path in (slot.metrics_socket, slot.start_file):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        # Seconds before the worker's own bind says so (a fresh interpreter
-        # imports the media stack first, longer on a loaded host).
+        # A port taken now fails the start here, not an interpreter start
+        # later (the worker imports the media stack before it binds: seconds,
+        # and 15 s on a loaded host, for each of media_start_retries tries).
         slot.port_taken = _port_taken(self.settings.media_host, slot.port)
+        if slot.port_taken:
+            extra = {"worker": slot.wid, "port": slot.port}
+            # The line a worker writes when its own bind fails (docs/operations.md).
+            log.warning(
+                "media worker cannot start: %s",
+                slot.port_taken,
+                extra={**extra, "reason": slot.port_taken},
+            )
+            slot.crashes += 1
+            self._not_started(slot, slot.port_taken, extra)
+            return
         # daemon: if the supervisor itself fails, multiprocessing ends the workers at exit.
         process = self._ctx.Process(
             target=worker_process, args=(spec,), name=f"wadud-media-{slot.wid}", daemon=True
@@ -575,31 +588,54 @@ class Supervisor:
             return
         uptime = time.monotonic() - slot.started
         slot.crashes = 1 if uptime > _STABLE_AFTER else slot.crashes + 1
-        settings = self.settings
-        delay = (
-            0.0
-            if slot.crashes == 1
-            else min(
-                settings.media_restart_backoff_max,
-                settings.media_restart_backoff * 2 ** (slot.crashes - 2),
-            )
-        )
         failure = _read_start(slot, code)
         if failure is None:
             slot.start_failure, slot.start_failures = "", 0
+            delay = self._backoff(slot)
             log.error("media worker died; restarting", extra={**extra, "restart_in": delay})
-        elif code != START_WAITING and self._start_failed(slot, failure):
-            return
-        else:
-            if code == START_WAITING:
-                # Breaks a run of failures of another kind; readiness names it.
-                slot.start_failure, slot.start_failures = failure, 0
+            self._restart(slot, delay)
+        elif code == START_WAITING:
+            # Breaks a run of failures of another kind; readiness names it.
+            slot.start_failure, slot.start_failures = failure, 0
+            delay = self._backoff(slot)
             log.warning(
                 "media worker could not start; restarting",
                 extra={**extra, "restart_in": delay, "reason": failure},
             )
+            self._restart(slot, delay)
+        else:
+            self._not_started(slot, failure, extra)
+
+    def _backoff(self, slot: _Slot) -> float:
+        """Seconds before the slot's next process: none after a first crash,
+        then media_restart_backoff doubling up to its max."""
+        settings = self.settings
+        if slot.crashes <= 1:
+            return 0.0
+        return float(
+            min(
+                settings.media_restart_backoff_max,
+                settings.media_restart_backoff * 2 ** (slot.crashes - 2),
+            )
+        )
+
+    def _restart(self, slot: _Slot, delay: float) -> None:
+        assert self._loop is not None
         slot.restarts += 1
         slot.restart = self._loop.call_later(delay, self._spawn, slot)
+
+    def _not_started(self, slot: _Slot, failure: str, extra: dict[str, Any]) -> None:
+        """A start that failed for ``failure`` (the worker said so as it
+        exited, or its port was taken before it began): counted, and tried
+        again after the backoff unless the node gives up."""
+        if self._start_failed(slot, failure):
+            return
+        delay = self._backoff(slot)
+        log.warning(
+            "media worker could not start; restarting",
+            extra={**extra, "restart_in": delay, "reason": failure},
+        )
+        self._restart(slot, delay)
 
     def _start_failed(self, slot: _Slot, reason: str) -> bool:
         """Count a worker that could not start; True when the node gives up
