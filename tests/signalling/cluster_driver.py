@@ -76,6 +76,7 @@ from tests.signalling.cluster_world import (
     NEWS,
     PCS_REPLACED,
     PEOPLE,
+    PROBE,
     PROBE_READ,
     RECEIVERS,
     RECORD,
@@ -738,6 +739,8 @@ async def _fail_over(
     joined = time.monotonic()
     world.mark("fourth joined")
     await fourth.eval(RECORD)
+    # What the fourth page is told (a pause for bandwidth among it).
+    await fourth.eval(PROBE)
     everyone = [*pages, fourth]
     ids[fourth.name] = await participant_id(fourth)
     # Waiting only: when each page began to decode each other one is read
@@ -767,6 +770,21 @@ async def _fail_over(
     pauses = bandwidth_pauses(read, owners, first)
     paused = [x for x in stalls if announced(x, pauses, wall0)]
     stalls = [x for x in stalls if x not in paused]
+    # Each pair's first frame after the failover, and the pairs whose first
+    # frame a pause for bandwidth, told to the page before it, held back:
+    # that pause's span, in seconds after the failover (None: still paused).
+    read_all = {**read, **(await probes([fourth]))}
+    owners_all = {**owners, fourth.name: await fourth.eval(TRACK_OWNERS) or {}}
+    pauses_all = bandwidth_pauses(read_all, owners_all, ids)
+
+    def after(ms: float) -> float | None:
+        return None if math.isinf(ms) else round((ms - failed_over_ms) / 1000, 2)
+
+    held: dict[str, list[float | None]] = {}
+    for key, at in began.items():
+        spans = [(a, b) for a, b in pauses_all.get(key, []) if a <= at]
+        if spans:
+            held[key] = [after(spans[-1][0]), after(spans[-1][1])]
     report = {
         "failover_s": round(failed_over - t0, 2),
         "fourth_joined_after_failover_s": round(joined - failed_over, 2),
@@ -774,6 +792,8 @@ async def _fail_over(
         "all_decoding_after_failover_s": None
         if not decoding or len(began) < len(ids) * (len(ids) - 1)
         else round((max(began.values()) - failed_over_ms) / 1000, 2),
+        "first_decoded_after_failover_s": {k: after(v) for k, v in sorted(began.items())},
+        "bandwidth_held": held,
         "killed_at_ms": round(wall0),
         "stalls": stalls,
         "bandwidth_paused": paused,

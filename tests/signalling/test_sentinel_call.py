@@ -54,10 +54,17 @@ def test_a_call_carries_on_through_a_redis_failover(cluster: Driver) -> None:
     assert report["stalls"] == [], f"freezes of {FAILOVER_FREEZE_S} s or more: {report}"
     # The pages' samples span the failover, from before the kill.
     assert report["sampled"][0] < 0 < report["failover_s"] < report["sampled"][1], report
-    # Within 10 s of the failover the fourth page is in, and everyone decodes everyone.
+    # Within 10 s of the failover the fourth page is in, and everyone decodes
+    # everyone; a pair whose first frame the SFU held back with a pause for
+    # bandwidth it told the page of (the freezes' exemption above), within
+    # 3 s of that pause's end instead.
     assert report["fourth_joined_after_failover_s"] <= 10.0, report
     assert report["all_decoding_after_failover_s"] is not None, report
-    assert report["all_decoding_after_failover_s"] <= 10.0, report
+    for pair, seconds in report["first_decoded_after_failover_s"].items():
+        if seconds > 10.0:
+            held = report["bandwidth_held"].get(pair)
+            assert held is not None and held[1] is not None, (pair, report)
+            assert seconds <= held[1] + 3.0, (pair, report)
     names = {"doctor", "patient", "interpreter", "fourth"}
     pairs = result["pairs"]
     assert {(p["to"], p["frm"]) for p in pairs} == {(a, b) for a in names for b in names if a != b}
