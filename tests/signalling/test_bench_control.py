@@ -12,9 +12,11 @@ import pytest
 from tests.benchmark_run import run_benchmark
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(160)
 def test_benchmark_quick_mode(tmp_path: Path) -> None:
-    proc, result = run_benchmark("control/run.py", tmp_path / "control.json", 80)
+    # About 45 s in a full suite run; over 80 s once (ci21) beside two
+    # browser clusters. A bound on finishing, not a figure checked.
+    proc, result = run_benchmark("control/run.py", tmp_path / "control.json", 150)
     for op in ("joins", "leaves", "resumes", "forwarded_frames"):
         figures = result[op]
         assert figures["count"] > 0, op

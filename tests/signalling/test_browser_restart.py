@@ -143,6 +143,10 @@ RECORD = """(() => {
   call.addEventListener('participantmedia', (e) => log.push({at: Date.now(),
     peer: e.detail.participant_id, state: e.detail.state, tiles: shown()}));
   call.addEventListener('state', (e) => log.push({at: Date.now(), socket: e.detail.state}));
+  // What the SFU says it holds back (bandwidth, hidden, off): a page that
+  // decodes late was told so, or was not.
+  call.addEventListener('trackpaused', (e) => log.push({at: Date.now(),
+    paused: [e.detail.track_id, e.detail.paused, e.detail.reason]}));
   for (const [name, pc] of [['publish', call.publishPc], ['subscribe', call.subscribePc]]) {
     pc.addEventListener('iceconnectionstatechange', () => log.push({at: Date.now(), pc: name,
       ice: pc.iceConnectionState, connection: pc.connectionState}));
