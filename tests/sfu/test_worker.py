@@ -796,7 +796,7 @@ async function main() {
   const answer = await (await fetch('/offer', {method: 'POST', body: pc.localDescription.sdp}));
   await pc.setRemoteDescription({type: 'answer', sdp: await answer.text()});
   const history = [];  // [stats time in ms, bytes sent so far]
-  const deadline = performance.now() + 25000;
+  const deadline = performance.now() + 45000;
   let row = {};
   while (performance.now() < deadline) {
     await sleep(100);
@@ -847,7 +847,8 @@ async def test_chromium_publisher_gets_transport_cc_feedback_and_receiver_report
     856 kbit/s once in CI under load), where it stays however long one waits.
     Under load a stall of the worker also reads as queueing: the estimate
     drops to 0.85 times the acknowledged rate and climbs back on feedback
-    (here from 509 to 728 kbit/s in 6 s), hence 25 s to get there. So the bar
+    (here from 509 to 728 kbit/s in 6 s), hence time to get there: 45 s
+    (25 s fell short once, in the pure-Python pass of a full run). So the bar
     is relative to what was sent and met in each case, while a worker that
     sends no feedback, or feedback that keeps reading as queueing or loss,
     holds the estimate under 100 kbit/s and the traffic with it (checked here
@@ -865,7 +866,7 @@ async def test_chromium_publisher_gets_transport_cc_feedback_and_receiver_report
             start_new_session=True,
         )  # fmt: skip
         try:
-            outcome = await asyncio.wait_for(site.result, 40)
+            outcome = await asyncio.wait_for(site.result, 60)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(browser.pid, signal.SIGKILL)
