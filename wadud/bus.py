@@ -208,9 +208,12 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 #: old connection ends and the new one takes over; every subscription
 #: skips it (another process's on that topic too).
 RENEWAL_MARK = "\x00wadud-renewal:"
-#: Seconds a renewal reads the old connection for its mark; one stuck in a
-#: cut's retransmission backoff gives up, and what it held is lost.
-DRAIN_WITHIN = 1.0
+#: Seconds without a message after which a renewal stops reading the old
+#: connection for its mark: one stuck in a cut's retransmission backoff
+#: gives nothing, and what it held is lost; one still delivering is read on.
+DRAIN_IDLE = 1.0
+#: Seconds a renewal reads the old connection at most, however it delivers.
+DRAIN_LIMIT = 10.0
 
 
 def _text(data: Any) -> str:
@@ -229,14 +232,19 @@ def _decoded(channel: Any, raw: str) -> Message | None:
     return Message(topic, data)
 
 
-async def _up_to(pubsub: Any, mark: str, within: float) -> AsyncIterator[Message]:
-    """The messages ``pubsub`` holds before ``mark``, within ``within``
-    seconds (TimeoutError after)."""
-    async with asyncio.timeout(within):
+async def _up_to(pubsub: Any, mark: str, idle: float) -> AsyncIterator[Message]:
+    """The messages ``pubsub`` holds before ``mark``; TimeoutError after
+    ``idle`` seconds without one, or :data:`DRAIN_LIMIT` in all."""
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    async with asyncio.timeout(DRAIN_LIMIT):
         while True:
-            msg = await pubsub.get_message(timeout=within)
+            msg = await pubsub.get_message(timeout=idle)
             if msg is None or msg.get("type") != "message":
+                if loop.time() - last >= idle:
+                    raise TimeoutError
                 continue
+            last = loop.time()
             raw = _text(msg["data"])
             if raw == mark:
                 return
@@ -281,18 +289,19 @@ class _RedisSubscription:
                     mark = f"{RENEWAL_MARK}{uuid.uuid4().hex}"
                     drained = False
                     try:
+                        # Failing, it is made again below (the old one closed).
                         await self._connect()
                         self._renewed.set()
                         self._renewed = None
-                        await self._bus.redis.publish(self.topics[0], mark)
-                        async for message in _up_to(old, mark, DRAIN_WITHIN):
-                            yield message
-                        drained = True
-                    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
-                        # The old connection was stuck or gone: what it still
-                        # held is lost, as in a cut. The new one's, if it is
-                        # gone too, is made again below.
-                        pass
+                        try:
+                            await self._bus.redis.publish(self.topics[0], mark)
+                            async for message in _up_to(old, mark, DRAIN_IDLE):
+                                yield message
+                            drained = True
+                        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
+                            # The old connection was stuck or gone: what it
+                            # still held is lost, as in a cut.
+                            pass
                     finally:
                         with contextlib.suppress(Exception):
                             await old.aclose()
@@ -340,9 +349,9 @@ class _RedisSubscription:
         built up (tens of seconds): a fresh connection starts clean. The
         reading loop makes it within a second (its read times out each
         second), subscribed before the old one is let go: a mark published
-        then reaches both, the old one is read up to it (for at most
-        :data:`DRAIN_WITHIN`), and the new one after it, so what was on its
-        way is neither lost nor read twice."""
+        then reaches both, the old one is read up to it (given up after
+        :data:`DRAIN_IDLE` without a message), and the new one after it, so
+        what was on its way is neither lost nor read twice."""
         renewed = self._renewed = self._renewed or asyncio.Event()
         try:
             async with asyncio.timeout(within):
