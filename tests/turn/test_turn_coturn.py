@@ -11,6 +11,7 @@ import os
 import re
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +31,14 @@ async def coturn_peer() -> AsyncIterator[int]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    await asyncio.sleep(0.2)
+    # Listening once its socket is in the kernel's table (read, not bound
+    # to: a probe's bind could take the port from under it).
+    local = f"0100007F:{port:04X} "
+    deadline = asyncio.get_running_loop().time() + 10
+    while local not in await asyncio.to_thread(Path("/proc/net/udp").read_text):
+        assert proc.returncode is None, "turnutils_peer exited"
+        assert asyncio.get_running_loop().time() < deadline, "turnutils_peer never listened"
+        await asyncio.sleep(0.02)
     try:
         yield port
     finally:
