@@ -233,26 +233,28 @@ def _decoded(channel: Any, raw: str) -> Message | None:
 
 
 async def _up_to(pubsub: Any, mark: str, idle: float) -> AsyncIterator[Message]:
-    """The messages ``pubsub`` holds before ``mark``; TimeoutError after
-    ``idle`` seconds without one, or :data:`DRAIN_LIMIT` in all."""
+    """The messages ``pubsub`` holds before ``mark``; TimeoutError once a
+    read waited ``idle`` seconds for nothing, or after :data:`DRAIN_LIMIT`.
+    Timed by its own reads, not across its yields: no timeout scope is left
+    open while the consumer runs (it would cancel the consumer's task)."""
     loop = asyncio.get_running_loop()
-    last = loop.time()
-    async with asyncio.timeout(DRAIN_LIMIT):
-        while True:
-            msg = await pubsub.get_message(timeout=idle)
-            if msg is None or msg.get("type") != "message":
-                if loop.time() - last >= idle:
-                    raise TimeoutError
-                continue
-            last = loop.time()
-            raw = _text(msg["data"])
-            if raw == mark:
-                return
-            if raw.startswith(RENEWAL_MARK):
-                continue  # another's renewal
+    end = loop.time() + DRAIN_LIMIT
+    waited_since = loop.time()
+    while True:
+        now = loop.time()
+        if now >= end or now - waited_since >= idle:
+            raise TimeoutError
+        msg = await pubsub.get_message(timeout=min(idle, end - now))
+        if msg is None or msg.get("type") != "message":
+            continue
+        raw = _text(msg["data"])
+        if raw == mark:
+            return
+        if not raw.startswith(RENEWAL_MARK):  # another's renewal is skipped
             message = _decoded(msg["channel"], raw)
             if message is not None:
                 yield message
+        waited_since = loop.time()
 
 
 class _RedisSubscription:
