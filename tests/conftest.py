@@ -108,6 +108,7 @@ def _hypothesis_imported() -> None:
     # Not at import: hypothesis refuses slow work while plugins initialise.
     _import_whole(hypothesis)
 
+
 #: Where the suite's time goes (``--durations``), for ``make test``, which
 #: runs the suite on four pytest-xdist workers (``--dist loadgroup``) of a
 #: 2-core machine. Tests that drive browsers, aiortc peers, process clusters
@@ -218,16 +219,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sweep_stale_runs()
 
 
+#: The timer that names a hanging test (see :func:`pytest_timeout_set_timer`).
+_NAMER: list[threading.Timer] = []
+
+
 def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
-    """Every thread's stack on the session's stderr a second before
-    pytest-timeout ends a test that hangs: its thread method ends the
-    process at once, and under pytest-xdist what it prints itself is lost,
-    so without this a hang in CI shows only the name of the test."""
-    if _STDERR:
-        faulthandler.dump_traceback_later(max(settings.timeout - 1, 1), file=_STDERR[0])
+    """The test's name and every thread's stack on the session's stderr
+    just before pytest-timeout ends a test that hangs: its thread method
+    ends the process at once, and under pytest-xdist both what it prints
+    and the failed test's name are lost when the run itself is cut short.
+    The stacks come from faulthandler's own thread, so they are written
+    even when a thread holds the GIL; the name needs the GIL."""
+    if not _STDERR:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    line = f"\n{worker} hangs: {item.nodeid}\n".encode()
+    namer = threading.Timer(max(settings.timeout - 2, 1), os.write, (_STDERR[0], line))
+    namer.daemon = True
+    namer.start()
+    _NAMER.append(namer)
+    faulthandler.dump_traceback_later(max(settings.timeout - 1, 1), file=_STDERR[0])
 
 
 def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    while _NAMER:
+        _NAMER.pop().cancel()
     faulthandler.cancel_dump_traceback_later()
 
 
