@@ -47,7 +47,8 @@ def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         decoded.append(tok)
         return auth.decode_room_token(settings, tok, leeway=leeway)
 
-    for name, module in list(sys.modules.items()):
+    # A copy taken at once: a thread of the process may import meanwhile.
+    for name, module in sys.modules.copy().items():
         if name.startswith("signalling.") and (
             getattr(module, "decode_room_token", None) is auth.decode_room_token
         ):
