@@ -314,7 +314,28 @@ class Party:
                         }
                     )
                 sent = await packets(c.publish_pc, "outbound-rtp")
-                out.append({"me": c.label, "state": c.state, "sent": sent, "received": tracks})
+                # What the server said it stopped sending (and why), the last
+                # few: a bandwidth pause reads as frames that stop while only
+                # the estimator's padding arrives.
+                paused = [
+                    (
+                        round(now - e.at, 2),
+                        str(e.data.get("track_id"))[-4:],
+                        e.data.get("paused"),
+                        e.data.get("reason"),
+                    )
+                    for e in c.history
+                    if e.type == "track_paused"
+                ][-6:]
+                out.append(
+                    {
+                        "me": c.label,
+                        "state": c.state,
+                        "sent": sent,
+                        "received": tracks,
+                        "paused": paused,
+                    }
+                )
             return out
 
         return await self.world.regions.run_in(self.host, read)
