@@ -723,6 +723,11 @@ class CallClient:
         return sum(r.resent for r in self._retries.values())
 
     @property
+    def keyframes_asked(self) -> int:
+        """PLIs sent for video packets given up on (:class:`NackRetry`)."""
+        return sum(r.keyframes_asked for r in self._retries.values())
+
+    @property
     def keyframe_resyncs(self) -> int:
         """Times a video receiver gave up on a gap to start over at a keyframe
         (:class:`wadud_client.jitter.KeyframeResync`)."""

@@ -334,6 +334,9 @@ class Party:
                         "sent": sent,
                         "received": tracks,
                         "paused": paused,
+                        # Gaps given up on (a PLI each) and keyframes started over at.
+                        "plis": c.keyframes_asked,
+                        "resyncs": c.keyframe_resyncs,
                     }
                 )
             return out
