@@ -14,6 +14,7 @@ import datetime
 import functools
 import random
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -73,9 +74,13 @@ class Middle:
         loop = asyncio.get_running_loop()
         for name in ("for_a", "for_b"):
             side = _Side(self, name)
-            await loop.create_datagram_endpoint(
-                functools.partial(_same, side), local_addr=("127.0.0.1", 0)
-            )
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            # As the workers' own: a busy loop reads late, and what a default
+            # buffer cannot hold meanwhile (a few hundred packets) the kernel
+            # drops, which the counts would take for packets never sent.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.bind(("127.0.0.1", 0))
+            await loop.create_datagram_endpoint(functools.partial(_same, side), sock=sock)
             self.sides[name] = side
 
     def address(self, name: str) -> tuple[str, int]:
