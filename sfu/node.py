@@ -188,6 +188,14 @@ def _start_failure(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
+def _cannot_start(reason: str, extra: dict[str, Any], exc: BaseException | None = None) -> None:
+    """The line a worker that cannot start is logged with (docs/operations.md),
+    by the worker itself or by the supervisor that found its port taken."""
+    log.warning(
+        "media worker cannot start: %s", reason, exc_info=exc, extra={**extra, "reason": reason}
+    )
+
+
 def _die_with_parent(parent: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -351,12 +359,7 @@ async def _worker_main(spec: WorkerSpec) -> int:
             reason = _start_failure(exc)
             unreachable = (exceptions.ConnectionError, exceptions.TimeoutError)
             foreseen = isinstance(exc, (WorkerStartError, *unreachable))
-            log.warning(
-                "media worker cannot start: %s",
-                reason,
-                exc_info=None if foreseen else exc,
-                extra={**extra, "port": spec.port, "reason": reason},
-            )
+            _cannot_start(reason, {**extra, "port": spec.port}, None if foreseen else exc)
             _note_start(spec, reason)
             return START_WAITING if isinstance(exc, unreachable) else START_FAILED
         _note_start(spec, _STARTED)
@@ -534,12 +537,7 @@ class Supervisor:
         slot.port_taken = _port_taken(self.settings.media_host, slot.port)
         if slot.port_taken:
             extra = {"worker": slot.wid, "port": slot.port}
-            # The line a worker writes when its own bind fails (docs/operations.md).
-            log.warning(
-                "media worker cannot start: %s",
-                slot.port_taken,
-                extra={**extra, "reason": slot.port_taken},
-            )
+            _cannot_start(slot.port_taken, extra)
             slot.crashes += 1
             self._not_started(slot, slot.port_taken, extra)
             return
