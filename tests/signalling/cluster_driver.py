@@ -766,17 +766,18 @@ async def _fail_over(
     # the page's downlink makes whatever Redis does (a CPU-starved browser
     # stamps its packets late, which reads as a queue), not media stopping
     # with the control plane: counted apart, and shown.
-    owners = {p.name: await p.eval(TRACK_OWNERS) or {} for p in pages}
-    pauses = bandwidth_pauses(read, owners, first)
+    read_all = {**read, **(await probes([fourth]))}
+    owners_all = {p.name: await p.eval(TRACK_OWNERS) or {} for p in everyone}
+    pauses_all = bandwidth_pauses(read_all, owners_all, ids)
+    pauses = {
+        k: v for k, v in pauses_all.items() if all(n in first for n in k.split("<-"))
+    }  # fmt: skip
     paused = [x for x in stalls if announced(x, pauses, wall0)]
     stalls = [x for x in stalls if x not in paused]
+
     # Each pair's first frame after the failover, and the pairs whose first
     # frame a pause for bandwidth, told to the page before it, held back:
     # that pause's span, in seconds after the failover (None: still paused).
-    read_all = {**read, **(await probes([fourth]))}
-    owners_all = {**owners, fourth.name: await fourth.eval(TRACK_OWNERS) or {}}
-    pauses_all = bandwidth_pauses(read_all, owners_all, ids)
-
     def after(ms: float) -> float | None:
         return None if math.isinf(ms) else round((ms - failed_over_ms) / 1000, 2)
 
@@ -791,7 +792,7 @@ async def _fail_over(
         # By each pair's stats: their timestamps and inter-frame delays.
         "all_decoding_after_failover_s": None
         if not decoding or len(began) < len(ids) * (len(ids) - 1)
-        else round((max(began.values()) - failed_over_ms) / 1000, 2),
+        else after(max(began.values())),
         "first_decoded_after_failover_s": {k: after(v) for k, v in sorted(began.items())},
         "bandwidth_held": held,
         "killed_at_ms": round(wall0),
