@@ -96,15 +96,26 @@ async def test_round_trip_times_follow_the_configured_delays(regions: Regions) -
         assert 2 * regions.delay("pk", dst) == pytest.approx(want)
 
 
-async def _blast(address: str, count: int, port: int = ECHO_PORT) -> int:
-    """Send ``count`` datagrams (paced a little), then count the echoes back."""
+#: Seconds with no echo after which a lossy blast's echoes are all in.
+QUIET = 1.0
+
+
+async def _blast(address: str, count: int, port: int = ECHO_PORT, *, lossy: bool = False) -> int:
+    """Send ``count`` datagrams (paced a little), then count the echoes back:
+    all ``count`` of them, or (``lossy``) as many as come before ``QUIET``
+    seconds pass without one; within 10 s either way. On a busy machine the
+    echoes come back late, not lost."""
     loop = asyncio.get_running_loop()
     seen = 0
+    last = loop.time()
+    echo = asyncio.Event()
 
     class Client(asyncio.DatagramProtocol):
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-            nonlocal seen
+            nonlocal seen, last
             seen += 1
+            last = loop.time()
+            echo.set()
 
     transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=(address, port))
     try:
@@ -112,7 +123,15 @@ async def _blast(address: str, count: int, port: int = ECHO_PORT) -> int:
             transport.sendto(i.to_bytes(4, "big") + b"x" * 100)
             if i % 50 == 49:
                 await asyncio.sleep(0.005)
-        await asyncio.sleep(0.5)
+        last = loop.time()
+        deadline = last + 10.0
+        while seen < count and loop.time() < deadline:
+            echo.clear()
+            wait = min(deadline, last + QUIET) - loop.time() if lossy else deadline - loop.time()
+            if wait <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(echo.wait(), wait)
         return seen
     finally:
         transport.close()
@@ -125,7 +144,7 @@ async def test_loss_is_seeded_per_region_pair_and_counted(regions: Regions) -> N
     bridge.reset()
     bridge.set_loss("pk", "ae", 0.2)
     try:
-        echoed = await regions.run_in("pk", lambda: _blast(regions["ae"].address, 1000))
+        echoed = await regions.run_in("pk", lambda: _blast(regions["ae"].address, 1000, lossy=True))
         # pk->ae is counted at the bridge before the draw: all 1000 arrive
         # there, about a fifth are dropped, and the echoes meet the loss again.
         there = bridge.count("pk", "ae", "udp", dport=ECHO_PORT)
