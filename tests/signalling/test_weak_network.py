@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from tests.browser import (
     run_scenario,
 )
 from tests.firefox import VETH_ADDRESS, FirefoxPage, veth_namespace_command
+from tests.polling import wait_until
 from tests.signalling.call_world import Scenario, World, serving
 from tests.signalling.weak_paths import (
     CAPPED_PORT,
@@ -798,23 +801,29 @@ async def scenario_firefox(world: World) -> dict[str, Any]:
         await firefox.close()
 
 
-def video_tracks(world: World, firefox: str) -> dict[str, Any]:
-    """The worker's video tracks, by browser: each one's rids, which of them
-    it learnt an SSRC for, and their measured bitrates."""
+def worker_videos(world: World) -> Iterator[tuple[Any, Any]]:
+    """The in-process media worker's video tracks, each with its room
+    (:class:`sfu.records.Room`, :class:`sfu.records.Track`)."""
     import sfu.http
 
     worker = world.app[sfu.http.WORKER]
-    tracks: dict[str, Any] = {"firefox": {"rids": [], "learnt": [], "bitrates": []}}
     for room in worker.tables.rooms.values():
         for track in room.tracks.values():
-            if track.info.kind != "video":
-                continue
-            who = "firefox" if track.info.participant == firefox else "chromium"
-            tracks[who] = {
-                "rids": list(track.info.rids),
-                "learnt": [bool(x.ssrc) for x in track.layers],
-                "bitrates": [int(x.bitrate) for x in track.layers],
-            }
+            if track.info.kind == "video":
+                yield room, track
+
+
+def video_tracks(world: World, firefox: str) -> dict[str, Any]:
+    """The worker's video tracks, by browser: each one's rids, which of them
+    it learnt an SSRC for, and their measured bitrates."""
+    tracks: dict[str, Any] = {"firefox": {"rids": [], "learnt": [], "bitrates": []}}
+    for _room, track in worker_videos(world):
+        who = "firefox" if track.info.participant == firefox else "chromium"
+        tracks[who] = {
+            "rids": list(track.info.rids),
+            "learnt": [bool(x.ssrc) for x in track.layers],
+            "bitrates": [int(x.bitrate) for x in track.layers],
+        }
     return tracks
 
 
@@ -822,22 +831,18 @@ def video_layers(world: World, participant: str) -> list[dict[str, Any]]:
     """The worker's simulcast layers of ``participant``'s video: each one's
     rid, whether it learnt its SSRC, whether it asks the publisher for it,
     and how long ago a subscriber last wanted it."""
-    import sfu.http
-
-    worker = world.app[sfu.http.WORKER]
     now = asyncio.get_running_loop().time()  # the worker's clock: it runs in this loop
-    for room in worker.tables.rooms.values():
-        for track in room.tracks.values():
-            if track.info.kind == "video" and track.info.participant == participant:
-                return [
-                    {
-                        "rid": x.rid,
-                        "learnt": bool(x.ssrc),
-                        "active": x.active,
-                        "unwanted_s": round(now - x.wanted_at, 1),
-                    }
-                    for x in track.layers
-                ]
+    for _room, track in worker_videos(world):
+        if track.info.participant == participant:
+            return [
+                {
+                    "rid": x.rid,
+                    "learnt": bool(x.ssrc),
+                    "active": x.active,
+                    "unwanted_s": round(now - x.wanted_at, 1),
+                }
+                for x in track.layers
+            ]
     return []
 
 
@@ -845,30 +850,26 @@ async def learns(world: World, participant: str, layers: int, within: float = 10
     """Until the worker has learnt ``layers`` of ``participant``'s simulcast
     layers from their packets, or ``within`` seconds (then the test's own
     checks say what it learnt)."""
-    deadline = time.monotonic() + within
-    while sum(x["learnt"] for x in video_layers(world, participant)) < layers:
-        if time.monotonic() > deadline:
-            return
-        await asyncio.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        await wait_until(
+            lambda: sum(x["learnt"] for x in video_layers(world, participant)) >= layers,
+            within=within,
+        )
 
 
 def video_sent(world: World, publisher: str, subscriber: str) -> tuple[int, int]:
     """The packets of ``publisher``'s simulcast video the worker has sent
     ``subscriber``, and those it resent, by its own counts
     (:class:`sfu.table.Subscription`)."""
-    import sfu.http
-
-    worker = world.app[sfu.http.WORKER]
     sent = resent = 0
-    for room in worker.tables.rooms.values():
-        for track in room.tracks.values():
-            if track.info.kind != "video" or track.info.participant != publisher:
-                continue
-            group = room.forwarder.simulcast.group(track.ssrc) if track.layers else None
-            for sub in group.subscriptions if group is not None else []:
-                if getattr(sub.key, "participant", None) == subscriber:
-                    sent += sub.packets_sent
-                    resent += sub.retransmitted
+    for room, track in worker_videos(world):
+        if track.info.participant != publisher:
+            continue
+        group = room.forwarder.simulcast.group(track.ssrc) if track.layers else None
+        for sub in group.subscriptions if group is not None else []:
+            if getattr(sub.key, "participant", None) == subscriber:
+                sent += sub.packets_sent
+                resent += sub.retransmitted
     return sent, resent
 
 
