@@ -18,8 +18,9 @@ TEST_RERUNS ?= 0
 
 .PHONY: run test lint typecheck bench clean
 
-# setup.py builds the native hot loops (*/_*.c, */_*.h): a changed one is rebuilt.
-$(BIN)/wadud: setup.cfg pyproject.toml setup.py $(wildcard */_*.c */_*.h)
+# setup.py builds the native hot loops (_*.c, _*.h in a package or a
+# sub-package): a changed one is rebuilt.
+$(BIN)/wadud: setup.cfg pyproject.toml setup.py $(wildcard */_*.c */_*.h */*/_*.c */*/_*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -44,7 +45,7 @@ bench: $(BIN)/wadud
 	$(BIN)/python benchmarks/cascade/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info */_*.so
+	rm -rf $(VENV) build *.egg-info */_*.so */*/_*.so
 
 # Coverage-guided fuzzing (fuzz/, issue 35): each target for FUZZ_SECONDS under
 # atheris, the C extensions rebuilt with ASan and UBSan into build/fuzz.

@@ -2,7 +2,7 @@
 
 Each per-datagram loop that Python cannot run fast enough is one small C
 extension against the CPython API, a leaf that takes buffers and returns
-counts (issue 13): ``sfu._fanout`` (the SFU's per-copy rewrite, SRTP
+counts (issue 13): ``sfu.forward._fanout`` (the SFU's per-copy rewrite, SRTP
 protect and sendmmsg) and ``turn._relay`` (the TURN relay's ChannelData and
 Data indications over UDP, with recvmmsg and UDP GSO). They are
 ``optional``: if a compiler or the Python headers are missing, ``pip
@@ -40,9 +40,9 @@ if _SANITIZE_MODE:
 setup(
     ext_modules=[
         Extension(
-            "sfu._fanout",
-            ["sfu/_fanout.c", "sfu/_fanout_red.c"],
-            depends=["sfu/_fanout.h"],
+            "sfu.forward._fanout",
+            ["sfu/forward/_fanout.c", "sfu/forward/_fanout_red.c"],
+            depends=["sfu/forward/_fanout.h"],
             optional=True,
             extra_compile_args=_FLAGS,
             extra_link_args=_LINK,

@@ -157,10 +157,10 @@ def retention_rules() -> list[privacy.retention.Rule]:
 def in_process() -> list[Installer]:
     """:func:`features` with a media worker in this process, installed before
     signalling so that calls use it instead of media nodes."""
-    import sfu.http
+    import sfu.node.http
 
     out = features()
-    out.insert(out.index(_signalling_install()), sfu.http.install)
+    out.insert(out.index(_signalling_install()), sfu.node.http.install)
     return out
 
 

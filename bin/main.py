@@ -262,7 +262,7 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
 
 
 def cmd_media(settings: config.Settings) -> int:
-    from sfu import node
+    from sfu.node import supervisor
 
     if not settings.redis_url:
         raise ConfigError(
@@ -275,14 +275,14 @@ def cmd_media(settings: config.Settings) -> int:
     if not 0 <= settings.media_restart_backoff <= settings.media_restart_backoff_max:
         raise ConfigError("media_restart_backoff must be between 0 and media_restart_backoff_max")
     try:
-        node.http_address(settings.media_http)
+        supervisor.http_address(settings.media_http)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     from wadud import serving
 
     code = 0
     with contextlib.suppress(KeyboardInterrupt):
-        code = node.run(settings)
+        code = supervisor.run(settings)
     # Not a return: the interpreter's teardown would outlast the stop's bound.
     serving.exit_now(code)
     return code

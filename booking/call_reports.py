@@ -1,7 +1,7 @@
 """Each video visit's call report: storage, assembly, the API and its retention.
 
 What goes in (docs/calls.md, "Call reports"): every ``SAMPLE_EVERY`` seconds
-the media worker's look at each participant's legs (``sfu.call_samples``:
+the media worker's look at each participant's legs (``sfu.rooms.call_samples``:
 loss, RTT, jitter, bitrates, the simulcast layer of each video they receive,
 the quality level shown) and the participant's page's own ``getStats()``
 (freezes, concealed audio, TURN use, ICE restarts), plus the worker's

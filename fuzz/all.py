@@ -2,7 +2,7 @@
 
 ``python -m fuzz.all [--seconds N] [TARGET ...]``
 
-1. Builds ``sfu._fanout`` and ``turn._relay`` with clang, AddressSanitizer,
+1. Builds ``sfu.forward._fanout`` and ``turn._relay`` with clang, AddressSanitizer,
    UBSan and libFuzzer's coverage counters (``WADUD_SANITIZE=fuzzer`` in
    setup.py) into ``build/fuzz``, apart from the in-place build .venv loads,
    and links clang's ASan runtime and libFuzzer into one library,

@@ -1,7 +1,7 @@
 """Run one fuzz target under atheris: ``python -m fuzz.run TARGET [libFuzzer flags]``.
 
 With ``WADUD_FUZZ_NATIVE`` naming a build folder (fuzz/all.py makes one with
-AddressSanitizer and UBSan), ``sfu._fanout`` and ``turn._relay`` are loaded
+AddressSanitizer and UBSan), ``sfu.forward._fanout`` and ``turn._relay`` are loaded
 from there rather than from the in-place build that .venv uses. The
 product's modules are imported under atheris's instrumentation, so its
 coverage guides the fuzzer.
@@ -20,7 +20,9 @@ PACKAGES = ("rtc", "sfu", "turn", "signalling", "chat", "wadud", "fuzz")
 
 
 def use_native_build(folder: Path) -> None:
-    """Make ``sfu._fanout`` and ``turn._relay`` load from ``folder`` (a build_ext --build-lib)."""
+    """Make ``sfu.forward._fanout`` and ``turn._relay`` load from ``folder`` (a build_ext
+    --build-lib).
+    """
     import sfu
     import turn
 
@@ -29,7 +31,7 @@ def use_native_build(folder: Path) -> None:
 
 
 def _check_native_build(folder: Path) -> None:
-    from sfu import _fanout  # type: ignore[attr-defined]
+    from sfu.forward import _fanout  # type: ignore[attr-defined]
     from turn import _relay  # type: ignore[attr-defined]
 
     for module in (_fanout, _relay):

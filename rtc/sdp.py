@@ -10,7 +10,7 @@ Malformed text raises :class:`~rtc.errors.SdpParseError` (also a ``ValueError``)
 and nothing else.
 
 What the SFU answers and offers with these descriptions is its own policy,
-in :mod:`sfu.offer_answer`.
+in :mod:`sfu.transport.offer_answer`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ class SfuStateError(SfuError, AssertionError):
 
 
 class UnknownInput(SfuError, TypeError):
-    """A worker core was handed an input it does not take (:mod:`sfu.inputs`):
+    """A worker core was handed an input it does not take (:mod:`sfu.rooms.inputs`):
     a bug in the caller."""
 
 

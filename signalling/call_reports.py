@@ -2,8 +2,8 @@
 
 Two sources, neither on the forwarding path:
 
-* the media worker's events: :class:`sfu.control.CallSample` every few
-  seconds per participant, and :class:`sfu.control.TransportState`; heard
+* the media worker's events: :class:`sfu.control.messages.CallSample` every few
+  seconds per participant, and :class:`sfu.control.messages.TransportState`; heard
   as a listener of the worker (``wadud serve``) or of the media client
   (``wadud api``, events over Redis), and kept only by the replica that owns
   the room, so a room's samples are written once however many replicas
@@ -34,7 +34,7 @@ from aiohttp import web
 
 from booking.call_reports import Event, Participant, Row, finish, store
 from booking.calls import booking_of
-from sfu.control import CallSample, MediaControl, MediaEvent, TransportState
+from sfu.control.messages import CallSample, MediaControl, MediaEvent, TransportState
 from wadud import jsonin, loops
 from wadud.auth import InvalidToken, decode_room_token
 from wadud.config import Settings

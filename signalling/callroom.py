@@ -13,9 +13,9 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from rtc.errors import SdpError
 from rtc.sdp import SessionDescription
-from sfu.control import ConnectionQuality, MediaControl, Restart, TrackInfo
+from sfu.control.messages import ConnectionQuality, MediaControl, Restart, TrackInfo
+from sfu.control.rpc import MediaUnavailable
 from sfu.errors import SfuStateError
-from sfu.rpc import MediaUnavailable
 from signalling import errors, protocol
 from signalling.lane import MediaLane
 from signalling.room import Room, State
@@ -62,7 +62,7 @@ class Subscriber:
         #: Ask the worker even if the set did not change (after a failure).
         self.force = False
         #: How the next offer renews the transport: new ICE credentials, or a
-        #: new transport (sfu.control.MediaControl.subscribe).
+        #: new transport (sfu.control.messages.MediaControl.subscribe).
         self.renew: Restart | None = None
         #: Negotiations in a row that found no media worker.
         self.unavailable = 0

@@ -2,7 +2,7 @@
 
 ``install(app)`` adds the WebSocket route and a cleanup context that owns the
 :class:`signalling.service.CallService`; the media worker is whatever
-``app[sfu.http.MEDIA]`` holds when a client first needs it (``sfu.http`` installs
+``app[sfu.node.http.MEDIA]`` holds when a client first needs it (``sfu.node.http`` installs
 one in ``wadud serve``), so the order of installers does not matter.
 """
 
@@ -24,9 +24,9 @@ import booking.calls
 from privacy import consent
 from privacy.errors import ConsentRequired
 from recording.http import RECORDINGS
-from sfu.control import MediaControl
-from sfu.http import MEDIA
-from sfu.rpc import MediaClient
+from sfu.control.messages import MediaControl
+from sfu.control.rpc import MediaClient
+from sfu.node.http import MEDIA
 from signalling import errors
 from signalling.call_reports import CallRecorder, post_stats
 from signalling.cluster import Cluster
@@ -94,7 +94,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     # With Redis, rooms are shared by every replica (signalling.cluster); with
     # no media worker in this process (`wadud api`), they are placed on the
-    # registered media nodes and driven over Redis (sfu.rpc). The region's
+    # registered media nodes and driven over Redis (sfu.control.rpc). The region's
     # own Redis, if any, is a second plane of its own (signalling.planes).
     redis = getattr(app[keys.BUS], "redis", None) if settings.redis_url else None
     regional_redis = redis_client(settings.redis_region_url) if settings.redis_region_url else None

@@ -23,8 +23,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-import sfu.http
-from sfu import registry
+import sfu.node.http
+from sfu.control import registry
 from wadud import keys, loops
 from wadud.api import ApiModel, Call, Role, Routes
 
@@ -74,15 +74,15 @@ async def list_workers(call: Call[None, None]) -> MediaWorkers:
     Without Redis (``wadud serve``), the one worker running in this process."""
     app = call.request.app
     redis = _redis(app) if call.settings.redis_url else None
-    if redis is not None and sfu.http.WORKER not in app:
+    if redis is not None and sfu.node.http.WORKER not in app:
         found = await registry.workers(redis)
     else:
-        found = [_local(app)] if sfu.http.WORKER in app else []
+        found = [_local(app)] if sfu.node.http.WORKER in app else []
     return MediaWorkers(items=[_model(w) for w in sorted(found, key=lambda w: w.worker)])
 
 
 def _local(app: web.Application) -> registry.WorkerInfo:
-    worker = app[sfu.http.WORKER]
+    worker = app[sfu.node.http.WORKER]
     settings = app[keys.SETTINGS]
     host, port = worker.address[0], worker.address[1]
     return registry.WorkerInfo(
@@ -156,7 +156,7 @@ class _View:
 
 async def _gauges(app: web.Application) -> AsyncIterator[None]:
     redis = _redis(app) if app[keys.SETTINGS].redis_url else None
-    if redis is None or sfu.http.WORKER in app:
+    if redis is None or sfu.node.http.WORKER in app:
         yield
         return
     view = _View()

@@ -11,7 +11,7 @@ else of any region. The choice is one Lua script, so two API replicas placing
 the same site at the same moment agree (Redis runs scripts one at a time):
 the first sets the site's key, the second reads it back.
 
-Keys (see :mod:`sfu.registry` for the workers' own):
+Keys (see :mod:`sfu.control.registry` for the workers' own):
 
 * ``wadud:room:{room}:media:{region}``: ``"{worker}|{incarnation}"`` of the
   room's site in a region (``-`` for a region-less one);
@@ -29,7 +29,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sfu import registry
+from sfu.control import registry
 
 log = logging.getLogger("wadud.signalling.placement")
 
@@ -43,7 +43,7 @@ ROOM_TTL = 24 * 3600
 PAGE = 8
 
 # A worker's rooms set changed by ``delta``: so does its score in its region's
-# load index (sfu.registry.load_key), if it is there (a draining one is not).
+# load index (sfu.control.registry.load_key), if it is there (a draining one is not).
 _COUNT = """
 local function count(wid, delta)
   local region = redis.call('HGET', 'wadud:media:worker:' .. wid, 'region')

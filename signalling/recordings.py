@@ -1,6 +1,6 @@
 """What a room's recording steps mean outside the room: the recording's rows
 and key (:class:`recording.store.Recordings`) and the
-media worker writing it (:meth:`sfu.control.MediaControl.record`).
+media worker writing it (:meth:`sfu.control.messages.MediaControl.record`).
 
 The room core (:mod:`signalling.recording_consent`) decides; this carries
 out its steps one at a time per room, in order (asked, each answer, start,
@@ -10,7 +10,7 @@ away) stops the recording in the room with reason ``failed``, so no screen
 says "Recording" while nothing is kept.
 
 The worker reports each stored segment and its end
-(:class:`sfu.control.RecordingSegment`, :class:`sfu.control.RecordingStopped`);
+(:class:`sfu.control.messages.RecordingSegment`, :class:`sfu.control.messages.RecordingStopped`);
 those become rows, and a failure on the worker's side (storage too slow or
 full) stops the recording in the room too.
 
@@ -28,7 +28,7 @@ from functools import partial
 from uuid import UUID
 
 from recording.store import Recordings
-from sfu.control import MediaControl, RecordingOrder, RecordingSegment, RecordingStopped
+from sfu.control.messages import MediaControl, RecordingOrder, RecordingSegment, RecordingStopped
 from signalling.callroom import CallRoom
 from signalling.lane import MediaLane
 from signalling.recording_consent import (

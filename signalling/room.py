@@ -71,7 +71,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from sfu.control import TrackInfo
+from sfu.control.messages import TrackInfo
 from signalling import errors
 from signalling.protocol import (
     Admit,

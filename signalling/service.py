@@ -1,6 +1,6 @@
 """The asyncio side of call signalling: the rooms this process owns, one
 session per WebSocket, and the media worker driven through
-:class:`sfu.control.MediaControl`.
+:class:`sfu.control.messages.MediaControl`.
 
 The room logic is in :mod:`signalling.room` (sans-I/O); :class:`CallService`
 feeds it frames, dropped connections and the loop's clock, and carries out
@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 from booking.calls import booking_of
 from recording.store import Recordings
 from rtc.errors import SdpError
-from sfu.control import (
+from sfu.control.messages import (
     ActiveSpeaker,
     ConnectionQuality,
     LayersWanted,
@@ -58,8 +58,8 @@ from sfu.control import (
     TransportState,
     View,
 )
+from sfu.control.rpc import MediaClient, MediaUnavailable
 from sfu.errors import SfuStateError
-from sfu.rpc import MediaClient, MediaUnavailable
 from signalling import errors, protocol
 from signalling.callroom import CallRoom, Subscriber
 from signalling.cluster import Cluster

@@ -9,7 +9,7 @@ worker falls back to the nearest one that has). A room with participants in
 two regions has two sites.
 
 A participant receives tracks published on other sites through relay links
-between workers (:meth:`sfu.control.MediaControl.relay_send` and
+between workers (:meth:`sfu.control.messages.MediaControl.relay_send` and
 ``relay_receive``). Each track crosses to another site once, however many
 subscribers it has there: the set a site receives from another is the union
 of what its participants want from that one (:func:`plan`). The owner of the
@@ -41,9 +41,9 @@ from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import Counter
 
-from sfu import registry
-from sfu.control import MediaControl, RelayedTrack, RelayPeer, Restart
-from sfu.rpc import MediaClient
+from sfu.control import registry
+from sfu.control.messages import MediaControl, RelayedTrack, RelayPeer, Restart
+from sfu.control.rpc import MediaClient
 from signalling import errors
 from signalling.lane import MediaLane
 from signalling.placement import Placed, Placement

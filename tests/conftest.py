@@ -147,7 +147,7 @@ BUSY = {
         "tests/signalling/test_browser_call.py",
         "tests/signalling/test_recording_browser.py",
         "tests/signalling/test_check.py",
-        "tests/sfu/test_red_call.py",
+        "tests/sfu/node/test_red_call.py",
         "tests/turn/test_turn_bench.py",
         # Four uclients at 2 ms spacing keep the in-process relay busy; beside
         # the cluster tests (WADUD_NATIVE=0) its Allocate answers came late.

@@ -6,7 +6,7 @@ virtual environment that sees nothing of ours or of the suite's:
 
 1. ``pip install wadud-*.whl``: every module of the server's packages
    imports from the installed copy, and aiortc, PyAV and aioice (the
-   client's) are not there. The native leaves (``sfu._fanout``,
+   client's) are not there. The native leaves (``sfu.forward._fanout``,
    ``turn._relay``) may be missing where no compiler is: their users fall
    back to Python.
 2. ``pip install 'wadud-*.whl[client]'``: the installed ``python -m

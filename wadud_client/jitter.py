@@ -9,7 +9,7 @@ buffer behind the gap like any other frame. Packets do stop coming for good:
 after a NAT rebinding the server sends to the old address until the client's
 next RTCP shows it the new one (up to 1.5 s for a receive-only aiortc
 connection), and what it sent there is past repair once its NACK history
-(``sfu.history.DEFAULT_MAX_AGE``, 1 s) has let it go. The server asks the
+(``sfu.forward.history.DEFAULT_MAX_AGE``, 1 s) has let it go. The server asks the
 publisher for a keyframe exactly then, so the decoder can start clean;
 Chromium's frame buffer does that, decoding a complete keyframe at once and
 dropping the older frames it could not complete.

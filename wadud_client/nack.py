@@ -24,7 +24,7 @@ class NackRetry:
 
     A packet still missing an ``interval`` after its last NACK will not
     come: the server keeps what it sent for about a second
-    (``sfu.history``), and one it never received (lost before the server)
+    (``sfu.forward.history``), and one it never received (lost before the server)
     it cannot send at all. Then the picture cannot be repaired, only
     replaced: a PLI (RFC 4585 section 6.3.1) asks the publisher for a
     keyframe, at most once per ``KEYFRAME_EVERY`` seconds, as a browser

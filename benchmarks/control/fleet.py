@@ -5,9 +5,9 @@ answer the requests signalling sends without SDP (``leave``, ``close_room``,
 ``ping``), by the hundred. A real ``wadud media`` worker costs a process and a
 UDP port each; this fleet is one Redis connection for commands and one
 pub/sub connection subscribed to every worker's control channel. Each entry
-is a real :class:`sfu.registry.WorkerInfo` hash (the fields a worker writes),
+is a real :class:`sfu.control.registry.WorkerInfo` hash (the fields a worker writes),
 renewed like a heartbeat, and each request gets the reply
-:class:`sfu.rpc.MediaServer` would give for an op that touches no transport:
+:class:`sfu.control.rpc.MediaServer` would give for an op that touches no transport:
 ``{"id", "ok": true, "result": null}`` on the request's ``reply_to`` (``ping``
 answers the worker's ids). Offers would need a real worker; the benchmark
 sends none.
@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from sfu import registry
+from sfu.control import registry
 from wadud.bus import encode
 
 

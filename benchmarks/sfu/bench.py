@@ -191,7 +191,7 @@ class Bench:
         self.numbers = itertools.count(1)
         self.rooms = itertools.count(1)
         self.direct_p50: float | None = None
-        self.media: Any = None  # sfu.rpc.RemoteMedia of the node's worker in --media mode
+        self.media: Any = None  # sfu.control.rpc.RemoteMedia of the node's worker in --media mode
         # Whether subscribers accept transport-cc (they never send its feedback).
         self.transport_cc = not args.simulcast
         self.rid_of: dict[int, str] = {}  # stream number -> RID of a simulcast layer
@@ -496,7 +496,7 @@ class Bench:
         """Record the first rooms, ``share`` of all their published tracks
         (``--record``: in ``1x10`` one track a room, so 0.2 is two tracks in
         ten), over the MediaControl a signalling replica would use."""
-        from sfu.control import RecordingOrder
+        from sfu.control.messages import RecordingOrder
 
         if self.media is None:
             raise SystemExit("--record needs --media (MediaControl.record over Redis)")

@@ -11,7 +11,7 @@ unprotects a probe room's to time them. Servers under test, all on
 
 * ``wadud`` : ``wadud media --workers 1`` (one worker process), rooms set up
   over Redis as a ``wadud api`` replica does (``run.py --media``), with the
-  native fan-out (``sfu/_fanout.c``);
+  native fan-out (``sfu/forward/_fanout.c``);
 * ``wadud-py``: the same with ``WADUD_NATIVE=0``, the pure-Python loop
   ("today"), kept beside it so the gain and the latency are read in the
   same run (``--no-python`` leaves it out);

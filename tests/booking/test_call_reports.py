@@ -16,7 +16,7 @@ from typing import Any
 
 from booking import call_report_page, call_reports
 from privacy import retention
-from sfu.control import CallSample, TransportState
+from sfu.control.messages import CallSample, TransportState
 from signalling.http import RECORDER
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import events, pool_of

@@ -102,7 +102,7 @@ def test_image_holds_every_role_and_no_compiler(images: Images) -> None:
         "python3",
         images.wadud,
         "-c",
-        "import sfu.native, sfu._fanout, turn._relay; print('native')",
+        "import sfu.forward.native, sfu.forward._fanout, turn._relay; print('native')",
     ).stdout.split()
     assert native == ["native"], native
     uid = podman("run", "--rm", "--entrypoint", "id", images.wadud, "-u").stdout.strip()

@@ -34,11 +34,11 @@ from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete
 from rtc.ice import random_credentials
 from rtc.sdp import SessionDescription
 from rtc.srtp import SrtpSession
-from sfu.actions import Emit
-from sfu.control import MediaEvent, TransportState
-from sfu.layers import Layers
-from sfu.negotiation import Negotiator
-from sfu.worker import MediaWorker
+from sfu.control.messages import MediaEvent, TransportState
+from sfu.layers.choice import Layers
+from sfu.negotiation.negotiator import Negotiator
+from sfu.node.worker import MediaWorker
+from sfu.rooms.actions import Emit
 
 WIDTH, HEIGHT = 160, 120
 AUDIO_RATE = 48000

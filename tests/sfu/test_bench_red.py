@@ -13,7 +13,7 @@ from rtc import sdp
 from rtc.dtls import DtlsCertificate
 from rtc.red import RedBlock, RedPayload
 from rtc.rtp import RtpPacket
-from sfu import offer_answer
+from sfu.transport import offer_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from benchmarks.sfu import peer
 from rtc import sdp
 from rtc.dtls import DtlsCertificate
 from rtc.rtp import extension_elements, payload_range
-from sfu.keyframes import vp8_keyframe_start, vp8_size
+from sfu.forward.keyframes import vp8_keyframe_start, vp8_size
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,8 @@ from rtc import sdp
 from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete
 from rtc.ice import IceLiteAgent, SelectedAddress, local_ufrag_of, random_credentials
 from rtc.srtp import SrtpSession
-from sfu import offer_answer
-from sfu.keyframes import vp8_keyframe_start
+from sfu.forward.keyframes import vp8_keyframe_start
+from sfu.transport import offer_answer
 from tests.benchmark_run import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +93,8 @@ def test_synthetic_peer_against_rtc_cores() -> None:
     server = CoreServer(DtlsCertificate.generate(dt.datetime.now(dt.UTC)))
     pub, sub = peer.Transport(cert), peer.Transport(cert)
     try:
-        # Publish leg: our offer, the worker's answer (sfu.offer_answer.answer takes DTLS client).
+        # Publish leg: our offer, the worker's answer (sfu.transport.offer_answer.answer takes DTLS
+        # client).
         offer = peer.publish_offer(pub, ssrc=1111, rtx_ssrc=2222)
         local = server.local()
         answer = offer_answer.answer(sdp.SessionDescription.parse(offer), local)

@@ -511,11 +511,11 @@ def pcs_connected(decodes: dict[str, Any], wall0: float) -> dict[str, dict[str, 
 FREEZE_S = 1.5
 #: The longest freeze the Redis failover scenario allows. Under a loaded
 #: machine (CI: two busy chains beside it) a page's Chromium drops a simulcast
-#: layer for CPU; its subscribers move down once the layer is sfu.layers.QUIET
+#: layer for CPU; its subscribers move down once the layer is sfu.layers.choice.QUIET
 #: behind the others and a keyframe of the lower one comes, on a publisher
 #: whatever Redis does. Seen in three runs in a row with the failover itself
 #: causing nothing (no move, no takeover). The bandwidth pauses a starved
-#: machine also brings (sfu.layers.PAUSE_AFTER) are the other freezes seen.
+#: machine also brings (sfu.layers.choice.PAUSE_AFTER) are the other freezes seen.
 FAILOVER_FREEZE_S = 3.0
 
 

@@ -1,6 +1,6 @@
 """The call report's parsers without I/O: a page's stats body
 (``signalling.call_reports.page_sample``) and the worker's ``call_sample``
-event over the bus (``sfu.control``)."""
+event over the bus (``sfu.control.messages``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfu.control import CallSample, event_from_dict, event_to_dict
+from sfu.control.messages import CallSample, event_from_dict, event_to_dict
 from signalling.call_reports import page_sample
 from wadud.errors import BadRequest
 

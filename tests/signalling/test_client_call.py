@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtc.sdp import SessionDescription
-from sfu.http import MEDIA
+from sfu.node.http import MEDIA
 from tests.conftest import Api, free_udp_port
 from tests.signalling.relay import (
     Address,

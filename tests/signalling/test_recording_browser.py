@@ -89,7 +89,7 @@ async def test_a_visit_is_recorded_only_with_everyone_s_consent(
         assert abs(f["duration"] - f["expected"]) <= 1.0, f
         # A picture from start to end: it starts at the first keyframe (up to
         # about a second in), and a publisher that drops the recorded layer
-        # costs about as much again (sfu.recording.QUIET, then a keyframe).
+        # costs about as much again (sfu.recording.core.QUIET, then a keyframe).
         # A recording stuck on a dropped layer loses far more.
         assert f["video"] >= f["expected"] - 3.0, f
 
@@ -270,9 +270,9 @@ async def scenario_record(world: World) -> dict[str, Any]:
 async def recorded_sound(app: Any) -> tuple[dict[str, int], dict[str, int]]:
     """Audio packets the media worker had received from each participant
     when it started recording (or when they joined) and when it stopped."""
-    import sfu.http
+    import sfu.node.http
 
-    recordings = app[sfu.http.WORKER].recordings
+    recordings = app[sfu.node.http.WORKER].recordings
     first: dict[str, int] | None = None
     while True:
         if recordings.counts()["active"]:
@@ -285,10 +285,10 @@ async def recorded_sound(app: Any) -> tuple[dict[str, int], dict[str, int]]:
 def audio_received(app: Any) -> dict[str, int]:
     """Audio packets the media worker has received so far, by participant
     id (its own counters, RFC 3550 A.3)."""
-    import sfu.http
+    import sfu.node.http
 
     out: dict[str, int] = {}
-    for room in app[sfu.http.WORKER].tables.rooms.values():
+    for room in app[sfu.node.http.WORKER].tables.rooms.values():
         for track in room.tracks.values():
             stats = track.publisher.recv_stats.get(track.ssrc)
             if track.info.kind == "audio" and stats is not None:

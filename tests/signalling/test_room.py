@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sfu.control import TrackInfo
+from sfu.control.messages import TrackInfo
 from signalling import errors, protocol
 from signalling.room import (
     TRANSITIONS,

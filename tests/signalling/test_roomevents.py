@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sfu.control import TrackInfo
+from sfu.control.messages import TrackInfo
 from signalling.room import Output, Room
 from signalling.roomevents import View, changes
 from tests.signalling.test_room import grant, new_room

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfu import registry
-from sfu.registry import Registration, WorkerInfo
+from sfu.control import registry
+from sfu.control.registry import Registration, WorkerInfo
 from signalling.placement import Placed, Placement, nearest, parse_distances
 from signalling.sites import CLOCK_SKEW, Site, Sites, plan
 

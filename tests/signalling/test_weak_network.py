@@ -716,7 +716,7 @@ async def scenario_views(world: World) -> dict[str, Any]:
     out["small"] = await window(viewer, pub, 3)
     out["worker_small"] = worker_view(world)
     # Dynacast: the top layer nobody wants stops once unwanted for
-    # sfu.layers.DYNACAST_DELAY; waited for as the publisher's own encoder
+    # sfu.layers.choice.DYNACAST_DELAY; waited for as the publisher's own encoder
     # says it (active false), then its packets watched for 3 s. The worker
     # stops only a layer it has learnt (one never seen may be on its way),
     # and Chromium starts its top layer when its own uplink estimate
@@ -803,10 +803,10 @@ async def scenario_firefox(world: World) -> dict[str, Any]:
 
 def worker_videos(world: World) -> Iterator[tuple[Any, Any]]:
     """The in-process media worker's video tracks, each with its room
-    (:class:`sfu.records.Room`, :class:`sfu.records.Track`)."""
-    import sfu.http
+    (:class:`sfu.rooms.records.Room`, :class:`sfu.rooms.records.Track`)."""
+    import sfu.node.http
 
-    worker = world.app[sfu.http.WORKER]
+    worker = world.app[sfu.node.http.WORKER]
     for room in worker.tables.rooms.values():
         for track in room.tracks.values():
             if track.info.kind == "video":
@@ -860,7 +860,7 @@ async def learns(world: World, participant: str, layers: int, within: float = 10
 def video_sent(world: World, publisher: str, subscriber: str) -> tuple[int, int]:
     """The packets of ``publisher``'s simulcast video the worker has sent
     ``subscriber``, and those it resent, by its own counts
-    (:class:`sfu.table.Subscription`)."""
+    (:class:`sfu.forward.table.Subscription`)."""
     sent = resent = 0
     for room, track in worker_videos(world):
         if track.info.participant != publisher:
@@ -876,9 +876,9 @@ def video_sent(world: World, publisher: str, subscriber: str) -> tuple[int, int]
 def worker_view(world: World) -> dict[str, Any]:
     """What the media worker thinks of each subscriber: its estimate, what
     it would want, paused tracks, and the layer each video is on."""
-    import sfu.http
+    import sfu.node.http
 
-    worker = world.app[sfu.http.WORKER]
+    worker = world.app[sfu.node.http.WORKER]
     out: dict[str, Any] = {}
     for peer, state in list(worker.layers.subscribers.items()):
         est = state.estimator

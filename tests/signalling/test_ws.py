@@ -536,7 +536,7 @@ async def test_publish_and_subscribe_through_the_worker(api: Api, loopback_aiort
 
 
 def _worker_participants(api: Api, room: str) -> set[str]:
-    from sfu.http import WORKER
+    from sfu.node.http import WORKER
 
     # The worker's own view, as its metrics read it.
     snapshot = api.app[WORKER].snapshot()

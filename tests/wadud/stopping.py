@@ -2,7 +2,7 @@
 of its own that the test can kill, the role in its own process group, and
 the time from the signal to its exit.
 
-Used by tests/wadud/test_stop.py, tests/sfu/test_node.py and
+Used by tests/wadud/test_stop.py, tests/sfu/node/test_node.py and
 benchmarks/stop/run.py.
 """
 

@@ -137,8 +137,8 @@ def test_a_feature_imports_no_feature_beside_or_above_it(package: str) -> None:
 # --- Every floor, every cycle, every private name ------------------------------
 #
 # The checks below read all of our modules at once. A module is named by its
-# path (``sfu/worker.py`` is ``sfu.worker``, ``sfu/__init__.py`` is ``sfu``);
-# ``from sfu import worker`` counts as importing ``sfu`` and ``sfu.worker``.
+# path (``sfu/node/worker.py`` is ``sfu.node.worker``, ``sfu/__init__.py`` is ``sfu``);
+# ``from sfu import node`` counts as importing ``sfu`` and ``sfu.node``.
 
 ROOT = GROUND.parent
 #: The server's packages (each imports with no extra installed:
@@ -256,6 +256,59 @@ def test_booking_never_imports_payments(modules: Modules) -> None:
         if other.startswith("booking.payments")
     )
     assert offences == []
+
+
+#: Inside a package cut into concept folders, the folders' own floors, lowest
+#: first: a module imports only its own folder and folders on lower floors, so
+#: ``sfu.forward`` never imports ``sfu.node``. Folders on one floor stand
+#: beside each other and import neither.
+SUB_FLOORS = {
+    "sfu": (
+        ("errors",),
+        ("control", "forward", "feedback"),
+        ("transport",),
+        ("rooms",),
+        ("layers",),
+        ("negotiation", "recording"),
+        ("node",),
+    ),
+}
+
+
+def floor_of(module: str, package: str) -> int | None:
+    """The floor of ``module``'s concept folder inside ``package`` (``None``
+    for the package's face itself)."""
+    parts = module.split(".")
+    if parts[0] != package or len(parts) < 2:
+        return None
+    for floor, folders in enumerate(SUB_FLOORS[package]):
+        if parts[1] in folders:
+            return floor
+    raise AssertionError(f"{module} is in no floor of {package}: add its folder to SUB_FLOORS")
+
+
+@pytest.mark.parametrize("package", sorted(SUB_FLOORS))
+def test_concept_folders_look_only_down(modules: Modules, package: str) -> None:
+    offences = sorted(
+        (name, other)
+        for name, others in modules.imports.items()
+        if (floor := floor_of(name, package)) is not None
+        for other in others
+        if (below := floor_of(other, package)) is not None
+        and other.split(".")[1] != name.split(".")[1]
+        and below >= floor
+    )
+    assert offences == []
+    faces = [name for name in modules.files if name == package]
+    assert all(
+        floor_of(other, package) is None for face in faces for other in modules.imports[face]
+    ), "a package's face hands nothing on"
+
+
+def test_the_sub_floor_check_knows_every_folder(modules: Modules) -> None:
+    for package in SUB_FLOORS:
+        for name in modules.files:
+            floor_of(name, package)
 
 
 GATEWAYS = "booking.payments.gateways"
@@ -404,7 +457,7 @@ def test_the_cycle_check_finds_cycles(
 @pytest.mark.parametrize(
     ("source", "module", "names"),
     [
-        ("from sfu import worker", "bin.main", {"sfu", "sfu.worker"}),
+        ("from sfu import node", "bin.main", {"sfu", "sfu.node"}),
         ("from . import keys", "wadud.api", {"wadud", "wadud.keys"}),
         (
             "from .. import errors",
@@ -444,7 +497,7 @@ def private_names(tree: ast.AST, module: str, is_package: bool) -> set[tuple[str
     [
         ("from signalling.replicas import _Moved", {("signalling.replicas", "_Moved")}),
         ("def f():\n    from . import _helper\n", {("sfu", "_helper")}),
-        ("from turn import _relay\nfrom sfu import _fanout", set()),
+        ("from turn import _relay\nfrom sfu.forward import _fanout", set()),
         ("from json import _default_decoder\nfrom sfu import __version__", set()),
     ],
 )

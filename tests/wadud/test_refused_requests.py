@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
 from tests.conftest import free_port_in
-from tests.sfu.test_node import get, start_media_node, wait_ready
+from tests.sfu.node.test_node import get, start_media_node, wait_ready
 from wadud import logs
 
 MALFORMED = (

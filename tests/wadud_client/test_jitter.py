@@ -12,7 +12,7 @@ from aiortc.rtp import RtpPacket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfu.keyframes import vp8_keyframe_start as sfu_vp8_keyframe_start
+from sfu.forward.keyframes import vp8_keyframe_start as sfu_vp8_keyframe_start
 from wadud_client.jitter import KeyframeResync, vp8_keyframe_start
 
 KEY = b"\x10\x50\x01"  # S=1 PID 0, frame tag with P=0

@@ -1,0 +1,3 @@
+"""What the SFU learns from its legs: RTCP reports, bandwidth feedback and estimation, connection
+quality, the active speaker.
+"""

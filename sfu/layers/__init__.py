@@ -1,0 +1,1 @@
+"""What each subscriber gets: simulcast layers, bandwidth, dynacast and connection quality."""

@@ -1,0 +1,114 @@
+"""What the media worker's cores ask of it: send, flush RTCP, re-arm a timer, tell listeners.
+
+The worker's cores (:class:`sfu.negotiation.negotiator.Negotiator`, :class:`sfu.node.links.Links`,
+:class:`sfu.layers.choice.Layers`) never send, arm a timer or call a listener
+themselves: each input (``receive``, :mod:`sfu.rooms.inputs`) and each timer
+queues what it wants done, in the order it wants it, and
+:class:`sfu.node.worker.MediaWorker` takes them (``take_actions()``, as aioquic's
+``datagrams_to_send()``) after every call and carries them out. A
+core that calls another core passes on what that one queued, right after the
+call, so the order holds across cores.
+
+Control plane, RTCP and timer work only: a forwarded RTP packet never becomes
+an action (the worker's hot path sends those itself, with no allocation per
+packet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from rtc.ice import Address
+from sfu.control.messages import MediaEvent
+from sfu.rooms.records import Peer, Room
+
+__all__ = [
+    "Action",
+    "ActionQueue",
+    "Arm",
+    "ArmRtcp",
+    "Emit",
+    "FlushRtcp",
+    "Rearm",
+    "Send",
+    "SendRtcp",
+    "carried_out",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send one datagram as it is (DTLS, STUN, an already protected packet)."""
+
+    data: bytes
+    addr: Address
+
+
+@dataclass(frozen=True, slots=True)
+class SendRtcp:
+    """Protect one compound RTCP packet with ``peer``'s SRTCP context and send it
+    to its selected address (RFC 3711 3.4); counted unsent if it has none."""
+
+    peer: Peer
+    compound: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FlushRtcp:
+    """Send the feedback a room's forwarder has pending (NACK, PLI, FIR)."""
+
+    room: Room
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Hand a :class:`~sfu.control.messages.MediaEvent` to the worker's listeners."""
+
+    event: MediaEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """Make sure the worker's timer fires by ``when`` (it looks at every core then)."""
+
+    when: float
+
+
+@dataclass(frozen=True, slots=True)
+class ArmRtcp:
+    """Make sure the periodic RTCP timer (reports, bandwidth feedback, the
+    layers' tick) fires by its cores' next deadline."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rearm:
+    """Some deadline may have moved later or gone: re-arm the worker's timer
+    at the earliest deadline of every core."""
+
+
+Action = Send | SendRtcp | FlushRtcp | Emit | Arm | ArmRtcp | Rearm
+
+
+class ActionQueue:
+    """What a core's calls want done, queued in order until the worker takes
+    them (:meth:`take_actions`); the cores queue with ``self._out.append``."""
+
+    def __init__(self) -> None:
+        self._out: list[Action] = []
+
+    def take_actions(self) -> list[Action]:
+        """What the calls since the last take want done, in order."""
+        out, self._out = self._out, []
+        return out
+
+
+@contextlib.contextmanager
+def carried_out(queue: ActionQueue, act: Callable[[list[Action]], None]) -> Iterator[None]:
+    """Hand ``act`` what the block's calls on ``queue`` queued, even if one raised:
+    a refused request may already have queued work (a transport to close, an event)."""
+    try:
+        yield
+    finally:
+        act(queue.take_actions())
