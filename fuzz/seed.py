@@ -16,7 +16,7 @@ from typing import Any
 
 from fuzz import CORPUS
 from rtc import rtcp, stun
-from rtc.rtp import RtpPacket
+from rtc.rtp.packet import RtpPacket
 
 REPO = Path(__file__).resolve().parent.parent
 CID = "6f1c2a8e-3b4d-4c5e-9f60-718293a4b5c6"

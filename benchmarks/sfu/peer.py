@@ -61,7 +61,7 @@ from rtc.dtls import (
 )
 from rtc.errors import StunParseError
 from rtc.ice import random_credentials
-from rtc.rtp import extension_elements
+from rtc.rtp.extensions import extension_elements
 from rtc.srtp import SrtpSession
 from sfu.transport import offer_answer
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, MutableSequence
 
-from rtc.rtp import RtpRewriter
+from rtc.rtp.sequence import RtpRewriter
 from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.forward.history import PacketHistory
 from sfu.forward.keyframes import KEYFRAME_DETECTORS

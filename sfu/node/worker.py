@@ -95,7 +95,7 @@ from rtc.errors import RtcpParseError, RtpParseError
 from rtc.ice import CONNECT_TIMEOUT, CONSENT_TIMEOUT, Address, local_ufrag_of
 from rtc.machine import earliest
 from rtc.rtcp import Fir, Nack, Pli, Remb, RtcpPacket, TransportCc, parse_compound
-from rtc.rtp import transport_sequence_number
+from rtc.rtp.extensions import transport_sequence_number
 from sfu.control.messages import (
     MediaEvent,
     PublishResult,

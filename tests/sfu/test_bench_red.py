@@ -12,7 +12,7 @@ from benchmarks.sfu import peer
 from rtc import sdp
 from rtc.dtls import DtlsCertificate
 from rtc.red import RedBlock, RedPayload
-from rtc.rtp import RtpPacket
+from rtc.rtp.packet import RtpPacket
 from sfu.transport import offer_answer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,7 +21,8 @@ import pytest
 from benchmarks.sfu import peer
 from rtc import sdp
 from rtc.dtls import DtlsCertificate
-from rtc.rtp import extension_elements, payload_range
+from rtc.rtp.extensions import extension_elements
+from rtc.rtp.header import payload_range
 from sfu.forward.keyframes import vp8_keyframe_start, vp8_size
 
 ROOT = Path(__file__).resolve().parents[2]

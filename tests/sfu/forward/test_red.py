@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from rtc import red
 from rtc.red import RedBlock, RedPayload
-from rtc.rtp import RtpPacket, build_extensions
+from rtc.rtp.extensions import build_extensions
+from rtc.rtp.packet import RtpPacket
 from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC, SessionDescription
 from sfu.feedback.estimator import SendSideEstimator
 from sfu.forward import native
