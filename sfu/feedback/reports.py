@@ -32,12 +32,12 @@ import random
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Protocol
 
-from rtc.rtcp import (
+from rtc.rtcp.compound import RtcpPacket
+from rtc.rtcp.reports import (
     SDES_CNAME,
     Bye,
     ReceiverReport,
     ReportBlock,
-    RtcpPacket,
     SdesChunk,
     SenderReport,
     SourceDescription,

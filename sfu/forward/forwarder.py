@@ -53,7 +53,8 @@ from typing import Literal, Protocol
 
 from rtc import red
 from rtc.errors import RtpParseError
-from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
+from rtc.rtcp.compound import RtcpPacket
+from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtp.extensions import extension_elements
 from rtc.rtp.header import payload_range, rtx_original
 from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
@@ -890,7 +891,7 @@ class Forwarder:
         """Answer a subscriber's generic NACK (RFC 4585 section 6.2.1) from the history.
 
         ``media_ssrc`` and ``lost`` are the subscriber's (its SSRC and sequence
-        numbers, as in :meth:`rtc.rtcp.Nack.lost`). Each packet still in the
+        numbers, as in :meth:`rtc.rtcp.feedback.Nack.lost`). Each packet still in the
         history is rewritten as it was first sent, RTX-wrapped if negotiated
         (RFC 4588 section 4: original sequence number first, the RTX SSRC, its
         payload type and its own sequence numbers). The rest are counted.

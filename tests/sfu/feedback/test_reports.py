@@ -18,16 +18,15 @@ from aiortc import rtp as artp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtc.rtcp import (
+from rtc.rtcp.compound import parse_compound
+from rtc.rtcp.feedback import Nack, Pli
+from rtc.rtcp.reports import (
     Bye,
-    Nack,
-    Pli,
     ReceiverReport,
     ReportBlock,
     SenderReport,
     SourceDescription,
     compact_ntp,
-    parse_compound,
 )
 from rtc.rtp import header
 from rtc.rtp.packet import RtpPacket

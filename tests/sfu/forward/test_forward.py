@@ -17,7 +17,7 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtc.rtcp import Fir, Nack, Pli
+from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtp import extensions, header, sequence
 from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC
 from sfu.errors import SfuError, SfuStateError
