@@ -25,7 +25,7 @@ from fuzz import Finding
 from rtc import red
 from rtc.errors import RtpParseError
 from rtc.rtp.header import payload_range
-from rtc.sdp import ABS_SEND_TIME, MID, TRANSPORT_CC
+from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
 from rtc.srtp import SrtpSession
 from sfu.forward import native
 from sfu.forward.forwarder import Forwarder

@@ -57,7 +57,7 @@ from rtc.rtcp.compound import RtcpPacket
 from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtp.extensions import extension_elements
 from rtc.rtp.header import payload_range, rtx_original
-from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
+from rtc.sdp.attributes import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.forward.groups import SimulcastGroups
 from sfu.forward.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory

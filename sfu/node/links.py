@@ -66,7 +66,7 @@ from rtc.machine import earliest
 from rtc.rtcp.compound import RtcpPacket, parse_compound
 from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtcp.reports import ReceiverReport, SenderReport
-from rtc.sdp import AUDIO_LEVEL, Codec, RtcpFeedback
+from rtc.sdp.attributes import AUDIO_LEVEL, Codec, RtcpFeedback
 from sfu.control.messages import (
     RelayCodec,
     RelayedTrack,

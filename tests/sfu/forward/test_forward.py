@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtp import extensions, header, sequence
-from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC
+from rtc.sdp.attributes import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC
 from sfu.errors import SfuError, SfuStateError
 from sfu.forward.forwarder import Forwarder
 from sfu.forward.keyframes import h264_keyframe_start, vp8_keyframe_start

@@ -23,7 +23,8 @@ from rtc import red
 from rtc.red import RedBlock, RedPayload
 from rtc.rtp.extensions import build_extensions
 from rtc.rtp.packet import RtpPacket
-from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC, SessionDescription
+from rtc.sdp.attributes import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC
+from rtc.sdp.session import SessionDescription
 from sfu.feedback.estimator import SendSideEstimator
 from sfu.forward import native
 from sfu.forward.forwarder import Forwarder
