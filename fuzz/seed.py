@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from fuzz import CORPUS
-from rtc import rtcp, stun
-from rtc.rtp import RtpPacket
+from rtc import stun
+from rtc.rtcp import compound, feedback, reports, transport_cc
+from rtc.rtp.packet import RtpPacket
 
 REPO = Path(__file__).resolve().parent.parent
 CID = "6f1c2a8e-3b4d-4c5e-9f60-718293a4b5c6"
@@ -49,26 +50,35 @@ def rtp_packets() -> Iterator[tuple[str, bytes]]:
 
 
 def rtcp_packets() -> Iterator[tuple[str, bytes]]:
-    block = rtcp.ReportBlock(ssrc=1111, fraction_lost=3, packets_lost=7, highest_sequence=70000,
+    block = reports.ReportBlock(ssrc=1111, fraction_lost=3, packets_lost=7, highest_sequence=70000,
                              jitter=12, lsr=0x1234, dlsr=0x55)  # fmt: skip
-    sr = rtcp.SenderReport(ssrc=2, ntp_timestamp=1 << 40, rtp_timestamp=9000, packet_count=10,
+    sr = reports.SenderReport(ssrc=2, ntp_timestamp=1 << 40, rtp_timestamp=9000, packet_count=10,
                            octet_count=1000, reports=[block])  # fmt: skip
-    yield "sr-sdes", rtcp.build_compound([sr, rtcp.SourceDescription.for_cname(2, "cname-x")])
+    yield (
+        "sr-sdes",
+        compound.build_compound([sr, reports.SourceDescription.for_cname(2, "cname-x")]),
+    )
     yield (
         "rr-bye",
-        rtcp.build_compound(
-            [rtcp.ReceiverReport(ssrc=2, reports=[block]), rtcp.Bye(sources=[2], reason=b"gone")]
+        compound.build_compound(
+            [
+                reports.ReceiverReport(ssrc=2, reports=[block]),
+                reports.Bye(sources=[2], reason=b"gone"),
+            ]
         ),
     )
-    yield "nack", bytes(rtcp.Nack.from_lost(2, 1111, [10, 11, 13, 40]))
+    yield "nack", bytes(feedback.Nack.from_lost(2, 1111, [10, 11, 13, 40]))
     yield (
         "pli-fir",
-        rtcp.build_compound(
-            [rtcp.Pli(sender_ssrc=2, media_ssrc=1111), rtcp.Fir(sender_ssrc=2, entries=[(1111, 4)])]
+        compound.build_compound(
+            [
+                feedback.Pli(sender_ssrc=2, media_ssrc=1111),
+                feedback.Fir(sender_ssrc=2, entries=[(1111, 4)]),
+            ]
         ),
     )
-    yield "remb", bytes(rtcp.Remb(sender_ssrc=2, bitrate=1_500_000, ssrcs=[1111, 1112]))
-    tcc = rtcp.TransportCc.from_arrivals(
+    yield "remb", bytes(feedback.Remb(sender_ssrc=2, bitrate=1_500_000, ssrcs=[1111, 1112]))
+    tcc = transport_cc.TransportCc.from_arrivals(
         2, 1111, [(100, 1.0), (101, 1.002), (103, 1.010), (104, 1.3)], fb_count=1
     )  # fmt: skip
     yield "transport-cc", bytes(tcc)

@@ -6,7 +6,7 @@ never decoded; :mod:`rtc.rtpdump`). Here, per track:
 1. Order: packets of the track's payload type, in runs of one SSRC (the
    worker records one simulcast layer at a time and moves down when that
    one goes quiet), each run's sequence numbers extended past their 16-bit
-   wrap (:class:`rtc.rtp.SequenceUnwrapper`, RFC 3550 A.1), duplicates
+   wrap (:class:`rtc.rtp.sequence.SequenceUnwrapper`, RFC 3550 A.1), duplicates
    dropped, sorted by extended sequence number; timestamps extended past
    their 32-bit wrap the same way, and each later run's placed on the
    first's clock so that the packets of each that came quickest (see 3)
@@ -48,7 +48,8 @@ from typing import Any
 
 from recording.errors import RemuxError
 from rtc.errors import RtpParseError
-from rtc.rtp import SequenceUnwrapper, header_fields, payload_range, ts_diff
+from rtc.rtp.header import header_fields, payload_range
+from rtc.rtp.sequence import SequenceUnwrapper, ts_diff
 
 __all__ = [
     "Frame",

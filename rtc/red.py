@@ -17,11 +17,12 @@ sequence number describe, so a receiver that does not speak RED gets a valid
 Opus packet by keeping the RTP header, the primary's payload type and its
 data (what an SFU does for subscribers without RED).
 
-Two faces, as in :mod:`rtc.rtp`: :func:`primary` finds the primary block of
-a payload in place for the forwarding path (no object per packet), and
-:class:`RedPayload` is the payload as a value (``parse``/``__bytes__``) for
-tests and tools. A malformed payload raises :class:`~rtc.errors.RtpParseError`
-from ``parse`` and gives -1 from :func:`primary`.
+Two faces, as RTP has (:mod:`rtc.rtp.header` in place, :mod:`rtc.rtp.packet`
+as a value): :func:`primary` finds the primary block of a payload in place
+for the forwarding path (no object per packet), and :class:`RedPayload` is
+the payload as a value (``parse``/``__bytes__``) for tests and tools. A
+malformed payload raises :class:`~rtc.errors.RtpParseError` from ``parse``
+and gives -1 from :func:`primary`.
 """
 
 from __future__ import annotations

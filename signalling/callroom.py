@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from rtc.errors import SdpError
-from rtc.sdp import SessionDescription
+from rtc.sdp.session import SessionDescription
 from sfu.control.messages import ConnectionQuality, MediaControl, Restart, TrackInfo
 from sfu.control.rpc import MediaUnavailable
 from sfu.errors import SfuStateError

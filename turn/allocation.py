@@ -17,12 +17,14 @@ The machine, in one table as h11 keeps its connection states:
 
 The hot path never consults this table: the core keeps the relay lookup
 dictionaries of :class:`Allocation` filled with exactly the entries these
-states allow, so a packet costs one dictionary lookup.
+states allow, so a packet costs one dictionary lookup. A client's
+allocation is found through the :class:`ClientSide` it reached us on.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,3 +198,25 @@ class Allocation:
             f"Allocation({self.username!r} {self.client} relay={self.relay_addr} "
             f"{self.state.value})"
         )
+
+
+class ClientSide:
+    """One way clients reach us: a UDP listener, or one TCP/TLS connection.
+
+    ``allocations`` maps the client's source address (as the adapter reports
+    it) to its allocation; with the side's local address and transport that
+    is the RFC 8656 5-tuple. ``link`` belongs to the adapter (its socket or
+    transport) and is never touched here.
+    """
+
+    __slots__ = ("allocations", "link", "local", "transport")
+
+    def __init__(self, transport: str, local: Address, link: Any = None) -> None:
+        self.transport = transport
+        self.local = local
+        self.allocations: dict[Hashable, Allocation] = {}
+        self.link = link
+
+    @property
+    def stream(self) -> bool:
+        return self.transport != "udp"

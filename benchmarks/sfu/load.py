@@ -53,9 +53,9 @@ import psutil  # type: ignore[import-untyped]
 
 from benchmarks.common import udp_rcvbuf_errors
 from benchmarks.sfu import peer
-from rtc import rtcp
 from rtc.dtls import SRTP_AEAD_AES_128_GCM, DtlsCertificate
 from rtc.errors import RtcpParseError, SrtpError
+from rtc.rtcp import compound, feedback
 from rtc.srtp import SrtpSession
 
 CONSENT_INTERVAL = 2.5  # Chromium's ping interval on a selected, writable pair
@@ -475,12 +475,12 @@ class LoadProcess:
                         continue
                     if data[0] >> 6 == 2 and t is not None and t.srtp is not None:
                         try:
-                            for packet in rtcp.parse_compound(t.srtp.unprotect_rtcp(data)):
+                            for packet in compound.parse_compound(t.srtp.unprotect_rtcp(data)):
                                 rtcp_pub[type(packet).__name__] += 1
                                 # An encoder answers a keyframe request at its next frame.
-                                if isinstance(packet, rtcp.Pli):
+                                if isinstance(packet, feedback.Pli):
                                     asked = [packet.media_ssrc]
-                                elif isinstance(packet, rtcp.Fir):
+                                elif isinstance(packet, feedback.Fir):
                                     asked = [ssrc for ssrc, _ in packet.entries]
                                 else:
                                     continue

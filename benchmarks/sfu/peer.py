@@ -51,7 +51,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from rtc import sdp, stun
+from rtc import stun
 from rtc.dtls import (
     DtlsCertificate,
     DtlsEndpoint,
@@ -61,7 +61,25 @@ from rtc.dtls import (
 )
 from rtc.errors import StunParseError
 from rtc.ice import random_credentials
-from rtc.rtp import extension_elements
+from rtc.rtp.extensions import extension_elements
+from rtc.sdp.attributes import (
+    ABS_SEND_TIME,
+    MID,
+    REPAIRED_RTP_STREAM_ID,
+    RTP_STREAM_ID,
+    TRANSPORT_CC,
+    Attribute,
+    Codec,
+    Direction,
+    Extmap,
+    Msid,
+    RtcpFeedback,
+    SsrcAttribute,
+    SsrcGroup,
+)
+from rtc.sdp.media import Connection, MediaDescription
+from rtc.sdp.session import Group, Origin, SessionDescription
+from rtc.sdp.transport import Fingerprint, Setup
 from rtc.srtp import SrtpSession
 from sfu.transport import offer_answer
 
@@ -119,7 +137,7 @@ def remote_parameters(description: str, *, offerer: bool) -> RemoteParameters:
     ``a=setup`` fixes our role (RFC 8842 section 5.3). When the worker offered
     (subscribe) we answered ``active`` and are the DTLS client.
     """
-    desc = sdp.SessionDescription.parse(description)
+    desc = SessionDescription.parse(description)
     t = desc.transport()
     if not t.ice_ufrag or not t.ice_pwd or not t.fingerprints:
         raise PeerError("worker description lacks ICE credentials or a fingerprint")
@@ -128,9 +146,9 @@ def remote_parameters(description: str, *, offerer: bool) -> RemoteParameters:
         raise PeerError("worker description has no UDP candidate")
     best = max(udp, key=lambda c: c.priority)
     if offerer:
-        if t.setup is sdp.Setup.ACTIVE:
+        if t.setup is Setup.ACTIVE:
             role = DtlsRole.SERVER
-        elif t.setup is sdp.Setup.PASSIVE:
+        elif t.setup is Setup.PASSIVE:
             role = DtlsRole.CLIENT
         else:
             raise PeerError(f"answer has a=setup:{t.setup}")
@@ -174,8 +192,8 @@ class Transport:
 
     # -- descriptions ----------------------------------------------------------
 
-    def fingerprint(self) -> sdp.Fingerprint:
-        return sdp.Fingerprint("sha-256", self.certificate.fingerprint("sha-256"))
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint("sha-256", self.certificate.fingerprint("sha-256"))
 
     def local_parameters(self) -> offer_answer.LocalParameters:
         """Our side for :mod:`sfu.transport.offer_answer`: credentials, fingerprint, one host
@@ -427,34 +445,34 @@ def publish_offer(
     local = transport.local_parameters()
     stream, track = f"bench-{ssrc}", f"video-{ssrc}"
     feedback = [
-        sdp.RtcpFeedback("goog-remb"),
-        sdp.RtcpFeedback("transport-cc"),
-        sdp.RtcpFeedback("ccm", "fir"),
-        sdp.RtcpFeedback("nack"),
-        sdp.RtcpFeedback("nack", "pli"),
+        RtcpFeedback("goog-remb"),
+        RtcpFeedback("transport-cc"),
+        RtcpFeedback("ccm", "fir"),
+        RtcpFeedback("nack"),
+        RtcpFeedback("nack", "pli"),
     ]
     base = [
-        sdp.Extmap(EXT_ABS_SEND_TIME, sdp.ABS_SEND_TIME),
-        sdp.Extmap(EXT_TRANSPORT_CC, sdp.TRANSPORT_CC),
-        sdp.Extmap(EXT_MID, sdp.MID),
+        Extmap(EXT_ABS_SEND_TIME, ABS_SEND_TIME),
+        Extmap(EXT_TRANSPORT_CC, TRANSPORT_CC),
+        Extmap(EXT_MID, MID),
     ]
 
-    def section(kind: str, mid: str, codecs: list[sdp.Codec], **more: Any) -> sdp.MediaDescription:
+    def section(kind: str, mid: str, codecs: list[Codec], **more: Any) -> MediaDescription:
         """A sendonly section on this bundle's transport, as Chromium writes one."""
-        return sdp.MediaDescription(
+        return MediaDescription(
             kind=kind,
             port=9,
             proto="UDP/TLS/RTP/SAVPF",
             formats=[str(c.payload_type) for c in codecs],
-            connection=sdp.Connection("IN", "IP4", "0.0.0.0"),
+            connection=Connection("IN", "IP4", "0.0.0.0"),
             mid=mid,
-            direction=sdp.Direction.SENDONLY,
+            direction=Direction.SENDONLY,
             rtcp_mux=True,
             rtcp_rsize=True,
             ice_ufrag=local.ice_ufrag,
             ice_pwd=local.ice_pwd,
             fingerprints=local.fingerprints,
-            setup=sdp.Setup.ACTPASS,
+            setup=Setup.ACTPASS,
             codecs=codecs,
             candidates=local.candidates(),
             end_of_candidates=True,
@@ -462,24 +480,24 @@ def publish_offer(
         )
 
     rid_exts = [
-        sdp.Extmap(EXT_RID, sdp.RTP_STREAM_ID),
-        sdp.Extmap(EXT_REPAIRED_RID, sdp.REPAIRED_RTP_STREAM_ID),
+        Extmap(EXT_RID, RTP_STREAM_ID),
+        Extmap(EXT_REPAIRED_RID, REPAIRED_RTP_STREAM_ID),
     ]
     sections = [
         section(
             "video",
             mid,
             [
-                sdp.Codec(VP8_PT, "VP8", CLOCK_RATE, feedback=feedback),
-                sdp.Codec(RTX_PT, "rtx", CLOCK_RATE, fmtp=f"apt={VP8_PT}"),
+                Codec(VP8_PT, "VP8", CLOCK_RATE, feedback=feedback),
+                Codec(RTX_PT, "rtx", CLOCK_RATE, fmtp=f"apt={VP8_PT}"),
             ],
             extmaps=[*base, *(rid_exts if rids else [])],
-            msids=[sdp.Msid(stream, track)],
-            ssrc_groups=[] if rids else [sdp.SsrcGroup("FID", [ssrc, rtx_ssrc])],
+            msids=[Msid(stream, track)],
+            ssrc_groups=[] if rids else [SsrcGroup("FID", [ssrc, rtx_ssrc])],
             ssrcs=[]
             if rids
             else [
-                sdp.SsrcAttribute(s, name, value)
+                SsrcAttribute(s, name, value)
                 for s in (ssrc, rtx_ssrc)
                 for name, value in (("cname", stream), ("msid", f"{stream} {track}"))
             ],
@@ -488,10 +506,10 @@ def publish_offer(
         )
     ]
     if audio:
-        codecs = [sdp.Codec(OPUS_PT, "opus", AUDIO_CLOCK_RATE, 2, "minptime=10;useinbandfec=1",
-                            [sdp.RtcpFeedback("transport-cc")])]  # fmt: skip
+        codecs = [Codec(OPUS_PT, "opus", AUDIO_CLOCK_RATE, 2, "minptime=10;useinbandfec=1",
+                            [RtcpFeedback("transport-cc")])]  # fmt: skip
         if audio == "red":
-            codecs.append(sdp.Codec(RED_PT, "red", AUDIO_CLOCK_RATE, 2, f"{OPUS_PT}/{OPUS_PT}"))
+            codecs.append(Codec(RED_PT, "red", AUDIO_CLOCK_RATE, 2, f"{OPUS_PT}/{OPUS_PT}"))
         audio_track = f"audio-{audio_ssrc}"
         sections.append(
             section(
@@ -499,18 +517,18 @@ def publish_offer(
                 AUDIO_MID,
                 codecs,
                 extmaps=base,
-                msids=[sdp.Msid(stream, audio_track)],
+                msids=[Msid(stream, audio_track)],
                 ssrcs=[
-                    sdp.SsrcAttribute(audio_ssrc, name, value)
+                    SsrcAttribute(audio_ssrc, name, value)
                     for name, value in (("cname", stream), ("msid", f"{stream} {audio_track}"))
                 ],
             )
         )
-    desc = sdp.SessionDescription(
-        origin=sdp.Origin("-", str(secrets.randbits(62)), "2", "IN", "IP4", "127.0.0.1"),
-        groups=[sdp.Group("BUNDLE", [m.mid for m in sections if m.mid is not None])],
+    desc = SessionDescription(
+        origin=Origin("-", str(secrets.randbits(62)), "2", "IN", "IP4", "127.0.0.1"),
+        groups=[Group("BUNDLE", [m.mid for m in sections if m.mid is not None])],
         extmap_allow_mixed=True,
-        attributes=[sdp.Attribute("msid-semantic", " WMS " + stream)],
+        attributes=[Attribute("msid-semantic", " WMS " + stream)],
         media=sections,
     )
     return str(desc)
@@ -539,12 +557,12 @@ def subscribe_answer(
     ``red`` False answers Opus without its RED (RFC 2198), as aiortc does.
     Returns the answer and the SSRC and payload type of each track.
     """
-    desc = sdp.SessionDescription.parse(offer)
+    desc = SessionDescription.parse(offer)
     ans = offer_answer.answer(desc, replace(transport.local_parameters(), red=red))
     ans.ice_lite = False
     if not transport_cc:
         for media in ans.media:
-            media.extmaps = [e for e in media.extmaps if e.uri != sdp.TRANSPORT_CC]
+            media.extmaps = [e for e in media.extmaps if e.uri != TRANSPORT_CC]
             for codec in media.codecs:
                 codec.feedback = [f for f in codec.feedback if f.type != "transport-cc"]
     tracks: list[OfferedTrack] = []

@@ -97,7 +97,8 @@ def code_identity() -> dict[str, str]:
         "sfu/rooms/records.py",
         "sfu/forward/forwarder.py",
         "rtc/srtp.py",
-        "rtc/rtp.py",
+        "rtc/rtp/header.py",
+        "rtc/rtp/extensions.py",
     ):
         with contextlib.suppress(OSError):
             ident[name] = hashlib.sha1((ROOT / name).read_bytes()).hexdigest()[:12]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.common import write_results
 from benchmarks.sfu import peer
-from rtc.sdp import ABS_SEND_TIME, MID, TRANSPORT_CC
+from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
 from sfu.forward.forwarder import Forwarder
 
 PUBLISHER = {MID: 4, ABS_SEND_TIME: 2, TRANSPORT_CC: 3}

@@ -24,8 +24,8 @@ from typing import Any
 from fuzz import Finding
 from rtc import red
 from rtc.errors import RtpParseError
-from rtc.rtp import payload_range
-from rtc.sdp import ABS_SEND_TIME, MID, TRANSPORT_CC
+from rtc.rtp.header import payload_range
+from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
 from rtc.srtp import SrtpSession
 from sfu.forward import native
 from sfu.forward.forwarder import Forwarder

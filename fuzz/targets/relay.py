@@ -84,7 +84,7 @@ class World:
         alloc.permissions = {p0[0]: 1e18}
         alloc.data_txid = bytes(range(12))
         alloc.data_xpa = {}
-        self.core.data_indication(alloc, p1, b"")
+        self.core.datapath.data_indication(alloc, p1, b"")
         for a in self.allocations.values():
             a.to_peer_pkts = a.to_peer_bytes = a.from_peer_pkts = a.from_peer_bytes = 0
 
@@ -185,7 +185,7 @@ def _peer_to_client(w: World, batch: list[tuple[int, bytes]]) -> None:
         if who == 0:
             expected_client.append(struct.pack("!HH", 0x4000, len(payload)) + payload)
         elif who == 1:
-            expected_client.append(w.core.data_indication(alloc, addrs[1], payload))
+            expected_client.append(w.core.datapath.data_indication(alloc, addrs[1], payload))
         else:
             expected_rest.append((payload, addrs[2]))
     got, rest = relay_all(

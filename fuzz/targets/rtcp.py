@@ -10,23 +10,23 @@ sequence numbers, FIR entries, transport-cc arrivals, SDES CNAME).
 from __future__ import annotations
 
 from fuzz import Finding
-from rtc import rtcp
 from rtc.errors import RtcpParseError
+from rtc.rtcp import compound, feedback, reports, transport_cc
 
 
 def check(data: bytes) -> None:
     try:
-        packets = rtcp.parse_compound(data)
+        packets = compound.parse_compound(data)
     except RtcpParseError:
         return
     for packet in packets:
-        if isinstance(packet, rtcp.Nack | rtcp.TransportCc):
+        if isinstance(packet, feedback.Nack | transport_cc.TransportCc):
             packet.lost()
-        if isinstance(packet, rtcp.TransportCc):
+        if isinstance(packet, transport_cc.TransportCc):
             packet.arrivals()
-        elif isinstance(packet, rtcp.SourceDescription):
+        elif isinstance(packet, reports.SourceDescription):
             for chunk in packet.chunks:
                 chunk.cname  # noqa: B018 - the property decodes the item
-    rebuilt = rtcp.build_compound(packets)
-    if rtcp.parse_compound(rebuilt) != packets:
+    rebuilt = compound.build_compound(packets)
+    if compound.parse_compound(rebuilt) != packets:
         raise Finding("a compound RTCP packet does not parse back from its own bytes")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 
 from fuzz import Finding
-from rtc import red, rtp
+from rtc import red
 from rtc.errors import RtpParseError
+from rtc.rtp import extensions, header
+from rtc.rtp.packet import RtpPacket
 
 # Extension ids a publisher's SDP can map (RFC 8285: 1-14 one-byte, up to 255 two-byte).
 _IDS = (1, 2, 3, 4, 5, 14, 15, 200)
@@ -20,27 +22,27 @@ _IDS = (1, 2, 3, 4, 5, 14, 15, 200)
 
 def _helpers(data: bytes) -> None:
     for reader in (
-        rtp.header_length,
-        rtp.padding_length,
-        rtp.header_fields,
-        rtp.extension_block,
+        header.header_length,
+        header.padding_length,
+        header.header_fields,
+        extensions.extension_block,
     ):
         with contextlib.suppress(RtpParseError):
             reader(data)
     for ext_id in _IDS:
         for read in (
-            rtp.get_extension,
-            rtp.transport_sequence_number,
-            rtp.abs_send_time,
-            rtp.audio_level,
+            extensions.get_extension,
+            extensions.transport_sequence_number,
+            extensions.abs_send_time,
+            extensions.audio_level,
         ):
             with contextlib.suppress(RtpParseError):
                 read(data, ext_id)
     buf = bytearray(data)
     try:
-        rtp.set_transport_sequence_number(buf, 3, 0xBEEF)
-        rtp.set_abs_send_time(buf, 2, 0x123456)
-        rtp.set_audio_level(buf, 1, True, 127)
+        extensions.set_transport_sequence_number(buf, 3, 0xBEEF)
+        extensions.set_abs_send_time(buf, 2, 0x123456)
+        extensions.set_audio_level(buf, 1, True, 127)
     except RtpParseError:
         pass
     if len(buf) != len(data):
@@ -50,10 +52,10 @@ def _helpers(data: bytes) -> None:
 def check(data: bytes) -> None:
     _helpers(data)
     try:
-        start, end = rtp.payload_range(data)
+        start, end = header.payload_range(data)
     except RtpParseError:
         try:
-            rtp.RtpPacket.parse(data)
+            RtpPacket.parse(data)
         except RtpParseError:
             return
         raise Finding("RtpPacket.parse accepted what payload_range refused") from None
@@ -62,13 +64,13 @@ def check(data: bytes) -> None:
     # The forwarding path's reader of the elements, for a packet whose header
     # is whole (payload_range here, libsrtp's header checks in the worker).
     with contextlib.suppress(RtpParseError):
-        two_byte, block_start, block_end, elements = rtp.extension_elements(data)
+        two_byte, block_start, block_end, elements = extensions.extension_elements(data)
         for offset, _xid, length in elements:
             value = offset + (2 if two_byte else 1)
             if not block_start <= offset < value + length <= block_end <= start:
                 raise Finding("an extension element reaches outside its block")
     try:
-        packet = rtp.RtpPacket.parse(data)
+        packet = RtpPacket.parse(data)
     except RtpParseError:
         packet = None  # the codec also refuses elements that overrun their block
     if packet is not None:
@@ -76,9 +78,9 @@ def check(data: bytes) -> None:
             raise Finding("RtpPacket does not serialise back to the bytes it parsed")
         if packet.payload != data[start:end]:
             raise Finding("RtpPacket's payload is not payload_range's")
-    original = rtp.rtx_original(data, 96, 0x1234)
+    original = header.rtx_original(data, 96, 0x1234)
     if original is not None:
-        rtp.payload_range(original)
+        header.payload_range(original)
     found = red.primary(data, start, end)
     try:
         block = red.RedPayload.parse(data[start:end])

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from fuzz import Finding
 from rtc.errors import SdpError
-from rtc.sdp import Fingerprint, SessionDescription
+from rtc.sdp.session import SessionDescription
+from rtc.sdp.transport import Fingerprint
 from sfu.transport.offer_answer import LocalParameters, answer
 from sfu.transport.offered import parse_tracks
 

@@ -6,8 +6,8 @@ CreatePermission, ChannelBind and Send indications reach their own code.
 The input goes in as sent, and again re-signed with valid long-term
 credentials (USERNAME, REALM, a fresh NONCE, MESSAGE-INTEGRITY): otherwise
 almost every fuzzed request would stop at the 401. The Send indication fast
-path (:meth:`TurnCore.send_indication`) must never relay what the full
-checks of :meth:`TurnCore.handle` would not.
+path (:meth:`turn.datapath.DataPath.send_indication`) must never relay what
+the full checks of :meth:`TurnCore.handle` would not.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from fuzz import Finding
 from fuzz.targets.stun import resign
 from rtc import stun
 from rtc.errors import StunParseError
-from turn.allocation import Allocation
+from turn.allocation import Allocation, ClientSide
 from turn.config import TurnConfig
-from turn.core import SEND_INDICATION_TYPE, ClientSide, TurnCore
+from turn.core import TurnCore
 from turn.credentials import rest_credentials
+from turn.datapath import SEND_INDICATION_TYPE
 
 SECRET, REALM = "fuzz-secret", "fuzz.test"
 NOW = 1_800_000_000.0
@@ -122,7 +123,7 @@ def check(data: bytes) -> None:
     _handle(world, data)
     if data[:2] == SEND_INDICATION_TYPE:
         fast = fresh_world()
-        if fast.core.send_indication(fast.side, CLIENT, data):
+        if fast.core.datapath.send_indication(fast.side, CLIENT, data):
             full = fresh_world()
             _handle(full, data)
             if fast.sent() != full.sent():

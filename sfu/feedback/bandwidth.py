@@ -9,7 +9,7 @@ Two kinds of feedback, chosen by what the publisher negotiated:
   sender's delay-based estimator (Google Congestion Control) does the rest.
   Chromium and Firefox negotiate it, and our SDP answer accepts it.
   :class:`TransportCcRecorder` records ``(transport sequence number, arrival)``
-  on the hot path and emits :class:`rtc.rtcp.TransportCc` feedback.
+  on the hot path and emits :class:`rtc.rtcp.transport_cc.TransportCc` feedback.
 - REMB (draft-alvestrand-rmcat-remb-03): the receiver estimates the bitrate
   itself and sends a cap. For publishers that offer ``goog-remb`` but not
   transport-cc (aiortc, for one). :class:`RembEstimator` is a simple
@@ -25,7 +25,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Hashable
 
-from rtc.rtcp import Remb, RtcpPacket, TransportCc
+from rtc.rtcp.compound import RtcpPacket
+from rtc.rtcp.feedback import Remb
+from rtc.rtcp.transport_cc import TransportCc
 from sfu.errors import SfuStateError
 from sfu.feedback.reports import ReceiveStatistics
 

@@ -103,7 +103,7 @@ from collections import deque
 from collections.abc import MutableSequence
 from dataclasses import dataclass
 
-from rtc.rtcp import TransportCc
+from rtc.rtcp.transport_cc import TransportCc
 
 __all__ = ["Probe", "SendSideEstimator", "Usage"]
 

@@ -32,12 +32,12 @@ import random
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Protocol
 
-from rtc.rtcp import (
+from rtc.rtcp.compound import RtcpPacket
+from rtc.rtcp.reports import (
     SDES_CNAME,
     Bye,
     ReceiverReport,
     ReportBlock,
-    RtcpPacket,
     SdesChunk,
     SenderReport,
     SourceDescription,
@@ -362,7 +362,7 @@ class SendStatistics:
     ``stream`` gives the SSRC and the packet and octet counts the Forwarder
     keeps. ``source`` is the publisher stream it forwards. ``timestamp_offset``
     returns the subscription's current RTP timestamp offset (outgoing minus
-    incoming, modulo 2**32) from its :class:`rtc.rtp.RtpRewriter`, or ``None``
+    incoming, modulo 2**32) from its :class:`rtc.rtp.sequence.RtpRewriter`, or ``None``
     before the rewriter's first packet.
 
     The SR's RTP timestamp is the publisher's RTP clock at ``now``

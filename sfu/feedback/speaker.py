@@ -3,7 +3,7 @@
 Every audio packet a publisher sends carries, in the ssrc-audio-level header
 extension, the level of the audio it encodes in -dBov (0 loudest, 127 silence;
 RFC 6464 section 3) and a voice-activity flag. The worker reads it with
-:func:`rtc.rtp.audio_level` and feeds it here with ``now``; no decoding.
+:func:`rtc.rtp.extensions.audio_level` and feeds it here with ``now``; no decoding.
 
 Per participant the detector keeps the samples of the last ``window`` seconds
 and scores the participant by their mean loudness (``127 - level``, so dB
@@ -30,7 +30,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from rtc.errors import RtpParseError
-from rtc.rtp import audio_level
+from rtc.rtp.extensions import audio_level
 
 __all__ = ["SpeakerChanged", "SpeakerDetector"]
 

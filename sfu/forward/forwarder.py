@@ -13,7 +13,7 @@ subscriptions, one per subscriber that receives it. A subscription carries what
 that subscriber's leg negotiated: its outgoing SSRC, a payload type map, the
 header extension ids (Chromium and Firefox number RFC 8285 extensions
 differently, so ids are rewritten per subscriber), an
-:class:`rtc.rtp.RtpRewriter` that keeps sequence numbers and timestamps
+:class:`rtc.rtp.sequence.RtpRewriter` that keeps sequence numbers and timestamps
 continuous across pauses, RTX (RFC 4588) if negotiated, and pause state. The
 transport-wide sequence counter (draft-holmer-rmcat-transport-wide-cc-
 extensions-01) belongs to the subscriber, not the subscription: one counter
@@ -53,9 +53,11 @@ from typing import Literal, Protocol
 
 from rtc import red
 from rtc.errors import RtpParseError
-from rtc.rtcp import Fir, Nack, Pli, RtcpPacket
-from rtc.rtp import extension_elements, payload_range, rtx_original
-from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
+from rtc.rtcp.compound import RtcpPacket
+from rtc.rtcp.feedback import Fir, Nack, Pli
+from rtc.rtp.extensions import extension_elements
+from rtc.rtp.header import payload_range, rtx_original
+from rtc.sdp.attributes import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.forward.groups import SimulcastGroups
 from sfu.forward.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
@@ -889,7 +891,7 @@ class Forwarder:
         """Answer a subscriber's generic NACK (RFC 4585 section 6.2.1) from the history.
 
         ``media_ssrc`` and ``lost`` are the subscriber's (its SSRC and sequence
-        numbers, as in :meth:`rtc.rtcp.Nack.lost`). Each packet still in the
+        numbers, as in :meth:`rtc.rtcp.feedback.Nack.lost`). Each packet still in the
         history is rewritten as it was first sent, RTX-wrapped if negotiated
         (RFC 4588 section 4: original sequence number first, the RTX SSRC, its
         payload type and its own sequence numbers). The rest are counted.

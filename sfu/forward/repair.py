@@ -11,7 +11,8 @@ from __future__ import annotations
 import struct
 
 from rtc import red
-from rtc.rtp import extension_elements, payload_range
+from rtc.rtp.extensions import extension_elements
+from rtc.rtp.header import payload_range
 from sfu.forward.table import ForwarderStats, SubscriberTransport, Subscription, remap_extensions
 
 __all__ = ["padding_probe", "retransmission"]

@@ -17,7 +17,7 @@ each a pure core here:
   layer is paused (the audio-only fallback);
 - :class:`Vp8Rewriter` keeps the VP8 payload descriptor's PictureID and
   TL0PICIDX (RFC 7741 section 4.2) continuous across switches, as sequence
-  numbers and timestamps are by :class:`rtc.rtp.RtpRewriter`: a decoder that
+  numbers and timestamps are by :class:`rtc.rtp.sequence.RtpRewriter`: a decoder that
   sees PictureID jump thinks frames were lost and asks for a keyframe.
 
 The switch itself (wait for a keyframe on the new layer, then cut over) is

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, MutableSequence
 
-from rtc.rtp import RtpRewriter
-from rtc.sdp import ABS_SEND_TIME, TRANSPORT_CC
+from rtc.rtp.sequence import RtpRewriter
+from rtc.sdp.attributes import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.forward.history import PacketHistory
 from sfu.forward.keyframes import KEYFRAME_DETECTORS
 from sfu.forward.simulcast import Vp8Rewriter

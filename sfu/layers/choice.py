@@ -57,9 +57,9 @@ from typing import Literal
 
 from rtc.errors import RtpParseError
 from rtc.machine import earliest
-from rtc.rtcp import TransportCc
-from rtc.rtp import extension_elements
-from rtc.sdp import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
+from rtc.rtcp.transport_cc import TransportCc
+from rtc.rtp.extensions import extension_elements
+from rtc.sdp.attributes import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
 from sfu.control.messages import ConnectionQuality, LayersWanted, TrackPaused, View
 from sfu.errors import SfuStateError
 from sfu.feedback.estimator import RAMP_REACH, SendSideEstimator

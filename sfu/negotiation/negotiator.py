@@ -48,14 +48,9 @@ from rtc.ice import (
     ValidatedAddress,
 )
 from rtc.machine import earliest
-from rtc.sdp import (
-    AUDIO_LEVEL,
-    TRANSPORT_CC,
-    Direction,
-    Fingerprint,
-    SessionDescription,
-    Setup,
-)
+from rtc.sdp.attributes import AUDIO_LEVEL, TRANSPORT_CC, Direction
+from rtc.sdp.session import SessionDescription
+from rtc.sdp.transport import Fingerprint, Setup
 from sfu.control.messages import (
     ActiveSpeaker,
     PublishResult,

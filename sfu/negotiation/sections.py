@@ -14,16 +14,16 @@ import secrets
 from dataclasses import replace
 
 from rtc.errors import SdpNegotiationError
-from rtc.sdp import (
+from rtc.sdp.attributes import (
     ABS_SEND_TIME,
     AUDIO_LEVEL,
     TRANSPORT_CC,
     Codec,
     Direction,
     Extmap,
-    MediaDescription,
     RtcpFeedback,
 )
+from rtc.sdp.media import MediaDescription
 from sfu.rooms.records import Peer, Section, Track
 from sfu.transport.offer_answer import ForwardedTrack
 

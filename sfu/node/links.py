@@ -63,8 +63,10 @@ from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError
 from rtc.ice import Address
 from rtc.machine import earliest
-from rtc.rtcp import Fir, Nack, Pli, ReceiverReport, RtcpPacket, SenderReport, parse_compound
-from rtc.sdp import AUDIO_LEVEL, Codec, RtcpFeedback
+from rtc.rtcp.compound import RtcpPacket, parse_compound
+from rtc.rtcp.feedback import Fir, Nack, Pli
+from rtc.rtcp.reports import ReceiverReport, SenderReport
+from rtc.sdp.attributes import AUDIO_LEVEL, Codec, RtcpFeedback
 from sfu.control.messages import (
     RelayCodec,
     RelayedTrack,

@@ -94,8 +94,10 @@ from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError, RtpParseError
 from rtc.ice import CONNECT_TIMEOUT, CONSENT_TIMEOUT, Address, local_ufrag_of
 from rtc.machine import earliest
-from rtc.rtcp import Fir, Nack, Pli, Remb, RtcpPacket, TransportCc, parse_compound
-from rtc.rtp import transport_sequence_number
+from rtc.rtcp.compound import RtcpPacket, parse_compound
+from rtc.rtcp.feedback import Fir, Nack, Pli, Remb
+from rtc.rtcp.transport_cc import TransportCc
+from rtc.rtp.extensions import transport_sequence_number
 from sfu.control.messages import (
     MediaEvent,
     PublishResult,

@@ -39,7 +39,7 @@ from typing import Literal
 
 from rtc import red
 from rtc.errors import RtpParseError
-from rtc.rtp import payload_range, rtx_original
+from rtc.rtp.header import payload_range, rtx_original
 from rtc.rtpdump import MAX_PACKET, SegmentHeader, SegmentWriter
 from sfu.control.messages import RecordingOrder
 from sfu.layers.choice import QUIET, STALE, TICK

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from rtc.ice import Address
-from rtc.rtcp import Remb, RtcpPacket, TransportCc
+from rtc.rtcp.compound import RtcpPacket
+from rtc.rtcp.feedback import Remb
+from rtc.rtcp.transport_cc import TransportCc
 from sfu.control.messages import PublishResult, RelayedTrack, RelayPeer, Restart, Source, View
 from sfu.errors import UnknownInput
 from sfu.rooms.actions import ActionQueue

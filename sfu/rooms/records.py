@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Literal
 
 from rtc.ice import Address
-from rtc.sdp import Codec
+from rtc.sdp.attributes import Codec
 from rtc.srtp import SrtpSession
 from sfu.control.messages import RelayedTrack, TrackInfo, View
 from sfu.feedback.bandwidth import BandwidthFeedback, TransportCcRecorder

@@ -18,31 +18,25 @@ from dataclasses import dataclass, field, replace
 
 from rtc.errors import SdpNegotiationError
 from rtc.red import red_fmtp_pt
-from rtc.sdp import (
+from rtc.sdp.attributes import (
     ABS_SEND_TIME,
     AUDIO_LEVEL,
     MID,
     REPAIRED_RTP_STREAM_ID,
     RTP_STREAM_ID,
     TRANSPORT_CC,
-    Candidate,
     Codec,
-    Connection,
     Direction,
     Extmap,
-    Fingerprint,
-    Group,
-    MediaDescription,
     Msid,
-    Origin,
     RtcpFeedback,
-    SessionDescription,
-    Setup,
     SsrcAttribute,
     SsrcGroup,
-    Timing,
-    is_token,
 )
+from rtc.sdp.grammar import is_token
+from rtc.sdp.media import Connection, MediaDescription
+from rtc.sdp.session import Group, Origin, SessionDescription, Timing
+from rtc.sdp.transport import Candidate, Fingerprint, Setup
 
 __all__ = ["ForwardedTrack", "LocalParameters", "answer", "offer_for_subscriber"]
 

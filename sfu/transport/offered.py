@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from rtc.sdp import Codec, Direction, SessionDescription
+from rtc.sdp.attributes import Codec, Direction
+from rtc.sdp.session import SessionDescription
 
 __all__ = ["OfferedTrack", "parse_tracks"]
 

@@ -59,7 +59,7 @@ from rtc.dtls import (
 from rtc.errors import DtlsError, SrtpError
 from rtc.ice import Address
 from rtc.machine import Machine, earliest
-from rtc.rtcp import ReceiverReport
+from rtc.rtcp.reports import ReceiverReport
 from rtc.srtp import SrtpSession
 from sfu.control.messages import RelayPeer
 from sfu.errors import SfuStateError

@@ -15,7 +15,7 @@ import av
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from rtc.rtp import RtpPacket
+from rtc.rtp.packet import RtpPacket
 from rtc.rtpdump import SegmentHeader, SegmentWriter
 
 VP8_PT = 96

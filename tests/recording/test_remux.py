@@ -10,7 +10,7 @@ import pytest
 
 from recording import remux
 from recording.errors import RemuxError
-from rtc.rtp import RtpPacket
+from rtc.rtp.packet import RtpPacket
 from tests.recording import media
 
 

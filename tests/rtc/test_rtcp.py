@@ -11,8 +11,8 @@ from aiortc import rtp as artp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtc import rtcp
 from rtc.errors import RtcError, RtcpParseError
+from rtc.rtcp import compound, feedback, framing, reports, transport_cc
 
 U8 = st.integers(0, 0xFF)
 U16 = st.integers(0, 0xFFFF)
@@ -20,7 +20,7 @@ U32 = st.integers(0, 0xFFFFFFFF)
 U64 = st.integers(0, 2**64 - 1)
 
 blocks = st.builds(
-    rtcp.ReportBlock,
+    reports.ReportBlock,
     ssrc=U32,
     fraction_lost=U8,
     packets_lost=st.integers(-0x800000, 0x7FFFFF),
@@ -31,7 +31,7 @@ blocks = st.builds(
 )
 words = st.binary(max_size=12).map(lambda b: b + bytes(-len(b) % 4))
 senders = st.builds(
-    rtcp.SenderReport,
+    reports.SenderReport,
     ssrc=U32,
     ntp_timestamp=U64,
     rtp_timestamp=U32,
@@ -41,31 +41,33 @@ senders = st.builds(
     extension=words,
 )
 receivers = st.builds(
-    rtcp.ReceiverReport, ssrc=U32, reports=st.lists(blocks, max_size=4), extension=words
+    reports.ReceiverReport, ssrc=U32, reports=st.lists(blocks, max_size=4), extension=words
 )
 sdes_items = st.lists(st.tuples(st.integers(1, 255), st.binary(max_size=20)), max_size=4)
 sdes = st.builds(
-    rtcp.SourceDescription,
-    chunks=st.lists(st.builds(rtcp.SdesChunk, ssrc=U32, items=sdes_items), max_size=4),
+    reports.SourceDescription,
+    chunks=st.lists(st.builds(reports.SdesChunk, ssrc=U32, items=sdes_items), max_size=4),
 )
 byes = st.builds(
-    rtcp.Bye, sources=st.lists(U32, max_size=5), reason=st.none() | st.binary(max_size=30)
+    reports.Bye, sources=st.lists(U32, max_size=5), reason=st.none() | st.binary(max_size=30)
 )
-nacks = st.builds(rtcp.Nack, sender_ssrc=U32, media_ssrc=U32, pairs=st.lists(st.tuples(U16, U16)))
-plis = st.builds(rtcp.Pli, sender_ssrc=U32, media_ssrc=U32)
+nacks = st.builds(
+    feedback.Nack, sender_ssrc=U32, media_ssrc=U32, pairs=st.lists(st.tuples(U16, U16))
+)
+plis = st.builds(feedback.Pli, sender_ssrc=U32, media_ssrc=U32)
 firs = st.builds(
-    rtcp.Fir, sender_ssrc=U32, entries=st.lists(st.tuples(U32, U8), max_size=4), media_ssrc=U32
+    feedback.Fir, sender_ssrc=U32, entries=st.lists(st.tuples(U32, U8), max_size=4), media_ssrc=U32
 )
 # Only bitrates the 18-bit mantissa holds exactly round-trip as values.
 rembs = st.builds(
-    rtcp.Remb,
+    feedback.Remb,
     sender_ssrc=U32,
     bitrate=st.builds(lambda m, e: m << e, st.integers(0, 0x3FFFF), st.integers(0, 63)),
     ssrcs=st.lists(U32, max_size=5),
     media_ssrc=U32,
 )
 tccs = st.builds(
-    rtcp.TransportCc,
+    transport_cc.TransportCc,
     sender_ssrc=U32,
     media_ssrc=U32,
     base_sequence=U16,
@@ -76,8 +78,8 @@ tccs = st.builds(
     ),
 )
 unknowns = st.builds(
-    rtcp.UnknownRtcp,
-    packet_type=st.sampled_from([rtcp.APP, rtcp.XR, 195, 210]),
+    compound.UnknownRtcp,
+    packet_type=st.sampled_from([framing.APP, framing.XR, 195, 210]),
     count=st.integers(0, 31),
     payload=words,
 )
@@ -85,26 +87,26 @@ any_packet = st.one_of(senders, receivers, sdes, byes, nacks, plis, firs, rembs,
 
 
 @given(any_packet)
-def test_every_packet_round_trips(packet: rtcp.RtcpPacket) -> None:
+def test_every_packet_round_trips(packet: compound.RtcpPacket) -> None:
     data = bytes(packet)
     parsed = type(packet).parse(data)
     assert parsed == packet
     assert bytes(parsed) == data
-    assert rtcp.parse_compound(memoryview(data)) == [packet]
+    assert compound.parse_compound(memoryview(data)) == [packet]
 
 
 @given(st.lists(any_packet, min_size=1, max_size=6))
-def test_compound_round_trips(packets: list[rtcp.RtcpPacket]) -> None:
-    data = rtcp.build_compound(packets)
-    assert rtcp.parse_compound(data) == packets
-    assert rtcp.build_compound(rtcp.parse_compound(data)) == data
+def test_compound_round_trips(packets: list[compound.RtcpPacket]) -> None:
+    data = compound.build_compound(packets)
+    assert compound.parse_compound(data) == packets
+    assert compound.build_compound(compound.parse_compound(data)) == data
 
 
 @settings(max_examples=400)
 @given(st.binary(max_size=120))
 def test_random_bytes_raise_only_our_parse_error(data: bytes) -> None:
     with contextlib.suppress(RtcpParseError):
-        rtcp.parse_compound(data)
+        compound.parse_compound(data)
 
 
 def test_parse_error_is_a_value_error_under_the_root() -> None:
@@ -114,16 +116,16 @@ def test_parse_error_is_a_value_error_under_the_root() -> None:
 
 @given(st.lists(any_packet, min_size=1, max_size=3), st.data())
 def test_mangled_compounds_raise_only_our_parse_error(
-    packets: list[rtcp.RtcpPacket], data: st.DataObject
+    packets: list[compound.RtcpPacket], data: st.DataObject
 ) -> None:
-    buf = bytearray(rtcp.build_compound(packets))
+    buf = bytearray(compound.build_compound(packets))
     for _ in range(data.draw(st.integers(1, 3))):
         i = data.draw(st.integers(0, len(buf) - 1))
         buf[i] = data.draw(U8)
     cut = data.draw(st.integers(0, len(buf)))
     for candidate in (bytes(buf), bytes(buf[:cut])):
         with contextlib.suppress(RtcpParseError):
-            rtcp.parse_compound(candidate)
+            compound.parse_compound(candidate)
 
 
 @pytest.mark.parametrize(
@@ -154,45 +156,45 @@ def test_mangled_compounds_raise_only_our_parse_error(
 )
 def test_malformed_packets(data: bytes, why: str) -> None:
     with pytest.raises(RtcpParseError, match=why):
-        rtcp.parse_compound(data)
+        compound.parse_compound(data)
 
 
 def test_parse_wants_exactly_one_packet_of_its_class() -> None:
-    rr = bytes(rtcp.ReceiverReport(1))
+    rr = bytes(reports.ReceiverReport(1))
     with pytest.raises(RtcpParseError, match="expected one"):
-        rtcp.ReceiverReport.parse(rr + rr)
+        reports.ReceiverReport.parse(rr + rr)
     with pytest.raises(RtcpParseError, match="expected SenderReport"):
-        rtcp.SenderReport.parse(rr)
+        reports.SenderReport.parse(rr)
 
 
 def test_padding_on_the_last_packet_is_accepted() -> None:
-    rr = rtcp.ReceiverReport(7)
+    rr = reports.ReceiverReport(7)
     padded = b"\xa0\xc9\x00\x02" + struct.pack("!I", 7) + b"\x00\x00\x00\x04"
-    assert rtcp.parse_compound(bytes(rtcp.Pli(1, 2)) + padded) == [rtcp.Pli(1, 2), rr]
+    assert compound.parse_compound(bytes(feedback.Pli(1, 2)) + padded) == [feedback.Pli(1, 2), rr]
     app = b"\xa3\xcc\x00\x03nameabcdef\x00\x02"
-    (unknown,) = rtcp.parse_compound(app)
-    assert unknown == rtcp.UnknownRtcp(rtcp.APP, 3, app[4:], padded=True)
+    (unknown,) = compound.parse_compound(app)
+    assert unknown == compound.UnknownRtcp(framing.APP, 3, app[4:], padded=True)
     assert bytes(unknown) == app
 
 
 def test_report_block_signed_loss() -> None:
-    block = rtcp.ReportBlock(1, packets_lost=-5)
+    block = reports.ReportBlock(1, packets_lost=-5)
     assert bytes(block)[5:8] == b"\xff\xff\xfb"
-    assert rtcp.ReportBlock.parse(bytes(block)) == block
+    assert reports.ReportBlock.parse(bytes(block)) == block
     with pytest.raises(ValueError, match="clamp"):
-        bytes(rtcp.ReportBlock(1, packets_lost=1 << 23))
+        bytes(reports.ReportBlock(1, packets_lost=1 << 23))
 
 
 def test_sdes_cname_and_canonical_nulls() -> None:
     for n in range(0, 8):
-        packet = rtcp.SourceDescription.for_cname(0x1234, "x" * n)
+        packet = reports.SourceDescription.for_cname(0x1234, "x" * n)
         data = bytes(packet)
         assert len(data) % 4 == 0
-        assert rtcp.SourceDescription.parse(data).chunks[0].cname == "x" * n
+        assert reports.SourceDescription.parse(data).chunks[0].cname == "x" * n
 
 
 def test_bye_reason_padding() -> None:
-    data = bytes(rtcp.Bye([1, 2], b"bye"))
+    data = bytes(reports.Bye([1, 2], b"bye"))
     assert data == b"\x82\xcb\x00\x03" + b"\x00\x00\x00\x01\x00\x00\x00\x02\x03bye"
 
 
@@ -202,10 +204,10 @@ def test_bye_reason_padding() -> None:
 @given(st.sets(U16, max_size=80), st.randoms(use_true_random=False))
 def test_nack_pairs_expand_back_to_the_lost_set(lost: set[int], rnd: random.Random) -> None:
     order = sorted(lost)
-    assert set(rtcp.expand_nack(rtcp.nack_pairs(order))) == lost
+    assert set(feedback.expand_nack(feedback.nack_pairs(order))) == lost
     shuffled = list(lost) * 2
     rnd.shuffle(shuffled)
-    assert set(rtcp.expand_nack(rtcp.nack_pairs(shuffled))) == lost
+    assert set(feedback.expand_nack(feedback.nack_pairs(shuffled))) == lost
 
 
 @given(U16, st.lists(st.integers(1, 40), max_size=40))
@@ -214,7 +216,7 @@ def test_nack_across_the_wrap_is_compact(start: int, gaps: list[int]) -> None:
     for g in gaps:
         seq = (seq + g) & 0xFFFF
         lost.append(seq)
-    nack = rtcp.Nack.from_lost(1, 2, lost)
+    nack = feedback.Nack.from_lost(1, 2, lost)
     assert nack.lost() == list(dict.fromkeys(lost))
     span = sum(gaps)
     assert len(nack.pairs) <= span // 17 + 1 + sum(1 for g in gaps if g > 16)
@@ -222,7 +224,7 @@ def test_nack_across_the_wrap_is_compact(start: int, gaps: list[int]) -> None:
 
 def test_nack_pair_layout_rfc4585() -> None:
     # PID, then BLP bit i for PID + i + 1, across the wrap.
-    nack = rtcp.Nack.from_lost(1, 2, [65535, 0, 15, 16])
+    nack = feedback.Nack.from_lost(1, 2, [65535, 0, 15, 16])
     assert nack.pairs == [(65535, 0b1 | (1 << 15)), (16, 0)]
     assert nack.lost() == [65535, 0, 15, 16]
 
@@ -230,7 +232,7 @@ def test_nack_pair_layout_rfc4585() -> None:
 # -- cross-checks against aiortc's codec ---------------------------------------------
 
 
-def to_aiortc_block(b: rtcp.ReportBlock) -> artp.RtcpReceiverInfo:
+def to_aiortc_block(b: reports.ReportBlock) -> artp.RtcpReceiverInfo:
     return artp.RtcpReceiverInfo(
         ssrc=b.ssrc,
         fraction_lost=b.fraction_lost,
@@ -243,7 +245,9 @@ def to_aiortc_block(b: rtcp.ReportBlock) -> artp.RtcpReceiverInfo:
 
 
 @given(senders.filter(lambda p: not p.extension), receivers.filter(lambda p: not p.extension))
-def test_reports_match_aiortc_both_ways(sr: rtcp.SenderReport, rr: rtcp.ReceiverReport) -> None:
+def test_reports_match_aiortc_both_ways(
+    sr: reports.SenderReport, rr: reports.ReceiverReport
+) -> None:
     theirs_sr = artp.RtcpSrPacket(
         ssrc=sr.ssrc,
         sender_info=artp.RtcpSenderInfo(
@@ -254,7 +258,7 @@ def test_reports_match_aiortc_both_ways(sr: rtcp.SenderReport, rr: rtcp.Receiver
     theirs_rr = artp.RtcpRrPacket(ssrc=rr.ssrc, reports=[to_aiortc_block(b) for b in rr.reports])
     assert bytes(theirs_sr) == bytes(sr)
     assert bytes(theirs_rr) == bytes(rr)
-    assert rtcp.parse_compound(bytes(theirs_sr) + bytes(theirs_rr)) == [sr, rr]
+    assert compound.parse_compound(bytes(theirs_sr) + bytes(theirs_rr)) == [sr, rr]
     assert artp.RtcpPacket.parse(bytes(sr) + bytes(rr)) == [theirs_sr, theirs_rr]
 
 
@@ -264,15 +268,15 @@ def test_sdes_and_bye_match_aiortc(
 ) -> None:
     # aiortc writes two nulls per chunk and aligns only the whole packet, which
     # misplaces a second chunk; one chunk is the case both agree on.
-    ours = rtcp.SourceDescription([rtcp.SdesChunk(ssrc, items)])
+    ours = reports.SourceDescription([reports.SdesChunk(ssrc, items)])
     theirs = artp.RtcpSdesPacket(chunks=[artp.RtcpSourceInfo(ssrc=ssrc, items=items)])
-    assert rtcp.SourceDescription.parse(bytes(theirs)) == ours
+    assert reports.SourceDescription.parse(bytes(theirs)) == ours
     (back,) = artp.RtcpPacket.parse(bytes(ours))
     assert isinstance(back, artp.RtcpSdesPacket)
     assert back.chunks[0].ssrc == ssrc and back.chunks[0].items == items
-    bye = rtcp.Bye(sources)
+    bye = reports.Bye(sources)
     assert bytes(bye) == bytes(artp.RtcpByePacket(sources=sources))
-    assert artp.RtcpPacket.parse(bytes(rtcp.Bye(sources, reason))) == [
+    assert artp.RtcpPacket.parse(bytes(reports.Bye(sources, reason))) == [
         artp.RtcpByePacket(sources=sources)
     ]
 
@@ -281,9 +285,9 @@ def test_sdes_and_bye_match_aiortc(
 def test_nack_matches_aiortc(sender: int, media: int, lost: set[int]) -> None:
     ordered = sorted(lost)
     theirs = artp.RtcpRtpfbPacket(fmt=1, ssrc=sender, media_ssrc=media, lost=ordered)
-    ours = rtcp.Nack.from_lost(sender, media, ordered)
+    ours = feedback.Nack.from_lost(sender, media, ordered)
     assert bytes(ours) == bytes(theirs)
-    assert rtcp.Nack.parse(bytes(theirs)).lost() == ordered
+    assert feedback.Nack.parse(bytes(theirs)).lost() == ordered
     (back,) = artp.RtcpPacket.parse(bytes(ours))
     assert isinstance(back, artp.RtcpRtpfbPacket)
     assert back.lost == ordered
@@ -292,12 +296,12 @@ def test_nack_matches_aiortc(sender: int, media: int, lost: set[int]) -> None:
 @given(U32, U32, st.lists(st.tuples(U32, U8), max_size=4))
 def test_pli_and_fir_match_aiortc(sender: int, media: int, entries: list[tuple[int, int]]) -> None:
     theirs = artp.RtcpPsfbPacket(fmt=1, ssrc=sender, media_ssrc=media)
-    assert bytes(rtcp.Pli(sender, media)) == bytes(theirs)
-    assert artp.RtcpPacket.parse(bytes(rtcp.Pli(sender, media))) == [theirs]
+    assert bytes(feedback.Pli(sender, media)) == bytes(theirs)
+    assert artp.RtcpPacket.parse(bytes(feedback.Pli(sender, media))) == [theirs]
     fci = b"".join(struct.pack("!IB3x", s, n) for s, n in entries)
     fir = artp.RtcpPsfbPacket(fmt=4, ssrc=sender, media_ssrc=0, fci=fci)
-    assert rtcp.Fir.parse(bytes(fir)) == rtcp.Fir(sender, entries)
-    assert artp.RtcpPacket.parse(bytes(rtcp.Fir(sender, entries))) == [fir]
+    assert feedback.Fir.parse(bytes(fir)) == feedback.Fir(sender, entries)
+    assert artp.RtcpPacket.parse(bytes(feedback.Fir(sender, entries))) == [fir]
 
 
 @given(U32, st.integers(0, 2**40), st.lists(U32, max_size=6))
@@ -305,20 +309,20 @@ def test_remb_matches_aiortc(sender: int, bitrate: int, ssrcs: list[int]) -> Non
     theirs = artp.RtcpPsfbPacket(
         fmt=15, ssrc=sender, media_ssrc=0, fci=artp.pack_remb_fci(bitrate, ssrcs)
     )
-    ours = rtcp.Remb.parse(bytes(theirs))
+    ours = feedback.Remb.parse(bytes(theirs))
     # Both round down to an 18-bit mantissa.
     assert (ours.bitrate, ours.ssrcs) == artp.unpack_remb_fci(theirs.fci)
     assert ours.bitrate <= bitrate < ours.bitrate * 2 + 2
-    assert bytes(rtcp.Remb(sender, bitrate, ssrcs)) == bytes(theirs)
-    (back,) = artp.RtcpPacket.parse(bytes(rtcp.Remb(sender, bitrate, ssrcs)))
+    assert bytes(feedback.Remb(sender, bitrate, ssrcs)) == bytes(theirs)
+    (back,) = artp.RtcpPacket.parse(bytes(feedback.Remb(sender, bitrate, ssrcs)))
     assert isinstance(back, artp.RtcpPsfbPacket)
     assert artp.unpack_remb_fci(back.fci) == (ours.bitrate, ssrcs)
 
 
 def test_psfb_application_feedback_other_than_remb_stays_opaque() -> None:
     data = bytes(artp.RtcpPsfbPacket(fmt=15, ssrc=1, media_ssrc=2, fci=b"ABCD\x00\x00\x00\x00"))
-    (packet,) = rtcp.parse_compound(data)
-    assert isinstance(packet, rtcp.UnknownRtcp)
+    (packet,) = compound.parse_compound(data)
+    assert isinstance(packet, compound.UnknownRtcp)
     assert bytes(packet) == data
 
 
@@ -356,26 +360,26 @@ PION_VECTORS = [
 @pytest.mark.parametrize(("hex_data", "values"), PION_VECTORS)
 def test_transport_cc_known_answers(hex_data: str, values: tuple[object, ...]) -> None:
     data = bytes.fromhex(hex_data)
-    packet = rtcp.TransportCc.parse(data)
-    assert packet == rtcp.TransportCc(*values)  # type: ignore[arg-type]
+    packet = transport_cc.TransportCc.parse(data)
+    assert packet == transport_cc.TransportCc(*values)  # type: ignore[arg-type]
     assert bytes(packet) == data
 
 
 def test_transport_cc_accepts_zero_padding_without_p_bit() -> None:
     data = bytes.fromhex("8fcd0005fa17fa1743032fa0009900013de8021720019400")
-    assert rtcp.TransportCc.parse(data).deltas == [148]
+    assert transport_cc.TransportCc.parse(data).deltas == [148]
 
 
 def test_transport_cc_chunk_kinds() -> None:
     # Draft section 3.1.3/3.1.4 examples: a run of 221 lost, a 1-bit and a 2-bit vector.
-    lost_run = rtcp.TransportCc(1, 2, 0, 0, 0, [None] * 221)
+    lost_run = transport_cc.TransportCc(1, 2, 0, 0, 0, [None] * 221)
     assert bytes(lost_run)[20:22] == b"\x00\xdd"
     one_bit = [None, 1, 1, 1, 1, 1, None, None, None, 1, 1, 1, None, None]
-    assert bytes(rtcp.TransportCc(1, 2, 0, 0, 0, one_bit))[20:22] == b"\x9f\x1c"
+    assert bytes(transport_cc.TransportCc(1, 2, 0, 0, 0, one_bit))[20:22] == b"\x9f\x1c"
     two_bit = [1, 300, None, None, None, None, None]  # small, large, then lost
-    assert bytes(rtcp.TransportCc(1, 2, 0, 0, 0, two_bit))[20:22] == b"\xd8\x00"
-    long_run = rtcp.TransportCc(1, 2, 0, 0, 0, [5] * 10000)
-    assert rtcp.TransportCc.parse(bytes(long_run)) == long_run
+    assert bytes(transport_cc.TransportCc(1, 2, 0, 0, 0, two_bit))[20:22] == b"\xd8\x00"
+    long_run = transport_cc.TransportCc(1, 2, 0, 0, 0, [5] * 10000)
+    assert transport_cc.TransportCc.parse(bytes(long_run)) == long_run
 
 
 @st.composite
@@ -401,10 +405,10 @@ def test_transport_cc_from_arrivals_and_back(
 ) -> None:
     shuffled = list(arrivals)
     rnd.shuffle(shuffled)
-    packet = rtcp.TransportCc.from_arrivals(1, 2, shuffled, fb_count=300)
+    packet = transport_cc.TransportCc.from_arrivals(1, 2, shuffled, fb_count=300)
     assert packet.fb_count == 300 & 0xFF
     data = bytes(packet)
-    back = rtcp.TransportCc.parse(data)
+    back = transport_cc.TransportCc.parse(data)
     assert back == packet
     assert bytes(back) == data
     got = dict(back.arrivals())
@@ -418,12 +422,14 @@ def test_transport_cc_from_arrivals_and_back(
 
 
 def test_transport_cc_from_arrivals_edge_cases() -> None:
-    one = rtcp.TransportCc.from_arrivals(9, 8, [(65535, 1.0), (1, 1.001), (65535, 0.9995)], 1)
+    one = transport_cc.TransportCc.from_arrivals(
+        9, 8, [(65535, 1.0), (1, 1.001), (65535, 0.9995)], 1
+    )
     assert one.base_sequence == 65535
     assert one.lost() == [0]
     assert [s for s, _ in one.arrivals()] == [65535, 1]
     assert one.arrivals()[0][1] == pytest.approx(0.9995, abs=0.000125)
     with pytest.raises(ValueError, match="at least one"):
-        rtcp.TransportCc.from_arrivals(1, 2, [], 0)
+        transport_cc.TransportCc.from_arrivals(1, 2, [], 0)
     with pytest.raises(ValueError, match="split"):
-        rtcp.TransportCc.from_arrivals(1, 2, [(1, 0.0), (2, 9.0)], 0)
+        transport_cc.TransportCc.from_arrivals(1, 2, [(1, 0.0), (2, 9.0)], 0)

@@ -11,8 +11,8 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtc import rtp
 from rtc.errors import RtcError, RtpParseError
+from rtc.rtp import extensions, header, packet, sequence
 
 U16 = st.integers(0, 0xFFFF)
 U32 = st.integers(0, 0xFFFFFFFF)
@@ -43,8 +43,8 @@ two_byte_elements = st.lists(
 
 
 @st.composite
-def packets(draw: st.DrawFn) -> rtp.RtpPacket:
-    p = rtp.RtpPacket(
+def packets(draw: st.DrawFn) -> packet.RtpPacket:
+    p = packet.RtpPacket(
         payload_type=draw(st.integers(0, 127)),
         sequence_number=draw(U16),
         timestamp=draw(U32),
@@ -71,35 +71,35 @@ def packets(draw: st.DrawFn) -> rtp.RtpPacket:
 
 
 @given(packets())
-def test_packet_round_trips_bytes(p: rtp.RtpPacket) -> None:
+def test_packet_round_trips_bytes(p: packet.RtpPacket) -> None:
     data = bytes(p)
-    q = rtp.RtpPacket.parse(data)
+    q = packet.RtpPacket.parse(data)
     assert q == p
     assert bytes(q) == data
-    assert rtp.RtpPacket.parse(bytearray(data)) == p
-    assert rtp.RtpPacket.parse(memoryview(data)) == p
+    assert packet.RtpPacket.parse(bytearray(data)) == p
+    assert packet.RtpPacket.parse(memoryview(data)) == p
 
 
 @given(packets())
-def test_views_agree_with_aiortc_parse(p: rtp.RtpPacket) -> None:
+def test_views_agree_with_aiortc_parse(p: packet.RtpPacket) -> None:
     data = bytes(p)
     theirs = artp.RtpPacket.parse(data)
-    assert rtp.header_fields(data) == (
+    assert header.header_fields(data) == (
         theirs.marker,
         theirs.payload_type,
         theirs.sequence_number,
         theirs.timestamp,
         theirs.ssrc,
     )
-    assert rtp.marker(data) == bool(theirs.marker)
-    assert rtp.payload_type(data) == theirs.payload_type
-    assert rtp.sequence_number(data) == theirs.sequence_number
-    assert rtp.timestamp(data) == theirs.timestamp
-    assert rtp.ssrc(data) == theirs.ssrc
-    start, end = rtp.payload_range(data)
+    assert header.marker(data) == bool(theirs.marker)
+    assert header.payload_type(data) == theirs.payload_type
+    assert header.sequence_number(data) == theirs.sequence_number
+    assert header.timestamp(data) == theirs.timestamp
+    assert header.ssrc(data) == theirs.ssrc
+    start, end = header.payload_range(data)
     assert data[start:end] == theirs.payload
-    assert rtp.padding_length(data) == theirs.padding_size
-    assert rtp.header_length(data) == start
+    assert header.padding_length(data) == theirs.padding_size
+    assert header.header_length(data) == start
     assert theirs.csrc == p.csrc
     if p.extension_profile in (0xBEDE, 0x1000):
         assert p.extensions == artp.unpack_header_extensions(p.extension_profile, p.extension_body)
@@ -139,7 +139,7 @@ def test_aiortc_serialized_packets_read_by_ours(
     theirs.extensions.transport_sequence_number = twcc
     data = theirs.serialize(aiortc_map(ids))
 
-    ours = rtp.RtpPacket.parse(data)
+    ours = packet.RtpPacket.parse(data)
     assert bytes(ours) == data
     assert (ours.payload_type, ours.sequence_number, ours.timestamp, ours.ssrc) == (
         payload_type,
@@ -149,17 +149,17 @@ def test_aiortc_serialized_packets_read_by_ours(
     )
     assert ours.marker == bool(marker)
     assert ours.payload == payload
-    assert rtp.get_extension(data, 1) == mid.encode()
-    assert rtp.abs_send_time(data, 3) == abs_time
-    assert rtp.audio_level(data, 10) == (voice, level)
-    assert rtp.transport_sequence_number(data, 5) == twcc
-    assert rtp.get_extension(data, 7) is None
-    assert rtp.transport_sequence_number(data, 7) is None
+    assert extensions.get_extension(data, 1) == mid.encode()
+    assert extensions.abs_send_time(data, 3) == abs_time
+    assert extensions.audio_level(data, 10) == (voice, level)
+    assert extensions.transport_sequence_number(data, 5) == twcc
+    assert extensions.get_extension(data, 7) is None
+    assert extensions.transport_sequence_number(data, 7) is None
 
 
 @given(p=packets(), twcc=U16, abs_time=st.integers(0, 0xFFFFFF), level=st.integers(0, 127))
 def test_our_extensions_read_by_aiortc(
-    p: rtp.RtpPacket, twcc: int, abs_time: int, level: int
+    p: packet.RtpPacket, twcc: int, abs_time: int, level: int
 ) -> None:
     elements = [(2, struct.pack("!H", twcc)), (3, abs_time.to_bytes(3, "big")), (4, bytes([level]))]
     p.set_extensions(elements)
@@ -180,14 +180,14 @@ def changed(before: bytes, after: bytearray) -> set[int]:
 
 @given(packets(), st.integers(0, 127), U16, U32, U32)
 def test_rewrite_header_touches_only_its_fields(
-    p: rtp.RtpPacket, pt: int, seq: int, ts: int, ssrc: int
+    p: packet.RtpPacket, pt: int, seq: int, ts: int, ssrc: int
 ) -> None:
     before = bytes(p)
     buf = bytearray(before)
-    rtp.rewrite_header(buf, pt, seq, ts, ssrc)
+    header.rewrite_header(buf, pt, seq, ts, ssrc)
     assert changed(before, buf) <= set(range(1, 12))
-    assert rtp.header_fields(buf) == (int(p.marker), pt, seq, ts, ssrc)
-    q = rtp.RtpPacket.parse(buf)
+    assert header.header_fields(buf) == (int(p.marker), pt, seq, ts, ssrc)
+    q = packet.RtpPacket.parse(buf)
     assert (q.csrc, q.extension_body, q.payload, q.padding) == (
         p.csrc,
         p.extension_body,
@@ -198,18 +198,18 @@ def test_rewrite_header_touches_only_its_fields(
 
 @given(packets(), st.integers(0, 127), U16, U32, U32, st.booleans())
 def test_single_field_setters(
-    p: rtp.RtpPacket, pt: int, seq: int, ts: int, ssrc: int, m: bool
+    p: packet.RtpPacket, pt: int, seq: int, ts: int, ssrc: int, m: bool
 ) -> None:
     before = bytes(p)
     view = memoryview(bytearray(before))
-    rtp.set_payload_type(view, pt)
-    assert rtp.payload_type(view) == pt and rtp.marker(view) == p.marker
-    rtp.set_marker(view, m)
-    assert rtp.marker(view) == m and rtp.payload_type(view) == pt
-    rtp.set_sequence_number(view, seq)
-    rtp.set_timestamp(view, ts)
-    rtp.set_ssrc(view, ssrc)
-    assert rtp.header_fields(view) == (int(m), pt, seq, ts, ssrc)
+    header.set_payload_type(view, pt)
+    assert header.payload_type(view) == pt and header.marker(view) == p.marker
+    header.set_marker(view, m)
+    assert header.marker(view) == m and header.payload_type(view) == pt
+    header.set_sequence_number(view, seq)
+    header.set_timestamp(view, ts)
+    header.set_ssrc(view, ssrc)
+    assert header.header_fields(view) == (int(m), pt, seq, ts, ssrc)
     assert changed(before, bytearray(view)) <= set(range(1, 12))
 
 
@@ -227,74 +227,74 @@ def test_single_field_setters(
 def test_extension_rewrite_in_place_in_both_forms(
     elements: list[tuple[int, bytes]], two_byte: bool, index: int, data: st.DataObject
 ) -> None:
-    p = rtp.RtpPacket(payload_type=96, payload=b"payload")
+    p = packet.RtpPacket(payload_type=96, payload=b"payload")
     p.set_extensions(elements, two_byte=two_byte)
     assert p.extension_profile == (0x1000 if two_byte else 0xBEDE)
     before = bytes(p)
     xid, value = elements[index % len(elements)]
-    offset, length = rtp.find_extension(before, xid)
+    offset, length = extensions.find_extension(before, xid)
     assert before[offset : offset + length] == value
     new = data.draw(st.binary(min_size=len(value), max_size=len(value)))
     buf = bytearray(before)
-    assert rtp.set_extension(buf, xid, new)
+    assert extensions.set_extension(buf, xid, new)
     assert changed(before, buf) <= set(range(offset, offset + length))
-    assert rtp.get_extension(buf, xid) == new
+    assert extensions.get_extension(buf, xid) == new
     with pytest.raises(ValueError, match="holds"):
-        rtp.set_extension(buf, xid, new + b"x")
+        extensions.set_extension(buf, xid, new + b"x")
     absent = next(i for i in range(1, 15) if i not in dict(elements))
-    assert not rtp.set_extension(buf, absent, b"x")
+    assert not extensions.set_extension(buf, absent, b"x")
 
 
 def test_typed_extension_rewrites_leave_other_bytes() -> None:
-    p = rtp.RtpPacket(payload_type=111, sequence_number=7, payload=b"opus")
+    p = packet.RtpPacket(payload_type=111, sequence_number=7, payload=b"opus")
     p.set_extensions([(1, b"0"), (5, b"\x12\x34"), (3, b"\x01\x02\x03"), (10, b"\x85")])
     before = bytes(p)
     buf = bytearray(before)
-    assert rtp.set_transport_sequence_number(buf, 5, 0xBEEF)
-    assert rtp.set_abs_send_time(buf, 3, 0xABCDEF)
-    assert rtp.set_audio_level(buf, 10, False, 127)
-    assert rtp.transport_sequence_number(buf, 5) == 0xBEEF
-    assert rtp.abs_send_time(buf, 3) == 0xABCDEF
-    assert rtp.audio_level(buf, 10) == (False, 127)
-    assert rtp.audio_level(before, 10) == (True, 5)
-    assert rtp.get_extension(buf, 1) == b"0"
+    assert extensions.set_transport_sequence_number(buf, 5, 0xBEEF)
+    assert extensions.set_abs_send_time(buf, 3, 0xABCDEF)
+    assert extensions.set_audio_level(buf, 10, False, 127)
+    assert extensions.transport_sequence_number(buf, 5) == 0xBEEF
+    assert extensions.abs_send_time(buf, 3) == 0xABCDEF
+    assert extensions.audio_level(buf, 10) == (False, 127)
+    assert extensions.audio_level(before, 10) == (True, 5)
+    assert extensions.get_extension(buf, 1) == b"0"
     assert bytes(buf)[-4:] == b"opus"
     assert len(changed(before, buf)) <= 2 + 3 + 1
-    assert not rtp.set_transport_sequence_number(buf, 6, 1)
-    assert rtp.abs_send_time_from_seconds(1.5) == (3 << 17)
-    assert rtp.abs_send_time_from_seconds(64.0) == 0
+    assert not extensions.set_transport_sequence_number(buf, 6, 1)
+    assert extensions.abs_send_time_from_seconds(1.5) == (3 << 17)
+    assert extensions.abs_send_time_from_seconds(64.0) == 0
 
 
 def test_one_byte_form_padding_and_id_15() -> None:
     # Padding bytes between elements are skipped; ID 15 stops the walk (RFC 8285 4.2).
     body = bytes([0x10, 0xAA, 0x00, 0x00, 0x21, 0xBB, 0xCC, 0xF0, 0x31, 0x01, 0x02, 0x00])
-    p = rtp.RtpPacket(extension_profile=0xBEDE, extension_body=body)
+    p = packet.RtpPacket(extension_profile=0xBEDE, extension_body=body)
     data = bytes(p)
-    assert rtp.get_extension(data, 1) == b"\xaa"
-    assert rtp.get_extension(data, 2) == b"\xbb\xcc"
-    assert rtp.get_extension(data, 3) is None
+    assert extensions.get_extension(data, 1) == b"\xaa"
+    assert extensions.get_extension(data, 2) == b"\xbb\xcc"
+    assert extensions.get_extension(data, 3) is None
     assert p.extensions == [(1, b"\xaa"), (2, b"\xbb\xcc")]
 
 
 def test_two_byte_form_allows_empty_values_and_appbits() -> None:
     body = bytes([0x00, 0x20, 0x00, 0x11, 0x02, 0x05, 0x06, 0x00])
-    p = rtp.RtpPacket(extension_profile=0x1003, extension_body=body)
+    p = packet.RtpPacket(extension_profile=0x1003, extension_body=body)
     data = bytes(p)
-    assert rtp.get_extension(data, 0x20) == b""
-    assert rtp.get_extension(data, 0x11) == b"\x05\x06"
+    assert extensions.get_extension(data, 0x20) == b""
+    assert extensions.get_extension(data, 0x11) == b"\x05\x06"
     assert p.extensions == [(0x20, b""), (0x11, b"\x05\x06")]
 
 
 def test_build_extensions_chooses_the_form() -> None:
-    assert rtp.build_extensions([(1, b"a")]) == (0xBEDE, b"\x10a\x00\x00")
-    assert rtp.build_extensions([(15, b"a")])[0] == 0x1000
-    assert rtp.build_extensions([(1, b"")])[0] == 0x1000
-    assert rtp.build_extensions([(1, b"x" * 17)])[0] == 0x1000
+    assert extensions.build_extensions([(1, b"a")]) == (0xBEDE, b"\x10a\x00\x00")
+    assert extensions.build_extensions([(15, b"a")])[0] == 0x1000
+    assert extensions.build_extensions([(1, b"")])[0] == 0x1000
+    assert extensions.build_extensions([(1, b"x" * 17)])[0] == 0x1000
     with pytest.raises(ValueError, match="one-byte"):
-        rtp.build_extensions([(15, b"a")], two_byte=False)
+        extensions.build_extensions([(15, b"a")], two_byte=False)
     # aiortc's packer makes the same choice and the same bytes.
     for elements in ([(1, b"a"), (14, b"b" * 16)], [(200, b"x"), (1, b"")]):
-        assert rtp.build_extensions(elements) == artp.pack_header_extensions(elements)
+        assert extensions.build_extensions(elements) == artp.pack_header_extensions(elements)
 
 
 # -- malformed input ---------------------------------------------------------------
@@ -304,16 +304,16 @@ def test_build_extensions_chooses_the_form() -> None:
 @given(st.binary(max_size=80))
 def test_random_bytes_raise_only_our_parse_error(data: bytes) -> None:
     for f in (
-        rtp.RtpPacket.parse,
-        rtp.header_length,
-        rtp.payload_range,
-        rtp.padding_length,
-        rtp.header_fields,
-        rtp.extension_block,
-        lambda d: rtp.find_extension(d, 1),
-        lambda d: rtp.transport_sequence_number(d, 2),
-        lambda d: rtp.audio_level(d, 1),
-        lambda d: rtp.abs_send_time(d, 3),
+        packet.RtpPacket.parse,
+        header.header_length,
+        header.payload_range,
+        header.padding_length,
+        header.header_fields,
+        extensions.extension_block,
+        lambda d: extensions.find_extension(d, 1),
+        lambda d: extensions.transport_sequence_number(d, 2),
+        lambda d: extensions.audio_level(d, 1),
+        lambda d: extensions.abs_send_time(d, 3),
     ):
         with contextlib.suppress(RtpParseError):
             f(data)
@@ -325,12 +325,12 @@ def test_parse_error_is_a_value_error_under_the_root() -> None:
 
 
 @given(packets(), st.integers(1, 40))
-def test_truncated_packets_raise(p: rtp.RtpPacket, cut: int) -> None:
+def test_truncated_packets_raise(p: packet.RtpPacket, cut: int) -> None:
     data = bytes(p)
-    head = rtp.header_length(data)
+    head = header.header_length(data)
     short = data[: max(0, head - cut)]
     with pytest.raises(RtpParseError):
-        rtp.header_length(short)
+        header.header_length(short)
 
 
 @pytest.mark.parametrize(
@@ -348,19 +348,19 @@ def test_truncated_packets_raise(p: rtp.RtpPacket, cut: int) -> None:
 )
 def test_malformed_packets(data: bytes, why: str) -> None:
     with pytest.raises(RtpParseError, match=why):
-        rtp.RtpPacket.parse(data)
+        packet.RtpPacket.parse(data)
     if data[0] & 0x10:
         with pytest.raises(RtpParseError, match=why):
-            rtp.find_extension(data, 1)
+            extensions.find_extension(data, 1)
 
 
 def test_short_typed_extension_is_a_parse_error() -> None:
-    p = rtp.RtpPacket()
+    p = packet.RtpPacket()
     p.set_extensions([(5, b"\x01"), (3, b"\x01\x02")])
     with pytest.raises(RtpParseError):
-        rtp.transport_sequence_number(bytes(p), 5)
+        extensions.transport_sequence_number(bytes(p), 5)
     with pytest.raises(RtpParseError):
-        rtp.abs_send_time(bytes(p), 3)
+        extensions.abs_send_time(bytes(p), 3)
 
 
 # -- sequence arithmetic --------------------------------------------------------------
@@ -368,33 +368,33 @@ def test_short_typed_extension_is_a_parse_error() -> None:
 
 @given(U16, U16)
 def test_seq_newer_is_a_strict_order_locally(a: int, b: int) -> None:
-    assert [rtp.seq_newer(a, b), rtp.seq_newer(b, a), a == b].count(True) == 1
-    d = rtp.seq_diff(a, b)
+    assert [sequence.seq_newer(a, b), sequence.seq_newer(b, a), a == b].count(True) == 1
+    d = sequence.seq_diff(a, b)
     assert -0x8000 <= d <= 0x7FFF
-    assert rtp.seq_add(b, d) == a
+    assert sequence.seq_add(b, d) == a
     if d not in (0, -0x8000):
-        assert rtp.seq_newer(a, b) == (d > 0)
+        assert sequence.seq_newer(a, b) == (d > 0)
 
 
 @given(U32, U32)
 def test_ts_newer_is_a_strict_order_locally(a: int, b: int) -> None:
-    assert [rtp.ts_newer(a, b), rtp.ts_newer(b, a), a == b].count(True) == 1
-    d = rtp.ts_diff(a, b)
+    assert [sequence.ts_newer(a, b), sequence.ts_newer(b, a), a == b].count(True) == 1
+    d = sequence.ts_diff(a, b)
     assert (b + d) & 0xFFFFFFFF == a
     if d not in (0, -0x80000000):
-        assert rtp.ts_newer(a, b) == (d > 0)
+        assert sequence.ts_newer(a, b) == (d > 0)
 
 
 def test_seq_wraps() -> None:
-    assert rtp.seq_newer(0, 65535)
-    assert rtp.seq_diff(2, 65534) == 4
-    assert rtp.seq_add(65535, 1) == 0
-    assert rtp.ts_newer(0, 0xFFFFFFFF)
+    assert sequence.seq_newer(0, 65535)
+    assert sequence.seq_diff(2, 65534) == 4
+    assert sequence.seq_add(65535, 1) == 0
+    assert sequence.ts_newer(0, 0xFFFFFFFF)
 
 
 @given(U16, st.lists(st.integers(-1000, 1000), max_size=200))
 def test_unwrapper_follows_a_walk(start: int, steps: list[int]) -> None:
-    u = rtp.SequenceUnwrapper()
+    u = sequence.SequenceUnwrapper()
     assert u.unwrap(start) == start
     pos = start
     for step in steps:
@@ -406,7 +406,7 @@ def test_unwrapper_follows_a_walk(start: int, steps: list[int]) -> None:
 
 
 def test_rewriter_passes_the_first_run_through() -> None:
-    r = rtp.RtpRewriter(90000)
+    r = sequence.RtpRewriter(90000)
     assert r.rewrite(100, 5000, 0.0) == (100, 5000)
     assert r.rewrite(101, 8000, 0.033) == (101, 8000)
     assert r.rewrite(100, 5000, 0.04) == (100, 5000)  # a retransmission maps the same
@@ -422,7 +422,7 @@ def test_rewriter_keeps_switched_sources_continuous(
     runs: list[tuple[int, int, int, float]],
 ) -> None:
     clock = 90000
-    r = rtp.RtpRewriter(clock)
+    r = sequence.RtpRewriter(clock)
     now = 100.0
     prev_out: tuple[int, int] | None = None
     sent_at = now
@@ -435,22 +435,22 @@ def test_rewriter_keeps_switched_sources_continuous(
             )
             assert out is not None
             if prev_out is not None:
-                assert out[0] == rtp.seq_add(prev_out[0], 1)
-                assert rtp.ts_diff(out[1], prev_out[1]) >= (1 if i == 0 else 0)
+                assert out[0] == sequence.seq_add(prev_out[0], 1)
+                assert sequence.ts_diff(out[1], prev_out[1]) >= (1 if i == 0 else 0)
                 if i == 0:
                     # The timestamp advances by the pause, give or take rounding.
                     elapsed = (now - sent_at) * clock
-                    assert abs(rtp.ts_diff(out[1], prev_out[1]) - max(1, elapsed)) <= 1
+                    assert abs(sequence.ts_diff(out[1], prev_out[1]) - max(1, elapsed)) <= 1
             prev_out, sent_at = out, now
             now += 0.01 if i % 3 == 2 else 0.0
         # Every packet of the run maps back for NACKs.
         assert prev_out is not None
         assert r.original_sequence(prev_out[0]) == (first_seq + length - 1) & 0xFFFF
-        assert r.original_sequence(rtp.seq_add(prev_out[0], 1)) is None
+        assert r.original_sequence(sequence.seq_add(prev_out[0], 1)) is None
 
 
 def test_rewriter_drops_packets_older_than_the_run() -> None:
-    r = rtp.RtpRewriter(48000)
+    r = sequence.RtpRewriter(48000)
     for i in range(10):
         r.rewrite(i, i * 960, i * 0.02)
     r.switch()
@@ -464,14 +464,14 @@ def test_rewriter_drops_packets_older_than_the_run() -> None:
 
 
 def test_rewriter_survives_long_runs_across_wraps() -> None:
-    r = rtp.RtpRewriter(90000)
+    r = sequence.RtpRewriter(90000)
     r.rewrite(60000, 0, 0.0)
     for i in range(1, 70000, 7):
         assert r.rewrite((60000 + i) & 0xFFFF, i, 0.0) == ((60000 + i) & 0xFFFF, i)
 
 
 def test_rewriter_timestamp_offset_follows_runs() -> None:
-    r = rtp.RtpRewriter(90000)
+    r = sequence.RtpRewriter(90000)
     assert r.timestamp_offset is None
     assert r.rewrite(100, 5000, 0.0) == (100, 5000)
     assert r.timestamp_offset == 0

@@ -14,18 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtc.errors import RtcError, SdpError, SdpNegotiationError, SdpParseError
-from rtc.sdp import (
+from rtc.sdp.attributes import (
     AUDIO_LEVEL,
     MID,
     TRANSPORT_CC,
     Attribute,
     Codec,
     Direction,
-    MediaDescription,
     RtcpFeedback,
-    SessionDescription,
-    Setup,
 )
+from rtc.sdp.media import MediaDescription
+from rtc.sdp.session import SessionDescription
+from rtc.sdp.transport import Setup
 
 DATA = Path(__file__).parent / "data"
 SAMPLES = sorted(p.name for p in DATA.glob("*.sdp"))

@@ -32,7 +32,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete
 from rtc.ice import random_credentials
-from rtc.sdp import SessionDescription
+from rtc.sdp.session import SessionDescription
 from rtc.srtp import SrtpSession
 from sfu.control.messages import MediaEvent, TransportState
 from sfu.layers.choice import Layers

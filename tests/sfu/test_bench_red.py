@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from benchmarks.sfu import peer
-from rtc import sdp
 from rtc.dtls import DtlsCertificate
 from rtc.red import RedBlock, RedPayload
-from rtc.rtp import RtpPacket
+from rtc.rtp.packet import RtpPacket
+from rtc.sdp.session import SessionDescription
 from sfu.transport import offer_answer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_audio_offer_is_chromium_shaped_and_red_is_answered_first() -> None:
     transport = peer.Transport(DtlsCertificate.generate(dt.datetime.now(dt.UTC)))
     try:
-        offer = sdp.SessionDescription.parse(
+        offer = SessionDescription.parse(
             peer.publish_offer(transport, 10, 11, audio="red", audio_ssrc=12)
         )
         video, audio = offer.media
@@ -33,7 +33,7 @@ def test_audio_offer_is_chromium_shaped_and_red_is_answered_first() -> None:
         )
         answered = offer_answer.answer(offer, local).media[1]
         assert answered.formats == [str(peer.RED_PT), str(peer.OPUS_PT)]
-        plain = sdp.SessionDescription.parse(peer.publish_offer(transport, 10, 11, audio="opus"))
+        plain = SessionDescription.parse(peer.publish_offer(transport, 10, 11, audio="opus"))
         assert [c.name for c in plain.media[1].codecs] == ["opus"]
     finally:
         transport.close()

@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.sfu import peer
-from rtc import sdp
 from rtc.dtls import DtlsCertificate
-from rtc.rtp import extension_elements, payload_range
+from rtc.rtp.extensions import extension_elements
+from rtc.rtp.header import payload_range
+from rtc.sdp.attributes import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID
+from rtc.sdp.session import SessionDescription
 from sfu.forward.keyframes import vp8_keyframe_start, vp8_size
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_simulcast_offer_is_chromium_shaped() -> None:
     t = peer.Transport(DtlsCertificate.generate(dt.datetime.now(dt.UTC)))
     try:
-        desc = sdp.SessionDescription.parse(peer.publish_offer(t, 0, 0, rids=("q", "h", "f")))
+        desc = SessionDescription.parse(peer.publish_offer(t, 0, 0, rids=("q", "h", "f")))
     finally:
         t.close()
     (media,) = desc.media
@@ -38,8 +40,8 @@ def test_simulcast_offer_is_chromium_shaped() -> None:
     assert media.simulcast == "send q;h;f"
     assert not media.ssrcs and not media.ssrc_groups
     uris = {e.uri: e.id for e in media.extmaps}
-    assert uris[sdp.RTP_STREAM_ID] == peer.EXT_RID
-    assert uris[sdp.REPAIRED_RTP_STREAM_ID] == peer.EXT_REPAIRED_RID
+    assert uris[RTP_STREAM_ID] == peer.EXT_RID
+    assert uris[REPAIRED_RTP_STREAM_ID] == peer.EXT_REPAIRED_RID
 
 
 def test_layer_packets_carry_rid_first_and_keyframes_on_request() -> None:

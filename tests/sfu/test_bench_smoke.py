@@ -15,9 +15,11 @@ import socket
 from pathlib import Path
 
 from benchmarks.sfu import peer
-from rtc import sdp
 from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete
 from rtc.ice import IceLiteAgent, SelectedAddress, local_ufrag_of, random_credentials
+from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC, Direction
+from rtc.sdp.session import SessionDescription
+from rtc.sdp.transport import Fingerprint, Setup
 from rtc.srtp import SrtpSession
 from sfu.forward.keyframes import vp8_keyframe_start
 from sfu.transport import offer_answer
@@ -41,13 +43,13 @@ class CoreServer:
 
     def local(self) -> offer_answer.LocalParameters:
         ufrag, pwd = random_credentials()
-        fp = sdp.Fingerprint("sha-256", self.certificate.fingerprint())
+        fp = Fingerprint("sha-256", self.certificate.fingerprint())
         return offer_answer.LocalParameters(ufrag, pwd, [fp], [("127.0.0.1", self.port)])
 
-    def expect(self, local: offer_answer.LocalParameters, remote: sdp.SessionDescription) -> None:
+    def expect(self, local: offer_answer.LocalParameters, remote: SessionDescription) -> None:
         t = remote.transport()
         assert t.ice_ufrag and t.ice_pwd and t.setup
-        role = DtlsRole.SERVER if t.setup is sdp.Setup.ACTIVE else DtlsRole.CLIENT
+        role = DtlsRole.SERVER if t.setup is Setup.ACTIVE else DtlsRole.CLIENT
         agent = IceLiteAgent(local.ice_ufrag, local.ice_pwd, t.ice_ufrag, t.ice_pwd, now=0.0)
         endpoint = DtlsEndpoint(
             self.certificate, role, [(f.algorithm, f.value) for f in t.fingerprints]
@@ -97,11 +99,11 @@ def test_synthetic_peer_against_rtc_cores() -> None:
         # client).
         offer = peer.publish_offer(pub, ssrc=1111, rtx_ssrc=2222)
         local = server.local()
-        answer = offer_answer.answer(sdp.SessionDescription.parse(offer), local)
-        server.expect(local, sdp.SessionDescription.parse(offer))
+        answer = offer_answer.answer(SessionDescription.parse(offer), local)
+        server.expect(local, SessionDescription.parse(offer))
         media = answer.media[0]
         assert [c.name for c in media.codecs] == ["VP8", "rtx"]
-        assert {e.uri for e in media.extmaps} == {sdp.MID, sdp.ABS_SEND_TIME, sdp.TRANSPORT_CC}
+        assert {e.uri for e in media.extmaps} == {MID, ABS_SEND_TIME, TRANSPORT_CC}
         pub.set_remote(peer.remote_parameters(str(answer), offerer=True))
         assert pub.remote is not None and pub.remote.role is DtlsRole.SERVER
 
@@ -112,10 +114,10 @@ def test_synthetic_peer_against_rtc_cores() -> None:
         )
         sub_offer = str(offer_answer.offer_for_subscriber([forwarded], local))
         sub_answer, tracks = peer.subscribe_answer(sub, sub_offer)
-        parsed = sdp.SessionDescription.parse(sub_answer)
+        parsed = SessionDescription.parse(sub_answer)
         assert not parsed.ice_lite
-        assert parsed.media[0].direction is sdp.Direction.RECVONLY
-        assert parsed.transport().setup is sdp.Setup.ACTIVE
+        assert parsed.media[0].direction is Direction.RECVONLY
+        assert parsed.transport().setup is Setup.ACTIVE
         assert [(t.mid, t.ssrc, t.payload_type) for t in tracks] == [("0", 3333, peer.VP8_PT)]
         server.expect(local, parsed)
         sub.set_remote(peer.remote_parameters(sub_offer, offerer=False))

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtc.sdp import SessionDescription
+from rtc.sdp.session import SessionDescription
 from sfu.node.http import MEDIA
 from tests.conftest import Api, free_udp_port
 from tests.signalling.relay import (

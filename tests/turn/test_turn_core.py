@@ -21,13 +21,14 @@ from turn.allocation import (
     AllocationState,
     ChannelEvent,
     ChannelState,
+    ClientSide,
     InvalidTransition,
     PermissionEvent,
     PermissionState,
     next_state,
 )
 from turn.config import TurnConfig
-from turn.core import ClientSide, TurnCore
+from turn.core import TurnCore
 from turn.credentials import rest_credentials
 
 SECRET = "core-secret"
@@ -545,14 +546,14 @@ def test_send_indication_relays_only_with_permission(h: Harness) -> None:
     assert h.send(data) is None
     assert h.relays[-1].sent == []
     h.call(stun.CREATE_PERMISSION, (stun.XOR_PEER_ADDRESS, PEER))
-    assert h.core.send_indication(h.side, CLIENT, data)
+    assert h.core.datapath.send_indication(h.side, CLIENT, data)
     assert h.send(bytes(send.add_fingerprint())) is None  # slow path, with FINGERPRINT
     assert h.relays[-1].sent == [(b"hello", PEER), (b"hello", PEER)]
 
 
 def test_data_indication_encodes_the_peer(h: Harness) -> None:
     h.allocate()
-    data = h.core.data_indication(h.alloc, PEER, b"abcde")
+    data = h.core.datapath.data_indication(h.alloc, PEER, b"abcde")
     msg = stun.Message.parse(data)
     assert (msg.method, msg.cls) == (stun.DATA, stun.INDICATION)
     assert msg.decoded("XOR-PEER-ADDRESS") == PEER
@@ -562,10 +563,10 @@ def test_data_indication_encodes_the_peer(h: Harness) -> None:
 def test_bandwidth_budget() -> None:
     h = Harness(max_bps=8000)  # 1000 bytes per second
     h.allocate()
-    assert h.core.spend(h.alloc, 600)
-    assert not h.core.spend(h.alloc, 600)
+    assert h.core.datapath.spend(h.alloc, 600)
+    assert not h.core.datapath.spend(h.alloc, 600)
     h.advance(1.0)
-    assert h.core.spend(h.alloc, 600)
+    assert h.core.datapath.spend(h.alloc, 600)
 
 
 def test_unauthenticated_rate_limit() -> None:

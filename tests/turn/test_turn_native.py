@@ -96,10 +96,10 @@ async def test_bursts_of_channel_data_are_relayed_in_order_both_ways(
         for i, client in enumerate(clients):
             got = await gather(client, len(sizes))
             assert got == [channel_data(0x4000 + i, p) for p in sent[i]]
-        for alloc in server.core.allocations:
+        for alloc in server.core.allocator.allocations:
             assert alloc.to_peer_pkts == alloc.from_peer_pkts == len(sizes)
             assert alloc.to_peer_bytes == alloc.from_peer_bytes == sum(sizes)
-        relayed = [a.relay_addr for a in server.core.allocations]
+        relayed = [a.relay_addr for a in server.core.allocator.allocations]
         seen_by_peer: dict[Any, list[bytes]] = {}
         for data, addr in echo_peer.seen:
             seen_by_peer.setdefault(addr[:2], []).append(data)
@@ -120,7 +120,7 @@ async def test_data_indications_match_the_core_byte_for_byte(
     try:
         assert (await client.allocate()).cls == stun.SUCCESS
         assert (await client.permit(echo_peer.address)).cls == stun.SUCCESS
-        (alloc,) = server.core.allocations
+        (alloc,) = server.core.allocator.allocations
         payloads = [os.urandom(n) for n in (1, 2, 3, 4, 100, 1200, 1201, 5)]
         for p in payloads:
             ind = client.request(stun.SEND, (stun.XOR_PEER_ADDRESS, echo_peer.address))
@@ -129,7 +129,7 @@ async def test_data_indications_match_the_core_byte_for_byte(
             client.send(bytes(ind))
         got = await gather(client, len(payloads))
         peer = (echo_peer.address[0], echo_peer.address[1])
-        assert got == [server.core.data_indication(alloc, peer, p) for p in payloads]
+        assert got == [server.datapath.data_indication(alloc, peer, p) for p in payloads]
         assert alloc.from_peer_pkts == len(payloads)
         assert alloc.from_peer_bytes == sum(map(len, payloads))
     finally:
@@ -178,7 +178,7 @@ async def test_peer_without_permission_is_dropped_and_counted(
 ) -> None:
     client = await bound_client(server, echo_peer.address)
     loop = asyncio.get_running_loop()
-    (alloc,) = server.core.allocations
+    (alloc,) = server.core.allocator.allocations
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other.bind(("127.0.0.2", 0))
     before = malformed("no_permission")
@@ -210,7 +210,7 @@ async def test_a_capped_allocation_is_held_to_its_budget(path: str, echo_peer: E
                 got.append(await client.recv(0.3))
             except TimeoutError:
                 break
-        (alloc,) = server.core.allocations
+        (alloc,) = server.core.allocator.allocations
         # 1,000 bytes a second each way: at most 10 go out, and back.
         assert 1 <= alloc.to_peer_pkts <= 10
         assert len(got) <= alloc.to_peer_pkts
@@ -391,7 +391,7 @@ def test_peer_to_client_frames_what_the_core_would(
     alloc.data_txid = bytes(range(12))
     core = TurnCore(make_config(), lambda *a: None, lambda *a: None)
     alloc.data_xpa = {}
-    core.data_indication(alloc, p1, b"")  # fills the cache for p1 only
+    core.datapath.data_indication(alloc, p1, b"")  # fills the cache for p1 only
     # p2 shares p0/p1's IP on loopback, so it is permitted but uncached.
     expected_client: list[bytes] = []
     expected_rest: list[tuple[bytes, Any]] = []
@@ -402,7 +402,7 @@ def test_peer_to_client_frames_what_the_core_would(
         if who == 0:
             expected_client.append(struct.pack("!HH", 0x4000, size) + payload)
         elif who == 1:
-            expected_client.append(core.data_indication(alloc, p1, payload))
+            expected_client.append(core.datapath.data_indication(alloc, p1, payload))
         else:
             expected_rest.append((payload, addr))
     _wait_readable(relays[0])

@@ -83,10 +83,10 @@ async def test_aioice_tcp_relays_to_echo_peer(turn_server: TurnServer, echo_peer
     await relay_round_trips(turn_server.tcp_addresses[0], echo_peer, "tcp")
     # The TCP connection closing deletes the allocation (RFC 8656 section 3.1).
     for _ in range(50):
-        if not turn_server.core.allocations:
+        if not turn_server.core.allocator.allocations:
             break
         await asyncio.sleep(0.02)
-    assert not turn_server.core.allocations
+    assert not turn_server.core.allocator.allocations
 
 
 def _self_signed(tmp: Path) -> tuple[str, str]:

@@ -18,7 +18,9 @@ from aiortc import rtp as artp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtc.rtcp import Remb, TransportCc, parse_compound
+from rtc.rtcp.compound import parse_compound
+from rtc.rtcp.feedback import Remb
+from rtc.rtcp.transport_cc import TransportCc
 from sfu.errors import SfuStateError
 from sfu.feedback.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
 from sfu.feedback.reports import ReceiveStatistics

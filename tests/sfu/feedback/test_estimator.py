@@ -1,7 +1,7 @@
 """Send-side bandwidth estimation (sfu.feedback.estimator) against a simulated path:
 a bottleneck of a given capacity with a drop-tail queue, a propagation
 delay and optional random loss, and a receiver that sends transport-wide CC
-feedback every 100 ms built by our own codec (rtc.rtcp.TransportCc)."""
+feedback every 100 ms built by our own codec (rtc.rtcp.transport_cc.TransportCc)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from rtc.rtcp import TransportCc
+from rtc.rtcp.transport_cc import TransportCc
 from sfu.feedback.estimator import SendSideEstimator, Usage
 
 PACKET = 1200

@@ -18,19 +18,19 @@ from aiortc import rtp as artp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtc import rtp
-from rtc.rtcp import (
+from rtc.rtcp.compound import parse_compound
+from rtc.rtcp.feedback import Nack, Pli
+from rtc.rtcp.reports import (
     Bye,
-    Nack,
-    Pli,
     ReceiverReport,
     ReportBlock,
     SenderReport,
     SourceDescription,
     compact_ntp,
-    parse_compound,
 )
-from rtc.rtp import RtpRewriter, ts_diff
+from rtc.rtp import header
+from rtc.rtp.packet import RtpPacket
+from rtc.rtp.sequence import RtpRewriter, ts_diff
 from sfu.errors import SfuStateError
 from sfu.feedback.reports import (
     FEEDBACK_MAX,
@@ -376,13 +376,13 @@ def test_sender_reports_follow_a_forwarder_subscription_through_mute() -> None:
 
     def publish(seq: int, ts: int, now: float) -> None:
         packet = bytes(
-            rtp.RtpPacket(
+            RtpPacket(
                 payload_type=111, sequence_number=seq, timestamp=ts, ssrc=0xA, payload=b"\xf8" * 30
             )
         )
         audio.on_packet(seq, ts, now, len(packet))
         for _, out in fwd.route(packet, now):
-            offset.append((rtp.timestamp(out) - ts) & 0xFFFFFFFF)
+            offset.append((header.timestamp(out) - ts) & 0xFFFFFFFF)
 
     ts0 = 777
     for i in range(50):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtc import rtp
+from rtc.rtp import extensions, packet
 from sfu.feedback.speaker import SpeakerChanged, SpeakerDetector
 
 AUDIO_LEVEL_ID = 1
@@ -30,9 +30,9 @@ def run(
 
 
 def test_levels_read_from_real_packets() -> None:
-    p = rtp.RtpPacket(payload_type=111, sequence_number=1, ssrc=5, payload=b"\xf8")
+    p = packet.RtpPacket(payload_type=111, sequence_number=1, ssrc=5, payload=b"\xf8")
     p.set_extensions([(AUDIO_LEVEL_ID, bytes([0x80 | 30]))])
-    voice, level = rtp.audio_level(bytes(p), AUDIO_LEVEL_ID) or (False, 127)
+    voice, level = extensions.audio_level(bytes(p), AUDIO_LEVEL_ID) or (False, 127)
     det = SpeakerDetector()
     det.update("alice", voice, level, 0.0)
     assert det.score("alice", 0.0) == 97

@@ -17,9 +17,9 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtc import rtp
-from rtc.rtcp import Fir, Nack, Pli
-from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC
+from rtc.rtcp.feedback import Fir, Nack, Pli
+from rtc.rtp import extensions, header, sequence
+from rtc.sdp.attributes import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC
 from sfu.errors import SfuError, SfuStateError
 from sfu.forward.forwarder import Forwarder
 from sfu.forward.keyframes import h264_keyframe_start, vp8_keyframe_start
@@ -214,7 +214,7 @@ def test_fan_out_rewrites_per_subscriber() -> None:
         ("firefox", 2001, 120, firefox),
         ("plain", 3001, VP8_PT, PUB_MAP),
     ):
-        video = [artp.RtpPacket.parse(p, m) for p in subs[key] if rtp.ssrc(p) == ssrc]
+        video = [artp.RtpPacket.parse(p, m) for p in subs[key] if header.ssrc(p) == ssrc]
         assert len(video) == len(stream)
         assert [p.sequence_number for p in video] == [(65530 + i) & 0xFFFF for i in range(15)]
         assert {p.payload_type for p in video} == {pt}
@@ -234,9 +234,9 @@ def test_fan_out_rewrites_per_subscriber() -> None:
     # Raw check: no element of the Firefox copies carries Chromium's id for
     # transport-cc (3), which Firefox reads as mid.
     for p in subs["firefox"]:
-        if rtp.ssrc(p) == 2001:
-            assert rtp.get_extension(p, 3) == b"1"
-        assert rtp.get_extension(p, 4) is None
+        if header.ssrc(p) == 2001:
+            assert extensions.get_extension(p, 3) == b"1"
+        assert extensions.get_extension(p, 4) is None
 
 
 def test_unnegotiated_extension_is_blanked() -> None:
@@ -244,8 +244,8 @@ def test_unnegotiated_extension_is_blanked() -> None:
     fwd.subscribe("s", VIDEO_SSRC, 0.0, ssrc=5, extensions={MID: 4})
     out = fwd.route(vp8_frames(0, 1, {0})[0], 0.0)
     [(_, packet)] = out
-    profile, start, end = rtp.extension_block(packet)
-    assert rtp.parse_extensions(profile, packet[start:end]) == [(4, b"1")]
+    profile, start, end = extensions.extension_block(packet)
+    assert extensions.parse_extensions(profile, packet[start:end]) == [(4, b"1")]
 
 
 def test_equal_extension_tables_are_shared_and_interleaved_copies_stay_right() -> None:
@@ -268,15 +268,15 @@ def test_equal_extension_tables_are_shared_and_interleaved_copies_stay_right() -
     for key in ("ff1", "ff2", "ff3"):
         for got, sent in zip(subs[key], stream, strict=True):
             assert artp.RtpPacket.parse(got, firefox).extensions.mid == "1"
-            assert rtp.get_extension(got, 4) is None
+            assert extensions.get_extension(got, 4) is None
             assert artp.RtpPacket.parse(got, firefox).payload == (
                 artp.RtpPacket.parse(sent, PUB_MAP).payload
             )
     for got in subs["plain"]:
         assert artp.RtpPacket.parse(got, PUB_MAP).extensions.mid == "1"
     for got in subs["blank"]:
-        profile, start, end = rtp.extension_block(got)
-        assert rtp.parse_extensions(profile, got[start:end]) == [(4, b"1")]
+        profile, start, end = extensions.extension_block(got)
+        assert extensions.parse_extensions(profile, got[start:end]) == [(4, b"1")]
 
 
 def test_payload_type_not_mapped_is_not_forwarded() -> None:
@@ -319,7 +319,7 @@ def test_late_subscriber_waits_for_keyframe_and_requests_are_throttled() -> None
     first = artp.RtpPacket.parse(received["late"][0])
     assert vp8_keyframe_start(first.payload, 0, len(first.payload))
     # The late subscribers' numbering starts where their keyframe did, with no gap.
-    seqs = [rtp.sequence_number(p) for p in received["late"]]
+    seqs = [header.sequence_number(p) for p in received["late"]]
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(30)]
     # Nobody waits any more: no retry.
     fwd.handle_timer(t + 5)
@@ -349,7 +349,7 @@ def test_nack_answered_from_history() -> None:
     fwd = make_forwarder()
     fwd.subscribe("s", VIDEO_SSRC, 0.0, ssrc=77)
     sent = [o[1] for p in vp8_frames(40000, 4, {0}) for o in fwd.route(p, 0.0)]
-    seqs = [rtp.sequence_number(p) for p in sent]
+    seqs = [header.sequence_number(p) for p in sent]
     nack = Nack.from_lost(1, 77, [seqs[2], seqs[5], 12345])
     resent = fwd.handle_nack("s", nack.media_ssrc, Nack.parse(bytes(nack)).lost(), 0.1)
     assert len(resent) == 2
@@ -383,7 +383,7 @@ def test_nack_answered_with_rtx_when_negotiated() -> None:
         rtx_payload_types={98: 99},
     )
     sent = [o[1] for p in vp8_frames(7, 3, {0}) for o in fwd.route(p, 0.0)]
-    lost = [rtp.sequence_number(sent[i]) for i in (1, 4, 8)]
+    lost = [header.sequence_number(sent[i]) for i in (1, 4, 8)]
     resent = fwd.handle_nack("s", 77, lost, 0.05)
     assert len(resent) == 3
     for i, (_, packet) in zip((1, 4, 8), resent, strict=True):
@@ -397,7 +397,7 @@ def test_nack_answered_with_rtx_when_negotiated() -> None:
             first.payload,
         )
     # RTX has its own sequence numbers.
-    assert [rtp.sequence_number(p) for _, p in resent] == [0, 1, 2]
+    assert [header.sequence_number(p) for _, p in resent] == [0, 1, 2]
 
 
 # -- upstream repair ---------------------------------------------------------------
@@ -434,7 +434,7 @@ def test_upstream_gaps_are_nacked_with_retries_and_repaired_by_rtx() -> None:
     late += fwd.route(stream[9], 0.15)
     assert len(late) == 2
     assert artp.RtpPacket.parse(late[0][1], PUB_MAP).payload == original.payload
-    assert rtp.sequence_number(late[0][1]) == 65533
+    assert header.sequence_number(late[0][1]) == 65533
     assert fwd.stats.recovered == 2
     # Only 65534 is still asked for, until the retry limit.
     for k in range(2, 10):
@@ -485,8 +485,8 @@ def test_mute_and_pause() -> None:
     # Frame 7 is a delta frame: held; frame 10 is not sent (muted), 20 is key.
     out += [o for p in stream[21:] for o in fwd.route(p, 1.3)]
     subs = by_subscriber(out)
-    a_seqs = [rtp.sequence_number(p) for p in subs["a"]]
-    b_seqs = [rtp.sequence_number(p) for p in subs["b"]]
+    a_seqs = [header.sequence_number(p) for p in subs["a"]]
+    b_seqs = [header.sequence_number(p) for p in subs["b"]]
     # a: frames 0-3, then from keyframe 10 (delta frames 7-9 held back);
     # b: frames 0-1, then from keyframe 10.
     assert (len(a_seqs), len(b_seqs)) == (12 + 60, 6 + 60)
@@ -494,7 +494,7 @@ def test_mute_and_pause() -> None:
     assert a_seqs == list(range(len(a_seqs)))
     assert b_seqs == list(range(len(b_seqs)))
     # The timestamp jumped by the paused wall-clock time, at 90 kHz.
-    b_ts = [rtp.timestamp(p) for p in subs["b"]]
+    b_ts = [header.timestamp(p) for p in subs["b"]]
     assert b_ts[6] - b_ts[5] == round(1.3 * 90000)
 
 
@@ -539,7 +539,7 @@ def test_random_bytes_are_counted_and_dropped(data: bytes) -> None:
     for candidate in (data, data[:8] + struct.pack("!I", AUDIO_SSRC) + data[12:]):
         try:
             for _, packet in fwd.route(candidate, 0.1):
-                rtp.payload_range(packet)
+                header.payload_range(packet)
         except SfuError:
             pass
     fwd.handle_timer(1.0)
@@ -588,8 +588,8 @@ def test_subscriber_sequence_numbers_never_repeat(case: tuple[int, list[int], se
             ssrc=AUDIO_SSRC,
             payload=b"x",
         )
-        out += [rtp.sequence_number(b) for _, b in fwd.route(p.serialize(), t)]
-    unwrapper = rtp.SequenceUnwrapper()
+        out += [header.sequence_number(b) for _, b in fwd.route(p.serialize(), t)]
+    unwrapper = sequence.SequenceUnwrapper()
     extended = [unwrapper.unwrap(s) for s in out]
     assert len(set(extended)) == len(extended)
     if extended:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtc.sdp import ABS_SEND_TIME, MID, TRANSPORT_CC
+from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
 from rtc.srtp import SrtpSession
 from sfu.forward import native
 

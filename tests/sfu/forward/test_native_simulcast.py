@@ -44,7 +44,7 @@ def vp8(ssrc: int, seq: int, ts: int, pid: int, tl0: int, *, wide: bool, key: bo
 
 
 def forwarder(records: list[Record], now: float) -> Any:
-    from rtc.sdp import ABS_SEND_TIME, MID, TRANSPORT_CC
+    from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
     from sfu.forward.forwarder import Forwarder
 
     f = Forwarder()

@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 
 from rtc import red
 from rtc.red import RedBlock, RedPayload
-from rtc.rtp import RtpPacket, build_extensions
-from rtc.sdp import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC, SessionDescription
+from rtc.rtp.extensions import build_extensions
+from rtc.rtp.packet import RtpPacket
+from rtc.sdp.attributes import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC
+from rtc.sdp.session import SessionDescription
 from sfu.feedback.estimator import SendSideEstimator
 from sfu.forward import native
 from sfu.forward.forwarder import Forwarder

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
-from rtc.sdp import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC, SessionDescription
+from rtc.sdp.attributes import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
+from rtc.sdp.session import SessionDescription
 from sfu.control.messages import LayersWanted, TrackPaused, View, event_from_dict, event_to_dict
 from sfu.errors import SfuStateError
 from sfu.forward.forwarder import Forwarder

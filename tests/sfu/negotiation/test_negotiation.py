@@ -12,7 +12,8 @@ import pytest
 from rtc.dtls import DtlsCertificate
 from rtc.errors import SdpNegotiationError
 from rtc.ice import random_credentials
-from rtc.sdp import Direction, SessionDescription
+from rtc.sdp.attributes import Direction
+from rtc.sdp.session import SessionDescription
 from sfu.control.messages import TransportState
 from sfu.errors import SfuStateError
 from sfu.feedback.bandwidth import BandwidthFeedback

@@ -127,7 +127,7 @@ main().catch(e => { window.failed = String(e); });
 def _redundant_blocks(worker: Any, track_id: str) -> dict[int, int]:
     """How many redundant blocks the publisher's last RED packets carried (count of each)."""
     from rtc.red import RedPayload
-    from rtc.rtp import RtpPacket
+    from rtc.rtp.packet import RtpPacket
 
     room = worker.tables.rooms[ROOM]
     track = room.forwarder.track(room.tracks[track_id].ssrc)

@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY, generate_latest
 from benchmarks.sfu import peer
 from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
 from rtc.errors import SdpError, SdpNegotiationError, SdpParseError
-from rtc.sdp import SessionDescription
+from rtc.sdp.session import SessionDescription
 from sfu.control.messages import ActiveSpeaker
 from sfu.errors import SfuStateError
 from sfu.feedback.reports import nack_interval_for

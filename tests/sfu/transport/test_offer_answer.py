@@ -16,7 +16,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from rtc.errors import SdpNegotiationError
-from rtc.sdp import (
+from rtc.sdp.attributes import (
     ABS_SEND_TIME,
     AUDIO_LEVEL,
     MID,
@@ -24,11 +24,10 @@ from rtc.sdp import (
     Codec,
     Direction,
     Extmap,
-    Fingerprint,
     RtcpFeedback,
-    SessionDescription,
-    Setup,
 )
+from rtc.sdp.session import SessionDescription
+from rtc.sdp.transport import Fingerprint, Setup
 from sfu.transport.offer_answer import ForwardedTrack, LocalParameters, answer, offer_for_subscriber
 
 DATA = Path(__file__).parents[2] / "rtc" / "data"

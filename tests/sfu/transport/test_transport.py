@@ -32,7 +32,7 @@ from rtc.ice import (
     SelectedAddress,
     ValidatedAddress,
 )
-from rtc.rtp import RtpPacket
+from rtc.rtp.packet import RtpPacket
 from rtc.srtp import SrtpSession
 from sfu.errors import SfuStateError
 from sfu.transport.peer import (

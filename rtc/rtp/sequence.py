@@ -1,0 +1,186 @@
+"""RTP sequence numbers and timestamps: serial-number arithmetic (RFC 1982
+style, :func:`seq_newer`), :class:`SequenceUnwrapper` (RFC 3550 A.1), and
+:class:`RtpRewriter`, the per-subscriber state that keeps a switched or
+resumed source's sequence numbers and timestamps continuous.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RtpRewriter",
+    "SequenceUnwrapper",
+    "seq_add",
+    "seq_diff",
+    "seq_newer",
+    "ts_diff",
+    "ts_newer",
+]
+
+
+def seq_add(seq: int, n: int) -> int:
+    """``seq + n`` modulo 2**16."""
+    return (seq + n) & 0xFFFF
+
+
+def seq_diff(a: int, b: int) -> int:
+    """Signed distance ``a - b`` between 16-bit sequence numbers, in [-32768, 32767]."""
+    return ((a - b + 0x8000) & 0xFFFF) - 0x8000
+
+
+def seq_newer(a: int, b: int) -> bool:
+    """Whether sequence number ``a`` comes after ``b`` (RFC 1982 serial arithmetic, 16 bits).
+
+    RFC 1982 leaves two numbers exactly 2**15 apart undefined; like libwebrtc we
+    call the numerically larger one newer, so that exactly one of
+    ``seq_newer(a, b)``, ``seq_newer(b, a)``, ``a == b`` holds.
+    """
+    d = (a - b) & 0xFFFF
+    if d == 0x8000:
+        return a > b
+    return 0 < d < 0x8000
+
+
+def ts_diff(a: int, b: int) -> int:
+    """Signed distance ``a - b`` between 32-bit RTP timestamps."""
+    return ((a - b + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+
+def ts_newer(a: int, b: int) -> bool:
+    """Whether RTP timestamp ``a`` comes after ``b`` (RFC 1982, 32 bits, ties as in seq_newer)."""
+    d = (a - b) & 0xFFFFFFFF
+    if d == 0x80000000:
+        return a > b
+    return 0 < d < 0x80000000
+
+
+class SequenceUnwrapper:
+    """Extends 16-bit sequence numbers to unbounded ints (RFC 3550 A.1's extended seq).
+
+    Each number is placed nearest to the previous one, so reordering of up to
+    2**15 packets either way is understood.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def unwrap(self, seq: int) -> int:
+        """The extended value of ``seq``."""
+        last = self._last
+        if last is None:
+            self._last = seq
+            return seq
+        u = last + (((seq - last + 0x8000) & 0xFFFF) - 0x8000)
+        self._last = u
+        return u
+
+
+class RtpRewriter:
+    """Continuous sequence numbers and timestamps for one outgoing stream (RFC 3550 5.1).
+
+    A subscriber's stream must look like one RTP source even when the SFU
+    switches what feeds it (another simulcast layer, another speaker) or pauses
+    and resumes it (mute, a subscription paused for bandwidth). Each run of
+    packets from one source gets fixed offsets, chosen at its first packet so
+    that it continues one sequence number after the highest sent so far and
+    with a timestamp advanced by the wall-clock time elapsed. Fixed offsets map
+    a retransmitted packet exactly as the first time, and map a subscriber's
+    NACK back (:meth:`original_sequence`).
+
+    Pure state: the caller passes ``now`` (seconds) and calls :meth:`switch`
+    before the first packet of a new run; it should start a video run on a
+    keyframe.
+    """
+
+    __slots__ = (
+        "_clock_rate",
+        "_in_max",
+        "_in_start",
+        "_last_now",
+        "_out_max_seq",
+        "_out_max_ts",
+        "_resync",
+        "_seq_offset",
+        "_started",
+        "_ts_offset",
+    )
+
+    def __init__(self, clock_rate: int) -> None:
+        self._clock_rate = clock_rate
+        self._started = False
+        self._resync = True
+        self._seq_offset = 0
+        self._ts_offset = 0
+        # Unwrapped input sequence numbers of this run's first and highest packet.
+        self._in_start = 0
+        self._in_max = 0
+        self._out_max_seq = 0
+        self._out_max_ts = 0
+        self._last_now = 0.0
+
+    def switch(self) -> None:
+        """Start a new run at the next packet: another source, or this one resumed."""
+        self._resync = True
+
+    def rewrite(self, seq: int, ts: int, now: float) -> tuple[int, int] | None:
+        """Outgoing ``(sequence_number, timestamp)`` for an incoming packet.
+
+        ``None`` for a packet older than the first one of the current run: its
+        outgoing number would collide with the previous run's, so drop it.
+        """
+        if self._resync:
+            if self._started:
+                # Never step back in time, and never repeat a timestamp a decoder
+                # would merge into the previous frame.
+                gap = max(1, round((now - self._last_now) * self._clock_rate))
+                out_seq = (self._out_max_seq + 1) & 0xFFFF
+                out_ts = (self._out_max_ts + gap) & 0xFFFFFFFF
+            else:
+                out_seq, out_ts = seq, ts
+            self._seq_offset = (out_seq - seq) & 0xFFFF
+            self._ts_offset = (out_ts - ts) & 0xFFFFFFFF
+            self._in_start = self._in_max = seq
+            self._out_max_seq, self._out_max_ts = out_seq, out_ts
+            self._last_now = now
+            self._resync = False
+            self._started = True
+            return out_seq, out_ts
+        d = ((seq - self._in_max + 0x8000) & 0xFFFF) - 0x8000
+        u = self._in_max + d
+        if u < self._in_start:
+            return None
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        out_ts = (ts + self._ts_offset) & 0xFFFFFFFF
+        if d > 0:
+            self._in_max = u
+            self._out_max_seq, self._out_max_ts = out_seq, out_ts
+            self._last_now = now
+        return out_seq, out_ts
+
+    def original_sequence(self, out_seq: int) -> int | None:
+        """Incoming sequence number behind an outgoing one, for answering NACKs.
+
+        ``None`` if ``out_seq`` was not sent in the latest run (an earlier
+        run's, or not sent yet). After :meth:`switch` the previous run still
+        answers until the next run's first packet.
+        """
+        if not self._started:
+            return None
+        seq = (out_seq - self._seq_offset) & 0xFFFF
+        u = self._in_max + (((seq - self._in_max + 0x8000) & 0xFFFF) - 0x8000)
+        if u < self._in_start or u > self._in_max:
+            return None
+        return seq
+
+    @property
+    def highest(self) -> tuple[int, int]:
+        """Highest outgoing ``(sequence_number, timestamp)`` so far (for sender reports)."""
+        return self._out_max_seq, self._out_max_ts
+
+    @property
+    def timestamp_offset(self) -> int | None:
+        """What this run adds to incoming timestamps (mod 2**32), or None before the
+        first packet: a sender report maps the publisher's NTP/RTP pair through it
+        so the subscriber's lip-sync stays right (RFC 3550 section 6.4.1)."""
+        return self._ts_offset if self._started else None
