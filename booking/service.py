@@ -32,11 +32,11 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from booking import availability as av
-from booking import refunds, schedules, slots
+from booking import refunds
 from booking.errors import InvalidTransition
 from booking.lifecycle import ACTIVE_STATES, Event, State, transition
 from booking.refunds import Canceller
+from booking.schedule import cache, free_time, slots
 from wadud import outbox
 from wadud.db import Args
 from wadud.errors import Conflict, NotFound, WadudError
@@ -457,7 +457,9 @@ async def _taken_or_not_offered(
     # check or at the constraint, and a bad time is called a bad time.
     _, availability = await slots.load_availability(conn, doctor_id)
     with slots.booking_errors():
-        free = av.free_slots(availability, consultation_type, starts_at, starts_at + _EPSILON, now)
+        free = free_time.free_slots(
+            availability, consultation_type, starts_at, starts_at + _EPSILON, now
+        )
     if any(s.start == starts_at for s in free):
         return SlotTaken("this time was booked by someone else; pick another slot")
     return SlotNotOffered("the doctor does not offer a slot at this time")
@@ -484,10 +486,10 @@ async def create_hold(
     (or, racing, becomes) someone else's.
 
     One statement when this process knows the doctor's schedule
-    (:mod:`booking.schedules`) and nothing is in the way; otherwise, and for
+    (:mod:`booking.schedule.cache`) and nothing is in the way; otherwise, and for
     every refusal, the long way below, which reads everything afresh."""
     now = now or _now()
-    known = schedules.known(doctor_id)
+    known = cache.known(doctor_id)
     if known is not None:
         row = await _hold_on_known_schedule(
             conn, known, patient_id, consultation_type, starts_at, hold_minutes, now, check
@@ -552,7 +554,7 @@ def _hold_insert(
     doctor: Mapping[str, Any],
     doctor_id: UUID,
     patient_id: UUID,
-    slot: av.Slot,
+    slot: free_time.Slot,
     blocked: tuple[dt.datetime, dt.datetime],
     now: dt.datetime,
     hold_minutes: int,
@@ -623,7 +625,7 @@ class HoldCheck:
 
 async def _hold_on_known_schedule(
     conn: asyncpg.Connection,
-    known: schedules.Schedule,
+    known: cache.Schedule,
     patient_id: UUID,
     consultation_type: str,
     starts_at: dt.datetime,
@@ -662,7 +664,7 @@ async def _hold_on_known_schedule(
         columns, passes = f", {check.columns}", check.passes
     guards = " AND ".join(
         f"d.{column} = {args(doctor[column])}{'::jsonb' if column == 'slot_minutes' else ''}"
-        for column in schedules.GUARDED
+        for column in cache.GUARDED
     )
     insert = _hold_insert(
         doctor,
@@ -688,7 +690,7 @@ async def _hold_on_known_schedule(
     except (asyncpg.ExclusionViolationError, asyncpg.DeadlockDetectedError):
         return None  # taken, or a lapsed hold in the way: the long way sorts it out
     if row is None:
-        schedules.forget(known.doctor_id)  # the row moved on (or was unpublished)
+        cache.forget(known.doctor_id)  # the row moved on (or was unpublished)
         return None
     if row["id"] is None:
         assert check is not None

@@ -27,7 +27,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from booking import slots as slot_db
+from booking.schedule import slots as slot_db
 from wadud import accounts, auth, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes, file_body
 from wadud.errors import (

@@ -41,9 +41,10 @@ from uuid import UUID
 import asyncpg
 from pydantic import StringConstraints
 
-from booking import service, slots
+from booking import service
 from booking.api.bookings import BookingOut, booking_out
 from booking.lifecycle import ACTIVE_STATES
+from booking.schedule import slots
 from wadud import outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import Conflict, Forbidden, NotFound

@@ -6,7 +6,7 @@ rating, with keyset pagination on ``(sort key, id)`` (an opaque cursor), so
 page 100 costs what page 1 costs. The indexes are in migrations 0002 and 0004.
 
 ``next_free_at`` is computed when availability or bookings change
-(:func:`booking.slots.refresh_next_free`), but time passing also makes slots
+(:func:`booking.schedule.slots.refresh_next_free`), but time passing also makes slots
 vanish; :func:`lifespan` runs a sweep that recomputes it for published
 doctors whose value has gone by, in batches claimed with ``SKIP LOCKED`` so
 several API replicas share the work.
@@ -27,7 +27,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from booking import slots
+from booking.schedule import slots
 from wadud import cursor, keys, loops
 from wadud.api import ApiModel, Call, Routes, in_sane_range
 from wadud.errors import Unprocessable

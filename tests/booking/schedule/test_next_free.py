@@ -7,8 +7,9 @@ import datetime as dt
 import random
 import uuid
 
-from booking import service, slots
+from booking import service
 from booking.refunds import Canceller
+from booking.schedule import slots
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
 from wadud import keys
