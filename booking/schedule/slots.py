@@ -22,7 +22,7 @@ import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -527,11 +527,3 @@ def _may_move(
     slot_lo = first - timedelta(minutes=doctor["buffer_before_min"])
     slot_hi = first + timedelta(minutes=longest + doctor["buffer_after_min"])
     return lo < slot_hi and slot_lo < hi
-
-
-def day_of(text: str) -> date:
-    """A ``YYYY-MM-DD`` path segment as a date (422 if no such date)."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise Unprocessable(f"{text!r} is not a calendar date YYYY-MM-DD") from None

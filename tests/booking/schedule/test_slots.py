@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from booking.api.search import sweep_next_free
+from booking.doctors.search import sweep_next_free
 from booking.schedule import slots
 from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.conftest import Api
