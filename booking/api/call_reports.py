@@ -16,7 +16,7 @@ from uuid import UUID
 from aiohttp import web
 
 from booking import call_report_page, call_reports
-from booking.api.bookings import visible_booking
+from booking.bookings.access import visible_booking
 from privacy import audit
 from wadud.api import ApiModel, Call, Role, Routes
 from wadud.errors import NotFound

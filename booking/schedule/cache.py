@@ -5,7 +5,7 @@ Building a doctor's :class:`~booking.schedule.availability.Availability` (the we
 rules, the date overrides, the settings, validated by the core) and reading
 the rows it comes from was a third of a hold's cost, for a schedule that
 changes a few times a year. :mod:`booking.schedule.slots` remembers each one it
-builds here; a hold (:func:`booking.service.create_hold`) then decides on the
+builds here; a hold (:func:`booking.bookings.holds.create_hold`) then decides on the
 remembered one and writes in a statement that first checks, on the doctor's
 row, that nothing it was built from has changed: the schedule version
 (migration 0015: every change to the doctor's rules or overrides bumps it)

@@ -178,7 +178,7 @@ def _schedule(busy_from: int | None = None) -> str:
     NULL, the doctor's busy ranges (``lo``, ``hi``) as :data:`BUSY_SQL` reads
     them, its parameters numbered from ``busy_from`` (states, range start,
     range end, now), and one row with ``lapsed`` true when a hold of the
-    doctor lapsed (:func:`booking.service.create_hold` expires those first)."""
+    doctor lapsed (:func:`booking.bookings.holds.create_hold` expires those first)."""
     busy = ""
     if busy_from is not None:
         n = busy_from

@@ -18,8 +18,8 @@ from booking import call_report_page, call_reports
 from privacy import retention
 from sfu.control import CallSample, TransportState
 from signalling.http import RECORDER
+from tests.booking.bookings.test_bookings import events, pool_of
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import events, pool_of
 from tests.booking.test_video_calls import _live_booking
 from tests.chromium import CHROMIUM
 from tests.conftest import Api

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from privacy.consent import PURPOSES, REGIONS, parse_requirements
 from privacy.errors import InvalidConsentText
+from tests.booking.bookings.test_bookings import anon, confirm, hold, local, shift
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import anon, confirm, hold, local, shift
 from tests.conftest import Api
 from tests.signalling.test_ws import connect, joined
 from wadud import keys

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from booking.schedule import cache, slots
+from tests.booking.bookings.test_bookings import anon, hold, iso, local, pool_of
 from tests.booking.factories import Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import anon, hold, iso, local, pool_of
 from tests.conftest import Api
 
 pytestmark = pytest.mark.usefixtures("counted")
