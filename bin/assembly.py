@@ -109,7 +109,7 @@ def data_rights(app: web.Application) -> None:
     """Export, erasure and retention (privacy/): the features' providers and
     rules, registered on privacy's endpoints and schedule, since privacy/
     stands below the features and imports none of them."""
-    import booking.call_reports
+    import booking.call_reports.privacy
     import booking.payments.doctor_privacy
     import booking.payments.transfer_privacy
     import booking.privacy
@@ -123,7 +123,7 @@ def data_rights(app: web.Application) -> None:
 
     # In this order: notify finds jobs by the conversations chat then deletes.
     privacy.rights.register(app, booking.privacy.BookingProvider())
-    privacy.rights.register(app, booking.call_reports.CallReportProvider())
+    privacy.rights.register(app, booking.call_reports.privacy.CallReportProvider())
     privacy.rights.register(app, booking.payments.transfer_privacy.BankTransferProvider(app))
     privacy.rights.register(app, booking.payments.doctor_privacy.DoctorProvider(app))
     privacy.rights.register(app, notify.privacy.NotifyProvider())
@@ -139,7 +139,7 @@ def data_rights(app: web.Application) -> None:
 def retention_rules() -> list[privacy.retention.Rule]:
     """Every feature's retention rules (``wadud retention run`` adds the
     ground's own, :func:`privacy.retention.core_rules`)."""
-    import booking.call_reports
+    import booking.call_reports.privacy
     import booking.privacy
     import chat.privacy
     import notify.privacy
@@ -147,7 +147,7 @@ def retention_rules() -> list[privacy.retention.Rule]:
 
     return [
         *booking.privacy.retention_rules(),
-        *booking.call_reports.retention_rules(),
+        *booking.call_reports.privacy.retention_rules(),
         *chat.privacy.retention_rules(),
         *notify.privacy.retention_rules(),
         *recording.privacy.retention_rules(),

@@ -20,16 +20,16 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 
 from booking import calls, refunds
+from booking.bookings import visits
 from booking.lifecycle import State, allowed_events
-from booking.service import amount_paid
 from wadud.config import Settings
 
 __all__ = [
@@ -111,20 +111,7 @@ def wants_html(request: web.Request) -> bool:
     return page > 0 and page >= _quality(accept, "application/json")
 
 
-#: A booking as the pages tell it: the booking's own columns a video link
-#: needs, its doctor's name and its patient's language and zone.
-_BOOKING = """SELECT b.id, b.status, b.type, b.starts_at, b.ends_at, b.doctor_id,
-                     b.patient_id, b.refund_minor, b.currency,
-                     d.display_name AS doctor, u.display_name AS patient_name,
-                     u.locale, u.time_zone,
-                     (SELECT c.region FROM clinics c WHERE c.id = b.clinic_id) AS clinic_region
-              FROM bookings b
-              JOIN doctors d ON d.id = b.doctor_id
-              JOIN users u ON u.id = b.patient_id
-              WHERE b.id = $1"""
-
-
-def _booking_facts(row: asyncpg.Record) -> dict[str, Any]:
+def _booking_facts(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "booking_status": row["status"],
         "type": row["type"],
@@ -136,7 +123,7 @@ def _booking_facts(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-def _patient_link(settings: Settings, row: asyncpg.Record) -> str | None:
+def _patient_link(settings: Settings, row: Mapping[str, Any]) -> str | None:
     """The patient's video link, made as the booking API makes it, when
     the booking has one now."""
     if not calls.has_video_link(row):
@@ -154,21 +141,12 @@ def _patient_link(settings: Settings, row: asyncpg.Record) -> str | None:
 
 
 async def _visit(
-    conn: asyncpg.Connection, intent_id: UUID
-) -> tuple[asyncpg.Record, dict[str, Any]] | None:
-    # "late": the money came after the booking was no longer held and is
-    # going back (an automatic refund, or one owed by hand).
-    pay = await conn.fetchrow(
-        """SELECT p.booking_id, p.status, p.amount_minor, p.currency, p.expires_at,
-                  EXISTS (SELECT 1 FROM refunds r WHERE r.payment_intent_id = p.id
-                          AND (r.kind = 'late_payment' OR r.reason LIKE 'automatic:%')) AS late
-           FROM payment_intents p WHERE p.id = $1""",
-        intent_id,
-    )
-    if pay is None:
+    conn: visits.Conn, intent_id: UUID
+) -> tuple[Mapping[str, Any], dict[str, Any]] | None:
+    found = await visits.payment_visit(conn, intent_id)
+    if found is None:
         return None
-    row = await conn.fetchrow(_BOOKING, pay["booking_id"])
-    assert row is not None  # a payment's booking is never deleted
+    row, pay = found
     facts = _booking_facts(row) | {
         "payment_status": pay["status"],
         "payment_late": pay["late"],
@@ -179,7 +157,7 @@ async def _visit(
     return row, facts
 
 
-async def visit_facts(conn: asyncpg.Connection, intent_id: UUID) -> dict[str, Any] | None:
+async def visit_facts(conn: visits.Conn, intent_id: UUID) -> dict[str, Any] | None:
     """What the pages say about a payment's visit, as plain JSON values."""
     found = await _visit(conn, intent_id)
     return None if found is None else found[1]
@@ -245,7 +223,7 @@ data-fill="continue">Continue</a></p>"""
 
 
 async def confirmation(
-    conn: asyncpg.Connection, settings: Settings, intent_id: UUID, *, onward: str | None
+    conn: visits.Conn, settings: Settings, intent_id: UUID, *, onward: str | None
 ) -> web.Response | None:
     """The page a patient lands on after the gateway: the booking, its
     doctor and time in the patient's zone, what happens next, and the link
@@ -311,15 +289,14 @@ _MANAGE = """<h1 data-i18n="manage.title">Your visit</h1>
 <p class="error" id="failed" role="alert" hidden></p>"""
 
 
-async def manage(conn: asyncpg.Connection, settings: Settings, booking_id: UUID) -> web.Response:
-    """The page a manage link opens in a browser: the booking (doctor, time
-    in the patient's zone, status), the way into the visit when it has one,
-    and what the link may do to it (``/static/call/manage.js`` does it
-    through the link's own API: cancel, reschedule to a free slot)."""
-    row = await conn.fetchrow(_BOOKING, booking_id)
-    assert row is not None  # the caller found it by its manage token
+def manage(settings: Settings, row: Mapping[str, Any], paid: int) -> web.Response:
+    """The page a manage link opens in a browser, for the booking ``row``
+    (:func:`booking.bookings.visits.manage_visit`) with ``paid`` paid for
+    it: the booking (doctor, time in the patient's zone, status), the way
+    into the visit when it has one, and what the link may do to it
+    (``/static/call/manage.js`` does it through the link's own API: cancel,
+    reschedule to a free slot)."""
     now = dt.datetime.now(dt.UTC)
-    paid = await amount_paid(conn, booking_id)
     facts = _booking_facts(row) | {
         "doctor_id": str(row["doctor_id"]),
         "allowed_events": sorted(allowed_events(State(row["status"]))),

@@ -26,7 +26,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from booking.api.bookings import scope, visible_booking
+from booking.bookings.access import scope, visible_booking
 from privacy.subject_keys import SubjectKeys
 from recording.errors import BadTransition, RecordingFileNotFound, RecordingNotFound
 from recording.privacy import delete_recordings

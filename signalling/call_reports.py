@@ -32,7 +32,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
-from booking.call_reports import Event, Participant, Row, finish, store
+from booking.call_reports.storage import Event, Participant, Row, finish, store
 from booking.calls import booking_of
 from sfu.control.messages import CallSample, MediaControl, MediaEvent, TransportState
 from wadud import jsonin, loops

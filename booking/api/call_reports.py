@@ -1,4 +1,5 @@
-"""``GET /api/v1/bookings/{id}/call-report`` and its page (booking.call_reports).
+"""``GET /api/v1/bookings/{id}/call-report`` and its page
+(:mod:`booking.call_reports`).
 
 For clinic staff of the booking's clinic and admins: patients and doctors
 get 403 (the report names every participant's network), staff of another
@@ -15,20 +16,12 @@ from uuid import UUID
 
 from aiohttp import web
 
-from booking import call_report_page, call_reports
-from booking.api.bookings import visible_booking
-from privacy import audit
+from booking.call_reports import assembly, page
 from wadud.api import ApiModel, Call, Role, Routes
-from wadud.errors import NotFound
 
 routes = Routes("call reports", "Each video visit's call-quality report.")
 
 READERS = {Role.CLINIC_STAFF, Role.ADMIN}
-
-
-class NoCallReport(NotFound):
-    code = "call-report-not-found"
-    title = "This booking has no call report"
 
 
 class CallReport(ApiModel):
@@ -48,14 +41,7 @@ class CallReport(ApiModel):
 
 
 async def _load(call: Call[None, None]) -> dict[str, Any]:
-    me = call.user
-    async with call.pool.acquire() as conn:
-        row = await visible_booking(conn, call.path_uuid("id"), me)
-        report = await call_reports.assemble(conn, row["id"])
-        if report is None:
-            raise NoCallReport("no call took place for this booking")
-        await audit.record_about(conn, row, "booking", actor=me, action="call_report.read")
-    return report
+    return await assembly.read_visible(call.pool, call.path_uuid("id"), call.user)
 
 
 @routes.get("/api/v1/bookings/{id:uuid}/call-report", returns=CallReport, auth=READERS)
@@ -72,7 +58,7 @@ async def call_report_page_(call: Call[None, None]) -> web.Response:
     """The call report as a page (HTML with SVG plots of the visit's timeline)."""
     report = await _load(call)
     nonce = secrets.token_urlsafe(12)
-    html = call_report_page.render(report, "Call report", nonce)
+    html = page.render(report, "Call report", nonce)
     return web.Response(
         text=html,
         content_type="text/html",

@@ -1,4 +1,5 @@
-"""Clinics (tenants), and per-region settings: feature flags and commission.
+"""Clinics (tenants), and per-region settings over HTTP: feature flags and
+commission (:mod:`booking.clinics`).
 
 A clinic belongs to one region and bills in that region's currency. Admins
 manage clinics; clinic staff and doctors see only their own (another clinic is
@@ -11,17 +12,15 @@ import datetime as dt
 from typing import Annotated, Literal, cast
 from uuid import UUID
 
-import asyncpg
 from pydantic import Field, StringConstraints
 
-from wadud import outbox
+from booking import clinics
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound, Unprocessable
 
 routes = Routes("clinics", "Clinics (tenants) and per-region settings.")
 
 Region = Literal["PK", "AE", "QA", "SA"]
-REGION_CURRENCY: dict[str, str] = {"PK": "PKR", "AE": "AED", "QA": "QAR", "SA": "SAR"}
 _REGION_PATH = "{region:(PK|AE|QA|SA)}"
 # Path patterns may not contain braces (the route syntax uses them), so the
 # length limit of a feature name is checked in the handler.
@@ -94,9 +93,6 @@ class Commission(ApiModel):
     commission_fixed_minor: int
 
 
-_COLS = "id, name, region, currency, commission_bp, commission_fixed_minor, created_at"
-
-
 def _region(value: str) -> Region:
     # The route pattern admits only the four regions.
     return cast(Region, value)
@@ -113,21 +109,13 @@ async def create_clinic(call: Call[ClinicIn, None]) -> Clinic:
 
     The currency follows the region (PK: PKR, AE: AED, QA: QAR, SA: SAR)."""
     body = call.body
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"""INSERT INTO clinics (name, region, currency, commission_bp,
-                                     commission_fixed_minor)
-                VALUES ($1, $2, $3, $4, $5) RETURNING {_COLS}""",
-            body.name,
-            body.region,
-            REGION_CURRENCY[body.region],
-            body.commission_bp,
-            body.commission_fixed_minor,
-        )
-        assert row is not None
-        await outbox.emit(
-            conn, "clinic.created", {"clinic_id": str(row["id"]), "region": body.region}
-        )
+    row = await clinics.create(
+        call.pool,
+        name=body.name,
+        region=body.region,
+        commission_bp=body.commission_bp,
+        commission_fixed_minor=body.commission_fixed_minor,
+    )
     return Clinic(**dict(row))
 
 
@@ -143,15 +131,7 @@ async def list_clinics(call: Call[None, ClinicQuery]) -> ClinicPage:
     Ordered by id; page with ``after``."""
     me, q = call.user, call.query
     own = None if me.role == Role.ADMIN else me.clinic_id
-    rows = await call.pool.fetch(
-        f"""SELECT {_COLS} FROM clinics
-            WHERE ($1::uuid IS NULL OR id = $1)
-              AND ($2::uuid IS NULL OR id > $2)
-            ORDER BY id LIMIT $3""",
-        own,
-        q.after,
-        q.limit + 1,
-    )
+    rows = await clinics.listed(call.pool, only=own, after=q.after, limit=q.limit + 1)
     items = [Clinic(**dict(r)) for r in rows[: q.limit]]
     return ClinicPage(items=items, next_after=items[-1].id if len(rows) > q.limit else None)
 
@@ -165,10 +145,7 @@ async def get_clinic(call: Call[None, None]) -> Clinic:
     """A clinic: admins any, staff and doctors their own."""
     clinic_id = call.path_uuid("clinic_id")
     _own_clinic(call.user, clinic_id)
-    row = await call.pool.fetchrow(f"SELECT {_COLS} FROM clinics WHERE id = $1", clinic_id)
-    if row is None:
-        raise NotFound("no such clinic")
-    return Clinic(**dict(row))
+    return Clinic(**dict(await clinics.read(call.pool, clinic_id)))
 
 
 @routes.patch(
@@ -185,27 +162,14 @@ async def update_clinic(call: Call[ClinicPatch, None]) -> Clinic:
         raise Unprocessable("name cannot be null")
     if "commission_fixed_minor" in sent and body.commission_fixed_minor is None:
         raise Unprocessable("commission_fixed_minor cannot be null")
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"""UPDATE clinics SET
-                    name = CASE WHEN $2 THEN $3 ELSE name END,
-                    commission_bp = CASE WHEN $4 THEN $5 ELSE commission_bp END,
-                    commission_fixed_minor =
-                        CASE WHEN $6 THEN $7 ELSE commission_fixed_minor END
-                WHERE id = $1 RETURNING {_COLS}""",
-            call.path_uuid("clinic_id"),
-            "name" in sent,
-            body.name,
-            "commission_bp" in sent,
-            body.commission_bp,
-            "commission_fixed_minor" in sent,
-            body.commission_fixed_minor,
-        )
-        if row is None:
-            raise NotFound("no such clinic")
-        await outbox.emit(
-            conn, "clinic.updated", {"clinic_id": str(row["id"]), "fields": sorted(sent)}
-        )
+    row = await clinics.update(
+        call.pool,
+        call.path_uuid("clinic_id"),
+        sent,
+        name=body.name,
+        commission_bp=body.commission_bp,
+        commission_fixed_minor=body.commission_fixed_minor,
+    )
     return Clinic(**dict(row))
 
 
@@ -213,10 +177,8 @@ async def update_clinic(call: Call[ClinicPatch, None]) -> Clinic:
 async def region_features(call: Call[None, None]) -> Features:
     """Feature flags of a region (e.g. instant consultations, a gateway)."""
     region = call.path("region")
-    rows = await call.pool.fetch(
-        "SELECT feature, enabled FROM region_features WHERE region = $1 ORDER BY feature", region
-    )
-    return Features(region=_region(region), features={r["feature"]: r["enabled"] for r in rows})
+    features = await clinics.region_features(call.pool, region)
+    return Features(region=_region(region), features=features)
 
 
 @routes.put(
@@ -230,22 +192,7 @@ async def set_region_feature(call: Call[FeatureIn, None]) -> Feature:
     region, feature = call.path("region"), call.path("feature")
     if len(feature) > 63:
         raise Unprocessable("a feature name has at most 63 characters")
-    async with call.pool.acquire() as conn, conn.transaction():
-        try:
-            await conn.execute(
-                """INSERT INTO region_features (region, feature, enabled) VALUES ($1, $2, $3)
-                   ON CONFLICT (region, feature) DO UPDATE SET enabled = EXCLUDED.enabled""",
-                region,
-                feature,
-                call.body.enabled,
-            )
-        except asyncpg.CheckViolationError:
-            raise Unprocessable(f"{feature!r} is not a valid feature name") from None
-        await outbox.emit(
-            conn,
-            "region.feature_changed",
-            {"region": region, "feature": feature, "enabled": call.body.enabled},
-        )
+    await clinics.set_region_feature(call.pool, region, feature, call.body.enabled)
     return Feature(region=_region(region), feature=feature, enabled=call.body.enabled)
 
 
@@ -261,26 +208,9 @@ async def set_region_commission(call: Call[CommissionIn, None]) -> Commission:
     A clinic's own commission overrides it; with neither, the configured
     platform default applies."""
     region, body = call.path("region"), call.body
-    async with call.pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            """INSERT INTO region_commissions (region, commission_bp, commission_fixed_minor)
-               VALUES ($1, $2, $3)
-               ON CONFLICT (region) DO UPDATE
-                   SET commission_bp = EXCLUDED.commission_bp,
-                       commission_fixed_minor = EXCLUDED.commission_fixed_minor""",
-            region,
-            body.commission_bp,
-            body.commission_fixed_minor,
-        )
-        await outbox.emit(
-            conn,
-            "region.commission_changed",
-            {
-                "region": region,
-                "commission_bp": body.commission_bp,
-                "commission_fixed_minor": body.commission_fixed_minor,
-            },
-        )
+    await clinics.set_region_commission(
+        call.pool, region, body.commission_bp, body.commission_fixed_minor
+    )
     return Commission(
         region=_region(region),
         commission_bp=body.commission_bp,
@@ -291,12 +221,4 @@ async def set_region_commission(call: Call[CommissionIn, None]) -> Commission:
 @routes.get(f"/api/v1/regions/{_REGION_PATH}/commission", returns=Commission, auth={Role.ADMIN})
 async def region_commission(call: Call[None, None]) -> Commission:
     """The platform commission set for a region (404 if none is set)."""
-    region = call.path("region")
-    row = await call.pool.fetchrow(
-        "SELECT region, commission_bp, commission_fixed_minor FROM region_commissions"
-        " WHERE region = $1",
-        region,
-    )
-    if row is None:
-        raise NotFound(f"no commission is set for {region}")
-    return Commission(**dict(row))
+    return Commission(**dict(await clinics.region_commission(call.pool, call.path("region"))))

@@ -1,45 +1,30 @@
-"""Doctors: onboarding, profile, credential documents, verification and
-publication, availability, and free slots.
+"""Doctors over HTTP: onboarding, profile, credential documents,
+verification and publication, availability, and free slots.
 
-A doctor's life: clinic staff onboard them (``draft``), upload credentials and
-submit (``pending_verification``); an admin verifies a document and publishes
-(``published``: visible to the public and bookable) or suspends. Who sees what:
-
-* the public sees published doctors only;
-* staff of the doctor's clinic and admins see and manage any status;
-* a doctor sees and edits their own profile and availability.
-
-Another clinic's unpublished doctor is a 404, so ids do not leak.
+Who sees what, and a doctor's life from draft to published, are told in
+:mod:`booking.doctors`; the handlers here parse, call it and render.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import re
 import zoneinfo
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from booking import slots as slot_db
-from wadud import accounts, auth, outbox
-from wadud.api import ApiModel, Call, Principal, Role, Routes, file_body
-from wadud.errors import (
-    Conflict,
-    Forbidden,
-    NotFound,
-    Unprocessable,
-    UnsupportedMediaType,
-)
+from booking.doctors import documents, hours, profiles
+from wadud import accounts, auth
+from wadud.api import ApiModel, Call, Role, Routes, file_body
+from wadud.errors import NotFound, Unprocessable, UnsupportedMediaType
 from wadud.http import read_upload
 from wadud.rows import from_row
-from wadud.storage import sniff_type, storage_of
+from wadud.storage import storage_of
 
 routes = Routes("doctors", "Doctor profiles, credentials, availability and slots.")
 
@@ -209,52 +194,7 @@ class Slots(ApiModel):
     slots: list[SlotOut]
 
 
-# -- access --------------------------------------------------------------------
-
-
-def is_staff_of(me: Principal | None, row: Mapping[str, Any]) -> bool:
-    """An admin, or clinic staff of the doctor's clinic."""
-    return me is not None and me.oversees(row["clinic_id"])
-
-
-def may_manage(me: Principal | None, row: Mapping[str, Any]) -> bool:
-    """Staff of the doctor's clinic, an admin, or the doctor."""
-    return is_staff_of(me, row) or (
-        me is not None and me.role == Role.DOCTOR and row["user_id"] == me.user_id
-    )
-
-
-async def fetch_doctor(
-    conn: asyncpg.Connection,
-    me: Principal | None,
-    doctor_id: UUID,
-    *,
-    need: Literal["view", "manage", "staff"] = "view",
-    lock: bool = False,
-) -> asyncpg.Record:
-    """The doctors row if ``me`` may ``need`` it. A doctor ``me`` may not even
-    see is a 404 (ids of unpublished doctors do not leak); a visible one ``me``
-    may not change is a 403."""
-    row = await conn.fetchrow(
-        "SELECT * FROM doctors WHERE id = $1" + (" FOR UPDATE" if lock else ""), doctor_id
-    )
-    if row is None:
-        raise NotFound("no such doctor")
-    allowed = {"view": may_manage, "manage": may_manage, "staff": is_staff_of}[need](me, row)
-    if allowed:
-        return row
-    if row["status"] == "published":
-        if need == "view":
-            return row
-        raise Forbidden("you may not change this doctor")
-    raise NotFound("no such doctor")
-
-
-async def _doctor_to_change(
-    call: Call[Any, Any], conn: asyncpg.Connection, need: Literal["manage", "staff"]
-) -> asyncpg.Record:
-    """The doctor the path names, locked for a change the caller may ``need``."""
-    return await fetch_doctor(conn, call.user, call.path_uuid("doctor_id"), need=need, lock=True)
+# -- rendering -----------------------------------------------------------------
 
 
 def doctor_out(row: Mapping[str, Any]) -> Doctor:
@@ -291,41 +231,18 @@ async def onboard_doctor(call: Call[DoctorIn, None]) -> Doctor:
     me, body, clinic_id = call.user, call.body, call.path_uuid("clinic_id")
     if me.role != Role.ADMIN and me.clinic_id != clinic_id:
         raise NotFound("no such clinic")
-    async with call.pool.acquire() as conn, conn.transaction():
-        clinic = await conn.fetchrow(
-            "SELECT region, currency FROM clinics WHERE id = $1", clinic_id
-        )
-        if clinic is None:
-            raise NotFound("no such clinic")
-        user = await accounts.create_user(
-            conn,
-            email=body.email,
-            password=body.password,
-            role=Role.DOCTOR,
-            clinic_id=clinic_id,
-            display_name=body.display_name,
-            passwords=call.request.app[auth.PASSWORDS],
-        )
-        row = await conn.fetchrow(
-            """INSERT INTO doctors (clinic_id, user_id, display_name, specialty, languages, bio,
-                                    fee_minor, currency, region)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *""",
-            clinic_id,
-            user.id,
-            body.display_name,
-            body.specialty,
-            sorted(set(body.languages)),
-            body.bio,
-            body.fee_minor,
-            clinic["currency"],
-            clinic["region"],
-        )
-        assert row is not None
-        await outbox.emit(
-            conn,
-            "doctor.created",
-            {"doctor_id": str(row["id"]), "clinic_id": str(clinic_id), "user_id": str(user.id)},
-        )
+    row = await profiles.onboard(
+        call.pool,
+        call.request.app[auth.PASSWORDS],
+        clinic_id,
+        email=body.email,
+        password=body.password,
+        display_name=body.display_name,
+        specialty=body.specialty,
+        languages=body.languages,
+        bio=body.bio,
+        fee_minor=body.fee_minor,
+    )
     return doctor_out(row)
 
 
@@ -335,9 +252,7 @@ async def get_doctor(call: Call[None, None]) -> Doctor:
 
     Published doctors are public; staff of the clinic, admins and the doctor
     see any status."""
-    async with call.pool.acquire() as conn:
-        row = await fetch_doctor(conn, call.principal, call.path_uuid("doctor_id"))
-    return doctor_out(row)
+    return doctor_out(await profiles.read(call.pool, call.principal, call.path_uuid("doctor_id")))
 
 
 @routes.patch(
@@ -351,69 +266,17 @@ async def update_doctor(call: Call[DoctorPatch, None]) -> Doctor:
     fields = {k: getattr(body, k) for k in body.model_fields_set}
     if any(v is None for v in fields.values()):
         raise Unprocessable("profile fields cannot be null")
-    if "languages" in fields:
-        fields["languages"] = sorted(set(fields["languages"]))
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await _doctor_to_change(call, conn, "manage")
-        if fields:
-            # Column names come from the model's own field names, never input.
-            sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
-            row = await conn.fetchrow(
-                f"UPDATE doctors SET {sets}, updated_at = now() WHERE id = $1 RETURNING *",
-                row["id"],
-                *fields.values(),
-            )
-            assert row is not None
-            await outbox.emit(
-                conn,
-                "doctor.updated",
-                {
-                    "doctor_id": str(row["id"]),
-                    "clinic_id": str(row["clinic_id"]),
-                    "fields": sorted(fields),
-                },
-            )
+    row = await profiles.update(call.pool, call.user, call.path_uuid("doctor_id"), fields)
     return doctor_out(row)
 
 
 # -- lifecycle ---------------------------------------------------------------------
 
 
-_STATUS_TOPICS = {
-    "pending_verification": "doctor.submitted",
-    "published": "doctor.published",
-    "suspended": "doctor.suspended",
-}
-
-
-async def _set_status(
-    conn: asyncpg.Connection, row: Mapping[str, Any], allowed_from: set[str], to: str
-) -> asyncpg.Record:
-    if row["status"] not in allowed_from:
-        raise Conflict(f"a {row['status']} doctor cannot become {to}")
-    new = await conn.fetchrow(
-        """UPDATE doctors SET status = $2, updated_at = now(),
-                  published_at = CASE WHEN $2 = 'published' THEN now() ELSE published_at END
-           WHERE id = $1 RETURNING *""",
-        row["id"],
-        to,
-    )
-    assert new is not None
-    await outbox.emit(
-        conn,
-        _STATUS_TOPICS[to],
-        {"doctor_id": str(row["id"]), "clinic_id": str(row["clinic_id"]), "status": to},
-    )
-    return new
-
-
 @routes.post(_DOCTOR + "/submit", returns=Doctor, auth={Role.ADMIN, Role.CLINIC_STAFF})
 async def submit_doctor(call: Call[None, None]) -> Doctor:
     """Submit a draft profile for verification (draft -> pending_verification)."""
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await _doctor_to_change(call, conn, "staff")
-        row = await _set_status(conn, row, {"draft"}, "pending_verification")
-    return doctor_out(row)
+    return doctor_out(await profiles.submit(call.pool, call.user, call.path_uuid("doctor_id")))
 
 
 @routes.post(_DOCTOR + "/publish", returns=Doctor, auth={Role.ADMIN})
@@ -422,28 +285,7 @@ async def publish_doctor(call: Call[None, None]) -> Doctor:
 
     Needs at least one verified credential document and some availability
     (a weekly window or an upcoming date with windows)."""
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await _doctor_to_change(call, conn, "staff")
-        verified = await conn.fetchval(
-            "SELECT count(*) FROM doctor_documents WHERE doctor_id = $1 AND status = 'verified'",
-            row["id"],
-        )
-        if not verified:
-            raise Conflict("publishing needs at least one verified credential document")
-        has_hours = await conn.fetchval(
-            """SELECT EXISTS (SELECT 1 FROM availability_rules WHERE doctor_id = $1)
-                   OR EXISTS (SELECT 1 FROM availability_overrides
-                              WHERE doctor_id = $1 AND NOT closed AND windows <> '[]'
-                                AND day >= (now() AT TIME ZONE 'UTC')::date - 1)""",
-            row["id"],
-        )
-        if not has_hours:
-            raise Conflict("publishing needs some availability")
-        row = await _set_status(conn, row, {"pending_verification", "suspended"}, "published")
-        await slot_db.refresh_next_free(conn, row["id"], _now())
-        row = await conn.fetchrow("SELECT * FROM doctors WHERE id = $1", row["id"])
-        assert row is not None
-    return doctor_out(row)
+    return doctor_out(await profiles.publish(call.pool, call.user, call.path_uuid("doctor_id")))
 
 
 @routes.post(_DOCTOR + "/suspend", returns=Doctor, auth={Role.ADMIN})
@@ -451,43 +293,10 @@ async def suspend_doctor(call: Call[None, None]) -> Doctor:
     """Suspend a doctor: hidden from the public and no longer bookable.
 
     Existing bookings are left to the bookings API."""
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await _doctor_to_change(call, conn, "staff")
-        row = await _set_status(
-            conn, row, {"draft", "pending_verification", "published"}, "suspended"
-        )
-    return doctor_out(row)
+    return doctor_out(await profiles.suspend(call.pool, call.user, call.path_uuid("doctor_id")))
 
 
 # -- credential documents --------------------------------------------------------------
-
-#: Accepted credential document types and the extension each is stored with.
-_EXTENSIONS = {"application/pdf": ".pdf", "image/png": ".png", "image/jpeg": ".jpg"}
-_ACCEPTED = set(_EXTENSIONS)
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
-
-
-def sniff(data: bytes) -> tuple[str, str] | None:
-    """``(content type, extension)`` of ``data`` judged by its first bytes,
-    for the document types we accept."""
-    ctype = sniff_type(data)
-    if ctype not in _EXTENSIONS:
-        return None
-    return ctype, _EXTENSIONS[ctype]
-
-
-def _safe_filename(name: str | None, default: str) -> str:
-    if not name:
-        return default
-    # Keep the last path component only, and only characters that are safe in
-    # a Content-Disposition header and on any file system.
-    base = re.split(r"[\\/]", name)[-1]
-    base = _UNSAFE_NAME.sub("_", base).strip(" .")[:255]
-    return base or default
-
-
-_DOC_COLS = """id, doctor_id, kind, filename, content_type, size_bytes, sha256, status,
-               review_note, reviewed_at, created_at"""
 
 
 @routes.post(
@@ -496,7 +305,7 @@ _DOC_COLS = """id, doctor_id, kind, filename, content_type, size_bytes, sha256, 
     returns=Document,
     status=201,
     auth={Role.ADMIN, Role.CLINIC_STAFF, Role.DOCTOR},
-    raw_body=file_body(_ACCEPTED),
+    raw_body=file_body(documents.ACCEPTED),
     responses={413: "Document too large", 415: "Not a PDF, PNG or JPEG"},
 )
 async def upload_document(call: Call[None, DocumentQuery]) -> Document:
@@ -506,43 +315,25 @@ async def upload_document(call: Call[None, DocumentQuery]) -> Document:
     The type is checked against the file's first bytes, not its name."""
     request, query = call.request, call.query
     doctor_id = call.path_uuid("doctor_id")
-    async with call.pool.acquire() as conn:
-        await fetch_doctor(conn, call.user, doctor_id, need="manage")
-    if request.content_type not in _ACCEPTED:
+    await documents.check_upload_allowed(call.pool, call.user, doctor_id)
+    if request.content_type not in documents.ACCEPTED:
         raise UnsupportedMediaType("send a PDF, PNG or JPEG with its Content-Type")
     data = await read_upload(request, call.settings.booking_upload_max_bytes, "a document")
     if not data:
         raise Unprocessable("the document is empty")
-    found = sniff(data)
+    found = documents.sniff(data)
     if found is None or found[0] != request.content_type:
         raise UnsupportedMediaType(f"the content is not {request.content_type}")
-    ctype, ext = found
-    key = await storage_of(request.app).put(data)
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await fetch_doctor(conn, call.user, doctor_id, need="manage", lock=True)
-        doc = await conn.fetchrow(
-            f"""INSERT INTO doctor_documents (doctor_id, clinic_id, kind, filename,
-                       content_type, size_bytes, sha256, storage_key)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {_DOC_COLS}""",
-            doctor_id,
-            row["clinic_id"],
-            query.kind,
-            _safe_filename(query.filename, query.kind + ext),
-            ctype,
-            len(data),
-            key,
-        )
-        assert doc is not None
-        await outbox.emit(
-            conn,
-            "doctor.document_uploaded",
-            {
-                "doctor_id": str(doctor_id),
-                "clinic_id": str(row["clinic_id"]),
-                "document_id": str(doc["id"]),
-                "kind": query.kind,
-            },
-        )
+    doc = await documents.upload(
+        call.pool,
+        storage_of(request.app),
+        call.user,
+        doctor_id,
+        kind=query.kind,
+        filename=query.filename,
+        data=data,
+        found=found,
+    )
     return Document(**dict(doc))
 
 
@@ -553,45 +344,30 @@ async def upload_document(call: Call[None, DocumentQuery]) -> Document:
 )
 async def list_documents(call: Call[None, None]) -> list[Document]:
     """A doctor's credential documents (staff of the clinic, admins, the doctor)."""
-    async with call.pool.acquire() as conn:
-        row = await fetch_doctor(conn, call.user, call.path_uuid("doctor_id"), need="manage")
-        docs = await conn.fetch(
-            f"SELECT {_DOC_COLS} FROM doctor_documents WHERE doctor_id = $1 ORDER BY created_at",
-            row["id"],
-        )
+    docs = await documents.listed(call.pool, call.user, call.path_uuid("doctor_id"))
     return [Document(**dict(d)) for d in docs]
-
-
-async def _document(
-    conn: asyncpg.Connection, call: Call[Any, Any], *, lock: bool = False
-) -> tuple[asyncpg.Record, asyncpg.Record]:
-    row = await fetch_doctor(conn, call.user, call.path_uuid("doctor_id"), need="staff")
-    doc = await conn.fetchrow(
-        "SELECT * FROM doctor_documents WHERE id = $1 AND doctor_id = $2"
-        + (" FOR UPDATE" if lock else ""),
-        call.path_uuid("document_id"),
-        row["id"],
-    )
-    if doc is None:
-        raise NotFound("no such document")
-    return row, doc
 
 
 @routes.get(
     _DOCUMENT + "/content",
     returns={
         "content": {
-            t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(_ACCEPTED)
+            t: {"schema": {"type": "string", "format": "binary"}}
+            for t in sorted(documents.ACCEPTED)
         }
     },
     auth={Role.ADMIN, Role.CLINIC_STAFF},
 )
 async def download_document(call: Call[None, None]) -> web.Response:
     """Download a credential document (staff of the clinic, admins)."""
-    async with call.pool.acquire() as conn:
-        _, doc = await _document(conn, call)
-    data = await storage_of(call.request.app).get(doc["storage_key"])
-    filename = _safe_filename(doc["filename"], "document")
+    doc, data = await documents.content(
+        call.pool,
+        storage_of(call.request.app),
+        call.user,
+        call.path_uuid("doctor_id"),
+        call.path_uuid("document_id"),
+    )
+    filename = documents.safe_filename(doc["filename"], "document")
     return web.Response(
         body=data,
         content_type=doc["content_type"],
@@ -604,29 +380,14 @@ async def download_document(call: Call[None, None]) -> web.Response:
 
 
 async def _review_document(call: Call[Any, None], status: str, note: str) -> Document:
-    async with call.pool.acquire() as conn, conn.transaction():
-        row, doc = await _document(conn, call, lock=True)
-        if doc["status"] != "pending":
-            raise Conflict(f"the document was already {doc['status']}")
-        new = await conn.fetchrow(
-            f"""UPDATE doctor_documents
-                SET status = $2, review_note = $3, reviewed_by = $4, reviewed_at = now()
-                WHERE id = $1 RETURNING {_DOC_COLS}""",
-            doc["id"],
-            status,
-            note or None,
-            call.user.user_id,
-        )
-        assert new is not None
-        await outbox.emit(
-            conn,
-            f"doctor.document_{status}",
-            {
-                "doctor_id": str(row["id"]),
-                "clinic_id": str(row["clinic_id"]),
-                "document_id": str(doc["id"]),
-            },
-        )
+    new = await documents.review(
+        call.pool,
+        call.user,
+        call.path_uuid("doctor_id"),
+        call.path_uuid("document_id"),
+        status,
+        note,
+    )
     return Document(**dict(new))
 
 
@@ -662,19 +423,16 @@ def _window_json(w: Window) -> dict[str, Any]:
     return {"start": w.start, "end": w.end, "types": sorted(set(w.types))}
 
 
-async def _availability_out(conn: asyncpg.Connection, doctor_id: UUID) -> AvailabilityOut:
-    row = await conn.fetchrow("SELECT * FROM doctors WHERE id = $1", doctor_id)
-    assert row is not None
-    rules = await conn.fetch(
-        """SELECT weekday, start_local, end_local, types FROM availability_rules
-           WHERE doctor_id = $1 ORDER BY weekday, start_local""",
-        doctor_id,
-    )
-    overrides = await conn.fetch(
-        """SELECT day, windows, closed FROM availability_overrides
-           WHERE doctor_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 1 ORDER BY day""",
-        doctor_id,
-    )
+def _day_of(text: str) -> dt.date:
+    """A ``YYYY-MM-DD`` path segment as a date (422 if no such date)."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise Unprocessable(f"{text!r} is not a calendar date YYYY-MM-DD") from None
+
+
+def _availability_out(found: hours.Hours) -> AvailabilityOut:
+    row = found.doctor
     return from_row(
         AvailabilityOut,
         row,
@@ -686,7 +444,7 @@ async def _availability_out(conn: asyncpg.Connection, doctor_id: UUID) -> Availa
                 end=_wall(r["end_local"], is_end=True),
                 types=sorted(r["types"]),
             )
-            for r in rules
+            for r in found.rules
         ],
         overrides=[
             Override(
@@ -694,17 +452,8 @@ async def _availability_out(conn: asyncpg.Connection, doctor_id: UUID) -> Availa
                 closed=o["closed"],
                 windows=[Window(**w) for w in o["windows"]],
             )
-            for o in overrides
+            for o in found.overrides
         ],
-    )
-
-
-async def _after_availability_change(conn: asyncpg.Connection, row: Mapping[str, Any]) -> None:
-    await slot_db.refresh_next_free(conn, row["id"], _now())
-    await outbox.emit(
-        conn,
-        "doctor.availability_changed",
-        {"doctor_id": str(row["id"]), "clinic_id": str(row["clinic_id"])},
     )
 
 
@@ -715,9 +464,7 @@ async def _after_availability_change(conn: asyncpg.Connection, row: Mapping[str,
 )
 async def get_availability(call: Call[None, None]) -> AvailabilityOut:
     """A doctor's schedule: settings, weekly windows and upcoming date overrides."""
-    async with call.pool.acquire() as conn:
-        row = await fetch_doctor(conn, call.user, call.path_uuid("doctor_id"), need="manage")
-        return await _availability_out(conn, row["id"])
+    return _availability_out(await hours.read(call.pool, call.user, call.path_uuid("doctor_id")))
 
 
 @routes.put(
@@ -752,42 +499,10 @@ async def put_availability(call: Call[AvailabilityIn, None]) -> AvailabilityOut:
         }
         for w in body.weekly
     ]
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await _doctor_to_change(call, conn, "manage")
-        overrides = await conn.fetch(
-            """SELECT day, windows, closed FROM availability_overrides
-               WHERE doctor_id = $1 AND day >= (now() AT TIME ZONE 'UTC')::date - 2""",
-            row["id"],
-        )
-        # Validate the whole schedule with the core before writing anything.
-        slot_db.build_availability(settings, rules, overrides)
-        await conn.execute(
-            """UPDATE doctors SET time_zone = $2, buffer_before_min = $3, buffer_after_min = $4,
-                      min_notice_min = $5, horizon_days = $6, slot_minutes = $7,
-                      updated_at = now()
-               WHERE id = $1""",
-            row["id"],
-            *settings.values(),
-        )
-        await conn.execute("DELETE FROM availability_rules WHERE doctor_id = $1", row["id"])
-        await conn.executemany(
-            """INSERT INTO availability_rules
-                   (doctor_id, clinic_id, weekday, start_local, end_local, types)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
-            [
-                (
-                    row["id"],
-                    row["clinic_id"],
-                    r["weekday"],
-                    r["start_local"],
-                    r["end_local"],
-                    r["types"],
-                )
-                for r in rules
-            ],
-        )
-        await _after_availability_change(conn, row)
-        return await _availability_out(conn, row["id"])
+    found = await hours.replace_weekly(
+        call.pool, call.user, call.path_uuid("doctor_id"), settings, rules
+    )
+    return _availability_out(found)
 
 
 @routes.put(
@@ -799,27 +514,10 @@ async def put_availability(call: Call[AvailabilityIn, None]) -> AvailabilityOut:
 async def put_override(call: Call[OverrideIn, None]) -> Override:
     """Set one local date's windows, replacing the weekly ones; no windows
     makes the date a day off."""
-    day = slot_db.day_of(call.path("day"))
+    day = _day_of(call.path("day"))
     windows = [_window_json(w) for w in call.body.windows]
-    closed = not windows
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await _doctor_to_change(call, conn, "manage")
-        await conn.execute(
-            """INSERT INTO availability_overrides (doctor_id, clinic_id, day, windows, closed)
-               VALUES ($1, $2, $3, $4, $5)
-               ON CONFLICT (doctor_id, day) DO UPDATE
-                   SET windows = EXCLUDED.windows, closed = EXCLUDED.closed""",
-            row["id"],
-            row["clinic_id"],
-            day,
-            windows,
-            closed,
-        )
-        # Validate with the core (overlaps, slot lengths) inside the
-        # transaction: a 422 rolls the write back.
-        slot_db.build_availability(row, [], [{"day": day, "windows": windows, "closed": closed}])
-        await _after_availability_change(conn, row)
-    return Override(day=day, closed=closed, windows=list(call.body.windows))
+    await hours.set_override(call.pool, call.user, call.path_uuid("doctor_id"), day, windows)
+    return Override(day=day, closed=not windows, windows=list(call.body.windows))
 
 
 @routes.delete(
@@ -828,17 +526,8 @@ async def put_override(call: Call[OverrideIn, None]) -> Override:
 )
 async def delete_override(call: Call[None, None]) -> None:
     """Remove a date override; the weekly windows apply again that day."""
-    day = slot_db.day_of(call.path("day"))
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await _doctor_to_change(call, conn, "manage")
-        deleted = await conn.fetchval(
-            "DELETE FROM availability_overrides WHERE doctor_id = $1 AND day = $2 RETURNING 1",
-            row["id"],
-            day,
-        )
-        if deleted is None:
-            raise NotFound(f"no override on {day.isoformat()}")
-        await _after_availability_change(conn, row)
+    day = _day_of(call.path("day"))
+    await hours.remove_override(call.pool, call.user, call.path_uuid("doctor_id"), day)
 
 
 # -- slots -----------------------------------------------------------------------
@@ -863,10 +552,9 @@ async def list_slots(call: Call[None, SlotQuery]) -> Slots:
         raise Unprocessable("`to` must be after `from`")
     if end - start > MAX_SLOT_RANGE:
         raise Unprocessable(f"ask for at most {MAX_SLOT_RANGE.days} days at a time")
-    async with call.pool.acquire() as conn:
-        # Only published doctors are public (fetch_doctor's "view").
-        row = await fetch_doctor(conn, call.principal, call.path_uuid("doctor_id"))
-        found = await slot_db.free_slots(conn, row["id"], q.type, start, end, now)
+    row, found = await hours.free_slots(
+        call.pool, call.principal, call.path_uuid("doctor_id"), q.type, start, end, now
+    )
     tz = zoneinfo.ZoneInfo(row["time_zone"])
     return Slots(
         doctor_id=row["id"],

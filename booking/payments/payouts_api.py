@@ -18,7 +18,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints, model_validator
 
-from booking.api import doctors
+from booking import doctors
 from booking.payments import batch, payouts
 from booking.payments.batch import LineStatus
 from booking.payments.intent import Currency

@@ -33,7 +33,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from booking import lifecycle
-from booking import service as bookings
+from booking.bookings import transitions as bookings
 from booking.payments import ledger, refund_due, settle
 from booking.payments.errors import (
     AmountMismatch,

@@ -51,7 +51,7 @@ from uuid import UUID
 
 import asyncpg
 
-from booking import service as bookings
+from booking.bookings import transitions as bookings
 from booking.lifecycle import State
 from booking.payments.errors import AmountMismatch
 from booking.payments.gateway import Verdict, WebhookEvent

@@ -29,7 +29,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from booking import service as bookings
+from booking.bookings import transitions as bookings
 from booking.lifecycle import Event, State
 from booking.payments import service, settle
 from booking.payments.errors import BookingNotPayable, LivePaymentExists

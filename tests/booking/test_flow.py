@@ -8,8 +8,8 @@ from collections import defaultdict
 
 from yarl import URL
 
+from tests.booking.bookings.test_bookings import shift
 from tests.booking.factories import video_slots
-from tests.booking.test_bookings import shift
 from tests.conftest import Api
 from wadud import auth, keys
 from wadud.api import Role

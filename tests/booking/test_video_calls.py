@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from tests.booking.bookings.test_bookings import local, requested, shift
 from tests.booking.factories import Doctor
-from tests.booking.test_bookings import local, requested, shift
 from tests.conftest import Api
 from tests.signalling.test_ws import connect, joined
 

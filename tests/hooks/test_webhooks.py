@@ -39,8 +39,8 @@ import hooks.http
 from bin.assembly import build_app, in_process
 from hooks import events as hook_events
 from hooks.service import Deliverer
+from tests.booking.bookings.test_bookings import local, requested, shift
 from tests.booking.factories import Clinic, Doctor, make_clinic
-from tests.booking.test_bookings import local, requested, shift
 from tests.conftest import Api, free_port_in
 from tests.polling import wait_until
 from tests.signalling.test_ws import joined, loopback_aiortc, publish_video

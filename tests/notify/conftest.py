@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from booking import service as booking_service
+from booking.bookings import events as booking_events
 from notify import channels as ch
 from notify.service import Notifier
 from tests.conftest import Api, free_port
@@ -318,7 +318,7 @@ async def emit(
 ) -> None:
     """The outbox event booking's own code writes for ``row`` (its current state)."""
     async with pool.acquire() as conn, conn.transaction():
-        await booking_service.record_event(
+        await booking_events.record_event(
             conn, row, event, from_state, actor_id=actor, detail=detail, extra=extra
         )
 

@@ -14,8 +14,8 @@ import asyncpg
 
 from notify import channels as ch
 from notify.service import Notifier
+from tests.booking.bookings.test_bookings import confirm, hold, local, shift
 from tests.booking.factories import Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import confirm, hold, local, shift
 from tests.conftest import Api
 from tests.notify.conftest import Inbox
 from tests.signalling.test_ws import joined

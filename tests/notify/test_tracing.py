@@ -10,8 +10,8 @@ import dataclasses
 import pytest
 
 from notify.service import Notifier
+from tests.booking.bookings.test_bookings import confirm, hold, local
 from tests.booking.factories import make_clinic, make_doctor
-from tests.booking.test_bookings import confirm, hold, local
 from tests.conftest import Api
 from tests.notify.conftest import Inbox
 from tests.wadud.test_tracing import Receiver

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from booking import service as bookings
+from booking.bookings import holds as bookings
 from booking.payments import service, settle
 from booking.payments import transfer_service as svc
 from booking.payments.gateway import PaymentStatus
@@ -41,8 +41,8 @@ from booking.payments.transfer import (
 )
 from notify.plan import Context, Event, Policy, plan_event
 from notify.store import context_for
+from tests.booking.bookings.test_bookings import anon, local
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import anon, local
 from tests.chromium import CHROMIUM, FLAGS
 from tests.conftest import Api
 from tests.payments.test_payments_api import (

@@ -17,8 +17,8 @@ import asyncpg
 import pytest
 
 from privacy import audit
+from tests.booking.bookings.test_bookings import local, requested
 from tests.booking.factories import Clinic, Doctor, make_clinic
-from tests.booking.test_bookings import local, requested
 from tests.conftest import Api
 from wadud import db, keys
 from wadud.api import Role

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from privacy.consent import PURPOSES, REGIONS, parse_requirements
 from privacy.errors import InvalidConsentText
+from tests.booking.bookings.test_bookings import anon, confirm, hold, local, shift
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import anon, confirm, hold, local, shift
 from tests.conftest import Api
 from tests.signalling.test_ws import connect, joined
 from wadud import keys
@@ -74,9 +74,9 @@ def refused_for(answer: dict[str, Any], *purposes: str) -> None:
 async def test_consent_is_checked_in_the_hold_s_one_statement(
     api: Api, admin: str, doctor: Doctor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A hold on a remembered schedule (booking.schedules) writes in one
+    """A hold on a remembered schedule (booking.schedule.cache) writes in one
     statement; the consent check is in it, and refuses as the long way does."""
-    from booking import schedules, slots
+    from booking.schedule import cache, slots
 
     published = await texts(api, admin)
     patient = await anon(api)
@@ -84,7 +84,7 @@ async def test_consent_is_checked_in_the_hold_s_one_statement(
         await api.post("/api/v1/me/consents/accept", {"text_id": published[purpose]["id"]},
                        token=patient, expect=200)  # fmt: skip
     await hold(api, patient, doctor, local(2, "09:00"), expect=201)
-    assert schedules.known(uuid.UUID(doctor.id)) is not None
+    assert cache.known(uuid.UUID(doctor.id)) is not None
     long_ways: list[object] = []
     real = slots.view_for_hold
 

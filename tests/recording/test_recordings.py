@@ -27,8 +27,8 @@ from recording.errors import AlreadyRecording, BadTransition, RecordingErased, R
 from recording.http import RECORDINGS, AppParts
 from recording.recorder import Recorder
 from recording.store import Recordings, open_file, recording_key
+from tests.booking.bookings.test_bookings import anon, events, local, pool_of, requested
 from tests.booking.factories import Clinic, Doctor, make_clinic
-from tests.booking.test_bookings import anon, events, local, pool_of, requested
 from tests.conftest import Api
 from tests.recording import media
 from wadud import keys

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.booking.test_call_reports import screenshots
+from tests.booking.call_reports.test_call_reports import screenshots
 from tests.browser import driver_main, play, run_scenario
 from tests.signalling.call_world import World, serving
 from tests.signalling.test_weak_network import capped_call, worker_view
@@ -135,7 +135,8 @@ def _plain(value: Any) -> Any:
 
 
 async def scenario_report(world: World) -> dict[str, Any]:
-    from booking import call_report_page, call_reports
+    from booking.call_reports import assembly
+    from booking.call_reports.page import render
     from wadud import keys
 
     pool = world.app[keys.DB]
@@ -171,9 +172,9 @@ async def scenario_report(world: World) -> dict[str, Any]:
                     break
         world.mark("report ready")
         async with pool.acquire() as conn:
-            report = await call_reports.assemble(conn, booking)
+            report = await assembly.assemble(conn, booking)
         assert report is not None
-        page = call_report_page.render(report, "Call report", "n").replace(" nonce='n'", "")
+        page = render(report, "Call report", "n").replace(" nonce='n'", "")
         (world.browsers.work / "report.html").write_text(page)
         start = report["started_at"]
         for p in report["participants"]:

@@ -331,8 +331,8 @@ async def _json_return(url: str) -> dict[str, Any]:
 async def _patient_holding(api: Any, lang: str) -> tuple[Any, str, dict[str, Any]]:
     """A doctor, and an anonymous patient in ``lang`` and Karachi's time
     who holds a video slot two days ahead: (doctor, patient token, booking)."""
+    from tests.booking.bookings.test_bookings import anon, hold, local
     from tests.booking.factories import make_clinic, make_doctor
-    from tests.booking.test_bookings import anon, hold, local
 
     doctor = await make_doctor(api, await make_clinic(api))
     patient = await anon(api)
@@ -353,7 +353,7 @@ def _api(world: World) -> tuple[_Session, Any]:
 
 
 async def scenario_pay(world: World, lang: str) -> dict[str, Any]:
-    from tests.booking.test_bookings import shift
+    from tests.booking.bookings.test_bookings import shift
 
     shots = _shots(world.browsers.work)
     client, api = _api(world)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from booking.api.queue import DEFAULT_CONSULT_SECONDS
+from booking.bookings.queue import DEFAULT_CONSULT_SECONDS
+from tests.booking.bookings.test_bookings import anon, events, pool_of
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import anon, events, pool_of
 from tests.conftest import Api
 from wadud import auth, keys
 

@@ -1,11 +1,11 @@
 """The availabilities this process has built, per doctor, with what each was
 built from.
 
-Building a doctor's :class:`~booking.availability.Availability` (the weekly
+Building a doctor's :class:`~booking.schedule.availability.Availability` (the weekly
 rules, the date overrides, the settings, validated by the core) and reading
 the rows it comes from was a third of a hold's cost, for a schedule that
-changes a few times a year. :mod:`booking.slots` remembers each one it
-builds here; a hold (:func:`booking.service.create_hold`) then decides on the
+changes a few times a year. :mod:`booking.schedule.slots` remembers each one it
+builds here; a hold (:func:`booking.bookings.holds.create_hold`) then decides on the
 remembered one and writes in a statement that first checks, on the doctor's
 row, that nothing it was built from has changed: the schedule version
 (migration 0015: every change to the doctor's rules or overrides bumps it)
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from uuid import UUID
 
-from booking import availability as av
+from booking.schedule.availability import Availability
 
 __all__ = ["GUARDED", "Schedule", "forget", "known", "remember"]
 
@@ -54,14 +54,14 @@ class Schedule:
     was built from (``doctor``, also the row a hold needs: buffers, fee)."""
 
     doctor_id: UUID
-    availability: av.Availability
+    availability: Availability
     doctor: Mapping[str, Any]
 
 
 _known: OrderedDict[UUID, Schedule] = OrderedDict()
 
 
-def remember(doctor: Mapping[str, Any], availability: av.Availability) -> None:
+def remember(doctor: Mapping[str, Any], availability: Availability) -> None:
     """Keep ``availability``, built from the doctors row ``doctor`` (which
     must carry every :data:`GUARDED` column; a row without them is not
     remembered) and that row's current rules and overrides."""

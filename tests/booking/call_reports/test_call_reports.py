@@ -14,12 +14,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from booking import call_report_page, call_reports
+from booking.call_reports import assembly, storage
+from booking.call_reports.page import render
+from booking.call_reports.privacy import CallReportProvider, retention_rules
 from privacy import retention
 from sfu.control.messages import CallSample, TransportState
 from signalling.http import RECORDER
+from tests.booking.bookings.test_bookings import events, pool_of
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import events, pool_of
 from tests.booking.test_video_calls import _live_booking
 from tests.chromium import CHROMIUM
 from tests.conftest import Api
@@ -115,11 +117,11 @@ async def test_a_visit_s_report_from_samples_to_the_page(
     report = await api.get(f"/api/v1/bookings/{bid}/call-report", token=clinic.staff_token,
                            expect=200)  # fmt: skip
     assert report["ready"] is True
-    ready = [e for e in await events(api, call_reports.READY_TOPIC) if e["booking_id"] == bid]
+    ready = [e for e in await events(api, storage.READY_TOPIC) if e["booking_id"] == bid]
     assert len(ready) == 1 and ready[0]["clinic_id"] == clinic.id
     # A second flush finishes nothing again.
     await recorder.flush()
-    assert len(await events(api, call_reports.READY_TOPIC)) == 1
+    assert len(await events(api, storage.READY_TOPIC)) == 1
     people = {p["participant_id"]: p for p in report["participants"]}
     pat, doc = people[pat_id], people[doc_id]
     assert pat["role"] == "patient" and pat["turn"] is True and doc["turn"] is False
@@ -147,13 +149,13 @@ async def test_the_report_page_at_a_glance(api: Api, doctor: Doctor, tmp_path: P
     booking = uuid.UUID(bid)
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
     people = [
-        call_reports.Participant(booking, "dr", "Dr. Amina Khan", "doctor"),
-        call_reports.Participant(booking, "pt", "Bilal Ahmed", "patient"),
-        call_reports.Participant(booking, "st", "Sara Malik", "staff"),
+        storage.Participant(booking, "dr", "Dr. Amina Khan", "doctor"),
+        storage.Participant(booking, "pt", "Bilal Ahmed", "patient"),
+        storage.Participant(booking, "st", "Sara Malik", "staff"),
     ]
     rows, evs = [], []
     for p in people:
-        evs.append(call_reports.Event(booking, p.participant, t0, "connected", "publish"))
+        evs.append(storage.Event(booking, p.participant, t0, "connected", "publish"))
     for i in range(13):
         at = t0 + dt.timedelta(seconds=5 * i)
         for p in people:
@@ -168,24 +170,24 @@ async def test_the_report_page_at_a_glance(api: Api, doctor: Doctor, tmp_path: P
             if p.participant == "pt" and i == 7:
                 data["quality"] = "lost"
                 data["layers"] = {"cam-a": None, "cam-b": None}
-            rows.append(call_reports.Row(booking, p.participant, "media", at, data))
+            rows.append(storage.Row(booking, p.participant, "media", at, data))
             page = {"relay": p.participant == "pt", "freeze_count": 2 * (i > 6),
                     "freeze_seconds": 3.1 * (i > 6), "concealed_seconds": 1.4 * (i > 6),
                     "ice_restarts": 1 if p.participant == "pt" and i > 6 else 0}  # fmt: skip
             if p.participant != "pt":
                 page = {**page, "freeze_count": 0, "freeze_seconds": 0, "concealed_seconds": 0}
-            rows.append(call_reports.Row(booking, p.participant, "page", at, page))
-    evs.append(call_reports.Event(booking, "pt", t0 + dt.timedelta(seconds=33), "failed",
-                                  "subscribe"))  # fmt: skip
-    evs.append(call_reports.Event(booking, "pt", t0 + dt.timedelta(seconds=37), "connected",
-                                  "subscribe"))  # fmt: skip
+            rows.append(storage.Row(booking, p.participant, "page", at, page))
+    evs.append(storage.Event(booking, "pt", t0 + dt.timedelta(seconds=33), "failed",
+                             "subscribe"))  # fmt: skip
+    evs.append(storage.Event(booking, "pt", t0 + dt.timedelta(seconds=37), "connected",
+                             "subscribe"))  # fmt: skip
     end = t0 + dt.timedelta(seconds=62)
     for p in people:
-        evs.append(call_reports.Event(booking, p.participant, end, "closed", "publish"))
+        evs.append(storage.Event(booking, p.participant, end, "closed", "publish"))
     async with pool_of(api).acquire() as conn:
-        await call_reports.store(conn, rows, evs, people)
-        await call_reports.finish(conn, booking, end)
-        report = await call_reports.assemble(conn, booking)
+        await storage.store(conn, rows, evs, people)
+        await storage.finish(conn, booking, end)
+        report = await assembly.assemble(conn, booking)
     assert report is not None
     pt = next(p for p in report["participants"] if p["name"] == "Bilal Ahmed")
     assert pt["seconds_on_layer"]["q"] >= 40 and len(pt["reconnects"]) == 1
@@ -195,7 +197,7 @@ async def test_the_report_page_at_a_glance(api: Api, doctor: Doctor, tmp_path: P
 
 def _screenshots(report: dict[str, Any], where: Path) -> None:
     html = where / "report.html"
-    html.write_text(call_report_page.render(report, "Call report", "n").replace(" nonce='n'", ""))
+    html.write_text(render(report, "Call report", "n").replace(" nonce='n'", ""))
     screenshots(html, where, "call-report")
 
 
@@ -230,9 +232,9 @@ async def test_only_the_clinic_s_staff_read_a_report(
     none = await api.get(path, token=clinic.staff_token, expect=404)
     assert none["code"] == "call-report-not-found"
     async with pool_of(api).acquire() as conn:
-        await call_reports.store(
+        await storage.store(
             conn,
-            [call_reports.Row(uuid.UUID(bid), "p1", "media", dt.datetime.now(dt.UTC),
+            [storage.Row(uuid.UUID(bid), "p1", "media", dt.datetime.now(dt.UTC),
                               {"loss": 0.0, "quality": "excellent", "layers": {}})],
         )  # fmt: skip
     await api.get(path, token=clinic.staff_token, expect=200)
@@ -268,15 +270,15 @@ async def test_retention_deletes_old_reports(api: Api, doctor: Doctor) -> None:
     pool = pool_of(api)
     async with pool.acquire() as conn:
         now = dt.datetime.now(dt.UTC)
-        await call_reports.store(
+        await storage.store(
             conn,
-            [call_reports.Row(booking, "p1", "media", now, {"loss": 0.01})],
-            [call_reports.Event(booking, "p1", now, "connected", "publish")],
+            [storage.Row(booking, "p1", "media", now, {"loss": 0.01})],
+            [storage.Event(booking, "p1", now, "connected", "publish")],
         )
-        assert await call_reports.finish(conn, booking, now)
-        assert not await call_reports.finish(conn, booking, now)
+        assert await storage.finish(conn, booking, now)
+        assert not await storage.finish(conn, booking, now)
         settings = api.app[keys.SETTINGS]
-        rules = call_reports.retention_rules()
+        rules = retention_rules()
         ctx = retention.Context(now + dt.timedelta(days=89), False, 100, None, settings)
         kept = await retention.run_rules(conn, rules, ctx)
         assert kept[0].rows == 0
@@ -296,13 +298,13 @@ async def test_a_patient_s_export_and_erasure(api: Api, doctor: Doctor) -> None:
     patient = await pool.fetchval("SELECT patient_id FROM bookings WHERE id = $1", booking)
     now = dt.datetime.now(dt.UTC)
     people = [
-        call_reports.Participant(booking, "pt", "Bilal", "patient"),
-        call_reports.Participant(booking, "dr", "Dr Amina", "doctor"),
+        storage.Participant(booking, "pt", "Bilal", "patient"),
+        storage.Participant(booking, "dr", "Dr Amina", "doctor"),
     ]
-    rows = [call_reports.Row(booking, p.participant, "media", now, {"loss": 0.0}) for p in people]
-    provider = call_reports.CallReportProvider()
+    rows = [storage.Row(booking, p.participant, "media", now, {"loss": 0.0}) for p in people]
+    provider = CallReportProvider()
     async with pool.acquire() as conn:
-        await call_reports.store(conn, rows, (), people)
+        await storage.store(conn, rows, (), people)
         parts = await provider.export(conn, Subject(patient, None, ""))
         # Only what was recorded of the patient, not of the doctor.
         assert [r["name"] for r in parts[0].records] == ["Bilal"]

@@ -1,4 +1,4 @@
-"""booking.slots (the database glue of the availability core), the next-free
+"""booking.schedule.slots (the database glue of the availability core), the next-free
 sweep, and a schedule across a DST change through the slots endpoint."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 
-from booking import slots
-from booking.api.search import sweep_next_free
+from booking.doctors.search import sweep_next_free
+from booking.schedule import slots
 from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.conftest import Api
 from wadud import keys

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.booking.bookings.test_bookings import anon, local, pool_of
 from tests.booking.factories import make_clinic, make_doctor
-from tests.booking.test_bookings import anon, local, pool_of
 from tests.conftest import Api
 from wadud.config import Settings
 

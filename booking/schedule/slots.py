@@ -1,17 +1,18 @@
-"""Database glue around the pure :mod:`booking.availability` core.
+"""Database glue around the pure cores :mod:`booking.schedule.availability`
+and :mod:`booking.schedule.free_time`.
 
-The core knows nothing of rows; this module reads a doctor's settings, weekly
-rules and date overrides into an :class:`~booking.availability.Availability`,
-reads the doctor's active bookings as busy time, and asks the core for free
-slots. Handlers (catalogue, bookings, queue) call these functions on their
-connection; a hold reads what it decides on in one statement
+The cores know nothing of rows; this module reads a doctor's settings, weekly
+rules and date overrides into an
+:class:`~booking.schedule.availability.Availability`, reads the doctor's
+active bookings as busy time, and asks the core for free slots. The services
+(a doctor's hours, holds, the instant queue, search) call these functions on
+their connection; a hold reads what it decides on in one statement
 (:func:`view_for_hold`) and inserts in the next, and the exclusion constraint
 on ``bookings`` is the final word on races in between.
 
-Booking-core errors (:class:`booking.errors.BookingError`) are not
-``WadudError``s, so the problem middleware would turn them into 500s;
-:func:`translate` and :func:`booking_errors` map them to typed HTTP errors
-carrying the core's status and code.
+Booking-core errors (:class:`booking.errors.BookingError`) carry the core's
+own codes; :func:`translate` and :func:`booking_errors` map them to typed
+HTTP errors carrying the core's status and its code as the API spells it.
 """
 
 from __future__ import annotations
@@ -21,16 +22,23 @@ import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from booking import availability as av
-from booking import schedules
 from booking.errors import BookingError, InvalidTimeRange
 from booking.lifecycle import ACTIVE_STATES
+from booking.schedule import cache, free_time
+from booking.schedule.availability import (
+    Availability,
+    ConsultationType,
+    DateOverride,
+    TimeWindow,
+    WeeklyRule,
+    parse_time_zone,
+)
 from wadud.errors import BadRequest, Conflict, NotFound, Unprocessable, WadudError
 
 __all__ = [
@@ -105,14 +113,14 @@ def _time(text: str, *, is_end: bool) -> time:
     return t
 
 
-def parse_windows(items: Sequence[Mapping[str, Any]]) -> tuple[av.TimeWindow, ...]:
+def parse_windows(items: Sequence[Mapping[str, Any]]) -> tuple[TimeWindow, ...]:
     """Windows from their stored / JSON form ``{"start", "end", "types"}``."""
     with booking_errors():
         return tuple(
-            av.TimeWindow(
+            TimeWindow(
                 _time(str(w["start"]), is_end=False),
                 _time(str(w["end"]), is_end=True),
-                frozenset(av.ConsultationType.parse(str(t)) for t in w.get("types", ["video"])),
+                frozenset(ConsultationType.parse(str(t)) for t in w.get("types", ["video"])),
             )
             for w in items
         )
@@ -122,29 +130,29 @@ def build_availability(
     doctor: Mapping[str, Any],
     rules: Sequence[Mapping[str, Any]],
     overrides: Sequence[Mapping[str, Any]],
-) -> av.Availability:
+) -> Availability:
     """The core's availability from a doctors row (or the same keys from a
     request), weekly rule rows and override rows. Raises typed HTTP errors
     (422) when the combination is inconsistent."""
     with booking_errors():
         weekly = tuple(
-            av.WeeklyRule(
+            WeeklyRule(
                 int(r["weekday"]),
                 r["start_local"],
                 r["end_local"],
-                frozenset(av.ConsultationType.parse(t) for t in r["types"]),
+                frozenset(ConsultationType.parse(t) for t in r["types"]),
             )
             for r in rules
         )
         days = tuple(
-            av.DateOverride.day_off(o["day"])
+            DateOverride.day_off(o["day"])
             if o["closed"]
-            else av.DateOverride(o["day"], parse_windows(o["windows"]))
+            else DateOverride(o["day"], parse_windows(o["windows"]))
             for o in overrides
         )
-        lengths = {av.ConsultationType.parse(k): int(v) for k, v in doctor["slot_minutes"].items()}
-        return av.Availability(
-            time_zone=av.parse_time_zone(doctor["time_zone"]),
+        lengths = {ConsultationType.parse(k): int(v) for k, v in doctor["slot_minutes"].items()}
+        return Availability(
+            time_zone=parse_time_zone(doctor["time_zone"]),
             weekly=weekly,
             slot_minutes=lengths,
             overrides=days,
@@ -170,7 +178,7 @@ def _schedule(busy_from: int | None = None) -> str:
     NULL, the doctor's busy ranges (``lo``, ``hi``) as :data:`BUSY_SQL` reads
     them, its parameters numbered from ``busy_from`` (states, range start,
     range end, now), and one row with ``lapsed`` true when a hold of the
-    doctor lapsed (:func:`booking.service.create_hold` expires those first)."""
+    doctor lapsed (:func:`booking.bookings.holds.create_hold` expires those first)."""
     busy = ""
     if busy_from is not None:
         n = busy_from
@@ -206,7 +214,7 @@ async def load_availability(
     published: bool = False,
     doctor: Mapping[str, Any] | None = None,
     also: tuple[str, Sequence[Any]] | None = None,
-) -> tuple[Mapping[str, Any], av.Availability]:
+) -> tuple[Mapping[str, Any], Availability]:
     """The doctors row and its availability; :class:`NotFound` if no such doctor
     (or, with ``published``, none published).
 
@@ -244,14 +252,14 @@ async def load_availability(
 
 
 def _remember(
-    conn: asyncpg.Connection, doctor: Mapping[str, Any], availability: av.Availability
+    conn: asyncpg.Connection, doctor: Mapping[str, Any], availability: Availability
 ) -> None:
-    """Hand a freshly built availability to :mod:`booking.schedules`, if it
+    """Hand a freshly built availability to :mod:`booking.schedule.cache`, if it
     was read outside a transaction: only what is committed, since a
     transaction that rolls back could leave a version number another change
     then reuses."""
     if not conn.is_in_transaction():
-        schedules.remember(doctor, availability)
+        cache.remember(doctor, availability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,9 +267,9 @@ class HoldView:
     """What a hold decides on, read in one statement by :func:`view_for_hold`."""
 
     doctor: Mapping[str, Any]
-    availability: av.Availability
+    availability: Availability
     #: The doctor's busy time over :func:`offered_window` of the start.
-    busy: list[av.BusyInterval]
+    busy: list[free_time.BusyInterval]
     #: A hold of the doctor's lapsed and still counts against the constraint.
     lapsed: bool
 
@@ -300,7 +308,7 @@ async def view_for_hold(
     doctor = {k: v for k, v in rows[0].items() if k not in _AV and k not in _BUSY}
     rules = [r for r in rows if r["rule"] is True]
     overrides = [r for r in rows if r["rule"] is False]
-    busy = [av.BusyInterval(r["lo"], r["hi"], 0, 0) for r in rows if r["lapsed"] is False]
+    busy = [free_time.BusyInterval(r["lo"], r["hi"], 0, 0) for r in rows if r["lapsed"] is False]
     availability = build_availability(doctor, rules, overrides)
     _remember(conn, doctor, availability)
     return HoldView(
@@ -335,7 +343,7 @@ async def busy_intervals(
     end: datetime,
     *,
     now: datetime | None = None,
-) -> list[av.BusyInterval]:
+) -> list[free_time.BusyInterval]:
     """Blocked ranges of the doctor's active bookings overlapping ``[start, end)``.
 
     Holds whose ``hold_expires_at`` has passed (at ``now``, default the
@@ -351,7 +359,7 @@ async def busy_intervals(
         end,
         now,
     )
-    return [av.BusyInterval(r["lo"], r["hi"], 0, 0) for r in rows]
+    return [free_time.BusyInterval(r["lo"], r["hi"], 0, 0) for r in rows]
 
 
 async def free_slots(
@@ -363,9 +371,9 @@ async def free_slots(
     now: datetime,
     *,
     doctor: Mapping[str, Any] | None = None,
-    availability: av.Availability | None = None,
-    busy: Sequence[av.BusyInterval] | None = None,
-) -> list[av.Slot]:
+    availability: Availability | None = None,
+    busy: Sequence[free_time.BusyInterval] | None = None,
+) -> list[free_time.Slot]:
     """Free slots of the doctor starting in ``[start, end)``, as of ``now``.
 
     Does not look at the doctor's status; callers decide who may see a
@@ -380,13 +388,13 @@ async def free_slots(
 async def _free(
     conn: asyncpg.Connection,
     doctor_id: UUID,
-    availability: av.Availability,
+    availability: Availability,
     consultation_type: str,
     start: datetime,
     end: datetime,
     now: datetime,
-    busy: Sequence[av.BusyInterval] | None = None,
-) -> list[av.Slot]:
+    busy: Sequence[free_time.BusyInterval] | None = None,
+) -> list[free_time.Slot]:
     with booking_errors():
         if end < start:
             raise InvalidTimeRange("the range ends before it starts")
@@ -394,7 +402,7 @@ async def _free(
             busy = await busy_intervals(
                 conn, doctor_id, start - _BUSY_MARGIN, end + _BUSY_MARGIN, now=now
             )
-        return av.free_slots(availability, consultation_type, start, end, now, busy)
+        return free_time.free_slots(availability, consultation_type, start, end, now, busy)
 
 
 async def is_offered(
@@ -405,9 +413,9 @@ async def is_offered(
     now: datetime,
     *,
     doctor: Mapping[str, Any] | None = None,
-    availability: av.Availability | None = None,
-    busy: Sequence[av.BusyInterval] | None = None,
-) -> av.Slot | None:
+    availability: Availability | None = None,
+    busy: Sequence[free_time.BusyInterval] | None = None,
+) -> free_time.Slot | None:
     """The free slot starting exactly at ``starts_at``, or ``None`` if there is
     none now (off the grid, outside the windows, too soon, beyond the horizon,
     or taken). ``doctor``: its row, if the caller has it; ``busy``: the
@@ -437,7 +445,7 @@ def blocked(
     """The range to store in ``bookings.blocked`` for ``[start, end)``: the
     slot widened by the doctor's current buffers."""
     with booking_errors():
-        return av.blocked_range(
+        return free_time.blocked_range(
             start,
             end,
             timedelta(minutes=int(doctor_row["buffer_before_min"])),
@@ -446,7 +454,7 @@ def blocked(
 
 
 async def next_free(
-    conn: asyncpg.Connection, doctor_id: UUID, availability: av.Availability, now: datetime
+    conn: asyncpg.Connection, doctor_id: UUID, availability: Availability, now: datetime
 ) -> datetime | None:
     """The start of the doctor's earliest free slot of any offered type."""
     horizon_end = datetime.combine(
@@ -458,7 +466,7 @@ async def next_free(
     busy = await busy_intervals(conn, doctor_id, now - _BUSY_MARGIN, horizon_end, now=now)
     best: datetime | None = None
     for ctype in availability.slot_minutes:
-        slot = av.next_free_slot(availability, ctype, now, busy)
+        slot = free_time.next_free_slot(availability, ctype, now, busy)
         if slot is not None and (best is None or slot.start < best):
             best = slot.start
     return best
@@ -519,11 +527,3 @@ def _may_move(
     slot_lo = first - timedelta(minutes=doctor["buffer_before_min"])
     slot_hi = first + timedelta(minutes=longest + doctor["buffer_after_min"])
     return lo < slot_hi and slot_lo < hi
-
-
-def day_of(text: str) -> date:
-    """A ``YYYY-MM-DD`` path segment as a date (422 if no such date)."""
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise Unprocessable(f"{text!r} is not a calendar date YYYY-MM-DD") from None

@@ -16,8 +16,8 @@ import asyncpg
 import jwt
 import pytest
 
-from booking import service
-from booking.api.bookings import _sweep_forever
+from booking.bookings import holds, transitions
+from booking.bookings.errors import BookingNotFound, TransitionRefused
 from booking.lifecycle import Event
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
@@ -70,7 +70,7 @@ async def hold(
 async def confirm(api: Api, booking_id: str) -> asyncpg.Record:
     """What payments does when a payment succeeds."""
     async with pool_of(api).acquire() as conn, conn.transaction():
-        return await service.transition_booking(
+        return await transitions.transition_booking(
             conn, uuid.UUID(booking_id), Event.CONFIRM_PAYMENT, actor_id=None
         )
 
@@ -175,11 +175,13 @@ async def test_transition_booking_refuses_invalid_and_unknown(api: Api, doctor: 
     patient = await anon(api)
     b = await hold(api, patient, doctor, local(2, "10:00"))
     async with pool_of(api).acquire() as conn, conn.transaction():
-        with pytest.raises(service.TransitionRefused):
-            await service.transition_booking(conn, uuid.UUID(b["id"]), Event.START, actor_id=None)
+        with pytest.raises(TransitionRefused):
+            await transitions.transition_booking(
+                conn, uuid.UUID(b["id"]), Event.START, actor_id=None
+            )
     async with pool_of(api).acquire() as conn, conn.transaction():
-        with pytest.raises(service.BookingNotFound):
-            await service.transition_booking(conn, uuid.uuid4(), Event.ACCEPT, actor_id=None)
+        with pytest.raises(BookingNotFound):
+            await transitions.transition_booking(conn, uuid.uuid4(), Event.ACCEPT, actor_id=None)
 
 
 async def test_hold_refuses_bad_requests(api: Api, clinic: Clinic, doctor: Doctor) -> None:
@@ -227,8 +229,8 @@ async def test_taken_slot_and_lapsed_hold(api: Api, doctor: Doctor) -> None:
     assert [e["booking_id"] for e in await events(api, "booking.expired")] == [a["id"]]
     # An expired hold cannot be paid any more.
     async with pool_of(api).acquire() as conn, conn.transaction():
-        with pytest.raises(service.TransitionRefused):
-            await service.transition_booking(
+        with pytest.raises(TransitionRefused):
+            await transitions.transition_booking(
                 conn, uuid.UUID(a["id"]), Event.CONFIRM_PAYMENT, actor_id=None
             )
 
@@ -241,8 +243,8 @@ async def test_sweeper_expires_lapsed_holds(api: Api, doctor: Doctor) -> None:
         "UPDATE bookings SET hold_expires_at = now() - interval '1 minute' WHERE id = ANY($1)",
         [uuid.UUID(i) for i in ids],
     )
-    assert await service.sweep_holds(pool_of(api), batch=1) == 2
-    assert await service.sweep_holds(pool_of(api)) == 0
+    assert await holds.sweep_holds(pool_of(api), batch=1) == 2
+    assert await holds.sweep_holds(pool_of(api)) == 0
     rows = await pool_of(api).fetch("SELECT id::text, status FROM bookings")
     assert {r["id"]: r["status"] for r in rows} == {
         ids[0]: "expired",
@@ -254,7 +256,7 @@ async def test_sweeper_expires_lapsed_holds(api: Api, doctor: Doctor) -> None:
         "UPDATE bookings SET hold_expires_at = now() - interval '1 minute' WHERE id = $1",
         uuid.UUID(keep),
     )
-    task = asyncio.create_task(_sweep_forever(pool_of(api), 0.01))
+    task = asyncio.create_task(holds.sweep_holds_forever(pool_of(api), 0.01))
     try:
         for _ in range(200):
             await asyncio.sleep(0.02)

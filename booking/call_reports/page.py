@@ -2,7 +2,8 @@
 participant, with the visit's timeline as inline SVG plots (no script, no
 external resource): the quality level shown, the video layer they received,
 loss, RTT and jitter, and bitrates, with reconnects marked where they
-happened. Rendered on the server from :func:`booking.call_reports.assemble`.
+happened. Rendered on the server from
+:func:`booking.call_reports.assembly.assemble`.
 """
 
 from __future__ import annotations

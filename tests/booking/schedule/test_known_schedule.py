@@ -1,4 +1,4 @@
-"""Holds on a remembered schedule (booking.schedules): one statement that
+"""Holds on a remembered schedule (booking.schedule.cache): one statement that
 writes what the long way writes, and never decides on a schedule, a setting,
 a price or a consent that changed since it was remembered, whoever changed
 it and however (the API, SQL behind its back)."""
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from booking import schedules, slots
+from booking.schedule import cache, slots
+from tests.booking.bookings.test_bookings import anon, hold, iso, local, pool_of
 from tests.booking.factories import Doctor, make_clinic, make_doctor
-from tests.booking.test_bookings import anon, hold, iso, local, pool_of
 from tests.conftest import Api
 
 pytestmark = pytest.mark.usefixtures("counted")
@@ -43,7 +43,7 @@ async def _remembered(api: Api, **kw: Any) -> tuple[Doctor, str]:
     doctor = await make_doctor(api, await make_clinic(api), **kw)
     token = await anon(api)
     await hold(api, token, doctor, local(2, "09:00"))
-    assert schedules.known(uuid.UUID(doctor.id)) is not None
+    assert cache.known(uuid.UUID(doctor.id)) is not None
     _long_ways.clear()
     return doctor, token
 
@@ -88,7 +88,7 @@ async def test_a_hold_on_a_remembered_schedule_writes_what_the_long_way_writes(
     _long_ways.clear()
     short = await hold(api, token, doctor, first)
     assert _long_ways == []
-    schedules.forget(uuid.UUID(doctor.id))
+    cache.forget(uuid.UUID(doctor.id))
     long = await hold(api, token, doctor, second)
     assert _long_ways == [uuid.UUID(doctor.id)]
     one, other = await _rows(api, short["id"]), await _rows(api, long["id"])
@@ -208,13 +208,13 @@ async def test_refusals_on_a_remembered_schedule_are_the_long_way_s(api: Api) ->
 async def test_only_committed_schedules_are_remembered(api: Api) -> None:
     doctor = await make_doctor(api, await make_clinic(api))
     did = uuid.UUID(doctor.id)
-    schedules.forget(did)
+    cache.forget(did)
     async with pool_of(api).acquire() as conn:
         async with conn.transaction():
             await slots.load_availability(conn, did)
-        assert schedules.known(did) is None
+        assert cache.known(did) is None
         await slots.load_availability(conn, did)
-        assert schedules.known(did) is not None
+        assert cache.known(did) is not None
 
 
 async def test_every_change_of_rules_or_overrides_bumps_the_version(api: Api) -> None:

@@ -9,20 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from booking.availability import (
-    Availability,
-    BusyInterval,
-    ConsultationType,
-    DateOverride,
-    Slot,
-    TimeWindow,
-    WeeklyRule,
-    blocked_range,
-    conflicts,
-    free_slots,
-    next_free_slot,
-    parse_time_zone,
-)
 from booking.errors import (
     BookingError,
     ConsultationTypeNotOffered,
@@ -35,6 +21,22 @@ from booking.errors import (
     OverlappingWindows,
     SlotLongerThanWindow,
     UnknownConsultationType,
+)
+from booking.schedule.availability import (
+    Availability,
+    ConsultationType,
+    DateOverride,
+    TimeWindow,
+    WeeklyRule,
+    parse_time_zone,
+)
+from booking.schedule.free_time import (
+    BusyInterval,
+    Slot,
+    blocked_range,
+    conflicts,
+    free_slots,
+    next_free_slot,
 )
 from wadud.errors import Unprocessable
 

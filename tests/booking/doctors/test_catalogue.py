@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from booking.api.doctors import _safe_filename, sniff
+from booking.doctors.documents import safe_filename, sniff
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
 from wadud import keys
@@ -436,7 +436,7 @@ def test_sniff_needs_magic(data: bytes) -> None:
 
 @given(st.text(max_size=300))
 def test_safe_filename_is_safe(name: str) -> None:
-    out = _safe_filename(name, "doc.pdf")
+    out = safe_filename(name, "doc.pdf")
     assert out and "/" not in out and "\\" not in out and '"' not in out
     assert len(out) <= 255 and out not in (".", "..")
 
@@ -446,7 +446,7 @@ def test_safe_filename_is_safe(name: str) -> None:
     [("../../a.pdf", "a.pdf"), ("C:\\x\\b.png", "b.png"), ("", "doc.pdf"), ("..", "doc.pdf")],
 )
 def test_safe_filename_examples(name: str, want: str) -> None:
-    assert _safe_filename(name, "doc.pdf") == want
+    assert safe_filename(name, "doc.pdf") == want
 
 
 async def test_edge_inputs_are_4xx(api: Api) -> None:

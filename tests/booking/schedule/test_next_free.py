@@ -7,8 +7,9 @@ import datetime as dt
 import random
 import uuid
 
-from booking import service, slots
+from booking.bookings import changes, holds
 from booking.refunds import Canceller
+from booking.schedule import slots
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
 from wadud import keys
@@ -37,14 +38,14 @@ async def test_next_free_matches_recomputation_after_random_changes(api: Api) ->
         for _ in range(40):
             if held and rnd.random() < 0.35:
                 bid = held.pop(rnd.randrange(len(held)))
-                await service.cancel_booking(conn, bid, by=Canceller.CLINIC, actor_id=None, now=now)
+                await changes.cancel_booking(conn, bid, by=Canceller.CLINIC, actor_id=None, now=now)
             else:
                 free = await slots.free_slots(
                     conn, did, "video", now, now + dt.timedelta(days=2), now
                 )
                 # Mostly the earliest slots, where the skip logic matters.
                 slot = free[min(int(rnd.expovariate(0.5)), len(free) - 1)]
-                row = await service.create_hold(
+                row = await holds.create_hold(
                     conn,
                     patient_id=pid,
                     doctor_id=did,
