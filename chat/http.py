@@ -22,7 +22,17 @@ from uuid import UUID
 from aiohttp import WSMsgType, web
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from chat import protocol, store
+from chat import conversations, eventlog, protocol
+from chat.access import (
+    Access,
+    access,
+    conversation_view,
+    list_for,
+    require_write,
+    set_staff_policy,
+    staff_policy,
+)
+from chat.attachments import attachment_row
 from chat.crypto import Keyring
 from chat.errors import BadSequence, ChatError, ConversationNotFound, NotAllowed
 from chat.hub import Client, Hub
@@ -224,32 +234,34 @@ async def open_conversation(call: Call[OpenConversation, None]) -> Conversation:
     who = call.user
     async with call.pool.acquire() as conn:
         if call.body.booking_id is not None:
-            cid = await store.open_for_booking(conn, who, call.body.booking_id)
+            cid = await conversations.open_for_booking(conn, who, call.body.booking_id)
         else:
             if who.role not in (Role.CLINIC_STAFF, Role.ADMIN):
                 raise Forbidden("only clinic staff open conversations outside a booking")
             assert call.body.patient_id is not None
             assert call.body.doctor_id is not None
-            cid = await store.open_direct(conn, who, call.body.patient_id, call.body.doctor_id)
-        return _conversation(await store.conversation_view(conn, who, cid))
+            cid = await conversations.open_direct(
+                conn, who, call.body.patient_id, call.body.doctor_id
+            )
+        return _conversation(await conversation_view(conn, who, cid))
 
 
 @routes.get("/api/v1/chat/conversations", query=ListQuery, returns=list[Conversation])
 async def list_conversations(call: Call[None, ListQuery]) -> list[Conversation]:
     """The caller's conversations with unread counts, most recent first."""
-    rows = await store.list_for(call.pool, call.user, limit=call.query.limit)
+    rows = await list_for(call.pool, call.user, limit=call.query.limit)
     return [_conversation(r) for r in rows]
 
 
 @routes.get(_CONV, returns=Conversation)
 async def get_conversation(call: Call[None, None]) -> Conversation:
     """One conversation, with the caller's read position and unread count."""
-    row = await store.conversation_view(call.pool, call.user, call.path_uuid("conversation_id"))
+    row = await conversation_view(call.pool, call.user, call.path_uuid("conversation_id"))
     return _conversation(row)
 
 
 async def _audit_read(
-    pool: Any, who: Principal, acc: store.Access, action: str = "chat.read", obj: str = ""
+    pool: Any, who: Principal, acc: Access, action: str = "chat.read", obj: str = ""
 ) -> None:
     """An audit row when a doctor, staff member or admin reads a patient's
     chat (by default: the conversation's events) or its documents
@@ -268,16 +280,16 @@ async def list_events(call: Call[None, EventsQuery]) -> list[ChatEvent]:
 
     Edits and deletes are events naming their ``target_seq``; the original
     message stays in the log."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
+    acc = await access(call.pool, call.user, call.path_uuid("conversation_id"))
     q, svc = call.query, _svc(call)
     if q.after is not None:
         if q.after > acc.last_seq:
             raise BadSequence(f"after = {q.after} is past the last sequence ({acc.last_seq})")
-        events = await store.events_after(
+        events = await eventlog.events_after(
             call.pool, svc.keyring, acc.conversation_id, q.after, limit=q.limit
         )
     else:
-        events = await store.events_before(
+        events = await eventlog.events_before(
             call.pool, svc.keyring, acc.conversation_id, q.before, limit=q.limit
         )
     await _audit_read(call.pool, call.user, acc)
@@ -295,7 +307,7 @@ async def send_message(call: Call[SendMessage, None]) -> Ack:
 
     Committed before the answer; a repeated ``client_id`` is answered with the
     first result (``duplicate: true``)."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
+    acc = await access(call.pool, call.user, call.path_uuid("conversation_id"))
     b = call.body
     res = await _svc(call).send(
         acc, call.user, client_id=b.client_id, body=b.body, attachment_id=b.attachment_id
@@ -306,7 +318,7 @@ async def send_message(call: Call[SendMessage, None]) -> Ack:
 @routes.post(_CONV + r"/messages/{seq:\d{1,18}}/edit", body=EditMessage, returns=Ack, status=201)
 async def edit_message(call: Call[EditMessage, None]) -> Ack:
     """Edit one of your messages (a new ``edit`` event; the original stays)."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
+    acc = await access(call.pool, call.user, call.path_uuid("conversation_id"))
     res = await _svc(call).edit(
         acc,
         call.user,
@@ -323,7 +335,7 @@ async def edit_message(call: Call[EditMessage, None]) -> Ack:
 async def delete_message(call: Call[DeleteMessage, None]) -> Ack:
     """Delete a message: yours, or any as writing clinic staff (a new
     ``delete`` event; the original stays for the clinic's audit)."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
+    acc = await access(call.pool, call.user, call.path_uuid("conversation_id"))
     res = await _svc(call).delete(
         acc, call.user, client_id=call.body.client_id, target_seq=_seq(call)
     )
@@ -340,7 +352,7 @@ def _seq(call: Call[Any, Any]) -> int:
 @routes.post(_CONV + "/read", body=MarkRead, returns=ReadPosition)
 async def mark_read(call: Call[MarkRead, None]) -> ReadPosition:
     """Move your read position forward (never back); unread counts follow."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
+    acc = await access(call.pool, call.user, call.path_uuid("conversation_id"))
     pos = await _svc(call).read(acc, call.user, call.body.seq)
     return ReadPosition(last_read_seq=pos)
 
@@ -358,8 +370,8 @@ async def upload_attachment(call: Call[None, None]) -> Attachment:
     The type is decided from the bytes; a Content-Type that disagrees with
     them is refused. Send a message with its ``attachment_id`` to share it."""
     request = call.request
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
-    store.require_write(acc)
+    acc = await access(call.pool, call.user, call.path_uuid("conversation_id"))
+    require_write(acc)
     declared = request.content_type
     if declared not in _ACCEPTED and declared != "application/octet-stream":
         raise UnsupportedMediaType("send an image (JPEG, PNG, GIF, WebP) or a PDF")
@@ -380,8 +392,8 @@ async def attachment_url(call: Call[None, None]) -> AttachmentUrl:
     """A short-lived signed link to an attachment, for members only."""
     aid = call.path_uuid("attachment_id")
     try:
-        row = await store.attachment_row(call.pool, aid)
-        acc = await store.access(call.pool, call.user, row["conversation_id"])
+        row = await attachment_row(call.pool, aid)
+        acc = await access(call.pool, call.user, row["conversation_id"])
     except NotFound:
         raise NotFound("no such attachment") from None
     await _audit_read(call.pool, call.user, acc, "chat.attachment_read", f"attachment/{aid}")
@@ -431,7 +443,7 @@ def _policy_clinic(call: Call[Any, Any]) -> UUID:
 async def get_policy(call: Call[None, None]) -> Policy:
     """The clinic's chat policy: what its staff may do in its conversations
     (``none``, ``read``, or ``write``; ``write`` unless set)."""
-    value = await store.staff_policy(call.pool, _policy_clinic(call))
+    value = await staff_policy(call.pool, _policy_clinic(call))
     return Policy(staff_access=value)  # type: ignore[arg-type]
 
 
@@ -444,7 +456,7 @@ async def get_policy(call: Call[None, None]) -> Policy:
 async def set_policy(call: Call[Policy, None]) -> Policy:
     """Set the clinic's chat policy for its staff. Open WebSocket sessions
     keep the rights they had when they subscribed."""
-    await store.set_staff_policy(
+    await set_staff_policy(
         call.pool, _policy_clinic(call), call.body.staff_access, call.user.user_id
     )
     return call.body
@@ -463,7 +475,7 @@ class Session:
         self.settings = request.app[keys.SETTINGS]
         self.principal: Principal | None = None
         self.client: Client | None = None
-        self.access: dict[UUID, store.Access] = {}
+        self.access: dict[UUID, Access] = {}
         self.only = request.get(ONLY_CONVERSATION)
         #: Closing the connection after a revocation (kept so it is not collected).
         self.closing: asyncio.Task[None] | None = None
@@ -478,13 +490,13 @@ class Session:
             raise auth.InvalidToken("this session was revoked")
         return principal
 
-    async def _access(self, cid: UUID) -> store.Access:
+    async def _access(self, cid: UUID) -> Access:
         acc = self.access.get(cid)
         if self.only is not None and cid != self.only:
             raise ConversationNotFound("no such conversation")
         if acc is None:
             assert self.principal is not None
-            acc = await store.access(self.svc.pool, self.principal, cid)
+            acc = await access(self.svc.pool, self.principal, cid)
             self.access[cid] = acc
         return acc
 
@@ -553,7 +565,7 @@ class Session:
                 self._answer("read_ok", frame, acc.conversation_id, last_read_seq=pos)
             case protocol.History():
                 acc = await self._access(frame.conversation_id)
-                events = await store.events_before(
+                events = await eventlog.events_before(
                     self.svc.pool,
                     self.svc.keyring,
                     acc.conversation_id,

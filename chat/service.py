@@ -15,7 +15,8 @@ from uuid import UUID
 
 import asyncpg
 
-from chat import store
+from chat import attachments, conversations, eventlog
+from chat.access import Access, require_write
 from chat.crypto import Keyring, attachment_aad
 from chat.errors import AttachmentType, LinkExpired, RateLimited
 from chat.hub import Hub
@@ -75,7 +76,7 @@ class ChatService:
         self.settings = settings
         self.storage = storage
         self.limiter = RateLimiter(settings.chat_rate_per_second, settings.chat_rate_burst)
-        self.appender = store.Appender(pool)
+        self.appender = eventlog.Appender(pool)
         self._staff_joined: set[tuple[UUID, UUID]] = set()
 
     def _rate(self, who: Principal) -> None:
@@ -88,7 +89,7 @@ class ChatService:
 
     async def _append(
         self,
-        acc: store.Access,
+        acc: Access,
         who: Principal,
         *,
         client_id: str,
@@ -98,7 +99,7 @@ class ChatService:
         attachment_id: UUID | None = None,
         ref: str | None = None,
     ) -> Ack:
-        store.require_write(acc)
+        require_write(acc)
         data = check_body(body, self.settings.chat_max_body_bytes, ref=ref) if body else None
         if kind == "message" and data is None and attachment_id is None:
             raise InvalidFrame("a message needs a body or an attachment", ref=ref)
@@ -107,15 +108,15 @@ class ChatService:
         self._rate(who)
         attachment = None
         if attachment_id is not None:
-            attachment = await store.attachment_meta(self.pool, acc, who, attachment_id)
+            attachment = await attachments.attachment_meta(self.pool, acc, who, attachment_id)
         if target_seq is not None:
-            await store.check_target(self.pool, acc, who, kind, target_seq)
+            await eventlog.check_target(self.pool, acc, who, kind, target_seq)
         if acc.member_role == "clinic_staff" and (acc.conversation_id, who.user_id) not in (
             self._staff_joined
         ):
-            await store.ensure_member(self.pool, acc, who)
+            await conversations.ensure_member(self.pool, acc, who)
             self._staff_joined.add((acc.conversation_id, who.user_id))
-        res = await store.append(
+        res = await eventlog.append(
             self.appender,
             self.keyring,
             acc,
@@ -128,7 +129,7 @@ class ChatService:
         )
         if not res.duplicate:
             self.hub.committed(
-                store.event_of(
+                eventlog.event_of(
                     acc.conversation_id,
                     seq=res.seq,
                     kind=kind,
@@ -144,7 +145,7 @@ class ChatService:
 
     async def send(
         self,
-        acc: store.Access,
+        acc: Access,
         who: Principal,
         *,
         client_id: str,
@@ -164,7 +165,7 @@ class ChatService:
 
     async def edit(
         self,
-        acc: store.Access,
+        acc: Access,
         who: Principal,
         *,
         client_id: str,
@@ -178,7 +179,7 @@ class ChatService:
 
     async def delete(
         self,
-        acc: store.Access,
+        acc: Access,
         who: Principal,
         *,
         client_id: str,
@@ -189,8 +190,8 @@ class ChatService:
             acc, who, client_id=client_id, kind="delete", body=None, target_seq=target_seq, ref=ref
         )
 
-    async def read(self, acc: store.Access, who: Principal, seq: int) -> int:
-        pos = await store.mark_read(self.pool, acc, who, seq)
+    async def read(self, acc: Access, who: Principal, seq: int) -> int:
+        pos = await conversations.mark_read(self.pool, acc, who, seq)
         if acc.member_role is not None:
             self.hub.ephemeral(
                 acc.conversation_id,
@@ -204,8 +205,8 @@ class ChatService:
             )
         return pos
 
-    def typing(self, acc: store.Access, who: Principal) -> bool:
-        store.require_write(acc)
+    def typing(self, acc: Access, who: Principal) -> bool:
+        require_write(acc)
         if not self.hub.typing_allowed(who.user_id, acc.conversation_id, time.monotonic()):
             return False
         self.hub.ephemeral(
@@ -222,8 +223,8 @@ class ChatService:
 
     # -- attachments --------------------------------------------------------------
 
-    async def upload(self, acc: store.Access, who: Principal, data: bytes) -> dict[str, Any]:
-        store.require_write(acc)
+    async def upload(self, acc: Access, who: Principal, data: bytes) -> dict[str, Any]:
+        require_write(acc)
         ctype = sniff_type(data)
         if ctype is None:
             raise AttachmentType("the file is not a JPEG, PNG, GIF, WebP image or a PDF")
@@ -232,7 +233,7 @@ class ChatService:
             self.pool, acc.patient_id, data, attachment_aad(attachment_id)
         )
         key = await self.storage.put(sealed.data)
-        return await store.insert_attachment(
+        return await attachments.insert_attachment(
             self.pool,
             acc,
             who,
@@ -266,7 +267,7 @@ class ChatService:
             raise LinkExpired("ask a conversation member's client for a fresh link")
 
     async def download(self, attachment_id: UUID) -> tuple[str, bytes]:
-        row = await store.attachment_row(self.pool, attachment_id)
+        row = await attachments.attachment_row(self.pool, attachment_id)
         sealed = await self.storage.get(row["storage_key"])
         data = await self.keyring.open_any(
             self.pool, row["key_id"], row["nonce"], sealed, attachment_aad(row["id"])
