@@ -5,6 +5,7 @@
 (opening one, members' read positions), ``chat.eventlog`` (appending events
 in order, reading them back) and ``chat.attachments`` (attachments' rows);
 ``chat.crypto`` is encryption at rest, ``chat.hub`` the per-node fan-out and
-gap filling, ``chat.service`` the operations, and ``chat.http`` plugs it all
-into the app (``install``).
+gap filling, ``chat.service`` the operations, ``chat.http`` the REST
+endpoints and ``chat.socket`` the WebSocket; ``chat.http.install`` plugs it
+all into the app.
 """

@@ -325,6 +325,14 @@ async def events_before(
     return _events(rows, conversation_id, keyring)
 
 
+async def last_seq(conn: Conn, conversation_id: UUID) -> int:
+    """The conversation's last sequence."""
+    last: int = await conn.fetchval(
+        "SELECT last_seq FROM chat_conversations WHERE id = $1", conversation_id
+    )
+    return last
+
+
 async def last_seqs(conn: Conn, ids: list[UUID]) -> dict[UUID, int]:
     rows = await conn.fetch(
         "SELECT id, last_seq FROM chat_conversations WHERE id = ANY($1::uuid[])", ids

@@ -1,6 +1,8 @@
-"""Chat operations shared by the WebSocket and REST adapters: send, edit,
-delete, read, typing; attachments in and out. Each state change is one
-transaction committed before it is acknowledged."""
+"""Chat operations shared by the WebSocket and REST adapters: who may do
+what in a conversation, opening and listing conversations, reading events
+(audited), send, edit, delete, read, typing; attachments in and out; the
+clinic's chat policy. Each state change is one transaction committed before
+it is acknowledged. The adapters find the service at ``app[CHAT]``."""
 
 from __future__ import annotations
 
@@ -14,15 +16,27 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from aiohttp import web
 
 from chat import attachments, conversations, eventlog
-from chat.access import Access, require_write
+from chat.access import (
+    Access,
+    access,
+    conversation_view,
+    list_for,
+    require_write,
+    set_staff_policy,
+    staff_policy,
+)
 from chat.crypto import Keyring, attachment_aad
-from chat.errors import AttachmentType, LinkExpired, RateLimited
+from chat.errors import AttachmentType, BadSequence, LinkExpired, RateLimited
+from chat.eventlog import Event
 from chat.hub import Hub
 from chat.protocol import InvalidFrame, check_body
+from privacy import audit
 from wadud.config import Settings
-from wadud.principal import Principal
+from wadud.errors import NotFound
+from wadud.principal import Principal, Role
 from wadud.storage import Storage, sniff_type
 
 
@@ -78,6 +92,105 @@ class ChatService:
         self.limiter = RateLimiter(settings.chat_rate_per_second, settings.chat_rate_burst)
         self.appender = eventlog.Appender(pool)
         self._staff_joined: set[tuple[UUID, UUID]] = set()
+
+    # -- conversations ------------------------------------------------------------
+
+    async def authorize(
+        self, who: Principal, conversation_id: UUID, *, write: bool = False
+    ) -> Access:
+        """The caller's rights in a conversation (404 when they have none);
+        with ``write``, refused unless they may write in it."""
+        acc = await access(self.pool, who, conversation_id)
+        if write:
+            require_write(acc)
+        return acc
+
+    async def open_conversation(
+        self,
+        who: Principal,
+        *,
+        booking_id: UUID | None,
+        patient_id: UUID | None,
+        doctor_id: UUID | None,
+    ) -> dict[str, Any]:
+        """Open (or find) the conversation of a booking, or the one between
+        a patient and a doctor of a clinic; the caller's view of it."""
+        async with self.pool.acquire() as conn:
+            if booking_id is not None:
+                cid = await conversations.open_for_booking(conn, who, booking_id)
+            else:
+                assert patient_id is not None
+                assert doctor_id is not None
+                cid = await conversations.open_direct(conn, who, patient_id, doctor_id)
+            return await conversation_view(conn, who, cid)
+
+    async def list_conversations(self, who: Principal, *, limit: int) -> list[dict[str, Any]]:
+        return await list_for(self.pool, who, limit=limit)
+
+    async def get_conversation(self, who: Principal, conversation_id: UUID) -> dict[str, Any]:
+        return await conversation_view(self.pool, who, conversation_id)
+
+    async def get_policy(self, clinic_id: UUID) -> str:
+        return await staff_policy(self.pool, clinic_id)
+
+    async def set_policy(self, clinic_id: UUID, staff_access: str, by: UUID) -> None:
+        await set_staff_policy(self.pool, clinic_id, staff_access, by)
+
+    # -- reading ------------------------------------------------------------------
+
+    async def _audit_read(
+        self, who: Principal, acc: Access, action: str = "chat.read", obj: str = ""
+    ) -> None:
+        """An audit row when a doctor, staff member or admin reads a patient's
+        chat (by default: the conversation's events) or its documents
+        (docs/privacy.md); the patient's own reads are not accesses."""
+        obj = obj or f"conversation/{acc.conversation_id}"
+        if who.role is Role.PATIENT:
+            return
+        await audit.record(
+            self.pool,
+            actor=who,
+            action=action,
+            subject=acc.patient_id,
+            clinic=acc.clinic_id,
+            object=obj,
+        )
+
+    async def list_events(
+        self,
+        acc: Access,
+        who: Principal,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int,
+    ) -> list[Event]:
+        """Events after ``after``, oldest first (resume), or else before
+        ``before`` (all when None), newest first (history); a read, audited."""
+        if after is not None:
+            if after > acc.last_seq:
+                raise BadSequence(f"after = {after} is past the last sequence ({acc.last_seq})")
+            events = await eventlog.events_after(
+                self.pool, self.keyring, acc.conversation_id, after, limit=limit
+            )
+        else:
+            events = await eventlog.events_before(
+                self.pool, self.keyring, acc.conversation_id, before, limit=limit
+            )
+        await self._audit_read(who, acc)
+        return events
+
+    async def start_reading(self, acc: Access, who: Principal, after: int | None) -> int:
+        """Where a subscription from ``after`` starts: the conversation's last
+        sequence now, which ``after`` may not pass. The backlog that follows
+        is a read of the conversation, audited here."""
+        last = await eventlog.last_seq(self.pool, acc.conversation_id)
+        if after is not None and after > last:
+            raise BadSequence(f"after = {after} is past the last sequence ({last})")
+        await self._audit_read(who, acc)
+        return last
+
+    # -- writing ------------------------------------------------------------------
 
     def _rate(self, who: Principal) -> None:
         wait = self.limiter.take(who.user_id, time.monotonic())
@@ -246,6 +359,18 @@ class ChatService:
             nonce=sealed.nonce,
         )
 
+    async def attachment_link(self, who: Principal, attachment_id: UUID) -> tuple[str, int]:
+        """A signed link to an attachment (see :meth:`sign`) for a member of
+        its conversation, whose asking is an audited read; anyone else is
+        told there is no such attachment."""
+        try:
+            row = await attachments.attachment_row(self.pool, attachment_id)
+            acc = await access(self.pool, who, row["conversation_id"])
+        except NotFound:
+            raise NotFound("no such attachment") from None
+        await self._audit_read(who, acc, "chat.attachment_read", f"attachment/{attachment_id}")
+        return self.sign(attachment_id, time.time())
+
     def _mac(self, attachment_id: UUID, expires: int) -> str:
         key = hashlib.sha256(b"wadud-chat-attachment-url" + self.settings.secret_key.encode())
         mac = hmac.new(key.digest(), f"{attachment_id}:{expires}".encode(), hashlib.sha256)
@@ -273,3 +398,6 @@ class ChatService:
             self.pool, row["key_id"], row["nonce"], sealed, attachment_aad(row["id"])
         )
         return row["content_type"], data
+
+
+CHAT = web.AppKey("chat", ChatService)

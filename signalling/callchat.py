@@ -29,7 +29,8 @@ from pydantic import StringConstraints
 from booking.calls import link_refusal
 from chat.access import Access, access
 from chat.conversations import open_for_booking
-from chat.http import CHAT, ONLY_CONVERSATION, websocket
+from chat.service import CHAT
+from chat.socket import ONLY_CONVERSATION, websocket
 from wadud import keys
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.auth import InvalidToken, RoomGrant, decode_room_token, principal_is_live

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from chat.http import CHAT
+from chat.service import CHAT
 from tests.chat.conftest import Node, Ws, make_world, wait_ready, ws_connect
 from tests.conftest import Api
 from wadud import keys
@@ -174,7 +174,7 @@ async def test_lost_and_reordered_bus_messages_are_filled_from_postgres(api: Api
 
     from chat import eventlog
     from chat.access import access
-    from chat.http import CHAT
+    from chat.service import CHAT
 
     w = await make_world(api)
     cid = w.conversation_id
