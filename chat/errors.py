@@ -9,6 +9,7 @@ from wadud.errors import (
     Forbidden,
     NotFound,
     TooManyRequests,
+    Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
     WadudError,
@@ -65,3 +66,11 @@ class LinkExpired(ChatError, Forbidden):
 class ClientIdReused(ChatError, Conflict):
     code = "client-id-reused"
     title = "This client_id was used for a different event"
+
+
+class SessionRevoked(ChatError, Unauthorized):
+    """The sign-in session behind a chat WebSocket ended (a logout, a revoked
+    session, a change of rights); the connection's last frame."""
+
+    code = "session-revoked"
+    title = "This session ended"

@@ -1,6 +1,7 @@
-"""Chat over HTTP: the REST endpoints (declared with :class:`wadud.api.Routes`,
-so they are in the OpenAPI document) and the WebSocket endpoint
-``GET /api/v1/chat/ws`` (protocol in ``docs/protocol.md``, "Chat").
+"""Chat's REST endpoints, declared with :class:`wadud.api.Routes` so they
+are in the OpenAPI document: each handler reads its request, checks the
+caller's rights, calls the chat service (``app[CHAT]``) once and renders its
+answer. The WebSocket endpoint is :mod:`chat.socket`.
 
 :func:`install` adds both and a cleanup context that starts the hub (bus
 subscription, publisher, reconcile loop) after the pool and bus exist and
@@ -9,51 +10,31 @@ stops it before them.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from chat import protocol, store
+from chat import protocol
 from chat.crypto import Keyring
-from chat.errors import BadSequence, ChatError, ConversationNotFound, NotAllowed
-from chat.hub import Client, Hub
-from chat.service import Ack as ServiceAck
-from chat.service import ChatService
-from privacy import audit
-from wadud import auth, keys
-from wadud.api import ApiModel, Call, Principal, Role, Routes, file_body
-from wadud.errors import (
-    BadRequest,
-    Forbidden,
-    NotFound,
-    Unauthorized,
-    Unprocessable,
-    UnsupportedMediaType,
-    WadudError,
-)
+from chat.errors import BadSequence
+from chat.hub import Hub
+from chat.service import CHAT, ChatService
+from chat.socket import websocket
+from wadud import keys
+from wadud.api import ApiModel, Call, Role, Routes, file_body
+from wadud.errors import Forbidden, NotFound, Unprocessable, UnsupportedMediaType
 from wadud.http import read_upload
 from wadud.storage import sniff_type, storage_of
 
-log = logging.getLogger("wadud.chat")
-
-CHAT = web.AppKey("chat", ChatService)
-#: Set on a request by a handler that authenticated it some other way (the
-#: call page's room token): the WebSocket may use this one conversation only.
-ONLY_CONVERSATION: web.RequestKey[UUID] = web.RequestKey("chat_only_conversation", UUID)
 routes = Routes("chat", "Consultation chat: conversations, messages, attachments.")
 
 _CONV = "/api/v1/chat/conversations/{conversation_id:uuid}"
 ClientId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-AUTH_TIMEOUT = 10.0
 _ACCEPTED = {"image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf"}
 
 
@@ -221,45 +202,27 @@ async def open_conversation(call: Call[OpenConversation, None]) -> Conversation:
     clinic) or an admin, with a patient who has a booking at the doctor's
     clinic; one such conversation per patient and doctor. Any other
     ``patient_id``, real or not, is the same 404 ``patient-not-found``."""
-    who = call.user
-    async with call.pool.acquire() as conn:
-        if call.body.booking_id is not None:
-            cid = await store.open_for_booking(conn, who, call.body.booking_id)
-        else:
-            if who.role not in (Role.CLINIC_STAFF, Role.ADMIN):
-                raise Forbidden("only clinic staff open conversations outside a booking")
-            assert call.body.patient_id is not None
-            assert call.body.doctor_id is not None
-            cid = await store.open_direct(conn, who, call.body.patient_id, call.body.doctor_id)
-        return _conversation(await store.conversation_view(conn, who, cid))
+    b = call.body
+    if b.booking_id is None and call.user.role not in (Role.CLINIC_STAFF, Role.ADMIN):
+        raise Forbidden("only clinic staff open conversations outside a booking")
+    row = await _svc(call).open_conversation(
+        call.user, booking_id=b.booking_id, patient_id=b.patient_id, doctor_id=b.doctor_id
+    )
+    return _conversation(row)
 
 
 @routes.get("/api/v1/chat/conversations", query=ListQuery, returns=list[Conversation])
 async def list_conversations(call: Call[None, ListQuery]) -> list[Conversation]:
     """The caller's conversations with unread counts, most recent first."""
-    rows = await store.list_for(call.pool, call.user, limit=call.query.limit)
+    rows = await _svc(call).list_conversations(call.user, limit=call.query.limit)
     return [_conversation(r) for r in rows]
 
 
 @routes.get(_CONV, returns=Conversation)
 async def get_conversation(call: Call[None, None]) -> Conversation:
     """One conversation, with the caller's read position and unread count."""
-    row = await store.conversation_view(call.pool, call.user, call.path_uuid("conversation_id"))
+    row = await _svc(call).get_conversation(call.user, call.path_uuid("conversation_id"))
     return _conversation(row)
-
-
-async def _audit_read(
-    pool: Any, who: Principal, acc: store.Access, action: str = "chat.read", obj: str = ""
-) -> None:
-    """An audit row when a doctor, staff member or admin reads a patient's
-    chat (by default: the conversation's events) or its documents
-    (docs/privacy.md); the patient's own reads are not accesses."""
-    obj = obj or f"conversation/{acc.conversation_id}"
-    if who.role is Role.PATIENT:
-        return
-    await audit.record(
-        pool, actor=who, action=action, subject=acc.patient_id, clinic=acc.clinic_id, object=obj
-    )
 
 
 @routes.get(_CONV + "/events", query=EventsQuery, returns=list[ChatEvent])
@@ -268,25 +231,10 @@ async def list_events(call: Call[None, EventsQuery]) -> list[ChatEvent]:
 
     Edits and deletes are events naming their ``target_seq``; the original
     message stays in the log."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
     q, svc = call.query, _svc(call)
-    if q.after is not None:
-        if q.after > acc.last_seq:
-            raise BadSequence(f"after = {q.after} is past the last sequence ({acc.last_seq})")
-        events = await store.events_after(
-            call.pool, svc.keyring, acc.conversation_id, q.after, limit=q.limit
-        )
-    else:
-        events = await store.events_before(
-            call.pool, svc.keyring, acc.conversation_id, q.before, limit=q.limit
-        )
-    await _audit_read(call.pool, call.user, acc)
+    acc = await svc.authorize(call.user, call.path_uuid("conversation_id"))
+    events = await svc.list_events(acc, call.user, after=q.after, before=q.before, limit=q.limit)
     return [ChatEvent.model_validate(e) for e in events]
-
-
-def _ack(a: object) -> Ack:
-    assert isinstance(a, ServiceAck)
-    return Ack.model_validate(a.fields())
 
 
 @routes.post(_CONV + "/messages", body=SendMessage, returns=Ack, status=201)
@@ -295,26 +243,27 @@ async def send_message(call: Call[SendMessage, None]) -> Ack:
 
     Committed before the answer; a repeated ``client_id`` is answered with the
     first result (``duplicate: true``)."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
-    b = call.body
-    res = await _svc(call).send(
+    b, svc = call.body, _svc(call)
+    acc = await svc.authorize(call.user, call.path_uuid("conversation_id"))
+    res = await svc.send(
         acc, call.user, client_id=b.client_id, body=b.body, attachment_id=b.attachment_id
     )
-    return _ack(res)
+    return Ack.model_validate(res.fields())
 
 
 @routes.post(_CONV + r"/messages/{seq:\d{1,18}}/edit", body=EditMessage, returns=Ack, status=201)
 async def edit_message(call: Call[EditMessage, None]) -> Ack:
     """Edit one of your messages (a new ``edit`` event; the original stays)."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
-    res = await _svc(call).edit(
+    svc = _svc(call)
+    acc = await svc.authorize(call.user, call.path_uuid("conversation_id"))
+    res = await svc.edit(
         acc,
         call.user,
         client_id=call.body.client_id,
         target_seq=_seq(call),
         body=call.body.body,
     )
-    return _ack(res)
+    return Ack.model_validate(res.fields())
 
 
 @routes.post(
@@ -323,11 +272,10 @@ async def edit_message(call: Call[EditMessage, None]) -> Ack:
 async def delete_message(call: Call[DeleteMessage, None]) -> Ack:
     """Delete a message: yours, or any as writing clinic staff (a new
     ``delete`` event; the original stays for the clinic's audit)."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
-    res = await _svc(call).delete(
-        acc, call.user, client_id=call.body.client_id, target_seq=_seq(call)
-    )
-    return _ack(res)
+    svc = _svc(call)
+    acc = await svc.authorize(call.user, call.path_uuid("conversation_id"))
+    res = await svc.delete(acc, call.user, client_id=call.body.client_id, target_seq=_seq(call))
+    return Ack.model_validate(res.fields())
 
 
 def _seq(call: Call[Any, Any]) -> int:
@@ -340,8 +288,9 @@ def _seq(call: Call[Any, Any]) -> int:
 @routes.post(_CONV + "/read", body=MarkRead, returns=ReadPosition)
 async def mark_read(call: Call[MarkRead, None]) -> ReadPosition:
     """Move your read position forward (never back); unread counts follow."""
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
-    pos = await _svc(call).read(acc, call.user, call.body.seq)
+    svc = _svc(call)
+    acc = await svc.authorize(call.user, call.path_uuid("conversation_id"))
+    pos = await svc.read(acc, call.user, call.body.seq)
     return ReadPosition(last_read_seq=pos)
 
 
@@ -357,9 +306,8 @@ async def upload_attachment(call: Call[None, None]) -> Attachment:
 
     The type is decided from the bytes; a Content-Type that disagrees with
     them is refused. Send a message with its ``attachment_id`` to share it."""
-    request = call.request
-    acc = await store.access(call.pool, call.user, call.path_uuid("conversation_id"))
-    store.require_write(acc)
+    request, svc = call.request, _svc(call)
+    acc = await svc.authorize(call.user, call.path_uuid("conversation_id"), write=True)
     declared = request.content_type
     if declared not in _ACCEPTED and declared != "application/octet-stream":
         raise UnsupportedMediaType("send an image (JPEG, PNG, GIF, WebP) or a PDF")
@@ -367,7 +315,6 @@ async def upload_attachment(call: Call[None, None]) -> Attachment:
     data = await read_upload(request, limit, "an attachment")
     if not data:
         raise Unprocessable("the attachment is empty")
-    svc = _svc(call)
     found = sniff_type(data)
     if found is None or (declared != "application/octet-stream" and found != declared):
         raise UnsupportedMediaType(f"the content is not {declared}")
@@ -378,14 +325,7 @@ async def upload_attachment(call: Call[None, None]) -> Attachment:
 @routes.get("/api/v1/chat/attachments/{attachment_id:uuid}/url", returns=AttachmentUrl)
 async def attachment_url(call: Call[None, None]) -> AttachmentUrl:
     """A short-lived signed link to an attachment, for members only."""
-    aid = call.path_uuid("attachment_id")
-    try:
-        row = await store.attachment_row(call.pool, aid)
-        acc = await store.access(call.pool, call.user, row["conversation_id"])
-    except NotFound:
-        raise NotFound("no such attachment") from None
-    await _audit_read(call.pool, call.user, acc, "chat.attachment_read", f"attachment/{aid}")
-    path, expires = _svc(call).sign(aid, time.time())
+    path, expires = await _svc(call).attachment_link(call.user, call.path_uuid("attachment_id"))
     return AttachmentUrl(
         url=call.settings.base_url + path if call.settings.public_url else path,
         expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
@@ -431,7 +371,7 @@ def _policy_clinic(call: Call[Any, Any]) -> UUID:
 async def get_policy(call: Call[None, None]) -> Policy:
     """The clinic's chat policy: what its staff may do in its conversations
     (``none``, ``read``, or ``write``; ``write`` unless set)."""
-    value = await store.staff_policy(call.pool, _policy_clinic(call))
+    value = await _svc(call).get_policy(_policy_clinic(call))
     return Policy(staff_access=value)  # type: ignore[arg-type]
 
 
@@ -444,283 +384,8 @@ async def get_policy(call: Call[None, None]) -> Policy:
 async def set_policy(call: Call[Policy, None]) -> Policy:
     """Set the clinic's chat policy for its staff. Open WebSocket sessions
     keep the rights they had when they subscribed."""
-    await store.set_staff_policy(
-        call.pool, _policy_clinic(call), call.body.staff_access, call.user.user_id
-    )
+    await _svc(call).set_policy(_policy_clinic(call), call.body.staff_access, call.user.user_id)
     return call.body
-
-
-# -- WebSocket ---------------------------------------------------------------------
-
-
-class Session:
-    """One WebSocket connection: authenticate, then handle frames in order."""
-
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
-        self.request = request
-        self.ws = ws
-        self.svc = request.app[CHAT]
-        self.settings = request.app[keys.SETTINGS]
-        self.principal: Principal | None = None
-        self.client: Client | None = None
-        self.access: dict[UUID, store.Access] = {}
-        self.only = request.get(ONLY_CONVERSATION)
-        #: Closing the connection after a revocation (kept so it is not collected).
-        self.closing: asyncio.Task[None] | None = None
-
-    def send(self, frame: dict[str, object]) -> None:
-        if self.client is not None:
-            self.client.put(protocol.encode(frame))
-
-    async def authenticate(self, token: str) -> Principal:
-        principal = auth.decode_access_token(self.settings, token)
-        if not await auth.principal_is_live(self.request.app[keys.DB], principal):
-            raise auth.InvalidToken("this session was revoked")
-        return principal
-
-    async def _access(self, cid: UUID) -> store.Access:
-        acc = self.access.get(cid)
-        if self.only is not None and cid != self.only:
-            raise ConversationNotFound("no such conversation")
-        if acc is None:
-            assert self.principal is not None
-            acc = await store.access(self.svc.pool, self.principal, cid)
-            self.access[cid] = acc
-        return acc
-
-    async def _change(
-        self,
-        frame: protocol.Send | protocol.Edit | protocol.Delete,
-        change: Callable[..., Awaitable[ServiceAck]],
-    ) -> None:
-        """A new event in the frame's conversation (``send``, ``edit``,
-        ``delete``: the service's method for it), answered ``ack``."""
-        acc = await self._access(frame.conversation_id)
-        ack = await change(acc, self.principal, client_id=frame.client_id, ref=frame.id)
-        self.send(protocol.reply("ack", frame.id, **ack.fields()))
-
-    def _answer(
-        self, kind: str, frame: protocol.ClientFrame, conversation: UUID, **fields: Any
-    ) -> None:
-        """The answer to ``frame``, about one conversation."""
-        self.send(protocol.reply(kind, frame.id, conversation_id=str(conversation), **fields))
-
-    async def handle(self, frame: protocol.ClientFrame) -> None:
-        who = self.principal
-        assert who is not None
-        assert self.client is not None
-        hub = self.svc.hub
-        match frame:
-            case protocol.Auth():
-                raise protocol.BadFrame("already authenticated", ref=frame.id)
-            case protocol.Ping():
-                self.send(protocol.reply("pong", frame.id))
-            case protocol.Subscribe():
-                acc = await self._access(frame.conversation_id)
-                # The answer goes first so the client knows where the
-                # backlog that follows ends.
-                last = await self.svc.pool.fetchval(
-                    "SELECT last_seq FROM chat_conversations WHERE id = $1", acc.conversation_id
-                )
-                if frame.after is not None and frame.after > last:
-                    raise BadSequence(f"after = {frame.after} is past the last sequence ({last})")
-                # The backlog that follows is a read of the conversation.
-                await _audit_read(self.svc.pool, who, acc)
-                self._answer(
-                    "subscribed", frame, acc.conversation_id, last_seq=last, can_write=acc.can_write
-                )
-                await hub.subscribe(self.client, acc, frame.after)
-            case protocol.Unsubscribe():
-                hub.unsubscribe(self.client, frame.conversation_id)
-                self._answer("unsubscribed", frame, frame.conversation_id)
-            case protocol.Send():
-                await self._change(
-                    frame,
-                    partial(self.svc.send, body=frame.body, attachment_id=frame.attachment_id),
-                )
-            case protocol.Edit():
-                await self._change(
-                    frame, partial(self.svc.edit, target_seq=frame.target_seq, body=frame.body)
-                )
-            case protocol.Delete():
-                await self._change(frame, partial(self.svc.delete, target_seq=frame.target_seq))
-            case protocol.Typing():
-                acc = await self._access(frame.conversation_id)
-                self.svc.typing(acc, who)
-            case protocol.Read():
-                acc = await self._access(frame.conversation_id)
-                pos = await self.svc.read(acc, who, frame.seq)
-                self._answer("read_ok", frame, acc.conversation_id, last_read_seq=pos)
-            case protocol.History():
-                acc = await self._access(frame.conversation_id)
-                events = await store.events_before(
-                    self.svc.pool,
-                    self.svc.keyring,
-                    acc.conversation_id,
-                    frame.before,
-                    limit=frame.limit,
-                )
-                await _audit_read(self.svc.pool, who, acc)
-                self._answer("history", frame, acc.conversation_id, events=events)
-
-
-def _error(exc: Exception, ref: str | None) -> dict[str, object]:
-    if isinstance(exc, protocol.InvalidFrame):
-        return protocol.error_frame(exc.code, exc.detail, ref=ref, errors=exc.errors)
-    if isinstance(exc, WadudError):
-        extra: dict[str, Any] = {
-            k: v for k, v in exc.extra.items() if isinstance(v, int | float | str)
-        }
-        return protocol.error_frame(exc.code, exc.detail, ref=ref, **extra)
-    return protocol.error_frame("invalid", str(exc), ref=ref)
-
-
-async def websocket(request: web.Request) -> web.WebSocketResponse:
-    """``GET /api/v1/chat/ws``: the chat WebSocket (docs/protocol.md)."""
-    settings = request.app[keys.SETTINGS]
-    # Frames up to four bodies (JSON escapes) plus room for the envelope get
-    # a clear "too-large" error frame; past that aiohttp closes with 1009.
-    ws = web.WebSocketResponse(
-        heartbeat=30.0, max_msg_size=4 * settings.chat_max_body_bytes + 16_384
-    )
-    token = request.query.get("token")
-    await ws.prepare(request)
-    session = Session(request, ws)
-    writer: asyncio.Task[None] | None = None
-    try:
-        # A native client may send Authorization: Bearer on the upgrade
-        # (the authenticate middleware checked it); browsers cannot.
-        principal = request.get(keys.PRINCIPAL) or await _ws_auth(session, token)
-        if principal is None:
-            return ws
-        session.principal = principal
-
-        def overflow() -> None:
-            asyncio.get_running_loop().create_task(
-                ws.close(code=protocol.CLOSE_SLOW_CONSUMER, message=b"slow consumer; resume")
-            )
-
-        def revoked(reason: str) -> None:
-            # The last frame says why; the writer sends it, then the close.
-            client.queue.put_nowait(
-                protocol.encode(
-                    protocol.error_frame(
-                        "session-revoked", f"this session ended ({reason}); sign in", fatal=True
-                    )
-                )
-            )
-            client.queue.put_nowait(None)
-            session.closing = asyncio.get_running_loop().create_task(_close_revoked(ws, writer))
-
-        client = Client(
-            principal.user_id,
-            queue_max=settings.chat_client_queue_max,
-            on_overflow=overflow,
-            principal=principal,
-            on_revoked=revoked,
-        )
-        session.client = client
-        writer = asyncio.create_task(_writer(ws, client))
-        request.app[CHAT].hub.attach(client)
-        session.send(
-            protocol.reply("ready", None, user_id=str(principal.user_id), role=principal.role.value)
-        )
-        async for msg in ws:
-            if client.revoked:
-                break
-            if msg.type == WSMsgType.TEXT:
-                await _one(session, msg.data)
-            elif msg.type == WSMsgType.BINARY:
-                session.send(protocol.error_frame("bad-frame", "frames are JSON text, not binary"))
-            elif msg.type == WSMsgType.ERROR:
-                break
-    finally:
-        if session.client is not None:
-            request.app[CHAT].hub.drop(session.client)
-            session.client.queue.put_nowait(None)
-        if writer is not None:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await asyncio.wait_for(writer, 5.0)
-        if session.closing is not None:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
-                await asyncio.wait_for(session.closing, 5.0)
-    return ws
-
-
-async def _close_revoked(ws: web.WebSocketResponse, writer: asyncio.Task[None] | None) -> None:
-    """Close a connection whose session was revoked, after its last frame."""
-    if writer is not None:
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(writer), 2.0)
-    await ws.close(code=protocol.CLOSE_UNAUTHORIZED, message=b"session revoked")
-
-
-async def _one(session: Session, text: str) -> None:
-    ref: str | None = None
-    if session.client is not None and session.client.revoked:
-        return  # the session ended: nothing more is read, written or answered
-    try:
-        frame = protocol.parse(text)
-        ref = frame.id
-        await session.handle(frame)
-    except asyncio.CancelledError:
-        raise
-    except protocol.ProtocolError as exc:
-        session.send(_error(exc, exc.ref))
-    except (ChatError, WadudError) as exc:
-        session.send(_error(exc, ref))
-    except Exception:
-        log.exception("chat frame failed")
-        session.send(
-            protocol.error_frame("internal-error", "the server failed; try again", ref=ref)
-        )
-
-
-async def _ws_auth(session: Session, token: str | None) -> Principal | None:
-    """The caller from ``?token=`` or a first ``auth`` frame; on failure an
-    error frame and close 4401 (4408 if no frame came in time)."""
-    ws = session.ws
-    ref = None
-    try:
-        if token is None:
-            try:
-                msg = await ws.receive(timeout=AUTH_TIMEOUT)
-            except TimeoutError:
-                await ws.send_str(
-                    protocol.encode(
-                        protocol.error_frame("unauthorized", "auth timed out", fatal=True)
-                    )
-                )
-                await ws.close(code=protocol.CLOSE_AUTH_TIMEOUT, message=b"auth timeout")
-                return None
-            if msg.type != WSMsgType.TEXT:
-                await ws.close(code=protocol.CLOSE_UNAUTHORIZED, message=b"auth first")
-                return None
-            frame = protocol.parse(msg.data)
-            ref = frame.id
-            if not isinstance(frame, protocol.Auth):
-                raise Unauthorized('the first frame must be {"type": "auth", "token": ...}')
-            token = frame.token
-        return await session.authenticate(token)
-    except (Unauthorized, protocol.ProtocolError, BadRequest) as exc:
-        err = protocol.error_frame(
-            "unauthorized", getattr(exc, "detail", str(exc)), ref=ref, fatal=True
-        )
-        await ws.send_str(protocol.encode(err))
-        await ws.close(code=protocol.CLOSE_UNAUTHORIZED, message=b"unauthorized")
-        return None
-
-
-async def _writer(ws: web.WebSocketResponse, client: Client) -> None:
-    queue = client.queue
-    try:
-        while True:
-            text = await queue.get()
-            if text is None or ws.closed:
-                return
-            await ws.send_str(text)
-    except (ConnectionError, RuntimeError):
-        return  # the peer went away; the reader loop ends too
 
 
 # -- assembly ----------------------------------------------------------------------
@@ -750,4 +415,4 @@ def install(app: web.Application) -> None:
     app.cleanup_ctx.append(_chat_context)
 
 
-__all__ = ["CHAT", "NotAllowed", "install", "routes"]
+__all__ = ["install", "routes"]

@@ -41,7 +41,8 @@ from uuid import UUID
 
 import asyncpg
 
-from chat import store
+from chat import eventlog
+from chat.access import Access
 from chat.crypto import Keyring
 from chat.errors import BadSequence
 from chat.protocol import VERSION, encode
@@ -215,7 +216,7 @@ class Hub:
                 self.rooms[conversation_id] = room
         return room
 
-    async def subscribe(self, client: Client, acc: store.Access, after: int | None) -> int:
+    async def subscribe(self, client: Client, acc: Access, after: int | None) -> int:
         """Start sending ``client`` the conversation's events after ``after``
         (None: from now on); return the conversation's last sequence."""
         cid = acc.conversation_id
@@ -235,7 +236,7 @@ class Hub:
             # buffered; then PostgreSQL gives everything committed so far,
             # which includes all the room delivered before we registered.
             while True:
-                events = await store.events_after(
+                events = await eventlog.events_after(
                     self.pool, self.keyring, cid, sub.sent, limit=CATCH_UP_PAGE
                 )
                 for event in events:
@@ -387,7 +388,7 @@ class Hub:
         self.stats["gap_fills"] += 1
         try:
             while room.delivered < target:
-                events = await store.events_after(
+                events = await eventlog.events_after(
                     self.pool,
                     self.keyring,
                     room.conversation_id,
@@ -465,7 +466,7 @@ class Hub:
         ids = list(self.rooms)
         if not ids:
             return
-        lasts = await store.last_seqs(self.pool, ids)
+        lasts = await eventlog.last_seqs(self.pool, ids)
         for cid, last in lasts.items():
             room = self.rooms.get(cid)
             if room is None:

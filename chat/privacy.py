@@ -49,7 +49,7 @@ class ChatProvider:
         self.app = app
 
     def _keyring(self) -> Keyring:
-        from chat.http import CHAT
+        from chat.service import CHAT
 
         return self.app[CHAT].keyring
 

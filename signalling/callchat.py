@@ -27,8 +27,10 @@ from aiohttp import web
 from pydantic import StringConstraints
 
 from booking.calls import link_refusal
-from chat import store
-from chat.http import CHAT, ONLY_CONVERSATION, websocket
+from chat.access import Access, access
+from chat.conversations import open_for_booking
+from chat.service import CHAT
+from chat.socket import ONLY_CONVERSATION, websocket
 from wadud import keys
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.auth import InvalidToken, RoomGrant, decode_room_token, principal_is_live
@@ -95,12 +97,12 @@ async def _principal(app: web.Application, token: str) -> tuple[Principal, UUID]
     return principal, booking_id
 
 
-async def _conversation(app: web.Application, token: str) -> tuple[Principal, store.Access]:
+async def _conversation(app: web.Application, token: str) -> tuple[Principal, Access]:
     principal, booking_id = await _principal(app, token)
     pool = app[keys.DB]
     async with pool.acquire() as conn:
-        cid = await store.open_for_booking(conn, principal, booking_id)
-        return principal, await store.access(conn, principal, cid)
+        cid = await open_for_booking(conn, principal, booking_id)
+        return principal, await access(conn, principal, cid)
 
 
 @routes.post(

@@ -47,7 +47,7 @@ def _frame(text: str | bytes) -> None:
     try:
         frame = protocol.parse(text)
     except protocol.ProtocolError as exc:
-        # The error frame chat/http.py sends back.
+        # The error frame chat/socket.py sends back (its refusal).
         extra: dict[str, Any] = {}
         if isinstance(exc, protocol.InvalidFrame):
             extra["errors"] = exc.errors

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import chat.http
+import chat.service
 from chat.errors import LinkExpired
 from tests.chat.conftest import World, make_patient
 from tests.conftest import Api, free_port
@@ -75,7 +75,7 @@ async def test_upload_share_and_fetch_through_signed_url(api: Api, world: World)
     # A tampered or expired link is refused.
     resp = await api.client.get(link["url"].replace("sig=", "sig=x"))
     assert resp.status == 403
-    svc = api.app[chat.http.CHAT]
+    svc = api.app[chat.service.CHAT]
     old, _ = svc.sign(uuid.UUID(att["id"]), time.time() - 3600)
     resp = await api.client.get(old)
     assert resp.status == 403
@@ -199,6 +199,6 @@ async def test_forged_non_ascii_signature_is_403_not_500(api: Api) -> None:
         params={"exp": "99999999999", "sig": "é" * 43},
     )
     assert resp.status == 403, await resp.text()
-    svc = api.app[chat.http.CHAT]
+    svc = api.app[chat.service.CHAT]
     with pytest.raises(LinkExpired):
         svc.verify(uuid.uuid4(), 2**40, "é" * 43, time.time())

@@ -344,7 +344,7 @@ async def test_websocket_protocol_and_bad_input(api: Api, world: World) -> None:
 
 
 async def test_send_rate_limit(api: Api, world: World) -> None:
-    svc: Any = api.app[__import__("chat.http").http.CHAT]
+    svc: Any = api.app[__import__("chat.service").service.CHAT]
     svc.limiter.rate, svc.limiter.burst = 1.0, 3.0
     codes = []
     for i in range(5):

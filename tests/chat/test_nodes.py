@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from chat.http import CHAT
+from chat.service import CHAT
 from tests.chat.conftest import Node, Ws, make_world, wait_ready, ws_connect
 from tests.conftest import Api
 from wadud import keys
@@ -172,21 +172,22 @@ async def test_lost_and_reordered_bus_messages_are_filled_from_postgres(api: Api
     ahead triggers a fill of the gap; a lost tail is found by reconcile."""
     import uuid as _uuid
 
-    from chat import store
-    from chat.http import CHAT
+    from chat import eventlog
+    from chat.access import access
+    from chat.service import CHAT
 
     w = await make_world(api)
     cid = w.conversation_id
     svc = api.app[CHAT]
     url = str(api.client.make_url("/api/v1/chat/ws"))
-    acc = await store.access(svc.pool, _principal(w), _uuid.UUID(cid))
+    acc = await access(svc.pool, _principal(w), _uuid.UUID(cid))
 
     async def commit_silently(n: int) -> list[dict[str, Any]]:
         # Committed, but the bus never hears of it: as if Redis dropped it.
         out = []
         for i in range(n):
             client_id = _uuid.uuid4().hex
-            res = await store.append(
+            res = await eventlog.append(
                 svc.appender,
                 svc.keyring,
                 acc,
@@ -196,7 +197,7 @@ async def test_lost_and_reordered_bus_messages_are_filled_from_postgres(api: Api
                 body=f"silent {i}".encode(),
             )
             out.append(
-                store.event_of(
+                eventlog.event_of(
                     acc.conversation_id,
                     seq=res.seq,
                     kind="message",

@@ -178,7 +178,7 @@ def _b64(key: bytes) -> str:
 
 
 async def test_reencrypt_moves_rows_to_the_current_key(api: Api, world: World) -> None:
-    from chat.http import CHAT
+    from chat.service import CHAT
 
     w = world
     svc = api.app[CHAT]

@@ -188,7 +188,7 @@ _TRUSTED = {
     "rtc/rtpdump.py",
     "signalling/cluster.py",
     "notify/channels.py",
-    "wadud_client/call.py",
+    "wadud_client/socket.py",
 }
 _PACKAGES = (
     "wadud bin booking turn chat rtc sfu signalling privacy notify hooks recording wadud_client"

@@ -1,0 +1,504 @@
+"""A participant's media, on aiortc: the protocol's "Media: two peer
+connections" (docs/protocol.md) on the client's side.
+
+*publish* is where this client offers what it sends and the server answers;
+*subscribe* is where the server offers what this client receives and the
+client answers. The server is ICE-lite (RFC 8445 section 2.5), so aiortc is
+always the controlling agent and the server's candidates arrive inside its
+SDP; aiortc puts all of its own candidates in its SDP too, so nothing is
+trickled. Every received track is consumed and its decoded frames counted
+and timed (:class:`ReceivedTrack`); video receivers recover from loss as
+browsers do (:class:`NackRetry`, :class:`KeyframeResync`).
+
+When a path dies (its peer connection goes ``failed``: ICE consent expired,
+or DTLS gave up) :class:`CallMedia` gets media back by itself with new peer
+connections (:meth:`CallMedia.reconnect_media`), the same tracks and
+participant; browsers first try an ICE restart, which aiortc cannot do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
+
+from wadud_client.changes import Changes
+from wadud_client.errors import CallError
+from wadud_client.jitter import KeyframeResync
+from wadud_client.nack import NackRetry
+from wadud_client.network import relay_servers
+from wadud_client.received import ReceivedTrack
+from wadud_client.room import RoomView
+from wadud_client.simulcast import SimulcastMunger, layer_tracks
+from wadud_client.socket import CallSocket
+from wadud_client.sources import Intake
+
+__all__ = ["CallMedia", "Direction", "SdpFilter"]
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["publish", "subscribe"]
+SdpFilter = Callable[[str, Direction], str]
+
+# New peer connections that are not connected by then are tried again.
+RECONNECT_WITHIN = 8.0
+#: Seconds each step of closing may take (each peer connection, the tasks)
+#: before it is given up on.
+CLOSE_STEP = 5.0
+
+
+class CallMedia:
+    """One participant's two peer connections and what goes over them.
+
+    It asks the server through ``socket`` (``publish``, ``answer``,
+    ``reconnect_media``), keeps our published tracks in ``view``, and tells
+    ``changes`` whenever a connection, offer or received track changes.
+    The options are :class:`~wadud_client.call.CallClient`'s."""
+
+    def __init__(
+        self,
+        socket: CallSocket,
+        view: RoomView,
+        changes: Changes,
+        *,
+        ice_servers: Sequence[Mapping[str, Any]] | None = None,
+        sdp_filter: SdpFilter | None = None,
+        consume: bool = True,
+        label: str = "",
+        nack_retry: float | None = 0.1,
+        reconnect: bool = True,
+        relay: bool | Literal["udp", "tcp", "tls"] = False,
+    ) -> None:
+        self.socket = socket
+        self.view = view
+        self.changes = changes
+        self.sdp_filter = sdp_filter
+        self.consume = consume
+        self.label = label
+        self.nack_retry = nack_retry
+        self.reconnect = reconnect
+        self.relay = relay
+        self._ice_override = [dict(s) for s in ice_servers] if ice_servers is not None else None
+
+        #: What the subscribe connection receives, by mid.
+        self.received: dict[str, ReceivedTrack] = {}
+        #: Failures met on our own (an offer we could not answer).
+        self.errors: list[BaseException] = []
+        self.publish_pc: Any = None
+        self.subscribe_pc: Any = None
+        #: ``time.monotonic()`` when each peer connection reached ``connected``.
+        self.connected_at: dict[Direction, float] = {}
+        #: How often media started over on new peer connections: the room
+        #: moved to another media worker (``media_reconnect``), or a dead path
+        #: made this client ask (those are :attr:`media_reconnects` too).
+        self.media_moves = 0
+        self.media_reconnects = 0
+        #: Our own media: ``connected``, or ``reconnecting`` after a peer
+        #: connection failed and until new ones are connected.
+        self.media_state: Literal["connected", "reconnecting"] = "connected"
+        #: What we publish, by source: sent again when the room's media moves.
+        self._local: dict[str, Any] = {}
+        # Our tracks reach a peer connection through a relay: aiortc stops a
+        # sender's track when the sender stops (a connection that failed or
+        # closed), and a track once stopped never gives a frame again, so the
+        # connection made after a failure could not send it. A relay's proxy
+        # is what gets stopped; the source stays live for the next connection.
+        self._relay = MediaRelay()
+        self._feeds: dict[str, Any] = {}
+        #: What the relay reads of each source we were given (see Intake).
+        self._intakes: dict[Any, Intake] = {}
+        #: Sources published as simulcast, and the publish connection's rewriting.
+        self._simulcast_sources: set[str] = set()
+        self._munger: SimulcastMunger | None = None
+
+        self._offers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._offer_task: asyncio.Task[None] | None = None
+        self._consumers: set[asyncio.Task[None]] = set()
+        self._sources: dict[str, str] = {}  # publish mid -> source
+        self._transceivers: dict[str, Any] = {}  # publish mid -> transceiver
+        self._publish_lock = asyncio.Lock()
+        self._retries: dict[str, NackRetry] = {}  # subscribe mid -> its video receiver's
+        self._retry_task: asyncio.Task[None] | None = None
+        self._resyncs: dict[str, KeyframeResync] = {}  # subscribe mid -> its video receiver's
+        self._recovery: asyncio.Task[None] | None = None
+
+    # -- life -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Answer the server's offers from now on (once the socket is open)."""
+        if self._offer_task is None:
+            self._offer_task = asyncio.create_task(self._answer_offers(), name="call-offers")
+
+    def stop(self) -> list[asyncio.Task[None]]:
+        """Cancel the media's tasks and stop reading our sources; returns the
+        tasks, for :meth:`close` to wait for."""
+        tasks = [
+            t
+            for t in (self._offer_task, self._retry_task, self._recovery, *self._consumers)
+            if t is not None
+        ]
+        for task in tasks:
+            task.cancel()
+        self._stop_intakes(keep=())
+        return tasks
+
+    async def close(self, stopped: list[asyncio.Task[None]]) -> None:
+        """Close both peer connections and wait for the ``stopped`` tasks."""
+        # Each step is bounded: a close must end, whatever the server or a
+        # peer connection does (a test's clean-up hung on one for minutes).
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_STEP):
+                        await pc.close()
+        if stopped:
+            await asyncio.wait(stopped, timeout=CLOSE_STEP)
+        self._consumers.clear()
+
+    def _stop_intakes(self, keep: Iterable[Any]) -> None:
+        """End the relay's reading of every source but ``keep``."""
+        kept = set(keep)
+        for source in [s for s in self._intakes if s not in kept]:
+            self._intakes.pop(source).stop()
+
+    # -- peer connections -----------------------------------------------------
+
+    def _configuration(self) -> Any:
+        servers = self._ice_override if self._ice_override is not None else self.view.ice_servers
+        if isinstance(self.relay, str):
+            servers = relay_servers(servers, self.relay)
+        ice = [
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in servers
+        ]
+        policy = RTCIceTransportPolicy.RELAY if self.relay else RTCIceTransportPolicy.ALL
+        # An empty list, not None: aiortc's default adds a public STUN server.
+        return RTCConfiguration(
+            iceServers=ice, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceTransportPolicy=policy
+        )
+
+    def _new_pc(self, direction: Direction) -> Any:
+        pc = RTCPeerConnection(self._configuration())
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                self.connected_at.setdefault(direction, time.monotonic())
+            # aiortc has no `disconnected`: a dead path shows as `failed` once
+            # consent freshness gives up (RFC 7675; aioice: 6 checks 5 s
+            # apart), and a connection that closes itself (its DTLS ended)
+            # while still ours is as dead.
+            elif state in ("failed", "closed"):
+                self._path_failed(pc, f"{direction} connection {state}")
+            self.changes.notify()
+
+        return pc
+
+    def _filter(self, sdp: str, direction: Direction) -> str:
+        return self.sdp_filter(sdp, direction) if self.sdp_filter else sdp
+
+    # -- when the path dies ---------------------------------------------------
+
+    async def reconnect_media(self) -> None:
+        """Ask the server for new transports (``reconnect_media``) and move to
+        new peer connections (:meth:`wadud_client.call.CallClient.reconnect_media`
+        says why new ones, not an ICE restart)."""
+        self.media_reconnects += 1
+        # The old connections go the moment the server says `ok`, before the
+        # offer for the new subscribe transport (which follows it) is read.
+        await self.socket.request("reconnect_media", {}, on_answer=lambda _: self.moved())
+
+    def _path_failed(self, pc: Any, why: str) -> None:
+        if pc not in (self.publish_pc, self.subscribe_pc) or self.view.state == "closed":
+            return  # an old connection, or we are closing
+        self.media_state = "reconnecting"
+        if not self.reconnect or self._recovery is not None:
+            return
+        log.info("%s: %s; reconnecting media", self.changes.describe(), why)
+        self._recovery = asyncio.create_task(self._recover(), name=f"reconnect {self.label}")
+
+    async def _recover(self) -> None:
+        had_subscribe = self.subscribe_pc is not None
+        pause = 1.0
+        try:
+            while self.view.state != "closed":
+                if self.view.state == "joined":
+                    try:
+                        await self.reconnect_media()
+                        await self.changes.wait_until(
+                            lambda: self._media_connected(had_subscribe), RECONNECT_WITHIN
+                        )
+                        self.media_state = "connected"
+                        self.changes.notify()
+                        return
+                    except (CallError, ConnectionError, TimeoutError) as exc:
+                        log.info("%s: media not back yet: %r", self.changes.describe(), exc)
+                # Without signalling (the caller resumes it) nothing can be
+                # asked: look again in a moment, less often as failures mount.
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+        finally:
+            self._recovery = None
+
+    def _media_connected(self, subscribe: bool) -> bool:
+        pcs = [self.publish_pc] if self._local else []
+        if subscribe:
+            pcs.append(self.subscribe_pc)
+        return all(pc is not None and pc.connectionState == "connected" for pc in pcs)
+
+    def moved(self) -> None:
+        """``media_reconnect`` (the room is on another media worker now), or a
+        resume that made us a new participant: drop both peer connections at
+        once (the next offer is for a new one) and publish the same tracks
+        again on a fresh connection."""
+        old = [pc for pc in (self.publish_pc, self.subscribe_pc) if pc is not None]
+        self.publish_pc = self.subscribe_pc = None
+        self._munger = None
+        # From what we chose to publish, not from the transceivers: a second
+        # move while the first republish runs finds those cleared already.
+        items = list(self._local.items())
+        self._sources.clear()
+        self._transceivers.clear()
+        for tid in self.view.published:
+            self.view.room_tracks.pop(tid, None)
+        self.view.published.clear()
+        for received in self.received.values():
+            received.active = False
+        self.received.clear()
+        self._retries.clear()
+        self._resyncs.clear()
+        self.connected_at.clear()
+        # Offers not answered yet were for the old subscribe connection; the
+        # server offers everything again for the new one.
+        while not self._offers.empty():
+            self._offers.get_nowait()
+        self.media_moves += 1
+        task = asyncio.create_task(self._republish(old, items), name="media-reconnect")
+        self._consumers.add(task)
+        task.add_done_callback(self._consumers.discard)
+
+    async def _republish(self, old: list[Any], items: list[tuple[str, Any]]) -> None:
+        for pc in old:
+            # Closing stops the senders' tracks: the relay's proxies, not ours
+            # (see _relay); publish() gives the new connection new proxies.
+            with contextlib.suppress(Exception):
+                await pc.close()
+        moves = self.media_moves
+        if items and self.view.state != "closed":
+            try:
+                await self.publish(items)
+            except Exception as exc:
+                if moves != self.media_moves:
+                    return  # another move superseded this one; it publishes again
+                log.warning("could not publish again after the media moved: %r", exc)
+                self.errors.append(exc)
+                self.changes.notify()
+
+    # -- publishing -----------------------------------------------------------
+
+    async def publish(
+        self,
+        tracks: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        *,
+        simulcast: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Send ``tracks`` (source → aiortc MediaStreamTrack) on the publish
+        connection and return ``published.tracks`` (see
+        :meth:`wadud_client.call.CallClient.publish`)."""
+        items = list(tracks.items()) if isinstance(tracks, Mapping) else list(tracks)
+        self._local.update(items)
+        self._stop_intakes(keep=self._local.values())  # a source given anew replaces the old
+        if simulcast:
+            self._simulcast_sources.update(s for s, t in items if s == "camera")
+        async with self._publish_lock:
+            if self.publish_pc is None:
+                self.publish_pc = self._new_pc("publish")
+                self._munger = SimulcastMunger()
+            pc = self.publish_pc
+            munger = self._munger
+            assert munger is not None
+            new = []
+            layered = []
+            for source, track in items:
+                old = self._feeds.pop(source, None)
+                if old is not None:
+                    old.stop()
+                intake = self._intakes.get(track)
+                if intake is None:
+                    intake = self._intakes[track] = Intake(track)
+                track = self._feeds[source] = self._relay.subscribe(intake, buffered=False)
+                if source in self._simulcast_sources and track.kind == "video":
+                    layers = layer_tracks(track)
+                    group = [pc.addTransceiver(t, direction="sendonly") for t in layers]
+                    layered.append((group, layers))
+                    new.append((source, group[0]))
+                else:
+                    new.append((source, pc.addTransceiver(track, direction="sendonly")))
+            await pc.setLocalDescription(await pc.createOffer())
+            for group, layers in layered:
+                munger.add(group, layers)
+            for source, transceiver in new:
+                self._sources[transceiver.mid] = source
+                self._transceivers[transceiver.mid] = transceiver
+            munger.install(t.sender.transport for t in pc.getTransceivers())
+            answer = await self.socket.request(
+                "publish",
+                {"sdp": munger.offer(pc.localDescription.sdp), "sources": dict(self._sources)},
+            )
+            sdp = munger.answer(self._filter(str(answer["sdp"]), "publish"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            munger.install(t.sender.transport for t in pc.getTransceivers())
+            listed = [dict(t) for t in answer.get("tracks") or []]
+            for t in listed:
+                self.view.published[str(t["track_id"])] = t
+                self.view.room_tracks[str(t["track_id"])] = t
+            self.changes.notify()
+            return listed
+
+    async def unpublish(self, track_id: str) -> None:
+        """Withdraw one of our tracks, and stop sending it."""
+        info = self.view.published.get(track_id)
+        await self.socket.request("unpublish", {"track_id": track_id})
+        self.view.published.pop(track_id, None)
+        if info is not None:
+            self._local.pop(str(info.get("source")), None)
+            feed = self._feeds.pop(str(info.get("source")), None)
+            if feed is not None:
+                feed.stop()
+            self._stop_intakes(keep=self._local.values())
+            transceiver = self._transceivers.get(str(info.get("mid")))
+            if transceiver is not None:
+                transceiver.sender.replaceTrack(None)
+
+    async def set_encodings(self, frame: dict[str, Any]) -> None:
+        """Dynacast: start or stop our simulcast layers as the server asks."""
+        munger = self._munger
+        track = self.view.published.get(str(frame.get("track_id")))
+        if munger is None or track is None:
+            return
+        mid = next((m for m, s in self._sources.items() if s == track.get("source")), None)
+        if mid is not None:
+            await munger.set_encodings(mid, frame.get("encodings") or [])
+
+    # -- receiving ------------------------------------------------------------
+
+    def offer(self, frame: dict[str, Any]) -> None:
+        """An ``offer`` from the server, answered in turn."""
+        self._offers.put_nowait(frame)
+
+    async def _answer_offers(self) -> None:
+        # One at a time, in order: the server sends the next offer only after
+        # the previous one is answered, and a resumed session may resend one.
+        while True:
+            frame = await self._offers.get()
+            try:
+                await self._answer(frame)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not answer the server's offer: %r", exc)
+                self.errors.append(exc)
+                self.changes.notify()
+
+    async def _answer(self, frame: dict[str, Any]) -> None:
+        if self.subscribe_pc is None:
+            self.subscribe_pc = self._new_pc("subscribe")
+        pc = self.subscribe_pc
+        sdp = self._filter(str(frame["sdp"]), "subscribe")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        if pc is not self.subscribe_pc:
+            return  # media moved meanwhile: this offer was for the old connection
+        by_mid = {str(t["mid"]): t for t in frame.get("tracks") or []}
+        for transceiver in pc.getTransceivers():
+            mid = transceiver.mid
+            if mid is None:
+                continue
+            info = by_mid.get(mid)
+            current = self.received.get(mid)
+            if info is None:
+                # The m= section is stopped (port 0) or carries nothing now.
+                if current is not None:
+                    current.active = False
+                continue
+            track = transceiver.receiver.track
+            if current is not None and current.track_id == info["track_id"]:
+                current.active = True
+                continue
+            received = ReceivedTrack(
+                mid=mid,
+                track_id=str(info["track_id"]),
+                participant=str(info["participant"]),
+                kind=str(info.get("kind", transceiver.kind)),
+                source=str(info.get("source", "")),
+                track=track,
+            )
+            self.received[mid] = received
+            if received.kind == "video" and mid not in self._resyncs:
+                self._resyncs[mid] = KeyframeResync(transceiver.receiver)
+            if self.nack_retry is not None and received.kind == "video":
+                if mid not in self._retries:
+                    self._retries[mid] = NackRetry(transceiver.receiver, self.nack_retry, 10)
+                if self._retry_task is None:
+                    self._retry_task = asyncio.create_task(self._retry_nacks(), name="nack-retry")
+            if self.consume and track is not None:
+                task = asyncio.create_task(self._consume(received), name=f"consume {mid}")
+                self._consumers.add(task)
+                task.add_done_callback(self._consumers.discard)
+        await self.socket.request("answer", {"sdp": pc.localDescription.sdp})
+        self.changes.notify()
+
+    async def _retry_nacks(self) -> None:
+        assert self.nack_retry is not None
+        while True:
+            await asyncio.sleep(self.nack_retry / 2)
+            now = time.monotonic()
+            for retry in list(self._retries.values()):
+                with contextlib.suppress(ConnectionError):
+                    await retry.tick(now)
+
+    async def _consume(self, received: ReceivedTrack) -> None:
+        track = received.track
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                received.active = False
+                self.changes.notify()
+                return
+            first = received.frames == 0
+            received.frame_received(frame, time.monotonic())
+            if first:
+                self.changes.notify()
+
+    # -- how receiving recovers -----------------------------------------------
+
+    @property
+    def nacks_resent(self) -> int:
+        """Sequence numbers NACKed again by :class:`NackRetry`."""
+        return sum(r.resent for r in self._retries.values())
+
+    @property
+    def keyframes_asked(self) -> int:
+        """PLIs sent for video packets given up on (:class:`NackRetry`)."""
+        return sum(r.keyframes_asked for r in self._retries.values())
+
+    @property
+    def keyframe_resyncs(self) -> int:
+        """Times a video receiver gave up on a gap to start over at a keyframe
+        (:class:`wadud_client.jitter.KeyframeResync`)."""
+        return sum(r.resyncs for r in self._resyncs.values())
