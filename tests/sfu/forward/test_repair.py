@@ -1,0 +1,336 @@
+"""Repair for subscribers: NACKed packets again from the history, RTX-wrapped
+(RFC 4588 section 4) or rewritten as first sent, and padding-only RTX probes
+(RFC 3550 section 5.1 padding, RFC 8285 transport-wide sequence number)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtc.red import RedBlock, RedPayload
+from rtc.rtp import extensions, header
+from rtc.rtp.packet import RtpPacket
+from rtc.sdp.attributes import ABS_SEND_TIME, TRANSPORT_CC
+from sfu.forward.forwarder import Forwarder
+from sfu.forward.history import PacketHistory
+from sfu.forward.repair import padding_probe, retransmission
+from sfu.forward.table import ForwarderStats, SourceStream, SubscriberTransport, Subscription
+
+PUB_SSRC = 0x0A0A0A0A
+SUB_SSRC = 0x1111
+RTX_SSRC = 0x2222
+VP8, SUB_VP8, SUB_RTX = 96, 100, 101
+TCC_ID, ABS_ID = 3, 2
+
+
+def track(kind: str = "video", exts: dict[str, int] | None = None) -> SourceStream:
+    codec, rate = ("vp8", 90000) if kind == "video" else ("opus", 48000)
+    return SourceStream(
+        "alice", PUB_SSRC, kind, codec, rate, None, {}, exts or {}, True, False, PacketHistory()
+    )
+
+
+def subscription(
+    source: SourceStream,
+    *,
+    rtx: bool = True,
+    pt_map: dict[int, int] | None = None,
+    ext_table: bytes | None = None,
+    twcc: bool = False,
+    abs_send_time: bool = False,
+) -> Subscription:
+    """A subscriber's view of ``source``: publisher PT 96 is its 100, RTX 101 on RTX_SSRC."""
+    return Subscription(
+        "bob",
+        source,
+        SubscriberTransport("bob"),
+        SUB_SSRC,
+        {VP8: SUB_VP8} if pt_map is None else pt_map,
+        ext_table,
+        twcc,
+        abs_send_time,
+        RTX_SSRC if rtx else None,
+        {SUB_VP8: SUB_RTX} if rtx else {},
+    )
+
+
+def media(
+    seq: int,
+    ts: int,
+    payload: bytes = b"\x10\x02frame",
+    *,
+    pt: int = VP8,
+    marker: bool = True,
+    exts: list[tuple[int, bytes]] | None = None,
+) -> bytes:
+    p = RtpPacket(
+        payload_type=pt,
+        sequence_number=seq,
+        timestamp=ts,
+        ssrc=PUB_SSRC,
+        marker=marker,
+        payload=payload,
+    )
+    if exts:
+        p.set_extensions(exts)
+    return bytes(p)
+
+
+def sent(sub: Subscription, packet: bytes, now: float) -> tuple[int, int]:
+    """Run ``packet`` through the subscription's rewriter as the hot path first sent it."""
+    _, _, seq, ts, _ = header.header_fields(packet)
+    mapped = sub.rewriter.rewrite(seq, ts, now)
+    assert mapped is not None
+    sub.packets_sent += 1
+    return mapped
+
+
+def shifted(sub: Subscription) -> None:
+    """Give the rewriter a run with real offsets: publisher 40000.. is sent as 1001..."""
+    sent(sub, media(1000, 5000), 0.0)
+    sub.rewriter.switch()
+    assert sent(sub, media(40000, 7_000_000), 0.5) == (1001, 5000 + 45000)
+
+
+def test_rtx_retransmission_header_and_original_sequence_number() -> None:
+    sub = subscription(track())
+    shifted(sub)
+    packet = media(40003, 7_000_000 + 2700)
+    out_seq, out_ts = sent(sub, packet, 0.56)
+    assert (out_seq, out_ts) == (1004, 5000 + 45000 + 2700)
+    sub.rtx_seq = 7
+    stats = ForwarderStats()
+    rtx = retransmission(sub, packet, 0.6, stats)
+    assert rtx is not None
+    # RFC 4588 section 4: the RTX stream's SSRC, payload type and sequence
+    # number; the original's timestamp and marker; the original sequence
+    # number (the one the subscriber knows and NACKed) as the payload's first
+    # two octets, then the original payload.
+    assert rtx == bytes(
+        RtpPacket(
+            payload_type=SUB_RTX,
+            sequence_number=7,
+            timestamp=out_ts,
+            ssrc=RTX_SSRC,
+            marker=True,
+            payload=(1004).to_bytes(2, "big") + b"\x10\x02frame",
+        )
+    )
+    assert sub.rtx_seq == 8
+    # The receiver's unwrap (RFC 4588 section 4) gives back the packet as sent.
+    assert header.rtx_original(rtx, SUB_VP8, SUB_SSRC) == bytes(
+        RtpPacket(
+            payload_type=SUB_VP8,
+            sequence_number=1004,
+            timestamp=out_ts,
+            ssrc=SUB_SSRC,
+            marker=True,
+            payload=b"\x10\x02frame",
+        )
+    )
+    assert stats.red_stripped == 0
+
+
+def test_rtx_sequence_is_its_own_and_wraps() -> None:
+    sub = subscription(track())
+    sub.rtx_seq = 0xFFFF
+    first, second = media(500, 90000), media(501, 90000, marker=False)
+    sent(sub, first, 0.0)
+    sent(sub, second, 0.0)
+    # Asked in reverse order: the RTX sequence counts what was sent on RTX_SSRC.
+    a = retransmission(sub, second, 0.1, ForwarderStats())
+    b = retransmission(sub, first, 0.1, ForwarderStats())
+    assert a is not None and b is not None
+    assert header.header_fields(a) == (0, SUB_RTX, 0xFFFF, 90000, RTX_SSRC)
+    assert header.header_fields(b) == (1, SUB_RTX, 0x0000, 90000, RTX_SSRC)
+    assert (a[12:14], b[12:14]) == ((501).to_bytes(2, "big"), (500).to_bytes(2, "big"))
+    assert sub.rtx_seq == 1
+
+
+@pytest.mark.parametrize(
+    ("rtx_ssrc", "rtx_pt"),
+    [(None, {}), (None, {SUB_VP8: SUB_RTX}), (RTX_SSRC, {111: 112})],
+    ids=["no-rtx", "rtx-pt-without-ssrc", "rtx-for-another-pt"],
+)
+def test_plain_retransmission_without_rtx_for_this_payload_type(
+    rtx_ssrc: int | None, rtx_pt: dict[int, int]
+) -> None:
+    sub = subscription(track())
+    sub.rtx_ssrc, sub.rtx_pt = rtx_ssrc, rtx_pt
+    shifted(sub)
+    packet = media(40001, 7_000_000 + 3000, marker=False)
+    out_seq, out_ts = sent(sub, packet, 0.52)
+    again = retransmission(sub, packet, 0.7, ForwarderStats())
+    # The original packet with the header the subscriber first got.
+    assert again == bytes(
+        RtpPacket(
+            payload_type=SUB_VP8,
+            sequence_number=out_seq,
+            timestamp=out_ts,
+            ssrc=SUB_SSRC,
+            payload=b"\x10\x02frame",
+        )
+    )
+    assert (out_seq, sub.rtx_seq) == (1002, 0)
+
+
+def test_plain_retransmission_is_the_hot_paths_copy() -> None:
+    fwd = Forwarder()
+    fwd.add_track("alice", PUB_SSRC, kind="audio", codec="opus", clock_rate=48000)
+    sub = fwd.subscribe("bob", PUB_SSRC, 0.0, ssrc=SUB_SSRC, payload_types={111: 109})
+    copies = []
+    for i, seq in enumerate(range(65534, 65534 + 4)):
+        packet = media(seq & 0xFFFF, 960 * i, bytes([0xF8, i]), pt=111, marker=i == 0)
+        routed = fwd.route(packet, 0.02 * i)
+        assert [key for key, _ in routed] == ["bob"]
+        copies.append((packet, routed[0][1]))
+    for packet, copy in copies:
+        assert retransmission(sub, packet, 0.1, ForwarderStats()) == copy
+
+
+def test_extensions_stamped_for_this_send() -> None:
+    source = track(exts={TRANSPORT_CC: TCC_ID, ABS_SEND_TIME: ABS_ID})
+    # The subscriber numbers transport-cc 5 and abs-send-time 4 (RFC 8285).
+    table = bytearray(range(256))
+    table[TCC_ID], table[ABS_ID] = 5, 4
+    sub = subscription(source, ext_table=bytes(table), twcc=True, abs_send_time=True)
+    transport = sub.transport
+    transport.sent_at, transport.sizes = [0.0] * 65536, [0] * 65536
+    transport.twcc_seq = 0xFFFF
+    packet = media(10, 0, exts=[(TCC_ID, b"\x00\x07"), (ABS_ID, b"\x00\x00\x01")])
+    sent(sub, packet, 0.0)
+    for rtx in (True, False):
+        if not rtx:
+            sub.rtx_ssrc = None
+        out = retransmission(sub, packet, 2.5, ForwarderStats())
+        assert out is not None
+        tseq = 0xFFFF if rtx else 0
+        assert extensions.transport_sequence_number(out, 5) == tseq
+        assert extensions.abs_send_time(out, 4) == int(2.5 * (1 << 18))
+        assert extensions.get_extension(out, TCC_ID) is None
+        assert (transport.sent_at[tseq], transport.sizes[tseq]) == (2.5, len(out))
+        assert header.payload_type(out) == (SUB_RTX if rtx else SUB_VP8)
+    assert transport.twcc_seq == 1
+
+
+def test_red_cut_to_its_primary_for_a_subscriber_without_red() -> None:
+    source = track("audio")
+    source.red_pt = 63
+    sub = subscription(source, rtx=False, pt_map={111: 109})
+    primary = b"\xf8\xaa\xbb"
+    red = RedPayload(111, primary, [RedBlock(111, 960, b"\xf8\x01")])
+    packet = media(200, 48000, bytes(red), pt=63, marker=False)
+    sent(sub, packet, 0.0)
+    stats = ForwarderStats()
+    out = retransmission(sub, packet, 0.1, stats)
+    assert (
+        out
+        == bytes(RtpPacket(payload_type=109, sequence_number=200, timestamp=48000, ssrc=SUB_SSRC))
+        + primary
+    )
+    assert stats.red_stripped == 1
+
+
+def test_nothing_to_send() -> None:
+    source = track(exts={TRANSPORT_CC: TCC_ID})
+    sub = subscription(source, twcc=True)
+    shifted(sub)
+    before = (sub.rtx_seq, sub.transport.twcc_seq)
+    stats = ForwarderStats()
+    # A payload type the subscriber did not negotiate.
+    assert retransmission(sub, media(40000, 7_000_000, pt=97), 0.6, stats) is None
+    # Older than the current run's first packet: its number belongs to the previous run.
+    old = media(39999, 7_000_000, exts=[(TCC_ID, b"\x00\x01")])
+    assert retransmission(sub, old, 0.6, stats) is None
+    assert (sub.rtx_seq, sub.transport.twcc_seq) == before
+    assert stats.as_dict() == ForwarderStats().as_dict()
+
+
+def probing() -> Subscription:
+    sub = subscription(track(exts={TRANSPORT_CC: TCC_ID}), twcc=True)
+    sub.transport.by_ssrc[sub.ssrc] = sub
+    sent(sub, media(3000, 123456), 0.0)
+    return sub
+
+
+@pytest.mark.parametrize(("size", "count"), [(200, 180), (21, 1), (5, 1), (1500, 255)])
+def test_padding_probe_shape(size: int, count: int) -> None:
+    sub = probing()
+    transport = sub.transport
+    transport.twcc_seq = 0x1234
+    transport.sent_at, transport.sizes = [0.0] * 65536, [0] * 65536
+    sub.rtx_seq = 41
+    probe = padding_probe(transport, size, 3.0)
+    assert probe is not None
+    data, tseq = probe
+    assert tseq == 0x1234
+    assert len(data) == 20 + count
+    # RFC 3550 5.1: V=2, P set, X set; the RTX stream's PT, sequence number and
+    # SSRC, the last timestamp sent; the last octet counts the padding, itself included.
+    assert data[0] == 0xB0
+    assert header.header_fields(data) == (0, SUB_RTX, 41, 123456, RTX_SSRC)
+    assert header.padding_length(data) == data[-1] == count
+    assert data[20:-1] == bytes(count - 1)
+    # RFC 8285 one-byte block carrying only the transport-wide sequence number.
+    assert data[12:20] == bytes((0xBE, 0xDE, 0, 1, TCC_ID << 4 | 1, 0x12, 0x34, 0))
+    assert extensions.transport_sequence_number(data, TCC_ID) == 0x1234
+    # No payload: a receiver unwrapping it finds no repair (RFC 4588 section 4).
+    assert header.payload_range(data) == (20, 20)
+    assert header.rtx_original(data, SUB_VP8, SUB_SSRC) is None
+    assert (sub.rtx_seq, transport.twcc_seq) == (42, 0x1235)
+    assert (transport.sent_at[tseq], transport.sizes[tseq]) == (3.0, len(data))
+
+
+def test_padding_probe_uses_the_subscribers_extension_id() -> None:
+    sub = probing()
+    table = bytearray(range(256))
+    table[TCC_ID] = 9
+    sub.ext_table = bytes(table)
+    probe = padding_probe(sub.transport, 100, 0.0)
+    assert probe is not None
+    assert extensions.transport_sequence_number(probe[0], 9) == 0
+    # An id the one-byte form cannot carry: no probe.
+    table[TCC_ID] = 15
+    sub.ext_table = bytes(table)
+    assert padding_probe(sub.transport, 100, 0.0) is None
+
+
+@pytest.mark.parametrize("lacks", ["subscriptions", "rtx_ssrc", "rtx_pt", "twcc", "packets_sent"])
+def test_no_padding_probe_without_a_carrier(lacks: str) -> None:
+    sub = probing()
+    if lacks == "subscriptions":
+        sub.transport.by_ssrc.clear()
+    elif lacks == "rtx_ssrc":
+        sub.rtx_ssrc = None
+    elif lacks == "rtx_pt":
+        sub.rtx_pt = {}
+    elif lacks == "twcc":
+        sub.twcc = False
+    else:
+        sub.packets_sent = 0
+    assert padding_probe(sub.transport, 200, 0.0) is None
+    assert (sub.rtx_seq, sub.transport.twcc_seq) == (0, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFFFF),
+    st.integers(0, 0xFFFF),
+    st.booleans(),
+    st.binary(min_size=1, max_size=64),
+)
+def test_unwrapped_rtx_is_the_plain_retransmission(
+    seq: int, ts: int, rtx_seq: int, marker: bool, payload: bytes
+) -> None:
+    packet = media(seq, ts, payload, marker=marker)
+    with_rtx, without = subscription(track()), subscription(track(), rtx=False)
+    with_rtx.rtx_seq = rtx_seq
+    for sub in (with_rtx, without):
+        sent(sub, packet, 0.0)
+    rtx = retransmission(with_rtx, packet, 0.1, ForwarderStats())
+    plain = retransmission(without, packet, 0.1, ForwarderStats())
+    assert rtx is not None and plain is not None
+    assert header.header_fields(rtx)[2:] == (rtx_seq, ts, RTX_SSRC)
+    assert header.rtx_original(rtx, SUB_VP8, SUB_SSRC) == plain
