@@ -27,7 +27,7 @@ from collections.abc import Hashable
 
 from rtc.rtcp import Remb, RtcpPacket, TransportCc
 from sfu.errors import SfuStateError
-from sfu.feedback.reports import ReceiveStatistics
+from sfu.feedback.receiving import ReceiveStatistics
 
 __all__ = ["BandwidthFeedback", "RembEstimator", "TransportCcRecorder"]
 
@@ -224,7 +224,7 @@ class RembEstimator:
     """A receiver-side bitrate cap for one publisher, sent as REMB (draft-alvestrand-rmcat-remb-03).
 
     It reads what the reports already count: the bytes and the loss of the
-    publisher's streams it is given (:class:`~sfu.feedback.reports.ReceiveStatistics`,
+    publisher's streams it is given (:class:`~sfu.feedback.receiving.ReceiveStatistics`,
     usually its video), over a sliding ``window``. The estimate:
 
     - starts at ``headroom`` times the received bitrate and, until the first

@@ -64,7 +64,7 @@ from sfu.control.messages import ConnectionQuality, LayersWanted, TrackPaused, V
 from sfu.errors import SfuStateError
 from sfu.feedback.estimator import RAMP_REACH, SendSideEstimator
 from sfu.feedback.quality import QualityTracker, Sample
-from sfu.feedback.reports import ReceiveStatistics
+from sfu.feedback.receiving import ReceiveStatistics
 from sfu.forward.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
 from sfu.forward.table import Group, Subscription
 from sfu.rooms import call_samples

@@ -26,7 +26,8 @@ from rtc.sdp import Codec
 from rtc.srtp import SrtpSession
 from sfu.control.messages import RelayedTrack, TrackInfo, View
 from sfu.feedback.bandwidth import BandwidthFeedback, TransportCcRecorder
-from sfu.feedback.reports import ReceiveStatistics, ReportScheduler
+from sfu.feedback.receiving import ReceiveStatistics
+from sfu.feedback.reports import ReportScheduler
 from sfu.feedback.speaker import SpeakerDetector
 from sfu.forward.forwarder import Forwarder
 from sfu.transport.offer_answer import ForwardedTrack, LocalParameters

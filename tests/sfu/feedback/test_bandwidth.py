@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from rtc.rtcp import Remb, TransportCc, parse_compound
 from sfu.errors import SfuStateError
 from sfu.feedback.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
-from sfu.feedback.reports import ReceiveStatistics
+from sfu.feedback.receiving import ReceiveStatistics
 
 TICKS = 4000  # 250 us per tick
 
