@@ -12,7 +12,8 @@ import random
 import pytest
 
 from rtc.rtcp import TransportCc
-from sfu.feedback.estimator import SendSideEstimator, Usage
+from sfu.feedback.estimator import SendSideEstimator
+from sfu.feedback.overuse import Usage
 
 PACKET = 1200
 
@@ -160,7 +161,7 @@ def test_a_narrow_path_gets_down_to_audio_rates() -> None:
     call = Call(Path(80_000), wanted=2_500_000)
     call.run(20.0)
     assert call.estimate_at_end() < 130_000
-    assert call.est.usage in (Usage.NORMAL, Usage.OVERUSING, Usage.UNDERUSING)
+    assert call.est.overuse.usage in (Usage.NORMAL, Usage.OVERUSING, Usage.UNDERUSING)
 
 
 def test_feedback_for_unknown_numbers_is_ignored() -> None:
