@@ -334,7 +334,7 @@ class Forwarder:
 
     def unsubscribe(self, subscriber: Key, track_ssrc: int) -> None:
         """Stop forwarding a track to a subscriber."""
-        sub = self._subscription_for(subscriber, track_ssrc)
+        sub = self.subscription_to(subscriber, track_ssrc)
         self._detach(sub)
         sub.transport.by_ssrc.pop(sub.ssrc, None)
 
@@ -361,7 +361,9 @@ class Forwarder:
         if sub.group is not None:
             self.simulcast.leave(sub)
 
-    def _subscription_for(self, subscriber: Key, track_ssrc: int) -> Subscription:
+    def subscription_to(self, subscriber: Key, track_ssrc: int) -> Subscription:
+        """The subscription of ``subscriber`` to the track (or simulcast group)
+        ``track_ssrc``; :class:`~sfu.errors.SfuStateError` when it has none."""
         group = self._groups.get(track_ssrc)
         subs = self.track(track_ssrc).subscriptions if group is None else group.subscriptions
         for sub in subs:
@@ -375,7 +377,7 @@ class Forwarder:
         Resuming starts a new run of the rewriter, so the subscriber sees no
         sequence gap, and a video subscription waits for a keyframe.
         """
-        sub = self._subscription_for(subscriber, track_ssrc)
+        sub = self.subscription_to(subscriber, track_ssrc)
         if sub.paused == paused:
             return
         sub.paused = paused
@@ -388,7 +390,7 @@ class Forwarder:
         it negotiated RED: where redundancy costs the rate it protects.
         Packets go either way from the next one; a receiver decodes every
         payload type it negotiated, so nothing else changes."""
-        sub = self._subscription_for(subscriber, track_ssrc)
+        sub = self.subscription_to(subscriber, track_ssrc)
         red_pt, pt_map = sub.track.red_pt, sub.pt_map
         if red_pt < 0 or pt_map is None:
             return

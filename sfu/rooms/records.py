@@ -314,7 +314,7 @@ class Link:
 
 
 class LayerInfo:
-    """One simulcast layer of a track as the worker measures it (:mod:`sfu.layers.choice`)."""
+    """One simulcast layer of a track as the worker measures it (:mod:`sfu.layers.published`)."""
 
     __slots__ = (
         "active",
@@ -383,7 +383,7 @@ class Track:
         """A simulcast track's layers, lowest first (``ssrc`` is then the
         forwarder's group id, not an SSRC on the wire)."""
         self.measured: LayerInfo | None = None
-        """A single-layer video track's measured bitrate (:mod:`sfu.layers.choice`)."""
+        """A single-layer video track's measured bitrate (:mod:`sfu.layers.published`)."""
         self.red: Codec | None = None
         """Its Opus RED (RFC 2198) as the publisher sends it, if negotiated."""
 

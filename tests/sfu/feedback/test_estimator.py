@@ -382,7 +382,7 @@ def test_a_queue_the_media_does_not_fill_keeps_its_video() -> None:
     """The queueing twin of the policed visit: a 450 kbit/s bottleneck with a
     250 ms queue, media on steps (the allocation wants the 652k step the
     path cannot carry; 402k passes), the estimate starting where
-    sfu.layers.choice starts it. Every probe leaves a short queue behind it:
+    sfu.layers.subscribers starts it. Every probe leaves a short queue behind it:
     overuse right after one must not cut the rate under the 402k the media
     carries (0.85 times what was acknowledged paused a video at every
     probe), growth past what probes found must wait for a probe that finds
