@@ -123,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
         "--home",
         default="",
         help="the region whose own control plane holds the room (every participant is"
-        " there; docs/operations.md, \"A region cut off\"); default: the global plane",
+        ' there; docs/operations.md, "A region cut off"); default: the global plane',
     )
     p.add_argument(
         "--url",
@@ -263,6 +263,7 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
 
 def cmd_media(settings: config.Settings) -> int:
     from sfu.node import supervisor
+    from sfu.node.settings import http_address
 
     if not settings.redis_url:
         raise ConfigError(
@@ -275,7 +276,7 @@ def cmd_media(settings: config.Settings) -> int:
     if not 0 <= settings.media_restart_backoff <= settings.media_restart_backoff_max:
         raise ConfigError("media_restart_backoff must be between 0 and media_restart_backoff_max")
     try:
-        supervisor.http_address(settings.media_http)
+        http_address(settings.media_http)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     from wadud import serving

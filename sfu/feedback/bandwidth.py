@@ -29,7 +29,7 @@ from rtc.rtcp.compound import RtcpPacket
 from rtc.rtcp.feedback import Remb
 from rtc.rtcp.transport_cc import TransportCc
 from sfu.errors import SfuStateError
-from sfu.feedback.reports import ReceiveStatistics
+from sfu.feedback.receiving import ReceiveStatistics
 
 __all__ = ["BandwidthFeedback", "RembEstimator", "TransportCcRecorder"]
 
@@ -226,7 +226,7 @@ class RembEstimator:
     """A receiver-side bitrate cap for one publisher, sent as REMB (draft-alvestrand-rmcat-remb-03).
 
     It reads what the reports already count: the bytes and the loss of the
-    publisher's streams it is given (:class:`~sfu.feedback.reports.ReceiveStatistics`,
+    publisher's streams it is given (:class:`~sfu.feedback.receiving.ReceiveStatistics`,
     usually its video), over a sliding ``window``. The estimate:
 
     - starts at ``headroom`` times the received bitrate and, until the first

@@ -9,13 +9,10 @@ arrived, and the worker, as sender, estimates. This module is that
 estimator, in the spirit of Google Congestion Control
 (draft-ietf-rmcat-gcc-02) as libwebrtc runs it on the send side:
 
-- **Delay-based.** Packets sent within ``BURST`` of each other form a group.
-  For consecutive groups the one-way delay variation is the difference of
-  their arrival spacing and their send spacing; its accumulation, smoothed,
-  is fitted by a least-squares line over the last ``WINDOW`` groups (the
-  *trendline* filter). A rising slope means a queue is building: *overuse*,
-  judged against an adaptive threshold (gcc-02 section 5.4) so that a
-  competing TCP flow does not starve us. Overuse cuts the rate to
+- **Delay-based.** The one-way delay variation of groups of packets, fitted
+  by a trendline and judged against an adaptive threshold (gcc-02 sections
+  5.1-5.4: :class:`sfu.feedback.overuse.OveruseDetector`), says when a queue
+  is building: *overuse*. Overuse cuts the rate to
   ``BETA`` times what was acknowledged; otherwise the rate grows by 8 % a
   second while far from the last known capacity, additively near it
   (section 5.5), and never beyond 1.5 times what was acknowledged plus a
@@ -78,7 +75,8 @@ estimator, in the spirit of Google Congestion Control
   tests the path: :meth:`SendSideEstimator.probe` asks for a *cluster* of
   padding at a higher rate when the caller wants more than the estimate
   allows; the rate at which the cluster's packets arrived (bounded by the
-  rate they were sent at) becomes the estimate when it is higher. Probes are
+  rate they were sent at: :class:`sfu.feedback.probes.ProbeClusters`)
+  becomes the estimate when it is higher. Probes are
   spaced ``PROBE_INTERVAL`` apart and stop while the delay signal says
   overuse. A cluster that arrived well under its own rate found the path's
   ceiling: the delay-based rate grows past it only once a cluster finds
@@ -96,31 +94,17 @@ hot path: two stores into preallocated rings and a comparison, nothing else.
 
 from __future__ import annotations
 
-import enum
 import math
 from array import array
 from collections import deque
 from collections.abc import MutableSequence
-from dataclasses import dataclass
 
 from rtc.rtcp.transport_cc import TransportCc
+from sfu.feedback.overuse import OveruseDetector, Usage
+from sfu.feedback.probes import Probe, ProbeClusters
 
-__all__ = ["Probe", "SendSideEstimator", "Usage"]
+__all__ = ["SendSideEstimator"]
 
-#: Packets sent within this many seconds of a group's first form one group.
-BURST = 0.005
-#: Groups the trendline fits its slope over (libwebrtc: 20).
-WINDOW = 20
-#: Smoothing of the accumulated delay (libwebrtc: 0.9).
-SMOOTHING = 0.9
-#: Gain from the slope to the compared trend (libwebrtc: 4).
-TREND_GAIN = 4.0
-#: Adaptive threshold: start, bounds, and its up and down rates (gcc-02 5.4).
-THRESHOLD_START = 12.5
-THRESHOLD_MIN, THRESHOLD_MAX = 6.0, 600.0
-K_UP, K_DOWN = 0.0087, 0.039
-#: Overuse must last this long before it counts.
-OVERUSE_TIME = 0.01
 #: Rate after overuse: this times the acknowledged rate.
 BETA = 0.85
 #: Multiplicative increase per second far from capacity, and the loss-based one.
@@ -160,7 +144,7 @@ RAMP_RETEST = 10.0
 #: A ramp that only betters what flows waits for this many seconds without
 #: loss or a failed ramp; doubled by each such ramp that fails, up to the max.
 UPGRADE_WAIT, UPGRADE_WAIT_MAX = 60.0, 480.0
-#: Probing: seconds between clusters, a cluster's length and least packets.
+#: Probing: seconds between clusters.
 PROBE_INTERVAL = 2.0
 #: A cluster that arrived at less than ``PROBE_SHORT`` times its rate found
 #: the path's ceiling (libwebrtc probes further only past 0.7 of a
@@ -168,10 +152,6 @@ PROBE_INTERVAL = 2.0
 #: the wait before the next doubles, up to ``PROBE_WAIT_MAX`` (kept short:
 #: a cap that lifts is found no later than that).
 PROBE_SHORT, PROBE_WAIT_MAX = 0.7, 4.0
-PROBE_DURATION = 0.015
-PROBE_MIN_PACKETS = 5
-#: Feedback for a cluster must arrive within this, else the cluster is given up.
-PROBE_TIMEOUT = 1.0
 #: Seconds a probe's finding holds against the acknowledged-rate cap.
 PROBE_HOLD = 3.0
 #: Overuse this soon after a cluster was sent is taken for the cluster's own
@@ -182,39 +162,6 @@ _RING = 1 << 16
 _MASK = _RING - 1
 _UNSENT = array("d", [-1.0]) * _RING
 _NO_CLUSTER = array("H", [0]) * _RING
-
-
-class Usage(enum.Enum):
-    """What the delay signal says of the path (gcc-02 section 5.4)."""
-
-    NORMAL = "normal"
-    OVERUSING = "overusing"
-    UNDERUSING = "underusing"
-
-
-@dataclass(frozen=True)
-class Probe:
-    """A cluster of padding to send: ``size`` bytes in total, ``packets``
-    packets at ``bitrate`` (so over ``size * 8 / bitrate`` seconds), marked
-    with ``cluster`` in :meth:`SendSideEstimator.on_sent`."""
-
-    cluster: int
-    bitrate: int
-    size: int
-    packets: int
-
-
-class _Cluster:
-    __slots__ = ("bitrate", "first_sent", "id", "last_sent", "received", "sent", "started")
-
-    def __init__(self, cid: int, bitrate: int, started: float) -> None:
-        self.id = cid
-        self.bitrate = bitrate
-        self.started = started
-        self.sent = 0
-        self.first_sent = math.inf
-        self.last_sent = -math.inf
-        self.received: list[tuple[float, int]] = []
 
 
 class SendSideEstimator:
@@ -242,21 +189,8 @@ class SendSideEstimator:
         # Arrival reconstruction: the feedback's reference time unwrapped.
         self._last_reference: int | None = None
         self._reference_base = 0.0
-        # Grouping and the trendline.
-        self._group_send: float | None = None
-        self._group_arrival = 0.0
-        self._prev_send: float | None = None
-        self._prev_arrival = 0.0
-        self._accumulated = 0.0
-        self._smoothed = 0.0
-        self._first_arrival: float | None = None
-        self._points: deque[tuple[float, float]] = deque(maxlen=WINDOW)
-        self._deltas = 0
-        self._threshold = THRESHOLD_START
-        self._last_compare: float | None = None
-        self._overuse_since: float | None = None
-        self._prev_trend = 0.0
-        self.usage = Usage.NORMAL
+        self.overuse = OveruseDetector()
+        """The delay signal: whether a queue is building."""
         # Rate control.
         self._last_update: float | None = None
         self._capacity: float | None = None
@@ -273,7 +207,6 @@ class SendSideEstimator:
         self._loss_decided: float | None = None
         self._loss_capacity = 0.0
         self._loss_capacity_at = -math.inf
-        self._overused_at = -math.inf
         #: Whether loss without a rising delay ever showed a policer on the path.
         self.policed = False
         #: Whether the path's loss stopped once less was sent (see the module
@@ -289,8 +222,7 @@ class SendSideEstimator:
         #: Ramps that met loss, before or soon after reaching their step.
         self.ramps_failed = 0
         # Probing.
-        self._clusters: dict[int, _Cluster] = {}
-        self._next_cluster = 1
+        self.clusters = ProbeClusters()
         self._last_probe = -math.inf
         self._probe_wait = PROBE_INTERVAL
         # The most that clusters falling short of their rate found the path
@@ -347,21 +279,15 @@ class SendSideEstimator:
         """
         self._sent_at[:] = _UNSENT
         self._cluster[:] = _NO_CLUSTER
-        self._clusters.clear()
+        self.clusters.clear()
         self._acked.clear()
         self._acked_bytes = 0
-        self._group_send = self._prev_send = None
-        self._first_arrival = None
-        self._points.clear()
-        self._accumulated = self._smoothed = 0.0
-        self._overuse_since = None
-        self.usage = Usage.NORMAL
+        self.overuse.path_changed()
         self.loss = 0.0
         self._window_lost = self._window_total = self._window_bytes = 0
         self._window_start = None
         self._loss_capacity = 0.0
         self._loss_capacity_at = -math.inf
-        self._overused_at = -math.inf
         self.policed = False
         self.loss_follows_rate = False
         self._backoff = None
@@ -383,11 +309,7 @@ class SendSideEstimator:
         self._size[i] = size
         self._cluster[i] = cluster
         if cluster:
-            c = self._clusters.get(cluster)
-            if c is not None:
-                c.sent += size
-                c.first_sent = min(c.first_sent, now)
-                c.last_sent = max(c.last_sent, now)
+            self.clusters.sent(cluster, size, now)
 
     # -- feedback ---------------------------------------------------------------
 
@@ -417,9 +339,7 @@ class SendSideEstimator:
                 # Media written through rings() leaves the ring's cluster
                 # as it was: clear it so a later packet is not taken for a probe.
                 self._cluster[i] = 0
-                c = self._clusters.get(cid)
-                if c is not None:
-                    c.received.append((arrival, size))
+                self.clusters.received(cid, arrival, size)
         if received + lost:
             share = lost / (received + lost)
             self.loss = 0.7 * self.loss + 0.3 * share
@@ -446,62 +366,14 @@ class SendSideEstimator:
         # n packets span n - 1 gaps: the first one's bytes arrived before the span.
         span = max(arrival - self._acked[0][0], 0.05)
         self.acked_bitrate = (self._acked_bytes - self._acked[0][1]) * 8 / span
-        if self._group_send is None:
-            self._group_send, self._group_arrival = sent, arrival
-            return
-        if sent - self._group_send <= BURST:
-            self._group_arrival = max(self._group_arrival, arrival)
-            return
-        # A group is complete: compare it with the previous one.
-        if self._prev_send is not None:
-            variation = (self._group_arrival - self._prev_arrival) - (
-                self._group_send - self._prev_send
-            )
-            self._trend(variation * 1000.0, self._group_arrival, now)
-        self._prev_send, self._prev_arrival = self._group_send, self._group_arrival
-        self._group_send, self._group_arrival = sent, arrival
-
-    def _trend(self, variation_ms: float, arrival: float, now: float) -> None:
-        if self._first_arrival is None:
-            self._first_arrival = arrival
-        self._deltas = min(self._deltas + 1, 60)
-        self._accumulated += variation_ms
-        self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * self._accumulated
-        self._points.append(((arrival - self._first_arrival) * 1000.0, self._smoothed))
-        if len(self._points) < WINDOW:
-            return
-        slope = _slope(self._points)
-        trend = slope * self._deltas * TREND_GAIN
-        self._detect(trend, now)
-
-    def _detect(self, trend: float, now: float) -> None:
-        if trend > self._threshold:
-            if self._overuse_since is None:
-                self._overuse_since = now
-            if now - self._overuse_since >= OVERUSE_TIME and trend >= self._prev_trend:
-                self.usage = Usage.OVERUSING
-                self._overused_at = now
-        elif trend < -self._threshold:
-            self._overuse_since = None
-            self.usage = Usage.UNDERUSING
-        else:
-            self._overuse_since = None
-            self.usage = Usage.NORMAL
-        self._prev_trend = trend
-        # The threshold follows the trend (gcc-02 5.4), but not its outliers.
-        if self._last_compare is not None and abs(trend) < self._threshold + 15.0:
-            k = K_DOWN if abs(trend) < self._threshold else K_UP
-            dt = min(now - self._last_compare, 0.1)
-            self._threshold += k * (abs(trend) - self._threshold) * dt * 1000.0
-            self._threshold = max(THRESHOLD_MIN, min(THRESHOLD_MAX, self._threshold))
-        self._last_compare = now
+        self.overuse.on_arrival(sent, arrival, now)
 
     def _update_delay(self, now: float) -> None:
         last, self._last_update = self._last_update, now
         dt = 0.0 if last is None else min(now - last, 1.0)
         rate = self._delay_rate
         acked = self.acked_bitrate
-        if self.usage is Usage.OVERUSING:
+        if self.overuse.usage is Usage.OVERUSING:
             if acked > 0 and now - self._last_probe < PROBE_AFTERMATH:
                 # A cluster sent at once builds a queue of its own, which
                 # drains once it ends: the cluster's arrival rate says what
@@ -522,7 +394,7 @@ class SendSideEstimator:
                 # Only a probe lifts a rate the media no longer fills: the
                 # next may come soon.
                 self._probe_wait = PROBE_INTERVAL
-        elif self.usage is Usage.NORMAL and dt > 0:
+        elif self.overuse.usage is Usage.NORMAL and dt > 0:
             near = self._capacity is not None and abs(rate - self._capacity) < 0.15 * rate
             if near:
                 # Additive: about one 1,200-byte packet per 100 ms round trip.
@@ -616,7 +488,7 @@ class SendSideEstimator:
                     # it, not below it (a lossy window under a policer that
                     # counts bytes per second can read far under its rate).
                     rate = max(rate, min(self._ramp_from, self._loss_rate))
-                if now - self._overused_at > 2 * LOSS_WINDOW:
+                if now - self.overuse.overused_at > 2 * LOSS_WINDOW:
                     # Lost with no queue building first: a policer, whose
                     # bucket lets probes through (see _finish_probes).
                     self.policed = True
@@ -658,7 +530,7 @@ class SendSideEstimator:
             # step (a policer's bucket may have let the padding through), a
             # loss window for a part of the way.
             when, target, hold, resumed = held
-            if self._backed_off_at >= when or self._overused_at >= when:
+            if self._backed_off_at >= when or self.overuse.overused_at >= when:
                 self._ramp_failed(target, resumed, now)
             elif now - when > hold:
                 self._ramp_held = None
@@ -669,7 +541,7 @@ class SendSideEstimator:
         ramp = self._ramp
         if ramp is not None:
             target, started, whole, resumed = ramp
-            if self._backed_off_at >= started or self._overused_at >= started:
+            if self._backed_off_at >= started or self.overuse.overused_at >= started:
                 # Loss or a queue building: the path does not carry the
                 # target (the loss controller learnt what it does carry).
                 self._ramp = None
@@ -694,10 +566,7 @@ class SendSideEstimator:
         ceiling, failed_at = self._ramp_ceiling
         if (
             self._ramp_held is not None
-            or (
-                not resume
-                and now - max(failed_at, self._loss_capacity_at) < self._upgrade_wait
-            )
+            or (not resume and now - max(failed_at, self._loss_capacity_at) < self._upgrade_wait)
             or not self.policed
             or not step
             or target <= self.estimate
@@ -709,7 +578,7 @@ class SendSideEstimator:
             )
             or now < self._ramp_next
             or self.loss > LOSS_LOW
-            or self.usage is Usage.OVERUSING
+            or self.overuse.usage is Usage.OVERUSING
         ):
             return 0.0
         self._ramp = (target, now, target == step, resume)
@@ -735,45 +604,26 @@ class SendSideEstimator:
         if (
             wanted <= estimate
             or self._ramp is not None
-            or self.usage is Usage.OVERUSING
+            or self.overuse.usage is Usage.OVERUSING
             or self.loss > LOSS_HIGH / 2
             or now - self._last_probe < self._probe_wait
-            or self._clusters
+            or self.clusters
         ):
             return None
         self._last_probe = now
         bitrate = int(min(max(wanted, 2 * estimate), 3 * estimate, self.max_bitrate))
-        # Padding-only packets carry at most 255 bytes of padding each.
-        size = max(int(bitrate * PROBE_DURATION / 8), PROBE_MIN_PACKETS * 255)
-        packets = max(PROBE_MIN_PACKETS, math.ceil(size / 255))
-        cid = self._next_cluster
-        self._next_cluster = cid % 0xFFFF + 1
-        self._clusters[cid] = _Cluster(cid, bitrate, now)
+        probe = self.clusters.start(bitrate, now)
         self.probes_sent += 1
-        return Probe(cid, bitrate, size, packets)
+        return probe
 
     def _finish_probes(self, now: float) -> None:
-        for cid, c in list(self._clusters.items()):
-            if now - c.started > PROBE_TIMEOUT:
-                del self._clusters[cid]
-                continue
-            if len(c.received) < PROBE_MIN_PACKETS or c.sent == 0:
-                continue
-            del self._clusters[cid]
-            arrivals = sorted(t for t, _ in c.received)
-            span = arrivals[-1] - arrivals[0]
-            got = sum(size for _, size in c.received) - c.received[0][1]
-            if span <= 0:
-                continue
-            received_rate = got * 8 / span
-            send_span = max(c.last_sent - c.first_sent, 1e-3)
-            sent_rate = c.sent * 8 / send_span
-            result = min(received_rate, sent_rate)
-            if result < PROBE_SHORT * c.bitrate:
+        for finding in self.clusters.finished(now):
+            result = finding.rate
+            if result < PROBE_SHORT * finding.bitrate:
                 # The path's ceiling, not the cluster's rate; the highest
                 # such finding counts (a cluster that met a burst of cross
                 # traffic reads low, and must not hold the rate down).
-                self._probe_short = (max(0.95 * result, self._probe_short[0]), c.started)
+                self._probe_short = (max(0.95 * result, self._probe_short[0]), finding.started)
                 if 0.95 * result <= self.estimate:
                     # Nothing above the estimate either: probing again soon
                     # finds the same and only builds a queue each time.
@@ -785,7 +635,7 @@ class SendSideEstimator:
                 self._probe_short = (0.0, -math.inf)
             if (
                 result > self.estimate
-                and self.usage is not Usage.OVERUSING
+                and self.overuse.usage is not Usage.OVERUSING
                 and self.loss < LOSS_HIGH
             ):
                 # Probes reach a little beyond what the path takes for long.
@@ -814,13 +664,3 @@ class SendSideEstimator:
                         self._loss_capacity = max(self._loss_capacity, found)
                 self._probe_floor = found
                 self._probe_until = now + PROBE_HOLD
-
-
-def _slope(points: deque[tuple[float, float]]) -> float:
-    """Least-squares slope of ``(x, y)`` points."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    den = sum((x - mean_x) ** 2 for x, _ in points)
-    return num / den if den else 0.0

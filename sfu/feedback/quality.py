@@ -3,7 +3,7 @@
 People on a call want one plain answer to "is it my connection?" (Twilio
 shows 0-5 bars, LiveKit excellent/good/poor). The worker knows each
 participant's two legs: on the publish leg the loss and jitter of what it
-receives from them (:class:`sfu.feedback.reports.ReceiveStatistics`), on the
+receives from them (:class:`sfu.feedback.receiving.ReceiveStatistics`), on the
 subscribe leg the loss and round-trip time their receiver reports say
 (RFC 3550 6.4.2) and the bandwidth the send-side estimator finds
 (:mod:`sfu.feedback.estimator`). :func:`classify` turns the worse of the two into a

@@ -1,4 +1,4 @@
-"""RTCP sender and receiver reports for the SFU's legs (RFC 3550 sections 6.4, 7.1, A.3, A.8).
+"""RTCP sender and receiver reports for the SFU's legs (RFC 3550 sections 6.1-6.4, 7.1).
 
 The worker terminates RTCP per leg, as an RTP translator that rewrites SSRCs
 and sequence numbers must (RFC 3550 section 7.1; RFC 7667 section 3.7): a
@@ -6,19 +6,14 @@ publisher gets receiver reports about what *we* received from it, and a
 subscriber gets sender reports about what *we* sent it. Nothing a peer says
 about its own leg is passed to another peer.
 
-- :class:`ReceiveStatistics`, one per incoming media SSRC: fed each packet's
-  sequence number, RTP timestamp and arrival time on the hot path, it keeps
-  RFC 3550 Appendix A.1's extended highest sequence number, A.3's loss
-  counters and A.8's interarrival jitter, and the publisher's latest sender
-  report (for LSR/DLSR, and as the NTP/RTP mapping lip-sync needs).
-- :class:`SendStatistics`, one per outgoing (subscription) SSRC: builds a
-  sender report whose NTP/RTP timestamp pair is the publisher's own pairing,
-  carried through the subscription's timestamp rewrite, so a browser that
-  synchronises a participant's audio and video from our SRs lines them up
-  exactly as the publisher captured them.
 - :class:`ReportScheduler`: when each leg's compound report is due (timer
   output, aioquic's shape), what it holds, and round-trip times from the
-  report blocks peers send back.
+  report blocks peers send back. What a compound says of each stream comes
+  from the stream's statistics: :class:`sfu.feedback.receiving.ReceiveStatistics`
+  for an incoming one (report blocks, RFC 3550 A.1, A.3, A.8) and
+  :class:`sfu.feedback.sending.SendStatistics` for an outgoing one (sender reports).
+- :func:`feedback_compounds`: feedback packets (NACK, PLI, FIR,
+  transport-cc, REMB) packed into compounds, each opening with a report.
 
 Sans-I/O (STYLE.md): ``now`` is seconds on the adapter's monotonic clock.
 NTP timestamps need wall-clock time, so the scheduler is given the offset
@@ -29,8 +24,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from typing import Protocol
+from collections.abc import Hashable, Iterable, Iterator
 
 from rtc.rtcp.compound import RtcpPacket
 from rtc.rtcp.reports import (
@@ -44,14 +38,13 @@ from rtc.rtcp.reports import (
     compact_ntp,
 )
 from sfu.errors import SfuStateError
+from sfu.feedback.receiving import ReceiveStatistics
+from sfu.feedback.sending import SendStatistics
 
 __all__ = [
     "FEEDBACK_MAX",
     "Deadlines",
-    "OutgoingStream",
-    "ReceiveStatistics",
     "ReportScheduler",
-    "SendStatistics",
     "feedback_compounds",
     "nack_interval_for",
     "ntp_timestamp",
@@ -60,17 +53,8 @@ __all__ = [
 
 Key = Hashable
 
-# RFC 3550 A.1: a forward jump of at least MAX_DROPOUT, or a backward one of
-# more than MAX_MISORDER, is not a loss or a reordering but a source that
-# restarted its sequence numbers; two such packets in a row confirm it.
-MAX_DROPOUT = 3000
-MAX_MISORDER = 100
-_SEQ_MOD = 0x10000
-
 _NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
 _U32 = 0xFFFFFFFF
-_LOST_MAX = 0x7FFFFF
-_LOST_MIN = -0x800000
 _MAX_BLOCKS = 31  # a report's 5-bit count (RFC 3550 6.4.1)
 
 
@@ -119,303 +103,6 @@ def nack_interval_for(rtt: float | None, *, low: float = 0.02, high: float = 0.4
     if rtt is None:
         return 0.1
     return min(high, max(low, rtt * 1.2 + 0.005))
-
-
-# -- receiving ----------------------------------------------------------------------
-
-
-class ReceiveStatistics:
-    """Reception state of one incoming RTP stream (RFC 3550 Appendix A.1, A.3, A.8).
-
-    :meth:`on_packet` runs on the forwarding hot path for every packet of the
-    stream as it arrives (originals only: an RTX repair is a different SSRC,
-    and counting repaired packets as received would hide from the sender's
-    loss-based controller the loss the network really caused). It does a few
-    integer operations and allocates nothing beyond the ints themselves.
-
-    Sequence numbers follow A.1 without the probation period: the stream is
-    authenticated by SRTP and announced in SDP, so its first packet is
-    trusted. Jitter follows A.8 in its integer form (scaled by 16), updated
-    for in-order packets that start a new RTP timestamp only, as libwebrtc
-    and aiortc do: a video frame's packets share a timestamp and leave the
-    sender's pacer in a burst, so their spacing measures the pacer, not the
-    network, and a reordered or late packet would count its lateness twice.
-    """
-
-    __slots__ = (
-        "_bad_seq",
-        "_base_seq",
-        "_cycles",
-        "_expected_prior",
-        "_jitter_q4",
-        "_last_arrival",
-        "_last_timestamp",
-        "_max_seq",
-        "_received_prior",
-        "_rtp_rate",
-        "clock_rate",
-        "ignored",
-        "last_arrival",
-        "octets",
-        "received",
-        "sr_arrival",
-        "sr_ntp",
-        "sr_rtp",
-        "ssrc",
-    )
-
-    def __init__(self, ssrc: int, clock_rate: int) -> None:
-        if clock_rate <= 0:
-            raise ValueError("clock rate must be positive")
-        self.ssrc = ssrc
-        self.clock_rate = clock_rate
-        self._rtp_rate = float(clock_rate)
-        self._max_seq = -1  # -1: no packet yet
-        self._base_seq = 0
-        self._cycles = 0
-        self._bad_seq = _SEQ_MOD + 1
-        self.received = 0
-        """Packets counted as received since the (re)start, duplicates included (A.3)."""
-        self.octets = 0
-        """Bytes of every packet fed, for bitrate estimates."""
-        self.ignored = 0
-        """Packets dropped from the statistics as an unconfirmed sequence jump (A.1)."""
-        self._expected_prior = 0
-        self._received_prior = 0
-        self._jitter_q4 = 0
-        self._last_arrival = 0
-        self._last_timestamp = -1
-        self.last_arrival = 0.0
-        """``now`` of the newest in-order packet, with :attr:`last_timestamp`."""
-        self.sr_ntp = -1
-        """NTP timestamp of the publisher's latest SR, -1 before the first."""
-        self.sr_rtp = 0
-        self.sr_arrival = 0.0
-
-    # -- the hot path ---------------------------------------------------------------
-
-    def on_packet(self, seq: int, timestamp: int, now: float, size: int = 0) -> None:
-        """Count one received packet: its sequence number, RTP timestamp, arrival and size."""
-        self.octets += size
-        max_seq = self._max_seq
-        udelta = (seq - max_seq) & 0xFFFF
-        if max_seq < 0:
-            self._restart(seq, timestamp, now)
-        elif 0 < udelta < MAX_DROPOUT:
-            # In order, with a permissible gap (A.1).
-            if seq < max_seq:
-                self._cycles += _SEQ_MOD
-            self._max_seq = seq
-            arrival = int(now * self._rtp_rate)
-            if timestamp != self._last_timestamp:
-                # A.8: D = (Rj - Ri) - (Sj - Si); the RTP part wraps at 2**32.
-                d = (arrival - self._last_arrival) - (
-                    ((timestamp - self._last_timestamp + 0x80000000) & _U32) - 0x80000000
-                )
-                if d < 0:
-                    d = -d
-                self._jitter_q4 += d - ((self._jitter_q4 + 8) >> 4)
-                self._last_timestamp = timestamp
-            self._last_arrival = arrival
-            self.last_arrival = now
-        elif MAX_DROPOUT <= udelta <= _SEQ_MOD - MAX_MISORDER:
-            # A very large jump: a restarted source if the next packet follows it.
-            if seq != self._bad_seq:
-                self._bad_seq = (seq + 1) & 0xFFFF
-                self.ignored += 1
-                return
-            self._restart(seq, timestamp, now)
-        # Else a duplicate or a reordered packet: received, nothing else moves.
-        self.received += 1
-
-    def _restart(self, seq: int, timestamp: int, now: float) -> None:
-        """A.1's init_seq: a new base, counters from zero."""
-        self._base_seq = seq
-        self._max_seq = seq
-        self._bad_seq = _SEQ_MOD + 1
-        self._cycles = 0
-        self.received = 0
-        self._expected_prior = 0
-        self._received_prior = 0
-        self._last_arrival = int(now * self._rtp_rate)
-        self._last_timestamp = timestamp
-        self.last_arrival = now
-
-    # -- reading --------------------------------------------------------------------
-
-    @property
-    def started(self) -> bool:
-        """Whether any packet was counted."""
-        return self._max_seq >= 0
-
-    @property
-    def extended_highest(self) -> int:
-        """Extended highest sequence number received (A.1): cycles and max_seq."""
-        return self._cycles + max(self._max_seq, 0)
-
-    @property
-    def expected(self) -> int:
-        """Packets expected since the (re)start (A.3)."""
-        if self._max_seq < 0:
-            return 0
-        return self._cycles + self._max_seq - self._base_seq + 1
-
-    @property
-    def cumulative_lost(self) -> int:
-        """Expected less received, clamped to the 24-bit signed field (A.3)."""
-        return max(_LOST_MIN, min(_LOST_MAX, self.expected - self.received))
-
-    @property
-    def jitter(self) -> int:
-        """Interarrival jitter in RTP timestamp units (A.8)."""
-        return self._jitter_q4 >> 4
-
-    @property
-    def last_timestamp(self) -> int:
-        """RTP timestamp of the newest in-order packet that changed it, -1 before any."""
-        return self._last_timestamp
-
-    def on_sender_report(self, ntp: int, rtp_timestamp: int, now: float) -> None:
-        """The publisher's SR for this stream arrived (RFC 3550 section 6.4.1).
-
-        Its NTP time is echoed as LSR in our next report block, with DLSR the
-        delay since ``now``; its NTP/RTP pair is what :class:`SendStatistics`
-        translates into each subscriber's sender reports.
-        """
-        self.sr_ntp = ntp
-        self.sr_rtp = rtp_timestamp & _U32
-        self.sr_arrival = now
-
-    def rtp_timestamp_at(self, now: float) -> int | None:
-        """The stream's RTP timestamp at ``now``, as the publisher's clock would read it.
-
-        From the latest SR's NTP/RTP pair, advanced by the clock rate since it
-        arrived; before any SR, from the newest packet's timestamp the same
-        way (a lower bound: that packet was captured before it arrived).
-        ``None`` before any packet or SR.
-        """
-        if self.sr_ntp >= 0:
-            base, at = self.sr_rtp, self.sr_arrival
-        elif self._last_timestamp >= 0:
-            base, at = self._last_timestamp, self.last_arrival
-        else:
-            return None
-        return (base + round((now - at) * self._rtp_rate)) & _U32
-
-    def report_block(self, now: float) -> ReportBlock | None:
-        """A reception report block for this stream at ``now`` (RFC 3550 6.4.1, A.3).
-
-        Starts a new interval for the fraction lost. ``None`` when no packet
-        arrived since the previous block: RFC 3550 6.4 reports only on
-        sources heard since the last report.
-        """
-        if self._max_seq < 0:
-            return None
-        expected = self.expected
-        received = self.received
-        expected_interval = expected - self._expected_prior
-        received_interval = received - self._received_prior
-        if received_interval <= 0:
-            return None
-        self._expected_prior = expected
-        self._received_prior = received
-        lost_interval = expected_interval - received_interval
-        fraction = 0
-        if expected_interval > 0 and lost_interval > 0:
-            fraction = min(255, (lost_interval << 8) // expected_interval)
-        lsr = dlsr = 0
-        if self.sr_ntp >= 0:
-            lsr = compact_ntp(self.sr_ntp)
-            dlsr = max(0, round((now - self.sr_arrival) * 65536.0)) & _U32
-        return ReportBlock(
-            ssrc=self.ssrc,
-            fraction_lost=fraction,
-            packets_lost=self.cumulative_lost,
-            highest_sequence=self.extended_highest & _U32,
-            jitter=self.jitter & _U32,
-            lsr=lsr,
-            dlsr=dlsr,
-        )
-
-
-# -- sending ----------------------------------------------------------------------
-
-
-class OutgoingStream(Protocol):
-    """What a sender report reads of an outgoing stream (``sfu.forward.table.Subscription`` has
-    it).
-    """
-
-    @property
-    def ssrc(self) -> int: ...
-
-    @property
-    def packets_sent(self) -> int: ...
-
-    @property
-    def octets_sent(self) -> int: ...
-
-
-class SendStatistics:
-    """Sender reports for one outgoing (subscription) stream (RFC 3550 6.4.1, 7.1).
-
-    ``stream`` gives the SSRC and the packet and octet counts the Forwarder
-    keeps. ``source`` is the publisher stream it forwards. ``timestamp_offset``
-    returns the subscription's current RTP timestamp offset (outgoing minus
-    incoming, modulo 2**32) from its :class:`rtc.rtp.sequence.RtpRewriter`, or ``None``
-    before the rewriter's first packet.
-
-    The SR's RTP timestamp is the publisher's RTP clock at ``now``
-    (:meth:`ReceiveStatistics.rtp_timestamp_at`: its latest SR's pair,
-    advanced by the clock rate) plus that offset, and its NTP timestamp is
-    ours at ``now``. Every stream of one publisher is thereby shifted by the
-    same amount, the one-way delay of its SRs, so the relative timing of its
-    audio and video, which is all lip-sync uses, is the publisher's own to
-    within the jitter between the two SRs' delays. Before the publisher's
-    first SR the newest packet's timestamp stands in for the pair.
-    """
-
-    __slots__ = ("clock_rate", "cname", "source", "stream", "timestamp_offset")
-
-    def __init__(
-        self,
-        stream: OutgoingStream,
-        source: ReceiveStatistics,
-        timestamp_offset: Callable[[], int | None],
-        *,
-        cname: str = "",
-    ) -> None:
-        self.stream = stream
-        self.source = source
-        self.clock_rate = source.clock_rate
-        self.timestamp_offset = timestamp_offset
-        self.cname = cname
-
-    @property
-    def ssrc(self) -> int:
-        """The outgoing SSRC."""
-        return self.stream.ssrc
-
-    def sender_report(self, now: float, ntp: int) -> SenderReport | None:
-        """An SR for ``now``, whose NTP timestamp is ``ntp`` (RFC 3550 6.4.1).
-
-        ``None`` while nothing was sent on this SSRC: until then we are not a
-        sender on it (RFC 3550 6.4).
-        """
-        stream = self.stream
-        if stream.packets_sent <= 0:
-            return None
-        offset = self.timestamp_offset()
-        rtp_ts = self.source.rtp_timestamp_at(now)
-        if offset is None or rtp_ts is None:
-            return None
-        return SenderReport(
-            ssrc=stream.ssrc,
-            ntp_timestamp=ntp,
-            rtp_timestamp=(rtp_ts + offset) & _U32,
-            packet_count=stream.packets_sent & _U32,
-            octet_count=stream.octets_sent & _U32,
-        )
 
 
 # -- scheduling ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ subscriptions, one per subscriber that receives it. A subscription carries what
 that subscriber's leg negotiated: its outgoing SSRC, a payload type map, the
 header extension ids (Chromium and Firefox number RFC 8285 extensions
 differently, so ids are rewritten per subscriber), an
-:class:`rtc.rtp.sequence.RtpRewriter` that keeps sequence numbers and timestamps
+:class:`rtc.rtp.RtpRewriter` that keeps sequence numbers and timestamps
 continuous across pauses, RTX (RFC 4588) if negotiated, and pause state. The
 transport-wide sequence counter (draft-holmer-rmcat-transport-wide-cc-
 extensions-01) belongs to the subscriber, not the subscription: one counter
@@ -21,9 +21,10 @@ per transport, which BUNDLE makes one per subscriber.
 
 The hot path (:meth:`Forwarder.route_into`) builds no object per packet beyond
 the bytes it emits: one working ``bytearray`` per incoming packet is rewritten
-in place for each subscriber in turn (mediasoup's "rewrite, emit, reuse") and
-each subscriber gets one ``bytes`` copy of it, which is what SRTP protect
-takes. Header fields are read with precompiled :class:`struct.Struct` objects.
+in place for each subscriber in turn (mediasoup's "rewrite, emit, reuse":
+:func:`sfu.forward.fanout.fan_out`, or the native leaf) and each subscriber
+gets one ``bytes`` copy of it, which is what SRTP protect takes. Header
+fields are read with precompiled :class:`struct.Struct` objects.
 
 What the core does on the way:
 
@@ -38,6 +39,9 @@ What the core does on the way:
   once per ``keyframe_interval`` per track, coalescing requests;
 - answers a subscriber's NACK from the history, RTX-wrapped when negotiated.
 
+The repair, both ways, is its :class:`~sfu.forward.repair.Repair`'s; the
+forwarder's RTCP calls hand it on.
+
 Malformed packets are counted in :attr:`Forwarder.stats` and dropped; the
 routing calls raise nothing. Calls that change the table raise
 :class:`~sfu.errors.SfuStateError` when asked for a track or subscription that
@@ -49,94 +53,34 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, MutableSequence
-from typing import Literal, Protocol
+from typing import Literal
 
 from rtc import red
 from rtc.errors import RtpParseError
 from rtc.rtcp.compound import RtcpPacket
-from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtp.extensions import extension_elements
 from rtc.rtp.header import payload_range, rtx_original
 from rtc.sdp.attributes import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
+from sfu.forward.fanout import NativeRed, Routed, Steady, fan_out
 from sfu.forward.groups import SimulcastGroups
 from sfu.forward.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
 from sfu.forward.keyframes import vp8_size
-from sfu.forward.repair import padding_probe, retransmission
-from sfu.forward.simulcast import Vp8Rewriter, vp8_picture
+from sfu.forward.repair import Repair, padding_probe
+from sfu.forward.simulcast import Vp8Rewriter
 from sfu.forward.table import (
     ForwarderStats,
     Group,
     SourceStream,
     SubscriberTransport,
     Subscription,
-    remap_extensions,
 )
 
-__all__ = ["Forwarder", "NativeRed", "Steady"]
+__all__ = ["Forwarder"]
 
 Buffer = bytes | bytearray | memoryview
 Key = Hashable
-Routed = list[tuple[Key, bytes]]
-Steady = tuple[
-    list[Subscription],  # the track's subscriptions
-    bytes,  # the packet, as its copies start
-    float,  # now
-    list[Subscription],  # rest: the copies the native leaf leaves to route_rest
-    list[tuple[int, int, int]],  # extension elements (offset, id, length)
-    bool,  # two-byte extensions
-    int,  # transport-wide sequence number's offset, -1 for none
-    int,  # abs-send-time's offset, -1 for none
-    int,  # abs-send-time's value
-    int,  # the packet's size
-    int,  # payload octets
-    int,  # RED's primary block (payload type << 16 | offset), -1 for none
-    int,  # payload start
-    ForwarderStats,
-    # The rest is route_rest's; the native leaf does not read it.
-    SourceStream,
-    bool,  # a keyframe starts here
-    int,  # payload end
-    int,  # extension block start
-    int,  # extension block end
-]
-"""What :meth:`Forwarder.route_into` hands back for the native leaf: the
-arguments of ``Fanout.forward`` (sfu/forward/_fanout.c), then what
-:meth:`Forwarder.route_rest` needs for the copies the leaf leaves."""
-
-
-class NativeRed(Protocol):
-    """:func:`rtc.red.primary` and :func:`rtc.red.deepen` natively (``sfu.forward._fanout``'s
-    pure functions on bytes, :data:`sfu.forward.native.RED`): the same results, faster."""
-
-    def red_primary(self, packet: bytes, start: int, end: int, /) -> int:
-        """:func:`rtc.red.primary`, natively."""
-
-    def red_deepen(
-        self,
-        previous: bytes,
-        prev_start: int,
-        prev_end: int,
-        delta: int,
-        packet: bytes,
-        start: int,
-        end: int,
-        depth: int,
-        /,
-    ) -> object:
-        """:func:`rtc.red.deepen` for Chromium's shape (one redundant frame in
-        each, depth 2); ``NotImplemented`` for any other."""
-
-
 _FIXED = struct.Struct("!BBHII")
-_REWRITE = struct.Struct("!BHII")
-_U16 = struct.Struct("!H")
-
-# Upstream gaps larger than this are a stream restart or a long outage: NACKing
-# each packet would flood the publisher, so ask for a keyframe instead.
-_MAX_NACK_GAP = 256
-# Missing packets tracked per track; beyond this the oldest are given up.
-_MAX_MISSING = 512
 
 
 class Forwarder:
@@ -146,12 +90,9 @@ class Forwarder:
     peer (hashable). Times are seconds on any monotonic clock the adapter
     chooses.
 
-    ``keyframe_interval``: at most one keyframe request per track per this
-    many seconds; requests in between are coalesced into one at its end.
-    ``keyframe_retry``: while a subscriber still waits, ask again this often.
-    ``nack_delay``: how long a gap may be a reordering before it is NACKed;
-    ``nack_interval``/``nack_retries``: spacing and count of requests per
-    missing packet (about one round trip apart is best; the adapter may set
+    ``feedback_ssrc``, ``keyframe_interval``, ``keyframe_retry``,
+    ``nack_delay``, ``nack_interval`` and ``nack_retries`` are its
+    :class:`~sfu.forward.repair.Repair`'s (the adapter may set
     ``nack_interval`` from RTCP's RTT).
     ``red_depth``: redundant frames per RED packet (RFC 2198) for subscribers
     that negotiated RED: a publisher's packet that carries fewer (Chromium
@@ -174,21 +115,13 @@ class Forwarder:
         red_depth: int = 2,
         red_leaf: NativeRed | None = None,
     ) -> None:
-        self.feedback_ssrc = feedback_ssrc
         self.history_size = history_size
         self.history_age = history_age
-        self.keyframe_interval = keyframe_interval
-        self.keyframe_retry = keyframe_retry
-        self.nack_delay = nack_delay
-        self.nack_interval = nack_interval
-        self.nack_retries = nack_retries
         self.red_depth = red_depth
         self.stats = ForwarderStats()
         self._tracks: dict[int, SourceStream] = {}
         self._rtx_tracks: dict[int, SourceStream] = {}
         self._transports: dict[Key, SubscriberTransport] = {}
-        self._rtcp: list[tuple[Key, RtcpPacket]] = []
-        self._timer: float | None = None
         # Interned extension-id tables (at most one per distinct mapping).
         self._ext_tables: dict[bytes, bytes] = {}
         self._groups: dict[int, Group] = {}
@@ -196,6 +129,19 @@ class Forwarder:
         """RED's per-packet steps in native code, if the adapter has them."""
         self.switch_times: deque[float] = deque(maxlen=4096)
         """Seconds from each layer switch's decision to the new layer's first packet."""
+        self.repair = Repair(
+            self._tracks,
+            self._groups,
+            self._transports,
+            self.stats,
+            feedback_ssrc=feedback_ssrc,
+            keyframe_interval=keyframe_interval,
+            keyframe_retry=keyframe_retry,
+            nack_delay=nack_delay,
+            nack_interval=nack_interval,
+            nack_retries=nack_retries,
+        )
+        """RTP repair: NACKs and keyframe requests upstream, answers to subscribers' NACKs."""
         self.simulcast = SimulcastGroups(
             self._tracks,
             self._rtx_tracks,
@@ -203,7 +149,7 @@ class Forwarder:
             self.switch_times,
             history_age,
             self.add_track,
-            self.request_keyframe,
+            self.repair.request_keyframe,
         )
         """Simulcast groups: add them and their layers, and choose a subscriber's layer."""
 
@@ -384,12 +330,12 @@ class Forwarder:
                 sub.waiting_keyframe = False
             else:
                 track.waiting += 1
-                self.request_keyframe(track_ssrc, now)
+                self.repair.request_keyframe(track_ssrc, now)
         return sub
 
     def unsubscribe(self, subscriber: Key, track_ssrc: int) -> None:
         """Stop forwarding a track to a subscriber."""
-        sub = self._subscription_for(subscriber, track_ssrc)
+        sub = self.subscription_to(subscriber, track_ssrc)
         self._detach(sub)
         sub.transport.by_ssrc.pop(sub.ssrc, None)
 
@@ -416,7 +362,9 @@ class Forwarder:
         if sub.group is not None:
             self.simulcast.leave(sub)
 
-    def _subscription_for(self, subscriber: Key, track_ssrc: int) -> Subscription:
+    def subscription_to(self, subscriber: Key, track_ssrc: int) -> Subscription:
+        """The subscription of ``subscriber`` to the track (or simulcast group)
+        ``track_ssrc``; :class:`~sfu.errors.SfuStateError` when it has none."""
         group = self._groups.get(track_ssrc)
         subs = self.track(track_ssrc).subscriptions if group is None else group.subscriptions
         for sub in subs:
@@ -430,7 +378,7 @@ class Forwarder:
         Resuming starts a new run of the rewriter, so the subscriber sees no
         sequence gap, and a video subscription waits for a keyframe.
         """
-        sub = self._subscription_for(subscriber, track_ssrc)
+        sub = self.subscription_to(subscriber, track_ssrc)
         if sub.paused == paused:
             return
         sub.paused = paused
@@ -443,7 +391,7 @@ class Forwarder:
         it negotiated RED: where redundancy costs the rate it protects.
         Packets go either way from the next one; a receiver decodes every
         payload type it negotiated, so nothing else changes."""
-        sub = self._subscription_for(subscriber, track_ssrc)
+        sub = self.subscription_to(subscriber, track_ssrc)
         red_pt, pt_map = sub.track.red_pt, sub.pt_map
         if red_pt < 0 or pt_map is None:
             return
@@ -479,7 +427,7 @@ class Forwarder:
         if track.is_video and track.is_keyframe is not None and not sub.waiting_keyframe:
             sub.waiting_keyframe = True
             track.waiting += 1
-            self.request_keyframe(track.ssrc, now)
+            self.repair.request_keyframe(track.ssrc, now)
 
     # -- the hot path ------------------------------------------------------------
 
@@ -547,7 +495,7 @@ class Forwarder:
             ext = highest + (((seq - highest + 0x8000) & 0xFFFF) - 0x8000)
             if ext > highest:
                 if ext > highest + 1 and track.nack:
-                    self._gap(track, highest + 1, ext, now)
+                    self.repair.gap(track, highest + 1, ext, now)
                 track.highest = ext
             elif highest - ext >= self.history_size:
                 stats.late += 1
@@ -638,9 +586,9 @@ class Forwarder:
                 subs, packet, now, [], elements, two_byte, tcc_off, abs_off, abs_value, n,
                 payload_octets, primary, start, stats, track, keyframe, end, ext_start, ext_end,
             )  # fmt: skip
-        self._copy(
+        fan_out(
             subs, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
-            n, payload_octets, primary, start, end, ext_start, ext_end, out,
+            n, payload_octets, primary, start, end, ext_start, ext_end, stats, out,
         )  # fmt: skip
         return None
 
@@ -649,122 +597,12 @@ class Forwarder:
         left in ``steady``'s rest (a keyframe wait, a run's first packet)."""
         (
             _, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
-            payload_octets, primary, start, _, track, keyframe, end, ext_start, ext_end,
+            payload_octets, primary, start, stats, track, keyframe, end, ext_start, ext_end,
         ) = steady  # fmt: skip
-        self._copy(
+        fan_out(
             rest, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
-            n, payload_octets, primary, start, end, ext_start, ext_end, out,
+            n, payload_octets, primary, start, end, ext_start, ext_end, stats, out,
         )  # fmt: skip
-
-    def _copy(
-        self,
-        subs: list[Subscription],
-        track: SourceStream,
-        packet: bytes,
-        now: float,
-        keyframe: bool,
-        elements: list[tuple[int, int, int]],
-        two_byte: bool,
-        tcc_off: int,
-        abs_off: int,
-        abs_value: int,
-        n: int,
-        payload_octets: int,
-        primary: int,
-        start: int,
-        end: int,
-        ext_start: int,
-        ext_end: int,
-        out: Routed,
-    ) -> None:
-        """One rewritten copy of ``packet`` per subscription of ``subs``, appended to ``out``."""
-        stats = self.stats
-        _, b1, seq, ts, _ = _FIXED.unpack_from(packet)
-        pt = b1 & 0x7F
-        buf = bytearray(packet)
-        # The extension table ``buf`` holds now (None: the publisher's ids).
-        # Subscribers with equal tables share one interned table object, so a
-        # room of one browser kind remaps once per packet, not once per copy.
-        applied: bytes | None = None
-        # A simulcast layer's PictureID/TL0PICIDX, read once for every subscriber.
-        picture = vp8_picture(packet, start, end) if track.group is not None else None
-        pack_header = _REWRITE.pack_into
-        marker = b1 & 0x80
-        forwarded = 0
-        # A RED packet for a subscription whose map lacks RED: the RTP header
-        # and the primary block (its payload type mapped), made once.
-        cut: bytearray | None = None
-        cut_applied: bytes | None = None
-        for sub in subs:
-            if sub.paused:
-                continue
-            if sub.waiting_keyframe:
-                if not keyframe:
-                    stats.waiting_keyframe += 1
-                    continue
-                sub.waiting_keyframe = False
-                track.waiting -= 1
-                sub.rewriter.switch()
-            pt_map = sub.pt_map
-            out_pt = pt if pt_map is None else pt_map.get(pt)
-            target = buf
-            out_size = n
-            octets = payload_octets
-            if out_pt is None:
-                if primary < 0 or pt_map is None:
-                    continue
-                out_pt = pt_map.get(primary >> 16)
-                if out_pt is None:
-                    continue
-                if cut is None:
-                    cut = bytearray(packet[:start])
-                    cut += packet[primary & 0xFFFF : end]
-                    cut[0] &= 0xDF  # the padding stays behind
-                target = cut
-                out_size = len(cut)
-                octets = end - (primary & 0xFFFF)
-            mapped = sub.rewriter.rewrite(seq, ts, now)
-            if mapped is None:
-                continue
-            if target is not buf:
-                stats.red_stripped += 1
-            pack_header(target, 1, marker | out_pt, mapped[0], mapped[1], sub.ssrc)
-            vp8 = sub.vp8
-            if vp8 is not None and picture is not None:
-                vp8.apply(buf, picture)
-            if elements:
-                table = sub.ext_table
-                if target is buf:
-                    if table is not applied:
-                        if applied is not None:
-                            buf[ext_start:ext_end] = packet[ext_start:ext_end]
-                        if table is not None:
-                            remap_extensions(buf, elements, table, two_byte)
-                        applied = table
-                elif table is not cut_applied:
-                    if cut_applied is not None:
-                        target[ext_start:ext_end] = packet[ext_start:ext_end]
-                    if table is not None:
-                        remap_extensions(target, elements, table, two_byte)
-                    cut_applied = table
-                if sub.twcc and tcc_off >= 0:
-                    transport = sub.transport
-                    tseq = transport.twcc_seq
-                    _U16.pack_into(target, tcc_off, tseq)
-                    transport.twcc_seq = (tseq + 1) & 0xFFFF
-                    sent_at = transport.sent_at
-                    if sent_at is not None:
-                        sent_at[tseq] = now
-                        transport.sizes[tseq] = out_size  # type: ignore[index]
-                if sub.abs_send_time and abs_off >= 0:
-                    target[abs_off] = abs_value >> 16
-                    target[abs_off + 1] = (abs_value >> 8) & 0xFF
-                    target[abs_off + 2] = abs_value & 0xFF
-            out.append((sub.key, bytes(target)))
-            sub.packets_sent += 1
-            sub.octets_sent += octets
-            forwarded += 1
-        stats.forwarded += forwarded
 
     def _unwrap_rtx(self, track: SourceStream, packet: bytes) -> bytes | None:
         """The original packet inside a publisher's RTX packet (RFC 4588 section 4)."""
@@ -782,145 +620,44 @@ class Forwarder:
             self.stats.rtx_padding += 1
         return original
 
-    # -- upstream repair -------------------------------------------------------------
+    # -- RTP repair (sfu.forward.repair) ---------------------------------------------
 
-    def _gap(self, track: SourceStream, first: int, stop: int, now: float) -> None:
-        missing = track.missing
-        if stop - first > _MAX_NACK_GAP:
-            missing.clear()
-            self.request_keyframe(track.ssrc, now)
-            return
-        due = now + self.nack_delay
-        for ext in range(first, stop):
-            missing[ext] = [0, due]
-        while len(missing) > _MAX_MISSING:
-            del missing[next(iter(missing))]
-            self.stats.nack_gave_up += 1
-        self._arm(due)
+    @property
+    def nack_interval(self) -> float:
+        """Seconds between NACKs of one missing packet (:attr:`Repair.nack_interval`)."""
+        return self.repair.nack_interval
 
-    def _arm(self, when: float) -> None:
-        if self._timer is None or when < self._timer:
-            self._timer = when
+    @nack_interval.setter
+    def nack_interval(self, seconds: float) -> None:
+        self.repair.nack_interval = seconds
 
     def request_keyframe(self, track_ssrc: int, now: float) -> None:
-        """Ask the publisher for a keyframe (PLI, RFC 4585 6.3.1; FIR, RFC 5104 4.3.1), throttled.
-
-        At most one request per track per ``keyframe_interval``; a request
-        inside the interval is coalesced into one sent when it ends. A
-        subscriber's PLI or FIR is forwarded upstream through here.
-        """
-        track = self._tracks.get(track_ssrc)
-        if track is None:
-            group = self._groups.get(track_ssrc)
-            if group is not None:
-                # For the group: each layer someone waits for or receives.
-                for layer in group.layers:
-                    if layer is not None and (layer.waiting or layer.subscriptions):
-                        self.request_keyframe(layer.ssrc, now)
-            return
-        if now - track.kf_last >= self.keyframe_interval:
-            self._send_keyframe_request(track, now)
-        else:
-            track.kf_pending = True
-            self._arm(track.kf_last + self.keyframe_interval)
-
-    def _send_keyframe_request(self, track: SourceStream, now: float) -> None:
-        track.kf_last = now
-        track.kf_pending = False
-        packet: RtcpPacket
-        if track.fir:
-            track.fir_seq = (track.fir_seq + 1) & 0xFF
-            packet = Fir(self.feedback_ssrc, [(track.ssrc, track.fir_seq)])
-        else:
-            packet = Pli(self.feedback_ssrc, track.ssrc)
-        self._rtcp.append((track.publisher, packet))
-        self.stats.keyframe_requests += 1
-        if track.waiting:
-            self._arm(now + self.keyframe_retry)
+        """Ask the publisher for a keyframe, throttled (:meth:`Repair.request_keyframe`)."""
+        self.repair.request_keyframe(track_ssrc, now)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` next wants to run, or ``None``."""
-        return self._timer
+        return self.repair.get_timer()
 
     def handle_timer(self, now: float) -> None:
         """Send due NACK retries and coalesced or retried keyframe requests."""
-        self._timer = None
-        interval = self.nack_interval
-        retries = self.nack_retries
-        for track in self._tracks.values():
-            if track.kf_pending or track.waiting:
-                wait = self.keyframe_interval if track.kf_pending else self.keyframe_retry
-                due = track.kf_last + wait
-                if now >= due:
-                    self._send_keyframe_request(track, now)
-                else:
-                    self._arm(due)
-            missing = track.missing
-            if not missing:
-                continue
-            lost: list[int] = []
-            given_up: list[int] = []
-            for ext, entry in missing.items():
-                if entry[1] <= now:
-                    if entry[0] >= retries:
-                        given_up.append(ext)
-                        continue
-                    entry[0] += 1
-                    entry[1] = now + interval
-                    lost.append(ext & 0xFFFF)
-                self._arm(entry[1])
-            for ext in given_up:
-                del missing[ext]
-            self.stats.nack_gave_up += len(given_up)
-            if lost:
-                self._rtcp.append(
-                    (track.publisher, Nack.from_lost(self.feedback_ssrc, track.ssrc, lost))
-                )
-                self.stats.nack_requested += len(lost)
+        self.repair.handle_timer(now)
 
     def rtcp_to_send(self) -> list[tuple[Key, RtcpPacket]]:
         """``[(publisher, packet)]`` of feedback to send upstream, drained."""
-        out, self._rtcp = self._rtcp, []
-        return out
-
-    # -- downstream repair -------------------------------------------------------------
+        return self.repair.rtcp_to_send()
 
     def handle_nack(
         self, subscriber: Key, media_ssrc: int, lost: Iterable[int], now: float
     ) -> Routed:
-        """Answer a subscriber's generic NACK (RFC 4585 section 6.2.1) from the history.
+        """Answer a subscriber's generic NACK from the history (:meth:`Repair.handle_nack`)."""
+        return self.repair.handle_nack(subscriber, media_ssrc, lost, now)
 
-        ``media_ssrc`` and ``lost`` are the subscriber's (its SSRC and sequence
-        numbers, as in :meth:`rtc.rtcp.feedback.Nack.lost`). Each packet still in the
-        history is rewritten as it was first sent, RTX-wrapped if negotiated
-        (RFC 4588 section 4: original sequence number first, the RTX SSRC, its
-        payload type and its own sequence numbers). The rest are counted.
-        """
-        out: Routed = []
-        sub = self.subscription(subscriber, media_ssrc)
-        if sub is None:
-            self.stats.unknown_ssrc += 1
-            return out
-        track = sub.track
-        history = track.history
-        stats = self.stats
-        for out_seq in lost:
-            stats.nack_received += 1
-            seq = sub.rewriter.original_sequence(out_seq & 0xFFFF)
-            packet = None if seq is None else history.get(seq, now)
-            if packet is None or sub.paused:
-                stats.nack_unanswered += 1
-                sub.unanswered += 1
-                continue
-            built = retransmission(sub, packet, now, self.stats)
-            if built is None:
-                stats.nack_unanswered += 1
-                sub.unanswered += 1
-                continue
-            out.append((subscriber, built))
-            stats.retransmitted += 1
-            sub.retransmitted += 1
-        return out
+    def handle_keyframe_request(self, subscriber: Key, media_ssrc: int, now: float) -> None:
+        """A subscriber's PLI or FIR for its SSRC: forwarded upstream, throttled."""
+        self.repair.handle_keyframe_request(subscriber, media_ssrc, now)
+
+    # -- a subscriber transport's probes ------------------------------------------
 
     def set_send_rings(
         self,
@@ -941,14 +678,6 @@ class Forwarder:
         (:func:`sfu.forward.repair.padding_probe`)."""
         transport = self._transports.get(subscriber)
         return None if transport is None else padding_probe(transport, size, now)
-
-    def handle_keyframe_request(self, subscriber: Key, media_ssrc: int, now: float) -> None:
-        """A subscriber's PLI or FIR for its SSRC: forwarded upstream, throttled."""
-        sub = self.subscription(subscriber, media_ssrc)
-        if sub is None:
-            self.stats.unknown_ssrc += 1
-            return
-        self.request_keyframe(sub.track.ssrc, now)
 
 
 _NO_ELEMENTS: list[tuple[int, int, int]] = []

@@ -12,7 +12,7 @@ returns how many datagrams the kernel took.
 
 The same leaf also makes the copies in the steady state (``forward``): with
 ``steady``, :meth:`Forwarder.route_into` hands back what the copies of a
-packet need (:data:`sfu.forward.forwarder.Steady`) instead of making them, and the
+packet need (:data:`sfu.forward.fanout.Steady`) instead of making them, and the
 worker passes that to ``forward``, which writes each copy's header,
 extension ids, transport-wide sequence number and abs-send-time straight
 into its send buffer (no ``bytes`` or tuple per copy), protects and sends
@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import pylibsrtp
 
-from sfu.forward.forwarder import NativeRed
+from sfu.forward.fanout import NativeRed
 
 __all__ = ["AVAILABLE", "RED", "Fanout", "enabled", "fanout"]
 

@@ -1,24 +1,15 @@
-"""What each subscriber gets: simulcast layers, bandwidth, dynacast and connection quality.
+"""What each subscriber gets: the choice of its simulcast layers, and dynacast.
 
 The worker's side of simulcast, on top of the pure cores
-(:mod:`sfu.forward.simulcast`, :mod:`sfu.feedback.estimator`, :mod:`sfu.feedback.quality`) and the
-forwarder's layer switching (:mod:`sfu.forward.groups`):
+(:mod:`sfu.forward.simulcast`, :mod:`sfu.feedback.estimator`,
+:mod:`sfu.feedback.quality`) and the forwarder's layer switching
+(:mod:`sfu.forward.groups`). :class:`Layers` holds the pieces it is made of:
+what each publisher's video offers (:mod:`sfu.layers.published`: layers
+learnt from their first packets, measured each tick), what it keeps of each
+subscriber transport (:mod:`sfu.layers.subscribers`: the bandwidth estimate,
+its probes and padding) and each participant's connection quality
+(:mod:`sfu.layers.qualities`). What is its own:
 
-* **Learning layers.** A browser sends RFC 8853 simulcast without
-  ``a=ssrc``: each layer's first packets carry the MID and RID header
-  extensions (RTX: the repaired RID, RFC 8852). A packet from an SSRC the
-  worker does not know, on a publisher with such layers still unknown, is
-  looked at in the slow branch (:meth:`Layers.learn_ssrc`) and its
-  SSRC becomes that layer's.
-* **Estimation.** Each subscriber transport that negotiated transport-cc
-  has a :class:`~sfu.feedback.estimator.SendSideEstimator`: the forwarder records
-  each packet's send time and size into its rings, the subscriber's
-  feedback feeds it. Without transport-cc the subscriber's REMB is the
-  estimate; without either the bandwidth counts as unlimited. When the
-  allocation wants more than the estimate, the estimator asks for a probe,
-  sent as padding-only RTX packets; on a policed path, where the media alone
-  never shows that more would pass, it asks for padding up to the
-  allocation's next step instead, paced every ``PADDING_INTERVAL``.
 * **Allocation.** Every ``TICK`` seconds, per subscriber:
   :func:`sfu.forward.simulcast.allocate` with the estimate, each video track's layers
   (sizes from keyframes, bitrates measured from what arrives; not a layer its
@@ -30,22 +21,21 @@ forwarder's layer switching (:mod:`sfu.forward.groups`):
   arrived for ``STALE`` seconds, as when a camera is turned off; never counted
   as a weak link). A downgrade forced by the estimate holds the subscriber's
   upgrades back for ``HOLD`` seconds (mediasoup's 10 s), so a link at its
-  limit does not flap.
+  limit does not flap. When it wants more than the estimate, the estimator's
+  probe or (on a policed path) padding up to the allocation's next step goes
+  out, the padding paced every ``PADDING_INTERVAL``.
 * **Dynacast.** A simulcast layer no subscriber or relay link has wanted for
   ``DYNACAST_DELAY`` seconds is dropped from the track's ``LayersWanted``
   event (signalling tells the publisher to stop that encoding); wanted again,
   it is added back at the next tick. The lowest layer is always wanted, so a
   new subscriber starts at once.
-* **Quality.** Every second, per participant, a
-  :class:`~sfu.feedback.quality.QualityTracker` fed by both legs; ``ConnectionQuality``
-  events on change.
 
 A sans-I/O core like :mod:`sfu.negotiation.negotiator`, held by the worker's
 negotiator: the worker hands it the subscribers' views and bandwidth
 feedback through ``receive`` (:mod:`sfu.rooms.inputs`), calls :meth:`Layers.tick`
 from its RTCP timer (:meth:`Layers.due` says when) and carries out what it queued
 (:mod:`sfu.rooms.actions`): events, RTCP to flush, the padding and probes
-:meth:`Layers._send_padding` builds, already protected.
+its subscribers' estimators ask for, already protected.
 """
 
 from __future__ import annotations
@@ -53,29 +43,22 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from typing import Literal
 
-from rtc.errors import RtpParseError
 from rtc.machine import earliest
-from rtc.rtcp.transport_cc import TransportCc
-from rtc.rtp.extensions import extension_elements
-from rtc.sdp.attributes import MID, REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
-from sfu.control.messages import ConnectionQuality, LayersWanted, TrackPaused, View
+from sfu.control.messages import LayersWanted, TrackPaused, View
 from sfu.errors import SfuStateError
-from sfu.feedback.estimator import RAMP_REACH, SendSideEstimator
-from sfu.feedback.quality import QualityTracker, Sample
-from sfu.feedback.reports import ReceiveStatistics
-from sfu.forward.simulcast import AUDIO_BITRATE, Layer, Wanted, allocate
-from sfu.forward.table import Group, Subscription
-from sfu.rooms import call_samples
-from sfu.rooms.actions import ArmRtcp, Emit, FlushRtcp, Send
+from sfu.feedback.estimator import RAMP_REACH
+from sfu.forward.simulcast import AUDIO_BITRATE, Wanted, allocate
+from sfu.forward.table import Subscription
+from sfu.layers.published import HEADROOM, STALE, TICK, learn_layer, measure, offered, publishing
+from sfu.layers.qualities import Qualities
+from sfu.layers.subscribers import Reason, Sent, Subscriber, Subscribers, received_layer
+from sfu.rooms.actions import ArmRtcp, Emit, FlushRtcp
 from sfu.rooms.inputs import Core, SetAudioOnly, SetView, SubscriberFeedback
-from sfu.rooms.records import LayerInfo, Peer, Room, Section, Track, WorkerTables
+from sfu.rooms.records import Peer, Room, Section, Track, WorkerTables
 
-__all__ = ["DYNACAST_DELAY", "HOLD", "QUIET", "STALE", "TICK", "LayerSource", "Layers"]
+__all__ = ["DYNACAST_DELAY", "HOLD", "LayerSource", "Layers"]
 
-#: Seconds between allocations.
-TICK = 0.5
 #: Seconds between sends of a ramp's padding (paced: a policer with a small
 #: bucket drops a tick's worth sent at once).
 PADDING_INTERVAL = 0.05
@@ -89,26 +72,6 @@ PAUSE_AFTER = 2.0
 RESUME_AFTER = 3.0
 #: Seconds a layer nobody wants keeps being sent.
 DYNACAST_DELAY = 5.0
-#: A layer that sent nothing for this long is not offered (the publisher stopped it).
-STALE = 2.0
-#: A layer whose last packet came this long before another layer's of its
-#: track is not offered either: its publisher stopped that layer alone (a
-#: browser short of CPU or uplink drops its top layers first), and a
-#: subscriber on it sees a frozen picture until it moves down. Compared by
-#: each layer's last packet's arrival (``_measure``), not by the ticks that
-#: read them: every layer of a sending track carries a packet each frame, so
-#: half a second behind is fifteen frames at 30 fps, and a subscriber moves
-#: within QUIET to QUIET + TICK of the stop.
-QUIET = 0.5
-#: Where a subscriber's estimate starts (bits per second).
-START_ESTIMATE = 1_000_000
-#: What a single-layer video counts for when sharing a subscriber's bandwidth.
-SINGLE_LAYER_COST = 200_000
-#: A measured layer bitrate counts this much over the average (bursts, keyframes).
-HEADROOM = 1.1
-#: Bytes an audio packet carries besides its payload, as the estimator counts
-#: it: the RTP header with its extensions (audio level, transport-cc, time).
-AUDIO_HEADER = 28
 #: Smoothed loss at which RED goes to a subscriber that negotiated it however
 #: short its bandwidth (unless that loss follows the rate: sfu.feedback.estimator),
 #: and above which it does not.
@@ -116,63 +79,6 @@ RED_LOSS, RED_LOSS_MAX = 0.05, 0.4
 #: What RED adds to plain Opus as a subscriber receives it (three frames a
 #: packet instead of one; the header is not repeated): this times the plain rate.
 RED_EXTRA = 1.5
-
-Reason = Literal["bandwidth", "hidden", "audio_only", "off"]
-
-
-class _Subscriber:
-    """A subscriber transport's allocation state."""
-
-    __slots__ = (
-        "audio",
-        "downgraded_at",
-        "estimator",
-        "padded_at",
-        "padding",
-        "paused",
-        "red",
-        "remb",
-        "short_since",
-        "wanted",
-    )
-
-    def __init__(self) -> None:
-        self.estimator: SendSideEstimator | None = None
-        self.remb: int | None = None
-        self.paused: dict[str, Reason] = {}
-        """Track id -> why it is paused now."""
-        self.short_since: dict[str, float] = {}
-        """Track id -> since when the estimate has not carried its lowest layer."""
-        self.downgraded_at = -math.inf
-        self.wanted = 0
-        """What the last allocation would have sent with no bandwidth limit."""
-        self.audio: dict[int, _Sent] = {}
-        """Audio track SSRC -> what its subscription has sent this subscriber."""
-        self.red = True
-        """Whether audio it negotiated RED for goes as RED (see :func:`_red_next`)."""
-        self.padding = 0.0
-        """Bits per second of padding its estimator asked for (a ramp)."""
-        self.padded_at = 0.0
-        """When padding was last sent."""
-
-
-class _Sent:
-    """What one subscription sent, measured tick to tick: bits per second
-    with headers, as the subscriber's link carries it (0 before measured)."""
-
-    __slots__ = ("at", "bitrate", "octets", "packets")
-
-    def __init__(self, now: float, octets: int, packets: int) -> None:
-        self.at, self.octets, self.packets = now, octets, packets
-        self.bitrate = 0.0
-
-    def update(self, now: float, octets: int, packets: int) -> float:
-        dt = now - self.at
-        if dt >= TICK / 2:
-            size = octets - self.octets + (packets - self.packets) * AUDIO_HEADER
-            self.bitrate = _smoothed(self.bitrate, size * 8 / dt)
-            self.at, self.octets, self.packets = now, octets, packets
-        return self.bitrate
 
 
 class LayerSource:
@@ -189,19 +95,6 @@ class LayerSource:
     def rtp_timestamp_at(self, now: float) -> int | None:
         stats = self.track.publisher.recv_stats.get(self.sub.track.ssrc)
         return None if stats is None else stats.rtp_timestamp_at(now)
-
-
-class _Quality:
-    __slots__ = ("expected", "lost", "peak", "rtcp", "sampled", "seen", "tracker")
-
-    def __init__(self, now: float) -> None:
-        self.tracker = QualityTracker()
-        self.lost = 0
-        self.expected = 0
-        self.rtcp = -1
-        self.seen = now
-        self.sampled = -math.inf
-        self.peak = 0.0
 
 
 class Layers(Core):
@@ -221,9 +114,10 @@ class Layers(Core):
 
     def __init__(self, tables: WorkerTables) -> None:
         self.tables = tables
-        self.subscribers: dict[Peer, _Subscriber] = {}
-        """A subscriber transport's allocation state, from its first allocation."""
-        self._qualities: dict[tuple[str, str], _Quality] = {}
+        self.subscribers = Subscribers()
+        """Each subscriber transport's estimate and allocation state."""
+        self.qualities = Qualities(tables, self.subscribers)
+        """Each participant's connection quality."""
         self._layers_when: float | None = None
         self._padding_when: float | None = None
         self._ticks = 0
@@ -245,7 +139,7 @@ class Layers(Core):
         for key in [k for k in room.views if k[0] == participant]:
             del room.views[key]
         room.audio_only.discard(participant)
-        self._qualities.pop((room.name, participant), None)
+        self.qualities.forget(room.name, participant)
 
     # -- inputs (sfu.rooms.inputs) ---------------------------------------------------------------
 
@@ -274,15 +168,7 @@ class Layers(Core):
     def _handle_subscriber_feedback(self, feedback: SubscriberFeedback, now: float) -> None:
         """A subscriber's transport-cc feedback
         (draft-holmer-rmcat-transport-wide-cc-extensions-01) or REMB."""
-        peer, packet = feedback.peer, feedback.packet
-        state = self.subscribers.get(peer)
-        if state is None:
-            state = self.subscriber(peer)
-        if isinstance(packet, TransportCc):
-            if state.estimator is not None:
-                state.estimator.on_feedback(packet, now)
-        else:
-            state.remb = packet.bitrate
+        self.subscribers.feedback(feedback.peer, feedback.packet, now)
 
     handlers = {
         SetView: _handle_set_view,
@@ -294,98 +180,24 @@ class Layers(Core):
 
     def learn_ssrc(self, peer: Peer, plain: bytes, ssrc: int, now: float) -> bool:
         """A publisher's packet from an unknown SSRC: a simulcast layer's (or its
-        RTX's) first packets, by their MID and RID extensions (RFC 8852).
+        RTX's) first packets (:func:`sfu.layers.published.learn_layer`).
         True when the SSRC became known."""
-        if not plain or not plain[0] & 0x10:
-            return False
-        try:
-            two_byte, _, _, elements = extension_elements(plain)
-        except RtpParseError:
-            return False
-        values: dict[int, bytes] = {}
-        for hdr, xid, length in elements:
-            start = hdr + (2 if two_byte else 1)
-            values[xid] = plain[start : start + length]
-        track: Track | None = None
-        for candidate in peer.rid_tracks.values():
-            mid_id = candidate.extensions.get(MID, 0)
-            if mid_id and values.get(mid_id) == candidate.info.mid.encode():
-                track = candidate
-                break
-        if track is None and len(peer.rid_tracks) == 1:
-            track = next(iter(peer.rid_tracks.values()))
-        if track is None:
-            return False
-        forwarder = peer.forwarder
-        rid_id = track.extensions.get(RTP_STREAM_ID, 0)
-        rrid_id = track.extensions.get(REPAIRED_RTP_STREAM_ID, 0)
-        rid = values.get(rid_id) if rid_id else None
-        repaired = values.get(rrid_id) if rrid_id else None
-        if rid is not None:
-            index = _index(track, rid)
-            if index is None or track.layers[index].ssrc:
-                return False
-            try:
-                forwarder.simulcast.add_layer(track.ssrc, index, ssrc)
-            except SfuStateError:
-                return False
-            layer = track.layers[index]
-            layer.ssrc = ssrc
-            stats = ReceiveStatistics(ssrc, track.codec.clock_rate)
-            peer.recv_stats[ssrc] = stats
-            if peer.reporting:
-                self.tables.reports.add_receive(peer, stats)
-            self._layer_learnt(peer.room, track, index, now)
-        elif repaired is not None:
-            index = _index(track, repaired)
-            if index is None or not track.layers[index].ssrc or track.layers[index].rtx_ssrc:
-                return False
-            try:
-                forwarder.simulcast.add_layer_rtx(track.ssrc, index, ssrc)
-            except SfuStateError:
-                return False
-            track.layers[index].rtx_ssrc = ssrc
-        else:
-            return False
-        if all(layer.ssrc and layer.rtx_ssrc for layer in track.layers):
-            peer.rid_tracks.pop(track.info.mid, None)
-        return True
+        learnt = learn_layer(peer, plain, ssrc, self.tables.reports)
+        if learnt == "layer":
+            # Subscribers waiting for any layer may get it.
+            self._allocate_room(peer.room, now)
+            self._layers_start(now)
+        return learnt is not None
 
-    def _layer_learnt(self, room: Room, track: Track, index: int, now: float) -> None:
-        """A layer's SSRC is known: subscribers waiting for any layer may get it."""
-        self._allocate_room(room, now)
-        self._layers_start(now)
-
-    # -- subscribers' estimates -----------------------------------------------------------
-
-    def subscriber(self, peer: Peer) -> _Subscriber:
-        """A subscriber transport's allocation state, made on first use."""
-        state = self.subscribers.get(peer)
-        if state is None:
-            state = self.subscribers[peer] = _Subscriber()
-        # Only when the subscriber took transport-cc in its answer: one that
-        # refused it sends no feedback, and an estimator that never hears
-        # would hold it at START_ESTIMATE for good.
-        if state.estimator is None and any(
-            s.subscribed
-            and TRANSPORT_CC in s.sub_extensions
-            and "transport-cc" in {f.type for f in s.forwarded.codec.feedback}
-            for s in peer.sections
-        ):
-            state.estimator = SendSideEstimator(start=START_ESTIMATE)
-            sent_at, sizes = state.estimator.rings()
-            peer.forwarder.set_send_rings(peer, sent_at, sizes)
-        return state
+    # -- subscribers' paths --------------------------------------------------------------
 
     def path_changed(self, peer: Peer, now: float) -> None:
         """A subscriber's path moved: its estimator forgets the old path's losses."""
-        state = self.subscribers.get(peer)
-        if state is not None and state.estimator is not None:
-            state.estimator.path_changed(now)
+        self.subscribers.path_changed(peer, now)
 
     def forget(self, peer: Peer) -> None:
         """A subscriber transport is down or gone."""
-        self.subscribers.pop(peer, None)
+        self.subscribers.forget(peer)
 
     # -- the tick ---------------------------------------------------------------------------
 
@@ -408,39 +220,16 @@ class Layers(Core):
             self._layers_when = now + TICK if self.tables.rooms else None
             self._ticks += 1
             for room in list(self.tables.rooms.values()):
-                self._measure(room, now)
+                measure(room, now)
                 self._allocate_room(room, now)
                 self._relay_layers(room, now)
                 self._dynacast(room, now)
                 if self._ticks % 2 == 0:
-                    self._quality(room, now)
-            for peer in [p for p in self.subscribers if p.transport.state.value == "closed"]:
-                del self.subscribers[peer]
-        self._padding_when = None
-        for peer, state in self.subscribers.items():
-            if state.padding and state.estimator is not None:
-                size = int(state.padding * min(now - state.padded_at, TICK) / 8)
-                state.padded_at = now
-                self._send_padding(peer, state.estimator, 0, size, now)
-                self._padding_when = now + PADDING_INTERVAL
-
-    def _measure(self, room: Room, now: float) -> None:
-        for track in room.tracks.values():
-            layers = track.layers or [_single(track)]
-            for layer in layers:
-                stats = track.publisher.recv_stats.get(layer.ssrc) if layer.ssrc else None
-                if stats is None:
-                    continue
-                if stats.octets != layer.octets:
-                    # When its last packet came, which this tick reads up
-                    # to TICK later (LayerInfo.seen).
-                    arrival = stats.last_arrival or now
-                    if layer.seen > -math.inf:
-                        dt = max(arrival - layer.seen, TICK)
-                        rate = (stats.octets - layer.octets) * 8 / dt
-                        layer.bitrate = _smoothed(layer.bitrate, rate)
-                    layer.octets = stats.octets
-                    layer.seen = arrival
+                    self._out.extend(self.qualities.update(room, now))
+            self.subscribers.forget_closed()
+        padding, ramping = self.subscribers.pad(now)
+        self._out.extend(padding)
+        self._padding_when = now + PADDING_INTERVAL if ramping else None
 
     def _allocate_room(self, room: Room, now: float) -> None:
         for participant in list(room.participants):
@@ -452,7 +241,7 @@ class Layers(Core):
         peer = p.subscribe if p is not None else None
         if peer is None or not peer.reporting:
             return
-        state = self.subscriber(peer)
+        state = self.subscribers.of(peer)
         forwarder = peer.forwarder
         audio = 0
         audio_bitrate = 0.0
@@ -479,7 +268,7 @@ class Layers(Core):
             tid = track.info.track_id
             tracks[tid] = track
             view = room.views.get((participant, tid)) or _ANY_VIEW
-            if track.info.muted or not _sending(track, now):
+            if track.info.muted or not publishing(track, now):
                 # Its publisher sends nothing (camera off): no layer to
                 # give, but not the subscriber's link either.
                 reasons[tid] = "off"
@@ -494,7 +283,7 @@ class Layers(Core):
             wanted.append(
                 Wanted(
                     tid,
-                    _layers(forwarder.simulcast.group(track.ssrc), track, now),
+                    offered(forwarder.simulcast.group(track.ssrc), track, now),
                     screen=track.info.source == "screen",
                     speaker=speaker is not None and track.info.participant == speaker,
                     width=view.width,
@@ -504,7 +293,7 @@ class Layers(Core):
         if len(state.audio) > audio:
             live = {s.track.ssrc for s in peer.sections if s.subscribed}
             state.audio = {k: v for k, v in state.audio.items() if k in live}
-        estimate = self._estimate(state)
+        estimate = state.estimate()
         chosen = allocate(estimate, wanted, audio, audio_bitrate)
         ideal = allocate(math.inf, wanted, audio, audio_bitrate)
         # What the estimate carries at the layers' measured rates, without
@@ -522,7 +311,7 @@ class Layers(Core):
         for w in wanted:
             tid = w.track_id
             index = chosen[tid]
-            current = self._current(peer, tracks[tid])
+            current = received_layer(peer, tracks[tid])
             best = ideal[tid]
             if index is None and state.estimator is None:
                 # A REMB (the receiver's own estimate, which follows what it
@@ -578,43 +367,14 @@ class Layers(Core):
                 self._out.append(Emit(TrackPaused(room.name, participant, tid, False, reason)))
         self._out.append(FlushRtcp(room))
         estimator = state.estimator
-        padded, state.padding = state.padding, 0.0
-        if estimator is None or state.wanted <= estimate:
-            return
         step = 0.0
-        if lacking and estimator.policed:
+        if estimator is not None and estimator.policed and lacking and state.wanted > estimate:
+            # Where a ramp heads: the least rate at which more would be sent.
             step = _next_step(estimate, wanted, audio, audio_bitrate, chosen)
         resume = "bandwidth" in reasons.values()
-        padding = estimator.padding(sending, step, now, resume=resume)
-        if padding and not padded:
-            # A ramp starts: its padding is counted from now (one going on
-            # keeps its clock, or the time since its last send is lost).
-            state.padded_at = now
-        state.padding = padding
-        if padding:
-            return
-        probe = estimator.probe(int(state.wanted), now)
-        if probe is not None:
-            self._send_padding(peer, estimator, probe.cluster, probe.size, now)
-
-    def _estimate(self, state: _Subscriber) -> float:
-        if state.estimator is not None:
-            return float(state.estimator.estimate)
-        if state.remb is not None:
-            return float(state.remb)
-        return math.inf
-
-    def _current(self, peer: Peer, track: Track) -> int | None:
-        """The layer a subscriber gets now or is switching to (0 for a forwarded
-        single-layer track), None when paused."""
-        forwarder = peer.forwarder
-        try:
-            sub = forwarder._subscription_for(peer, track.ssrc)
-        except SfuStateError:
-            return None
-        if sub.group is not None:
-            return sub.target
-        return None if sub.paused else 0
+        self._out.extend(
+            self.subscribers.ramp(peer, state, estimate, sending, step, now, resume=resume)
+        )
 
     def _set(self, peer: Peer, track: Track, index: int | None, now: float) -> None:
         forwarder = peer.forwarder
@@ -625,28 +385,6 @@ class Layers(Core):
                 forwarder.set_paused(peer, track.ssrc, index is None, now)
         except SfuStateError:
             return
-
-    def _send_padding(
-        self, peer: Peer, estimator: SendSideEstimator, cluster: int, size: int, now: float
-    ) -> None:
-        """A probe cluster: padding-only RTX packets, sent at once (the
-        subscriber's arrival spacing measures the path)."""
-        protect, addr = peer.protect, peer.addr
-        if protect is None or addr is None:
-            return
-        left = size
-        while left > 0:
-            built = peer.forwarder.padding(peer, min(left, 275), now)
-            if built is None:
-                return
-            packet, tseq = built
-            estimator.on_sent(tseq, len(packet), now, cluster)
-            try:
-                self._out.append(Send(protect(packet), addr))
-            except Exception:
-                peer.srtp_errors += 1
-                return
-            left -= len(packet)
 
     # -- dynacast ---------------------------------------------------------------------------
 
@@ -713,94 +451,11 @@ class Layers(Core):
                     )
                 )
 
-    # -- connection quality -------------------------------------------------------------
-
-    def _quality(self, room: Room, now: float) -> None:
-        for participant, p in room.participants.items():
-            legs = [x for x in (p.publish, p.subscribe) if x is not None and x.reporting]
-            if not legs:
-                continue
-            key = (room.name, participant)
-            q = self._qualities.get(key)
-            first = q is None
-            if q is None:
-                q = self._qualities[key] = _Quality(now)
-            loss = 0.0
-            jitter: float | None = None
-            rtt: float | None = None
-            available = wanted = 0.0
-            activity = 0
-            pub = p.publish
-            if pub is not None:
-                lost = sum(s.cumulative_lost for s in pub.recv_stats.values())
-                expected = sum(s.expected for s in pub.recv_stats.values())
-                if expected > q.expected:
-                    loss = max(0.0, (lost - q.lost) / (expected - q.expected))
-                q.lost, q.expected = lost, expected
-                for stats in pub.recv_stats.values():
-                    if stats.started and stats.clock_rate:
-                        value = stats.jitter / stats.clock_rate
-                        jitter = value if jitter is None else max(jitter, value)
-                activity += pub.packets_in + pub.rtcp_in
-            sub = p.subscribe
-            if sub is not None:
-                rtt = self.tables.reports.rtt(sub)
-                state = self.subscribers.get(sub)
-                if state is not None:
-                    if state.estimator is not None:
-                        loss = max(loss, state.estimator.loss)
-                    estimate = self._estimate(state)
-                    available = 0.0 if math.isinf(estimate) else estimate
-                    wanted = float(state.wanted)
-                activity += sub.rtcp_in
-            if activity != q.rtcp:
-                q.rtcp, q.seen = activity, now
-            sample = Sample(
-                loss=loss,
-                rtt=rtt,
-                jitter=jitter,
-                available=available,
-                wanted=wanted,
-                silent=now - q.seen,
-            )
-            level = q.tracker.update(sample, now)
-            if first and level is None:
-                level = q.tracker.level
-            if level is not None:
-                self._out.append(Emit(ConnectionQuality(room.name, participant, level.value)))
-            q.peak = max(q.peak, loss)
-            if now - q.sampled >= call_samples.SAMPLE_EVERY:
-                q.sampled, peak, q.peak = now, q.peak, 0.0
-                got: list[tuple[Track, int | None]] = []
-                paused: dict[str, Reason] = {}
-                if sub is not None:
-                    got = [(s.track, self._current(sub, s.track)) for s in sub.sections]
-                    known = self.subscribers.get(sub)
-                    paused = known.paused if known is not None else paused
-                self._out.append(
-                    Emit(
-                        call_samples.sample(
-                            room.name,
-                            participant,
-                            sample,
-                            q.tracker.level,
-                            call_samples.sent_bitrate(room.tracks.values(), pub),
-                            call_samples.received_layers(got, paused),
-                            peak,
-                        )
-                    )
-                )
-
 
 _ANY_VIEW = View()
 
 
-def _smoothed(bitrate: float, rate: float) -> float:
-    """A measured bitrate after one more tick's ``rate`` (the first as it is)."""
-    return rate if not bitrate else 0.6 * bitrate + 0.4 * rate
-
-
-def _red_next(state: _Subscriber, estimate: float, lacking: bool, audio: float) -> bool:
+def _red_next(state: Subscriber, estimate: float, lacking: bool, audio: float) -> bool:
     """Whether a subscriber gets RED (RFC 2198) where it negotiated it, from
     the next tick on. RED's copies repair random loss; where loss comes only
     from exceeding a rate (a policer, a full queue: the estimate keeps below
@@ -838,7 +493,7 @@ def _redundancy(peer: Peer, section: Section, red: bool) -> None:
         peer.forwarder.set_red(peer, section.track.ssrc, negotiated if red else None)
 
 
-def _audio_sent(peer: Peer, section: Section, state: _Subscriber, now: float) -> float:
+def _audio_sent(peer: Peer, section: Section, state: Subscriber, now: float) -> float:
     """What ``peer``'s subscription on an audio ``section`` sends, in bits per
     second with headers (0 until measured)."""
     sub = peer.forwarder.subscription(peer, section.forwarded.ssrc)
@@ -847,70 +502,9 @@ def _audio_sent(peer: Peer, section: Section, state: _Subscriber, now: float) ->
     ssrc = section.track.ssrc
     sent = state.audio.get(ssrc)
     if sent is None:
-        state.audio[ssrc] = _Sent(now, sub.octets_sent, sub.packets_sent)
+        state.audio[ssrc] = Sent(now, sub.octets_sent, sub.packets_sent)
         return 0.0
     return sent.update(now, sub.octets_sent, sub.packets_sent)
-
-
-def _index(track: Track, rid: bytes) -> int | None:
-    text = rid.decode("ascii", "replace")
-    for i, layer in enumerate(track.layers):
-        if layer.rid == text:
-            return i
-    return None
-
-
-def _single(track: Track) -> LayerInfo:
-    """A single-layer track's measurement record (audio, or video without simulcast)."""
-    layer = track.measured
-    if layer is None:
-        layer = track.measured = LayerInfo("", 0.0)
-        layer.ssrc = track.ssrc
-    return layer
-
-
-def _sending(track: Track, now: float) -> bool:
-    """Whether a video's publisher sends it: some layer arrived in the last
-    ``STALE`` seconds, or was learnt and not measured yet (a relayed track's
-    layers are never measured here: they count as sending)."""
-    if not track.layers:
-        single = track.measured
-        return single is None or single.seen == -math.inf or now - single.seen < STALE
-    known = [x for x in track.layers if x.ssrc]
-    return any(x.seen == -math.inf or now - x.seen < STALE for x in known)
-
-
-def _layers(group: Group | None, track: Track, now: float) -> Sequence[Layer]:
-    """The layers allocation may choose for a track: known, and sending now
-    (or stopped by dynacast, which resumes them when chosen)."""
-    if group is None:
-        # A track that does not simulcast has nothing lower to offer: it is
-        # paused only when the subscriber cannot carry even a small video
-        # (the audio-only fallback), not whenever the estimate is below what
-        # the publisher sends now (the estimate starts low and climbs).
-        single = _single(track)
-        bitrate = single.bitrate * HEADROOM if single.bitrate else SINGLE_LAYER_COST
-        return [Layer(0, "", 0, 0, int(min(bitrate, SINGLE_LAYER_COST)))]
-    group_layers = track.layers
-    n = len(group_layers)
-    newest = max((x.seen for x in group_layers if x.ssrc), default=-math.inf)
-    out: list[Layer] = []
-    for i, info in enumerate(group_layers):
-        if not info.ssrc:
-            continue
-        fresh = now - info.seen < STALE
-        dropped = newest - info.seen >= QUIET
-        if (dropped or not fresh) and info.active and info.seen > -math.inf:
-            continue  # the publisher stopped it on its own
-        scale = 1 << (n - 1 - i)
-        width, height = 1280 // scale, 720 // scale
-        known = group.layers[i]
-        if known is not None and known.width:
-            width, height = known.width, known.height
-        default = (150_000, 500_000, 1_700_000)[min(i + 3 - n, 2)] if n <= 3 else 500_000
-        bitrate = info.bitrate * HEADROOM if fresh and info.bitrate else default
-        out.append(Layer(i, info.rid, width, height, int(bitrate)))
-    return out
 
 
 def _next_step(

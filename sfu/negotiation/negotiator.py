@@ -61,7 +61,8 @@ from sfu.control.messages import (
 )
 from sfu.errors import SfuStateError
 from sfu.feedback.bandwidth import RembEstimator, TransportCcRecorder
-from sfu.feedback.reports import ReceiveStatistics, SendStatistics
+from sfu.feedback.receiving import ReceiveStatistics
+from sfu.feedback.sending import SendStatistics
 from sfu.feedback.speaker import SpeakerDetector
 from sfu.forward import native
 from sfu.forward.forwarder import Forwarder

@@ -74,7 +74,8 @@ from sfu.control.messages import (
     RelayState,
 )
 from sfu.errors import SfuStateError
-from sfu.feedback.reports import ReceiveStatistics, SendStatistics
+from sfu.feedback.receiving import ReceiveStatistics
+from sfu.feedback.sending import SendStatistics
 from sfu.forward.table import Subscription
 from sfu.negotiation.negotiator import Negotiator
 from sfu.rooms.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send

@@ -42,7 +42,7 @@ from rtc.errors import RtpParseError
 from rtc.rtp.header import payload_range, rtx_original
 from rtc.rtpdump import MAX_PACKET, SegmentHeader, SegmentWriter
 from sfu.control.messages import RecordingOrder
-from sfu.layers.choice import QUIET, STALE, TICK
+from sfu.layers.published import QUIET, STALE, TICK
 from sfu.rooms.records import LayerInfo, Peer, Room, Track
 
 __all__ = ["Cut", "Queue", "RoomRecording"]

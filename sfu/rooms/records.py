@@ -26,7 +26,8 @@ from rtc.sdp.attributes import Codec
 from rtc.srtp import SrtpSession
 from sfu.control.messages import RelayedTrack, TrackInfo, View
 from sfu.feedback.bandwidth import BandwidthFeedback, TransportCcRecorder
-from sfu.feedback.reports import ReceiveStatistics, ReportScheduler
+from sfu.feedback.receiving import ReceiveStatistics
+from sfu.feedback.reports import ReportScheduler
 from sfu.feedback.speaker import SpeakerDetector
 from sfu.forward.forwarder import Forwarder
 from sfu.transport.offer_answer import ForwardedTrack, LocalParameters
@@ -313,7 +314,7 @@ class Link:
 
 
 class LayerInfo:
-    """One simulcast layer of a track as the worker measures it (:mod:`sfu.layers.choice`)."""
+    """One simulcast layer of a track as the worker measures it (:mod:`sfu.layers.published`)."""
 
     __slots__ = (
         "active",
@@ -382,7 +383,7 @@ class Track:
         """A simulcast track's layers, lowest first (``ssrc`` is then the
         forwarder's group id, not an SSRC on the wire)."""
         self.measured: LayerInfo | None = None
-        """A single-layer video track's measured bitrate (:mod:`sfu.layers.choice`)."""
+        """A single-layer video track's measured bitrate (:mod:`sfu.layers.published`)."""
         self.red: Codec | None = None
         """Its Opus RED (RFC 2198) as the publisher sends it, if negotiated."""
 

@@ -511,7 +511,7 @@ def pcs_connected(decodes: dict[str, Any], wall0: float) -> dict[str, dict[str, 
 FREEZE_S = 1.5
 #: The longest freeze the Redis failover scenario allows. Under a loaded
 #: machine (CI: two busy chains beside it) a page's Chromium drops a simulcast
-#: layer for CPU; its subscribers move down once the layer is sfu.layers.choice.QUIET
+#: layer for CPU; its subscribers move down once the layer is sfu.layers.published.QUIET
 #: behind the others and a keyframe of the lower one comes, on a publisher
 #: whatever Redis does. Seen in three runs in a row with the failover itself
 #: causing nothing (no move, no takeover). The bandwidth pauses a starved

@@ -880,7 +880,7 @@ def worker_view(world: World) -> dict[str, Any]:
 
     worker = world.app[sfu.node.http.WORKER]
     out: dict[str, Any] = {}
-    for peer, state in list(worker.layers.subscribers.items()):
+    for peer, state in list(worker.layers.subscribers.by_peer.items()):
         est = state.estimator
         out[str(peer.participant)[-6:]] = {
             "estimate": int(est.estimate) if est else None,

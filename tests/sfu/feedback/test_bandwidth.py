@@ -23,7 +23,7 @@ from rtc.rtcp.feedback import Remb
 from rtc.rtcp.transport_cc import TransportCc
 from sfu.errors import SfuStateError
 from sfu.feedback.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
-from sfu.feedback.reports import ReceiveStatistics
+from sfu.feedback.receiving import ReceiveStatistics
 
 TICKS = 4000  # 250 us per tick
 

@@ -1,7 +1,7 @@
 """Send-side bandwidth estimation (sfu.feedback.estimator) against a simulated path:
 a bottleneck of a given capacity with a drop-tail queue, a propagation
 delay and optional random loss, and a receiver that sends transport-wide CC
-feedback every 100 ms built by our own codec (rtc.rtcp.transport_cc.TransportCc)."""
+feedback every 100 ms built by our own codec (rtc.rtcp.TransportCc)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import random
 import pytest
 
 from rtc.rtcp.transport_cc import TransportCc
-from sfu.feedback.estimator import SendSideEstimator, Usage
+from sfu.feedback.estimator import SendSideEstimator
+from sfu.feedback.overuse import Usage
 
 PACKET = 1200
 
@@ -160,7 +161,7 @@ def test_a_narrow_path_gets_down_to_audio_rates() -> None:
     call = Call(Path(80_000), wanted=2_500_000)
     call.run(20.0)
     assert call.estimate_at_end() < 130_000
-    assert call.est.usage in (Usage.NORMAL, Usage.OVERUSING, Usage.UNDERUSING)
+    assert call.est.overuse.usage in (Usage.NORMAL, Usage.OVERUSING, Usage.UNDERUSING)
 
 
 def test_feedback_for_unknown_numbers_is_ignored() -> None:
@@ -381,7 +382,7 @@ def test_a_queue_the_media_does_not_fill_keeps_its_video() -> None:
     """The queueing twin of the policed visit: a 450 kbit/s bottleneck with a
     250 ms queue, media on steps (the allocation wants the 652k step the
     path cannot carry; 402k passes), the estimate starting where
-    sfu.layers.choice starts it. Every probe leaves a short queue behind it:
+    sfu.layers.subscribers starts it. Every probe leaves a short queue behind it:
     overuse right after one must not cut the rate under the 402k the media
     carries (0.85 times what was acknowledged paused a video at every
     probe), growth past what probes found must wait for a probe that finds

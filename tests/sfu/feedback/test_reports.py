@@ -32,17 +32,17 @@ from rtc.rtp import header
 from rtc.rtp.packet import RtpPacket
 from rtc.rtp.sequence import RtpRewriter, ts_diff
 from sfu.errors import SfuStateError
+from sfu.feedback.receiving import ReceiveStatistics
 from sfu.feedback.reports import (
     FEEDBACK_MAX,
     Deadlines,
-    ReceiveStatistics,
     ReportScheduler,
-    SendStatistics,
     feedback_compounds,
     nack_interval_for,
     ntp_timestamp,
     rtt_from_block,
 )
+from sfu.feedback.sending import SendStatistics
 from sfu.forward.forwarder import Forwarder
 
 WALL = 1_700_000_000.0  # Unix time at monotonic zero, for the tests

@@ -441,7 +441,7 @@ def test_upstream_gaps_are_nacked_with_retries_and_repaired_by_rtx() -> None:
         fwd.handle_timer(0.11 + 0.1 * k)
     asked = [p for _, p in fwd.rtcp_to_send()]
     assert all(isinstance(p, Nack) and p.lost() == [65534] for p in asked)
-    assert len(asked) == fwd.nack_retries - 2
+    assert len(asked) == fwd.repair.nack_retries - 2
     assert fwd.stats.nack_gave_up == 1
     # Duplicates (a second RTX, the original itself) are not forwarded again.
     assert fwd.route(stream[9], 0.5) == []

@@ -447,7 +447,7 @@ async def test_red_is_held_back_where_loss_follows_the_rate(worker: MediaWorker)
         worker.tables.reports.add_leg(peer, now)
         worker.negotiator.apply_subscriptions(peer, now)
         take_events(worker.negotiator)
-    state = worker.layers.subscriber(peer)
+    state = worker.layers.subscribers.of(peer)
     state.estimator = estimator = SendSideEstimator()  # aiortc's answer has no transport-cc
     sub = room.forwarder.subscription(peer, section.forwarded.ssrc)
 

@@ -23,7 +23,8 @@ from rtc.sdp.session import SessionDescription
 from sfu.control.messages import LayersWanted, TrackPaused, View, event_from_dict, event_to_dict
 from sfu.errors import SfuStateError
 from sfu.forward.forwarder import Forwarder
-from sfu.layers.choice import DYNACAST_DELAY, QUIET, STALE, TICK
+from sfu.layers.choice import DYNACAST_DELAY
+from sfu.layers.published import QUIET, STALE, TICK
 from sfu.node.worker import MediaWorker
 from tests.sfu.conftest import Events, take_events
 
@@ -336,7 +337,7 @@ async def test_a_subscriber_without_transport_cc_is_not_held_at_the_start_estima
     estimator for it (nor REMB here), so nothing caps it and the top layer
     comes, where an estimator that never heard would hold it at 1 Mbit/s."""
     w = await watched(worker, transport_cc=False)
-    assert worker.layers.subscribers[w.sub_peer].estimator is None
+    assert worker.layers.subscribers.by_peer[w.sub_peer].estimator is None
     assert w.fsub.target == 2
 
 
@@ -486,7 +487,7 @@ async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker)
     for index, rid in ((1, "h"), (2, "f")):
         packet = vp8_packet(LAYERS[index], 2, 3000, 2, key=True, ext=rid_ext(rid))
         worker._route(w.pub, packet, later)
-    worker.layers.subscribers[w.sub_peer].downgraded_at = later
+    worker.layers.subscribers.by_peer[w.sub_peer].downgraded_at = later
     await worker.set_view("room", "bob", track_id, View(640, 360, True))
     worker.layers.tick(later)
     assert fsub.target == 1
