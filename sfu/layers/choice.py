@@ -40,8 +40,8 @@ forwarder's layer switching (:mod:`sfu.forward.groups`):
   :class:`~sfu.feedback.quality.QualityTracker` fed by both legs; ``ConnectionQuality``
   events on change.
 
-A sans-I/O core like :mod:`sfu.negotiation.negotiator`, held by the worker's
-negotiator: the worker hands it the subscribers' views and bandwidth
+A sans-I/O core like :mod:`sfu.negotiation.transports`, held by the worker's
+transports core: the worker hands it the subscribers' views and bandwidth
 feedback through ``receive`` (:mod:`sfu.rooms.inputs`), calls :meth:`Layers.tick`
 from its RTCP timer (:meth:`Layers.due` says when) and carries out what it queued
 (:mod:`sfu.rooms.actions`): events, RTCP to flush, the padding and probes
@@ -211,7 +211,7 @@ class Layers(Core):
 
     Its inputs come through ``receive`` (:mod:`sfu.rooms.inputs`: SetView,
     SetAudioOnly, a subscriber's bandwidth feedback), its timer is the tick
-    (:meth:`tick`, when :meth:`due` says); the negotiator tells it of
+    (:meth:`tick`, when :meth:`due` says); the transports core tells it of
     subscriptions and paths by method, and the hot path's slow branch hands
     it a packet from an unknown SSRC (:meth:`learn_ssrc`: no record per RTP
     packet). What it wants done (events, RTCP to flush, padding to send, the
@@ -229,7 +229,7 @@ class Layers(Core):
         self._ticks = 0
         super().__init__()
 
-    # -- what the negotiator tells it ----------------------------------------------------
+    # -- what the transports core tells it -----------------------------------------------
 
     def subscribed(self, peer: Peer, now: float) -> None:
         """A subscriber transport's subscriptions were handed to the forwarder."""
