@@ -68,13 +68,7 @@ from sfu.forward.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
 from sfu.forward.keyframes import vp8_size
 from sfu.forward.repair import Repair, padding_probe
 from sfu.forward.simulcast import Vp8Rewriter
-from sfu.forward.table import (
-    ForwarderStats,
-    Group,
-    SourceStream,
-    SubscriberTransport,
-    Subscription,
-)
+from sfu.forward.table import ForwarderStats, Group, SourceStream, SubscriberTransport, Subscription
 
 __all__ = ["Forwarder"]
 

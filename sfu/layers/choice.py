@@ -30,8 +30,8 @@ its probes and padding) and each participant's connection quality
   it is added back at the next tick. The lowest layer is always wanted, so a
   new subscriber starts at once.
 
-A sans-I/O core like :mod:`sfu.negotiation.negotiator`, held by the worker's
-negotiator: the worker hands it the subscribers' views and bandwidth
+A sans-I/O core like :mod:`sfu.negotiation.transports`, held by the worker's
+transports core: the worker hands it the subscribers' views and bandwidth
 feedback through ``receive`` (:mod:`sfu.rooms.inputs`), calls :meth:`Layers.tick`
 from its RTCP timer (:meth:`Layers.due` says when) and carries out what it queued
 (:mod:`sfu.rooms.actions`): events, RTCP to flush, the padding and probes
@@ -104,7 +104,7 @@ class Layers(Core):
 
     Its inputs come through ``receive`` (:mod:`sfu.rooms.inputs`: SetView,
     SetAudioOnly, a subscriber's bandwidth feedback), its timer is the tick
-    (:meth:`tick`, when :meth:`due` says); the negotiator tells it of
+    (:meth:`tick`, when :meth:`due` says); the transports core tells it of
     subscriptions and paths by method, and the hot path's slow branch hands
     it a packet from an unknown SSRC (:meth:`learn_ssrc`: no record per RTP
     packet). What it wants done (events, RTCP to flush, padding to send, the
@@ -123,7 +123,7 @@ class Layers(Core):
         self._ticks = 0
         super().__init__()
 
-    # -- what the negotiator tells it ----------------------------------------------------
+    # -- what the transports core tells it -----------------------------------------------
 
     def subscribed(self, peer: Peer, now: float) -> None:
         """A subscriber transport's subscriptions were handed to the forwarder."""

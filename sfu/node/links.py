@@ -10,25 +10,9 @@ fans it out to its own.
 One :class:`Link` per peer worker carries every room the two share, both
 ways, over one DTLS-SRTP association (:class:`sfu.transport.relay.RelayLink`). Inside
 each room it shares, a link is two legs of the room's
-:class:`~sfu.forward.forwarder.Forwarder` (:class:`sfu.rooms.records.RelayRoom`), so the
-forwarding core needs nothing new:
-
-* *egress*, a subscriber: one subscription per relayed local track, under
-  an SSRC unique on the link (the sending side chooses it), payload types and
-  header extension ids as the publisher sent them (no rewriting), RTX when
-  the publisher negotiated it. The link's NACKs are answered from the
-  forwarder's history per subscription, its PLI/FIR coalesced toward the
-  publisher like any subscriber's; its SRs carry the publisher's NTP/RTP
-  pairing (:class:`~sfu.feedback.reports.SendStatistics`), and the peer's RRs give the
-  link's RTT.
-* *ingress*, a publisher: the peer's tracks, registered by their link SSRC,
-  offered to local subscribers like local tracks. Gaps on the link are
-  NACKed by the forwarder (per hop: the peer answers from its history), local
-  keyframe requests go to the peer (which coalesces them toward the
-  publisher), the peer's SRs feed the local subscribers' SRs (lip-sync), and
-  relayed audio levels (RFC 6464) feed the local speaker detector under each
-  remote participant's name, so every worker that gets all of a room's audio
-  computes the same active speaker.
+:class:`~sfu.forward.forwarder.Forwarder` (:class:`sfu.rooms.records.RelayRoom`):
+*egress*, a subscriber to the local tracks it sends, and *ingress*, a
+publisher of the remote tracks it receives (:mod:`sfu.node.relay_tracks`).
 
 No transport-cc or REMB is sent on a link: congestion feedback ends at each
 hop. The link's SRTP session is shared by every room, so an incoming
@@ -39,7 +23,7 @@ The link is set up on first use and closed when no room uses it either way;
 a link that fails retries while it is used (:mod:`sfu.transport.relay`). Its state
 changes go to listeners as :class:`~sfu.control.messages.RelayState`.
 
-Like :mod:`sfu.negotiation.negotiator`, :class:`Links` is a core that never touches the
+Like :mod:`sfu.negotiation.transports`, :class:`Links` is a core that never touches the
 socket, the loop or the clock: what reaches it from outside comes through one
 verb, ``receive(input, now)`` (:mod:`sfu.rooms.inputs`: RelaySend, RelayReceive,
 CloseRoom, CloseLinks, and the link's SRTCP and DTLS), its links' timers
@@ -52,32 +36,20 @@ link by :attr:`Links.by_addr` and the room's ingress leg by the link's
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import secrets
 from collections import Counter
-from dataclasses import replace
 from typing import Any, cast
 
-from rtc.dtls import DtlsCertificate
 from rtc.errors import RtcpParseError
 from rtc.ice import Address
 from rtc.machine import earliest
 from rtc.rtcp.compound import RtcpPacket, parse_compound
 from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtcp.reports import ReceiverReport, SenderReport
-from rtc.sdp.attributes import AUDIO_LEVEL, Codec, RtcpFeedback
-from sfu.control.messages import (
-    RelayCodec,
-    RelayedTrack,
-    RelayPeer,
-    RelayState,
-)
+from sfu.control.messages import RelayedTrack, RelayPeer, RelayState
 from sfu.errors import SfuStateError
-from sfu.feedback.receiving import ReceiveStatistics
-from sfu.feedback.sending import SendStatistics
-from sfu.forward.table import Subscription
-from sfu.negotiation.negotiator import Negotiator
+from sfu.negotiation.transports import Transports
+from sfu.node.relay_tracks import set_received, set_sent, subscribe_sent
 from sfu.rooms.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
 from sfu.rooms.inputs import (
     CloseLinks,
@@ -91,6 +63,7 @@ from sfu.rooms.inputs import (
     RelaySend,
 )
 from sfu.rooms.records import Link, Peer, RelayRoom, Room, Track, WorkerTables, bind_srtp
+from sfu.rooms.settings import WorkerSettings
 from sfu.transport.offer_answer import LocalParameters
 from sfu.transport.peer import PeerTransport
 from sfu.transport.relay import LinkState, RelayLink, parse_fingerprint
@@ -116,8 +89,10 @@ _SRTP_ERRORS = _srtp_errors()
 
 class Links(Core):
     """A media worker's relay links (see the module docstring), on the worker's
-    :class:`~sfu.rooms.records.WorkerTables` and over its
-    :class:`~sfu.negotiation.negotiator.Negotiator` (rooms and tracks are its).
+    :class:`~sfu.rooms.records.WorkerTables`, with its
+    :class:`~sfu.rooms.settings.WorkerSettings` and over its
+    :class:`~sfu.negotiation.transports.Transports` (rooms and tracks are its:
+    what it queues when a relayed track ends is its own, for the worker to take).
 
     What it wants done (datagrams, RTCP to flush, events, timers) it queues
     as :mod:`sfu.rooms.actions` for :meth:`take_actions`. A link's SRTP media
@@ -126,35 +101,22 @@ class Links(Core):
     """
 
     def __init__(
-        self,
-        tables: WorkerTables,
-        negotiator: Negotiator,
-        *,
-        certificate: DtlsCertificate,
-        worker_id: str,
-        link_options: dict[str, Any],
+        self, settings: WorkerSettings, tables: WorkerTables, transports: Transports
     ) -> None:
+        self.settings = settings
         self.tables = tables
-        self.negotiator = negotiator
-        self.certificate = certificate
-        self.worker_id = worker_id
-        self.link_options = link_options
-        self._fingerprint = certificate.fingerprint("sha-256")
+        self.transports = transports
         self._links: dict[str, Link] = {}
         self.by_addr: dict[Address, Link] = {}
         """A peer worker's address -> its link: how the worker knows a link's datagrams."""
         self._early_dtls: dict[Address, list[bytes]] = {}
         super().__init__()
 
-    def _pass_on_negotiator(self) -> None:
-        """Queue what the negotiator wants done, where it wanted it."""
-        self._out += self.negotiator.take_actions()
-
     # -- MediaControl --------------------------------------------------------------------
 
     def relay_identity(self) -> tuple[str, str]:
         """This worker's id and DTLS fingerprint, ``"sha-256 AB:CD:..."`` (RFC 8122 section 5)."""
-        return self.worker_id, f"sha-256 {self._fingerprint}"
+        return self.settings.worker_id, f"sha-256 {self.settings.fingerprint}"
 
     def _handle_relay_send(self, command: RelaySend, now: float) -> list[RelayedTrack]:
         """Send exactly ``track_ids`` (local tracks of ``room``) to ``peer``; see
@@ -179,7 +141,7 @@ class Links(Core):
         link = self._link(peer, now)
         try:
             relay = self._relay_room(link, r, now)
-            self._set_sent(link, relay, tracks, now)
+            set_sent(self.tables.reports, link, relay, tracks, now)
             return [relay.sent[t][0] for t in wanted]
         finally:
             self._after(link, r, now)
@@ -194,7 +156,7 @@ class Links(Core):
         link = self._links.get(peer.worker)
         if not wanted and (r is None or link is None or room not in link.rooms):
             return
-        r = self.negotiator.room(room)
+        r = self.transports.room(room)
         current = r.relays.get(peer.worker)
         mine = current.ingress if current is not None else None
         ours: set[int] = set()
@@ -205,21 +167,21 @@ class Links(Core):
         for t in tracks:
             existing = r.tracks.get(t.info.track_id)
             if existing is not None and existing.publisher is not mine:
-                self.negotiator.forget_if_empty(r)
+                self.transports.forget_if_empty(r)
                 raise SfuStateError(f"room {room!r} already has a track {t.info.track_id!r}")
             for maybe in (t.ssrc, t.rtx_ssrc):
                 if maybe is not None and (maybe in taken or maybe in ours):
-                    self.negotiator.forget_if_empty(r)
+                    self.transports.forget_if_empty(r)
                     raise SfuStateError(f"SSRC {maybe} is already in use in room {room!r}")
         link = self._link(peer, now)
         try:
             relay = self._relay_room(link, r, now)
-            self._set_received(link, relay, wanted, now)
+            set_received(self.transports, link, relay, wanted, now)
         finally:
             self._after(link, r, now)
 
     def _check_peer(self, peer: RelayPeer) -> None:
-        if peer.worker == self.worker_id:
+        if peer.worker == self.settings.worker_id:
             raise SfuStateError("a worker cannot relay to itself")
         try:
             parse_fingerprint(peer.fingerprint)
@@ -232,7 +194,7 @@ class Links(Core):
             self._drop_relay_room(link, relay, now)
         if not link.used:
             self._close_link(link, "no room uses the link", now)
-        self.negotiator.forget_if_empty(room)
+        self.transports.forget_if_empty(room)
         self._out.append(FlushRtcp(room))
         self._service_link(link, now)
         self._out.append(Rearm())
@@ -245,7 +207,10 @@ class Links(Core):
         it is failed (signalling still wants it: no need to wait for the retry)."""
         link = self._links.get(peer.worker)
         if link is None:
-            core = RelayLink(self.certificate, self.worker_id, peer, now=now, **self.link_options)
+            settings = self.settings
+            core = RelayLink(
+                settings.certificate, settings.worker_id, peer, now=now, **settings.link_options
+            )
             link = self._links[peer.worker] = Link(core)
             self.by_addr[core.address] = link
             core.start(now)
@@ -287,7 +252,7 @@ class Links(Core):
     def _leg(self, room: Room, link: Link, direction: str, now: float) -> Peer:
         # A leg is a Peer to the forwarder and the report scheduler; its
         # transport is never used (the link's DTLS is the link's own).
-        transport = PeerTransport(self.certificate, now=now)
+        transport = PeerTransport(self.settings.certificate, now=now)
         transport.close("a relay link's leg")
         local = LocalParameters(transport.local_ufrag, transport.local_pwd, [], [])
         leg = Peer(
@@ -318,8 +283,8 @@ class Links(Core):
 
     def _drop_relay_room(self, link: Link, relay: RelayRoom, now: float) -> None:
         room = relay.room
-        self._set_sent(link, relay, [], now)
-        self._set_received(link, relay, {}, now)
+        set_sent(self.tables.reports, link, relay, [], now)
+        set_received(self.transports, link, relay, {}, now)
         for leg in (relay.egress, relay.ingress):
             self._leg_down(leg)
         room.forwarder.remove_subscriber(relay.egress)
@@ -350,7 +315,7 @@ class Links(Core):
 
     def _handle_close_room(self, command: CloseRoom, now: float) -> None:
         """A room closed: stop relaying it either way, and forget it if nothing
-        else uses it (after the negotiator took the same input)."""
+        else uses it (after the transports core took the same input)."""
         room = self.tables.rooms.get(command.room)
         if room is None:
             return
@@ -362,7 +327,7 @@ class Links(Core):
             self._drop_relay_room(link, relay, now)
             if not link.used:
                 self._close_link(link, "no room uses the link", now)
-        self.negotiator.forget_if_empty(room)
+        self.transports.forget_if_empty(room)
         self._out.append(Rearm())
 
     def _service_link(self, link: Link, now: float) -> None:
@@ -397,7 +362,7 @@ class Links(Core):
         for relay in link.rooms.values():
             self._leg_up(link, relay.egress, now)
             self._leg_up(link, relay.ingress, now)
-            self._subscribe_sent(link, relay, now)
+            subscribe_sent(self.tables.reports, relay, now)
             # Local subscribers may have waited for the link: ask for keyframes now.
             for track in relay.ingress.tracks.values():
                 if track.info.kind == "video" and track.live:
@@ -412,165 +377,6 @@ class Links(Core):
             # stopped when the link is back, which the peer sees as a gap.
             self._leg_down(relay.egress)
             self._leg_down(relay.ingress)
-
-    # -- what a room sends and receives --------------------------------------------------
-
-    def _set_sent(self, link: Link, relay: RelayRoom, tracks: list[Track], now: float) -> None:
-        room = relay.room
-        keep = {t.info.track_id for t in tracks}
-        for track_id in [t for t in relay.sent if t not in keep]:
-            relayed, track = relay.sent.pop(track_id)
-            if track_id in relay.subscribed:
-                relay.subscribed.discard(track_id)
-                sub = room.forwarder.subscription(relay.egress, relayed.ssrc)
-                if sub is not None:
-                    link.sent_gone += sub.packets_sent + sub.retransmitted
-                with contextlib.suppress(SfuStateError):
-                    room.forwarder.unsubscribe(relay.egress, track.ssrc)
-                self.tables.reports.remove_send(relay.egress, relayed.ssrc)
-            link.outgoing.pop(relayed.ssrc, None)
-            if relayed.rtx_ssrc is not None:
-                link.outgoing.pop(relayed.rtx_ssrc, None)
-        for track in tracks:
-            current = relay.sent.get(track.info.track_id)
-            if current is not None and current[1] is track and track.live:
-                continue
-            relayed = self._describe(link, track)
-            relay.sent[track.info.track_id] = (relayed, track)
-            link.outgoing[relayed.ssrc] = relay.egress
-            if relayed.rtx_ssrc is not None:
-                link.outgoing[relayed.rtx_ssrc] = relay.egress
-        if link.core.state is LinkState.CONNECTED:
-            self._subscribe_sent(link, relay, now)
-
-    def _describe(self, link: Link, track: Track) -> RelayedTrack:
-        """How a local track goes on the link: a fresh SSRC unique on it, the
-        publisher's payload types and extension ids (the link rewrites neither)."""
-        taken = set(link.outgoing) | set(link.incoming)
-        ssrc = _new_ssrc(taken)
-        rtx_ssrc = _new_ssrc(taken) if track.rtx is not None and track.rtx_ssrc else None
-        return RelayedTrack(
-            info=track.info,
-            ssrc=ssrc,
-            codec=_relay_codec(track.codec),
-            rtx_ssrc=rtx_ssrc,
-            rtx=_relay_codec(track.rtx) if rtx_ssrc is not None and track.rtx else None,
-            extensions=dict(track.extensions),
-            red=None if track.red is None else _relay_codec(track.red),
-        )
-
-    def _subscribe_sent(self, link: Link, relay: RelayRoom, now: float) -> None:
-        """Subscribe the egress leg to the tracks it sends and does not yet (the link is up)."""
-        forwarder = relay.room.forwarder
-        for track_id, (relayed, track) in relay.sent.items():
-            if track_id in relay.subscribed or not track.live:
-                continue
-            rtx_map = (
-                {relayed.codec.payload_type: relayed.rtx.payload_type}
-                if relayed.rtx is not None and relayed.rtx_ssrc is not None
-                else {}
-            )
-            sub = forwarder.subscribe(
-                relay.egress,
-                track.ssrc,
-                now,
-                ssrc=relayed.ssrc,
-                rtx_ssrc=relayed.rtx_ssrc,
-                rtx_payload_types=rtx_map,
-            )
-            relay.subscribed.add(track_id)
-            self._report_send(relay, track, sub)
-
-    def _report_send(self, relay: RelayRoom, track: Track, sub: Subscription) -> None:
-        source = track.publisher.recv_stats.get(track.ssrc)
-        if relay.egress.reporting and source is not None:
-            rewriter = sub.rewriter
-            self.tables.reports.add_send(
-                relay.egress,
-                SendStatistics(
-                    sub,
-                    source,
-                    lambda: rewriter.timestamp_offset,
-                    cname=track.info.participant,
-                ),
-            )
-
-    def _set_received(
-        self, link: Link, relay: RelayRoom, wanted: dict[str, RelayedTrack], now: float
-    ) -> None:
-        leg = relay.ingress
-        for track_id, track in list(leg.tracks.items()):
-            new = wanted.get(track_id)
-            if new is not None and _same(track, new):
-                if new.info.muted != track.info.muted:
-                    track.info = replace(track.info, muted=new.info.muted)
-                continue
-            self._remove_relayed(link, relay, track, now)
-        for track_id, relayed in wanted.items():
-            if track_id in leg.tracks:
-                continue
-            self._add_relayed(link, relay, relayed, now)
-
-    def _add_relayed(self, link: Link, relay: RelayRoom, relayed: RelayedTrack, now: float) -> None:
-        room = relay.room
-        leg = relay.ingress
-        codec = _codec(relayed.codec)
-        rtx = _codec(relayed.rtx) if relayed.rtx is not None else None
-        red = _codec(relayed.red) if relayed.red is not None else None
-        feedback = {(f.type, f.parameter) for f in codec.feedback}
-        room.forwarder.add_track(
-            leg,
-            relayed.ssrc,
-            kind=relayed.info.kind,
-            codec=codec.name or "",
-            clock_rate=codec.clock_rate,
-            rtx_ssrc=relayed.rtx_ssrc if rtx is not None else None,
-            rtx_payload_types={rtx.payload_type: codec.payload_type} if rtx is not None else None,
-            extensions=dict(relayed.extensions),
-            nack=("nack", None) in feedback,
-            fir=("nack", "pli") not in feedback and ("ccm", "fir") in feedback,
-            red_payload_type=None if red is None else red.payload_type,
-        )
-        track = Track(
-            relayed.info,
-            leg,
-            relayed.ssrc,
-            relayed.rtx_ssrc if rtx is not None else None,
-            codec,
-            rtx,
-            dict(relayed.extensions),
-        )
-        track.red = red
-        room.tracks[relayed.info.track_id] = track
-        leg.tracks[relayed.info.track_id] = track
-        stats = ReceiveStatistics(relayed.ssrc, codec.clock_rate)
-        leg.recv_stats[relayed.ssrc] = stats
-        if leg.reporting:
-            self.tables.reports.add_receive(leg, stats)
-        assert leg.owners is not None
-        leg.owners[relayed.ssrc] = relayed.info.participant
-        level_id = relayed.extensions.get(AUDIO_LEVEL)
-        if relayed.info.kind == "audio" and level_id and not relayed.info.muted:
-            leg.levels[relayed.ssrc] = level_id
-        link.incoming[relayed.ssrc] = leg
-        if track.rtx_ssrc is not None:
-            link.incoming[track.rtx_ssrc] = leg
-        if relayed.info.kind == "video" and link.core.state is LinkState.CONNECTED:
-            room.forwarder.request_keyframe(relayed.ssrc, now)
-
-    def _remove_relayed(self, link: Link, relay: RelayRoom, track: Track, now: float) -> None:
-        leg = relay.ingress
-        self.negotiator.remove_track(relay.room, track, now)
-        self._pass_on_negotiator()
-        leg.tracks.pop(track.info.track_id, None)
-        assert leg.owners is not None
-        participant = leg.owners.pop(track.ssrc, None)
-        link.incoming.pop(track.ssrc, None)
-        if track.rtx_ssrc is not None:
-            link.incoming.pop(track.rtx_ssrc, None)
-        if participant is not None and participant not in leg.owners.values():
-            self.negotiator.speaker_left(relay.room, participant, now)
-            self._pass_on_negotiator()
 
     # -- datagrams -----------------------------------------------------------------------
 
@@ -714,52 +520,3 @@ class Links(Core):
     def link_of(self, peer_worker: str) -> Link | None:
         """The live link to a peer worker (for tests and tools)."""
         return self._links.get(peer_worker)
-
-
-# --- helpers --------------------------------------------------------------------------
-
-
-def _new_ssrc(taken: set[int]) -> int:
-    while True:
-        ssrc = secrets.randbits(32)
-        if ssrc and ssrc not in taken:
-            taken.add(ssrc)
-            return ssrc
-
-
-def _relay_codec(codec: Codec) -> RelayCodec:
-    return RelayCodec(
-        payload_type=codec.payload_type,
-        name=codec.name or "",
-        clock_rate=codec.clock_rate,
-        channels=codec.channels,
-        fmtp=codec.fmtp,
-        feedback=tuple(str(f) for f in codec.feedback),
-    )
-
-
-def _codec(codec: RelayCodec) -> Codec:
-    feedback = []
-    for text in codec.feedback:
-        kind, _, parameter = text.partition(" ")
-        feedback.append(RtcpFeedback(kind, parameter or None))
-    return Codec(
-        payload_type=codec.payload_type,
-        name=codec.name or None,
-        clock_rate=codec.clock_rate,
-        channels=codec.channels,
-        fmtp=codec.fmtp,
-        feedback=feedback,
-    )
-
-
-def _same(track: Track, relayed: RelayedTrack) -> bool:
-    """Whether a relayed track is still described the same (else it is replaced)."""
-    return (
-        track.ssrc == relayed.ssrc
-        and track.rtx_ssrc == (relayed.rtx_ssrc if relayed.rtx is not None else None)
-        and _relay_codec(track.codec) == relayed.codec
-        and (None if track.red is None else _relay_codec(track.red)) == relayed.red
-        and track.info.kind == relayed.info.kind
-        and track.info.participant == relayed.info.participant
-    )

@@ -1,13 +1,29 @@
 """What the media worker's cores ask of it: send, flush RTCP, re-arm a timer, tell listeners.
 
-The worker's cores (:class:`sfu.negotiation.negotiator.Negotiator`, :class:`sfu.node.links.Links`,
+The worker's cores (:class:`sfu.negotiation.negotiator.Negotiator`,
+:class:`sfu.negotiation.transports.Transports`, :class:`sfu.node.links.Links`,
 :class:`sfu.layers.choice.Layers`) never send, arm a timer or call a listener
 themselves: each input (``receive``, :mod:`sfu.rooms.inputs`) and each timer
 queues what it wants done, in the order it wants it, and
 :class:`sfu.node.worker.MediaWorker` takes them (``take_actions()``, as aioquic's
-``datagrams_to_send()``) after every call and carries them out. A
-core that calls another core passes on what that one queued, right after the
-call, so the order holds across cores.
+``datagrams_to_send()``) after every call and carries them out.
+
+A core never takes another core's actions, not even those of a core it
+called: each queues its own, and after an input the worker takes every
+core's queue (:func:`carried_out`), the callers' before the called ones'
+(the negotiator's and the links', then the transports', then the layers').
+Inside a queue the order is the core's; between queues it is that one, and
+it keeps what the order between cores says: a transport's DTLS flight and
+its ``connected`` event go before the events and probes the layers queue as
+its subscriptions start, as they were queued. What else moves against the
+order the calls were made in does the same wherever it stands: every action
+is carried out once the whole input was taken, against the state it left,
+so a flush of a room's RTCP sends whatever is pending then, :class:`Arm`
+only ever moves the timer earlier, and :class:`Rearm` and :class:`ArmRtcp`
+read every core's deadline when carried out; the caller's own sends and
+events that come after the call (a link's handshake, its ``RelayState``,
+another transport's flight in the same timer round) are for other peers than
+the called core's (a subscriber's BYE, a room's active speaker).
 
 Control plane, RTCP and timer work only: a forwarded RTP packet never becomes
 an action (the worker's hot path sends those itself, with no allocation per
@@ -17,7 +33,7 @@ packet).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from rtc.ice import Address
@@ -105,10 +121,14 @@ class ActionQueue:
 
 
 @contextlib.contextmanager
-def carried_out(queue: ActionQueue, act: Callable[[list[Action]], None]) -> Iterator[None]:
-    """Hand ``act`` what the block's calls on ``queue`` queued, even if one raised:
-    a refused request may already have queued work (a transport to close, an event)."""
+def carried_out(
+    queues: Iterable[ActionQueue], act: Callable[[list[Action]], None]
+) -> Iterator[None]:
+    """Hand ``act`` what the block's calls queued on each of ``queues``, one
+    queue after the other in their order, even if a call raised: a refused
+    request may already have queued work (a transport to close, an event)."""
     try:
         yield
     finally:
-        act(queue.take_actions())
+        for queue in queues:
+            act(queue.take_actions())

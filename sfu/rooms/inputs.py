@@ -2,7 +2,8 @@
 
 Each sans-I/O core of :class:`sfu.node.worker.MediaWorker`
 (:class:`sfu.negotiation.negotiator.Negotiator`,
-:class:`sfu.node.links.Links`, :class:`sfu.layers.choice.Layers`) takes what reaches it
+:class:`sfu.negotiation.transports.Transports`, :class:`sfu.node.links.Links`,
+:class:`sfu.layers.choice.Layers`) takes what reaches it
 from outside through one verb, ``core.receive(input, now)``, as aioquic's
 connection takes its datagrams (``receive_datagram(data, addr, now)``): the
 :class:`sfu.control.messages.MediaControl` calls signalling makes (:class:`Publish`,
@@ -17,7 +18,10 @@ returns, typed by the record: a :class:`Publish` is an ``Input[PublishResult]``.
 
 Beside ``receive`` a core keeps its timer pair (``due()`` and
 ``handle_timer(now)``, the layers' ``tick``), and a core calls another by its
-methods (composition): those are no input from outside.
+methods (composition: the negotiator and the links call the transports, the
+transports call the layers): those are no input from outside, and what the
+called core wants done it queues as its own, which the worker takes from it
+(:mod:`sfu.rooms.actions`).
 
 A forwarded RTP packet is never a record: the hot path allocates nothing per
 packet. Records are for what comes a few times a second at most (a call from
@@ -64,6 +68,7 @@ __all__ = [
     "SpeakerChanged",
     "Subscribe",
     "SubscriberFeedback",
+    "TransportsInput",
     "Unpublish",
 ]
 
@@ -261,19 +266,11 @@ class SubscriberFeedback(Input[None]):
     packet: TransportCc | Remb
 
 
-NegotiatorInput = (
-    Publish
-    | Subscribe
-    | Answer
-    | SetMuted
-    | Unpublish
-    | Leave
-    | CloseRoom
-    | PeerDatagram
-    | PathMoved
-    | SpeakerChanged
-)
+NegotiatorInput = Publish | Subscribe | Answer | SetMuted | Unpublish
 """What :class:`sfu.negotiation.negotiator.Negotiator` takes."""
+
+TransportsInput = Leave | CloseRoom | PeerDatagram | PathMoved | SpeakerChanged
+"""What :class:`sfu.negotiation.transports.Transports` takes."""
 
 LinksInput = RelaySend | RelayReceive | CloseRoom | CloseLinks | LinkDtls | LinkRtcp | EarlyDtls
 """What :class:`sfu.node.links.Links` takes."""

@@ -3,11 +3,12 @@
 The records the parts of :class:`sfu.node.worker.MediaWorker` share (a relay
 link to another worker is a :class:`Link`), and :class:`WorkerTables`, the
 one record of its tables that it hands them. The datagram
-side (:mod:`sfu.node.worker`) reads a :class:`Peer` on every packet: its SRTP
+side (:mod:`sfu.node.hot_path`) reads a :class:`Peer` on every packet: its SRTP
 methods, selected address, forwarder and per-packet counters. The control
-side (:mod:`sfu.negotiation.negotiator`) creates and changes them as participants
-publish, subscribe and leave. A :class:`Peer` is also the forwarder's key for
-its subscriber, so the hot path needs no lookup per subscriber.
+side (:mod:`sfu.negotiation.transports`, :mod:`sfu.negotiation.negotiator`)
+creates and changes them as participants publish, subscribe and leave. A
+:class:`Peer` is also the forwarder's key for its subscriber, so the hot path
+needs no lookup per subscriber.
 
 Plain classes with ``__slots__`` rather than dataclasses: the hot path reads
 their attributes per packet, and identity (not equality) is what the
@@ -249,7 +250,7 @@ class RelayRoom:
         self.ingress = ingress
         self.outgoing = outgoing
         """The link's own table of the SSRCs it sends -> their egress leg (shared by
-        every room on the link): a track that ends leaves it (:mod:`sfu.negotiation.negotiator`)."""
+        every room on the link): a track that ends leaves it (:mod:`sfu.negotiation.transports`)."""
         self.sent: dict[str, tuple[RelayedTrack, Track]] = {}
         """Track id -> how it goes on the link, and the local track."""
         self.subscribed: set[str] = set()
@@ -440,7 +441,8 @@ class WorkerTables:
     tables a datagram is routed by, the per-worker RTCP cores, and counters.
 
     :class:`sfu.node.worker.MediaWorker` owns it and hands the same record to
-    its negotiator (:mod:`sfu.negotiation.negotiator`), relay links (:mod:`sfu.node.links`)
+    its transports (:mod:`sfu.negotiation.transports`), negotiator
+    (:mod:`sfu.negotiation.negotiator`), relay links (:mod:`sfu.node.links`)
     and layers (:mod:`sfu.layers.choice`); each changes the tables, none holds
     another copy of them.
     """

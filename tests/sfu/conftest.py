@@ -35,10 +35,8 @@ from rtc.ice import random_credentials
 from rtc.sdp.session import SessionDescription
 from rtc.srtp import SrtpSession
 from sfu.control.messages import MediaEvent, TransportState
-from sfu.layers.choice import Layers
-from sfu.negotiation.negotiator import Negotiator
 from sfu.node.worker import MediaWorker
-from sfu.rooms.actions import Emit
+from sfu.rooms.actions import ActionQueue, Emit
 
 WIDTH, HEIGHT = 160, 120
 AUDIO_RATE = 48000
@@ -98,7 +96,7 @@ async def worker(loopback_aiortc: None) -> AsyncIterator[MediaWorker]:
         yield w
 
 
-def take_events(core: Negotiator | Layers, events: Events | None = None) -> None:
+def take_events(core: ActionQueue, events: Events | None = None) -> None:
     """After a test calls a worker's core itself: its queued events go to
     ``events``, as the worker would hand them to its listeners; the rest of
     what it queued (RTCP to flush, timers) is dropped."""

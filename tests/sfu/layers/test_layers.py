@@ -324,8 +324,9 @@ async def watched(
     sub_peer.pending_offer = False
     sub_peer.reporting = True
     worker.tables.reports.add_leg(sub_peer, now)
-    worker.negotiator.apply_subscriptions(sub_peer, now)
-    take_events(worker.negotiator, events)
+    worker.transports.apply_subscriptions(sub_peer, now)
+    take_events(worker.transports, events)
+    take_events(worker.layers, events)
     fsub = room.forwarder.subscription(sub_peer, section.forwarded.ssrc)
     return Watched(pub, sub_peer, fsub, track_id, now)
 

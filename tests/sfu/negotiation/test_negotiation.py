@@ -1,8 +1,9 @@
-"""The worker's negotiator as a core: no socket, no event loop, a made-up clock.
+"""The worker's negotiator and its transports core: no socket, no event loop, a made-up clock.
 
-Each input goes in through its one verb, ``receive`` (:mod:`sfu.rooms.inputs`);
-what it wants done comes back as :mod:`sfu.rooms.actions` for the test to read,
-as the worker would take and carry them out.
+Each input goes in through its core's one verb, ``receive``
+(:mod:`sfu.rooms.inputs`); what each core wants done comes back from it as
+:mod:`sfu.rooms.actions` for the test to read, as the worker would take and
+carry them out.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from sfu.feedback.bandwidth import BandwidthFeedback
 from sfu.feedback.reports import ReportScheduler
 from sfu.layers.choice import Layers
 from sfu.negotiation.negotiator import Negotiator
+from sfu.negotiation.transports import Transports
 from sfu.rooms.actions import Action, Emit, FlushRtcp, Rearm, Send
 from sfu.rooms.inputs import Leave, Publish, Subscribe
 from sfu.rooms.records import WorkerTables
+from sfu.rooms.settings import WorkerSettings
 
 NOW = 1000.0
 
@@ -48,25 +51,24 @@ a=ssrc:1234 cname:a
 
 
 def negotiator(
-    certificate: DtlsCertificate, address: tuple[str, int] = ("127.0.0.1", 40000)
+    certificate: DtlsCertificate,
+    address: tuple[str, int] = ("127.0.0.1", 40000),
+    worker_id: str = "worker-test",
 ) -> Negotiator:
-    """A negotiator on tables of its own, its one host candidate at ``address``."""
+    """A negotiator over a transports core on tables of its own, its one host
+    candidate at ``address``."""
+    settings = WorkerSettings(
+        worker_id=worker_id,
+        certificate=certificate,
+        feedback_ssrc=1,
+        consent_timeout=30.0,
+        connect_timeout=10.0,
+    )
     tables = WorkerTables(
         ReportScheduler(ssrc=1, cname="wadud", wall_offset=0.0), BandwidthFeedback()
     )
-    return Negotiator(
-        tables,
-        Layers(tables),
-        certificate=certificate,
-        candidates=lambda: [address],
-        consent_timeout=30.0,
-        connect_timeout=10.0,
-        forwarder_options={},
-        simulcast=True,
-        red=True,
-        feedback_ssrc=1,
-        remb_max_bitrate=2_500_000,
-    )
+    transports = Transports(settings, tables, Layers(tables), lambda: [address])
+    return Negotiator(settings, transports)
 
 
 def offer(certificate: DtlsCertificate) -> str:
@@ -111,17 +113,37 @@ def test_leaving_closes_the_transports_and_forgets_the_room(
     sdp = core.receive(Subscribe("room", "bob", [track.track_id]), NOW)
     assert sdp is not None and "a=sendonly" in sdp
     core.take_actions()
-    core.receive(Leave("room", "alice"), NOW + 1)
-    actions = core.take_actions()
+    transports = core.transports
+    transports.receive(Leave("room", "alice"), NOW + 1)
+    actions = transports.take_actions()
     assert states(actions) == [("alice", "publish", "closed")]
     assert not any(isinstance(a, Send) for a in actions)  # never connected: no close_notify
     assert actions[-1] == Rearm()
     assert track.track_id not in core.tables.rooms["room"].tracks
-    core.receive(Leave("room", "bob"), NOW + 2)
-    assert states(core.take_actions()) == [("bob", "subscribe", "closed")]
+    transports.receive(Leave("room", "bob"), NOW + 2)
+    assert states(transports.take_actions()) == [("bob", "subscribe", "closed")]
     assert core.tables.rooms == {} and core.tables.peers == set()
     assert core.tables.by_ufrag == {}
     assert core.tables.totals["received"] == 0
+
+
+def test_what_the_transports_core_queues_is_its_own_to_take(
+    certificate: DtlsCertificate,
+) -> None:
+    """The negotiator closes a transport through the transports core: the
+    event that says so stays in that core's queue, for the worker to take
+    (sfu.rooms.actions), and the negotiator's holds only its own."""
+    core = negotiator(certificate)
+    track = core.receive(Publish("room", "alice", offer(certificate), {}), NOW).added[0]
+    core.receive(Subscribe("room", "bob", [track.track_id]), NOW)
+    core.take_actions()
+    core.transports.take_actions()
+    sdp = core.receive(Subscribe("room", "bob", [track.track_id], "transport"), NOW + 1)
+    assert sdp is not None
+    room = core.tables.rooms["room"]
+    assert core.take_actions() == [FlushRtcp(room), Rearm()]
+    assert states(core.transports.take_actions()) == [("bob", "subscribe", "closed")]
+    assert core.transports.layers.take_actions() == []
 
 
 def test_a_refused_verb_still_leaves_its_actions_to_take(certificate: DtlsCertificate) -> None:
@@ -149,17 +171,18 @@ def test_an_ssrc_another_publisher_sends_on_is_refused(certificate: DtlsCertific
     assert [t.info.participant for t in room.tracks.values()] == ["alice"]
 
 
-def test_a_transport_that_never_connects_fails_on_the_negotiators_timer(
+def test_a_transport_that_never_connects_fails_on_the_transports_timer(
     certificate: DtlsCertificate,
 ) -> None:
-    """The transports' timers are the negotiator's pair, due() and handle_timer()."""
+    """The transports' timers are their core's pair, due() and handle_timer()."""
     core = negotiator(certificate)
     core.receive(Publish("room", "alice", offer(certificate), {}), NOW)
     core.take_actions()
-    due = core.due()
+    transports = core.transports
+    due = transports.due()
     assert due is not None and NOW < due <= NOW + 10.0
-    core.handle_timer(due - 0.001)
-    assert core.take_actions() == []
-    core.handle_timer(NOW + 10.0)
-    assert states(core.take_actions()) == [("alice", "publish", "failed")]
-    assert core.tables.peers == set() and core.due() is None
+    transports.handle_timer(due - 0.001)
+    assert transports.take_actions() == []
+    transports.handle_timer(NOW + 10.0)
+    assert states(transports.take_actions()) == [("alice", "publish", "failed")]
+    assert core.tables.peers == set() and transports.due() is None

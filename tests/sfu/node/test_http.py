@@ -38,8 +38,8 @@ async def test_worker_takes_a_free_port_when_the_configured_one_is_taken() -> No
             Settings(media_port=port, media_consent_timeout=7.0, media_remb_max_bitrate=300_000)
         )
     assert worker.port not in (0, port)
-    assert worker.consent_timeout == 7.0
-    assert worker.remb_max_bitrate == 300_000
+    assert worker.settings.consent_timeout == 7.0
+    assert worker.settings.remb_max_bitrate == 300_000
     assert worker._transport is None  # closed with the app
 
 

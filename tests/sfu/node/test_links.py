@@ -13,6 +13,7 @@ import pytest
 
 from rtc.dtls import DtlsCertificate
 from sfu.control.messages import RelayPeer, RelayState
+from sfu.negotiation.negotiator import Negotiator
 from sfu.node.links import Links
 from sfu.rooms.actions import Action, Arm, Emit, Send
 from sfu.rooms.inputs import CloseRoom, LinkDtls, Publish, RelayReceive, RelaySend
@@ -22,9 +23,12 @@ A = ("127.0.0.1", 40001)
 B = ("127.0.0.1", 40002)
 
 
-def links(worker_id: str, certificate: DtlsCertificate, address: tuple[str, int]) -> Links:
-    core = negotiator(certificate, address)
-    return Links(core.tables, core, certificate=certificate, worker_id=worker_id, link_options={})
+def links(
+    worker_id: str, certificate: DtlsCertificate, address: tuple[str, int]
+) -> tuple[Negotiator, Links]:
+    """A worker's links core, over the transports core of its negotiator."""
+    core = negotiator(certificate, address, worker_id)
+    return core, Links(core.settings, core.tables, core.transports)
 
 
 def peer(core: Links, address: tuple[str, int]) -> RelayPeer:
@@ -52,10 +56,10 @@ def certificates() -> tuple[DtlsCertificate, DtlsCertificate]:
 def test_a_link_comes_up_over_an_in_memory_wire_and_closes_with_its_room(
     certificates: tuple[DtlsCertificate, DtlsCertificate],
 ) -> None:
-    a = links("worker-a", certificates[0], A)
-    b = links("worker-b", certificates[1], B)
-    track = a.negotiator.receive(Publish("room", "alice", offer(certificates[0]), {}), NOW).added[0]
-    a.negotiator.take_actions()
+    negotiator_a, a = links("worker-a", certificates[0], A)
+    _, b = links("worker-b", certificates[1], B)
+    track = negotiator_a.receive(Publish("room", "alice", offer(certificates[0]), {}), NOW).added[0]
+    negotiator_a.take_actions()
     b.receive(RelayReceive("room", peer(a, A), []), NOW)  # nothing yet: no link
     assert b.link_of("worker-a") is None
     (relayed,) = a.receive(RelaySend("room", peer(b, B), [track.track_id]), NOW)
@@ -77,8 +81,10 @@ def test_a_link_comes_up_over_an_in_memory_wire_and_closes_with_its_room(
     assert set(link_b.incoming) == {relayed.ssrc}
     # The room closes on the sending side: the link is no longer used and closes.
     close = CloseRoom("room", "room closed")
-    a.negotiator.receive(close, now)
+    a.transports.receive(close, now)
     a.receive(close, now)
-    closed = [x.event for x in a.take_actions() if isinstance(x, Emit)]
+    closed = [
+        x.event for x in a.transports.take_actions() + a.take_actions() if isinstance(x, Emit)
+    ]
     assert RelayState("worker-b", "closed", "no room uses the link") in closed
     assert a.link_of("worker-b") is None and a.tables.rooms == {}

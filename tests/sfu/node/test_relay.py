@@ -197,8 +197,8 @@ async def test_one_track_crosses_once_to_three_subscribers(
     # Idempotent: the same call describes the same SSRCs.
     again = await a.relay_send(ROOM, peer_of(b, middle.address("for_a")), track_ids)
     assert again == sent
-    await wait_until(lambda: "connected" in link_state(events_a, b.worker_id), within=5)
-    await wait_until(lambda: "connected" in link_state(events_b, a.worker_id), within=5)
+    await wait_until(lambda: "connected" in link_state(events_a, b.settings.worker_id), within=5)
+    await wait_until(lambda: "connected" in link_state(events_b, a.settings.worker_id), within=5)
 
     subs = []
     for name in ("patient", "interpreter", "family"):
@@ -212,8 +212,8 @@ async def test_one_track_crosses_once_to_three_subscribers(
     assert fwd_a is not None and fwd_b is not None
     assert fwd_a.stats.keyframe_requests >= 1
 
-    link_b = b.link_of(a.worker_id)
-    link_a = a.link_of(b.worker_id)
+    link_b = b.link_of(a.settings.worker_id)
+    link_a = a.link_of(b.settings.worker_id)
     assert link_a is not None and link_b is not None
 
     # Each packet crosses once: what the middle saw is what A sent on the
@@ -262,8 +262,8 @@ async def test_one_track_crosses_once_to_three_subscribers(
     # Metrics: links, packets each way, forged datagrams, the link's loss and RTT by peer worker.
     text = generate_latest(REGISTRY).decode()
     assert 'sfu_relay_links{state="connected"}' in text
-    assert f'sfu_relay_rtt_seconds{{peer_worker="{b.worker_id}"}}' in text
-    assert f'sfu_relay_loss_ratio{{peer_worker="{a.worker_id}"}}' in text
+    assert f'sfu_relay_rtt_seconds{{peer_worker="{b.settings.worker_id}"}}' in text
+    assert f'sfu_relay_loss_ratio{{peer_worker="{a.settings.worker_id}"}}' in text
     assert 'sfu_relay_packets_total{direction="in"}' in text
     assert "sfu_relay_forged_datagrams_total" in text
 
@@ -273,10 +273,10 @@ async def test_one_track_crosses_once_to_three_subscribers(
         await b.leave(ROOM, sub.participant)
     assert await a.relay_send(ROOM, peer_of(b, middle.address("for_a")), []) == []
     await b.relay_receive(ROOM, peer_of(a, middle.address("for_b")), [])
-    assert a.link_of(b.worker_id) is None
-    assert b.link_of(a.worker_id) is None
-    assert link_state(events_a, b.worker_id)[-1] == "closed"
-    assert link_state(events_b, a.worker_id)[-1] == "closed"
+    assert a.link_of(b.settings.worker_id) is None
+    assert b.link_of(a.settings.worker_id) is None
+    assert link_state(events_a, b.settings.worker_id)[-1] == "closed"
+    assert link_state(events_b, a.settings.worker_id)[-1] == "closed"
     assert ROOM not in b.rooms()
     totals = a.snapshot()["relays"]
     assert totals["out"] >= snap_a["out"]
@@ -314,7 +314,7 @@ async def test_a_wrong_fingerprint_fails_the_link(
     a.add_listener(events_a)
     b.add_listener(events_b)
     other = MediaWorker(worker_id="z")
-    impostor = RelayPeer(b.worker_id, b.host, b.port, other.relay_identity()[1])
+    impostor = RelayPeer(b.settings.worker_id, b.settings.host, b.port, other.relay_identity()[1])
     # No track needed on B's side to make it listen: it receives nothing yet.
     await a.relay_receive(ROOM, impostor, [])
     room = "fp-room"
@@ -335,11 +335,11 @@ async def test_a_wrong_fingerprint_fails_the_link(
     )
     await a.relay_receive(room, impostor, [relayed])
     await b.relay_receive(room, peer_of(a, a.address), [relayed])
-    await wait_until(lambda: "failed" in link_state(events_a, b.worker_id), within=8)
+    await wait_until(lambda: "failed" in link_state(events_a, b.settings.worker_id), within=8)
     failure = next(e for e in events_a.items if isinstance(e, RelayState) and e.state == "failed")
     assert "DTLS" in failure.reason
-    assert "connected" not in link_state(events_a, b.worker_id)
-    assert "connected" not in link_state(events_b, a.worker_id)
+    assert "connected" not in link_state(events_a, b.settings.worker_id)
+    assert "connected" not in link_state(events_b, a.settings.worker_id)
 
 
 async def test_a_colliding_track_id_is_refused(
@@ -399,7 +399,9 @@ async def test_relay_calls_over_redis(
     pair: tuple[MediaWorker, MediaWorker, Middle], made: list[Any], redis: aioredis.Redis
 ) -> None:
     a, b, middle = pair
-    servers = [MediaServer(redis, w, w.worker_id, "inc-" + w.worker_id) for w in (a, b)]
+    servers = [
+        MediaServer(redis, w, w.settings.worker_id, "inc-" + w.settings.worker_id) for w in (a, b)
+    ]
     for server in servers:
         await server.start()
     client = MediaClient(redis, "api-" + secrets.token_hex(4), timeout=3.0)
@@ -407,8 +409,12 @@ async def test_relay_calls_over_redis(
     states: list[tuple[str, Any]] = []
     client.add_listener(lambda wid, inc, what: states.append((wid, what)))
     try:
-        remote_a = client.remote(a.worker_id, "inc-" + a.worker_id, a.relay_identity()[1])
-        remote_b = client.remote(b.worker_id, "inc-" + b.worker_id, b.relay_identity()[1])
+        remote_a = client.remote(
+            a.settings.worker_id, "inc-" + a.settings.worker_id, a.relay_identity()[1]
+        )
+        remote_b = client.remote(
+            b.settings.worker_id, "inc-" + b.settings.worker_id, b.relay_identity()[1]
+        )
         assert remote_a.relay_identity() == a.relay_identity()
         track_ids = await publish(a, made)
         sent = await remote_a.relay_send(ROOM, peer_of(b, middle.address("for_a")), track_ids)
@@ -416,7 +422,7 @@ async def test_relay_calls_over_redis(
         await remote_b.relay_receive(ROOM, peer_of(a, middle.address("for_b")), sent)
         await wait_until(
             lambda: any(
-                wid == b.worker_id and isinstance(w, RelayState) and w.state == "connected"
+                wid == b.settings.worker_id and isinstance(w, RelayState) and w.state == "connected"
                 for wid, w in states
             ),
             within=5,
@@ -426,7 +432,7 @@ async def test_relay_calls_over_redis(
             await remote_a.relay_send(ROOM, peer_of(b, middle.address("for_a")), ["t-nope"])
         await remote_a.relay_send(ROOM, peer_of(b, middle.address("for_a")), [])
         await remote_b.relay_receive(ROOM, peer_of(a, middle.address("for_b")), [])
-        assert a.link_of(b.worker_id) is None
+        assert a.link_of(b.settings.worker_id) is None
     finally:
         await client.close()
         for server in servers:

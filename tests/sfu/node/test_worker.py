@@ -35,6 +35,8 @@ from sfu.control.messages import ActiveSpeaker
 from sfu.errors import SfuStateError
 from sfu.feedback.reports import nack_interval_for
 from sfu.node.worker import MediaWorker
+from sfu.rooms.actions import Emit
+from sfu.rooms.inputs import Leave
 from tests.chromium import CHROMIUM, FLAGS, reporting_site
 from tests.polling import wait_until
 from tests.sfu.conftest import (
@@ -491,6 +493,23 @@ async def test_the_bundle_tagged_section_is_parked_not_rejected(
     assert offer.bundle is not None and offer.bundle.mids == ["0", "2", "3"]
     await wait_until(lambda: sub.frames["video"] >= frames + 5)
     assert [e.state for e in events.transport("patient", "subscribe")] == ["connected"]
+
+
+def test_the_worker_takes_each_cores_actions_the_callers_first() -> None:
+    """No core takes another's actions, even a core it called (sfu.rooms.actions):
+    after an input the worker carries out every core's own queue, the
+    negotiator's and the links' before the transports' (which they call),
+    and the transports' before the layers' (which they call)."""
+    worker = MediaWorker()
+    events = Events()
+    worker.add_listener(events)
+    cores = [worker.negotiator, worker.links, worker.transports, worker.layers]
+    said = [ActiveSpeaker(type(core).__name__, None) for core in cores]
+    for core, event in reversed(list(zip(cores, said, strict=True))):
+        core._out.append(Emit(event))
+    worker._receive(worker.transports, Leave("no room", "nobody"), 0.0)
+    assert events.items == said
+    assert all(core.take_actions() == [] for core in cores)
 
 
 # --- RTCP reports and bandwidth feedback --------------------------------------------------

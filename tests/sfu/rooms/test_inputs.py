@@ -12,6 +12,7 @@ from rtc.dtls import DtlsCertificate
 from sfu.errors import SfuError, UnknownInput
 from sfu.layers.choice import Layers
 from sfu.negotiation.negotiator import Negotiator
+from sfu.negotiation.transports import Transports
 from sfu.node.links import Links
 from sfu.rooms.inputs import (
     Core,
@@ -21,13 +22,19 @@ from sfu.rooms.inputs import (
     LinksInput,
     NegotiatorInput,
     SetAudioOnly,
+    TransportsInput,
 )
 from tests.sfu.negotiation.test_negotiation import NOW, negotiator
 
 
 @pytest.mark.parametrize(
     ("core", "declared"),
-    [(Negotiator, NegotiatorInput), (Links, LinksInput), (Layers, LayersInput)],
+    [
+        (Negotiator, NegotiatorInput),
+        (Transports, TransportsInput),
+        (Links, LinksInput),
+        (Layers, LayersInput),
+    ],
 )
 def test_each_core_takes_every_input_it_declares(core: type[Core], declared: object) -> None:
     assert set(core.handlers) == set(typing.get_args(declared))
@@ -52,7 +59,9 @@ def test_an_input_the_core_does_not_take_is_a_typed_error(certificate: DtlsCerti
 def test_an_input_of_another_core_is_refused_as_well(certificate: DtlsCertificate) -> None:
     core = negotiator(certificate)
     with pytest.raises(UnknownInput, match="Layers takes no Leave"):
-        core.layers.receive(Leave("room", "alice"), NOW)
-    with pytest.raises(UnknownInput, match="Negotiator takes no SetAudioOnly"):
-        core.receive(SetAudioOnly("room", "alice", True), NOW)
+        core.transports.layers.receive(Leave("room", "alice"), NOW)
+    with pytest.raises(UnknownInput, match="Negotiator takes no Leave"):
+        core.receive(Leave("room", "alice"), NOW)
+    with pytest.raises(UnknownInput, match="Transports takes no SetAudioOnly"):
+        core.transports.receive(SetAudioOnly("room", "alice", True), NOW)
     assert core.tables.rooms == {}
