@@ -27,8 +27,11 @@ def retransmission(
 ) -> bytes | None:
     """A packet from the history again for ``sub``: RTX-wrapped (RFC 4588
     section 4) when it negotiated RTX, else as the original; rewritten as the
-    hot path rewrites it, with a new transport-wide sequence number. None
-    when the subscription cannot take it (its payload type, its rewriter)."""
+    hot path first rewrote it (the sequence number and timestamp the
+    subscriber saw, RFC 3550 section 5.1), with a new transport-wide sequence
+    number; the rewriter's state is left as it is. None when the subscription
+    cannot take it (its payload type), or when the packet was not sent in the
+    rewriter's latest run (its number is no longer known)."""
     b1 = packet[1]
     _, _, seq, ts, _ = _FIXED.unpack_from(packet)
     pt = b1 & 0x7F
@@ -45,7 +48,9 @@ def retransmission(
             cut = bytearray(packet[:start])
             cut += packet[primary & 0xFFFF : end]
             cut[0] &= 0xDF
-    mapped = sub.rewriter.rewrite(seq, ts, now)
+    # As first sent, by the latest run's offsets: never rewrite(), which would
+    # start a pending run with this old packet and move the live stream.
+    mapped = sub.rewriter.sent_as(seq, ts)
     if out_pt is None or mapped is None:
         return None
     if cut is not None:

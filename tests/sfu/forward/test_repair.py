@@ -334,3 +334,35 @@ def test_unwrapped_rtx_is_the_plain_retransmission(
     assert rtx is not None and plain is not None
     assert header.header_fields(rtx)[2:] == (rtx_seq, ts, RTX_SSRC)
     assert header.rtx_original(rtx, SUB_VP8, SUB_SSRC) == plain
+
+
+@pytest.mark.parametrize("resume", ["unpause", "unmute"])
+def test_nack_after_a_resume_is_answered_as_first_sent(resume: str) -> None:
+    # RFC 4588 section 4 / RFC 3550 section 5.1: a retransmission carries the
+    # sequence number the subscriber knows, and never moves the live run.
+    fwd = Forwarder()
+    fwd.add_track("alice", PUB_SSRC, kind="audio", codec="opus", clock_rate=48000)
+    sub = fwd.subscribe("bob", PUB_SSRC, 0.0, ssrc=SUB_SSRC)
+    first = {}
+    for i, seq in enumerate(range(100, 105)):
+        [(_, copy)] = fwd.route(media(seq, 960 * i, bytes([0xF8, i]), pt=111), 0.02 * i)
+        first[seq] = copy
+    assert [header.sequence_number(c) for c in first.values()] == [100, 101, 102, 103, 104]
+    if resume == "unpause":
+        fwd.set_paused("bob", PUB_SSRC, True, 0.1)
+        fwd.set_paused("bob", PUB_SSRC, False, 0.2)
+    else:
+        fwd.set_muted(PUB_SSRC, True, 0.1)
+        fwd.set_muted(PUB_SSRC, False, 0.2)
+    # The subscriber asks again for 102 before the resumed run's first packet.
+    resent = fwd.handle_nack("bob", SUB_SSRC, [102], 0.21)
+    assert [header.sequence_number(p) for _, p in resent] == [102]
+    assert resent == [("bob", first[102])]
+    assert sub.rewriter.highest[0] == 104
+    # The live stream goes on one after the last number sent: no gap to NACK.
+    [(_, live)] = fwd.route(media(105, 960 * 5, b"\xf8\x05", pt=111), 0.22)
+    assert header.sequence_number(live) == 105
+    # Once the new run has started, the old run's numbers are refused, counted.
+    unanswered = fwd.stats.nack_unanswered
+    assert fwd.handle_nack("bob", SUB_SSRC, [103], 0.23) == []
+    assert (fwd.stats.nack_unanswered, sub.unanswered) == (unanswered + 1, 1)
