@@ -85,8 +85,8 @@ class RtpRewriter:
     packets from one source gets fixed offsets, chosen at its first packet so
     that it continues one sequence number after the highest sent so far and
     with a timestamp advanced by the wall-clock time elapsed. Fixed offsets map
-    a retransmitted packet exactly as the first time, and map a subscriber's
-    NACK back (:meth:`original_sequence`).
+    a subscriber's NACK back (:meth:`original_sequence`) and the packet found
+    for it exactly as the first time (:meth:`sent_as`).
 
     Pure state: the caller passes ``now`` (seconds) and calls :meth:`switch`
     before the first packet of a new run; it should start a video run on a
@@ -157,6 +157,24 @@ class RtpRewriter:
             self._out_max_seq, self._out_max_ts = out_seq, out_ts
             self._last_now = now
         return out_seq, out_ts
+
+    def sent_as(self, seq: int, ts: int) -> tuple[int, int] | None:
+        """The ``(sequence_number, timestamp)`` an incoming packet of the latest
+        run was sent under, for a retransmission (RFC 4588 section 4: it repeats
+        the original's sequence number and timestamp, RFC 3550 section 5.1).
+
+        Unlike :meth:`rewrite` it changes nothing: a retransmission never starts
+        a run, even after :meth:`switch` (the previous run still answers until
+        the next run's first packet), and never moves the highest sent. ``None``
+        if ``seq`` was not sent in the latest run (an earlier run's, or not sent
+        yet): its number is no longer known.
+        """
+        if not self._started:
+            return None
+        u = self._in_max + (((seq - self._in_max + 0x8000) & 0xFFFF) - 0x8000)
+        if u < self._in_start or u > self._in_max:
+            return None
+        return (seq + self._seq_offset) & 0xFFFF, (ts + self._ts_offset) & 0xFFFFFFFF
 
     def original_sequence(self, out_seq: int) -> int | None:
         """Incoming sequence number behind an outgoing one, for answering NACKs.

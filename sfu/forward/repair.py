@@ -32,6 +32,7 @@ from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtp.extensions import extension_elements
 from rtc.rtp.header import payload_range
 from sfu.forward.fanout import Routed
+from sfu.forward.simulcast import vp8_picture
 from sfu.forward.table import (
     ForwarderStats,
     Group,
@@ -55,8 +56,12 @@ def retransmission(
 ) -> bytes | None:
     """A packet from the history again for ``sub``: RTX-wrapped (RFC 4588
     section 4) when it negotiated RTX, else as the original; rewritten as the
-    hot path rewrites it, with a new transport-wide sequence number. None
-    when the subscription cannot take it (its payload type, its rewriter)."""
+    hot path first rewrote it (the sequence number and timestamp the
+    subscriber saw, RFC 3550 section 5.1, and a simulcast layer's VP8
+    PictureID and TL0PICIDX, RFC 7741 section 4.2), with a new transport-wide
+    sequence number; the rewriters' state is left as it is. None when the
+    subscription cannot take it (its payload type), or when the packet was
+    not sent in the rewriter's latest run (its number is no longer known)."""
     b1 = packet[1]
     _, _, seq, ts, _ = _FIXED.unpack_from(packet)
     pt = b1 & 0x7F
@@ -73,12 +78,23 @@ def retransmission(
             cut = bytearray(packet[:start])
             cut += packet[primary & 0xFFFF : end]
             cut[0] &= 0xDF
-    mapped = sub.rewriter.rewrite(seq, ts, now)
+    # As first sent, by the latest run's offsets: never rewrite(), which would
+    # start a pending run with this old packet and move the live stream.
+    mapped = sub.rewriter.sent_as(seq, ts)
     if out_pt is None or mapped is None:
         return None
     if cut is not None:
         packet = bytes(cut)
         stats.red_stripped += 1
+    vp8 = sub.vp8
+    if vp8 is not None:
+        # A simulcast layer's PictureID and TL0PICIDX as the subscriber first
+        # got them (RFC 7741 section 4.2), not the layer's own.
+        picture = vp8_picture(packet, start, end)
+        if picture is not None:
+            rewritten = bytearray(packet)
+            vp8.resend(rewritten, picture)
+            packet = bytes(rewritten)
     two_byte, _, _, elements = extension_elements(packet)
     rtx_pt = sub.rtx_pt.get(out_pt) if sub.rtx_ssrc is not None else None
     if rtx_pt is not None and sub.rtx_ssrc is not None:

@@ -293,3 +293,23 @@ class Vp8Rewriter:
             if out != last and (out - last) & 0xFF < 0x80:
                 self._last_tl0 = out
             data[tl0_pos] = out
+
+    def resend(self, data: bytearray, picture: Picture) -> None:
+        """Write the PictureID and TL0PICIDX :meth:`apply` wrote for ``picture``
+        in this run into ``data``, for a retransmission: the values the
+        subscriber first saw (RFC 7741 section 4.2). Changes nothing: a
+        retransmission never starts a run, even after :meth:`switch` (the
+        previous run's offsets hold until the next run's first packet), and
+        never moves the newest picture sent. The caller makes sure the packet
+        was sent in this run (:meth:`rtc.rtp.sequence.RtpRewriter.sent_as`:
+        a new VP8 run only ever starts with a new RTP run)."""
+        pid_pos, pid, mask, tl0_pos, tl0 = picture
+        if pid_pos >= 0:
+            out = (pid + self._pid_offset) & mask
+            if mask == 0x7FFF:
+                data[pid_pos] = 0x80 | out >> 8
+                data[pid_pos + 1] = out & 0xFF
+            else:
+                data[pid_pos] = out
+        if tl0_pos >= 0:
+            data[tl0_pos] = (tl0 + self._tl0_offset) & 0xFF

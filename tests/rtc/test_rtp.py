@@ -480,3 +480,23 @@ def test_rewriter_timestamp_offset_follows_runs() -> None:
     seq, ts = r.rewrite(7, 1_000_000, 1.0) or (0, 0)
     assert (seq, ts) == (101, 5000 + 90000)
     assert r.timestamp_offset == (ts - 1_000_000) & 0xFFFFFFFF
+
+
+def test_rewriter_maps_a_resent_packet_without_moving() -> None:
+    r = sequence.RtpRewriter(48000)
+    assert r.sent_as(5, 0) is None  # nothing sent yet
+    for i in range(10):
+        r.rewrite(i, i * 960, i * 0.02)
+    r.switch()
+    # Until the next run's first packet the previous run still answers, as sent.
+    assert r.sent_as(7, 7 * 960) == (7, 7 * 960)
+    assert r.sent_as(10, 0) is None  # never sent
+    assert r.highest == (9, 9 * 960)
+    first = r.rewrite(5000, 1000, 0.5)
+    assert first == (10, 9 * 960 + round((0.5 - 0.18) * 48000))
+    assert r.rewrite(5001, 1960, 0.52) == (11, first[1] + 960)
+    # The new run's packets map as sent; the old run's numbers are gone.
+    assert r.sent_as(5000, 1000) == first
+    assert r.sent_as(7, 7 * 960) is None
+    assert r.sent_as(5002, 2920) is None
+    assert r.highest == (11, first[1] + 960)

@@ -334,3 +334,99 @@ def test_unwrapped_rtx_is_the_plain_retransmission(
     assert rtx is not None and plain is not None
     assert header.header_fields(rtx)[2:] == (rtx_seq, ts, RTX_SSRC)
     assert header.rtx_original(rtx, SUB_VP8, SUB_SSRC) == plain
+
+
+@pytest.mark.parametrize("resume", ["unpause", "unmute"])
+def test_nack_after_a_resume_is_answered_as_first_sent(resume: str) -> None:
+    # RFC 4588 section 4 / RFC 3550 section 5.1: a retransmission carries the
+    # sequence number the subscriber knows, and never moves the live run.
+    fwd = Forwarder()
+    fwd.add_track("alice", PUB_SSRC, kind="audio", codec="opus", clock_rate=48000)
+    sub = fwd.subscribe("bob", PUB_SSRC, 0.0, ssrc=SUB_SSRC)
+    first = {}
+    for i, seq in enumerate(range(100, 105)):
+        [(_, copy)] = fwd.route(media(seq, 960 * i, bytes([0xF8, i]), pt=111), 0.02 * i)
+        first[seq] = copy
+    assert [header.sequence_number(c) for c in first.values()] == [100, 101, 102, 103, 104]
+    if resume == "unpause":
+        fwd.set_paused("bob", PUB_SSRC, True, 0.1)
+        fwd.set_paused("bob", PUB_SSRC, False, 0.2)
+    else:
+        fwd.set_muted(PUB_SSRC, True, 0.1)
+        fwd.set_muted(PUB_SSRC, False, 0.2)
+    # The subscriber asks again for 102 before the resumed run's first packet.
+    resent = fwd.handle_nack("bob", SUB_SSRC, [102], 0.21)
+    assert [header.sequence_number(p) for _, p in resent] == [102]
+    assert resent == [("bob", first[102])]
+    assert sub.rewriter.highest[0] == 104
+    # The live stream goes on one after the last number sent: no gap to NACK.
+    [(_, live)] = fwd.route(media(105, 960 * 5, b"\xf8\x05", pt=111), 0.22)
+    assert header.sequence_number(live) == 105
+    # Once the new run has started, the old run's numbers are refused, counted.
+    unanswered = fwd.stats.nack_unanswered
+    assert fwd.handle_nack("bob", SUB_SSRC, [103], 0.23) == []
+    assert (fwd.stats.nack_unanswered, sub.unanswered) == (unanswered + 1, 1)
+
+
+GROUP, LOW, HIGH = 9000, 0x0101, 0x0202
+
+
+def vp8_layer(ssrc: int, seq: int, ts: int, pid: int, tl0: int, *, key: bool = False) -> bytes:
+    """A VP8 packet of a simulcast layer: a descriptor (RFC 7741 section 4.2)
+    with a 15-bit PictureID and a TL0PICIDX, a keyframe's start if ``key``."""
+    descriptor = bytes([0x90, 0xC0, 0x80 | pid >> 8, pid & 0xFF, tl0])
+    frame = bytes([0x10 if key else 0x11, 0, 0, 0x9D, 0x01, 0x2A, 0x40, 0x01, 0xB4, 0])
+    return (
+        bytes(
+            RtpPacket(payload_type=VP8, sequence_number=seq, timestamp=ts, ssrc=ssrc, marker=True)
+        )
+        + descriptor
+        + frame
+    )
+
+
+def picture(packet: bytes) -> tuple[int, int]:
+    """PictureID and TL0PICIDX of a plain VP8 packet as a subscriber reads them."""
+    start, _ = header.payload_range(packet)
+    return (packet[start + 2] & 0x7F) << 8 | packet[start + 3], packet[start + 4]
+
+
+@pytest.mark.parametrize("rtx", [False, True], ids=["plain", "rtx"])
+def test_simulcast_vp8_retransmission_keeps_the_picture_first_sent(rtx: bool) -> None:
+    # RFC 7741 section 4.2: the subscriber's PictureID/TL0PICIDX continue
+    # across layers; a retransmission repeats the ones it first carried.
+    fwd = Forwarder()
+    fwd.simulcast.add_group("alice", GROUP, 2, codec="vp8", clock_rate=90000)
+    fwd.simulcast.add_layer(GROUP, 0, LOW)
+    fwd.simulcast.add_layer(GROUP, 1, HIGH)
+    fwd.subscribe(
+        "bob", GROUP, 0.0, ssrc=SUB_SSRC, payload_types={VP8: SUB_VP8},
+        rtx_ssrc=RTX_SSRC if rtx else None, rtx_payload_types={SUB_VP8: SUB_RTX} if rtx else None,
+    )  # fmt: skip
+    fwd.simulcast.set_layer("bob", GROUP, 0, 0.0)
+    first: dict[int, bytes] = {}
+    for i in range(3):
+        packet = vp8_layer(LOW, 100 + i, 3000 * i, 10 + i, 3, key=i == 0)
+        [(_, copy)] = fwd.route(packet, 0.033 * i)
+        first[header.sequence_number(copy)] = copy
+    fwd.simulcast.set_layer("bob", GROUP, 1, 0.1)
+    for i in range(3, 6):
+        packet = vp8_layer(HIGH, 30000 + i, 3000 * i, 500 + i, 70, key=i == 3)
+        [(_, copy)] = fwd.route(packet, 0.033 * i)
+        first[header.sequence_number(copy)] = copy
+    pictures = [(10, 3), (11, 3), (12, 3), (13, 4), (14, 4), (15, 4)]
+    assert [picture(c) for c in first.values()] == pictures
+    assert list(first) == [100, 101, 102, 103, 104, 105]
+    for nacked, paused in ((104, False), (103, True)):
+        if paused:
+            # A resume leaves the VP8 rewriter waiting for its next run too.
+            fwd.set_paused("bob", GROUP, True, 0.3)
+            fwd.set_paused("bob", GROUP, False, 0.31)
+        [(_, again)] = fwd.handle_nack("bob", SUB_SSRC, [nacked], 0.32)
+        if rtx:
+            again = header.rtx_original(again, SUB_VP8, SUB_SSRC) or b""
+        assert picture(again) == picture(first[nacked])
+        assert again == first[nacked]
+    # The resumed run continues one picture after the last sent.
+    [(_, live)] = fwd.route(vp8_layer(HIGH, 30006, 18000, 506, 71, key=True), 0.4)
+    assert (header.sequence_number(live), picture(live)) == (106, (16, 5))

@@ -122,6 +122,41 @@ def test_picture_ids_continue_across_a_switch(
         assert t1 == (t0 + 1) & 0xFF
 
 
+@given(
+    st.booleans(),
+    st.integers(0, 0x7FFF),
+    st.integers(0, 0x7FFF),
+    st.integers(0, 255),
+    st.integers(1, 20),
+    st.integers(0, 19),
+)
+def test_a_resent_picture_is_written_as_first_sent(
+    wide: bool, pid_a: int, pid_b: int, tl0: int, n: int, again: int
+) -> None:
+    mask = 0x7FFF if wide else 0x7F
+    rw = Vp8Rewriter()
+    d = descriptor(pid_a, wide, 0)
+    rw.rewrite(d, 0, len(d))
+    rw.switch()
+    sent: list[tuple[bytearray, bytearray]] = []
+    for i in range(n):
+        original = descriptor((pid_b + i) & mask, wide, (tl0 + i) & 0xFF)
+        copy = bytearray(original)
+        rw.rewrite(copy, 0, len(copy))
+        sent.append((original, copy))
+    original, copy = sent[again % n]
+    picture = vp8_picture(original, 0, len(original))
+    assert picture is not None
+    for pending in (False, True):
+        if pending:
+            rw.switch()  # the previous run's offsets hold until the next run's first packet
+        state = [getattr(rw, name) for name in Vp8Rewriter.__slots__]
+        resent = bytearray(original)
+        rw.resend(resent, picture)
+        assert resent == copy
+        assert [getattr(rw, name) for name in Vp8Rewriter.__slots__] == state
+
+
 def test_temporal_id_and_sync_bit() -> None:
     d = descriptor(5, True, 3, tid=2, y=False)
     assert vp8_temporal_id(d, 0, len(d)) == (2, False)
