@@ -17,13 +17,13 @@ from typing import Any
 from booking import call_report_page, call_reports
 from privacy import retention
 from sfu.control.messages import CallSample, TransportState
-from signalling.http import RECORDER
+from signalling.edge.http import RECORDER
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_bookings import events, pool_of
 from tests.booking.test_video_calls import _live_booking
 from tests.chromium import CHROMIUM
 from tests.conftest import Api
-from tests.signalling.test_ws import joined
+from tests.signalling.service.test_ws import joined
 from wadud import keys
 from wadud.api import Role
 

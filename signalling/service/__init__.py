@@ -1,0 +1,1 @@
+"""The call service: the asyncio side of call signalling in one process."""
