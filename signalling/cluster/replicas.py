@@ -33,7 +33,7 @@ from signalling.cluster.opening import Claims
 from signalling.live.room import CallRoom
 from signalling.media.placement import Placed
 from signalling.media.sites import Sites
-from signalling.room.core import Output
+from signalling.room.outputs import Output
 from wadud.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
@@ -532,7 +532,7 @@ class Replicas:
             elapsed=max(0.0, time.time() - float(data.get("at") or time.time())),
             grace_of=grace_of,
         )
-        for participant in room.core.participants.values():
+        for participant in room.core.members.participants.values():
             # The handles conn_of gave: this replica's connections or RemoteConnections.
             conn = cast("AnyConnection | None", participant.conn)
             if conn is not None:
@@ -546,7 +546,7 @@ class Replicas:
             for region, placed in (data.get("sites") or {}).items():
                 await self._sites.point(room, str(region), Placed.parse(str(placed)))
         for pid, sub_data in (data.get("subscribers") or {}).items():
-            if room.core.get(pid) is None:
+            if room.core.members.get(pid) is None:
                 continue
             sub = room.subscriber(pid)
             sub.asked = tuple(sub_data.get("asked") or ())

@@ -159,7 +159,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
 
     def identity(room: str, pid: str) -> str | None:
         found = calls.room(room)
-        who = found.core.get(pid) if found is not None else None
+        who = found.core.members.get(pid) if found is not None else None
         return who.grant.identity if who is not None else None
 
     recorder = app[RECORDER] = CallRecorder(

@@ -32,7 +32,9 @@ from typing import Any
 import asyncpg
 
 from hooks import events
-from signalling.room.core import MediaCloseRoom, Output, Room, Send, State
+from signalling.room.core import Room
+from signalling.room.members import State
+from signalling.room.outputs import MediaCloseRoom, Output, Send
 
 log = logging.getLogger("wadud.signalling")
 
@@ -70,16 +72,16 @@ def view_of(core: Room, booking: str) -> View:
                 p.grant.role,
                 p.state.value,
                 p.conn,
-                {t.track_id: (t.kind, t.source) for t in p.tracks.values()},
+                {t.track_id: (t.kind, t.source) for t in core.media.tracks_of(p.id)},
             )
-            for p in core.participants.values()
+            for p in core.members.participants.values()
             if p.state is not State.GONE
         },
     )
 
 
 def _booking(core: Room) -> str:
-    for p in core.participants.values():
+    for p in core.members.participants.values():
         if p.grant.booking:
             return p.grant.booking
     return ""

@@ -19,7 +19,8 @@ from sfu.errors import SfuStateError
 from signalling import errors, protocol
 from signalling.media.lane import MediaLane
 from signalling.media.sites import Site
-from signalling.room.core import Room, State
+from signalling.room.core import Room
+from signalling.room.members import State
 
 log = logging.getLogger("wadud.signalling")
 T = TypeVar("T")
@@ -105,7 +106,7 @@ class Subscriber:
                     # The end of the regathering kicks every subscriber.
                     break
                 self.dirty = False
-                wanted = self.room.core.wanted(self.pid)
+                wanted = self.room.core.media.wanted(self.pid)
                 ids = tuple(t.track_id for t in wanted)
                 if ids == self.asked and not self.force:
                     continue
@@ -304,7 +305,7 @@ class CallRoom:
             raise errors.UnknownTarget(str(exc) or "no such track") from exc
 
     def send_to(self, participant_id: str, frame: dict[str, Any]) -> None:
-        who = self.core.get(participant_id)
+        who = self.core.members.get(participant_id)
         if who is not None and isinstance(who.conn, Peer) and who.state is State.JOINED:
             who.conn.send(frame)
 
@@ -318,7 +319,7 @@ class CallRoom:
         else:
             return
         frame = protocol.ParticipantMedia(participant_id=participant_id, state=state).frame()
-        for other in self.core.present():
+        for other in self.core.members.present():
             if other.id != participant_id:
                 self.send_to(other.id, frame)
 

@@ -481,7 +481,9 @@ class Sites(Generic[R]):
         if reason == "media-lost" and self.media_client is not None:
             self.media_client.abandon(old.placed.worker, old.placed.incarnation)
         await self.point(room, old.region, new)
-        moved = [pid for pid in room.core.participants if self.region_of(room, pid) == old.region]
+        moved = [
+            pid for pid in room.core.members.participants if self.region_of(room, pid) == old.region
+        ]
         if reason == "media-draining":
             room.lane.background("close_room", partial(old.media.close_room, room.name))
         # The other sites stop relaying to and from the old worker; what its
@@ -512,8 +514,8 @@ class Sites(Generic[R]):
 def _wants(core: Room) -> tuple[dict[str, str], dict[str, list[str]]]:
     publisher_of: dict[str, str] = {}
     wants: dict[str, list[str]] = {}
-    for participant in core.present():
-        for track in participant.tracks.values():
+    for participant in core.members.present():
+        for track in core.media.tracks_of(participant.id):
             publisher_of[track.track_id] = participant.id
-        wants[participant.id] = [t.track_id for t in core.wanted(participant.id)]
+        wants[participant.id] = [t.track_id for t in core.media.wanted(participant.id)]
     return publisher_of, wants

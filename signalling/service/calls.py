@@ -76,18 +76,10 @@ from signalling.room.consent import (
     RecordingStart,
     RecordingStop,
 )
-from signalling.room.core import (
-    Close,
-    ControlFrame,
-    MediaCloseRoom,
-    MediaLeave,
-    Output,
-    Resubscribe,
-    Room,
-    Send,
-    State,
-    track_info,
-)
+from signalling.room.core import ControlFrame, Room
+from signalling.room.media import track_info
+from signalling.room.members import State
+from signalling.room.outputs import Close, MediaCloseRoom, MediaLeave, Output, Resubscribe, Send
 from wadud.auth import RoomGrant
 from wadud.config import Settings
 
@@ -133,7 +125,7 @@ class _Collector(Collector):
             nconns += len(svc.connections)
             for room in svc.rooms.values():
                 for state in counts:
-                    counts[state] += room.core.count(state)
+                    counts[state] += room.core.members.count(state)
         rooms.add_metric([], nrooms)
         people.add_metric(["joined"], counts[State.JOINED])
         people.add_metric(["detached"], counts[State.DETACHED])
@@ -285,14 +277,14 @@ class CallService:
             if isinstance(event, ActiveSpeaker):
                 MEDIA_EVENTS.labels("active_speaker", "").inc()
                 if room is not None and self.sites.speaker_counts(room, worker):
-                    self.apply(room, room.core.speaker(event.participant))
+                    self.apply(room, room.core.media.speaker(event.participant))
             elif isinstance(event, TransportState):
                 MEDIA_EVENTS.labels("transport_state", event.state).inc()
                 if (
                     room is not None
                     and event.direction == "subscribe"
                     and event.state == "failed"
-                    and (who := room.core.get(event.participant)) is not None
+                    and (who := room.core.members.get(event.participant)) is not None
                     and who.present
                 ):
                     room.subscriber(event.participant).restart()
@@ -343,7 +335,7 @@ class CallService:
             frame = protocol.ConnectionQuality(
                 participant_id=event.participant, quality=event.quality
             ).frame()
-            for other in room.core.present():
+            for other in room.core.members.present():
                 room.send_to(other.id, frame)
 
     # -- rooms -----------------------------------------------------------------
@@ -504,7 +496,7 @@ class CallService:
             sub = room.subscribers.get(pid)
             if sub is not None:
                 sub.offer, sub.asked, sub.force = None, (), True
-        publishers = [pid for pid in moved if (p := room.core.get(pid)) is not None and p.tracks]
+        publishers = [pid for pid in moved if room.core.media.tracks_of(pid)]
         room.regather(publishers)
         outputs = room.core.media_reset(reason, moved if len(room.sites) > 1 else None)
         self.apply(room, outputs)
@@ -669,53 +661,53 @@ class CallService:
                 result = await room.media_call(
                     partial(media.publish, room.name, who.id, frame.sdp, frame.sources)
                 )
-                if core.get(who.id) is not who or not who.present:
+                if core.members.get(who.id) is not who or not who.present:
                     # It left while the worker answered: what the worker just
                     # set up must go too.
                     room.lane.background("leave", partial(media.leave, room.name, who.id))
                     return
-                outputs = core.published(who.id, result.added, result.removed)
+                outputs = core.media.published(who.id, result.added, result.removed)
                 room.republished(who.id)
                 conn.send(
                     protocol.reply(
                         "published",
                         frame.id,
                         sdp=result.answer,
-                        tracks=[track_info(t) for t in core.tracks_of(who.id)],
+                        tracks=[track_info(t) for t in core.media.tracks_of(who.id)],
                     )
                 )
                 self.apply(room, outputs)
             case protocol.Answer():
-                who = core.check_subscribe(conn)
+                who = core.members.check_subscribe(conn)
                 await room.subscriber(who.id).answer(frame.sdp)
                 conn.send(ok)
             case protocol.Candidate():
                 # ICE-lite (RFC 8445 section 2.5): the worker learns the
                 # client's addresses from its checks; trickled candidates are
                 # accepted and not needed.
-                core.check_joined(conn)
+                core.members.check_joined(conn)
                 conn.send(ok)
             case protocol.Mute():
-                who, track = core.check_mute(conn, frame.track_id)
+                who, track = core.media.check_mute(conn, frame.track_id)
                 await room.track_call(
                     track.participant,
                     lambda media: media.set_muted(room.name, track.track_id, frame.muted),
                 )
-                outputs = core.muted(who.id, track.track_id, frame.muted)
+                outputs = core.media.muted(who.id, track.track_id, frame.muted)
                 conn.send(ok)
                 self.apply(room, outputs)
             case protocol.Unpublish():
-                who = core.check_unpublish(conn, frame.track_id)
+                who = core.media.check_unpublish(conn, frame.track_id)
                 await room.track_call(
                     who.id, lambda media: media.unpublish(room.name, who.id, frame.track_id)
                 )
-                outputs = core.unpublished(who.id, frame.track_id)
+                outputs = core.media.unpublished(who.id, frame.track_id)
                 conn.send(ok)
                 self.apply(room, outputs)
             case protocol.TrackView():
                 # No answer: pages send these often (docs/protocol.md).
-                who = core.check_subscribe(conn)
-                if any(t.track_id == frame.track_id for t in core.wanted(who.id)):
+                who = core.members.check_subscribe(conn)
+                if any(t.track_id == frame.track_id for t in core.media.wanted(who.id)):
                     media = await room.media_for(who.id)
                     room.lane.background(
                         "view",
@@ -728,14 +720,14 @@ class CallService:
                         ),
                     )
             case protocol.AudioOnly():
-                who = core.check_joined(conn)
+                who = core.members.check_joined(conn)
                 media = await room.media_for(who.id)
                 await room.media_call(
                     partial(media.set_audio_only, room.name, who.id, frame.enabled)
                 )
                 conn.send(ok)
             case protocol.IceRestart() | protocol.ReconnectMedia():
-                who = core.check_joined(conn)
+                who = core.members.check_joined(conn)
                 room.subscriber(who.id).restart(
                     "ice" if isinstance(frame, protocol.IceRestart) else "transport"
                 )
@@ -756,13 +748,15 @@ class CallService:
         if not grant.name:
             # An anonymous link: the name the person typed (or typed before,
             # when resuming) is shown; a token's own name always wins.
-            typed = frame.name or (room.core.typed_name(frame.resume) if frame.resume else "")
+            typed = frame.name or (
+                room.core.members.typed_name(frame.resume) if frame.resume else ""
+            )
             if typed:
                 grant = dataclasses.replace(grant, name=typed)
         try:
             result = room.core.join(conn, grant, now, ref=frame.id, resume=frame.resume)
         except errors.SignallingError:
-            if room.core.empty:
+            if room.core.members.empty:
                 self.drop_room(room)
             raise
         conn.room, conn.participant_id = room, result.participant.id
@@ -873,7 +867,7 @@ class CallService:
         """An account signed out or lost its rights: its participants leave
         every room this replica owns (each replica hears the bus event)."""
         for room in list(self.rooms.values()):
-            if any(p.grant.identity == identity for p in room.core.participants.values()):
+            if any(p.grant.identity == identity for p in room.core.members.participants.values()):
                 self.apply(room, room.core.revoke(identity, sid))
 
     def end_room(self, name: str, reason: str) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 from sfu.control.messages import TrackInfo
 from signalling.live.events import View, changes
-from signalling.room.core import Output, Room
+from signalling.room.core import Room
+from signalling.room.outputs import Output
 from tests.signalling.room.test_room import grant, new_room
 
 BOOKING = "7b0c6a1e-5c55-4c1b-9a51-0d7f3f1e2a10"
@@ -42,7 +43,7 @@ def test_a_visit_gives_every_event_once_in_order() -> None:
     assert watch(room, dr.outputs) == ["participant_joined"]
     admitted = room.admit("c-dr", pt.participant.id)
     assert watch(room, admitted) == ["participant_admitted", "participant_joined"]
-    published = room.published(dr.participant.id, [video(dr.participant.id)], ())
+    published = room.media.published(dr.participant.id, [video(dr.participant.id)], ())
     assert watch(room, published) == ["track_published"]
     assert watch(room, room.leave("c-dr")) == ["track_unpublished", "participant_left"]
     assert watch(room, room.leave("c-pt")) == ["participant_left", "room_finished"]
@@ -61,7 +62,7 @@ def test_a_visit_gives_every_event_once_in_order() -> None:
 
 def test_denied_given_up_and_replaced() -> None:
     room, watch = new_room(), Watch()
-    room.require_admission = True
+    room.members.require_admission = True
     watch(room, room.join("c-dr", DOCTOR, 0.0).outputs)
     pt = room.join("c-pt", PATIENT, 1.0)
     watch(room, pt.outputs)
@@ -82,7 +83,7 @@ def test_an_ended_room_says_everyone_left_then_finished() -> None:
     room, watch = new_room(), Watch()
     dr = room.join("c-dr", DOCTOR, 0.0)
     watch(room, dr.outputs)
-    watch(room, room.published(dr.participant.id, [video(dr.participant.id)], ()))
+    watch(room, room.media.published(dr.participant.id, [video(dr.participant.id)], ()))
     assert watch(room, room.end("c-dr")) == [
         "track_unpublished",
         "participant_left",

@@ -16,7 +16,8 @@ from signalling.room.consent import (
     RecordingStart,
     RecordingStop,
 )
-from signalling.room.core import MediaCloseRoom, Output, Room
+from signalling.room.core import Room
+from signalling.room.outputs import MediaCloseRoom, Output
 from tests.signalling.room.test_room import DOCTOR, FAMILY, PATIENT, frames, new_room, track
 
 
@@ -105,13 +106,13 @@ def test_a_late_joiner_is_asked_and_sends_nothing_before_answering() -> None:
     room.receive("c-pt", protocol.RecordingConsent(recording_id=rid, agree=True))
     assert room.check_publish("c-pt").grant == PATIENT
     # A resume keeps the answer: not asked again.
-    res = room.join("c-pt2", PATIENT, 2.0, resume=room.participants["p-2"].session)
+    res = room.join("c-pt2", PATIENT, 2.0, resume=room.members.participants["p-2"].session)
     assert res.resumed and asked(res.outputs, "c-pt2") == []
 
 
 def test_someone_already_sending_keeps_sending_while_asked() -> None:
     room = in_call()
-    room.published("p-2", [track("t1", "p-2")], ())
+    room.media.published("p-2", [track("t1", "p-2")], ())
     ask(room)
     assert room.check_publish("c-pt").id == "p-2"
 

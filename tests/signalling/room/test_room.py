@@ -16,18 +16,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from sfu.control.messages import TrackInfo
 from signalling import errors, protocol
-from signalling.room.core import (
-    TRANSITIONS,
-    Close,
-    Event,
-    MediaCloseRoom,
-    MediaLeave,
-    Output,
-    Resubscribe,
-    Room,
-    Send,
-    State,
-)
+from signalling.room.core import Room
+from signalling.room.members import TRANSITIONS, Event, State
+from signalling.room.outputs import Close, MediaCloseRoom, MediaLeave, Output, Resubscribe, Send
 from wadud.auth import RoomGrant
 
 ROOM = "consult-1"
@@ -145,7 +136,7 @@ def test_patient_before_doctor_waits_until_admitted() -> None:
     assert admitted["participants"][0]["identity"] == "dr-amina"
     assert types(out, "c-doc") == ["participant_joined", "waiting"]
     assert frames(out, "c-doc")[1]["waiting"] == []
-    assert room.get("p-1") is not None and room.get("p-1").state is State.JOINED  # type: ignore[union-attr]
+    assert room.members.get("p-1") is not None and room.members.get("p-1").state is State.JOINED  # type: ignore[union-attr]
     with pytest.raises(errors.BadState):
         room.admit("c-doc", "p-1")
     with pytest.raises(errors.UnknownTarget):
@@ -159,7 +150,7 @@ def test_deny_closes_the_waiting_connection_with_4403() -> None:
     assert closes(out) == {"c-pt": 4403}
     assert frames(out, "c-doc")[0] == {"v": 1, "type": "waiting", "waiting": []}
     assert not any(isinstance(o, MediaLeave) for o in out)  # never had media
-    assert room.get("p-1") is None
+    assert room.members.get("p-1") is None
 
 
 def test_patient_cannot_use_admin_rights() -> None:
@@ -169,7 +160,7 @@ def test_patient_cannot_use_admin_rights() -> None:
         lambda: room.deny("c-pt", "p-3"),
         lambda: room.remove("c-pt", "p-1"),
         lambda: room.end("c-pt"),
-        lambda: room.set_require_admission("c-pt", True),
+        lambda: room.members.set_require_admission("c-pt", True),
     ]
     for call in calls:
         with pytest.raises(errors.NotAllowed) as exc:
@@ -182,7 +173,7 @@ def test_patient_cannot_use_admin_rights() -> None:
 def test_require_admission_makes_everyone_without_admin_wait() -> None:
     room = new_room()
     room.join("c-doc", DOCTOR, 0.0)
-    out = room.set_require_admission("c-doc", True)
+    out = room.members.set_require_admission("c-doc", True)
     assert frames(out, "c-doc") == [{"v": 1, "type": "room_settings", "require_admission": True}]
     assert room.join("c-pt", PATIENT, 0.0).participant.state is State.WAITING
     staff = room.join("c-staff", grant("nurse-1", "staff"), 0.0)
@@ -192,7 +183,7 @@ def test_require_admission_makes_everyone_without_admin_wait() -> None:
 
 def test_a_new_connection_for_the_same_identity_replaces_the_old() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
-    room.published("p-2", [track("t-1", "p-2")], [])
+    room.media.published("p-2", [track("t-1", "p-2")], [])
     again = room.join("c-pt2", PATIENT, 5.0, ref="9")
     assert again.participant.id == "p-3" and not again.resumed
     out = again.outputs
@@ -207,14 +198,14 @@ def test_a_new_connection_for_the_same_identity_replaces_the_old() -> None:
     }
     assert MediaLeave("p-2") in out
     assert types(out, "c-pt2") == ["joined"]
-    assert [p.id for p in room.present()] == ["p-1", "p-3"]
+    assert [p.id for p in room.members.present()] == ["p-1", "p-3"]
 
 
 def test_resume_within_grace_keeps_the_participant() -> None:
     room = new_room()
     room.join("c-doc", DOCTOR, 0.0)
     pt = room.join("c-pt", PATIENT, 0.0)
-    room.published("p-2", [track("t-1", "p-2")], [])
+    room.media.published("p-2", [track("t-1", "p-2")], [])
     assert room.disconnect("c-pt", 10.0) == []  # nobody is told: media still flows
     assert pt.participant.state is State.DETACHED
     assert room.get_timer() == 10.0 + GRACE
@@ -228,7 +219,7 @@ def test_resume_within_grace_keeps_the_participant() -> None:
     assert room.get_timer() is None
     # A disconnect of the old connection, noticed late, changes nothing.
     assert room.disconnect("c-pt", 30.0) == []
-    assert room.get("p-2") is not None and room.get("p-2").state.value == "joined"  # type: ignore[union-attr]
+    assert room.members.get("p-2") is not None and room.members.get("p-2").state.value == "joined"  # type: ignore[union-attr]
 
 
 def test_resume_takes_over_a_half_open_connection() -> None:
@@ -255,7 +246,7 @@ def test_grace_over_means_gone_and_the_last_one_closes_the_room() -> None:
     room.leave("c-pt-late")
     out = room.handle_timer(41.0 + GRACE)
     assert out[-1] == MediaCloseRoom()
-    assert room.empty
+    assert room.members.empty
 
 
 def test_resume_with_other_rights_starts_afresh() -> None:
@@ -269,18 +260,18 @@ def test_resume_with_other_rights_starts_afresh() -> None:
 def test_a_waiting_participant_who_drops_is_gone() -> None:
     room = new_room()
     room.join("c-doc", DOCTOR, 0.0)
-    room.set_require_admission("c-doc", True)
+    room.members.set_require_admission("c-doc", True)
     room.join("c-pt", PATIENT, 0.0)
     out = room.disconnect("c-pt", 1.0)
     assert frames(out, "c-doc") == [{"v": 1, "type": "waiting", "waiting": []}]
-    assert room.get("p-2") is None
+    assert room.members.get("p-2") is None
 
 
 def test_control_frames_are_answered_ok_then_carried_out() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT), ("c-fam", FAMILY))
     out = room.receive("c-doc", protocol.RoomSettings(id="s", require_admission=True))
     assert out[0] == Send("c-doc", {"v": 1, "type": "ok", "ref": "s"})
-    assert types(out, "c-doc") == ["ok", "room_settings"] and room.require_admission
+    assert types(out, "c-doc") == ["ok", "room_settings"] and room.members.require_admission
     out = room.receive("c-doc", protocol.Remove(id="r", participant_id="p-3"))
     assert types(out, "c-doc") == ["ok", "participant_left"] and closes(out) == {"c-fam": 4403}
     # A refusal changes nothing and answers nothing.
@@ -305,7 +296,7 @@ def test_remove_and_end() -> None:
     assert types(out, "c-doc") == ["room_ended"] and types(out, "c-pt") == ["room_ended"]
     assert closes(out) == {"c-doc": 4410, "c-pt": 4410}
     assert out[-1] == MediaCloseRoom()
-    assert room.ended and room.empty
+    assert room.ended and room.members.empty
     with pytest.raises(errors.RoomEnded) as exc:
         room.join("c-x", DOCTOR, 1.0)
     assert exc.value.close_code == 4410
@@ -324,7 +315,7 @@ def test_room_full_counts_the_waiting_and_frees_a_replaced_seat() -> None:
     again = room.join("c-pt2", PATIENT, 1.0)
     assert again.participant.state is State.JOINED
     assert closes(again.outputs) == {"c-pt": 4409}
-    assert len(room.participants) == 2
+    assert len(room.members.participants) == 2
 
 
 def test_tracks_subscriptions_and_mute_rights() -> None:
@@ -332,7 +323,7 @@ def test_tracks_subscriptions_and_mute_rights() -> None:
     room.join("c-obs", grant("observer", subscribe=True, publish=False), 0.0)
     with pytest.raises(errors.NotAllowed):
         room.check_publish("c-obs")
-    out = room.published("p-2", [track("t-a", "p-2", "audio"), track("t-v", "p-2")], [])
+    out = room.media.published("p-2", [track("t-a", "p-2", "audio"), track("t-v", "p-2")], [])
     assert types(out, "c-pt") == []
     assert types(out, "c-doc") == ["track_published", "track_published"]
     assert frames(out, "c-doc")[0]["track"] == {
@@ -344,15 +335,15 @@ def test_tracks_subscriptions_and_mute_rights() -> None:
         "muted": False,
     }
     assert Resubscribe(("p-1", "p-3")) in out
-    assert [t.track_id for t in room.wanted("p-1")] == ["t-a", "t-v"]
-    assert room.wanted("p-2") == []  # never its own
+    assert [t.track_id for t in room.media.wanted("p-1")] == ["t-a", "t-v"]
+    assert room.media.wanted("p-2") == []  # never its own
     # Mute: one's own tracks, admins any; everyone hears of it.
     with pytest.raises(errors.NotAllowed):
-        room.check_mute("c-obs", "t-a")
+        room.media.check_mute("c-obs", "t-a")
     with pytest.raises(errors.UnknownTarget):
-        room.check_mute("c-pt", "t-none")
-    by, t = room.check_mute("c-doc", "t-a")
-    out = room.muted(by.id, t.track_id, True)
+        room.media.check_mute("c-pt", "t-none")
+    by, t = room.media.check_mute("c-doc", "t-a")
+    out = room.media.muted(by.id, t.track_id, True)
     assert {o.conn for o in out if isinstance(o, Send)} == {"c-doc", "c-pt", "c-obs"}
     assert frames(out, "c-pt")[0] == {
         "v": 1,
@@ -361,38 +352,38 @@ def test_tracks_subscriptions_and_mute_rights() -> None:
         "muted": True,
         "by": "p-1",
     }
-    assert room.tracks_of("p-2")[0].muted
+    assert room.media.tracks_of("p-2")[0].muted
     # Unpublish: one's own tracks only.
     with pytest.raises(errors.NotAllowed):
-        room.check_unpublish("c-doc", "t-v")
-    room.check_unpublish("c-pt", "t-v")
-    out = room.unpublished("p-2", "t-v")
+        room.media.check_unpublish("c-doc", "t-v")
+    room.media.check_unpublish("c-pt", "t-v")
+    out = room.media.unpublished("p-2", "t-v")
     assert frames(out, "c-doc") == [{"v": 1, "type": "track_unpublished", "track_id": "t-v"}]
     # A subscriber without the grant receives nothing.
-    assert room.wanted("p-3") == [t for t in room.tracks() if t.participant != "p-3"]
+    assert room.media.wanted("p-3") == [t for t in room.media.tracks() if t.participant != "p-3"]
     room.join("c-deaf", grant("deaf", subscribe=False), 0.0)
-    assert room.wanted("p-4") == []
+    assert room.media.wanted("p-4") == []
 
 
 def test_leaving_with_tracks_unpublishes_them_and_renegotiates_others() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
-    room.published("p-2", [track("t-1", "p-2")], [])
+    room.media.published("p-2", [track("t-1", "p-2")], [])
     out = room.leave("c-pt")
     assert closes(out) == {"c-pt": 1000}
     assert types(out, "c-doc") == ["track_unpublished", "participant_left"]
     assert Resubscribe(("p-1",)) in out and MediaLeave("p-2") in out
-    assert room.wanted("p-1") == []
+    assert room.media.wanted("p-1") == []
 
 
 def test_active_speaker_is_deduplicated_and_cleared_on_leave() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
-    out = room.speaker("p-2")
+    out = room.media.speaker("p-2")
     assert frames(out, "c-doc") == [{"v": 1, "type": "active_speaker", "participant_id": "p-2"}]
-    assert room.speaker("p-2") == []
+    assert room.media.speaker("p-2") == []
     # Someone not in the room is nobody.
-    assert frames(room.speaker("p-nobody"), "c-pt")[0]["participant_id"] is None
-    assert room.speaker(None) == []
-    room.speaker("p-2")
+    assert frames(room.media.speaker("p-nobody"), "c-pt")[0]["participant_id"] is None
+    assert room.media.speaker(None) == []
+    room.media.speaker("p-2")
     out = room.leave("c-pt")
     assert frames(out, "c-doc")[-1] == {"v": 1, "type": "active_speaker", "participant_id": None}
 
@@ -453,13 +444,17 @@ class RoomMachine(RuleBasedStateMachine):
 
     @rule(conn=st.sampled_from(CONNS), who=st.sampled_from(IDENTITIES), resume=st.booleans())
     def join(self, conn: str, who: str, resume: bool) -> None:
-        if conn in self.closed or self.room.participant_of(conn) is not None:
+        if conn in self.closed or self.room.members.of(conn) is not None:
             return
         role = "doctor" if who.startswith("dr") else "patient"
         session = None
         if resume:
             session = next(
-                (p.session for p in self.room.participants.values() if p.grant.identity == who),
+                (
+                    p.session
+                    for p in self.room.members.participants.values()
+                    if p.grant.identity == who
+                ),
                 "stale",
             )
         self._try(lambda: self.room.join(conn, grant(who, role), self.now, resume=session))
@@ -480,7 +475,7 @@ class RoomMachine(RuleBasedStateMachine):
 
     @rule(conn=st.sampled_from(CONNS), flag=st.booleans())
     def admission(self, conn: str, flag: bool) -> None:
-        self._try(lambda: self.room.set_require_admission(conn, flag))
+        self._try(lambda: self.room.members.set_require_admission(conn, flag))
 
     @precondition(lambda self: not self.room.ended)
     @rule(conn=st.sampled_from(CONNS))
@@ -493,7 +488,7 @@ class RoomMachine(RuleBasedStateMachine):
             p = self.room.check_publish(conn)
         except errors.CallError:
             return
-        self._apply(self.room.published(p.id, [track(f"t-{next(self.tracks)}", p.id)], []))
+        self._apply(self.room.media.published(p.id, [track(f"t-{next(self.tracks)}", p.id)], []))
 
     @rule(dt=st.floats(0.5, 30.0))
     def tick(self, dt: float) -> None:
@@ -502,14 +497,15 @@ class RoomMachine(RuleBasedStateMachine):
         if when is not None and when <= self.now:
             self._apply(self.room.handle_timer(self.now))
         assert all(
-            p.deadline is None or p.deadline > self.now for p in self.room.participants.values()
+            p.deadline is None or p.deadline > self.now
+            for p in self.room.members.participants.values()
         ) or (when is not None and when > self.now)
 
     @invariant()
     def consistent(self) -> None:
         room = self.room
-        people = list(room.participants.values())
-        assert len(people) <= room.max_participants
+        people = list(room.members.participants.values())
+        assert len(people) <= room.members.max_participants
         identities = [p.grant.identity for p in people]
         assert len(identities) == len(set(identities)), "one participant per identity"
         conns = [p.conn for p in people if p.conn is not None]
@@ -520,13 +516,13 @@ class RoomMachine(RuleBasedStateMachine):
             assert (p.deadline is not None) == (p.state is State.DETACHED)
             if p.state is State.WAITING:
                 assert not p.admin
-                assert not p.tracks
-            for t in room.wanted(p.id):
+                assert not room.media.tracks_of(p.id)
+            for t in room.media.wanted(p.id):
                 assert t.participant != p.id
-                owner = room.get(t.participant)
+                owner = room.members.get(t.participant)
                 assert owner is not None and owner.present
         if room.ended:
-            assert room.empty
+            assert room.members.empty
 
 
 TestRoomMachine = RoomMachine.TestCase
@@ -552,13 +548,13 @@ def test_a_removed_or_denied_identity_waits_again_until_admitted() -> None:
 
 def test_media_reset_forgets_tracks_and_tells_joined_now_and_detached_on_resume() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
-    room.published("p-2", [track("t-v", "p-2")], [])
-    room.speaker("p-2")
+    room.media.published("p-2", [track("t-v", "p-2")], [])
+    room.media.speaker("p-2")
     room.disconnect("c-pt", 1.0)
     out = room.media_reset("media-lost")
     assert types(out, "c-doc") == ["track_unpublished", "media_reconnect", "active_speaker"]
     assert frames(out, "c-doc")[1]["reason"] == "media-lost"
-    assert room.tracks() == []
+    assert room.media.tracks() == []
     resumed = room.join("c-pt2", PATIENT, 2.0, resume="s-2")
     assert resumed.resumed
     assert types(resumed.outputs, "c-pt2") == ["joined", "media_reconnect"]
@@ -570,19 +566,19 @@ def test_media_reset_forgets_tracks_and_tells_joined_now_and_detached_on_resume(
 
 def test_media_reset_of_one_site_keeps_the_other_sites_tracks() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
-    room.published("p-1", [track("t-doc", "p-1")], [])
-    room.published("p-2", [track("t-pt", "p-2")], [])
-    room.speaker("p-1")
+    room.media.published("p-1", [track("t-doc", "p-1")], [])
+    room.media.published("p-2", [track("t-pt", "p-2")], [])
+    room.media.speaker("p-1")
     out = room.media_reset("media-lost", ["p-2"])
     assert types(out, "c-pt") == ["media_reconnect"]
     assert types(out, "c-doc") == ["track_unpublished"]
     assert frames(out, "c-doc")[0]["track_id"] == "t-pt"
-    assert [t.track_id for t in room.tracks()] == ["t-doc"]
+    assert [t.track_id for t in room.media.tracks()] == ["t-doc"]
 
 
 def test_snapshot_and_restore_keep_the_room_and_detach_lost_connections() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT), ("c-fam", FAMILY))
-    room.published("p-1", [track("t-v", "p-1")], [])
+    room.media.published("p-1", [track("t-v", "p-1")], [])
     room.remove("c-doc", "p-3")
     room.join("c-fam2", FAMILY, 1.0)  # waits: removed before
     room.disconnect("c-pt", 2.0)  # detached, 20 s grace from 2.0
@@ -597,21 +593,21 @@ def test_snapshot_and_restore_keep_the_room_and_detach_lost_connections() -> Non
         grant_of=lambda d: RoomGrant(**d),
         elapsed=1.0,
     )
-    doc, pt = copy.get("p-1"), copy.get("p-2")
+    doc, pt = copy.members.get("p-1"), copy.members.get("p-2")
     assert doc is not None and doc.state is State.JOINED and doc.conn == "c-doc"
-    assert [t.track_id for t in copy.tracks()] == ["t-v"]
+    assert [t.track_id for t in copy.media.tracks()] == ["t-v"]
     # Detached stays detached, its deadline carried over (17 s left - 1 s).
     assert pt is not None and pt.state is State.DETACHED
     assert pt.deadline == pytest.approx(100.0 + 16.0)
     # The waiting family member's connection is gone with the old owner.
-    assert copy.get("p-4") is None and "fam-sara" in copy.blocked
+    assert copy.members.get("p-4") is None and "fam-sara" in copy.members.blocked
     assert types(out, "c-doc") == ["waiting"]
     # The detached one resumes on the new owner with its session.
     assert copy.join("c-pt9", PATIENT, 101.0, resume="s-2").resumed
     # A joined participant whose replica died is detached with a fresh grace.
     lost = new_room()
     lost.restore(data, 50.0, conn_of=lambda ref: None, grant_of=lambda d: RoomGrant(**d))
-    d = lost.get("p-1")
+    d = lost.members.get("p-1")
     assert d is not None and d.state is State.DETACHED and d.deadline == 50.0 + GRACE
 
 
@@ -629,10 +625,10 @@ def test_restore_gives_the_grace_its_caller_names_per_lost_connection() -> None:
         grant_of=lambda d: RoomGrant(**d),
         grace_of=lambda ref: 120.0 if ref.startswith("cut/") else None,
     )
-    doc, pt = copy.get("p-1"), copy.get("p-2")
+    doc, pt = copy.members.get("p-1"), copy.members.get("p-2")
     assert doc is not None and doc.state is State.DETACHED and doc.deadline == 50.0 + GRACE
     assert pt is not None and pt.state is State.DETACHED and pt.deadline == 50.0 + 120.0
     # Still there past the resume grace: its resume is the same participant.
     copy.handle_timer(50.0 + GRACE + 1.0)
-    assert copy.get("p-1") is None
+    assert copy.members.get("p-1") is None
     assert copy.join("c-pt2", PATIENT, 50.0 + GRACE + 2.0, resume="s-2").resumed

@@ -387,7 +387,7 @@ async def test_server_pings_and_disconnects_a_silent_client(api: Api) -> None:
         assert not doc.closed
         assert sum(f["type"] == "ping" for f in doc.frames) >= 3
         room = api.app[CALLS].rooms[ROOM]
-        who = room.core.get(pj["participant"]["id"])
+        who = room.core.members.get(pj["participant"]["id"])
         assert who is not None and who.state.value == "detached"
 
 
