@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, ItemsView, Iterable, Iterator
 from typing import Any, Protocol, cast
 
 from prometheus_client import Counter
@@ -38,7 +38,7 @@ from wadud.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
 
-__all__ = ["WATCH_INTERVAL", "Host", "Replicas"]
+__all__ = ["WATCH_INTERVAL", "Host", "Owned", "Replicas"]
 
 #: Owner lookups of a room after the cluster lapsed, before giving up.
 HELD_TRIES = 5
@@ -57,7 +57,8 @@ TAKEOVERS = Counter(
 
 
 class Host(Protocol):
-    """What the router needs of the call service it routes for."""
+    """What the router needs of the call service it routes for
+    (:class:`signalling.service.calls.CallService`): its frames."""
 
     async def receive(self, conn: AnyConnection, text: str, grant: RoomGrant | None = None) -> None:
         """A client's text frame (with the grant a forwarded ``join`` carries)."""
@@ -76,6 +77,22 @@ class Host(Protocol):
         decoded already) and the checks on it passed."""
         ...
 
+
+class Owned(Protocol):
+    """What the router needs of the rooms this replica owns
+    (:class:`signalling.service.rooms.Rooms`): which they are, by name, and
+    making, changing and dropping one."""
+
+    def get(self, name: str, /) -> CallRoom | None: ...
+
+    def __contains__(self, name: object, /) -> bool: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def items(self) -> ItemsView[str, CallRoom]: ...
+
     def room(self, name: str, region: str = "") -> CallRoom: ...
 
     def apply(self, room: CallRoom, outputs: Iterable[Output]) -> None: ...
@@ -88,16 +105,17 @@ class Host(Protocol):
 class Replicas:
     """Routing between replicas, the rooms' snapshots and their takeover.
 
-    ``rooms`` are the rooms this replica owns (the host's, read here);
-    ``sites`` places a restored room's media and watches its workers."""
+    ``host`` handles the frames routed here; ``rooms`` are the rooms this
+    replica owns; ``sites`` places a restored room's media and watches its
+    workers."""
 
     def __init__(
         self,
         cluster: Cluster,
         host: Host,
+        rooms: Owned,
         *,
         region: str,
-        rooms: Mapping[str, CallRoom],
         sites: Sites[CallRoom],
         cutoff_grace: float,
     ) -> None:
@@ -396,7 +414,7 @@ class Replicas:
         elif kind == "gone":
             remote = self.remote.get(ref)
             if remote is not None:
-                self._host.disconnected(remote)
+                self._rooms.disconnected(remote)
         elif kind == "held":
             # A replica back from a lapse holds this client: if we let it go
             # meanwhile (detached, or the room changed hands), it comes back.
@@ -501,7 +519,7 @@ class Replicas:
         alive = await self.cluster.alive(others)
         if name in self._rooms:
             return
-        room = self._host.room(name, str(data.get("region") or ""))
+        room = self._rooms.room(name, str(data.get("region") or ""))
         loop = asyncio.get_running_loop()
 
         me = self.cluster.replica
@@ -553,7 +571,7 @@ class Replicas:
             sub.offer = sub_data.get("offer")
         TAKEOVERS.inc()
         log.info("call room taken over", extra={"room": name})
-        self._host.apply(room, outputs)
+        self._rooms.apply(room, outputs)
         self._watch_now.set()
 
     # -- the watcher -------------------------------------------------------------
@@ -626,7 +644,7 @@ class Replicas:
                 self._redis_failed = True
             else:
                 log.warning("lost the lease of a call room; another replica has it")
-                self._host.drop_room(room, forget=False)
+                self._rooms.drop_room(room, forget=False)
         # After the leases: one found missing above starts the settling too.
         settling = self._settling(time.monotonic())
         await self._sites.refresh()
@@ -637,7 +655,7 @@ class Replicas:
             for conn in [c for c in self.remote.values() if c.replica not in alive]:
                 # Dead, or cut off with its clients (a region whose link
                 # broke): they keep their place longer than a dropped socket.
-                self._host.disconnected(conn, self._cutoff_grace)
+                self._rooms.disconnected(conn, self._cutoff_grace)
         # Our clients in rooms nobody owns (their owner died): take them over.
         orphaned = {c.room_name for c in self.local.values() if c.room is None and c.room_name}
         for name in set(self.owners) - orphaned:

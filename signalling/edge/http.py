@@ -311,7 +311,7 @@ async def _revocations(sub: Subscription, calls: CallPlanes) -> None:
         if rev is not None:
             family = str(rev.family_id) if rev.family_id is not None else None
             for service in calls:
-                service.revoked(str(rev.user_id), family)
+                service.rooms.revoked(str(rev.user_id), family)
 
 
 async def _end_cancelled(sub: Subscription, calls: CallPlanes) -> None:
@@ -322,7 +322,7 @@ async def _end_cancelled(sub: Subscription, calls: CallPlanes) -> None:
         booking_id = data.get("booking_id")
         if isinstance(booking_id, str):
             for service in calls:
-                service.end_room(booking.calls.room_of(booking_id), "booking-cancelled")
+                service.rooms.end_room(booking.calls.room_of(booking_id), "booking-cancelled")
 
 
 async def _shutdown(app: web.Application) -> None:

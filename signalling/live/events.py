@@ -1,8 +1,9 @@
 """Room events for clinics' webhooks (hooks/, docs/webhooks.md), read off
 each room's state after every change.
 
-:class:`CallService` hands every batch of room outputs to an observer
-before carrying them out (``observe``); :func:`changes` compares the room's
+The rooms of the call service (:class:`signalling.service.rooms.Rooms`)
+hand every batch of room outputs to an observer before carrying them out
+(``observe``); :func:`changes` compares the room's
 participants and tracks with what it saw last time and names what happened
 (``participant_waiting``, ``participant_admitted``, ``track_published``,
 ...), sans-I/O. :class:`RoomEvents` keeps the last view per room and writes
@@ -172,7 +173,7 @@ def _wall() -> str:
 
 
 class RoomEvents:
-    """The observer :class:`~signalling.service.calls.CallService` calls with each
+    """The observer :class:`~signalling.service.rooms.Rooms` calls with each
     room's outputs; writes what changed as webhook events, in order."""
 
     def __init__(

@@ -170,9 +170,9 @@ async def test_a_lease_lost_in_a_failover_does_not_take_the_room_from_its_live_o
     a, b = replicas
     name = room()
     calls_a, calls_b = a.app[CALLS], b.app[CALLS]
-    assert calls_a.replicas is not None and calls_b.replicas is not None
+    assert calls_a.rooms.replicas is not None and calls_b.rooms.replicas is not None
     async with joined(a, token(a, "dr-amina", "doctor", room=name)) as (doc, _):
-        owner = calls_a.replicas.cluster.replica
+        owner = calls_a.rooms.replicas.cluster.replica
         redis = aioredis.from_url(redis_server.url, decode_responses=True)
         try:
             assert await redis.get(OWNER_KEY.format(room=name)) == owner
@@ -184,13 +184,13 @@ async def test_a_lease_lost_in_a_failover_does_not_take_the_room_from_its_live_o
                 await asyncio.sleep(0.05)
             # The failover: the lease is gone, and B has seen Redis fail.
             await redis.delete(OWNER_KEY.format(room=name))
-            calls_b.replicas._redis_failed = True
+            calls_b.rooms.replicas._redis_failed = True
             async with joined(b, token(b, "pt-bilal", room=name)) as (_, pj):
                 assert pj["type"] == "joined", pj
                 arrived = await doc.type("participant_joined")
                 assert arrived["participant"]["id"] == pj["participant"]["id"]
                 # A still runs the room, and claims its lease again itself.
-                assert name in calls_a.replicas._rooms and name not in calls_b.replicas._rooms
+                assert name in calls_a.rooms and name not in calls_b.rooms
                 for _ in range(50):
                     if await redis.get(OWNER_KEY.format(room=name)) == owner:
                         break
@@ -235,15 +235,15 @@ async def test_a_room_joined_again_as_it_ends_starts_afresh(replicas: list[Api])
     a, _b = replicas
     name = room()
     calls = a.app[CALLS]
-    assert calls.replicas is not None
+    assert calls.rooms.replicas is not None
     async with joined(a, token(a, "dr-amina", "doctor", room=name)):
-        redis = calls.replicas.cluster.redis
+        redis = calls.rooms.replicas.cluster.redis
         await wait_until(lambda: redis.get(STATE_KEY.format(room=name)), within=5)
         # The room ends (as when its last participant leaves), and a join
         # for it comes before the writer has deleted its snapshot.
-        calls.drop_room(calls.rooms[name])
+        calls.rooms.drop_room(calls.rooms[name])
         assert await redis.get(STATE_KEY.format(room=name)) is not None
-        assert await calls.replicas.own(name)
+        assert await calls.rooms.replicas.own(name)
         assert name not in calls.rooms
 
         # The ended room's snapshot goes; the lease stays with the new call
@@ -253,4 +253,4 @@ async def test_a_room_joined_again_as_it_ends_starts_afresh(replicas: list[Api])
             return await redis.get(STATE_KEY.format(room=name)) is None
 
         await wait_until(deleted, within=5)
-        assert await redis.get(OWNER_KEY.format(room=name)) == calls.replicas.cluster.replica
+        assert await redis.get(OWNER_KEY.format(room=name)) == calls.rooms.replicas.cluster.replica
