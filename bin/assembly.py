@@ -81,9 +81,9 @@ def features() -> list[Installer]:
     import notify.http
     import privacy.http
     import recording.http
-    import signalling.http
-    import signalling.nodes
-    import signalling.pages
+    import signalling.edge.http
+    import signalling.edge.pages
+    import signalling.media.nodes
     import turn.http
     from wadud import accounts, ops
 
@@ -99,9 +99,9 @@ def features() -> list[Installer]:
         hooks.http.install,
         recording.http.install,
         data_rights,
-        signalling.http.install,
-        signalling.pages.install,
-        signalling.nodes.install,
+        signalling.edge.http.install,
+        signalling.edge.pages.install,
+        signalling.media.nodes.install,
     ]
 
 
@@ -165,9 +165,9 @@ def in_process() -> list[Installer]:
 
 
 def _signalling_install() -> Installer:
-    import signalling.http
+    import signalling.edge.http
 
-    return signalling.http.install
+    return signalling.edge.http.install
 
 
 def installers(role: Role) -> list[Installer]:

@@ -73,7 +73,7 @@ class RoomEnded(SignallingError, Gone):
 
 class OtherRegion(SignallingError, Forbidden):
     """The link names a home region whose control plane this replica does not
-    hold (signalling.planes): it is joined through that region's replicas."""
+    hold (signalling.edge.planes): it is joined through that region's replicas."""
 
     code = "other-region"
     title = "This visit is held in another region"

@@ -12,7 +12,7 @@ replica A" is a page loaded from front A, and when replica A dies the page's
 WebSocket reconnect reaches B through the same front, as it would behind a
 load balancer with health checks.
 
-Used by tests/signalling/test_cluster.py (inside a loopback-only network
+Used by tests/signalling/cluster/test_cluster.py (inside a loopback-only network
 namespace) and benchmarks/sfu/cluster.py (on the host's loopback).
 """
 

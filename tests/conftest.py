@@ -126,12 +126,12 @@ BUSY = {
     "deploy": ("tests/deploy/",),
     "a": (
         "tests/signalling/test_visit_journey.py",
-        "tests/signalling/test_cluster.py",
+        "tests/signalling/cluster/test_cluster.py",
         "tests/signalling/test_weak_network.py",
         "tests/signalling/test_regions.py",
         "tests/signalling/test_region_cut.py",
         "tests/signalling/test_page_layout.py",
-        "tests/signalling/test_sites_call.py",
+        "tests/signalling/media/test_sites_call.py",
         "tests/sfu/test_bench_media.py",
         "tests/sfu/test_bench_red.py",
         "tests/signalling/test_browser_chat.py",
@@ -139,14 +139,14 @@ BUSY = {
         # Two process clusters of four pages each, killed and failed over
         # beside each other, starved each other's pages into freezes (ci18):
         # here, in turn with test_cluster.py.
-        "tests/signalling/test_sentinel_call.py",
+        "tests/signalling/cluster/test_sentinel_call.py",
     ),
     "b": (
         "tests/signalling/test_browser_restart.py",
         "tests/signalling/test_client_call.py",
         "tests/signalling/test_browser_call.py",
         "tests/signalling/test_recording_browser.py",
-        "tests/signalling/test_check.py",
+        "tests/signalling/edge/test_check.py",
         "tests/sfu/node/test_red_call.py",
         "tests/turn/test_turn_bench.py",
         # Four uclients at 2 ms spacing keep the in-process relay busy; beside

@@ -2,7 +2,7 @@
 replica, and three redis-sentinel processes, all on loopback.
 
 tests/wadud/test_sentinel.py fails the primary over under the bus and the
-clients; tests/signalling/test_sentinel_call.py under a call of real
+clients; tests/signalling/cluster/test_sentinel_call.py under a call of real
 processes and pages (its driver starts the group inside its namespace).
 """
 

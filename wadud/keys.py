@@ -2,7 +2,7 @@
 place so every package names shared resources the same way.
 
 Only the ground's resources: a key to a feature's object lives with that
-feature (``sfu.node.http.MEDIA``, ``signalling.http.CALLS``), so this module
+feature (``sfu.node.http.MEDIA``, ``signalling.edge.http.CALLS``), so this module
 imports none of them. The served endpoints' list (``wadud.api.ENDPOINTS``)
 lives with :class:`wadud.api.Endpoint`, which this module stands below."""
 

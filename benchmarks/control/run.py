@@ -21,7 +21,7 @@ Phases, each bounded by a count and a time:
 * **forwarded frames**: rooms owned by A with a second participant on B,
   whose ``candidate`` frames B forwards to A over Redis and whose ``ok``
   comes back the same way;
-* **placement**: ``signalling.placement.Placement.place`` called directly
+* **placement**: ``signalling.media.placement.Placement.place`` called directly
   with 1, 100 and 1,000 simulated workers registered (p50/p99, Redis
   commands per placement), and joins through A with that many workers;
 * **rooms**: ``--rooms`` rooms held by A (each participant joined, then
@@ -64,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import free_port, pct, tree_cpu_seconds, write_results  # noqa: E402
 from benchmarks.control.clients import Client, ClientError, room_token  # noqa: E402
 from benchmarks.control.fleet import Fleet  # noqa: E402
-from signalling.placement import Placement  # noqa: E402
+from signalling.media.placement import Placement  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
 from wadud.bus import redis_client  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Media-node failover under browsers: how long a ``kill -9`` of the media
 node that holds a call leaves its pages without each other's video.
 
-The topology of tests/signalling/test_cluster.py, driven by the same driver
-(tests/signalling/cluster_driver.py) in its own loopback-only network
+The topology of tests/signalling/cluster/test_cluster.py, driven by the same driver
+(tests/signalling/cluster/cluster_driver.py) in its own loopback-only network
 namespace: Redis, PostgreSQL (the pgserver wheel's, a cluster of this run's
 own), two ``wadud api`` replicas behind a load balancer, two ``wadud media``
 nodes of two workers each, all real processes, and three headless Chromium
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_results  # noqa: E402
-from tests.signalling.cluster_driver import Driver, driving  # noqa: E402
+from tests.signalling.cluster.cluster_driver import Driver, driving  # noqa: E402
 
 #: Seconds a scenario may take (the pages' start, the kill, the node back).
 BUDGET = 150
@@ -90,7 +90,7 @@ def one_run(driver: Driver, n: int) -> dict[str, Any]:
         # Each page's frames and requests after the kill, for reading a slow run.
         "signalling": report.get("frames_after_kill"),
         # What each page's receivers decoded and its tiles presented, for a
-        # pair that did not come back (tests/signalling/cluster_world.py).
+        # pair that did not come back (tests/signalling/cluster/cluster_world.py).
         "receivers": report.get("receivers"),
         "tiles": report.get("tiles"),
         "timings": report.get("timings"),

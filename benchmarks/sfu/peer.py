@@ -52,13 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from rtc import stun
-from rtc.dtls import (
-    DtlsCertificate,
-    DtlsEndpoint,
-    DtlsRole,
-    HandshakeComplete,
-    HandshakeFailed,
-)
+from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete, HandshakeFailed
 from rtc.errors import StunParseError
 from rtc.ice import random_credentials
 from rtc.rtp.extensions import extension_elements

@@ -37,13 +37,7 @@ from collections.abc import Callable
 from typing import cast
 
 from rtc.errors import IceStateError
-from rtc.ice import (
-    Address,
-    CredentialsRetired,
-    ForgottenAddress,
-    SelectedAddress,
-    ValidatedAddress,
-)
+from rtc.ice import Address, CredentialsRetired, ForgottenAddress, SelectedAddress, ValidatedAddress
 from rtc.machine import earliest
 from rtc.sdp.attributes import TRANSPORT_CC
 from rtc.sdp.transport import Fingerprint

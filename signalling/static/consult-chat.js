@@ -1,7 +1,7 @@
 // The consultation's chat on the call page: the chat protocol of
 // docs/protocol.md ("Chat") over /api/v1/calls/chat/ws, authenticated by the
 // call's room token and held by the server to the booking's conversation
-// (signalling/callchat.py). Messages are committed before they are
+// (signalling/edge/chat.py). Messages are committed before they are
 // acknowledged and kept in the consultation's history; a dropped socket
 // resumes after the last sequence seen, so nothing is shown twice or lost.
 

@@ -11,7 +11,7 @@ from typing import Any
 from tests.booking.bookings.test_bookings import local, requested, shift
 from tests.booking.factories import Doctor
 from tests.conftest import Api
-from tests.signalling.test_ws import connect, joined
+from tests.signalling.service.test_ws import connect, joined
 
 
 async def _live_booking(

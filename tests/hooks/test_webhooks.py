@@ -43,7 +43,7 @@ from tests.booking.bookings.test_bookings import local, requested, shift
 from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.conftest import Api, free_port_in
 from tests.polling import wait_until
-from tests.signalling.test_ws import joined, loopback_aiortc, publish_video
+from tests.signalling.service.test_ws import joined, loopback_aiortc, publish_video
 from wadud import keys, signing
 from wadud.api import Role
 from wadud.config import Settings

@@ -18,7 +18,7 @@ from tests.booking.bookings.test_bookings import confirm, hold, local, shift
 from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.conftest import Api
 from tests.notify.conftest import Inbox
-from tests.signalling.test_ws import joined
+from tests.signalling.service.test_ws import joined
 from wadud import keys
 from wadud.api import Role
 from wadud.config import Settings

@@ -17,7 +17,7 @@ from privacy.errors import InvalidConsentText
 from tests.booking.bookings.test_bookings import anon, confirm, hold, local, shift
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
-from tests.signalling.test_ws import connect, joined
+from tests.signalling.service.test_ws import connect, joined
 from wadud import keys
 from wadud.api import Role
 from wadud.config import Settings

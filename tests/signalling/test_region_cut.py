@@ -3,7 +3,7 @@
 On the simulated regions (tests/regions.py): PostgreSQL and the global
 Redis in ``db``; ``wadud api --region pk`` and ``wadud media --region pk`` in
 ``pk``; the same for ``sa`` in host ``sa``, which also runs the region's own
-Redis (``redis_region_url``, signalling.planes). Participants are aiortc
+Redis (``redis_region_url``, signalling.edge.planes). Participants are aiortc
 clients in ``pk-c`` and ``sa-c``; each publishes a camera and a microphone.
 
 An ``sa``-only visit (its links' ``home`` is ``sa``) and a ``pk``-``sa`` visit

@@ -272,6 +272,16 @@ SUB_FLOORS = {
         ("negotiation", "recording"),
         ("node",),
     ),
+    "signalling": (
+        ("errors",),
+        ("protocol",),
+        ("room",),
+        ("media",),
+        ("live",),
+        ("cluster",),
+        ("service",),
+        ("edge",),
+    ),
 }
 
 

@@ -186,7 +186,7 @@ _TRUSTED = {
     "privacy/http.py",
     "privacy/rights.py",
     "rtc/rtpdump.py",
-    "signalling/cluster.py",
+    "signalling/cluster/link.py",
     "notify/channels.py",
     "wadud_client/socket.py",
 }

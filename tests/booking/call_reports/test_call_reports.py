@@ -19,13 +19,13 @@ from booking.call_reports.page import render
 from booking.call_reports.privacy import CallReportProvider, retention_rules
 from privacy import retention
 from sfu.control.messages import CallSample, TransportState
-from signalling.http import RECORDER
+from signalling.edge.http import RECORDER
 from tests.booking.bookings.test_bookings import events, pool_of
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.test_video_calls import _live_booking
 from tests.chromium import CHROMIUM
 from tests.conftest import Api
-from tests.signalling.test_ws import joined
+from tests.signalling.service.test_ws import joined
 from wadud import keys
 from wadud.api import Role
 

@@ -15,14 +15,7 @@ from aioice import stun as astun
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtc.dtls import (
-    Closed,
-    DtlsCertificate,
-    DtlsEndpoint,
-    DtlsRole,
-    DtlsState,
-    HandshakeComplete,
-)
+from rtc.dtls import Closed, DtlsCertificate, DtlsEndpoint, DtlsRole, DtlsState, HandshakeComplete
 from rtc.ice import (
     CONSENT_TIMEOUT,
     MAX_VALIDATED,

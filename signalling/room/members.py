@@ -1,0 +1,412 @@
+"""Who is in a call room, without I/O: its participants and their
+connections, the waiting room, who may do what, and how to reach them.
+
+Participants and their connections
+----------------------------------
+
+A participant is identified by an id the room assigns; its connection by an
+opaque handle the adapter passes in (``conn``). A connection can be replaced
+under a participant (a resume), so everything addressed to a person goes to
+``participant.conn`` at the moment it is produced.
+
+Each participant is in one :class:`State`, and moves only along
+:data:`TRANSITIONS`::
+
+                admit                      disconnect
+    WAITING ----------------> JOINED ----------------------> DETACHED
+       |   \\                   | ^  \\                       |   |
+       |    resume (new conn)  | |   resume (new conn)     |   | resume
+       |                       | +-------------------------+---+
+       |  deny, leave,         |  leave, remove,            | expire (grace over),
+       |  remove, replace,     |  replace, end              | remove, replace, end
+       |  disconnect, end      v                            v
+       +-----------------> GONE <---------------------------+
+
+* WAITING: in the waiting room, connected; sees nothing of the room. A
+  waiting participant whose connection drops is gone at once: it has no media
+  to keep, and joining again puts it back in the queue.
+* JOINED: admitted (or never needed admission) and connected; hears every
+  room event.
+* DETACHED: joined, but its connection dropped. Its media keeps flowing for
+  the room's resume grace period, the deadline it holds here; a ``join``
+  with its ``session`` makes it JOINED again with the same id.
+* GONE: out of the room for good; nothing is ever sent to it again.
+
+A connection's participant is WAITING when it has no ``admin`` grant and
+either nobody with ``admin`` is in the room (JOINED or DETACHED), the room
+requires admission, or an admin denied or removed that identity before (a
+removal holds: the same link waits for admission again, until an admin admits
+it); an admin admits or denies. A ``join`` without a resume for an identity
+already in the room replaces the older participant.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from signalling import errors
+from signalling.protocol import reply
+from signalling.room.outputs import ConnId, Output, Send
+
+if TYPE_CHECKING:
+    # Only its shape: the core has no business with tokens or their crypto.
+    from wadud.auth import RoomGrant
+
+__all__ = [
+    "PRESENT",
+    "TRANSITIONS",
+    "Event",
+    "Members",
+    "Participant",
+    "State",
+    "participant_info",
+    "random_participant_id",
+    "random_session",
+]
+
+
+class State(Enum):
+    WAITING = "waiting"
+    JOINED = "joined"
+    DETACHED = "detached"
+    GONE = "gone"
+
+
+class Event(Enum):
+    ADMIT = "admit"
+    DENY = "deny"
+    DISCONNECT = "disconnect"
+    RESUME = "resume"
+    LEAVE = "leave"
+    REMOVE = "remove"
+    REPLACE = "replace"
+    EXPIRE = "expire"
+    END = "end"
+
+
+W, J, D, G = State.WAITING, State.JOINED, State.DETACHED, State.GONE
+
+#: Every allowed move; a pair not here is :class:`errors.BadState`.
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (W, Event.ADMIT): J,
+    (W, Event.RESUME): W,
+    (W, Event.DENY): G,
+    (W, Event.DISCONNECT): G,
+    (W, Event.LEAVE): G,
+    (W, Event.REMOVE): G,
+    (W, Event.REPLACE): G,
+    (W, Event.END): G,
+    (J, Event.RESUME): J,
+    (J, Event.DISCONNECT): D,
+    (J, Event.LEAVE): G,
+    (J, Event.REMOVE): G,
+    (J, Event.REPLACE): G,
+    (J, Event.END): G,
+    (D, Event.RESUME): J,
+    (D, Event.EXPIRE): G,
+    (D, Event.REMOVE): G,
+    (D, Event.REPLACE): G,
+    (D, Event.END): G,
+}
+
+#: States that count as "in the room" (seen by others, media alive).
+PRESENT = frozenset({J, D})
+
+
+@dataclass(eq=False)
+class Participant:
+    id: str
+    grant: RoomGrant
+    session: str
+    state: State
+    conn: ConnId | None
+    #: When a DETACHED participant is gone, unless it resumes.
+    deadline: float | None = None
+
+    @property
+    def admin(self) -> bool:
+        return self.grant.admin
+
+    @property
+    def present(self) -> bool:
+        return self.state in PRESENT
+
+
+def participant_info(p: Participant, *, grants: bool = False) -> dict[str, Any]:
+    """A participant as frames show it to others (``grants`` for its own view)."""
+    info: dict[str, Any] = {
+        "id": p.id,
+        "identity": p.grant.identity,
+        "name": p.grant.name,
+        "role": p.grant.role,
+    }
+    if grants:
+        info["grants"] = {
+            "publish": p.grant.publish,
+            "subscribe": p.grant.subscribe,
+            "admin": p.grant.admin,
+        }
+    return info
+
+
+def random_participant_id() -> str:
+    """A participant id no one can guess (``p-`` and 12 hex digits)."""
+    return "p-" + secrets.token_hex(6)
+
+
+def random_session() -> str:
+    """A resume session: a secret the participant's page keeps."""
+    return secrets.token_urlsafe(24)
+
+
+class Members:
+    """A room's participants, in joining order, and its waiting room's rules;
+    see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_participants: int,
+        new_id: Callable[[], str] = random_participant_id,
+        new_session: Callable[[], str] = random_session,
+    ) -> None:
+        self.max_participants = max_participants
+        self._new_id = new_id
+        self._new_session = new_session
+        self.require_admission = False
+        #: Everyone not GONE, in joining order.
+        self.participants: dict[str, Participant] = {}
+        self._sessions: dict[str, str] = {}
+        #: Identities an admin denied or removed: they wait for admission,
+        #: whatever the room's setting, until an admin admits them.
+        self.blocked: set[str] = set()
+
+    # -- views -----------------------------------------------------------------
+
+    @property
+    def empty(self) -> bool:
+        return not self.participants
+
+    def get(self, participant_id: str) -> Participant | None:
+        return self.participants.get(participant_id)
+
+    def of(self, conn: ConnId) -> Participant | None:
+        """The participant whose connection ``conn`` is, if any."""
+        for p in self.participants.values():
+            if p.conn == conn:
+                return p
+        return None
+
+    def present(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.present]
+
+    def waiting(self) -> list[Participant]:
+        return [p for p in self.participants.values() if p.state is W]
+
+    def count(self, state: State) -> int:
+        return sum(p.state is state for p in self.participants.values())
+
+    def subscribers(self, *, besides: str | None = None) -> tuple[str, ...]:
+        """The present participants that receive others' tracks."""
+        return tuple(
+            p.id
+            for p in self.participants.values()
+            if p.present and p.grant.subscribe and p.id != besides
+        )
+
+    def typed_name(self, session: str) -> str:
+        """The display name the participant of ``session`` typed (their
+        token named nobody), so a resume without it keeps it."""
+        pid = self._sessions.get(session)
+        p = self.participants.get(pid) if pid is not None else None
+        return p.grant.name if p is not None else ""
+
+    # -- rights ----------------------------------------------------------------
+
+    def check_joined(self, conn: ConnId, *, waiting_ok: bool = False) -> Participant:
+        """The participant of ``conn``, joined (or waiting, with ``waiting_ok``)."""
+        p = self.of(conn)
+        if p is None or (p.state is W and not waiting_ok):
+            raise errors.NotJoined("join the room first" if p is None else "you are waiting")
+        return p
+
+    def check_admin(self, conn: ConnId) -> Participant:
+        p = self.check_joined(conn)
+        if not p.admin:
+            raise errors.NotAllowed("this needs the admin right")
+        return p
+
+    def check_subscribe(self, conn: ConnId) -> Participant:
+        p = self.check_joined(conn)
+        if not p.grant.subscribe:
+            raise errors.NotAllowed("your token does not grant subscribe")
+        return p
+
+    def target(self, participant_id: str) -> Participant:
+        """The participant an admin's frame names."""
+        p = self.participants.get(participant_id)
+        if p is None:
+            raise errors.UnknownTarget(f"no participant {participant_id!r}")
+        return p
+
+    # -- reaching them -----------------------------------------------------------
+
+    def to(self, p: Participant, frame: dict[str, Any]) -> list[Output]:
+        return [Send(p.conn, frame)] if p.conn is not None else []
+
+    def listeners(self) -> list[Participant]:
+        """Those who hear room events: joined and connected. Waiting ones see
+        nothing of the room; detached ones get a fresh snapshot on resume."""
+        return [p for p in self.participants.values() if p.state is J and p.conn is not None]
+
+    def broadcast(self, frame: dict[str, Any], besides: Participant | None = None) -> list[Output]:
+        return [Send(p.conn, frame) for p in self.listeners() if p is not besides]
+
+    def to_admins(self, frame: dict[str, Any]) -> list[Output]:
+        return [Send(p.conn, frame) for p in self.listeners() if p.admin]
+
+    def waiting_frame(self, p: Participant, ref: str | None) -> dict[str, Any]:
+        """``waiting``, as the waiting participant ``p`` is told."""
+        return reply(
+            "waiting", ref, participant=participant_info(p, grants=True), session=p.session
+        )
+
+    def waiting_changed(self) -> list[Output]:
+        """The admins hear who waits now."""
+        return self.to_admins(
+            reply("waiting", waiting=[participant_info(w) for w in self.waiting()])
+        )
+
+    # -- admission ---------------------------------------------------------------
+
+    def set_require_admission(self, conn: ConnId, value: bool) -> list[Output]:
+        self.check_admin(conn)
+        self.require_admission = value
+        return self.to_admins(reply("room_settings", require_admission=value))
+
+    def must_wait(self, grant: RoomGrant) -> bool:
+        """Whether a new participant with ``grant`` waits to be admitted."""
+        admin_present = any(p.admin and p.present for p in self.participants.values())
+        return not grant.admin and (
+            self.require_admission or not admin_present or grant.identity in self.blocked
+        )
+
+    def block(self, p: Participant) -> None:
+        """``p``'s identity waits for admission from now on (denied, removed)."""
+        # An admin's token comes back as admin whatever we note here.
+        if not p.admin:
+            self.blocked.add(p.grant.identity)
+
+    # -- comings and goings ------------------------------------------------------
+
+    def resumable(self, grant: RoomGrant, resume: str | None) -> Participant | None:
+        """The participant a ``join`` with ``resume`` (a session) takes up again."""
+        if resume is None:
+            return None
+        pid = self._sessions.get(resume)
+        p = self.participants.get(pid) if pid is not None else None
+        # The same person with the same rights: a token that grants other
+        # rights starts afresh, so a resume never keeps rights a new token
+        # took away.
+        if p is None or p.grant != grant or (p.state, Event.RESUME) not in TRANSITIONS:
+            return None
+        return p
+
+    def replaced_by(self, grant: RoomGrant) -> list[Participant]:
+        """Those a new participant with ``grant`` replaces (its identity's);
+        :class:`errors.RoomFull` when there is no seat for it even so."""
+        older = [p for p in self.participants.values() if p.grant.identity == grant.identity]
+        if len(self.participants) - len(older) >= self.max_participants:
+            raise errors.RoomFull(f"the room has {self.max_participants} participants")
+        return older
+
+    def add(self, conn: ConnId, grant: RoomGrant, state: State) -> Participant:
+        """A new participant, WAITING or JOINED, with a new id and session."""
+        pid = self._new_id()
+        while pid in self.participants:
+            pid = self._new_id()
+        p = Participant(pid, grant, self._new_session(), state, conn)
+        self._enter(p)
+        return p
+
+    def move(self, p: Participant, event: Event) -> None:
+        new = TRANSITIONS.get((p.state, event))
+        if new is None:
+            raise errors.BadState(f"{p.id} is {p.state.value}; cannot {event.value}")
+        p.state = new
+
+    def detach(self, p: Participant, deadline: float) -> None:
+        """``p``'s connection is gone: DETACHED until ``deadline``."""
+        self.move(p, Event.DISCONNECT)
+        p.conn, p.deadline = None, deadline
+
+    def forget(self, p: Participant) -> None:
+        self.participants.pop(p.id, None)
+        self._sessions.pop(p.session, None)
+        p.conn, p.deadline = None, None
+
+    def _enter(self, p: Participant) -> None:
+        self.participants[p.id] = p
+        self._sessions[p.session] = p.id
+
+    # -- deadlines -------------------------------------------------------------
+
+    def deadline(self) -> float | None:
+        """The earliest resume deadline, or None."""
+        deadlines = [p.deadline for p in self.participants.values() if p.deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def expired(self, now: float) -> list[Participant]:
+        """DETACHED participants whose grace period is over at ``now``."""
+        return [
+            p
+            for p in self.participants.values()
+            if p.state is D and p.deadline is not None and p.deadline <= now
+        ]
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def snapshot(
+        self, p: Participant, now: float, conn_ref: Callable[[ConnId], str | None]
+    ) -> dict[str, Any]:
+        """``p`` as plain data; its deadline as seconds left after ``now``."""
+        return {
+            "id": p.id,
+            "grant": asdict(p.grant),
+            "session": p.session,
+            "state": p.state.value,
+            "conn": conn_ref(p.conn) if p.conn is not None else None,
+            "grace_left": None if p.deadline is None else p.deadline - now,
+        }
+
+    def clear(self) -> None:
+        self.participants.clear()
+        self._sessions.clear()
+
+    def restore(
+        self,
+        data: dict[str, Any],
+        now: float,
+        *,
+        grant: RoomGrant,
+        conn: ConnId | None,
+        elapsed: float,
+    ) -> Participant:
+        """A participant back from :meth:`snapshot` (``elapsed`` seconds old),
+        with the ``grant`` and connection handle the adapter made of it."""
+        p = Participant(
+            id=data["id"],
+            grant=grant,
+            session=data["session"],
+            state=State(data["state"]),
+            conn=conn,
+        )
+        left = data.get("grace_left")
+        if p.state is D and left is not None:
+            p.deadline = now + max(0.0, left - elapsed)
+        self._enter(p)
+        return p
