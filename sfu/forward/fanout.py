@@ -135,6 +135,7 @@ def fan_out(
             sub.waiting_keyframe = False
             track.waiting -= 1
             sub.rewriter.switch()
+            sub.sent_from = track
         pt_map = sub.pt_map
         out_pt = pt if pt_map is None else pt_map.get(pt)
         target = buf
