@@ -134,7 +134,14 @@ def fan_out(
                 continue
             sub.waiting_keyframe = False
             track.waiting -= 1
+            # The keyframe starts a run of both rewriters: after a move
+            # through no layer it is another layer's, with its own picture
+            # numbers (RFC 7741 section 4.2).
             sub.rewriter.switch()
+            vp8 = sub.vp8
+            if vp8 is not None:
+                vp8.switch()
+            sub.sent_from = track
         pt_map = sub.pt_map
         out_pt = pt if pt_map is None else pt_map.get(pt)
         target = buf

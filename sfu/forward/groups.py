@@ -193,6 +193,7 @@ class SimulcastGroups:
             sub.track = track
             sub.pending_on = None
             sub.rewriter.switch()
+            sub.sent_from = track
             if sub.vp8 is not None:
                 sub.vp8.switch()
             times.append(now - sub.switch_started)

@@ -327,8 +327,10 @@ class Repair:
         if sub is None:
             self.stats.unknown_ssrc += 1
             return out
-        track = sub.track
-        history = track.history
+        # The history of the track the numbers were sent from: after a move
+        # through no layer, ``sub.track`` is already the next layer, whose
+        # sequence numbers are its own (RFC 3550 section 5.1).
+        history = sub.sent_from.history
         stats = self.stats
         for out_seq in lost:
             stats.nack_received += 1

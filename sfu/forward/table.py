@@ -125,6 +125,7 @@ class Subscription:
         "rtx_pt",
         "rtx_seq",
         "rtx_ssrc",
+        "sent_from",
         "ssrc",
         "switch_started",
         "track",
@@ -160,6 +161,11 @@ class Subscription:
         self.rtx_pt = rtx_pt
         self.rtx_seq = 0
         self.rewriter = RtpRewriter(track.clock_rate)
+        # The track the rewriter's latest run forwards, whose history answers
+        # the run's NACKs: a simulcast subscription's ``track`` is the new
+        # layer as soon as it moves, while the old run answers until the new
+        # layer's keyframe starts the next (RtpRewriter.original_sequence).
+        self.sent_from = track
         self.paused = False
         self.waiting_keyframe = track.is_video
         self.packets_sent = 0

@@ -6,9 +6,11 @@ descriptor and H.264 packetizer: an encoder no one here wrote.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import time
 from collections.abc import Hashable
+from typing import Any
 
 import pytest
 from aiortc import rtp as artp
@@ -21,9 +23,12 @@ from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtp import extensions, header, sequence
 from rtc.sdp.attributes import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC
 from sfu.errors import SfuError, SfuStateError
+from sfu.forward import native
 from sfu.forward.forwarder import Forwarder
 from sfu.forward.keyframes import h264_keyframe_start, vp8_keyframe_start
 from tests.rtc.test_rtp import aiortc_map
+from tests.sfu.forward.test_native import keyed, native_leaf, route_native
+from tests.sfu.forward.test_repair import GROUP, HIGH, LOW, picture, vp8_layer
 
 # Chromium's and Firefox's numbering of the same extensions.
 CHROME_EXT = {AUDIO_LEVEL: 1, ABS_SEND_TIME: 2, TRANSPORT_CC: 3, MID: 4}
@@ -597,6 +602,56 @@ def test_subscriber_sequence_numbers_never_repeat(case: tuple[int, list[int], se
         # each resume continues one after the highest sent.
         assert min(extended) >= extended[0] - len(order)
         assert max(extended) - min(extended) < len(set(order)) * (len(pauses) + 1)
+
+
+# -- simulcast -----------------------------------------------------------------------
+
+
+def test_a_layer_then_none_then_another_keeps_the_pictures_continuous() -> None:
+    # RFC 7741 section 4.2: a subscriber's PictureID and TL0PICIDX go on one
+    # after another across layers; a jump reads as lost pictures. A move
+    # through no layer waits for the new layer's keyframe, which starts the
+    # next run of both rewriters. Through the native leaf when it is built
+    # and on (WADUD_NATIVE): it makes the copies past a run's first packet.
+    with contextlib.ExitStack() as stack:
+        fan: Any = None
+        bob: Hashable = "bob"
+        if native.AVAILABLE:
+            fan, (receiver,) = stack.enter_context(native_leaf(count=1, timeout=2.0))
+            bob, session = keyed(receiver)
+        fwd = Forwarder()
+        fwd.simulcast.add_group(PUB, GROUP, 2, codec="vp8", clock_rate=90000)
+        fwd.simulcast.add_layer(GROUP, 0, LOW)
+        fwd.simulcast.add_layer(GROUP, 1, HIGH)
+        fwd.subscribe(bob, GROUP, 0.0, ssrc=0x5555)
+
+        def forward(packet: bytes, now: float) -> list[bytes]:
+            """What bob gets of ``packet``, as the worker sends it."""
+            if fan is None:
+                return [copy for _, copy in fwd.route(packet, now)]
+            before = fwd.stats.forwarded
+            out: list[tuple[Hashable, bytes]] = []
+            route_native(fwd, fan, packet, now, out)
+            fan.send(out)
+            copies = fwd.stats.forwarded - before
+            native_copies.append(copies - len(out))
+            return [session.inbound.unprotect(receiver.recv(2048)) for _ in range(copies)]
+
+        got: list[bytes] = []
+        native_copies: list[int] = []
+        fwd.simulcast.set_layer(bob, GROUP, 0, 0.0)
+        for i in range(3):
+            got += forward(vp8_layer(LOW, 100 + i, 3000 * i, 10 + i, 3, key=i == 0), 0.033 * i)
+        fwd.simulcast.set_layer(bob, GROUP, None, 0.1)
+        fwd.simulcast.set_layer(bob, GROUP, 1, 0.15)
+        for i in range(4):
+            packet = vp8_layer(HIGH, 30000 + i, 9000 + 3000 * i, 500 + i, 70 + i, key=i == 1)
+            got += forward(packet, 0.2 + 0.033 * i)
+    assert [header.sequence_number(p) for p in got] == [100, 101, 102, 103, 104, 105]
+    assert [picture(p) for p in got] == [(10, 3), (11, 3), (12, 3), (13, 4), (14, 5), (15, 6)]
+    if fan is not None:
+        # Each run's first packet by Python, the rest by the leaf.
+        assert native_copies == [0, 1, 1, 0, 0, 1, 1]
 
 
 # -- micro-benchmark -----------------------------------------------------------------

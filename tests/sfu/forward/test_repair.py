@@ -430,3 +430,38 @@ def test_simulcast_vp8_retransmission_keeps_the_picture_first_sent(rtx: bool) ->
     # The resumed run continues one picture after the last sent.
     [(_, live)] = fwd.route(vp8_layer(HIGH, 30006, 18000, 506, 71, key=True), 0.4)
     assert (header.sequence_number(live), picture(live)) == (106, (16, 5))
+
+
+def test_nack_after_a_layer_then_none_then_another_is_answered_from_the_first_layer() -> None:
+    # Each layer numbers its own packets (RFC 3550 section 5.1), so the low
+    # and the high layer both have a 101. A move through no layer puts the
+    # subscription on the high layer at once, while its old run still
+    # answers NACKs until the high layer's keyframe starts the next: what it
+    # resends is the low layer's packet it first sent (RFC 4588 section 4).
+    fwd = Forwarder()
+    fwd.simulcast.add_group("alice", GROUP, 2, codec="vp8", clock_rate=90000)
+    fwd.simulcast.add_layer(GROUP, 0, LOW)
+    fwd.simulcast.add_layer(GROUP, 1, HIGH)
+    sub = fwd.subscribe("bob", GROUP, 0.0, ssrc=SUB_SSRC, payload_types={VP8: SUB_VP8})
+    fwd.simulcast.set_layer("bob", GROUP, 0, 0.0)
+    first: dict[int, bytes] = {}
+    for i in range(3):
+        packet = vp8_layer(LOW, 100 + i, 3000 * i, 10 + i, 3, key=i == 0)
+        [(_, copy)] = fwd.route(packet, 0.033 * i)
+        first[header.sequence_number(copy)] = copy
+    assert [picture(c) for c in first.values()] == [(10, 3), (11, 3), (12, 3)]
+    fwd.simulcast.set_layer("bob", GROUP, None, 0.1)
+    fwd.simulcast.set_layer("bob", GROUP, 1, 0.15)
+    # The high layer's own 100..102 go by while bob waits for its keyframe.
+    for i in range(3):
+        packet = vp8_layer(HIGH, 100 + i, 3000 * (i + 3), 500 + i, 70)
+        assert fwd.route(packet, 0.2 + 0.033 * i) == []
+    [(_, again)] = fwd.handle_nack("bob", SUB_SSRC, [101], 0.3)
+    assert (header.sequence_number(again), picture(again)) == (101, (11, 3))
+    assert again == first[101]
+    # The high layer's keyframe starts the next run; the old numbers are refused.
+    [(_, live)] = fwd.route(vp8_layer(HIGH, 103, 18000, 503, 71, key=True), 0.4)
+    assert header.sequence_number(live) == 103
+    unanswered = fwd.stats.nack_unanswered
+    assert fwd.handle_nack("bob", SUB_SSRC, [101], 0.41) == []
+    assert (fwd.stats.nack_unanswered, sub.unanswered) == (unanswered + 1, 1)
