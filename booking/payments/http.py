@@ -4,7 +4,7 @@ the background tasks they own.
 The gateways are built here, once per app, in a cleanup context that opens
 the one HTTP client session the remote gateways share and closes it on
 shutdown. They are handed on from here: the handlers and rounds read them
-from the app (:data:`booking.payments.service.GATEWAYS`), and a booking's
+from the app (:data:`booking.payments.checkout.service.GATEWAYS`), and a booking's
 cancellation is given a refunder bound to them
 (:data:`booking.api.bookings.REFUNDER`), so the bookings code below never
 imports payments.
@@ -18,9 +18,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+import booking.payments.checkout.http
+import booking.payments.easypaisa.http
 from booking.api import bookings
-from booking.payments import api, easypaisa_http, refunding, service
+from booking.payments.checkout.service import GATEWAYS
 from booking.payments.gateways.registry import build_registry
+from booking.payments.refunds.service import refund_booking
 from wadud import keys
 
 __all__ = ["gateways_context", "install"]
@@ -32,15 +35,15 @@ async def gateways_context(app: web.Application) -> AsyncIterator[None]:
     # and a jar would carry one gateway's answers into the next call.
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         registry = build_registry(app[keys.SETTINGS], session)
-        app[service.GATEWAYS] = registry
-        app[bookings.REFUNDER] = functools.partial(refunding.refund_booking, registry=registry)
+        app[GATEWAYS] = registry
+        app[bookings.REFUNDER] = functools.partial(refund_booking, registry=registry)
         yield
 
 
 def install(app: web.Application) -> None:
     app.cleanup_ctx.append(gateways_context)
-    api.routes.install(app)
-    app.cleanup_ctx.append(api.lifespan)
+    booking.payments.checkout.http.routes.install(app)
+    app.cleanup_ctx.append(booking.payments.checkout.http.lifespan)
     # EasyPaisa's routes are the payments module's; its simulator and inquiry
     # round need the gateways, so they start after.
-    app.cleanup_ctx.append(easypaisa_http.lifespan)
+    app.cleanup_ctx.append(booking.payments.easypaisa.http.lifespan)

@@ -145,7 +145,7 @@ async def move_intent(
     ``announce``: an outbox topic whose event (:func:`payment_payload` of the
     moved row, plus ``announce_extra``) is written in the same statement.
     ``capture_terms``: the row also carries what a capture needs (the
-    booking's doctor and the commission, see :func:`.service._capture`)."""
+    booking's doctor and the commission, see :func:`.checkout.service._capture`)."""
     before = IntentState(row["status"])
     after = transition(before, event)
     args: list[Any] = [row["id"], after.value, event.value, before.value, dict(detail or {})]

@@ -2,8 +2,8 @@
 commission terms a capture reads, and the statement part that writes a ledger
 posting.
 
-Shared by :mod:`.service` (the general path, one change per statement inside
-a transaction) and :mod:`.settle` (a paid checkout settled in one statement),
+Shared by :mod:`.checkout.service` (the general path, one change per statement inside
+a transaction) and :mod:`.checkout.settle` (a paid checkout settled in one statement),
 so both write the same rows the same way.
 """
 

@@ -276,8 +276,8 @@ ADAPTERS_MAY_IMPORT = frozenset(
 ADAPTER_USERS = frozenset(
     {
         "booking.payments.http",
-        "booking.payments.checkout",
-        "booking.payments.easypaisa_http",
+        "booking.payments.checkout.pages",
+        "booking.payments.easypaisa.http",
         "bin.main",
     }
 )

@@ -12,7 +12,7 @@ Two gateways share this adapter and one set of credentials:
   token (and ``postBackURL`` again) to ``Confirm.jsf``; the customer pays on
   EasyPaisa's page (wallet PIN, OTC token or card) and comes back to
   ``postBackURL`` with ``status``, ``desc`` and ``orderRefNumber``. That
-  second hop is :mod:`booking.payments.easypaisa_http`'s postback bridge.
+  second hop is :mod:`booking.payments.easypaisa.http`'s postback bridge.
 * ``easypaisa_ma`` (:data:`MOBILE`), the Open API's
   ``initiate-ma-transaction``: the patient types their EasyPaisa mobile
   account number on our page, EasyPaisa pushes a payment request to their
@@ -38,7 +38,7 @@ Refunds: the public Open API has no refund or reversal call (merchants
 refund from the merchant portal or through their EasyPaisa account manager),
 so :meth:`EasyPaisaGateway.refund` answers a refusal with code
 :data:`REFUND_UNSUPPORTED`. The payments service keeps every such refund
-owed by hand (:mod:`.refund_due`): ``refused_by_gateway``, nothing posted,
+owed by hand (:mod:`.refunds.due`): ``refused_by_gateway``, nothing posted,
 until finance records it paid; money that arrives after its booking lapsed
 is owed back the same way instead of being refunded automatically.
 
@@ -595,7 +595,7 @@ class EasyPaisaGateway:
         )
 
 
-#: Where the simulator answers, under our own origin (easypaisa_http serves it).
+#: Where the simulator answers, under our own origin (booking.payments.easypaisa.http serves it).
 SIMULATOR_PATH: Final = "/easypaisa-sim"
 
 
