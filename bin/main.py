@@ -236,7 +236,7 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
     ``payments_easypaisa_*`` settings name (the merchant's own; its
     ``payments_easypaisa_endpoint`` is this simulator's ``/easypaisa-sim``)."""
 
-    from booking.payments.easypaisa.http import simulator_app
+    from booking.payments.easypaisa.http_simulator import simulator_app
     from booking.payments.gateways import easypaisa
     from wadud import serving
 

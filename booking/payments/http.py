@@ -4,7 +4,7 @@ the background tasks they own.
 The gateways are built here, once per app, in a cleanup context that opens
 the one HTTP client session the remote gateways share and closes it on
 shutdown. They are handed on from here: the handlers and rounds read them
-from the app (:data:`booking.payments.checkout.service.GATEWAYS`), and a booking's
+from the app (:data:`booking.payments.keys.GATEWAYS`), and a booking's
 cancellation is given a refunder bound to them
 (:data:`booking.api.bookings.REFUNDER`), so the bookings code below never
 imports payments.
@@ -21,8 +21,8 @@ from aiohttp import web
 import booking.payments.checkout.http
 import booking.payments.easypaisa.http
 from booking.api import bookings
-from booking.payments.checkout.service import GATEWAYS
 from booking.payments.gateways.registry import build_registry
+from booking.payments.keys import GATEWAYS
 from booking.payments.refunds.service import refund_booking
 from wadud import keys
 

@@ -1,4 +1,4 @@
-"""The payments tables' writers, and the ledger's reader.
+"""The payments tables' writers, and the ledger's readers.
 
 Every change of an intent goes through :func:`move_intent` (the core's
 transition table, a ``payment_events`` row, the new state) on a row locked
@@ -14,6 +14,7 @@ Refund rows are stored in the ledger with their own id as ``reference``
 may be refunded several times); :func:`load_ledger` rebuilds the core's
 :class:`~booking.payments.ledger.Transaction` with the payment id as
 reference, which is what :func:`booking.payments.ledger.refund` expects.
+:func:`ledger_is_balanced` checks the whole of it, or one clinic's part.
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ import asyncpg
 from booking.payments import ledger
 from booking.payments.errors import PaymentError
 from booking.payments.intent import Currency, IntentEvent, IntentState, transition
-from booking.payments.rows import COMMISSION, INTENT_COLUMNS, ledger_posting, payment_payload
+from booking.payments.rows import (
+    COMMISSION,
+    INTENT_COLUMNS,
+    commission,
+    ledger_posting,
+    payment_payload,
+)
 from wadud import outbox
 from wadud.db import Args
-from wadud.errors import Conflict
+from wadud.errors import Conflict, NotFound
 
 __all__ = [
     "DuplicatePosting",
+    "commission_for",
+    "ledger_is_balanced",
     "load_ledger",
     "move_intent",
     "post_transaction",
@@ -121,6 +130,47 @@ async def load_ledger(
     return [ledger.Transaction(kind, str(payment_intent_id), tuple(e)) for e in grouped.values()]
 
 
+async def ledger_is_balanced(
+    conn: asyncpg.Connection | asyncpg.Pool, clinic_id: UUID | None = None
+) -> bool:
+    """Whether the ledger (or one clinic's part) holds together: every
+    transaction has at least two entries of its own clinic and sums to zero
+    per currency, and so the whole sums to zero per currency."""
+    return bool(
+        await conn.fetchval(
+            """SELECT NOT EXISTS (
+                       SELECT 1 FROM ledger_entries
+                       WHERE $1::uuid IS NULL OR clinic_id = $1
+                       GROUP BY currency HAVING sum(amount_minor) <> 0)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_entries
+                       WHERE $1::uuid IS NULL OR clinic_id = $1
+                       GROUP BY transaction_id, currency HAVING sum(amount_minor) <> 0)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_transactions t
+                       WHERE ($1::uuid IS NULL OR t.clinic_id = $1)
+                         AND (SELECT count(*) FROM ledger_entries e
+                              WHERE e.transaction_id = t.id AND e.clinic_id = t.clinic_id) < 2)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_entries e JOIN ledger_transactions t
+                         ON t.id = e.transaction_id
+                       WHERE ($1::uuid IS NULL OR t.clinic_id = $1)
+                         AND e.clinic_id <> t.clinic_id)""",
+            clinic_id,
+        )
+    )
+
+
+async def commission_for(
+    conn: asyncpg.Connection, clinic_id: UUID, default_bp: int
+) -> ledger.Commission:
+    """The clinic's own commission, else its region's, else the configured default."""
+    row = await conn.fetchrow(f"SELECT {COMMISSION} WHERE c.id = $1", clinic_id)
+    if row is None:
+        raise NotFound("no such clinic")
+    return commission(row, default_bp)
+
+
 #: The rest of :func:`move_intent`'s final SELECT with ``capture_terms``.
 _TERMS = f""", t.capture_doctor_id, t.commission_bp, t.commission_fixed_minor,
                    t.region_bp, t.region_fixed
@@ -145,7 +195,7 @@ async def move_intent(
     ``announce``: an outbox topic whose event (:func:`payment_payload` of the
     moved row, plus ``announce_extra``) is written in the same statement.
     ``capture_terms``: the row also carries what a capture needs (the
-    booking's doctor and the commission, see :func:`.checkout.service._capture`)."""
+    booking's doctor and the commission, see :func:`.checkout.verdicts._capture`)."""
     before = IntentState(row["status"])
     after = transition(before, event)
     args: list[Any] = [row["id"], after.value, event.value, before.value, dict(detail or {})]

@@ -1,7 +1,7 @@
 """Which gateways answer: outages seen by the inquiry rounds, and when to
 try an unreachable gateway again.
 
-The payments sweeper (:func:`.checkout.service.sweep_once`) and EasyPaisa's inquiry
+The payments sweeper (:func:`.checkout.sweeper.sweep_once`) and EasyPaisa's inquiry
 round (:mod:`.easypaisa.inquiry`) ask gateways about payments whose
 notification never came. When a gateway cannot be reached (connection
 refused, a timeout, a 5xx: :class:`.errors.GatewayUnreachable`), asking it

@@ -2,7 +2,7 @@
 commission terms a capture reads, and the statement part that writes a ledger
 posting.
 
-Shared by :mod:`.checkout.service` (the general path, one change per statement inside
+Shared by :mod:`.checkout.verdicts` (the general path, one change per statement inside
 a transaction) and :mod:`.checkout.settle` (a paid checkout settled in one statement),
 so both write the same rows the same way.
 """

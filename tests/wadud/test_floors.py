@@ -278,6 +278,7 @@ ADAPTER_USERS = frozenset(
         "booking.payments.http",
         "booking.payments.checkout.pages",
         "booking.payments.easypaisa.http",
+        "booking.payments.easypaisa.http_simulator",
         "bin.main",
     }
 )

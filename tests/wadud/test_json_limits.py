@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from booking.payments.easypaisa.http import simulator_app
+from booking.payments.easypaisa.http_simulator import simulator_app
 from booking.payments.gateways.easypaisa import from_config
 from booking.payments.gateways.easypaisa_sim import SIM_PREFIX
 from tests.booking.payments.checkout.test_webhooks import with_card_webhooks

@@ -1,7 +1,7 @@
 """Payments over HTTP: intents and their checkout, the redirect landing,
 gateway webhooks, refunds, payouts, a doctor's earnings and a clinic's ledger.
 
-The service layer (:mod:`booking.payments.checkout.service`) stores and moves money;
+The services (:mod:`booking.payments.checkout.verdicts` and its neighbours) move money;
 these handlers check who may ask, open the transaction and shape the answer.
 Tenancy: clinic staff see their clinic's payments, doctors their own
 earnings, patients their own payments; another tenant's row is a 404, not a
@@ -30,20 +30,34 @@ from pydantic import Field, StringConstraints
 
 import booking.payments.checkout.pages
 import booking.payments.easypaisa.http
+import booking.payments.easypaisa.http_simulator
 import booking.payments.payouts.http
+import booking.payments.payouts.service
 import booking.payments.refunds.http
 import booking.payments.transfers.http
 from booking import pages
-from booking.payments.checkout import service
+from booking.payments.checkout.forms import form_body, read_form
 from booking.payments.checkout.http_webhooks import WebhookAck, deliver
-from booking.payments.checkout.service import GATEWAYS, INTENT_COLUMNS
+from booking.payments.checkout.sweeper import sweep_once
+from booking.payments.checkout.verdicts import apply_verdict
 from booking.payments.errors import BookingNotPayable, LivePaymentExists, PayoutExceedsPayable
 from booking.payments.gateway import GatewayRegistry, Verdict, with_query
-from booking.payments.intent import IntentEvent, IntentState, Money, PaymentIntent, transition
+from booking.payments.intent import (
+    LIVE_STATES,
+    IntentEvent,
+    IntentState,
+    Money,
+    PaymentIntent,
+    transition,
+)
+from booking.payments.keys import GATEWAYS
 from booking.payments.ledger import PAYOUTS_CLEARING, payout
 from booking.payments.paging import OffsetQuery
 from booking.payments.payouts import batches, details
+from booking.payments.postings import move_intent, post_transaction
 from booking.payments.refunds import due
+from booking.payments.refunds.service import add_booking_refund, refund_intent
+from booking.payments.rows import INTENT_COLUMNS, payment_payload
 from wadud import keys, loops, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import Conflict, NotFound, Unprocessable
@@ -59,7 +73,7 @@ routes = Routes(
 )
 routes.endpoints.extend(booking.payments.checkout.pages.routes.endpoints)
 routes.endpoints.extend(booking.payments.easypaisa.http.routes.endpoints)
-routes.endpoints.extend(booking.payments.easypaisa.http.simulator_routes.endpoints)
+routes.endpoints.extend(booking.payments.easypaisa.http_simulator.simulator_routes.endpoints)
 routes.endpoints.extend(booking.payments.payouts.http.routes.endpoints)
 routes.endpoints.extend(booking.payments.transfers.http.routes.endpoints)
 routes.endpoints.extend(booking.payments.refunds.http.routes.endpoints)
@@ -159,7 +173,7 @@ class Earnings(ApiModel):
     """``gross - refunds - commission - paid_out == payable``, per currency."""
 
     doctor_id: UUID
-    currencies: list[service.CurrencyEarnings]
+    currencies: list[booking.payments.payouts.service.CurrencyEarnings]
     payout_batches: list[booking.payments.payouts.http.DoctorBatchLine] = Field(
         default=[], description="The doctor's latest payout-batch lines, newest first."
     )
@@ -208,7 +222,7 @@ def _sees(me: Principal, row: asyncpg.Record) -> bool:
 
 
 def _payment(row: asyncpg.Record, me: Principal | None = None, owed: int = 0) -> Payment:
-    live = IntentState(row["status"]) in service.LIVE_STATES
+    live = IntentState(row["status"]) in LIVE_STATES
     show = live and me is not None and me.user_id == row["patient_id"] and row["checkout_url"]
     return from_row(
         Payment,
@@ -314,7 +328,7 @@ async def create_payment(call: Call[CreatePayment, None]) -> Payment | web.Respo
             "refunded_minor": 0,
         }
         event_cte, event_args = outbox.event(
-            "payment.created", service.payment_payload(announced), 19, source="i"
+            "payment.created", payment_payload(announced), 19, source="i"
         )
         try:
             row = await conn.fetchrow(
@@ -414,7 +428,7 @@ async def _hand_out_again(
                 f"a {live['gateway']} payment for this booking is under way"
                 f" until {live['expires_at'].isoformat()}"
             )
-        live = await service.move_intent(conn, live, IntentEvent.REDIRECT, {"again": True})
+        live = await move_intent(conn, live, IntentEvent.REDIRECT, {"again": True})
     return web.Response(
         body=_payment(live, me).model_dump_json(), status=200, content_type="application/json"
     )
@@ -467,7 +481,7 @@ async def _landing(call: Call[None, None], params: Mapping[str, str]) -> web.Str
     # them (signature or inquiry) or raises; nothing is applied before that.
     result = await gateway.verify_callback(params, call.request.headers, _now())
     async with call.pool.acquire() as conn, conn.transaction():
-        row = await service.apply_verdict(
+        row = await apply_verdict(
             conn,
             Verdict.of_callback(result),
             default_bp=call.settings.payments_platform_commission_bp,
@@ -517,12 +531,12 @@ async def payment_return(call: Call[None, None]) -> web.StreamResponse:
     "/api/v1/payments/{payment_id:uuid}/return",
     returns=PaymentResult,
     auth="public",
-    raw_body=service.form_body(),
+    raw_body=form_body(),
     responses={303: "Verified; a program (not a browser) on to the client's return_url"},
 )
 async def payment_return_post(call: Call[None, None]) -> web.StreamResponse:
     """The same landing for gateways that post the result back (JazzCash)."""
-    return await _landing(call, await service.read_form(call.request))
+    return await _landing(call, await read_form(call.request))
 
 
 # --- webhooks -------------------------------------------------------------------------
@@ -586,10 +600,10 @@ async def refund_payment(
     me, body = call.user, call.body
     async with call.pool.acquire() as conn, conn.transaction():
         row = await _visible_intent(conn, me, call.path_uuid("payment_id"), lock=True)
-        refund, row = await service.refund_intent(
+        refund, row = await refund_intent(
             conn, row, body.amount_minor, body.reason, registry=_registry(call), actor=me
         )
-        await service.add_booking_refund(conn, row["booking_id"], body.amount_minor)
+        await add_booking_refund(conn, row["booking_id"], body.amount_minor)
     out = booking.payments.refunds.http.refund_out(refund, row)
     if refund["status"] == due.OWED:
         return web.Response(body=out.model_dump_json(), status=202, content_type="application/json")
@@ -642,7 +656,7 @@ async def create_payout(call: Call[PayoutIn, None]) -> Payout:
         txn = payout(
             str(doctor["id"]), Money(body.amount_minor, doctor["currency"]), str(row["id"])
         )
-        await service.post_transaction(conn, txn, clinic_id=doctor["clinic_id"])
+        await post_transaction(conn, txn, clinic_id=doctor["clinic_id"])
         await outbox.emit(
             conn,
             "payout.created",
@@ -670,7 +684,7 @@ async def doctor_earnings(call: Call[None, None]) -> Earnings:
         doctor = await booking.payments.payouts.http.doctor_of(
             conn, call.user, call.path_uuid("doctor_id")
         )
-        figures = await service.doctor_earnings(conn, doctor["id"])
+        figures = await booking.payments.payouts.service.doctor_earnings(conn, doctor["id"])
         batch_lines = await booking.payments.payouts.http.doctor_batch_lines(conn, doctor["id"])
     return Earnings(
         doctor_id=doctor["id"],
@@ -746,7 +760,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(delay)
             try:
-                await service.sweep_once(
+                await sweep_once(
                     app[keys.DB],
                     registry,
                     _now(),

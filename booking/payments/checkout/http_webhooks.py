@@ -2,7 +2,7 @@
 
 The webhook endpoint, EasyPaisa's IPN handler and the in-process deliveries
 of the sandbox and the EasyPaisa simulator all hand a delivery to
-:func:`booking.payments.checkout.service.handle_webhook` the same way: the app's pool
+:func:`booking.payments.checkout.webhooks.handle_webhook` the same way: the app's pool
 and gateways, the configured platform commission, and the handler's clock.
 They answer with one acknowledgement, :class:`WebhookAck`.
 """
@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from booking.payments.checkout import service
+from booking.payments.checkout.webhooks import handle_webhook
+from booking.payments.keys import GATEWAYS
 from wadud.api import ApiModel, Call
 
 __all__ = ["WebhookAck", "deliver"]
@@ -37,9 +38,9 @@ async def deliver(
 ) -> WebhookAck:
     """Verify, deduplicate and apply one delivery (``handle_webhook``) and
     say what came of it."""
-    outcome = await service.handle_webhook(
+    outcome = await handle_webhook(
         call.pool,
-        call.request.app[service.GATEWAYS],
+        call.request.app[GATEWAYS],
         gateway_name,
         body,
         headers,

@@ -24,10 +24,11 @@ from uuid import UUID
 from aiohttp import web
 
 from booking import pages
-from booking.payments.checkout import service
+from booking.payments.checkout.forms import choice_body, read_choice
 from booking.payments.checkout.http_webhooks import deliver
 from booking.payments.gateway import PaymentStatus
 from booking.payments.gateways.sandbox import SandboxGateway
+from booking.payments.keys import GATEWAYS
 from wadud.api import Call, Routes
 from wadud.errors import NotFound, WadudError
 
@@ -55,7 +56,7 @@ _SETTLED = """<p class="outcome" data-i18n="pay.settled.{status}">This payment i
 
 
 def _sandbox(call: Call[None, None]) -> SandboxGateway:
-    registry = call.request.app[service.GATEWAYS]
+    registry = call.request.app[GATEWAYS]
     gateway = registry.get("sandbox") if "sandbox" in registry else None
     if not isinstance(gateway, SandboxGateway):
         raise NotFound("the sandbox gateway is not enabled")
@@ -88,13 +89,13 @@ async def sandbox_checkout_page(call: Call[None, None]) -> web.Response:
     _PATH,
     status=303,
     auth="public",
-    raw_body=service.choice_body("pay", "decline"),
+    raw_body=choice_body("pay", "decline"),
 )
 async def sandbox_checkout_submit(call: Call[None, None]) -> web.Response:
     """Pay or decline on the sandbox page; redirects to the signed return URL."""
     reference = call.path("reference")
     gateway = _sandbox(call)
-    paid = await service.read_choice(call.request, "pay", "decline")
+    paid = await read_choice(call.request, "pay", "decline")
     now = datetime.now(UTC)
     target = gateway.complete(reference, paid, now)
     body, headers = gateway.webhook(reference, now)

@@ -1,7 +1,7 @@
 """A paid checkout settled in one statement: the webhook's common case.
 
 Nearly every webhook says one thing: the patient paid for a booking that is
-still held. The general path (:func:`.checkout.service.apply_verdict` in a
+still held. The general path (:func:`.checkout.verdicts.apply_verdict` in a
 transaction) applies it in seven round trips: begin, record the delivery and
 lock the intent, move the intent, post the capture, move the booking, record
 the booking's history and event, commit. Here it takes two, with no
@@ -27,7 +27,7 @@ transaction gave:
   the same event, or a capture already posted, aborts the statement on its
   unique key instead of being skipped.
 
-A bank statement's credit (:mod:`.transfers.service`) settles the same way
+A bank statement's credit (:mod:`.transfers.reconcile`) settles the same way
 with no delivery to record (the credit's own row is its record): a
 :class:`Credit` limits it to its clinic's transfer and a hold that has not
 lapsed, and adds ``payment.bank_transfer.confirmed`` to the events.
@@ -55,7 +55,7 @@ from booking import service as bookings
 from booking.lifecycle import State
 from booking.payments.errors import AmountMismatch
 from booking.payments.gateway import Verdict, WebhookEvent
-from booking.payments.intent import IntentEvent, IntentState, transition
+from booking.payments.intent import LIVE_STATES, IntentEvent, IntentState, transition
 from booking.payments.rows import (
     COMMISSION,
     INTENT_COLUMNS,
@@ -103,9 +103,6 @@ class Credit:
     extra: Mapping[str, object]
 
 
-_LIVE: Final = (IntentState.REQUIRES_PAYMENT, IntentState.PROCESSING)
-
-
 @dataclass(frozen=True, slots=True)
 class Settled:
     """What :func:`settle` did: ``duplicate`` (the delivery was recorded
@@ -139,7 +136,7 @@ async def settle(
     if row["seen"]:
         return Settled(duplicate=True)
     state = IntentState(row["status"])
-    if state not in _LIVE or row["booking_status"] != State.HELD.value:
+    if state not in LIVE_STATES or row["booking_status"] != State.HELD.value:
         return None
     if isinstance(event, Credit) and (
         row["clinic_id"] != event.clinic_id

@@ -6,7 +6,7 @@ paid booking held until its hold lapses. So every
 ``payments_easypaisa_inquiry_interval`` seconds one replica asks
 ``inquire-transaction`` about every EasyPaisa payment still ``processing``
 and applies each definite answer exactly as an IPN would (the same
-:func:`~booking.payments.checkout.service.apply_verdict`, idempotent under the
+:func:`~booking.payments.checkout.verdicts.apply_verdict`, idempotent under the
 intent's row lock, so a round racing an IPN or the redirect landing is
 harmless). A payment paid at time *t* is therefore settled by *t + interval*
 at the latest.
@@ -14,7 +14,7 @@ at the latest.
 Like retention's rounds (:mod:`privacy.retention`), a round first takes a
 PostgreSQL advisory lock with ``pg_try_advisory_lock``; a replica that does
 not get it skips the round, so N replicas make one round per interval, not N.
-Expiry stays with the payments sweeper (:func:`booking.payments.checkout.service.sweep_once`),
+Expiry stays with the payments sweeper (:func:`booking.payments.checkout.sweeper.sweep_once`),
 which inquires once more before it expires anything.
 
 When EasyPaisa cannot be reached (:class:`~booking.payments.errors.GatewayUnreachable`)
@@ -35,7 +35,8 @@ from typing import Final
 
 import asyncpg
 
-from booking.payments.checkout import service
+from booking.payments.checkout.sweeper import gateway_answered, gateway_unreachable
+from booking.payments.checkout.verdicts import apply_verdict
 from booking.payments.errors import GatewayError, GatewayUnreachable, UnknownReference
 from booking.payments.gateway import GatewayRegistry, PaymentStatus, Verdict
 from wadud.errors import WadudError
@@ -103,21 +104,21 @@ async def _settle_one(
     try:
         answer = await registry.get(row["gateway"]).inquire(row["gateway_ref"])
     except UnknownReference:
-        service.gateway_answered(registry, row["gateway"])
+        gateway_answered(registry, row["gateway"])
         return 0  # not at EasyPaisa (yet): the patient may still be paying
     except GatewayUnreachable as exc:
-        service.gateway_unreachable(registry, row["gateway"], exc)
+        gateway_unreachable(registry, row["gateway"], exc)
         return 0
     except GatewayError:
-        service.gateway_answered(registry, row["gateway"])
+        gateway_answered(registry, row["gateway"])
         log.warning("EasyPaisa inquiry failed", extra={"payment_id": str(row["id"])}, exc_info=True)
         return 0
-    service.gateway_answered(registry, row["gateway"])
+    gateway_answered(registry, row["gateway"])
     if answer.status is PaymentStatus.PENDING:
         return 0
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await service.apply_verdict(
+            await apply_verdict(
                 conn, Verdict.of_inquiry(answer), default_bp=default_bp, registry=registry
             )
     except WadudError:

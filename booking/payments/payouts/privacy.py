@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import asyncpg
 from aiohttp import web
 
-from booking.payments.checkout import service
 from booking.payments.payouts import batches
 from booking.payments.payouts.details import SEALED_COLUMNS, sealer_of
+from booking.payments.payouts.service import doctor_earnings
 from privacy.rights import Erased, Part, Subject, records
 
 __all__ = ["DoctorProvider"]
@@ -81,7 +81,7 @@ class DoctorProvider:
         earnings = []
         lines = []
         for doctor_id in ids:
-            for e in await service.doctor_earnings(conn, doctor_id):
+            for e in await doctor_earnings(conn, doctor_id):
                 earnings.append({"doctor_id": str(doctor_id), **dataclasses.asdict(e)})
             for line in await batches.doctor_lines(conn, doctor_id, limit=1_000_000):
                 lines.append(

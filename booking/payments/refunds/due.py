@@ -24,7 +24,8 @@ Finance marks either ``refunded_by_hand`` with a note
 step is an audit row, written in the transaction that makes it; notes stay
 out of the audit detail, as the bank transfer's do.
 
-Below :mod:`.checkout.service`, which calls it when a gateway says no.
+Below :mod:`.refunds.service` and :mod:`.checkout.verdicts`, which call it when
+a gateway says no.
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ import asyncpg
 from pydantic import Field, StringConstraints
 
 from booking.payments import ledger
-from booking.payments.checkout import service
 from booking.payments.errors import PaymentError
 from booking.payments.intent import IntentState, Money
 from booking.payments.paging import OffsetQuery
 from booking.payments.postings import post_transaction, record_intent_event
 from booking.payments.refunds import due
+from booking.payments.refunds.service import post_refund, refund_posting
 from booking.payments.rows import INTENT_COLUMNS, payment_payload
 from wadud import audit, outbox
 from wadud.api import ApiModel, Call, Principal, Role, Routes
@@ -165,8 +165,8 @@ async def mark_refunded(
         amount = int(refund["amount_minor"])
         if refund["kind"] == "refund":
             # Exactly the gateway refund's posting, state and event.
-            txn, event = await service.refund_posting(conn, intent, amount)
-            intent = await service.post_refund(
+            txn, event = await refund_posting(conn, intent, amount)
+            intent = await post_refund(
                 conn,
                 intent,
                 refund_id,

@@ -46,6 +46,7 @@ from wadud.principal import Principal
 
 __all__ = [
     "RefundRefused",
+    "add_booking_refund",
     "post_refund",
     "refund_booking",
     "refund_intent",
@@ -230,6 +231,17 @@ async def post_refund(
         payment_payload(row, refund_id=str(refund_id), refund_minor=amount_minor, reason=reason),
     )
     return row
+
+
+async def add_booking_refund(conn: asyncpg.Connection, booking_id: UUID, amount_minor: int) -> None:
+    """Count ``amount_minor`` more as refunded on the booking (what its page
+    and its exports show as given back)."""
+    await conn.execute(
+        """UPDATE bookings SET refund_minor = refund_minor + $2, updated_at = now()
+           WHERE id = $1""",
+        booking_id,
+        amount_minor,
+    )
 
 
 async def refund_booking(

@@ -46,12 +46,13 @@ from typing import Any, ClassVar, Final
 from booking.payments import ledger
 from booking.payments.errors import PaymentError
 from booking.payments.gateway import BANK_TRANSFER
-from booking.payments.intent import MINOR_UNIT_EXPONENT, Currency, Money
+from booking.payments.intent import MINOR_UNIT_EXPONENT, Currency, IntentState, Money
 from wadud.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 __all__ = [
     "CLEARING",
     "COLUMNS",
+    "LIVE",
     "REFUNDS_DUE",
     "BankAccount",
     "CreditNotOpen",
@@ -78,6 +79,8 @@ __all__ = [
 CLEARING: Final = ledger.gateway_clearing(BANK_TRANSFER)
 #: A liability: money that arrived and is owed back to the patient who sent it.
 REFUNDS_DUE: Final = "patient_refunds_due"
+#: A transfer's intent states while it waits for money.
+LIVE: Final = (IntentState.REQUIRES_PAYMENT.value, IntentState.PROCESSING.value)
 
 
 # --- errors --------------------------------------------------------------------

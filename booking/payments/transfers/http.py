@@ -7,9 +7,10 @@ staff (their clinic's transfers and credits) and admins. Another tenant's
 row is a 404, as everywhere in payments. A staff member's read of a
 patient's transfer or proof is audited, as their reads of bookings are.
 
-The rules live in :mod:`.transfers.service` (the database) and
-:mod:`.transfers.core` (references, statements); handlers check who asks and
-shape the answer. Routes join :mod:`.checkout.http`'s list, as the checkout's do.
+The rules live in :mod:`.transfers.service` and :mod:`.transfers.reconcile`
+(the database) and :mod:`.transfers.core` (references, statements);
+handlers check who asks and shape the answer. Routes join
+:mod:`.checkout.http`'s list, as the checkout's do.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from booking.payments.gateway import BANK_TRANSFER
 from booking.payments.intent import IntentState
 from booking.payments.paging import OffsetQuery
 from booking.payments.rows import INTENT_COLUMNS
-from booking.payments.transfers import pages, service
+from booking.payments.transfers import pages, reconcile, service
 from booking.payments.transfers.core import (
     BankAccount,
     ProofNotAccepted,
@@ -400,7 +401,7 @@ async def import_statement(call: Call[None, None]) -> StatementImport:
     limit = call.settings.payments_bank_transfer_statement_max_bytes
     data = await read_upload(request, limit, "a statement")
     async with call.pool.acquire() as conn:
-        done = await service.import_statement(
+        done = await reconcile.import_statement(
             conn,
             clinic_id,
             data,
@@ -434,7 +435,7 @@ async def list_credits(call: Call[None, CreditsQuery]) -> list[Credit]:
     clinic_id = call.path_uuid("clinic_id")
     _clinic_scope(call.user, clinic_id)
     q = call.query
-    rows = await service.credits_of(call.pool, clinic_id, q.status, q.limit, q.offset)
+    rows = await reconcile.credits_of(call.pool, clinic_id, q.status, q.limit, q.offset)
     return [_credit(r) for r in rows]
 
 
@@ -460,7 +461,7 @@ async def confirm_transfer(call: Call[ConfirmIn, None]) -> Confirmation:
         raise UnknownTransfer("that is not a payment reference (WD and eight characters)")
     body = call.body
     async with call.pool.acquire() as conn:
-        credit, intent = await service.confirm_by_hand(
+        credit, intent = await reconcile.confirm_by_hand(
             conn,
             reference,
             body.amount_minor,
@@ -491,7 +492,7 @@ async def credit_refund_due(call: Call[NoteIn, None]) -> Credit:
     """Mark an unmatched credit as owed back (nobody's payment: another
     amount, no reference). Audited."""
     async with call.pool.acquire() as conn:
-        row = await service.mark_refund_due(
+        row = await reconcile.mark_refund_due(
             conn, call.path_uuid("credit_id"), call.body.note, call.user, _now()
         )
     return _credit(row)
@@ -508,7 +509,7 @@ async def credit_refunded(call: Call[NoteIn, None]) -> Credit:
     """Record that a refund-due credit was sent back; the ledger clears it.
     Audited."""
     async with call.pool.acquire() as conn:
-        row = await service.mark_refunded(
+        row = await reconcile.mark_refunded(
             conn, call.path_uuid("credit_id"), call.body.note, call.user, _now()
         )
     return _credit(row)

@@ -11,8 +11,7 @@ import asyncpg
 from cryptography.exceptions import InvalidTag
 
 from booking.payments.errors import BookingNotPayable
-from booking.payments.transfers.core import TransferError
-from booking.payments.transfers.service import LIVE
+from booking.payments.transfers.core import LIVE, TransferError
 from privacy.subject_keys import KeyShredded, SubjectKeys
 from wadud.errors import Conflict, Gone
 from wadud.storage import Storage

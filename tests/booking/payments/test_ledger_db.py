@@ -13,8 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from booking.payments import ledger
-from booking.payments.checkout import service
 from booking.payments.intent import Currency, Money
+from booking.payments.payouts.service import doctor_earnings
+from booking.payments.postings import (
+    DuplicatePosting,
+    commission_for,
+    ledger_is_balanced,
+    post_transaction,
+)
 from tests.booking.factories import make_clinic
 from tests.booking.payments.checkout.test_payments_api import pool_of
 from tests.conftest import Api
@@ -106,8 +112,8 @@ async def _check_empty_header(conn: asyncpg.Connection, cid: uuid.UUID) -> None:
                VALUES ($1, 'adjustment', 'empty')""",
             cid,
         )
-        assert not await service.ledger_is_balanced(conn)
-        assert not await service.ledger_is_balanced(conn, cid)
+        assert not await ledger_is_balanced(conn)
+        assert not await ledger_is_balanced(conn, cid)
         raise _Rollback
 
 
@@ -147,7 +153,7 @@ async def test_post_transaction_is_checked_whole(api: Api) -> None:
     txn = _capture(10_000, ledger.Commission(1000), doctor)
     async with pool.acquire() as conn:
         async with conn.transaction():
-            tid = await service.post_transaction(conn, txn, clinic_id=cid)
+            tid = await post_transaction(conn, txn, clinic_id=cid)
         entries = await conn.fetch(
             """SELECT account, amount_minor FROM ledger_entries
                WHERE transaction_id = $1 ORDER BY id""",
@@ -158,13 +164,13 @@ async def test_post_transaction_is_checked_whole(api: Api) -> None:
             (f"doctor_payable:{doctor}", -9_000),
             ("platform_revenue", -1_000),
         ]
-        assert await service.ledger_is_balanced(conn)
-        assert await service.ledger_is_balanced(conn, cid)
+        assert await ledger_is_balanced(conn)
+        assert await ledger_is_balanced(conn, cid)
 
         # The same kind and reference twice is refused, with a typed error.
-        with pytest.raises(service.DuplicatePosting):
+        with pytest.raises(DuplicatePosting):
             async with conn.transaction():
-                await service.post_transaction(conn, txn, clinic_id=cid)
+                await post_transaction(conn, txn, clinic_id=cid)
 
         # Entries that do not balance are refused by the database, at the
         # end of the statement that wrote them.
@@ -178,7 +184,7 @@ async def test_post_transaction_is_checked_whole(api: Api) -> None:
         # Nor may two statements balance each other's halves.
         with pytest.raises(asyncpg.CheckViolationError):
             await _post_in_halves(conn, cid)
-        assert await service.ledger_is_balanced(conn)
+        assert await ledger_is_balanced(conn)
 
         # Append-only: corrections are new transactions, never edits.
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -190,7 +196,7 @@ async def test_post_transaction_is_checked_whole(api: Api) -> None:
         # the check function catches it.
         with pytest.raises(_Rollback):
             await _check_empty_header(conn, cid)
-        assert await service.ledger_is_balanced(conn)
+        assert await ledger_is_balanced(conn)
 
 
 async def test_history_and_ledger_rows_belong_to_their_parents_clinic(api: Api) -> None:
@@ -261,16 +267,16 @@ async def test_commission_precedence(api: Api) -> None:
     cid = uuid.UUID(clinic.id)
     pool = pool_of(api)
     async with pool.acquire() as conn:
-        assert await service.commission_for(conn, cid, 1500) == ledger.Commission(1500, 0)
+        assert await commission_for(conn, cid, 1500) == ledger.Commission(1500, 0)
         await conn.execute(
             "INSERT INTO region_commissions (region, commission_bp, commission_fixed_minor)"
             " VALUES ('AE', 900, 250)"
         )
-        assert await service.commission_for(conn, cid, 1500) == ledger.Commission(900, 250)
+        assert await commission_for(conn, cid, 1500) == ledger.Commission(900, 250)
         await conn.execute(
             "UPDATE clinics SET commission_bp = 0, commission_fixed_minor = 0 WHERE id = $1", cid
         )
-        assert await service.commission_for(conn, cid, 1500) == ledger.Commission(0, 0)
+        assert await commission_for(conn, cid, 1500) == ledger.Commission(0, 0)
 
 
 _steps = st.lists(
@@ -302,7 +308,7 @@ async def test_persisted_postings_keep_the_books(
                 doctor = str(did)
                 account = ledger.doctor_payable(doctor)
                 capture = _capture(gross, ledger.Commission(bp, fixed), doctor)
-                await service.post_transaction(conn, capture, clinic_id=cid, booking_id=bid)
+                await post_transaction(conn, capture, clinic_id=cid, booking_id=bid)
                 refunds: list[ledger.Transaction] = []
                 refunded = 0
                 if refund_all:
@@ -313,7 +319,7 @@ async def test_persisted_postings_keep_the_books(
                         if amount == 0:
                             continue
                         txn = ledger.refund(capture, Money(amount, Currency.PKR), refunds)
-                        await service.post_transaction(
+                        await post_transaction(
                             conn, txn, clinic_id=cid, reference=str(uuid.uuid4()), booking_id=bid
                         )
                         refunds.append(txn)
@@ -324,11 +330,11 @@ async def test_persisted_postings_keep_the_books(
                         if amount <= 0:
                             continue
                         txn = ledger.payout(doctor, Money(amount, Currency.PKR), str(uuid.uuid4()))
-                        await service.post_transaction(conn, txn, clinic_id=cid)
-                    assert await service.ledger_is_balanced(conn, cid)
+                        await post_transaction(conn, txn, clinic_id=cid)
+                    assert await ledger_is_balanced(conn, cid)
                     balances = await _balances(conn, cid)
                     assert sum(balances.values()) == 0
-                (figures,) = await service.doctor_earnings(conn, did)
+                (figures,) = await doctor_earnings(conn, did)
                 assert figures.gross_minor == gross
                 assert figures.refunds_minor == refunded
                 assert (

@@ -17,7 +17,8 @@ from urllib.parse import parse_qsl, urlsplit
 import asyncpg
 
 from booking.api import bookings
-from booking.payments.checkout import service
+from booking.payments.keys import GATEWAYS
+from booking.payments.postings import ledger_is_balanced
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
 from wadud import keys
@@ -188,8 +189,8 @@ async def test_sandbox_flow_end_to_end(api: Api) -> None:
         "platform_revenue": -19_750,
     }
     async with pool_of(api).acquire() as conn:
-        assert await service.ledger_is_balanced(conn)
-        assert await service.ledger_is_balanced(conn, uuid.UUID(clinic.id))
+        assert await ledger_is_balanced(conn)
+        assert await ledger_is_balanced(conn, uuid.UUID(clinic.id))
     topics = [r["topic"] for r in await pool_of(api).fetch("SELECT topic FROM outbox ORDER BY id")]
     assert "payment.created" in topics
     assert "payment.succeeded" in topics
@@ -342,7 +343,7 @@ async def test_landing_applies_a_genuine_result_without_webhook(api: Api) -> Non
     other_booking = await held_booking(api, doctor, patient, day=2)
     other = await start_payment(api, token, other_booking)
 
-    sandbox = api.app[service.GATEWAYS].get("sandbox")
+    sandbox = api.app[GATEWAYS].get("sandbox")
     assert isinstance(sandbox, SandboxGateway)
     ref = urlsplit(payment["checkout"]["url"]).path.rsplit("/", 1)[1]
     redirect = path_of(sandbox.complete(ref, True, dt.datetime.now(dt.UTC)))
@@ -390,7 +391,7 @@ async def test_refunds_reverse_the_ledger_exactly(api: Api) -> None:
     balances = await account_balances(api, clinic)
     assert set(balances.values()) == {0}
     async with pool_of(api).acquire() as conn:
-        assert await service.ledger_is_balanced(conn)
+        assert await ledger_is_balanced(conn)
     got = await api.get(f"/api/v1/payments/{payment['id']}", token=token)
     assert got["status"] == "refunded"
     assert got["refunded_minor"] == 100_001

@@ -16,8 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from booking.payments.checkout import service, settle
-from booking.payments.gateway import WebhookEvent
+from booking.payments.checkout import settle, webhooks
+from booking.payments.gateway import Verdict, WebhookEvent
+from booking.payments.keys import GATEWAYS
+from booking.payments.postings import ledger_is_balanced
 from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.booking.payments.checkout.test_payments_api import (
     anon_patient,
@@ -46,7 +48,7 @@ def _now() -> dt.datetime:
 def _settle(conn: asyncpg.Connection, event: WebhookEvent) -> Awaitable[settle.Settled | None]:
     """Settle a sandbox webhook as the webhook path does, with no commission."""
     return settle.settle(
-        conn, "sandbox", event, service.Verdict.of_webhook(event), default_bp=0, now=_now()
+        conn, "sandbox", event, Verdict.of_webhook(event), default_bp=0, now=_now()
     )
 
 
@@ -153,18 +155,18 @@ async def test_one_statement_writes_what_the_general_path_writes(api: Api, from_
             uuid.UUID(payment["id"]),
             from_state,
         )
-    registry = api.app[service.GATEWAYS]
+    registry = api.app[GATEWAYS]
     async with pool.acquire() as conn:
         done = await _settle(conn, short[2])
         assert done == settle.Settled(False, uuid.UUID(short[1]["id"]), "succeeded")
-        outcome = await service._apply_webhook(
+        outcome = await webhooks._apply_webhook(
             conn, registry, registry.get("sandbox"), general[2], 0
         )
         assert (outcome.duplicate, outcome.status) == (False, "succeeded")
         one = await _written(conn, short[0], short[1])
         other = await _written(conn, general[0], general[1])
         assert one == other
-        assert await service.ledger_is_balanced(conn)
+        assert await ledger_is_balanced(conn)
     # What the comparison covered, spelled out once.
     assert one["intent"]["status"] == "succeeded"
     assert one["booking"] == {"status": "requested", "token": True}

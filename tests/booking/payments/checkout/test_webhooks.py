@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from booking.payments.checkout import service
+from booking.payments.checkout.sweeper import sweep_once
 from booking.payments.gateways.sandbox import SandboxGateway
+from booking.payments.keys import GATEWAYS
+from booking.payments.postings import ledger_is_balanced
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.payments.checkout.test_payments_api import (
     account_balances,
@@ -54,7 +56,7 @@ def now() -> dt.datetime:
 
 
 def sandbox(api: Api) -> SandboxGateway:
-    gateway = api.app[service.GATEWAYS].get("sandbox")
+    gateway = api.app[GATEWAYS].get("sandbox")
     assert isinstance(gateway, SandboxGateway)
     return gateway
 
@@ -133,7 +135,7 @@ async def test_concurrent_duplicate_webhooks_capture_once(api: Api, doctor: Doct
     assert await status_of(api, payment["id"]) == "succeeded"
     assert await booking_status(api, booking) == "requested"
     async with pool_of(api).acquire() as conn:
-        assert await service.ledger_is_balanced(conn)
+        assert await ledger_is_balanced(conn)
 
 
 async def test_signature_failures_change_nothing(api: Api, clinic: Clinic, doctor: Doctor) -> None:
@@ -290,7 +292,7 @@ async def test_paid_but_unconfirmable_booking_is_refunded(api: Api, booking_now:
 
 async def test_sweeper_expires_and_settles(api: Api, doctor: Doctor) -> None:
     pool = pool_of(api)
-    registry = api.app[service.GATEWAYS]
+    registry = api.app[GATEWAYS]
     _t1, _b1, abandoned = await live_payment(api, doctor)
     _t2, paid_booking, lost_webhook = await live_payment(api, doctor)
     _t3, _b3, unpaid = await live_payment(api, doctor)
@@ -311,14 +313,14 @@ async def test_sweeper_expires_and_settles(api: Api, doctor: Doctor) -> None:
         uuid.UUID(unpaid["id"]),
     )
     bp = api.app[keys.SETTINGS].payments_platform_commission_bp
-    await service.sweep_once(pool, registry, now(), default_bp=bp)
+    await sweep_once(pool, registry, now(), default_bp=bp)
     assert await status_of(api, abandoned["id"]) == "cancelled"
     assert await status_of(api, unpaid["id"]) == "cancelled"
     assert await status_of(api, lost_webhook["id"]) == "succeeded"
     assert await booking_status(api, paid_booking) == "requested"
     assert await status_of(api, fresh["id"]) == "processing"
     # A second round has nothing left to do.
-    await service.sweep_once(pool, registry, now(), default_bp=bp)
+    await sweep_once(pool, registry, now(), default_bp=bp)
     assert await count(api, "SELECT count(*) FROM ledger_transactions") == 1
 
 
@@ -331,7 +333,7 @@ async def test_sweeper_asks_no_gateway_it_cannot_reach_until_the_window_closes(
     clinic = await make_clinic(api)
     doctor = await make_doctor(api, clinic)
     pool = pool_of(api)
-    registry = api.app[service.GATEWAYS]
+    registry = api.app[GATEWAYS]
     _t, _b, waiting = await live_payment(api, doctor)
     await pool.execute(
         """UPDATE payment_intents SET gateway = 'nobody_to_ask',
@@ -339,11 +341,11 @@ async def test_sweeper_asks_no_gateway_it_cannot_reach_until_the_window_closes(
         uuid.UUID(waiting["id"]),
     )
     bp = api.app[keys.SETTINGS].payments_platform_commission_bp
-    assert await service.sweep_once(pool, registry, now(), default_bp=bp) == 0
+    assert await sweep_once(pool, registry, now(), default_bp=bp) == 0
     assert await status_of(api, waiting["id"]) == "processing"
     await pool.execute(
         "UPDATE payment_intents SET expires_at = now() - interval '1 minute' WHERE id = $1",
         uuid.UUID(waiting["id"]),
     )
-    assert await service.sweep_once(pool, registry, now(), default_bp=bp) == 1
+    assert await sweep_once(pool, registry, now(), default_bp=bp) == 1
     assert await status_of(api, waiting["id"]) == "cancelled"

@@ -34,11 +34,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
 from bin.assembly import build_app
-from booking.payments.checkout import service
 from booking.payments.easypaisa import inquiry
-from booking.payments.easypaisa.http import SIMULATOR, SimulatorHost, simulator_app
+from booking.payments.easypaisa.http_simulator import SIMULATOR, SimulatorHost, simulator_app
 from booking.payments.gateways.easypaisa import IPN_HANDLER_PATH, EasyPaisaGateway
 from booking.payments.intent import Currency, Money
+from booking.payments.keys import GATEWAYS
+from booking.payments.postings import ledger_is_balanced
 from booking.payments.reach import Reach
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.payments.checkout.test_payments_api import (
@@ -168,8 +169,8 @@ async def counts(api: Api) -> tuple[int, int, int]:
 
 async def balanced(api: Api, clinic: Clinic) -> None:
     async with pool_of(api).acquire() as conn:
-        assert await service.ledger_is_balanced(conn)
-        assert await service.ledger_is_balanced(conn, uuid.UUID(clinic.id))
+        assert await ledger_is_balanced(conn)
+        assert await ledger_is_balanced(conn, uuid.UUID(clinic.id))
 
 
 async def test_hosted_checkout_end_to_end(api: Api) -> None:
@@ -331,7 +332,7 @@ async def test_wrong_amounts_are_refused_and_change_nothing(api: Api) -> None:
     assert (await api.get(landing, expect=409))["code"] == "amount_mismatch"
     settled = await inquiry.run_round(
         pool_of(api),
-        api.app[service.GATEWAYS],
+        api.app[GATEWAYS],
         ["easypaisa", "easypaisa_ma"],
         _now(),
         default_bp=1500,
@@ -366,7 +367,7 @@ async def test_inquiry_round_runs_on_one_replica_at_a_time(api: Api) -> None:
         await holder.execute("SELECT pg_advisory_lock($1)", inquiry.LOCK_KEY)
         try:
             skipped = await inquiry.run_round(
-                pool_of(api), api.app[service.GATEWAYS], ["easypaisa"], _now(), default_bp=0
+                pool_of(api), api.app[GATEWAYS], ["easypaisa"], _now(), default_bp=0
             )
         finally:
             await holder.execute("SELECT pg_advisory_unlock($1)", inquiry.LOCK_KEY)
@@ -396,7 +397,7 @@ async def test_postback_and_pages_refuse_strangers(api: Api) -> None:
 
 async def test_no_simulator_when_turned_off(start: Start) -> None:
     api = await start(payments_easypaisa_simulator=False)
-    assert "easypaisa" not in api.app[service.GATEWAYS]
+    assert "easypaisa" not in api.app[GATEWAYS]
     await api.get("/easypaisa-sim/phone", expect=404)
 
 
@@ -569,7 +570,7 @@ async def test_an_unreachable_easypaisa_is_asked_again_as_it_comes_back(
         payments_easypaisa_endpoint=endpoint,
         payments_easypaisa_inquiry_interval=interval,
     )
-    registry = api.app[service.GATEWAYS]
+    registry = api.app[GATEWAYS]
     registry.reach = Reach(first=0.5, cap=interval)  # seconds, for a short test
     gateway = registry.get("easypaisa")
     assert isinstance(gateway, EasyPaisaGateway)

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from booking.payments.checkout import service
 from booking.payments.intent import Currency
 from booking.payments.payouts import batch, batches, details
 from booking.payments.payouts.batch import FileLine, LineStatus
+from booking.payments.postings import ledger_is_balanced
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.payments.checkout.test_payments_api import owed, paid_booking, pool_of
 from tests.conftest import Api
@@ -350,7 +350,7 @@ async def test_a_batch_of_500_doctors_exports_what_the_ledger_pays(api: Api) -> 
     assert {d: now_owed[d] for d in failed_ids} == {d: owed[d] for d in failed_ids}
     # ... and everyone else is owed nothing.
     assert {d for d, v in now_owed.items() if v} == failed_ids
-    assert await service.ledger_is_balanced(pool_of(api), uuid.UUID(clinic.id))
+    assert await ledger_is_balanced(pool_of(api), uuid.UUID(clinic.id))
     pool = pool_of(api)
     assert (
         await pool.fetchval(
@@ -484,7 +484,7 @@ async def test_concurrent_marks_post_a_line_once(api: Api) -> None:
     assert sorted(r["amount_minor"] for r in posted) == sorted(
         [first["amount_minor"], *([second["amount_minor"]] if second_paid else [])]
     )
-    assert await service.ledger_is_balanced(pool, uuid.UUID(clinic.id))
+    assert await ledger_is_balanced(pool, uuid.UUID(clinic.id))
 
 
 # --- bad input ------------------------------------------------------------------------

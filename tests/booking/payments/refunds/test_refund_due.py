@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from booking.payments import ledger
-from booking.payments.checkout import service
 from booking.payments.easypaisa import inquiry
 from booking.payments.intent import Currency, Money
+from booking.payments.keys import GATEWAYS
 from tests.booking.factories import Clinic, make_clinic
 from tests.booking.payments.checkout.test_payments_api import (
     account_balances,
@@ -314,7 +314,7 @@ async def test_payment_after_the_hold_lapsed_is_owed_back_and_the_ipn_acknowledg
     assert (await flow.ipn(api, reference, 200))["duplicate"] is True
     settled = await inquiry.run_round(
         pool_of(api),
-        api.app[service.GATEWAYS],
+        api.app[GATEWAYS],
         ["easypaisa"],
         dt.datetime.now(dt.UTC),
         default_bp=0,
@@ -397,7 +397,7 @@ async def test_the_inquiry_round_settles_late_money_once_then_stops_asking(serve
     async def round_() -> int | None:
         return await inquiry.run_round(
             pool_of(api),
-            api.app[service.GATEWAYS],
+            api.app[GATEWAYS],
             ["easypaisa"],
             dt.datetime.now(dt.UTC),
             default_bp=1500,

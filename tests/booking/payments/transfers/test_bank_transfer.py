@@ -26,10 +26,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from booking import service as bookings
-from booking.payments.checkout import service, settle
-from booking.payments.gateway import PaymentStatus
+from booking.payments.checkout import settle
+from booking.payments.checkout.sweeper import sweep_once
+from booking.payments.gateway import PaymentStatus, Verdict
 from booking.payments.intent import Currency, Money
-from booking.payments.transfers import service as svc
+from booking.payments.keys import GATEWAYS
+from booking.payments.postings import ledger_is_balanced
+from booking.payments.transfers import reconcile
 from booking.payments.transfers.core import (
     MalformedStatement,
     _check_char,
@@ -340,7 +343,7 @@ async def test_hold_proof_statement_confirms(api: Api) -> None:
         f"doctor_payable:{doctor.id}": -130_250,
         "platform_revenue": -19_750,
     }
-    assert await service.ledger_is_balanced(pool_of(api))
+    assert await ledger_is_balanced(pool_of(api))
     # In the audit trail: the confirmation and the import.
     assert "payment.bank_transfer.confirm" in await audit_actions(
         api, f"payment/{transfer['payment_id']}"
@@ -387,10 +390,10 @@ async def test_a_statement_line_writes_what_the_general_path_writes(api: Api) ->
             "bank_transfer",
             settle.Credit(
                 uuid.UUID(clinic.id),
-                svc.CONFIRMED,
+                reconcile.CONFIRMED,
                 {"reference": t1["reference"], "source": source},
             ),
-            service.Verdict(
+            Verdict(
                 "bank_transfer",
                 t1["reference"],
                 PaymentStatus.SUCCEEDED,
@@ -401,9 +404,9 @@ async def test_a_statement_line_writes_what_the_general_path_writes(api: Api) ->
             now=now,
         )
         assert done == settle.Settled(False, uuid.UUID(t1["payment_id"]), "succeeded")
-        target = await svc._lock_transfer(conn, t2["reference"], uuid.UUID(clinic.id))
+        target = await reconcile._lock_transfer(conn, t2["reference"], uuid.UUID(clinic.id))
         assert target is not None
-        outcome = await svc._settle(conn, target, now, default_bp=1500, source=source)
+        outcome = await reconcile._settle(conn, target, now, default_bp=1500, source=source)
         assert outcome[0] == "matched"
         one = await _written(conn, short, {"id": t1["payment_id"]})
         other = await _written(conn, general, {"id": t2["payment_id"]})
@@ -417,10 +420,10 @@ async def test_a_statement_line_writes_what_the_general_path_writes(api: Api) ->
     assert [e["topic"] for e in a["events"]] == [
         "payment.succeeded",
         "booking.requested",
-        svc.CONFIRMED,
+        reconcile.CONFIRMED,
     ]
     assert one["booking"]["status"] == "requested"
-    assert await service.ledger_is_balanced(pool)
+    assert await ledger_is_balanced(pool)
     # A hold that lapsed is not the short path's: the general path says so.
     token, patient = await anon_patient(api)
     lapsed = await held_booking(api, doctor, patient)
@@ -436,8 +439,8 @@ async def test_a_statement_line_writes_what_the_general_path_writes(api: Api) ->
             return await settle.settle(
                 conn,
                 "bank_transfer",
-                settle.Credit(clinic_id, svc.CONFIRMED, {}),
-                service.Verdict(
+                settle.Credit(clinic_id, reconcile.CONFIRMED, {}),
+                Verdict(
                     "bank_transfer",
                     t3["reference"],
                     PaymentStatus.SUCCEEDED,
@@ -489,9 +492,7 @@ async def test_expired_hold_frees_the_slot_and_late_money_is_owed_back(api: Api)
         past,
     )
     assert await bookings.sweep_holds(pool) == 1
-    await service.sweep_once(
-        pool, api.app[service.GATEWAYS], dt.datetime.now(dt.UTC), default_bp=1500
-    )
+    await sweep_once(pool, api.app[GATEWAYS], dt.datetime.now(dt.UTC), default_bp=1500)
     assert await booking_status(api, held["id"]) == "expired"
     got = await api.get(f"/api/v1/bookings/{held['id']}/bank-transfer", token=first)
     assert got["status"] == "cancelled"
@@ -542,7 +543,7 @@ async def test_expired_hold_frees_the_slot_and_late_money_is_owed_back(api: Api)
     # ... and again when finance has sent it.
     assert await told(api, "payment.bank_transfer.refunded") == [("payment_refunded", patient_id)]
     assert set((await account_balances(api, clinic)).values()) == {0}
-    assert await service.ledger_is_balanced(pool)
+    assert await ledger_is_balanced(pool)
 
 
 async def test_a_lapsed_hold_not_yet_swept_is_not_confirmed(api: Api) -> None:
@@ -644,7 +645,7 @@ async def test_manual_confirmation_and_bad_input_change_nothing(api: Api) -> Non
     assert await audit_actions(api, f"payment/{transfer['payment_id']}") == [
         "payment.bank_transfer.manual_match"
     ]
-    assert await service.ledger_is_balanced(pool)
+    assert await ledger_is_balanced(pool)
     again = await api.post(confirm, {"amount_minor": 150_000, "note": "x"}, token=staff,
                            expect=409)  # fmt: skip
     assert again["code"] == "already_confirmed"
@@ -755,7 +756,7 @@ async def test_cancelling_a_confirmed_transfer_leaves_a_refund_owed_by_hand(api:
     )
     kinds = await pool.fetch("SELECT kind FROM ledger_transactions ORDER BY kind")
     assert [r["kind"] for r in kinds].count("refund") == 1
-    assert await service.ledger_is_balanced(pool)
+    assert await ledger_is_balanced(pool)
 
 
 async def test_the_patient_may_pay_another_way_after_all(api: Api) -> None:
