@@ -1,4 +1,4 @@
-"""The payments tables' writers, and the ledger's readers.
+"""The payments tables' writers, and the readers every part of payments shares.
 
 Every change of an intent goes through :func:`move_intent` (the core's
 transition table, a ``payment_events`` row, the new state) on a row locked
@@ -14,7 +14,9 @@ Refund rows are stored in the ledger with their own id as ``reference``
 may be refunded several times); :func:`load_ledger` rebuilds the core's
 :class:`~booking.payments.ledger.Transaction` with the payment id as
 reference, which is what :func:`booking.payments.ledger.refund` expects.
-:func:`ledger_is_balanced` checks the whole of it, or one clinic's part.
+:func:`ledger_is_balanced` checks the whole of it, or one clinic's part;
+:func:`ledger_page` pages through a clinic's; :func:`visible_intent` is
+an intent as the one asking may see it.
 """
 
 from __future__ import annotations
@@ -34,19 +36,23 @@ from booking.payments.rows import (
     commission,
     ledger_posting,
     payment_payload,
+    visible_to,
 )
 from wadud import outbox
 from wadud.db import Args
 from wadud.errors import Conflict, NotFound
+from wadud.principal import Principal
 
 __all__ = [
     "DuplicatePosting",
     "commission_for",
     "ledger_is_balanced",
+    "ledger_page",
     "load_ledger",
     "move_intent",
     "post_transaction",
     "record_intent_event",
+    "visible_intent",
 ]
 
 
@@ -169,6 +175,50 @@ async def commission_for(
     if row is None:
         raise NotFound("no such clinic")
     return commission(row, default_bp)
+
+
+async def ledger_page(
+    pool: asyncpg.Pool, clinic_id: UUID, kind: str | None, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record], bool]:
+    """A page of the clinic's ledger transactions, newest first (of ``kind``
+    when given): their headers, all their entries in order, and whether a
+    later page has more. 404 for a clinic that does not exist."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT 1 FROM clinics WHERE id = $1", clinic_id):
+            raise NotFound("no such clinic")
+        headers = await conn.fetch(
+            """SELECT id, kind, reference, payment_intent_id, booking_id, created_at
+               FROM ledger_transactions
+               WHERE clinic_id = $1 AND ($2::text IS NULL OR kind = $2)
+               ORDER BY created_at DESC, id LIMIT $3 OFFSET $4""",
+            clinic_id,
+            kind,
+            limit + 1,
+            offset,
+        )
+        page = headers[:limit]
+        entries = await conn.fetch(
+            """SELECT transaction_id, account, amount_minor, currency FROM ledger_entries
+               WHERE transaction_id = ANY($1::uuid[]) ORDER BY id""",
+            [h["id"] for h in page],
+        )
+    return list(page), list(entries), len(headers) > limit
+
+
+async def visible_intent(
+    conn: asyncpg.Connection, me: Principal, payment_id: UUID, *, lock: bool = False
+) -> asyncpg.Record:
+    """The intent ``payment_id`` if ``me`` may see it
+    (:func:`~booking.payments.rows.visible_to`), locked ``FOR UPDATE`` with
+    ``lock``; 404 otherwise."""
+    row = await conn.fetchrow(
+        f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        payment_id,
+    )
+    if row is None or not visible_to(me, row):
+        raise NotFound("no such payment")
+    return row
 
 
 #: The rest of :func:`move_intent`'s final SELECT with ``capture_terms``.

@@ -279,6 +279,7 @@ ADAPTER_USERS = frozenset(
         "booking.payments.checkout.pages",
         "booking.payments.easypaisa.http",
         "booking.payments.easypaisa.http_simulator",
+        "booking.payments.easypaisa.service",
         "bin.main",
     }
 )

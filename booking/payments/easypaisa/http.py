@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -40,10 +39,9 @@ from pydantic import StringConstraints
 from booking import pages
 from booking.payments.checkout.forms import form_body, read_form
 from booking.payments.checkout.http_webhooks import WebhookAck, deliver
-from booking.payments.easypaisa import inquiry
+from booking.payments.easypaisa import inquiry, service
 from booking.payments.easypaisa.http_simulator import SIMULATOR, SimulatorHost
 from booking.payments.easypaisa.pages import bare_page, hidden
-from booking.payments.errors import GatewayError
 from booking.payments.gateways.easypaisa import (
     IPN_HANDLER_PATH,
     MA_PAGE_PATH,
@@ -54,14 +52,11 @@ from booking.payments.gateways.easypaisa import (
 from booking.payments.gateways.easypaisa_sim import EasyPaisaSimulator
 from booking.payments.intent import LIVE_STATES, IntentState
 from booking.payments.keys import GATEWAYS
-from booking.payments.rows import money
 from wadud import keys, loops
 from wadud.api import ApiModel, Call, Routes
 from wadud.errors import BadRequest, NotFound, Unprocessable
 
 __all__ = ["lifespan", "routes"]
-
-log = logging.getLogger("wadud.payments.easypaisa")
 
 routes = Routes(
     "easypaisa",
@@ -87,17 +82,6 @@ def _gateway(call: Call[Any, Any], name: str = "easypaisa") -> EasyPaisaGateway:
 
 def _names(gateway: EasyPaisaGateway) -> list[str]:
     return [gateway.settings.name, gateway.settings.ma_name]
-
-
-async def _intent(call: Call[Any, Any], gateway: str, reference: str) -> dict[str, Any]:
-    row = await call.pool.fetchrow(
-        "SELECT id, status FROM payment_intents WHERE gateway = $1 AND gateway_ref = $2",
-        gateway,
-        reference,
-    )
-    if row is None:
-        raise NotFound("no such EasyPaisa payment")
-    return dict(row)
 
 
 def _landing(intent_id: UUID, reference: str) -> web.Response:
@@ -147,7 +131,7 @@ async def easypaisa_postback(call: Call[None, None]) -> web.Response:
     given = query.get("orderRefNumber", reference)
     if given != reference:
         raise BadRequest("orderRefNumber differs from the postback's order")
-    intent = await _intent(call, gateway.settings.name, reference)
+    intent = await service.payment_of(call.pool, gateway.settings.name, reference)
     return _landing(intent["id"], reference)
 
 
@@ -170,7 +154,7 @@ for you.</p>
 async def easypaisa_ma_page(call: Call[None, None]) -> web.Response:
     """The EasyPaisa mobile-account page: the visit and the account number to charge."""
     gateway = _gateway(call, _gateway(call).settings.ma_name)
-    intent = await _intent(call, gateway.name, call.path("reference"))
+    intent = await service.payment_of(call.pool, gateway.name, call.path("reference"))
     async with call.pool.acquire() as conn:
         facts = await pages.visit_facts(conn, intent["id"])
     if facts is None:
@@ -198,32 +182,13 @@ async def easypaisa_ma_submit(call: Call[None, None]) -> web.Response:
     their phone, then redirects (303) to the payment's landing, which inquires."""
     reference = call.path("reference")
     gateway = _gateway(call, _gateway(call).settings.ma_name)
-    intent = await _intent(call, gateway.name, reference)
+    intent = await service.payment_of(call.pool, gateway.name, reference)
     form = await read_form(call.request)
     mobile = form.get("mobileAccountNo", "")
     email = form.get("emailAddress", "")
     if not re.fullmatch(_MOBILE, mobile) or len(email) > 200:
         raise Unprocessable("mobileAccountNo must be a mobile number like 03XXXXXXXXX")
-    if IntentState(intent["status"]) in LIVE_STATES:
-        amount = await call.pool.fetchrow(
-            "SELECT amount_minor, currency FROM payment_intents WHERE id = $1", intent["id"]
-        )
-        assert amount is not None
-        try:
-            answer = await gateway.initiate_ma(
-                reference,
-                money(amount),
-                mobile,
-                email,
-            )
-            log.info(
-                "EasyPaisa MA request answered",
-                extra={"payment_id": str(intent["id"]), "code": answer.gateway_code},
-            )
-        except GatewayError:
-            # Timed out or unreachable: the landing inquires, and the IPN or
-            # the inquiry round settles it later if the phone said yes.
-            log.warning("EasyPaisa MA request failed", extra={"payment_id": str(intent["id"])})
+    await service.charge_mobile_account(gateway, intent, reference, mobile, email)
     return _landing(intent["id"], reference)
 
 

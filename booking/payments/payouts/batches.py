@@ -1,11 +1,13 @@
-"""Payout batches in PostgreSQL: doctors' bank details, creating a batch,
-marking its lines, and what a doctor is owed while a batch is open.
+"""Payout batches in PostgreSQL: creating a batch, reading batches as
+finance may (the staff of their clinic, admins; another tenant's batch is a
+404), the bank's file, and marking its lines.
 
 The ledger posts a batch line only when it is marked paid, as a ``payout``
 exactly like a manual one (a ``payouts`` row whose id is the posting's
 reference), so the ledger holds what the bank paid and nothing else. A
 pending line reserves its amount instead: a manual payout may take only what
-is payable beyond the doctor's pending lines (:func:`payable_and_pending`). A
+is payable beyond the doctor's pending lines
+(:func:`booking.payments.payouts.service.payable_and_pending`). A
 failed line posts nothing and stops reserving, so its amount is payable again.
 
 Concurrency. Everything that changes what a doctor may still be paid locks
@@ -40,7 +42,7 @@ from booking.payments.payouts.batch import (
     line_reference,
     settle,
 )
-from booking.payments.payouts.details import SealedDetails
+from booking.payments.payouts.details import Details, PayoutSealer
 from booking.payments.postings import post_transaction
 from wadud import audit, outbox
 from wadud.errors import Conflict, NotFound
@@ -56,12 +58,15 @@ __all__ = [
     "SkipReason",
     "Skipped",
     "UnknownLine",
+    "bank_file_lines",
+    "batch_of",
+    "batch_with_lines",
+    "batches_of",
     "create_batch",
     "doctor_lines",
+    "lines_of",
     "lock_doctors",
     "mark_lines",
-    "payable_and_pending",
-    "save_account",
     "summary",
 ]
 
@@ -146,65 +151,24 @@ async def lock_doctors(conn: asyncpg.Connection, doctor_ids: Sequence[UUID]) -> 
     return [r["id"] for r in rows]
 
 
-async def payable_and_pending(
-    conn: asyncpg.Connection, doctor_id: UUID, currency: str
-) -> tuple[int, int]:
-    """What the ledger owes the doctor, and how much of it pending batch lines
-    reserve, read in one statement so both come from one snapshot."""
-    row = await conn.fetchrow(
-        """SELECT (SELECT COALESCE(-sum(amount_minor), 0) FROM ledger_entries
-                   WHERE account = $1 AND currency = $2) AS payable,
-                  (SELECT COALESCE(sum(amount_minor), 0) FROM payout_batch_lines
-                   WHERE doctor_id = $3 AND status = 'pending' AND currency = $2) AS pending""",
-        ledger.doctor_payable(str(doctor_id)),
-        currency,
-        doctor_id,
-    )
-    assert row is not None
-    return int(row["payable"]), int(row["pending"])
-
-
-async def save_account(
-    conn: asyncpg.Connection,
-    doctor: asyncpg.Record,
-    *,
-    sealed: SealedDetails,
-    actor: Principal,
-) -> asyncpg.Record:
-    """Store the doctor's bank details (checked by :mod:`.batch`, sealed by
-    :mod:`.payouts.details`), audited. Lines already in a batch keep the
-    details they were made with."""
-    row = await conn.fetchrow(
-        """INSERT INTO doctor_payout_accounts
-               (doctor_id, clinic_id, key_id, nonce, sealed, iban_last4, updated_by)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (doctor_id) DO UPDATE
-               SET iban = NULL, account_title = NULL, key_id = EXCLUDED.key_id,
-                   nonce = EXCLUDED.nonce, sealed = EXCLUDED.sealed,
-                   iban_last4 = EXCLUDED.iban_last4,
-                   updated_by = EXCLUDED.updated_by, updated_at = now()
-           RETURNING doctor_id, updated_at""",
-        doctor["id"],
-        doctor["clinic_id"],
-        sealed.key_id,
-        sealed.nonce,
-        sealed.sealed,
-        sealed.iban_last4,
-        actor.user_id,
-    )
-    assert row is not None
-    # The details themselves stay out of the chain, which can never be erased.
-    await audit.record(
-        conn,
-        actor=actor,
-        action="payout_account.update",
-        clinic=doctor["clinic_id"],
-        object=f"doctor/{doctor['id']}",
-    )
-    return row
-
-
 async def create_batch(
+    pool: asyncpg.Pool, me: Principal, clinic_id: UUID, threshold_minor: int, now: datetime
+) -> tuple[asyncpg.Record, list[asyncpg.Record], list[Skipped]]:
+    """A batch of every doctor of the clinic owed at least ``threshold_minor``
+    in the clinic's currency, with bank details and no line in an open batch,
+    made by ``me``: the batch, its lines, and the doctors left out.
+    :class:`NoPayableDoctors` when nobody qualifies."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            created = await _insert_batch(
+                conn, clinic_id=clinic_id, threshold_minor=threshold_minor, actor=me, now=now
+            )
+        row = await batch_of(conn, me, created.batch_id)
+        lines = await lines_of(conn, created.batch_id)
+    return row, lines, created.skipped
+
+
+async def _insert_batch(
     conn: asyncpg.Connection,
     *,
     clinic_id: UUID,
@@ -212,9 +176,7 @@ async def create_batch(
     actor: Principal,
     now: datetime,
 ) -> Created:
-    """A batch of every doctor of the clinic owed at least ``threshold_minor``
-    in the clinic's currency, with bank details and no line in an open batch.
-    Call inside a transaction; :class:`NoPayableDoctors` when nobody qualifies."""
+    """:func:`create_batch`'s writes, inside the caller's transaction."""
     clinic = await conn.fetchrow("SELECT id, currency FROM clinics WHERE id = $1", clinic_id)
     if clinic is None:
         raise NotFound("no such clinic")
@@ -347,6 +309,22 @@ def _resolve(lines: Sequence[asyncpg.Record], marks: Sequence[Mark]) -> list[asy
 
 
 async def mark_lines(
+    pool: asyncpg.Pool, me: Principal, batch_id: UUID, marks: Sequence[Mark], now: datetime
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """Apply the bank's verdicts to lines of the batch ``batch_id``, as
+    ``me`` (404 for a batch ``me`` may not see), all or none. Paid lines post
+    their payouts; the batch closes with its last line. Returns the batch and
+    its lines as they now are."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            row = await batch_of(conn, me, batch_id, lock=True)
+            await _apply_marks(conn, row, marks, actor=me, now=now)
+        row = await batch_of(conn, me, row["id"])
+        lines = await lines_of(conn, row["id"])
+    return row, lines
+
+
+async def _apply_marks(
     conn: asyncpg.Connection,
     batch: asyncpg.Record,
     marks: Sequence[Mark],
@@ -354,9 +332,8 @@ async def mark_lines(
     actor: Principal,
     now: datetime,
 ) -> int:
-    """Apply the bank's verdicts to lines of ``batch`` (its row locked by the
-    caller's transaction), all or none; the number of lines that changed.
-    Paid lines post their payouts; the batch closes with its last line."""
+    """:func:`mark_lines`'s writes on ``batch`` (its row locked by the
+    caller's transaction); the number of lines that changed."""
     lines = await conn.fetch(
         f"SELECT {LINE_COLUMNS} FROM payout_batch_lines l WHERE l.batch_id = $1", batch["id"]
     )
@@ -451,6 +428,74 @@ async def mark_lines(
             detail={"batch_id": str(batch["id"])},
         )
     return len(changes)
+
+
+async def batch_of(
+    conn: asyncpg.Connection, me: Principal, batch_id: UUID, *, lock: bool = False
+) -> asyncpg.Record:
+    """The batch ``batch_id`` with its totals, if ``me`` may see it (404
+    otherwise); ``lock``: marks of one batch wait for each other."""
+    if lock:
+        await conn.execute("SELECT 1 FROM payout_batches WHERE id = $1 FOR UPDATE", batch_id)
+    row = await conn.fetchrow(
+        f"SELECT {BATCH_COLUMNS} FROM payout_batches b WHERE b.id = $1", batch_id
+    )
+    if row is None or not me.oversees(row["clinic_id"]):
+        raise NotFound("no such payout batch")
+    return row
+
+
+async def lines_of(conn: asyncpg.Connection, batch_id: UUID) -> list[asyncpg.Record]:
+    """The batch's lines in line order, their bank details still sealed."""
+    return list(
+        await conn.fetch(
+            f"""SELECT {LINE_COLUMNS} FROM payout_batch_lines l
+                WHERE l.batch_id = $1 ORDER BY l.line_no""",
+            batch_id,
+        )
+    )
+
+
+async def batch_with_lines(
+    pool: asyncpg.Pool, me: Principal, batch_id: UUID
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """The batch and its lines, if ``me`` may see it (404 otherwise)."""
+    async with pool.acquire() as conn:
+        row = await batch_of(conn, me, batch_id)
+        lines = await lines_of(conn, row["id"])
+    return row, lines
+
+
+async def bank_file_lines(
+    pool: asyncpg.Pool, sealer: PayoutSealer, me: Principal, batch_id: UUID
+) -> tuple[asyncpg.Record, list[asyncpg.Record], list[Details]]:
+    """The batch, its lines, and each line's bank details opened, for the
+    bank's file (404 for a batch ``me`` may not see;
+    :class:`~booking.payments.payouts.details.DetailsErased` when a line's
+    doctor was erased)."""
+    async with pool.acquire() as conn:
+        row = await batch_of(conn, me, batch_id)
+        lines = await lines_of(conn, row["id"])
+        details = await sealer.open_rows(conn, lines)
+    return row, lines, details
+
+
+async def batches_of(
+    pool: asyncpg.Pool, clinic_id: UUID, status: str | None, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    """The clinic's batches with their totals (of ``status`` when given),
+    newest first."""
+    return list(
+        await pool.fetch(
+            f"""SELECT {BATCH_COLUMNS} FROM payout_batches b
+                WHERE b.clinic_id = $1 AND ($2::text IS NULL OR b.status = $2)
+                ORDER BY b.created_at DESC, b.id LIMIT $3 OFFSET $4""",
+            clinic_id,
+            status,
+            limit,
+            offset,
+        )
+    )
 
 
 async def doctor_lines(

@@ -1,34 +1,36 @@
-"""Payout batches over HTTP: a doctor's bank details, and batches that pay
-every doctor of a clinic owed at least a threshold.
+"""Paying doctors over HTTP: a doctor's earnings and bank details, money
+paid out by hand, and batches that pay every doctor of a clinic owed at
+least a threshold.
 
 Finance is the staff of the clinic and admins, the roles that record manual
 payouts. A doctor reads and sets their own bank details, as do the clinic's
 staff and admins. Another tenant's batch or doctor is a 404, as elsewhere in
-payments. Storage, locking and the ledger are :mod:`.payouts.batches`; the bank
-details' checks, the line's states and the file are :mod:`.batch`.
+payments. Storage, locking and the ledger are :mod:`.payouts.service` and
+:mod:`.payouts.batches`; the bank details' checks, the line's states and the
+file are :mod:`.payouts.batch`.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints, model_validator
 
-from booking.api import doctors
 from booking.payments.intent import Currency
 from booking.payments.paging import OffsetQuery
-from booking.payments.payouts import batch, batches
+from booking.payments.payouts import batch, batches, service
 from booking.payments.payouts.batch import LineStatus
-from booking.payments.payouts.details import SEALED_COLUMNS, Details, sealer_of
-from wadud.api import ApiModel, Call, Principal, Role, Routes
+from booking.payments.payouts.details import Details, seal_clear_rows, sealer_of
+from wadud import keys
+from wadud.api import ApiModel, Call, Role, Routes
 from wadud.errors import NotFound
 from wadud.rows import from_row
 
-__all__ = ["DoctorBatchLine", "doctor_batch_lines", "routes"]
+__all__ = ["lifespan", "routes"]
 
 routes = Routes("payouts", "Doctors' bank details and payout batches for the bank's bulk upload.")
 
@@ -36,6 +38,7 @@ _FINANCE = {Role.CLINIC_STAFF, Role.ADMIN}
 _ACCOUNT_READERS = {Role.DOCTOR, Role.CLINIC_STAFF, Role.ADMIN}
 
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+Amount = Annotated[int, Field(gt=0, le=10**12)]
 
 
 # --- models -------------------------------------------------------------------
@@ -147,6 +150,33 @@ class DoctorBatchLine(ApiModel):
     settled_at: datetime | None
 
 
+class PayoutIn(ApiModel):
+    amount_minor: Amount
+    reference: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] = ""
+
+
+class Payout(ApiModel):
+    id: UUID
+    clinic_id: UUID
+    doctor_id: UUID
+    amount_minor: int
+    currency: str
+    reference: str
+    created_by: UUID | None
+    created_at: datetime
+    payable_minor: int = Field(description="What is still owed to the doctor after this payout.")
+
+
+class Earnings(ApiModel):
+    """``gross - refunds - commission - paid_out == payable``, per currency."""
+
+    doctor_id: UUID
+    currencies: list[service.CurrencyEarnings]
+    payout_batches: list[DoctorBatchLine] = Field(
+        default=[], description="The doctor's latest payout-batch lines, newest first."
+    )
+
+
 # --- helpers --------------------------------------------------------------------
 
 
@@ -154,45 +184,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def doctor_of(
-    conn: asyncpg.Connection, me: Principal, doctor_id: UUID, *, lock: bool = False
-) -> asyncpg.Record:
-    """The doctor ``doctor_id`` (id, clinic, user, currency) if ``me`` may see
-    its money: the doctor, staff of its clinic, admins; 404 for anyone else."""
-    # NO KEY UPDATE: serialises payouts of one doctor without blocking the
-    # KEY SHARE locks that booking inserts take on the doctor row.
-    row = await conn.fetchrow(
-        "SELECT id, clinic_id, user_id, currency FROM doctors WHERE id = $1"
-        + (" FOR NO KEY UPDATE" if lock else ""),
-        doctor_id,
-    )
-    if row is None or not doctors.may_manage(me, row):
-        raise NotFound("no such doctor")
-    return row
-
-
-async def _batch(
-    conn: asyncpg.Connection, me: Principal, batch_id: UUID, *, lock: bool = False
-) -> asyncpg.Record:
-    if lock:
-        # Marks of one batch wait for each other (batches.mark_lines).
-        await conn.execute("SELECT 1 FROM payout_batches WHERE id = $1 FOR UPDATE", batch_id)
-    row = await conn.fetchrow(
-        f"SELECT {batches.BATCH_COLUMNS} FROM payout_batches b WHERE b.id = $1", batch_id
-    )
-    if row is None or not me.oversees(row["clinic_id"]):
-        raise NotFound("no such payout batch")
-    return row
-
-
-def _line(row: asyncpg.Record) -> BatchLine:
+def _line(row: Mapping[str, Any]) -> BatchLine:
     return from_row(BatchLine, row)
 
 
 def _batch_out(
-    row: asyncpg.Record,
-    lines: list[asyncpg.Record] | None = None,
-    skipped: list[batches.Skipped] | None = None,
+    row: Mapping[str, Any],
+    lines: Sequence[Mapping[str, Any]] | None = None,
+    skipped: Sequence[batches.Skipped] | None = None,
 ) -> Batch:
     return from_row(
         Batch,
@@ -208,27 +207,10 @@ def _batch_out(
     )
 
 
-async def _lines(conn: asyncpg.Connection, batch_id: UUID) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            f"""SELECT {batches.LINE_COLUMNS} FROM payout_batch_lines l
-                WHERE l.batch_id = $1 ORDER BY l.line_no""",
-            batch_id,
-        )
-    )
-
-
-async def doctor_batch_lines(
-    conn: asyncpg.Connection | asyncpg.Pool, doctor_id: UUID
-) -> list[DoctorBatchLine]:
-    """The doctor's latest batch lines, newest batch first (for the earnings)."""
-    return [from_row(DoctorBatchLine, r) for r in await batches.doctor_lines(conn, doctor_id)]
-
-
 # --- a doctor's bank details --------------------------------------------------------
 
 
-def _account_out(row: asyncpg.Record, details: Details) -> PayoutAccount:
+def _account_out(row: Mapping[str, Any], details: Details) -> PayoutAccount:
     return PayoutAccount(
         doctor_id=row["doctor_id"],
         iban=details.iban,
@@ -251,11 +233,9 @@ async def put_payout_account(call: Call[PayoutAccountIn, None]) -> PayoutAccount
     stored without spaces. Audited; lines already in a batch keep the details
     they were made with."""
     details = Details(batch.iban(call.body.iban), batch.account_title(call.body.account_title))
-    sealer = sealer_of(call.request.app)
-    async with call.pool.acquire() as conn, conn.transaction():
-        doctor = await doctor_of(conn, call.user, call.path_uuid("doctor_id"))
-        sealed = await sealer.seal(conn, doctor["id"], doctor["user_id"], details)
-        row = await batches.save_account(conn, doctor, sealed=sealed, actor=call.user)
+    row = await service.set_payout_account(
+        call.pool, sealer_of(call.request.app), call.user, call.path_uuid("doctor_id"), details
+    )
     return _account_out(row, details)
 
 
@@ -267,16 +247,9 @@ async def put_payout_account(call: Call[PayoutAccountIn, None]) -> PayoutAccount
 )
 async def get_payout_account(call: Call[None, None]) -> PayoutAccount:
     """Where a doctor is paid; 404 until it is set."""
-    async with call.pool.acquire() as conn:
-        doctor = await doctor_of(conn, call.user, call.path_uuid("doctor_id"))
-        row = await conn.fetchrow(
-            f"""SELECT {SEALED_COLUMNS.format(t="a")}, a.updated_at
-                FROM doctor_payout_accounts a WHERE a.doctor_id = $1""",
-            doctor["id"],
-        )
-        if row is None:
-            raise NotFound("the doctor has no payout account yet")
-        (details,) = await sealer_of(call.request.app).open_rows(conn, [row])
+    row, details = await service.payout_account(
+        call.pool, sealer_of(call.request.app), call.user, call.path_uuid("doctor_id")
+    )
     return _account_out(row, details)
 
 
@@ -305,18 +278,10 @@ async def create_payout_batch(call: Call[BatchIn, None]) -> Batch:
     clinic_id = call.path_uuid("clinic_id")
     if not me.oversees(clinic_id):
         raise NotFound("no such clinic")
-    async with call.pool.acquire() as conn:
-        async with conn.transaction():
-            created = await batches.create_batch(
-                conn,
-                clinic_id=clinic_id,
-                threshold_minor=call.body.threshold_minor,
-                actor=me,
-                now=_now(),
-            )
-        row = await _batch(conn, me, created.batch_id)
-        lines = await _lines(conn, created.batch_id)
-    return _batch_out(row, lines, created.skipped)
+    row, lines, skipped = await batches.create_batch(
+        call.pool, me, clinic_id, call.body.threshold_minor, _now()
+    )
+    return _batch_out(row, lines, skipped)
 
 
 @routes.get(
@@ -332,24 +297,14 @@ async def list_payout_batches(call: Call[None, BatchesQuery]) -> list[Batch]:
     clinic_id = call.path_uuid("clinic_id")
     if not me.oversees(clinic_id):
         raise NotFound("no such clinic")
-    rows = await call.pool.fetch(
-        f"""SELECT {batches.BATCH_COLUMNS} FROM payout_batches b
-            WHERE b.clinic_id = $1 AND ($2::text IS NULL OR b.status = $2)
-            ORDER BY b.created_at DESC, b.id LIMIT $3 OFFSET $4""",
-        clinic_id,
-        q.status,
-        q.limit,
-        q.offset,
-    )
+    rows = await batches.batches_of(call.pool, clinic_id, q.status, q.limit, q.offset)
     return [_batch_out(r) for r in rows]
 
 
 @routes.get("/api/v1/payout-batches/{batch_id:uuid}", returns=Batch, auth=_FINANCE)
 async def get_payout_batch(call: Call[None, None]) -> Batch:
     """A payout batch with its lines (staff of its clinic, admins)."""
-    async with call.pool.acquire() as conn:
-        row = await _batch(conn, call.user, call.path_uuid("batch_id"))
-        lines = await _lines(conn, row["id"])
+    row, lines = await batches.batch_with_lines(call.pool, call.user, call.path_uuid("batch_id"))
     return _batch_out(row, lines)
 
 
@@ -373,10 +328,9 @@ async def export_payout_batch(call: Call[None, None]) -> web.Response:
     its status, CRLF line ends. The headers ``Wadud-Batch-Lines`` and
     ``Wadud-Batch-Total-Minor`` carry the count and the total to check the
     bank's summary against."""
-    async with call.pool.acquire() as conn:
-        row = await _batch(conn, call.user, call.path_uuid("batch_id"))
-        lines = await _lines(conn, row["id"])
-        details = await sealer_of(call.request.app).open_rows(conn, lines)
+    row, lines, details = await batches.bank_file_lines(
+        call.pool, sealer_of(call.request.app), call.user, call.path_uuid("batch_id")
+    )
     text = batch.bank_file(
         batch.FileLine(
             iban=d.iban,
@@ -422,10 +376,54 @@ async def mark_payout_lines(call: Call[MarksIn, None]) -> Batch:
         )
         for m in call.body.lines
     ]
-    async with call.pool.acquire() as conn:
-        async with conn.transaction():
-            row = await _batch(conn, me, call.path_uuid("batch_id"), lock=True)
-            await batches.mark_lines(conn, row, marks, actor=me, now=_now())
-        row = await _batch(conn, me, row["id"])
-        lines = await _lines(conn, row["id"])
+    row, lines = await batches.mark_lines(call.pool, me, call.path_uuid("batch_id"), marks, _now())
     return _batch_out(row, lines)
+
+
+# --- a doctor's money -------------------------------------------------------------------
+
+
+@routes.post(
+    "/api/v1/doctors/{doctor_id:uuid}/payouts",
+    body=PayoutIn,
+    returns=Payout,
+    status=201,
+    auth=_FINANCE,
+    responses={409: "More than the doctor's payable balance"},
+)
+async def create_payout(call: Call[PayoutIn, None]) -> Payout:
+    """Record money paid out to a doctor (staff of the clinic, admins).
+
+    Posts a payout to the ledger; refused beyond the doctor's payable balance
+    in the doctor's currency, less what pending payout-batch lines reserve."""
+    body = call.body
+    row, payable = await service.pay_doctor(
+        call.pool, call.user, call.path_uuid("doctor_id"), body.amount_minor, body.reference
+    )
+    return Payout(**dict(row), payable_minor=payable)
+
+
+@routes.get(
+    "/api/v1/doctors/{doctor_id:uuid}/earnings",
+    returns=Earnings,
+    auth={Role.DOCTOR, Role.CLINIC_STAFF, Role.ADMIN},
+)
+async def doctor_earnings(call: Call[None, None]) -> Earnings:
+    """A doctor's earnings per currency, from the ledger (the doctor, staff of
+    the clinic, admins): gross, refunds, commission, paid out, payable."""
+    doctor_id = call.path_uuid("doctor_id")
+    figures, lines = await service.earnings_of(call.pool, call.user, doctor_id)
+    return Earnings(
+        doctor_id=doctor_id,
+        currencies=figures,
+        payout_batches=[from_row(DoctorBatchLine, r) for r in lines],
+    )
+
+
+# --- lifespan ---------------------------------------------------------------------------
+
+
+async def lifespan(app: web.Application) -> AsyncIterator[None]:
+    """Bank details stored in clear before migration 0024 are sealed at start."""
+    await seal_clear_rows(app[keys.DB], sealer_of(app))
+    yield

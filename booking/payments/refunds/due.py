@@ -30,6 +30,7 @@ a gateway says no.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 from uuid import UUID, uuid4
 
@@ -45,6 +46,7 @@ __all__ = [
     "OWED",
     "REFUND_COLUMNS",
     "owe_late",
+    "owed_by_payment",
     "owed_minor",
     "record_refused",
     "settled_late",
@@ -67,6 +69,20 @@ async def owed_minor(conn: asyncpg.Connection, intent_id: UUID) -> int:
         OWED,
     )
     return int(value)
+
+
+async def owed_by_payment(
+    conn: asyncpg.Connection | asyncpg.Pool, payment_ids: Sequence[UUID]
+) -> dict[UUID, int]:
+    """What each payment's refunds still owe by hand (absent: nothing)."""
+    rows = await conn.fetch(
+        """SELECT payment_intent_id, sum(amount_minor) AS owed FROM refunds
+           WHERE payment_intent_id = ANY($1::uuid[]) AND status = $2
+           GROUP BY payment_intent_id""",
+        list(payment_ids),
+        OWED,
+    )
+    return {r["payment_intent_id"]: int(r["owed"]) for r in rows}
 
 
 async def settled_late(conn: asyncpg.Connection, intent_id: UUID) -> bool:

@@ -11,14 +11,18 @@ the retry with its first result instead of refunding twice.
 
 A gateway that answers "no" leaves a refund that is owed all the same: it is
 kept ``refused_by_gateway`` for finance to pay by hand (:mod:`.refunds.due`),
-and a refund paid by hand later posts through :func:`post_refund`, exactly
-as one the gateway made.
+and a refund paid by hand later (:func:`mark_refunded`) posts through
+:func:`post_refund`, exactly as one the gateway made. Finance lists them
+(:func:`refunds_of_clinic`) and marks them paid; another clinic's refund is
+a 404.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Final
 from uuid import UUID
 
@@ -38,25 +42,49 @@ from booking.payments.postings import (
     move_intent,
     post_transaction,
     record_intent_event,
+    visible_intent,
 )
 from booking.payments.refunds import due
-from booking.payments.rows import INTENT_COLUMNS, money, payment_payload
-from wadud import outbox
+from booking.payments.rows import INTENT_COLUMNS, money, payment_payload, visible_to
+from wadud import audit, outbox
+from wadud.errors import Conflict, NotFound
 from wadud.principal import Principal
 
 __all__ = [
+    "RefundNotOwed",
     "RefundRefused",
     "add_booking_refund",
+    "mark_refunded",
     "post_refund",
     "refund_booking",
     "refund_intent",
+    "refund_payment",
     "refund_posting",
+    "refunds_of_clinic",
+    "refunds_of_payment",
 ]
 
 log = logging.getLogger("wadud.payments")
 
 _REFUNDABLE: Final = frozenset({IntentState.SUCCEEDED, IntentState.PARTIALLY_REFUNDED})
 _REFUND_NS: Final = uuid.UUID("6f1d7c9e-3b0a-4c55-9a51-2f4b8f0f7d31")
+
+
+#: A refund's columns, prefixed ``r.``, and its payment's, for one answer.
+_SELECT: Final = (
+    "SELECT "
+    + ", ".join(f"r.{c.strip()}" for c in due.REFUND_COLUMNS.split(","))
+    + ", p.currency, p.status AS payment_status, p.refunded_minor AS payment_refunded_minor,"
+    " p.patient_id FROM refunds r JOIN payment_intents p ON p.id = r.payment_intent_id"
+)
+
+
+class RefundNotOwed(PaymentError, Conflict):
+    """The refund is not one finance still owes (refunded already, or made by
+    the gateway)."""
+
+    http_status = 409
+    code = "refund_not_owed"
 
 
 class RefundRefused(GatewayError):
@@ -285,3 +313,160 @@ async def refund_booking(
         if left == 0:
             break
     return done
+
+
+async def refund_payment(
+    pool: asyncpg.Pool,
+    registry: GatewayRegistry,
+    me: Principal,
+    payment_id: UUID,
+    amount_minor: int,
+    reason: str,
+) -> tuple[asyncpg.Record, asyncpg.Record]:
+    """Refund ``amount_minor`` of the captured payment ``payment_id``, asked
+    for by ``me`` (404 if ``me`` may not see it), and count it on its booking.
+    Returns (refund, intent); a refund the gateway refused is kept owed by
+    hand (:func:`refund_intent`)."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await visible_intent(conn, me, payment_id, lock=True)
+        refund, row = await refund_intent(
+            conn, row, amount_minor, reason, registry=registry, actor=me
+        )
+        await add_booking_refund(conn, row["booking_id"], amount_minor)
+    return refund, row
+
+
+async def refunds_of_payment(
+    pool: asyncpg.Pool, me: Principal, payment_id: UUID
+) -> list[asyncpg.Record]:
+    """The payment's refunds with its own state, oldest first, if ``me`` may
+    see the payment (404 otherwise)."""
+    intent = await pool.fetchrow(
+        "SELECT clinic_id, patient_id FROM payment_intents WHERE id = $1", payment_id
+    )
+    if intent is None or not visible_to(me, intent):
+        raise NotFound("no such payment")
+    return list(
+        await pool.fetch(
+            f"{_SELECT} WHERE r.payment_intent_id = $1 ORDER BY r.created_at, r.id", payment_id
+        )
+    )
+
+
+async def refunds_of_clinic(
+    pool: asyncpg.Pool,
+    clinic_id: UUID,
+    statuses: Sequence[str],
+    kind: str | None,
+    limit: int,
+    offset: int,
+) -> list[asyncpg.Record]:
+    """The clinic's refunds in ``statuses`` (all when empty) and of ``kind``
+    (any when None), with their payments' state, newest first."""
+    return list(
+        await pool.fetch(
+            f"""{_SELECT} WHERE r.clinic_id = $1
+                  AND (cardinality($2::text[]) = 0 OR r.status = ANY($2))
+                  AND ($3::text IS NULL OR r.kind = $3)
+                ORDER BY r.created_at DESC, r.id LIMIT $4 OFFSET $5""",
+            clinic_id,
+            list(statuses),
+            kind,
+            limit,
+            offset,
+        )
+    )
+
+
+async def mark_refunded(
+    pool: asyncpg.Pool, refund_id: UUID, note: str, me: Principal, now: dt.datetime
+) -> tuple[asyncpg.Record, asyncpg.Record]:
+    """Finance paid a refund owed by hand: post what a gateway refund would
+    have and close it. Returns (refund, intent). 404 for another clinic's,
+    409 ``refund_not_owed`` unless it is ``refused_by_gateway``."""
+    async with pool.acquire() as conn, conn.transaction():
+        found = await conn.fetchrow(
+            "SELECT payment_intent_id, clinic_id FROM refunds WHERE id = $1", refund_id
+        )
+        if found is None or not me.oversees(found["clinic_id"]):
+            raise NotFound("no such refund")
+        # The intent first, then the refund: the order refunds are made in.
+        intent = await conn.fetchrow(
+            f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1 FOR UPDATE",
+            found["payment_intent_id"],
+        )
+        refund = await conn.fetchrow(
+            f"SELECT {due.REFUND_COLUMNS} FROM refunds WHERE id = $1 FOR UPDATE", refund_id
+        )
+        assert intent is not None
+        assert refund is not None
+        if refund["status"] != due.OWED:
+            raise RefundNotOwed(f"the refund is {refund['status']}, not owed by hand")
+        amount = int(refund["amount_minor"])
+        if refund["kind"] == "refund":
+            # Exactly the gateway refund's posting, state and event.
+            txn, event = await refund_posting(conn, intent, amount)
+            intent = await post_refund(
+                conn,
+                intent,
+                refund_id,
+                amount,
+                f"by hand: {refund['reason']}",
+                txn=txn,
+                event=event,
+            )
+        else:
+            intent = await _late_payment_returned(conn, intent, refund_id, amount)
+        refund = await conn.fetchrow(
+            f"""UPDATE refunds SET status = 'refunded_by_hand', note = $2, resolved_by = $3,
+                       resolved_at = $4
+                WHERE id = $1 RETURNING {due.REFUND_COLUMNS}""",
+            refund_id,
+            note,
+            me.user_id,
+            now,
+        )
+        assert refund is not None
+        await audit.record(
+            conn,
+            actor=me,
+            action="payment.refund.by_hand",
+            subject=intent["patient_id"],
+            clinic=intent["clinic_id"],
+            object=f"refund/{refund_id}",
+            detail={
+                "payment_id": str(intent["id"]),
+                "amount_minor": amount,
+                "kind": refund["kind"],
+            },
+        )
+    return refund, intent
+
+
+async def _late_payment_returned(
+    conn: asyncpg.Connection, intent: asyncpg.Record, refund_id: UUID, amount: int
+) -> asyncpg.Record:
+    """A late payment's money left the gateway's account: clear what
+    :func:`.ledger.owed_back` parked; the intent keeps its (closed) state."""
+    await post_transaction(
+        conn,
+        ledger.owed_back_sent(intent["gateway"], Money(amount, intent["currency"]), str(refund_id)),
+        clinic_id=intent["clinic_id"],
+        payment_intent_id=intent["id"],
+        booking_id=intent["booking_id"],
+    )
+    row = await conn.fetchrow(
+        f"""UPDATE payment_intents SET refunded_minor = refunded_minor + $2, updated_at = now()
+            WHERE id = $1 RETURNING {INTENT_COLUMNS}""",
+        intent["id"],
+        amount,
+    )
+    assert row is not None
+    detail = {"refund_id": str(refund_id), "amount_minor": amount}
+    await record_intent_event(conn, row, "refunded_by_hand", row["status"], row["status"], detail)
+    await outbox.emit(
+        conn,
+        "payment.refunded",
+        payment_payload(row, refund_id=str(refund_id), refund_minor=amount, reason="by hand"),
+    )
+    return row

@@ -1,6 +1,6 @@
 """Bank transfer, the pure part: payment references, CSV bank statements,
-the bank details patients see, and the ledger postings of money that must
-go back.
+the bank details patients see, the signed link to the patient's page, and
+the ledger postings of money that must go back.
 
 A patient who pays by bank transfer (IBFT, Raast, a branch) gets a booking
 held for ``payments_bank_transfer_hold_hours`` (24 h by default, never past
@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import hmac
 import re
 import secrets
 from collections import Counter
@@ -42,11 +43,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, ClassVar, Final
+from uuid import UUID
 
 from booking.payments import ledger
 from booking.payments.errors import PaymentError
 from booking.payments.gateway import BANK_TRANSFER
 from booking.payments.intent import MINOR_UNIT_EXPONENT, Currency, IntentState, Money
+from wadud.config import Settings
 from wadud.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 __all__ = [
@@ -69,6 +72,8 @@ __all__ = [
     "find_references",
     "new_reference",
     "normalise_reference",
+    "page_token",
+    "page_url",
     "parse_amount",
     "parse_statement",
     "refund_due",
@@ -466,3 +471,21 @@ def refund_sent(amount: Money, credit_id: str) -> ledger.Transaction:
     return ledger.simple(
         "adjustment", f"bank_credit_refund:{credit_id}", amount, debit=REFUNDS_DUE, credit=CLEARING
     )
+
+
+# --- the patient's page -------------------------------------------------------------
+
+
+def page_token(settings: Settings, payment_id: UUID) -> str:
+    """What the link to the patient's page for the transfer ``payment_id``
+    carries (``t``): an HMAC of the id under a key derived from
+    ``secret_key``, so the link opens that one page and a guessed id opens
+    nothing."""
+    key = hmac.new(settings.secret_key.encode(), b"wadud/bank-transfer/page", hashlib.sha256)
+    return hmac.new(key.digest(), str(payment_id).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def page_url(settings: Settings, payment_id: UUID) -> str:
+    """The patient's page for the transfer ``payment_id`` (a signed link)."""
+    base = settings.base_url.rstrip("/")
+    return f"{base}/pay/bank-transfer/{payment_id}?t={page_token(settings, payment_id)}"

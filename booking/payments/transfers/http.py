@@ -9,24 +9,22 @@ patient's transfer or proof is audited, as their reads of bookings are.
 
 The rules live in :mod:`.transfers.service` and :mod:`.transfers.reconcile`
 (the database) and :mod:`.transfers.core` (references, statements);
-handlers check who asks and shape the answer. Routes join
-:mod:`.checkout.http`'s list, as the checkout's do.
+handlers check who asks and shape the answer. The patient's page
+(:mod:`.transfers.pages`) is served beside them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 from pydantic import Field, StringConstraints
 
-from booking.payments.gateway import BANK_TRANSFER
 from booking.payments.intent import IntentState
 from booking.payments.paging import OffsetQuery
-from booking.payments.rows import INTENT_COLUMNS
 from booking.payments.transfers import pages, reconcile, service
 from booking.payments.transfers.core import (
     BankAccount,
@@ -34,10 +32,9 @@ from booking.payments.transfers.core import (
     ProofTooLarge,
     UnknownTransfer,
     normalise_reference,
+    page_url,
 )
 from booking.payments.transfers.privacy import subject_keys_of
-from booking.payments.transfers.proofs import PROOF_COLUMNS, add_proof, read_proof
-from privacy.audit import record_access
 from privacy.subject_keys import SubjectKeys
 from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
@@ -164,11 +161,11 @@ def _subjects(call: Call[Any, Any]) -> SubjectKeys:
     return subject_keys_of(call.request.app)
 
 
-def _proof(row: asyncpg.Record) -> Proof:
+def _proof(row: Mapping[str, Any]) -> Proof:
     return from_row(Proof, row)
 
 
-def _credit(row: asyncpg.Record) -> Credit:
+def _credit(row: Mapping[str, Any]) -> Credit:
     data = {k: row[k] for k in Credit.model_fields if k != "payment_id"}
     return Credit(**data, payment_id=row["payment_intent_id"])
 
@@ -178,45 +175,17 @@ def _clinic_scope(me: Principal, clinic_id: UUID) -> None:
         raise NotFound("no such clinic")
 
 
-async def _transfer_of(conn: asyncpg.Connection, me: Principal, booking_id: UUID) -> asyncpg.Record:
-    """The booking's newest bank transfer, if ``me`` may see it."""
-    row = await conn.fetchrow(
-        f"""SELECT {INTENT_COLUMNS} FROM payment_intents
-            WHERE booking_id = $1 AND gateway = $2 ORDER BY created_at DESC LIMIT 1""",
-        booking_id,
-        BANK_TRANSFER,
-    )
-    visible = row is not None and (
-        me.oversees(row["clinic_id"])
-        or (me.role == Role.PATIENT and row["patient_id"] == me.user_id)
-    )
-    if row is None or not visible:
-        raise NotFound("no bank transfer for this booking")
-    return row
-
-
-async def _out(
-    conn: asyncpg.Connection, row: asyncpg.Record, settings: Any, *, new: bool = False
-) -> BankTransfer:
-    """The transfer as the API shows it; ``new``: created just now, so it
-    has no proofs yet."""
-    proofs = (
-        []
-        if new
-        else await conn.fetch(
-            f"""SELECT {PROOF_COLUMNS} FROM bank_transfer_proofs
-                WHERE payment_intent_id = $1 ORDER BY created_at, id""",
-            row["id"],
-        )
-    )
+def _out(transfer: service.Transfer, settings: Any) -> BankTransfer:
+    """The transfer as the API shows it."""
+    row = transfer.intent
     return from_row(
         BankTransfer,
         row,
         payment_id=row["id"],
         reference=row["gateway_ref"],
         bank=BankAccount.of(settings),
-        proofs=[_proof(p) for p in proofs],
-        page_url=pages.page_url(settings, row["id"]),
+        proofs=[_proof(p) for p in transfer.proofs],
+        page_url=page_url(settings, row["id"]),
     )
 
 
@@ -240,11 +209,10 @@ async def start_bank_transfer(call: Call[None, None]) -> BankTransfer | web.Resp
     the slot's start) and returns the platform's bank account and the
     payment reference to write on the transfer. The patient is sent the same
     in a notification. Asking again returns the same transfer (200)."""
-    async with call.pool.acquire() as conn:
-        row, created = await service.start_transfer(
-            conn, call.path_uuid("booking_id"), call.user.user_id, call.settings, _now()
-        )
-        out = await _out(conn, row, call.settings, new=created)
+    transfer, created = await service.start_transfer(
+        call.pool, call.path_uuid("booking_id"), call.user.user_id, call.settings, _now()
+    )
+    out = _out(transfer, call.settings)
     if created:
         return out
     return web.Response(body=out.model_dump_json(), status=200, content_type="application/json")
@@ -260,23 +228,18 @@ async def cancel_bank_transfer(call: Call[None, None]) -> BankTransfer:
     """Pay another way after all: the transfer is cancelled and the hold
     shrinks back to a card hold (``booking_hold_minutes`` from now). Money
     that still arrives under the reference is refunded, never kept."""
-    async with call.pool.acquire() as conn:
-        row = await service.cancel_transfer(
-            conn, call.path_uuid("booking_id"), call.user.user_id, call.settings, _now()
-        )
-        return await _out(conn, row, call.settings)
+    transfer = await service.cancel_transfer(
+        call.pool, call.path_uuid("booking_id"), call.user.user_id, call.settings, _now()
+    )
+    return _out(transfer, call.settings)
 
 
 @routes.get("/api/v1/bookings/{booking_id:uuid}/bank-transfer", returns=BankTransfer, auth=_VIEWERS)
 async def get_bank_transfer(call: Call[None, None]) -> BankTransfer:
     """A booking's bank transfer: reference, amount, account, state and proofs
     (its patient, staff of its clinic, admins)."""
-    async with call.pool.acquire() as conn:
-        row = await _transfer_of(conn, call.user, call.path_uuid("booking_id"))
-        out = await _out(conn, row, call.settings)
-        obj = f"payment/{row['id']}"
-        await record_access(conn, call.user, "payment.bank_transfer.read", row, obj)
-    return out
+    transfer = await service.transfer_for(call.pool, call.user, call.path_uuid("booking_id"))
+    return _out(transfer, call.settings)
 
 
 @routes.post(
@@ -314,17 +277,15 @@ async def upload_proof(call: Call[None, None]) -> Proof:
     found = sniff_type(data)
     if found is None or (declared != "application/octet-stream" and found != declared):
         raise ProofNotAccepted("the content is not an image (JPEG, PNG, GIF, WebP) or a PDF")
-    async with call.pool.acquire() as conn:
-        row = await _transfer_of(conn, call.user, call.path_uuid("booking_id"))
-        async with conn.transaction():
-            locked = await conn.fetchrow(
-                f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1 FOR UPDATE",
-                row["id"],
-            )
-            assert locked is not None
-            proof = await add_proof(
-                conn, _subjects(call), storage_of(request.app), locked, data, found
-            )
+    proof = await service.upload_proof(
+        call.pool,
+        _subjects(call),
+        storage_of(request.app),
+        call.user,
+        call.path_uuid("booking_id"),
+        data,
+        found,
+    )
     return _proof(proof)
 
 
@@ -337,20 +298,14 @@ async def upload_proof(call: Call[None, None]) -> Proof:
 async def get_proof(call: Call[None, None]) -> web.Response:
     """A proof's bytes (its patient, staff of the clinic, admins; staff reads
     are audited)."""
-    async with call.pool.acquire() as conn:
-        row = await _transfer_of(conn, call.user, call.path_uuid("booking_id"))
-        proof = await conn.fetchrow(
-            f"""SELECT {PROOF_COLUMNS}, storage_key, key_id, nonce
-                FROM bank_transfer_proofs WHERE id = $1 AND payment_intent_id = $2""",
-            call.path_uuid("proof_id"),
-            row["id"],
-        )
-        if proof is None:
-            raise NotFound("no such proof")
-        data = await read_proof(conn, _subjects(call), storage_of(call.request.app), proof)
-        await record_access(
-            conn, call.user, "payment.bank_transfer.proof_read", row, f"proof/{proof['id']}"
-        )
+    proof, data = await service.proof_for(
+        call.pool,
+        _subjects(call),
+        storage_of(call.request.app),
+        call.user,
+        call.path_uuid("booking_id"),
+        call.path_uuid("proof_id"),
+    )
     disposition = "inline" if proof["content_type"].startswith("image/") else "attachment"
     return web.Response(
         body=data,
@@ -400,15 +355,14 @@ async def import_statement(call: Call[None, None]) -> StatementImport:
         raise UnsupportedMediaType("send the statement as text/csv")
     limit = call.settings.payments_bank_transfer_statement_max_bytes
     data = await read_upload(request, limit, "a statement")
-    async with call.pool.acquire() as conn:
-        done = await reconcile.import_statement(
-            conn,
-            clinic_id,
-            data,
-            me,
-            _now(),
-            default_bp=call.settings.payments_platform_commission_bp,
-        )
+    done = await reconcile.import_statement(
+        call.pool,
+        clinic_id,
+        data,
+        me,
+        _now(),
+        default_bp=call.settings.payments_platform_commission_bp,
+    )
     by: dict[str, list[Credit]] = {"matched": [], "unmatched": [], "refund_due": []}
     for c in done.credits:
         by[c["status"]].append(_credit(c))
@@ -460,24 +414,20 @@ async def confirm_transfer(call: Call[ConfirmIn, None]) -> Confirmation:
     if reference is None:
         raise UnknownTransfer("that is not a payment reference (WD and eight characters)")
     body = call.body
-    async with call.pool.acquire() as conn:
-        credit, intent = await reconcile.confirm_by_hand(
-            conn,
-            reference,
-            body.amount_minor,
-            body.note,
-            call.user,
-            _now(),
-            credit_id=body.credit_id,
-            default_bp=call.settings.payments_platform_commission_bp,
-        )
-        status = await conn.fetchval(
-            "SELECT status FROM bookings WHERE id = $1", intent["booking_id"]
-        )
+    credit, intent, booking_status = await reconcile.confirm_by_hand(
+        call.pool,
+        reference,
+        body.amount_minor,
+        body.note,
+        call.user,
+        _now(),
+        credit_id=body.credit_id,
+        default_bp=call.settings.payments_platform_commission_bp,
+    )
     return Confirmation(
         credit=_credit(credit),
         payment_status=IntentState(intent["status"]),
-        booking_status=str(status),
+        booking_status=booking_status,
     )
 
 
@@ -491,10 +441,9 @@ async def confirm_transfer(call: Call[ConfirmIn, None]) -> Confirmation:
 async def credit_refund_due(call: Call[NoteIn, None]) -> Credit:
     """Mark an unmatched credit as owed back (nobody's payment: another
     amount, no reference). Audited."""
-    async with call.pool.acquire() as conn:
-        row = await reconcile.mark_refund_due(
-            conn, call.path_uuid("credit_id"), call.body.note, call.user, _now()
-        )
+    row = await reconcile.mark_refund_due(
+        call.pool, call.path_uuid("credit_id"), call.body.note, call.user, _now()
+    )
     return _credit(row)
 
 
@@ -508,8 +457,7 @@ async def credit_refund_due(call: Call[NoteIn, None]) -> Credit:
 async def credit_refunded(call: Call[NoteIn, None]) -> Credit:
     """Record that a refund-due credit was sent back; the ledger clears it.
     Audited."""
-    async with call.pool.acquire() as conn:
-        row = await reconcile.mark_refunded(
-            conn, call.path_uuid("credit_id"), call.body.note, call.user, _now()
-        )
+    row = await reconcile.mark_refunded(
+        call.pool, call.path_uuid("credit_id"), call.body.note, call.user, _now()
+    )
     return _credit(row)

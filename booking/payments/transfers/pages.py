@@ -4,7 +4,8 @@ which reference, and until when.
 A browser reaches it without a bearer token, through the link the
 instructions notification and the API hand out
 (``/pay/bank-transfer/{payment_id}?t=...``): ``t`` is an HMAC of the
-payment's id under a key derived from ``secret_key``, so the link opens
+payment's id under a key derived from ``secret_key``
+(:func:`booking.payments.transfers.core.page_token`), so the link opens
 that one page and nothing else, and a guessed id opens nothing. The page
 is a shell of :mod:`booking.pages` (words as i18n keys, facts as JSON that
 ``pay.js`` formats in the patient's language and time zone); the account
@@ -14,37 +15,24 @@ as they are, left to right.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import html
 from typing import Final
-from uuid import UUID
 
 from aiohttp import web
 
 from booking import pages
 from booking.payments.gateway import BANK_TRANSFER
-from booking.payments.transfers.core import BankAccount
+from booking.payments.transfers import service
+from booking.payments.transfers.core import BankAccount, page_token
 from wadud.api import Call, Routes
-from wadud.config import Settings
 from wadud.errors import NotFound
 
-__all__ = ["page_url", "routes"]
+__all__ = ["routes"]
 
 routes = Routes("bank-transfer-page", "The patient's bank transfer page (a signed link).")
 
 _PATH: Final = "/pay/bank-transfer/{payment_id:uuid}"
-
-
-def _token(settings: Settings, payment_id: UUID) -> str:
-    key = hmac.new(settings.secret_key.encode(), b"wadud/bank-transfer/page", hashlib.sha256)
-    return hmac.new(key.digest(), str(payment_id).encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def page_url(settings: Settings, payment_id: UUID) -> str:
-    """The patient's page for the transfer ``payment_id`` (a signed link)."""
-    base = settings.base_url.rstrip("/")
-    return f"{base}/pay/bank-transfer/{payment_id}?t={_token(settings, payment_id)}"
 
 
 _ACCOUNT: Final = """<dl class="facts bank">
@@ -89,12 +77,10 @@ async def bank_transfer_page(call: Call[None, None]) -> web.Response:
     deadline, in the patient's language; once paid or closed, which."""
     payment_id = call.path_uuid("payment_id")
     given = call.request.query.get("t", "")
-    if not hmac.compare_digest(given.encode(), _token(call.settings, payment_id).encode()):
+    if not hmac.compare_digest(given.encode(), page_token(call.settings, payment_id).encode()):
         raise NotFound("no such bank transfer")
+    intent = await service.page_intent(call.pool, payment_id)
     async with call.pool.acquire() as conn:
-        intent = await conn.fetchrow(
-            "SELECT gateway, gateway_ref, status FROM payment_intents WHERE id = $1", payment_id
-        )
         facts = await pages.visit_facts(conn, payment_id)
     if intent is None or facts is None or intent["gateway"] != BANK_TRANSFER:
         raise NotFound("no such bank transfer")

@@ -22,6 +22,7 @@ __all__ = [
     "TooManyProofs",
     "add_proof",
     "proof_aad",
+    "proofs_of",
     "read_proof",
 ]
 
@@ -100,3 +101,14 @@ async def read_proof(
         raise Gone("this proof was erased at the patient's request") from None
     except InvalidTag:
         raise TransferError("a stored proof failed authentication") from None
+
+
+async def proofs_of(conn: asyncpg.Connection, intent_id: UUID) -> list[asyncpg.Record]:
+    """The records of a transfer's proofs (not their files), oldest first."""
+    return list(
+        await conn.fetch(
+            f"""SELECT {PROOF_COLUMNS} FROM bank_transfer_proofs
+                WHERE payment_intent_id = $1 ORDER BY created_at, id""",
+            intent_id,
+        )
+    )

@@ -236,7 +236,7 @@ class Imported:
 
 
 async def import_statement(
-    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
     clinic_id: UUID,
     data: bytes,
     actor: Principal,
@@ -251,71 +251,72 @@ async def import_statement(
     ``unmatched`` with the reason. Malformed lines are listed, not stored.
     Raises :class:`.transfers.core.MalformedStatement` (422) for a file that is
     not a statement at all, with nothing stored."""
-    currency = await conn.fetchval("SELECT currency FROM clinics WHERE id = $1", clinic_id)
-    if currency is None:
-        raise NotFound("no such clinic")
-    parsed = parse_statement(data, Currency(currency))
-    async with conn.transaction():
-        statement_id = uuid4()
-        await conn.execute(
-            """INSERT INTO bank_statements (id, clinic_id, imported_by, lines, matched,
-                   unmatched, refund_due, duplicates, rejected)
-               VALUES ($1, $2, $3, $4, 0, 0, 0, 0, '[]')""",
-            statement_id,
-            clinic_id,
-            actor.user_id,
-            len(parsed.lines) + len(parsed.rejected),
-        )
-        out = Imported(statement_id, rejected=parsed.rejected)
-        confirmed: list[audit.Entry] = []
-        owed: list[audit.Entry] = []
-        for line in parsed.lines:
-            credit = await _import_line(conn, clinic_id, statement_id, line, now, default_bp)
-            if credit is None:
-                out.duplicates += 1
-                continue
-            out.credits.append(credit)
-            if credit["payment_intent_id"] is not None:
-                entry = audit.Entry(
-                    f"payment/{credit['payment_intent_id']}",
-                    subject=credit["patient_id"],
-                    clinic=clinic_id,
-                )
-                (confirmed if credit["status"] == "matched" else owed).append(entry)
-        await conn.execute(
-            """UPDATE bank_statements SET matched = $2, unmatched = $3, refund_due = $4,
-                   duplicates = $5, rejected = $6::jsonb WHERE id = $1""",
-            statement_id,
-            out.count("matched"),
-            out.count("unmatched"),
-            out.count("refund_due"),
-            out.duplicates,
-            [{"line": r.line_no, "error": r.error} for r in parsed.rejected],
-        )
-        detail = {"statement_id": str(statement_id), "source": "statement"}
-        for action, entries in (
-            ("payment.bank_transfer.confirm", confirmed),
-            ("payment.bank_transfer.refund_due", owed),
-        ):
-            await audit.record_many(
-                conn, actor=actor, action=action, entries=entries, detail=detail
+    async with pool.acquire() as conn:
+        currency = await conn.fetchval("SELECT currency FROM clinics WHERE id = $1", clinic_id)
+        if currency is None:
+            raise NotFound("no such clinic")
+        parsed = parse_statement(data, Currency(currency))
+        async with conn.transaction():
+            statement_id = uuid4()
+            await conn.execute(
+                """INSERT INTO bank_statements (id, clinic_id, imported_by, lines, matched,
+                       unmatched, refund_due, duplicates, rejected)
+                   VALUES ($1, $2, $3, $4, 0, 0, 0, 0, '[]')""",
+                statement_id,
+                clinic_id,
+                actor.user_id,
+                len(parsed.lines) + len(parsed.rejected),
             )
-        await audit.record(
-            conn,
-            actor=actor,
-            action="payment.bank_statement.import",
-            clinic=clinic_id,
-            object=f"bank_statement/{statement_id}",
-            detail={
-                "lines": len(parsed.lines) + len(parsed.rejected),
-                "matched": out.count("matched"),
-                "unmatched": out.count("unmatched"),
-                "refund_due": out.count("refund_due"),
-                "duplicates": out.duplicates,
-                "rejected": len(parsed.rejected),
-            },
-        )
-    return out
+            out = Imported(statement_id, rejected=parsed.rejected)
+            confirmed: list[audit.Entry] = []
+            owed: list[audit.Entry] = []
+            for line in parsed.lines:
+                credit = await _import_line(conn, clinic_id, statement_id, line, now, default_bp)
+                if credit is None:
+                    out.duplicates += 1
+                    continue
+                out.credits.append(credit)
+                if credit["payment_intent_id"] is not None:
+                    entry = audit.Entry(
+                        f"payment/{credit['payment_intent_id']}",
+                        subject=credit["patient_id"],
+                        clinic=clinic_id,
+                    )
+                    (confirmed if credit["status"] == "matched" else owed).append(entry)
+            await conn.execute(
+                """UPDATE bank_statements SET matched = $2, unmatched = $3, refund_due = $4,
+                       duplicates = $5, rejected = $6::jsonb WHERE id = $1""",
+                statement_id,
+                out.count("matched"),
+                out.count("unmatched"),
+                out.count("refund_due"),
+                out.duplicates,
+                [{"line": r.line_no, "error": r.error} for r in parsed.rejected],
+            )
+            detail = {"statement_id": str(statement_id), "source": "statement"}
+            for action, entries in (
+                ("payment.bank_transfer.confirm", confirmed),
+                ("payment.bank_transfer.refund_due", owed),
+            ):
+                await audit.record_many(
+                    conn, actor=actor, action=action, entries=entries, detail=detail
+                )
+            await audit.record(
+                conn,
+                actor=actor,
+                action="payment.bank_statement.import",
+                clinic=clinic_id,
+                object=f"bank_statement/{statement_id}",
+                detail={
+                    "lines": len(parsed.lines) + len(parsed.rejected),
+                    "matched": out.count("matched"),
+                    "unmatched": out.count("unmatched"),
+                    "refund_due": out.count("refund_due"),
+                    "duplicates": out.duplicates,
+                    "rejected": len(parsed.rejected),
+                },
+            )
+        return out
 
 
 async def _import_line(
@@ -405,7 +406,7 @@ def _prefixed(alias: str) -> str:
 
 
 async def confirm_by_hand(
-    conn: asyncpg.Connection,
+    pool: asyncpg.Pool,
     reference: str,
     amount_minor: int,
     note: str,
@@ -414,82 +415,87 @@ async def confirm_by_hand(
     *,
     credit_id: UUID | None,
     default_bp: int,
-) -> tuple[asyncpg.Record, asyncpg.Record]:
+) -> tuple[asyncpg.Record, asyncpg.Record, str]:
     """Finance staff saw the money: confirm the transfer ``reference``
     (canonical) with a note, optionally naming the unmatched statement
-    credit that paid it. Returns (credit, intent). The amount must be the
+    credit that paid it. Returns (credit, intent, the booking's status as it
+    now is). The amount must be the
     transfer's (409 otherwise, nothing changed). A transfer that can no
     longer take it makes the credit ``refund_due``; a transfer confirmed
     already is refused (409) unless a statement credit is named (the
     patient paid twice: that credit is owed back)."""
-    async with conn.transaction():
-        target = await _lock_transfer(conn, reference, _scope(actor))
-        if target is None:
-            raise UnknownTransfer(f"no bank transfer with reference {reference}")
-        intent = target.intent
-        expected = money(intent)
-        if amount_minor != expected.amount_minor:
-            raise TransferAmountMismatch(
-                f"the transfer {reference} asks for {expected},"
-                f" not {Money(amount_minor, expected.currency)}"
-            )
-        if credit_id is None and intent["status"] == IntentState.SUCCEEDED.value:
-            raise AlreadyConfirmed(f"the transfer {reference} is confirmed already")
-        if credit_id is not None:
-            credit = await _open_credit(conn, credit_id, intent["clinic_id"], "unmatched")
-            if (credit["amount_minor"], credit["currency"]) != (
-                expected.amount_minor,
-                expected.currency.value,
-            ):
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            target = await _lock_transfer(conn, reference, _scope(actor))
+            if target is None:
+                raise UnknownTransfer(f"no bank transfer with reference {reference}")
+            intent = target.intent
+            expected = money(intent)
+            if amount_minor != expected.amount_minor:
                 raise TransferAmountMismatch(
-                    f"the credit is {Money(credit['amount_minor'], credit['currency'])},"
-                    f" the transfer asks for {expected}"
+                    f"the transfer {reference} asks for {expected},"
+                    f" not {Money(amount_minor, expected.currency)}"
                 )
-            cid = credit_id
-        else:
-            cid = await conn.fetchval(
-                """INSERT INTO bank_credits (clinic_id, source, booked_on, amount_minor,
-                       currency, reference, status)
-                   VALUES ($1, 'manual', $2, $3, $4, $5, 'unmatched') RETURNING id""",
-                intent["clinic_id"],
-                now.date(),
-                expected.amount_minor,
-                expected.currency.value,
-                reference,
+            if credit_id is None and intent["status"] == IntentState.SUCCEEDED.value:
+                raise AlreadyConfirmed(f"the transfer {reference} is confirmed already")
+            if credit_id is not None:
+                credit = await _open_credit(conn, credit_id, intent["clinic_id"], "unmatched")
+                if (credit["amount_minor"], credit["currency"]) != (
+                    expected.amount_minor,
+                    expected.currency.value,
+                ):
+                    raise TransferAmountMismatch(
+                        f"the credit is {Money(credit['amount_minor'], credit['currency'])},"
+                        f" the transfer asks for {expected}"
+                    )
+                cid = credit_id
+            else:
+                cid = await conn.fetchval(
+                    """INSERT INTO bank_credits (clinic_id, source, booked_on, amount_minor,
+                           currency, reference, status)
+                       VALUES ($1, 'manual', $2, $3, $4, $5, 'unmatched') RETURNING id""",
+                    intent["clinic_id"],
+                    now.date(),
+                    expected.amount_minor,
+                    expected.currency.value,
+                    reference,
+                )
+            status, reason, intent = await _settle(
+                conn, target, now, default_bp=default_bp, source=f"confirmed by {actor.user_id}"
             )
-        status, reason, intent = await _settle(
-            conn, target, now, default_bp=default_bp, source=f"confirmed by {actor.user_id}"
+            if status == "refund_due":
+                await _post_refund_due(conn, cid, expected, intent["clinic_id"], intent)
+            row = await conn.fetchrow(
+                f"""UPDATE bank_credits SET status = $2, reason = $3, reference = $4,
+                           payment_intent_id = $5, note = $6, resolved_by = $7, resolved_at = $8
+                    WHERE id = $1 RETURNING {CREDIT_COLUMNS}""",
+                cid,
+                status,
+                reason,
+                reference,
+                intent["id"],
+                note,
+                actor.user_id,
+                now,
+            )
+            assert row is not None
+            await audit.record_about(
+                conn,
+                intent,
+                "payment",
+                actor=actor,
+                action="payment.bank_transfer.manual_match",
+                detail={
+                    "credit_id": str(cid),
+                    "outcome": status,
+                    "reason": reason,
+                    "statement_credit": credit_id is not None,
+                },
+            )
+        booking = await conn.fetchval(
+            "SELECT status FROM bookings WHERE id = $1", intent["booking_id"]
         )
-        if status == "refund_due":
-            await _post_refund_due(conn, cid, expected, intent["clinic_id"], intent)
-        row = await conn.fetchrow(
-            f"""UPDATE bank_credits SET status = $2, reason = $3, reference = $4,
-                       payment_intent_id = $5, note = $6, resolved_by = $7, resolved_at = $8
-                WHERE id = $1 RETURNING {CREDIT_COLUMNS}""",
-            cid,
-            status,
-            reason,
-            reference,
-            intent["id"],
-            note,
-            actor.user_id,
-            now,
-        )
-        assert row is not None
-        await audit.record_about(
-            conn,
-            intent,
-            "payment",
-            actor=actor,
-            action="payment.bank_transfer.manual_match",
-            detail={
-                "credit_id": str(cid),
-                "outcome": status,
-                "reason": reason,
-                "statement_credit": credit_id is not None,
-            },
-        )
-    return row, intent
+        return row, intent, str(booking)
 
 
 def _scope(actor: Principal) -> UUID | None:
@@ -562,11 +568,11 @@ async def _resolve(
 
 
 async def mark_refund_due(
-    conn: asyncpg.Connection, credit_id: UUID, note: str, actor: Principal, now: dt.datetime
+    pool: asyncpg.Pool, credit_id: UUID, note: str, actor: Principal, now: dt.datetime
 ) -> asyncpg.Record:
     """An unmatched credit that is nobody's payment (another amount, no
     reference): owed back to whoever sent it."""
-    async with conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         credit = await _open_credit(conn, credit_id, _scope(actor), "unmatched")
         amount = money(credit)
         await _post_refund_due(conn, credit_id, amount, credit["clinic_id"], None)
@@ -583,10 +589,10 @@ async def mark_refund_due(
 
 
 async def mark_refunded(
-    conn: asyncpg.Connection, credit_id: UUID, note: str, actor: Principal, now: dt.datetime
+    pool: asyncpg.Pool, credit_id: UUID, note: str, actor: Principal, now: dt.datetime
 ) -> asyncpg.Record:
     """Finance sent a refund-due credit back: the ledger says so."""
-    async with conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         credit = await _open_credit(conn, credit_id, _scope(actor), "refund_due")
         intent = await _patient_of(conn, credit)
         amount = money(credit)

@@ -1,4 +1,5 @@
-"""Bank transfer in the database: starting one, and cancelling it.
+"""Bank transfer in the database: starting one, cancelling it, and a
+transfer and its proofs as the ones who may see them do.
 
 The pure part (references, statements, the bank details patients see) is
 :mod:`booking.payments.transfers.core`; what finance does with the money
@@ -6,12 +7,17 @@ that arrives is :mod:`booking.payments.transfers.reconcile`. Starting a
 transfer holds the booking for the transfer window and stores the intent in
 one statement when it can; either way it locks the booking before the
 intent, as cancellation does.
+
+A transfer's patient, staff of its clinic and admins see it; anyone else is
+told it does not exist. A staff member's read of a patient's transfer or
+proof is audited, as their reads of bookings are.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 from uuid import UUID, uuid4
 
@@ -22,50 +28,84 @@ from booking.payments.errors import BookingNotPayable, LivePaymentExists
 from booking.payments.gateway import BANK_TRANSFER
 from booking.payments.intent import IntentEvent, IntentState
 from booking.payments.postings import move_intent, record_intent_event
-from booking.payments.rows import INTENT_COLUMNS, payment_payload
+from booking.payments.rows import INTENT_COLUMNS, payment_payload, visible_to
 from booking.payments.transfers.core import (
     LIVE,
     BankAccount,
     TransferNotOffered,
     new_reference,
+    page_url,
 )
-from booking.payments.transfers.pages import page_url
+from booking.payments.transfers.proofs import PROOF_COLUMNS, add_proof, proofs_of, read_proof
+from privacy.audit import record_access
+from privacy.subject_keys import SubjectKeys
 from wadud import outbox
 from wadud.config import Settings
 from wadud.db import Args
 from wadud.errors import Conflict, NotFound
+from wadud.principal import Principal
+from wadud.storage import Storage
 
 __all__ = [
     "MIN_WINDOW",
+    "Transfer",
     "cancel_transfer",
+    "page_intent",
+    "proof_for",
     "start_transfer",
+    "transfer_for",
+    "transfer_of",
+    "upload_proof",
 ]
 
 #: A slot this close offers no bank transfer: the money would not arrive in time.
 MIN_WINDOW: Final = dt.timedelta(hours=1)
 
 
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A bank transfer as its viewers see it: the intent and its proofs
+    (their records; the files stay sealed)."""
+
+    intent: asyncpg.Record
+    proofs: list[asyncpg.Record]
+
+
 # --- starting a transfer ----------------------------------------------------------
 
 
 async def start_transfer(
+    pool: asyncpg.Pool,
+    booking_id: UUID,
+    patient_id: UUID,
+    settings: Settings,
+    now: dt.datetime,
+) -> tuple[Transfer, bool]:
+    """The booking's bank transfer and whether it was created now.
+
+    Extends the hold to ``payments_bank_transfer_hold_hours`` (never past the
+    slot's start) and hands out a fresh reference; asking again returns the
+    same transfer. Refused (409) when another gateway's payment is live, the
+    booking is not held, or the slot starts within :data:`MIN_WINDOW`."""
+    async with pool.acquire() as conn:
+        row, created = await _start(conn, booking_id, patient_id, settings, now)
+        # A transfer made now has no proofs yet.
+        return Transfer(row, [] if created else await proofs_of(conn, row["id"])), created
+
+
+async def _start(
     conn: asyncpg.Connection,
     booking_id: UUID,
     patient_id: UUID,
     settings: Settings,
     now: dt.datetime,
 ) -> tuple[asyncpg.Record, bool]:
-    """The booking's bank transfer (intent row) and whether it was created now.
-
-    Extends the hold to ``payments_bank_transfer_hold_hours`` (never past the
-    slot's start) and hands out a fresh reference; asking again returns the
-    same transfer. Refused (409) when another gateway's payment is live, the
-    booking is not held, or the slot starts within :data:`MIN_WINDOW`."""
+    """:func:`start_transfer`'s intent row, and whether it was created now."""
     details = BankAccount.of(settings)
     if details is None:
         raise TransferNotOffered("bank transfer is not offered: no bank account is configured")
-    # The common case as the card checkout does it (booking.payments.checkout.http's
-    # create_payment): a plain read decides, and one statement re-checks the
+    # The common case as the card checkout does it (booking.payments.checkout.service's
+    # start_payment): a plain read decides, and one statement re-checks the
     # hold under the booking's row lock, extends it, and stores the intent,
     # its history line and both events. Anything else (a live payment, a
     # race) takes the locking path below.
@@ -264,17 +304,30 @@ async def _insert_intent(
 
 
 async def cancel_transfer(
+    pool: asyncpg.Pool,
+    booking_id: UUID,
+    patient_id: UUID,
+    settings: Settings,
+    now: dt.datetime,
+) -> Transfer:
+    """The patient pays another way after all: the transfer is cancelled
+    and the hold shrinks back to a card hold (``booking_hold_minutes`` from
+    now, never longer than it was), so the slot is not kept for a day on a
+    transfer nobody will send. Money that still arrives for the reference is
+    owed back. Returns the cancelled transfer."""
+    async with pool.acquire() as conn:
+        row = await _cancel(conn, booking_id, patient_id, settings, now)
+        return Transfer(row, await proofs_of(conn, row["id"]))
+
+
+async def _cancel(
     conn: asyncpg.Connection,
     booking_id: UUID,
     patient_id: UUID,
     settings: Settings,
     now: dt.datetime,
 ) -> asyncpg.Record:
-    """The patient pays another way after all: the transfer is cancelled
-    and the hold shrinks back to a card hold (``booking_hold_minutes`` from
-    now, never longer than it was), so the slot is not kept for a day on a
-    transfer nobody will send. Money that still arrives for the reference is
-    owed back. Returns the cancelled intent."""
+    """:func:`cancel_transfer`'s cancelled intent."""
     async with conn.transaction():
         booking = await conn.fetchrow("SELECT * FROM bookings WHERE id = $1 FOR UPDATE", booking_id)
         if booking is None or booking["patient_id"] != patient_id:
@@ -315,3 +368,89 @@ async def cancel_transfer(
                 now,
             )
     return row
+
+
+# --- a transfer as its viewers see it ------------------------------------------------
+
+
+async def transfer_of(conn: asyncpg.Connection, me: Principal, booking_id: UUID) -> asyncpg.Record:
+    """The booking's newest bank transfer, if ``me`` may see it (404
+    otherwise)."""
+    row = await conn.fetchrow(
+        f"""SELECT {INTENT_COLUMNS} FROM payment_intents
+            WHERE booking_id = $1 AND gateway = $2 ORDER BY created_at DESC LIMIT 1""",
+        booking_id,
+        BANK_TRANSFER,
+    )
+    if row is None or not visible_to(me, row):
+        raise NotFound("no bank transfer for this booking")
+    return row
+
+
+async def transfer_for(pool: asyncpg.Pool, me: Principal, booking_id: UUID) -> Transfer:
+    """The booking's bank transfer and its proofs, if ``me`` may see them;
+    a staff member's read is audited."""
+    async with pool.acquire() as conn:
+        row = await transfer_of(conn, me, booking_id)
+        transfer = Transfer(row, await proofs_of(conn, row["id"]))
+        await record_access(conn, me, "payment.bank_transfer.read", row, f"payment/{row['id']}")
+    return transfer
+
+
+async def upload_proof(
+    pool: asyncpg.Pool,
+    subjects: SubjectKeys,
+    storage: Storage,
+    me: Principal,
+    booking_id: UUID,
+    data: bytes,
+    content_type: str,
+) -> asyncpg.Record:
+    """Keep ``data`` as a proof of payment of the booking's transfer, sealed
+    under its patient's key (:func:`.proofs.add_proof`), while the transfer
+    still waits for money."""
+    async with pool.acquire() as conn:
+        row = await transfer_of(conn, me, booking_id)
+        async with conn.transaction():
+            locked = await conn.fetchrow(
+                f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1 FOR UPDATE",
+                row["id"],
+            )
+            assert locked is not None
+            return await add_proof(conn, subjects, storage, locked, data, content_type)
+
+
+async def proof_for(
+    pool: asyncpg.Pool,
+    subjects: SubjectKeys,
+    storage: Storage,
+    me: Principal,
+    booking_id: UUID,
+    proof_id: UUID,
+) -> tuple[asyncpg.Record, bytes]:
+    """A proof of the booking's transfer and its bytes, opened, if ``me`` may
+    see them (404 otherwise; 410 once erased); a staff member's read is
+    audited."""
+    async with pool.acquire() as conn:
+        row = await transfer_of(conn, me, booking_id)
+        proof = await conn.fetchrow(
+            f"""SELECT {PROOF_COLUMNS}, storage_key, key_id, nonce
+                FROM bank_transfer_proofs WHERE id = $1 AND payment_intent_id = $2""",
+            proof_id,
+            row["id"],
+        )
+        if proof is None:
+            raise NotFound("no such proof")
+        data = await read_proof(conn, subjects, storage, proof)
+        await record_access(
+            conn, me, "payment.bank_transfer.proof_read", row, f"proof/{proof['id']}"
+        )
+    return proof, data
+
+
+async def page_intent(pool: asyncpg.Pool, payment_id: UUID) -> asyncpg.Record | None:
+    """What the patient's page shows of the payment ``payment_id``: its
+    gateway, reference and state."""
+    return await pool.fetchrow(
+        "SELECT gateway, gateway_ref, status FROM payment_intents WHERE id = $1", payment_id
+    )

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from booking.payments.intent import Currency
-from booking.payments.payouts import batch, batches, details
+from booking.payments.payouts import batch, details, service
 from booking.payments.payouts.batch import FileLine, LineStatus
 from booking.payments.postings import ledger_is_balanced
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
@@ -325,7 +325,7 @@ async def test_a_batch_of_500_doctors_exports_what_the_ledger_pays(api: Api) -> 
     # At once: owed in full and reserved by nothing, so payable again.
     async with pool_of(api).acquire() as conn:
         for d in failed_ids:
-            assert await batches.payable_and_pending(conn, d, "PKR") == (owed[d], 0)
+            assert await service.payable_and_pending(conn, d, "PKR") == (owed[d], 0)
     rest = [
         {"line_id": line["id"], "status": "paid"}
         for line in made["lines"]
