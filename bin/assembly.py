@@ -110,8 +110,8 @@ def data_rights(app: web.Application) -> None:
     rules, registered on privacy's endpoints and schedule, since privacy/
     stands below the features and imports none of them."""
     import booking.call_reports.privacy
-    import booking.payments.doctor_privacy
-    import booking.payments.transfer_privacy
+    import booking.payments.payouts.privacy
+    import booking.payments.transfers.privacy
     import booking.privacy
     import chat.privacy
     import notify.privacy
@@ -124,8 +124,8 @@ def data_rights(app: web.Application) -> None:
     # In this order: notify finds jobs by the conversations chat then deletes.
     privacy.rights.register(app, booking.privacy.BookingProvider())
     privacy.rights.register(app, booking.call_reports.privacy.CallReportProvider())
-    privacy.rights.register(app, booking.payments.transfer_privacy.BankTransferProvider(app))
-    privacy.rights.register(app, booking.payments.doctor_privacy.DoctorProvider(app))
+    privacy.rights.register(app, booking.payments.transfers.privacy.BankTransferProvider(app))
+    privacy.rights.register(app, booking.payments.payouts.privacy.DoctorProvider(app))
     privacy.rights.register(app, notify.privacy.NotifyProvider())
     privacy.rights.register(app, chat.privacy.ChatProvider(app))
     # Before the account's own part: erasure shreds the patient's key after

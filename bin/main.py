@@ -236,7 +236,7 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
     ``payments_easypaisa_*`` settings name (the merchant's own; its
     ``payments_easypaisa_endpoint`` is this simulator's ``/easypaisa-sim``)."""
 
-    from booking.payments import easypaisa_http
+    from booking.payments.easypaisa.http_simulator import simulator_app
     from booking.payments.gateways import easypaisa
     from wadud import serving
 
@@ -251,7 +251,7 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
     assert store is not None
     host, port = args.host or "127.0.0.1", args.port or 8090
     merchant = args.merchant.rstrip("/") + easypaisa.IPN_HANDLER_PATH
-    app = easypaisa_http.simulator_app(store, f"http://{host}:{port}", merchant)
+    app = simulator_app(store, f"http://{host}:{port}", merchant)
     return serving.run(
         app,
         host,

@@ -214,7 +214,7 @@ def _job(
     ]
 
 
-#: Events of money owed back by hand (booking.payments.refund_due and the
+#: Events of money owed back by hand (booking.payments.refunds.due and the
 #: bank transfer's credits), and what the patient is told.
 _OWED_BACK: Final = {
     "payment.refund_refused": "payment_refund_by_hand",

@@ -53,6 +53,7 @@ from booking.payments.reach import Reach
 from wadud import jsonin, signing
 
 __all__ = [
+    "BANK_TRANSFER",
     "DEFAULT_TOLERANCE",
     "SIGNATURE_HEADERS",
     "CheckoutSession",
@@ -434,6 +435,11 @@ def verify_webhook(
 
 
 # --- registry --------------------------------------------------------------
+
+#: The ``gateway`` column of bank transfer intents. No adapter stands behind
+#: it: finance confirms a transfer from the bank's statement and sends money
+#: back by hand (:mod:`booking.payments.transfers`).
+BANK_TRANSFER: Final = "bank_transfer"
 
 
 class GatewayRegistry:

@@ -57,6 +57,7 @@ from booking.payments.errors import (
 )
 
 __all__ = [
+    "LIVE_STATES",
     "MINOR_UNIT_EXPONENT",
     "TERMINAL_STATES",
     "TRANSITIONS",
@@ -204,6 +205,8 @@ TRANSITIONS: Final = MappingProxyType(
 
 #: States no event leaves (self-loops for duplicate deliveries aside).
 TERMINAL_STATES: Final = frozenset({_S.FAILED, _S.CANCELLED, _S.REFUNDED})
+#: States of an intent waiting for money: its checkout may still be paid.
+LIVE_STATES: Final = frozenset({_S.REQUIRES_PAYMENT, _S.PROCESSING})
 
 
 def transition(state: IntentState, event: IntentEvent) -> IntentState:

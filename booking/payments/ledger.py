@@ -78,7 +78,7 @@ __all__ = [
 BASIS_POINTS: Final = 10_000
 PLATFORM_REVENUE: Final = "platform_revenue"
 PAYOUTS_CLEARING: Final = "payouts_clearing"
-#: The bank transfer's refund-due account (:data:`.transfer.REFUNDS_DUE`), for
+#: The bank transfer's refund-due account (:data:`.transfers.core.REFUNDS_DUE`), for
 #: every gateway: money that arrived and is owed back to whoever sent it.
 PATIENT_REFUNDS_DUE: Final = "patient_refunds_due"
 _GATEWAY_PREFIX: Final = "gateway_clearing:"

@@ -1,4 +1,4 @@
-"""The payments tables' writers, and the ledger's reader.
+"""The payments tables' writers, and the readers every part of payments shares.
 
 Every change of an intent goes through :func:`move_intent` (the core's
 transition table, a ``payment_events`` row, the new state) on a row locked
@@ -14,6 +14,9 @@ Refund rows are stored in the ledger with their own id as ``reference``
 may be refunded several times); :func:`load_ledger` rebuilds the core's
 :class:`~booking.payments.ledger.Transaction` with the payment id as
 reference, which is what :func:`booking.payments.ledger.refund` expects.
+:func:`ledger_is_balanced` checks the whole of it, or one clinic's part;
+:func:`ledger_page` pages through a clinic's; :func:`visible_intent` is
+an intent as the one asking may see it.
 """
 
 from __future__ import annotations
@@ -27,17 +30,29 @@ import asyncpg
 from booking.payments import ledger
 from booking.payments.errors import PaymentError
 from booking.payments.intent import Currency, IntentEvent, IntentState, transition
-from booking.payments.rows import COMMISSION, INTENT_COLUMNS, ledger_posting, payment_payload
+from booking.payments.rows import (
+    COMMISSION,
+    INTENT_COLUMNS,
+    commission,
+    ledger_posting,
+    payment_payload,
+    visible_to,
+)
 from wadud import outbox
 from wadud.db import Args
-from wadud.errors import Conflict
+from wadud.errors import Conflict, NotFound
+from wadud.principal import Principal
 
 __all__ = [
     "DuplicatePosting",
+    "commission_for",
+    "ledger_is_balanced",
+    "ledger_page",
     "load_ledger",
     "move_intent",
     "post_transaction",
     "record_intent_event",
+    "visible_intent",
 ]
 
 
@@ -121,6 +136,91 @@ async def load_ledger(
     return [ledger.Transaction(kind, str(payment_intent_id), tuple(e)) for e in grouped.values()]
 
 
+async def ledger_is_balanced(
+    conn: asyncpg.Connection | asyncpg.Pool, clinic_id: UUID | None = None
+) -> bool:
+    """Whether the ledger (or one clinic's part) holds together: every
+    transaction has at least two entries of its own clinic and sums to zero
+    per currency, and so the whole sums to zero per currency."""
+    return bool(
+        await conn.fetchval(
+            """SELECT NOT EXISTS (
+                       SELECT 1 FROM ledger_entries
+                       WHERE $1::uuid IS NULL OR clinic_id = $1
+                       GROUP BY currency HAVING sum(amount_minor) <> 0)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_entries
+                       WHERE $1::uuid IS NULL OR clinic_id = $1
+                       GROUP BY transaction_id, currency HAVING sum(amount_minor) <> 0)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_transactions t
+                       WHERE ($1::uuid IS NULL OR t.clinic_id = $1)
+                         AND (SELECT count(*) FROM ledger_entries e
+                              WHERE e.transaction_id = t.id AND e.clinic_id = t.clinic_id) < 2)
+                 AND NOT EXISTS (
+                       SELECT 1 FROM ledger_entries e JOIN ledger_transactions t
+                         ON t.id = e.transaction_id
+                       WHERE ($1::uuid IS NULL OR t.clinic_id = $1)
+                         AND e.clinic_id <> t.clinic_id)""",
+            clinic_id,
+        )
+    )
+
+
+async def commission_for(
+    conn: asyncpg.Connection, clinic_id: UUID, default_bp: int
+) -> ledger.Commission:
+    """The clinic's own commission, else its region's, else the configured default."""
+    row = await conn.fetchrow(f"SELECT {COMMISSION} WHERE c.id = $1", clinic_id)
+    if row is None:
+        raise NotFound("no such clinic")
+    return commission(row, default_bp)
+
+
+async def ledger_page(
+    pool: asyncpg.Pool, clinic_id: UUID, kind: str | None, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record], bool]:
+    """A page of the clinic's ledger transactions, newest first (of ``kind``
+    when given): their headers, all their entries in order, and whether a
+    later page has more. 404 for a clinic that does not exist."""
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT 1 FROM clinics WHERE id = $1", clinic_id):
+            raise NotFound("no such clinic")
+        headers = await conn.fetch(
+            """SELECT id, kind, reference, payment_intent_id, booking_id, created_at
+               FROM ledger_transactions
+               WHERE clinic_id = $1 AND ($2::text IS NULL OR kind = $2)
+               ORDER BY created_at DESC, id LIMIT $3 OFFSET $4""",
+            clinic_id,
+            kind,
+            limit + 1,
+            offset,
+        )
+        page = headers[:limit]
+        entries = await conn.fetch(
+            """SELECT transaction_id, account, amount_minor, currency FROM ledger_entries
+               WHERE transaction_id = ANY($1::uuid[]) ORDER BY id""",
+            [h["id"] for h in page],
+        )
+    return list(page), list(entries), len(headers) > limit
+
+
+async def visible_intent(
+    conn: asyncpg.Connection, me: Principal, payment_id: UUID, *, lock: bool = False
+) -> asyncpg.Record:
+    """The intent ``payment_id`` if ``me`` may see it
+    (:func:`~booking.payments.rows.visible_to`), locked ``FOR UPDATE`` with
+    ``lock``; 404 otherwise."""
+    row = await conn.fetchrow(
+        f"SELECT {INTENT_COLUMNS} FROM payment_intents WHERE id = $1"
+        + (" FOR UPDATE" if lock else ""),
+        payment_id,
+    )
+    if row is None or not visible_to(me, row):
+        raise NotFound("no such payment")
+    return row
+
+
 #: The rest of :func:`move_intent`'s final SELECT with ``capture_terms``.
 _TERMS = f""", t.capture_doctor_id, t.commission_bp, t.commission_fixed_minor,
                    t.region_bp, t.region_fixed
@@ -145,7 +245,7 @@ async def move_intent(
     ``announce``: an outbox topic whose event (:func:`payment_payload` of the
     moved row, plus ``announce_extra``) is written in the same statement.
     ``capture_terms``: the row also carries what a capture needs (the
-    booking's doctor and the commission, see :func:`.service._capture`)."""
+    booking's doctor and the commission, see :func:`.checkout.verdicts._capture`)."""
     before = IntentState(row["status"])
     after = transition(before, event)
     args: list[Any] = [row["id"], after.value, event.value, before.value, dict(detail or {})]

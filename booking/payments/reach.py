@@ -1,8 +1,8 @@
 """Which gateways answer: outages seen by the inquiry rounds, and when to
 try an unreachable gateway again.
 
-The payments sweeper (:func:`.service.sweep_once`) and EasyPaisa's inquiry
-round (:mod:`.easypaisa_round`) ask gateways about payments whose
+The payments sweeper (:func:`.checkout.sweeper.sweep_once`) and EasyPaisa's inquiry
+round (:mod:`.easypaisa.inquiry`) ask gateways about payments whose
 notification never came. When a gateway cannot be reached (connection
 refused, a timeout, a 5xx: :class:`.errors.GatewayUnreachable`), asking it
 about the rest of the round's payments would only wait out the same error

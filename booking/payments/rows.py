@@ -2,8 +2,8 @@
 commission terms a capture reads, and the statement part that writes a ledger
 posting.
 
-Shared by :mod:`.service` (the general path, one change per statement inside
-a transaction) and :mod:`.settle` (a paid checkout settled in one statement),
+Shared by :mod:`.checkout.verdicts` (the general path, one change per statement inside
+a transaction) and :mod:`.checkout.settle` (a paid checkout settled in one statement),
 so both write the same rows the same way.
 """
 
@@ -16,6 +16,7 @@ from uuid import UUID
 from booking.payments import ledger
 from booking.payments.intent import Currency, Money
 from wadud.db import Args
+from wadud.principal import Principal, Role
 
 __all__ = [
     "COMMISSION",
@@ -25,6 +26,7 @@ __all__ = [
     "ledger_posting",
     "money",
     "payment_payload",
+    "visible_to",
 ]
 
 INTENT_COLUMNS: Final = (
@@ -123,3 +125,12 @@ def ledger_posting(
                         {args([e.currency.value for e in txn.entries])}::text[])
                      WITH ORDINALITY AS x(account, amount_minor, currency, n)
             ORDER BY x.n)"""
+
+
+def visible_to(me: Principal, row: Mapping[str, Any]) -> bool:
+    """Whether ``me`` may see the payment ``row`` (its ``clinic_id`` and
+    ``patient_id``): staff of its clinic, admins, and its patient. Anyone
+    else is told it does not exist, so ids do not leak."""
+    return me.oversees(row["clinic_id"]) or (
+        me.role == Role.PATIENT and bool(row["patient_id"] == me.user_id)
+    )

@@ -200,7 +200,7 @@ const en = {
   'pay.held': 'Your time is held for you until',
   'pay.settled.succeeded': 'This payment is done.',
   'pay.settled.failed': 'This payment did not go through.',
-  // Paying by bank transfer (booking/payments/transfer_page.py).
+  // Paying by bank transfer (booking/payments/transfers/pages.py).
   'bank.page.title': 'Pay by bank transfer · Wadud',
   'bank.title': 'Pay by bank transfer',
   'bank.text': 'Send the amount below to this account from your bank or its app, and write the reference in the transfer\'s description.',

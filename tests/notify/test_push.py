@@ -136,7 +136,7 @@ async def _devices(pool: asyncpg.Pool, world: World, keys: Keys, peer: Peer) -> 
 
 
 async def _paid(pool: asyncpg.Pool, world: World, amount: int = 150_000) -> str:
-    """The outbox event a captured payment writes (booking.payments.service)."""
+    """The outbox event a captured payment writes (booking.payments.checkout.verdicts)."""
     payment_id = str(uuid.uuid4())
     async with pool.acquire() as conn, conn.transaction():
         await outbox.emit(

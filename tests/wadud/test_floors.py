@@ -339,8 +339,10 @@ ADAPTERS_MAY_IMPORT = frozenset(
 ADAPTER_USERS = frozenset(
     {
         "booking.payments.http",
-        "booking.payments.checkout",
-        "booking.payments.easypaisa_http",
+        "booking.payments.checkout.pages",
+        "booking.payments.easypaisa.http",
+        "booking.payments.easypaisa.http_simulator",
+        "booking.payments.easypaisa.service",
         "bin.main",
     }
 )

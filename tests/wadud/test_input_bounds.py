@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.booking.factories import make_clinic, make_doctor
+from tests.booking.payments.checkout.test_webhooks import with_card_webhooks
 from tests.conftest import Api
-from tests.payments.test_webhooks import with_card_webhooks
 from wadud.api import Role
 from wadud.config import Settings
 

@@ -25,11 +25,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from booking.payments.easypaisa_http import simulator_app
+from booking.payments.easypaisa.http_simulator import simulator_app
 from booking.payments.gateways.easypaisa import from_config
 from booking.payments.gateways.easypaisa_sim import SIM_PREFIX
+from tests.booking.payments.checkout.test_webhooks import with_card_webhooks
 from tests.conftest import Api
-from tests.payments.test_webhooks import with_card_webhooks
 from tests.syntax import parse_files
 from wadud import keys, signing
 from wadud.api import ENDPOINTS, Role
@@ -182,7 +182,7 @@ _TRUSTED = {
     "wadud/db.py",
     "booking/call_reports/privacy.py",
     "booking/call_reports/storage.py",
-    "booking/payments/payout_details.py",
+    "booking/payments/payouts/details.py",
     "privacy/http.py",
     "privacy/rights.py",
     "rtc/rtpdump.py",

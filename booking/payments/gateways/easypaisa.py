@@ -12,7 +12,7 @@ Two gateways share this adapter and one set of credentials:
   token (and ``postBackURL`` again) to ``Confirm.jsf``; the customer pays on
   EasyPaisa's page (wallet PIN, OTC token or card) and comes back to
   ``postBackURL`` with ``status``, ``desc`` and ``orderRefNumber``. That
-  second hop is :mod:`booking.payments.easypaisa_http`'s postback bridge.
+  second hop is :mod:`booking.payments.easypaisa.http`'s postback bridge.
 * ``easypaisa_ma`` (:data:`MOBILE`), the Open API's
   ``initiate-ma-transaction``: the patient types their EasyPaisa mobile
   account number on our page, EasyPaisa pushes a payment request to their
@@ -38,7 +38,7 @@ Refunds: the public Open API has no refund or reversal call (merchants
 refund from the merchant portal or through their EasyPaisa account manager),
 so :meth:`EasyPaisaGateway.refund` answers a refusal with code
 :data:`REFUND_UNSUPPORTED`. The payments service keeps every such refund
-owed by hand (:mod:`.refund_due`): ``refused_by_gateway``, nothing posted,
+owed by hand (:mod:`.refunds.due`): ``refused_by_gateway``, nothing posted,
 until finance records it paid; money that arrives after its booking lapsed
 is owed back the same way instead of being refunded automatically.
 
@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 from cryptography.hazmat.primitives import padding
@@ -105,6 +105,7 @@ __all__ = [
     "format_expiry",
     "from_config",
     "hash_string",
+    "ipn_notification",
     "merchant_hash",
     "parse_amount",
     "payment_status",
@@ -280,6 +281,13 @@ def format_expiry(moment: datetime) -> str:
 
 def credentials_header(username: str, password: str) -> str:
     return base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def ipn_notification(url: str) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of an IPN naming the record at ``url``, as
+    :meth:`EasyPaisaGateway.parse_webhook` reads it (the IPN handler passes
+    on the ``url`` EasyPaisa called it with; the simulator its own)."""
+    return urlencode({"url": url}).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def payment_status(word: str) -> PaymentStatus:
@@ -595,7 +603,8 @@ class EasyPaisaGateway:
         )
 
 
-#: Where the simulator answers, under our own origin (easypaisa_http serves it).
+#: Where the simulator answers, under our own origin
+#: (:mod:`booking.payments.easypaisa.http_simulator` serves it).
 SIMULATOR_PATH: Final = "/easypaisa-sim"
 
 

@@ -17,7 +17,7 @@ and the tests drive it):
   answers (:meth:`EasyPaisaSimulator.ipn_record`).
 
 This module is the simulator's state and rules only (no sockets, no clock:
-times are parameters); :mod:`booking.payments.easypaisa_http` serves it under
+times are parameters); :mod:`booking.payments.easypaisa.http_simulator` serves it under
 ``/easypaisa-sim/``. Orders live in this object's memory, which is right for
 ``wadud serve`` and tests (one process), as for the sandbox gateway.
 

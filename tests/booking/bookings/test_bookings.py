@@ -398,9 +398,10 @@ async def pay(api: Api, patient: str, booking_id: str) -> None:
     """Pay a held booking through the sandbox gateway: the payments API opens
     the intent, and the gateway's verified success is applied as a callback
     would apply it (which confirms the booking through transition_booking)."""
-    from booking.payments.gateway import PaymentStatus
+    from booking.payments.checkout.verdicts import apply_verdict
+    from booking.payments.gateway import PaymentStatus, Verdict
     from booking.payments.intent import Money
-    from booking.payments.service import GATEWAYS, Verdict, apply_verdict
+    from booking.payments.keys import GATEWAYS
 
     await api.post(f"/api/v1/bookings/{booking_id}/payments", {}, token=patient, expect=201)
     async with pool_of(api).acquire() as conn, conn.transaction():
