@@ -42,7 +42,13 @@ TEMPLATE = "wadud_template"
 PASSWORD = "correct horse battery"
 
 #: Fixtures that tests of several folders share: a clinic and its doctor.
-pytest_plugins = ["tests.booking.factories", "tests.ids", "tests.reaper", "tests.summary"]
+pytest_plugins = [
+    "tests.booking.factories",
+    "tests.ids",
+    "tests.reaper",
+    "tests.scheduling",
+    "tests.summary",
+]
 
 # CPython 3.11 keeps the AST builder's recursion count in state shared by
 # every parse (gh-106905, fixed in 3.12), and a parse that runs while
