@@ -12,7 +12,7 @@ the top floor with :mod:`bin.main`, lists them:
   process (what tests build apps from);
 * :func:`installers`: a role's list (``wadud serve`` is :func:`in_process`
   and embeds the TURN relay too);
-* :func:`build_app` / :func:`role_app`: :func:`wadud.app.build_app` with them;
+* :func:`build_app` / :func:`role_app`: :func:`wadud.web.app.build_app` with them;
 * :func:`check_settings`: each feature's check of its own settings, run by
   ``bin.main`` as soon as they are loaded (the ``[turn]`` table is the relay's,
   :func:`turn.config.check_settings`).
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     import privacy.retention
-    from wadud.app import Installer
+    from wadud.web.app import Installer
 
 __all__ = [
     "Role",
@@ -85,7 +85,7 @@ def features() -> list[Installer]:
     import signalling.edge.pages
     import signalling.media.nodes
     import turn.http
-    from wadud import accounts, ops
+    from wadud.web import accounts, ops
 
     return [
         ops.install,
@@ -202,7 +202,7 @@ def installers(role: Role) -> list[Installer]:
 
 def build_app(settings: Settings, installers: Iterable[Installer] | None = None) -> web.Application:
     """The application with ``installers`` (default: :func:`in_process`)."""
-    from wadud import app as ground
+    from wadud.web import app as ground
 
     return ground.build_app(settings, in_process() if installers is None else installers)
 

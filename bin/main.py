@@ -29,9 +29,10 @@ import uvloop
 
 from bin import assembly
 from turn.errors import TurnConfigError
-from wadud import config, logs
+from wadud import config
 from wadud.config import sources
 from wadud.errors import ConfigError, WadudError
+from wadud.observe import logs
 
 log = logging.getLogger("wadud.main")
 
@@ -180,7 +181,7 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
         )
     settings = sources.load(file=getattr(args, "config", None), overrides=overrides)
     if settings.metrics_listen and args.command in ("serve", "api"):
-        from wadud.ops import listen_address
+        from wadud.web.ops import listen_address
 
         listen_address(settings.metrics_listen)  # a typo fails at start, not at first scrape
     return assembly.check_settings(settings)
@@ -192,7 +193,8 @@ def _run(coro: Any) -> Any:
 
 def cmd_serve(settings: config.Settings, *, role: str) -> int:
 
-    from wadud import keys, serving
+    from wadud.state import keys
+    from wadud.web import serving
 
     app = assembly.role_app("serve" if role == "serve" else "api", settings)
     settings = app[keys.SETTINGS]
@@ -238,7 +240,7 @@ def cmd_easypaisa_sim(args: argparse.Namespace, settings: config.Settings) -> in
 
     from booking.payments.easypaisa.http_simulator import simulator_app
     from booking.payments.gateways import easypaisa
-    from wadud import serving
+    from wadud.web import serving
 
     if not settings.payments_easypaisa_store_id:
         print(
@@ -279,7 +281,7 @@ def cmd_media(settings: config.Settings) -> int:
         http_address(settings.media_http)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    from wadud import serving
+    from wadud.web import serving
 
     code = 0
     with contextlib.suppress(KeyboardInterrupt):
@@ -290,7 +292,7 @@ def cmd_media(settings: config.Settings) -> int:
 
 
 def cmd_migrate(settings: config.Settings) -> int:
-    from wadud import db, migrate
+    from wadud.state import db, migrate
 
     async def go() -> list[str]:
         async with db.connection(settings) as conn:
@@ -332,7 +334,7 @@ def cmd_audit_verify(settings: config.Settings) -> int:
     import asyncpg
 
     from privacy import audit
-    from wadud import db
+    from wadud.state import db
 
     async def go() -> audit.Verdict:
         async with db.connection(settings) as conn:
@@ -378,8 +380,9 @@ def read_password(from_stdin: bool) -> str:
 def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
     from uuid import UUID
 
-    from wadud import accounts, auth, db, migrate
-    from wadud.api import Role
+    from wadud.state import db, migrate
+    from wadud.web import accounts, auth
+    from wadud.web.api import Role
 
     password = read_password(args.password_stdin)
     if len(password) < 8:
@@ -405,7 +408,7 @@ def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def cmd_retention_run(args: argparse.Namespace, settings: config.Settings) -> int:
     from privacy import retention
-    from wadud import db, migrate, storage
+    from wadud.state import db, migrate, storage
 
     rules = [*retention.core_rules(), *assembly.retention_rules()]
 
@@ -471,7 +474,7 @@ def join_link(
     import datetime as dt
     from urllib.parse import quote
 
-    from wadud.auth import RoomGrant, issue_room_token
+    from wadud.web.auth import RoomGrant, issue_room_token
 
     for what, value in (("--room", room), ("--identity", identity)):
         if not value or len(value) > _NAME_MAX or not value.isprintable():

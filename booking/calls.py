@@ -23,9 +23,9 @@ from uuid import UUID
 import asyncpg
 
 from booking.lifecycle import State
-from wadud import auth
-from wadud.api import ApiModel
 from wadud.config import Settings
+from wadud.web import auth
+from wadud.web.api import ApiModel
 
 __all__ = [
     "EARLY_JOIN",

@@ -11,8 +11,8 @@ from uuid import UUID
 
 import asyncpg
 
-from wadud import outbox
 from wadud.errors import NotFound, Unprocessable
+from wadud.messaging import outbox
 
 __all__ = [
     "REGION_CURRENCY",

@@ -1,7 +1,7 @@
 """Typed errors of the booking package.
 
 Every error derives from :class:`BookingError`, hung under
-:class:`wadud.errors.WadudError` so the one problem middleware (``wadud.http``)
+:class:`wadud.errors.WadudError` so the one problem middleware (``wadud.web.http``)
 renders it from its ``http_status``, ``code`` and ``title``; handlers never
 build error bodies by hand.
 

@@ -18,7 +18,7 @@ import asyncpg
 from chat.errors import ConversationNotFound, NotAllowed
 from wadud.errors import NotFound
 from wadud.principal import Principal, Role
-from wadud.rows import from_row
+from wadud.state.rows import from_row
 
 #: What chat's SQL functions run on: one connection, or the pool.
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool

@@ -14,8 +14,8 @@ import asyncpg
 
 from chat.access import Access, Conn
 from chat.errors import BadSequence, PatientNotFound
-from wadud import outbox
 from wadud.errors import NotFound
+from wadud.messaging import outbox
 from wadud.principal import Principal, Role
 
 

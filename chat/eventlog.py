@@ -21,7 +21,7 @@ import asyncpg
 from chat.access import Access, Conn
 from chat.crypto import Keyring, Shredded, message_aad
 from chat.errors import BadSequence, NotAllowed
-from wadud import loops, outbox
+from wadud.messaging import loops, outbox
 from wadud.principal import Principal
 
 Event = dict[str, Any]

@@ -1,4 +1,4 @@
-"""Chat's REST endpoints, declared with :class:`wadud.api.Routes` so they
+"""Chat's REST endpoints, declared with :class:`wadud.web.api.Routes` so they
 are in the OpenAPI document: each handler reads its request, checks the
 caller's rights, calls the chat service (``app[CHAT]``) once and renders its
 answer. The WebSocket endpoint is :mod:`chat.socket`.
@@ -25,11 +25,11 @@ from chat.errors import BadSequence
 from chat.hub import Hub
 from chat.service import CHAT, ChatService
 from chat.socket import websocket
-from wadud import keys
-from wadud.api import ApiModel, Call, Role, Routes, file_body
 from wadud.errors import Forbidden, NotFound, Unprocessable, UnsupportedMediaType
-from wadud.http import read_upload
-from wadud.storage import sniff_type, storage_of
+from wadud.state import keys
+from wadud.state.storage import sniff_type, storage_of
+from wadud.web.api import ApiModel, Call, Role, Routes, file_body
+from wadud.web.http import read_upload
 
 routes = Routes("chat", "Consultation chat: conversations, messages, attachments.")
 

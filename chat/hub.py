@@ -20,7 +20,7 @@ The shape:
 * A client subscribing from ``after`` is registered first and then catches up
   from PostgreSQL; live events that arrive meanwhile wait in its buffer. The
   union has no hole and no repeat (see :meth:`Hub.subscribe`).
-* Revocation (:mod:`wadud.revocation`): the hub listens on ``auth.revoked``
+* Revocation (:mod:`wadud.messaging.revocation`): the hub listens on ``auth.revoked``
   and ends the sockets a logout, a revoked session or a change of rights
   covers, on every node; a liveness loop re-checks every connected principal
   every ``liveness_interval`` seconds in case the bus lost that message.
@@ -46,8 +46,8 @@ from chat.access import Access
 from chat.crypto import Keyring
 from chat.errors import BadSequence
 from chat.protocol import VERSION, encode
-from wadud import loops, revocation
-from wadud.bus import Bus, Subscription
+from wadud.messaging import loops, revocation
+from wadud.messaging.bus import Bus, Subscription
 from wadud.principal import Principal
 
 log = logging.getLogger("wadud.chat")

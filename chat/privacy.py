@@ -29,7 +29,7 @@ from chat.crypto import DecryptError, Keyring, Shredded, attachment_aad, message
 from privacy.retention import Context, Rule
 from privacy.rights import ArchiveFile, Erased, Part, Subject, records
 from wadud.errors import NotFound
-from wadud.storage import storage_of
+from wadud.state.storage import storage_of
 
 __all__ = ["ChatProvider", "retention_rules"]
 

@@ -37,7 +37,7 @@ from privacy import audit
 from wadud.config import Settings
 from wadud.errors import NotFound
 from wadud.principal import Principal, Role
-from wadud.storage import Storage, sniff_type
+from wadud.state.storage import Storage, sniff_type
 
 
 class RateLimiter:

@@ -23,9 +23,10 @@ from chat.access import Access
 from chat.errors import ConversationNotFound, SessionRevoked
 from chat.hub import Client
 from chat.service import CHAT, Ack
-from wadud import auth, keys
-from wadud.api import Principal
 from wadud.errors import BadRequest, Unauthorized, WadudError
+from wadud.state import keys
+from wadud.web import auth
+from wadud.web.api import Principal
 
 log = logging.getLogger("wadud.chat")
 

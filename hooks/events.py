@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from wadud import outbox
+from wadud.messaging import outbox
 
 __all__ = ["EVENTS", "PREFIX", "emit", "topic"]
 

@@ -29,8 +29,9 @@ from hooks.errors import DeliveryNotFound, EndpointNotFound, RefusedAddress
 from hooks.events import EVENTS
 from hooks.service import Deliverer
 from turn.policy import PeerPolicy
-from wadud import keys, workers
-from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud.state import keys
+from wadud.web import workers
+from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 
 log = logging.getLogger("wadud.hooks")
 

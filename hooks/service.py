@@ -42,8 +42,9 @@ from prometheus_client import Counter, Gauge
 
 from hooks.addresses import CheckedResolver, check_url, policy
 from hooks.errors import RefusedAddress
-from wadud import loops, outbox, signing
+from wadud import signing
 from wadud.config import Settings
+from wadud.messaging import loops, outbox
 
 log = logging.getLogger("wadud.hooks")
 
@@ -278,7 +279,8 @@ class Deliverer:
 
 async def run(settings: Settings) -> int:
     """``wadud hooks``: the deliverer until SIGTERM or SIGINT."""
-    from wadud import db, workers
+    from wadud.state import db
+    from wadud.web import workers
 
     stop = workers.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:

@@ -25,8 +25,9 @@ from notify import channels as ch
 from notify.errors import DeviceNotFound, InvalidPreferences
 from notify.service import Notifier
 from notify.templates import zone
-from wadud import keys, workers
-from wadud.api import ApiModel, Call, Routes
+from wadud.state import keys
+from wadud.web import workers
+from wadud.web.api import ApiModel, Call, Routes
 
 log = logging.getLogger("wadud.notify")
 

@@ -41,8 +41,9 @@ from prometheus_client import Counter, Gauge
 from notify import channels, plan, store
 from notify.errors import DeliveryFailed, PermanentFailure
 from notify.templates import render
-from wadud import loops, outbox, tracing
 from wadud.config import Settings
+from wadud.messaging import loops, outbox
+from wadud.observe import tracing
 
 log = logging.getLogger("wadud.notify")
 
@@ -356,11 +357,12 @@ class Notifier:
 
 async def run(settings: Settings) -> int:
     """``wadud notify``: the notifier until SIGTERM or SIGINT."""
-    from wadud import db, workers
+    from wadud.state import db
+    from wadud.web import workers
 
     stop = workers.stop_on_signals()
     async with contextlib.AsyncExitStack() as stack:
-        # As the HTTP roles do (wadud.app): first in, last out.
+        # As the HTTP roles do (wadud.web.app): first in, last out.
         tracing.configure(
             settings.otel_endpoint,
             service=settings.otel_service_name,

@@ -19,7 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from notify.plan import Context, Delivery, Device, Event, Job, Plan, Preferences, Recipient
-from wadud.rows import from_row
+from wadud.state.rows import from_row
 
 __all__ = [
     "add_deliveries",
@@ -203,7 +203,7 @@ async def _insert_jobs(conn: Conn, jobs: Sequence[Job]) -> None:
 
 
 def _json(value: Any) -> str:
-    """JSON as the pool's jsonb codec writes it (wadud.db)."""
+    """JSON as the pool's jsonb codec writes it (wadud.state.db)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -5,7 +5,7 @@ Writing
 ``privacy.audit.record(conn, actor=..., action=..., subject=..., clinic=...,
 object=..., detail=...)`` (and ``record_many``, and ``record_about`` for one
 row that names its patient and clinic) append rows to the table
-:data:`TABLE` (``audit_log``). They are defined in :mod:`wadud.audit`, in the
+:data:`TABLE` (``audit_log``). They are defined in :mod:`wadud.state.audit`, in the
 ground, because the ground's sign-in flow is audited too; see there for the
 arguments. ``detail`` and every hashed field hold ids and codes only, never
 plaintext personal data. :func:`record_access` is ``record`` for a read or
@@ -67,8 +67,8 @@ from uuid import UUID
 
 import asyncpg
 
-from wadud.audit import ACTION, TABLE, Entry, record, record_about, record_many
 from wadud.principal import Principal, Role
+from wadud.state.audit import ACTION, TABLE, Entry, record, record_about, record_many
 
 __all__ = [
     "ACTION",

@@ -34,11 +34,12 @@ from pydantic import Field, StringConstraints
 
 from privacy import audit, consent
 from privacy.errors import InvalidConsentText, StaleConsentVersion, UnknownConsentVersion
-from wadud import cursor, keys
-from wadud.api import ApiModel, Call, Role, Routes
 from wadud.errors import Forbidden, WadudError
 from wadud.principal import Principal
-from wadud.rows import from_row
+from wadud.state import keys
+from wadud.state.rows import from_row
+from wadud.web import cursor
+from wadud.web.api import ApiModel, Call, Role, Routes
 
 routes = Routes("privacy", "Consent texts and answers; the audit trail.")
 

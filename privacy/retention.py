@@ -31,9 +31,10 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
-from wadud import keys, loops
 from wadud.config import Settings
-from wadud.storage import Storage, storage_of
+from wadud.messaging import loops
+from wadud.state import keys
+from wadud.state.storage import Storage, storage_of
 
 __all__ = [
     "LOCK_KEY",

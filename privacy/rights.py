@@ -47,9 +47,9 @@ from aiohttp import web
 from privacy import audit as privacy_audit
 from privacy import subject_keys
 from privacy.errors import PrivacyError
-from wadud import audit
 from wadud.errors import Conflict, NotFound, Unprocessable
-from wadud.storage import Storage
+from wadud.state import audit
+from wadud.state.storage import Storage
 
 __all__ = [
     "PROVIDERS",

@@ -27,9 +27,9 @@ from aiohttp import web
 from pydantic import StringConstraints
 
 from privacy import rights
-from wadud import auth, ratelimit
-from wadud.api import ApiModel, Call, Principal, Role, Routes
-from wadud.storage import storage_of
+from wadud.state.storage import storage_of
+from wadud.web import auth, ratelimit
+from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 
 routes = Routes("privacy", "A patient's data rights: export and erasure.")
 

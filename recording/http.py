@@ -32,11 +32,12 @@ from recording.errors import BadTransition, RecordingFileNotFound, RecordingNotF
 from recording.privacy import delete_recordings
 from recording.recorder import Recorder, available, subject_keys
 from recording.store import LIVE, Recordings, open_file, recording_key
-from wadud import keys, workers
-from wadud.api import ApiModel, Call, Role, Routes
-from wadud.audit import record_about
 from wadud.errors import NotFound
-from wadud.storage import Storage, storage_of
+from wadud.state import keys
+from wadud.state.audit import record_about
+from wadud.state.storage import Storage, storage_of
+from wadud.web import workers
+from wadud.web.api import ApiModel, Call, Role, Routes
 
 __all__ = ["RECORDER", "RECORDINGS", "AppParts", "install", "install_worker", "routes"]
 

@@ -33,7 +33,7 @@ from privacy.subject_keys import SubjectKeys
 from recording.errors import RecordingError
 from recording.store import open_file, recording_key
 from wadud.errors import WadudError
-from wadud.storage import Storage
+from wadud.state.storage import Storage
 
 __all__ = ["RecordingProvider", "delete_recordings", "retention_rules"]
 

@@ -52,10 +52,10 @@ from recording import composite, remux
 from recording.errors import RecordingError, RemuxError
 from recording.store import announce, fail, recording_key, seal_file
 from rtc.rtpdump import RtpDumpError, open_segment
-from wadud import loops
 from wadud.config import Settings
 from wadud.errors import ConfigError, NotFound, UpstreamError
-from wadud.storage import Storage
+from wadud.messaging import loops
+from wadud.state.storage import Storage
 
 __all__ = ["Recorder", "available", "run", "subject_keys"]
 
@@ -427,7 +427,8 @@ class Recorder:
 
 async def run(settings: Settings) -> int:
     """``wadud recorder``: the recorder until SIGTERM or SIGINT."""
-    from wadud import db, storage, workers
+    from wadud.state import db, storage
+    from wadud.web import workers
 
     if not available():
         raise ConfigError("wadud recorder needs PyAV: pip install 'wadud[recorder]'")

@@ -399,7 +399,7 @@ class Cluster:
 
     @contextlib.asynccontextmanager
     async def redis(self) -> Any:
-        from wadud.bus import redis_client
+        from wadud.messaging.bus import redis_client
 
         # redis_client: a plain URL or a redis+sentinel:// one alike.
         client = redis_client(self.redis_url)

@@ -32,10 +32,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app, in_process
-from wadud import db, migrate
-from wadud.api import Role
-from wadud.app import Installer
 from wadud.config import Settings
+from wadud.state import db, migrate
+from wadud.web.api import Role
+from wadud.web.app import Installer
 
 TEMPLATE = "wadud_template"
 #: The password of the accounts :class:`Api` creates unless told otherwise.
@@ -460,7 +460,8 @@ class Api:
         password: str = PASSWORD,
     ) -> str:
         """Create an account directly (as ``wadud user add`` does); its email."""
-        from wadud import accounts, auth, keys
+        from wadud.state import keys
+        from wadud.web import accounts, auth
 
         email = email or f"{role.value}-{uuid.uuid4().hex[:8]}@example.test"
         await accounts.create_user(

@@ -41,9 +41,9 @@ import pytest
 
 from tests.conftest import Api, free_udp_port
 from tests.wadud.test_floors import SERVER
-from wadud import keys
-from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.auth import RoomGrant, issue_room_token
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What only the ``client`` extra brings.

@@ -16,8 +16,9 @@ from turn import tls
 from turn.aio import TurnServer
 from turn.config import TurnConfig
 from turn.credentials import ice_server, rest_user
-from wadud import keys, ratelimit
-from wadud.api import ApiModel, Call, Routes
+from wadud.state import keys
+from wadud.web import ratelimit
+from wadud.web.api import ApiModel, Call, Routes
 
 if TYPE_CHECKING:
     from wadud.config import Settings

@@ -1,7 +1,7 @@
 """The root of every error Wadud raises on purpose.
 
 Each error carries its wire code (``http_status``) and a short ``code`` slug;
-one middleware (``wadud.http``) turns them into RFC 9457 problem documents, so
+one middleware (``wadud.web.http``) turns them into RFC 9457 problem documents, so
 handlers never build error bodies by hand. Packages hang their own root under
 ``WadudError`` and typed children under that, inheriting a status class too
 where it helps (``class SlotTaken(BookingError, Conflict)``).

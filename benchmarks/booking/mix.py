@@ -91,8 +91,8 @@ async def staff_tokens(
     session: aiohttp.ClientSession, base: str, db_url: str, clinics: list[tuple[str, str]]
 ) -> dict[str, str]:
     """A finance account per clinic, made as ``wadud user add`` does, signed in."""
-    from wadud import accounts
     from wadud.principal import Role
+    from wadud.web import accounts
 
     tokens = {}
     conn = await asyncpg.connect(db_url)

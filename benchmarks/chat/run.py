@@ -47,9 +47,13 @@ from benchmarks.common import (  # noqa: E402
     tree_cpu_seconds,
     write_results,
 )
-from wadud import auth, db, migrate  # noqa: E402
 from wadud.config import Settings  # noqa: E402
 from wadud.principal import Principal, Role  # noqa: E402
+from wadud.state import (  # noqa: E402
+    db,
+    migrate,
+)
+from wadud.web import auth  # noqa: E402
 
 SECRET = "bench-secret-" + "z" * 40
 

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 
 from benchmarks.common import signalling_frames
-from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud.web.auth import RoomGrant, issue_room_token
 
 _ids = itertools.count(1)
 

@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from sfu.control import registry
-from wadud.bus import encode
+from wadud.messaging.bus import encode
 
 
 class Fleet:

@@ -66,7 +66,7 @@ from benchmarks.control.clients import Client, ClientError, room_token  # noqa: 
 from benchmarks.control.fleet import Fleet  # noqa: E402
 from signalling.media.placement import Placement  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
-from wadud.bus import redis_client  # noqa: E402
+from wadud.messaging.bus import redis_client  # noqa: E402
 
 SECRET = "control-bench-secret-" + "k" * 40
 REGION = "pk"

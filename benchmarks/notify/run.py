@@ -39,8 +39,9 @@ from aiosmtpd.controller import Controller
 
 from notify import channels as ch
 from notify.service import Notifier
-from wadud import db, migrate, outbox
 from wadud.config import Settings
+from wadud.messaging import outbox
+from wadud.state import db, migrate
 
 
 class Sink:

@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from privacy import audit  # noqa: E402
-from wadud import db, migrate  # noqa: E402
+from wadud.state import (  # noqa: E402
+    db,
+    migrate,
+)
 
 
 async def _rate(pool: asyncpg.Pool, clients: int, rows: int, write: Any) -> float:

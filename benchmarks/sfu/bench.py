@@ -33,8 +33,8 @@ from benchmarks.sfu import load, peer
 from benchmarks.sfu.measure import QUIET, ScenarioResult, others_cpu, percentiles, switch_times
 from benchmarks.sfu.scenarios import LARGE_VIEW, SMALL_VIEW, Scenario
 from benchmarks.sfu.servers import HOST, SECRET, Server, gc_pauses
-from wadud import auth
 from wadud.config import Settings
+from wadud.web import auth
 
 
 class SignallingError(RuntimeError):

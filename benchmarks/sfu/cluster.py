@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import own_cluster, write_results  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
-from wadud.auth import RoomGrant, issue_room_token  # noqa: E402
 from wadud.config import Settings  # noqa: E402
+from wadud.web.auth import RoomGrant, issue_room_token  # noqa: E402
 from wadud_client.call import CallClient  # noqa: E402
 from wadud_client.errors import CallError  # noqa: E402
 from wadud_client.network import allow_loopback_candidates  # noqa: E402

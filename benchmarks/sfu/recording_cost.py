@@ -43,7 +43,7 @@ from benchmarks.common import write_results  # noqa: E402
 from benchmarks.sfu import peer  # noqa: E402
 from sfu.control.messages import MediaEvent, RecordingOrder, RecordingStopped  # noqa: E402
 from sfu.node.worker import MediaWorker  # noqa: E402
-from wadud.storage import LocalStorage  # noqa: E402
+from wadud.state.storage import LocalStorage  # noqa: E402
 
 ROOM = "cost"
 

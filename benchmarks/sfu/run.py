@@ -4,7 +4,7 @@ Starts ``wadud serve`` (embedded PostgreSQL, the media worker and ``/ws``
 signalling in one process) with a temporary data folder and free ports, and a
 load process (benchmarks/sfu/load.py) that owns every synthetic transport. For
 each scenario it opens rooms over the real ``/ws`` protocol (docs/protocol.md,
-"Calls (signalling)") with room tokens minted by :func:`wadud.auth.issue_room_token`
+"Calls (signalling)") with room tokens minted by :func:`wadud.web.auth.issue_room_token`
 under the server's secret: participants join, publishers send a VP8 offer and
 get the worker's answer, subscribers answer the worker's offers; then every
 transport does real ICE (USE-CANDIDATE checks) and DTLS-SRTP handshakes, and

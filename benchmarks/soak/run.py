@@ -157,7 +157,7 @@ async def sample(topo: Topology, http: aiohttp.ClientSession, cycle: int) -> dic
                 "redis_conns": redis_connections(ps, redis_port),
             }
         procs[m.name] = figures
-    from wadud.bus import redis_client
+    from wadud.messaging.bus import redis_client
 
     redis = redis_client(topo.redis_url)
     try:

@@ -23,8 +23,10 @@ from booking.bookings import access, changes, holds, transitions, visits
 from booking.bookings.changes import Refunder
 from booking.lifecycle import Event, State, allowed_events
 from booking.refunds import CANCELLERS, Canceller
-from wadud import cursor, keys, loops
-from wadud.api import ApiModel, Call, Instant, Principal, Role, Routes
+from wadud.messaging import loops
+from wadud.state import keys
+from wadud.web import cursor
+from wadud.web.api import ApiModel, Call, Instant, Principal, Role, Routes
 
 routes = Routes("bookings", "Bookings, their lifecycle, manage links and video links.")
 

@@ -17,7 +17,7 @@ from uuid import UUID
 from aiohttp import web
 
 from booking.call_reports import assembly, page
-from wadud.api import ApiModel, Call, Role, Routes
+from wadud.web.api import ApiModel, Call, Role, Routes
 
 routes = Routes("call reports", "Each video visit's call-quality report.")
 

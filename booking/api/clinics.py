@@ -15,8 +15,8 @@ from uuid import UUID
 from pydantic import Field, StringConstraints
 
 from booking import clinics
-from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound, Unprocessable
+from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 
 routes = Routes("clinics", "Clinics (tenants) and per-region settings.")
 

@@ -19,12 +19,12 @@ from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from booking.doctors import documents, hours, profiles
-from wadud import accounts, auth
-from wadud.api import ApiModel, Call, Role, Routes, file_body
 from wadud.errors import NotFound, Unprocessable, UnsupportedMediaType
-from wadud.http import read_upload
-from wadud.rows import from_row
-from wadud.storage import storage_of
+from wadud.state.rows import from_row
+from wadud.state.storage import storage_of
+from wadud.web import accounts, auth
+from wadud.web.api import ApiModel, Call, Role, Routes, file_body
+from wadud.web.http import read_upload
 
 routes = Routes("doctors", "Doctor profiles, credentials, availability and slots.")
 

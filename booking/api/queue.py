@@ -15,9 +15,9 @@ from pydantic import StringConstraints
 
 from booking.api.bookings import BookingOut, booking_out
 from booking.bookings import queue
-from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound
-from wadud.rows import from_row
+from wadud.state.rows import from_row
+from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 
 routes = Routes("instant-queue", "Instant consultations: queue, position, take.")
 

@@ -11,8 +11,8 @@ from uuid import UUID
 from pydantic import Field, StringConstraints
 
 from booking.doctors import reviews
-from wadud.api import ApiModel, Call, Role, Routes
-from wadud.rows import from_row
+from wadud.state.rows import from_row
+from wadud.web.api import ApiModel, Call, Role, Routes
 
 routes = Routes("reviews", "Patients' reviews of doctors.")
 

@@ -20,10 +20,12 @@ from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
 from booking.doctors import search
-from wadud import cursor, keys, loops
-from wadud.api import ApiModel, Call, Routes, in_sane_range
 from wadud.errors import Unprocessable
-from wadud.rows import from_row
+from wadud.messaging import loops
+from wadud.state import keys
+from wadud.state.rows import from_row
+from wadud.web import cursor
+from wadud.web.api import ApiModel, Call, Routes, in_sane_range
 
 log = logging.getLogger("booking.search")
 
@@ -73,7 +75,7 @@ class SearchPage(ApiModel):
 
 
 def encode_cursor(secret: str, *parts: Any) -> str:
-    """An opaque, signed cursor for keyset pagination (:mod:`wadud.cursor`)."""
+    """An opaque, signed cursor for keyset pagination (:mod:`wadud.web.cursor`)."""
     return cursor.encode(secret, "doctors", *parts)
 
 

@@ -24,9 +24,9 @@ from booking import calls
 from booking.bookings.errors import BookingNotFound, NoVideoLink
 from booking.lifecycle import State
 from privacy import audit
-from wadud.api import Principal, Role
 from wadud.config import Settings
 from wadud.errors import NotFound
+from wadud.web.api import Principal, Role
 
 __all__ = [
     "audit_access",

@@ -27,7 +27,7 @@ from booking.bookings.transitions import apply_event, lock_booking, next_state
 from booking.lifecycle import Event
 from booking.refunds import Canceller
 from booking.schedule import slots
-from wadud.api import Principal
+from wadud.web.api import Principal
 
 __all__ = [
     "Refunder",

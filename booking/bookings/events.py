@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from wadud import outbox
+from wadud.messaging import outbox
 
 __all__ = ["event_payload", "outbox_payload", "record_event"]
 

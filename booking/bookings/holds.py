@@ -20,10 +20,10 @@ from booking.bookings.transitions import apply_event
 from booking.lifecycle import Event, State
 from booking.schedule import cache, free_time, slots
 from privacy import consent
-from wadud import outbox
 from wadud.config import Settings
-from wadud.db import Args
 from wadud.errors import Conflict, WadudError
+from wadud.messaging import outbox
+from wadud.state.db import Args
 
 __all__ = [
     "HOLD_SWEEP_BATCH",

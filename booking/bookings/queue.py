@@ -43,9 +43,9 @@ import asyncpg
 from booking.bookings.events import record_event
 from booking.lifecycle import ACTIVE_STATES
 from booking.schedule import slots
-from wadud import outbox
-from wadud.api import Principal, Role
 from wadud.errors import Conflict, Forbidden, NotFound
+from wadud.messaging import outbox
+from wadud.web.api import Principal, Role
 
 __all__ = [
     "ACTIVE_DOCTOR_WINDOW",

@@ -26,8 +26,8 @@ from booking.bookings.events import outbox_payload, record_event
 from booking.errors import InvalidTransition
 from booking.lifecycle import ACTIVE_STATES, Event, State, transition
 from booking.schedule import slots
-from wadud.api import Principal
-from wadud.db import Args
+from wadud.state.db import Args
+from wadud.web.api import Principal
 
 __all__ = [
     "act",

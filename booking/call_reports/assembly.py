@@ -22,8 +22,8 @@ import asyncpg
 from booking.bookings.access import visible_booking
 from booking.call_reports.storage import Recorded, recorded
 from privacy import audit
-from wadud.api import Principal
 from wadud.errors import NotFound
+from wadud.web.api import Principal
 
 __all__ = ["NoCallReport", "assemble", "fold", "read_visible"]
 

@@ -23,7 +23,7 @@ from uuid import UUID
 
 import asyncpg
 
-from wadud import outbox
+from wadud.messaging import outbox
 
 __all__ = [
     "READY_TOPIC",

@@ -22,8 +22,8 @@ from uuid import UUID
 
 import asyncpg
 
-from wadud.api import Principal, Role
 from wadud.errors import Forbidden, NotFound
+from wadud.web.api import Principal, Role
 
 __all__ = ["fetch_doctor", "is_staff_of", "may_manage"]
 

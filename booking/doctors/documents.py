@@ -1,6 +1,6 @@
 """Doctors' credential documents: upload (PDF, PNG or JPEG, judged by the
 file's first bytes), listing, download, and an admin's verification or
-rejection. The files live in the app's storage (:mod:`wadud.storage`); the
+rejection. The files live in the app's storage (:mod:`wadud.state.storage`); the
 rows name them by content hash."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from uuid import UUID
 import asyncpg
 
 from booking.doctors import fetch_doctor
-from wadud import outbox
-from wadud.api import Principal
 from wadud.errors import Conflict, NotFound
-from wadud.storage import Storage, sniff_type
+from wadud.messaging import outbox
+from wadud.state.storage import Storage, sniff_type
+from wadud.web.api import Principal
 
 __all__ = [
     "ACCEPTED",

@@ -16,9 +16,9 @@ import asyncpg
 
 from booking.doctors import fetch_doctor
 from booking.schedule import free_time, slots
-from wadud import outbox
-from wadud.api import Principal
 from wadud.errors import NotFound
+from wadud.messaging import outbox
+from wadud.web.api import Principal
 
 __all__ = [
     "SETTINGS",

@@ -14,9 +14,10 @@ import asyncpg
 
 from booking.doctors import fetch_doctor
 from booking.schedule import slots
-from wadud import accounts, auth, outbox
-from wadud.api import Principal, Role
 from wadud.errors import Conflict, NotFound
+from wadud.messaging import outbox
+from wadud.web import accounts, auth
+from wadud.web.api import Principal, Role
 
 __all__ = ["onboard", "publish", "read", "submit", "suspend", "update"]
 

@@ -13,9 +13,10 @@ from uuid import UUID
 import asyncpg
 
 from booking.doctors import fetch_doctor
-from wadud import cursor, outbox
-from wadud.api import Principal
 from wadud.errors import Conflict, NotFound
+from wadud.messaging import outbox
+from wadud.web import cursor
+from wadud.web.api import Principal
 
 __all__ = ["AlreadyReviewed", "hide", "page", "post"]
 

@@ -38,10 +38,10 @@ from booking.payments.keys import GATEWAYS
 from booking.payments.paging import OffsetQuery
 from booking.payments.postings import ledger_page
 from booking.payments.refunds.service import refund_booking
-from wadud import keys
-from wadud.api import ApiModel, Call, Role, Routes
 from wadud.errors import NotFound
-from wadud.rows import from_row
+from wadud.state import keys
+from wadud.state.rows import from_row
+from wadud.web.api import ApiModel, Call, Role, Routes
 
 __all__ = ["gateways_context", "install", "routes"]
 

@@ -1,5 +1,5 @@
 """What payments keeps in the app's state, under typed keys (as
-:mod:`wadud.keys` is the ground's)."""
+:mod:`wadud.state.keys` is the ground's)."""
 
 from __future__ import annotations
 

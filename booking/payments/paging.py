@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from wadud.api import ApiModel
+from wadud.web.api import ApiModel
 
 __all__ = ["OffsetQuery"]
 

@@ -38,10 +38,10 @@ from booking.payments.rows import (
     payment_payload,
     visible_to,
 )
-from wadud import outbox
-from wadud.db import Args
 from wadud.errors import Conflict, NotFound
+from wadud.messaging import outbox
 from wadud.principal import Principal
+from wadud.state.db import Args
 
 __all__ = [
     "DuplicatePosting",

@@ -15,8 +15,8 @@ from uuid import UUID
 
 from booking.payments import ledger
 from booking.payments.intent import Currency, Money
-from wadud.db import Args
 from wadud.principal import Principal, Role
+from wadud.state.db import Args
 
 __all__ = [
     "COMMISSION",

@@ -3,7 +3,7 @@
 A frame parses into a typed client frame (which encodes back to the same
 frame, and whose body passes or fails :func:`chat.protocol.check_body` with
 its typed error) or raises the protocol's :class:`ProtocolError`. An upload
-is judged by its first bytes (:func:`wadud.storage.sniff_type`): the type
+is judged by its first bytes (:func:`wadud.state.storage.sniff_type`): the type
 found must be one chat accepts, and must really be what the bytes begin
 with.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from chat import protocol
 from fuzz import Finding
 from wadud import frames
-from wadud.storage import sniff_type
+from wadud.state.storage import sniff_type
 
 # The types upload_attachment (chat/http.py) accepts.
 ACCEPTED = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf"})

@@ -29,7 +29,7 @@ once: PUBLISH of a request returning 0 means the worker is gone, or is
 subscribing again after a Redis restart or failover; the request is sent
 again for :data:`RESUBSCRIBE_GRACE` before :class:`MediaUnavailable`. A worker that listens but does
 not answer (frozen, overloaded) costs the caller ``timeout`` seconds. Both
-subscriptions are :mod:`wadud.bus`'s, which resubscribe after a Redis restart;
+subscriptions are :mod:`wadud.messaging.bus`'s, which resubscribe after a Redis restart;
 a request whose reply was lost meanwhile times out. After a network cut
 their connections may look alive while what Redis sends on them waits out
 TCP's retransmission backoff: each side's heartbeat, back after a lapse,
@@ -67,7 +67,7 @@ from sfu.control.messages import (
 )
 from sfu.control.registry import control_channel
 from sfu.errors import SfuError, SfuStateError
-from wadud.bus import Message, RedisBus, Subscription, encode
+from wadud.messaging.bus import Message, RedisBus, Subscription, encode
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -88,7 +88,7 @@ log = logging.getLogger("wadud.sfu.rpc")
 
 EVENTS = "wadud:media:events"
 #: Seconds a request is sent again while its worker does not listen: the
-#: bus's resubscribe backoff (2 s at most, wadud.bus) and a margin.
+#: bus's resubscribe backoff (2 s at most, wadud.messaging.bus) and a margin.
 RESUBSCRIBE_GRACE = 3.0
 #: Worker incarnations declared gone that a client remembers (the latest).
 GONE_KEPT = 1024
@@ -130,7 +130,7 @@ async def publish_lifecycle(redis: Redis, wid: str, incarnation: str, state: Lif
 
 
 def _subscriber(redis: Redis) -> RedisBus:
-    # wadud.bus's RedisBus owns the subscription that reconnects after a Redis
+    # wadud.messaging.bus's RedisBus owns the subscription that reconnects after a Redis
     # restart; give it the caller's client rather than a second pool.
     return RedisBus.from_client(redis)
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from sfu.control.messages import MediaControl
 from sfu.node.worker import MediaWorker
-from wadud import keys
+from wadud.state import keys
 
 log = logging.getLogger("wadud.sfu.http")
 

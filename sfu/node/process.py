@@ -44,8 +44,9 @@ from sfu.control.registry import Registration, WorkerInfo
 from sfu.control.rpc import MediaServer
 from sfu.errors import WorkerStartError
 from sfu.node.settings import control_planes
-from wadud import metrics, serving
-from wadud.bus import RENEW_WITHIN
+from wadud.messaging.bus import RENEW_WITHIN
+from wadud.observe import metrics
+from wadud.web import serving
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -82,7 +83,7 @@ STARTED = "ready"
 #: transports to close on their own before it closes them.
 _STALE_AFTER_DRAIN = 3.0
 #: Seconds a drained worker's closing of what it opened may take before the
-#: step it waits on is cut (wadud.serving.bounded): the events still queued
+#: step it waits on is cut (wadud.web.serving.bounded): the events still queued
 #: get 2 s to be published (MediaServer.close), the rest takes milliseconds.
 _STOP_WITHIN = 3.0
 
@@ -163,7 +164,7 @@ def worker_process(spec: WorkerSpec) -> None:
     _die_with_parent(spec.parent)
     import uvloop
 
-    from wadud import logs
+    from wadud.observe import logs
 
     logs.configure(spec.settings.log_level, spec.settings.log_format)
     code = uvloop.run(_worker_main(spec))
@@ -204,7 +205,7 @@ class _Load:
 
 
 async def _metrics(_: web.Request) -> web.Response:
-    # The default registry: the worker's families, and wadud.metrics' own (TASKS).
+    # The default registry: the worker's families, and wadud.observe.metrics' own (TASKS).
     body = metrics.generate_latest()
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
 

@@ -13,7 +13,7 @@ import secrets
 import socket
 from typing import TYPE_CHECKING
 
-from wadud.bus import redis_client
+from wadud.messaging.bus import redis_client
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

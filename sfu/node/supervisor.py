@@ -75,7 +75,7 @@ from sfu.node.process import (
     worker_process,
 )
 from sfu.node.settings import control_planes, http_address, node_id, worker_count
-from wadud import metrics
+from wadud.observe import metrics
 
 if TYPE_CHECKING:
     from wadud.config import Settings
@@ -165,7 +165,7 @@ class Supervisor:
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_NodeCollector(self))
         # The supervisor's own tasks, in the same family as its workers'
-        # (wadud.metrics.TASKS, which each worker's registry holds too).
+        # (wadud.observe.metrics.TASKS, which each worker's registry holds too).
         self._own = CollectorRegistry(auto_describe=False)
         self._own.register(metrics.TASKS)
 

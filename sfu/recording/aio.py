@@ -6,7 +6,7 @@ never in it: a *ticker* that every ``tick`` seconds drains the room's queue
 into segments (:meth:`sfu.recording.core.RoomRecording.tick`) and checks the
 backlog, and a *storer* that seals each segment that ended in a thread
 (AES-GCM over a megabyte is work the loop should not wait for) and puts it
-in the file store (:mod:`wadud.storage`), then says so with a
+in the file store (:mod:`wadud.state.storage`), then says so with a
 :class:`~sfu.control.messages.RecordingSegment`.
 
 A slow or broken store ends the recording, never the call: when what waits
@@ -34,7 +34,7 @@ from sfu.control.messages import MediaEvent, RecordingOrder, RecordingSegment, R
 from sfu.errors import SfuStateError
 from sfu.recording.core import Cut, RoomRecording
 from sfu.rooms.records import WorkerTables
-from wadud.storage import Storage, create
+from wadud.state.storage import Storage, create
 
 if TYPE_CHECKING:
     from wadud.config import Settings
@@ -68,7 +68,7 @@ class _Run:
 def recording_options(settings: Settings) -> dict[str, Any]:
     """A worker's :class:`RecordingWriter` keywords from the ``recording_*``
     settings, with a file store of its own made from the ``storage_*`` ones
-    (:func:`wadud.storage.create`), which the writer closes with the worker."""
+    (:func:`wadud.state.storage.create`), which the writer closes with the worker."""
     return {
         "storage": create(settings),
         "own_storage": True,

@@ -19,7 +19,7 @@ from prometheus_client import Counter
 from signalling import protocol
 from signalling.cluster.link import Cluster, conn_replica
 from signalling.live.room import CallRoom
-from wadud.auth import RoomGrant
+from wadud.web.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
 

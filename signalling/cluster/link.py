@@ -41,7 +41,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from wadud.bus import RENEW_WITHIN, RedisBus, Subscription, encode
+from wadud.messaging.bus import RENEW_WITHIN, RedisBus, Subscription, encode
 
 log = logging.getLogger("wadud.signalling.cluster")
 
@@ -179,7 +179,7 @@ class Cluster:
         self._renewals.append(renew)
 
     async def _subscribe(self) -> None:
-        # wadud.bus's subscription resubscribes by itself after a Redis restart.
+        # wadud.messaging.bus's subscription resubscribes by itself after a Redis restart.
         self._sub = await RedisBus.from_client(self.redis).subscribe(self.channel(self.replica))
 
     async def _listen(self) -> None:

@@ -17,8 +17,8 @@ import dataclasses
 from aiohttp import WSMessage, WSMsgType
 
 from signalling import errors, protocol
-from wadud.auth import InvalidToken, RoomGrant, decode_room_token
 from wadud.config import Settings
+from wadud.web.auth import InvalidToken, RoomGrant, decode_room_token
 
 #: A join's token decoded: its claims (signature and validity times good; the
 #: checks against the room are the service's ``admit``), or why it is refused.

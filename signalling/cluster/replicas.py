@@ -34,7 +34,7 @@ from signalling.live.room import CallRoom
 from signalling.media.placement import Placed
 from signalling.media.sites import Sites
 from signalling.room.outputs import Output
-from wadud.auth import RoomGrant
+from wadud.web.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
 

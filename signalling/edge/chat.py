@@ -31,10 +31,10 @@ from chat.access import Access, access
 from chat.conversations import open_for_booking
 from chat.service import CHAT
 from chat.socket import ONLY_CONVERSATION, websocket
-from wadud import keys
-from wadud.api import ApiModel, Call, Principal, Role, Routes
-from wadud.auth import InvalidToken, RoomGrant, decode_room_token, principal_is_live
 from wadud.errors import Gone, NotFound
+from wadud.state import keys
+from wadud.web.api import ApiModel, Call, Principal, Role, Routes
+from wadud.web.auth import InvalidToken, RoomGrant, decode_room_token, principal_is_live
 
 __all__ = ["CallChat", "CallChatIn", "NoCallChat", "install", "routes"]
 

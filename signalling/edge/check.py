@@ -27,9 +27,9 @@ from pydantic import Field
 from signalling.edge.http import ice_servers_for
 from turn.credentials import rest_user
 from turn.http import IceServer
-from wadud import ratelimit
-from wadud.api import ApiModel, Call, Routes
-from wadud.auth import RoomGrant, issue_room_token
+from wadud.web import ratelimit
+from wadud.web.api import ApiModel, Call, Routes
+from wadud.web.auth import RoomGrant, issue_room_token
 
 #: Check tokens are valid this long: enough to join twice (once more over the
 #: relay when UDP is blocked), too short to be worth keeping.

@@ -35,11 +35,12 @@ from signalling.live.report import CallRecorder, post_stats
 from signalling.media.placement import Placement, parse_distances
 from signalling.service.calls import CallService
 from turn.credentials import ice_server
-from wadud import keys, outbox, revocation
-from wadud.auth import RoomGrant
-from wadud.bus import RedisBus, Subscription, redis_client
 from wadud.config import Settings
 from wadud.errors import ConfigError
+from wadud.messaging import outbox, revocation
+from wadud.messaging.bus import RedisBus, Subscription, redis_client
+from wadud.state import keys
+from wadud.web.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
 
@@ -304,7 +305,7 @@ async def _session_live(pool: asyncpg.Pool, identity: str, sid: str) -> bool:
 
 
 async def _revocations(sub: Subscription, calls: CallPlanes) -> None:
-    """``auth.revoked`` (wadud.revocation): the account's participants leave
+    """``auth.revoked`` (wadud.messaging.revocation): the account's participants leave
     the calls whose links came from the revoked session."""
     async for msg in sub:
         rev = revocation.parse(msg.data)

@@ -28,10 +28,10 @@ from pathlib import Path
 from aiohttp import web
 
 from signalling.edge import chat, check
-from wadud import keys
-from wadud.api import ApiModel, Call, Routes
-from wadud.auth import RoomGrant, issue_room_token
 from wadud.errors import NotFound
+from wadud.state import keys
+from wadud.web.api import ApiModel, Call, Routes
+from wadud.web.auth import RoomGrant, issue_room_token
 
 #: The browser client, at the package's top (signalling/static/).
 STATIC = Path(__file__).parents[1] / "static"

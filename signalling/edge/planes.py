@@ -5,7 +5,7 @@ region reaches. A region may also have its own (``redis_region_url``): a
 Redis in the region, which its ``wadud api`` replicas and ``wadud media``
 nodes use for the rooms whose every participant is there. The room token
 says which: its ``home`` claim names the region whose plane holds the room
-(wadud.auth.RoomGrant.home); no claim, the global one. Each plane is a whole
+(wadud.web.auth.RoomGrant.home); no claim, the global one. Each plane is a whole
 :class:`~signalling.service.calls.CallService` with its own cluster, placement and
 media client, so a room lives in one plane only, and a region cut off from
 the global Redis keeps owning, placing and forwarding the rooms of its own

@@ -35,10 +35,11 @@ from aiohttp import web
 from booking.call_reports.storage import Event, Participant, Row, finish, store
 from booking.calls import booking_of
 from sfu.control.messages import CallSample, MediaControl, MediaEvent, TransportState
-from wadud import jsonin, loops
-from wadud.auth import InvalidToken, decode_room_token
+from wadud import jsonin
 from wadud.config import Settings
 from wadud.errors import BadRequest, Forbidden, Unauthorized
+from wadud.messaging import loops
+from wadud.web.auth import InvalidToken, decode_room_token
 
 __all__ = ["FLUSH_EVERY", "PAGE_EVERY", "CallRecorder", "page_sample"]
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sfu.errors import SfuStateError
-from wadud import loops
+from wadud.messaging import loops
 
 log = logging.getLogger("wadud.signalling")
 T = TypeVar("T")

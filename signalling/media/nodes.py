@@ -25,8 +25,9 @@ from prometheus_client.registry import Collector
 
 import sfu.node.http
 from sfu.control import registry
-from wadud import keys, loops
-from wadud.api import ApiModel, Call, Role, Routes
+from wadud.messaging import loops
+from wadud.state import keys
+from wadud.web.api import ApiModel, Call, Role, Routes
 
 log = logging.getLogger("wadud.signalling.nodes")
 

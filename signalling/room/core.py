@@ -75,7 +75,7 @@ from signalling.room.outputs import (
 
 if TYPE_CHECKING:
     # Only its shape: the core has no business with tokens or their crypto.
-    from wadud.auth import RoomGrant
+    from wadud.web.auth import RoomGrant
 
 __all__ = ["ControlFrame", "JoinResult", "Room"]
 

@@ -44,8 +44,8 @@ from signalling.room.outputs import Output
 from signalling.service.joining import Joining
 from signalling.service.media_frames import MediaFrames
 from signalling.service.rooms import Rooms
-from wadud.auth import RoomGrant
 from wadud.config import Settings
+from wadud.web.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
 

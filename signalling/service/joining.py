@@ -21,8 +21,8 @@ from signalling import errors, protocol
 from signalling.cluster.connections import AnyConnection
 from signalling.room.members import State
 from signalling.service.rooms import Rooms
-from wadud.auth import RoomGrant
 from wadud.config import Settings
+from wadud.web.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
 

@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import Api
-from wadud import keys
-from wadud.api import Role
+from wadud.state import keys
+from wadud.web.api import Role
 
 REGION_CURRENCY = {"PK": "PKR", "AE": "AED", "QA": "QAR", "SA": "SAR"}
 

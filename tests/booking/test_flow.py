@@ -11,8 +11,9 @@ from yarl import URL
 from tests.booking.bookings.test_bookings import shift
 from tests.booking.factories import video_slots
 from tests.conftest import Api
-from wadud import auth, keys
-from wadud.api import Role
+from wadud.state import keys
+from wadud.web import auth
+from wadud.web.api import Role
 
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n"
 

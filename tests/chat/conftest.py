@@ -27,9 +27,9 @@ from bin.assembly import build_app
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api, free_port
 from tests.wsframes import FrameSocket
-from wadud import keys
-from wadud.api import Role
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.api import Role
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "chat-test-secret-" + "k" * 32

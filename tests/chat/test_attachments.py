@@ -20,9 +20,9 @@ import chat.service
 from chat.errors import LinkExpired
 from tests.chat.conftest import World, make_patient
 from tests.conftest import Api, free_port
-from wadud import keys
 from wadud.errors import NotFound
-from wadud.storage import LocalStorage, S3Storage, Storage
+from wadud.state import keys
+from wadud.state.storage import LocalStorage, S3Storage, Storage
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
 PDF = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"

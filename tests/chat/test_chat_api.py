@@ -16,8 +16,8 @@ from tests.booking.factories import make_clinic, make_doctor
 from tests.chat.conftest import World, make_patient, make_world, ws_connect
 from tests.conftest import Api
 from tests.wadud.framing import ENVELOPE_REFUSALS
-from wadud import keys
-from wadud.api import Role
+from wadud.state import keys
+from wadud.web.api import Role
 
 URDU = "ڈاکٹر صاحب، مجھے کل سے بخار ہے اور سر میں درد ہے۔ کیا میں پیراسیٹامول لے سکتا ہوں؟"  # noqa: RUF001
 ARABIC = "مرحباً دكتور، أشعر بألم في صدري منذ يومين. هل يجب أن أقلق؟ ١٢٣"

@@ -15,7 +15,7 @@ import aiohttp
 from chat.service import CHAT
 from tests.chat.conftest import Node, Ws, make_world, wait_ready, ws_connect
 from tests.conftest import Api
-from wadud import keys
+from wadud.state import keys
 
 N = 1000
 

@@ -20,9 +20,9 @@ from chat.service import RateLimiter
 from tests.chat.conftest import World
 from tests.conftest import Api
 from tests.wadud.framing import OUTCOMES, json_values, outcome
-from wadud import keys
 from wadud.config import Settings
-from wadud.storage import sniff_type as sniff
+from wadud.state import keys
+from wadud.state.storage import sniff_type as sniff
 
 
 @given(st.text() | st.binary())

@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import free_port, free_udp_port
 from tests.deploy.conftest import ROOT, Images, podman, podman_env
-from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud.web.auth import RoomGrant, issue_room_token
 from wadud_client.call import CallClient
 from wadud_client.sources import TestPatternVideo, ToneAudio
 

@@ -22,8 +22,8 @@ from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
 from tests.hooks.test_webhooks import Receiver, _live_booking, receiver_port, verify
 from tests.wadud.processes import RoleProcess, role_env
-from wadud import keys
 from wadud.config import Settings
+from wadud.state import keys
 
 SECRET = "whsec_" + "r" * 40
 ROOMS = ["room-a", "room-b", "room-c", "room-d"]

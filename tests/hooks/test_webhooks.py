@@ -44,9 +44,10 @@ from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.conftest import Api, free_port_in
 from tests.polling import wait_until
 from tests.signalling.service.test_ws import joined, loopback_aiortc, publish_video
-from wadud import keys, signing
-from wadud.api import Role
+from wadud import signing
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.api import Role
 
 pytestmark = pytest.mark.timeout(180)
 __all__ = ["loopback_aiortc"]  # a fixture these tests use

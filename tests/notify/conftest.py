@@ -29,8 +29,8 @@ from notify import channels as ch
 from notify.service import Notifier
 from tests.conftest import Api, free_port
 from tests.tlsca import Tls, make_ca
-from wadud import db, keys
 from wadud.config import Settings
+from wadud.state import db, keys
 
 # -- SMTP ------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ from notify.service import Notifier
 from tests.conftest import free_port
 from tests.notify.conftest import Inbox, Tls, World
 from tests.polling import wait_until
-from wadud import outbox
 from wadud.config import Settings
+from wadud.messaging import outbox
 
 
 async def _receipt(pool: asyncpg.Pool, world: World) -> None:

@@ -19,9 +19,9 @@ from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.conftest import Api
 from tests.notify.conftest import Inbox
 from tests.signalling.service.test_ws import joined
-from wadud import keys
-from wadud.api import Role
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.api import Role
 
 
 def _to(inbox: Inbox, template: str, address: str) -> list[str]:
@@ -246,7 +246,7 @@ async def test_quiet_hours_hold_push_but_not_email_and_muted_categories_send_not
             token=muted,
             expect=200,
         )  # fmt: skip
-        from wadud import outbox
+        from wadud.messaging import outbox
 
         ids = {}
         for tok in (quiet, muted):

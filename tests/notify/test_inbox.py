@@ -12,7 +12,7 @@ import asyncpg
 
 from notify.plan import INBOX, Context, Event, Policy, plan_event
 from tests.conftest import Api
-from wadud import keys
+from wadud.state import keys
 
 _GATEWAYS = ("sandbox", "easypaisa", "bank_transfer")
 #: Topics the features write that the notifier has nothing to say about.

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from notify import channels as ch
 from notify.service import Notifier
 from tests.notify.conftest import Inbox, Peer, Request, Tls, World
-from wadud import outbox
 from wadud.config import Settings
+from wadud.messaging import outbox
 
 TOKEN = "ya29.test-access-token"
 APNS_DEVICE = "a1b2c3d4" * 8

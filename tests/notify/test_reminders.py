@@ -176,7 +176,7 @@ async def test_the_notifier_wakes_on_a_relayed_batch_not_its_poll(
 ) -> None:
     """Writers send no NOTIFY; the relay's one per published batch wakes the
     notifier (both polls are a minute here)."""
-    from wadud import bus, outbox
+    from wadud.messaging import bus, outbox
 
     relay = outbox.Relay(pool, bus.LocalBus(), poll_interval=60.0)
     n = Notifier(pool, dataclasses.replace(notify_settings, notify_poll_interval=60.0), {})

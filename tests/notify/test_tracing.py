@@ -16,9 +16,9 @@ from tests.conftest import Api
 from tests.notify.conftest import Inbox
 from tests.wadud.test_tracing import Receiver
 from tests.wadud.test_tracing import receiver as receiver  # the fixture
-from wadud import tracing
-from wadud.api import Role
 from wadud.config import Settings
+from wadud.observe import tracing
+from wadud.web.api import Role
 
 
 @pytest.fixture

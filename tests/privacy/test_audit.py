@@ -20,8 +20,8 @@ from privacy import audit
 from tests.booking.bookings.test_bookings import local, requested
 from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.conftest import Api
-from wadud import db, keys
-from wadud.api import Role
+from wadud.state import db, keys
+from wadud.web.api import Role
 
 ROOT = Path(__file__).resolve().parents[2]
 

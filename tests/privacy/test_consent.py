@@ -18,9 +18,9 @@ from tests.booking.bookings.test_bookings import anon, confirm, hold, local, shi
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
 from tests.signalling.service.test_ws import connect, joined
-from wadud import keys
-from wadud.api import Role
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.api import Role
 
 REQUIRED = ["telehealth_consultation", "data_processing"]
 #: A patient's join that got in: the room or its waiting room.
@@ -228,7 +228,7 @@ async def test_texts_versions_and_who_may_publish(api: Api, admin: str, clinic: 
     # Texts are never edited in place, whoever asks.
     import asyncpg
 
-    from wadud import keys
+    from wadud.state import keys
 
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await api.app[keys.DB].execute("UPDATE consent_texts SET body = 'changed'")

@@ -24,9 +24,9 @@ from privacy import retention
 from tests.booking.factories import make_clinic, make_doctor
 from tests.chat.conftest import make_booking, make_patient
 from tests.conftest import Api
-from wadud import keys
 from wadud.config import Settings
-from wadud.storage import storage_of
+from wadud.state import keys
+from wadud.state.storage import storage_of
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n" + b"retention " * 30

@@ -31,8 +31,8 @@ from yarl import URL
 from privacy import audit as privacy_audit
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor, video_slots
 from tests.conftest import Api
-from wadud import audit, keys
 from wadud.config import Settings
+from wadud.state import audit, keys
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"attachment-of-patient " * 20
 PASSWORD = "patient password 1"

@@ -31,10 +31,10 @@ from tests.booking.bookings.test_bookings import anon, events, local, pool_of, r
 from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.conftest import Api
 from tests.recording import media
-from wadud import keys
-from wadud.api import Role
 from wadud.errors import NotFound
-from wadud.storage import storage_of
+from wadud.state import keys
+from wadud.state.storage import storage_of
+from wadud.web.api import Role
 
 
 @dataclasses.dataclass

@@ -26,7 +26,7 @@ SECRET = "browser-test-secret-" + "x" * 32
 @dataclass
 class World:
     base: str
-    #: The aiohttp application the driver serves (its state under wadud.keys).
+    #: The aiohttp application the driver serves (its state under wadud.state.keys).
     app: Any
     browsers: Browsers
     room: str = "consult-4411"
@@ -35,7 +35,7 @@ class World:
 
     @property
     def settings(self) -> Any:
-        from wadud import keys
+        from wadud.state import keys
 
         return self.app[keys.SETTINGS]
 
@@ -54,7 +54,7 @@ class World:
         expires_in: dt.timedelta = dt.timedelta(hours=1),
         opens_in: dt.timedelta = -dt.timedelta(hours=2),
     ) -> str:
-        from wadud.auth import RoomGrant, issue_room_token
+        from wadud.web.auth import RoomGrant, issue_room_token
 
         now = dt.datetime.now(dt.UTC)
         token = issue_room_token(

@@ -81,8 +81,8 @@ async def test_a_capped_participant_s_report_shows_layer_loss_and_reconnect(
 async def booking_now(pool: Any) -> uuid.UUID:
     """A clinic, its doctor and an accepted video booking now (SQL: this is
     a call's test, not the booking API's)."""
-    from wadud import accounts
-    from wadud.api import Role
+    from wadud.web import accounts
+    from wadud.web.api import Role
 
     clinic = await pool.fetchval(
         "INSERT INTO clinics (name, region, currency) VALUES ('Shifa', 'PK', 'PKR') RETURNING id"
@@ -137,7 +137,7 @@ def _plain(value: Any) -> Any:
 async def scenario_report(world: World) -> dict[str, Any]:
     from booking.call_reports import assembly
     from booking.call_reports.page import render
-    from wadud import keys
+    from wadud.state import keys
 
     pool = world.app[keys.DB]
     booking = await booking_now(pool)

@@ -36,9 +36,9 @@ from tests.signalling.relay import (
     is_rtp_or_rtcp,
     rewrite_candidates,
 )
-from wadud import keys
-from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.auth import RoomGrant, issue_room_token
 from wadud_client.call import CallClient
 from wadud_client.errors import RequestFailed
 from wadud_client.network import ws_url

@@ -21,9 +21,9 @@ from aiohttp.test_utils import TestClient, TestServer
 import turn.http
 from bin.assembly import build_app, in_process
 from tests.signalling.test_client_call import loopback_aiortc, settings  # noqa: F401
-from wadud import keys
-from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.auth import RoomGrant, issue_room_token
 from wadud_client.call import CallClient
 from wadud_client.network import relay_servers
 from wadud_client.sources import TestPatternVideo, ToneAudio

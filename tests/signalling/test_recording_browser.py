@@ -119,7 +119,7 @@ async def _recording_state(page: Page) -> str:
 async def in_call(world: World, *, relative: bool) -> tuple[Any, Any, uuid.UUID, list[Page]]:
     """A booking's call with its doctor, its patient and (``relative``) a
     relative, media flowing between all: the app, its pool, the booking, the pages."""
-    from wadud import keys
+    from wadud.state import keys
 
     app = world.app
     pool = app[keys.DB]
@@ -236,7 +236,7 @@ async def scenario_record(world: World) -> dict[str, Any]:
     # of it, so run one here, as `wadud recorder` would.
     from recording.http import AppParts
     from recording.recorder import Recorder
-    from wadud import keys
+    from wadud.state import keys
 
     parts = AppParts(app)
     recorder = Recorder(pool, parts.keys, parts.storage, app[keys.SETTINGS])
@@ -326,7 +326,8 @@ async def _probe(
     import aiohttp
     import av
 
-    from wadud import auth, keys
+    from wadud.state import keys
+    from wadud.web import auth
 
     pool = app[keys.DB]
     async with pool.acquire() as conn:

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from bin.main import main
-from wadud.auth import decode_room_token
 from wadud.config import Settings, sources
+from wadud.web.auth import decode_room_token
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,8 @@ from aioice import turn as aioice_turn
 from bin.assembly import build_app, installers
 from tests.conftest import Api, served
 from tests.turn.test_turn_server import Collect, EchoPeer, echoed
-from wadud.api import Role
 from wadud.config import Settings
+from wadud.web.api import Role
 
 
 @pytest.fixture

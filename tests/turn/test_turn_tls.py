@@ -26,9 +26,9 @@ from tests.turn.conftest import EchoPeer
 from tests.turn.test_turn_server import Collect, echoed
 from turn import tls
 from turn.http import EMBEDDED, embedded_tls_files
-from wadud.api import Role
 from wadud.config import Settings, sources
 from wadud.errors import ConfigError
+from wadud.web.api import Role
 
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 

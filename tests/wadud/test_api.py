@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wadud.api import ApiModel
+from wadud.web.api import ApiModel
 
 
 class Sample(ApiModel):
@@ -40,7 +40,7 @@ def test_nul_is_refused_anywhere_in_text(text: str, names: list[str]) -> None:
 def test_documented_paths_drop_route_regexes() -> None:
     from aiohttp import web
 
-    from wadud.api import ENDPOINTS, Routes, openapi
+    from wadud.web.api import ENDPOINTS, Routes, openapi
 
     routes = Routes("t")
 

@@ -7,8 +7,9 @@ import uuid
 import pytest
 
 from tests.conftest import Api
-from wadud import auth, keys
-from wadud.api import Principal, Role
+from wadud.state import keys
+from wadud.web import auth
+from wadud.web.api import Principal, Role
 
 
 async def test_register_login_refresh_logout(api: Api) -> None:

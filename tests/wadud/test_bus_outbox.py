@@ -8,8 +8,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from tests.conftest import RedisServer
-from wadud import bus, keys, outbox
 from wadud.config import Settings
+from wadud.messaging import bus, outbox
+from wadud.state import keys
 
 
 async def _exercise(b: bus.Bus) -> None:

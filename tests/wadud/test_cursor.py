@@ -1,4 +1,4 @@
-"""Signed page cursors (wadud.cursor): only ours decode, and an (instant,
+"""Signed page cursors (wadud.web.cursor): only ours decode, and an (instant,
 id) cursor comes back with its types."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wadud import cursor
+from wadud.web import cursor
 
 _KEY = "cursor-test-key-" + "c" * 32
 

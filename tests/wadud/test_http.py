@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from tests.conftest import Api, RedisServer, free_port, served
-from wadud import ops
-from wadud.api import ENDPOINTS, Role
 from wadud.config import Settings
+from wadud.web import ops
+from wadud.web.api import ENDPOINTS, Role
 
 
 async def test_health_ready_metrics_openapi(api: Api) -> None:

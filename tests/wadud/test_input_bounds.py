@@ -21,8 +21,8 @@ import pytest
 from tests.booking.factories import make_clinic, make_doctor
 from tests.booking.payments.checkout.test_webhooks import with_card_webhooks
 from tests.conftest import Api
-from wadud.api import Role
 from wadud.config import Settings
+from wadud.web.api import Role
 
 
 @pytest.fixture

@@ -31,10 +31,11 @@ from booking.payments.gateways.easypaisa_sim import SIM_PREFIX
 from tests.booking.payments.checkout.test_webhooks import with_card_webhooks
 from tests.conftest import Api
 from tests.syntax import parse_files
-from wadud import keys, signing
-from wadud.api import ENDPOINTS, Role
+from wadud import signing
 from wadud.config import Settings
 from wadud.jsonin import MAX_DEPTH
+from wadud.state import keys
+from wadud.web.api import ENDPOINTS, Role
 
 ROOT = Path(__file__).resolve().parents[2]
 CARD_SECRET = "whsec_" + "j" * 24
@@ -177,9 +178,9 @@ async def test_the_standalone_simulator_refuses_them_too(
 _PARSERS = {"loads", "json", "model_validate_json", "validate_json", "from_json"}
 _TRUSTED = {
     "wadud/jsonin.py",
-    "wadud/bus.py",
-    "wadud/cursor.py",
-    "wadud/db.py",
+    "wadud/messaging/bus.py",
+    "wadud/web/cursor.py",
+    "wadud/state/db.py",
     "booking/call_reports/privacy.py",
     "booking/call_reports/storage.py",
     "booking/payments/payouts/details.py",

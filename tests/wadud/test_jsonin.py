@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from tests.wadud.framing import json_values
 from wadud import jsonin
-from wadud.api import ApiModel
 from wadud.jsonin import MAX_DEPTH, JsonTooDeep, NotJson
+from wadud.web.api import ApiModel
 
 
 def _depth(value: Any) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from wadud import loops
+from wadud.messaging import loops
 
 
 async def _forever(wake: asyncio.Event, rounds: list[int]) -> None:

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import PgCluster
-from wadud import db, migrate
+from wadud.state import db, migrate
 
 
 async def test_concurrent_migrations_apply_once(pg_cluster: PgCluster) -> None:

@@ -18,9 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from tests.conftest import Api, RedisServer, served
-from wadud import accounts, auth, keys, ratelimit
-from wadud.api import Role
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web import accounts, auth, ratelimit
+from wadud.web.api import Role
 
 PASSWORD = "correct horse battery"
 

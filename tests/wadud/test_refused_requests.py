@@ -1,7 +1,7 @@
 """Requests aiohttp's HTTP parser refuses (issue 21): each gets a 400, none
 is logged as an error with a traceback, and the warnings they leave are
 bounded however many come. A real aiohttp server on loopback, raw sockets as
-the clients, and the logging that ``wadud.logs.configure`` sets up."""
+the clients, and the logging that ``wadud.observe.logs.configure`` sets up."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
 from tests.conftest import free_port_in
 from tests.sfu.node.test_node import get, start_media_node, wait_ready
-from wadud import logs
+from wadud.observe import logs
 
 MALFORMED = (
     # A request line longer than the parser takes (8,190 bytes).
@@ -41,7 +41,7 @@ class _Records(logging.Handler):
 
 @pytest.fixture
 def records() -> Iterator[_Records]:
-    """What reaches the root logger once wadud.logs configured logging."""
+    """What reaches the root logger once wadud.observe.logs configured logging."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     server = logging.getLogger("aiohttp.server")

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from tests.sentinel import FAILOVER, SERVICE, Group, available, sentinels, settled
-from wadud.bus import (
+from wadud.errors import ConfigError
+from wadud.messaging.bus import (
     REDIS_CONNECTIONS,
     REDIS_POOL_WAIT,
     Message,
@@ -27,7 +28,6 @@ from wadud.bus import (
     SentinelURL,
     redis_client,
 )
-from wadud.errors import ConfigError
 
 # --- the URL -------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """A stop's cleanup ends within bounds whatever one step waits on
-(wadud.serving.bounded), and says where that step waited.
+(wadud.web.serving.bounded), and says where that step waited.
 
 A drained media worker's exit stack is unwound through ``bounded``, like an
 HTTP role's cleanup contexts: a close that waits on a peer must not hold the
@@ -15,7 +15,7 @@ import logging
 
 import pytest
 
-from wadud import serving
+from wadud.web import serving
 
 
 async def _peer_that_never_answers(never: asyncio.Event) -> None:

@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app, in_process
 from tests.conftest import Api, served
-from wadud import keys
-from wadud.api import ApiModel, Call, Routes
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.api import ApiModel, Call, Routes
 
 
 @dataclasses.dataclass

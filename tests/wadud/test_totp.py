@@ -14,9 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import Api
-from wadud import keys, totp
-from wadud.api import Role
+from wadud import totp
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.api import Role
 
 PASSWORD = "correct horse battery"
 
@@ -138,7 +139,7 @@ async def test_a_clinic_requires_totp_of_its_staff(api: Api) -> None:
 
 async def test_an_enrolment_token_is_not_an_access_token(api: Api) -> None:
     settings = api.app[keys.SETTINGS]
-    from wadud import auth
+    from wadud.web import auth
 
     token = auth.issue_enrolment_token(settings, uuid.uuid4())
     with pytest.raises(auth.InvalidToken):

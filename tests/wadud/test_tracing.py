@@ -25,9 +25,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tests.conftest import Api, free_port, served
-from wadud import keys, logs, tracing
-from wadud.api import Role
 from wadud.config import Settings
+from wadud.observe import logs, tracing
+from wadud.state import keys
+from wadud.web.api import Role
 
 
 @dataclass

@@ -20,7 +20,7 @@ def check(settings: Settings) -> None:
     if bool(settings.turn_tls_cert) != bool(settings.turn_tls_key):
         raise ConfigError("turn tls_cert and tls_key go together: give both or neither")
     if settings.auth_hash_memory_kib < 32:
-        # RFC 9106 section 3.1: at least 8 KiB per lane, and wadud.auth hashes with 4.
+        # RFC 9106 section 3.1: at least 8 KiB per lane, and wadud.web.auth hashes with 4.
         raise ConfigError("auth_hash_memory_kib must be at least 32")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError("database_pool_min is larger than database_pool_max")

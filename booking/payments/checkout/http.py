@@ -36,10 +36,11 @@ from booking.payments.gateway import with_query
 from booking.payments.intent import LIVE_STATES, IntentState
 from booking.payments.keys import GATEWAYS
 from booking.payments.paging import OffsetQuery
-from wadud import keys, loops
-from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound, Unprocessable
-from wadud.rows import from_row
+from wadud.messaging import loops
+from wadud.state import keys
+from wadud.state.rows import from_row
+from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 
 __all__ = ["SWEEP_INTERVAL", "lifespan", "routes"]
 

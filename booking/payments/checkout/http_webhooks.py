@@ -16,7 +16,7 @@ from uuid import UUID
 
 from booking.payments.checkout.webhooks import handle_webhook
 from booking.payments.keys import GATEWAYS
-from wadud.api import ApiModel, Call
+from wadud.web.api import ApiModel, Call
 
 __all__ = ["WebhookAck", "deliver"]
 

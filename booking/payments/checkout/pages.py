@@ -29,8 +29,8 @@ from booking.payments.checkout.http_webhooks import deliver
 from booking.payments.gateway import PaymentStatus
 from booking.payments.gateways.sandbox import SandboxGateway
 from booking.payments.keys import GATEWAYS
-from wadud.api import Call, Routes
 from wadud.errors import NotFound, WadudError
+from wadud.web.api import Call, Routes
 
 __all__ = ["routes"]
 

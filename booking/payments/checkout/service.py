@@ -27,11 +27,11 @@ from booking.payments.intent import IntentEvent, IntentState, Money, PaymentInte
 from booking.payments.postings import move_intent, visible_intent
 from booking.payments.refunds.due import owed_by_payment
 from booking.payments.rows import INTENT_COLUMNS, payment_payload
-from wadud import outbox
 from wadud.config import Settings
-from wadud.db import Args
 from wadud.errors import Conflict, NotFound
+from wadud.messaging import outbox
 from wadud.principal import Principal, Role
+from wadud.state.db import Args
 
 __all__ = [
     "NewIntent",

@@ -64,8 +64,8 @@ from booking.payments.rows import (
     money,
     payment_payload,
 )
-from wadud import outbox
-from wadud.db import Args
+from wadud.messaging import outbox
+from wadud.state.db import Args
 
 __all__ = ["Credit", "Settled", "settle"]
 

@@ -23,8 +23,8 @@ from booking.payments.gateway import GatewayRegistry, PaymentStatus, Verdict
 from booking.payments.intent import LIVE_STATES, IntentEvent, IntentState
 from booking.payments.postings import move_intent
 from booking.payments.rows import INTENT_COLUMNS, payment_payload
-from wadud import outbox
 from wadud.errors import WadudError
+from wadud.messaging import outbox
 
 __all__ = [
     "INQUIRE_AFTER",

@@ -52,9 +52,10 @@ from booking.payments.gateways.easypaisa import (
 from booking.payments.gateways.easypaisa_sim import EasyPaisaSimulator
 from booking.payments.intent import LIVE_STATES, IntentState
 from booking.payments.keys import GATEWAYS
-from wadud import keys, loops
-from wadud.api import ApiModel, Call, Routes
 from wadud.errors import BadRequest, NotFound, Unprocessable
+from wadud.messaging import loops
+from wadud.state import keys
+from wadud.web.api import ApiModel, Call, Routes
 
 __all__ = ["lifespan", "routes"]
 

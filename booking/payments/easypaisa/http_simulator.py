@@ -36,9 +36,11 @@ from booking.payments.gateways.easypaisa import (
     ipn_notification,
 )
 from booking.payments.gateways.easypaisa_sim import SIM_PREFIX, EasyPaisaSimulator, codes
-from wadud import http, jsonin, loops
-from wadud.api import ENDPOINTS, Call, Routes
+from wadud import jsonin
 from wadud.errors import BadRequest, NotFound, WadudError
+from wadud.messaging import loops
+from wadud.web import http
+from wadud.web.api import ENDPOINTS, Call, Routes
 
 __all__ = ["SIMULATOR", "SimulatorHost", "simulator_app", "simulator_routes"]
 

@@ -44,9 +44,10 @@ from booking.payments.payouts.batch import (
 )
 from booking.payments.payouts.details import Details, PayoutSealer
 from booking.payments.postings import post_transaction
-from wadud import audit, outbox
 from wadud.errors import Conflict, NotFound
+from wadud.messaging import outbox
 from wadud.principal import Principal
+from wadud.state import audit
 
 __all__ = [
     "BATCH_COLUMNS",

@@ -34,8 +34,8 @@ from aiohttp import web
 
 from booking.payments.errors import PaymentError
 from chat.crypto import DecryptError, Keyring, Shredded
-from wadud import keys
 from wadud.errors import Gone
+from wadud.state import keys
 
 __all__ = [
     "SEALED_COLUMNS",

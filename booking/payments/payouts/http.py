@@ -25,10 +25,10 @@ from booking.payments.paging import OffsetQuery
 from booking.payments.payouts import batch, batches, service
 from booking.payments.payouts.batch import LineStatus
 from booking.payments.payouts.details import Details, seal_clear_rows, sealer_of
-from wadud import keys
-from wadud.api import ApiModel, Call, Role, Routes
 from wadud.errors import NotFound
-from wadud.rows import from_row
+from wadud.state import keys
+from wadud.state.rows import from_row
+from wadud.web.api import ApiModel, Call, Role, Routes
 
 __all__ = ["lifespan", "routes"]
 

@@ -23,9 +23,10 @@ from booking.payments.intent import Money
 from booking.payments.payouts.batches import doctor_lines
 from booking.payments.payouts.details import SEALED_COLUMNS, Details, PayoutSealer, SealedDetails
 from booking.payments.postings import post_transaction
-from wadud import audit, outbox
 from wadud.errors import NotFound
+from wadud.messaging import outbox
 from wadud.principal import Principal
+from wadud.state import audit
 
 __all__ = [
     "CurrencyEarnings",

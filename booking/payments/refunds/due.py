@@ -39,8 +39,9 @@ import asyncpg
 from booking.payments import ledger
 from booking.payments.postings import post_transaction, record_intent_event
 from booking.payments.rows import money, payment_payload
-from wadud import audit, outbox
+from wadud.messaging import outbox
 from wadud.principal import Principal
+from wadud.state import audit
 
 __all__ = [
     "OWED",

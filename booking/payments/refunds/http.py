@@ -25,8 +25,8 @@ from booking.payments.intent import IntentState
 from booking.payments.keys import GATEWAYS
 from booking.payments.paging import OffsetQuery
 from booking.payments.refunds import due, service
-from wadud.api import ApiModel, Call, Role, Routes
 from wadud.errors import NotFound
+from wadud.web.api import ApiModel, Call, Role, Routes
 
 __all__ = ["Refund", "refund_out", "routes"]
 

@@ -46,9 +46,10 @@ from booking.payments.postings import (
 )
 from booking.payments.refunds import due
 from booking.payments.rows import INTENT_COLUMNS, money, payment_payload, visible_to
-from wadud import audit, outbox
 from wadud.errors import Conflict, NotFound
+from wadud.messaging import outbox
 from wadud.principal import Principal
+from wadud.state import audit
 
 __all__ = [
     "RefundNotOwed",

@@ -36,11 +36,11 @@ from booking.payments.transfers.core import (
 )
 from booking.payments.transfers.privacy import subject_keys_of
 from privacy.subject_keys import SubjectKeys
-from wadud.api import ApiModel, Call, Principal, Role, Routes
 from wadud.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
-from wadud.http import read_upload
-from wadud.rows import from_row
-from wadud.storage import sniff_type, storage_of
+from wadud.state.rows import from_row
+from wadud.state.storage import sniff_type, storage_of
+from wadud.web.api import ApiModel, Call, Principal, Role, Routes
+from wadud.web.http import read_upload
 
 __all__ = ["routes"]
 

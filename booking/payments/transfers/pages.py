@@ -25,8 +25,8 @@ from booking import pages
 from booking.payments.gateway import BANK_TRANSFER
 from booking.payments.transfers import service
 from booking.payments.transfers.core import BankAccount, page_token
-from wadud.api import Call, Routes
 from wadud.errors import NotFound
+from wadud.web.api import Call, Routes
 
 __all__ = ["routes"]
 

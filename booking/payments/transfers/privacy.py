@@ -23,9 +23,9 @@ from booking.payments.gateway import BANK_TRANSFER
 from booking.payments.transfers.proofs import PROOF_COLUMNS, read_proof
 from privacy.rights import ArchiveFile, Erased, Part, Subject, records
 from privacy.subject_keys import SubjectKeys
-from wadud import keys
 from wadud.errors import WadudError
-from wadud.storage import storage_of
+from wadud.state import keys
+from wadud.state.storage import storage_of
 
 __all__ = ["BankTransferProvider", "subject_keys_of"]
 

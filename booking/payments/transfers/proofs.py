@@ -14,7 +14,7 @@ from booking.payments.errors import BookingNotPayable
 from booking.payments.transfers.core import LIVE, TransferError
 from privacy.subject_keys import KeyShredded, SubjectKeys
 from wadud.errors import Conflict, Gone
-from wadud.storage import Storage
+from wadud.state.storage import Storage
 
 __all__ = [
     "MAX_PROOFS",

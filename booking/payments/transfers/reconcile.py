@@ -15,7 +15,7 @@ every gateway's does. Rules kept here:
   owes it back to the patient; nothing goes to revenue or to the doctor.
 * **Audit**: every confirmation (statement or by hand), every manual match,
   every refund-due and refund-sent decision is an audit row, written last in
-  its transaction (:mod:`wadud.audit`). Notes are free text and stay out of
+  its transaction (:mod:`wadud.state.audit`). Notes are free text and stay out of
   the audit detail (the chain can never be erased).
 """
 
@@ -49,9 +49,10 @@ from booking.payments.transfers.core import (
     refund_due,
     refund_sent,
 )
-from wadud import audit, outbox
 from wadud.errors import Conflict, NotFound
+from wadud.messaging import outbox
 from wadud.principal import Principal
+from wadud.state import audit
 
 __all__ = [
     "CONFIRMED",

@@ -39,12 +39,12 @@ from booking.payments.transfers.core import (
 from booking.payments.transfers.proofs import PROOF_COLUMNS, add_proof, proofs_of, read_proof
 from privacy.audit import record_access
 from privacy.subject_keys import SubjectKeys
-from wadud import outbox
 from wadud.config import Settings
-from wadud.db import Args
 from wadud.errors import Conflict, NotFound
+from wadud.messaging import outbox
 from wadud.principal import Principal
-from wadud.storage import Storage
+from wadud.state.db import Args
+from wadud.state.storage import Storage
 
 __all__ = [
     "MIN_WINDOW",

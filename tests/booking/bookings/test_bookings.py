@@ -21,8 +21,9 @@ from booking.bookings.errors import BookingNotFound, TransitionRefused
 from booking.lifecycle import Event
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
-from wadud import auth, keys
-from wadud.api import Role
+from wadud.state import keys
+from wadud.web import auth
+from wadud.web.api import Role
 
 KARACHI = ZoneInfo("Asia/Karachi")
 

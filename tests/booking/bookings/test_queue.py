@@ -9,7 +9,8 @@ from booking.bookings.queue import DEFAULT_CONSULT_SECONDS
 from tests.booking.bookings.test_bookings import anon, events, pool_of
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
-from wadud import auth, keys
+from wadud.state import keys
+from wadud.web import auth
 
 
 async def _enable(api: Api, region: str = "PK", enabled: bool = True) -> None:

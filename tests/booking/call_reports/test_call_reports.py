@@ -26,8 +26,8 @@ from tests.booking.test_video_calls import _live_booking
 from tests.chromium import CHROMIUM
 from tests.conftest import Api
 from tests.signalling.service.test_ws import joined
-from wadud import keys
-from wadud.api import Role
+from wadud.state import keys
+from wadud.web.api import Role
 
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 

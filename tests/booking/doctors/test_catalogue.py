@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from booking.doctors.documents import safe_filename, sniff
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
-from wadud import keys
-from wadud.api import ENDPOINTS, Role
+from wadud.state import keys
+from wadud.web.api import ENDPOINTS, Role
 
 PDF = b"%PDF-1.7\n" + b"x" * 100
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
@@ -461,7 +461,7 @@ async def test_edge_inputs_are_4xx(api: Api) -> None:
         {"type": ""},
     ):
         await api.get(url, params=params, expect=422)
-    # Every instant a request names lies in wadud.api's sane range.
+    # Every instant a request names lies in wadud.web.api's sane range.
     for params in (
         {"available_before": "9999-12-31T23:00:00-05:00"},
         {"available_before": "0001-01-01T00:00:00+05:00"},

@@ -11,8 +11,8 @@ import asyncpg
 
 from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.conftest import Api
-from wadud import keys
-from wadud.api import Role
+from wadud.state import keys
+from wadud.web.api import Role
 
 
 async def _patient(api: Api) -> tuple[str, uuid.UUID]:

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from booking.api.search import decode_cursor, encode_cursor
 from tests.booking.factories import make_clinic
 from tests.conftest import Api
-from wadud import keys
 from wadud.errors import Unprocessable
+from wadud.state import keys
 
 _KEY = "cursor-test-key-" + "c" * 32
 

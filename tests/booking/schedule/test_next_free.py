@@ -12,8 +12,8 @@ from booking.refunds import Canceller
 from booking.schedule import slots
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
-from wadud import keys
-from wadud.api import Role
+from wadud.state import keys
+from wadud.web.api import Role
 
 
 async def test_next_free_matches_recomputation_after_random_changes(api: Api) -> None:

@@ -14,9 +14,9 @@ from booking.doctors.search import sweep_next_free
 from booking.schedule import slots
 from tests.booking.factories import Doctor, make_clinic, make_doctor
 from tests.conftest import Api
-from wadud import keys
-from wadud.api import Role
 from wadud.errors import NotFound, Unprocessable
+from wadud.state import keys
+from wadud.web.api import Role
 
 UTC = dt.UTC
 

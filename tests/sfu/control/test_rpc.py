@@ -47,7 +47,7 @@ from sfu.control.rpc import (
 from sfu.errors import SfuStateError
 from sfu.node.worker import MediaWorker
 from tests.polling import wait_until
-from wadud.storage import LocalStorage
+from wadud.state.storage import LocalStorage
 
 ROOM = "rpc-room"
 
@@ -435,7 +435,7 @@ async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
     heartbeat back after the lapse renews the subscription on a fresh
     connection, and the request is answered within a few heartbeats."""
     from sfu.control.registry import Registration, WorkerInfo, worker_key
-    from wadud.bus import redis_client
+    from wadud.messaging.bus import redis_client
 
     link = CutLink(int(redis_server.port))
     cut_redis = redis_client(await link.start())

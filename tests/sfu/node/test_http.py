@@ -9,8 +9,8 @@ from aiohttp import web
 
 from sfu.node.http import MEDIA, WORKER, install
 from sfu.node.worker import MediaWorker
-from wadud import keys
 from wadud.config import Settings
+from wadud.state import keys
 
 
 async def _run(settings: Settings) -> MediaWorker:

@@ -42,7 +42,7 @@ from tests.sfu.conftest import (
 )
 from tests.sfu.layers import test_layers
 from tests.sfu.node import test_relay
-from wadud.storage import LocalStorage
+from wadud.state.storage import LocalStorage
 
 ROOM = "consult-rec"
 KEY = os.urandom(32)

@@ -263,8 +263,8 @@ class World:
         return self.lb.fronts[front].url
 
     def token(self, room: str, identity: str, role: str, name: str = "") -> str:
-        from wadud.auth import RoomGrant, issue_room_token
         from wadud.config import Settings
+        from wadud.web.auth import RoomGrant, issue_room_token
 
         now = dt.datetime.now(dt.UTC)
         grant = RoomGrant(

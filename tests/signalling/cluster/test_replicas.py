@@ -25,10 +25,10 @@ from signalling.edge.http import CALLS
 from tests.conftest import Api
 from tests.polling import wait_until
 from tests.signalling.service.test_ws import connect, joined, token
-from wadud import auth
-from wadud.auth import RoomGrant
-from wadud.bus import redis_client
 from wadud.config import Settings
+from wadud.messaging.bus import redis_client
+from wadud.web import auth
+from wadud.web.auth import RoomGrant
 
 
 @pytest.fixture

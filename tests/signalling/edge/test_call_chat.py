@@ -12,8 +12,8 @@ from tests.booking.factories import Doctor
 from tests.booking.test_video_calls import _live_booking
 from tests.chat.conftest import ws_connect
 from tests.conftest import Api
-from wadud import keys
-from wadud.auth import RoomGrant, issue_room_token
+from wadud.state import keys
+from wadud.web.auth import RoomGrant, issue_room_token
 
 WS = "/api/v1/calls/chat/ws"
 

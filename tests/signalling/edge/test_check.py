@@ -49,9 +49,9 @@ from signalling.edge.check import CHECK_VALIDITY
 from tests.browser import Page, driver_main, frame_of, play, run_scenario
 from tests.conftest import Api, served
 from tests.signalling.call_world import Scenario, World, embedder, serving
-from wadud import keys
-from wadud.auth import decode_room_token
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.auth import decode_room_token
 
 ROOT = Path(__file__).resolve().parents[3]
 TURN_PORT = 3478

@@ -16,9 +16,9 @@ import pytest
 from bin.assembly import build_app
 from signalling.edge.pages import STATIC
 from tests.conftest import Api, served
-from wadud import keys
-from wadud.auth import decode_room_token
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web.auth import decode_room_token
 
 PAGES = ("call.html", "demo.html", "check.html")
 

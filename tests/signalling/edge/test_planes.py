@@ -21,9 +21,10 @@ from tests.booking.factories import make_clinic, make_doctor
 from tests.booking.test_video_calls import _live_booking
 from tests.conftest import Api, RedisServer
 from tests.signalling.service.test_ws import connect, joined, token
-from wadud import auth, keys
-from wadud.auth import RoomGrant, decode_room_token
 from wadud.config import Settings
+from wadud.state import keys
+from wadud.web import auth
+from wadud.web.auth import RoomGrant, decode_room_token
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ The cluster form (every node's workers from Redis) is exercised with real
 from __future__ import annotations
 
 from tests.conftest import Api
-from wadud.api import Role
+from wadud.web.api import Role
 
 
 async def test_admins_see_the_worker_of_a_single_process_server(api: Api) -> None:

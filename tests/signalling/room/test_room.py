@@ -19,7 +19,7 @@ from signalling import errors, protocol
 from signalling.room.core import Room
 from signalling.room.members import TRANSITIONS, Event, State
 from signalling.room.outputs import Close, MediaCloseRoom, MediaLeave, Output, Resubscribe, Send
-from wadud.auth import RoomGrant
+from wadud.web.auth import RoomGrant
 
 ROOM = "consult-1"
 GRACE = 20.0

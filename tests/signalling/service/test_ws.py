@@ -23,10 +23,11 @@ from signalling.edge.http import CALLS
 from tests.conftest import Api, served
 from tests.wadud.framing import ENVELOPE_REFUSALS
 from tests.wsframes import FrameSocket
-from wadud import keys, metrics
-from wadud.api import Role
-from wadud.auth import RoomGrant, issue_room_token
 from wadud.config import Settings
+from wadud.observe import metrics
+from wadud.state import keys
+from wadud.web.api import Role
+from wadud.web.auth import RoomGrant, issue_room_token
 
 ROOM = "consult-7"
 MAX_FRAME = 8192

@@ -21,8 +21,8 @@ from booking.payments.keys import GATEWAYS
 from booking.payments.postings import ledger_is_balanced
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
-from wadud import keys
-from wadud.api import Role
+from wadud.state import keys
+from wadud.web.api import Role
 
 _SLOTS = itertools.count(1)
 

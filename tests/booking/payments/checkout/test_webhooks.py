@@ -28,8 +28,9 @@ from tests.booking.payments.checkout.test_payments_api import (
     start_payment,
 )
 from tests.conftest import Api
-from wadud import keys, signing
+from wadud import signing
 from wadud.config import Settings
+from wadud.state import keys
 
 CARD_SECRETS = ["whsec_new_" + "n" * 24, "whsec_old_" + "o" * 24]
 

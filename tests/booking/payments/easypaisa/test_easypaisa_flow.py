@@ -54,8 +54,8 @@ from tests.booking.payments.checkout.test_payments_api import (
 from tests.chromium import CHROMIUM, FLAGS
 from tests.cluster import WADUD, Proc
 from tests.conftest import Api, free_port
-from wadud import keys
 from wadud.config import Settings
+from wadud.state import keys
 
 Start = Callable[..., Awaitable[Api]]
 

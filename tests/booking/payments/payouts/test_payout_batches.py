@@ -27,7 +27,7 @@ from booking.payments.postings import ledger_is_balanced
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.booking.payments.checkout.test_payments_api import owed, paid_booking, pool_of
 from tests.conftest import Api
-from wadud.api import Role
+from wadud.web.api import Role
 
 # --- the pure core --------------------------------------------------------------------
 

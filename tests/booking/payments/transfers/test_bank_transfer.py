@@ -57,8 +57,8 @@ from tests.booking.payments.checkout.test_payments_api import (
 from tests.booking.payments.checkout.test_settle import _written
 from tests.chromium import CHROMIUM, FLAGS
 from tests.conftest import Api
-from wadud import keys
 from wadud.config import Settings
+from wadud.state import keys
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
 IBAN = "PK36SCBL0000001123456702"
@@ -685,8 +685,8 @@ async def test_manual_match_of_a_mistyped_statement_line(api: Api) -> None:
 async def test_export_and_erasure_cover_proofs(api: Api) -> None:
     _, doctor = await setup(api)
     email = f"p-{uuid.uuid4().hex[:8]}@example.test"
-    from wadud import accounts
-    from wadud.api import Role
+    from wadud.web import accounts
+    from wadud.web.api import Role
 
     await accounts.create_user(
         api.app[keys.DB], email=email, password="correct horse battery", role=Role.PATIENT
@@ -714,7 +714,7 @@ async def test_export_and_erasure_cover_proofs(api: Api) -> None:
     assert any(p["provider"] == "bank_transfer" for p in manifest["parts"])
     # Erasure: the proof's row and its stored file are gone.
     from privacy import rights
-    from wadud.storage import storage_of
+    from wadud.state.storage import storage_of
 
     key = await pool_of(api).fetchval("SELECT storage_key FROM bank_transfer_proofs")
     counts = await rights.erase(

@@ -24,8 +24,10 @@ import pydantic
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from wadud import auth, keys, logs, metrics, ratelimit
 from wadud.errors import PayloadTooLarge, WadudError
+from wadud.observe import logs, metrics
+from wadud.state import keys
+from wadud.web import auth, ratelimit
 
 log = logging.getLogger("wadud.http")
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -36,9 +36,9 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from wadud.api import Principal, Role
 from wadud.config import Settings
 from wadud.errors import Unauthorized, Unavailable
+from wadud.web.api import Principal, Role
 
 _T = TypeVar("_T")
 ALGORITHM = "HS256"
@@ -93,7 +93,7 @@ class Passwords:
         if gate is None:
             gate = self._gates[loop] = asyncio.Semaphore(self.concurrency)
         try:
-            # asyncio.timeout, not wait_for (see wadud.loops.woken): a
+            # asyncio.timeout, not wait_for (see wadud.messaging.loops.woken): a
             # cancelled sign-in must not go on to hash.
             async with asyncio.timeout(self.wait):
                 await gate.acquire()

@@ -18,7 +18,7 @@ import asyncpg
 from aiohttp import web
 
 from wadud.config import Settings
-from wadud.ops import worker_listener
+from wadud.web.ops import worker_listener
 
 __all__ = ["Worker", "in_app", "start_worker", "stop_on_signals"]
 
@@ -47,7 +47,7 @@ def stop_on_signals() -> asyncio.Event:
 async def start_worker(
     stack: contextlib.AsyncExitStack, settings: Settings, pool: asyncpg.Pool, worker: Worker
 ) -> None:
-    """Start ``worker`` and then its :func:`~wadud.ops.worker_listener`, each
+    """Start ``worker`` and then its :func:`~wadud.web.ops.worker_listener`, each
     undone as ``stack`` unwinds (the listener first): the last steps of a
     worker role's start, before it waits for its stop."""
     await worker.start()

@@ -32,8 +32,9 @@ import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from wadud import keys, ratelimit
 from wadud.errors import BadRequest, Conflict, Unprocessable
+from wadud.state import keys
+from wadud.web import ratelimit
 
 HEADER = "Idempotency-Key"
 METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -42,7 +43,7 @@ KEEP_DAYS = 2
 #: Sign-in: never kept, never replayed (see the module doc).
 NEVER_REPLAYED = "/api/v1/auth/"
 #: Set on a route's handler whose answers hold secrets (``replay=False`` in
-#: wadud.api): like sign-in, never kept, never replayed.
+#: wadud.web.api): like sign-in, never kept, never replayed.
 NO_REPLAY = "wadud_no_replay"
 
 

@@ -1,17 +1,17 @@
 """Accounts and sessions over HTTP: register, log in, anonymous patient
 sessions and their upgrade, token refresh, logout, and the admin's user
-management. The token mechanics live in :mod:`wadud.auth`.
+management. The token mechanics live in :mod:`wadud.web.auth`.
 
-Sign-in is rate limited (:mod:`wadud.ratelimit`, docs/security.md): guesses
+Sign-in is rate limited (:mod:`wadud.web.ratelimit`, docs/security.md): guesses
 per account and per client address with growing delays, registrations and
 anonymous sessions per client address. Its answers hold tokens, so the
-idempotency layer never keeps or replays them (:mod:`wadud.idempotency`).
+idempotency layer never keeps or replays them (:mod:`wadud.web.idempotency`).
 
 Staff and admins may sign in with a TOTP code as a second factor
 (:mod:`wadud.totp`): required once a user has enrolled, of a clinic's doctors
 and staff when the clinic says so, and of admins when ``auth_totp_admins`` is
 on. Every sign-in, successful or not, is written to the audit trail
-(:mod:`wadud.audit`)."""
+(:mod:`wadud.state.audit`)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ from uuid import UUID
 import asyncpg
 from pydantic import StringConstraints
 
-from wadud import audit, auth, ratelimit, totp
-from wadud.api import ApiModel, Call, Principal, Role, Routes
+from wadud import totp
 from wadud.config import Settings
 from wadud.errors import Conflict, Forbidden, NotFound, Unauthorized, Unprocessable
+from wadud.state import audit
+from wadud.web import auth, ratelimit
+from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 
 routes = Routes("auth", "Accounts, sessions and tokens.")
 

@@ -16,21 +16,12 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiohttp import web
 
-from wadud import (
-    auth,
-    bus,
-    db,
-    http,
-    idempotency,
-    keys,
-    loops,
-    outbox,
-    ratelimit,
-    storage,
-    tracing,
-)
-from wadud.api import ENDPOINTS
 from wadud.config import Settings
+from wadud.messaging import bus, loops, outbox
+from wadud.observe import tracing
+from wadud.state import db, keys, storage
+from wadud.web import auth, http, idempotency, ratelimit
+from wadud.web.api import ENDPOINTS
 
 log = logging.getLogger("wadud.app")
 

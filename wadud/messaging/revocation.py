@@ -10,7 +10,7 @@ holds sockets (chat, calls) subscribes and closes those :meth:`Revocation.covers
 Pub/sub can lose a message (Redis restarting), so holders also re-check their
 sockets' principals now and then with :func:`stale`, one query for all.
 
-Bus message (what :meth:`wadud.bus.Bus.subscribe` yields as ``data``)::
+Bus message (what :meth:`wadud.messaging.bus.Bus.subscribe` yields as ``data``)::
 
     {"id": 17, "topic": "auth.revoked", "at": "2025-...",
      "data": {"user_id": "<uuid>", "family_id": "<uuid>" | null, "reason": "logout"}}

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from wadud import keys
 from wadud.config import Settings
 from wadud.errors import ConfigError, NotFound, UpstreamError
+from wadud.state import keys
 
 __all__ = ["LocalStorage", "S3Storage", "Storage", "close_storage", "create", "storage_of"]
 

@@ -32,8 +32,9 @@ from typing import Any
 
 import asyncpg
 
-from wadud import loops, metrics, tracing
-from wadud.bus import Bus
+from wadud.messaging import loops
+from wadud.messaging.bus import Bus
+from wadud.observe import metrics, tracing
 
 log = logging.getLogger("wadud.outbox")
 CHANNEL = "wadud_outbox"
@@ -317,7 +318,7 @@ class Relay:
     async def _publish_traced(self, event: dict[str, Any], trace: Any) -> None:
         """Publish inside spans that continue the emitting transaction's
         trace; the event carries the publish span's context to consumers
-        (:func:`wadud.tracing.consume`)."""
+        (:func:`wadud.observe.tracing.consume`)."""
         topic = event["topic"]
         attrs = {"messaging.destination.name": topic, "messaging.message.id": str(event["id"])}
         with (

@@ -18,8 +18,9 @@ from typing import Any
 
 import asyncpg
 
-from wadud import metrics, migrate, tracing
 from wadud.config import Settings
+from wadud.observe import metrics, tracing
+from wadud.state import migrate
 
 log = logging.getLogger("wadud.db")
 
@@ -36,7 +37,7 @@ POOL_CLOSE_WITHIN = 0.5
 
 #: Seconds a stopping process waits for the embedded PostgreSQL's fast
 #: shutdown (clients disconnected, a checkpoint) before it lets it finish
-#: on its own: a stop is bounded (wadud.serving).
+#: on its own: a stop is bounded (wadud.web.serving).
 _STOP_WAIT = 1.0
 #: Seconds a start waits for a cluster that is still finishing its shutdown.
 _STOPPING_WAIT = 30.0
@@ -160,7 +161,7 @@ async def embedded_postgres(data_dir: Path) -> AsyncIterator[str]:
         yield str(server.get_uri())
     finally:
         # Seen through to the end even when the stop is cut short
-        # (wadud.serving cancels the steps that wait past its bound): a
+        # (wadud.web.serving cancels the steps that wait past its bound): a
         # cluster this process started must not outlive it, and pg_ctl's
         # own timeouts bound the wait.
         stopping = loop.run_in_executor(None, _let_go, server)
@@ -250,7 +251,7 @@ async def pool(settings: Settings, url: str) -> AsyncIterator[asyncpg.Pool]:
         try:
             # A server that stopped answering never acknowledges the close,
             # and a connection some task kept is never released: neither
-            # may hold the stop hostage (wadud.serving), so after a moment
+            # may hold the stop hostage (wadud.web.serving), so after a moment
             # the connections are closed by force.
             async with asyncio.timeout(POOL_CLOSE_WITHIN):
                 await p.close()
@@ -302,7 +303,7 @@ class Args:
     @property
     def next(self) -> int:
         """The number the next parameter will get (for helpers that number
-        their own from a given first, such as :func:`wadud.outbox.event`)."""
+        their own from a given first, such as :func:`wadud.messaging.outbox.event`)."""
         return len(self.values) + 1
 
 

@@ -22,10 +22,12 @@ from typing import Any, TypeVar
 import asyncpg
 from aiohttp import web
 
-from wadud import __version__, keys, metrics, migrate
-from wadud.api import ENDPOINTS, ApiModel, Call, Routes, openapi
+from wadud import __version__
 from wadud.config import Settings
 from wadud.errors import ConfigError
+from wadud.observe import metrics
+from wadud.state import keys, migrate
+from wadud.web.api import ENDPOINTS, ApiModel, Call, Routes, openapi
 
 log = logging.getLogger("wadud.ops")
 

@@ -181,7 +181,7 @@ class LocalBus:
             return found
         async with self._stream_changed:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a
-            # cancellation that arrives as the wait ends (see wadud.loops.woken).
+            # cancellation that arrives as the wait ends (see wadud.messaging.loops.woken).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(block):
                     await self._stream_changed.wait_for(lambda: bool(newer()))

@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line, with the request id of the
 request being served (a context variable, so tasks it spawns inherit it) and,
-when tracing is on (:mod:`wadud.tracing`), the trace and span ids of the span
+when tracing is on (:mod:`wadud.observe.tracing`), the trace and span ids of the span
 current where the line was written."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
-#: Set by :func:`wadud.tracing.configure`: the current (trace id, span id), or
+#: Set by :func:`wadud.observe.tracing.configure`: the current (trace id, span id), or
 #: None outside any span. None while tracing is off, so logging pays nothing.
 trace_ids: Callable[[], tuple[str, str] | None] | None = None
 

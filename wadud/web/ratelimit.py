@@ -38,9 +38,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from wadud import keys
-from wadud.bus import redis_client
 from wadud.errors import TooManyRequests
+from wadud.messaging.bus import redis_client
+from wadud.state import keys
 
 log = logging.getLogger("wadud.ratelimit")
 

@@ -26,8 +26,8 @@ import json
 from typing import Any
 from uuid import UUID
 
-from wadud.api import in_sane_range
 from wadud.errors import Unprocessable
+from wadud.web.api import in_sane_range
 
 __all__ = ["InvalidCursor", "decode", "decode_instant_id", "encode", "encode_instant_id"]
 

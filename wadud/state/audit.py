@@ -3,7 +3,7 @@
 The table, its hash chain and its append-only rules are in migration 0009;
 reading, verifying and the endpoints are :mod:`privacy.audit` (which
 re-exports :func:`record`). The writer lives in the ground because the
-ground's own sign-in flow (:mod:`wadud.accounts`) is audited too.
+ground's own sign-in flow (:mod:`wadud.web.accounts`) is audited too.
 
 ``record(conn, actor=..., action=..., subject=..., clinic=..., object=..., detail=...)``:
 

@@ -27,7 +27,7 @@ when tracing is off or the event carries no context. :func:`inject` puts the
 current context in any dict you send onwards (a webhook's headers, a message).
 
 Every log line written inside a span carries its ``trace_id`` and
-``span_id`` (see :mod:`wadud.logs`), so logs and traces join on the id.
+``span_id`` (see :mod:`wadud.observe.logs`), so logs and traces join on the id.
 
 One tracer per process: :func:`configure` replaces the one before it (the
 OpenTelemetry global provider is left alone, so tests may configure again).
@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from wadud import logs
+from wadud.observe import logs
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context

@@ -7,13 +7,13 @@ warning in the log. It goes in three steps:
 1. the listening sockets close, WebSockets are closed with 1001
    (``on_shutdown``) and requests in flight get up to ``shutdown_timeout``
    to finish (an idle server skips this at once);
-2. the cleanup contexts unwind, newest first (:mod:`wadud.app`), for at most
+2. the cleanup contexts unwind, newest first (:mod:`wadud.web.app`), for at most
    :data:`CLEANUP_WITHIN` seconds. A step still waiting then (on a database
    or a Redis that died or stopped answering, whose connections only time
    out after tens of seconds) is cancelled, and so is each one after it
    that waits: their resources go with the process. A step that must not
    be left half done sees it through despite the cut (the embedded
-   PostgreSQL is told to stop, :func:`wadud.db.embedded_postgres`);
+   PostgreSQL is told to stop, :func:`wadud.state.db.embedded_postgres`);
 3. the process ends at once (:func:`exit_now`), without the interpreter's
    own teardown, which spent more than a second collecting the garbage of
    a large heap on a loaded two-core host and can wait on threads and
@@ -50,7 +50,7 @@ CLEANUP_WITHIN = 1.2
 _CUT_EVERY = 0.01
 #: Seconds after which cleanup is abandoned, however many steps are left:
 #: longer than what a step sees through despite a cut (the embedded
-#: PostgreSQL's stop: wadud.db._STOP_WAIT, after pgserver's lock on its
+#: PostgreSQL's stop: wadud.state.db._STOP_WAIT, after pgserver's lock on its
 #: list of users, which other processes on a busy host held for seconds).
 _ABANDON_AFTER = 5.0
 

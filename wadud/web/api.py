@@ -42,10 +42,12 @@ from pydantic import (
 )
 from pydantic.json_schema import models_json_schema
 
-from wadud import idempotency, jsonin, keys
+from wadud import jsonin
 from wadud.config import Settings
 from wadud.errors import Forbidden, Unauthorized, UnsupportedMediaType
 from wadud.principal import Principal, Role
+from wadud.state import keys
+from wadud.web import idempotency
 
 __all__ = [
     "EARLIEST",

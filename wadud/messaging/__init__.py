@@ -1,0 +1,3 @@
+"""How processes tell each other things: the bus, the transactional outbox,
+background loops, revocation.
+"""

@@ -1,0 +1,3 @@
+"""What every role tells its operators: structured logs, Prometheus metrics,
+OpenTelemetry traces.
+"""
