@@ -45,8 +45,8 @@ async def test_api_stops_at_once_when_its_database_and_redis_were_killed(
             api.kill()
         print(f"wadud api stopped in {api.stop_seconds:.2f} s after SIGTERM")
         assert code == 0, api.text()[-3000:]
-        assert api.bad_lines("wadud.web.serving: stopping") == [], api.text()[-3000:]
-        assert "wadud.web.serving: stopped" in api.text()
+        assert api.bad_lines("wadud.serving: stopping") == [], api.text()[-3000:]
+        assert "wadud.serving: stopped" in api.text()
 
 
 async def test_serve_on_embedded_defaults_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ async def test_serve_on_embedded_defaults_stops_on_ctrl_c(tmp_path: Path) -> Non
                 os.kill(int(pidfile.read_text().split()[0]), signal.SIGQUIT)
     print(f"wadud serve stopped in {serve.stop_seconds:.2f} s after SIGINT")
     assert code == 0, serve.text()[-3000:]
-    assert serve.bad_lines("wadud.web.serving: stopping") == [], serve.text()[-3000:]
+    assert serve.bad_lines("wadud.serving: stopping") == [], serve.text()[-3000:]
     assert "stopping embedded PostgreSQL" in serve.text()
     # The embedded cluster stops with it: nobody else used it.
     end = time.monotonic() + DEADLINE
