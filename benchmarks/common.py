@@ -95,6 +95,20 @@ def log_tail(log: Path, chars: int = 3000) -> str:
         return ""
 
 
+def commit_of(tree: Path) -> str:
+    """The short commit checked out in ``tree``, or "" where git cannot say."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=tree,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    return ""
+
+
 def write_results(path: Path | str, results: Any) -> None:
     """A benchmark's results as indented JSON at ``path`` (values JSON has no
     type for, such as paths, as strings), and a line saying where."""

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,24 +49,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import commit_of, write_results  # noqa: E402
 from tests.signalling.cluster.cluster_driver import Driver, driving  # noqa: E402
 
 #: Seconds a scenario may take (the pages' start, the kill, the node back).
 BUDGET = 150
-
-
-def commit_of(tree: Path) -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=tree,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-    return ""
 
 
 def one_run(driver: Driver, n: int) -> dict[str, Any]:

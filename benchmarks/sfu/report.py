@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import statistics
-import subprocess
 from typing import Any
 
+from benchmarks.common import commit_of
 from benchmarks.sfu.measure import QUIET, ScenarioResult, undisturbed
 from benchmarks.sfu.scenarios import SCENARIOS
 from benchmarks.sfu.servers import ROOT
@@ -82,16 +82,7 @@ def summary(results: list[ScenarioResult]) -> dict[str, Any]:
 
 def code_identity() -> dict[str, str]:
     """The commit and a digest of each file on the forwarding path, as measured."""
-    ident: dict[str, str] = {}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        ident["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
+    ident: dict[str, str] = {"commit": commit_of(ROOT)}
     for name in (
         "sfu/node/worker.py",
         "sfu/rooms/records.py",

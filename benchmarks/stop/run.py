@@ -32,12 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.wadud.stopping import Role, http_role, media_role, peers  # noqa: E402
+from tests.wadud import stopping  # noqa: E402
 
 BOUND = 2.0
 
 
-def _bad(role: Role, mark: str) -> list[str]:
+def _bad(role: stopping.Role, mark: str) -> list[str]:
     try:
         return role.bad_lines(mark)
     except AssertionError as exc:
@@ -46,7 +46,7 @@ def _bad(role: Role, mark: str) -> list[str]:
 
 async def serve_embedded(work: Path) -> dict[str, object]:
     os.chmod(work, 0o755)  # PostgreSQL may run as another user (pgserver, under root)
-    role = http_role("serve", work, None)
+    role = stopping.http_role("serve", work, None)
     role.start()
     try:
         await role.ready(120)
@@ -57,30 +57,18 @@ async def serve_embedded(work: Path) -> dict[str, object]:
 
 
 async def api_peers_killed(work: Path) -> dict[str, object]:
-    with peers(work) as found:
-        role = http_role(
+    with stopping.peers(work) as found:
+        role = stopping.http_role(
             "api", work, found, WADUD_DATABASE_POOL_MIN="0", WADUD_OUTBOX_POLL_INTERVAL="30"
         )
-        role.start()
-        try:
-            await role.ready(120)
-            found.kill()
-            code = await role.stop(signal.SIGTERM, 30)
-        finally:
-            role.kill()
+        code = await stopping.stop_with_peers_killed(role, found, 30, ready_within=120)
     return {"seconds": role.stop_seconds, "code": code, "bad": _bad(role, "serving: stopping")}
 
 
 async def media_redis_killed(work: Path) -> dict[str, object]:
-    with peers(work, postgres=False) as found:
-        role = media_role(work, found)
-        role.start()
-        try:
-            await role.ready(120)
-            found.kill()
-            code = await role.stop(signal.SIGTERM, 30)
-        finally:
-            role.kill()
+    with stopping.peers(work, postgres=False) as found:
+        role = stopping.media_role(work, found)
+        code = await stopping.stop_with_peers_killed(role, found, 30, ready_within=120)
     return {"seconds": role.stop_seconds, "code": code, "bad": _bad(role, "media node draining")}
 
 
@@ -94,7 +82,7 @@ async def make_run(work: Path) -> dict[str, object]:
     log = work / "make.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
     url = f"http://127.0.0.1:{port}/readyz"
-    role = Role(["run", f"PORT={port}"], env, log, url, program="make")
+    role = stopping.Role(["run", f"PORT={port}"], env, log, url, program="make")
     role.start()
     try:
         await role.ready(120)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import Literal, cast
 
 from rtc.errors import IceStateError
 from rtc.ice import Address, CredentialsRetired, ForgottenAddress, SelectedAddress, ValidatedAddress
@@ -382,17 +382,7 @@ class Transports(Core):
                     del self.tables.by_ufrag[event.ufrag]
                 self.tables.paths["ice_restart_completed"] += 1
                 if transport.state is PeerState.CONNECTED:
-                    self._out.append(
-                        Emit(
-                            TransportState(
-                                peer.room.name,
-                                peer.participant,
-                                peer.direction,
-                                "connected",
-                                "ICE restart completed",
-                            )
-                        )
-                    )
+                    self._emit_state(peer, "connected", "ICE restart completed")
             elif isinstance(event, PeerStateChanged):
                 if event.new is PeerState.CONNECTED:
                     self._connected(peer, now)
@@ -417,9 +407,7 @@ class Transports(Core):
                 "profile": srtp.profile,
             },
         )
-        self._out.append(
-            Emit(TransportState(peer.room.name, peer.participant, peer.direction, "connected"))
-        )
+        self._emit_state(peer, "connected")
         # Reports start with the connection: before it nothing can be sent or received.
         if not peer.reporting:
             self.tables.reports.add_leg(peer, now)
@@ -520,16 +508,14 @@ class Transports(Core):
                 "reason": reason,
             },
         )
+        self._emit_state(peer, "failed" if state is PeerState.FAILED else "closed", reason)
+
+    def _emit_state(
+        self, peer: Peer, state: Literal["connected", "failed", "closed"], reason: str = ""
+    ) -> None:
+        """Tell the control plane that ``peer``'s transport is now ``state``."""
         self._out.append(
-            Emit(
-                TransportState(
-                    peer.room.name,
-                    peer.participant,
-                    peer.direction,
-                    "failed" if state is PeerState.FAILED else "closed",
-                    reason,
-                )
-            )
+            Emit(TransportState(peer.room.name, peer.participant, peer.direction, state, reason))
         )
 
     # -- media on a connected transport ------------------------------------------------

@@ -31,7 +31,6 @@ or queues an action (:class:`sfu.node.links.Links` does).
 from __future__ import annotations
 
 import contextlib
-import secrets
 from dataclasses import replace
 
 from rtc.sdp.attributes import AUDIO_LEVEL, Codec, RtcpFeedback
@@ -41,6 +40,7 @@ from sfu.feedback.receiving import ReceiveStatistics
 from sfu.feedback.reports import ReportScheduler
 from sfu.feedback.sending import SendStatistics
 from sfu.forward.table import Subscription
+from sfu.negotiation.sections import new_ssrc
 from sfu.negotiation.transports import Transports
 from sfu.rooms.records import Link, RelayRoom, Track
 from sfu.transport.relay import LinkState
@@ -89,8 +89,8 @@ def _describe(link: Link, track: Track) -> RelayedTrack:
     """How a local track goes on the link: a fresh SSRC unique on it, the
     publisher's payload types and extension ids (the link rewrites neither)."""
     taken = set(link.outgoing) | set(link.incoming)
-    ssrc = _new_ssrc(taken)
-    rtx_ssrc = _new_ssrc(taken) if track.rtx is not None and track.rtx_ssrc else None
+    ssrc = new_ssrc(taken)
+    rtx_ssrc = new_ssrc(taken) if track.rtx is not None and track.rtx_ssrc else None
     return RelayedTrack(
         info=track.info,
         ssrc=ssrc,
@@ -235,14 +235,6 @@ def _remove_relayed(
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def _new_ssrc(taken: set[int]) -> int:
-    while True:
-        ssrc = secrets.randbits(32)
-        if ssrc and ssrc not in taken:
-            taken.add(ssrc)
-            return ssrc
 
 
 def _relay_codec(codec: Codec) -> RelayCodec:

@@ -166,6 +166,21 @@ class Role:
         return [line for line in lines[start:] if _BAD.search(line)]
 
 
+async def stop_with_peers_killed(
+    role: Role, found: Peers, within: float, *, ready_within: float = 60.0
+) -> int:
+    """Start ``role``, wait for its /readyz, kill its peers without warning,
+    then SIGTERM it: its exit status (within ``within`` seconds). The role is
+    killed if it is still running after."""
+    role.start()
+    try:
+        await role.ready(ready_within)
+        found.kill()
+        return await role.stop(signal.SIGTERM, within)
+    finally:
+        role.kill()
+
+
 def role_env(work: Path, **settings: str) -> dict[str, str]:
     """The environment of a role: none of the test's own ``WADUD_`` settings,
     a data folder in ``work``, plain-text logs, then ``settings``."""

@@ -17,7 +17,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.wadud.stopping import http_role, peers
+from tests.wadud.stopping import http_role, peers, stop_with_peers_killed
 
 #: Seconds a test waits for an exit: the product's bound is 2 s.
 DEADLINE = 10.0
@@ -36,13 +36,7 @@ async def test_api_stops_at_once_when_its_database_and_redis_were_killed(
             WADUD_DATABASE_POOL_MIN="0",
             WADUD_OUTBOX_POLL_INTERVAL="30",
         )
-        api.start()
-        try:
-            await api.ready()
-            found.kill()
-            code = await api.stop(signal.SIGTERM, DEADLINE)
-        finally:
-            api.kill()
+        code = await stop_with_peers_killed(api, found, DEADLINE)
         print(f"wadud api stopped in {api.stop_seconds:.2f} s after SIGTERM")
         assert code == 0, api.text()[-3000:]
         assert api.bad_lines("wadud.serving: stopping") == [], api.text()[-3000:]

@@ -391,6 +391,18 @@ def picture(packet: bytes) -> tuple[int, int]:
     return (packet[start + 2] & 0x7F) << 8 | packet[start + 3], packet[start + 4]
 
 
+def _low_layer_sent(fwd: Forwarder) -> dict[int, bytes]:
+    """Put bob on the low layer and route its first three pictures (a
+    keyframe first): what bob was sent, by sequence number."""
+    fwd.simulcast.set_layer("bob", GROUP, 0, 0.0)
+    first: dict[int, bytes] = {}
+    for i in range(3):
+        packet = vp8_layer(LOW, 100 + i, 3000 * i, 10 + i, 3, key=i == 0)
+        [(_, copy)] = fwd.route(packet, 0.033 * i)
+        first[header.sequence_number(copy)] = copy
+    return first
+
+
 @pytest.mark.parametrize("rtx", [False, True], ids=["plain", "rtx"])
 def test_simulcast_vp8_retransmission_keeps_the_picture_first_sent(rtx: bool) -> None:
     # RFC 7741 section 4.2: the subscriber's PictureID/TL0PICIDX continue
@@ -403,12 +415,7 @@ def test_simulcast_vp8_retransmission_keeps_the_picture_first_sent(rtx: bool) ->
         "bob", GROUP, 0.0, ssrc=SUB_SSRC, payload_types={VP8: SUB_VP8},
         rtx_ssrc=RTX_SSRC if rtx else None, rtx_payload_types={SUB_VP8: SUB_RTX} if rtx else None,
     )  # fmt: skip
-    fwd.simulcast.set_layer("bob", GROUP, 0, 0.0)
-    first: dict[int, bytes] = {}
-    for i in range(3):
-        packet = vp8_layer(LOW, 100 + i, 3000 * i, 10 + i, 3, key=i == 0)
-        [(_, copy)] = fwd.route(packet, 0.033 * i)
-        first[header.sequence_number(copy)] = copy
+    first = _low_layer_sent(fwd)
     fwd.simulcast.set_layer("bob", GROUP, 1, 0.1)
     for i in range(3, 6):
         packet = vp8_layer(HIGH, 30000 + i, 3000 * i, 500 + i, 70, key=i == 3)
@@ -443,12 +450,7 @@ def test_nack_after_a_layer_then_none_then_another_is_answered_from_the_first_la
     fwd.simulcast.add_layer(GROUP, 0, LOW)
     fwd.simulcast.add_layer(GROUP, 1, HIGH)
     sub = fwd.subscribe("bob", GROUP, 0.0, ssrc=SUB_SSRC, payload_types={VP8: SUB_VP8})
-    fwd.simulcast.set_layer("bob", GROUP, 0, 0.0)
-    first: dict[int, bytes] = {}
-    for i in range(3):
-        packet = vp8_layer(LOW, 100 + i, 3000 * i, 10 + i, 3, key=i == 0)
-        [(_, copy)] = fwd.route(packet, 0.033 * i)
-        first[header.sequence_number(copy)] = copy
+    first = _low_layer_sent(fwd)
     assert [picture(c) for c in first.values()] == [(10, 3), (11, 3), (12, 3)]
     fwd.simulcast.set_layer("bob", GROUP, None, 0.1)
     fwd.simulcast.set_layer("bob", GROUP, 1, 0.15)

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from sfu.control import registry
 from sfu.control.rpc import EVENTS, MediaClient
 from tests.conftest import free_port
-from tests.wadud.stopping import media_role, peers
+from tests.wadud.stopping import media_role, peers, stop_with_peers_killed
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -329,13 +329,7 @@ async def test_a_node_whose_redis_was_killed_stops_at_once(tmp_path: Path) -> No
     instead of waiting out media_drain_timeout, with no error line."""
     with peers(tmp_path, postgres=False) as found:
         node = media_role(tmp_path, found, WADUD_MEDIA_DRAIN_TIMEOUT="20")
-        node.start()
-        try:
-            await node.ready()
-            found.kill()
-            code = await node.stop(signal.SIGTERM, 10.0)
-        finally:
-            node.kill()
+        code = await stop_with_peers_killed(node, found, 10.0)
         print(f"wadud media stopped in {node.stop_seconds:.2f} s after SIGTERM")
         assert code == 0, node.text()[-3000:]
         assert node.bad_lines("media node draining") == [], node.text()[-3000:]

@@ -187,6 +187,20 @@ class _Stranded:
     sites: dict[str, Site] = field(default_factory=dict)
 
 
+def _sites_of(placement: Placement, room: _Stranded) -> Sites[Any]:
+    """The sites of ``room`` alone, placed by ``placement``, with no media
+    client and callbacks that do nothing."""
+    return Sites(
+        lambda: None,
+        placement=placement,
+        media_client=None,
+        worker_ttl=3.0,
+        rooms={room.name: room},
+        changed=lambda _room: None,
+        moved=lambda _room, _pids, _reason: None,
+    )
+
+
 async def test_a_site_with_nowhere_to_go_is_said_once(
     redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -200,15 +214,7 @@ async def test_a_site_with_nowhere_to_go_is_said_once(
         placed = await placement.place(room.name, pk)
         assert placed is not None and placed.worker == w_pk.worker
     site = room.sites[pk] = Site(pk, placed, media=None)  # type: ignore[arg-type]
-    sites: Sites[Any] = Sites(
-        lambda: None,
-        placement=placement,
-        media_client=None,
-        worker_ttl=3.0,
-        rooms={room.name: room},
-        changed=lambda _room: None,
-        moved=lambda _room, _pids, _reason: None,
-    )
+    sites = _sites_of(placement, room)
     await registry.forget(redis, w_pk.worker, w_pk.incarnation)
     with caplog.at_level(logging.ERROR, logger="wadud.signalling.sites"):
         for _ in range(3):
@@ -225,15 +231,7 @@ async def test_a_worker_that_stops_listening_is_reported_once(redis: aioredis.Re
     region = f"pk{tag}"
     placement = Placement(redis)
     room = _Stranded("visit-" + tag)
-    sites: Sites[Any] = Sites(
-        lambda: None,
-        placement=placement,
-        media_client=None,
-        worker_ttl=3.0,
-        rooms={room.name: room},
-        changed=lambda _room: None,
-        moved=lambda _room, _pids, _reason: None,
-    )
+    sites = _sites_of(placement, room)
     assert not await sites.went_silent()  # no site yet: nothing to ask
     async with workers(redis, [region]) as (worker,):
         placed = await placement.place(room.name, region)
@@ -255,15 +253,7 @@ async def test_a_worker_back_on_redis_before_its_subscription_is_kept(
     tag = secrets.token_hex(3)
     region = f"pk{tag}"
     room = _Stranded("visit-" + tag)
-    sites: Sites[Any] = Sites(
-        lambda: None,
-        placement=Placement(redis),
-        media_client=None,
-        worker_ttl=3.0,
-        rooms={room.name: room},
-        changed=lambda _room: None,
-        moved=lambda _room, _pids, _reason: None,
-    )
+    sites = _sites_of(Placement(redis), room)
     info = _worker_in(region)
     room.sites[region] = Site(region, Placed(info.worker, info.incarnation), media=None)  # type: ignore[arg-type]
     sites.redis_back(time.time())
