@@ -61,7 +61,7 @@ from sfu.control.messages import (
     RelayPeer,
     Restart,
     Source,
-    View,
+    TrackView,
     event_from_dict,
     event_to_dict,
 )
@@ -431,7 +431,7 @@ class RemoteMedia:
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
         await self._call("unpublish", room=room, participant=participant, track_id=track_id)
 
-    async def set_view(self, room: str, participant: str, track_id: str, view: View) -> None:
+    async def set_view(self, room: str, participant: str, track_id: str, view: TrackView) -> None:
         await self._call(
             "set_view", room=room, participant=participant, track_id=track_id, view=asdict(view)
         )
@@ -661,7 +661,7 @@ class MediaServer:
             room = str(args["room"])
             participant = str(args["participant"])
             track_id = str(args["track_id"])
-            view = View.from_dict(args["view"])
+            view = TrackView.from_dict(args["view"])
         except (KeyError, TypeError, ValueError) as exc:
             raise MediaError(f"malformed set_view request: {exc!r}") from exc
         await self.worker.set_view(room, participant, track_id, view)

@@ -38,10 +38,10 @@ from rtc.ice import Address
 from rtc.rtcp.compound import RtcpPacket
 from rtc.rtcp.feedback import Remb
 from rtc.rtcp.transport_cc import TransportCc
-from sfu.control.messages import PublishResult, RelayedTrack, RelayPeer, Restart, Source, View
+from sfu.control.messages import PublishResult, RelayedTrack, RelayPeer, Restart, Source, TrackView
 from sfu.errors import UnknownInput
 from sfu.rooms.actions import ActionQueue
-from sfu.rooms.records import Link, Peer, Room
+from sfu.rooms.records import Link, MediaRoom, Peer
 
 __all__ = [
     "Answer",
@@ -174,7 +174,7 @@ class PathMoved(Input[None]):
 class SpeakerChanged(Input[None]):
     """A room's speaker detector chose ``speaker`` (None: nobody speaks)."""
 
-    room: Room
+    room: MediaRoom
     speaker: str | None
 
 
@@ -244,7 +244,7 @@ class SetView(Input[None]):
     room: str
     participant: str
     track_id: str
-    view: View
+    view: TrackView
 
 
 @dataclass(frozen=True, slots=True)
