@@ -20,7 +20,7 @@ from signalling import errors, protocol
 from signalling.media.lane import MediaLane
 from signalling.media.sites import Site
 from signalling.room.core import Room
-from signalling.room.members import State
+from signalling.room.members import MemberState
 
 log = logging.getLogger("wadud.signalling")
 T = TypeVar("T")
@@ -306,7 +306,7 @@ class CallRoom:
 
     def send_to(self, participant_id: str, frame: dict[str, Any]) -> None:
         who = self.core.members.get(participant_id)
-        if who is not None and isinstance(who.conn, Peer) and who.state is State.JOINED:
+        if who is not None and isinstance(who.conn, Peer) and who.state is MemberState.JOINED:
             who.conn.send(frame)
 
     def media_state(self, participant_id: str, state: Literal["reconnecting", "connected"]) -> None:
