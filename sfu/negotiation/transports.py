@@ -52,7 +52,7 @@ from sfu.forward.forwarder import Forwarder
 from sfu.forward.table import ForwarderStats, Subscription
 from sfu.layers.choice import Layers, LayerSource
 from sfu.rooms.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
-from sfu.rooms.inputs import CloseRoom, Core, Leave, PathMoved, PeerDatagram, SpeakerChanged
+from sfu.rooms.inputs import CloseRoom, Core, Leave, PathMoved, PeerDatagram, SpeakerChosen
 from sfu.rooms.records import (
     Leg,
     MediaParticipant,
@@ -321,7 +321,7 @@ class Transports(Core):
             self.tables.paths[moved.how] += 1
             self.service(moved.peer, now)
 
-    def _handle_speaker_changed(self, change: SpeakerChanged, now: float) -> None:
+    def _handle_speaker_changed(self, change: SpeakerChosen, now: float) -> None:
         self._speaker_changed(change.room, change.speaker)
 
     handlers = {
@@ -329,7 +329,7 @@ class Transports(Core):
         CloseRoom: _handle_close_room,
         PeerDatagram: _handle_peer_datagram,
         PathMoved: _handle_path_moved,
-        SpeakerChanged: _handle_speaker_changed,
+        SpeakerChosen: _handle_speaker_changed,
     }
 
     # -- timers ------------------------------------------------------------------------

@@ -503,7 +503,7 @@ class MediaWorker(HotPath):
                 change = room.speaker.handle_timer(now)
                 if change is not None:
                     speaker = cast(str | None, change.speaker)
-                    self._receive(self.transports, inputs.SpeakerChanged(room, speaker), now)
+                    self._receive(self.transports, inputs.SpeakerChosen(room, speaker), now)
             self._flush_rtcp(room)
         with carried_out(self._cores, self._act):
             self.transports.handle_timer(now)

@@ -65,7 +65,7 @@ __all__ = [
     "SetAudioOnly",
     "SetMuted",
     "SetView",
-    "SpeakerChanged",
+    "SpeakerChosen",
     "Subscribe",
     "SubscriberFeedback",
     "TransportsInput",
@@ -171,7 +171,7 @@ class PathMoved(Input[None]):
 
 
 @dataclass(frozen=True, slots=True)
-class SpeakerChanged(Input[None]):
+class SpeakerChosen(Input[None]):
     """A room's speaker detector chose ``speaker`` (None: nobody speaks)."""
 
     room: MediaRoom
@@ -269,7 +269,7 @@ class SubscriberFeedback(Input[None]):
 NegotiatorInput = Publish | Subscribe | Answer | SetMuted | Unpublish
 """What :class:`sfu.negotiation.negotiator.Negotiator` takes."""
 
-TransportsInput = Leave | CloseRoom | PeerDatagram | PathMoved | SpeakerChanged
+TransportsInput = Leave | CloseRoom | PeerDatagram | PathMoved | SpeakerChosen
 """What :class:`sfu.negotiation.transports.Transports` takes."""
 
 LinksInput = RelaySend | RelayReceive | CloseRoom | CloseLinks | LinkDtls | LinkRtcp | EarlyDtls

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from recording.store import Recordings
 from rtc.errors import SdpError
 from sfu.control.messages import MediaControl
-from sfu.control.rpc import MediaClient, MediaUnavailable
+from sfu.control.rpc import MediaClient, WorkerUnreachable
 from sfu.errors import SfuStateError
 from signalling import errors, protocol
 from signalling.cluster.connections import ERRORS, AnyConnection, Connection
@@ -291,7 +291,7 @@ class CallService:
                 return errors.BadSdp(str(exc) or "bad SDP")
             case SfuStateError():
                 return errors.BadState(str(exc) or "not in a state for this")
-            case MediaUnavailable():
+            case WorkerUnreachable():
                 log.warning("media worker unavailable: %s", exc)
                 self.rooms.wake_watcher()
                 return errors.MediaUnavailable(str(exc))
