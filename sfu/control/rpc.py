@@ -62,7 +62,7 @@ from sfu.control.messages import (
     RelayPeer,
     Restart,
     Source,
-    TrackView,
+    TrackDisplay,
     event_from_dict,
     event_to_dict,
 )
@@ -432,7 +432,9 @@ class RemoteMedia:
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
         await self._call("unpublish", room=room, participant=participant, track_id=track_id)
 
-    async def set_view(self, room: str, participant: str, track_id: str, view: TrackView) -> None:
+    async def set_view(
+        self, room: str, participant: str, track_id: str, view: TrackDisplay
+    ) -> None:
         await self._call(
             "set_view", room=room, participant=participant, track_id=track_id, view=asdict(view)
         )
@@ -662,7 +664,7 @@ class MediaServer:
             room = str(args["room"])
             participant = str(args["participant"])
             track_id = str(args["track_id"])
-            view = TrackView.from_dict(args["view"])
+            view = TrackDisplay.from_dict(args["view"])
         except (KeyError, TypeError, ValueError) as exc:
             raise MediaError(f"malformed set_view request: {exc!r}") from exc
         await self.worker.set_view(room, participant, track_id, view)

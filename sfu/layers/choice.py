@@ -45,7 +45,7 @@ import math
 from collections.abc import Sequence
 
 from rtc.machine import earliest
-from sfu.control.messages import LayersWanted, TrackPaused, TrackView
+from sfu.control.messages import LayersWanted, TrackDisplay, TrackPaused
 from sfu.errors import SfuStateError
 from sfu.feedback.estimator import RAMP_REACH
 from sfu.forward.simulcast import AUDIO_BITRATE, Wanted, allocate
@@ -151,7 +151,7 @@ class Layers(Core):
             raise SfuStateError(f"no room {command.room!r}")
         view = command.view
         width, height = max(0, view.width), max(0, view.height)
-        r.views[(command.participant, command.track_id)] = TrackView(width, height, view.visible)
+        r.views[(command.participant, command.track_id)] = TrackDisplay(width, height, view.visible)
         self.allocate(r, command.participant, now)
 
     def _handle_set_audio_only(self, command: SetAudioOnly, now: float) -> None:
@@ -452,7 +452,7 @@ class Layers(Core):
                 )
 
 
-_ANY_VIEW = TrackView()
+_ANY_VIEW = TrackDisplay()
 
 
 def _red_next(state: Subscriber, estimate: float, lacking: bool, audio: float) -> bool:

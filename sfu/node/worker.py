@@ -76,7 +76,7 @@ from sfu.control.messages import (
     RelayPeer,
     Restart,
     Source,
-    TrackView,
+    TrackDisplay,
 )
 from sfu.feedback.bandwidth import BandwidthFeedback
 from sfu.feedback.reports import ReportScheduler
@@ -422,7 +422,9 @@ class MediaWorker(HotPath):
         """Receive ``tracks`` of ``room`` from ``peer``: :class:`sfu.rooms.inputs.RelayReceive`."""
         self._receive(self.links, inputs.RelayReceive(room, peer, tracks))
 
-    async def set_view(self, room: str, participant: str, track_id: str, view: TrackView) -> None:
+    async def set_view(
+        self, room: str, participant: str, track_id: str, view: TrackDisplay
+    ) -> None:
         """How ``participant`` shows ``track_id``: :class:`sfu.rooms.inputs.SetView`."""
         self._receive(self.layers, inputs.SetView(room, participant, track_id, view))
 

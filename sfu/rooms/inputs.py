@@ -38,7 +38,14 @@ from rtc.ice import Address
 from rtc.rtcp.compound import RtcpPacket
 from rtc.rtcp.feedback import Remb
 from rtc.rtcp.transport_cc import TransportCc
-from sfu.control.messages import PublishResult, RelayedTrack, RelayPeer, Restart, Source, TrackView
+from sfu.control.messages import (
+    PublishResult,
+    RelayedTrack,
+    RelayPeer,
+    Restart,
+    Source,
+    TrackDisplay,
+)
 from sfu.errors import UnknownInput
 from sfu.rooms.actions import ActionQueue
 from sfu.rooms.records import Link, MediaRoom, Peer
@@ -244,7 +251,7 @@ class SetView(Input[None]):
     room: str
     participant: str
     track_id: str
-    view: TrackView
+    view: TrackDisplay
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from typing import Literal
 from rtc.ice import Address
 from rtc.sdp.attributes import Codec
 from rtc.srtp import SrtpSession
-from sfu.control.messages import RelayedTrack, TrackInfo, TrackView
+from sfu.control.messages import RelayedTrack, TrackDisplay, TrackInfo
 from sfu.feedback.bandwidth import BandwidthFeedback, TransportCcRecorder
 from sfu.feedback.receiving import ReceiveStatistics
 from sfu.feedback.reports import ReportScheduler
@@ -77,7 +77,7 @@ class MediaRoom:
         self.relays: dict[str, RelayRoom] = {}
         """Peer worker id -> what this room sends to and receives from it (:mod:`sfu.node.links`).
         """
-        self.views: dict[tuple[str, str], TrackView] = {}
+        self.views: dict[tuple[str, str], TrackDisplay] = {}
         """(subscriber, track id) -> how the subscriber shows the track (:mod:`sfu.layers.choice`).
         """
         self.audio_only: set[str] = set()

@@ -39,7 +39,7 @@ from signalling.room.outputs import MediaCloseRoom, Output, Send
 
 log = logging.getLogger("wadud.signalling")
 
-__all__ = ["Change", "ParticipantView", "RoomEvents", "RoomView", "changes", "view_of"]
+__all__ = ["Change", "ObservedRoom", "ParticipantView", "RoomEvents", "changes", "view_of"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ParticipantView:
 
 
 @dataclass(frozen=True)
-class RoomView:
+class ObservedRoom:
     booking: str
     participants: dict[str, ParticipantView] = field(default_factory=dict)
 
@@ -64,8 +64,8 @@ class Change:
     data: dict[str, Any]
 
 
-def view_of(core: Room, booking: str) -> RoomView:
-    return RoomView(
+def view_of(core: Room, booking: str) -> ObservedRoom:
+    return ObservedRoom(
         booking,
         {
             p.id: ParticipantView(
@@ -116,8 +116,8 @@ def _why(was: ParticipantView, core: Room, outputs: Sequence[Output]) -> str:
 
 
 def changes(
-    before: RoomView | None, core: Room, outputs: Sequence[Output]
-) -> tuple[list[Change], RoomView | None]:
+    before: ObservedRoom | None, core: Room, outputs: Sequence[Output]
+) -> tuple[list[Change], ObservedRoom | None]:
     """What happened in ``core`` since ``before`` (the last view, None when
     unseen), and the view to keep (None: the room is over)."""
     booking = before.booking if before is not None else _booking(core)
@@ -128,7 +128,7 @@ def changes(
     if before is None:
         if len(now.participants) > 1 or any(p.tracks for p in now.participants.values()):
             return [], None if finished else now  # a takeover: seen as it stands
-        before = RoomView(booking)
+        before = ObservedRoom(booking)
         out = [Change("room_started", {})] if now.participants or finished else []
     else:
         out = []
@@ -181,7 +181,7 @@ class RoomEvents:
     ) -> None:
         self._pool = pool
         self.clock = clock
-        self.views: dict[str, RoomView] = {}
+        self.views: dict[str, ObservedRoom] = {}
         self._queue: asyncio.Queue[tuple[str, str, str, str, dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 

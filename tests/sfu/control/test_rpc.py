@@ -30,7 +30,7 @@ from sfu.control.messages import (
     MediaEvent,
     RecordingOrder,
     RecordingStopped,
-    TrackView,
+    TrackDisplay,
     TransportState,
     event_from_dict,
     event_to_dict,
@@ -113,8 +113,8 @@ def test_events_round_trip_through_dicts() -> None:
 
 
 def test_view_round_trips_through_json() -> None:
-    view = TrackView(1280, 720, False)
-    assert TrackView.from_dict(json.loads(json.dumps(dataclasses.asdict(view)))) == view
+    view = TrackDisplay(1280, 720, False)
+    assert TrackDisplay.from_dict(json.loads(json.dumps(dataclasses.asdict(view)))) == view
 
 
 async def test_every_operation_round_trips(
@@ -146,8 +146,8 @@ async def test_every_operation_round_trips(
         await media.answer(ROOM, "patient", answer)
         # Unchanged set: no new offer (None crosses the wire as null).
         assert await media.subscribe(ROOM, "patient", [track.track_id]) is None
-        await media.set_view(ROOM, "patient", track.track_id, TrackView(320, 180, False))
-        assert worker.tables.rooms[ROOM].views[("patient", track.track_id)] == TrackView(
+        await media.set_view(ROOM, "patient", track.track_id, TrackDisplay(320, 180, False))
+        assert worker.tables.rooms[ROOM].views[("patient", track.track_id)] == TrackDisplay(
             320, 180, False
         )
 
@@ -208,7 +208,7 @@ async def test_typed_errors_cross_the_wire(served: tuple[MediaServer, MediaClien
     with pytest.raises(SfuStateError, match="no track"):
         await media.set_muted("no-such-room", "t1", True)
     with pytest.raises(SfuStateError, match="no room"):
-        await media.set_view("no-such-room", "p", "t1", TrackView())
+        await media.set_view("no-such-room", "p", "t1", TrackDisplay())
     server, client, _ = served
     stale = client.remote(server.wid, "an-old-incarnation")
     with pytest.raises(WorkerUnreachable, match="incarnation"):
