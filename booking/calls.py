@@ -22,7 +22,7 @@ from uuid import UUID
 
 import asyncpg
 
-from booking.lifecycle import State
+from booking.lifecycle import BookingState
 from wadud.config import Settings
 from wadud.web import auth
 from wadud.web.api import ApiModel
@@ -43,9 +43,9 @@ __all__ = [
 
 ROOM_PREFIX = "booking-"
 #: Booking states in which its video links open the room.
-OPEN_STATES = frozenset({State.ACCEPTED, State.IN_PROGRESS})
+OPEN_STATES = frozenset({BookingState.ACCEPTED, BookingState.IN_PROGRESS})
 #: Outbox topics after which whoever is in the booking's call is sent away.
-ENDING_TOPICS = (f"booking.{State.CANCELLED}",)
+ENDING_TOPICS = (f"booking.{BookingState.CANCELLED}",)
 
 
 #: A booking's video links open this long before its slot (and its

@@ -151,8 +151,8 @@ class SlotConflict(BookingError, Conflict):
 class InvalidTransition(BookingError, Conflict):
     """The booking lifecycle does not allow ``event`` in ``state``.
 
-    ``state`` and ``event`` hold the :class:`booking.lifecycle.State` and
-    :class:`booking.lifecycle.Event` members (both ``str`` enums; typed as
+    ``state`` and ``event`` hold the :class:`booking.lifecycle.BookingState` and
+    :class:`booking.lifecycle.BookingEvent` members (both ``str`` enums; typed as
     ``str`` here so this module does not import the lifecycle).
     """
 

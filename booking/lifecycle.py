@@ -51,16 +51,16 @@ __all__ = [
     "ACTIVE_STATES",
     "TERMINAL_STATES",
     "TRANSITIONS",
-    "Event",
+    "BookingEvent",
+    "BookingState",
     "InvalidTransition",
-    "State",
     "allowed_events",
     "is_terminal",
     "transition",
 ]
 
 
-class State(StrEnum):
+class BookingState(StrEnum):
     """Where a booking is in its life; the value is what the database stores."""
 
     HELD = "held"
@@ -73,7 +73,7 @@ class State(StrEnum):
     EXPIRED = "expired"
 
 
-class Event(StrEnum):
+class BookingEvent(StrEnum):
     """Something that happens to a booking."""
 
     CONFIRM_PAYMENT = "confirm_payment"
@@ -89,11 +89,11 @@ class Event(StrEnum):
     RESCHEDULE = "reschedule"
 
 
-_S = State
-_E = Event
+_S = BookingState
+_E = BookingEvent
 
 # The whole machine. A (state, event) pair absent from this table is refused.
-_TRANSITIONS: dict[State, dict[Event, State]] = {
+_TRANSITIONS: dict[BookingState, dict[BookingEvent, BookingState]] = {
     _S.HELD: {
         _E.CONFIRM_PAYMENT: _S.REQUESTED,
         _E.EXPIRE_HOLD: _S.EXPIRED,
@@ -130,20 +130,22 @@ _TRANSITIONS: dict[State, dict[Event, State]] = {
 }
 
 #: Read-only view of the table: ``TRANSITIONS[state][event] -> next state``.
-TRANSITIONS: Mapping[State, Mapping[Event, State]] = MappingProxyType(
+TRANSITIONS: Mapping[BookingState, Mapping[BookingEvent, BookingState]] = MappingProxyType(
     {state: MappingProxyType(row) for state, row in _TRANSITIONS.items()}
 )
 
 #: States that occupy the doctor's time (the exclusion constraint's WHERE clause).
-ACTIVE_STATES: frozenset[State] = frozenset(
-    {State.HELD, State.REQUESTED, State.ACCEPTED, State.IN_PROGRESS}
+ACTIVE_STATES: frozenset[BookingState] = frozenset(
+    {BookingState.HELD, BookingState.REQUESTED, BookingState.ACCEPTED, BookingState.IN_PROGRESS}
 )
 
 #: States no event leaves.
-TERMINAL_STATES: frozenset[State] = frozenset(s for s, row in _TRANSITIONS.items() if not row)
+TERMINAL_STATES: frozenset[BookingState] = frozenset(
+    s for s, row in _TRANSITIONS.items() if not row
+)
 
 
-def transition(state: State, event: Event) -> State:
+def transition(state: BookingState, event: BookingEvent) -> BookingState:
     """The state a booking in ``state`` moves to on ``event``.
 
     Raises :class:`InvalidTransition` (HTTP 409) when the table has no entry,
@@ -156,11 +158,11 @@ def transition(state: State, event: Event) -> State:
     return new_state
 
 
-def allowed_events(state: State) -> frozenset[Event]:
+def allowed_events(state: BookingState) -> frozenset[BookingEvent]:
     """The events ``state`` accepts (empty for terminal states)."""
     return frozenset(_TRANSITIONS[state])
 
 
-def is_terminal(state: State) -> bool:
+def is_terminal(state: BookingState) -> bool:
     """Whether no event leaves ``state``."""
     return state in TERMINAL_STATES

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from booking import calls, refunds
 from booking.bookings import visits
-from booking.lifecycle import State, allowed_events
+from booking.lifecycle import BookingState, allowed_events
 from wadud.config import Settings
 
 __all__ = [
@@ -299,7 +299,7 @@ def manage(settings: Settings, row: Mapping[str, Any], paid: int) -> web.Respons
     now = dt.datetime.now(dt.UTC)
     facts = _booking_facts(row) | {
         "doctor_id": str(row["doctor_id"]),
-        "allowed_events": sorted(allowed_events(State(row["status"]))),
+        "allowed_events": sorted(allowed_events(BookingState(row["status"]))),
         # What a cancellation now gives back, by the same policy it applies.
         "paid_minor": paid,
         "refund_now_minor": refunds.refund_amount(

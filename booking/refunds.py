@@ -22,7 +22,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from booking.errors import InvalidRefundPolicy, InvalidRefundRequest
-from booking.lifecycle import Event
+from booking.lifecycle import BookingEvent
 
 __all__ = [
     "CANCELLERS",
@@ -47,12 +47,12 @@ class Canceller(StrEnum):
 
 
 #: Who cancels, for each lifecycle event that ends in ``cancelled``.
-CANCELLERS: Mapping[Event, Canceller] = MappingProxyType(
+CANCELLERS: Mapping[BookingEvent, Canceller] = MappingProxyType(
     {
-        Event.CANCEL_BY_PATIENT: Canceller.PATIENT,
-        Event.CANCEL_BY_DOCTOR: Canceller.DOCTOR,
-        Event.DECLINE: Canceller.DOCTOR,
-        Event.CANCEL_BY_CLINIC: Canceller.CLINIC,
+        BookingEvent.CANCEL_BY_PATIENT: Canceller.PATIENT,
+        BookingEvent.CANCEL_BY_DOCTOR: Canceller.DOCTOR,
+        BookingEvent.DECLINE: Canceller.DOCTOR,
+        BookingEvent.CANCEL_BY_CLINIC: Canceller.CLINIC,
     }
 )
 

@@ -7,7 +7,7 @@ The shape:
   publishes it on the bus (topic ``chat``; Redis pub/sub across nodes, the
   in-process bus in ``wadud serve``). Publishes are batched by one task, so a
   node sends one bus message per burst, in commit order.
-* Every node keeps, per conversation with local clients, a :class:`Room` with
+* Every node keeps, per conversation with local clients, a :class:`ConversationFanout` with
   the highest sequence it delivered. Sequences are dense and a visible one
   implies all smaller ones committed (``chat_append`` holds the conversation's
   row lock until commit), so an event that skips ahead means the bus lost or
@@ -125,7 +125,7 @@ def event_text(event: dict[str, Any]) -> str:
 
 
 @dataclass(eq=False)
-class Room:
+class ConversationFanout:
     conversation_id: UUID
     delivered: int
     subs: set[Sub] = field(default_factory=set)
@@ -163,7 +163,7 @@ class Hub:
         self.bus = bus
         self.keyring = keyring
         self.node = uuid.uuid4().hex
-        self.rooms: dict[UUID, Room] = {}
+        self.rooms: dict[UUID, ConversationFanout] = {}
         #: Connected clients by user, for revocation.
         self.clients: dict[UUID, set[Client]] = {}
         self.liveness_interval = liveness_interval
@@ -204,7 +204,7 @@ class Hub:
 
     # -- subscriptions ----------------------------------------------------------
 
-    async def _room(self, conversation_id: UUID) -> Room:
+    async def _room(self, conversation_id: UUID) -> ConversationFanout:
         room = self.rooms.get(conversation_id)
         if room is None:
             last = await self.pool.fetchval(
@@ -212,7 +212,7 @@ class Hub:
             )
             room = self.rooms.get(conversation_id)  # someone may have made it meanwhile
             if room is None:
-                room = Room(conversation_id, int(last or 0))
+                room = ConversationFanout(conversation_id, int(last or 0))
                 self.rooms[conversation_id] = room
         return room
 
@@ -380,11 +380,11 @@ class Hub:
         room.pending[seq] = event
         self._fill(room, max(room.pending))
 
-    def _fill(self, room: Room, target: int) -> None:
+    def _fill(self, room: ConversationFanout, target: int) -> None:
         if room.filling is None and target > room.delivered:
             room.filling = asyncio.create_task(self._fill_task(room, target))
 
-    async def _fill_task(self, room: Room, target: int) -> None:
+    async def _fill_task(self, room: ConversationFanout, target: int) -> None:
         self.stats["gap_fills"] += 1
         try:
             while room.delivered < target:

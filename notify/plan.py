@@ -32,7 +32,7 @@ __all__ = [
     "Context",
     "Delivery",
     "Device",
-    "Event",
+    "InboxEvent",
     "Job",
     "Plan",
     "Policy",
@@ -75,7 +75,7 @@ _LONG_REMINDER = 360
 
 
 @dataclass(frozen=True)
-class Event:
+class InboxEvent:
     """An outbox event as the notifier reads it from ``notify_inbox``."""
 
     id: int
@@ -149,7 +149,7 @@ def _time(value: Any) -> dt.datetime | None:
 
 
 def reminders(
-    event: Event, booking_id: UUID, starts_at: dt.datetime, ctx: Context, policy: Policy
+    event: InboxEvent, booking_id: UUID, starts_at: dt.datetime, ctx: Context, policy: Policy
 ) -> list[Job]:
     """The booking's reminders that are still ahead of the moment it was made
     (a booking made 3 hours ahead gets no 24-hour reminder)."""
@@ -189,7 +189,7 @@ def reminders(
 
 
 def _job(
-    event: Event,
+    event: InboxEvent,
     template: str,
     who: UUID | None,
     params: Mapping[str, Any],
@@ -237,7 +237,7 @@ def _money(d: Mapping[str, Any], amount: Any, reference: str) -> dict[str, Any]:
     }
 
 
-def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
+def plan_event(event: InboxEvent, ctx: Context, policy: Policy) -> Plan:
     """The jobs ``event`` calls for (see the module's docstring)."""
     d = event.data
     topic = event.topic
@@ -311,7 +311,7 @@ def plan_event(event: Event, ctx: Context, policy: Policy) -> Plan:
     return Plan()
 
 
-def _plan_booking(event: Event, ctx: Context, policy: Policy) -> Plan:
+def _plan_booking(event: InboxEvent, ctx: Context, policy: Policy) -> Plan:
     d = event.data
     booking_id = _uuid(d.get("booking_id"))
     starts_at = _time(d.get("starts_at"))

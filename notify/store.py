@@ -18,7 +18,7 @@ from uuid import UUID
 
 import asyncpg
 
-from notify.plan import Context, Delivery, Device, Event, Job, Plan, Preferences, Recipient
+from notify.plan import Context, Delivery, Device, InboxEvent, Job, Plan, Preferences, Recipient
 from wadud.state.rows import from_row
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
 Conn: TypeAlias = asyncpg.Connection
 
 
-async def claim_events(conn: Conn, limit: int) -> list[Event]:
+async def claim_events(conn: Conn, limit: int) -> list[InboxEvent]:
     # The outbox row (while the relay keeps it) holds the event's trace context.
     rows = await conn.fetch(
         """SELECT i.event_id, i.topic, i.payload, i.at, o.trace FROM notify_inbox i
@@ -48,7 +48,7 @@ async def claim_events(conn: Conn, limit: int) -> list[Event]:
            ORDER BY i.event_id LIMIT $1 FOR UPDATE OF i SKIP LOCKED""",
         limit,
     )
-    return [Event(r["event_id"], r["topic"], r["payload"], r["at"], r["trace"]) for r in rows]
+    return [InboxEvent(r["event_id"], r["topic"], r["payload"], r["at"], r["trace"]) for r in rows]
 
 
 async def delete_events(conn: Conn, ids: Sequence[int]) -> None:
@@ -74,11 +74,11 @@ async def _name(conn: Conn, user_id: UUID | None) -> str:
     return str(name or "")
 
 
-def _about_a_booking(event: Event) -> bool:
+def _about_a_booking(event: InboxEvent) -> bool:
     return event.topic.startswith("booking.") or event.topic == "call.waiting"
 
 
-async def contexts_for(conn: Conn, events: Sequence[Event]) -> list[Context]:
+async def contexts_for(conn: Conn, events: Sequence[InboxEvent]) -> list[Context]:
     """:func:`context_for` of each event, in order; the people of every
     booking event of the batch in one round trip."""
     about = [e for e in events if _about_a_booking(e)]
@@ -86,7 +86,7 @@ async def contexts_for(conn: Conn, events: Sequence[Event]) -> list[Context]:
     return [people[id(e)] if id(e) in people else await context_for(conn, e) for e in events]
 
 
-async def _booking_people(conn: Conn, events: Sequence[Event]) -> list[Context]:
+async def _booking_people(conn: Conn, events: Sequence[InboxEvent]) -> list[Context]:
     """The patient and doctor of each booking event, by the ids it carries;
     an event lacking either id takes both from its booking, when there is
     one. One round trip for all of them."""
@@ -124,7 +124,7 @@ async def _booking_people(conn: Conn, events: Sequence[Event]) -> list[Context]:
     ]
 
 
-async def context_for(conn: Conn, event: Event) -> Context:
+async def context_for(conn: Conn, event: InboxEvent) -> Context:
     """The people an event concerns, looked up by the ids it carries."""
     d = event.data
     if _about_a_booking(event):

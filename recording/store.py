@@ -55,8 +55,8 @@ from recording.errors import (
 __all__ = [
     "TRANSITIONS",
     "Recording",
+    "RecordingState",
     "Recordings",
-    "State",
     "file_aad",
     "open_file",
     "recording_key",
@@ -64,7 +64,7 @@ __all__ = [
 ]
 
 
-class State(StrEnum):
+class RecordingState(StrEnum):
     ASKING = "asking"
     REFUSED = "refused"
     RECORDING = "recording"
@@ -75,27 +75,27 @@ class State(StrEnum):
 
 
 #: (from, verb) -> to. Verbs: start, refuse, stop, fail, claim, done.
-TRANSITIONS: Final[dict[tuple[State, str], State]] = {
-    (State.ASKING, "start"): State.RECORDING,
-    (State.ASKING, "refuse"): State.REFUSED,
-    (State.ASKING, "stop"): State.REFUSED,
-    (State.ASKING, "fail"): State.FAILED,
-    (State.RECORDING, "refuse"): State.STOPPED,
-    (State.RECORDING, "stop"): State.STOPPED,
-    (State.RECORDING, "fail"): State.FAILED,
-    (State.STOPPED, "claim"): State.PROCESSING,
-    (State.PROCESSING, "claim"): State.PROCESSING,  # a lease ran out: another try
-    (State.PROCESSING, "done"): State.READY,
-    (State.PROCESSING, "fail"): State.FAILED,
+TRANSITIONS: Final[dict[tuple[RecordingState, str], RecordingState]] = {
+    (RecordingState.ASKING, "start"): RecordingState.RECORDING,
+    (RecordingState.ASKING, "refuse"): RecordingState.REFUSED,
+    (RecordingState.ASKING, "stop"): RecordingState.REFUSED,
+    (RecordingState.ASKING, "fail"): RecordingState.FAILED,
+    (RecordingState.RECORDING, "refuse"): RecordingState.STOPPED,
+    (RecordingState.RECORDING, "stop"): RecordingState.STOPPED,
+    (RecordingState.RECORDING, "fail"): RecordingState.FAILED,
+    (RecordingState.STOPPED, "claim"): RecordingState.PROCESSING,
+    (RecordingState.PROCESSING, "claim"): RecordingState.PROCESSING,  # a lease ran out: another try
+    (RecordingState.PROCESSING, "done"): RecordingState.READY,
+    (RecordingState.PROCESSING, "fail"): RecordingState.FAILED,
 }
 
 #: States a booking's recording is "live" in (at most one per booking).
-LIVE: Final = (State.ASKING, State.RECORDING)
+LIVE: Final = (RecordingState.ASKING, RecordingState.RECORDING)
 _KEY_BYTES = 32
 
 
-def _next(state: str, verb: str) -> State:
-    to = TRANSITIONS.get((State(state), verb))
+def _next(state: str, verb: str) -> RecordingState:
+    to = TRANSITIONS.get((RecordingState(state), verb))
     if to is None:
         raise BadTransition(f"a recording that is {state} cannot {verb}")
     return to

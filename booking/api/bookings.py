@@ -21,7 +21,7 @@ from pydantic import Field, StringConstraints
 from booking import calls, pages
 from booking.bookings import access, changes, holds, transitions, visits
 from booking.bookings.changes import Refunder
-from booking.lifecycle import Event, State, allowed_events
+from booking.lifecycle import BookingEvent, BookingState, allowed_events
 from booking.refunds import CANCELLERS, Canceller
 from wadud.messaging import loops
 from wadud.state import keys
@@ -64,7 +64,7 @@ class BookingOut(ApiModel):
     doctor_id: UUID
     patient_id: UUID
     type: Literal["video", "in_person"]
-    status: State
+    status: BookingState
     starts_at: dt.datetime
     ends_at: dt.datetime
     hold_expires_at: dt.datetime | None
@@ -77,7 +77,7 @@ class BookingOut(ApiModel):
     created_at: dt.datetime
     updated_at: dt.datetime
     #: Lifecycle events the booking's state accepts (whoever may send them).
-    allowed_events: list[Event]
+    allowed_events: list[BookingEvent]
 
 
 class BookingPage(ApiModel):
@@ -87,7 +87,7 @@ class BookingPage(ApiModel):
 
 
 class BookingQuery(ApiModel):
-    status: list[State] = Field(default_factory=list)
+    status: list[BookingState] = Field(default_factory=list)
     doctor_id: UUID | None = None
     #: Bookings starting at or after this instant.
     start_from: Instant | None = Field(default=None, alias="from")
@@ -107,7 +107,7 @@ class ManageLink(ApiModel):
 
 def booking_out(row: Mapping[str, Any]) -> BookingOut:
     data = {k: row[k] for k in BookingOut.model_fields if k != "allowed_events"}
-    events = sorted(allowed_events(State(row["status"])))
+    events = sorted(allowed_events(BookingState(row["status"])))
     return BookingOut(**data, allowed_events=events)
 
 
@@ -178,32 +178,32 @@ async def get_booking(call: Call[None, None]) -> BookingOut:
 # -- the doctor's side of the lifecycle ------------------------------------------
 
 
-async def _act(call: Call[Any, Any], event: Event) -> BookingOut:
+async def _act(call: Call[Any, Any], event: BookingEvent) -> BookingOut:
     return booking_out(await transitions.act(call.pool, call.path_uuid("id"), call.user, event))
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/accept", returns=BookingOut, auth=STAFF)
 async def accept_booking(call: Call[None, None]) -> BookingOut:
     """Accept a requested booking (its doctor, or staff of its clinic)."""
-    return await _act(call, Event.ACCEPT)
+    return await _act(call, BookingEvent.ACCEPT)
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/decline", returns=BookingOut, auth=STAFF)
 async def decline_booking(call: Call[None, None]) -> BookingOut:
     """Decline a requested booking; the patient is refunded in full."""
-    return await _cancel(call, CANCELLERS[Event.DECLINE], "declined", decline=True)
+    return await _cancel(call, CANCELLERS[BookingEvent.DECLINE], "declined", decline=True)
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/start", returns=BookingOut, auth=STAFF)
 async def start_booking(call: Call[None, None]) -> BookingOut:
     """Start the consultation (from 10 minutes before the slot to its end)."""
-    return await _act(call, Event.START)
+    return await _act(call, BookingEvent.START)
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/complete", returns=BookingOut, auth=STAFF)
 async def complete_booking(call: Call[None, None]) -> BookingOut:
     """Complete a consultation in progress (once its slot has begun)."""
-    return await _act(call, Event.COMPLETE)
+    return await _act(call, BookingEvent.COMPLETE)
 
 
 @routes.post("/api/v1/bookings/{id:uuid}/no-show", returns=BookingOut, auth=STAFF)
@@ -212,7 +212,7 @@ async def no_show_booking(call: Call[None, None]) -> BookingOut:
 
     A doctor who does not turn up is a cancellation by the doctor, never a
     no-show."""
-    return await _act(call, Event.MARK_NO_SHOW)
+    return await _act(call, BookingEvent.MARK_NO_SHOW)
 
 
 # -- cancel and reschedule -------------------------------------------------------

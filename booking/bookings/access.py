@@ -22,7 +22,7 @@ import asyncpg
 
 from booking import calls
 from booking.bookings.errors import BookingNotFound, NoVideoLink
-from booking.lifecycle import State
+from booking.lifecycle import BookingState
 from privacy import audit
 from wadud.config import Settings
 from wadud.errors import NotFound
@@ -139,7 +139,7 @@ async def list_visible(
     pool: asyncpg.Pool,
     me: Principal,
     *,
-    statuses: Sequence[State],
+    statuses: Sequence[BookingState],
     doctor_id: UUID | None,
     start_from: dt.datetime | None,
     to: dt.datetime | None,

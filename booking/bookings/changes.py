@@ -24,7 +24,7 @@ from booking.bookings.access import (
 from booking.bookings.errors import BookingNotFound, SlotTaken
 from booking.bookings.holds import taken_or_not_offered
 from booking.bookings.transitions import apply_event, lock_booking, next_state
-from booking.lifecycle import Event
+from booking.lifecycle import BookingEvent
 from booking.refunds import Canceller
 from booking.schedule import slots
 from wadud.web.api import Principal
@@ -42,10 +42,10 @@ __all__ = [
     "rotate_manage_token",
 ]
 
-_CANCEL_EVENTS: Mapping[Canceller, Event] = {
-    Canceller.PATIENT: Event.CANCEL_BY_PATIENT,
-    Canceller.DOCTOR: Event.CANCEL_BY_DOCTOR,
-    Canceller.CLINIC: Event.CANCEL_BY_CLINIC,
+_CANCEL_EVENTS: Mapping[Canceller, BookingEvent] = {
+    Canceller.PATIENT: BookingEvent.CANCEL_BY_PATIENT,
+    Canceller.DOCTOR: BookingEvent.CANCEL_BY_DOCTOR,
+    Canceller.CLINIC: BookingEvent.CANCEL_BY_CLINIC,
 }
 
 
@@ -107,7 +107,7 @@ async def cancel_booking(
     record the outcome. A paid booking with no ``refund`` is refused whole
     (a programming error: money would be kept without a trace)."""
     now = now or _now()
-    event = Event.DECLINE if decline else _CANCEL_EVENTS[by]
+    event = BookingEvent.DECLINE if decline else _CANCEL_EVENTS[by]
     async with conn.transaction():
         row = await lock_booking(conn, booking_id)
         next_state(row["status"], event)  # refuse before any money moves
@@ -153,7 +153,7 @@ async def reschedule_booking(
     now = now or _now()
     async with conn.transaction():
         row = await lock_booking(conn, booking_id)
-        next_state(row["status"], Event.RESCHEDULE)
+        next_state(row["status"], BookingEvent.RESCHEDULE)
         doctor = await conn.fetchrow("SELECT * FROM doctors WHERE id = $1", row["doctor_id"])
         assert doctor is not None
         slot = await slots.is_offered(conn, row["doctor_id"], row["type"], starts_at, now)
@@ -178,7 +178,7 @@ async def reschedule_booking(
             "to_starts_at": slot.start.isoformat(),
         }
         return await apply_event(
-            conn, moved, Event.RESCHEDULE, actor_id=actor_id, detail=detail, now=now
+            conn, moved, BookingEvent.RESCHEDULE, actor_id=actor_id, detail=detail, now=now
         )
 
 

@@ -17,7 +17,7 @@ import asyncpg
 from booking.bookings.errors import SlotNotOffered, SlotTaken
 from booking.bookings.events import outbox_payload
 from booking.bookings.transitions import apply_event
-from booking.lifecycle import Event, State
+from booking.lifecycle import BookingEvent, BookingState
 from booking.schedule import cache, free_time, slots
 from privacy import consent
 from wadud.config import Settings
@@ -85,7 +85,7 @@ async def expire_lapsed_holds(
         await apply_event(
             conn,
             row,
-            Event.EXPIRE_HOLD,
+            BookingEvent.EXPIRE_HOLD,
             actor_id=None,
             detail={"hold_expires_at": row["hold_expires_at"].isoformat()},
             now=now,
@@ -283,7 +283,7 @@ def _hold_insert(
         "doctor_id": doctor_id,
         "patient_id": patient_id,
         "type": slot.consultation_type.value,
-        "status": State.HELD.value,
+        "status": BookingState.HELD.value,
         "starts_at": slot.start,
         "ends_at": slot.end,
         "price_minor": doctor["fee_minor"],
@@ -299,7 +299,7 @@ def _hold_insert(
                  {args(now)}::timestamptz, {args(now)}::timestamptz, {args(held["id"])}::uuid"""
     rows = f"SELECT {values} FROM {source}" if source else f"VALUES ({values})"
     event_cte, event_args = outbox.event(
-        f"booking.{State.HELD.value}",
+        f"booking.{BookingState.HELD.value}",
         outbox_payload(held, "hold", None, patient_id, None),
         args.next,
         source="b",

@@ -24,7 +24,7 @@ from booking.bookings.access import (
 from booking.bookings.errors import BookingNotFound, TooEarly, TooLate, TransitionRefused
 from booking.bookings.events import outbox_payload, record_event
 from booking.errors import InvalidTransition
-from booking.lifecycle import ACTIVE_STATES, Event, State, transition
+from booking.lifecycle import ACTIVE_STATES, BookingEvent, BookingState, transition
 from booking.schedule import slots
 from wadud.state.db import Args
 from wadud.web.api import Principal
@@ -44,10 +44,10 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def next_state(state: str, event: Event) -> State:
+def next_state(state: str, event: BookingEvent) -> BookingState:
     """The lifecycle's next state, as a typed HTTP 409 when it refuses."""
     try:
-        return transition(State(state), event)
+        return transition(BookingState(state), event)
     except (InvalidTransition, ValueError):
         raise TransitionRefused(f"cannot {event.value} a booking that is {state}") from None
 
@@ -63,7 +63,7 @@ async def lock_booking(conn: asyncpg.Connection, booking_id: UUID) -> asyncpg.Re
 async def transition_booking(
     conn: asyncpg.Connection,
     booking_id: UUID,
-    event: Event,
+    event: BookingEvent,
     *,
     actor_id: UUID | None,
     detail: dict[str, Any] | None = None,
@@ -87,7 +87,7 @@ async def transition_booking(
 async def apply_event(
     conn: asyncpg.Connection,
     row: asyncpg.Record,
-    event: Event,
+    event: BookingEvent,
     *,
     actor_id: UUID | None,
     detail: dict[str, Any] | None = None,
@@ -96,10 +96,10 @@ async def apply_event(
 ) -> asyncpg.Record:
     """:func:`transition_booking` on a row the caller has locked already."""
     now = now or _now()
-    old = State(row["status"])
+    old = BookingState(row["status"])
     new = next_state(row["status"], event)
     token: str | None = None
-    if new is State.REQUESTED and old is not State.REQUESTED:
+    if new is BookingState.REQUESTED and old is not BookingState.REQUESTED:
         token = new_manage_token()
     updated = await conn.fetchrow(
         """UPDATE bookings
@@ -119,8 +119,8 @@ async def apply_event(
 async def apply_event_if(
     conn: asyncpg.Connection,
     booking_id: UUID,
-    expected: State,
-    event: Event,
+    expected: BookingState,
+    event: BookingEvent,
     *,
     actor_id: UUID | None,
     detail: dict[str, Any] | None = None,
@@ -133,7 +133,7 @@ async def apply_event_if(
     table has no such move."""
     now = now or _now()
     new = next_state(expected.value, event)
-    token = new_manage_token() if new is State.REQUESTED and expected is not new else None
+    token = new_manage_token() if new is BookingState.REQUESTED and expected is not new else None
     updated = await conn.fetchrow(
         """UPDATE bookings
            SET status = $2, updated_at = $3,
@@ -168,7 +168,7 @@ def confirm_paid(
     moves otherwise. ``booking``: the row as read (its payload's columns).
     Held and requested both occupy the doctor's time, so next-free is
     unchanged and not refreshed."""
-    old, event = State.HELD, Event.CONFIRM_PAYMENT
+    old, event = BookingState.HELD, BookingEvent.CONFIRM_PAYMENT
     new = next_state(old.value, event)
     assert (old in ACTIVE_STATES) == (new in ACTIVE_STATES)
     token = new_manage_token()
@@ -197,9 +197,9 @@ def confirm_paid(
 async def _recorded(
     conn: asyncpg.Connection,
     updated: asyncpg.Record,
-    old: State,
-    new: State,
-    event: Event,
+    old: BookingState,
+    new: BookingState,
+    event: BookingEvent,
     actor_id: UUID | None,
     detail: dict[str, Any] | None,
     token: str | None,
@@ -226,7 +226,7 @@ async def _recorded(
             changed=(blocked.lower, blocked.upper),
             occupied=new in ACTIVE_STATES,
         )
-    elif refresh and event is Event.RESCHEDULE:
+    elif refresh and event is BookingEvent.RESCHEDULE:
         await slots.refresh_next_free(conn, updated["doctor_id"], now)
 
 
@@ -237,7 +237,7 @@ async def act(
     pool: asyncpg.Pool,
     booking_id: UUID,
     me: Principal,
-    event: Event,
+    event: BookingEvent,
     *,
     now: dt.datetime | None = None,
 ) -> asyncpg.Record:
@@ -252,13 +252,13 @@ async def act(
     now = now or _now()
     async with pool.acquire() as conn, conn.transaction():
         row = await visible_booking(conn, booking_id, me, lock=True)
-        if event is Event.START and now < row["starts_at"] - calls.EARLY_JOIN:
+        if event is BookingEvent.START and now < row["starts_at"] - calls.EARLY_JOIN:
             raise TooEarly(f"the consultation can start from {row['starts_at'] - calls.EARLY_JOIN}")
-        if event is Event.START and now >= row["ends_at"]:
+        if event is BookingEvent.START and now >= row["ends_at"]:
             raise TooLate("the slot is over: mark the patient absent (no-show) or cancel instead")
-        if event is Event.COMPLETE and now < row["starts_at"]:
+        if event is BookingEvent.COMPLETE and now < row["starts_at"]:
             raise TooEarly(f"the consultation can be completed from {row['starts_at']}")
-        if event is Event.MARK_NO_SHOW and now < row["starts_at"]:
+        if event is BookingEvent.MARK_NO_SHOW and now < row["starts_at"]:
             raise TooEarly("a patient is absent only once the slot has started")
         updated = await apply_event(conn, row, event, actor_id=me.user_id, now=now)
         await audit_access(conn, me, f"booking.{event.value}", row)

@@ -27,10 +27,10 @@ from wadud.messaging import outbox
 
 __all__ = [
     "READY_TOPIC",
-    "Event",
-    "Participant",
+    "CallParticipant",
     "Recorded",
     "Row",
+    "TransportEvent",
     "finish",
     "recorded",
     "store",
@@ -41,7 +41,7 @@ READY_TOPIC = "call_report_ready"
 
 
 @dataclass(frozen=True)
-class Participant:
+class CallParticipant:
     """Who a participant id is (from their page's stats)."""
 
     booking_id: UUID
@@ -62,7 +62,7 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Event:
+class TransportEvent:
     """A transport change (connected, failed, closed) or a page's reconnect."""
 
     booking_id: UUID
@@ -76,8 +76,8 @@ class Event:
 async def store(
     conn: asyncpg.Connection,
     rows: Sequence[Row],
-    events: Sequence[Event] = (),
-    people: Sequence[Participant] = (),
+    events: Sequence[TransportEvent] = (),
+    people: Sequence[CallParticipant] = (),
 ) -> None:
     """Write one batch (a few seconds of a replica's rooms) in one transaction.
     A booking that is gone (erased, deleted) takes its rows with it: they are

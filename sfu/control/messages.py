@@ -40,10 +40,10 @@ __all__ = [
     "RelayedTrack",
     "Restart",
     "Source",
+    "TrackDisplay",
     "TrackInfo",
     "TrackPaused",
     "TransportState",
-    "View",
     "event_from_dict",
     "event_to_dict",
 ]
@@ -103,7 +103,7 @@ class PublishResult:
 
 
 @dataclass(frozen=True)
-class View:
+class TrackDisplay:
     """How a subscriber shows a video track (the page's ``track_view``): the
     largest element's size in device pixels (0 x 0: unknown, no cap) and
     whether it is visible."""
@@ -113,7 +113,7 @@ class View:
     visible: bool = True
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> View:
+    def from_dict(cls, data: Mapping[str, Any]) -> TrackDisplay:
         """The inverse of :func:`dataclasses.asdict` (data that crossed the bus)."""
         return cls(int(data["width"]), int(data["height"]), bool(data["visible"]))
 
@@ -552,9 +552,11 @@ class MediaControl(Protocol):
         """Forget a track and every subscription to it."""
         ...
 
-    async def set_view(self, room: str, participant: str, track_id: str, view: View) -> None:
+    async def set_view(
+        self, room: str, participant: str, track_id: str, view: TrackDisplay
+    ) -> None:
         """How the subscriber ``participant`` shows the video track
-        ``track_id`` (:class:`View`). The worker sends the smallest simulcast
+        ``track_id`` (:class:`TrackDisplay`). The worker sends the smallest simulcast
         layer that covers the size (within the bandwidth it estimates) and
         nothing to an invisible view (TrackPaused ``hidden``). May come before
         the subscription exists; kept until the participant leaves.

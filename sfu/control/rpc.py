@@ -19,7 +19,7 @@ Messages (JSON):
 * reply: ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error":
   {"type": "sdp" | "state" | "unavailable" | "internal", "message"}}``,
   raised by the client as :class:`rtc.errors.SdpError`,
-  :class:`sfu.errors.SfuStateError`, :class:`MediaUnavailable`,
+  :class:`sfu.errors.SfuStateError`, :class:`WorkerUnreachable`,
   :class:`MediaError`;
 * event: ``{"worker", "incarnation", "event": event_to_dict(...)}`` or
   ``{"worker", "incarnation", "lifecycle": "ready" | "draining" | "stopped"}``.
@@ -27,8 +27,9 @@ Messages (JSON):
 Pub/sub delivers to whoever listens now, so "nobody listens" is visible at
 once: PUBLISH of a request returning 0 means the worker is gone, or is
 subscribing again after a Redis restart or failover; the request is sent
-again for :data:`RESUBSCRIBE_GRACE` before :class:`MediaUnavailable`. A worker that listens but does
-not answer (frozen, overloaded) costs the caller ``timeout`` seconds. Both
+again for :data:`RESUBSCRIBE_GRACE` before :class:`WorkerUnreachable`. A
+worker that listens but does not answer (frozen, overloaded) costs the caller
+``timeout`` seconds. Both
 subscriptions are :mod:`wadud.messaging.bus`'s, which resubscribe after a Redis restart;
 a request whose reply was lost meanwhile times out. After a network cut
 their connections may look alive while what Redis sends on them waits out
@@ -61,7 +62,7 @@ from sfu.control.messages import (
     RelayPeer,
     Restart,
     Source,
-    View,
+    TrackDisplay,
     event_from_dict,
     event_to_dict,
 )
@@ -78,8 +79,8 @@ __all__ = [
     "MediaClient",
     "MediaError",
     "MediaServer",
-    "MediaUnavailable",
     "RemoteMedia",
+    "WorkerUnreachable",
     "publish_lifecycle",
     "reply_channel",
 ]
@@ -107,7 +108,7 @@ def reply_channel(caller_id: str) -> str:
     return f"wadud:media:reply:{caller_id}"
 
 
-class MediaUnavailable(SfuError):
+class WorkerUnreachable(SfuError):
     """The media worker cannot be reached: nobody listens on its channel, it
     did not answer in time, it is another incarnation now, or Redis is down.
     The room must move to another worker."""
@@ -156,10 +157,10 @@ async def _renew(subscription: Subscription | None, within: float) -> bool:
 # The one table from the errors a worker raises to the ``type`` of an error
 # reply and back; anything else crosses as "internal" and is raised on the
 # caller's side as MediaError.
-_WIRE_ERRORS: dict[str, type[SdpError | SfuStateError | MediaUnavailable]] = {
+_WIRE_ERRORS: dict[str, type[SdpError | SfuStateError | WorkerUnreachable]] = {
     "sdp": SdpError,
     "state": SfuStateError,
-    "unavailable": MediaUnavailable,
+    "unavailable": WorkerUnreachable,
 }
 
 
@@ -173,8 +174,8 @@ def _raise(wid: str, error: Mapping[str, Any]) -> None:
     cls = _WIRE_ERRORS.get(str(error.get("type")))
     if cls is None:
         raise MediaError(f"media worker {wid}: {message}")
-    if cls is MediaUnavailable:
-        raise MediaUnavailable(f"media worker {wid}: {message}")
+    if cls is WorkerUnreachable:
+        raise WorkerUnreachable(f"media worker {wid}: {message}")
     raise cls(message)
 
 
@@ -244,7 +245,7 @@ class MediaClient:
         self._reader = self._subscription = None
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(MediaUnavailable("the media client closed"))
+                fut.set_exception(WorkerUnreachable("the media client closed"))
         self._pending.clear()
 
     async def renew(self, within: float) -> bool:
@@ -279,7 +280,7 @@ class MediaClient:
         for rid, target in list(self._targets.items()):
             fut = self._pending.get(rid)
             if target == (wid, incarnation) and fut is not None and not fut.done():
-                fut.set_exception(MediaUnavailable(f"media worker {wid} is gone"))
+                fut.set_exception(WorkerUnreachable(f"media worker {wid} is gone"))
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(wid, incarnation, event_or_lifecycle)`` for every
@@ -295,7 +296,7 @@ class MediaClient:
     ) -> Any:
         """Send ``op`` to the worker and return the reply's result (plain data)."""
         if self._reader is None:
-            raise MediaUnavailable("the media client is not started")
+            raise WorkerUnreachable("the media client is not started")
         rid = uuid.uuid4().hex
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
@@ -313,7 +314,7 @@ class MediaClient:
                 async with asyncio.timeout(self.timeout):
                     reply: Mapping[str, Any] = await fut
             except TimeoutError:
-                raise MediaUnavailable(
+                raise WorkerUnreachable(
                     f"media worker {wid} did not answer {op} within {self.timeout:g} s"
                 ) from None
         finally:
@@ -335,9 +336,9 @@ class MediaClient:
         grace = 0.0 if key in self._gone else RESUBSCRIBE_GRACE
         failure = await _heard(self.redis, control_channel(wid), payload, fut.done, grace)
         if fut.done():
-            fut.result()  # abandoned: raises MediaUnavailable("... is gone")
+            fut.result()  # abandoned: raises WorkerUnreachable("... is gone")
         if failure is not None:
-            raise MediaUnavailable(f"media worker {wid}: {failure}")
+            raise WorkerUnreachable(f"media worker {wid}: {failure}")
         self._gone.pop(key, None)
 
     async def _read(self) -> None:
@@ -375,7 +376,7 @@ class MediaClient:
 class RemoteMedia:
     """:class:`sfu.control.messages.MediaControl` of one worker incarnation, over Redis.
 
-    Every method may also raise :class:`MediaUnavailable` (the worker is gone
+    Every method may also raise :class:`WorkerUnreachable` (the worker is gone
     or not answering) or :class:`MediaError`.
     """
 
@@ -431,7 +432,9 @@ class RemoteMedia:
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
         await self._call("unpublish", room=room, participant=participant, track_id=track_id)
 
-    async def set_view(self, room: str, participant: str, track_id: str, view: View) -> None:
+    async def set_view(
+        self, room: str, participant: str, track_id: str, view: TrackDisplay
+    ) -> None:
         await self._call(
             "set_view", room=room, participant=participant, track_id=track_id, view=asdict(view)
         )
@@ -619,7 +622,7 @@ class MediaServer:
 
     async def _run(self, request: Mapping[str, Any]) -> Any:
         if request.get("incarnation") != self.incarnation:
-            raise MediaUnavailable(f"incarnation {request.get('incarnation')!r} is gone")
+            raise WorkerUnreachable(f"incarnation {request.get('incarnation')!r} is gone")
         op = request.get("op")
         args = request.get("args") or {}
         if not isinstance(args, dict):
@@ -661,7 +664,7 @@ class MediaServer:
             room = str(args["room"])
             participant = str(args["participant"])
             track_id = str(args["track_id"])
-            view = View.from_dict(args["view"])
+            view = TrackDisplay.from_dict(args["view"])
         except (KeyError, TypeError, ValueError) as exc:
             raise MediaError(f"malformed set_view request: {exc!r}") from exc
         await self.worker.set_view(room, participant, track_id, view)

@@ -45,7 +45,7 @@ import math
 from collections.abc import Sequence
 
 from rtc.machine import earliest
-from sfu.control.messages import LayersWanted, TrackPaused, View
+from sfu.control.messages import LayersWanted, TrackDisplay, TrackPaused
 from sfu.errors import SfuStateError
 from sfu.feedback.estimator import RAMP_REACH
 from sfu.forward.simulcast import AUDIO_BITRATE, Wanted, allocate
@@ -55,7 +55,7 @@ from sfu.layers.qualities import Qualities
 from sfu.layers.subscribers import Reason, Sent, Subscriber, Subscribers, received_layer
 from sfu.rooms.actions import ArmRtcp, Emit, FlushRtcp
 from sfu.rooms.inputs import Core, SetAudioOnly, SetView, SubscriberFeedback
-from sfu.rooms.records import Peer, Room, Section, Track, WorkerTables
+from sfu.rooms.records import MediaRoom, Peer, Section, Track, WorkerTables
 
 __all__ = ["DYNACAST_DELAY", "HOLD", "LayerSource", "Layers"]
 
@@ -131,7 +131,7 @@ class Layers(Core):
         self.allocate(peer.room, peer.participant, now)
         self._layers_start(now)
 
-    def left(self, room: Room, participant: str) -> None:
+    def left(self, room: MediaRoom, participant: str) -> None:
         """A participant leaves the room: forget its views and allocation."""
         p = room.participants.get(participant)
         if p is not None and p.subscribe is not None:
@@ -151,7 +151,7 @@ class Layers(Core):
             raise SfuStateError(f"no room {command.room!r}")
         view = command.view
         width, height = max(0, view.width), max(0, view.height)
-        r.views[(command.participant, command.track_id)] = View(width, height, view.visible)
+        r.views[(command.participant, command.track_id)] = TrackDisplay(width, height, view.visible)
         self.allocate(r, command.participant, now)
 
     def _handle_set_audio_only(self, command: SetAudioOnly, now: float) -> None:
@@ -231,11 +231,11 @@ class Layers(Core):
         self._out.extend(padding)
         self._padding_when = now + PADDING_INTERVAL if ramping else None
 
-    def _allocate_room(self, room: Room, now: float) -> None:
+    def _allocate_room(self, room: MediaRoom, now: float) -> None:
         for participant in list(room.participants):
             self.allocate(room, participant, now)
 
-    def allocate(self, room: Room, participant: str, now: float) -> None:
+    def allocate(self, room: MediaRoom, participant: str, now: float) -> None:
         """Choose the layers ``participant`` receives now (see the module docstring)."""
         p = room.participants.get(participant)
         peer = p.subscribe if p is not None else None
@@ -388,7 +388,7 @@ class Layers(Core):
 
     # -- dynacast ---------------------------------------------------------------------------
 
-    def _relay_layers(self, room: Room, now: float) -> None:
+    def _relay_layers(self, room: MediaRoom, now: float) -> None:
         """A simulcast track relayed to another worker crosses as its best
         layer sending now (one layer: the receiving worker forwards it as a
         single-layer track)."""
@@ -411,7 +411,7 @@ class Layers(Core):
                 if sub.key in egress:
                     forwarder.simulcast.set_layer(sub.key, track.ssrc, live[-1], now)
 
-    def _dynacast(self, room: Room, now: float) -> None:
+    def _dynacast(self, room: MediaRoom, now: float) -> None:
         forwarder = room.forwarder
         for track in room.tracks.values():
             group = forwarder.simulcast.group(track.ssrc) if track.layers else None
@@ -452,7 +452,7 @@ class Layers(Core):
                 )
 
 
-_ANY_VIEW = View()
+_ANY_VIEW = TrackDisplay()
 
 
 def _red_next(state: Subscriber, estimate: float, lacking: bool, audio: float) -> bool:

@@ -32,7 +32,7 @@ from sfu.feedback.receiving import ReceiveStatistics
 from sfu.feedback.reports import ReportScheduler
 from sfu.forward.simulcast import Layer
 from sfu.forward.table import Group
-from sfu.rooms.records import LayerInfo, Peer, Room, Track
+from sfu.rooms.records import LayerInfo, MediaRoom, Peer, Track
 
 __all__ = [
     "HEADROOM",
@@ -141,7 +141,7 @@ def _index(track: Track, rid: bytes) -> int | None:
     return None
 
 
-def measure(room: Room, now: float) -> None:
+def measure(room: MediaRoom, now: float) -> None:
     """Each layer of ``room``'s tracks measured at ``now``: its bitrate from
     what arrived since the last tick, and when its last packet came."""
     for track in room.tracks.values():

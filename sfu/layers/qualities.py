@@ -19,7 +19,7 @@ from sfu.feedback.quality import QualityTracker, Sample
 from sfu.layers.subscribers import Reason, Subscribers, received_layer
 from sfu.rooms import call_samples
 from sfu.rooms.actions import Emit
-from sfu.rooms.records import Room, Track, WorkerTables
+from sfu.rooms.records import MediaRoom, Track, WorkerTables
 
 __all__ = ["Qualities"]
 
@@ -50,7 +50,7 @@ class Qualities:
         """A participant left the room."""
         self._qualities.pop((room, participant), None)
 
-    def update(self, room: Room, now: float) -> list[Emit]:
+    def update(self, room: MediaRoom, now: float) -> list[Emit]:
         """Each participant's quality in ``room`` at ``now``: a
         ``ConnectionQuality`` event when it changed (and its first), and a
         call sample every ``SAMPLE_EVERY`` seconds."""

@@ -50,7 +50,7 @@ from sfu.negotiation.sections import negotiate, new_section, new_ssrc
 from sfu.negotiation.transports import Transports
 from sfu.rooms.actions import FlushRtcp, Rearm
 from sfu.rooms.inputs import Answer, Core, Publish, SetMuted, Subscribe, Unpublish
-from sfu.rooms.records import LayerInfo, Peer, Room, Track
+from sfu.rooms.records import LayerInfo, MediaRoom, Peer, Track
 from sfu.rooms.settings import WorkerSettings
 from sfu.transport.offer_answer import answer, offer_for_subscriber
 from sfu.transport.offered import OfferedTrack, parse_tracks
@@ -86,7 +86,7 @@ class Negotiator(Core):
 
     def _publish(
         self,
-        room: Room,
+        room: MediaRoom,
         participant: str,
         desc: SessionDescription,
         sources: Mapping[str, Source],
@@ -174,7 +174,7 @@ class Negotiator(Core):
         )
         return PublishResult(answer=str(answered), added=added, removed=removed)
 
-    def _check_ssrcs(self, room: Room, peer: Peer, parsed: list[OfferedTrack]) -> None:
+    def _check_ssrcs(self, room: MediaRoom, peer: Peer, parsed: list[OfferedTrack]) -> None:
         """Refuse SSRCs another track of the room routes (RFC 3550 8.2 collision) before
         anything changes; this offer's own tracks, kept or replaced, do not count."""
         taken = room.ssrcs_in_use(but=peer)
@@ -189,7 +189,7 @@ class Negotiator(Core):
 
     def _add_track(
         self,
-        room: Room,
+        room: MediaRoom,
         peer: Peer,
         item: OfferedTrack,
         sources: Mapping[str, Source],
@@ -230,7 +230,7 @@ class Negotiator(Core):
         return track
 
     def _add_simulcast_track(
-        self, room: Room, peer: Peer, item: OfferedTrack, info: TrackInfo, now: float
+        self, room: MediaRoom, peer: Peer, item: OfferedTrack, info: TrackInfo, now: float
     ) -> Track:
         """A simulcast track: a forwarder group under an id no packet uses;
         its layers' SSRCs are learnt from the first packets (sfu.layers.choice)."""
@@ -276,7 +276,7 @@ class Negotiator(Core):
 
     def _subscribe(
         self,
-        room: Room,
+        room: MediaRoom,
         participant: str,
         wanted: list[str],
         now: float,

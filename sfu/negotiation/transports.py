@@ -52,8 +52,17 @@ from sfu.forward.forwarder import Forwarder
 from sfu.forward.table import ForwarderStats, Subscription
 from sfu.layers.choice import Layers, LayerSource
 from sfu.rooms.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
-from sfu.rooms.inputs import CloseRoom, Core, Leave, PathMoved, PeerDatagram, SpeakerChanged
-from sfu.rooms.records import Leg, Participant, Peer, Room, Section, Track, WorkerTables, bind_srtp
+from sfu.rooms.inputs import CloseRoom, Core, Leave, PathMoved, PeerDatagram, SpeakerChosen
+from sfu.rooms.records import (
+    Leg,
+    MediaParticipant,
+    MediaRoom,
+    Peer,
+    Section,
+    Track,
+    WorkerTables,
+    bind_srtp,
+)
 from sfu.rooms.settings import WorkerSettings
 from sfu.transport.offer_answer import LocalParameters
 from sfu.transport.peer import TERMINAL, PeerState, PeerStateChanged, PeerTransport
@@ -86,7 +95,7 @@ class Transports(Core):
 
     # -- transports ----------------------------------------------------------------------------
 
-    def new_peer(self, room: Room, participant: str, direction: Leg, now: float) -> Peer:
+    def new_peer(self, room: MediaRoom, participant: str, direction: Leg, now: float) -> Peer:
         """A new transport for ``participant``'s ``direction`` leg, known by its ufrag;
         the caller makes it the participant's once its negotiation holds."""
         settings = self.settings
@@ -156,7 +165,7 @@ class Transports(Core):
 
     # -- events ------------------------------------------------------------------------------
 
-    def _speaker_changed(self, room: Room, speaker: str | None) -> None:
+    def _speaker_changed(self, room: MediaRoom, speaker: str | None) -> None:
         """The room's speaker detector chose ``speaker``: tell listeners if it is news."""
         if speaker == room.speaker_sent:
             return
@@ -165,7 +174,7 @@ class Transports(Core):
 
     # -- rooms ----------------------------------------------------------------------------
 
-    def room(self, name: str) -> Room:
+    def room(self, name: str) -> MediaRoom:
         """The room called ``name``, made now if the worker has none."""
         room = self.tables.rooms.get(name)
         if room is None:
@@ -174,17 +183,17 @@ class Transports(Core):
                 red_leaf=native.RED,
                 **self.settings.forwarder_options,
             )
-            room = self.tables.rooms[name] = Room(name, forwarder, SpeakerDetector())
+            room = self.tables.rooms[name] = MediaRoom(name, forwarder, SpeakerDetector())
         return room
 
-    def participant(self, room: Room, name: str) -> Participant:
+    def participant(self, room: MediaRoom, name: str) -> MediaParticipant:
         """The participant called ``name`` in ``room``, made now if it has none."""
         p = room.participants.get(name)
         if p is None:
-            p = room.participants[name] = Participant(room, name)
+            p = room.participants[name] = MediaParticipant(room, name)
         return p
 
-    def forget_if_empty(self, room: Room) -> None:
+    def forget_if_empty(self, room: MediaRoom) -> None:
         """Forget a room no participant and no relay link uses; its counters go to the totals."""
         if room.participants or room.relays or self.tables.rooms.get(room.name) is not room:
             return
@@ -195,7 +204,7 @@ class Transports(Core):
         for name, value in stats.as_dict().items():
             self.tables.totals[name] += value
 
-    def _leave(self, room: Room, participant: str, reason: str, now: float) -> None:
+    def _leave(self, room: MediaRoom, participant: str, reason: str, now: float) -> None:
         self.layers.left(room, participant)
         p = room.participants.pop(participant, None)
         if p is None:
@@ -205,13 +214,13 @@ class Transports(Core):
                 self.close_peer(peer, reason, now)
         self.speaker_left(room, participant, now)
 
-    def speaker_left(self, room: Room, participant: str, now: float) -> None:
+    def speaker_left(self, room: MediaRoom, participant: str, now: float) -> None:
         """A participant (local, or remote behind a relay link) has no audio here any more."""
         change = room.speaker.remove(participant, now)
         if change is not None:
             self._speaker_changed(room, cast(str | None, change.speaker))
 
-    def remove_track(self, room: Room, track: Track, now: float) -> None:
+    def remove_track(self, room: MediaRoom, track: Track, now: float) -> None:
         """A track ends: forwarding, reports, relay links and subscriptions forget it."""
         if not track.live:
             return
@@ -244,7 +253,7 @@ class Transports(Core):
                         section.subscribed = False
                         self.end_send(sub, section, now)
 
-    def _unrelay(self, room: Room, track: Track) -> None:
+    def _unrelay(self, room: MediaRoom, track: Track) -> None:
         """A local track ended: forget it on every relay link it went over
         (:mod:`sfu.node.links`)."""
         for relay in room.relays.values():
@@ -312,7 +321,7 @@ class Transports(Core):
             self.tables.paths[moved.how] += 1
             self.service(moved.peer, now)
 
-    def _handle_speaker_changed(self, change: SpeakerChanged, now: float) -> None:
+    def _handle_speaker_changed(self, change: SpeakerChosen, now: float) -> None:
         self._speaker_changed(change.room, change.speaker)
 
     handlers = {
@@ -320,7 +329,7 @@ class Transports(Core):
         CloseRoom: _handle_close_room,
         PeerDatagram: _handle_peer_datagram,
         PathMoved: _handle_path_moved,
-        SpeakerChanged: _handle_speaker_changed,
+        SpeakerChosen: _handle_speaker_changed,
     }
 
     # -- timers ------------------------------------------------------------------------

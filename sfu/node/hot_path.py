@@ -71,7 +71,7 @@ from sfu.negotiation.transports import Transports
 from sfu.node.links import Links
 from sfu.rooms import inputs
 from sfu.rooms.actions import Action
-from sfu.rooms.records import Link, Peer, Room, WorkerTables
+from sfu.rooms.records import Link, MediaRoom, Peer, WorkerTables
 from sfu.rooms.settings import WorkerSettings
 from sfu.transport.strangers import RTCP_SSRCS, StrangerSearch
 
@@ -424,7 +424,7 @@ class HotPath(asyncio.DatagramProtocol):
         self._flush_rtcp(peer.room)
         self._soon(forwarder.get_timer())
 
-    def _update_nack_interval(self, room: Room) -> None:
+    def _update_nack_interval(self, room: MediaRoom) -> None:
         """Space upstream NACK retries by the room's round-trip times (RFC 4585 3.2).
 
         Only subscriber legs measure an RTT (a publisher's leg carries no
@@ -459,7 +459,7 @@ class HotPath(asyncio.DatagramProtocol):
     def _send(self, data: bytes, addr: Address) -> None:
         self._sendto(data, addr)
 
-    def _flush_rtcp(self, room: Room) -> None:
+    def _flush_rtcp(self, room: MediaRoom) -> None:
         pending = room.forwarder.rtcp_to_send()
         if pending:
             self._send_feedback(pending)

@@ -62,7 +62,7 @@ from sfu.rooms.inputs import (
     RelayReceive,
     RelaySend,
 )
-from sfu.rooms.records import Link, Peer, RelayRoom, Room, Track, WorkerTables, bind_srtp
+from sfu.rooms.records import Link, MediaRoom, Peer, RelayRoom, Track, WorkerTables, bind_srtp
 from sfu.rooms.settings import WorkerSettings
 from sfu.transport.offer_answer import LocalParameters
 from sfu.transport.peer import PeerTransport
@@ -188,7 +188,7 @@ class Links(Core):
         except ValueError as exc:
             raise SfuStateError(str(exc)) from None
 
-    def _after(self, link: Link, room: Room, now: float) -> None:
+    def _after(self, link: Link, room: MediaRoom, now: float) -> None:
         relay = room.relays.get(link.peer_worker)
         if relay is not None and not relay.used:
             self._drop_relay_room(link, relay, now)
@@ -235,7 +235,7 @@ class Links(Core):
         self._service_link(link, now)
         return link
 
-    def _relay_room(self, link: Link, room: Room, now: float) -> RelayRoom:
+    def _relay_room(self, link: Link, room: MediaRoom, now: float) -> RelayRoom:
         relay = room.relays.get(link.peer_worker)
         if relay is None:
             egress = self._leg(room, link, "subscribe", now)
@@ -249,7 +249,7 @@ class Links(Core):
                 self._leg_up(link, ingress, now)
         return relay
 
-    def _leg(self, room: Room, link: Link, direction: str, now: float) -> Peer:
+    def _leg(self, room: MediaRoom, link: Link, direction: str, now: float) -> Peer:
         # A leg is a Peer to the forwarder and the report scheduler; its
         # transport is never used (the link's DTLS is the link's own).
         transport = PeerTransport(self.settings.certificate, now=now)

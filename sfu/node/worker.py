@@ -76,7 +76,7 @@ from sfu.control.messages import (
     RelayPeer,
     Restart,
     Source,
-    View,
+    TrackDisplay,
 )
 from sfu.feedback.bandwidth import BandwidthFeedback
 from sfu.feedback.reports import ReportScheduler
@@ -422,7 +422,9 @@ class MediaWorker(HotPath):
         """Receive ``tracks`` of ``room`` from ``peer``: :class:`sfu.rooms.inputs.RelayReceive`."""
         self._receive(self.links, inputs.RelayReceive(room, peer, tracks))
 
-    async def set_view(self, room: str, participant: str, track_id: str, view: View) -> None:
+    async def set_view(
+        self, room: str, participant: str, track_id: str, view: TrackDisplay
+    ) -> None:
         """How ``participant`` shows ``track_id``: :class:`sfu.rooms.inputs.SetView`."""
         self._receive(self.layers, inputs.SetView(room, participant, track_id, view))
 
@@ -503,7 +505,7 @@ class MediaWorker(HotPath):
                 change = room.speaker.handle_timer(now)
                 if change is not None:
                     speaker = cast(str | None, change.speaker)
-                    self._receive(self.transports, inputs.SpeakerChanged(room, speaker), now)
+                    self._receive(self.transports, inputs.SpeakerChosen(room, speaker), now)
             self._flush_rtcp(room)
         with carried_out(self._cores, self._act):
             self.transports.handle_timer(now)

@@ -9,7 +9,7 @@ adapter (the clock, the tick, sealing off the loop and the file store).
 The forwarding path pays for it with one attribute per packet: every
 :class:`~sfu.rooms.records.Peer` of a recorded room (publishers and relay links'
 ingress legs alike, those that join later too, through
-``Room.recording``) holds the recording's :attr:`RoomRecording.queue`, and
+``MediaRoom.recording``) holds the recording's :attr:`RoomRecording.queue`, and
 the worker's hot path appends ``(ssrc, packet, now)`` to it; a peer of a
 room nobody records holds None. Everything else happens when the adapter
 calls :meth:`RoomRecording.tick` a few times a second: the queue is
@@ -43,7 +43,7 @@ from rtc.rtp.header import payload_range, rtx_original
 from rtc.rtpdump import MAX_PACKET, SegmentHeader, SegmentWriter
 from sfu.control.messages import RecordingOrder
 from sfu.layers.published import QUIET, STALE, TICK
-from sfu.rooms.records import LayerInfo, Peer, Room, Track
+from sfu.rooms.records import LayerInfo, MediaRoom, Peer, Track
 
 __all__ = ["Cut", "Queue", "RoomRecording"]
 
@@ -124,7 +124,7 @@ class RoomRecording:
 
     def __init__(
         self,
-        room: Room,
+        room: MediaRoom,
         order: RecordingOrder,
         *,
         wall_offset: float,

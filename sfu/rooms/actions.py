@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from rtc.ice import Address
 from sfu.control.messages import MediaEvent
-from sfu.rooms.records import Peer, Room
+from sfu.rooms.records import MediaRoom, Peer
 
 __all__ = [
     "Action",
@@ -75,7 +75,7 @@ class SendRtcp:
 class FlushRtcp:
     """Send the feedback a room's forwarder has pending (NACK, PLI, FIR)."""
 
-    room: Room
+    room: MediaRoom
 
 
 @dataclass(frozen=True, slots=True)

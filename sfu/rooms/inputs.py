@@ -38,10 +38,17 @@ from rtc.ice import Address
 from rtc.rtcp.compound import RtcpPacket
 from rtc.rtcp.feedback import Remb
 from rtc.rtcp.transport_cc import TransportCc
-from sfu.control.messages import PublishResult, RelayedTrack, RelayPeer, Restart, Source, View
+from sfu.control.messages import (
+    PublishResult,
+    RelayedTrack,
+    RelayPeer,
+    Restart,
+    Source,
+    TrackDisplay,
+)
 from sfu.errors import UnknownInput
 from sfu.rooms.actions import ActionQueue
-from sfu.rooms.records import Link, Peer, Room
+from sfu.rooms.records import Link, MediaRoom, Peer
 
 __all__ = [
     "Answer",
@@ -65,7 +72,7 @@ __all__ = [
     "SetAudioOnly",
     "SetMuted",
     "SetView",
-    "SpeakerChanged",
+    "SpeakerChosen",
     "Subscribe",
     "SubscriberFeedback",
     "TransportsInput",
@@ -171,10 +178,10 @@ class PathMoved(Input[None]):
 
 
 @dataclass(frozen=True, slots=True)
-class SpeakerChanged(Input[None]):
+class SpeakerChosen(Input[None]):
     """A room's speaker detector chose ``speaker`` (None: nobody speaks)."""
 
-    room: Room
+    room: MediaRoom
     speaker: str | None
 
 
@@ -244,7 +251,7 @@ class SetView(Input[None]):
     room: str
     participant: str
     track_id: str
-    view: View
+    view: TrackDisplay
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +276,7 @@ class SubscriberFeedback(Input[None]):
 NegotiatorInput = Publish | Subscribe | Answer | SetMuted | Unpublish
 """What :class:`sfu.negotiation.negotiator.Negotiator` takes."""
 
-TransportsInput = Leave | CloseRoom | PeerDatagram | PathMoved | SpeakerChanged
+TransportsInput = Leave | CloseRoom | PeerDatagram | PathMoved | SpeakerChosen
 """What :class:`sfu.negotiation.transports.Transports` takes."""
 
 LinksInput = RelaySend | RelayReceive | CloseRoom | CloseLinks | LinkDtls | LinkRtcp | EarlyDtls

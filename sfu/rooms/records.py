@@ -25,7 +25,7 @@ from typing import Literal
 from rtc.ice import Address
 from rtc.sdp.attributes import Codec
 from rtc.srtp import SrtpSession
-from sfu.control.messages import RelayedTrack, TrackInfo, View
+from sfu.control.messages import RelayedTrack, TrackDisplay, TrackInfo
 from sfu.feedback.bandwidth import BandwidthFeedback, TransportCcRecorder
 from sfu.feedback.receiving import ReceiveStatistics
 from sfu.feedback.reports import ReportScheduler
@@ -39,10 +39,10 @@ __all__ = [
     "LayerInfo",
     "Leg",
     "Link",
-    "Participant",
+    "MediaParticipant",
+    "MediaRoom",
     "Peer",
     "RelayRoom",
-    "Room",
     "Section",
     "Track",
     "WorkerTables",
@@ -53,7 +53,7 @@ Leg = Literal["publish", "subscribe"]
 """A participant's two transports: it publishes on one and receives on the other."""
 
 
-class Room:
+class MediaRoom:
     __slots__ = (
         "audio_only",
         "forwarder",
@@ -72,12 +72,12 @@ class Room:
         self.forwarder = forwarder
         self.speaker = speaker
         self.speaker_sent: str | None = None
-        self.participants: dict[str, Participant] = {}
+        self.participants: dict[str, MediaParticipant] = {}
         self.tracks: dict[str, Track] = {}
         self.relays: dict[str, RelayRoom] = {}
         """Peer worker id -> what this room sends to and receives from it (:mod:`sfu.node.links`).
         """
-        self.views: dict[tuple[str, str], View] = {}
+        self.views: dict[tuple[str, str], TrackDisplay] = {}
         """(subscriber, track id) -> how the subscriber shows the track (:mod:`sfu.layers.choice`).
         """
         self.audio_only: set[str] = set()
@@ -99,10 +99,10 @@ class Room:
         return used
 
 
-class Participant:
+class MediaParticipant:
     __slots__ = ("id", "publish", "room", "subscribe")
 
-    def __init__(self, room: Room, participant: str) -> None:
+    def __init__(self, room: MediaRoom, participant: str) -> None:
         self.room = room
         self.id = participant
         self.publish: Peer | None = None
@@ -155,7 +155,7 @@ class Peer:
 
     def __init__(
         self,
-        room: Room,
+        room: MediaRoom,
         participant: str,
         direction: Leg,
         transport: PeerTransport,
@@ -238,7 +238,7 @@ class RelayRoom:
 
     def __init__(
         self,
-        room: Room,
+        room: MediaRoom,
         peer_worker: str,
         egress: Peer,
         ingress: Peer,
@@ -461,7 +461,7 @@ class WorkerTables:
     )
 
     def __init__(self, reports: ReportScheduler, bandwidth: BandwidthFeedback) -> None:
-        self.rooms: dict[str, Room] = {}
+        self.rooms: dict[str, MediaRoom] = {}
         self.peers: set[Peer] = set()
         """Every participant transport (not relay links' legs)."""
         self.by_addr: dict[Address, Peer] = {}

@@ -13,13 +13,13 @@ from typing import Any
 
 from sfu.feedback.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
 from sfu.feedback.reports import ReportScheduler
-from sfu.rooms.records import Room, WorkerTables
+from sfu.rooms.records import MediaRoom, WorkerTables
 
 __all__ = ["room_snapshot", "worker_snapshot"]
 
 
 def room_snapshot(
-    room: Room, reports: ReportScheduler, bandwidth: BandwidthFeedback
+    room: MediaRoom, reports: ReportScheduler, bandwidth: BandwidthFeedback
 ) -> dict[str, Any]:
     """A room's forwarder counters and each of its transports' counters and estimates."""
     stats = room.forwarder.stats.as_dict()

@@ -31,7 +31,8 @@ from chat.access import Access, access
 from chat.conversations import open_for_booking
 from chat.service import CHAT
 from chat.socket import ONLY_CONVERSATION, websocket
-from wadud.errors import Gone, NotFound
+from signalling.errors import BookingClosed
+from wadud.errors import NotFound
 from wadud.state import keys
 from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 from wadud.web.auth import InvalidToken, RoomGrant, decode_room_token, principal_is_live
@@ -44,11 +45,6 @@ routes = Routes("calls", "Video calls: the demo room and the call page's chat.")
 class NoCallChat(NotFound):
     code = "no-chat"
     title = "This call has no consultation chat"
-
-
-class BookingClosed(Gone):
-    code = "booking-closed"
-    title = "This consultation is closed"
 
 
 class CallChatIn(ApiModel):

@@ -34,16 +34,16 @@ import asyncpg
 
 from hooks import events
 from signalling.room.core import Room
-from signalling.room.members import State
+from signalling.room.members import MemberState
 from signalling.room.outputs import MediaCloseRoom, Output, Send
 
 log = logging.getLogger("wadud.signalling")
 
-__all__ = ["Change", "Participant", "RoomEvents", "View", "changes", "view_of"]
+__all__ = ["Change", "ObservedRoom", "ParticipantView", "RoomEvents", "changes", "view_of"]
 
 
 @dataclass(frozen=True)
-class Participant:
+class ParticipantView:
     id: str
     role: str
     state: str
@@ -53,9 +53,9 @@ class Participant:
 
 
 @dataclass(frozen=True)
-class View:
+class ObservedRoom:
     booking: str
-    participants: dict[str, Participant] = field(default_factory=dict)
+    participants: dict[str, ParticipantView] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,11 @@ class Change:
     data: dict[str, Any]
 
 
-def view_of(core: Room, booking: str) -> View:
-    return View(
+def view_of(core: Room, booking: str) -> ObservedRoom:
+    return ObservedRoom(
         booking,
         {
-            p.id: Participant(
+            p.id: ParticipantView(
                 p.id,
                 p.grant.role,
                 p.state.value,
@@ -76,7 +76,7 @@ def view_of(core: Room, booking: str) -> View:
                 {t.track_id: (t.kind, t.source) for t in core.media.tracks_of(p.id)},
             )
             for p in core.members.participants.values()
-            if p.state is not State.GONE
+            if p.state is not MemberState.GONE
         },
     )
 
@@ -88,11 +88,11 @@ def _booking(core: Room) -> str:
     return ""
 
 
-def _who(p: Participant) -> dict[str, Any]:
+def _who(p: ParticipantView) -> dict[str, Any]:
     return {"participant": {"id": p.id, "role": p.role}}
 
 
-def _track(p: Participant, track_id: str) -> dict[str, Any]:
+def _track(p: ParticipantView, track_id: str) -> dict[str, Any]:
     kind, source = p.tracks[track_id]
     return {"track": {"id": track_id, "kind": kind, "source": source, "participant": p.id}}
 
@@ -101,7 +101,7 @@ def _sent(outputs: Sequence[Output], kind: str) -> list[Send]:
     return [o for o in outputs if isinstance(o, Send) and o.frame.get("type") == kind]
 
 
-def _why(was: Participant, core: Room, outputs: Sequence[Output]) -> str:
+def _why(was: ParticipantView, core: Room, outputs: Sequence[Output]) -> str:
     """Why a participant left when no one else was there to be told."""
     if core.ended:
         return "room-ended"
@@ -112,12 +112,12 @@ def _why(was: Participant, core: Room, outputs: Sequence[Output]) -> str:
         return "replaced"
     if was.conn is not None and "removed" in told:
         return str(told["removed"].get("reason") or "removed")
-    return "timeout" if was.state == State.DETACHED.value else "left"
+    return "timeout" if was.state == MemberState.DETACHED.value else "left"
 
 
 def changes(
-    before: View | None, core: Room, outputs: Sequence[Output]
-) -> tuple[list[Change], View | None]:
+    before: ObservedRoom | None, core: Room, outputs: Sequence[Output]
+) -> tuple[list[Change], ObservedRoom | None]:
     """What happened in ``core`` since ``before`` (the last view, None when
     unseen), and the view to keep (None: the room is over)."""
     booking = before.booking if before is not None else _booking(core)
@@ -128,7 +128,7 @@ def changes(
     if before is None:
         if len(now.participants) > 1 or any(p.tracks for p in now.participants.values()):
             return [], None if finished else now  # a takeover: seen as it stands
-        before = View(booking)
+        before = ObservedRoom(booking)
         out = [Change("room_started", {})] if now.participants or finished else []
     else:
         out = []
@@ -141,7 +141,7 @@ def changes(
     for pid, was in before.participants.items():
         if pid in now.participants:
             continue
-        if was.state == State.WAITING.value:
+        if was.state == MemberState.WAITING.value:
             if was.conn is not None and was.conn in denied:
                 out.append(Change("participant_denied", _who(was)))
             else:
@@ -152,10 +152,10 @@ def changes(
         out.append(Change("participant_left", {**_who(was), "reason": reason}))
     for pid, p in now.participants.items():
         was_p = before.participants.get(pid)
-        waiting = p.state == State.WAITING.value
+        waiting = p.state == MemberState.WAITING.value
         if was_p is None:
             out.append(Change("participant_waiting" if waiting else "participant_joined", _who(p)))
-        elif was_p.state == State.WAITING.value and not waiting:
+        elif was_p.state == MemberState.WAITING.value and not waiting:
             out.append(Change("participant_admitted", _who(p)))
             out.append(Change("participant_joined", _who(p)))
         gone = [t for t in (was_p.tracks if was_p is not None else {}) if t not in p.tracks]
@@ -181,7 +181,7 @@ class RoomEvents:
     ) -> None:
         self._pool = pool
         self.clock = clock
-        self.views: dict[str, View] = {}
+        self.views: dict[str, ObservedRoom] = {}
         self._queue: asyncio.Queue[tuple[str, str, str, str, dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 

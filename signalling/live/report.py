@@ -32,7 +32,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
-from booking.call_reports.storage import Event, Participant, Row, finish, store
+from booking.call_reports.storage import CallParticipant, Row, TransportEvent, finish, store
 from booking.calls import booking_of
 from sfu.control.messages import CallSample, MediaControl, MediaEvent, TransportState
 from wadud import jsonin
@@ -124,8 +124,8 @@ class CallRecorder:
         #: with (None: unknown here), so a page reports only for itself.
         self.identity = identity
         self.rows: list[Row] = []
-        self.events: list[Event] = []
-        self.people: dict[tuple[UUID, str], Participant] = {}
+        self.events: list[TransportEvent] = []
+        self.people: dict[tuple[UUID, str], CallParticipant] = {}
         #: Rooms this replica wrote samples for, to finish when they close.
         self.live: dict[str, UUID] = {}
         self._page_at: dict[tuple[UUID, str], float] = {}
@@ -164,7 +164,7 @@ class CallRecorder:
             self.rows.append(Row(booking, event.participant, "media", _now(), data))
         else:
             self.events.append(
-                Event(
+                TransportEvent(
                     booking, event.participant, _now(), event.state, event.direction, event.reason
                 )
             )
@@ -177,13 +177,15 @@ class CallRecorder:
             return False
         self._page_at[key] = now
         at = _now()
-        self.people[key] = Participant(booking, pid, name[:200], role[:40])
+        self.people[key] = CallParticipant(booking, pid, name[:200], role[:40])
         restarts = int(data.get("ice_restarts") or 0)
         before = self._restarts.get(key, 0)
         if restarts > before:
             # The page restarted ICE (or made new peer connections) since its
             # last sample: a reconnect, at this sample's time.
-            self.events.append(Event(booking, pid, at, "reconnect", "", data.get("media", "")))
+            self.events.append(
+                TransportEvent(booking, pid, at, "reconnect", "", data.get("media", ""))
+            )
         self._restarts[key] = max(before, restarts)
         self.rows.append(Row(booking, pid, "page", at, data))
         return True

@@ -14,13 +14,13 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 from rtc.errors import SdpError
 from rtc.sdp.session import SessionDescription
 from sfu.control.messages import ConnectionQuality, MediaControl, Restart, TrackInfo
-from sfu.control.rpc import MediaUnavailable
+from sfu.control.rpc import WorkerUnreachable
 from sfu.errors import SfuStateError
 from signalling import errors, protocol
 from signalling.media.lane import MediaLane
 from signalling.media.sites import Site
 from signalling.room.core import Room
-from signalling.room.members import State
+from signalling.room.members import MemberState
 
 log = logging.getLogger("wadud.signalling")
 T = TypeVar("T")
@@ -135,7 +135,7 @@ class Subscriber:
                 self.room.send_to(self.pid, self.offer)
                 # A replica that takes the room over sends it again on a resume.
                 self.room.changed()
-        except (errors.MediaUnavailable, MediaUnavailable) as exc:
+        except (errors.MediaUnavailable, WorkerUnreachable) as exc:
             # The room's worker is gone (its site moves and renegotiates
             # everyone) or did not listen for a while (Redis failed over):
             # ask again later, a few times, rather than leave this
@@ -306,7 +306,7 @@ class CallRoom:
 
     def send_to(self, participant_id: str, frame: dict[str, Any]) -> None:
         who = self.core.members.get(participant_id)
-        if who is not None and isinstance(who.conn, Peer) and who.state is State.JOINED:
+        if who is not None and isinstance(who.conn, Peer) and who.state is MemberState.JOINED:
             who.conn.send(frame)
 
     def media_state(self, participant_id: str, state: Literal["reconnecting", "connected"]) -> None:

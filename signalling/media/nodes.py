@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import typing
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import pydantic
 from aiohttp import web
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -37,35 +39,38 @@ routes = Routes("media", "Media nodes and their workers (admins).")
 REFRESH = 2.0
 
 
-class MediaWorker(ApiModel):
-    worker: str
-    incarnation: str
-    node: str
-    region: str
-    index: int
-    host: str
-    port: int
-    state: str
-    capacity: int
-    transports: int
-    rooms: int
-    packets_per_second: float
-    cpu: float
-    updated: float
+def _view_of(info: type[registry.WorkerInfo]) -> type[ApiModel]:
+    """The API's view of a registry entry (:class:`sfu.control.registry.WorkerInfo`):
+    its fields, every one required, but the DTLS ``fingerprint`` (a relay link's
+    business, not an admin's), and ``pps`` shown as ``packets_per_second``."""
+    hints = typing.get_type_hints(info)
+    shown: dict[str, Any] = {
+        _SHOWN_AS.get(f.name, f.name): (hints[f.name], ...)
+        for f in dataclasses.fields(info)
+        if f.name not in _HIDDEN
+    }
+    return pydantic.create_model("WorkerView", __base__=ApiModel, __module__=__name__, **shown)
+
+
+_HIDDEN = frozenset({"fingerprint"})
+_SHOWN_AS = {"pps": "packets_per_second"}
+
+#: One live worker as ``GET /api/v1/admin/media/workers`` shows it.
+WorkerView = _view_of(registry.WorkerInfo)
 
 
 class MediaWorkers(ApiModel):
-    items: list[MediaWorker]
+    # A model built at import is a value to mypy, not a type; pydantic takes it as one.
+    items: list[WorkerView]  # type: ignore[valid-type]
 
 
 def _redis(app: web.Application) -> Any:
     return getattr(app[keys.BUS], "redis", None)
 
 
-def _model(w: registry.WorkerInfo) -> MediaWorker:
-    # The registry entry's fields under their own names, but for ``pps``.
-    shown = {k: v for k, v in dataclasses.asdict(w).items() if k in MediaWorker.model_fields}
-    return MediaWorker(**shown, packets_per_second=w.pps)
+def _model(w: registry.WorkerInfo) -> ApiModel:
+    shown = {_SHOWN_AS.get(k, k): v for k, v in dataclasses.asdict(w).items() if k not in _HIDDEN}
+    return WorkerView(**shown)
 
 
 @routes.get("/api/v1/admin/media/workers", returns=MediaWorkers, auth={Role.ADMIN})

@@ -55,10 +55,10 @@ from signalling.protocol import (
 from signalling.room.consent import RecordingOutput, RoomConsent, Voter
 from signalling.room.media import RoomMedia, track_info
 from signalling.room.members import (
-    Event,
+    Member,
+    MemberEvent,
     Members,
-    Participant,
-    State,
+    MemberState,
     participant_info,
     random_participant_id,
     random_session,
@@ -82,7 +82,7 @@ __all__ = ["ControlFrame", "JoinResult", "Room"]
 
 @dataclass(frozen=True)
 class JoinResult:
-    participant: Participant
+    participant: Member
     outputs: list[Output]
     resumed: bool
 
@@ -137,7 +137,7 @@ class Room:
         """Participants whose grace period is over leave (reason ``timeout``)."""
         out: list[Output] = []
         for p in self.members.expired(now):
-            out += self._depart(p, Event.EXPIRE, "timeout")
+            out += self._depart(p, MemberEvent.EXPIRE, "timeout")
         return out + self._maybe_close()
 
     # -- joining ---------------------------------------------------------------
@@ -166,15 +166,15 @@ class Room:
                 # drop yet): the resumed one takes over.
                 out += members.to(old, reply("replaced"))
                 out.append(Close(old.conn, errors.CLOSE_REPLACED, "resumed elsewhere"))
-            members.move(old, Event.RESUME)
+            members.move(old, MemberEvent.RESUME)
             old.conn, old.deadline = conn, None
             out += self._welcome(old, ref)
             out += self.media.resumed(old)
             return JoinResult(old, out, resumed=True)
         for p in members.replaced_by(grant):
-            out += self._depart(p, Event.REPLACE, "replaced")
+            out += self._depart(p, MemberEvent.REPLACE, "replaced")
         waits = members.must_wait(grant)
-        p = members.add(conn, grant, State.WAITING if waits else State.JOINED)
+        p = members.add(conn, grant, MemberState.WAITING if waits else MemberState.JOINED)
         if waits:
             out += members.to(p, members.waiting_frame(p, ref))
             out += members.waiting_changed()
@@ -183,10 +183,10 @@ class Room:
             out += self._announce_joined(p)
         return JoinResult(p, out, resumed=False)
 
-    def _welcome(self, p: Participant, ref: str | None) -> list[Output]:
+    def _welcome(self, p: Member, ref: str | None) -> list[Output]:
         """``joined`` (or ``waiting`` again, on a resume in the waiting room)."""
         members = self.members
-        if p.state is State.WAITING:
+        if p.state is MemberState.WAITING:
             return members.to(p, members.waiting_frame(p, ref))
         others = [participant_info(o) for o in members.present() if o is not p]
         frame = reply(
@@ -208,7 +208,7 @@ class Room:
         )
         return members.to(p, frame) + self._consent(*self.recording.arrived(_voter(p)))
 
-    def _announce_joined(self, p: Participant) -> list[Output]:
+    def _announce_joined(self, p: Member) -> list[Output]:
         out = self.members.broadcast(
             reply("participant_joined", participant=participant_info(p)), p
         )
@@ -222,7 +222,7 @@ class Room:
         members = self.members
         members.check_admin(conn)
         p = members.target(target_id)
-        members.move(p, Event.ADMIT)
+        members.move(p, MemberEvent.ADMIT)
         members.blocked.discard(p.grant.identity)
         return self._welcome(p, None) + self._announce_joined(p) + members.waiting_changed()
 
@@ -230,11 +230,13 @@ class Room:
         members = self.members
         members.check_admin(conn)
         p = members.target(target_id)
-        if p.state is not State.WAITING:
+        if p.state is not MemberState.WAITING:
             raise errors.BadState(f"{target_id} is not waiting")
         members.block(p)
         out = members.to(p, reply("denied"))
-        return out + self._depart(p, Event.DENY, "denied", close=(errors.CLOSE_FORBIDDEN, "denied"))
+        return out + self._depart(
+            p, MemberEvent.DENY, "denied", close=(errors.CLOSE_FORBIDDEN, "denied")
+        )
 
     # -- leaving ---------------------------------------------------------------
 
@@ -244,14 +246,14 @@ class Room:
         p = self.members.of(conn)
         if p is None:
             return []
-        if p.state is State.WAITING:
-            return self._depart(p, Event.DISCONNECT, "left") + self._maybe_close()
+        if p.state is MemberState.WAITING:
+            return self._depart(p, MemberEvent.DISCONNECT, "left") + self._maybe_close()
         self.members.detach(p, now + (self.resume_grace if grace is None else grace))
         return []
 
     def leave(self, conn: ConnId) -> list[Output]:
         p = self.members.check_joined(conn, waiting_ok=True)
-        out = self._depart(p, Event.LEAVE, "left", close=(errors.CLOSE_NORMAL, "left"))
+        out = self._depart(p, MemberEvent.LEAVE, "left", close=(errors.CLOSE_NORMAL, "left"))
         return out + self._maybe_close()
 
     def remove(self, conn: ConnId, target_id: str) -> list[Output]:
@@ -261,7 +263,7 @@ class Room:
         members.block(target)
         out = members.to(target, reply("removed"))
         out += self._depart(
-            target, Event.REMOVE, "removed", close=(errors.CLOSE_FORBIDDEN, "removed")
+            target, MemberEvent.REMOVE, "removed", close=(errors.CLOSE_FORBIDDEN, "removed")
         )
         return out + self._maybe_close()
 
@@ -282,7 +284,7 @@ class Room:
             out += self.members.to(p, told)
             if p.conn is not None:
                 out.append(Close(p.conn, errors.CLOSE_ENDED, reason))
-            self.members.move(p, Event.END)
+            self.members.move(p, MemberEvent.END)
             self._forget(p)
         self.ended = True
         out += self.recording.close()
@@ -299,14 +301,14 @@ class Room:
                 continue
             out += self.members.to(p, reply("removed", reason="signed-out"))
             out += self._depart(
-                p, Event.REMOVE, "signed-out", close=(errors.CLOSE_UNAUTHORIZED, "signed out")
+                p, MemberEvent.REMOVE, "signed-out", close=(errors.CLOSE_UNAUTHORIZED, "signed out")
             )
         return out + self._maybe_close()
 
     def _depart(
         self,
-        p: Participant,
-        event: Event,
+        p: Member,
+        event: MemberEvent,
         reason: str,
         *,
         close: tuple[int, str] | None = None,
@@ -317,14 +319,14 @@ class Room:
         members = self.members
         was = p.state
         out: list[Output] = []
-        if event is Event.REPLACE:
+        if event is MemberEvent.REPLACE:
             out += members.to(p, reply("replaced"))
             close = (errors.CLOSE_REPLACED, "replaced")
         if p.conn is not None and close is not None:
             out.append(Close(p.conn, *close))
         members.move(p, event)
         tracks = self._forget(p)
-        if was is State.WAITING:
+        if was is MemberState.WAITING:
             return out + members.waiting_changed()
         for t in tracks:
             out += members.broadcast(reply("track_unpublished", track_id=t.track_id))
@@ -335,7 +337,7 @@ class Room:
         out += self.media.silenced(p.id)
         return out + self._consent(*self.recording.departed(self._voters()))
 
-    def _forget(self, p: Participant) -> list[TrackInfo]:
+    def _forget(self, p: Member) -> list[TrackInfo]:
         """``p`` is GONE: out of the members, its tracks (returned) out of the media."""
         self.members.forget(p)
         return self.media.forget(p.id)
@@ -380,7 +382,7 @@ class Room:
 
     # -- media -------------------------------------------------------------------
 
-    def check_publish(self, conn: ConnId) -> Participant:
+    def check_publish(self, conn: ConnId) -> Member:
         p = self.members.check_joined(conn)
         if not p.grant.publish:
             raise errors.NotAllowed("your token does not grant publish")
@@ -451,25 +453,25 @@ class Room:
         self.recording.restore(data.get("recording") or {})
         members.clear()
         self.media.clear(data.get("speaker"))
-        lost: list[tuple[Participant, float | None]] = []
+        lost: list[tuple[Member, float | None]] = []
         for d in data.get("participants", ()):
             grant = grant_of(d["grant"])
             ref = d.get("conn")
             conn = conn_of(ref) if ref else None
             p = members.restore(d, now, grant=grant, conn=conn, elapsed=elapsed)
             self.media.restore(p.id, d)
-            if p.conn is None and p.state is not State.DETACHED:
+            if p.conn is None and p.state is not MemberState.DETACHED:
                 lost.append((p, grace_of(ref) if ref and grace_of is not None else None))
         out: list[Output] = []
         for p, grace in lost:
-            if p.state is State.WAITING:
-                out += self._depart(p, Event.DISCONNECT, "left")
+            if p.state is MemberState.WAITING:
+                out += self._depart(p, MemberEvent.DISCONNECT, "left")
             else:
                 members.detach(p, now + (self.resume_grace if grace is None else grace))
         return out + self._maybe_close()
 
 
-def _voter(p: Participant) -> Voter:
+def _voter(p: Member) -> Voter:
     return Voter(p.id, p.grant.identity, p.grant.role, p.grant.admin)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from sfu.control.messages import TrackInfo
 from signalling import errors
 from signalling.protocol import reply
-from signalling.room.members import Members, Participant, State
+from signalling.room.members import Member, Members, MemberState
 from signalling.room.outputs import ConnId, Output, Resubscribe
 
 __all__ = ["RoomMedia", "track_info"]
@@ -85,14 +85,14 @@ class RoomMedia:
 
     # -- rights ----------------------------------------------------------------
 
-    def check_mute(self, conn: ConnId, track_id: str) -> tuple[Participant, TrackInfo]:
+    def check_mute(self, conn: ConnId, track_id: str) -> tuple[Member, TrackInfo]:
         p = self._members.check_joined(conn)
         t = self._track(track_id)
         if t.participant != p.id and not p.admin:
             raise errors.NotAllowed("only admins mute others' tracks")
         return p, t
 
-    def check_unpublish(self, conn: ConnId, track_id: str) -> Participant:
+    def check_unpublish(self, conn: ConnId, track_id: str) -> Member:
         p = self._members.check_joined(conn)
         t = self._track(track_id)
         if t.participant != p.id:
@@ -160,7 +160,7 @@ class RoomMedia:
             for t in self._tracks.pop(p.id, {}).values():
                 out += self._members.broadcast(reply("track_unpublished", track_id=t.track_id), p)
         for p in moved:
-            if p.state is State.JOINED and p.conn is not None:
+            if p.state is MemberState.JOINED and p.conn is not None:
                 out += self._members.to(p, reply("media_reconnect", reason=reason))
             else:
                 self._stale.add(p.id)
@@ -169,9 +169,9 @@ class RoomMedia:
             out += self._members.broadcast(reply("active_speaker", participant_id=None))
         return out
 
-    def resumed(self, p: Participant) -> list[Output]:
+    def resumed(self, p: Member) -> list[Output]:
         """``p`` is back: told ``media_reconnect`` if the media moved meanwhile."""
-        if p.id not in self._stale or p.state is not State.JOINED:
+        if p.id not in self._stale or p.state is not MemberState.JOINED:
             return []
         self._stale.discard(p.id)
         return self._members.to(p, reply("media_reconnect", reason="media-moved"))

@@ -9,7 +9,7 @@ opaque handle the adapter passes in (``conn``). A connection can be replaced
 under a participant (a resume), so everything addressed to a person goes to
 ``participant.conn`` at the moment it is produced.
 
-Each participant is in one :class:`State`, and moves only along
+Each participant is in one :class:`MemberState`, and moves only along
 :data:`TRANSITIONS`::
 
                 admit                      disconnect
@@ -59,24 +59,24 @@ if TYPE_CHECKING:
 __all__ = [
     "PRESENT",
     "TRANSITIONS",
-    "Event",
+    "Member",
+    "MemberEvent",
+    "MemberState",
     "Members",
-    "Participant",
-    "State",
     "participant_info",
     "random_participant_id",
     "random_session",
 ]
 
 
-class State(Enum):
+class MemberState(Enum):
     WAITING = "waiting"
     JOINED = "joined"
     DETACHED = "detached"
     GONE = "gone"
 
 
-class Event(Enum):
+class MemberEvent(Enum):
     ADMIT = "admit"
     DENY = "deny"
     DISCONNECT = "disconnect"
@@ -88,29 +88,29 @@ class Event(Enum):
     END = "end"
 
 
-W, J, D, G = State.WAITING, State.JOINED, State.DETACHED, State.GONE
+W, J, D, G = MemberState.WAITING, MemberState.JOINED, MemberState.DETACHED, MemberState.GONE
 
 #: Every allowed move; a pair not here is :class:`errors.BadState`.
-TRANSITIONS: dict[tuple[State, Event], State] = {
-    (W, Event.ADMIT): J,
-    (W, Event.RESUME): W,
-    (W, Event.DENY): G,
-    (W, Event.DISCONNECT): G,
-    (W, Event.LEAVE): G,
-    (W, Event.REMOVE): G,
-    (W, Event.REPLACE): G,
-    (W, Event.END): G,
-    (J, Event.RESUME): J,
-    (J, Event.DISCONNECT): D,
-    (J, Event.LEAVE): G,
-    (J, Event.REMOVE): G,
-    (J, Event.REPLACE): G,
-    (J, Event.END): G,
-    (D, Event.RESUME): J,
-    (D, Event.EXPIRE): G,
-    (D, Event.REMOVE): G,
-    (D, Event.REPLACE): G,
-    (D, Event.END): G,
+TRANSITIONS: dict[tuple[MemberState, MemberEvent], MemberState] = {
+    (W, MemberEvent.ADMIT): J,
+    (W, MemberEvent.RESUME): W,
+    (W, MemberEvent.DENY): G,
+    (W, MemberEvent.DISCONNECT): G,
+    (W, MemberEvent.LEAVE): G,
+    (W, MemberEvent.REMOVE): G,
+    (W, MemberEvent.REPLACE): G,
+    (W, MemberEvent.END): G,
+    (J, MemberEvent.RESUME): J,
+    (J, MemberEvent.DISCONNECT): D,
+    (J, MemberEvent.LEAVE): G,
+    (J, MemberEvent.REMOVE): G,
+    (J, MemberEvent.REPLACE): G,
+    (J, MemberEvent.END): G,
+    (D, MemberEvent.RESUME): J,
+    (D, MemberEvent.EXPIRE): G,
+    (D, MemberEvent.REMOVE): G,
+    (D, MemberEvent.REPLACE): G,
+    (D, MemberEvent.END): G,
 }
 
 #: States that count as "in the room" (seen by others, media alive).
@@ -118,11 +118,11 @@ PRESENT = frozenset({J, D})
 
 
 @dataclass(eq=False)
-class Participant:
+class Member:
     id: str
     grant: RoomGrant
     session: str
-    state: State
+    state: MemberState
     conn: ConnId | None
     #: When a DETACHED participant is gone, unless it resumes.
     deadline: float | None = None
@@ -136,7 +136,7 @@ class Participant:
         return self.state in PRESENT
 
 
-def participant_info(p: Participant, *, grants: bool = False) -> dict[str, Any]:
+def participant_info(p: Member, *, grants: bool = False) -> dict[str, Any]:
     """A participant as frames show it to others (``grants`` for its own view)."""
     info: dict[str, Any] = {
         "id": p.id,
@@ -179,7 +179,7 @@ class Members:
         self._new_session = new_session
         self.require_admission = False
         #: Everyone not GONE, in joining order.
-        self.participants: dict[str, Participant] = {}
+        self.participants: dict[str, Member] = {}
         self._sessions: dict[str, str] = {}
         #: Identities an admin denied or removed: they wait for admission,
         #: whatever the room's setting, until an admin admits them.
@@ -191,23 +191,23 @@ class Members:
     def empty(self) -> bool:
         return not self.participants
 
-    def get(self, participant_id: str) -> Participant | None:
+    def get(self, participant_id: str) -> Member | None:
         return self.participants.get(participant_id)
 
-    def of(self, conn: ConnId) -> Participant | None:
+    def of(self, conn: ConnId) -> Member | None:
         """The participant whose connection ``conn`` is, if any."""
         for p in self.participants.values():
             if p.conn == conn:
                 return p
         return None
 
-    def present(self) -> list[Participant]:
+    def present(self) -> list[Member]:
         return [p for p in self.participants.values() if p.present]
 
-    def waiting(self) -> list[Participant]:
+    def waiting(self) -> list[Member]:
         return [p for p in self.participants.values() if p.state is W]
 
-    def count(self, state: State) -> int:
+    def count(self, state: MemberState) -> int:
         return sum(p.state is state for p in self.participants.values())
 
     def subscribers(self, *, besides: str | None = None) -> tuple[str, ...]:
@@ -227,26 +227,26 @@ class Members:
 
     # -- rights ----------------------------------------------------------------
 
-    def check_joined(self, conn: ConnId, *, waiting_ok: bool = False) -> Participant:
+    def check_joined(self, conn: ConnId, *, waiting_ok: bool = False) -> Member:
         """The participant of ``conn``, joined (or waiting, with ``waiting_ok``)."""
         p = self.of(conn)
         if p is None or (p.state is W and not waiting_ok):
             raise errors.NotJoined("join the room first" if p is None else "you are waiting")
         return p
 
-    def check_admin(self, conn: ConnId) -> Participant:
+    def check_admin(self, conn: ConnId) -> Member:
         p = self.check_joined(conn)
         if not p.admin:
             raise errors.NotAllowed("this needs the admin right")
         return p
 
-    def check_subscribe(self, conn: ConnId) -> Participant:
+    def check_subscribe(self, conn: ConnId) -> Member:
         p = self.check_joined(conn)
         if not p.grant.subscribe:
             raise errors.NotAllowed("your token does not grant subscribe")
         return p
 
-    def target(self, participant_id: str) -> Participant:
+    def target(self, participant_id: str) -> Member:
         """The participant an admin's frame names."""
         p = self.participants.get(participant_id)
         if p is None:
@@ -255,21 +255,21 @@ class Members:
 
     # -- reaching them -----------------------------------------------------------
 
-    def to(self, p: Participant, frame: dict[str, Any]) -> list[Output]:
+    def to(self, p: Member, frame: dict[str, Any]) -> list[Output]:
         return [Send(p.conn, frame)] if p.conn is not None else []
 
-    def listeners(self) -> list[Participant]:
+    def listeners(self) -> list[Member]:
         """Those who hear room events: joined and connected. Waiting ones see
         nothing of the room; detached ones get a fresh snapshot on resume."""
         return [p for p in self.participants.values() if p.state is J and p.conn is not None]
 
-    def broadcast(self, frame: dict[str, Any], besides: Participant | None = None) -> list[Output]:
+    def broadcast(self, frame: dict[str, Any], besides: Member | None = None) -> list[Output]:
         return [Send(p.conn, frame) for p in self.listeners() if p is not besides]
 
     def to_admins(self, frame: dict[str, Any]) -> list[Output]:
         return [Send(p.conn, frame) for p in self.listeners() if p.admin]
 
-    def waiting_frame(self, p: Participant, ref: str | None) -> dict[str, Any]:
+    def waiting_frame(self, p: Member, ref: str | None) -> dict[str, Any]:
         """``waiting``, as the waiting participant ``p`` is told."""
         return reply(
             "waiting", ref, participant=participant_info(p, grants=True), session=p.session
@@ -295,7 +295,7 @@ class Members:
             self.require_admission or not admin_present or grant.identity in self.blocked
         )
 
-    def block(self, p: Participant) -> None:
+    def block(self, p: Member) -> None:
         """``p``'s identity waits for admission from now on (denied, removed)."""
         # An admin's token comes back as admin whatever we note here.
         if not p.admin:
@@ -303,7 +303,7 @@ class Members:
 
     # -- comings and goings ------------------------------------------------------
 
-    def resumable(self, grant: RoomGrant, resume: str | None) -> Participant | None:
+    def resumable(self, grant: RoomGrant, resume: str | None) -> Member | None:
         """The participant a ``join`` with ``resume`` (a session) takes up again."""
         if resume is None:
             return None
@@ -312,11 +312,11 @@ class Members:
         # The same person with the same rights: a token that grants other
         # rights starts afresh, so a resume never keeps rights a new token
         # took away.
-        if p is None or p.grant != grant or (p.state, Event.RESUME) not in TRANSITIONS:
+        if p is None or p.grant != grant or (p.state, MemberEvent.RESUME) not in TRANSITIONS:
             return None
         return p
 
-    def replaced_by(self, grant: RoomGrant) -> list[Participant]:
+    def replaced_by(self, grant: RoomGrant) -> list[Member]:
         """Those a new participant with ``grant`` replaces (its identity's);
         :class:`errors.RoomFull` when there is no seat for it even so."""
         older = [p for p in self.participants.values() if p.grant.identity == grant.identity]
@@ -324,32 +324,32 @@ class Members:
             raise errors.RoomFull(f"the room has {self.max_participants} participants")
         return older
 
-    def add(self, conn: ConnId, grant: RoomGrant, state: State) -> Participant:
+    def add(self, conn: ConnId, grant: RoomGrant, state: MemberState) -> Member:
         """A new participant, WAITING or JOINED, with a new id and session."""
         pid = self._new_id()
         while pid in self.participants:
             pid = self._new_id()
-        p = Participant(pid, grant, self._new_session(), state, conn)
+        p = Member(pid, grant, self._new_session(), state, conn)
         self._enter(p)
         return p
 
-    def move(self, p: Participant, event: Event) -> None:
+    def move(self, p: Member, event: MemberEvent) -> None:
         new = TRANSITIONS.get((p.state, event))
         if new is None:
             raise errors.BadState(f"{p.id} is {p.state.value}; cannot {event.value}")
         p.state = new
 
-    def detach(self, p: Participant, deadline: float) -> None:
+    def detach(self, p: Member, deadline: float) -> None:
         """``p``'s connection is gone: DETACHED until ``deadline``."""
-        self.move(p, Event.DISCONNECT)
+        self.move(p, MemberEvent.DISCONNECT)
         p.conn, p.deadline = None, deadline
 
-    def forget(self, p: Participant) -> None:
+    def forget(self, p: Member) -> None:
         self.participants.pop(p.id, None)
         self._sessions.pop(p.session, None)
         p.conn, p.deadline = None, None
 
-    def _enter(self, p: Participant) -> None:
+    def _enter(self, p: Member) -> None:
         self.participants[p.id] = p
         self._sessions[p.session] = p.id
 
@@ -360,7 +360,7 @@ class Members:
         deadlines = [p.deadline for p in self.participants.values() if p.deadline is not None]
         return min(deadlines) if deadlines else None
 
-    def expired(self, now: float) -> list[Participant]:
+    def expired(self, now: float) -> list[Member]:
         """DETACHED participants whose grace period is over at ``now``."""
         return [
             p
@@ -371,7 +371,7 @@ class Members:
     # -- snapshots ---------------------------------------------------------------
 
     def snapshot(
-        self, p: Participant, now: float, conn_ref: Callable[[ConnId], str | None]
+        self, p: Member, now: float, conn_ref: Callable[[ConnId], str | None]
     ) -> dict[str, Any]:
         """``p`` as plain data; its deadline as seconds left after ``now``."""
         return {
@@ -395,14 +395,14 @@ class Members:
         grant: RoomGrant,
         conn: ConnId | None,
         elapsed: float,
-    ) -> Participant:
+    ) -> Member:
         """A participant back from :meth:`snapshot` (``elapsed`` seconds old),
         with the ``grant`` and connection handle the adapter made of it."""
-        p = Participant(
+        p = Member(
             id=data["id"],
             grant=grant,
             session=data["session"],
-            state=State(data["state"]),
+            state=MemberState(data["state"]),
             conn=conn,
         )
         left = data.get("grace_left")

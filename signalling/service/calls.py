@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from recording.store import Recordings
 from rtc.errors import SdpError
 from sfu.control.messages import MediaControl
-from sfu.control.rpc import MediaClient, MediaUnavailable
+from sfu.control.rpc import MediaClient, WorkerUnreachable
 from sfu.errors import SfuStateError
 from signalling import errors, protocol
 from signalling.cluster.connections import ERRORS, AnyConnection, Connection
@@ -39,7 +39,7 @@ from signalling.cluster.link import Cluster
 from signalling.cluster.opening import Claims, Opening, claims_of
 from signalling.media.placement import Placement
 from signalling.room.core import ControlFrame, Room
-from signalling.room.members import State
+from signalling.room.members import MemberState
 from signalling.room.outputs import Output
 from signalling.service.joining import Joining
 from signalling.service.media_frames import MediaFrames
@@ -76,7 +76,7 @@ class _Collector(Collector):
         )
         waiting = GaugeMetricFamily("wadud_call_waiting", "Participants in waiting rooms.")
         conns = GaugeMetricFamily("wadud_call_connections", "Open signalling WebSockets.")
-        counts = {State.JOINED: 0, State.DETACHED: 0, State.WAITING: 0}
+        counts = {MemberState.JOINED: 0, MemberState.DETACHED: 0, MemberState.WAITING: 0}
         nrooms = nconns = 0
         for svc in list(self.services):
             nrooms += len(svc.rooms)
@@ -85,9 +85,9 @@ class _Collector(Collector):
                 for state in counts:
                     counts[state] += room.core.members.count(state)
         rooms.add_metric([], nrooms)
-        people.add_metric(["joined"], counts[State.JOINED])
-        people.add_metric(["detached"], counts[State.DETACHED])
-        waiting.add_metric([], counts[State.WAITING])
+        people.add_metric(["joined"], counts[MemberState.JOINED])
+        people.add_metric(["detached"], counts[MemberState.DETACHED])
+        waiting.add_metric([], counts[MemberState.WAITING])
         conns.add_metric([], nconns)
         yield from (rooms, people, waiting, conns)
 
@@ -291,7 +291,7 @@ class CallService:
                 return errors.BadSdp(str(exc) or "bad SDP")
             case SfuStateError():
                 return errors.BadState(str(exc) or "not in a state for this")
-            case MediaUnavailable():
+            case WorkerUnreachable():
                 log.warning("media worker unavailable: %s", exc)
                 self.rooms.wake_watcher()
                 return errors.MediaUnavailable(str(exc))

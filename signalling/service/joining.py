@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from signalling import errors, protocol
 from signalling.cluster.connections import AnyConnection
-from signalling.room.members import State
+from signalling.room.members import MemberState
 from signalling.service.rooms import Rooms
 from wadud.config import Settings
 from wadud.web.auth import RoomGrant
@@ -76,7 +76,7 @@ class Joining:
         self._rooms.apply(room, result.outputs)
         if (
             self._on_waiting is not None
-            and result.participant.state is State.WAITING
+            and result.participant.state is MemberState.WAITING
             and not result.resumed
         ):
             try:

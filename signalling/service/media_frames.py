@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from sfu.control.messages import View
+from sfu.control.messages import TrackDisplay
 from signalling import protocol
 from signalling.cluster.connections import AnyConnection
 from signalling.live.room import CallRoom
@@ -98,7 +98,7 @@ class MediaFrames:
                             room.name,
                             who.id,
                             frame.track_id,
-                            View(frame.width, frame.height, frame.visible),
+                            TrackDisplay(frame.width, frame.height, frame.visible),
                         ),
                     )
             case protocol.AudioOnly():

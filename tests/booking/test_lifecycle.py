@@ -9,9 +9,9 @@ from booking.lifecycle import (
     ACTIVE_STATES,
     TERMINAL_STATES,
     TRANSITIONS,
-    Event,
+    BookingEvent,
+    BookingState,
     InvalidTransition,
-    State,
     allowed_events,
     is_terminal,
     transition,
@@ -19,11 +19,11 @@ from booking.lifecycle import (
 from tests.transitions import reachable
 from wadud.errors import Conflict, WadudError
 
-S = State
-E = Event
+S = BookingState
+E = BookingEvent
 
 
-def run(state: State, *events: Event) -> State:
+def run(state: BookingState, *events: BookingEvent) -> BookingState:
     for event in events:
         state = transition(state, event)
     return state
@@ -46,7 +46,7 @@ def test_happy_path() -> None:
         ((E.CONFIRM_PAYMENT, E.ACCEPT, E.CANCEL_BY_CLINIC), S.CANCELLED),
     ],
 )
-def test_paths(events: tuple[Event, ...], end: State) -> None:
+def test_paths(events: tuple[BookingEvent, ...], end: BookingState) -> None:
     assert run(S.HELD, *events) is end
 
 
@@ -64,7 +64,7 @@ def test_paths(events: tuple[Event, ...], end: State) -> None:
         (S.EXPIRED, E.CONFIRM_PAYMENT),  # a payment that lands after the hold lapsed
     ],
 )
-def test_refused(state: State, event: Event) -> None:
+def test_refused(state: BookingState, event: BookingEvent) -> None:
     with pytest.raises(InvalidTransition) as info:
         transition(state, event)
     err = info.value
@@ -79,7 +79,7 @@ def test_refused(state: State, event: Event) -> None:
 
 
 def test_values_are_what_the_database_stores() -> None:
-    assert [s.value for s in State] == [
+    assert [s.value for s in BookingState] == [
         "held",
         "requested",
         "accepted",
@@ -96,10 +96,10 @@ def test_values_are_what_the_database_stores() -> None:
 
 
 def test_table_is_total_and_closed() -> None:
-    assert set(TRANSITIONS) == set(State)
+    assert set(TRANSITIONS) == set(BookingState)
     for row in TRANSITIONS.values():
-        assert set(row) <= set(Event)
-        assert set(row.values()) <= set(State)
+        assert set(row) <= set(BookingEvent)
+        assert set(row.values()) <= set(BookingState)
     with pytest.raises(TypeError):
         TRANSITIONS[S.HELD][E.ACCEPT] = S.ACCEPTED  # type: ignore[index]
 
@@ -107,25 +107,25 @@ def test_table_is_total_and_closed() -> None:
 def test_active_and_terminal_states() -> None:
     assert {S.HELD, S.REQUESTED, S.ACCEPTED, S.IN_PROGRESS} == ACTIVE_STATES
     assert {S.COMPLETED, S.CANCELLED, S.NO_SHOW, S.EXPIRED} == TERMINAL_STATES
-    assert set(State) == ACTIVE_STATES | TERMINAL_STATES
-    assert all(is_terminal(s) == (s in TERMINAL_STATES) for s in State)
+    assert set(BookingState) == ACTIVE_STATES | TERMINAL_STATES
+    assert all(is_terminal(s) == (s in TERMINAL_STATES) for s in BookingState)
 
 
 def test_reschedule_keeps_state_where_allowed() -> None:
-    allowed = {s for s in State if E.RESCHEDULE in allowed_events(s)}
+    allowed = {s for s in BookingState if E.RESCHEDULE in allowed_events(s)}
     assert allowed == {S.REQUESTED, S.ACCEPTED}
     assert all(transition(s, E.RESCHEDULE) is s for s in allowed)
 
 
 def test_every_state_reachable_and_every_active_state_can_end() -> None:
-    assert reachable(TRANSITIONS, S.HELD) == set(State)
+    assert reachable(TRANSITIONS, S.HELD) == set(BookingState)
     for state in ACTIVE_STATES:
         assert any(target in TERMINAL_STATES for target in TRANSITIONS[state].values())
 
 
-@given(st.sampled_from(State), st.lists(st.sampled_from(Event), max_size=40))
+@given(st.sampled_from(BookingState), st.lists(st.sampled_from(BookingEvent), max_size=40))
 @settings(max_examples=300)
-def test_random_event_sequences(start: State, events: list[Event]) -> None:
+def test_random_event_sequences(start: BookingState, events: list[BookingEvent]) -> None:
     state = start
     for event in events:
         try:
@@ -133,7 +133,7 @@ def test_random_event_sequences(start: State, events: list[Event]) -> None:
         except InvalidTransition:
             assert event not in allowed_events(state)
             continue
-        assert isinstance(nxt, State)
+        assert isinstance(nxt, BookingState)
         assert event in allowed_events(state)
         # Only reschedule loops; no other event leaves a state unchanged.
         assert (nxt is state) == (event is E.RESCHEDULE)
@@ -142,7 +142,7 @@ def test_random_event_sequences(start: State, events: list[Event]) -> None:
         assert allowed_events(state) == frozenset()
 
 
-@given(st.sampled_from(sorted(TERMINAL_STATES)), st.sampled_from(Event))
-def test_terminal_states_have_no_exits(state: State, event: Event) -> None:
+@given(st.sampled_from(sorted(TERMINAL_STATES)), st.sampled_from(BookingEvent))
+def test_terminal_states_have_no_exits(state: BookingState, event: BookingEvent) -> None:
     with pytest.raises(InvalidTransition):
         transition(state, event)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from booking.errors import InvalidRefundPolicy, InvalidRefundRequest
-from booking.lifecycle import TRANSITIONS, Event, State
+from booking.lifecycle import TRANSITIONS, BookingEvent, BookingState
 from booking.refunds import (
     CANCELLERS,
     DEFAULT_REFUND_POLICY,
@@ -143,9 +143,11 @@ def test_invalid_requests(kwargs: dict[str, object]) -> None:
 
 
 def test_every_cancelling_event_has_a_canceller() -> None:
-    cancelling = {e for row in TRANSITIONS.values() for e, s in row.items() if s is State.CANCELLED}
+    cancelling = {
+        e for row in TRANSITIONS.values() for e, s in row.items() if s is BookingState.CANCELLED
+    }
     assert cancelling == set(CANCELLERS)
-    assert CANCELLERS[Event.DECLINE] is Canceller.DOCTOR
+    assert CANCELLERS[BookingEvent.DECLINE] is Canceller.DOCTOR
 
 
 notices = st.timedeltas(min_value=timedelta(days=-3), max_value=timedelta(days=30))

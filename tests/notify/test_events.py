@@ -286,7 +286,7 @@ async def test_a_batch_finds_the_same_people_as_one_event_at_a_time(api: Api) ->
     trip (store.contexts_for); that gives what one event at a time gives, in
     the batch's order, for every way an event names them."""
     from notify import store
-    from notify.plan import Event as Ev
+    from notify.plan import InboxEvent as Ev
 
     clinic = await make_clinic(api)
     doctor = await make_doctor(api, clinic, display_name="Dr. Batch")

@@ -57,8 +57,10 @@ def test_time_in_urdu_and_arabic() -> None:
     assert format_time(at, "en", "Asia/Dubai") == "24 November 2026, 14:00 (+04)"
 
 
-def _event(topic: str, data: dict[str, object], at: dt.datetime = NOW, id: int = 7) -> plan.Event:
-    return plan.Event(id, topic, data, at)
+def _event(
+    topic: str, data: dict[str, object], at: dt.datetime = NOW, id: int = 7
+) -> plan.InboxEvent:
+    return plan.InboxEvent(id, topic, data, at)
 
 
 def _booking(event: str, status: str, starts: dt.datetime, **extra: object) -> dict[str, object]:

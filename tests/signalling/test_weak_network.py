@@ -803,7 +803,7 @@ async def scenario_firefox(world: World) -> dict[str, Any]:
 
 def worker_videos(world: World) -> Iterator[tuple[Any, Any]]:
     """The in-process media worker's video tracks, each with its room
-    (:class:`sfu.rooms.records.Room`, :class:`sfu.rooms.records.Track`)."""
+    (:class:`sfu.rooms.records.MediaRoom`, :class:`sfu.rooms.records.Track`)."""
     import sfu.node.http
 
     worker = world.app[sfu.node.http.WORKER]

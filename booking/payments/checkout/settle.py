@@ -52,7 +52,7 @@ from uuid import UUID
 import asyncpg
 
 from booking.bookings import transitions as bookings
-from booking.lifecycle import State
+from booking.lifecycle import BookingState
 from booking.payments.errors import AmountMismatch
 from booking.payments.gateway import Verdict, WebhookEvent
 from booking.payments.intent import LIVE_STATES, IntentEvent, IntentState, transition
@@ -136,7 +136,7 @@ async def settle(
     if row["seen"]:
         return Settled(duplicate=True)
     state = IntentState(row["status"])
-    if state not in LIVE_STATES or row["booking_status"] != State.HELD.value:
+    if state not in LIVE_STATES or row["booking_status"] != BookingState.HELD.value:
         return None
     if isinstance(event, Credit) and (
         row["clinic_id"] != event.clinic_id
@@ -233,7 +233,7 @@ def _statement(
     sql = f"""
         WITH held AS (
             SELECT id FROM bookings
-            WHERE id = {args(row["booking_id"])} AND status = {args(State.HELD.value)} {live}
+            WHERE id = {args(row["booking_id"])} AND status = {args(BookingState.HELD.value)} {live}
             FOR UPDATE),
         moved AS (
             UPDATE payment_intents SET status = {args(succeeded.value)}, updated_at = now()

@@ -83,8 +83,8 @@ async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str
     if await bookings.apply_event_if(
         conn,
         row["booking_id"],
-        lifecycle.State.HELD,
-        lifecycle.Event.CONFIRM_PAYMENT,
+        lifecycle.BookingState.HELD,
+        lifecycle.BookingEvent.CONFIRM_PAYMENT,
         actor_id=None,
         detail=detail,
     ):
@@ -94,7 +94,7 @@ async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str
     )
     if booking is None:  # pragma: no cover - a foreign key guarantees it
         return "the booking is gone"
-    if booking["status"] != lifecycle.State.HELD.value:
+    if booking["status"] != lifecycle.BookingState.HELD.value:
         return f"the booking is {booking['status']}, no longer held for payment"
     try:
         # A savepoint: a refusal must not abort the payment's transaction.
@@ -102,7 +102,7 @@ async def _confirm_booking(conn: asyncpg.Connection, row: asyncpg.Record) -> str
             await bookings.transition_booking(
                 conn,
                 row["booking_id"],
-                lifecycle.Event.CONFIRM_PAYMENT,
+                lifecycle.BookingEvent.CONFIRM_PAYMENT,
                 actor_id=None,
                 detail=detail,
             )
@@ -186,7 +186,7 @@ async def apply_verdict(
             failure_reason=reason,
         )
     booking = await conn.fetchval("SELECT status FROM bookings WHERE id = $1", row["booking_id"])
-    if booking != lifecycle.State.HELD.value:
+    if booking != lifecycle.BookingState.HELD.value:
         late = f"the booking is {booking}, no longer held for payment"
         return await _paid_too_late(conn, row, verdict, default_bp, registry, late)
     row = await move_intent(

@@ -30,7 +30,7 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from booking.bookings import transitions as bookings
-from booking.lifecycle import Event, State
+from booking.lifecycle import BookingEvent, BookingState
 from booking.payments.checkout import settle
 from booking.payments.checkout.verdicts import apply_verdict
 from booking.payments.gateway import BANK_TRANSFER, PaymentStatus, Verdict
@@ -134,7 +134,7 @@ async def _settle(
     intent, booking = target.intent, target.booking
     live = intent["status"] in LIVE
     hold = booking["hold_expires_at"]
-    if live and booking["status"] == State.HELD.value and hold is not None and hold > now:
+    if live and booking["status"] == BookingState.HELD.value and hold is not None and hold > now:
         verdict = Verdict(
             BANK_TRANSFER,
             intent["gateway_ref"],
@@ -163,11 +163,11 @@ async def _settle(
             announce_extra={"reason": why},
             failure_reason=why,
         )
-        if booking["status"] == State.HELD.value:
+        if booking["status"] == BookingState.HELD.value:
             await bookings.apply_event(
                 conn,
                 booking,
-                Event.EXPIRE_HOLD,
+                BookingEvent.EXPIRE_HOLD,
                 actor_id=None,
                 detail={"hold_expires_at": hold.isoformat() if hold else None},
                 now=now,

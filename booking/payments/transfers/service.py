@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from booking.lifecycle import State
+from booking.lifecycle import BookingState
 from booking.payments.errors import BookingNotPayable, LivePaymentExists
 from booking.payments.gateway import BANK_TRANSFER
 from booking.payments.intent import IntentEvent, IntentState
@@ -175,7 +175,7 @@ def _payable_until(booking: Mapping[str, Any], settings: Settings, now: dt.datet
     the transfer window, never past the slot's start. Refuses a booking
     that is not held or is free (409), and a slot too soon for a transfer."""
     hold: dt.datetime | None = booking["hold_expires_at"]
-    if booking["status"] != State.HELD.value or hold is None or hold <= now:
+    if booking["status"] != BookingState.HELD.value or hold is None or hold <= now:
         raise BookingNotPayable(f"the booking is {booking['status']}, not held for payment")
     if booking["price_minor"] <= 0:
         raise BookingNotPayable("the booking is free; there is nothing to pay")
@@ -245,7 +245,7 @@ async def _start_at_once(
     sql = f"""
         WITH b AS (
             UPDATE bookings SET hold_expires_at = {args(until)}, updated_at = {args(now)}
-            WHERE id = {args(booking["id"])} AND status = {args(State.HELD.value)}
+            WHERE id = {args(booking["id"])} AND status = {args(BookingState.HELD.value)}
               AND hold_expires_at > {args(now)}
             RETURNING id),
         i AS (
@@ -359,7 +359,7 @@ async def _cancel(
             failure_reason=why,
         )
         hold = booking["hold_expires_at"]
-        if booking["status"] == State.HELD.value and hold is not None:
+        if booking["status"] == BookingState.HELD.value and hold is not None:
             shorter = min(hold, now + dt.timedelta(minutes=settings.booking_hold_minutes))
             await conn.execute(
                 "UPDATE bookings SET hold_expires_at = $2, updated_at = $3 WHERE id = $1",

@@ -18,7 +18,7 @@ import pytest
 
 from booking.bookings import holds, transitions
 from booking.bookings.errors import BookingNotFound, TransitionRefused
-from booking.lifecycle import Event
+from booking.lifecycle import BookingEvent
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api
 from wadud.state import keys
@@ -72,7 +72,7 @@ async def confirm(api: Api, booking_id: str) -> asyncpg.Record:
     """What payments does when a payment succeeds."""
     async with pool_of(api).acquire() as conn, conn.transaction():
         return await transitions.transition_booking(
-            conn, uuid.UUID(booking_id), Event.CONFIRM_PAYMENT, actor_id=None
+            conn, uuid.UUID(booking_id), BookingEvent.CONFIRM_PAYMENT, actor_id=None
         )
 
 
@@ -178,11 +178,13 @@ async def test_transition_booking_refuses_invalid_and_unknown(api: Api, doctor: 
     async with pool_of(api).acquire() as conn, conn.transaction():
         with pytest.raises(TransitionRefused):
             await transitions.transition_booking(
-                conn, uuid.UUID(b["id"]), Event.START, actor_id=None
+                conn, uuid.UUID(b["id"]), BookingEvent.START, actor_id=None
             )
     async with pool_of(api).acquire() as conn, conn.transaction():
         with pytest.raises(BookingNotFound):
-            await transitions.transition_booking(conn, uuid.uuid4(), Event.ACCEPT, actor_id=None)
+            await transitions.transition_booking(
+                conn, uuid.uuid4(), BookingEvent.ACCEPT, actor_id=None
+            )
 
 
 async def test_hold_refuses_bad_requests(api: Api, clinic: Clinic, doctor: Doctor) -> None:
@@ -232,7 +234,7 @@ async def test_taken_slot_and_lapsed_hold(api: Api, doctor: Doctor) -> None:
     async with pool_of(api).acquire() as conn, conn.transaction():
         with pytest.raises(TransitionRefused):
             await transitions.transition_booking(
-                conn, uuid.UUID(a["id"]), Event.CONFIRM_PAYMENT, actor_id=None
+                conn, uuid.UUID(a["id"]), BookingEvent.CONFIRM_PAYMENT, actor_id=None
             )
 
 

@@ -149,13 +149,13 @@ async def test_the_report_page_at_a_glance(api: Api, doctor: Doctor, tmp_path: P
     booking = uuid.UUID(bid)
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
     people = [
-        storage.Participant(booking, "dr", "Dr. Amina Khan", "doctor"),
-        storage.Participant(booking, "pt", "Bilal Ahmed", "patient"),
-        storage.Participant(booking, "st", "Sara Malik", "staff"),
+        storage.CallParticipant(booking, "dr", "Dr. Amina Khan", "doctor"),
+        storage.CallParticipant(booking, "pt", "Bilal Ahmed", "patient"),
+        storage.CallParticipant(booking, "st", "Sara Malik", "staff"),
     ]
     rows, evs = [], []
     for p in people:
-        evs.append(storage.Event(booking, p.participant, t0, "connected", "publish"))
+        evs.append(storage.TransportEvent(booking, p.participant, t0, "connected", "publish"))
     for i in range(13):
         at = t0 + dt.timedelta(seconds=5 * i)
         for p in people:
@@ -177,13 +177,13 @@ async def test_the_report_page_at_a_glance(api: Api, doctor: Doctor, tmp_path: P
             if p.participant != "pt":
                 page = {**page, "freeze_count": 0, "freeze_seconds": 0, "concealed_seconds": 0}
             rows.append(storage.Row(booking, p.participant, "page", at, page))
-    evs.append(storage.Event(booking, "pt", t0 + dt.timedelta(seconds=33), "failed",
+    evs.append(storage.TransportEvent(booking, "pt", t0 + dt.timedelta(seconds=33), "failed",
                              "subscribe"))  # fmt: skip
-    evs.append(storage.Event(booking, "pt", t0 + dt.timedelta(seconds=37), "connected",
+    evs.append(storage.TransportEvent(booking, "pt", t0 + dt.timedelta(seconds=37), "connected",
                              "subscribe"))  # fmt: skip
     end = t0 + dt.timedelta(seconds=62)
     for p in people:
-        evs.append(storage.Event(booking, p.participant, end, "closed", "publish"))
+        evs.append(storage.TransportEvent(booking, p.participant, end, "closed", "publish"))
     async with pool_of(api).acquire() as conn:
         await storage.store(conn, rows, evs, people)
         await storage.finish(conn, booking, end)
@@ -273,7 +273,7 @@ async def test_retention_deletes_old_reports(api: Api, doctor: Doctor) -> None:
         await storage.store(
             conn,
             [storage.Row(booking, "p1", "media", now, {"loss": 0.01})],
-            [storage.Event(booking, "p1", now, "connected", "publish")],
+            [storage.TransportEvent(booking, "p1", now, "connected", "publish")],
         )
         assert await storage.finish(conn, booking, now)
         assert not await storage.finish(conn, booking, now)
@@ -298,8 +298,8 @@ async def test_a_patient_s_export_and_erasure(api: Api, doctor: Doctor) -> None:
     patient = await pool.fetchval("SELECT patient_id FROM bookings WHERE id = $1", booking)
     now = dt.datetime.now(dt.UTC)
     people = [
-        storage.Participant(booking, "pt", "Bilal", "patient"),
-        storage.Participant(booking, "dr", "Dr Amina", "doctor"),
+        storage.CallParticipant(booking, "pt", "Bilal", "patient"),
+        storage.CallParticipant(booking, "dr", "Dr Amina", "doctor"),
     ]
     rows = [storage.Row(booking, p.participant, "media", now, {"loss": 0.0}) for p in people]
     provider = CallReportProvider()

@@ -30,8 +30,8 @@ from sfu.control.messages import (
     MediaEvent,
     RecordingOrder,
     RecordingStopped,
+    TrackDisplay,
     TransportState,
-    View,
     event_from_dict,
     event_to_dict,
 )
@@ -41,8 +41,8 @@ from sfu.control.rpc import (
     RESUBSCRIBE_GRACE,
     MediaClient,
     MediaServer,
-    MediaUnavailable,
     RemoteMedia,
+    WorkerUnreachable,
 )
 from sfu.errors import SfuStateError
 from sfu.node.worker import MediaWorker
@@ -113,8 +113,8 @@ def test_events_round_trip_through_dicts() -> None:
 
 
 def test_view_round_trips_through_json() -> None:
-    view = View(1280, 720, False)
-    assert View.from_dict(json.loads(json.dumps(dataclasses.asdict(view)))) == view
+    view = TrackDisplay(1280, 720, False)
+    assert TrackDisplay.from_dict(json.loads(json.dumps(dataclasses.asdict(view)))) == view
 
 
 async def test_every_operation_round_trips(
@@ -146,8 +146,10 @@ async def test_every_operation_round_trips(
         await media.answer(ROOM, "patient", answer)
         # Unchanged set: no new offer (None crosses the wire as null).
         assert await media.subscribe(ROOM, "patient", [track.track_id]) is None
-        await media.set_view(ROOM, "patient", track.track_id, View(320, 180, False))
-        assert worker.tables.rooms[ROOM].views[("patient", track.track_id)] == View(320, 180, False)
+        await media.set_view(ROOM, "patient", track.track_id, TrackDisplay(320, 180, False))
+        assert worker.tables.rooms[ROOM].views[("patient", track.track_id)] == TrackDisplay(
+            320, 180, False
+        )
 
         # Real ICE and DTLS-SRTP; the worker's events come back over Redis.
         await asyncio.to_thread(peer.handshake, [publisher, subscriber], timeout=20.0)
@@ -206,10 +208,10 @@ async def test_typed_errors_cross_the_wire(served: tuple[MediaServer, MediaClien
     with pytest.raises(SfuStateError, match="no track"):
         await media.set_muted("no-such-room", "t1", True)
     with pytest.raises(SfuStateError, match="no room"):
-        await media.set_view("no-such-room", "p", "t1", View())
+        await media.set_view("no-such-room", "p", "t1", TrackDisplay())
     server, client, _ = served
     stale = client.remote(server.wid, "an-old-incarnation")
-    with pytest.raises(MediaUnavailable, match="incarnation"):
+    with pytest.raises(WorkerUnreachable, match="incarnation"):
         await stale.ping()
     # The worker is still there for the right incarnation.
     assert (await media.ping())["worker"] == server.wid
@@ -242,7 +244,7 @@ async def test_nobody_listening_fails_after_the_resubscribe_grace(redis: aioredi
     subscription lost to a Redis failover would have come back."""
     async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=10.0) as client:
         began = time.monotonic()
-        with pytest.raises(MediaUnavailable, match="not listening"):
+        with pytest.raises(WorkerUnreachable, match="not listening"):
             await client.remote("gone-0", "inc").ping()
         assert RESUBSCRIBE_GRACE - 0.5 < time.monotonic() - began < RESUBSCRIBE_GRACE + 1.0
 
@@ -271,7 +273,7 @@ async def test_a_worker_declared_gone_ends_the_wait(redis: aioredis.Redis) -> No
         await asyncio.sleep(0.5)
         began = time.monotonic()
         client.abandon("dead-0", "inc")
-        with pytest.raises(MediaUnavailable, match="gone"):
+        with pytest.raises(WorkerUnreachable, match="gone"):
             await ping
         assert time.monotonic() - began < 1.0
 
@@ -284,7 +286,7 @@ async def test_a_request_to_a_worker_declared_gone_is_not_sent_again_and_again(
     async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=0.5) as client:
         client.abandon("gone-0", "inc")
         began = time.monotonic()
-        with pytest.raises(MediaUnavailable, match="not listening"):
+        with pytest.raises(WorkerUnreachable, match="not listening"):
             await client.remote("gone-0", "inc").ping()
         assert time.monotonic() - began < RESUBSCRIBE_GRACE / 3
         # Back from a cut with the same incarnation, listening again: asked as
@@ -292,14 +294,14 @@ async def test_a_request_to_a_worker_declared_gone_is_not_sent_again_and_again(
         back = redis.pubsub()
         await back.subscribe(registry.control_channel("gone-0"))
         try:
-            with pytest.raises(MediaUnavailable, match="did not answer"):
+            with pytest.raises(WorkerUnreachable, match="did not answer"):
                 await client.remote("gone-0", "inc").ping()
         finally:
             await back.aclose()
         # Heard once, it is no longer taken for gone: a request while it does
         # not listen is sent again for the grace, as to any worker.
         began = time.monotonic()
-        with pytest.raises(MediaUnavailable, match="not listening"):
+        with pytest.raises(WorkerUnreachable, match="not listening"):
             await client.remote("gone-0", "inc").ping()
         # Given up once the next try (0.4 s apart at most) would pass the grace.
         assert time.monotonic() - began >= RESUBSCRIBE_GRACE - 0.4
@@ -311,7 +313,7 @@ async def test_a_silent_worker_times_out(redis: aioredis.Redis) -> None:
     try:
         async with MediaClient(redis, "api-" + secrets.token_hex(4), timeout=0.5) as client:
             began = time.monotonic()
-            with pytest.raises(MediaUnavailable, match="did not answer"):
+            with pytest.raises(WorkerUnreachable, match="did not answer"):
                 await client.remote("silent-0", "inc").leave(ROOM, "p")
             assert 0.4 < time.monotonic() - began < 2.0
     finally:
@@ -329,7 +331,7 @@ async def test_both_sides_survive_a_redis_restart(
     async def answered() -> bool:
         try:
             await media.ping()
-        except MediaUnavailable:
+        except WorkerUnreachable:
             return False
         return True
 
@@ -456,7 +458,7 @@ async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
         link.cut = True
         # Sent during the cut: Redis still counts the worker's subscriber,
         # and what it writes to it from now on is stuck.
-        with pytest.raises(MediaUnavailable, match="did not answer"):
+        with pytest.raises(WorkerUnreachable, match="did not answer"):
             await media.ping()
 
         async def expired() -> bool:
@@ -469,7 +471,7 @@ async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
         async def answered() -> bool:
             try:
                 return (await media.ping())["worker"] == wid
-            except MediaUnavailable:
+            except WorkerUnreachable:
                 return False
 
         await wait_until(answered, within=10)

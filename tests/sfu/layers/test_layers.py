@@ -20,7 +20,13 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 from rtc.sdp.attributes import REPAIRED_RTP_STREAM_ID, RTP_STREAM_ID, TRANSPORT_CC
 from rtc.sdp.session import SessionDescription
-from sfu.control.messages import LayersWanted, TrackPaused, View, event_from_dict, event_to_dict
+from sfu.control.messages import (
+    LayersWanted,
+    TrackDisplay,
+    TrackPaused,
+    event_from_dict,
+    event_to_dict,
+)
 from sfu.errors import SfuStateError
 from sfu.forward.forwarder import Forwarder
 from sfu.layers.choice import DYNACAST_DELAY
@@ -347,15 +353,15 @@ async def test_views_pick_layers_and_hide(worker: MediaWorker, events: Events) -
     fsub, track_id = w.fsub, w.track_id
     # No view yet: the best layer the start estimate (1 Mbit/s) carries.
     assert fsub.target == 1
-    await worker.set_view("room", "bob", track_id, View(160, 90, True))
+    await worker.set_view("room", "bob", track_id, TrackDisplay(160, 90, True))
     assert fsub.target == 0
-    await worker.set_view("room", "bob", track_id, View(640, 360, True))
+    await worker.set_view("room", "bob", track_id, TrackDisplay(640, 360, True))
     assert fsub.target == 1
-    await worker.set_view("room", "bob", track_id, View(640, 360, False))
+    await worker.set_view("room", "bob", track_id, TrackDisplay(640, 360, False))
     assert fsub.target is None
     paused = [e for e in events.items if isinstance(e, TrackPaused)]
     assert paused[-1] == TrackPaused("room", "bob", track_id, True, "hidden")
-    await worker.set_view("room", "bob", track_id, View(1280, 720, True))
+    await worker.set_view("room", "bob", track_id, TrackDisplay(1280, 720, True))
     assert fsub.target == 1  # the top layer does not fit the estimate
     assert [e for e in events.items if isinstance(e, TrackPaused)][-1].paused is False
     await worker.set_audio_only("room", "bob", True)
@@ -480,7 +486,7 @@ async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker)
     stopped the worker's RTCP for every call on it)."""
     w = await watched(worker)
     fsub, track_id, now = w.fsub, w.track_id, w.now
-    await worker.set_view("room", "bob", track_id, View(160, 90, True))
+    await worker.set_view("room", "bob", track_id, TrackDisplay(160, 90, True))
     assert fsub.target == 0
     worker.layers.tick(now + TICK)  # every layer measured, seen sending
     # Then only the upper layers keep coming, and congestion was just now.
@@ -489,6 +495,6 @@ async def test_a_held_layer_its_publisher_stopped_is_let_go(worker: MediaWorker)
         packet = vp8_packet(LAYERS[index], 2, 3000, 2, key=True, ext=rid_ext(rid))
         worker._route(w.pub, packet, later)
     worker.layers.subscribers.by_peer[w.sub_peer].downgraded_at = later
-    await worker.set_view("room", "bob", track_id, View(640, 360, True))
+    await worker.set_view("room", "bob", track_id, TrackDisplay(640, 360, True))
     worker.layers.tick(later)
     assert fsub.target == 1

@@ -30,7 +30,7 @@ from sfu.errors import SfuStateError
 from sfu.layers.choice import DYNACAST_DELAY
 from sfu.node.worker import MediaWorker
 from sfu.recording.core import LAYER_WAIT
-from sfu.rooms.records import Peer, Room
+from sfu.rooms.records import MediaRoom, Peer
 from tests.polling import wait_until
 from tests.sfu.conftest import (
     Events,
@@ -317,7 +317,7 @@ async def test_tracks_relayed_in_from_another_worker_are_recorded(
         assert {struct.unpack_from("!I", p, 8)[0] for _, p in segment.packets} == {crossed.ssrc}
 
 
-async def simulcast_publisher(worker: MediaWorker, now: float) -> tuple[TrackInfo, Room, Peer]:
+async def simulcast_publisher(worker: MediaWorker, now: float) -> tuple[TrackInfo, MediaRoom, Peer]:
     """Alice publishes a three-layer simulcast camera; one keyframe of each
     layer (q, h, f) arrives at ``now`` so the worker learns their SSRCs."""
     fp = worker.relay_identity()[1].split(" ", 1)[1]

@@ -12,7 +12,7 @@ from rtc.rtpdump import open_segment
 from sfu.control.messages import RecordingOrder
 from sfu.recording.core import LAYER_WAIT, RoomRecording
 from sfu.rooms.inputs import Publish, Unpublish
-from sfu.rooms.records import Room, Track
+from sfu.rooms.records import MediaRoom, Track
 from tests.sfu.layers import test_layers
 from tests.sfu.negotiation.test_negotiation import NOW, negotiator, offer
 
@@ -53,7 +53,7 @@ def red(primary: bytes, redundant: bytes) -> bytes:
 
 def recorded_room(
     certificate: DtlsCertificate, *, with_red: bool = False, video: bool = False
-) -> tuple[Room, str]:
+) -> tuple[MediaRoom, str]:
     core = negotiator(certificate)
     sdp = offer(certificate)
     if with_red:
@@ -149,7 +149,7 @@ def test_a_repair_on_the_rtx_ssrc_is_recorded_as_the_packet_it_repairs(
     assert packets[3][1].endswith(b"v3" * 20) and packets[3][1][12:14] != struct.pack("!H", 3)
 
 
-def simulcast_room(certificate: DtlsCertificate, published: float) -> tuple[Room, Track]:
+def simulcast_room(certificate: DtlsCertificate, published: float) -> tuple[MediaRoom, Track]:
     """Alice's three-layer camera published at ``published``; her browser
     sends only the two lower layers (the top one never learnt)."""
     sdp = test_layers.CHROME_RID_OFFER.format(fp=certificate.fingerprint("sha-256"))

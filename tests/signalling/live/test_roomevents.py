@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from sfu.control.messages import TrackInfo
-from signalling.live.events import View, changes
+from signalling.live.events import ObservedRoom, changes
 from signalling.room.core import Room
 from signalling.room.outputs import Output
 from tests.signalling.room.test_room import grant, new_room
@@ -22,7 +22,7 @@ class Watch:
     """The observer's loop: the view kept between changes."""
 
     def __init__(self) -> None:
-        self.view: View | None = None
+        self.view: ObservedRoom | None = None
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, core: Room, outputs: list[Output]) -> list[str]:

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sfu.control.messages import TrackInfo
 from signalling import errors, protocol
 from signalling.room.core import Room
-from signalling.room.members import TRANSITIONS, Event, State
+from signalling.room.members import TRANSITIONS, MemberEvent, MemberState
 from signalling.room.outputs import Close, MediaCloseRoom, MediaLeave, Output, Resubscribe, Send
 from wadud.web.auth import RoomGrant
 
@@ -109,13 +109,13 @@ def test_doctor_first_then_patient_joins_directly() -> None:
         "type": "participant_joined",
         "participant": {"id": "p-2", "identity": "pt-bilal", "name": "Pt-Bilal", "role": "patient"},
     }
-    assert pt.participant.state is State.JOINED
+    assert pt.participant.state is MemberState.JOINED
 
 
 def test_patient_before_doctor_waits_until_admitted() -> None:
     room = new_room()
     pt = room.join("c-pt", PATIENT, 0.0, ref="1")
-    assert pt.participant.state is State.WAITING
+    assert pt.participant.state is MemberState.WAITING
     [waiting] = frames(pt.outputs, "c-pt")
     assert (waiting["type"], waiting["ref"], waiting["session"]) == ("waiting", "1", "s-1")
     assert waiting["participant"]["id"] == "p-1"
@@ -136,7 +136,9 @@ def test_patient_before_doctor_waits_until_admitted() -> None:
     assert admitted["participants"][0]["identity"] == "dr-amina"
     assert types(out, "c-doc") == ["participant_joined", "waiting"]
     assert frames(out, "c-doc")[1]["waiting"] == []
-    assert room.members.get("p-1") is not None and room.members.get("p-1").state is State.JOINED  # type: ignore[union-attr]
+    assert (
+        room.members.get("p-1") is not None and room.members.get("p-1").state is MemberState.JOINED
+    )  # type: ignore[union-attr]
     with pytest.raises(errors.BadState):
         room.admit("c-doc", "p-1")
     with pytest.raises(errors.UnknownTarget):
@@ -175,9 +177,9 @@ def test_require_admission_makes_everyone_without_admin_wait() -> None:
     room.join("c-doc", DOCTOR, 0.0)
     out = room.members.set_require_admission("c-doc", True)
     assert frames(out, "c-doc") == [{"v": 1, "type": "room_settings", "require_admission": True}]
-    assert room.join("c-pt", PATIENT, 0.0).participant.state is State.WAITING
+    assert room.join("c-pt", PATIENT, 0.0).participant.state is MemberState.WAITING
     staff = room.join("c-staff", grant("nurse-1", "staff"), 0.0)
-    assert staff.participant.state is State.JOINED
+    assert staff.participant.state is MemberState.JOINED
     assert frames(staff.outputs, "c-staff")[0]["waiting"][0]["identity"] == "pt-bilal"
 
 
@@ -207,7 +209,7 @@ def test_resume_within_grace_keeps_the_participant() -> None:
     pt = room.join("c-pt", PATIENT, 0.0)
     room.media.published("p-2", [track("t-1", "p-2")], [])
     assert room.disconnect("c-pt", 10.0) == []  # nobody is told: media still flows
-    assert pt.participant.state is State.DETACHED
+    assert pt.participant.state is MemberState.DETACHED
     assert room.get_timer() == 10.0 + GRACE
     assert room.handle_timer(29.0) == []
     res = room.join("c-pt-new", PATIENT, 29.5, ref="r", resume="s-2")
@@ -313,7 +315,7 @@ def test_room_full_counts_the_waiting_and_frees_a_replaced_seat() -> None:
     # happened to the room when the join was refused. (The doctor is in now,
     # so the patient no longer waits.)
     again = room.join("c-pt2", PATIENT, 1.0)
-    assert again.participant.state is State.JOINED
+    assert again.participant.state is MemberState.JOINED
     assert closes(again.outputs) == {"c-pt": 4409}
     assert len(room.members.participants) == 2
 
@@ -389,13 +391,15 @@ def test_active_speaker_is_deduplicated_and_cleared_on_leave() -> None:
 
 
 def test_the_transition_table_has_one_terminal_state() -> None:
-    assert not any(state is State.GONE for state, _ in TRANSITIONS)
-    reachable = {State.WAITING, State.JOINED}
+    assert not any(state is MemberState.GONE for state, _ in TRANSITIONS)
+    reachable = {MemberState.WAITING, MemberState.JOINED}
     for (state, _), new in TRANSITIONS.items():
         if state in reachable:
             reachable.add(new)
-    assert reachable == set(State)
-    assert all((s, Event.END) in TRANSITIONS for s in State if s is not State.GONE)
+    assert reachable == set(MemberState)
+    assert all(
+        (s, MemberEvent.END) in TRANSITIONS for s in MemberState if s is not MemberState.GONE
+    )
 
 
 # -- random sequences ----------------------------------------------------------
@@ -511,10 +515,10 @@ class RoomMachine(RuleBasedStateMachine):
         conns = [p.conn for p in people if p.conn is not None]
         assert len(conns) == len(set(conns)), "one participant per connection"
         for p in people:
-            assert p.state is not State.GONE
-            assert (p.state is State.DETACHED) == (p.conn is None)
-            assert (p.deadline is not None) == (p.state is State.DETACHED)
-            if p.state is State.WAITING:
+            assert p.state is not MemberState.GONE
+            assert (p.state is MemberState.DETACHED) == (p.conn is None)
+            assert (p.deadline is not None) == (p.state is MemberState.DETACHED)
+            if p.state is MemberState.WAITING:
                 assert not p.admin
                 assert not room.media.tracks_of(p.id)
             for t in room.media.wanted(p.id):
@@ -534,16 +538,16 @@ def test_a_removed_or_denied_identity_waits_again_until_admitted() -> None:
     room.remove("c-doc", "p-2")
     # The same link again: the doctor is in and admission is off, yet it waits.
     again = room.join("c-pt2", PATIENT, 1.0)
-    assert again.participant.state is State.WAITING
+    assert again.participant.state is MemberState.WAITING
     assert types(again.outputs, "c-doc") == ["waiting"]
     room.deny("c-doc", again.participant.id)
     third = room.join("c-pt3", PATIENT, 2.0)
-    assert third.participant.state is State.WAITING
+    assert third.participant.state is MemberState.WAITING
     # Others are not affected, and an admit lifts the block for good.
-    assert room.join("c-fam", FAMILY, 2.0).participant.state is State.JOINED
+    assert room.join("c-fam", FAMILY, 2.0).participant.state is MemberState.JOINED
     room.admit("c-doc", third.participant.id)
     room.leave("c-pt3")
-    assert room.join("c-pt4", PATIENT, 3.0).participant.state is State.JOINED
+    assert room.join("c-pt4", PATIENT, 3.0).participant.state is MemberState.JOINED
 
 
 def test_media_reset_forgets_tracks_and_tells_joined_now_and_detached_on_resume() -> None:
@@ -594,10 +598,10 @@ def test_snapshot_and_restore_keep_the_room_and_detach_lost_connections() -> Non
         elapsed=1.0,
     )
     doc, pt = copy.members.get("p-1"), copy.members.get("p-2")
-    assert doc is not None and doc.state is State.JOINED and doc.conn == "c-doc"
+    assert doc is not None and doc.state is MemberState.JOINED and doc.conn == "c-doc"
     assert [t.track_id for t in copy.media.tracks()] == ["t-v"]
     # Detached stays detached, its deadline carried over (17 s left - 1 s).
-    assert pt is not None and pt.state is State.DETACHED
+    assert pt is not None and pt.state is MemberState.DETACHED
     assert pt.deadline == pytest.approx(100.0 + 16.0)
     # The waiting family member's connection is gone with the old owner.
     assert copy.members.get("p-4") is None and "fam-sara" in copy.members.blocked
@@ -608,7 +612,7 @@ def test_snapshot_and_restore_keep_the_room_and_detach_lost_connections() -> Non
     lost = new_room()
     lost.restore(data, 50.0, conn_of=lambda ref: None, grant_of=lambda d: RoomGrant(**d))
     d = lost.members.get("p-1")
-    assert d is not None and d.state is State.DETACHED and d.deadline == 50.0 + GRACE
+    assert d is not None and d.state is MemberState.DETACHED and d.deadline == 50.0 + GRACE
 
 
 def test_restore_gives_the_grace_its_caller_names_per_lost_connection() -> None:
@@ -626,8 +630,8 @@ def test_restore_gives_the_grace_its_caller_names_per_lost_connection() -> None:
         grace_of=lambda ref: 120.0 if ref.startswith("cut/") else None,
     )
     doc, pt = copy.members.get("p-1"), copy.members.get("p-2")
-    assert doc is not None and doc.state is State.DETACHED and doc.deadline == 50.0 + GRACE
-    assert pt is not None and pt.state is State.DETACHED and pt.deadline == 50.0 + 120.0
+    assert doc is not None and doc.state is MemberState.DETACHED and doc.deadline == 50.0 + GRACE
+    assert pt is not None and pt.state is MemberState.DETACHED and pt.deadline == 50.0 + 120.0
     # Still there past the resume grace: its resume is the same participant.
     copy.handle_timer(50.0 + GRACE + 1.0)
     assert copy.members.get("p-1") is None

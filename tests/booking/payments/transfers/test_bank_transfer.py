@@ -42,7 +42,7 @@ from booking.payments.transfers.core import (
     parse_amount,
     parse_statement,
 )
-from notify.plan import Context, Event, Policy, plan_event
+from notify.plan import Context, InboxEvent, Policy, plan_event
 from notify.store import context_for
 from tests.booking.bookings.test_bookings import anon, local
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
@@ -129,7 +129,7 @@ async def told(api: Api, topic: str) -> list[tuple[str, str]]:
     assert row is not None, f"no {topic} event"
     data = row["payload"]
     data = json.loads(data) if isinstance(data, str) else data
-    event = Event(row["id"], topic, data, dt.datetime.now(dt.UTC))
+    event = InboxEvent(row["id"], topic, data, dt.datetime.now(dt.UTC))
     async with pool.acquire() as conn:
         ctx = await context_for(conn, event)
     return [(j.template, str(j.recipient_id)) for j in plan_event(event, ctx, Policy()).jobs]
@@ -796,7 +796,7 @@ async def test_the_receipt_names_the_transfer_reference(api: Api) -> None:
     for r in rows:
         data = json.loads(r["payload"]) if isinstance(r["payload"], str) else r["payload"]
         plan = plan_event(
-            Event(1, r["topic"], data, dt.datetime.now(dt.UTC)),
+            InboxEvent(1, r["topic"], data, dt.datetime.now(dt.UTC)),
             Context(patient_id=uuid.UUID(patient)),
             Policy(),
         )
