@@ -112,7 +112,7 @@ async def test_a_relay_only_call_over_turns(
         await doctor.wait_until(lambda: min(frames(doctor, patient)) >= 10, 20)
         # Both of the patient's connections hold an allocation over TLS, and
         # media crossed them both ways; none over UDP or TCP.
-        allocations = list(relay.core.allocations)
+        allocations = list(relay.core.allocator.allocations)
         assert [a.side.transport for a in allocations] == ["tls", "tls"], allocations
         assert all(a.to_peer_bytes > 0 and a.from_peer_bytes > 0 for a in allocations)
         for pc in (patient.publish_pc, patient.subscribe_pc):
