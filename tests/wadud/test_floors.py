@@ -282,6 +282,26 @@ SUB_FLOORS = {
         ("state",),
         ("web",),
     ),
+    "booking": (
+        ("clinics", "errors", "privacy"),
+        ("lifecycle",),
+        ("calls", "refunds", "schedule"),
+        ("bookings", "doctors"),
+        ("call_reports", "pages"),
+        ("api",),
+        ("http", "payments"),
+    ),
+    "booking.payments": (
+        ("errors", "paging", "reach"),
+        ("intent",),
+        ("gateway", "ledger"),
+        ("gateways", "keys", "rows"),
+        ("postings",),
+        ("payouts", "refunds"),
+        ("checkout",),
+        ("easypaisa", "transfers"),
+        ("http",),
+    ),
     "signalling": (
         ("errors",),
         ("protocol",),
@@ -296,33 +316,73 @@ SUB_FLOORS = {
 
 
 def floor_of(module: str, package: str) -> int | None:
-    """The floor of ``module``'s concept folder inside ``package`` (``None``
-    for the package's face itself)."""
+    """The floor of ``module``'s concept folder (or top-level module) inside
+    ``package``, a dotted name (``None`` outside it, and for its face)."""
     parts = module.split(".")
-    if parts[0] != package or len(parts) < 2:
+    depth = package.count(".") + 1
+    if parts[:depth] != package.split(".") or len(parts) <= depth:
         return None
     for floor, folders in enumerate(SUB_FLOORS[package]):
-        if parts[1] in folders:
+        if parts[depth] in folders:
             return floor
     raise AssertionError(f"{module} is in no floor of {package}: add its folder to SUB_FLOORS")
 
 
-@pytest.mark.parametrize("package", sorted(SUB_FLOORS))
-def test_concept_folders_look_only_down(modules: Modules, package: str) -> None:
-    offences = sorted(
+def entry_of(module: str, package: str) -> str:
+    """The folder or top-level module of ``package`` that holds ``module``."""
+    return module.split(".")[package.count(".") + 1]
+
+
+def sub_floor_offences(imports: dict[str, set[str]], package: str) -> list[tuple[str, str]]:
+    """(importer, imported) for each import inside ``package`` from one of its
+    folders to a folder on the same floor or a higher one."""
+    return sorted(
         (name, other)
-        for name, others in modules.imports.items()
+        for name, others in imports.items()
         if (floor := floor_of(name, package)) is not None
         for other in others
         if (below := floor_of(other, package)) is not None
-        and other.split(".")[1] != name.split(".")[1]
+        and entry_of(other, package) != entry_of(name, package)
         and below >= floor
     )
-    assert offences == []
+
+
+@pytest.mark.parametrize("package", sorted(SUB_FLOORS))
+def test_concept_folders_look_only_down(modules: Modules, package: str) -> None:
+    assert sub_floor_offences(modules.imports, package) == []
     faces = [name for name in modules.files if name == package]
     assert all(
         floor_of(other, package) is None for face in faces for other in modules.imports[face]
     ), "a package's face hands nothing on"
+
+
+@pytest.mark.parametrize(
+    ("package", "imports", "offences"),
+    [
+        ("sfu", {"sfu.node.worker": {"sfu.forward.forwarder"}}, []),
+        ("sfu", {"sfu.forward.forwarder": {"sfu.forward.table"}}, []),
+        (
+            "sfu",
+            {"sfu.forward.forwarder": {"sfu.node.worker"}},
+            [("sfu.forward.forwarder", "sfu.node.worker")],
+        ),
+        (
+            "sfu",
+            {"sfu.forward.forwarder": {"sfu.feedback.reports"}},
+            [("sfu.forward.forwarder", "sfu.feedback.reports")],
+        ),
+        (
+            "booking.payments",
+            {"booking.payments.intent": {"booking.payments.checkout.service"}},
+            [("booking.payments.intent", "booking.payments.checkout.service")],
+        ),
+    ],
+    ids=["down", "within", "up", "aside", "nested package"],
+)
+def test_the_sub_floor_check_finds_imports_that_look_up_or_aside(
+    package: str, imports: dict[str, set[str]], offences: list[tuple[str, str]]
+) -> None:
+    assert sub_floor_offences(imports, package) == offences
 
 
 def test_the_sub_floor_check_knows_every_folder(modules: Modules) -> None:
