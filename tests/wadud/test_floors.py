@@ -12,6 +12,7 @@ does not import it.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -389,6 +390,68 @@ def test_the_sub_floor_check_knows_every_folder(modules: Modules) -> None:
     for package in SUB_FLOORS:
         for name in modules.files:
             floor_of(name, package)
+
+
+#: A handler parses, authorizes, calls one service method and renders; the
+#: SQL and the state it changes live in the service and its store. These are
+#: the handler modules: every folder's ``http.py`` and ``http_*.py``, its
+#: ``pages.py`` or ``page.py``, and booking's ``api/``.
+HANDLED = ("booking", "chat")
+SQL = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM)\b", re.S)
+
+
+def handler_modules() -> list[Path]:
+    found = [
+        path
+        for package in HANDLED
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path.name in ("http.py", "pages.py", "page.py", "socket.py")
+        or path.name.startswith("http_")
+        or path.parent.name == "api"
+    ]
+    assert ROOT / "booking" / "api" / "doctors.py" in found, "booking's handlers were not found"
+    return found
+
+
+def sql_in(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of each string constant that reads as SQL, and of each
+    import of asyncpg."""
+    found = [(line, name) for line, name in imported(tree) if name.split(".")[0] == "asyncpg"]
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and SQL.search(node.value)
+        ):
+            found.append((node.lineno, node.value[:60]))
+    return found
+
+
+def test_handler_modules_hold_no_sql_and_import_no_asyncpg() -> None:
+    files = handler_modules()
+    trees = parse_all([(str(path), path.read_text()) for path in files])
+    offences = [
+        f"{path.relative_to(ROOT)}:{line}: {text!r}"
+        for path, tree in zip(files, trees, strict=True)
+        for line, text in sql_in(tree)
+    ]
+    assert offences == []
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [
+        ("import asyncpg", 1),
+        ("from asyncpg import Pool", 1),
+        ('Q = "SELECT id FROM doctors WHERE id = $1"', 1),
+        ('Q = """\n    UPDATE bookings SET status = $2\n"""', 1),
+        ('T = "Select a time that suits you"', 0),
+        ('T = "Update your details"', 0),
+    ],
+    ids=["import", "from-import", "select", "update", "prose-select", "prose-update"],
+)
+def test_the_sql_check_finds_sql_but_not_prose(source: str, found: int) -> None:
+    assert len(sql_in(parse_source(source))) == found
 
 
 GATEWAYS = "booking.payments.gateways"
