@@ -66,11 +66,13 @@ async def uclient(server: TurnServer, peer_port: int, *flags: str, secret: str =
 
 
 def totals(out: str) -> tuple[int, int, int]:
-    sent, received = (
-        int(x) for x in re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", out)[-1]
-    )
-    lost = int(re.search(r"Total lost packets (\d+)", out).group(1))  # type: ignore[union-attr]
-    return sent, received, lost
+    """What turnutils_uclient says it sent, received and lost; a run that
+    printed no totals fails with what it did print."""
+    counts = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", out)
+    lost = re.search(r"Total lost packets (\d+)", out)
+    assert counts and lost, f"turnutils_uclient printed no totals:\n{out[-3000:]}"
+    sent, received = (int(x) for x in counts[-1])
+    return sent, received, int(lost.group(1))
 
 
 async def test_uclient_relays_without_loss(server_factory: Any, coturn_peer: int) -> None:
