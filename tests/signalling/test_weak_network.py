@@ -725,7 +725,15 @@ async def scenario_views(world: World) -> dict[str, Any]:
     await doctor.wait_for(SENDING % 3, "the doctor sending three layers", within=40)
     await learns(world, pub, 3)
     world.mark("three layers learnt")
-    stopped = f"{OUTBOUND}.then((o) => o.f && o.f.active === false)"
+    # Stopped means the encoder says so (active false) and its packets have
+    # ceased: what it encoded before goes out after through Chromium's pacer
+    # (five packets in one busy run), so the count is watched from when two
+    # reads half a second apart agree. Then it must stay still for 3 s.
+    stopped = f"""{OUTBOUND}.then(async (a) => {{
+      await new Promise((r) => setTimeout(r, 500));
+      const b = await {OUTBOUND};
+      return a.f && b.f && b.f.active === false && b.f.packets === a.f.packets;
+    }})"""
     try:
         await doctor.wait_for(stopped, "the top layer stopped at the publisher", within=30)
     except DriverError as exc:
