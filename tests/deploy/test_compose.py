@@ -188,4 +188,8 @@ async def test_a_call_through_the_proxy_between_two_participants(
             " after publishing"
         )
     finally:
-        await asyncio.gather(doctor.close(), patient.close(), return_exceptions=True)
+        # Leave as a real client does: participants that only drop their
+        # socket stay for call_resume_grace, and media-pk's drain on `down`
+        # waits for its room to empty (podman-compose 1.0.3 then kills it
+        # after 10 s, its own default, whatever stop_grace_period says).
+        await asyncio.gather(doctor.leave(), patient.leave(), return_exceptions=True)
