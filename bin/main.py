@@ -336,7 +336,7 @@ def cmd_audit_verify(settings: config.Settings) -> int:
     from privacy import audit
     from wadud.state import db
 
-    async def go() -> audit.Verdict:
+    async def go() -> audit.AuditVerification:
         async with db.connection(settings) as conn:
             try:
                 return await audit.verify(conn)

@@ -20,7 +20,7 @@ from typing import Final
 
 import asyncpg
 
-from privacy.retention import Context, Rule
+from privacy.retention import RoundContext, Rule
 from privacy.rights import Erased, Part, Subject, records
 
 __all__ = ["BookingProvider", "retention_rules"]
@@ -148,7 +148,7 @@ class BookingProvider:
 # -- retention -------------------------------------------------------------------
 
 
-async def _expired_holds(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
+async def _expired_holds(conn: asyncpg.Connection, ctx: RoundContext, days: float) -> int:
     # Holds that lapsed and were never paid for: nothing of the ledger or a
     # payment points at them. Their events go with them (ON DELETE CASCADE).
     where = """status = 'expired' AND updated_at < $1
@@ -162,7 +162,7 @@ async def _expired_holds(conn: asyncpg.Connection, ctx: Context, days: float) ->
     return await ctx.delete_batched(conn, "bookings", where, ctx.days_ago(days))
 
 
-async def _webhooks(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
+async def _webhooks(conn: asyncpg.Connection, ctx: RoundContext, days: float) -> int:
     return await ctx.delete_batched(conn, "webhook_events", "received_at < $1", ctx.days_ago(days))
 
 

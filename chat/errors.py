@@ -43,7 +43,7 @@ class BadSequence(ChatError, Unprocessable):
     title = "Bad sequence number"
 
 
-class RateLimited(ChatError, TooManyRequests):
+class SendingTooFast(ChatError, TooManyRequests):
     code = "rate-limited"
     title = "Sending too fast"
 

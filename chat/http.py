@@ -136,7 +136,7 @@ class DeleteMessage(ChatModel):
     client_id: ClientId
 
 
-class Ack(ApiModel):
+class AckOut(ApiModel):
     conversation_id: UUID
     client_id: str
     seq: int
@@ -237,8 +237,8 @@ async def list_events(call: Call[None, EventsQuery]) -> list[ChatEvent]:
     return [ChatEvent.model_validate(e) for e in events]
 
 
-@routes.post(_CONV + "/messages", body=SendMessage, returns=Ack, status=201)
-async def send_message(call: Call[SendMessage, None]) -> Ack:
+@routes.post(_CONV + "/messages", body=SendMessage, returns=AckOut, status=201)
+async def send_message(call: Call[SendMessage, None]) -> AckOut:
     """Send a message (the WebSocket ``send`` frame, over HTTP).
 
     Committed before the answer; a repeated ``client_id`` is answered with the
@@ -248,11 +248,11 @@ async def send_message(call: Call[SendMessage, None]) -> Ack:
     res = await svc.send(
         acc, call.user, client_id=b.client_id, body=b.body, attachment_id=b.attachment_id
     )
-    return Ack.model_validate(res.fields())
+    return AckOut.model_validate(res.fields())
 
 
-@routes.post(_CONV + r"/messages/{seq:\d{1,18}}/edit", body=EditMessage, returns=Ack, status=201)
-async def edit_message(call: Call[EditMessage, None]) -> Ack:
+@routes.post(_CONV + r"/messages/{seq:\d{1,18}}/edit", body=EditMessage, returns=AckOut, status=201)
+async def edit_message(call: Call[EditMessage, None]) -> AckOut:
     """Edit one of your messages (a new ``edit`` event; the original stays)."""
     svc = _svc(call)
     acc = await svc.authorize(call.user, call.path_uuid("conversation_id"))
@@ -263,19 +263,19 @@ async def edit_message(call: Call[EditMessage, None]) -> Ack:
         target_seq=_seq(call),
         body=call.body.body,
     )
-    return Ack.model_validate(res.fields())
+    return AckOut.model_validate(res.fields())
 
 
 @routes.post(
-    _CONV + r"/messages/{seq:\d{1,18}}/delete", body=DeleteMessage, returns=Ack, status=201
+    _CONV + r"/messages/{seq:\d{1,18}}/delete", body=DeleteMessage, returns=AckOut, status=201
 )
-async def delete_message(call: Call[DeleteMessage, None]) -> Ack:
+async def delete_message(call: Call[DeleteMessage, None]) -> AckOut:
     """Delete a message: yours, or any as writing clinic staff (a new
     ``delete`` event; the original stays for the clinic's audit)."""
     svc = _svc(call)
     acc = await svc.authorize(call.user, call.path_uuid("conversation_id"))
     res = await svc.delete(acc, call.user, client_id=call.body.client_id, target_seq=_seq(call))
-    return Ack.model_validate(res.fields())
+    return AckOut.model_validate(res.fields())
 
 
 def _seq(call: Call[Any, Any]) -> int:

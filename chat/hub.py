@@ -47,7 +47,7 @@ from chat.crypto import Keyring
 from chat.errors import BadSequence
 from chat.protocol import VERSION, encode
 from wadud.messaging import loops, revocation
-from wadud.messaging.bus import Bus, Subscription
+from wadud.messaging.bus import Bus, BusSubscription
 from wadud.principal import Principal
 
 log = logging.getLogger("wadud.chat")
@@ -477,7 +477,7 @@ class Hub:
 
 
 async def _keep_reading(
-    sub: Subscription, take: Callable[[dict[str, Any]], None], what: str
+    sub: BusSubscription, take: Callable[[dict[str, Any]], None], what: str
 ) -> None:
     """Hand each message of ``sub`` to ``take``, for as long as the hub runs:
     a failure is logged and reading starts again half a second later."""

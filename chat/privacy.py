@@ -26,7 +26,7 @@ import asyncpg
 from aiohttp import web
 
 from chat.crypto import DecryptError, Keyring, Shredded, attachment_aad, message_aad
-from privacy.retention import Context, Rule
+from privacy.retention import RoundContext, Rule
 from privacy.rights import ArchiveFile, Erased, Part, Subject, records
 from wadud.errors import NotFound
 from wadud.state.storage import storage_of
@@ -161,7 +161,7 @@ async def _delete_conversations(conn: asyncpg.Connection, ids: list[UUID]) -> li
     return [r["storage_key"] for r in files]
 
 
-async def _idle_conversations(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
+async def _idle_conversations(conn: asyncpg.Connection, ctx: RoundContext, days: float) -> int:
     return await ctx.delete_batched_by(
         conn,
         "chat_conversations",

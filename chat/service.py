@@ -29,7 +29,7 @@ from chat.access import (
     staff_policy,
 )
 from chat.crypto import Keyring, attachment_aad
-from chat.errors import AttachmentType, BadSequence, LinkExpired, RateLimited
+from chat.errors import AttachmentType, BadSequence, LinkExpired, SendingTooFast
 from chat.eventlog import Event
 from chat.hub import Hub
 from chat.protocol import InvalidFrame, check_body
@@ -195,7 +195,7 @@ class ChatService:
     def _rate(self, who: Principal) -> None:
         wait = self.limiter.take(who.user_id, time.monotonic())
         if wait > 0:
-            raise RateLimited(
+            raise SendingTooFast(
                 f"at most {self.settings.chat_rate_per_second:g} messages per second",
                 retry_after=round(wait, 3),
             )

@@ -89,7 +89,7 @@ def stun_messages() -> Iterator[tuple[str, bytes]]:
 
     for name in ("SAMPLE_REQUEST", "SAMPLE_V4_RESPONSE", "SAMPLE_V6_RESPONSE", "SAMPLE_LONG_TERM"):
         yield "rfc5769-" + name.lower().replace("_", "-"), getattr(test_stun, name)
-    check = stun.Message(stun.BINDING, stun.REQUEST, bytes(range(12)))
+    check = stun.StunMessage(stun.BINDING, stun.REQUEST, bytes(range(12)))
     check.add(stun.USERNAME, b"fzLo:fzRe").set(stun.PRIORITY, 0x6E7F00FF)
     check.add(stun.USE_CANDIDATE, b"").set(stun.ICE_CONTROLLING, 0x1122334455667788)
     yield "ice-check", bytes(check.add_integrity(b"fuzz-local-password-0123").add_fingerprint())
@@ -106,11 +106,11 @@ def turn_messages() -> Iterator[tuple[str, bytes]]:
          ((stun.CHANNEL_NUMBER, 0x4001), (stun.XOR_PEER_ADDRESS, peer))),
         ("binding", stun.BINDING, ()),
     ):  # fmt: skip
-        msg = stun.Message(method, stun.REQUEST, txid)
+        msg = stun.StunMessage(method, stun.REQUEST, txid)
         for atype, value in attrs:
             msg.set(atype, value)
         yield name, bytes(msg)
-    send = stun.Message(stun.SEND, stun.INDICATION, txid)
+    send = stun.StunMessage(stun.SEND, stun.INDICATION, txid)
     send.set(stun.XOR_PEER_ADDRESS, peer).add(stun.DATA_ATTR, b"hello peer")
     yield "send", bytes(send)
     yield "send-fingerprint", bytes(send.add_fingerprint())

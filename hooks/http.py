@@ -84,7 +84,7 @@ class EndpointPatch(ApiModel):
     enabled: bool | None = None
 
 
-class Endpoint(ApiModel):
+class WebhookEndpoint(ApiModel):
     id: UUID
     clinic_id: UUID
     url: str
@@ -95,7 +95,7 @@ class Endpoint(ApiModel):
     updated_at: dt.datetime
 
 
-class EndpointWithSecret(Endpoint):
+class EndpointWithSecret(WebhookEndpoint):
     #: Signs every delivery (docs/webhooks.md); shown only here.
     secret: str
 
@@ -109,7 +109,7 @@ class Attempt(ApiModel):
     duration_ms: int
 
 
-class Delivery(ApiModel):
+class WebhookDelivery(ApiModel):
     id: int
     event_id: str
     event: str
@@ -171,8 +171,8 @@ async def _check(call: Call[Any, Any], url: str) -> None:
             raise RefusedAddress("an endpoint URL is https (plain http only to allowed networks)")
 
 
-def _endpoint(row: asyncpg.Record) -> Endpoint:
-    return Endpoint(**{k: row[k] for k in Endpoint.model_fields})
+def _endpoint(row: asyncpg.Record) -> WebhookEndpoint:
+    return WebhookEndpoint(**{k: row[k] for k in WebhookEndpoint.model_fields})
 
 
 async def _row(pool: asyncpg.Pool, clinic_id: UUID, endpoint_id: UUID) -> asyncpg.Record:
@@ -217,8 +217,8 @@ async def create_endpoint(call: Call[EndpointIn, None]) -> EndpointWithSecret:
     return EndpointWithSecret(**_endpoint(row).model_dump(), secret=secret)
 
 
-@routes.get(_BASE, returns=list[Endpoint], auth=_STAFF)
-async def list_endpoints(call: Call[None, None]) -> list[Endpoint]:
+@routes.get(_BASE, returns=list[WebhookEndpoint], auth=_STAFF)
+async def list_endpoints(call: Call[None, None]) -> list[WebhookEndpoint]:
     """The clinic's webhook endpoints (never their secrets)."""
     clinic_id = await _clinic(call)
     rows = await call.pool.fetch(
@@ -228,15 +228,15 @@ async def list_endpoints(call: Call[None, None]) -> list[Endpoint]:
     return [_endpoint(r) for r in rows]
 
 
-@routes.get(_ONE, returns=Endpoint, auth=_STAFF)
-async def get_endpoint(call: Call[None, None]) -> Endpoint:
+@routes.get(_ONE, returns=WebhookEndpoint, auth=_STAFF)
+async def get_endpoint(call: Call[None, None]) -> WebhookEndpoint:
     """One webhook endpoint."""
     clinic_id = await _clinic(call)
     return _endpoint(await _row(call.pool, clinic_id, call.path_uuid("endpoint_id")))
 
 
-@routes.patch(_ONE, body=EndpointPatch, returns=Endpoint, auth=_STAFF)
-async def update_endpoint(call: Call[EndpointPatch, None]) -> Endpoint:
+@routes.patch(_ONE, body=EndpointPatch, returns=WebhookEndpoint, auth=_STAFF)
+async def update_endpoint(call: Call[EndpointPatch, None]) -> WebhookEndpoint:
     """Change an endpoint's URL (checked as on creation), events, description
     or whether it is enabled."""
     clinic_id = await _clinic(call)
@@ -304,12 +304,12 @@ FROM room_hook_deliveries d JOIN room_hook_events v ON v.id = d.event_id
 WHERE d.endpoint_id = $1"""
 
 
-def _delivery(row: asyncpg.Record) -> Delivery:
-    return Delivery.model_validate({k: row[k] for k in Delivery.model_fields})
+def _delivery(row: asyncpg.Record) -> WebhookDelivery:
+    return WebhookDelivery.model_validate({k: row[k] for k in WebhookDelivery.model_fields})
 
 
-@routes.get(_ONE + "/deliveries", query=DeliveryQuery, returns=list[Delivery], auth=_STAFF)
-async def list_deliveries(call: Call[None, DeliveryQuery]) -> list[Delivery]:
+@routes.get(_ONE + "/deliveries", query=DeliveryQuery, returns=list[WebhookDelivery], auth=_STAFF)
+async def list_deliveries(call: Call[None, DeliveryQuery]) -> list[WebhookDelivery]:
     """The endpoint's delivery log, newest first, each with its attempts."""
     clinic_id = await _clinic(call)
     endpoint = await _row(call.pool, clinic_id, call.path_uuid("endpoint_id"))
@@ -328,11 +328,11 @@ async def list_deliveries(call: Call[None, DeliveryQuery]) -> list[Delivery]:
 
 @routes.post(
     _ONE + "/deliveries/{delivery_id:[0-9]{1,18}}/redeliver",
-    returns=Delivery,
+    returns=WebhookDelivery,
     status=202,
     auth=_STAFF,
 )
-async def redeliver(call: Call[None, None]) -> Delivery:
+async def redeliver(call: Call[None, None]) -> WebhookDelivery:
     """Send a delivery again now, whatever became of it: the same event id
     and body, a new attempt in its log."""
     clinic_id = await _clinic(call)

@@ -66,7 +66,7 @@ __all__ = [
     "Channel",
     "Email",
     "Fcm",
-    "Message",
+    "Outgoing",
     "WebPush",
     "Webhook",
     "available",
@@ -77,7 +77,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Message:
+class Outgoing:
     """One delivery, rendered, ready for its channel."""
 
     key: str  # the delivery's unique key: event, channel, recipient, device
@@ -109,7 +109,7 @@ class Message:
 class Channel(Protocol):
     name: str
 
-    async def send(self, msg: Message) -> str: ...
+    async def send(self, msg: Outgoing) -> str: ...
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -154,7 +154,7 @@ class Email:
         #: notifier at a few messages a second against a real provider.
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
-    def build(self, msg: Message) -> EmailMessage:
+    def build(self, msg: Outgoing) -> EmailMessage:
         r = msg.rendered
         m = EmailMessage()
         m["From"] = self.sender
@@ -203,7 +203,7 @@ class Email:
         await client.connect()
         return client
 
-    async def send(self, msg: Message) -> str:
+    async def send(self, msg: Outgoing) -> str:
         try:
             client = await self._connected()
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -263,7 +263,7 @@ class WebPush:
         self.session = session
         self.key = vapid(settings)
 
-    async def send(self, msg: Message) -> str:
+    async def send(self, msg: Outgoing) -> str:
         from pywebpush import WebPushException, webpush_async
 
         assert msg.device is not None
@@ -359,7 +359,7 @@ class Fcm:
         self._token = (str(body["access_token"]), now + float(body.get("expires_in", 3600)))
         return self._token[0]
 
-    def body(self, msg: Message) -> dict[str, Any]:
+    def body(self, msg: Outgoing) -> dict[str, Any]:
         assert msg.device is not None
         r = msg.rendered
         message: dict[str, Any] = {
@@ -373,7 +373,7 @@ class Fcm:
             message["android"]["ttl"] = f"{max(0, int(msg.expires_at - time.time()))}s"
         return {"message": message}
 
-    async def send(self, msg: Message) -> str:
+    async def send(self, msg: Outgoing) -> str:
         token = await self.access_token()
         url = f"{self.base}/v1/projects/{self.project}/messages:send"
         try:
@@ -424,7 +424,7 @@ class Apns:
             self._token = (token, now)
         return self._token[0]
 
-    def request(self, msg: Message) -> tuple[str, dict[str, str], dict[str, Any]]:
+    def request(self, msg: Outgoing) -> tuple[str, dict[str, str], dict[str, Any]]:
         assert msg.device is not None
         r = msg.rendered
         headers = {
@@ -443,7 +443,7 @@ class Apns:
         }
         return f"{self.base}/3/device/{msg.device.token}", headers, body
 
-    async def send(self, msg: Message) -> str:
+    async def send(self, msg: Outgoing) -> str:
         url, headers, body = self.request(msg)
         try:
             resp = await self.http.post(url, json=body, headers=headers)
@@ -481,7 +481,7 @@ class Webhook:
         self.secret = settings.notify_webhook_secret
         self.http = http
 
-    async def send(self, msg: Message) -> str:
+    async def send(self, msg: Outgoing) -> str:
         r = msg.rendered
         body = json.dumps(
             {

@@ -35,7 +35,7 @@ __all__ = [
     "InboxEvent",
     "Job",
     "Plan",
-    "Policy",
+    "PlanSettings",
     "Preferences",
     "Recipient",
     "backoff",
@@ -101,7 +101,7 @@ class Context:
 
 
 @dataclass(frozen=True)
-class Policy:
+class PlanSettings:
     """The settings planning depends on."""
 
     reminder_minutes: Sequence[int] = (1440, 15)
@@ -149,7 +149,7 @@ def _time(value: Any) -> dt.datetime | None:
 
 
 def reminders(
-    event: InboxEvent, booking_id: UUID, starts_at: dt.datetime, ctx: Context, policy: Policy
+    event: InboxEvent, booking_id: UUID, starts_at: dt.datetime, ctx: Context, policy: PlanSettings
 ) -> list[Job]:
     """The booking's reminders that are still ahead of the moment it was made
     (a booking made 3 hours ahead gets no 24-hour reminder)."""
@@ -237,7 +237,7 @@ def _money(d: Mapping[str, Any], amount: Any, reference: str) -> dict[str, Any]:
     }
 
 
-def plan_event(event: InboxEvent, ctx: Context, policy: Policy) -> Plan:
+def plan_event(event: InboxEvent, ctx: Context, policy: PlanSettings) -> Plan:
     """The jobs ``event`` calls for (see the module's docstring)."""
     d = event.data
     topic = event.topic
@@ -311,7 +311,7 @@ def plan_event(event: InboxEvent, ctx: Context, policy: Policy) -> Plan:
     return Plan()
 
 
-def _plan_booking(event: InboxEvent, ctx: Context, policy: Policy) -> Plan:
+def _plan_booking(event: InboxEvent, ctx: Context, policy: PlanSettings) -> Plan:
     d = event.data
     booking_id = _uuid(d.get("booking_id"))
     starts_at = _time(d.get("starts_at"))

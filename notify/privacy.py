@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from privacy.retention import Context, Rule
+from privacy.retention import RoundContext, Rule
 from privacy.rights import Erased, Part, Subject, records
 
 __all__ = ["NotifyProvider", "retention_rules"]
@@ -81,7 +81,7 @@ class NotifyProvider:
         return out
 
 
-async def _finished_jobs(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
+async def _finished_jobs(conn: asyncpg.Connection, ctx: RoundContext, days: float) -> int:
     return await ctx.delete_batched(
         conn,
         "notify_jobs",

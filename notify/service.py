@@ -61,14 +61,14 @@ BACKLOG = Gauge(
 )
 
 
-def policy(settings: Settings) -> plan.Policy:
+def policy(settings: Settings) -> plan.PlanSettings:
     try:
         minutes = tuple(int(m) for m in settings.notify_reminder_minutes)
     except ValueError:
         from wadud.errors import ConfigError
 
         raise ConfigError("notify_reminder_minutes must be whole minutes") from None
-    return plan.Policy(
+    return plan.PlanSettings(
         reminder_minutes=minutes,
         chat_delay=settings.notify_chat_delay,
         base_url=settings.base_url,
@@ -318,7 +318,7 @@ class Notifier:
             if device is None:
                 raise PermanentFailure("device removed")
         expires = row["expires_at"]
-        msg = channels.Message(
+        msg = channels.Outgoing(
             key=f"{row['event_id']}/{row['channel']}/{row['recipient_id']}/{row['target']}",
             template=row["template"],
             rendered=render(row["template"], who.locale, who.time_zone, row["params"]),

@@ -68,14 +68,14 @@ from uuid import UUID
 import asyncpg
 
 from wadud.principal import Principal, Role
-from wadud.state.audit import ACTION, TABLE, Entry, record, record_about, record_many
+from wadud.state.audit import ACTION, TABLE, AuditEntry, record, record_about, record_many
 
 __all__ = [
     "ACTION",
     "GENESIS",
     "TABLE",
-    "Entry",
-    "Verdict",
+    "AuditEntry",
+    "AuditVerification",
     "accesses_to",
     "content",
     "forget_subject",
@@ -151,7 +151,7 @@ def row_hash(previous: bytes, row: asyncpg.Record | dict[str, Any]) -> bytes:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class AuditVerification:
     """What :func:`verify` found."""
 
     #: Rows checked.
@@ -173,7 +173,7 @@ async def _rows(conn: asyncpg.Connection, batch: int) -> AsyncIterator[asyncpg.R
         yield row
 
 
-async def verify(conn: asyncpg.Connection, *, batch: int = 2000) -> Verdict:
+async def verify(conn: asyncpg.Connection, *, batch: int = 2000) -> AuditVerification:
     """Walk the whole chain in one snapshot and recompute every hash.
 
     Stops at the first row that does not verify: a gap in ``seq`` (a row
@@ -193,9 +193,9 @@ async def verify(conn: asyncpg.Connection, *, batch: int = 2000) -> Verdict:
                     )
                 else:
                     what = f"row {seq} is out of order"
-                return Verdict(count, expected - 1, previous.hex(), expected, what)
+                return AuditVerification(count, expected - 1, previous.hex(), expected, what)
             if row_hash(previous, row) != bytes(row["hash"]):
-                return Verdict(
+                return AuditVerification(
                     count,
                     expected - 1,
                     previous.hex(),
@@ -205,7 +205,7 @@ async def verify(conn: asyncpg.Connection, *, batch: int = 2000) -> Verdict:
                 )
             subject = row["subject_id"]
             if subject is not None and subject_digest(subject) != row["subject_digest"]:
-                return Verdict(
+                return AuditVerification(
                     count,
                     expected - 1,
                     previous.hex(),
@@ -213,7 +213,7 @@ async def verify(conn: asyncpg.Connection, *, batch: int = 2000) -> Verdict:
                     f"row {seq} was altered: its subject is not the one it was written with",
                 )
             previous, expected, count = bytes(row["hash"]), expected + 1, count + 1
-    return Verdict(count, expected - 1, previous.hex())
+    return AuditVerification(count, expected - 1, previous.hex())
 
 
 async def forget_subject(conn: asyncpg.Connection | asyncpg.Pool, subject: UUID) -> int:

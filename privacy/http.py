@@ -96,7 +96,7 @@ class WithdrawIn(ApiModel):
     purpose: Purpose
 
 
-class Answer(ApiModel):
+class ConsentAnswer(ApiModel):
     region: Region
     purpose: Purpose
     action: Literal["accept", "withdraw"]
@@ -107,9 +107,9 @@ class Answer(ApiModel):
 
 class MyConsents(ApiModel):
     #: The latest answer per (region, purpose).
-    current: list[Answer]
+    current: list[ConsentAnswer]
     #: Every answer, newest first.
-    history: list[Answer]
+    history: list[ConsentAnswer]
 
 
 class AuditRow(ApiModel):
@@ -241,8 +241,8 @@ async def publish_text(call: Call[TextIn, None]) -> TextOut:
 # -- a patient's answers ------------------------------------------------------------
 
 
-def _answer(row: asyncpg.Record) -> Answer:
-    return from_row(Answer, row)
+def _answer(row: asyncpg.Record) -> ConsentAnswer:
+    return from_row(ConsentAnswer, row)
 
 
 async def _mine(conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID) -> MyConsents:

@@ -39,9 +39,9 @@ from wadud.state.storage import Storage, storage_of
 __all__ = [
     "LOCK_KEY",
     "RULES",
-    "Context",
     "Deleter",
     "Outcome",
+    "RoundContext",
     "Rule",
     "core_rules",
     "install",
@@ -60,7 +60,7 @@ Deleter = Callable[[asyncpg.Connection, list[UUID]], Awaitable[list[str]]]
 
 
 @dataclass
-class Context:
+class RoundContext:
     """What a rule gets: the time the round started, whether it is a dry run,
     the batch size and the file store (for rows that name stored files)."""
 
@@ -133,7 +133,7 @@ class Context:
         return n
 
 
-RuleFn = Callable[[asyncpg.Connection, Context, float], Awaitable[int]]
+RuleFn = Callable[[asyncpg.Connection, RoundContext, float], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ RULES: web.AppKey[list[Rule]] = web.AppKey("retention_rules", list)
 # -- the ground's own data classes -----------------------------------------------
 
 
-async def _sessions(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
+async def _sessions(conn: asyncpg.Connection, ctx: RoundContext, days: float) -> int:
     # Sessions that ended (revoked, or every refresh token long expired).
     cutoff = ctx.days_ago(days)
     n = await ctx.delete_batched(conn, "refresh_tokens", "expires_at < $1 OR used_at < $1", cutoff)
@@ -181,7 +181,7 @@ async def _sessions(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
     )
 
 
-async def _outbox(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
+async def _outbox(conn: asyncpg.Connection, ctx: RoundContext, days: float) -> int:
     # The relay prunes published events every minute (outbox_retention); this
     # rule is the backstop for a deployment whose relay is stopped, and the
     # figure a dry run shows.
@@ -211,7 +211,9 @@ def core_rules() -> list[Rule]:
 # -- a round ---------------------------------------------------------------------
 
 
-async def run_rules(conn: asyncpg.Connection, rules: Sequence[Rule], ctx: Context) -> list[Outcome]:
+async def run_rules(
+    conn: asyncpg.Connection, rules: Sequence[Rule], ctx: RoundContext
+) -> list[Outcome]:
     """Run ``rules`` on ``conn`` (the caller holds the lock); then delete the
     stored files they named."""
     out = []
@@ -253,7 +255,7 @@ async def run(
     elif not await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
         return None
     try:
-        ctx = Context(
+        ctx = RoundContext(
             now=now or dt.datetime.now(dt.UTC),
             dry_run=dry_run,
             batch=settings.retention_batch,

@@ -27,7 +27,7 @@ from uuid import UUID
 
 import asyncpg
 
-from privacy.retention import Context, Rule
+from privacy.retention import RoundContext, Rule
 from privacy.rights import ArchiveFile, Erased, Part, Subject, records
 from privacy.subject_keys import SubjectKeys
 from recording.errors import RecordingError
@@ -130,7 +130,7 @@ class RecordingProvider:
         return Erased(counts={"recordings": len(ids)}, storage_keys=keys)
 
 
-async def _old(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
+async def _old(conn: asyncpg.Connection, ctx: RoundContext, days: float) -> int:
     # Not one a recorder holds right now: it would write its files after us.
     where = """coalesce(ready_at, stopped_at, created_at) < $1
                AND (state <> 'processing' OR lease_until < now())"""

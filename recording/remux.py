@@ -52,8 +52,8 @@ from rtc.rtp.header import header_fields, payload_range
 from rtc.rtp.sequence import SequenceUnwrapper, ts_diff
 
 __all__ = [
-    "Frame",
-    "Probe",
+    "CodedFrame",
+    "FileProbe",
     "Remuxed",
     "TrackMedia",
     "frames_of",
@@ -82,7 +82,7 @@ class TrackMedia:
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
+class CodedFrame:
     """One coded frame: extended RTP timestamp, wall-clock time its first
     packet arrived, the codec's bytes, and whether a decoder can start at it."""
 
@@ -156,9 +156,9 @@ def _ordered(media: TrackMedia) -> list[_Rtp]:
     return out
 
 
-def opus_frames(media: TrackMedia) -> list[Frame]:
+def opus_frames(media: TrackMedia) -> list[CodedFrame]:
     """RFC 7587 section 4.2: each RTP payload is one Opus packet."""
-    return [Frame(p.ts, p.arrival, p.payload) for p in _ordered(media)]
+    return [CodedFrame(p.ts, p.arrival, p.payload) for p in _ordered(media)]
 
 
 def _vp8_descriptor(payload: bytes) -> tuple[bool, int]:
@@ -191,9 +191,9 @@ def vp8_size(frame: bytes) -> tuple[int, int] | None:
     return w & 0x3FFF, h & 0x3FFF
 
 
-def vp8_frames(media: TrackMedia) -> list[Frame]:
+def vp8_frames(media: TrackMedia) -> list[CodedFrame]:
     """Whole VP8 frames (RFC 7741 sections 4.1-4.3); incomplete ones dropped."""
-    frames: list[Frame] = []
+    frames: list[CodedFrame] = []
     run: list[_Rtp] = []
 
     def close(run: list[_Rtp]) -> None:
@@ -212,7 +212,9 @@ def vp8_frames(media: TrackMedia) -> list[Frame]:
             parts.append(p.payload[skip:])
         data = b"".join(parts)
         if data:
-            frames.append(Frame(run[0].ts, run[0].arrival, data, not data[0] & 0x01, run[0].run))
+            frames.append(
+                CodedFrame(run[0].ts, run[0].arrival, data, not data[0] & 0x01, run[0].run)
+            )
 
     for p in _ordered(media):
         if run and (p.ts != run[0].ts or p.run != run[0].run):
@@ -223,10 +225,10 @@ def vp8_frames(media: TrackMedia) -> list[Frame]:
     return _from_keyframes(frames)
 
 
-def _from_keyframes(frames: list[Frame]) -> list[Frame]:
+def _from_keyframes(frames: list[CodedFrame]) -> list[CodedFrame]:
     """Each run of one SSRC (another simulcast layer) from its first keyframe:
     a frame predicted from the other layer's pictures would decode as garbage."""
-    out: list[Frame] = []
+    out: list[CodedFrame] = []
     started: set[int] = set()
     for f in frames:
         if f.run not in started:
@@ -237,7 +239,7 @@ def _from_keyframes(frames: list[Frame]) -> list[Frame]:
     return out
 
 
-def frames_of(media: TrackMedia) -> list[Frame]:
+def frames_of(media: TrackMedia) -> list[CodedFrame]:
     """The track's whole frames; :class:`RemuxError` for a codec this does not remux."""
     codec = media.codec.lower()
     if media.kind == "audio" and codec == "opus":
@@ -265,7 +267,7 @@ class Remuxed:
 @dataclass(frozen=True)
 class _Timed:
     clock_rate: int
-    frames: list[Frame]
+    frames: list[CodedFrame]
     # RTP timestamp and arrival of the frame that took least time to come.
     anchor_ts: int
     anchor_at: float
@@ -274,7 +276,7 @@ class _Timed:
         return self.anchor_at + (ts - self.anchor_ts) / self.clock_rate
 
 
-def _timed(media: TrackMedia, frames: list[Frame]) -> _Timed:
+def _timed(media: TrackMedia, frames: list[CodedFrame]) -> _Timed:
     clock = media.clock_rate
     quickest = min(frames, key=lambda f: f.arrival - f.timestamp / clock)
     return _Timed(clock, frames, quickest.timestamp, quickest.arrival)
@@ -299,8 +301,8 @@ def remux(tracks: Sequence[TrackMedia], path: Path) -> Remuxed:
     :class:`RemuxError` when no track yields a frame."""
     import av  # the recorder's library; imported here so the module's pure parts need none
 
-    audio: tuple[TrackMedia, list[Frame]] | None = None
-    video: tuple[TrackMedia, list[Frame]] | None = None
+    audio: tuple[TrackMedia, list[CodedFrame]] | None = None
+    video: tuple[TrackMedia, list[CodedFrame]] | None = None
     skipped: list[str] = []
     for media in tracks:
         try:
@@ -367,7 +369,7 @@ def _is_key(vp8: bytes) -> bool:
 
 
 @dataclass(frozen=True)
-class Probe:
+class FileProbe:
     """What PyAV reads back from a file: its duration (seconds) and streams."""
 
     duration: float
@@ -377,7 +379,7 @@ class Probe:
     height: int = 0
 
 
-def probe(path: Path) -> Probe:
+def probe(path: Path) -> FileProbe:
     """Open ``path`` with PyAV and read its streams and duration (the last
     packet's end, which is what a player shows)."""
     import av
@@ -393,4 +395,4 @@ def probe(path: Path) -> Probe:
             end = max(end, t)
         width = video[0].codec_context.width if video else 0
         height = video[0].codec_context.height if video else 0
-    return Probe(end, len(audio), len(video), width, height)
+    return FileProbe(end, len(audio), len(video), width, height)

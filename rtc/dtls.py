@@ -307,16 +307,16 @@ class DtlsState(enum.Enum):
     CLOSED = "closed"
 
 
-class _Input(enum.Enum):
+class _HandshakeInput(enum.Enum):
     START = "start"
     COMPLETE = "complete"
     FAIL = "fail"
     CLOSE = "close"
 
 
-_S, _In = DtlsState, _Input
+_S, _In = DtlsState, _HandshakeInput
 
-TRANSITIONS: dict[tuple[DtlsState, _Input], DtlsState] = {
+TRANSITIONS: dict[tuple[DtlsState, _HandshakeInput], DtlsState] = {
     (_S.NEW, _In.START): _S.CONNECTING,
     (_S.NEW, _In.CLOSE): _S.CLOSED,
     (_S.CONNECTING, _In.COMPLETE): _S.CONNECTED,
@@ -367,7 +367,7 @@ def _pack(data: bytes, mtu: int) -> list[bytes]:
     return datagrams
 
 
-class DtlsEndpoint(Machine[DtlsState, _Input, DtlsEvent]):
+class DtlsEndpoint(Machine[DtlsState, _HandshakeInput, DtlsEvent]):
     """One DTLS-SRTP association, sans-I/O (RFC 6347, RFC 5764; aioquic's shape).
 
     Feed datagrams with :meth:`receive`, send what :meth:`datagrams_to_send`
@@ -431,7 +431,7 @@ class DtlsEndpoint(Machine[DtlsState, _Input, DtlsEvent]):
         """Begin the handshake: the client writes its ClientHello (RFC 6347 section 4.2.1)."""
         if self.state is not DtlsState.NEW:
             raise DtlsStateError(f"start() in state {self.state.value}")
-        self._transition(_Input.START, "started")
+        self._transition(_HandshakeInput.START, "started")
         if self.role is DtlsRole.CLIENT:
             self._handshake(now)
 
@@ -512,7 +512,7 @@ class DtlsEndpoint(Machine[DtlsState, _Input, DtlsEvent]):
                 self._ssl.shutdown()
             self._out.extend(self._drain())
         if self.state in (DtlsState.NEW, DtlsState.CONNECTING, DtlsState.CONNECTED):
-            self._transition(_Input.CLOSE, "closed")
+            self._transition(_HandshakeInput.CLOSE, "closed")
         self._deadline = None
 
     # -- internals ------------------------------------------------------------
@@ -607,7 +607,7 @@ class DtlsEndpoint(Machine[DtlsState, _Input, DtlsEvent]):
             EXPORTER_LABEL, 2 * (profile.key_length + profile.salt_length)
         )
         self.keys = SrtpKeys.from_material(profile, material)
-        self._transition(_Input.COMPLETE, f"handshake done ({profile.name})")
+        self._transition(_HandshakeInput.COMPLETE, f"handshake done ({profile.name})")
         self._events.append(HandshakeComplete(self.role, profile, self.keys))
         # Application data may have come in the same datagram as the last flight.
         self._read_application()
@@ -621,12 +621,12 @@ class DtlsEndpoint(Machine[DtlsState, _Input, DtlsEvent]):
                 break
             except SSL.ZeroReturnError:
                 self._out.extend(self._drain())
-                self._transition(_Input.CLOSE, "close_notify from the peer")
+                self._transition(_HandshakeInput.CLOSE, "close_notify from the peer")
                 self._events.append(Closed(None))
                 break
             except SSL.Error as exc:
                 self._out.extend(self._drain())
-                self._transition(_Input.FAIL, f"fatal: {exc}")
+                self._transition(_HandshakeInput.FAIL, f"fatal: {exc}")
                 self._events.append(Closed(f"fatal: {exc}"))
                 break
             if data:
@@ -637,7 +637,7 @@ class DtlsEndpoint(Machine[DtlsState, _Input, DtlsEvent]):
 
     def _fail(self, error: DtlsError) -> None:
         self._deadline = None
-        self._transition(_Input.FAIL, str(error))
+        self._transition(_HandshakeInput.FAIL, str(error))
         self._events.append(HandshakeFailed(error))
 
 

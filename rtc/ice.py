@@ -107,7 +107,7 @@ def local_ufrag_of(data: bytes) -> str | None:
     if not stun.is_stun(data):
         return None
     try:
-        msg = stun.Message.parse(data)
+        msg = stun.StunMessage.parse(data)
         if msg.method != stun.BINDING or msg.cls != stun.REQUEST:
             return None
         username = msg.decoded(stun.USERNAME)
@@ -347,7 +347,7 @@ class IceLiteAgent(Machine[IceState, _Input, IceEvent]):
             self.counters["dropped_state"] += 1
             return None
         try:
-            msg = stun.Message.parse(data)
+            msg = stun.StunMessage.parse(data)
         except StunParseError:
             self.counters["dropped_malformed"] += 1
             return None
@@ -369,11 +369,11 @@ class IceLiteAgent(Machine[IceState, _Input, IceEvent]):
             return self._error(msg, exc, key, signed=exc.code in (420, 487))
         self.counters["checks"] += 1
         self._accept(msg, addr, now, current=key is self._key)
-        response = stun.Message(stun.BINDING, stun.SUCCESS, msg.transaction_id)
+        response = stun.StunMessage(stun.BINDING, stun.SUCCESS, msg.transaction_id)
         response.set(stun.XOR_MAPPED_ADDRESS, (addr[0], addr[1]))
         return bytes(response.add_integrity(key).add_fingerprint())
 
-    def _check(self, msg: stun.Message, data: bytes, fingerprint: bool | None) -> bytes:
+    def _check(self, msg: stun.StunMessage, data: bytes, fingerprint: bool | None) -> bytes:
         """Authenticate a check; returns the key (password) of the generation
         it was made under: the current one, or during a restart the previous."""
         raw_username = msg.get(stun.USERNAME)
@@ -433,7 +433,7 @@ class IceLiteAgent(Machine[IceState, _Input, IceEvent]):
         elif current and not known:
             self.validated[address] = True
 
-    def _accept(self, msg: stun.Message, addr: Address, now: float, *, current: bool) -> None:
+    def _accept(self, msg: stun.StunMessage, addr: Address, now: float, *, current: bool) -> None:
         address = (addr[0], addr[1])
         self._validate(address, current=current)
         if self.state is IceState.NEW:
@@ -477,8 +477,10 @@ class IceLiteAgent(Machine[IceState, _Input, IceEvent]):
         self._events.append(CredentialsRetired(ufrag))
         self.counters["restarts_completed"] += 1
 
-    def _error(self, msg: stun.Message, exc: IceCheckError, key: bytes, *, signed: bool) -> bytes:
-        response = stun.Message(stun.BINDING, stun.ERROR, msg.transaction_id)
+    def _error(
+        self, msg: stun.StunMessage, exc: IceCheckError, key: bytes, *, signed: bool
+    ) -> bytes:
+        response = stun.StunMessage(stun.BINDING, stun.ERROR, msg.transaction_id)
         response.set(stun.ERROR_CODE, (exc.code, _REASONS[exc.code]))
         if isinstance(exc, _UnknownAttributes):
             response.set(stun.UNKNOWN_ATTRIBUTES, exc.unknown)

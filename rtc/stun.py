@@ -5,7 +5,7 @@ attribute dictionary per message, which costs about 100 us per server
 transaction; it also lacks MESSAGE-INTEGRITY-SHA256 and keeps no raw attribute
 bytes, so integrity cannot be checked over exactly what the peer sent.
 
-A :class:`Message` keeps every attribute as its raw value plus the padding bytes
+A :class:`StunMessage` keeps every attribute as its raw value plus the padding bytes
 that followed it, so ``bytes(Message.parse(data)) == data`` for every
 well-formed message (RFC 5769 vectors pad with spaces, for example). Typed
 values come from the attribute table :data:`ATTRIBUTES` of (type, name, pack,
@@ -110,7 +110,7 @@ TRANSPORT_UDP = 17
 _XOR16 = COOKIE >> 16
 
 
-class Attribute(NamedTuple):
+class StunAttribute(NamedTuple):
     """One TLV as received: its value and the padding bytes that followed it."""
 
     type: int
@@ -354,7 +354,7 @@ KNOWN_TYPES = frozenset(ATTRIBUTES_BY_TYPE)
 
 
 @dataclass(slots=True)
-class Message:
+class StunMessage:
     """A STUN message (RFC 8489 section 5).
 
     ``attributes`` keeps wire order and duplicates; :meth:`get` returns the first
@@ -364,12 +364,12 @@ class Message:
     method: int
     cls: int
     transaction_id: bytes
-    attributes: list[Attribute] = field(default_factory=list)
+    attributes: list[StunAttribute] = field(default_factory=list)
 
     # -- parsing ------------------------------------------------------------
 
     @classmethod
-    def parse(cls, data: bytes) -> Message:
+    def parse(cls, data: bytes) -> StunMessage:
         """Parse one whole message; raise :class:`StunParseError` on any framing fault.
 
         Checks RFC 8489 section 6.3: top two bits zero, magic cookie, length a
@@ -389,7 +389,7 @@ class Message:
         if HEADER_LENGTH + length != n:
             raise StunParseError("length does not match the datagram")
         method, klass = split_type(msg_type)
-        attributes: list[Attribute] = []
+        attributes: list[StunAttribute] = []
         pos = HEADER_LENGTH
         while pos < n:
             if pos + 4 > n:
@@ -400,7 +400,7 @@ class Message:
             padded = end + (-alen & 3)
             if padded > n:
                 raise StunParseError("attribute overruns the message")
-            attributes.append(Attribute(atype, data[start:end], data[end:padded]))
+            attributes.append(StunAttribute(atype, data[start:end], data[end:padded]))
             pos = padded
         return cls(method, klass, txid, attributes)
 
@@ -418,17 +418,17 @@ class Message:
             + body
         )
 
-    def add(self, atype: int, value: bytes) -> Message:
-        self.attributes.append(Attribute(atype, value, bytes(-len(value) & 3)))
+    def add(self, atype: int, value: bytes) -> StunMessage:
+        self.attributes.append(StunAttribute(atype, value, bytes(-len(value) & 3)))
         return self
 
-    def set(self, name_or_type: int | str, value: Any) -> Message:
+    def set(self, name_or_type: int | str, value: Any) -> StunMessage:
         """Encode ``value`` with the attribute table and append it."""
         entry = _entry(name_or_type)
         raw = entry[2](value, self.transaction_id) if entry[4] else entry[2](value)
         return self.add(entry[0], raw)
 
-    def add_integrity(self, key: bytes, sha256: bool = False) -> Message:
+    def add_integrity(self, key: bytes, sha256: bool = False) -> StunMessage:
         """Append MESSAGE-INTEGRITY(-SHA256) over the message so far (RFC 8489 14.5, 14.6)."""
         atype, size, algo = (
             (MESSAGE_INTEGRITY_SHA256, 32, "sha256") if sha256 else (MESSAGE_INTEGRITY, 20, "sha1")
@@ -436,15 +436,15 @@ class Message:
         self.add(atype, bytes(size))
         data = bytes(self)
         digest = hmac.new(key, data[: -4 - size], algo).digest()
-        self.attributes[-1] = Attribute(atype, digest, b"")
+        self.attributes[-1] = StunAttribute(atype, digest, b"")
         return self
 
-    def add_fingerprint(self) -> Message:
+    def add_fingerprint(self) -> StunMessage:
         """Append FINGERPRINT (RFC 8489 section 14.7); must be last."""
         self.add(FINGERPRINT, bytes(4))
         data = bytes(self)
         crc = (binascii.crc32(data[:-8]) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
-        self.attributes[-1] = Attribute(FINGERPRINT, U32.pack(crc), b"")
+        self.attributes[-1] = StunAttribute(FINGERPRINT, U32.pack(crc), b"")
         return self
 
     # -- access -------------------------------------------------------------

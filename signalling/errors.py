@@ -48,7 +48,7 @@ class SignallingError(WadudError):
 # -- refusals: the error frame is fatal and the connection is closed -----------
 
 
-class Unauthorized(SignallingError):
+class BadRoomToken(SignallingError):
     """Bad signature, expired or not yet valid token, not a room token."""
 
     http_status = 401

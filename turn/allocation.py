@@ -33,7 +33,7 @@ from turn.errors import TurnError
 Address = tuple[str, int]
 
 
-class InvalidTransition(TurnError, AssertionError):
+class MissingTransition(TurnError, AssertionError):
     """The core asked for a transition the table does not have (a bug, not a peer fault)."""
 
 
@@ -94,11 +94,11 @@ TRANSITIONS: dict[tuple[enum.Enum, enum.Enum], enum.Enum] = {
 
 
 def next_state(state: enum.Enum, event: enum.Enum) -> enum.Enum:
-    """The state after ``event``; raises :class:`InvalidTransition` if not in the table."""
+    """The state after ``event``; raises :class:`MissingTransition` if not in the table."""
     try:
         return TRANSITIONS[(state, event)]
     except KeyError:
-        raise InvalidTransition(f"{event.value} in state {state.value}") from None
+        raise MissingTransition(f"{event.value} in state {state.value}") from None
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ from rtc.stun import (
     XOR_MAPPED_ADDRESS,
     XOR_PEER_ADDRESS,
     XOR_RELAYED_ADDRESS,
-    Message,
+    StunMessage,
     unpack_channel,
     unpack_even_port,
     unpack_family,
@@ -106,9 +106,9 @@ RelayOpener = Callable[[Allocation, str, int, bool, Any], "RelayEndpoint | None"
 PortReserver = Callable[[str, int], "Reservation | None"]
 
 
-def response_to(msg: Message, cls: int) -> Message:
+def response_to(msg: StunMessage, cls: int) -> StunMessage:
     """An empty response of class ``cls`` to the request ``msg`` (RFC 8489 section 6.3)."""
-    return Message(msg.method, cls, msg.transaction_id)
+    return StunMessage(msg.method, cls, msg.transaction_id)
 
 
 class Allocator:
@@ -189,7 +189,7 @@ class Allocator:
             entry[3].close()
         self.reservations.clear()
 
-    def _lifetime(self, msg: Message) -> int:
+    def _lifetime(self, msg: StunMessage) -> int:
         raw = msg.get(LIFETIME)
         cfg = self.config
         if raw is None:
@@ -211,13 +211,13 @@ class Allocator:
         self,
         side: ClientSide,
         client: Hashable,
-        msg: Message,
+        msg: StunMessage,
         addr: Address,
         username: str,
         user: str,
         key: bytes,
         now: float,
-    ) -> Message | None:
+    ) -> StunMessage | None:
         """Allocate (RFC 8656 section 7.2); None for a retransmission of the
         Allocate that made the client's allocation, which the core answers
         with the response it sent then."""
@@ -410,8 +410,8 @@ class Allocator:
         return alloc
 
     def refresh(
-        self, side: ClientSide, client: Hashable, msg: Message, username: str, now: float
-    ) -> Message:
+        self, side: ClientSide, client: Hashable, msg: StunMessage, username: str, now: float
+    ) -> StunMessage:
         """Refresh (RFC 8656 section 7.3)."""
         alloc = self._own_allocation(side, client, username)
         raw_family = msg.get(REQUESTED_ADDRESS_FAMILY)
@@ -430,7 +430,7 @@ class Allocator:
 
     # ---------------------------------------------------- permissions, channels
 
-    def _peer(self, msg: Message, alloc: Allocation, raw: bytes, method: str) -> Address:
+    def _peer(self, msg: StunMessage, alloc: Allocation, raw: bytes, method: str) -> Address:
         try:
             peer = unxor_address(raw, msg.transaction_id)
         except StunParseError:
@@ -485,8 +485,8 @@ class Allocator:
         self.timers.at(binding.expires, Timer.COOLDOWN, alloc, number)
 
     def create_permission(
-        self, side: ClientSide, client: Hashable, msg: Message, username: str, now: float
-    ) -> Message:
+        self, side: ClientSide, client: Hashable, msg: StunMessage, username: str, now: float
+    ) -> StunMessage:
         """CreatePermission (RFC 8656 section 9.2): all addresses or none."""
         alloc = self._own_allocation(side, client, username)
         raws = [a.value for a in msg.attributes if a.type == XOR_PEER_ADDRESS]
@@ -502,8 +502,8 @@ class Allocator:
         return response_to(msg, SUCCESS)
 
     def channel_bind(
-        self, side: ClientSide, client: Hashable, msg: Message, username: str, now: float
-    ) -> Message:
+        self, side: ClientSide, client: Hashable, msg: StunMessage, username: str, now: float
+    ) -> StunMessage:
         """ChannelBind (RFC 8656 section 11.2)."""
         raw_number = msg.get(CHANNEL_NUMBER)
         raw_peer = msg.get(XOR_PEER_ADDRESS)

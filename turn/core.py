@@ -67,7 +67,7 @@ from rtc.stun import (
     UNKNOWN_ATTRIBUTES,
     USERNAME,
     XOR_MAPPED_ADDRESS,
-    Message,
+    StunMessage,
     check_fingerprint,
     check_integrity,
     pack_error,
@@ -174,7 +174,7 @@ class TurnCore:
         request we refuse gets its error response (RFC 8489 section 6.3.1.1).
         """
         try:
-            msg = Message.parse(data)
+            msg = StunMessage.parse(data)
         except StunParseError:
             metrics.MALFORMED.labels("stun_framing").inc()
             return None
@@ -195,7 +195,7 @@ class TurnCore:
         method_name = METHOD_NAMES.get(msg.method, "unknown")
         key: bytes | None = None
         sha256 = False
-        response: Message | None
+        response: StunMessage | None
         try:
             if msg.method == BINDING:
                 if not self._admit_unauthenticated(addr[0], now):
@@ -270,7 +270,7 @@ class TurnCore:
             self.timers.at(now + PRUNE_EVERY, Timer.PRUNE)
 
     def _authenticate(
-        self, msg: Message, data: bytes, addr: Address, now: float
+        self, msg: StunMessage, data: bytes, addr: Address, now: float
     ) -> tuple[str, str, bytes] | None:
         """Long-term credential checks in the order of RFC 8489 section 9.2.4."""
         sha256 = msg.get(MESSAGE_INTEGRITY_SHA256) is not None
@@ -310,7 +310,7 @@ class TurnCore:
         return username, CredentialVerifier.user_of(username), key
 
     @staticmethod
-    def _check_unknown(msg: Message) -> None:
+    def _check_unknown(msg: StunMessage) -> None:
         """420 for comprehension-required attributes we do not know (RFC 8489 6.3.1)."""
         unknown = tuple(
             dict.fromkeys(
@@ -323,7 +323,9 @@ class TurnCore:
 
     # -------------------------------------------------------------- responses
 
-    def _finish(self, resp: Message, key: bytes | None, sha256: bool, fingerprint: bool) -> bytes:
+    def _finish(
+        self, resp: StunMessage, key: bytes | None, sha256: bool, fingerprint: bool
+    ) -> bytes:
         if self.software:
             resp.add(SOFTWARE, self.software)
         if key is not None:
@@ -334,7 +336,7 @@ class TurnCore:
 
     def _error(
         self,
-        msg: Message,
+        msg: StunMessage,
         exc: StunRequestError,
         addr: Address,
         key: bytes | None,
@@ -353,7 +355,7 @@ class TurnCore:
                 key = None  # RFC 8489 9.2.4: no integrity on a 401 challenge
         return self._finish(resp, key, sha256, fingerprint)
 
-    def _binding(self, msg: Message, addr: Address) -> Message:
+    def _binding(self, msg: StunMessage, addr: Address) -> StunMessage:
         """Binding (RFC 8489 section 6.3.1): echo the reflexive address."""
         change = msg.get(CHANGE_REQUEST)
         if change is not None and (len(change) != 4 or unpack_u32(change) & 0x6):

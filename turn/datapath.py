@@ -31,7 +31,7 @@ from rtc.stun import (
     SEND,
     U32,
     XOR_PEER_ADDRESS,
-    Message,
+    StunMessage,
     message_type,
     unxor_address,
     xor_address,
@@ -85,7 +85,7 @@ class DataPath:
             self.timers.at(now + TICK, Timer.TICK)
 
     def handle_send_indication(
-        self, side: ClientSide, client: Hashable, msg: Message, now: float
+        self, side: ClientSide, client: Hashable, msg: StunMessage, now: float
     ) -> None:
         """Send indication (RFC 8656 section 10.2): relay DATA to the peer, or drop silently.
 
@@ -157,7 +157,7 @@ class DataPath:
         )
 
     def send_indication(self, side: ClientSide, client: Hashable, data: bytes) -> bool:
-        """Relay a well-formed Send indication without building a :class:`Message`.
+        """Relay a well-formed Send indication without building a :class:`StunMessage`.
 
         The common case of RFC 8656 section 10.2 on the hot path: returns False
         for anything unusual (FINGERPRINT, unknown attributes, bad framing, no

@@ -146,13 +146,13 @@ def _answer_checks() -> None:
 
     def on_stun(self: peer.Transport, data: bytes, now: float) -> None:
         try:
-            msg = stun.Message.parse(data)
+            msg = stun.StunMessage.parse(data)
         except StunParseError:
             return
         if msg.method == stun.BINDING and msg.cls == stun.REQUEST:
             if self.remote is None or not stun.check_integrity(data, self.pwd.encode()):
                 return
-            reply = stun.Message(stun.BINDING, stun.SUCCESS, msg.transaction_id)
+            reply = stun.StunMessage(stun.BINDING, stun.SUCCESS, msg.transaction_id)
             reply.set(stun.XOR_MAPPED_ADDRESS, self.remote.address)
             reply.add_integrity(self.pwd.encode()).add_fingerprint()
             with contextlib.suppress(OSError):

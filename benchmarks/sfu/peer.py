@@ -71,7 +71,7 @@ from rtc.sdp.attributes import (
     SsrcAttribute,
     SsrcGroup,
 )
-from rtc.sdp.media import Connection, MediaDescription
+from rtc.sdp.media import ConnectionData, MediaDescription
 from rtc.sdp.session import Group, Origin, SessionDescription
 from rtc.sdp.transport import Fingerprint, Setup
 from rtc.srtp import SrtpSession
@@ -224,7 +224,7 @@ class Transport:
         """A check as a controlling full agent sends it (RFC 8445 section 7.2.4)."""
         remote = self._need_remote()
         txid = os.urandom(12)
-        msg = stun.Message(stun.BINDING, stun.REQUEST, txid)
+        msg = stun.StunMessage(stun.BINDING, stun.REQUEST, txid)
         msg.set(stun.USERNAME, f"{remote.ufrag}:{self.ufrag}")
         # Host candidate priority (RFC 8445 section 5.1.2.1), type preference 126.
         msg.set(stun.PRIORITY, (126 << 24) | (65535 << 8) | 255)
@@ -260,7 +260,7 @@ class Transport:
         if remote is None or self.ice_ok:
             return
         try:
-            msg = stun.Message.parse(data)
+            msg = stun.StunMessage.parse(data)
         except StunParseError:
             return
         if msg.transaction_id != self._check_txid or msg.method != stun.BINDING:
@@ -458,7 +458,7 @@ def publish_offer(
             port=9,
             proto="UDP/TLS/RTP/SAVPF",
             formats=[str(c.payload_type) for c in codecs],
-            connection=Connection("IN", "IP4", "0.0.0.0"),
+            connection=ConnectionData("IN", "IP4", "0.0.0.0"),
             mid=mid,
             direction=Direction.SENDONLY,
             rtcp_mux=True,

@@ -122,7 +122,7 @@ class Server:
 def wait_stun(port: int, deadline: float = 15.0) -> None:
     """Block until a Binding request to ``port`` is answered."""
     end = time.monotonic() + deadline
-    req = bytes(stun.Message(stun.BINDING, stun.REQUEST, os.urandom(12)))
+    req = bytes(stun.StunMessage(stun.BINDING, stun.REQUEST, os.urandom(12)))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
         while time.monotonic() < end:
@@ -240,7 +240,9 @@ def run_uclient(
 # --- round-trip probe: a tiny blocking TURN client -------------------------------------
 
 
-def _request(sock: socket.socket, server: tuple[str, int], msg: stun.Message) -> stun.Message:
+def _request(
+    sock: socket.socket, server: tuple[str, int], msg: stun.StunMessage
+) -> stun.StunMessage:
     data = bytes(msg)
     for _ in range(10):
         sock.sendto(data, server)
@@ -248,7 +250,7 @@ def _request(sock: socket.socket, server: tuple[str, int], msg: stun.Message) ->
             while True:
                 reply, _ = sock.recvfrom(4096)
                 if reply[0] < 0x40:
-                    parsed = stun.Message.parse(reply)
+                    parsed = stun.StunMessage.parse(reply)
                     if parsed.transaction_id == msg.transaction_id:
                         return parsed
         except TimeoutError:
@@ -262,7 +264,7 @@ def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> tuple[socket
     username, password = rest_credentials(SECRET, "probe", 600, time.time())
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.5)
-    req = stun.Message(stun.ALLOCATE, stun.REQUEST, os.urandom(12))
+    req = stun.StunMessage(stun.ALLOCATE, stun.REQUEST, os.urandom(12))
     req.add(stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
     challenge = _request(sock, server, req)
     nonce = challenge.get(stun.NONCE)
@@ -271,8 +273,8 @@ def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> tuple[socket
     assert realm is not None
     key = stun.long_term_key(username, realm.decode(), password)
 
-    def signed(method: int, *attrs: tuple[int, Any]) -> stun.Message:
-        m = stun.Message(method, stun.REQUEST, os.urandom(12))
+    def signed(method: int, *attrs: tuple[int, Any]) -> stun.StunMessage:
+        m = stun.StunMessage(method, stun.REQUEST, os.urandom(12))
         for t, v in attrs:
             # Address values are XORed with this message's transaction id.
             m.set(t, v) if t == stun.XOR_PEER_ADDRESS else m.add(t, v)

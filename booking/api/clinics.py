@@ -87,7 +87,7 @@ class CommissionIn(ApiModel):
     commission_fixed_minor: Minor = 0
 
 
-class Commission(ApiModel):
+class CommissionOut(ApiModel):
     region: Region
     commission_bp: int
     commission_fixed_minor: int
@@ -199,10 +199,10 @@ async def set_region_feature(call: Call[FeatureIn, None]) -> Feature:
 @routes.put(
     f"/api/v1/regions/{_REGION_PATH}/commission",
     body=CommissionIn,
-    returns=Commission,
+    returns=CommissionOut,
     auth={Role.ADMIN},
 )
-async def set_region_commission(call: Call[CommissionIn, None]) -> Commission:
+async def set_region_commission(call: Call[CommissionIn, None]) -> CommissionOut:
     """Set the platform commission of a region.
 
     A clinic's own commission overrides it; with neither, the configured
@@ -211,14 +211,14 @@ async def set_region_commission(call: Call[CommissionIn, None]) -> Commission:
     await clinics.set_region_commission(
         call.pool, region, body.commission_bp, body.commission_fixed_minor
     )
-    return Commission(
+    return CommissionOut(
         region=_region(region),
         commission_bp=body.commission_bp,
         commission_fixed_minor=body.commission_fixed_minor,
     )
 
 
-@routes.get(f"/api/v1/regions/{_REGION_PATH}/commission", returns=Commission, auth={Role.ADMIN})
-async def region_commission(call: Call[None, None]) -> Commission:
+@routes.get(f"/api/v1/regions/{_REGION_PATH}/commission", returns=CommissionOut, auth={Role.ADMIN})
+async def region_commission(call: Call[None, None]) -> CommissionOut:
     """The platform commission set for a region (404 if none is set)."""
-    return Commission(**dict(await clinics.region_commission(call.pool, call.path("region"))))
+    return CommissionOut(**dict(await clinics.region_commission(call.pool, call.path("region"))))

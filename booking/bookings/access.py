@@ -182,7 +182,9 @@ async def list_visible(
             actor=me,
             action="booking.list",
             entries=[
-                audit.Entry(f"booking/{r['id']}", subject=r["patient_id"], clinic=r["clinic_id"])
+                audit.AuditEntry(
+                    f"booking/{r['id']}", subject=r["patient_id"], clinic=r["clinic_id"]
+                )
                 for r in rows
             ],
         )

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from privacy.retention import Context, Rule
+from privacy.retention import RoundContext, Rule
 from privacy.rights import Erased, Part, Subject
 
 __all__ = ["CallReportProvider", "retention_rules"]
 
 
-async def _reports(conn: asyncpg.Connection, ctx: Context, days: float) -> int:
+async def _reports(conn: asyncpg.Connection, ctx: RoundContext, days: float) -> int:
     # Samples and events go with their report (ON DELETE CASCADE).
     return await ctx.delete_batched(
         conn, "call_reports", "coalesce(ended_at, started_at) < $1", ctx.days_ago(days)

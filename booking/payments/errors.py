@@ -70,7 +70,7 @@ class GatewayUnreachable(GatewayError):
 # --- we were asked to do something invalid ---------------------------------
 
 
-class InvalidTransition(PaymentError):
+class InvalidPaymentTransition(PaymentError):
     """The payment intent state machine forbids this event in this state."""
 
     http_status = 409

@@ -22,7 +22,7 @@ The machine (one table, h11 style; read it before touching anything)::
   signature or an inquiry proved it. A browser redirect alone is never an
   event. The callback and the webhook both report the same outcome, so the
   second arrival is an idempotent self-loop, never an error; a *conflicting*
-  verdict (failure after success) is an :class:`InvalidTransition` to
+  verdict (failure after success) is an :class:`InvalidPaymentTransition` to
   investigate.
 * ``cancel``: the patient or the booking gave up before paying. It is refused
   while PROCESSING because money may already be moving at the gateway.
@@ -51,7 +51,7 @@ from typing import Final
 from booking.payments.errors import (
     CurrencyMismatch,
     InvalidAmount,
-    InvalidTransition,
+    InvalidPaymentTransition,
     RefundExceedsCapture,
     UnsupportedCurrency,
 )
@@ -210,11 +210,11 @@ LIVE_STATES: Final = frozenset({_S.REQUIRES_PAYMENT, _S.PROCESSING})
 
 
 def transition(state: IntentState, event: IntentEvent) -> IntentState:
-    """Return the state after ``event``; raise :class:`InvalidTransition` if forbidden."""
+    """Return the state after ``event``; raise :class:`InvalidPaymentTransition` if forbidden."""
     try:
         return TRANSITIONS[IntentState(state)][IntentEvent(event)]
     except (KeyError, ValueError):
-        raise InvalidTransition(str(state), str(event)) from None
+        raise InvalidPaymentTransition(str(state), str(event)) from None
 
 
 def refund_event(captured: Money, already_refunded: Money, amount: Money) -> IntentEvent:

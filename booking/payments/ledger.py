@@ -60,7 +60,7 @@ __all__ = [
     "PLATFORM_REVENUE",
     "CapturedPayment",
     "Commission",
-    "Entry",
+    "Leg",
     "Transaction",
     "balances",
     "capture",
@@ -137,7 +137,7 @@ def split(amount: int, commission: Commission) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
+class Leg:
     """One leg: positive debits, negative credits, never zero (a zero leg says nothing)."""
 
     account: str
@@ -162,7 +162,7 @@ class Transaction:
 
     kind: str
     reference: str
-    entries: tuple[Entry, ...]
+    entries: tuple[Leg, ...]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", tuple(self.entries))
@@ -180,8 +180,8 @@ class Transaction:
         return sum(e.amount_minor for e in self.entries if e.account == account)
 
 
-def _entries(currency: Currency, legs: Iterable[tuple[str, int]]) -> tuple[Entry, ...]:
-    return tuple(Entry(account, amount, currency) for account, amount in legs if amount)
+def _entries(currency: Currency, legs: Iterable[tuple[str, int]]) -> tuple[Leg, ...]:
+    return tuple(Leg(account, amount, currency) for account, amount in legs if amount)
 
 
 def simple(kind: str, reference: str, amount: Money, *, debit: str, credit: str) -> Transaction:
@@ -191,8 +191,8 @@ def simple(kind: str, reference: str, amount: Money, *, debit: str, credit: str)
         kind,
         reference,
         (
-            Entry(debit, amount.amount_minor, amount.currency),
-            Entry(credit, -amount.amount_minor, amount.currency),
+            Leg(debit, amount.amount_minor, amount.currency),
+            Leg(credit, -amount.amount_minor, amount.currency),
         ),
     )
 

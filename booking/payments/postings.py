@@ -128,10 +128,10 @@ async def load_ledger(
         payment_intent_id,
         kind,
     )
-    grouped: dict[UUID, list[ledger.Entry]] = {}
+    grouped: dict[UUID, list[ledger.Leg]] = {}
     for r in rows:
         grouped.setdefault(r["id"], []).append(
-            ledger.Entry(r["account"], int(r["amount_minor"]), Currency(r["currency"]))
+            ledger.Leg(r["account"], int(r["amount_minor"]), Currency(r["currency"]))
         )
     return [ledger.Transaction(kind, str(payment_intent_id), tuple(e)) for e in grouped.values()]
 

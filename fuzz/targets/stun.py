@@ -24,10 +24,10 @@ _SIGNATURES = (stun.MESSAGE_INTEGRITY, stun.MESSAGE_INTEGRITY_SHA256, stun.FINGE
 
 
 def resign(
-    msg: stun.Message, username: str, key: bytes, *, extra: tuple[tuple[int, bytes], ...] = ()
+    msg: stun.StunMessage, username: str, key: bytes, *, extra: tuple[tuple[int, bytes], ...] = ()
 ) -> bytes:
     """``msg`` with its USERNAME, integrity and FINGERPRINT replaced by valid ones."""
-    out = stun.Message(msg.method, msg.cls, msg.transaction_id)
+    out = stun.StunMessage(msg.method, msg.cls, msg.transaction_id)
     out.add(stun.USERNAME, username.encode())
     for atype, value in extra:
         out.add(atype, value)
@@ -36,7 +36,7 @@ def resign(
     return bytes(out.add_integrity(key).add_fingerprint())
 
 
-def _decode_all(msg: stun.Message) -> None:
+def _decode_all(msg: stun.StunMessage) -> None:
     for attribute in msg.attributes:
         if attribute.type in stun.ATTRIBUTES_BY_TYPE:
             with contextlib.suppress(StunParseError):
@@ -52,7 +52,7 @@ def check(data: bytes) -> None:
     agent = ice.IceLiteAgent(LOCAL_UFRAG, LOCAL_PWD, REMOTE_UFRAG, REMOTE_PWD, now=NOW)
     _answer(agent, data)
     try:
-        msg = stun.Message.parse(data)
+        msg = stun.StunMessage.parse(data)
     except StunParseError:
         return
     if bytes(msg) != data:
@@ -70,6 +70,6 @@ def _answer(agent: ice.IceLiteAgent, data: bytes) -> None:
     response = agent.receive_stun(data, ADDR, NOW)
     if response is None:
         return
-    reply = stun.Message.parse(response)
+    reply = stun.StunMessage.parse(response)
     if reply.transaction_id != data[8:20]:
         raise Finding("the agent answered with another transaction id")

@@ -76,15 +76,15 @@ class World:
             (stun.CREATE_PERMISSION, ((stun.XOR_PEER_ADDRESS, PEER),)),
             (stun.CHANNEL_BIND, ((stun.CHANNEL_NUMBER, 0x4000), (stun.XOR_PEER_ADDRESS, PEER))),
         ):
-            msg = stun.Message(method, stun.REQUEST, bytes(range(12)))
+            msg = stun.StunMessage(method, stun.REQUEST, bytes(range(12)))
             for atype, value in attrs:
                 msg.set(atype, value)
             reply = self.core.handle(self.side, CLIENT, self.signed(msg), NOW)
-            if reply is None or stun.Message.parse(reply).cls != stun.SUCCESS:
+            if reply is None or stun.StunMessage.parse(reply).cls != stun.SUCCESS:
                 raise RuntimeError(f"the fuzz world's setup failed at method {method:#x}")
         (self.alloc,) = self.side.allocations.values()
 
-    def signed(self, msg: stun.Message) -> bytes:
+    def signed(self, msg: stun.StunMessage) -> bytes:
         extra = ((stun.REALM, REALM.encode()), (stun.NONCE, self.nonce))
         return resign(msg, USERNAME, KEY, extra=extra)
 
@@ -113,7 +113,7 @@ def fresh_world() -> World:
 def _handle(world: World, data: bytes) -> None:
     reply = world.core.handle(world.side, CLIENT, data, NOW)
     if reply is not None:
-        answer = stun.Message.parse(reply)
+        answer = stun.StunMessage.parse(reply)
         if answer.transaction_id != data[8:20]:
             raise Finding("the core answered with another transaction id")
 
@@ -129,7 +129,7 @@ def check(data: bytes) -> None:
             if fast.sent() != full.sent():
                 raise Finding("the Send indication fast path relayed what handle() would not")
     try:
-        msg = stun.Message.parse(data)
+        msg = stun.StunMessage.parse(data)
     except StunParseError:
         return
     _handle(world, world.signed(msg))

@@ -33,7 +33,7 @@ from rtc.sdp.grammar import (
     split_words,
 )
 from rtc.sdp.transport import (
-    Candidate,
+    CandidateLine,
     Fingerprint,
     Setup,
     parse_candidate,
@@ -42,7 +42,7 @@ from rtc.sdp.transport import (
 )
 
 __all__ = [
-    "Connection",
+    "ConnectionData",
     "MediaDescription",
     "finish_media",
     "parse_connection",
@@ -52,7 +52,7 @@ __all__ = [
 
 
 @dataclass
-class Connection:
+class ConnectionData:
     """``c=`` (RFC 8866 section 5.7)."""
 
     nettype: str = "IN"
@@ -63,10 +63,10 @@ class Connection:
         return f"{self.nettype} {self.addrtype} {self.address}"
 
 
-def parse_connection(value: str) -> Connection:
+def parse_connection(value: str) -> ConnectionData:
     """A ``c=`` value (RFC 8866 section 5.7)."""
     nettype, addrtype, address = split_fields(value, "c=", 3)
-    return Connection(nettype, addrtype, address)
+    return ConnectionData(nettype, addrtype, address)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class MediaDescription:
     formats: list[str]
     port_count: int | None = None
     information: str | None = None
-    connection: Connection | None = None
+    connection: ConnectionData | None = None
     bandwidths: list[str] = field(default_factory=list)
     key: str | None = None
     mid: str | None = None
@@ -101,7 +101,7 @@ class MediaDescription:
     # RFC 8851 and RFC 8853 lines, kept verbatim for the simulcast layer logic.
     rids: list[str] = field(default_factory=list)
     simulcast: str | None = None
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[CandidateLine] = field(default_factory=list)
     end_of_candidates: bool = False
     attributes: list[Attribute] = field(default_factory=list)
 

@@ -33,7 +33,7 @@ from rtc.sdp.grammar import (
     split_words,
 )
 from rtc.sdp.media import (
-    Connection,
+    ConnectionData,
     MediaDescription,
     finish_media,
     parse_connection,
@@ -96,7 +96,7 @@ class SessionDescription:
     uri: str | None = None
     emails: list[str] = field(default_factory=list)
     phones: list[str] = field(default_factory=list)
-    connection: Connection | None = None
+    connection: ConnectionData | None = None
     bandwidths: list[str] = field(default_factory=list)
     timings: list[Timing] = field(default_factory=lambda: [Timing()])
     zone: str | None = None

@@ -17,7 +17,7 @@ from rtc.errors import SdpParseError
 from rtc.sdp.grammar import parse_token, parse_uint, require_value, split_fields, split_words
 
 __all__ = [
-    "Candidate",
+    "CandidateLine",
     "Fingerprint",
     "Setup",
     "TransportFields",
@@ -46,7 +46,7 @@ class Fingerprint:
 
 
 @dataclass
-class Candidate:
+class CandidateLine:
     """``a=candidate`` (RFC 8839 section 5.1); extension pairs kept in order."""
 
     foundation: str
@@ -79,7 +79,7 @@ class TransportParameters:
     ice_lite: bool
     fingerprints: list[Fingerprint]
     setup: Setup | None
-    candidates: list[Candidate]
+    candidates: list[CandidateLine]
     end_of_candidates: bool
 
 
@@ -119,7 +119,7 @@ def _ice_options(value: str | None) -> list[str]:
     ]
 
 
-def parse_candidate(value: str) -> Candidate:
+def parse_candidate(value: str) -> CandidateLine:
     """An ``a=candidate`` value (RFC 8839 section 5.1)."""
     parts = split_words(value)
     if len(parts) < 8 or parts[6] != "typ" or len(parts) % 2:
@@ -128,7 +128,7 @@ def parse_candidate(value: str) -> Candidate:
     if len(foundation) > 32 or not _ICE_CHARS.fullmatch(foundation):
         raise SdpParseError(f"a=candidate: bad foundation {foundation!r}")
     extensions = [(parts[i], parts[i + 1]) for i in range(8, len(parts), 2)]
-    return Candidate(
+    return CandidateLine(
         foundation=foundation,
         component=parse_uint(parts[1], "a=candidate component", 1, 256),
         transport=parse_token(parts[2], "a=candidate transport"),

@@ -68,7 +68,7 @@ from sfu.control.messages import (
 )
 from sfu.control.registry import control_channel
 from sfu.errors import SfuError, SfuStateError
-from wadud.messaging.bus import Message, RedisBus, Subscription, encode
+from wadud.messaging.bus import BusSubscription, Message, RedisBus, encode
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -137,7 +137,7 @@ def _subscriber(redis: Redis) -> RedisBus:
 
 
 async def _stop_reading(
-    reader: asyncio.Task[None] | None, subscription: Subscription | None
+    reader: asyncio.Task[None] | None, subscription: BusSubscription | None
 ) -> None:
     """End a reader of ``subscription``: the subscription closes first, which
     ends its loop for good (a cancel alone can land inside the Redis client's
@@ -150,7 +150,7 @@ async def _stop_reading(
             await reader
 
 
-async def _renew(subscription: Subscription | None, within: float) -> bool:
+async def _renew(subscription: BusSubscription | None, within: float) -> bool:
     return subscription is None or await subscription.renew(within)
 
 
@@ -233,7 +233,7 @@ class MediaClient:
         #: oldest first.
         self._gone: dict[tuple[str, str], None] = {}
         self._listeners: list[Listener] = []
-        self._subscription: Subscription | None = None
+        self._subscription: BusSubscription | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -529,7 +529,7 @@ class MediaServer:
         self.wid = wid
         self.incarnation = incarnation
         self._info = info
-        self._subscription: Subscription | None = None
+        self._subscription: BusSubscription | None = None
         self._reader: asyncio.Task[None] | None = None
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
         self._publisher: asyncio.Task[None] | None = None

@@ -68,7 +68,13 @@ from sfu.forward.history import DEFAULT_CAPACITY, DEFAULT_MAX_AGE, PacketHistory
 from sfu.forward.keyframes import vp8_size
 from sfu.forward.repair import Repair, padding_probe
 from sfu.forward.simulcast import Vp8Rewriter
-from sfu.forward.table import ForwarderStats, Group, SourceStream, SubscriberTransport, Subscription
+from sfu.forward.table import (
+    ForwarderStats,
+    SimulcastGroup,
+    SourceStream,
+    SubscriberTransport,
+    Subscription,
+)
 
 __all__ = ["Forwarder"]
 
@@ -118,7 +124,7 @@ class Forwarder:
         self._transports: dict[Key, SubscriberTransport] = {}
         # Interned extension-id tables (at most one per distinct mapping).
         self._ext_tables: dict[bytes, bytes] = {}
-        self._groups: dict[int, Group] = {}
+        self._groups: dict[int, SimulcastGroup] = {}
         self.red_leaf: NativeRed | None = red_leaf
         """RED's per-packet steps in native code, if the adapter has them."""
         self.switch_times: deque[float] = deque(maxlen=4096)

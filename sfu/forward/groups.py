@@ -1,6 +1,6 @@
 """Simulcast in the forwarder: groups of layers, and switching a subscriber between them.
 
-:class:`SimulcastGroups` keeps the :class:`~sfu.forward.table.Group` records (the
+:class:`SimulcastGroups` keeps the :class:`~sfu.forward.table.SimulcastGroup` records (the
 model is in Group's docstring) of a :class:`sfu.forward.forwarder.Forwarder`, which
 holds one as :attr:`Forwarder.simulcast`; the cut-over itself happens in the hot
 path (:meth:`Forwarder.route_into` calls :meth:`SimulcastGroups.switch_in`
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 from sfu.errors import SfuStateError
 from sfu.forward.history import PacketHistory
-from sfu.forward.table import Group, Key, SourceStream, Subscription
+from sfu.forward.table import Key, SimulcastGroup, SourceStream, Subscription
 
 __all__ = ["SimulcastGroups"]
 
@@ -33,7 +33,7 @@ class SimulcastGroups:
         self,
         tracks: dict[int, SourceStream],
         rtx_tracks: dict[int, SourceStream],
-        groups: dict[int, Group],
+        groups: dict[int, SimulcastGroup],
         switch_times: deque[float],
         history_age: float,
         add_track: Callable[..., SourceStream],
@@ -59,7 +59,7 @@ class SimulcastGroups:
         extensions: Mapping[str, int] | None = None,
         nack: bool = True,
         fir: bool = False,
-    ) -> Group:
+    ) -> SimulcastGroup:
         """Register a simulcast video track of ``layers`` layers under ``gid``
         (an id in the SSRC space no packet carries: subscribe, mute and
         remove it like a track). Layers are added as their SSRCs become
@@ -79,10 +79,10 @@ class SimulcastGroups:
             fir,
             PacketHistory(1, self._history_age),
         )
-        group = self._groups[gid] = Group(gid, publisher, layers, idle)
+        group = self._groups[gid] = SimulcastGroup(gid, publisher, layers, idle)
         return group
 
-    def group(self, gid: int) -> Group | None:
+    def group(self, gid: int) -> SimulcastGroup | None:
         return self._groups.get(gid)
 
     def add_layer(

@@ -35,7 +35,7 @@ from sfu.forward.fanout import Routed
 from sfu.forward.simulcast import vp8_picture
 from sfu.forward.table import (
     ForwarderStats,
-    Group,
+    SimulcastGroup,
     SourceStream,
     SubscriberTransport,
     Subscription,
@@ -181,7 +181,7 @@ class Repair:
     def __init__(
         self,
         tracks: dict[int, SourceStream],
-        groups: dict[int, Group],
+        groups: dict[int, SimulcastGroup],
         transports: dict[Key, SubscriberTransport],
         stats: ForwarderStats,
         *,

@@ -4,7 +4,7 @@ Plain classes with ``__slots__``: the hot path reads and bumps their
 attributes per packet. :class:`SourceStream` is one publisher SSRC with its history
 and repair state, :class:`Subscription` one subscriber's view of a track,
 :class:`SubscriberTransport` what a subscriber's transport shares (the
-transport-wide sequence counter), :class:`Group` a simulcast track's layers;
+transport-wide sequence counter), :class:`SimulcastGroup` a simulcast track's layers;
 :func:`remap_extensions` applies a subscription's extension-id table.
 """
 
@@ -20,7 +20,7 @@ from sfu.forward.simulcast import Vp8Rewriter
 
 __all__ = [
     "ForwarderStats",
-    "Group",
+    "SimulcastGroup",
     "SourceStream",
     "SubscriberTransport",
     "Subscription",
@@ -175,7 +175,7 @@ class Subscription:
         # Simulcast (see Group): the group, the layer waiting to take over
         # at its next keyframe, when that switch was decided, and the VP8
         # PictureID/TL0PICIDX rewriter that keeps the layers one stream.
-        self.group: Group | None = None
+        self.group: SimulcastGroup | None = None
         self.pending_on: SourceStream | None = None
         self.switch_started = 0.0
         self.vp8: Vp8Rewriter | None = None
@@ -275,7 +275,7 @@ class SourceStream:
         # Simulcast: the group and layer index, subscriptions that switch to
         # this layer at its next keyframe (counted in ``waiting`` too), and
         # the picture size its keyframes announce (``sizing`` until known).
-        self.group: Group | None = None
+        self.group: SimulcastGroup | None = None
         self.layer: int | None = None
         self.pending: list[Subscription] = []
         self.width = 0
@@ -294,7 +294,7 @@ class SourceStream:
         self.red_last_end = 0
 
 
-class Group:
+class SimulcastGroup:
     """A simulcast track (RFC 8853): one picture sent as several layers, each
     its own forwarder :class:`SourceStream` (own SSRC, history, NACK and keyframe
     requests), lowest first; a layer is None until its SSRC is known (learnt

@@ -31,7 +31,7 @@ from sfu.errors import SfuStateError
 from sfu.feedback.receiving import ReceiveStatistics
 from sfu.feedback.reports import ReportScheduler
 from sfu.forward.simulcast import Layer
-from sfu.forward.table import Group
+from sfu.forward.table import SimulcastGroup
 from sfu.rooms.records import LayerInfo, MediaRoom, Peer, Track
 
 __all__ = [
@@ -188,7 +188,7 @@ def publishing(track: Track, now: float) -> bool:
     return any(x.seen == -math.inf or now - x.seen < STALE for x in known)
 
 
-def offered(group: Group | None, track: Track, now: float) -> Sequence[Layer]:
+def offered(group: SimulcastGroup | None, track: Track, now: float) -> Sequence[Layer]:
     """The layers allocation may choose for a track: known, and sending now
     (or stopped by dynacast, which resumes them when chosen)."""
     if group is None:

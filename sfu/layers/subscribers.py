@@ -16,7 +16,7 @@ The subscriber's side of :class:`sfu.layers.choice.Layers`, which holds one
   asks for padding up to the allocation's next step instead
   (:meth:`Subscribers.ramp`), which the layers' timer paces
   (:meth:`Subscribers.pad`). The packets come back as
-  :class:`~sfu.rooms.actions.Send` actions, already protected.
+  :class:`~sfu.rooms.actions.SendDatagram` actions, already protected.
 * **What the allocation remembers** (:class:`Subscriber`): the tracks it
   paused and why, since when the estimate fell short of each, its last
   congestion downgrade, what each audio subscription sends (:class:`Sent`)
@@ -34,7 +34,7 @@ from rtc.sdp.attributes import TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.feedback.estimator import SendSideEstimator
 from sfu.layers.published import TICK, smoothed
-from sfu.rooms.actions import Send
+from sfu.rooms.actions import SendDatagram
 from sfu.rooms.records import Peer, Track
 
 __all__ = [
@@ -200,13 +200,13 @@ class Subscribers:
         now: float,
         *,
         resume: bool,
-    ) -> list[Send]:
+    ) -> list[SendDatagram]:
         """After an allocation that sends ``sending`` (bits per second) under
         ``estimate``: the padding its estimator asks for to carry ``step``
         (the least rate at which the allocation would send more; ``resume``:
         that brings back a paused video), started now and paced by
         :meth:`pad`; else the probe it asks for, sent at once."""
-        out: list[Send] = []
+        out: list[SendDatagram] = []
         estimator = state.estimator
         padded, state.padding = state.padding, 0.0
         if estimator is None or state.wanted <= estimate:
@@ -224,10 +224,10 @@ class Subscribers:
             self._send_padding(peer, estimator, probe.cluster, probe.size, now, out)
         return out
 
-    def pad(self, now: float) -> tuple[list[Send], bool]:
+    def pad(self, now: float) -> tuple[list[SendDatagram], bool]:
         """The padding ramping subscribers asked for, since they were last
         padded (a tick's worth at most); and whether any still ramps."""
-        out: list[Send] = []
+        out: list[SendDatagram] = []
         ramping = False
         for peer, state in self.by_peer.items():
             if state.padding and state.estimator is not None:
@@ -244,7 +244,7 @@ class Subscribers:
         cluster: int,
         size: int,
         now: float,
-        out: list[Send],
+        out: list[SendDatagram],
     ) -> None:
         """Padding-only RTX packets of ``size`` octets in all, sent at once
         (for a probe cluster, the subscriber's arrival spacing measures the
@@ -260,7 +260,7 @@ class Subscribers:
             packet, tseq = built
             estimator.on_sent(tseq, len(packet), now, cluster)
             try:
-                out.append(Send(protect(packet), addr))
+                out.append(SendDatagram(protect(packet), addr))
             except Exception:
                 peer.srtp_errors += 1
                 return

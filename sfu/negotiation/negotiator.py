@@ -14,9 +14,9 @@ one for a new transport, an ICE restart, a transport closed, the
 subscriptions handed to the forwarder.
 
 Everything reaches it through one verb, ``receive(input, now)``
-(:mod:`sfu.rooms.inputs`: :class:`~sfu.rooms.inputs.Publish`,
-:class:`~sfu.rooms.inputs.Subscribe`, :class:`~sfu.rooms.inputs.Answer`,
-:class:`~sfu.rooms.inputs.SetMuted`, :class:`~sfu.rooms.inputs.Unpublish`).
+(:mod:`sfu.rooms.inputs`: :class:`~sfu.rooms.inputs.PublishOffer`,
+:class:`~sfu.rooms.inputs.SetSubscriptions`, :class:`~sfu.rooms.inputs.SubscribeAnswer`,
+:class:`~sfu.rooms.inputs.SetMuted`, :class:`~sfu.rooms.inputs.EndTrack`).
 What it wants done itself (the room's RTCP flushed, the timer re-armed) it
 queues as :mod:`sfu.rooms.actions`; what the transports and layers cores
 it called want done they queue as theirs, and the worker takes each core's
@@ -49,7 +49,14 @@ from sfu.feedback.receiving import ReceiveStatistics
 from sfu.negotiation.sections import negotiate, new_section, new_ssrc
 from sfu.negotiation.transports import Transports
 from sfu.rooms.actions import FlushRtcp, Rearm
-from sfu.rooms.inputs import Answer, Core, Publish, SetMuted, Subscribe, Unpublish
+from sfu.rooms.inputs import (
+    Core,
+    EndTrack,
+    PublishOffer,
+    SetMuted,
+    SetSubscriptions,
+    SubscribeAnswer,
+)
 from sfu.rooms.records import LayerInfo, MediaRoom, Peer, Track
 from sfu.rooms.settings import WorkerSettings
 from sfu.transport.offer_answer import answer, offer_for_subscriber
@@ -74,7 +81,7 @@ class Negotiator(Core):
 
     # -- inputs (sfu.rooms.inputs): MediaControl calls ---------------------------------------------
 
-    def _handle_publish(self, command: Publish, now: float) -> PublishResult:
+    def _handle_publish(self, command: PublishOffer, now: float) -> PublishResult:
         """Answer a publish offer (RFC 8829 5.3) and register its tracks with the forwarder."""
         desc = SessionDescription.parse(command.offer)
         r = self.transports.room(command.room)
@@ -253,7 +260,7 @@ class Negotiator(Core):
         peer.rid_tracks[item.mid] = track
         return track
 
-    def _handle_subscribe(self, command: Subscribe, now: float) -> str | None:
+    def _handle_subscribe(self, command: SetSubscriptions, now: float) -> str | None:
         """Offer exactly ``track_ids`` on the participant's subscribe transport (RFC 8829 5.2).
 
         Returns None when nothing changed (or the participant receives nothing
@@ -356,7 +363,7 @@ class Negotiator(Core):
         )
         return str(offer)
 
-    def _handle_answer(self, command: Answer, now: float) -> None:
+    def _handle_answer(self, command: SubscribeAnswer, now: float) -> None:
         """Take the subscriber's answer (RFC 3264 section 6): transport and negotiated formats."""
         desc = SessionDescription.parse(command.sdp)
         r = self.tables.rooms.get(command.room)
@@ -416,7 +423,7 @@ class Negotiator(Core):
                 track.publisher.levels[track.ssrc] = level_id
         self._out += (FlushRtcp(r), Rearm())
 
-    def _handle_unpublish(self, command: Unpublish, now: float) -> None:
+    def _handle_unpublish(self, command: EndTrack, now: float) -> None:
         """Forget a track and every subscription to it.
 
         Subscribers' sections for it stop with their next offer."""
@@ -429,11 +436,11 @@ class Negotiator(Core):
         self._out.append(Rearm())
 
     handlers = {
-        Publish: _handle_publish,
-        Subscribe: _handle_subscribe,
-        Answer: _handle_answer,
+        PublishOffer: _handle_publish,
+        SetSubscriptions: _handle_subscribe,
+        SubscribeAnswer: _handle_answer,
         SetMuted: _handle_set_muted,
-        Unpublish: _handle_unpublish,
+        EndTrack: _handle_unpublish,
     }
 
 

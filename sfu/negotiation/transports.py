@@ -51,8 +51,8 @@ from sfu.forward import native
 from sfu.forward.forwarder import Forwarder
 from sfu.forward.table import ForwarderStats, Subscription
 from sfu.layers.choice import Layers, LayerSource
-from sfu.rooms.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send, SendRtcp
-from sfu.rooms.inputs import CloseRoom, Core, Leave, PathMoved, PeerDatagram, SpeakerChosen
+from sfu.rooms.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, SendDatagram, SendRtcp
+from sfu.rooms.inputs import CloseRoom, Core, LeaveRoom, PathMoved, PeerDatagram, SpeakerChosen
 from sfu.rooms.records import (
     Leg,
     MediaParticipant,
@@ -285,7 +285,7 @@ class Transports(Core):
 
     # -- inputs (sfu.rooms.inputs) ---------------------------------------------------------------
 
-    def _handle_leave(self, command: Leave, now: float) -> None:
+    def _handle_leave(self, command: LeaveRoom, now: float) -> None:
         """Close the participant's transports, forget its tracks and subscriptions (idempotent)."""
         r = self.tables.rooms.get(command.room)
         if r is None:
@@ -325,7 +325,7 @@ class Transports(Core):
         self._speaker_changed(change.room, change.speaker)
 
     handlers = {
-        Leave: _handle_leave,
+        LeaveRoom: _handle_leave,
         CloseRoom: _handle_close_room,
         PeerDatagram: _handle_peer_datagram,
         PathMoved: _handle_path_moved,
@@ -353,7 +353,7 @@ class Transports(Core):
         input to it: a datagram, a timer, a close, new remote parameters)."""
         transport = peer.transport
         for datagram, addr in transport.datagrams_to_send():
-            self._out.append(Send(datagram, addr))
+            self._out.append(SendDatagram(datagram, addr))
         while (event := transport.next_event()) is not None:
             if isinstance(event, ValidatedAddress):
                 self.tables.by_addr[event.address] = peer
@@ -533,7 +533,7 @@ class Transports(Core):
         """Hand a connected subscriber's negotiated sections to the forwarder.
 
         When its transport connects (:meth:`service`), and when an answer
-        comes for one already connected (the negotiator's ``Answer``); the
+        comes for one already connected (the negotiator's ``SubscribeAnswer``); the
         layers core then allocates its layers."""
         forwarder = peer.forwarder
         for section in peer.sections:

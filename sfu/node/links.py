@@ -50,7 +50,7 @@ from sfu.control.messages import RelayedTrack, RelayPeer, RelayState
 from sfu.errors import SfuStateError
 from sfu.negotiation.transports import Transports
 from sfu.node.relay_tracks import set_received, set_sent, subscribe_sent
-from sfu.rooms.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, Send
+from sfu.rooms.actions import Arm, ArmRtcp, Emit, FlushRtcp, Rearm, SendDatagram
 from sfu.rooms.inputs import (
     CloseLinks,
     CloseRoom,
@@ -333,7 +333,7 @@ class Links(Core):
     def _service_link(self, link: Link, now: float) -> None:
         core = link.core
         for datagram in core.datagrams_to_send():
-            self._out.append(Send(datagram, core.address))
+            self._out.append(SendDatagram(datagram, core.address))
         while (event := core.next_event()) is not None:
             if event.new is LinkState.CONNECTED:
                 self._link_up(link, now)

@@ -97,7 +97,7 @@ from sfu.rooms.actions import (
     Emit,
     FlushRtcp,
     Rearm,
-    Send,
+    SendDatagram,
     SendRtcp,
     carried_out,
 )
@@ -354,8 +354,10 @@ class MediaWorker(HotPath):
     async def publish(
         self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
     ) -> PublishResult:
-        """Answer a publish offer (RFC 8829 5.3): :class:`sfu.rooms.inputs.Publish`."""
-        return self._receive(self.negotiator, inputs.Publish(room, participant, offer, sources))
+        """Answer a publish offer (RFC 8829 5.3): :class:`sfu.rooms.inputs.PublishOffer`."""
+        return self._receive(
+            self.negotiator, inputs.PublishOffer(room, participant, offer, sources)
+        )
 
     async def subscribe(
         self,
@@ -365,23 +367,24 @@ class MediaWorker(HotPath):
         restart: Restart | None = None,
     ) -> str | None:
         """Offer ``track_ids`` to ``participant`` (RFC 8829 5.2):
-        :class:`sfu.rooms.inputs.Subscribe`.
+        :class:`sfu.rooms.inputs.SetSubscriptions`.
         """
         return self._receive(
-            self.negotiator, inputs.Subscribe(room, participant, track_ids, restart)
+            self.negotiator, inputs.SetSubscriptions(room, participant, track_ids, restart)
         )
 
     async def answer(self, room: str, participant: str, sdp: str) -> None:
-        """Take a subscriber's answer (RFC 3264 section 6): :class:`sfu.rooms.inputs.Answer`."""
-        self._receive(self.negotiator, inputs.Answer(room, participant, sdp))
+        """Take a subscriber's answer (RFC 3264 section 6):
+        :class:`sfu.rooms.inputs.SubscribeAnswer`."""
+        self._receive(self.negotiator, inputs.SubscribeAnswer(room, participant, sdp))
 
     async def set_muted(self, room: str, track_id: str, muted: bool) -> None:
         """Stop or resume forwarding a track: :class:`sfu.rooms.inputs.SetMuted`."""
         self._receive(self.negotiator, inputs.SetMuted(room, track_id, muted))
 
     async def unpublish(self, room: str, participant: str, track_id: str) -> None:
-        """Forget a track and every subscription to it: :class:`sfu.rooms.inputs.Unpublish`."""
-        self._receive(self.negotiator, inputs.Unpublish(room, participant, track_id))
+        """Forget a track and every subscription to it: :class:`sfu.rooms.inputs.EndTrack`."""
+        self._receive(self.negotiator, inputs.EndTrack(room, participant, track_id))
 
     async def record(self, room: str, order: RecordingOrder | None) -> None:
         """Record ``room``'s tracks, or stop (None): :meth:`RecordingWriter.record`."""
@@ -389,7 +392,7 @@ class MediaWorker(HotPath):
 
     async def leave(self, room: str, participant: str) -> None:
         """Close the participant's transports, forget its tracks (idempotent)."""
-        self._receive(self.transports, inputs.Leave(room, participant))
+        self._receive(self.transports, inputs.LeaveRoom(room, participant))
 
     async def close_room(self, room: str) -> None:
         """Everyone leaves and the room is forgotten (idempotent)."""
@@ -440,7 +443,7 @@ class MediaWorker(HotPath):
         """Carry out what a core queued (:mod:`sfu.rooms.actions`), in its order."""
         for action in actions:
             match action:
-                case Send(data, addr):
+                case SendDatagram(data, addr):
                     self._send(data, addr)
                 case SendRtcp(peer, compound):
                     self._send_rtcp(peer, compound)

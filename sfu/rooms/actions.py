@@ -48,14 +48,14 @@ __all__ = [
     "Emit",
     "FlushRtcp",
     "Rearm",
-    "Send",
+    "SendDatagram",
     "SendRtcp",
     "carried_out",
 ]
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
+class SendDatagram:
     """Send one datagram as it is (DTLS, STUN, an already protected packet)."""
 
     data: bytes
@@ -104,7 +104,7 @@ class Rearm:
     at the earliest deadline of every core."""
 
 
-Action = Send | SendRtcp | FlushRtcp | Emit | Arm | ArmRtcp | Rearm
+Action = SendDatagram | SendRtcp | FlushRtcp | Emit | Arm | ArmRtcp | Rearm
 
 
 class ActionQueue:

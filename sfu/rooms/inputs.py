@@ -6,15 +6,15 @@ Each sans-I/O core of :class:`sfu.node.worker.MediaWorker`
 :class:`sfu.layers.choice.Layers`) takes what reaches it
 from outside through one verb, ``core.receive(input, now)``, as aioquic's
 connection takes its datagrams (``receive_datagram(data, addr, now)``): the
-:class:`sfu.control.messages.MediaControl` calls signalling makes (:class:`Publish`,
-:class:`Subscribe`, ...) and the control datagrams the worker's socket reads
+:class:`sfu.control.messages.MediaControl` calls signalling makes (:class:`PublishOffer`,
+:class:`SetSubscriptions`, ...) and the control datagrams the worker's socket reads
 for it (:class:`PeerDatagram`, :class:`LinkRtcp`, ...). ``receive`` finds the handler in the
 core's table (:attr:`Core.handlers`), keyed on the record's type, as h11 and
 aioquic dispatch theirs; a record the core does not take raises
 :class:`~sfu.errors.UnknownInput`. What an input wants done the core queues
 as :mod:`sfu.rooms.actions` for the worker to take; what the caller needs back
 (the publish answer, the subscribe offer, the relayed tracks) ``receive``
-returns, typed by the record: a :class:`Publish` is an ``Input[PublishResult]``.
+returns, typed by the record: a :class:`PublishOffer` is an ``Input[PublishResult]``.
 
 Beside ``receive`` a core keeps its timer pair (``due()`` and
 ``handle_timer(now)``, the layers' ``tick``), and a core calls another by its
@@ -51,14 +51,14 @@ from sfu.rooms.actions import ActionQueue
 from sfu.rooms.records import Link, MediaRoom, Peer
 
 __all__ = [
-    "Answer",
     "CloseLinks",
     "CloseRoom",
     "Core",
     "EarlyDtls",
+    "EndTrack",
     "Input",
     "LayersInput",
-    "Leave",
+    "LeaveRoom",
     "LegsRtcp",
     "LinkDtls",
     "LinkRtcp",
@@ -66,17 +66,17 @@ __all__ = [
     "NegotiatorInput",
     "PathMoved",
     "PeerDatagram",
-    "Publish",
+    "PublishOffer",
     "RelayReceive",
     "RelaySend",
     "SetAudioOnly",
     "SetMuted",
+    "SetSubscriptions",
     "SetView",
     "SpeakerChosen",
-    "Subscribe",
+    "SubscribeAnswer",
     "SubscriberFeedback",
     "TransportsInput",
-    "Unpublish",
 ]
 
 R = TypeVar("R")
@@ -92,7 +92,7 @@ class Input(Generic[R]):
 
 
 @dataclass(frozen=True, slots=True)
-class Publish(Input[PublishResult]):
+class PublishOffer(Input[PublishResult]):
     """A participant's publish offer (:meth:`sfu.control.messages.MediaControl.publish`)."""
 
     room: str
@@ -102,7 +102,7 @@ class Publish(Input[PublishResult]):
 
 
 @dataclass(frozen=True, slots=True)
-class Subscribe(Input[str | None]):
+class SetSubscriptions(Input[str | None]):
     """The tracks a participant receives (:meth:`sfu.control.messages.MediaControl.subscribe`);
     ``receive`` gives back the new offer, or None when nothing changed."""
 
@@ -113,7 +113,7 @@ class Subscribe(Input[str | None]):
 
 
 @dataclass(frozen=True, slots=True)
-class Answer(Input[None]):
+class SubscribeAnswer(Input[None]):
     """A subscriber's answer to the last subscribe offer."""
 
     room: str
@@ -131,7 +131,7 @@ class SetMuted(Input[None]):
 
 
 @dataclass(frozen=True, slots=True)
-class Unpublish(Input[None]):
+class EndTrack(Input[None]):
     """A publisher's track ends."""
 
     room: str
@@ -140,7 +140,7 @@ class Unpublish(Input[None]):
 
 
 @dataclass(frozen=True, slots=True)
-class Leave(Input[None]):
+class LeaveRoom(Input[None]):
     """A participant leaves the room."""
 
     room: str
@@ -273,10 +273,10 @@ class SubscriberFeedback(Input[None]):
     packet: TransportCc | Remb
 
 
-NegotiatorInput = Publish | Subscribe | Answer | SetMuted | Unpublish
+NegotiatorInput = PublishOffer | SetSubscriptions | SubscribeAnswer | SetMuted | EndTrack
 """What :class:`sfu.negotiation.negotiator.Negotiator` takes."""
 
-TransportsInput = Leave | CloseRoom | PeerDatagram | PathMoved | SpeakerChosen
+TransportsInput = LeaveRoom | CloseRoom | PeerDatagram | PathMoved | SpeakerChosen
 """What :class:`sfu.negotiation.transports.Transports` takes."""
 
 LinksInput = RelaySend | RelayReceive | CloseRoom | CloseLinks | LinkDtls | LinkRtcp | EarlyDtls

@@ -34,9 +34,9 @@ from rtc.sdp.attributes import (
     SsrcGroup,
 )
 from rtc.sdp.grammar import is_token
-from rtc.sdp.media import Connection, MediaDescription
+from rtc.sdp.media import ConnectionData, MediaDescription
 from rtc.sdp.session import Group, Origin, SessionDescription, Timing
-from rtc.sdp.transport import Candidate, Fingerprint, Setup
+from rtc.sdp.transport import CandidateLine, Fingerprint, Setup
 
 __all__ = ["ForwardedTrack", "LocalParameters", "answer", "offer_for_subscriber"]
 
@@ -73,11 +73,11 @@ class LocalParameters:
     session_id: str = field(default_factory=lambda: str(secrets.randbits(62)))
     session_version: int = 1
 
-    def candidates(self) -> list[Candidate]:
+    def candidates(self) -> list[CandidateLine]:
         """Host candidates; priority per RFC 8445 section 5.1.2.1 with type
         preference 126 and local preference falling with list order."""
         return [
-            Candidate(
+            CandidateLine(
                 foundation=str(index + 1),
                 component=1,
                 transport="udp",
@@ -93,11 +93,11 @@ class LocalParameters:
         # JSEP (RFC 8829 section 5.2.1) fills o= with a meaningless address.
         return Origin("-", self.session_id, str(self.session_version), "IN", "IP4", "0.0.0.0")
 
-    def _default_address(self) -> tuple[Connection, int]:
+    def _default_address(self) -> tuple[ConnectionData, int]:
         if not self.addresses:
             raise SdpNegotiationError("no host candidate address configured")
         address, port = self.addresses[0]
-        return Connection("IN", "IP6" if ":" in address else "IP4", address), port
+        return ConnectionData("IN", "IP6" if ":" in address else "IP4", address), port
 
 
 def _h264_rank(codec: Codec) -> int:
@@ -234,7 +234,7 @@ def _rejected(offered: MediaDescription) -> MediaDescription:
         port=0,
         proto=offered.proto,
         formats=list(offered.formats),
-        connection=Connection("IN", "IP4", "0.0.0.0"),
+        connection=ConnectionData("IN", "IP4", "0.0.0.0"),
         mid=offered.mid,
         direction=Direction.INACTIVE if offered.is_rtp else None,
     )

@@ -41,7 +41,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from wadud.messaging.bus import RENEW_WITHIN, RedisBus, Subscription, encode
+from wadud.messaging.bus import RENEW_WITHIN, BusSubscription, RedisBus, encode
 
 log = logging.getLogger("wadud.signalling.cluster")
 
@@ -116,7 +116,7 @@ class Cluster:
         self._renewing: asyncio.Task[None] | None = None
         #: Other subscriptions of this process in this Redis, renewed with ours.
         self._renewals: list[Callable[[float], Awaitable[bool]]] = []
-        self._sub: Subscription | None = None
+        self._sub: BusSubscription | None = None
         self._closed = False
         self._seq = 0
         #: The run id of the Redis server that answered :meth:`server_changed` last.

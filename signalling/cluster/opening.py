@@ -22,16 +22,16 @@ from wadud.web.auth import InvalidToken, RoomGrant, decode_room_token
 
 #: A join's token decoded: its claims (signature and validity times good; the
 #: checks against the room are the service's ``admit``), or why it is refused.
-Claims = RoomGrant | errors.Unauthorized
+Claims = RoomGrant | errors.BadRoomToken
 
 
 def claims_of(settings: Settings, token: str) -> RoomGrant:
-    """The claims of a ``join``'s room token; :class:`errors.Unauthorized`
+    """The claims of a ``join``'s room token; :class:`errors.BadRoomToken`
     (close 4401) when it is not a good one."""
     try:
         return decode_room_token(settings, token)
     except InvalidToken as exc:
-        raise errors.Unauthorized(exc.detail) from exc
+        raise errors.BadRoomToken(exc.detail) from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Opening:
             return cls(message, frame)
         try:
             return cls(message, frame, claims_of(settings, frame.token))
-        except errors.Unauthorized as exc:
+        except errors.BadRoomToken as exc:
             return cls(message, frame, exc)
 
     @property

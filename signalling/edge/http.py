@@ -38,7 +38,7 @@ from turn.credentials import ice_server
 from wadud.config import Settings
 from wadud.errors import ConfigError
 from wadud.messaging import outbox, revocation
-from wadud.messaging.bus import RedisBus, Subscription, redis_client
+from wadud.messaging.bus import BusSubscription, RedisBus, redis_client
 from wadud.state import keys
 from wadud.web.auth import RoomGrant
 
@@ -254,7 +254,7 @@ async def _check_link(app: web.Application, grant: RoomGrant) -> None:
     """Refuses a link whose sign-in session or booking is over, or whose
     patient lacks a consent the clinic's region requires."""
     if grant.sid and not await _session_live(app[keys.DB], grant.identity, grant.sid):
-        raise errors.Unauthorized("you signed out since this link was made")
+        raise errors.BadRoomToken("you signed out since this link was made")
     if grant.booking:
         why = await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
         if why is not None:
@@ -304,7 +304,7 @@ async def _session_live(pool: asyncpg.Pool, identity: str, sid: str) -> bool:
     )
 
 
-async def _revocations(sub: Subscription, calls: CallPlanes) -> None:
+async def _revocations(sub: BusSubscription, calls: CallPlanes) -> None:
     """``auth.revoked`` (wadud.messaging.revocation): the account's participants leave
     the calls whose links came from the revoked session."""
     async for msg in sub:
@@ -315,7 +315,7 @@ async def _revocations(sub: Subscription, calls: CallPlanes) -> None:
                 service.rooms.revoked(str(rev.user_id), family)
 
 
-async def _end_cancelled(sub: Subscription, calls: CallPlanes) -> None:
+async def _end_cancelled(sub: BusSubscription, calls: CallPlanes) -> None:
     """A cancelled booking's call ends for whoever is in it (on the replica
     that owns the room; every replica hears the event)."""
     async for msg in sub:

@@ -35,7 +35,7 @@ import asyncpg
 from hooks import events
 from signalling.room.core import Room
 from signalling.room.members import MemberState
-from signalling.room.outputs import MediaCloseRoom, Output, Send
+from signalling.room.outputs import MediaCloseRoom, Output, SendFrame
 
 log = logging.getLogger("wadud.signalling")
 
@@ -97,8 +97,8 @@ def _track(p: ParticipantView, track_id: str) -> dict[str, Any]:
     return {"track": {"id": track_id, "kind": kind, "source": source, "participant": p.id}}
 
 
-def _sent(outputs: Sequence[Output], kind: str) -> list[Send]:
-    return [o for o in outputs if isinstance(o, Send) and o.frame.get("type") == kind]
+def _sent(outputs: Sequence[Output], kind: str) -> list[SendFrame]:
+    return [o for o in outputs if isinstance(o, SendFrame) and o.frame.get("type") == kind]
 
 
 def _why(was: ParticipantView, core: Room, outputs: Sequence[Output]) -> str:
@@ -106,7 +106,9 @@ def _why(was: ParticipantView, core: Room, outputs: Sequence[Output]) -> str:
     if core.ended:
         return "room-ended"
     told = {
-        s.frame.get("type"): s.frame for s in outputs if isinstance(s, Send) and s.conn == was.conn
+        s.frame.get("type"): s.frame
+        for s in outputs
+        if isinstance(s, SendFrame) and s.conn == was.conn
     }
     if was.conn is not None and "replaced" in told:
         return "replaced"

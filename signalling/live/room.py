@@ -33,11 +33,11 @@ UNAVAILABLE_BACKOFF = 1.0
 #: publishers to publish again (see :meth:`CallRoom.regather`).
 REGATHER_WITHIN = 1.0
 
-__all__ = ["CallRoom", "Peer", "Subscriber", "offer_tracks"]
+__all__ = ["CallRoom", "FrameSink", "SubscribeNegotiation", "offer_tracks"]
 
 
 @runtime_checkable
-class Peer(Protocol):
+class FrameSink(Protocol):
     """A participant's connection as a room sends to it, whichever replica
     holds its socket (:mod:`signalling.cluster.connections`)."""
 
@@ -46,7 +46,7 @@ class Peer(Protocol):
     def close(self, code: int, reason: str) -> None: ...
 
 
-class Subscriber:
+class SubscribeNegotiation:
     """One participant's subscribe negotiation (docs/protocol.md "Media"):
     at most one offer outstanding; changes while it is out are folded into
     the next offer, made once the answer is in."""
@@ -216,7 +216,7 @@ class CallRoom:
         self.core = core
         self.name = core.name
         self.lane = lane
-        self.subscribers: dict[str, Subscriber] = {}
+        self.subscribers: dict[str, SubscribeNegotiation] = {}
         self.timer: asyncio.TimerHandle | None = None
         #: The room's home region (its first participant's).
         self.region = region
@@ -306,7 +306,7 @@ class CallRoom:
 
     def send_to(self, participant_id: str, frame: dict[str, Any]) -> None:
         who = self.core.members.get(participant_id)
-        if who is not None and isinstance(who.conn, Peer) and who.state is MemberState.JOINED:
+        if who is not None and isinstance(who.conn, FrameSink) and who.state is MemberState.JOINED:
             who.conn.send(frame)
 
     def media_state(self, participant_id: str, state: Literal["reconnecting", "connected"]) -> None:
@@ -323,8 +323,8 @@ class CallRoom:
             if other.id != participant_id:
                 self.send_to(other.id, frame)
 
-    def subscriber(self, participant_id: str) -> Subscriber:
+    def subscriber(self, participant_id: str) -> SubscribeNegotiation:
         sub = self.subscribers.get(participant_id)
         if sub is None:
-            sub = self.subscribers[participant_id] = Subscriber(self, participant_id)
+            sub = self.subscribers[participant_id] = SubscribeNegotiation(self, participant_id)
         return sub

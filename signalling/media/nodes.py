@@ -119,7 +119,7 @@ _PER_WORKER = (
 )
 
 
-class _Collector(Collector):
+class _RegistryCollector(Collector):
     """The last registry read of every app in this process."""
 
     def __init__(self) -> None:
@@ -151,7 +151,7 @@ class _Collector(Collector):
         yield from (family for _, family in per_worker)
 
 
-COLLECTOR = _Collector()
+COLLECTOR = _RegistryCollector()
 REGISTRY.register(COLLECTOR)
 
 

@@ -70,7 +70,7 @@ from signalling.room.outputs import (
     MediaLeave,
     Output,
     Resubscribe,
-    Send,
+    SendFrame,
 )
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class Room:
         """A control frame from ``conn``: its ``ok`` and what it changes.
         Raises the :class:`errors.CallError` of a refusal, having changed nothing."""
         outputs = _CONTROL[type(frame)](self, conn, frame)
-        return [Send(conn, reply("ok", frame.id)), *outputs]
+        return [SendFrame(conn, reply("ok", frame.id)), *outputs]
 
     # -- timers ----------------------------------------------------------------
 

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from signalling import errors
 from signalling.protocol import reply
-from signalling.room.outputs import ConnId, Output, Send
+from signalling.room.outputs import ConnId, Output, SendFrame
 
 if TYPE_CHECKING:
     # Only its shape: the core has no business with tokens or their crypto.
@@ -256,7 +256,7 @@ class Members:
     # -- reaching them -----------------------------------------------------------
 
     def to(self, p: Member, frame: dict[str, Any]) -> list[Output]:
-        return [Send(p.conn, frame)] if p.conn is not None else []
+        return [SendFrame(p.conn, frame)] if p.conn is not None else []
 
     def listeners(self) -> list[Member]:
         """Those who hear room events: joined and connected. Waiting ones see
@@ -264,10 +264,10 @@ class Members:
         return [p for p in self.participants.values() if p.state is J and p.conn is not None]
 
     def broadcast(self, frame: dict[str, Any], besides: Member | None = None) -> list[Output]:
-        return [Send(p.conn, frame) for p in self.listeners() if p is not besides]
+        return [SendFrame(p.conn, frame) for p in self.listeners() if p is not besides]
 
     def to_admins(self, frame: dict[str, Any]) -> list[Output]:
-        return [Send(p.conn, frame) for p in self.listeners() if p.admin]
+        return [SendFrame(p.conn, frame) for p in self.listeners() if p.admin]
 
     def waiting_frame(self, p: Member, ref: str | None) -> dict[str, Any]:
         """``waiting``, as the waiting participant ``p`` is told."""

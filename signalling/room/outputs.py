@@ -15,13 +15,13 @@ from typing import Any
 
 from signalling.room.consent import RecordingOutput
 
-__all__ = ["Close", "ConnId", "MediaCloseRoom", "MediaLeave", "Output", "Resubscribe", "Send"]
+__all__ = ["Close", "ConnId", "MediaCloseRoom", "MediaLeave", "Output", "Resubscribe", "SendFrame"]
 
 ConnId = Hashable
 
 
 @dataclass(frozen=True)
-class Send:
+class SendFrame:
     """Send ``frame`` on connection ``conn``."""
 
     conn: ConnId
@@ -57,4 +57,4 @@ class Resubscribe:
     participants: tuple[str, ...]
 
 
-Output = Send | Close | MediaLeave | MediaCloseRoom | Resubscribe | RecordingOutput
+Output = SendFrame | Close | MediaLeave | MediaCloseRoom | Resubscribe | RecordingOutput

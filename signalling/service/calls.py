@@ -306,7 +306,7 @@ class CallService:
         ``claims``: the token as signalling.edge.planes decoded it already."""
         if claims is None:
             claims = claims_of(self.settings, frame.token)
-        elif isinstance(claims, errors.Unauthorized):
+        elif isinstance(claims, errors.BadRoomToken):
             raise claims
         grant = claims
         if isinstance(conn, Connection) and conn.room_hint not in (None, grant.room):

@@ -6,7 +6,7 @@ then goes to the worker through the room's media lane (one call at a time,
 in the order asked); what the worker answers changes the room
 (:meth:`signalling.room.media.RoomMedia.published`, ``muted``, ...), whose
 outputs the rooms carry out. Subscribe offers come from each participant's
-:class:`signalling.live.room.Subscriber`.
+:class:`signalling.live.room.SubscribeNegotiation`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ their media runs, their recordings, and their part in the cluster.
   so a ``leave`` queued by a replacement is done before the newcomer's
   ``publish``;
 * each participant's subscribe connection is renegotiated by its
-  :class:`signalling.live.room.Subscriber`;
+  :class:`signalling.live.room.SubscribeNegotiation`;
 * the recording's steps go to :class:`signalling.live.recording.CallRecordings`.
 
 Where a room's media runs, on the in-process worker or on ``wadud media``
@@ -42,13 +42,20 @@ from signalling.cluster.connections import AnyConnection, Connection, RemoteConn
 from signalling.cluster.link import Cluster
 from signalling.cluster.replicas import Host, Replicas
 from signalling.live.recording import CallRecordings
-from signalling.live.room import CallRoom, Subscriber
+from signalling.live.room import CallRoom, SubscribeNegotiation
 from signalling.media.lane import MediaLane
 from signalling.media.placement import Placement
 from signalling.media.sites import Sites
 from signalling.room.consent import ConsentAnswered, RecordingAsked, RecordingStart, RecordingStop
 from signalling.room.core import Room
-from signalling.room.outputs import Close, MediaCloseRoom, MediaLeave, Output, Resubscribe, Send
+from signalling.room.outputs import (
+    Close,
+    MediaCloseRoom,
+    MediaLeave,
+    Output,
+    Resubscribe,
+    SendFrame,
+)
 from signalling.service.media_events import MediaEvents
 from wadud.config import Settings
 
@@ -251,7 +258,7 @@ class Rooms(Mapping[str, CallRoom]):
             out += self.replicas.remote_in(room)
         return out
 
-    def _retire(self, sub: Subscriber) -> None:
+    def _retire(self, sub: SubscribeNegotiation) -> None:
         sub.close()
         if sub.task is not None:
             self._orphans.add(sub.task)
@@ -287,7 +294,7 @@ class Rooms(Mapping[str, CallRoom]):
         closed = False
         for out in outputs:
             match out:
-                case Send(conn, frame):
+                case SendFrame(conn, frame):
                     if isinstance(conn, Connection | RemoteConnection):
                         conn.send(frame)
                         if frame.get("type") == "joined":

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from notify import channels as ch
-from notify.channels import Message
+from notify.channels import Outgoing
 from notify.service import Notifier
 from tests.conftest import free_port
 from tests.notify.conftest import Inbox, Tls, World
@@ -109,7 +109,7 @@ class _LoseTheCommit:
         self.pool = pool
         self.armed = True
 
-    async def send(self, msg: Message) -> str:
+    async def send(self, msg: Outgoing) -> str:
         detail = await self.real.send(msg)
         if self.armed:
             self.armed = False

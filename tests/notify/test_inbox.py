@@ -10,7 +10,7 @@ import uuid
 
 import asyncpg
 
-from notify.plan import INBOX, Context, InboxEvent, Policy, plan_event
+from notify.plan import INBOX, Context, InboxEvent, PlanSettings, plan_event
 from tests.conftest import Api
 from wadud.state import keys
 
@@ -69,7 +69,7 @@ def test_the_planner_is_silent_on_what_the_trigger_leaves_out() -> None:
         *((t, "sandbox") for t in _SILENT),
     ]:
         event = InboxEvent(1, topic, json.loads(json.dumps({**data, "gateway": gateway})), at)
-        assert not plan_event(event, ctx, Policy()).jobs, (topic, gateway)
+        assert not plan_event(event, ctx, PlanSettings()).jobs, (topic, gateway)
     # ... and plans for what it takes.
     for topic in ("payment.bank_transfer.requested", "payment.bank_transfer.confirmed"):
-        assert plan_event(InboxEvent(1, topic, data, at), ctx, Policy()).jobs, topic
+        assert plan_event(InboxEvent(1, topic, data, at), ctx, PlanSettings()).jobs, topic

@@ -20,7 +20,7 @@ NOW = dt.datetime(2026, 11, 23, 6, 0, tzinfo=dt.UTC)
 CTX = plan.Context(
     patient_id=PATIENT, patient_name="Bilal", doctor_user_id=DOCTOR, doctor_name="Dr. Khan"
 )
-POLICY = plan.Policy(reminder_minutes=(1440, 15), base_url="https://w.test")
+POLICY = plan.PlanSettings(reminder_minutes=(1440, 15), base_url="https://w.test")
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))

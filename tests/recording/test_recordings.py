@@ -363,11 +363,11 @@ async def test_retention_deletes_old_recordings(api: Api, doctor: Doctor) -> Non
     rules = recording_privacy.retention_rules()
     now = dt.datetime.now(dt.UTC)
     async with pool.acquire() as conn:
-        ctx = retention.Context(now + dt.timedelta(days=89), False, 100, storage, settings)
+        ctx = retention.RoundContext(now + dt.timedelta(days=89), False, 100, storage, settings)
         assert (await retention.run_rules(conn, rules, ctx))[0].rows == 0
-        ctx = retention.Context(now + dt.timedelta(days=91), True, 100, storage, settings)
+        ctx = retention.RoundContext(now + dt.timedelta(days=91), True, 100, storage, settings)
         assert (await retention.run_rules(conn, rules, ctx))[0].rows == 1
-        ctx = retention.Context(now + dt.timedelta(days=91), False, 100, storage, settings)
+        ctx = retention.RoundContext(now + dt.timedelta(days=91), False, 100, storage, settings)
         assert (await retention.run_rules(conn, rules, ctx))[0].rows == 1
     assert await pool.fetchval("SELECT count(*) FROM recordings WHERE id = $1", rid) == 0
     with pytest.raises(NotFound):

@@ -171,20 +171,20 @@ def test_bad_fingerprint_is_dropped() -> None:
 
 
 def test_unknown_comprehension_required_attribute_is_420() -> None:
-    msg = stun.Message(stun.BINDING, stun.REQUEST, os.urandom(12))
+    msg = stun.StunMessage(stun.BINDING, stun.REQUEST, os.urandom(12))
     msg.set(stun.USERNAME, f"{LOCAL_UFRAG}:{REMOTE_UFRAG}").add(0x7777, b"what")
     data = bytes(msg.add_integrity(LOCAL_PWD.encode()).add_fingerprint())
-    resp = stun.Message.parse(agent().receive_stun(data, ADDR, 0.0) or b"")
+    resp = stun.StunMessage.parse(agent().receive_stun(data, ADDR, 0.0) or b"")
     assert resp.decoded(stun.ERROR_CODE)[0] == 420
     assert resp.decoded(stun.UNKNOWN_ATTRIBUTES) == (0x7777,)
     assert stun.check_integrity(bytes(resp), LOCAL_PWD.encode())
 
 
 def test_malformed_priority_is_400() -> None:
-    msg = stun.Message(stun.BINDING, stun.REQUEST, os.urandom(12))
+    msg = stun.StunMessage(stun.BINDING, stun.REQUEST, os.urandom(12))
     msg.set(stun.USERNAME, f"{LOCAL_UFRAG}:{REMOTE_UFRAG}").add(stun.PRIORITY, b"\x01\x02")
     data = bytes(msg.add_integrity(LOCAL_PWD.encode()).add_fingerprint())
-    resp = stun.Message.parse(agent().receive_stun(data, ADDR, 0.0) or b"")
+    resp = stun.StunMessage.parse(agent().receive_stun(data, ADDR, 0.0) or b"")
     assert resp.decoded(stun.ERROR_CODE)[0] == 400
 
 
@@ -369,7 +369,7 @@ def test_random_well_framed_messages_never_crash(
     attrs: list[tuple[int, bytes]], sign: bool, cls: int
 ) -> None:
     """Signed with the right key, random attributes reach every check past integrity."""
-    msg = stun.Message(stun.BINDING, cls, os.urandom(12))
+    msg = stun.StunMessage(stun.BINDING, cls, os.urandom(12))
     msg.set(stun.USERNAME, f"{LOCAL_UFRAG}:{REMOTE_UFRAG}")
     for atype, value in attrs:
         if atype not in (stun.MESSAGE_INTEGRITY, stun.FINGERPRINT):
@@ -380,7 +380,7 @@ def test_random_well_framed_messages_never_crash(
     a = agent()
     resp = a.receive_stun(data, ADDR, 0.0)
     if resp is not None:
-        parsed = stun.Message.parse(resp)
+        parsed = stun.StunMessage.parse(resp)
         assert parsed.transaction_id == msg.transaction_id
         assert stun.check_fingerprint(resp) is True
 
@@ -468,7 +468,7 @@ def test_restart_answers_both_generations_until_the_new_one_nominates() -> None:
     # The old credentials are refused from now on (401, unsigned).
     refused = a.receive_stun(request()[0], ADDR, 4.0)
     assert refused is not None
-    assert stun.Message.parse(refused).decoded(stun.ERROR_CODE)[0] == 401
+    assert stun.StunMessage.parse(refused).decoded(stun.ERROR_CODE)[0] == 401
     assert a.counters["restarts"] == a.counters["restarts_completed"] == 1
 
 

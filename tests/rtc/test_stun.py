@@ -55,7 +55,7 @@ SAMPLE_LONG_TERM = bytes.fromhex(
 
 
 def test_rfc5769_request_parses_checks_and_round_trips() -> None:
-    msg = stun.Message.parse(SAMPLE_REQUEST)
+    msg = stun.StunMessage.parse(SAMPLE_REQUEST)
     assert (msg.method, msg.cls) == (stun.BINDING, stun.REQUEST)
     assert msg.decoded("SOFTWARE") == "STUN test client"
     assert msg.decoded("USERNAME") == "evtj:h6vY"
@@ -75,7 +75,7 @@ def test_rfc5769_request_parses_checks_and_round_trips() -> None:
     ],
 )
 def test_rfc5769_responses(data: bytes, expected: tuple[str, int]) -> None:
-    msg = stun.Message.parse(data)
+    msg = stun.StunMessage.parse(data)
     assert msg.cls == stun.SUCCESS
     assert msg.decoded("XOR-MAPPED-ADDRESS") == expected
     assert stun.check_integrity(data, SAMPLE_PASSWORD)
@@ -86,16 +86,16 @@ def test_rfc5769_responses(data: bytes, expected: tuple[str, int]) -> None:
 def test_rfc5769_rebuilt_response_is_byte_identical() -> None:
     """Building the IPv4 response ourselves gives the vector's exact bytes."""
     txid = bytes.fromhex("b7e7a701bc34d686fa87dfae")
-    msg = stun.Message(stun.BINDING, stun.SUCCESS, txid)
+    msg = stun.StunMessage(stun.BINDING, stun.SUCCESS, txid)
     # The vector pads the 11-byte SOFTWARE with a space.
-    msg.attributes.append(stun.Attribute(stun.SOFTWARE, b"test vector", b" "))
+    msg.attributes.append(stun.StunAttribute(stun.SOFTWARE, b"test vector", b" "))
     msg.set("XOR-MAPPED-ADDRESS", ("192.0.2.1", 32853))
     msg.add_integrity(SAMPLE_PASSWORD).add_fingerprint()
     assert bytes(msg) == SAMPLE_V4_RESPONSE
 
 
 def test_rfc5769_long_term_credentials() -> None:
-    msg = stun.Message.parse(SAMPLE_LONG_TERM)
+    msg = stun.StunMessage.parse(SAMPLE_LONG_TERM)
     username = msg.decoded("USERNAME")
     assert username == "\u30de\u30c8\u30ea\u30c3\u30af\u30b9"
     assert msg.decoded("REALM") == "example.org"
@@ -105,7 +105,7 @@ def test_rfc5769_long_term_credentials() -> None:
 
 
 def test_message_integrity_sha256_matches_an_independent_hmac() -> None:
-    msg = stun.Message(stun.ALLOCATE, stun.REQUEST, bytes(range(12)))
+    msg = stun.StunMessage(stun.ALLOCATE, stun.REQUEST, bytes(range(12)))
     msg.add(stun.USERNAME, b"user")
     msg.add_integrity(b"key", sha256=True)
     data = bytes(msg)
@@ -134,12 +134,12 @@ def test_type_split_inverts_join(method: int, cls: int) -> None:
 
 attributes = st.lists(
     st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=70)).map(
-        lambda tv: stun.Attribute(tv[0], tv[1], bytes(-len(tv[1]) & 3))
+        lambda tv: stun.StunAttribute(tv[0], tv[1], bytes(-len(tv[1]) & 3))
     ),
     max_size=8,
 )
 messages = st.builds(
-    stun.Message,
+    stun.StunMessage,
     st.integers(0, 0xFFF),
     st.sampled_from([0x000, 0x010, 0x100, 0x110]),
     st.binary(min_size=12, max_size=12),
@@ -148,9 +148,9 @@ messages = st.builds(
 
 
 @given(messages)
-def test_round_trip(msg: stun.Message) -> None:
+def test_round_trip(msg: stun.StunMessage) -> None:
     data = bytes(msg)
-    parsed = stun.Message.parse(data)
+    parsed = stun.StunMessage.parse(data)
     assert parsed == msg
     assert bytes(parsed) == data
 
@@ -158,38 +158,40 @@ def test_round_trip(msg: stun.Message) -> None:
 @given(st.binary(max_size=200))
 def test_random_bytes_parse_or_raise_parse_error(data: bytes) -> None:
     try:
-        msg = stun.Message.parse(data)
+        msg = stun.StunMessage.parse(data)
     except ValueError:  # StunParseError is a ValueError, as callers expect
         return
     assert bytes(msg) == data
 
 
 @given(messages.filter(lambda m: len(m.attributes) > 0), st.data())
-def test_truncation_and_bad_framing_are_rejected(msg: stun.Message, data: st.DataObject) -> None:
+def test_truncation_and_bad_framing_are_rejected(
+    msg: stun.StunMessage, data: st.DataObject
+) -> None:
     wire = bytes(msg)
     cut = data.draw(st.integers(0, len(wire) - 1))
     with pytest.raises(StunParseError):
-        stun.Message.parse(wire[:cut])
+        stun.StunMessage.parse(wire[:cut])
     # Wrong length field: anything but the true one is refused.
     bad_len = data.draw(st.integers(0, 0xFFFF).filter(lambda n: n != len(wire) - 20))
     with pytest.raises(StunParseError):
-        stun.Message.parse(wire[:2] + struct.pack("!H", bad_len) + wire[4:])
+        stun.StunMessage.parse(wire[:2] + struct.pack("!H", bad_len) + wire[4:])
     # Wrong magic cookie.
     cookie = data.draw(st.binary(min_size=4, max_size=4).filter(lambda c: c != stun.COOKIE_BYTES))
     with pytest.raises(StunParseError):
-        stun.Message.parse(wire[:4] + cookie + wire[8:])
+        stun.StunMessage.parse(wire[:4] + cookie + wire[8:])
     # Top bits set (RFC 7983: not STUN).
     with pytest.raises(StunParseError):
-        stun.Message.parse(bytes([wire[0] | 0x40]) + wire[1:])
+        stun.StunMessage.parse(bytes([wire[0] | 0x40]) + wire[1:])
 
 
 @given(st.binary(min_size=1, max_size=40))
 def test_attribute_overrunning_the_message_is_rejected(value: bytes) -> None:
-    good = bytes(stun.Message(stun.BINDING, stun.REQUEST, bytes(12)).add(stun.SOFTWARE, value))
+    good = bytes(stun.StunMessage(stun.BINDING, stun.REQUEST, bytes(12)).add(stun.SOFTWARE, value))
     # Claim the attribute is longer than what follows.
     bad = good[:22] + struct.pack("!H", len(value) + 4) + good[24:]
     with pytest.raises(StunParseError):
-        stun.Message.parse(bad)
+        stun.StunMessage.parse(bad)
 
 
 @given(
@@ -212,4 +214,4 @@ def test_fingerprint_detects_corruption() -> None:
     corrupt = bytearray(SAMPLE_REQUEST)
     corrupt[25] ^= 1
     assert stun.check_fingerprint(bytes(corrupt)) is False
-    assert stun.check_fingerprint(bytes(stun.Message(1, 0, bytes(12)))) is None
+    assert stun.check_fingerprint(bytes(stun.StunMessage(1, 0, bytes(12)))) is None

@@ -158,7 +158,7 @@ def test_bad_frames_get_typed_errors_with_their_ref(
 
 def test_error_frames_of_refusals_are_fatal_with_their_close_codes() -> None:
     cases = [
-        (errors.Unauthorized("x"), "unauthorized", 4401),
+        (errors.BadRoomToken("x"), "unauthorized", 4401),
         (errors.WrongRoom("x"), "forbidden", 4403),
         (errors.RoomEnded("x"), "room-ended", 4410),
         (errors.RoomFull("x"), "room-full", 4429),

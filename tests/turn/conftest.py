@@ -156,23 +156,23 @@ class RawClient:
         with pytest.raises(TimeoutError):
             await self.recv(wait)
 
-    async def transact(self, msg: stun.Message, wait: float = 2.0) -> stun.Message:
+    async def transact(self, msg: stun.StunMessage, wait: float = 2.0) -> stun.StunMessage:
         """Send a request and wait for the response with its transaction id."""
         self.send(bytes(msg))
         end = time.monotonic() + wait
         while True:
             data = await self.recv(max(0.01, end - time.monotonic()))
             if data[0] < 0x40:
-                reply = stun.Message.parse(data)
+                reply = stun.StunMessage.parse(data)
                 if reply.transaction_id == msg.transaction_id:
                     return reply
 
     def credentials(self, user: str = "alice", ttl: int = 600, secret: str = SECRET) -> None:
         self.username, self.password = rest_credentials(secret, user, ttl, time.time())
 
-    def request(self, method: int, *attrs: tuple[int, Any]) -> stun.Message:
+    def request(self, method: int, *attrs: tuple[int, Any]) -> stun.StunMessage:
         """A request; tuples whose value is a (host, port) are XOR-encoded."""
-        m = stun.Message(method, stun.REQUEST, os.urandom(12))
+        m = stun.StunMessage(method, stun.REQUEST, os.urandom(12))
         for atype, value in attrs:
             if isinstance(value, tuple):
                 m.set(atype, value)
@@ -180,7 +180,7 @@ class RawClient:
                 m.add(atype, value)
         return m
 
-    def sign(self, m: stun.Message, sha256: bool = False) -> stun.Message:
+    def sign(self, m: stun.StunMessage, sha256: bool = False) -> stun.StunMessage:
         m.add(stun.USERNAME, self.username.encode())
         m.add(stun.REALM, self.realm)
         m.add(stun.NONCE, self.nonce)
@@ -188,7 +188,7 @@ class RawClient:
 
     async def authed(
         self, method: int, *attrs: tuple[int, Any], sha256: bool = False
-    ) -> stun.Message:
+    ) -> stun.StunMessage:
         """Send a signed request, learning REALM/NONCE from a 401 first if needed."""
         if not self.nonce:
             challenge = await self.transact(self.request(method, *attrs))
@@ -198,24 +198,24 @@ class RawClient:
             self.key = stun.long_term_key(self.username, self.realm.decode(), self.password)
         return await self.transact(self.sign(self.request(method, *attrs), sha256))
 
-    async def allocate(self, *attrs: tuple[int, Any]) -> stun.Message:
+    async def allocate(self, *attrs: tuple[int, Any]) -> stun.StunMessage:
         transport = (stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
         return await self.authed(stun.ALLOCATE, transport, *attrs)
 
-    async def channel_bind(self, channel: int, peer: tuple[str, int]) -> stun.Message:
+    async def channel_bind(self, channel: int, peer: tuple[str, int]) -> stun.StunMessage:
         return await self.authed(
             stun.CHANNEL_BIND,
             (stun.CHANNEL_NUMBER, stun.pack_channel(channel)),
             (stun.XOR_PEER_ADDRESS, peer),
         )
 
-    async def permit(self, *peers: tuple[str, int]) -> stun.Message:
+    async def permit(self, *peers: tuple[str, int]) -> stun.StunMessage:
         return await self.authed(
             stun.CREATE_PERMISSION, *((stun.XOR_PEER_ADDRESS, p) for p in peers)
         )
 
 
-def error_code(msg: stun.Message) -> int | None:
+def error_code(msg: stun.StunMessage) -> int | None:
     raw = msg.get(stun.ERROR_CODE)
     return None if raw is None else stun.unpack_error(raw)[0]
 

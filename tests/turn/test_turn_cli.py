@@ -138,7 +138,7 @@ async def test_process_serves_metrics_and_stops_on_sigterm() -> None:
         while reply is None and time.monotonic() < deadline:
             try:
                 reply = await client.transact(
-                    stun.Message(stun.BINDING, stun.REQUEST, os.urandom(12)), 0.3
+                    stun.StunMessage(stun.BINDING, stun.REQUEST, os.urandom(12)), 0.3
                 )
             except TimeoutError:
                 continue

@@ -22,7 +22,7 @@ from turn.allocation import (
     ChannelEvent,
     ChannelState,
     ClientSide,
-    InvalidTransition,
+    MissingTransition,
     PermissionEvent,
     PermissionState,
     next_state,
@@ -100,12 +100,12 @@ class Harness:
         self.held[port] = MemoryRelay(port)
         return self.held[port]
 
-    def send(self, data: bytes, client: Any = CLIENT) -> stun.Message | None:
+    def send(self, data: bytes, client: Any = CLIENT) -> stun.StunMessage | None:
         out = self.core.handle(self.side, client, data, self.now)
-        return None if out is None else stun.Message.parse(out)
+        return None if out is None else stun.StunMessage.parse(out)
 
-    def request(self, method: int, *attrs: tuple[int, Any]) -> stun.Message:
-        m = stun.Message(method, stun.REQUEST, os.urandom(12))
+    def request(self, method: int, *attrs: tuple[int, Any]) -> stun.StunMessage:
+        m = stun.StunMessage(method, stun.REQUEST, os.urandom(12))
         for atype, value in attrs:
             m.set(atype, value) if isinstance(value, tuple) else m.add(atype, value)
         return m
@@ -125,7 +125,7 @@ class Harness:
         m.add(stun.NONCE, self.nonce).add_integrity(self.key, sha256)
         return bytes(m)
 
-    def call(self, method: int, *attrs: tuple[int, Any], client: Any = CLIENT) -> stun.Message:
+    def call(self, method: int, *attrs: tuple[int, Any], client: Any = CLIENT) -> stun.StunMessage:
         reply = self.send(self.signed(method, *attrs, client=client), client)
         assert reply is not None
         if code(reply) == 438 and self.retry_stale:
@@ -135,11 +135,11 @@ class Harness:
             assert reply is not None
         return reply
 
-    def allocate(self, *attrs: tuple[int, Any], client: Any = CLIENT) -> stun.Message:
+    def allocate(self, *attrs: tuple[int, Any], client: Any = CLIENT) -> stun.StunMessage:
         transport = (stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
         return self.call(stun.ALLOCATE, transport, *attrs, client=client)
 
-    def channel_bind(self, channel: int, peer: tuple[str, int] = PEER) -> stun.Message:
+    def channel_bind(self, channel: int, peer: tuple[str, int] = PEER) -> stun.StunMessage:
         return self.call(
             stun.CHANNEL_BIND,
             (stun.CHANNEL_NUMBER, stun.pack_channel(channel)),
@@ -155,7 +155,7 @@ class Harness:
         return self.side.allocations[CLIENT]
 
 
-def code(msg: stun.Message) -> int | None:
+def code(msg: stun.StunMessage) -> int | None:
     raw = msg.get(stun.ERROR_CODE)
     return None if raw is None else stun.unpack_error(raw)[0]
 
@@ -513,7 +513,7 @@ def test_special_peers_403_for_every_method(ip: str) -> None:
     assert code(h.channel_bind(0x4000, peer)) == 403
     # A Send to it is dropped, even with a forged permission entry.
     h.alloc.permissions[ip] = h.now + 100
-    send = stun.Message(stun.SEND, stun.INDICATION, os.urandom(12))
+    send = stun.StunMessage(stun.SEND, stun.INDICATION, os.urandom(12))
     send.set("XOR-PEER-ADDRESS", peer).add(stun.DATA_ATTR, b"x")
     assert h.send(bytes(send)) is None
     assert h.relays[-1].sent == []
@@ -540,7 +540,7 @@ def test_permission_quota_508() -> None:
 
 def test_send_indication_relays_only_with_permission(h: Harness) -> None:
     h.allocate()
-    send = stun.Message(stun.SEND, stun.INDICATION, os.urandom(12))
+    send = stun.StunMessage(stun.SEND, stun.INDICATION, os.urandom(12))
     send.set("XOR-PEER-ADDRESS", PEER).add(stun.DATA_ATTR, b"hello")
     data = bytes(send)
     assert h.send(data) is None
@@ -554,7 +554,7 @@ def test_send_indication_relays_only_with_permission(h: Harness) -> None:
 def test_data_indication_encodes_the_peer(h: Harness) -> None:
     h.allocate()
     data = h.core.datapath.data_indication(h.alloc, PEER, b"abcde")
-    msg = stun.Message.parse(data)
+    msg = stun.StunMessage.parse(data)
     assert (msg.method, msg.cls) == (stun.DATA, stun.INDICATION)
     assert msg.decoded("XOR-PEER-ADDRESS") == PEER
     assert msg.get(stun.DATA_ATTR) == b"abcde"
@@ -578,9 +578,9 @@ def test_unauthenticated_rate_limit() -> None:
 
 
 def test_responses_and_unknown_methods(h: Harness) -> None:
-    success = stun.Message(stun.BINDING, stun.SUCCESS, os.urandom(12))
+    success = stun.StunMessage(stun.BINDING, stun.SUCCESS, os.urandom(12))
     assert h.send(bytes(success)) is None
-    reply = h.send(bytes(stun.Message(0x0FF, stun.REQUEST, os.urandom(12))))
+    reply = h.send(bytes(stun.StunMessage(0x0FF, stun.REQUEST, os.urandom(12))))
     assert reply is not None
     assert code(reply) == 400
 
@@ -621,7 +621,7 @@ def test_transition_table_walks(case: tuple[Any, list[Any]]) -> None:
             state = next_state(state, event)
             assert isinstance(state, states)
         else:
-            with pytest.raises(InvalidTransition):
+            with pytest.raises(MissingTransition):
                 next_state(state, event)
     # Deleted allocations stay deleted: nothing leaves DELETED.
     assert not any(s is AllocationState.DELETED for s, _ in TRANSITIONS)
@@ -662,7 +662,7 @@ def test_random_bytes_are_answered_or_dropped_and_counted(data: bytes) -> None:
     if out is None:
         assert _dropped_total() == before + 1
     else:
-        reply = stun.Message.parse(out)
+        reply = stun.StunMessage.parse(out)
         assert reply.cls in (stun.SUCCESS, stun.ERROR)
 
 
@@ -698,7 +698,7 @@ def test_mutilated_signed_requests_never_succeed_wrongly(data: st.DataObject) ->
     wire[i] ^= data.draw(st.integers(1, 255))
     out = h.core.handle(h.side, CLIENT, bytes(wire), h.now)
     if out is not None:
-        reply = stun.Message.parse(out)
+        reply = stun.StunMessage.parse(out)
         if reply.method == stun.BINDING:
             # The flip turned the method into Binding (0x003 ^ 0x002), which
             # a TURN server answers to anyone, signed or not (RFC 8656

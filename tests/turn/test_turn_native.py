@@ -144,7 +144,7 @@ async def test_junk_in_a_batch_is_counted_and_the_rest_relayed(
     before = {r: malformed(r) for r in ("not_stun", "unbound_channel", "channel_data")}
     no_alloc = malformed("no_allocation")
     try:
-        binding = stun.Message(stun.BINDING, stun.REQUEST, os.urandom(12))
+        binding = stun.StunMessage(stun.BINDING, stun.REQUEST, os.urandom(12))
         batch = [
             channel_data(0x4000, b"one"),
             b"\xc0\x00\x00\x00",  # neither STUN nor ChannelData
@@ -160,7 +160,7 @@ async def test_junk_in_a_batch_is_counted_and_the_rest_relayed(
         got = await gather(client, 3)
         assert channel_data(0x4000, b"one") in got
         assert channel_data(0x4000, b"two") in got
-        reply = next(stun.Message.parse(d) for d in got if d[0] < 0x40)
+        reply = next(stun.StunMessage.parse(d) for d in got if d[0] < 0x40)
         assert reply.transaction_id == binding.transaction_id
         assert got.index(channel_data(0x4000, b"one")) < got.index(channel_data(0x4000, b"two"))
         await asyncio.sleep(0.05)

@@ -152,10 +152,10 @@ async def test_data_indication_for_peer_without_channel(
 ) -> None:
     assert (await raw_client.allocate()).cls == stun.SUCCESS
     assert (await raw_client.permit(echo_peer.address)).cls == stun.SUCCESS
-    send = stun.Message(stun.SEND, stun.INDICATION, os.urandom(12))
+    send = stun.StunMessage(stun.SEND, stun.INDICATION, os.urandom(12))
     send.set("XOR-PEER-ADDRESS", echo_peer.address).add(stun.DATA_ATTR, b"via send")
     raw_client.send(bytes(send))
-    data = stun.Message.parse(await raw_client.recv())
+    data = stun.StunMessage.parse(await raw_client.recv())
     assert (data.method, data.cls) == (stun.DATA, stun.INDICATION)
     assert data.decoded("XOR-PEER-ADDRESS") == echo_peer.address
     assert data.get(stun.DATA_ATTR) == b"via send"
@@ -269,7 +269,7 @@ async def test_default_refuses_loopback_send_too(server_factory: Any, echo_peer:
     client.credentials()
     try:
         await client.allocate()
-        send = stun.Message(stun.SEND, stun.INDICATION, os.urandom(12))
+        send = stun.StunMessage(stun.SEND, stun.INDICATION, os.urandom(12))
         send.set("XOR-PEER-ADDRESS", echo_peer.address).add(stun.DATA_ATTR, b"x")
         client.send(bytes(send))
         await client.recv_nothing()
@@ -389,7 +389,7 @@ def test_garbage_never_stops_relaying(packets: list[bytes]) -> None:
             # Whatever the server sent the attacker parses as STUN error/success responses.
             while not bad.inbox.queue.empty():
                 data, _ = bad.inbox.queue.get_nowait()
-                reply = stun.Message.parse(data)
+                reply = stun.StunMessage.parse(data)
                 assert reply.cls in (stun.SUCCESS, stun.ERROR)
         finally:
             good.close()

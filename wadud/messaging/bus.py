@@ -45,7 +45,7 @@ class Message:
 RENEW_WITHIN = 5.0
 
 
-class Subscription(Protocol):
+class BusSubscription(Protocol):
     def __aiter__(self) -> AsyncIterator[Message]: ...
     async def close(self) -> None: ...
     async def renew(self, within: float) -> bool:
@@ -57,7 +57,7 @@ class Bus(Protocol):
     async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
         """Send ``data`` to everyone subscribed to ``topic`` now."""
 
-    async def subscribe(self, *topics: str) -> Subscription:
+    async def subscribe(self, *topics: str) -> BusSubscription:
         """Start receiving messages on ``topics``; subscribed when this returns."""
 
     async def append(

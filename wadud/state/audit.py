@@ -37,7 +37,7 @@ import asyncpg
 
 from wadud.principal import Principal
 
-__all__ = ["ACTION", "TABLE", "Entry", "actor_of", "record", "record_about", "record_many"]
+__all__ = ["ACTION", "TABLE", "AuditEntry", "actor_of", "record", "record_about", "record_many"]
 
 #: The audit table (migration 0009).
 TABLE = "audit_log"
@@ -56,7 +56,7 @@ _INSERT_MANY = f"""INSERT INTO {TABLE}
 
 
 @dataclass(frozen=True)
-class Entry:
+class AuditEntry:
     """One row of a :func:`record_many` call: what was touched, whose, which clinic's."""
 
     object: str
@@ -131,7 +131,7 @@ async def record_many(
     *,
     actor: Principal | UUID | None,
     action: str,
-    entries: Sequence[Entry],
+    entries: Sequence[AuditEntry],
     detail: Mapping[str, Any] | None = None,
     role: str | None = None,
 ) -> None:

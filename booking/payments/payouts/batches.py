@@ -423,7 +423,7 @@ async def _apply_marks(
             actor=actor,
             action=f"payout_line.{status.value}",
             entries=[
-                audit.Entry(object=f"payout_line/{r['id']}", clinic=batch["clinic_id"])
+                audit.AuditEntry(object=f"payout_line/{r['id']}", clinic=batch["clinic_id"])
                 for r in rows
             ],
             detail={"batch_id": str(batch["id"])},

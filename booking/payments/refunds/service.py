@@ -31,7 +31,7 @@ import asyncpg
 from booking.payments import ledger
 from booking.payments.errors import (
     GatewayError,
-    InvalidTransition,
+    InvalidPaymentTransition,
     PaymentError,
     RefundExceedsCapture,
 )
@@ -127,7 +127,7 @@ async def refund_intent(
     posting, the state stays, ``actor`` is audited as asking), otherwise
     :class:`RefundRefused` (502) is raised and nothing is written.
     Raises :class:`RefundExceedsCapture` (409) beyond the capture less what
-    is owed by hand already, :class:`InvalidTransition` (409) for an intent
+    is owed by hand already, :class:`InvalidPaymentTransition` (409) for an intent
     that was never captured. ``registry`` is the app's gateways: only a bank
     transfer, sent back by hand, is refunded without one. ``move_state=False``
     is for a capture recorded on an intent whose state cannot take it (a late
@@ -135,7 +135,7 @@ async def refund_intent(
     """
     state = IntentState(row["status"])
     if move_state and state not in _REFUNDABLE:
-        raise InvalidTransition(state.value, "refund")
+        raise InvalidPaymentTransition(state.value, "refund")
     owed = await due.owed_minor(conn, row["id"])
     if owed and int(row["refunded_minor"]) + owed + amount_minor > int(row["amount_minor"]):
         raise RefundExceedsCapture(

@@ -87,7 +87,7 @@ class BankTransfer(ApiModel):
     created_at: dt.datetime
 
 
-class Credit(ApiModel):
+class CreditOut(ApiModel):
     """Money that reached the platform's account: a statement line or a
     transfer confirmed by hand."""
 
@@ -121,9 +121,9 @@ class Rejected(ApiModel):
 
 class StatementImport(ApiModel):
     statement_id: UUID
-    matched: list[Credit]
-    unmatched: list[Credit]
-    refund_due: list[Credit]
+    matched: list[CreditOut]
+    unmatched: list[CreditOut]
+    refund_due: list[CreditOut]
     rejected: list[Rejected]
     duplicates: int = Field(description="Lines imported before (the same statement again).")
 
@@ -132,7 +132,7 @@ class CreditsQuery(OffsetQuery):
     status: list[CreditStatus] = Field(default_factory=list)
 
 
-class ConfirmIn(ApiModel):
+class TransferConfirmIn(ApiModel):
     amount_minor: int = Field(gt=0, le=10**12, description="Must be the transfer's amount.")
     note: Note
     credit_id: UUID | None = Field(
@@ -141,7 +141,7 @@ class ConfirmIn(ApiModel):
 
 
 class Confirmation(ApiModel):
-    credit: Credit
+    credit: CreditOut
     payment_status: IntentState
     booking_status: str
 
@@ -165,9 +165,9 @@ def _proof(row: Mapping[str, Any]) -> Proof:
     return from_row(Proof, row)
 
 
-def _credit(row: Mapping[str, Any]) -> Credit:
-    data = {k: row[k] for k in Credit.model_fields if k != "payment_id"}
-    return Credit(**data, payment_id=row["payment_intent_id"])
+def _credit(row: Mapping[str, Any]) -> CreditOut:
+    data = {k: row[k] for k in CreditOut.model_fields if k != "payment_id"}
+    return CreditOut(**data, payment_id=row["payment_intent_id"])
 
 
 def _clinic_scope(me: Principal, clinic_id: UUID) -> None:
@@ -363,7 +363,7 @@ async def import_statement(call: Call[None, None]) -> StatementImport:
         _now(),
         default_bp=call.settings.payments_platform_commission_bp,
     )
-    by: dict[str, list[Credit]] = {"matched": [], "unmatched": [], "refund_due": []}
+    by: dict[str, list[CreditOut]] = {"matched": [], "unmatched": [], "refund_due": []}
     for c in done.credits:
         by[c["status"]].append(_credit(c))
     return StatementImport(
@@ -379,10 +379,10 @@ async def import_statement(call: Call[None, None]) -> StatementImport:
 @routes.get(
     "/api/v1/clinics/{clinic_id:uuid}/bank-credits",
     query=CreditsQuery,
-    returns=list[Credit],
+    returns=list[CreditOut],
     auth=_STAFF,
 )
-async def list_credits(call: Call[None, CreditsQuery]) -> list[Credit]:
+async def list_credits(call: Call[None, CreditsQuery]) -> list[CreditOut]:
     """The clinic's bank credits, newest first; filter by ``status``
     (repeatable: ``unmatched`` lines to look at, ``refund_due`` money to send
     back)."""
@@ -395,7 +395,7 @@ async def list_credits(call: Call[None, CreditsQuery]) -> list[Credit]:
 
 @routes.post(
     "/api/v1/bank-transfers/{reference:[A-Za-z0-9-]{1,40}}/confirm",
-    body=ConfirmIn,
+    body=TransferConfirmIn,
     returns=Confirmation,
     auth=_STAFF,
     responses={
@@ -403,7 +403,7 @@ async def list_credits(call: Call[None, CreditsQuery]) -> list[Credit]:
         409: "Another amount, confirmed already, or the credit is not unmatched",
     },
 )
-async def confirm_transfer(call: Call[ConfirmIn, None]) -> Confirmation:
+async def confirm_transfer(call: Call[TransferConfirmIn, None]) -> Confirmation:
     """Confirm a transfer by hand, with a note (finance saw the money).
 
     The amount must be the transfer's. Name ``credit_id`` to settle an
@@ -434,11 +434,11 @@ async def confirm_transfer(call: Call[ConfirmIn, None]) -> Confirmation:
 @routes.post(
     "/api/v1/bank-credits/{credit_id:uuid}/refund-due",
     body=NoteIn,
-    returns=Credit,
+    returns=CreditOut,
     auth=_STAFF,
     responses={409: "The credit is not unmatched"},
 )
-async def credit_refund_due(call: Call[NoteIn, None]) -> Credit:
+async def credit_refund_due(call: Call[NoteIn, None]) -> CreditOut:
     """Mark an unmatched credit as owed back (nobody's payment: another
     amount, no reference). Audited."""
     row = await reconcile.mark_refund_due(
@@ -450,11 +450,11 @@ async def credit_refund_due(call: Call[NoteIn, None]) -> Credit:
 @routes.post(
     "/api/v1/bank-credits/{credit_id:uuid}/refunded",
     body=NoteIn,
-    returns=Credit,
+    returns=CreditOut,
     auth=_STAFF,
     responses={409: "The credit is not refund-due"},
 )
-async def credit_refunded(call: Call[NoteIn, None]) -> Credit:
+async def credit_refunded(call: Call[NoteIn, None]) -> CreditOut:
     """Record that a refund-due credit was sent back; the ledger clears it.
     Audited."""
     row = await reconcile.mark_refunded(

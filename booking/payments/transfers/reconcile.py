@@ -269,8 +269,8 @@ async def import_statement(
                 len(parsed.lines) + len(parsed.rejected),
             )
             out = Imported(statement_id, rejected=parsed.rejected)
-            confirmed: list[audit.Entry] = []
-            owed: list[audit.Entry] = []
+            confirmed: list[audit.AuditEntry] = []
+            owed: list[audit.AuditEntry] = []
             for line in parsed.lines:
                 credit = await _import_line(conn, clinic_id, statement_id, line, now, default_bp)
                 if credit is None:
@@ -278,7 +278,7 @@ async def import_statement(
                     continue
                 out.credits.append(credit)
                 if credit["payment_intent_id"] is not None:
-                    entry = audit.Entry(
+                    entry = audit.AuditEntry(
                         f"payment/{credit['payment_intent_id']}",
                         subject=credit["patient_id"],
                         clinic=clinic_id,

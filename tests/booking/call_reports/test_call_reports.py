@@ -279,10 +279,10 @@ async def test_retention_deletes_old_reports(api: Api, doctor: Doctor) -> None:
         assert not await storage.finish(conn, booking, now)
         settings = api.app[keys.SETTINGS]
         rules = retention_rules()
-        ctx = retention.Context(now + dt.timedelta(days=89), False, 100, None, settings)
+        ctx = retention.RoundContext(now + dt.timedelta(days=89), False, 100, None, settings)
         kept = await retention.run_rules(conn, rules, ctx)
         assert kept[0].rows == 0
-        ctx = retention.Context(now + dt.timedelta(days=91), False, 100, None, settings)
+        ctx = retention.RoundContext(now + dt.timedelta(days=91), False, 100, None, settings)
         gone = await retention.run_rules(conn, rules, ctx)
         assert gone[0].rows == 1
         assert await conn.fetchval("SELECT count(*) FROM call_samples") == 0

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from booking.payments.errors import (
     CurrencyMismatch,
     InvalidAmount,
-    InvalidTransition,
+    InvalidPaymentTransition,
     PaymentError,
     RefundExceedsCapture,
     UnsupportedCurrency,
@@ -84,7 +84,7 @@ def test_allowed(state: IntentState, event: IntentEvent, after: IntentState) -> 
     ],
 )
 def test_forbidden(state: IntentState, event: IntentEvent) -> None:
-    with pytest.raises(InvalidTransition) as info:
+    with pytest.raises(InvalidPaymentTransition) as info:
         transition(state, event)
     assert info.value.http_status == 409
     assert info.value.code == "invalid_transition"
@@ -93,9 +93,9 @@ def test_forbidden(state: IntentState, event: IntentEvent) -> None:
 
 
 def test_unknown_names_are_invalid_transitions() -> None:
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidPaymentTransition):
         transition("nope", E.REDIRECT)  # type: ignore[arg-type]
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidPaymentTransition):
         transition(S.PROCESSING, "teleport")  # type: ignore[arg-type]
 
 
@@ -107,7 +107,7 @@ def test_table_covers_every_state() -> None:
 def test_transition_is_the_table(state: IntentState, event: IntentEvent) -> None:
     expected = TRANSITIONS[state].get(event)
     if expected is None:
-        with pytest.raises(InvalidTransition):
+        with pytest.raises(InvalidPaymentTransition):
             transition(state, event)
     else:
         assert transition(state, event) is expected
@@ -115,7 +115,7 @@ def test_transition_is_the_table(state: IntentState, event: IntentEvent) -> None
 
 @given(st.sampled_from(sorted(TERMINAL_STATES)), st.sampled_from(IntentEvent))
 def test_terminal_states_are_never_left(state: IntentState, event: IntentEvent) -> None:
-    with contextlib.suppress(InvalidTransition):
+    with contextlib.suppress(InvalidPaymentTransition):
         assert transition(state, event) is state
 
 
@@ -127,7 +127,7 @@ def test_random_walks_keep_the_money_invariants(events: list[IntentEvent]) -> No
     for event in events:
         try:
             state = transition(state, event)
-        except InvalidTransition:
+        except InvalidPaymentTransition:
             continue
         seen.append(state)
     for before, after in itertools.pairwise(seen):
@@ -146,7 +146,7 @@ def test_every_state_is_reachable() -> None:
 def test_intent_apply_and_validation() -> None:
     paid = intent().apply(E.REDIRECT).apply(E.VERIFIED_SUCCESS)
     assert paid.state is S.SUCCEEDED
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidPaymentTransition):
         paid.apply(E.CANCEL)
     with pytest.raises(InvalidAmount):
         intent(amount=Money(0, Currency.PKR))

@@ -18,7 +18,7 @@ from booking.payments.ledger import (
     PLATFORM_REVENUE,
     CapturedPayment,
     Commission,
-    Entry,
+    Leg,
     Transaction,
     balances,
     capture,
@@ -93,7 +93,7 @@ def test_capture_entries() -> None:
 
 def test_transaction_must_balance() -> None:
     with pytest.raises(Unbalanced) as info:
-        Transaction("capture", "x", (Entry("a", 5, PKR), Entry("b", -4, PKR)))
+        Transaction("capture", "x", (Leg("a", 5, PKR), Leg("b", -4, PKR)))
     assert info.value.http_status == 500
     # Balanced in total but not per currency.
     with pytest.raises(Unbalanced):
@@ -101,14 +101,14 @@ def test_transaction_must_balance() -> None:
             "capture",
             "x",
             (
-                Entry("a", 5, PKR),
-                Entry("b", -5, Currency.AED),
+                Leg("a", 5, PKR),
+                Leg("b", -5, Currency.AED),
             ),
         )
     with pytest.raises(Unbalanced):
-        Transaction("capture", "x", (Entry("a", 5, PKR),))
+        Transaction("capture", "x", (Leg("a", 5, PKR),))
     with pytest.raises(InvalidAmount):
-        Entry("a", 0, PKR)
+        Leg("a", 0, PKR)
 
 
 def test_refund_reverses_in_proportion() -> None:

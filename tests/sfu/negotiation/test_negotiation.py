@@ -22,8 +22,8 @@ from sfu.feedback.reports import ReportScheduler
 from sfu.layers.choice import Layers
 from sfu.negotiation.negotiator import Negotiator
 from sfu.negotiation.transports import Transports
-from sfu.rooms.actions import Action, Emit, FlushRtcp, Rearm, Send
-from sfu.rooms.inputs import Leave, Publish, Subscribe
+from sfu.rooms.actions import Action, Emit, FlushRtcp, Rearm, SendDatagram
+from sfu.rooms.inputs import LeaveRoom, PublishOffer, SetSubscriptions
 from sfu.rooms.records import WorkerTables
 from sfu.rooms.settings import WorkerSettings
 
@@ -90,7 +90,7 @@ def test_a_publish_is_answered_and_queues_its_rtcp_flush_and_timer(
     certificate: DtlsCertificate,
 ) -> None:
     core = negotiator(certificate)
-    result = core.receive(Publish("room", "alice", offer(certificate), {}), NOW)
+    result = core.receive(PublishOffer("room", "alice", offer(certificate), {}), NOW)
     (track,) = result.added
     assert track.kind == "audio" and track.participant == "alice"
     (peer,) = core.tables.peers
@@ -109,18 +109,18 @@ def test_leaving_closes_the_transports_and_forgets_the_room(
     certificate: DtlsCertificate,
 ) -> None:
     core = negotiator(certificate)
-    track = core.receive(Publish("room", "alice", offer(certificate), {}), NOW).added[0]
-    sdp = core.receive(Subscribe("room", "bob", [track.track_id]), NOW)
+    track = core.receive(PublishOffer("room", "alice", offer(certificate), {}), NOW).added[0]
+    sdp = core.receive(SetSubscriptions("room", "bob", [track.track_id]), NOW)
     assert sdp is not None and "a=sendonly" in sdp
     core.take_actions()
     transports = core.transports
-    transports.receive(Leave("room", "alice"), NOW + 1)
+    transports.receive(LeaveRoom("room", "alice"), NOW + 1)
     actions = transports.take_actions()
     assert states(actions) == [("alice", "publish", "closed")]
-    assert not any(isinstance(a, Send) for a in actions)  # never connected: no close_notify
+    assert not any(isinstance(a, SendDatagram) for a in actions)  # never connected: no close_notify
     assert actions[-1] == Rearm()
     assert track.track_id not in core.tables.rooms["room"].tracks
-    transports.receive(Leave("room", "bob"), NOW + 2)
+    transports.receive(LeaveRoom("room", "bob"), NOW + 2)
     assert states(transports.take_actions()) == [("bob", "subscribe", "closed")]
     assert core.tables.rooms == {} and core.tables.peers == set()
     assert core.tables.by_ufrag == {}
@@ -134,11 +134,11 @@ def test_what_the_transports_core_queues_is_its_own_to_take(
     event that says so stays in that core's queue, for the worker to take
     (sfu.rooms.actions), and the negotiator's holds only its own."""
     core = negotiator(certificate)
-    track = core.receive(Publish("room", "alice", offer(certificate), {}), NOW).added[0]
-    core.receive(Subscribe("room", "bob", [track.track_id]), NOW)
+    track = core.receive(PublishOffer("room", "alice", offer(certificate), {}), NOW).added[0]
+    core.receive(SetSubscriptions("room", "bob", [track.track_id]), NOW)
     core.take_actions()
     core.transports.take_actions()
-    sdp = core.receive(Subscribe("room", "bob", [track.track_id], "transport"), NOW + 1)
+    sdp = core.receive(SetSubscriptions("room", "bob", [track.track_id], "transport"), NOW + 1)
     assert sdp is not None
     room = core.tables.rooms["room"]
     assert core.take_actions() == [FlushRtcp(room), Rearm()]
@@ -149,7 +149,7 @@ def test_what_the_transports_core_queues_is_its_own_to_take(
 def test_a_refused_verb_still_leaves_its_actions_to_take(certificate: DtlsCertificate) -> None:
     core = negotiator(certificate)
     with pytest.raises(SfuStateError):
-        core.receive(Subscribe("room", "bob", ["t-missing"]), NOW)
+        core.receive(SetSubscriptions("room", "bob", ["t-missing"]), NOW)
     # The room made for the call is forgotten again, and the worker is
     # still asked to re-arm (as it takes actions in a finally).
     assert core.tables.rooms == {}
@@ -160,14 +160,14 @@ def test_an_ssrc_another_publisher_sends_on_is_refused(certificate: DtlsCertific
     """RFC 3550 8.2: two sources of a room on one SSRC would be one stream to
     every subscriber; a publisher's own tracks, offered again, do not collide."""
     core = negotiator(certificate)
-    core.receive(Publish("room", "alice", offer(certificate), {}), NOW)
+    core.receive(PublishOffer("room", "alice", offer(certificate), {}), NOW)
     room = core.tables.rooms["room"]
     (alice,) = core.tables.peers
     assert room.ssrcs_in_use() == {1234}
     assert room.ssrcs_in_use(but=alice) == set()
-    core.receive(Publish("room", "alice", offer(certificate), {}), NOW)  # a renegotiation
+    core.receive(PublishOffer("room", "alice", offer(certificate), {}), NOW)  # a renegotiation
     with pytest.raises(SdpNegotiationError, match="SSRC 1234"):
-        core.receive(Publish("room", "bob", offer(certificate), {}), NOW)
+        core.receive(PublishOffer("room", "bob", offer(certificate), {}), NOW)
     assert [t.info.participant for t in room.tracks.values()] == ["alice"]
 
 
@@ -176,7 +176,7 @@ def test_a_transport_that_never_connects_fails_on_the_transports_timer(
 ) -> None:
     """The transports' timers are their core's pair, due() and handle_timer()."""
     core = negotiator(certificate)
-    core.receive(Publish("room", "alice", offer(certificate), {}), NOW)
+    core.receive(PublishOffer("room", "alice", offer(certificate), {}), NOW)
     core.take_actions()
     transports = core.transports
     due = transports.due()

@@ -1,6 +1,6 @@
 """Two workers' relay-link cores, joined by an in-memory wire: no socket, no loop.
 
-Each core queues the datagrams it wants sent (:class:`sfu.rooms.actions.Send`);
+Each core queues the datagrams it wants sent (:class:`sfu.rooms.actions.SendDatagram`);
 the test carries them to the other core as :class:`~sfu.rooms.inputs.LinkDtls`,
 as each worker would after its socket received them.
 """
@@ -15,8 +15,8 @@ from rtc.dtls import DtlsCertificate
 from sfu.control.messages import RelayPeer, RelayState
 from sfu.negotiation.negotiator import Negotiator
 from sfu.node.links import Links
-from sfu.rooms.actions import Action, Arm, Emit, Send
-from sfu.rooms.inputs import CloseRoom, LinkDtls, Publish, RelayReceive, RelaySend
+from sfu.rooms.actions import Action, Arm, Emit, SendDatagram
+from sfu.rooms.inputs import CloseRoom, LinkDtls, PublishOffer, RelayReceive, RelaySend
 from tests.sfu.negotiation.test_negotiation import NOW, negotiator, offer
 
 A = ("127.0.0.1", 40001)
@@ -40,7 +40,7 @@ def carry(actions: list[Action], to: Links, source: tuple[str, int], now: float)
     """Deliver ``actions``' datagrams to ``to`` as from ``source``; the others stay."""
     rest = []
     for action in actions:
-        if isinstance(action, Send):
+        if isinstance(action, SendDatagram):
             to.receive(LinkDtls(to.by_addr[source], action.data), now)
         else:
             rest.append(action)
@@ -58,7 +58,9 @@ def test_a_link_comes_up_over_an_in_memory_wire_and_closes_with_its_room(
 ) -> None:
     negotiator_a, a = links("worker-a", certificates[0], A)
     _, b = links("worker-b", certificates[1], B)
-    track = negotiator_a.receive(Publish("room", "alice", offer(certificates[0]), {}), NOW).added[0]
+    track = negotiator_a.receive(
+        PublishOffer("room", "alice", offer(certificates[0]), {}), NOW
+    ).added[0]
     negotiator_a.take_actions()
     b.receive(RelayReceive("room", peer(a, A), []), NOW)  # nothing yet: no link
     assert b.link_of("worker-a") is None

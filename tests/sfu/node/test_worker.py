@@ -36,7 +36,7 @@ from sfu.errors import SfuStateError
 from sfu.feedback.reports import nack_interval_for
 from sfu.node.worker import MediaWorker
 from sfu.rooms.actions import Emit
-from sfu.rooms.inputs import Leave
+from sfu.rooms.inputs import LeaveRoom
 from tests.chromium import CHROMIUM, FLAGS, reporting_site
 from tests.polling import wait_until
 from tests.sfu.conftest import (
@@ -507,7 +507,7 @@ def test_the_worker_takes_each_cores_actions_the_callers_first() -> None:
     said = [ActiveSpeaker(type(core).__name__, None) for core in cores]
     for core, event in reversed(list(zip(cores, said, strict=True))):
         core._out.append(Emit(event))
-    worker._receive(worker.transports, Leave("no room", "nobody"), 0.0)
+    worker._receive(worker.transports, LeaveRoom("no room", "nobody"), 0.0)
     assert events.items == said
     assert all(core.take_actions() == [] for core in cores)
 

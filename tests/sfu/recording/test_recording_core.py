@@ -11,7 +11,7 @@ from rtc.dtls import DtlsCertificate
 from rtc.rtpdump import open_segment
 from sfu.control.messages import RecordingOrder
 from sfu.recording.core import LAYER_WAIT, RoomRecording
-from sfu.rooms.inputs import Publish, Unpublish
+from sfu.rooms.inputs import EndTrack, PublishOffer
 from sfu.rooms.records import MediaRoom, Track
 from tests.sfu.layers import test_layers
 from tests.sfu.negotiation.test_negotiation import NOW, negotiator, offer
@@ -60,7 +60,7 @@ def recorded_room(
         sdp = sdp.replace(*RED_LINES).replace(*RED_MAP)
     if video:
         sdp = sdp.replace(*VIDEO_LINES).replace(*VIDEO_MAP).replace("audio-level", "toffset")
-    (track,) = core.receive(Publish("room", "alice", sdp, {}), NOW).added
+    (track,) = core.receive(PublishOffer("room", "alice", sdp, {}), NOW).added
     return core.tables.rooms["room"], track.track_id
 
 
@@ -112,12 +112,12 @@ def test_red_is_recorded_as_its_primary_opus(certificate: DtlsCertificate) -> No
 
 def test_a_track_that_ends_closes_its_segment(certificate: DtlsCertificate) -> None:
     core = negotiator(certificate)
-    (track,) = core.receive(Publish("room", "alice", offer(certificate), {}), NOW).added
+    (track,) = core.receive(PublishOffer("room", "alice", offer(certificate), {}), NOW).added
     room = core.tables.rooms["room"]
     rec = RoomRecording(room, ORDER, wall_offset=WALL, segment_seconds=4.0, now=NOW)
     rec.queue.append((1234, rtp(111, 1, b"a" * 40), NOW + 0.1))
     assert rec.tick(NOW + 0.2) == []
-    core.receive(Unpublish("room", "alice", track.track_id), NOW + 0.3)
+    core.receive(EndTrack("room", "alice", track.track_id), NOW + 0.3)
     (cut,) = rec.tick(NOW + 0.4)
     assert cut.track_id == track.track_id and cut.writer.count == 1
     assert rec.tracks == {}
@@ -154,7 +154,9 @@ def simulcast_room(certificate: DtlsCertificate, published: float) -> tuple[Medi
     sends only the two lower layers (the top one never learnt)."""
     sdp = test_layers.CHROME_RID_OFFER.format(fp=certificate.fingerprint("sha-256"))
     core = negotiator(certificate)
-    (info,) = core.receive(Publish("room", "alice", sdp.replace("\n", "\r\n"), {}), published).added
+    (info,) = core.receive(
+        PublishOffer("room", "alice", sdp.replace("\n", "\r\n"), {}), published
+    ).added
     room = core.tables.rooms["room"]
     track = room.tracks[info.track_id]
     for layer, ssrc in zip(track.layers[:2], test_layers.LAYERS, strict=False):

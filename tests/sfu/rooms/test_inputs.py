@@ -18,7 +18,7 @@ from sfu.rooms.inputs import (
     Core,
     Input,
     LayersInput,
-    Leave,
+    LeaveRoom,
     LinksInput,
     NegotiatorInput,
     SetAudioOnly,
@@ -59,9 +59,9 @@ def test_an_input_the_core_does_not_take_is_a_typed_error(certificate: DtlsCerti
 def test_an_input_of_another_core_is_refused_as_well(certificate: DtlsCertificate) -> None:
     core = negotiator(certificate)
     with pytest.raises(UnknownInput, match="Layers takes no Leave"):
-        core.transports.layers.receive(Leave("room", "alice"), NOW)
+        core.transports.layers.receive(LeaveRoom("room", "alice"), NOW)
     with pytest.raises(UnknownInput, match="Negotiator takes no Leave"):
-        core.receive(Leave("room", "alice"), NOW)
+        core.receive(LeaveRoom("room", "alice"), NOW)
     with pytest.raises(UnknownInput, match="Transports takes no SetAudioOnly"):
         core.transports.receive(SetAudioOnly("room", "alice", True), NOW)
     assert core.tables.rooms == {}

@@ -18,7 +18,14 @@ from sfu.control.messages import TrackInfo
 from signalling import errors, protocol
 from signalling.room.core import Room
 from signalling.room.members import TRANSITIONS, MemberEvent, MemberState
-from signalling.room.outputs import Close, MediaCloseRoom, MediaLeave, Output, Resubscribe, Send
+from signalling.room.outputs import (
+    Close,
+    MediaCloseRoom,
+    MediaLeave,
+    Output,
+    Resubscribe,
+    SendFrame,
+)
 from wadud.web.auth import RoomGrant
 
 ROOM = "consult-1"
@@ -67,7 +74,7 @@ def joined_room(*people: tuple[str, RoomGrant]) -> Room:
 
 
 def frames(outputs: list[Output], conn: str) -> list[dict[str, Any]]:
-    return [o.frame for o in outputs if isinstance(o, Send) and o.conn == conn]
+    return [o.frame for o in outputs if isinstance(o, SendFrame) and o.conn == conn]
 
 
 def types(outputs: list[Output], conn: str) -> list[str]:
@@ -272,7 +279,7 @@ def test_a_waiting_participant_who_drops_is_gone() -> None:
 def test_control_frames_are_answered_ok_then_carried_out() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT), ("c-fam", FAMILY))
     out = room.receive("c-doc", protocol.RoomSettings(id="s", require_admission=True))
-    assert out[0] == Send("c-doc", {"v": 1, "type": "ok", "ref": "s"})
+    assert out[0] == SendFrame("c-doc", {"v": 1, "type": "ok", "ref": "s"})
     assert types(out, "c-doc") == ["ok", "room_settings"] and room.members.require_admission
     out = room.receive("c-doc", protocol.Remove(id="r", participant_id="p-3"))
     assert types(out, "c-doc") == ["ok", "participant_left"] and closes(out) == {"c-fam": 4403}
@@ -346,7 +353,7 @@ def test_tracks_subscriptions_and_mute_rights() -> None:
         room.media.check_mute("c-pt", "t-none")
     by, t = room.media.check_mute("c-doc", "t-a")
     out = room.media.muted(by.id, t.track_id, True)
-    assert {o.conn for o in out if isinstance(o, Send)} == {"c-doc", "c-pt", "c-obs"}
+    assert {o.conn for o in out if isinstance(o, SendFrame)} == {"c-doc", "c-pt", "c-obs"}
     assert frames(out, "c-pt")[0] == {
         "v": 1,
         "type": "track_muted",
@@ -421,7 +428,7 @@ class RoomMachine(RuleBasedStateMachine):
 
     def _apply(self, outputs: list[Output]) -> None:
         for o in outputs:
-            if isinstance(o, Send):
+            if isinstance(o, SendFrame):
                 assert o.conn not in self.closed, f"frame after close on {o.conn}"
             elif isinstance(o, Close):
                 assert o.conn not in self.closed

@@ -170,7 +170,7 @@ async def test_a_refused_refund_is_kept_and_finance_pays_it_by_hand(served: Api)
     capture = ledger.Transaction(
         "capture",
         pid,
-        tuple(ledger.Entry(a, v, Currency.PKR) for a, v in captured.items()),
+        tuple(ledger.Leg(a, v, Currency.PKR) for a, v in captured.items()),
     )
     reversal = ledger.refund(capture, Money(50_000, Currency.PKR))
     assert after == {a: captured[a] + reversal.amount_of(a) for a in captured}

@@ -42,7 +42,7 @@ from booking.payments.transfers.core import (
     parse_amount,
     parse_statement,
 )
-from notify.plan import Context, InboxEvent, Policy, plan_event
+from notify.plan import Context, InboxEvent, PlanSettings, plan_event
 from notify.store import context_for
 from tests.booking.bookings.test_bookings import anon, local
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
@@ -132,7 +132,7 @@ async def told(api: Api, topic: str) -> list[tuple[str, str]]:
     event = InboxEvent(row["id"], topic, data, dt.datetime.now(dt.UTC))
     async with pool.acquire() as conn:
         ctx = await context_for(conn, event)
-    return [(j.template, str(j.recipient_id)) for j in plan_event(event, ctx, Policy()).jobs]
+    return [(j.template, str(j.recipient_id)) for j in plan_event(event, ctx, PlanSettings()).jobs]
 
 
 async def setup(api: Api) -> tuple[Clinic, Doctor]:
@@ -798,7 +798,7 @@ async def test_the_receipt_names_the_transfer_reference(api: Api) -> None:
         plan = plan_event(
             InboxEvent(1, r["topic"], data, dt.datetime.now(dt.UTC)),
             Context(patient_id=uuid.UUID(patient)),
-            Policy(),
+            PlanSettings(),
         )
         jobs += [(j.template, j.params.get("reference")) for j in plan.jobs]
     assert ("payment_receipt", transfer["reference"]) in jobs
