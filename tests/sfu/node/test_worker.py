@@ -611,7 +611,15 @@ async def test_subscribers_get_sender_reports_and_the_worker_learns_their_rtt(
     assert await sub.update([audio_id, video_id])
     logs = {r.track.kind: ReceiverLog(r) for r in sub.pc.getReceivers()}
     await events.wait_state("patient", "subscribe", "connected")
-    await wait_until(lambda: all(len(log.srs) >= 4 for log in logs.values()), within=15.0)
+
+    # Enough SRs to hold their clock to the clock rate: four, over more than
+    # two seconds of the worker's own NTP time (its interval is randomized,
+    # RFC 3550 6.3.1, so four can come closer together; ci46 saw 1.85 s).
+    def spanning(log: ReceiverLog) -> bool:
+        srs = log.srs
+        return len(srs) >= 4 and _ntp_seconds(srs[-1][2]) - _ntp_seconds(srs[0][2]) > 2.0
+
+    await wait_until(lambda: all(spanning(log) for log in logs.values()), within=15.0)
     _check_sender_reports(logs["audio"], 48000)
     _check_sender_reports(logs["video"], 90000)
     # aiortc turned them into remote-outbound-rtp stats.
