@@ -172,10 +172,14 @@ PORTS = """(async () => {
   return out;
 })()"""
 
-# When the page decodes rising video from `peer` again, in seconds after
-# `since` (ms since the epoch): the first poll of a one-second window in which
-# ten or more frames were decoded. Frames still in flight when the path died
-# (before `ignore`) do not count; new tracks restart their counters at zero.
+# When the page decodes moving video from `peer` again, in seconds after
+# `since` (ms since the epoch): the first poll that starts two one-second
+# windows in a row with three or more frames decoded in each. Moving and
+# staying so, not a frame rate: a page starved of CPU decodes its peer well
+# under ten frames a second (ci46: nine, after it was back), and a lone
+# keyframe followed by a freeze is not back. Frames still in flight when the
+# path died (before `ignore`) do not count; new tracks restart their counters
+# at zero.
 BACK = """(async (peer, since, ignore, within) => {
   const frames = async () => {
     const s = (await window.wadudCall.stats()).participants[peer];
@@ -189,8 +193,10 @@ BACK = """(async (peer, since, ignore, within) => {
     const cur = await frames();
     if (now > ignore && cur > prev) rises.push([now, cur - prev]);
     prev = cur;
-    const first = rises.find(([t]) => rises.filter(([u]) => u >= t && u < t + 1000)
-      .reduce((n, [, d]) => n + d, 0) >= 10);
+    const count = (a, b) => rises.filter(([u]) => u >= a && u < b)
+      .reduce((n, [, d]) => n + d, 0);
+    const first = rises.find(([t]) => now >= t + 2000
+      && count(t, t + 1000) >= 3 && count(t + 1000, t + 2000) >= 3);
     if (first) return (first[0] - since) / 1000;
   }
   return null;
