@@ -26,6 +26,7 @@ from booking.lifecycle import BookingState
 from privacy import audit
 from wadud.config import Settings
 from wadud.errors import NotFound
+from wadud.state.db import Args
 from wadud.web.api import Principal, Role
 
 __all__ = [
@@ -151,28 +152,23 @@ async def list_visible(
     starts in ``[start_from, to)``; ``after``: the (start, id) the previous
     page ended on. A doctor's, staff member's or admin's list is audited as
     ``booking.list``, one entry per booking."""
-    args: list[Any] = []
-    where = [scope(me, args)]
+    args = Args()
+    where = [scope(me, args.values)]
     if statuses:
-        args.append([s.value for s in statuses])
-        where.append(f"b.status = ANY(${len(args)}::text[])")
+        where.append(f"b.status = ANY({args([s.value for s in statuses])}::text[])")
     if doctor_id is not None:
-        args.append(doctor_id)
-        where.append(f"b.doctor_id = ${len(args)}")
+        where.append(f"b.doctor_id = {args(doctor_id)}")
     if start_from is not None:
-        args.append(start_from)
-        where.append(f"b.starts_at >= ${len(args)}")
+        where.append(f"b.starts_at >= {args(start_from)}")
     if to is not None:
-        args.append(to)
-        where.append(f"b.starts_at < ${len(args)}")
+        where.append(f"b.starts_at < {args(to)}")
     if after is not None:
-        args.extend(after)
-        where.append(f"(b.starts_at, b.id) > (${len(args) - 1}, ${len(args)})")
-    args.append(limit + 1)
+        last_start, last_id = after
+        where.append(f"(b.starts_at, b.id) > ({args(last_start)}, {args(last_id)})")
     rows = await pool.fetch(
         f"""SELECT b.* FROM bookings b WHERE {" AND ".join(where)}
-            ORDER BY b.starts_at, b.id LIMIT ${len(args)}""",
-        *args,
+            ORDER BY b.starts_at, b.id LIMIT {args(limit + 1)}""",
+        *args.values,
     )
     more = len(rows) > limit
     rows = rows[:limit]

@@ -23,6 +23,7 @@ from uuid import UUID
 import asyncpg
 
 from booking.schedule import slots
+from wadud.state.db import Args
 
 __all__ = [
     "NULL_RECHECK",
@@ -68,26 +69,19 @@ async def find(
     """Published doctors matching every filter given, in ``sort`` order,
     after the (sort key, id) the previous page ended on (``after``: the key
     as :func:`sort_value` gave it), at most ``limit``."""
-    conds = ["status = 'published'"]
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if region is not None:
-        conds.append(f"region = {arg(region)}")
-    if specialty is not None:
-        conds.append(f"specialty = {arg(specialty)}")
-    if language is not None:
-        conds.append(f"languages @> ARRAY[{arg(language)}]::text[]")
-    if min_fee is not None:
-        conds.append(f"fee_minor >= {arg(min_fee)}")
-    if max_fee is not None:
-        conds.append(f"fee_minor <= {arg(max_fee)}")
-    if min_rating is not None:
+    args = Args()
+    # Each of these filters, when given, is one condition on its one parameter.
+    filters = (
+        ("region = {}", region),
+        ("specialty = {}", specialty),
+        ("languages @> ARRAY[{}]::text[]", language),
+        ("fee_minor >= {}", min_fee),
+        ("fee_minor <= {}", max_fee),
         # Compared without division so no float rounding decides a boundary.
-        conds.append(f"rating_count > 0 AND rating_sum >= {arg(min_rating)}::float8 * rating_count")
+        ("rating_count > 0 AND rating_sum >= {}::float8 * rating_count", min_rating),
+    )
+    conds = ["status = 'published'"]
+    conds += [cond.format(args(value)) for cond, value in filters if value is not None]
     if available_before is not None:
         # Normalised here: asyncpg converts to UTC itself and would overflow
         # on year-9999 local times; no slot is that far off anyway.
@@ -95,23 +89,23 @@ async def find(
             max(available_before, datetime(1000, 1, 1, tzinfo=UTC)),
             datetime(9000, 1, 1, tzinfo=UTC),
         ).astimezone(UTC)
-        conds.append(f"next_free_at < {arg(before)}")
+        conds.append(f"next_free_at < {args(before)}")
 
     expr, direction, cmp = _KEYS[sort]
     if after is not None:
         key, last = after
         if sort == "next_free":
-            key_sql = f"coalesce({arg(key)}::timestamptz, 'infinity'::timestamptz)"
+            key_sql = f"coalesce({args(key)}::timestamptz, 'infinity'::timestamptz)"
         else:
-            key_sql = arg(key)
-        conds.append(f"({expr}, id) {cmp} ({key_sql}, {arg(last)}::uuid)")
+            key_sql = args(key)
+        conds.append(f"({expr}, id) {cmp} ({key_sql}, {args(last)}::uuid)")
 
     sql = f"""SELECT id, clinic_id, display_name, specialty, languages, fee_minor, currency,
                      region, rating_sum, rating_count, next_free_at
               FROM doctors WHERE {" AND ".join(conds)}
               ORDER BY {expr} {direction}, id {direction}
-              LIMIT {arg(limit)}"""
-    rows: list[asyncpg.Record] = await pool.fetch(sql, *args)
+              LIMIT {args(limit)}"""
+    rows: list[asyncpg.Record] = await pool.fetch(sql, *args.values)
     return rows
 
 
