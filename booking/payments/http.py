@@ -38,7 +38,6 @@ from booking.payments.keys import GATEWAYS
 from booking.payments.paging import OffsetQuery
 from booking.payments.postings import ledger_page
 from booking.payments.refunds.service import refund_booking
-from wadud.errors import NotFound
 from wadud.state import keys
 from wadud.state.rows import from_row
 from wadud.web.api import ApiModel, Call, Role, Routes
@@ -117,10 +116,8 @@ class LedgerPage(ApiModel):
 async def clinic_ledger(call: Call[None, LedgerQuery]) -> LedgerPage:
     """A clinic's ledger transactions with their entries, newest first (staff
     of the clinic, admins). Page with ``offset``/``limit``."""
-    me, q = call.user, call.query
-    clinic_id = call.path_uuid("clinic_id")
-    if not me.oversees(clinic_id):
-        raise NotFound("no such clinic")
+    q = call.query
+    clinic_id = call.overseen_clinic()
     page, entries, more = await ledger_page(call.pool, clinic_id, q.kind, q.limit, q.offset)
     by_txn: dict[UUID, list[LedgerEntry]] = {}
     for e in entries:

@@ -44,7 +44,7 @@ from pydantic.json_schema import models_json_schema
 
 from wadud import jsonin
 from wadud.config import Settings
-from wadud.errors import Forbidden, Unauthorized, UnsupportedMediaType
+from wadud.errors import Forbidden, NotFound, Unauthorized, UnsupportedMediaType
 from wadud.principal import Principal, Role
 from wadud.state import keys
 from wadud.web import idempotency
@@ -186,6 +186,15 @@ class Call(Generic[B, Q]):
         if self.principal is None:
             raise Unauthorized("this endpoint needs a bearer token")
         return self.principal
+
+    def overseen_clinic(self) -> UUID:
+        """The path's ``clinic_id``, if the caller :meth:`~Principal.oversees`
+        it; else NotFound, as to anyone else a clinic they may not act on is
+        no clinic."""
+        clinic_id = self.path_uuid("clinic_id")
+        if not self.user.oversees(clinic_id):
+            raise NotFound("no such clinic")
+        return clinic_id
 
 
 Handler = Callable[[Call[Any, Any]], Awaitable[Any]]

@@ -25,7 +25,6 @@ from booking.payments.paging import OffsetQuery
 from booking.payments.payouts import batch, batches, service
 from booking.payments.payouts.batch import LineStatus
 from booking.payments.payouts.details import Details, seal_clear_rows, sealer_of
-from wadud.errors import NotFound
 from wadud.state import keys
 from wadud.state.rows import from_row
 from wadud.web.api import ApiModel, Call, Role, Routes
@@ -275,9 +274,7 @@ async def create_payout_batch(call: Call[BatchIn, None]) -> Batch:
     until a line is marked paid; until then its amount is reserved (a manual
     payout cannot take it)."""
     me = call.user
-    clinic_id = call.path_uuid("clinic_id")
-    if not me.oversees(clinic_id):
-        raise NotFound("no such clinic")
+    clinic_id = call.overseen_clinic()
     row, lines, skipped = await batches.create_batch(
         call.pool, me, clinic_id, call.body.threshold_minor, _now()
     )
@@ -293,10 +290,8 @@ async def create_payout_batch(call: Call[BatchIn, None]) -> Batch:
 async def list_payout_batches(call: Call[None, BatchesQuery]) -> list[Batch]:
     """A clinic's payout batches with their totals, newest first (staff of the
     clinic, admins)."""
-    me, q = call.user, call.query
-    clinic_id = call.path_uuid("clinic_id")
-    if not me.oversees(clinic_id):
-        raise NotFound("no such clinic")
+    q = call.query
+    clinic_id = call.overseen_clinic()
     rows = await batches.batches_of(call.pool, clinic_id, q.status, q.limit, q.offset)
     return [_batch_out(r) for r in rows]
 

@@ -25,7 +25,6 @@ from booking.payments.intent import IntentState
 from booking.payments.keys import GATEWAYS
 from booking.payments.paging import OffsetQuery
 from booking.payments.refunds import due, service
-from wadud.errors import NotFound
 from wadud.web.api import ApiModel, Call, Role, Routes
 
 __all__ = ["Refund", "refund_out", "routes"]
@@ -132,9 +131,7 @@ async def clinic_refunds(call: Call[None, ClinicRefundsQuery]) -> list[Refund]:
     """The clinic's refunds, newest first; ``status=refused_by_gateway`` is
     what finance still owes by hand (repeatable ``status``; ``kind``
     ``late_payment`` for money that arrived after its booking lapsed)."""
-    clinic_id = call.path_uuid("clinic_id")
-    if not call.user.oversees(clinic_id):
-        raise NotFound("no such clinic")
+    clinic_id = call.overseen_clinic()
     q = call.query
     rows = await service.refunds_of_clinic(
         call.pool, clinic_id, q.status, q.kind, q.limit, q.offset

@@ -36,10 +36,10 @@ from booking.payments.transfers.core import (
 )
 from booking.payments.transfers.privacy import subject_keys_of
 from privacy.subject_keys import SubjectKeys
-from wadud.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
+from wadud.errors import PayloadTooLarge, UnsupportedMediaType
 from wadud.state.rows import from_row
 from wadud.state.storage import sniff_type, storage_of
-from wadud.web.api import ApiModel, Call, Principal, Role, Routes
+from wadud.web.api import ApiModel, Call, Role, Routes
 from wadud.web.http import read_upload
 
 __all__ = ["routes"]
@@ -168,11 +168,6 @@ def _proof(row: Mapping[str, Any]) -> Proof:
 def _credit(row: Mapping[str, Any]) -> CreditOut:
     data = {k: row[k] for k in CreditOut.model_fields if k != "payment_id"}
     return CreditOut(**data, payment_id=row["payment_intent_id"])
-
-
-def _clinic_scope(me: Principal, clinic_id: UUID) -> None:
-    if not me.oversees(clinic_id):
-        raise NotFound("no such clinic")
 
 
 def _out(transfer: service.Transfer, settings: Any) -> BankTransfer:
@@ -348,8 +343,7 @@ async def import_statement(call: Call[None, None]) -> StatementImport:
     good lines import; a line imported before is counted, not repeated.
     Every confirmation and the import itself are audited."""
     me = call.user
-    clinic_id = call.path_uuid("clinic_id")
-    _clinic_scope(me, clinic_id)
+    clinic_id = call.overseen_clinic()
     request = call.request
     if request.content_type not in _CSV_TYPES:
         raise UnsupportedMediaType("send the statement as text/csv")
@@ -386,8 +380,7 @@ async def list_credits(call: Call[None, CreditsQuery]) -> list[CreditOut]:
     """The clinic's bank credits, newest first; filter by ``status``
     (repeatable: ``unmatched`` lines to look at, ``refund_due`` money to send
     back)."""
-    clinic_id = call.path_uuid("clinic_id")
-    _clinic_scope(call.user, clinic_id)
+    clinic_id = call.overseen_clinic()
     q = call.query
     rows = await reconcile.credits_of(call.pool, clinic_id, q.status, q.limit, q.offset)
     return [_credit(r) for r in rows]
