@@ -317,6 +317,16 @@ static int add_attr(PyObject *obj, PyObject *name, long long delta) {
     return r;
 }
 
+/* obj.name as a truth value: 1 or 0, or -1 with an exception. */
+static int attr_true(PyObject *obj, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    int r = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return r;
+}
+
 /* Hand the leftovers to ``slow(data, address)``, one call each, after this
  * call's datagrams are sent (so nothing here is used while Python runs), and
  * return the count. */
@@ -481,11 +491,7 @@ static Seen *seen_for(Seen *seen, int *n_seen, PyObject *alloc) {
     s->channels = NULL;
     s->fd = -1;
     s->pkts = s->bytes = 0;
-    PyObject *limited = PyObject_GetAttr(alloc, s_limited);
-    if (limited == NULL)
-        return NULL;
-    int capped = PyObject_IsTrue(limited);
-    Py_DECREF(limited);
+    int capped = attr_true(alloc, s_limited);
     if (capped < 0)
         return NULL;
     if (capped)
@@ -626,11 +632,7 @@ static PyObject *peer_to_client(PyObject *mod, PyObject *const *args, Py_ssize_t
     int n = receive(relay_fd, budget);
     if (n <= 0)
         return n < 0 ? NULL : PyLong_FromLong(0);
-    PyObject *limited = PyObject_GetAttr(alloc, s_limited);
-    if (limited == NULL)
-        goto error;
-    int capped = PyObject_IsTrue(limited);
-    Py_DECREF(limited);
+    int capped = attr_true(alloc, s_limited);
     if (capped < 0)
         goto error;
     if ((peer_channels = PyObject_GetAttr(alloc, s_peer_channels)) == NULL ||

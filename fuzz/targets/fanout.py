@@ -37,11 +37,12 @@ NOW = 100.0
 
 
 class Record:
-    """What the leaf reads of a subscriber record (sfu.rooms.records.Peer's slots)."""
+    """What the leaf reads of a subscriber record (sfu.rooms.records.Peer's slots);
+    also the records of the leaf's tests (tests/sfu/forward/)."""
 
     __slots__ = ("addr", "protect", "srtp_errors", "wire")
 
-    def __init__(self, protect: Any, addr: tuple[str, int]) -> None:
+    def __init__(self, protect: Any, addr: tuple[str, int] | None) -> None:
         self.protect = protect
         self.addr = addr
         self.srtp_errors = 0
@@ -65,16 +66,19 @@ class World:
         # path; whatever an input writes, both must have written the same.
         self.rings = [([0.0] * 65536, [0] * 65536) for _ in range(2)]
 
-    def drain(self) -> list[list[bytes]]:
-        got: list[list[bytes]] = []
-        for r in self.receivers:
-            got.append([])
-            while True:
-                try:
-                    got[-1].append(r.recv(4096))
-                except BlockingIOError:
-                    break
-        return got
+
+def drain(receivers: list[socket.socket]) -> list[list[bytes]]:
+    """What each non-blocking receiver has waiting, in order (the leaf's
+    tests read their receivers with it too)."""
+    got: list[list[bytes]] = []
+    for r in receivers:
+        got.append([])
+        while True:
+            try:
+                got[-1].append(r.recv(4096))
+            except BlockingIOError:
+                break
+    return got
 
 
 _world: World | None = None
@@ -137,7 +141,7 @@ def check(data: bytes) -> None:
         _world = World()
     w = _world
     assert w.fan is not None
-    w.drain()
+    drain(w.receivers)
     track = AUDIO if data[0] & 1 else VIDEO
     packet = bytearray(data[1:])
     packet[8:12] = struct.pack("!I", track)
@@ -178,7 +182,7 @@ def check(data: bytes) -> None:
             expected[i].append(theirs[i].protect(copy))
         if fast.stats.as_dict() != slow.stats.as_dict():
             raise Finding(f"the native path counts otherwise than Python at packet {step}")
-    if w.drain() != expected:
+    if drain(w.receivers) != expected:
         raise Finding("the native fan-out sent other datagrams than the Python path")
     if w.rings[0] != w.rings[1]:
         raise Finding("the native fan-out wrote other transport-cc send times or sizes")

@@ -6,15 +6,16 @@ the listener, or peers to a relayed socket, before one call of
 code then parses ChannelData headers, looks channels and permissions up and
 frames Data indications for a whole batch. What it relays and what it hands
 back to Python must be what the pure-Python loop would do, datagram by
-datagram (the model tests/turn/test_turn_native.py holds it to); a
-difference is a finding, as is a sanitizer report.
+datagram (the model of :class:`ClientToPeer`, which
+tests/turn/test_turn_native.py holds the leaf to as well); a difference is
+a finding, as is a sanitizer report.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from fuzz import Finding
@@ -145,32 +146,53 @@ def relay_all(
             return relayed, rest
 
 
-def _client_to_peer(w: World, batch: list[tuple[int, bytes]]) -> None:
-    assert _relay is not None
-    expected_at: dict[Any, list[bytes]] = {}
-    expected_rest: list[tuple[bytes, Any]] = []
-    relayed = 0
-    dest = w.listener.getsockname()
-    for who, data in batch:
-        src = w.clients[who].getsockname()
-        w.clients[who].sendto(data, dest)
-        alloc = w.allocations.get(src)
+class ClientToPeer:
+    """The model of ``client_to_peer``: what it must make of the datagrams
+    clients send, told to :meth:`sent` in the order they were sent."""
+
+    def __init__(self, allocations: Mapping[Any, Allocation]) -> None:
+        self.allocations = allocations
+        self.relayed = 0
+        self.at: dict[Any, list[bytes]] = {}
+        """The payloads each peer address gets, in order."""
+        self.rest: list[tuple[bytes, Any]] = []
+        """The (datagram, client) pairs handed to Python, in order."""
+        self.counted: dict[Any, list[int]] = {src: [0, 0] for src in allocations}
+        """Packets and payload bytes relayed, by client (an allocation's to_peer counters)."""
+
+    def sent(self, src: Any, data: bytes) -> None:
+        """``src`` sent ``data`` to the listener. The leaf relays ChannelData
+        (RFC 8656 section 12.4) that the datagram holds whole, on a channel
+        bound to a peer, from an allocation with no bandwidth cap; it hands
+        everything else to Python."""
+        alloc = self.allocations.get(src)
         ok = len(data) >= 4 and 0x40 <= data[0] < 0x80
         n = (data[2] << 8 | data[3]) if ok else 0
         peer = alloc.channels.get(data[0] << 8 | data[1]) if ok and alloc else None
         if ok and alloc is not None and not alloc.limited and peer and n + 4 <= len(data):
-            expected_at.setdefault(peer, []).append(data[4 : 4 + n])
-            relayed += 1
+            self.at.setdefault(peer, []).append(data[4 : 4 + n])
+            self.relayed += 1
+            self.counted[src][0] += 1
+            self.counted[src][1] += n
         else:
-            expected_rest.append((data, src))
+            self.rest.append((data, src))
+
+
+def _client_to_peer(w: World, batch: list[tuple[int, bytes]]) -> None:
+    assert _relay is not None
+    model = ClientToPeer(w.allocations)
+    dest = w.listener.getsockname()
+    for who, data in batch:
+        w.clients[who].sendto(data, dest)
+        model.sent(w.clients[who].getsockname(), data)
     got, rest = relay_all(
         lambda slow: _relay.client_to_peer(w.listener.fileno(), w.allocations, 64, slow)
     )
-    if got != relayed or rest != expected_rest:
+    if got != model.relayed or rest != model.rest:
         raise Finding("client_to_peer relayed or handed back other datagrams than the model")
     for peer_sock in w.peers:
         arrived = [d for d, _ in drain(peer_sock)]
-        if arrived != expected_at.get(peer_sock.getsockname(), []):
+        if arrived != model.at.get(peer_sock.getsockname(), []):
             raise Finding("client_to_peer sent a peer other bytes than the model")
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 
 from rtc.errors import DtlsError, SdpNegotiationError
@@ -79,17 +79,25 @@ class Negotiator(Core):
         self.tables = transports.tables
         super().__init__()
 
+    @contextlib.contextmanager
+    def _changing(self, name: str) -> Iterator[MediaRoom]:
+        """The room ``name`` (made if new) for an offer/answer step; after it,
+        even one that raised, a room left with nobody is forgotten, and the
+        forwarder's pending feedback is flushed and the timer rearmed."""
+        room = self.transports.room(name)
+        try:
+            yield room
+        finally:
+            self.transports.forget_if_empty(room)
+            self._out += (FlushRtcp(room), Rearm())
+
     # -- inputs (sfu.rooms.inputs): MediaControl calls ---------------------------------------------
 
     def _handle_publish(self, command: PublishOffer, now: float) -> PublishResult:
         """Answer a publish offer (RFC 8829 5.3) and register its tracks with the forwarder."""
         desc = SessionDescription.parse(command.offer)
-        r = self.transports.room(command.room)
-        try:
+        with self._changing(command.room) as r:
             return self._publish(r, command.participant, desc, command.sources, now)
-        finally:
-            self.transports.forget_if_empty(r)
-            self._out += (FlushRtcp(r), Rearm())
 
     def _publish(
         self,
@@ -273,13 +281,9 @@ class Negotiator(Core):
         Raises SfuStateError for an unknown track, the participant's own
         track, or while the previous offer is unanswered.
         """
-        r = self.transports.room(command.room)
         wanted = list(dict.fromkeys(command.track_ids))
-        try:
+        with self._changing(command.room) as r:
             return self._subscribe(r, command.participant, wanted, now, command.restart)
-        finally:
-            self.transports.forget_if_empty(r)
-            self._out += (FlushRtcp(r), Rearm())
 
     def _subscribe(
         self,

@@ -273,14 +273,10 @@ class _WorkerCollector(Collector):
             "Round-trip time of a relay link, from the peer worker's receiver reports.",
             labels=["peer_worker"],
         )
+        relays = _sections(snapshots, "relays")
         states: Counter[str] = Counter()
-        total_in = total_out = total_forged = 0
-        for s in snapshots:
-            relays = s.get("relays") or {}
-            total_in += int(relays.get("in", 0))
-            total_out += int(relays.get("out", 0))
-            total_forged += int(relays.get("forged", 0))
-            for link in relays.get("links", ()):
+        for relay in relays:
+            for link in relay.get("links", ()):
                 states[link["state"]] += 1
                 if link.get("loss") is not None:
                     loss.add_metric([link["peer_worker"]], float(link["loss"]))
@@ -288,9 +284,9 @@ class _WorkerCollector(Collector):
                     rtt.add_metric([link["peer_worker"]], float(link["rtt"]))
         for state in ("connected", "connecting", "failed"):
             links.add_metric([state], states.get(state, 0))
-        packets.add_metric(["in"], total_in)
-        packets.add_metric(["out"], total_out)
-        forged.add_metric([], total_forged)
+        packets.add_metric(["in"], _total(relays, "in"))
+        packets.add_metric(["out"], _total(relays, "out"))
+        forged.add_metric([], _total(relays, "forged"))
         yield links
         yield packets
         yield forged
@@ -316,6 +312,16 @@ class _WorkerCollector(Collector):
             return out
 
 
+def _sections(snapshots: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """Each worker's ``name`` section of its snapshot (empty where it has none)."""
+    return [s.get(name) or {} for s in snapshots]
+
+
+def _total(sections: list[dict[str, Any]], key: str) -> int:
+    """``key`` of the workers' sections, summed (0 where a section lacks it)."""
+    return sum(int(section.get(key, 0)) for section in sections)
+
+
 _RECORDING_FAILURES = ("queue", "timeout", "storage", "internal")
 
 
@@ -334,17 +340,13 @@ def _recordings(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
         " took over recording_write_timeout), storage (the store raised), internal (a bug).",
         labels=["reason"],
     )
+    recordings = _sections(snapshots, "recordings")
     reasons: Counter[str] = Counter()
-    n_active = n_bytes = n_segments = 0
-    for s in snapshots:
-        rec = s.get("recordings") or {}
-        n_active += int(rec.get("active", 0))
-        n_bytes += int(rec.get("bytes_stored", 0))
-        n_segments += int(rec.get("segments_stored", 0))
+    for rec in recordings:
         reasons.update(rec.get("failed", {}))
-    active.add_metric([], n_active)
-    stored.add_metric([], n_bytes)
-    segments.add_metric([], n_segments)
+    active.add_metric([], _total(recordings, "active"))
+    stored.add_metric([], _total(recordings, "bytes_stored"))
+    segments.add_metric([], _total(recordings, "segments_stored"))
     for reason in _RECORDING_FAILURES:
         failed.add_metric([reason], reasons.get(reason, 0))
     yield active

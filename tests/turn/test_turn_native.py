@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from fuzz.targets.relay import Relay, drain, relay_all
+from fuzz.targets.relay import ClientToPeer, Relay, drain, relay_all
 from rtc import stun
 from tests.turn.conftest import EchoPeer, RawClient, make_config
 from turn.aio import TurnServer
@@ -324,10 +324,7 @@ def test_client_to_peer_relays_what_the_model_says(
     )  # fmt: skip
     for a in allocations.values():
         a.to_peer_pkts = a.to_peer_bytes = 0
-    expected_rest: list[tuple[bytes, Any]] = []
-    expected_at: dict[Any, list[bytes]] = {}
-    relayed = 0
-    counted: dict[Any, list[int]] = {src: [0, 0] for src in allocations}
+    model = ClientToPeer(allocations)
     dest = listener.getsockname()
     for item in batch:
         ci = item[0]
@@ -339,28 +336,18 @@ def test_client_to_peer_relays_what_the_model_says(
         else:
             data = item[1]
         clients[ci].sendto(data, dest)
-        alloc = allocations.get(src)
-        ok = len(data) >= 4 and 0x40 <= data[0] < 0x80
-        n = (data[2] << 8 | data[3]) if ok else 0
-        peer = alloc.channels.get(data[0] << 8 | data[1]) if ok and alloc else None
-        if ok and alloc is not None and not alloc.limited and peer and n + 4 <= len(data):
-            expected_at.setdefault(peer, []).append(data[4 : 4 + n])
-            relayed += 1
-            counted[src][0] += 1
-            counted[src][1] += n
-        else:
-            expected_rest.append((data, src))
+        model.sent(src, data)
     _wait_readable(listener)
     got_relayed, got_rest = relay_all(
         lambda slow: _relay.client_to_peer(listener.fileno(), allocations, 64, slow)
     )
-    assert got_relayed == relayed
-    assert got_rest == expected_rest
+    assert got_relayed == model.relayed
+    assert got_rest == model.rest
     for peer_sock in peers:
         got = [d for d, _ in drain(peer_sock)]
-        assert got == expected_at.get(peer_sock.getsockname(), [])
+        assert got == model.at.get(peer_sock.getsockname(), [])
     for src, alloc in allocations.items():
-        assert [alloc.to_peer_pkts, alloc.to_peer_bytes] == counted[src]
+        assert [alloc.to_peer_pkts, alloc.to_peer_bytes] == model.counted[src]
 
 
 @needs_native

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzz.targets.fanout import Record, drain
 from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
 from rtc.srtp import SrtpSession
 from sfu.forward import native
@@ -28,18 +29,6 @@ from sfu.forward import native
 needs_native = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
 
 KEY = bytes(range(30))
-
-
-class Record:
-    """What the leaf reads of a subscriber record (sfu.rooms.records.Peer's slots)."""
-
-    __slots__ = ("addr", "protect", "srtp_errors", "wire")
-
-    def __init__(self, protect: Any, addr: tuple[str, int] | None) -> None:
-        self.protect = protect
-        self.addr = addr
-        self.srtp_errors = 0
-        self.wire: object = None
 
 
 def rtp(seq: int, ssrc: int, size: int = 1200) -> bytes:
@@ -106,19 +95,6 @@ def twin_records(receivers: list[socket.socket]) -> tuple[list[Record], list[Rec
     ours = [Record(a.outbound.protect, at) for (a, _), at in zip(pairs, addrs, strict=True)]
     theirs = [Record(b.outbound.protect, at) for (_, b), at in zip(pairs, addrs, strict=True)]
     return ours, theirs
-
-
-def drain(receivers: list[socket.socket]) -> list[list[bytes]]:
-    """What each non-blocking receiver has waiting, in order."""
-    got: list[list[bytes]] = []
-    for r in receivers:
-        got.append([])
-        while True:
-            try:
-                got[-1].append(r.recv(2048))
-            except BlockingIOError:
-                break
-    return got
 
 
 Leaf = tuple[native.Fanout, list[socket.socket]]

@@ -17,10 +17,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzz.targets.fanout import Record, drain
 from tests.sfu.forward.test_native import (
     PUB_EXTS,
-    Record,
-    drain,
     native_leaf,
     needs_native,
     route_native,

@@ -19,6 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzz.targets.fanout import drain
 from rtc import red
 from rtc.red import RedBlock, RedPayload
 from rtc.rtp.extensions import build_extensions
@@ -31,7 +32,6 @@ from sfu.forward.forwarder import Forwarder
 from sfu.node.worker import MediaWorker
 from tests.sfu.conftest import take_events
 from tests.sfu.forward.test_native import (
-    drain,
     native_leaf,
     needs_native,
     route_native,
