@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from chat.errors import ChatError
-from privacy.subject_keys import KeyShredded, SubjectKeys, is_subject_kid
+from privacy.subject_keys import KeyShredded, Sealed, SubjectKeys, is_subject_kid
 from wadud.config import Settings
 from wadud.errors import ConfigError, Gone
 
@@ -41,13 +40,6 @@ class Shredded(ChatError, Gone):
 
     code = "erased"
     title = "This data was erased at the patient's request"
-
-
-@dataclass(frozen=True)
-class Sealed:
-    key_id: str
-    nonce: bytes
-    data: bytes
 
 
 class Keyring:

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -48,8 +48,9 @@ async def check_target(conn: Conn, acc: Access, who: Principal, kind: str, targe
         raise NotAllowed(f"only its sender may {kind} message {target_seq}")
 
 
-@dataclass(frozen=True)
-class _Item:
+class _Item(NamedTuple):
+    """One append: its fields are ``chat_append``'s arguments, in their order."""
+
     conversation_id: UUID
     sender: UUID
     client_id: str
@@ -147,18 +148,7 @@ class Appender:
                     fut.set_result(res)
 
     async def _one(self, conn: asyncpg.Connection, it: _Item) -> Appended:
-        row = await conn.fetchrow(
-            _APPEND_ONE,
-            it.conversation_id,
-            it.sender,
-            it.client_id,
-            it.kind,
-            it.target_seq,
-            it.key_id,
-            it.nonce,
-            it.body,
-            it.attachment_id,
-        )
+        row = await conn.fetchrow(_APPEND_ONE, *it)
         assert row is not None
         outbox.written(conn)  # chat_append wrote the outbox row
         return Appended(row["seq"], row["created_at"], row["duplicate"])
@@ -169,18 +159,9 @@ class Appender:
         self.batches += 1
         order = sorted(range(len(items)), key=lambda i: items[i].conversation_id.bytes)
         ordered = [items[i] for i in order]
-        rows = await conn.fetch(
-            _APPEND_MANY,
-            [it.conversation_id for it in ordered],
-            [it.sender for it in ordered],
-            [it.client_id for it in ordered],
-            [it.kind for it in ordered],
-            [it.target_seq for it in ordered],
-            [it.key_id for it in ordered],
-            [it.nonce for it in ordered],
-            [it.body for it in ordered],
-            [it.attachment_id for it in ordered],
-        )
+        # One array per argument of chat_append, each in the batch's order.
+        columns = [list(column) for column in zip(*ordered, strict=True)]
+        rows = await conn.fetch(_APPEND_MANY, *columns)
         outbox.written(conn)
         out: list[Appended | None] = [None] * len(items)
         for row in rows:

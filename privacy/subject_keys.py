@@ -23,7 +23,16 @@ from uuid import UUID
 import asyncpg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["PREFIX", "DataKey", "KeyShredded", "SubjectKeys", "Wrapper", "is_subject_kid", "shred"]
+__all__ = [
+    "PREFIX",
+    "DataKey",
+    "KeyShredded",
+    "Sealed",
+    "SubjectKeys",
+    "Wrapper",
+    "is_subject_kid",
+    "shred",
+]
 
 PREFIX = "s:"
 CACHE_SECONDS = 60.0
@@ -34,13 +43,13 @@ class KeyShredded(LookupError):
     """The subject's key is gone (erased): what it sealed cannot be opened."""
 
 
-class _Sealed(Protocol):
-    @property
-    def key_id(self) -> str: ...
-    @property
-    def nonce(self) -> bytes: ...
-    @property
-    def data(self) -> bytes: ...
+@dataclass(frozen=True)
+class Sealed:
+    """AES-GCM ciphertext with the id of the key that sealed it and its nonce."""
+
+    key_id: str
+    nonce: bytes
+    data: bytes
 
 
 class Wrapper(Protocol):
@@ -48,7 +57,7 @@ class Wrapper(Protocol):
 
     @property
     def current(self) -> str: ...
-    def seal(self, plaintext: bytes, aad: bytes) -> _Sealed: ...
+    def seal(self, plaintext: bytes, aad: bytes) -> Sealed: ...
     def open(self, key_id: str, nonce: bytes, data: bytes, aad: bytes) -> bytes: ...
 
 
