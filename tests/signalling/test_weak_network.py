@@ -31,7 +31,6 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +46,6 @@ from tests.browser import (
     join,
     participant_id,
     play,
-    run_scenario,
 )
 from tests.firefox import VETH_ADDRESS, FirefoxPage, veth_namespace_command
 from tests.polling import wait_until
@@ -58,7 +56,7 @@ from tests.signalling.weak_paths import (
     PathProcess,
     Turn,
     relay_only,
-    turn_groups,
+    run_with_turn,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,16 +70,13 @@ async def run_weak(
 ) -> dict[str, Any]:
     """Run the driver in its own loopback-only namespace (``veth``: with a
     veth interface too, for Firefox); its JSON result."""
-    if shutil.which("turnserver") is None:
-        pytest.skip("needs coturn's turnserver")
-    return await run_scenario(
+    return await run_with_turn(
         "tests.signalling.test_weak_network",
         scenario,
         database_url,
         work,
         budget,
         namespace=veth_namespace_command() if veth else None,
-        also_kill=turn_groups,
     )
 
 
