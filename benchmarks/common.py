@@ -169,15 +169,17 @@ async def answers_ready(
     base: str,
     within: float,
     proc: subprocess.Popen[Any] | None = None,
+    path: str = "/readyz",
 ) -> bool:
-    """Whether the server at ``base`` answers ``/readyz`` with 200 within
-    ``within`` seconds; no, at once, if its process ``proc`` exits first."""
+    """Whether the server at ``base`` answers ``path`` (``/readyz``) with 200
+    within ``within`` seconds; no, at once, if its process ``proc`` exits
+    first."""
     end = time.monotonic() + within
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             return False
         with contextlib.suppress(aiohttp.ClientError):
-            async with session.get(base + "/readyz") as r:
+            async with session.get(base + path) as r:
                 if r.status == 200:
                     return True
         await asyncio.sleep(0.1)

@@ -295,8 +295,9 @@ class Cdp:
 
 
 class Scripted:
-    """A browser tab that runs script (``eval``) and can wait for a script's
-    answer to become true; Chromium's :class:`Page` and Firefox's page."""
+    """A browser tab that runs script (``eval``), can wait for a script's
+    answer to become true and say what the call page in it shows;
+    Chromium's :class:`Page` and Firefox's page."""
 
     name: str
 
@@ -313,6 +314,29 @@ class Scripted:
             if time.monotonic() > deadline:
                 raise DriverError(f"{self.name}: {what} did not happen in {within:.0f} s")
             await asyncio.sleep(0.2)
+
+    async def snapshot(self) -> dict[str, Any]:
+        """What the page shows, for a failure report."""
+        try:
+            return dict(
+                await self.eval(
+                    """(async () => ({screen: document.body.dataset.screen,
+                        state: document.body.dataset.state,
+                        toast: document.getElementById('toast')?.textContent,
+                        error: document.getElementById('device-error')?.textContent,
+                        me: window.wadudCall?.me?.id,
+                        pcs: [window.wadudCall?.publishPc?.connectionState,
+                              window.wadudCall?.subscribePc?.connectionState],
+                        stats: window.wadudCall ? await window.wadudCall.stats() : null,
+                        tiles: [...document.querySelectorAll('#grid .tile')].map(t => {
+                          const v = t.querySelector('video');
+                          return [t.dataset.key, t.className, v.videoWidth, v.paused,
+                                  v.srcObject?.getTracks().map(x => x.kind + ':' + x.readyState)];
+                        })}))()"""
+                )
+            )
+        except DriverError as exc:
+            return {"error": str(exc)}
 
 
 @dataclass
@@ -344,29 +368,6 @@ class Page(Scripted):
             text = details.get("exception", {}).get("description") or details.get("text")
             raise DriverError(f"{self.name}: {expression[:80]}: {text}")
         return reply["result"].get("value")
-
-    async def snapshot(self) -> dict[str, Any]:
-        """What the page shows, for a failure report."""
-        try:
-            return dict(
-                await self.eval(
-                    """(async () => ({screen: document.body.dataset.screen,
-                        state: document.body.dataset.state,
-                        toast: document.getElementById('toast')?.textContent,
-                        error: document.getElementById('device-error')?.textContent,
-                        me: window.wadudCall?.me?.id,
-                        pcs: [window.wadudCall?.publishPc?.connectionState,
-                              window.wadudCall?.subscribePc?.connectionState],
-                        stats: window.wadudCall ? await window.wadudCall.stats() : null,
-                        tiles: [...document.querySelectorAll('#grid .tile')].map(t => {
-                          const v = t.querySelector('video');
-                          return [t.dataset.key, t.className, v.videoWidth, v.paused,
-                                  v.srcObject?.getTracks().map(x => x.kind + ':' + x.readyState)];
-                        })}))()"""
-                )
-            )
-        except DriverError as exc:
-            return {"error": str(exc)}
 
 
 def _log_fd(path: Path) -> int:

@@ -152,21 +152,6 @@ class FirefoxPage(Scripted):
         value = result.get("result", {}).get("value")
         return None if value is None else json.loads(value)
 
-    async def snapshot(self) -> dict[str, Any]:
-        try:
-            return dict(
-                await self.eval(
-                    """(async () => ({screen: document.body.dataset.screen,
-                        state: document.body.dataset.state,
-                        error: document.getElementById('device-error')?.textContent,
-                        pcs: [window.wadudCall?.publishPc?.connectionState,
-                              window.wadudCall?.subscribePc?.connectionState],
-                        stats: window.wadudCall ? await window.wadudCall.stats() : null}))()"""
-                )
-            )
-        except DriverError as exc:
-            return {"error": str(exc)}
-
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.ws.close()

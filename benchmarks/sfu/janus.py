@@ -62,7 +62,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +75,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402
+    answers_ready,
     free_port,
     log_lines,
     log_tail,
@@ -270,20 +270,15 @@ admin: {{
         self.api: JanusApi | None = None
 
     async def ready(self, http: aiohttp.ClientSession, within: float = 30.0) -> None:
-        end = time.monotonic() + within
-        while time.monotonic() < end:
+        if not await answers_ready(http, self.base, within, self.proc, path="/info"):
             if self.proc.poll() is not None:
                 raise SystemExit(f"janus exited ({self.proc.returncode}):\n{self.tail()}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(self.base + "/info") as r:
-                    if r.status == 200:
-                        info = await r.json(content_type=None)
-                        self.version = str(info.get("version_string"))
-                        self.api = JanusApi(http, self.base)
-                        await self.api.start()
-                        return
-            await asyncio.sleep(0.1)
-        raise SystemExit(f"janus not ready after {within} s:\n{self.tail()}")
+            raise SystemExit(f"janus not ready after {within} s:\n{self.tail()}")
+        async with http.get(self.base + "/info") as r:
+            info = await r.json(content_type=None)
+        self.version = str(info.get("version_string"))
+        self.api = JanusApi(http, self.base)
+        await self.api.start()
 
     def worker_pid(self) -> int:
         return int(self.proc.pid)

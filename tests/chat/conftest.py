@@ -5,7 +5,6 @@ processes for the cross-node tests."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
@@ -23,6 +22,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from benchmarks.common import answers_ready
 from bin.assembly import build_app
 from tests.booking.factories import Clinic, Doctor, make_clinic, make_doctor
 from tests.conftest import Api, free_port
@@ -195,17 +195,11 @@ def start_node(
 
 
 async def wait_ready(node: Node, within: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
     async with aiohttp.ClientSession() as s:
-        while loop.time() < deadline:
-            if node.proc.poll() is not None:
-                raise AssertionError(f"node exited: {node.log.read_text()[-3000:]}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with s.get(node.url + "/healthz") as r:
-                    if r.status == 200:
-                        return
-            await asyncio.sleep(0.1)
+        if await answers_ready(s, node.url, within, node.proc, path="/healthz"):
+            return
+    if node.proc.poll() is not None:
+        raise AssertionError(f"node exited: {node.log.read_text()[-3000:]}")
     raise AssertionError(f"node not ready: {node.log.read_text()[-3000:]}")
 
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from tests.booking.call_reports.test_call_reports import screenshots
-from tests.browser import driver_main, play, run_scenario
+from tests.browser import driver_main, play
 from tests.signalling.call_world import World, serving
 from tests.signalling.test_weak_network import capped_call, worker_view
-from tests.signalling.weak_paths import turn_groups
+from tests.signalling.weak_paths import run_with_turn
 
 #: The capped path: 400 kbit/s each way (the top layer needs ~1.5 Mbit/s).
 RATE = 400_000 / 8
@@ -37,17 +37,8 @@ DARK = 6.0
 async def test_a_capped_participant_s_report_shows_layer_loss_and_reconnect(
     database_url: str, tmp_path: Path
 ) -> None:
-    import shutil
-
-    if shutil.which("turnserver") is None:
-        pytest.skip("needs coturn's turnserver")
-    result = await run_scenario(
-        "tests.signalling.test_call_report_browser",
-        "report",
-        database_url,
-        tmp_path,
-        180,
-        also_kill=turn_groups,
+    result = await run_with_turn(
+        "tests.signalling.test_call_report_browser", "report", database_url, tmp_path, 180
     )
     print(json.dumps({k: v for k, v in result.items() if k != "report"}))
     screenshots(tmp_path / "report.html", tmp_path, "call-report-visit")

@@ -11,6 +11,7 @@ are printed: run with ``-s`` to see them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from rtc.sdp.session import SessionDescription
 from sfu.node.http import MEDIA
-from tests.conftest import Api, free_udp_port
+from tests.conftest import Api, free_udp_port, served
 from tests.signalling.relay import (
     Address,
     Schedule,
@@ -285,13 +286,31 @@ class Call:
         return dict(self.media.snapshot()["totals"])
 
 
-@pytest.fixture
-async def call(api: Api, loopback_aiortc: None) -> AsyncIterator[Call]:
+@contextlib.asynccontextmanager
+async def calling(api: Api) -> AsyncIterator[Call]:
+    """A call on ``api``'s server for the length of the block; its
+    participants closed after."""
     c = Call(api)
     try:
         yield c
     finally:
         await asyncio.gather(*(client.close() for client in c.clients), return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def own_call(settings: Settings) -> AsyncIterator[Call]:
+    """:func:`calling` on a server of its own built from ``settings``, for a
+    test that changes them."""
+    from bin.assembly import build_app
+
+    async with served(build_app(settings)) as api, calling(api) as c:
+        yield c
+
+
+@pytest.fixture
+async def call(api: Api, loopback_aiortc: None) -> AsyncIterator[Call]:
+    async with calling(api) as c:
+        yield c
 
 
 def _room() -> str:
@@ -792,15 +811,7 @@ class _Deaf(CallClient):
 async def test_client_answers_pings_and_a_silent_one_is_dropped(
     settings: Settings, loopback_aiortc: None
 ) -> None:
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from bin.assembly import build_app
-
-    app = build_app(dataclasses.replace(settings, call_ping_interval=0.2))
-    http: TestClient[Any, Any] = TestClient(TestServer(app))
-    await http.start_server()
-    call = Call(Api(http, app))
-    try:
+    async with own_call(dataclasses.replace(settings, call_ping_interval=0.2)) as call:
         room = _room()
         doctor = await call.join(room, "dr-ping", role="doctor", admin=True)
         deaf = _Deaf(call.url, call.token(room, "pt-deaf"), label="deaf")
@@ -817,9 +828,6 @@ async def test_client_answers_pings_and_a_silent_one_is_dropped(
         assert doctor.state == "joined"
         assert doctor.close_code is None
         assert await doctor.ping() < 1.0
-    finally:
-        await asyncio.gather(*(c.close() for c in call.clients), return_exceptions=True)
-        await http.close()
 
 
 class _Muffled(CallClient):
@@ -839,15 +847,8 @@ async def test_a_resume_after_the_grace_starts_media_over_as_a_new_participant(
     resume grace: its resume is answered as a new participant, whose old
     transports are gone. The client publishes again on fresh connections
     and takes the server's next offer on a fresh one, as the page does."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from bin.assembly import build_app
-
-    app = build_app(dataclasses.replace(settings, call_ping_interval=1.0, call_resume_grace=1.0))
-    http: TestClient[Any, Any] = TestClient(TestServer(app))
-    await http.start_server()
-    call = Call(Api(http, app))
-    try:
+    changed = dataclasses.replace(settings, call_ping_interval=1.0, call_resume_grace=1.0)
+    async with own_call(changed) as call:
         room = _room()
         doctor = await call.join(room, "dr-late", role="doctor", admin=True)
         await doctor.room_settings(require_admission=False)
@@ -878,9 +879,6 @@ async def test_a_resume_after_the_grace_starts_media_over_as_a_new_participant(
             lambda: (v := _video(patient, doctor)) is not None and v.frames >= 5, 30
         )
         assert patient.errors == [], patient.errors
-    finally:
-        await asyncio.gather(*(c.close() for c in call.clients), return_exceptions=True)
-        await http.close()
 
 
 async def test_views_audio_only_and_quality_reach_the_worker_and_back(call: Call) -> None:

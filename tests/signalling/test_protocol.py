@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from signalling import errors
 from signalling import protocol as p
-from tests.wadud.framing import OUTCOMES, json_values, outcome
+from tests.wadud.framing import OUTCOMES, frame_objects, outcome
 
 VALID: list[dict[str, Any]] = [
     {"type": "join", "token": "t.o.k"},
@@ -199,37 +199,9 @@ def test_parse_arbitrary_input_only_raises_protocol_errors(data: str | bytes) ->
 
 
 @settings(max_examples=300)
-@given(
-    st.sampled_from(sorted(p.TYPES)),
-    st.dictionaries(
-        st.sampled_from(
-            [
-                "v",
-                "id",
-                "token",
-                "resume",
-                "sdp",
-                "sources",
-                "transport",
-                "candidate",
-                "track_id",
-                "muted",
-                "participant_id",
-                "require_admission",
-                "name",
-                "width",
-                "height",
-                "visible",
-                "enabled",
-                "extra",
-            ]
-        ),
-        json_values,
-        max_size=5,
-    ),
-)
-def test_parse_frames_with_arbitrary_fields(kind: str, fields: dict[str, Any]) -> None:
-    text = json.dumps({"type": kind, **fields})
+@given(frame_objects(p.TYPES, max_size=5))
+def test_parse_frames_with_arbitrary_fields(obj: dict[str, Any]) -> None:
+    text = json.dumps(obj)
     try:
         frame = p.parse(text)
     except p.ProtocolError as exc:
@@ -326,21 +298,10 @@ def test_bad_server_events_are_value_errors(data: dict[str, Any]) -> None:
         p.parse_event(data)
 
 
-@given(
-    st.sampled_from(sorted(p.EVENTS)),
-    st.dictionaries(
-        st.sampled_from(
-            ["v", "participant_id", "quality", "track_id", "paused", "reason", "encodings", "x"]
-        ),
-        json_values,
-        max_size=5,
-    ),
-)
-def test_reading_arbitrary_server_events_only_raises_value_errors(
-    kind: str, fields: dict[str, Any]
-) -> None:
+@given(frame_objects(p.EVENTS, max_size=5))
+def test_reading_arbitrary_server_events_only_raises_value_errors(obj: dict[str, Any]) -> None:
     try:
-        event = p.parse_event({"type": kind, **fields})
+        event = p.parse_event(obj)
     except ValueError:
         return
     assert p.parse_event(json.loads(p.encode(event.frame()))) == event

@@ -31,7 +31,6 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +46,6 @@ from tests.browser import (
     join,
     participant_id,
     play,
-    run_scenario,
 )
 from tests.firefox import VETH_ADDRESS, FirefoxPage, veth_namespace_command
 from tests.polling import wait_until
@@ -58,7 +56,7 @@ from tests.signalling.weak_paths import (
     PathProcess,
     Turn,
     relay_only,
-    turn_groups,
+    run_with_turn,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,16 +70,13 @@ async def run_weak(
 ) -> dict[str, Any]:
     """Run the driver in its own loopback-only namespace (``veth``: with a
     veth interface too, for Firefox); its JSON result."""
-    if shutil.which("turnserver") is None:
-        pytest.skip("needs coturn's turnserver")
-    return await run_scenario(
+    return await run_with_turn(
         "tests.signalling.test_weak_network",
         scenario,
         database_url,
         work,
         budget,
         namespace=veth_namespace_command() if veth else None,
-        also_kill=turn_groups,
     )
 
 
@@ -265,6 +260,18 @@ async def camera_off(page: Page) -> None:
     await page.wait_for("window.wadudCall.localTracks.get('camera').track === null", "camera off")
 
 
+async def joined_page(
+    world: World, name: str, link: str, *flags: str, script: str = "", camera: bool = True
+) -> Page:
+    """:func:`open_page`, joined to the call; without ``camera``, a
+    subscriber only (:func:`camera_off`)."""
+    page = await open_page(world, name, link, *flags, script=script)
+    await join(page)
+    if not camera:
+        await camera_off(page)
+    return page
+
+
 async def from_peer(page: Page, peer: str) -> dict[str, Any]:
     stats = await page.eval(f"window.wadudCall.stats().then(s => s.participants['{peer}'])")
     return dict(stats or {})
@@ -342,24 +349,20 @@ async def decoding(page: Page, peer: str, within: float = 40) -> None:
 async def three(world: World, capped_script: str) -> tuple[Page, Page, Page, str]:
     """The doctor publishes simulcast; two subscribers (cameras off), the
     second through ``capped_script``'s relays."""
-    doctor = await open_page(
+    doctor = await joined_page(
         world, "doctor", simulcast(world.link("dr-amina", "Dr Amina", "doctor", admin=True))
     )
-    await join(doctor)
-    clean = await open_page(
-        world, "clean", simulcast(world.link("pt-1", "Bilal", "patient")), SHARP
+    clean = await joined_page(
+        world, "clean", simulcast(world.link("pt-1", "Bilal", "patient")), SHARP, camera=False
     )
-    await join(clean)
-    await camera_off(clean)
-    capped = await open_page(
+    capped = await joined_page(
         world,
         "capped",
         simulcast(world.link("rel-2", "Sana", "family")),
         SHARP,
         script=capped_script,
+        camera=False,
     )
-    await join(capped)
-    await camera_off(capped)
     pub = await participant_id(doctor)
     await decoding(clean, pub)
     await decoding(capped, pub)
@@ -448,25 +451,22 @@ async def weak_visit(world: World, *, police: bool) -> dict[str, Any]:
         port = CAPPED_PORT
     big = "--window-size=1280,800"
     try:
-        doctor = await open_page(
+        doctor = await joined_page(
             world,
             "doctor",
             simulcast(world.link("dr-amina", "Dr Amina", "doctor", admin=True)),
             big,
         )
-        await join(doctor)
-        clean = await open_page(
+        clean = await joined_page(
             world, "clean", simulcast(world.link("fam-1", "Bilal", "family")), big
         )
-        await join(clean)
-        capped = await open_page(
+        capped = await joined_page(
             world,
             "capped",
             simulcast(world.link("pt-2", "Sana", "patient")),
             big,
             script=relay_only(f"turn:127.0.0.1:{port}?transport=udp"),
         )
-        await join(capped)
         pages = {"doctor": doctor, "clean": clean, "capped": capped}
         pids = {name: await participant_id(page) for name, page in pages.items()}
         for name, page in pages.items():
@@ -692,14 +692,13 @@ async def scenario_views(world: World) -> dict[str, Any]:
     """What the page shows picks the layer: a 160x90 tile gets the low
     layer on a fast link, a hidden tile no video, and the top layer nobody
     wants stops at the publisher (dynacast)."""
-    doctor = await open_page(
+    doctor = await joined_page(
         world, "doctor", simulcast(world.link("dr-amina", "Dr Amina", "doctor", admin=True))
     )
-    await join(doctor)
     await doctor.eval(PAUSES)
-    viewer = await open_page(world, "viewer", simulcast(world.link("pt-1", "Bilal", "patient")))
-    await join(viewer)
-    await camera_off(viewer)
+    viewer = await joined_page(
+        world, "viewer", simulcast(world.link("pt-1", "Bilal", "patient")), camera=False
+    )
     pub = await participant_id(doctor)
     await decoding(viewer, pub)
     # The viewer's camera is off: the doctor's page says so, not "weak connection".
@@ -770,10 +769,9 @@ async def scenario_views(world: World) -> dict[str, Any]:
 async def scenario_firefox(world: World) -> dict[str, Any]:
     """Chromium (the doctor) and Firefox (the patient), both on the page's
     default: simulcast."""
-    doctor = await open_page(
+    doctor = await joined_page(
         world, "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
     )
-    await join(doctor)
     firefox = await FirefoxPage.open(
         world.browsers.work, "firefox", world.link("pt-1", "Bilal", "patient"), 9222
     )

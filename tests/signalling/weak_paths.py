@@ -14,13 +14,17 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.browser import (
     DriverError,
+    run_scenario,
 )
 
 TURN_USER, TURN_PASS = "weak", "link"
@@ -31,6 +35,26 @@ CAPPED_PORT = 3480  # the capped path to it
 def turn_groups(work: Path) -> list[int]:
     path = work / "turn-groups"
     return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+async def run_with_turn(
+    module: str,
+    scenario: str,
+    database_url: str,
+    work: Path,
+    budget: float,
+    *,
+    needs: str = "turnserver",
+    namespace: list[str] | None = None,
+) -> dict[str, Any]:
+    """:func:`tests.browser.run_scenario` for a driver that may start coturn
+    (:class:`Turn`), whose process groups are killed with the driver's;
+    skipped where the command ``needs`` is not installed."""
+    if shutil.which(needs) is None:
+        pytest.skip(f"needs {needs}")
+    return await run_scenario(
+        module, scenario, database_url, work, budget, namespace=namespace, also_kill=turn_groups
+    )
 
 
 class Turn:

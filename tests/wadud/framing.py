@@ -1,6 +1,7 @@
 """What the Hypothesis tests of every parser built on :mod:`wadud.frames`
 (its plain envelope, chat's and the call's protocols) share: arbitrary JSON
-values to put in a frame's fields, the outcome of parsing arbitrary
+values to put in a frame's fields, objects shaped like a protocol's frames
+with such values in their fields, the outcome of parsing arbitrary
 input, which is a frame or a protocol error with one of the envelope's
 codes, never anything else, and the texts every protocol refuses for the
 envelope alone."""
@@ -8,9 +9,11 @@ envelope alone."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from wadud import frames
 
@@ -19,6 +22,24 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )
+
+
+def frame_objects(
+    models: Mapping[str, type[BaseModel]], max_size: int
+) -> st.SearchStrategy[dict[str, Any]]:
+    """JSON objects shaped like the frames of ``models`` (a protocol's
+    ``type`` -> model table): a ``type`` of the table, and up to ``max_size``
+    fields, each with an arbitrary JSON value, named from those its models
+    have and one (``extra``) that none has."""
+    fields = {name for model in models.values() for name in model.model_fields}
+    return st.builds(
+        lambda kind, values: {"type": kind, **values},
+        st.sampled_from(sorted(models)),
+        st.dictionaries(
+            st.sampled_from(sorted(fields - {"type"} | {"extra"})), json_values, max_size=max_size
+        ),
+    )
+
 
 #: What parsing arbitrary input may come to: a frame, or one of these codes.
 OUTCOMES = frozenset({"parsed", "bad-frame", "unsupported-version", "unknown-type", "invalid"})

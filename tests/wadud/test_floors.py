@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.syntax import parse_all, parse_source
+from tests.syntax import parse_files, parse_source
 
 GROUND = Path(__file__).resolve().parents[2] / "wadud"
 ABOVE = frozenset(
@@ -64,15 +65,22 @@ def upward(tree: ast.AST) -> list[tuple[int, str]]:
     return [(line, name) for line, name in imported(tree) if name.split(".")[0] in ABOVE]
 
 
+def found_in(
+    files: list[Path], find: Callable[[ast.AST], list[tuple[int, str]]]
+) -> list[tuple[Path, int, str]]:
+    """What ``find`` finds in the tree of each of ``files``: the file's path
+    from the repository's root, the line, and what it found there."""
+    return [
+        (path.relative_to(GROUND.parent), line, what)
+        for path, tree in zip(files, parse_files(files), strict=True)
+        for line, what in find(tree)
+    ]
+
+
 def test_the_ground_imports_no_feature_and_no_assembly() -> None:
     files = sorted(GROUND.rglob("*.py"))
     assert len(files) > 10, "the ground's modules were not found"
-    trees = parse_all([(str(path), path.read_text()) for path in files])
-    offences = [
-        f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
-        for path, tree in zip(files, trees, strict=True)
-        for line, name in upward(tree)
-    ]
+    offences = [f"{path}:{line} imports {name}" for path, line, name in found_in(files, upward)]
     assert offences == []
 
 
@@ -125,11 +133,9 @@ def test_a_feature_imports_no_feature_beside_or_above_it(package: str) -> None:
     forbidden, allowed = FEATURE_RULES[package]
     files = sorted((GROUND.parent / package).rglob("*.py"))
     assert files, f"{package}/ was not found"
-    trees = parse_all([(str(path), path.read_text()) for path in files])
     offences = [
-        f"{path.relative_to(GROUND.parent)}:{line} imports {name}"
-        for path, tree in zip(files, trees, strict=True)
-        for line, name in imported(tree)
+        f"{path}:{line} imports {name}"
+        for path, line, name in found_in(files, imported)
         if name.split(".")[0] in forbidden and name not in allowed
     ]
     assert offences == []
@@ -196,7 +202,7 @@ class Modules:
 
     def __init__(self) -> None:
         files = sorted(path for package in OURS for path in (ROOT / package).rglob("*.py"))
-        trees = parse_all([(str(path), path.read_text()) for path in files])
+        trees = parse_files(files)
         self.files = {module_name(path): path for path in files}
         self.trees = {module_name(path): tree for path, tree in zip(files, trees, strict=True)}
         self.imports = {
@@ -428,12 +434,8 @@ def sql_in(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 def test_handler_modules_hold_no_sql_and_import_no_asyncpg() -> None:
-    files = handler_modules()
-    trees = parse_all([(str(path), path.read_text()) for path in files])
     offences = [
-        f"{path.relative_to(ROOT)}:{line}: {text!r}"
-        for path, tree in zip(files, trees, strict=True)
-        for line, text in sql_in(tree)
+        f"{path}:{line}: {text!r}" for path, line, text in found_in(handler_modules(), sql_in)
     ]
     assert offences == []
 

@@ -46,7 +46,7 @@ import jwt
 import pytest
 
 from signalling.edge.check import CHECK_VALIDITY
-from tests.browser import Page, driver_main, frame_of, play, run_scenario
+from tests.browser import Page, driver_main, frame_of, play
 from tests.conftest import Api, served
 from tests.signalling.call_world import Scenario, World, embedder, serving
 from wadud.config import Settings
@@ -151,17 +151,10 @@ async def test_check_is_rate_limited_per_address(api: Api) -> None:
 
 
 async def run_check(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    from tests.signalling.weak_paths import turn_groups
+    from tests.signalling.weak_paths import run_with_turn
 
-    if shutil.which("iptables") is None:
-        pytest.skip("needs iptables")
-    return await run_scenario(
-        "tests.signalling.edge.test_check",
-        scenario,
-        database_url,
-        work,
-        budget,
-        also_kill=turn_groups,
+    return await run_with_turn(
+        "tests.signalling.edge.test_check", scenario, database_url, work, budget, needs="iptables"
     )
 
 
