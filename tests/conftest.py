@@ -99,7 +99,7 @@ def _import_whole(package: Any) -> None:
     import deep inside a recursive strategy, near the recursion limit), and
     from then on every such import in that worker fails: "AST constructor
     recursion depth mismatch", seen in CI runs and in a full rehearsal
-    (tests/wadud/test_cursor.py, 2026-11-25). Imported once here, nothing
+    (tests/wadud/web/test_cursor.py, 2026-11-25). Imported once here, nothing
     of hypothesis's is parsed during a test."""
     for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         # The extras import optional libraries (numpy, pandas, django, ...).
@@ -165,11 +165,11 @@ BUSY = {
 }
 WAITING = (
     "tests/signalling/test_visit_journey.py::test_an_early_patient_waits_then_joins_by_itself",
-    "tests/wadud/test_api_fuzz.py",
+    "tests/wadud/web/test_api_fuzz.py",
     "tests/hooks/test_webhooks.py::test_a_receiver_down_for_30_s_gets_every_event_once_it_is_back",
     "tests/chat/test_nodes.py",
-    "tests/wadud/test_ratelimit.py",
-    "tests/wadud/test_embedded_postgres.py",
+    "tests/wadud/web/test_ratelimit.py",
+    "tests/wadud/state/test_embedded_postgres.py",
 )
 
 
@@ -398,7 +398,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         log_format="text",
         outbox_poll_interval=0.2,
         # A password hash at 1 MiB, not 64: hashing was most of the suite's
-        # CPU time. tests/wadud/test_signin_load.py keeps the real cost.
+        # CPU time. tests/wadud/web/test_signin_load.py keeps the real cost.
         auth_hash_memory_kib=1024,
     )
 

@@ -1,7 +1,7 @@
 """A Redis Sentinel group for tests: Debian's redis-server as a primary and a
 replica, and three redis-sentinel processes, all on loopback.
 
-tests/wadud/test_sentinel.py fails the primary over under the bus and the
+tests/wadud/messaging/test_sentinel.py fails the primary over under the bus and the
 clients; tests/signalling/cluster/test_sentinel_call.py under a call of real
 processes and pages (its driver starts the group inside its namespace).
 """

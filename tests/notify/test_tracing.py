@@ -14,8 +14,8 @@ from tests.booking.bookings.test_bookings import confirm, hold, local
 from tests.booking.factories import make_clinic, make_doctor
 from tests.conftest import Api
 from tests.notify.conftest import Inbox
-from tests.wadud.test_tracing import Receiver
-from tests.wadud.test_tracing import receiver as receiver  # the fixture
+from tests.wadud.observe.test_tracing import Receiver
+from tests.wadud.observe.test_tracing import receiver as receiver  # the fixture
 from wadud.config import Settings
 from wadud.observe import tracing
 from wadud.web.api import Role

@@ -111,7 +111,7 @@ async def test_request_id_is_kept_or_made(api: Api) -> None:
 
 
 async def test_idempotency_key_replays_first_answer(api: Api) -> None:
-    # Sign-in never replays (tests/wadud/test_signin_idempotency.py); creating
+    # Sign-in never replays (tests/wadud/web/test_signin_idempotency.py); creating
     # an account as an admin does.
     admin = await api.user(Role.ADMIN)
     auth = {"Authorization": f"Bearer {admin}"}

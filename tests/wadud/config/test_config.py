@@ -9,7 +9,7 @@ from wadud import config
 from wadud.config import sources
 from wadud.errors import ConfigError
 
-DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
+DOC = Path(__file__).parents[3] / "docs" / "configuration.md"
 
 
 def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_turn_table_is_shared_with_the_relay(tmp_path: Path) -> None:
 def test_the_example_configuration_loads() -> None:
     """deploy/wadud.example.toml is what operators copy: every key in it must
     be a setting in its section (a key under the wrong table is refused)."""
-    example = Path(__file__).parents[2] / "deploy" / "wadud.example.toml"
+    example = Path(__file__).parents[3] / "deploy" / "wadud.example.toml"
     s = sources.load(file=example, env={})
     assert s.region == "pk"
     assert s.media_region_distances.startswith("pk-ae=")

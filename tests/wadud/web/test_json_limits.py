@@ -37,7 +37,7 @@ from wadud.jsonin import MAX_DEPTH
 from wadud.state import keys
 from wadud.web.api import ENDPOINTS, Role
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CARD_SECRET = "whsec_" + "j" * 24
 DEEP = b"[" * 100_000 + b"]" * 100_000
 JUST_PAST = b'{"a": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}"
