@@ -58,6 +58,37 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
         proc.wait()
 
 
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The pid of the embedded PostgreSQL of a ``wadud serve --data-dir
+    data_dir``, from its pid file; None when it has none."""
+    try:
+        return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited postmaster waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_stopped(pid: int | None, within: float = 60.0) -> bool:
+    """Wait for process ``pid`` to be gone, up to ``within`` seconds; True if
+    it went. For the embedded PostgreSQL after ``wadud serve`` exits: the
+    server stops within its bound and lets a slow shutdown (a checkpoint on
+    a busy machine) finish on its own (wadud.state.db.stop_embedded), and
+    its data folder must not be removed under it."""
+    deadline = time.monotonic() + within
+    while pid is not None and running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @contextlib.contextmanager
 def own_cluster(work: Path, secret: str, **options: Any) -> Iterator[Cluster]:
     """A :class:`tests.cluster.Cluster` under ``work/cluster`` (described,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
-from benchmarks.common import tree_cpu_seconds
+from benchmarks.common import postmaster_pid, tree_cpu_seconds
 
 __all__ = [
     "BEHIND",
@@ -22,7 +22,6 @@ __all__ = [
     "cpu_ticks",
     "machine_busy",
     "postgres_cpu_seconds",
-    "postmaster_pid",
 ]
 
 
@@ -97,10 +96,3 @@ def postgres_cpu_seconds(data_dir: Path) -> float:
     if pm is None:
         return 0.0
     return tree_cpu_seconds(pm)
-
-
-def postmaster_pid(data_dir: Path) -> int | None:
-    try:
-        return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None

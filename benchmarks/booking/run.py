@@ -92,7 +92,6 @@ from benchmarks.booking.measure import (  # noqa: E402
     cpu_ticks,
     machine_busy,
     postgres_cpu_seconds,
-    postmaster_pid,
 )
 from benchmarks.booking.mix import (  # noqa: E402
     MIX,
@@ -101,7 +100,15 @@ from benchmarks.booking.mix import (  # noqa: E402
     mix_results,
     staff_tokens,
 )
-from benchmarks.common import answers_ready, cpu_seconds, free_port, pct, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    answers_ready,
+    cpu_seconds,
+    free_port,
+    pct,
+    postmaster_pid,
+    wait_stopped,
+    write_results,
+)
 
 BIN = Path(sys.executable).parent
 SPECIALTIES = ["general", "cardiology", "dermatology", "pediatrics", "psychiatry", "gynecology"]
@@ -154,14 +161,6 @@ def database_url(data_dir: Path) -> str:
     return str(info.get_uri())
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an exited postmaster waits for init to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def stop_server(server: subprocess.Popen[bytes], data_dir: Path) -> dict[str, Any]:
     """SIGTERM ``wadud serve`` and check it stopped its PostgreSQL; whatever
     is left (it should be nothing) is killed and reported."""
@@ -178,10 +177,7 @@ def stop_server(server: subprocess.Popen[bytes], data_dir: Path) -> dict[str, An
         "serve_stop_seconds": round(time.perf_counter() - t0, 2),
         "postgres_left_running": False,
     }
-    deadline = time.monotonic() + 5
-    while pm is not None and running(pm) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pm is not None and running(pm):
+    if not wait_stopped(pm, 5):
         report["postgres_left_running"] = True
         os.kill(pm, signal.SIGINT)  # fast shutdown of the cluster this run started
         print(f"wadud serve left its PostgreSQL (pid {pm}) running; stopped it", file=sys.stderr)

@@ -19,7 +19,16 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
-from benchmarks.common import answers_ready, free_port, log_lines, log_tail, start_group, stop_group
+from benchmarks.common import (
+    answers_ready,
+    free_port,
+    log_lines,
+    log_tail,
+    postmaster_pid,
+    start_group,
+    stop_group,
+    wait_stopped,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sfu-bench-secret-" + "k" * 40
@@ -104,7 +113,13 @@ class Server:
         return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else [])
 
     def stop(self) -> None:
+        """Stop the server's process group, then wait for its embedded
+        PostgreSQL to finish stopping, so the run's folder can go (ci51: it was
+        removed under a shutdown still writing, and the run failed)."""
+        pm = postmaster_pid(self.data)
         stop_group(self.proc)
+        if not wait_stopped(pm):
+            raise SystemExit(f"the server's PostgreSQL (pid {pm}) did not stop in 60 s")
 
 
 class MediaNode(Server):
