@@ -198,12 +198,15 @@ async def test_store_arithmetic(backend: str, redis_server: RedisServer) -> None
             await limiter.take("t", "x", rate, "things")
         assert info.value.retry_after == 1 and info.value.http_status == 429
         await limiter.take("t", "y", rate, "things")  # another key, its own bucket
-        rule = ratelimit.Backoff(free=2, delay=0.2, delay_max=0.4, forget=60)
+        # Waits long beside the sleeps: the Redis store keeps Redis's own
+        # clock, and a starved test process can oversleep by a few tenths
+        # (ci53, a core kept busy: 0.25 s asleep outlasted a 0.4 s wait).
+        rule = ratelimit.Backoff(free=2, delay=1.0, delay_max=2.0, forget=60)
         keys_ = [await limiter.attempt("a", "x", rule, "tries") for _ in range(3)]
         with pytest.raises(ratelimit.RateLimited):
             await limiter.attempt("a", "x", rule, "tries")
-        await asyncio.sleep(0.25)
-        await limiter.attempt("a", "x", rule, "tries")  # the 4th: now 0.4 s to wait
+        await asyncio.sleep(1.1)
+        await limiter.attempt("a", "x", rule, "tries")  # the 4th: now 2 s to wait
         await asyncio.sleep(0.25)
         with pytest.raises(ratelimit.RateLimited):
             await limiter.attempt("a", "x", rule, "tries")
