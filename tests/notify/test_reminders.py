@@ -143,7 +143,14 @@ async def test_a_rescheduled_booking_is_reminded_at_its_new_time_only(
     await pool.execute("UPDATE notify_jobs SET due_at = now() WHERE template = 'reminder_15m'")
     await wait_until(lambda: len(smtp.of("reminder_15m")) >= 2, within=8)
     await asyncio.sleep(1.0)
-    assert len(smtp.of("reminder_15m")) == 2
+    # ci53 (a core kept busy) once saw three. Whether the third was the old
+    # time's (a defect) or a delivery sent again under its own Message-ID
+    # (at least once, by design), the report says.
+    sent = smtp.of("reminder_15m")
+    assert len(sent) == 2, [
+        (m["To"], m["Message-ID"], m["Date"], str(m.get_body(("plain",)) or "")[-300:])
+        for m in sent
+    ]
     # Sent for the new time, and at or after it was due.
     params = await pool.fetch(
         "SELECT params->>'starts_at' AS s, state FROM notify_jobs WHERE template = 'reminder_15m'"
