@@ -181,6 +181,8 @@ def stop_server(server: subprocess.Popen[bytes], data_dir: Path) -> dict[str, An
         report["postgres_left_running"] = True
         os.kill(pm, signal.SIGINT)  # fast shutdown of the cluster this run started
         print(f"wadud serve left its PostgreSQL (pid {pm}) running; stopped it", file=sys.stderr)
+        # Its folder goes with the run: not while the shutdown still writes.
+        wait_stopped(pm)
     return report
 
 
