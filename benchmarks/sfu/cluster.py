@@ -40,7 +40,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import own_cluster, write_results  # noqa: E402
+from benchmarks.common import commit_of, own_cluster, write_results  # noqa: E402
 from tests.cluster import Cluster  # noqa: E402
 from wadud.config import Settings  # noqa: E402
 from wadud.web.auth import RoomGrant, issue_room_token  # noqa: E402
@@ -269,9 +268,6 @@ def main() -> int:
             os.chmod(tmp, 0o755)  # pgserver may run PostgreSQL as another user
             out = uvloop.run(run(args, Path(tmp)))
     out["summary"] = summarise(out)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     out.update(
         {
             "args": {k: str(v) for k, v in vars(args).items() if k != "json"},
@@ -279,7 +275,7 @@ def main() -> int:
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 1),
             "cpus": os.cpu_count(),
-            "commit": commit,
+            "commit": commit_of(ROOT),
         }
     )
     s = out["summary"]
