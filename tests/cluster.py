@@ -479,27 +479,19 @@ class Cluster:
         by the time the process stamped on it (``WADUD_LOG_FORMAT=text``:
         local time to the millisecond), earliest first."""
         found: list[tuple[float, str]] = []
-        for proc in self.procs:
-            try:
-                with proc.log.open("rb") as f:
-                    f.seek((since or {}).get(proc.name, 0))
-                    lines = f.read().decode(errors="replace").splitlines()
-            except OSError:
-                continue
+        for name, lines in self.lines(phrase, since=since, limit=sys.maxsize).items():
             for line in lines:
-                if phrase not in line:
-                    continue
                 with contextlib.suppress(ValueError):
                     stamp, _, ms = line[:23].partition(",")
                     at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
-                    found.append((at, proc.name))
+                    found.append((at, name))
         return sorted(found)
 
-    def problems(
-        self, limit: int = 20, since: dict[str, int] | None = None
+    def lines(
+        self, *phrases: str, since: dict[str, int] | None = None, limit: int = 30
     ) -> dict[str, list[str]]:
-        """Tracebacks and error lines in each process's log (written after
-        ``since``, from :meth:`log_sizes`), for a report."""
+        """The last ``limit`` lines of each process's log (written after
+        ``since``, from :meth:`log_sizes`) that contain any of ``phrases``."""
         out = {}
         for proc in self.procs:
             try:
@@ -508,10 +500,17 @@ class Cluster:
                     lines = f.read().decode(errors="replace").splitlines()
             except OSError:
                 continue
-            bad = [ln for ln in lines if "Traceback" in ln or "ERROR" in ln or "Error:" in ln]
-            if bad:
-                out[proc.name] = bad[-limit:]
+            found = [ln for ln in lines if any(p in ln for p in phrases)]
+            if found:
+                out[proc.name] = found[-limit:]
         return out
+
+    def problems(
+        self, limit: int = 20, since: dict[str, int] | None = None
+    ) -> dict[str, list[str]]:
+        """Tracebacks and error lines in each process's log (written after
+        ``since``, from :meth:`log_sizes`), for a report."""
+        return self.lines("Traceback", "ERROR", "Error:", since=since, limit=limit)
 
 
 # -- the load balancer -------------------------------------------------------

@@ -391,6 +391,43 @@ def enter_namespace(path: str | Path) -> None:
         os.close(fd)
 
 
+#: Seconds a timed-out :meth:`NsLoop.call` waits for its coroutine's clean-up.
+CANCEL_WITHIN = 60.0
+
+#: Every host's loop that runs (for :func:`where_tasks_are`).
+_LOOPS: list[NsLoop] = []
+
+
+def _awaiting(coro: Any) -> list[Any]:
+    """The frames of ``coro`` and of what it awaits, outermost first
+    (Task.get_stack stops at the task's own coroutine while it waits)."""
+    frames = []
+    while coro is not None and len(frames) < 64:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frames
+
+
+def where_tasks_are(frames: int = 4) -> str:
+    """The innermost ``frames`` frames of each task on each running host
+    loop: what a hang waits on (read from this thread, without running
+    anything on a loop that may be the one stuck)."""
+    lines = []
+    for ns in list(_LOOPS):
+        if not ns.thread.is_alive():
+            continue
+        with contextlib.suppress(RuntimeError):  # the set changed while read
+            for task in list(asyncio.all_tasks(ns.loop)):
+                where = " > ".join(
+                    f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}"
+                    for f in _awaiting(task.get_coro())[-frames:]
+                )
+                lines.append(f"  {ns.host} {task.get_name()}: {where or '-'}")
+    return "\n".join(lines)
+
+
 class NsLoop:
     """An asyncio loop on its own thread inside one host's namespace. Every
     socket its coroutines open, and every process they start, is in that
@@ -414,6 +451,7 @@ class NsLoop:
         self.thread = threading.Thread(target=run, name=f"ns-{host}", daemon=True)
         self.thread.start()
         ready.result(10)
+        _LOOPS.append(self)
 
     def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
         async def call() -> T:
@@ -426,8 +464,30 @@ class NsLoop:
         return await asyncio.wrap_future(self.submit(fn))
 
     def call(self, fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 60) -> T:
-        """``fn()`` on this host's loop, from synchronous code."""
-        return self.submit(fn).result(timeout)
+        """``fn()`` on this host's loop, from synchronous code. Past
+        ``timeout`` it is cancelled, and its clean-up waited for, before
+        TimeoutError says where every host's coroutines were: left running,
+        a scenario went on beside the next try of its test (a rerun on the
+        same world) and starved it of the CPU and the network it measures."""
+        ended = threading.Event()
+
+        async def run() -> T:
+            try:
+                return await fn()
+            finally:
+                ended.set()
+
+        future = self.submit(run)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            stacks = where_tasks_are()
+            future.cancel()
+            ended.wait(CANCEL_WITHIN)
+            raise TimeoutError(
+                f"{getattr(fn, '__name__', fn)} on {self.host} still running after "
+                f"{timeout:.0f} s (cancelled); where each host's coroutines were:\n{stacks}"
+            ) from None
 
     def close(self) -> None:
         if not self.thread.is_alive():
@@ -446,6 +506,8 @@ class NsLoop:
         self.thread.join(10)
         if not self.thread.is_alive():
             self.loop.close()
+        with contextlib.suppress(ValueError):
+            _LOOPS.remove(self)
 
 
 # -- the topology -------------------------------------------------------------------

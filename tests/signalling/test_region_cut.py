@@ -142,8 +142,15 @@ async def _everyone_sees(parties: list[Party], others: int, within: float) -> fl
             raise AssertionError(f"not everyone decodes {others} others: {seen}")
 
 
+#: What the processes' logs say of a moved or lost call, for the report:
+#: a site placed elsewhere, a worker that died, a transport that closed or
+#: failed, a heartbeat or cluster membership that lapsed and came back.
+SAID = ("site moves", "worker died", "transport closed", "transport failed", "back after", "lapsed")
+
+
 async def _scenario(world: World) -> dict[str, Any]:
     regions = world.regions
+    logs = world.lab.cluster.log_sizes()
     local = world.room("sa-visit")
     shared = world.room("pk-sa-visit")
     report: dict[str, Any] = {}
@@ -186,6 +193,8 @@ async def _scenario(world: World) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, CUT - report["cut_for"]))
         report["cut_for"] = time.monotonic() - cut_at
         clients = [id(c) for p in (sa_only, pk_side, sa_side) for c in p.clients]
+        # Before the heal, whose resumes close the cut side's old transports.
+        report["said_during"] = world.lab.cluster.lines(*SAID, since=logs)
 
         _cut(regions, 0.0)
         report["healed_to_everyone"] = await _everyone_sees([pk_side, sa_side], 3, HEAL_WITHIN)
@@ -205,6 +214,9 @@ async def _scenario(world: World) -> dict[str, Any]:
             id(c) for p in (sa_only, pk_side, sa_side) for c in p.clients
         ]
         return report
+    except BaseException as exc:
+        exc.add_note(f"the servers said: {world.lab.cluster.lines(*SAID, since=logs)}")
+        raise
     finally:
         _cut(regions, 0.0)
         for party in (sa_only, pk_side, sa_side, sa_new):

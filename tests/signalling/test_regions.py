@@ -337,6 +337,11 @@ class Party:
                         # Gaps given up on (a PLI each) and keyframes started over at.
                         "plis": c.keyframes_asked,
                         "resyncs": c.keyframe_resyncs,
+                        # New connections: all told (the server moved the
+                        # media), and those this client asked for (its own
+                        # connection failed).
+                        "moves": c.media_moves,
+                        "asked": c.media_reconnects,
                     }
                 )
             return out

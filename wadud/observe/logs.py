@@ -42,20 +42,31 @@ class JsonFormatter(logging.Formatter):
         ids = trace_ids() if trace_ids is not None else None
         if ids is not None:
             out["trace_id"], out["span_id"] = ids
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        out.update(_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """What was passed in ``extra=``: the line's own fields."""
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
 class TextFormatter(logging.Formatter):
+    """One line for a terminal: the message, then its fields as
+    ``key=value`` (which room, which worker, why: what the JSON object
+    carries), then the request and trace ids in brackets."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
+        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        if fields:
+            head, newline, rest = text.partition("\n")
+            text = f"{head} {fields}{newline}{rest}"
         rid = request_id.get()
         ids = trace_ids() if trace_ids is not None else None
         if ids is not None:
