@@ -219,8 +219,9 @@ async def _scenario(world: World) -> dict[str, Any]:
         raise
     finally:
         _cut(regions, 0.0)
-        for party in (sa_only, pk_side, sa_side, sa_new):
-            await party.close()
+        # At once: each client's close is bounded (wadud_client CLOSE_STEP),
+        # but four parties in turn could take minutes on a starved machine.
+        await asyncio.gather(*(p.close() for p in (sa_only, pk_side, sa_side, sa_new)))
 
 
 def test_a_cut_off_region_keeps_its_visits_and_the_shared_one_joins_up(world: World) -> None:

@@ -380,8 +380,7 @@ async def parties(world: World, *hosts: str) -> Any:
     try:
         yield made
     finally:
-        for p in made:
-            await p.close()
+        await asyncio.gather(*(p.close() for p in made))
 
 
 # -- browsers -----------------------------------------------------------------------
