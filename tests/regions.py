@@ -410,22 +410,35 @@ def _awaiting(coro: Any) -> list[Any]:
     return frames
 
 
-def where_tasks_are(frames: int = 4) -> str:
-    """The innermost ``frames`` frames of each task on each running host
-    loop: what a hang waits on (read from this thread, without running
-    anything on a loop that may be the one stuck)."""
+def where_tasks_are(host: str, frames: int = 6) -> str:
+    """What a hang of ``host``'s coroutine waits on: the innermost
+    ``frames`` frames of each task on that host's loop, and of each task
+    another loop runs for a caller (:meth:`NsLoop.submit`), not the clients'
+    own (read from this thread, without running anything on a loop that may
+    be the one stuck)."""
     lines = []
     for ns in list(_LOOPS):
         if not ns.thread.is_alive():
             continue
         with contextlib.suppress(RuntimeError):  # the set changed while read
             for task in list(asyncio.all_tasks(ns.loop)):
+                stack = _awaiting(task.get_coro())
+                if ns.host != host and (not stack or stack[0].f_code is not _SUBMITTED):
+                    continue
                 where = " > ".join(
                     f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}"
-                    for f in _awaiting(task.get_coro())[-frames:]
+                    for f in stack[-frames:]
                 )
                 lines.append(f"  {ns.host} {task.get_name()}: {where or '-'}")
     return "\n".join(lines)
+
+
+async def _submitted(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """What :meth:`NsLoop.submit` runs: ``fn()``, made on the loop's own thread."""
+    return await fn()
+
+
+_SUBMITTED = _submitted.__code__
 
 
 class NsLoop:
@@ -454,10 +467,7 @@ class NsLoop:
         _LOOPS.append(self)
 
     def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
-        async def call() -> T:
-            return await fn()
-
-        return asyncio.run_coroutine_threadsafe(call(), self.loop)
+        return asyncio.run_coroutine_threadsafe(_submitted(fn), self.loop)
 
     async def run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Await ``fn()`` run on this host's loop, from any other loop."""
@@ -481,7 +491,7 @@ class NsLoop:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
-            stacks = where_tasks_are()
+            stacks = where_tasks_are(self.host)
             future.cancel()
             ended.wait(CANCEL_WITHIN)
             raise TimeoutError(

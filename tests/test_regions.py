@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests.polling import wait_until
-from tests.regions import Regions, start_postgres, start_redis, unavailable_reason, wait_tcp
+from tests.regions import (
+    Regions,
+    start_postgres,
+    start_redis,
+    unavailable_reason,
+    wait_tcp,
+    where_tasks_are,
+)
 
 ECHO_PORT = 7000
 
@@ -275,3 +282,29 @@ async def test_redis_and_postgres_in_db_are_reached_from_pk_with_the_delay(
     assert 0.9 * want <= redis_rtt < want + 0.050
     assert 0.9 * want <= pg_rtt < want + 0.050
     assert regions.bridge.count("pk", "db", "tcp", dport=6379).packets >= 11
+
+
+def test_a_call_past_its_timeout_is_cancelled_and_says_where_it_waited(regions: Regions) -> None:
+    """A scenario left running beside the next try of its test (a rerun on
+    the same world) would take that try's CPU and network."""
+    cleaned: list[str] = []
+
+    async def far() -> None:
+        await asyncio.sleep(60)
+
+    async def scenario() -> None:
+        try:
+            await regions.run_in("sa", far)
+        finally:
+            cleaned.append("scenario")
+
+    with pytest.raises(TimeoutError) as raised:
+        regions.loop("pk").call(scenario, timeout=0.5)
+    assert cleaned == ["scenario"]
+    said = str(raised.value)
+    assert said.startswith("scenario on pk still running after"), said
+    # The caller's coroutine on its host, and what it awaited on another.
+    assert "\n  pk " in said and " scenario > " in said, said
+    assert "\n  sa " in said and " far > " in said, said
+    # What it awaited on the other host was cancelled with it.
+    assert " far > " not in where_tasks_are("sa")
