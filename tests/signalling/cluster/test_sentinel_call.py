@@ -35,7 +35,11 @@ def cluster(pg_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.mark.timeout(360)
 def test_a_call_carries_on_through_a_redis_failover(cluster: Driver) -> None:
     result = cluster.run("redis_failover", budget=150)
-    (cluster.work / "redis_failover.json").write_text(json.dumps(result))
+    # One file a try: a rerun on the same cluster keeps the failed one's.
+    tries = len(list(cluster.work.glob("redis_failover*.json")))
+    (cluster.work / f"redis_failover{f'-{tries + 1}' if tries else ''}.json").write_text(
+        json.dumps(result)
+    )
     report = result["report"]
     print(
         f"\nREDIS PRIMARY KILL -9: failover {report['failover_s']} s; fourth page joined"
@@ -51,7 +55,12 @@ def test_a_call_carries_on_through_a_redis_failover(cluster: Driver) -> None:
     # the SFU's estimate of a CPU-starved page's downlink pauses its video
     # 2 s into a shortfall and resumes it 3 s later, whatever Redis does
     # (the forwarding path never awaits Redis).
-    assert report["stalls"] == [], f"freezes of {FAILOVER_FREEZE_S} s or more: {report}"
+    # Each freeze and what both pages recorded around it first: the report
+    # after them is long, and a rerun's summary keeps only its start.
+    assert report["stalls"] == [], (
+        f"freezes of {FAILOVER_FREEZE_S} s or more: {report['stalls']}; around each:"
+        f" {json.dumps(report['stall_detail'], separators=(',', ':'))}; {report}"
+    )
     # The pages' samples span the failover, from before the kill.
     assert report["sampled"][0] < 0 < report["failover_s"] < report["sampled"][1], report
     # Within 10 s of the failover the fourth page is in, and everyone decodes
