@@ -147,6 +147,7 @@ def padding_probe(
         rtx_pt = next(iter(sub.rtx_pt.values()))
         _FIXED.pack_into(buf, 0, 0xB0, rtx_pt, sub.rtx_seq, sub.rewriter.highest[1], sub.rtx_ssrc)
         sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
+        sub.padded += 1
         # RFC 8285 one-byte header: the transport-wide sequence number.
         buf[12:20] = bytes((0xBE, 0xDE, 0, 1, ext_id << 4 | 1, tseq >> 8, tseq & 0xFF, 0))
         buf[-1] = count

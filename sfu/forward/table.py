@@ -117,6 +117,7 @@ class Subscription:
         "key",
         "octets_sent",
         "packets_sent",
+        "padded",
         "paused",
         "pending_on",
         "pt_map",
@@ -171,6 +172,10 @@ class Subscription:
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmitted = 0
+        # Padding-only probes sent on this subscription's RTX stream
+        # (sfu.forward.repair.padding_probe): not media, but packets the
+        # subscriber receives on it.
+        self.padded = 0
         self.unanswered = 0
         # Simulcast (see Group): the group, the layer waiting to take over
         # at its next keyframe, when that switch was decided, and the VP8

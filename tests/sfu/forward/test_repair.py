@@ -278,7 +278,7 @@ def test_padding_probe_shape(size: int, count: int) -> None:
     # No payload: a receiver unwrapping it finds no repair (RFC 4588 section 4).
     assert header.payload_range(data) == (20, 20)
     assert header.rtx_original(data, SUB_VP8, SUB_SSRC) is None
-    assert (sub.rtx_seq, transport.twcc_seq) == (42, 0x1235)
+    assert (sub.rtx_seq, transport.twcc_seq, sub.padded) == (42, 0x1235, 1)
     assert (transport.sent_at[tseq], transport.sizes[tseq]) == (3.0, len(data))
 
 
