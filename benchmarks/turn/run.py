@@ -263,7 +263,7 @@ def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> tuple[socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.5)
     req = stun.StunMessage(stun.ALLOCATE, stun.REQUEST, os.urandom(12))
-    req.add(stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
+    req.add(stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(stun.TRANSPORT_UDP))
     challenge = _request(sock, server, req)
     nonce = challenge.get(stun.NONCE)
     realm = challenge.get(stun.REALM)
@@ -279,7 +279,7 @@ def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> tuple[socket
         m.add(stun.USERNAME, username.encode()).add(stun.REALM, realm).add(stun.NONCE, nonce)
         return m.add_integrity(key)
 
-    tr = stun.pack_transport(stun.TRANSPORT_UDP)
+    tr = stun.pack_u8_rffu(stun.TRANSPORT_UDP)
     ok = _request(sock, server, signed(stun.ALLOCATE, (stun.REQUESTED_TRANSPORT, tr)))
     assert ok.cls == stun.SUCCESS, ok
     ch = stun.pack_channel(0x4000)
