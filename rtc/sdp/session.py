@@ -24,6 +24,7 @@ from typing import Self
 from rtc.errors import SdpParseError
 from rtc.sdp.attributes import Attribute, Codec
 from rtc.sdp.grammar import (
+    field_lines,
     parse_flag,
     parse_token,
     parse_uint,
@@ -139,26 +140,17 @@ class SessionDescription:
         yield "v=0"
         yield f"o={self.origin}"
         yield f"s={self.name}"
-        if self.information is not None:
-            yield f"i={self.information}"
-        if self.uri is not None:
-            yield f"u={self.uri}"
-        for email in self.emails:
-            yield f"e={email}"
-        for phone in self.phones:
-            yield f"p={phone}"
-        if self.connection is not None:
-            yield f"c={self.connection}"
-        for bandwidth in self.bandwidths:
-            yield f"b={bandwidth}"
+        yield from field_lines("i=", self.information)
+        yield from field_lines("u=", self.uri)
+        yield from field_lines("e=", self.emails)
+        yield from field_lines("p=", self.phones)
+        yield from field_lines("c=", self.connection)
+        yield from field_lines("b=", self.bandwidths)
         for timing in self.timings:
             yield f"t={timing.start} {timing.stop}"
-            for repeat in timing.repeats:
-                yield f"r={repeat}"
-        if self.zone is not None:
-            yield f"z={self.zone}"
-        if self.key is not None:
-            yield f"k={self.key}"
+            yield from field_lines("r=", timing.repeats)
+        yield from field_lines("z=", self.zone)
+        yield from field_lines("k=", self.key)
         if self.ice_lite:
             yield "a=ice-lite"
         for group in self.groups:
@@ -166,8 +158,7 @@ class SessionDescription:
         if self.extmap_allow_mixed:
             yield "a=extmap-allow-mixed"
         yield from transport_lines(self)
-        for attribute in self.attributes:
-            yield f"a={attribute}"
+        yield from field_lines("a=", self.attributes)
         for media in self.media:
             yield from media.lines()
 
