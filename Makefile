@@ -38,11 +38,11 @@ lint: $(BIN)/wadud
 	$(BIN)/mypy wadud bin booking turn chat rtc sfu signalling privacy notify hooks recording wadud_client fuzz
 
 bench: $(BIN)/wadud
-	$(BIN)/python benchmarks/booking/run.py
-	$(BIN)/python benchmarks/turn/run.py
-	$(BIN)/python benchmarks/chat/run.py
-	$(BIN)/python benchmarks/sfu/run.py
-	$(BIN)/python benchmarks/cascade/run.py
+	$(BIN)/python -m benchmarks.booking.run
+	$(BIN)/python -m benchmarks.turn.run
+	$(BIN)/python -m benchmarks.chat.run
+	$(BIN)/python -m benchmarks.sfu.run
+	$(BIN)/python -m benchmarks.cascade.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info */_*.so */*/_*.so

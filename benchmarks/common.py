@@ -2,9 +2,9 @@
 in a process group of its own (started, stopped, its log read), a process's
 CPU time (alone or with its children), the kernel's UDP receive-buffer drops,
 a cluster on a PostgreSQL and a Redis of a benchmark's own, the frames a signalling
-WebSocket receives. Scripts run standalone
-(``python benchmarks/X/run.py``) put the repository root on ``sys.path``
-before importing this."""
+WebSocket receives. Scripts run as modules from the repository root
+(``python -m benchmarks.X.run``), so the root is on ``sys.path`` for them and
+their children without each script putting it there."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,15 @@ import aiohttp
 
 if TYPE_CHECKING:
     from tests.cluster import Cluster
+
+#: The repository's root: the tree the scripts measure and write results under.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command_line(module: str) -> str:
+    """How this run was started (``python -m module`` and its arguments), as
+    the results record it."""
+    return " ".join([".venv/bin/python", "-m", module, *sys.argv[1:]])
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:

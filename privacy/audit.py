@@ -8,8 +8,8 @@ row that names its patient and clinic) append rows to the table
 :data:`TABLE` (``audit_log``). They are defined in :mod:`wadud.state.audit`, in the
 ground, because the ground's sign-in flow is audited too; see there for the
 arguments. ``detail`` and every hashed field hold ids and codes only, never
-plaintext personal data. :func:`record_access` is ``record`` for a read or
-change of one patient's record, which is an access only when someone other
+plaintext personal data. :func:`record_access` is ``record_about`` for a read
+or change of one patient's record, which is an access only when someone other
 than the patient makes it.
 
 The chain
@@ -105,22 +105,14 @@ async def record_access(
     me: Principal,
     action: str,
     row: Mapping[str, Any],
-    obj: str,
+    kind: str,
+    part_id: UUID | None = None,
 ) -> None:
     """An audit row when a doctor, staff member or admin reads or changes a
-    patient's record ``obj`` (docs/privacy.md); a patient's own are not
-    accesses. ``row`` names the patient (``patient_id``) and the clinic
-    (``clinic_id``)."""
-    if me.role is Role.PATIENT:
-        return
-    await record(
-        conn,
-        actor=me,
-        action=action,
-        subject=row["patient_id"],
-        clinic=row["clinic_id"],
-        object=obj,
-    )
+    patient's record ``row`` (or its part ``part_id``), as :func:`record_about`
+    writes it (docs/privacy.md); a patient's own are not accesses."""
+    if me.role is not Role.PATIENT:
+        await record_about(conn, row, kind, actor=me, action=action, part_id=part_id)
 
 
 def subject_digest(subject: UUID) -> str:

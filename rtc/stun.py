@@ -252,14 +252,16 @@ def unpack_unknown(data: bytes) -> tuple[int, ...]:
     return tuple(U16.unpack_from(data, i)[0] for i in range(0, len(data), 2))
 
 
-def pack_family(value: int) -> bytes:
-    # RFC 8656 section 18.8: family byte then 24 bits of RFFU.
+def pack_u8_rffu(value: int) -> bytes:
+    """An 8-bit value then 24 bits of RFFU: the address family attributes
+    (RFC 8656 section 18.8) and REQUESTED-TRANSPORT (section 18.11) share
+    this layout."""
     return bytes((value, 0, 0, 0))
 
 
-def unpack_family(data: bytes) -> int:
+def unpack_u8_rffu(data: bytes) -> int:
     if len(data) != 4:
-        raise StunParseError("address family attribute has the wrong length")
+        raise StunParseError("a one-byte attribute (family or transport) has the wrong length")
     return data[0]
 
 
@@ -271,16 +273,6 @@ def unpack_even_port(data: bytes) -> bool:
     if len(data) != 1:
         raise StunParseError("EVEN-PORT has the wrong length")
     return bool(data[0] & 0x80)
-
-
-def pack_transport(value: int) -> bytes:
-    return bytes((value, 0, 0, 0))
-
-
-def unpack_transport(data: bytes) -> int:
-    if len(data) != 4:
-        raise StunParseError("REQUESTED-TRANSPORT has the wrong length")
-    return data[0]
 
 
 def pack_empty(value: None) -> bytes:
@@ -321,9 +313,9 @@ ATTRIBUTES: list[tuple[int, str, Callable[..., bytes], Callable[..., Any], XorAw
     (REALM, "REALM", pack_string, unpack_string, False),
     (NONCE, "NONCE", pack_bytes, unpack_bytes, False),
     (XOR_RELAYED_ADDRESS, "XOR-RELAYED-ADDRESS", xor_address, unxor_address, True),
-    (REQUESTED_ADDRESS_FAMILY, "REQUESTED-ADDRESS-FAMILY", pack_family, unpack_family, False),
+    (REQUESTED_ADDRESS_FAMILY, "REQUESTED-ADDRESS-FAMILY", pack_u8_rffu, unpack_u8_rffu, False),
     (EVEN_PORT, "EVEN-PORT", pack_even_port, unpack_even_port, False),
-    (REQUESTED_TRANSPORT, "REQUESTED-TRANSPORT", pack_transport, unpack_transport, False),
+    (REQUESTED_TRANSPORT, "REQUESTED-TRANSPORT", pack_u8_rffu, unpack_u8_rffu, False),
     (DONT_FRAGMENT, "DONT-FRAGMENT", pack_empty, unpack_empty, False),
     (MESSAGE_INTEGRITY_SHA256, "MESSAGE-INTEGRITY-SHA256", pack_bytes, unpack_bytes, False),
     (PASSWORD_ALGORITHM, "PASSWORD-ALGORITHM", pack_bytes, unpack_bytes, False),
@@ -334,7 +326,7 @@ ATTRIBUTES: list[tuple[int, str, Callable[..., bytes], Callable[..., Any], XorAw
     (USE_CANDIDATE, "USE-CANDIDATE", pack_empty, unpack_empty, False),
     (PADDING, "PADDING", pack_bytes, unpack_bytes, False),
     (RESPONSE_PORT, "RESPONSE-PORT", pack_bytes, unpack_bytes, False),
-    (ADDITIONAL_ADDRESS_FAMILY, "ADDITIONAL-ADDRESS-FAMILY", pack_family, unpack_family, False),
+    (ADDITIONAL_ADDRESS_FAMILY, "ADDITIONAL-ADDRESS-FAMILY", pack_u8_rffu, unpack_u8_rffu, False),
     (ADDRESS_ERROR_CODE, "ADDRESS-ERROR-CODE", pack_bytes, unpack_bytes, False),
     (PASSWORD_ALGORITHMS, "PASSWORD-ALGORITHMS", pack_bytes, unpack_bytes, False),
     (ALTERNATE_DOMAIN, "ALTERNATE-DOMAIN", pack_string, unpack_string, False),

@@ -1,6 +1,6 @@
-"""A benchmark script (``benchmarks/...``) run as its smoke test runs it: in
-a child interpreter with its quickest flags, writing its JSON where the test
-says, bounded in time."""
+"""A benchmark script (``benchmarks/...``) run as its smoke test runs it: as a
+module in a child interpreter at the repository's root, with its quickest
+flags, writing its JSON where the test says, bounded in time."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_benchmark(
-    script: str, out: Path, timeout: float, *flags: str
+    module: str, out: Path, timeout: float, *flags: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """Run ``benchmarks/<script>`` with ``--quick --json out`` and ``flags``;
+    """Run ``python -m benchmarks.<module>`` with ``--quick --json out`` and ``flags``;
     what it printed, and the JSON it wrote. Fails the test, with the end of
     its output, if it did not exit 0."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--json", str(out), *flags],
+        [sys.executable, "-m", f"benchmarks.{module}", "--quick", "--json", str(out), *flags],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -44,7 +44,7 @@ def test_thirty_calls_leave_no_task_key_or_connection_behind(tmp_path: Path) -> 
     # A cycle cut short on a loaded machine leaves its own way, which has to
     # give everything back too; RSS and fds are judged by the long run.
     more = ("--settle", "2", "--max-failed", "10", "--figures-only")
-    _, result = run_benchmark("soak/run.py", tmp_path / "soak.json", 220, *flags, *more)
+    _, result = run_benchmark("soak.run", tmp_path / "soak.json", 220, *flags, *more)
     serve = result["topologies"]["serve"]
     assert serve["cycles"] == 30 and serve["failed"] <= 10, serve["errors"]
     before, after = serve["samples"][0], serve["samples"][-1]
@@ -61,7 +61,7 @@ def test_thirty_calls_leave_no_task_key_or_connection_behind(tmp_path: Path) -> 
 @pytest.mark.timeout(5400)
 def test_a_thousand_calls_leave_every_process_flat(tmp_path: Path) -> None:
     flags = ("--cycles", "1000", "--warmup", "100", "--sample-every", "100")
-    proc, result = run_benchmark("soak/run.py", tmp_path / "soak.json", 5300, *flags)
+    proc, result = run_benchmark("soak.run", tmp_path / "soak.json", 5300, *flags)
     print(proc.stdout)
     for name, topo in result["topologies"].items():
         assert topo["cycles"] == 1000, (name, topo["stopped_early"], topo["errors"])

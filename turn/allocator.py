@@ -40,8 +40,7 @@ from rtc.stun import (
     StunMessage,
     unpack_channel,
     unpack_even_port,
-    unpack_family,
-    unpack_transport,
+    unpack_u8_rffu,
     unpack_u32,
     unxor_address,
     xor_address,
@@ -231,7 +230,7 @@ class Allocator:
         raw = msg.get(REQUESTED_TRANSPORT)
         if raw is None:
             raise StunRequestError(400, "REQUESTED-TRANSPORT missing")
-        if self._decode(unpack_transport, raw) != TRANSPORT_UDP:
+        if self._decode(unpack_u8_rffu, raw) != TRANSPORT_UDP:
             raise StunRequestError(442)
         dont_fragment = msg.get(DONT_FRAGMENT) is not None
         token = msg.get(RESERVATION_TOKEN)
@@ -244,12 +243,12 @@ class Allocator:
             raise StunRequestError(400, "both address family attributes")
         family = FAMILY_IPV4
         if raw_family is not None:
-            family = self._decode(unpack_family, raw_family)
+            family = self._decode(unpack_u8_rffu, raw_family)
             if family not in (FAMILY_IPV4, FAMILY_IPV6):
                 raise StunRequestError(440)
         additional_error = False
         if raw_additional is not None:
-            if self._decode(unpack_family, raw_additional) != FAMILY_IPV6:
+            if self._decode(unpack_u8_rffu, raw_additional) != FAMILY_IPV6:
                 raise StunRequestError(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
             # We do not make dual-stack allocations: IPv4 only, and say why
             # in ADDRESS-ERROR-CODE (RFC 8656 section 7.2).
@@ -415,7 +414,7 @@ class Allocator:
         """Refresh (RFC 8656 section 7.3)."""
         alloc = self._own_allocation(side, client, username)
         raw_family = msg.get(REQUESTED_ADDRESS_FAMILY)
-        if raw_family is not None and self._decode(unpack_family, raw_family) != alloc.family:
+        if raw_family is not None and self._decode(unpack_u8_rffu, raw_family) != alloc.family:
             raise StunRequestError(443)
         lifetime = self._lifetime(msg)
         if lifetime == 0:

@@ -19,11 +19,15 @@ def self_signed(
     not_before: dt.datetime,
     not_after: dt.datetime,
     extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A new key and a certificate naming ``common_name`` as both subject and
-    issuer, valid between the two times, with ``extensions`` (each with
-    whether it is critical), signed with SHA-256."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """A key (``key``, else a new one) and a certificate naming
+    ``common_name`` as both subject and issuer, valid between the two times,
+    with ``extensions`` (each with whether it is critical), signed with
+    SHA-256. A caller whose extensions name the key (a CA's subject key
+    identifier) makes the key first and hands it in."""
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, common_name)])
     builder = (
         x509.CertificateBuilder()

@@ -45,7 +45,7 @@ It prints a table and writes JSON (``--out``, default
 ``benchmarks/results/booking.json``). Figures, not assertions: these machines
 are shared and noisy, so quote medians and ratios.
 
-    .venv/bin/python benchmarks/booking/run.py [--quick] [--clients 32]
+    .venv/bin/python -m benchmarks.booking.run [--quick] [--clients 32]
 
 By default the server requires consent (telehealth_consultation and
 data_processing, every region) and each patient accepts it before the booking
@@ -81,10 +81,7 @@ import aiohttp
 import asyncpg
 import uvloop
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.booking.measure import (  # noqa: E402
+from benchmarks.booking.measure import (
     XACTS,
     busy_between,
     caught_up,
@@ -93,14 +90,15 @@ from benchmarks.booking.measure import (  # noqa: E402
     machine_busy,
     postgres_cpu_seconds,
 )
-from benchmarks.booking.mix import (  # noqa: E402
+from benchmarks.booking.mix import (
     MIX,
     Finance,
     bank_transfer,
     mix_results,
     staff_tokens,
 )
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
+    ROOT,
     answers_ready,
     cpu_seconds,
     free_port,

@@ -28,7 +28,7 @@ Runs (one publisher per room, always in ``pk``):
 Figures, not assertions. Prints them and writes JSON (default
 ``benchmarks/results/cascade.json``).
 
-    .venv/bin/python benchmarks/cascade/run.py [--rooms 20] [--seconds 8] [--json PATH]
+    .venv/bin/python -m benchmarks.cascade.run [--rooms 20] [--seconds 8] [--json PATH]
 """
 
 from __future__ import annotations
@@ -49,16 +49,13 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import cpu_seconds, own_cluster, write_results  # noqa: E402
-from benchmarks.sfu.bench import Bench, Participant  # noqa: E402
-from benchmarks.sfu.measure import ScenarioResult  # noqa: E402
-from benchmarks.sfu.report import code_identity  # noqa: E402
-from benchmarks.sfu.scenarios import Scenario  # noqa: E402
-from benchmarks.sfu.servers import HOST, SECRET  # noqa: E402
-from tests.cluster import Cluster  # noqa: E402
+from benchmarks.common import ROOT, cpu_seconds, own_cluster, write_results
+from benchmarks.sfu.bench import Bench, Participant
+from benchmarks.sfu.measure import ScenarioResult
+from benchmarks.sfu.report import code_identity
+from benchmarks.sfu.scenarios import Scenario
+from benchmarks.sfu.servers import HOST, SECRET
+from tests.cluster import Cluster
 
 
 def metric_totals(text: str, name: str, label: str) -> Counter[str]:

@@ -14,7 +14,7 @@ duplicates, and the CPU seconds of each process; writes JSON (``--out``,
 default ``benchmarks/results/chat.json``). Figures, not assertions: the
 machine is shared.
 
-    .venv/bin/python benchmarks/chat/run.py [--conversations 200] [--rate 2000] [--seconds 10]
+    .venv/bin/python -m benchmarks.chat.run [--conversations 200] [--rate 2000] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -36,24 +36,23 @@ import aiohttp
 import asyncpg
 import uvloop
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
+    ROOT,
     answers_ready,
+    command_line,
     cpu_seconds,
     free_port,
     pct,
     tree_cpu_seconds,
     write_results,
 )
-from wadud.config import Settings  # noqa: E402
-from wadud.principal import Principal, Role  # noqa: E402
-from wadud.state import (  # noqa: E402
+from wadud.config import Settings
+from wadud.principal import Principal, Role
+from wadud.state import (
     db,
     migrate,
 )
-from wadud.web import auth  # noqa: E402
+from wadud.web import auth
 
 SECRET = "bench-secret-" + "z" * 40
 
@@ -364,7 +363,7 @@ def main() -> None:
     results["run_id"] = uuid.uuid4().hex[:8]
     results["at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["cpus"] = os.cpu_count()
-    results["command"] = " ".join([".venv/bin/python", "benchmarks/chat/run.py", *sys.argv[1:]])
+    results["command"] = command_line("benchmarks.chat.run")
     lat = results["latency_ms"]
     print(
         f"conversations: {results['conversations']}, two nodes, target {args.rate:g} msg/s "

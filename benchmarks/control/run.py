@@ -37,7 +37,7 @@ client's commands included, the simulated workers' replies too).
 Figures, not assertions: prints a table and writes JSON (``--json``, default
 ``benchmarks/results/control.json``).
 
-    .venv/bin/python benchmarks/control/run.py [--quick] [--rooms 10000] [--json PATH]
+    .venv/bin/python -m benchmarks.control.run [--quick] [--rooms 10000] [--json PATH]
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ import contextlib
 import datetime as dt
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -58,15 +57,12 @@ from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import free_port, pct, tree_cpu_seconds, write_results  # noqa: E402
-from benchmarks.control.clients import Client, ClientError, room_token  # noqa: E402
-from benchmarks.control.fleet import Fleet  # noqa: E402
-from signalling.media.placement import Placement  # noqa: E402
-from tests.cluster import Cluster  # noqa: E402
-from wadud.messaging.bus import redis_client  # noqa: E402
+from benchmarks.common import ROOT, command_line, free_port, pct, tree_cpu_seconds, write_results
+from benchmarks.control.clients import Client, ClientError, room_token
+from benchmarks.control.fleet import Fleet
+from signalling.media.placement import Placement
+from tests.cluster import Cluster
+from wadud.messaging.bus import redis_client
 
 SECRET = "control-bench-secret-" + "k" * 40
 REGION = "pk"
@@ -546,7 +542,7 @@ def main() -> None:
         results = asyncio.run(run(args, Path(tmp)))
     results["machine"] = machine()
     results["at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    results["command"] = " ".join([".venv/bin/python", "benchmarks/control/run.py", *sys.argv[1:]])
+    results["command"] = command_line("benchmarks.control.run")
     print(f"machine: {results['machine']}")
     write_results(args.json, results)
 

@@ -26,7 +26,7 @@ run, seconds after the kill:
 Prints each run and the median over runs of the slowest page, and writes
 ``benchmarks/results/failover.json``.
 
-    .venv/bin/python benchmarks/failover/run.py [--runs 5] [--checkout DIR] [--json PATH]
+    .venv/bin/python -m benchmarks.failover.run [--runs 5] [--checkout DIR] [--json PATH]
 
 Needs ``unshare``, ``ip`` and /usr/bin/chromium, as root (or with user
 namespaces). ``--checkout DIR`` runs the roles from another source tree
@@ -46,11 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import commit_of, write_results  # noqa: E402
-from tests.signalling.cluster.cluster_driver import Driver, driving  # noqa: E402
+from benchmarks.common import ROOT, commit_of, write_results
+from tests.signalling.cluster.cluster_driver import Driver, driving
 
 #: Seconds a scenario may take (the pages' start, the kill, the node back).
 BUDGET = 150

@@ -6,7 +6,7 @@ parse), and the check alone. CPU time of this process, best of several runs,
 so other load on a shared machine moves the figures less than wall time
 would. Figures, not assertions.
 
-    .venv/bin/python benchmarks/jsonin/run.py [--runs 7]
+    .venv/bin/python -m benchmarks.jsonin.run [--runs 7]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ server (aiosmtpd), then:
 
 Figures, not assertions; the machine is shared.
 
-    .venv/bin/python benchmarks/notify/run.py [--events 2000] [--emails 500]
+    .venv/bin/python -m benchmarks.notify.run [--events 2000] [--emails 500]
 """
 
 from __future__ import annotations

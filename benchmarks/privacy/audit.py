@@ -6,7 +6,7 @@ transactions, into ``audit_log`` through ``privacy.audit.record`` and, for
 comparison, into a plain table with a bigserial key; then ``verify`` over
 what was written. Figures, not assertions: quote medians of a few runs.
 
-    .venv/bin/python benchmarks/privacy/audit.py [--clients 16] [--rows 2000]
+    .venv/bin/python -m benchmarks.privacy.audit [--clients 16] [--rows 2000]
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 import uuid
@@ -23,11 +22,9 @@ from typing import Any
 
 import asyncpg
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from privacy import audit  # noqa: E402
-from wadud.state import (  # noqa: E402
+from benchmarks.common import ROOT
+from privacy import audit
+from wadud.state import (
     db,
     migrate,
 )

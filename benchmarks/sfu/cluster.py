@@ -28,7 +28,7 @@ between trials.
 Figures, not assertions. Prints a table and writes JSON (default
 ``benchmarks/results/sfu-cluster.json``).
 
-    .venv/bin/python benchmarks/sfu/cluster.py [--rooms 10] [--failover 2] [--json PATH]
+    .venv/bin/python -m benchmarks.sfu.cluster [--rooms 10] [--failover 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -47,17 +47,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import commit_of, own_cluster, write_results  # noqa: E402
-from tests.cluster import Cluster  # noqa: E402
-from wadud.config import Settings  # noqa: E402
-from wadud.web.auth import RoomGrant, issue_room_token  # noqa: E402
-from wadud_client.call import CallClient  # noqa: E402
-from wadud_client.errors import CallError  # noqa: E402
-from wadud_client.network import allow_loopback_candidates  # noqa: E402
-from wadud_client.sources import TestPatternVideo, ToneAudio  # noqa: E402
+from benchmarks.common import ROOT, command_line, commit_of, own_cluster, write_results
+from tests.cluster import Cluster
+from wadud.config import Settings
+from wadud.web.auth import RoomGrant, issue_room_token
+from wadud_client.call import CallClient
+from wadud_client.errors import CallError
+from wadud_client.network import allow_loopback_candidates
+from wadud_client.sources import TestPatternVideo, ToneAudio
 
 SECRET = "sfu-cluster-bench-secret-" + "c" * 40
 REGION = "pk"
@@ -271,7 +268,7 @@ def main() -> int:
     out.update(
         {
             "args": {k: str(v) for k, v in vars(args).items() if k != "json"},
-            "command": " ".join([".venv/bin/python", "benchmarks/sfu/cluster.py", *sys.argv[1:]]),
+            "command": command_line("benchmarks.sfu.cluster"),
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 1),
             "cpus": os.cpu_count(),

@@ -44,7 +44,7 @@ wadud/janus (medians and per round) and loss. Then:
 
 Results go to ``benchmarks/results/sfu-janus.json``.
 
-    .venv/bin/python benchmarks/sfu/janus.py [--rounds 3] [--scenarios 1x20,1x40]
+    .venv/bin/python -m benchmarks.sfu.janus [--rounds 3] [--scenarios 1x20,1x40]
         [--out-rate 36000] [--seconds 8] [--no-python] [--json PATH]
 """
 
@@ -71,10 +71,8 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 import uvloop
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
+    ROOT,
     answers_ready,
     free_port,
     log_lines,
@@ -83,13 +81,13 @@ from benchmarks.common import (  # noqa: E402
     stop_group,
     write_results,
 )
-from benchmarks.sfu import load, peer  # noqa: E402
-from benchmarks.sfu.bench import Bench  # noqa: E402
-from benchmarks.sfu.report import code_identity, print_table  # noqa: E402
-from benchmarks.sfu.scenarios import Scenario  # noqa: E402
-from benchmarks.sfu.servers import MediaNode, media_control  # noqa: E402
-from rtc import stun  # noqa: E402
-from rtc.errors import StunParseError  # noqa: E402
+from benchmarks.sfu import load, peer
+from benchmarks.sfu.bench import Bench
+from benchmarks.sfu.report import code_identity, print_table
+from benchmarks.sfu.scenarios import Scenario
+from benchmarks.sfu.servers import MediaNode, media_control
+from rtc import stun
+from rtc.errors import StunParseError
 
 HOST = "127.0.0.1"
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")

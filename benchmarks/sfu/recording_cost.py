@@ -1,6 +1,6 @@
 """What recording costs the media worker, in CPU, in one process (issue 23).
 
-benchmarks/sfu/run.py ``--media --record 2`` measures the figure issue 23 asks
+``python -m benchmarks.sfu.run --media --record 2`` measures the figure issue 23 asks
 for (forwarded packets per CPU-second with two of ten tracks recorded, against
 the same run without) across processes, which a shared machine's other work
 easily spoils. This measures the same two costs in process, where only this
@@ -17,7 +17,7 @@ From the two costs per packet in, ``ratio_at`` gives forwarded packets per
 CPU-second with ``k`` of ten tracks recorded against none: each track costs
 its forwarding, and ``k`` of them the recording on top.
 
-    .venv/bin/python benchmarks/sfu/recording_cost.py [--rounds 5] [--packets 6000]
+    .venv/bin/python -m benchmarks.sfu.recording_cost [--rounds 5] [--packets 6000]
 """
 
 from __future__ import annotations
@@ -36,14 +36,11 @@ from typing import Any
 
 import uvloop
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import write_results  # noqa: E402
-from benchmarks.sfu import peer  # noqa: E402
-from sfu.control.messages import MediaEvent, RecordingOrder, RecordingStopped  # noqa: E402
-from sfu.node.worker import MediaWorker  # noqa: E402
-from wadud.state.storage import LocalStorage  # noqa: E402
+from benchmarks.common import ROOT, command_line, write_results
+from benchmarks.sfu import peer
+from sfu.control.messages import MediaEvent, RecordingOrder, RecordingStopped
+from sfu.node.worker import MediaWorker
+from wadud.state.storage import LocalStorage
 
 ROOM = "cost"
 
@@ -137,9 +134,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wadud-rec-cost-") as tmp:
         out = uvloop.run(measure(args, Path(tmp) / "store"))
-    out["command"] = " ".join(
-        [".venv/bin/python", "benchmarks/sfu/recording_cost.py", *sys.argv[1:]]
-    )
+    out["command"] = command_line("benchmarks.sfu.recording_cost")
     out["wadud_native"] = os.environ.get("WADUD_NATIVE", "1")
     print(json.dumps(out, indent=1))
     write_results(args.json, out)

@@ -8,10 +8,9 @@ import hashlib
 import statistics
 from typing import Any
 
-from benchmarks.common import commit_of
+from benchmarks.common import ROOT, commit_of
 from benchmarks.sfu.measure import QUIET, ScenarioResult, undisturbed
 from benchmarks.sfu.scenarios import SCENARIOS
-from benchmarks.sfu.servers import ROOT
 
 
 def print_table(results: list[ScenarioResult]) -> None:

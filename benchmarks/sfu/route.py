@@ -12,17 +12,14 @@ layers arriving (1 + 2 + 6 packets a frame, as benchmarks/sfu/peer.py's
 Chromium-like publisher sends them: what the layers nobody receives add).
 Prints microseconds per copy and writes benchmarks/results/sfu-route.json.
 
-    .venv/bin/python benchmarks/sfu/route.py
+    .venv/bin/python -m benchmarks.sfu.route
 """
 
 from __future__ import annotations
 
 import struct
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.common import write_results
 from benchmarks.sfu import peer

@@ -93,9 +93,9 @@ calls (same set, no new offer), p50/p99 in microseconds. Results go to
 
 Everything is on 127.0.0.1; every loop is bounded in count and time.
 
-    .venv/bin/python benchmarks/sfu/run.py [--quick] [--scenarios 1x10,4x4,1x50]
+    .venv/bin/python -m benchmarks.sfu.run [--quick] [--scenarios 1x10,4x4,1x50]
         [--out-rate 50000] [--seconds 8] [--profile] [--json PATH]
-    .venv/bin/python benchmarks/sfu/run.py --media [--scenarios 1x10] [--rpc-calls 1000]
+    .venv/bin/python -m benchmarks.sfu.run --media [--scenarios 1x10] [--rpc-calls 1000]
 """
 
 from __future__ import annotations
@@ -118,21 +118,18 @@ from typing import Any
 import aiohttp
 import uvloop
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import write_results  # noqa: E402
-from benchmarks.sfu.bench import Bench  # noqa: E402
-from benchmarks.sfu.measure import (  # noqa: E402
+from benchmarks.common import ROOT, command_line, write_results
+from benchmarks.sfu.bench import Bench
+from benchmarks.sfu.measure import (
     ScenarioResult,
     lossless,
     profile,
     top_functions,
     undisturbed,
 )
-from benchmarks.sfu.report import code_identity, print_table, summary  # noqa: E402
-from benchmarks.sfu.scenarios import SCENARIOS  # noqa: E402
-from benchmarks.sfu.servers import MediaNode, Server, media_control  # noqa: E402
+from benchmarks.sfu.report import code_identity, print_table, summary
+from benchmarks.sfu.scenarios import SCENARIOS
+from benchmarks.sfu.servers import MediaNode, Server, media_control
 
 
 async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -628,7 +625,7 @@ def main() -> int:
         {
             "quick": args.quick,
             "args": {k: v for k, v in vars(args).items() if k != "json"},
-            "command": " ".join([".venv/bin/python", "benchmarks/sfu/run.py", *sys.argv[1:]]),
+            "command": command_line("benchmarks.sfu.run"),
             "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 1),
             "cpus": os.cpu_count(),

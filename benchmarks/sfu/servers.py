@@ -20,6 +20,7 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 
 from benchmarks.common import (
+    ROOT,
     answers_ready,
     free_port,
     log_lines,
@@ -30,7 +31,6 @@ from benchmarks.common import (
     wait_stopped,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sfu-bench-secret-" + "k" * 40
 HOST = "127.0.0.1"
 

@@ -37,7 +37,7 @@ Prints a table per topology and writes JSON (default
 ``benchmarks/results/soak.json``); exits 1 when anything is not flat or too
 many cycles failed.
 
-    .venv/bin/python benchmarks/soak/run.py [--cycles 1000] [--topology serve|cluster|both]
+    .venv/bin/python -m benchmarks.soak.run [--cycles 1000] [--topology serve|cluster|both]
 """
 
 from __future__ import annotations
@@ -56,21 +56,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import aiohttp
+import asyncpg
+import psutil  # type: ignore[import-untyped]
 
-import aiohttp  # noqa: E402
-import asyncpg  # noqa: E402
-import psutil  # type: ignore[import-untyped]  # noqa: E402
-
-from benchmarks.common import free_port, own_cluster, write_results  # noqa: E402
-from benchmarks.sfu.cluster import REGION, SECRET, token  # noqa: E402
-from benchmarks.sfu.servers import Server  # noqa: E402
-from tests.cluster import HOST  # noqa: E402
-from tests.prometheus import parse_metrics  # noqa: E402
-from wadud_client.call import CallClient  # noqa: E402
-from wadud_client.network import allow_loopback_candidates  # noqa: E402
-from wadud_client.sources import ToneAudio  # noqa: E402
+from benchmarks.common import ROOT, free_port, own_cluster, write_results
+from benchmarks.sfu.cluster import REGION, SECRET, token
+from benchmarks.sfu.servers import Server
+from tests.cluster import HOST
+from tests.prometheus import parse_metrics
+from wadud_client.call import CallClient
+from wadud_client.network import allow_loopback_candidates
+from wadud_client.sources import ToneAudio
 
 #: Relative tolerance of "flat", against the warm-up level.
 RELATIVE = 0.05

@@ -13,7 +13,7 @@ its own, wait for its /readyz, then stop it and time the signal to the exit:
 Prints the median and the runs of each, and writes them as JSON to
 ``benchmarks/results/stop.json``. The bound is 2 s::
 
-    .venv/bin/python benchmarks/stop/run.py [--runs 5] [--only api,media]
+    .venv/bin/python -m benchmarks.stop.run [--runs 5] [--only api,media]
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ import json
 import os
 import signal
 import statistics
-import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from tests.wadud import stopping  # noqa: E402
+from benchmarks.common import ROOT
+from tests.wadud import stopping
 
 BOUND = 2.0
 

@@ -21,7 +21,7 @@ relay, minus the p50 of the same pings sent straight to the echo peer.
 
 Everything stays on 127.0.0.1; every load is bounded in count and time.
 
-    .venv/bin/python benchmarks/turn/run.py [--quick] [--runs N] [--json PATH]
+    .venv/bin/python -m benchmarks.turn.run [--quick] [--runs N] [--json PATH]
         [--servers coturn,wadud,wadud-py] [--scenarios channel-100,channel-1200]
 """
 
@@ -45,17 +45,15 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
+    ROOT,
     start_group,
     stop_group,
     udp_rcvbuf_errors,
     write_results,
 )
-from rtc import stun  # noqa: E402
-from turn.credentials import rest_credentials  # noqa: E402
+from rtc import stun
+from turn.credentials import rest_credentials
 
 SECRET = "bench-secret"
 REALM = "bench.wadud"
@@ -265,7 +263,7 @@ def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> tuple[socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(0.5)
     req = stun.StunMessage(stun.ALLOCATE, stun.REQUEST, os.urandom(12))
-    req.add(stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
+    req.add(stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(stun.TRANSPORT_UDP))
     challenge = _request(sock, server, req)
     nonce = challenge.get(stun.NONCE)
     realm = challenge.get(stun.REALM)
@@ -281,7 +279,7 @@ def open_channel(server: tuple[str, int], peer: tuple[str, int]) -> tuple[socket
         m.add(stun.USERNAME, username.encode()).add(stun.REALM, realm).add(stun.NONCE, nonce)
         return m.add_integrity(key)
 
-    tr = stun.pack_transport(stun.TRANSPORT_UDP)
+    tr = stun.pack_u8_rffu(stun.TRANSPORT_UDP)
     ok = _request(sock, server, signed(stun.ALLOCATE, (stun.REQUESTED_TRANSPORT, tr)))
     assert ok.cls == stun.SUCCESS, ok
     ch = stun.pack_channel(0x4000)

@@ -18,7 +18,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from booking.doctors import documents, hours, profiles
+from booking.doctors import documents, hours, profiles, reviews
 from wadud.errors import NotFound, Unprocessable, UnsupportedMediaType
 from wadud.state.rows import from_row
 from wadud.state.storage import storage_of
@@ -198,14 +198,12 @@ class Slots(ApiModel):
 
 
 def doctor_out(row: Mapping[str, Any]) -> Doctor:
-    count = int(row["rating_count"])
     return from_row(
         Doctor,
         row,
         languages=list(row["languages"]),
         consultation_types=sorted(row["slot_minutes"]),
-        rating_average=round(row["rating_sum"] / count, 2) if count else None,
-        rating_count=count,
+        rating_average=reviews.rating_average(row),
     )
 
 

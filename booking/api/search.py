@@ -19,7 +19,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import AwareDatetime, Field, StringConstraints
 
-from booking.doctors import search
+from booking.doctors import reviews, search
 from wadud.errors import Unprocessable
 from wadud.messaging import loops
 from wadud.state import keys
@@ -155,13 +155,11 @@ async def search_doctors(call: Call[None, SearchQuery]) -> SearchPage:
 
 
 def summary(row: Mapping[str, Any]) -> DoctorSummary:
-    count = int(row["rating_count"])
     return from_row(
         DoctorSummary,
         row,
         languages=list(row["languages"]),
-        rating_average=round(row["rating_sum"] / count, 2) if count else None,
-        rating_count=count,
+        rating_average=reviews.rating_average(row),
     )
 
 

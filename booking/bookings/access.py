@@ -122,7 +122,7 @@ async def audit_access(
 ) -> None:
     """Write ``me``'s ``action`` on the booking ``row`` to the audit trail
     (a patient's own is no access)."""
-    await audit.record_access(conn, me, action, row, f"booking/{row['id']}")
+    await audit.record_access(conn, me, action, row, "booking")
 
 
 # -- reading -----------------------------------------------------------------------

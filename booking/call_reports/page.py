@@ -210,44 +210,38 @@ def _participant(p: Mapping[str, Any], start: dt.datetime, span: float) -> str:
         )
     loss = [(s["t"], 100.0 * float(s["loss"] or 0)) for s in media]
     seen = [(s["t"], 100.0 * float(s["loss"] or 0)) for s in p["page"] if s["loss"] is not None]
-    html.append(
-        _plot(
-            "Loss",
-            [(loss, "#cf222e"), (seen, "#8250df")],
-            (5.0, " %", "0 %"),
-            span,
-            marks,
-            "Packet loss, %: <span class=c-red>the worker's</span>,"
-            " <span class=c-purple>what their page lost</span>",
-        )
-    )
     rtt = [(s["t"], 1000.0 * float(s["rtt"])) for s in media if s["rtt"] is not None]
     jit = [(s["t"], 1000.0 * float(s["jitter"])) for s in media if s["jitter"] is not None]
-    html.append(
-        _plot(
-            "RTT and jitter",
-            [(rtt, "#0969da"), (jit, "#bf8700")],
-            (100.0, " ms", "0"),
-            span,
-            marks,
-            "<span class=c-blue>Round-trip time</span> and <span class=c-amber>jitter</span>, ms",
-        )
-    )
     sent = [(s["t"], float(s["sent"] or 0) / 1000) for s in media]
     got = [(s["t"], float(s["received"] or 0) / 1000) for s in media]
     avail = [(s["t"], float(s["available"] or 0) / 1000) for s in media]
-    html.append(
-        _plot(
+    # The line plots, one a row: label, series (points, colour), scale, caption.
+    plots = [
+        (
+            "Loss",
+            [(loss, "#cf222e"), (seen, "#8250df")],
+            (5.0, " %", "0 %"),
+            "Packet loss, %: <span class=c-red>the worker's</span>,"
+            " <span class=c-purple>what their page lost</span>",
+        ),
+        (
+            "RTT and jitter",
+            [(rtt, "#0969da"), (jit, "#bf8700")],
+            (100.0, " ms", "0"),
+            "<span class=c-blue>Round-trip time</span> and <span class=c-amber>jitter</span>, ms",
+        ),
+        (
             "Bitrate",
             [(avail, "#8c959f"), (sent, "#1a7f37"), (got, "#0969da")],
             (100.0, " k", "0"),
-            span,
-            marks,
             "kbit/s: <span class=c-green>sent</span>,"
             " <span class=c-blue>received</span>,"
             " <span class=c-grey>estimated available</span>",
-        )
-    )
+        ),
+    ]
+    html += [
+        _plot(label, series, scale, span, marks, caption) for label, series, scale, caption in plots
+    ]
     html.append("</section>")
     return "".join(html)
 

@@ -7,6 +7,7 @@ equal the sum over the doctor's visible reviews.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +19,7 @@ from wadud.messaging import outbox
 from wadud.web import cursor
 from wadud.web.api import Principal
 
-__all__ = ["AlreadyReviewed", "hide", "page", "post"]
+__all__ = ["AlreadyReviewed", "hide", "page", "post", "rating_average"]
 
 
 class AlreadyReviewed(Conflict):
@@ -27,6 +28,13 @@ class AlreadyReviewed(Conflict):
 
 
 _COLS = "id, doctor_id, booking_id, rating, body, hidden, created_at"
+
+
+def rating_average(doctor: Mapping[str, Any]) -> float | None:
+    """A doctor's average rating, to two places, from their row's
+    ``rating_sum`` and ``rating_count``; None before their first review."""
+    count = int(doctor["rating_count"])
+    return round(doctor["rating_sum"] / count, 2) if count else None
 
 
 async def _counted(

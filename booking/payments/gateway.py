@@ -36,7 +36,7 @@ import secrets
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -55,6 +55,7 @@ from wadud import jsonin, signing
 __all__ = [
     "BANK_TRANSFER",
     "DEFAULT_TOLERANCE",
+    "PKT",
     "SIGNATURE_HEADERS",
     "CheckoutSession",
     "Gateway",
@@ -435,6 +436,10 @@ def verify_webhook(
 
 
 # --- registry --------------------------------------------------------------
+
+#: Pakistan time (UTC+05:00, no daylight saving since 2009): the local time
+#: that JazzCash's and EasyPaisa's fields are written in.
+PKT: Final = timezone(timedelta(hours=5), "PKT")
 
 #: The ``gateway`` column of bank transfer intents. No adapter stands behind
 #: it: finance confirms a transfer from the bank's statement and sends money

@@ -1,5 +1,6 @@
 """The lexical rules of a session description (RFC 8866 section 9): tokens,
-numbers, space-separated fields and ``a=`` lines split at their colon.
+numbers, space-separated fields and ``a=`` lines split at their colon; and
+how an optional or repeated field is written back as lines.
 
 Each reader names what it was reading (``what``) and raises
 :class:`~rtc.errors.SdpParseError` for anything that breaks the rule; the
@@ -11,10 +12,12 @@ media sections (:mod:`rtc.sdp.media`) and the session
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from rtc.errors import SdpParseError
 
 __all__ = [
+    "field_lines",
     "is_token",
     "is_uint",
     "parse_flag",
@@ -93,3 +96,12 @@ def split_attribute(value: str) -> tuple[str, str | None]:
     name, colon, rest = value.partition(":")
     parse_token(name, "a= attribute name")
     return name, (rest if colon else None)
+
+
+def field_lines(prefix: str, value: object) -> Iterator[str]:
+    """``prefix`` then ``value`` as a line: none when ``value`` is None, one
+    line an item when it is a list (an optional or a repeated field)."""
+    if value is None:
+        return
+    for item in value if isinstance(value, list) else [value]:
+        yield f"{prefix}{item}"

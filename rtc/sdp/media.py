@@ -23,6 +23,7 @@ from rtc.sdp.attributes import (
     parse_extmap,
 )
 from rtc.sdp.grammar import (
+    field_lines,
     is_token,
     parse_flag,
     parse_token,
@@ -140,25 +141,19 @@ class MediaDescription:
     def lines(self) -> Iterator[str]:
         port = str(self.port) if self.port_count is None else f"{self.port}/{self.port_count}"
         yield " ".join(["m=" + self.kind, port, self.proto, *self.formats])
-        if self.information is not None:
-            yield f"i={self.information}"
-        if self.connection is not None:
-            yield f"c={self.connection}"
-        for bandwidth in self.bandwidths:
-            yield f"b={bandwidth}"
-        if self.key is not None:
-            yield f"k={self.key}"
+        yield from field_lines("i=", self.information)
+        yield from field_lines("c=", self.connection)
+        yield from field_lines("b=", self.bandwidths)
+        yield from field_lines("k=", self.key)
         yield from transport_lines(self)
-        if self.mid is not None:
-            yield f"a=mid:{self.mid}"
+        yield from field_lines("a=mid:", self.mid)
         if self.extmap_allow_mixed:
             yield "a=extmap-allow-mixed"
         for ext in self.extmaps:
             ident = str(ext.id) if ext.direction is None else f"{ext.id}/{ext.direction}"
             tail = "" if ext.extension_attributes is None else f" {ext.extension_attributes}"
             yield f"a=extmap:{ident} {ext.uri}{tail}"
-        if self.direction is not None:
-            yield f"a={self.direction}"
+        yield from field_lines("a=", self.direction)
         for msid in self.msids:
             yield f"a=msid:{msid.stream_id}" + (
                 "" if msid.track_id is None else f" {msid.track_id}"
@@ -181,14 +176,10 @@ class MediaDescription:
         for ssrc in self.ssrcs:
             tail = "" if ssrc.value is None else f":{ssrc.value}"
             yield f"a=ssrc:{ssrc.ssrc} {ssrc.attribute}{tail}"
-        for rid in self.rids:
-            yield f"a=rid:{rid}"
-        if self.simulcast is not None:
-            yield f"a=simulcast:{self.simulcast}"
-        for attribute in self.attributes:
-            yield f"a={attribute}"
-        for candidate in self.candidates:
-            yield f"a=candidate:{candidate}"
+        yield from field_lines("a=rid:", self.rids)
+        yield from field_lines("a=simulcast:", self.simulcast)
+        yield from field_lines("a=", self.attributes)
+        yield from field_lines("a=candidate:", self.candidates)
         if self.end_of_candidates:
             yield "a=end-of-candidates"
 

@@ -24,6 +24,7 @@ from typing import Self
 from rtc.errors import SdpParseError
 from rtc.sdp.attributes import Attribute, Codec
 from rtc.sdp.grammar import (
+    field_lines,
     parse_flag,
     parse_token,
     parse_uint,
@@ -139,26 +140,17 @@ class SessionDescription:
         yield "v=0"
         yield f"o={self.origin}"
         yield f"s={self.name}"
-        if self.information is not None:
-            yield f"i={self.information}"
-        if self.uri is not None:
-            yield f"u={self.uri}"
-        for email in self.emails:
-            yield f"e={email}"
-        for phone in self.phones:
-            yield f"p={phone}"
-        if self.connection is not None:
-            yield f"c={self.connection}"
-        for bandwidth in self.bandwidths:
-            yield f"b={bandwidth}"
+        yield from field_lines("i=", self.information)
+        yield from field_lines("u=", self.uri)
+        yield from field_lines("e=", self.emails)
+        yield from field_lines("p=", self.phones)
+        yield from field_lines("c=", self.connection)
+        yield from field_lines("b=", self.bandwidths)
         for timing in self.timings:
             yield f"t={timing.start} {timing.stop}"
-            for repeat in timing.repeats:
-                yield f"r={repeat}"
-        if self.zone is not None:
-            yield f"z={self.zone}"
-        if self.key is not None:
-            yield f"k={self.key}"
+            yield from field_lines("r=", timing.repeats)
+        yield from field_lines("z=", self.zone)
+        yield from field_lines("k=", self.key)
         if self.ice_lite:
             yield "a=ice-lite"
         for group in self.groups:
@@ -166,8 +158,7 @@ class SessionDescription:
         if self.extmap_allow_mixed:
             yield "a=extmap-allow-mixed"
         yield from transport_lines(self)
-        for attribute in self.attributes:
-            yield f"a={attribute}"
+        yield from field_lines("a=", self.attributes)
         for media in self.media:
             yield from media.lines()
 
@@ -268,16 +259,10 @@ class _Parser:
                     if kind in _SINGLE_MEDIA and kind in media_seen:
                         raise SdpParseError(f"second '{kind}=' line in a media section")
                     media_seen.add(kind)
-                    if kind == "i":
-                        media.information = value
-                    elif kind == "c":
-                        media.connection = parse_connection(value)
-                    elif kind == "b":
-                        media.bandwidths.append(require_value(value, "b="))
-                    elif kind == "k":
-                        media.key = value
-                    else:
+                    if kind == "a":
                         parse_media_attribute(media, value, codec_state)
+                    else:
+                        self._either_line(media, kind, value)
             except SdpParseError as exc:
                 raise SdpParseError(f"line {number}: {exc}") from None
         if media is not None:
@@ -297,23 +282,19 @@ class _Parser:
         if kind in _SINGLE_SESSION and kind in seen:
             raise SdpParseError(f"second '{kind}=' line")
         seen.add(kind)
-        if kind == "o":
+        if kind in "icbk":
+            _Parser._either_line(session, kind, value)
+        elif kind == "o":
             username, sid, version, nettype, addrtype, address = split_fields(value, "o=", 6)
             session.origin = Origin(username, sid, version, nettype, addrtype, address)
         elif kind == "s":
             session.name = require_value(value, "s=")
-        elif kind == "i":
-            session.information = value
         elif kind == "u":
             session.uri = value
         elif kind == "e":
             session.emails.append(value)
         elif kind == "p":
             session.phones.append(value)
-        elif kind == "c":
-            session.connection = parse_connection(value)
-        elif kind == "b":
-            session.bandwidths.append(require_value(value, "b="))
         elif kind == "t":
             start, stop = split_fields(value, "t=", 2)
             session.timings.append(
@@ -327,10 +308,21 @@ class _Parser:
             session.timings[-1].repeats.append(require_value(value, "r="))
         elif kind == "z":
             session.zone = value
-        elif kind == "k":
-            session.key = value
         else:
             _Parser._session_attribute(session, value)
+
+    @staticmethod
+    def _either_line(where: SessionDescription | MediaDescription, kind: str, value: str) -> None:
+        """``i=``, ``c=``, ``b=`` or ``k=``, which the session and each media
+        section have alike (RFC 8866 sections 5.4, 5.7, 5.8 and 5.12)."""
+        if kind == "i":
+            where.information = value
+        elif kind == "c":
+            where.connection = parse_connection(value)
+        elif kind == "b":
+            where.bandwidths.append(require_value(value, "b="))
+        else:
+            where.key = value
 
     @staticmethod
     def _session_attribute(session: SessionDescription, line: str) -> None:

@@ -30,7 +30,7 @@ def test_side_by_side_run_forwards_on_both_servers(tmp_path: Path) -> None:
     out = tmp_path / "janus.json"
     proc = subprocess.run(
         [
-            sys.executable, str(ROOT / "benchmarks" / "sfu" / "janus.py"),
+            sys.executable, "-m", "benchmarks.sfu.janus",
             "--rounds", "1", "--scenarios", "1x20", "--out-rate", "3600",
             "--warmup", "1", "--seconds", "2", "--no-latency", "--no-python",
             "--json", str(out),

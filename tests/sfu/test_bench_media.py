@@ -15,9 +15,10 @@ def test_benchmark_media_quick_mode(tmp_path: Path) -> None:
     out = tmp_path / "sfu-media.json"
     proc = subprocess.run(
         [
-            sys.executable, str(ROOT / "benchmarks/sfu/run.py"), "--media", "--quick",
+            sys.executable, "-m", "benchmarks.sfu.run", "--media", "--quick",
             "--rpc-calls", "50", "--json", str(out),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=100,

@@ -55,7 +55,7 @@ def test_red_run_strips_for_half_and_compares(tmp_path: Path) -> None:
     out = tmp_path / "sfu-red.json"
     proc = subprocess.run(
         [
-            sys.executable, str(ROOT / "benchmarks/sfu/run.py"), "--quick", "--red",
+            sys.executable, "-m", "benchmarks.sfu.run", "--quick", "--red",
             "--repeat", "1", "--json", str(out),
         ],
         cwd=ROOT, timeout=200, capture_output=True, text=True, check=False,

@@ -77,7 +77,7 @@ def test_simulcast_run_learns_layers_forwards_the_top_and_switches(tmp_path: Pat
     out = tmp_path / "sfu-simulcast.json"
     subprocess.run(
         [
-            sys.executable, str(ROOT / "benchmarks/sfu/run.py"), "--quick", "--simulcast",
+            sys.executable, "-m", "benchmarks.sfu.run", "--quick", "--simulcast",
             "--repeat", "1", "--switch-rooms", "2", "--switch-seconds", "4",
             "--json", str(out),
         ],

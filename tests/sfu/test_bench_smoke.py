@@ -160,7 +160,7 @@ def test_synthetic_peer_against_rtc_cores() -> None:
 
 def test_benchmark_quick_mode(tmp_path: Path) -> None:
     """About a second of one publisher to ten subscribers through a real ``wadud serve``."""
-    proc, result = run_benchmark("sfu/run.py", tmp_path / "sfu.json", 100)
+    proc, result = run_benchmark("sfu.run", tmp_path / "sfu.json", 100)
     assert "fwd/cpu-s" in proc.stdout
     assert result["direct_baseline_us"]["count"] > 0
     (run,) = result["results"]

@@ -16,7 +16,7 @@ from tests.benchmark_run import run_benchmark
 def test_benchmark_quick_mode(tmp_path: Path) -> None:
     # About 45 s in a full suite run; over 80 s once (ci21) beside two
     # browser clusters. A bound on finishing, not a figure checked.
-    proc, result = run_benchmark("control/run.py", tmp_path / "control.json", 150)
+    proc, result = run_benchmark("control.run", tmp_path / "control.json", 150)
     for op in ("joins", "leaves", "resumes", "forwarded_frames"):
         figures = result[op]
         assert figures["count"] > 0, op
@@ -39,4 +39,4 @@ def test_benchmark_quick_mode(tmp_path: Path) -> None:
     assert held["redis_memory_bytes_per_room"] > 0
     machine = result["machine"]
     assert machine["nproc"] > 0 and machine["ram_gib"] > 0
-    assert result["command"].startswith(".venv/bin/python benchmarks/control/run.py")
+    assert result["command"].startswith(".venv/bin/python -m benchmarks.control.run")

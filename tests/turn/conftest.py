@@ -199,7 +199,7 @@ class RawClient:
         return await self.transact(self.sign(self.request(method, *attrs), sha256))
 
     async def allocate(self, *attrs: tuple[int, Any]) -> stun.StunMessage:
-        transport = (stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
+        transport = (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(stun.TRANSPORT_UDP))
         return await self.authed(stun.ALLOCATE, transport, *attrs)
 
     async def channel_bind(self, channel: int, peer: tuple[str, int]) -> stun.StunMessage:

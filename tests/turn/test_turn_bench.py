@@ -11,7 +11,7 @@ from tests.turn.conftest import need_binary
 def test_benchmark_quick_mode(tmp_path: Path) -> None:
     need_binary("turnserver")
     need_binary("turnutils_uclient")
-    proc, result = run_benchmark("turn/run.py", tmp_path / "turn.json", 60)
+    proc, result = run_benchmark("turn.run", tmp_path / "turn.json", 60)
     assert "ours/coturn per CPU-second" in proc.stdout
     servers = {r["server"] for r in result["loads"]}
     assert servers == {"coturn", "wadud"}

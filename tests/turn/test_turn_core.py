@@ -136,7 +136,7 @@ class Harness:
         return reply
 
     def allocate(self, *attrs: tuple[int, Any], client: Any = CLIENT) -> stun.StunMessage:
-        transport = (stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
+        transport = (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(stun.TRANSPORT_UDP))
         return self.call(stun.ALLOCATE, transport, *attrs, client=client)
 
     def channel_bind(self, channel: int, peer: tuple[str, int] = PEER) -> stun.StunMessage:
@@ -190,7 +190,7 @@ def test_allocate_challenge_then_success(h: Harness) -> None:
 
 def test_sha256_integrity_is_accepted_and_answered_in_kind(h: Harness) -> None:
     h.signed(stun.ALLOCATE)  # learn the nonce
-    transport = (stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
+    transport = (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(stun.TRANSPORT_UDP))
     reply = h.send(h.signed(stun.ALLOCATE, transport, sha256=True))
     assert reply is not None
     assert reply.cls == stun.SUCCESS
@@ -198,7 +198,7 @@ def test_sha256_integrity_is_accepted_and_answered_in_kind(h: Harness) -> None:
 
 
 def test_allocate_retransmission_gets_the_same_answer_and_a_new_one_437(h: Harness) -> None:
-    transport = (stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
+    transport = (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(stun.TRANSPORT_UDP))
     h.signed(stun.ALLOCATE)
     data = h.signed(stun.ALLOCATE, transport)
     first = h.core.handle(h.side, CLIENT, data, h.now)
@@ -211,25 +211,25 @@ def test_allocate_retransmission_gets_the_same_answer_and_a_new_one_437(h: Harne
     ("attrs", "expected"),
     [
         ((), 400),  # no REQUESTED-TRANSPORT
-        (((stun.REQUESTED_TRANSPORT, stun.pack_transport(6)),), 442),
+        (((stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(6)),), 442),
         (((stun.REQUESTED_TRANSPORT, b"\x11\x00"),), 400),  # malformed
         (
             (
-                (stun.REQUESTED_TRANSPORT, stun.pack_transport(17)),
-                (stun.REQUESTED_ADDRESS_FAMILY, stun.pack_family(7)),
+                (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(17)),
+                (stun.REQUESTED_ADDRESS_FAMILY, stun.pack_u8_rffu(7)),
             ),
             440,
         ),
         (
             (
-                (stun.REQUESTED_TRANSPORT, stun.pack_transport(17)),
-                (stun.REQUESTED_ADDRESS_FAMILY, stun.pack_family(stun.FAMILY_IPV6)),
+                (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(17)),
+                (stun.REQUESTED_ADDRESS_FAMILY, stun.pack_u8_rffu(stun.FAMILY_IPV6)),
             ),
             440,  # no IPv6 relay address configured
         ),
         (
             (
-                (stun.REQUESTED_TRANSPORT, stun.pack_transport(17)),
+                (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(17)),
                 (stun.EVEN_PORT, b"\x00"),
                 (stun.RESERVATION_TOKEN, bytes(8)),
             ),
@@ -237,14 +237,14 @@ def test_allocate_retransmission_gets_the_same_answer_and_a_new_one_437(h: Harne
         ),
         (
             (
-                (stun.REQUESTED_TRANSPORT, stun.pack_transport(17)),
+                (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(17)),
                 (stun.RESERVATION_TOKEN, bytes(8)),
             ),
             508,  # unknown token
         ),
         (
             (
-                (stun.REQUESTED_TRANSPORT, stun.pack_transport(17)),
+                (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(17)),
                 (0x0030, b"what"),  # unknown comprehension-required
             ),
             420,
@@ -265,7 +265,7 @@ def test_unknown_comprehension_optional_attribute_is_ignored(h: Harness) -> None
 
 
 def test_additional_address_family_gets_an_address_error(h: Harness) -> None:
-    reply = h.allocate((stun.ADDITIONAL_ADDRESS_FAMILY, stun.pack_family(stun.FAMILY_IPV6)))
+    reply = h.allocate((stun.ADDITIONAL_ADDRESS_FAMILY, stun.pack_u8_rffu(stun.FAMILY_IPV6)))
     assert reply.cls == stun.SUCCESS
     assert (reply.get(stun.ADDRESS_ERROR_CODE) or b"")[:4] == bytes((2, 0, 4, 40))
 
@@ -368,7 +368,7 @@ def test_refresh_extends_and_zero_deletes(h: Harness) -> None:
 
 def test_refresh_family_mismatch_443(h: Harness) -> None:
     h.allocate()
-    fam = stun.pack_family(stun.FAMILY_IPV6)
+    fam = stun.pack_u8_rffu(stun.FAMILY_IPV6)
     assert code(h.call(stun.REFRESH, (stun.REQUESTED_ADDRESS_FAMILY, fam))) == 443
 
 
@@ -398,7 +398,7 @@ def test_stale_nonce_438_then_recovers(h: Harness) -> None:
 
 def test_nonce_from_another_address_is_refused(h: Harness) -> None:
     h.signed(stun.ALLOCATE)
-    transport = (stun.REQUESTED_TRANSPORT, stun.pack_transport(stun.TRANSPORT_UDP))
+    transport = (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(stun.TRANSPORT_UDP))
     reply = h.send(h.signed(stun.ALLOCATE, transport), client=("198.51.100.99", 1))
     assert reply is not None
     assert code(reply) == 438
@@ -421,7 +421,7 @@ def test_bad_credentials_401(what: str) -> None:
     elif what == "username":
         h.username = "not-a-rest-user"
     h.signed(stun.ALLOCATE)
-    m = h.request(stun.ALLOCATE, (stun.REQUESTED_TRANSPORT, stun.pack_transport(17)))
+    m = h.request(stun.ALLOCATE, (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(17)))
     m.add(stun.USERNAME, h.username.encode())
     m.add(stun.REALM, b"elsewhere" if what == "realm" else REALM.encode())
     m.add(stun.NONCE, h.nonce).add_integrity(h.key)
@@ -677,9 +677,9 @@ def test_random_bytes_are_answered_or_dropped_and_counted(data: bytes) -> None:
 @settings(max_examples=50)
 def test_unknown_attributes_get_420_listing_them(unknown: list[int], duplicate: bool) -> None:
     h = Harness()
-    attrs: list[tuple[int, Any]] = [(stun.REQUESTED_TRANSPORT, stun.pack_transport(17))]
+    attrs: list[tuple[int, Any]] = [(stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(17))]
     if duplicate:
-        attrs.append((stun.REQUESTED_TRANSPORT, stun.pack_transport(6)))  # first one counts
+        attrs.append((stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(6)))  # first one counts
     attrs += [(t, b"\x00") for t in unknown]
     reply = h.call(stun.ALLOCATE, *attrs)
     assert code(reply) == 420
@@ -693,7 +693,7 @@ def test_unknown_attributes_get_420_listing_them(unknown: list[int], duplicate: 
 def test_mutilated_signed_requests_never_succeed_wrongly(data: st.DataObject) -> None:
     h = Harness(unauth_rate=0)
     h.signed(stun.ALLOCATE)
-    wire = bytearray(h.signed(stun.ALLOCATE, (stun.REQUESTED_TRANSPORT, stun.pack_transport(17))))
+    wire = bytearray(h.signed(stun.ALLOCATE, (stun.REQUESTED_TRANSPORT, stun.pack_u8_rffu(17))))
     i = data.draw(st.integers(0, len(wire) - 1))
     wire[i] ^= data.draw(st.integers(1, 255))
     out = h.core.handle(h.side, CLIENT, bytes(wire), h.now)

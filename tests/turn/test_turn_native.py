@@ -235,7 +235,7 @@ async def test_ipv6_channel_data(echo_peer: EchoPeer) -> None:
         try:
             assert (
                 await client.allocate(
-                    (stun.REQUESTED_ADDRESS_FAMILY, stun.pack_family(stun.FAMILY_IPV6))
+                    (stun.REQUESTED_ADDRESS_FAMILY, stun.pack_u8_rffu(stun.FAMILY_IPV6))
                 )
             ).cls == stun.SUCCESS
             assert (await client.channel_bind(0x4000, peer.address)).cls == stun.SUCCESS

@@ -147,7 +147,7 @@ async def test_create_permission_to_each_embedded_form_is_403(server_factory: An
     client = await RawClient.open(server.udp_addresses[0], "::1")
     client.credentials()
     try:
-        fam = stun.pack_family(stun.FAMILY_IPV6)
+        fam = stun.pack_u8_rffu(stun.FAMILY_IPV6)
         assert (await client.allocate((stun.REQUESTED_ADDRESS_FAMILY, fam))).cls == stun.SUCCESS
         granted = [p for p in ATTACK_PEERS if error_code(await client.permit((p, 80))) != 403]
         assert granted == []

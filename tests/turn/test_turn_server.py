@@ -132,7 +132,7 @@ async def test_ipv6_allocation_and_relay(server_factory: Any) -> None:
     client = await RawClient.open(server.udp_addresses[0], "::1")
     client.credentials()
     try:
-        fam = stun.pack_family(stun.FAMILY_IPV6)
+        fam = stun.pack_u8_rffu(stun.FAMILY_IPV6)
         reply = await client.allocate((stun.REQUESTED_ADDRESS_FAMILY, fam))
         assert reply.cls == stun.SUCCESS, reply
         assert reply.decoded("XOR-RELAYED-ADDRESS")[0] == "::1"

@@ -111,17 +111,19 @@ async def record_about(
     actor: Principal | UUID | None,
     action: str,
     detail: Mapping[str, Any] | None = None,
+    part_id: UUID | None = None,
 ) -> None:
     """:func:`record` about one row that names its patient and its clinic (a
     booking, a recording, a payment): they are the subject and the clinic,
-    ``kind/id`` the object."""
+    ``kind/id`` the object, where the id is the row's own or, for something
+    of the row's (a payment's proof), ``part_id``."""
     await record(
         conn,
         actor=actor,
         action=action,
         subject=row["patient_id"],
         clinic=row["clinic_id"],
-        object=f"{kind}/{row['id']}",
+        object=f"{kind}/{row['id'] if part_id is None else part_id}",
         detail=detail,
     )
 

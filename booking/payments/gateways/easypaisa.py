@@ -55,7 +55,7 @@ import hmac
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
 from urllib.parse import urlencode, urlsplit
@@ -72,6 +72,7 @@ from booking.payments.errors import (
     UnsupportedCurrency,
 )
 from booking.payments.gateway import (
+    PKT,
     CheckoutSession,
     InquiryResult,
     PaymentStatus,
@@ -169,9 +170,7 @@ HASHED_FIELDS: Final = (
 #: (= PKCS#7 on 16-byte blocks) padding, then base64. ECB encryption is not a
 #: MAC (EasyPaisa checks it by decrypting and comparing); we only send it.
 HASH_KEY_SIZES: Final = (16, 24, 32)
-#: Sure. ``expiryDate`` is ``YYYYMMDD HHMMSS`` local (Pakistan, UTC+05:00,
-#: no daylight saving since 2009).
-PKT: Final = timezone(timedelta(hours=5), "PKT")
+#: Sure. ``expiryDate`` is ``YYYYMMDD HHMMSS`` local (Pakistan time, PKT).
 EXPIRY_FORMAT: Final = "%Y%m%d %H%M%S"
 #: Unclear: the hosted form's ``amount`` is rupees with one decimal in every
 #: sample ("1500.0"); whether paisa may follow is not said. We send at least

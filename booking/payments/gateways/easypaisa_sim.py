@@ -37,10 +37,9 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from booking.payments.errors import InvalidSignature, MalformedPayload, UnknownReference
-from booking.payments.gateway import with_query
+from booking.payments.gateway import PKT, with_query
 from booking.payments.gateways.easypaisa import (
     IPN_PATH,
-    PKT,
     SIMULATOR_PATH,
     SUCCESS_CODE,
     EasyPaisaSettings,

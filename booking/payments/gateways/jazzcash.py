@@ -33,7 +33,7 @@ import hmac
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import aiohttp
@@ -45,6 +45,7 @@ from booking.payments.errors import (
     UnsupportedCurrency,
 )
 from booking.payments.gateway import (
+    PKT,
     CheckoutSession,
     InquiryResult,
     PaymentStatus,
@@ -59,7 +60,6 @@ from booking.payments.intent import Currency, Money, PaymentIntent
 
 __all__ = [
     "HASH_FIELD",
-    "PKT",
     "SUCCESS_CODE",
     "JazzCashGateway",
     "JazzCashSettings",
@@ -71,7 +71,6 @@ __all__ = [
 
 HASH_FIELD: Final = "pp_SecureHash"
 SUCCESS_CODE: Final = "000"
-PKT: Final = timezone(timedelta(hours=5), "PKT")
 _SANDBOX: Final = "https://sandbox.jazzcash.com.pk"
 
 

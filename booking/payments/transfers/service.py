@@ -393,7 +393,7 @@ async def transfer_for(pool: asyncpg.Pool, me: Principal, booking_id: UUID) -> T
     async with pool.acquire() as conn:
         row = await transfer_of(conn, me, booking_id)
         transfer = Transfer(row, await proofs_of(conn, row["id"]))
-        await record_access(conn, me, "payment.bank_transfer.read", row, f"payment/{row['id']}")
+        await record_access(conn, me, "payment.bank_transfer.read", row, "payment")
     return transfer
 
 
@@ -442,9 +442,7 @@ async def proof_for(
         if proof is None:
             raise NotFound("no such proof")
         data = await read_proof(conn, subjects, storage, proof)
-        await record_access(
-            conn, me, "payment.bank_transfer.proof_read", row, f"proof/{proof['id']}"
-        )
+        await record_access(conn, me, "payment.bank_transfer.proof_read", row, "proof", proof["id"])
     return proof, data
 
 
