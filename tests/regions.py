@@ -392,7 +392,7 @@ def enter_namespace(path: str | Path) -> None:
 
 
 #: Seconds a timed-out :meth:`NsLoop.call` waits for its coroutine's clean-up.
-CANCEL_WITHIN = 60.0
+CANCEL_WITHIN = 30.0
 
 #: Every host's loop that runs (for :func:`where_tasks_are`).
 _LOOPS: list[NsLoop] = []

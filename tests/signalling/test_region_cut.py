@@ -30,10 +30,11 @@ from tests.regions import Lab, Regions, start_redis, wait_tcp
 from tests.signalling.test_regions import Party, World, lab_world
 
 # Above the sum of the test's own bounds (the world's start, 200 s; the
-# scenario, 240 s; the world's stop, 60 s), so one of those says what hung:
-# the default 120 s, which counts the module's set-up too, ended the worker
+# scenario, 240 s, and its clean-up once cancelled, tests.regions.CANCEL_WITHIN;
+# the world's stop, 60 s), so one of those says what hung: the default
+# 120 s, which counts the module's set-up too, ended the worker
 # mid-scenario on a loaded machine ("Timeout (0:01:59)!", node down).
-pytestmark = pytest.mark.timeout(500)
+pytestmark = pytest.mark.timeout(560)
 
 HOSTS = ["db", "ctl", "pk", "pk-c", "sa", "sa-c"]
 REGIONAL_PORT = 6380
