@@ -9,7 +9,6 @@ waits for any condition on that state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 __all__ = ["Changes"]
@@ -41,7 +40,12 @@ class Changes:
                 raise TimeoutError(f"{self.describe()}: condition not met within {within} s")
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.append(fut)
-            with contextlib.suppress(asyncio.TimeoutError):
-                # Frames are counted without a notification each (only the
-                # first one notifies), so poll as well.
-                await asyncio.wait_for(fut, min(remaining, 0.05))
+            # Frames are counted without a notification each (only the
+            # first one notifies), so poll as well. asyncio.wait, not
+            # wait_for: on Python 3.11 wait_for returns normally when the
+            # caller is cancelled just as the future is set (a notify), and
+            # the cancellation is lost.
+            try:
+                await asyncio.wait({fut}, timeout=min(remaining, 0.05))
+            finally:
+                fut.cancel()

@@ -10,7 +10,6 @@ What a frame means to the call (the room, the media) is the owner's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -87,8 +86,13 @@ class CallSocket:
             await ws.close()
         if reader is not None:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            # Not `await reader` under suppress(CancelledError): that would
+            # swallow a cancellation of the caller as well, and a client
+            # being closed would resume instead (a test's clean-up hung).
+            await asyncio.wait({reader})
+            error = None if reader.cancelled() else reader.exception()
+            if error is not None:
+                raise error
         self._fail_pending(ConnectionClosed(ws.close_code if ws else None, "dropped by client"))
 
     async def close(self) -> None:

@@ -26,12 +26,13 @@ Everything is plain strings (the client uses ``decode_responses=True``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
+
+from wadud.messaging.loops import stopped
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -362,11 +363,7 @@ class Registration:
 
     async def close(self, *, delete: bool = True) -> None:
         """Stop the heartbeat; with ``delete``, remove the entry now."""
-        for task in (self._task, self._after_lapse):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stopped(self._task, self._after_lapse)
         self._task = self._after_lapse = None
         if delete:
             try:

@@ -69,6 +69,7 @@ from sfu.control.messages import (
 from sfu.control.registry import control_channel
 from sfu.errors import SfuError, SfuStateError
 from wadud.messaging.bus import BusSubscription, Message, RedisBus, encode
+from wadud.messaging.loops import stopped
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -144,10 +145,7 @@ async def _stop_reading(
     read and be taken for a dropped connection), then the reader is awaited."""
     if subscription is not None:
         await subscription.close()
-    if reader is not None:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+    await stopped(reader)
 
 
 async def _renew(subscription: BusSubscription | None, within: float) -> bool:
@@ -554,9 +552,7 @@ class MediaServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self._events.join()
-            self._publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher
+            await stopped(self._publisher)
             self._publisher = None
 
     async def renew(self, within: float) -> bool:

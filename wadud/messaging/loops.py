@@ -86,14 +86,20 @@ async def settle(fut: asyncio.Future[T], call: Callable[[], Awaitable[T]]) -> No
 
 async def stopped(*tasks: asyncio.Future[Any] | None) -> None:
     """Cancel every task (a None is skipped), then wait until each has
-    finished: its cancellation is swallowed, any other error it ends with
-    is raised."""
+    finished: its cancellation ends here, any other error it ends with is
+    raised. A cancellation of the caller itself goes on: awaiting a
+    cancelled task inside ``suppress(CancelledError)`` would swallow it too,
+    and a close that cannot be cancelled hangs whoever waits for it."""
     running = [t for t in tasks if t is not None]
     for task in running:
         task.cancel()
+    if not running:
+        return
+    await asyncio.wait(running)
     for task in running:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
 
 
 @contextlib.asynccontextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from wadud.messaging import loops
 
 
@@ -128,3 +130,37 @@ async def test_settle_cancelled_cancels_the_answer_too() -> None:
     done, _ = await asyncio.wait([task], timeout=2)
     assert done == {task} and task.cancelled()
     assert answer.cancelled()
+
+
+async def test_stopped_ends_its_tasks_and_keeps_its_callers_own_cancellation() -> None:
+    # A close that awaits a cancelled task inside suppress(CancelledError)
+    # swallows its own cancellation too: whoever cancels the close (a test's
+    # clean-up, a drain's deadline) waits for ever (ci59's region cut).
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)
+            raise
+
+    task = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0)
+    closer = asyncio.create_task(loops.stopped(task, None))
+    await asyncio.sleep(0.05)
+    closer.cancel()
+    await asyncio.wait({closer}, timeout=2)
+    assert closer.cancelled()
+    await asyncio.wait({task}, timeout=2)
+    assert task.cancelled()
+
+
+async def test_stopped_raises_what_a_task_ended_with() -> None:
+    async def fails() -> None:
+        raise ValueError("broken")
+
+    ended = asyncio.create_task(fails())
+    await asyncio.sleep(0)
+    running = asyncio.create_task(asyncio.sleep(10))
+    with pytest.raises(ValueError, match=r"^broken$"):
+        await loops.stopped(ended, running)
+    assert running.cancelled()
