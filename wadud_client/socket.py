@@ -124,7 +124,11 @@ class CallSocket:
             await ws.send_str(
                 json.dumps({"v": PROTOCOL_VERSION, "type": type, "id": rid, **fields})
             )
-            return await asyncio.wait_for(fut, self.request_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns
+            # the answer when the caller is cancelled as it arrives, and the
+            # cancellation is lost.
+            async with asyncio.timeout(self.request_timeout):
+                return await fut
         finally:
             self._pending.pop(rid, None)
             self._on_answer.pop(rid, None)
