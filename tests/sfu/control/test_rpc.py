@@ -436,6 +436,22 @@ async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
     sent on it is stuck, so a request would wait out TCP's backoff. The
     heartbeat back after the lapse renews the subscription on a fresh
     connection, and the request is answered within a few heartbeats."""
+    # Bounded as a whole, naming the step it was at: ci63 hung here once,
+    # past pytest-timeout, which ends the worker and so says nothing.
+    step = ["start"]
+    bound = asyncio.timeout(60)
+    try:
+        async with bound:
+            await _back_from_a_cut(worker, redis, redis_server, step)
+    except TimeoutError:
+        if bound.expired():
+            raise AssertionError(f"stuck for 60 s at: {step[-1]}") from None
+        raise
+
+
+async def _back_from_a_cut(
+    worker: MediaWorker, redis: aioredis.Redis, redis_server: Any, step: list[str]
+) -> None:
     from sfu.control.registry import Registration, WorkerInfo, worker_key
     from wadud.messaging.bus import redis_client
 
@@ -454,6 +470,7 @@ async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
     await client.start()
     media = client.remote(wid, incarnation)
     try:
+        step.append("ping")
         assert (await media.ping())["worker"] == wid
         link.cut = True
         # Sent during the cut: Redis still counts the worker's subscriber,
@@ -464,6 +481,7 @@ async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
         async def expired() -> bool:
             return await redis.exists(worker_key(wid)) == 0
 
+        step.append("the entry expires")
         await wait_until(expired, within=10)
         link.cut = False
         healed = asyncio.get_running_loop().time()
@@ -474,13 +492,19 @@ async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
             except WorkerUnreachable:
                 return False
 
+        step.append("answered after the heal")
         await wait_until(answered, within=10)
         took = asyncio.get_running_loop().time() - healed
         # A few heartbeats and one reading loop's second, not a backoff.
         assert took < ttl + 5.0, took
     finally:
+        step.append("client.close")
         await client.close()
+        step.append("registration.close")
         await registration.close(delete=False)
+        step.append("server.close")
         await server.close()
+        step.append("cut_redis.aclose")
         await cut_redis.aclose()
+        step.append("link.close")
         await link.close()
