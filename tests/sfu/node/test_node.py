@@ -171,8 +171,9 @@ async def wait_ready(node: MediaNode, limit: float = 30.0) -> None:
         await asyncio.sleep(0.1)
     # What the node said of its workers first: a rerun's summary keeps only
     # the start of the message (ci55 lost why two workers never registered).
-    said = [ln for ln in node.tail().splitlines() if "worker" in ln or '"level": "error"' in ln]
-    raise AssertionError(f"not ready in {limit:.0f} s: {body}; {said}\n{node.tail()}")
+    tail = node.tail()
+    said = [ln for ln in tail.splitlines() if "worker" in ln or '"level": "error"' in ln]
+    raise AssertionError(f"not ready in {limit:.0f} s: {body}; {said}\n{tail}")
 
 
 async def mine(redis: aioredis.Redis, node: MediaNode) -> dict[str, registry.WorkerInfo]:
