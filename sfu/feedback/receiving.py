@@ -25,6 +25,12 @@ MAX_MISORDER = 100
 _SEQ_MOD = 0x10000
 
 _U32 = 0xFFFFFFFF
+_NTP_UNIT = 2.0**-32
+# How many of the publisher's recent SRs the quickest is looked for among, and
+# how much later than it an SR may come before its clock is taken to have
+# stepped (an SR stalls behind its sender by a second or two, not ten).
+SR_HISTORY = 8
+CLOCK_STEP = 10.0
 _LOST_MAX = 0x7FFFFF
 _LOST_MIN = -0x800000
 
@@ -58,12 +64,14 @@ class ReceiveStatistics:
         "_max_seq",
         "_received_prior",
         "_rtp_rate",
+        "_sr_offsets",
         "clock_rate",
         "ignored",
         "last_arrival",
         "octets",
         "received",
         "sr_arrival",
+        "sr_at",
         "sr_ntp",
         "sr_rtp",
         "ssrc",
@@ -96,6 +104,9 @@ class ReceiveStatistics:
         """NTP timestamp of the publisher's latest SR, -1 before the first."""
         self.sr_rtp = 0
         self.sr_arrival = 0.0
+        self.sr_at = 0.0
+        """``now`` at which the latest SR's NTP/RTP pair held (its NTP time on our clock)."""
+        self._sr_offsets: list[float] = []
 
     # -- the hot path ---------------------------------------------------------------
 
@@ -190,17 +201,32 @@ class ReceiveStatistics:
         self.sr_ntp = ntp
         self.sr_rtp = rtp_timestamp & _U32
         self.sr_arrival = now
+        # The pair held at the SR's own NTP time, which need not be when it
+        # was sent: aiortc pairs its last packet's send time with that
+        # packet's timestamp, so after its encoder stalled a second, its SR
+        # leaves with a pair a second old. Our clock and the publisher's
+        # differ by an unknown offset, but the SR among the recent ones that
+        # came quickest tells it up to the network's least delay: this SR
+        # came later than that one by its pair's age.
+        offsets = self._sr_offsets
+        offset = now - ntp * _NTP_UNIT
+        if offsets and offset - min(offsets) > CLOCK_STEP:
+            offsets.clear()  # the publisher's clock stepped back
+        offsets.append(offset)
+        if len(offsets) > SR_HISTORY:
+            del offsets[0]
+        self.sr_at = ntp * _NTP_UNIT + min(offsets)
 
     def rtp_timestamp_at(self, now: float) -> int | None:
         """The stream's RTP timestamp at ``now``, as the publisher's clock would read it.
 
-        From the latest SR's NTP/RTP pair, advanced by the clock rate since it
-        arrived; before any SR, from the newest packet's timestamp the same
+        From the latest SR's NTP/RTP pair, advanced by the clock rate since
+        the pair held (:attr:`sr_at`); before any SR, from the newest packet's timestamp the same
         way (a lower bound: that packet was captured before it arrived).
         ``None`` before any packet or SR.
         """
         if self.sr_ntp >= 0:
-            base, at = self.sr_rtp, self.sr_arrival
+            base, at = self.sr_rtp, self.sr_at
         elif self._last_timestamp >= 0:
             base, at = self._last_timestamp, self.last_arrival
         else:

@@ -51,9 +51,10 @@ class SendStatistics:
     (:meth:`ReceiveStatistics.rtp_timestamp_at`: its latest SR's pair,
     advanced by the clock rate) plus that offset, and its NTP timestamp is
     ours at ``now``. Every stream of one publisher is thereby shifted by the
-    same amount, the one-way delay of its SRs, so the relative timing of its
-    audio and video, which is all lip-sync uses, is the publisher's own to
-    within the jitter between the two SRs' delays. Before the publisher's
+    same amount, the least one-way delay of its recent SRs, so the relative
+    timing of its audio and video, which is all lip-sync uses, is the
+    publisher's own to within the difference between the two streams' least
+    delays, however old a pair was when its SR left. Before the publisher's
     first SR the newest packet's timestamp stands in for the pair.
     """
 

@@ -342,6 +342,43 @@ def test_sender_reports_keep_the_publishers_audio_video_alignment(video_delay: f
         assert abs((at_v - at_a) - (video_delay - 0.040)) < 1e-4
 
 
+def test_a_publishers_pair_holds_at_its_own_ntp_time_however_late_its_sr_leaves() -> None:
+    # aiortc pairs its last packet's send time with that packet's timestamp:
+    # after its encoder stalled 1.5 s, the SR it sends carries a pair 1.5 s
+    # old. Its clock runs 1000 s ahead of ours; each SR takes 10 ms to come.
+    skew, delay = 1000.0, 0.010
+
+    def rtp(t: float) -> int:
+        return (7777 + round(90000 * t)) & 0xFFFFFFFF
+
+    video = ReceiveStatistics(0xB, 90000)
+    video.on_packet(1, rtp(0.0), 0.0 - skew + delay)
+    for t in (1.0, 2.0):
+        video.on_sender_report(ntp_timestamp(t), rtp(t), t - skew + delay)
+    video.on_sender_report(ntp_timestamp(1.5), rtp(1.5), 3.0 - skew + delay)
+    assert video.sr_arrival == pytest.approx(3.0 - skew + delay)
+    assert video.sr_at == pytest.approx(1.5 - skew + delay)
+    # Its clock now: off by the network's delay, not by the pair's age.
+    now = 3.2 - skew
+    assert ts_diff(video.rtp_timestamp_at(now) or 0, rtp(3.2)) == round(-delay * 90000)
+    send = SendStatistics(Sent(0x1B, 2, 2400), video, lambda: 0)
+    sr = send.sender_report(now, ntp_timestamp(WALL + now))
+    assert sr is not None and abs(ts_diff(sr.rtp_timestamp, rtp(3.2))) <= 900
+
+
+def test_a_publisher_whose_clock_stepped_back_is_read_on_its_new_clock() -> None:
+    def rtp(t: float) -> int:
+        return round(48000 * t) & 0xFFFFFFFF
+
+    audio = ReceiveStatistics(0xA, 48000)
+    audio.on_packet(1, rtp(0.0), 0.0)
+    audio.on_sender_report(ntp_timestamp(WALL + 1.0), rtp(1.0), 1.0)
+    # An NTP step: its wall clock now reads 60 s less; the pair is fresh.
+    audio.on_sender_report(ntp_timestamp(WALL - 58.0), rtp(2.0), 2.0)
+    assert audio.sr_at == pytest.approx(2.0)
+    assert audio.rtp_timestamp_at(2.5) == rtp(2.5)
+
+
 def test_sender_report_extrapolates_before_the_first_publisher_sr() -> None:
     video = ReceiveStatistics(0xB, 90000)
     video.on_packet(1, 3000, 20.0)

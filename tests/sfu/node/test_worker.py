@@ -581,12 +581,14 @@ def _check_sender_reports(log: ReceiverLog, clock_rate: int) -> None:
                     _signed32(rtp_ts - ts) - round((arrival - t) * clock_rate) for t, ts in recent
                 )
             )
-    # The worker's SRs follow the publisher's (its NTP/RTP pair, advanced),
-    # and aiortc's SR pairs the time it is sent with its last packet's
-    # timestamp: a publisher that stalled just before one (CI saw 0.7 s) is
-    # behind in that SR alone. So most SRs agree with the packets closely,
-    # and none is off by the gross errors (a wrong clock rate, no offset, a
-    # stale pair), which are seconds or more.
+    # The worker's SRs follow the publisher's NTP/RTP pair, advanced from the
+    # pair's own NTP time. aiortc pairs its last packet's send time with that
+    # packet's timestamp, so after its encoder stalled (CI saw 0.7 and 1.6 s)
+    # its SR leaves with an old pair; read as if it were fresh, the worker's
+    # next SRs were behind by the stall. What is left is this process reading
+    # late, so most SRs agree with the packets closely, and none is off by the
+    # gross errors (a wrong clock rate, no offset, a stale pair), which are
+    # seconds or more.
     assert statistics.median(abs(lag) for lag in lags) < 0.5, lags
     assert max(abs(lag) for lag in lags) < 2.0, lags
     assert aheads
