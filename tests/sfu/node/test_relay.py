@@ -230,13 +230,16 @@ async def test_one_track_crosses_once_to_three_subscribers(
     with contextlib.suppress(TimeoutError):
         await wait_until(crossed_once, within=5)
     assert crossed_once(), counts()
+    # Every frame a subscriber decoded came over the link in a packet of its own.
+    decoded = max(s.frames["video"] + s.frames["audio"] for s in subs)
     snap_a, snap_b = a.snapshot()["relays"], b.snapshot()["relays"]
     received_from_publisher = fwd_a.stats.received
     assert middle.rtp["a->b"] <= received_from_publisher + fwd_a.stats.retransmitted + 5
     assert middle.rtp["b->a"] == 0
     # B counts relayed packets as relay "in", not as received from its own publishers.
     assert b.snapshot()["totals"].get("received", 0) == 0
-    assert snap_b["in"] == link_b.packets_in > 30
+    # (ci70 saw 29 on a quick run: the subscribers need only 20 frames.)
+    assert snap_b["in"] == link_b.packets_in >= decoded >= 20
     assert link_b.forged == 0
     # ...and B fans each one out three times, once all three subscribers
     # decode (before that, fewer of them took copies: a loaded machine slows
