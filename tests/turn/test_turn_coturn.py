@@ -11,6 +11,7 @@ import os
 import re
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,14 @@ from tests.turn.conftest import SECRET, need_binary
 from turn.aio import TurnServer
 
 
+@dataclass(frozen=True)
+class Peer:
+    port: int
+    pid: int
+
+
 @pytest.fixture
-async def coturn_peer() -> AsyncIterator[int]:
+async def coturn_peer() -> AsyncIterator[Peer]:
     """turnutils_peer: coturn's UDP echo peer."""
     need_binary("turnutils_peer")
     port = free_udp_port()
@@ -40,14 +47,64 @@ async def coturn_peer() -> AsyncIterator[int]:
         assert asyncio.get_running_loop().time() < deadline, "turnutils_peer never listened"
         await asyncio.sleep(0.02)
     try:
-        yield port
+        yield Peer(port, proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         await proc.wait()
 
 
-async def uclient(server: TurnServer, peer_port: int, *flags: str, secret: str = SECRET) -> str:
+class UdpDrops:
+    """Datagrams the kernel dropped on each process's UDP sockets, its receive
+    buffer full (/proc/net/udp's last column), read while the processes run.
+
+    Each socket is known by its inode, found among the process's open files;
+    a socket's count only grows, so the last reading before it closed is its
+    count.
+    """
+
+    def __init__(self) -> None:
+        self.pids: dict[int, str] = {}
+        self.owners: dict[int, str] = {}
+        self.drops: dict[int, int] = {}
+
+    def watch(self, pid: int, name: str) -> None:
+        self.pids[pid] = name
+
+    def read(self) -> None:
+        for pid, name in self.pids.items():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(FileNotFoundError):
+                        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                        if link.startswith("socket:["):
+                            self.owners.setdefault(int(link[8:-1]), name)
+        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+            fields = line.split()
+            inode = int(fields[9])
+            if inode in self.owners:
+                self.drops[inode] = max(self.drops.get(inode, 0), int(fields[-1]))
+
+    def by_owner(self) -> dict[str, int]:
+        out = dict.fromkeys(self.pids.values(), 0)
+        for inode, count in self.drops.items():
+            out[self.owners[inode]] += count
+        return out
+
+    async def reading(self, every: float = 0.05) -> None:
+        while True:
+            self.read()
+            await asyncio.sleep(every)
+
+
+async def uclient(
+    server: TurnServer,
+    peer_port: int,
+    *flags: str,
+    secret: str = SECRET,
+    drops: UdpDrops | None = None,
+    name: str = "uclient",
+) -> str:
     need_binary("turnutils_uclient")
     port = server.udp_addresses[0][1]
     proc = await asyncio.create_subprocess_exec(
@@ -56,6 +113,8 @@ async def uclient(server: TurnServer, peer_port: int, *flags: str, secret: str =
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
+    if drops is not None:
+        drops.watch(proc.pid, name)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
     finally:
@@ -75,8 +134,9 @@ def totals(out: str) -> tuple[int, int, int]:
     return sent, received, int(lost.group(1))
 
 
-async def test_uclient_relays_without_loss(server_factory: Any, coturn_peer: int) -> None:
-    """Channels and Send indications, over UDP and TCP, all four at once.
+async def test_uclient_relays_without_loss(server_factory: Any, coturn_peer: Peer) -> None:
+    """Channels and Send indications, over UDP and TCP, all four at once, and
+    every message echoed unless the kernel dropped it outside our relay.
 
     Moderate load: 5 sessions each (uclient adds one), 300 messages every 2 ms,
     400-byte payloads; run together so the file stays quick.
@@ -90,15 +150,33 @@ async def test_uclient_relays_without_loss(server_factory: Any, coturn_peer: int
     load = ("-m", "5", "-n", "300", "-z", "2", "-l", "400")
     # uclient's REST usernames are all one user: lift the per-user quota.
     turn_server = await server_factory(user_quota=100)
-    outs = await asyncio.gather(
-        *(uclient(turn_server, coturn_peer, *f, *load) for f in variants.values())
-    )
+    drops = UdpDrops()
+    drops.watch(os.getpid(), "relay")
+    drops.watch(coturn_peer.pid, "peer")
+    reading = asyncio.create_task(drops.reading())
+    try:
+        outs = await asyncio.gather(
+            *(
+                uclient(turn_server, coturn_peer.port, *f, *load, drops=drops, name=name)
+                for name, f in variants.items()
+            )
+        )
+    finally:
+        reading.cancel()
+    drops.read()
+    dropped = drops.by_owner()
+    missing = {}
     for name, out in zip(variants, outs, strict=True):
         sent, received, lost = totals(out)
         assert sent >= 1500, (name, out[-2000:])
-        assert received == sent, name
-        assert lost == 0, name
         assert "error" not in out.lower(), (name, out[-2000:])
+        missing[name] = max(sent - received, lost)
+    # Our relay lost nothing: a message that did not come back is one the
+    # kernel dropped at a full socket of coturn's own peer or client, starved
+    # of CPU beside a busy neighbour (ci24 and ci60 saw up to 22 of 1,800).
+    assert dropped["relay"] == 0, dropped
+    foreign = sum(count for owner, count in dropped.items() if owner != "relay")
+    assert sum(missing.values()) <= foreign, (missing, dropped)
     snap = turn_server.core.snapshot()
     total = sum(totals(out)[0] for out in outs)
     assert snap["to_peer_pkts"] >= total
@@ -106,18 +184,18 @@ async def test_uclient_relays_without_loss(server_factory: Any, coturn_peer: int
 
 
 async def test_uclient_with_wrong_secret_is_refused(
-    turn_server: TurnServer, coturn_peer: int
+    turn_server: TurnServer, coturn_peer: Peer
 ) -> None:
-    out = await uclient(turn_server, coturn_peer, "-n", "5", secret="not-the-secret")
+    out = await uclient(turn_server, coturn_peer.port, "-n", "5", secret="not-the-secret")
     assert "tot_recv_msgs" not in out or totals(out)[1] == 0
     assert re.search(r"error 401|Unauthorized|Cannot complete Allocation", out), out[-2000:]
 
 
 async def test_uclient_refused_loopback_peer_by_default(
-    server_factory: Any, coturn_peer: int
+    server_factory: Any, coturn_peer: Peer
 ) -> None:
     server = await server_factory(allow_peers=())
-    out = await uclient(server, coturn_peer, "-n", "5")
+    out = await uclient(server, coturn_peer.port, "-n", "5")
     assert "403" in out or "Forbidden" in out, out[-2000:]
 
 
