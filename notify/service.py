@@ -49,6 +49,7 @@ log = logging.getLogger("wadud.notify")
 
 __all__ = ["Notifier", "policy", "run"]
 
+OUTCOMES = ("sent", "retried", "failed", "expired")
 DELIVERIES = Counter(
     "wadud_notify_deliveries_total",
     "Delivery attempts by channel and outcome (sent, retried, failed, expired).",
@@ -93,6 +94,12 @@ class Notifier:
         self.settings = settings
         self.senders = senders
         self.available = frozenset(senders)
+        # Every channel's outcomes from zero, so a replica that has sent
+        # nothing yet says 0 rather than nothing (a rate over a series that
+        # appears mid-range misses its first increments).
+        for channel in senders:
+            for outcome in OUTCOMES:
+                DELIVERIES.labels(channel, outcome)
         self.policy = policy(settings)
         self.clock = clock
         self.batch = batch

@@ -113,6 +113,17 @@ async def test_two_replicas_send_each_reminder_once(
     b = Role(settings, smtp, "b")
     roles += [a, b]
     await asyncio.gather(a.started(), b.started())
+
+    async def page() -> str:
+        async with aiohttp.ClientSession() as http, http.get(f"http://{metrics}/metrics") as resp:
+            return await resp.text()
+
+    # Before anything is sent, each outcome is there at 0 (ci71: b sent every
+    # message once, and a's page had no line for "sent" at all).
+    before = await page()
+    for outcome in ("sent", "retried", "failed", "expired"):
+        line = f'wadud_notify_deliveries_total{{channel="email",outcome="{outcome}"}} 0.0'
+        assert line in before, outcome
     bookings = 8
     for i in range(bookings):
         # Back to back, 20 minutes each (one doctor: they may not overlap).
@@ -127,13 +138,12 @@ async def test_two_replicas_send_each_reminder_once(
     )
     await wait_until(lambda: len(smtp.of("reminder_15m")) >= 2 * bookings, within=20)
     await asyncio.sleep(1.5)
-    async with aiohttp.ClientSession() as http, http.get(f"http://{metrics}/metrics") as resp:
-        page = await resp.text()
+    after = await page()
     counted = re.search(
-        r'wadud_notify_deliveries_total\{channel="email",outcome="sent"\} (\d+)', page
+        r'wadud_notify_deliveries_total\{channel="email",outcome="sent"\} (\d+)', after
     )
     assert counted and int(counted.group(1)) == a.sent()
-    assert 'wadud_notify_backlog{queue="inbox"} 0.0' in page
+    assert 'wadud_notify_backlog{queue="inbox"} 0.0' in after
     # Its probes (Kubernetes, compose) live on the same private listener.
     async with aiohttp.ClientSession() as http:
         for path, body in (("/healthz", "ok"), ("/readyz", "ready")):
