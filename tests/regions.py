@@ -401,7 +401,7 @@ _LOOPS: list[NsLoop] = []
 def _awaiting(coro: Any) -> list[Any]:
     """The frames of ``coro`` and of what it awaits, outermost first
     (Task.get_stack stops at the task's own coroutine while it waits)."""
-    frames = []
+    frames: list[Any] = []
     while coro is not None and len(frames) < 64:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is not None:
