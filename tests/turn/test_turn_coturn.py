@@ -106,7 +106,10 @@ async def uclient(
     name: str = "uclient",
 ) -> str:
     need_binary("turnutils_uclient")
-    port = server.udp_addresses[0][1]
+    # Over TCP (-t) to the TCP listener: the server puts it on the UDP
+    # listener's port only when that port is free for TCP too (ci75: it was
+    # not, and uclient's connects were refused).
+    port = (server.tcp_addresses if "-t" in flags else server.udp_addresses)[0][1]
     proc = await asyncio.create_subprocess_exec(
         "turnutils_uclient", *flags, "-W", secret, "-e", "127.0.0.1", "-r", str(peer_port),
         "-p", str(port), "127.0.0.1",
