@@ -13,6 +13,8 @@ Sans-I/O (STYLE.md): ``now`` is seconds on the adapter's monotonic clock.
 
 from __future__ import annotations
 
+from collections import deque
+
 from rtc.rtcp.reports import ReportBlock, compact_ntp
 
 __all__ = ["ReceiveStatistics"]
@@ -106,7 +108,7 @@ class ReceiveStatistics:
         self.sr_arrival = 0.0
         self.sr_at = 0.0
         """``now`` at which the latest SR's NTP/RTP pair held (its NTP time on our clock)."""
-        self._sr_offsets: list[float] = []
+        self._sr_offsets: deque[float] = deque(maxlen=SR_HISTORY)
 
     # -- the hot path ---------------------------------------------------------------
 
@@ -209,20 +211,20 @@ class ReceiveStatistics:
         # came quickest tells it up to the network's least delay: this SR
         # came later than that one by its pair's age.
         offsets = self._sr_offsets
-        offset = now - ntp * _NTP_UNIT
+        held = ntp * _NTP_UNIT
+        offset = now - held
         if offsets and offset - min(offsets) > CLOCK_STEP:
             offsets.clear()  # the publisher's clock stepped back
         offsets.append(offset)
-        if len(offsets) > SR_HISTORY:
-            del offsets[0]
-        self.sr_at = ntp * _NTP_UNIT + min(offsets)
+        self.sr_at = held + min(offsets)
 
     def rtp_timestamp_at(self, now: float) -> int | None:
         """The stream's RTP timestamp at ``now``, as the publisher's clock would read it.
 
         From the latest SR's NTP/RTP pair, advanced by the clock rate since
-        the pair held (:attr:`sr_at`); before any SR, from the newest packet's timestamp the same
-        way (a lower bound: that packet was captured before it arrived).
+        the pair held (:attr:`sr_at`); before any SR, from the newest
+        packet's timestamp the same way (a lower bound: that packet was
+        captured before it arrived).
         ``None`` before any packet or SR.
         """
         if self.sr_ntp >= 0:
