@@ -52,7 +52,7 @@ __all__ = ["Notifier", "policy", "run"]
 OUTCOMES = ("sent", "retried", "failed", "expired")
 DELIVERIES = Counter(
     "wadud_notify_deliveries_total",
-    "Delivery attempts by channel and outcome (sent, retried, failed, expired).",
+    f"Delivery attempts by channel and outcome ({', '.join(OUTCOMES)}).",
     ["channel", "outcome"],
 )
 BACKLOG = Gauge(
