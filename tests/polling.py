@@ -4,8 +4,10 @@ decoded, a row written, a mail delivered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Awaitable, Callable
+import io
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -24,3 +26,48 @@ async def wait_until(
             if got:
                 return got
             await asyncio.sleep(every)
+
+
+class Steps:
+    """Where a bounded block is: ``steps.at("name")`` before each wait."""
+
+    def __init__(self) -> None:
+        self.now = "start"
+
+    def at(self, name: str) -> None:
+        self.now = name
+
+
+def _task_stacks() -> str:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=out)
+    return out.getvalue()
+
+
+@contextlib.asynccontextmanager
+async def bounded(seconds: float) -> AsyncIterator[Steps]:
+    """Run the block within ``seconds``; past that, fail naming the step it
+    was at and what every task was awaiting at that moment. pytest-timeout,
+    the only other bound, ends the whole xdist worker and so says nothing."""
+    loop = asyncio.get_running_loop()
+    steps = Steps()
+    bound = asyncio.timeout(None)
+    stacks: list[str] = []
+
+    def expire() -> None:
+        stacks.append(_task_stacks())  # before the cancel unwinds them
+        bound.reschedule(loop.time())
+
+    timer = loop.call_later(seconds, expire)
+    try:
+        async with bound:
+            yield steps
+    except TimeoutError:
+        if bound.expired():
+            raise AssertionError(
+                f"stuck for {seconds:g} s at: {steps.now}\n{''.join(stacks)}"
+            ) from None
+        raise
+    finally:
+        timer.cancel()

@@ -46,7 +46,7 @@ from sfu.control.rpc import (
 )
 from sfu.errors import SfuStateError
 from sfu.node.worker import MediaWorker
-from tests.polling import wait_until
+from tests.polling import Steps, bounded, wait_until
 from wadud.state.storage import LocalStorage
 
 ROOM = "rpc-room"
@@ -436,21 +436,13 @@ async def test_a_worker_back_from_a_cut_takes_requests_on_a_fresh_connection(
     sent on it is stuck, so a request would wait out TCP's backoff. The
     heartbeat back after the lapse renews the subscription on a fresh
     connection, and the request is answered within a few heartbeats."""
-    # Bounded as a whole, naming the step it was at: ci63 hung here once,
-    # past pytest-timeout, which ends the worker and so says nothing.
-    step = ["start"]
-    bound = asyncio.timeout(60)
-    try:
-        async with bound:
-            await _back_from_a_cut(worker, redis, redis_server, step)
-    except TimeoutError:
-        if bound.expired():
-            raise AssertionError(f"stuck for 60 s at: {step[-1]}") from None
-        raise
+    # Bounded as a whole, naming the step it was at: ci63 hung here once.
+    async with bounded(60) as steps:
+        await _back_from_a_cut(worker, redis, redis_server, steps)
 
 
 async def _back_from_a_cut(
-    worker: MediaWorker, redis: aioredis.Redis, redis_server: Any, step: list[str]
+    worker: MediaWorker, redis: aioredis.Redis, redis_server: Any, steps: Steps
 ) -> None:
     from sfu.control.registry import Registration, WorkerInfo, worker_key
     from wadud.messaging.bus import redis_client
@@ -470,7 +462,7 @@ async def _back_from_a_cut(
     await client.start()
     media = client.remote(wid, incarnation)
     try:
-        step.append("ping")
+        steps.at("ping")
         assert (await media.ping())["worker"] == wid
         link.cut = True
         # Sent during the cut: Redis still counts the worker's subscriber,
@@ -481,7 +473,7 @@ async def _back_from_a_cut(
         async def expired() -> bool:
             return await redis.exists(worker_key(wid)) == 0
 
-        step.append("the entry expires")
+        steps.at("the entry expires")
         await wait_until(expired, within=10)
         link.cut = False
         healed = asyncio.get_running_loop().time()
@@ -492,19 +484,19 @@ async def _back_from_a_cut(
             except WorkerUnreachable:
                 return False
 
-        step.append("answered after the heal")
+        steps.at("answered after the heal")
         await wait_until(answered, within=10)
         took = asyncio.get_running_loop().time() - healed
         # A few heartbeats and one reading loop's second, not a backoff.
         assert took < ttl + 5.0, took
     finally:
-        step.append("client.close")
+        steps.at("client.close")
         await client.close()
-        step.append("registration.close")
+        steps.at("registration.close")
         await registration.close(delete=False)
-        step.append("server.close")
+        steps.at("server.close")
         await server.close()
-        step.append("cut_redis.aclose")
+        steps.at("cut_redis.aclose")
         await cut_redis.aclose()
-        step.append("link.close")
+        steps.at("link.close")
         await link.close()

@@ -31,7 +31,7 @@ from sfu.control.rpc import MediaClient, MediaServer
 from sfu.errors import SfuStateError
 from sfu.node.worker import MediaWorker
 from sfu.transport.relay import TRANSITIONS, LinkInput, LinkState, RelayLink
-from tests.polling import wait_until
+from tests.polling import Steps, bounded, wait_until
 from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone
 
 ROOM = "cross-region"
@@ -401,13 +401,27 @@ async def redis(redis_server: Any) -> AsyncIterator[aioredis.Redis]:
 async def test_relay_calls_over_redis(
     pair: tuple[MediaWorker, MediaWorker, Middle], made: list[Any], redis: aioredis.Redis
 ) -> None:
-    a, b, middle = pair
+    # Bounded as a whole, naming the step it was at: ci78 hung here once.
+    async with bounded(60) as steps:
+        await _relay_calls_over_redis(*pair, made, redis, steps)
+
+
+async def _relay_calls_over_redis(
+    a: MediaWorker,
+    b: MediaWorker,
+    middle: Middle,
+    made: list[Any],
+    redis: aioredis.Redis,
+    steps: Steps,
+) -> None:
     servers = [
         MediaServer(redis, w, w.settings.worker_id, "inc-" + w.settings.worker_id) for w in (a, b)
     ]
     for server in servers:
+        steps.at(f"{server.wid}: server.start")
         await server.start()
     client = MediaClient(redis, "api-" + secrets.token_hex(4), timeout=3.0)
+    steps.at("client.start")
     await client.start()
     states: list[tuple[str, Any]] = []
     client.add_listener(lambda wid, inc, what: states.append((wid, what)))
@@ -419,10 +433,14 @@ async def test_relay_calls_over_redis(
             b.settings.worker_id, "inc-" + b.settings.worker_id, b.relay_identity()[1]
         )
         assert remote_a.relay_identity() == a.relay_identity()
+        steps.at("publish")
         track_ids = await publish(a, made)
+        steps.at("relay_send")
         sent = await remote_a.relay_send(ROOM, peer_of(b, middle.address("for_a")), track_ids)
         assert [t.info.track_id for t in sent] == track_ids
+        steps.at("relay_receive")
         await remote_b.relay_receive(ROOM, peer_of(a, middle.address("for_b")), sent)
+        steps.at("the link connects")
         await wait_until(
             lambda: any(
                 wid == b.settings.worker_id and isinstance(w, RelayState) and w.state == "connected"
@@ -431,14 +449,19 @@ async def test_relay_calls_over_redis(
             within=5,
         )
         # Typed errors cross too.
+        steps.at("a typed error")
         with pytest.raises(SfuStateError):
             await remote_a.relay_send(ROOM, peer_of(b, middle.address("for_a")), ["t-nope"])
+        steps.at("relay_send of nothing")
         await remote_a.relay_send(ROOM, peer_of(b, middle.address("for_a")), [])
+        steps.at("relay_receive of nothing")
         await remote_b.relay_receive(ROOM, peer_of(a, middle.address("for_b")), [])
         assert a.link_of(b.settings.worker_id) is None
     finally:
+        steps.at("client.close")
         await client.close()
         for server in servers:
+            steps.at(f"{server.wid}: server.close")
             await server.close()
 
 
