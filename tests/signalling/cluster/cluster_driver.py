@@ -408,13 +408,15 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
     ids = await ids_of(pages)
     replica = world.cluster.apis["A"]
     on_a = [world.pages["doctor"], world.pages["interpreter"]]
-    patient = world.pages["patient"]
     failover_before = world.lb.routed[("A", port_b)]
 
     # What the patient decodes, sampled all along by the page itself and
     # stamped by its stats' own clock (RECORD): a driver starved of CPU that
-    # reads late must not count as the patient's video freezing.
-    await patient.eval(RECORD)
+    # reads late must not count as the patient's video freezing. The other
+    # two record what they send, to tell a freeze of theirs (an encoder
+    # starved of CPU drops a layer) from one of the path.
+    for page in pages:
+        await page.eval(RECORD)
     await asyncio.sleep(1.0)
     t0 = time.monotonic()
     wall0 = time.time() * 1000
@@ -434,13 +436,14 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
         await asyncio.sleep(0.1)
     world.mark("pages back")
     await asyncio.sleep(2.0)  # the patient's view a while after, too
-    records = {"patient": await patient.eval(RECORD_READ)}
+    records = {page.name: await page.eval(RECORD_READ) for page in pages}
     pairs = await receiving(world, pages) if len(back) == len(on_a) else []
     read = await probes(pages)
     others = {n: pid for n, pid in ids.items() if n != "patient"}
-    series = decoded_series(records, others, 0)
+    seen_by_patient = {"patient": records["patient"]}
+    series = decoded_series(seen_by_patient, others, 0)
     stalls = still(series, wall0 / 1000, FREEZE_S)
-    stalls += chromium_freezes(records, others, wall0, FREEZE_S)
+    stalls += chromium_freezes(seen_by_patient, others, wall0, FREEZE_S)
     # What would tell the patient something happened to the others.
     after_kill = [f for f in read["patient"].get("frames", []) if f[0] >= wall0 and f[1] in NEWS]
     report = {
@@ -454,6 +457,7 @@ async def scenario_api_kill(world: World) -> dict[str, Any]:
         "same_pages": same_pages(world, read),
         "patient_samples": {k: len(v) for k, v in series.items()},
         "patient_stalls": stalls,
+        "stall_detail": [around(records, ids, x, wall0) for x in stalls],
         "patient_gaps": {k: _longest(v, wall0 / 1000) for k, v in series.items()},
         "frames_after_kill": frames_since(read, wall0, SEEN),
         "patient_disturbed": after_kill
