@@ -11,6 +11,7 @@ wadud recorder  make stopped visit recordings into WebM files; any number of rep
 wadud user add  create an account (how the first admin comes to be)
 wadud retention run [--dry-run]  delete data past its retention period
 wadud token     print a call link (room token) for one participant
+wadud key create|list|revoke  API keys for clinics' servers and load testers
 """
 
 from __future__ import annotations
@@ -134,6 +135,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ttl", type=int, default=4 * 3600, help="seconds the link is valid (default 4 hours)"
     )
+
+    p = sub.add_parser("key", help="API keys that mint room tokens from outside (docs/api.md)")
+    key_sub = p.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    create = key_sub.add_parser(
+        "create", help="make a key and secret; the secret is printed once and never again"
+    )
+    _common(create)
+    create.add_argument("--name", required=True, help="what the key is for, e.g. 'load tests'")
+    create.add_argument(
+        "--scope",
+        required=True,
+        choices=["load", "clinic"],
+        help="load: rooms named load-... only, for wadud load; clinic: that clinic's rooms",
+    )
+    create.add_argument("--clinic-id", dest="clinic_id", help="the clinic of a clinic key")
+    listing = key_sub.add_parser("list", help="every key: id, scope, clinic, name, last use")
+    _common(listing)
+    revoke = key_sub.add_parser("revoke", help="revoke a key: its next request is refused")
+    _common(revoke)
+    revoke.add_argument("key_id", help="the key's id (wk_...)")
 
     p = sub.add_parser("retention", help="delete data past its retention period")
     ret_sub = p.add_subparsers(dest="retention_command", required=True, metavar="ACTION")
@@ -430,6 +451,43 @@ def cmd_retention_run(args: argparse.Namespace, settings: config.Settings) -> in
     return 0
 
 
+def cmd_key(args: argparse.Namespace, settings: config.Settings) -> int:
+    from uuid import UUID
+
+    from wadud.state import db, migrate
+    from wadud.web import api_keys
+
+    async def go() -> int:
+        async with db.connection(settings) as conn:
+            await migrate.migrate(conn)
+            if args.key_command == "create":
+                try:
+                    clinic = UUID(args.clinic_id) if args.clinic_id else None
+                except ValueError:
+                    raise ConfigError("--clinic-id is a clinic's id (a UUID)") from None
+                made = await api_keys.create_key(
+                    conn, name=args.name, scope=api_keys.Scope(args.scope), clinic_id=clinic
+                )
+                print(f"WADUD_API_KEY={made.key.id}")
+                print(f"WADUD_API_SECRET={made.secret}")
+                print("the secret is shown only now; keep it with the key", file=sys.stderr)
+            elif args.key_command == "list":
+                print(f"{'KEY':<20} {'SCOPE':<7} {'CLINIC':<36} {'LAST USED':<20} NAME")
+                for k in await api_keys.list_keys(conn):
+                    used = k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never"
+                    if k.revoked_at is not None:
+                        used = "revoked " + k.revoked_at.strftime("%Y-%m-%d")
+                    clinic_id = str(k.clinic_id or "-")
+                    print(f"{k.id:<20} {k.scope.value:<7} {clinic_id:<36} {used:<20} {k.name}")
+            else:
+                key = await api_keys.revoke_key(conn, args.key_id)
+                print(f"revoked {key.id} ({key.name})")
+        return 0
+
+    result: int = _run(go())
+    return result
+
+
 #: Room and identity names: what fits in a URL path and a log line unharmed.
 _NAME_MAX = 128
 
@@ -550,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_retention_run(args, settings)
         if args.command == "audit" and args.audit_command == "verify":
             return cmd_audit_verify(settings)
+        if args.command == "key":
+            return cmd_key(args, settings)
         if args.command == "user" and args.user_command == "add":
             return cmd_user_add(args, settings)
     except (WadudError, TurnConfigError) as exc:

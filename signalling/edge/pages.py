@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signalling.edge import chat, check
+from signalling.edge import chat, check, tokens
 from wadud.errors import NotFound
 from wadud.state import keys
 from wadud.web.api import ApiModel, Call, Routes
@@ -196,6 +196,7 @@ def install(app: web.Application) -> None:
     app.router.add_get("/demo", pages.demo_page, name="call-demo")
     routes.install(app)
     check.routes.install(app)
+    tokens.routes.install(app)
     chat.install(app)
     if settings.call_demo:
         app[keys.EXTRAS].setdefault("index_links", []).append(

@@ -172,6 +172,20 @@ class Settings(PaymentsSettings):
     limits_check_per_hour: float = setting(
         60.0, "Pre-call checks per hour and client address once the burst is spent."
     )
+    limits_key_tokens_burst: int = setting(
+        200,
+        "Room tokens a clinic's API key may mint at once (POST /api/v1/tokens). 0: no limit.",
+    )
+    limits_key_tokens_per_hour: float = setting(
+        6000.0, "Room tokens per hour and clinic API key once the burst is spent."
+    )
+    limits_load_tokens_burst: int = setting(
+        20000,
+        "Room tokens a load API key may mint at once, apart from every other limit. 0: no limit.",
+    )
+    limits_load_tokens_per_hour: float = setting(
+        200000.0, "Room tokens per hour and load API key once the burst is spent."
+    )
     # [outbox]
     outbox_batch: int = setting(200, "Events relayed per round.")
     outbox_poll_interval: float = setting(

@@ -48,6 +48,7 @@ from wadud.errors import Forbidden, NotFound, Unauthorized, UnsupportedMediaType
 from wadud.principal import Principal, Role
 from wadud.state import keys
 from wadud.web import idempotency
+from wadud.web.api_keys import API_KEY, ApiKey, InvalidApiKey
 
 __all__ = [
     "EARLIEST",
@@ -153,7 +154,11 @@ def _check_range(value: dt.datetime) -> dt.datetime:
 Instant = Annotated[AwareDatetime, BeforeValidator(_iso), AfterValidator(_check_range)]
 
 
-Auth = Literal["public", "optional", "any"] | frozenset[Role] | set[Role]
+#: Who may call: anyone (``public``), with or without a bearer token
+#: (``optional``), any signed-in user (``any``), users of these roles, or a
+#: live API key presented as HTTP Basic credentials (``api_key``,
+#: wadud.web.api_keys).
+Auth = Literal["public", "optional", "any", "api_key"] | frozenset[Role] | set[Role]
 
 
 @dataclass
@@ -179,6 +184,13 @@ class Call(Generic[B, Q]):
 
     def path_uuid(self, name: str) -> UUID:
         return UUID(self.request.match_info[name])
+
+    @property
+    def api_key(self) -> ApiKey:
+        """The caller's key, for handlers whose route takes one."""
+        if API_KEY not in self.request:
+            raise InvalidApiKey("this endpoint needs an API key (HTTP Basic: KEY_ID:SECRET)")
+        return self.request[API_KEY]
 
     @property
     def user(self) -> Principal:
@@ -321,8 +333,12 @@ class Routes:
             app.router.add_route(ep.method, ep.path, _wrap(ep))
 
 
-def _check_auth(ep: Endpoint, principal: Principal | None) -> None:
+def _check_auth(ep: Endpoint, request: web.Request, principal: Principal | None) -> None:
     if ep.auth in ("public", "optional"):
+        return
+    if ep.auth == "api_key":
+        if API_KEY not in request:
+            raise InvalidApiKey("this endpoint needs an API key (HTTP Basic: KEY_ID:SECRET)")
         return
     if principal is None:
         raise Unauthorized("this endpoint needs a bearer token")
@@ -365,7 +381,7 @@ def _serialise(value: Any) -> bytes:
 def _wrap(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         principal = None if ep.auth == "public" else request.get(keys.PRINCIPAL)
-        _check_auth(ep, principal)
+        _check_auth(ep, request, principal)
         body = await _parse_body(request, ep.body) if ep.body is not None else None
         query = _parse_query(request, ep.query) if ep.query is not None else None
         result = await ep.handler(Call(request, body, query, principal))
@@ -486,7 +502,9 @@ def openapi(endpoints: list[Endpoint], *, title: str, version: str) -> dict[str,
             responses.setdefault(str(code), {"description": text})
         problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         errors = {400: "Malformed request", 422: "Invalid values"}
-        if ep.auth not in ("public", "optional"):
+        if ep.auth == "api_key":
+            errors[401] = "Missing, invalid or revoked API key"
+        elif ep.auth not in ("public", "optional"):
             errors[401] = "Missing or invalid token"
             if ep.auth != "any":
                 errors[403] = "Role not allowed"
@@ -495,7 +513,9 @@ def openapi(endpoints: list[Endpoint], *, title: str, version: str) -> dict[str,
         for code, text in errors.items():
             responses.setdefault(str(code), {"description": text, "content": problem})
         op["responses"] = responses
-        if ep.auth not in ("public", "optional"):
+        if ep.auth == "api_key":
+            op["security"] = [{"api_key": []}]
+        elif ep.auth not in ("public", "optional"):
             op["security"] = [{"bearer": []}]
         elif ep.auth == "optional":
             op["security"] = [{}, {"bearer": []}]
@@ -508,7 +528,13 @@ def openapi(endpoints: list[Endpoint], *, title: str, version: str) -> dict[str,
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "api_key": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "An API key: its id as the user name, its secret as"
+                    " the password (wadud key create).",
+                },
             },
         },
     }

@@ -27,7 +27,7 @@ from aiohttp.typedefs import Handler
 from wadud.errors import PayloadTooLarge, WadudError
 from wadud.observe import logs, metrics
 from wadud.state import keys
-from wadud.web import auth, ratelimit
+from wadud.web import api_keys, auth, ratelimit
 
 log = logging.getLogger("wadud.http")
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -206,8 +206,18 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     header = request.headers.get("Authorization")
     if header:
         scheme, _, token = header.partition(" ")
+        if scheme.lower() == "basic":
+            # An API key (wadud.web.api_keys): what a clinic's server or a
+            # load tester presents; routes with auth="api_key" take it.
+            key_id, secret = api_keys.basic_credentials(token)
+            request[api_keys.API_KEY] = await api_keys.authenticate(
+                request.app[keys.DB], key_id, secret
+            )
+            return await handler(request)
         if scheme.lower() != "bearer" or not token.strip():
-            raise auth.InvalidToken("use an Authorization: Bearer <token> header")
+            raise auth.InvalidToken(
+                "use an Authorization: Bearer <token> header (Basic for an API key)"
+            )
         settings = request.app[keys.SETTINGS]
         principal = auth.decode_access_token(settings, token.strip())
         if not await auth.principal_is_live(request.app[keys.DB], principal):
