@@ -162,6 +162,18 @@ class Proc:
             return False
         return True
 
+    async def group_gone(self, within: float) -> bool:
+        """Whether the whole group is gone within ``within`` seconds. A
+        killed group's processes leave as the kernel reaps them: the
+        workers, orphaned by their supervisor's death, by whoever adopts
+        them, later on a busy machine."""
+        deadline = time.monotonic() + within
+        while self.group_alive():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
     async def wait(self, within: float) -> int | None:
         """The exit status, or None if still running after ``within`` seconds."""
         deadline = time.monotonic() + within
