@@ -12,6 +12,7 @@ wadud user add  create an account (how the first admin comes to be)
 wadud retention run [--dry-run]  delete data past its retention period
 wadud token     print a call link (room token) for one participant
 wadud key create|list|revoke  API keys for clinics' servers and load testers
+wadud load      load-test a deployment by its URL (not a server role; wadud_client.load)
 """
 
 from __future__ import annotations
@@ -155,6 +156,10 @@ def parser() -> argparse.ArgumentParser:
     revoke = key_sub.add_parser("revoke", help="revoke a key: its next request is refused")
     _common(revoke)
     revoke.add_argument("key_id", help="the key's id (wk_...)")
+
+    sub.add_parser(
+        "load", help="load-test a deployment by its URL (wadud load --help)", add_help=False
+    )
 
     p = sub.add_parser("retention", help="delete data past its retention period")
     ret_sub = p.add_subparsers(dest="retention_command", required=True, metavar="ACTION")
@@ -582,6 +587,12 @@ def cmd_token(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["load"]:
+        # Not a server role: the load tester reads no server configuration.
+        from wadud_client.load.cli import main as load
+
+        return load(argv[1:])
     args = parser().parse_args(argv)
     try:
         settings = load_settings(args)

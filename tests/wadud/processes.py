@@ -45,6 +45,29 @@ def serve(database_url: str, data_dir: Path, port: int, **env: str) -> subproces
     )  # fmt: skip
 
 
+def serve_on_free_ports(
+    database_url: str, data_dir: Path, **env: str
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """:func:`serve` on free ports (HTTP, the embedded TURN relay, the media
+    worker), quiet but for warnings: its URL and its process."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = serve(
+        database_url,
+        data_dir,
+        port,
+        **{
+            "WADUD_SECRET_KEY": "served-secret-" + "z" * 40,
+            "WADUD_LOG_LEVEL": "warning",
+            "WADUD_TURN_EMBEDDED_PORT": str(free_port()),
+            "WADUD_MEDIA_PORT": str(free_port()),
+            **env,
+        },
+    )
+    return f"http://127.0.0.1:{port}", proc
+
+
 class RoleProcess:
     """One ``wadud ROLE`` process in its own process group; ready once it
     prints ``wadud ROLE: running``."""

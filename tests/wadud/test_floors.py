@@ -238,6 +238,12 @@ FLOOR_RULES = {
 }
 
 
+#: The one import across a floor that is not a dependency: the ``wadud``
+#: command hands ``wadud load`` to the load tester's own command line, lazily,
+#: so no server role ever loads the client (which needs aiortc and PyAV).
+COMMAND_DISPATCH = {("bin.main", "wadud_client.load.cli")}
+
+
 @pytest.mark.parametrize("rule", sorted(FLOOR_RULES))
 def test_every_floor_looks_only_down(modules: Modules, rule: str) -> None:
     packages, forbidden = FLOOR_RULES[rule]
@@ -246,7 +252,7 @@ def test_every_floor_looks_only_down(modules: Modules, rule: str) -> None:
         for name, others in modules.imports.items()
         if name.split(".")[0] in packages
         for other in others
-        if other.split(".")[0] in forbidden
+        if other.split(".")[0] in forbidden and (name, other) not in COMMAND_DISPATCH
     )
     assert offences == []
 

@@ -25,8 +25,7 @@ import psutil
 import pytest
 
 from benchmarks.common import answers_ready
-from tests.conftest import free_port
-from tests.wadud.processes import serve
+from tests.wadud.processes import serve_on_free_ports
 
 BIN = Path(sys.executable).parent
 RSS_LIMIT = 300 * 1024 * 1024
@@ -35,15 +34,9 @@ SEARCH_LIMIT = 0.100
 
 @pytest.fixture
 def server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    proc = serve(
+    url, proc = serve_on_free_ports(
         database_url,
         tmp_path,
-        port,
-        WADUD_SECRET_KEY="load-secret-" + "z" * 40,
-        WADUD_LOG_LEVEL="warning",
-        WADUD_TURN_EMBEDDED_PORT=str(free_port()),
-        WADUD_MEDIA_PORT=str(free_port()),
         # Every guess reaches the hashing pool: what the pool alone must hold.
         WADUD_LIMITS_LOGIN_ACCOUNT_FREE="0",
         WADUD_LIMITS_LOGIN_ADDRESS_FREE="0",
@@ -52,7 +45,7 @@ def server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, int]]:
         WADUD_AUTH_HASH_WAIT="60",
     )
     try:
-        yield f"http://127.0.0.1:{port}", proc.pid
+        yield url, proc.pid
     finally:
         proc.kill()  # the rest of the queued guesses need not drain
         proc.wait(20)

@@ -1,0 +1,155 @@
+"""``wadud load`` against ``wadud serve``, each a process of its own: the
+load tester knows the server only by its URL and a load API key.
+
+The key is made by ``wadud key create`` on the server's database; the load
+run's JSON is read back. Its figures are the tool's own (stamps in the
+payload, this machine's monotonic clock, shared by the tool's publishers and
+subscribers), so the test's own pace does not enter them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from subprocess import PIPE
+
+import aiohttp
+import pytest
+
+from benchmarks.common import answers_ready
+from tests.conftest import free_port
+from tests.wadud.processes import serve_on_free_ports
+
+ROOT = Path(__file__).resolve().parents[2]
+WADUD = str(Path(sys.executable).parent / "wadud")
+
+
+@pytest.fixture
+async def server(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """``wadud serve`` as a process of its own, ready."""
+    url, proc = serve_on_free_ports(database_url, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as s:
+            assert await answers_ready(s, url, 30), "server did not become ready"
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.fixture
+def load_key(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """A load key's WADUD_API_KEY and WADUD_API_SECRET, from the real command."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
+    made = subprocess.run(
+        [WADUD, "key", "create", "--name", "load test", "--scope", "load",
+         "--data-dir", str(tmp_path / "keys")],
+        env={**clean, "WADUD_DATABASE_URL": database_url},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return dict(line.split("=", 1) for line in made.stdout.split())
+
+
+def load(*argv: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
+    return subprocess.run(
+        [WADUD, "load", *argv],
+        env={**clean, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def test_two_rooms_of_five_subscribers_on_loopback(
+    server: str, load_key: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run.json"
+    done = load(
+        "--url", server, "--rooms", "2", "--publishers", "1", "--subscribers", "5",
+        "--duration", "15", "--seed", "7", "--json", str(out), env=load_key,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body = json.loads(out.read_text())
+    summary = body["summary"]
+    # Every subscriber received media, lost none, and the table says so.
+    assert summary["subscribers"] == summary["subscribers_asked"] == 10, summary
+    assert summary["loss_pct"] == 0.0, summary
+    assert summary["latency_ms"]["p50"] < 20, summary
+    assert summary["join_ms"]["p50"] > 0 and summary["join_ms"]["p99"] < 10_000, summary
+    assert summary["errors"] == {}, summary
+    assert "subscribers receiving: 10 of 10" in done.stdout, done.stdout
+    # Beside the summary: each subscriber's tracks, and one record a second.
+    assert len(body["subscribers"]) == 10
+    for sub in body["subscribers"]:
+        kinds = sorted(t["kind"] for t in sub["tracks"])
+        assert kinds == ["audio", "video"], sub
+        assert all(t["packets"] > 0 and t["stamped"] == t["stamps_sent"] for t in sub["tracks"])
+    assert len(body["intervals"]) >= 14 and body["intervals"][-1]["receiving"] == 10
+    # Two rooms, named by the seed under the load prefix; never a secret in the output.
+    assert [r.startswith("load-") for r in body["run"]["rooms"]] == [True, True]
+    assert load_key["WADUD_API_SECRET"] not in done.stdout + done.stderr + out.read_text()
+
+
+async def test_bad_credentials_and_an_unreachable_url_end_with_their_exit_codes(
+    server: str, load_key: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "wrong.json"
+    wrong = {**load_key, "WADUD_API_SECRET": load_key["WADUD_API_SECRET"] + "x"}
+    done = load("--url", server, "--duration", "2", "--json", str(out), env=wrong)
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("wadud load: the API key")
+    assert "Traceback" not in done.stderr
+    assert json.loads(out.read_text())["run"]["ended"].startswith("failed:")
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    done = load("--url", closed, "--duration", "2", "--json", str(out), env=load_key)
+    assert done.returncode == 3, done.stderr
+    assert "cannot reach" in done.stderr and "Traceback" not in done.stderr
+    assert json.loads(out.read_text())["summary"]["subscribers"] == 0
+
+    done = load("--url", "calls.example", env=load_key)
+    assert done.returncode == 2 and "--url" in done.stderr
+    done = load("--url", server, env={})
+    assert done.returncode == 2 and "wadud key create" in done.stderr
+
+
+async def test_ctrl_c_keeps_what_was_measured(
+    server: str, load_key: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "cut.json"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
+    proc = await asyncio.create_subprocess_exec(
+        WADUD, "load", "--url", server, "--subscribers", "2", "--duration", "120",
+        "--json", str(out),
+        env={**clean, **load_key}, cwd=ROOT, stdout=PIPE, stderr=PIPE,
+    )  # fmt: skip
+    try:
+        # Interrupted once media flows, by the run's own progress lines.
+        assert proc.stderr is not None
+        seen: list[str] = []
+        async with asyncio.timeout(60):
+            while not any("receiving 2" in line for line in seen):
+                line = (await proc.stderr.readline()).decode()
+                assert line, seen
+                seen.append(line)
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            stdout, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130, stderr.decode()
+    body = json.loads(out.read_text())
+    assert body["run"]["ended"] == "interrupted"
+    assert body["summary"]["subscribers"] == 2, body["summary"]
+    assert "subscribers receiving: 2 of 2" in stdout.decode()

@@ -1,0 +1,112 @@
+"""The load tester's pure parts (wadud_client/load/): RTP layouts, the stamp,
+the server's descriptions read, percentiles. What arrives off the network
+is read without raising, however malformed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wadud_client.load import media, rtp, sdp
+from wadud_client.load.stats import percentiles
+
+SERVER_OFFER = "\r\n".join(
+    [
+        "v=0", "o=- 1 2 IN IP4 0.0.0.0", "s=-", "t=0 0", "a=ice-lite", "a=group:BUNDLE 0 1",
+        "m=audio 33583 UDP/TLS/RTP/SAVPF 96", "c=IN IP4 127.0.0.1",
+        "a=ice-ufrag:SlNh", "a=ice-pwd:duAdIOf8RBLAQseeNu5w6hii",
+        "a=fingerprint:sha-256 3C:E0:0D", "a=setup:actpass", "a=mid:0",
+        "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level", "a=sendonly",
+        "a=msid:alice t-53754079", "a=rtcp-mux", "a=rtpmap:96 opus/48000/2",
+        "a=ssrc:2852230267 cname:alice",
+        "a=candidate:1 1 udp 2130706431 127.0.0.1 33583 typ host",
+        "m=video 33583 UDP/TLS/RTP/SAVPF 97 98", "c=IN IP4 127.0.0.1", "a=mid:1",
+        "a=extmap:3 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        "a=sendonly", "a=msid:alice t-dcf6d15c", "a=rtpmap:97 VP8/90000",
+        "a=rtpmap:98 rtx/90000", "a=fmtp:98 apt=97",
+        "a=ssrc-group:FID 2801294491 3981541546",
+        "a=ssrc:2801294491 cname:alice", "a=ssrc:3981541546 cname:alice",
+    ]
+) + "\r\n"  # fmt: skip
+
+
+def test_a_packet_reads_back_with_its_extensions_and_padding() -> None:
+    data = rtp.packet(96, 65535, 2**32 + 5, 0xCAFE, b"opus", marker=True,
+                      extensions=[(1, b"0"), (2, b"\x9e")])  # fmt: skip
+    head = rtp.read_header(data)
+    assert head is not None
+    assert (head.ssrc, head.seq, head.timestamp, head.marker, head.payload_type) == (
+        0xCAFE, 65535, 5, True, 96,
+    )  # fmt: skip
+    assert data[head.start : head.end] == b"opus"
+    padded = bytearray(data[:-4] + b"opus" + b"\0\0\x03")
+    padded[0] |= 0x20
+    head = rtp.read_header(bytes(padded))
+    assert head is not None and bytes(padded[head.start : head.end]) == b"opus"
+
+
+@given(st.binary(max_size=64))
+def test_any_bytes_read_as_a_header_or_none(data: bytes) -> None:
+    head = rtp.read_header(data)
+    assert head is None or 12 <= head.start <= head.end <= len(data)
+
+
+@given(st.binary(max_size=64), st.booleans())
+def test_any_payload_reads_as_a_stamp_or_none(payload: bytes, audio: bool) -> None:
+    stamp = media.read_stamp(payload, audio)
+    assert stamp is None or stamp.index >= 0
+
+
+def test_an_opus_packet_keeps_its_frame_and_carries_the_stamp_as_padding() -> None:
+    frame = bytes([0x78]) + b"\x01\x02\x03"  # TOC: a 20 ms CELT frame, code 0
+    stamp = media.STAMP.pack(media.MAGIC, 7, 123456789)
+    packet = media.opus_stamped(frame, stamp)
+    # Code 3, one frame, padding of len(stamp) bytes (RFC 6716 §3.2.5).
+    assert packet[0] == 0x7B and packet[1] == 0x41 and packet[2] == len(stamp)
+    assert packet[3 : -len(stamp)] == frame[1:]
+    assert media.read_stamp(packet, audio=True) == media.Stamp(7, 123456789)
+    # A packet of another code is sent as it is, and carries no stamp.
+    other = bytes([0x79]) + b"\x01"
+    assert media.opus_stamped(other, stamp) == other
+    assert media.read_stamp(other + stamp, audio=True) is None
+
+
+def test_a_vp8_frame_is_split_with_one_picture_id_and_a_start_bit() -> None:
+    frame = bytes(range(256)) * 10
+    payloads = rtp.vp8_payloads(frame, 0x1234, keyframe=True)
+    assert len(payloads) == 3
+    assert [p[0] for p in payloads] == [0x90, 0x80, 0x80]
+    assert all(p[2:4] == bytes([0x80 | 0x12, 0x34]) for p in payloads)
+    assert b"".join(p[4:] for p in payloads) == frame
+
+
+def test_the_servers_offer_is_read_and_answered() -> None:
+    desc = sdp.read(SERVER_OFFER)
+    assert desc.remote.host == "127.0.0.1" and desc.remote.port == 33583
+    assert (desc.remote.ufrag, desc.remote.setup) == ("SlNh", "actpass")
+    audio, video = desc.sections
+    assert (audio.kind, audio.mid, audio.ssrcs, audio.track) == (
+        "audio", "0", [2852230267], "t-53754079",
+    )  # fmt: skip
+    assert video.ssrcs == [2801294491, 3981541546] and video.payload_types["VP8"] == 97
+    assert video.rtx_ssrcs == {3981541546} and audio.rtx_ssrcs == set()
+    answer = sdp.answer_for(desc, SERVER_OFFER, "sha-256 AA:BB", ("abcd", "p" * 24))
+    text = answer.sdp
+    assert "a=setup:active" in text and "a=ice-ufrag:abcd" in text
+    assert text.count("a=recvonly") == 2 and "m=video 9 UDP/TLS/RTP/SAVPF 97 98" in text
+    assert "a=group:BUNDLE 0 1" in text
+
+
+def test_a_description_without_ice_or_a_candidate_is_refused() -> None:
+    with pytest.raises(ValueError, match="lacks"):
+        sdp.read(SERVER_OFFER.replace("a=ice-pwd:", "a=x-pwd:"))
+    with pytest.raises(ValueError, match="candidate"):
+        sdp.read(SERVER_OFFER.replace("a=candidate:", "a=x-candidate:"))
+
+
+def test_percentiles_by_nearest_rank() -> None:
+    assert percentiles([]) is None
+    assert percentiles([5.0]) == {"p50": 5.0, "p95": 5.0, "p99": 5.0}
+    values = [float(v) for v in range(1, 101)]
+    assert percentiles(values) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}

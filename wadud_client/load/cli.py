@@ -1,0 +1,160 @@
+"""``wadud load``: load-test a Wadud deployment by its URL (docs/load-testing.md).
+
+Exit codes: 0 the run completed; 2 bad arguments; 3 the deployment cannot be
+reached; 4 the API key or secret was refused; 5 the run failed (no
+subscriber received media, or the server failed it); 130 interrupted
+(Ctrl-C). Whatever the exit, ``--json`` is written with what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from wadud_client.load import media
+from wadud_client.load.report import progress_line, table, to_json
+from wadud_client.load.run import LoadError, Result, Shape, run
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wadud load",
+        description="Load-test a Wadud deployment by its URL, as browsers would join it.",
+    )
+    p.add_argument(
+        "--url", required=True, help="the deployment's public URL, e.g. https://calls.example"
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("WADUD_API_KEY"),
+        help="a load API key's id (or $WADUD_API_KEY)",
+    )
+    p.add_argument(
+        "--api-secret",
+        default=os.environ.get("WADUD_API_SECRET"),
+        help="its secret (or $WADUD_API_SECRET)",
+    )
+    p.add_argument("--rooms", type=int, default=1)
+    p.add_argument("--publishers", type=int, default=1, help="per room")
+    p.add_argument("--subscribers", type=int, default=5, help="per room")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds held once everyone joined")
+    p.add_argument(
+        "--video-resolution", dest="resolution", choices=sorted(media.RESOLUTIONS), default="medium"
+    )
+    p.add_argument("--audio-only", action="store_true")
+    p.add_argument(
+        "--ramp", type=float, default=20.0, help="subscriber joins per second (0: all at once)"
+    )
+    p.add_argument("--seed", type=int, help="the same seed names the same rooms and identities")
+    p.add_argument("--json", type=Path, help="write the summary and the records here")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p  # fmt: skip
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return "--url must be an http or https address"
+    if not args.api_key or not args.api_secret:
+        return (
+            "an API key and secret are needed: --api-key and --api-secret, or"
+            " WADUD_API_KEY and WADUD_API_SECRET (wadud key create --scope load)"
+        )
+    for name in ("rooms", "publishers", "subscribers"):
+        if not 0 < getattr(args, name) <= 10_000:
+            return f"--{name} must be 1 to 10000"
+    if args.duration <= 0 or args.ramp < 0:
+        return "--duration must be positive and --ramp not negative"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    problem = _check(args)
+    if problem:
+        print(f"wadud load: {problem}", file=sys.stderr)
+        return 2
+    shape = Shape(
+        rooms=args.rooms,
+        publishers=args.publishers,
+        subscribers=args.subscribers,
+        duration=args.duration,
+        resolution=args.resolution,
+        audio_only=args.audio_only,
+        ramp=args.ramp,
+        seed=args.seed,
+    )
+    import datetime as dt
+
+    result = Result(
+        args.url.rstrip("/"), shape, dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
+    # On a terminal one line redrawn each second; else (a log, a test) one
+    # line a second.
+    tty = sys.stderr.isatty()
+    live = not args.quiet
+    code = 0
+
+    async def go() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        # Ctrl-C or SIGTERM ends the run as a cancellation: the peers close
+        # and what was measured is kept.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        await run(
+            args.url,
+            args.api_key,
+            args.api_secret,
+            shape,
+            result=result,
+            progress=(
+                lambda i, n: print(
+                    progress_line(i, n, tty), end="" if tty else "\n", file=sys.stderr, flush=True
+                )
+            )
+            if live
+            else (lambda i, n: None),
+        )
+
+    try:
+        asyncio.run(go())
+    except asyncio.CancelledError:
+        result.ended = "interrupted"
+        code = 130
+    except KeyboardInterrupt:
+        result.ended = "interrupted"
+        code = 130
+    except LoadError as exc:
+        result.ended = f"failed: {exc}"
+        code = exc.exit_code
+        print(f"wadud load: {exc}", file=sys.stderr)
+    if live and tty:
+        print(file=sys.stderr)
+    body = to_json(result)
+    if code == 0 and body["summary"]["subscribers"] == 0:
+        result.ended = "failed: no subscriber received media"
+        body = to_json(result)
+        print("wadud load: no subscriber received media", file=sys.stderr)
+        code = 5
+    if args.json is not None:
+        args.json.write_text(json.dumps(body, indent=1))
+    if code in (0, 5, 130) and result.subscribers:
+        print(table(result))
+    elif code == 130:
+        print("wadud load: interrupted before anyone joined", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

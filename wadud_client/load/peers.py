@@ -1,0 +1,389 @@
+"""The load tester's participants: a publisher that sends the clip, a
+subscriber that counts what arrives. Each joins through the signalling
+WebSocket as a browser does (docs/protocol.md, "Calls"), with a token minted
+by the deployment's API key, and holds one :class:`~wadud_client.load.link.Link`
+per peer connection.
+
+A subscriber never decodes. It reads each packet's RTP header (SSRC,
+sequence, timestamp, marker) and the stamp the tool's own publishers put in
+the payload (wadud_client/load/media.py), and keeps per track: packets and
+bytes, the first packet's arrival (join time), one-way latency samples,
+RFC 3550 interarrival jitter, and exact loss over the stamped packets. It
+sends receiver reports every second, as browsers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from wadud_client.errors import ConnectionClosed, RequestFailed
+from wadud_client.load import media, rtp, sdp
+from wadud_client.load.link import Certificate, Link, LinkFailed
+from wadud_client.socket import CallSocket
+
+__all__ = ["Publisher", "Subscriber", "TrackStats"]
+
+#: Seconds between a subscriber's receiver reports, and a publisher's SRs.
+REPORT_EVERY = 1.0
+_NTP_EPOCH = 2_208_988_800
+
+
+def _ntp(now: float) -> int:
+    whole = int(now) + _NTP_EPOCH
+    return (whole << 32) | int((now % 1) * (1 << 32))
+
+
+class _Member:
+    """One participant's signalling: join, answers to frames, close."""
+
+    def __init__(
+        self,
+        ws_url: str,
+        token: str,
+        http: aiohttp.ClientSession,
+        label: str,
+        certificate: Certificate,
+    ) -> None:
+        self.token = token
+        self.certificate = certificate
+        self.label = label
+        self.socket = CallSocket(
+            ws_url, on_frame=self._frame, on_closed=self._closed, label=label, http=http
+        )
+        self.closed_code: int | None = None
+        self.joined_at = 0.0
+        self.participant = ""
+        self.leaving = False
+        self.errors: list[str] = []
+
+    async def join(self) -> None:
+        await self.socket.connect()
+        answer = await self.socket.request("join", {"token": self.token})
+        if answer["type"] != "joined":
+            raise LinkFailed(f"{self.label} got {answer['type']} instead of joined")
+        self.participant = str(answer.get("participant", {}).get("id", ""))
+        self.joined_at = time.monotonic()
+
+    async def _frame(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "ping":
+            with contextlib.suppress(Exception):
+                await self.socket.send("pong")
+        self.socket.answered(frame)
+
+    def _closed(self, code: int | None) -> None:
+        self.closed_code = code
+        if not self.leaving:
+            self.errors.append(f"signalling:closed: by the server ({code})")
+
+    async def close(self) -> None:
+        self.leaving = True
+        with contextlib.suppress(Exception):
+            await self.socket.request("leave", {})
+        await self.socket.drop()
+
+
+class Publisher(_Member):
+    """Sends the clip: Opus every 20 ms, VP8 at 30 frames a second, each
+    frame's packets together, and a keyframe when the server asks (PLI, FIR)."""
+
+    def __init__(
+        self,
+        ws_url: str,
+        token: str,
+        http: aiohttp.ClientSession,
+        label: str,
+        certificate: Certificate,
+        clip: media.Clip,
+        *,
+        audio_only: bool = False,
+    ) -> None:
+        super().__init__(ws_url, token, http, label, certificate)
+        self.clip = clip
+        self.audio_only = audio_only
+        self.link: Link | None = None
+        #: Stamps sent, per kind: a subscriber's loss is over one track's.
+        self.stamps = {"audio": 0, "video": 0}
+        self.sent_packets = 0
+        self.keyframes_asked = 0
+        self._keyframe_due = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(self) -> None:
+        offer = sdp.publish_offer(self.certificate.fingerprint, video=not self.audio_only)
+        sources = {"0": "microphone"} if self.audio_only else {"0": "microphone", "1": "camera"}
+        answer = await self.socket.request("publish", {"sdp": offer.sdp, "sources": sources})
+        desc = sdp.read(str(answer["sdp"]))
+        ids = {s.mid: s.extensions for s in desc.sections}
+        self._offer, self._ext = offer, ids
+        self.link = Link(
+            self.certificate,
+            desc.remote,
+            ufrag=offer.ufrag,
+            pwd=offer.pwd,
+            on_rtp=lambda data, at: None,
+            on_rtcp=self._rtcp,
+        )
+        await self.link.connect()
+        self._task = asyncio.create_task(self._send(), name=f"send {self.label}")
+
+    def _rtcp(self, data: bytes) -> None:
+        for pt, fmt, _ in rtp.rtcp_packets(data):
+            if pt == 206 and fmt in (1, 4):  # PLI, FIR
+                self._keyframe_due = True
+                self.keyframes_asked += 1
+
+    def _stamp(self, kind: str) -> bytes:
+        self.stamps[kind] += 1
+        return media.STAMP.pack(media.MAGIC, self.stamps[kind], time.monotonic_ns())
+
+    async def _send(self) -> None:
+        link, offer = self.link, self._offer
+        assert link is not None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        a_ext = self._ext.get("0", {})
+        v_ext = self._ext.get("1", {})
+        a_mid = [(a_ext[sdp.MID_URI], b"0")] if sdp.MID_URI in a_ext else []
+        v_mid = [(v_ext[sdp.MID_URI], b"1")] if sdp.MID_URI in v_ext else []
+        a_seq, v_seq = int.from_bytes(os.urandom(2), "big"), int.from_bytes(os.urandom(2), "big")
+        a_n = v_n = frame_no = 0
+        a_sent = v_sent = 0  # packets, for the SRs
+        a_octets = v_octets = 0
+        next_report = start + REPORT_EVERY
+        audio_level = a_ext.get(sdp.AUDIO_LEVEL_URI)
+        while not link.closed:
+            now = loop.time()
+            due_audio = start + a_n * 0.02
+            due_video = start + v_n / media.FPS
+            if now >= due_audio:
+                payload = media.opus_stamped(
+                    self.clip.audio[a_n % len(self.clip.audio)], self._stamp("audio")
+                )
+                ext = list(a_mid) if a_n < 50 else []
+                if audio_level is not None:
+                    ext.append((audio_level, b"\x9e"))  # voice, -30 dBov
+                link.send_rtp(
+                    rtp.packet(
+                        sdp.OPUS_PT, a_seq, a_n * 960, offer.audio_ssrc, payload, extensions=ext
+                    )
+                )
+                a_seq, a_n, a_sent, a_octets = (
+                    a_seq + 1,
+                    a_n + 1,
+                    a_sent + 1,
+                    a_octets + len(payload),
+                )
+            if not self.audio_only and now >= due_video:
+                if self._keyframe_due:
+                    self._keyframe_due = False
+                    frame_no = self.clip.next_keyframe(frame_no)
+                data, key = self.clip.video[frame_no % len(self.clip.video)]
+                payloads = rtp.vp8_payloads(data, v_n, key)
+                payloads[-1] += self._stamp("video")
+                ext = list(v_mid) if v_n < 30 else []
+                for i, p in enumerate(payloads):
+                    last = i == len(payloads) - 1
+                    link.send_rtp(
+                        rtp.packet(
+                            sdp.VP8_PT,
+                            v_seq,
+                            v_n * 3000,
+                            offer.video_ssrc,
+                            p,
+                            marker=last,
+                            extensions=ext,
+                        )
+                    )
+                    v_seq, v_sent, v_octets = v_seq + 1, v_sent + 1, v_octets + len(p)
+                v_n, frame_no = v_n + 1, frame_no + 1
+            if now >= next_report:
+                wall = time.time()
+                report = rtp.sender_report(
+                    offer.audio_ssrc, _ntp(wall), a_n * 960, a_sent, a_octets
+                )
+                if not self.audio_only:
+                    report += rtp.sender_report(
+                        offer.video_ssrc, _ntp(wall), v_n * 3000, v_sent, v_octets
+                    )
+                link.send_rtcp(report)
+                next_report += REPORT_EVERY
+            self.sent_packets = a_sent + v_sent
+            wake = min(start + a_n * 0.02, start + v_n / media.FPS if not self.audio_only else 1e18)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+
+    async def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        await super().close()
+
+
+@dataclass
+class TrackStats:
+    """What one subscriber received of one track."""
+
+    kind: str
+    ssrc: int
+    packets: int = 0
+    octets: int = 0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    stamped: int = 0
+    first_index: int = 0
+    last_index: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    jitter: float = 0.0  # RTP timestamp units, RFC 3550 §6.4.1
+    _transit: float | None = None
+    highest_seq: int = -1
+    cycles: int = 0
+
+    @property
+    def loss_pct(self) -> float:
+        span = self.last_index - self.first_index + 1
+        return 0.0 if self.stamped == 0 or span <= 0 else max(0.0, 100 * (1 - self.stamped / span))
+
+
+class Subscriber(_Member):
+    """Takes every track the server offers; counts, times and reports."""
+
+    def __init__(
+        self,
+        ws_url: str,
+        token: str,
+        http: aiohttp.ClientSession,
+        label: str,
+        certificate: Certificate,
+        *,
+        sample_latency: bool = True,
+    ) -> None:
+        super().__init__(ws_url, token, http, label, certificate)
+        self.sample_latency = sample_latency
+        self.link: Link | None = None
+        self.tracks: dict[int, TrackStats] = {}
+        self.first_media_at = 0.0
+        self._ice: tuple[str, str] | None = None
+        self._kinds: dict[int, str] = {}
+        self._clock: dict[int, int] = {}
+        self._ssrc = int.from_bytes(os.urandom(4), "big") | 1
+        self._report: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._answering: asyncio.Task[None] | None = None
+
+    async def _frame(self, frame: dict[str, Any]) -> None:
+        await super()._frame(frame)
+        if frame["type"] == "offer":
+            # Answered from a task of its own: the answer's ``ok`` is read by
+            # the reader this runs in. One at a time, in order.
+            previous = self._answering
+            self._answering = asyncio.create_task(
+                self._answer(str(frame["sdp"]), previous), name=f"answer {self.label}"
+            )
+
+    async def _answer(self, offer_sdp: str, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        try:
+            await self._answer_now(offer_sdp)
+        except (RequestFailed, ConnectionClosed, TimeoutError, ValueError) as exc:
+            self.errors.append(f"signalling:answer: {exc}")
+
+    async def _answer_now(self, offer_sdp: str) -> None:
+        desc = sdp.read(offer_sdp)
+        for section in desc.sections:
+            rate = 48_000 if section.kind == "audio" else 90_000
+            for ssrc in section.ssrcs:
+                if ssrc in section.rtx_ssrcs:
+                    continue  # a retransmission repairs a track; not one itself
+                self._kinds[ssrc] = section.kind
+                self._clock[ssrc] = rate
+        answer = sdp.answer_for(desc, offer_sdp, self.certificate.fingerprint, self._ice)
+        await self.socket.request("answer", {"sdp": answer.sdp})
+        if self.link is None:
+            self._ice = (answer.ufrag, answer.pwd)
+            self.link = Link(
+                self.certificate,
+                desc.remote,
+                ufrag=answer.ufrag,
+                pwd=answer.pwd,
+                on_rtp=self._rtp,
+                on_rtcp=lambda data: None,
+                on_lost=lambda why: self.errors.append(f"media:lost: {why}"),
+            )
+            self._connecting = asyncio.create_task(self._connect(), name=f"link {self.label}")
+
+    async def _connect(self) -> None:
+        assert self.link is not None
+        try:
+            await self.link.connect()
+        except LinkFailed as exc:
+            self.errors.append(f"media:link: {exc}")
+            return
+        self._report = asyncio.create_task(self._reports(), name=f"rr {self.label}")
+
+    def _rtp(self, data: bytes, arrived: float) -> None:
+        head = rtp.read_header(data)
+        if head is None:
+            return
+        kind = self._kinds.get(head.ssrc)
+        if kind is None:
+            return  # RTX or a probe of an SSRC the offer did not name
+        track = self.tracks.get(head.ssrc)
+        if track is None:
+            track = self.tracks[head.ssrc] = TrackStats(kind, head.ssrc, first_at=arrived)
+            if not self.first_media_at:
+                self.first_media_at = arrived
+        track.packets += 1
+        track.octets += len(data)
+        track.last_at = arrived
+        # Extended highest sequence number (RFC 3550 A.1, without probation).
+        if track.highest_seq < 0:
+            track.highest_seq = head.seq
+        elif ((head.seq - track.highest_seq) & 0xFFFF) < 0x8000:
+            if head.seq < track.highest_seq:
+                track.cycles += 1 << 16
+            track.highest_seq = head.seq
+        rate = self._clock.get(head.ssrc, 90_000)
+        transit = arrived * rate - head.timestamp
+        if track._transit is not None:
+            d = abs(transit - track._transit)
+            if d < rate:  # a wrap or a layer switch is not jitter
+                track.jitter += (d - track.jitter) / 16
+        track._transit = transit
+        stamp = media.read_stamp(data[head.start : head.end], kind == "audio")
+        if stamp is not None:
+            if track.stamped == 0 or stamp.index < track.first_index:
+                track.first_index = stamp.index
+            track.last_index = max(track.last_index, stamp.index)
+            track.stamped += 1
+            if self.sample_latency:
+                track.latencies_ms.append(arrived * 1e3 - stamp.sent_ns / 1e6)
+
+    async def _reports(self) -> None:
+        link = self.link
+        assert link is not None
+        while not link.closed:
+            await asyncio.sleep(REPORT_EVERY)
+            blocks = [
+                (t.ssrc, 0, 0, t.cycles + t.highest_seq, int(t.jitter), 0, 0)
+                for t in self.tracks.values()
+            ]
+            if blocks:
+                link.send_rtcp(rtp.receiver_report(self._ssrc, blocks))
+
+    async def close(self) -> None:
+        for task in (self._report, self._connecting, self._answering):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+        if self.link is not None:
+            self.link.close()
+        await super().close()

@@ -1,0 +1,87 @@
+"""What a load run says: the JSON summary, the final table, the progress line."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from wadud_client.load.run import Interval, Result
+from wadud_client.load.stats import percentiles
+
+__all__ = ["progress_line", "summary", "table", "to_json"]
+
+
+def summary(result: Result) -> dict[str, Any]:
+    subs = result.subscribers
+    tracks = [t for s in subs for t in s["tracks"]]
+    stamped = sum(t["stamped"] for t in tracks)
+    sent = sum(t["stamps_sent"] for t in tracks)
+    return {
+        "subscribers": sum(1 for s in subs if s["join_ms"] is not None),
+        "subscribers_asked": len(subs),
+        "join_ms": percentiles([s["join_ms"] for s in subs if s["join_ms"] is not None]),
+        "latency_ms": percentiles(result.latencies_ms),
+        "jitter_ms": percentiles([t["jitter_ms"] for t in tracks]),
+        "loss_pct": round(100 * (1 - stamped / sent), 3) if sent else None,
+        "kbps_per_subscriber": percentiles(
+            [sum(t["kbps"] for t in s["tracks"]) for s in subs if s["tracks"]]
+        ),
+        "errors": dict(result.errors),
+    }
+
+
+def to_json(result: Result) -> dict[str, Any]:
+    """What ``--json`` writes: the summary, the run, each subscriber, each second."""
+    return {
+        "summary": summary(result),
+        "run": {
+            "url": result.url,
+            "shape": asdict(result.shape),
+            "started_at": result.started_at,
+            "held_s": round(result.held, 2),
+            "ended": result.ended,
+            "rooms": result.rooms,
+        },
+        "subscribers": result.subscribers,
+        "intervals": [asdict(i) for i in result.intervals],
+    }
+
+
+def _cell(p: dict[str, float] | None, key: str) -> str:
+    return "-" if p is None else f"{p[key]:g}"
+
+
+def table(result: Result) -> str:
+    """The final table, in the style of ``lk load-test``."""
+    s = summary(result)
+    shape = result.shape
+    lines = [
+        f"{result.url}: {shape.rooms} room(s) x {shape.publishers} publisher(s) x"
+        f" {shape.subscribers} subscriber(s), {result.held:.0f} s held ({result.ended})",
+        "",
+        f"{'':<22}{'p50':>10}{'p95':>10}{'p99':>10}",
+    ]
+    for name, key in (
+        ("join (ms)", "join_ms"),
+        ("latency (ms)", "latency_ms"),
+        ("jitter (ms)", "jitter_ms"),
+        ("kbit/s per subscriber", "kbps_per_subscriber"),
+    ):
+        p = s[key]
+        lines.append(f"{name:<22}{_cell(p, 'p50'):>10}{_cell(p, 'p95'):>10}{_cell(p, 'p99'):>10}")
+    loss = "-" if s["loss_pct"] is None else f"{s['loss_pct']:.2f}%"
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items())) or "none"
+    lines += [
+        "",
+        f"subscribers receiving: {s['subscribers']} of {s['subscribers_asked']}",
+        f"loss: {loss}   errors: {errors}",
+    ]
+    return "\n".join(lines)
+
+
+def progress_line(interval: Interval, total: int, redraw: bool = True) -> str:
+    line = (
+        f"{interval.at:6.0f} s  joined {interval.joined}/{total}  receiving"
+        f" {interval.receiving}  {interval.kbps / 1000:.1f} Mbit/s  errors {interval.errors}"
+    )
+    return f"\r{line}   " if redraw else line

@@ -1,0 +1,252 @@
+"""One load run against a deployment, by its public URL: mint tokens with the
+API key, join the publishers, then the subscribers at the ramp's pace, hold
+for the duration, and gather what every subscriber measured.
+
+Nothing here knows the server's code: it speaks HTTP (``POST
+/api/v1/tokens``) and the signalling WebSocket, and the links speak ICE,
+DTLS-SRTP and RTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from wadud_client.errors import ConnectionClosed, RequestFailed
+from wadud_client.load import media
+from wadud_client.load.link import Certificate, LinkFailed
+from wadud_client.load.peers import Publisher, Subscriber
+from wadud_client.load.stats import percentiles
+
+__all__ = ["AuthRefused", "LoadError", "Result", "Shape", "Unreachable", "run"]
+
+
+class LoadError(Exception):
+    """A run that cannot go on; ``exit_code`` is the command's."""
+
+    exit_code = 5
+
+
+class Unreachable(LoadError):
+    exit_code = 3
+
+
+class AuthRefused(LoadError):
+    exit_code = 4
+
+
+@dataclass(frozen=True)
+class Shape:
+    rooms: int = 1
+    publishers: int = 1
+    subscribers: int = 5
+    duration: float = 30.0
+    resolution: str = "medium"
+    audio_only: bool = False
+    #: Joins per second.
+    ramp: float = 20.0
+    seed: int | None = None
+
+
+@dataclass
+class Interval:
+    at: float
+    joined: int
+    receiving: int
+    kbps: float
+    errors: int
+
+
+@dataclass
+class Result:
+    url: str
+    shape: Shape
+    started_at: str
+    rooms: list[str] = field(default_factory=list)
+    subscribers: list[dict[str, Any]] = field(default_factory=list)
+    intervals: list[Interval] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    #: Every latency sample of every subscriber, ms (not written out: the
+    #: summary's percentiles are).
+    latencies_ms: list[float] = field(default_factory=list)
+    #: Seconds the measured window lasted; shorter than asked when cut short.
+    held: float = 0.0
+    ended: str = "completed"
+
+
+def _ws_url(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", "", ""))
+
+
+async def _mint(
+    http: aiohttp.ClientSession, url: str, auth: aiohttp.BasicAuth, body: dict[str, Any]
+) -> str:
+    try:
+        async with http.post(f"{url}/api/v1/tokens", json=body, auth=auth) as resp:
+            if resp.status == 401:
+                raise AuthRefused("the API key or secret was refused (401)")
+            if resp.status == 403:
+                raise AuthRefused(f"the key may not mint this room: {(await resp.text())[:200]}")
+            if resp.status == 404:
+                raise Unreachable(f"{url} has no /api/v1/tokens: is it a Wadud server?")
+            if resp.status >= 400:
+                raise LoadError(f"minting a token: HTTP {resp.status} {(await resp.text())[:200]}")
+            return str((await resp.json())["token"])
+    except aiohttp.ClientConnectionError as exc:
+        raise Unreachable(f"cannot reach {url}: {exc}") from None
+    except aiohttp.ClientResponseError as exc:
+        raise LoadError(f"minting a token: {exc}") from None
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, RequestFailed):
+        return f"refused:{exc.code}"
+    if isinstance(exc, LinkFailed):
+        return "media:link"
+    if isinstance(exc, ConnectionClosed):
+        return "signalling:closed"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return "network"
+    return type(exc).__name__
+
+
+async def run(
+    url: str,
+    key: str,
+    secret: str,
+    shape: Shape,
+    *,
+    progress: Callable[[Interval, int], None] = lambda i, total: None,
+    result: Result | None = None,
+) -> Result:
+    """Run ``shape`` against ``url``; ``result`` (when given) is filled as the
+    run goes, so a caller that is interrupted still has what was measured."""
+    url = url.rstrip("/")
+    rng = random.Random(shape.seed)
+    run_id = f"{rng.getrandbits(32):08x}"
+    result = result or Result(url, shape, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    auth = aiohttp.BasicAuth(key, secret)
+    certificate = Certificate()
+    ws = _ws_url(url)
+    publishers: list[Publisher] = []
+    subscribers: list[Subscriber] = []
+    joins: dict[str, float] = {}
+    timeout = aiohttp.ClientTimeout(total=30, connect=10)
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+        try:
+            # The clip is encoded while the first token is minted: a wrong key
+            # or URL ends the run at once.
+            encoding = asyncio.ensure_future(
+                asyncio.to_thread(media.clip, shape.resolution, video=not shape.audio_only)
+            )
+            tokens = []
+            try:
+                for r in range(shape.rooms):
+                    room = f"load-{run_id}-{r}"
+                    result.rooms.append(room)
+                    for p in range(shape.publishers):
+                        body = {"room": room, "identity": f"pub-{p}", "subscribe": False}
+                        tokens.append((room, p, await _mint(http, url, auth, body)))
+                clip = await encoding
+            finally:
+                if not encoding.done():
+                    await asyncio.wait({encoding})
+            for room, p, token in tokens:
+                label = f"{room}/pub-{p}"
+                publishers.append(
+                    Publisher(
+                        ws, token, http, label, certificate, clip, audio_only=shape.audio_only
+                    )
+                )
+            for pub in publishers:
+                await pub.join()
+                await pub.publish()
+            pace = 1.0 / shape.ramp if shape.ramp > 0 else 0.0
+            starts: list[asyncio.Task[None]] = []
+
+            async def start(sub: Subscriber) -> None:
+                joins[sub.label] = time.monotonic()
+                try:
+                    await sub.join()
+                except (RequestFailed, ConnectionClosed, LinkFailed, TimeoutError, OSError) as exc:
+                    result.errors[_kind(exc)] += 1
+
+            for room in result.rooms:
+                for s in range(shape.subscribers):
+                    token = await _mint(
+                        http, url, auth, {"room": room, "identity": f"sub-{s}", "publish": False}
+                    )
+                    sub = Subscriber(ws, token, http, f"{room}/sub-{s}", certificate)
+                    subscribers.append(sub)
+                    starts.append(asyncio.create_task(start(sub)))
+                    if pace:
+                        await asyncio.sleep(pace)
+            await asyncio.gather(*starts)
+            began = time.monotonic()
+            total = len(subscribers)
+            octets = 0
+            while (now := time.monotonic()) - began < shape.duration:
+                await asyncio.sleep(min(1.0, shape.duration - (now - began)))
+                got = sum(t.octets for s in subscribers for t in s.tracks.values())
+                interval = Interval(
+                    at=round(time.monotonic() - began, 2),
+                    joined=sum(1 for s in subscribers if s.joined_at),
+                    receiving=sum(1 for s in subscribers if s.first_media_at),
+                    kbps=round((got - octets) * 8 / 1000, 1),
+                    errors=sum(result.errors.values()),
+                )
+                octets = got
+                result.intervals.append(interval)
+                result.held = time.monotonic() - began
+                progress(interval, total)
+        finally:
+            for sub in subscribers:
+                result.errors.update(e.split(": ", 1)[0] for e in sub.errors)
+                result.subscribers.append(_record(sub, joins.get(sub.label, 0.0)))
+                result.latencies_ms.extend(x for t in sub.tracks.values() for x in t.latencies_ms)
+            closing = [*subscribers, *publishers]
+            await asyncio.gather(*(_quietly(m.close()) for m in closing))
+    return result
+
+
+async def _quietly(close: Any) -> None:
+    with contextlib.suppress(Exception):
+        await close
+
+
+def _record(sub: Subscriber, asked: float) -> dict[str, Any]:
+    tracks = list(sub.tracks.values())
+    return {
+        "label": sub.label,
+        "joined": bool(sub.joined_at),
+        "join_ms": round((sub.first_media_at - asked) * 1000, 1) if sub.first_media_at else None,
+        "tracks": [
+            {
+                "kind": t.kind,
+                "packets": t.packets,
+                "octets": t.octets,
+                "kbps": round(t.octets * 8 / 1000 / max(t.last_at - t.first_at, 1e-3), 1),
+                "loss_pct": round(t.loss_pct, 3),
+                "stamped": t.stamped,
+                "stamps_sent": t.last_index - t.first_index + 1 if t.stamped else 0,
+                "jitter_ms": round(t.jitter / (48 if t.kind == "audio" else 90), 2),
+                "latency_ms": percentiles(t.latencies_ms),
+            }
+            for t in tracks
+        ],
+    }
