@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import free_udp_port
 from tests.turn.conftest import SECRET, need_binary
+from tests.udpdrops import udp_drops
 from turn.aio import TurnServer
 
 
@@ -79,11 +80,8 @@ class UdpDrops:
                         link = os.readlink(f"/proc/{pid}/fd/{fd}")
                         if link.startswith("socket:["):
                             self.owners.setdefault(int(link[8:-1]), name)
-        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-            fields = line.split()
-            inode = int(fields[9])
-            if inode in self.owners:
-                self.drops[inode] = max(self.drops.get(inode, 0), int(fields[-1]))
+        for inode, count in udp_drops(set(self.owners)).items():
+            self.drops[inode] = max(self.drops.get(inode, 0), count)
 
     def by_owner(self) -> dict[str, int]:
         out = dict.fromkeys(self.pids.values(), 0)

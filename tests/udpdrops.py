@@ -1,0 +1,32 @@
+"""What the kernel dropped on UDP sockets, their receive buffers full: the
+last column of /proc/net/udp (and udp6), by socket inode. A test that counts
+datagrams tells its own process's late reading from a loss of the product
+by it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+__all__ = ["inode_of", "udp_drops"]
+
+
+def inode_of(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def udp_drops(inodes: set[int] | None = None) -> dict[int, int]:
+    """Drops so far per socket inode (all sockets, or those of ``inodes``)."""
+    out: dict[int, int] = {}
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            inode = int(fields[9])
+            if inodes is None or inode in inodes:
+                out[inode] = int(fields[-1])
+    return out
