@@ -240,3 +240,100 @@ def host_candidate(sdp: str) -> Address:
     if m is None:
         raise ValueError("no UDP host candidate in the SDP")
     return (m.group(2), int(m.group(3)))
+
+
+class NatRelay:
+    """Relays many clients' datagrams to ``upstream`` and back, each client
+    from an upstream socket of its own (as a NAT maps each), so an ICE-lite
+    server tells them apart. Clients reach it at ``front`` (give the server
+    that address to announce); ``up`` and ``down`` schedule each direction
+    for every client alike (one random stream each, seeded)."""
+
+    def __init__(
+        self,
+        front: Address,
+        upstream: Address,
+        *,
+        up: Schedule | None = None,
+        down: Schedule | None = None,
+    ) -> None:
+        self.front_address = front
+        self.upstream = upstream
+        self.schedules: dict[Direction, Schedule] = {
+            "up": up or Schedule(),
+            "down": down or Schedule(),
+        }
+        self.stats = RelayStats()
+        self._front: asyncio.DatagramTransport | None = None
+        self._backs: dict[Address, asyncio.DatagramTransport] = {}
+        self._pending: set[asyncio.TimerHandle] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._front, _ = await loop.create_datagram_endpoint(
+            lambda: _NatSide(self, None), local_addr=self.front_address
+        )
+
+    async def _back_for(self, client: Address) -> asyncio.DatagramTransport:
+        back = self._backs.get(client)
+        if back is None:
+            loop = asyncio.get_running_loop()
+            back, _ = await loop.create_datagram_endpoint(
+                lambda: _NatSide(self, client), local_addr=(self.upstream[0], 0)
+            )
+            self._backs[client] = back
+        return back
+
+    def _received(self, client: Address | None, data: bytes, addr: Address) -> None:
+        if client is None:  # from a client, up to the server
+            self.stats.received["up"] += 1
+            back = self._backs.get(addr)
+            if back is None:
+                task = asyncio.ensure_future(self._back_for(addr))
+                task.add_done_callback(lambda t: self._send("up", t.result(), data, self.upstream))
+                return
+            self._send("up", back, data, self.upstream)
+        else:  # from the server, down to ``client``
+            self.stats.received["down"] += 1
+            if self._front is not None:
+                self._send("down", self._front, data, client)
+
+    def _send(
+        self, direction: Direction, out: asyncio.DatagramTransport, data: bytes, dest: Address
+    ) -> None:
+        delay = self.schedules[direction].next()
+        if delay is None:
+            self.stats.dropped[direction] += 1
+            return
+        self.stats.forwarded[direction] += 1
+        if delay <= 0:
+            out.sendto(data, dest)
+            return
+        handle: asyncio.TimerHandle
+
+        def send() -> None:
+            self._pending.discard(handle)
+            if not out.is_closing():
+                out.sendto(data, dest)
+
+        handle = asyncio.get_running_loop().call_later(delay, send)
+        self._pending.add(handle)
+
+    def close(self) -> None:
+        for handle in self._pending:
+            handle.cancel()
+        self._pending.clear()
+        for transport in [self._front, *self._backs.values()]:
+            if transport is not None:
+                transport.close()
+        self._front = None
+        self._backs.clear()
+
+
+class _NatSide(asyncio.DatagramProtocol):
+    def __init__(self, relay: NatRelay, client: Address | None) -> None:
+        self.relay = relay
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.relay._received(self.client, data, (addr[0], addr[1]))

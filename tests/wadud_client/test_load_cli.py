@@ -18,12 +18,14 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from subprocess import PIPE
+from typing import Any
 
 import aiohttp
 import pytest
 
 from benchmarks.common import answers_ready
 from tests.conftest import free_port
+from tests.signalling.relay import NatRelay, Schedule
 from tests.wadud.processes import serve_on_free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,3 +155,63 @@ async def test_ctrl_c_keeps_what_was_measured(
     assert body["run"]["ended"] == "interrupted"
     assert body["summary"]["subscribers"] == 2, body["summary"]
     assert "subscribers receiving: 2 of 2" in stdout.decode()
+
+
+async def _through_a_path(
+    database_url: str, tmp_path: Path, key: dict[str, str], up: Schedule, down: Schedule
+) -> dict[str, Any]:
+    """A run whose media crosses :class:`NatRelay` with ``up`` and ``down``:
+    the server announces the relay's address (127.0.0.2, the worker's port),
+    as a deployment behind NAT announces its public one."""
+    port = free_port()
+    relay = NatRelay(("127.0.0.2", port), ("127.0.0.1", port), up=up, down=down)
+    await relay.start()
+    url, proc = serve_on_free_ports(
+        database_url,
+        tmp_path,
+        WADUD_MEDIA_PORT=str(port),
+        WADUD_MEDIA_ANNOUNCED_ADDRESSES="127.0.0.2",
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+            assert await answers_ready(s, url, 30), "server did not become ready"
+        out = tmp_path / "path.json"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
+        run = await asyncio.create_subprocess_exec(
+            WADUD, "load", "--url", url, "--rooms", "2", "--subscribers", "5",
+            "--duration", "6", "--seed", "3", "--json", str(out), "--quiet",
+            env={**clean, **key}, cwd=ROOT, stdout=PIPE, stderr=PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(120):
+            _, stderr = await run.communicate()
+        assert run.returncode == 0, stderr.decode()
+        summary: dict[str, Any] = json.loads(out.read_text())["summary"]
+        path = f"{up.loss:.0%}/{down.loss:.0%} loss, {up.delay + down.delay:.3f} s"
+        print(f"\nTHROUGH THE PATH ({path}): {json.dumps(summary)}")
+        assert summary["subscribers"] == 10, summary
+        # Every media datagram went through the relay, none around it.
+        assert relay.stats.forwarded["down"] > 10 * 6 * 50, relay.stats
+        return summary
+    finally:
+        relay.close()
+        proc.terminate()
+        proc.wait(20)
+
+
+async def test_five_percent_loss_on_the_path_is_reported_as_such(
+    database_url: str, tmp_path: Path, load_key: dict[str, str]
+) -> None:
+    summary = await _through_a_path(
+        database_url, tmp_path, load_key, Schedule(), Schedule(loss=0.05, seed=5)
+    )
+    assert 4.0 <= summary["loss_pct"] <= 6.0, summary
+
+
+async def test_a_300_ms_path_is_reported_as_300_ms(
+    database_url: str, tmp_path: Path, load_key: dict[str, str]
+) -> None:
+    summary = await _through_a_path(
+        database_url, tmp_path, load_key, Schedule(delay=0.15), Schedule(delay=0.15)
+    )
+    assert abs(summary["latency_ms"]["p50"] - 300) <= 30, summary
+    assert summary["loss_pct"] == 0.0, summary
