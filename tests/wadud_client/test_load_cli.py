@@ -77,7 +77,8 @@ async def test_two_rooms_of_five_subscribers_on_loopback(
     out = tmp_path / "run.json"
     done = load(
         "--url", server, "--rooms", "2", "--publishers", "1", "--subscribers", "5",
-        "--duration", "15", "--seed", "7", "--json", str(out), env=load_key,
+        "--duration", "15", "--seed", "7", "--json", str(out),
+        "--plot", str(tmp_path / "run.png"), env=load_key,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     body = json.loads(out.read_text())
@@ -95,7 +96,8 @@ async def test_two_rooms_of_five_subscribers_on_loopback(
         kinds = sorted(t["kind"] for t in sub["tracks"])
         assert kinds == ["audio", "video"], sub
         assert all(t["packets"] > 0 and t["stamped"] == t["stamps_sent"] for t in sub["tracks"])
-    assert len(body["intervals"]) >= 14 and body["intervals"][-1]["receiving"] == 10
+    assert len(body["intervals"]) >= 15 and body["intervals"][-1]["receiving"] == 10
+    assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Two rooms, named by the seed under the load prefix; never a secret in the output.
     assert [r.startswith("load-") for r in body["run"]["rooms"]] == [True, True]
     assert load_key["WADUD_API_SECRET"] not in done.stdout + done.stderr + out.read_text()

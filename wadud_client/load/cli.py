@@ -56,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, help="the same seed names the same rooms and identities")
     p.add_argument("--json", type=Path, help="write the summary and the records here")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        help="draw the latency CDF, bitrate and joins over time into this PNG (matplotlib)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p  # fmt: skip
 
@@ -149,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 5
     if args.json is not None:
         args.json.write_text(json.dumps(body, indent=1))
+    if args.plot is not None and result.intervals:
+        from wadud_client.load.plot import plot
+
+        plot(result, args.plot)
     if code in (0, 5, 130) and result.subscribers:
         print(table(result))
     elif code == 130:

@@ -186,6 +186,11 @@ async def run(
                 except (RequestFailed, ConnectionClosed, LinkFailed, TimeoutError, OSError) as exc:
                     result.errors[_kind(exc)] += 1
 
+            # One record a second from the first subscriber's join, so the
+            # ramp shows as well as the hold.
+            sampling = asyncio.create_task(
+                _sample(subscribers, result, shape.rooms * shape.subscribers, progress)
+            )
             for room in result.rooms:
                 for s in range(shape.subscribers):
                     token = await _mint(
@@ -198,22 +203,12 @@ async def run(
                         await asyncio.sleep(pace)
             await asyncio.gather(*starts)
             began = time.monotonic()
-            total = len(subscribers)
-            octets = 0
-            while (now := time.monotonic()) - began < shape.duration:
-                await asyncio.sleep(min(1.0, shape.duration - (now - began)))
-                got = sum(t.octets for s in subscribers for t in s.tracks.values())
-                interval = Interval(
-                    at=round(time.monotonic() - began, 2),
-                    joined=sum(1 for s in subscribers if s.joined_at),
-                    receiving=sum(1 for s in subscribers if s.first_media_at),
-                    kbps=round((got - octets) * 8 / 1000, 1),
-                    errors=sum(result.errors.values()),
-                )
-                octets = got
-                result.intervals.append(interval)
+            try:
+                await asyncio.sleep(shape.duration)
+            finally:
                 result.held = time.monotonic() - began
-                progress(interval, total)
+                sampling.cancel()
+                await asyncio.wait({sampling})
         finally:
             for sub in subscribers:
                 result.errors.update(e.split(": ", 1)[0] for e in sub.errors)
@@ -222,6 +217,30 @@ async def run(
             closing = [*subscribers, *publishers]
             await asyncio.gather(*(_quietly(m.close()) for m in closing))
     return result
+
+
+async def _sample(
+    subscribers: list[Subscriber],
+    result: Result,
+    total: int,
+    progress: Callable[[Interval, int], None],
+) -> None:
+    t0 = last = time.monotonic()
+    octets = 0
+    while True:
+        await asyncio.sleep(1.0)
+        now = time.monotonic()
+        got = sum(t.octets for s in subscribers for t in s.tracks.values())
+        interval = Interval(
+            at=round(now - t0, 2),
+            joined=sum(1 for s in subscribers if s.joined_at),
+            receiving=sum(1 for s in subscribers if s.first_media_at),
+            kbps=round((got - octets) * 8 / 1000 / (now - last), 1),
+            errors=sum(result.errors.values()) + sum(len(s.errors) for s in subscribers),
+        )
+        octets, last = got, now
+        result.intervals.append(interval)
+        progress(interval, total)
 
 
 async def _quietly(close: Any) -> None:
