@@ -32,10 +32,17 @@ ROOT = Path(__file__).resolve().parents[2]
 WADUD = str(Path(sys.executable).parent / "wadud")
 
 
+#: The private /metrics of the ``server`` fixture's process.
+METRICS: dict[str, str] = {}
+
+
 @pytest.fixture
 async def server(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
-    """``wadud serve`` as a process of its own, ready."""
-    url, proc = serve_on_free_ports(database_url, tmp_path)
+    """``wadud serve`` as a process of its own, ready; its private /metrics
+    at ``METRICS[url]``."""
+    metrics = f"127.0.0.1:{free_port()}"
+    url, proc = serve_on_free_ports(database_url, tmp_path, WADUD_METRICS_LISTEN=metrics)
+    METRICS[url] = f"http://{metrics}/metrics"
     try:
         async with aiohttp.ClientSession() as s:
             assert await answers_ready(s, url, 30), "server did not become ready"
@@ -78,7 +85,7 @@ async def test_two_rooms_of_five_subscribers_on_loopback(
     done = load(
         "--url", server, "--rooms", "2", "--publishers", "1", "--subscribers", "5",
         "--duration", "15", "--seed", "7", "--json", str(out),
-        "--plot", str(tmp_path / "run.png"), env=load_key,
+        "--plot", str(tmp_path / "run.png"), "--metrics-url", METRICS[server], env=load_key,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     body = json.loads(out.read_text())
@@ -98,6 +105,14 @@ async def test_two_rooms_of_five_subscribers_on_loopback(
         assert all(t["packets"] > 0 and t["stamped"] == t["stamps_sent"] for t in sub["tracks"])
     assert len(body["intervals"]) >= 15 and body["intervals"][-1]["receiving"] == 10
     assert (tmp_path / "run.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The server's own cost, from its private metrics, over the hold.
+    cost = summary["server"]
+    (process,) = cost["processes"].values()
+    assert process["cpu_s"] > 0 and process["rss_mb"] > 0, cost
+    # What it forwarded over the 15 s: 10 subscribers' audio and video.
+    assert 10 * 15 * (50 + 60) * 0.8 < process["forwarded"] == cost["forwarded"], cost
+    assert cost["us_per_forwarded_packet"] > 0 and cost["mb_per_subscriber"] is not None
+    assert "µs of CPU per forwarded packet" in done.stdout
     # Two rooms, named by the seed under the load prefix; never a secret in the output.
     assert [r.startswith("load-") for r in body["run"]["rooms"]] == [True, True]
     assert load_key["WADUD_API_SECRET"] not in done.stdout + done.stderr + out.read_text()

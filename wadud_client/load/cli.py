@@ -55,6 +55,18 @@ def parser() -> argparse.ArgumentParser:
         "--ramp", type=float, default=20.0, help="subscriber joins per second (0: all at once)"
     )
     p.add_argument("--seed", type=int, help="the same seed names the same rooms and identities")
+    p.add_argument(
+        "--metrics-url",
+        dest="metrics",
+        action="append",
+        default=[],
+        help="a server process's private /metrics URL, for its cost (repeat per process)",
+    )
+    p.add_argument(
+        "--metrics-token",
+        default=os.environ.get("WADUD_METRICS_TOKEN"),
+        help="the metrics listeners' bearer token (or $WADUD_METRICS_TOKEN)",
+    )
     p.add_argument("--json", type=Path, help="write the summary and the records here")
     p.add_argument(
         "--plot",
@@ -123,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.api_secret,
             shape,
             result=result,
+            metrics=args.metrics,
+            metrics_token=args.metrics_token,
             progress=(
                 lambda i, n: print(
                     progress_line(i, n, tty), end="" if tty else "\n", file=sys.stderr, flush=True

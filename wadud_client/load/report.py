@@ -27,6 +27,7 @@ def summary(result: Result) -> dict[str, Any]:
             [sum(t["kbps"] for t in s["tracks"]) for s in subs if s["tracks"]]
         ),
         "errors": dict(result.errors),
+        "server": result.server,
     }
 
 
@@ -71,6 +72,17 @@ def table(result: Result) -> str:
         lines.append(f"{name:<22}{_cell(p, 'p50'):>10}{_cell(p, 'p95'):>10}{_cell(p, 'p99'):>10}")
     loss = "-" if s["loss_pct"] is None else f"{s['loss_pct']:.2f}%"
     errors = ", ".join(f"{k} {v}" for k, v in sorted(s["errors"].items())) or "none"
+    server = s["server"]
+    if server:
+        for url, p in server["processes"].items():
+            lines.append(
+                f"{url}: {p['cpu_pct']}% of a core, {p['rss_mb']} MB"
+                f" (+{p['rss_added_mb']}), {p['forwarded']} packets forwarded"
+            )
+        lines.append(
+            f"server: {server['us_per_forwarded_packet']} µs of CPU per forwarded packet,"
+            f" {server['mb_per_subscriber']} MB per subscriber"
+        )
     lines += [
         "",
         f"subscribers receiving: {s['subscribers']} of {s['subscribers_asked']}",

@@ -15,7 +15,7 @@ import datetime as dt
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +24,7 @@ import aiohttp
 
 from wadud_client.errors import ConnectionClosed, RequestFailed
 from wadud_client.load import media
+from wadud_client.load.cost import MetricsUnreadable, Scrape, cost, scrape
 from wadud_client.load.link import Certificate, LinkFailed
 from wadud_client.load.peers import Publisher, Subscriber
 from wadud_client.load.stats import percentiles
@@ -76,6 +77,8 @@ class Result:
     subscribers: list[dict[str, Any]] = field(default_factory=list)
     intervals: list[Interval] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    #: The server's cost (wadud_client.load.cost), with --metrics-url.
+    server: dict[str, Any] | None = None
     #: Every latency sample of every subscriber, ms (not written out: the
     #: summary's percentiles are).
     latencies_ms: list[float] = field(default_factory=list)
@@ -132,6 +135,8 @@ async def run(
     *,
     progress: Callable[[Interval, int], None] = lambda i, total: None,
     result: Result | None = None,
+    metrics: Sequence[str] = (),
+    metrics_token: str | None = None,
 ) -> Result:
     """Run ``shape`` against ``url``; ``result`` (when given) is filled as the
     run goes, so a caller that is interrupted still has what was measured."""
@@ -176,6 +181,17 @@ async def run(
             for pub in publishers:
                 await pub.join()
                 await pub.publish()
+
+            async def read_cost() -> dict[str, Scrape]:
+                read: dict[str, Scrape] = {}
+                for m in metrics:
+                    try:
+                        read[m] = await scrape(http, m, metrics_token)
+                    except MetricsUnreadable:
+                        result.errors["metrics"] += 1
+                return read
+
+            baseline = await read_cost()
             pace = 1.0 / shape.ramp if shape.ramp > 0 else 0.0
             starts: list[asyncio.Task[None]] = []
 
@@ -202,6 +218,7 @@ async def run(
                     if pace:
                         await asyncio.sleep(pace)
             await asyncio.gather(*starts)
+            start_cost = await read_cost()
             began = time.monotonic()
             try:
                 await asyncio.sleep(shape.duration)
@@ -209,6 +226,14 @@ async def run(
                 result.held = time.monotonic() - began
                 sampling.cancel()
                 await asyncio.wait({sampling})
+            if metrics:
+                result.server = cost(
+                    baseline,
+                    start_cost,
+                    await read_cost(),
+                    held=result.held,
+                    subscribers=len(subscribers),
+                )
         finally:
             for sub in subscribers:
                 result.errors.update(e.split(": ", 1)[0] for e in sub.errors)
