@@ -232,3 +232,25 @@ async def test_a_300_ms_path_is_reported_as_300_ms(
     )
     assert abs(summary["latency_ms"]["p50"] - 300) <= 30, summary
     assert summary["loss_pct"] == 0.0, summary
+
+
+async def test_find_max_steps_up_until_a_limit_is_crossed(
+    server: str, load_key: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "max.json"
+    common = ["--url", server, "--subscribers", "2", "--step", "2", "--duration", "3",
+              "--find-max", "--json", str(out), "--quiet"]  # fmt: skip
+    # Limits nothing on loopback crosses: it steps to the ceiling.
+    done = load(*common, "--max-subscribers", "4", env=load_key)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(out.read_text())["find_max"]
+    assert [s["subscribers_per_room"] for s in found["steps"]] == [2, 4], found
+    assert [s["crossed"] for s in found["steps"]] == [None, None], found
+    assert found["room_held"] == 4 and found["stopped"] == "reached --max-subscribers 4"
+    assert "a room held 4 subscriber(s)" in done.stdout
+    # A latency limit no path meets: the first step crosses it, nothing held.
+    done = load(*common, "--max-subscribers", "8", "--max-latency", "0.001", env=load_key)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(out.read_text())["find_max"]
+    assert len(found["steps"]) == 1 and found["room_held"] == 0, found
+    assert found["stopped"].startswith("p95 latency"), found

@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from wadud_client.load import media
@@ -74,6 +75,19 @@ def parser() -> argparse.ArgumentParser:
         help="draw the latency CDF, bitrate and joins over time into this PNG (matplotlib)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--find-max",
+        action="store_true",
+        help="step the subscribers per room up until a limit is crossed (docs/load-testing.md)",
+    )
+    p.add_argument(
+        "--step", type=int, help="subscribers per room added each step (default: --subscribers)"
+    )
+    p.add_argument(
+        "--max-subscribers", type=int, default=1000, help="stop here if nothing crosses first"
+    )
+    p.add_argument("--max-latency", type=float, default=150.0, help="p95 one-way latency limit, ms")
+    p.add_argument("--max-loss", type=float, default=2.0, help="loss limit, %%")
     return p  # fmt: skip
 
 
@@ -91,6 +105,10 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--{name} must be 1 to 10000"
     if args.duration <= 0 or args.ramp < 0:
         return "--duration must be positive and --ramp not negative"
+    if args.step is not None and args.step <= 0:
+        return "--step must be positive"
+    if args.find_max and args.max_subscribers < args.subscribers:
+        return "--max-subscribers must be at least --subscribers"
     return None
 
 
@@ -110,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ramp=args.ramp,
         seed=args.seed,
     )
+    if args.find_max:
+        return _find_max(args, shape)
     import datetime as dt
 
     result = Result(
@@ -181,3 +201,53 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _find_max(args: argparse.Namespace, shape: Shape) -> int:
+    from wadud_client.load.findmax import Limits, find_max, outcome
+
+    limits = Limits(latency_p95_ms=args.max_latency, loss_pct=args.max_loss)
+    steps: list[dict[str, Any]] = []
+    code = 0
+    stopped = "interrupted"
+
+    def said(step: dict[str, Any]) -> None:
+        s = step["summary"]
+        latency = s["latency_ms"] or {}
+        print(
+            f"{step['subscribers_per_room']:>6} per room: receiving {s['subscribers']}"
+            f"/{s['subscribers_asked']}, p95 latency {latency.get('p95', '-')} ms,"
+            f" loss {s['loss_pct']}%  {step['crossed'] or 'within the limits'}",
+            flush=True,
+        )
+
+    async def go() -> None:
+        nonlocal stopped
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+        found = await find_max(
+            args.url, args.api_key, args.api_secret, shape, limits,
+            step=args.step or shape.subscribers, ceiling=args.max_subscribers,
+            steps=steps, on_step=said, metrics=args.metrics, metrics_token=args.metrics_token,
+        )  # fmt: skip
+        stopped = found["stopped"]
+
+    try:
+        asyncio.run(go())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        code = 130
+    except LoadError as exc:
+        stopped = f"failed: {exc}"
+        code = exc.exit_code
+        print(f"wadud load: {exc}", file=sys.stderr)
+    found = outcome(steps, limits, shape, stopped)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"find_max": found}, indent=1))
+    print(
+        f"a room held {found['room_held']} subscriber(s) within p95 {limits.latency_p95_ms:g} ms"
+        f" and {limits.loss_pct:g}% loss ({shape.rooms} room(s), {shape.publishers}"
+        f" publisher(s) each); stopped: {stopped}"
+    )
+    return code

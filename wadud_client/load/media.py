@@ -19,10 +19,14 @@ publishers and subscribers share one clock.
 from __future__ import annotations
 
 import array
+import contextlib
 import fractions
+import functools
 import math
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 
@@ -132,11 +136,56 @@ def _audio() -> list[bytes]:
     return out
 
 
+#: Bumped whenever what :func:`clip` encodes changes, so no old cache is read.
+_CLIP_VERSION = 1
+_ENTRY = struct.Struct(">BI")
+
+
+def _cache_path(resolution: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "wadud" / f"load-clip-v{_CLIP_VERSION}-{resolution}.bin"
+
+
+def _pack(items: list[tuple[bytes, bool]]) -> bytes:
+    return struct.pack(">I", len(items)) + b"".join(
+        _ENTRY.pack(int(key), len(data)) + data for data, key in items
+    )
+
+
+def _unpack(data: bytes, at: int) -> tuple[list[tuple[bytes, bool]], int]:
+    (count,) = struct.unpack_from(">I", data, at)
+    at += 4
+    items = []
+    for _ in range(count):
+        key, length = _ENTRY.unpack_from(data, at)
+        at += _ENTRY.size
+        items.append((data[at : at + length], bool(key)))
+        at += length
+    return items, at
+
+
+@functools.lru_cache(maxsize=4)
 def clip(resolution: str = "medium", *, video: bool = True) -> Clip:
-    """The run's clip at ``resolution`` (a key of :data:`RESOLUTIONS`)."""
+    """The run's clip at ``resolution`` (a key of :data:`RESOLUTIONS`).
+    Encoding takes seconds, so a clip is kept: in this process, and in the
+    user's cache folder for the next run (a file that does not read back
+    whole is encoded again)."""
     width, height, bitrate = RESOLUTIONS[resolution]
-    frames = _video(width, height, bitrate) if video else []
-    return Clip(frames, _audio(), width, height)
+    path = _cache_path(resolution)
+    with contextlib.suppress(OSError, struct.error, ValueError):
+        data = path.read_bytes()
+        frames, at = _unpack(data, 0)
+        audio, end = _unpack(data, at)
+        if end == len(data) and frames and audio:
+            return Clip(frames if video else [], [a for a, _ in audio], width, height)
+    frames = _video(width, height, bitrate)
+    audio_packets = _audio()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(_pack(frames) + _pack([(a, False) for a in audio_packets]))
+        partial.replace(path)
+    return Clip(frames if video else [], audio_packets, width, height)
 
 
 def opus_stamped(packet: bytes, stamp: bytes) -> bytes:
