@@ -254,3 +254,64 @@ async def test_find_max_steps_up_until_a_limit_is_crossed(
     found = json.loads(out.read_text())["find_max"]
     assert len(found["steps"]) == 1 and found["room_held"] == 0, found
     assert found["stopped"].startswith("p95 latency"), found
+
+
+async def test_two_shards_of_one_load_merge_into_one_run(
+    server: str, load_key: dict[str, str], tmp_path: Path
+) -> None:
+    """Two generators (here two processes), each its half of the rooms."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
+    outs = [tmp_path / f"shard-{i}.json" for i in (1, 2)]
+    shards = [
+        await asyncio.create_subprocess_exec(
+            WADUD,
+            "load",
+            "--url",
+            server,
+            "--rooms",
+            "2",
+            "--subscribers",
+            "3",
+            "--duration",
+            "4",
+            "--seed",
+            "11",
+            "--shard",
+            f"{i}/2",
+            "--json",
+            str(out),
+            "--quiet",
+            env={**clean, **load_key},
+            cwd=ROOT,
+            stdout=PIPE,
+            stderr=PIPE,
+        )
+        for i, out in zip((1, 2), outs, strict=True)
+    ]
+    async with asyncio.timeout(120):
+        for shard in shards:
+            _, stderr = await shard.communicate()
+            assert shard.returncode == 0, stderr.decode()
+    rooms = [json.loads(out.read_text())["run"]["rooms"] for out in outs]
+    assert len(rooms[0]) == len(rooms[1]) == 1 and rooms[0] != rooms[1], rooms
+    merged_path = tmp_path / "merged.json"
+    done = load("merge", *map(str, outs), "--json", str(merged_path), env={})
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(merged_path.read_text())
+    summary = merged["summary"]
+    assert summary["subscribers"] == summary["subscribers_asked"] == 6, summary
+    assert summary["loss_pct"] == 0.0 and summary["latency_ms"]["p50"] < 20, summary
+    assert sorted(r["rooms"][0] for r in merged["runs"]) == sorted(r[0] for r in rooms)
+    assert sum(merged["latency_histogram"].values()) == sum(
+        sum(json.loads(out.read_text())["latency_histogram"].values()) for out in outs
+    )
+    # Runs of two loads (other seeds) are not shards of one.
+    other = tmp_path / "other.json"
+    body = json.loads(outs[1].read_text())
+    body["run"]["shape"]["seed"] = 12
+    other.write_text(json.dumps(body))
+    done = load("merge", str(outs[0]), str(other), "--json", str(merged_path), env={})
+    assert done.returncode == 2 and "seed" in done.stderr
+    # A shard needs the seed that names the rooms alike.
+    done = load("--url", server, "--rooms", "2", "--shard", "1/2", env=load_key)
+    assert done.returncode == 2 and "--seed" in done.stderr

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wadud_client.load import media
-from wadud_client.load.report import progress_line, table, to_json
+from wadud_client.load.report import merge, progress_line, table, to_json
 from wadud_client.load.run import LoadError, Result, Shape, run
 
 __all__ = ["main", "parser"]
@@ -56,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
         "--ramp", type=float, default=20.0, help="subscriber joins per second (0: all at once)"
     )
     p.add_argument("--seed", type=int, help="the same seed names the same rooms and identities")
+    p.add_argument(
+        "--shard",
+        help="I/N: run the I-th of N generators' share of the rooms (every one with one --seed);"
+        " wadud load merge joins their JSON",
+    )
     p.add_argument(
         "--metrics-url",
         dest="metrics",
@@ -105,6 +110,14 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--{name} must be 1 to 10000"
     if args.duration <= 0 or args.ramp < 0:
         return "--duration must be positive and --ramp not negative"
+    if args.shard is not None:
+        shard = _shard(args.shard)
+        if shard is None:
+            return "--shard is I/N with 1 <= I <= N, e.g. 2/3"
+        if args.seed is None:
+            return "--shard needs --seed, the same on every generator, so they name the same rooms"
+        if shard[1] > args.rooms:
+            return "--shard N must not be more than --rooms (each generator runs whole rooms)"
     if args.step is not None and args.step <= 0:
         return "--step must be positive"
     if args.find_max and args.max_subscribers < args.subscribers:
@@ -112,7 +125,49 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _shard(text: str) -> tuple[int, int] | None:
+    i, _, n = text.partition("/")
+    if not (i.isdigit() and n.isdigit()) or not 1 <= int(i) <= int(n):
+        return None
+    return int(i), int(n)
+
+
+def merge_main(argv: Sequence[str]) -> int:
+    """``wadud load merge RUN.json... --json OUT``."""
+    p = argparse.ArgumentParser(
+        prog="wadud load merge",
+        description="Join the --json of several generators (--shard I/N) into one run.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, help="each generator's --json")
+    p.add_argument("--json", type=Path, required=True, help="write the merged run here")
+    args = p.parse_args(argv)
+    runs = []
+    for path in args.runs:
+        try:
+            body = json.loads(path.read_text())
+            runs.append(body)
+            if not {"summary", "run", "subscribers", "intervals"} <= set(body):
+                raise ValueError("not the --json of a wadud load run")
+        except (OSError, ValueError) as exc:
+            print(f"wadud load merge: {path}: {exc}", file=sys.stderr)
+            return 2
+    seeds = {r["run"]["shape"].get("seed") for r in runs}
+    if len(seeds) != 1 or None in seeds:
+        print("wadud load merge: the runs are not shards of one load (their --seed differ)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    merged = merge(runs)
+    args.json.write_text(json.dumps(merged, indent=1))
+    s = merged["summary"]
+    print(f"merged {len(runs)} run(s): {s['subscribers']} of {s['subscribers_asked']} subscribers"
+          f" receiving, latency {s['latency_ms']}, loss {s['loss_pct']}%")  # fmt: skip
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
     args = parser().parse_args(argv)
     problem = _check(args)
     if problem:
@@ -127,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         audio_only=args.audio_only,
         ramp=args.ramp,
         seed=args.seed,
+        shard=_shard(args.shard) or (1, 1) if args.shard else (1, 1),
     )
     if args.find_max:
         return _find_max(args, shape)

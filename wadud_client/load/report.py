@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 from wadud_client.load.run import Interval, Result
-from wadud_client.load.stats import percentiles
+from wadud_client.load.stats import histogram, merged_percentiles, percentiles
 
-__all__ = ["progress_line", "summary", "table", "to_json"]
+__all__ = ["merge", "progress_line", "summary", "table", "to_json"]
 
 
 def summary(result: Result) -> dict[str, Any]:
-    subs = result.subscribers
+    return _summary(
+        result.subscribers, percentiles(result.latencies_ms), result.errors, result.server
+    )
+
+
+def _summary(
+    subs: list[dict[str, Any]],
+    latency: dict[str, float] | None,
+    errors: Mapping[str, int],
+    server: dict[str, Any] | None,
+) -> dict[str, Any]:
     tracks = [t for s in subs for t in s["tracks"]]
     stamped = sum(t["stamped"] for t in tracks)
     sent = sum(t["stamps_sent"] for t in tracks)
@@ -20,14 +32,14 @@ def summary(result: Result) -> dict[str, Any]:
         "subscribers": sum(1 for s in subs if s["join_ms"] is not None),
         "subscribers_asked": len(subs),
         "join_ms": percentiles([s["join_ms"] for s in subs if s["join_ms"] is not None]),
-        "latency_ms": percentiles(result.latencies_ms),
+        "latency_ms": latency,
         "jitter_ms": percentiles([t["jitter_ms"] for t in tracks]),
         "loss_pct": round(100 * (1 - stamped / sent), 3) if sent else None,
         "kbps_per_subscriber": percentiles(
             [sum(t["kbps"] for t in s["tracks"]) for s in subs if s["tracks"]]
         ),
-        "errors": dict(result.errors),
-        "server": result.server,
+        "errors": dict(errors),
+        "server": server,
     }
 
 
@@ -45,7 +57,44 @@ def to_json(result: Result) -> dict[str, Any]:
         },
         "subscribers": result.subscribers,
         "intervals": [asdict(i) for i in result.intervals],
+        # For `wadud load merge`: percentiles of several runs cannot be
+        # merged, their histograms can.
+        "latency_histogram": histogram(result.latencies_ms),
     }
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several generators' ``--json`` of one load (``--shard i/n`` with one
+    seed) as one: every subscriber's record, the summary over them all
+    (latency from the merged histograms, so each percentile is at most 2.3%
+    high), the errors summed, and each second's records summed by index."""
+    subs = [s for r in runs for s in r["subscribers"]]
+    errors: Counter[str] = Counter()
+    for r in runs:
+        errors.update(r["summary"]["errors"])
+    server = next((r["summary"].get("server") for r in runs if r["summary"].get("server")), None)
+    latency = merged_percentiles([r.get("latency_histogram", {}) for r in runs])
+    seconds: dict[int, dict[str, float]] = {}
+    for r in runs:
+        for i, interval in enumerate(r["intervals"]):
+            into = seconds.setdefault(i, {"at": interval["at"], "joined": 0, "receiving": 0,
+                                          "kbps": 0.0, "errors": 0})  # fmt: skip
+            for key in ("joined", "receiving", "kbps", "errors"):
+                into[key] += interval[key]
+    return {
+        "summary": _summary(subs, latency, errors, server),
+        "runs": [r["run"] for r in runs],
+        "subscribers": subs,
+        "intervals": [seconds[i] for i in sorted(seconds)],
+        "latency_histogram": _summed([r.get("latency_histogram", {}) for r in runs]),
+    }
+
+
+def _summed(histograms: list[dict[str, int]]) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for h in histograms:
+        out.update(h)
+    return dict(out)
 
 
 def _cell(p: dict[str, float] | None, key: str) -> str:
@@ -57,7 +106,7 @@ def table(result: Result) -> str:
     s = summary(result)
     shape = result.shape
     lines = [
-        f"{result.url}: {shape.rooms} room(s) x {shape.publishers} publisher(s) x"
+        f"{result.url}: {len(result.rooms)} room(s) x {shape.publishers} publisher(s) x"
         f" {shape.subscribers} subscriber(s), {result.held:.0f} s held ({result.ended})",
         "",
         f"{'':<22}{'p50':>10}{'p95':>10}{'p99':>10}",

@@ -57,6 +57,9 @@ class Shape:
     #: Joins per second.
     ramp: float = 20.0
     seed: int | None = None
+    #: This generator's share of the rooms, (i, n): rooms i-1, i-1+n, ...
+    #: of the shape (``--shard i/n``; every shard runs with one seed).
+    shard: tuple[int, int] = (1, 1)
 
 
 @dataclass
@@ -161,7 +164,8 @@ async def run(
             )
             tokens = []
             try:
-                for r in range(shape.rooms):
+                index, shards = shape.shard
+                for r in range(index - 1, shape.rooms, shards):
                     room = f"load-{run_id}-{r}"
                     result.rooms.append(room)
                     for p in range(shape.publishers):
@@ -205,7 +209,7 @@ async def run(
             # One record a second from the first subscriber's join, so the
             # ramp shows as well as the hold.
             sampling = asyncio.create_task(
-                _sample(subscribers, result, shape.rooms * shape.subscribers, progress)
+                _sample(subscribers, result, len(result.rooms) * shape.subscribers, progress)
             )
             for room in result.rooms:
                 for s in range(shape.subscribers):
