@@ -62,6 +62,11 @@ class _Member:
         self.participant = ""
         self.leaving = False
         self.errors: list[str] = []
+        #: Each time the server moved this participant's media (``media_reconnect``)
+        #: or its link was lost: when (monotonic), why, and seconds until
+        #: media flowed again (None while it has not).
+        self.reconnects: list[dict[str, Any]] = []
+        self._reconnecting: asyncio.Task[None] | None = None
 
     async def join(self) -> None:
         await self.socket.connect()
@@ -75,7 +80,33 @@ class _Member:
         if frame["type"] == "ping":
             with contextlib.suppress(Exception):
                 await self.socket.send("pong")
+        elif frame["type"] == "media_reconnect":
+            self._media_lost(str(frame.get("reason", "")), ask=False)
         self.socket.answered(frame)
+
+    def _media_lost(self, reason: str, *, ask: bool) -> None:
+        """The media is to be set up anew: told by the server (its worker
+        died or drains), or our link lost consent (then we ask, with
+        ``reconnect_media``, as a browser falls back to)."""
+        if self.leaving or (self._reconnecting is not None and not self._reconnecting.done()):
+            return
+        self.reconnects.append({"at": time.monotonic(), "reason": reason, "back_s": None})
+        # At once, before the next frame (the new offer) is read.
+        self._drop_media()
+        self._reconnecting = asyncio.create_task(
+            self._media_again(ask), name=f"reconnect {self.label}"
+        )
+
+    def _drop_media(self) -> None:
+        raise NotImplementedError
+
+    async def _media_again(self, ask: bool) -> None:
+        raise NotImplementedError
+
+    def _media_back(self, at: float) -> None:
+        last = self.reconnects[-1] if self.reconnects else None
+        if last is not None and last["back_s"] is None:
+            last["back_s"] = round(at - last["at"], 3)
 
     def _closed(self, code: int | None) -> None:
         self.closed_code = code
@@ -84,6 +115,9 @@ class _Member:
 
     async def close(self) -> None:
         self.leaving = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            await asyncio.wait({self._reconnecting})
         with contextlib.suppress(Exception):
             await self.socket.request("leave", {})
         await self.socket.drop()
@@ -129,9 +163,29 @@ class Publisher(_Member):
             pwd=offer.pwd,
             on_rtp=lambda data, at: None,
             on_rtcp=self._rtcp,
+            on_lost=lambda why: self._media_lost(f"link lost: {why}", ask=True),
         )
         await self.link.connect()
+        self._media_back(time.monotonic())
         self._task = asyncio.create_task(self._send(), name=f"send {self.label}")
+
+    def _drop_media(self) -> None:
+        # A new publish connection (new certificate on a browser; a new link
+        # here): what was sent on the old one is gone with its worker.
+        if self.link is not None:
+            self.link.close()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _media_again(self, ask: bool) -> None:
+        if self._task is not None:
+            await asyncio.wait({self._task})
+        try:
+            if ask:
+                await self.socket.request("reconnect_media", {})
+            await self.publish()
+        except (RequestFailed, ConnectionClosed, LinkFailed, TimeoutError, ValueError) as exc:
+            self.errors.append(f"media:reconnect: {exc}")
 
     def _rtcp(self, data: bytes) -> None:
         for pt, fmt, _ in rtp.rtcp_packets(data):
@@ -277,6 +331,7 @@ class Subscriber(_Member):
         self._report: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._answering: asyncio.Task[None] | None = None
+        self._awaiting = False
 
     async def _frame(self, frame: dict[str, Any]) -> None:
         await super()._frame(frame)
@@ -316,7 +371,7 @@ class Subscriber(_Member):
                 pwd=answer.pwd,
                 on_rtp=self._rtp,
                 on_rtcp=lambda data: None,
-                on_lost=lambda why: self.errors.append(f"media:lost: {why}"),
+                on_lost=lambda why: self._media_lost(f"link lost: {why}", ask=True),
             )
             self._connecting = asyncio.create_task(self._connect(), name=f"link {self.label}")
 
@@ -329,7 +384,28 @@ class Subscriber(_Member):
             return
         self._report = asyncio.create_task(self._reports(), name=f"rr {self.label}")
 
+    def _drop_media(self) -> None:
+        # The server offers what we receive on a new subscribe connection:
+        # answered (in _answer) from a new link with new ICE credentials.
+        for task in (self._report, self._connecting):
+            if task is not None:
+                task.cancel()
+        if self.link is not None:
+            self.link.close()
+        self.link, self._ice = None, None
+        self._awaiting = True
+
+    async def _media_again(self, ask: bool) -> None:
+        if ask:
+            try:
+                await self.socket.request("reconnect_media", {})
+            except (RequestFailed, ConnectionClosed, TimeoutError) as exc:
+                self.errors.append(f"media:reconnect: {exc}")
+
     def _rtp(self, data: bytes, arrived: float) -> None:
+        if self._awaiting:
+            self._awaiting = False
+            self._media_back(arrived)
         head = rtp.read_header(data)
         if head is None:
             return

@@ -15,7 +15,11 @@ __all__ = ["merge", "progress_line", "summary", "table", "to_json"]
 
 def summary(result: Result) -> dict[str, Any]:
     return _summary(
-        result.subscribers, percentiles(result.latencies_ms), result.errors, result.server
+        result.subscribers,
+        percentiles(result.latencies_ms),
+        result.errors,
+        result.server,
+        result.reconnects,
     )
 
 
@@ -24,6 +28,7 @@ def _summary(
     latency: dict[str, float] | None,
     errors: Mapping[str, int],
     server: dict[str, Any] | None,
+    reconnects: list[dict[str, Any]],
 ) -> dict[str, Any]:
     tracks = [t for s in subs for t in s["tracks"]]
     stamped = sum(t["stamped"] for t in tracks)
@@ -37,6 +42,10 @@ def _summary(
         "loss_pct": round(100 * (1 - stamped / sent), 3) if sent else None,
         "kbps_per_subscriber": percentiles(
             [sum(t["kbps"] for t in s["tracks"]) for s in subs if s["tracks"]]
+        ),
+        "reconnects": len(reconnects),
+        "reconnect_back_s": percentiles(
+            [r["back_s"] for r in reconnects if r["back_s"] is not None]
         ),
         "errors": dict(errors),
         "server": server,
@@ -56,6 +65,7 @@ def to_json(result: Result) -> dict[str, Any]:
             "rooms": result.rooms,
         },
         "subscribers": result.subscribers,
+        "reconnects": result.reconnects,
         "intervals": [asdict(i) for i in result.intervals],
         # For `wadud load merge`: percentiles of several runs cannot be
         # merged, their histograms can.
@@ -81,10 +91,12 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                           "kbps": 0.0, "errors": 0})  # fmt: skip
             for key in ("joined", "receiving", "kbps", "errors"):
                 into[key] += interval[key]
+    reconnects = [e for r in runs for e in r.get("reconnects", [])]
     return {
-        "summary": _summary(subs, latency, errors, server),
+        "summary": _summary(subs, latency, errors, server, reconnects),
         "runs": [r["run"] for r in runs],
         "subscribers": subs,
+        "reconnects": reconnects,
         "intervals": [seconds[i] for i in sorted(seconds)],
         "latency_histogram": _summed([r.get("latency_histogram", {}) for r in runs]),
     }
@@ -135,7 +147,7 @@ def table(result: Result) -> str:
     lines += [
         "",
         f"subscribers receiving: {s['subscribers']} of {s['subscribers_asked']}",
-        f"loss: {loss}   errors: {errors}",
+        f"loss: {loss}   reconnects: {s['reconnects']}   errors: {errors}",
     ]
     return "\n".join(lines)
 

@@ -80,6 +80,10 @@ class Result:
     subscribers: list[dict[str, Any]] = field(default_factory=list)
     intervals: list[Interval] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    #: Each participant's media set up anew mid-run (its worker died or
+    #: drained, or its link was lost): who, when (s after the run began),
+    #: why, and how long until media flowed again.
+    reconnects: list[dict[str, Any]] = field(default_factory=list)
     #: The server's cost (wadud_client.load.cost), with --metrics-url.
     server: dict[str, Any] | None = None
     #: Every latency sample of every subscriber, ms (not written out: the
@@ -149,6 +153,7 @@ async def run(
     result = result or Result(url, shape, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     auth = aiohttp.BasicAuth(key, secret)
     certificate = Certificate()
+    t0 = time.monotonic()
     ws = _ws_url(url)
     publishers: list[Publisher] = []
     subscribers: list[Subscriber] = []
@@ -243,6 +248,15 @@ async def run(
                 result.errors.update(e.split(": ", 1)[0] for e in sub.errors)
                 result.subscribers.append(_record(sub, joins.get(sub.label, 0.0)))
                 result.latencies_ms.extend(x for t in sub.tracks.values() for x in t.latencies_ms)
+            for member in [*publishers, *subscribers]:
+                result.reconnects.extend(
+                    {"label": member.label, "at_s": round(r["at"] - t0, 2), "reason": r["reason"],
+                     "back_s": r["back_s"]}
+                    for r in member.reconnects
+                )  # fmt: skip
+                if member in publishers:
+                    result.errors.update(e.split(": ", 1)[0] for e in member.errors)
+            result.reconnects.sort(key=lambda r: r["at_s"])
             closing = [*subscribers, *publishers]
             await asyncio.gather(*(_quietly(m.close()) for m in closing))
     return result
