@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -674,3 +674,19 @@ def kill_namespace(namespace: str) -> int:
         except (OSError, ProcessLookupError):
             continue
     return killed
+
+
+@contextlib.asynccontextmanager
+async def running(cluster: Cluster) -> AsyncIterator[Cluster]:
+    """``cluster`` started (ClusterError, naming the process, if it cannot
+    be), for the length of the block; closed after, with nothing of it left
+    in the session's Redis."""
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.close()
+        async with cluster.redis() as redis:
+            keys = await redis.keys("wadud:*")
+            if keys:
+                await redis.delete(*keys)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import WADUD, Cluster, ClusterError, free_tcp_port
+from tests.cluster import WADUD, Cluster, free_tcp_port, running
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.timeout(240)
@@ -40,18 +40,8 @@ async def world(
         cluster.add_api(name, env={"WADUD_METRICS_LISTEN": f"127.0.0.1:{free_tcp_port()}"})
     for node in ("n1", "n2"):
         cluster.add_media(node, workers=1)
-    try:
-        try:
-            await cluster.start()
-        except ClusterError as exc:
-            pytest.fail(f"the topology did not start: {exc}")
+    async with running(cluster):
         yield cluster
-    finally:
-        await cluster.close()
-        async with cluster.redis() as redis:
-            keys = await redis.keys("wadud:*")
-            if keys:
-                await redis.delete(*keys)
 
 
 def _key(database_url: str, data_dir: Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import aiohttp
 import pytest
 
-from tests.cluster import Cluster, ClusterError
+from tests.cluster import Cluster, running
 from tests.conftest import RedisServer
 from tests.prometheus import metric_sum, parse_metrics
 from wadud_client.call import CallClient
@@ -47,19 +47,8 @@ async def world(
     cluster.add_api("pk", region="pk")
     cluster.add_media("pk1", workers=1, region="pk")
     cluster.add_media("ae1", workers=1, region="ae")
-    try:
-        try:
-            await cluster.start()
-        except ClusterError as exc:
-            pytest.fail(f"the topology did not start: {exc}")
+    async with running(cluster):
         yield cluster
-    finally:
-        await cluster.close()
-        # Nothing of this test may outlive it in the session's Redis.
-        async with cluster.redis() as redis:
-            keys = await redis.keys("wadud:*")
-            if keys:
-                await redis.delete(*keys)
 
 
 async def metrics(node_url: str) -> dict[str, float]:
