@@ -10,7 +10,7 @@ import struct
 from rtc.dtls import DtlsCertificate
 from rtc.rtpdump import open_segment
 from sfu.control.messages import RecordingOrder
-from sfu.recording.core import LAYER_WAIT, RoomRecording
+from sfu.recording.core import KEYFRAME_AGAIN, LAYER_WAIT, RoomRecording
 from sfu.rooms.inputs import EndTrack, PublishOffer
 from sfu.rooms.records import MediaRoom, Track
 from tests.sfu.layers import test_layers
@@ -147,6 +147,31 @@ def test_a_repair_on_the_rtx_ssrc_is_recorded_as_the_packet_it_repairs(
         (96, 3, 5678),
     ]
     assert packets[3][1].endswith(b"v3" * 20) and packets[3][1][12:14] != struct.pack("!H", 3)
+
+
+def test_a_recorded_camera_asks_again_for_a_keyframe_until_one_is_recorded(
+    certificate: DtlsCertificate,
+) -> None:
+    # ci85: the one request at the start brought no keyframe for 5.27 s, so
+    # the file's picture began then. No subscriber waited, so nothing asked
+    # again; the recording now does, every KEYFRAME_AGAIN, until one comes.
+    room, _track_id = recorded_room(certificate, video=True)
+    rec = RoomRecording(room, ORDER, wall_offset=WALL, segment_seconds=10.0, now=NOW)
+    assert rec.keyframes == [5678]
+    rec.keyframes.clear()  # the adapter asked
+    delta = b"\x10" + b"\x01" + b"d" * 20  # S bit, PID 0; the VP8 header's P bit set
+    rec.queue.append((5678, rtp(96, 1, delta, ssrc=5678), NOW + 0.1))
+    rec.tick(NOW + 0.2)
+    rec.tick(NOW + 0.2 + KEYFRAME_AGAIN / 2)
+    assert rec.keyframes == []
+    rec.tick(NOW + 0.2 + KEYFRAME_AGAIN)
+    assert rec.keyframes == [5678]
+    rec.keyframes.clear()
+    key = b"\x10" + b"\x00" + b"k" * 20  # the P bit clear: a keyframe (RFC 6386 9.1)
+    rec.queue.append((5678, rtp(96, 2, key, ssrc=5678), NOW + 1.3))
+    for t in (1.4, 2.5, 3.6, 4.7):
+        rec.tick(NOW + 0.2 + t)
+    assert rec.keyframes == []
 
 
 def simulcast_room(certificate: DtlsCertificate, published: float) -> tuple[MediaRoom, Track]:
