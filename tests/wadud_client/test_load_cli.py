@@ -315,3 +315,24 @@ async def test_two_shards_of_one_load_merge_into_one_run(
     # A shard needs the seed that names the rooms alike.
     done = load("--url", server, "--rooms", "2", "--shard", "1/2", env=load_key)
     assert done.returncode == 2 and "--seed" in done.stderr
+
+
+async def test_processes_split_one_run_over_cores_and_merge_it(
+    server: str, load_key: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "split.json"
+    done = load(
+        "--url", server, "--rooms", "2", "--subscribers", "3", "--duration", "4",
+        "--processes", "2", "--metrics-url", METRICS[server], "--json", str(out), env=load_key,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    merged = json.loads(out.read_text())
+    assert [r["shape"]["shard"] for r in merged["runs"]] == [[1, 2], [2, 2]], merged["runs"]
+    rooms = [room for r in merged["runs"] for room in r["rooms"]]
+    assert len(set(rooms)) == 2, rooms
+    summary = merged["summary"]
+    assert summary["subscribers"] == summary["subscribers_asked"] == 6, summary
+    assert summary["loss_pct"] == 0.0, summary
+    # The server's cost read once (by the first process), not twice.
+    assert len(summary["server"]["processes"]) == 1, summary["server"]
+    assert "in 2 processes" in done.stdout and "subscribers receiving: 6 of 6" in done.stdout

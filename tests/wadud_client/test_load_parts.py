@@ -110,3 +110,64 @@ def test_percentiles_by_nearest_rank() -> None:
     assert percentiles([5.0]) == {"p50": 5.0, "p95": 5.0, "p99": 5.0}
     values = [float(v) for v in range(1, 101)]
     assert percentiles(values) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+
+
+def test_a_run_crossing_a_limit_says_which() -> None:
+    from wadud_client.load.findmax import Limits, crossed
+
+    good = {"subscribers": 4, "subscribers_asked": 4, "latency_ms": {"p95": 20.0},
+            "loss_pct": 0.5}  # fmt: skip
+    limits = Limits(latency_p95_ms=150, loss_pct=2)
+    assert crossed(good, limits) is None
+    assert crossed({**good, "subscribers": 3}, limits) == "1 subscriber(s) received no media"
+    assert crossed({**good, "latency_ms": {"p95": 151.0}}, limits).startswith("p95 latency 151.0")
+    assert crossed({**good, "loss_pct": 2.5}, limits) == "loss 2.5% > 2%"
+    assert crossed({**good, "latency_ms": None}, limits) is not None
+
+
+def test_the_servers_cost_is_over_the_hold_and_memory_over_the_baseline() -> None:
+    from wadud_client.load.cost import Scrape, cost
+
+    url = "http://node/metrics"
+    out = cost(
+        {url: Scrape(cpu_s=1.0, rss_bytes=100e6, forwarded=0)},
+        {url: Scrape(cpu_s=2.0, rss_bytes=110e6, forwarded=1000)},
+        {url: Scrape(cpu_s=4.0, rss_bytes=120e6, forwarded=101_000)},
+        held=10.0,
+        subscribers=10,
+    )
+    assert out["processes"][url] == {"cpu_s": 2.0, "cpu_pct": 20.0, "rss_mb": 120.0,
+                                     "rss_added_mb": 20.0, "forwarded": 100_000}  # fmt: skip
+    assert out["us_per_forwarded_packet"] == 20.0 and out["mb_per_subscriber"] == 2.0
+    # A process read at the end only (its first read failed) is left out.
+    assert cost({}, {}, {url: Scrape(1, 1, 1)}, held=1, subscribers=1)["processes"] == {}
+
+
+def _run(seed: int, label: str, latencies: list[float]) -> dict[str, object]:
+    from wadud_client.load.stats import histogram
+
+    track = {"kind": "audio", "packets": 10, "octets": 1000, "kbps": 40.0, "loss_pct": 0.0,
+             "stamped": 9, "stamps_sent": 10, "jitter_ms": 1.0, "latency_ms": None}  # fmt: skip
+    return {
+        "summary": {"errors": {"timeout": 1}, "server": None},
+        "run": {"shape": {"seed": seed}, "rooms": [label]},
+        "subscribers": [{"label": label, "joined": True, "join_ms": 10.0, "tracks": [track]}],
+        "reconnects": [{"label": label, "at_s": 1.0, "reason": "media-lost", "back_s": 0.1}],
+        "intervals": [{"at": 1.0, "joined": 1, "receiving": 1, "kbps": 40.0, "errors": 0}],
+        "latency_histogram": histogram(latencies),
+    }
+
+
+def test_shards_merge_into_one_summary() -> None:
+    from wadud_client.load.report import merge
+
+    merged = merge([_run(7, "a", [1.0] * 90), _run(7, "b", [100.0] * 10)])
+    s = merged["summary"]
+    assert (s["subscribers"], s["subscribers_asked"]) == (2, 2)
+    assert s["loss_pct"] == 10.0  # 18 of 20 stamps
+    assert s["errors"] == {"timeout": 2} and s["reconnects"] == 2
+    assert s["latency_ms"]["p50"] == pytest.approx(1.0, rel=0.025)
+    assert s["latency_ms"]["p95"] == pytest.approx(100.0, rel=0.025)
+    assert merged["intervals"] == [{"at": 1.0, "joined": 2, "receiving": 2, "kbps": 80.0,
+                                    "errors": 0}]  # fmt: skip
+    assert sum(merged["latency_histogram"].values()) == 100

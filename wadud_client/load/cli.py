@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wadud_client.load import media
-from wadud_client.load.report import merge, progress_line, table, to_json
+from wadud_client.load.report import merge, progress_line, table, table_of, to_json
 from wadud_client.load.run import LoadError, Result, Shape, run
 
 __all__ = ["main", "parser"]
@@ -56,6 +56,13 @@ def parser() -> argparse.ArgumentParser:
         "--ramp", type=float, default=20.0, help="subscriber joins per second (0: all at once)"
     )
     p.add_argument("--seed", type=int, help="the same seed names the same rooms and identities")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run the load from this many processes (one a core), each its share of the rooms,"
+        " merged at the end",
+    )
     p.add_argument(
         "--shard",
         help="I/N: run the I-th of N generators' share of the rooms (every one with one --seed);"
@@ -118,6 +125,10 @@ def _check(args: argparse.Namespace) -> str | None:
             return "--shard needs --seed, the same on every generator, so they name the same rooms"
         if shard[1] > args.rooms:
             return "--shard N must not be more than --rooms (each generator runs whole rooms)"
+    if args.processes < 1 or args.processes > args.rooms:
+        return "--processes must be 1 to --rooms (each process runs whole rooms)"
+    if args.processes > 1 and (args.shard or args.find_max):
+        return "--processes splits one run; it does not go with --shard or --find-max"
     if args.step is not None and args.step <= 0:
         return "--step must be positive"
     if args.find_max and args.max_subscribers < args.subscribers:
@@ -186,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.find_max:
         return _find_max(args, shape)
+    if args.processes > 1:
+        return _processes(args, list(argv))
     import datetime as dt
 
     result = Result(
@@ -255,10 +268,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _find_max(args: argparse.Namespace, shape: Shape) -> int:
     from wadud_client.load.findmax import Limits, find_max, outcome
 
@@ -307,3 +316,87 @@ def _find_max(args: argparse.Namespace, shape: Shape) -> int:
         f" publisher(s) each); stopped: {stopped}"
     )
     return code
+
+
+def _processes(args: argparse.Namespace, argv: list[str]) -> int:
+    """The run split over ``--processes`` children, each ``--shard i/N`` of
+    one seed, and their JSON merged: one generator machine's cores."""
+    import random
+    import subprocess
+    import tempfile
+
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    n = args.processes
+    # What each child is given: this command line without what the parent
+    # does itself (the JSON, the plot, the count of processes).
+    own = {"--processes", "--json", "--plot", "--seed"}
+    keep: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in own:
+            skip = "=" not in arg
+            continue
+        keep.append(arg)
+    with tempfile.TemporaryDirectory(prefix="wadud-load-") as work:
+        outs = [Path(work) / f"shard-{i}.json" for i in range(1, n + 1)]
+        children = []
+
+        def shard_of(i: int, out: Path) -> list[str]:
+            return ["--seed", str(seed), "--shard", f"{i}/{n}", "--json", str(out), "--quiet"]
+
+        for i, out in enumerate(outs, start=1):
+            # The server's cost is read once, by the first child.
+            child = keep if i == 1 else _without(keep, "--metrics-url")
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "wadud_client.load.cli", *child, *shard_of(i, out)],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+        codes = []
+        try:
+            codes = [c.wait() for c in children]
+        except KeyboardInterrupt:
+            # Ctrl-C reached every child too (one process group): they write
+            # what they measured and end.
+            codes = [c.wait() for c in children]
+        runs = [json.loads(out.read_text()) for out in outs if out.exists()]
+    if not runs:
+        print("wadud load: no process wrote its results", file=sys.stderr)
+        return max(codes, default=5) or 5
+    merged = merge(runs)
+    if args.json is not None:
+        args.json.write_text(json.dumps(merged, indent=1))
+    s = merged["summary"]
+    print(
+        table_of(
+            s,
+            f"{args.url}: {args.rooms} room(s) x {args.publishers} publisher(s) x"
+            f" {args.subscribers} subscriber(s), in {n} processes",
+        )
+    )
+    worst = max(codes, default=0)
+    if worst == 0 and s["subscribers"] == 0:
+        return 5
+    return worst
+
+
+def _without(argv: list[str], option: str) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -206,7 +206,9 @@ class Publisher(_Member):
         v_ext = self._ext.get("1", {})
         a_mid = [(a_ext[sdp.MID_URI], b"0")] if sdp.MID_URI in a_ext else []
         v_mid = [(v_ext[sdp.MID_URI], b"1")] if sdp.MID_URI in v_ext else []
+        # Random first sequence numbers and timestamps, as RFC 3550 asks.
         a_seq, v_seq = int.from_bytes(os.urandom(2), "big"), int.from_bytes(os.urandom(2), "big")
+        a_ts0, v_ts0 = int.from_bytes(os.urandom(4), "big"), int.from_bytes(os.urandom(4), "big")
         a_n = v_n = frame_no = 0
         a_sent = v_sent = 0  # packets, for the SRs
         a_octets = v_octets = 0
@@ -225,7 +227,12 @@ class Publisher(_Member):
                     ext.append((audio_level, b"\x9e"))  # voice, -30 dBov
                 link.send_rtp(
                     rtp.packet(
-                        sdp.OPUS_PT, a_seq, a_n * 960, offer.audio_ssrc, payload, extensions=ext
+                        sdp.OPUS_PT,
+                        a_seq,
+                        a_ts0 + a_n * 960,
+                        offer.audio_ssrc,
+                        payload,
+                        extensions=ext,
                     )
                 )
                 a_seq, a_n, a_sent, a_octets = (
@@ -248,7 +255,7 @@ class Publisher(_Member):
                         rtp.packet(
                             sdp.VP8_PT,
                             v_seq,
-                            v_n * 3000,
+                            v_ts0 + v_n * 3000,
                             offer.video_ssrc,
                             p,
                             marker=last,
@@ -260,11 +267,11 @@ class Publisher(_Member):
             if now >= next_report:
                 wall = time.time()
                 report = rtp.sender_report(
-                    offer.audio_ssrc, _ntp(wall), a_n * 960, a_sent, a_octets
+                    offer.audio_ssrc, _ntp(wall), a_ts0 + a_n * 960, a_sent, a_octets
                 )
                 if not self.audio_only:
                     report += rtp.sender_report(
-                        offer.video_ssrc, _ntp(wall), v_n * 3000, v_sent, v_octets
+                        offer.video_ssrc, _ntp(wall), v_ts0 + v_n * 3000, v_sent, v_octets
                     )
                 link.send_rtcp(report)
                 next_report += REPORT_EVERY

@@ -10,7 +10,7 @@ from typing import Any
 from wadud_client.load.run import Interval, Result
 from wadud_client.load.stats import histogram, merged_percentiles, percentiles
 
-__all__ = ["merge", "progress_line", "summary", "table", "to_json"]
+__all__ = ["merge", "progress_line", "summary", "table", "table_of", "to_json"]
 
 
 def summary(result: Result) -> dict[str, Any]:
@@ -115,14 +115,17 @@ def _cell(p: dict[str, float] | None, key: str) -> str:
 
 def table(result: Result) -> str:
     """The final table, in the style of ``lk load-test``."""
-    s = summary(result)
     shape = result.shape
-    lines = [
+    return table_of(
+        summary(result),
         f"{result.url}: {len(result.rooms)} room(s) x {shape.publishers} publisher(s) x"
         f" {shape.subscribers} subscriber(s), {result.held:.0f} s held ({result.ended})",
-        "",
-        f"{'':<22}{'p50':>10}{'p95':>10}{'p99':>10}",
-    ]
+    )
+
+
+def table_of(s: dict[str, Any], header: str) -> str:
+    """The table of a summary (one run's, or several merged) under ``header``."""
+    lines = [header, "", f"{'':<22}{'p50':>10}{'p95':>10}{'p99':>10}"]
     for name, key in (
         ("join (ms)", "join_ms"),
         ("latency (ms)", "latency_ms"),
