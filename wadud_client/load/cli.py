@@ -237,10 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(go())
-    except asyncio.CancelledError:
-        result.ended = "interrupted"
-        code = 130
-    except KeyboardInterrupt:
+    except (asyncio.CancelledError, KeyboardInterrupt):
         result.ended = "interrupted"
         code = 130
     except LoadError as exc:
@@ -329,18 +326,7 @@ def _processes(args: argparse.Namespace, argv: list[str]) -> int:
     n = args.processes
     # What each child is given: this command line without what the parent
     # does itself (the JSON, the plot, the count of processes).
-    own = {"--processes", "--json", "--plot", "--seed"}
-    keep: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in own:
-            skip = "=" not in arg
-            continue
-        keep.append(arg)
+    keep = _without(argv, "--processes", "--json", "--plot", "--seed")
     with tempfile.TemporaryDirectory(prefix="wadud-load-") as work:
         outs = [Path(work) / f"shard-{i}.json" for i in range(1, n + 1)]
         children = []
@@ -385,15 +371,18 @@ def _processes(args: argparse.Namespace, argv: list[str]) -> int:
     return worst
 
 
-def _without(argv: list[str], option: str) -> list[str]:
+def _without(argv: list[str], *options: str) -> list[str]:
+    """``argv`` less each of ``options`` (all of them take a value), given
+    as ``--name value`` or ``--name=value``."""
     out: list[str] = []
     skip = False
     for arg in argv:
+        name, eq, _ = arg.partition("=")
         if skip:
             skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
+        elif name in options:
+            skip = not eq
+        else:
             out.append(arg)
     return out
 

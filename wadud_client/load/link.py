@@ -377,21 +377,14 @@ class Link(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
         if self._ssl is not None and self._tx is not None:
+            # close_notify, sent while the link still sends.
             with contextlib.suppress(SSL.Error):
                 self._ssl.shutdown()
-                self._flush_raw()
+            self._flush()
+        self.closed = True
         if self._transport is not None:
             self._transport.close()
-
-    def _flush_raw(self) -> None:
-        # As _flush, during close (closed is already set: send directly).
-        assert self._ssl is not None
-        with contextlib.suppress(SSL.Error):
-            data = self._ssl.bio_read(1500)
-            if data and self._transport is not None:
-                self._transport.sendto(data, self._addr)
