@@ -612,6 +612,17 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         int flag = slot_true(&sub_cache, sub, S_PAUSED);
         if (flag < 0) goto fail;
         if (flag) continue;
+        /* A subscriber whose transport is not keyed yet (or is gone) gets no
+         * copy, and its subscription stands still: no sequence number spent,
+         * no keyframe taken, nothing counted (fan_out's ``sendable``). */
+        peer = slot_get(&sub_cache, sub, S_KEY);
+        if (peer == NULL) goto fail;
+        protect = slot_get(&peer_cache, peer, P_PROTECT);
+        Py_CLEAR(peer);
+        if (protect == NULL) goto fail;
+        flag = protect == Py_None;
+        Py_CLEAR(protect);
+        if (flag) continue;
         flag = slot_true(&sub_cache, sub, S_WAITING);
         if (flag < 0) goto fail;
         vp = slot_get(&sub_cache, sub, S_VP8);

@@ -20,7 +20,7 @@ With the native leaf (``sfu/forward/_fanout.c``, :mod:`sfu.forward.native`)
 from __future__ import annotations
 
 import struct
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from sfu.forward.simulcast import vp8_picture
@@ -106,9 +106,12 @@ def fan_out(
     ext_end: int,
     stats: ForwarderStats,
     out: Routed,
+    sendable: Callable[[Hashable], bool] | None = None,
 ) -> None:
     """One rewritten copy of ``packet`` per subscription of ``subs``, appended to ``out``
-    (the counts go to ``stats``)."""
+    (the counts go to ``stats``). A subscriber ``sendable`` says no to (its
+    transport not keyed yet) gets none, and its subscription stands still:
+    no sequence number spent, no keyframe taken, nothing counted as sent."""
     _, b1, seq, ts, _ = _FIXED.unpack_from(packet)
     pt = b1 & 0x7F
     buf = bytearray(packet)
@@ -126,7 +129,7 @@ def fan_out(
     cut: bytearray | None = None
     cut_applied: bytes | None = None
     for sub in subs:
-        if sub.paused:
+        if sub.paused or (sendable is not None and not sendable(sub.key)):
             continue
         if sub.waiting_keyframe:
             if not keyframe:

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping, MutableSequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableSequence
 from typing import Literal
 
 from rtc import red
@@ -114,6 +114,7 @@ class Forwarder:
         nack_retries: int = 5,
         red_depth: int = 2,
         red_leaf: NativeRed | None = None,
+        sendable: Callable[[Key], bool] | None = None,
     ) -> None:
         self.history_size = history_size
         self.history_age = history_age
@@ -126,6 +127,9 @@ class Forwarder:
         self._ext_tables: dict[bytes, bytes] = {}
         self._groups: dict[int, SimulcastGroup] = {}
         self.red_leaf: NativeRed | None = red_leaf
+        self.sendable = sendable
+        """Whether a subscriber can be sent to now (None: always). One that
+        cannot gets no copy, and its subscriptions stand still until it can."""
         """RED's per-packet steps in native code, if the adapter has them."""
         self.switch_times: deque[float] = deque(maxlen=4096)
         """Seconds from each layer switch's decision to the new layer's first packet."""
@@ -589,6 +593,7 @@ class Forwarder:
         fan_out(
             subs, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
             n, payload_octets, primary, start, end, ext_start, ext_end, stats, out,
+            self.sendable,
         )  # fmt: skip
         return None
 
@@ -602,6 +607,7 @@ class Forwarder:
         fan_out(
             rest, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
             n, payload_octets, primary, start, end, ext_start, ext_end, stats, out,
+            self.sendable,
         )  # fmt: skip
 
     def _unwrap_rtx(self, track: SourceStream, packet: bytes) -> bytes | None:

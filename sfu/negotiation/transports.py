@@ -62,6 +62,7 @@ from sfu.rooms.records import (
     Track,
     WorkerTables,
     bind_srtp,
+    keyed,
 )
 from sfu.rooms.settings import WorkerSettings
 from sfu.transport.offer_answer import LocalParameters
@@ -181,6 +182,7 @@ class Transports(Core):
             forwarder = Forwarder(
                 feedback_ssrc=self.settings.feedback_ssrc,
                 red_leaf=native.RED,
+                sendable=keyed,
                 **self.settings.forwarder_options,
             )
             room = self.tables.rooms[name] = MediaRoom(name, forwarder, SpeakerDetector())

@@ -18,7 +18,7 @@ forwarder's and the report scheduler's tables key on.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from typing import Literal
 
@@ -47,6 +47,7 @@ __all__ = [
     "Track",
     "WorkerTables",
     "bind_srtp",
+    "keyed",
 ]
 
 Leg = Literal["publish", "subscribe"]
@@ -226,6 +227,12 @@ def bind_srtp(record: Peer | Link, srtp: SrtpSession | None) -> None:
         record.protect_rtcp = srtp.outbound.protect_rtcp
         record.unprotect = srtp.inbound.unprotect
         record.unprotect_rtcp = srtp.inbound.unprotect_rtcp
+
+
+def keyed(record: Hashable) -> bool:
+    """Whether a forwarder's subscriber (a peer, or a relay link's leg) can be
+    sent to now: its transport is keyed (the forwarder's ``sendable``)."""
+    return isinstance(record, Peer) and record.protect is not None
 
 
 class RelayRoom:

@@ -312,10 +312,12 @@ def with_extensions(seq: int, ts: int, size: int) -> bytes:
 
 
 def forwarder_with_three(records: list[Record], now: float) -> Any:
-    """A VP9 track (no keyframe wait) to three subscribers negotiated differently."""
+    """A VP9 track (no keyframe wait) to three subscribers negotiated
+    differently; a record whose ``protect`` is None is not sent to, as the
+    worker's forwarders do with peers not keyed yet."""
     from sfu.forward.forwarder import Forwarder
 
-    f = Forwarder()
+    f = Forwarder(sendable=lambda r: isinstance(r, Record) and r.protect is not None)
     f.add_track("pub", 1111, kind="video", codec="vp9", clock_rate=90000, extensions=PUB_EXTS)
     # Other ids and payload type, transport-cc with the estimator's rings.
     f.subscribe(
@@ -337,7 +339,9 @@ def forwarder_with_three(records: list[Record], now: float) -> Any:
             st.integers(-4, 6),  # sequence step (reordering, duplicates, gaps)
             st.integers(0, 6000),  # timestamp step
             st.integers(60, 1300),  # size
-            st.sampled_from([None, "pause", "resume"]),  # what happens to the third first
+            # What happens to the third first: paused by the layers, or
+            # its transport unkeyed (as before DTLS ends) and keyed again.
+            st.sampled_from([None, "pause", "resume", "unkey", "rekey"]),
         ),
         min_size=1,
         max_size=40,
@@ -349,6 +353,7 @@ def test_native_forward_sends_what_the_python_loop_would(
 ) -> None:
     with native_leaf() as (fan, receivers):
         ours, theirs = twin_records(receivers)
+        protects = ours[2].protect, theirs[2].protect
         now = 100.0
         fast = forwarder_with_three(ours, now)
         slow = forwarder_with_three(theirs, now)
@@ -357,9 +362,12 @@ def test_native_forward_sends_what_the_python_loop_would(
         seq, ts = 65530, 4_294_960_000  # both wrap on the way
         for step, (dseq, dts, size, event) in enumerate(steps):
             now += 0.01
-            if event is not None:
+            if event in ("pause", "resume"):
                 fast.set_paused(ours[2], 1111, event == "pause", now)
                 slow.set_paused(theirs[2], 1111, event == "pause", now)
+            elif event is not None:
+                ours[2].protect = None if event == "unkey" else protects[0]
+                theirs[2].protect = None if event == "unkey" else protects[1]
             seq, ts = (seq + dseq) & 0xFFFF, (ts + dts) & 0xFFFFFFFF
             packet = with_extensions(seq, ts, size)
             out: list[tuple[Any, bytes]] = []
