@@ -34,6 +34,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 WADUD = str(Path(sys.executable).parent / "wadud")
 HOST = "127.0.0.1"
@@ -48,18 +50,14 @@ def rooms_key(wid: str) -> str:
     return f"wadud:media:worker:{wid}:rooms"
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 _UDP_HANDED_OUT: set[int] = set()
 
 
-def free_udp_ports(count: int, start: int = 40000, end: int = 60000) -> int:
+def free_udp_ports(count: int, start: int = 27000, end: int = 32000) -> int:
     """The first of ``count`` consecutive UDP ports that are free now and
-    were not handed out before by this process (nodes bind theirs later)."""
+    were not handed out before by this process (nodes bind theirs later),
+    below the kernel's ephemeral ports for the reason
+    :func:`tests.conftest.free_port` gives."""
     base = start + (os.getpid() * 37) % (end - start - 1000)
     for first in range(base, end - count, count):
         wanted = range(first, first + count)
@@ -300,7 +298,7 @@ class Cluster:
         place: str | None = None,
         env: dict[str, str] | None = None,
     ) -> ApiReplica:
-        port = port or free_tcp_port()
+        port = port or free_port()
         region = self.region if region is None else region
         argv = [WADUD, "api", "--host", host, "--port", str(port), "--region", region]
         proc = self._proc(f"api-{name}", argv, place, WADUD_MEDIA_HOST=host, **(env or {}))
@@ -319,7 +317,7 @@ class Cluster:
         env: dict[str, str] | None = None,
     ) -> MediaNode:
         """A media node; ``host`` is the address it binds and announces."""
-        http_port = free_tcp_port()
+        http_port = free_port()
         base = free_udp_ports(workers)
         region = self.region if region is None else region
         argv = [
@@ -571,7 +569,7 @@ class LoadBalancer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def add_front(self, name: str, prefer: int, port: int | None = None) -> Front:
-        front = Front(name, port or free_tcp_port(), prefer)
+        front = Front(name, port or free_port(), prefer)
         front.server = await asyncio.start_server(
             lambda r, w: self._accept(front, r, w), HOST, front.port
         )

@@ -260,16 +260,48 @@ def worker_slot() -> int:
     return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
+def _below_ephemeral(first: int, last: int) -> range:
+    """[first, last] cut below the kernel's ephemeral ports. A port a test
+    draws for a process it starts is bound only when that process gets
+    there; an ephemeral port could go meanwhile to any outgoing connection
+    or port-0 socket on the machine, so draws stay out of that range."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(first, min(last + 1, low))
+
+
+# TCP ports 24000-26999 are kept by tests that take a range of their own
+# (free_port_in, worker_slot); UDP 27000-31999 by tests.cluster.free_udp_ports.
+_DRAW_TCP = _below_ephemeral(10_000, 23_999)
+_DRAW_UDP = _below_ephemeral(10_000, 19_999)
+_HANDED_OUT: set[tuple[int, int]] = set()
+
+
+def _draw(kind: int, ports: range) -> int:
+    for port in random.sample(ports, len(ports)):
+        if (kind, port) in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add((kind, port))
+        return port
+    raise RuntimeError(f"no free port in {ports}")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port free now, not handed out before by this process,
+    and outside the ephemeral range (see :func:`_below_ephemeral`)."""
+    return _draw(socket.SOCK_STREAM, _DRAW_TCP)
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback UDP port, drawn as :func:`free_port` draws."""
+    return _draw(socket.SOCK_DGRAM, _DRAW_UDP)
 
 
 def free_port_in(first: int, last: int) -> int:

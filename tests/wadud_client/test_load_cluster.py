@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import WADUD, Cluster, free_tcp_port, running
-from tests.conftest import RedisServer
+from tests.cluster import WADUD, Cluster, running
+from tests.conftest import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,7 +37,7 @@ async def world(
 ) -> AsyncIterator[Cluster]:
     cluster = Cluster(tmp_path / "cluster", database_url, redis_server.url, SECRET)
     for name in ("A", "B"):
-        cluster.add_api(name, env={"WADUD_METRICS_LISTEN": f"127.0.0.1:{free_tcp_port()}"})
+        cluster.add_api(name, env={"WADUD_METRICS_LISTEN": f"127.0.0.1:{free_port()}"})
     for node in ("n1", "n2"):
         cluster.add_media(node, workers=1)
     async with running(cluster):

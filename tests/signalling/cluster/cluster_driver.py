@@ -61,7 +61,7 @@ from tests.cluster import (
     LoadBalancer,
     MediaNode,
     Proc,
-    free_tcp_port,
+    free_port,
     kill_namespace,
     net_namespace,
 )
@@ -895,7 +895,7 @@ async def serve(database_url: str, work: Path, redis_kind: str, checkout: Path) 
         else:
             from tests.conftest import RedisServer
 
-            redis = RedisServer(free_tcp_port(), dbfile=work / "redis.db")
+            redis = RedisServer(free_port(), dbfile=work / "redis.db")
             redis.start()
             stack.callback(redis.stop)
             redis_url = redis.url
