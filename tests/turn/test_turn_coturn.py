@@ -19,8 +19,8 @@ import pytest
 
 from tests.conftest import free_udp_port
 from tests.turn.conftest import SECRET, need_binary
-from tests.udpdrops import udp_drops
 from turn.aio import TurnServer
+from wadud_client.load.drops import udp_drops
 
 
 @dataclass(frozen=True)

@@ -144,12 +144,16 @@ def test_the_servers_cost_is_over_the_hold_and_memory_over_the_baseline() -> Non
 
 
 def _run(seed: int, label: str, latencies: list[float]) -> dict[str, object]:
+    from wadud_client.load.run import generator_cost
     from wadud_client.load.stats import histogram
 
     track = {"kind": "audio", "packets": 10, "octets": 1000, "kbps": 40.0, "loss_pct": 0.0,
-             "stamped": 9, "stamps_sent": 10, "jitter_ms": 1.0, "latency_ms": None}  # fmt: skip
+             "sampled": True, "expected": 10, "received": 9, "stamped": 9, "stamps_sent": 10,
+             "nacked": 0, "repaired": 0, "plis": 0,
+             "jitter_ms": 1.0, "latency_ms": None}  # fmt: skip
+    generator = generator_cost(cpu_s=2.0, held=10.0, packets=200_000, drops=3, expected=300_000)
     return {
-        "summary": {"errors": {"timeout": 1}, "server": None},
+        "summary": {"errors": {"timeout": 1}, "server": None, "generator": generator},
         "run": {"shape": {"seed": seed}, "rooms": [label]},
         "subscribers": [{"label": label, "joined": True, "join_ms": 10.0, "tracks": [track]}],
         "reconnects": [{"label": label, "at_s": 1.0, "reason": "media-lost", "back_s": 0.1}],
@@ -171,3 +175,38 @@ def test_shards_merge_into_one_summary() -> None:
     assert merged["intervals"] == [{"at": 1.0, "joined": 2, "receiving": 2, "kbps": 80.0,
                                     "errors": 0}]  # fmt: skip
     assert sum(merged["latency_histogram"].values()) == 100
+    # The generators' own cost, summed: 4 s of CPU over 10 s, 400,000 packets.
+    gen = s["generator"]
+    assert (gen["cpu_pct"], gen["us_per_packet"], gen["processes"]) == (40.0, 10.0, 2)
+    assert (gen["socket_drops"], gen["drop_pct"]) == (6, 0.001)
+
+
+def test_a_track_counts_loss_by_its_stamps_or_its_sequence_numbers() -> None:
+    from wadud_client.load.peers import TrackStats
+
+    counted = TrackStats("video", 5, sampled=False)
+    # Across the wrap, three missing and one reordered late.
+    for i, seq in enumerate([65530, 65531, 65533, 65534, 0, 1, 65535, 4, 5, 6, 7, 8, 9]):
+        counted.arrived(seq, 3000 * i, 10.0 + i / 30, 90_000, 1000)
+    assert (counted.expected, counted.received) == (16, 13)
+    assert counted.loss_pct == pytest.approx(100 * 3 / 16)
+    assert counted.octets == 13_000 and counted.jitter >= 0
+    # A sampled track's loss is its stamps': the sequence numbers do not count.
+    sampled = TrackStats("audio", 6)
+    sampled.arrived(100, 0, 10.0, 48_000, 100)
+    sampled.stamped, sampled.first_index, sampled.last_index = 9, 1, 10
+    assert (sampled.expected, sampled.received) == (10, 9)
+    assert sampled.loss_pct == pytest.approx(10.0)
+    assert TrackStats("audio", 7, sampled=False).loss_pct == 0.0
+
+
+def test_a_nack_names_each_missing_sequence_number_once() -> None:
+    import struct
+
+    packet = rtp.nack(1, 2, [65534, 65535, 0, 3, 20, 40])
+    first, pt, length, sender, media = struct.unpack_from(">BBHII", packet)
+    assert (first, pt, sender, media) == (0x81, 205, 1, 2) and (length + 1) * 4 == len(packet)
+    fci = [struct.unpack_from(">HH", packet, 12 + 4 * i) for i in range((len(packet) - 12) // 4)]
+    named = {(pid + d) & 0xFFFF for pid, blp in fci for d in [0] + [b + 1 for b in range(16)
+             if blp >> b & 1]}  # fmt: skip
+    assert named == {65534, 65535, 0, 3, 20, 40} and len(fci) == 3

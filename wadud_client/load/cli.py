@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import uvloop
+
 from wadud_client.load import media
 from wadud_client.load.report import merge, progress_line, table, table_of, to_json
 from wadud_client.load.run import LoadError, Result, Shape, run
@@ -51,11 +53,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--video-resolution", dest="resolution", choices=sorted(media.RESOLUTIONS), default="medium"
     )
-    p.add_argument("--audio-only", action="store_true")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--audio-only", action="store_true", help="publishers send Opus only")
+    only.add_argument("--video-only", action="store_true", help="publishers send VP8 only")
     p.add_argument(
         "--ramp", type=float, default=20.0, help="subscriber joins per second (0: all at once)"
     )
     p.add_argument("--seed", type=int, help="the same seed names the same rooms and identities")
+    p.add_argument(
+        "--sampled",
+        type=int,
+        default=5,
+        help="subscribers per room that unprotect every packet to time it (latency, exact loss);"
+        " the rest count headers only, which costs the generator far less",
+    )
     p.add_argument(
         "--processes",
         type=int,
@@ -117,6 +128,8 @@ def _check(args: argparse.Namespace) -> str | None:
             return f"--{name} must be 1 to 10000"
     if args.duration <= 0 or args.ramp < 0:
         return "--duration must be positive and --ramp not negative"
+    if args.sampled < 0:
+        return "--sampled must not be negative"
     if args.shard is not None:
         shard = _shard(args.shard)
         if shard is None:
@@ -191,8 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=args.duration,
         resolution=args.resolution,
         audio_only=args.audio_only,
+        video_only=args.video_only,
         ramp=args.ramp,
         seed=args.seed,
+        sampled=args.sampled,
         shard=_shard(args.shard) or (1, 1) if args.shard else (1, 1),
     )
     if args.find_max:
@@ -236,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     try:
-        asyncio.run(go())
+        uvloop.run(go())
     except (asyncio.CancelledError, KeyboardInterrupt):
         result.ended = "interrupted"
         code = 130
@@ -297,7 +312,7 @@ def _find_max(args: argparse.Namespace, shape: Shape) -> int:
         stopped = found["stopped"]
 
     try:
-        asyncio.run(go())
+        uvloop.run(go())
     except (asyncio.CancelledError, KeyboardInterrupt):
         code = 130
     except LoadError as exc:

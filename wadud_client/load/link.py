@@ -10,9 +10,13 @@ server's own code (rtc/), so a fault of ours in either is not mirrored on
 the other side and hidden.
 
 What arrives is handed on as plain bytes: ``on_rtp(packet, arrived)`` after
-unprotecting, ``on_rtcp(packet)`` likewise. Consent (RFC 7675) is refreshed
-every :data:`CONSENT_EVERY` seconds once connected; a link that hears no
-answer to its checks for :data:`CONSENT_LOST` seconds is lost.
+unprotecting, ``on_rtcp(packet)`` likewise. A link made with
+``unprotect_rtp=False`` hands RTP on as it came, still protected: its header
+is in the clear (RFC 3711 §3.1), which is all a subscriber that only counts
+reads, and the authentication it skips is the larger part of a packet's
+cost. Consent (RFC 7675) is refreshed every :data:`CONSENT_EVERY` seconds
+once connected; a link that hears no answer to its checks for
+:data:`CONSENT_LOST` seconds is lost.
 """
 
 from __future__ import annotations
@@ -111,8 +115,10 @@ class Link(asyncio.DatagramProtocol):
         on_rtp: Callable[[bytes, float], None],
         on_rtcp: Callable[[bytes], None],
         on_lost: Callable[[str], None] = lambda why: None,
+        unprotect_rtp: bool = True,
     ) -> None:
         self.remote = remote
+        self.unprotect_rtp = unprotect_rtp
         self.ufrag, self.pwd = ufrag, pwd
         self._cert = certificate
         self._on_rtp, self._on_rtcp, self._on_lost = on_rtp, on_rtcp, on_lost
@@ -132,6 +138,11 @@ class Link(asyncio.DatagramProtocol):
         #: malformed STUN message), counted and dropped.
         self.bad = 0
         self.sent = 0
+        #: The authentication tag's length on protected RTP (what a packet
+        #: handed on still protected carries past its payload).
+        self.tag_len = 0
+        #: The socket's inode, for the kernel's drop count (wadud_client.load.drops).
+        self.inode = 0
 
     # -- asyncio ----------------------------------------------------------------------
 
@@ -152,8 +163,10 @@ class Link(asyncio.DatagramProtocol):
             try:
                 if rtcp:
                     self._on_rtcp(self._rx.unprotect_rtcp(data))
-                else:
+                elif self.unprotect_rtp:
                     self._on_rtp(self._rx.unprotect(data), arrived)
+                else:
+                    self._on_rtp(data, arrived)
             except pylibsrtp.Error:
                 self.bad += 1
         else:
@@ -171,6 +184,7 @@ class Link(asyncio.DatagramProtocol):
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        self.inode = os.fstat(sock.fileno()).st_ino
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
         try:
             async with asyncio.timeout(within):
@@ -317,6 +331,7 @@ class Link(asyncio.DatagramProtocol):
         if profile is None:
             raise LinkFailed(f"no SRTP profile agreed ({chosen!r})")
         _, srtp_profile, key_len, salt_len = profile
+        self.tag_len = 16 if srtp_profile == pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM else 10
         material = self._ssl.export_keying_material(
             b"EXTRACTOR-dtls_srtp", 2 * (key_len + salt_len)
         )

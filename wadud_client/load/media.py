@@ -137,13 +137,21 @@ def _audio() -> list[bytes]:
 
 
 #: Bumped whenever what :func:`clip` encodes changes, so no old cache is read.
-_CLIP_VERSION = 1
+_CLIP_VERSION = 2
 _ENTRY = struct.Struct(">BI")
 
 
 def _cache_path(resolution: str) -> Path:
+    """The cached clip's file, named by everything its encoding depends on:
+    a clip of other settings (an older release's, 694 kbit/s for a 500
+    kbit/s medium) is never read back as this one."""
+    width, height, bitrate = RESOLUTIONS[resolution]
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "wadud" / f"load-clip-v{_CLIP_VERSION}-{resolution}.bin"
+    name = (
+        f"load-clip-v{_CLIP_VERSION}-{width}x{height}-{bitrate // 1000}k"
+        f"-{FPS}fps-g{KEYFRAME_EVERY}-{CLIP_SECONDS}s.bin"
+    )
+    return base / "wadud" / name
 
 
 def _pack(items: list[tuple[bytes, bool]]) -> bytes:

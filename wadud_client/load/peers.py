@@ -5,11 +5,14 @@ by the deployment's API key, and holds one :class:`~wadud_client.load.link.Link`
 per peer connection.
 
 A subscriber never decodes. It reads each packet's RTP header (SSRC,
-sequence, timestamp, marker) and the stamp the tool's own publishers put in
-the payload (wadud_client/load/media.py), and keeps per track: packets and
-bytes, the first packet's arrival (join time), one-way latency samples,
-RFC 3550 interarrival jitter, and exact loss over the stamped packets. It
-sends receiver reports every second, as browsers do.
+sequence, timestamp) and keeps per track: packets and bytes, the first
+packet's arrival (join time), RFC 3550 interarrival jitter, and loss from the
+sequence numbers. A *sampled* subscriber also unprotects every packet and
+reads the stamp the tool's own publishers put in the payload
+(wadud_client/load/media.py): one-way latency, and exact loss over the
+stamped packets. The others read the header in the clear and skip SRTP's
+authentication, so one generator core holds many more of them. Each sends
+receiver reports every second, as browsers do.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +36,13 @@ __all__ = ["Publisher", "Subscriber", "TrackStats"]
 
 #: Seconds between a subscriber's receiver reports, and a publisher's SRs.
 REPORT_EVERY = 1.0
+_FIXED = struct.Struct(">BBHII")
+#: Seconds early a publisher sends what is due (the event loop's timer resolution).
+_TIMER_SLACK = 0.002
+#: The most sequence numbers of one gap a subscriber asks again.
+NACK_MOST = 64
+#: Seconds a NACK's retransmissions have before a subscriber asks for a keyframe.
+PLI_AFTER = 0.25
 _NTP_EPOCH = 2_208_988_800
 
 
@@ -136,11 +147,12 @@ class Publisher(_Member):
         certificate: Certificate,
         clip: media.Clip,
         *,
-        audio_only: bool = False,
+        audio: bool = True,
+        video: bool = True,
     ) -> None:
         super().__init__(ws_url, token, http, label, certificate)
         self.clip = clip
-        self.audio_only = audio_only
+        self.audio, self.video = audio, video
         self.link: Link | None = None
         #: Stamps sent, per kind: a subscriber's loss is over one track's.
         self.stamps = {"audio": 0, "video": 0}
@@ -150,8 +162,9 @@ class Publisher(_Member):
         self._task: asyncio.Task[None] | None = None
 
     async def publish(self) -> None:
-        offer = sdp.publish_offer(self.certificate.fingerprint, video=not self.audio_only)
-        sources = {"0": "microphone"} if self.audio_only else {"0": "microphone", "1": "camera"}
+        offer = sdp.publish_offer(self.certificate.fingerprint, audio=self.audio, video=self.video)
+        sources = {"0": "microphone", "1": "camera"}
+        sources = {mid: what for mid, what in sources.items() if (self.audio, self.video)[int(mid)]}
         answer = await self.socket.request("publish", {"sdp": offer.sdp, "sources": sources})
         desc = sdp.read(str(answer["sdp"]))
         ids = {s.mid: s.extensions for s in desc.sections}
@@ -215,10 +228,13 @@ class Publisher(_Member):
         next_report = start + REPORT_EVERY
         audio_level = a_ext.get(sdp.AUDIO_LEVEL_URI)
         while not link.closed:
-            now = loop.time()
+            # What falls due within the loop's timer resolution goes now: a
+            # wake a millisecond early (uvloop's timers round to one) would
+            # otherwise sleep again for nothing, a thousand times a second.
+            now = loop.time() + _TIMER_SLACK
             due_audio = start + a_n * 0.02
             due_video = start + v_n / media.FPS
-            if now >= due_audio:
+            if self.audio and now >= due_audio:
                 payload = media.opus_stamped(
                     self.clip.audio[a_n % len(self.clip.audio)], self._stamp("audio")
                 )
@@ -241,7 +257,7 @@ class Publisher(_Member):
                     a_sent + 1,
                     a_octets + len(payload),
                 )
-            if not self.audio_only and now >= due_video:
+            if self.video and now >= due_video:
                 if self._keyframe_due:
                     self._keyframe_due = False
                     frame_no = self.clip.next_keyframe(frame_no)
@@ -266,17 +282,22 @@ class Publisher(_Member):
                 v_n, frame_no = v_n + 1, frame_no + 1
             if now >= next_report:
                 wall = time.time()
-                report = rtp.sender_report(
-                    offer.audio_ssrc, _ntp(wall), a_ts0 + a_n * 960, a_sent, a_octets
-                )
-                if not self.audio_only:
+                report = b""
+                if self.audio:
+                    report += rtp.sender_report(
+                        offer.audio_ssrc, _ntp(wall), a_ts0 + a_n * 960, a_sent, a_octets
+                    )
+                if self.video:
                     report += rtp.sender_report(
                         offer.video_ssrc, _ntp(wall), v_ts0 + v_n * 3000, v_sent, v_octets
                     )
                 link.send_rtcp(report)
                 next_report += REPORT_EVERY
             self.sent_packets = a_sent + v_sent
-            wake = min(start + a_n * 0.02, start + v_n / media.FPS if not self.audio_only else 1e18)
+            wake = min(
+                start + a_n * 0.02 if self.audio else 1e18,
+                start + v_n / media.FPS if self.video else 1e18,
+            )
             await asyncio.sleep(max(0.0, wake - loop.time()))
 
     async def close(self) -> None:
@@ -294,6 +315,8 @@ class TrackStats:
 
     kind: str
     ssrc: int
+    #: Whether the stamps were read (latency, exact loss); else the header only.
+    sampled: bool = True
     packets: int = 0
     octets: int = 0
     first_at: float = 0.0
@@ -305,12 +328,65 @@ class TrackStats:
     jitter: float = 0.0  # RTP timestamp units, RFC 3550 §6.4.1
     _transit: float | None = None
     highest_seq: int = -1
+    first_seq: int = 0
     cycles: int = 0
+    #: Sequence numbers asked again (NACK), retransmissions received (RTX),
+    #: and keyframes asked for (PLI): what a browser's receiver does.
+    nacked: int = 0
+    repaired: int = 0
+    plis: int = 0
+    #: (expected, received) by sequence number at the last receiver report.
+    reported: tuple[int, int] = (0, 0)
+    #: After a NACK: the repairs that would make it whole, and when to ask
+    #: for a keyframe if they have not come (-1: none pending).
+    pli_want: int = -1
+    pli_due: float = 0.0
+    last_pli: float = -1e9
+
+    def arrived(self, seq: int, timestamp: int, at: float, rate: int, size: int) -> int:
+        """One packet's header: counts, the extended highest sequence number
+        (RFC 3550 A.1, without probation) and interarrival jitter (§6.4.1).
+        Returns how many sequence numbers it skipped (a gap: 0 for none)."""
+        self.packets += 1
+        self.octets += size
+        self.last_at = at
+        gap = 0
+        if self.highest_seq < 0:
+            self.highest_seq = self.first_seq = seq
+        elif (step := (seq - self.highest_seq) & 0xFFFF) < 0x8000:
+            gap = step - 1 if step > 1 else 0
+            if seq < self.highest_seq:
+                self.cycles += 1 << 16
+            self.highest_seq = seq
+        transit = at * rate - timestamp
+        if self._transit is not None:
+            d = abs(transit - self._transit)
+            if d < rate:  # a wrap or a layer switch is not jitter
+                self.jitter += (d - self.jitter) / 16
+        self._transit = transit
+        return gap
+
+    @property
+    def sequence_expected(self) -> int:
+        """Packets the sequence numbers span (RFC 3550 A.3), sampled or not."""
+        return self.cycles + self.highest_seq - self.first_seq + 1 if self.packets else 0
+
+    @property
+    def expected(self) -> int:
+        """Packets that should have arrived: the stamps' span when sampled,
+        else the sequence numbers'."""
+        if self.sampled:
+            return self.last_index - self.first_index + 1 if self.stamped else 0
+        return self.sequence_expected
+
+    @property
+    def received(self) -> int:
+        return self.stamped if self.sampled else self.packets
 
     @property
     def loss_pct(self) -> float:
-        span = self.last_index - self.first_index + 1
-        return 0.0 if self.stamped == 0 or span <= 0 else max(0.0, 100 * (1 - self.stamped / span))
+        expected = self.expected
+        return 0.0 if expected <= 0 else max(0.0, 100 * (1 - self.received / expected))
 
 
 class Subscriber(_Member):
@@ -324,16 +400,20 @@ class Subscriber(_Member):
         label: str,
         certificate: Certificate,
         *,
-        sample_latency: bool = True,
+        sampled: bool = True,
     ) -> None:
         super().__init__(ws_url, token, http, label, certificate)
-        self.sample_latency = sample_latency
+        self.sampled = sampled
         self.link: Link | None = None
         self.tracks: dict[int, TrackStats] = {}
         self.first_media_at = 0.0
         self._ice: tuple[str, str] | None = None
         self._kinds: dict[int, str] = {}
         self._clock: dict[int, int] = {}
+        self._rtx: dict[int, int] = {}
+        #: The last sender report of each SSRC: its NTP time's middle 32 bits
+        #: and when it came (LSR and DLSR, RFC 3550 §6.4.1).
+        self._sr: dict[int, tuple[int, float]] = {}
         self._ssrc = int.from_bytes(os.urandom(4), "big") | 1
         self._report: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -361,6 +441,7 @@ class Subscriber(_Member):
     async def _answer_now(self, offer_sdp: str) -> None:
         desc = sdp.read(offer_sdp)
         for section in desc.sections:
+            self._rtx.update(section.rtx_of)
             rate = 48_000 if section.kind == "audio" else 90_000
             for ssrc in section.ssrcs:
                 if ssrc in section.rtx_ssrcs:
@@ -376,9 +457,10 @@ class Subscriber(_Member):
                 desc.remote,
                 ufrag=answer.ufrag,
                 pwd=answer.pwd,
-                on_rtp=self._rtp,
-                on_rtcp=lambda data: None,
+                on_rtp=self._rtp if self.sampled else self._count,
+                on_rtcp=self._rtcp,
                 on_lost=lambda why: self._media_lost(f"link lost: {why}", ask=True),
+                unprotect_rtp=self.sampled,
             )
             self._connecting = asyncio.create_task(self._connect(), name=f"link {self.label}")
 
@@ -409,56 +491,107 @@ class Subscriber(_Member):
             except (RequestFailed, ConnectionClosed, TimeoutError) as exc:
                 self.errors.append(f"media:reconnect: {exc}")
 
+    def _track(self, ssrc: int, arrived: float) -> TrackStats | None:
+        """The track of ``ssrc``, made at its first packet; None for an SSRC
+        the offer did not name as a track (RTX, a probe)."""
+        kind = self._kinds.get(ssrc)
+        if kind is None:
+            repaired = self.tracks.get(self._rtx.get(ssrc, -1))
+            if repaired is not None:
+                repaired.repaired += 1  # a retransmission, asked or not
+            return None
+        track = self.tracks[ssrc] = TrackStats(kind, ssrc, self.sampled, first_at=arrived)
+        if not self.first_media_at:
+            self.first_media_at = arrived
+        return track
+
     def _rtp(self, data: bytes, arrived: float) -> None:
+        """A sampled subscriber's packet, unprotected: the header and the stamp."""
         if self._awaiting:
             self._awaiting = False
             self._media_back(arrived)
         head = rtp.read_header(data)
         if head is None:
             return
-        kind = self._kinds.get(head.ssrc)
-        if kind is None:
-            return  # RTX or a probe of an SSRC the offer did not name
-        track = self.tracks.get(head.ssrc)
+        track = self.tracks.get(head.ssrc) or self._track(head.ssrc, arrived)
         if track is None:
-            track = self.tracks[head.ssrc] = TrackStats(kind, head.ssrc, first_at=arrived)
-            if not self.first_media_at:
-                self.first_media_at = arrived
-        track.packets += 1
-        track.octets += len(data)
-        track.last_at = arrived
-        # Extended highest sequence number (RFC 3550 A.1, without probation).
-        if track.highest_seq < 0:
-            track.highest_seq = head.seq
-        elif ((head.seq - track.highest_seq) & 0xFFFF) < 0x8000:
-            if head.seq < track.highest_seq:
-                track.cycles += 1 << 16
-            track.highest_seq = head.seq
+            return
         rate = self._clock.get(head.ssrc, 90_000)
-        transit = arrived * rate - head.timestamp
-        if track._transit is not None:
-            d = abs(transit - track._transit)
-            if d < rate:  # a wrap or a layer switch is not jitter
-                track.jitter += (d - track.jitter) / 16
-        track._transit = transit
-        stamp = media.read_stamp(data[head.start : head.end], kind == "audio")
+        gap = track.arrived(head.seq, head.timestamp, arrived, rate, len(data))
+        if gap or track.pli_want >= 0:
+            self._repair(track, head.seq, gap, arrived)
+        stamp = media.read_stamp(data[head.start : head.end], track.kind == "audio")
         if stamp is not None:
             if track.stamped == 0 or stamp.index < track.first_index:
                 track.first_index = stamp.index
             track.last_index = max(track.last_index, stamp.index)
             track.stamped += 1
-            if self.sample_latency:
-                track.latencies_ms.append(arrived * 1e3 - stamp.sent_ns / 1e6)
+            track.latencies_ms.append(arrived * 1e3 - stamp.sent_ns / 1e6)
+
+    def _count(self, data: bytes, arrived: float) -> None:
+        """Any other subscriber's packet, still protected: its clear header only."""
+        if self._awaiting:
+            self._awaiting = False
+            self._media_back(arrived)
+        if len(data) < 12:
+            return
+        _, _, seq, timestamp, ssrc = _FIXED.unpack_from(data)
+        track = self.tracks.get(ssrc) or self._track(ssrc, arrived)
+        if track is None:
+            return
+        link = self.link
+        tag = link.tag_len if link is not None else 0
+        rate = self._clock.get(ssrc, 90_000)
+        gap = track.arrived(seq, timestamp, arrived, rate, len(data) - tag)
+        if gap or track.pli_want >= 0:
+            self._repair(track, seq, gap, arrived)
+
+    def _repair(self, track: TrackStats, seq: int, gap: int, at: float) -> None:
+        """As a browser's video receiver: a gap is asked again at once (NACK,
+        up to :data:`NACK_MOST` of its latest); a NACK its retransmissions
+        have not made whole within :data:`PLI_AFTER` seconds asks for a
+        keyframe (PLI), at most one a second. Audio is never asked again."""
+        link = self.link
+        if link is None or track.kind != "video":
+            return
+        if gap:
+            seqs = [(seq - i) & 0xFFFF for i in range(min(gap, NACK_MOST), 0, -1)]
+            link.send_rtcp(rtp.nack(self._ssrc, track.ssrc, seqs))
+            track.nacked += len(seqs)
+            if track.pli_want < 0:
+                track.pli_want, track.pli_due = track.repaired + len(seqs), at + PLI_AFTER
+        elif at >= track.pli_due:
+            if track.repaired < track.pli_want and at - track.last_pli >= 1.0:
+                link.send_rtcp(rtp.pli(self._ssrc, track.ssrc))
+                track.plis += 1
+                track.last_pli = at
+            track.pli_want = -1
+
+    def _rtcp(self, data: bytes) -> None:
+        for pt, _, packet in rtp.rtcp_packets(data):
+            if pt == 200 and len(packet) >= 16:  # SR: the SSRC, then NTP time
+                ssrc, ntp = struct.unpack_from(">IQ", packet, 4)
+                self._sr[ssrc] = ((ntp >> 16) & 0xFFFFFFFF, time.monotonic())
 
     async def _reports(self) -> None:
         link = self.link
         assert link is not None
         while not link.closed:
             await asyncio.sleep(REPORT_EVERY)
-            blocks = [
-                (t.ssrc, 0, 0, t.cycles + t.highest_seq, int(t.jitter), 0, 0)
-                for t in self.tracks.values()
-            ]
+            now = time.monotonic()
+            blocks = []
+            for t in self.tracks.values():
+                expected, received = t.sequence_expected, t.packets
+                (was_expected, was_received), t.reported = t.reported, (expected, received)
+                interval = expected - was_expected
+                lost_now = interval - (received - was_received)
+                fraction = min(255, lost_now * 256 // interval) if interval > 0 < lost_now else 0
+                lsr, at = self._sr.get(t.ssrc, (0, now))
+                dlsr = int((now - at) * 65536) if lsr else 0
+                blocks.append(
+                    (t.ssrc, fraction, expected - received, t.cycles + t.highest_seq,
+                     int(t.jitter), lsr, dlsr)
+                )  # fmt: skip
             if blocks:
                 link.send_rtcp(rtp.receiver_report(self._ssrc, blocks))
 

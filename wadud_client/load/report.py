@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from wadud_client.load.run import Interval, Result
+from wadud_client.load.run import Interval, Result, generator_cost
 from wadud_client.load.stats import histogram, merged_percentiles, percentiles
 
 __all__ = ["merge", "progress_line", "summary", "table", "table_of", "to_json"]
@@ -20,6 +20,7 @@ def summary(result: Result) -> dict[str, Any]:
         result.errors,
         result.server,
         result.reconnects,
+        result.generator,
     )
 
 
@@ -29,26 +30,32 @@ def _summary(
     errors: Mapping[str, int],
     server: dict[str, Any] | None,
     reconnects: list[dict[str, Any]],
+    generator: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     tracks = [t for s in subs for t in s["tracks"]]
-    stamped = sum(t["stamped"] for t in tracks)
-    sent = sum(t["stamps_sent"] for t in tracks)
+    received = sum(t["received"] for t in tracks)
+    expected = sum(t["expected"] for t in tracks)
     return {
         "subscribers": sum(1 for s in subs if s["join_ms"] is not None),
         "subscribers_asked": len(subs),
         "join_ms": percentiles([s["join_ms"] for s in subs if s["join_ms"] is not None]),
         "latency_ms": latency,
         "jitter_ms": percentiles([t["jitter_ms"] for t in tracks]),
-        "loss_pct": round(100 * (1 - stamped / sent), 3) if sent else None,
+        "loss_pct": round(max(0.0, 100 * (1 - received / expected)), 3) if expected else None,
         "kbps_per_subscriber": percentiles(
             [sum(t["kbps"] for t in s["tracks"]) for s in subs if s["tracks"]]
         ),
+        # What the subscribers asked again, got again, and asked keyframes for.
+        "nacked": sum(t["nacked"] for t in tracks),
+        "repaired": sum(t["repaired"] for t in tracks),
+        "plis": sum(t["plis"] for t in tracks),
         "reconnects": len(reconnects),
         "reconnect_back_s": percentiles(
             [r["back_s"] for r in reconnects if r["back_s"] is not None]
         ),
         "errors": dict(errors),
         "server": server,
+        "generator": generator,
     }
 
 
@@ -92,8 +99,19 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for key in ("joined", "receiving", "kbps", "errors"):
                 into[key] += interval[key]
     reconnects = [e for r in runs for e in r.get("reconnects", [])]
+    generators = [g for r in runs if (g := r["summary"].get("generator"))]
+    generator = None
+    if generators:
+        generator = generator_cost(
+            sum(g["cpu_s"] for g in generators),
+            max(g["held_s"] for g in generators),
+            sum(g["packets"] for g in generators),
+            sum(g["socket_drops"] for g in generators),
+            sum(g["expected"] for g in generators),
+        )
+        generator["processes"] = len(generators)
     return {
-        "summary": _summary(subs, latency, errors, server, reconnects),
+        "summary": _summary(subs, latency, errors, server, reconnects, generator),
         "runs": [r["run"] for r in runs],
         "subscribers": subs,
         "reconnects": reconnects,
@@ -147,10 +165,19 @@ def table_of(s: dict[str, Any], header: str) -> str:
             f"server: {server['us_per_forwarded_packet']} µs of CPU per forwarded packet,"
             f" {server['mb_per_subscriber']} MB per subscriber"
         )
+    gen = s.get("generator")
+    if gen and gen["packets"]:
+        lines.append(
+            f"generator: {gen['cpu_pct']}% of a core, {gen['us_per_packet']} µs per packet"
+            f" received, {gen['socket_drops']} dropped by its own sockets"
+            f" ({gen['drop_pct']}% of those expected)"
+        )
     lines += [
         "",
         f"subscribers receiving: {s['subscribers']} of {s['subscribers_asked']}",
         f"loss: {loss}   reconnects: {s['reconnects']}   errors: {errors}",
+        f"asked again (NACK): {s['nacked']}   retransmissions: {s['repaired']}"
+        f"   keyframes asked (PLI): {s['plis']}",
     ]
     return "\n".join(lines)
 

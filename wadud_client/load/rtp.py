@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "Header",
+    "nack",
     "packet",
     "pli",
     "read_header",
@@ -105,6 +106,26 @@ def rtcp_packets(data: bytes) -> list[tuple[int, int, bytes]]:
 def pli(sender: int, media: int) -> bytes:
     """A Picture Loss Indication (RFC 4585 §6.3.1)."""
     return struct.pack(">BBHII", 0x81, 206, 2, sender, media)
+
+
+def nack(sender: int, media: int, seqs: list[int]) -> bytes:
+    """A generic NACK (RFC 4585 §6.2.1) for ``seqs``: one PID and BLP per
+    run of up to 17 sequence numbers."""
+    fci = []
+    todo = sorted({s & 0xFFFF for s in seqs}, key=lambda s: (s - seqs[0]) & 0xFFFF)
+    while todo:
+        pid, blp = todo[0], 0
+        rest = []
+        for s in todo[1:]:
+            d = (s - pid) & 0xFFFF
+            if 1 <= d <= 16:
+                blp |= 1 << (d - 1)
+            else:
+                rest.append(s)
+        fci.append(struct.pack(">HH", pid, blp))
+        todo = rest
+    body = b"".join(fci)
+    return struct.pack(">BBHII", 0x81, 205, 2 + len(body) // 4, sender, media) + body
 
 
 def sender_report(ssrc: int, ntp: int, rtp_ts: int, packets: int, octets: int) -> bytes:

@@ -25,11 +25,12 @@ import aiohttp
 from wadud_client.errors import ConnectionClosed, RequestFailed
 from wadud_client.load import media
 from wadud_client.load.cost import MetricsUnreadable, Scrape, cost, scrape
+from wadud_client.load.drops import udp_drops
 from wadud_client.load.link import Certificate, LinkFailed
 from wadud_client.load.peers import Publisher, Subscriber
 from wadud_client.load.stats import percentiles
 
-__all__ = ["AuthRefused", "LoadError", "Result", "Shape", "Unreachable", "run"]
+__all__ = ["AuthRefused", "LoadError", "Result", "Shape", "Unreachable", "generator_cost", "run"]
 
 
 class LoadError(Exception):
@@ -54,12 +55,16 @@ class Shape:
     duration: float = 30.0
     resolution: str = "medium"
     audio_only: bool = False
+    video_only: bool = False
     #: Joins per second.
     ramp: float = 20.0
     seed: int | None = None
     #: This generator's share of the rooms, (i, n): rooms i-1, i-1+n, ...
     #: of the shape (``--shard i/n``; every shard runs with one seed).
     shard: tuple[int, int] = (1, 1)
+    #: Subscribers per room that unprotect every packet for its stamp
+    #: (latency, exact loss); the rest read headers only (``--sampled``).
+    sampled: int = 5
 
 
 @dataclass
@@ -92,6 +97,28 @@ class Result:
     #: Seconds the measured window lasted; shorter than asked when cut short.
     held: float = 0.0
     ended: str = "completed"
+    #: The generator's own cost over the hold and what its sockets dropped
+    #: (:func:`generator_cost`): the loss it caused, told from the server's.
+    generator: dict[str, Any] | None = None
+
+
+def generator_cost(
+    cpu_s: float, held: float, packets: int, drops: int, expected: int
+) -> dict[str, Any]:
+    """This process's CPU over the hold (every thread), the packets its
+    subscribers received in it, and the datagrams the kernel dropped on their
+    sockets (a receive buffer full: the generator read too late) against
+    all the packets they should have had."""
+    return {
+        "cpu_s": round(cpu_s, 3),
+        "held_s": round(held, 2),
+        "cpu_pct": round(100 * cpu_s / held, 1) if held > 0 else None,
+        "packets": packets,
+        "us_per_packet": round(1e6 * cpu_s / packets, 2) if packets else None,
+        "socket_drops": drops,
+        "expected": expected,
+        "drop_pct": round(100 * drops / expected, 4) if expected else None,
+    }
 
 
 def _ws_url(url: str) -> str:
@@ -159,7 +186,10 @@ async def run(
     subscribers: list[Subscriber] = []
     joins: dict[str, float] = {}
     timeout = aiohttp.ClientTimeout(total=30, connect=10)
-    connector = aiohttp.TCPConnector(limit=64)
+    # Unbounded: each participant's WebSocket holds a connection of this
+    # pool for the whole run, and a bound would leave the next token's
+    # request waiting for one (200 participants timed out at 64).
+    connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         try:
             # The clip is encoded while the first token is minted: a wrong key
@@ -184,7 +214,14 @@ async def run(
                 label = f"{room}/pub-{p}"
                 publishers.append(
                     Publisher(
-                        ws, token, http, label, certificate, clip, audio_only=shape.audio_only
+                        ws,
+                        token,
+                        http,
+                        label,
+                        certificate,
+                        clip,
+                        audio=not shape.video_only,
+                        video=not shape.audio_only,
                     )
                 )
             for pub in publishers:
@@ -221,18 +258,28 @@ async def run(
                     token = await _mint(
                         http, url, auth, {"room": room, "identity": f"sub-{s}", "publish": False}
                     )
-                    sub = Subscriber(ws, token, http, f"{room}/sub-{s}", certificate)
+                    sub = Subscriber(
+                        ws, token, http, f"{room}/sub-{s}", certificate, sampled=s < shape.sampled
+                    )
                     subscribers.append(sub)
                     starts.append(asyncio.create_task(start(sub)))
                     if pace:
                         await asyncio.sleep(pace)
             await asyncio.gather(*starts)
             start_cost = await read_cost()
-            began = time.monotonic()
+            began, cpu, got = time.monotonic(), time.process_time(), _received(subscribers)
             try:
                 await asyncio.sleep(shape.duration)
             finally:
                 result.held = time.monotonic() - began
+                inodes = {s.link.inode for s in subscribers if s.link is not None}
+                result.generator = generator_cost(
+                    time.process_time() - cpu,
+                    result.held,
+                    _received(subscribers) - got,
+                    sum(udp_drops(inodes).values()),
+                    sum(t.expected for s in subscribers for t in s.tracks.values()),
+                )
                 sampling.cancel()
                 await asyncio.wait({sampling})
             if metrics:
@@ -260,6 +307,10 @@ async def run(
             closing = [*subscribers, *publishers]
             await asyncio.gather(*(_quietly(m.close()) for m in closing))
     return result
+
+
+def _received(subscribers: list[Subscriber]) -> int:
+    return sum(t.packets for s in subscribers for t in s.tracks.values())
 
 
 async def _sample(
@@ -303,7 +354,13 @@ def _record(sub: Subscriber, asked: float) -> dict[str, Any]:
                 "packets": t.packets,
                 "octets": t.octets,
                 "kbps": round(t.octets * 8 / 1000 / max(t.last_at - t.first_at, 1e-3), 1),
+                "sampled": t.sampled,
+                "expected": t.expected,
+                "received": t.received,
                 "loss_pct": round(t.loss_pct, 3),
+                "nacked": t.nacked,
+                "repaired": t.repaired,
+                "plis": t.plis,
                 "stamped": t.stamped,
                 "stamps_sent": t.last_index - t.first_index + 1 if t.stamped else 0,
                 "jitter_ms": round(t.jitter / (48 if t.kind == "audio" else 90), 2),

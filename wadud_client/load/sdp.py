@@ -39,6 +39,8 @@ class Section:
     ssrcs: list[int] = field(default_factory=list)
     #: The retransmission SSRCs among them (``a=ssrc-group:FID media rtx``).
     rtx_ssrcs: set[int] = field(default_factory=set)
+    #: Each retransmission SSRC's media SSRC.
+    rtx_of: dict[int, int] = field(default_factory=dict)
     #: The track id (``a=msid:<stream> <track>``), when the server names it.
     track: str = ""
     direction: str = "sendrecv"
@@ -88,7 +90,9 @@ def read(sdp: str) -> Description:
             if ssrc not in current.ssrcs:
                 current.ssrcs.append(ssrc)
         elif name == "ssrc-group" and value.startswith("FID "):
-            current.rtx_ssrcs.update(int(x) for x in value.split()[2:])
+            media, *repairs = (int(x) for x in value.split()[1:])
+            current.rtx_ssrcs.update(repairs)
+            current.rtx_of.update(dict.fromkeys(repairs, media))
         elif name == "msid":
             current.track = value.split(" ")[-1]
         elif name in ("sendrecv", "sendonly", "recvonly", "inactive"):

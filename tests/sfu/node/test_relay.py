@@ -33,7 +33,7 @@ from sfu.node.worker import MediaWorker
 from sfu.transport.relay import TRANSITIONS, LinkInput, LinkState, RelayLink
 from tests.polling import Steps, bounded, wait_until
 from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone
-from tests.udpdrops import inode_of, udp_drops
+from wadud_client.load.drops import inode_of, udp_drops
 
 ROOM = "cross-region"
 FAST: dict[str, Any] = {"keepalive": 0.2, "timeout": 1.5, "connect_timeout": 3.0, "retry": 0.5}
