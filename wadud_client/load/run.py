@@ -278,7 +278,7 @@ async def run(
                     result.held,
                     _received(subscribers) - got,
                     sum(udp_drops(inodes).values()),
-                    sum(t.expected for s in subscribers for t in s.tracks.values()),
+                    sum(t.sequence_expected for s in subscribers for t in s.tracks.values()),
                 )
                 sampling.cancel()
                 await asyncio.wait({sampling})
