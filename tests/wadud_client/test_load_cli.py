@@ -128,6 +128,30 @@ async def test_two_rooms_of_five_subscribers_on_loopback(
     assert load_key["WADUD_API_SECRET"] not in done.stdout + done.stderr + out.read_text()
 
 
+async def test_simulcast_publishers_send_every_layer_and_subscribers_get_one(
+    server: str, load_key: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "simulcast.json"
+    done = load(
+        "--url", server, "--rooms", "1", "--subscribers", "3", "--duration", "6",
+        "--simulcast", "--video-resolution", "medium", "--seed", "5", "--json", str(out),
+        "--quiet", env=load_key,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body = json.loads(out.read_text())
+    # The publisher sent both layers (180p as q, 360p as h), each its own SSRC.
+    (publisher,) = body["publishers"]
+    assert publisher["layers"].get("q", 0) > 100 and publisher["layers"].get("h", 0) > 100
+    # Each subscriber got one video track, whole, whatever layer it was on.
+    summary = body["summary"]
+    assert summary["subscribers"] == 3 and summary["loss_pct"] == 0.0, summary
+    for sub in body["subscribers"]:
+        (video,) = [t for t in sub["tracks"] if t["kind"] == "video"]
+        assert video["received"] == video["expected"] > 100, video
+    done = load("--url", server, "--simulcast", "--video-resolution", "low", env=load_key)
+    assert done.returncode == 2 and "--simulcast" in done.stderr
+
+
 async def test_bad_credentials_and_an_unreachable_url_end_with_their_exit_codes(
     server: str, load_key: dict[str, str], tmp_path: Path
 ) -> None:
@@ -279,7 +303,9 @@ async def test_find_max_steps_up_until_a_limit_is_crossed(
 async def test_two_shards_of_one_load_merge_into_one_run(
     server: str, load_key: dict[str, str], tmp_path: Path
 ) -> None:
-    """Two generators (here two processes), each its half of the rooms."""
+    """Two generators (here two processes), each its half of the rooms. The
+    second writes its JSON to standard output, as the Kubernetes Job's pods
+    do (deploy/k8s/load.yaml): nothing else is there."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
     outs = [tmp_path / f"shard-{i}.json" for i in (1, 2)]
     shards = [
@@ -299,7 +325,7 @@ async def test_two_shards_of_one_load_merge_into_one_run(
             "--shard",
             f"{i}/2",
             "--json",
-            str(out),
+            str(out) if i == 1 else "-",
             "--quiet",
             env={**clean, **load_key},
             cwd=ROOT,
@@ -309,9 +335,11 @@ async def test_two_shards_of_one_load_merge_into_one_run(
         for i, out in zip((1, 2), outs, strict=True)
     ]
     async with asyncio.timeout(120):
-        for shard in shards:
-            _, stderr = await shard.communicate()
+        for i, shard in enumerate(shards):
+            stdout, stderr = await shard.communicate()
             assert shard.returncode == 0, stderr.decode()
+            if i == 1:
+                outs[1].write_bytes(stdout)  # json.loads below reads it whole
     rooms = [json.loads(out.read_text())["run"]["rooms"] for out in outs]
     assert len(rooms[0]) == len(rooms[1]) == 1 and rooms[0] != rooms[1], rooms
     merged_path = tmp_path / "merged.json"

@@ -161,3 +161,43 @@ async def test_a_media_node_killed_mid_run_is_counted_and_the_run_goes_on(
     # The run went on: every subscriber receives media at its end.
     assert body["intervals"][-1]["receiving"] == 4, body["intervals"][-3:]
     assert body["run"]["ended"] == "completed" and summary["subscribers"] == 4
+
+
+async def test_each_regions_subscribers_join_through_its_own_replicas(
+    tmp_path: Path, database_url: str, redis_server: RedisServer
+) -> None:
+    """Two regions of one replica and one media node each: ``--region``
+    sends each room's publisher and subscribers through the regions in turn,
+    so each room's media crosses between the regions' nodes, and the run
+    says what each region's subscribers saw."""
+    cluster = Cluster(tmp_path / "cluster", database_url, redis_server.url, SECRET)
+    for region in ("pk", "ae"):
+        cluster.add_api(region, region=region)
+        cluster.add_media(f"{region}1", workers=1, region=region)
+    async with running(cluster):
+        key = _key(database_url, tmp_path / "keys")
+        out = tmp_path / "regions.json"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
+        nodes = [f"--metrics-url={node.url}/metrics" for node in cluster.media.values()]
+        pk, ae = cluster.apis["pk"].url, cluster.apis["ae"].url
+        run = await asyncio.create_subprocess_exec(
+            WADUD, "load", "--url", pk, "--region", f"pk={pk}", "--region", f"ae={ae}",
+            "--rooms", "2", "--subscribers", "4", "--duration", "5", "--seed", "17",
+            "--json", str(out), "--quiet", *nodes,
+            env={**clean, **key}, cwd=ROOT, stdout=PIPE, stderr=PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(120):
+            stdout, stderr = await run.communicate()
+    assert run.returncode == 0, stderr.decode()
+    body = json.loads(out.read_text())
+    assert [s["region"] for s in body["subscribers"]] == ["pk", "ae"] * 4
+    by_region = body["summary"]["by_region"]
+    assert set(by_region) == {"pk", "ae"}, by_region
+    for region, figures in by_region.items():
+        assert figures["subscribers"] == figures["subscribers_asked"] == 4, (region, figures)
+        assert figures["loss_pct"] == 0.0 and figures["latency_ms"]["p50"] < 50, figures
+    assert "region ae: 4 of 4 receiving" in stdout.decode()
+    # Both regions' nodes forwarded: every room had subscribers on each.
+    processes = body["summary"]["server"]["processes"]
+    for node in cluster.media.values():
+        assert processes[f"{node.url}/metrics"]["forwarded"] > 0, processes

@@ -57,6 +57,21 @@ def parser() -> argparse.ArgumentParser:
     only.add_argument("--audio-only", action="store_true", help="publishers send Opus only")
     only.add_argument("--video-only", action="store_true", help="publishers send VP8 only")
     p.add_argument(
+        "--region",
+        dest="regions",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a region's replicas (repeat per region): each room's publisher and subscribers"
+        " join through the regions in turn; tokens are still minted at --url",
+    )
+    p.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="publishers send the camera as simulcast layers, one per resolution up to"
+        " --video-resolution (q, h, f), as Chromium does",
+    )
+    p.add_argument(
         "--ramp", type=float, default=20.0, help="subscriber joins per second (0: all at once)"
     )
     p.add_argument("--seed", type=int, help="the same seed names the same rooms and identities")
@@ -91,7 +106,9 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("WADUD_METRICS_TOKEN"),
         help="the metrics listeners' bearer token (or $WADUD_METRICS_TOKEN)",
     )
-    p.add_argument("--json", type=Path, help="write the summary and the records here")
+    p.add_argument(
+        "--json", type=Path, help="write the summary and the records here (-: to stdout, alone)"
+    )
     p.add_argument(
         "--plot",
         type=Path,
@@ -130,6 +147,12 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--duration must be positive and --ramp not negative"
     if args.sampled < 0:
         return "--sampled must not be negative"
+    for region in args.regions:
+        name, _, url = region.partition("=")
+        if not name or urlsplit(url).scheme not in ("http", "https"):
+            return f"--region is NAME=URL with an http or https URL, not {region!r}"
+    if args.simulcast and (args.audio_only or args.resolution == "low"):
+        return "--simulcast needs video above --video-resolution low (layers below it)"
     if args.shard is not None:
         shard = _shard(args.shard)
         if shard is None:
@@ -181,7 +204,7 @@ def merge_main(argv: Sequence[str]) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     merged = merge(runs)
-    args.json.write_text(json.dumps(merged, indent=1))
+    _write_json(args.json, merged)
     s = merged["summary"]
     print(f"merged {len(runs)} run(s): {s['subscribers']} of {s['subscribers_asked']} subscribers"
           f" receiving, latency {s['latency_ms']}, loss {s['loss_pct']}%")  # fmt: skip
@@ -205,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolution=args.resolution,
         audio_only=args.audio_only,
         video_only=args.video_only,
+        simulcast=args.simulcast,
+        regions=tuple(_region(r) for r in args.regions),
         ramp=args.ramp,
         seed=args.seed,
         sampled=args.sampled,
@@ -267,17 +292,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = to_json(result)
         print("wadud load: no subscriber received media", file=sys.stderr)
         code = 5
-    if args.json is not None:
-        args.json.write_text(json.dumps(body, indent=1))
+    to_stdout = _write_json(args.json, body)
     if args.plot is not None and result.intervals:
         from wadud_client.load.plot import plot
 
         plot(result, args.plot)
-    if code in (0, 5, 130) and result.subscribers:
+    if code in (0, 5, 130) and result.subscribers and not to_stdout:
         print(table(result))
     elif code == 130:
         print("wadud load: interrupted before anyone joined", file=sys.stderr)
     return code
+
+
+def _region(value: str) -> tuple[str, str]:
+    name, _, url = value.partition("=")
+    return name, url.rstrip("/")
+
+
+def _write_json(path: Path | None, body: dict[str, Any]) -> bool:
+    """``--json``'s file; ``-`` is standard output, and then the JSON is all
+    that goes there (a Kubernetes Job's log is its result). Whether it was."""
+    if path is None:
+        return False
+    if str(path) == "-":
+        print(json.dumps(body, indent=1), flush=True)
+        return True
+    path.write_text(json.dumps(body, indent=1))
+    return False
 
 
 def _find_max(args: argparse.Namespace, shape: Shape) -> int:
@@ -320,8 +361,8 @@ def _find_max(args: argparse.Namespace, shape: Shape) -> int:
         code = exc.exit_code
         print(f"wadud load: {exc}", file=sys.stderr)
     found = outcome(steps, limits, shape, stopped)
-    if args.json is not None:
-        args.json.write_text(json.dumps({"find_max": found}, indent=1))
+    if _write_json(args.json, {"find_max": found}):
+        return code
     print(
         f"a room held {found['room_held']} subscriber(s) within p95 {limits.latency_p95_ms:g} ms"
         f" and {limits.loss_pct:g}% loss ({shape.rooms} room(s), {shape.publishers}"
@@ -370,16 +411,15 @@ def _processes(args: argparse.Namespace, argv: list[str]) -> int:
         print("wadud load: no process wrote its results", file=sys.stderr)
         return max(codes, default=5) or 5
     merged = merge(runs)
-    if args.json is not None:
-        args.json.write_text(json.dumps(merged, indent=1))
     s = merged["summary"]
-    print(
-        table_of(
-            s,
-            f"{args.url}: {args.rooms} room(s) x {args.publishers} publisher(s) x"
-            f" {args.subscribers} subscriber(s), in {n} processes",
+    if not _write_json(args.json, merged):
+        print(
+            table_of(
+                s,
+                f"{args.url}: {args.rooms} room(s) x {args.publishers} publisher(s) x"
+                f" {args.subscribers} subscriber(s), in {n} processes",
+            )
         )
-    )
     worst = max(codes, default=0)
     if worst == 0 and s["subscribers"] == 0:
         return 5

@@ -22,6 +22,8 @@ import contextlib
 import os
 import struct
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +138,13 @@ class _Member:
 
 class Publisher(_Member):
     """Sends the clip: Opus every 20 ms, VP8 at 30 frames a second, each
-    frame's packets together, and a keyframe when the server asks (PLI, FIR)."""
+    frame's packets together, and a keyframe when the server asks (PLI, FIR).
+
+    With ``simulcast`` (``[(rid, clip), ...]``, lowest first) the camera is
+    those layers, as Chromium sends them: one SSRC each, named by the RID
+    header extension (RFC 8852) on its first second of packets, every
+    layer's frame n carrying the same stamp. The server's ``set_encodings``
+    (dynacast) stops and restarts layers."""
 
     def __init__(
         self,
@@ -149,10 +157,17 @@ class Publisher(_Member):
         *,
         audio: bool = True,
         video: bool = True,
+        simulcast: Sequence[tuple[str, media.Clip]] = (),
     ) -> None:
         super().__init__(ws_url, token, http, label, certificate)
         self.clip = clip
         self.audio, self.video = audio, video
+        self.simulcast = list(simulcast)
+        #: Layers the server wants sent (dynacast), by RID.
+        self.active = {rid: True for rid, _ in self.simulcast}
+        #: Packets sent per layer (RID, or "" without simulcast).
+        self.layer_packets: Counter[str] = Counter()
+        self._video_track = ""
         self.link: Link | None = None
         #: Stamps sent, per kind: a subscriber's loss is over one track's.
         self.stamps = {"audio": 0, "video": 0}
@@ -162,12 +177,21 @@ class Publisher(_Member):
         self._task: asyncio.Task[None] | None = None
 
     async def publish(self) -> None:
-        offer = sdp.publish_offer(self.certificate.fingerprint, audio=self.audio, video=self.video)
+        offer = sdp.publish_offer(
+            self.certificate.fingerprint,
+            audio=self.audio,
+            video=self.video,
+            rids=tuple(rid for rid, _ in self.simulcast),
+        )
         sources = {"0": "microphone", "1": "camera"}
         sources = {mid: what for mid, what in sources.items() if (self.audio, self.video)[int(mid)]}
         answer = await self.socket.request("publish", {"sdp": offer.sdp, "sources": sources})
         desc = sdp.read(str(answer["sdp"]))
         ids = {s.mid: s.extensions for s in desc.sections}
+        tracks = answer.get("tracks") or []
+        self._video_track = next(
+            (str(t.get("track_id")) for t in tracks if t.get("mid") == "1"), ""
+        )
         self._offer, self._ext = offer, ids
         self.link = Link(
             self.certificate,
@@ -200,6 +224,14 @@ class Publisher(_Member):
         except (RequestFailed, ConnectionClosed, LinkFailed, TimeoutError, ValueError) as exc:
             self.errors.append(f"media:reconnect: {exc}")
 
+    async def _frame(self, frame: dict[str, Any]) -> None:
+        await super()._frame(frame)
+        if frame["type"] == "set_encodings" and frame.get("track_id") == self._video_track:
+            for item in frame.get("encodings") or []:
+                rid = str(item.get("rid"))
+                if rid in self.active:
+                    self.active[rid] = bool(item.get("active"))
+
     def _rtcp(self, data: bytes) -> None:
         for pt, fmt, _ in rtp.rtcp_packets(data):
             if pt == 206 and fmt in (1, 4):  # PLI, FIR
@@ -219,12 +251,25 @@ class Publisher(_Member):
         v_ext = self._ext.get("1", {})
         a_mid = [(a_ext[sdp.MID_URI], b"0")] if sdp.MID_URI in a_ext else []
         v_mid = [(v_ext[sdp.MID_URI], b"1")] if sdp.MID_URI in v_ext else []
+        rid_id = v_ext.get(sdp.RID_URI, 0)
+
         # Random first sequence numbers and timestamps, as RFC 3550 asks.
-        a_seq, v_seq = int.from_bytes(os.urandom(2), "big"), int.from_bytes(os.urandom(2), "big")
-        a_ts0, v_ts0 = int.from_bytes(os.urandom(4), "big"), int.from_bytes(os.urandom(4), "big")
+        def seq0() -> int:
+            return int.from_bytes(os.urandom(2), "big")
+
+        def ts0() -> int:
+            return int.from_bytes(os.urandom(4), "big")
+
+        a_seq, a_ts0 = seq0(), ts0()
+        # Each video layer: [rid, clip, ssrc, next seq, first ts, octets, packets].
+        layers: list[list[Any]] = (
+            [[rid, clip, ssrc, seq0(), ts0(), 0, 0]
+             for (rid, clip), (_, ssrc) in zip(self.simulcast, offer.layers, strict=True)]
+            if self.simulcast
+            else [["", self.clip, offer.video_ssrc, seq0(), ts0(), 0, 0]]
+        )  # fmt: skip
         a_n = v_n = frame_no = 0
-        a_sent = v_sent = 0  # packets, for the SRs
-        a_octets = v_octets = 0
+        a_sent = a_octets = 0  # for the SRs
         next_report = start + REPORT_EVERY
         audio_level = a_ext.get(sdp.AUDIO_LEVEL_URI)
         while not link.closed:
@@ -260,25 +305,37 @@ class Publisher(_Member):
             if self.video and now >= due_video:
                 if self._keyframe_due:
                     self._keyframe_due = False
-                    frame_no = self.clip.next_keyframe(frame_no)
-                data, key = self.clip.video[frame_no % len(self.clip.video)]
-                payloads = rtp.vp8_payloads(data, v_n, key)
-                payloads[-1] += self._stamp("video")
-                ext = list(v_mid) if v_n < 30 else []
-                for i, p in enumerate(payloads):
-                    last = i == len(payloads) - 1
-                    link.send_rtp(
-                        rtp.packet(
-                            sdp.VP8_PT,
-                            v_seq,
-                            v_ts0 + v_n * 3000,
-                            offer.video_ssrc,
-                            p,
-                            marker=last,
-                            extensions=ext,
+                    frame_no = layers[0][1].next_keyframe(frame_no)
+                stamp = self._stamp("video")
+                first_second = v_n < media.FPS
+                for layer in layers:
+                    rid, clip, ssrc = layer[0], layer[1], layer[2]
+                    if rid and not self.active.get(rid, True):
+                        continue
+                    data, key = clip.video[frame_no % len(clip.video)]
+                    payloads = rtp.vp8_payloads(data, v_n, key)
+                    payloads[-1] += stamp
+                    ext = list(v_mid) if first_second else []
+                    if rid and first_second and rid_id:
+                        ext.append((rid_id, rid.encode()))
+                    seq = layer[3]
+                    for i, p in enumerate(payloads):
+                        link.send_rtp(
+                            rtp.packet(
+                                sdp.VP8_PT,
+                                seq,
+                                layer[4] + v_n * 3000,
+                                ssrc,
+                                p,
+                                marker=i == len(payloads) - 1,
+                                extensions=ext,
+                            )
                         )
-                    )
-                    v_seq, v_sent, v_octets = v_seq + 1, v_sent + 1, v_octets + len(p)
+                        seq += 1
+                        layer[5] += len(p)
+                    layer[3] = seq
+                    layer[6] += len(payloads)
+                    self.layer_packets[rid] += len(payloads)
                 v_n, frame_no = v_n + 1, frame_no + 1
             if now >= next_report:
                 wall = time.time()
@@ -287,13 +344,13 @@ class Publisher(_Member):
                     report += rtp.sender_report(
                         offer.audio_ssrc, _ntp(wall), a_ts0 + a_n * 960, a_sent, a_octets
                     )
-                if self.video:
+                for _, _, ssrc, _, first_ts, octets, sent in layers if self.video else ():
                     report += rtp.sender_report(
-                        offer.video_ssrc, _ntp(wall), v_ts0 + v_n * 3000, v_sent, v_octets
+                        ssrc, _ntp(wall), first_ts + v_n * 3000, sent, octets
                     )
                 link.send_rtcp(report)
                 next_report += REPORT_EVERY
-            self.sent_packets = a_sent + v_sent
+            self.sent_packets = a_sent + sum(layer[6] for layer in layers)
             wake = min(
                 start + a_n * 0.02 if self.audio else 1e18,
                 start + v_n / media.FPS if self.video else 1e18,
@@ -404,6 +461,8 @@ class Subscriber(_Member):
     ) -> None:
         super().__init__(ws_url, token, http, label, certificate)
         self.sampled = sampled
+        #: The region (``--region``) whose replicas it joined through, or "".
+        self.region = ""
         self.link: Link | None = None
         self.tracks: dict[int, TrackStats] = {}
         self.first_media_at = 0.0
@@ -522,6 +581,10 @@ class Subscriber(_Member):
             self._repair(track, head.seq, gap, arrived)
         stamp = media.read_stamp(data[head.start : head.end], track.kind == "audio")
         if stamp is not None:
+            if track.stamped and stamp.index == track.last_index:
+                # A simulcast switch forwards one frame from both layers (the
+                # old run's, then the new layer's keyframe): one stamp, once.
+                return
             if track.stamped == 0 or stamp.index < track.first_index:
                 track.first_index = stamp.index
             track.last_index = max(track.last_index, stamp.index)

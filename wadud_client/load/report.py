@@ -14,7 +14,7 @@ __all__ = ["merge", "progress_line", "summary", "table", "table_of", "to_json"]
 
 
 def summary(result: Result) -> dict[str, Any]:
-    return _summary(
+    s = _summary(
         result.subscribers,
         percentiles(result.latencies_ms),
         result.errors,
@@ -22,6 +22,31 @@ def summary(result: Result) -> dict[str, Any]:
         result.reconnects,
         result.generator,
     )
+    for region, figures in (s["by_region"] or {}).items():
+        figures["latency_ms"] = percentiles(result.region_latencies_ms.get(region, []))
+    return s
+
+
+def _by_region(subs: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    """Join times and loss of the subscribers of each region (``--region``);
+    a single run adds each region's latency (:func:`summary`)."""
+    regions: dict[str, list[dict[str, Any]]] = {}
+    for sub in subs:
+        if sub.get("region"):
+            regions.setdefault(sub["region"], []).append(sub)
+    out = {}
+    for region, members in sorted(regions.items()):
+        tracks = [t for m in members for t in m["tracks"]]
+        expected = sum(t["expected"] for t in tracks)
+        received = sum(t["received"] for t in tracks)
+        out[region] = {
+            "subscribers": sum(1 for m in members if m["join_ms"] is not None),
+            "subscribers_asked": len(members),
+            "join_ms": percentiles([m["join_ms"] for m in members if m["join_ms"] is not None]),
+            "latency_ms": None,
+            "loss_pct": round(max(0.0, 100 * (1 - received / expected)), 3) if expected else None,
+        }
+    return out or None
 
 
 def _summary(
@@ -56,6 +81,7 @@ def _summary(
         "errors": dict(errors),
         "server": server,
         "generator": generator,
+        "by_region": _by_region(subs),
     }
 
 
@@ -71,6 +97,7 @@ def to_json(result: Result) -> dict[str, Any]:
             "ended": result.ended,
             "rooms": result.rooms,
         },
+        "publishers": result.publishers,
         "subscribers": result.subscribers,
         "reconnects": result.reconnects,
         "intervals": [asdict(i) for i in result.intervals],
@@ -164,6 +191,14 @@ def table_of(s: dict[str, Any], header: str) -> str:
         lines.append(
             f"server: {server['us_per_forwarded_packet']} µs of CPU per forwarded packet,"
             f" {server['mb_per_subscriber']} MB per subscriber"
+        )
+    for region, r in (s.get("by_region") or {}).items():
+        lat = r["latency_ms"]
+        lines.append(
+            f"region {region}: {r['subscribers']} of {r['subscribers_asked']} receiving,"
+            f" join p50 {_cell(r['join_ms'], 'p50')} ms,"
+            f" latency p50 {_cell(lat, 'p50')} / p95 {_cell(lat, 'p95')} ms,"
+            f" loss {'-' if r['loss_pct'] is None else format(r['loss_pct'], '.2f')}%"
         )
     gen = s.get("generator")
     if gen and gen["packets"]:

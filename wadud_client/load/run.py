@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from wadud_client.errors import ConnectionClosed, RequestFailed
-from wadud_client.load import media
+from wadud_client.load import media, sdp
 from wadud_client.load.cost import MetricsUnreadable, Scrape, cost, scrape
 from wadud_client.load.drops import udp_drops
 from wadud_client.load.link import Certificate, LinkFailed
@@ -56,6 +56,13 @@ class Shape:
     resolution: str = "medium"
     audio_only: bool = False
     video_only: bool = False
+    #: Publishers send the camera as simulcast layers: the clips of every
+    #: resolution up to ``resolution``, RIDs q, h, f from the lowest.
+    simulcast: bool = False
+    #: (name, URL) of each region's replicas (``--region NAME=URL``): room r's
+    #: publishers join through region r mod k, its subscriber s through
+    #: region s mod k, so every room spans the regions. Empty: all at ``url``.
+    regions: tuple[tuple[str, str], ...] = ()
     #: Joins per second.
     ramp: float = 20.0
     seed: int | None = None
@@ -89,11 +96,16 @@ class Result:
     #: drained, or its link was lost): who, when (s after the run began),
     #: why, and how long until media flowed again.
     reconnects: list[dict[str, Any]] = field(default_factory=list)
+    #: Each publisher: its label, the packets it sent per video layer (RID,
+    #: "" without simulcast) and the keyframes the server asked of it.
+    publishers: list[dict[str, Any]] = field(default_factory=list)
     #: The server's cost (wadud_client.load.cost), with --metrics-url.
     server: dict[str, Any] | None = None
     #: Every latency sample of every subscriber, ms (not written out: the
     #: summary's percentiles are).
     latencies_ms: list[float] = field(default_factory=list)
+    #: The same, by the region a subscriber joined through (``--region``).
+    region_latencies_ms: dict[str, list[float]] = field(default_factory=dict)
     #: Seconds the measured window lasted; shorter than asked when cut short.
     held: float = 0.0
     ended: str = "completed"
@@ -181,7 +193,7 @@ async def run(
     auth = aiohttp.BasicAuth(key, secret)
     certificate = Certificate()
     t0 = time.monotonic()
-    ws = _ws_url(url)
+    regions = [(name, _ws_url(u.rstrip("/"))) for name, u in shape.regions] or [("", _ws_url(url))]
     publishers: list[Publisher] = []
     subscribers: list[Subscriber] = []
     joins: dict[str, float] = {}
@@ -194,9 +206,7 @@ async def run(
         try:
             # The clip is encoded while the first token is minted: a wrong key
             # or URL ends the run at once.
-            encoding = asyncio.ensure_future(
-                asyncio.to_thread(media.clip, shape.resolution, video=not shape.audio_only)
-            )
+            encoding = asyncio.ensure_future(asyncio.to_thread(_clips, shape))
             tokens = []
             try:
                 index, shards = shape.shard
@@ -206,12 +216,13 @@ async def run(
                     for p in range(shape.publishers):
                         body = {"room": room, "identity": f"pub-{p}", "subscribe": False}
                         tokens.append((room, p, await _mint(http, url, auth, body)))
-                clip = await encoding
+                clip, layers = await encoding
             finally:
                 if not encoding.done():
                     await asyncio.wait({encoding})
             for room, p, token in tokens:
                 label = f"{room}/pub-{p}"
+                _, ws = regions[int(room.rsplit("-", 1)[1]) % len(regions)]
                 publishers.append(
                     Publisher(
                         ws,
@@ -222,6 +233,7 @@ async def run(
                         clip,
                         audio=not shape.video_only,
                         video=not shape.audio_only,
+                        simulcast=layers,
                     )
                 )
             for pub in publishers:
@@ -258,9 +270,11 @@ async def run(
                     token = await _mint(
                         http, url, auth, {"room": room, "identity": f"sub-{s}", "publish": False}
                     )
+                    region, ws = regions[s % len(regions)]
                     sub = Subscriber(
                         ws, token, http, f"{room}/sub-{s}", certificate, sampled=s < shape.sampled
                     )
+                    sub.region = region
                     subscribers.append(sub)
                     starts.append(asyncio.create_task(start(sub)))
                     if pace:
@@ -294,7 +308,15 @@ async def run(
             for sub in subscribers:
                 result.errors.update(e.split(": ", 1)[0] for e in sub.errors)
                 result.subscribers.append(_record(sub, joins.get(sub.label, 0.0)))
-                result.latencies_ms.extend(x for t in sub.tracks.values() for x in t.latencies_ms)
+                samples = [x for t in sub.tracks.values() for x in t.latencies_ms]
+                result.latencies_ms.extend(samples)
+                if sub.region:
+                    result.region_latencies_ms.setdefault(sub.region, []).extend(samples)
+            result.publishers.extend(
+                {"label": p.label, "layers": dict(p.layer_packets),
+                 "keyframes_asked": p.keyframes_asked}
+                for p in publishers
+            )  # fmt: skip
             for member in [*publishers, *subscribers]:
                 result.reconnects.extend(
                     {"label": member.label, "at_s": round(r["at"] - t0, 2), "reason": r["reason"],
@@ -307,6 +329,17 @@ async def run(
             closing = [*subscribers, *publishers]
             await asyncio.gather(*(_quietly(m.close()) for m in closing))
     return result
+
+
+def _clips(shape: Shape) -> tuple[media.Clip, list[tuple[str, media.Clip]]]:
+    """The run's clip, and with simulcast each layer's (RID, clip), lowest first."""
+    clip = media.clip(shape.resolution, video=not shape.audio_only)
+    if not shape.simulcast or shape.audio_only:
+        return clip, []
+    sizes = list(media.RESOLUTIONS)  # lowest first
+    upto = sizes[: sizes.index(shape.resolution) + 1]
+    rids = sdp.SIMULCAST_RIDS[: len(upto)]
+    return clip, [(rid, media.clip(size)) for rid, size in zip(rids, upto, strict=True)]
 
 
 def _received(subscribers: list[Subscriber]) -> int:
@@ -346,6 +379,7 @@ def _record(sub: Subscriber, asked: float) -> dict[str, Any]:
     tracks = list(sub.tracks.values())
     return {
         "label": sub.label,
+        "region": sub.region or None,
         "joined": bool(sub.joined_at),
         "join_ms": round((sub.first_media_at - asked) * 1000, 1) if sub.first_media_at else None,
         "tracks": [

@@ -22,6 +22,9 @@ MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 TWCC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+#: Simulcast layers' RIDs, lowest first, as the call page names them.
+SIMULCAST_RIDS = ("q", "h", "f")
 
 OPUS_PT, VP8_PT, RTX_PT = 111, 96, 97
 
@@ -148,10 +151,17 @@ class Offer:
     rtx_ssrc: int
     #: The m= sections' mids: audio, video.
     mids: tuple[str, str] = ("0", "1")
+    #: Simulcast: each layer's RID and SSRC, lowest first (the SSRCs are not
+    #: in the SDP, as Chromium leaves them out: the RID extension names them).
+    layers: tuple[tuple[str, int], ...] = ()
 
 
-def publish_offer(fingerprint: str, *, audio: bool = True, video: bool = True) -> Offer:
-    """A publisher's offer for a microphone and a camera, as Chromium writes it."""
+def publish_offer(
+    fingerprint: str, *, audio: bool = True, video: bool = True, rids: tuple[str, ...] = ()
+) -> Offer:
+    """A publisher's offer for a microphone and a camera, as Chromium writes
+    it; with ``rids``, the camera as simulcast layers (RFC 8853) of those
+    RIDs, lowest first, with no SSRC and no RTX named."""
     ufrag, pwd = _credentials()
     stream = secrets.token_hex(8)
     cname = secrets.token_hex(8)
@@ -177,7 +187,31 @@ def publish_offer(fingerprint: str, *, audio: bool = True, video: bool = True) -
             f"a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1",
             f"a=ssrc:{a_ssrc} cname:{cname}",
         ]
-    if video:
+    if video and rids:
+        lines += [
+            f"m=video 9 UDP/TLS/RTP/SAVPF {VP8_PT}",
+            "c=IN IP4 0.0.0.0",
+            "a=rtcp:9 IN IP4 0.0.0.0",
+            *transport,
+            "a=mid:1",
+            f"a=extmap:2 {ABS_SEND_TIME_URI}",
+            f"a=extmap:3 {TWCC_URI}",
+            f"a=extmap:4 {MID_URI}",
+            f"a=extmap:10 {RID_URI}",
+            "a=sendonly",
+            f"a=msid:{stream} {secrets.token_hex(8)}",
+            "a=rtcp-mux",
+            "a=rtcp-rsize",
+            f"a=rtpmap:{VP8_PT} VP8/90000",
+            f"a=rtcp-fb:{VP8_PT} goog-remb",
+            f"a=rtcp-fb:{VP8_PT} transport-cc",
+            f"a=rtcp-fb:{VP8_PT} ccm fir",
+            f"a=rtcp-fb:{VP8_PT} nack",
+            f"a=rtcp-fb:{VP8_PT} nack pli",
+            *[f"a=rid:{rid} send" for rid in rids],
+            "a=simulcast:send " + ";".join(rids),
+        ]
+    elif video:
         lines += [
             f"m=video 9 UDP/TLS/RTP/SAVPF {VP8_PT} {RTX_PT}",
             "c=IN IP4 0.0.0.0",
@@ -203,7 +237,8 @@ def publish_offer(fingerprint: str, *, audio: bool = True, video: bool = True) -
             f"a=ssrc:{v_ssrc} cname:{cname}",
             f"a=ssrc:{r_ssrc} cname:{cname}",
         ]
-    return Offer("\r\n".join(lines) + "\r\n", ufrag, pwd, a_ssrc, v_ssrc, r_ssrc)
+    layers = tuple((rid, int.from_bytes(os.urandom(4), "big") | 1) for rid in rids)
+    return Offer("\r\n".join(lines) + "\r\n", ufrag, pwd, a_ssrc, v_ssrc, r_ssrc, layers=layers)
 
 
 @dataclass(frozen=True)
