@@ -94,7 +94,8 @@ def test_image_holds_every_role_and_no_compiler(images: Images) -> None:
         "command -v gcc cc c++ make || echo none",
     ).stdout.split()
     assert found == ["none"], found
-    # The native hot loops were built in the build stage and came along.
+    # The native hot loops were built in the build stage and came along, and
+    # so did the load tester (deploy/k8s/load.yaml runs it from this image).
     native = podman(
         "run",
         "--rm",
@@ -102,8 +103,9 @@ def test_image_holds_every_role_and_no_compiler(images: Images) -> None:
         "python3",
         images.wadud,
         "-c",
-        "import sfu.forward.native, sfu.forward._fanout, turn._relay; print('native')",
+        "import sfu.forward.native, sfu.forward._fanout, turn._relay; print('native');"
+        " import wadud_client.load.cli, wadud_client.load.run; print('load')",
     ).stdout.split()
-    assert native == ["native"], native
+    assert native == ["native", "load"], native
     uid = podman("run", "--rm", "--entrypoint", "id", images.wadud, "-u").stdout.strip()
     assert uid != "0"

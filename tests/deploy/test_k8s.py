@@ -35,6 +35,15 @@ def _workloads() -> list[dict[str, Any]]:
     return [d for d in _docs() if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job")]
 
 
+def _role(container: dict[str, Any]) -> str:
+    """The wadud role a container runs: its first argument, or the word after
+    ``wadud`` in a shell wrapper's script."""
+    if container.get("command") == ["sh", "-c"]:
+        words = container["args"][0].split()
+        return str(words[words.index("wadud") + 1])
+    return str(container["args"][0])
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_manifest_passes_strict_validation(version: str) -> None:
     assert len(MANIFESTS) >= 5
@@ -70,11 +79,11 @@ def test_roles_probes_and_grace_periods_agree_with_the_settings() -> None:
         pod = w["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         images.add(container["image"])
-        role = container["args"][0]
+        role = _role(container)
         roles.setdefault(role, []).append(w)
         assert pod["securityContext"]["runAsNonRoot"] is True, w["metadata"]["name"]
-        if role == "migrate":
-            continue
+        if role in ("migrate", "load"):
+            continue  # Jobs that run to their end: no probes
         assert {"livenessProbe", "readinessProbe"} <= container.keys(), w["metadata"]["name"]
         assert "requests" in container["resources"], w["metadata"]["name"]
         grace = pod["terminationGracePeriodSeconds"]
@@ -110,6 +119,27 @@ def test_roles_probes_and_grace_periods_agree_with_the_settings() -> None:
     assert {"api", "media", "turn", "migrate", "notify"} <= roles.keys()
     assert {w["metadata"]["labels"]["wadud.io/region"] for w in roles["media"]} == {"pk", "ae"}
     assert len(images) == 1, images
+
+
+def test_the_load_job_runs_one_shard_of_one_seed_per_pod() -> None:
+    (job,) = [w for w in _workloads() if w["metadata"]["name"] == "wadud-load"]
+    spec = job["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == int(env["SHARDS"])
+    script = container["args"][0]
+    # The 0-based completion index made the 1-based shard; the log is the JSON.
+    assert '--shard "$((JOB_COMPLETION_INDEX + 1))/$SHARDS"' in script
+    assert '--seed "$SEED"' in script and "--json - --quiet" in script
+    assert {"secretRef": {"name": "wadud-load-key"}} in container["envFrom"]
+    # The script's options are the command's own.
+    from wadud_client.load.cli import parser
+
+    words = script.replace('"', "").split()
+    options = [w for w in words[words.index("load") + 1 :] if w.startswith("--")]
+    known = {o for a in parser()._actions for o in a.option_strings}
+    assert set(options) <= known, set(options) - known
 
 
 def test_every_disruption_budget_and_service_selects_a_workload() -> None:
