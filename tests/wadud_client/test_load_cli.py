@@ -208,6 +208,45 @@ async def test_ctrl_c_keeps_what_was_measured(
     assert "subscribers receiving: 2 of 2" in stdout.decode()
 
 
+async def test_a_server_that_dies_mid_run_ends_it_with_one_line_and_what_was_measured(
+    database_url: str, tmp_path: Path, load_key: dict[str, str]
+) -> None:
+    url, proc = serve_on_free_ports(database_url, tmp_path)
+    out = tmp_path / "died.json"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WADUD_")}
+    try:
+        async with aiohttp.ClientSession() as s:
+            assert await answers_ready(s, url, 30), "server did not become ready"
+        run = await asyncio.create_subprocess_exec(
+            WADUD, "load", "--url", url, "--subscribers", "3", "--duration", "120",
+            "--json", str(out),
+            env={**clean, **load_key}, cwd=ROOT, stdout=PIPE, stderr=PIPE,
+        )  # fmt: skip
+        assert run.stderr is not None
+        async with asyncio.timeout(60):
+            while b"receiving 3" not in (line := await run.stderr.readline()):
+                assert line, "the run ended before everyone received media"
+        proc.kill()
+        proc.wait(20)
+        # It ends on its own, well before its 120 s: the next second's check.
+        async with asyncio.timeout(30):
+            stdout, stderr = await run.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(20)
+    assert run.returncode == 5, stderr.decode()
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("wadud load: the server closed every participant's connection"), last
+    assert "Traceback" not in stderr.decode()
+    body = json.loads(out.read_text())
+    assert body["run"]["ended"].startswith("failed: the server closed every"), body["run"]
+    assert body["summary"]["subscribers"] == 3 and body["run"]["held_s"] < 60, body["run"]
+    # Each subscriber's and the publisher's connection, counted.
+    assert body["summary"]["errors"]["signalling:closed"] == 4, body["summary"]
+    assert "subscribers receiving: 3 of 3" in stdout.decode()
+
+
 async def _through_a_path(
     database_url: str, tmp_path: Path, key: dict[str, str], up: Schedule, down: Schedule
 ) -> dict[str, Any]:

@@ -71,6 +71,8 @@ class _Member:
             ws_url, on_frame=self._frame, on_closed=self._closed, label=label, http=http
         )
         self.closed_code: int | None = None
+        #: The server closed this participant's signalling connection.
+        self.gone = False
         self.joined_at = 0.0
         self.participant = ""
         self.leaving = False
@@ -123,6 +125,7 @@ class _Member:
 
     def _closed(self, code: int | None) -> None:
         self.closed_code = code
+        self.gone = not self.leaving
         if not self.leaving:
             self.errors.append(f"signalling:closed: by the server ({code})")
 

@@ -30,7 +30,16 @@ from wadud_client.load.link import Certificate, LinkFailed
 from wadud_client.load.peers import Publisher, Subscriber
 from wadud_client.load.stats import percentiles
 
-__all__ = ["AuthRefused", "LoadError", "Result", "Shape", "Unreachable", "generator_cost", "run"]
+__all__ = [
+    "AuthRefused",
+    "LoadError",
+    "Result",
+    "ServerGone",
+    "Shape",
+    "Unreachable",
+    "generator_cost",
+    "run",
+]
 
 
 class LoadError(Exception):
@@ -45,6 +54,11 @@ class Unreachable(LoadError):
 
 class AuthRefused(LoadError):
     exit_code = 4
+
+
+class ServerGone(LoadError):
+    """Every participant's signalling connection was closed by the server:
+    the deployment died or went away mid-run."""
 
 
 @dataclass(frozen=True)
@@ -283,7 +297,7 @@ async def run(
             start_cost = await read_cost()
             began, cpu, got = time.monotonic(), time.process_time(), _received(subscribers)
             try:
-                await asyncio.sleep(shape.duration)
+                await _hold(shape.duration, [*publishers, *subscribers], began)
             finally:
                 result.held = time.monotonic() - began
                 inodes = {s.link.inode for s in subscribers if s.link is not None}
@@ -329,6 +343,19 @@ async def run(
             closing = [*subscribers, *publishers]
             await asyncio.gather(*(_quietly(m.close()) for m in closing))
     return result
+
+
+async def _hold(duration: float, members: Sequence[Publisher | Subscriber], began: float) -> None:
+    """The hold, checked each second: a server that closed every
+    participant's connection ends it (ServerGone), with what was measured."""
+    end = began + duration
+    while (left := end - time.monotonic()) > 0:
+        await asyncio.sleep(min(1.0, left))
+        if members and all(m.gone for m in members):
+            raise ServerGone(
+                f"the server closed every participant's connection"
+                f" {time.monotonic() - began:.1f} s into the hold"
+            )
 
 
 def _clips(shape: Shape) -> tuple[media.Clip, list[tuple[str, media.Clip]]]:
