@@ -375,10 +375,7 @@ async def _signin_audit(
 def _login_rules(s: Settings) -> tuple[ratelimit.Backoff, ratelimit.Backoff]:
     """(per client address, per account)."""
     delays = (s.limits_login_delay, s.limits_login_delay_max, s.limits_login_forget)
-    return (
-        ratelimit.Backoff(s.limits_login_address_free, *delays),
-        ratelimit.Backoff(s.limits_login_account_free, *delays),
-    )
+    return ratelimit.guesses_by_address(s), ratelimit.Backoff(s.limits_login_account_free, *delays)
 
 
 @routes.post("/api/v1/auth/refresh", body=Refresh, returns=Tokens, auth="public")

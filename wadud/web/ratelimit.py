@@ -34,13 +34,16 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from wadud.errors import TooManyRequests
 from wadud.messaging.bus import redis_client
 from wadud.state import keys
+
+if TYPE_CHECKING:
+    from wadud.config import Settings
 
 log = logging.getLogger("wadud.ratelimit")
 
@@ -336,6 +339,16 @@ class Limiter:
 
 
 LIMITER = web.AppKey("limiter", Limiter)
+
+
+def guesses_by_address(s: Settings) -> Backoff:
+    """The rule for credentials guessed from one client address, whatever
+    they are (a password or a TOTP code at sign-in, an API key's secret):
+    failures only count, and they share one budget under ``login-address``."""
+    return Backoff(
+        s.limits_login_address_free, s.limits_login_delay, s.limits_login_delay_max,
+        s.limits_login_forget,
+    )  # fmt: skip
 
 
 def client_address(request: web.Request) -> str:

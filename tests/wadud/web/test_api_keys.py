@@ -255,3 +255,31 @@ async def test_the_openapi_document_names_the_basic_scheme(api: Api) -> None:
     assert op["security"] == [{"api_key": []}]
     assert doc["components"]["securitySchemes"]["api_key"]["scheme"] == "basic"
     assert {"401", "403", "429"} <= set(op["responses"])
+
+
+async def test_refused_secrets_from_one_address_must_wait_as_failed_sign_ins_do(
+    settings: Settings, database_url: str, tmp_path: Path
+) -> None:
+    made = wadud(
+        "key", "create", "--name", "guessed", "--scope", "load",
+        database_url=database_url, data_dir=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    env = dict(line.split("=", 1) for line in made.stdout.split())
+    key_id, secret = env["WADUD_API_KEY"], env["WADUD_API_SECRET"]
+    body = {"room": "load-guessed", "identity": "sub-1", "publish": False}
+    app = build_app(dataclasses.replace(settings, limits_login_address_free=2,
+                                        limits_login_delay=30.0))  # fmt: skip
+    async with served(app) as api:
+        # Two refusals are free; the third makes the next attempt wait.
+        for _ in range(3):
+            resp = await mint(api, basic(key_id, "wks_" + "x" * 43), body)
+            assert resp.status == 401, await resp.text()
+        # Even the right secret waits: the address is guessing.
+        resp = await mint(api, basic(key_id, secret), body)
+        assert resp.status == 429, await resp.text()
+        assert 0 < float(resp.headers["Retry-After"]) <= 30
+        assert (await resp.json())["code"] == "rate-limited"
+        # Malformed credentials count as refused ones too, and no 500.
+        resp = await mint(api, {"Authorization": "Basic !!!"}, body)
+        assert resp.status == 429, await resp.text()
