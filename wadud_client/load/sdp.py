@@ -187,9 +187,11 @@ def publish_offer(
             f"a=fmtp:{OPUS_PT} minptime=10;useinbandfec=1",
             f"a=ssrc:{a_ssrc} cname:{cname}",
         ]
-    if video and rids:
+    if video:
+        # Simulcast layers go unnamed (the RID extension names them) and
+        # without RTX; one stream is named, with its RTX.
         lines += [
-            f"m=video 9 UDP/TLS/RTP/SAVPF {VP8_PT}",
+            f"m=video 9 UDP/TLS/RTP/SAVPF {VP8_PT}" + ("" if rids else f" {RTX_PT}"),
             "c=IN IP4 0.0.0.0",
             "a=rtcp:9 IN IP4 0.0.0.0",
             *transport,
@@ -197,7 +199,7 @@ def publish_offer(
             f"a=extmap:2 {ABS_SEND_TIME_URI}",
             f"a=extmap:3 {TWCC_URI}",
             f"a=extmap:4 {MID_URI}",
-            f"a=extmap:10 {RID_URI}",
+            *([f"a=extmap:10 {RID_URI}"] if rids else []),
             "a=sendonly",
             f"a=msid:{stream} {secrets.token_hex(8)}",
             "a=rtcp-mux",
@@ -208,35 +210,18 @@ def publish_offer(
             f"a=rtcp-fb:{VP8_PT} ccm fir",
             f"a=rtcp-fb:{VP8_PT} nack",
             f"a=rtcp-fb:{VP8_PT} nack pli",
-            *[f"a=rid:{rid} send" for rid in rids],
-            "a=simulcast:send " + ";".join(rids),
         ]
-    elif video:
-        lines += [
-            f"m=video 9 UDP/TLS/RTP/SAVPF {VP8_PT} {RTX_PT}",
-            "c=IN IP4 0.0.0.0",
-            "a=rtcp:9 IN IP4 0.0.0.0",
-            *transport,
-            "a=mid:1",
-            f"a=extmap:2 {ABS_SEND_TIME_URI}",
-            f"a=extmap:3 {TWCC_URI}",
-            f"a=extmap:4 {MID_URI}",
-            "a=sendonly",
-            f"a=msid:{stream} {secrets.token_hex(8)}",
-            "a=rtcp-mux",
-            "a=rtcp-rsize",
-            f"a=rtpmap:{VP8_PT} VP8/90000",
-            f"a=rtcp-fb:{VP8_PT} goog-remb",
-            f"a=rtcp-fb:{VP8_PT} transport-cc",
-            f"a=rtcp-fb:{VP8_PT} ccm fir",
-            f"a=rtcp-fb:{VP8_PT} nack",
-            f"a=rtcp-fb:{VP8_PT} nack pli",
-            f"a=rtpmap:{RTX_PT} rtx/90000",
-            f"a=fmtp:{RTX_PT} apt={VP8_PT}",
-            f"a=ssrc-group:FID {v_ssrc} {r_ssrc}",
-            f"a=ssrc:{v_ssrc} cname:{cname}",
-            f"a=ssrc:{r_ssrc} cname:{cname}",
-        ]
+        if rids:
+            lines += [f"a=rid:{rid} send" for rid in rids]
+            lines.append("a=simulcast:send " + ";".join(rids))
+        else:
+            lines += [
+                f"a=rtpmap:{RTX_PT} rtx/90000",
+                f"a=fmtp:{RTX_PT} apt={VP8_PT}",
+                f"a=ssrc-group:FID {v_ssrc} {r_ssrc}",
+                f"a=ssrc:{v_ssrc} cname:{cname}",
+                f"a=ssrc:{r_ssrc} cname:{cname}",
+            ]
     layers = tuple((rid, int.from_bytes(os.urandom(4), "big") | 1) for rid in rids)
     return Offer("\r\n".join(lines) + "\r\n", ufrag, pwd, a_ssrc, v_ssrc, r_ssrc, layers=layers)
 

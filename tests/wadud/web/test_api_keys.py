@@ -44,6 +44,17 @@ def wadud(*argv: str, database_url: str, data_dir: Path) -> subprocess.Completed
     )
 
 
+def _load_key(database_url: str, data_dir: Path) -> tuple[str, str]:
+    """A load key from ``wadud key create``: its id and secret."""
+    made = wadud(
+        "key", "create", "--name", "load", "--scope", "load",
+        database_url=database_url, data_dir=data_dir,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    env = dict(line.split("=", 1) for line in made.stdout.split())
+    return env["WADUD_API_KEY"], env["WADUD_API_SECRET"]
+
+
 def basic(key_id: str, secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key_id}:{secret}".encode()).decode()}
 
@@ -260,13 +271,7 @@ async def test_the_openapi_document_names_the_basic_scheme(api: Api) -> None:
 async def test_refused_secrets_from_one_address_must_wait_as_failed_sign_ins_do(
     settings: Settings, database_url: str, tmp_path: Path
 ) -> None:
-    made = wadud(
-        "key", "create", "--name", "guessed", "--scope", "load",
-        database_url=database_url, data_dir=tmp_path,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    env = dict(line.split("=", 1) for line in made.stdout.split())
-    key_id, secret = env["WADUD_API_KEY"], env["WADUD_API_SECRET"]
+    key_id, secret = _load_key(database_url, tmp_path)
     body = {"room": "load-guessed", "identity": "sub-1", "publish": False}
     app = build_app(dataclasses.replace(settings, limits_login_address_free=2,
                                         limits_login_delay=30.0))  # fmt: skip
