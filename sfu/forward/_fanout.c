@@ -614,15 +614,18 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         if (flag) continue;
         /* A subscriber whose transport is not keyed yet (or is gone) gets no
          * copy, and its subscription stands still: no sequence number spent,
-         * no keyframe taken, nothing counted (fan_out's ``sendable``). */
+         * no keyframe taken, nothing counted (fan_out's ``sendable``). The
+         * peer and its protect are held from here to the send below; every
+         * way out of this iteration clears them. */
         peer = slot_get(&sub_cache, sub, S_KEY);
         if (peer == NULL) goto fail;
         protect = slot_get(&peer_cache, peer, P_PROTECT);
-        Py_CLEAR(peer);
         if (protect == NULL) goto fail;
-        flag = protect == Py_None;
-        Py_CLEAR(protect);
-        if (flag) continue;
+        if (protect == Py_None) {
+            Py_CLEAR(protect);
+            Py_CLEAR(peer);
+            continue;
+        }
         flag = slot_true(&sub_cache, sub, S_WAITING);
         if (flag < 0) goto fail;
         vp = slot_get(&sub_cache, sub, S_VP8);
@@ -645,6 +648,8 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         if (flag || vp8_resync || resync) {
             Py_CLEAR(rw);
             Py_CLEAR(vp);
+            Py_CLEAR(protect);
+            Py_CLEAR(peer);
             if (PyList_Append(rest, sub) < 0) goto fail;
             continue;
         }
@@ -671,6 +676,8 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
                 if (PyErr_Occurred()) goto fail;
                 Py_CLEAR(rw);
                 Py_CLEAR(vp);
+                Py_CLEAR(protect);
+                Py_CLEAR(peer);
                 continue;
             }
             out_pt = PyLong_AsLong(mapped);
@@ -691,6 +698,8 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         if (u < in_start) {
             Py_CLEAR(rw);
             Py_CLEAR(vp);
+            Py_CLEAR(protect);
+            Py_CLEAR(peer);
             continue;
         }
         long long out_seq = (seq + seq_offset) & 0xFFFF;
@@ -788,16 +797,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
             goto fail;
         forwarded++;
 
-        /* Protect and queue for the subscriber's peer, as send() does. */
-        peer = slot_get(&sub_cache, sub, S_KEY);
-        if (peer == NULL) goto fail;
-        protect = slot_get(&peer_cache, peer, P_PROTECT);
-        if (protect == NULL) goto fail;
-        if (protect == Py_None) {
-            Py_CLEAR(protect);
-            Py_CLEAR(peer);
-            continue;
-        }
+        /* Protect and queue for the subscriber's peer (held from the top), as send() does. */
         PyObject *addr = slot_get(&peer_cache, peer, P_ADDR);
         if (addr == NULL) goto fail;
         Leg *leg = addr == Py_None ? NULL : leg_of(self, peer, protect, addr);

@@ -127,10 +127,10 @@ class Forwarder:
         self._ext_tables: dict[bytes, bytes] = {}
         self._groups: dict[int, SimulcastGroup] = {}
         self.red_leaf: NativeRed | None = red_leaf
+        """RED's per-packet steps in native code, if the adapter has them."""
         self.sendable = sendable
         """Whether a subscriber can be sent to now (None: always). One that
         cannot gets no copy, and its subscriptions stand still until it can."""
-        """RED's per-packet steps in native code, if the adapter has them."""
         self.switch_times: deque[float] = deque(maxlen=4096)
         """Seconds from each layer switch's decision to the new layer's first packet."""
         self.repair = Repair(
