@@ -211,22 +211,19 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             # load tester presents; routes with auth="api_key" take it. A
             # refused one counts against its address as a failed sign-in
             # does, so secrets cannot be guessed at speed.
-            limiter = request.app.get(ratelimit.LIMITER)
+            limiter = request.app[ratelimit.LIMITER]
             rule = ratelimit.guesses_by_address(request.app[keys.SETTINGS])
-            address = None
-            if limiter is not None:
-                address = await limiter.attempt(
-                    "login-address", ratelimit.client_address(request), rule,
-                    "refused credentials from this address", count=False,
-                )  # fmt: skip
+            address = await limiter.attempt(
+                "login-address", ratelimit.client_address(request), rule,
+                "refused credentials from this address", count=False,
+            )  # fmt: skip
             try:
                 key_id, secret = api_keys.basic_credentials(token)
                 request[api_keys.API_KEY] = await api_keys.authenticate(
                     request.app[keys.DB], key_id, secret
                 )
             except api_keys.InvalidApiKey:
-                if limiter is not None and address is not None:
-                    await limiter.fail(address, rule)
+                await limiter.fail(address, rule)
                 raise
             return await handler(request)
         if scheme.lower() != "bearer" or not token.strip():
