@@ -307,14 +307,7 @@ def free_udp_port() -> int:
 def free_port_in(first: int, last: int) -> int:
     """A free loopback TCP port in [first, last], tried in random order: a
     range a suite keeps for itself, away from the ports others draw."""
-    for port in random.sample(range(first, last + 1), last - first + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {first}-{last}")
+    return _draw(socket.SOCK_STREAM, range(first, last + 1))
 
 
 def udp_ports_free(first: int, count: int = 1) -> bool:
