@@ -187,13 +187,13 @@ def test_a_track_counts_loss_by_its_stamps_or_its_sequence_numbers() -> None:
     counted = TrackStats("video", 5, sampled=False)
     # Across the wrap, three missing and one reordered late.
     for i, seq in enumerate([65530, 65531, 65533, 65534, 0, 1, 65535, 4, 5, 6, 7, 8, 9]):
-        counted.arrived(seq, 3000 * i, 10.0 + i / 30, 90_000, 1000)
+        counted.arrived(seq, 3000 * i, 10.0 + i / 30, 1000)
     assert (counted.expected, counted.received) == (16, 13)
     assert counted.loss_pct == pytest.approx(100 * 3 / 16)
     assert counted.octets == 13_000 and counted.jitter >= 0
     # A sampled track's loss is its stamps': the sequence numbers do not count.
-    sampled = TrackStats("audio", 6)
-    sampled.arrived(100, 0, 10.0, 48_000, 100)
+    sampled = TrackStats("audio", 6, rate=48_000)
+    sampled.arrived(100, 0, 10.0, 100)
     sampled.stamped, sampled.first_index, sampled.last_index = 9, 1, 10
     assert (sampled.expected, sampled.received) == (10, 9)
     assert sampled.loss_pct == pytest.approx(10.0)

@@ -139,6 +139,20 @@ class _Member:
         await self.socket.drop()
 
 
+@dataclass(slots=True)
+class _Layer:
+    """One video stream a publisher sends on its link (a simulcast layer, or
+    the one camera stream): its RTP state and counts, for its sender reports."""
+
+    rid: str  # "" without simulcast
+    clip: media.Clip
+    ssrc: int
+    seq: int  # the next sequence number
+    ts0: int  # the first timestamp
+    octets: int = 0
+    sent: int = 0
+
+
 class Publisher(_Member):
     """Sends the clip: Opus every 20 ms, VP8 at 30 frames a second, each
     frame's packets together, and a keyframe when the server asks (PLI, FIR).
@@ -264,12 +278,11 @@ class Publisher(_Member):
             return int.from_bytes(os.urandom(4), "big")
 
         a_seq, a_ts0 = seq0(), ts0()
-        # Each video layer: [rid, clip, ssrc, next seq, first ts, octets, packets].
-        layers: list[list[Any]] = (
-            [[rid, clip, ssrc, seq0(), ts0(), 0, 0]
+        layers = (
+            [_Layer(rid, clip, ssrc, seq0(), ts0())
              for (rid, clip), (_, ssrc) in zip(self.simulcast, offer.layers, strict=True)]
             if self.simulcast
-            else [["", self.clip, offer.video_ssrc, seq0(), ts0(), 0, 0]]
+            else [_Layer("", self.clip, offer.video_ssrc, seq0(), ts0())]
         )  # fmt: skip
         a_n = v_n = frame_no = 0
         a_sent = a_octets = 0  # for the SRs
@@ -308,36 +321,34 @@ class Publisher(_Member):
             if self.video and now >= due_video:
                 if self._keyframe_due:
                     self._keyframe_due = False
-                    frame_no = layers[0][1].next_keyframe(frame_no)
+                    frame_no = layers[0].clip.next_keyframe(frame_no)
                 stamp = self._stamp("video")
                 first_second = v_n < media.FPS
                 for layer in layers:
-                    rid, clip, ssrc = layer[0], layer[1], layer[2]
+                    rid = layer.rid
                     if rid and not self.active.get(rid, True):
                         continue
-                    data, key = clip.video[frame_no % len(clip.video)]
+                    data, key = layer.clip.video[frame_no % len(layer.clip.video)]
                     payloads = rtp.vp8_payloads(data, v_n, key)
                     payloads[-1] += stamp
                     ext = list(v_mid) if first_second else []
                     if rid and first_second and rid_id:
                         ext.append((rid_id, rid.encode()))
-                    seq = layer[3]
                     for i, p in enumerate(payloads):
                         link.send_rtp(
                             rtp.packet(
                                 sdp.VP8_PT,
-                                seq,
-                                layer[4] + v_n * 3000,
-                                ssrc,
+                                layer.seq,
+                                layer.ts0 + v_n * 3000,
+                                layer.ssrc,
                                 p,
                                 marker=i == len(payloads) - 1,
                                 extensions=ext,
                             )
                         )
-                        seq += 1
-                        layer[5] += len(p)
-                    layer[3] = seq
-                    layer[6] += len(payloads)
+                        layer.seq += 1
+                        layer.octets += len(p)
+                    layer.sent += len(payloads)
                     self.layer_packets[rid] += len(payloads)
                 v_n, frame_no = v_n + 1, frame_no + 1
             if now >= next_report:
@@ -347,13 +358,13 @@ class Publisher(_Member):
                     report += rtp.sender_report(
                         offer.audio_ssrc, _ntp(wall), a_ts0 + a_n * 960, a_sent, a_octets
                     )
-                for _, _, ssrc, _, first_ts, octets, sent in layers if self.video else ():
+                for layer in layers if self.video else ():
                     report += rtp.sender_report(
-                        ssrc, _ntp(wall), first_ts + v_n * 3000, sent, octets
+                        layer.ssrc, _ntp(wall), layer.ts0 + v_n * 3000, layer.sent, layer.octets
                     )
                 link.send_rtcp(report)
                 next_report += REPORT_EVERY
-            self.sent_packets = a_sent + sum(layer[6] for layer in layers)
+            self.sent_packets = a_sent + sum(layer.sent for layer in layers)
             wake = min(
                 start + a_n * 0.02 if self.audio else 1e18,
                 start + v_n / media.FPS if self.video else 1e18,
@@ -377,6 +388,8 @@ class TrackStats:
     ssrc: int
     #: Whether the stamps were read (latency, exact loss); else the header only.
     sampled: bool = True
+    #: The RTP clock rate: Opus's 48 kHz, video's 90 kHz.
+    rate: int = 90_000
     packets: int = 0
     octets: int = 0
     first_at: float = 0.0
@@ -403,7 +416,7 @@ class TrackStats:
     pli_due: float = 0.0
     last_pli: float = -1e9
 
-    def arrived(self, seq: int, timestamp: int, at: float, rate: int, size: int) -> int:
+    def arrived(self, seq: int, timestamp: int, at: float, size: int) -> int:
         """One packet's header: counts, the extended highest sequence number
         (RFC 3550 A.1, without probation) and interarrival jitter (§6.4.1).
         Returns how many sequence numbers it skipped (a gap: 0 for none)."""
@@ -418,6 +431,7 @@ class TrackStats:
             if seq < self.highest_seq:
                 self.cycles += 1 << 16
             self.highest_seq = seq
+        rate = self.rate
         transit = at * rate - timestamp
         if self._transit is not None:
             d = abs(transit - self._transit)
@@ -471,7 +485,6 @@ class Subscriber(_Member):
         self.first_media_at = 0.0
         self._ice: tuple[str, str] | None = None
         self._kinds: dict[int, str] = {}
-        self._clock: dict[int, int] = {}
         self._rtx: dict[int, int] = {}
         #: The last sender report of each SSRC: its NTP time's middle 32 bits
         #: and when it came (LSR and DLSR, RFC 3550 §6.4.1).
@@ -504,12 +517,10 @@ class Subscriber(_Member):
         desc = sdp.read(offer_sdp)
         for section in desc.sections:
             self._rtx.update(section.rtx_of)
-            rate = 48_000 if section.kind == "audio" else 90_000
             for ssrc in section.ssrcs:
                 if ssrc in section.rtx_ssrcs:
                     continue  # a retransmission repairs a track; not one itself
                 self._kinds[ssrc] = section.kind
-                self._clock[ssrc] = rate
         answer = sdp.answer_for(desc, offer_sdp, self.certificate.fingerprint, self._ice)
         await self.socket.request("answer", {"sdp": answer.sdp})
         if self.link is None:
@@ -562,26 +573,37 @@ class Subscriber(_Member):
             if repaired is not None:
                 repaired.repaired += 1  # a retransmission, asked or not
             return None
-        track = self.tracks[ssrc] = TrackStats(kind, ssrc, self.sampled, first_at=arrived)
+        rate = 48_000 if kind == "audio" else 90_000
+        track = self.tracks[ssrc] = TrackStats(kind, ssrc, self.sampled, rate, first_at=arrived)
         if not self.first_media_at:
             self.first_media_at = arrived
         return track
 
-    def _rtp(self, data: bytes, arrived: float) -> None:
-        """A sampled subscriber's packet, unprotected: the header and the stamp."""
+    def _take(
+        self, ssrc: int, seq: int, timestamp: int, arrived: float, size: int
+    ) -> TrackStats | None:
+        """One packet's header, whichever kind of subscriber read it: media is
+        back, its track counts it, and a gap is asked again. Its track, or
+        None for an SSRC that is none's."""
         if self._awaiting:
             self._awaiting = False
             self._media_back(arrived)
+        track = self.tracks.get(ssrc) or self._track(ssrc, arrived)
+        if track is None:
+            return None
+        gap = track.arrived(seq, timestamp, arrived, size)
+        if gap or track.pli_want >= 0:
+            self._repair(track, seq, gap, arrived)
+        return track
+
+    def _rtp(self, data: bytes, arrived: float) -> None:
+        """A sampled subscriber's packet, unprotected: the header and the stamp."""
         head = rtp.read_header(data)
         if head is None:
             return
-        track = self.tracks.get(head.ssrc) or self._track(head.ssrc, arrived)
+        track = self._take(head.ssrc, head.seq, head.timestamp, arrived, len(data))
         if track is None:
             return
-        rate = self._clock.get(head.ssrc, 90_000)
-        gap = track.arrived(head.seq, head.timestamp, arrived, rate, len(data))
-        if gap or track.pli_want >= 0:
-            self._repair(track, head.seq, gap, arrived)
         stamp = media.read_stamp(data[head.start : head.end], track.kind == "audio")
         if stamp is not None:
             if track.stamped and stamp.index == track.last_index:
@@ -596,21 +618,11 @@ class Subscriber(_Member):
 
     def _count(self, data: bytes, arrived: float) -> None:
         """Any other subscriber's packet, still protected: its clear header only."""
-        if self._awaiting:
-            self._awaiting = False
-            self._media_back(arrived)
         if len(data) < 12:
             return
         _, _, seq, timestamp, ssrc = _FIXED.unpack_from(data)
-        track = self.tracks.get(ssrc) or self._track(ssrc, arrived)
-        if track is None:
-            return
         link = self.link
-        tag = link.tag_len if link is not None else 0
-        rate = self._clock.get(ssrc, 90_000)
-        gap = track.arrived(seq, timestamp, arrived, rate, len(data) - tag)
-        if gap or track.pli_want >= 0:
-            self._repair(track, seq, gap, arrived)
+        self._take(ssrc, seq, timestamp, arrived, len(data) - (link.tag_len if link else 0))
 
     def _repair(self, track: TrackStats, seq: int, gap: int, at: float) -> None:
         """As a browser's video receiver: a gap is asked again at once (NACK,

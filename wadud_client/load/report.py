@@ -34,19 +34,24 @@ def _by_region(subs: list[dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
     for sub in subs:
         if sub.get("region"):
             regions.setdefault(sub["region"], []).append(sub)
-    out = {}
-    for region, members in sorted(regions.items()):
-        tracks = [t for m in members for t in m["tracks"]]
-        expected = sum(t["expected"] for t in tracks)
-        received = sum(t["received"] for t in tracks)
-        out[region] = {
-            "subscribers": sum(1 for m in members if m["join_ms"] is not None),
-            "subscribers_asked": len(members),
-            "join_ms": percentiles([m["join_ms"] for m in members if m["join_ms"] is not None]),
-            "latency_ms": None,
-            "loss_pct": round(max(0.0, 100 * (1 - received / expected)), 3) if expected else None,
-        }
+    out = {
+        region: {**_reached(members), "latency_ms": None}
+        for region, members in sorted(regions.items())
+    }
     return out or None
+
+
+def _reached(subs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many of ``subs`` received media, how soon, and the loss over their tracks."""
+    tracks = [t for s in subs for t in s["tracks"]]
+    received = sum(t["received"] for t in tracks)
+    expected = sum(t["expected"] for t in tracks)
+    return {
+        "subscribers": sum(1 for s in subs if s["join_ms"] is not None),
+        "subscribers_asked": len(subs),
+        "join_ms": percentiles([s["join_ms"] for s in subs if s["join_ms"] is not None]),
+        "loss_pct": round(max(0.0, 100 * (1 - received / expected)), 3) if expected else None,
+    }
 
 
 def _summary(
@@ -58,15 +63,14 @@ def _summary(
     generator: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     tracks = [t for s in subs for t in s["tracks"]]
-    received = sum(t["received"] for t in tracks)
-    expected = sum(t["expected"] for t in tracks)
+    reached = _reached(subs)
     return {
-        "subscribers": sum(1 for s in subs if s["join_ms"] is not None),
-        "subscribers_asked": len(subs),
-        "join_ms": percentiles([s["join_ms"] for s in subs if s["join_ms"] is not None]),
+        "subscribers": reached["subscribers"],
+        "subscribers_asked": reached["subscribers_asked"],
+        "join_ms": reached["join_ms"],
         "latency_ms": latency,
         "jitter_ms": percentiles([t["jitter_ms"] for t in tracks]),
-        "loss_pct": round(max(0.0, 100 * (1 - received / expected)), 3) if expected else None,
+        "loss_pct": reached["loss_pct"],
         "kbps_per_subscriber": percentiles(
             [sum(t["kbps"] for t in s["tracks"]) for s in subs if s["tracks"]]
         ),

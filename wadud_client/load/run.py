@@ -229,14 +229,14 @@ async def run(
                     result.rooms.append(room)
                     for p in range(shape.publishers):
                         body = {"room": room, "identity": f"pub-{p}", "subscribe": False}
-                        tokens.append((room, p, await _mint(http, url, auth, body)))
+                        tokens.append((r, room, p, await _mint(http, url, auth, body)))
                 clip, layers = await encoding
             finally:
                 if not encoding.done():
                     await asyncio.wait({encoding})
-            for room, p, token in tokens:
+            for r, room, p, token in tokens:
                 label = f"{room}/pub-{p}"
-                _, ws = regions[int(room.rsplit("-", 1)[1]) % len(regions)]
+                _, ws = regions[r % len(regions)]
                 publishers.append(
                     Publisher(
                         ws,
@@ -424,7 +424,7 @@ def _record(sub: Subscriber, asked: float) -> dict[str, Any]:
                 "plis": t.plis,
                 "stamped": t.stamped,
                 "stamps_sent": t.last_index - t.first_index + 1 if t.stamped else 0,
-                "jitter_ms": round(t.jitter / (48 if t.kind == "audio" else 90), 2),
+                "jitter_ms": round(t.jitter * 1000 / t.rate, 2),
                 "latency_ms": percentiles(t.latencies_ms),
             }
             for t in tracks
