@@ -100,6 +100,12 @@ _PEER_GAUGES = (
         "sfu_peer_remb_bitrate",
         "Bitrate cap (bits/s) the worker tells the publisher with REMB.",
     ),
+    (
+        "estimate_bitrate",
+        "sfu_peer_estimate_bitrate",
+        "Bits/s the worker estimates a subscriber's path carries, from its transport-cc "
+        "feedback or REMB.",
+    ),
 )
 
 

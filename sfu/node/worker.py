@@ -570,5 +570,8 @@ class MediaWorker(HotPath):
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges for :mod:`sfu.node.metrics`, read at scrape time."""
         native_counters = self._fanout.counters() if self._fanout is not None else None
-        snapshot = worker_snapshot(self.tables, self.links.snapshot(), native_counters, self.port)
+        estimates = {peer: s.estimate() for peer, s in self.layers.subscribers.by_peer.items()}
+        snapshot = worker_snapshot(
+            self.tables, self.links.snapshot(), native_counters, self.port, estimates
+        )
         return {**snapshot, "recordings": self.recordings.counts()}

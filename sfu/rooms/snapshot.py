@@ -7,21 +7,28 @@ keeps only plain counters.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from sfu.feedback.bandwidth import BandwidthFeedback, RembEstimator, TransportCcRecorder
 from sfu.feedback.reports import ReportScheduler
-from sfu.rooms.records import MediaRoom, WorkerTables
+from sfu.rooms.records import MediaRoom, Peer, WorkerTables
 
 __all__ = ["room_snapshot", "worker_snapshot"]
 
 
 def room_snapshot(
-    room: MediaRoom, reports: ReportScheduler, bandwidth: BandwidthFeedback
+    room: MediaRoom,
+    reports: ReportScheduler,
+    bandwidth: BandwidthFeedback,
+    estimates: Mapping[Peer, float],
 ) -> dict[str, Any]:
-    """A room's forwarder counters and each of its transports' counters and estimates."""
+    """A room's forwarder counters and each of its transports' counters and
+    estimates; ``estimates``: bits per second each subscriber transport's
+    path carries, as the layers core estimates it (absent or infinite: no
+    estimate)."""
     stats = room.forwarder.stats.as_dict()
     peers = []
     for p in room.participants.values():
@@ -36,6 +43,7 @@ def room_snapshot(
                         sent += sub.packets_sent + sub.retransmitted
                         octets += sub.octets_sent
             estimator = bandwidth.get(peer)
+            estimate = estimates.get(peer, math.inf)
             peers.append(
                 {
                     "participant": p.id,
@@ -54,6 +62,8 @@ def room_snapshot(
                     "remb_bitrate": (
                         estimator.estimate if isinstance(estimator, RembEstimator) else None
                     ),
+                    # What the subscriber's own feedback says its path carries.
+                    "estimate_bitrate": None if math.isinf(estimate) else estimate,
                     "twcc_feedback": (
                         estimator.sent if isinstance(estimator, TransportCcRecorder) else None
                     ),
@@ -73,13 +83,14 @@ def worker_snapshot(
     relays: dict[str, Any],
     native: Mapping[str, int] | None,
     port: int,
+    estimates: Mapping[Peer, float],
 ) -> dict[str, Any]:
     """A worker's counters and gauges: its rooms', its relay links' (``relays``,
     :meth:`sfu.node.links.Links.snapshot`) and its native leaf's (``native``)."""
     rooms = []
     totals = Counter(tables.totals)
     for room in tables.rooms.values():
-        entry = room_snapshot(room, tables.reports, tables.bandwidth)
+        entry = room_snapshot(room, tables.reports, tables.bandwidth, estimates)
         totals.update(entry["stats"])
         rooms.append(entry)
     # Packets from the worker's own publishers only: what came over relay
