@@ -24,7 +24,9 @@ import aiohttp
 import pytest
 
 from benchmarks.common import answers_ready
+from sfu.layers.subscribers import START_ESTIMATE
 from tests.conftest import free_port
+from tests.prometheus import metric_sum, parse_metrics
 from tests.signalling.relay import NatRelay, Schedule
 from tests.wadud.processes import serve_on_free_ports
 
@@ -150,6 +152,44 @@ async def test_simulcast_publishers_send_every_layer_and_subscribers_get_one(
         assert video["received"] == video["expected"] > 100, video
     done = load("--url", server, "--simulcast", "--video-resolution", "low", env=load_key)
     assert done.returncode == 2 and "--simulcast" in done.stderr
+
+
+async def test_its_peers_number_packets_and_feed_back_as_browsers_do(
+    server: str, load_key: dict[str, str], tmp_path: Path
+) -> None:
+    """Publishers number every packet transport-wide and subscribers send
+    transport-cc feedback: the server's estimate of each subscriber's path
+    moves from where it starts, and publishers get the server's feedback."""
+    out = tmp_path / "feedback.json"
+    argv = (
+        "--url", server, "--rooms", "1", "--subscribers", "2", "--duration", "10",
+        "--seed", "11", "--json", str(out), "--quiet",
+    )  # fmt: skip
+    run = asyncio.create_task(asyncio.to_thread(load, *argv, env=load_key))
+    estimates: list[float] = []
+    fed_back = 0.0
+    async with aiohttp.ClientSession() as http:
+        while not run.done() and (len(estimates) < 2 or not fed_back):
+            async with http.get(METRICS[server]) as r:
+                metrics = parse_metrics(await r.text())
+            estimates = [
+                metric_sum(metrics, "sfu_peer_estimate_bitrate", direction="subscribe", stat=stat)
+                for stat in ("min", "max")
+            ]
+            # Only what moved from the estimator's start counts as heard.
+            estimates = [e for e in estimates if e and e != START_ESTIMATE]
+            fed_back = metric_sum(
+                metrics, "sfu_peer_transport_cc_feedback_total", direction="publish"
+            )
+            await asyncio.sleep(0.2)
+    done = await run
+    assert done.returncode == 0, done.stderr
+    assert len(estimates) == 2 and fed_back > 0, (estimates, fed_back)
+    body = json.loads(out.read_text())
+    # libwebrtc's spacing: every 50 to 250 ms while media flows.
+    for sub in body["subscribers"]:
+        assert 10 * 4 <= sub["feedback"] <= 10 * 20 + 5, sub
+    assert body["summary"]["feedback"] == sum(s["feedback"] for s in body["subscribers"])
 
 
 async def test_bad_credentials_and_an_unreachable_url_end_with_their_exit_codes(

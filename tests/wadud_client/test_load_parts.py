@@ -210,3 +210,50 @@ def test_a_nack_names_each_missing_sequence_number_once() -> None:
     named = {(pid + d) & 0xFFFF for pid, blp in fci for d in [0] + [b + 1 for b in range(16)
              if blp >> b & 1]}  # fmt: skip
     assert named == {65534, 65535, 0, 3, 20, 40} and len(fci) == 3
+
+
+def test_the_transport_sequence_number_is_read_from_either_extension_form() -> None:
+    one_byte = rtp.packet(96, 1, 2, 3, b"vp8", extensions=[(2, b"\x01\x02\x03"), (5, b"\xab\xcd")])
+    assert rtp.transport_sequence(one_byte, 5) == 0xABCD
+    assert (
+        rtp.transport_sequence(one_byte, 2) == 0x0102
+        and rtp.transport_sequence(one_byte, 7) is None
+    )
+    # RFC 8285's two-byte form (0x100 profile), with padding between elements.
+    block = bytes([1, 1, 0x9E, 0, 3, 2, 0x12, 0x34])
+    two_byte = (
+        bytes([0x90, 96]) + bytes(10) + b"\x10\x00" + (len(block) // 4).to_bytes(2, "big") + block
+    )
+    assert rtp.transport_sequence(two_byte, 3) == 0x1234
+    assert rtp.transport_sequence(rtp.packet(96, 1, 2, 3, b"x"), 3) is None
+
+
+@given(st.binary(max_size=48), st.integers(1, 14))
+def test_any_bytes_read_as_a_transport_sequence_or_none(data: bytes, xid: int) -> None:
+    seq = rtp.transport_sequence(data, xid)
+    assert seq is None or 0 <= seq <= 0xFFFF
+
+
+@given(
+    st.lists(
+        st.none() | st.integers(0, 255) | st.integers(-0x8000, 0x7FFF), min_size=1, max_size=80
+    ),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFFFF),
+)
+def test_transport_feedback_reads_back_as_the_server_parses_it(
+    deltas: list[int | None], base: int, reference: int
+) -> None:
+    from rtc.rtcp.compound import parse_compound
+    from rtc.rtcp.transport_cc import TransportCc
+
+    packet = rtp.transport_feedback(0xA, 0xB, base, reference, 300, deltas)
+    assert len(packet) % 4 == 0
+    (parsed,) = parse_compound(packet)
+    assert isinstance(parsed, TransportCc)
+    assert (parsed.sender_ssrc, parsed.media_ssrc, parsed.base_sequence) == (0xA, 0xB, base)
+    assert (parsed.reference_time, parsed.fb_count, parsed.deltas) == (
+        reference,
+        300 & 0xFF,
+        deltas,
+    )

@@ -78,6 +78,9 @@ def _summary(
         "nacked": sum(t["nacked"] for t in tracks),
         "repaired": sum(t["repaired"] for t in tracks),
         "plis": sum(t["plis"] for t in tracks),
+        # Transport-wide CC feedback the subscribers sent (a browser's
+        # bandwidth feedback, which the server's estimate is made of).
+        "feedback": sum(s.get("feedback", 0) for s in subs),
         "reconnects": len(reconnects),
         "reconnect_back_s": percentiles(
             [r["back_s"] for r in reconnects if r["back_s"] is not None]
@@ -216,7 +219,8 @@ def table_of(s: dict[str, Any], header: str) -> str:
         f"subscribers receiving: {s['subscribers']} of {s['subscribers_asked']}",
         f"loss: {loss}   reconnects: {s['reconnects']}   errors: {errors}",
         f"asked again (NACK): {s['nacked']}   retransmissions: {s['repaired']}"
-        f"   keyframes asked (PLI): {s['plis']}",
+        f"   keyframes asked (PLI): {s['plis']}"
+        f"   bandwidth feedback (transport-cc): {s.get('feedback', 0)}",
     ]
     return "\n".join(lines)
 

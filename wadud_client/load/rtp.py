@@ -1,5 +1,6 @@
 """RTP and RTCP as the load tester writes and reads them (RFC 3550, RFC 4585,
-RFC 8285's one-byte header extensions): a few fixed layouts, no objects."""
+RFC 8285's header extensions, transport-wide CC feedback): a few fixed
+layouts, no objects."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
+    "FIXED",
     "Header",
     "nack",
     "packet",
@@ -15,11 +17,17 @@ __all__ = [
     "receiver_report",
     "rtcp_packets",
     "sender_report",
+    "transport_feedback",
+    "transport_sequence",
     "vp8_payloads",
 ]
 
-_FIXED = struct.Struct(">BBHII")
+#: The fixed RTP header (RFC 3550 5.1): first byte, second byte, sequence
+#: number, timestamp, SSRC.
+FIXED = struct.Struct(">BBHII")
 _REPORT_BLOCK = struct.Struct(">IIIIII")
+_EXT_HEAD = struct.Struct(">HH")
+_TCC_HEAD = struct.Struct(">BBHIIHHI")
 VP8_MAX_PAYLOAD = 1100
 
 
@@ -53,7 +61,7 @@ def packet(
         body = b"".join(bytes([(xid << 4) | (len(v) - 1)]) + v for xid, v in extensions)
         body += b"\0" * (-len(body) % 4)
         ext = struct.pack(">HH", 0xBEDE, len(body) // 4) + body
-    head = _FIXED.pack(
+    head = FIXED.pack(
         first, (0x80 if marker else 0) | pt, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc
     )
     return head + ext + payload
@@ -64,7 +72,7 @@ def read_header(data: bytes) -> Header | None:
     what is too short or not version 2."""
     if len(data) < 12 or data[0] >> 6 != 2:
         return None
-    first, second, seq, ts, ssrc = _FIXED.unpack_from(data)
+    first, second, seq, ts, ssrc = FIXED.unpack_from(data)
     start = 12 + 4 * (first & 0x0F)
     if first & 0x10:
         if len(data) < start + 4:
@@ -150,3 +158,84 @@ def receiver_report(sender: int, blocks: list[tuple[int, int, int, int, int, int
         for ssrc, fraction, lost, highest, jitter, lsr, dlsr in blocks[:31]
     )
     return struct.pack(">BBHI", 0x80 | len(blocks[:31]), 201, 1 + len(body) // 4, sender) + body
+
+
+def transport_sequence(data: bytes, xid: int) -> int | None:
+    """The transport-wide sequence number an RTP packet carries in header
+    extension ``xid`` (one- or two-byte form, RFC 8285), None without one.
+    The extension block is in the clear on an SRTP packet too."""
+    if len(data) < 16 or not data[0] & 0x10:
+        return None
+    at = 12 + 4 * (data[0] & 0x0F)
+    if len(data) < at + 4:
+        return None
+    profile, words = _EXT_HEAD.unpack_from(data, at)
+    at += 4
+    end = min(at + 4 * words, len(data))
+    two_byte = profile & 0xFFF0 == 0x1000
+    if not two_byte and profile != 0xBEDE:
+        return None
+    while at < end:
+        first = data[at]
+        if first == 0:  # padding between elements
+            at += 1
+            continue
+        if two_byte:
+            if at + 2 > end:
+                return None
+            size, at = data[at + 1], at + 2
+        else:
+            if first >> 4 == 15:  # reserved: stop reading (RFC 8285 4.2)
+                return None
+            first, size, at = first >> 4, (first & 0x0F) + 1, at + 1
+        if first == xid:
+            return (data[at] << 8 | data[at + 1]) if size >= 2 and at + 2 <= end else None
+        at += size
+    return None
+
+
+def transport_feedback(
+    sender: int, media: int, base: int, reference: int, count: int, deltas: list[int | None]
+) -> bytes:
+    """Transport-wide CC feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01
+    section 3.1) for the packets numbered from ``base``: each one's receive
+    delta in 250 µs ticks after the one received before it (the first one's
+    after ``reference``, in 64 ms units), or None when it was not received.
+    A delta must fit 16 signed bits. Its status chunks: a run-length chunk
+    for 14 or more alike, else a one-bit vector of 14 where all are small
+    or missing, else a two-bit vector of 7."""
+    statuses = [0 if d is None else 1 if 0 <= d <= 0xFF else 2 for d in deltas]
+    chunks = []
+    i, n = 0, len(statuses)
+    while i < n:
+        run = i + 1
+        while run < n and statuses[run] == statuses[i] and run - i < 0x1FFF:
+            run += 1
+        if run - i >= 14:
+            chunks.append(statuses[i] << 13 | (run - i))
+            i = run
+        elif max(statuses[i : i + 14]) <= 1:
+            bits = 0
+            for k, status in enumerate(statuses[i : i + 14]):
+                bits |= status << (13 - k)
+            chunks.append(0x8000 | bits)
+            i += 14
+        else:
+            bits = 0
+            for k, status in enumerate(statuses[i : i + 7]):
+                bits |= status << (12 - 2 * k)
+            chunks.append(0xC000 | bits)
+            i += 7
+    body = struct.pack(f">{len(chunks)}H", *chunks) + b"".join(
+        bytes([d]) if s == 1 else struct.pack(">h", d)
+        for d, s in zip(deltas, statuses, strict=True)
+        if d is not None
+    )
+    pad = -(len(body) + 20) % 4
+    if pad:
+        body += b"\0" * (pad - 1) + bytes([pad])
+    head = _TCC_HEAD.pack(
+        (0xA0 if pad else 0x80) | 15, 205, (20 + len(body)) // 4 - 1, sender, media,
+        base & 0xFFFF, n, (reference & 0xFFFFFF) << 8 | (count & 0xFF),
+    )  # fmt: skip
+    return head + body

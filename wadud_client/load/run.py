@@ -409,6 +409,7 @@ def _record(sub: Subscriber, asked: float) -> dict[str, Any]:
         "region": sub.region or None,
         "joined": bool(sub.joined_at),
         "join_ms": round((sub.first_media_at - asked) * 1000, 1) if sub.first_media_at else None,
+        "feedback": sub.feedbacks,
         "tracks": [
             {
                 "kind": t.kind,
