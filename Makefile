@@ -35,7 +35,7 @@ test: $(BIN)/wadud
 
 lint: $(BIN)/wadud
 	$(BIN)/ruff check .
-	$(BIN)/mypy wadud bin booking turn chat rtc sfu signalling privacy notify hooks recording wadud_client fuzz
+	$(BIN)/mypy wadud bin booking turn chat rtc sfu signalling privacy notify hooks recording sip wadud_client fuzz
 
 bench: $(BIN)/wadud
 	$(BIN)/python -m benchmarks.booking.run

@@ -32,6 +32,7 @@ ABOVE = frozenset(
         "rtc",
         "sfu",
         "signalling",
+        "sip",
         "turn",
         "bin",
         "wadud_client",
@@ -163,6 +164,7 @@ SERVER = (
     "notify",
     "hooks",
     "recording",
+    "sip",
 )
 OURS = (*SERVER, "wadud_client")
 
@@ -227,7 +229,7 @@ def modules() -> Modules:
 FLOOR_RULES = {
     "rtc imports only wadud and rtc": (("rtc",), set(OURS) - {"wadud", "rtc"}),
     "features import nothing of signalling or the assembly": (
-        ("sfu", "turn", "chat", "booking", "privacy", "notify", "hooks", "recording"),
+        ("sfu", "turn", "chat", "booking", "privacy", "notify", "hooks", "recording", "sip"),
         {"signalling", "bin"},
     ),
     "signalling imports nothing of the assembly": (("signalling",), {"bin"}),
@@ -314,6 +316,10 @@ SUB_FLOORS = {
         ("checkout",),
         ("easypaisa", "transfers"),
         ("http",),
+    ),
+    "sip": (
+        ("errors",),
+        ("wire", "audio"),
     ),
     "signalling": (
         ("errors",),

@@ -196,7 +196,7 @@ _TRUSTED = {
     "wadud_client/load/cli.py",
 }
 _PACKAGES = (
-    "wadud bin booking turn chat rtc sfu signalling privacy notify hooks recording wadud_client"
+    "wadud bin booking turn chat rtc sfu signalling privacy notify hooks recording sip wadud_client"
 )
 
 

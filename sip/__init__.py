@@ -1,0 +1,13 @@
+"""The phone bridge: patients and guests on a plain phone in a visit.
+
+A SIP endpoint (RFC 3261) that a clinic points its trunk or PBX at. A call
+that keys a visit's PIN joins the room as an ordinary participant through
+the SFU; the bridge decodes and mixes audio beside the media workers, never
+inside them. Concept folders, lowest floor first:
+
+* ``errors``: the package's one root exception and its typed children;
+* ``wire``: SIP as bytes and state, without I/O: messages, stream framing,
+  transactions (RFC 3261 section 17), the phone side's session descriptions;
+* ``audio``: the phone leg's audio, without I/O: DTMF in every form
+  providers send, G.711 and G.722, the jitter buffer, the N-1 mixer.
+"""

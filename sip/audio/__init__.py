@@ -1,0 +1,1 @@
+"""The phone leg's audio, without I/O: DTMF, codecs, jitter buffer, mixer."""

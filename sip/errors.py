@@ -1,0 +1,35 @@
+"""Errors of the ``sip`` package.
+
+One root, :class:`SipError`. As in h11 and ``rtc``, "the peer broke the
+protocol" (parse errors, also ``ValueError``: answered with 400 or dropped,
+and counted) is kept apart from "we were asked to do something invalid".
+"""
+
+from __future__ import annotations
+
+
+class SipError(Exception):
+    """Root of every error raised by ``sip``."""
+
+
+class SipParseError(SipError, ValueError):
+    """Bytes that are not a well-formed SIP message (RFC 3261 section 7,
+    section 25). ``status`` is the response a request that could be answered
+    gets (400, or 413 for a message too large, 505 for another SIP version);
+    ``reason`` goes in its reason phrase, so it is short and never echoes the
+    peer's bytes at length."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(f"{status} {reason}")
+
+
+class SdpOfferError(SipError, ValueError):
+    """A phone's session description that cannot be answered: no audio
+    section, no codec in common (RFC 3264 section 6: answered 488)."""
+
+
+class DtmfParseError(SipError, ValueError):
+    """A DTMF event (RFC 4733 section 2.3) or SIP INFO body that is not
+    well formed: counted and dropped."""

@@ -1,0 +1,1 @@
+"""SIP as bytes and state, without I/O (RFC 3261)."""
