@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wadud_client.load import media, rtp, sdp
+from wadud_client.load import media
 from wadud_client.load.stats import percentiles
+from wadud_client.load.wire import rtp, sdp
 
 SERVER_OFFER = "\r\n".join(
     [
@@ -182,7 +183,7 @@ def test_shards_merge_into_one_summary() -> None:
 
 
 def test_a_track_counts_loss_by_its_stamps_or_its_sequence_numbers() -> None:
-    from wadud_client.load.peers import TrackStats
+    from wadud_client.load.tracks import TrackStats
 
     counted = TrackStats("video", 5, sampled=False)
     # Across the wrap, three missing and one reordered late.

@@ -1,7 +1,7 @@
 """The load tester's participants: a publisher that sends the clip, a
 subscriber that counts what arrives. Each joins through the signalling
 WebSocket as a browser does (docs/protocol.md, "Calls"), with a token minted
-by the deployment's API key, and holds one :class:`~wadud_client.load.link.Link`
+by the deployment's API key, and holds one :class:`~wadud_client.load.wire.link.Link`
 per peer connection.
 
 A subscriber never decodes. It reads each packet's RTP header (SSRC,
@@ -24,28 +24,23 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from wadud_client.errors import ConnectionClosed, RequestFailed
-from wadud_client.load import media, rtp, sdp
-from wadud_client.load.link import Certificate, Link, LinkFailed
+from wadud_client.load import media
+from wadud_client.load.tracks import TrackStats
+from wadud_client.load.wire import rtp, sdp
+from wadud_client.load.wire.feedback import TransportFeedback
+from wadud_client.load.wire.link import Certificate, Link, LinkFailed
 from wadud_client.socket import CallSocket
 
-__all__ = ["Publisher", "Subscriber", "TrackStats"]
+__all__ = ["Publisher", "Subscriber"]
 
 #: Seconds between a subscriber's receiver reports, and a publisher's SRs.
 REPORT_EVERY = 1.0
-#: Transport-wide CC feedback as libwebrtc's receiver spaces it: about 5 % of
-#: what arrives, a report taken as 68 bytes, every 50 to 250 ms.
-FEEDBACK_SHARE = 0.05
-FEEDBACK_BITS = 68 * 8
-FEEDBACK_EVERY = (0.05, 0.25)
-#: A jump of more transport sequence numbers than this starts the count anew
-#: (the server's numbering of a new path), rather than reporting all as lost.
-_FEEDBACK_JUMP = 1000
 #: Seconds early a publisher sends what is due (the event loop's timer resolution).
 _TIMER_SLACK = 0.002
 #: The most sequence numbers of one gap a subscriber asks again.
@@ -409,89 +404,6 @@ class Publisher(_Member):
         await super().close()
 
 
-@dataclass
-class TrackStats:
-    """What one subscriber received of one track."""
-
-    kind: str
-    ssrc: int
-    #: Whether the stamps were read (latency, exact loss); else the header only.
-    sampled: bool = True
-    #: The RTP clock rate: Opus's 48 kHz, video's 90 kHz.
-    rate: int = 90_000
-    packets: int = 0
-    octets: int = 0
-    first_at: float = 0.0
-    last_at: float = 0.0
-    stamped: int = 0
-    first_index: int = 0
-    last_index: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    jitter: float = 0.0  # RTP timestamp units, RFC 3550 §6.4.1
-    _transit: float | None = None
-    highest_seq: int = -1
-    first_seq: int = 0
-    cycles: int = 0
-    #: Sequence numbers asked again (NACK), retransmissions received (RTX),
-    #: and keyframes asked for (PLI): what a browser's receiver does.
-    nacked: int = 0
-    repaired: int = 0
-    plis: int = 0
-    #: (expected, received) by sequence number at the last receiver report.
-    reported: tuple[int, int] = (0, 0)
-    #: After a NACK: the repairs that would make it whole, and when to ask
-    #: for a keyframe if they have not come (-1: none pending).
-    pli_want: int = -1
-    pli_due: float = 0.0
-    last_pli: float = -1e9
-
-    def arrived(self, seq: int, timestamp: int, at: float, size: int) -> int:
-        """One packet's header: counts, the extended highest sequence number
-        (RFC 3550 A.1, without probation) and interarrival jitter (§6.4.1).
-        Returns how many sequence numbers it skipped (a gap: 0 for none)."""
-        self.packets += 1
-        self.octets += size
-        self.last_at = at
-        gap = 0
-        if self.highest_seq < 0:
-            self.highest_seq = self.first_seq = seq
-        elif (step := (seq - self.highest_seq) & 0xFFFF) < 0x8000:
-            gap = step - 1 if step > 1 else 0
-            if seq < self.highest_seq:
-                self.cycles += 1 << 16
-            self.highest_seq = seq
-        rate = self.rate
-        transit = at * rate - timestamp
-        if self._transit is not None:
-            d = abs(transit - self._transit)
-            if d < rate:  # a wrap or a layer switch is not jitter
-                self.jitter += (d - self.jitter) / 16
-        self._transit = transit
-        return gap
-
-    @property
-    def sequence_expected(self) -> int:
-        """Packets the sequence numbers span (RFC 3550 A.3), sampled or not."""
-        return self.cycles + self.highest_seq - self.first_seq + 1 if self.packets else 0
-
-    @property
-    def expected(self) -> int:
-        """Packets that should have arrived: the stamps' span when sampled,
-        else the sequence numbers'."""
-        if self.sampled:
-            return self.last_index - self.first_index + 1 if self.stamped else 0
-        return self.sequence_expected
-
-    @property
-    def received(self) -> int:
-        return self.stamped if self.sampled else self.packets
-
-    @property
-    def loss_pct(self) -> float:
-        expected = self.expected
-        return 0.0 if expected <= 0 else max(0.0, 100 * (1 - self.received / expected))
-
-
 class Subscriber(_Member):
     """Takes every track the server offers; counts, times and reports."""
 
@@ -519,17 +431,8 @@ class Subscriber(_Member):
         #: and when it came (LSR and DLSR, RFC 3550 §6.4.1).
         self._sr: dict[int, tuple[int, float]] = {}
         self._ssrc = int.from_bytes(os.urandom(4), "big") | 1
-        #: Transport-wide CC: the extension id the offer numbers packets
-        #: with (None: not offered), and what arrived since the last feedback.
-        self._twcc: int | None = None
-        self._arrivals: list[tuple[int, float]] = []
-        self._arrived_octets = 0
-        self._feedback_from = 0.0
-        self._feedback_due = 0.0
-        self._feedback_next: int | None = None
-        #: Transport-wide CC feedback packets sent.
-        self.feedbacks = 0
-        self._media_ssrc = 0
+        #: Transport-wide CC, once the server's offer numbers packets.
+        self._feedback: TransportFeedback | None = None
         self._report: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._answering: asyncio.Task[None] | None = None
@@ -561,7 +464,9 @@ class Subscriber(_Member):
                 if ssrc in section.rtx_ssrcs:
                     continue  # a retransmission repairs a track; not one itself
                 self._kinds[ssrc] = section.kind
-            self._twcc = section.extensions.get(sdp.TWCC_URI, self._twcc)
+            twcc = section.extensions.get(sdp.TWCC_URI)
+            if twcc is not None and self._feedback is None:
+                self._feedback = TransportFeedback(twcc, self._ssrc)
         answer = sdp.answer_for(desc, offer_sdp, self.certificate.fingerprint, self._ice)
         await self.socket.request("answer", {"sdp": answer.sdp})
         if self.link is None:
@@ -596,8 +501,8 @@ class Subscriber(_Member):
         if self.link is not None:
             self.link.close()
         self.link, self._ice = None, None
-        self._arrivals.clear()
-        self._feedback_next = None
+        if self._feedback is not None:
+            self._feedback.restart()
         self._awaiting = True
 
     async def _media_again(self, ask: bool) -> None:
@@ -644,8 +549,8 @@ class Subscriber(_Member):
         head = rtp.read_header(data)
         if head is None:
             return
-        if self._twcc is not None:
-            self._arrival(data, head.ssrc, arrived)
+        if self._feedback is not None:
+            self._arrival(self._feedback, data, head.ssrc, arrived)
         track = self._take(head.ssrc, head.seq, head.timestamp, arrived, len(data))
         if track is None:
             return
@@ -666,75 +571,20 @@ class Subscriber(_Member):
         if len(data) < 12:
             return
         _, _, seq, timestamp, ssrc = rtp.FIXED.unpack_from(data)
-        if self._twcc is not None:
-            self._arrival(data, ssrc, arrived)
+        if self._feedback is not None:
+            self._arrival(self._feedback, data, ssrc, arrived)
         link = self.link
         self._take(ssrc, seq, timestamp, arrived, len(data) - (link.tag_len if link else 0))
 
-    def _arrival(self, data: bytes, ssrc: int, arrived: float) -> None:
-        """Note when a packet numbered transport-wide arrived; send the
-        feedback when it is due. Sent on arrival, not by a timer: a
-        subscriber that receives nothing has nothing to report."""
-        tseq = rtp.transport_sequence(data, self._twcc or 0)
-        if tseq is None:
-            return
-        self._arrivals.append((tseq, arrived))
-        self._arrived_octets += len(data)
-        self._media_ssrc = ssrc
-        if arrived >= self._feedback_due:
-            self._feedback(arrived)
+    def _arrival(self, feedback: TransportFeedback, data: bytes, ssrc: int, at: float) -> None:
+        packet = feedback.arrived(data, ssrc, at)
+        if packet is not None and self.link is not None:
+            self.link.send_rtcp(packet)
 
-    def _feedback(self, now: float) -> None:
-        """Transport-wide CC feedback for what arrived since the last: every
-        number from the one after the last reported to the highest arrived,
-        each with its arrival or as lost. One arriving after its number was
-        reported lost is not reported again (as libwebrtc's receiver)."""
-        link, arrivals = self.link, self._arrivals
-        if link is None or not arrivals:
-            return
-        base = self._feedback_next if self._feedback_next is not None else arrivals[0][0]
-        got: dict[int, float] = {}
-        for seq, at in arrivals:
-            offset = (seq - base) & 0xFFFF
-            if offset < 0x8000:
-                got.setdefault(offset, at)
-        arrivals.clear()
-        if not got:
-            return
-        low = min(got)
-        if low > _FEEDBACK_JUMP:
-            base, got = (base + low) & 0xFFFF, {k - low: v for k, v in got.items()}
-        start = min(got.values())
-        reference = int(start * 1000 / 64)
-        previous = reference * 256
-        deltas: list[int | None] = []
-        for offset in range(max(got) + 1):
-            when = got.get(offset)
-            if when is None:
-                deltas.append(None)
-                continue
-            ticks = round(when * 4000)
-            if not -0x8000 <= ticks - previous <= 0x7FFF:
-                # One feedback cannot carry this gap: the rest go in the next.
-                arrivals.extend(((base + k) & 0xFFFF, got[k]) for k in got if k >= offset)
-                break
-            deltas.append(ticks - previous)
-            previous = ticks
-        while deltas and deltas[-1] is None:
-            deltas.pop()
-        link.send_rtcp(
-            rtp.transport_feedback(
-                self._ssrc, self._media_ssrc, base, reference, self.feedbacks, deltas
-            )
-        )
-        self.feedbacks += 1
-        self._feedback_next = (base + len(deltas)) & 0xFFFF
-        elapsed = now - self._feedback_from
-        rate = self._arrived_octets * 8 / elapsed if elapsed > 0 else 0.0
-        low_every, high_every = FEEDBACK_EVERY
-        every = FEEDBACK_BITS / (FEEDBACK_SHARE * rate) if rate > 0 else high_every
-        self._feedback_from, self._arrived_octets = now, 0
-        self._feedback_due = now + min(high_every, max(low_every, every))
+    @property
+    def feedbacks(self) -> int:
+        """Transport-wide CC feedback packets sent."""
+        return self._feedback.sent if self._feedback is not None else 0
 
     def _repair(self, track: TrackStats, seq: int, gap: int, at: float) -> None:
         """As a browser's video receiver: a gap is asked again at once (NACK,

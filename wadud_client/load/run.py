@@ -23,12 +23,13 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from wadud_client.errors import ConnectionClosed, RequestFailed
-from wadud_client.load import media, sdp
+from wadud_client.load import media
 from wadud_client.load.cost import MetricsUnreadable, Scrape, cost, scrape
 from wadud_client.load.drops import udp_drops
-from wadud_client.load.link import Certificate, LinkFailed
 from wadud_client.load.peers import Publisher, Subscriber
 from wadud_client.load.stats import percentiles
+from wadud_client.load.wire import sdp
+from wadud_client.load.wire.link import Certificate, LinkFailed
 
 __all__ = [
     "AuthRefused",

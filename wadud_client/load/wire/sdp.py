@@ -14,7 +14,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-from wadud_client.load.link import Remote
+from wadud_client.load.wire.link import Remote
 
 __all__ = ["Description", "Section", "answer_for", "publish_offer", "read"]
 
