@@ -67,6 +67,13 @@ def booking_of(room: str) -> UUID | None:
         return None
 
 
+class PhoneDialIn(ApiModel):
+    """How to join the visit from a plain phone: call ``number``, key ``pin`` and #."""
+
+    number: str
+    pin: str
+
+
 class VideoLink(ApiModel):
     booking_id: UUID
     room: str
@@ -76,6 +83,8 @@ class VideoLink(ApiModel):
     not_before: dt.datetime
     expires_at: dt.datetime
     admin: bool
+    #: Absent where the deployment offers no dial-in (``sip_dial_in``).
+    phone: PhoneDialIn | None = None
 
 
 def has_video_link(booking: Mapping[str, Any]) -> bool:
@@ -133,6 +142,11 @@ def video_link(
         not_before=not_before,
         expires_at=expires,
         admin=grant.admin,
+        phone=(
+            PhoneDialIn(number=settings.sip_dial_in, pin=pin)
+            if settings.sip_dial_in and (pin := booking.get("phone_pin"))
+            else None
+        ),
     )
 
 

@@ -108,6 +108,9 @@ class PlanSettings:
     chat_delay: float = 120.0
     waiting_ttl: float = 1800.0
     base_url: str = ""
+    #: The number a patient calls to join by the visit's PIN (``sip_dial_in``);
+    #: empty: no dial-in is offered, and no PIN is sent.
+    phone_dial_in: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,16 @@ def _time(value: Any) -> dt.datetime | None:
     return when
 
 
+def dial_in(data: Mapping[str, Any], policy: PlanSettings) -> dict[str, str]:
+    """How the patient joins by phone, for the patient's messages: the number
+    and the visit's PIN; nothing where dial-in is not offered or the visit
+    has no PIN."""
+    pin = data.get("phone_pin")
+    if not policy.phone_dial_in or not isinstance(pin, str) or not pin:
+        return {}
+    return {"dial_in": policy.phone_dial_in, "pin": pin}
+
+
 def reminders(
     event: InboxEvent, booking_id: UUID, starts_at: dt.datetime, ctx: Context, policy: PlanSettings
 ) -> list[Job]:
@@ -160,10 +173,13 @@ def reminders(
         if due <= event.at:
             continue
         template = "reminder_24h" if minutes >= _LONG_REMINDER else "reminder_15m"
-        people: list[tuple[UUID | None, str, str]] = [(ctx.patient_id, ctx.doctor_name, "doctor")]
+        phone = dial_in(event.data, policy)
+        people: list[tuple[UUID | None, str, str, dict[str, str]]] = [
+            (ctx.patient_id, ctx.doctor_name, "doctor", phone)
+        ]
         if minutes < _LONG_REMINDER:
-            people.append((ctx.doctor_user_id, ctx.patient_name, "patient"))
-        for who, other, other_role in people:
+            people.append((ctx.doctor_user_id, ctx.patient_name, "patient", {}))
+        for who, other, other_role, extra in people:
             if who is None:
                 continue
             event_id = f"reminder:{booking_id}:{minutes}:{stamp}"
@@ -179,6 +195,7 @@ def reminders(
                         "minutes": minutes,
                         "other": other,
                         "other_role": other_role,
+                        **extra,
                     },
                     due_at=due,
                     expires_at=starts_at,
@@ -321,8 +338,17 @@ def _plan_booking(event: InboxEvent, ctx: Context, policy: PlanSettings) -> Plan
     what = str(d.get("event", ""))
     actor = _uuid(d.get("actor_id"))
     stamp = starts_at.astimezone(dt.UTC).isoformat()
-    to_patient = {"starts_at": stamp, "other": ctx.doctor_name, "other_role": "doctor"}
-    to_doctor = {"starts_at": stamp, "other": ctx.patient_name, "other_role": "patient"}
+    to_patient: dict[str, Any] = {
+        "starts_at": stamp,
+        "other": ctx.doctor_name,
+        "other_role": "doctor",
+        **dial_in(d, policy),
+    }
+    to_doctor: dict[str, Any] = {
+        "starts_at": stamp,
+        "other": ctx.patient_name,
+        "other_role": "patient",
+    }
     to_patient["booking_id"] = to_doctor["booking_id"] = str(booking_id)
     jobs: list[Job] = []
 

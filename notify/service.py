@@ -73,6 +73,7 @@ def policy(settings: Settings) -> plan.PlanSettings:
         reminder_minutes=minutes,
         chat_delay=settings.notify_chat_delay,
         base_url=settings.base_url,
+        phone_dial_in=settings.sip_dial_in,
     )
 
 

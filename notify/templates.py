@@ -74,23 +74,29 @@ TEMPLATES: dict[str, Template] = {
         en=(
             "Booking received",
             "Your consultation with {other} on {time} is paid and waits for the doctor's"
-            " confirmation.{manage}",
+            " confirmation.{manage}{phone}",
         ),
         ur=(
             "بکنگ موصول ہو گئی",
             "{other} کے ساتھ {time} کی آپ کی مشاورت کی ادائیگی ہو گئی ہے اور ڈاکٹر کی"
-            " تصدیق کا انتظار ہے۔{manage}",
+            " تصدیق کا انتظار ہے۔{manage}{phone}",
         ),
         ar=(
             "تم استلام الحجز",
-            "تم دفع استشارتك مع {other} في {time} وهي بانتظار تأكيد الطبيب.{manage}",
+            "تم دفع استشارتك مع {other} في {time} وهي بانتظار تأكيد الطبيب.{manage}{phone}",
         ),
     ),
     "booking_confirmed": _t(
         "booking",
-        en=("Consultation confirmed", "Your consultation with {other} on {time} is confirmed."),
-        ur=("مشاورت کی تصدیق", "{other} کے ساتھ {time} کی آپ کی مشاورت کی تصدیق ہو گئی ہے۔"),
-        ar=("تم تأكيد الاستشارة", "تم تأكيد استشارتك مع {other} في {time}."),
+        en=(
+            "Consultation confirmed",
+            "Your consultation with {other} on {time} is confirmed.{phone}",
+        ),
+        ur=(
+            "مشاورت کی تصدیق",
+            "{other} کے ساتھ {time} کی آپ کی مشاورت کی تصدیق ہو گئی ہے۔{phone}",
+        ),
+        ar=("تم تأكيد الاستشارة", "تم تأكيد استشارتك مع {other} في {time}.{phone}"),
     ),
     "booking_cancelled": _t(
         "booking",
@@ -102,13 +108,16 @@ TEMPLATES: dict[str, Template] = {
         "booking",
         en=(
             "Consultation moved",
-            "Your consultation with {other} has moved from {old_time} to {time}.",
+            "Your consultation with {other} has moved from {old_time} to {time}.{phone}",
         ),
         ur=(
             "مشاورت کا وقت تبدیل",
-            "{other} کے ساتھ آپ کی مشاورت {old_time} سے {time} پر منتقل ہو گئی ہے۔",
+            "{other} کے ساتھ آپ کی مشاورت {old_time} سے {time} پر منتقل ہو گئی ہے۔{phone}",
         ),
-        ar=("تم تغيير موعد الاستشارة", "تم نقل استشارتك مع {other} من {old_time} إلى {time}."),
+        ar=(
+            "تم تغيير موعد الاستشارة",
+            "تم نقل استشارتك مع {other} من {old_time} إلى {time}.{phone}",
+        ),
     ),
     "doctor_new_booking": _t(
         "booking",
@@ -118,24 +127,27 @@ TEMPLATES: dict[str, Template] = {
     ),
     "reminder_24h": _t(
         "reminder",
-        en=("Upcoming consultation", "Reminder: your consultation with {other} is on {time}."),
-        ur=("مشاورت کی یاد دہانی", "یاد دہانی: {other} کے ساتھ آپ کی مشاورت {time} کو ہے۔"),
-        ar=("تذكير بالاستشارة", "تذكير: موعد استشارتك مع {other} في {time}."),
+        en=(
+            "Upcoming consultation",
+            "Reminder: your consultation with {other} is on {time}.{phone}",
+        ),
+        ur=("مشاورت کی یاد دہانی", "یاد دہانی: {other} کے ساتھ آپ کی مشاورت {time} کو ہے۔{phone}"),
+        ar=("تذكير بالاستشارة", "تذكير: موعد استشارتك مع {other} في {time}.{phone}"),
     ),
     "reminder_15m": _t(
         "reminder",
         urgent=True,
         en=(
             "Consultation in {minutes} minutes",
-            "Your consultation with {other} starts in {minutes} minutes, at {time}.",
+            "Your consultation with {other} starts in {minutes} minutes, at {time}.{phone}",
         ),
         ur=(
             "مشاورت {minutes} منٹ میں",
-            "{other} کے ساتھ آپ کی مشاورت {minutes} منٹ میں، {time} پر، شروع ہو رہی ہے۔",
+            "{other} کے ساتھ آپ کی مشاورت {minutes} منٹ میں، {time} پر، شروع ہو رہی ہے۔{phone}",
         ),
         ar=(
             "الاستشارة بعد {minutes} دقيقة",
-            "تبدأ استشارتك مع {other} بعد {minutes} دقيقة، في {time}.",
+            "تبدأ استشارتك مع {other} بعد {minutes} دقيقة، في {time}.{phone}",
         ),
     ),
     "payment_receipt": _t(
@@ -245,6 +257,14 @@ TEMPLATES: dict[str, Template] = {
     ),
 }
 
+#: Said after a patient's booking and reminder bodies where dial-in is
+#: offered: the number and the visit's PIN, grouped in fours to be read and keyed.
+_PHONE = {
+    "en": " No internet? Call {number} and key {pin}, then #.",
+    "ur": " انٹرنیٹ نہیں؟ {number} پر کال کریں اور {pin} دبائیں، پھر #۔",
+    "ar": " لا يوجد إنترنت؟ اتصل بالرقم {number} وأدخل {pin} ثم #.",
+}
+
 #: Said after a booking_received body when the event carries a manage link.
 _MANAGE = {
     "en": " Change or cancel it here: {link}",
@@ -310,6 +330,18 @@ def fields(params: Mapping[str, Any], language: str, tz: str | None) -> dict[str
     if params.get("amount_minor") is not None and params.get("currency"):
         out["amount"] = format_amount(int(params["amount_minor"]), str(params["currency"]))
     out["manage"] = _MANAGE[language].format(link=params["link"]) if params.get("link") else ""
+    pin, number = str(params.get("pin") or ""), str(params.get("dial_in") or "")
+    if pin and number:
+        grouped = f"{pin[:4]} {pin[4:]}"
+        if language in RTL:
+            # Isolated left to right: in a right-to-left sentence the two
+            # groups of digits (and a number's + and spaces) would otherwise
+            # be shown in reverse order. Not in English, where the marks
+            # would cost an SMS its 7-bit alphabet.
+            number, grouped = f"\u2066{number}\u2069", f"\u2066{grouped}\u2069"
+        out["phone"] = _PHONE[language].format(number=number, pin=grouped)
+    else:
+        out["phone"] = ""
     out.setdefault("minutes", "")
     out.setdefault("reference", "")
     return out

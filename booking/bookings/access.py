@@ -40,6 +40,7 @@ __all__ = [
     "scope",
     "video_link_for",
     "visible_booking",
+    "visit_by_phone_pin",
 ]
 
 
@@ -224,4 +225,25 @@ async def video_link_for(
         locale=user["locale"] if user is not None else None,
         sid=str(me.family_id) if me.family_id else "",
         clinic_region=region or "",
+    )
+
+
+async def visit_by_phone_pin(
+    conn: asyncpg.Connection, pin: str, now: dt.datetime
+) -> asyncpg.Record | None:
+    """The video visit a caller's PIN opens at ``now`` (the phone bridge's
+    dial-in): accepted or under way, within the same window as its video
+    links (:data:`booking.calls.EARLY_JOIN` before its slot to its end).
+    None for a PIN that opens nothing now, which the caller is told the same
+    way as a mistyped one."""
+    if len(pin) != 8 or not pin.isascii() or not pin.isdigit():
+        return None
+    return await conn.fetchrow(
+        """SELECT * FROM bookings
+           WHERE phone_pin = $1 AND type = 'video' AND status = ANY($2::text[])
+             AND starts_at - $3::interval <= $4 AND $4 <= ends_at""",
+        pin,
+        sorted(calls.OPEN_STATES),
+        calls.EARLY_JOIN,
+        now,
     )

@@ -28,6 +28,9 @@ def event_payload(row: Mapping[str, Any]) -> dict[str, Any]:
         "price_minor": row["price_minor"],
         "currency": row["currency"],
         "instant": row["instant"],
+        # What a patient on a plain phone keys to join (sip/); a hold's
+        # payload is built before its row, which draws it.
+        "phone_pin": row.get("phone_pin"),
     }
 
 

@@ -263,3 +263,36 @@ def test_money_owed_back_by_hand_is_told_to_the_patient_with_its_reference() -> 
         POLICY,
     )
     assert nobody.jobs == []
+
+
+def test_where_dial_in_is_offered_the_patients_messages_carry_the_number_and_pin() -> None:
+    starts = NOW + dt.timedelta(days=2)
+    data = _booking("confirm_payment", "requested", starts, phone_pin="48210937")
+    phoned = plan.PlanSettings(reminder_minutes=(1440, 15), phone_dial_in="+92 51 1234567")
+    jobs = plan.plan_event(_event("booking.requested", data), CTX, phoned).jobs
+    to_patient = [j for j in jobs if j.recipient_id == PATIENT]
+    to_doctor = [j for j in jobs if j.recipient_id == DOCTOR]
+    assert {j.template for j in to_patient} == {"booking_received", "reminder_24h", "reminder_15m"}
+    for job in to_patient:
+        assert (job.params["pin"], job.params["dial_in"]) == ("48210937", "+92 51 1234567")
+        text = render(job.template, "en", "Asia/Karachi", job.params).text
+        assert text.endswith("No internet? Call +92 51 1234567 and key 4821 0937, then #."), text
+    # The doctor is never sent the patient's PIN; nor is anyone where no
+    # number is set up, or for a visit without a PIN.
+    assert to_doctor and all("pin" not in j.params for j in to_doctor)
+    for policy, event in ((POLICY, data), (phoned, {**data, "phone_pin": None})):
+        assert all(
+            "pin" not in j.params
+            for j in plan.plan_event(_event("booking.requested", event), CTX, policy).jobs
+        )
+    accepted = _booking("accept", "accepted", starts, phone_pin="48210937")
+    (confirmed,) = [
+        j for j in plan.plan_event(_event("booking.accepted", accepted), CTX, phoned).jobs
+        if j.template == "booking_confirmed"
+    ]  # fmt: skip
+    # In Urdu and Arabic, the number and the PIN's two groups keep their
+    # left-to-right order inside the right-to-left sentence.
+    for language in ("ur", "ar"):
+        text = render("booking_confirmed", language, "Asia/Karachi", confirmed.params).text
+        assert "\u2066+92 51 1234567\u2069" in text and "\u20664821 0937\u2069" in text, text
+    assert "\u2066" not in render("booking_confirmed", "en", None, confirmed.params).text

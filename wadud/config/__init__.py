@@ -620,6 +620,12 @@ class Settings(PaymentsSettings):
     turn_relay: dict[str, Any] = setting(
         {}, "The other keys of the [turn] table: the relay's own settings.", env=False
     )
+    sip_dial_in: str = setting(
+        "",
+        "The phone number patients and guests call to join a visit by its PIN (as they"
+        " dial it, e.g. +92 51 1234567), shown with the link in confirmations and"
+        " reminders. Empty: no dial-in offered.",
+    )
 
     @property
     def base_url(self) -> str:

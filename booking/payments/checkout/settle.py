@@ -83,7 +83,8 @@ _READ: Final = f"""
            b.type AS booking_type, b.starts_at AS booking_starts_at,
            b.ends_at AS booking_ends_at, b.price_minor AS booking_price_minor,
            b.currency AS booking_currency, b.instant AS booking_instant,
-           b.patient_id AS booking_patient_id, b.hold_expires_at AS booking_hold_expires_at,
+           b.phone_pin AS booking_phone_pin, b.patient_id AS booking_patient_id,
+           b.hold_expires_at AS booking_hold_expires_at,
            t.*
     FROM payment_intents i
     JOIN bookings b ON b.id = i.booking_id
@@ -199,6 +200,7 @@ def _statement(
         "price_minor": row["booking_price_minor"],
         "currency": row["booking_currency"],
         "instant": row["booking_instant"],
+        "phone_pin": row["booking_phone_pin"],
     }
     confirm_sql, booking_event = bookings.confirm_paid(
         booking, {"payment_id": str(row["id"])}, now, args, gate="paid"

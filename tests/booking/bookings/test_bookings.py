@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import uuid
@@ -589,3 +590,51 @@ async def test_openapi_documents_bookings(api: Api) -> None:
     ):
         assert p in paths, p
     assert paths["/api/v1/bookings"]["post"]["summary"] == "Hold a slot while the patient pays."
+
+
+async def test_a_visit_has_a_phone_pin_that_opens_it_in_its_window_only(
+    api: Api, doctor: Doctor
+) -> None:
+    """The phone bridge's dial-in (issue 38): eight digits drawn with the
+    booking, carried to the notifier, shown with the video link where
+    dial-in is offered, and opening the visit only while its link would."""
+    from booking import calls
+    from booking.bookings import access
+
+    pool = pool_of(api)
+    _, bid, _ = await requested(api, doctor, local(2, "10:00"))
+    pin = await pool.fetchval("SELECT phone_pin FROM bookings WHERE id = $1", uuid.UUID(bid))
+    assert isinstance(pin, str) and len(pin) == 8 and pin.isdigit()
+    sent = [e for e in await events(api, "booking.requested") if e["booking_id"] == bid]
+    assert sent[-1]["phone_pin"] == pin
+
+    async def opens(code: str) -> str | None:
+        async with pool.acquire() as conn:
+            row = await access.visit_by_phone_pin(conn, code, dt.datetime.now(dt.UTC))
+        return None if row is None else str(row["id"])
+
+    assert await opens(pin) is None  # requested, not accepted; and two days early
+    await api.post(f"/api/v1/bookings/{bid}/accept", token=doctor.token, expect=200)
+    assert await opens(pin) is None  # still two days early
+    await shift(api, bid, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
+    assert await opens(pin) == bid
+    wrong = f"{(int(pin) + 1) % 10**8:08d}"
+    assert await opens(wrong) is None and await opens(pin[:7]) is None
+    assert await opens(pin[:7] + "x") is None and await opens("٤" * 8) is None
+
+    row = await pool.fetchrow("SELECT * FROM bookings WHERE id = $1", uuid.UUID(bid))
+    settings = api.app[keys.SETTINGS]
+    assert calls.video_link(settings, row, identity="p", name="", role="patient").phone is None
+    offered = dataclasses.replace(settings, sip_dial_in="+92 51 1234567")
+    link = calls.video_link(offered, row, identity="p", name="", role="patient")
+    assert link.phone == calls.PhoneDialIn(number="+92 51 1234567", pin=pin)
+
+    # One PIN names one live visit; a finished visit's PIN is free again.
+    _, other, _ = await requested(api, doctor, local(3, "10:00"))
+    take = "UPDATE bookings SET phone_pin = $2 WHERE id = $1"
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await pool.execute(take, uuid.UUID(other), pin)
+    await shift(api, bid, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30))
+    assert await opens(pin) is None  # its slot is over
+    await pool.execute("UPDATE bookings SET status = 'completed' WHERE id = $1", uuid.UUID(bid))
+    await pool.execute(take, uuid.UUID(other), pin)

@@ -66,7 +66,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _EVT = re.compile(r"evt_[0-9a-f]+")
 _SBX = re.compile(r"sbx_[A-Za-z0-9_-]+")
 #: Payload keys whose values differ between two bookings by design.
-_TIMES = frozenset({"starts_at", "ends_at"})
+_VARY = frozenset({"starts_at", "ends_at", "phone_pin"})
 
 
 def _shape(value: Any, names: dict[str, str]) -> Any:
@@ -74,7 +74,7 @@ def _shape(value: Any, names: dict[str, str]) -> Any:
     or a placeholder, so two settlements of two payments compare equal."""
     if isinstance(value, dict):
         return {
-            k: "time" if k in _TIMES else _shape(v, names)
+            k: "varies" if k in _VARY else _shape(v, names)
             for k, v in value.items()
             if k != "manage_token"
         }
