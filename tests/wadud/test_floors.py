@@ -320,6 +320,7 @@ SUB_FLOORS = {
     "sip": (
         ("errors",),
         ("wire", "audio"),
+        ("calls",),
     ),
     "signalling": (
         ("errors",),
