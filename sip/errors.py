@@ -33,3 +33,10 @@ class SdpOfferError(SipError, ValueError):
 class DtmfParseError(SipError, ValueError):
     """A DTMF event (RFC 4733 section 2.3) or SIP INFO body that is not
     well formed: counted and dropped."""
+
+
+class AudioFrameError(SipError, ValueError):
+    """PCM handed to the phone leg's audio that it does not take: not a
+    one-dimensional int16 array, or not the length the codec, resampler or
+    mixer works in. Our own mistake, never the peer's: a peer's payload of
+    any length decodes."""
