@@ -1,0 +1,153 @@
+"""What the phone bridge's audio costs per 20 ms frame, and per call.
+
+Each step of ``sip.audio`` on one 20 ms frame of speech-like audio (a tone
+and its harmonic): G.711 and G.722 decode and encode (ours and, for G.711,
+PyAV's codec context for comparison), resampling each way, the jitter
+buffer's put and pop, concealment, and the N-1 mixer's tick. Then the whole
+of one 1:1 phone visit's tick: the phone's packet through the jitter buffer,
+decoded, resampled to 48 kHz and into the mixer; the other participant's
+frame into the mixer; the phone's mix resampled to 8 kHz and encoded. CPU
+time of this process, microseconds per call, best of several runs, so load
+on a shared machine moves the figures less than wall time would. Figures,
+not assertions.
+
+    .venv/bin/python -m benchmarks.sip.run [--runs 5] [--frames 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import av
+import numpy as np
+
+from sip.audio.codecs import G722, PCMA, PCMU, transcoder
+from sip.audio.conceal import Concealer
+from sip.audio.jitter import JitterBuffer
+from sip.audio.mixer import Mixer
+from sip.audio.pcm import ROOM_FRAME, ROOM_RATE
+from sip.audio.resample import Resampler
+
+
+def speech_like(rate: int, samples: int) -> np.ndarray:
+    t = np.arange(samples) / rate
+    signal = 6000 * np.sin(2 * np.pi * 200 * t) + 2000 * np.sin(2 * np.pi * 1000 * t)
+    return np.rint(signal).astype(np.int16)
+
+
+def best_us(step: Callable[[int], Any], frames: int, runs: int) -> float:
+    """CPU microseconds per call of ``step(k)`` for k in range(frames), best of ``runs``."""
+    best = float("inf")
+    for _ in range(runs):
+        start = time.process_time()
+        for k in range(frames):
+            step(k)
+        best = min(best, time.process_time() - start)
+    return best / frames * 1e6
+
+
+def pyav_context(name: str, mode: str) -> Any:
+    context = av.CodecContext.create(name, mode)
+    context.sample_rate = 8000
+    context.layout = "mono"
+    if mode == "w":
+        context.format = "s16"
+    return context
+
+
+def pyav_encode(context: Any, pcm: np.ndarray) -> bytes:
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = 8000
+    return b"".join(bytes(p) for p in context.encode(frame))
+
+
+def pyav_decode(context: Any, payload: bytes) -> np.ndarray:
+    return context.decode(av.Packet(payload))[0].to_ndarray().reshape(-1)
+
+
+def steps(frames: int) -> dict[str, Callable[[int], Any]]:
+    narrow = speech_like(8000, 160)
+    wide = speech_like(16000, 320)
+    room = speech_like(ROOM_RATE, ROOM_FRAME)
+    out: dict[str, Callable[[int], Any]] = {}
+    legs = ((PCMU, narrow, "pcm_mulaw"), (PCMA, narrow, "pcm_alaw"), (G722, wide, None))
+    for codec, pcm, ffmpeg in legs:
+        leg = transcoder(codec)
+        payload = leg.encode(pcm)
+        out[f"{codec.name} decode"] = lambda k, leg=leg, payload=payload: leg.decode(payload)
+        out[f"{codec.name} encode"] = lambda k, leg=leg, pcm=pcm: leg.encode(pcm)
+        if ffmpeg:
+            dec, enc = pyav_context(ffmpeg, "r"), pyav_context(ffmpeg, "w")
+            out[f"{codec.name} decode, PyAV"] = lambda k, d=dec, p=payload: pyav_decode(d, p)
+            out[f"{codec.name} encode, PyAV"] = lambda k, e=enc, p=pcm: pyav_encode(e, p)
+    for rate, pcm in ((8000, narrow), (16000, wide)):
+        up, down = Resampler(rate, ROOM_RATE), Resampler(ROOM_RATE, rate)
+        out[f"resample {rate // 1000}k -> 48k"] = lambda k, r=up, p=pcm: r.resample(p)
+        out[f"resample 48k -> {rate // 1000}k"] = lambda k, r=down: r.resample(room)
+    buffer = JitterBuffer()
+    payload = transcoder(PCMU).encode(narrow)
+
+    def jitter(k: int) -> None:
+        buffer.put(k & 0xFFFF, k * 160, payload, k * 0.02 + 0.005)
+        buffer.pop(k * 0.02 + 0.011)
+
+    out["jitter put + pop"] = jitter
+    concealer = Concealer(8000)
+    concealer.accept(narrow)
+    out["conceal (a 1-in-5 loss)"] = lambda k: (
+        concealer.conceal() if k % 5 == 4 else concealer.accept(narrow)
+    )
+    for sources in (2, 4):
+        mixer = Mixer()
+        for s in range(sources):
+            mixer.add_source(s, listens=s == 0)
+
+        def tick(k: int, mixer: Mixer = mixer, sources: int = sources) -> None:
+            for s in range(sources):
+                mixer.push(s, room)
+            mixer.mix()
+
+        out[f"mixer tick, {sources} sources, 1 listener"] = tick
+    return out
+
+
+def call_tick() -> Callable[[int], Any]:
+    """One 1:1 phone visit (phone and one participant), one 20 ms tick."""
+    phone = transcoder(PCMU)
+    payload = phone.encode(speech_like(8000, 160))
+    participant = speech_like(ROOM_RATE, ROOM_FRAME)
+    buffer, concealer = JitterBuffer(), Concealer(8000)
+    up, down = Resampler(8000, ROOM_RATE), Resampler(ROOM_RATE, 8000)
+    mixer = Mixer()
+    mixer.add_source("phone")
+    mixer.add_source("doctor", listens=False)
+
+    def tick(k: int) -> None:
+        buffer.put(k & 0xFFFF, k * 160, payload, k * 0.02 + 0.005)
+        got = buffer.pop(k * 0.02 + 0.011)
+        pcm = concealer.conceal() if got is None else concealer.accept(phone.decode(got))
+        mixer.push("phone", up.resample(pcm))
+        mixer.push("doctor", participant)
+        phone.encode(down.resample(mixer.mix()["phone"]))
+
+    return tick
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--frames", type=int, default=2000)
+    args = parser.parse_args()
+    print(f"{'per 20 ms frame':40} {'us':>8}")
+    for name, step in steps(args.frames).items():
+        print(f"{name:40} {best_us(step, args.frames, args.runs):8.1f}")
+    per_call = best_us(call_tick(), args.frames, args.runs)
+    print(f"{'one 1:1 phone visit, whole tick':40} {per_call:8.1f}")
+    print(f"calls one core holds (20 ms / tick): {20_000 / per_call:.0f}")
+
+
+if __name__ == "__main__":
+    main()
