@@ -6,6 +6,7 @@ the SFU; the bridge decodes and mixes audio beside the media workers, never
 inside them. Concept folders, lowest floor first:
 
 * ``errors``: the package's one root exception and its typed children;
+  ``formats``: what the bridge speaks on the phone side, in one table;
 * ``wire``: SIP as bytes and state, without I/O: messages, stream framing,
   transactions (RFC 3261 section 17), the phone side's session descriptions;
 * ``audio``: the phone leg's audio, without I/O: DTMF in every form

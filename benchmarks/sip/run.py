@@ -11,7 +11,12 @@ time of this process, microseconds per call, best of several runs, so load
 on a shared machine moves the figures less than wall time would. Figures,
 not assertions.
 
-    .venv/bin/python -m benchmarks.sip.run [--runs 5] [--frames 2000]
+    .venv/bin/python -m benchmarks.sip.run [--runs 5] [--frames 2000] [--json PATH]
+
+It writes the figures as JSON too (``--json``, default
+``benchmarks/results/sip-audio.json``). It measures the audio cores alone:
+the bridge's whole cost per call (SIP, RTP, SRTP, the room's Opus) is for
+the bridge's own benchmark once the bridge runs.
 """
 
 from __future__ import annotations
@@ -19,17 +24,20 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 
-from sip.audio.codecs import G722, PCMA, PCMU, transcoder
+from benchmarks.common import ROOT, write_results
+from sip.audio.codecs import transcoder
 from sip.audio.conceal import Concealer
 from sip.audio.jitter import JitterBuffer
 from sip.audio.mixer import Mixer
 from sip.audio.pcm import ROOM_FRAME, ROOM_RATE
 from sip.audio.resample import Resampler
+from sip.formats import G722, PCMA, PCMU
 
 
 def speech_like(rate: int, samples: int) -> np.ndarray:
@@ -140,13 +148,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--frames", type=int, default=2000)
+    default = ROOT / "benchmarks" / "results" / "sip-audio.json"
+    parser.add_argument("--json", type=Path, default=default)
     args = parser.parse_args()
     print(f"{'per 20 ms frame':40} {'us':>8}")
+    figures: dict[str, float] = {}
     for name, step in steps(args.frames).items():
-        print(f"{name:40} {best_us(step, args.frames, args.runs):8.1f}")
+        figures[name] = round(best_us(step, args.frames, args.runs), 2)
+        print(f"{name:40} {figures[name]:8.1f}")
     per_call = best_us(call_tick(), args.frames, args.runs)
     print(f"{'one 1:1 phone visit, whole tick':40} {per_call:8.1f}")
     print(f"calls one core holds (20 ms / tick): {20_000 / per_call:.0f}")
+    write_results(
+        args.json,
+        {
+            "us_per_frame": figures,
+            "us_per_call_tick": round(per_call, 2),
+            "calls_per_core": round(20_000 / per_call),
+            "runs": args.runs,
+            "frames": args.frames,
+        },
+    )
 
 
 if __name__ == "__main__":

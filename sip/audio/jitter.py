@@ -57,7 +57,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from rtc.rtp.sequence import seq_add, seq_diff, ts_diff
-from sip.audio.pcm import FRAME_MS
+from sip.formats import FRAME_MS
 
 __all__ = ["JitterBuffer", "JitterStats"]
 

@@ -1,8 +1,7 @@
 """PCM as the phone leg's audio handles it: int16 mono in 20 ms frames.
 
-Every part of ``sip.audio`` works on one frame of 20 ms at a time, the
-packetisation phones and trunks use by default (RFC 3551 section 4.2: ptime
-20 for G.711 and G.722) and the one the bridge answers with. The room side
+Every part of ``sip.audio`` works on one frame of 20 ms at a time
+(:data:`sip.formats.FRAME_MS`). The room side
 is 48 kHz (Opus's rate, RFC 7587 section 4), so a room frame is 960 samples.
 """
 
@@ -12,21 +11,14 @@ import numpy as np
 import numpy.typing as npt
 
 from sip.errors import AudioFrameError
+from sip.formats import frame_samples
 
-__all__ = ["FRAME_MS", "ROOM_FRAME", "ROOM_RATE", "Pcm", "check_pcm", "frame_samples"]
+__all__ = ["ROOM_FRAME", "ROOM_RATE", "Pcm", "check_pcm"]
 
 Pcm = npt.NDArray[np.int16]
 """Mono PCM: one-dimensional, int16, full scale +-32767."""
 
-FRAME_MS = 20
 ROOM_RATE = 48_000
-
-
-def frame_samples(rate: int) -> int:
-    """Samples in one 20 ms frame at ``rate`` Hz."""
-    return rate * FRAME_MS // 1000
-
-
 ROOM_FRAME = frame_samples(ROOM_RATE)
 
 

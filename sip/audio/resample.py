@@ -24,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
-from sip.audio.pcm import ROOM_RATE, Pcm, check_pcm, frame_samples
+from sip.audio.pcm import ROOM_RATE, Pcm, check_pcm
+from sip.formats import frame_samples
 
 __all__ = ["Resampler"]
 

@@ -27,6 +27,7 @@ from rtc.sdp.attributes import Direction
 from rtc.sdp.media import MediaDescription
 from rtc.sdp.session import SessionDescription
 from sip.errors import SdpOfferError
+from sip.formats import FRAME_MS, PHONE_CODECS
 
 __all__ = [
     "PREFERENCE",
@@ -39,11 +40,10 @@ __all__ = [
 ]
 
 #: What the bridge speaks, best first: (name, static payload type, clock rate).
-PREFERENCE = (("G722", 9, 8000), ("PCMU", 0, 8000), ("PCMA", 8, 8000))
+PREFERENCE = tuple((c.name, c.payload_type, c.clock_rate) for c in PHONE_CODECS.values())
 _STATIC = {pt: name for name, pt, _ in PREFERENCE}
 #: The payload type the bridge offers ``telephone-event`` on (dynamic range).
 DTMF_PAYLOAD_TYPE = 101
-PTIME_MS = 20
 
 
 class SrtpSuite(StrEnum):
@@ -193,7 +193,7 @@ def _lines(
     lines += [f"a=rtpmap:{pt} {name}/8000" for name, pt in codecs]
     if dtmf is not None:
         lines += [f"a=rtpmap:{dtmf} telephone-event/8000", f"a=fmtp:{dtmf} 0-15"]
-    lines += [f"a=ptime:{PTIME_MS}", f"a={direction}"]
+    lines += [f"a=ptime:{FRAME_MS}", f"a={direction}"]
     if crypto is not None:
         lines.append(f"a=crypto:{crypto}")
     return "\r\n".join(lines) + "\r\n"

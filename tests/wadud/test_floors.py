@@ -318,7 +318,7 @@ SUB_FLOORS = {
         ("http",),
     ),
     "sip": (
-        ("errors",),
+        ("errors", "formats"),
         ("wire", "audio"),
         ("calls",),
     ),
