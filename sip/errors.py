@@ -25,6 +25,13 @@ class SipParseError(SipError, ValueError):
         super().__init__(f"{status} {reason}")
 
 
+class SipBuildError(SipError, ValueError):
+    """We were asked to write something that is not SIP: a header name that
+    is not a token, a value, method, URI or reason phrase with a line break
+    in it (RFC 3261 section 25.1). A bug of ours, never the peer's: writing
+    it would let text from a visit's data rewrite the message around it."""
+
+
 class SdpOfferError(SipError, ValueError):
     """A phone's session description that cannot be answered: no audio
     section, no codec in common (RFC 3264 section 6: answered 488)."""
