@@ -36,6 +36,7 @@ TARGETS = (
     "dtls",
     "signalling",
     "chat",
+    "sip",
 )
 
 

@@ -58,6 +58,9 @@ MAX_LEN = {
     "dtls": 2048,
     "signalling": 8192,
     "chat": 4096,
+    # A trunk's UDP datagram rarely passes 1,500 bytes; an INVITE with a
+    # long SDP over TCP can reach a few thousand.
+    "sip": 4096,
 }
 
 # A sanitizer report aborts, so that libFuzzer's signal handler saves the input.

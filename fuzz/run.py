@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fuzz import check_of
 
-PACKAGES = ("rtc", "sfu", "turn", "signalling", "chat", "wadud", "fuzz")
+PACKAGES = ("rtc", "sfu", "turn", "signalling", "chat", "sip", "wadud", "fuzz")
 
 
 def use_native_build(folder: Path) -> None:

@@ -188,6 +188,14 @@ def chat_inputs() -> Iterator[tuple[str, bytes]]:
         yield "upload-" + name, head
 
 
+def sip_messages() -> Iterator[tuple[str, bytes]]:
+    from tests.sip.wire import samples
+
+    yield from samples.ALL.items()
+    # A ping between two messages, as on a trunk's TCP connection.
+    yield "stream-ping", samples.OPTIONS + b"\r\n\r\n" + samples.OPTIONS
+
+
 SEEDS = {
     "rtp": rtp_packets,
     "rtcp": rtcp_packets,
@@ -199,6 +207,7 @@ SEEDS = {
     "dtls": dtls_flights,
     "signalling": signalling_frames,
     "chat": chat_inputs,
+    "sip": sip_messages,
 }
 
 
