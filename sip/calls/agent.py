@@ -1,0 +1,439 @@
+"""The bridge's user agent for calls from trunks: who may call, the answer,
+the dialog, and the requests inside it (RFC 3261 sections 12 to 15).
+
+A sans-I/O core above the transaction layer (:mod:`sip.wire.transactions`):
+the endpoint hands it the layer's events (:meth:`UserAgent.receive`) and
+the time; it answers through :attr:`UserAgent.out` (responses to send,
+requests to send, raw datagrams for its own 2xx retransmissions) and tells
+the call's owner what happened through :meth:`UserAgent.next_event`:
+
+* **Who may call.** A trunk is a clinic's SIP trunk or PBX, known by the
+  addresses it sends from (:class:`Trunk`). An INVITE from elsewhere gets
+  403 and is counted (``unauthenticated``): the bridge is no open relay and
+  no way to ring a visit from the internet. A trunk at its
+  ``max_calls`` gets 503 with Retry-After.
+* **The answer.** An INVITE the bridge takes is answered in two steps, as
+  the media needs a socket first: :class:`MediaWanted` asks the owner for
+  a media port (and an SDES key), :meth:`UserAgent.media_ready` then
+  answers 200 with the SDP (:mod:`sip.wire.sdp`); an offer that cannot be
+  agreed gets 488. The 200 is repeated on T1 doubling to T2 until its ACK
+  (section 13.3.1.4); none within 64*T1 ends the call with a BYE.
+* **The dialog.** Call-ID and both tags (section 12). In it: ACK confirms
+  (:class:`CallAnswered` with the agreed media), a re-INVITE changes the
+  media (hold and resume: :class:`MediaChanged`), INFO carries digits
+  (:class:`Digit`, RFC 2976 with ``application/dtmf-relay`` or
+  ``application/dtmf``), BYE ends it (:class:`CallEnded`). CANCEL before the
+  answer ends it with 487 (section 9.2). A request for a dialog the bridge
+  does not know gets 481.
+* **Ending it ourselves.** :meth:`UserAgent.hang_up` sends BYE to the
+  far end's Contact with the next CSeq (section 15.1.1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sip.audio.dtmf import parse_info
+from sip.errors import DtmfParseError, SdpOfferError, SipParseError
+from sip.wire.fields import CSeq, NameAddr, Via, parse_via
+from sip.wire.headers import Headers
+from sip.wire.message import Request, Response, response_to
+from sip.wire.sdp import PhoneMedia, answer_offer
+from sip.wire.transactions import (
+    T1,
+    T2,
+    Answered,
+    ClientTimedOut,
+    Event,
+    NewRequest,
+    ResponseReceived,
+    new_branch,
+)
+
+__all__ = [
+    "ALLOW",
+    "CallAnswered",
+    "CallEnded",
+    "Digit",
+    "MediaChanged",
+    "MediaWanted",
+    "Trunk",
+    "UserAgent",
+]
+
+Address = tuple[str, int]
+
+#: The methods the bridge takes (RFC 3261 section 20.5).
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
+#: Seconds a trunk at its call limit is told to wait (RFC 3261 section 20.33).
+RETRY_AFTER = 30
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """A clinic's SIP trunk or PBX: the networks it sends from, the language
+    of its callers (None: ask with the three-language menu), how many calls
+    it may hold at once."""
+
+    name: str
+    networks: Sequence[str]
+    language: str | None = None
+    max_calls: int = 30
+
+    def admits(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(n, strict=False) for n in self.networks)
+
+
+# -- what the owner of the calls is told ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MediaWanted:
+    """A call the bridge will answer: open its media and call
+    :meth:`UserAgent.media_ready` (or :meth:`UserAgent.reject`)."""
+
+    call_id: str
+    trunk: Trunk
+    caller: str
+    srtp: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnswered:
+    """The caller's ACK came: the call is up, with this media."""
+
+    call_id: str
+    media: PhoneMedia
+
+
+@dataclass(frozen=True, slots=True)
+class MediaChanged:
+    """A re-INVITE changed the call's media (hold, resume, a new address)."""
+
+    call_id: str
+    media: PhoneMedia
+
+
+@dataclass(frozen=True, slots=True)
+class Digit:
+    """A key the caller pressed, sent as SIP INFO."""
+
+    call_id: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallEnded:
+    """The call is over: ``reason`` is ``hangup`` (the caller's BYE),
+    ``cancelled``, ``no ack``, ``ended`` (our BYE) or ``timeout`` (no
+    answer to our BYE)."""
+
+    call_id: str
+    reason: str
+
+
+CallEvent = MediaWanted | CallAnswered | MediaChanged | Digit | CallEnded
+
+
+@dataclass(eq=False)
+class Dialog:
+    """One call's dialog state (RFC 3261 section 12.1.1)."""
+
+    call_id: str
+    trunk: Trunk
+    invite: Request
+    addr: Address
+    reliable: bool
+    local_tag: str
+    #: Where our requests go: the far end's Contact (its remote target).
+    remote_target: str
+    local_seq: int = 0
+    media: PhoneMedia | None = None
+    answer: Response | None = None
+    #: The 2xx repeated until its ACK: when next, and how long between.
+    resend_at: float | None = None
+    interval: float = T1
+    give_up_at: float | None = None
+    confirmed: bool = False
+    ending: bool = False
+    session_version: int = 1
+    port: int = 0
+    host: str = ""
+    key: bytes | None = None
+
+
+@dataclass
+class Out:
+    """What the agent asks its endpoint to send."""
+
+    responses: list[tuple[Request, Response]] = field(default_factory=list)
+    requests: list[tuple[Request, Address, bool]] = field(default_factory=list)
+    raw: list[tuple[bytes, Address, bool]] = field(default_factory=list)
+
+
+class UserAgent:
+    """Calls from trunks (RFC 3261 sections 12 to 15); see the module docstring.
+
+    ``contact``: the bridge's own SIP URI, for Contact (``sip:bridge@host:port``).
+    """
+
+    def __init__(self, trunks: Sequence[Trunk], contact: str) -> None:
+        self.trunks = list(trunks)
+        self.contact = contact
+        self.out = Out()
+        self.dialogs: dict[str, Dialog] = {}
+        #: INVITEs refused for coming from no trunk, and for a trunk at its limit.
+        self.unauthenticated = 0
+        self.over_limit = 0
+        self._events: list[CallEvent] = []
+
+    # -- input -------------------------------------------------------------------
+
+    def receive(self, event: Event, now: float) -> None:
+        if isinstance(event, NewRequest):
+            self._request(event.request, event.addr, now)
+        elif isinstance(event, Answered):
+            pass  # the 2xx this agent sent; it repeats it itself
+        elif isinstance(event, ResponseReceived):
+            self._response(event.request, event.response)
+        elif isinstance(event, ClientTimedOut):
+            self._timed_out(event.request)
+
+    def media_ready(
+        self, call_id: str, host: str, port: int, key: bytes | None, now: float
+    ) -> None:
+        """The call's media socket is open at ``host``/``port``: answer, and
+        repeat the 200 until its ACK (over UDP; over TCP only the give-up
+        timer runs)."""
+        dialog = self.dialogs.get(call_id)
+        if dialog is None or dialog.answer is not None:
+            return
+        dialog.host, dialog.port, dialog.key = host, port, key
+        self._answer_offer(dialog, dialog.invite, reinvite=False)
+        if dialog.answer is not None:
+            dialog.interval = T1
+            dialog.resend_at = None if dialog.reliable else now + T1
+            dialog.give_up_at = now + 64 * T1
+
+    def reject(self, call_id: str, status: int) -> None:
+        """Refuse a call the owner cannot take (no media port: 503)."""
+        dialog = self.dialogs.pop(call_id, None)
+        if dialog is not None and dialog.answer is None:
+            self._respond(dialog.invite, status)
+
+    def hang_up(self, call_id: str, now: float) -> None:
+        """End the call with BYE (section 15.1.1)."""
+        dialog = self.dialogs.get(call_id)
+        if dialog is None or dialog.ending:
+            return
+        dialog.ending = True
+        dialog.resend_at = None
+        if not dialog.confirmed and dialog.answer is None:
+            self._respond(dialog.invite, 480)
+            self._end(dialog, "ended")
+            return
+        self.out.requests.append((self._bye(dialog), dialog.addr, dialog.reliable))
+
+    # -- output ------------------------------------------------------------------
+
+    def next_event(self) -> CallEvent | None:
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self) -> float | None:
+        due = [
+            t for d in self.dialogs.values() for t in (d.resend_at, d.give_up_at) if t is not None
+        ]
+        return min(due, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        for dialog in list(self.dialogs.values()):
+            if dialog.give_up_at is not None and now >= dialog.give_up_at:
+                # No ACK to our 2xx (section 13.3.1.4): the call is over.
+                dialog.give_up_at = dialog.resend_at = None
+                self.hang_up(dialog.call_id, now)
+                self._end(dialog, "no ack")
+            elif dialog.resend_at is not None and now >= dialog.resend_at and dialog.answer:
+                self.out.raw.append((bytes(dialog.answer), dialog.addr, dialog.reliable))
+                dialog.interval = min(dialog.interval * 2, T2)
+                dialog.resend_at = now + dialog.interval
+
+    # -- requests ----------------------------------------------------------------
+
+    def _request(self, request: Request, addr: Address, now: float) -> None:
+        method = request.method
+        if method == "OPTIONS":
+            response = response_to(request, 200)
+            response.headers.add("Allow", ALLOW)
+            response.headers.add("Accept", ACCEPT)
+            self.out.responses.append((request, response))
+            return
+        call_id = request.headers.get("Call-ID") or ""
+        to = NameAddr.parse(request.headers.get("To") or "")
+        dialog = self.dialogs.get(call_id)
+        in_dialog = to.tag is not None
+        if dialog is not None and in_dialog and to.tag != dialog.local_tag:
+            dialog = None
+        if method == "INVITE" and not in_dialog:
+            if dialog is None:
+                self._new_call(request, addr, now)
+            return  # a retransmission the transaction layer missed: nothing new
+        if dialog is None:
+            if method != "ACK":
+                self._respond(request, 481)
+            return
+        if method == "ACK":
+            if not dialog.confirmed and dialog.media is not None:
+                dialog.confirmed = True
+                dialog.resend_at = dialog.give_up_at = None
+                self._events.append(CallAnswered(call_id, dialog.media))
+            elif dialog.confirmed:
+                dialog.resend_at = dialog.give_up_at = None
+        elif method == "BYE":
+            self._respond(request, 200)
+            self._end(dialog, "hangup")
+        elif method == "CANCEL":
+            self._respond(request, 200)
+            if dialog.answer is None:
+                self._respond(dialog.invite, 487)
+                self._end(dialog, "cancelled")
+        elif method == "INVITE":
+            self._reinvite(dialog, request)
+        elif method == "INFO":
+            self._info(dialog, request)
+        else:
+            response = response_to(request, 405)
+            response.headers.add("Allow", ALLOW)
+            self.out.responses.append((request, response))
+
+    def _new_call(self, request: Request, addr: Address, now: float) -> None:
+        trunk = next((t for t in self.trunks if t.admits(addr[0])), None)
+        if trunk is None:
+            self.unauthenticated += 1
+            self._respond(request, 403)
+            return
+        calls = sum(1 for d in self.dialogs.values() if d.trunk is trunk)
+        if calls >= trunk.max_calls:
+            self.over_limit += 1
+            response = response_to(request, 503)
+            response.headers.add("Retry-After", str(RETRY_AFTER))
+            self.out.responses.append((request, response))
+            return
+        try:
+            contact = NameAddr.parse(request.headers.get("Contact") or "")
+            caller = NameAddr.parse(request.headers.get("From") or "")
+        except SipParseError:
+            self._respond(request, 400, "Bad Contact or From")
+            return
+        top = parse_via(request.headers.get("Via") or "")[0]
+        call_id = request.headers.get("Call-ID") or ""
+        dialog = Dialog(
+            call_id=call_id,
+            trunk=trunk,
+            invite=request,
+            addr=addr,
+            reliable=top.transport.upper() == "TCP",
+            local_tag=secrets.token_hex(6),
+            remote_target=str(contact.uri),
+        )
+        self.dialogs[call_id] = dialog
+        srtp = b"RTP/SAVP" in request.body
+        self._events.append(MediaWanted(call_id, trunk, caller.uri.user or "", srtp))
+
+    def _answer_offer(self, dialog: Dialog, request: Request, *, reinvite: bool) -> None:
+        try:
+            media, sdp = answer_offer(
+                request.body.decode("utf-8", "replace"),
+                dialog.host,
+                dialog.port,
+                session_id=int.from_bytes(dialog.local_tag.encode()[:6], "big"),
+                key=dialog.key,
+                version=dialog.session_version,
+            )
+        except SdpOfferError as exc:
+            self._respond(request, 488, str(exc)[:60])
+            if not reinvite:
+                self._end(dialog, "no common media")
+            return
+        dialog.session_version += 1
+        response = response_to(request, 200, to_tag=dialog.local_tag)
+        response.headers.add("Contact", f"<{self.contact}>")
+        response.headers.add("Allow", ALLOW)
+        response.headers.add("Content-Type", "application/sdp")
+        response = Response(response.status, response.reason, response.headers, sdp.encode())
+        self.out.responses.append((request, response))
+        if reinvite:
+            dialog.media = media
+            self._events.append(MediaChanged(dialog.call_id, media))
+            return
+        dialog.media, dialog.answer = media, response
+
+    def _reinvite(self, dialog: Dialog, request: Request) -> None:
+        if not dialog.confirmed:
+            self._respond(request, 491)  # section 14.2: one offer at a time
+            return
+        if not request.body:
+            self._respond(request, 488, "an offer is needed")
+            return
+        self._answer_offer(dialog, request, reinvite=True)
+
+    def _info(self, dialog: Dialog, request: Request) -> None:
+        kind = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind not in ("application/dtmf-relay", "application/dtmf"):
+            self._respond(request, 415)
+            return
+        try:
+            key = parse_info(kind, request.body)
+        except DtmfParseError:
+            self._respond(request, 400, "Bad DTMF body")
+            return
+        self._respond(request, 200)
+        self._events.append(Digit(dialog.call_id, key))
+
+    # -- responses to our requests ----------------------------------------------------
+
+    def _response(self, request: Request, response: Response) -> None:
+        if request.method == "BYE" and response.status >= 200:
+            dialog = self.dialogs.get(request.headers.get("Call-ID") or "")
+            if dialog is not None:
+                self._end(dialog, "ended")
+
+    def _timed_out(self, request: Request) -> None:
+        if request.method == "BYE":
+            dialog = self.dialogs.get(request.headers.get("Call-ID") or "")
+            if dialog is not None:
+                self._end(dialog, "timeout")
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _respond(self, request: Request, status: int, reason: str | None = None) -> None:
+        self.out.responses.append((request, response_to(request, status, reason)))
+
+    def _bye(self, dialog: Dialog) -> Request:
+        """BYE within the dialog (sections 12.2.1.1, 15.1.1): From is our side
+        (the INVITE's To with our tag), To the caller's From."""
+        invite = dialog.invite.headers
+        dialog.local_seq = max(dialog.local_seq, 1) + 1
+        headers = Headers()
+        transport = "TCP" if dialog.reliable else "UDP"
+        host, _, port = self.contact.rpartition("@")[2].partition(":")
+        via = Via(transport, host, int(port) if port else None, {"branch": new_branch()})
+        headers.add("Via", f"{via};rport")
+        headers.add("Max-Forwards", "70")
+        to = NameAddr.parse(invite.get("To") or "").with_tag(dialog.local_tag)
+        headers.add("From", str(to))
+        headers.add("To", invite.get("From") or "")
+        headers.add("Call-ID", dialog.call_id)
+        headers.add("CSeq", str(CSeq(dialog.local_seq, "BYE")))
+        return Request("BYE", dialog.remote_target, headers)
+
+    def _end(self, dialog: Dialog, reason: str) -> None:
+        if self.dialogs.pop(dialog.call_id, None) is not None:
+            self._events.append(CallEnded(dialog.call_id, reason))
