@@ -1,0 +1,112 @@
+"""The phone's seat in a room (sip/node/seat.py) on the real server with its
+media worker: the seat is an ordinary participant, so the room hears the
+phone through the SFU, and the seat's mix is everyone but the phone.
+
+Two seats and one plain client share a room: seat A's phone says 1 kHz,
+seat B's 450 Hz, the client plays 650 Hz (wadud_client's ToneAudio, which
+repeats one 20 ms frame: hence tones that fit 20 ms a whole number of
+times). What each seat's mix holds is read by FFT: the other two tones,
+never its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from sip.node.seat import RoomSeat
+from tests.conftest import Api, free_udp_port
+from tests.signalling.test_client_call import Call, calling
+from wadud.config import Settings
+from wadud_client.sources import ToneAudio
+
+RATE = 48_000
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, media_port=free_udp_port())
+
+
+@pytest.fixture
+async def call(api: Api, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Call]:
+    import aioice.ice
+
+    # aioice leaves loopback out of its host candidates; a loopback call needs it.
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    async with calling(api) as c:
+        yield c
+
+
+def tone(frequency: float, n: int) -> np.ndarray:
+    t = (np.arange(n) + n) / RATE
+    return (8000 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
+
+
+def strongest(pcm: np.ndarray, count: int) -> set[int]:
+    """The ``count`` strongest frequencies of ``pcm``, rounded to 10 Hz."""
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(pcm.shape[0])))
+    freqs = np.fft.rfftfreq(pcm.shape[0], 1 / RATE)
+    found: set[int] = set()
+    for index in np.argsort(spectrum)[::-1]:
+        f = int(round(freqs[index] / 10) * 10)
+        if all(abs(f - g) > 40 for g in found):
+            found.add(f)
+        if len(found) == count:
+            break
+    return found
+
+
+def level_at(pcm: np.ndarray, frequency: float) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(pcm.shape[0])))
+    freqs = np.fft.rfftfreq(pcm.shape[0], 1 / RATE)
+    band = (freqs > frequency - 30) & (freqs < frequency + 30)
+    return float(spectrum[band].max() / spectrum.max())
+
+
+async def speak_and_listen(seat: RoomSeat, frequency: float, ticks: int) -> np.ndarray:
+    """As the phone leg does: every 20 ms, 20 ms of the phone's voice up and
+    20 ms of the mix down; the last second of the mix."""
+    loop = asyncio.get_running_loop()
+    start, heard = loop.time(), []
+    for k in range(ticks):
+        seat.phone_audio(tone(frequency, 960 * (k + 1))[-960:])
+        heard.append(seat.mix())
+        await asyncio.sleep(max(0.0, start + (k + 1) * 0.02 - loop.time()))
+    return np.concatenate(heard[-50:])
+
+
+async def test_each_seat_hears_the_room_but_never_its_own_phone(call: Call) -> None:
+    room = "room-" + uuid.uuid4().hex[:8]
+    seats = [
+        RoomSeat(call.url, call.token(room, f"phone-{name}"), label=f"phone-{name}")
+        for name in ("a", "b")
+    ]
+    try:
+        # A phone that calls before the doctor is there waits, as a patient
+        # does, until the doctor lets it in.
+        asked = await seats[0].join()
+        assert asked["type"] == "waiting", asked
+        doctor = await call.join(room, "doctor", role="doctor", admin=True)
+        await doctor.publish({"microphone": ToneAudio(650)})
+        await doctor.wait_until(lambda: doctor.waiting)
+        await doctor.admit(str(doctor.waiting[0]["id"]))
+        await seats[0].admitted(10.0)
+        assert (await seats[1].join())["type"] == "joined"
+        await seats[1].admitted(10.0)
+        # Three seconds of both phones speaking, each seat's mix listened to.
+        a, b = await asyncio.gather(
+            speak_and_listen(seats[0], 1000, 150), speak_and_listen(seats[1], 450, 150)
+        )
+    finally:
+        await asyncio.gather(*(seat.leave() for seat in seats), return_exceptions=True)
+    assert strongest(a, 2) == {450, 650}, strongest(a, 3)
+    assert strongest(b, 2) == {650, 1000}, strongest(b, 3)
+    # A phone's own voice is not in its mix at all, not merely quieter.
+    assert level_at(a, 1000) < 0.01 and level_at(b, 450) < 0.01
