@@ -142,10 +142,17 @@ class OveruseDetector:
 
 
 def _slope(points: deque[tuple[float, float]]) -> float:
-    """Least-squares slope of ``(x, y)`` points."""
+    """Least-squares slope of ``(x, y)`` points: one pass over the window
+    (it runs for every group of every subscriber's feedback), with ``x``
+    taken from the first point's so the sums stay small and exact enough."""
     n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    den = sum((x - mean_x) ** 2 for x, _ in points)
-    return num / den if den else 0.0
+    x0 = points[0][0]
+    sx = sy = sxx = sxy = 0.0
+    for x, y in points:
+        x -= x0
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+    den = sxx - sx * sx / n
+    return (sxy - sx * sy / n) / den if den else 0.0
