@@ -10,5 +10,7 @@ inside them. Concept folders, lowest floor first:
 * ``wire``: SIP as bytes and state, without I/O: messages, stream framing,
   transactions (RFC 3261 section 17), the phone side's session descriptions;
 * ``audio``: the phone leg's audio, without I/O: DTMF in every form
-  providers send, G.711 and G.722, the jitter buffer, the N-1 mixer.
+  providers send, G.711 and G.722, the jitter buffer, the N-1 mixer;
+* ``node``: the bridge's I/O: the SIP endpoint on UDP and TCP that hosts
+  the transactions (RFC 3261 section 18), and the phone's seat in the room.
 """
