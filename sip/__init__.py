@@ -11,6 +11,8 @@ inside them. Concept folders, lowest floor first:
   transactions (RFC 3261 section 17), the phone side's session descriptions;
 * ``audio``: the phone leg's audio, without I/O: DTMF in every form
   providers send, G.711 and G.722, the jitter buffer, the N-1 mixer;
+* ``calls``: one call without I/O: the user agent for calls from trunks
+  (dialogs, RFC 3261 sections 12 to 15) and the dial-in IVR with its prompts;
 * ``node``: the bridge's I/O: the SIP endpoint on UDP and TCP that hosts
   the transactions (RFC 3261 section 18), and the phone's seat in the room.
 """
