@@ -47,3 +47,20 @@ class AudioFrameError(SipError, ValueError):
     one-dimensional int16 array, or not the length the codec, resampler or
     mixer works in. Our own mistake, never the peer's: a peer's payload of
     any length decodes."""
+
+
+class MediaPortError(SipError):
+    """No even port of the configured RTP range could be bound (RFC 3550
+    section 11 pairs RTP with RTCP on the odd port above): the call cannot
+    be answered, and the range is too small for the calls the bridge takes."""
+
+
+class VoiceError(SipError):
+    """The bridge cannot speak a prompt: a recording that is not mono 16-bit
+    WAV, speech synthesis that failed, or a prompt asked for before
+    :meth:`sip.node.voice.Voice.prepare` made it."""
+
+
+class VoiceUnavailableError(VoiceError):
+    """``espeak-ng`` is not installed and a prompt has no recording: raised
+    when the bridge starts, not at the first call that would need it."""
