@@ -14,5 +14,8 @@ inside them. Concept folders, lowest floor first:
 * ``calls``: one call without I/O: the user agent for calls from trunks
   (dialogs, RFC 3261 sections 12 to 15) and the dial-in IVR with its prompts;
 * ``node``: the bridge's I/O: the SIP endpoint on UDP and TCP that hosts
-  the transactions (RFC 3261 section 18), and the phone's seat in the room.
+  the transactions (RFC 3261 section 18) and the desk that puts the user
+  agent on it, each call's RTP socket and playout clock (:mod:`sip.node.leg`),
+  the prompts as audio (:mod:`sip.node.voice`), and the phone's seat in the
+  room (:mod:`sip.node.seat`).
 """
