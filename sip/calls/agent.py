@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from sip.audio.dtmf import parse_info
 from sip.errors import DtmfParseError, SdpOfferError, SipParseError
-from sip.wire.fields import CSeq, NameAddr, Via, parse_via
+from sip.wire.fields import CSeq, NameAddr, parse_via
 from sip.wire.headers import Headers
 from sip.wire.message import Request, Response, response_to
 from sip.wire.sdp import PhoneMedia, answer_offer
@@ -50,7 +50,6 @@ from sip.wire.transactions import (
     Event,
     NewRequest,
     ResponseReceived,
-    new_branch,
 )
 
 __all__ = [
@@ -418,14 +417,13 @@ class UserAgent:
 
     def _bye(self, dialog: Dialog) -> Request:
         """BYE within the dialog (sections 12.2.1.1, 15.1.1): From is our side
-        (the INVITE's To with our tag), To the caller's From."""
+        (the INVITE's To with our tag), To the caller's From, sent to the
+        caller's Contact."""
         invite = dialog.invite.headers
         dialog.local_seq = max(dialog.local_seq, 1) + 1
+        # No Via: the endpoint that sends it writes its own (section 18.1.1),
+        # with the sent-by it listens on and a fresh branch.
         headers = Headers()
-        transport = "TCP" if dialog.reliable else "UDP"
-        host, _, port = self.contact.rpartition("@")[2].partition(":")
-        via = Via(transport, host, int(port) if port else None, {"branch": new_branch()})
-        headers.add("Via", f"{via};rport")
         headers.add("Max-Forwards", "70")
         to = NameAddr.parse(invite.get("To") or "").with_tag(dialog.local_tag)
         headers.add("From", str(to))

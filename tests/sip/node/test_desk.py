@@ -93,10 +93,30 @@ Content-Length: 0
 )
 
 
+# A call the bridge ends: after the ACK, SIPp waits for our BYE and answers it.
+HUNG_UP_XML = (
+    CALL_XML.split('  <pause milliseconds="500"/>')[0]
+    + """  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+)
+
+
 class Bridge:
     """What the bridge does with a call, here: open a UDP socket for its media."""
 
-    def __init__(self) -> None:
+    def __init__(self, hang_up: bool = False) -> None:
+        self.hang_up = hang_up
         self.events: list[CallEvent] = []
         self.desk: CallDesk | None = None
         self.sockets: list[socket.socket] = []
@@ -110,15 +130,20 @@ class Bridge:
             media.bind((HOST, 0))
             self.sockets.append(media)
             self.desk.media_ready(event.call_id, HOST, media.getsockname()[1], None)
+        elif isinstance(event, CallAnswered) and self.hang_up:
+            self.desk.hang_up(event.call_id)
         elif isinstance(event, CallEnded):
             self.ended.set()
 
 
 @pytest.fixture
 async def bridge(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bridge, SipEndpoint]]:
-    networks = getattr(request, "param", ["127.0.0.0/8"])
+    """The endpoint and desk; ``param``: the trunk's networks, or "hang up"
+    for a bridge that ends each call as soon as it is up."""
+    param = getattr(request, "param", ["127.0.0.0/8"])
+    networks = ["127.0.0.0/8"] if param == "hang up" else param
     agent = UserAgent([Trunk("clinic", networks)], "sip:bridge@127.0.0.1")
-    bridge = Bridge()
+    bridge = Bridge(hang_up=param == "hang up")
     desk = bridge.desk = CallDesk(agent, bridge.on_call)
     endpoint = SipEndpoint(desk, HOST, 0)
     desk.attach(endpoint)
@@ -155,3 +180,17 @@ async def test_a_call_from_no_trunk_is_refused(
     assert calls.desk is not None
     await run_sipp(tmp_path, REFUSED_XML, endpoint, "u1")
     assert calls.events == [] and calls.desk.agent.unauthenticated == 1
+
+
+@pytest.mark.parametrize("bridge", ["hang up"], indirect=True)
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_the_bridge_ends_a_call_with_its_own_bye(
+    tmp_path: Path, bridge: tuple[Bridge, SipEndpoint], transport: str
+) -> None:
+    calls, endpoint = bridge
+    await run_sipp(tmp_path, HUNG_UP_XML, endpoint, transport)
+    await asyncio.wait_for(calls.ended.wait(), 5)
+    wanted, answered, ended = calls.events
+    assert isinstance(answered, CallAnswered)
+    assert ended == CallEnded(wanted.call_id, "ended")
+    assert endpoint.stats.requests_out["BYE"] == 1
