@@ -2,7 +2,7 @@
 SDES-SRTP (RFC 3264 offer/answer, RFC 3551 payload types, RFC 4568 keys).
 
 A trunk or PBX offers audio with a list of codecs; the bridge answers with
-the one it prefers of those it speaks (:data:`PREFERENCE`: G.722 first, as
+the one it prefers of those it speaks (:data:`sip.formats.PHONE_CODECS`: G.722 first, as
 wideband speech is what an older patient or an interpreter hears best, then
 G.711 µ-law and A-law), plus ``telephone-event`` when offered (RFC 4733
 digits), always at 20 ms. For dial-out the bridge offers the same list
@@ -27,10 +27,9 @@ from rtc.sdp.attributes import Direction
 from rtc.sdp.media import MediaDescription
 from rtc.sdp.session import SessionDescription
 from sip.errors import SdpOfferError
-from sip.formats import FRAME_MS, PHONE_CODECS
+from sip.formats import FRAME_MS, PHONE_CODECS, codec_for_payload_type
 
 __all__ = [
-    "PREFERENCE",
     "Crypto",
     "PhoneMedia",
     "SrtpSuite",
@@ -39,9 +38,6 @@ __all__ = [
     "read_answer",
 ]
 
-#: What the bridge speaks, best first: (name, static payload type, clock rate).
-PREFERENCE = tuple((c.name, c.payload_type, c.clock_rate) for c in PHONE_CODECS.values())
-_STATIC = {pt: name for name, pt, _ in PREFERENCE}
 #: The payload type the bridge offers ``telephone-event`` on (dynamic range).
 DTMF_PAYLOAD_TYPE = 101
 
@@ -147,8 +143,9 @@ def _codecs(media: MediaDescription) -> dict[str, int]:
         if codec.name is not None and codec.clock_rate == 8000:
             found.setdefault(codec.name.upper(), codec.payload_type)
     for fmt in media.formats:
-        if fmt.isdigit() and int(fmt) in _STATIC:
-            found.setdefault(_STATIC[int(fmt)], int(fmt))
+        static = codec_for_payload_type(int(fmt)) if fmt.isdigit() else None
+        if static is not None:
+            found.setdefault(static.name, static.payload_type)
     return found
 
 
@@ -216,7 +213,7 @@ def answer_offer(
     description, media = _audio(offer)
     remote_host = _address(description, media)
     offered = _codecs(media)
-    chosen = next(((name, offered[name]) for name, _, _ in PREFERENCE if name in offered), None)
+    chosen = next(((name, offered[name]) for name in PHONE_CODECS if name in offered), None)
     if chosen is None:
         raise SdpOfferError("no codec in common (G.722, G.711 µ-law or A-law)")
     dtmf = offered.get("TELEPHONE-EVENT")
@@ -242,7 +239,7 @@ def make_offer(
 ) -> str:
     """The bridge's own offer (dial-out): every codec it speaks, digits as
     ``telephone-event``, SDES when ``key`` is given."""
-    codecs = [(name, pt) for name, pt, _ in PREFERENCE]
+    codecs = [(c.name, c.payload_type) for c in PHONE_CODECS.values()]
     crypto = Crypto(1, SrtpSuite.AES_CM_128_HMAC_SHA1_80, key) if key is not None else None
     return _lines(
         host, port, session_id, version, codecs, DTMF_PAYLOAD_TYPE, Direction.SENDRECV, crypto
@@ -256,8 +253,9 @@ def read_answer(answer: str, *, key: bytes | None) -> PhoneMedia:
     description, media = _audio(answer)
     host = _address(description, media)
     answered = _codecs(media)
-    offered = {name: pt for name, pt, _ in PREFERENCE}
-    chosen = next(((n, answered[n]) for n in answered if offered.get(n) == answered[n]), None)
+    # The answer's first codec that was offered, on the payload type offered.
+    spoken = {c.name: c.payload_type for c in PHONE_CODECS.values()}
+    chosen = next(((n, pt) for n, pt in answered.items() if spoken.get(n) == pt), None)
     if chosen is None:
         raise SdpOfferError("the answer picked no codec that was offered")
     local = remote = None
