@@ -338,18 +338,21 @@ async def redeliver(call: Call[None, None]) -> WebhookDelivery:
     clinic_id = await _clinic(call)
     endpoint = await _row(call.pool, clinic_id, call.path_uuid("endpoint_id"))
     delivery_id = int(call.path("delivery_id"))
-    updated = await call.pool.execute(
-        """UPDATE room_hook_deliveries SET status = 'pending', next_attempt_at = now()
-           WHERE id = $1 AND endpoint_id = $2""",
-        delivery_id,
-        endpoint["id"],
-    )
-    if updated == "UPDATE 0":
-        raise DeliveryNotFound("no such delivery")
-    # Read before the wake: the answer is the delivery as queued, not
-    # whatever this replica's sender made of it meanwhile (CI once answered
-    # 'sent' to a redeliver).
-    row = await call.pool.fetchrow(_DELIVERIES + " AND d.id = $2", endpoint["id"], delivery_id)
+    # Queued and read back in one transaction: the answer is the delivery as
+    # queued. Two statements let a sender that was already polling (not
+    # only one this wake starts) claim and send it in between, and the
+    # answer said 'sent' (seen in CI twice, the second time after the read
+    # was moved before the wake).
+    async with call.pool.acquire() as conn, conn.transaction():
+        updated = await conn.execute(
+            """UPDATE room_hook_deliveries SET status = 'pending', next_attempt_at = now()
+               WHERE id = $1 AND endpoint_id = $2""",
+            delivery_id,
+            endpoint["id"],
+        )
+        if updated == "UPDATE 0":
+            raise DeliveryNotFound("no such delivery")
+        row = await conn.fetchrow(_DELIVERIES + " AND d.id = $2", endpoint["id"], delivery_id)
     assert row is not None
     deliverer = call.request.app.get(DELIVERER)
     if deliverer is not None:
