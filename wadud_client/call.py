@@ -198,6 +198,17 @@ class CallClient:
         return self.view.require_admission
 
     @property
+    def recording(self) -> dict[str, Any]:
+        """The room's recording: ``state`` (off, asking, on) and ``recording_id``."""
+        return self.view.recording
+
+    @property
+    def recording_asked(self) -> str | None:
+        """The recording this participant must answer before it may publish
+        (:meth:`answer_recording`); None when nothing is asked."""
+        return self.view.recording_asked
+
+    @property
     def published(self) -> dict[str, dict[str, Any]]:
         """Our published tracks by track id (from ``published.tracks``)."""
         return self.view.published
@@ -372,6 +383,16 @@ class CallClient:
 
     async def remove(self, participant_id: str) -> None:
         await self.request("remove", participant_id=participant_id)
+
+    async def answer_recording(self, agree: bool) -> None:
+        """Answer ``recording_asked``: agree, or refuse (which stops the
+        recording for everyone)."""
+        asked = self.view.recording_asked
+        if asked is None:
+            raise CallError("no recording is asked of this participant")
+        await self.request("recording_consent", recording_id=asked, agree=agree)
+        if self.view.recording_asked == asked:
+            self.view.recording_asked = None
 
     async def end(self) -> None:
         """End the room for everyone (admin)."""

@@ -48,6 +48,12 @@ class RoomView:
         self.published: dict[str, dict[str, Any]] = {}
         #: Others whose media is reconnecting (``participant_media``), by id.
         self.peer_media: dict[str, str] = {}
+        #: The room's recording (``joined.recording``, then ``recording``
+        #: frames): ``state`` off, asking or on, and its ``recording_id``.
+        self.recording: dict[str, Any] = {"state": "off"}
+        #: The recording this participant was asked about and has not
+        #: answered (``recording_asked``; ``recording_consent`` answers it).
+        self.recording_asked: str | None = None
 
     @property
     def participant_id(self) -> str | None:
@@ -94,6 +100,16 @@ class RoomView:
             self.waiting = list(f.get("waiting") or [])
             self.active_speaker = f.get("active_speaker")
             self.require_admission = bool(f.get("require_admission", False))
+            recording = dict(f.get("recording") or {"state": "off"})
+            asked = recording.pop("asked", False)
+            self.recording = recording
+            self.recording_asked = recording.get("recording_id") if asked else None
+        elif kind == "recording":
+            self.recording = {k: v for k, v in f.items() if k != "type"}
+            if self.recording.get("state") == "off":
+                self.recording_asked = None
+        elif kind == "recording_asked":
+            self.recording_asked = f.get("recording_id")
         elif kind == "waiting":
             if "ref" in f:
                 self.state = "waiting"
