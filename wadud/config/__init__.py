@@ -626,6 +626,49 @@ class Settings(PaymentsSettings):
         " dial it, e.g. +92 51 1234567), shown with the link in confirmations and"
         " reminders. Empty: no dial-in offered.",
     )
+    # [sip]: the phone bridge (sip/, docs/phone.md)
+    sip_listen: str = setting(
+        "",
+        "HOST:PORT the phone bridge takes SIP on, UDP and TCP (e.g. 0.0.0.0:5060). Empty:"
+        " no bridge; set, `wadud serve` runs one and `wadud sip` is the bridge alone.",
+    )
+    sip_public_host: str = setting(
+        "",
+        "The address trunks reach the bridge at, for Contact, Via and the SDP (a NAT's"
+        " public address). Empty: the listen host (or 127.0.0.1 for a wildcard).",
+    )
+    sip_media_host: str = setting(
+        "", "Address the calls' RTP sockets bind. Empty: the listen host."
+    )
+    sip_rtp_ports: str = setting(
+        "20000-29999",
+        "UDP ports for the calls' RTP, FIRST-LAST: two per call (RTP on the even one).",
+    )
+    sip_trunks: dict[str, Any] = setting(
+        {},
+        "The clinics' trunks, one [sip.trunks.NAME] table each: `networks` (CIDRs the"
+        " trunk sends from), `language` (en, ur or ar; absent: the caller picks),"
+        " `max_calls` (default 30). An INVITE from no trunk's network gets 403.",
+        env=False,
+    )
+    sip_language: str = setting(
+        "en", "The prompts' language when a trunk names none and the caller keys none."
+    )
+    sip_prompts_dir: str = setting(
+        "",
+        "Folder of the clinic's recorded prompts (LANG/PROMPT.wav, mono 16-bit); the"
+        " rest are spoken by espeak-ng. Empty: all spoken.",
+    )
+    sip_room_url: str = setting(
+        "",
+        "The signalling WebSocket the bridge joins visits' rooms at (the api's /ws)."
+        " Empty: this deployment's public_url + /ws.",
+    )
+    sip_admit_wait: float = setting(
+        600.0,
+        "Seconds a caller in the waiting room waits for the doctor to admit them"
+        " before the bridge says goodbye.",
+    )
 
     @property
     def base_url(self) -> str:
