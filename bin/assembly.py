@@ -197,6 +197,11 @@ def installers(role: Role) -> list[Installer]:
     import recording.http
 
     out.append(recording.http.install_worker)
+    # And the phone bridge, where [sip] is configured: `wadud api`
+    # deployments run `wadud sip` beside their replicas instead.
+    import sip.role
+
+    out.append(sip.role.install_worker)
     return out
 
 

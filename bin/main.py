@@ -8,6 +8,7 @@ wadud audit verify  walk the audit trail's hash chain; exit 1 naming the first b
 wadud notify    send notifications (email, push, SMS, WhatsApp); any number of replicas
 wadud hooks     deliver clinics' signed room webhooks; any number of replicas
 wadud recorder  make stopped visit recordings into WebM files; any number of replicas
+wadud sip       the phone bridge: SIP trunks' callers into visits by PIN (docs/phone.md)
 wadud user add  create an account (how the first admin comes to be)
 wadud retention run [--dry-run]  delete data past its retention period
 wadud token     print a call link (room token) for one participant
@@ -85,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hooks", help="deliver clinics' room webhooks (docs/webhooks.md)")
     _common(p)
     p = sub.add_parser("recorder", help="make visit recordings into files (docs/recording.md)")
+    _common(p)
+    p = sub.add_parser("sip", help="run the phone bridge: callers into visits (docs/phone.md)")
     _common(p)
     p = sub.add_parser("turn", help="run the TURN/STUN relay (RFC 8656)")
     p.add_argument("--config", help="TOML configuration file (also $WADUD_CONFIG)")
@@ -354,6 +357,12 @@ def cmd_recorder(settings: config.Settings) -> int:
     return _until_interrupted(run(settings))
 
 
+def cmd_sip(settings: config.Settings) -> int:
+    from sip.role import run
+
+    return _until_interrupted(run(settings))
+
+
 def cmd_audit_verify(settings: config.Settings) -> int:
     """Exit 0 and print the count and head when the chain verifies; 1 and
     the first altered, inserted or missing row when it does not."""
@@ -615,6 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_hooks(settings)
         if args.command == "recorder":
             return cmd_recorder(settings)
+        if args.command == "sip":
+            return cmd_sip(settings)
         if args.command == "retention" and args.retention_command == "run":
             return cmd_retention_run(args, settings)
         if args.command == "audit" and args.audit_command == "verify":

@@ -48,6 +48,11 @@ PROMPTS: dict[str, dict[str, str]] = {
         " کے لیے 1 دبائیں۔",
         "ar": "يتم تسجيل هذه الزيارة لسجلك الطبي. للموافقة والانضمام، اضغط 1.",
     },
+    "waiting": {
+        "en": "Thank you. The doctor will let you in shortly. Please stay on the line.",
+        "ur": "شکریہ۔ ڈاکٹر جلد آپ کو شامل کریں گے۔ براہ کرم لائن پر رہیں۔",
+        "ar": "شكراً لك. سيسمح لك الطبيب بالدخول قريباً. يرجى البقاء على الخط.",
+    },
     "joined": {
         "en": "You are in the visit.",
         "ur": "آپ ملاقات میں شامل ہو گئے ہیں۔",

@@ -326,6 +326,7 @@ SUB_FLOORS = {
         ("wire", "audio"),
         ("calls",),
         ("node",),
+        ("role",),
     ),
     "signalling": (
         ("errors",),

@@ -1,0 +1,540 @@
+"""The phone bridge: calls from clinics' trunks into visits' rooms.
+
+One :class:`Bridge` per process puts the pieces below it together: the SIP
+endpoint with the user agent on it (:class:`~sip.node.desk.CallDesk`), and
+for each call a :class:`PhoneCall`, which owns the call's RTP leg
+(:class:`~sip.node.leg.PhoneLeg`), its IVR (:class:`~sip.calls.ivr.Ivr`),
+and, once the caller keyed a PIN that opens a visit, its seat in the room
+(:class:`~sip.node.seat.RoomSeat`). Each does what it is told:
+
+* the desk's call events: open media (``MediaWanted``), start it
+  (``CallAnswered``, ``MediaChanged``), a digit sent as INFO, the end;
+* the leg's: every 20 ms the phone's audio (up to the seat, and the seat's
+  mix down to the leg in the same tick), a digit from RFC 4733 events or
+  tones, a dead leg (no RTP for 30 s: BYE);
+* the IVR's actions: play or stop a prompt (:class:`~sip.node.voice.Voice`),
+  look a PIN up (:class:`~sip.node.pins.PinDesk`), join, hang up.
+
+**Joining.** A PIN that opens a visit mints the phone's room token the way
+its video links are minted (:func:`booking.calls.video_link`: the visit's
+window, its booking checked at every join), for a participant named by the
+caller's masked number (``Phone ••34``) with the patient's role: the PIN is
+the patient's, but the caller may be a relative or an interpreter they
+passed it to, so the room is told the number, not the patient's name. The
+seat joins (``joined``, or ``waiting`` until the doctor admits it, while the
+caller hears so); where the room is being recorded the caller hears the
+notice and keys 1 before the seat answers the room's consent question and
+publishes. A recording asked for later, while the phone is in, is put to
+the caller the same way: 1 agrees; hanging up leaves it unanswered, so the
+recording does not start without them.
+
+Everything a call does runs on the loop in callbacks, except the few awaits
+(the PIN lookup, the seat's join and publish), which run in tasks the call
+owns and cancels at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import weakref
+from collections.abc import Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING
+
+import asyncpg
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from booking.calls import video_link
+from sip.calls.agent import (
+    CallAnswered,
+    CallEnded,
+    CallEvent,
+    Digit,
+    MediaChanged,
+    MediaWanted,
+    UserAgent,
+)
+from sip.calls.ivr import Hangup, Ivr, Join, LookUp, Play, StopPrompt, Visit
+from sip.errors import MediaPortError
+from sip.formats import PHONE_CODECS
+from sip.node.desk import CallDesk
+from sip.node.endpoint import SipEndpoint
+from sip.node.leg import PhoneLeg
+from sip.node.pins import Blocked, PinDesk, masked
+from sip.node.settings import BridgeConfig
+from sip.node.voice import Voice
+from sip.wire.sdp import KEY_LENGTH, PhoneMedia
+from wadud.config import Settings
+from wadud.web.ratelimit import Limiter
+
+if TYPE_CHECKING:
+    from sip.audio.pcm import Pcm
+    from sip.node.seat import RoomSeat
+
+__all__ = ["Bridge", "PhoneCall"]
+
+log = logging.getLogger("wadud.sip")
+
+CALLS = Counter(
+    "wadud_sip_calls_total",
+    "Phone calls the bridge ended, by how: joined (was in a visit), wrong_pin,"
+    " blocked, no_key, refused, failed, hung_up (before joining).",
+    ["outcome"],
+)
+ACTIVE = Gauge("wadud_sip_calls_active", "Phone calls up now, in a visit or in the IVR.")
+IN_ROOMS = Gauge("wadud_sip_calls_in_rooms", "Phone calls in a visit's room now.")
+SETUP = Histogram(
+    "wadud_sip_join_seconds",
+    "From the INVITE to the caller in the room (PIN keying included).",
+    buckets=(5, 10, 15, 20, 30, 45, 60, 90, 120, 300),
+)
+PIN_FAILURES = Counter(
+    "wadud_sip_pin_failures_total", "PINs keyed that opened no visit, and callers blocked.",
+    ["kind"],
+)  # fmt: skip
+FRAMES = Counter(
+    "wadud_sip_frames_total",
+    "The phones' audio, counted at calls' ends: packets received, 20 ms frames"
+    " concealed (lost or late, made up) and packets late (came after their turn).",
+    ["kind"],
+)
+
+_OUTCOMES = {
+    "wrong PIN": "wrong_pin",
+    "blocked": "blocked",
+    "no PIN keyed": "no_key",
+    "no consent": "no_key",
+    "room refused": "refused",
+}
+#: Seconds the seat's publish may take once admitted.
+_PUBLISH_WAIT = 20.0
+
+
+class PhoneCall:
+    """One call, from its INVITE to its end (see the module docstring)."""
+
+    def __init__(self, bridge: Bridge, wanted: MediaWanted, now: float) -> None:
+        self.bridge = bridge
+        self.id = wanted.call_id
+        self.trunk = wanted.trunk
+        self.caller = wanted.caller
+        self.srtp = wanted.srtp
+        self.started = now
+        self.ivr = Ivr(wanted.trunk.language, default=bridge.config.language)
+        self.leg: PhoneLeg | None = None
+        self.media: PhoneMedia | None = None
+        self.seat: RoomSeat | None = None
+        self.in_room = False
+        self.ended = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._told_recording: str | None = None
+
+    # -- from the desk --------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the call's media, then answer it."""
+        self._task(self._open_media(), "media")
+
+    async def _open_media(self) -> None:
+        try:
+            leg = await PhoneLeg.open(
+                self.bridge.config.media_host,
+                self.bridge.config.rtp_ports,
+                on_audio=self._tick,
+                on_digit=self.digit,
+                on_dead=self._dead,
+            )
+        except MediaPortError:
+            log.error("no RTP port free for a call: widen sip_rtp_ports")
+            self.bridge.desk.reject(self.id, 503)
+            return
+        if self.ended:
+            leg.close()
+            return
+        self.leg = leg
+        key = secrets.token_bytes(KEY_LENGTH) if self.srtp else None
+        self.bridge.desk.media_ready(self.id, self.bridge.config.public_host, leg.port, key)
+
+    def answered(self, media: PhoneMedia) -> None:
+        self.media = media
+        if self.leg is not None:
+            self.leg.start(media)
+        self.ivr.answered(self._now())
+        self._drive()
+
+    def changed(self, media: PhoneMedia) -> None:
+        self.media = media
+        if self.leg is not None:
+            self.leg.start(media)
+
+    def digit(self, key: str) -> None:
+        """A key, whichever way it came (INFO, RFC 4733, a tone)."""
+        if self.ended:
+            return
+        if self.in_room:
+            self._digit_in_room(key)
+            return
+        self.ivr.digit(key, self._now())
+        self._drive()
+
+    def end(self, reason: str) -> None:
+        """The call is over (either side's BYE, a CANCEL, no ACK)."""
+        if self.ended:
+            return
+        self.ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        stats = None
+        if self.leg is not None:
+            stats = self.leg.stats
+            self.leg.close()
+        if stats is not None:
+            FRAMES.labels("received").inc(stats.packets_in)
+            FRAMES.labels("concealed").inc(stats.concealed)
+            FRAMES.labels("late").inc(stats.late)
+        outcome = (
+            "joined"
+            if self.ivr.visit is not None and self.in_room
+            else _OUTCOMES.get(self.ivr.reason, "hung_up" if reason == "hangup" else "failed")
+        )
+        CALLS.labels(outcome).inc()
+        ACTIVE.dec()
+        if self.in_room:
+            IN_ROOMS.dec()
+        if self.seat is not None:
+            self.bridge.spawn(self.seat.leave(), f"seat leave {self.id}")
+        log.info(
+            "phone call ended",
+            extra={
+                "call": self.id,
+                "trunk": self.trunk.name,
+                "caller": masked(self.caller),
+                "reason": reason,
+                "outcome": outcome,
+            },
+        )
+
+    # -- the IVR ---------------------------------------------------------------------
+
+    def _drive(self) -> None:
+        """Do what the IVR asks, and keep its one timer."""
+        if self.ended:
+            return
+        for action in self.ivr.actions():
+            if isinstance(action, Play):
+                self._play(action.prompt, action.language, self._prompt_done)
+            elif isinstance(action, StopPrompt):
+                if self.leg is not None:
+                    self.leg.stop_prompt()
+            elif isinstance(action, LookUp):
+                self._task(self._look_up(action.pin), "pin")
+            elif isinstance(action, Join):
+                self._task(self._join(action), "join")
+            elif isinstance(action, Hangup):
+                self.bridge.desk.hang_up(self.id)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self.ivr.get_timer()
+        if due is not None:
+            self._timer = asyncio.get_running_loop().call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.ivr.handle_timer(self._now())
+        self._drive()
+
+    def _prompt_done(self) -> None:
+        self.ivr.prompt_done(self._now())
+        self._drive()
+
+    def _play(self, prompt: str, language: str, on_done: Callable[[], None] | None = None) -> None:
+        if self.leg is None or self.media is None:
+            return
+        rate = PHONE_CODECS[self.media.codec].sample_rate
+        self.leg.stop_prompt()
+        self.leg.play(self.bridge.voice.pcm(prompt, language, rate), on_done)
+
+    async def _look_up(self, pin: str) -> None:
+        found = await self.bridge.pins.look_up(
+            pin, caller=self.caller, trunk=self.trunk.name, now=dt.datetime.now(dt.UTC)
+        )
+        if isinstance(found, Blocked):
+            PIN_FAILURES.labels("blocked").inc()
+            self.ivr.blocked(self._now())
+        elif found is None:
+            PIN_FAILURES.labels("wrong").inc()
+            self.ivr.wrong(self._now())
+        else:
+            await self._enter(found)
+        self._drive()
+
+    async def _enter(self, booking: asyncpg.Record) -> None:
+        """Take the seat in the visit's room: joined, or waiting until the
+        doctor admits it; then tell the IVR whether it is recorded."""
+        from sip.node.seat import RoomSeat
+
+        bridge = self.bridge
+        link = video_link(
+            bridge.settings,
+            booking,
+            identity=self._identity(str(booking["id"])),
+            name=f"Phone {masked(self.caller)}",
+            role="patient",
+        )
+        self.seat = seat = RoomSeat(bridge.config.room_url, link.token, label="phone")
+        try:
+            frame = await seat.join()
+            if frame.get("type") == "waiting":
+                self._play("waiting", self.ivr.language)
+                await seat.client.wait_admitted(bridge.config.admit_wait)
+        except Exception as exc:
+            # A refused join (the visit ended, the room is full), the wait
+            # for admission ran out, or the server is unreachable: the
+            # caller is told, and the call ends.
+            log.warning(
+                "a phone caller could not join", extra={"call": self.id, "error": repr(exc)}
+            )
+            self.ivr.refused(self._now())
+            return
+        recorded = seat.client.recording_asked is not None
+        self.ivr.found(Visit(str(booking["id"]), recorded), self._now())
+
+    async def _join(self, join: Join) -> None:
+        seat = self.seat
+        assert seat is not None
+        try:
+            if join.consented and seat.client.recording_asked is not None:
+                await seat.client.answer_recording(True)
+            async with asyncio.timeout(_PUBLISH_WAIT):
+                await seat.admitted(_PUBLISH_WAIT)
+        except Exception as exc:
+            log.warning(
+                "a phone caller's seat could not publish",
+                extra={"call": self.id, "error": repr(exc)},
+            )
+            self.ivr.refused(self._now())
+            self._drive()
+            return
+        self.in_room = True
+        IN_ROOMS.inc()
+        SETUP.observe(self._now() - self.started)
+        self.ivr.joined(self._now())
+        self._drive()
+        self._task(self._watch_room(), "room")
+
+    # -- in the room -------------------------------------------------------------------
+
+    def _tick(self, pcm: Pcm) -> None:
+        """Every 20 ms: the phone's voice up, the room's mix down."""
+        seat, leg = self.seat, self.leg
+        if not self.in_room or seat is None or leg is None:
+            return
+        seat.phone_audio(pcm)
+        leg.send_audio(seat.mix())
+
+    def _digit_in_room(self, key: str) -> None:
+        seat = self.seat
+        if key == "1" and seat is not None and seat.client.recording_asked is not None:
+            if self.leg is not None:
+                self.leg.stop_prompt()
+            self._task(seat.client.answer_recording(True), "consent")
+
+    async def _watch_room(self) -> None:
+        """While the phone is in the room: a recording asked for is put to
+        the caller (the notice; 1 agrees), and the phone's removal from the
+        room (the doctor removed it, ended the visit) ends the call."""
+        seat = self.seat
+        assert seat is not None
+        client = seat.client
+
+        def news() -> bool:
+            return client.state == "closed" or client.recording_asked not in (
+                None,
+                self._told_recording,
+            )
+
+        while True:
+            await client.wait_until(news, within=24 * 3600.0)
+            if client.state == "closed":
+                log.info("the room let the phone go", extra={"call": self.id})
+                self.bridge.desk.hang_up(self.id)
+                return
+            self._told_recording = client.recording_asked
+            self._play("recording_notice", self.ivr.language)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _dead(self, reason: str) -> None:
+        log.info("a phone leg went silent", extra={"call": self.id, "reason": reason})
+        self.bridge.desk.hang_up(self.id)
+
+    def _identity(self, booking_id: str) -> str:
+        """The phone's identity in the room: the same for one number calling
+        one visit again (its consent answers carry over), never the number."""
+        digest = hashlib.sha256(
+            f"{booking_id}\n{self.trunk.name}\n{self.caller}".encode()
+        ).hexdigest()
+        return "phone-" + digest[:16]
+
+    def _task(self, work: Coroutine[object, object, None], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._guard(work), name=f"{what} {self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Coroutine[object, object, None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("a phone call's step failed", extra={"call": self.id})
+            self.bridge.desk.hang_up(self.id)
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+
+class Bridge:
+    """The phone bridge of one process: :meth:`start`, then :meth:`close`."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        limiter: Limiter,
+        *,
+        voice: Voice | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.voice = voice or Voice(config.prompts_dir)
+        self.pins = PinDesk(pool, limiter)
+        contact = f"sip:bridge@{config.public_host}:{config.port}"
+        self.agent = UserAgent(config.trunks, contact)
+        self.desk = CallDesk(self.agent, self._on_call)
+        self.endpoint = SipEndpoint(self.desk, config.host, config.port, sent_by=config.public_host)
+        self.calls: dict[str, PhoneCall] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        _COLLECTOR.bridges.add(self)
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    async def start(self) -> None:
+        """Make the prompts (espeak-ng, once: cached on disk), then listen."""
+        await self.voice.prepare()
+        await self.endpoint.start()
+        if self.config.public_host and ":" not in self.config.public_host:
+            # The Contact names the port: it is known only now for port 0.
+            self.agent.contact = f"sip:bridge@{self.config.public_host}:{self.endpoint.port}"
+        log.info("phone bridge listening", extra={"port": self.endpoint.port})
+
+    async def close(self) -> None:
+        """Hang up every call, then stop listening."""
+        for call_id in list(self.calls):
+            self.desk.hang_up(call_id)
+        for call in list(self.calls.values()):
+            call.end("closing")
+        self.calls.clear()
+        self.desk.close()
+        await self.endpoint.close()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5.0)
+
+    def spawn(self, work: Coroutine[object, object, None], name: str) -> None:
+        """Work that outlives its call (a seat leaving the room)."""
+        task = asyncio.get_running_loop().create_task(_quietly(work), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _on_call(self, event: CallEvent) -> None:
+        if isinstance(event, MediaWanted):
+            new = PhoneCall(self, event, asyncio.get_running_loop().time())
+            self.calls[event.call_id] = new
+            ACTIVE.inc()
+            new.open()
+            return
+        call = self.calls.get(event.call_id)
+        if call is None:
+            return
+        if isinstance(event, CallAnswered):
+            call.answered(event.media)
+        elif isinstance(event, MediaChanged):
+            call.changed(event.media)
+        elif isinstance(event, Digit):
+            call.digit(event.key)
+        elif isinstance(event, CallEnded):
+            del self.calls[event.call_id]
+            call.end(event.reason)
+
+
+class _BridgeCollector(Collector):
+    """The SIP side's counters, read from the live bridges at each scrape:
+    INVITEs refused by the user agent, and the endpoint's messages and
+    malformed input by reason."""
+
+    def __init__(self) -> None:
+        self.bridges: weakref.WeakSet[Bridge] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        refused = CounterMetricFamily(
+            "wadud_sip_invites_refused",
+            "INVITEs refused: unauthenticated (403, from no trunk), over_limit (503).",
+            labels=["reason"],
+        )
+        messages = CounterMetricFamily(
+            "wadud_sip_messages",
+            "SIP messages by direction and method or status class.",
+            labels=["direction", "kind"],
+        )
+        malformed = CounterMetricFamily(
+            "wadud_sip_malformed",
+            "SIP input refused (answered 400/413/505 or dropped), by reason.",
+            labels=["reason"],
+        )
+        tcp = GaugeMetricFamily("wadud_sip_tcp_connections", "TCP connections open.")
+        bridges = list(self.bridges)
+        tcp.add_metric([], sum(b.endpoint.connections for b in bridges))
+        sums: collections.Counter[tuple[str, ...]] = collections.Counter()
+        for bridge in bridges:
+            stats = bridge.endpoint.stats
+            sums["unauthenticated",] += bridge.agent.unauthenticated
+            sums["over_limit",] += bridge.agent.over_limit
+            for kind, count in (stats.requests_in + stats.responses_in).items():
+                sums["in", kind] += count
+            for kind, count in (stats.requests_out + stats.responses_out).items():
+                sums["out", kind] += count
+            for reason, count in stats.malformed.items():
+                sums["malformed", reason] += count
+        for key, value in sorted(sums.items()):
+            if len(key) == 1:
+                refused.add_metric(list(key), value)
+            elif key[0] == "malformed":
+                malformed.add_metric([key[1]], value)
+            else:
+                messages.add_metric(list(key), value)
+        if bridges:
+            yield from (refused, messages, malformed, tcp)
+
+
+_COLLECTOR = _BridgeCollector()
+REGISTRY.register(_COLLECTOR)
+
+
+async def _quietly(work: Coroutine[object, object, None]) -> None:
+    with contextlib.suppress(Exception):
+        await work
