@@ -16,6 +16,8 @@ inside them. Concept folders, lowest floor first:
 * ``node``: the bridge's I/O: the SIP endpoint on UDP and TCP that hosts
   the transactions (RFC 3261 section 18) and the desk that puts the user
   agent on it, each call's RTP socket and playout clock (:mod:`sip.node.leg`),
-  the prompts as audio (:mod:`sip.node.voice`), and the phone's seat in the
-  room (:mod:`sip.node.seat`).
+  the prompts as audio (:mod:`sip.node.voice`), the phone's seat in the
+  room (:mod:`sip.node.seat`), and the bridge that puts them together
+  (:mod:`sip.node.bridge`);
+* ``role``: ``wadud sip``, and the bridge inside ``wadud serve``.
 """
