@@ -108,5 +108,10 @@ async def test_each_seat_hears_the_room_but_never_its_own_phone(call: Call) -> N
         await asyncio.gather(*(seat.leave() for seat in seats), return_exceptions=True)
     assert strongest(a, 2) == {450, 650}, strongest(a, 3)
     assert strongest(b, 2) == {650, 1000}, strongest(b, 3)
-    # A phone's own voice is not in its mix at all, not merely quieter.
-    assert level_at(a, 1000) < 0.01 and level_at(b, 450) < 0.01
+    # A phone's own voice is not in its mix at all, not merely quieter: at
+    # its frequency there is only the floor either side of it (a frame the
+    # room's audio came late for is a gap, whose edges splatter across the
+    # spectrum on a busy machine, so a fixed bound would measure the gaps).
+    for pcm, own in ((a, 1000), (b, 450)):
+        floor = (level_at(pcm, own - 100) + level_at(pcm, own + 100)) / 2
+        assert level_at(pcm, own) < max(1.5 * floor, 0.01), (own, floor, level_at(pcm, own))
