@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,13 +68,19 @@ class World:
 
 @contextlib.asynccontextmanager
 async def serving(
-    database_url: str, work: Path, *, relay: bool = False, **overrides: Any
+    database_url: str,
+    work: Path,
+    *,
+    relay: bool = False,
+    also: Sequence[Any] = (),
+    **overrides: Any,
 ) -> AsyncIterator[World]:
     """The app on HTTP_PORT, with the call demo on, and a World on it whose
     browsers keep their profiles under ``work``; ``overrides``: settings
     that differ from these. ``relay``: with the TURN relay ``wadud serve``
     runs beside it (127.0.0.1:3478 over UDP and TCP, 5349 over TLS), named
-    in ``joined``."""
+    in ``joined``; ``also``: more installers (a worker ``wadud serve`` runs,
+    such as the phone bridge)."""
     import turn.http
     from bin.assembly import build_app, in_process
     from wadud.config import Settings
@@ -91,7 +97,8 @@ async def serving(
         log_format="text",
         **overrides,
     )
-    app = build_app(settings, [*in_process(), turn.http.install_embedded] if relay else None)
+    extra = [turn.http.install_embedded] if relay else []
+    app = build_app(settings, [*in_process(), *extra, *also])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", HTTP_PORT).start()

@@ -1,0 +1,180 @@
+"""A phone caller and two Chromium call pages in one visit (issue 38's
+must-show): the doctor's page hears the phone's 1 kHz, measured in the page
+with WebAudio; the phone hears the doctor's 440 Hz and the other page's
+660 Hz, measured by FFT of what its RTP socket received, and never its own
+1 kHz.
+
+The test books the visit (its PIN) through the API on the test's database;
+the driver, in a loopback-only namespace as the other browser tests' are,
+serves the app with the phone bridge inside (as ``wadud serve`` runs it),
+opens the two pages with tones for fake microphones, and calls in with
+SIPp (INFO digits) and its own RTP socket as the phone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import struct
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.booking.factories import Doctor
+from tests.browser import Page, driver_main, join, play, run_scenario
+from tests.conftest import Api
+from tests.sip.node.test_pins import visit
+
+DRIVER = "tests.sip.test_browser_phone"
+SIP_PORT = 5060
+
+
+@pytest.mark.timeout(200)
+async def test_pages_hear_the_phone_and_the_phone_hears_both_pages_but_itself(
+    api: Api, doctor: Doctor, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bid, pin = await visit(api, doctor)
+    (tmp_path / "visit.json").write_text(json.dumps({"booking": bid, "pin": pin}))
+    # The driver speaks the prompts into the test's own cache, not the home folder.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = await run_scenario(DRIVER, "hear", database_url, tmp_path, 120)
+    print(json.dumps(result))
+    # The doctor's page: the loudest frequency of the phone's tile's audio.
+    assert abs(result["doctor_hears"] - 1000) < 15, result
+    phone = {int(f): level for f, level in result["phone_hears"].items()}
+    assert phone[440] > 0.3 and phone[660] > 0.3, phone
+    # No 1 kHz in what the phone hears: only the noise floor either side.
+    assert phone[1000] < max(1.5 * (phone[900] + phone[1100]) / 2, 0.01), phone
+
+
+# -- the driver: runs inside the namespace ------------------------------------
+
+
+def tone_wav(path: Path, frequency: int) -> Path:
+    """Four seconds of ``frequency`` Hz for a fake microphone (Chromium loops it)."""
+    rate = 48_000
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(
+            b"".join(
+                struct.pack("<h", int(9000 * math.sin(2 * math.pi * frequency * i / rate)))
+                for i in range(rate * 4)
+            )
+        )
+    return path
+
+
+#: The loudest frequency, over 1.5 s, of the audio of the tile named ``Phone ••34``.
+MEASURE = """(async () => {
+  const tile = [...document.querySelectorAll('#grid .tile')]
+    .find(t => t.textContent.includes('Phone ••34') && t.dataset.audioTrack);
+  const track = tile.querySelector('video').srcObject.getAudioTracks()[0];
+  const ctx = new AudioContext();
+  await ctx.resume();
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 16384;
+  ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+  await new Promise(r => setTimeout(r, 1500));
+  const data = new Float32Array(analyser.frequencyBinCount);
+  analyser.getFloatFrequencyData(data);
+  let best = 1;
+  for (let i = 2; i < data.length; i++) if (data[i] > data[best]) best = i;
+  ctx.close();
+  return best * ctx.sampleRate / analyser.fftSize;
+})()"""
+
+PHONE_TILE = (
+    "[...document.querySelectorAll('#grid .tile')]"
+    ".some(t => t.textContent.includes('Phone ••34') && t.dataset.audioTrack)"
+)
+
+
+def level_at(pcm: np.ndarray, frequency: float) -> float:
+    spectrum = np.abs(np.fft.rfft(pcm * np.hanning(pcm.shape[0])))
+    freqs = np.fft.rfftfreq(pcm.shape[0], 1 / 8000)
+    band = (freqs > frequency - 30) & (freqs < frequency + 30)
+    return float(spectrum[band].max() / spectrum.max())
+
+
+async def scenario_hear(world: Any, pin: str) -> dict[str, Any]:
+    from tests.polling import wait_until
+    from tests.sip.phone import RATE, Sipp, invite_scenario, phone, sine
+
+    work = world.browsers.work
+    doctor: Page = await world.browsers.open(
+        "doctor",
+        world.link("dr-amina", "Dr Amina", "doctor", admin=True),
+        f"--use-file-for-fake-audio-capture={tone_wav(work / 'a440.wav', 440)}",
+        "--autoplay-policy=no-user-gesture-required",
+    )
+    await join(doctor)
+    sister: Page = await world.browsers.open(
+        "sister",
+        world.link("sis-2", "Sana", "patient"),
+        f"--use-file-for-fake-audio-capture={tone_wav(work / 'a660.wav', 660)}",
+    )
+    await join(sister)
+    world.mark("pages joined")
+    line = await phone()
+    sipp = Sipp(work / "sipp", invite_scenario(line.port, dtmf=True, info_keys=pin + "#"), SIP_PORT)
+    await sipp.start()
+    try:
+        await line.arrived.wait()
+        speaking = asyncio.create_task(line.speak(sine(1000, 30 * RATE)))
+        await doctor.wait_for(PHONE_TILE, "the phone's tile with audio", within=40)
+        world.mark("phone in the room")
+        # Once the prompt "you are in the visit" has played, the phone
+        # hears the room: both directions are measured from then on.
+        await wait_until(
+            lambda: min(level_at(line.heard_pcm(0.5), f) for f in (440, 660)) > 0.3,
+            within=20,
+            every=0.1,
+        )
+        world.mark("phone hears the room")
+        doctor_hears = await doctor.eval(MEASURE)
+        heard = line.heard_pcm(1.0)
+        speaking.cancel()
+    finally:
+        await sipp.stop()
+        line.transport.close()
+    return {
+        "doctor_hears": doctor_hears,
+        "phone_hears": {f: level_at(heard, f) for f in (440, 660, 900, 1000, 1100)},
+        "timings": world.timings,
+    }
+
+
+async def drive(name: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
+    import aioice.ice
+
+    import sip.role
+
+    # The bridge's seat is an aiortc peer, and aioice leaves loopback out of
+    # its host candidates: in a namespace with only loopback it has none.
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+    from tests.signalling.call_world import HTTP_PORT, serving
+
+    booked = json.loads((work / "visit.json").read_text())
+    async with serving(
+        database_url,
+        work,
+        also=[sip.role.install_worker],
+        sip_listen=f"127.0.0.1:{SIP_PORT}",
+        sip_rtp_ports="20000-20099",
+        sip_trunks={"clinic": {"networks": ["127.0.0.1/32"], "language": "en"}},
+        sip_room_url=f"http://127.0.0.1:{HTTP_PORT}/ws",
+    ) as world:
+        world.room = f"booking-{booked['booking']}"
+        return await play(
+            scenario_hear(world, booked["pin"]), world.browsers, world.timings, budget
+        )
+
+
+if __name__ == "__main__":
+    driver_main(__doc__, ["hear"], drive, 120)
