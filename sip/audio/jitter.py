@@ -352,6 +352,13 @@ class JitterBuffer:
         return False
 
     @property
+    def delay(self) -> float:
+        """Seconds the frame last played waited here, from its arrival (as
+        the stream's own clock places it) to its turn: the delay the buffer
+        adds now."""
+        return self._delay
+
+    @property
     def stats(self) -> JitterStats:
         return JitterStats(
             played=self._played,

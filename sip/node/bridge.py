@@ -99,13 +99,12 @@ PIN_FAILURES = Counter(
     "wadud_sip_pin_failures_total", "PINs keyed that opened no visit, and callers blocked.",
     ["kind"],
 )  # fmt: skip
-FRAMES = Counter(
-    "wadud_sip_frames_total",
-    "The phones' audio, counted at calls' ends: packets received, 20 ms frames"
-    " concealed (lost or late, made up) and packets late (came after their turn).",
-    ["kind"],
+DELAY = Histogram(
+    "wadud_sip_jitter_delay_seconds",
+    "What each 20 ms frame of the phones' voice waited in the jitter buffer (the"
+    " delay the bridge adds on the phone's way into the room, besides a tick).",
+    buckets=(0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3),
 )
-
 _OUTCOMES = {
     "wrong PIN": "wrong_pin",
     "blocked": "blocked",
@@ -199,9 +198,9 @@ class PhoneCall:
             stats = self.leg.stats
             self.leg.close()
         if stats is not None:
-            FRAMES.labels("received").inc(stats.packets_in)
-            FRAMES.labels("concealed").inc(stats.concealed)
-            FRAMES.labels("late").inc(stats.late)
+            self.bridge.frames.update(
+                received=stats.packets_in, concealed=stats.concealed, late=stats.late
+            )
         outcome = (
             "joined"
             if self.ivr.visit is not None and self.in_room
@@ -342,6 +341,7 @@ class PhoneCall:
             return
         seat.phone_audio(pcm)
         leg.send_audio(seat.mix())
+        DELAY.observe(leg.delay)
 
     def _digit_in_room(self, key: str) -> None:
         seat = self.seat
@@ -427,6 +427,9 @@ class Bridge:
         self.desk = CallDesk(self.agent, self._on_call)
         self.endpoint = SipEndpoint(self.desk, config.host, config.port, sent_by=config.public_host)
         self.calls: dict[str, PhoneCall] = {}
+        #: The phones' audio of the calls that ended (the live ones' is
+        #: read from their legs): packets received, frames concealed, late.
+        self.frames: collections.Counter[str] = collections.Counter()
         self._background: set[asyncio.Task[None]] = set()
         _COLLECTOR.bridges.add(self)
 
@@ -506,6 +509,12 @@ class _BridgeCollector(Collector):
             "SIP input refused (answered 400/413/505 or dropped), by reason.",
             labels=["reason"],
         )
+        frames = CounterMetricFamily(
+            "wadud_sip_frames",
+            "The phones' audio: packets received, 20 ms frames concealed (lost or"
+            " late, made up) and packets late (came after their turn).",
+            labels=["kind"],
+        )
         tcp = GaugeMetricFamily("wadud_sip_tcp_connections", "TCP connections open.")
         bridges = list(self.bridges)
         tcp.add_metric([], sum(b.endpoint.connections for b in bridges))
@@ -520,6 +529,17 @@ class _BridgeCollector(Collector):
                 sums["out", kind] += count
             for reason, count in stats.malformed.items():
                 sums["malformed", reason] += count
+        heard: collections.Counter[str] = collections.Counter()
+        for bridge in bridges:
+            heard.update(bridge.frames)
+            for call in list(bridge.calls.values()):
+                if call.leg is not None:
+                    stats = call.leg.stats
+                    heard.update(
+                        received=stats.packets_in, concealed=stats.concealed, late=stats.late
+                    )
+        for kind in ("received", "concealed", "late"):
+            frames.add_metric([kind], heard[kind])
         for key, value in sorted(sums.items()):
             if len(key) == 1:
                 refused.add_metric(list(key), value)
@@ -528,7 +548,7 @@ class _BridgeCollector(Collector):
             else:
                 messages.add_metric(list(key), value)
         if bridges:
-            yield from (refused, messages, malformed, tcp)
+            yield from (refused, messages, malformed, frames, tcp)
 
 
 _COLLECTOR = _BridgeCollector()

@@ -375,6 +375,12 @@ class PhoneLeg(asyncio.DatagramProtocol):
             self._sock.close()
 
     @property
+    def delay(self) -> float:
+        """Seconds the phone's last frame waited in the jitter buffer: what
+        the leg adds to the phone's way into the room, besides one tick."""
+        return self._codec.jitter.delay if self._codec is not None else 0.0
+
+    @property
     def stats(self) -> LegStats:
         jitter = self._codec.jitter.stats if self._codec is not None else None
         destination = self._destination()
