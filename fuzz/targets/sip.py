@@ -5,7 +5,8 @@ The bytes are read as a datagram; what parses must write bytes that parse
 to the same message, and give that message back out of a stream framer
 however the bytes are cut. Every header value a layer above reads is put
 through its typed parser, and what parses must parse again from its own
-text. The raw bytes also go through a framer in two pieces. A parser may
+text; digest credentials are read and checked. The raw bytes also go
+through a framer in two pieces. A parser may
 raise :class:`SipParseError` and nothing else.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from fuzz import Finding
 from sip.errors import SipParseError
+from sip.wire.digest import parse_credentials, verify
 from sip.wire.fields import CSeq, NameAddr, Via
 from sip.wire.framing import StreamFramer, is_keepalive
 from sip.wire.message import Request, Response, parse
@@ -48,6 +50,9 @@ def check(data: bytes) -> None:
         for name in names:
             for value in message.headers.get_all(name):
                 _stable(parser, value)
+    for name in ("Authorization", "Proxy-Authorization"):
+        for value in message.headers.get_all(name):
+            _credentials(value)
     if _frame(wire, len(data) % (len(wire) + 1)) != [message]:
         raise Finding("a stream framer reads a message's bytes otherwise than parse")
 
@@ -59,6 +64,15 @@ def _stable(parser: Callable[[str], object], text: str) -> None:
         return
     if parser(str(value)) != value:
         raise Finding(f"{parser.__qualname__} does not read back its own text")
+
+
+def _credentials(text: str) -> None:
+    """A digest credential either refused or checkable (no other error)."""
+    try:
+        credentials = parse_credentials(text)
+    except SipParseError:
+        return
+    verify(credentials, "INVITE", "password")
 
 
 def _frame(data: bytes, cut: int) -> list[Request | Response] | None:

@@ -8,10 +8,13 @@ requests to send, raw datagrams for its own 2xx retransmissions) and tells
 the call's owner what happened through :meth:`UserAgent.next_event`:
 
 * **Who may call.** A trunk is a clinic's SIP trunk or PBX, known by the
-  addresses it sends from (:class:`Trunk`). An INVITE from elsewhere gets
-  403 and is counted (``unauthenticated``): the bridge is no open relay and
-  no way to ring a visit from the internet. A trunk at its
-  ``max_calls`` gets 503 with Retry-After.
+  addresses it sends from, or by digest credentials (RFC 3261 section 22,
+  :mod:`sip.wire.digest`), or both (:class:`Trunk`). An INVITE from no
+  trunk's addresses, or with wrong credentials, gets 403 and is counted
+  (``unauthenticated``): the bridge is no open relay and no way to ring a
+  visit from the internet. A digest trunk's INVITE without credentials is
+  challenged with 401. A trunk at its ``max_calls`` gets 503 with
+  Retry-After.
 * **The answer.** An INVITE the bridge takes is answered in two steps, as
   the media needs a socket first: :class:`MediaWanted` asks the owner for
   a media port (and an SDES key), :meth:`UserAgent.media_ready` then
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 
 from sip.audio.dtmf import parse_info
 from sip.errors import DtmfParseError, SdpOfferError, SipParseError
+from sip.wire.digest import Nonces, challenge, parse_credentials, verify
 from sip.wire.fields import CSeq, NameAddr, parse_via
 from sip.wire.headers import Headers
 from sip.wire.message import Request, Response, response_to
@@ -74,21 +78,35 @@ RETRY_AFTER = 30
 
 @dataclass(frozen=True)
 class Trunk:
-    """A clinic's SIP trunk or PBX: the networks it sends from, the language
-    of its callers (None: ask with the three-language menu), how many calls
-    it may hold at once."""
+    """A clinic's SIP trunk or PBX: the networks it sends from (empty: any),
+    the digest username and password its INVITEs must prove (None: none, the
+    networks alone admit it), the language of its callers (None: ask with the
+    three-language menu), how many calls it may hold at once."""
 
     name: str
     networks: Sequence[str]
     language: str | None = None
     max_calls: int = 30
+    username: str | None = None
+    password: str | None = None
+    _nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        # Parsed once: admits() runs for every INVITE.
+        nets = tuple(ipaddress.ip_network(n, strict=False) for n in self.networks)
+        object.__setattr__(self, "_nets", nets)
 
     def admits(self, host: str) -> bool:
+        nets = self._nets
+        if not nets:
+            return self.username is not None  # digest alone, from anywhere
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(address in ipaddress.ip_network(n, strict=False) for n in self.networks)
+        return any(address in net for net in nets)
 
 
 # -- what the owner of the calls is told ---------------------------------------------
@@ -184,14 +202,20 @@ class UserAgent:
     ``contact``: the bridge's own SIP URI, for Contact (``sip:bridge@host:port``).
     """
 
-    def __init__(self, trunks: Sequence[Trunk], contact: str) -> None:
+    def __init__(self, trunks: Sequence[Trunk], contact: str, *, realm: str = "wadud") -> None:
         self.trunks = list(trunks)
         self.contact = contact
         self.out = Out()
         self.dialogs: dict[str, Dialog] = {}
-        #: INVITEs refused for coming from no trunk, and for a trunk at its limit.
+        #: INVITEs refused for coming from no trunk (or with wrong digest
+        #: credentials), and for a trunk at its limit; INVITEs challenged for
+        #: their credentials (401, the usual first answer to a digest trunk).
         self.unauthenticated = 0
         self.over_limit = 0
+        self.challenged = 0
+        #: The digest realm the bridge's challenges name, and their nonces.
+        self.realm = realm
+        self.nonces = Nonces()
         self._events: list[CallEvent] = []
 
     # -- input -------------------------------------------------------------------
@@ -313,7 +337,12 @@ class UserAgent:
             self.out.responses.append((request, response))
 
     def _new_call(self, request: Request, addr: Address, now: float) -> None:
-        trunk = next((t for t in self.trunks if t.admits(addr[0])), None)
+        admitted = [t for t in self.trunks if t.admits(addr[0])]
+        trunk = next((t for t in admitted if t.username is None), None)
+        if trunk is None and admitted:
+            trunk = self._authenticated(request, admitted, now)
+            if trunk is None:
+                return  # challenged (401) or refused (403)
         if trunk is None:
             self.unauthenticated += 1
             self._respond(request, 403)
@@ -345,6 +374,45 @@ class UserAgent:
         self.dialogs[call_id] = dialog
         srtp = b"RTP/SAVP" in request.body
         self._events.append(MediaWanted(call_id, trunk, caller.uri.user or "", srtp))
+
+    def _authenticated(self, request: Request, trunks: list[Trunk], now: float) -> Trunk | None:
+        """The trunk whose digest credentials ``request`` proves (RFC 3261
+        section 22.4); else None, having answered 401 with a challenge (no
+        credentials yet, or a stale nonce) or 403 (wrong ones, counted)."""
+        header = request.headers.get("Authorization")
+        if header is None:
+            self.challenged += 1
+            self._challenge(request, now, stale=False)
+            return None
+        try:
+            credentials = parse_credentials(header)
+        except SipParseError:
+            credentials = None
+        trunk = next(
+            (t for t in trunks if credentials is not None and t.username == credentials.username),
+            None,
+        )
+        if credentials is None or trunk is None or credentials.realm != self.realm:
+            self.unauthenticated += 1
+            self._respond(request, 403)
+            return None
+        freshness = self.nonces.check(credentials.nonce, now)
+        if freshness == "bad" or not verify(credentials, request.method, trunk.password or ""):
+            self.unauthenticated += 1
+            self._respond(request, 403)
+            return None
+        if freshness == "stale":
+            self.challenged += 1
+            self._challenge(request, now, stale=True)
+            return None
+        return trunk
+
+    def _challenge(self, request: Request, now: float, *, stale: bool) -> None:
+        response = response_to(request, 401)
+        response.headers.add(
+            "WWW-Authenticate", challenge(self.realm, self.nonces.issue(now), stale=stale)
+        )
+        self.out.responses.append((request, response))
 
     def _answer_offer(self, dialog: Dialog, request: Request, *, reinvite: bool) -> None:
         try:

@@ -20,7 +20,7 @@ from wadud.errors import ConfigError
 
 __all__ = ["BridgeConfig", "bridge_config"]
 
-_TRUNK_KEYS = frozenset({"networks", "language", "max_calls"})
+_TRUNK_KEYS = frozenset({"networks", "language", "max_calls", "username", "password"})
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -64,11 +64,21 @@ def _trunk(name: str, table: Any) -> Trunk:
     unknown = set(table) - _TRUNK_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    networks = table.get("networks")
+    username, password = table.get("username"), table.get("password")
+    if (username is None) != (password is None) or not all(
+        v is None or (isinstance(v, str) and v) for v in (username, password)
+    ):
+        raise ConfigError(f"{where}: digest wants both username and password, neither empty")
+    networks = table.get("networks", [])
     if isinstance(networks, str):
         networks = [networks]
-    if not networks or not all(isinstance(n, str) for n in networks):
-        raise ConfigError(f"{where}: networks = the CIDRs the trunk sends from, one or more")
+    if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+        raise ConfigError(f"{where}: networks = the CIDRs the trunk sends from")
+    if not networks and username is None:
+        raise ConfigError(
+            f"{where}: say who the trunk is: networks (the CIDRs it sends from),"
+            " or a digest username and password, or both"
+        )
     for network in networks:
         try:
             ipaddress.ip_network(network, strict=False)
@@ -80,7 +90,7 @@ def _trunk(name: str, table: Any) -> Trunk:
     max_calls = table.get("max_calls", 30)
     if not isinstance(max_calls, int) or isinstance(max_calls, bool) or max_calls < 1:
         raise ConfigError(f"{where}: max_calls = {max_calls!r}; a whole number, 1 or more")
-    return Trunk(name, tuple(networks), language, max_calls)
+    return Trunk(name, tuple(networks), language, max_calls, username, password)
 
 
 def bridge_config(settings: Settings) -> BridgeConfig | None:

@@ -647,8 +647,10 @@ class Settings(PaymentsSettings):
     sip_trunks: dict[str, Any] = setting(
         {},
         "The clinics' trunks, one [sip.trunks.NAME] table each: `networks` (CIDRs the"
-        " trunk sends from), `language` (en, ur or ar; absent: the caller picks),"
-        " `max_calls` (default 30). An INVITE from no trunk's network gets 403.",
+        " trunk sends from), `username` and `password` (digest: its INVITEs must prove"
+        " them), either or both; `language` (en, ur or ar; absent: the caller picks),"
+        " `max_calls` (default 30). An INVITE from no trunk's network, or with wrong"
+        " credentials, gets 403.",
         env=False,
     )
     sip_language: str = setting(

@@ -141,8 +141,11 @@ async def bridge(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Bridge, 
     """The endpoint and desk; ``param``: the trunk's networks, or "hang up"
     for a bridge that ends each call as soon as it is up."""
     param = getattr(request, "param", ["127.0.0.0/8"])
-    networks = ["127.0.0.0/8"] if param == "hang up" else param
-    agent = UserAgent([Trunk("clinic", networks)], "sip:bridge@127.0.0.1")
+    if isinstance(param, Trunk):
+        trunk = param
+    else:
+        trunk = Trunk("clinic", ["127.0.0.0/8"] if param == "hang up" else param)
+    agent = UserAgent([trunk], "sip:bridge@127.0.0.1")
     bridge = Bridge(hang_up=param == "hang up")
     desk = bridge.desk = CallDesk(agent, bridge.on_call)
     endpoint = SipEndpoint(desk, HOST, 0)
@@ -194,3 +197,61 @@ async def test_the_bridge_ends_a_call_with_its_own_bye(
     assert isinstance(answered, CallAnswered)
     assert ended == CallEnded(wanted.call_id, "ended")
     assert endpoint.stats.requests_out["BYE"] == 1
+
+
+def digest_xml(password: str) -> str:
+    """The call of CALL_XML from a digest trunk: challenged with 401, it
+    ACKs and sends the INVITE again with SIPp's own digest answer
+    (``[authentication]``, RFC 3261 section 22.2) for ``password``."""
+    invite, rest = CALL_XML.split('  <recv response="100" optional="true"/>', 1)
+    again = (
+        invite[invite.index("  <send") :]
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace(
+            "Max-Forwards: 70",
+            f"[authentication username=shifa password={password}]\nMax-Forwards: 70",
+        )
+    )
+    challenged = REFUSED_XML.split('  <recv response="403"/>', 1)[1].replace("</scenario>\n", "")
+    answered = '  <recv response="100" optional="true"/>' + rest.replace(
+        "CSeq: 1 ACK", "CSeq: 2 ACK"
+    )
+    answered = answered.replace("CSeq: 2 BYE", "CSeq: 3 BYE")
+    if password != "s3cret":
+        # Wrong credentials: 403 to the second INVITE, and its ACK.
+        answered = '  <recv response="100" optional="true"/>\n  <recv response="403"/>\n'
+        answered += challenged.replace("CSeq: 1 ACK", "CSeq: 2 ACK") + "</scenario>\n"
+    return (
+        invite
+        + '  <recv response="100" optional="true"/>\n  <recv response="401" auth="true"/>\n'
+        + challenged
+        + again
+        + answered
+    )
+
+
+DIGEST_TRUNK = Trunk("shifa", [], username="shifa", password="s3cret")
+
+
+@pytest.mark.parametrize("bridge", [DIGEST_TRUNK], indirect=True)
+async def test_a_digest_trunk_is_challenged_then_answered(
+    tmp_path: Path, bridge: tuple[Bridge, SipEndpoint]
+) -> None:
+    calls, endpoint = bridge
+    assert calls.desk is not None
+    await run_sipp(tmp_path, digest_xml("s3cret"), endpoint, "u1")
+    await asyncio.wait_for(calls.ended.wait(), 5)
+    assert [type(e) for e in calls.events] == [MediaWanted, CallAnswered, CallEnded]
+    agent = calls.desk.agent
+    assert (agent.challenged, agent.unauthenticated) == (1, 0)
+
+
+@pytest.mark.parametrize("bridge", [DIGEST_TRUNK], indirect=True)
+async def test_a_digest_trunk_with_the_wrong_password_is_refused(
+    tmp_path: Path, bridge: tuple[Bridge, SipEndpoint]
+) -> None:
+    calls, endpoint = bridge
+    assert calls.desk is not None
+    await run_sipp(tmp_path, digest_xml("guess"), endpoint, "u1")
+    agent = calls.desk.agent
+    assert calls.events == [] and (agent.challenged, agent.unauthenticated) == (1, 1)

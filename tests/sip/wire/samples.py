@@ -128,6 +128,22 @@ CHALLENGE = wire(
     'algorithm=MD5, qop="auth"',
 )
 
+# A digest trunk's INVITE sent again with its answer to our 401 (RFC 3261
+# section 22.2; the response is RFC 2617's worked example's).
+INVITE_DIGEST = wire(
+    "INVITE sip:visit@192.0.2.1 SIP/2.0",
+    _TRUNK_VIA.replace("z9hG4bK2d4790.1", "z9hG4bK2d4790.2"),
+    "Max-Forwards: 70",
+    "To: <sip:visit@192.0.2.1>",
+    'From: "+923001234534" <sip:+923001234534@192.0.2.7>;tag=1928301774',
+    "Call-ID: a84b4c76e66710@192.0.2.7",
+    "CSeq: 2 INVITE",
+    "Contact: <sip:trunk@192.0.2.7:5060>",
+    'Authorization: Digest username="shifa", realm="wadud", nonce="1000.000.9f1c",'
+    ' uri="sip:visit@192.0.2.1", response="6629fae49393a05397450978507c4ef1",'
+    ' algorithm=MD5, qop=auth, nc=00000001, cnonce="0a4f113b"',
+)
+
 #: Every sample, by the name fuzz/seed.py gives its seed file.
 ALL = {
     "invite-sdp": INVITE,
@@ -138,4 +154,5 @@ ALL = {
     "options-ipv6-tcp": OPTIONS,
     "register": REGISTER,
     "401-challenge": CHALLENGE,
+    "invite-digest": INVITE_DIGEST,
 }
