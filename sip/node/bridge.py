@@ -534,10 +534,8 @@ class _BridgeCollector(Collector):
             heard.update(bridge.frames)
             for call in list(bridge.calls.values()):
                 if call.leg is not None:
-                    stats = call.leg.stats
-                    heard.update(
-                        received=stats.packets_in, concealed=stats.concealed, late=stats.late
-                    )
+                    leg = call.leg.stats
+                    heard.update(received=leg.packets_in, concealed=leg.concealed, late=leg.late)
         for kind in ("received", "concealed", "late"):
             frames.add_metric([kind], heard[kind])
         for key, value in sorted(sums.items()):
