@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from sip.node.seat import RoomSeat
+from sip.node.seat import OPUS_BITRATE, PhoneOpus, RoomSeat
 from tests.conftest import Api, free_udp_port
 from tests.signalling.test_client_call import Call, calling
 from wadud.config import Settings
@@ -104,6 +104,11 @@ async def test_each_seat_hears_the_room_but_never_its_own_phone(call: Call) -> N
         a, b = await asyncio.gather(
             speak_and_listen(seats[0], 1000, 150), speak_and_listen(seats[1], 450, 150)
         )
+        # Each seat's microphone went out through its own encoder (mono,
+        # with FEC), put on the sender before aiortc could make one.
+        for seat in seats:
+            senders = [s for s in seat.client.publish_pc.getSenders() if s.kind == "audio"]
+            assert [type(s._RTCRtpSender__encoder) for s in senders] == [PhoneOpus]
     finally:
         await asyncio.gather(*(seat.leave() for seat in seats), return_exceptions=True)
     assert strongest(a, 2) == {450, 650}, strongest(a, 3)
@@ -115,3 +120,32 @@ async def test_each_seat_hears_the_room_but_never_its_own_phone(call: Call) -> N
     for pcm, own in ((a, 1000), (b, 450)):
         floor = (level_at(pcm, own - 100) + level_at(pcm, own + 100)) / 2
         assert level_at(pcm, own) < max(1.5 * floor, 0.01), (own, floor, level_at(pcm, own))
+
+
+def test_the_phones_opus_is_mono_at_its_bitrate_and_carries_fec() -> None:
+    """RFC 6716 section 4.2.3: in a 20 ms mono SILK frame the second
+    symbol, coded with probability one half and so the second bit of the
+    byte after the TOC, is the LBRR flag: this frame carries its
+    predecessor again, at lower quality, for a receiver that lost it."""
+    import fractions
+
+    import av
+
+    encoder = PhoneOpus()
+    rng = np.random.default_rng(38)
+    payloads: list[bytes] = []
+    for k in range(100):
+        voice = tone(300, 960 * (k + 1))[-960:] + rng.normal(0, 500, 960).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(voice.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = RATE, k * 960
+        frame.time_base = fractions.Fraction(1, RATE)
+        payloads += encoder.encode(frame)[0]
+    steady = payloads[5:]
+    # The TOC's stereo flag (bit 2) is clear: one channel.
+    assert all(not p[0] & 0x04 for p in steady)
+    # About the bitrate asked for (20 ms a packet), far from aiortc's 96 kbit/s.
+    bitrate = 8 * sum(len(p) for p in steady) / (0.02 * len(steady))
+    assert 0.7 * OPUS_BITRATE < bitrate < 1.3 * OPUS_BITRATE, bitrate
+    # In-band FEC: frames carry the one before again (a fifth and more here;
+    # none at all without it).
+    assert sum(1 for p in steady if p[1] & 0x40) > 0.1 * len(steady)
