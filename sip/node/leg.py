@@ -22,11 +22,15 @@ not name. So the leg sends from the socket it receives on (RFC 4961
 symmetric RTP), to the SDP's address only until the first valid packet
 (the agreed payload types, and authentic when keyed) comes, and from then
 on to that packet's source. A packet from another source is dropped unless
-the latched source has been silent for :data:`RELATCH_SILENCE` and the new
-one carries another SSRC (the provider moved the call to another media
-server): then the leg latches again. Anything looser lets a stranger who
-guesses the port take the call's audio (the "RTP bleed" of other bridges);
-with SRTP a stranger's packets fail authentication before latching is asked.
+the latched source has been silent for :data:`RELATCH_SILENCE`: then the
+leg latches to it. That is the phone's path moving while the call goes on
+(its NAT gave it a new port, a handset moved from Wi-Fi to mobile data: the
+same SSRC from a new address), or the provider moving the call to another
+media server (a new SSRC). Waiting for the old source's silence is what
+keeps a stranger who guesses the port from taking the call's audio (the
+"RTP bleed" of other bridges): a phone sends every 20 ms for the whole
+call, so a live source is never silent that long. With SRTP a stranger's
+packets fail authentication before latching is asked.
 
 **Why silence, not comfort noise, when there is nothing to say.** The leg
 sends a packet every 20 ms for the whole call. NATs forget an idle UDP
@@ -493,7 +497,7 @@ class PhoneLeg(asyncio.DatagramProtocol):
         if addr == latched:
             self._latched_ssrc, self._heard_at = ssrc, now
             return True
-        if ssrc != self._latched_ssrc and now - self._heard_at >= RELATCH_SILENCE:
+        if now - self._heard_at >= RELATCH_SILENCE:
             self._latched, self._latched_ssrc, self._heard_at = addr, ssrc, now
             self._relatches += 1
             self._phased = False

@@ -331,16 +331,30 @@ async def test_a_phone_behind_nat_gets_audio_where_its_packets_come_from() -> No
             await asyncio.sleep(FRAME)
         assert bridge.stats.latched == nat.address
         assert bridge.stats.stray == 5
-        # The phone falls silent; a packet of its SSRC from elsewhere is not
-        # believed, a new stream (a new media server) is.
+        # The phone's NAT gives it a new port: its stream, same SSRC, comes
+        # from elsewhere while the old source falls silent. Once that has
+        # lasted RELATCH_SILENCE, the leg follows it (one-way audio, else).
+        moved = await collector()
+        for i in range(40):
+            moved.transport.sendto(
+                rtp(0, 20 + i, (20 + i) * 160, 1111, silence), (HOST, bridge.port)
+            )
+            await asyncio.sleep(FRAME)
+            if bridge.stats.latched == moved.address:
+                break
+        assert bridge.stats.latched == moved.address
+        assert bridge.stats.relatches == 1
+        moved.received.clear()
+        await asyncio.sleep(0.1)
+        assert len(moved.received) >= 3  # the phone hears the bridge again
+        # And then the provider moves the call to another media server, a
+        # new stream, after the old one fell silent.
         await asyncio.sleep(0.6)
-        stranger.transport.sendto(rtp(0, 60, 0, 1111, silence), (HOST, bridge.port))
-        await asyncio.sleep(0.05)
-        assert bridge.stats.latched == nat.address
         stranger.transport.sendto(rtp(0, 61, 0, 3333, silence), (HOST, bridge.port))
         await asyncio.sleep(0.05)
         assert bridge.stats.latched == stranger.address
-        assert bridge.stats.relatches == 1
+        assert bridge.stats.relatches == 2
+        moved.transport.close()
     finally:
         bridge.close()
         for c in (sdp_address, nat, stranger):
