@@ -3,8 +3,9 @@ one host and port (RFC 3261 section 18), hosting the transaction layer
 (:class:`sip.wire.transactions.Transactions`, section 17) for a
 transaction user above it.
 
-What comes in: a UDP datagram that is only CRLFs is a keepalive and is
-dropped (RFC 5626 section 4.4.2 answers only STUN ones); anything else is
+What comes in: a response whose top Via is not ours (section 18.1.2) is
+dropped and counted (``not_ours``); a UDP datagram that is only CRLFs is a
+keepalive and is dropped (RFC 5626 section 4.4.2 answers only STUN ones); anything else is
 read with :func:`sip.wire.message.parse`. A TCP connection is cut into
 messages by its own framer (:mod:`sip.node.stream`). A request's top Via gets
 ``received`` and ``rport`` (section 18.2.1, RFC 3581 section 4, in
@@ -236,6 +237,11 @@ class SipEndpoint:
 
     def _receive(self, message: Request | Response, source: Address, reliable: bool) -> None:
         self.stats.count_in(message)
+        if isinstance(message, Response) and not self._ours(message):
+            # Section 18.1.2: a response whose top Via is not ours was not
+            # meant for us (or forges a transaction of ours): dropped unread.
+            self.stats.malformed["not_ours"] += 1
+            return
         addr = stamp(message, source, reliable) if isinstance(message, Request) else source
         try:
             self.transactions.receive(message, addr, reliable, self._now())
@@ -245,6 +251,14 @@ class SipEndpoint:
             self.stats.malformed["unmatchable"] += 1
             return
         self._after(reliable=reliable)
+
+    def _ours(self, response: Response) -> bool:
+        """Whether the response's top Via names the sent-by our requests carry."""
+        try:
+            top = Via.parse((response.headers.get_all("Via") or [""])[0])
+        except SipParseError:
+            return False
+        return top.host.lower() == self.sent_by.lower() and (top.port or 5060) == self.port
 
     # -- the layer's output -------------------------------------------------------------
 

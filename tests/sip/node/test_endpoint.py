@@ -253,6 +253,28 @@ async def test_our_request_is_retransmitted_on_its_timer_until_answered(
     assert endpoint.transactions.open == 1  # lingering for timer K
 
 
+async def test_a_response_whose_top_via_is_not_ours_is_dropped(
+    endpoint: SipEndpoint, user: BusyUser
+) -> None:
+    """Section 18.1.2: a response that names another sent-by in its top Via,
+    even with our transaction's branch, is not ours: dropped and counted,
+    and the real answer still ends the transaction."""
+    async with udp_client() as (transport, peer):
+        addr = transport.get_extra_info("sockname")[:2]
+        endpoint.request(_options_to(addr), addr)
+        sent = parse(await asyncio.wait_for(peer.queue.get(), WAIT))
+        assert isinstance(sent, Request)
+        forged = response_to(sent, 486, to_tag="forger")
+        ours = forged.headers.get_all("Via")[0]
+        forged.headers.set("Via", ours.replace(f"{HOST}:{endpoint.port}", "192.0.2.99:5060"))
+        transport.sendto(bytes(forged), endpoint.address)
+        transport.sendto(bytes(response_to(sent, 200, to_tag="peer")), endpoint.address)
+        answered = await asyncio.wait_for(user.responses.get(), WAIT)
+    assert answered.response.status == 200
+    assert endpoint.stats.malformed["not_ours"] == 1
+    assert user.responses.empty()
+
+
 async def test_our_request_over_tcp_opens_a_connection(
     endpoint: SipEndpoint, user: BusyUser
 ) -> None:
