@@ -102,6 +102,7 @@ def video_link(
     locale: str | None = None,
     sid: str = "",
     clinic_region: str = "",
+    device: str = "",
 ) -> VideoLink:
     """One person's link into ``booking``'s room (a ``bookings`` row with a
     video link, :func:`has_video_link`).
@@ -110,7 +111,8 @@ def video_link(
     (also admin: admit, mute, end). The token is valid from
     :data:`EARLY_JOIN` before the slot to its end; the URL names the person's
     language (``lang``) when ``locale`` is given, and ``sid`` binds it to a
-    sign-in session (signing out ends it). A clinic in one of
+    sign-in session (signing out ends it); ``device`` is ``phone`` for the
+    phone bridge's caller (the room shows it). A clinic in one of
     ``call_home_regions`` (``clinic_region``) has the visit held in that
     region's own control plane (the token's ``home``, docs/operations.md)."""
     room = room_of(str(booking["id"]))
@@ -125,6 +127,7 @@ def video_link(
         booking=str(booking["id"]),
         slot=booking["starts_at"].isoformat(),
         sid=sid,
+        device=device,
         # Clinics' regions are upper case (PK), media regions lower (pk).
         home=region if (region := clinic_region.lower()) in settings.call_home_regions else "",
     )

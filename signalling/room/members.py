@@ -144,6 +144,8 @@ def participant_info(p: Member, *, grants: bool = False) -> dict[str, Any]:
         "name": p.grant.name,
         "role": p.grant.role,
     }
+    if p.grant.device:
+        info["device"] = p.grant.device
     if grants:
         info["grants"] = {
             "publish": p.grant.publish,

@@ -634,6 +634,14 @@ function tile(key, label) {
   const initials = document.createElement('div');
   initials.className = 'placeholder';
   initials.textContent = initialsOf(label);
+  // A caller through the phone bridge: a telephone, not initials.
+  const who = call && call.participants.get(key);
+  if (who && who.device === 'phone') {
+    el.classList.add('phone');
+    initials.textContent = '\u260E';
+    initials.setAttribute('role', 'img');
+    initials.setAttribute('aria-label', i18n.t('tile.phone'));
+  }
   const bars = document.createElement('div');
   bars.className = 'bars';
   bars.dataset.quality = 'unknown';

@@ -290,6 +290,7 @@ class PhoneCall:
             identity=self._identity(str(booking["id"])),
             name=f"Phone {masked(self.caller)}",
             role="patient",
+            device="phone",
         )
         self.seat = seat = RoomSeat(bridge.config.room_url, link.token, label="phone")
         try:

@@ -45,6 +45,7 @@ async def test_pages_hear_the_phone_and_the_phone_hears_both_pages_but_itself(
     print(json.dumps(result))
     # The doctor's page: the loudest frequency of the phone's tile's audio.
     assert abs(result["doctor_hears"] - 1000) < 15, result
+    assert result["glyphs"] == [["\u260e", "On the phone"]], result
     phone = {int(f): level for f, level in result["phone_hears"].items()}
     assert phone[440] > 0.3 and phone[660] > 0.3, phone
     # No 1 kHz in what the phone hears: only the noise floor either side.
@@ -93,6 +94,11 @@ PHONE_TILE = (
     "[...document.querySelectorAll('#grid .tile')]"
     ".some(t => t.textContent.includes('Phone ••34') && t.dataset.audioTrack)"
 )
+#: The phone's tile shows a telephone, not initials.
+PHONE_GLYPH = (
+    "[...document.querySelectorAll('#grid .tile.phone .placeholder')]"
+    ".map(p => [p.textContent, p.getAttribute('aria-label')])"
+)
 
 
 def level_at(pcm: np.ndarray, frequency: float) -> float:
@@ -104,6 +110,7 @@ def level_at(pcm: np.ndarray, frequency: float) -> float:
 
 async def scenario_hear(world: Any, pin: str) -> dict[str, Any]:
     from tests.polling import wait_until
+    from tests.signalling.test_visit_journey import Shots
     from tests.sip.phone import RATE, Sipp, invite_scenario, phone, sine
 
     work = world.browsers.work
@@ -129,6 +136,8 @@ async def scenario_hear(world: Any, pin: str) -> dict[str, Any]:
         speaking = asyncio.create_task(line.speak(sine(1000, 30 * RATE)))
         await doctor.wait_for(PHONE_TILE, "the phone's tile with audio", within=40)
         world.mark("phone in the room")
+        glyphs = await doctor.eval(PHONE_GLYPH)
+        await Shots(work / "shots").take(doctor, "doctor-with-phone")
         # Once the prompt "you are in the visit" has played, the phone
         # hears the room: both directions are measured from then on.
         await wait_until(
@@ -145,6 +154,7 @@ async def scenario_hear(world: Any, pin: str) -> dict[str, Any]:
         line.transport.close()
     return {
         "doctor_hears": doctor_hears,
+        "glyphs": glyphs,
         "phone_hears": {f: level_at(heard, f) for f in (440, 660, 900, 1000, 1100)},
         "timings": world.timings,
     }

@@ -158,7 +158,7 @@ async def test_a_caller_joins_the_visit_with_its_pin_keyed_in_every_form(
     line, sipp, doc, phone_id = await dial_in(tmp_path, api, call, bid, pin, form)
     try:
         entry = doc.participants[phone_id]
-        assert entry["role"] == "patient", entry
+        assert entry["role"] == "patient" and entry["device"] == "phone", entry
         # The doctor removes the phone: the bridge hangs up, and SIPp,
         # which waits for that BYE, answers it and ends with success.
         await doc.remove(phone_id)

@@ -457,6 +457,10 @@ class RoomGrant:
     #: The sign-in session (token family) the link was issued to: signing out
     #: of it, or any revocation of the account, ends the link and the call.
     sid: str = ""
+    #: How the participant is in the call when it is not a browser or app of
+    #: theirs: ``phone`` for a caller through the phone bridge. Shown to
+    #: everyone in the room (the page draws a phone on the tile).
+    device: str = ""
 
 
 def issue_room_token(
@@ -485,6 +489,8 @@ def issue_room_token(
         claims["booking"] = {"id": grant.booking, "slot": grant.slot}
     if grant.sid:
         claims["sid"] = grant.sid
+    if grant.device:
+        claims["device"] = grant.device
     return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
 
 
@@ -505,6 +511,7 @@ def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> R
             booking=str((c.get("booking") or {}).get("id") or ""),
             slot=str((c.get("booking") or {}).get("slot") or ""),
             sid=str(c.get("sid") or ""),
+            device=str(c.get("device") or ""),
         )
     except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
         raise InvalidToken(str(exc) or "invalid room token") from exc
