@@ -344,3 +344,42 @@ async def test_malformed_sip_gets_no_traceback_and_the_live_call_goes_on(
     assert not [r for r in caplog.records if r.exc_info], [
         r.getMessage() for r in caplog.records if r.exc_info
     ]
+
+
+async def test_a_recorded_visit_is_joined_only_after_the_caller_keys_1(
+    tmp_path: Path, api: Api, call: Call, doctor: Doctor
+) -> None:
+    bid, pin = await visit(api, doctor)
+    room = f"booking-{bid}"
+    doc = await call.join(room, "doctor", role="doctor", admin=True)
+    await doc.publish({"microphone": ToneAudio(440)})
+    await doc.request("record", on=True)
+    await doc.wait_until(lambda: doc.recording.get("state") == "on", within=10)
+    line = await phone()
+    sipp = Sipp(
+        tmp_path / "sipp",
+        invite_scenario(line.port, dtmf=True, info_keys=pin + "#", caller=CALLER),
+        bridge_of(api).port,
+    )
+    await sipp.start()
+    try:
+        # In the room, but asked about the recording: nothing published yet.
+        await doc.wait_until(lambda: phone_of(doc) is not None, within=30)
+        entry = phone_of(doc)
+        assert entry is not None
+        phone_id = str(entry["id"])
+
+        def published() -> bool:
+            return any(t.get("participant") == phone_id for t in doc.room_tracks.values())
+
+        assert not published()
+        # The notice plays; the caller keys 1, and only then is heard.
+        await line.arrived.wait()
+        await line.key_events("1", marker=True)
+        await doc.wait_until(published, within=20)
+        assert doc.recording.get("state") == "on"
+        await doc.remove(phone_id)
+        assert await sipp.finished() == 0, sipp.errors()
+    finally:
+        await sipp.stop()
+        line.transport.close()
