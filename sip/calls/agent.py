@@ -30,6 +30,13 @@ the call's owner what happened through :meth:`UserAgent.next_event`:
   does not know gets 481.
 * **Ending it ourselves.** :meth:`UserAgent.hang_up` sends BYE to the
   far end's Contact with the next CSeq (section 15.1.1).
+* **Placing calls** (dial-out). :meth:`UserAgent.dial` sends our INVITE
+  with our offer through a trunk; a 180 or 183 is :class:`Ringing`, a 2xx
+  is ACKed (section 13.2.2.4) and :class:`CallAnswered` with the agreed
+  media, a 3xx to 6xx (ACKed by its transaction) or no final answer is
+  :class:`DialFailed` (busy, no answer, declined, failed). Unanswered at
+  its ring timeout it is cancelled (CANCEL, section 9.1; the 487 that
+  follows is "no answer"). An answered call is a dialog like any other.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from sip.wire.digest import Nonces, challenge, parse_credentials, verify
 from sip.wire.fields import CSeq, NameAddr, parse_via
 from sip.wire.headers import Headers
 from sip.wire.message import Request, Response, response_to
-from sip.wire.sdp import PhoneMedia, answer_offer
+from sip.wire.sdp import PhoneMedia, answer_offer, make_offer, read_answer
 from sip.wire.transactions import (
     T1,
     T2,
@@ -60,9 +67,11 @@ __all__ = [
     "ALLOW",
     "CallAnswered",
     "CallEnded",
+    "DialFailed",
     "Digit",
     "MediaChanged",
     "MediaWanted",
+    "Ringing",
     "Trunk",
     "UserAgent",
 ]
@@ -157,7 +166,31 @@ class CallEnded:
     reason: str
 
 
-CallEvent = MediaWanted | CallAnswered | MediaChanged | Digit | CallEnded
+@dataclass(frozen=True, slots=True)
+class Ringing:
+    """A call the bridge placed rings (the first 180 or 183)."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DialFailed:
+    """A call the bridge placed was not answered: ``reason`` is ``busy``
+    (486, 600), ``no answer`` (408, 480, 487 after our CANCEL at the ring
+    timeout, or no final answer at all), ``declined`` (603) or ``failed``
+    (anything else, or an answer whose media cannot be agreed); ``status``
+    the final response's (408 for none)."""
+
+    call_id: str
+    reason: str
+    status: int
+
+
+CallEvent = MediaWanted | CallAnswered | MediaChanged | Digit | CallEnded | Ringing | DialFailed
+
+#: Final statuses of a placed call, by what they mean to the doctor.
+_DIAL_OUTCOMES = {486: "busy", 600: "busy", 408: "no answer", 480: "no answer", 487: "no answer"}
+_DIAL_OUTCOMES[603] = "declined"
 
 
 @dataclass(eq=False)
@@ -185,6 +218,13 @@ class Dialog:
     port: int = 0
     host: str = ""
     key: bytes | None = None
+    #: A call the bridge placed (dial-out): our INVITE, the far end's tag
+    #: once it answered, when an unanswered one is cancelled, whether it rang.
+    outgoing: bool = False
+    remote_tag: str = ""
+    ring_until: float | None = None
+    rang: bool = False
+    cancelled: bool = False
 
 
 @dataclass
@@ -265,6 +305,58 @@ class UserAgent:
             return
         self.out.requests.append((self._bye(dialog), dialog.addr, dialog.reliable))
 
+    def dial(
+        self,
+        trunk: Trunk,
+        target: str,
+        addr: Address,
+        *,
+        host: str,
+        port: int,
+        key: bytes | None,
+        now: float,
+        ring_timeout: float,
+        reliable: bool = False,
+    ) -> str:
+        """Place a call to ``target`` (a SIP URI at the trunk) through the
+        trunk at ``addr``, offering our media at ``host``/``port`` (SDES with
+        ``key``); unanswered after ``ring_timeout`` seconds it is cancelled.
+        Returns its Call-ID; :class:`Ringing`, then :class:`CallAnswered` or
+        :class:`DialFailed` follow, and :class:`CallEnded` at its end."""
+        call_id = f"{secrets.token_hex(12)}@wadud"
+        local_tag = secrets.token_hex(6)
+        own = NameAddr.parse(f"<{self.contact}>")
+        headers = Headers()
+        headers.add("Max-Forwards", "70")
+        headers.add("From", str(own.with_tag(local_tag)))
+        headers.add("To", str(NameAddr.parse(f"<{target}>")))
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", str(CSeq(1, "INVITE")))
+        headers.add("Contact", str(own))
+        headers.add("Allow", ALLOW)
+        headers.add("Content-Type", "application/sdp")
+        offer = make_offer(host, port, session_id=secrets.randbelow(2**31), key=key)
+        invite = Request("INVITE", target, headers, offer.encode())
+        self.dialogs[call_id] = Dialog(
+            call_id=call_id,
+            trunk=trunk,
+            invite=invite,
+            addr=addr,
+            reliable=reliable,
+            local_tag=local_tag,
+            remote_target=target,
+            local_seq=1,
+            host=host,
+            port=port,
+            key=key,
+            outgoing=True,
+            ring_until=now + ring_timeout,
+        )
+        # No Via: the endpoint writes ours, into this same request, which a
+        # CANCEL then copies (section 9.1).
+        self.out.requests.append((invite, addr, reliable))
+        return call_id
+
     # -- output ------------------------------------------------------------------
 
     def next_event(self) -> CallEvent | None:
@@ -272,12 +364,24 @@ class UserAgent:
 
     def get_timer(self) -> float | None:
         due = [
-            t for d in self.dialogs.values() for t in (d.resend_at, d.give_up_at) if t is not None
+            t
+            for d in self.dialogs.values()
+            for t in (d.resend_at, d.give_up_at, None if d.cancelled else d.ring_until)
+            if t is not None
         ]
         return min(due, default=None)
 
     def handle_timer(self, now: float) -> None:
         for dialog in list(self.dialogs.values()):
+            if (
+                dialog.outgoing
+                and not dialog.confirmed
+                and not dialog.cancelled
+                and dialog.ring_until is not None
+                and now >= dialog.ring_until
+            ):
+                self._cancel(dialog)
+                continue
             if dialog.give_up_at is not None and now >= dialog.give_up_at:
                 # No ACK to our 2xx (section 13.3.1.4): the call is over.
                 dialog.give_up_at = dialog.resend_at = None
@@ -467,16 +571,100 @@ class UserAgent:
     # -- responses to our requests ----------------------------------------------------
 
     def _response(self, request: Request, response: Response) -> None:
+        if request.method == "INVITE":
+            dialog = self.dialogs.get(request.headers.get("Call-ID") or "")
+            if dialog is not None and dialog.outgoing and dialog.invite is request:
+                self._dial_response(dialog, response)
+            return
         if request.method == "BYE" and response.status >= 200:
             dialog = self.dialogs.get(request.headers.get("Call-ID") or "")
             if dialog is not None:
                 self._end(dialog, "ended")
 
     def _timed_out(self, request: Request) -> None:
+        if request.method == "INVITE":
+            dialog = self.dialogs.get(request.headers.get("Call-ID") or "")
+            if dialog is not None and dialog.outgoing and not dialog.confirmed:
+                # No final answer at all (timer B, section 17.1.1.2).
+                self.dialogs.pop(dialog.call_id, None)
+                self._events.append(DialFailed(dialog.call_id, "no answer", 408))
+            return
         if request.method == "BYE":
             dialog = self.dialogs.get(request.headers.get("Call-ID") or "")
             if dialog is not None:
                 self._end(dialog, "timeout")
+
+    # -- calls we place ----------------------------------------------------------------
+
+    def _dial_response(self, dialog: Dialog, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status in (180, 183) and not dialog.rang:
+                dialog.rang = True
+                self._events.append(Ringing(dialog.call_id))
+            return
+        if status >= 300:
+            # The transaction ACKs it (section 17.1.1.3); the call never was.
+            self.dialogs.pop(dialog.call_id, None)
+            reason = _DIAL_OUTCOMES.get(status, "failed")
+            self._events.append(DialFailed(dialog.call_id, reason, status))
+            return
+        if dialog.confirmed:
+            return  # a 2xx again: our ACK went; the dialog's own retransmits are rare
+        to = NameAddr.parse(response.headers.get("To") or "")
+        dialog.remote_tag = to.tag or ""
+        contact = response.headers.get("Contact")
+        if contact:
+            dialog.remote_target = str(NameAddr.parse(contact).uri)
+        dialog.confirmed = True
+        dialog.ring_until = None
+        self.out.raw.append((bytes(self._ack(dialog)), dialog.addr, dialog.reliable))
+        try:
+            dialog.media = read_answer(response.body.decode("utf-8", "replace"), key=dialog.key)
+        except SdpOfferError:
+            # Answered with media we did not offer: there is no call to have.
+            self._events.append(DialFailed(dialog.call_id, "failed", status))
+            dialog.ending = True
+            self.out.requests.append((self._bye(dialog), dialog.addr, dialog.reliable))
+            return
+        self._events.append(CallAnswered(dialog.call_id, dialog.media))
+
+    def _ack(self, dialog: Dialog) -> Request:
+        """The ACK of the 2xx to our INVITE (section 13.2.2.4): the dialog's,
+        sent outside any transaction, so it carries its own Via."""
+        contact = NameAddr.parse(f"<{self.contact}>").uri
+        transport = "TCP" if dialog.reliable else "UDP"
+        via = f"SIP/2.0/{transport} {contact.host}:{contact.port or 5060}"
+        invite = dialog.invite.headers
+        headers = Headers()
+        headers.add("Via", f"{via};branch=z9hG4bK{secrets.token_hex(8)};rport")
+        headers.add("Max-Forwards", "70")
+        headers.add("From", invite.get("From") or "")
+        headers.add("To", self._remote(dialog))
+        headers.add("Call-ID", dialog.call_id)
+        headers.add("CSeq", str(CSeq(1, "ACK")))
+        return Request("ACK", dialog.remote_target, headers)
+
+    def _cancel(self, dialog: Dialog) -> None:
+        """CANCEL our unanswered INVITE (section 9.1): its Request-URI,
+        Call-ID, From, To, CSeq number and top Via, branch included."""
+        dialog.cancelled = True
+        invite = dialog.invite
+        headers = Headers()
+        for name in ("Via", "Max-Forwards", "From", "To", "Call-ID"):
+            value = invite.headers.get(name)
+            if value is not None:
+                headers.add(name, value)
+        headers.add("CSeq", str(CSeq(1, "CANCEL")))
+        self.out.requests.append(
+            (Request("CANCEL", invite.uri, headers), dialog.addr, dialog.reliable)
+        )
+
+    def _remote(self, dialog: Dialog) -> str:
+        """The far end's address with its tag, as our requests' To."""
+        return str(
+            NameAddr.parse(dialog.invite.headers.get("To") or "").with_tag(dialog.remote_tag)
+        )
 
     # -- helpers -------------------------------------------------------------------
 
@@ -493,9 +681,13 @@ class UserAgent:
         # with the sent-by it listens on and a fresh branch.
         headers = Headers()
         headers.add("Max-Forwards", "70")
-        to = NameAddr.parse(invite.get("To") or "").with_tag(dialog.local_tag)
-        headers.add("From", str(to))
-        headers.add("To", invite.get("From") or "")
+        if dialog.outgoing:
+            headers.add("From", invite.get("From") or "")
+            headers.add("To", self._remote(dialog))
+        else:
+            to = NameAddr.parse(invite.get("To") or "").with_tag(dialog.local_tag)
+            headers.add("From", str(to))
+            headers.add("To", invite.get("From") or "")
         headers.add("Call-ID", dialog.call_id)
         headers.add("CSeq", str(CSeq(dialog.local_seq, "BYE")))
         return Request("BYE", dialog.remote_target, headers)

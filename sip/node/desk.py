@@ -7,8 +7,9 @@ agent with the loop's time, sends what the agent queued (responses through
 their transactions, requests, its own 2xx repeats), keeps the agent's one
 timer on ``loop.call_at``, and tells the bridge each call event
 (``on_call``): a call to open media for, answered, changed, a digit by
-INFO, ended. The bridge answers through :meth:`CallDesk.media_ready`,
-:meth:`CallDesk.reject` and :meth:`CallDesk.hang_up`.
+INFO, ended; for calls it places, ringing, and answered or failed. The
+bridge answers through :meth:`CallDesk.media_ready`, :meth:`CallDesk.reject`
+and :meth:`CallDesk.hang_up`, and places calls with :meth:`CallDesk.dial`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sip.calls.agent import CallEvent, UserAgent
+from sip.calls.agent import Address, CallEvent, Trunk, UserAgent
 from sip.node.endpoint import SipEndpoint
 from sip.wire.transactions import Event
 
@@ -60,6 +61,25 @@ class CallDesk:
     def hang_up(self, call_id: str) -> None:
         self.agent.hang_up(call_id, self._now())
         self._flush()
+
+    def dial(
+        self,
+        trunk: Trunk,
+        target: str,
+        addr: Address,
+        *,
+        host: str,
+        port: int,
+        key: bytes | None,
+        ring_timeout: float,
+    ) -> str:
+        """Place a call (:meth:`sip.calls.agent.UserAgent.dial`); its Call-ID."""
+        call_id = self.agent.dial(
+            trunk, target, addr, host=host, port=port, key=key, now=self._now(),
+            ring_timeout=ring_timeout,
+        )  # fmt: skip
+        self._flush()
+        return call_id
 
     def close(self) -> None:
         if self._timer is not None:
