@@ -17,7 +17,7 @@ inside them. Concept folders, lowest floor first:
   the transactions (RFC 3261 section 18) and the desk that puts the user
   agent on it, each call's RTP socket and playout clock (:mod:`sip.node.leg`),
   the prompts as audio (:mod:`sip.node.voice`), the phone's seat in the
-  room (:mod:`sip.node.seat`), and the bridge that puts them together
-  (:mod:`sip.node.bridge`);
+  room (:mod:`sip.node.seat`), the bridge that puts them together
+  (:mod:`sip.node.bridge`) and its metrics (:mod:`sip.node.metrics`);
 * ``role``: ``wadud sip``, and the bridge inside ``wadud serve``.
 """

@@ -42,14 +42,10 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING
 
 import asyncpg
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from booking.calls import video_link
 from sip.calls.agent import (
@@ -67,6 +63,15 @@ from sip.formats import PHONE_CODECS
 from sip.node.desk import CallDesk
 from sip.node.endpoint import SipEndpoint
 from sip.node.leg import PhoneLeg
+from sip.node.metrics import (
+    ACTIVE,
+    CALLS,
+    COLLECTOR,
+    DELAY,
+    IN_ROOMS,
+    PIN_FAILURES,
+    SETUP,
+)
 from sip.node.pins import Blocked, PinDesk, masked
 from sip.node.settings import BridgeConfig
 from sip.node.voice import Voice
@@ -82,29 +87,6 @@ __all__ = ["Bridge", "PhoneCall"]
 
 log = logging.getLogger("wadud.sip")
 
-CALLS = Counter(
-    "wadud_sip_calls_total",
-    "Phone calls the bridge ended, by how: joined (was in a visit), wrong_pin,"
-    " blocked, no_key, refused, failed, hung_up (before joining).",
-    ["outcome"],
-)
-ACTIVE = Gauge("wadud_sip_calls_active", "Phone calls up now, in a visit or in the IVR.")
-IN_ROOMS = Gauge("wadud_sip_calls_in_rooms", "Phone calls in a visit's room now.")
-SETUP = Histogram(
-    "wadud_sip_join_seconds",
-    "From the INVITE to the caller in the room (PIN keying included).",
-    buckets=(5, 10, 15, 20, 30, 45, 60, 90, 120, 300),
-)
-PIN_FAILURES = Counter(
-    "wadud_sip_pin_failures_total", "PINs keyed that opened no visit, and callers blocked.",
-    ["kind"],
-)  # fmt: skip
-DELAY = Histogram(
-    "wadud_sip_jitter_delay_seconds",
-    "What each 20 ms frame of the phones' voice waited in the jitter buffer (the"
-    " delay the bridge adds on the phone's way into the room, besides a tick).",
-    buckets=(0.01, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3),
-)
 _OUTCOMES = {
     "wrong PIN": "wrong_pin",
     "blocked": "blocked",
@@ -432,7 +414,7 @@ class Bridge:
         #: read from their legs): packets received, frames concealed, late.
         self.frames: collections.Counter[str] = collections.Counter()
         self._background: set[asyncio.Task[None]] = set()
-        _COLLECTOR.bridges.add(self)
+        COLLECTOR.bridges.add(self)
 
     @property
     def port(self) -> int:
@@ -484,74 +466,6 @@ class Bridge:
         elif isinstance(event, CallEnded):
             del self.calls[event.call_id]
             call.end(event.reason)
-
-
-class _BridgeCollector(Collector):
-    """The SIP side's counters, read from the live bridges at each scrape:
-    INVITEs refused by the user agent, and the endpoint's messages and
-    malformed input by reason."""
-
-    def __init__(self) -> None:
-        self.bridges: weakref.WeakSet[Bridge] = weakref.WeakSet()
-
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        refused = CounterMetricFamily(
-            "wadud_sip_invites_refused",
-            "INVITEs refused: unauthenticated (403, from no trunk), over_limit (503).",
-            labels=["reason"],
-        )
-        messages = CounterMetricFamily(
-            "wadud_sip_messages",
-            "SIP messages by direction and method or status class.",
-            labels=["direction", "kind"],
-        )
-        malformed = CounterMetricFamily(
-            "wadud_sip_malformed",
-            "SIP input refused (answered 400/413/505 or dropped), by reason.",
-            labels=["reason"],
-        )
-        frames = CounterMetricFamily(
-            "wadud_sip_frames",
-            "The phones' audio: packets received, 20 ms frames concealed (lost or"
-            " late, made up) and packets late (came after their turn).",
-            labels=["kind"],
-        )
-        tcp = GaugeMetricFamily("wadud_sip_tcp_connections", "TCP connections open.")
-        bridges = list(self.bridges)
-        tcp.add_metric([], sum(b.endpoint.connections for b in bridges))
-        sums: collections.Counter[tuple[str, ...]] = collections.Counter()
-        for bridge in bridges:
-            stats = bridge.endpoint.stats
-            sums["unauthenticated",] += bridge.agent.unauthenticated
-            sums["over_limit",] += bridge.agent.over_limit
-            for kind, count in (stats.requests_in + stats.responses_in).items():
-                sums["in", kind] += count
-            for kind, count in (stats.requests_out + stats.responses_out).items():
-                sums["out", kind] += count
-            for reason, count in stats.malformed.items():
-                sums["malformed", reason] += count
-        heard: collections.Counter[str] = collections.Counter()
-        for bridge in bridges:
-            heard.update(bridge.frames)
-            for call in list(bridge.calls.values()):
-                if call.leg is not None:
-                    leg = call.leg.stats
-                    heard.update(received=leg.packets_in, concealed=leg.concealed, late=leg.late)
-        for kind in ("received", "concealed", "late"):
-            frames.add_metric([kind], heard[kind])
-        for key, value in sorted(sums.items()):
-            if len(key) == 1:
-                refused.add_metric(list(key), value)
-            elif key[0] == "malformed":
-                malformed.add_metric([key[1]], value)
-            else:
-                messages.add_metric(list(key), value)
-        if bridges:
-            yield from (refused, messages, malformed, frames, tcp)
-
-
-_COLLECTOR = _BridgeCollector()
-REGISTRY.register(_COLLECTOR)
 
 
 async def _quietly(work: Coroutine[object, object, None]) -> None:
