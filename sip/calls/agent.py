@@ -47,6 +47,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sip.audio.dtmf import parse_info
+from sip.calls import placing
+from sip.calls.placing import ALLOW
 from sip.errors import DtmfParseError, SdpOfferError, SipParseError
 from sip.wire.digest import Nonces, challenge, parse_credentials, verify
 from sip.wire.fields import CSeq, NameAddr, parse_via
@@ -78,8 +80,6 @@ __all__ = [
 
 Address = tuple[str, int]
 
-#: The methods the bridge takes (RFC 3261 section 20.5).
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
 ACCEPT = "application/sdp, application/dtmf-relay, application/dtmf"
 #: Seconds a trunk at its call limit is told to wait (RFC 3261 section 20.33).
 RETRY_AFTER = 30
@@ -98,6 +98,10 @@ class Trunk:
     max_calls: int = 30
     username: str | None = None
     password: str | None = None
+    #: Where the bridge sends the calls it places through this trunk
+    #: (dial-out), and the numbers besides a visit's patient it may call.
+    outbound: Address | None = None
+    dial_allow: tuple[str, ...] = ()
     _nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         init=False, repr=False, compare=False, default=()
     )
@@ -325,18 +329,8 @@ class UserAgent:
         :class:`DialFailed` follow, and :class:`CallEnded` at its end."""
         call_id = f"{secrets.token_hex(12)}@wadud"
         local_tag = secrets.token_hex(6)
-        own = NameAddr.parse(f"<{self.contact}>")
-        headers = Headers()
-        headers.add("Max-Forwards", "70")
-        headers.add("From", str(own.with_tag(local_tag)))
-        headers.add("To", str(NameAddr.parse(f"<{target}>")))
-        headers.add("Call-ID", call_id)
-        headers.add("CSeq", str(CSeq(1, "INVITE")))
-        headers.add("Contact", str(own))
-        headers.add("Allow", ALLOW)
-        headers.add("Content-Type", "application/sdp")
         offer = make_offer(host, port, session_id=secrets.randbelow(2**31), key=key)
-        invite = Request("INVITE", target, headers, offer.encode())
+        invite = placing.invite(self.contact, target, call_id, local_tag, offer)
         self.dialogs[call_id] = Dialog(
             call_id=call_id,
             trunk=trunk,
@@ -630,35 +624,14 @@ class UserAgent:
         self._events.append(CallAnswered(dialog.call_id, dialog.media))
 
     def _ack(self, dialog: Dialog) -> Request:
-        """The ACK of the 2xx to our INVITE (section 13.2.2.4): the dialog's,
-        sent outside any transaction, so it carries its own Via."""
-        contact = NameAddr.parse(f"<{self.contact}>").uri
-        transport = "TCP" if dialog.reliable else "UDP"
-        via = f"SIP/2.0/{transport} {contact.host}:{contact.port or 5060}"
-        invite = dialog.invite.headers
-        headers = Headers()
-        headers.add("Via", f"{via};branch=z9hG4bK{secrets.token_hex(8)};rport")
-        headers.add("Max-Forwards", "70")
-        headers.add("From", invite.get("From") or "")
-        headers.add("To", self._remote(dialog))
-        headers.add("Call-ID", dialog.call_id)
-        headers.add("CSeq", str(CSeq(1, "ACK")))
-        return Request("ACK", dialog.remote_target, headers)
+        return placing.ack(
+            dialog.invite, self._remote(dialog), dialog.remote_target, self.contact, dialog.reliable
+        )
 
     def _cancel(self, dialog: Dialog) -> None:
-        """CANCEL our unanswered INVITE (section 9.1): its Request-URI,
-        Call-ID, From, To, CSeq number and top Via, branch included."""
         dialog.cancelled = True
-        invite = dialog.invite
-        headers = Headers()
-        for name in ("Via", "Max-Forwards", "From", "To", "Call-ID"):
-            value = invite.headers.get(name)
-            if value is not None:
-                headers.add(name, value)
-        headers.add("CSeq", str(CSeq(1, "CANCEL")))
-        self.out.requests.append(
-            (Request("CANCEL", invite.uri, headers), dialog.addr, dialog.reliable)
-        )
+        cancel = placing.cancel(dialog.invite)
+        self.out.requests.append((cancel, dialog.addr, dialog.reliable))
 
     def _remote(self, dialog: Dialog) -> str:
         """The far end's address with its tag, as our requests' To."""
