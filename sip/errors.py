@@ -64,3 +64,10 @@ class VoiceError(SipError):
 class VoiceUnavailableError(VoiceError):
     """``espeak-ng`` is not installed and a prompt has no recording: raised
     when the bridge starts, not at the first call that would need it."""
+
+
+class DialRefused(SipError):
+    """A call the bridge was asked to place that it will not: the visit is
+    not open now, no trunk places calls, or the number is neither the
+    visit's patient's nor on the trunk's ``dial_allow`` (no toll fraud
+    through the bridge)."""

@@ -10,6 +10,8 @@ rate limits are the bridge's: the IVR only asks and is told.
 
 The machine (``TRANSITIONS``; states in :class:`Stage`):
 
+* A call the bridge placed (dial-out) skips to ``checking`` once answered
+  (:meth:`Ivr.dialled`): the bridge knows the visit already.
 * ``language``: where the trunk's number names no language, the caller
   hears the menu in all three (English, Urdu, Arabic) and keys 1, 2 or 3;
   no key within :data:`KEY_WAIT` picks the trunk's default.
@@ -92,6 +94,7 @@ class Step(enum.Enum):
     FOUND_RECORDED = "found recorded"
     AGREED = "agreed"
     JOINED = "joined"
+    DIALLED = "dialled"  # a call the bridge placed: its visit is known
     GIVE_UP = "give up"  # too many tries, no key, blocked, refused
     DONE = "done"  # the last prompt played
 
@@ -99,6 +102,7 @@ class Step(enum.Enum):
 _G = Stage
 TRANSITIONS: dict[tuple[Stage, Step], Stage] = {
     (_G.LANGUAGE, Step.CHOSEN): _G.PIN,
+    (_G.LANGUAGE, Step.DIALLED): _G.CHECKING,
     (_G.LANGUAGE, Step.GIVE_UP): _G.GOODBYE,
     (_G.PIN, Step.SUBMIT): _G.CHECKING,
     (_G.PIN, Step.GIVE_UP): _G.GOODBYE,
@@ -203,6 +207,12 @@ class Ivr:
         else:
             self._move(Step.CHOSEN)
             self._play("enter_pin", now)
+
+    def dialled(self) -> None:
+        """A call the bridge placed was answered: no menu and no PIN, its
+        visit is known; the bridge goes on with :meth:`found` (or
+        :meth:`refused`) as for a PIN it looked up."""
+        self._move(Step.DIALLED)
 
     def digit(self, key: str, now: float) -> None:
         """One key the caller pressed, counted once whatever form it came in."""

@@ -42,23 +42,27 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from booking.calls import video_link
+from booking.calls import EARLY_JOIN, has_video_link, video_link
 from sip.calls.agent import (
     CallAnswered,
     CallEnded,
     CallEvent,
+    DialFailed,
     Digit,
     MediaChanged,
     MediaWanted,
+    Ringing,
+    Trunk,
     UserAgent,
 )
 from sip.calls.ivr import Hangup, Ivr, Join, LookUp, Play, StopPrompt, Visit
-from sip.errors import MediaPortError
+from sip.errors import DialRefused, MediaPortError
 from sip.formats import PHONE_CODECS
 from sip.node.desk import CallDesk
 from sip.node.endpoint import SipEndpoint
@@ -101,14 +105,30 @@ _PUBLISH_WAIT = 20.0
 class PhoneCall:
     """One call, from its INVITE to its end (see the module docstring)."""
 
-    def __init__(self, bridge: Bridge, wanted: MediaWanted, now: float) -> None:
+    def __init__(
+        self,
+        bridge: Bridge,
+        call_id: str,
+        trunk: Trunk,
+        caller: str,
+        srtp: bool,
+        now: float,
+        *,
+        booking: asyncpg.Record | None = None,
+    ) -> None:
         self.bridge = bridge
-        self.id = wanted.call_id
-        self.trunk = wanted.trunk
-        self.caller = wanted.caller
-        self.srtp = wanted.srtp
+        self.id = call_id
+        self.trunk = trunk
+        #: The far end's number: who called in, or whom the bridge called.
+        self.caller = caller
+        self.srtp = srtp
         self.started = now
-        self.ivr = Ivr(wanted.trunk.language, default=bridge.config.language)
+        self.ivr = Ivr(trunk.language, default=bridge.config.language)
+        #: A call the bridge placed: the visit it is for. Its state, for
+        #: whoever asked for it: dialling, ringing, answered, in the room,
+        #: then how it ended.
+        self.booking = booking
+        self.state = "dialling" if booking is not None else "answering"
         self.leg: PhoneLeg | None = None
         self.media: PhoneMedia | None = None
         self.seat: RoomSeat | None = None
@@ -148,7 +168,20 @@ class PhoneCall:
         self.media = media
         if self.leg is not None:
             self.leg.start(media)
+        self.state = "answered"
+        if self.booking is not None:
+            # A call we placed: its visit is known, no menu and no PIN.
+            self.ivr.dialled()
+            self._task(self._enter_dialled(self.booking), "enter")
+            return
         self.ivr.answered(self._now())
+        self._drive()
+
+    def ringing(self) -> None:
+        self.state = "ringing"
+
+    async def _enter_dialled(self, booking: asyncpg.Record) -> None:
+        await self._enter(booking)
         self._drive()
 
     def changed(self, media: PhoneMedia) -> None:
@@ -166,8 +199,9 @@ class PhoneCall:
         self.ivr.digit(key, self._now())
         self._drive()
 
-    def end(self, reason: str) -> None:
-        """The call is over (either side's BYE, a CANCEL, no ACK)."""
+    def end(self, reason: str, outcome: str | None = None) -> None:
+        """The call is over (either side's BYE, a CANCEL, no ACK; for one we
+        placed, no answer: ``outcome`` says which)."""
         if self.ended:
             return
         self.ended = True
@@ -183,11 +217,12 @@ class PhoneCall:
             self.bridge.frames.update(
                 received=stats.packets_in, concealed=stats.concealed, late=stats.late
             )
-        outcome = (
+        outcome = outcome or (
             "joined"
             if self.ivr.visit is not None and self.in_room
             else _OUTCOMES.get(self.ivr.reason, "hung_up" if reason == "hangup" else "failed")
         )
+        self.state = outcome
         CALLS.labels(outcome).inc()
         ACTIVE.dec()
         if self.in_room:
@@ -309,6 +344,7 @@ class PhoneCall:
             self._drive()
             return
         self.in_room = True
+        self.state = "in room"
         IN_ROOMS.inc()
         SETUP.observe(self._now() - self.started)
         self.ivr.joined(self._now())
@@ -409,6 +445,8 @@ class Bridge:
         self.agent = UserAgent(config.trunks, contact)
         self.desk = CallDesk(self.agent, self._on_call)
         self.endpoint = SipEndpoint(self.desk, config.host, config.port, sent_by=config.public_host)
+        # Before any call comes in: the calls the bridge places go out through it.
+        self.desk.attach(self.endpoint)
         self.calls: dict[str, PhoneCall] = {}
         #: The phones' audio of the calls that ended (the live ones' is
         #: read from their legs): packets received, frames concealed, late.
@@ -447,9 +485,69 @@ class Bridge:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def dial_out(
+        self, booking_id: str, *, number: str | None = None, ring_timeout: float = 45.0
+    ) -> PhoneCall:
+        """Call the phone of ``booking_id``'s patient (or ``number``, which
+        must then be on the trunk's ``dial_allow``) into the visit's room,
+        through the first trunk with an ``outbound`` address. The call's
+        :attr:`PhoneCall.state` says how it goes. Raises
+        :class:`~sip.errors.DialRefused` for a visit not open now, no trunk
+        that places calls, or a number the bridge may not call."""
+        try:
+            uid = uuid.UUID(booking_id)
+        except ValueError:
+            raise DialRefused("no such visit") from None
+        async with self.pins.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                """SELECT b.*, u.phone AS patient_phone FROM bookings b
+                   JOIN users u ON u.id = b.patient_id WHERE b.id = $1""",
+                uid,
+            )
+        now = dt.datetime.now(dt.UTC)
+        if (
+            row is None
+            or not has_video_link(row)
+            or not row["starts_at"] - EARLY_JOIN <= now <= row["ends_at"]
+        ):
+            raise DialRefused("the visit is not open now")
+        trunk = next((t for t in self.config.trunks if t.outbound is not None), None)
+        if trunk is None or trunk.outbound is None:
+            raise DialRefused("no trunk places calls: give one an outbound address")
+        patient = row["patient_phone"]
+        target = number or patient
+        if not target:
+            raise DialRefused("the patient has no phone number on file")
+        if target != patient and target not in trunk.dial_allow:
+            raise DialRefused(
+                f"{masked(target)} is neither the patient's number nor on the trunk's dial_allow"
+            )
+        loop = asyncio.get_running_loop()
+        call = PhoneCall(self, "", trunk, target, False, loop.time(), booking=row)
+        leg = await PhoneLeg.open(
+            self.config.media_host, self.config.rtp_ports,
+            on_audio=call._tick, on_digit=call.digit, on_dead=call._dead,
+        )  # fmt: skip
+        call.leg = leg
+        host, port = trunk.outbound
+        call.id = self.desk.dial(
+            trunk, f"sip:{target}@{host}:{port}", trunk.outbound,
+            host=self.config.public_host, port=leg.port, key=None, ring_timeout=ring_timeout,
+        )  # fmt: skip
+        self.calls[call.id] = call
+        ACTIVE.inc()
+        log.info(
+            "placing a phone call",
+            extra={"call": call.id, "trunk": trunk.name, "number": masked(target)},
+        )
+        return call
+
     def _on_call(self, event: CallEvent) -> None:
         if isinstance(event, MediaWanted):
-            new = PhoneCall(self, event, asyncio.get_running_loop().time())
+            new = PhoneCall(
+                self, event.call_id, event.trunk, event.caller, event.srtp,
+                asyncio.get_running_loop().time(),
+            )  # fmt: skip
             self.calls[event.call_id] = new
             ACTIVE.inc()
             new.open()
@@ -463,6 +561,11 @@ class Bridge:
             call.changed(event.media)
         elif isinstance(event, Digit):
             call.digit(event.key)
+        elif isinstance(event, Ringing):
+            call.ringing()
+        elif isinstance(event, DialFailed):
+            del self.calls[event.call_id]
+            call.end(event.reason, event.reason.replace(" ", "_"))
         elif isinstance(event, CallEnded):
             del self.calls[event.call_id]
             call.end(event.reason)

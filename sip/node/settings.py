@@ -8,6 +8,7 @@ module reads them once, when the role starts, and says in a
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,11 @@ from wadud.errors import ConfigError
 
 __all__ = ["BridgeConfig", "bridge_config"]
 
-_TRUNK_KEYS = frozenset({"networks", "language", "max_calls", "username", "password"})
+_TRUNK_KEYS = frozenset(
+    {"networks", "language", "max_calls", "username", "password", "outbound", "dial_allow"}
+)
+#: A number the bridge may call: E.164, as users' phones are kept.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -40,10 +45,10 @@ class BridgeConfig:
     admit_wait: float
 
 
-def _address(text: str) -> tuple[str, int]:
+def _address(text: str, what: str = "sip_listen") -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"sip_listen = {text!r}: want HOST:PORT, e.g. 0.0.0.0:5060")
+        raise ConfigError(f"{what} = {text!r}: want HOST:PORT, e.g. 0.0.0.0:5060")
     return host.strip("[]"), int(port)
 
 
@@ -90,7 +95,20 @@ def _trunk(name: str, table: Any) -> Trunk:
     max_calls = table.get("max_calls", 30)
     if not isinstance(max_calls, int) or isinstance(max_calls, bool) or max_calls < 1:
         raise ConfigError(f"{where}: max_calls = {max_calls!r}; a whole number, 1 or more")
-    return Trunk(name, tuple(networks), language, max_calls, username, password)
+    outbound = table.get("outbound")
+    address = None
+    if outbound is not None:
+        if not isinstance(outbound, str):
+            raise ConfigError(f"{where}: outbound = HOST:PORT the trunk takes calls at")
+        address = _address(outbound, f"{where} outbound")
+    allow = table.get("dial_allow", [])
+    if not isinstance(allow, list) or not all(
+        isinstance(n, str) and _E164.fullmatch(n) for n in allow
+    ):
+        raise ConfigError(f"{where}: dial_allow = numbers in E.164 (+92...), a list")
+    return Trunk(
+        name, tuple(networks), language, max_calls, username, password, address, tuple(allow)
+    )
 
 
 def bridge_config(settings: Settings) -> BridgeConfig | None:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,15 @@ from prometheus_client import REGISTRY
 
 import sip.role
 from bin.assembly import build_app, in_process
+from sip.errors import DialRefused
 from sip.node.bridge import Bridge
 from tests.booking.bookings.test_bookings import pool_of
 from tests.booking.factories import Doctor
 from tests.conftest import Api, free_port, free_udp_port
+from tests.polling import wait_until
 from tests.signalling.test_client_call import Call, calling
 from tests.sip.node.test_desk import REFUSED_XML
+from tests.sip.node.test_dial_out import ANSWER_XML, BUSY_XML
 from tests.sip.node.test_pins import visit
 from tests.sip.phone import RATE, Phone, Sipp, invite_scenario, phone, sine
 from tests.sip.wire.samples import ALL, INVITE, OPTIONS
@@ -383,3 +387,77 @@ async def test_a_recorded_visit_is_joined_only_after_the_caller_keys_1(
     finally:
         await sipp.stop()
         line.transport.close()
+
+
+async def uas(tmp_path: Path, scenario: str) -> tuple[asyncio.subprocess.Process, int]:
+    """SIPp as the phone the bridge calls, on a port of its own."""
+    folder = tmp_path / "uas"
+    folder.mkdir(parents=True)
+    (folder / "uas.xml").write_text(scenario)
+    port = free_udp_port()
+    process = await asyncio.create_subprocess_exec(
+        *("sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(port), "-m", "1"),
+        *("-mp", str(free_udp_port()), "-timeout", "60", "-trace_err", "-nostdin"),
+        cwd=folder,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    return process, port
+
+
+def dialling_through(api: Api, port: int, allow: tuple[str, ...] = ()) -> Bridge:
+    """The bridge, its trunk now taking the calls it places at ``port``."""
+    bridge = bridge_of(api)
+    trunks = tuple(
+        dataclasses.replace(t, outbound=("127.0.0.1", port), dial_allow=allow)
+        for t in bridge.config.trunks
+    )
+    bridge.config = dataclasses.replace(bridge.config, trunks=trunks)
+    return bridge
+
+
+async def test_the_bridge_calls_the_patient_into_the_visit_and_tells_busy_apart(
+    tmp_path: Path, api: Api, call: Call, doctor: Doctor
+) -> None:
+    bid, _ = await visit(api, doctor)
+    await pool_of(api).execute(
+        """UPDATE users SET phone = $2
+           WHERE id = (SELECT patient_id FROM bookings WHERE id = $1)""",
+        uuid.UUID(bid),
+        CALLER,
+    )
+    doc = await call.join(f"booking-{bid}", "doctor", role="doctor", admin=True)
+    process, port = await uas(tmp_path, ANSWER_XML)
+    try:
+        bridge = dialling_through(api, port)
+        # Not an arbitrary number: neither the patient's nor allowed.
+        with pytest.raises(DialRefused):
+            await bridge.dial_out(bid, number="+971500000001")
+        placed = await bridge.dial_out(bid)
+        # The patient answers (SIPp), and the bridge brings the call into the
+        # room, as a phone, with no PIN to key.
+        await wait_until(lambda: phone_of(doc) is not None or placed.ended, within=30, every=0.1)
+        entry = phone_of(doc)
+        assert not placed.ended, placed.state
+        assert entry is not None and entry["device"] == "phone"
+        await wait_until(lambda: placed.state == "in room", within=10)
+        await doc.remove(str(entry["id"]))
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, stderr.decode(errors="replace")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    # A number on the trunk's dial_allow may be called too; this one is busy.
+    process, port = await uas(tmp_path / "busy", BUSY_XML)
+    try:
+        bridge = dialling_through(api, port, allow=("+971500000001",))
+        placed = await bridge.dial_out(bid, number="+971500000001")
+        await wait_until(lambda: placed.state == "busy", within=10)
+        assert placed.id not in bridge.calls
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -648,7 +648,9 @@ class Settings(PaymentsSettings):
         {},
         "The clinics' trunks, one [sip.trunks.NAME] table each: `networks` (CIDRs the"
         " trunk sends from), `username` and `password` (digest: its INVITEs must prove"
-        " them), either or both; `language` (en, ur or ar; absent: the caller picks),"
+        " them), either or both; `outbound` (HOST:PORT the trunk takes the calls the"
+        " bridge places at) and `dial_allow` (E.164 numbers it may call besides a"
+        " visit's patient); `language` (en, ur or ar; absent: the caller picks),"
         " `max_calls` (default 30). An INVITE from no trunk's network, or with wrong"
         " credentials, gets 403.",
         env=False,
