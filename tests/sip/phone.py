@@ -240,25 +240,37 @@ Content-Length: 0
 
 
 class Sipp:
-    """One SIPp call from ``xml`` to the bridge on ``port``, run in the background."""
+    """One SIPp call run in the background: from ``xml`` to the bridge on
+    ``port``, or (:meth:`callee`) a phone the bridge calls, on
+    :attr:`listen`."""
 
-    def __init__(self, folder: Path, xml: str, port: int) -> None:
+    def __init__(self, folder: Path, xml: str, port: int | None) -> None:
         self.folder = folder
         self.xml = xml
         self.port = port
         #: The address SIPp sends from (a trunk's, or not).
         self.host = HOST
+        #: The UDP port SIPp takes SIP on.
+        self.listen = free_udp_port()
         self.process: asyncio.subprocess.Process | None = None
+        self.stderr = ""
+
+    @classmethod
+    def callee(cls, folder: Path, xml: str) -> Sipp:
+        """SIPp as a phone that waits for the bridge's call (a UAS)."""
+        return cls(folder, xml, None)
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         scenario = self.folder / "scenario.xml"
         scenario.write_text(self.xml)
+        # A callee names no one to call; its media port is its own too.
+        where = ["-mp", str(free_udp_port())] if self.port is None else [f"{HOST}:{self.port}"]
         self.process = await asyncio.create_subprocess_exec(
             *("sipp", "-sf", str(scenario), "-s", "visit", "-i", self.host),
-            *("-p", str(free_udp_port())),
+            *("-p", str(self.listen)),
             *("-t", "u1", "-m", "1", "-timeout", "90", "-trace_err", "-nostdin"),
-            f"{HOST}:{self.port}",
+            *where,
             cwd=self.folder,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,

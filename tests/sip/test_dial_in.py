@@ -389,24 +389,6 @@ async def test_a_recorded_visit_is_joined_only_after_the_caller_keys_1(
         line.transport.close()
 
 
-async def uas(tmp_path: Path, scenario: str) -> tuple[asyncio.subprocess.Process, int]:
-    """SIPp as the phone the bridge calls, on a port of its own."""
-    folder = tmp_path / "uas"
-    folder.mkdir(parents=True)
-    (folder / "uas.xml").write_text(scenario)
-    port = free_udp_port()
-    process = await asyncio.create_subprocess_exec(
-        *("sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(port), "-m", "1"),
-        *("-mp", str(free_udp_port()), "-timeout", "60", "-trace_err", "-nostdin"),
-        cwd=folder,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    return process, port
-
-
 def dialling_through(api: Api, port: int, allow: tuple[str, ...] = ()) -> Bridge:
     """The bridge, its trunk now taking the calls it places at ``port``."""
     bridge = bridge_of(api)
@@ -429,9 +411,10 @@ async def test_the_bridge_calls_the_patient_into_the_visit_and_tells_busy_apart(
         CALLER,
     )
     doc = await call.join(f"booking-{bid}", "doctor", role="doctor", admin=True)
-    process, port = await uas(tmp_path, ANSWER_XML)
+    patient = Sipp.callee(tmp_path / "answers", ANSWER_XML)
+    await patient.start()
     try:
-        bridge = dialling_through(api, port)
+        bridge = dialling_through(api, patient.listen)
         # Not an arbitrary number: neither the patient's nor allowed.
         with pytest.raises(DialRefused):
             await bridge.dial_out(bid, number="+971500000001")
@@ -444,20 +427,16 @@ async def test_the_bridge_calls_the_patient_into_the_visit_and_tells_busy_apart(
         assert entry is not None and entry["device"] == "phone"
         await wait_until(lambda: placed.state == "in room", within=10)
         await doc.remove(str(entry["id"]))
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, stderr.decode(errors="replace")
+        assert await patient.finished() == 0, patient.errors()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await patient.stop()
     # A number on the trunk's dial_allow may be called too; this one is busy.
-    process, port = await uas(tmp_path / "busy", BUSY_XML)
+    busy = Sipp.callee(tmp_path / "busy", BUSY_XML)
+    await busy.start()
     try:
-        bridge = dialling_through(api, port, allow=("+971500000001",))
+        bridge = dialling_through(api, busy.listen, allow=("+971500000001",))
         placed = await bridge.dial_out(bid, number="+971500000001")
         await wait_until(lambda: placed.state == "busy", within=10)
         assert placed.id not in bridge.calls
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await busy.stop()

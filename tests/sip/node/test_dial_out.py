@@ -6,8 +6,6 @@ bridge's ring timeout cancels it."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,8 +23,8 @@ from sip.calls.agent import (
 )
 from sip.node.desk import CallDesk
 from sip.node.endpoint import SipEndpoint
-from tests.conftest import free_udp_port
-from tests.sip.node.test_endpoint import HOST, sipp_errors
+from tests.sip.node.test_endpoint import HOST
+from tests.sip.phone import Sipp
 
 TRUNK = Trunk("clinic", ["127.0.0.0/8"])
 
@@ -159,35 +157,22 @@ async def dial_sipp(
 ) -> str:
     """SIPp as the far end on a port of its own; the bridge dials it and the
     call runs its course. Returns the Call-ID; fails on SIPp's errors."""
-    xml = tmp_path / "uas.xml"
-    xml.write_text(scenario)
-    port = free_udp_port()
+    phone = Sipp.callee(tmp_path, scenario)
     media = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     media.bind((HOST, 0))
-    process = await asyncio.create_subprocess_exec(
-        *("sipp", "-sf", str(xml), "-i", HOST, "-p", str(port), "-m", "1"),
-        *("-timeout", "30", "-trace_err", "-nostdin"),
-        cwd=tmp_path,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    await phone.start()
     try:
         assert calls.desk is not None
         # Should SIPp not listen yet, our INVITE's retransmission (T1) finds it.
         call_id = calls.desk.dial(
-            TRUNK, f"sip:+923001234534@{HOST}:{port}", (HOST, port),
+            TRUNK, f"sip:+923001234534@{HOST}:{phone.listen}", (HOST, phone.listen),
             host=HOST, port=media.getsockname()[1], key=None, ring_timeout=ring_timeout,
         )  # fmt: skip
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert await phone.finished(30) == 0, phone.errors()
         await asyncio.wait_for(calls.done.wait(), 5)
     finally:
         media.close()
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-    assert process.returncode == 0, (stderr.decode(errors="replace"), sipp_errors(tmp_path))
+        await phone.stop()
     return call_id
 
 
