@@ -65,7 +65,7 @@ from sip.calls.ivr import Hangup, Ivr, Join, LookUp, Play, StopPrompt, Visit
 from sip.errors import DialRefused, MediaPortError
 from sip.formats import PHONE_CODECS
 from sip.node.desk import CallDesk
-from sip.node.endpoint import SipEndpoint
+from sip.transport.endpoint import SipEndpoint
 from sip.node.leg import PhoneLeg
 from sip.node.metrics import (
     ACTIVE,

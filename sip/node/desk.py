@@ -2,7 +2,7 @@
 (:class:`sip.calls.agent.UserAgent`) on the SIP endpoint.
 
 The endpoint tells the desk each transaction event (the desk is its
-:class:`~sip.node.endpoint.TransactionUser`); the desk hands it to the
+:class:`~sip.transport.endpoint.TransactionUser`); the desk hands it to the
 agent with the loop's time, sends what the agent queued (responses through
 their transactions, requests, its own 2xx repeats), keeps the agent's one
 timer on ``loop.call_at``, and tells the bridge each call event
@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 
 from sip.calls.agent import Address, CallEvent, Trunk, UserAgent
-from sip.node.endpoint import SipEndpoint
+from sip.transport.endpoint import SipEndpoint
 from sip.wire.transactions import Event
 
 __all__ = ["CallDesk"]

@@ -324,7 +324,7 @@ SUB_FLOORS = {
     "sip": (
         ("errors", "formats"),
         ("wire", "audio"),
-        ("calls",),
+        ("calls", "transport"),
         ("node",),
         ("role",),
     ),

@@ -14,8 +14,8 @@ import pytest
 
 from sip.calls.agent import CallAnswered, CallEnded, CallEvent, MediaWanted, Trunk, UserAgent
 from sip.node.desk import CallDesk
-from sip.node.endpoint import SipEndpoint
-from tests.sip.node.test_endpoint import HOST, run_sipp
+from sip.transport.endpoint import SipEndpoint
+from tests.sip.transport.test_endpoint import HOST, run_sipp
 
 # A call with an offer of G.711 and digits, held for half a second, then BYE.
 CALL_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>

@@ -22,9 +22,9 @@ from sip.calls.agent import (
     UserAgent,
 )
 from sip.node.desk import CallDesk
-from sip.node.endpoint import SipEndpoint
-from tests.sip.node.test_endpoint import HOST
+from sip.transport.endpoint import SipEndpoint
 from tests.sip.phone import Sipp
+from tests.sip.transport.test_endpoint import HOST
 
 TRUNK = Trunk("clinic", ["127.0.0.0/8"])
 

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sip.errors import SipParseError
-from sip.node.hop import describe
+from sip.transport.hop import describe
 from sip.wire.message import Request, Response
 
 __all__ = ["EndpointStats", "malformed_reason"]
@@ -25,7 +25,7 @@ def malformed_reason(error: SipParseError) -> str:
 
 @dataclass
 class EndpointStats:
-    """Counters of one :class:`sip.node.endpoint.SipEndpoint`."""
+    """Counters of one :class:`sip.transport.endpoint.SipEndpoint`."""
 
     #: Requests by method, responses by status class (``2xx``), as they
     #: crossed the wire: what the endpoint sent includes retransmissions.

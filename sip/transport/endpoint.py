@@ -7,13 +7,13 @@ What comes in: a response whose top Via is not ours (section 18.1.2) is
 dropped and counted (``not_ours``); a UDP datagram that is only CRLFs is a
 keepalive and is dropped (RFC 5626 section 4.4.2 answers only STUN ones); anything else is
 read with :func:`sip.wire.message.parse`. A TCP connection is cut into
-messages by its own framer (:mod:`sip.node.stream`). A request's top Via gets
+messages by its own framer (:mod:`sip.transport.stream`). A request's top Via gets
 ``received`` and ``rport`` (section 18.2.1, RFC 3581 section 4, in
-:mod:`sip.node.hop`) before the layer sees it, and the address its
+:mod:`sip.transport.hop`) before the layer sees it, and the address its
 responses go to (section 18.2.2) is the ``addr`` of its
 :class:`~sip.wire.transactions.NewRequest`. Malformed input is counted by
 reason, answered 400/413/505 where it still reads as a request
-(:mod:`sip.node.rejects`), else dropped; it never raises out of a socket
+(:mod:`sip.transport.rejects`), else dropped; it never raises out of a socket
 callback and is never logged with a traceback: it is the peer's fault, not
 ours, and a flood of it must not fill the logs.
 
@@ -42,10 +42,10 @@ import logging
 from typing import Protocol, cast
 
 from sip.errors import SipParseError
-from sip.node.hop import Address, local_via, stamp
-from sip.node.rejects import rejection
-from sip.node.stats import EndpointStats, malformed_reason
-from sip.node.stream import StreamTable
+from sip.transport.hop import Address, local_via, stamp
+from sip.transport.rejects import rejection
+from sip.transport.stats import EndpointStats, malformed_reason
+from sip.transport.stream import StreamTable
 from sip.wire.fields import Via
 from sip.wire.framing import is_keepalive
 from sip.wire.headers import Headers

@@ -1,4 +1,4 @@
-"""The phone bridge's SIP endpoint (sip/node/endpoint.py) on real sockets on
+"""The phone bridge's SIP endpoint (sip/transport/endpoint.py) on real sockets on
 127.0.0.1: raw UDP and TCP clients written here, and SIPp as a peer no one
 here wrote.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sip.node.endpoint import SipEndpoint
+from sip.transport.endpoint import SipEndpoint
 from sip.wire.fields import Via
 from sip.wire.message import Request, Response, parse, response_to
 from sip.wire.transactions import Event, NewRequest, ResponseReceived

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from sip.errors import SipBuildError, SipError, SipParseError
-from sip.node.hop import Address, stamp
+from sip.transport.hop import Address, stamp
 from sip.wire.fields import Via
 from sip.wire.grammar import is_token, split_outside
 from sip.wire.headers import Headers, canonical_name

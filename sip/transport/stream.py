@@ -9,7 +9,7 @@ connection (section 18.2.2).
   closed (a trunk reconnects on its next request). Keepalive pings are
   answered with the framer's pongs. Bytes the framer refuses are answered
   400, 413 or 505 where they still read as a request
-  (:func:`sip.node.rejects.rejection`), and the connection is closed, as
+  (:func:`sip.transport.rejects.rejection`), and the connection is closed, as
   nothing after them can be framed.
 * **Outbound.** A request (or the user agent's raw ACK) to an address with
   no connection opens one, and what is sent meanwhile waits for it: dial-out
@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import cast
 
 from sip.errors import SipParseError
-from sip.node.hop import Address
-from sip.node.rejects import PEEK, rejection
-from sip.node.stats import EndpointStats, malformed_reason
+from sip.transport.hop import Address
+from sip.transport.rejects import PEEK, rejection
+from sip.transport.stats import EndpointStats, malformed_reason
 from sip.wire.framing import StreamFramer
 from sip.wire.message import Request, Response
 
