@@ -8,7 +8,16 @@ from types import ModuleType
 
 from aiohttp import web
 
-from booking.api import bookings, call_reports, clinics, doctors, queue, reviews, search
+from booking.api import (
+    bookings,
+    call_reports,
+    clinics,
+    doctors,
+    phone_calls,
+    queue,
+    reviews,
+    search,
+)
 
 MODULES: tuple[ModuleType, ...] = (
     clinics,
@@ -16,6 +25,7 @@ MODULES: tuple[ModuleType, ...] = (
     search,
     bookings,
     call_reports,
+    phone_calls,
     queue,
     reviews,
 )

@@ -306,7 +306,7 @@ SUB_FLOORS = {
         ("lifecycle",),
         ("calls", "refunds", "schedule"),
         ("bookings", "doctors"),
-        ("call_reports", "pages"),
+        ("call_reports", "pages", "phone_calls"),
         ("api",),
         ("http", "payments"),
     ),
