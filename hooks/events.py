@@ -19,7 +19,8 @@ from wadud.messaging import outbox
 __all__ = ["EVENTS", "PREFIX", "emit", "topic"]
 
 #: Every event name, in the order a visit usually produces them; the last
-#: four are emitted by recording and call reports.
+#: five are emitted by recording, call reports and the phone bridge
+#: (``phone_call``: each step of a call it places, ``data.state``).
 EVENTS = (
     "room_started",
     "participant_waiting",
@@ -34,6 +35,7 @@ EVENTS = (
     "recording_ready",
     "recording_failed",
     "call_report_ready",
+    "phone_call",
 )
 PREFIX = "room."
 

@@ -58,6 +58,7 @@ EventName = Literal[
     "recording_ready",
     "recording_failed",
     "call_report_ready",
+    "phone_call",
 ]
 assert set(EventName.__args__) == set(EVENTS)  # type: ignore[attr-defined]
 

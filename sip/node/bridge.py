@@ -42,6 +42,7 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
+import socket
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING
@@ -65,7 +66,6 @@ from sip.calls.ivr import Hangup, Ivr, Join, LookUp, Play, StopPrompt, Visit
 from sip.errors import DialRefused, MediaPortError
 from sip.formats import PHONE_CODECS
 from sip.node.desk import CallDesk
-from sip.transport.endpoint import SipEndpoint
 from sip.node.leg import PhoneLeg
 from sip.node.metrics import (
     ACTIVE,
@@ -76,9 +76,11 @@ from sip.node.metrics import (
     PIN_FAILURES,
     SETUP,
 )
+from sip.node.outcalls import Outcalls
 from sip.node.pins import Blocked, PinDesk, masked
 from sip.node.settings import BridgeConfig
 from sip.node.voice import Voice
+from sip.transport.endpoint import SipEndpoint
 from sip.wire.sdp import KEY_LENGTH, PhoneMedia
 from wadud.config import Settings
 from wadud.web.ratelimit import Limiter
@@ -128,7 +130,9 @@ class PhoneCall:
         #: whoever asked for it: dialling, ringing, answered, in the room,
         #: then how it ended.
         self.booking = booking
-        self.state = "dialling" if booking is not None else "answering"
+        #: Told each new :attr:`state` (whoever asked for a placed call).
+        self.on_state: Callable[[str], None] | None = None
+        self._state = "dialling" if booking is not None else "answering"
         self.leg: PhoneLeg | None = None
         self.media: PhoneMedia | None = None
         self.seat: RoomSeat | None = None
@@ -137,6 +141,16 @@ class PhoneCall:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._told_recording: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
+        if self.on_state is not None:
+            self.on_state(value)
 
     # -- from the desk --------------------------------------------------------------
 
@@ -452,6 +466,8 @@ class Bridge:
         #: read from their legs): packets received, frames concealed, late.
         self.frames: collections.Counter[str] = collections.Counter()
         self._background: set[asyncio.Task[None]] = set()
+        #: The calls asked of the bridges, with a trunk that places calls.
+        self.outcalls: Outcalls | None = None
         COLLECTOR.bridges.add(self)
 
     @property
@@ -465,10 +481,16 @@ class Bridge:
         if self.config.public_host and ":" not in self.config.public_host:
             # The Contact names the port: it is known only now for port 0.
             self.agent.contact = f"sip:bridge@{self.config.public_host}:{self.endpoint.port}"
+        if any(t.outbound is not None for t in self.config.trunks):
+            name = f"{socket.gethostname()}:{self.endpoint.port}"
+            self.outcalls = Outcalls(self.pins.pool, name, self.dial_out)
+            await self.outcalls.start()
         log.info("phone bridge listening", extra={"port": self.endpoint.port})
 
     async def close(self) -> None:
         """Hang up every call, then stop listening."""
+        if self.outcalls is not None:
+            await self.outcalls.close()
         for call_id in list(self.calls):
             self.desk.hang_up(call_id)
         for call in list(self.calls.values()):
@@ -486,12 +508,18 @@ class Bridge:
         task.add_done_callback(self._background.discard)
 
     async def dial_out(
-        self, booking_id: str, *, number: str | None = None, ring_timeout: float = 45.0
+        self,
+        booking_id: str,
+        *,
+        number: str | None = None,
+        ring_timeout: float = 45.0,
+        on_state: Callable[[str], None] | None = None,
     ) -> PhoneCall:
         """Call the phone of ``booking_id``'s patient (or ``number``, which
         must then be on the trunk's ``dial_allow``) into the visit's room,
         through the first trunk with an ``outbound`` address. The call's
-        :attr:`PhoneCall.state` says how it goes. Raises
+        :attr:`PhoneCall.state` says how it goes (each new one to
+        ``on_state``). Raises
         :class:`~sip.errors.DialRefused` for a visit not open now, no trunk
         that places calls, or a number the bridge may not call."""
         try:
@@ -524,6 +552,7 @@ class Bridge:
             )
         loop = asyncio.get_running_loop()
         call = PhoneCall(self, "", trunk, target, False, loop.time(), booking=row)
+        call.on_state = on_state
         leg = await PhoneLeg.open(
             self.config.media_host, self.config.rtp_ports,
             on_audio=call._tick, on_digit=call.digit, on_dead=call._dead,

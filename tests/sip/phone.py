@@ -256,9 +256,13 @@ class Sipp:
         self.stderr = ""
 
     @classmethod
-    def callee(cls, folder: Path, xml: str) -> Sipp:
-        """SIPp as a phone that waits for the bridge's call (a UAS)."""
-        return cls(folder, xml, None)
+    def callee(cls, folder: Path, xml: str, listen: int | None = None) -> Sipp:
+        """SIPp as a phone that waits for the bridge's call (a UAS), on
+        ``listen`` (a free port unless told)."""
+        sipp = cls(folder, xml, None)
+        if listen is not None:
+            sipp.listen = listen
+        return sipp
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

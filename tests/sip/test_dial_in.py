@@ -62,14 +62,21 @@ def web_port() -> int:
 
 
 @pytest.fixture
-def settings(settings: Settings, web_port: int) -> Settings:
+def trunk_port() -> int:
+    """Where the trunk takes the calls the bridge places (a test's SIPp)."""
+    return free_udp_port()
+
+
+@pytest.fixture
+def settings(settings: Settings, web_port: int, trunk_port: int) -> Settings:
     first = free_udp_port() & ~1
+    trunk = {"networks": ["127.0.0.1/32"], "language": "en", "outbound": f"127.0.0.1:{trunk_port}"}
     return dataclasses.replace(
         settings,
         media_port=free_udp_port(),
         sip_listen="127.0.0.1:0",
         sip_rtp_ports=f"{first}-{first + 1}",
-        sip_trunks={"shifa": {"networks": ["127.0.0.1/32"], "language": "en"}},
+        sip_trunks={"shifa": trunk},
         sip_room_url=f"http://127.0.0.1:{web_port}/ws",
     )
 

@@ -132,13 +132,18 @@ def events(
 
 
 class Listener:
-    """A LISTEN on :data:`CHANNEL`, held on one connection of ``pool``: each
-    NOTIFY's payload goes to ``notified``. The relay holds one, and so does
-    each consumer that a relayed batch may have given work (hooks, notify)."""
+    """A LISTEN on ``channel`` (:data:`CHANNEL` unless told), held on one
+    connection of ``pool``: each NOTIFY's payload goes to ``notified``. The
+    relay holds one, and so does each consumer that a relayed batch may have
+    given work (hooks, notify); the phone bridges hold one on the channel of
+    the calls asked of them."""
 
-    def __init__(self, pool: asyncpg.Pool, notified: Callable[[str], None]) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, notified: Callable[[str], None], channel: str = CHANNEL
+    ) -> None:
         self.pool = pool
         self._notified = notified
+        self.channel = channel
         self._conn: asyncpg.Connection | None = None
 
     async def ensure(self) -> None:
@@ -149,7 +154,7 @@ class Listener:
         # Keep the connection where close() finds it before anything else
         # can be cancelled, so a shutdown mid-setup still releases it.
         self._conn = await self.pool.acquire()
-        await self._conn.add_listener(CHANNEL, self._heard)
+        await self._conn.add_listener(self.channel, self._heard)
 
     async def round(
         self, step: Callable[[], Awaitable[None]], failed: str, log: logging.Logger
@@ -169,7 +174,7 @@ class Listener:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
-                await conn.remove_listener(CHANNEL, self._heard)
+                await conn.remove_listener(self.channel, self._heard)
             with contextlib.suppress(Exception):
                 await self.pool.release(conn)
 
