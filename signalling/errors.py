@@ -164,6 +164,15 @@ class BadState(CallError, Conflict):
     title = "Not in a state for this"
 
 
+class PhoneCallRefused(CallError, Conflict):
+    """A ``call_phone`` the visit cannot make now: no booking behind the room,
+    no trunk that places calls, the visit not open, the patient without a
+    number, or a call of the visit already under way."""
+
+    code = "phone-call-refused"
+    title = "The visit cannot call a phone now"
+
+
 class BadSdp(CallError):
     """Malformed or unanswerable SDP (from :class:`rtc.errors.SdpError`)."""
 

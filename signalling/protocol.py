@@ -37,6 +37,7 @@ __all__ = [
     "Answer",
     "AudioOnly",
     "BadFrame",
+    "CallPhone",
     "Candidate",
     "ClientFrame",
     "ConnectionQuality",
@@ -255,6 +256,16 @@ class RecordingConsent(Frame):
     agree: bool
 
 
+class CallPhone(Frame):
+    """An admin of a booked visit asks the phone bridge to call the patient's
+    phone into the room (``number`` absent) or a number the clinic's trunk
+    allows (an interpreter's line). Answered ``ok`` with ``call`` (its id and
+    ``state``); the room's admins then hear ``phone_call`` at each step."""
+
+    type: Literal["call_phone"] = "call_phone"
+    number: Annotated[str, StringConstraints(pattern=r"^\+[0-9]{6,15}$")] | None = None
+
+
 #: Bound on a reported size: no screen is 16k CSS pixels times its scale.
 Pixels = Annotated[int, Field(ge=0, le=16_384)]
 
@@ -327,6 +338,7 @@ ClientFrame = (
     | End
     | Record
     | RecordingConsent
+    | CallPhone
     | TrackView
     | AudioOnly
     | IceRestart

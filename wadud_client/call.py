@@ -394,6 +394,24 @@ class CallClient:
         if self.view.recording_asked == asked:
             self.view.recording_asked = None
 
+    async def call_phone(self, number: str | None = None) -> dict[str, Any]:
+        """Have the phone bridge call the visit's patient (or ``number``, on
+        the clinic trunk's allow-list) into the room (admin; ``phone_calls``):
+        the call (``id``, ``state``). Its steps follow in :attr:`phone_steps`."""
+        fields = {"number": number} if number else {}
+        answer = await self.request("call_phone", **fields)
+        return dict(answer["call"])
+
+    @property
+    def phone_calls(self) -> bool:
+        """Whether we may have the phone bridge call the patient."""
+        return self.view.phone_calls
+
+    @property
+    def phone_steps(self) -> list[dict[str, Any]]:
+        """Each step of the calls the bridge placed for the room (admins)."""
+        return self.view.phone_steps
+
     async def end(self) -> None:
         """End the room for everyone (admin)."""
         await self.request("end")

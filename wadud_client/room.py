@@ -54,6 +54,11 @@ class RoomView:
         #: The recording this participant was asked about and has not
         #: answered (``recording_asked``; ``recording_consent`` answers it).
         self.recording_asked: str | None = None
+        #: Whether we may have the phone bridge call the patient (``joined``).
+        self.phone_calls = False
+        #: Each step of the calls the bridge placed for the room, in order
+        #: (``phone_call``, to admins): ``call``, ``state``, maybe ``reason``.
+        self.phone_steps: list[dict[str, Any]] = []
 
     @property
     def participant_id(self) -> str | None:
@@ -104,10 +109,13 @@ class RoomView:
             asked = recording.pop("asked", False)
             self.recording = recording
             self.recording_asked = recording.get("recording_id") if asked else None
+            self.phone_calls = bool(f.get("phone_calls"))
         elif kind == "recording":
             self.recording = {k: v for k, v in f.items() if k != "type"}
             if self.recording.get("state") == "off":
                 self.recording_asked = None
+        elif kind == "phone_call":
+            self.phone_steps.append({k: v for k, v in f.items() if k not in ("type", "v")})
         elif kind == "recording_asked":
             self.recording_asked = f.get("recording_id")
         elif kind == "waiting":

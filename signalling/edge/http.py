@@ -21,6 +21,8 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 import booking.calls
+import hooks.events
+from booking import phone_calls
 from privacy import consent
 from privacy.errors import ConsentRequired
 from recording.http import RECORDINGS
@@ -151,6 +153,9 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             on_waiting=waiting,
             observe=room_events,
             recording_store=lambda: app.get(RECORDINGS),
+            call_phone=lambda booking_id, identity, number: phone_calls.request_in_room(
+                app[keys.DB], booking_id, identity, number
+            ),
             home=settings.region if i else "",
         )
         for i, (cluster, placement, client) in enumerate(planes or [(None, None, None)])
@@ -172,9 +177,11 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     bus = app[keys.BUS]
     cancelled = await bus.subscribe(*booking.calls.ENDING_TOPICS)
     revoked = await bus.subscribe(revocation.TOPIC)
+    phoned = await bus.subscribe(hooks.events.topic("phone_call"))
     listeners = [
         asyncio.create_task(_end_cancelled(cancelled, calls), name="call-booking-ends"),
         asyncio.create_task(_revocations(revoked, calls), name="call-revocations"),
+        asyncio.create_task(_phone_steps(phoned, calls), name="call-phone-steps"),
         asyncio.create_task(recorder.run(), name="call-reports"),
     ]
     try:
@@ -184,7 +191,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     finally:
         # Closing a subscription ends its loop; a cancel alone may land
         # inside the Redis client's read and be retried.
-        for sub in (cancelled, revoked):
+        for sub in (cancelled, revoked, phoned):
             await sub.close()
         for task in listeners:
             task.cancel()
@@ -324,6 +331,17 @@ async def _end_cancelled(sub: BusSubscription, calls: CallPlanes) -> None:
         if isinstance(booking_id, str):
             for service in calls:
                 service.rooms.end_room(booking.calls.room_of(booking_id), "booking-cancelled")
+
+
+async def _phone_steps(sub: BusSubscription, calls: CallPlanes) -> None:
+    """Each step of a call the bridge places reaches the visit's admins (on
+    the replica that owns the room; every replica hears the event)."""
+    async for msg in sub:
+        event = msg.data.get("data") or {}
+        room, step = event.get("room"), event.get("data")
+        if isinstance(room, str) and isinstance(step, dict):
+            for service in calls:
+                service.rooms.phone_call(room, step)
 
 
 async def _shutdown(app: web.Application) -> None:

@@ -104,12 +104,15 @@ class Room:
         resume_grace: float,
         ping_interval: float,
         ice_servers: IceServers | None = None,
+        phone_calls: bool = False,
         new_id: Callable[[], str] = random_participant_id,
         new_session: Callable[[], str] = random_session,
     ) -> None:
         self.name = name
         self.resume_grace = resume_grace
         self.ping_interval = ping_interval
+        #: Whether a phone bridge places calls here (``call_phone``).
+        self.phone_calls = phone_calls
         self._ice_servers = ice_servers or (lambda _pid: [])
         self.ended = False
         self.members = Members(
@@ -205,8 +208,14 @@ class Room:
             active_speaker=self.media.active_speaker,
             ping_interval=self.ping_interval,
             recording={**self.recording.view(), "asked": self.recording.must_answer(_voter(p))},
+            # An admin of a booked visit may have the bridge call the patient.
+            phone_calls=self.phone_calls and p.admin and bool(p.grant.booking),
         )
         return members.to(p, frame) + self._consent(*self.recording.arrived(_voter(p)))
+
+    def phone_call(self, step: dict[str, Any]) -> list[Output]:
+        """A step of a call the bridge places for this visit, for its admins."""
+        return self.members.to_admins(reply("phone_call", None, **step))
 
     def _announce_joined(self, p: Member) -> list[Output]:
         out = self.members.broadcast(

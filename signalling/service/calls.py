@@ -37,6 +37,7 @@ from signalling import errors, protocol
 from signalling.cluster.connections import ERRORS, AnyConnection, Connection
 from signalling.cluster.link import Cluster
 from signalling.cluster.opening import Claims, Opening, claims_of
+from signalling.live.room import CallRoom
 from signalling.media.placement import Placement
 from signalling.room.core import ControlFrame, Room
 from signalling.room.members import MemberState
@@ -45,6 +46,7 @@ from signalling.service.joining import Joining
 from signalling.service.media_frames import MediaFrames
 from signalling.service.rooms import Rooms
 from wadud.config import Settings
+from wadud.errors import WadudError
 from wadud.web.auth import RoomGrant
 
 log = logging.getLogger("wadud.signalling")
@@ -53,6 +55,10 @@ log = logging.getLogger("wadud.signalling")
 JOIN_TIMEOUT = 10.0
 #: Server pings a client may leave unanswered before it is disconnected.
 MISSED_PINGS = 3
+#: Asks the phone bridge to call (booking id, the asking admin's identity,
+#: a number or None for the patient's): the call as the API tells it.
+CallPhone = Callable[[str, str, str | None], Awaitable[dict[str, Any]]]
+
 FRAMES = Counter(
     "wadud_call_frames",
     "Signalling frames received, by type (malformed: not a frame at all).",
@@ -113,9 +119,12 @@ class CallService:
         on_waiting: Callable[[RoomGrant], Awaitable[None]] | None = None,
         observe: Callable[[Room, list[Output]], None] | None = None,
         recording_store: Callable[[], Recordings | None] | None = None,
+        call_phone: CallPhone | None = None,
         home: str = "",
     ) -> None:
         self.settings = settings
+        #: Asks the phone bridge for a call (:mod:`booking.phone_calls`).
+        self.call_phone = call_phone
         #: The region whose own control plane this service is (signalling.edge.planes);
         #: empty: the global one. It takes the links homed there, and no others.
         self.home = home
@@ -351,7 +360,24 @@ class CallService:
         room = conn.room
         if room is None or self.rooms.get(room.name) is not room:
             raise errors.NotJoined("join the room first")
-        if isinstance(frame, ControlFrame):
+        if isinstance(frame, protocol.CallPhone):
+            await self._call_phone(room, conn, frame)
+        elif isinstance(frame, ControlFrame):
             self.rooms.apply(room, room.core.receive(conn, frame))
         else:
             await self.media_frames.handle(room, conn, frame)
+
+    async def _call_phone(
+        self, room: CallRoom, conn: AnyConnection, frame: protocol.CallPhone
+    ) -> None:
+        """``call_phone``: an admin of a booked visit, where a bridge places calls."""
+        grant = room.core.members.check_admin(conn).grant
+        if not grant.booking or not room.core.phone_calls or self.call_phone is None:
+            raise errors.PhoneCallRefused("no phone bridge places calls for this room")
+        try:
+            made = await self.call_phone(grant.booking, grant.identity, frame.number)
+        except WadudError as exc:
+            if exc.http_status >= 500:
+                raise
+            raise errors.PhoneCallRefused(str(exc) or exc.title) from None
+        conn.send(protocol.reply("ok", frame.id, call=made))

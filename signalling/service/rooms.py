@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
+from booking import phone_calls
 from booking.calls import booking_of
 from recording.store import Recordings
 from sfu.control.messages import MediaControl
@@ -220,6 +221,7 @@ class Rooms(Mapping[str, CallRoom]):
                 resume_grace=s.call_resume_grace,
                 ping_interval=s.call_ping_interval,
                 ice_servers=self._ice_servers,
+                phone_calls=phone_calls.offered(s),
             )
             room = CallRoom(
                 core,
@@ -404,6 +406,12 @@ class Rooms(Mapping[str, CallRoom]):
         for room in list(self._rooms.values()):
             if any(p.grant.identity == identity for p in room.core.members.participants.values()):
                 self.apply(room, room.core.revoke(identity, sid))
+
+    def phone_call(self, name: str, step: dict[str, Any]) -> None:
+        """Tell room ``name``'s admins a step of its phone call, if it runs here."""
+        room = self._rooms.get(name)
+        if room is not None:
+            self.apply(room, room.core.phone_call(step))
 
     def end_room(self, name: str, reason: str) -> None:
         """End room ``name`` if it runs here (its owner): everyone is sent away."""

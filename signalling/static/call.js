@@ -396,6 +396,7 @@ async function join() {
   call.addEventListener('participantmedia', () => showReconnecting());
   call.addEventListener('recording', (e) => onRecording(e.detail));
   call.addEventListener('recordingasked', (e) => askRecording(e.detail));
+  call.addEventListener('phonecall', (e) => onPhoneCall(e.detail));
   $('consent-yes').onclick = () => answerRecording(true);
   $('consent-no').onclick = () => answerRecording(false);
   reportStats(call, token); // the visit's call report (docs/calls.md)
@@ -451,6 +452,11 @@ function enterCall() {
   $('record').onclick = () => {
     call.record(call.recording.state === 'off').catch((err) => toast(err.message));
   };
+  $('call-phone').hidden = !call.phoneCalls;
+  $('call-phone').onclick = () => {
+    $('call-phone').disabled = true;
+    call.callPhone().catch((err) => { $('call-phone').disabled = false; toast(err.message); });
+  };
   $('require-admission').onchange = (e) => call.setRequireAdmission(e.target.checked).catch((err) => toast(err.message));
   $('alert-admit').onclick = () => answerAlert('admit');
   $('alert-deny').onclick = () => answerAlert('deny');
@@ -481,6 +487,19 @@ function onRecording(r) {
   $('consent').hidden = true;
   if (r.reason === 'refused' || r.reason === 'failed') toast(i18n.t(`rec.off.${r.reason}`));
   else if (r.reason === 'stopped') toast(i18n.t('rec.off.stopped'));
+}
+
+// ---- calling the patient's phone (docs/phone.md) ----------------------------
+
+// While these last the button waits: a second call would find the line busy.
+const PHONE_LIVE = ['requested', 'dialling', 'ringing', 'answered', 'joined'];
+
+function onPhoneCall({ state, reason }) {
+  const line = $('phone-state');
+  line.hidden = false;
+  line.textContent = i18n.t(`phone.${state}`) + (state === 'failed' && reason ? ` (${reason})` : '');
+  $('call-phone').disabled = PHONE_LIVE.includes(state);
+  if (['busy', 'no_answer', 'declined', 'failed'].includes(state)) toast(line.textContent);
 }
 
 function askRecording({ requested_by: by }) {

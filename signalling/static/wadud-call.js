@@ -69,6 +69,8 @@ const FINAL_CLOSES = {
 // Reconnect this long after a dropped socket; the server keeps us in the
 // room for `call_resume_grace` (20 s by default).
 const RESUME_FOR_MS = 30000;
+// A placed phone call's steps, in order; the ending ones last.
+const PHONE_STEPS = ['requested', 'dialling', 'ringing', 'answered', 'joined', 'ended', 'busy', 'no_answer', 'declined', 'failed'];
 // A join answered with an error that is no refusal (the server busy) is sent
 // again this many times, backing off, before the call fails.
 const JOIN_TRIES = 10;
@@ -135,6 +137,8 @@ export class WadudCall extends EventTarget {
     this.waiting = [];
     this.recording = { state: 'off' }; // the visit's recording (`recording` events)
     this.recordingAsk = null; // a `recording_asked` not answered yet
+    this.phoneCalls = false; // whether we may have the bridge call the patient
+    this.phoneCall = null; // the last such call's step
     this._recordingHold = false;
     this.activeSpeaker = null;
     this.refusal = null; // {code, message} of a fatal error frame
@@ -354,6 +358,7 @@ export class WadudCall extends EventTarget {
     // A visit being recorded (or asked about): a newcomer answers before it
     // sends anything (`recording_asked` follows), see answerRecording().
     this.recording = f.recording || { state: 'off' };
+    this.phoneCalls = Boolean(f.phone_calls);
     this._recordingHold = Boolean(this.recording.asked) && this.recording.state === 'on';
     this._emit('recording', this.recording);
     this._syncParticipants(f.participants || []);
@@ -1078,6 +1083,29 @@ export class WadudCall extends EventTarget {
 
   // Admins: ask everyone to agree to recording the visit (true), or stop it.
   record(on) { return this.request('record', { on: Boolean(on) }); }
+
+  // ---- calling the patient's phone (docs/phone.md) ---------------------------
+
+  // Admins of a booked visit, where a bridge places calls (`phoneCalls`):
+  // the bridge calls the patient's phone (or `number`, if the clinic's trunk
+  // allows it) into the room. Resolves with the call; `phonecall` events follow.
+  callPhone(number) {
+    return this.request('call_phone', number ? { number } : {}).then((f) => {
+      this._on_phone_call(f.call);
+      return f.call;
+    });
+  }
+
+  // A step of the call: dialling, ringing, answered, joined; then ended,
+  // busy, no_answer, declined or failed (with `reason`).
+  _on_phone_call(f) {
+    const call = f.call || f.id;
+    const was = this.phoneCall;
+    // The answer to callPhone and the bridge's first step may cross.
+    if (was && was.call === call && PHONE_STEPS.indexOf(f.state) < PHONE_STEPS.indexOf(was.state)) return;
+    this.phoneCall = { call, state: f.state, reason: f.reason || null };
+    this._emit('phonecall', this.phoneCall);
+  }
 
   // ---- admin -------------------------------------------------------------
 

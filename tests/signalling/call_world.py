@@ -53,13 +53,21 @@ class World:
         admin: bool = False,
         expires_in: dt.timedelta = dt.timedelta(hours=1),
         opens_in: dt.timedelta = -dt.timedelta(hours=2),
+        booking: str = "",
+        slot: str = "",
     ) -> str:
+        """A link into :attr:`room`; ``booking`` and ``slot``: a booked
+        visit's, as ``/video-link`` makes them."""
         from wadud.web.auth import RoomGrant, issue_room_token
 
         now = dt.datetime.now(dt.UTC)
+        grant = RoomGrant(
+            room=self.room, identity=identity, name=name, role=role, admin=admin,
+            booking=booking, slot=slot,
+        )  # fmt: skip
         token = issue_room_token(
             self.settings,
-            RoomGrant(room=self.room, identity=identity, name=name, role=role, admin=admin),
+            grant,
             not_before=now + opens_in,
             expires=now + expires_in,
         )

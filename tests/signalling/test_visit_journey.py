@@ -40,6 +40,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -261,9 +262,15 @@ class Shots:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    async def take(self, page: Page, name: str) -> None:
+    async def take(
+        self, page: Page, name: str, then: Callable[[Page], Awaitable[object]] | None = None
+    ) -> None:
+        """``name``-phone.png and ``name``-desktop.png; ``then``: what to do
+        to the page after each resize (a panel the narrow layout closed)."""
         for dims, suffix in ((PHONE, "phone"), (DESKTOP, "desktop")):
             await size(page, dims, mobile=dims == PHONE)
+            if then is not None:
+                await then(page)
             shot = await page.cdp.send("Page.captureScreenshot", format="png")
             (self.folder / f"{name}-{suffix}.png").write_bytes(base64.b64decode(shot["data"]))
         await size(page, PHONE, mobile=True)

@@ -17,6 +17,7 @@ import asyncio
 import json
 import math
 import struct
+import uuid
 import wave
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.booking.bookings.test_bookings import pool_of
 from tests.booking.factories import Doctor
 from tests.browser import Page, driver_main, join, play, run_scenario
 from tests.conftest import Api
@@ -31,6 +33,8 @@ from tests.sip.node.test_pins import visit
 
 DRIVER = "tests.sip.test_browser_phone"
 SIP_PORT = 5060
+#: Where the patient's phone (SIPp) takes the bridge's call.
+PATIENT_PORT = 5070
 
 
 @pytest.mark.timeout(200)
@@ -50,6 +54,34 @@ async def test_pages_hear_the_phone_and_the_phone_hears_both_pages_but_itself(
     assert phone[440] > 0.3 and phone[660] > 0.3, phone
     # No 1 kHz in what the phone hears: only the noise floor either side.
     assert phone[1000] < max(1.5 * (phone[900] + phone[1100]) / 2, 0.01), phone
+
+
+@pytest.mark.timeout(200)
+async def test_the_doctor_calls_the_patients_phone_from_the_page(
+    api: Api, doctor: Doctor, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bid, pin = await visit(api, doctor)
+    row = await pool_of(api).fetchrow(
+        """UPDATE users SET phone = '+923001234534'
+           WHERE id = (SELECT patient_id FROM bookings WHERE id = $1)
+           RETURNING (SELECT starts_at FROM bookings WHERE id = $1) AS slot""",
+        uuid.UUID(bid),
+    )
+    assert row is not None
+    (tmp_path / "visit.json").write_text(
+        json.dumps({"booking": bid, "pin": pin, "slot": row["slot"].isoformat()})
+    )
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = await run_scenario(DRIVER, "dial", database_url, tmp_path, 120)
+    print(json.dumps(result))
+    # The button, then each step under it, as the patient's phone (SIPp) rang
+    # and answered; the phone's tile came into the doctor's grid.
+    assert result["button"] == "Call the patient's phone", result
+    assert result["said"][-1] == "The patient's phone is in the call", result
+    # While the phone is in the call the button waits: a second call would be busy.
+    assert result["disabled"] is True, result
+    for shot in ("doctor-calls-phone-phone", "doctor-calls-phone-desktop"):
+        assert (tmp_path / "shots" / f"{shot}.png").stat().st_size > 10_000
 
 
 # -- the driver: runs inside the namespace ------------------------------------
@@ -160,6 +192,70 @@ async def scenario_hear(world: Any, pin: str) -> dict[str, Any]:
     }
 
 
+#: What the status line under the call button said, each time it changed.
+WATCH_STEPS = """(() => {
+  window.__said = [];
+  const line = document.getElementById('phone-state');
+  new MutationObserver(() => {
+    const t = line.textContent;
+    if (t && window.__said[window.__said.length - 1] !== t) window.__said.push(t);
+  }).observe(line, {childList: true, characterData: true, subtree: true});
+  return true;
+})()"""
+
+
+async def people(page: Page) -> None:
+    """The People panel open (a narrow window closes it), the call button in view."""
+    await page.eval(
+        "(document.getElementById('side').hidden || document.getElementById('admin').hidden)"
+        " && document.getElementById('open-people').click(),"
+        " document.getElementById('call-phone').scrollIntoView(), true"
+    )
+    await page.wait_for(
+        "!document.getElementById('side').hidden && !document.getElementById('admin').hidden",
+        "the People panel",
+    )
+
+
+async def scenario_dial(world: Any, booked: dict[str, str]) -> dict[str, Any]:
+    from tests.signalling.test_visit_journey import Shots
+    from tests.sip.node.test_dial_out import ANSWER_XML
+    from tests.sip.phone import Sipp
+
+    work = world.browsers.work
+    doctor: Page = await world.browsers.open(
+        "doctor",
+        world.link(
+            "dr-amina", "Dr Amina", "doctor", admin=True,
+            booking=booked["booking"], slot=booked["slot"],
+        ),
+    )  # fmt: skip
+    await join(doctor)
+    await people(doctor)
+    await doctor.wait_for("!document.getElementById('call-phone').hidden", "the call button")
+    button = await doctor.eval("document.getElementById('call-phone').textContent")
+    await doctor.eval(WATCH_STEPS)
+    patient = Sipp.callee(work / "patient", ANSWER_XML, PATIENT_PORT)
+    await patient.start()
+    try:
+        await doctor.eval("document.getElementById('call-phone').click(), true")
+        await doctor.wait_for(
+            PHONE_TILE.replace(" && t.dataset.audioTrack", ""), "the phone's tile", within=40
+        )
+        await doctor.wait_for(
+            "document.getElementById('phone-state').textContent"
+            ' === "The patient\'s phone is in the call"',
+            "the joined step",
+        )
+        world.mark("phone called in")
+        await Shots(work / "shots").take(doctor, "doctor-calls-phone", then=people)
+        said = await doctor.eval("window.__said")
+        disabled = await doctor.eval("document.getElementById('call-phone').disabled")
+    finally:
+        await patient.stop()
+    return {"button": button, "said": said, "disabled": disabled, "timings": world.timings}
+
+
 async def drive(name: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
     import aioice.ice
 
@@ -177,14 +273,21 @@ async def drive(name: str, database_url: str, work: Path, budget: float) -> dict
         also=[sip.role.install_worker],
         sip_listen=f"127.0.0.1:{SIP_PORT}",
         sip_rtp_ports="20000-20099",
-        sip_trunks={"clinic": {"networks": ["127.0.0.1/32"], "language": "en"}},
+        sip_trunks={
+            "clinic": {
+                "networks": ["127.0.0.1/32"],
+                "language": "en",
+                "outbound": f"127.0.0.1:{PATIENT_PORT}",
+            }
+        },
         sip_room_url=f"http://127.0.0.1:{HTTP_PORT}/ws",
     ) as world:
         world.room = f"booking-{booked['booking']}"
-        return await play(
-            scenario_hear(world, booked["pin"]), world.browsers, world.timings, budget
+        scenario = (
+            scenario_hear(world, booked["pin"]) if name == "hear" else scenario_dial(world, booked)
         )
+        return await play(scenario, world.browsers, world.timings, budget)
 
 
 if __name__ == "__main__":
-    driver_main(__doc__, ["hear"], drive, 120)
+    driver_main(__doc__, ["hear", "dial"], drive, 120)
