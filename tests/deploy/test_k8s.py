@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,9 +117,38 @@ def test_roles_probes_and_grace_periods_agree_with_the_settings() -> None:
             assert port["containerPort"] == metrics_port
             assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
             assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert {"api", "media", "turn", "migrate", "notify"} <= roles.keys()
+        if role == "sip":
+            # SIP and RTP on the node's own addresses, announced as such;
+            # the spoken prompts cached where the read-only root allows.
+            assert pod["hostNetwork"] is True
+            env = {e["name"]: e for e in container["env"]}
+            assert env["WADUD_SIP_PUBLIC_HOST"]["value"] == "$(HOST_IP)"
+            cache = env["XDG_CACHE_HOME"]["value"]
+            assert cache in {m["mountPath"] for m in container["volumeMounts"]}
+            assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+            ports = {(p["containerPort"], p["protocol"]) for p in container["ports"]}
+            port = int(settings["sip"]["listen"].rsplit(":", 1)[1])
+            assert {(port, "UDP"), (port, "TCP")} <= ports
+    assert {"api", "media", "turn", "migrate", "notify", "sip"} <= roles.keys()
     assert {w["metadata"]["labels"]["wadud.io/region"] for w in roles["media"]} == {"pk", "ae"}
     assert len(images) == 1, images
+
+
+def test_the_configmaps_bridge_settings_are_a_bridge_the_api_offers_calls_from(
+    tmp_path: Path,
+) -> None:
+    from booking.phone_calls import offered
+    from sip.node.settings import bridge_config
+    from wadud.config import sources
+
+    config = _kind("ConfigMap")[0]["data"]["wadud.toml"]
+    path = tmp_path / "wadud.toml"
+    path.write_text(config)
+    env = {"WADUD_SECRET_KEY": "k" * 48, "WADUD_SIP_PUBLIC_HOST": "192.0.2.7"}
+    settings = sources.load(file=path, env=env)
+    bridge = bridge_config(settings)
+    assert bridge is not None and bridge.public_host == "192.0.2.7"
+    assert offered(settings)
 
 
 def test_the_load_job_runs_one_shard_of_one_seed_per_pod() -> None:
