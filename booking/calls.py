@@ -36,6 +36,7 @@ __all__ = [
     "VideoLink",
     "booking_of",
     "has_video_link",
+    "is_open",
     "link_refusal",
     "room_of",
     "video_link",
@@ -51,6 +52,15 @@ ENDING_TOPICS = (f"booking.{BookingState.CANCELLED}",)
 #: A booking's video links open this long before its slot (and its
 #: consultation may start from then).
 EARLY_JOIN = dt.timedelta(minutes=10)
+
+
+def is_open(booking: Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether ``booking``'s video visit can be joined at ``now``: it has
+    video links (:func:`has_video_link`), from :data:`EARLY_JOIN` before its
+    slot until its end."""
+    return has_video_link(booking) and (
+        booking["starts_at"] - EARLY_JOIN <= now <= booking["ends_at"]
+    )
 
 
 def room_of(booking_id: str) -> str:

@@ -27,7 +27,7 @@ from uuid import UUID
 import asyncpg
 
 from booking.bookings.access import visible_booking
-from booking.calls import EARLY_JOIN, OPEN_STATES, has_video_link
+from booking.calls import is_open
 from wadud.config import Settings
 from wadud.errors import Conflict, Unprocessable
 from wadud.principal import Principal
@@ -135,11 +135,7 @@ async def request(
     now = now or dt.datetime.now(dt.UTC)
     if number is not None and not NUMBER.match(number):
         raise InvalidNumber("give the number in E.164 form, e.g. +923001234567")
-    if (
-        booking["status"] not in OPEN_STATES
-        or not has_video_link(booking)
-        or not booking["starts_at"] - EARLY_JOIN <= now <= booking["ends_at"]
-    ):
+    if not is_open(booking, now):
         raise PhoneCallRefused("the visit is not open now: its links work from 10 minutes before")
     async with conn.transaction():
         if number is None:

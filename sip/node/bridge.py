@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from booking.calls import EARLY_JOIN, has_video_link, video_link
+from booking.calls import is_open, video_link
 from sip.calls.agent import (
     CallAnswered,
     CallEnded,
@@ -533,11 +533,7 @@ class Bridge:
                 uid,
             )
         now = dt.datetime.now(dt.UTC)
-        if (
-            row is None
-            or not has_video_link(row)
-            or not row["starts_at"] - EARLY_JOIN <= now <= row["ends_at"]
-        ):
+        if row is None or not is_open(row, now):
             raise DialRefused("the visit is not open now")
         trunk = next((t for t in self.config.trunks if t.outbound is not None), None)
         if trunk is None or trunk.outbound is None:
