@@ -2,7 +2,8 @@
 (:mod:`privacy.rights`, :mod:`privacy.retention`).
 
 Export: the patient's bookings (with doctor and clinic names), their state
-history, instant-queue entries, reviews, payments and refunds.
+history, instant-queue entries, reviews, payments, refunds, and the calls
+the phone bridge placed to them.
 
 Erasure keeps every row the ledger and the doctors' schedules stand on
 (bookings, payment intents, refunds: amounts, times, states) and removes
@@ -128,6 +129,19 @@ class BookingProvider:
                WHERE p.patient_id = $1 ORDER BY r.created_at""",
             uid,
         )
+        # The calls the phone bridge placed for the patient's visits; a
+        # number other than theirs (an interpreter's line) is someone else's,
+        # shown as the page shows it.
+        phone_calls = await conn.fetch(
+            """SELECT c.id, c.booking_id,
+                      CASE WHEN c.number IS NULL THEN 'patient' ELSE 'other' END AS to,
+                      CASE WHEN c.number IS NULL THEN NULL
+                           ELSE '••' || right(c.number, 2) END AS number,
+                      c.state, c.reason, c.created_at, c.updated_at
+               FROM phone_calls c JOIN bookings b ON b.id = c.booking_id
+               WHERE b.patient_id = $1 ORDER BY c.created_at""",
+            uid,
+        )
         return [
             Part("bookings", records(bookings)),
             Part("booking_events", records(events)),
@@ -135,6 +149,7 @@ class BookingProvider:
             Part("reviews", records(reviews)),
             Part("payments", records(payments)),
             Part("refunds", records(refunds)),
+            Part("phone_calls", records(phone_calls)),
         ]
 
     async def erase(self, conn: asyncpg.Connection, subject: Subject) -> Erased:

@@ -216,6 +216,11 @@ def _traces(p: Patient) -> list[bytes]:
 async def test_export_holds_the_patient_s_data_and_no_one_else_s(api: Api) -> None:
     w = await _world(api)
     a, b = w.a, w.b
+    # The phone bridge called an interpreter's line for A's visit.
+    await api.app[keys.DB].execute(
+        "INSERT INTO phone_calls (booking_id, number, state) VALUES ($1, '+971500000009', 'ended')",
+        uuid.UUID(a.booking_id),
+    )
     t0 = time.perf_counter()
     data = await _export(api, a)
     print(f"export: {len(data)} bytes in {time.perf_counter() - t0:.3f} s")
@@ -237,6 +242,8 @@ async def test_export_holds_the_patient_s_data_and_no_one_else_s(api: Api) -> No
     assert [r["id"] for r in _part(files, "booking/payments.json")] == [a.payment_id]
     assert [r["purpose"] for r in _part(files, "account/consents.json")] == ["data_processing"]
     assert [r["kind"] for r in _part(files, "notify/devices.json")] == ["fcm"]
+    (call,) = _part(files, "booking/phone_calls.json")
+    assert (call["booking_id"], call["to"], call["number"]) == (a.booking_id, "other", "••09")
     # The chat, decrypted: the patient's words and the doctor's.
     bodies = [m["body"] for m in _part(files, "chat/messages.json")]
     assert bodies == [*a.texts, "the rash"]
