@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from sip.node.seat import OPUS_BITRATE, PhoneOpus, RoomSeat
+from sip.node.seat import OPUS_BITRATE, PhoneOpus, RoomSeat, level_dbov
 from tests.conftest import Api, free_udp_port
 from tests.signalling.test_client_call import Call, calling
 from wadud.config import Settings
@@ -105,10 +105,17 @@ async def test_each_seat_hears_the_room_but_never_its_own_phone(call: Call) -> N
             speak_and_listen(seats[0], 1000, 150), speak_and_listen(seats[1], 450, 150)
         )
         # Each seat's microphone went out through its own encoder (mono,
-        # with FEC), put on the sender before aiortc could make one.
+        # with FEC), coded in the event loop: aiortc never made its own, and
+        # decoded what it heard there too, each track's decoder thread idle.
         for seat in seats:
             senders = [s for s in seat.client.publish_pc.getSenders() if s.kind == "audio"]
-            assert [type(s._RTCRtpSender__encoder) for s in senders] == [PhoneOpus]
+            assert [s._RTCRtpSender__encoder for s in senders] == [None]
+            assert isinstance(seat.encoder, PhoneOpus) and seat.encoder._first is not None
+            receivers = [t.receiver for t in seat.client.subscribe_pc.getTransceivers()]
+            inline = [
+                r._RTCRtpReceiver__decoder_queue for r in receivers if r.track.kind == "audio"
+            ]
+            assert inline and all(type(q).__name__ == "_InlineDecoding" for q in inline)
     finally:
         await asyncio.gather(*(seat.leave() for seat in seats), return_exceptions=True)
     assert strongest(a, 2) == {450, 650}, strongest(a, 3)
@@ -120,6 +127,21 @@ async def test_each_seat_hears_the_room_but_never_its_own_phone(call: Call) -> N
     for pcm, own in ((a, 1000), (b, 450)):
         floor = (level_at(pcm, own - 100) + level_at(pcm, own + 100)) / 2
         assert level_at(pcm, own) < max(1.5 * floor, 0.01), (own, floor, level_at(pcm, own))
+
+
+def test_the_audio_level_is_rfc_6465s() -> None:
+    """A full-scale square wave is 0 dBov, silence -127, and a sine 3 dB
+    under its peak; aiortc's own computation agrees frame for frame."""
+    import av
+    from aiortc.rtp import compute_audio_level_dbov
+
+    square = np.where(np.arange(960) % 96 < 48, 32767, -32767).astype(np.int16)
+    assert level_dbov(square) == 0
+    assert level_dbov(np.zeros(960, dtype=np.int16)) == -127
+    for amplitude in (30000, 3000, 300, 30):
+        pcm = tone(1000, 960) * 0 + (amplitude * np.sin(np.arange(960) / 7.6)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        assert level_dbov(pcm) == compute_audio_level_dbov(frame), amplitude
 
 
 def test_the_phones_opus_is_mono_at_its_bitrate_and_carries_fec() -> None:
