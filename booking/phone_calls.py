@@ -27,11 +27,13 @@ from uuid import UUID
 import asyncpg
 
 from booking.bookings.access import visible_booking
+from booking.bookings.errors import BookingNotFound
 from booking.calls import is_open
 from wadud.config import Settings
-from wadud.errors import Conflict, Unprocessable
+from wadud.errors import Conflict, Forbidden, Unprocessable
 from wadud.principal import Principal
 from wadud.state import audit
+from wadud.web.api_keys import ApiKey, Scope
 
 __all__ = [
     "CHANNEL",
@@ -47,6 +49,7 @@ __all__ = [
     "offered",
     "request",
     "request_as",
+    "request_by_key",
     "request_in_room",
     "view",
 ]
@@ -128,10 +131,12 @@ async def request(
     role: str,
     number: str | None = None,
     now: dt.datetime | None = None,
+    detail: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Ask for a call to ``booking``'s patient (or ``number``), on ``conn``
-    (its own transaction is made here, or joined), audited as ``by``:
-    the call's :func:`view`."""
+    (its own transaction is made here, or joined), audited as ``by`` in
+    ``role`` (``detail``: what else names the asker): the call's :func:`view`."""
+    detail = detail or {}
     now = now or dt.datetime.now(dt.UTC)
     if number is not None and not NUMBER.match(number):
         raise InvalidNumber("give the number in E.164 form, e.g. +923001234567")
@@ -153,9 +158,11 @@ async def request(
             raise PhoneCallLive("wait for this one to end, or hang it up in the room") from None
         assert row is not None
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(row["id"]))
-        await audit.record_about(
-            conn, booking, "booking", actor=by, action="phone_call.request",
-            detail={"call": str(row["id"]), "to": "other" if number else "patient", "role": role},
+        await audit.record(
+            conn, actor=by, role=role, action="phone_call.request",
+            subject=booking["patient_id"], clinic=booking["clinic_id"],
+            object=f"booking/{booking['id']}",
+            detail={"call": str(row["id"]), "to": "other" if number else "patient", **detail},
         )  # fmt: skip
     return view(row)
 
@@ -168,6 +175,24 @@ async def request_as(
     async with pool.acquire() as conn:
         row = await visible_booking(conn, booking_id, me)
         return await request(conn, row, by=me.user_id, role=me.role.value, number=number)
+
+
+async def request_by_key(
+    pool: asyncpg.Pool, booking_id: UUID, key: ApiKey, number: str | None = None
+) -> dict[str, Any]:
+    """:func:`request`, by a clinic's server with its API key: a booking of
+    that clinic (else 404); a load key asks for no call (403)."""
+    if key.scope is not Scope.CLINIC or key.clinic_id is None:
+        raise Forbidden("only a clinic's key asks for calls to its patients")
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT * FROM bookings WHERE id = $1 AND clinic_id = $2", booking_id, key.clinic_id
+        )
+        if row is None:
+            raise BookingNotFound("no such booking")
+        return await request(
+            conn, row, by=None, role="api_key", number=number, detail={"api_key": key.id}
+        )
 
 
 async def request_in_room(
@@ -188,7 +213,7 @@ async def request_in_room(
             "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", by
         ):
             by = None
-        return await request(conn, row, by=by, role="room-admin", number=number)
+        return await request(conn, row, by=by, role="room_admin", number=number)
 
 
 async def of_booking_as(

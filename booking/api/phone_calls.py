@@ -1,6 +1,7 @@
 """``/api/v1/bookings/{id}/phone-calls``: a visit's doctor or its clinic's
 staff ask the phone bridge to call the patient into the room, and follow
-the calls (:mod:`booking.phone_calls`; docs/phone.md, "Calling the patient")."""
+the calls; ``/api/v1/phone-calls``: a clinic's server asks, with its API key
+(:mod:`booking.phone_calls`; docs/phone.md, "Calling the patient")."""
 
 from __future__ import annotations
 
@@ -63,3 +64,19 @@ async def listed(call: Call[None, None]) -> list[PhoneCall]:
         PhoneCall(**c)
         for c in await phone_calls.of_booking_as(call.pool, call.path_uuid("id"), call.user)
     ]
+
+
+class KeyPhoneCallIn(PhoneCallIn):
+    booking_id: UUID
+
+
+@routes.post("/api/v1/phone-calls", body=KeyPhoneCallIn, returns=PhoneCall, status=202,
+             auth="api_key")  # fmt: skip
+async def place_by_key(call: Call[KeyPhoneCallIn, None]) -> PhoneCall:
+    """As ``POST /api/v1/bookings/{id}/phone-calls``, for a clinic's server
+    with its API key (HTTP Basic): a booking of the key's clinic, else 404;
+    a load key gets 403. Follow the call by the ``room.phone_call`` webhooks."""
+    made = await phone_calls.request_by_key(
+        call.pool, call.body.booking_id, call.api_key, call.body.number
+    )
+    return PhoneCall(**made)

@@ -8,6 +8,7 @@ and every step reaches the room's admins and the clinic's webhooks
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from tests.sip.test_dial_in import (  # noqa: F401 - fixtures
     trunk_port,
     web_port,
 )
+from tests.wadud.web.test_api_keys import basic
+from wadud.web import api_keys
 from wadud_client.call import CallClient
 from wadud_client.errors import RequestFailed
 
@@ -152,6 +155,56 @@ async def test_a_clinic_asks_through_the_api_and_busy_and_refusals_are_told(
 async def last_is(server: Api, url: str, doctor: Doctor, state: str) -> bool:
     calls = await server.get(url, token=doctor.token, expect=200)
     return bool(calls) and calls[-1]["state"] == state
+
+
+async def test_a_clinics_server_asks_with_its_api_key_and_only_for_its_own_visits(
+    tmp_path: Path,
+    api: Api,  # noqa: F811 - the fixture
+    doctor: Doctor,
+    trunk_port: int,  # noqa: F811 - the fixture
+) -> None:
+    bid, _ = await visit(api, doctor)
+    await with_phone(api, bid)
+    pool = pool_of(api)
+    clinic = await pool.fetchval("SELECT clinic_id FROM bookings WHERE id = $1", uuid.UUID(bid))
+    other = await pool.fetchval(
+        "INSERT INTO clinics (name, region, currency) VALUES ('Other', 'PK', 'PKR') RETURNING id"
+    )
+    async with pool.acquire() as conn:
+        ours = await api_keys.create_key(
+            conn, name="ehr", scope=api_keys.Scope.CLINIC, clinic_id=clinic
+        )
+        theirs = await api_keys.create_key(
+            conn, name="ehr", scope=api_keys.Scope.CLINIC, clinic_id=other
+        )
+        load = await api_keys.create_key(conn, name="load", scope=api_keys.Scope.LOAD)
+
+    async def ask(made: api_keys.NewKey) -> tuple[int, dict[str, Any]]:
+        resp = await api.client.post(
+            "/api/v1/phone-calls", json={"booking_id": bid}, headers=basic(made.key.id, made.secret)
+        )
+        return resp.status, await resp.json()
+
+    # Another clinic's key finds no such visit; a load key asks for no call.
+    assert (await ask(theirs))[0] == 404
+    assert (await ask(load))[0] == 403
+    busy = Sipp.callee(tmp_path / "busy", BUSY_XML, trunk_port)
+    await busy.start()
+    try:
+        status, made = await ask(ours)
+        assert status == 202 and made["state"] == "requested", made
+        url = f"/api/v1/bookings/{bid}/phone-calls"
+        await wait_until(lambda: last_is(api, url, doctor, "busy"), within=20, every=0.1)
+    finally:
+        await busy.stop()
+    assert await steps(api, bid) == ["dialling", "busy"]
+    audited = await pool.fetchrow(
+        "SELECT actor_role, detail FROM audit_log WHERE action = 'phone_call.request'"
+        " AND object = $1",
+        f"booking/{bid}",
+    )
+    assert audited is not None and audited["actor_role"] == "api_key"
+    assert json.loads(audited["detail"])["api_key"] == ours.key.id
 
 
 @pytest.mark.parametrize(
