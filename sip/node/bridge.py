@@ -521,7 +521,8 @@ class Bridge:
         :attr:`PhoneCall.state` says how it goes (each new one to
         ``on_state``). Raises
         :class:`~sip.errors.DialRefused` for a visit not open now, no trunk
-        that places calls, or a number the bridge may not call."""
+        that places calls, a trunk at its ``max_calls``, or a number the
+        bridge may not call."""
         try:
             uid = uuid.UUID(booking_id)
         except ValueError:
@@ -538,6 +539,9 @@ class Bridge:
         trunk = next((t for t in self.config.trunks if t.outbound is not None), None)
         if trunk is None or trunk.outbound is None:
             raise DialRefused("no trunk places calls: give one an outbound address")
+        busy = sum(1 for d in self.agent.dialogs.values() if d.trunk.name == trunk.name)
+        if busy >= trunk.max_calls:
+            raise DialRefused(f"trunk {trunk.name} is at its max_calls ({trunk.max_calls})")
         patient = row["patient_phone"]
         target = number or patient
         if not target:

@@ -433,6 +433,13 @@ async def test_the_bridge_calls_the_patient_into_the_visit_and_tells_busy_apart(
         assert not placed.ended, placed.state
         assert entry is not None and entry["device"] == "phone"
         await wait_until(lambda: placed.state == "in room", within=10)
+        # A trunk at its max_calls places no more.
+        bridge.config = dataclasses.replace(
+            bridge.config,
+            trunks=tuple(dataclasses.replace(t, max_calls=1) for t in bridge.config.trunks),
+        )
+        with pytest.raises(DialRefused, match="max_calls"):
+            await bridge.dial_out(bid)
         await doc.remove(str(entry["id"]))
         assert await patient.finished() == 0, patient.errors()
     finally:
