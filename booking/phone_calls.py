@@ -94,9 +94,11 @@ def offered(settings: Settings) -> bool:
     return any(isinstance(t, Mapping) and t.get("outbound") for t in settings.sip_trunks.values())
 
 
-def masked(number: str | None) -> str:
-    """A number as pages and logs show it: its last two digits."""
-    return "••" + number[-2:] if number else ""
+def masked(number: str) -> str:
+    """A phone number as pages, rooms, logs and the audit trail show it:
+    its last two digits (``Phone ••34``)."""
+    digits = [c for c in number if c.isdigit()]
+    return "••" + "".join(digits[-2:]) if digits else "••"
 
 
 def view(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,7 +108,7 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
         "id": str(row["id"]),
         "booking_id": str(row["booking_id"]),
         "to": "other" if row["number"] else "patient",
-        "number": masked(row["number"] or row.get("patient_phone")),
+        "number": masked(shown) if (shown := row["number"] or row.get("patient_phone")) else "",
         "state": row["state"],
         "reason": row["reason"],
         "created_at": row["created_at"].isoformat(),
@@ -116,7 +118,7 @@ def view(row: Mapping[str, Any]) -> dict[str, Any]:
 
 _LOST = """UPDATE phone_calls SET state = 'failed', updated_at = now(),
                                  reason = 'lost: its bridge went quiet'
-           WHERE booking_id = $1 AND state IN ('requested', 'dialling', 'ringing', 'answered')
+           WHERE booking_id = $1 AND state = ANY($2::text[])
              AND updated_at < now() - interval '2 minutes'"""
 _INSERT = """INSERT INTO phone_calls (booking_id, number, requested_by)
              VALUES ($1, $2, $3)
@@ -151,7 +153,7 @@ async def request(
                 raise PhoneCallRefused("the patient has no phone number on file")
         # A call no bridge wrote a step of for long is lost (its bridge
         # died): it no longer keeps the visit from calling again.
-        await conn.execute(_LOST, booking["id"])
+        await conn.execute(_LOST, booking["id"], sorted(LIVE))
         try:
             row = await conn.fetchrow(_INSERT, booking["id"], number, by, booking["patient_id"])
         except asyncpg.UniqueViolationError:

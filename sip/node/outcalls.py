@@ -28,7 +28,7 @@ from uuid import UUID
 import asyncpg
 
 from booking.calls import room_of
-from booking.phone_calls import CHANNEL
+from booking.phone_calls import CHANNEL, ENDED, LIVE
 from hooks import events
 from sip.errors import DialRefused
 from wadud.messaging import loops, outbox
@@ -48,7 +48,7 @@ _EXPIRE = """UPDATE phone_calls SET state = 'failed', reason = 'no bridge took t
              RETURNING id, booking_id, number, state, reason"""
 _ORPHANED = """UPDATE phone_calls SET state = 'failed', reason = 'the bridge restarted',
                                      updated_at = now()
-               WHERE bridge = $1 AND state IN ('dialling', 'ringing', 'answered')
+               WHERE bridge = $1 AND state = ANY($2::text[])
                RETURNING id, booking_id, number, state, reason"""
 _CLAIM = """UPDATE phone_calls c SET state = 'dialling', bridge = $1, updated_at = now()
             WHERE c.id = (SELECT id FROM phone_calls WHERE state = 'requested'
@@ -56,7 +56,7 @@ _CLAIM = """UPDATE phone_calls c SET state = 'dialling', bridge = $1, updated_at
             RETURNING c.id, c.booking_id, c.number, c.state, c.reason"""
 # A step after the call ended (a late response) changes nothing.
 _STEP = """UPDATE phone_calls SET state = $2, reason = $3, updated_at = now()
-           WHERE id = $1 AND state NOT IN ('ended', 'busy', 'no_answer', 'declined', 'failed')
+           WHERE id = $1 AND state <> ALL($4::text[])
            RETURNING id, booking_id, number, state, reason"""
 
 #: A placed call's state (:attr:`sip.node.bridge.PhoneCall.state`) as the
@@ -105,7 +105,8 @@ class Outcalls:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self._write_all(await self.pool.fetch(_ORPHANED, self.name))
+        # A claimed call is never ``requested`` again: the live ones it held.
+        await self._write_all(await self.pool.fetch(_ORPHANED, self.name, sorted(LIVE)))
         self._tasks = [
             asyncio.create_task(
                 loops.drain(self._look, self._wake, LOOK_EVERY, "phone call claim failed", log),
@@ -160,7 +161,7 @@ class Outcalls:
             call_id, state, reason = await self._steps.get()
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
-                    row = await conn.fetchrow(_STEP, call_id, state, reason)
+                    row = await conn.fetchrow(_STEP, call_id, state, reason, sorted(ENDED))
                     if row is not None:
                         await _event(conn, row)
                     outbox.written(conn)

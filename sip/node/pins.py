@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from booking.bookings.access import visit_by_phone_pin
+from booking.phone_calls import masked
 from wadud.state.audit import record
 from wadud.web.ratelimit import Backoff, Limiter, RateLimited
 
@@ -42,12 +43,6 @@ class Blocked:
     """The caller may not try now: ``retry_after`` seconds."""
 
     retry_after: float
-
-
-def masked(number: str) -> str:
-    """A phone number as the trail and a room show it: ``Phone ••34``'s digits."""
-    digits = [c for c in number if c.isdigit()]
-    return "••" + "".join(digits[-2:]) if digits else "••"
 
 
 class PinDesk:

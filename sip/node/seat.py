@@ -68,9 +68,8 @@ OPUS_COMPLEXITY = 5
 
 class PhoneOpus:
     """The seat's microphone encoder: mono Opus at :data:`OPUS_BITRATE`
-    with in-band FEC, from FFmpeg's libopus. It keeps aiortc's encoder
-    interface (``encode``, ``pack``) and codes a frame of PCM directly
-    (:meth:`encode_pcm`)."""
+    with in-band FEC, from FFmpeg's libopus: a frame of PCM
+    (:meth:`encode_pcm`), or an ``av.AudioFrame`` (:meth:`encode`)."""
 
     def __init__(self) -> None:
         import av
@@ -89,7 +88,7 @@ class PhoneOpus:
         }
         self._first: int | None = None
 
-    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int | None]:
+    def encode(self, frame: Any) -> tuple[list[bytes], int | None]:
         packets = self.codec.encode(frame)
         if not packets:
             return [], None
@@ -98,9 +97,6 @@ class PhoneOpus:
             # libopus's look-ahead starts the stamps below zero.
             self._first = pts
         return [bytes(p) for p in packets], pts - self._first
-
-    def pack(self, packet: Any) -> tuple[list[bytes], int]:
-        return [bytes(packet)], int(packet.pts)
 
     def encode_pcm(self, pcm: Pcm, pts: int) -> tuple[list[bytes], int | None]:
         """20 ms of 48 kHz mono at sample ``pts``: the Opus packets and
