@@ -164,6 +164,20 @@ async def phone() -> Phone:
     return protocol
 
 
+#: SIPp's answer to the request it just took in a dialog (a BYE): 200 OK.
+OK_TO_IT = """  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+"""
+
+
 def invite_scenario(
     media_port: int, *, dtmf: bool, info_keys: str = "", caller: str = "+923001234534"
 ) -> str:
@@ -225,17 +239,7 @@ Content-Length: 0
 
 ]]></send>
 {infos}  <recv request="BYE" timeout="60000"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-</scenario>
+{OK_TO_IT}</scenario>
 """
 
 

@@ -15,6 +15,7 @@ import pytest
 from sip.calls.agent import CallAnswered, CallEnded, CallEvent, MediaWanted, Trunk, UserAgent
 from sip.node.desk import CallDesk
 from sip.transport.endpoint import SipEndpoint
+from tests.sip.phone import OK_TO_IT
 from tests.sip.transport.test_endpoint import HOST, run_sipp
 
 # A call with an offer of G.711 and digits, held for half a second, then BYE.
@@ -96,19 +97,9 @@ Content-Length: 0
 # A call the bridge ends: after the ACK, SIPp waits for our BYE and answers it.
 HUNG_UP_XML = (
     CALL_XML.split('  <pause milliseconds="500"/>')[0]
-    + """  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-</scenario>
-"""
+    + '  <recv request="BYE"/>\n'
+    + OK_TO_IT
+    + "</scenario>\n"
 )
 
 

@@ -23,7 +23,7 @@ from sip.calls.agent import (
 )
 from sip.node.desk import CallDesk
 from sip.transport.endpoint import SipEndpoint
-from tests.sip.phone import Sipp
+from tests.sip.phone import OK_TO_IT, Sipp
 from tests.sip.transport.test_endpoint import HOST
 
 TRUNK = Trunk("clinic", ["127.0.0.0/8"])
@@ -64,17 +64,7 @@ a=ptime:20
 ]]></send>
   <recv request="ACK"/>
   <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-</scenario>
+{OK_TO_IT}</scenario>
 """
 
 BUSY_XML = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
