@@ -2,11 +2,13 @@
 
 Each step of ``sip.audio`` on one 20 ms frame of speech-like audio (a tone
 and its harmonic): G.711 and G.722 decode and encode (ours and, for G.711,
-PyAV's codec context for comparison), resampling each way, the jitter
-buffer's put and pop, concealment, and the N-1 mixer's tick. Then the whole
-of one 1:1 phone visit's tick: the phone's packet through the jitter buffer,
-decoded, resampled to 48 kHz and into the mixer; the other participant's
-frame into the mixer; the phone's mix resampled to 8 kHz and encoded. CPU
+PyAV's codec context for comparison), the room's mix resampled down to the
+phone's rate, the seat's Opus (the phone's voice encoded at its own rate,
+the room's decoded to 48 kHz mono), the jitter buffer's put and pop,
+concealment, and the N-1 mixer's tick. Then the whole of one 1:1 phone
+visit's tick: the phone's packet through the jitter buffer, decoded and
+Opus-encoded for the room; the other participant's Opus decoded into the
+mixer; the phone's mix resampled to 8 kHz and encoded. CPU
 time of this process, microseconds per call, best of several runs, so load
 on a shared machine moves the figures less than wall time would. Figures,
 not assertions.
@@ -15,8 +17,8 @@ not assertions.
 
 It writes the figures as JSON too (``--json``, default
 ``benchmarks/results/sip-audio.json``). It measures the audio cores alone:
-the bridge's whole cost per call (SIP, RTP, SRTP, the room's Opus) is for
-the bridge's own benchmark once the bridge runs.
+the bridge's whole cost per call (SIP, RTP, SRTP, aiortc's peer
+connections) is ``benchmarks/sip/capacity.py``'s.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import av
@@ -36,8 +39,9 @@ from sip.audio.conceal import Concealer
 from sip.audio.jitter import JitterBuffer
 from sip.audio.mixer import Mixer
 from sip.audio.pcm import ROOM_FRAME, ROOM_RATE
-from sip.audio.resample import Resampler
+from sip.audio.resample import Downsampler
 from sip.formats import G722, PCMA, PCMU
+from sip.node.seat import PhoneOpus, RoomOpus, mono
 
 
 def speech_like(rate: int, samples: int) -> np.ndarray:
@@ -92,9 +96,12 @@ def steps(frames: int) -> dict[str, Callable[[int], Any]]:
             out[f"{codec.name} decode, PyAV"] = lambda k, d=dec, p=payload: pyav_decode(d, p)
             out[f"{codec.name} encode, PyAV"] = lambda k, e=enc, p=pcm: pyav_encode(e, p)
     for rate, pcm in ((8000, narrow), (16000, wide)):
-        up, down = Resampler(rate, ROOM_RATE), Resampler(ROOM_RATE, rate)
-        out[f"resample {rate // 1000}k -> 48k"] = lambda k, r=up, p=pcm: r.resample(p)
+        down = Downsampler(rate)
         out[f"resample 48k -> {rate // 1000}k"] = lambda k, r=down: r.resample(room)
+        encoder = PhoneOpus(rate)
+        out[f"Opus encode at {rate // 1000}k"] = lambda k, e=encoder, p=pcm: e.encode(p)
+    decoder, packet = room_opus()
+    out["Opus decode to 48k mono"] = lambda k: decoder.decode(packet)
     buffer = JitterBuffer()
     payload = transcoder(PCMU).encode(narrow)
 
@@ -122,13 +129,28 @@ def steps(frames: int) -> dict[str, Callable[[int], Any]]:
     return out
 
 
+def room_opus() -> tuple[RoomOpus, Any]:
+    """The seat's decoder and a packet of a participant's Opus (a browser's
+    32 kbit/s 48 kHz voice, as aiortc's receiver hands it on)."""
+    context = av.CodecContext.create("libopus", "w")
+    context.bit_rate, context.format, context.layout = 32_000, "s16", "mono"
+    context.sample_rate = ROOM_RATE
+    voice = speech_like(ROOM_RATE, ROOM_FRAME)
+    packets: list[bytes] = []
+    for k in range(5):
+        frame = av.AudioFrame.from_ndarray(voice.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = ROOM_RATE, k * ROOM_FRAME
+        packets += [bytes(p) for p in context.encode(frame)]
+    return RoomOpus(), SimpleNamespace(data=packets[-1])
+
+
 def call_tick() -> Callable[[int], Any]:
     """One 1:1 phone visit (phone and one participant), one 20 ms tick."""
     phone = transcoder(PCMU)
     payload = phone.encode(speech_like(8000, 160))
-    participant = speech_like(ROOM_RATE, ROOM_FRAME)
     buffer, concealer = JitterBuffer(), Concealer(8000)
-    up, down = Resampler(8000, ROOM_RATE), Resampler(ROOM_RATE, 8000)
+    down, encoder = Downsampler(8000), PhoneOpus(8000)
+    decoder, packet = room_opus()
     mixer = Mixer()
     mixer.add_source("phone")
     mixer.add_source("doctor", listens=False)
@@ -137,8 +159,8 @@ def call_tick() -> Callable[[int], Any]:
         buffer.put(k & 0xFFFF, k * 160, payload, k * 0.02 + 0.005)
         got = buffer.pop(k * 0.02 + 0.011)
         pcm = concealer.conceal() if got is None else concealer.accept(phone.decode(got))
-        mixer.push("phone", up.resample(pcm))
-        mixer.push("doctor", participant)
+        encoder.encode(pcm)
+        mixer.push("doctor", mono(decoder.decode(packet)[0]))
         phone.encode(down.resample(mixer.mix()["phone"]))
 
     return tick

@@ -95,11 +95,15 @@ class Concealer:
             mixed[: self._join] = tail * (1 - ramp) + mixed[: self._join] * ramp
             out = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
             self._lost = 0
-        good = pcm.astype(np.float32)
-        rms = float(np.sqrt(np.mean(good * good)))
+        history = self._history
+        if history is None:
+            self._history = history = np.zeros(2 * self._frame, dtype=np.float32)
+        # The last two good frames, in place: the older one moves down.
+        history[: self._frame] = history[self._frame :]
+        good = history[self._frame :]
+        good[:] = pcm
+        rms = float(np.sqrt(np.dot(good, good) / self._frame))
         self._floor = min(rms, self._floor * _FLOOR_RISE + 1.0, _NOISE_CAP)
-        previous = self._history[-self._frame :] if self._history is not None else good * 0
-        self._history = np.concatenate((previous, good))
         return out
 
     def conceal(self) -> Pcm:

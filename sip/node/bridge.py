@@ -323,7 +323,12 @@ class PhoneCall:
             role="patient",
             device="phone",
         )
-        self.seat = seat = RoomSeat(bridge.config.room_url, link.token, label="phone")
+        self.seat = seat = RoomSeat(
+            bridge.config.room_url,
+            link.token,
+            label="phone",
+            complexity=bridge.config.opus_complexity,
+        )
         try:
             frame = await seat.join()
             if frame.get("type") == "waiting":
@@ -374,6 +379,9 @@ class PhoneCall:
             return
         seat.phone_audio(pcm)
         leg.send_audio(seat.mix())
+        # In the room a key means something only while the recording notice
+        # asks for 1 (:meth:`_digit_in_room`).
+        leg.listen_for_tones(seat.client.recording_asked is not None)
         DELAY.observe(leg.delay)
 
     def _digit_in_room(self, key: str) -> None:

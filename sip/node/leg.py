@@ -8,11 +8,14 @@ One :class:`PhoneLeg` per call owns the call's UDP socket and a steady
   whose digits go to ``on_digit``; comfort noise (payload type 13, RFC 3389)
   counted and left to concealment, which plays comfort noise of its own;
   anything else counted and dropped. With no ``telephone-event`` agreed,
-  digits are heard as tones in the decoded audio (ITU-T Q.24).
+  digits are heard as tones in the decoded audio (ITU-T Q.24), while the
+  call listens for them (:meth:`PhoneLeg.listen_for_tones`: the IVR does,
+  a call in the room only while it asks the caller something).
 * Each tick plays one frame: the jitter buffer's next payload decoded, or
-  concealment, resampled to 48 kHz for ``on_audio``; and sends one frame:
-  a prompt if one plays, else the room's mix (``send_audio``), else
-  silence.
+  concealment, for ``on_audio`` at the codec's rate (the seat's Opus
+  encoder takes 8 and 16 kHz as they are); and sends one frame: a prompt
+  if one plays, else the room's mix (``send_audio``, 48 kHz, resampled
+  down), else silence.
 * SDES-SRTP (RFC 4568, RFC 3711) when the SDP carried keys.
 
 **Symmetric RTP and latching.** Phones behind NAT put their private
@@ -67,8 +70,8 @@ from sip.audio.codecs import Transcoder, transcoder
 from sip.audio.conceal import Concealer
 from sip.audio.dtmf import EventReceiver
 from sip.audio.jitter import JitterBuffer
-from sip.audio.pcm import ROOM_FRAME, ROOM_RATE, Pcm, check_pcm
-from sip.audio.resample import Resampler
+from sip.audio.pcm import ROOM_FRAME, Pcm, check_pcm
+from sip.audio.resample import Downsampler
 from sip.audio.tones import ToneDetector
 from sip.errors import DtmfParseError, MediaPortError
 from sip.formats import FRAME_MS, PHONE_CODECS, PhoneCodec
@@ -164,7 +167,6 @@ class _Codec:
         "silence",
         "ticks",
         "transcoder",
-        "up",
     )
 
     def __init__(self, codec: PhoneCodec) -> None:
@@ -174,9 +176,9 @@ class _Codec:
         self.transcoder: Transcoder = transcoder(codec)
         self.jitter = JitterBuffer(codec.clock_rate)
         self.concealer = Concealer(codec.sample_rate)
-        self.up = Resampler(codec.sample_rate, ROOM_RATE)
-        self.down = Resampler(ROOM_RATE, codec.sample_rate)
+        self.down = Downsampler(codec.sample_rate)
         self.silence = np.zeros(self.frame, dtype=np.int16)
+        self.silence.setflags(write=False)
         self.heard = False  # a packet was decoded: before it, hand out silence as is
 
 
@@ -215,8 +217,9 @@ class PhoneLeg(asyncio.DatagramProtocol):
     again for each re-INVITE; :meth:`close` at the end. Callbacks, all
     called from the loop:
 
-    * ``on_audio(pcm48)``: every 20 ms, the phone's audio as one frame of
-      960 samples at 48 kHz (silence before the first packet);
+    * ``on_audio(pcm)``: every 20 ms, the phone's audio as one frame at
+      the codec's sample rate (160 samples at 8 kHz, 320 at 16 kHz;
+      silence before the first packet);
     * ``on_digit(digit)``: each key the caller pressed, once, as one
       character of :data:`sip.audio.dtmf.DIGITS`;
     * ``on_dead(reason)``: once, when no RTP came for ``media_timeout``
@@ -245,8 +248,7 @@ class PhoneLeg(asyncio.DatagramProtocol):
         self._srtp: SdesSession | None = None
         self._events = EventReceiver()
         self._tones: ToneDetector | None = None
-        self._silent_room = np.zeros(ROOM_FRAME, dtype=np.int16)
-        self._silent_room.setflags(write=False)
+        self._tones_wanted = True
         # Where to send: the SDP's address until latched, then the source.
         self._sdp_address: Address | None = None
         self._latched: Address | None = None
@@ -345,6 +347,16 @@ class PhoneLeg(asyncio.DatagramProtocol):
         """The room's mix for the phone: one 20 ms frame at 48 kHz (960
         samples), sent at the next tick unless a prompt plays."""
         self._mix.append(check_pcm(pcm48, samples=ROOM_FRAME))
+
+    def listen_for_tones(self, wanted: bool) -> None:
+        """Whether keys heard as tones count (they do from the start). Where
+        no ``telephone-event`` was agreed, each frame is searched for tones
+        (about 15 µs), which a call in the room needs only while it asks
+        the caller to press a key. Listening again starts afresh: a tone
+        half heard before is not finished by one heard now."""
+        if wanted and not self._tones_wanted and self._tones is not None:
+            self._tones = ToneDetector()
+        self._tones_wanted = wanted
 
     def play(self, pcm: Pcm, on_done: Callable[[], None] | None = None) -> None:
         """Queue a prompt: audio at the codec's sample rate (8 kHz, 16 kHz for
@@ -563,7 +575,7 @@ class PhoneLeg(asyncio.DatagramProtocol):
         payload = codec.jitter.pop(self._loop.time())
         if payload is None:
             if not codec.heard:
-                self._on_audio(self._silent_room)
+                self._on_audio(codec.silence)
                 return
             pcm = codec.concealer.conceal()
         else:
@@ -572,13 +584,13 @@ class PhoneLeg(asyncio.DatagramProtocol):
             if pcm.shape[0] != codec.frame:
                 pcm = _fit(pcm, codec.frame)
             pcm = codec.concealer.accept(pcm)
-        if self._tones is not None:
+        if self._tones is not None and self._tones_wanted:
             # The detector works at 8 kHz; G.722's 16 kHz is halved by
             # averaging pairs (a two-tap low-pass, -0.2 dB at 1633 Hz, the
             # highest DTMF tone): plenty against aliasing for Q.24's checks.
             low = pcm if codec.frame == 160 else (pcm[0::2] >> 1) + (pcm[1::2] >> 1)
             self._digits_found(self._tones.receive(low))
-        self._on_audio(codec.up.resample(pcm))
+        self._on_audio(pcm)
 
     def _send_frame(self, codec: _Codec, media: PhoneMedia, skipped: int) -> None:
         """One 20 ms frame to the phone: prompt, else room, else silence."""

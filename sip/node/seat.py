@@ -6,11 +6,17 @@ project's own Python client (:class:`wadud_client.call.CallClient`, on
 aiortc), so the SFU still only forwards and never decodes. What is the
 seat's own:
 
-* **Up.** The phone's audio, 20 ms frames of 48 kHz mono from the phone
-  leg, goes out as one published microphone track, Opus-encoded by the
-  seat's own :class:`PhoneOpus` in the event loop, with its audio level.
+* **Up.** The phone's audio, 20 ms frames of mono at the phone codec's
+  rate (8 kHz, 16 kHz for G.722) from the phone leg, goes out as one
+  published microphone track, Opus-encoded at that rate by the seat's own
+  :class:`PhoneOpus` in the event loop, with its audio level. Opus takes 8
+  and 16 kHz input as it is (RFC 6716 section 2) and any receiver decodes
+  it at 48 kHz, so the phone's voice is never resampled: upsampling it
+  first cost 24 µs a frame and made libopus code a 48 kHz signal that
+  carries nothing above 4 kHz (at 8 kHz it codes in about half the time).
 * **Down.** Every other participant's audio track, as aiortc's receiver
-  reassembles it, is decoded in the event loop and pushed into an N-1
+  reassembles it, is decoded to 48 kHz mono in the event loop (aiortc's
+  own decoder makes stereo) and pushed into an N-1
   mixer (:class:`sip.audio.mixer.Mixer`) in which the phone only listens:
   :meth:`RoomSeat.mix` is what the phone hears for the next 20 ms, everyone
   in the room but itself (the room hears the phone through the SFU, not
@@ -33,6 +39,7 @@ server's other modules import without them (``pip install wadud[sip]``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fractions
 import math
@@ -41,13 +48,26 @@ from typing import Any
 import numpy as np
 
 from sip.audio.mixer import Mixer
-from sip.audio.pcm import ROOM_FRAME, ROOM_RATE, Pcm
+from sip.audio.pcm import ROOM_FRAME, Pcm, check_pcm
+from sip.formats import FRAME_MS, frame_samples
 
-__all__ = ["OPUS_BITRATE", "PHONE", "PhoneOpus", "RoomSeat", "level_dbov"]
+__all__ = [
+    "OPUS_BITRATE",
+    "OPUS_INPUT_RATES",
+    "PHONE",
+    "PhoneOpus",
+    "RoomOpus",
+    "RoomSeat",
+    "level_dbov",
+    "mono",
+]
 
 #: The mixer's name for the phone: the one source that only listens.
 PHONE = "phone"
 _SILENCE = np.zeros(ROOM_FRAME, dtype=np.int16)
+_SILENCE.setflags(write=False)
+#: The phone's frames held for a sender that fell behind: 200 ms.
+_UP_DEPTH = 10
 
 
 #: The phone's voice in the room: narrowband speech needs no more (aiortc's
@@ -60,62 +80,69 @@ OPUS_BITRATE = 24_000
 #: predecessor's redundancy).
 OPUS_PLANNED_LOSS = 10
 
-#: libopus's complexity (0 to 10; its default, 10, costs 140 µs a frame
-#: here, 5 costs 95): what libwebrtc uses on phones, and ample for a phone
-#: line's narrowband voice. Coding is most of a call's cost on the bridge.
-OPUS_COMPLEXITY = 5
+#: libopus's complexity (0 to 10), the ``sip_opus_complexity`` setting's
+#: default. Coding is most of a call's cost on the bridge. At 8 kHz and
+#: 24 kbit/s a frame of speech costs about 40 µs at 1 and 86 at 5 (above 1,
+#: SILK's delayed-decision quantiser), 102 at 10; decoded again, the speech
+#: is within half a dB of SNR at every complexity (measured on espeak-ng's
+#: prompts through the bridge's own resampler): a G.711 line's narrowband
+#: voice has nothing more for the extra work to keep.
+OPUS_COMPLEXITY = 1
+#: The phone codecs' rates, which Opus encodes as they are.
+OPUS_INPUT_RATES = (8000, 16000)
 
 
 class PhoneOpus:
     """The seat's microphone encoder: mono Opus at :data:`OPUS_BITRATE`
-    with in-band FEC, from FFmpeg's libopus: a frame of PCM
-    (:meth:`encode_pcm`), or an ``av.AudioFrame`` (:meth:`encode`)."""
+    with in-band FEC, from FFmpeg's libopus, fed 20 ms frames of PCM at
+    ``rate`` (8000 or 16000: a phone codec's rate), at libopus's
+    ``complexity``."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: int, complexity: int = OPUS_COMPLEXITY) -> None:
         import av
 
+        if rate not in OPUS_INPUT_RATES:
+            raise ValueError(f"Opus does not take {rate} Hz input")
+        self.rate = rate
+        self.complexity = complexity
+        self.samples = frame_samples(rate)
+        self.silence = np.zeros(self.samples, dtype=np.int16)
+        self.silence.setflags(write=False)
         self.codec = av.CodecContext.create("libopus", "w")
         self.codec.bit_rate = OPUS_BITRATE
         self.codec.format = "s16"
         self.codec.layout = "mono"
-        self.codec.sample_rate = ROOM_RATE
-        self.codec.time_base = fractions.Fraction(1, ROOM_RATE)
+        self.codec.sample_rate = rate
+        self.codec.time_base = fractions.Fraction(1, rate)
         self.codec.options = {
             "application": "voip",
             "fec": "1",
             "packet_loss": str(OPUS_PLANNED_LOSS),
-            "compression_level": str(OPUS_COMPLEXITY),
+            "compression_level": str(complexity),
         }
-        self._first: int | None = None
+        self._frame = av.AudioFrame
+        self._pts = 0
 
-    def encode(self, frame: Any) -> tuple[list[bytes], int | None]:
-        packets = self.codec.encode(frame)
-        if not packets:
-            return [], None
-        pts = int(packets[0].pts or 0)
-        if self._first is None:
-            # libopus's look-ahead starts the stamps below zero.
-            self._first = pts
-        return [bytes(p) for p in packets], pts - self._first
-
-    def encode_pcm(self, pcm: Pcm, pts: int) -> tuple[list[bytes], int | None]:
-        """20 ms of 48 kHz mono at sample ``pts``: the Opus packets and
-        their RTP timestamp offset (none while libopus fills its look-ahead)."""
-        import av
-
-        frame = av.AudioFrame(format="s16", layout="mono", samples=ROOM_FRAME)
+    def encode(self, pcm: Pcm) -> list[bytes]:
+        """The Opus packets of the next 20 ms of PCM at :attr:`rate`: one
+        packet of 20 ms each time (libopus's look-ahead delays the sound in
+        it by a few milliseconds, not the packet)."""
+        check_pcm(pcm, samples=self.samples)
+        frame = self._frame(format="s16", layout="mono", samples=self.samples)
         frame.planes[0].update(pcm.tobytes())
-        frame.sample_rate = ROOM_RATE
-        frame.pts = pts
-        frame.time_base = fractions.Fraction(1, ROOM_RATE)
-        return self.encode(frame)
+        frame.sample_rate = self.rate
+        frame.pts = self._pts
+        frame.time_base = self.codec.time_base
+        self._pts += self.samples
+        return [bytes(p) for p in self.codec.encode(frame)]
 
 
 def level_dbov(pcm: Pcm) -> int:
     """RFC 6465 appendix A: the frame's level, 0 (loudest) to -127 dBov, as
     the audio level header extension carries it (aiortc's own reads each
     sample in Python: 80 µs a frame where this takes a few)."""
-    square = np.dot(pcm.astype(np.float64), pcm.astype(np.float64)) / (pcm.shape[0] * 32767.0**2)
+    samples = pcm.astype(np.float64)
+    square = np.dot(samples, samples) / (pcm.shape[0] * 32767.0**2)
     if square <= 0:
         return -127
     return round(max(-127.0, min(0.0, 10 * math.log10(square))))
@@ -153,21 +180,48 @@ class _InlineDecoding:
             return
         codec, encoded = task
         if codec.name != self._codec:
-            from aiortc.codecs import get_decoder
-
-            self._decoder, self._codec = get_decoder(codec), codec.name
+            self._decoder, self._codec = _decoder(codec), codec.name
         try:
             frames = self._decoder.decode(encoded)
         except Exception:  # a corrupt frame: the mixer rides out the gap
             return
         for frame in frames:
-            self._heard(_mono(frame))
+            self._heard(mono(frame))
 
 
-def _mono(frame: Any) -> Pcm:
+class RoomOpus:
+    """Opus decoded to 48 kHz mono: the mixer's format, where aiortc's own
+    decoder makes stereo that would then be averaged back to one channel."""
+
+    def __init__(self) -> None:
+        import av
+
+        self._codec = av.CodecContext.create("libopus", "r")
+        self._codec.format = "s16"
+        self._codec.layout = "mono"
+        self._codec.sample_rate = 48_000
+        self._packet = av.Packet
+
+    def decode(self, encoded: Any) -> list[Any]:
+        """The frames of one reassembled frame (aiortc's ``JitterFrame``)."""
+        return list(self._codec.decode(self._packet(encoded.data)))
+
+
+def _decoder(codec: Any) -> Any:
+    """A decoder for a received track's codec: Opus our way, any other
+    (G.711, should a room ever send it) aiortc's."""
+    if codec.name.lower() == "opus":
+        return RoomOpus()
+    from aiortc.codecs import get_decoder
+
+    return get_decoder(codec)
+
+
+def mono(frame: Any) -> Pcm:
     """A decoded aiortc audio frame as 48 kHz mono int16 (Opus decodes to
     interleaved stereo s16 there: the channels are averaged)."""
-    samples = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16)
+    # The plane's own memory, not a copy: the array keeps the frame alive.
+    samples = np.frombuffer(frame.planes[0], dtype=np.int16)
     channels = len(frame.layout.channels)
     if channels == 2:
         # In integers: 3 µs a frame where a float mean took 14.
@@ -185,17 +239,23 @@ class RoomSeat:
     """The phone's participant in one room. ``url``: the server's /ws (or
     any URL the client takes); ``token``: a room token for the phone's role."""
 
-    def __init__(self, url: str, token: str, *, label: str = "phone") -> None:
+    def __init__(
+        self, url: str, token: str, *, label: str = "phone", complexity: int = OPUS_COMPLEXITY
+    ) -> None:
         from wadud_client.call import CallClient
 
         self.client = CallClient(url, token, label=label, consume=False)
         self.mixer = Mixer()
         self.mixer.add_source(PHONE, listens=True)
-        self._up: asyncio.Queue[Pcm] = asyncio.Queue(maxsize=10)
-        #: The microphone's encoder, and its pacing: frames sent, from when.
-        self.encoder = PhoneOpus()
-        self._sent = 0
-        self._start: float | None = None
+        #: The phone's frames the sender has not taken yet, or the sender
+        #: waiting for the next one.
+        self._up: collections.deque[Pcm] = collections.deque()
+        self._waiting: asyncio.Future[Pcm] | None = None
+        #: The microphone's encoder, at the rate the phone's frames come in
+        #: (8 kHz until a 16 kHz one comes), and the RTP timestamp of its
+        #: next packet (48 kHz, RFC 7587).
+        self.encoder = PhoneOpus(OPUS_INPUT_RATES[0], complexity)
+        self._stamp = 0
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._watch: asyncio.Task[None] | None = None
         #: Frames of the phone's audio dropped because the room's sender
@@ -222,33 +282,43 @@ class RoomSeat:
         self._watch = asyncio.create_task(self._read_new_tracks(), name="seat tracks")
 
     def phone_audio(self, pcm: Pcm) -> None:
-        """20 ms of the phone's voice at 48 kHz, for the room."""
-        if self._up.full():
+        """20 ms of the phone's voice at its codec's rate, for the room: to
+        the sender if it waits for it, else queued (the oldest dropped past
+        200 ms: the room hears now, not then)."""
+        waiting = self._waiting
+        if waiting is not None:
+            self._waiting = None
+            if not waiting.done():
+                waiting.set_result(pcm)
+                return
+        if len(self._up) >= _UP_DEPTH:
             self.dropped_up += 1
-            self._up.get_nowait()  # the oldest goes: the room hears now, not then
-        self._up.put_nowait(pcm)
+            self._up.popleft()
+        self._up.append(pcm)
 
     async def _next_encoded(self, codec: Any) -> Any:
-        """The next encoded frame of the phone's voice, for aiortc's sender:
-        every 20 ms, what the leg handed the seat, or silence when it handed
-        nothing in time (before the phone is answered, or a frame late): the
-        sender reads at its own pace, so a missing frame must not stall it."""
+        """The next encoded frame of the phone's voice, for aiortc's sender,
+        which asks again as soon as it has sent one: the phone leg's clock
+        paces it, handing over a frame every 20 ms whether the phone sent
+        audio, was concealed or is silent (:meth:`phone_audio`), so the
+        sender needs no clock of its own (a timeout per frame cost more
+        than the RTP it paced)."""
         from aiortc.rtcrtpsender import RTCEncodedFrame
 
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        due = self._start + self._sent * ROOM_FRAME / ROOM_RATE
-        try:
-            # Not wait_for: it makes a task per frame.
-            async with asyncio.timeout_at(max(due, loop.time()) + 0.01):
-                pcm = await self._up.get()
-        except TimeoutError:
-            pcm = _SILENCE
-        payloads, timestamp = self.encoder.encode_pcm(pcm, self._sent * ROOM_FRAME)
-        self._sent += 1
-        if not payloads or timestamp is None:
+        if self._up:
+            pcm = self._up.popleft()
+        else:
+            self._waiting = waiting = asyncio.get_running_loop().create_future()
+            pcm = await waiting
+        if pcm.shape[0] != self.encoder.samples:
+            # The call's codec changed rate (a re-INVITE): a new encoder;
+            # the stream's timestamps carry on.
+            self.encoder = PhoneOpus(pcm.shape[0] * 1000 // FRAME_MS, self.encoder.complexity)
+        payloads = self.encoder.encode(pcm)
+        if not payloads:
             return None
+        timestamp = self._stamp
+        self._stamp = (timestamp + len(payloads) * ROOM_FRAME) & 0xFFFFFFFF
         return RTCEncodedFrame(payloads, timestamp, level_dbov(pcm))
 
     def mix(self) -> Pcm:

@@ -43,6 +43,7 @@ class BridgeConfig:
     prompts_dir: Path | None
     room_url: str
     admit_wait: float
+    opus_complexity: int
 
 
 def _address(text: str, what: str = "sip_listen") -> tuple[str, int]:
@@ -130,6 +131,10 @@ def bridge_config(settings: Settings) -> BridgeConfig | None:
         )
     if settings.sip_admit_wait <= 0:
         raise ConfigError("sip_admit_wait must be more than 0 seconds")
+    if not 0 <= settings.sip_opus_complexity <= 10:
+        raise ConfigError(
+            f"sip_opus_complexity = {settings.sip_opus_complexity}; libopus takes 0 to 10"
+        )
     prompts = Path(settings.sip_prompts_dir) if settings.sip_prompts_dir.strip() else None
     if prompts is not None and not prompts.is_dir():
         raise ConfigError(f"sip_prompts_dir = {str(prompts)!r} is not a folder")
@@ -145,4 +150,5 @@ def bridge_config(settings: Settings) -> BridgeConfig | None:
         prompts_dir=prompts,
         room_url=room_url,
         admit_wait=settings.sip_admit_wait,
+        opus_complexity=settings.sip_opus_complexity,
     )

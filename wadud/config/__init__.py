@@ -673,6 +673,11 @@ class Settings(PaymentsSettings):
         "Seconds a caller in the waiting room waits for the doctor to admit them"
         " before the bridge says goodbye.",
     )
+    sip_opus_complexity: int = setting(
+        1,
+        "libopus's complexity (0 to 10) coding each phone's voice for the room: higher"
+        " costs more CPU per call for little a phone line's narrowband voice can show.",
+    )
 
     @property
     def base_url(self) -> str:

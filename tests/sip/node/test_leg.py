@@ -37,6 +37,7 @@ from sip.node.sdes import SdesSession
 from sip.node.voice import Voice
 from sip.wire.sdp import Crypto, PhoneMedia, SrtpSuite, answer_offer, make_offer, read_answer
 from tests.conftest import free_udp_port
+from tests.polling import wait_until
 from tests.sip.audio.signals import peak_frequency, rms_db, tone
 
 HOST = "127.0.0.1"
@@ -58,13 +59,19 @@ class Ear:
     feed: Callable[[], None] | None = None
 
     def on_audio(self, pcm: Pcm) -> None:
-        assert pcm.dtype == np.int16 and pcm.shape == (ROOM_FRAME,)
+        # The phone's voice at its codec's rate: 8 kHz, 16 kHz for G.722.
+        assert pcm.dtype == np.int16 and pcm.shape in ((160,), (320,))
         self.frames.append((time.monotonic(), pcm))
         if self.feed is not None:
             self.feed()
 
     def audio(self) -> Pcm:
         return np.concatenate([pcm for _, pcm in self.frames])
+
+    @property
+    def rate(self) -> int:
+        """The sample rate of what the leg handed out (20 ms frames)."""
+        return self.frames[0][1].shape[0] * 50
 
 
 async def open_leg(ear: Ear, **options: Any) -> PhoneLeg:
@@ -260,8 +267,8 @@ async def test_a_tone_crosses_the_call_both_ways_in_a_few_frames(codec: str) -> 
             assert -0.5 < delay_frames <= 3 + held, (delay_frames, leg.stats)
             start = first_loud(listener.frames) + 3
             steady = np.concatenate([pcm for _, pcm in listener.frames[start : start + 30]])
-            assert len(steady) == 30 * ROOM_FRAME
-            assert abs(peak_frequency(steady, ROOM_RATE) - frequency) < 5
+            assert len(steady) == 30 * listener.rate // 50
+            assert abs(peak_frequency(steady, listener.rate) - frequency) < 5
         for leg in (c.bridge, c.phone):
             stats = leg.stats
             if stalled:
@@ -404,6 +411,30 @@ async def test_a_pin_keyed_as_tones_is_heard_without_telephone_event(codec: str)
         await c.close()
 
 
+async def test_tones_count_only_while_the_call_listens_for_them() -> None:
+    """In the room the bridge stops searching the phone's audio for keys
+    until it asks for one: keys then are not heard; asked again, they are."""
+    c = await call("PCMU", dtmf=False)
+    try:
+        gap = np.zeros(ROOM_RATE // 10, dtype=np.int16)
+        keyed = [gap]
+        for digit in "123":
+            keyed += [key_tone(digit, 80, rate=ROOM_RATE), gap]
+        c.bridge.listen_for_tones(False)
+        c.phone_ear.feed = feeder([c.phone], np.concatenate(keyed))
+        # Every keyed frame (32 ticks' worth) has been played by the bridge,
+        # with a jitter buffer's worth to spare, and not one key was heard.
+        played = len(c.bridge_ear.frames)
+        await wait_until(lambda: len(c.bridge_ear.frames) >= played + 32 + 15)
+        assert c.bridge_ear.digits == [] and c.bridge.stats.dtmf_digits == 0
+        c.bridge.listen_for_tones(True)
+        c.phone_ear.feed = feeder([c.phone], np.concatenate(keyed))
+        await wait_until(lambda: len(c.bridge_ear.digits) >= 3)
+        assert "".join(c.bridge_ear.digits) == "123"
+    finally:
+        await c.close()
+
+
 # --- SRTP -------------------------------------------------------------------------
 
 
@@ -420,10 +451,10 @@ async def test_sdes_srtp_carries_audio_both_ways_and_drops_a_wrong_key(
         await asyncio.sleep(0.6)
         start = first_loud(c.phone_ear.frames) + 3
         heard = np.concatenate([pcm for _, pcm in c.phone_ear.frames[start : start + 10]])
-        assert abs(peak_frequency(heard, ROOM_RATE) - 1000) < 10
+        assert abs(peak_frequency(heard, c.phone_ear.rate) - 1000) < 10
         start = first_loud(c.bridge_ear.frames) + 3
         heard = np.concatenate([pcm for _, pcm in c.bridge_ear.frames[start : start + 10]])
-        assert abs(peak_frequency(heard, ROOM_RATE) - 700) < 10
+        assert abs(peak_frequency(heard, c.bridge_ear.rate) - 700) < 10
         assert c.bridge.stats.srtp_failures == c.phone.stats.srtp_failures == 0
         # A packet protected with another key: dropped, counted, not latched to.
         wrong = Crypto(1, suite, os.urandom(30))
@@ -496,7 +527,7 @@ async def test_stop_prompt_interrupts_and_the_room_is_heard_again() -> None:
         await asyncio.sleep(0.5)
         assert done == []
         after = np.concatenate([pcm for _, pcm in c.phone_ear.frames[heard + 8 :]])
-        assert abs(peak_frequency(after, ROOM_RATE) - 1000) < 5
+        assert abs(peak_frequency(after, c.phone_ear.rate) - 1000) < 5
     finally:
         await c.close()
 

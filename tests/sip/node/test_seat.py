@@ -2,8 +2,9 @@
 media worker: the seat is an ordinary participant, so the room hears the
 phone through the SFU, and the seat's mix is everyone but the phone.
 
-Two seats and one plain client share a room: seat A's phone says 1 kHz,
-seat B's 450 Hz, the client plays 650 Hz (wadud_client's ToneAudio, which
+Two seats and one plain client share a room: seat A's phone says 1 kHz
+at 8 kHz (G.711's rate), seat B's 450 Hz at 16 kHz (G.722's), the client
+plays 650 Hz (wadud_client's ToneAudio, which
 repeats one 20 ms frame: hence tones that fit 20 ms a whole number of
 times). What each seat's mix holds is read by FFT: the other two tones,
 never its own.
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
+from sip.errors import AudioFrameError
 from sip.node.seat import OPUS_BITRATE, PhoneOpus, RoomSeat, level_dbov
 from tests.conftest import Api, free_udp_port
 from tests.signalling.test_client_call import Call, calling
@@ -44,8 +46,8 @@ async def call(api: Api, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Call]
         yield c
 
 
-def tone(frequency: float, n: int) -> np.ndarray:
-    t = (np.arange(n) + n) / RATE
+def tone(frequency: float, n: int, rate: int = RATE) -> np.ndarray:
+    t = (np.arange(n) + n) / rate
     return (8000 * np.sin(2 * np.pi * frequency * t)).astype(np.int16)
 
 
@@ -70,13 +72,14 @@ def level_at(pcm: np.ndarray, frequency: float) -> float:
     return float(spectrum[band].max() / spectrum.max())
 
 
-async def speak_and_listen(seat: RoomSeat, frequency: float, ticks: int) -> np.ndarray:
-    """As the phone leg does: every 20 ms, 20 ms of the phone's voice up and
-    20 ms of the mix down; the last second of the mix."""
+async def speak_and_listen(seat: RoomSeat, frequency: float, rate: int, ticks: int) -> np.ndarray:
+    """As the phone leg does: every 20 ms, 20 ms of the phone's voice up (at
+    ``rate``, its codec's) and 20 ms of the mix down; the last second of the mix."""
     loop = asyncio.get_running_loop()
     start, heard = loop.time(), []
+    frame = rate // 50
     for k in range(ticks):
-        seat.phone_audio(tone(frequency, 960 * (k + 1))[-960:])
+        seat.phone_audio(tone(frequency, frame * (k + 1), rate)[-frame:])
         heard.append(seat.mix())
         await asyncio.sleep(max(0.0, start + (k + 1) * 0.02 - loop.time()))
     return np.concatenate(heard[-50:])
@@ -102,15 +105,18 @@ async def test_each_seat_hears_the_room_but_never_its_own_phone(call: Call) -> N
         await seats[1].admitted(10.0)
         # Three seconds of both phones speaking, each seat's mix listened to.
         a, b = await asyncio.gather(
-            speak_and_listen(seats[0], 1000, 150), speak_and_listen(seats[1], 450, 150)
+            speak_and_listen(seats[0], 1000, 8000, 150),
+            speak_and_listen(seats[1], 450, 16000, 150),
         )
         # Each seat's microphone went out through its own encoder (mono,
-        # with FEC), coded in the event loop: aiortc never made its own, and
-        # decoded what it heard there too, each track's decoder thread idle.
-        for seat in seats:
+        # with FEC, at its phone's rate), coded in the event loop: aiortc
+        # never made its own, and decoded what it heard there too, each
+        # track's decoder thread idle.
+        for seat, rate in zip(seats, (8000, 16000), strict=True):
             senders = [s for s in seat.client.publish_pc.getSenders() if s.kind == "audio"]
             assert [s._RTCRtpSender__encoder for s in senders] == [None]
-            assert isinstance(seat.encoder, PhoneOpus) and seat.encoder._first is not None
+            assert isinstance(seat.encoder, PhoneOpus)
+            assert seat.encoder.rate == rate and seat.encoder._pts > 0
             receivers = [t.receiver for t in seat.client.subscribe_pc.getTransceivers()]
             inline = [
                 r._RTCRtpReceiver__decoder_queue for r in receivers if r.track.kind == "audio"
@@ -144,30 +150,42 @@ def test_the_audio_level_is_rfc_6465s() -> None:
         assert level_dbov(pcm) == compute_audio_level_dbov(frame), amplitude
 
 
-def test_the_phones_opus_is_mono_at_its_bitrate_and_carries_fec() -> None:
+@pytest.mark.parametrize(("rate", "bandwidths"), [(8000, range(0, 4)), (16000, range(0, 12))])
+def test_the_phones_opus_is_mono_at_its_bitrate_and_carries_fec(
+    rate: int, bandwidths: range
+) -> None:
     """RFC 6716 section 4.2.3: in a 20 ms mono SILK frame the second
     symbol, coded with probability one half and so the second bit of the
     byte after the TOC, is the LBRR flag: this frame carries its
-    predecessor again, at lower quality, for a receiver that lost it."""
-    import fractions
-
-    import av
-
-    encoder = PhoneOpus()
+    predecessor again, at lower quality, for a receiver that lost it.
+    The phone's rate is coded as it is: SILK, no wider than narrowband
+    from 8 kHz, than wideband from 16 kHz (the TOC's configuration,
+    section 3.1; the encoder narrows further where the sound has nothing
+    above)."""
+    encoder = PhoneOpus(rate)
+    frame = rate // 50
     rng = np.random.default_rng(38)
     payloads: list[bytes] = []
     for k in range(100):
-        voice = tone(300, 960 * (k + 1))[-960:] + rng.normal(0, 500, 960).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(voice.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts = RATE, k * 960
-        frame.time_base = fractions.Fraction(1, RATE)
-        payloads += encoder.encode(frame)[0]
+        voice = tone(300, frame * (k + 1), rate)[-frame:] + rng.normal(0, 500, frame).astype(
+            np.int16
+        )
+        sent = encoder.encode(voice)
+        assert len(sent) == 1  # one packet for every frame, from the first
+        payloads += sent
     steady = payloads[5:]
     # The TOC's stereo flag (bit 2) is clear: one channel.
     assert all(not p[0] & 0x04 for p in steady)
+    assert {p[0] >> 3 for p in steady} <= set(bandwidths)
     # About the bitrate asked for (20 ms a packet), far from aiortc's 96 kbit/s.
     bitrate = 8 * sum(len(p) for p in steady) / (0.02 * len(steady))
     assert 0.7 * OPUS_BITRATE < bitrate < 1.3 * OPUS_BITRATE, bitrate
-    # In-band FEC: frames carry the one before again (a fifth and more here;
-    # none at all without it).
+    # In-band FEC: frames carry the one before again (none at all without it).
     assert sum(1 for p in steady if p[1] & 0x40) > 0.1 * len(steady)
+
+
+def test_the_phones_opus_takes_only_a_phones_rates() -> None:
+    with pytest.raises(ValueError, match="44100"):
+        PhoneOpus(44100)
+    with pytest.raises(AudioFrameError):
+        PhoneOpus(8000).encode(np.zeros(960, dtype=np.int16))
