@@ -1,14 +1,16 @@
 """The N-1 mixer: what each listener of a visit hears, one 20 ms tick at a time.
 
-Sources (the room's other participants, decoded from Opus, and the phone,
-decoded from G.711 or G.722, all resampled to 48 kHz) push frames of 960
+Sources (the room's other participants, decoded from Opus at 48 kHz; the
+phone itself only listens, as the room hears it through the SFU) push frames of 960
 samples whenever their decoders produce them: bunched, since an SFU's
 packets and a decoder's scheduling arrive in bursts. Every 20 ms the
 adapter calls :meth:`Mixer.mix`, and each listener gets the sum of every
 source's frame for this tick except its own (a caller who heard their own
 voice 40 ms late could not speak). The sum of all is taken once, in int32,
 and each listener's own frame subtracted from it: one subtraction per
-listener instead of N-1 additions.
+listener instead of N-1 additions. A listener who hears just one source
+this tick gets that frame untouched: the usual case, a phone in a
+one-to-one visit.
 
 Each source has a queue, since its frames do not arrive on the tick. The
 queue's depth is what it adds in delay, 20 ms a frame, so it is kept as
@@ -195,19 +197,32 @@ class Mixer:
         queue.frames.append(pcm)
 
     def mix(self) -> dict[Hashable, Pcm]:
-        """One tick: each listening source's mix of everyone else."""
-        total = np.zeros(ROOM_FRAME, dtype=np.int32)
-        own: dict[Hashable, Pcm] = {}
+        """One tick: each listening source's mix of everyone else. A
+        listener who hears one other source this tick (a phone in a
+        one-to-one visit) gets that frame as it is: nothing was added, so
+        nothing can overflow or need limiting."""
+        frames: dict[Hashable, Pcm] = {}
         for source, queue in self._sources.items():
             frame = queue.take()
             if frame is not None:
-                total += frame
-                own[source] = frame
+                frames[source] = frame
         mixes: dict[Hashable, Pcm] = {}
+        total: npt.NDArray[np.int32] | None = None
         for source, queue in self._sources.items():
-            if queue.listens:
-                frame = own.get(source)
-                mixes[source] = soft_limit(total - frame if frame is not None else total)
+            if not queue.listens:
+                continue
+            own = frames.get(source)
+            others = len(frames) - (own is not None)
+            if others == 0:
+                mixes[source] = np.zeros(ROOM_FRAME, dtype=np.int16)
+            elif others == 1:
+                mixes[source] = next(f for s, f in frames.items() if s != source)
+            else:
+                if total is None:
+                    total = np.zeros(ROOM_FRAME, dtype=np.int32)
+                    for frame in frames.values():
+                        total += frame
+                mixes[source] = soft_limit(total - own if own is not None else total)
         return mixes
 
     def stats(self, source: Hashable) -> SourceStats:

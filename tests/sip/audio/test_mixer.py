@@ -252,3 +252,19 @@ def test_any_order_of_calls_keeps_the_books(operations: list[tuple[str, int, int
             stats = mixer.stats(name)
             assert 0 <= stats.depth <= 20
             assert 1 <= stats.target <= 15
+
+
+def test_one_other_source_is_heard_as_it_is() -> None:
+    """A phone in a one-to-one visit hears the doctor's frames untouched,
+    however loud: nothing was added, so nothing is limited; and with nobody
+    else there, silence."""
+    mixer = Mixer()
+    mixer.add_source("phone")
+    mixer.add_source("doctor", listens=False)
+    assert not mixer.mix()["phone"].any()
+    loud = tone(300, ROOM_RATE, ROOM_FRAME * 4, 32_000)
+    for f in frames(loud, ROOM_FRAME):
+        mixer.push("doctor", f)
+    heard = np.concatenate([mixer.mix()["phone"] for _ in range(4)])
+    assert heard.dtype == np.int16
+    assert np.array_equal(heard, loud)
