@@ -18,6 +18,17 @@ One :class:`PhoneLeg` per call owns the call's UDP socket and a steady
   down), else silence.
 * SDES-SRTP (RFC 4568, RFC 3711) when the SDP carried keys.
 
+**Arrival times are the kernel's.** The jitter buffer sizes itself by the
+spread of the packets' arrival times. Read when the event loop gets to
+them, a bridge busy with other calls would stamp a packet late by however
+long the loop was away, and the buffer would grow (and the caller's delay
+with it) for a delay that was the bridge's, not the network's. So the leg
+reads its socket itself (``recvmsg``), with each datagram's kernel receive
+time (Linux's ``SO_TIMESTAMPNS``; elsewhere the loop's time), and each tick
+first reads what arrived before it: a loop runs timers before it polls
+sockets, so a late tick would otherwise play before the packet it is for
+was read.
+
 **Symmetric RTP and latching.** Phones behind NAT put their private
 address in the SDP and wait for media to come back where theirs left from;
 trunks behind session border controllers send from an address the SDP does
@@ -53,14 +64,17 @@ the marker bit, as a talkspurt after silence does (RFC 3551 section 4.1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 import socket
 import struct
+import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +123,16 @@ _MARKER = 0x80
 _RTCP_TYPES = range(72, 77)
 _RECEIVERS = (Direction.SENDRECV, Direction.RECVONLY)
 _NO_ADDRESS = ("0.0.0.0", "::")
+#: Linux's SO_TIMESTAMPNS (and its control message, SCM_TIMESTAMPNS): each
+#: datagram comes with the time the kernel received it, a struct timespec.
+#: Python's socket module does not name it.
+_SCM_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+#: Larger than any RTP packet a phone sends (a G.722 frame is 172 bytes).
+_MAX_DATAGRAM = 2048
+#: Datagrams read per wake-up at most, so one flooded leg cannot hold the loop.
+_READ_BATCH = 32
 
 Address = tuple[Any, ...]
 
@@ -205,11 +229,13 @@ def _bind(host: str, ports: range) -> socket.socket:
             sock.close()
             continue
         sock.setblocking(False)
+        if sys.platform == "linux":
+            sock.setsockopt(socket.SOL_SOCKET, _SCM_TIMESTAMPNS, 1)
         return sock
     raise MediaPortError(f"no even UDP port free on {host} in {ports.start}-{ports.stop - 1}")
 
 
-class PhoneLeg(asyncio.DatagramProtocol):
+class PhoneLeg:
     """The RTP side of one phone call (RFC 3550, RFC 3551, RFC 4733, RFC 4568).
 
     Made by :meth:`open`, which binds the socket (its :attr:`port` goes in
@@ -242,7 +268,6 @@ class PhoneLeg(asyncio.DatagramProtocol):
         self._on_digit = on_digit
         self._on_dead = on_dead
         self._timeout = media_timeout
-        self._transport: asyncio.DatagramTransport | None = None
         self._media: PhoneMedia | None = None
         self._codec: _Codec | None = None
         self._srtp: SdesSession | None = None
@@ -300,7 +325,7 @@ class PhoneLeg(asyncio.DatagramProtocol):
                 on_dead=on_dead,
                 media_timeout=media_timeout,
             )
-            await leg._loop.create_datagram_endpoint(lambda: leg, sock=sock)
+            leg._loop.add_reader(sock.fileno(), leg._readable)
         except BaseException:
             sock.close()
             raise
@@ -385,10 +410,9 @@ class PhoneLeg(asyncio.DatagramProtocol):
             self._clock.cancel()
             self._clock = None
         self._prompts.clear()
-        if self._transport is not None:
-            self._transport.close()
-        else:
-            self._sock.close()
+        with contextlib.suppress(Exception):  # a loop already closed
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
 
     @property
     def delay(self) -> float:
@@ -423,18 +447,36 @@ class PhoneLeg(asyncio.DatagramProtocol):
 
     # --- the socket ---------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.DatagramTransport subclasses.
-        self._transport = cast(asyncio.DatagramTransport, transport)
+    def _readable(self) -> None:
+        """Read what the socket holds (a bounded batch: the loop comes back
+        for the rest), each datagram with the time the kernel received it."""
+        sock = self._sock
+        now = self._loop.time()
+        offset: float | None = None
+        for _ in range(_READ_BATCH):
+            try:
+                data, ancillary, _flags, addr = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # An ICMP error from a far end that went away: the media
+                # timeout tells, not this.
+                continue
+            arrival = now
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(value) >= 16:
+                    if offset is None:
+                        offset = time.time() - now
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    # Bounded: a wall clock stepped by NTP moves one batch's
+                    # arrivals by at most a second, never past the present.
+                    arrival = min(now, max(now - 1.0, seconds + nanoseconds / 1e9 - offset))
+            self._datagram(data, addr, arrival)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a far end that went away: the media
-        # timeout tells, not this.
-        pass
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        """One datagram from the network: never raises (a malformed packet
-        is counted and dropped, STYLE.md)."""
+    def _datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """One datagram from the network, received at ``now`` (the loop's
+        clock): never raises (a malformed packet is counted and dropped,
+        STYLE.md)."""
         self._packets_in += 1
         self._bytes_in += len(data)
         media = self._media
@@ -476,7 +518,6 @@ class PhoneLeg(asyncio.DatagramProtocol):
         else:
             self._other += 1
             return
-        now = self._loop.time()
         if not self._accept_source(addr, ssrc, now):
             self._stray += 1
             return
@@ -495,9 +536,6 @@ class PhoneLeg(asyncio.DatagramProtocol):
             self._digits_found(digits)
         else:
             self._comfort_noise += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
 
     def _accept_source(self, addr: Address, ssrc: int, now: float) -> bool:
         """Whether a valid packet from ``addr`` is the call's: latching, as
@@ -547,6 +585,9 @@ class PhoneLeg(asyncio.DatagramProtocol):
         sent, the digit and media timers checked."""
         if self._closed:
             return
+        # What came before this tick goes in the jitter buffer before it
+        # plays: a loop busy elsewhere runs timers before it reads sockets.
+        self._readable()
         now = self._loop.time()
         self._next_tick += _FRAME
         skipped = 0
@@ -616,7 +657,7 @@ class PhoneLeg(asyncio.DatagramProtocol):
         timestamp = self._timestamp
         self._timestamp = (timestamp + (1 + skipped) * codec.ticks) & 0xFFFFFFFF
         destination = self._destination()
-        if self._sending and destination is not None and self._transport is not None:
+        if self._sending and destination is not None:
             header = _HEADER.pack(
                 _VERSION,
                 (_MARKER if self._marker else 0) | media.payload_type,
@@ -627,7 +668,9 @@ class PhoneLeg(asyncio.DatagramProtocol):
             packet = header + codec.transcoder.encode(pcm)
             if self._srtp is not None:
                 packet = self._srtp.protect(packet)
-            self._transport.sendto(packet, destination)
+            # A full socket buffer or an ICMP error: the next tick sends again.
+            with contextlib.suppress(OSError):
+                self._sock.sendto(packet, destination)
             self._seq = (self._seq + 1) & 0xFFFF
             self._marker = False
             self._packets_out += 1

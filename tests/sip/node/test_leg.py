@@ -16,6 +16,7 @@ import asyncio
 import math
 import os
 import random
+import socket
 import struct
 import threading
 import time
@@ -411,6 +412,30 @@ async def test_a_pin_keyed_as_tones_is_heard_without_telephone_event(codec: str)
         await c.close()
 
 
+async def test_a_stalled_loop_neither_conceals_nor_grows_the_jitter_buffer() -> None:
+    """The bridge's loop busy elsewhere for 100 ms (a burst of other calls'
+    work): the phone's packets wait in the socket, and are read, with the
+    time the kernel received them, before the late ticks play. So none is
+    late or concealed, and the jitter buffer does not grow for a delay that
+    was the bridge's, not the network's (read at the loop's time, five
+    packets at once would look like a 100 ms burst)."""
+    c = await call("PCMU")
+    try:
+        c.phone_ear.feed = feeder([c.phone], tone(1000, ROOM_RATE, ROOM_RATE * 3))
+        await wait_until(lambda: len(c.bridge_ear.frames) > 50)
+        before = c.bridge.stats
+        # The bridge's loop stalls; the phone's, on its own thread, goes on.
+        time.sleep(0.1)  # noqa: ASYNC251 - the stall is the point
+        played = len(c.bridge_ear.frames)
+        await wait_until(lambda: len(c.bridge_ear.frames) >= played + 25)
+        after = c.bridge.stats
+        assert after.late == before.late, (before, after)
+        assert after.concealed - before.concealed <= 1, (before, after)
+        assert after.jitter_target_ms < 100, (before, after)
+    finally:
+        await c.close()
+
+
 async def test_tones_count_only_while_the_call_listens_for_them() -> None:
     """In the room the bridge stops searching the phone's audio for keys
     until it asks for one: keys then are not heard; asked again, they are."""
@@ -621,23 +646,33 @@ async def test_random_bytes_never_raise_and_are_counted() -> None:
 )
 async def test_malformed_rtp_is_counted_and_dropped(data: bytes) -> None:
     bridge = await open_leg(Ear())
-    try:
-        bridge.start(media_to((HOST, 9)))
-        bridge.datagram_received(data, (HOST, 9))
-        assert bridge.stats.malformed == 1
-        assert bridge.stats.dtmf_digits == 0
-    finally:
-        bridge.close()
+    # A plain socket: asyncio's transports send no empty datagram.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        phone.bind((HOST, 0))
+        try:
+            bridge.start(media_to(phone.getsockname()))
+            phone.sendto(data, (HOST, bridge.port))
+            await wait_until(lambda: bridge.stats.packets_in == 1)
+            assert bridge.stats.malformed == 1
+            assert bridge.stats.dtmf_digits == 0
+        finally:
+            bridge.close()
 
 
 async def test_other_payload_types_and_comfort_noise_are_counted_not_played() -> None:
     bridge = await open_leg(Ear())
+    phone = await collector()
     try:
-        bridge.start(media_to((HOST, 9)))
-        bridge.datagram_received(rtp(13, 1, 0, 7, b"\x40"), (HOST, 9))
-        bridge.datagram_received(rtp(96, 2, 0, 7, bytes(20)), (HOST, 9))
-        bridge.datagram_received(rtp(8, 3, 0, 7, bytes(160)), (HOST, 9))  # PCMA, not agreed
+        bridge.start(media_to(phone.address))
+        for packet in (
+            rtp(13, 1, 0, 7, b"\x40"),
+            rtp(96, 2, 0, 7, bytes(20)),
+            rtp(8, 3, 0, 7, bytes(160)),  # PCMA, not agreed
+        ):
+            phone.transport.sendto(packet, (HOST, bridge.port))
+        await wait_until(lambda: bridge.stats.packets_in == 3)
         stats = bridge.stats
         assert (stats.comfort_noise, stats.other_payload, stats.malformed) == (1, 2, 0)
     finally:
         bridge.close()
+        phone.transport.close()
