@@ -7,7 +7,8 @@ page's own ``getStats()`` (freezes, concealed audio, TURN use, ICE
 restarts), plus the worker's transport changes (docs/calls.md, "Call
 reports"). Signalling batches them (``signalling.call_reports``) and writes
 them here with :func:`store`; when the room closes, :func:`finish` marks the
-report ready and emits the outbox event ``call_report_ready`` in the same
+report ready and emits the room webhook event ``call_report_ready``
+(``hooks.events``, topic ``room.call_report_ready``) in the same
 transaction. :func:`recorded` reads a visit's rows back for
 :mod:`booking.call_reports.assembly`.
 """
@@ -23,10 +24,10 @@ from uuid import UUID
 
 import asyncpg
 
-from wadud.messaging import outbox
+from hooks import events
 
 __all__ = [
-    "READY_TOPIC",
+    "READY_EVENT",
     "CallParticipant",
     "Recorded",
     "Row",
@@ -36,8 +37,8 @@ __all__ = [
     "store",
 ]
 
-#: The outbox topic of a finished report.
-READY_TOPIC = "call_report_ready"
+#: The room webhook event of a finished report (one of hooks.events.EVENTS).
+READY_EVENT = "call_report_ready"
 
 
 @dataclass(frozen=True)
@@ -137,25 +138,28 @@ async def store(
 async def finish(conn: asyncpg.Connection, booking_id: UUID, ended_at: dt.datetime) -> bool:
     """The visit's room closed and its last batch is written: the report is
     ready, once (False when it already was or there is none), with the
-    outbox event ``call_report_ready`` in the same transaction."""
+    room webhook event ``call_report_ready`` in the same transaction."""
     async with conn.transaction():
         row = await conn.fetchrow(
             """UPDATE call_reports SET ended_at = $2, ready_at = now()
                WHERE booking_id = $1 AND ready_at IS NULL
-               RETURNING clinic_id""",
+               RETURNING ready_at""",
             booking_id,
             ended_at,
         )
         if row is None:
             return False
-        await outbox.emit(
+        # Emitted as every room event is (it was once a bare outbox topic,
+        # which the webhook trigger, matching ``room.*``, never delivered).
+        await events.emit(
             conn,
-            READY_TOPIC,
-            {
-                "booking_id": str(booking_id),
-                "clinic_id": str(row["clinic_id"]),
-                "room": f"booking-{booking_id}",
+            READY_EVENT,
+            booking_id=str(booking_id),
+            room=f"booking-{booking_id}",
+            at=row["ready_at"].isoformat(),
+            data={
                 "ended_at": ended_at.isoformat(),
+                "report": f"/api/v1/bookings/{booking_id}/call-report",
             },
         )
     return True

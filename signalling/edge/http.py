@@ -163,13 +163,13 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     app[CALLS] = services[0]
     calls = app[PLANES] = CallPlanes(settings, *services)
 
-    def identity(room: str, pid: str) -> str | None:
+    def grant_of(room: str, pid: str) -> RoomGrant | None:
         found = calls.room(room)
         who = found.core.members.get(pid) if found is not None else None
-        return who.grant.identity if who is not None else None
+        return who.grant if who is not None else None
 
     recorder = app[RECORDER] = CallRecorder(
-        app[keys.DB], lambda room: calls.room(room) is not None, identity
+        app[keys.DB], lambda room: calls.room(room) is not None, grant_of
     )
     clients = [client for _, _, client in planes if client is not None]
     for client in clients:

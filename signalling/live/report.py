@@ -39,7 +39,7 @@ from wadud import jsonin
 from wadud.config import Settings
 from wadud.errors import BadRequest, Forbidden, Unauthorized
 from wadud.messaging import loops
-from wadud.web.auth import InvalidToken, decode_room_token
+from wadud.web.auth import InvalidToken, RoomGrant, decode_room_token
 
 __all__ = ["FLUSH_EVERY", "PAGE_EVERY", "CallRecorder", "page_sample"]
 
@@ -108,6 +108,10 @@ def page_sample(body: Any) -> tuple[str, dict[str, Any]]:
     return pid, data
 
 
+def _person(booking: UUID, pid: str, grant: RoomGrant) -> CallParticipant:
+    return CallParticipant(booking, pid, grant.name[:200], grant.role[:40])
+
+
 class CallRecorder:
     """Buffers call samples and writes them in batches (see the module docstring)."""
 
@@ -115,14 +119,16 @@ class CallRecorder:
         self,
         pool: asyncpg.Pool,
         owned: Callable[[str], bool],
-        identity: Callable[[str, str], str | None] = lambda _room, _pid: None,
+        grant: Callable[[str, str], RoomGrant | None] = lambda _room, _pid: None,
     ) -> None:
         self.pool = pool
         #: Whether this replica owns a room now (the call service's rooms).
         self.owned = owned
-        #: The identity a participant of a room this replica owns joined
-        #: with (None: unknown here), so a page reports only for itself.
-        self.identity = identity
+        #: What a participant of a room this replica owns joined with (None:
+        #: unknown here): its identity, so a page reports only for itself;
+        #: its name and role, which the report lists for everyone the media
+        #: worker saw, a page or not (a phone, an app, a Python client).
+        self.grant = grant
         self.rows: list[Row] = []
         self.events: list[TransportEvent] = []
         self.people: dict[tuple[UUID, str], CallParticipant] = {}
@@ -130,6 +136,8 @@ class CallRecorder:
         self.live: dict[str, UUID] = {}
         self._page_at: dict[tuple[UUID, str], float] = {}
         self._restarts: dict[tuple[UUID, str], int] = {}
+        #: Participants whose name and role were written already.
+        self._named: set[tuple[UUID, str]] = set()
         self._watching: set[int] = set()
 
     def watch(self, media: MediaControl) -> None:
@@ -150,6 +158,12 @@ class CallRecorder:
         if booking is None or not self.owned(event.room) or len(self.rows) >= BUFFER_MAX:
             return
         self.live[event.room] = booking
+        key = (booking, event.participant)
+        if key not in self._named:
+            grant = self.grant(event.room, event.participant)
+            if grant is not None:
+                self._named.add(key)
+                self.people.setdefault(key, _person(booking, event.participant, grant))
         if isinstance(event, CallSample):
             data = {
                 "loss": _finite(event.loss),
@@ -177,6 +191,7 @@ class CallRecorder:
             return False
         self._page_at[key] = now
         at = _now()
+        self._named.add(key)
         self.people[key] = CallParticipant(booking, pid, name[:200], role[:40])
         restarts = int(data.get("ice_restarts") or 0)
         before = self._restarts.get(key, 0)
@@ -212,6 +227,7 @@ class CallRecorder:
                 for key in [k for k in self._page_at if k[0] == booking]:
                     self._page_at.pop(key, None)
                     self._restarts.pop(key, None)
+                self._named = {k for k in self._named if k[0] != booking}
                 async with self.pool.acquire() as conn:
                     if await finish(conn, booking, _now()):
                         log.info("call report ready", extra={"booking": str(booking)})
@@ -239,7 +255,7 @@ async def post_stats(request: web.Request, settings: Settings, recorder: CallRec
     booking = booking_of(grant.room)
     if booking is None:
         return  # a room of no booking (the demo, a token from the CLI): no report
-    known = recorder.identity(grant.room, pid)
-    if known is not None and known != grant.identity:
+    known = recorder.grant(grant.room, pid)
+    if known is not None and known.identity != grant.identity:
         raise Forbidden("that participant joined with another link")
     recorder.on_page(booking, pid, grant.name, grant.role, data)

@@ -39,6 +39,7 @@ import hooks.http
 from bin.assembly import build_app, in_process
 from hooks import events as hook_events
 from hooks.service import Deliverer
+from signalling.edge.http import RECORDER
 from tests.booking.bookings.test_bookings import local, requested, shift
 from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.conftest import Api, free_port_in
@@ -205,10 +206,15 @@ async def _endpoint(api: Api, clinic: Clinic, url: str, **kw: Any) -> dict[str, 
     return created
 
 
-async def _visit(api: Api, pt_link: str, dr_link: str, *, publish: bool = True) -> list[Any]:
+async def _visit(
+    api: Api, pt_link: str, dr_link: str, *, publish: bool = True, report: bool = False
+) -> list[Any]:
     """Wait, admit, join, publish, leave, end: the patient waits for the
     doctor, who admits them and publishes video; the doctor leaves, then the
-    patient (the last one out ends the room). Returns the peer connections."""
+    patient (the last one out ends the room). With ``report``, the patient's
+    page sends its call stats once, so the visit has a call report, which
+    is ready once the recorder next writes after the room ended. Returns
+    the peer connections."""
     pcs: list[Any] = []
     async with joined(api, pt_link) as (pt, pj):
         assert pj["type"] == "waiting"
@@ -219,6 +225,13 @@ async def _visit(api: Api, pt_link: str, dr_link: str, *, publish: bool = True) 
             )
             assert ok["type"] == "ok", ok
             await pt.type("joined")
+            if report:
+                stats = {"rtt": 0.05, "media": "connected", "concealed_seconds": 0.0}
+                await api.post(
+                    "/api/v1/calls/stats",
+                    {"participant_id": pj["participant"]["id"], "stats": stats, "token": pt_link},
+                    expect=204,
+                )
             if publish:
                 pc, _ = await publish_video(dr, "pub")
                 pcs.append(pc)
@@ -259,15 +272,23 @@ async def test_a_visit_reaches_the_receiver_once_each_in_order_and_signed(
     hook = await _endpoint(api, clinic, receiver.url)
     assert hook["secret"].startswith("whsec_") and hook["events"] == []
     bid, pt_link, dr_link = await _live_booking(api, doctor)
-    pcs = await _visit(api, pt_link, dr_link)
+    pcs = await _visit(api, pt_link, dr_link, report=True)
     try:
         events = await receiver.wait(len(VISIT))
+        # The call report is ready when the recorder next writes after the
+        # room ended (every 5 s): now, here. Its event comes last.
+        await api.app[RECORDER].flush()
+        events = await receiver.wait(len(VISIT) + 1)
         await asyncio.sleep(1.0)  # nothing more comes
     finally:
         for pc in pcs:
             await pc.close()
-    assert len(receiver.got) == len(VISIT)
-    _check_visit(receiver.events(), bid)
+    assert len(receiver.got) == len(VISIT) + 1
+    _check_visit(receiver.events()[: len(VISIT)], bid)
+    report = receiver.events()[-1]
+    assert report["type"] == "call_report_ready" and report["booking_id"] == bid
+    assert report["data"]["report"] == f"/api/v1/bookings/{bid}/call-report"
+    assert report["room"] == events[0]["room"]
     for headers, body in receiver.got:
         event = json.loads(body)
         assert verify(hook["secret"], headers["Wadud-Signature"], body)
@@ -288,7 +309,7 @@ async def test_a_visit_reaches_the_receiver_once_each_in_order_and_signed(
         f"/api/v1/clinics/{clinic.id}/webhooks/{hook['id']}/deliveries", token=clinic.staff_token,
         expect=200,
     )  # fmt: skip
-    assert [d["event"] for d in reversed(log)] == VISIT
+    assert [d["event"] for d in reversed(log)] == [*VISIT, "call_report_ready"]
     assert {(d["status"], d["attempts"], len(d["tries"])) for d in log} == {("sent", 1, 1)}
     assert log[0]["tries"][0]["http_status"] == 204
     assert events == receiver.events()
@@ -297,7 +318,9 @@ async def test_a_visit_reaches_the_receiver_once_each_in_order_and_signed(
 async def test_a_receiver_down_for_30_s_gets_every_event_once_it_is_back(
     api: Api, clinic: Clinic, doctor: Doctor, receiver: Receiver, loopback_aiortc: None
 ) -> None:
-    hook = await _endpoint(api, clinic, receiver.url)
+    # The visit's own events only: whether a call report comes out of so
+    # short a visit is the media worker's sampling, not this test's matter.
+    hook = await _endpoint(api, clinic, receiver.url, events=sorted(set(VISIT)))
     bid, pt_link, dr_link = await _live_booking(api, doctor)
     down_since = time.monotonic()
     pcs = await _visit(api, pt_link, dr_link)

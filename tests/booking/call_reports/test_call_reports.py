@@ -17,6 +17,7 @@ from typing import Any
 from booking.call_reports import assembly, storage
 from booking.call_reports.page import render
 from booking.call_reports.privacy import CallReportProvider, retention_rules
+from hooks import events as hook_events
 from privacy import retention
 from sfu.control.messages import CallSample, TransportState
 from signalling.edge.http import RECORDER
@@ -117,14 +118,21 @@ async def test_a_visit_s_report_from_samples_to_the_page(
     report = await api.get(f"/api/v1/bookings/{bid}/call-report", token=clinic.staff_token,
                            expect=200)  # fmt: skip
     assert report["ready"] is True
-    ready = [e for e in await events(api, storage.READY_TOPIC) if e["booking_id"] == bid]
-    assert len(ready) == 1 and ready[0]["clinic_id"] == clinic.id
+    # The room webhook event (topic room.call_report_ready, which the
+    # webhook trigger delivers), saying where the report is.
+    ready_topic = hook_events.topic(storage.READY_EVENT)
+    ready = [e for e in await events(api, ready_topic) if e["booking_id"] == bid]
+    assert len(ready) == 1 and ready[0]["room"] == room
+    assert ready[0]["data"]["report"] == f"/api/v1/bookings/{bid}/call-report"
     # A second flush finishes nothing again.
     await recorder.flush()
-    assert len(await events(api, storage.READY_TOPIC)) == 1
+    assert len(await events(api, ready_topic)) == 1
     people = {p["participant_id"]: p for p in report["participants"]}
     pat, doc = people[pat_id], people[doc_id]
     assert pat["role"] == "patient" and pat["turn"] is True and doc["turn"] is False
+    # The doctor's page never sent stats (a plain client here): the name and
+    # role are the room's, from the link they joined with.
+    assert doc["role"] == "doctor" and doc["name"] == dj["participant"]["name"] != ""
     assert pat["freezes"] == 3 and pat["concealed_seconds"] == 2.25
     assert pat["ice_restarts"] == 1
     # The capped one: the quarter layer for most of the minute, loss, two reconnects
