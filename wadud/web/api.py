@@ -354,6 +354,11 @@ _REQUEST = {"request": True}
 
 
 async def _parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    if not request.body_exists:
+        # No body at all is an empty object: a body whose every field has a
+        # default (a note that may be left out) needs none, and one with
+        # required fields gets 422 naming them, not 415 for a type never sent.
+        return jsonin.validate(model, b"{}", context=_REQUEST)
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
     return jsonin.validate(model, await jsonin.read_bytes(request), context=_REQUEST)
