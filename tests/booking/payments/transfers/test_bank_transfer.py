@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from booking.bookings import holds as bookings
 from booking.payments.checkout import settle
 from booking.payments.checkout.sweeper import sweep_once
-from booking.payments.gateway import PaymentStatus, Verdict
+from booking.payments.gateway import BANK_TRANSFER, PaymentStatus, Verdict
 from booking.payments.intent import Currency, Money
 from booking.payments.keys import GATEWAYS
 from booking.payments.postings import ledger_is_balanced
@@ -761,6 +761,14 @@ async def test_cancelling_a_confirmed_transfer_leaves_a_refund_owed_by_hand(api:
 
 async def test_the_patient_may_pay_another_way_after_all(api: Api) -> None:
     clinic, token, booking, transfer = await started(api)
+    # While the transfer is live, asking for a payment without naming a
+    # gateway hands the transfer out again (a reloaded page starts no second
+    # payment); naming another gateway is refused: money may be on its way.
+    pay = f"/api/v1/bookings/{booking}/payments"
+    live = await api.post(pay, {}, token=token, expect=200)
+    assert live["id"] == transfer["payment_id"] and live["gateway"] == BANK_TRANSFER
+    refused = await api.post(pay, {"gateway": "sandbox"}, token=token, expect=409)
+    assert refused["code"] == "live_payment_exists"
     cancelled = await api.post(
         f"/api/v1/bookings/{booking}/bank-transfer/cancel", token=token, expect=200
     )
