@@ -348,8 +348,15 @@ class MediaWorker(HotPath):
         """Hand ``input`` to ``core`` (:meth:`sfu.rooms.inputs.Core.receive`) at ``now``
         (the clock's, unless given), then carry out what it and the cores it
         called queued, even if it raised: each core's own, the callers' first."""
-        with carried_out(self._cores, self._act):
-            return core.receive(input, self._now() if now is None else now)
+        at = self._now() if now is None else now
+        try:
+            with carried_out(self._cores, self._act):
+                return core.receive(input, at)
+        finally:
+            if self.recordings.waiting:
+                # A recording asked for before anyone published starts with
+                # the room this input made.
+                self.recordings.start_waiting(at)
 
     async def publish(
         self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
@@ -399,6 +406,8 @@ class MediaWorker(HotPath):
         self._close_room(room, "room closed")
 
     def _close_room(self, name: str, reason: str) -> None:
+        if name in self.recordings.waiting:
+            self.recordings.record(name, None, self._now())  # it never had media
         room = self.tables.rooms.get(name)
         close = inputs.CloseRoom(name, reason)
         self._receive(self.transports, close)

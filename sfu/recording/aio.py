@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from sfu.control.messages import MediaEvent, RecordingOrder, RecordingSegment, RecordingStopped
 from sfu.errors import SfuStateError
 from sfu.recording.core import Cut, RoomRecording
-from sfu.rooms.records import WorkerTables
+from sfu.rooms.records import MediaRoom, WorkerTables
 from wadud.state.storage import Storage, create
 
 if TYPE_CHECKING:
@@ -110,6 +110,8 @@ class RecordingWriter:
         self._active: dict[str, _Run] = {}
         self._finishing: set[_Run] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
+        #: Orders (and their keys) for rooms without media here yet.
+        self.waiting: dict[str, tuple[RecordingOrder, bytes]] = {}
         self.bytes_stored = 0
         self.segments_stored = 0
         self.failed: Counter[str] = Counter()
@@ -121,15 +123,23 @@ class RecordingWriter:
 
     def record(self, room: str, order: RecordingOrder | None, now: float) -> None:
         """Start, confirm or stop ``room``'s recording
-        (:meth:`sfu.control.messages.MediaControl.record`).
+        (:meth:`sfu.control.messages.MediaControl.record`). An order for a
+        room this worker has no media of yet (asked for before anyone
+        published) waits, and starts when the room comes
+        (:meth:`start_waiting`); stopped before that, it ends at once.
         """
         running = self._active.get(room)
         known = self.tables.rooms.get(room)
-        if known is None and running is None:
-            raise SfuStateError(f"no room {room!r} on this worker")
         if order is None:
+            waiting = self.waiting.pop(room, None)
             if running is not None:
                 self._stop(running, "")
+            elif waiting is not None:
+                # Never started: nothing to seal, and the row must still end.
+                self._forget(waiting[0].recording)
+                self.emit(RecordingStopped(room, waiting[0].recording, "stopped", ""))
+            elif known is None:
+                raise SfuStateError(f"no room {room!r} on this worker")
             return
         if running is not None:
             if running.core.order.recording == order.recording:
@@ -137,8 +147,6 @@ class RecordingWriter:
             raise SfuStateError(
                 f"room {room!r} is already being recorded ({running.core.order.recording})"
             )
-        if known is None:
-            raise SfuStateError(f"no room {room!r} on this worker")
         if self.storage is None:
             raise SfuStateError("this worker has no file store for recordings")
         if order.recording in self._ended:
@@ -149,6 +157,25 @@ class RecordingWriter:
             key = b""
         if len(key) != 32:
             raise SfuStateError("a recording key is 32 bytes, urlsafe base64")
+        if known is None:
+            rid = order.recording
+            self.waiting[room] = (order, key)
+            log.info("recording waits for media", extra={"room": room, "recording": rid})
+            return
+        self._start(room, known, order, key, now)
+
+    def start_waiting(self, now: float) -> None:
+        """Start the waiting orders whose rooms this worker now has (the
+        worker calls this after each input that may have made a room)."""
+        for room, (order, key) in list(self.waiting.items()):
+            known = self.tables.rooms.get(room)
+            if known is not None:
+                del self.waiting[room]
+                self._start(room, known, order, key, now)
+
+    def _start(
+        self, room: str, known: MediaRoom, order: RecordingOrder, key: bytes, now: float
+    ) -> None:
         core = RoomRecording(
             known,
             order,

@@ -214,12 +214,41 @@ async def test_a_slow_store_fails_the_recording_not_the_call(
         await worker.record(ROOM, ORDER)
 
 
+async def test_a_recording_asked_for_before_anyone_published_starts_with_the_media(
+    worker: MediaWorker, events: Events, peers: Any, store: LocalStorage
+) -> None:
+    """Everyone agreed before the first camera was on: the worker has no
+    room yet, so the order waits, and the first publish starts it; every
+    track is recorded from its first packets."""
+    assert ROOM not in worker.tables.rooms
+    await worker.record(ROOM, ORDER)
+    assert set(worker.recordings.waiting) == {ROOM}
+    publisher, _ = await call(peers, events)
+    assert not worker.recordings.waiting
+    assert worker.snapshot()["recordings"]["active"] == 1
+    track_ids = set(publisher.tracks.values())
+    await wait_until(lambda: {s.track_id for s in of(events, RecordingSegment)} == track_ids, 10.0)
+    await worker.record(ROOM, None)
+    end = await stopped(events)
+    assert (end.room, end.recording, end.reason) == (ROOM, ORDER.recording, "stopped")
+    segments = of(events, RecordingSegment)
+    assert all(min(s.index for s in segments if s.track_id == t) == 0 for t in track_ids)
+
+
 async def test_a_track_published_later_is_recorded_and_bad_orders_are_refused(
     worker: MediaWorker, events: Events, peers: Any, store: LocalStorage
 ) -> None:
     publisher, _ = await call(peers, events, video=False)
-    with pytest.raises(SfuStateError, match="no room"):
-        await worker.record("no-such-room", ORDER)
+    # An order for a room with no media here yet waits for it; stopped
+    # first, it ends at once (its row must end), having stored nothing.
+    early = RecordingOrder("9d1c1d0e-3c1a-4a57-9d3e-2b1b3f0a9c12", ORDER.key)
+    await worker.record("no-media-yet", early)
+    assert set(worker.recordings.waiting) == {"no-media-yet"}
+    await worker.record("no-media-yet", None)
+    assert not worker.recordings.waiting
+    (end,) = of(events, RecordingStopped)
+    assert (end.room, end.recording, end.reason) == ("no-media-yet", early.recording, "stopped")
+    events.items.remove(end)
     with pytest.raises(SfuStateError, match="no room"):
         await worker.record("no-such-room", None)
     with pytest.raises(SfuStateError, match="32 bytes"):
