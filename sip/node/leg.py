@@ -466,7 +466,9 @@ class PhoneLeg:
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(value) >= 16:
                     if offset is None:
-                        offset = time.time() - now
+                        # Both clocks read back to back, not against ``now``:
+                        # the wall clock's lead on the loop's, to a millisecond.
+                        offset = time.time() - self._loop.time()
                     seconds, nanoseconds = _TIMESPEC.unpack_from(value)
                     # Bounded: a wall clock stepped by NTP moves one batch's
                     # arrivals by at most a second, never past the present.

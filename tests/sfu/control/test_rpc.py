@@ -183,8 +183,10 @@ async def test_record_crosses_the_wire(
     try:
         await media.publish(ROOM, "doctor", peer.publish_offer(publisher, 0x1111, 0x2222), {})
         order = RecordingOrder("rec-1", "A" * 43 + "=")
+        # An order for a room with no media waits for it (no error); a stop
+        # for a room the worker knows nothing of is refused, across the wire.
         with pytest.raises(SfuStateError, match="no room"):
-            await media.record("no-such-room", order)
+            await media.record("no-such-room", None)
         await media.record(ROOM, order)
         await media.record(ROOM, order)
         assert worker.snapshot()["recordings"]["active"] == 1
