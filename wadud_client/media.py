@@ -354,18 +354,14 @@ class CallMedia:
             for source, transceiver in new:
                 self._sources[transceiver.mid] = source
                 self._transceivers[transceiver.mid] = transceiver
-            if munger.groups:
-                # Only where there are layers to rewrite: every packet sent
-                # through the munger pays for one more coroutine.
-                munger.install(t.sender.transport for t in pc.getTransceivers())
+            munger.install(t.sender.transport for t in pc.getTransceivers())
             answer = await self.socket.request(
                 "publish",
                 {"sdp": munger.offer(pc.localDescription.sdp), "sources": dict(self._sources)},
             )
             sdp = munger.answer(self._filter(str(answer["sdp"]), "publish"))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-            if munger.groups:
-                munger.install(t.sender.transport for t in pc.getTransceivers())
+            munger.install(t.sender.transport for t in pc.getTransceivers())
             listed = [dict(t) for t in answer.get("tracks") or []]
             for t in listed:
                 self.view.published[str(t["track_id"])] = t

@@ -218,7 +218,12 @@ class SimulcastMunger:
     # -- RTP -------------------------------------------------------------------
 
     def install(self, transports: Iterable[Any]) -> None:
-        """Rewrite what these DTLS transports send (once each)."""
+        """Rewrite what these DTLS transports send (once each), where there
+        are layers to rewrite: without a group, nothing is wrapped (every
+        packet sent through the munger pays for one more coroutine), and a
+        later call, after :meth:`add`, wraps them then."""
+        if not self.groups:
+            return
         for transport in transports:
             if transport is None or id(transport) in self._wrapped:
                 continue
