@@ -183,8 +183,9 @@ class CallRecorder:
                 )
             )
 
-    def on_page(self, booking: UUID, pid: str, name: str, role: str, data: dict[str, Any]) -> bool:
-        """A page's sample; False when dropped (too soon after the last one)."""
+    def on_page(self, booking: UUID, pid: str, grant: RoomGrant, data: dict[str, Any]) -> bool:
+        """A page's sample, sent with ``grant`` (its room token's); False when
+        dropped (too soon after the last one)."""
         key = (booking, pid)
         now = time.monotonic()
         if now - self._page_at.get(key, -PAGE_EVERY) < PAGE_EVERY or len(self.rows) >= BUFFER_MAX:
@@ -192,7 +193,7 @@ class CallRecorder:
         self._page_at[key] = now
         at = _now()
         self._named.add(key)
-        self.people[key] = CallParticipant(booking, pid, name[:200], role[:40])
+        self.people[key] = _person(booking, pid, grant)
         restarts = int(data.get("ice_restarts") or 0)
         before = self._restarts.get(key, 0)
         if restarts > before:
@@ -258,4 +259,4 @@ async def post_stats(request: web.Request, settings: Settings, recorder: CallRec
     known = recorder.grant(grant.room, pid)
     if known is not None and known.identity != grant.identity:
         raise Forbidden("that participant joined with another link")
-    recorder.on_page(booking, pid, grant.name, grant.role, data)
+    recorder.on_page(booking, pid, grant, data)
