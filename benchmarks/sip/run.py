@@ -27,7 +27,6 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import av
@@ -41,7 +40,7 @@ from sip.audio.mixer import Mixer
 from sip.audio.pcm import ROOM_FRAME, ROOM_RATE
 from sip.audio.resample import Downsampler
 from sip.formats import G722, PCMA, PCMU
-from sip.node.seat import PhoneOpus, RoomOpus, mono
+from sip.node.seat import PhoneOpus, RoomOpus
 
 
 def speech_like(rate: int, samples: int) -> np.ndarray:
@@ -129,9 +128,9 @@ def steps(frames: int) -> dict[str, Callable[[int], Any]]:
     return out
 
 
-def room_opus() -> tuple[RoomOpus, Any]:
+def room_opus() -> tuple[RoomOpus, bytes]:
     """The seat's decoder and a packet of a participant's Opus (a browser's
-    32 kbit/s 48 kHz voice, as aiortc's receiver hands it on)."""
+    32 kbit/s 48 kHz voice)."""
     context = av.CodecContext.create("libopus", "w")
     context.bit_rate, context.format, context.layout = 32_000, "s16", "mono"
     context.sample_rate = ROOM_RATE
@@ -141,7 +140,7 @@ def room_opus() -> tuple[RoomOpus, Any]:
         frame = av.AudioFrame.from_ndarray(voice.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate, frame.pts = ROOM_RATE, k * ROOM_FRAME
         packets += [bytes(p) for p in context.encode(frame)]
-    return RoomOpus(), SimpleNamespace(data=packets[-1])
+    return RoomOpus(), packets[-1]
 
 
 def call_tick() -> Callable[[int], Any]:
@@ -160,7 +159,7 @@ def call_tick() -> Callable[[int], Any]:
         got = buffer.pop(k * 0.02 + 0.011)
         pcm = concealer.conceal() if got is None else concealer.accept(phone.decode(got))
         encoder.encode(pcm)
-        mixer.push("doctor", mono(decoder.decode(packet)[0]))
+        mixer.push("doctor", decoder.decode(packet)[0])
         phone.encode(down.resample(mixer.mix()["phone"]))
 
     return tick

@@ -59,7 +59,6 @@ __all__ = [
     "RoomOpus",
     "RoomSeat",
     "level_dbov",
-    "mono",
 ]
 
 #: The mixer's name for the phone: the one source that only listens.
@@ -106,8 +105,6 @@ class PhoneOpus:
         self.rate = rate
         self.complexity = complexity
         self.samples = frame_samples(rate)
-        self.silence = np.zeros(self.samples, dtype=np.int16)
-        self.silence.setflags(write=False)
         self.codec = av.CodecContext.create("libopus", "w")
         self.codec.bit_rate = OPUS_BITRATE
         self.codec.format = "s16"
@@ -166,8 +163,7 @@ class _InlineDecoding:
     def __init__(self, own: Any, heard: Any) -> None:
         self._own = own
         self._heard = heard
-        self._decoder: Any = None
-        self._codec: str | None = None
+        self._decoder = RoomOpus()
 
     def get(self) -> Any:
         """The idle decoder thread's wait (a thread started after the swap
@@ -179,19 +175,20 @@ class _InlineDecoding:
             self._own.put(None)
             return
         codec, encoded = task
-        if codec.name != self._codec:
-            self._decoder, self._codec = _decoder(codec), codec.name
+        if codec.name.lower() != "opus":
+            return  # the SFU forwards Opus audio only: nothing else is heard
         try:
-            frames = self._decoder.decode(encoded)
+            frames = self._decoder.decode(encoded.data)
         except Exception:  # a corrupt frame: the mixer rides out the gap
             return
-        for frame in frames:
-            self._heard(mono(frame))
+        for pcm in frames:
+            self._heard(pcm)
 
 
 class RoomOpus:
-    """Opus decoded to 48 kHz mono: the mixer's format, where aiortc's own
-    decoder makes stereo that would then be averaged back to one channel."""
+    """A participant's Opus decoded to the mixer's format: 20 ms frames of
+    48 kHz mono (aiortc's own decoder makes stereo, which would then be
+    averaged back to one channel)."""
 
     def __init__(self) -> None:
         import av
@@ -202,37 +199,20 @@ class RoomOpus:
         self._codec.sample_rate = 48_000
         self._packet = av.Packet
 
-    def decode(self, encoded: Any) -> list[Any]:
-        """The frames of one reassembled frame (aiortc's ``JitterFrame``)."""
-        return list(self._codec.decode(self._packet(encoded.data)))
-
-
-def _decoder(codec: Any) -> Any:
-    """A decoder for a received track's codec: Opus our way, any other
-    (G.711, should a room ever send it) aiortc's."""
-    if codec.name.lower() == "opus":
-        return RoomOpus()
-    from aiortc.codecs import get_decoder
-
-    return get_decoder(codec)
-
-
-def mono(frame: Any) -> Pcm:
-    """A decoded aiortc audio frame as 48 kHz mono int16 (Opus decodes to
-    interleaved stereo s16 there: the channels are averaged)."""
-    # The plane's own memory, not a copy: the array keeps the frame alive.
-    samples = np.frombuffer(frame.planes[0], dtype=np.int16)
-    channels = len(frame.layout.channels)
-    if channels == 2:
-        # In integers: 3 µs a frame where a float mean took 14.
-        samples = ((samples[0::2].astype(np.int32) + samples[1::2]) >> 1).astype(np.int16)
-    elif channels > 2:
-        samples = samples.reshape(-1, channels).mean(axis=1).astype(np.int16)
-    return (
-        samples[:ROOM_FRAME]
-        if samples.shape[0] >= ROOM_FRAME
-        else np.pad(samples, (0, ROOM_FRAME - samples.shape[0]))
-    )
+    def decode(self, payload: bytes) -> list[Pcm]:
+        """The PCM of one Opus packet: each decoded frame cut or padded to
+        20 ms (:data:`~sip.audio.pcm.ROOM_FRAME` samples)."""
+        out: list[Pcm] = []
+        for frame in self._codec.decode(self._packet(payload)):
+            # The plane's own memory, not a copy: the array keeps the frame alive.
+            plane: Any = frame.planes[0]
+            samples = np.frombuffer(plane, dtype=np.int16, count=frame.samples)
+            out.append(
+                samples[:ROOM_FRAME]
+                if samples.shape[0] >= ROOM_FRAME
+                else np.pad(samples, (0, ROOM_FRAME - samples.shape[0]))
+            )
+        return out
 
 
 class RoomSeat:
