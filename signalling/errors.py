@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from prometheus_client import Counter
+
 from wadud.errors import Conflict, Forbidden, Gone, NotFound, TooManyRequests, WadudError
 
 #: Close codes of the call WebSocket.
@@ -30,6 +32,13 @@ CLOSE_TIMEOUT = 4408
 CLOSE_REPLACED = 4409
 CLOSE_ENDED = 4410
 CLOSE_FULL = 4429
+
+#: Every refusal of an action a role does not grant (:meth:`NotAllowed.lacking`).
+REFUSED = Counter(
+    "wadud_call_refused_actions",
+    "Actions refused because the participant's role does not grant them, by action and role.",
+    ["action", "role"],
+)
 
 
 class SignallingError(WadudError):
@@ -143,10 +152,18 @@ class NotJoined(CallError):
 
 
 class NotAllowed(CallError, Forbidden):
-    """A missing grant (publish, subscribe) or admin right."""
+    """An action the participant's role does not grant (``action`` and
+    ``role`` go out with it: :meth:`lacking`), or one the room does not
+    allow them now."""
 
     code = "forbidden"
     title = "Not allowed"
+
+    @classmethod
+    def lacking(cls, action: str, role: str) -> NotAllowed:
+        """A refusal of ``action``, which ``role`` does not grant (counted)."""
+        REFUSED.labels(action, role).inc()
+        return cls(f"a {role or 'participant'} may not {action}", action=action, role=role)
 
 
 class UnknownTarget(CallError, NotFound):

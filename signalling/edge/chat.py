@@ -31,13 +31,14 @@ from chat.access import Access, access
 from chat.conversations import open_for_booking
 from chat.service import CHAT
 from chat.socket import ONLY_CONVERSATION, websocket
-from signalling.errors import BookingClosed
-from wadud.errors import NotFound
+from signalling.errors import BookingClosed, NotAllowed
+from wadud.errors import Forbidden, NotFound
 from wadud.state import keys
 from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 from wadud.web.auth import InvalidToken, RoomGrant, decode_room_token, principal_is_live
+from wadud.web.roles import Action
 
-__all__ = ["CallChat", "CallChatIn", "NoCallChat", "install", "routes"]
+__all__ = ["CallChat", "CallChatIn", "ChatNotAllowed", "NoCallChat", "install", "routes"]
 
 routes = Routes("calls", "Video calls: the demo room and the call page's chat.")
 
@@ -45,6 +46,11 @@ routes = Routes("calls", "Video calls: the demo room and the call page's chat.")
 class NoCallChat(NotFound):
     code = "no-chat"
     title = "This call has no consultation chat"
+
+
+class ChatNotAllowed(Forbidden):
+    code = "chat-not-allowed"
+    title = "This participant's role does not grant chat"
 
 
 class CallChatIn(ApiModel):
@@ -65,6 +71,9 @@ async def _principal(app: web.Application, token: str) -> tuple[Principal, UUID]
     if CHAT not in app:
         raise NoCallChat("chat is not served here")
     grant: RoomGrant = decode_room_token(app[keys.SETTINGS], token)
+    if not grant.can(Action.CHAT):
+        refusal = NotAllowed.lacking(Action.CHAT, grant.role)
+        raise ChatNotAllowed(refusal.detail, **refusal.extra)
     if not grant.booking:
         raise NoCallChat("this call is not a booking's consultation")
     pool = app[keys.DB]
@@ -108,6 +117,7 @@ async def _conversation(app: web.Application, token: str) -> tuple[Principal, Ac
     auth="public",
     responses={
         401: "The token is not valid, or its sign-in session ended",
+        403: "The participant's role does not grant chat (chat-not-allowed)",
         404: "The call has no consultation chat (no booking)",
         410: "The booking was cancelled, completed or moved",
     },

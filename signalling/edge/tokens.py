@@ -16,8 +16,10 @@ What a key may mint depends on its scope:
   ``load``.
 * ``clinic``: any room name, put in the clinic's own namespace
   (``clinic-<clinic id>-<room>``), so two clinics' "visit-1" are two rooms
-  and no key reaches a booking's room or a load room. Doctors and staff hold
-  the admin right, as in `wadud token`.
+  and no key reaches a booking's room or a load room. The participant has
+  a built-in role's actions (wadud.web.roles: a doctor admits, removes,
+  invites and records; an observer only watches), or a role of the
+  clinic's own, named with the ``actions`` it grants.
 
 Each key's mints are rate limited on their own bucket, a load key's apart
 from a clinic key's (``limits_load_tokens_*``, ``limits_key_tokens_*``), and
@@ -27,21 +29,28 @@ neither touches a patient's limits.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import quote
 
 from pydantic import Field
 
-from wadud.errors import Forbidden
+from wadud.errors import BadRequest, Forbidden
 from wadud.web import ratelimit
 from wadud.web.api import ApiModel, Call, Routes
 from wadud.web.api_keys import LOAD_ROOM_PREFIX, ApiKey, Scope
 from wadud.web.auth import RoomGrant, issue_room_token
+from wadud.web.roles import PUBLISH, ROLES, Action
 
 #: A client clock a little behind still takes the token.
 CLOCK_SKEW = dt.timedelta(minutes=1)
 
 routes = Routes("tokens", "Room tokens and join links minted with an API key.")
+
+
+class UnknownRole(BadRequest):
+    http_status = 422
+    code = "unknown-role"
+    title = "A role of the clinic's own needs its actions"
 
 
 class RoomNotAllowed(Forbidden):
@@ -61,10 +70,17 @@ class TokenRequest(ApiModel):
     identity: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$")]
     #: The name others see; empty: the page asks the person for one.
     name: Annotated[str, Field(max_length=100)] = ""
-    #: A clinic key's participant: doctors and staff admit, mute, remove and
-    #: end. A load key's participants are ``load`` whatever is asked.
-    role: Literal["doctor", "patient", "staff"] = "patient"
+    #: A clinic key's participant: a built-in role (doctor, patient,
+    #: clinician, interpreter, family, observer, staff), or the clinic's own
+    #: with its ``actions``. A load key's participants are ``load`` whatever
+    #: is asked.
+    role: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "patient"
+    #: What the participant may do (docs/guests.md); absent: the role's.
+    #: Needed for a role of the clinic's own.
+    actions: Annotated[list[Action], Field(max_length=len(Action))] | None = None
+    #: False takes every publish action away (a listener), whatever the role.
     publish: bool = True
+    #: False takes ``subscribe`` away (a publisher that receives nothing).
     subscribe: bool = True
     #: The media region for this participant; empty: the replica's.
     region: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")] | None = None
@@ -91,6 +107,22 @@ def _room_of(key: ApiKey, room: str) -> str:
     return f"clinic-{key.clinic_id.hex}-{room}"
 
 
+def _actions(body: TokenRequest) -> tuple[Action, ...]:
+    """The actions a clinic key's participant gets: those asked for, or the
+    built-in role's; less publishing and receiving where turned off."""
+    if body.actions is not None:
+        granted = frozenset(body.actions)
+    elif body.role in ROLES:
+        granted = ROLES[body.role]
+    else:
+        raise UnknownRole(f"{body.role!r} is no built-in role: give the actions it grants")
+    if not body.publish:
+        granted -= PUBLISH
+    if not body.subscribe:
+        granted -= {Action.SUBSCRIBE}
+    return tuple(sorted(granted))
+
+
 @routes.post(
     "/api/v1/tokens",
     body=TokenRequest,
@@ -99,6 +131,7 @@ def _room_of(key: ApiKey, room: str) -> str:
     auth="api_key",
     responses={
         403: "The key may not mint a token for this room (room-not-allowed)",
+        422: "A role that is not built in, without its actions (unknown-role)",
         429: "Too many tokens from this key; retry after Retry-After seconds",
     },
     # The answer is a token: never replayed.
@@ -123,8 +156,9 @@ async def mint_token(call: Call[TokenRequest, None]) -> RoomToken:
         role="load" if load else body.role,
         publish=body.publish,
         subscribe=body.subscribe,
-        admin=load or body.role in ("doctor", "staff"),
+        admin=load,
         region=body.region or "",
+        actions=None if load else _actions(body),
     )
     now = dt.datetime.now(dt.UTC)
     expires = now + dt.timedelta(seconds=body.ttl)
@@ -137,4 +171,4 @@ async def mint_token(call: Call[TokenRequest, None]) -> RoomToken:
     )
 
 
-__all__ = ["RoomNotAllowed", "RoomToken", "TokenRequest", "routes"]
+__all__ = ["RoomNotAllowed", "RoomToken", "TokenRequest", "UnknownRole", "routes"]

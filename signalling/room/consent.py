@@ -1,13 +1,14 @@
 """A call room's recording and everyone's consent to it, without I/O.
 
-A participant with the admin right (the doctor) asks to record (``record``
-with ``on``: true). Everyone in the room (JOINED or DETACHED) is asked
-(``recording_asked``), the asker counting as agreed; the recording starts
+A participant who may record (the ``record`` action: a doctor) asks to
+record (``record`` with ``on``: true). Everyone in the room (JOINED or
+DETACHED) who counts in its consent (the ``consent`` action: not an
+observer) is asked (``recording_asked``), the asker counting as agreed; the recording starts
 only once every one of them has agreed (``recording`` ``on``), and each
 screen shows it. Whoever comes in later (admitted, or a new connection of
 a new person) is asked too and may not publish until they answer; one
 refusal stops the recording (``recording`` ``off``, reason ``refused``),
-whether it was still asking or already running. An admin may stop it
+whether it was still asking or already running. Who may record may stop it
 (reason ``stopped``); the media side failing stops it (reason ``failed``).
 A stopped recording is over: recording again asks everyone again, under a
 new id.
@@ -54,7 +55,9 @@ class Voter:
     id: str
     identity: str
     role: str
-    admin: bool
+    #: Whether they are asked and count (the ``consent`` action): an
+    #: observer, who is neither seen nor heard, is not.
+    counts: bool
 
 
 @dataclass(frozen=True)
@@ -124,16 +127,14 @@ class RoomConsent:
     def must_answer(self, voter: Voter) -> bool:
         """True while ``voter`` has not agreed to a recording under way: it
         is asked and may not publish until it answers."""
-        return self.state != "off" and voter.identity not in self.agreed
+        return self.state != "off" and voter.counts and voter.identity not in self.agreed
 
     # -- inputs ----------------------------------------------------------------
 
     def request(
         self, by: Voter, present: Iterable[Voter]
     ) -> tuple[list[tuple[str | None, dict[str, Any]]], list[RecordingOutput]]:
-        """``by`` (an admin) asks to record."""
-        if not by.admin:
-            raise errors.NotAllowed("recording needs the admin right")
+        """``by`` (who may record: the room checked) asks to record."""
         if self.state != "off":
             raise errors.BadState(f"a recording is already {self.state}")
         self.recording_id = self.new_id()
@@ -151,9 +152,8 @@ class RoomConsent:
     def stop(
         self, by: Voter
     ) -> tuple[list[tuple[str | None, dict[str, Any]]], list[RecordingOutput]]:
-        """An admin stops the recording (asking or on)."""
-        if not by.admin:
-            raise errors.NotAllowed("stopping a recording needs the admin right")
+        """``by`` (who may record: the room checked) stops the recording
+        (asking or on)."""
         if self.state == "off":
             raise errors.BadState("nothing is being recorded")
         return self._off("stopped", by=by.id)
@@ -241,7 +241,7 @@ class RoomConsent:
         self, present: Iterable[Voter], *, announce: bool
     ) -> tuple[list[tuple[str | None, dict[str, Any]]], list[RecordingOutput]]:
         present = list(present)
-        undecided = [v for v in present if v.identity not in self.agreed]
+        undecided = [v for v in present if v.counts and v.identity not in self.agreed]
         frames: list[tuple[str | None, dict[str, Any]]] = []
         outputs: list[RecordingOutput] = []
         if self.state == "asking" and not undecided:

@@ -72,6 +72,7 @@ from signalling.room.outputs import (
     Resubscribe,
     SendFrame,
 )
+from wadud.web.roles import Action
 
 if TYPE_CHECKING:
     # Only its shape: the core has no business with tokens or their crypto.
@@ -221,7 +222,7 @@ class Room:
         out = self.members.broadcast(
             reply("participant_joined", participant=participant_info(p)), p
         )
-        if p.grant.subscribe and self.media.tracks():
+        if p.grant.can(Action.SUBSCRIBE) and self.media.tracks():
             out.append(Resubscribe((p.id,)))
         return out
 
@@ -229,7 +230,7 @@ class Room:
 
     def admit(self, conn: ConnId, target_id: str) -> list[Output]:
         members = self.members
-        members.check_admin(conn)
+        members.check(conn, Action.ADMIT)
         p = members.target(target_id)
         members.move(p, MemberEvent.ADMIT)
         members.blocked.discard(p.grant.identity)
@@ -237,7 +238,7 @@ class Room:
 
     def deny(self, conn: ConnId, target_id: str) -> list[Output]:
         members = self.members
-        members.check_admin(conn)
+        members.check(conn, Action.ADMIT)
         p = members.target(target_id)
         if p.state is not MemberState.WAITING:
             raise errors.BadState(f"{target_id} is not waiting")
@@ -267,7 +268,7 @@ class Room:
 
     def remove(self, conn: ConnId, target_id: str) -> list[Output]:
         members = self.members
-        members.check_admin(conn)
+        members.check(conn, Action.REMOVE)
         target = members.target(target_id)
         members.block(target)
         out = members.to(target, reply("removed"))
@@ -277,8 +278,9 @@ class Room:
         return out + self._maybe_close()
 
     def end(self, conn: ConnId) -> list[Output]:
-        """An admin ends the room: everyone is told and closed; joins are refused from now on."""
-        self.members.check_admin(conn)
+        """A host who may remove ends the room: everyone is told and closed;
+        joins are refused from now on."""
+        self.members.check(conn, Action.REMOVE)
         return self._ended(reply("room_ended"), "room ended")
 
     def close(self, reason: str) -> list[Output]:
@@ -361,14 +363,14 @@ class Room:
     # -- recording (signalling.room.consent) -------------------------------------
 
     def record(self, conn: ConnId, on: bool) -> list[Output]:
-        """An admin asks to record (everyone present is asked) or stops it."""
-        by = _voter(self.members.check_admin(conn))
+        """Who may record asks to (everyone present who counts is asked) or stops it."""
+        by = _voter(self.members.check(conn, Action.RECORD))
         if on:
             return self._consent(*self.recording.request(by, self._voters()))
         return self._consent(*self.recording.stop(by))
 
     def answer_recording(self, conn: ConnId, recording_id: str, agree: bool) -> list[Output]:
-        voter = _voter(self.members.check_joined(conn))
+        voter = _voter(self.members.check(conn, Action.CONSENT))
         return self._consent(*self.recording.answer(voter, recording_id, agree, self._voters()))
 
     def recording_failed(self, recording_id: str, detail: str) -> list[Output]:
@@ -391,10 +393,13 @@ class Room:
 
     # -- media -------------------------------------------------------------------
 
-    def check_publish(self, conn: ConnId) -> Member:
-        p = self.members.check_joined(conn)
-        if not p.grant.publish:
-            raise errors.NotAllowed("your token does not grant publish")
+    def check_publish(self, conn: ConnId, needs: Collection[Action]) -> Member:
+        """The participant of ``conn``, if its role grants what its publish
+        offer ``needs`` (:func:`signalling.room.media.offer_actions`)."""
+        p = self.members.check(conn, *sorted(needs))
+        if not needs and not p.grant.publish:
+            # An offer that sends nothing still opens a transport to send on.
+            raise errors.NotAllowed.lacking("publish", p.grant.role)
         if (
             not self.media.tracks_of(p.id)
             and self.recording.state == "on"
@@ -481,7 +486,7 @@ class Room:
 
 
 def _voter(p: Member) -> Voter:
-    return Voter(p.id, p.grant.identity, p.grant.role, p.grant.admin)
+    return Voter(p.id, p.grant.identity, p.grant.role, p.grant.can(Action.CONSENT))
 
 
 #: Each control frame's handler (:meth:`Room.receive`).

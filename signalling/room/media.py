@@ -18,17 +18,41 @@ resumes (:meth:`RoomMedia.resumed`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+from rtc.sdp.attributes import Direction
+from rtc.sdp.session import SessionDescription
 from sfu.control.messages import TrackInfo
 from signalling import errors
 from signalling.protocol import reply
 from signalling.room.members import Member, Members, MemberState
 from signalling.room.outputs import ConnId, Output, Resubscribe
+from wadud.web.roles import Action
 
-__all__ = ["RoomMedia", "track_info"]
+__all__ = ["RoomMedia", "offer_actions", "track_info"]
+
+#: The sources that are a screen, whatever their kind.
+_SCREEN = frozenset({"screen", "screen_audio"})
+
+
+def offer_actions(sdp: str, sources: Mapping[str, str]) -> frozenset[Action]:
+    """What a publish offer would send, as the actions it needs: each audio
+    or video section the offer sends on, by its source (``sources``, by mid)
+    or, for a source it does not name, by its kind. :class:`rtc.errors.SdpError`
+    when ``sdp`` is not an offer at all."""
+    needs: set[Action] = set()
+    for m in SessionDescription.parse(sdp).media:
+        if m.rejected or m.direction in (Direction.RECVONLY, Direction.INACTIVE):
+            continue
+        if sources.get(m.mid or "") in _SCREEN:
+            needs.add(Action.SHARE_SCREEN)
+        elif m.kind == "audio":
+            needs.add(Action.PUBLISH_AUDIO)
+        elif m.kind == "video":
+            needs.add(Action.PUBLISH_VIDEO)
+    return frozenset(needs)
 
 
 def track_info(t: TrackInfo) -> dict[str, Any]:
@@ -69,7 +93,7 @@ class RoomMedia:
         """The tracks this participant should receive: every other present
         participant's, if it is present and has the subscribe grant."""
         p = self._members.get(participant_id)
-        if p is None or not p.present or not p.grant.subscribe:
+        if p is None or not p.present or not p.grant.can(Action.SUBSCRIBE):
             return []
         return [t for t in self.tracks() if t.participant != participant_id]
 
@@ -88,8 +112,8 @@ class RoomMedia:
     def check_mute(self, conn: ConnId, track_id: str) -> tuple[Member, TrackInfo]:
         p = self._members.check_joined(conn)
         t = self._track(track_id)
-        if t.participant != p.id and not p.admin:
-            raise errors.NotAllowed("only admins mute others' tracks")
+        if t.participant != p.id and not p.grant.can(Action.REMOVE):
+            raise errors.NotAllowed.lacking(Action.REMOVE, p.grant.role)
         return p, t
 
     def check_unpublish(self, conn: ConnId, track_id: str) -> Member:

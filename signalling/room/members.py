@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from signalling import errors
 from signalling.protocol import reply
 from signalling.room.outputs import ConnId, Output, SendFrame
+from wadud.web.roles import Action
 
 if TYPE_CHECKING:
     # Only its shape: the core has no business with tokens or their crypto.
@@ -129,7 +130,8 @@ class Member:
 
     @property
     def admin(self) -> bool:
-        return self.grant.admin
+        """A host: admits others (hears who waits, never waits)."""
+        return self.grant.can(Action.ADMIT)
 
     @property
     def present(self) -> bool:
@@ -152,6 +154,7 @@ def participant_info(p: Member, *, grants: bool = False) -> dict[str, Any]:
             "subscribe": p.grant.subscribe,
             "admin": p.grant.admin,
         }
+        info["actions"] = list(p.grant.actions or ())
     return info
 
 
@@ -217,7 +220,7 @@ class Members:
         return tuple(
             p.id
             for p in self.participants.values()
-            if p.present and p.grant.subscribe and p.id != besides
+            if p.present and p.grant.can(Action.SUBSCRIBE) and p.id != besides
         )
 
     def typed_name(self, session: str) -> str:
@@ -236,16 +239,14 @@ class Members:
             raise errors.NotJoined("join the room first" if p is None else "you are waiting")
         return p
 
-    def check_admin(self, conn: ConnId) -> Member:
+    def check(self, conn: ConnId, *actions: Action) -> Member:
+        """The joined participant of ``conn``, if its role grants every one
+        of ``actions``; else :meth:`errors.NotAllowed.lacking` the first it
+        does not."""
         p = self.check_joined(conn)
-        if not p.admin:
-            raise errors.NotAllowed("this needs the admin right")
-        return p
-
-    def check_subscribe(self, conn: ConnId) -> Member:
-        p = self.check_joined(conn)
-        if not p.grant.subscribe:
-            raise errors.NotAllowed("your token does not grant subscribe")
+        for action in actions:
+            if not p.grant.can(action):
+                raise errors.NotAllowed.lacking(action, p.grant.role)
         return p
 
     def target(self, participant_id: str) -> Member:
@@ -286,7 +287,7 @@ class Members:
     # -- admission ---------------------------------------------------------------
 
     def set_require_admission(self, conn: ConnId, value: bool) -> list[Output]:
-        self.check_admin(conn)
+        self.check(conn, Action.ADMIT)
         self.require_admission = value
         return self.to_admins(reply("room_settings", require_admission=value))
 

@@ -48,6 +48,7 @@ from signalling.service.rooms import Rooms
 from wadud.config import Settings
 from wadud.errors import WadudError
 from wadud.web.auth import RoomGrant
+from wadud.web.roles import Action
 
 log = logging.getLogger("wadud.signalling")
 
@@ -371,7 +372,7 @@ class CallService:
         self, room: CallRoom, conn: AnyConnection, frame: protocol.CallPhone
     ) -> None:
         """``call_phone``: an admin of a booked visit, where a bridge places calls."""
-        grant = room.core.members.check_admin(conn).grant
+        grant = room.core.members.check(conn, Action.INVITE).grant
         if not grant.booking or not room.core.phone_calls or self.call_phone is None:
             raise errors.PhoneCallRefused("no phone bridge places calls for this room")
         try:

@@ -17,8 +17,9 @@ from sfu.control.messages import TrackDisplay
 from signalling import protocol
 from signalling.cluster.connections import AnyConnection
 from signalling.live.room import CallRoom
-from signalling.room.media import track_info
+from signalling.room.media import offer_actions, track_info
 from signalling.service.rooms import Rooms
+from wadud.web.roles import Action
 
 __all__ = ["MediaFrames"]
 
@@ -38,7 +39,7 @@ class MediaFrames:
         ok = protocol.reply("ok", frame.id)
         match frame:
             case protocol.Publish():
-                who = core.check_publish(conn)
+                who = core.check_publish(conn, offer_actions(frame.sdp, frame.sources))
                 media = await room.media_for(who.id)
                 result = await room.media_call(
                     partial(media.publish, room.name, who.id, frame.sdp, frame.sources)
@@ -60,7 +61,7 @@ class MediaFrames:
                 )
                 self._rooms.apply(room, outputs)
             case protocol.Answer():
-                who = core.members.check_subscribe(conn)
+                who = core.members.check(conn, Action.SUBSCRIBE)
                 await room.subscriber(who.id).answer(frame.sdp)
                 conn.send(ok)
             case protocol.Candidate():
@@ -88,7 +89,7 @@ class MediaFrames:
                 self._rooms.apply(room, outputs)
             case protocol.TrackView():
                 # No answer: pages send these often (docs/protocol.md).
-                who = core.members.check_subscribe(conn)
+                who = core.members.check(conn, Action.SUBSCRIBE)
                 if any(t.track_id == frame.track_id for t in core.media.wanted(who.id)):
                     media = await room.media_for(who.id)
                     room.lane.background(

@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import itertools
 import os
 import secrets
@@ -38,6 +40,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from wadud.config import Settings
 from wadud.errors import Unauthorized, Unavailable
+from wadud.web import roles
 from wadud.web.api import Principal, Role
 
 _T = TypeVar("_T")
@@ -461,6 +464,43 @@ class RoomGrant:
     #: theirs: ``phone`` for a caller through the phone bridge. Shown to
     #: everyone in the room (the page draws a phone on the tile).
     device: str = ""
+    #: What the participant may do: :class:`wadud.web.roles.Action` values,
+    #: sorted. Left out (None), the role's (:func:`wadud.web.roles.actions_of`,
+    #: narrowed by ``publish`` and ``subscribe``, widened by ``admin``).
+    #: Either way ``publish``, ``subscribe`` and ``admin`` (who admits: a
+    #: host) then say what the actions say.
+    actions: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.actions is not None:
+            actions = roles.parse_actions(self.actions)
+        else:
+            actions = roles.actions_of(
+                self.role, publish=self.publish, subscribe=self.subscribe, admin=self.admin
+            )
+        fix = functools.partial(object.__setattr__, self)
+        fix("actions", tuple(sorted(a.value for a in actions)))
+        fix("publish", bool(actions & roles.PUBLISH))
+        fix("subscribe", roles.Action.SUBSCRIBE in actions)
+        fix("admin", roles.Action.ADMIT in actions)
+
+    def can(self, action: roles.Action) -> bool:
+        return action in (self.actions or ())
+
+
+#: Characters of an invite link's key (base64url of HMAC-SHA256: 128 bits).
+INVITE_KEY_CHARS = 22
+
+
+def invite_key(settings: Settings, invite_id: UUID) -> str:
+    """The key of invite ``invite_id``'s link: an HMAC of its id under the
+    server's secret, so no copy of it is kept and any replica checks it."""
+    mac = hmac.new(settings.secret_key.encode(), b"room-invite:" + invite_id.bytes, "sha256")
+    return base64.urlsafe_b64encode(mac.digest()).decode()[:INVITE_KEY_CHARS]
+
+
+def invite_key_matches(settings: Settings, invite_id: UUID, key: str) -> bool:
+    return hmac.compare_digest(invite_key(settings, invite_id).encode(), key.encode())
 
 
 def issue_room_token(
@@ -478,6 +518,7 @@ def issue_room_token(
         "name": grant.name,
         "role": grant.role,
         "grants": {"publish": grant.publish, "subscribe": grant.subscribe, "admin": grant.admin},
+        "actions": list(grant.actions or ()),
         "nbf": not_before,
         "exp": expires,
     }
@@ -512,6 +553,7 @@ def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> R
             slot=str((c.get("booking") or {}).get("slot") or ""),
             sid=str(c.get("sid") or ""),
             device=str(c.get("device") or ""),
+            actions=None if (a := c.get("actions")) is None else tuple(str(x) for x in a),
         )
     except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
         raise InvalidToken(str(exc) or "invalid room token") from exc

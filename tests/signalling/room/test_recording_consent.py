@@ -14,6 +14,7 @@ from signalling.room.consent import ConsentAnswered, RecordingAsked, RecordingSt
 from signalling.room.core import Room
 from signalling.room.outputs import MediaCloseRoom, Output
 from tests.signalling.room.test_room import DOCTOR, FAMILY, PATIENT, frames, new_room, track
+from wadud.web.roles import Action
 
 
 def steps(outputs: list[Output]) -> list[Any]:
@@ -97,9 +98,9 @@ def test_a_late_joiner_is_asked_and_sends_nothing_before_answering() -> None:
     assert joined["recording"]["state"] == "on"
     assert asked(res.outputs, "c-pt") == [rid]
     with pytest.raises(errors.NotAllowed, match="recorded"):
-        room.check_publish("c-pt")
+        room.check_publish("c-pt", {Action.PUBLISH_VIDEO})
     room.receive("c-pt", protocol.RecordingConsent(recording_id=rid, agree=True))
-    assert room.check_publish("c-pt").grant == PATIENT
+    assert room.check_publish("c-pt", {Action.PUBLISH_VIDEO}).grant == PATIENT
     # A resume keeps the answer: not asked again.
     res = room.join("c-pt2", PATIENT, 2.0, resume=room.members.participants["p-2"].session)
     assert res.resumed and asked(res.outputs, "c-pt2") == []
@@ -109,7 +110,7 @@ def test_someone_already_sending_keeps_sending_while_asked() -> None:
     room = in_call()
     room.media.published("p-2", [track("t1", "p-2")], ())
     ask(room)
-    assert room.check_publish("c-pt").id == "p-2"
+    assert room.check_publish("c-pt", {Action.PUBLISH_VIDEO}).id == "p-2"
 
 
 def test_only_an_admin_records_or_stops_it() -> None:

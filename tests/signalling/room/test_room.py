@@ -27,6 +27,7 @@ from signalling.room.outputs import (
     SendFrame,
 )
 from wadud.web.auth import RoomGrant
+from wadud.web.roles import Action
 
 ROOM = "consult-1"
 GRACE = 20.0
@@ -100,6 +101,18 @@ def test_doctor_first_then_patient_joins_directly() -> None:
         "name": "Dr-Amina",
         "role": "doctor",
         "grants": {"publish": True, "subscribe": True, "admin": True},
+        "actions": [
+            "admit",
+            "chat",
+            "consent",
+            "invite",
+            "publish_audio",
+            "publish_video",
+            "record",
+            "remove",
+            "share_screen",
+            "subscribe",
+        ],
     }
     assert joined["session"] == "s-1"
     assert joined["ice_servers"][0]["username"] == "dr-amina"
@@ -128,7 +141,7 @@ def test_patient_before_doctor_waits_until_admitted() -> None:
     assert waiting["participant"]["id"] == "p-1"
     # A waiting participant can do nothing but leave (and ping, in the adapter).
     with pytest.raises(errors.NotJoined):
-        room.check_publish("c-pt")
+        room.check_publish("c-pt", {Action.PUBLISH_VIDEO})
     with pytest.raises(errors.NotJoined):
         room.admit("c-pt", "p-1")
     d = room.join("c-doc", DOCTOR, 1.0, ref="2")
@@ -331,7 +344,7 @@ def test_tracks_subscriptions_and_mute_rights() -> None:
     room = joined_room(("c-doc", DOCTOR), ("c-pt", PATIENT))
     room.join("c-obs", grant("observer", subscribe=True, publish=False), 0.0)
     with pytest.raises(errors.NotAllowed):
-        room.check_publish("c-obs")
+        room.check_publish("c-obs", {Action.PUBLISH_VIDEO})
     out = room.media.published("p-2", [track("t-a", "p-2", "audio"), track("t-v", "p-2")], [])
     assert types(out, "c-pt") == []
     assert types(out, "c-doc") == ["track_published", "track_published"]
@@ -496,7 +509,7 @@ class RoomMachine(RuleBasedStateMachine):
     @rule(conn=st.sampled_from(CONNS))
     def publish(self, conn: str) -> None:
         try:
-            p = self.room.check_publish(conn)
+            p = self.room.check_publish(conn, {Action.PUBLISH_VIDEO})
         except errors.CallError:
             return
         self._apply(self.room.media.published(p.id, [track(f"t-{next(self.tracks)}", p.id)], []))
