@@ -107,6 +107,15 @@ class BookingClosed(SignallingError, Gone):
     close_code = CLOSE_ENDED
 
 
+class InviteClosed(SignallingError, Gone):
+    """A guest's invite was revoked, refused by the patient, used up or is
+    outside its window: the link no longer opens the room."""
+
+    code = "invite-closed"
+    title = "This invite no longer opens the visit"
+    close_code = CLOSE_ENDED
+
+
 class ConsentMissing(SignallingError, Forbidden):
     """The patient has not accepted (or withdrew) a consent the clinic's
     region requires for a consultation; the message names each purpose."""

@@ -256,6 +256,17 @@ class RecordingConsent(Frame):
     agree: bool
 
 
+class ApproveGuest(Frame):
+    """The patient's answer about an invited guest who needs it (a family
+    member, an observer): ``agree`` true lets them in (once a host is there
+    to admit, as anyone), false turns them away and kills their link.
+    Answered ``ok``. Only a role with ``approve_guests`` may send it."""
+
+    type: Literal["approve_guest"] = "approve_guest"
+    invite_id: Ident
+    agree: bool
+
+
 class CallPhone(Frame):
     """An admin of a booked visit asks the phone bridge to call the patient's
     phone into the room (``number`` absent) or a number the clinic's trunk
@@ -338,6 +349,7 @@ ClientFrame = (
     | End
     | Record
     | RecordingConsent
+    | ApproveGuest
     | CallPhone
     | TrackView
     | AudioOnly

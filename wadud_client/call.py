@@ -189,6 +189,12 @@ class CallClient:
         return self.view.waiting
 
     @property
+    def guests_awaiting(self) -> list[dict[str, Any]]:
+        """Invited guests waiting for our agreement (a role with
+        ``approve_guests``: the patient), each with its ``invite_id``."""
+        return self.view.guests_awaiting
+
+    @property
     def active_speaker(self) -> str | None:
         """The room's dominant speaker (participant id), from ``active_speaker``."""
         return self.view.active_speaker
@@ -383,6 +389,10 @@ class CallClient:
 
     async def remove(self, participant_id: str) -> None:
         await self.request("remove", participant_id=participant_id)
+
+    async def approve_guest(self, invite_id: str, agree: bool = True) -> None:
+        """Agree that an invited guest joins, or refuse (their link dies)."""
+        await self.request("approve_guest", invite_id=invite_id, agree=agree)
 
     async def answer_recording(self, agree: bool) -> None:
         """Answer ``recording_asked``: agree, or refuse (which stops the

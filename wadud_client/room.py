@@ -41,6 +41,8 @@ class RoomView:
         self.room_tracks: dict[str, dict[str, Any]] = {}
         #: Who waits for admission (sent to admins only).
         self.waiting: list[dict[str, Any]] = []
+        #: Guests waiting for our agreement (a patient's view).
+        self.guests_awaiting: list[dict[str, Any]] = []
         #: The room's dominant speaker (participant id), from ``active_speaker``.
         self.active_speaker: str | None = None
         self.require_admission = False
@@ -103,6 +105,7 @@ class RoomView:
                 (tid, t) for tid, t in self.room_tracks.items() if t.get("participant") == me
             )
             self.waiting = list(f.get("waiting") or [])
+            self.guests_awaiting = list(f.get("guests_awaiting") or [])
             self.active_speaker = f.get("active_speaker")
             self.require_admission = bool(f.get("require_admission", False))
             recording = dict(f.get("recording") or {"state": "off"})
@@ -123,6 +126,8 @@ class RoomView:
                 self.state = "waiting"
             if "waiting" in f:
                 self.waiting = list(f["waiting"] or [])
+        elif kind == "guests_awaiting":
+            self.guests_awaiting = list(f.get("guests") or [])
         elif kind == "participant_joined":
             p = dict(f["participant"])
             self.participants[str(p["id"])] = p

@@ -72,8 +72,8 @@ async def _principal(app: web.Application, token: str) -> tuple[Principal, UUID]
         raise NoCallChat("chat is not served here")
     grant: RoomGrant = decode_room_token(app[keys.SETTINGS], token)
     if not grant.can(Action.CHAT):
-        refusal = NotAllowed.lacking(Action.CHAT, grant.role)
-        raise ChatNotAllowed(refusal.detail, **refusal.extra)
+        lacking = NotAllowed.lacking(Action.CHAT, grant.role)
+        raise ChatNotAllowed(lacking.detail, **lacking.extra)
     if not grant.booking:
         raise NoCallChat("this call is not a booking's consultation")
     pool = app[keys.DB]

@@ -31,6 +31,7 @@ from sfu.control.rpc import MediaClient
 from sfu.node.http import MEDIA
 from signalling import errors
 from signalling.cluster.link import Cluster
+from signalling.edge import invites
 from signalling.edge.planes import CallPlanes
 from signalling.live.events import RoomEvents
 from signalling.live.report import CallRecorder, post_stats
@@ -110,7 +111,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     ]
 
     async def guard(grant: RoomGrant) -> None:
-        if not grant.booking and not grant.sid:
+        if not grant.booking and not grant.sid and not grant.invite:
             return
         try:
             async with asyncio.timeout(LINK_CHECK_TIMEOUT):
@@ -156,6 +157,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             call_phone=lambda booking_id, identity, number: phone_calls.request_in_room(
                 app[keys.DB], booking_id, identity, number
             ),
+            decided=lambda room, answer: invites.decided(app[keys.DB], room, answer),
             home=settings.region if i else "",
         )
         for i, (cluster, placement, client) in enumerate(planes or [(None, None, None)])
@@ -178,10 +180,12 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     cancelled = await bus.subscribe(*booking.calls.ENDING_TOPICS)
     revoked = await bus.subscribe(revocation.TOPIC)
     phoned = await bus.subscribe(hooks.events.topic("phone_call"))
+    uninvited = await bus.subscribe(invites.REVOKED_TOPIC)
     listeners = [
         asyncio.create_task(_end_cancelled(cancelled, calls), name="call-booking-ends"),
         asyncio.create_task(_revocations(revoked, calls), name="call-revocations"),
         asyncio.create_task(_phone_steps(phoned, calls), name="call-phone-steps"),
+        asyncio.create_task(_uninvited(uninvited, calls), name="call-invites-revoked"),
         asyncio.create_task(recorder.run(), name="call-reports"),
     ]
     try:
@@ -191,7 +195,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
     finally:
         # Closing a subscription ends its loop; a cancel alone may land
         # inside the Redis client's read and be retried.
-        for sub in (cancelled, revoked, phoned):
+        for sub in (cancelled, revoked, phoned, uninvited):
             await sub.close()
         for task in listeners:
             task.cancel()
@@ -262,6 +266,8 @@ async def _check_link(app: web.Application, grant: RoomGrant) -> None:
     patient lacks a consent the clinic's region requires."""
     if grant.sid and not await _session_live(app[keys.DB], grant.identity, grant.sid):
         raise errors.BadRoomToken("you signed out since this link was made")
+    if grant.invite and (closed := await invites.refusal(app[keys.DB], grant.invite)):
+        raise errors.InviteClosed(closed)
     if grant.booking:
         why = await booking.calls.link_refusal(app[keys.DB], grant.booking, grant.slot)
         if why is not None:
@@ -342,6 +348,16 @@ async def _phone_steps(sub: BusSubscription, calls: CallPlanes) -> None:
         if isinstance(room, str) and isinstance(step, dict):
             for service in calls:
                 service.rooms.phone_call(room, step)
+
+
+async def _uninvited(sub: BusSubscription, calls: CallPlanes) -> None:
+    """A revoked invite's guests leave the room (on the replica that owns
+    it; every replica hears the message)."""
+    async for msg in sub:
+        room, invite = msg.data.get("room"), msg.data.get("invite_id")
+        if isinstance(room, str) and isinstance(invite, str):
+            for service in calls:
+                service.rooms.invite_revoked(room, invite)
 
 
 async def _shutdown(app: web.Application) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signalling.edge import chat, check, tokens
+from signalling.edge import chat, check, invites, tokens
 from wadud.errors import NotFound
 from wadud.state import keys
 from wadud.web.api import ApiModel, Call, Routes
@@ -198,6 +198,7 @@ def install(app: web.Application) -> None:
     check.routes.install(app)
     tokens.routes.install(app)
     chat.install(app)
+    invites.routes.install(app)
     if settings.call_demo:
         app[keys.EXTRAS].setdefault("index_links", []).append(
             ("/demo", "Try a video call: make a demo room and open its two links")

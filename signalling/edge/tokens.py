@@ -98,7 +98,9 @@ class RoomToken(ApiModel):
     expires_at: dt.datetime
 
 
-def _room_of(key: ApiKey, room: str) -> str:
+def room_of_key(key: ApiKey, room: str) -> str:
+    """``room`` as ``key`` may reach it: a load key's as asked, a clinic
+    key's in the clinic's namespace; :class:`RoomNotAllowed` otherwise."""
     if key.scope is Scope.LOAD:
         if not room.startswith(LOAD_ROOM_PREFIX) or room == LOAD_ROOM_PREFIX:
             raise RoomNotAllowed(f"a load key's rooms are named {LOAD_ROOM_PREFIX}...")
@@ -141,7 +143,7 @@ async def mint_token(call: Call[TokenRequest, None]) -> RoomToken:
     """Mint one participant's room token and join link with an API key
     (HTTP Basic: the key id and its secret)."""
     key, body, settings = call.api_key, call.body, call.settings
-    room = _room_of(key, body.room)
+    room = room_of_key(key, body.room)
     load = key.scope is Scope.LOAD
     rate = (
         ratelimit.Rate(settings.limits_load_tokens_burst, settings.limits_load_tokens_per_hour)

@@ -43,6 +43,7 @@ from sfu.control.messages import TrackInfo
 from signalling import errors
 from signalling.protocol import (
     Admit,
+    ApproveGuest,
     Deny,
     End,
     Leave,
@@ -66,6 +67,7 @@ from signalling.room.members import (
 from signalling.room.outputs import (
     Close,
     ConnId,
+    InviteDecided,
     MediaCloseRoom,
     MediaLeave,
     Output,
@@ -91,7 +93,9 @@ class JoinResult:
 IceServers = Callable[[str], list[dict[str, Any]]]
 
 #: The frames the room answers by itself, with no media call.
-ControlFrame = Admit | Deny | Remove | RoomSettings | End | Leave | Record | RecordingConsent
+ControlFrame = (
+    Admit | Deny | Remove | RoomSettings | End | Leave | Record | RecordingConsent | ApproveGuest
+)
 
 
 class Room:
@@ -204,11 +208,14 @@ class Room:
             ice_servers=self._ice_servers(p.grant.identity),
             participants=others,
             tracks=[track_info(t) for t in self.media.tracks()],
-            waiting=[participant_info(w) for w in members.waiting()] if p.admin else [],
+            waiting=members.waiting_list() if p.admin else [],
             require_admission=members.require_admission,
             active_speaker=self.media.active_speaker,
             ping_interval=self.ping_interval,
             recording={**self.recording.view(), "asked": self.recording.must_answer(_voter(p))},
+            guests_awaiting=(
+                members.guests_awaiting() if p.grant.can(Action.APPROVE_GUESTS) else []
+            ),
             # An admin of a booked visit may have the bridge call the patient.
             phone_calls=self.phone_calls and p.admin and bool(p.grant.booking),
         )
@@ -232,6 +239,8 @@ class Room:
         members = self.members
         members.check(conn, Action.ADMIT)
         p = members.target(target_id)
+        if members.awaits_approval(p.grant):
+            raise errors.BadState("the patient has not agreed to this guest yet")
         members.move(p, MemberEvent.ADMIT)
         members.blocked.discard(p.grant.identity)
         return self._welcome(p, None) + self._announce_joined(p) + members.waiting_changed()
@@ -247,6 +256,46 @@ class Room:
         return out + self._depart(
             p, MemberEvent.DENY, "denied", close=(errors.CLOSE_FORBIDDEN, "denied")
         )
+
+    def approve_guest(self, conn: ConnId, invite_id: str, agree: bool) -> list[Output]:
+        """The patient's answer about an invite that needs it: its waiting
+        guests go in (unless they still wait for a host, as anyone would)
+        or are turned away; either way the answer is kept (:class:`InviteDecided`)."""
+        members = self.members
+        by = members.check(conn, Action.APPROVE_GUESTS)
+        guests = [w for w in members.waiting() if w.grant.invite == invite_id]
+        out: list[Output] = [InviteDecided(invite_id, by.grant.identity, agree)]
+        if not agree:
+            members.approved.discard(invite_id)
+            for g in guests:
+                out += members.to(g, reply("denied", reason="refused"))
+                out += self._depart(
+                    g, MemberEvent.DENY, "refused", close=(errors.CLOSE_FORBIDDEN, "refused")
+                )
+            return out + self._maybe_close()
+        members.approved.add(invite_id)
+        for g in guests:
+            if not members.must_wait(g.grant):
+                members.move(g, MemberEvent.ADMIT)
+                out += self._welcome(g, None) + self._announce_joined(g)
+        return out + members.waiting_changed()
+
+    def revoke_invite(self, invite_id: str) -> list[Output]:
+        """Invite ``invite_id`` was taken back: its guests leave (``removed``,
+        reason ``invite-revoked``; close 4403)."""
+        out: list[Output] = []
+        self.members.approved.discard(invite_id)
+        for p in list(self.members.participants.values()):
+            if p.grant.invite != invite_id:
+                continue
+            out += self.members.to(p, reply("removed", reason="invite-revoked"))
+            out += self._depart(
+                p,
+                MemberEvent.REMOVE,
+                "invite-revoked",
+                close=(errors.CLOSE_FORBIDDEN, "invite revoked"),
+            )
+        return out + self._maybe_close()
 
     # -- leaving ---------------------------------------------------------------
 
@@ -437,6 +486,7 @@ class Room:
             "ended": self.ended,
             "speaker": self.media.active_speaker,
             "blocked": sorted(members.blocked),
+            "approved": sorted(members.approved),
             "recording": self.recording.snapshot(),
             "participants": [
                 {**members.snapshot(p, now, conn_ref), **self.media.snapshot(p.id)}
@@ -464,6 +514,7 @@ class Room:
         members.require_admission = bool(data.get("require_admission", False))
         self.ended = bool(data.get("ended", False))
         members.blocked = set(data.get("blocked", ()))
+        members.approved = set(data.get("approved", ()))
         self.recording.restore(data.get("recording") or {})
         members.clear()
         self.media.clear(data.get("speaker"))
@@ -501,4 +552,5 @@ _CONTROL: dict[type[ControlFrame], Callable[[Room, ConnId, Any], list[Output]]] 
     Leave: lambda room, conn, f: room.leave(conn),
     Record: lambda room, conn, f: room.record(conn, f.on),
     RecordingConsent: lambda room, conn, f: room.answer_recording(conn, f.recording_id, f.agree),
+    ApproveGuest: lambda room, conn, f: room.approve_guest(conn, f.invite_id, f.agree),
 }

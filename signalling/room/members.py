@@ -189,6 +189,10 @@ class Members:
         #: Identities an admin denied or removed: they wait for admission,
         #: whatever the room's setting, until an admin admits them.
         self.blocked: set[str] = set()
+        #: Invites the patient agreed to here: their guests need it no more.
+        self.approved: set[str] = set()
+        #: The guests awaiting approval whom approvers last heard of (ids).
+        self._awaiting_told: tuple[str, ...] = ()
 
     # -- views -----------------------------------------------------------------
 
@@ -279,10 +283,41 @@ class Members:
         )
 
     def waiting_changed(self) -> list[Output]:
-        """The admins hear who waits now."""
-        return self.to_admins(
-            reply("waiting", waiting=[participant_info(w) for w in self.waiting()])
-        )
+        """The admins hear who waits now; those who approve guests, who
+        waits for their agreement."""
+        out = self.to_admins(reply("waiting", waiting=self.waiting_list()))
+        guests = self.guests_awaiting()
+        ids = tuple(g["id"] for g in guests)
+        if ids == self._awaiting_told:
+            return out
+        self._awaiting_told = ids
+        return out + [
+            SendFrame(p.conn, reply("guests_awaiting", guests=guests))
+            for p in self.listeners()
+            if p.grant.can(Action.APPROVE_GUESTS)
+        ]
+
+    def waiting_list(self) -> list[dict[str, Any]]:
+        """Who waits, as a host sees them: a guest still waiting for the
+        patient's agreement says so (``awaiting_approval``)."""
+        return [
+            {**participant_info(w), "awaiting_approval": True}
+            if self.awaits_approval(w.grant)
+            else participant_info(w)
+            for w in self.waiting()
+        ]
+
+    def guests_awaiting(self) -> list[dict[str, Any]]:
+        """The waiting guests whose invite needs the patient's agreement."""
+        return [
+            {**participant_info(w), "invite_id": w.grant.invite}
+            for w in self.waiting()
+            if self.awaits_approval(w.grant)
+        ]
+
+    def awaits_approval(self, grant: RoomGrant) -> bool:
+        """Whether ``grant``'s guest still needs the patient's agreement."""
+        return grant.approval and grant.invite not in self.approved
 
     # -- admission ---------------------------------------------------------------
 
@@ -294,8 +329,9 @@ class Members:
     def must_wait(self, grant: RoomGrant) -> bool:
         """Whether a new participant with ``grant`` waits to be admitted."""
         admin_present = any(p.admin and p.present for p in self.participants.values())
-        return not grant.admin and (
-            self.require_admission or not admin_present or grant.identity in self.blocked
+        return self.awaits_approval(grant) or (
+            not grant.admin
+            and (self.require_admission or not admin_present or grant.identity in self.blocked)
         )
 
     def block(self, p: Member) -> None:

@@ -15,7 +15,16 @@ from typing import Any
 
 from signalling.room.consent import RecordingOutput
 
-__all__ = ["Close", "ConnId", "MediaCloseRoom", "MediaLeave", "Output", "Resubscribe", "SendFrame"]
+__all__ = [
+    "Close",
+    "ConnId",
+    "InviteDecided",
+    "MediaCloseRoom",
+    "MediaLeave",
+    "Output",
+    "Resubscribe",
+    "SendFrame",
+]
 
 ConnId = Hashable
 
@@ -57,4 +66,16 @@ class Resubscribe:
     participants: tuple[str, ...]
 
 
-Output = SendFrame | Close | MediaLeave | MediaCloseRoom | Resubscribe | RecordingOutput
+@dataclass(frozen=True)
+class InviteDecided:
+    """The patient (``by``, their identity) agreed to a guest's invite or
+    refused it: keep the answer (a refusal kills the link)."""
+
+    invite: str
+    by: str
+    agreed: bool
+
+
+Output = (
+    SendFrame | Close | MediaLeave | MediaCloseRoom | Resubscribe | InviteDecided | RecordingOutput
+)

@@ -41,7 +41,7 @@ from signalling.live.room import CallRoom
 from signalling.media.placement import Placement
 from signalling.room.core import ControlFrame, Room
 from signalling.room.members import MemberState
-from signalling.room.outputs import Output
+from signalling.room.outputs import InviteDecided, Output
 from signalling.service.joining import Joining
 from signalling.service.media_frames import MediaFrames
 from signalling.service.rooms import Rooms
@@ -121,6 +121,7 @@ class CallService:
         observe: Callable[[Room, list[Output]], None] | None = None,
         recording_store: Callable[[], Recordings | None] | None = None,
         call_phone: CallPhone | None = None,
+        decided: Callable[[str, InviteDecided], Awaitable[None]] | None = None,
         home: str = "",
     ) -> None:
         self.settings = settings
@@ -142,6 +143,7 @@ class CallService:
             media_client=media_client,
             observe=observe,
             recording_store=recording_store,
+            decided=decided,
         )
         self.joining = Joining(settings, self.rooms, on_waiting=on_waiting)
         self.media_frames = MediaFrames(self.rooms)

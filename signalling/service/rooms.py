@@ -51,6 +51,7 @@ from signalling.room.consent import ConsentAnswered, RecordingAsked, RecordingSt
 from signalling.room.core import Room
 from signalling.room.outputs import (
     Close,
+    InviteDecided,
     MediaCloseRoom,
     MediaLeave,
     Output,
@@ -87,8 +88,11 @@ class Rooms(Mapping[str, CallRoom]):
         media_client: MediaClient | None = None,
         observe: Callable[[Room, list[Output]], None] | None = None,
         recording_store: Callable[[], Recordings | None] | None = None,
+        decided: Callable[[str, InviteDecided], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        #: Keeps the patient's answer about an invite (signalling.edge.invites).
+        self._decided = decided
         self._get_media = media
         self._listening: set[int] = set()
         self._ice_servers = ice_servers
@@ -334,6 +338,9 @@ class Rooms(Mapping[str, CallRoom]):
                     for pid in pids:
                         if not closed:
                             room.subscriber(pid).kick()
+                case InviteDecided():
+                    if self._decided is not None:
+                        self._spawn(self._decided(room.name, out), "call-invite-decided")
                 case RecordingAsked() | ConsentAnswered() | RecordingStart() | RecordingStop():
                     self.recordings.carry(room, out)
         if closed:
@@ -412,6 +419,13 @@ class Rooms(Mapping[str, CallRoom]):
         room = self._rooms.get(name)
         if room is not None:
             self.apply(room, room.core.phone_call(step))
+
+    def invite_revoked(self, name: str, invite_id: str) -> None:
+        """Invite ``invite_id`` of room ``name`` was taken back: its guests
+        leave, if the room runs here (each replica hears the bus event)."""
+        room = self._rooms.get(name)
+        if room is not None:
+            self.apply(room, room.core.revoke_invite(invite_id))
 
     def end_room(self, name: str, reason: str) -> None:
         """End room ``name`` if it runs here (its owner): everyone is sent away."""

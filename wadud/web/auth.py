@@ -464,6 +464,12 @@ class RoomGrant:
     #: theirs: ``phone`` for a caller through the phone bridge. Shown to
     #: everyone in the room (the page draws a phone on the tile).
     device: str = ""
+    #: A guest's invite (its id), whose revocation sends them out and
+    #: kills the link (signalling.edge.invites).
+    invite: str = ""
+    #: The guest waits for the patient's agreement (a family member, an
+    #: observer) unless the room already has it for their invite.
+    approval: bool = False
     #: What the participant may do: :class:`wadud.web.roles.Action` values,
     #: sorted. Left out (None), the role's (:func:`wadud.web.roles.actions_of`,
     #: narrowed by ``publish`` and ``subscribe``, widened by ``admin``).
@@ -532,6 +538,8 @@ def issue_room_token(
         claims["sid"] = grant.sid
     if grant.device:
         claims["device"] = grant.device
+    if grant.invite:
+        claims["invite"] = {"id": grant.invite, "approval": grant.approval}
     return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
 
 
@@ -553,6 +561,8 @@ def decode_room_token(settings: Settings, token: str, *, leeway: float = 0) -> R
             slot=str((c.get("booking") or {}).get("slot") or ""),
             sid=str(c.get("sid") or ""),
             device=str(c.get("device") or ""),
+            invite=str((c.get("invite") or {}).get("id") or ""),
+            approval=bool((c.get("invite") or {}).get("approval", False)),
             actions=None if (a := c.get("actions")) is None else tuple(str(x) for x in a),
         )
     except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
