@@ -16,8 +16,11 @@ from wadud.messaging import outbox
 
 __all__ = [
     "REGION_CURRENCY",
+    "booking_origins",
     "create",
     "listed",
+    "origin_listed",
+    "origins",
     "read",
     "region_commission",
     "region_features",
@@ -29,7 +32,9 @@ __all__ = [
 #: Each region's currency, which its clinics bill in.
 REGION_CURRENCY: dict[str, str] = {"PK": "PKR", "AE": "AED", "QA": "QAR", "SA": "SAR"}
 
-_COLS = "id, name, region, currency, commission_bp, commission_fixed_minor, created_at"
+_COLS = (
+    "id, name, region, currency, commission_bp, commission_fixed_minor, allowed_origins, created_at"
+)
 
 
 async def create(
@@ -90,16 +95,19 @@ async def update(
     name: str | None,
     commission_bp: int | None,
     commission_fixed_minor: int | None,
+    allowed_origins: list[str] | None = None,
 ) -> asyncpg.Record:
     """Change the fields named in ``sent`` (404 if no such clinic); a
-    ``commission_bp`` of None clears the clinic's own rate."""
+    ``commission_bp`` of None clears the clinic's own rate.
+    ``allowed_origins`` are normalised already (wadud.origins)."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             f"""UPDATE clinics SET
                     name = CASE WHEN $2 THEN $3 ELSE name END,
                     commission_bp = CASE WHEN $4 THEN $5 ELSE commission_bp END,
                     commission_fixed_minor =
-                        CASE WHEN $6 THEN $7 ELSE commission_fixed_minor END
+                        CASE WHEN $6 THEN $7 ELSE commission_fixed_minor END,
+                    allowed_origins = CASE WHEN $8 THEN $9 ELSE allowed_origins END
                 WHERE id = $1 RETURNING {_COLS}""",
             clinic_id,
             "name" in sent,
@@ -108,6 +116,8 @@ async def update(
             commission_bp,
             "commission_fixed_minor" in sent,
             commission_fixed_minor,
+            "allowed_origins" in sent,
+            allowed_origins,
         )
         if row is None:
             raise NotFound("no such clinic")
@@ -115,6 +125,34 @@ async def update(
             conn, "clinic.updated", {"clinic_id": str(row["id"]), "fields": sorted(sent)}
         )
     return row
+
+
+# -- embedding sites ---------------------------------------------------------------
+
+
+async def origin_listed(pool: asyncpg.Pool, origin: str) -> bool:
+    """Whether any clinic lists ``origin`` (normalised) in its allowed_origins."""
+    found = await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM clinics WHERE allowed_origins @> ARRAY[$1::text])", origin
+    )
+    return bool(found)
+
+
+async def origins(pool: asyncpg.Pool, clinic_id: UUID) -> list[str]:
+    """Clinic ``clinic_id``'s allowed origins (none for no such clinic)."""
+    found = await pool.fetchval("SELECT allowed_origins FROM clinics WHERE id = $1", clinic_id)
+    return list(found or [])
+
+
+async def booking_origins(pool: asyncpg.Pool, booking_id: UUID) -> list[str]:
+    """The allowed origins of the clinic of booking ``booking_id`` (none for
+    no such booking)."""
+    found = await pool.fetchval(
+        """SELECT c.allowed_origins FROM bookings b JOIN clinics c ON c.id = b.clinic_id
+           WHERE b.id = $1""",
+        booking_id,
+    )
+    return list(found or [])
 
 
 # -- regions -----------------------------------------------------------------------

@@ -3,7 +3,9 @@ commission (:mod:`booking.clinics`).
 
 A clinic belongs to one region and bills in that region's currency. Admins
 manage clinics; clinic staff and doctors see only their own (another clinic is
-a 404, so ids do not leak).
+a 404, so ids do not leak). A clinic's staff set the sites that embed its
+calls (``allowed_origins``, docs/calls.md); the rest of a clinic is the
+admins' to change.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import datetime as dt
 from typing import Annotated, Literal, cast
 from uuid import UUID
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
 from booking import clinics
-from wadud.errors import NotFound, Unprocessable
+from wadud import origins
+from wadud.errors import Forbidden, NotFound, Unprocessable
 from wadud.web.api import ApiModel, Call, Principal, Role, Routes
 
 routes = Routes("clinics", "Clinics (tenants) and per-region settings.")
@@ -29,6 +32,13 @@ _FEATURE_PATH = "{feature:[a-z][a-z0-9_.-]*}"
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 BasisPoints = Annotated[int, Field(ge=0, le=10_000)]
 Minor = Annotated[int, Field(ge=0, le=10**12)]
+#: ``scheme://host[:port]``, stored as browsers send it (wadud.origins).
+Origin = Annotated[str, Field(max_length=origins.MAX_LENGTH), AfterValidator(origins.normalise)]
+Origins = Annotated[
+    list[Origin],
+    Field(max_length=origins.MAX_ORIGINS),
+    AfterValidator(origins.normalise_all),
+]
 
 
 class ClinicIn(ApiModel):
@@ -43,6 +53,13 @@ class ClinicPatch(ApiModel):
     #: ``null`` returns the clinic to the region's (or the platform's) default.
     commission_bp: BasisPoints | None = None
     commission_fixed_minor: Minor | None = None
+    allowed_origins: Origins | None = Field(
+        None,
+        description="The sites that embed this clinic's calls, each scheme://host[:port]"
+        " (at most 20): they may frame its call pages and call POST /api/v1/check and"
+        " /api/v1/calls/* from the browser. Replaces the list; [] clears it. The only"
+        " field a clinic's own staff may change.",
+    )
 
 
 class Clinic(ApiModel):
@@ -52,6 +69,10 @@ class Clinic(ApiModel):
     currency: str
     commission_bp: int | None
     commission_fixed_minor: int
+    allowed_origins: list[str] = Field(
+        description="The sites that embed this clinic's calls (docs/calls.md), written as"
+        " browsers send an Origin: lower case, no default port."
+    )
     created_at: dt.datetime
 
 
@@ -148,27 +169,40 @@ async def get_clinic(call: Call[None, None]) -> Clinic:
     return Clinic(**dict(await clinics.read(call.pool, clinic_id)))
 
 
+#: What a clinic's own staff may change of it.
+STAFF_FIELDS = frozenset({"allowed_origins"})
+
+
 @routes.patch(
-    "/api/v1/clinics/{clinic_id:uuid}", body=ClinicPatch, returns=Clinic, auth={Role.ADMIN}
+    "/api/v1/clinics/{clinic_id:uuid}",
+    body=ClinicPatch,
+    returns=Clinic,
+    auth={Role.ADMIN, Role.CLINIC_STAFF},
 )
 async def update_clinic(call: Call[ClinicPatch, None]) -> Clinic:
-    """Rename a clinic or change its commission.
+    """Rename a clinic, change its commission or the sites that embed it.
 
     Only the fields sent change; ``commission_bp: null`` clears the clinic's
-    own rate so the region's or platform's default applies."""
+    own rate so the region's or platform's default applies. Admins change
+    any field; a clinic's staff only its own ``allowed_origins`` (403 for
+    another field, 404 for another clinic). A change of origins applies to
+    browsers within a few seconds."""
     body = call.body
     sent = body.model_fields_set
-    if "name" in sent and body.name is None:
-        raise Unprocessable("name cannot be null")
-    if "commission_fixed_minor" in sent and body.commission_fixed_minor is None:
-        raise Unprocessable("commission_fixed_minor cannot be null")
+    clinic_id = call.overseen_clinic()
+    if call.user.role != Role.ADMIN and sent - STAFF_FIELDS:
+        raise Forbidden(f"clinic staff may change only {', '.join(sorted(STAFF_FIELDS))}")
+    for name in ("name", "commission_fixed_minor", "allowed_origins"):
+        if name in sent and getattr(body, name) is None:
+            raise Unprocessable(f"{name} cannot be null")
     row = await clinics.update(
         call.pool,
-        call.path_uuid("clinic_id"),
+        clinic_id,
         sent,
         name=body.name,
         commission_bp=body.commission_bp,
         commission_fixed_minor=body.commission_fixed_minor,
+        allowed_origins=body.allowed_origins,
     )
     return Clinic(**dict(row))
 
