@@ -13,10 +13,14 @@
   so a newcomer can hold a call in two tabs.
 * The consultation's chat for the call page, by room token: signalling/edge/chat.py.
 
-Clinics embed the call page in their own sites, so it may be framed by any
-origin (``frame-ancestors``) and delegates camera, microphone and screen
+Clinics embed the call page in their own sites, so it may be framed by the
+sites the origin policy names for its room (``frame-ancestors``: the room's
+clinic's ``allowed_origins``, else any site unless configured otherwise,
+signalling/edge/origins.py) and delegates camera, microphone and screen
 capture to itself (``Permissions-Policy``); the iframe must also say
-``allow="camera; microphone; display-capture"`` (docs/calls.md).
+``allow="camera; microphone; display-capture"`` (docs/calls.md). Those
+sites may call ``POST /api/v1/check`` and ``/api/v1/calls/*`` from the
+browser (CORS, signalling/edge/cors.py).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from signalling.edge import chat, check, invites, tokens
+from signalling.edge import chat, check, cors, invites, tokens
+from signalling.edge.origins import POLICY, OriginPolicy, frame_sources
 from wadud.errors import NotFound
 from wadud.state import keys
 from wadud.web.api import ApiModel, Call, Routes
@@ -135,9 +140,11 @@ class Pages:
     """The HTML pages and their assets (plain aiohttp routes: they are not
     part of the JSON API, so they stay out of the OpenAPI document)."""
 
-    def __init__(self, static: Path, frame_ancestors: str, demo: bool) -> None:
+    def __init__(self, static: Path, policy: OriginPolicy, demo: bool) -> None:
         self.static = static
-        self.frame_ancestors = frame_ancestors
+        self.policy = policy
+        # Pages of no room: the deployment's sites alone.
+        self.frame_ancestors = frame_sources(policy.deployment, policy.configured, [])
         self.demo = demo
         # Fixed at start: a request can only name a file that was there, so no
         # path in a URL ever reaches the file system.
@@ -153,7 +160,9 @@ class Pages:
         return web.FileResponse(self.static / name, headers=headers)
 
     async def call_page(self, request: web.Request) -> web.FileResponse:
-        return self._html(request, "call.html", self.frame_ancestors)
+        pool = request.app[keys.DB]
+        ancestors = await self.policy.frame_ancestors(pool, request.match_info["room"])
+        return self._html(request, "call.html", ancestors)
 
     async def check_page(self, request: web.Request) -> web.FileResponse:
         # Clinics embed the check before a visit, as they embed the call.
@@ -187,14 +196,17 @@ class Pages:
 def install(app: web.Application) -> None:
     settings = app[keys.SETTINGS]
     # A deployment that knows its clinics can name them; the default lets any
-    # site embed the page.
-    frame_ancestors = settings.call_frame_ancestors.strip() or "*"
-    pages = Pages(STATIC, frame_ancestors, settings.call_demo)
+    # site embed the page, unless the room's clinic names its own sites.
+    app[POLICY] = policy = OriginPolicy(
+        frame_ancestors=settings.call_frame_ancestors, allowed=settings.call_allowed_origins
+    )
+    pages = Pages(STATIC, policy, settings.call_demo)
     app.router.add_get("/call/{room:[^/]{1,128}}", pages.call_page, name="call-page")
     app.router.add_get("/static/call/{name}", pages.asset, name="call-asset")
     app.router.add_get("/check", pages.check_page, name="call-check")
     app.router.add_get("/demo", pages.demo_page, name="call-demo")
     routes.install(app)
+    cors.install(app)
     check.routes.install(app)
     tokens.routes.install(app)
     chat.install(app)

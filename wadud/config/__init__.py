@@ -492,6 +492,13 @@ class Settings(SipSettings, PaymentsSettings):
         "Who may put the call page in an iframe: a CSP frame-ancestors source list,"
         " e.g. `https://clinic.example https://*.clinic.example`. `*`: any site.",
     )
+    call_allowed_origins: list[str] = setting(
+        [],
+        "Sites (origins: scheme://host[:port], comma separated) that may call POST"
+        " /api/v1/check and /api/v1/calls/* from the browser (CORS) and frame every"
+        " call page, besides each clinic's own `allowed_origins`. Empty: only"
+        " clinics' origins.",
+    )
     call_demo: bool = setting(
         False,
         "Serve /demo, which creates a demo room and hands out doctor and patient links"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from wadud import origins
 from wadud.config import Settings
 from wadud.errors import ConfigError
 
@@ -24,3 +25,9 @@ def check(settings: Settings) -> None:
         raise ConfigError("auth_hash_memory_kib must be at least 32")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError("database_pool_min is larger than database_pool_max")
+    for origin in settings.call_allowed_origins:
+        try:
+            if origins.normalise(origin) != origin:
+                raise ValueError(f"write it as {origins.normalise(origin)}")
+        except ValueError as exc:
+            raise ConfigError(f"call_allowed_origins: {exc}") from None

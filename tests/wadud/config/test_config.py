@@ -33,6 +33,9 @@ def test_precedence_defaults_file_env_flags(tmp_path: Path) -> None:
         ({"WADUD_DATABASE_MIGRATE": "maybe"}, "not a valid"),
         ({"WADUD_LOG_FORMAT": "xml"}, "log_format"),
         ({"WADUD_AUTH_HASH_MEMORY_KIB": "16"}, "auth_hash_memory_kib"),
+        ({"WADUD_CALL_ALLOWED_ORIGINS": "https://clinic.example/visit"}, "call_allowed_origins"),
+        # Compared with the Origin header as written: only its browser form.
+        ({"WADUD_CALL_ALLOWED_ORIGINS": "https://Clinic.example:443"}, "https://clinic.example"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], text: str) -> None:
