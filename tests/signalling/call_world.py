@@ -133,9 +133,10 @@ def serve_scenarios(doc: str | None, scenarios: Mapping[str, Scenario], budget: 
 
 
 @contextlib.asynccontextmanager
-async def embedder(page: str) -> AsyncIterator[str]:
-    """A clinic's ``page`` (HTML) on another site: localhost on EMBED_PORT,
-    against the app's 127.0.0.1. Yields its URL."""
+async def embedder(page: str, port: int = EMBED_PORT) -> AsyncIterator[str]:
+    """A clinic's ``page`` (HTML) on another site: localhost on ``port``,
+    against the app's 127.0.0.1 (two ports are two sites' origins). Yields
+    its URL."""
 
     async def clinic(_: web.Request) -> web.Response:
         return web.Response(text=page, content_type="text/html")
@@ -144,8 +145,8 @@ async def embedder(page: str) -> AsyncIterator[str]:
     app.router.add_get("/clinic", clinic)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", EMBED_PORT).start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield f"http://localhost:{EMBED_PORT}/clinic"
+        yield f"http://localhost:{port}/clinic"
     finally:
         await runner.cleanup()
