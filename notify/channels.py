@@ -483,16 +483,21 @@ class Webhook:
 
     async def send(self, msg: Outgoing) -> str:
         r = msg.rendered
+        payload: dict[str, Any] = {
+            "id": msg.tag,
+            "channel": self.name,
+            "to": msg.recipient.phone,
+            "language": r.language,
+            "title": r.title,
+            "text": r.text,
+            "template": msg.template,
+        }
+        if self.name == "whatsapp" and r.parameters:
+            # A business-initiated WhatsApp message is a template Meta
+            # approved, filled in with these, in order.
+            payload["parameters"] = list(r.parameters)
         body = json.dumps(
-            {
-                "id": msg.tag,
-                "channel": self.name,
-                "to": msg.recipient.phone,
-                "language": r.language,
-                "title": r.title,
-                "text": r.text,
-                "template": msg.template,
-            },
+            payload,
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode()

@@ -61,11 +61,16 @@ class Template:
     category: str
     urgent: bool
     text: Mapping[str, tuple[str, str]]  # language -> (title, body)
+    #: The fields a WhatsApp template approved by Meta takes, in order
+    #: (the webhook's ``parameters``); empty: the adapter maps ``text``.
+    whatsapp: tuple[str, ...] = ()
 
 
-def _t(category: str, urgent: bool = False, **text: tuple[str, str]) -> Template:
+def _t(
+    category: str, urgent: bool = False, whatsapp: tuple[str, ...] = (), **text: tuple[str, str]
+) -> Template:
     assert set(text) == set(LANGUAGES), text.keys()
-    return Template(category, urgent, text)
+    return Template(category, urgent, text, whatsapp)
 
 
 TEMPLATES: dict[str, Template] = {
@@ -255,7 +260,42 @@ TEMPLATES: dict[str, Template] = {
         ur=("{other} انتظار میں ہیں", "{other} آپ کی مشاورت کے ویٹنگ روم میں انتظار کر رہے ہیں۔"),
         ar=("{other} بانتظارك", "{other} ينتظر في غرفة انتظار استشارتك."),
     ),
+    # To a guest (an address, not a user): worded so the inviter's gender
+    # does not matter (Urdu's "نے ... دی ہے", Arabic's "دعوة من").
+    "guest_invite": _t(
+        "call",
+        urgent=True,
+        whatsapp=("inviter", "role", "when", "link"),
+        en=(
+            "Invitation to a video visit",
+            "{inviter} invites you to join a video visit as {role} {when}: {link}",
+        ),
+        ur=(
+            "ویڈیو مشاورت کی دعوت",
+            "{inviter} نے آپ کو {when} {role} کے طور پر ویڈیو مشاورت میں شامل ہونے کی دعوت دی"
+            " ہے: {link}",
+        ),
+        ar=(
+            "دعوة إلى استشارة فيديو",
+            "دعوة من {inviter} للانضمام إلى استشارة فيديو بصفة {role} {when}: {link}",
+        ),
+    ),
 }
+
+#: A guest's role as an invitation names it; a clinic's own role is shown as is.
+_ROLES = {
+    "interpreter": {"en": "an interpreter", "ur": "ترجمان", "ar": "مترجم"},
+    "family": {"en": "a family member", "ur": "خاندان کے فرد", "ar": "أحد أفراد العائلة"},
+    "clinician": {"en": "a clinician", "ur": "معالج", "ar": "أخصائي رعاية صحية"},
+    "observer": {"en": "an observer", "ur": "مشاہد", "ar": "مراقب"},
+    "doctor": {"en": "a doctor", "ur": "ڈاکٹر", "ar": "طبيب"},
+    "patient": {"en": "a patient", "ur": "مریض", "ar": "مريض"},
+    "staff": {"en": "clinic staff", "ur": "کلینک کا عملہ", "ar": "طاقم العيادة"},
+}
+
+#: When an invitation opens: from a time still ahead, else now.
+_FROM = {"en": "from {time}", "ur": "{time} سے", "ar": "ابتداءً من {time}"}
+_NOW = {"en": "now", "ur": "ابھی", "ar": "الآن"}
 
 #: Said after a patient's booking and reminder bodies where dial-in is
 #: offered: the number and the visit's PIN, grouped in fours to be read and keyed.
@@ -280,6 +320,8 @@ class Rendered:
     title: str
     text: str
     html: str
+    #: The values of the template's ``whatsapp`` fields, in order.
+    parameters: tuple[str, ...] = ()
 
 
 def zone(name: str | None) -> ZoneInfo:
@@ -342,6 +384,10 @@ def fields(params: Mapping[str, Any], language: str, tz: str | None) -> dict[str
         out["phone"] = _PHONE[language].format(number=number, pin=grouped)
     else:
         out["phone"] = ""
+    if params.get("role"):
+        role = str(params["role"])
+        out["role"] = _ROLES.get(role, {}).get(language, role)
+        out["when"] = _FROM[language].format(time=out["time"]) if "time" in out else _NOW[language]
     out.setdefault("minutes", "")
     out.setdefault("reference", "")
     return out
@@ -369,4 +415,5 @@ def render(name: str, language: str | None, tz: str | None, params: Mapping[str,
         f'{"right" if direction == "rtl" else "left"}">'
         f"<h1>{html.escape(title)}</h1><p>{html.escape(body)}</p></body></html>\n"
     )
-    return Rendered(lang, direction, title, mark + body, page)
+    parameters = tuple(values[f] for f in template.whatsapp)
+    return Rendered(lang, direction, title, mark + body, page, parameters)
