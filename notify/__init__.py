@@ -7,8 +7,9 @@ Floor: beside ``booking/`` and ``chat/``. It reads their events as plain data
 - ``notify.templates``: the messages in English, Urdu and Arabic, rendered
   in the recipient's language and time zone (sans-I/O).
 - ``notify.plan``: what an event means (which jobs for whom, when; which
-  reminders to cancel), how a due job becomes deliveries (preferences, quiet
-  hours), and the retry backoff (sans-I/O).
+  reminders to cancel), how a due job becomes deliveries (a user's
+  preferences and quiet hours; a guest's one address and channel), and the
+  retry backoff (sans-I/O).
 - ``notify.channels``: one sender per channel (SMTP, web push, FCM HTTP v1,
   APNs, signed webhooks for SMS and WhatsApp).
 - ``notify.store``: the SQL: claiming inbox rows, due jobs and due deliveries

@@ -4,6 +4,8 @@ Three steps, each a pure function the store and the service call:
 
 1. :func:`plan_event`: an outbox event (with the names and ids the store
    looked up for it, :class:`Context`) becomes jobs: who hears what, and when.
+   A job is for a user, or (an invitation) for a guest's address on the one
+   channel the inviter chose.
    A booking entering ``requested`` or ``accepted`` schedules its reminders
    (24 h and 15 min before by default); a reschedule or cancellation cancels
    the reminders of the old time. Job keys are made from the event id (or,
@@ -11,7 +13,8 @@ Three steps, each a pure function the store and the service call:
    an event twice plans nothing new.
 2. :func:`expand`: a due job becomes deliveries, one per channel (and per
    device for push) that the recipient has and wants, each due now or, on an
-   intrusive channel during the recipient's quiet hours, when they end.
+   intrusive channel during the recipient's quiet hours, when they end. A
+   guest's job becomes one delivery, due now (:func:`to_guest`).
 3. :func:`backoff`: when a failed delivery is tried again.
 """
 
@@ -27,6 +30,7 @@ from notify.templates import TEMPLATES, zone
 
 __all__ = [
     "CHANNELS",
+    "GUEST_CHANNELS",
     "INBOX",
     "INTRUSIVE",
     "Context",
@@ -40,8 +44,10 @@ __all__ = [
     "Recipient",
     "backoff",
     "expand",
+    "guest",
     "plan_event",
     "quiet_until",
+    "to_guest",
 ]
 
 CHANNELS = ("email", "webpush", "fcm", "apns", "sms", "whatsapp")
@@ -67,6 +73,16 @@ INBOX: Final[Mapping[str, str | None]] = {
     "payment.bank_transfer.refunded": None,
     "chat.message.sent": None,
     "call.waiting": None,
+    "invite.created": None,
+}
+#: The channels an invitation can name (room_invites.channel).
+GUEST_CHANNELS = frozenset({"email", "sms", "whatsapp"})
+#: The zone a guest's phone number most likely rings in, by calling code.
+_CALLING_ZONES = {
+    "+92": "Asia/Karachi",
+    "+971": "Asia/Dubai",
+    "+974": "Asia/Qatar",
+    "+966": "Asia/Riyadh",
 }
 #: The platform's account, as a bank transfer's instructions carry it.
 _BANK_FIELDS = ("bank_name", "account_title", "account_number", "iban")
@@ -98,6 +114,8 @@ class Context:
     chat_recipients: Sequence[UUID] = ()
     sender_name: str = ""
     sender_role: str = ""
+    #: An invitation: the time zone of the clinic's region, if it has one.
+    clinic_zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,12 +135,15 @@ class PlanSettings:
 class Job:
     key: str
     event_id: str
-    recipient_id: UUID
+    #: The user it is for; None for a guest, known by ``channel`` and ``address``.
+    recipient_id: UUID | None
     template: str
     params: Mapping[str, Any]
     due_at: dt.datetime
     expires_at: dt.datetime | None = None
     booking_id: UUID | None = None
+    channel: str | None = None
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +338,8 @@ def plan_event(event: InboxEvent, ctx: Context, policy: PlanSettings) -> Plan:
         for who in ctx.chat_recipients:
             jobs += _job(event, "chat_message", who, params, due=due)
         return Plan(jobs=jobs)
+    if topic == "invite.created":
+        return Plan(jobs=_invite(event, ctx))
     if topic == "call.waiting":
         params = {
             "booking_id": str(d.get("booking_id", "")),
@@ -326,6 +349,48 @@ def plan_event(event: InboxEvent, ctx: Context, policy: PlanSettings) -> Plan:
         expires = event.at + dt.timedelta(seconds=policy.waiting_ttl)
         return Plan(jobs=_job(event, "call_waiting", ctx.doctor_user_id, params, expires=expires))
     return Plan()
+
+
+def _invite(event: InboxEvent, ctx: Context) -> list[Job]:
+    """The guest's invitation, to the address on the channel the inviter
+    chose, now. Its time is the link's opening, written in the zone of the
+    guest's calling code, else of the clinic's region (else UTC), or "now"
+    when it is already open. Only the invite's id travels: the link is made
+    when the message is sent."""
+    d = event.data
+    invite_id = _uuid(d.get("invite_id"))
+    channel, address = str(d.get("channel") or ""), str(d.get("address") or "")
+    room, role = str(d.get("room") or ""), str(d.get("role") or "")
+    if invite_id is None or channel not in GUEST_CHANNELS or not (address and room and role):
+        return []
+    opens = _time(d.get("not_before"))
+    zone_ = ctx.clinic_zone
+    if channel != "email":
+        zone_ = next((z for c, z in _CALLING_ZONES.items() if address.startswith(c)), zone_)
+    params: dict[str, Any] = {
+        "invite_id": str(invite_id),
+        "room": room,
+        "role": role,
+        "name": str(d.get("name") or ""),
+        "inviter": str(d.get("inviter") or ""),
+        "locale": str(d.get("locale") or "en"),
+        "time_zone": zone_ or "UTC",
+    }
+    if opens is not None and opens > event.at:
+        params["starts_at"] = opens.astimezone(dt.UTC).isoformat()
+    return [
+        Job(
+            key=f"event:{event.id}:guest_invite:{invite_id}",
+            event_id=str(event.id),
+            recipient_id=None,
+            template="guest_invite",
+            params=params,
+            due_at=event.at,
+            expires_at=_time(d.get("expires_at")),
+            channel=channel,
+            address=address,
+        )
+    ]
 
 
 def _plan_booking(event: InboxEvent, ctx: Context, policy: PlanSettings) -> Plan:
@@ -394,7 +459,8 @@ def _plan_booking(event: InboxEvent, ctx: Context, policy: PlanSettings) -> Plan
 
 @dataclass(frozen=True)
 class Recipient:
-    id: UUID
+    #: None: a guest, who is only an address (:func:`guest`).
+    id: UUID | None
     email: str | None
     phone: str | None
     locale: str | None
@@ -423,6 +489,8 @@ class Delivery:
     channel: str
     target: str
     due_at: dt.datetime
+    #: Why it can never be sent: recorded as failed, and not tried.
+    failed: str = ""
 
 
 def quiet_until(prefs: Preferences, tz: str | None, now: dt.datetime) -> dt.datetime | None:
@@ -474,6 +542,31 @@ def expand(
         elif channel in PUSH:
             out += [Delivery(channel, str(d.id), due) for d in devices if d.kind == channel]
     return out
+
+
+def to_guest(job: Job, available: Iterable[str], now: dt.datetime) -> Delivery:
+    """A guest's job's one delivery: on the channel the inviter chose, now
+    (the visit is now: no quiet hours), or failed if this server has no such
+    channel (no other channel would reach the address)."""
+    assert job.channel is not None
+    if job.channel not in frozenset(available):
+        why = f"{job.channel}: channel not configured on this server"
+        return Delivery(job.channel, "", now, why)
+    return Delivery(job.channel, "", now)
+
+
+def guest(channel: str, address: str, params: Mapping[str, Any]) -> Recipient:
+    """The recipient of a guest's delivery: their address, name and language
+    as the invitation gave them, the zone the job chose."""
+    phone = channel in ("sms", "whatsapp")
+    return Recipient(
+        id=None,
+        email=None if phone else address,
+        phone=address if phone else None,
+        locale=str(params.get("locale") or "en"),
+        time_zone=str(params.get("time_zone") or "UTC"),
+        display_name=str(params.get("name") or ""),
+    )
 
 
 def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:

@@ -31,8 +31,11 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -44,10 +47,11 @@ from notify.templates import render
 from wadud.config import Settings
 from wadud.messaging import loops, outbox
 from wadud.observe import tracing
+from wadud.web import auth
 
 log = logging.getLogger("wadud.notify")
 
-__all__ = ["Notifier", "policy", "run"]
+__all__ = ["Notifier", "invite_link", "policy", "run"]
 
 OUTCOMES = ("sent", "retried", "failed", "expired")
 DELIVERIES = Counter(
@@ -79,6 +83,14 @@ def policy(settings: Settings) -> plan.PlanSettings:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def invite_link(settings: Settings, params: Mapping[str, Any]) -> str:
+    """The guest's link of an invitation job: made when it is sent, never
+    stored (its key opens the room)."""
+    invite = UUID(str(params["invite_id"]))
+    room = urllib.parse.quote(str(params["room"]), safe="")
+    return f"{settings.base_url}/call/{room}?invite={invite}.{auth.invite_key(settings, invite)}"
 
 
 class Notifier:
@@ -197,24 +209,30 @@ class Notifier:
         """Turn one batch of due jobs into deliveries; return how many jobs."""
         now = self.clock()
         added = False
+        refused: list[tuple[plan.Job, plan.Delivery]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await store.claim_jobs(conn, now, self.batch)
             finished: dict[str, str] = {}
-            wanted = []
+            wanted: list[tuple[plan.Job, UUID]] = []  # jobs for users, and the user
             for row in rows:
                 job = store.job_of(row)
                 if job.expires_at is not None and job.expires_at <= now:
                     finished[job.key] = "expired"
                 elif not await store.still_wanted(conn, job, self.policy.chat_delay):
                     finished[job.key] = "skipped"
+                elif job.recipient_id is None:
+                    delivery = plan.to_guest(job, self.available, now)
+                    await store.add_deliveries(conn, job, [delivery])
+                    finished[job.key] = "done"
+                    if delivery.failed:
+                        refused.append((job, delivery))
+                    added = added or not delivery.failed
                 else:
-                    wanted.append(job)
+                    wanted.append((job, job.recipient_id))
             # Every recipient of the batch in one round trip.
-            audiences = (
-                await store.audiences(conn, (j.recipient_id for j in wanted)) if wanted else {}
-            )
-            for job in wanted:
-                found = audiences.get(job.recipient_id)
+            audiences = await store.audiences(conn, (user for _, user in wanted)) if wanted else {}
+            for job, user in wanted:
+                found = audiences.get(user)
                 if found is None:
                     finished[job.key] = "skipped"
                     continue
@@ -224,6 +242,12 @@ class Notifier:
                 finished[job.key] = "done"
                 added = added or bool(deliveries)
             await store.finish_jobs(conn, finished)
+        for job, delivery in refused:
+            DELIVERIES.labels(delivery.channel, "failed").inc()
+            log.warning(
+                "notification refused for good",
+                extra={"job": job.key, "channel": delivery.channel, "error": delivery.failed},
+            )
         if added:
             self._send_wake.set()
         return len(rows)
@@ -249,21 +273,29 @@ class Notifier:
                     await conn.execute(
                         "DELETE FROM notify_devices WHERE id = $1", UUID(row["target"])
                     )
+                detail = self._redact(row, exc.detail)
                 await store.record_attempt(
-                    conn, delivery_id, attempt, status="failed", ok=False, detail=exc.detail
+                    conn, delivery_id, attempt, status="failed", ok=False, detail=detail
                 )
                 DELIVERIES.labels(row["channel"], "failed").inc()
                 log.warning(
                     "notification refused for good",
-                    extra={"delivery": delivery_id, "channel": row["channel"], "error": exc.detail},
+                    extra={"delivery": delivery_id, "channel": row["channel"], "error": detail},
                 )
                 return True
             except DeliveryFailed as exc:
-                await self._retry(conn, row, attempt, exc.detail, exc.retry_after)
+                detail = self._redact(row, exc.detail)
+                await self._retry(conn, row, attempt, detail, exc.retry_after)
                 return True
             except Exception as exc:  # a sender's bug must not stop the others
-                log.exception("notification send crashed", extra={"delivery": delivery_id})
-                await self._retry(conn, row, attempt, f"{type(exc).__name__}: {exc}", None)
+                detail = self._redact(row, f"{type(exc).__name__}: {exc}")
+                # A guest's message holds its link, which a traceback may quote.
+                log.error(
+                    "notification send crashed",
+                    exc_info=row["recipient_id"] is not None,
+                    extra={"delivery": delivery_id, "error": detail},
+                )
+                await self._retry(conn, row, attempt, detail, None)
                 return True
             await store.record_attempt(
                 conn, delivery_id, attempt, status="sent", ok=True, detail=detail
@@ -313,25 +345,43 @@ class Notifier:
             extra={"delivery": row["id"], "attempt": attempt, "in": wait, "error": detail},
         )
 
+    def _redact(self, row: asyncpg.Record, text: str) -> str:
+        """``text`` without the key of a guest's link (a provider's error may
+        quote the message), for the delivery log and the log lines: the key
+        wherever it is, and what follows the invite's id in the link (a
+        quote cut short may end inside the key)."""
+        invite = row["params"].get("invite_id") if row["recipient_id"] is None else None
+        if not invite:
+            return text
+        text = text.replace(auth.invite_key(self.settings, UUID(str(invite))), "<invite key>")
+        return re.sub(re.escape(str(invite)) + r"\.[A-Za-z0-9_-]+", f"{invite}.<invite key>", text)
+
     async def _send(self, conn: asyncpg.Connection, row: asyncpg.Record) -> str:
         sender = self.senders.get(row["channel"])
         if sender is None:
             raise DeliveryFailed(f"{row['channel']}: channel not configured on this notifier")
-        who = await store.recipient(conn, row["recipient_id"])
-        if who is None:
-            raise PermanentFailure("recipient gone or disabled")
+        params = row["params"]
         device = None
-        if row["target"]:
-            device = await store.device(conn, row["target"])
-            if device is None:
-                raise PermanentFailure("device removed")
+        if row["recipient_id"] is None:
+            who = plan.guest(row["channel"], row["address"], params)
+            params = {**params, "link": invite_link(self.settings, params)}
+        else:
+            found = await store.recipient(conn, row["recipient_id"])
+            if found is None:
+                raise PermanentFailure("recipient gone or disabled")
+            who = found
+            if row["target"]:
+                device = await store.device(conn, row["target"])
+                if device is None:
+                    raise PermanentFailure("device removed")
         expires = row["expires_at"]
+        to = row["recipient_id"] or row["address"]
         msg = channels.Outgoing(
-            key=f"{row['event_id']}/{row['channel']}/{row['recipient_id']}/{row['target']}",
+            key=f"{row['event_id']}/{row['channel']}/{to}/{row['target']}",
             template=row["template"],
-            rendered=render(row["template"], who.locale, who.time_zone, row["params"]),
+            rendered=render(row["template"], who.locale, who.time_zone, params),
             recipient=who,
-            params=row["params"],
+            params=params,
             device=device,
             expires_at=expires.timestamp() if expires is not None else None,
         )

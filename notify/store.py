@@ -132,6 +132,12 @@ async def context_for(conn: Conn, event: InboxEvent) -> Context:
         return people
     if event.topic.startswith("payment."):
         return Context(patient_id=_uuid(d.get("patient_id")))
+    if event.topic == "invite.created":
+        clinic = _uuid(d.get("clinic_id"))
+        if clinic is None:
+            return Context()
+        zone = await conn.fetchval(f"SELECT {_REGION_ZONE} FROM clinics c WHERE c.id = $1", clinic)
+        return Context(clinic_zone=zone)
     if event.topic == "chat.message.sent":
         conversation = _uuid(d.get("conversation_id"))
         sender = _uuid(d.get("sender_id"))
@@ -182,14 +188,15 @@ async def _insert_jobs(conn: Conn, jobs: Sequence[Job]) -> None:
         return
     await conn.execute(
         """INSERT INTO notify_jobs (key, event_id, recipient_id, template, params,
-                                    booking_id, due_at, expires_at)
+                                    booking_id, due_at, expires_at, channel, address)
            SELECT j.key, j.event_id, j.recipient_id, j.template, j.params::jsonb,
-                  j.booking_id, j.due_at, j.expires_at
+                  j.booking_id, j.due_at, j.expires_at, j.channel, j.address
            FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
-                       $6::uuid[], $7::timestamptz[], $8::timestamptz[])
+                       $6::uuid[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                       $10::text[])
                 AS j(key, event_id, recipient_id, template, params, booking_id, due_at,
-                     expires_at)
-           WHERE EXISTS (SELECT 1 FROM users WHERE id = j.recipient_id)
+                     expires_at, channel, address)
+           WHERE j.recipient_id IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = j.recipient_id)
            ON CONFLICT (key) DO NOTHING""",
         [j.key for j in jobs],
         [j.event_id for j in jobs],
@@ -199,6 +206,8 @@ async def _insert_jobs(conn: Conn, jobs: Sequence[Job]) -> None:
         [j.booking_id for j in jobs],
         [j.due_at for j in jobs],
         [j.expires_at for j in jobs],
+        [j.channel for j in jobs],
+        [j.address for j in jobs],
     )
 
 
@@ -256,18 +265,28 @@ async def still_wanted(conn: Conn, job: Job, chat_delay: float) -> bool:
             chat_delay,
         )
         return told is None
+    if job.template == "guest_invite":
+        # An invitation taken back (or refused by the patient) before it went
+        # out: its link is dead, so the guest is not told of it.
+        dead = await conn.fetchval(
+            """SELECT 1 FROM room_invites
+               WHERE id = $1 AND status IN ('refused', 'revoked')""",
+            _uuid(p.get("invite_id")),
+        )
+        return dead is None
     return True
 
 
-_RECIPIENT = """
+#: The time zone of a clinic's region (``c``), for people who set none.
+_REGION_ZONE = """CASE c.region WHEN 'PK' THEN 'Asia/Karachi' WHEN 'AE' THEN 'Asia/Dubai'
+                     WHEN 'QA' THEN 'Asia/Qatar' WHEN 'SA' THEN 'Asia/Riyadh' END"""
+
+_RECIPIENT = f"""
 SELECT u.id, u.email, u.phone, u.locale, u.display_name,
-       coalesce(u.time_zone, d.time_zone,
-                CASE c.region WHEN 'PK' THEN 'Asia/Karachi' WHEN 'AE' THEN 'Asia/Dubai'
-                              WHEN 'QA' THEN 'Asia/Qatar' WHEN 'SA' THEN 'Asia/Riyadh'
-                END) AS time_zone{more}
+       coalesce(u.time_zone, d.time_zone, {_REGION_ZONE}) AS time_zone{{more}}
 FROM users u
 LEFT JOIN doctors d ON d.user_id = u.id
-LEFT JOIN clinics c ON c.id = u.clinic_id{join}
+LEFT JOIN clinics c ON c.id = u.clinic_id{{join}}
 WHERE u.id = $1 AND NOT u.disabled"""
 
 
@@ -330,15 +349,28 @@ async def device(conn: Conn, device_id: str) -> Device | None:
 
 
 async def add_deliveries(conn: Conn, job: Job, deliveries: Sequence[Delivery]) -> None:
+    """Log a job's deliveries, pending, or failed untried where one says why
+    it never can go. A delivery already logged (a user's on its unique key,
+    a guest's by its job) is left as it is."""
     if not deliveries:
         return
     await conn.executemany(
         """INSERT INTO notify_deliveries (event_id, channel, recipient_id, target, job_key,
-                                          next_attempt_at, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (event_id, channel, recipient_id, target) DO NOTHING""",
+                                          next_attempt_at, expires_at, status, last_error)
+           VALUES ($1, $2, $3, $4, $5, $6, $7,
+                   CASE WHEN $8 = '' THEN 'pending' ELSE 'failed' END, nullif($8, ''))
+           ON CONFLICT DO NOTHING""",
         [
-            (job.event_id, d.channel, job.recipient_id, d.target, job.key, d.due_at, job.expires_at)
+            (
+                job.event_id,
+                d.channel,
+                job.recipient_id,
+                d.target,
+                job.key,
+                d.due_at,
+                job.expires_at,
+                d.failed,
+            )
             for d in deliveries
         ],
     )
@@ -359,7 +391,7 @@ async def finish_jobs(conn: Conn, states: Mapping[str, str]) -> None:
 async def claim_delivery(conn: Conn, now: dt.datetime) -> asyncpg.Record | None:
     """The next due delivery, locked until the caller's transaction ends."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        """SELECT d.*, j.template, j.params FROM notify_deliveries d
+        """SELECT d.*, j.template, j.params, j.address FROM notify_deliveries d
            JOIN notify_jobs j ON j.key = d.job_key
            WHERE d.status = 'pending' AND d.next_attempt_at <= $1
            ORDER BY d.next_attempt_at LIMIT 1 FOR UPDATE OF d SKIP LOCKED""",

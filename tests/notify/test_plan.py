@@ -146,14 +146,16 @@ def test_cancel_and_reschedule_cancel_reminders_and_skip_the_actor() -> None:
         ["booking.requested", "booking.accepted", "booking.cancelled", "payment.succeeded",
          "payment.refunded", "chat.message.sent", "call.waiting", "booking.held", "x.y",
          "payment.refund_refused", "payment.received_late", "payment.bank_transfer.refund_due",
-         "payment.bank_transfer.refunded"]
+         "payment.bank_transfer.refunded", "invite.created"]
     ),
     data=st.dictionaries(
         st.sampled_from(["booking_id", "starts_at", "event", "patient_id", "amount_minor",
                          "currency", "actor_id", "detail", "refund_minor", "instant",
-                         "refund_id", "reference"]),
+                         "refund_id", "reference", "invite_id", "room", "role", "channel",
+                         "address", "locale", "not_before", "expires_at"]),
         st.one_of(st.none(), st.text(max_size=30), st.integers(), st.booleans(),
-                  st.just(str(BOOKING)), st.just(NOW.isoformat()), st.just({})),
+                  st.just(str(BOOKING)), st.just(NOW.isoformat()), st.just({}),
+                  st.sampled_from(["sms", "whatsapp", "email", "+923001234567", "ur"])),
     ),
 )  # fmt: skip
 @settings(max_examples=300, deadline=None)
@@ -296,3 +298,70 @@ def test_where_dial_in_is_offered_the_patients_messages_carry_the_number_and_pin
         text = render("booking_confirmed", language, "Asia/Karachi", confirmed.params).text
         assert "\u2066+92 51 1234567\u2069" in text and "\u20664821 0937\u2069" in text, text
     assert "\u2066" not in render("booking_confirmed", "en", None, confirmed.params).text
+
+
+def _invite(**extra: object) -> plan.InboxEvent:
+    return _event(
+        "invite.created",
+        {
+            "invite_id": str(BOOKING),
+            "room": "shifa:visit-7",
+            "role": "interpreter",
+            "name": "Sana",
+            "inviter": "Dr. Khan",
+            "channel": "sms",
+            "address": "+971501234567",
+            "locale": "ar",
+            "not_before": (NOW + dt.timedelta(hours=1)).isoformat(),
+            "expires_at": (NOW + dt.timedelta(hours=3)).isoformat(),
+            "clinic_id": None,
+            **extra,
+        },
+    )
+
+
+def test_an_invitation_is_one_job_for_an_address_in_a_zone_the_guest_likely_lives_in() -> None:
+    pk = plan.Context(clinic_zone="Asia/Karachi")
+    (job,) = plan.plan_event(_invite(), pk, POLICY).jobs
+    assert (job.recipient_id, job.channel, job.address) == (None, "sms", "+971501234567")
+    assert job.due_at == NOW and job.expires_at == NOW + dt.timedelta(hours=3)
+    # The number's calling code over the clinic's region; an email goes by the clinic.
+    assert job.params["time_zone"] == "Asia/Dubai"
+    assert job.params["starts_at"] == (NOW + dt.timedelta(hours=1)).isoformat()
+    assert "link" not in job.params and job.params["invite_id"] == str(BOOKING)
+    (mail,) = plan.plan_event(_invite(channel="email", address="a@b.test"), pk, POLICY).jobs
+    assert mail.params["time_zone"] == "Asia/Karachi"
+    (now,) = plan.plan_event(
+        _invite(not_before=NOW.isoformat(), address="+442071234567"), CTX, POLICY
+    ).jobs
+    assert "starts_at" not in now.params and now.params["time_zone"] == "UTC"
+    for bad in ({"channel": "fax"}, {"address": ""}, {"invite_id": "x"}, {"room": None}):
+        assert plan.plan_event(_invite(**bad), CTX, POLICY).jobs == [], bad
+
+
+def test_an_invitation_goes_now_on_its_channel_or_fails_where_there_is_none() -> None:
+    (job,) = plan.plan_event(_invite(), CTX, POLICY).jobs
+    later = NOW + dt.timedelta(hours=5)
+    assert plan.to_guest(job, {"sms", "email"}, later) == plan.Delivery("sms", "", later)
+    failed = plan.to_guest(job, {"email"}, later)
+    assert failed.failed == "sms: channel not configured on this server"
+
+
+@pytest.mark.parametrize(
+    ("language", "role", "says"),
+    [
+        ("en", "family", "invites you to join a video visit as a family member now: L"),
+        ("ur", "observer", "نے آپ کو ابھی مشاہد کے طور پر ویڈیو مشاورت میں"),
+        ("ar", "clinician", "بصفة أخصائي رعاية صحية الآن: L"),
+        ("ar", "dietitian", "بصفة dietitian الآن: L"),
+    ],
+)
+def test_an_invitation_names_the_role_in_the_guest_s_language(
+    language: str, role: str, says: str
+) -> None:
+    r = render("guest_invite", language, "UTC", {"inviter": "Dr. Khan", "role": role, "link": "L"})
+    assert says in r.text
+    assert r.parameters[0] == "Dr. Khan" and r.parameters[-1] == "L"
+    params = {"role": role, "starts_at": "2026-11-24T10:00:00+00:00", "link": "L"}
+    later = render("guest_invite", "en", "Asia/Karachi", params)
+    assert "from 24 November 2026, 15:00 (PKT): L" in later.text
