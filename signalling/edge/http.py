@@ -29,9 +29,8 @@ from recording.http import RECORDINGS
 from sfu.control.messages import MediaControl
 from sfu.control.rpc import MediaClient
 from sfu.node.http import MEDIA
-from signalling import errors
+from signalling import errors, invites
 from signalling.cluster.link import Cluster
-from signalling.edge import invites
 from signalling.edge.planes import CallPlanes
 from signalling.live.events import RoomEvents
 from signalling.live.report import CallRecorder, post_stats
@@ -276,8 +275,11 @@ async def _check_link(app: web.Application, grant: RoomGrant) -> None:
 
 
 #: The region whose consent rules apply to the call of booking $4.
+#: A visit booked elsewhere (``external_ref``) has none: its clinic collects
+#: consent in its own system (booking.bookings.elsewhere).
 _BOOKING_REGION = (
-    "SELECT c.region FROM bookings b JOIN clinics c ON c.id = b.clinic_id WHERE b.id = $4"
+    "SELECT c.region FROM bookings b JOIN clinics c ON c.id = b.clinic_id"
+    " WHERE b.id = $4 AND b.external_ref IS NULL"
 )
 
 

@@ -34,43 +34,28 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 from uuid import UUID
 
-import asyncpg
 from pydantic import Field, StringConstraints
 
+from booking.calls import booking_of
 from signalling import errors
-from signalling.edge.tokens import CLOCK_SKEW, room_of_key
-from signalling.room.outputs import InviteDecided
-from wadud.errors import BadRequest, Forbidden, NotFound
-from wadud.messaging import outbox
-from wadud.state import audit, keys
+from signalling import invites as store
+from signalling.edge.tokens import CLOCK_SKEW, RoomNotAllowed, room_of_key
+from wadud.errors import BadRequest, Forbidden
+from wadud.state import keys
 from wadud.web import ratelimit
 from wadud.web.api import ApiModel, Call, Routes
-from wadud.web.auth import (
-    RoomGrant,
-    decode_room_token,
-    invite_key,
-    invite_key_matches,
-    issue_room_token,
-)
+from wadud.web.auth import RoomGrant, decode_room_token, invite_key_matches, issue_room_token
 from wadud.web.roles import ROLES, Action
 
-__all__ = [
-    "REVOKED_TOPIC",
-    "Invite",
-    "InviteIn",
-    "decided",
-    "refusal",
-    "routes",
-]
+__all__ = ["Invite", "InviteIn", "InviteNotAllowed", "KeyInviteIn", "Redeemed", "routes"]
 
 routes = Routes("invites", "Guests invited into a visit (docs/guests.md).")
 
-#: The bus topic of a revoked invite: ``{"room", "invite_id"}``.
-REVOKED_TOPIC = "call.invite_revoked"
 #: The roles a participant may invite from the call page.
 GUEST_ROLES = ("interpreter", "family", "clinician", "observer")
 #: Built-in roles whose guests wait for the patient's agreement.
@@ -83,18 +68,10 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: At most this long from now to the end of the window.
 LONGEST = dt.timedelta(hours=24)
 
-_COLUMNS = """id, room, role, actions, name, channel, locale, needs_approval, invited_by,
-    not_before, expires_at, max_uses, uses, status, created_at"""
-
 
 class InviteNotAllowed(Forbidden):
     code = "invite-not-allowed"
     title = "This participant may not invite, or not this guest"
-
-
-class InviteNotFound(NotFound):
-    code = "invite-not-found"
-    title = "No such invite"
 
 
 class _Guest(ApiModel):
@@ -173,47 +150,14 @@ class Redeemed(ApiModel):
     expires_at: dt.datetime
 
 
-# -- the store -----------------------------------------------------------------
+# -- answers ------------------------------------------------------------------
 
 
-def _link(settings: Any, room: str, invite_id: UUID) -> str:
-    key = invite_key(settings, invite_id)
-    return f"{settings.base_url}/call/{quote(room, safe='')}?invite={invite_id}.{key}"
-
-
-def _out(settings: Any, row: asyncpg.Record, *, link: bool) -> Invite:
+def _out(settings: Any, row: Mapping[str, Any], *, link: bool) -> Invite:
     return Invite(
         **{k: row[k] for k in Invite.model_fields if k != "url"},
-        url=_link(settings, row["room"], row["id"]) if link else None,
+        url=store.link(settings, row["room"], row["id"]) if link else None,
     )
-
-
-def _audit_role(role: str) -> str:
-    return re.sub(r"[^a-z_]", "_", role)[:32] or "participant"
-
-
-def _actor(identity: str) -> UUID | None:
-    try:
-        return UUID(identity)
-    except ValueError:
-        return None
-
-
-async def _clinic_of(conn: asyncpg.Connection, room: str) -> UUID | None:
-    """The clinic whose room ``room`` is: a booking's, or a clinic key's."""
-    if room.startswith("booking-"):
-        try:
-            booking = UUID(room.removeprefix("booking-"))
-        except ValueError:
-            return None
-        found = await conn.fetchval("SELECT clinic_id FROM bookings WHERE id = $1", booking)
-        return found if isinstance(found, UUID) else None
-    if room.startswith("clinic-") and len(room) > 40:
-        try:
-            return UUID(room[7:39])
-        except ValueError:
-            return None
-    return None
 
 
 async def _create(
@@ -227,151 +171,47 @@ async def _create(
     inviter_name: str,
     inviter_role: str,
 ) -> Invite:
-    """Keep a new invite, audited, with its message's outbox event."""
+    """A new invite, from what the inviter asked for."""
     if (guest.channel is None) != (guest.address is None):
         raise BadRequest("give channel and address together, or neither")
     pattern = _EMAIL if guest.channel == "email" else _E164
     if guest.channel is not None and not pattern.match(guest.address or ""):
         raise BadRequest(f"not an address for {guest.channel}: {guest.address!r}")
-    settings = call.settings
     await call.request.app[ratelimit.LIMITER].take("invites", invited_by, INVITE_RATE, "invites")
     now = dt.datetime.now(dt.UTC)
     start = now + dt.timedelta(minutes=guest.starts_in)
     end = min(start + dt.timedelta(minutes=guest.valid_for), now + LONGEST)
-    async with call.pool.acquire() as conn, conn.transaction():
-        clinic = await _clinic_of(conn, room)
-        row = await conn.fetchrow(
-            f"""INSERT INTO room_invites (room, clinic_id, role, actions, name, channel, address,
-                    locale, needs_approval, invited_by, not_before, expires_at, max_uses)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                RETURNING {_COLUMNS}""",
-            room,
-            clinic,
-            guest.role,
-            sorted(a.value for a in actions),
-            guest.name,
-            guest.channel,
-            guest.address,
-            guest.locale,
-            needs_approval,
-            invited_by,
-            start,
-            end,
-            guest.uses,
-        )
-        await audit.record(
-            conn,
-            actor=_actor(invited_by),
-            role=_audit_role(inviter_role),
-            action="invite.created",
-            clinic=clinic,
-            object=f"invite/{row['id']}",
-            detail={"room": room, "role": guest.role, "channel": guest.channel},
-        )
-        if guest.channel is not None:
-            await outbox.emit(
-                conn,
-                "invite.created",
-                {
-                    "invite_id": str(row["id"]),
-                    "room": room,
-                    "role": guest.role,
-                    "name": guest.name,
-                    "inviter": inviter_name,
-                    "channel": guest.channel,
-                    "address": guest.address,
-                    "locale": guest.locale,
-                    "not_before": start.isoformat(),
-                    "expires_at": end.isoformat(),
-                    "clinic_id": str(clinic) if clinic else None,
-                },
-            )
-    return _out(settings, row, link=True)
+    row = await store.create(
+        call.pool,
+        room,
+        store.Guest(
+            role=guest.role,
+            name=guest.name,
+            actions=[a.value for a in actions],
+            needs_approval=needs_approval,
+            channel=guest.channel,
+            address=guest.address,
+            locale=guest.locale,
+            not_before=start,
+            expires_at=end,
+            uses=guest.uses,
+        ),
+        invited_by=invited_by,
+        inviter_name=inviter_name,
+        inviter_role=inviter_role,
+    )
+    return _out(call.settings, row, link=True)
 
 
 async def _revoke(call: Call[Any, Any], room: str, invite_id: UUID, by: str, role: str) -> None:
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            """UPDATE room_invites SET status = 'revoked', closed_at = now(), decided_by = $3
-               WHERE id = $1 AND room = $2 RETURNING clinic_id""",
-            invite_id,
-            room,
-            by,
-        )
-        if row is None:
-            raise InviteNotFound(f"no invite {invite_id} in this room")
-        await audit.record(
-            conn,
-            actor=_actor(by),
-            role=_audit_role(role),
-            action="invite.revoked",
-            clinic=row["clinic_id"],
-            object=f"invite/{invite_id}",
-            detail={"room": room},
-        )
-    # Each replica sends the guest out of the room it owns (signalling.edge.http).
-    await call.request.app[keys.BUS].publish(
-        REVOKED_TOPIC, {"room": room, "invite_id": str(invite_id)}
-    )
+    bus = call.request.app[keys.BUS]
+    await store.revoke(call.pool, bus, room, invite_id, by=by, role=role)
 
 
 async def _list(call: Call[Any, Any], room: str, *, links: bool) -> list[Invite]:
-    rows = await call.pool.fetch(
-        f"SELECT {_COLUMNS} FROM room_invites WHERE room = $1 ORDER BY created_at", room
-    )
     live = ("open", "approved")
+    rows = await store.list_for(call.pool, room)
     return [_out(call.settings, r, link=links and r["status"] in live) for r in rows]
-
-
-async def refusal(pool: asyncpg.Pool, invite_id: str) -> str | None:
-    """Why a guest's link no longer opens the room (None: it does). The
-    join guard asks at every join and resume."""
-    try:
-        iid = UUID(invite_id)
-    except ValueError:
-        return "the link names no invite"
-    row = await pool.fetchrow(
-        "SELECT status, expires_at < now() AS over FROM room_invites WHERE id = $1", iid
-    )
-    if row is None:
-        return "the invite is gone"
-    if row["status"] in ("revoked", "refused"):
-        return f"the invite was {row['status']}"
-    if row["over"]:
-        return "the invite has expired"
-    return None
-
-
-async def decided(pool: asyncpg.Pool, room: str, answer: InviteDecided) -> None:
-    """Keep the patient's answer about an invite of ``room`` (the room's
-    :class:`InviteDecided`): approved, or refused (its link dies)."""
-    try:
-        iid = UUID(answer.invite)
-    except ValueError:
-        return
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            """UPDATE room_invites
-               SET status = $3, decided_by = $4,
-                   closed_at = CASE WHEN $3 = 'refused' THEN now() END
-               WHERE id = $1 AND room = $2 AND needs_approval AND status IN ('open', 'approved')
-               RETURNING clinic_id""",
-            iid,
-            room,
-            "approved" if answer.agreed else "refused",
-            answer.by,
-        )
-        if row is None:
-            return
-        await audit.record(
-            conn,
-            actor=_actor(answer.by),
-            role="patient",
-            action="invite.approved" if answer.agreed else "invite.refused",
-            clinic=row["clinic_id"],
-            object=f"invite/{iid}",
-            detail={"room": room},
-        )
 
 
 # -- from the call page, with a room token ---------------------------------------
@@ -457,6 +297,19 @@ async def revoke_from_call(call: Call[TokenIn, None]) -> None:
 # -- from a clinic's server, with its API key -------------------------------------
 
 
+async def _key_room(call: Call[Any, Any], room: str) -> str:
+    """The room a clinic key names: a visit's (``booking-<id>`` of its
+    clinic: /api/v1/visits), or one of its own rooms (its namespace)."""
+    key = call.api_key
+    booking = booking_of(room)
+    if booking is None or key.clinic_id is None:
+        return room_of_key(key, room)
+    clinic = await store.clinic_of_visit(call.pool, booking)
+    if clinic != key.clinic_id:
+        raise RoomNotAllowed("this visit is not the clinic's")
+    return room
+
+
 @routes.post(
     "/api/v1/invites",
     body=KeyInviteIn,
@@ -472,7 +325,7 @@ async def revoke_from_call(call: Call[TokenIn, None]) -> None:
 async def invite_with_key(call: Call[KeyInviteIn, None]) -> Invite:
     """Invite a guest into one of the clinic's rooms with its API key."""
     body = call.body
-    room = room_of_key(call.api_key, body.room)
+    room = await _key_room(call, body.room)
     if body.actions is not None:
         actions = frozenset(body.actions)
     elif body.role in ROLES:
@@ -502,7 +355,7 @@ async def invite_with_key(call: Call[KeyInviteIn, None]) -> Invite:
 )
 async def list_with_key(call: Call[None, RoomQuery]) -> list[Invite]:
     """The invites of one of the clinic's rooms, with their links."""
-    return await _list(call, room_of_key(call.api_key, call.query.room), links=True)
+    return await _list(call, await _key_room(call, call.query.room), links=True)
 
 
 @routes.delete(
@@ -514,7 +367,7 @@ async def list_with_key(call: Call[None, RoomQuery]) -> list[Invite]:
 )
 async def revoke_with_key(call: Call[None, RoomQuery]) -> None:
     """Take an invite back: its guest leaves the room at once and the link is dead."""
-    room = room_of_key(call.api_key, call.query.room)
+    room = await _key_room(call, call.query.room)
     await _revoke(call, room, call.path_uuid("invite_id"), str(call.api_key.id), "api_key")
 
 
@@ -537,31 +390,8 @@ async def redeem(call: Call[RedeemIn, None]) -> Redeemed:
     invite_id = call.path_uuid("invite_id")
     settings = call.settings
     if not invite_key_matches(settings, invite_id, call.body.key):
-        raise InviteNotFound("no such invite")
-    async with call.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"""UPDATE room_invites SET uses = uses + 1
-                WHERE id = $1 AND status IN ('open', 'approved') AND uses < max_uses
-                  AND now() >= not_before AND now() < expires_at
-                RETURNING {_COLUMNS}, clinic_id""",
-            invite_id,
-        )
-        if row is None:
-            why = await refusal(call.pool, str(invite_id))
-            used = await conn.fetchval(
-                "SELECT uses >= max_uses FROM room_invites WHERE id = $1", invite_id
-            )
-            unused = "the link is not open yet"
-            raise errors.InviteClosed(why or ("the link was used" if used else unused))
-        await audit.record(
-            conn,
-            actor=None,
-            role=_audit_role(row["role"]),
-            action="invite.redeemed",
-            clinic=row["clinic_id"],
-            object=f"invite/{invite_id}",
-            detail={"room": row["room"], "use": row["uses"]},
-        )
+        raise store.InviteNotFound("no such invite")
+    row = await store.redeem(call.pool, invite_id)
     grant = RoomGrant(
         room=row["room"],
         identity=f"guest-{invite_id.hex[:12]}-{row['uses']}",

@@ -32,13 +32,21 @@
 // and joins by itself when it opens; an expired link, or one whose booking
 // was cancelled, completed or moved, says which and what to do.
 //
+// An invited guest's link carries `?invite=<id>.<key>` instead of a token:
+// the page redeems it once (POST /api/v1/invites/{id}/redeem) for a room
+// token and goes on as with any link. What the token's role does not
+// grant (its `actions`) the page does not offer: an observer is asked for
+// no camera and sees no microphone button; the server refuses it anyway.
+// The patient is asked before an invited family member or observer is let
+// in; a host invites guests and revokes them from the People panel.
+//
 // For tests and embedders: `window.wadudCall` is the WadudCall once joining
 // starts (see its stats()), and a page that frames this one receives
 // {source: 'wadud-call', type: 'state', state, reason} messages, and
 // {source: 'wadud-call', type: 'media', state: 'reconnecting' | 'connected',
 // reason} when our media path is lost and when it is back.
 
-import { WadudCall } from './wadud-call.js';
+import { WadudCall, redeemInvite } from './wadud-call.js';
 import { ConsultChat } from './consult-chat.js';
 import { reportStats } from './call-stats.js';
 import { chime, levelMeter } from './sound.js';
@@ -46,9 +54,10 @@ import * as i18n from './i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const room = decodeURIComponent(location.pathname.split('/').filter(Boolean).pop() || '');
-const token = takeToken();
-const claims = readClaims(token);
+let token = takeToken();
+let claims = readClaims(token);
 const options = new URLSearchParams(location.search);
+const invite = options.get('invite');
 const SIMULCAST = options.get('simulcast') !== '0';
 const RELAY = { 1: true, true: true, udp: 'udp', tcp: 'tcp', tls: 'tls' }[options.get('relay')] || null;
 i18n.translatePage();
@@ -66,6 +75,8 @@ const ROLE_NAMES = {
   staff: i18n.t('role.staff'),
   family: i18n.t('role.family'),
   interpreter: i18n.t('role.interpreter'),
+  clinician: i18n.t('role.clinician'),
+  observer: i18n.t('role.observer'),
 };
 const QUALITY_WORDS = { excellent: 'excellent', good: 'good', poor: 'poor', lost: 'lost' };
 const WIDE = window.matchMedia('(min-width: 721px)');
@@ -119,6 +130,24 @@ function readClaims(jwt) {
   }
 }
 
+// An invite link: one use of it buys this tab a room token, kept like one
+// from a link (a reload does not spend another use).
+async function takeInvite() {
+  const made = await redeemInvite(invite);
+  try { sessionStorage.setItem(`wadud-call-token:${room}`, made.token); } catch (_) { /* blocked */ }
+  const params = new URLSearchParams(location.search);
+  params.delete('invite');
+  const rest = params.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : ''));
+  return made.token;
+}
+
+// Whether the token's role grants `action`; a token of old (no actions)
+// grants what its page always offered.
+function can(action) {
+  return !claims || !Array.isArray(claims.actions) || claims.actions.includes(action);
+}
+
 function roleName(role) {
   return ROLE_NAMES[role] || i18n.t('role.guest');
 }
@@ -144,6 +173,7 @@ const ENDINGS = {
   ended: [i18n.t('ended.ended'), i18n.t('ended.ended.text')],
   denied: [i18n.t('ended.denied'), i18n.t('ended.denied.text')],
   removed: [i18n.t('ended.removed'), ''],
+  'removed:invite-revoked': [i18n.t('ended.removed'), i18n.t('ended.invite.revoked')],
   replaced: [i18n.t('ended.replaced'), i18n.t('ended.replaced.text')],
   failed: [i18n.t('ended.failed'), ''],
 };
@@ -154,6 +184,7 @@ const REFUSALS = {
   forbidden: [i18n.t('refused.forbidden'), i18n.t('refused.forbidden.text')],
   'room-full': [i18n.t('refused.full'), i18n.t('refused.full.text')],
   expired: [i18n.t('refused.expired'), i18n.t('refused.expired.text')],
+  'invite-closed': [i18n.t('refused.invite'), i18n.t('refused.invite.text')],
 };
 // A booking's link that no longer opens, by why (booking-closed's reason).
 for (const why of ['cancelled', 'completed', 'no_show', 'moved', 'not_open']) {
@@ -190,7 +221,7 @@ async function readServerClock() {
 function showEnded(state, reason) {
   const refusal = call && refusalOf(call.refusal);
   const ending = state === 'ended' && endedByMe ? 'ended-by-me' : state;
-  const [title, text] = refusal || ENDINGS[ending] || ENDINGS.failed;
+  const [title, text] = refusal || ENDINGS[`${ending}:${reason}`] || ENDINGS[ending] || ENDINGS.failed;
   $('ended-title').textContent = title;
   $('ended-reason').textContent = text || reason || '';
   const final = state === 'denied' || state === 'ended' || (call && call.refusal && call.refusal.code !== 'room-full');
@@ -234,7 +265,11 @@ async function prejoin() {
   // whole seconds): a link made just now is not early.
   const opens = claims && claims.nbf ? claims.nbf * 1000 : 0;
   if (opens > serverNow() + EARLY_SLACK) waitUntilOpen(opens);
-  await openDevices({ audio: AUDIO, video: VIDEO });
+  // Only the devices the role may send from: an observer is asked for none.
+  const wanted = { audio: can('publish_audio') && AUDIO, video: can('publish_video') && VIDEO };
+  $('pre-mic').hidden = !wanted.audio;
+  $('pre-cam').hidden = !wanted.video;
+  if (wanted.audio || wanted.video) await openDevices(wanted);
   await listDevices();
   $('camera-select').onchange = (e) => openDevices({ video: { ...VIDEO, deviceId: { exact: e.target.value } } });
   $('mic-select').onchange = (e) => openDevices({ audio: { ...AUDIO, deviceId: { exact: e.target.value } } });
@@ -397,11 +432,17 @@ async function join() {
   call.addEventListener('recording', (e) => onRecording(e.detail));
   call.addEventListener('recordingasked', (e) => askRecording(e.detail));
   call.addEventListener('phonecall', (e) => onPhoneCall(e.detail));
+  call.addEventListener('guestsawaiting', (e) => askGuest(e.detail.guests));
   $('consent-yes').onclick = () => answerRecording(true);
   $('consent-no').onclick = () => answerRecording(false);
+  $('guest-yes').onclick = () => answerGuest(true);
+  $('guest-no').onclick = () => answerGuest(false);
   reportStats(call, token); // the visit's call report (docs/calls.md)
 
-  await call.publish({ microphone, camera: wantCamera ? camera : null });
+  await call.publish({
+    microphone: can('publish_audio') ? microphone : null,
+    camera: wantCamera && can('publish_video') ? camera : null,
+  });
   if (microphone && !wantMic) await call.setMuted('microphone', true);
   if (camera && !wantCamera) { camera.stop(); camera = null; }
   try {
@@ -434,16 +475,22 @@ function enterCall() {
   pressed($('mic'), wantMic && Boolean(microphone), i18n.t('mute'), i18n.t('unmute'));
   pressed($('cam'), Boolean(camera), i18n.t('video.stop'), i18n.t('video.start'));
   $('mic').disabled = !microphone;
+  $('mic').hidden = !can('publish_audio');
+  $('cam').hidden = !can('publish_video');
   $('mic').onclick = toggleMic;
   $('cam').onclick = toggleCamera;
   $('audio-only').onclick = toggleAudioOnly;
   $('screen').onclick = toggleScreen;
-  $('screen').hidden = !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia) || !WIDE.matches;
+  $('screen').hidden = !canShare();
   $('leave').onclick = () => call.leave();
   $('waiting-leave').onclick = () => call.leave();
-  const admin = isAdmin();
+  const admin = hasPeople();
   $('open-people').hidden = !admin;
   $('tab-people').hidden = !admin;
+  $('end').hidden = !call.can('remove');
+  $('record').hidden = !call.can('record');
+  $('require-admission').parentElement.hidden = !call.can('admit');
+  setupInvites();
   $('end').onclick = () => {
     if (!confirmEnd()) return;
     endedByMe = true;
@@ -467,7 +514,7 @@ function enterCall() {
   WIDE.addEventListener('change', () => {
     // Narrowed to a phone's width: the panel would cover the video.
     if (!WIDE.matches && side.open) closeSide();
-    $('screen').hidden = !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia) || !WIDE.matches;
+    $('screen').hidden = !canShare();
     layout();
   });
   renderAdmin();
@@ -517,6 +564,109 @@ function answerRecording(agree) {
 
 function isAdmin() {
   return Boolean(call && call.me && call.me.grants && call.me.grants.admin);
+}
+
+// The People panel: for who lets people in, removes them or invites.
+function hasPeople() {
+  return isAdmin() || Boolean(call && (call.can('remove') || call.can('invite')));
+}
+
+function canShare() {
+  return Boolean(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia)
+    && WIDE.matches && can('share_screen');
+}
+
+// ---- guests (docs/guests.md) ---------------------------------------------------
+
+// The patient is asked about each invited family member or observer who
+// waits: the first one at a time, the next once answered.
+let guestAsked = null;
+function askGuest(guests) {
+  const next = guests.find((g) => !guestAsked || g.invite_id !== guestAsked.invite_id) || guests[0];
+  if (!next || !call.can('approve_guests')) {
+    guestAsked = null;
+    $('guest-ask').hidden = true;
+    return;
+  }
+  if (guestAsked && guests.some((g) => g.invite_id === guestAsked.invite_id)) return;
+  guestAsked = next;
+  $('guest-text').textContent = i18n.t('guest.ask', {
+    name: next.name || roleName(next.role), role: roleName(next.role).toLowerCase(),
+  });
+  $('guest-ask').hidden = false;
+  beep();
+}
+
+function answerGuest(agree) {
+  const asked = guestAsked;
+  $('guest-ask').hidden = true;
+  if (!asked) return;
+  call.approveGuest(asked.invite_id, agree).catch((err) => toast(err.message));
+}
+
+const INVITE_ROLES = ['interpreter', 'family', 'clinician', 'observer'];
+
+function setupInvites() {
+  const form = $('invite-form');
+  form.hidden = !call.can('invite');
+  $('invite-head').hidden = form.hidden;
+  if (form.hidden) return;
+  $('invite-role').replaceChildren(...INVITE_ROLES.map((r) => new Option(roleName(r), r)));
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const to = $('invite-to').value.trim();
+    const channel = to ? (to.includes('@') ? 'email' : $('invite-channel').value) : null;
+    const body = {
+      token, role: $('invite-role').value, name: $('invite-name').value.trim(), locale: i18n.lang,
+    };
+    if (channel) Object.assign(body, { channel, address: to });
+    try {
+      const made = await api('/api/v1/calls/invites', body);
+      form.reset();
+      if (!channel) copyLink(made.url);
+      else toast(i18n.t('invite.sent', { name: made.name }));
+    } catch (err) {
+      toast(err.message);
+    }
+    renderInvites();
+  };
+  renderInvites();
+}
+
+async function renderInvites() {
+  if (!call.can('invite')) return;
+  let invites = [];
+  try { invites = await api('/api/v1/calls/invites/list', { token }); } catch (_) { return; }
+  const live = invites.filter((i) => i.status === 'open' || i.status === 'approved');
+  $('invite-list').replaceChildren(...live.map((i) => item(
+    `${i.name} · ${roleName(i.role).toLowerCase()}`,
+    [
+      [i18n.t('invite.copy'), async () => copyLink(i.url)],
+      [i18n.t('invite.revoke'), async () => {
+        await api(`/api/v1/calls/invites/${i.id}/revoke`, { token });
+        renderInvites();
+      }],
+    ],
+  )));
+}
+
+async function copyLink(url) {
+  try {
+    await navigator.clipboard.writeText(url);
+    toast(i18n.t('invite.copied'));
+  } catch (_) {
+    window.prompt(i18n.t('invite.copy'), url); // no clipboard (an insecure or framed page)
+  }
+}
+
+async function api(path, body) {
+  const answer = await fetch(path, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  });
+  if (answer.status === 204) return null;
+  const out = await answer.json().catch(() => ({}));
+  if (!answer.ok) throw new Error(out.detail || out.title || answer.statusText);
+  return out;
 }
 
 function myName() {
@@ -912,8 +1062,10 @@ function reportViews() {
 function onWaiting() {
   renderAdmin();
   const waiting = call.waiting;
-  const fresh = waiting.filter((p) => !seenWaiting.has(p.id));
-  seenWaiting = new Set(waiting.map((p) => p.id));
+  // A guest still waiting for the patient's agreement is not ours to admit.
+  const admissible = waiting.filter((p) => !p.awaiting_approval);
+  const fresh = admissible.filter((p) => !seenWaiting.has(p.id));
+  seenWaiting = new Set(admissible.map((p) => p.id));
   document.title = waiting.length ? i18n.t('title.waiting', { n: waiting.length, title: BASE_TITLE }) : BASE_TITLE;
   const badge = $('waiting-badge');
   badge.textContent = String(waiting.length);
@@ -921,9 +1073,9 @@ function onWaiting() {
   if (fresh.length) {
     beep();
     showAlert(fresh[fresh.length - 1]);
-  } else if (alertFor && !waiting.some((p) => p.id === alertFor.id)) {
+  } else if (alertFor && !admissible.some((p) => p.id === alertFor.id)) {
     // Whoever the toast named was let in or left; name the next one.
-    if (waiting.length) showAlert(waiting[waiting.length - 1]);
+    if (admissible.length) showAlert(admissible[admissible.length - 1]);
     else hideAlert();
   }
 }
@@ -963,18 +1115,23 @@ function beep() {
 }
 
 function renderAdmin() {
-  if (!isAdmin()) return;
+  if (!hasPeople()) return;
   const waitingList = $('waiting-list');
-  waitingList.replaceChildren(...call.waiting.map((p) => item(p.name || roleName(p.role), [
-    [i18n.t('admit'), () => call.admit(p.id)],
-    [i18n.t('deny'), () => call.deny(p.id)],
-  ])));
+  waitingList.replaceChildren(...call.waiting.map((p) => item(
+    p.name || roleName(p.role),
+    // A guest the patient has not agreed to yet cannot be let in.
+    p.awaiting_approval
+      ? [[i18n.t('guest.awaiting'), async () => {}]]
+      : [[i18n.t('admit'), () => call.admit(p.id)], [i18n.t('deny'), () => call.deny(p.id)]],
+  )));
   if (!call.waiting.length) waitingList.replaceChildren(note(i18n.t('nobody.waiting')));
   $('people-list').replaceChildren(...[...call.participants.values()].map((p) => {
     const mic = [...call.roomTracks.values()].find((t) => t.participant === p.id && t.source === 'microphone');
     const actions = [];
-    if (mic && !mic.muted) actions.push([i18n.t('mute'), () => call.muteTrack(mic.track_id, true)]);
-    actions.push([i18n.t('remove'), () => call.remove(p.id)]);
+    if (call.can('remove')) {
+      if (mic && !mic.muted) actions.push([i18n.t('mute'), () => call.muteTrack(mic.track_id, true)]);
+      actions.push([i18n.t('remove'), () => call.remove(p.id)]);
+    }
     return item(`${p.name || roleName(p.role)} · ${roleName(p.role).toLowerCase()}`, actions);
   }));
 }
@@ -1012,7 +1169,7 @@ function setupSide() {
   $('side-close').onclick = closeSide;
   // Wide screens start with the chat (or the doctor's people list) open
   // beside the video; phones start with the video alone.
-  const first = hasChat() ? 'chat' : (isAdmin() ? 'people' : null);
+  const first = hasChat() ? 'chat' : (hasPeople() ? 'people' : null);
   if (first && WIDE.matches) openSide(first);
   else renderSide();
 }
@@ -1039,7 +1196,7 @@ function closeSide() {
 function renderSide() {
   const chatOn = hasChat() && !(chat && chat.unavailable);
   if (side.tab === 'chat' && !chatOn) side.tab = 'people';
-  if (side.tab === 'people' && !isAdmin()) side.open = false;
+  if (side.tab === 'people' && !hasPeople()) side.open = false;
   $('side').hidden = !side.open;
   $('tab-chat').hidden = !chatOn;
   $('open-chat').hidden = !chatOn;
@@ -1086,7 +1243,17 @@ function senderName(userId, mine) {
 // ---- start ------------------------------------------------------------------
 
 $('rejoin').onclick = () => location.reload();
-if (!token) {
+if (!token && invite) {
+  takeInvite().then((t) => {
+    token = t;
+    claims = readClaims(token);
+    return readServerClock();
+  }).then(() => prejoin()).catch((e) => {
+    showEnded('failed', e.message);
+    [$('ended-title').textContent, $('ended-reason').textContent] = REFUSALS['invite-closed'];
+    $('rejoin').hidden = true;
+  });
+} else if (!token) {
   showEnded('failed', i18n.t('link.no.token'));
   $('ended-title').textContent = i18n.t('link.incomplete');
 } else {

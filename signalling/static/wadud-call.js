@@ -359,6 +359,8 @@ export class WadudCall extends EventTarget {
     // sends anything (`recording_asked` follows), see answerRecording().
     this.recording = f.recording || { state: 'off' };
     this.phoneCalls = Boolean(f.phone_calls);
+    this.guestsAwaiting = f.guests_awaiting || [];
+    if (this.guestsAwaiting.length) this._emit('guestsawaiting', { guests: this.guestsAwaiting });
     this._recordingHold = Boolean(this.recording.asked) && this.recording.state === 'on';
     this._emit('recording', this.recording);
     this._syncParticipants(f.participants || []);
@@ -1084,6 +1086,27 @@ export class WadudCall extends EventTarget {
   // Admins: ask everyone to agree to recording the visit (true), or stop it.
   record(on) { return this.request('record', { on: Boolean(on) }); }
 
+  // ---- guests (docs/guests.md) ---------------------------------------------
+
+  // Whether our role grants `action` (publish_video, invite, record, ...):
+  // the server checks each one anyway; a page hides what it cannot do.
+  can(action) {
+    return Boolean(this.me && (this.me.actions || []).includes(action));
+  }
+
+  // The patient (a role with approve_guests) hears which invited guests
+  // wait for their agreement: each with its `invite_id`.
+  _on_guests_awaiting(f) {
+    this.guestsAwaiting = f.guests || [];
+    this._emit('guestsawaiting', { guests: this.guestsAwaiting });
+  }
+
+  // Let an invited family member or observer in (true), or turn them away
+  // for good (false: their link stops working).
+  approveGuest(inviteId, agree) {
+    return this.request('approve_guest', { invite_id: inviteId, agree: Boolean(agree) });
+  }
+
   // ---- calling the patient's phone (docs/phone.md) ---------------------------
 
   // Admins of a booked visit, where a bridge places calls (`phoneCalls`):
@@ -1207,6 +1230,21 @@ function withTimeout(promise, ms) {
 // wadud-check.js; it joins a throwaway room twice with this module's
 // WadudCall, so it is handed the class rather than importing it back.
 import { runCheck } from './wadud-check.js';
+
+// An invite link's `invite` (`<id>.<key>`, docs/guests.md) for one use:
+// the guest's room token and call page, from the server at `base` ('' is
+// this page's). Rejects with a WadudCallError (invite-closed, ...).
+export async function redeemInvite(invite, base = '') {
+  const [id, key] = String(invite).split('.');
+  const answer = await fetch(`${base}/api/v1/invites/${encodeURIComponent(id)}/redeem`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ key: key || '' }),
+  });
+  const body = await answer.json().catch(() => ({}));
+  if (!answer.ok) throw new WadudCallError(body.code || 'invite-closed', body.detail || answer.statusText, body);
+  return body;
+}
 
 export function checkConnection(options = {}) {
   return runCheck(WadudCall, options);

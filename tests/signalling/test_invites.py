@@ -198,11 +198,16 @@ async def test_a_family_member_waits_for_the_patient_who_may_refuse(call: Call) 
     await wait_until(lambda: watcher.close_code is not None, within=5)
     assert watcher.close_code == 4403
     assert [e.data.get("reason") for e in watcher.history if e.type == "denied"] == ["refused"]
-    # A refusal ends the invite: its link is dead.
-    status = await call.api.app[keys.DB].fetchval(
-        "SELECT status FROM room_invites WHERE id = $1", uuid.UUID(observer["id"])
-    )
-    assert status == "refused"
+
+    # A refusal ends the invite: its link is dead (kept a moment after the
+    # room turned the guest away).
+    async def refused() -> bool:
+        status = await call.api.app[keys.DB].fetchval(
+            "SELECT status FROM room_invites WHERE id = $1", uuid.UUID(observer["id"])
+        )
+        return bool(status == "refused")
+
+    await wait_until(refused, within=5)
     assert (await _redeem(call.api, observer["url"], 410))["code"] == "invite-closed"
     await _audited(
         call.api,

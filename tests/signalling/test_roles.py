@@ -35,7 +35,7 @@ from wadud_client.errors import RequestFailed
 NOBODY = "p-000000000000"
 
 
-def _offer(kind: str, mid: str) -> str:
+def publish_offer(kind: str, mid: str) -> str:
     """A hand-written publish offer with one section that sends ``kind``."""
     return (
         "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
@@ -54,7 +54,7 @@ Attempt = Callable[[Api, CallClient, str], Awaitable[Any]]
 
 
 async def _publish(client: CallClient, kind: str, source: str) -> Any:
-    return await client.request("publish", sdp=_offer(kind, "0"), sources={"0": source})
+    return await client.request("publish", sdp=publish_offer(kind, "0"), sources={"0": source})
 
 
 async def _chat(api: Api, client: CallClient, token: str) -> Any:
@@ -72,7 +72,7 @@ ATTEMPTS: dict[Action, Attempt] = {
     Action.PUBLISH_VIDEO: lambda api, c, t: _publish(c, "video", "camera"),
     Action.SHARE_SCREEN: lambda api, c, t: _publish(c, "video", "screen"),
     Action.CHAT: _chat,
-    Action.SUBSCRIBE: lambda api, c, t: c.request("answer", sdp=_offer("video", "0")),
+    Action.SUBSCRIBE: lambda api, c, t: c.request("answer", sdp=publish_offer("video", "0")),
     Action.ADMIT: lambda api, c, t: c.request("admit", participant_id=NOBODY),
     Action.REMOVE: lambda api, c, t: c.request("remove", participant_id=NOBODY),
     Action.INVITE: lambda api, c, t: c.request("call_phone"),

@@ -332,7 +332,7 @@ SUB_FLOORS = {
         ("errors",),
         ("protocol",),
         ("room",),
-        ("media",),
+        ("media", "invites"),
         ("live",),
         ("cluster",),
         ("service",),

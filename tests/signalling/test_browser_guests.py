@@ -1,0 +1,286 @@
+"""Guests in a visit with real pages (docs/guests.md): an eight-person visit
+where each participant receives exactly what its role allows, and an
+interpreter whose invite is revoked mid-call.
+
+As tests/signalling/test_browser_call.py: each test runs this module as a
+driver inside a network namespace with only loopback; the driver serves the
+app, opens one headless Chromium per page participant and drives the call
+page as a user would, and runs the rest of the participants as the Python
+client (aiortc) in its own process. It prints one JSON line, which the test
+asserts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import DriverError, Page, click, join, participant_id, run_scenario
+from tests.signalling.call_world import Scenario, World, serve_scenarios
+
+DRIVER = "tests.signalling.test_browser_guests"
+
+
+# -- the pytest side -----------------------------------------------------------
+
+
+@pytest.mark.timeout(200)
+async def test_eight_people_each_receive_what_their_role_allows(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A doctor, a patient and an interpreter on call pages; two family
+    members, a clinician and two observers on the Python client, all but
+    the first two invited. The patient lets the family and the observers in
+    from the page. Everyone who may receive gets video and audio from every
+    publisher; no one gets anything from an observer, who sends nothing."""
+    result = await run_scenario(DRIVER, "eight", database_url, tmp_path, 150)
+    print(json.dumps(result))
+    publishers = set(result["publishers"])
+    assert len(result["everyone"]) == 8
+    assert len(publishers) == 6
+    for name, got in result["received"].items():
+        me = result["everyone"][name]
+        assert set(got) == publishers - {me}, (name, got)
+    assert result["tracks_by"] == sorted(publishers)
+    assert result["approved_by_patient"] == 4
+    assert result["refused_publish"] == "forbidden"
+
+
+@pytest.mark.timeout(150)
+async def test_a_revoked_interpreter_is_out_within_a_second(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The doctor invites an interpreter, whose page joins from the invite
+    link; the doctor revokes the invite mid-call. The interpreter's page
+    shows it was removed within 1 s of the doctor's request (the page's own
+    clock), and its link no longer joins."""
+    result = await run_scenario(DRIVER, "revoke", database_url, tmp_path, 100)
+    print(json.dumps(result))
+    assert result["joined_as"] == "interpreter"
+    assert result["doctor_saw"] == "Gul"
+    assert result["screen"] == "ended" and result["title"] == "You were removed from the call"
+    assert result["removed_after_ms"] < 1000, result
+    assert result["again"] == {"state": "failed", "title": "This invitation no longer works"}
+
+
+# -- the driver: runs inside the namespace ------------------------------------
+
+
+async def _invite(world: World, host_token: str, role: str, name: str) -> dict[str, Any]:
+    from aiohttp import ClientSession
+
+    async with ClientSession() as http:
+        resp = await http.post(
+            f"{world.base}/api/v1/calls/invites",
+            json={"token": host_token, "role": role, "name": name},
+        )
+        body: dict[str, Any] = await resp.json()
+        if resp.status != 201:
+            raise DriverError(f"invite {role}: {resp.status} {body}")
+        return body
+
+
+async def _redeem(world: World, url: str) -> str:
+    from aiohttp import ClientSession
+
+    invite = url.split("invite=")[1]
+    invite_id, key = invite.split(".")
+    async with ClientSession() as http:
+        resp = await http.post(f"{world.base}/api/v1/invites/{invite_id}/redeem", json={"key": key})
+        body = await resp.json()
+        if resp.status != 200:
+            raise DriverError(f"redeem: {resp.status} {body}")
+        return str(body["token"])
+
+
+def _token_of(link: str) -> str:
+    return link.split("token=")[1]
+
+
+def _loopback_aiortc() -> None:
+    """aioice leaves loopback out of its host candidates; here it is all there is."""
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+async def _state(page: Page) -> dict[str, Any]:
+    return dict(
+        await page.eval(
+            "({state: document.body.dataset.state || null,"
+            " screen: document.body.dataset.screen,"
+            " title: document.getElementById('ended-title').textContent})"
+        )
+    )
+
+
+async def scenario_revoke(world: World) -> dict[str, Any]:
+    doctor_link = world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    doctor = await world.browsers.open("doctor", doctor_link)
+    await join(doctor)
+    world.mark("doctor joined")
+    made = await _invite(world, _token_of(doctor_link), "interpreter", "Gul")
+    interpreter = await world.browsers.open("interpreter", made["url"])
+    await join(interpreter)
+    world.mark("interpreter joined")
+    me = await interpreter.eval("window.wadudCall.me.role")
+    seen = await doctor.wait_for(
+        "[...window.wadudCall.participants.values()].map(p => p.name).find(n => n === 'Gul')",
+        "the interpreter in the doctor's call",
+    )
+    token = await interpreter.eval(f"sessionStorage.getItem('wadud-call-token:{world.room}')")
+    # The page's own clock, from just before the request to when its call
+    # said it was removed.
+    await interpreter.eval(
+        "window.wadudCall.addEventListener('state', (e) => {"
+        " if (e.detail.state === 'removed') window.removedAt = performance.now(); }), true"
+    )
+    sent = await interpreter.eval("performance.now()")
+    from aiohttp import ClientSession
+
+    async with ClientSession() as http:
+        resp = await http.post(
+            f"{world.base}/api/v1/calls/invites/{made['id']}/revoke",
+            json={"token": _token_of(doctor_link)},
+        )
+        if resp.status != 204:
+            raise DriverError(f"revoke: {resp.status} {await resp.text()}")
+    removed_at = await interpreter.wait_for("window.removedAt", "the page removed")
+    await interpreter.wait_for("document.body.dataset.screen === 'ended'", "the end screen")
+    world.mark("interpreter removed")
+    ended = await _state(interpreter)
+    # The same token again, in a fresh page: refused at join.
+    again = await world.browsers.open("again", f"{world.base}/call/{world.room}?token={token}")
+    await join(again, expect="failed")
+    after = await _state(again)
+    return {
+        "joined_as": me,
+        "doctor_saw": seen,
+        "screen": ended["screen"],
+        "title": ended["title"],
+        "removed_after_ms": round(removed_at - sent, 1),
+        "again": {"state": after["state"], "title": after["title"]},
+        "timings": world.timings,
+    }
+
+
+async def scenario_eight(world: World) -> dict[str, Any]:
+    from tests.signalling.test_roles import publish_offer
+    from wadud_client.call import CallClient
+    from wadud_client.errors import RequestFailed
+    from wadud_client.sources import TestPatternVideo, ToneAudio
+
+    _loopback_aiortc()
+    doctor_link = world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    host = _token_of(doctor_link)
+    doctor = await world.browsers.open("doctor", doctor_link + "&simulcast=0")
+    await join(doctor)
+    patient = await world.browsers.open(
+        "patient", world.link("pt-991", "Bilal", "patient") + "&simulcast=0"
+    )
+    await join(patient)
+    world.mark("doctor and patient joined")
+    interpreter_invite = await _invite(world, host, "interpreter", "Gul")
+    interpreter = await world.browsers.open(
+        "interpreter", interpreter_invite["url"] + "&simulcast=0"
+    )
+    await join(interpreter)
+    world.mark("interpreter joined")
+
+    guests = [
+        ("son", "family", True),
+        ("daughter", "family", True),
+        ("specialist", "clinician", True),
+        ("trainee", "observer", False),
+        ("auditor", "observer", False),
+    ]
+    clients: dict[str, CallClient] = {}
+    approved = 0
+    try:
+        for name, role, publishes in guests:
+            made = await _invite(world, host, role, name.title())
+            client = CallClient(f"{world.base}/ws", await _redeem(world, made["url"]), label=name)
+            clients[name] = client
+            await client.join()
+            if made["needs_approval"]:
+                # The patient's page asks; the patient lets them in.
+                asked = "!document.getElementById('guest-ask').hidden"
+                await patient.wait_for(asked, f"the patient asked about {name}")
+                await click(patient, "#guest-yes")
+                approved += 1
+            await client.wait_until(lambda c=client: c.state == "joined", within=15)
+            if publishes:
+                await client.publish(
+                    {"microphone": ToneAudio(), "camera": TestPatternVideo(160, 120, fps=10)}
+                )
+        world.mark("everyone in")
+        # An observer's hand-written offer is refused by the server.
+        try:
+            offer = publish_offer("video", "0")
+            await clients["trainee"].request("publish", sdp=offer, sources={"0": "camera"})
+            refused = "accepted"
+        except RequestFailed as exc:
+            refused = exc.code
+        pages = {"doctor": doctor, "patient": patient, "interpreter": interpreter}
+        everyone = {n: await participant_id(p) for n, p in pages.items()}
+        everyone.update({n: c.participant_id or "" for n, c in clients.items()})
+        publishers = [everyone[n] for n in ("doctor", "patient", "interpreter")]
+        publishers += [everyone[n] for n, _, publishes in guests if publishes]
+
+        def full(got: set[str], me: str) -> bool:
+            return got == set(publishers) - {me}
+
+        received: dict[str, list[str]] = {}
+        for name, client in clients.items():
+            me = everyone[name]
+
+            def flowing(c: CallClient = client) -> set[str]:
+                return {
+                    p
+                    for p in publishers
+                    if all(t.frames > 0 for t in c.received_from(p))
+                    and {t.kind for t in c.received_from(p)} == {"audio", "video"}
+                }
+
+            # Not all in time: the result says who was missing.
+            with contextlib.suppress(TimeoutError):
+                await client.wait_until(lambda f=flowing, m=me: full(f(), m), within=40)
+            received[name] = sorted(flowing())
+        expr = (
+            "window.wadudCall.stats().then(s => Object.entries(s.participants)"
+            ".filter(([, v]) => v.framesDecoded > 0 && v.audioPackets > 0).map(([k]) => k))"
+        )
+        for name, page in pages.items():
+            me = everyone[name]
+            deadline = asyncio.get_running_loop().time() + 40
+            while True:
+                got = set(await page.eval(expr))
+                if full(got, me) or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.3)
+            received[name] = sorted(got)
+        world.mark("everyone receiving")
+        tracks_by = sorted({str(t["participant"]) for t in clients["auditor"].room_tracks.values()})
+        return {
+            "everyone": everyone,
+            "publishers": publishers,
+            "received": received,
+            "tracks_by": tracks_by,
+            "approved_by_patient": approved,
+            "refused_publish": refused,
+            "timings": world.timings,
+        }
+    finally:
+        await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
+
+
+SCENARIOS: dict[str, Scenario] = {"eight": scenario_eight, "revoke": scenario_revoke}
+
+
+if __name__ == "__main__":
+    serve_scenarios(__doc__, SCENARIOS, 150)
