@@ -118,7 +118,8 @@ def video_link(
     video link, :func:`has_video_link`).
 
     ``role`` is ``patient`` (publish and subscribe), ``doctor`` or ``staff``
-    (also admin: admit, mute, end). The token is valid from
+    (also admin: admit, mute, end), or a guest's (wadud.web.roles) for a
+    visit booked elsewhere. The token is valid from
     :data:`EARLY_JOIN` before the slot to its end; the URL names the person's
     language (``lang``) when ``locale`` is given, and ``sid`` binds it to a
     sign-in session (signing out ends it); ``device`` is ``phone`` for the
@@ -130,10 +131,9 @@ def video_link(
         room=room,
         identity=identity,
         name=name,
+        # What the role grants (wadud.web.roles): a doctor's and staff's
+        # links also administer the room.
         role=role,
-        publish=True,
-        subscribe=True,
-        admin=role != "patient",
         booking=str(booking["id"]),
         slot=booking["starts_at"].isoformat(),
         sid=sid,

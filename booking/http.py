@@ -17,6 +17,7 @@ from booking.api import (
     queue,
     reviews,
     search,
+    visits,
 )
 
 MODULES: tuple[ModuleType, ...] = (
@@ -28,6 +29,7 @@ MODULES: tuple[ModuleType, ...] = (
     phone_calls,
     queue,
     reviews,
+    visits,
 )
 
 

@@ -45,9 +45,11 @@ from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.conftest import Api, free_port_in
 from tests.polling import wait_until
 from tests.signalling.service.test_ws import joined, loopback_aiortc, publish_video
+from tests.wadud.web.test_api_keys import basic
 from wadud import signing
 from wadud.config import Settings
 from wadud.state import keys
+from wadud.web import api_keys
 from wadud.web.api import Role
 
 pytestmark = pytest.mark.timeout(180)
@@ -313,6 +315,47 @@ async def test_a_visit_reaches_the_receiver_once_each_in_order_and_signed(
     assert {(d["status"], d["attempts"], len(d["tries"])) for d in log} == {("sent", 1, 1)}
     assert log[0]["tries"][0]["http_status"] == 204
     assert events == receiver.events()
+
+
+async def test_a_visit_booked_elsewhere_gets_the_same_events_and_report(
+    api: Api, clinic: Clinic, doctor: Doctor, receiver: Receiver, loopback_aiortc: None
+) -> None:
+    """A clinic that books in its own system asks for the visit with its
+    key (POST /api/v1/visits): its room's events and call report reach the
+    clinic's receiver as a booked visit's do."""
+    await receiver.start()
+    await _endpoint(api, clinic, receiver.url)
+    pool = api.app[keys.DB]
+    async with pool.acquire() as conn:
+        made = await api_keys.create_key(
+            conn, name="ehr", scope=api_keys.Scope.CLINIC, clinic_id=uuid.UUID(clinic.id)
+        )
+    now = dt.datetime.now(dt.UTC)
+    resp = await api.client.post(
+        "/api/v1/visits",
+        json={
+            "reference": "EHR-2025-0042",
+            "doctor_id": doctor.id,
+            "starts_at": now.isoformat(),
+            "ends_at": (now + dt.timedelta(minutes=30)).isoformat(),
+            "patient": {"reference": "MRN-77", "name": "Bilal"},
+        },
+        headers=basic(made.key.id, made.secret),
+    )
+    visit = await resp.json()
+    assert resp.status == 201, visit
+    dr, pt = visit["links"][:2]
+    pcs = await _visit(api, pt["token"], dr["token"], report=True)
+    try:
+        await receiver.wait(len(VISIT))
+        await api.app[RECORDER].flush()
+        await receiver.wait(len(VISIT) + 1)
+    finally:
+        for pc in pcs:
+            await pc.close()
+    _check_visit(receiver.events()[: len(VISIT)], visit["id"])
+    report = receiver.events()[-1]
+    assert (report["type"], report["booking_id"]) == ("call_report_ready", visit["id"])
 
 
 async def test_a_receiver_down_for_30_s_gets_every_event_once_it_is_back(
