@@ -634,7 +634,7 @@ function setupInvites() {
 }
 
 async function renderInvites() {
-  if (!call.can('invite')) return;
+  if (!call || !call.can('invite')) return;
   let invites = [];
   try { invites = await api('/api/v1/calls/invites/list', { token }); } catch (_) { return; }
   const live = invites.filter((i) => i.status === 'open' || i.status === 'approved');
@@ -1061,6 +1061,7 @@ function reportViews() {
 // another tab), and a toast with Admit and Deny.
 function onWaiting() {
   renderAdmin();
+  renderInvites();
   const waiting = call.waiting;
   // A guest still waiting for the patient's agreement is not ours to admit.
   const admissible = waiting.filter((p) => !p.awaiting_approval);
@@ -1117,13 +1118,13 @@ function beep() {
 function renderAdmin() {
   if (!hasPeople()) return;
   const waitingList = $('waiting-list');
-  waitingList.replaceChildren(...call.waiting.map((p) => item(
-    p.name || roleName(p.role),
+  waitingList.replaceChildren(...call.waiting.map((p) => (p.awaiting_approval
     // A guest the patient has not agreed to yet cannot be let in.
-    p.awaiting_approval
-      ? [[i18n.t('guest.awaiting'), async () => {}]]
-      : [[i18n.t('admit'), () => call.admit(p.id)], [i18n.t('deny'), () => call.deny(p.id)]],
-  )));
+    ? item(`${p.name || roleName(p.role)} · ${i18n.t('guest.awaiting').toLowerCase()}`, [])
+    : item(p.name || roleName(p.role), [
+      [i18n.t('admit'), () => call.admit(p.id)],
+      [i18n.t('deny'), () => call.deny(p.id)],
+    ]))));
   if (!call.waiting.length) waitingList.replaceChildren(note(i18n.t('nobody.waiting')));
   $('people-list').replaceChildren(...[...call.participants.values()].map((p) => {
     const mic = [...call.roomTracks.values()].find((t) => t.participant === p.id && t.source === 'microphone');
@@ -1186,6 +1187,8 @@ function toggleSide(tab) {
 function openSide(tab) {
   side = { open: true, tab };
   renderSide();
+  // Invites made elsewhere (another host, the clinic's server) show up.
+  if (tab === 'people' && call) renderInvites();
 }
 
 function closeSide() {

@@ -279,7 +279,54 @@ async def scenario_eight(world: World) -> dict[str, Any]:
         await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
 
 
-SCENARIOS: dict[str, Scenario] = {"eight": scenario_eight, "revoke": scenario_revoke}
+async def scenario_shots(world: World) -> dict[str, Any]:
+    """Screenshots of the guests' screens, desktop and an upright phone, to
+    look at (not a test): the doctor's People panel with its invites, the
+    patient asked about a family member, a revoked guest's end screen. Into
+    ``$WADUD_SCREENSHOTS`` (default: the work folder)."""
+    import base64
+    import os
+
+    folder = Path(os.environ.get("WADUD_SCREENSHOTS") or world.browsers.work)
+    doctor_link = world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+    host = _token_of(doctor_link)
+    doctor = await world.browsers.open("doctor", doctor_link)
+    await join(doctor)
+    patient = await world.browsers.open("patient", world.link("pt-991", "Bilal", "patient"))
+    await join(patient)
+    await _invite(world, host, "interpreter", "Gul Khan")
+    son = await _invite(world, host, "family", "Omar (son)")
+    guest = await world.browsers.open("son", son["url"])
+    await join(guest, expect="waiting")
+    await patient.wait_for("!document.getElementById('guest-ask').hidden", "the patient asked")
+    # Wide screens open the People panel by themselves; a phone by the button.
+    opened = "document.getElementById('side').hidden || document.getElementById('admin').hidden"
+    if await doctor.eval(opened):
+        await click(doctor, "#open-people")
+    await doctor.wait_for("document.querySelectorAll('#invite-list li').length >= 1", "invites")
+    taken = []
+    for name, page in (("doctor-people", doctor), ("patient-asked", patient)):
+        for kind, (w, h) in (("desktop", (1280, 800)), ("phone", (390, 844))):
+            await page.cdp.send(
+                "Emulation.setDeviceMetricsOverride",
+                width=w, height=h, deviceScaleFactor=1, mobile=kind == "phone",
+            )  # fmt: skip
+            await asyncio.sleep(0.8)
+            if page is doctor and await doctor.eval(opened):
+                await click(doctor, "#open-people")  # narrowed to a phone: it closed
+                await asyncio.sleep(0.4)
+            shot = await page.cdp.send("Page.captureScreenshot", format="png")
+            path = folder / f"guests-{name}-{kind}.png"
+            path.write_bytes(base64.b64decode(shot["data"]))
+            taken.append(str(path))
+    return {"taken": taken}
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "eight": scenario_eight,
+    "revoke": scenario_revoke,
+    "shots": scenario_shots,
+}
 
 
 if __name__ == "__main__":
