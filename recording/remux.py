@@ -295,6 +295,45 @@ def _packets(track: _Timed, zero: float, last_duration_ms: int) -> Iterable[tupl
         yield pts, max(1, nxt - pts), f.data
 
 
+#: The frame rates a video stream may declare: the lowest of them at least
+#: VIDEO_HEADROOM times the track's mean rate, so its frames, each on a tick
+#: of its own (see _video_packets), fall behind their capture time by at most
+#: a tick or two around a burst and never drift.
+VIDEO_RATES = (30, 60, 120, 240)
+VIDEO_HEADROOM = 1.5
+
+
+def video_rate(frames: Sequence[CodedFrame], clock_rate: int) -> int:
+    """The frame rate the file declares for a track of ``frames``."""
+    span = (frames[-1].timestamp - frames[0].timestamp) / clock_rate if frames else 0.0
+    mean = (len(frames) - 1) / span if span > 0 else 0.0
+    return next((r for r in VIDEO_RATES if r >= VIDEO_HEADROOM * mean), VIDEO_RATES[-1])
+
+
+def _video_packets(track: _Timed, zero: float, rate: int) -> Iterable[tuple[int, int, bytes]]:
+    """(pts ms, duration ms, data) for each frame, each on its own tick of ``1/rate`` s.
+
+    A WebM stream declares a frame rate (Matroska DefaultDuration) and a
+    reader takes it as the stream's: ffmpeg decodes into a time base of
+    ``1/rate`` and rounds each frame's time to it. Two frames closer than a
+    tick (a camera's jitter, a frame sent at once after a late one, a
+    keyframe a PLI asked for right after the last frame) would land on one
+    tick, a repeated dts (``non monotonically increasing dts to muxer``).
+    So each frame is written at the middle of its own tick, its capture
+    time's or, when the one before took that, the next; every frame is kept,
+    as a VP8 decoder needs each one a later frame refers to."""
+    ticks: list[int] = []
+    for f in track.frames:
+        tick = round((track.wall(f.timestamp) - zero) * rate)
+        ticks.append(tick if not ticks or tick > ticks[-1] else ticks[-1] + 1)
+    # 1000 / rate ms is over 4 ms a tick: the middles are whole, distinct ms.
+    times = [round(t * 1000 / rate) for t in ticks]
+    for i, f in enumerate(track.frames):
+        pts = times[i]
+        nxt = times[i + 1] if i + 1 < len(times) else round((ticks[i] + 1) * 1000 / rate)
+        yield pts, nxt - pts, f.data
+
+
 def remux(tracks: Sequence[TrackMedia], path: Path) -> Remuxed:
     """Write one WebM at ``path`` from one participant's tracks (at most one
     audio and one video is used: the ones with the most frames).
@@ -329,26 +368,27 @@ def remux(tracks: Sequence[TrackMedia], path: Path) -> Remuxed:
     path.parent.mkdir(parents=True, exist_ok=True)
     end_ms = 0
     with av.open(str(path), "w", format="webm") as out:
-        planned: list[tuple[Any, _Timed, int]] = []
+        planned: list[tuple[Any, Iterable[tuple[int, int, bytes]], bool]] = []
         if timed_video is not None:
             size = vp8_size(timed_video.frames[0].data)
             assert size is not None, "a keyframe carries its size"
             result.width, result.height = size
-            vs = out.add_stream("libvpx", rate=30)
+            rate = video_rate(timed_video.frames, timed_video.clock_rate)
+            vs = out.add_stream("libvpx", rate=rate)
             vs.width, vs.height = size
             vs.pix_fmt = "yuv420p"
             vs.time_base = _MS
-            planned.append((vs, timed_video, 33))
+            planned.append((vs, _video_packets(timed_video, zero, rate), True))
         if timed_audio is not None:
             aus = out.add_stream("libopus", rate=48_000)
             aus.layout = "stereo"
             aus.time_base = _MS
-            planned.append((aus, timed_audio, 20))
+            planned.append((aus, _packets(timed_audio, zero, 20), False))
         # Interleaved by time, as Matroska players read clusters in order.
         queue: list[tuple[int, int, Any, int, bytes, bool]] = []
-        for order, (stream, track, last) in enumerate(planned):
-            for pts, dur, data in _packets(track, zero, last):
-                key = _is_key(data) if track is timed_video else True
+        for order, (stream, packets, is_video) in enumerate(planned):
+            for pts, dur, data in packets:
+                key = _is_key(data) if is_video else True
                 queue.append((pts, order, stream, dur, data, key))
         queue.sort(key=lambda q: (q[0], q[1]))
         for pts, _, stream, dur, data, key in queue:

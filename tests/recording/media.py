@@ -9,7 +9,10 @@ import array
 import fractions
 import math
 import random
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 from aiortc.codecs import get_encoder
@@ -54,8 +57,11 @@ def video(
     seq0: int = 65_000,
     width: int = 160,
     height: int = 120,
+    captured: Callable[[int], float] | None = None,
 ) -> Track:
-    """VP8 at ``fps``; the first sequence number near the 16-bit wrap."""
+    """VP8 at ``fps``; the first sequence number near the 16-bit wrap.
+    ``captured(i)``: frame i's capture time in seconds from the first, which
+    a browser puts in its RTP timestamp (default ``i / fps``)."""
     enc = get_encoder(
         RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000, payloadType=VP8_PT)
     )
@@ -70,7 +76,8 @@ def video(
         _fill(frame, 0, bytes(luma))
         _fill(frame, 1, bytes([90]) * (width * height // 4))
         _fill(frame, 2, bytes([(i * 13) % 255]) * (width * height // 4))
-        frame.pts = i * (90_000 // fps)
+        at = i / fps if captured is None else captured(i)
+        frame.pts = round(at * 90_000)
         frame.time_base = fractions.Fraction(1, 90_000)
         payloads, ts = enc.encode(frame, force_keyframe=i % (fps * 2) == 0)
         for j, payload in enumerate(payloads):
@@ -82,7 +89,7 @@ def video(
                 marker=j == len(payloads) - 1,
                 payload=payload,
             )
-            packets.append((start + i / fps + 0.001 * j, bytes(rtp)))
+            packets.append((start + at + 0.001 * j, bytes(rtp)))
             seq += 1
     return Track("video", "VP8", 90_000, VP8_PT, packets)
 
@@ -163,3 +170,16 @@ def segments(
         writer.add(packet, at)
     seal()
     return out
+
+
+def ffmpeg_errors(path: Path) -> str:
+    """What ``ffmpeg -v error`` says decoding ``path`` in full: "" for a file
+    that plays without complaint (ffmpeg's CLI, as a user checks a file)."""
+    done = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done.stderr + ("" if done.returncode == 0 else f"exit {done.returncode}")

@@ -186,6 +186,7 @@ async def test_the_recorder_makes_each_participant_s_webm(
         path.write_bytes(await resp.read())
         probe = remux.probe(path)
         assert (probe.audio, probe.video) == (1, 1)
+        assert media.ffmpeg_errors(path) == ""
         assert abs(probe.duration - 4.0) < 1.0 and abs(f["duration_seconds"] - 4.0) < 1.0
     # The segments went once the files held everything.
     assert await pool.fetchval("SELECT count(*) FROM recording_segments") == 0
@@ -396,4 +397,5 @@ async def test_the_optional_composite_puts_everyone_side_by_side(
     path.write_bytes(data)
     probe = remux.probe(path)
     assert (probe.audio, probe.video, probe.width, probe.height) == (1, 1, 2 * 480, 360)
+    assert media.ffmpeg_errors(path) == ""
     assert abs(probe.duration - 2.2) < 1.0

@@ -39,6 +39,7 @@ def test_a_participant_s_rtp_becomes_one_playable_webm(tmp_path: Path) -> None:
     assert (got.audio, got.video, got.width, got.height) == (1, 1, 320, 240)
     assert abs(got.duration - span) < 1.0, (got.duration, span)
     assert decoded(out) == (90, 300)
+    assert media.ffmpeg_errors(out) == ""
 
 
 def test_lost_reordered_and_repeated_packets_still_play(tmp_path: Path) -> None:
@@ -58,6 +59,39 @@ def test_lost_reordered_and_repeated_packets_still_play(tmp_path: Path) -> None:
     assert abs(got.duration - 6.0) < 1.0
     video_frames, audio_frames = decoded(out)
     assert video_frames >= len(frames) - 1 and audio_frames > 250
+
+
+def test_frames_closer_than_the_declared_rate_each_decode_at_their_own_time(
+    tmp_path: Path,
+) -> None:
+    # A browser stamps each frame with its capture time. A camera that hands
+    # over a frame 25 ms late and the next on time puts two frames 8 ms
+    # apart, well within one tick of 30 frames a second, as does a keyframe
+    # a PLI asked for sent right after a frame; ffmpeg decodes into the
+    # file's declared rate and gave both the same dts ("non monotonically
+    # increasing dts to muxer in stream 0: 4 >= 4"). The path repeats and
+    # reorders packets too, as a retransmission after a NACK does.
+    def captured(i: int) -> float:
+        return i / 30 + (0.025 if i % 7 == 3 else 0.0)
+
+    v = media.video(12, 1000.0, fps=30, captured=captured)
+    a = media.audio(12, 1000.0)
+    whole = remux.vp8_frames(tracks(v)[0])
+    assert len(whole) == 360
+    out = tmp_path / "jitter.webm"
+    remux.remux(tracks(media.damaged(v, loss=0.0, reorder=0.1), a), out)
+    assert media.ffmpeg_errors(out) == ""
+    # Every frame is in the file, in order, each within a tick or two of its capture.
+    with av.open(str(out)) as f:
+        times = [
+            float(p.pts * p.time_base)
+            for p in f.demux(video=0)
+            if p.pts is not None and p.time_base is not None
+        ]
+    assert len(times) == 360 and times == sorted(set(times))
+    for i, t in enumerate(times):
+        assert abs(t - captured(i)) <= 2 / remux.video_rate(whole, 90_000), (i, t)
+    assert decoded(out) == (360, 600)
 
 
 def test_the_video_starts_at_a_keyframe_and_lines_up_with_the_audio(tmp_path: Path) -> None:
