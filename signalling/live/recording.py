@@ -17,13 +17,17 @@ full) stops the recording in the room too.
 Which worker writes: one per room, the first of the room's sites, which
 records what is published there and what is relayed in for its
 subscribers. A room whose participants are all on other sites has nothing
-relayed to that worker to record; see docs/recording.md.
+relayed to that worker to record; see docs/recording.md. A room with no
+site yet (everyone agreed before any media worker was placed for it: its
+placement at the join failed, or is still under way) gets its home site
+placed at the start, as a publish would place it; the worker holds the
+order until the room's first media arrives there.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from uuid import UUID
 
@@ -62,12 +66,15 @@ class CallRecordings:
         *,
         booking_of: Callable[[str], UUID | None],
         media_of: Callable[[CallRoom], Sequence[MediaControl]],
+        place: Callable[[CallRoom], Awaitable[MediaControl]],
         failed: Callable[[str, str, str], None],
     ) -> None:
         #: The rows (None: no database, as in a bare test app: recording fails).
         self._store = store
         self._booking_of = booking_of
         self._media_of = media_of
+        #: The room's home site, placed now if it has none.
+        self._place = place
         #: Tell the room ``name`` that recording ``id`` failed (``detail``).
         self._failed = failed
         self._lanes: dict[str, MediaLane] = {}
@@ -124,9 +131,10 @@ class CallRecordings:
                 key = await store.start(rid)
                 self._started.add(step.recording_id)
                 media = self._media_of(room)
-                if not media:
-                    raise _CannotRecord("the room has no media worker")
-                await media[0].record(room.name, RecordingOrder(step.recording_id, key))
+                # No site yet: the one a publish would get, now; the
+                # worker holds the order until media arrives.
+                writer = media[0] if media else await self._place(room)
+                await writer.record(room.name, RecordingOrder(step.recording_id, key))
             case RecordingStop(_, reason, started, detail):
                 media = self._media_of(room)
                 if started and reason != "failed" and media:

@@ -119,6 +119,7 @@ class Rooms(Mapping[str, CallRoom]):
             recording_store or (lambda: None),
             booking_of=booking_of,
             media_of=self.sites.controls,
+            place=self.sites.media_for,
             failed=self._recording_failed,
         )
         self.events = MediaEvents(
