@@ -32,6 +32,8 @@ CLOSE_TIMEOUT = 4408
 CLOSE_REPLACED = 4409
 CLOSE_ENDED = 4410
 CLOSE_FULL = 4429
+#: HTTP's 426 Upgrade Required: no protocol version both sides speak.
+CLOSE_PROTOCOL = 4426
 
 #: Every refusal of an action a role does not grant (:meth:`NotAllowed.lacking`).
 REFUSED = Counter(
@@ -137,6 +139,16 @@ class RoomFull(SignallingError, TooManyRequests):
     code = "room-full"
     title = "The room is full"
     close_code = CLOSE_FULL
+
+
+class UnsupportedProtocol(SignallingError):
+    """A ``join`` asked for a protocol version this server does not speak;
+    ``supported`` lists those it does."""
+
+    http_status = 426
+    code = "unsupported-protocol"
+    title = "Protocol version not supported"
+    close_code = CLOSE_PROTOCOL
 
 
 class JoinTimeout(SignallingError):

@@ -52,7 +52,7 @@ COLUMNS = """id, room, role, actions, name, channel, locale, needs_approval, inv
     not_before, expires_at, max_uses, uses, status, created_at"""
 
 
-class InviteNotFound(errors.SignallingError, NotFound):
+class InviteNotFound(NotFound):
     code = "invite-not-found"
     title = "No such invite"
 

@@ -157,6 +157,10 @@ class Join(Frame):
     token: Token
     resume: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
     name: DisplayName | None = None
+    #: The protocol version the client speaks (``joined.protocol`` says the
+    #: server's); one the server does not speak is refused
+    #: (``unsupported-protocol``, 4426). Absent: 1.
+    protocol: Annotated[int, Field(ge=1, le=1000)] | None = None
 
 
 class Publish(Frame):

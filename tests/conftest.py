@@ -115,6 +115,56 @@ def _hypothesis_imported() -> None:
     _import_whole(hypothesis)
 
 
+#: Frames the call server sent in the running test that its contract does
+#: not describe (see :func:`_frames_keep_the_contract`).
+_OFF_CONTRACT: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _frames_keep_the_contract() -> Iterator[None]:
+    """Every frame the call server sends in the suite (in this process) is
+    one its contract describes (signalling/contract.py, whose schema is
+    docs/protocol.schema.json): each is checked, as the wire has it, against
+    its type's schema as it goes out; a test whose server sent one that is
+    not, or of a type the contract lacks, fails (:func:`_no_frame_off_contract`)."""
+    import json
+
+    import jsonschema
+
+    from signalling import contract
+    from signalling.cluster.connections import Connection
+    from wadud.frames import encode
+
+    doc = contract.schema()
+    defs = doc["$defs"]
+    by_type = {
+        kind: jsonschema.Draft202012Validator({"$defs": defs, **defs[model.__name__]})
+        for kind, model in contract.SERVER_FRAMES.items()
+    }
+    send = Connection.send
+
+    def checked(self: Connection, frame: dict[str, Any]) -> None:
+        wire = json.loads(encode(frame))
+        validator = by_type.get(wire.get("type"))
+        if validator is None:
+            _OFF_CONTRACT.append(f"a frame of no type the contract has: {wire}"[:600])
+        elif (error := jsonschema.exceptions.best_match(validator.iter_errors(wire))) is not None:
+            _OFF_CONTRACT.append(f"{wire['type']}: {error.message} at {list(error.path)}"[:600])
+        send(self, frame)
+
+    Connection.send = checked  # type: ignore[method-assign]
+    yield
+    Connection.send = send  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _no_frame_off_contract() -> Iterator[None]:
+    _OFF_CONTRACT.clear()
+    yield
+    off, _OFF_CONTRACT[:] = list(_OFF_CONTRACT), []
+    assert not off, "the server sent frames its contract lacks:\n" + "\n".join(off[:10])
+
+
 #: Where the suite's time goes (``--durations``), for ``make test``, which
 #: runs the suite on four pytest-xdist workers (``--dist loadgroup``) of a
 #: 2-core machine. Tests that drive browsers, aiortc peers, process clusters
@@ -146,11 +196,13 @@ BUSY = {
         # beside each other, starved each other's pages into freezes (ci18):
         # here, in turn with test_cluster.py.
         "tests/signalling/cluster/test_sentinel_call.py",
+        "tests/signalling/media/test_recording_cluster.py",
     ),
     "b": (
         "tests/signalling/test_browser_restart.py",
         "tests/signalling/test_client_call.py",
         "tests/signalling/test_browser_call.py",
+        "tests/signalling/test_browser_guests.py",
         "tests/signalling/test_recording_browser.py",
         "tests/signalling/edge/test_check.py",
         "tests/sfu/node/test_red_call.py",

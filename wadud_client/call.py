@@ -308,7 +308,8 @@ class CallClient:
         ``forbidden``, ``room-full``, ...) when the server refuses."""
         await self.socket.connect()
         self.media.start()
-        fields: dict[str, Any] = {"token": self.token}
+        # The protocol version this client speaks (docs/protocol.md).
+        fields: dict[str, Any] = {"token": self.token, "protocol": 1}
         if resume is not None:
             fields["resume"] = resume
         return await self.request("join", **fields)

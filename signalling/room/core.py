@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfu.control.messages import TrackInfo
 from signalling import errors
+from signalling.contract import offered
 from signalling.protocol import (
     Admit,
     ApproveGuest,
@@ -216,6 +217,8 @@ class Room:
             guests_awaiting=(
                 members.guests_awaiting() if p.grant.can(Action.APPROVE_GUESTS) else []
             ),
+            # The protocol and server version, codecs and features.
+            **offered(),
             # An admin of a booked visit may have the bridge call the patient.
             phone_calls=self.phone_calls and p.admin and bool(p.grant.booking),
         )

@@ -33,7 +33,7 @@ from rtc.errors import SdpError
 from sfu.control.messages import MediaControl
 from sfu.control.rpc import MediaClient, WorkerUnreachable
 from sfu.errors import SfuStateError
-from signalling import errors, protocol
+from signalling import contract, errors, protocol
 from signalling.cluster.connections import ERRORS, AnyConnection, Connection
 from signalling.cluster.link import Cluster
 from signalling.cluster.opening import Claims, Opening, claims_of
@@ -356,6 +356,11 @@ class CallService:
         if isinstance(frame, protocol.Join):
             if conn.room is not None:
                 raise protocol.BadFrame("already joined", ref=frame.id)
+            if frame.protocol is not None and frame.protocol not in contract.PROTOCOLS:
+                raise errors.UnsupportedProtocol(
+                    f"this server speaks protocol {', '.join(map(str, contract.PROTOCOLS))}",
+                    supported=list(contract.PROTOCOLS),
+                )
             if grant is None:
                 grant = await self.admit(conn, frame, claims)
             await self.joining.join(conn, frame, grant)

@@ -200,7 +200,8 @@ export class WadudCall extends EventTarget {
 
   _sendJoin(ws, resume) {
     if (ws !== this._ws || ws.readyState !== WebSocket.OPEN || this._leaving) return;
-    const frame = { type: 'join', token: this.token };
+    // The protocol version this client speaks (docs/protocol.md, "Versions").
+    const frame = { type: 'join', token: this.token, protocol: PROTOCOL };
     if (resume) frame.resume = resume;
     if (this.name) frame.name = this.name;
     this._joinId = this._send(frame, 'join');

@@ -42,6 +42,7 @@ VALID: list[dict[str, Any]] = [
     {"type": "end", "v": 1},
     {"type": "record", "on": True, "id": "7"},
     {"type": "recording_consent", "recording_id": "rec-1", "agree": False},
+    {"type": "approve_guest", "invite_id": "5b0e2c1d-9f3a-4b6e-8f00-2d1c3b4a5e6f", "agree": True},
     {"type": "call_phone", "id": "c1"},
     {"type": "call_phone", "number": "+923001234534"},
     {"type": "track_view", "track_id": "t-1", "width": 640, "height": 360, "visible": True},

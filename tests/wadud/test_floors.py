@@ -331,6 +331,7 @@ SUB_FLOORS = {
     "signalling": (
         ("errors",),
         ("protocol",),
+        ("contract",),
         ("room",),
         ("media", "invites"),
         ("live",),
