@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL, crypto
 
 from rtc.errors import (
@@ -184,10 +184,19 @@ _DIGESTS: dict[str, type[hashes.HashAlgorithm]] = {
     "sha-512": hashes.SHA512,
 }
 
-# ECDHE with ECDSA only: our certificate is P-256, and browsers offer these.
+# In DTLS 1.2 a suite names the key of the *server's* certificate, so the
+# list carries both kinds (RFC 8827 section 6.5 requires
+# ECDHE_RSA_WITH_AES_128_GCM_SHA256 and ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).
+# As the client we must accept an RSA server (GStreamer's webrtcbin); our own
+# P-256 certificate then signs only our CertificateVerify, which the suite
+# does not constrain. As the server OpenSSL picks only suites our certificate
+# can serve, the ECDSA ones. OpenSSL's default signature algorithms already
+# include the RSA ones (PKCS#1 and PSS) for the peer's certificate.
 _CIPHERS = (
-    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA"
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"
 )
 _DTLS1_2 = 0xFEFD  # DTLS1_2_VERSION; pyOpenSSL names no DTLS version constants
 
@@ -202,13 +211,17 @@ def certificate_fingerprint(certificate: x509.Certificate, algorithm: str = "sha
 
 
 class DtlsCertificate:
-    """An ECDSA P-256 self-signed certificate and the OpenSSL contexts built on it.
+    """A self-signed certificate and the OpenSSL contexts built on it.
 
-    One certificate serves every peer of a worker; each :class:`DtlsEndpoint`
-    gets its own connection on a context shared per SRTP profile list.
+    Ours is always ECDSA P-256 (:meth:`generate`); an RSA key is taken too,
+    as a test's stand-in for a peer such as GStreamer. One certificate serves
+    every peer of a worker; each :class:`DtlsEndpoint` gets its own connection
+    on a context shared per SRTP profile list.
     """
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, certificate: x509.Certificate) -> None:
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, certificate: x509.Certificate
+    ) -> None:
         self.key = key
         self.certificate = certificate
         self._contexts: dict[tuple[SrtpProfile, ...], SSL.Context] = {}
@@ -265,11 +278,15 @@ def _refuse(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeComplete:
-    """The handshake finished and the peer proved the SDP fingerprint (RFC 5764 section 4.2)."""
+    """The handshake finished and the peer proved the SDP fingerprint (RFC 5764 section 4.2).
+
+    ``cipher`` is OpenSSL's name of the suite agreed (``ECDHE-RSA-AES128-GCM-SHA256``).
+    """
 
     role: DtlsRole
     profile: SrtpProfile
     keys: SrtpKeys
+    cipher: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,7 +625,8 @@ class DtlsEndpoint(Machine[DtlsState, _HandshakeInput, DtlsEvent]):
         )
         self.keys = SrtpKeys.from_material(profile, material)
         self._transition(_HandshakeInput.COMPLETE, f"handshake done ({profile.name})")
-        self._events.append(HandshakeComplete(self.role, profile, self.keys))
+        cipher = self._ssl.get_cipher_name() or ""
+        self._events.append(HandshakeComplete(self.role, profile, self.keys, cipher))
         # Application data may have come in the same datagram as the last flight.
         self._read_application()
 

@@ -42,7 +42,13 @@ from rtc.errors import (
     DtlsTimeoutError,
 )
 from rtc.srtp import SrtpSession
-from tests.rtc.certificates import CLIENT_CERT, ISSUED, SERVER_CERT
+from tests.rtc.certificates import (
+    CLIENT_CERT,
+    GSTREAMER_PROFILES,
+    ISSUED,
+    SERVER_CERT,
+    gstreamer_like_certificate,
+)
 from tests.rtc.dtls_pair import DtlsPair, dtls_endpoints
 
 
@@ -193,6 +199,57 @@ def test_wrong_fingerprint_fails_the_handshake(liar: str) -> None:
     # The other side got the fatal alert and failed too; neither exported keys.
     assert pair.client.state is DtlsState.FAILED and pair.server.state is DtlsState.FAILED
     assert not any(isinstance(e, HandshakeComplete) for e in pair.events["client"])
+    assert not any(isinstance(e, HandshakeComplete) for e in pair.events["server"])
+
+
+@pytest.mark.parametrize(
+    ("our_role", "cipher"),
+    [
+        # The RSA peer is the server: only an ECDHE-RSA suite can be agreed,
+        # and the server follows our order of preference.
+        (DtlsRole.CLIENT, "ECDHE-RSA-AES128-GCM-SHA256"),
+        # We are the server: our P-256 certificate serves an ECDSA suite (the
+        # first of the peer's @STRENGTH order), and the RSA peer's own
+        # certificate only signs its CertificateVerify.
+        (DtlsRole.SERVER, "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    ],
+)
+def test_a_peer_with_an_rsa_certificate(our_role: DtlsRole, cipher: str) -> None:
+    """RFC 8827 section 6.5: both ECDHE suites, whichever side holds the RSA key."""
+    rsa_peer = gstreamer_like_certificate()
+    their_role = DtlsRole.SERVER if our_role is DtlsRole.CLIENT else DtlsRole.CLIENT
+    ours = DtlsEndpoint(CLIENT_CERT, our_role, [("sha-256", rsa_peer.fingerprint())])
+    theirs = DtlsEndpoint(
+        rsa_peer,
+        their_role,
+        [("sha-256", CLIENT_CERT.fingerprint())],
+        profiles=GSTREAMER_PROFILES,
+    )
+    pair = DtlsPair(*((ours, theirs) if our_role is DtlsRole.CLIENT else (theirs, ours)))
+    pair.run()
+    assert ours.state is DtlsState.CONNECTED, pair.events
+    assert theirs.state is DtlsState.CONNECTED, pair.events
+    c, s = completed(pair.events["client"]), completed(pair.events["server"])
+    assert c.cipher == s.cipher == cipher
+    assert c.profile == s.profile == SRTP_AES128_CM_SHA1_80
+    assert c.keys == s.keys
+    mine = SrtpSession.from_keys(c.keys, our_role)
+    peer = SrtpSession.from_keys(c.keys, their_role)
+    rtp = bytes([0x80, 0x60, 0x12, 0x34]) + (7).to_bytes(4, "big") + bytes(4) + b"media" * 20
+    assert peer.unprotect(mine.protect(rtp)) == rtp
+    assert mine.unprotect(peer.protect(rtp)) == rtp
+
+
+def test_an_rsa_peer_must_still_match_its_fingerprint() -> None:
+    wrong = [("sha-256", SERVER_CERT.fingerprint())]
+    ours = DtlsEndpoint(CLIENT_CERT, DtlsRole.CLIENT, wrong)
+    theirs = DtlsEndpoint(
+        gstreamer_like_certificate(), DtlsRole.SERVER, [("sha-256", CLIENT_CERT.fingerprint())]
+    )
+    pair = DtlsPair(ours, theirs)
+    pair.run()
+    assert ours.state is DtlsState.FAILED
+    assert isinstance(pair.events["client"][-1].error, DtlsFingerprintError)
     assert not any(isinstance(e, HandshakeComplete) for e in pair.events["server"])
 
 
