@@ -17,7 +17,8 @@ leaves the call when its stdin closes (or after ``--max-seconds``) and ends
 with a last ``counts`` line.
 
 By hand: /usr/bin/python3 tests/signalling/gst_peer.py --url ws://HOST/ws
---token ROOM_TOKEN
+--token ROOM_TOKEN (and ``--local-address 127.0.0.1`` where loopback is the
+only interface: libnice gathers no loopback candidate by itself).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def failed(task: asyncio.Task[None]) -> None:
 
 
 class Peer:
+    """One participant: the signalling socket and the two webrtcbins."""
+
     def __init__(self, url: str, token: str, addresses: list[str]) -> None:
         self.url, self.token = url, token
         self.loop = asyncio.get_running_loop()
