@@ -40,6 +40,7 @@ __all__ = [
     "CallPhone",
     "Candidate",
     "ClientFrame",
+    "ClientInfo",
     "ConnectionQuality",
     "Deny",
     "DisplayName",
@@ -147,11 +148,34 @@ DisplayName = Annotated[
 ]
 
 
+#: The platforms a client may say it runs on; ``ios`` and ``android`` are
+#: mobile apps (react-native-webrtc, flutter_webrtc, native libwebrtc).
+Platform = Literal["ios", "android", "web"]
+APPS: frozenset[str] = frozenset({"ios", "android"})
+
+
+class ClientInfo(BaseModel):
+    """What a client says it is, in ``join``: its ``platform``, and for
+    logs its ``sdk`` and ``version``. An app (``ios``, ``android``) keeps
+    its seat for ``call_resume_grace_app`` when its socket drops."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    platform: Platform
+    sdk: Annotated[str, StringConstraints(max_length=64)] | None = None
+    version: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+    @property
+    def app(self) -> bool:
+        return self.platform in APPS
+
+
 class Join(Frame):
     """Enter the room with a room token; ``resume`` is the ``session`` of an
     earlier connection whose participant is still in the room. ``name`` is
     the display name the person typed, used only when the token names
-    nobody (an anonymous patient's link); a token's own ``name`` wins."""
+    nobody (an anonymous patient's link); a token's own ``name`` wins.
+    ``client``: what the client runs on (:class:`ClientInfo`)."""
 
     type: Literal["join"] = "join"
     token: Token
@@ -161,6 +185,7 @@ class Join(Frame):
     #: server's); one the server does not speak is refused
     #: (``unsupported-protocol``, 4426). Absent: 1.
     protocol: Annotated[int, Field(ge=1, le=1000)] | None = None
+    client: ClientInfo | None = None
 
 
 class Publish(Frame):

@@ -68,6 +68,8 @@ class CallClient:
     (see :class:`NackRetry`); None leaves aiortc's receiver as it is.
     ``reconnect``: when a peer connection fails, get media back on new ones
     by itself (:meth:`reconnect_media`); False leaves that to the caller.
+    ``client``: what ``join`` says the client is (``{"platform": "ios"}``
+    for one standing in for a phone app: the server keeps its seat longer).
     ``relay``, as the ES module's option of that name: media only through
     the TURN relay of the ICE servers (True), or only through its ``udp``,
     ``tcp`` or ``tls`` (``turns:``) listener. Over TLS aioice checks the
@@ -93,6 +95,7 @@ class CallClient:
         http: aiohttp.ClientSession | None = None,
         reconnect: bool = True,
         relay: bool | Literal["udp", "tcp", "tls"] = False,
+        client: Mapping[str, str] | None = None,
     ) -> None:
         url, _, url_room = ws_url(url)
         room = room or url_room
@@ -100,6 +103,10 @@ class CallClient:
             url += "?" + urlencode({"room": room})
         self.token = token
         self.label = label
+        self.client = dict(client) if client is not None else None
+        #: The server's clock less ours, in seconds, from the last :meth:`ping`
+        #: (its ``pong.server_time``, taken half the round trip ago).
+        self.clock_offset: float | None = None
         self.history: list[Event] = []
         self.events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
         #: What this participant knows of its room, from the server's frames.
@@ -172,6 +179,11 @@ class CallClient:
     @property
     def ping_interval(self) -> float | None:
         return self.view.ping_interval
+
+    @property
+    def resume_grace(self) -> float | None:
+        """Seconds the server keeps our seat once our socket is taken for dropped."""
+        return self.view.resume_grace
 
     @property
     def participants(self) -> dict[str, dict[str, Any]]:
@@ -310,6 +322,8 @@ class CallClient:
         self.media.start()
         # The protocol version this client speaks (docs/protocol.md).
         fields: dict[str, Any] = {"token": self.token, "protocol": 1}
+        if self.client is not None:
+            fields["client"] = self.client
         if resume is not None:
             fields["resume"] = resume
         return await self.request("join", **fields)
@@ -368,10 +382,15 @@ class CallClient:
         await self.socket.send(type, **fields)
 
     async def ping(self) -> float:
-        """Round-trip time of a ``ping`` in seconds."""
+        """Round-trip time of a ``ping`` in seconds; the ``pong``'s
+        ``server_time`` sets :attr:`clock_offset`."""
         start = time.monotonic()
-        await self.request("ping")
-        return time.monotonic() - start
+        pong = await self.request("ping")
+        rtt = time.monotonic() - start
+        server_time = pong.get("server_time")
+        if isinstance(server_time, int | float):
+            self.clock_offset = server_time / 1000 + rtt / 2 - time.time()
+        return rtt
 
     async def mute(self, track_id: str, muted: bool = True) -> None:
         """Ask the server to stop (or resume) forwarding a track: our own, or

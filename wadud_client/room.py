@@ -33,8 +33,13 @@ class RoomView:
         self.state: State = "new"
         self.participant: dict[str, Any] = {}
         self.session: str | None = None
+        #: The ICE servers for new peer connections: ``joined``'s, then the
+        #: fresh TURN credentials of each ``ice_servers`` frame.
         self.ice_servers: list[dict[str, Any]] = []
         self.ping_interval: float | None = None
+        #: Seconds the server keeps our seat once our socket is taken for
+        #: dropped (``joined.resume_grace``).
+        self.resume_grace: float | None = None
         #: Others in the room, by participant id (as in ``joined.participants``).
         self.participants: dict[str, dict[str, Any]] = {}
         #: Every published track in the room, ours included, by track id.
@@ -95,6 +100,7 @@ class RoomView:
             self.state = "joined"
             self.ice_servers = list(f.get("ice_servers") or [])
             self.ping_interval = f.get("ping_interval")
+            self.resume_grace = f.get("resume_grace")
             me = self.participant_id
             self.participants = {
                 str(p["id"]): dict(p) for p in f.get("participants") or [] if p.get("id") != me
@@ -113,6 +119,8 @@ class RoomView:
             self.recording = recording
             self.recording_asked = recording.get("recording_id") if asked else None
             self.phone_calls = bool(f.get("phone_calls"))
+        elif kind == "ice_servers":
+            self.ice_servers = list(f.get("ice_servers") or [])
         elif kind == "recording":
             self.recording = {k: v for k, v in f.items() if k != "type"}
             if self.recording.get("state") == "off":

@@ -18,6 +18,7 @@ from prometheus_client import Counter
 
 from signalling import protocol
 from signalling.cluster.link import Cluster, conn_replica
+from signalling.keepalive import Keepalive
 from signalling.live.room import CallRoom
 from wadud.web.auth import RoomGrant
 
@@ -34,7 +35,13 @@ class Connection:
     """One WebSocket's outbound side: frames in order, then maybe a close."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, room_hint: str | None, now: float, ref: str = ""
+        self,
+        ws: web.WebSocketResponse,
+        room_hint: str | None,
+        now: float,
+        ref: str = "",
+        *,
+        ping_interval: float = 15.0,
     ) -> None:
         self.ws = ws
         self.room_hint = room_hint
@@ -43,7 +50,10 @@ class Connection:
         #: The room this connection joined, wherever its owner runs.
         self.room_name: str | None = None
         self.participant_id: str | None = None
-        self.last_seen = now
+        #: Its pings, silence and TURN credentials' renewal (the service's loop).
+        self.keepalive = Keepalive(ping_interval, now)
+        #: Set when its deadlines moved earlier (credentials just issued).
+        self.rearm = asyncio.Event()
         self.closing = False
         #: The connection's name across replicas (``"{replica}/{n}"``).
         self.ref = ref
@@ -51,9 +61,28 @@ class Connection:
         self.region = ""
         self.queue: asyncio.Queue[str | tuple[int, str] | None] = asyncio.Queue()
 
+    @property
+    def last_seen(self) -> float:
+        """When anything was last heard from the client (loop time)."""
+        return self.keepalive.last_seen
+
+    @last_seen.setter
+    def last_seen(self, now: float) -> None:
+        self.keepalive.heard(now)
+
     def send(self, frame: dict[str, Any]) -> None:
         if self.closing:
             return
+        if frame.get("type") == "joined":
+            # Its TURN credentials are this socket's to renew, wherever the
+            # room's owner runs (a remote owner's joined arrives here too).
+            who = frame.get("participant") or {}
+            self.keepalive.issued(
+                asyncio.get_running_loop().time(),
+                str(who.get("identity", "")),
+                frame.get("ice_servers") or [],
+            )
+            self.rearm.set()
         if frame.get("type") == "error":
             ERRORS.labels(frame["code"]).inc()
         if self.queue.qsize() >= QUEUE_MAX:

@@ -139,6 +139,22 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
                     {"booking_id": grant.booking, "room": grant.room, "name": grant.name},
                 )
 
+    async def visit_started(grant: RoomGrant) -> None:
+        # A booked visit's doctor came in and the patient is not there: an
+        # outbox event, which the notifier turns into a ring on the patient's
+        # phone (a VoIP push, a high-priority FCM message), once per visit.
+        async with app[keys.DB].acquire() as conn, conn.transaction():
+            await outbox.emit(
+                conn,
+                "call.incoming",
+                {
+                    "booking_id": grant.booking,
+                    "slot": grant.slot,
+                    "room": grant.room,
+                    "name": grant.name,
+                },
+            )
+
     # Room events for clinics' webhooks (hooks/), written as outbox rows.
     room_events = RoomEvents(lambda: app.get(keys.DB))
     services = [
@@ -151,6 +167,7 @@ async def _context(app: web.Application) -> AsyncIterator[None]:
             media_client=client,
             guard=guard,
             on_waiting=waiting,
+            on_visit_started=visit_started,
             observe=room_events,
             recording_store=lambda: app.get(RECORDINGS),
             call_phone=lambda booking_id, identity, number: phone_calls.request_in_room(

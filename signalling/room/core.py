@@ -159,9 +159,12 @@ class Room:
         *,
         ref: str | None = None,
         resume: str | None = None,
+        grace: float | None = None,
     ) -> JoinResult:
         """A connection presents a valid token for this room: resume, replace,
-        wait or join. Raises :class:`errors.RoomEnded` or :class:`errors.RoomFull`."""
+        wait or join. ``grace``: the participant's resume grace when its
+        connection drops (a mobile app's), None for the room's
+        ``resume_grace``. Raises :class:`errors.RoomEnded` or :class:`errors.RoomFull`."""
         if self.ended:
             raise errors.RoomEnded("the room was ended")
         if grant.room != self.name:
@@ -176,7 +179,7 @@ class Room:
                 out += members.to(old, reply("replaced"))
                 out.append(Close(old.conn, errors.CLOSE_REPLACED, "resumed elsewhere"))
             members.move(old, MemberEvent.RESUME)
-            old.conn, old.deadline = conn, None
+            old.conn, old.deadline, old.resume_grace = conn, None, grace
             out += self._welcome(old, ref)
             out += self.media.resumed(old)
             return JoinResult(old, out, resumed=True)
@@ -184,6 +187,7 @@ class Room:
             out += self._depart(p, MemberEvent.REPLACE, "replaced")
         waits = members.must_wait(grant)
         p = members.add(conn, grant, MemberState.WAITING if waits else MemberState.JOINED)
+        p.resume_grace = grace
         if waits:
             out += members.to(p, members.waiting_frame(p, ref))
             out += members.waiting_changed()
@@ -213,6 +217,8 @@ class Room:
             require_admission=members.require_admission,
             active_speaker=self.media.active_speaker,
             ping_interval=self.ping_interval,
+            # Seconds its seat is kept once its socket is taken for dropped.
+            resume_grace=self.grace_of(p),
             recording={**self.recording.view(), "asked": self.recording.must_answer(_voter(p))},
             guests_awaiting=(
                 members.guests_awaiting() if p.grant.can(Action.APPROVE_GUESTS) else []
@@ -223,6 +229,10 @@ class Room:
             phone_calls=self.phone_calls and p.admin and bool(p.grant.booking),
         )
         return members.to(p, frame) + self._consent(*self.recording.arrived(_voter(p)))
+
+    def grace_of(self, p: Member) -> float:
+        """How long ``p`` keeps its seat once its connection dropped."""
+        return self.resume_grace if p.resume_grace is None else p.resume_grace
 
     def phone_call(self, step: dict[str, Any]) -> list[Output]:
         """A step of a call the bridge places for this visit, for its admins."""
@@ -304,13 +314,14 @@ class Room:
 
     def disconnect(self, conn: ConnId, now: float, grace: float | None = None) -> list[Output]:
         """A connection ended (closed, dropped, timed out). Its participant, if
-        it still has that connection, waits ``grace`` (``resume_grace``) or goes."""
+        it still has that connection, waits ``grace`` (else its own,
+        :meth:`grace_of`) or goes."""
         p = self.members.of(conn)
         if p is None:
             return []
         if p.state is MemberState.WAITING:
             return self._depart(p, MemberEvent.DISCONNECT, "left") + self._maybe_close()
-        self.members.detach(p, now + (self.resume_grace if grace is None else grace))
+        self.members.detach(p, now + (self.grace_of(p) if grace is None else grace))
         return []
 
     def leave(self, conn: ConnId) -> list[Output]:
@@ -511,8 +522,8 @@ class Room:
         ``conn_of`` gives the handle of a connection that still stands, or
         None: its participant is DETACHED with a fresh grace period (or gone,
         if it was waiting), ``grace_of(ref)`` seconds for that connection's
-        reference, ``resume_grace`` where it gives None. Returns what that
-        changes for the others."""
+        reference, the participant's own (:meth:`Room.grace_of`) where it
+        gives None. Returns what that changes for the others."""
         members = self.members
         members.require_admission = bool(data.get("require_admission", False))
         self.ended = bool(data.get("ended", False))
@@ -535,7 +546,7 @@ class Room:
             if p.state is MemberState.WAITING:
                 out += self._depart(p, MemberEvent.DISCONNECT, "left")
             else:
-                members.detach(p, now + (self.resume_grace if grace is None else grace))
+                members.detach(p, now + (self.grace_of(p) if grace is None else grace))
         return out + self._maybe_close()
 
 

@@ -127,6 +127,8 @@ class Member:
     conn: ConnId | None
     #: When a DETACHED participant is gone, unless it resumes.
     deadline: float | None = None
+    #: Its own resume grace (a mobile app's, longer); None: the room's.
+    resume_grace: float | None = None
 
     @property
     def admin(self) -> bool:
@@ -420,6 +422,7 @@ class Members:
             "state": p.state.value,
             "conn": conn_ref(p.conn) if p.conn is not None else None,
             "grace_left": None if p.deadline is None else p.deadline - now,
+            "resume_grace": p.resume_grace,
         }
 
     def clear(self) -> None:
@@ -443,6 +446,7 @@ class Members:
             session=data["session"],
             state=MemberState(data["state"]),
             conn=conn,
+            resume_grace=data.get("resume_grace"),
         )
         left = data.get("grace_left")
         if p.state is D and left is not None:

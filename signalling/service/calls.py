@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -37,6 +38,7 @@ from signalling import contract, errors, protocol
 from signalling.cluster.connections import ERRORS, AnyConnection, Connection
 from signalling.cluster.link import Cluster
 from signalling.cluster.opening import Claims, Opening, claims_of
+from signalling.keepalive import Wake
 from signalling.live.room import CallRoom
 from signalling.media.placement import Placement
 from signalling.room.core import ControlFrame, Room
@@ -54,8 +56,6 @@ log = logging.getLogger("wadud.signalling")
 
 #: Seconds a new connection has to send ``join`` (docs/protocol.md).
 JOIN_TIMEOUT = 10.0
-#: Server pings a client may leave unanswered before it is disconnected.
-MISSED_PINGS = 3
 #: Asks the phone bridge to call (booking id, the asking admin's identity,
 #: a number or None for the patient's): the call as the API tells it.
 CallPhone = Callable[[str, str, str | None], Awaitable[dict[str, Any]]]
@@ -118,6 +118,7 @@ class CallService:
         media_client: MediaClient | None = None,
         guard: Callable[[RoomGrant], Awaitable[None]] | None = None,
         on_waiting: Callable[[RoomGrant], Awaitable[None]] | None = None,
+        on_visit_started: Callable[[RoomGrant], Awaitable[None]] | None = None,
         observe: Callable[[Room, list[Output]], None] | None = None,
         recording_store: Callable[[], Recordings | None] | None = None,
         call_phone: CallPhone | None = None,
@@ -125,6 +126,8 @@ class CallService:
         home: str = "",
     ) -> None:
         self.settings = settings
+        #: Fresh ``ice_servers`` for an identity (TURN credentials renewed on the socket).
+        self.ice_servers = ice_servers
         #: Asks the phone bridge for a call (:mod:`booking.phone_calls`).
         self.call_phone = call_phone
         #: The region whose own control plane this service is (signalling.edge.planes);
@@ -145,7 +148,9 @@ class CallService:
             recording_store=recording_store,
             decided=decided,
         )
-        self.joining = Joining(settings, self.rooms, on_waiting=on_waiting)
+        self.joining = Joining(
+            settings, self.rooms, on_waiting=on_waiting, on_visit_started=on_visit_started
+        )
         self.media_frames = MediaFrames(self.rooms)
         self.join_timeout = JOIN_TIMEOUT
         self.ping_interval = settings.call_ping_interval
@@ -185,7 +190,9 @@ class CallService:
         loop = asyncio.get_running_loop()
         replicas = self.rooms.replicas
         ref = replicas.cluster.new_ref() if replicas is not None else ""
-        conn = Connection(ws, request.query.get("room"), loop.time(), ref)
+        conn = Connection(
+            ws, request.query.get("room"), loop.time(), ref, ping_interval=self.ping_interval
+        )
         self.rooms.connections.add(conn)
         if replicas is not None:
             replicas.connected(conn)
@@ -243,19 +250,31 @@ class CallService:
         conn.close(errors.CLOSE_TIMEOUT, "join timeout")
 
     async def _pinger(self, conn: Connection) -> None:
+        """The connection's own deadlines (:class:`signalling.keepalive.Keepalive`):
+        pings, the silence that ends it, its TURN credentials' renewal."""
         loop = asyncio.get_running_loop()
-        interval = self.ping_interval
+        keep = conn.keepalive
         while not conn.closing:
-            await asyncio.sleep(interval)
-            if conn.room is None and conn.room_name is None:
-                continue
-            if loop.time() - conn.last_seen > MISSED_PINGS * interval:
-                log.info("call client silent; disconnecting", extra={"room": conn.room_name})
-                conn.close(errors.CLOSE_TIMEOUT, "ping timeout")
-                # Do not wait for a dead peer's close handshake to detach.
-                self.rooms.disconnected(conn)
-                return
-            conn.send(protocol.reply("ping"))
+            conn.rearm.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(keep.get_timer()):
+                    await conn.rearm.wait()
+            joined = conn.room is not None or conn.room_name is not None
+            for wake in keep.handle_timer(loop.time(), joined):
+                if wake is Wake.TIMEOUT:
+                    log.info("call client silent; disconnecting", extra={"room": conn.room_name})
+                    conn.close(errors.CLOSE_TIMEOUT, "ping timeout")
+                    # Do not wait for a dead peer's close handshake to detach:
+                    # the resume grace starts now.
+                    self.rooms.disconnected(conn)
+                    return
+                if wake is Wake.PING:
+                    conn.send(protocol.reply("ping"))
+                elif wake is Wake.RENEW and keep.identity is not None:
+                    fresh = self.ice_servers(keep.identity)
+                    keep.issued(loop.time(), keep.identity, fresh)
+                    if fresh:
+                        conn.send(protocol.reply("ice_servers", ice_servers=fresh))
 
     # -- frames ------------------------------------------------------------------
 
@@ -349,7 +368,9 @@ class CallService:
         # Counted where handled, so a frame routed to another replica counts once.
         FRAMES.labels(frame.type).inc()
         if isinstance(frame, protocol.Ping):
-            conn.send(protocol.reply("pong", frame.id))
+            # Unix milliseconds (an integer): a phone whose clock is off
+            # corrects it (half the round trip later than this).
+            conn.send(protocol.reply("pong", frame.id, server_time=int(time.time() * 1000)))
             return
         if isinstance(frame, protocol.Pong):
             return

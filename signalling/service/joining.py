@@ -8,6 +8,12 @@ an anonymous link shows the name the person typed; the room's core decides
 in a waiting room is told to whoever waits on it (the notifier tells the
 doctor); a resume gets its pending subscribe offer again; the room is placed
 in the participant's region now, so their first publish does not wait.
+
+A client that says it is a mobile app (``join.client.platform`` ``ios`` or
+``android``) keeps its seat for ``call_resume_grace_app`` when its socket
+drops. A booked visit's doctor who comes in while the patient is nowhere in
+the room starts the visit: whoever waits on that (the notifier rings the
+patient's phone, once per visit) is told.
 """
 
 from __future__ import annotations
@@ -38,11 +44,15 @@ class Joining:
         rooms: Rooms,
         *,
         on_waiting: Callable[[RoomGrant], Awaitable[None]] | None,
+        on_visit_started: Callable[[RoomGrant], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self._rooms = rooms
         #: Told when someone enters a waiting room (the notifier tells the doctor).
         self._on_waiting = on_waiting
+        #: Told when a booked visit's doctor comes in and the patient is not
+        #: there (the notifier rings the patient's phone).
+        self._on_visit_started = on_visit_started
 
     async def join(self, conn: AnyConnection, frame: protocol.Join, grant: RoomGrant) -> None:
         """A join this replica owns the room of, its grant checked
@@ -64,8 +74,12 @@ class Joining:
             )
             if typed:
                 grant = dataclasses.replace(grant, name=typed)
+        app = frame.client is not None and frame.client.app
+        grace = self.settings.call_resume_grace_app if app else None
         try:
-            result = room.core.join(conn, grant, now, ref=frame.id, resume=frame.resume)
+            result = room.core.join(
+                conn, grant, now, ref=frame.id, resume=frame.resume, grace=grace
+            )
         except errors.SignallingError:
             if room.core.members.empty:
                 self._rooms.drop_room(room)
@@ -83,6 +97,17 @@ class Joining:
                 await self._on_waiting(grant)
             except Exception:  # the join stands; only the heads-up is lost
                 log.exception("waiting-room event not recorded", extra={"room": grant.room})
+        if (
+            self._on_visit_started is not None
+            and not result.resumed
+            and grant.booking
+            and grant.role == "doctor"
+            and not any(p.grant.role == "patient" for p in room.core.members.participants.values())
+        ):
+            try:
+                await self._on_visit_started(grant)
+            except Exception:  # the join stands; only the patient's ring is lost
+                log.exception("visit-started event not recorded", extra={"room": grant.room})
         if result.resumed:
             sub = room.subscribers.get(result.participant.id)
             if sub is not None and sub.offer is not None:

@@ -143,6 +143,7 @@ export class WadudCall extends EventTarget {
     this.activeSpeaker = null;
     this.refusal = null; // {code, message} of a fatal error frame
     this.iceServers = [];
+    this.resumeGrace = 20; // seconds our place is kept after a drop (`joined`)
     this.session = null;
     this.publishPc = null;
     this.subscribePc = null;
@@ -215,12 +216,16 @@ export class WadudCall extends EventTarget {
     }
     this._pending.clear();
     if (this._leaving || isFinal(this.state)) return this._finish(this.state, reason);
-    if (FINAL_CLOSES[code]) return this._finish(FINAL_CLOSES[code], reason || String(code));
+    // 4408 after a join is the server's ping timeout (we were silent, a
+    // throttled tab): our place is kept, so resume; before one, a join timeout.
+    const final = FINAL_CLOSES[code] && !(code === 4408 && this.session);
+    if (final) return this._finish(FINAL_CLOSES[code], reason || String(code));
     if (code === 1000 || !this.session) return this._finish('failed', reason || `closed ${code}`);
     // A dropped socket (network change, proxy timeout): the server keeps our
     // place and our media for a grace period; come back with `resume`.
     if (!this._resumeUntil) {
-      this._resumeUntil = Date.now() + RESUME_FOR_MS;
+      // The server says how long it keeps our place (`joined.resume_grace`).
+      this._resumeUntil = Date.now() + Math.max(RESUME_FOR_MS, this.resumeGrace * 1000 + 10000);
       this._attempt = 0;
     }
     if (Date.now() > this._resumeUntil) return this._finish('failed', 'could not reconnect');
@@ -313,6 +318,23 @@ export class WadudCall extends EventTarget {
 
   _on_ping() { this._send({ type: 'pong' }, 'pong'); }
 
+  // Fresh TURN credentials, sent before the old ones expire: the peer
+  // connections take them for their next ICE restart, new ones from the start.
+  _on_ice_servers(f) { this._useIceServers(f.ice_servers || []); }
+
+  _useIceServers(servers) {
+    this.iceServers = servers;
+    for (const pc of [this.publishPc, this.subscribePc]) {
+      if (!pc || pc.signalingState === 'closed') continue;
+      const iceServers = this.relay ? relayServers(servers, this.relay) : servers;
+      try {
+        pc.setConfiguration({ ...pc.getConfiguration(), iceServers });
+      } catch (err) {
+        this._emit('error', { code: 'ice-servers', message: String(err) });
+      }
+    }
+  }
+
   _on_error(f) {
     if (!f.fatal && f.ref !== undefined && f.ref === this._joinId
         && (this.state === 'connecting' || this.state === 'reconnecting')) {
@@ -354,7 +376,8 @@ export class WadudCall extends EventTarget {
     const forgotten = this.me && this.me.id !== f.participant.id && this.publishPc;
     const resumed = !forgotten && Boolean(this.publishPc || this.subscribePc);
     this._takeSession(f);
-    this.iceServers = f.ice_servers || [];
+    this._useIceServers(f.ice_servers || []);
+    if (typeof f.resume_grace === 'number') this.resumeGrace = f.resume_grace;
     this.waiting = f.waiting || [];
     // A visit being recorded (or asked about): a newcomer answers before it
     // sends anything (`recording_asked` follows), see answerRecording().

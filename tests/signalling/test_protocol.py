@@ -19,6 +19,16 @@ VALID: list[dict[str, Any]] = [
     {"type": "join", "token": "t.o.k"},
     {"type": "join", "token": "t.o.k", "resume": "SESSION", "id": "1"},
     {"type": "join", "token": "t.o.k", "name": "بلال احمد"},
+    {
+        "type": "join",
+        "token": "t.o.k",
+        "client": {"platform": "ios", "sdk": "react-native-webrtc", "version": "124.0.4"},
+    },
+    {
+        "type": "join",
+        "token": "t.o.k",
+        "client": {"platform": "android", "sdk": "flutter_webrtc", "version": "0.12.0"},
+    },
     {"type": "publish", "sdp": "v=0\r\n", "sources": {"0": "microphone", "1": "camera"}},
     {"type": "publish", "sdp": "v=0\r\n"},
     {"type": "answer", "sdp": "v=0\r\n", "id": "a"},
@@ -130,6 +140,9 @@ BAD: list[tuple[str | bytes, str, str | None]] = [
     (j(type="join", token="t", name="Dr\nAmina", id="t4"), "invalid", "t4"),
     (j(type="join", token="t", name="\u202eanimA", id="t5"), "invalid", "t5"),
     (j(type="join", token="t", name=7, id="t6"), "invalid", "t6"),
+    (j(type="join", token="t", client={"platform": "symbian"}, id="t7"), "invalid", "t7"),
+    (j(type="join", token="t", client={"sdk": "flutter_webrtc"}, id="t8"), "invalid", "t8"),
+    (j(type="join", token="t", client={"platform": "ios", "grace": 600}, id="t9"), "invalid", "t9"),
     (
         j(type="track_view", track_id="t", width=-1, height=1, visible=True, id="u1"),
         "invalid",

@@ -330,7 +330,7 @@ SUB_FLOORS = {
     ),
     "signalling": (
         ("errors",),
-        ("protocol",),
+        ("protocol", "keepalive"),
         ("contract",),
         ("room",),
         ("media", "invites"),

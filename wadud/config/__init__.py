@@ -467,6 +467,13 @@ class Settings(SipSettings, PaymentsSettings):
         "Seconds a participant whose WebSocket dropped stays in the room, media"
         " flowing, waiting to resume.",
     )
+    call_resume_grace_app: float = setting(
+        60.0,
+        "call_resume_grace for a mobile app (a join whose `client.platform` is ios or"
+        " android): a phone app in the background is suspended or loses its socket"
+        " and comes back when the person returns to it. Never shorter than"
+        " call_resume_grace.",
+    )
     call_home_regions: list[str] = setting(
         [],
         "Regions that run their own control plane (`redis_region_url`) for their"
