@@ -23,6 +23,11 @@ Formats:
   a provider token (JWT ES256, ``kid`` the key id, ``iss`` the team id,
   renewed every 40 minutes), ``apns-topic``, ``apns-push-type: alert``,
   ``apns-priority``, ``apns-expiration``; body ``{"aps": {"alert": ...}}``.
+  A ring (the doctor started the visit) to a PushKit token is a VoIP push:
+  ``apns-push-type: voip``, topic ``<notify_apns_topic>.voip``, priority
+  10, body ``{"aps": {}, ...}`` with the app's fields, which CallKit shows.
+* A ring over FCM is a data message (no ``notification``), Android priority
+  high, so the app's handler runs and shows its incoming-call screen.
 * Web push: RFC 8030 with VAPID (RFC 8292) and aes128gcm (RFC 8291), by
   pywebpush.
 * SMS and WhatsApp: a JSON POST to the provider URL signed like Stripe's
@@ -97,10 +102,19 @@ class Outgoing:
     def urgent(self) -> bool:
         return TEMPLATES[self.template].urgent
 
+    @property
+    def ring(self) -> bool:
+        return TEMPLATES[self.template].ring
+
     def data(self) -> dict[str, str]:
-        """The app's own fields in push payloads (strings only, as FCM wants)."""
+        """The app's own fields in push payloads (strings only, as FCM wants).
+        A ring's also say who calls and how to join: the path of the
+        patient's own video link and the call page, never a room token."""
         out = {"template": self.template, "lang": self.rendered.language}
-        for name in ("booking_id", "conversation_id"):
+        if self.ring:
+            out["title"], out["body"] = self.rendered.title, self.rendered.text
+        ring = ("other", "video_link", "call_url") if self.ring else ()
+        for name in ("booking_id", "conversation_id", *ring):
             if self.params.get(name):
                 out[name] = str(self.params[name])
         return out
@@ -362,6 +376,18 @@ class Fcm:
     def body(self, msg: Outgoing) -> dict[str, Any]:
         assert msg.device is not None
         r = msg.rendered
+        if msg.ring:
+            # A data message, high priority: the app's handler runs at once
+            # (even in the background) and rings; a notification message
+            # would only show a banner.
+            ring: dict[str, Any] = {
+                "token": msg.device.token,
+                "data": msg.data(),
+                "android": {"priority": "high", "collapse_key": msg.tag},
+            }
+            if msg.expires_at is not None:
+                ring["android"]["ttl"] = f"{max(0, int(msg.expires_at - time.time()))}s"
+            return {"message": ring}
         message: dict[str, Any] = {
             "token": msg.device.token,
             "notification": {"title": r.title, "body": r.text},
@@ -427,6 +453,19 @@ class Apns:
     def request(self, msg: Outgoing) -> tuple[str, dict[str, str], dict[str, Any]]:
         assert msg.device is not None
         r = msg.rendered
+        if msg.device.voip:
+            # PushKit: the app must report a call to CallKit on it, which
+            # rings like a phone call; nothing but a ring goes to this token.
+            voip = {
+                "authorization": f"bearer {self.provider_token()}",
+                "apns-topic": f"{self.settings.notify_apns_topic}.voip",
+                "apns-push-type": "voip",
+                "apns-priority": "10",
+                "apns-expiration": str(int(msg.expires_at or time.time() + 60)),
+                "apns-collapse-id": msg.tag,
+                "apns-id": str(uuid.uuid5(uuid.NAMESPACE_URL, msg.key)),
+            }
+            return f"{self.base}/3/device/{msg.device.token}", voip, {"aps": {}, **msg.data()}
         headers = {
             "authorization": f"bearer {self.provider_token()}",
             "apns-topic": self.settings.notify_apns_topic,

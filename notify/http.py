@@ -94,12 +94,16 @@ class DeviceIn(ApiModel):
     token: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
     #: Web push only: the subscription's ``p256dh`` and ``auth`` keys.
     keys: dict[Literal["p256dh", "auth"], PushKey] | None = None
+    #: APNs only: a PushKit (VoIP) token, which gets the incoming-visit ring
+    #: as a VoIP push and nothing else (register the app's alert token apart).
+    voip: bool = False
 
 
 class DeviceOut(ApiModel):
     id: UUID
     kind: str
     created_at: dt.datetime
+    voip: bool = False
 
 
 class DeliveryOut(ApiModel):
@@ -183,7 +187,7 @@ async def put_preferences(call: Call[PreferencesIn, None]) -> PreferencesOut:
 
 
 def _device_out(row: Any) -> DeviceOut:
-    return DeviceOut(id=row["id"], kind=row["kind"], created_at=row["created_at"])
+    return DeviceOut(id=row["id"], kind=row["kind"], created_at=row["created_at"], voip=row["voip"])
 
 
 def _check_push_endpoint(url: str) -> None:
@@ -214,15 +218,19 @@ async def add_device(call: Call[DeviceIn, None]) -> DeviceOut:
         raise InvalidPreferences("a web push subscription needs keys.p256dh and keys.auth")
     if b.kind == "webpush":
         _check_push_endpoint(b.token)
+    if b.voip and b.kind != "apns":
+        raise InvalidPreferences("voip is for APNs PushKit tokens only")
     row = await call.pool.fetchrow(
-        """INSERT INTO notify_devices (user_id, kind, token, keys) VALUES ($1, $2, $3, $4::jsonb)
-           ON CONFLICT (kind, token) DO UPDATE SET user_id = $1, keys = $4::jsonb,
+        """INSERT INTO notify_devices (user_id, kind, token, keys, voip)
+           VALUES ($1, $2, $3, $4::jsonb, $5)
+           ON CONFLICT (kind, token) DO UPDATE SET user_id = $1, keys = $4::jsonb, voip = $5,
                created_at = now()
-           RETURNING id, kind, created_at""",
+           RETURNING id, kind, created_at, voip""",
         call.user.user_id,
         b.kind,
         b.token,
         dict(b.keys) if b.keys else None,
+        b.voip,
     )
     return _device_out(row)
 
@@ -231,7 +239,8 @@ async def add_device(call: Call[DeviceIn, None]) -> DeviceOut:
 async def list_devices(call: Call[None, None]) -> list[DeviceOut]:
     """My registered push devices."""
     rows = await call.pool.fetch(
-        "SELECT id, kind, created_at FROM notify_devices WHERE user_id = $1 ORDER BY created_at",
+        """SELECT id, kind, created_at, voip FROM notify_devices
+           WHERE user_id = $1 ORDER BY created_at""",
         call.user.user_id,
     )
     return [_device_out(r) for r in rows]

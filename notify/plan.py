@@ -21,6 +21,7 @@ Three steps, each a pure function the store and the service call:
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -74,6 +75,7 @@ INBOX: Final[Mapping[str, str | None]] = {
     "chat.message.sent": None,
     "call.waiting": None,
     "invite.created": None,
+    "call.incoming": None,
 }
 #: The channels an invitation can name (room_invites.channel).
 GUEST_CHANNELS = frozenset({"email", "sms", "whatsapp"})
@@ -125,6 +127,9 @@ class PlanSettings:
     reminder_minutes: Sequence[int] = (1440, 15)
     chat_delay: float = 120.0
     waiting_ttl: float = 1800.0
+    #: Seconds the patient's phone may still ring after the doctor started
+    #: the visit: a push later than this is dropped (by us and by APNs/FCM).
+    ring_ttl: float = 60.0
     base_url: str = ""
     #: The number a patient calls to join by the visit's PIN (``sip_dial_in``);
     #: empty: no dial-in is offered, and no PIN is sent.
@@ -348,7 +353,43 @@ def plan_event(event: InboxEvent, ctx: Context, policy: PlanSettings) -> Plan:
         }
         expires = event.at + dt.timedelta(seconds=policy.waiting_ttl)
         return Plan(jobs=_job(event, "call_waiting", ctx.doctor_user_id, params, expires=expires))
+    if topic == "call.incoming":
+        return Plan(jobs=_incoming(event, ctx, policy))
     return Plan()
+
+
+def _incoming(event: InboxEvent, ctx: Context, policy: PlanSettings) -> list[Job]:
+    """The doctor started a booked visit: the patient's phone rings. Once
+    per visit (the booking and its slot): the job's key is the visit's, so
+    the doctor coming in again plans nothing new. No room token travels (a
+    push is stored by Apple and Google): the app fetches its own link, with
+    the patient's session, from ``video_link``."""
+    d = event.data
+    booking_id = _uuid(d.get("booking_id"))
+    room = str(d.get("room") or "")
+    if booking_id is None or ctx.patient_id is None or not room:
+        return []
+    base = policy.base_url.rstrip("/")
+    params = {
+        "booking_id": str(booking_id),
+        "other": str(d.get("name") or ctx.doctor_name),
+        "other_role": "doctor",
+        "video_link": f"/api/v1/bookings/{booking_id}/video-link",
+        "call_url": f"{base}/call/{urllib.parse.quote(room, safe='')}",
+    }
+    key = f"call_incoming:{booking_id}:{d.get('slot') or ''}:{ctx.patient_id}"
+    return [
+        Job(
+            key=key,
+            event_id=key,
+            recipient_id=ctx.patient_id,
+            template="call_incoming",
+            params=params,
+            due_at=event.at,
+            expires_at=event.at + dt.timedelta(seconds=policy.ring_ttl),
+            booking_id=booking_id,
+        )
+    ]
 
 
 def _invite(event: InboxEvent, ctx: Context) -> list[Job]:
@@ -482,6 +523,8 @@ class Device:
     kind: str
     token: str
     keys: Mapping[str, str] | None = None
+    #: An APNs PushKit token: it takes VoIP pushes (calls ringing) and nothing else.
+    voip: bool = False
 
 
 @dataclass(frozen=True)
@@ -528,11 +571,13 @@ def expand(
     template = TEMPLATES[job.template]
     if template.category in prefs.muted:
         return []
+    # A ring is for phones (and browsers) only: an email of it would come late.
+    pushes = PUSH if template.ring else frozenset(CHANNELS)
     wanted = prefs.channels & frozenset(available)
     hold = None if template.urgent else quiet_until(prefs, recipient.time_zone, now)
     out: list[Delivery] = []
     for channel in CHANNELS:
-        if channel not in wanted:
+        if channel not in wanted or channel not in pushes:
             continue
         due = hold if hold is not None and channel in INTRUSIVE else now
         if channel == "email" and recipient.email:
@@ -540,7 +585,13 @@ def expand(
         elif channel in ("sms", "whatsapp") and recipient.phone:
             out.append(Delivery(channel, "", due))
         elif channel in PUSH:
-            out += [Delivery(channel, str(d.id), due) for d in devices if d.kind == channel]
+            mine = [d for d in devices if d.kind == channel]
+            if channel == "apns":
+                # A ring goes to PushKit tokens (a VoIP push), else as an
+                # alert to the others; PushKit tokens take nothing but rings.
+                voip = [d for d in mine if d.voip]
+                mine = (voip or mine) if template.ring else [d for d in mine if not d.voip]
+            out += [Delivery(channel, str(d.id), due) for d in mine]
     return out
 
 

@@ -75,7 +75,7 @@ async def _name(conn: Conn, user_id: UUID | None) -> str:
 
 
 def _about_a_booking(event: InboxEvent) -> bool:
-    return event.topic.startswith("booking.") or event.topic == "call.waiting"
+    return event.topic.startswith("booking.") or event.topic in ("call.waiting", "call.incoming")
 
 
 async def contexts_for(conn: Conn, events: Sequence[InboxEvent]) -> list[Context]:
@@ -311,7 +311,8 @@ async def audiences(
        p.user_id IS NOT NULL AS has_preferences, p.channels, p.muted,
        p.quiet_start, p.quiet_end,
        (SELECT jsonb_agg(jsonb_build_object('id', v.id, 'kind', v.kind, 'token', v.token,
-                                            'keys', v.keys) ORDER BY v.created_at)
+                                            'keys', v.keys, 'voip', v.voip)
+                         ORDER BY v.created_at)
         FROM notify_devices v WHERE v.user_id = u.id) AS devices""",
             join="\nLEFT JOIN notify_preferences p ON p.user_id = u.id",
         ).replace("WHERE u.id = $1", "WHERE u.id = ANY($1::uuid[])"),
@@ -330,21 +331,24 @@ async def audiences(
             else Preferences()
         )
         devices = [
-            Device(UUID(d["id"]), d["kind"], d["token"], d["keys"]) for d in row["devices"] or ()
+            Device(UUID(d["id"]), d["kind"], d["token"], d["keys"], bool(d.get("voip")))
+            for d in row["devices"] or ()
         ]
         found[row["id"]] = (_recipient(row), prefs, devices)
     return found
 
 
 def _device(row: asyncpg.Record) -> Device:
-    return Device(row["id"], row["kind"], row["token"], row["keys"])
+    return Device(row["id"], row["kind"], row["token"], row["keys"], row["voip"])
 
 
 async def device(conn: Conn, device_id: str) -> Device | None:
     did = _uuid(device_id)
     if did is None:
         return None
-    row = await conn.fetchrow("SELECT id, kind, token, keys FROM notify_devices WHERE id = $1", did)
+    row = await conn.fetchrow(
+        "SELECT id, kind, token, keys, voip FROM notify_devices WHERE id = $1", did
+    )
     return _device(row) if row else None
 
 

@@ -64,13 +64,20 @@ class Template:
     #: The fields a WhatsApp template approved by Meta takes, in order
     #: (the webhook's ``parameters``); empty: the adapter maps ``text``.
     whatsapp: tuple[str, ...] = ()
+    #: A call ringing the phone: pushes only, as an APNs VoIP push (CallKit)
+    #: and an FCM data message the app turns into its incoming-call screen.
+    ring: bool = False
 
 
 def _t(
-    category: str, urgent: bool = False, whatsapp: tuple[str, ...] = (), **text: tuple[str, str]
+    category: str,
+    urgent: bool = False,
+    whatsapp: tuple[str, ...] = (),
+    ring: bool = False,
+    **text: tuple[str, str],
 ) -> Template:
     assert set(text) == set(LANGUAGES), text.keys()
-    return Template(category, urgent, text, whatsapp)
+    return Template(category, urgent, text, whatsapp, ring)
 
 
 TEMPLATES: dict[str, Template] = {
@@ -259,6 +266,18 @@ TEMPLATES: dict[str, Template] = {
         en=("{other} is waiting", "{other} is waiting in your consultation's waiting room."),
         ur=("{other} انتظار میں ہیں", "{other} آپ کی مشاورت کے ویٹنگ روم میں انتظار کر رہے ہیں۔"),
         ar=("{other} بانتظارك", "{other} ينتظر في غرفة انتظار استشارتك."),
+    ),
+    # To the patient's phone when the doctor starts the visit: it rings.
+    "call_incoming": _t(
+        "call",
+        urgent=True,
+        ring=True,
+        en=("{other} is calling", "{other} has started your consultation. Tap to join."),
+        ur=(
+            "{other} کال کر رہے ہیں",
+            "{other} نے آپ کی مشاورت شروع کر دی ہے۔ شامل ہونے کے لیے ٹیپ کریں۔",
+        ),
+        ar=("{other} يتصل بك", "بدأ {other} استشارتك. اضغط للانضمام."),
     ),
     # To a guest (an address, not a user): worded so the inviter's gender
     # does not matter (Urdu's "نے ... دی ہے", Arabic's "دعوة من").
