@@ -169,6 +169,8 @@ class Joined(ServerFrame):
     active_speaker: str | None
     ping_interval: float
     recording: JoinedRecording
+    #: Seconds the seat is kept once the socket is taken for dropped.
+    resume_grace: float
     phone_calls: bool
     guests_awaiting: list[Guest]
     protocol: int
@@ -217,7 +219,18 @@ class Offer(ServerFrame):
 
 
 class Pong(ServerFrame):
+    """The answer to a client's ``ping`` (with ``server_time``, Unix
+    milliseconds); or the answer to nothing, never sent."""
+
     type: Literal["pong"]
+    server_time: int | None = None
+
+
+class IceServers(ServerFrame):
+    """Fresh TURN credentials, before those in hand expire."""
+
+    type: Literal["ice_servers"]
+    ice_servers: list[IceServer]
 
 
 class Ping(ServerFrame):
@@ -340,6 +353,7 @@ SERVER_FRAMES: dict[str, type[BaseModel]] = {
             Published,
             Offer,
             Pong,
+            IceServers,
             Ping,
             ParticipantJoined,
             ParticipantLeft,
