@@ -75,7 +75,9 @@ class Joining:
             if typed:
                 grant = dataclasses.replace(grant, name=typed)
         app = frame.client is not None and frame.client.app
-        grace = self.settings.call_resume_grace_app if app else None
+        # An app's grace is never shorter than a browser's.
+        settings = self.settings
+        grace = max(settings.call_resume_grace_app, settings.call_resume_grace) if app else None
         try:
             result = room.core.join(
                 conn, grant, now, ref=frame.id, resume=frame.resume, grace=grace

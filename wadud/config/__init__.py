@@ -471,8 +471,8 @@ class Settings(SipSettings, PaymentsSettings):
         60.0,
         "call_resume_grace for a mobile app (a join whose `client.platform` is ios or"
         " android): a phone app in the background is suspended or loses its socket"
-        " and comes back when the person returns to it. Never shorter than"
-        " call_resume_grace.",
+        " and comes back when the person returns to it. The longer of this and"
+        " call_resume_grace applies to an app.",
     )
     call_home_regions: list[str] = setting(
         [],

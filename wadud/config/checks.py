@@ -25,8 +25,6 @@ def check(settings: Settings) -> None:
         raise ConfigError("auth_hash_memory_kib must be at least 32")
     if settings.database_pool_min > settings.database_pool_max:
         raise ConfigError("database_pool_min is larger than database_pool_max")
-    if settings.call_resume_grace_app < settings.call_resume_grace:
-        raise ConfigError("call_resume_grace_app must be at least call_resume_grace")
     for origin in settings.call_allowed_origins:
         try:
             if origins.normalise(origin) != origin:
