@@ -196,13 +196,13 @@ BUSY = {
         # beside each other, starved each other's pages into freezes (ci18):
         # here, in turn with test_cluster.py.
         "tests/signalling/cluster/test_sentinel_call.py",
-        "tests/signalling/media/test_recording_cluster.py",
     ),
     "b": (
         "tests/signalling/test_browser_restart.py",
         "tests/signalling/test_client_call.py",
         "tests/signalling/test_browser_call.py",
         "tests/signalling/test_browser_guests.py",
+        "tests/signalling/test_gstreamer.py",
         "tests/signalling/test_recording_browser.py",
         "tests/signalling/edge/test_check.py",
         "tests/sfu/node/test_red_call.py",
@@ -216,6 +216,8 @@ BUSY = {
     ),
 }
 WAITING = (
+    # Real `wadud api` and `wadud media` processes, mostly waited on.
+    "tests/signalling/media/test_recording_cluster.py",
     "tests/signalling/test_visit_journey.py::test_an_early_patient_waits_then_joins_by_itself",
     "tests/wadud/web/test_api_fuzz.py",
     "tests/hooks/test_webhooks.py::test_a_receiver_down_for_30_s_gets_every_event_once_it_is_back",

@@ -174,6 +174,10 @@ class LegStats:
     jitter_delay_ms: float
     """The delay the jitter buffer added to the last frame played."""
     jitter_target_ms: float
+    send_late_ms: float = 0.0
+    """The most a frame went out after its tick's time: how busy the loop
+    has been. Past half a frame (10 ms), the phone's jitter buffer may have
+    had to conceal one (our packets arrive halfway between its ticks)."""
 
 
 class _Codec:
@@ -301,6 +305,9 @@ class PhoneLeg:
         self._packets_in = self._bytes_in = self._packets_out = self._bytes_out = 0
         self._digits = self._comfort_noise = self._other = self._stray = 0
         self._malformed = self._srtp_failures = self._relatches = self._slips = 0
+        self._send_late = 0.0
+        #: Inside :meth:`_tick` (its drain of the socket).
+        self._ticking = False
 
     @classmethod
     async def open(
@@ -443,6 +450,7 @@ class PhoneLeg:
             clock_slips=self._slips,
             jitter_delay_ms=jitter.delay_ms if jitter else 0.0,
             jitter_target_ms=jitter.target_ms if jitter else 0.0,
+            send_late_ms=self._send_late * 1000,
         )
 
     # --- the socket ---------------------------------------------------------------
@@ -577,8 +585,14 @@ class PhoneLeg:
         self._phased = True
         if self._clock is None:
             return
-        self._clock.cancel()
         self._next_tick = arrival + _FRAME / 2
+        if self._ticking:
+            # Read at a tick's start (its drain), the packet plays in this
+            # very tick, which then schedules the next a frame after the new
+            # phase. Scheduling one here too would leave two clocks running,
+            # the stray one playing a slot early: one frame concealed.
+            return
+        self._clock.cancel()
         self._clock = self._loop.call_at(self._next_tick, self._tick)
 
     def _tick(self) -> None:
@@ -587,9 +601,14 @@ class PhoneLeg:
         sent, the digit and media timers checked."""
         if self._closed:
             return
+        due = self._next_tick
         # What came before this tick goes in the jitter buffer before it
         # plays: a loop busy elsewhere runs timers before it reads sockets.
-        self._readable()
+        self._ticking = True
+        try:
+            self._readable()
+        finally:
+            self._ticking = False
         now = self._loop.time()
         self._next_tick += _FRAME
         skipped = 0
@@ -604,6 +623,7 @@ class PhoneLeg:
         assert media is not None
         self._play_frame(codec)
         self._send_frame(codec, media, skipped)
+        self._send_late = max(self._send_late, self._loop.time() - due)
         timer = self._events.get_timer()
         if timer is not None and now >= timer:
             self._digits_found(self._events.handle_timer(now))
