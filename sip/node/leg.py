@@ -587,10 +587,8 @@ class PhoneLeg:
             return
         self._next_tick = arrival + _FRAME / 2
         if self._ticking:
-            # Read at a tick's start (its drain), the packet plays in this
-            # very tick, which then schedules the next a frame after the new
-            # phase. Scheduling one here too would leave two clocks running,
-            # the stray one playing a slot early: one frame concealed.
+            # Read in a tick's drain: it plays in this tick, which schedules
+            # the next (a second clock here would play a slot early).
             return
         self._clock.cancel()
         self._clock = self._loop.call_at(self._next_tick, self._tick)
