@@ -94,8 +94,7 @@ async def _clinic_of(conn: asyncpg.Connection, room: str) -> UUID | None:
     """The clinic whose room ``room`` is: a booking's, or a clinic key's."""
     booking = booking_of(room)
     if booking is not None:
-        found = await conn.fetchval("SELECT clinic_id FROM bookings WHERE id = $1", booking)
-        return found if isinstance(found, UUID) else None
+        return await clinic_of_visit(conn, booking)
     if room.startswith("clinic-") and len(room) > 40:
         try:
             return UUID(room[7:39])
@@ -104,7 +103,7 @@ async def _clinic_of(conn: asyncpg.Connection, room: str) -> UUID | None:
     return None
 
 
-async def clinic_of_visit(pool: asyncpg.Pool, booking: UUID) -> UUID | None:
+async def clinic_of_visit(pool: asyncpg.Pool | asyncpg.Connection, booking: UUID) -> UUID | None:
     """The clinic of booking (or visit) ``booking``."""
     found = await pool.fetchval("SELECT clinic_id FROM bookings WHERE id = $1", booking)
     return found if isinstance(found, UUID) else None

@@ -44,7 +44,7 @@ from pydantic import Field, StringConstraints
 from booking.calls import booking_of
 from signalling import errors
 from signalling import invites as store
-from signalling.edge.tokens import CLOCK_SKEW, RoomNotAllowed, room_of_key
+from signalling.edge.tokens import CLOCK_SKEW, RoomNotAllowed, role_actions, room_of_key
 from wadud.errors import BadRequest, Forbidden
 from wadud.state import keys
 from wadud.web import ratelimit
@@ -326,12 +326,7 @@ async def invite_with_key(call: Call[KeyInviteIn, None]) -> Invite:
     """Invite a guest into one of the clinic's rooms with its API key."""
     body = call.body
     room = await _key_room(call, body.room)
-    if body.actions is not None:
-        actions = frozenset(body.actions)
-    elif body.role in ROLES:
-        actions = ROLES[body.role]
-    else:
-        raise BadRequest(f"{body.role!r} is no built-in role: give the actions it grants")
+    actions = role_actions(body.role, body.actions)
     approval = body.role in NEED_APPROVAL if body.needs_approval is None else body.needs_approval
     key = str(call.api_key.id)
     return await _create(

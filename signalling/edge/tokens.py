@@ -29,6 +29,7 @@ neither touches a patient's limits.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Annotated
 from urllib.parse import quote
 
@@ -39,7 +40,7 @@ from wadud.web import ratelimit
 from wadud.web.api import ApiModel, Call, Routes
 from wadud.web.api_keys import LOAD_ROOM_PREFIX, ApiKey, Scope
 from wadud.web.auth import RoomGrant, issue_room_token
-from wadud.web.roles import PUBLISH, ROLES, Action
+from wadud.web.roles import ROLES, Action, narrowed
 
 #: A client clock a little behind still takes the token.
 CLOCK_SKEW = dt.timedelta(minutes=1)
@@ -109,20 +110,22 @@ def room_of_key(key: ApiKey, room: str) -> str:
     return f"clinic-{key.clinic_id.hex}-{room}"
 
 
+def role_actions(role: str, actions: Iterable[Action] | None) -> frozenset[Action]:
+    """What a clinic key grants a participant of ``role``: the ``actions``
+    asked for (a role of the clinic's own), else the built-in role's;
+    :class:`UnknownRole` for a role neither names."""
+    if actions is not None:
+        return frozenset(actions)
+    if role in ROLES:
+        return ROLES[role]
+    raise UnknownRole(f"{role!r} is no built-in role: give the actions it grants")
+
+
 def _actions(body: TokenRequest) -> tuple[Action, ...]:
-    """The actions a clinic key's participant gets: those asked for, or the
-    built-in role's; less publishing and receiving where turned off."""
-    if body.actions is not None:
-        granted = frozenset(body.actions)
-    elif body.role in ROLES:
-        granted = ROLES[body.role]
-    else:
-        raise UnknownRole(f"{body.role!r} is no built-in role: give the actions it grants")
-    if not body.publish:
-        granted -= PUBLISH
-    if not body.subscribe:
-        granted -= {Action.SUBSCRIBE}
-    return tuple(sorted(granted))
+    """The actions a clinic key's participant gets: :func:`role_actions`,
+    less publishing and receiving where turned off."""
+    granted = role_actions(body.role, body.actions)
+    return tuple(sorted(narrowed(granted, publish=body.publish, subscribe=body.subscribe)))
 
 
 @routes.post(
@@ -173,4 +176,12 @@ async def mint_token(call: Call[TokenRequest, None]) -> RoomToken:
     )
 
 
-__all__ = ["RoomNotAllowed", "RoomToken", "TokenRequest", "UnknownRole", "routes"]
+__all__ = [
+    "RoomNotAllowed",
+    "RoomToken",
+    "TokenRequest",
+    "UnknownRole",
+    "role_actions",
+    "room_of_key",
+    "routes",
+]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-__all__ = ["ADMIN", "PUBLISH", "ROLES", "Action", "actions_of", "parse_actions"]
+__all__ = ["ADMIN", "PUBLISH", "ROLES", "Action", "actions_of", "narrowed", "parse_actions"]
 
 
 class Action(StrEnum):
@@ -84,11 +84,17 @@ def actions_of(
     base = ROLES.get(role, _TALK)
     if admin:
         base |= ADMIN
+    return narrowed(base, publish=publish, subscribe=subscribe)
+
+
+def narrowed(actions: frozenset[Action], *, publish: bool, subscribe: bool) -> frozenset[Action]:
+    """``actions`` less every publish action (``publish`` false) and less
+    ``subscribe`` (``subscribe`` false)."""
     if not publish:
-        base -= PUBLISH
+        actions -= PUBLISH
     if not subscribe:
-        base -= {Action.SUBSCRIBE}
-    return base
+        actions -= {Action.SUBSCRIBE}
+    return actions
 
 
 def parse_actions(names: Iterable[str]) -> frozenset[Action]:
