@@ -214,6 +214,20 @@ async def notifier(api: Api, notify_settings: Settings) -> AsyncIterator[Notifie
         await opened.close()
 
 
+@contextlib.asynccontextmanager
+async def started(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[Notifier]:
+    """A notifier with its loops running, as in ``wadud notify``, on the
+    channels ``settings`` opens; closed with them after the block."""
+    opened = await ch.open_channels(settings)
+    n = Notifier(pool, settings, opened.senders)
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.close()
+        await opened.close()
+
+
 @pytest.fixture
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     async with db.pool(settings, settings.database_url) as p:

@@ -21,9 +21,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from notify import channels as ch
 from notify.service import Notifier
-from tests.notify.conftest import Inbox, Peer, Request, Tls, World
+from tests.notify.conftest import Inbox, Peer, Request, Tls, World, started
 from tests.polling import wait_until
 from wadud.config import Settings
 from wadud.messaging import outbox
@@ -51,14 +50,8 @@ def guest_settings(notify_settings: Settings, peer: Peer, tls: Tls) -> Settings:
 @pytest.fixture
 async def running(pool: asyncpg.Pool, guest_settings: Settings) -> AsyncIterator[Notifier]:
     """A notifier with its loops running, as in ``wadud notify``."""
-    opened = await ch.open_channels(guest_settings)
-    n = Notifier(pool, guest_settings, opened.senders)
-    await n.start()
-    try:
+    async with started(pool, guest_settings) as n:
         yield n
-    finally:
-        await n.close()
-        await opened.close()
 
 
 async def invite(pool: asyncpg.Pool, **fields: Any) -> uuid.UUID:
@@ -215,10 +208,7 @@ async def test_a_channel_this_server_lacks_fails_for_good_and_the_loop_serves_on
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="wadud.notify")
-    opened = await ch.open_channels(notify_settings)  # email only
-    n = Notifier(pool, notify_settings, opened.senders)
-    await n.start()
-    try:
+    async with started(pool, notify_settings):  # email only
         await invite(pool, channel="whatsapp")
         failed = await wait_until(
             lambda: pool.fetchrow("SELECT * FROM notify_deliveries WHERE status = 'failed'")
@@ -234,9 +224,6 @@ async def test_a_channel_this_server_lacks_fails_for_good_and_the_loop_serves_on
         assert "invites you to join a video visit as an interpreter now: " in str(
             msg.get_body(("plain",)).get_content()
         )
-    finally:
-        await n.close()
-        await opened.close()
 
 
 async def test_an_invitation_taken_back_before_it_went_is_not_sent(

@@ -11,23 +11,16 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from notify import channels as ch
 from notify.service import Notifier
-from tests.notify.conftest import Inbox, World, emit, make_booking, set_status
+from tests.notify.conftest import Inbox, World, emit, make_booking, set_status, started
 from tests.polling import wait_until
 from wadud.config import Settings
 
 
 @pytest.fixture
 async def notifier(pool: asyncpg.Pool, notify_settings: Settings) -> AsyncIterator[Notifier]:
-    opened = await ch.open_channels(notify_settings)
-    n = Notifier(pool, notify_settings, opened.senders)
-    await n.start()
-    try:
+    async with started(pool, notify_settings) as n:
         yield n
-    finally:
-        await n.close()
-        await opened.close()
 
 
 def _soon(seconds: float) -> dt.datetime:
