@@ -79,6 +79,10 @@ class RelayStats:
     received: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     forwarded: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
     dropped: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+    #: Seconds each datagram really spent in the relay, from its arrival to
+    #: its sending, by the relay's loop clock (:class:`NatRelay`): a relay
+    #: starved of the CPU holds them longer than its schedule says.
+    held: dict[str, list[float]] = field(default_factory=lambda: {"up": [], "down": []})
 
 
 class _Side(asyncio.DatagramProtocol):
@@ -285,29 +289,39 @@ class NatRelay:
         return back
 
     def _received(self, client: Address | None, data: bytes, addr: Address) -> None:
+        now = asyncio.get_running_loop().time()
         if client is None:  # from a client, up to the server
             self.stats.received["up"] += 1
             back = self._backs.get(addr)
             if back is None:
                 task = asyncio.ensure_future(self._back_for(addr))
-                task.add_done_callback(lambda t: self._send("up", t.result(), data, self.upstream))
+                task.add_done_callback(
+                    lambda t: self._send("up", t.result(), data, self.upstream, now)
+                )
                 return
-            self._send("up", back, data, self.upstream)
+            self._send("up", back, data, self.upstream, now)
         else:  # from the server, down to ``client``
             self.stats.received["down"] += 1
             if self._front is not None:
-                self._send("down", self._front, data, client)
+                self._send("down", self._front, data, client, now)
 
     def _send(
-        self, direction: Direction, out: asyncio.DatagramTransport, data: bytes, dest: Address
+        self,
+        direction: Direction,
+        out: asyncio.DatagramTransport,
+        data: bytes,
+        dest: Address,
+        arrived: float,
     ) -> None:
         delay = self.schedules[direction].next()
         if delay is None:
             self.stats.dropped[direction] += 1
             return
         self.stats.forwarded[direction] += 1
+        loop = asyncio.get_running_loop()
         if delay <= 0:
             out.sendto(data, dest)
+            self.stats.held[direction].append(loop.time() - arrived)
             return
         handle: asyncio.TimerHandle
 
@@ -315,8 +329,9 @@ class NatRelay:
             self._pending.discard(handle)
             if not out.is_closing():
                 out.sendto(data, dest)
+                self.stats.held[direction].append(loop.time() - arrived)
 
-        handle = asyncio.get_running_loop().call_later(delay, send)
+        handle = loop.call_later(delay, send)
         self._pending.add(handle)
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -327,6 +328,11 @@ async def _through_a_path(
         assert summary["subscribers"] == 10, summary
         # Every media datagram went through the relay, none around it.
         assert relay.stats.forwarded["down"] > 10 * 6 * 50, relay.stats
+        # The path as it was, by the relay's own clock: a relay starved of
+        # the CPU on a busy machine holds datagrams longer than scheduled.
+        held = relay.stats.held
+        both_ways = statistics.median(held["up"]) + statistics.median(held["down"])
+        summary["path_ms"] = 1000 * both_ways
         return summary
     finally:
         relay.close()
@@ -353,7 +359,10 @@ async def test_a_300_ms_path_is_reported_as_300_ms(
     summary = await _through_a_path(
         database_url, tmp_path, load_key, Schedule(delay=0.15), Schedule(delay=0.15)
     )
-    assert abs(summary["latency_ms"]["p50"] - 300) <= 30, summary
+    # The path is 300 ms or more (the relay never sends early): the tool
+    # reports what it really was, within 30 ms.
+    assert summary["path_ms"] >= 300, summary
+    assert abs(summary["latency_ms"]["p50"] - summary["path_ms"]) <= 30, summary
     assert summary["loss_pct"] == summary["counted_loss_pct"] == 0.0, summary
 
 
