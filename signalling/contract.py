@@ -338,8 +338,7 @@ class ErrorFrame(ServerFrame):
 
 def _event(model: type[protocol.ServerEvent]) -> type[ServerFrame]:
     """The weak-network events (protocol.EVENTS), as server frames."""
-    fields: dict[str, Any] = {}
-    return type(model.__name__, (ServerFrame, model), fields)
+    return type(model.__name__, (ServerFrame, model), {})
 
 
 #: Every server frame's model, by its type.
