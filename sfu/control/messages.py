@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 Source = Literal["microphone", "camera", "screen", "screen_audio"]
-Direction = Literal["publish", "subscribe"]
+Direction = Literal["publish", "subscribe", "single"]
 #: How :meth:`MediaControl.subscribe` renews a subscribe transport: new ICE
 #: credentials on the same one (RFC 8445 section 9), or a new transport.
 Restart = Literal["ice", "transport"]
@@ -86,11 +86,18 @@ class TrackInfo:
 @dataclass(frozen=True)
 class PublishResult:
     """The worker's answer to a publish offer and what it changed: tracks new
-    in this offer, and track ids whose m= sections the offer stopped."""
+    in this offer, and track ids whose m= sections the offer stopped.
+
+    On a single connection (``receive`` given to :meth:`MediaControl.publish`)
+    also what the answer sends the participant: ``receiving`` maps the m=
+    sections that carry a track (mid -> track id), ``free`` counts the
+    offered receiving sections left empty, by kind."""
 
     answer: str
     added: list[TrackInfo] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    receiving: dict[str, str] = field(default_factory=dict)
+    free: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PublishResult:
@@ -99,6 +106,8 @@ class PublishResult:
             answer=str(data["answer"]),
             added=[TrackInfo.from_dict(t) for t in data.get("added", ())],
             removed=[str(t) for t in data.get("removed", ())],
+            receiving={str(k): str(v) for k, v in dict(data.get("receiving") or {}).items()},
+            free={str(k): int(v) for k, v in dict(data.get("free") or {}).items()},
         )
 
 
@@ -516,11 +525,22 @@ class MediaControl(Protocol):
     or :class:`sfu.errors.SfuStateError` (no such room, participant or track)."""
 
     async def publish(
-        self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
+        self,
+        room: str,
+        participant: str,
+        offer: str,
+        sources: Mapping[str, Source],
+        receive: Sequence[str] | None = None,
     ) -> PublishResult:
         """Answer a participant's publish offer (first or renegotiation of the
         same transport). ``sources`` maps the offer's mids to what they carry;
-        a mid not in it is ``microphone`` for audio, ``camera`` for video."""
+        a mid not in it is ``microphone`` for audio, ``camera`` for video.
+
+        ``receive`` makes it a single connection that also receives: the
+        track ids to send it, in the offer's ``recvonly`` m= sections, as
+        many as fit (:class:`PublishResult` says which went where). A single
+        connection gets no :meth:`subscribe` offers; each change of what it
+        receives is another offer from the client."""
         ...
 
     async def subscribe(

@@ -398,10 +398,23 @@ class RemoteMedia:
         return result
 
     async def publish(
-        self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
+        self,
+        room: str,
+        participant: str,
+        offer: str,
+        sources: Mapping[str, Source],
+        receive: Sequence[str] | None = None,
     ) -> PublishResult:
+        args: dict[str, Any] = {}
+        if receive is not None:
+            args["receive"] = list(receive)
         result = await self._call(
-            "publish", room=room, participant=participant, offer=offer, sources=dict(sources)
+            "publish",
+            room=room,
+            participant=participant,
+            offer=offer,
+            sources=dict(sources),
+            **args,
         )
         return PublishResult.from_dict(result)
 

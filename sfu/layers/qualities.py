@@ -56,7 +56,7 @@ class Qualities:
         call sample every ``SAMPLE_EVERY`` seconds."""
         out: list[Emit] = []
         for participant, p in room.participants.items():
-            legs = [x for x in (p.publish, p.subscribe) if x is not None and x.reporting]
+            legs = [x for x in p.legs if x.reporting]
             if not legs:
                 continue
             key = (room.name, participant)

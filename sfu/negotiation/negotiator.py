@@ -46,7 +46,7 @@ from rtc.sdp.transport import Setup
 from sfu.control.messages import PublishResult, Restart, Source, TrackInfo
 from sfu.errors import SfuStateError
 from sfu.feedback.receiving import ReceiveStatistics
-from sfu.negotiation.sections import negotiate, new_section, new_ssrc
+from sfu.negotiation.sections import negotiate, new_section, new_ssrc, slot_section
 from sfu.negotiation.transports import Transports
 from sfu.rooms.actions import FlushRtcp, Rearm
 from sfu.rooms.inputs import (
@@ -57,9 +57,9 @@ from sfu.rooms.inputs import (
     SetSubscriptions,
     SubscribeAnswer,
 )
-from sfu.rooms.records import LayerInfo, MediaRoom, Peer, Track
+from sfu.rooms.records import LayerInfo, Leg, MediaRoom, Peer, Section, Track
 from sfu.rooms.settings import WorkerSettings
-from sfu.transport.offer_answer import answer, offer_for_subscriber
+from sfu.transport.offer_answer import answer, answer_sending, offer_for_subscriber
 from sfu.transport.offered import OfferedTrack, parse_tracks
 from sfu.transport.peer import TERMINAL, PeerState
 
@@ -97,7 +97,9 @@ class Negotiator(Core):
         """Answer a publish offer (RFC 8829 5.3) and register its tracks with the forwarder."""
         desc = SessionDescription.parse(command.offer)
         with self._changing(command.room) as r:
-            return self._publish(r, command.participant, desc, command.sources, now)
+            return self._publish(
+                r, command.participant, desc, command.sources, now, command.receive
+            )
 
     def _publish(
         self,
@@ -106,21 +108,24 @@ class Negotiator(Core):
         desc: SessionDescription,
         sources: Mapping[str, Source],
         now: float,
+        receive: tuple[str, ...] | None = None,
     ) -> PublishResult:
         params = desc.transport()
         if not params.ice_ufrag or not params.ice_pwd:
             raise SdpNegotiationError("offer has no ICE credentials")
+        leg: Leg = "publish" if receive is None else "single"
         p = room.participants.get(participant)
         peer = p.publish if p is not None else None
         removed: list[str] = []
         fingerprints = [(f.algorithm, f.value) for f in params.fingerprints]
         fresh = (
             peer is None
+            or peer.direction != leg
             or peer.transport.state in TERMINAL
             or peer.transport.is_new_connection(params.ice_ufrag, params.ice_pwd, fingerprints)
         )
         if fresh:
-            peer = self.transports.new_peer(room, participant, "publish", now)
+            peer = self.transports.new_peer(room, participant, leg, now)
         assert peer is not None
         if not fresh and peer.transport.restarts_ice(params.ice_ufrag, params.ice_pwd):
             self.transports.restart_ice(peer, now)
@@ -153,6 +158,13 @@ class Negotiator(Core):
             if old is not None:
                 removed = [t.info.track_id for t in old.tracks.values()]
                 self.transports.close_peer(old, "replaced by a new publish transport", now)
+            if leg == "single" or (old is not None and old is p.subscribe):
+                # One connection both ways now, or no longer: the old one's
+                # subscriptions went with it.
+                sub = p.subscribe
+                if sub is not None and sub is not old:
+                    self.transports.close_peer(sub, "replaced by a single connection", now)
+                p.subscribe = peer if leg == "single" else None
             p.publish = peer
 
         added: list[TrackInfo] = []
@@ -187,7 +199,93 @@ class Negotiator(Core):
                 "removed": removed,
             },
         )
-        return PublishResult(answer=str(answered), added=added, removed=removed)
+        if receive is None:
+            return PublishResult(answer=str(answered), added=added, removed=removed)
+        receiving, free = self._fill(room, peer, desc, answered, receive, now)
+        return PublishResult(
+            answer=str(answered), added=added, removed=removed, receiving=receiving, free=free
+        )
+
+    def _fill(
+        self,
+        room: MediaRoom,
+        peer: Peer,
+        offer: SessionDescription,
+        answered: SessionDescription,
+        wanted: tuple[str, ...],
+        now: float,
+    ) -> tuple[dict[str, str], dict[str, int]]:
+        """A single connection's receiving sections (docs/protocol.md, "Media:
+        one peer connection"): each ``recvonly`` m= section of the client's
+        offer carries one of the ``wanted`` tracks, or nothing (answered
+        ``inactive``). A track keeps its section while it is wanted and the
+        client still offers it; a section a track left stays empty for good
+        (:attr:`~sfu.rooms.records.Peer.spent`), as a stopped one of a
+        subscribe connection does. Returns mid -> track id, and the empty
+        sections a track may still go to, by kind."""
+        slots: dict[str, int] = {}
+        for index, (offered, ours) in enumerate(zip(offer.media, answered.media, strict=True)):
+            room_for_one = offered.direction is Direction.RECVONLY
+            if offered.mid is not None and ours.port != 0 and room_for_one:
+                slots[offered.mid] = index
+            for line in offered.ssrcs:
+                # One RTP session (RFC 8843): ours must not collide with theirs.
+                peer.ssrcs.add(line.ssrc)
+        wanted_set = set(wanted)
+        kept: list[Section] = []
+        for section in peer.sections:
+            track = section.track
+            mid = section.forwarded.mid
+            if mid in slots and track.live and track.info.track_id in wanted_set:
+                kept.append(section)
+                continue
+            if section.subscribed:
+                with contextlib.suppress(SfuStateError):
+                    peer.forwarder.unsubscribe(peer, track.ssrc)
+                section.subscribed = False
+                self.transports.end_send(peer, section, now)
+            peer.spent.add(mid)
+        peer.sections = kept
+        have = {s.track.info.track_id for s in kept}
+        taken = {s.forwarded.mid for s in kept} | peer.spent
+        for track_id in wanted:
+            wanted_track = room.tracks.get(track_id)
+            if wanted_track is None or not wanted_track.live or track_id in have:
+                continue
+            if wanted_track.info.participant == peer.participant:
+                continue
+            for mid, index in slots.items():
+                offered = offer.media[index]
+                if mid in taken or offered.kind != wanted_track.info.kind:
+                    continue
+                placed = slot_section(peer, wanted_track, offered, self.settings.red)
+                if placed is None:
+                    continue
+                taken.add(mid)
+                have.add(track_id)
+                peer.sections.append(placed)
+                break
+        for section in peer.sections:
+            index = slots[section.forwarded.mid]
+            answered.media[index] = answer_sending(
+                answered.media[index], section.forwarded, peer.local
+            )
+        free: dict[str, int] = {}
+        for mid, index in slots.items():
+            if mid not in taken:
+                kind = offer.media[index].kind
+                free[kind] = free.get(kind, 0) + 1
+        if peer.transport.state is PeerState.CONNECTED:
+            self.transports.apply_subscriptions(peer, now)
+        receiving = {s.forwarded.mid: s.track.info.track_id for s in peer.sections}
+        log.info(
+            "%s receives %s, %s empty",
+            peer,
+            receiving,
+            free,
+            extra={"room": room.name, "participant": peer.participant, "free": free},
+        )
+        return receiving, free
 
     def _check_ssrcs(self, room: MediaRoom, peer: Peer, parsed: list[OfferedTrack]) -> None:
         """Refuse SSRCs another track of the room routes (RFC 3550 8.2 collision) before
@@ -303,6 +401,8 @@ class Negotiator(Core):
             tracks.append(track)
         p = room.participants.get(participant)
         peer = p.subscribe if p is not None else None
+        if peer is not None and peer.direction == "single":
+            raise SfuStateError(f"{participant!r} receives on its single connection's offers")
         if peer is not None and (peer.transport.state in TERMINAL or restart == "transport"):
             # Its client needs a new peer connection: start over, whatever
             # offer the old transport still had outstanding.

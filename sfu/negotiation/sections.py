@@ -14,6 +14,7 @@ import secrets
 from dataclasses import replace
 
 from rtc.errors import SdpNegotiationError
+from rtc.red import red_fmtp_pt
 from rtc.sdp.attributes import (
     ABS_SEND_TIME,
     AUDIO_LEVEL,
@@ -27,7 +28,7 @@ from rtc.sdp.media import MediaDescription
 from sfu.rooms.records import Peer, Section, Track
 from sfu.transport.offer_answer import ForwardedTrack
 
-__all__ = ["negotiate", "new_section", "new_ssrc"]
+__all__ = ["negotiate", "new_section", "new_ssrc", "slot_section"]
 
 # Extensions forwarded to subscribers. The mid extension is not among them:
 # its value is the publisher's mid, which means nothing on the subscriber's
@@ -104,13 +105,99 @@ def new_section(peer: Peer, track: Track, red_on: bool) -> Section:
     return Section(track, forwarded, {track.codec.payload_type: media_pt})
 
 
+def slot_section(
+    peer: Peer, track: Track, offered: MediaDescription, red_on: bool
+) -> Section | None:
+    """A single connection's section for ``track`` in the m= section the
+    client offered ``recvonly`` (docs/protocol.md, "Media: one peer
+    connection"), negotiated: the client's mid, payload types and extension
+    ids (the offerer's, RFC 3264 section 6.1), a new SSRC (and RTX SSRC),
+    RTX and RED where the offer has them. None when the offer has no
+    codec the track can be forwarded as."""
+    assert offered.mid is not None
+    kind = track.info.kind
+    mine = track.codec
+    candidates = [
+        c
+        for c in offered.codecs
+        if mine.name is not None
+        and c.is_named(mine.name)
+        and c.clock_rate == mine.clock_rate
+        and (kind != "audio" or (c.channels or 1) == (mine.channels or 1))
+    ]
+    if mine.is_named("h264"):
+        mode = mine.parameters.get("packetization-mode", "0")
+        profile = mine.parameters.get("profile-level-id", "").lower()
+        candidates = [c for c in candidates if c.parameters.get("packetization-mode", "0") == mode]
+        candidates.sort(key=lambda c: c.parameters.get("profile-level-id", "").lower() != profile)
+    if not candidates:
+        return None
+    theirs = candidates[0]
+    extmaps: list[Extmap] = []
+    offered_ids = {e.uri: e.id for e in offered.extmaps}
+    feedback_ok = {"nack", "ccm", "goog-remb"}
+    for uri in _FORWARDED_EXTENSIONS:
+        if uri not in track.extensions or uri not in offered_ids:
+            continue
+        if uri == AUDIO_LEVEL and kind != "audio":
+            continue
+        extmaps.append(Extmap(offered_ids[uri], uri))
+        if uri == TRANSPORT_CC:
+            feedback_ok.add("transport-cc")
+    wanted_fb = {(f.type, f.parameter) for f in theirs.feedback}
+    codec = replace(
+        mine,
+        payload_type=theirs.payload_type,
+        fmtp=theirs.fmtp if mine.is_named("h264") else mine.fmtp,
+        feedback=[
+            RtcpFeedback(f.type, f.parameter)
+            for f in mine.feedback
+            if f.type in feedback_ok and (f.type, f.parameter) in wanted_fb
+        ],
+    )
+    pt = codec.payload_type
+    rtx: Codec | None = None
+    rtx_ssrc: int | None = None
+    offered_rtx = offered.rtx_for(pt)
+    if track.rtx is not None and (track.rtx_ssrc is not None or track.layers) and offered_rtx:
+        rtx = replace(offered_rtx, feedback=[])
+        rtx_ssrc = new_ssrc(peer.ssrcs)
+    red: Codec | None = None
+    if red_on and track.red is not None and pt == mine.payload_type:
+        # Only under the publisher's own Opus payload type, as new_section.
+        red = next(
+            (
+                replace(c, feedback=[])
+                for c in offered.codecs
+                if c.is_named("red") and red_fmtp_pt(c.fmtp) == pt
+            ),
+            None,
+        )
+    forwarded = ForwardedTrack(
+        kind=kind,
+        mid=offered.mid,
+        stream_id=track.info.participant,
+        track_id=track.info.track_id,
+        ssrc=new_ssrc(peer.ssrcs),
+        codec=codec,
+        rtx_ssrc=rtx_ssrc,
+        rtx=rtx,
+        extensions=extmaps,
+        cname=track.info.participant,
+        red=red,
+    )
+    section = Section(track, forwarded, {mine.payload_type: pt})
+    negotiate(section, offered, first=False)
+    return section
+
+
 def negotiate(section: Section, media: MediaDescription | None, first: bool) -> None:
     """What the subscriber's answer (RFC 3264 section 6) took of a section; refused, it stops."""
     forwarded = section.forwarded
     accepted = {c.payload_type for c in media.codecs} if media is not None else set()
     if (
         media is None
-        or media.port == 0
+        or media.rejected
         or media.direction in (Direction.SENDONLY, Direction.INACTIVE)
         or forwarded.codec.payload_type not in accepted
     ):

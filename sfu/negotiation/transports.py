@@ -111,7 +111,7 @@ class Transports(Core):
             ice_pwd=transport.local_pwd,
             fingerprints=[Fingerprint("sha-256", settings.fingerprint)],
             addresses=self.candidates(),
-            simulcast=settings.simulcast and direction == "publish",
+            simulcast=settings.simulcast and direction != "subscribe",
             red=settings.red,
         )
         peer = Peer(room, participant, direction, transport, local)
@@ -125,9 +125,9 @@ class Transports(Core):
         if peer.transport.state not in TERMINAL:
             peer.transport.close(reason)
             self.service(peer, now)
-        if peer.direction == "subscribe":
+        if peer.sends:
             peer.forwarder.remove_subscriber(peer)
-        else:
+        if peer.receives:
             for track in list(peer.tracks.values()):
                 self.remove_track(peer.room, track, now)
 
@@ -211,9 +211,8 @@ class Transports(Core):
         p = room.participants.pop(participant, None)
         if p is None:
             return
-        for peer in (p.publish, p.subscribe):
-            if peer is not None:
-                self.close_peer(peer, reason, now)
+        for peer in p.legs:
+            self.close_peer(peer, reason, now)
         self.speaker_left(room, participant, now)
 
     def speaker_left(self, room: MediaRoom, participant: str, now: float) -> None:
@@ -370,7 +369,7 @@ class Transports(Core):
                 if moved and transport.state is PeerState.CONNECTED:
                     self.tables.paths["moved"] += 1
                     self.layers.path_changed(peer, now)
-                    if peer.direction == "subscribe":
+                    if peer.sends:
                         # What the old path swallowed may be past repair by
                         # NACK: a keyframe lets the decoder start clean.
                         for section in peer.sections:
@@ -425,9 +424,9 @@ class Transports(Core):
             peer.reporting = True
             for stats in peer.recv_stats.values():
                 self.tables.reports.add_receive(peer, stats)
-        if peer.direction == "subscribe":
+        if peer.sends:
             self.apply_subscriptions(peer, now)
-        else:
+        if peer.receives:
             self.start_bandwidth_feedback(peer, now)
             # Subscribers may have waited for this publisher: ask for keyframes now.
             for track in peer.tracks.values():
@@ -500,7 +499,7 @@ class Transports(Core):
         self.tables.peers.discard(peer)
         for name, value in peer.transport.counters.items():
             self.tables.counters[f"transport_{name}"] += value
-        if peer.direction == "subscribe":
+        if peer.sends:
             peer.forwarder.remove_subscriber(peer)
             self.layers.forget(peer)
             for section in peer.sections:

@@ -419,7 +419,7 @@ class HotPath(asyncio.DatagramProtocol):
             elif isinstance(packet, Fir):
                 for ssrc, _seq in packet.entries:
                     forwarder.handle_keyframe_request(peer, ssrc, now)
-            elif isinstance(packet, TransportCc | Remb) and peer.direction == "subscribe":
+            elif isinstance(packet, TransportCc | Remb) and peer.sends:
                 self._receive(self.layers, inputs.SubscriberFeedback(peer, packet), now)
         self._flush_rtcp(peer.room)
         self._soon(forwarder.get_timer())

@@ -216,7 +216,7 @@ class _WorkerCollector(Collector):
                             gauges.setdefault((key, direction), []).append(float(peer[key]))
         participants.add_metric([], n_participants)
         tracks.add_metric([], n_tracks)
-        for direction in ("publish", "subscribe"):
+        for direction in ("publish", "subscribe", "single"):
             for state in ("connected", "other"):
                 peers.add_metric([direction, state], peer_counts.get((direction, state), 0))
         totals_by = self._peer_totals(live)
@@ -225,7 +225,7 @@ class _WorkerCollector(Collector):
             family = CounterMetricFamily(
                 name, text + " Summed over peers, gone ones included.", labels=["direction"]
             )
-            for direction in ("publish", "subscribe"):
+            for direction in ("publish", "subscribe", "single"):
                 family.add_metric([direction], totals_by.get((key, direction), 0))
             counters.append(family)
         summaries = []
@@ -233,7 +233,7 @@ class _WorkerCollector(Collector):
             summary = GaugeMetricFamily(
                 name, text + " Over the peers that have one.", labels=["direction", "stat"]
             )
-            for direction in ("publish", "subscribe"):
+            for direction in ("publish", "subscribe", "single"):
                 values = gauges.get((key, direction))
                 if values:
                     summary.add_metric([direction, "mean"], sum(values) / len(values))

@@ -359,11 +359,17 @@ class MediaWorker(HotPath):
                 self.recordings.start_waiting(at)
 
     async def publish(
-        self, room: str, participant: str, offer: str, sources: Mapping[str, Source]
+        self,
+        room: str,
+        participant: str,
+        offer: str,
+        sources: Mapping[str, Source],
+        receive: Sequence[str] | None = None,
     ) -> PublishResult:
         """Answer a publish offer (RFC 8829 5.3): :class:`sfu.rooms.inputs.PublishOffer`."""
+        wanted = None if receive is None else tuple(receive)
         return self._receive(
-            self.negotiator, inputs.PublishOffer(room, participant, offer, sources)
+            self.negotiator, inputs.PublishOffer(room, participant, offer, sources, wanted)
         )
 
     async def subscribe(

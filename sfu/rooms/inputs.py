@@ -93,12 +93,14 @@ class Input(Generic[R]):
 
 @dataclass(frozen=True, slots=True)
 class PublishOffer(Input[PublishResult]):
-    """A participant's publish offer (:meth:`sfu.control.messages.MediaControl.publish`)."""
+    """A participant's publish offer (:meth:`sfu.control.messages.MediaControl.publish`);
+    ``receive``, on a single connection, the track ids it receives."""
 
     room: str
     participant: str
     offer: str
     sources: Mapping[str, Source]
+    receive: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,10 @@ __all__ = [
     "keyed",
 ]
 
-Leg = Literal["publish", "subscribe"]
-"""A participant's two transports: it publishes on one and receives on the other."""
+Leg = Literal["publish", "subscribe", "single"]
+"""A participant's transports: it publishes on one and receives on the other,
+or does both on a ``single`` one (docs/protocol.md, "Media: one peer
+connection"), which is then its ``publish`` and its ``subscribe`` leg."""
 
 
 class MediaRoom:
@@ -109,6 +111,13 @@ class MediaParticipant:
         self.publish: Peer | None = None
         self.subscribe: Peer | None = None
 
+    @property
+    def legs(self) -> tuple[Peer, ...]:
+        """Its transports, each once (a single connection is both legs)."""
+        if self.publish is not None and self.publish is self.subscribe:
+            return (self.publish,)
+        return tuple(x for x in (self.publish, self.subscribe) if x is not None)
+
 
 class Peer:
     """One transport of one participant, and the forwarder's key for it.
@@ -143,6 +152,7 @@ class Peer:
         "rtcp_out",
         "rtcp_ssrcs",
         "sections",
+        "spent",
         "srtp_errors",
         "ssrcs",
         "tracks",
@@ -204,6 +214,9 @@ class Peer:
         receiver on some clients): how SRTCP from a new address (a NAT
         rebinding) finds its transport."""
         self.sections: list[Section] = []
+        self.spent: set[str] = set()
+        """A single connection's receiving mids that carried a track: never
+        given another (a receiver may not follow a new SSRC; aiortc's does not)."""
         self.ssrcs: set[int] = set()
         self.srtp_errors = 0
         self.tracks: dict[str, Track] = {}
@@ -214,6 +227,16 @@ class Peer:
 
     def __repr__(self) -> str:
         return f"<peer {self.room.name}/{self.participant} {self.direction}>"
+
+    @property
+    def sends(self) -> bool:
+        """Whether the worker forwards tracks to this leg (its ``sections``)."""
+        return self.direction != "publish"
+
+    @property
+    def receives(self) -> bool:
+        """Whether this leg publishes tracks to the worker (its ``tracks``)."""
+        return self.direction != "subscribe"
 
 
 def bind_srtp(record: Peer | Link, srtp: SrtpSession | None) -> None:

@@ -32,11 +32,9 @@ def room_snapshot(
     stats = room.forwarder.stats.as_dict()
     peers = []
     for p in room.participants.values():
-        for peer in (p.publish, p.subscribe):
-            if peer is None:
-                continue
+        for peer in p.legs:
             sent = octets = 0
-            if peer.direction == "subscribe":
+            if peer.sends:
                 for section in peer.sections:
                     sub = room.forwarder.subscription(peer, section.forwarded.ssrc)
                     if sub is not None:

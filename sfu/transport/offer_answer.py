@@ -38,7 +38,13 @@ from rtc.sdp.media import ConnectionData, MediaDescription
 from rtc.sdp.session import Group, Origin, SessionDescription, Timing
 from rtc.sdp.transport import CandidateLine, Fingerprint, Setup
 
-__all__ = ["ForwardedTrack", "LocalParameters", "answer", "offer_for_subscriber"]
+__all__ = [
+    "ForwardedTrack",
+    "LocalParameters",
+    "answer",
+    "answer_sending",
+    "offer_for_subscriber",
+]
 
 
 # --- answering a publisher -------------------------------------------------------
@@ -177,7 +183,11 @@ def _answer_media(
 ) -> MediaDescription:
     connection, port = local._default_address()
     allowed_ext = set(local.header_extensions)
-    if local.simulcast and offered.rids:
+    if local.simulcast and (offered.rids or offered.kind == "video"):
+        # Every video section's, not only a simulcast one's: a browser
+        # offers an extension an answer once left out never again on that
+        # connection (Chromium), and a single connection's camera may come
+        # after its first answer.
         allowed_ext |= {RTP_STREAM_ID, REPAIRED_RTP_STREAM_ID}
     extmaps = [
         Extmap(e.id, e.uri, e.direction.reverse() if e.direction else None)
@@ -454,3 +464,29 @@ def offer_for_subscriber(
         extmap_allow_mixed=True,
         media=sections,
     )
+
+
+def answer_sending(
+    answered: MediaDescription, track: ForwardedTrack, local: LocalParameters
+) -> MediaDescription:
+    """The answer's m= section that sends ``track`` on a single connection
+    (docs/protocol.md, "Media: one peer connection"): the client offered
+    it ``recvonly``, :func:`answer` accepted it ``inactive`` as ``answered``;
+    this one is ``sendonly`` with the track's msid and SSRCs (RFC 8830, RFC
+    5576) and the payload types and extension ids of the offer, which
+    ``track`` carries, on the same transport as every other section."""
+    media = _subscriber_media(track, local, answered.proto)
+    # What the first answer agreed for the connection stays agreed (see
+    # _answer_media): the RID extensions, which nothing sent here carries.
+    rids = (RTP_STREAM_ID, REPAIRED_RTP_STREAM_ID)
+    media.extmaps += [Extmap(e.id, e.uri) for e in answered.extmaps if e.uri in rids]
+    media.rtcp_rsize = answered.rtcp_rsize
+    media.extmap_allow_mixed = answered.extmap_allow_mixed
+    media.ice_ufrag = answered.ice_ufrag
+    media.ice_pwd = answered.ice_pwd
+    media.ice_options = list(answered.ice_options)
+    media.fingerprints = list(answered.fingerprints)
+    media.setup = answered.setup
+    media.candidates = list(answered.candidates)
+    media.end_of_candidates = answered.end_of_candidates
+    return media
