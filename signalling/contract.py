@@ -53,6 +53,7 @@ FEATURES = [
     "phone",
     "track-view",
     "audio-only",
+    "single-connection",
 ]
 
 
@@ -171,6 +172,8 @@ class Joined(ServerFrame):
     recording: JoinedRecording
     #: Seconds the seat is kept once the socket is taken for dropped.
     resume_grace: float
+    #: ``single``: one peer connection both ways (the join asked), else ``pair``.
+    connection: Literal["single", "pair"]
     phone_calls: bool
     guests_awaiting: list[Guest]
     protocol: int
@@ -210,6 +213,17 @@ class Published(ServerFrame):
     type: Literal["published"]
     sdp: str
     tracks: list[Track]
+    #: A single connection's sections that carry a track to you.
+    receiving: list[OfferedTrack] | None = None
+
+
+class Renegotiate(ServerFrame):
+    """A single connection should offer again, with this many more
+    ``recvonly`` sections of each kind."""
+
+    type: Literal["renegotiate"]
+    audio: Annotated[int, Field(ge=0)]
+    video: Annotated[int, Field(ge=0)]
 
 
 class Offer(ServerFrame):
@@ -367,6 +381,7 @@ SERVER_FRAMES: dict[str, type[BaseModel]] = {
             RoomEnded,
             Replaced,
             MediaReconnect,
+            Renegotiate,
             RecordingAsked,
             RecordingFrame,
             PhoneCall,

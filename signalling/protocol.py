@@ -186,6 +186,10 @@ class Join(Frame):
     #: (``unsupported-protocol``, 4426). Absent: 1.
     protocol: Annotated[int, Field(ge=1, le=1000)] | None = None
     client: ClientInfo | None = None
+    #: ``single``: one peer connection publishes and receives (the client
+    #: offers every change; ``renegotiate`` asks it to); ``pair`` (absent):
+    #: a publish and a subscribe connection (docs/protocol.md, "Media").
+    connection: Literal["single", "pair"] | None = None
 
 
 class Publish(Frame):

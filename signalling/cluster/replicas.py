@@ -472,7 +472,14 @@ class Replicas:
         data["sites"] = {region: str(site.placed) for region, site in room.sites.items()}
         data["regions"] = dict(room.regions)
         data["subscribers"] = {
-            pid: {"asked": list(sub.asked), "offer": sub.offer}
+            pid: {
+                "asked": list(sub.asked),
+                "offer": sub.offer,
+                # A single connection's sections, as its last answer left them.
+                "receiving": dict(sub.receiving),
+                "free": dict(sub.free),
+                "offered": sub.offered,
+            }
             for pid, sub in room.subscribers.items()
         }
         return data
@@ -569,6 +576,11 @@ class Replicas:
             sub = room.subscriber(pid)
             sub.asked = tuple(sub_data.get("asked") or ())
             sub.offer = sub_data.get("offer")
+            sub.receiving = {
+                str(k): str(v) for k, v in dict(sub_data.get("receiving") or {}).items()
+            }
+            sub.free = {str(k): int(v) for k, v in dict(sub_data.get("free") or {}).items()}
+            sub.offered = bool(sub_data.get("offered", False))
         TAKEOVERS.inc()
         log.info("call room taken over", extra={"room": name})
         self._rooms.apply(room, outputs)

@@ -49,7 +49,13 @@ class FrameSink(Protocol):
 class SubscribeNegotiation:
     """One participant's subscribe negotiation (docs/protocol.md "Media"):
     at most one offer outstanding; changes while it is out are folded into
-    the next offer, made once the answer is in."""
+    the next offer, made once the answer is in.
+
+    On a single connection the client offers and the worker answers, so
+    here a change of what the participant should receive is a
+    ``renegotiate`` frame asking it for another offer, with as many more
+    ``recvonly`` sections of each kind as the tracks that do not fit in the
+    empty ones (:meth:`published` learns which sections carry what)."""
 
     def __init__(self, room: CallRoom, participant_id: str) -> None:
         self.room = room
@@ -67,6 +73,15 @@ class SubscribeNegotiation:
         self.renew: Restart | None = None
         #: Negotiations in a row that found no media worker.
         self.unavailable = 0
+        #: A single connection's sections that carry a track (mid -> track
+        #: id) and its empty receiving sections by kind, as last answered.
+        self.receiving: dict[str, str] = {}
+        self.free: dict[str, int] = {}
+        #: Whether the single connection's first offer came (it asks for
+        #: the room's tracks itself; a renegotiate before it would double them).
+        self.offered = False
+        #: What the last ``renegotiate`` was sent for: (wanted, received).
+        self._asked_for: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def kick(self) -> None:
@@ -91,6 +106,11 @@ class SubscribeNegotiation:
         ``"ice"``: the client restarts ICE; the next offer (after the one
         outstanding, if any, is answered) has new ICE credentials.
         """
+        if self.single:
+            # The client renews its own connection with its next offer.
+            if how != "ice":
+                self.receiving, self.free, self.asked = {}, {}, ()
+            return
         if how != "ice":
             self.offer = None
         if how == "transport" or self.renew is None:
@@ -108,6 +128,9 @@ class SubscribeNegotiation:
                 self.dirty = False
                 wanted = self.room.core.media.wanted(self.pid)
                 ids = tuple(t.track_id for t in wanted)
+                if self.single:
+                    self._renegotiate(wanted, ids)
+                    continue
                 if ids == self.asked and not self.force:
                     continue
                 renew = self.renew
@@ -156,6 +179,46 @@ class SubscribeNegotiation:
             log.exception("subscribe negotiation for %s failed", self.pid)
         finally:
             self._task = None
+
+    @property
+    def single(self) -> bool:
+        """Whether the participant publishes and receives on one connection."""
+        who = self.room.core.members.get(self.pid)
+        return who is not None and who.single
+
+    def _renegotiate(self, wanted: list[TrackInfo], ids: tuple[str, ...]) -> None:
+        """Ask for an offer when what the last answer sends is not what the
+        participant should receive (once per such difference: a track no
+        section could take is not asked for again until something changes)."""
+        if not self.offered:
+            return
+        have = set(self.receiving.values())
+        need = {"audio": 0, "video": 0}
+        for t in wanted:
+            if t.track_id not in have:
+                need[t.kind] = need.get(t.kind, 0) + 1
+        if not need["audio"] and not need["video"] and set(ids) == have:
+            return
+        key = (ids, tuple(sorted(have)))
+        if key == self._asked_for and not self.force:
+            return
+        self._asked_for, self.asked, self.force = key, ids, False
+        audio, video = (max(0, need[k] - self.free.get(k, 0)) for k in ("audio", "video"))
+        self.room.send_to(self.pid, protocol.reply("renegotiate", audio=audio, video=video))
+
+    def wants(self) -> tuple[str, ...]:
+        """The track ids a single connection's next answer sends, noted as asked."""
+        self.asked = tuple(t.track_id for t in self.room.core.media.wanted(self.pid))
+        self.force = False
+        return self.asked
+
+    def published(self, receiving: dict[str, str], free: dict[str, int]) -> None:
+        """A single connection's offer was answered: what it receives now."""
+        self.receiving, self.free, self.offered = dict(receiving), dict(free), True
+        # A replica that takes the room over goes on from here.
+        self.room.changed()
+        # What changed while the worker answered asks for the next offer.
+        self.kick()
 
     async def answer(self, sdp: str) -> None:
         if self.offer is None:

@@ -160,11 +160,14 @@ class Room:
         ref: str | None = None,
         resume: str | None = None,
         grace: float | None = None,
+        single: bool = False,
     ) -> JoinResult:
         """A connection presents a valid token for this room: resume, replace,
         wait or join. ``grace``: the participant's resume grace when its
         connection drops (a mobile app's), None for the room's
-        ``resume_grace``. Raises :class:`errors.RoomEnded` or :class:`errors.RoomFull`."""
+        ``resume_grace``. ``single``: it asked for one peer connection
+        (docs/protocol.md, "Media: one peer connection"). Raises
+        :class:`errors.RoomEnded` or :class:`errors.RoomFull`."""
         if self.ended:
             raise errors.RoomEnded("the room was ended")
         if grant.room != self.name:
@@ -180,6 +183,7 @@ class Room:
                 out.append(Close(old.conn, errors.CLOSE_REPLACED, "resumed elsewhere"))
             members.move(old, MemberEvent.RESUME)
             old.conn, old.deadline, old.resume_grace = conn, None, grace
+            old.single = single
             out += self._welcome(old, ref)
             out += self.media.resumed(old)
             return JoinResult(old, out, resumed=True)
@@ -188,6 +192,7 @@ class Room:
         waits = members.must_wait(grant)
         p = members.add(conn, grant, MemberState.WAITING if waits else MemberState.JOINED)
         p.resume_grace = grace
+        p.single = single
         if waits:
             out += members.to(p, members.waiting_frame(p, ref))
             out += members.waiting_changed()
@@ -219,6 +224,8 @@ class Room:
             ping_interval=self.ping_interval,
             # Seconds its seat is kept once its socket is taken for dropped.
             resume_grace=self.grace_of(p),
+            # One peer connection both ways, or the two (what the join asked).
+            connection="single" if p.single else "pair",
             recording={**self.recording.view(), "asked": self.recording.must_answer(_voter(p))},
             guests_awaiting=(
                 members.guests_awaiting() if p.grant.can(Action.APPROVE_GUESTS) else []
@@ -456,15 +463,24 @@ class Room:
 
     # -- media -------------------------------------------------------------------
 
-    def check_publish(self, conn: ConnId, needs: Collection[Action]) -> Member:
+    def check_publish(
+        self, conn: ConnId, needs: Collection[Action], receives: bool = False
+    ) -> Member:
         """The participant of ``conn``, if its role grants what its publish
-        offer ``needs`` (:func:`signalling.room.media.offer_actions`)."""
+        offer ``needs`` (:func:`signalling.room.media.offer_actions`); an
+        offer that only ``receives``, on a single connection, needs
+        ``subscribe`` (one that also sends gets its receiving sections
+        filled only with that right: :meth:`RoomMedia.wanted`)."""
+        sends = bool(needs)
+        if receives and not sends and self.members.check_joined(conn).single:
+            needs = {Action.SUBSCRIBE}
         p = self.members.check(conn, *sorted(needs))
         if not needs and not p.grant.publish:
             # An offer that sends nothing still opens a transport to send on.
             raise errors.NotAllowed.lacking("publish", p.grant.role)
         if (
-            not self.media.tracks_of(p.id)
+            sends
+            and not self.media.tracks_of(p.id)
             and self.recording.state == "on"
             and self.recording.must_answer(_voter(p))
         ):

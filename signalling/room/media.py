@@ -55,6 +55,12 @@ def offer_actions(sdp: str, sources: Mapping[str, str]) -> frozenset[Action]:
     return frozenset(needs)
 
 
+def offer_receives(sdp: str) -> bool:
+    """Whether an offer has ``recvonly`` sections: a single connection's
+    room for the tracks it receives (docs/protocol.md)."""
+    return any(m.direction is Direction.RECVONLY for m in SessionDescription.parse(sdp).media)
+
+
 def track_info(t: TrackInfo) -> dict[str, Any]:
     return {
         "track_id": t.track_id,

@@ -129,6 +129,8 @@ class Member:
     deadline: float | None = None
     #: Its own resume grace (a mobile app's, longer); None: the room's.
     resume_grace: float | None = None
+    #: It publishes and receives on one peer connection (``join.connection``).
+    single: bool = False
 
     @property
     def admin(self) -> bool:
@@ -423,6 +425,7 @@ class Members:
             "conn": conn_ref(p.conn) if p.conn is not None else None,
             "grace_left": None if p.deadline is None else p.deadline - now,
             "resume_grace": p.resume_grace,
+            "single": p.single,
         }
 
     def clear(self) -> None:
@@ -447,6 +450,7 @@ class Members:
             state=MemberState(data["state"]),
             conn=conn,
             resume_grace=data.get("resume_grace"),
+            single=bool(data.get("single", False)),
         )
         left = data.get("grace_left")
         if p.state is D and left is not None:

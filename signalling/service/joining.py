@@ -80,7 +80,13 @@ class Joining:
         grace = max(settings.call_resume_grace_app, settings.call_resume_grace) if app else None
         try:
             result = room.core.join(
-                conn, grant, now, ref=frame.id, resume=frame.resume, grace=grace
+                conn,
+                grant,
+                now,
+                ref=frame.id,
+                resume=frame.resume,
+                grace=grace,
+                single=frame.connection == "single",
             )
         except errors.SignallingError:
             if room.core.members.empty:

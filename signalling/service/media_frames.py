@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from functools import partial
 
-from sfu.control.messages import TrackDisplay
+from sfu.control.messages import MediaControl, PublishResult, TrackDisplay
 from signalling import protocol
 from signalling.cluster.connections import AnyConnection
-from signalling.live.room import CallRoom
-from signalling.room.media import offer_actions, track_info
+from signalling.live.room import CallRoom, SubscribeNegotiation, offer_tracks
+from signalling.room.media import offer_actions, offer_receives, track_info
 from signalling.service.rooms import Rooms
 from wadud.web.roles import Action
 
@@ -31,6 +31,23 @@ class MediaFrames:
     def __init__(self, rooms: Rooms) -> None:
         self._rooms = rooms
 
+    async def _publish(
+        self,
+        room: CallRoom,
+        media: MediaControl,
+        pid: str,
+        frame: protocol.Publish,
+        sub: SubscribeNegotiation | None,
+    ) -> PublishResult:
+        """The worker's answer to a publish offer, in the room's lane; on a
+        single connection with the tracks it should receive now (their
+        relays from other regions set first, as for a subscribe offer)."""
+        if sub is None:
+            return await media.publish(room.name, pid, frame.sdp, frame.sources)
+        if room.sites:
+            await self._rooms.sites.sync_relays(room)
+        return await media.publish(room.name, pid, frame.sdp, frame.sources, sub.wants())
+
     async def handle(
         self, room: CallRoom, conn: AnyConnection, frame: protocol.ClientFrame
     ) -> None:
@@ -39,10 +56,13 @@ class MediaFrames:
         ok = protocol.reply("ok", frame.id)
         match frame:
             case protocol.Publish():
-                who = core.check_publish(conn, offer_actions(frame.sdp, frame.sources))
+                who = core.check_publish(
+                    conn, offer_actions(frame.sdp, frame.sources), offer_receives(frame.sdp)
+                )
                 media = await room.media_for(who.id)
+                sub = room.subscriber(who.id) if who.single else None
                 result = await room.media_call(
-                    partial(media.publish, room.name, who.id, frame.sdp, frame.sources)
+                    partial(self._publish, room, media, who.id, frame, sub)
                 )
                 if core.members.get(who.id) is not who or not who.present:
                     # It left while the worker answered: what the worker just
@@ -51,15 +71,21 @@ class MediaFrames:
                     return
                 outputs = core.media.published(who.id, result.added, result.removed)
                 room.republished(who.id)
+                extra = {}
+                if sub is not None:
+                    extra["receiving"] = offer_tracks(result.answer, core.media.wanted(who.id))
                 conn.send(
                     protocol.reply(
                         "published",
                         frame.id,
                         sdp=result.answer,
                         tracks=[track_info(t) for t in core.media.tracks_of(who.id)],
+                        **extra,
                     )
                 )
                 self._rooms.apply(room, outputs)
+                if sub is not None:
+                    sub.published(result.receiving, result.free)
             case protocol.Answer():
                 who = core.members.check(conn, Action.SUBSCRIBE)
                 await room.subscriber(who.id).answer(frame.sdp)
@@ -110,6 +136,7 @@ class MediaFrames:
                 )
                 conn.send(ok)
             case protocol.IceRestart() | protocol.ReconnectMedia():
+                # On a single connection the client's own next offer renews it.
                 who = core.members.check_joined(conn)
                 room.subscriber(who.id).restart(
                     "ice" if isinstance(frame, protocol.IceRestart) else "transport"

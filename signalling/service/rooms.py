@@ -366,6 +366,9 @@ class Rooms(Mapping[str, CallRoom]):
             sub = room.subscribers.get(pid)
             if sub is not None:
                 sub.offer, sub.asked, sub.force = None, (), True
+                # A single connection starts over on the new worker, empty,
+                # and its client offers room for every track by itself.
+                sub.receiving, sub.free, sub.offered = {}, {}, False
         publishers = [pid for pid in moved if room.core.media.tracks_of(pid)]
         room.regather(publishers)
         outputs = room.core.media_reset(reason, moved if len(room.sites) > 1 else None)
