@@ -96,6 +96,7 @@ class CallClient:
         reconnect: bool = True,
         relay: bool | Literal["udp", "tcp", "tls"] = False,
         client: Mapping[str, str] | None = None,
+        connection: Literal["single", "pair"] = "single",
     ) -> None:
         url, _, url_room = ws_url(url)
         room = room or url_room
@@ -104,6 +105,8 @@ class CallClient:
         self.token = token
         self.label = label
         self.client = dict(client) if client is not None else None
+        #: One peer connection both ways (``single``) or two (``pair``), as asked.
+        self.connection = connection
         #: The server's clock less ours, in seconds, from the last :meth:`ping`
         #: (its ``pong.server_time``, taken half the round trip ago).
         self.clock_offset: float | None = None
@@ -134,6 +137,7 @@ class CallClient:
             nack_retry=nack_retry,
             reconnect=reconnect,
             relay=relay,
+            single=connection == "single",
         )
 
     def __repr__(self) -> str:
@@ -324,6 +328,7 @@ class CallClient:
         fields: dict[str, Any] = {"token": self.token, "protocol": 1}
         if self.client is not None:
             fields["client"] = self.client
+        fields["connection"] = self.connection
         if resume is not None:
             fields["resume"] = resume
         return await self.request("join", **fields)
@@ -539,6 +544,10 @@ class CallClient:
             self.media.offer(frame)
         elif kind == "media_reconnect":
             self.media.moved()
+        elif kind == "renegotiate":
+            self.media.renegotiate(frame)
+        elif kind == "joined" and not forgotten:
+            self.media.joined(frame)
         elif kind == "set_encodings":
             await self.media.set_encodings(frame)
         self.history.append(event)

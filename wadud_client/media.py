@@ -1,6 +1,10 @@
-"""A participant's media, on aiortc: the protocol's "Media: two peer
-connections" (docs/protocol.md) on the client's side.
+"""A participant's media, on aiortc: the protocol's "Media" (docs/protocol.md)
+on the client's side, on one peer connection or on two.
 
+On a *single* connection (the default) this client offers everything: what
+it sends (``sendonly``) and room for what it receives (``recvonly``); the
+server answers, filling each receiving section with a track, and asks for
+another offer (``renegotiate``) when the room's tracks change. With two,
 *publish* is where this client offers what it sends and the server answers;
 *subscribe* is where the server offers what this client receives and the
 client answers. The server is ICE-lite (RFC 8445 section 2.5), so aiortc is
@@ -81,8 +85,12 @@ class CallMedia:
         nack_retry: float | None = 0.1,
         reconnect: bool = True,
         relay: bool | Literal["udp", "tcp", "tls"] = False,
+        single: bool = True,
     ) -> None:
         self.socket = socket
+        #: One peer connection both ways (asked in ``join``; the server's
+        #: ``joined.connection`` has the last word).
+        self.single = single
         self.view = view
         self.changes = changes
         self.sdp_filter = sdp_filter
@@ -134,6 +142,10 @@ class CallMedia:
         self._retry_task: asyncio.Task[None] | None = None
         self._resyncs: dict[str, KeyframeResync] = {}  # subscribe mid -> its video receiver's
         self._recovery: asyncio.Task[None] | None = None
+        #: A single connection's ``recvonly`` sections still to add, by kind.
+        self._slots: dict[str, int] = {}
+        self._renegotiation: asyncio.Task[None] | None = None
+        self._offer_wanted = False
 
     # -- life -----------------------------------------------------------------
 
@@ -159,7 +171,7 @@ class CallMedia:
         """Close both peer connections and wait for the ``stopped`` tasks."""
         # Each step is bounded: a close must end, whatever the server or a
         # peer connection does (a test's clean-up hung on one for minutes).
-        for pc in (self.publish_pc, self.subscribe_pc):
+        for pc in dict.fromkeys((self.publish_pc, self.subscribe_pc)):
             if pc is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CLOSE_STEP):
@@ -197,7 +209,10 @@ class CallMedia:
         def on_state() -> None:
             state = pc.connectionState
             if state == "connected":
-                self.connected_at.setdefault(direction, time.monotonic())
+                now = time.monotonic()
+                self.connected_at.setdefault(direction, now)
+                if pc is self.subscribe_pc:  # a single connection is both
+                    self.connected_at.setdefault("subscribe", now)
             # aiortc has no `disconnected`: a dead path shows as `failed` once
             # consent freshness gives up (RFC 7675; aioice: 6 checks 5 s
             # apart), and a connection that closes itself (its DTLS ended)
@@ -265,7 +280,7 @@ class CallMedia:
         resume that made us a new participant: drop both peer connections at
         once (the next offer is for a new one) and publish the same tracks
         again on a fresh connection."""
-        old = [pc for pc in (self.publish_pc, self.subscribe_pc) if pc is not None]
+        old = [pc for pc in dict.fromkeys((self.publish_pc, self.subscribe_pc)) if pc is not None]
         self.publish_pc = self.subscribe_pc = None
         self._munger = None
         # From what we chose to publish, not from the transceivers: a second
@@ -298,7 +313,9 @@ class CallMedia:
             with contextlib.suppress(Exception):
                 await pc.close()
         moves = self.media_moves
-        if items and self.view.state != "closed":
+        if self.single and self.view.state != "closed":
+            self._slots = self._room_kinds()
+        if (items or self.single) and self.view.state != "closed":
             try:
                 await self.publish(items)
             except Exception as exc:
@@ -327,6 +344,8 @@ class CallMedia:
         async with self._publish_lock:
             if self.publish_pc is None:
                 self.publish_pc = self._new_pc("publish")
+                if self.single:
+                    self.subscribe_pc = self.publish_pc
                 self._munger = SimulcastMunger()
             pc = self.publish_pc
             munger = self._munger
@@ -348,6 +367,11 @@ class CallMedia:
                     new.append((source, group[0]))
                 else:
                     new.append((source, pc.addTransceiver(track, direction="sendonly")))
+            if self.single:
+                slots, self._slots = self._slots, {}
+                for kind, count in slots.items():
+                    for _ in range(count):
+                        pc.addTransceiver(kind, direction="recvonly")
             await pc.setLocalDescription(await pc.createOffer())
             for group, layers in layered:
                 munger.add(group, layers)
@@ -366,8 +390,69 @@ class CallMedia:
             for t in listed:
                 self.view.published[str(t["track_id"])] = t
                 self.view.room_tracks[str(t["track_id"])] = t
+            if self.single and pc is self.subscribe_pc:
+                self._receiving(pc, answer.get("receiving") or [])
             self.changes.notify()
             return listed
+
+    # -- one peer connection --------------------------------------------------
+
+    def joined(self, frame: dict[str, Any]) -> None:
+        """``joined``: on a single connection the first offer goes now, with
+        a receiving section for each track in the room (then, whatever this
+        client publishes, it receives)."""
+        if frame.get("connection") != "single":
+            self.single = False
+            return
+        if self.publish_pc is not None or self._renegotiation is not None:
+            return  # a resume: the connection stays
+        # In an empty room one audio section: the connection is up (ICE,
+        # DTLS) before anyone sends, and the first track needs one offer.
+        grants = (frame.get("participant") or {}).get("grants") or {}
+        if grants.get("subscribe", True):
+            self._slots = self._room_kinds() or {"audio": 1}
+            self._renegotiate()
+
+    def renegotiate(self, frame: dict[str, Any]) -> None:
+        """``renegotiate``: offer again with that many more receiving sections."""
+        for kind in ("audio", "video"):
+            more = int(frame.get(kind) or 0)
+            if more:
+                self._slots[kind] = self._slots.get(kind, 0) + more
+        self._offer_wanted = True
+        self._renegotiate()
+
+    def _renegotiate(self) -> None:
+        if self._renegotiation is None:
+            self._renegotiation = asyncio.create_task(self._offer_again(), name="renegotiate")
+
+    async def _offer_again(self) -> None:
+        try:
+            # Asks that come while an offer is out make one more offer after
+            # it; a publish() that went first may have carried them already.
+            while self._offer_wanted or self._slots or self.publish_pc is None:
+                if self.view.state == "closed":
+                    return
+                self._offer_wanted = False
+                await self.publish([])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("could not offer again: %r", exc)
+            self.errors.append(exc)
+            self.changes.notify()
+        finally:
+            self._renegotiation = None
+
+    def _room_kinds(self) -> dict[str, int]:
+        """The room's tracks but ours, counted by kind."""
+        me = self.view.participant_id
+        counts: dict[str, int] = {}
+        for t in self.view.room_tracks.values():
+            if t.get("participant") != me:
+                kind = str(t.get("kind"))
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
     async def unpublish(self, track_id: str) -> None:
         """Withdraw one of our tracks, and stop sending it."""
@@ -423,8 +508,17 @@ class CallMedia:
         await pc.setLocalDescription(await pc.createAnswer())
         if pc is not self.subscribe_pc:
             return  # media moved meanwhile: this offer was for the old connection
-        by_mid = {str(t["mid"]): t for t in frame.get("tracks") or []}
+        self._receiving(pc, frame.get("tracks") or [])
+        await self.socket.request("answer", {"sdp": pc.localDescription.sdp})
+        self.changes.notify()
+
+    def _receiving(self, pc: Any, tracks: Iterable[Mapping[str, Any]]) -> None:
+        """What each receiving transceiver carries now (``tracks``: the
+        offer's, or a single connection's ``published.receiving``)."""
+        by_mid = {str(t["mid"]): t for t in tracks}
         for transceiver in pc.getTransceivers():
+            if transceiver.direction == "sendonly":
+                continue  # one of ours, on a single connection
             mid = transceiver.mid
             if mid is None:
                 continue
@@ -459,8 +553,6 @@ class CallMedia:
                 task = asyncio.create_task(self._consume(received), name=f"consume {mid}")
                 self._consumers.add(task)
                 task.add_done_callback(self._consumers.discard)
-        await self.socket.request("answer", {"sdp": pc.localDescription.sdp})
-        self.changes.notify()
 
     async def _retry_nacks(self) -> None:
         assert self.nack_retry is not None

@@ -60,6 +60,8 @@ const options = new URLSearchParams(location.search);
 const invite = options.get('invite');
 const SIMULCAST = options.get('simulcast') !== '0';
 const RELAY = { 1: true, true: true, udp: 'udp', tcp: 'tcp', tls: 'tls' }[options.get('relay')] || null;
+// `?connection=pair`: the two peer connections of older clients, not one.
+const CONNECTION = options.get('connection') === 'pair' ? 'pair' : 'single';
 i18n.translatePage();
 const BASE_TITLE = document.title;
 
@@ -410,7 +412,9 @@ async function join() {
   stopMeter();
   // Made on this click, so the waiting-room tone may play later.
   try { alertSound = new AudioContext(); } catch (_) { alertSound = null; }
-  call = new WadudCall({ token, room, simulcast: SIMULCAST, name: typedName || null, relay: RELAY });
+  call = new WadudCall({
+    token, room, simulcast: SIMULCAST, name: typedName || null, relay: RELAY, connection: CONNECTION,
+  });
   window.wadudCall = call;
   call.addEventListener('state', (e) => onState(e.detail));
   call.addEventListener('participantjoined', (e) => addPerson(e.detail.participant));

@@ -7,9 +7,13 @@
 //   await call.join();                       // 'joined' or 'waiting'
 //   await call.publish({ microphone: micTrack, camera: camTrack });
 //
-// Media uses two peer connections to the server's SFU: `publish` (we offer
-// what we send) and `subscribe` (the server offers what we receive). The
-// server is ICE-lite, so its candidates come in its SDP.
+// Media uses one peer connection to the server's SFU (`connection:
+// 'single'`, the default): we offer what we send and room for what we
+// receive, the server answers and asks for another offer (`renegotiate`)
+// when the room's tracks change. `connection: 'pair'` uses two, as older
+// clients do: `publish` (we offer what we send) and `subscribe` (the server
+// offers what we receive). The server is ICE-lite, so its candidates come
+// in its SDP.
 //
 // Events (CustomEvent, data in `detail`):
 //   state              {state, reason}  connecting | waiting | joined |
@@ -115,9 +119,16 @@ export class WadudCall extends EventTarget {
   // token: the room token. room: the room named in the page's URL; the
   // server then refuses a token for another room. url: the /ws endpoint
   // (default: this page's server). rtcConfig: extra RTCPeerConnection settings.
-  constructor({ token, room = null, url = null, rtcConfig = {}, simulcast = false, name = null, relay = null }) {
+  constructor({
+    token, room = null, url = null, rtcConfig = {}, simulcast = false, name = null, relay = null,
+    connection = 'single',
+  }) {
     super();
     this.token = token;
+    // One peer connection both ways, as asked; `joined.connection` decides.
+    this.connection = connection === 'pair' ? 'pair' : 'single';
+    this.single = false;
+    this._slots = { audio: 0, video: 0 }; // recvonly sections the next offer adds
     this.simulcast = simulcast;
     this.relay = relay || null;
     this.name = name;
@@ -202,7 +213,7 @@ export class WadudCall extends EventTarget {
   _sendJoin(ws, resume) {
     if (ws !== this._ws || ws.readyState !== WebSocket.OPEN || this._leaving) return;
     // The protocol version this client speaks (docs/protocol.md, "Versions").
-    const frame = { type: 'join', token: this.token, protocol: PROTOCOL };
+    const frame = { type: 'join', token: this.token, protocol: PROTOCOL, connection: this.connection };
     if (resume) frame.resume = resume;
     if (this.name) frame.name = this.name;
     this._joinId = this._send(frame, 'join');
@@ -251,8 +262,7 @@ export class WadudCall extends EventTarget {
       try { this._ws.close(1000); } catch (_) { /* already closed */ }
     }
     for (const t of this.localTracks.values()) if (t.track) t.track.stop();
-    if (this.publishPc) this.publishPc.close();
-    if (this.subscribePc) this.subscribePc.close();
+    for (const [, pc] of this._pcs()) pc.close();
     if (this._joinWaiter) {
       this._joinWaiter.reject(new WadudCallError(state, reason));
       this._joinWaiter = null;
@@ -324,8 +334,8 @@ export class WadudCall extends EventTarget {
 
   _useIceServers(servers) {
     this.iceServers = servers;
-    for (const pc of [this.publishPc, this.subscribePc]) {
-      if (!pc || pc.signalingState === 'closed') continue;
+    for (const [, pc] of this._pcs()) {
+      if (pc.signalingState === 'closed') continue;
       const iceServers = this.relay ? relayServers(servers, this.relay) : servers;
       try {
         pc.setConfiguration({ ...pc.getConfiguration(), iceServers });
@@ -376,6 +386,7 @@ export class WadudCall extends EventTarget {
     const forgotten = this.me && this.me.id !== f.participant.id && this.publishPc;
     const resumed = !forgotten && Boolean(this.publishPc || this.subscribePc);
     this._takeSession(f);
+    if (!resumed) this.single = f.connection === 'single';
     this._useIceServers(f.ice_servers || []);
     if (typeof f.resume_grace === 'number') this.resumeGrace = f.resume_grace;
     this.waiting = f.waiting || [];
@@ -407,6 +418,7 @@ export class WadudCall extends EventTarget {
     if (!this._pathWatch) this._pathWatch = setInterval(() => this._watchTraffic(), WATCH_EVERY_MS);
     if (forgotten) this._restartMedia();
     else if (this.publishPc && this.publishPc.signalingState !== 'stable') this._renegotiate();
+    else if (this.single && !this.publishPc) this._firstOffer();
     else this._publishNow();
     // A socket that dropped and came back: the network most likely changed
     // under us (Wi-Fi to mobile data), and the media path with it.
@@ -419,7 +431,7 @@ export class WadudCall extends EventTarget {
   // received something within RESUME_LOOK_MS of the resume.
   async _afterResume() {
     const gen = this._mediaGen;
-    const pcs = [this.publishPc, this.subscribePc].filter((pc) => pc && pc.connectionState === 'connected');
+    const pcs = this._pcs().map(([, pc]) => pc).filter((pc) => pc.connectionState === 'connected');
     try {
       if (pcs.length) {
         const before = await Promise.all(pcs.map(receivedBytes));
@@ -664,6 +676,37 @@ export class WadudCall extends EventTarget {
     if (local.track_id) await this.request('mute', { track_id: local.track_id, muted });
   }
 
+  // A single connection's first offer, right after `joined`: what we send
+  // and a receiving section for each track in the room (one audio one in an
+  // empty room, so the connection is up before anyone sends).
+  _firstOffer() {
+    const kinds = { audio: 0, video: 0 };
+    const receives = Boolean(this.me && this.me.grants && this.me.grants.subscribe);
+    for (const t of this.roomTracks.values()) {
+      if (receives && t.participant !== this.me.id) kinds[t.kind] = (kinds[t.kind] || 0) + 1;
+    }
+    if (receives && !kinds.audio && !kinds.video) kinds.audio = 1;
+    this._slots = kinds;
+    if (!kinds.audio && !kinds.video && !this.localTracks.size) return Promise.resolve();
+    return this._renegotiate();
+  }
+
+  // The server has more (or other) tracks for our single connection.
+  _on_renegotiate(f) {
+    for (const kind of ['audio', 'video']) this._slots[kind] += Number(f[kind]) || 0;
+    this._renegotiate().catch((e) => {
+      this._emit('error', { code: e.code || 'negotiation-failed', message: String(e.message || e) });
+    });
+  }
+
+  // Our peer connections, each once: [transport, pc].
+  _pcs() {
+    const out = [];
+    if (this.publishPc) out.push(['publish', this.publishPc]);
+    if (this.subscribePc && this.subscribePc !== this.publishPc) out.push(['subscribe', this.subscribePc]);
+    return out;
+  }
+
   _publishNow() {
     if (this._recordingHold) return Promise.resolve(); // sent once answered
     const fresh = [...this.localTracks.values()].some((t) => !t.transceiver);
@@ -676,10 +719,23 @@ export class WadudCall extends EventTarget {
     const gen = this._mediaGen;
     const run = async () => {
       if (this.state !== 'joined' || gen !== this._mediaGen) return;
-      const pc = this.publishPc || (this.publishPc = this._newPc('publish'));
+      if (!this.publishPc) {
+        this.publishPc = this._newPc('publish');
+        if (this.single) this.subscribePc = this.publishPc;
+      }
+      const pc = this.publishPc;
       if (restart) pc.restartIce();
+      if (this.single) {
+        for (const kind of ['audio', 'video']) {
+          for (let i = 0; i < this._slots[kind]; i += 1) pc.addTransceiver(kind, { direction: 'recvonly' });
+        }
+        this._slots = { audio: 0, video: 0 };
+      }
+      // Held while a recording waits for our answer (a single connection
+      // still offers, to receive).
+      const hold = this.single && this._recordingHold;
       for (const local of this.localTracks.values()) {
-        if (!local.transceiver) {
+        if (!local.transceiver && !hold) {
           const init = { direction: 'sendonly' };
           if (this.simulcast && local.source === 'camera') {
             init.sendEncodings = SIMULCAST.map((e) => ({ ...e }));
@@ -701,7 +757,9 @@ export class WadudCall extends EventTarget {
       if (gen !== this._mediaGen) return;
       // Mids exist only once the offer is applied.
       const sources = {};
-      for (const local of this.localTracks.values()) sources[local.transceiver.mid] = local.source;
+      for (const local of this.localTracks.values()) {
+        if (local.transceiver) sources[local.transceiver.mid] = local.source;
+      }
       let answer;
       try {
         answer = restart
@@ -716,9 +774,12 @@ export class WadudCall extends EventTarget {
         throw e;
       }
       if (gen !== this._mediaGen) return;
+      // Which receiving section carries whose track: before `track` fires.
+      if (this.single) this._midMap = new Map((answer.receiving || []).map((t) => [t.mid, t]));
       await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+      if (this.single) this._syncRemoteTracks(pc);
       for (const t of answer.tracks || []) {
-        const local = [...this.localTracks.values()].find((l) => l.transceiver.mid === t.mid);
+        const local = [...this.localTracks.values()].find((l) => l.transceiver && l.transceiver.mid === t.mid);
         if (!local) continue;
         local.track_id = t.track_id;
         this.roomTracks.set(t.track_id, t);
@@ -752,13 +813,17 @@ export class WadudCall extends EventTarget {
     // Media is back once the server's offer has a new subscribe connection
     // up too, not as soon as the publish one connects.
     this._awaitSubscribe = Boolean(this.subscribePc);
-    for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
+    for (const [, pc] of this._pcs()) pc.close();
     this.publishPc = this.subscribePc = null;
     this._dropRemoteTracks();
     this._midMap.clear();
     for (const local of this.localTracks.values()) {
       local.transceiver = null;
       local.track_id = null;
+    }
+    if (this.single) {
+      this._awaitSubscribe = false;
+      return this._firstOffer();
     }
     return this._renegotiate();
   }
@@ -961,6 +1026,7 @@ export class WadudCall extends EventTarget {
     this.iceRestarts += 1;
     const steps = [];
     if (this.publishPc) steps.push(this._renegotiate({ restart: true }));
+    // On a single connection our own offer restarts it; the frame tells the others.
     if (this.subscribePc) steps.push(this._ask('ice_restart'));
     const failed = (await Promise.allSettled(steps)).find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
@@ -1008,7 +1074,7 @@ export class WadudCall extends EventTarget {
 
   _mediaConnected() {
     if (this._awaitSubscribe && !this.subscribePc) return false;
-    const pcs = [this.publishPc, this.subscribePc].filter(Boolean);
+    const pcs = this._pcs().map(([, pc]) => pc);
     return pcs.length > 0 && pcs.every((pc) => pc.connectionState === 'connected'
       && !['disconnected', 'failed'].includes(pc.iceConnectionState) && !pc._wadudSilent);
   }
@@ -1019,8 +1085,8 @@ export class WadudCall extends EventTarget {
     if (this._watching || isFinal(this.state)) return;
     this._watching = true;
     try {
-      for (const [transport, pc] of [['publish', this.publishPc], ['subscribe', this.subscribePc]]) {
-        if (!pc || pc.connectionState !== 'connected') continue;
+      for (const [transport, pc] of this._pcs()) {
+        if (pc.connectionState !== 'connected') continue;
         const bytes = await receivedBytes(pc);
         const now = Date.now();
         const seen = pc._wadudSeen || (pc._wadudSeen = { bytes, at: now, streak: 0 });

@@ -60,7 +60,7 @@ from tests.signalling.test_browser_call import PROXY_PORT, CuttableProxy
 WITHIN = 8.0
 #: The relay `wadud serve` embeds: turn_embedded_port, turn_embedded_tls_port.
 TURN_PORTS = {"udp": 3478, "tcp": 3478, "tls": 5349}
-SCENARIOS = ("host", "relay-udp", "relay-tcp", "relay-tls", "blackout", "screens")
+SCENARIOS = ("host", "host-pair", "relay-udp", "relay-tcp", "relay-tls", "blackout", "screens")
 
 
 # -- the pytest side -----------------------------------------------------------
@@ -100,10 +100,22 @@ def assert_came_back(result: dict[str, Any]) -> None:
 async def test_the_patients_path_dies_and_the_call_comes_back(
     database_url: str, tmp_path: Path
 ) -> None:
+    """On one peer connection each (the page's default)."""
     result = await run_restart("host", database_url, tmp_path)
     assert_came_back(result)
+    assert len(result["dropped"]) == 1, result["dropped"]  # one connection, one port
     # The clinic's page framing the patient's call heard both.
     assert result["embedder_saw"] == ["reconnecting", "connected"], result["embedder_saw"]
+
+
+@pytest.mark.timeout(140)
+async def test_the_patients_two_connections_die_and_the_call_comes_back(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The same with two peer connections each (``?connection=pair``)."""
+    result = await run_restart("host-pair", database_url, tmp_path)
+    assert_came_back(result)
+    assert len(result["dropped"]) == 2, result["dropped"]
 
 
 @pytest.mark.timeout(140)
@@ -158,7 +170,8 @@ RECORD = """(() => {
 # The local end of each peer connection's selected candidate pair.
 PORTS = """(async () => {
   const out = [];
-  for (const pc of [window.wadudCall.publishPc, window.wadudCall.subscribePc]) {
+  // One connection both ways is one entry.
+  for (const pc of new Set([window.wadudCall.publishPc, window.wadudCall.subscribePc])) {
     if (!pc) continue;
     const byId = new Map();
     (await pc.getStats()).forEach((s) => byId.set(s.id, s));
@@ -286,11 +299,12 @@ async def back_within(
 
 async def scenario(world: World, kind: str) -> dict[str, Any]:
     out: dict[str, Any] = {"scenario": kind}
+    mode = "&connection=pair" if kind.endswith("-pair") else ""
     doctor = await world.browsers.open(
-        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+        "doctor", world.link("dr-amina", "Dr Amina", "doctor", admin=True) + mode
     )
     await join(doctor)
-    link = world.link("pt-991", "Bilal", "patient")
+    link = world.link("pt-991", "Bilal", "patient") + mode
     proxy = None
     if kind.startswith("relay-"):
         link += "&relay=" + kind.removeprefix("relay-")

@@ -43,19 +43,25 @@ def frames(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("connection", ["single", "pair"])
 async def test_a_failed_connection_comes_back_on_new_ones(
     call: Call,  # noqa: F811 - the fixture
     monkeypatch: pytest.MonkeyPatch,
+    connection: str,
 ) -> None:
+    """The patient's path dies: its connection (or both, in pair mode) goes
+    ``failed``, and media comes back on new ones with the same participant."""
     # A dead path is `failed` after ~3 unanswered consent checks ~0.3 s apart.
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.3)
     monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
     room = "room-" + uuid.uuid4().hex[:8]
-    doctor = await call.join(room, "dr-amina", role="doctor", admin=True)
+    doctor = await call.join(room, "dr-amina", role="doctor", admin=True, connection=connection)
     await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
 
     worker = ("127.0.0.1", call.settings.media_port)
-    relays = {d: UdpRelay(worker) for d in ("publish", "subscribe")}
+    # A single connection's SDP goes through the filter as "publish".
+    legs = ("publish",) if connection == "single" else ("publish", "subscribe")
+    relays = {d: UdpRelay(worker) for d in legs}
     for relay in relays.values():
         await relay.start()
     path = {"alive": True}
@@ -65,9 +71,10 @@ async def test_a_failed_connection_comes_back_on_new_ones(
         # connections made after it died go direct (another network).
         return rewrite_candidates(sdp, relays[direction].address) if path["alive"] else sdp
 
-    patient = await call.join(room, "pt-991", sdp_filter=through_relay)
+    patient = await call.join(room, "pt-991", sdp_filter=through_relay, connection=connection)
     await patient.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
     await patient.wait_until(lambda: min(frames(patient, doctor)) >= 10, 20)
+    assert (patient.publish_pc is patient.subscribe_pc) == (connection == "single")
     await doctor.wait_until(lambda: min(frames(doctor, patient)) >= 10, 20)
     assert all(r.stats.forwarded["up"] > 0 for r in relays.values())
     pid = patient.participant_id

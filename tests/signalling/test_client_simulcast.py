@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from tests.signalling.test_client_call import (  # noqa: F401 - fixtures
     Call,
     _room,
@@ -42,17 +44,30 @@ def _no_remb(sdp: str, direction: object) -> str:
     picks the layer."""
     if direction != "subscribe":
         return sdp
+    return _without_remb(sdp)
+
+
+def _without_remb(sdp: str, direction: object = None) -> str:
+    """As :func:`_no_remb`, for a single connection's answer (this
+    subscriber publishes nothing, so the whole answer is what it receives)."""
     return "\r\n".join(
         ln for ln in sdp.split("\r\n") if not ln.endswith((" goog-remb", "/abs-send-time"))
     )
 
 
+@pytest.mark.parametrize("connection", ["single", "pair"])
 async def test_subscriber_gets_the_low_layer_then_the_top_one_decoding_throughout(
     call: Call,  # noqa: F811 - the fixture imported above
+    connection: str,
 ) -> None:
     room = _room()
-    doctor = await call.join(room, "dr-sim", role="doctor", admin=True)
-    patient = await call.join(room, "pt-sim", sdp_filter=_no_remb)
+    doctor = await call.join(room, "dr-sim", role="doctor", admin=True, connection=connection)
+    patient = await call.join(
+        room,
+        "pt-sim",
+        sdp_filter=_no_remb if connection == "pair" else _without_remb,
+        connection=connection,
+    )
     camera = TestPatternVideo(640, 360, fps=15)
     await doctor.publish({"camera": camera}, simulcast=True)
     # One track for the room, three layers on the worker.

@@ -194,7 +194,12 @@ async def scenario_record(world: World) -> dict[str, Any]:
         await late.wait_for("!document.getElementById('consent').hidden", "the late question")
     )
     await asyncio.sleep(2.0)
-    before = await late.eval("window.wadudCall.publishPc ? 1 : 0")
+    # Nothing sent: no sending transceiver yet (a single connection is up
+    # before the answer, to receive).
+    before = await late.eval(
+        "window.wadudCall.publishPc ? window.wadudCall.publishPc.getTransceivers()"
+        ".filter(t => t.direction === 'sendonly').length : 0"
+    )
     await click(late, "#consent-yes")
     after = await late.wait_for(
         "[...window.wadudCall.localTracks.values()].filter(t => t.track_id).length",

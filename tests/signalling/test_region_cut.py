@@ -155,10 +155,13 @@ async def _scenario(world: World) -> dict[str, Any]:
     local = world.room("sa-visit")
     shared = world.room("pk-sa-visit")
     report: dict[str, Any] = {}
+    # The shared visit's sa side, whose site moves, keeps two peer
+    # connections each: one room, both modes, and a move in each (the
+    # browsers' media_kill in tests/signalling/cluster is the single one's).
     sa_only, pk_side, sa_side, sa_new = (
         Party(world, "sa-c", SMALL),
         Party(world, "pk-c", SMALL),
-        Party(world, "sa-c", SMALL),
+        Party(world, "sa-c", SMALL, connection="pair"),
         Party(world, "sa-c", SMALL),
     )
     try:
