@@ -765,8 +765,11 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
                     PyObject *sent_at = slot_get(&tr_cache, transport, T_SENT_AT);
                     if (sent_at == NULL) goto fail;
                     if (sent_at != Py_None) {
-                        PyObject *sizes = slot_get(&tr_cache, transport, T_SIZES);
-                        PyObject *index = PyLong_FromLongLong(tseq);
+                        /* The rings' length is a power of two (SendSideEstimator.rings). */
+                        Py_ssize_t slots = PyObject_Size(sent_at);
+                        PyObject *sizes = slots < 0 ? NULL : slot_get(&tr_cache, transport, T_SIZES);
+                        PyObject *index =
+                            sizes == NULL ? NULL : PyLong_FromLongLong(tseq & (long long)(slots - 1));
                         int r = (sizes == NULL || index == NULL)
                                     ? -1
                                     : PyObject_SetItem(sent_at, index, now_obj);

@@ -194,8 +194,10 @@ def fan_out(
                 transport.twcc_seq = (tseq + 1) & 0xFFFF
                 sent_at = transport.sent_at
                 if sent_at is not None:
-                    sent_at[tseq] = now
-                    transport.sizes[tseq] = out_size  # type: ignore[index]
+                    # The rings' length is a power of two (SendSideEstimator.rings).
+                    slot = tseq & (len(sent_at) - 1)
+                    sent_at[slot] = now
+                    transport.sizes[slot] = out_size  # type: ignore[index]
             if sub.abs_send_time and abs_off >= 0:
                 target[abs_off] = abs_value >> 16
                 target[abs_off + 1] = (abs_value >> 8) & 0xFF

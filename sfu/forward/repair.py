@@ -118,8 +118,9 @@ def retransmission(
                 _U16.pack_into(buf, off, tseq)
                 transport.twcc_seq = (tseq + 1) & 0xFFFF
                 if transport.sent_at is not None and transport.sizes is not None:
-                    transport.sent_at[tseq] = now
-                    transport.sizes[tseq] = len(buf)
+                    slot = tseq & (len(transport.sent_at) - 1)
+                    transport.sent_at[slot] = now
+                    transport.sizes[slot] = len(buf)
             elif xid == track.abs_id and length == 3 and sub.abs_send_time:
                 value = int(now * 262144.0) & 0xFFFFFF
                 buf[off : off + 3] = value.to_bytes(3, "big")
@@ -152,8 +153,9 @@ def padding_probe(
         buf[12:20] = bytes((0xBE, 0xDE, 0, 1, ext_id << 4 | 1, tseq >> 8, tseq & 0xFF, 0))
         buf[-1] = count
         if transport.sent_at is not None and transport.sizes is not None:
-            transport.sent_at[tseq] = now
-            transport.sizes[tseq] = len(buf)
+            slot = tseq & (len(transport.sent_at) - 1)
+            transport.sent_at[slot] = now
+            transport.sizes[slot] = len(buf)
         return bytes(buf), tseq
     return None
 

@@ -98,7 +98,8 @@ class SubscriberTransport:
         self.twcc_seq = 0
         self.by_ssrc: dict[int, Subscription] = {}
         # A send-side estimator's rings (sfu.feedback.estimator.SendSideEstimator.rings):
-        # each packet's send time and size by its transport sequence number.
+        # each packet's send time and size by its transport sequence number
+        # modulo their length, a power of two.
         self.sent_at: MutableSequence[float] | None = None
         self.sizes: MutableSequence[int] | None = None
 

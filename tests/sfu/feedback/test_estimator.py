@@ -12,7 +12,7 @@ import random
 import pytest
 
 from rtc.rtcp.transport_cc import TransportCc
-from sfu.feedback.estimator import SendSideEstimator
+from sfu.feedback.estimator import RING_MAX, RING_MIN, SendSideEstimator, ring_size
 from sfu.feedback.overuse import Usage
 
 PACKET = 1200
@@ -188,11 +188,44 @@ def test_rings_are_flat_arrays_the_garbage_collector_never_walks() -> None:
 
     est = SendSideEstimator()
     sent_at, sizes = est.rings()
-    assert len(sent_at) == len(sizes) == 1 << 16
-    # An array hands the collector its type at most, never 65,536 elements.
+    assert len(sent_at) == len(sizes) == ring_size(est.max_bitrate)
+    # An array hands the collector its type at most, never its elements.
     assert len(gc.get_referents(sent_at)) <= 1 and len(gc.get_referents(sizes)) <= 1
-    sent_at[65535], sizes[65535] = 1.25, 1200
-    assert (sent_at[65535], sizes[65535]) == (1.25, 1200)
+    last = len(sent_at) - 1
+    sent_at[last], sizes[last] = 1.25, 1200
+    assert (sent_at[last], sizes[last]) == (1.25, 1200)
+
+
+def test_rings_are_sized_by_bitrate_not_the_16_bit_space() -> None:
+    # Two seconds of the most the path may carry, in 1000-octet packets.
+    assert ring_size(5_000_000) == 2048
+    assert ring_size(300_000) == RING_MIN
+    assert ring_size(10**9) == RING_MAX
+    est = SendSideEstimator()
+    sent_at, _ = est.rings()
+    # 14 octets a slot (send time, size, probe cluster): 28 KB, not 0.9 MB.
+    assert len(sent_at) * 14 <= 32 * 1024
+
+
+def test_rings_grow_in_place_when_more_is_in_flight_than_they_hold() -> None:
+    est = SendSideEstimator()
+    sent_at, sizes = est.rings()
+    slots = len(sent_at)
+    # 4000 packets a second whose feedback comes back 0.5 s after the
+    # oldest was sent: 2000 in flight, more than half of 2048 slots.
+    base = 0xFFF0
+    for k in range(40):
+        seq = (base + k) & 0xFFFF
+        sent_at[seq & (slots - 1)], sizes[seq & (slots - 1)] = k / 4000, 1000
+    fb = TransportCc(0, 1, base, 0, 0, [4] * 40)
+    est.on_feedback(fb, 0.5)
+    grown_at, grown_sizes = est.rings()
+    # The very arrays the hot path holds, longer, still a power of two.
+    assert grown_at is sent_at and grown_sizes is sizes
+    assert len(sent_at) == len(sizes) == 2 * slots
+    # What was stored before is found at the new index too.
+    seq = (base + 39) & 0xFFFF
+    assert sizes[seq & (len(sizes) - 1)] == 1000
 
 
 class Policer(Path):
