@@ -95,13 +95,13 @@ hot path: two stores into preallocated rings and a comparison, nothing else.
 from __future__ import annotations
 
 import math
-from array import array
 from collections import deque
 from collections.abc import MutableSequence
 
 from rtc.rtcp.transport_cc import TransportCc
 from sfu.feedback.overuse import OveruseDetector, Usage
 from sfu.feedback.probes import Probe, ProbeClusters
+from sfu.feedback.send_rings import SendRings
 
 __all__ = ["SendSideEstimator"]
 
@@ -158,26 +158,6 @@ PROBE_HOLD = 3.0
 #: queue (see SendSideEstimator._update_delay).
 PROBE_AFTERMATH = 1.0
 
-#: The send rings (transport sequence number -> send time, size, cluster)
-#: hold what is in flight until its feedback comes back: a feedback interval
-#: and a round trip, a second or two of packets, not the whole 16-bit space
-#: (65,536 slots were 0.9 MB per subscriber). They start sized for
-#: ``RING_HORIZON`` seconds of ``max_bitrate`` in packets of
-#: ``RING_PACKET`` octets, and double (up to ``RING_MAX``) when a feedback
-#: shows that more was sent while its oldest packet was in flight than half a
-#: ring holds (a longer round trip, a higher packet rate).
-RING_HORIZON, RING_PACKET, RING_MIN, RING_MAX = 2.0, 1000, 1024, 1 << 16
-
-
-def ring_size(max_bitrate: int) -> int:
-    """Slots of a new estimator's send rings: a power of two (the hot path
-    indexes them by ``seq & (len - 1)``) between RING_MIN and RING_MAX."""
-    need = max_bitrate / (8 * RING_PACKET) * RING_HORIZON
-    size = RING_MIN
-    while size < need and size < RING_MAX:
-        size *= 2
-    return size
-
 
 class SendSideEstimator:
     """The estimate for one subscriber transport (see the module docstring)."""
@@ -193,16 +173,8 @@ class SendSideEstimator:
         self.max_bitrate = max_bitrate
         self._delay_rate = float(start)
         self._loss_rate = float(start)
-        # Rings by transport sequence number: send time, size, probe cluster.
-        # Arrays, not lists: no float object per stored time, and nothing
-        # for the garbage collector to walk (65,536-slot lists per
-        # subscriber made each full collection of a busy worker take tens
-        # of milliseconds). Sized by need (RING_HORIZON).
-        slots = ring_size(max_bitrate)
-        self._mask = slots - 1
-        self._sent_at = array("d", [-1.0]) * slots
-        self._size = array("I", [0]) * slots
-        self._cluster = array("H", [0]) * slots
+        # What was sent, by transport sequence number (sized by need).
+        self._rings = SendRings(max_bitrate)
         # Arrival reconstruction: the feedback's reference time unwrapped.
         self._last_reference: int | None = None
         self._reference_base = 0.0
@@ -278,7 +250,7 @@ class SendSideEstimator:
         forwarder's hot path stores into them directly instead of calling
         :meth:`on_sent` (two stores per packet, no call). They grow in place,
         so the arrays handed out stay the ones in use."""
-        return self._sent_at, self._size
+        return self._rings.sent_at, self._rings.sizes
 
     @property
     def estimate(self) -> int:
@@ -295,9 +267,7 @@ class SendSideEstimator:
         said of the old path. The rates stay: the new path is tested from
         there, down fast on loss or overuse, up as usual.
         """
-        slots = len(self._sent_at)
-        self._sent_at[:] = array("d", [-1.0]) * slots
-        self._cluster[:] = array("H", [0]) * slots
+        self._rings.forget()
         self.clusters.clear()
         self._acked.clear()
         self._acked_bytes = 0
@@ -323,10 +293,11 @@ class SendSideEstimator:
         """A packet with transport sequence number ``seq`` (and ``size``
         bytes on the wire) was sent at ``now``; ``cluster`` names the probe
         cluster it belongs to (0: none)."""
-        i = seq & self._mask
-        self._sent_at[i] = now
-        self._size[i] = size
-        self._cluster[i] = cluster
+        rings = self._rings
+        i = seq & rings.mask
+        rings.sent_at[i] = now
+        rings.sizes[i] = size
+        rings.cluster[i] = cluster
         if cluster:
             self.clusters.sent(cluster, size, now)
 
@@ -337,12 +308,13 @@ class SendSideEstimator:
         arrival = self._reference(fb.reference_time)
         seq = fb.base_sequence
         received = lost = 0
-        mask = self._mask
+        rings = self._rings
+        mask, sent_at, sizes, clusters = rings.mask, rings.sent_at, rings.sizes, rings.cluster
         first = last = -1.0
         for delta in fb.deltas:
             i = seq & mask
             seq += 1
-            sent = self._sent_at[i]
+            sent = sent_at[i]
             if delta is None:
                 if sent >= 0:
                     lost += 1
@@ -354,43 +326,24 @@ class SendSideEstimator:
                 first = sent
             last = sent
             received += 1
-            size = self._size[i]
+            size = sizes[i]
             self._window_bytes += size
-            self._sent_at[i] = -1.0
+            sent_at[i] = -1.0
             self._on_arrival(sent, arrival, size, now)
-            cid = self._cluster[i]
+            cid = clusters[i]
             if cid:
                 # Media written through rings() leaves the ring's cluster
                 # as it was: clear it so a later packet is not taken for a probe.
-                self._cluster[i] = 0
+                clusters[i] = 0
                 self.clusters.received(cid, arrival, size)
         if received + lost:
             share = lost / (received + lost)
             self.loss = 0.7 * self.loss + 0.3 * share
             self._update_loss(lost, received + lost, now)
-        if received > 1 and mask < RING_MAX - 1:
-            self._fit_rings(len(fb.deltas), first, last, now)
+        if received > 1:
+            rings.fit(len(fb.deltas), first, last, now)
         self._finish_probes(now)
         self._update_delay(now)
-
-    def _fit_rings(self, reported: int, first: float, last: float, now: float) -> None:
-        """Double the rings while what was sent since the feedback's oldest
-        packet (at the rate its packets were sent) would fill over half of
-        them, or once when a slot was overwritten before its feedback came
-        (send times out of order): a slot must outlive its packet's feedback."""
-        if last < first:
-            # A newer packet's time in an older one's slot: it was overwritten.
-            in_flight = float(len(self._sent_at))
-        else:
-            rate = (reported - 1) / max(last - first, 0.01)
-            in_flight = rate * (now - first)
-        while 2 * in_flight > len(self._sent_at) and len(self._sent_at) < RING_MAX:
-            # Each slot is copied into its twin: a packet at seq s sat at
-            # s & mask and is found at s & (2 * mask + 1), either one.
-            self._sent_at.extend(self._sent_at)
-            self._size.extend(self._size)
-            self._cluster.extend(self._cluster)
-            self._mask = len(self._sent_at) - 1
 
     def _reference(self, reference: int) -> float:
         # The 24-bit reference time counts 64 ms and wraps every ~12 days;
