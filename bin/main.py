@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 import uvloop
 
-from bin import assembly
 from turn.errors import TurnConfigError
 from wadud import config
 from wadud.config import sources
@@ -213,6 +212,8 @@ def load_settings(args: argparse.Namespace) -> config.Settings:
         from wadud.web.ops import listen_address
 
         listen_address(settings.metrics_listen)  # a typo fails at start, not at first scrape
+    from bin import assembly
+
     return assembly.check_settings(settings)
 
 
@@ -222,6 +223,7 @@ def _run(coro: Any) -> Any:
 
 def cmd_serve(settings: config.Settings, *, role: str) -> int:
 
+    from bin import assembly
     from wadud.state import keys
     from wadud.web import serving
 
@@ -442,6 +444,7 @@ def cmd_user_add(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_retention_run(args: argparse.Namespace, settings: config.Settings) -> int:
+    from bin import assembly
     from privacy import retention
     from wadud.state import db, migrate, storage
 

@@ -11,9 +11,10 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+if TYPE_CHECKING:
+    from aiohttp.http_exceptions import HttpProcessingError
 
 #: Set by :func:`wadud.observe.tracing.configure`: the current (trace id, span id), or
 #: None outside any span. None while tracing is off, so logging pays nothing.
@@ -98,11 +99,15 @@ class RefusedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        # Only a process that loaded aiohttp's parser can have its errors
+        # (a media worker never loads aiohttp: this module must not either).
+        errors = sys.modules.get("aiohttp.http_exceptions")
         # Below error, aiohttp already chose to be quiet (a TLS hello on the
         # port is a debug line); a 5xx is ours to see in full.
         if (
             record.levelno < logging.ERROR
-            or not isinstance(exc, HttpProcessingError)
+            or errors is None
+            or not isinstance(exc, errors.HttpProcessingError)
             or exc.code >= 500
         ):
             return True
@@ -117,9 +122,10 @@ class RefusedRequests(logging.Filter):
             return False
         self._logged += 1
         client = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        method, path = _refused_target(exc)
+        too_long = isinstance(exc, errors.LineTooLong)
+        method, path = _refused_target(exc, too_long)
         reason = str(exc.message or exc)
-        if isinstance(exc, LineTooLong):
+        if too_long:
             # The quoted line is in ``path``.
             reason = reason.partition(": ")[0]
         reason = " ".join(reason.split())[:160]
@@ -137,9 +143,10 @@ class RefusedRequests(logging.Filter):
 _TARGET_CUT = 60
 
 
-def _refused_target(exc: HttpProcessingError) -> tuple[str, str]:
-    """(method, path) of a refused request, as far as its error quotes them."""
-    line = exc.args[0] if isinstance(exc, LineTooLong) and exc.args else b""
+def _refused_target(exc: HttpProcessingError, too_long: bool) -> tuple[str, str]:
+    """(method, path) of a refused request, as far as its error quotes them
+    (only a ``LineTooLong``, ``too_long``, quotes the line)."""
+    line = exc.args[0] if too_long and exc.args else b""
     text = (
         bytes(line).decode("latin-1") if isinstance(line, bytes | bytearray) else str(line)
     ).removesuffix("...")

@@ -17,13 +17,13 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Protocol
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wadud.config import Settings
 from wadud.errors import ConfigError, NotFound, UpstreamError
-from wadud.state import keys
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["LocalStorage", "S3Storage", "Storage", "close_storage", "create", "storage_of"]
 
@@ -257,6 +257,10 @@ def create(settings: Settings) -> LocalStorage | S3Storage:
 def storage_of(app: web.Application) -> Storage:
     """The app's file store, made from the settings on first use (or whatever
     something installed under ``app[keys.EXTRAS]["storage"]`` before)."""
+    # The app's keys (aiohttp, asyncpg) are imported here: a media worker
+    # records through create() and never loads either.
+    from wadud.state import keys
+
     extras = app[keys.EXTRAS]
     store: Storage | None = extras.get(_EXTRA)
     if store is None:
@@ -267,6 +271,8 @@ def storage_of(app: web.Application) -> Storage:
 
 async def close_storage(app: web.Application) -> None:
     """Close the app's store if one was opened (for a cleanup context)."""
+    from wadud.state import keys
+
     store = app[keys.EXTRAS].pop(_EXTRA, None)
     close = getattr(store, "close", None)
     if close is not None:

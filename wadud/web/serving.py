@@ -34,9 +34,10 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["CLEANUP_WITHIN", "bounded", "exit_now", "run"]
 
@@ -93,6 +94,9 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
 
+    # Imported here: a media worker uses bounded and exit_now, never aiohttp.
+    from aiohttp import web
+
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     started = asyncio.create_task(_start(runner, host, port), name="start")
     stopping = asyncio.create_task(stop.wait(), name="stop-signal")
@@ -120,6 +124,8 @@ async def _serve(
 
 
 async def _start(runner: web.AppRunner, host: str, port: int) -> None:
+    from aiohttp import web
+
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
 
