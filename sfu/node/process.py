@@ -30,27 +30,22 @@ import ctypes
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-from redis import exceptions
-
-from sfu.control import registry
-from sfu.control.registry import Registration, WorkerInfo
-from sfu.control.rpc import MediaServer
 from sfu.errors import WorkerStartError
-from sfu.node.settings import control_planes
 from wadud.messaging.bus import RENEW_WITHIN
-from wadud.observe import metrics
 from wadud.web import serving
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from sfu.control.registry import Registration
+    from sfu.control.rpc import MediaServer
     from sfu.node.worker import MediaWorker
     from wadud.config import Settings
 
@@ -63,6 +58,7 @@ __all__ = [
     "WorkerSpec",
     "bind_failure",
     "cannot_start",
+    "shed_unused",
     "worker_process",
 ]
 
@@ -156,12 +152,27 @@ DRAIN_SIGNAL = signal.SIGUSR1
 WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL}
 
 
+def shed_unused() -> None:
+    """Keep out of this process what its libraries would load for nothing.
+
+    This module is all a worker process has imported when it starts (with
+    the entry script multiprocessing runs again, ``bin.main``: the spec is
+    unpickled with this module), and it imports the rest lazily, so this
+    runs first. redis-py loads OpenTelemetry's metrics API and SDK when they
+    are installed, for an observability a worker never turns on (it traces
+    nothing either): 75 modules and psutil, 5 MB resident. None in
+    ``sys.modules`` makes those imports fail, which redis-py takes for "not
+    installed"."""
+    sys.modules.setdefault("opentelemetry", None)  # type: ignore[arg-type]
+
+
 def worker_process(spec: WorkerSpec) -> None:
     """A worker process's main (the multiprocessing target); exits with its status."""
     # Orders come from the supervisor alone (module docstring).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(spec.parent)
+    shed_unused()
     import uvloop
 
     from wadud.observe import logs
@@ -204,10 +215,37 @@ class _Load:
         return int(self.worker.snapshot()["transports"])
 
 
-async def _metrics(_: web.Request) -> web.Response:
-    # The default registry: the worker's families, and wadud.observe.metrics' own (TASKS).
-    body = metrics.generate_latest()
-    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
+async def _answer_scrape(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The supervisor's scrape of the metrics socket (sfu.node.endpoints.scrape):
+    one ``GET /metrics``, answered and the connection closed. A private unix
+    socket with one client does not need aiohttp's server, whose import
+    alone is 14 MB resident per worker."""
+    from wadud.observe import metrics
+
+    try:
+        async with asyncio.timeout(5.0):
+            head = await reader.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET /metrics "):
+                # The default registry: the worker's families, and
+                # wadud.observe.metrics' own (TASKS).
+                status, body = b"200 OK", metrics.generate_latest()
+            else:
+                status, body = b"404 Not Found", b""
+            writer.write(
+                b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s"
+                % (status, metrics.CONTENT_TYPE_LATEST.encode(), len(body), body)
+            )
+            await writer.drain()
+    except (TimeoutError, ValueError, asyncio.IncompleteReadError, ConnectionError):
+        pass  # a client that went away or sent no request: nothing to answer
+    finally:
+        writer.close()
+
+
+async def _close_server(server: asyncio.AbstractServer) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 async def _renew_requests(server: MediaServer, gap: float) -> None:
@@ -224,6 +262,8 @@ async def _start(
     """Bind the worker's UDP port, take requests and register in each plane,
     and open the metrics socket; each opened piece is closed by ``stack``.
     Raises :class:`WorkerStartError` naming the port when it is taken."""
+    from sfu.control.registry import Registration, WorkerInfo
+    from sfu.control.rpc import MediaServer
     from sfu.node.worker import MediaWorker
 
     settings = spec.settings
@@ -267,18 +307,19 @@ async def _start(
         await registration.start()
         stack.push_async_callback(registration.close)
         presences.append(_Presence(server, registration))
-    app = web.Application()
-    app.router.add_get("/metrics", _metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
-    await web.UnixSite(runner, spec.metrics_socket).start()
+    scrapes = await asyncio.start_unix_server(_answer_scrape, spec.metrics_socket)
+    stack.push_async_callback(_close_server, scrapes)
     for presence in presences:
         await presence.server.lifecycle("ready")
     return worker, presences, load
 
 
 async def _worker_main(spec: WorkerSpec) -> int:
+    from redis import exceptions
+
+    from sfu.control import registry
+    from sfu.node.settings import control_planes
+
     settings = spec.settings
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
