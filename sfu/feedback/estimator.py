@@ -174,7 +174,7 @@ class SendSideEstimator:
         self._delay_rate = float(start)
         self._loss_rate = float(start)
         # What was sent, by transport sequence number (sized by need).
-        self._rings = SendRings(max_bitrate)
+        self._rings = SendRings(start)
         # Arrival reconstruction: the feedback's reference time unwrapped.
         self._last_reference: int | None = None
         self._reference_base = 0.0

@@ -9,14 +9,14 @@ are flat arrays (nothing for the garbage collector to walk) whose length is a
 power of two.
 
 They hold what is in flight until its feedback comes back: a feedback
-interval and a round trip, a second or two of packets, not the whole 16-bit
-space (65,536 slots were 0.9 MB per subscriber). They start sized for
-``HORIZON`` seconds of the transport's ``max_bitrate`` in packets of
-``PACKET`` octets, and double in place (the hot path keeps the very arrays
-it was handed), up to ``MOST`` slots, when a feedback shows that more was
-sent while its oldest packet was in flight than half of them hold (a longer
-round trip, a higher packet rate), or that a slot was overwritten before its
-feedback came.
+interval and a round trip, a fraction of a second of packets, not the whole
+16-bit space (65,536 slots were 0.9 MB per subscriber). They start sized
+for ``HORIZON`` seconds of the transport's starting bitrate in packets of
+``PACKET`` octets (``FEWEST`` slots at least, 7 KB), and double in place
+(the hot path keeps the very arrays it was handed), up to ``MOST`` slots,
+when a feedback shows that more was sent while its oldest packet was in
+flight than half of them hold (a longer round trip, a higher packet rate),
+or that a slot was overwritten before its feedback came.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from array import array
 
 __all__ = ["FEWEST", "HORIZON", "MOST", "PACKET", "SendRings", "slots_for"]
 
-HORIZON, PACKET, FEWEST, MOST = 2.0, 1000, 1024, 1 << 16
+HORIZON, PACKET, FEWEST, MOST = 1.0, 1000, 512, 1 << 16
 
 
-def slots_for(max_bitrate: int) -> int:
-    """Slots of new rings for a transport that carries at most ``max_bitrate``:
-    a power of two between FEWEST and MOST."""
-    need = max_bitrate / (8 * PACKET) * HORIZON
+def slots_for(bitrate: float) -> int:
+    """Slots of new rings for a transport that starts at ``bitrate``: a
+    power of two between FEWEST and MOST."""
+    need = bitrate / (8 * PACKET) * HORIZON
     slots = FEWEST
     while slots < need and slots < MOST:
         slots *= 2
@@ -43,8 +43,8 @@ class SendRings:
 
     __slots__ = ("cluster", "mask", "sent_at", "sizes")
 
-    def __init__(self, max_bitrate: int) -> None:
-        slots = slots_for(max_bitrate)
+    def __init__(self, bitrate: float) -> None:
+        slots = slots_for(bitrate)
         self.mask = slots - 1
         self.sent_at = array("d", [-1.0]) * slots
         self.sizes = array("I", [0]) * slots

@@ -6,25 +6,25 @@ from sfu.feedback.send_rings import FEWEST, MOST, SendRings, slots_for
 
 
 def test_rings_are_sized_by_bitrate_not_the_16_bit_space() -> None:
-    # Two seconds of the most the path may carry, in 1000-octet packets.
-    assert slots_for(5_000_000) == 2048
-    assert slots_for(300_000) == FEWEST
+    # A second of the starting bitrate, in 1000-octet packets.
+    assert slots_for(10_000_000) == 2048
+    assert slots_for(600_000) == FEWEST
     assert slots_for(10**9) == MOST
-    rings = SendRings(5_000_000)
-    # 14 octets a slot (send time, size, probe cluster): 28 KB, not 0.9 MB.
-    assert len(rings.sent_at) * 14 <= 32 * 1024
+    rings = SendRings(600_000)
+    # 14 octets a slot (send time, size, probe cluster): 7 KB, not 0.9 MB.
+    assert len(rings.sent_at) * 14 <= 8 * 1024
     assert len(rings.sizes) == len(rings.cluster) == rings.mask + 1
 
 
 def test_rings_stay_as_they_are_while_what_is_in_flight_fits() -> None:
-    rings = SendRings(5_000_000)
+    rings = SendRings(10_000_000)
     # 200 packets a second, feedback 0.2 s after the oldest was sent.
     rings.fit(20, 1.0, 1.095, 1.2)
     assert rings.mask + 1 == 2048
 
 
 def test_an_overwritten_slot_doubles_the_rings_once() -> None:
-    rings = SendRings(5_000_000)
+    rings = SendRings(10_000_000)
     rings.sent_at[5] = 9.0
     rings.fit(3, 2.0, 1.5, 2.1)
     assert rings.mask + 1 == 4096
@@ -33,6 +33,6 @@ def test_an_overwritten_slot_doubles_the_rings_once() -> None:
 
 
 def test_rings_grow_no_further_than_the_16_bit_space() -> None:
-    rings = SendRings(5_000_000)
+    rings = SendRings(10_000_000)
     rings.fit(1000, 0.0, 0.001, 10.0)
     assert rings.mask + 1 == MOST
