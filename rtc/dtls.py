@@ -261,6 +261,10 @@ class DtlsCertificate:
             # renegotiation would be a second handshake our state machine does
             # not have.
             ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
+            # Once the handshake is over DTLS only carries an alert now and
+            # then (media is SRTP): its record buffers go back while idle,
+            # 7 KB per transport.
+            ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
             # Each connection installs its own callback that checks the
             # fingerprint; this one only makes the server ask for a certificate.
             ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _refuse)
