@@ -104,3 +104,29 @@ def test_lookups_match_a_model(start: int, steps: list[int]) -> None:
         # Out of the ring's reach: never answered, whatever the slot holds.
         for e in range(newest - 3 * cap, newest - cap + 1):
             assert h.get(e & 0xFFFF, 0.0) is None
+
+
+def test_bytes_are_held_only_while_they_may_be_answered() -> None:
+    # 180 packets a second for three seconds into a ring of 512: what it
+    # holds is the last second's, not the last 512.
+    h = PacketHistory(512, max_age=1.0)
+    for i in range(540):
+        h.put(i, b"x" * 1200, i / 180)
+    now = 539 / 180
+    assert 170 <= len(h) <= 182
+    assert h.get(539 - 170, now) == b"x" * 1200
+    # A packet let go of by age is still known for a duplicate.
+    assert h.get(100, now) is None
+    assert h.contains(100)
+
+
+def test_a_gap_filled_late_is_let_go_of_once_it_ages() -> None:
+    h = PacketHistory(64, max_age=1.0)
+    h.put(1, b"a", 0.0)
+    h.put(3, b"c", 0.0)
+    h.put(4, b"d", 2.0)  # 1 and 3 age out
+    assert len(h) == 1
+    h.put(2, b"b", 2.1)  # the gap, retransmitted late
+    assert h.get(2, 2.1) == b"b"
+    h.put(5, b"e", 3.5)
+    assert len(h) == 1 and h.get(5, 3.5) == b"e"
