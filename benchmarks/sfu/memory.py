@@ -18,7 +18,11 @@ import that creeps back (aiohttp, asyncpg) shows here.
     .venv/bin/python -m benchmarks.sfu.memory [--subscribers 40] [--seconds 6] [--json PATH]
 
 ``WADUD_NATIVE=0`` measures the worker with the pure-Python loop.
-Results go to ``benchmarks/results/sfu-memory.json``.
+``--serve`` measures ``wadud serve`` the same way (one process: signalling,
+the embedded PostgreSQL's client, the media worker; rooms over ``/ws``),
+whose bound is twice Janus's RSS at N = 20 (``--subscribers 20``).
+
+Results go to ``benchmarks/results/sfu-memory.json`` (``sfu-memory-serve.json``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from benchmarks.common import ROOT, command_line, write_results
 from benchmarks.sfu.bench import Bench
 from benchmarks.sfu.report import code_identity
 from benchmarks.sfu.scenarios import Scenario
-from benchmarks.sfu.servers import MediaNode, media_control
+from benchmarks.sfu.servers import MediaNode, Server, media_control
 
 #: The issue's bounds.
 REST_LIMIT_MB = 45.0
@@ -79,15 +83,15 @@ def bench_args(args: argparse.Namespace) -> argparse.Namespace:
         repeat=1,
         out_rate=0,
         gc_log=False,
-        media=True,
+        media=not args.serve,
         profile=False,
         rpc_calls=0,
     )
 
 
 async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    node = MediaNode(work)
-    out: dict[str, Any] = {}
+    node = Server(work, args.subscribers + 1) if args.serve else MediaNode(work)
+    out: dict[str, Any] = {"server": "wadud serve" if args.serve else "wadud media --workers 1"}
     try:
         async with contextlib.AsyncExitStack() as stack:
             http = await stack.enter_async_context(aiohttp.ClientSession())
@@ -96,10 +100,11 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             await asyncio.sleep(args.settle)
             rest = out["rest"] = _figures(pid)
             out["native_packages"] = native_packages(pid)
-            print(f"worker pid {pid} at rest: {rest}", flush=True)
+            print(f"{out['server']} pid {pid} at rest: {rest}", flush=True)
             bench = Bench(bench_args(args), node, http)
             stack.callback(bench.load.stop)
-            bench.media = await media_control(node, stack)
+            if isinstance(node, MediaNode):
+                bench.media = await media_control(node, stack)
             seen: list[dict[str, int]] = []
 
             async def sample(seconds: float) -> None:
@@ -120,10 +125,11 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     finally:
         node.stop()
     out["rest_mb"] = round(out["rest"]["rss_kb"] / 1024, 1)
-    out["within"] = {
-        "rest": out["rest_mb"] <= REST_LIMIT_MB,
-        "per_video_track": out.get("per_video_track_kb", 1e9) <= PER_TRACK_LIMIT_KB,
-    }
+    if not args.serve:
+        out["within"] = {
+            "rest": out["rest_mb"] <= REST_LIMIT_MB,
+            "per_video_track": out.get("per_video_track_kb", 1e9) <= PER_TRACK_LIMIT_KB,
+        }
     return out
 
 
@@ -151,12 +157,19 @@ def main() -> int:
     parser.add_argument("--pps", type=float, default=180, help="packets/s of the publisher")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured window, seconds")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds at rest before reading")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks/results/sfu-memory.json"))
+    parser.add_argument("--serve", action="store_true", help="wadud serve, not a media node")
+    parser.add_argument("--json", help="where to write (default benchmarks/results/...)")
     args = parser.parse_args()
+    if args.json is None:
+        name = "sfu-memory-serve.json" if args.serve else "sfu-memory.json"
+        args.json = str(ROOT / "benchmarks" / "results" / name)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="wadud-sfu-memory-") as tmp:
         out = uvloop.run(main_async(args, Path(tmp)))
-    print(f"worker at rest: {out['rest_mb']} MB RSS (limit {REST_LIMIT_MB:g})")
+    print(f"{out['server']} at rest: {out['rest_mb']} MB RSS (a worker's limit {REST_LIMIT_MB:g})")
+    if "room" in out:
+        room_mb = round(out["room"]["rss_kb"] / 1024, 1)
+        print(f"with one 1x{args.subscribers} room: {room_mb} MB RSS")
     print(
         f"per subscribed video track at N={args.subscribers}:"
         f" {out.get('per_video_track_kb')} KB (limit {PER_TRACK_LIMIT_KB:g}),"
