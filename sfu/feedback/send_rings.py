@@ -12,7 +12,7 @@ They hold what is in flight until its feedback comes back: a feedback
 interval and a round trip, a fraction of a second of packets, not the whole
 16-bit space (65,536 slots were 0.9 MB per subscriber). They start sized
 for ``HORIZON`` seconds of the transport's starting bitrate in packets of
-``PACKET`` octets (``FEWEST`` slots at least, 7 KB), and double in place
+``PACKET`` octets (``FEWEST`` slots at least, 3.5 KB), and double in place
 (the hot path keeps the very arrays it was handed), up to ``MOST`` slots,
 when a feedback shows that more was sent while its oldest packet was in
 flight than half of them hold (a longer round trip, a higher packet rate),
@@ -25,7 +25,7 @@ from array import array
 
 __all__ = ["FEWEST", "HORIZON", "MOST", "PACKET", "SendRings", "slots_for"]
 
-HORIZON, PACKET, FEWEST, MOST = 1.0, 1000, 512, 1 << 16
+HORIZON, PACKET, FEWEST, MOST = 1.0, 1000, 256, 1 << 16
 
 
 def slots_for(bitrate: float) -> int:
