@@ -43,6 +43,7 @@ import uvloop
 
 from benchmarks.common import ROOT, command_line, write_results
 from benchmarks.sfu.bench import Bench
+from benchmarks.sfu.janus import media_node
 from benchmarks.sfu.report import code_identity
 from benchmarks.sfu.scenarios import Scenario
 from benchmarks.sfu.servers import MediaNode, Server, media_control
@@ -90,7 +91,9 @@ def bench_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    node = Server(work, args.subscribers + 1) if args.serve else MediaNode(work)
+    # MediaNode hands the node no WADUD_* of ours: janus.py's media_node adds WADUD_NATIVE.
+    native = os.environ.get("WADUD_NATIVE", "1") != "0"
+    node = Server(work, args.subscribers + 1) if args.serve else media_node(work, native=native)
     out: dict[str, Any] = {"server": "wadud serve" if args.serve else "wadud media --workers 1"}
     try:
         async with contextlib.AsyncExitStack() as stack:
