@@ -365,9 +365,8 @@ class Bench:
     ) -> ScenarioResult:
         args = self.args
         seconds = seconds or args.seconds
-        rooms = max(1, math.ceil(out_rate / (scenario.streams_out * args.pps)))
-        if args.rooms:
-            rooms = args.rooms
+        # --rooms, else rooms enough for out_rate (a room that forwards nothing: one).
+        rooms = args.rooms or max(1, math.ceil(out_rate / max(1, scenario.streams_out * args.pps)))
         t0 = time.monotonic()
         people_by_room: list[list[Participant]] = []
         errors: list[str] = []

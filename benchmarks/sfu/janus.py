@@ -161,7 +161,7 @@ def _answer_checks() -> None:
     peer.Transport._on_stun = on_stun  # type: ignore[method-assign]
 
 
-def _idle(conn: Any) -> None:
+def idle_load(conn: Any) -> None:
     """A load process that only waits to be told to quit (Bench starts one each)."""
     with contextlib.suppress(EOFError, OSError):
         while conn.recv()[0] != "quit":
@@ -389,6 +389,8 @@ class JanusParticipant:
     pid: str = ""
     number: int = 0
     ssrc: int = 0
+    audio_number: int = 0
+    audio_ssrc: int = 0
     pub_tid: int = 0
     sub_tid: int = 0
     feed: int = 0
@@ -592,7 +594,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for server in servers:
                 await server.ready(http)
                 # One load process for every server: the same clients.
-                target = serve_load if shared_load is None else _idle
+                target = serve_load if shared_load is None else idle_load
                 with mock.patch.object(load, "serve", target):
                     if isinstance(server, Janus):
                         bench: Bench = JanusBench(bargs, server, http)  # type: ignore[arg-type]
