@@ -51,8 +51,12 @@ _RELAYS: weakref.WeakSet[Relay] = weakref.WeakSet()
 #: the event to its poll.
 _PENDING_FOR = 5.0
 #: Seconds between the backlog gauges' queries while work keeps coming
-#: (an idle round always refreshes them).
+#: (the first idle round after work always refreshes them).
 OBSERVE_EVERY = 1.0
+#: Seconds between their queries while no work comes: an idle round runs
+#: every poll interval, and a count each time was a statement a second for
+#: a figure that cannot have moved (nothing came) and is scraped every 15 s.
+OBSERVE_IDLE = 10.0
 
 
 async def emit(
@@ -183,20 +187,25 @@ class Listener:
 
 
 class Gauges:
-    """Backlog gauges refreshed by a query (``observe``) after every idle
-    round, and once every :data:`OBSERVE_EVERY` seconds while busy: under
-    load a round runs per commit or so, and a count of the pending rows each
-    time would be a statement per booking for a figure scraped every 15 s."""
+    """Backlog gauges refreshed by a query (``observe``) once every
+    :data:`OBSERVE_EVERY` seconds while busy, after the first idle round
+    that follows work, and every :data:`OBSERVE_IDLE` seconds while idle:
+    under load a round runs per commit or so, and a count of the pending rows
+    each time would be a statement per booking for a figure scraped every
+    15 s; idle, a round runs every poll interval and finds nothing."""
 
     def __init__(self, observe: Callable[[], Awaitable[None]]) -> None:
         self.observe = observe
-        self._last = 0.0
+        self._last = -OBSERVE_IDLE
+        self._was_busy = True
 
     async def after_round(self, busy: bool) -> None:
-        loop = asyncio.get_running_loop()
-        if not busy or loop.time() - self._last >= OBSERVE_EVERY:
+        since = asyncio.get_running_loop().time() - self._last
+        settled = not busy and self._was_busy
+        self._was_busy = busy
+        if since >= (OBSERVE_EVERY if busy else OBSERVE_IDLE) or settled:
             await self.observe()
-            self._last = loop.time()
+            self._last = asyncio.get_running_loop().time()
 
 
 class Relay:
