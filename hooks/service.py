@@ -170,10 +170,12 @@ class Deliverer:
 
     async def _listen_loop(self) -> None:
         """Keep a LISTEN on the outbox channel (a relay's NOTIFY after each
-        published batch wakes the senders) and refresh the backlog gauge."""
+        published batch wakes the senders) and refresh the backlog gauge, every
+        outbox.OBSERVE_IDLE seconds: the first sender's poll finds what a lost
+        LISTEN missed meanwhile, and the gauge is scraped every 15 s."""
         while True:
             await self._listener.round(self._observe, "webhook listener failed; retrying", log)
-            await asyncio.sleep(max(1.0, self.settings.webhooks_poll_interval))
+            await asyncio.sleep(max(outbox.OBSERVE_IDLE, self.settings.webhooks_poll_interval))
 
     async def _observe(self) -> None:
         BACKLOG.set(

@@ -128,7 +128,7 @@ class Notifier:
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._plan_loop(), name="notify-plan"))
         for i in range(max(1, self.settings.notify_concurrency)):
-            self._tasks.append(asyncio.create_task(self._send_loop(), name=f"notify-send-{i}"))
+            self._tasks.append(asyncio.create_task(self._send_loop(i), name=f"notify-send-{i}"))
 
     async def close(self) -> None:
         await loops.stopped(*self._tasks)
@@ -153,14 +153,24 @@ class Notifier:
         done += n
         await self._gauges.after_round(busy=done > 0)
 
-    async def _send_loop(self) -> None:
+    async def _send_loop(self, i: int) -> None:
+        """Sender ``i``: every sender wakes when new deliveries are added; the
+        first also looks every poll interval (retries come due with no wake)
+        and, finding one, wakes the others, so the poll is one claim a
+        second rather than one per sender."""
         await loops.drain(
-            self.send_one,
+            self._send_first if i == 0 else self.send_one,
             self._send_wake,
-            self.settings.notify_poll_interval,
+            self.settings.notify_poll_interval if i == 0 else 3600.0,
             "notifier send round failed; retrying",
             log,
         )
+
+    async def _send_first(self) -> bool:
+        found = await self.send_one()
+        if found:
+            self._send_wake.set()
+        return found
 
     async def observe(self) -> None:
         row = await self.pool.fetchrow(
