@@ -42,7 +42,9 @@ ratios to Janus (of medians, and per round) and loss. Results go to
 
 ``--tree PATH`` runs the ``serve`` and ``split`` processes from another
 checkout (a ``git worktree`` of an older commit, its native leaves built with
-``python setup.py build_ext --inplace``), to find when something changed.
+``python setup.py build_ext --inplace``), and ``serve@PATH`` (or
+``split@PATH``) in ``--deployments`` adds one from that checkout beside the
+others, so two commits compare in the same run.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 import uvloop
 
-from benchmarks.common import ROOT, own_cluster, write_results
+from benchmarks.common import ROOT, commit_of, own_cluster, write_results
 from benchmarks.sfu import janus, load
 from benchmarks.sfu.bench import Bench
 from benchmarks.sfu.report import code_identity
@@ -413,7 +415,7 @@ def print_summary(summary: dict[str, Any], rest: dict[str, dict[str, float]]) ->
 
 
 async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    names = args.deployments.split(",")
+    names = [who for who, _, _ in args.planned]
     phases = ["empty", "idle"] + [f"1x{n}" for n in args.subscribers.split(",") if n]
     phases = [p for p in phases if p in args.phases.split(",") or args.phases == "all"]
     out: dict[str, Any] = {"code": code_identity(), "args": vars(args), "tree": str(args.tree)}
@@ -428,22 +430,24 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             )
             try:
-                for who in names:
-                    (work / who).mkdir()
-                    if who == "serve":
-                        deployments[who] = ServeDeployment(work / who, args.tree)
-                    elif who == "split":
-                        deployments[who] = SplitDeployment(work / who, args.tree, sync_stack)
-                    elif who == "janus":
-                        deployments[who] = JanusDeployment(work / who)
+                for i, (who, kind, tree) in enumerate(args.planned):
+                    (work / str(i)).mkdir()
+                    if kind == "serve":
+                        deployments[who] = ServeDeployment(work / str(i), tree)
+                    elif kind == "split":
+                        deployments[who] = SplitDeployment(work / str(i), tree, sync_stack)
+                    elif kind == "janus":
+                        deployments[who] = JanusDeployment(work / str(i))
                     else:
                         raise SystemExit(f"unknown deployment {who!r}: serve, split or janus")
+                    deployments[who].name = who
+                    out.setdefault("trees", {})[who] = str(tree)
                 for who, d in deployments.items():
                     await d.ready(http)
                     target = janus.serve_load if shared is None else janus.idle_load
                     with mock.patch.object(load, "serve", target):
-                        kind = janus.JanusBench if who == "janus" else Bench
-                        bench = kind(bargs, d, http)
+                        maker = janus.JanusBench if who == "janus" else Bench
+                        bench = maker(bargs, d, http)
                     if shared is None:
                         shared = bench.load
                     else:
@@ -475,7 +479,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 for who, d in deployments.items():
                     with contextlib.suppress(Exception):
                         out.setdefault("problems", {})[who] = d.problems()
-                    if who == "split":
+                    if isinstance(d, SplitDeployment):
                         await d.cluster.close()
                     else:
                         d.stop()
@@ -507,6 +511,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     args.tree = args.tree.resolve()
+    # (name, kind, checkout) of each deployment; one of another checkout is
+    # named by its commit.
+    args.planned = []
+    for entry in args.deployments.split(","):
+        kind, _, other = entry.partition("@")
+        tree = Path(other).resolve() if other else args.tree
+        name = f"{kind}@{commit_of(tree)}" if other else kind
+        args.planned.append((name, kind, tree))
     with tempfile.TemporaryDirectory(prefix="sfu-deployment-") as tmp:
         out = uvloop.run(main_async(args, Path(tmp)))
     write_results(args.json, out)
