@@ -84,6 +84,8 @@ def body_of(row: asyncpg.Record | dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
 
 
+_ANY_DUE = """SELECT EXISTS (SELECT 1 FROM room_hook_deliveries
+                         WHERE status = 'pending' AND next_attempt_at <= $1)"""
 _CLAIM = """
 SELECT d.id, d.event_id, d.attempts, e.url, e.secret,
        v.name, v.payload, v.created_at, v.clinic_id, v.booking_id, v.room
@@ -197,7 +199,13 @@ class Deliverer:
             self.settings.webhooks_poll_interval if i == 0 else 3600.0,
             "webhook send round failed; retrying",
             log,
+            probe=self._any_due,
         )
+
+    async def _any_due(self) -> bool:
+        """Whether a delivery may be due: one statement, no lock (a poll no
+        one woke asks this before it claims in a transaction)."""
+        return bool(await self.pool.fetchval(_ANY_DUE, self.clock()))
 
     # -- one delivery ------------------------------------------------------
 

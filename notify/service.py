@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import re
 import time
@@ -136,14 +137,22 @@ class Notifier:
         await self._listener.close()
 
     async def _plan_loop(self) -> None:
+        woke = True
         while True:
             await self._listener.round(
-                self._plan_round, "notifier planning round failed; retrying", log
+                functools.partial(self._plan_round, woke),
+                "notifier planning round failed; retrying",
+                log,
             )
             self._wake.clear()
-            await loops.woken(self._wake, self.settings.notify_poll_interval)
+            woke = await loops.woken(self._wake, self.settings.notify_poll_interval)
 
-    async def _plan_round(self) -> None:
+    async def _plan_round(self, woke: bool) -> None:
+        # A poll no one woke asks first, in one statement outside a
+        # transaction, whether an event or a due job waits (most find none).
+        if not woke and not await store.anything_to_plan(self.pool, self.clock()):
+            await self._gauges.after_round(busy=False)
+            return
         done = 0
         while (n := await self.plan_events()) >= self.batch:
             done += n
@@ -164,6 +173,7 @@ class Notifier:
             self.settings.notify_poll_interval if i == 0 else 3600.0,
             "notifier send round failed; retrying",
             log,
+            probe=lambda: store.any_delivery_due(self.pool, self.clock()),
         )
 
     async def _send_first(self) -> bool:

@@ -392,6 +392,30 @@ async def finish_jobs(conn: Conn, states: Mapping[str, str]) -> None:
     )
 
 
+async def anything_to_plan(conn: Conn | asyncpg.Pool, now: dt.datetime) -> bool:
+    """Whether an inbox event or a due job waits: one statement, no lock."""
+    return bool(
+        await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM notify_inbox)
+                   OR EXISTS (SELECT 1 FROM notify_jobs
+                              WHERE state = 'scheduled' AND due_at <= $1)""",
+            now,
+        )
+    )
+
+
+async def any_delivery_due(conn: Conn | asyncpg.Pool, now: dt.datetime) -> bool:
+    """Whether a delivery is due (what :func:`claim_delivery` would look
+    for): one statement, no lock."""
+    return bool(
+        await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM notify_deliveries
+                              WHERE status = 'pending' AND next_attempt_at <= $1)""",
+            now,
+        )
+    )
+
+
 async def claim_delivery(conn: Conn, now: dt.datetime) -> asyncpg.Record | None:
     """The next due delivery, locked until the caller's transaction ends."""
     row: asyncpg.Record | None = await conn.fetchrow(

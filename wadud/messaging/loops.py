@@ -19,22 +19,30 @@ async def drain(
     interval: float,
     failed: str,
     log: logging.Logger,
+    probe: Callable[[], Awaitable[bool]] | None = None,
 ) -> None:
     """Run ``step`` for as long as it says it did something; then wait until
     ``wake`` is set or ``interval`` seconds pass, and go again, forever. A
     step that raises is logged (``failed``) and waited out the same way;
     cancellation ends the loop. A wake that comes while a step runs brings
-    another step: the event is cleared before each step, not after it."""
+    another step: the event is cleared before each step, not after it.
+
+    With ``probe``, a wait that ran out with no wake asks ``probe`` first
+    whether there is anything to do, and the step runs only if so: an idle
+    poll is then one cheap statement instead of a claim's transaction (three
+    round trips). A probe may say yes when the step then finds nothing, never
+    the other way round."""
+    woke = True
     while True:
         wake.clear()
         try:
-            if await step():
+            if (woke or probe is None or await probe()) and await step():
                 continue
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception(failed)
-        await woken(wake, interval)
+        woke = await woken(wake, interval)
 
 
 async def every(

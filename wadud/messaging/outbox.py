@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +45,7 @@ RELAYED = "relayed"
 STREAM = "events"
 
 
+_ANY_PENDING = "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)"
 _EMIT = """INSERT INTO outbox (topic, payload, trace) VALUES ($1, $2::jsonb, $3::jsonb)"""
 #: The relays of this process (:func:`written` wakes them).
 _RELAYS: weakref.WeakSet[Relay] = weakref.WeakSet()
@@ -274,17 +276,23 @@ class Relay:
             self._wake.set()
 
     async def _run(self) -> None:
+        woke = True
         while True:
             # Cleared before the round, not after: a wake during the round
             # (an event committed meanwhile) runs another one.
             self._wake.clear()
-            await self._listener.round(self._round, "outbox relay round failed; retrying", log)
-            await loops.woken(self._wake, self.poll_interval)
+            await self._listener.round(
+                functools.partial(self._round, woke), "outbox relay round failed; retrying", log
+            )
+            woke = await loops.woken(self._wake, self.poll_interval)
 
-    async def _round(self) -> None:
-        relayed = 0
-        while (n := await self.relay_once()) >= self.batch:
-            relayed += n
+    async def _round(self, woke: bool) -> None:
+        relayed = n = 0
+        # A poll no one woke asks first, in one statement outside a
+        # transaction, whether any row waits (most find none).
+        if woke or await self.pool.fetchval(_ANY_PENDING):
+            while (n := await self.relay_once()) >= self.batch:
+                relayed += n
         relayed += n
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_prune > 60:

@@ -164,3 +164,42 @@ async def test_stopped_raises_what_a_task_ended_with() -> None:
     with pytest.raises(ValueError, match=r"^broken$"):
         await loops.stopped(ended, running)
     assert running.cancelled()
+
+
+async def test_drain_asks_its_probe_before_a_poll_no_one_woke_but_not_after_a_wake() -> None:
+    # An idle poll is one cheap statement (the probe), not a claim's
+    # transaction; a wake means work came, so the step runs at once.
+    wake, calls = asyncio.Event(), []
+    steps: dict[int, asyncio.Event] = {}
+
+    async def probe() -> bool:
+        calls.append("probe")
+        return calls.count("probe") == 3
+
+    async def step() -> bool:
+        calls.append("step")
+        steps.setdefault(calls.count("step"), asyncio.Event()).set()
+        return False
+
+    async def reached(n: int) -> None:
+        await asyncio.wait_for(steps.setdefault(n, asyncio.Event()).wait(), 5)
+
+    log = __import__("logging").getLogger("t")
+    polls = asyncio.create_task(loops.drain(step, wake, 0.01, "step failed", log, probe=probe))
+    try:
+        await reached(2)
+        assert calls[:5] == ["step", "probe", "probe", "probe", "step"]
+    finally:
+        polls.cancel()
+        await asyncio.wait([polls], timeout=2)
+    calls.clear()
+    steps.clear()
+    woken = asyncio.create_task(loops.drain(step, wake, 3600, "step failed", log, probe=probe))
+    try:
+        await reached(1)
+        wake.set()
+        await reached(2)
+        assert calls == ["step", "step"]
+    finally:
+        woken.cancel()
+        await asyncio.wait([woken], timeout=2)
