@@ -30,7 +30,8 @@ round by round:
 CPU is user + system of every process of the deployment (all threads; the
 process trees, PostgreSQL's backends and Redis included), summed over the
 measured window, read at its edges. Memory: the deployment's resident set at
-rest (before the first room), and in the middle of each run; PostgreSQL's
+rest (before the first room), and in the middle of each run (per subscriber:
+over what it held just before the run's rooms); PostgreSQL's
 and Redis's shared pages counted once (PSS), the main process's own RSS
 beside it. Printed: one line a run, then medians with their spread, the
 ratios to Janus (of medians, and per round) and loss. Results go to
@@ -280,7 +281,7 @@ class Run:
 
 
 async def run_phase(
-    bench: Bench, deployment: Any, phase: str, rnd: int, args: argparse.Namespace, rest: float
+    bench: Bench, deployment: Any, phase: str, rnd: int, args: argparse.Namespace
 ) -> Run:
     windows: list[Window] = []
 
@@ -298,6 +299,9 @@ async def run_phase(
         n = int(phase.split("x")[1])
         scenario, seconds = Scenario(phase, 1, n), args.seconds
         bench.args.rooms = 0
+    # Per subscriber: against what the deployment held just before this
+    # run's rooms (an allocator keeps what earlier runs freed), not at rest.
+    before = memory_mb(deployment.processes(), deployment.main_pid())["pss_mb"]
     r = await bench.run_scenario(
         scenario,
         out_rate=args.out_rate,
@@ -309,7 +313,7 @@ async def run_phase(
     w = windows[0]
     share = w.cpu_share
     subs = r.subscriber_transports
-    per_sub = (w.memory["pss_mb"] - rest) * 1024 / subs if subs else 0.0
+    per_sub = (w.memory["pss_mb"] - before) * 1024 / subs if subs else 0.0
     return Run(
         deployment.name, rnd, phase, scenario.subscribers, r.rooms, asdict(w), round(share, 4),
         r.forwarded_out_pps, round(r.forwarded_out_pps / share) if share else 0.0,
@@ -465,10 +469,7 @@ async def main_async(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     turn = names if rnd % 2 == 0 else names[::-1]
                     for phase in phases:
                         for who in turn:
-                            r = await run_phase(
-                                benches[who], deployments[who], phase, rnd, args,
-                                rest[who]["pss_mb"],
-                            )  # fmt: skip
+                            r = await run_phase(benches[who], deployments[who], phase, rnd, args)
                             runs.append(r)
                             print_run(r)
                 out["summary"] = summarise(runs, names, phases)
