@@ -332,9 +332,16 @@ def spread(values: list[float]) -> dict[str, Any]:
     }
 
 
+#: Loss (%) over which a run is left out of the medians: its server, or the
+#: load, was starved by the rest of this shared machine, not measured.
+LOSSY = 0.1
+
+
 def summarise(runs: list[Run], order: list[str], phases: list[str]) -> dict[str, Any]:
-    """Per phase: each deployment's medians with their spread, and ratios to Janus."""
+    """Per phase: each deployment's medians with their spread over its
+    lossless runs, and ratios to Janus (per round where both were lossless)."""
     out: dict[str, Any] = {}
+    runs = [r for r in runs if r.loss_pct < LOSSY]
     for phase in phases:
         entry: dict[str, Any] = {}
         for who in order:
@@ -342,7 +349,7 @@ def summarise(runs: list[Run], order: list[str], phases: list[str]) -> dict[str,
             entry[who] = {
                 "cpu_share": spread([r.cpu_share for r in mine]),
                 "forwarded_per_cpu_second": spread([r.forwarded_per_cpu_second for r in mine]),
-                "loss_pct": [r.loss_pct for r in mine],
+                "lossless_runs": len(mine),
                 "pss_mb": spread([r.memory.get("pss_mb", 0.0) for r in mine]),
                 "main_rss_mb": spread([r.memory.get("main_rss_mb", 0.0) for r in mine]),
                 "rss_per_subscriber_kb": spread([r.rss_per_subscriber_kb for r in mine]),
@@ -408,7 +415,7 @@ def print_summary(summary: dict[str, Any], rest: dict[str, dict[str, float]]) ->
                 f" [{100 * (cpu['min'] or 0):.2f}-{100 * (cpu['max'] or 0):.2f}]"
                 f"  fwd/cpu-s {fwd['median'] or 0:>9,.0f}"
                 f" [{fwd['min'] or 0:,.0f}-{fwd['max'] or 0:,.0f}]"
-                f"  loss% {v['loss_pct']}  pss {v['pss_mb']['median']} MB"
+                f"  lossless runs {v['lossless_runs']}  pss {v['pss_mb']['median']} MB"
                 f"  main rss {v['main_rss_mb']['median']} MB"
                 f"  per subscriber {v['rss_per_subscriber_kb']['median']} kB"
             )
