@@ -59,6 +59,8 @@ SdpFilter = Callable[[str, Direction], str]
 
 # New peer connections that are not connected by then are tried again.
 RECONNECT_WITHIN = 8.0
+#: Seconds an offer waits for the connection the last answer is starting.
+CONNECTING = 10.0
 #: Seconds each step of closing may take (each peer connection, the tasks)
 #: before it is given up on.
 CLOSE_STEP = 5.0
@@ -348,6 +350,16 @@ class CallMedia:
                     self.subscribe_pc = self.publish_pc
                 self._munger = SimulcastMunger()
             pc = self.publish_pc
+            starting = pc.connectionState in ("new", "connecting")
+            if self.single and pc.remoteDescription is not None and starting:
+                # aiortc starts each transceiver's transport, one after the
+                # other, in a task the last answer began; an offer made
+                # meanwhile changes the descriptions under it (an IndexError
+                # in RTCPeerConnection.__connect, a receiver never started).
+                with contextlib.suppress(TimeoutError):
+                    await self.changes.wait_until(
+                        lambda: pc.connectionState not in ("new", "connecting"), CONNECTING
+                    )
             munger = self._munger
             assert munger is not None
             new = []
