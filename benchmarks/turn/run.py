@@ -11,10 +11,22 @@ alternating run by run so drift in machine load hits both alike:
 * ``channel-1200``: ChannelData, 1200-byte payloads
 * ``send-100``: Send/Data indications, 100-byte payloads
 
+``--sizes 100,1200`` runs ChannelData at other payload sizes (``channel-N``
+and ``send-N`` scenarios take their size from the name).
+
 For each it reports relayed packets (client to peer plus peer to client) per
-CPU-second of the server process (user + system, from /proc via psutil), the
-offered rate and loss of every run, then the median per server and the ratio
-of medians ours/coturn (and each run's ratio). ``--servers`` adds
+CPU-second of the server: user + system time of every thread of the server
+process and of any process it started (coturn and ours are each one process
+today; a forked worker would count too), read just before and just after the
+same load client run, so both servers are measured over exactly their own
+load and nothing else. It prints the offered rate and loss of every run, then
+per server the median, the spread (lowest to highest of the runs) and the
+total loss, and the ratio of medians ours/coturn with each run's ratio.
+
+A run's CPU includes the load client's allocation set-up (about 14 STUN
+requests per session, which our Python core answers with more CPU than
+coturn's C): ``--count`` messages per session make the relaying dominate it;
+the default (4000) keeps the set-up under a tenth of a run. ``--servers`` adds
 ``wadud-py``, our relay with ``WADUD_NATIVE=0`` (the pure-Python loop). Added round-trip time comes
 from a separate probe: sequential 100-byte ChannelData pings through each
 relay, minus the p50 of the same pings sent straight to the echo peer.
@@ -23,6 +35,7 @@ Everything stays on 127.0.0.1; every load is bounded in count and time.
 
     .venv/bin/python -m benchmarks.turn.run [--quick] [--runs N] [--json PATH]
         [--servers coturn,wadud,wadud-py] [--scenarios channel-100,channel-1200]
+        [--sizes 100,1200] [--sessions N] [--count N]
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ import psutil  # type: ignore[import-untyped]
 
 from benchmarks.common import (
     ROOT,
+    command_line,
+    commit_of,
     start_group,
     stop_group,
     udp_rcvbuf_errors,
@@ -84,6 +99,8 @@ class LoadResult:
     lost: int
     loss_pct: float
     cpu_seconds: float
+    cpu_user: float
+    cpu_system: float
     wall_seconds: float
     offered_pps: float
     relayed_per_cpu_second: float
@@ -109,9 +126,20 @@ class Server:
         self.ps = psutil.Process(self.proc.pid)
         wait_stun(port)
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
+        """(user, system) CPU seconds so far of the server: every thread of
+        its process, every live descendant, and the children it has reaped."""
         t = self.ps.cpu_times()
-        return float(t.user + t.system)
+        user = t.user + t.children_user
+        system = t.system + t.children_system
+        for child in self.ps.children(recursive=True):
+            try:
+                c = child.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            user += c.user
+            system += c.system
+        return float(user), float(system)
 
     def stop(self) -> None:
         stop_group(self.proc, grace=10)
@@ -184,10 +212,15 @@ _UCLIENT_LOST = re.compile(r"Total lost packets (\d+)")
 _UCLIENT_TIME = re.compile(r"Total transmit time is (\d+)")
 
 
+def payload_size(scenario: str) -> int:
+    """``channel-1200`` -> 1200: a scenario names its payload size."""
+    return int(scenario.rsplit("-", 1)[1])
+
+
 def run_uclient(
     server: Server, peer_port: int, scenario: str, sessions: int, count: int
 ) -> LoadResult:
-    size = 1200 if scenario.endswith("1200") else 100
+    size = payload_size(scenario)
     argv = [
         "turnutils_uclient",
         "-c",  # no RTCP twin allocations
@@ -203,12 +236,16 @@ def run_uclient(
     if scenario.startswith("send"):
         argv.append("-s")
     argv.append(HOST)
-    cpu0 = server.cpu()
+    # uclient's set-up takes ~10 s here; then it offers ~15-20k datagrams/s.
+    timeout = 60 + sessions * count / 2000
+    user0, sys0 = server.cpu()
     drops0 = udp_rcvbuf_errors()
     t0 = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False).stdout
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False).stdout
     wall = time.monotonic() - t0
-    cpu = server.cpu() - cpu0
+    user1, sys1 = server.cpu()
+    user, system = user1 - user0, sys1 - sys0
+    cpu = user + system
     drops = udp_rcvbuf_errors() - drops0
     totals = _UCLIENT_TOTALS.findall(out)
     if not totals:
@@ -228,6 +265,8 @@ def run_uclient(
         lost=lost,
         loss_pct=round(100.0 * lost / sent, 3) if sent else 0.0,
         cpu_seconds=round(cpu, 3),
+        cpu_user=round(user, 3),
+        cpu_system=round(system, 3),
         wall_seconds=round(wall, 2),
         offered_pps=round(sent / transmit),
         relayed_per_cpu_second=round(relayed / cpu) if cpu > 0 else 0,
@@ -353,6 +392,9 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=None, help="uclient sessions (-m)")
     parser.add_argument("--count", type=int, default=None, help="messages per session (-n)")
     parser.add_argument("--scenarios", default=None, help="comma-separated subset to run")
+    parser.add_argument(
+        "--sizes", default=None, help="ChannelData payload sizes, e.g. 100,1200 (channel-N)"
+    )
     parser.add_argument("--runs", type=int, default=None, help="runs per scenario and server")
     parser.add_argument(
         "--servers", default="coturn,wadud", help="coturn, wadud and/or wadud-py (pure Python)"
@@ -363,11 +405,17 @@ def main() -> int:
             print(f"{tool} not found: apt-get install -y coturn", file=sys.stderr)
             return 2
     sessions = args.sessions or (10 if args.quick else 110)
-    count = args.count or (300 if args.quick else 1200)
-    runs = args.runs or (1 if args.quick else 5)
+    count = args.count or (300 if args.quick else 4000)
+    runs = args.runs or (1 if args.quick else 7)
     scenarios = ["channel-100"] if args.quick else ["channel-100", "channel-1200", "send-100"]
+    if args.sizes:
+        scenarios = [f"channel-{int(n)}" for n in args.sizes.split(",")]
     if args.scenarios:
         scenarios = args.scenarios.split(",")
+    for scenario in scenarios:
+        kind, _, size = scenario.partition("-")
+        if kind not in ("channel", "send") or not size.isdigit():
+            parser.error(f"unknown scenario {scenario!r}: channel-N or send-N")
     names = args.servers.split(",")
     if "coturn" not in names or not set(names) <= {"coturn", "wadud", "wadud-py"}:
         parser.error("--servers: coturn and at least one of wadud, wadud-py")
@@ -418,27 +466,39 @@ def main() -> int:
     )
     header = (
         f"{'scenario':<14}{'server':<10}{'sent':>8}{'lost':>7}{'loss%':>7}{'pps':>8}"
-        f"{'cpu s':>8}{'relayed/cpu-s':>15}{'rcvbuf drops':>14}"
+        f"{'cpu s':>8}{'user':>7}{'sys':>7}{'relayed/cpu-s':>15}{'rcvbuf drops':>14}"
     )
     print(header)
     print("-" * len(header))
     ratios: dict[str, float] = {}
     run_ratios: dict[str, list[float]] = {}
     medians: dict[str, dict[str, float]] = {}
+    spreads: dict[str, dict[str, list[float]]] = {}
+    lost: dict[str, dict[str, int]] = {}
     for scenario in scenarios:
         med: dict[str, float] = {}
+        spreads[scenario] = {}
+        lost[scenario] = {}
         for name in names:
             mine = [r for r in loads if r.server == name and r.scenario == scenario]
             for r in mine:
                 print(
                     f"{scenario:<14}{name:<10}{r.sent:>8}{r.lost:>7}{r.loss_pct:>7.2f}"
-                    f"{r.offered_pps:>8.0f}{r.cpu_seconds:>8.2f}"
-                    f"{r.relayed_per_cpu_second:>15,.0f}{r.udp_rcvbuf_errors:>14}"
+                    f"{r.offered_pps:>8.0f}{r.cpu_seconds:>8.2f}{r.cpu_user:>7.2f}"
+                    f"{r.cpu_system:>7.2f}{r.relayed_per_cpu_second:>15,.0f}"
+                    f"{r.udp_rcvbuf_errors:>14}"
                 )
-            med[name] = statistics.median(r.relayed_per_cpu_second for r in mine)
+            rates = [r.relayed_per_cpu_second for r in mine]
+            med[name] = statistics.median(rates)
+            spreads[scenario][name] = [min(rates), max(rates)]
+            lost[scenario][name] = sum(r.lost for r in mine)
         medians[scenario] = med
-        listed = ", ".join(f"{n} {v:,.0f}" for n, v in med.items())
-        print(f"{'':<14}median relayed/cpu-s: {listed}")
+        for name in names:
+            low, high = spreads[scenario][name]
+            print(
+                f"{'':<14}{name}: median {med[name]:,.0f} relayed/cpu-s "
+                f"(runs {low:,.0f} to {high:,.0f}), lost {lost[scenario][name]}"
+            )
         for name in names:
             if name == "coturn" or not med["coturn"]:
                 continue
@@ -455,9 +515,11 @@ def main() -> int:
                 if c.relayed_per_cpu_second
             ]
             label = "ours" if name == "wadud" else name
+            each = run_ratios[key]
             print(
                 f"{'':<14}{label}/coturn per CPU-second: {ratios[key]:.2f}x"
-                f" (median; runs: {', '.join(f'{x:.2f}' for x in run_ratios[key])})"
+                f" (ratio of medians; run by run {min(each):.2f} to {max(each):.2f}:"
+                f" {', '.join(f'{x:.2f}' for x in each)})"
             )
     print(f"\nround trip, 100-byte ChannelData, {rtt_count} sequential pings")
     print(f"{'path':<10}{'p50 us':>10}{'p90 us':>10}{'p99 us':>10}{'added p50':>12}")
@@ -476,7 +538,11 @@ def main() -> int:
         "count": count,
         "runs": runs,
         "loads": [asdict(r) for r in loads],
+        "command": command_line("benchmarks.turn.run"),
+        "commit": commit_of(ROOT),
         "median_relayed_per_cpu_second": medians,
+        "spread_relayed_per_cpu_second": spreads,
+        "lost": lost,
         "ratio_per_cpu_second": ratios,
         "run_ratios": run_ratios,
         "rtt": [asdict(r) for r in rtts],
