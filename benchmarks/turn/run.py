@@ -14,8 +14,9 @@ alternating run by run so drift in machine load hits both alike:
 ``--sizes 100,1200`` runs ChannelData at other payload sizes (``channel-N``
 and ``send-N`` scenarios take their size from the name).
 
-For each it reports relayed packets (client to peer plus peer to client) per
-CPU-second of the server: user + system time of every thread of the server
+For each it reports relayed packets per CPU-second of the server, counting
+two relayed packets (client to peer, peer to client) per echo the load client
+got back, so lost datagrams earn nothing: user + system time of every thread of the server
 process and of any process it started (coturn and ours are each one process
 today; a forked worker would count too), read just before and just after the
 same load client run, so both servers are measured over exactly their own
@@ -262,7 +263,11 @@ def run_uclient(
     # uclient's "transmit time" is whole seconds, so the rate is approximate.
     time_match = _UCLIENT_TIME.findall(out)
     transmit = max(1, int(time_match[-1])) if time_match else max(1.0, wall)
-    relayed = sent + received
+    # Each echo that came back crossed the relay twice (client to peer, peer
+    # to client). A lost datagram is not counted: it may never have reached
+    # the server, and counting it (as sent + received did) made the runs
+    # with the most loss look the most efficient.
+    relayed = 2 * received
     return LoadResult(
         server=server.name,
         scenario=scenario,
@@ -512,7 +517,7 @@ def main() -> int:
             med[name] = statistics.median(rates)
             if setup_runs:
                 relay_only = [
-                    (r.sent + r.received) / (r.cpu_seconds - setup_cpu[name])
+                    2 * r.received / (r.cpu_seconds - setup_cpu[name])
                     for r in mine
                     if r.cpu_seconds > setup_cpu[name]
                 ]
