@@ -28,8 +28,9 @@ A run's CPU includes the load client's allocation set-up (about 14 STUN
 requests per session, which our Python core answers with about twice
 coturn's CPU): ``--count`` messages per session make the relaying dominate
 it. The default, 2000, keeps the set-up near a sixth of our CPU in a run;
-longer runs lose datagrams on a busy 2-core machine (``turnutils_peer``'s
-one socket overflows while it is descheduled), for both servers. To show
+longer runs lost datagrams on a busy 2-core machine, for both servers
+(kernel receive-buffer drops; likely ``turnutils_peer``'s one socket while
+it is descheduled). To show
 the relaying alone, each server first serves ``--setup-runs`` loads of one
 message per session; the median CPU of those is the set-up estimate, and
 the summary also gives relayed per CPU-second with it taken off each run
