@@ -55,7 +55,8 @@ from rtc import stun
 from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole, HandshakeComplete, HandshakeFailed
 from rtc.errors import StunParseError
 from rtc.ice import random_credentials
-from rtc.rtp.extensions import extension_elements
+from rtc.rtp.extensions import EXTENSION_HEADER, extension_elements
+from rtc.rtp.header import FIXED_HEADER
 from rtc.sdp.attributes import (
     ABS_SEND_TIME,
     MID,
@@ -103,8 +104,6 @@ SIMULCAST_LAYERS = (("q", 320, 180, 1, 600), ("h", 640, 360, 2, 1000), ("f", 128
 CLOCK_RATE = 90_000
 
 # Bytes of the RTP fixed header plus our extension block (see build_frames).
-_HEADER = struct.Struct("!BBHII")
-_EXT_BLOCK = struct.Struct("!HH")
 _TAG = struct.Struct("!II")  # publisher number, packet index
 TAG_SIZE = _TAG.size
 
@@ -597,7 +596,7 @@ def _extension_block(mid: bytes, rid: bytes) -> tuple[bytes, int, int]:
     tcc_at = len(elements) + 1
     elements += bytes([(EXT_TRANSPORT_CC << 4) | 1, 0, 0])
     elements += bytes(-len(elements) % 4)
-    block = _EXT_BLOCK.pack(0xBEDE, len(elements) // 4) + elements
+    block = EXTENSION_HEADER.pack(0xBEDE, len(elements) // 4) + elements
     return block, 4 + abs_at, 4 + tcc_at
 
 
@@ -646,7 +645,7 @@ def build_frames(
             header_len = 12 + len(ext)
             buf = bytearray(size)
             marker = 0x80 if part == per_frame - 1 else 0
-            _HEADER.pack_into(
+            FIXED_HEADER.pack_into(
                 buf, 0, 0x90, marker | VP8_PT, stream.seq, stream.timestamp, stream.ssrc
             )
             buf[12:header_len] = ext
@@ -702,7 +701,7 @@ def build_audio(stream: Stream, count: int, *, red: bool, size: int = 90) -> lis
         else:
             payload = bytes(frame)
         previous = bytes(frame)
-        header = _HEADER.pack(
+        header = FIXED_HEADER.pack(
             0x90, RED_PT if red else OPUS_PT, stream.seq, stream.timestamp, stream.ssrc
         )
         buf = bytearray(header + ext + payload)

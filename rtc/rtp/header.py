@@ -20,6 +20,7 @@ from rtc.errors import RtpParseError
 
 __all__ = [
     "FIXED_HEADER",
+    "HEADER_REWRITE",
     "HEADER_SIZE",
     "Buffer",
     "WritableBuffer",
@@ -49,8 +50,9 @@ HEADER_SIZE = 12
 
 FIXED_HEADER = struct.Struct("!BBHII")
 """The fixed header: V/P/X/CC, M/PT, sequence number, timestamp, SSRC (RFC 3550 5.1)."""
-# From offset 1: marker+payload type, sequence number, timestamp, SSRC in one call.
-_REWRITE = struct.Struct("!BHII")
+HEADER_REWRITE = struct.Struct("!BHII")
+"""The fixed header from offset 1: M/PT, sequence number, timestamp, SSRC, in
+one ``pack_into(buf, 1, ...)`` (what a forwarder rewrites per copy)."""
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
@@ -118,7 +120,7 @@ def rtx_original(packet: Buffer, payload_type: int, ssrc: int) -> bytes | None:
     buf = bytearray(packet[:start])
     buf += packet[start + 2 : end]
     buf[0] &= 0xDF  # the RTX padding is not the original's
-    _REWRITE.pack_into(
+    HEADER_REWRITE.pack_into(
         buf, 1, (packet[1] & 0x80) | payload_type, osn, _U32.unpack_from(packet, 4)[0], ssrc
     )
     return bytes(buf)
@@ -143,7 +145,9 @@ def rewrite_header(
     One ``pack_into`` over bytes 1-11 of the fixed header (RFC 3550 5.1); the
     forwarding path's only write per subscriber.
     """
-    _REWRITE.pack_into(buf, 1, (buf[1] & 0x80) | payload_type, sequence_number, timestamp, ssrc)
+    HEADER_REWRITE.pack_into(
+        buf, 1, (buf[1] & 0x80) | payload_type, sequence_number, timestamp, ssrc
+    )
 
 
 def marker(data: Buffer) -> bool:

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable, Hashable
 from typing import Protocol
 
+from rtc.rtp.header import FIXED_HEADER, HEADER_REWRITE
 from sfu.forward.simulcast import vp8_picture
 from sfu.forward.table import ForwarderStats, SourceStream, Subscription, remap_extensions
 
@@ -81,8 +82,6 @@ class NativeRed(Protocol):
         each, depth 2); ``NotImplemented`` for any other."""
 
 
-_FIXED = struct.Struct("!BBHII")
-_REWRITE = struct.Struct("!BHII")
 _U16 = struct.Struct("!H")
 
 
@@ -112,7 +111,7 @@ def fan_out(
     (the counts go to ``stats``). A subscriber ``sendable`` says no to (its
     transport not keyed yet) gets none, and its subscription stands still:
     no sequence number spent, no keyframe taken, nothing counted as sent."""
-    _, b1, seq, ts, _ = _FIXED.unpack_from(packet)
+    _, b1, seq, ts, _ = FIXED_HEADER.unpack_from(packet)
     pt = b1 & 0x7F
     buf = bytearray(packet)
     # The extension table ``buf`` holds now (None: the publisher's ids).
@@ -121,7 +120,7 @@ def fan_out(
     applied: bytes | None = None
     # A simulcast layer's PictureID/TL0PICIDX, read once for every subscriber.
     picture = vp8_picture(packet, start, end) if track.group is not None else None
-    pack_header = _REWRITE.pack_into
+    pack_header = HEADER_REWRITE.pack_into
     marker = b1 & 0x80
     forwarded = 0
     # A RED packet for a subscription whose map lacks RED: the RTP header

@@ -50,7 +50,6 @@ does not exist (or already does).
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableSequence
 from typing import Literal
@@ -59,7 +58,7 @@ from rtc import red
 from rtc.errors import RtpParseError
 from rtc.rtcp.compound import RtcpPacket
 from rtc.rtp.extensions import extension_elements
-from rtc.rtp.header import payload_range, rtx_original
+from rtc.rtp.header import FIXED_HEADER, payload_range, rtx_original
 from rtc.sdp.attributes import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.forward.fanout import NativeRed, Routed, Steady, fan_out
@@ -80,7 +79,6 @@ __all__ = ["Forwarder"]
 
 Buffer = bytes | bytearray | memoryview
 Key = Hashable
-_FIXED = struct.Struct("!BBHII")
 
 
 class Forwarder:
@@ -469,7 +467,7 @@ class Forwarder:
         if n < 12 or packet[0] & 0xC0 != 0x80:
             stats.malformed += 1
             return None
-        b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
+        b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(packet)
         track = self._tracks.get(ssrc)
         if track is None:
             track = self._rtx_tracks.get(ssrc)
@@ -480,7 +478,7 @@ class Forwarder:
             if unwrapped is None:
                 return None
             packet = unwrapped
-            b0, b1, seq, ts, ssrc = _FIXED.unpack_from(packet)
+            b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(packet)
         try:
             start, end = payload_range(packet)
             two_byte, ext_start, ext_end, elements = (

@@ -30,7 +30,7 @@ from rtc import red
 from rtc.rtcp.compound import RtcpPacket
 from rtc.rtcp.feedback import Fir, Nack, Pli
 from rtc.rtp.extensions import extension_elements
-from rtc.rtp.header import payload_range
+from rtc.rtp.header import FIXED_HEADER, HEADER_REWRITE, payload_range
 from sfu.forward.fanout import Routed
 from sfu.forward.simulcast import vp8_picture
 from sfu.forward.table import (
@@ -46,8 +46,6 @@ __all__ = ["Repair", "padding_probe", "retransmission"]
 
 Key = Hashable
 
-_FIXED = struct.Struct("!BBHII")
-_REWRITE = struct.Struct("!BHII")
 _U16 = struct.Struct("!H")
 
 
@@ -63,7 +61,7 @@ def retransmission(
     subscription cannot take it (its payload type), or when the packet was
     not sent in the rewriter's latest run (its number is no longer known)."""
     b1 = packet[1]
-    _, _, seq, ts, _ = _FIXED.unpack_from(packet)
+    _, _, seq, ts, _ = FIXED_HEADER.unpack_from(packet)
     pt = b1 & 0x7F
     pt_map = sub.pt_map
     out_pt = pt if pt_map is None else pt_map.get(pt)
@@ -101,11 +99,11 @@ def retransmission(
         buf = bytearray(packet[:start])
         buf += _U16.pack(mapped[0])
         buf += packet[start:]
-        _REWRITE.pack_into(buf, 1, (b1 & 0x80) | rtx_pt, sub.rtx_seq, mapped[1], sub.rtx_ssrc)
+        HEADER_REWRITE.pack_into(buf, 1, (b1 & 0x80) | rtx_pt, sub.rtx_seq, mapped[1], sub.rtx_ssrc)
         sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
     else:
         buf = bytearray(packet)
-        _REWRITE.pack_into(buf, 1, (b1 & 0x80) | out_pt, mapped[0], mapped[1], sub.ssrc)
+        HEADER_REWRITE.pack_into(buf, 1, (b1 & 0x80) | out_pt, mapped[0], mapped[1], sub.ssrc)
     if elements:
         if sub.ext_table is not None:
             remap_extensions(buf, elements, sub.ext_table, two_byte)
@@ -146,7 +144,9 @@ def padding_probe(
         transport.twcc_seq = (tseq + 1) & 0xFFFF
         buf = bytearray(20 + count)
         rtx_pt = next(iter(sub.rtx_pt.values()))
-        _FIXED.pack_into(buf, 0, 0xB0, rtx_pt, sub.rtx_seq, sub.rewriter.highest[1], sub.rtx_ssrc)
+        FIXED_HEADER.pack_into(
+            buf, 0, 0xB0, rtx_pt, sub.rtx_seq, sub.rewriter.highest[1], sub.rtx_ssrc
+        )
         sub.rtx_seq = (sub.rtx_seq + 1) & 0xFFFF
         sub.padded += 1
         # RFC 8285 one-byte header: the transport-wide sequence number.

@@ -64,6 +64,7 @@ from rtc.rtcp.compound import RtcpPacket, parse_compound
 from rtc.rtcp.feedback import Fir, Nack, Pli, Remb
 from rtc.rtcp.transport_cc import TransportCc
 from rtc.rtp.extensions import transport_sequence_number
+from rtc.rtp.header import FIXED_HEADER
 from sfu.feedback.reports import feedback_compounds, nack_interval_for
 from sfu.forward import native
 from sfu.layers.choice import Layers
@@ -83,7 +84,6 @@ R = TypeVar("R")
 # path catches these itself instead of going through rtc.srtp's wrapper.
 _SRTP_ERRORS = (pylibsrtp.Error, ValueError, TypeError)
 _SSRC = struct.Struct("!I")
-_FIXED = struct.Struct("!BBHII")
 
 
 class HotPath(asyncio.DatagramProtocol):
@@ -243,7 +243,7 @@ class HotPath(asyncio.DatagramProtocol):
         """Forward one unprotected RTP packet of a publisher (or a relay link's ingress leg)."""
         # libsrtp refuses a packet shorter than its RTP header, so
         # the fixed header is there to read.
-        _, _, seq, ts, ssrc = _FIXED.unpack_from(plain)
+        _, _, seq, ts, ssrc = FIXED_HEADER.unpack_from(plain)
         stats = peer.recv_stats.get(ssrc)
         if stats is not None:
             stats.on_packet(seq, ts, now, len(plain))

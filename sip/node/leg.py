@@ -79,6 +79,8 @@ from typing import Any
 import numpy as np
 
 from rtc.errors import SrtpError
+from rtc.rtp.extensions import EXTENSION_HEADER
+from rtc.rtp.header import FIXED_HEADER
 from rtc.sdp.attributes import Direction
 from sip.audio.codecs import Transcoder, transcoder
 from sip.audio.conceal import Concealer
@@ -113,8 +115,6 @@ _FRAME = FRAME_MS / 1000
 # run back to back: a burst of a second's packets helps no listener.
 _MAX_LAG = 0.2
 # version 2, no padding, extension or CSRC | marker, payload type | seq | ts | SSRC
-_HEADER = struct.Struct("!BBHII")
-_EXTENSION = struct.Struct("!HH")
 _VERSION = 0x80
 _MARKER = 0x80
 # RTCP packet types 200-204 read as RTP's marker bit and payload types 72-76
@@ -490,7 +490,7 @@ class PhoneLeg:
         self._packets_in += 1
         self._bytes_in += len(data)
         media = self._media
-        if len(data) < _HEADER.size or data[0] & 0xC0 != _VERSION:
+        if len(data) < FIXED_HEADER.size or data[0] & 0xC0 != _VERSION:
             self._malformed += 1
             return
         if data[1] & 0x7F in _RTCP_TYPES:
@@ -505,14 +505,14 @@ class PhoneLeg:
             except SrtpError:
                 self._srtp_failures += 1
                 return
-        first, second, seq, timestamp, ssrc = _HEADER.unpack_from(data)
-        start = _HEADER.size + 4 * (first & 0x0F)
+        first, second, seq, timestamp, ssrc = FIXED_HEADER.unpack_from(data)
+        start = FIXED_HEADER.size + 4 * (first & 0x0F)
         end = len(data)
         if first & 0x10:  # header extension (RFC 3550 section 5.3.1)
             if start + 4 > end:
                 self._malformed += 1
                 return
-            start += 4 + 4 * _EXTENSION.unpack_from(data, start)[1]
+            start += 4 + 4 * EXTENSION_HEADER.unpack_from(data, start)[1]
         if first & 0x20:  # padding: its count is the last octet
             end -= data[-1]
         if start > end or (first & 0x20 and data[-1] == 0):
@@ -678,7 +678,7 @@ class PhoneLeg:
         self._timestamp = (timestamp + (1 + skipped) * codec.ticks) & 0xFFFFFFFF
         destination = self._destination()
         if self._sending and destination is not None:
-            header = _HEADER.pack(
+            header = FIXED_HEADER.pack(
                 _VERSION,
                 (_MARKER if self._marker else 0) | media.payload_type,
                 self._seq,
