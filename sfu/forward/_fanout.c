@@ -7,7 +7,8 @@
  *                                     protect_fn: address of srtp_protect
  *                                     resolve(protect) -> session address or 0
  *   Fanout.forward(*steady) -> int    the steady-state copies of one packet
- *                                     that Forwarder.route_into returned:
+ *                                     (its rtc.rtp.view.RtpView) that
+ *                                     Forwarder.route_view returned:
  *                                     rewritten, protected, sent; the
  *                                     subscriptions it leaves go to ``rest``
  *   Fanout.send(routed) -> int        routed: [(peer, plain_rtp_bytes)];
@@ -62,102 +63,7 @@ static PyObject *str_pid_offset, *str_tl0_offset, *str_last_pid, *str_last_tl0;
 /* ForwarderStats: what forward() adds to once per packet. */
 static PyObject *str_red_stripped, *str_forwarded;
 
-
-/* -- slots read straight from the objects ---------------------------------------
- *
- * Subscription, RtpRewriter, SubscriberTransport and Peer keep their state in
- * __slots__; PyObject_GetAttr on a slot costs a type lookup and a descriptor
- * call, several dozen times per copy. A SlotCache resolves, once per type,
- * each name to its member descriptor's offset (only T_OBJECT_EX members, the
- * kind __slots__ makes) and reads and writes the object's slot directly. An
- * object of another type re-resolves; a name that is not such a slot (a
- * property, a subclass's override) makes the cache generic, back to
- * PyObject_GetAttr / PyObject_SetAttr. An unset slot goes the generic way too,
- * which raises AttributeError as Python would.
- */
-#define MAX_SLOTS 16
-
-typedef struct {
-    PyTypeObject *type; /* strong reference */
-    int generic;
-    int count;
-    PyObject **names;
-    Py_ssize_t off[MAX_SLOTS];
-} SlotCache;
-
-static void cache_resolve(SlotCache *c, PyTypeObject *type) {
-    Py_INCREF(type);
-    Py_XSETREF(c->type, type);
-    c->generic = 0;
-    for (int i = 0; i < c->count; i++) {
-        PyObject *d = _PyType_Lookup(type, c->names[i]);
-        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) ||
-            ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
-            c->generic = 1;
-            return;
-        }
-        c->off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
-    }
-}
-
-static inline int cache_fast(SlotCache *c, PyObject *obj) {
-    if (Py_TYPE(obj) != c->type) cache_resolve(c, Py_TYPE(obj));
-    return !c->generic;
-}
-
-/* New reference to obj.<names[i]>, or NULL with an exception. */
-static inline PyObject *slot_get(SlotCache *c, PyObject *obj, int i) {
-    if (cache_fast(c, obj)) {
-        PyObject *v = *(PyObject **)((char *)obj + c->off[i]);
-        if (v != NULL) {
-            Py_INCREF(v);
-            return v;
-        }
-    }
-    return PyObject_GetAttr(obj, c->names[i]);
-}
-
-/* obj.<names[i]> = v (v borrowed). */
-static inline int slot_set(SlotCache *c, PyObject *obj, int i, PyObject *v) {
-    if (cache_fast(c, obj)) {
-        PyObject **p = (PyObject **)((char *)obj + c->off[i]);
-        Py_INCREF(v);
-        Py_XSETREF(*p, v);
-        return 0;
-    }
-    return PyObject_SetAttr(obj, c->names[i], v);
-}
-
-static int slot_ll(SlotCache *c, PyObject *obj, int i, long long *out) {
-    PyObject *v = slot_get(c, obj, i);
-    if (v == NULL) return -1;
-    *out = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static int slot_set_ll(SlotCache *c, PyObject *obj, int i, long long value) {
-    PyObject *v = PyLong_FromLongLong(value);
-    if (v == NULL) return -1;
-    int r = slot_set(c, obj, i, v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* Truth of obj.<names[i]>: 1, 0, or -1 with an exception. */
-static int slot_true(SlotCache *c, PyObject *obj, int i) {
-    PyObject *v = slot_get(c, obj, i);
-    if (v == NULL) return -1;
-    int r = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
-}
-
-static int slot_add(SlotCache *c, PyObject *obj, int i, long long delta) {
-    long long v;
-    if (slot_ll(c, obj, i, &v) < 0) return -1;
-    return slot_set_ll(c, obj, i, v + delta);
-}
+#include "_slots.h"
 
 enum { S_PAUSED, S_WAITING, S_VP8, S_PT_MAP, S_REWRITER, S_SSRC, S_EXT_TABLE, S_TWCC, S_ABS,
        S_TRANSPORT, S_KEY, S_PACKETS, S_OCTETS, S_COUNT };
@@ -167,6 +73,7 @@ enum { T_TWCC_SEQ, T_SENT_AT, T_SIZES, T_COUNT };
 enum { P_PROTECT, P_ADDR, P_WIRE, P_SRTP_ERRORS, P_COUNT };
 enum { V_RESYNC, V_PID_OFFSET, V_TL0_OFFSET, V_LAST_PID, V_LAST_TL0, V_COUNT };
 enum { F_RED_STRIPPED, F_FORWARDED, F_COUNT };
+enum { W_PACKET, W_START, W_END, W_TWO_BYTE, W_ELEMENTS, W_COUNT };
 
 static PyObject *sub_names[S_COUNT], *rw_names[R_COUNT], *tr_names[T_COUNT], *peer_names[P_COUNT];
 static SlotCache sub_cache = {NULL, 0, S_COUNT, sub_names, {0}};
@@ -178,6 +85,9 @@ static SlotCache vp_cache = {NULL, 0, V_COUNT, vp_names, {0}};
 /* ForwarderStats: the counters forward() adds to, once per packet. */
 static PyObject *stats_names[F_COUNT];
 static SlotCache stats_cache = {NULL, 0, F_COUNT, stats_names, {0}};
+/* rtc.rtp.view.RtpView: the parsed packet forward() copies, read once per packet. */
+static PyObject *view_names[W_COUNT];
+static SlotCache view_cache = {NULL, 0, W_COUNT, view_names, {0}};
 
 /* -- Leg: a subscriber's session pointer and packed address --------------- */
 
@@ -499,12 +409,15 @@ static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
     return 0;
 }
 
-/* Fanout.forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value,
- *                size, payload_octets[, primary, start, stats, *held]) -> forwarded
+/* Fanout.forward(subs, view, now, rest, tcc_off, abs_off, abs_value, primary, stats,
+ *                *held) -> forwarded
  *
- * The loop of Forwarder.route_into over one packet's subscriptions, for the
- * copies that need nothing but the steady state: each gets its own slot (a
- * copy of ``packet``), its payload type, sequence number and timestamp
+ * The loop of Forwarder.route_view over one packet's subscriptions, for the
+ * copies that need nothing but the steady state. ``view`` is the packet as
+ * rtc.rtp.view.RtpView parsed it once where it arrived (its ``packet``,
+ * ``start``, ``end``, ``two_byte`` and ``elements``: nothing is parsed
+ * again here). Each copy gets its own slot (a
+ * copy of the packet), its payload type, sequence number and timestamp
  * (RtpRewriter.rewrite past a run's first packet), SSRC, extension ids,
  * transport-wide sequence number (recorded in the transport's rings) and
  * abs-send-time, a simulcast layer's PictureID and TL0PICIDX (its VP8
@@ -524,34 +437,58 @@ static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
  * then the primary block, the P bit cleared; each such copy adds one to
  * ``stats.red_stripped``.
  */
+static PyObject *forward_packet(Fanout *self, PyObject *const *args, PyObject *packet,
+                                PyObject *elements, int two_byte, long start,
+                                long long payload_octets);
+
 static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11 && nargs < 14) {
-        PyErr_SetString(PyExc_TypeError, "forward takes 11, or 14 and more, arguments");
+    if (nargs < 9) {
+        PyErr_SetString(PyExc_TypeError, "forward takes 9 arguments and more");
         return NULL;
     }
-    PyObject *subs = args[0], *packet = args[1], *now_obj = args[2], *rest = args[3],
-             *elements = args[4];
-    if (!PyList_Check(subs) || !PyBytes_Check(packet) || !PyList_Check(rest) ||
-        !PyList_Check(elements)) {
-        PyErr_SetString(PyExc_TypeError, "forward(list, bytes, float, list, list, ...)");
+    PyObject *subs = args[0], *view = args[1], *now_obj = args[2], *rest = args[3];
+    if (!PyList_Check(subs) || !PyList_Check(rest)) {
+        PyErr_SetString(PyExc_TypeError, "forward(list, RtpView, float, list, ...)");
         return NULL;
     }
-    int two_byte = PyObject_IsTrue(args[5]);
-    long tcc_off = PyLong_AsLong(args[6]), abs_off = PyLong_AsLong(args[7]),
-         abs_value = PyLong_AsLong(args[8]);
-    long long payload_octets = PyLong_AsLongLong(args[10]);
+    (void)now_obj;
+    /* The packet as rtc.rtp.view.RtpView parsed it where it arrived; the
+     * packet and its element list are held for the call, whatever Python
+     * code the loop runs (a protect of another kind, a ring's __setitem__). */
+    long long start, end;
+    int two_byte = slot_true(&view_cache, view, W_TWO_BYTE);
+    if (two_byte < 0 || slot_ll(&view_cache, view, W_START, &start) < 0 ||
+        slot_ll(&view_cache, view, W_END, &end) < 0)
+        return NULL;
+    PyObject *packet = slot_get(&view_cache, view, W_PACKET);
+    if (packet == NULL) return NULL;
+    PyObject *elements = slot_get(&view_cache, view, W_ELEMENTS);
+    if (elements == NULL) {
+        Py_DECREF(packet);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (!PyBytes_Check(packet) || !PyList_Check(elements))
+        PyErr_SetString(PyExc_TypeError, "the view's packet is bytes, its elements a list");
+    else if (start < 12 || end < start || end > PyBytes_GET_SIZE(packet))
+        PyErr_SetString(PyExc_ValueError, "the view's payload is out of its packet");
+    else
+        result = forward_packet(self, args, packet, elements, two_byte, (long)start, end - start);
+    Py_DECREF(packet);
+    Py_DECREF(elements);
+    return result;
+}
+
+/* Fanout.forward past reading the view: ``args`` as it was given. */
+static PyObject *forward_packet(Fanout *self, PyObject *const *args, PyObject *packet,
+                                PyObject *elements, int two_byte, long start,
+                                long long payload_octets) {
+    PyObject *subs = args[0], *now_obj = args[2], *rest = args[3];
+    long tcc_off = PyLong_AsLong(args[4]), abs_off = PyLong_AsLong(args[5]),
+         abs_value = PyLong_AsLong(args[6]), primary = PyLong_AsLong(args[7]);
+    PyObject *stats = args[8] == Py_None ? NULL : args[8];
     (void)PyFloat_AsDouble(now_obj); /* a number, stored as given */
     if (PyErr_Occurred()) return NULL;
-    PyObject *size_obj = args[9];
-    long primary = -1, start = 0;
-    PyObject *stats = NULL;
-    if (nargs >= 14) {
-        primary = PyLong_AsLong(args[11]);
-        start = PyLong_AsLong(args[12]);
-        stats = args[13];
-        if (PyErr_Occurred()) return NULL;
-    }
-
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(packet);
     Py_ssize_t size = PyBytes_GET_SIZE(packet);
     Element el[MAX_ELEMENTS];
@@ -596,8 +533,13 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_ValueError, "RED primary block out of the packet");
         return NULL;
     }
+    PyObject *size_obj = PyLong_FromSsize_t(size);
+    if (size_obj == NULL) return NULL;
     PyObject *pt_obj = PyLong_FromLong((long)pt);
-    if (pt_obj == NULL) return NULL;
+    if (pt_obj == NULL) {
+        Py_DECREF(size_obj);
+        return NULL;
+    }
     PyObject *prim_pt_obj = NULL, *cut_size_obj = NULL;
     long stripped = 0;
 
@@ -844,6 +786,7 @@ static PyObject *Fanout_forward(Fanout *self, PyObject *const *args, Py_ssize_t 
     }
     flush(self, n);
     Py_DECREF(pt_obj);
+    Py_DECREF(size_obj);
     Py_XDECREF(prim_pt_obj);
     Py_XDECREF(cut_size_obj);
     if (stripped && stats != NULL && slot_add(&stats_cache, stats, F_RED_STRIPPED, stripped) < 0)
@@ -858,6 +801,7 @@ fail:
     Py_XDECREF(protect);
     Py_XDECREF(peer);
     Py_DECREF(pt_obj);
+    Py_DECREF(size_obj);
     Py_XDECREF(prim_pt_obj);
     Py_XDECREF(cut_size_obj);
     flush(self, n);
@@ -883,9 +827,9 @@ static PyMethodDef Fanout_methods[] = {
     {"send", (PyCFunction)Fanout_send, METH_O,
      "send(routed) -> int: protect each (peer, packet) for its peer and sendmmsg them."},
     {"forward", (PyCFunction)(void (*)(void))Fanout_forward, METH_FASTCALL,
-     "forward(subs, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, size, "
-     "payload_octets[, primary, start, stats, *held]) -> int: the steady-state copies "
-     "Forwarder.route_into returned, rewritten, protected and sent."},
+     "forward(subs, view, now, rest, tcc_off, abs_off, abs_value, primary, stats, *held) -> "
+     "int: the steady-state copies of the packet Forwarder.route_view returned, rewritten, "
+     "protected and sent."},
     {"counters", (PyCFunction)Fanout_counters, METH_NOARGS,
      "counters() -> {'sent', 'dropped', 'send_errors'} since creation."},
     {NULL, NULL, 0, NULL},
@@ -972,6 +916,13 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     PyObject *vp_list[V_COUNT] = {str_resync, str_pid_offset, str_tl0_offset, str_last_pid,
                                   str_last_tl0};
     memcpy(vp_names, vp_list, sizeof(vp_list));
+    view_names[W_PACKET] = PyUnicode_InternFromString("packet");
+    view_names[W_START] = PyUnicode_InternFromString("start");
+    view_names[W_END] = PyUnicode_InternFromString("end");
+    view_names[W_TWO_BYTE] = PyUnicode_InternFromString("two_byte");
+    view_names[W_ELEMENTS] = PyUnicode_InternFromString("elements");
+    for (int i = 0; i < W_COUNT; i++)
+        if (view_names[i] == NULL) return NULL;
     stats_names[F_RED_STRIPPED] = str_red_stripped;
     stats_names[F_FORWARDED] = str_forwarded;
     if (!str_protect || !str_addr || !str_wire || !str_srtp_errors || !one) return NULL;

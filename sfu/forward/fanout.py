@@ -12,7 +12,7 @@ subscriber whose payload type map lacks RED gets the primary block alone.
 
 With the native leaf (``sfu/forward/_fanout.c``, :mod:`sfu.forward.native`)
 ``forward`` is this function's twin in C for the steady state: it takes the
-:data:`Steady` tuple ``route_into`` hands back and leaves what needs more to
+:data:`Steady` tuple ``route_view`` hands back and leaves what needs more to
 :meth:`~sfu.forward.forwarder.Forwarder.route_rest`, which calls
 :func:`fan_out` for it. The leaf's RED steps are :class:`NativeRed`.
 """
@@ -23,7 +23,8 @@ import struct
 from collections.abc import Callable, Hashable
 from typing import Protocol
 
-from rtc.rtp.header import FIXED_HEADER, HEADER_REWRITE
+from rtc.rtp.header import HEADER_REWRITE
+from rtc.rtp.view import RtpView
 from sfu.forward.simulcast import vp8_picture
 from sfu.forward.table import ForwarderStats, SourceStream, Subscription, remap_extensions
 
@@ -33,27 +34,19 @@ Routed = list[tuple[Hashable, bytes]]
 """``(subscriber, packet)`` pairs, each packet ready for the subscriber's SRTP ``protect``."""
 Steady = tuple[
     list[Subscription],  # the track's subscriptions
-    bytes,  # the packet, as its copies start
+    RtpView,  # the packet as its copies start, parsed
     float,  # now
     list[Subscription],  # rest: the copies the native leaf leaves to route_rest
-    list[tuple[int, int, int]],  # extension elements (offset, id, length)
-    bool,  # two-byte extensions
     int,  # transport-wide sequence number's offset, -1 for none
     int,  # abs-send-time's offset, -1 for none
     int,  # abs-send-time's value
-    int,  # the packet's size
-    int,  # payload octets
     int,  # RED's primary block (payload type << 16 | offset), -1 for none
-    int,  # payload start
     ForwarderStats,
     # The rest is route_rest's; the native leaf does not read it.
     SourceStream,
     bool,  # a keyframe starts here
-    int,  # payload end
-    int,  # extension block start
-    int,  # extension block end
 ]
-"""What :meth:`sfu.forward.forwarder.Forwarder.route_into` hands back for the
+"""What :meth:`sfu.forward.forwarder.Forwarder.route_view` hands back for the
 native leaf: the arguments of ``Fanout.forward`` (sfu/forward/_fanout.c), then
 what :meth:`~sfu.forward.forwarder.Forwarder.route_rest` needs for the copies
 the leaf leaves."""
@@ -88,31 +81,28 @@ _U16 = struct.Struct("!H")
 def fan_out(
     subs: list[Subscription],
     track: SourceStream,
-    packet: bytes,
+    view: RtpView,
     now: float,
     keyframe: bool,
-    elements: list[tuple[int, int, int]],
-    two_byte: bool,
     tcc_off: int,
     abs_off: int,
     abs_value: int,
-    n: int,
-    payload_octets: int,
     primary: int,
-    start: int,
-    end: int,
-    ext_start: int,
-    ext_end: int,
     stats: ForwarderStats,
     out: Routed,
     sendable: Callable[[Hashable], bool] | None = None,
 ) -> None:
-    """One rewritten copy of ``packet`` per subscription of ``subs``, appended to ``out``
-    (the counts go to ``stats``). A subscriber ``sendable`` says no to (its
-    transport not keyed yet) gets none, and its subscription stands still:
-    no sequence number spent, no keyframe taken, nothing counted as sent."""
-    _, b1, seq, ts, _ = FIXED_HEADER.unpack_from(packet)
-    pt = b1 & 0x7F
+    """One rewritten copy of ``view``'s packet per subscription of ``subs``,
+    appended to ``out`` (the counts go to ``stats``). A subscriber
+    ``sendable`` says no to (its transport not keyed yet) gets none, and its
+    subscription stands still: no sequence number spent, no keyframe taken,
+    nothing counted as sent."""
+    packet = view.packet
+    b1, seq, ts, pt = view.b1, view.seq, view.timestamp, view.payload_type
+    start, end, n = view.start, view.end, view.size
+    elements, two_byte = view.elements, view.two_byte
+    ext_start, ext_end = view.ext_start, view.ext_end
+    payload_octets = end - start
     buf = bytearray(packet)
     # The extension table ``buf`` holds now (None: the publisher's ids).
     # Subscribers with equal tables share one interned table object, so a

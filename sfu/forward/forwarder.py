@@ -19,12 +19,15 @@ transport-wide sequence counter (draft-holmer-rmcat-transport-wide-cc-
 extensions-01) belongs to the subscriber, not the subscription: one counter
 per transport, which BUNDLE makes one per subscriber.
 
-The hot path (:meth:`Forwarder.route_into`) builds no object per packet beyond
+The hot path (:meth:`Forwarder.route_view`) builds no object per packet beyond
 the bytes it emits: one working ``bytearray`` per incoming packet is rewritten
 in place for each subscriber in turn (mediasoup's "rewrite, emit, reuse":
 :func:`sfu.forward.fanout.fan_out`, or the native leaf) and each subscriber
-gets one ``bytes`` copy of it, which is what SRTP protect takes. Header
-fields are read with precompiled :class:`struct.Struct` objects.
+gets one ``bytes`` copy of it, which is what SRTP protect takes. The packet
+comes parsed: the worker reads its header and extensions once, into an
+:class:`~rtc.rtp.view.RtpView` it hands to :meth:`Forwarder.route_view`, and
+nothing after reads them again (:meth:`Forwarder.route_into` parses bytes
+into the forwarder's own view first).
 
 What the core does on the way:
 
@@ -57,8 +60,7 @@ from typing import Literal
 from rtc import red
 from rtc.errors import RtpParseError
 from rtc.rtcp.compound import RtcpPacket
-from rtc.rtp.extensions import extension_elements
-from rtc.rtp.header import FIXED_HEADER, payload_range, rtx_original
+from rtc.rtp.view import RtpView
 from rtc.sdp.attributes import ABS_SEND_TIME, TRANSPORT_CC
 from sfu.errors import SfuStateError
 from sfu.forward.fanout import NativeRed, Routed, Steady, fan_out
@@ -118,6 +120,9 @@ class Forwarder:
         self.history_age = history_age
         self.red_depth = red_depth
         self.stats = ForwarderStats()
+        # route_into's parse of a packet handed in as bytes (the worker
+        # hands route_view the one it made where the packet arrived).
+        self._view = RtpView()
         self._tracks: dict[int, SourceStream] = {}
         self._rtx_tracks: dict[int, SourceStream] = {}
         self._transports: dict[Key, SubscriberTransport] = {}
@@ -462,31 +467,48 @@ class Forwarder:
         sends the steady-state ones, then to :meth:`route_rest` for those the
         leaf leaves. None when there is nothing to copy.
         """
-        stats = self.stats
-        n = len(packet)
-        if n < 12 or packet[0] & 0xC0 != 0x80:
-            stats.malformed += 1
+        view = self._view
+        view.size = 0  # a packet too short for the fixed header leaves the fields as they were
+        try:
+            view.parse(packet)
+        except RtpParseError:
+            self.refuse(view)
             return None
-        b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(packet)
-        track = self._tracks.get(ssrc)
+        return self.route_view(view, now, out, steady)
+
+    def refuse(self, view: RtpView) -> None:
+        """Count a packet whose parse into ``view`` failed: one of an unknown
+        SSRC as such (its header says whose it is), any other as malformed."""
+        stats = self.stats
+        if (
+            view.size >= 12
+            and view.b0 & 0xC0 == 0x80
+            and view.ssrc not in self._tracks
+            and view.ssrc not in self._rtx_tracks
+        ):
+            stats.unknown_ssrc += 1
+        else:
+            stats.malformed += 1
+
+    def route_view(
+        self, view: RtpView, now: float, out: Routed, steady: bool = False
+    ) -> Steady | None:
+        """:meth:`route_into` for a packet already parsed into ``view``, which
+        the forwarder may change (to an RTX packet's original, a RED packet's
+        deeper copy) and the :data:`Steady` it returns refers to."""
+        stats = self.stats
+        track = self._tracks.get(view.ssrc)
         if track is None:
-            track = self._rtx_tracks.get(ssrc)
+            track = self._rtx_tracks.get(view.ssrc)
             if track is None:
                 stats.unknown_ssrc += 1
                 return None
-            unwrapped = self._unwrap_rtx(track, packet)
-            if unwrapped is None:
+            if not self._unwrap_rtx(track, view):
                 return None
-            packet = unwrapped
-            b0, b1, seq, ts, ssrc = FIXED_HEADER.unpack_from(packet)
-        try:
-            start, end = payload_range(packet)
-            two_byte, ext_start, ext_end, elements = (
-                extension_elements(packet) if b0 & 0x10 else (False, 0, 0, _NO_ELEMENTS)
-            )
-        except RtpParseError:
-            stats.malformed += 1
-            return None
+        packet = view.packet
+        seq, ts = view.seq, view.timestamp
+        start, end = view.start, view.end
+        elements = view.elements
 
         # Reception: duplicates, lateness and upstream gaps (RFC 3550 A.1's
         # extended sequence number, relative to the highest so far).
@@ -507,7 +529,7 @@ class Forwarder:
                 return None
             elif track.missing.pop(ext, None) is not None:
                 stats.recovered += 1
-        pt = b1 & 0x7F
+        pt = view.payload_type
         # RED (RFC 2198): where its primary block starts, for the copies cut to it.
         primary = -1
         if pt == track.red_pt:
@@ -564,33 +586,30 @@ class Forwarder:
             track.red_last_end = end
             if isinstance(deeper, bytes):
                 tail = end - (primary & 0xFFFF)
-                packet = deeper
-                n = end = len(deeper)
-                primary = (primary >> 16) << 16 | (n - tail)
+                view.replace_payload(deeper)
+                primary = (primary >> 16) << 16 | (view.end - tail)
         abs_value = -1
         tcc_off = abs_off = -1
         if elements:
             tcc_id, abs_id = track.tcc_id, track.abs_id
+            header = 2 if view.two_byte else 1
             for hdr, xid, length in elements:
                 if xid == tcc_id and length >= 2:
-                    tcc_off = hdr + (2 if two_byte else 1)
+                    tcc_off = hdr + header
                 elif xid == abs_id and length == 3:
-                    abs_off = hdr + (2 if two_byte else 1)
+                    abs_off = hdr + header
             if abs_off >= 0:
                 abs_value = int(now * 262144.0) & 0xFFFFFF  # 6.18 fixed point seconds
-        payload_octets = end - start
         if steady:
             # The native leaf (sfu/forward/_fanout.c) makes every copy in the steady
             # state (a simulcast layer's PictureID and TL0PICIDX too); what
             # needs more (a keyframe wait, a run to start, RTP's or VP8's)
             # it leaves in ``rest`` for route_rest.
             return (
-                subs, packet, now, [], elements, two_byte, tcc_off, abs_off, abs_value, n,
-                payload_octets, primary, start, stats, track, keyframe, end, ext_start, ext_end,
+                subs, view, now, [], tcc_off, abs_off, abs_value, primary, stats, track, keyframe
             )  # fmt: skip
         fan_out(
-            subs, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
-            n, payload_octets, primary, start, end, ext_start, ext_end, stats, out,
+            subs, track, view, now, keyframe, tcc_off, abs_off, abs_value, primary, stats, out,
             self.sendable,
         )  # fmt: skip
         return None
@@ -598,31 +617,24 @@ class Forwarder:
     def route_rest(self, steady: Steady, out: Routed) -> None:
         """Append ``(subscriber, packet)`` for the subscriptions the native leaf
         left in ``steady``'s rest (a keyframe wait, a run's first packet)."""
-        (
-            _, packet, now, rest, elements, two_byte, tcc_off, abs_off, abs_value, n,
-            payload_octets, primary, start, stats, track, keyframe, end, ext_start, ext_end,
-        ) = steady  # fmt: skip
+        _, view, now, rest, tcc_off, abs_off, abs_value, primary, stats, track, keyframe = steady
         fan_out(
-            rest, track, packet, now, keyframe, elements, two_byte, tcc_off, abs_off, abs_value,
-            n, payload_octets, primary, start, end, ext_start, ext_end, stats, out,
+            rest, track, view, now, keyframe, tcc_off, abs_off, abs_value, primary, stats, out,
             self.sendable,
         )  # fmt: skip
 
-    def _unwrap_rtx(self, track: SourceStream, packet: bytes) -> bytes | None:
-        """The original packet inside a publisher's RTX packet (RFC 4588 section 4)."""
-        apt = track.rtx_apt.get(packet[1] & 0x7F)
+    def _unwrap_rtx(self, track: SourceStream, view: RtpView) -> bool:
+        """Make ``view`` the original packet inside a publisher's RTX packet
+        (RFC 4588 section 4); False when there is none to forward."""
+        apt = track.rtx_apt.get(view.payload_type)
         if apt is None:
             self.stats.malformed += 1
-            return None
-        try:
-            original = rtx_original(packet, apt, track.ssrc)
-        except RtpParseError:
-            self.stats.malformed += 1
-            return None
-        if original is None:
+            return False
+        if not view.unwrap_rtx(apt, track.ssrc):
             # An RTX packet without a payload is a bandwidth probe, not a repair.
             self.stats.rtx_padding += 1
-        return original
+            return False
+        return True
 
     # -- RTP repair (sfu.forward.repair) ---------------------------------------------
 
@@ -682,6 +694,3 @@ class Forwarder:
         (:func:`sfu.forward.repair.padding_probe`)."""
         transport = self._transports.get(subscriber)
         return None if transport is None else padding_probe(transport, size, now)
-
-
-_NO_ELEMENTS: list[tuple[int, int, int]] = []

@@ -11,8 +11,10 @@ no second copy of a key), and sends the batch with one ``sendmmsg``. It
 returns how many datagrams the kernel took.
 
 The same leaf also makes the copies in the steady state (``forward``): with
-``steady``, :meth:`Forwarder.route_into` hands back what the copies of a
-packet need (:data:`sfu.forward.fanout.Steady`) instead of making them, and the
+``steady``, :meth:`Forwarder.route_view` hands back what the copies of a
+packet need (:data:`sfu.forward.fanout.Steady`: the packet's
+:class:`~rtc.rtp.view.RtpView`, parsed once where it arrived, and the
+offsets the forwarder chose) instead of making them, and the
 worker passes that to ``forward``, which writes each copy's header,
 extension ids, transport-wide sequence number and abs-send-time straight
 into its send buffer (no ``bytes`` or tuple per copy), protects and sends

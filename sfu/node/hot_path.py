@@ -28,9 +28,12 @@ Demultiplexing (RFC 7983 section 7) on one port shared by every peer:
   dropped and counted; nothing a peer sends raises.
 
 The hot path runs synchronously in :meth:`HotPath.datagram_received`:
-SRTP unprotect once, :meth:`Forwarder.route_into` into one reused list, then
+SRTP unprotect once, parse the RTP header and its extensions once into the
+worker's one :class:`~rtc.rtp.view.RtpView` (which the receive statistics,
+transport-wide feedback, the audio level and the forwarder all read),
+:meth:`Forwarder.route_view` into one reused list, then
 for each subscriber its own SRTP protect and ``sendto`` its selected address.
-With the native fan-out (:mod:`sfu.forward.native`), ``route_into`` hands back the
+With the native fan-out (:mod:`sfu.forward.native`), ``route_view`` hands back the
 steady-state copies instead of making them; the worker has the leaf make,
 protect and send those with ``sendmmsg`` (``forward``), then the others the
 forwarder makes (``route_rest``, ``send``).
@@ -63,8 +66,7 @@ from rtc.ice import Address, local_ufrag_of
 from rtc.rtcp.compound import RtcpPacket, parse_compound
 from rtc.rtcp.feedback import Fir, Nack, Pli, Remb
 from rtc.rtcp.transport_cc import TransportCc
-from rtc.rtp.extensions import transport_sequence_number
-from rtc.rtp.header import FIXED_HEADER
+from rtc.rtp.view import RtpView
 from sfu.feedback.reports import feedback_compounds, nack_interval_for
 from sfu.forward import native
 from sfu.layers.choice import Layers
@@ -108,6 +110,8 @@ class HotPath(asyncio.DatagramProtocol):
         self._link_addrs = link_addrs
         self._strangers = StrangerSearch()
         self._routed: list[tuple[Any, bytes]] = []
+        self._view = RtpView()
+        """The packet being routed, parsed once (rtc/rtp/view.py), reused for every packet."""
         self._transport: asyncio.DatagramTransport | None = None
         self._time: Callable[[], float] = _running_loop_time
         self._sendto: Callable[[bytes, Any], None] = _no_socket
@@ -241,9 +245,19 @@ class HotPath(asyncio.DatagramProtocol):
 
     def _route(self, peer: Peer, plain: bytes, now: float) -> None:
         """Forward one unprotected RTP packet of a publisher (or a relay link's ingress leg)."""
-        # libsrtp refuses a packet shorter than its RTP header, so
-        # the fixed header is there to read.
-        _, _, seq, ts, ssrc = FIXED_HEADER.unpack_from(plain)
+        # The packet's header and extensions are parsed here, once: the
+        # receive statistics, transport-wide feedback, the audio level, the
+        # forwarder and the native leaf all read this view.
+        view = self._view
+        try:
+            view.parse(plain)
+            parsed = True
+        except RtpParseError:
+            # libsrtp refuses a packet shorter than its RTP header, and the
+            # demultiplexer took only version 2, so the fixed header's fields
+            # are read; the forwarder counts the packet and drops it.
+            parsed = False
+        seq, ts, ssrc = view.seq, view.timestamp, view.ssrc
         stats = peer.recv_stats.get(ssrc)
         if stats is not None:
             stats.on_packet(seq, ts, now, len(plain))
@@ -254,18 +268,18 @@ class HotPath(asyncio.DatagramProtocol):
         recording = peer.recording
         if recording is not None:
             recording.append((ssrc, plain, now))  # drained by sfu.recording.core, off this path
+        if not parsed:
+            peer.forwarder.refuse(view)
+            return
         twcc = peer.twcc
         if twcc is not None:
             # Every packet with the extension, RTX and padding probes
             # too: the sender's estimator wants each one's arrival.
-            try:
-                tseq = transport_sequence_number(plain, peer.twcc_id)
-            except RtpParseError:
-                tseq = None
-            if tseq is not None:
-                twcc.on_packet(tseq, now)
+            offset, length = view.extension(peer.twcc_id)
+            if length >= 2:
+                twcc.on_packet((plain[offset] << 8) | plain[offset + 1], now)
         if peer.levels:
-            self._audio_level(peer, plain, now)
+            self._audio_level(peer, view, now)
         out = self._routed
         forwarder = peer.forwarder
         fstats = forwarder.stats
@@ -274,7 +288,7 @@ class HotPath(asyncio.DatagramProtocol):
         if fan is not None:
             # The native leaf makes, protects and sends the steady-state
             # copies; the forwarder makes the others, and the leaf sends those.
-            steady = forwarder.route_into(plain, now, out, True)
+            steady = forwarder.route_view(view, now, out, True)
             if steady is not None:
                 fan.forward(*steady)
                 if steady[3]:
@@ -283,7 +297,7 @@ class HotPath(asyncio.DatagramProtocol):
                     fan.send(out)
                     out.clear()
         else:
-            forwarder.route_into(plain, now, out)
+            forwarder.route_view(view, now, out)
             sendto = self._sendto
             for sub, packet in out:
                 protect = sub.protect
@@ -438,18 +452,23 @@ class HotPath(asyncio.DatagramProtocol):
         if rtt is not None:
             room.forwarder.nack_interval = nack_interval_for(rtt)
 
-    def _audio_level(self, peer: Peer, plain: bytes, now: float) -> None:
-        ssrc = _SSRC.unpack_from(plain, 8)[0]
+    def _audio_level(self, peer: Peer, view: RtpView, now: float) -> None:
+        """An audio packet's ssrc-audio-level (RFC 6464) for the room's active speaker."""
+        ssrc = view.ssrc
         ext_id = peer.levels.get(ssrc)
         if ext_id is None:
+            return
+        offset, length = view.extension(ext_id)
+        if length < 1:
             return
         # A relay link's leg carries the audio of remote participants: each
         # speaks under its own name, so every worker computes the same speaker.
         owners = peer.owners
         who = peer.participant if owners is None else owners.get(ssrc, peer.participant)
         speaker = peer.room.speaker
-        if speaker.hear(who, plain, ext_id, now):
-            self._soon(speaker.get_timer())
+        level = view.packet[offset]
+        speaker.update(who, bool(level & 0x80), level & 0x7F, now)
+        self._soon(speaker.get_timer())
 
     # -- the clock, and what goes out ----------------------------------------------------------
 

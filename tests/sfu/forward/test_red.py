@@ -24,6 +24,7 @@ from rtc import red
 from rtc.red import RedBlock, RedPayload
 from rtc.rtp.extensions import build_extensions
 from rtc.rtp.packet import RtpPacket
+from rtc.rtp.view import RtpView
 from rtc.sdp.attributes import ABS_SEND_TIME, AUDIO_LEVEL, TRANSPORT_CC
 from rtc.sdp.session import SessionDescription
 from sfu.feedback.estimator import SendSideEstimator
@@ -493,16 +494,14 @@ def test_native_counts_stripped_copies_on_any_stats_object() -> None:
         route_native(f, fan, red_packet(1), 0.02, out)  # a run's first copies: the Python loop
         assert f.stats.red_stripped == 2
         track = f.track(SSRC)
-        packet = red_packet(2)
-        start = 12 + 4 + 12  # the header, the extension profile and its three elements
-        end = len(packet)
-        primary = red.primary(packet, start, end)
+        view = RtpView()
+        view.parse(red_packet(2))
+        primary = red.primary(view.packet, view.start, view.end)
         plain = _PlainStats()
         rest: list[Any] = []
-        # No extension elements, offsets or abs-send-time: only the copies' counts matter here.
+        # No transport-wide sequence number or abs-send-time: only the copies' counts matter here.
         sent = fan.forward(
-            track.subscriptions, packet, 0.04, rest, [], False, -1, -1, -1, len(packet),
-            end - start, primary, start, plain,  # type: ignore[arg-type]
+            track.subscriptions, view, 0.04, rest, -1, -1, -1, primary, plain,  # type: ignore[arg-type]
         )  # fmt: skip
         assert (sent, rest, plain.red_stripped, plain.forwarded) == (3, [], 5 + 2, 3)
         route_native(f, fan, red_packet(3), 0.06, out)
