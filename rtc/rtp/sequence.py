@@ -6,7 +6,17 @@ resumed source's sequence numbers and timestamps continuous.
 
 from __future__ import annotations
 
+from array import array
+
 __all__ = [
+    "IN_MAX",
+    "IN_START",
+    "OUT_MAX_SEQ",
+    "OUT_MAX_TS",
+    "POSITION_LENGTH",
+    "RESYNC",
+    "SEQ_OFFSET",
+    "TS_OFFSET",
     "RtpRewriter",
     "SequenceUnwrapper",
     "seq_add",
@@ -76,6 +86,26 @@ class SequenceUnwrapper:
         return u
 
 
+# RtpRewriter.position: where a run stands, one flat array of int64 (what
+# a C leaf reads and writes as a buffer, sfu/forward/_fanout.c, which
+# checks the length). Indices:
+RESYNC = 0
+"""1 when the next packet starts a run (:meth:`RtpRewriter.switch`)."""
+IN_START = 1
+"""Unwrapped input sequence number of this run's first packet."""
+IN_MAX = 2
+"""Unwrapped input sequence number of this run's highest packet."""
+SEQ_OFFSET = 3
+"""What this run adds to input sequence numbers (mod 2**16)."""
+TS_OFFSET = 4
+"""What this run adds to input timestamps (mod 2**32)."""
+OUT_MAX_SEQ = 5
+"""Highest outgoing sequence number so far."""
+OUT_MAX_TS = 6
+"""Its timestamp."""
+POSITION_LENGTH = 7
+
+
 class RtpRewriter:
     """Continuous sequence numbers and timestamps for one outgoing stream (RFC 3550 5.1).
 
@@ -90,38 +120,23 @@ class RtpRewriter:
 
     Pure state: the caller passes ``now`` (seconds) and calls :meth:`switch`
     before the first packet of a new run; it should start a video run on a
-    keyframe.
+    keyframe. Where the run stands is :attr:`position`, flat integers (the
+    indices above), so a native fan-out can rewrite past a run's first packet
+    without touching Python objects; ``last_now`` is when the highest was sent.
     """
 
-    __slots__ = (
-        "_clock_rate",
-        "_in_max",
-        "_in_start",
-        "_last_now",
-        "_out_max_seq",
-        "_out_max_ts",
-        "_resync",
-        "_seq_offset",
-        "_started",
-        "_ts_offset",
-    )
+    __slots__ = ("_clock_rate", "_started", "last_now", "position")
 
     def __init__(self, clock_rate: int) -> None:
         self._clock_rate = clock_rate
         self._started = False
-        self._resync = True
-        self._seq_offset = 0
-        self._ts_offset = 0
-        # Unwrapped input sequence numbers of this run's first and highest packet.
-        self._in_start = 0
-        self._in_max = 0
-        self._out_max_seq = 0
-        self._out_max_ts = 0
-        self._last_now = 0.0
+        self.position = array("q", bytes(8 * POSITION_LENGTH))
+        self.position[RESYNC] = 1
+        self.last_now = 0.0
 
     def switch(self) -> None:
         """Start a new run at the next packet: another source, or this one resumed."""
-        self._resync = True
+        self.position[RESYNC] = 1
 
     def rewrite(self, seq: int, ts: int, now: float) -> tuple[int, int] | None:
         """Outgoing ``(sequence_number, timestamp)`` for an incoming packet.
@@ -129,33 +144,35 @@ class RtpRewriter:
         ``None`` for a packet older than the first one of the current run: its
         outgoing number would collide with the previous run's, so drop it.
         """
-        if self._resync:
+        p = self.position
+        if p[RESYNC]:
             if self._started:
                 # Never step back in time, and never repeat a timestamp a decoder
                 # would merge into the previous frame.
-                gap = max(1, round((now - self._last_now) * self._clock_rate))
-                out_seq = (self._out_max_seq + 1) & 0xFFFF
-                out_ts = (self._out_max_ts + gap) & 0xFFFFFFFF
+                gap = max(1, round((now - self.last_now) * self._clock_rate))
+                out_seq = (p[OUT_MAX_SEQ] + 1) & 0xFFFF
+                out_ts = (p[OUT_MAX_TS] + gap) & 0xFFFFFFFF
             else:
                 out_seq, out_ts = seq, ts
-            self._seq_offset = (out_seq - seq) & 0xFFFF
-            self._ts_offset = (out_ts - ts) & 0xFFFFFFFF
-            self._in_start = self._in_max = seq
-            self._out_max_seq, self._out_max_ts = out_seq, out_ts
-            self._last_now = now
-            self._resync = False
+            p[SEQ_OFFSET] = (out_seq - seq) & 0xFFFF
+            p[TS_OFFSET] = (out_ts - ts) & 0xFFFFFFFF
+            p[IN_START] = p[IN_MAX] = seq
+            p[OUT_MAX_SEQ], p[OUT_MAX_TS] = out_seq, out_ts
+            self.last_now = now
+            p[RESYNC] = 0
             self._started = True
             return out_seq, out_ts
-        d = ((seq - self._in_max + 0x8000) & 0xFFFF) - 0x8000
-        u = self._in_max + d
-        if u < self._in_start:
+        in_max = p[IN_MAX]
+        d = ((seq - in_max + 0x8000) & 0xFFFF) - 0x8000
+        u = in_max + d
+        if u < p[IN_START]:
             return None
-        out_seq = (seq + self._seq_offset) & 0xFFFF
-        out_ts = (ts + self._ts_offset) & 0xFFFFFFFF
+        out_seq = (seq + p[SEQ_OFFSET]) & 0xFFFF
+        out_ts = (ts + p[TS_OFFSET]) & 0xFFFFFFFF
         if d > 0:
-            self._in_max = u
-            self._out_max_seq, self._out_max_ts = out_seq, out_ts
-            self._last_now = now
+            p[IN_MAX] = u
+            p[OUT_MAX_SEQ], p[OUT_MAX_TS] = out_seq, out_ts
+            self.last_now = now
         return out_seq, out_ts
 
     def sent_as(self, seq: int, ts: int) -> tuple[int, int] | None:
@@ -171,10 +188,12 @@ class RtpRewriter:
         """
         if not self._started:
             return None
-        u = self._in_max + (((seq - self._in_max + 0x8000) & 0xFFFF) - 0x8000)
-        if u < self._in_start or u > self._in_max:
+        p = self.position
+        in_max = p[IN_MAX]
+        u = in_max + (((seq - in_max + 0x8000) & 0xFFFF) - 0x8000)
+        if u < p[IN_START] or u > in_max:
             return None
-        return (seq + self._seq_offset) & 0xFFFF, (ts + self._ts_offset) & 0xFFFFFFFF
+        return (seq + p[SEQ_OFFSET]) & 0xFFFF, (ts + p[TS_OFFSET]) & 0xFFFFFFFF
 
     def original_sequence(self, out_seq: int) -> int | None:
         """Incoming sequence number behind an outgoing one, for answering NACKs.
@@ -185,20 +204,23 @@ class RtpRewriter:
         """
         if not self._started:
             return None
-        seq = (out_seq - self._seq_offset) & 0xFFFF
-        u = self._in_max + (((seq - self._in_max + 0x8000) & 0xFFFF) - 0x8000)
-        if u < self._in_start or u > self._in_max:
+        p = self.position
+        seq = (out_seq - p[SEQ_OFFSET]) & 0xFFFF
+        in_max = p[IN_MAX]
+        u = in_max + (((seq - in_max + 0x8000) & 0xFFFF) - 0x8000)
+        if u < p[IN_START] or u > in_max:
             return None
         return seq
 
     @property
     def highest(self) -> tuple[int, int]:
         """Highest outgoing ``(sequence_number, timestamp)`` so far (for sender reports)."""
-        return self._out_max_seq, self._out_max_ts
+        p = self.position
+        return p[OUT_MAX_SEQ], p[OUT_MAX_TS]
 
     @property
     def timestamp_offset(self) -> int | None:
         """What this run adds to incoming timestamps (mod 2**32), or None before the
         first packet: a sender report maps the publisher's NTP/RTP pair through it
         so the subscriber's lip-sync stays right (RFC 3550 section 6.4.1)."""
-        return self._ts_offset if self._started else None
+        return self.position[TS_OFFSET] if self._started else None

@@ -39,6 +39,7 @@
 #include <structmember.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -54,8 +55,7 @@ typedef int (*srtp_protect_fn)(void *ctx, void *rtp_hdr, int *len_ptr);
 static PyObject *str_protect, *str_addr, *str_wire, *str_srtp_errors, *one;
 /* Subscription, RtpRewriter and SubscriberTransport slots forward() reads and writes. */
 static PyObject *str_paused, *str_waiting_keyframe, *str_vp8, *str_pt_map, *str_rewriter,
-    *str_resync, *str_in_max, *str_in_start, *str_seq_offset, *str_ts_offset, *str_out_max_seq,
-    *str_out_max_ts, *str_last_now, *str_ssrc, *str_ext_table, *str_twcc, *str_abs_send_time,
+    *str_resync, *str_position, *str_last_now, *str_ssrc, *str_ext_table, *str_twcc, *str_abs_send_time,
     *str_transport, *str_twcc_seq, *str_sent_at, *str_sizes, *str_key, *str_packets_sent,
     *str_octets_sent;
 /* Vp8Rewriter slots (sfu.forward.simulcast): a simulcast layer's PictureID/TL0PICIDX offsets. */
@@ -67,8 +67,10 @@ static PyObject *str_red_stripped, *str_forwarded;
 
 enum { S_PAUSED, S_WAITING, S_VP8, S_PT_MAP, S_REWRITER, S_SSRC, S_EXT_TABLE, S_TWCC, S_ABS,
        S_TRANSPORT, S_KEY, S_PACKETS, S_OCTETS, S_COUNT };
-enum { R_RESYNC, R_IN_MAX, R_IN_START, R_SEQ_OFFSET, R_TS_OFFSET, R_OUT_MAX_SEQ, R_OUT_MAX_TS,
-       R_LAST_NOW, R_COUNT };
+enum { R_POSITION, R_LAST_NOW, R_COUNT };
+/* RtpRewriter.position (rtc/rtp/sequence.py): where its run stands, flat int64s. */
+enum { Q_RESYNC, Q_IN_START, Q_IN_MAX, Q_SEQ_OFFSET, Q_TS_OFFSET, Q_OUT_MAX_SEQ, Q_OUT_MAX_TS,
+       Q_COUNT };
 enum { T_TWCC_SEQ, T_SENT_AT, T_SIZES, T_COUNT };
 enum { P_PROTECT, P_ADDR, P_WIRE, P_SRTP_ERRORS, P_COUNT };
 enum { V_RESYNC, V_PID_OFFSET, V_TL0_OFFSET, V_LAST_PID, V_LAST_TL0, V_COUNT };
@@ -377,6 +379,77 @@ static void remap(unsigned char *buf, const Element *el, int count, const unsign
     }
 }
 
+/* ring[index] = value for a send-side estimator's ring (SendSideEstimator.rings):
+ * straight into the buffer of an array of doubles ('d', ``dvalue``) or of
+ * unsigned ints ('I', ``ivalue``), as its rings are, with no int object
+ * for the index; any other sequence through __setitem__ with ``value``. */
+static int ring_store(PyObject *ring, long long index, PyObject *value, double dvalue,
+                      long long ivalue) {
+    if (PyObject_CheckBuffer(ring)) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(ring, &b, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+            PyErr_Clear();
+        } else {
+            int done = 0;
+            if (b.format != NULL && b.itemsize > 0 && index >= 0 && index < b.len / b.itemsize) {
+                if (strcmp(b.format, "d") == 0 && b.itemsize == sizeof(double)) {
+                    ((double *)b.buf)[index] = dvalue;
+                    done = 1;
+                } else if (strcmp(b.format, "I") == 0 && b.itemsize == sizeof(unsigned int) &&
+                           ivalue >= 0 && ivalue <= (long long)UINT_MAX) {
+                    ((unsigned int *)b.buf)[index] = (unsigned int)ivalue;
+                    done = 1;
+                }
+            }
+            PyBuffer_Release(&b);
+            if (done) return 0;
+        }
+    }
+    PyObject *i = PyLong_FromLongLong(index);
+    if (i == NULL) return -1;
+    int r = PyObject_SetItem(ring, i, value);
+    Py_DECREF(i);
+    return r;
+}
+
+/* The buffer of an RtpRewriter's ``position`` (Q_COUNT int64s), or -1 with an exception. */
+static int position_buffer(PyObject *rw, Py_buffer *b) {
+    PyObject *position = slot_get(&rw_cache, rw, R_POSITION);
+    if (position == NULL) return -1;
+    int r = PyObject_GetBuffer(position, b, PyBUF_WRITABLE | PyBUF_FORMAT);
+    Py_DECREF(position);
+    if (r < 0) return -1;
+    if (b->itemsize != 8 || b->len < Q_COUNT * 8 || b->format == NULL ||
+        (strcmp(b->format, "q") != 0 && strcmp(b->format, "l") != 0)) {
+        PyBuffer_Release(b);
+        PyErr_SetString(PyExc_TypeError, "RtpRewriter.position must be int64s");
+        return -1;
+    }
+    return 0;
+}
+
+/* Where ``rw``'s run stands, copied out (nothing in the loop runs Python
+ * code between this and the advance, but the copy leaves no pointer held). */
+static int position_read(PyObject *rw, long long out[Q_COUNT]) {
+    Py_buffer b;
+    if (position_buffer(rw, &b) < 0) return -1;
+    memcpy(out, b.buf, Q_COUNT * sizeof(long long));
+    PyBuffer_Release(&b);
+    return 0;
+}
+
+/* RtpRewriter.rewrite's step past its highest: the new highest in and out. */
+static int position_advance(PyObject *rw, long long in_max, long long out_seq, long long out_ts) {
+    Py_buffer b;
+    if (position_buffer(rw, &b) < 0) return -1;
+    long long *p = (long long *)b.buf;
+    p[Q_IN_MAX] = in_max;
+    p[Q_OUT_MAX_SEQ] = out_seq;
+    p[Q_OUT_MAX_TS] = out_ts;
+    PyBuffer_Release(&b);
+    return 0;
+}
+
 /* Vp8Rewriter.apply past a run's first packet: this subscriber's PictureID and
  * TL0PICIDX into ``slot``, remembering the newest sent (RFC 1982 comparison). */
 static int vp8_apply(PyObject *vp, const Picture *pic, unsigned char *slot) {
@@ -487,7 +560,7 @@ static PyObject *forward_packet(Fanout *self, PyObject *const *args, PyObject *p
     long tcc_off = PyLong_AsLong(args[4]), abs_off = PyLong_AsLong(args[5]),
          abs_value = PyLong_AsLong(args[6]), primary = PyLong_AsLong(args[7]);
     PyObject *stats = args[8] == Py_None ? NULL : args[8];
-    (void)PyFloat_AsDouble(now_obj); /* a number, stored as given */
+    double now = PyFloat_AsDouble(now_obj); /* a number, stored as given */
     if (PyErr_Occurred()) return NULL;
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(packet);
     Py_ssize_t size = PyBytes_GET_SIZE(packet);
@@ -585,9 +658,9 @@ static PyObject *forward_packet(Fanout *self, PyObject *const *args, PyObject *p
         }
         rw = slot_get(&sub_cache, sub, S_REWRITER);
         if (rw == NULL) goto fail;
-        int resync = slot_true(&rw_cache, rw, R_RESYNC);
-        if (resync < 0) goto fail;
-        if (flag || vp8_resync || resync) {
+        long long position[Q_COUNT];
+        if (position_read(rw, position) < 0) goto fail;
+        if (flag || vp8_resync || position[Q_RESYNC]) {
             Py_CLEAR(rw);
             Py_CLEAR(vp);
             Py_CLEAR(protect);
@@ -629,27 +702,20 @@ static PyObject *forward_packet(Fanout *self, PyObject *const *args, PyObject *p
             Py_DECREF(pt_map);
         }
         /* RtpRewriter.rewrite past a run's first packet. */
-        long long in_max, in_start, seq_offset, ts_offset;
-        if (slot_ll(&rw_cache, rw, R_IN_MAX, &in_max) < 0 ||
-            slot_ll(&rw_cache, rw, R_IN_START, &in_start) < 0 ||
-            slot_ll(&rw_cache, rw, R_SEQ_OFFSET, &seq_offset) < 0 ||
-            slot_ll(&rw_cache, rw, R_TS_OFFSET, &ts_offset) < 0)
-            goto fail;
+        long long in_max = position[Q_IN_MAX];
         long long d = ((seq - in_max + 0x8000) & 0xFFFF) - 0x8000;
         long long u = in_max + d;
-        if (u < in_start) {
+        if (u < position[Q_IN_START]) {
             Py_CLEAR(rw);
             Py_CLEAR(vp);
             Py_CLEAR(protect);
             Py_CLEAR(peer);
             continue;
         }
-        long long out_seq = (seq + seq_offset) & 0xFFFF;
-        long long out_ts = (ts + ts_offset) & 0xFFFFFFFFLL;
+        long long out_seq = (seq + position[Q_SEQ_OFFSET]) & 0xFFFF;
+        long long out_ts = (ts + position[Q_TS_OFFSET]) & 0xFFFFFFFFLL;
         if (d > 0) {
-            if (slot_set_ll(&rw_cache, rw, R_IN_MAX, u) < 0 ||
-                slot_set_ll(&rw_cache, rw, R_OUT_MAX_SEQ, out_seq) < 0 ||
-                slot_set_ll(&rw_cache, rw, R_OUT_MAX_TS, out_ts) < 0 ||
+            if (position_advance(rw, u, out_seq, out_ts) < 0 ||
                 slot_set(&rw_cache, rw, R_LAST_NOW, now_obj) < 0)
                 goto fail;
         }
@@ -709,15 +775,13 @@ static PyObject *forward_packet(Fanout *self, PyObject *const *args, PyObject *p
                     if (sent_at != Py_None) {
                         /* The rings' length is a power of two (SendSideEstimator.rings). */
                         Py_ssize_t slots = PyObject_Size(sent_at);
-                        PyObject *sizes = slots < 0 ? NULL : slot_get(&tr_cache, transport, T_SIZES);
-                        PyObject *index =
-                            sizes == NULL ? NULL : PyLong_FromLongLong(tseq & (long long)(slots - 1));
-                        int r = (sizes == NULL || index == NULL)
+                        PyObject *sizes = slots < 1 ? NULL : slot_get(&tr_cache, transport, T_SIZES);
+                        long long index = tseq & (long long)(slots - 1);
+                        int r = sizes == NULL
                                     ? -1
-                                    : PyObject_SetItem(sent_at, index, now_obj);
-                        if (r == 0) r = PyObject_SetItem(sizes, index, out_size_obj);
+                                    : ring_store(sent_at, index, now_obj, now, 0);
+                        if (r == 0) r = ring_store(sizes, index, out_size_obj, 0.0, out_size);
                         Py_XDECREF(sizes);
-                        Py_XDECREF(index);
                         if (r < 0) {
                             Py_DECREF(sent_at);
                             goto fail;
@@ -878,13 +942,8 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     INTERN(str_pt_map, "pt_map")
     INTERN(str_rewriter, "rewriter")
     INTERN(str_resync, "_resync")
-    INTERN(str_in_max, "_in_max")
-    INTERN(str_in_start, "_in_start")
-    INTERN(str_seq_offset, "_seq_offset")
-    INTERN(str_ts_offset, "_ts_offset")
-    INTERN(str_out_max_seq, "_out_max_seq")
-    INTERN(str_out_max_ts, "_out_max_ts")
-    INTERN(str_last_now, "_last_now")
+    INTERN(str_position, "position")
+    INTERN(str_last_now, "last_now")
     INTERN(str_ssrc, "ssrc")
     INTERN(str_ext_table, "ext_table")
     INTERN(str_twcc, "twcc")
@@ -907,8 +966,7 @@ PyMODINIT_FUNC PyInit__fanout(void) {
                                    str_rewriter, str_ssrc, str_ext_table, str_twcc,
                                    str_abs_send_time, str_transport, str_key, str_packets_sent,
                                    str_octets_sent};
-    PyObject *rw_list[R_COUNT] = {str_resync, str_in_max, str_in_start, str_seq_offset,
-                                  str_ts_offset, str_out_max_seq, str_out_max_ts, str_last_now};
+    PyObject *rw_list[R_COUNT] = {str_position, str_last_now};
     PyObject *tr_list[T_COUNT] = {str_twcc_seq, str_sent_at, str_sizes};
     memcpy(sub_names, sub_list, sizeof(sub_list));
     memcpy(rw_names, rw_list, sizeof(rw_list));
