@@ -2,7 +2,8 @@
 
 The input's first byte picks a track, the rest is an RTP packet (its SSRC
 set to that track's). The packet goes through what the worker does with the
-leaf: :meth:`Forwarder.route_into` parses it and hands ``Fanout.forward``
+leaf: :meth:`Forwarder.route_into` parses it (its
+:class:`~rtc.rtp.view.RtpView`) and hands ``Fanout.forward`` the view and
 the offsets it found, the leaf rewrites, SRTP-protects and sends the copies
 over loopback. A second forwarder, on the pure-Python path with SRTP
 sessions of the same keys, must make byte-identical datagrams: the leaf

@@ -27,6 +27,14 @@
  * record's ``protect`` or ``addr`` is a different object from the one it was
  * built for.
  *
+ * What it reads of a packet is its rtc.rtp.view.RtpView, parsed once where
+ * the packet arrived. Of a subscription's state, the numbers it moves per
+ * copy are flat: the RtpRewriter's ``position`` (an array of int64) and the
+ * send-side estimator's rings (arrays of doubles and unsigned ints) are
+ * read and written through their buffers. The rest (flags, payload type
+ * map, extension table, counters) is still read from the objects' slots
+ * (_slots.h).
+ *
  * A record whose ``protect`` is None is skipped (not keyed yet, or gone). A
  * ``protect`` that is not a pylibsrtp Session's (resolve gives 0) is called
  * from here, and what it returns is sent in the same batch. A failed protect
