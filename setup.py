@@ -42,7 +42,7 @@ setup(
         Extension(
             "sfu.forward._fanout",
             ["sfu/forward/_fanout.c", "sfu/forward/_fanout_red.c"],
-            depends=["sfu/forward/_fanout.h", "sfu/forward/_slots.h"],
+            depends=["sfu/forward/_fanout.h", "sfu/forward/_rings.h", "sfu/forward/_slots.h"],
             optional=True,
             extra_compile_args=_FLAGS,
             extra_link_args=_LINK,
