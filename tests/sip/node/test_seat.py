@@ -113,13 +113,21 @@ async def test_each_seat_hears_the_room_but_never_its_own_phone(call: Call) -> N
         # never made its own, and decoded what it heard there too, each
         # track's decoder thread idle.
         for seat, rate in zip(seats, (8000, 16000), strict=True):
-            senders = [s for s in seat.client.publish_pc.getSenders() if s.kind == "audio"]
+            # Those that send: a single connection's receiving sections
+            # have (idle) senders too.
+            senders = [
+                s
+                for s in seat.client.publish_pc.getSenders()
+                if s.kind == "audio" and s.track is not None
+            ]
             assert [s._RTCRtpSender__encoder for s in senders] == [None]
             assert isinstance(seat.encoder, PhoneOpus)
             assert seat.encoder.rate == rate and seat.encoder._pts > 0
             receivers = [t.receiver for t in seat.client.subscribe_pc.getTransceivers()]
             inline = [
-                r._RTCRtpReceiver__decoder_queue for r in receivers if r.track.kind == "audio"
+                r._RTCRtpReceiver__decoder_queue
+                for r in receivers
+                if r.track is not None and r.track.kind == "audio"
             ]
             assert inline and all(type(q).__name__ == "_InlineDecoding" for q in inline)
     finally:
