@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import statistics
 import subprocess
@@ -50,6 +51,8 @@ from benchmarks.common import (
 )
 
 MODES = ("single", "pair")
+#: Joins in one room before the next room (see run()).
+ROOM_JOINS = 10
 SECRET = "served-secret-" + "z" * 40
 
 # Click "Join now" and resolve with the milliseconds from the click to the
@@ -118,6 +121,9 @@ async def _aiortc_join(base: str, link: str, mode: str, publisher: str) -> dict[
             "connected": sum(1 for pc in pcs.values() if pc.connectionState == "connected"),
         }
     finally:
+        # Gone for good, not kept for a resume: the room holds 16.
+        with contextlib.suppress(Exception):
+            await client.leave()
         await client.close()
 
 
@@ -135,8 +141,12 @@ async def _chromium_join(
             "the device check",
             within=30,
         )
-        ms = await asyncio.wait_for(page.eval(f"({FIRST_FRAME})({publisher!r})"), 30)
+        try:
+            ms = await asyncio.wait_for(page.eval(f"({FIRST_FRAME})({publisher!r})"), 30)
+        except TimeoutError:
+            raise TimeoutError(f"{mode} join {n}: {await page.snapshot()}") from None
         seen = await page.eval(CONNECTIONS)
+        await page.eval("window.wadudCall.leave().then(() => true)")
         return {"ms": round(float(ms), 1), **seen}
     finally:
         await browsers.close()
@@ -159,24 +169,38 @@ async def run(joins: int, clients: list[str], work: Path) -> dict[str, Any]:
         env={"WADUD_SECRET_KEY": SECRET}, overrides={"data_dir": str(data)}
     ).with_secret()
     results: dict[str, Any] = {"joins": joins, "clients": {}}
-    host = None
+    host: Any = None
     try:
         async with aiohttp.ClientSession() as s:
             assert await answers_ready(s, base, 60), "wadud serve did not become ready"
-        room = "join-bench"
-        url, token, _ = ws_url(_link(settings, base, room, "dr-host", "doctor"))
-        assert token
-        host = CallClient(url, token, room=room, label="host", consume=False)
-        await host.join()
-        await host.room_settings(require_admission=False)
-        await host.publish(
-            {"camera": TestPatternVideo(320, 240, fps=15), "microphone": ToneAudio()}
-        )
-        publisher = str(host.participant_id)
+
+        async def open_host(room: str) -> Any:
+            url, token, _ = ws_url(_link(settings, base, room, "dr-host", "doctor"))
+            assert token
+            client = CallClient(url, token, room=room, label="host", consume=False)
+            await client.join()
+            await client.room_settings(require_admission=False)
+            await client.publish(
+                {"camera": TestPatternVideo(320, 240, fps=15), "microphone": ToneAudio()}
+            )
+            return client
+
         for kind in clients:
             runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
             for i in range(joins * len(MODES)):
                 mode = MODES[i % len(MODES)]  # alternating, join by join
+                if i % ROOM_JOINS == 0:
+                    # A fresh room (and host) every ROOM_JOINS joins: each
+                    # joiner's tracks that came and went stay in the host's
+                    # descriptions as spent sections (aiortc's offers and
+                    # answers keep every one), past the 64 KiB frame limit
+                    # after some sixty.
+                    if host is not None:
+                        await host.leave()
+                        await host.close()
+                    room = f"join-bench-{kind}-{i // ROOM_JOINS}"
+                    host = await open_host(room)
+                publisher = str(host.participant_id)
                 link = _link(settings, base, room, f"pt-{kind}-{i}", "patient")
                 if kind == "aiortc":
                     one = await _aiortc_join(base, link, mode, publisher)

@@ -885,6 +885,16 @@ export class WadudCall extends EventTarget {
     for (const tr of pc.getTransceivers()) {
       const info = tr.mid !== null ? this._midMap.get(tr.mid) : undefined;
       if (info && !tr.stopped && tr.currentDirection !== 'inactive') live.set(info.track_id, [info, tr]);
+      // A single connection's section whose track went never carries
+      // another (docs/protocol.md): stopped, the next offer gives its
+      // m= line back (port 0, then reused for a new section), so offers do
+      // not grow with every track that came and went. Not the first one:
+      // it carries the BUNDLE tag, which must not move.
+      const first = tr === pc.getTransceivers()[0];
+      if (this.single && !first && tr.mid !== null && !tr.stopped && tr.direction === 'recvonly') {
+        if (info) (this._carried || (this._carried = new Set())).add(tr.mid);
+        else if (this._carried && this._carried.has(tr.mid)) tr.stop();
+      }
     }
     for (const [id, r] of this.remoteTracks) {
       if (!live.has(id)) {
