@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Callable
 from dataclasses import replace
 
 from rtc.errors import SdpNegotiationError
@@ -56,14 +57,9 @@ def new_section(peer: Peer, track: Track, red_on: bool) -> Section:
         if f.red is not None:
             used[f.red.payload_type] = _meaning(f.kind, f.red)
     kind = track.info.kind
-    feedback_ok = {"nack", "ccm", "goog-remb"}
-    extmaps: list[Extmap] = []
-    for uri in _FORWARDED_EXTENSIONS:
-        if uri not in track.extensions or (uri == AUDIO_LEVEL and kind != "audio"):
-            continue
-        extmaps.append(Extmap(_extension_id(peer.ext_ids, uri, track.extensions[uri]), uri))
-        if uri == TRANSPORT_CC:
-            feedback_ok.add("transport-cc")
+    extmaps, feedback_ok = _forwarded_extensions(
+        track, lambda uri: _extension_id(peer.ext_ids, uri, track.extensions[uri])
+    )
     codec = replace(
         track.codec,
         feedback=[
@@ -133,17 +129,8 @@ def slot_section(
     if not candidates:
         return None
     theirs = candidates[0]
-    extmaps: list[Extmap] = []
     offered_ids = {e.uri: e.id for e in offered.extmaps}
-    feedback_ok = {"nack", "ccm", "goog-remb"}
-    for uri in _FORWARDED_EXTENSIONS:
-        if uri not in track.extensions or uri not in offered_ids:
-            continue
-        if uri == AUDIO_LEVEL and kind != "audio":
-            continue
-        extmaps.append(Extmap(offered_ids[uri], uri))
-        if uri == TRANSPORT_CC:
-            feedback_ok.add("transport-cc")
+    extmaps, feedback_ok = _forwarded_extensions(track, offered_ids.get)
     wanted_fb = {(f.type, f.parameter) for f in theirs.feedback}
     codec = replace(
         mine,
@@ -222,6 +209,26 @@ def negotiate(section: Section, media: MediaDescription | None, first: bool) -> 
     track_red = section.track.red
     if red is not None and track_red is not None and red.payload_type in accepted:
         section.pt_map[track_red.payload_type] = red.payload_type
+
+
+def _forwarded_extensions(
+    track: Track, id_of: Callable[[str], int | None]
+) -> tuple[list[Extmap], set[str]]:
+    """The header extensions a subscriber gets of ``track``, each under the
+    id ``id_of`` gives it (None: not on this section), and the RTCP
+    feedback types that go with them (transport-cc needs its extension)."""
+    feedback_ok = {"nack", "ccm", "goog-remb"}
+    extmaps: list[Extmap] = []
+    for uri in _FORWARDED_EXTENSIONS:
+        if uri not in track.extensions or (uri == AUDIO_LEVEL and track.info.kind != "audio"):
+            continue
+        ident = id_of(uri)
+        if ident is None:
+            continue
+        extmaps.append(Extmap(ident, uri))
+        if uri == TRANSPORT_CC:
+            feedback_ok.add("transport-cc")
+    return extmaps, feedback_ok
 
 
 def _meaning(kind: str, codec: Codec) -> tuple[object, ...]:
