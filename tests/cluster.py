@@ -276,6 +276,11 @@ class Cluster:
             WADUD_LOG_FORMAT="text",
             # The checkout, not whatever an older editable install maps.
             PYTHONPATH=str(self.checkout),
+            # close() stops every process at once: with no replica left to
+            # move a node's rooms, its drain would wait out the 30 s default
+            # (SIGKILLed at 10 s, each cluster test's teardown 14 s). A test
+            # of the drain itself sets its own (cluster_driver: 20 s).
+            WADUD_MEDIA_DRAIN_TIMEOUT="2",
         )
         if self.public_url:
             env["WADUD_PUBLIC_URL"] = self.public_url
