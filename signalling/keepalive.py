@@ -12,6 +12,13 @@ heard from the client is :meth:`Keepalive.heard`, a ``joined`` sent to it
   ``t + MISSED_PINGS * interval`` (not at the next ping after it), so its
   participant's resume grace starts then: a silent app keeps its seat
   ``MISSED_PINGS * interval + resume_grace`` seconds after its last frame.
+* Silence is counted in time the server was listening. A timer that wakes a
+  whole ``interval`` or more after it was due woke from a stall of the
+  server's own loop (a CPU-starved host, a long collection): what the client
+  sent meanwhile is still unread, so instead of dropping it the server pings
+  and gives it ``interval`` from now to be heard, as if its last frame had
+  come ``MISSED_PINGS - 1`` pings ago. A stall must not end every call on
+  the replica at once.
 * TURN credentials handed out with a ``ttl`` are renewed (an ``ice_servers``
   frame) once :data:`RENEW_AT` of the shortest ``ttl`` less a second has
   passed (their expiry is a whole Unix second, up to one before
@@ -83,14 +90,19 @@ class Keepalive:
                 when = min(when, self.renew_at)
         return when
 
-    def handle_timer(self, now: float, joined: bool) -> list[Wake]:
+    def handle_timer(self, now: float, joined: bool, due: float | None = None) -> list[Wake]:
         """What is due at ``now``; ``joined``: the connection is in a room
-        (a connection that has not joined is the join timeout's business).
-        After :data:`Wake.TIMEOUT` nothing more is due."""
+        (a connection that has not joined is the join timeout's business);
+        ``due``: when the timer was to wake (:meth:`get_timer`), to tell a
+        stall of the server's loop from the client's silence (module
+        docstring). After :data:`Wake.TIMEOUT` nothing more is due."""
         self.joined = joined
         out: list[Wake] = []
         if joined and now >= self.silent_at:
-            return [Wake.TIMEOUT]
+            if due is None or now - due < self.interval:
+                return [Wake.TIMEOUT]
+            self.last_seen = now - (MISSED_PINGS - 1) * self.interval
+            self._next_ping = now
         if now >= self._next_ping:
             while self._next_ping <= now:
                 self._next_ping += self.interval

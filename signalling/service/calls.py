@@ -256,11 +256,12 @@ class CallService:
         keep = conn.keepalive
         while not conn.closing:
             conn.rearm.clear()
+            due = keep.get_timer()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(keep.get_timer()):
+                async with asyncio.timeout_at(due):
                     await conn.rearm.wait()
             joined = conn.room is not None or conn.room_name is not None
-            for wake in keep.handle_timer(loop.time(), joined):
+            for wake in keep.handle_timer(loop.time(), joined, due):
                 if wake is Wake.TIMEOUT:
                     log.info("call client silent; disconnecting", extra={"room": conn.room_name})
                     conn.close(errors.CLOSE_TIMEOUT, "ping timeout")

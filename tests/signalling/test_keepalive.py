@@ -31,6 +31,32 @@ def test_pings_once_joined_and_a_silent_client_times_out_at_its_instant() -> Non
     assert k.handle_timer(10.1, joined=True) == [Wake.TIMEOUT]
 
 
+def test_a_stall_of_the_servers_own_loop_is_not_the_clients_silence() -> None:
+    k = Keepalive(1.0, now=0.0)
+    k.issued(0.0, "pt", [])
+    k.heard(0.5)
+    due = k.get_timer()  # pings at 1 and 2 were sent; the next wake is 3.0
+    for _ in range(3):
+        assert k.handle_timer(due, joined=True, due=due) in ([Wake.PING], [])
+        due = k.get_timer()
+    assert due == pytest.approx(3.5)
+    # The loop stalled and the timer wakes 2 s late: what the client sent
+    # meanwhile is unread. A ping now, and a ping's time to be heard.
+    assert k.handle_timer(5.5, joined=True, due=3.5) == [Wake.PING]
+    assert k.silent_at == pytest.approx(6.5)
+    k.heard(5.6)  # its pong, read once the loop ran again
+    assert k.silent_at == pytest.approx(5.6 + MISSED_PINGS * 1.0)
+    # A timer on time, or late by less than a ping: silence is silence.
+    due = k.get_timer()
+    while (woke := k.handle_timer(due, joined=True, due=due)) != [Wake.TIMEOUT]:
+        assert woke == [Wake.PING]
+        due = k.get_timer()
+    assert due == pytest.approx(8.6)
+    k2 = Keepalive(1.0, now=0.0)
+    k2.issued(0.0, "pt", [])
+    assert k2.handle_timer(3.9, joined=True, due=3.0) == [Wake.TIMEOUT]
+
+
 def test_turn_credentials_are_renewed_at_four_fifths_of_their_ttl_less_a_second() -> None:
     assert renew_after(TURN) == pytest.approx(RENEW_AT * 99)
     assert renew_after([{"urls": ["stun:s"]}]) is None
