@@ -5,13 +5,15 @@ namespace (tests/browser.py). The driver runs two media workers, one with RED
 and one without (``MediaWorker(red=False)``, what ``media_red = false``
 configures), and a small page server in front of them: one Chromium page
 publishes its fake microphone to both workers (two peer connections), a
-second Chromium page subscribes to it on both, and an aiortc client (no RED)
+second Chromium page subscribes to it on both (and once more on the worker
+without RED, a leg left clean), and an aiortc client (no RED)
 subscribes on the RED worker. Then iptables drops 20% of the datagrams
 arriving at the subscriber page's two media ports, at random (its downlink
 only: the publisher's leg is clean), for 20 s, and the page reads getStats()
 inbound-rtp audio of each connection before and after: the share of samples
-Chromium had to conceal (``concealedSamples / totalSamplesReceived``) is the
-measure. The aiortc client counts the Opus frames it decodes.
+Chromium had to conceal (``concealedSamples / totalSamplesReceived``), less
+the clean leg's over the same seconds, is the measure. The aiortc client
+counts the Opus frames it decodes.
 
 Run it by hand (as root, from the repository):
 
@@ -50,16 +52,24 @@ async def test_red_rides_out_loss_and_aiortc_gets_plain_opus(tmp_path: Path) -> 
         "tests.sfu.node.test_red_call", ["--work", str(tmp_path)], tmp_path, budget=100
     )
     print(json.dumps(result))
-    red, plain = result["red"], result["plain"]
+    red, plain, clean = result["red"], result["plain"], result["clean"]
     # The page's answers: RED kept from the worker that offers it only.
-    assert result["negotiated"] == [True, False], result
+    assert result["negotiated"] == [True, False, False], result
     for leg in (red, plain):
-        # The loss was there, on both: about a fifth of the packets.
+        # The loss was there, on both lossy legs: about a fifth of the packets.
         assert 0.12 <= leg["lost"] <= 0.3, leg
+    for leg in (red, plain, clean):
         assert leg["samples"] > 0.8 * 48000 * SECONDS, leg
-    assert red["concealed"] <= 0.03, result
-    assert plain["concealed"] >= 3 * red["concealed"], result
-    assert plain["concealed"] > 0.05, result
+    assert clean["lost"] < 0.02, result
+    # What the loss made the page conceal: beyond what it concealed on the
+    # clean leg over the same seconds, which is what a starved page's audio
+    # thread conceals whatever the network does (ci126: 0.03 more on both
+    # lossy legs than on an idle machine).
+    red_loss = red["concealed"] - clean["concealed"]
+    plain_loss = plain["concealed"] - clean["concealed"]
+    assert red_loss <= 0.03, result
+    assert plain_loss >= 3 * max(red_loss, 0.0), result
+    assert plain_loss > 0.05, result
     # 50 Opus frames a second, decoded by aiortc, from a cut RED stream.
     assert result["aiortc"]["frames"] >= 0.8 * 50 * SECONDS, result
     assert result["red_stripped"] >= result["aiortc"]["frames"], result
@@ -88,7 +98,7 @@ main().catch(e => { window.failed = String(e); });
 SUBSCRIBE_PAGE = """<!doctype html><html><body><script>
 async function main() {
   window.pcs = [];
-  for (const w of [0, 1]) {
+  for (const [w, who] of [[0, 'patient'], [1, 'patient'], [1, 'clean']]) {
     const pc = new RTCPeerConnection();
     pc.ontrack = (e) => {
       // Chromium pulls received audio (and counts its samples) only while it plays.
@@ -97,10 +107,10 @@ async function main() {
       audio.play();
       document.body.append(audio);
     };
-    const r = await fetch('/subscribe/' + w, {method: 'POST'});
+    const r = await fetch(`/subscribe/${w}/${who}`, {method: 'POST'});
     await pc.setRemoteDescription({type: 'offer', sdp: await r.text()});
     await pc.setLocalDescription(await pc.createAnswer());
-    await fetch('/answer/' + w, {method: 'POST', body: pc.localDescription.sdp});
+    await fetch(`/answer/${w}/${who}`, {method: 'POST', body: pc.localDescription.sdp});
     window.pcs.push(pc);
   }
 }
@@ -169,19 +179,20 @@ async def drive(work: Path) -> dict[str, Any]:
 
     async def subscribe(request: web.Request) -> web.Response:
         w = int(request.match_info["w"])
-        return web.Response(text=await workers[w].subscribe(ROOM, "patient", [tracks[w]]) or "")
+        who = request.match_info["who"]
+        return web.Response(text=await workers[w].subscribe(ROOM, who, [tracks[w]]) or "")
 
     async def answer(request: web.Request) -> web.Response:
         w = int(request.match_info["w"])
-        await workers[w].answer(ROOM, "patient", await request.text())
+        await workers[w].answer(ROOM, request.match_info["who"], await request.text())
         return web.Response(text="ok")
 
     app = web.Application()
     app.router.add_get("/pub", lambda _: page(PUBLISH_PAGE))
     app.router.add_get("/sub", lambda _: page(SUBSCRIBE_PAGE))
     app.router.add_post("/publish/{w}", publish)
-    app.router.add_post("/subscribe/{w}", subscribe)
-    app.router.add_post("/answer/{w}", answer)
+    app.router.add_post("/subscribe/{w}/{who}", subscribe)
+    app.router.add_post("/answer/{w}/{who}", answer)
     runner = web.AppRunner(app, access_log=None)
     browsers = Browsers(work)
     aiortc: Subscriber | None = None
@@ -200,7 +211,7 @@ async def drive(work: Path) -> dict[str, Any]:
             "subscriber", f"{base}/sub", "--autoplay-policy=no-user-gesture-required"
         )
         await subscriber.wait_for(
-            "window.pcs && window.pcs.length === 2"
+            "window.pcs && window.pcs.length === 3"
             " && window.audioStats().then(s => s.every(x => x.samples > 0 && x.port))",
             "audio at the subscriber page",
         )
@@ -208,7 +219,7 @@ async def drive(work: Path) -> dict[str, Any]:
         await aiortc.update([tracks[0]])
         before = await subscriber.eval("window.audioStats()")
         frames = aiortc.frames["audio"]
-        for leg in before:
+        for leg in before[:2]:  # the third, plain, stays clean
             drop_at_random(leg["port"])
         started = time.monotonic()
         await asyncio.sleep(SECONDS)
@@ -237,6 +248,7 @@ async def drive(work: Path) -> dict[str, Any]:
             "blocks": _redundant_blocks(workers[0], tracks[0]),
             "red": legs[0],
             "plain": legs[1],
+            "clean": legs[2],
             "aiortc": {"frames": frames},
             "red_stripped": totals["red_stripped"],
             "seconds": round(elapsed, 1),
