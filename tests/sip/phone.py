@@ -21,6 +21,7 @@ from typing import cast
 import av
 import numpy as np
 
+from tests.cluster import free_udp_ports
 from tests.conftest import free_udp_port
 
 HOST = "127.0.0.1"
@@ -272,8 +273,11 @@ class Sipp:
         self.folder.mkdir(parents=True, exist_ok=True)
         scenario = self.folder / "scenario.xml"
         scenario.write_text(self.xml)
-        # A callee names no one to call; its media port is its own too.
-        where = ["-mp", str(free_udp_port())] if self.port is None else [f"{HOST}:{self.port}"]
+        # A callee names no one to call; its media ports are its own too.
+        # SIPp binds four from -mp (audio and video RTP and RTCP): one free
+        # port with a neighbour another test had bound failed its start
+        # (ci126, errno 98 on the video socket) and the call never came.
+        where = ["-mp", str(free_udp_ports(4))] if self.port is None else [f"{HOST}:{self.port}"]
         self.process = await asyncio.create_subprocess_exec(
             *("sipp", "-sf", str(scenario), "-s", "visit", "-i", self.host),
             *("-p", str(self.listen)),
