@@ -22,7 +22,7 @@ from rtc.dtls import (
     SrtpProfile,
 )
 from rtc.errors import SrtpAuthError, SrtpError, SrtpReplayError
-from rtc.srtp import SrtpSession
+from rtc.srtp import DEFAULT_WINDOW, SEND_WINDOW, SrtpSession
 from tests.rtc.dtls_pair import DtlsPair, dtls_endpoints
 
 PROFILES = [SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80]
@@ -108,6 +108,28 @@ def test_replay_raises_replay_error(sessions: tuple[SrtpProfile, SrtpKeys, SrtpK
         server.unprotect(protected)
     # Outbound allows the same sequence number again (a NACK answered as sent).
     assert client.protect(rtp(5)) == protected
+
+
+def test_the_windows_of_what_is_received_and_what_is_sent(
+    sessions: tuple[SrtpProfile, SrtpKeys, SrtpKeys],
+) -> None:
+    client, server = pair(sessions)
+    last = 1100
+    sent = {seq: client.protect(rtp(seq)) for seq in range(1, last + 1)}
+    # What is received: 1024 packets of reordering are taken, older is not.
+    server.unprotect(sent[last])
+    oldest = last - DEFAULT_WINDOW + 1
+    assert server.unprotect(sent[oldest]) == rtp(oldest)
+    with pytest.raises(SrtpReplayError):
+        server.unprotect(sent[oldest - 10])
+    # What is sent again as it was (no RTX) within SEND_WINDOW packets of its
+    # stream; older fails to protect, a typed error the hot path counts.
+    oldest = last - SEND_WINDOW + 1
+    assert client.protect(rtp(oldest)) == sent[oldest]
+    with pytest.raises(SrtpReplayError):
+        client.protect(rtp(oldest - 10))
+    # Another stream (SSRC) has its own window.
+    assert server.unprotect(client.protect(rtp(3, ssrc=9))) == rtp(3, ssrc=9)
 
 
 def test_wrong_key_is_an_auth_error() -> None:
