@@ -97,6 +97,17 @@ class Phone(asyncio.DatagramProtocol):
     def port(self) -> int:
         return cast(int, self.transport.get_extra_info("sockname")[1])
 
+    async def first_audio(self, within: float = 20.0) -> None:
+        """Wait until the bridge's first audio came: a bounded wait, so a
+        bridge that sends nothing fails the test, not its worker (ci128: an
+        unbounded one hung until pytest-timeout killed the xdist worker)."""
+        try:
+            await asyncio.wait_for(self.arrived.wait(), within)
+        except TimeoutError:
+            raise AssertionError(
+                f"no audio from the bridge at port {self.port} in {within} s"
+            ) from None
+
     def _send(
         self, pt: int, payload: bytes, *, marker: bool = False, ts: int | None = None
     ) -> None:

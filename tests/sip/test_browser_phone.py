@@ -164,7 +164,7 @@ async def scenario_hear(world: Any, pin: str) -> dict[str, Any]:
     sipp = Sipp(work / "sipp", invite_scenario(line.port, dtmf=True, info_keys=pin + "#"), SIP_PORT)
     await sipp.start()
     try:
-        await line.arrived.wait()
+        await line.first_audio()
         speaking = asyncio.create_task(line.speak(sine(1000, 30 * RATE)))
         await doctor.wait_for(PHONE_TILE, "the phone's tile with audio", within=40)
         world.mark("phone in the room")

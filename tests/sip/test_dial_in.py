@@ -116,7 +116,7 @@ def bridge_of(api: Api) -> Bridge:
 
 async def key_pin(line: Phone, form: str, pin: str) -> None:
     """The PIN and # in ``form`` (SIP INFO is SIPp's: the phone only talks)."""
-    await line.arrived.wait()
+    await line.first_audio()
     if form == "rfc4733-marker":
         await line.key_events(pin + "#", marker=True)
     elif form == "rfc4733-no-marker":
@@ -385,7 +385,7 @@ async def test_a_recorded_visit_is_joined_only_after_the_caller_keys_1(
 
         assert not published()
         # The notice plays; the caller keys 1, and only then is heard.
-        await line.arrived.wait()
+        await line.first_audio()
         await line.key_events("1", marker=True)
         await doc.wait_until(published, within=20)
         assert doc.recording.get("state") == "on"
