@@ -15,9 +15,12 @@ and :meth:`Transactions.request` take what the user agent sends;
 Each kind of transaction is one table of ``(state, input) -> state``
 (figures 5 to 8 of the RFC), as h11 keeps a connection's:
 
-* **INVITE server** (17.2.1): ``proceeding`` until the user agent answers;
-  a 2xx ends it at once (the user agent itself repeats a 2xx until its
-  ACK, section 13.3.1.4: :class:`sip.wire.transactions.Answered`); a 3xx
+* **INVITE server** (17.2.1, as RFC 6026 section 7.1 amends it):
+  ``proceeding`` until the user agent answers; a 2xx makes it ``accepted``
+  for timer L (64*T1), in which a retransmitted INVITE is absorbed, not
+  answered (the user agent itself repeats a 2xx until its ACK, section
+  13.3.1.4: :class:`sip.wire.transactions.Answered`), so no 100 Trying
+  follows a 200 OK (a strict trunk aborts the call on it); a 3xx
   to 6xx is ``completed``, repeated on timer G (T1 doubling to T2) over
   UDP until the ACK (``confirmed``) or timer H (64*T1) gives up. A
   retransmitted INVITE gets the last response again. A 100 Trying goes out
@@ -96,6 +99,7 @@ class TransactionState(enum.Enum):
     TRYING = "trying"
     PROCEEDING = "proceeding"
     COMPLETED = "completed"
+    ACCEPTED = "accepted"
     CONFIRMED = "confirmed"
     TERMINATED = "terminated"
 
@@ -114,9 +118,10 @@ _S = TransactionState
 TRANSITIONS: dict[Kind, dict[tuple[TransactionState, Step], TransactionState]] = {
     Kind.INVITE_SERVER: {
         (_S.PROCEEDING, Step.PROVISIONAL): _S.PROCEEDING,
-        (_S.PROCEEDING, Step.SUCCESS): _S.TERMINATED,
+        (_S.PROCEEDING, Step.SUCCESS): _S.ACCEPTED,
         (_S.PROCEEDING, Step.FAILURE): _S.COMPLETED,
         (_S.PROCEEDING, Step.TIMEOUT): _S.TERMINATED,  # never answered: UNANSWERED
+        (_S.ACCEPTED, Step.TIMEOUT): _S.TERMINATED,  # timer L (RFC 6026)
         (_S.COMPLETED, Step.ACK): _S.CONFIRMED,
         (_S.COMPLETED, Step.TIMEOUT): _S.TERMINATED,  # timer H: no ACK came
         (_S.CONFIRMED, Step.ACK): _S.CONFIRMED,
@@ -330,7 +335,8 @@ class Transactions:
                     return
             else:
                 self.retransmissions += 1
-                if tx.last is not None:
+                # Accepted: absorbed; the user agent repeats its 2xx itself.
+                if tx.last is not None and tx.state is not _S.ACCEPTED:
                     self._out.append((tx.last, addr))
                 return
         if request.method == "ACK":
@@ -401,8 +407,8 @@ class Transactions:
         if tx.kind is Kind.INVITE_SERVER:
             if step is Step.SUCCESS:
                 self._events.append(Answered(tx.request, response))
-                tx.resend_at = tx.ends_at = None
-                self._forget(tx)
+                tx.resend_at = None
+                tx.ends_at = now + 64 * T1  # timer L, over TCP too (RFC 6026 8.7)
                 return
             tx.interval = T1
             tx.resend_at = None if tx.reliable else now + T1  # timer G

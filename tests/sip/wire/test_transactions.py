@@ -70,11 +70,21 @@ def test_a_2xx_leaves_the_transaction_for_the_user_agent_to_repeat() -> None:
     layer.respond(invite, ok, 0.2)
     assert [m.status for m in sent(layer)] == [200]  # type: ignore[union-attr]
     assert events(layer) == [Answered(invite, ok)]
-    assert layer.get_timer() is None
+    # Accepted (RFC 6026 section 7.1): the trunk's INVITE again, sent before
+    # our 200 reached it, is absorbed. Answering it with the last response
+    # the layer holds, or a 100 Trying as a new INVITE, would reach the
+    # trunk after its 200: SIPp aborts the call on that (ci129).
+    layer.receive(invite, TRUNK, False, 0.5)
+    assert sent(layer) == [] and events(layer) == []
+    assert layer.retransmissions == 1
     # The 2xx's ACK is a new request to the layer: the dialog's to take.
     ack = request("ACK", "z9hG4bKack2")
-    layer.receive(ack, TRUNK, False, 0.3)
+    layer.receive(ack, TRUNK, False, 0.6)
     assert events(layer) == [NewRequest(ack, TRUNK)]
+    # Timer L ends it.
+    assert layer.get_timer() == 0.2 + 64 * T1
+    layer.handle_timer(0.2 + 64 * T1)
+    assert layer.open == 0 and sent(layer) == [] and events(layer) == []
 
 
 def test_a_failure_is_repeated_on_timer_g_until_the_ack_then_absorbed() -> None:
