@@ -882,7 +882,8 @@ export class WadudCall extends EventTarget {
   // (port 0) when its track ends, and one mid maps to one track at a time.
   _syncRemoteTracks(pc) {
     const live = new Map();
-    for (const tr of pc.getTransceivers()) {
+    const transceivers = pc.getTransceivers();
+    for (const tr of transceivers) {
       const info = tr.mid !== null ? this._midMap.get(tr.mid) : undefined;
       if (info && !tr.stopped && tr.currentDirection !== 'inactive') live.set(info.track_id, [info, tr]);
       // A single connection's section whose track went never carries
@@ -890,8 +891,7 @@ export class WadudCall extends EventTarget {
       // m= line back (port 0, then reused for a new section), so offers do
       // not grow with every track that came and went. Not the first one:
       // it carries the BUNDLE tag, which must not move.
-      const first = tr === pc.getTransceivers()[0];
-      if (this.single && !first && tr.mid !== null && !tr.stopped && tr.direction === 'recvonly') {
+      if (this.single && tr !== transceivers[0] && tr.mid !== null && !tr.stopped && tr.direction === 'recvonly') {
         if (info) (this._carried || (this._carried = new Set())).add(tr.mid);
         else if (this._carried && this._carried.has(tr.mid)) tr.stop();
       }
