@@ -17,14 +17,42 @@ path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from wadud_client.load.drops import inode_of, udp_drops
+
 Address = tuple[str, int]
 Direction = Literal["up", "down"]  # up: client to server; down: server to client
+
+#: Each relay socket's receive buffer, as big as the media worker's: the
+#: relay runs in the test's own loop, and a test process starved of the CPU
+#: for a few hundred milliseconds on a busy machine must not overflow it, or
+#: the path would lose what its schedule kept.
+_BUFFER = 4 * 1024 * 1024
+#: Linux's SO_RCVBUFFORCE (not in Python's socket module): root may pass
+#: net.core.rmem_max, as CI's root does.
+_SO_RCVBUFFORCE = 33
+
+
+def _roomy(transport: asyncio.DatagramTransport) -> int:
+    """Give ``transport``'s socket :data:`_BUFFER` to receive into; its inode."""
+    sock = transport.get_extra_info("socket")
+    for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER)
+            break
+    return inode_of(sock)
+
+
+def _kernel_drops(inodes: Iterable[int]) -> int:
+    """What the kernel dropped on these sockets, their buffers full."""
+    return sum(udp_drops(set(inodes)).values())
 
 
 class Schedule:
@@ -124,6 +152,7 @@ class UdpRelay:
         self._front: asyncio.DatagramTransport | None = None
         self._back: asyncio.DatagramTransport | None = None
         self._pending: set[asyncio.TimerHandle] = set()
+        self._inodes: list[int] = []
 
     @property
     def address(self) -> Address:
@@ -140,7 +169,13 @@ class UdpRelay:
         self._back, _ = await loop.create_datagram_endpoint(
             lambda: _Side(self, "down"), local_addr=(self.host, 0)
         )
+        self._inodes += [_roomy(self._front), _roomy(self._back)]
         return self.address
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped on the relay's own sockets: the test
+        process's loss, not the path's nor the server's."""
+        return _kernel_drops(self._inodes)
 
     async def rebind(self) -> Address:
         """A NAT rebinding: the relay's upstream socket is replaced by one on a
@@ -152,6 +187,7 @@ class UdpRelay:
         self._back, _ = await loop.create_datagram_endpoint(
             lambda: _Side(self, "down"), local_addr=(self.host, 0)
         )
+        self._inodes.append(_roomy(self._back))
         if old is not None:
             old.close()
         host, port = self._back.get_extra_info("sockname")[:2]
@@ -271,12 +307,18 @@ class NatRelay:
         self._front: asyncio.DatagramTransport | None = None
         self._backs: dict[Address, asyncio.DatagramTransport] = {}
         self._pending: set[asyncio.TimerHandle] = set()
+        self._inodes: list[int] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._front, _ = await loop.create_datagram_endpoint(
             lambda: _NatSide(self, None), local_addr=self.front_address
         )
+        self._inodes.append(_roomy(self._front))
+
+    def kernel_drops(self) -> int:
+        """As :meth:`UdpRelay.kernel_drops`."""
+        return _kernel_drops(self._inodes)
 
     async def _back_for(self, client: Address) -> asyncio.DatagramTransport:
         back = self._backs.get(client)
@@ -285,6 +327,7 @@ class NatRelay:
             back, _ = await loop.create_datagram_endpoint(
                 lambda: _NatSide(self, client), local_addr=(self.upstream[0], 0)
             )
+            self._inodes.append(_roomy(back))
             self._backs[client] = back
         return back
 
