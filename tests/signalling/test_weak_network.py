@@ -47,6 +47,7 @@ from tests.browser import (
     participant_id,
     play,
 )
+from tests.chromium import FULL_RATE_CAMERA
 from tests.firefox import VETH_ADDRESS, FirefoxPage, veth_namespace_command
 from tests.polling import wait_until
 from tests.signalling.call_world import Scenario, World, serving
@@ -243,7 +244,9 @@ SHARP = "--force-device-scale-factor=2"
 
 
 async def open_page(world: World, name: str, link: str, *flags: str, script: str = "") -> Page:
-    """A Chromium on ``link`` (with ``script`` run before the page's own)."""
+    """A Chromium on ``link`` (with ``script`` run before the page's own),
+    its camera at Chromium's own rate: these tests measure frame rates."""
+    flags = (FULL_RATE_CAMERA, *flags)
     if not script:
         return await world.browsers.open(name, link, *flags)
     page = await world.browsers.open(name, "about:blank", *flags)
