@@ -580,7 +580,11 @@ def chromium_freezes(
     them (inbound-rtp freezeCount, totalFreezesDuration) between two of
     the page's RECORD samples from ``since`` (ms since the epoch); where
     several ended between two samples, the longest lasted at least their
-    mean. Times in seconds after ``since``."""
+    mean. Times in seconds after ``since``. A freeze is counted once it
+    ends, so it began its length before the sample that counted it, at the
+    latest: that is its ``at``, not the sample before (ci133 placed a
+    5.7 s freeze after its end, outside the bandwidth pause the page had
+    been told of and that :func:`still` had already found it in)."""
     names = {pid: name for name, pid in ids.items()}
     found: list[dict[str, Any]] = []
     for page, rec in records.items():
@@ -594,7 +598,8 @@ def chromium_freezes(
                 continue
             count, seconds = row[7] - prev[7], row[8] - prev[8]
             if count > 0 and seconds / count >= least:
-                found.append({"from": f"{page}<-{peer}", "at": round((prev[1] - since) / 1000, 2),
+                began = (row[1] - since) / 1000 - seconds / count
+                found.append({"from": f"{page}<-{peer}", "at": round(began, 2),
                               "seconds": round(seconds / count, 2), "freezes": count})  # fmt: skip
     return found
 

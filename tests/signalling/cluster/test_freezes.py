@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import math
 
-from tests.signalling.cluster.cluster_world import announced, bandwidth_pauses, decoding_again
+from tests.signalling.cluster.cluster_world import (
+    announced,
+    bandwidth_pauses,
+    chromium_freezes,
+    decoding_again,
+)
 
 WALL0 = 1_000_000.0  # ms since the epoch
 IDS = {"doctor": "p-d", "patient": "p-p"}
@@ -49,6 +54,23 @@ def test_a_freeze_is_announced_only_where_it_overlaps_such_a_span() -> None:
     assert not announced(stall("patient<-doctor", 5.0, 3.5), pauses, WALL0)  # hidden, between
     assert announced(stall("patient<-doctor", 10.0, 3.0), pauses, WALL0)  # still paused
     assert not announced(stall("doctor<-patient", 1.2, 3.6), pauses, WALL0)
+
+
+def test_a_freeze_chromium_counted_is_placed_where_it_began() -> None:
+    """ci133: the page's freeze counter rose by one freeze of 5.71 s between
+    its samples at 13.78 and 13.96 s. It ended by 13.96, so it began by
+    8.25, inside the pause for bandwidth the page was told of."""
+
+    def sample(at: float, freezes: int, seconds: float) -> list[object]:
+        # RECORD's video row: [participant, ms, framesDecoded, ..., freezeCount
+        # (7), totalFreezesDuration (8), ...].
+        return ["p-d", WALL0 + at * 1000, 246, 258, 318, 11, 320, freezes, seconds, 1, 0, 0]
+
+    records = {"patient": {"video": [sample(13.78, 4, 2.698), sample(13.96, 5, 8.408)]}}
+    [freeze] = chromium_freezes(records, {"doctor": "p-d"}, WALL0, 3.0)
+    assert freeze == {"from": "patient<-doctor", "at": 8.25, "seconds": 5.71, "freezes": 1}
+    told = {"patient<-doctor": [(WALL0 + 8720, WALL0 + 12520)]}
+    assert announced(freeze, told, WALL0)
 
 
 def frames(start: float, end: float, every: float = 1 / 30) -> list[float]:
