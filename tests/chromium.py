@@ -23,7 +23,7 @@ CHROMIUM = "/usr/bin/chromium"
 #: The fake camera at 15 frames a second, a phone camera's rate in dim
 #: light. Every call page of the suite encodes its camera (1280x720 in three
 #: simulcast layers) and decodes the others': the browsers are the largest
-#: share of the suite's CPU (a third, by process accounting over a whole
+#: share of the suite's CPU (39%, by process accounting over a whole
 #: run), and the suite is CPU-bound. At Chromium's default of 20 fps,
 #: test_browser_call.py and test_browser_guests.py took 186 and 172 CPU
 #: seconds; at 15, 160 and 164. Tests that measure a frame rate ask for the
