@@ -84,19 +84,23 @@ def body_of(row: asyncpg.Record | dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
 
 
-_ANY_DUE = """SELECT EXISTS (SELECT 1 FROM room_hook_deliveries
-                         WHERE status = 'pending' AND next_attempt_at <= $1)"""
-_CLAIM = """
+#: Deliveries a sender may take once due: pending, to an enabled endpoint,
+#: and first of their endpoint's and room's pending ones (order holds).
+_HEADS = """d.status = 'pending' AND e.enabled
+  AND NOT EXISTS (
+      SELECT 1 FROM room_hook_deliveries o
+      WHERE o.endpoint_id = d.endpoint_id AND o.room = d.room
+        AND o.status = 'pending' AND o.event_id < d.event_id)"""
+_NEXT_DUE = f"""SELECT min(d.next_attempt_at) FROM room_hook_deliveries d
+JOIN room_hook_endpoints e ON e.id = d.endpoint_id
+WHERE {_HEADS}"""
+_CLAIM = f"""
 SELECT d.id, d.event_id, d.attempts, e.url, e.secret,
        v.name, v.payload, v.created_at, v.clinic_id, v.booking_id, v.room
 FROM room_hook_deliveries d
 JOIN room_hook_endpoints e ON e.id = d.endpoint_id
 JOIN room_hook_events v ON v.id = d.event_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND e.enabled
-  AND NOT EXISTS (
-      SELECT 1 FROM room_hook_deliveries o
-      WHERE o.endpoint_id = d.endpoint_id AND o.room = d.room
-        AND o.status = 'pending' AND o.event_id < d.event_id)
+WHERE d.next_attempt_at <= $1 AND {_HEADS}
 ORDER BY d.next_attempt_at, d.event_id
 LIMIT 1 FOR UPDATE OF d SKIP LOCKED"""
 
@@ -189,9 +193,9 @@ class Deliverer:
         )
 
     async def _send_loop(self, i: int) -> None:
-        """Sender ``i``: the first also looks every poll interval (retries
-        come due with no wake); the others look when the one before them
-        claimed a delivery, and hourly besides."""
+        """Sender ``i``: the first also looks when the next retry comes due,
+        and every poll interval for work no wake announced; the others look
+        when the one before them claimed a delivery, and hourly besides."""
         after = self._wakes[i + 1] if i + 1 < len(self._wakes) else None
         await loops.drain(
             lambda: self.send_one(claimed=after),
@@ -199,13 +203,14 @@ class Deliverer:
             self.settings.webhooks_poll_interval if i == 0 else 3600.0,
             "webhook send round failed; retrying",
             log,
-            probe=self._any_due,
+            due=self._next_due if i == 0 else None,
         )
 
-    async def _any_due(self) -> bool:
-        """Whether a delivery may be due: one statement, no lock (a poll no
-        one woke asks this before it claims in a transaction)."""
-        return bool(await self.pool.fetchval(_ANY_DUE, self.clock()))
+    async def _next_due(self) -> float | None:
+        """Seconds until the next delivery a sender may take comes due (0 or
+        less: one is due), None when there is none: one statement, no lock."""
+        at = await self.pool.fetchval(_NEXT_DUE)
+        return None if at is None else (at - self.clock()).total_seconds()
 
     # -- one delivery ------------------------------------------------------
 

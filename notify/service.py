@@ -122,6 +122,8 @@ class Notifier:
         self._tasks: list[asyncio.Task[None]] = []
         self._listener = outbox.Listener(pool, lambda _payload: self._wake.set())
         self._gauges = outbox.Gauges(self.observe)
+        self._plan_ahead: float | None = None
+        """Seconds from the last planning round until the next job comes due."""
         self.sent = 0
 
     # -- life --------------------------------------------------------------
@@ -145,14 +147,24 @@ class Notifier:
                 log,
             )
             self._wake.clear()
-            woke = await loops.woken(self._wake, self.settings.notify_poll_interval)
+            # A scheduled job (a reminder) is planned when it comes due, not
+            # at the next poll; the poll is for work no wake announced.
+            interval = self.settings.notify_poll_interval
+            ahead = self._plan_ahead
+            wait = interval if ahead is None or ahead <= 0 else min(interval, ahead)
+            woke = await loops.woken(self._wake, wait) or wait < interval
 
     async def _plan_round(self, woke: bool) -> None:
         # A poll no one woke asks first, in one statement outside a
-        # transaction, whether an event or a due job waits (most find none).
-        if not woke and not await store.anything_to_plan(self.pool, self.clock()):
-            await self._gauges.after_round(busy=False)
-            return
+        # transaction, whether an event or a due job waits (most find none),
+        # and when the next job comes due.
+        self._plan_ahead = None
+        if not woke:
+            ahead = await store.next_to_plan(self.pool, self.clock())
+            if ahead is None or ahead > 0:
+                self._plan_ahead = ahead
+                await self._gauges.after_round(busy=False)
+                return
         done = 0
         while (n := await self.plan_events()) >= self.batch:
             done += n
@@ -160,20 +172,21 @@ class Notifier:
         while (n := await self.expand_jobs()) >= self.batch:
             done += n
         done += n
+        self._plan_ahead = await store.next_to_plan(self.pool, self.clock())
         await self._gauges.after_round(busy=done > 0)
 
     async def _send_loop(self, i: int) -> None:
         """Sender ``i``: every sender wakes when new deliveries are added; the
-        first also looks every poll interval (retries come due with no wake)
-        and, finding one, wakes the others, so the poll is one claim a
-        second rather than one per sender."""
+        first also looks when the next retry comes due and every poll
+        interval for work no wake announced, and, finding one, wakes the
+        others, so the poll is one statement rather than one per sender."""
         await loops.drain(
             self._send_first if i == 0 else self.send_one,
             self._send_wake,
             self.settings.notify_poll_interval if i == 0 else 3600.0,
             "notifier send round failed; retrying",
             log,
-            probe=lambda: store.any_delivery_due(self.pool, self.clock()),
+            due=(lambda: store.next_delivery_due(self.pool, self.clock())) if i == 0 else None,
         )
 
     async def _send_first(self) -> bool:

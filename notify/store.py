@@ -392,28 +392,27 @@ async def finish_jobs(conn: Conn, states: Mapping[str, str]) -> None:
     )
 
 
-async def anything_to_plan(conn: Conn | asyncpg.Pool, now: dt.datetime) -> bool:
-    """Whether an inbox event or a due job waits: one statement, no lock."""
-    return bool(
-        await conn.fetchval(
-            """SELECT EXISTS (SELECT 1 FROM notify_inbox)
-                   OR EXISTS (SELECT 1 FROM notify_jobs
-                              WHERE state = 'scheduled' AND due_at <= $1)""",
-            now,
-        )
+async def next_to_plan(conn: Conn | asyncpg.Pool, now: dt.datetime) -> float | None:
+    """Seconds until there is something to plan: 0 when an inbox event
+    waits, else until the next scheduled job is due (0 or less: one is),
+    None when neither waits. One statement, no lock."""
+    at = await conn.fetchval(
+        """SELECT CASE WHEN EXISTS (SELECT 1 FROM notify_inbox) THEN $1::timestamptz
+                       ELSE (SELECT min(due_at) FROM notify_jobs WHERE state = 'scheduled')
+                  END""",
+        now,
     )
+    return None if at is None else (at - now).total_seconds()
 
 
-async def any_delivery_due(conn: Conn | asyncpg.Pool, now: dt.datetime) -> bool:
-    """Whether a delivery is due (what :func:`claim_delivery` would look
-    for): one statement, no lock."""
-    return bool(
-        await conn.fetchval(
-            """SELECT EXISTS (SELECT 1 FROM notify_deliveries
-                              WHERE status = 'pending' AND next_attempt_at <= $1)""",
-            now,
-        )
+async def next_delivery_due(conn: Conn | asyncpg.Pool, now: dt.datetime) -> float | None:
+    """Seconds until the next pending delivery comes due (what
+    :func:`claim_delivery` looks for; 0 or less: one is due), None when none
+    is pending. One statement, no lock."""
+    at = await conn.fetchval(
+        "SELECT min(next_attempt_at) FROM notify_deliveries WHERE status = 'pending'"
     )
+    return None if at is None else (at - now).total_seconds()
 
 
 async def claim_delivery(conn: Conn, now: dt.datetime) -> asyncpg.Record | None:

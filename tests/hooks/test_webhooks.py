@@ -165,7 +165,6 @@ def _settings(settings: Settings, *, loopback: bool) -> Settings:
         webhooks_backoff_base=0.25,
         webhooks_backoff_max=1.0,
         webhooks_max_attempts=1000,
-        webhooks_poll_interval=0.1,
         webhooks_timeout=3.0,
     )
 

@@ -194,3 +194,45 @@ async def test_the_notifier_wakes_on_a_relayed_batch_not_its_poll(
     finally:
         await n.close()
         await relay.close()
+
+
+async def test_a_reminder_goes_when_it_is_due_not_at_the_next_poll(
+    pool: asyncpg.Pool, world: World, smtp: Inbox, notify_settings: Settings
+) -> None:
+    """The notifier sleeps until its next scheduled job, so a reminder due
+    in 3 s goes then, though both polls are a minute here."""
+    from wadud.messaging import bus, outbox
+
+    relay = outbox.Relay(pool, bus.LocalBus(), poll_interval=60.0)
+    quiet = dataclasses.replace(notify_settings, notify_poll_interval=60.0)
+    await relay.start()
+    try:
+        async with started(pool, quiet):
+            await asyncio.sleep(0.5)  # both listening
+            row = await make_booking(pool, world, _soon(3))
+            await emit(pool, row, "confirm_payment", "held")
+            due = await wait_until(
+                lambda: pool.fetchval(
+                    """SELECT min(due_at) FROM notify_jobs
+                       WHERE booking_id = $1 AND template = 'reminder_15m'""",
+                    row["id"],
+                ),
+                within=3,
+            )
+            assert not smtp.of("reminder_15m"), "a reminder went before it was due"
+            await wait_until(lambda: len(smtp.of("reminder_15m")) >= 2, within=10)
+            # Both recorded as sent (the row is updated after the SMTP answer).
+            sent = await wait_until(
+                lambda: pool.fetchval(
+                    """SELECT max(d.sent_at) FILTER (WHERE count_sent = 2) FROM (
+                         SELECT d.sent_at, count(d.sent_at) OVER () AS count_sent
+                         FROM notify_deliveries d JOIN notify_jobs j ON j.key = d.job_key
+                         WHERE j.booking_id = $1 AND j.template = 'reminder_15m') d""",
+                    row["id"],
+                ),
+                within=5,
+            )
+            # By the database's own clock: sent when due, not a poll later.
+            assert dt.timedelta(0) <= sent - due < dt.timedelta(seconds=5), (due, sent)
+    finally:
+        await relay.close()

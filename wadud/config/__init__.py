@@ -518,9 +518,10 @@ class Settings(SipSettings, PaymentsSettings):
         " `wadud notify` (one or more replicas) instead.",
     )
     notify_poll_interval: float = setting(
-        1.0,
-        "Seconds between the notifier's looks for new events, due jobs and due"
-        " deliveries (it also wakes on the NOTIFY a relay sends after each published batch).",
+        10.0,
+        "Longest wait between the notifier's looks for work no wake announced: it also"
+        " wakes on the NOTIFY a relay sends after each published batch, and when the"
+        " next scheduled job or retry comes due.",
     )
     notify_concurrency: int = setting(4, "Deliveries one notifier sends at once.")
     notify_max_attempts: int = setting(
@@ -584,7 +585,10 @@ class Settings(SipSettings, PaymentsSettings):
         " share the work). Off: run `wadud hooks` (one or more replicas) instead.",
     )
     webhooks_poll_interval: float = setting(
-        1.0, "Seconds between a deliverer's looks for due deliveries."
+        10.0,
+        "Longest wait between a deliverer's looks for work no wake announced: it also"
+        " wakes on the NOTIFY a relay sends after each published batch, and when the"
+        " next retry comes due.",
     )
     webhooks_concurrency: int = setting(4, "Deliveries one deliverer sends at once.")
     webhooks_max_attempts: int = setting(12, "Tries of one delivery before it is logged as failed.")

@@ -19,7 +19,7 @@ async def drain(
     interval: float,
     failed: str,
     log: logging.Logger,
-    probe: Callable[[], Awaitable[bool]] | None = None,
+    due: Callable[[], Awaitable[float | None]] | None = None,
 ) -> None:
     """Run ``step`` for as long as it says it did something; then wait until
     ``wake`` is set or ``interval`` seconds pass, and go again, forever. A
@@ -27,22 +27,41 @@ async def drain(
     cancellation ends the loop. A wake that comes while a step runs brings
     another step: the event is cleared before each step, not after it.
 
-    With ``probe``, a wait that ran out with no wake asks ``probe`` first
-    whether there is anything to do, and the step runs only if so: an idle
-    poll is then one cheap statement instead of a claim's transaction (three
-    round trips). A probe may say yes when the step then finds nothing, never
-    the other way round."""
-    woke = True
+    With ``due``, the queue says when its next piece of work comes due: the
+    seconds until then (0 or less: now), or None when nothing waits. Work
+    that waits for its time (a retry after a backoff) is then done at that
+    time, not at the next poll, and ``interval`` only bounds how long work
+    no wake announced waits. A wait that ran out with no wake asks ``due``
+    first, and the step runs only if something is due: an idle poll is one
+    cheap statement instead of a claim's transaction. ``due`` may say "now"
+    when the step then finds nothing (a row another replica holds), never
+    later than the step would find work; after such a miss the loop waits
+    ``interval``, not 0."""
+    run = True
     while True:
         wake.clear()
+        wait = interval
         try:
-            if (woke or probe is None or await probe()) and await step():
-                continue
+            if not run and due is not None:
+                ahead = await due()
+                run = ahead is not None and ahead <= 0
+                if ahead is not None and ahead > 0:
+                    wait = min(interval, ahead)
+            if run or due is None:
+                if await step():
+                    run = True
+                    continue
+                if due is not None:
+                    # The queue is drained of what is due: sleep until the next.
+                    ahead = await due()
+                    if ahead is not None and ahead > 0:
+                        wait = min(interval, ahead)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception(failed)
-        woke = await woken(wake, interval)
+        # Woken, or the wait ended at a due time: the step runs at once.
+        run = await woken(wake, wait) or wait < interval
 
 
 async def every(

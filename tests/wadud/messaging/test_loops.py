@@ -4,6 +4,7 @@ cancelled."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -166,40 +167,85 @@ async def test_stopped_raises_what_a_task_ended_with() -> None:
     assert running.cancelled()
 
 
-async def test_drain_asks_its_probe_before_a_poll_no_one_woke_but_not_after_a_wake() -> None:
-    # An idle poll is one cheap statement (the probe), not a claim's
-    # transaction; a wake means work came, so the step runs at once.
-    wake, calls = asyncio.Event(), []
-    steps: dict[int, asyncio.Event] = {}
+class _Queue:
+    """A queue as drain sees it: ``step`` finds nothing, ``due`` answers
+    from ``answers`` (then None), and both are logged in ``calls``."""
 
-    async def probe() -> bool:
-        calls.append("probe")
-        return calls.count("probe") == 3
+    def __init__(self, *answers: float | None) -> None:
+        self.answers = list(answers)
+        self.calls: list[str] = []
+        self.at: list[float] = []
+        self._steps: dict[int, asyncio.Event] = {}
 
-    async def step() -> bool:
-        calls.append("step")
-        steps.setdefault(calls.count("step"), asyncio.Event()).set()
+    async def due(self) -> float | None:
+        self.calls.append("due")
+        return self.answers.pop(0) if self.answers else None
+
+    async def step(self) -> bool:
+        self.calls.append("step")
+        self.at.append(asyncio.get_running_loop().time())
+        self._steps.setdefault(self.calls.count("step"), asyncio.Event()).set()
         return False
 
-    async def reached(n: int) -> None:
-        await asyncio.wait_for(steps.setdefault(n, asyncio.Event()).wait(), 5)
+    async def reached(self, n: int) -> None:
+        await asyncio.wait_for(self._steps.setdefault(n, asyncio.Event()).wait(), 5)
 
+
+def _drain(queue: _Queue, wake: asyncio.Event, interval: float) -> asyncio.Task[None]:
     log = __import__("logging").getLogger("t")
-    polls = asyncio.create_task(loops.drain(step, wake, 0.01, "step failed", log, probe=probe))
+    return asyncio.create_task(
+        loops.drain(queue.step, wake, interval, "step failed", log, due=queue.due)
+    )
+
+
+async def test_drain_asks_when_work_is_due_before_a_poll_no_one_woke_but_not_after_a_wake() -> None:
+    # An idle poll is one cheap statement (due), not a claim's transaction; a
+    # wake means work came, so the step runs at once.
+    queue = _Queue(None, None, 0)
+    polls = _drain(queue, asyncio.Event(), 0.01)
     try:
-        await reached(2)
-        assert calls[:5] == ["step", "probe", "probe", "probe", "step"]
+        await queue.reached(2)
+        # After the first step, "when is the next?"; two polls find nothing
+        # waiting, the third finds something due.
+        assert queue.calls[:5] == ["step", "due", "due", "due", "step"]
     finally:
         polls.cancel()
         await asyncio.wait([polls], timeout=2)
-    calls.clear()
-    steps.clear()
-    woken = asyncio.create_task(loops.drain(step, wake, 3600, "step failed", log, probe=probe))
+    queue, wake = _Queue(), asyncio.Event()
+    woken = _drain(queue, wake, 3600)
     try:
-        await reached(1)
+        await queue.reached(1)
         wake.set()
-        await reached(2)
-        assert calls == ["step", "step"]
+        await queue.reached(2)
+        assert queue.calls[:3] == ["step", "due", "step"]
     finally:
         woken.cancel()
         await asyncio.wait([woken], timeout=2)
+
+
+async def test_drain_steps_when_the_next_piece_of_work_comes_due_not_at_the_poll() -> None:
+    # A retry due in 50 ms runs then, under an hour's poll interval, and the
+    # step runs without asking again: the wait ended at the due time.
+    queue = _Queue(0.05)
+    task = _drain(queue, asyncio.Event(), 3600)
+    try:
+        await queue.reached(2)
+        assert queue.calls[:3] == ["step", "due", "step"]
+        assert queue.at[1] - queue.at[0] >= 0.05
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=2)
+
+
+async def test_drain_waits_its_interval_after_due_work_the_step_did_not_find() -> None:
+    # "Due now" that the step misses (a row another replica holds, or one
+    # the claim leaves for later) must not spin the loop.
+    queue = _Queue(*[0.0] * 10)
+    task = _drain(queue, asyncio.Event(), 0.2)
+    try:
+        await queue.reached(3)
+        gaps = [b - a for a, b in itertools.pairwise(queue.at[:3])]
+        assert min(gaps) >= 0.2, gaps
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=2)
