@@ -54,7 +54,7 @@ from recording.store import announce, fail, recording_key, seal_file
 from rtc.rtpdump import RtpDumpError, open_segment
 from wadud.config import Settings
 from wadud.errors import ConfigError, NotFound, UpstreamError
-from wadud.messaging import loops
+from wadud.messaging import loops, outbox
 from wadud.state.storage import Storage
 
 __all__ = ["Recorder", "available", "run", "subject_keys"]
@@ -76,6 +76,15 @@ UPDATE recordings r SET state = 'processing', attempts = r.attempts + 1,
     lease_until = now() + make_interval(secs => $2)
 FROM job WHERE r.id = job.id
 RETURNING r.*"""
+#: Seconds until the next claim can find a job: a stopped recording's grace
+#: ends, or a processing one's lease runs out. NULL: neither waits.
+_NEXT_DUE = """
+SELECT extract(epoch FROM least(
+           min(stopped_at) FILTER (WHERE state = 'stopped') + make_interval(secs => $1),
+           min(lease_until) FILTER (WHERE state = 'processing')) - now())::float8
+FROM recordings WHERE state IN ('stopped', 'processing')"""
+#: The channel of migration 0033's NOTIFY, sent when a recording stops.
+CHANNEL = "wadud_recordings"
 
 
 def available() -> bool:
@@ -138,15 +147,20 @@ class Recorder:
         self.done = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listener = outbox.Listener(pool, lambda _payload: self._wake.set(), CHANNEL)
 
     async def start(self) -> None:
+        # A stop wakes the loop (migration 0033's NOTIFY); it then sleeps
+        # until that recording's grace has passed. The poll only bounds how
+        # long a stop whose NOTIFY was missed waits.
         self._task = asyncio.create_task(
             loops.drain(
-                self.run_one,
+                self._look,
                 self._wake,
                 max(0.05, self.settings.recording_poll_interval),
                 "recorder round failed; retrying",
                 log,
+                due=self._next_due,
             ),
             name="recorder",
         )
@@ -154,6 +168,20 @@ class Recorder:
     async def close(self) -> None:
         task, self._task = self._task, None
         await loops.stopped(task)
+        await self._listener.close()
+
+    async def _look(self) -> bool:
+        await self._listener.ensure()
+        return await self.run_one()
+
+    async def _next_due(self) -> float | None:
+        """Seconds until a claim can find a job (0 or less: now), None when
+        no recording waits: one statement, no lock."""
+        await self._listener.ensure()
+        ahead: float | None = await self.pool.fetchval(
+            _NEXT_DUE, max(0.0, self.settings.recording_grace)
+        )
+        return ahead
 
     def wake(self) -> None:
         self._wake.set()

@@ -30,6 +30,7 @@ from recording.store import Recordings, open_file, recording_key
 from tests.booking.bookings.test_bookings import anon, events, local, pool_of, requested
 from tests.booking.factories import Clinic, Doctor, make_clinic
 from tests.conftest import Api
+from tests.polling import wait_until
 from tests.recording import media
 from wadud.errors import NotFound
 from wadud.state import keys
@@ -228,6 +229,38 @@ async def test_a_recorder_that_dies_mid_job_is_replaced_after_its_lease(
     rec = await pool.fetchrow("SELECT state, failure FROM recordings WHERE id = $1", rid)
     assert rec["state"] == "failed" and "gave up after 3 tries" in rec["failure"]
     assert (await events(api, "room.recording_failed"))[-1]["data"]["recording_id"] == str(rid)
+
+
+async def test_a_stop_wakes_a_running_recorder_which_takes_the_job_when_its_grace_ends(
+    api: Api, doctor: Doctor
+) -> None:
+    # Its poll is a minute here: the stop's NOTIFY (migration 0033) wakes it,
+    # and it sleeps until the grace has passed, then claims at once; a dead
+    # recorder's job is taken when its lease runs out, also with no poll.
+    pool = pool_of(api)
+    loop = recorder(api, recording_grace=1.0, recording_poll_interval=60.0, recording_lease=2.0)
+    await loop.start()
+    try:
+        await wait_until(
+            lambda: pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"wadud_recordings\"'"
+            )
+        )
+        v = await visit(api, doctor)
+        rid = await recorded(api, v, seconds=2.0)
+        await wait_until(lambda: loop.done >= 1, within=15)
+        rec = await pool.fetchrow("SELECT * FROM recordings WHERE id = $1", rid)
+        assert rec["state"] == "ready"
+        # By the database's clock: claimed once the grace had passed.
+        assert rec["ready_at"] - rec["stopped_at"] >= dt.timedelta(seconds=1.0)
+        rid = await recorded(api, v, seconds=2.0)
+        dead = recorder(api, recording_lease=2.0)
+        assert await dead.claim() is not None  # before the loop's grace: and it dies
+        await wait_until(lambda: loop.done >= 2, within=15)
+        rec = await pool.fetchrow("SELECT state, attempts FROM recordings WHERE id = $1", rid)
+        assert (rec["state"], rec["attempts"]) == ("ready", 2)
+    finally:
+        await loop.close()
 
 
 async def test_nothing_playable_fails_with_a_reason(api: Api, doctor: Doctor) -> None:

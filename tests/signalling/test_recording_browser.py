@@ -477,11 +477,10 @@ SLOW_STORE = {"recording_segment_seconds": 0.5, "recording_write_timeout": 0.000
 
 
 async def drive(scenario: str, database_url: str, work: Path, budget: float) -> dict[str, Any]:
-    # The recorder waits a second, not ten, for a stopped recording's last rows.
+    # The recorder waits a second, not ten, for a stopped recording's last
+    # rows; the stop's NOTIFY wakes it (its poll is the default's).
     overrides: dict[str, Any] = SLOW_STORE if scenario == "fail" else {}
-    async with serving(
-        database_url, work, recording_grace=1.0, recording_poll_interval=0.5, **overrides
-    ) as world:
+    async with serving(database_url, work, recording_grace=1.0, **overrides) as world:
         return await play(SCENARIOS[scenario](world), world.browsers, world.timings, budget)
 
 

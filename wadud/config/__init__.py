@@ -612,7 +612,9 @@ class Settings(SipSettings, PaymentsSettings):
         " `wadud recorder` (one or more replicas) instead.",
     )
     recording_poll_interval: float = setting(
-        2.0, "Seconds between a recorder's looks for stopped recordings."
+        10.0,
+        "Longest wait between a recorder's looks for stopped recordings: it also wakes"
+        " on the NOTIFY each stop sends, and when a stopped recording's grace has passed.",
     )
     recording_grace: float = setting(
         10.0,
