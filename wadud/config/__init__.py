@@ -191,7 +191,9 @@ class Settings(SipSettings, PaymentsSettings):
     # [outbox]
     outbox_batch: int = setting(200, "Events relayed per round.")
     outbox_poll_interval: float = setting(
-        1.0, "Seconds between outbox polls, for events no wake-up announced."
+        10.0,
+        "Seconds between outbox polls, for events no wake-up announced (every process"
+        " that writes events and runs no relay sends a NOTIFY instead).",
     )
     outbox_retention: float = setting(86400.0, "Seconds published outbox rows are kept.")
     # [booking]

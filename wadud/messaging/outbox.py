@@ -12,9 +12,11 @@ a repeat.
 
 What wakes a relay: :func:`written` tells the relays of the writing process
 the moment the writer's transaction ended (at once for a statement outside a
-transaction); a ``NOTIFY`` on :data:`CHANNEL` (the triggers of migration 0008
-send one); and, for rows written by a process that runs no relay, a poll
-every ``outbox_poll_interval``. A relay that published a batch sends one
+transaction); a ``NOTIFY`` on :data:`CHANNEL`, which the triggers of
+migration 0008 send, and so does a process that runs no relay (a worker
+role, :class:`Announcer`) once its writer's transaction ended; and, for an
+event no one announced (a notice lost while a LISTEN reconnected, a one-off
+command's write), a poll every ``outbox_poll_interval``. A relay that published a batch sends one
 ``NOTIFY`` (payload :data:`RELAYED`) in that batch's transaction, which wakes
 the notifiers of every process. Writers do not ``NOTIFY`` themselves:
 PostgreSQL serialises the commits of all notifying transactions on one lock
@@ -28,7 +30,7 @@ import contextlib
 import functools
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -49,6 +51,10 @@ _ANY_PENDING = "SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)"
 _EMIT = """INSERT INTO outbox (topic, payload, trace) VALUES ($1, $2::jsonb, $3::jsonb)"""
 #: The relays of this process (:func:`written` wakes them).
 _RELAYS: weakref.WeakSet[Relay] = weakref.WeakSet()
+#: Where this process runs no relay, what wakes the others' (:func:`announcing`).
+_ANNOUNCERS: weakref.WeakSet[Announcer] = weakref.WeakSet()
+#: The payload of the NOTIFY a process with no relay sends after writing.
+WRITTEN = "written"
 #: Seconds a relay waits for a writer's transaction to end before it leaves
 #: the event to its poll.
 _PENDING_FOR = 5.0
@@ -87,9 +93,14 @@ async def emit(
 def written(conn: asyncpg.Connection) -> None:
     """An event was written on ``conn``: this process's relays publish it as
     soon as the transaction it belongs to has ended (at once when ``conn`` is
-    in none). Costs no round trip."""
-    for relay in _RELAYS:
-        relay.expect(conn)
+    in none). Costs no round trip. A process that runs no relay but
+    announces (:func:`announcing`) wakes the other processes' relays then."""
+    if _RELAYS:
+        for relay in _RELAYS:
+            relay.expect(conn)
+        return
+    for announcer in _ANNOUNCERS:
+        announcer.expect(conn)
 
 
 def event(
@@ -210,6 +221,104 @@ class Gauges:
             self._last = asyncio.get_running_loop().time()
 
 
+class _AfterCommit:
+    """Calls ``ended`` once the transaction of each connection it watches
+    has ended (at once for one in none), and leaves a transaction open
+    longer than :data:`_PENDING_FOR` to the poll. No round trip: whether a
+    transaction is open is the connection's own state, from the server's
+    last ReadyForQuery."""
+
+    def __init__(self, ended: Callable[[], None]) -> None:
+        self.ended = ended
+        #: Connections whose open transaction wrote an event, and since when.
+        self._pending: dict[asyncpg.Connection, float] = {}
+        self._watch: asyncio.Handle | None = None
+
+    def watch(self, conn: asyncpg.Connection) -> None:
+        if not _in_transaction(conn):
+            self.ended()
+            return
+        loop = asyncio.get_running_loop()
+        self._pending.setdefault(conn, loop.time())
+        if self._watch is None:
+            self._watch = loop.call_soon(self._check)
+
+    def cancel(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self._pending.clear()
+
+    def _check(self) -> None:
+        self._watch = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn, since in list(self._pending.items()):
+            if not _in_transaction(conn):
+                del self._pending[conn]
+                self.ended()
+            elif now - since > _PENDING_FOR:
+                del self._pending[conn]  # a long transaction: the poll finds it
+        if self._pending:
+            self._watch = loop.call_later(0.002, self._check)
+
+
+class Announcer:
+    """What wakes the relays of other processes for the events a process
+    with no relay of its own writes (``wadud recorder``, ``wadud sip``, the
+    other worker roles: :func:`wadud.web.workers.start_worker`): one
+    ``NOTIFY`` on :data:`CHANNEL` (payload :data:`WRITTEN`) once the
+    writer's transaction has ended, sent on a connection of its own from the
+    pool, so the writer's commit never waits on the notify lock. Ends of
+    transactions that come while one is being sent are folded into one
+    more. A NOTIFY that fails is logged; the relays' poll finds the event."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._commits = _AfterCommit(self._ended)
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        self.sent = 0
+
+    def expect(self, conn: asyncpg.Connection) -> None:
+        """See :func:`written`."""
+        self._commits.watch(conn)
+
+    def _ended(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._announce(), name="outbox-announce")
+
+    async def _announce(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            try:
+                await self.pool.execute("SELECT pg_notify($1, $2)", CHANNEL, WRITTEN)
+                self.sent += 1
+            except Exception:
+                log.warning("could not wake the outbox relays; their poll will", exc_info=True)
+                return
+
+    async def close(self) -> None:
+        self._commits.cancel()
+        await loops.stopped(self._task)
+
+
+@contextlib.asynccontextmanager
+async def announcing(pool: asyncpg.Pool) -> AsyncIterator[Announcer]:
+    """Within the block, events this process writes wake the relays of the
+    others (:class:`Announcer`), unless it runs a relay of its own."""
+    announcer = Announcer(pool)
+    _ANNOUNCERS.add(announcer)
+    try:
+        yield announcer
+    finally:
+        _ANNOUNCERS.discard(announcer)
+        await announcer.close()
+
+
 class Relay:
     def __init__(
         self,
@@ -230,9 +339,7 @@ class Relay:
         self._listener = Listener(pool, self._notified)
         self._gauges = Gauges(self.observe)
         self._last_prune = 0.0
-        #: Connections whose open transaction wrote an event, and since when.
-        self._pending: dict[asyncpg.Connection, float] = {}
-        self._watch: asyncio.Handle | None = None
+        self._commits = _AfterCommit(self._wake.set)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -240,36 +347,13 @@ class Relay:
 
     async def close(self) -> None:
         _RELAYS.discard(self)
-        if self._watch is not None:
-            self._watch.cancel()
-        self._pending.clear()
+        self._commits.cancel()
         await loops.stopped(self._task)
         await self._listener.close()
 
     def expect(self, conn: asyncpg.Connection) -> None:
         """See :func:`written`."""
-        if not _in_transaction(conn):
-            self._wake.set()
-            return
-        loop = asyncio.get_running_loop()
-        self._pending.setdefault(conn, loop.time())
-        if self._watch is None:
-            self._watch = loop.call_soon(self._check_pending)
-
-    def _check_pending(self) -> None:
-        # No round trip: whether a transaction is open is the connection's
-        # own state, from the server's last ReadyForQuery.
-        self._watch = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for conn, since in list(self._pending.items()):
-            if not _in_transaction(conn):
-                del self._pending[conn]
-                self._wake.set()
-            elif now - since > _PENDING_FOR:
-                del self._pending[conn]  # a long transaction: the poll finds it
-        if self._pending:
-            self._watch = loop.call_later(0.002, self._check_pending)
+        self._commits.watch(conn)
 
     def _notified(self, payload: str) -> None:
         if payload != RELAYED:  # a relay's own note is for the other consumers

@@ -18,6 +18,7 @@ import asyncpg
 from aiohttp import web
 
 from wadud.config import Settings
+from wadud.messaging import outbox
 from wadud.web.ops import worker_listener
 
 __all__ = ["Worker", "in_app", "start_worker", "stop_on_signals"]
@@ -49,7 +50,10 @@ async def start_worker(
 ) -> None:
     """Start ``worker`` and then its :func:`~wadud.web.ops.worker_listener`, each
     undone as ``stack`` unwinds (the listener first): the last steps of a
-    worker role's start, before it waits for its stop."""
+    worker role's start, before it waits for its stop. The role runs no
+    outbox relay, so the events it writes wake the relays of the API's
+    processes (:func:`wadud.messaging.outbox.announcing`)."""
+    await stack.enter_async_context(outbox.announcing(pool))
     await worker.start()
     stack.push_async_callback(worker.close)
     await stack.enter_async_context(worker_listener(settings, pool))

@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bin.assembly import build_app
 from tests.conftest import RedisServer
+from tests.polling import wait_until
 from wadud.config import Settings
 from wadud.messaging import bus, outbox
 from wadud.state import keys
@@ -170,3 +171,31 @@ async def test_a_renewed_subscription_loses_and_repeats_nothing(redis_server: Re
     await sub.close()
     await other.close()
     await b.close()
+
+
+async def test_a_process_with_no_relay_wakes_the_others_once_its_writer_committed(
+    settings: Settings,
+) -> None:
+    """A worker role (no relay of its own) announces what it wrote: one
+    NOTIFY on the outbox channel after the commit, none inside the
+    transaction, so another process's relay publishes it at once rather
+    than at its poll."""
+    from wadud.state import db
+
+    heard: list[str] = []
+    async with db.pool(settings, settings.database_url) as pool:
+        assert not outbox._RELAYS, "a relay in this process would take the event itself"
+        listener = outbox.Listener(pool, heard.append)
+        await listener.ensure()
+        try:
+            async with outbox.announcing(pool) as announcer, pool.acquire() as conn:
+                async with conn.transaction():
+                    await outbox.emit(conn, "test.announced", {"n": 1})
+                    # The writer's transaction holds it: nothing is sent yet.
+                    await outbox.emit(conn, "test.announced", {"n": 2})
+                    assert announcer.sent == 0
+                await wait_until(lambda: outbox.WRITTEN in heard, within=5)
+                assert announcer.sent == 1
+        finally:
+            await listener.close()
+        await pool.execute("DELETE FROM outbox WHERE topic = 'test.announced'")
