@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import inspect
 import io
+import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -39,10 +41,17 @@ class Steps:
 
 
 def _task_stacks() -> str:
+    """Every task's whole stack, also written to a file in the temporary
+    directory: a failure's summary line (and a rerun's report) cuts the
+    message, and a hang is found by the one task whose stack is unexpected."""
     out = io.StringIO()
     for task in asyncio.all_tasks():
-        task.print_stack(limit=8, file=out)
-    return out.getvalue()
+        task.print_stack(file=out)
+    text = out.getvalue()
+    fd, path = tempfile.mkstemp(prefix="bounded-stacks-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return f"(every task's stack is also in {path})\n{text}"
 
 
 @contextlib.asynccontextmanager
