@@ -425,10 +425,14 @@ class Notifier:
             parent=tracing.extract(trace),
             attributes={"notify.template": row["template"], "notify.channel": row["channel"]},
         ):
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns
+            # the send's result when the sender task is cancelled just as the
+            # send completes, so the loop never saw its cancellation and
+            # Notifier.close waited for ever (a test's shutdown hung so,
+            # twice, right after its mail arrived).
             try:
-                return await asyncio.wait_for(
-                    sender.send(msg), self.settings.notify_send_timeout + 5
-                )
+                async with asyncio.timeout(self.settings.notify_send_timeout + 5):
+                    return await sender.send(msg)
             except TimeoutError:
                 raise DeliveryFailed(f"{row['channel']}: no answer in time") from None
 
