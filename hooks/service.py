@@ -210,7 +210,7 @@ class Deliverer:
         """Seconds until the next delivery a sender may take comes due (0 or
         less: one is due), None when there is none: one statement, no lock."""
         at = await self.pool.fetchval(_NEXT_DUE)
-        return None if at is None else (at - self.clock()).total_seconds()
+        return loops.seconds_until(at, self.clock())
 
     # -- one delivery ------------------------------------------------------
 

@@ -19,6 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from notify.plan import Context, Delivery, Device, InboxEvent, Job, Plan, Preferences, Recipient
+from wadud.messaging import loops
 from wadud.state.rows import from_row
 
 __all__ = [
@@ -402,7 +403,7 @@ async def next_to_plan(conn: Conn | asyncpg.Pool, now: dt.datetime) -> float | N
                   END""",
         now,
     )
-    return None if at is None else (at - now).total_seconds()
+    return loops.seconds_until(at, now)
 
 
 async def next_delivery_due(conn: Conn | asyncpg.Pool, now: dt.datetime) -> float | None:
@@ -412,7 +413,7 @@ async def next_delivery_due(conn: Conn | asyncpg.Pool, now: dt.datetime) -> floa
     at = await conn.fetchval(
         "SELECT min(next_attempt_at) FROM notify_deliveries WHERE status = 'pending'"
     )
-    return None if at is None else (at - now).total_seconds()
+    return loops.seconds_until(at, now)
 
 
 async def claim_delivery(conn: Conn, now: dt.datetime) -> asyncpg.Record | None:

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["background", "drain", "every", "settle", "stopped", "woken"]
+__all__ = ["background", "drain", "every", "seconds_until", "settle", "stopped", "woken"]
 
 T = TypeVar("T")
+
+
+def seconds_until(at: dt.datetime | None, now: dt.datetime) -> float | None:
+    """What a queue's ``due`` tells :func:`drain`: the seconds from ``now``
+    until its next piece of work comes due at ``at`` (0 or less: due now),
+    None when nothing waits (``at`` is None)."""
+    return None if at is None else (at - now).total_seconds()
 
 
 async def drain(

@@ -4,6 +4,7 @@ cancelled."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 
 import pytest
@@ -249,3 +250,10 @@ async def test_drain_waits_its_interval_after_due_work_the_step_did_not_find() -
     finally:
         task.cancel()
         await asyncio.wait([task], timeout=2)
+
+
+def test_seconds_until_says_how_far_ahead_work_is_due_or_none() -> None:
+    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+    assert loops.seconds_until(now + dt.timedelta(seconds=90), now) == 90.0
+    assert loops.seconds_until(now - dt.timedelta(milliseconds=250), now) == -0.25
+    assert loops.seconds_until(None, now) is None
