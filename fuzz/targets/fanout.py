@@ -1,4 +1,4 @@
-"""The SFU's native fan-out (sfu/forward/_fanout.c, _fanout_red.c) on publisher RTP.
+"""The SFU's native leaves (sfu/forward/_fanout.c, _fanout_red.c, _unprotect.c) on publisher RTP.
 
 The input's first byte picks a track, the rest is an RTP packet (its SSRC
 set to that track's). The packet goes through what the worker does with the
@@ -9,7 +9,8 @@ over loopback. A second forwarder, on the pure-Python path with SRTP
 sessions of the same keys, must make byte-identical datagrams: the leaf
 trusts offsets Python computed, and a disagreement between the two is where
 an out-of-bounds write would hide. RED's two native steps are held to their
-Python twins directly as well.
+Python twins directly as well, and so is the receive side's unprotect
+(sfu/forward/_unprotect.c) to pylibsrtp's.
 
 Two tracks: VP9 video with abs-send-time, transport-cc and mid (subscribers
 with other ids, as published, and fewer extensions) and Opus audio with RED
@@ -18,9 +19,12 @@ with other ids, as published, and fewer extensions) and Opus audio with RED
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 from typing import Any
+
+import pylibsrtp
 
 from fuzz import Finding
 from rtc import red
@@ -134,6 +138,33 @@ def _red_twins(first: bytes, second: bytes) -> None:
             )
 
 
+def _unprotect(inbound: Any, datagram: bytes) -> bytes | str:
+    try:
+        plain: bytes = inbound(datagram)
+    except (pylibsrtp.Error, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return plain
+
+
+def _unprotect_twins(raw: bytes, packet: bytes) -> None:
+    """The receive side's native unprotect (sfu/forward/_unprotect.c) against
+    pylibsrtp's, each with a session of one key: on the input as it came
+    (nearly always refused) and on the packet protected, SRTP and SRTCP.
+    They must give the same plain packet or the same refusal."""
+    sender, python, leaf = (SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY) for _ in range(3))
+    for rtcp in (False, True):
+        fast = native.unprotector(leaf.inbound, rtcp=rtcp)
+        slow = python.inbound.unprotect_rtcp if rtcp else python.inbound.unprotect
+        protect = sender.outbound.protect_rtcp if rtcp else sender.outbound.protect
+        datagrams = [raw]
+        with contextlib.suppress(pylibsrtp.Error, ValueError):
+            datagrams.append(protect(packet))  # libsrtp takes no malformed header
+        for datagram in datagrams:
+            if _unprotect(fast, datagram) != _unprotect(slow, datagram):
+                kind = "SRTCP" if rtcp else "SRTP"
+                raise Finding(f"the native {kind} unprotect disagrees with pylibsrtp's")
+
+
 def check(data: bytes) -> None:
     global _world
     if not native.AVAILABLE or len(data) < 13:
@@ -152,6 +183,7 @@ def check(data: bytes) -> None:
     struct.pack_into("!HI", first, 2, (seq - 1) & 0xFFFF, (ts - 960) & 0xFFFFFFFF)
     packets = (bytes(first), bytes(packet))
     _red_twins(*packets)
+    _unprotect_twins(data[1:], packets[1])
 
     # Real SRTP for one subscriber of each track (the leaf calls libsrtp on
     # its slot); a tag-appending stand-in, which the leaf calls back into

@@ -16,6 +16,8 @@
  *   red_primary, red_deepen           module functions: RED's two per-packet
  *                                     steps (RFC 2198), pure, twins of
  *                                     rtc/red.py's (in _fanout_red.c)
+ *   Unprotect                         the receive side's SRTP unprotect (in
+ *                                     _unprotect.c)
  *
  * Everything it touches is owned by Python objects: the subscriptions and
  * their rewriters are the forwarder's (sfu/forward/table.py), the subscriber records
@@ -899,12 +901,15 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "sfu.forward._fanout",
-    "The SFU's native fan-out (rewrite, SRTP protect, sendmmsg) and RED's two per-packet "
-    "steps; see sfu/forward/native.py.", -1, module_methods,
+    "The SFU's native fan-out (rewrite, SRTP protect, sendmmsg), RED's two per-packet "
+    "steps and the receive side's SRTP unprotect; see sfu/forward/native.py.", -1,
+    module_methods,
 };
 
 PyMODINIT_FUNC PyInit__fanout(void) {
-    if (PyType_Ready(&LegType) < 0 || PyType_Ready(&FanoutType) < 0) return NULL;
+    if (PyType_Ready(&LegType) < 0 || PyType_Ready(&FanoutType) < 0 ||
+        PyType_Ready(&UnprotectType) < 0)
+        return NULL;
     str_protect = PyUnicode_InternFromString("protect");
     str_addr = PyUnicode_InternFromString("addr");
     str_wire = PyUnicode_InternFromString("wire");
@@ -974,5 +979,7 @@ PyMODINIT_FUNC PyInit__fanout(void) {
     }
     Py_INCREF(&LegType);
     PyModule_AddObject(m, "Leg", (PyObject *)&LegType);
+    Py_INCREF(&UnprotectType);
+    PyModule_AddObject(m, "Unprotect", (PyObject *)&UnprotectType);
     return m;
 }

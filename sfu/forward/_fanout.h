@@ -1,6 +1,7 @@
-/* What the two halves of the sfu.forward._fanout extension share: big-endian stores,
+/* What the parts of the sfu.forward._fanout extension share: big-endian stores,
  * the VP8 payload descriptor read in place (inline: it runs per forwarded
- * VP8 packet), and the RED module functions of sfu/forward/_fanout_red.c. */
+ * VP8 packet), the RED module functions of sfu/forward/_fanout_red.c and
+ * the unprotect of sfu/forward/_unprotect.c. */
 #ifndef WADUD_FANOUT_H
 #define WADUD_FANOUT_H
 
@@ -64,5 +65,8 @@ static inline Picture vp8_picture(const unsigned char *d, Py_ssize_t size) {
 /* rtc.red.primary and rtc.red.deepen's fast path (RFC 2198); _fanout_red.c. */
 PyObject *fanout_red_primary(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *fanout_red_deepen(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* The receive side's SRTP and SRTCP unprotect; _unprotect.c. */
+extern PyTypeObject UnprotectType;
 
 #endif

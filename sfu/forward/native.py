@@ -1,4 +1,4 @@
-"""The optional native fan-out (``sfu/forward/_fanout.c``) and the switch that turns it off.
+"""The optional native leaves of the forwarding path (``sfu/forward/_fanout.c``) and their switch.
 
 The worker's hot path is: SRTP unprotect once, :meth:`Forwarder.route_into`
 rewrites a copy per subscriber, then each copy is protected with that
@@ -27,6 +27,11 @@ and ``addr``; the leaf caches, in the record's ``wire`` slot, the session
 pointer and packed address it derived from them, rebuilt whenever either is
 a new object.
 
+On the receive side, :func:`unprotector` gives the hot path a native SRTP
+(or SRTCP) unprotect bound to a pylibsrtp session (``sfu/forward/_unprotect.c``):
+one copy into the bytes it returns, libsrtp in place, none of pylibsrtp's
+per-call Python.
+
 The module also has the two per-packet steps of Opus RED (RFC 2198) as pure
 functions on the bytes (:data:`RED`, handed to the forwarder), twins of
 :func:`rtc.red.primary` and (for the shape Chromium sends) :func:`rtc.red.deepen`.
@@ -41,13 +46,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import pylibsrtp
 
 from sfu.forward.fanout import NativeRed
 
-__all__ = ["AVAILABLE", "RED", "Fanout", "enabled", "fanout"]
+__all__ = ["AVAILABLE", "RED", "Fanout", "enabled", "fanout", "unprotector"]
 
 
 class Fanout(Protocol):
@@ -67,23 +73,30 @@ def enabled() -> bool:
     return os.environ.get("WADUD_NATIVE", "1").strip() != "0"
 
 
-def _load() -> tuple[Any, int]:
+_LIBSRTP_CALLS = ("srtp_protect", "srtp_unprotect", "srtp_unprotect_rtcp")
+
+
+def _load() -> tuple[Any, dict[str, int]]:
     if not enabled():
-        return None, 0
+        return None, {}
     try:
         from pylibsrtp._binding import ffi, lib
 
         from sfu.forward import _fanout  # type: ignore[attr-defined]
     except ImportError:
-        return None, 0
-    # The leaf calls srtp_protect(srtp_t, void *, int *) of libsrtp 2.x; a
-    # pylibsrtp built on another signature keeps the Python path.
-    if "(struct srtp_ctx_t_ *, void *, int *)" not in ffi.getctype(ffi.typeof(lib.srtp_protect)):
-        return None, 0
-    return _fanout, int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
+        return None, {}
+    # The leaves call these as (srtp_t, void *, int *), libsrtp 2.x's
+    # signature; a pylibsrtp built on another keeps the Python path.
+    calls = {}
+    for name in _LIBSRTP_CALLS:
+        signature = ffi.getctype(ffi.typeof(getattr(lib, name)))
+        if "(struct srtp_ctx_t_ *, void *, int *)" not in signature:
+            return None, {}
+        calls[name] = int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    return _fanout, calls
 
 
-_MODULE, _PROTECT_FN = _load()
+_MODULE, _CALLS = _load()
 
 AVAILABLE: bool = _MODULE is not None
 """The extension is built, loads, matches pylibsrtp's libsrtp, and is not switched off."""
@@ -113,5 +126,36 @@ def fanout(sock: socket.socket | Any) -> Fanout | None:
     """A native fan-out sending on ``sock`` (the worker's non-blocking UDP socket), or None."""
     if _MODULE is None:
         return None
-    fan: Fanout = _MODULE.Fanout(sock.fileno(), _PROTECT_FN, _session_pointer)
+    fan: Fanout = _MODULE.Fanout(sock.fileno(), _CALLS["srtp_protect"], _session_pointer)
     return fan
+
+
+def unprotector(session: pylibsrtp.Session, rtcp: bool = False) -> Callable[[bytes], bytes]:
+    """``session.unprotect`` (``unprotect_rtcp`` with ``rtcp``), in native code when it can be.
+
+    The leaf's ``Unprotect`` copies the datagram once into the bytes it
+    returns and has libsrtp unprotect it there, where pylibsrtp copies it
+    in and out through cffi and releases the GIL around libsrtp: in a
+    worker with one publisher and no subscriber, pylibsrtp's Python around
+    ``srtp_unprotect`` took twice libsrtp's own time. It raises what
+    pylibsrtp raises for a refused packet (:class:`pylibsrtp.Error`, with
+    pylibsrtp's message), and the session stays pylibsrtp's: the leaf holds
+    it, so it lives as long as the call does.
+    """
+    python = session.unprotect_rtcp if rtcp else session.unprotect
+    if _MODULE is None or type(session) is not pylibsrtp.Session:
+        return python
+    from pylibsrtp._binding import ffi
+
+    fn = _CALLS["srtp_unprotect_rtcp" if rtcp else "srtp_unprotect"]
+    call: Callable[[bytes], bytes] = _MODULE.Unprotect(
+        fn, int(ffi.cast("uintptr_t", session._srtp[0])), session, _refused
+    )
+    return call
+
+
+def _refused(status: int) -> pylibsrtp.Error:
+    """What pylibsrtp raises for libsrtp's ``status`` (its messages, by status)."""
+    messages: list[str] = pylibsrtp.ERRORS
+    known = 0 <= status < len(messages)
+    return pylibsrtp.Error(messages[status] if known else f"libsrtp status {status}")

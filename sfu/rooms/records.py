@@ -30,6 +30,7 @@ from sfu.feedback.bandwidth import BandwidthFeedback, TransportCcRecorder
 from sfu.feedback.receiving import ReceiveStatistics
 from sfu.feedback.reports import ReportScheduler
 from sfu.feedback.speaker import SpeakerDetector
+from sfu.forward import native
 from sfu.forward.forwarder import Forwarder
 from sfu.transport.offer_answer import ForwardedTrack, LocalParameters
 from sfu.transport.peer import PeerTransport
@@ -242,14 +243,16 @@ class Peer:
 def bind_srtp(record: Peer | Link, srtp: SrtpSession | None) -> None:
     """Bind a keyed session's protect and unprotect calls onto the peer or
     link, where the hot path reads them per packet with no lookup through its
-    transport; None unbinds them (not keyed, or gone: the hot path drops)."""
+    transport; None unbinds them (not keyed, or gone: the hot path drops).
+    The unprotect calls are the native leaf's when it is there
+    (:func:`sfu.forward.native.unprotector`)."""
     if srtp is None:
         record.protect = record.protect_rtcp = record.unprotect = record.unprotect_rtcp = None
     else:
         record.protect = srtp.outbound.protect
         record.protect_rtcp = srtp.outbound.protect_rtcp
-        record.unprotect = srtp.inbound.unprotect
-        record.unprotect_rtcp = srtp.inbound.unprotect_rtcp
+        record.unprotect = native.unprotector(srtp.inbound)
+        record.unprotect_rtcp = native.unprotector(srtp.inbound, rtcp=True)
 
 
 def keyed(record: Hashable) -> bool:

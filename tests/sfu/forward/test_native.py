@@ -259,19 +259,24 @@ def test_wadud_native_0_leaves_the_worker_on_python(tmp_path: Any) -> None:
     import subprocess
     import sys
 
-    code = "from sfu.forward import native; print(native.AVAILABLE)"
+    code = (
+        "import pylibsrtp; from sfu.forward import native;"
+        "p = pylibsrtp.Policy(key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND);"
+        "print(native.AVAILABLE, type(native.unprotector(pylibsrtp.Session(p))).__name__)"
+    )
     env = dict(os.environ, WADUD_NATIVE="0")
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False method"
     env["WADUD_NATIVE"] = "1"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     from sfu.forward import _fanout  # type: ignore[attr-defined]  # built here, whatever WADUD_NATIVE says
 
-    assert out.stdout.strip() == str(_fanout is not None)
+    built = _fanout is not None
+    assert out.stdout.strip() == f"{built} {'Unprotect' if built else 'method'}"
 
 
 @needs_native
@@ -409,3 +414,90 @@ def test_copies_past_a_runs_first_packet_go_native(leaf: Leaf) -> None:
     out = []
     route_native(f, fan, with_extensions(105, 15000, 500), 100.11, out)
     assert [key for key, _ in out] == [records[2]]
+
+
+# -- the receive side's unprotect (sfu/forward/_unprotect.c) -------------------------------
+
+
+def rtcp_rr(ssrc: int) -> bytes:
+    """A receiver report with no blocks (RFC 3550 section 6.4.2)."""
+    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=12, max_value=1300), min_size=1, max_size=12))
+def test_native_unprotect_gives_what_pylibsrtp_gives(sizes: list[int]) -> None:
+    """Packets one sender protected come out of the native unprotect as they
+    come out of pylibsrtp's, RTP and RTCP, each with a session of its own."""
+    sender, python, leaf = (SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY) for _ in range(3))
+    unprotect = native.unprotector(leaf.inbound)
+    unprotect_rtcp = native.unprotector(leaf.inbound, rtcp=True)
+    assert type(unprotect).__name__ == "Unprotect"
+    for seq, size in enumerate(sizes, start=1):
+        wire = sender.protect(rtp(seq, 0x1234, size))
+        assert unprotect(wire) == python.inbound.unprotect(wire) == rtp(seq, 0x1234, size)
+        report = sender.protect_rtcp(rtcp_rr(0x1234))
+        assert unprotect_rtcp(report) == python.inbound.unprotect_rtcp(report) == rtcp_rr(0x1234)
+
+
+@needs_native
+def test_native_unprotect_refuses_as_pylibsrtp_does() -> None:
+    """A replay, a forgery, a stranger's key: pylibsrtp.Error with pylibsrtp's
+    message; a packet that is not bytes or too short: TypeError, ValueError.
+    The packet handed in is never written."""
+    sender, python, leaf = (SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY) for _ in range(3))
+    unprotect = native.unprotector(leaf.inbound)
+    wire = sender.protect(rtp(7, 0x1234))
+    kept = bytes(wire)
+    assert unprotect(wire) == python.inbound.unprotect(wire)
+    assert wire == kept
+    refusals = []
+    for inbound in (python.inbound.unprotect, unprotect):
+        with pytest.raises(pylibsrtp.Error) as replay:
+            inbound(wire)
+        refusals.append(str(replay.value))
+    assert refusals == ["replay check failed (bad index)"] * 2
+    forged = bytearray(sender.protect(rtp(8, 0x1234)))
+    forged[-1] ^= 1
+    with pytest.raises(pylibsrtp.Error, match="authentication failure"):
+        unprotect(bytes(forged))
+    stranger = SrtpSession("SRTP_AES128_CM_SHA1_80", bytes(30), bytes(30))
+    with pytest.raises(pylibsrtp.Error, match="authentication failure"):
+        unprotect(stranger.protect(rtp(9, 0x1234)))
+    with pytest.raises(TypeError):
+        unprotect(bytearray(sender.protect(rtp(10, 0x1234))))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="size"):
+        unprotect(wire[:11])
+    # After every refusal the session still unprotects what follows.
+    assert unprotect(sender.protect(rtp(11, 0x1234))) == rtp(11, 0x1234)
+
+
+@needs_native
+def test_the_native_unprotect_keeps_its_session_alive() -> None:
+    """The unprotect holds the pylibsrtp session whose libsrtp state it uses,
+    so dropping every other reference frees nothing under it."""
+    import gc
+
+    sender, leaf = (SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY) for _ in range(2))
+    unprotect = native.unprotector(leaf.inbound)
+    assert unprotect.session is leaf.inbound  # type: ignore[attr-defined]
+    del leaf
+    gc.collect()
+    for seq in range(1, 50):
+        assert unprotect(sender.protect(rtp(seq, 0x99))) == rtp(seq, 0x99)
+
+
+@needs_native
+def test_bound_srtp_unprotects_natively() -> None:
+    """What the hot path calls per datagram (``Peer.unprotect``, bound by
+    ``bind_srtp``) is the native unprotect; unbinding leaves None."""
+    from sfu.rooms.records import Link, bind_srtp
+
+    record = Link.__new__(Link)
+    session = SrtpSession("SRTP_AES128_CM_SHA1_80", KEY, KEY)
+    bind_srtp(record, session)
+    assert type(record.unprotect).__name__ == type(record.unprotect_rtcp).__name__ == "Unprotect"
+    assert record.protect == session.outbound.protect
+    bind_srtp(record, None)
+    assert record.unprotect is record.unprotect_rtcp is None
