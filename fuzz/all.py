@@ -139,7 +139,7 @@ def build_sanitized(cc: str) -> Path:
          "--build-lib", str(lib), "--build-temp", str(BUILD / "tmp")],
         cwd=REPO, env=env, check=True,
     )  # fmt: skip
-    for name in ("sfu/_fanout", "turn/_relay"):
+    for name in ("sfu/forward/_fanout", "turn/_relay"):
         if not list(lib.glob(f"{name}.*.so")):
             raise SystemExit(f"the sanitized build of {name} failed (see the compiler's output)")
     return lib

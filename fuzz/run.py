@@ -23,11 +23,11 @@ def use_native_build(folder: Path) -> None:
     """Make ``sfu.forward._fanout`` and ``turn._relay`` load from ``folder`` (a build_ext
     --build-lib).
     """
-    import sfu
+    import sfu.forward
     import turn
 
-    for package in (sfu, turn):
-        package.__path__.insert(0, str(folder / package.__name__))
+    for package in (sfu.forward, turn):
+        package.__path__.insert(0, str(folder.joinpath(*package.__name__.split("."))))
 
 
 def _check_native_build(folder: Path) -> None:
