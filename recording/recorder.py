@@ -255,6 +255,7 @@ class Recorder:
     async def _renew(self, rid: UUID, attempt: int) -> None:
         lease = self.settings.recording_lease
         while True:
+            loops.go_on()
             await asyncio.sleep(max(0.05, lease / 3))
             with contextlib.suppress(Exception):
                 await self.pool.execute(

@@ -9,9 +9,35 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["background", "drain", "every", "seconds_until", "settle", "stopped", "woken"]
+__all__ = [
+    "background",
+    "drain",
+    "every",
+    "go_on",
+    "seconds_until",
+    "settle",
+    "stopped",
+    "woken",
+]
 
 T = TypeVar("T")
+
+
+def go_on() -> None:
+    """Raise CancelledError if the running task was asked to stop and goes on
+    all the same; a loop calls this once a round.
+
+    On Python 3.11 ``asyncio.wait_for`` returns its result, and the task
+    goes on, when the task is cancelled in the same turn that the result
+    arrives: the cancellation is lost. Our own code does not use it
+    (:func:`woken`), but libraries do (aiosmtplib waits for every SMTP reply
+    so, asyncpg some of its calls), and a loop that lost its cancellation
+    runs for ever while whoever stops it (:func:`stopped`) waits. The
+    request is still counted (``Task.cancelling()``), since nothing took it
+    back: asyncio.timeout and TaskGroup take back only their own."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def seconds_until(at: dt.datetime | None, now: dt.datetime) -> float | None:
@@ -68,6 +94,7 @@ async def drain(
             raise
         except Exception:
             log.exception(failed)
+        go_on()
         # Woken, or the wait ended at a due time: the step runs at once.
         run = await woken(wake, wait) or wait < interval
 
@@ -79,6 +106,7 @@ async def every(
     that raises is logged (``failed``) and the next one runs on time;
     cancellation ends the loop."""
     while True:
+        go_on()
         await asyncio.sleep(interval)
         try:
             await step()

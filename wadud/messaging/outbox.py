@@ -178,13 +178,17 @@ class Listener:
     ) -> None:
         """One round of the work a NOTIFY wakes (``step``), listening first.
         A round that fails is logged (``failed``) and ends there, and the
-        LISTEN starts afresh next round: its connection may be what failed."""
+        LISTEN starts afresh next round: its connection may be what failed.
+        A loop of rounds whose task was cancelled ends here
+        (:func:`loops.go_on`), even when a library lost the cancellation."""
+        loops.go_on()
         try:
             await self.ensure()
             await step()
         except Exception:
             log.exception(failed)
             await self.close()
+        loops.go_on()
 
     async def close(self) -> None:
         """Stop listening and give the connection back (a dead one too)."""

@@ -4,8 +4,10 @@ cancelled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
+import logging
 
 import pytest
 
@@ -257,3 +259,44 @@ def test_seconds_until_says_how_far_ahead_work_is_due_or_none() -> None:
     assert loops.seconds_until(now + dt.timedelta(seconds=90), now) == 90.0
     assert loops.seconds_until(now - dt.timedelta(milliseconds=250), now) == -0.25
     assert loops.seconds_until(None, now) is None
+
+
+async def test_a_loop_whose_step_lost_its_cancellation_still_ends() -> None:
+    """A step that returns normally although its task was cancelled, as a
+    library's asyncio.wait_for does on Python 3.11 when its result comes in
+    the same turn as the cancel (aiosmtplib waits for each SMTP reply so):
+    drain, every and a listener's round end at their next round, and
+    stopped returns, where before the loop slept its hour and stopped waited."""
+    inside = asyncio.Event()
+
+    async def lossy() -> bool:
+        inside.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        return False
+
+    log = logging.getLogger("test")
+    for loop in (
+        loops.drain(lossy, asyncio.Event(), 3600.0, "failed", log),
+        loops.drain(lossy, asyncio.Event(), 3600.0, "failed", log, due=_never_due),
+        loops.every(0.0, lossy, "failed", log),
+    ):
+        inside.clear()
+        task = asyncio.create_task(loop)
+        await inside.wait()
+        async with asyncio.timeout(5):
+            await loops.stopped(task)
+        assert task.cancelled()
+
+
+async def _never_due() -> float | None:
+    return None
+
+
+async def test_go_on_raises_only_for_a_task_asked_to_stop() -> None:
+    loops.go_on()  # not cancelled: nothing happens
+    # asyncio.timeout takes back its own cancellation: the loop goes on.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+    loops.go_on()
