@@ -117,6 +117,12 @@ def _session_pointer(protect: object) -> int:
         return 0
     if getattr(protect, "__func__", None) is not pylibsrtp.Session.protect:
         return 0
+    return _srtp_address(session)
+
+
+def _srtp_address(session: pylibsrtp.Session) -> int:
+    """The ``srtp_t`` pylibsrtp keeps in ``Session._srtp`` (an ``srtp_t *``
+    from its cffi binding) for the session's whole life, as an address."""
     from pylibsrtp._binding import ffi
 
     return int(ffi.cast("uintptr_t", session._srtp[0]))
@@ -145,11 +151,9 @@ def unprotector(session: pylibsrtp.Session, rtcp: bool = False) -> Callable[[byt
     python = session.unprotect_rtcp if rtcp else session.unprotect
     if _MODULE is None or type(session) is not pylibsrtp.Session:
         return python
-    from pylibsrtp._binding import ffi
-
     fn = _CALLS["srtp_unprotect_rtcp" if rtcp else "srtp_unprotect"]
     call: Callable[[bytes], bytes] = _MODULE.Unprotect(
-        fn, int(ffi.cast("uintptr_t", session._srtp[0])), session, _refused
+        fn, _srtp_address(session), session, _refused
     )
     return call
 
