@@ -427,9 +427,9 @@ class Notifier:
         ):
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns
             # the send's result when the sender task is cancelled just as the
-            # send completes, so the loop never saw its cancellation and
-            # Notifier.close waited for ever (a test's shutdown hung so,
-            # twice, right after its mail arrived).
+            # send completes, and the cancellation is lost. aiosmtplib does
+            # that inside the send all the same (it waits for each reply
+            # with wait_for): loops.go_on in the sender's drain ends it then.
             try:
                 async with asyncio.timeout(self.settings.notify_send_timeout + 5):
                     return await sender.send(msg)

@@ -179,9 +179,8 @@ class Listener:
         """One round of the work a NOTIFY wakes (``step``), listening first.
         A round that fails is logged (``failed``) and ends there, and the
         LISTEN starts afresh next round: its connection may be what failed.
-        A loop of rounds whose task was cancelled ends here
+        A loop of rounds whose task was cancelled during the step ends here
         (:func:`loops.go_on`), even when a library lost the cancellation."""
-        loops.go_on()
         try:
             await self.ensure()
             await step()
