@@ -31,6 +31,8 @@ The hot path runs synchronously in :meth:`HotPath.datagram_received`:
 SRTP unprotect once, parse the RTP header and its extensions once into the
 worker's one :class:`~rtc.rtp.view.RtpView` (which the receive statistics,
 transport-wide feedback, the audio level and the forwarder all read),
+the receive statistics and transport-wide feedback told when it reached the
+host (the kernel's stamp, :mod:`sfu.node.arrival`), not when the loop read it,
 :meth:`Forwarder.route_view` into one reused list, then
 for each subscriber its own SRTP protect and ``sendto`` its selected address.
 With the native fan-out (:mod:`sfu.forward.native`), ``route_view`` hands back the
@@ -71,6 +73,7 @@ from sfu.feedback.reports import feedback_compounds, nack_interval_for
 from sfu.forward import native
 from sfu.layers.choice import Layers
 from sfu.negotiation.transports import Transports
+from sfu.node.arrival import ArrivalClock
 from sfu.node.links import Links
 from sfu.rooms import inputs
 from sfu.rooms.actions import Action
@@ -114,6 +117,8 @@ class HotPath(asyncio.DatagramProtocol):
         """The packet being routed, parsed once (rtc/rtp/view.py), reused for every packet."""
         self._transport: asyncio.DatagramTransport | None = None
         self._time: Callable[[], float] = _running_loop_time
+        self._arrival: Callable[[float], float] = _as_read
+        """The datagram being handled: when it reached the host, from the loop's ``now``."""
         self._sendto: Callable[[bytes, Any], None] = _no_socket
         self._fanout: native.Fanout | None = None
         """The native protect-and-sendmmsg leaf (sfu/forward/native.py), None for the Python loop.
@@ -145,6 +150,14 @@ class HotPath(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
         self._sendto = self._transport.sendto
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._arrival = ArrivalClock(sock)
+
+    @property
+    def kernel_stamps(self) -> bool:
+        """Whether arrivals are the kernel's receive time stamps (else when the loop read them)."""
+        return isinstance(self._arrival, ArrivalClock) and self._arrival.available
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a peer that went away: its consent expires.
@@ -258,13 +271,15 @@ class HotPath(asyncio.DatagramProtocol):
             # are read; the forwarder counts the packet and drops it.
             parsed = False
         seq, ts, ssrc = view.seq, view.timestamp, view.ssrc
+        # Jitter and the sender's estimator measure the network, not this loop.
+        arrival = self._arrival(now)
         stats = peer.recv_stats.get(ssrc)
         if stats is not None:
-            stats.on_packet(seq, ts, now, len(plain))
+            stats.on_packet(seq, ts, arrival, len(plain))
         elif peer.rid_tracks and self._learn_ssrc(peer, plain, ssrc, now):
             stats = peer.recv_stats.get(ssrc)
             if stats is not None:
-                stats.on_packet(seq, ts, now, len(plain))
+                stats.on_packet(seq, ts, arrival, len(plain))
         recording = peer.recording
         if recording is not None:
             recording.append((ssrc, plain, now))  # drained by sfu.recording.core, off this path
@@ -277,7 +292,7 @@ class HotPath(asyncio.DatagramProtocol):
             # too: the sender's estimator wants each one's arrival.
             offset, length = view.extension(peer.twcc_id)
             if length >= 2:
-                twcc.on_packet((plain[offset] << 8) | plain[offset + 1], now)
+                twcc.on_packet((plain[offset] << 8) | plain[offset + 1], arrival)
         if peer.levels:
             self._audio_level(peer, view, now)
         out = self._routed
@@ -513,6 +528,11 @@ class HotPath(asyncio.DatagramProtocol):
 
 def _running_loop_time() -> float:
     return asyncio.get_running_loop().time()
+
+
+def _as_read(now: float) -> float:
+    """No socket to ask: a datagram arrived when the loop read it."""
+    return now
 
 
 def _no_socket(data: bytes, addr: Any) -> None:

@@ -275,10 +275,16 @@ class MediaWorker(HotPath):
         self._fanout = self._fan = native.fanout(sock)
         metrics.register_worker(self)
         log.info(
-            "media worker listening on %s:%d",
+            "media worker listening on %s:%d (arrival times: %s)",
             host,
             self.port,
-            extra={"host": host, "port": self.port, "candidates": self.candidate_addresses},
+            "kernel" if self.kernel_stamps else "when read",
+            extra={
+                "host": host,
+                "port": self.port,
+                "candidates": self.candidate_addresses,
+                "kernel_stamps": self.kernel_stamps,
+            },
         )
 
     async def close(self) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import os
 import re
 import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +32,8 @@ from prometheus_client import REGISTRY, generate_latest
 from benchmarks.sfu import peer
 from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
 from rtc.errors import SdpError, SdpNegotiationError, SdpParseError
+from rtc.rtcp.compound import parse_compound
+from rtc.rtcp.transport_cc import TransportCc
 from rtc.sdp.session import SessionDescription
 from sfu.control.messages import ActiveSpeaker
 from sfu.errors import SfuStateError
@@ -801,6 +805,64 @@ async def test_forwarded_packets_per_cpu_second_at_fan_out_10(
         await wait_until(lambda: (doctor()["twcc_feedback"] or 0) > 0, within=5.0)
 
 
+async def test_transport_cc_says_when_packets_came_even_when_the_loop_read_them_late(
+    worker: MediaWorker, events: Events
+) -> None:
+    """A publisher sends a packet every 5 ms while the worker's loop is held
+    up for 200 ms: the worker reads them all at once after, yet its
+    transport-cc feedback reports them about 5 ms apart, as they came (the
+    kernel's receive time stamps). A worker that reported when its loop read
+    them would tell the publisher's estimator that 200 ms of queueing built
+    up and drained: it would cut its rate for a stall of the server's own."""
+    ssrc = 0x2345
+    assert worker.kernel_stamps
+    async with peer.fan_out_in_process(worker, ROOM, ssrc, 0x6789, subscribers=0) as publisher:
+        await events.wait_state("doctor", "publish", "connected", limit=5.0)
+        assert publisher.srtp is not None
+        packets = peer.protect_all(
+            publisher.srtp, peer.build_frames(peer.Stream(0, ssrc), 30, 1, fps=200, size=300)
+        )
+        address = ("127.0.0.1", worker.port)
+        sent: list[float] = []
+
+        def send() -> None:
+            for data in packets:
+                publisher.sock.sendto(data, address)
+                sent.append(time.monotonic())
+                time.sleep(0.005)
+
+        sender = threading.Thread(target=send)
+        held_from = time.monotonic()
+        sender.start()
+        # Hold the worker's loop (this test's) until every packet was sent.
+        sender.join()
+        held = time.monotonic() - held_from
+        reported: dict[int, float] = {}
+
+        def read_feedback() -> bool:
+            while True:
+                try:
+                    data = publisher.sock.recv(2048)
+                except BlockingIOError:
+                    return len(reported) >= len(packets)
+                if 127 < data[0] < 192 and 191 < data[1] < 224:
+                    for fb in parse_compound(publisher.srtp.unprotect_rtcp(data)):
+                        if isinstance(fb, TransportCc):
+                            reported.update(fb.arrivals())
+
+        await wait_until(read_feedback, within=5.0)
+    assert held >= 0.1, held
+    arrivals = [reported[seq] for seq in range(len(packets))]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    sent_gaps = [b - a for a, b in itertools.pairwise(sent)]
+    # Transport-cc's deltas are in 250 us ticks. The sender thread's own
+    # clock, read after each sendto, may be late by a scheduling blip; read
+    # when the loop was let go, the arrivals would all be within a tick or two.
+    span, sent_span = arrivals[-1] - arrivals[0], sent[-1] - sent[0]
+    assert abs(span - sent_span) < 0.03, (span, sent_span, gaps, sent_gaps)
+    assert sum(g < 0.002 for g in gaps) <= 3, (gaps, sent_gaps)
+
+
 # --- Chromium as a publisher: transport-cc ----------------------------------------------
 
 # What Chromium's estimate must reach on our feedback, whether or not its
@@ -868,15 +930,17 @@ async def test_chromium_publisher_gets_transport_cc_feedback_and_receiver_report
     fake camera's 640x480 VP8 at 20 fps is only 500 to 600 kbit/s of audio and
     video whatever the encoder is allowed, so a fixed 1 Mbit/s bar was met
     only through the start-up probes (idle here: 3.3 Mbit/s within 0.4 s).
-    A probe's result is read from our arrival times, so when the worker is
-    starved of CPU while a probe cluster arrives the result comes out low,
-    and in the application-limited region the estimate then climbs on
-    feedback only to about 1.5 times the acknowledged rate (GoogCC's cap:
-    about 870 kbit/s here with the probes held to 600 kbit/s by field trial,
-    856 kbit/s once in CI under load), where it stays however long one waits.
-    Under load a stall of the worker also reads as queueing: the estimate
-    drops to 0.85 times the acknowledged rate and climbs back on feedback
-    (here from 509 to 728 kbit/s in 6 s), hence time to get there: 45 s
+    A probe's result is read from our arrival times, so when a probe
+    cluster's arrivals come out bunched the result comes out low, and in the
+    application-limited region the estimate then climbs on feedback only to
+    about 1.5 times the acknowledged rate (GoogCC's cap: about 870 kbit/s
+    here with the probes held to 600 kbit/s by field trial, 856 kbit/s once
+    in CI under load), where it stays however long one waits; and a stall
+    that reads as queueing drops the estimate to 0.85 times the acknowledged
+    rate, to climb back on feedback (here from 509 to 728 kbit/s in 6 s).
+    Both were what a worker starved of CPU did while it stamped arrivals
+    when its loop read them; the kernel's stamps (sfu/node/arrival.py, the test
+    above) leave only the kernel's own delays. Hence time to get there: 45 s
     (25 s fell short once, in the pure-Python pass of a full run). So the bar
     is relative to what was sent and met in each case, while a worker that
     sends no feedback, or feedback that keeps reading as queueing or loss,

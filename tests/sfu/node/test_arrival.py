@@ -1,0 +1,87 @@
+"""The kernel's arrival times of datagrams a busy loop reads late, on asyncio's
+loop and on uvloop (the servers' loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+
+from sfu.node.arrival import ArrivalClock
+
+GAP = 0.005
+COUNT = 12
+
+
+class Reader(asyncio.DatagramProtocol):
+    """Each datagram with the loop's time it was read at and its arrival."""
+
+    def __init__(self) -> None:
+        self.clock: ArrivalClock | None = None
+        self.got: list[tuple[float, float]] = []
+        self.done = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.clock = ArrivalClock(transport.get_extra_info("socket"))
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.clock is not None
+        now = asyncio.get_running_loop().time()
+        self.got.append((now, self.clock(now)))
+        if len(self.got) == COUNT:
+            self.done.set()
+
+
+async def held_while_sent() -> tuple[Reader, list[float], float]:
+    """A sender thread sends a datagram every 5 ms while this loop is held up."""
+    loop = asyncio.get_running_loop()
+    transport, reader = await loop.create_datagram_endpoint(Reader, local_addr=("127.0.0.1", 0))
+    assert reader.clock is not None and reader.clock.available
+    # Nothing read yet: the loop's now stands.
+    assert reader.clock(12.5) == 12.5
+    target = transport.get_extra_info("sockname")
+    sent: list[float] = []
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(COUNT):
+                s.sendto(bytes([i]), target)
+                sent.append(loop.time())  # monotonic: the loop's clock, read from the thread
+                time.sleep(GAP)
+
+    sender = threading.Thread(target=send)
+    held_from = loop.time()
+    sender.start()
+    sender.join()  # the loop is held until the last datagram went
+    held = loop.time() - held_from
+    async with asyncio.timeout(5):
+        await reader.done.wait()
+    transport.close()
+    return reader, sent, held
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_datagrams_read_late_keep_the_time_they_came(
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+) -> None:
+    reader, sent, held = run(held_while_sent())
+    assert held >= COUNT * GAP
+    read = [r for r, _ in reader.got]
+    arrivals = [a for _, a in reader.got]
+    # The loop read them all at once after it was let go...
+    assert read[-1] - read[0] < 0.01, read
+    # ...and each one's arrival is when it was sent: not after (the loop's
+    # reading came up to 60 ms after), and before by no more than a blip of
+    # the sender thread between its sendto and reading the clock.
+    lags = [s - a for s, a in zip(sent, arrivals, strict=True)]
+    assert all(-0.002 < lag < 0.05 for lag in lags), lags
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert sum(gaps) > 0.8 * (sent[-1] - sent[0]), gaps
+    assert all(a <= r for r, a in reader.got)
