@@ -287,6 +287,7 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
                     )
             except Exception:
                 log.exception("retention round failed")
+            loops.go_on()
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(loop(), name="retention") if interval > 0 else None

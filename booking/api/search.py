@@ -175,6 +175,7 @@ async def _sweep_forever(app: web.Application) -> None:
                     break
         except Exception:
             log.exception("next_free sweep failed")
+        loops.go_on()
         await asyncio.sleep(SWEEP_INTERVAL)
 
 

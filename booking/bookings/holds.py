@@ -22,7 +22,7 @@ from booking.schedule import cache, free_time, slots
 from privacy import consent
 from wadud.config import Settings
 from wadud.errors import Conflict, WadudError
-from wadud.messaging import outbox
+from wadud.messaging import loops, outbox
 from wadud.state.db import Args
 
 __all__ = [
@@ -114,6 +114,7 @@ async def sweep_holds_forever(pool: asyncpg.Pool, interval: float) -> None:
     """:func:`sweep_holds` every ``interval`` seconds, for ever; a failed
     round is logged and the next one tries again."""
     while True:
+        loops.go_on()
         await asyncio.sleep(interval)
         try:
             n = await sweep_holds(pool)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from wadud.messaging.loops import stopped
+from wadud.messaging.loops import go_on, stopped
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -344,6 +344,7 @@ class Registration:
         loop = asyncio.get_running_loop()
         written = loop.time()
         while True:
+            go_on()
             await asyncio.sleep(self.heartbeat)
             try:
                 async with asyncio.timeout(self.ttl):

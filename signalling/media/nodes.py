@@ -174,6 +174,7 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
                 view.workers = await registry.workers(redis)
             except Exception as exc:
                 log.warning("media registry not readable: %s", exc)
+            loops.go_on()
             await asyncio.sleep(REFRESH)
 
     try:

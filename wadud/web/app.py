@@ -98,6 +98,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
                 await idempotency.prune(app[keys.DB])
             except Exception:
                 log.exception("housekeeping failed")
+            loops.go_on()
             await asyncio.sleep(3600)
 
     async with loops.background(loop(), "housekeeping"):

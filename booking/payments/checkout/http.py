@@ -304,6 +304,7 @@ async def lifespan(app: web.Application) -> AsyncIterator[None]:
     async def sweep() -> None:
         delay = SWEEP_INTERVAL
         while True:
+            loops.go_on()
             await asyncio.sleep(delay)
             try:
                 await sweep_once(

@@ -40,6 +40,7 @@ from booking.payments.checkout.verdicts import apply_verdict
 from booking.payments.errors import GatewayError, GatewayUnreachable, UnknownReference
 from booking.payments.gateway import GatewayRegistry, PaymentStatus, Verdict
 from wadud.errors import WadudError
+from wadud.messaging import loops
 
 __all__ = ["BATCH", "LOCK_KEY", "PARALLEL", "run_round", "schedule"]
 
@@ -148,6 +149,7 @@ async def schedule(
     EasyPaisa is unreachable, the next comes at its retry time."""
     delay = interval
     while True:
+        loops.go_on()
         await asyncio.sleep(delay)
         try:
             await run_round(pool, registry, gateways, datetime.now(UTC), default_bp=default_bp)
