@@ -795,6 +795,7 @@ async def scenario_firefox(world: World) -> dict[str, Any]:
     )
     try:
         ff: Any = firefox  # eval and wait_for as a Chromium Page has them
+        ffid = ""
         await join(ff)
         world.mark("firefox joined")
         pub, ffid = await participant_id(doctor), await participant_id(ff)
@@ -803,7 +804,8 @@ async def scenario_firefox(world: World) -> dict[str, Any]:
         await decoding(doctor, ffid, within=40)
         world.mark("chromium decoding")
         # Firefox starts an upper encoding once its own uplink estimate
-        # allows, later on a busy machine: its stats say when a second
+        # allows (a floor in the profile, tests/firefox.py, keeps a starved
+        # machine's from holding it back): its stats say when a second
         # layer's frames go out, and the worker learns that layer from them.
         await ff.wait_for(FRAMES_SENDING % 2, "Firefox sending two layers", within=40)
         world.mark("firefox sends two layers")
@@ -820,7 +822,16 @@ async def scenario_firefox(world: World) -> dict[str, Any]:
             "timings": world.timings,
         }
     except DriverError as exc:
-        raise DriverError(f"{exc}; firefox: {json.dumps(await firefox.snapshot())[:3000]}") from exc
+        # What Firefox sent per rid (its width, rate and limits) and which
+        # layers the worker asked it for: a layer held back by Firefox's
+        # estimate or its CPU reads differently from one the worker paused.
+        sent = await ff.eval(OUTBOUND)
+        layers = video_layers(world, ffid) if ffid else []
+        snapshot = json.dumps(await firefox.snapshot())[:3000]
+        raise DriverError(
+            f"{exc}; firefox sent {json.dumps(sent)}; the worker's layers of it "
+            f"{json.dumps(layers)}; firefox: {snapshot}"
+        ) from exc
     finally:
         await firefox.close()
 
