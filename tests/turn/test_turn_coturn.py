@@ -135,6 +135,24 @@ def totals(out: str) -> tuple[int, int, int]:
     return sent, received, int(lost.group(1))
 
 
+def errors(out: str) -> list[str]:
+    """The lines of a uclient run that report an error, less the 437s of a
+    port the kernel gave back, which uclient recovers from.
+
+    Before each session uclient allocates from a "probe" socket that it
+    closes at once, and that allocation lives on (uclient asks 777 s). When
+    the kernel hands the probe's port to a later socket of the run, the
+    server must refuse that socket's Allocate: its 5-tuple is in use (RFC
+    8656 section 7.2, 437). uclient then allocates again from a new socket
+    ("trying allocate again"), as it is written to. ci144 saw it once; nine
+    runs of 100 sessions on one server, on an idle machine, saw it in three
+    (its output the same: two "error 437" lines and one retry)."""
+    lines = [line for line in out.splitlines() if "error" in line.lower()]
+    if "trying allocate again 437" in out:
+        lines = [line for line in lines if not line.endswith("error 437 (Allocation Mismatch)")]
+    return lines
+
+
 async def test_uclient_relays_without_loss(server_factory: Any, coturn_peer: Peer) -> None:
     """Channels and Send indications, over UDP and TCP, all four at once, and
     every message echoed unless the kernel dropped it outside our relay.
@@ -170,7 +188,7 @@ async def test_uclient_relays_without_loss(server_factory: Any, coturn_peer: Pee
     for name, out in zip(variants, outs, strict=True):
         sent, received, lost = totals(out)
         assert sent >= 1500, (name, out[-2000:])
-        assert "error" not in out.lower(), (name, out[-2000:])
+        assert not errors(out), (name, out[-2000:])
         missing[name] = max(sent - received, lost)
     # Our relay lost nothing: a message that did not come back is one the
     # kernel dropped at a full socket of coturn's own peer or client, starved
