@@ -30,9 +30,9 @@ Demultiplexing (RFC 7983 section 7) on one port shared by every peer:
 The hot path runs synchronously in :meth:`HotPath.datagram_received`:
 SRTP unprotect once, parse the RTP header and its extensions once into the
 worker's one :class:`~rtc.rtp.view.RtpView` (which the receive statistics,
-transport-wide feedback, the audio level and the forwarder all read),
-the receive statistics and transport-wide feedback told when it reached the
-host (the kernel's stamp, :mod:`sfu.node.arrival`), not when the loop read it,
+transport-wide feedback, the audio level and the forwarder all read;
+the first two take the packet's arrival from the kernel's receive stamp,
+:mod:`sfu.node.arrival`, not from when the loop read it),
 :meth:`Forwarder.route_view` into one reused list, then
 for each subscriber its own SRTP protect and ``sendto`` its selected address.
 With the native fan-out (:mod:`sfu.forward.native`), ``route_view`` hands back the
