@@ -17,13 +17,12 @@ which gives the time stamp of the datagram the process read last: called
 from ``datagram_received``, that is the one being handled (uvloop and
 asyncio call the protocol for each datagram right after reading it). The
 first ask turns time stamping on for the socket, so it is made once when the
-socket opens. The stamp is on the wall clock; it is carried to the loop's
-clock through the difference of the two clocks read now (about 0.5 us in
-all, one system call).
+socket opens. The stamp is on the wall clock; :func:`rtc.stamps.on_loop_clock`
+carries it to the loop's clock through the difference of the two clocks read
+now (about 0.5 us in all, one system call).
 
 Where the socket cannot give stamps (not Linux, a sandbox without the
-ioctl), or the stamp is not sensible (no datagram read yet, later than now,
-or from before a step of the wall clock), the loop's ``now`` stands.
+ioctl, no datagram read yet), the loop's ``now`` stands.
 """
 
 from __future__ import annotations
@@ -31,19 +30,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import socket
-import struct
 import time
+
+from rtc.stamps import TIMESPEC, on_loop_clock
 
 __all__ = ["ArrivalClock"]
 
 #: linux/sockios.h: the receive time stamp of the last datagram read, as a timespec.
 SIOCGSTAMPNS = 0x8907
-
-#: A stamp this much older than ``now`` is taken for a step of the wall clock,
-#: not for a datagram that waited: no loop stalls a minute and serves on.
-MAX_AGE = 60.0
-
-_TIMESPEC = struct.Struct("@qq")
 
 
 class ArrivalClock:
@@ -57,7 +51,7 @@ class ArrivalClock:
 
     def __init__(self, sock: socket.socket) -> None:
         self._fd = sock.fileno()
-        self._buffer = bytearray(_TIMESPEC.size)
+        self._buffer = bytearray(TIMESPEC.size)
         try:
             fcntl.ioctl(self._fd, SIOCGSTAMPNS, self._buffer)
             self.available = True
@@ -72,8 +66,4 @@ class ArrivalClock:
             fcntl.ioctl(self._fd, SIOCGSTAMPNS, self._buffer)
         except OSError:
             return now
-        seconds, nanoseconds = _TIMESPEC.unpack(self._buffer)
-        arrival: float = now - (time.time() - seconds - nanoseconds * 1e-9)
-        if arrival > now or arrival < now - MAX_AGE:
-            return now
-        return arrival
+        return on_loop_clock(self._buffer, now, time.time() - now)

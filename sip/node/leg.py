@@ -68,7 +68,6 @@ import contextlib
 import random
 import secrets
 import socket
-import struct
 import sys
 import time
 from collections import deque
@@ -82,6 +81,7 @@ from rtc.errors import SrtpError
 from rtc.rtp.extensions import EXTENSION_HEADER
 from rtc.rtp.header import FIXED_HEADER
 from rtc.sdp.attributes import Direction
+from rtc.stamps import TIMESPEC, on_loop_clock
 from sip.audio.codecs import Transcoder, transcoder
 from sip.audio.conceal import Concealer
 from sip.audio.dtmf import EventReceiver
@@ -127,8 +127,7 @@ _NO_ADDRESS = ("0.0.0.0", "::")
 #: datagram comes with the time the kernel received it, a struct timespec.
 #: Python's socket module does not name it.
 _SCM_TIMESTAMPNS = 35
-_TIMESPEC = struct.Struct("@qq")
-_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
+_ANCILLARY = socket.CMSG_SPACE(TIMESPEC.size)
 #: Larger than any RTP packet a phone sends (a G.722 frame is 172 bytes).
 _MAX_DATAGRAM = 2048
 #: Datagrams read per wake-up at most, so one flooded leg cannot hold the loop.
@@ -477,10 +476,7 @@ class PhoneLeg:
                         # Both clocks read back to back, not against ``now``:
                         # the wall clock's lead on the loop's, to a millisecond.
                         offset = time.time() - self._loop.time()
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
-                    # Bounded: a wall clock stepped by NTP moves one batch's
-                    # arrivals by at most a second, never past the present.
-                    arrival = min(now, max(now - 1.0, seconds + nanoseconds / 1e9 - offset))
+                    arrival = on_loop_clock(value, now, offset)
             self._datagram(data, addr, arrival)
 
     def _datagram(self, data: bytes, addr: Address, now: float) -> None:
