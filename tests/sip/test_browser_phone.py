@@ -27,7 +27,7 @@ import pytest
 
 from tests.booking.bookings.test_bookings import pool_of
 from tests.booking.factories import Doctor
-from tests.browser import Page, driver_main, join, play, run_scenario
+from tests.browser import DriverError, Page, driver_main, join, play, run_scenario
 from tests.conftest import Api
 from tests.sip.node.test_pins import visit
 
@@ -242,11 +242,24 @@ async def scenario_dial(world: Any, booked: dict[str, str]) -> dict[str, Any]:
         await doctor.wait_for(
             PHONE_TILE.replace(" && t.dataset.audioTrack", ""), "the phone's tile", within=40
         )
-        await doctor.wait_for(
-            "document.getElementById('phone-state').textContent"
-            ' === "The patient\'s phone is in the call"',
-            "the joined step",
-        )
+        try:
+            await doctor.wait_for(
+                "document.getElementById('phone-state').textContent"
+                ' === "The patient\'s phone is in the call"',
+                "the joined step",
+            )
+        except DriverError as exc:
+            # Which steps the page was told, and the bridge's own record of
+            # the call: a step written late tells from one never sent.
+            said = await doctor.eval("window.__said")
+            from wadud.state import keys
+
+            rows = await world.app[keys.DB].fetch(
+                "SELECT state, reason, updated_at FROM phone_calls ORDER BY created_at"
+            )
+            raise DriverError(
+                f"{exc}; the page said {said}; phone_calls {[dict(r) for r in rows]}"
+            ) from exc
         world.mark("phone called in")
         await Shots(work / "shots").take(doctor, "doctor-calls-phone", then=people)
         said = await doctor.eval("window.__said")
