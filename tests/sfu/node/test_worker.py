@@ -809,10 +809,10 @@ async def test_transport_cc_says_when_packets_came_even_when_the_loop_read_them_
     worker: MediaWorker, events: Events
 ) -> None:
     """A publisher sends a packet every 5 ms while the worker's loop is held
-    up for 200 ms: the worker reads them all at once after, yet its
+    up for about 150 ms: the worker reads them all at once after, yet its
     transport-cc feedback reports them about 5 ms apart, as they came (the
     kernel's receive time stamps). A worker that reported when its loop read
-    them would tell the publisher's estimator that 200 ms of queueing built
+    them would tell the publisher's estimator that 150 ms of queueing built
     up and drained: it would cut its rate for a stall of the server's own."""
     ssrc = 0x2345
     assert worker.kernel_stamps
