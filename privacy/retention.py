@@ -273,22 +273,19 @@ async def _schedule(app: web.Application) -> AsyncIterator[None]:
 
     async def loop() -> None:
         rules = [*core_rules(), *app.get(RULES, [])]
+
+        async def step() -> None:
+            async with app[keys.DB].acquire() as conn:
+                done = await run(conn, rules, settings, storage=storage_of(app), wait=False)
+            if done is not None:
+                log.info(
+                    "retention round",
+                    extra={"deleted": {o.rule: o.rows for o in done if o.rows}},
+                )
+
         # Not at once: a replica restarting or a test app starting should not
         # start with a round.
-        await asyncio.sleep(min(interval, 300.0))
-        while True:
-            try:
-                async with app[keys.DB].acquire() as conn:
-                    done = await run(conn, rules, settings, storage=storage_of(app), wait=False)
-                if done is not None:
-                    log.info(
-                        "retention round",
-                        extra={"deleted": {o.rule: o.rows for o in done if o.rows}},
-                    )
-            except Exception:
-                log.exception("retention round failed")
-            loops.go_on()
-            await asyncio.sleep(interval)
+        await loops.every(interval, step, "retention round failed", log, first=min(interval, 300.0))
 
     task = asyncio.create_task(loop(), name="retention") if interval > 0 else None
     try:

@@ -7,7 +7,6 @@ cursor.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import math
@@ -166,20 +165,15 @@ def summary(row: Mapping[str, Any]) -> DoctorSummary:
 # -- the next-free sweep ---------------------------------------------------------------
 
 
-async def _sweep_forever(app: web.Application) -> None:
-    while True:
-        try:
-            for _ in range(SWEEP_MAX_BATCHES):
-                swept = await search.sweep_next_free(app[keys.DB], datetime.now(UTC))
-                if swept < search.SWEEP_BATCH:
-                    break
-        except Exception:
-            log.exception("next_free sweep failed")
-        loops.go_on()
-        await asyncio.sleep(SWEEP_INTERVAL)
+async def _sweep(app: web.Application) -> None:
+    for _ in range(SWEEP_MAX_BATCHES):
+        swept = await search.sweep_next_free(app[keys.DB], datetime.now(UTC))
+        if swept < search.SWEEP_BATCH:
+            return
 
 
 async def lifespan(app: web.Application) -> AsyncIterator[None]:
     """Run the next-free sweep for the life of the app."""
-    async with loops.background(_sweep_forever(app), "booking-next-free-sweep"):
+    sweep = loops.every(SWEEP_INTERVAL, lambda: _sweep(app), "next_free sweep failed", log, first=0)
+    async with loops.background(sweep, "booking-next-free-sweep"):
         yield

@@ -4,7 +4,6 @@ sweeper, :func:`sweep_holds_forever`, tidies up the rest)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -113,17 +112,13 @@ async def sweep_holds(
 async def sweep_holds_forever(pool: asyncpg.Pool, interval: float) -> None:
     """:func:`sweep_holds` every ``interval`` seconds, for ever; a failed
     round is logged and the next one tries again."""
-    while True:
-        loops.go_on()
-        await asyncio.sleep(interval)
-        try:
-            n = await sweep_holds(pool)
-            if n:
-                log.info("expired lapsed holds", extra={"count": n})
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("hold sweep failed; retrying next round")
+
+    async def step() -> None:
+        n = await sweep_holds(pool)
+        if n:
+            log.info("expired lapsed holds", extra={"count": n})
+
+    await loops.every(interval, step, "hold sweep failed; retrying next round", log)
 
 
 async def taken_or_not_offered(

@@ -100,14 +100,22 @@ async def drain(
 
 
 async def every(
-    interval: float, step: Callable[[], Awaitable[object]], failed: str, log: logging.Logger
+    interval: float,
+    step: Callable[[], Awaitable[object]],
+    failed: str,
+    log: logging.Logger,
+    *,
+    first: float | None = None,
 ) -> None:
     """Wait ``interval`` seconds, run ``step``, and go again, forever. A step
     that raises is logged (``failed``) and the next one runs on time;
-    cancellation ends the loop."""
+    cancellation ends the loop. ``first``: the wait before the first step
+    instead (0: at once)."""
+    wait = interval if first is None else first
     while True:
         go_on()
-        await asyncio.sleep(interval)
+        await asyncio.sleep(wait)
+        wait = interval
         try:
             await step()
         except asyncio.CancelledError:

@@ -10,7 +10,6 @@ module knows none of them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -92,16 +91,10 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
-    async def loop() -> None:
-        while True:
-            try:
-                await idempotency.prune(app[keys.DB])
-            except Exception:
-                log.exception("housekeeping failed")
-            loops.go_on()
-            await asyncio.sleep(3600)
-
-    async with loops.background(loop(), "housekeeping"):
+    prune = loops.every(
+        3600, lambda: idempotency.prune(app[keys.DB]), "housekeeping failed", log, first=0
+    )
+    async with loops.background(prune, "housekeeping"):
         yield
 
 

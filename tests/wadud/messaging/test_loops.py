@@ -300,3 +300,24 @@ async def test_go_on_raises_only_for_a_task_asked_to_stop() -> None:
         async with asyncio.timeout(0.01):
             await asyncio.sleep(1)
     loops.go_on()
+
+
+async def test_every_waits_its_interval_first_unless_told_a_first_wait() -> None:
+    ran = asyncio.Event()
+    rounds: list[float] = []
+
+    async def step() -> None:
+        rounds.append(asyncio.get_running_loop().time())
+        ran.set()
+
+    log = logging.getLogger("test")
+    waiting = asyncio.create_task(loops.every(3600.0, step, "failed", log))
+    at_once = asyncio.create_task(loops.every(3600.0, step, "failed", log, first=0))
+    async with asyncio.timeout(5):
+        await ran.wait()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # The one told first=0 stepped once and waits its hour; the other still
+    # waits its first.
+    assert len(rounds) == 1
+    await loops.stopped(waiting, at_once)
