@@ -186,6 +186,11 @@ def link_state(events: Events, peer_worker: str) -> list[str]:
     ]
 
 
+def connected(events: Events, peer_worker: str) -> Callable[[], bool]:
+    """Whether the link to ``peer_worker`` has said it is connected, as a check."""
+    return lambda: "connected" in link_state(events, peer_worker)
+
+
 async def test_one_track_crosses_once_to_three_subscribers(
     pair: tuple[MediaWorker, MediaWorker, Middle], made: list[Any]
 ) -> None:
@@ -200,17 +205,33 @@ async def test_one_track_crosses_once_to_three_subscribers(
     # Idempotent: the same call describes the same SSRCs.
     again = await a.relay_send(ROOM, peer_of(b, middle.address("for_a")), track_ids)
     assert again == sent
-    await wait_until(lambda: "connected" in link_state(events_a, b.settings.worker_id), within=5)
-    await wait_until(lambda: "connected" in link_state(events_b, a.settings.worker_id), within=5)
+    # A bare TimeoutError says nothing in a rerun's one-line report (ci149's
+    # pure-Python pass): each wait says what it waited for and what it saw.
+    for events, here, there in ((events_a, "A", b), (events_b, "B", a)):
+        try:
+            await wait_until(connected(events, there.settings.worker_id), within=5)
+        except TimeoutError:
+            raise AssertionError(
+                f"{here}'s link not connected in 5 s: "
+                f"{link_state(events, there.settings.worker_id)}, middle {middle.rtp}"
+            ) from None
 
     subs = []
     for name in ("patient", "interpreter", "family"):
         subs.append(await subscribe(b, made, name, track_ids))
     # aiortc's encoder makes a keyframe at its start and on request only:
     # video decoding on B means B's request went over the link to the publisher.
-    await wait_until(
-        lambda: all(s.frames["video"] >= 10 and s.frames["audio"] >= 10 for s in subs), within=20
-    )
+    try:
+        await wait_until(
+            lambda: all(s.frames["video"] >= 10 and s.frames["audio"] >= 10 for s in subs),
+            within=20,
+        )
+    except TimeoutError:
+        fwd = a.room_forwarder(ROOM)
+        raise AssertionError(
+            f"frames in 20 s: {[dict(s.frames) for s in subs]}, middle {middle.rtp}, "
+            f"keyframe requests at A {fwd.stats.keyframe_requests if fwd else None}"
+        ) from None
     fwd_a, fwd_b = a.room_forwarder(ROOM), b.room_forwarder(ROOM)
     assert fwd_a is not None and fwd_b is not None
     assert fwd_a.stats.keyframe_requests >= 1
