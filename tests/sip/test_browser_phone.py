@@ -30,6 +30,7 @@ from tests.booking.factories import Doctor
 from tests.browser import DriverError, Page, driver_main, join, play, run_scenario
 from tests.conftest import Api
 from tests.sip.node.test_pins import visit
+from wadud.state import keys
 
 DRIVER = "tests.sip.test_browser_phone"
 SIP_PORT = 5060
@@ -37,11 +38,25 @@ SIP_PORT = 5060
 PATIENT_PORT = 5070
 
 
+async def book_visit(api: Api, doctor: Doctor) -> tuple[str, str]:
+    """A visit booked through the test's app (its id and PIN), which then
+    stops relaying its outbox. The driver's app serves the call on the same
+    database, and the two share no bus (the driver runs in a namespace of its
+    own, with no Redis): an event the test's relay claimed was published in
+    the test's process, where no room listens. A phone call's steps reach the
+    page that way (outbox, bus, room), so a step the test's relay won was a
+    step the page never heard (ci150's "joined", twice). In a deployment
+    every replica's relay publishes to the same Redis."""
+    bid, pin = await visit(api, doctor)
+    await api.app[keys.EXTRAS]["outbox"].close()
+    return bid, pin
+
+
 @pytest.mark.timeout(200)
 async def test_pages_hear_the_phone_and_the_phone_hears_both_pages_but_itself(
     api: Api, doctor: Doctor, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bid, pin = await visit(api, doctor)
+    bid, pin = await book_visit(api, doctor)
     (tmp_path / "visit.json").write_text(json.dumps({"booking": bid, "pin": pin}))
     # The driver speaks the prompts into the test's own cache, not the home folder.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -60,7 +75,7 @@ async def test_pages_hear_the_phone_and_the_phone_hears_both_pages_but_itself(
 async def test_the_doctor_calls_the_patients_phone_from_the_page(
     api: Api, doctor: Doctor, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bid, pin = await visit(api, doctor)
+    bid, pin = await book_visit(api, doctor)
     row = await pool_of(api).fetchrow(
         """UPDATE users SET phone = '+923001234534'
            WHERE id = (SELECT patient_id FROM bookings WHERE id = $1)
@@ -252,8 +267,6 @@ async def scenario_dial(world: Any, booked: dict[str, str]) -> dict[str, Any]:
             # Which steps the page was told, and the bridge's own record of
             # the call: a step written late tells from one never sent.
             said = await doctor.eval("window.__said")
-            from wadud.state import keys
-
             rows = await world.app[keys.DB].fetch(
                 "SELECT state, reason, updated_at FROM phone_calls ORDER BY created_at"
             )
