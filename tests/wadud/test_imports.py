@@ -1,0 +1,30 @@
+"""What every Wadud process leaves out of what its libraries would load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# A process of ours imports the ground package first, then redis (every
+# role but the worker shares the database and Redis), and with tracing on
+# the trace SDK and its OTLP exporter (wadud.observe.tracing).
+_PROCESS = """
+import json, sys
+import wadud
+import redis.asyncio
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+TracerProvider().add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+print(json.dumps(sorted(name for name, module in sys.modules.items() if module is not None)))
+"""
+
+
+def test_redis_does_not_load_opentelemetry_s_metrics_sdk_and_tracing_still_works() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROCESS], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = json.loads(out.stdout)
+    assert "redis.asyncio" in loaded and "opentelemetry.sdk.trace" in loaded
+    assert not [m for m in loaded if m.startswith("opentelemetry.sdk.metrics")]
