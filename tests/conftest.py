@@ -177,8 +177,11 @@ def _no_frame_off_contract() -> Iterator[None]:
 #: order.
 BUSY = {
     # First, on a worker of its own: a fresh machine builds the container
-    # image here (debootstrap and pip, about five minutes of mostly waiting
-    # on downloads), once for the three modules, beside the two chains below.
+    # images here, once for the three modules, beside the two chains below.
+    # That is CPU more than downloads: on an idle machine the debootstrap
+    # base took 70 s and the image 94 s (165 s of user and system CPU
+    # between them), the stand-ins about a minute more; beside the suite's
+    # other workers the three took 12 minutes (rehearsal ci151).
     "deploy": ("tests/deploy/",),
     "a": (
         "tests/signalling/test_visit_journey.py",
