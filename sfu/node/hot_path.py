@@ -32,7 +32,8 @@ SRTP unprotect once, parse the RTP header and its extensions once into the
 worker's one :class:`~rtc.rtp.view.RtpView` (which the receive statistics,
 transport-wide feedback, the audio level and the forwarder all read;
 the first two take the packet's arrival from the kernel's receive stamp,
-:mod:`sfu.node.arrival`, not from when the loop read it),
+:mod:`sfu.node.arrival`, not from when the loop read it, and so do the
+RTCP reports' sender-report pairs and round trips),
 :meth:`Forwarder.route_view` into one reused list, then
 for each subscriber its own SRTP protect and ``sendto`` its selected address.
 With the native fan-out (:mod:`sfu.forward.native`), ``route_view`` hands back the
@@ -430,8 +431,12 @@ class HotPath(asyncio.DatagramProtocol):
         """Act on a leg's RTCP: reports, NACKs answered from the history, keyframe requests."""
         forwarder = peer.forwarder
         # SRs (lip-sync mapping, LSR/DLSR of our RRs) and the report blocks
-        # about what we send (RTT), RFC 3550 6.4.
-        if self.tables.reports.on_rtcp(peer, packets, now) is not None:
+        # about what we send (RTT), RFC 3550 6.4, at the time the datagram
+        # came (this runs inside its datagram_received), as RTP's arrivals
+        # are: an SR's NTP/RTP pair is placed on our clock by its arrival,
+        # and a report block's round trip ends there. Read late, both were off
+        # by the hold-up (a subscriber's SRs behind its packets, an RTT long).
+        if self.tables.reports.on_rtcp(peer, packets, self._arrival(now)) is not None:
             self._update_nack_interval(peer.room)
         for packet in packets:
             if isinstance(packet, Nack):

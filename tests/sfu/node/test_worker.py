@@ -32,7 +32,8 @@ from prometheus_client import REGISTRY, generate_latest
 from benchmarks.sfu import peer
 from rtc.dtls import DtlsCertificate, DtlsEndpoint, DtlsRole
 from rtc.errors import SdpError, SdpNegotiationError, SdpParseError
-from rtc.rtcp.compound import parse_compound
+from rtc.rtcp.compound import build_compound, parse_compound
+from rtc.rtcp.reports import SenderReport
 from rtc.rtcp.transport_cc import TransportCc
 from rtc.sdp.session import SessionDescription
 from sfu.control.messages import ActiveSpeaker
@@ -861,6 +862,39 @@ async def test_transport_cc_says_when_packets_came_even_when_the_loop_read_them_
     span, sent_span = arrivals[-1] - arrivals[0], sent[-1] - sent[0]
     assert abs(span - sent_span) < 0.05, (span, sent_span, gaps, sent_gaps)
     assert sum(g < 0.002 for g in gaps) <= 3, (gaps, sent_gaps)
+
+
+async def test_a_sender_report_keeps_when_it_came_even_when_the_loop_read_it_late(
+    worker: MediaWorker, events: Events
+) -> None:
+    """A publisher's SR arrives while the worker's loop is held up for about
+    150 ms: the worker places its NTP/RTP pair on its clock by when the SR
+    came (the kernel's receive stamp), not when the loop read it. Placed by
+    the read, every subscriber's SR until the next one would name an RTP
+    time 150 ms behind its packets (ci152 saw a subscriber's SRs a quarter
+    of a second behind on a loaded machine), and the round trip our reports
+    let the publisher measure would be 150 ms long."""
+    ssrc = 0x3456
+    assert worker.kernel_stamps
+    async with peer.fan_out_in_process(worker, ROOM, ssrc, 0x789A, subscribers=0) as publisher:
+        await events.wait_state("doctor", "publish", "connected", limit=5.0)
+        assert publisher.srtp is not None
+        address = ("127.0.0.1", worker.port)
+        frames = peer.build_frames(peer.Stream(0, ssrc), 5, 1, fps=50, size=300)
+        for data in peer.protect_all(publisher.srtp, frames):
+            publisher.sock.sendto(data, address)
+        (stats,) = await wait_until(
+            lambda: [p.recv_stats[ssrc] for p in worker.tables.peers if ssrc in p.recv_stats]
+        )
+        report = build_compound([SenderReport(ssrc, ntp_timestamp=0x1234_5678_0000_0000)])
+        publisher.sock.sendto(publisher.srtp.protect_rtcp(report), address)
+        sent = time.monotonic()
+        # Hold the worker's loop (this test's) with the SR in its socket.
+        time.sleep(0.15)  # noqa: ASYNC251 - the hold is the point
+        read_from = time.monotonic()
+        await wait_until(lambda: stats.sr_ntp == 0x1234_5678_0000_0000, within=5.0)
+    # The loop's clock is the monotonic one (uvloop's in milliseconds).
+    assert abs(stats.sr_arrival - sent) < 0.03, (stats.sr_arrival - sent, read_from - sent)
 
 
 # --- Chromium as a publisher: transport-cc ----------------------------------------------
