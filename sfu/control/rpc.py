@@ -542,7 +542,7 @@ class MediaServer:
         self._info = info
         self._subscription: BusSubscription | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=10_000)
         self._publisher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.requests = 0
@@ -565,6 +565,9 @@ class MediaServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self._events.join()
+            # None ends the loop even if a round (a Redis publish) lost the cancel (ci152).
+            with contextlib.suppress(asyncio.QueueFull):
+                self._events.put_nowait(None)
             await stopped(self._publisher)
             self._publisher = None
 
@@ -591,6 +594,8 @@ class MediaServer:
         unheard = False
         while True:
             message = await self._events.get()
+            if message is None:
+                return
             try:
                 grace = 0.0 if unheard else EVENT_GRACE
                 failure = await _heard(self.redis, EVENTS, encode(message), _never, grace)
