@@ -11,6 +11,7 @@ own tables, so that the two ends do not share a mistake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import struct
@@ -313,5 +314,7 @@ class Sipp:
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            # SIPp may have ended on its own and not yet been reaped (ci154).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()
