@@ -521,6 +521,16 @@ class Api:
             return _json.loads(text)
         return text
 
+    async def stop_relaying(self) -> None:
+        """Stop this app's outbox relay, for a test whose other apps (nodes,
+        a driver) share the database but not a bus with it. Each relay
+        publishes the rows it claims on its own process's bus, so this app
+        would take some events where the other apps' rooms never hear them.
+        In a deployment every replica's relay publishes to the same Redis."""
+        from wadud.state import keys
+
+        await self.app[keys.EXTRAS]["outbox"].close()
+
     async def get(self, path: str, **kw: Any) -> Any:
         return await self.call("GET", path, **kw)
 

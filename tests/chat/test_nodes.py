@@ -254,10 +254,7 @@ async def test_logout_and_role_change_close_chat_sockets_on_every_node(
     a, b = node_pair
     w = await make_world(api)
     cid = w.conversation_id
-    # The in-process app shares the database but not Redis: its outbox relay
-    # would publish some events where the nodes never hear them. In a
-    # deployment every replica's relay publishes to the same Redis.
-    await api.app[keys.EXTRAS]["outbox"].close()
+    await api.stop_relaying()
     await asyncio.gather(wait_ready(a), wait_ready(b))
     async with (
         aiohttp.ClientSession() as s,

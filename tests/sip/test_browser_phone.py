@@ -40,15 +40,12 @@ PATIENT_PORT = 5070
 
 async def book_visit(api: Api, doctor: Doctor) -> tuple[str, str]:
     """A visit booked through the test's app (its id and PIN), which then
-    stops relaying its outbox. The driver's app serves the call on the same
-    database, and the two share no bus (the driver runs in a namespace of its
-    own, with no Redis): an event the test's relay claimed was published in
-    the test's process, where no room listens. A phone call's steps reach the
-    page that way (outbox, bus, room), so a step the test's relay won was a
-    step the page never heard (ci150's "joined", twice). In a deployment
-    every replica's relay publishes to the same Redis."""
+    stops relaying its outbox (``Api.stop_relaying``): the driver's app
+    serves the call on the same database with no Redis, and a phone call's
+    steps reach the page through the outbox, so a step the test's relay won
+    was a step the page never heard (ci150's "joined", twice)."""
     bid, pin = await visit(api, doctor)
-    await api.app[keys.EXTRAS]["outbox"].close()
+    await api.stop_relaying()
     return bid, pin
 
 
