@@ -50,8 +50,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal
 
-from redis.exceptions import RedisError
-
 from rtc.errors import SdpError
 from sfu.control.messages import (
     MediaControl,
@@ -189,6 +187,8 @@ async def _heard(
     After a Redis restart or failover a live process listens again only
     once its subscription is back (the bus's reconnect backoff); a message
     nobody received is safe to send again."""
+    from redis.exceptions import RedisError  # here: wadud serve loads no redis-py
+
     deadline = asyncio.get_running_loop().time() + grace
     delay = 0.05
     while True:

@@ -39,8 +39,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from wadud.messaging.bus import RENEW_WITHIN, BusSubscription, RedisBus, encode
 
 log = logging.getLogger("wadud.signalling.cluster")
@@ -314,6 +312,8 @@ class Cluster:
         (its copy) but none of the subscriptions, until each process
         subscribes again. False at the first call, and where INFO is
         refused."""
+        from redis.exceptions import ResponseError  # here: wadud serve loads no redis-py
+
         try:
             info = await self.redis.info("server")
         except ResponseError:

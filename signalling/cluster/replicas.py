@@ -24,7 +24,6 @@ from collections.abc import Awaitable, ItemsView, Iterable, Iterator
 from typing import Any, Protocol, cast
 
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from signalling import errors, protocol
 from signalling.cluster.connections import AnyConnection, Connection, RemoteConnection
@@ -225,6 +224,8 @@ class Replicas:
             self._spawn(self._still_held(held), "call-still-held")
 
     async def _still_held(self, held: list[Connection]) -> None:
+        from redis.exceptions import RedisError  # here: wadud serve loads no redis-py
+
         by_room: dict[str, list[Connection]] = {}
         for conn in held:
             if conn.room_name is not None:
@@ -276,6 +277,8 @@ class Replicas:
         pongs are answered where the socket is; the owner of each room is
         remembered until a delivery finds nobody listening. ``claims``: a
         first join's token decoded already (signalling.cluster.opening)."""
+        from redis.exceptions import RedisError  # loaded: replicas exist only with Redis
+
         name = conn.room_name
         first_join = name is None and isinstance(frame, protocol.Join)
         try:

@@ -18,7 +18,6 @@ from uuid import UUID
 
 import asyncpg
 from aiohttp import web
-from redis.exceptions import RedisError
 
 import booking.calls
 import hooks.events
@@ -264,6 +263,8 @@ def _passed_key(grant: RoomGrant) -> str:
 
 async def _note_passed(redis: Any, grant: RoomGrant) -> None:
     """Remember in the region's own plane that ``grant``'s link passed."""
+    from redis.exceptions import RedisError  # here: wadud serve loads no redis-py
+
     try:
         await redis.set(_passed_key(grant), "1", ex=LINK_PASSED_TTL)
     except (RedisError, OSError) as exc:
@@ -271,6 +272,8 @@ async def _note_passed(redis: Any, grant: RoomGrant) -> None:
 
 
 async def _passed_before(redis: Any, grant: RoomGrant) -> bool:
+    from redis.exceptions import RedisError
+
     try:
         return bool(await redis.exists(_passed_key(grant)))
     except (RedisError, OSError):

@@ -28,3 +28,26 @@ def test_redis_does_not_load_opentelemetry_s_metrics_sdk_and_tracing_still_works
     loaded = json.loads(out.stdout)
     assert "redis.asyncio" in loaded and "opentelemetry.sdk.trace" in loaded
     assert not [m for m in loaded if m.startswith("opentelemetry.sdk.metrics")]
+
+
+# `wadud serve` built as bin.main builds it, on its embedded defaults (no
+# redis_url): every module its app imports, and the modules it loaded.
+_SERVE = """
+import json, sys
+from bin import assembly
+from wadud.config import Settings
+assembly.role_app("serve", Settings())
+print(json.dumps(sorted(name for name, module in sys.modules.items() if module is not None)))
+"""
+
+
+def test_wadud_serve_with_no_redis_loads_no_redis_py() -> None:
+    """redis-py (about 8 MB resident: its package imports every client) is
+    for the processes that talk to Redis; `wadud serve` on its defaults has
+    none, and the modules that catch its errors import them where they do."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SERVE], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = json.loads(out.stdout)
+    assert "signalling.edge.http" in loaded and "sfu.control.rpc" in loaded
+    assert not [m for m in loaded if m == "redis" or m.startswith("redis.")]
