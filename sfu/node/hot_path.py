@@ -68,6 +68,7 @@ from rtc.errors import RtcpParseError, RtpParseError
 from rtc.ice import Address, local_ufrag_of
 from rtc.rtcp.compound import RtcpPacket, parse_compound
 from rtc.rtcp.feedback import Fir, Nack, Pli, Remb
+from rtc.rtcp.reports import ReceiverReport, SenderReport
 from rtc.rtcp.transport_cc import TransportCc
 from rtc.rtp.view import RtpView
 from sfu.feedback.reports import feedback_compounds, nack_interval_for
@@ -90,6 +91,8 @@ R = TypeVar("R")
 # path catches these itself instead of going through rtc.srtp's wrapper.
 _SRTP_ERRORS = (pylibsrtp.Error, ValueError, TypeError)
 _SSRC = struct.Struct("!I")
+#: What ReportScheduler.on_rtcp takes in of a compound; the rest is feedback.
+_REPORTS = (SenderReport, ReceiverReport)
 
 
 class HotPath(asyncio.DatagramProtocol):
@@ -436,7 +439,13 @@ class HotPath(asyncio.DatagramProtocol):
         # are: an SR's NTP/RTP pair is placed on our clock by its arrival,
         # and a report block's round trip ends there. Read late, both were off
         # by the hold-up (a subscriber's SRs behind its packets, an RTT long).
-        if self.tables.reports.on_rtcp(peer, packets, self._arrival(now)) is not None:
+        # Only a compound with a report pays for the stamp (a system call):
+        # most of a subscriber's RTCP is feedback alone, ten times a second.
+        reports = self.tables.reports
+        if (
+            any(isinstance(p, _REPORTS) for p in packets)
+            and reports.on_rtcp(peer, packets, self._arrival(now)) is not None
+        ):
             self._update_nack_interval(peer.room)
         for packet in packets:
             if isinstance(packet, Nack):

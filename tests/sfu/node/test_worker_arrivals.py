@@ -10,6 +10,7 @@ import time
 
 from benchmarks.sfu import peer
 from rtc.rtcp.compound import build_compound, parse_compound
+from rtc.rtcp.feedback import Pli
 from rtc.rtcp.reports import SenderReport
 from rtc.rtcp.transport_cc import TransportCc
 from sfu.node.worker import MediaWorker
@@ -108,3 +109,41 @@ async def test_a_sender_report_keeps_when_it_came_even_when_the_loop_read_it_lat
         await wait_until(lambda: stats.sr_ntp == 0x1234_5678_0000_0000, within=5.0)
     # The loop's clock is the monotonic one (uvloop's in milliseconds).
     assert abs(stats.sr_arrival - sent) < 0.03, (stats.sr_arrival - sent, read_from - sent)
+
+
+async def test_only_a_compound_with_a_report_reads_the_receive_stamp(
+    worker: MediaWorker, events: Events
+) -> None:
+    """Reading the kernel's stamp is a system call; of RTCP, only sender and
+    receiver reports use it (their arrival), so feedback alone (a PLI here,
+    a subscriber's transport-cc ten times a second) does not read it."""
+    ssrc = 0x4567
+    async with peer.fan_out_in_process(worker, ROOM, ssrc, 0x89AB, subscribers=0) as publisher:
+        await events.wait_state("doctor", "publish", "connected", limit=5.0)
+        assert publisher.srtp is not None
+        address = ("127.0.0.1", worker.port)
+        media = peer.protect_all(
+            publisher.srtp, peer.build_frames(peer.Stream(0, ssrc), 5, 1, fps=50, size=300)
+        )
+        for data in media:
+            publisher.sock.sendto(data, address)
+        (stats,) = await wait_until(
+            lambda: [p.recv_stats[ssrc] for p in worker.tables.peers if ssrc in p.recv_stats]
+        )
+        # Every packet read (each read its stamp) before the count starts.
+        await wait_until(lambda: stats.received == len(media), within=5.0)
+        stamp = worker._arrival
+        read: list[float] = []
+
+        def counted(now: float) -> float:
+            read.append(now)
+            return stamp(now)
+
+        worker._arrival = counted
+        feedback = build_compound([Pli(sender_ssrc=ssrc, media_ssrc=ssrc)])
+        report = build_compound([SenderReport(ssrc, ntp_timestamp=0x2345_6789_0000_0000)])
+        for compound in (feedback, feedback, report):
+            publisher.sock.sendto(publisher.srtp.protect_rtcp(compound), address)
+        # The socket gives them in order: the SR taken in, the PLIs were before it.
+        await wait_until(lambda: stats.sr_ntp == 0x2345_6789_0000_0000, within=5.0)
+    assert len(read) == 1, read
