@@ -21,11 +21,16 @@ print(json.dumps(sorted(name for name, module in sys.modules.items() if module i
 """
 
 
-def test_redis_does_not_load_opentelemetry_s_metrics_sdk_and_tracing_still_works() -> None:
+def _loaded(script: str) -> list[str]:
+    """The modules a fresh interpreter holds after ``script`` (which prints them)."""
     out = subprocess.run(
-        [sys.executable, "-c", _PROCESS], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
-    loaded = json.loads(out.stdout)
+    return list(json.loads(out.stdout))
+
+
+def test_redis_does_not_load_opentelemetry_s_metrics_sdk_and_tracing_still_works() -> None:
+    loaded = _loaded(_PROCESS)
     assert "redis.asyncio" in loaded and "opentelemetry.sdk.trace" in loaded
     assert not [m for m in loaded if m.startswith("opentelemetry.sdk.metrics")]
 
@@ -45,9 +50,6 @@ def test_wadud_serve_with_no_redis_loads_no_redis_py() -> None:
     """redis-py (about 8 MB resident: its package imports every client) is
     for the processes that talk to Redis; `wadud serve` on its defaults has
     none, and the modules that catch its errors import them where they do."""
-    out = subprocess.run(
-        [sys.executable, "-c", _SERVE], capture_output=True, text=True, check=True, timeout=60
-    )
-    loaded = json.loads(out.stdout)
+    loaded = _loaded(_SERVE)
     assert "signalling.edge.http" in loaded and "sfu.control.rpc" in loaded
     assert not [m for m in loaded if m == "redis" or m.startswith("redis.")]
