@@ -57,8 +57,15 @@ log = logging.getLogger(__name__)
 Direction = Literal["publish", "subscribe"]
 SdpFilter = Callable[[str, Direction], str]
 
-# New peer connections that are not connected by then are tried again.
+#: Seconds new peer connections have to find a path (ICE) before new ones are
+#: asked for. Connections whose path works but whose DTLS handshake is still
+#: under way then are waited for until :data:`RECONNECT_LIMIT`: a slow or
+#: starved peer that is progressing is not thrown away to start over (each
+#: new attempt costs both ends the whole handshake again), as a browser
+#: restarts ICE only once a connection has failed.
 RECONNECT_WITHIN = 8.0
+#: Seconds an attempt whose path was found may take to connect in all.
+RECONNECT_LIMIT = 30.0
 #: Seconds an offer waits for the connection the last answer is starting.
 CONNECTING = 10.0
 #: Seconds each step of closing may take (each peer connection, the tasks)
@@ -256,9 +263,7 @@ class CallMedia:
                 if self.view.state == "joined":
                     try:
                         await self.reconnect_media()
-                        await self.changes.wait_until(
-                            lambda: self._media_connected(had_subscribe), RECONNECT_WITHIN
-                        )
+                        await self._attempt(had_subscribe)
                         self.media_state = "connected"
                         self.changes.notify()
                         return
@@ -271,11 +276,46 @@ class CallMedia:
         finally:
             self._recovery = None
 
-    def _media_connected(self, subscribe: bool) -> bool:
+    async def _attempt(self, subscribe: bool) -> None:
+        """Wait for the new connections to connect; raise ``TimeoutError`` if
+        they found no path within :data:`RECONNECT_WITHIN` or did not connect
+        within :data:`RECONNECT_LIMIT`, ``ConnectionError`` once one fails."""
+
+        def settled() -> bool:
+            return self._media_connected(subscribe) or self._attempt_failed()
+
+        try:
+            await self.changes.wait_until(settled, RECONNECT_WITHIN)
+        except TimeoutError:
+            if not self._path_found(subscribe):
+                raise
+            log.info("%s: path found, waiting for DTLS", self.changes.describe())
+            await self.changes.wait_until(settled, RECONNECT_LIMIT - RECONNECT_WITHIN)
+        if not self._media_connected(subscribe):
+            raise ConnectionError("a new peer connection failed")
+
+    def _pcs(self, subscribe: bool) -> list[Any]:
+        """The connections media needs: publish if we publish, subscribe if
+        we had one (the same connection when single)."""
         pcs = [self.publish_pc] if self._local else []
         if subscribe:
             pcs.append(self.subscribe_pc)
+        return pcs
+
+    def _media_connected(self, subscribe: bool) -> bool:
+        pcs = self._pcs(subscribe)
         return all(pc is not None and pc.connectionState == "connected" for pc in pcs)
+
+    def _path_found(self, subscribe: bool) -> bool:
+        """ICE is done on every connection media needs (DTLS may not be)."""
+        pcs = self._pcs(subscribe)
+        return all(pc is not None and pc.iceConnectionState == "completed" for pc in pcs)
+
+    def _attempt_failed(self) -> bool:
+        return any(
+            pc is not None and pc.connectionState in ("failed", "closed")
+            for pc in (self.publish_pc, self.subscribe_pc)
+        )
 
     def moved(self) -> None:
         """``media_reconnect`` (the room is on another media worker now), or a

@@ -128,7 +128,9 @@ class UdpRelay:
     ``up`` and ``down`` are the schedules for client-to-server and
     server-to-client datagrams; ``lossy`` decides which datagrams the schedule
     applies to (all by default; e.g. :func:`is_rtp_or_rtcp`, so ICE and the
-    DTLS handshake are spared); ``enabled = False`` turns the schedules off."""
+    DTLS handshake are spared); ``hold`` gives the seconds a datagram is held
+    on top of its schedule (e.g. a slow handshake); ``enabled = False`` turns
+    the schedules off."""
 
     def __init__(
         self,
@@ -137,6 +139,7 @@ class UdpRelay:
         up: Schedule | None = None,
         down: Schedule | None = None,
         lossy: Callable[[bytes], bool] | None = None,
+        hold: Callable[[Direction, bytes], float] | None = None,
         host: str = "127.0.0.1",
     ) -> None:
         self.upstream = upstream
@@ -145,6 +148,7 @@ class UdpRelay:
             "down": down or Schedule(),
         }
         self.lossy = lossy
+        self.hold = hold
         self.host = host
         self.stats = RelayStats()
         self.client: Address | None = None
@@ -239,6 +243,8 @@ class UdpRelay:
             stats.dropped[direction] += 1
             return
         stats.forwarded[direction] += 1
+        if self.hold is not None:
+            delay += self.hold(direction, data)
         if delay <= 0:
             out.sendto(data, dest)
             return

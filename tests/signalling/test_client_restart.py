@@ -21,6 +21,8 @@ import uuid
 import aioice.ice
 import pytest
 
+import wadud_client.media
+from rtc.demux import is_dtls
 from tests.signalling.relay import UdpRelay, rewrite_candidates
 
 # The server, loopback ICE and the participants of test_client_call.py.
@@ -109,3 +111,62 @@ async def test_a_failed_connection_comes_back_on_new_ones(
     ]
     assert told[:1] == ["reconnecting"] and told[-1:] == ["connected"], told
     assert doctor.peer_media == {}
+
+
+@pytest.mark.timeout(60)
+async def test_a_new_connection_slow_to_finish_its_handshake_is_waited_for(
+    call: Call,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the path dies, the new connection finds its path at once but its
+    DTLS handshake takes longer than RECONNECT_WITHIN (the server's handshake
+    datagrams are held, as a starved or slow peer's would be): the client
+    waits for it rather than throwing it away for yet another one."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.3)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
+    within = 2.0
+    monkeypatch.setattr(wadud_client.media, "RECONNECT_WITHIN", within)
+    room = "room-" + uuid.uuid4().hex[:8]
+    doctor = await call.join(room, "dr-amina", role="doctor", admin=True)
+    await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+
+    worker = ("127.0.0.1", call.settings.media_port)
+    # The server's DTLS datagrams on the new path are all held until twice
+    # RECONNECT_WITHIN after the first of them: the handshake cannot finish
+    # before then, whatever the client retransmits.
+    release: list[float] = []
+
+    def slow_handshake(direction: str, data: bytes) -> float:
+        if direction != "down" or not is_dtls(data):
+            return 0.0
+        if not release:
+            release.append(time.monotonic() + 2 * within)
+        return max(0.0, release[0] - time.monotonic())
+
+    old, new = UdpRelay(worker), UdpRelay(worker, hold=slow_handshake)
+    for relay in (old, new):
+        await relay.start()
+    path = {"alive": True}
+
+    def through_relay(sdp: str, direction: str) -> str:
+        return rewrite_candidates(sdp, (old if path["alive"] else new).address)
+
+    patient = await call.join(room, "pt-991", sdp_filter=through_relay)
+    await patient.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+    await doctor.wait_until(lambda: min(frames(doctor, patient)) >= 10, 20)
+    before = frozenset(patient.published)
+
+    path["alive"] = False
+    old.close()
+    await patient.wait_until(lambda: patient.media_reconnects >= 1, 15)
+    await patient.wait_until(lambda: min(frames(patient, doctor)) >= 10, 30)
+    await doctor.wait_until(lambda: min(frames(doctor, patient, before)) >= 10, 15)
+
+    assert release, "the new path carried no DTLS"
+    # Connected only once the held handshake was let through, past
+    # RECONNECT_WITHIN, and on the first new connection.
+    assert patient.connected_at["publish"] >= release[0]
+    assert patient.media_reconnects == 1, patient.media_reconnects
+    assert patient.media_state == "connected"
+    assert patient.errors == []
+    new.close()
