@@ -50,11 +50,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import aiosmtplib
-import httpx
 import jwt
 
 from notify.errors import DeliveryFailed, PermanentFailure
@@ -63,6 +62,9 @@ from notify.templates import TEMPLATES, Rendered
 from wadud import signing
 from wadud.config import Settings
 from wadud.errors import ConfigError
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("wadud.notify")
 
@@ -131,6 +133,14 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
     if settings.notify_ca_file:
         ctx.load_verify_locations(settings.notify_ca_file)
     return ctx
+
+
+def _http_error() -> type[httpx.HTTPError]:
+    """httpx's error, for the senders that use it: imported where they catch
+    it, as httpx is only imported once a channel needs it (open_channels)."""
+    from httpx import HTTPError
+
+    return HTTPError
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -364,7 +374,7 @@ class Fcm:
                     "assertion": assertion,
                 },
             )
-        except httpx.HTTPError as exc:
+        except _http_error() as exc:
             raise DeliveryFailed(f"fcm oauth: {type(exc).__name__}: {exc}") from exc
         if resp.status_code != 200:
             # A refused grant is our configuration's fault: keep trying (and logging).
@@ -406,7 +416,7 @@ class Fcm:
             resp = await self.http.post(
                 url, json=self.body(msg), headers={"Authorization": f"Bearer {token}"}
             )
-        except httpx.HTTPError as exc:
+        except _http_error() as exc:
             raise DeliveryFailed(f"fcm: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 200:
             return f"fcm: {resp.json().get('name', '')}"
@@ -486,7 +496,7 @@ class Apns:
         url, headers, body = self.request(msg)
         try:
             resp = await self.http.post(url, json=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except _http_error() as exc:
             raise DeliveryFailed(f"apns: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 200:
             return f"apns: {resp.headers.get('apns-id', '')}"
@@ -547,7 +557,7 @@ class Webhook:
         }
         try:
             resp = await self.http.post(self.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except _http_error() as exc:
             raise DeliveryFailed(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         if 200 <= resp.status_code < 300:
             return f"{self.name}: HTTP {resp.status_code}"
@@ -576,20 +586,27 @@ def available(settings: Settings) -> frozenset[str]:
     return frozenset(out)
 
 
+#: The channels whose senders go over the shared httpx client.
+_OVER_HTTPX = frozenset({"fcm", "apns", "sms", "whatsapp"})
+
+
 @dataclass
 class Channels:
     """The open senders, and what they hold open (HTTP clients)."""
 
     senders: dict[str, Channel]
-    http: httpx.AsyncClient
-    session: aiohttp.ClientSession
+    #: Each only when a configured channel uses it.
+    http: httpx.AsyncClient | None = None
+    session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
         for sender in self.senders.values():
             if isinstance(sender, Email):
                 await sender.close()
-        await self.http.aclose()
-        await self.session.close()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.session is not None:
+            await self.session.close()
 
 
 def check_settings(settings: Settings) -> None:
@@ -605,29 +622,39 @@ def check_settings(settings: Settings) -> None:
 
 
 async def open_channels(settings: Settings) -> Channels:
-    """Every configured sender, sharing one HTTP/2 client (APNs needs HTTP/2;
-    FCM and the webhooks are happy with it) and one aiohttp session (pywebpush's)."""
+    """Every configured sender. FCM, APNs and the SMS and WhatsApp webhooks
+    share one HTTP/2 client (APNs needs HTTP/2; the others are happy with
+    it), web push an aiohttp session (pywebpush's). Each is made, and httpx
+    imported (with its CLI, about 7 MB where rich and click are installed),
+    only when a channel needs it: a server with no channel holds neither."""
     check_settings(settings)
-    ctx = _ssl_context(settings)
-    http = httpx.AsyncClient(http2=True, verify=ctx, timeout=settings.notify_send_timeout)
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
-    senders: dict[str, Channel] = {}
+    have = available(settings)
+    opened = Channels({})
+    senders = opened.senders
     try:
-        have = available(settings)
         if "email" in have:
             senders["email"] = Email(settings)
+        if "webpush" in have or have & _OVER_HTTPX:
+            ctx = _ssl_context(settings)
         if "webpush" in have:
-            senders["webpush"] = WebPush(settings, session)
-        if "fcm" in have:
-            senders["fcm"] = Fcm(settings, http)
-        if "apns" in have:
-            senders["apns"] = Apns(settings, http)
-        if "sms" in have:
-            senders["sms"] = Webhook("sms", settings.notify_sms_url, settings, http)
-        if "whatsapp" in have:
-            senders["whatsapp"] = Webhook("whatsapp", settings.notify_whatsapp_url, settings, http)
+            opened.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
+            senders["webpush"] = WebPush(settings, opened.session)
+        if have & _OVER_HTTPX:
+            import httpx
+
+            http = httpx.AsyncClient(http2=True, verify=ctx, timeout=settings.notify_send_timeout)
+            opened.http = http
+            if "fcm" in have:
+                senders["fcm"] = Fcm(settings, http)
+            if "apns" in have:
+                senders["apns"] = Apns(settings, http)
+            for name, url in (
+                ("sms", settings.notify_sms_url),
+                ("whatsapp", settings.notify_whatsapp_url),
+            ):
+                if name in have:
+                    senders[name] = Webhook(name, url, settings, http)
     except BaseException:
-        await http.aclose()
-        await session.close()
+        await opened.close()
         raise
-    return Channels(senders, http, session)
+    return opened

@@ -53,3 +53,29 @@ def test_wadud_serve_with_no_redis_loads_no_redis_py() -> None:
     loaded = _loaded(_SERVE)
     assert "signalling.edge.http" in loaded and "sfu.control.rpc" in loaded
     assert not [m for m in loaded if m == "redis" or m.startswith("redis.")]
+
+
+# The same, and the notifier's channels opened and closed as serve's notifier
+# does on its defaults (no channel configured).
+_SERVE_NOTIFIER = """
+import asyncio, json, sys
+from bin import assembly
+from notify import channels
+from wadud.config import Settings
+assembly.role_app("serve", Settings())
+async def main():
+    opened = await channels.open_channels(Settings())
+    assert opened.senders == {}, opened.senders
+    await opened.close()
+asyncio.run(main())
+print(json.dumps(sorted(name for name, module in sys.modules.items() if module is not None)))
+"""
+
+
+def test_a_notifier_with_no_channel_loads_no_http_client() -> None:
+    """httpx (with its command line, rich and click, where they are
+    installed: about 7 MB) is for FCM, APNs and the SMS and WhatsApp
+    webhooks; a notifier with none of them configured never imports it."""
+    loaded = _loaded(_SERVE_NOTIFIER)
+    assert "notify.channels" in loaded
+    assert not [m for m in loaded if m.split(".")[0] in ("httpx", "httpcore", "rich", "click")]
