@@ -8,6 +8,7 @@ and every step reaches the room's admins and the clinic's webhooks
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -79,13 +80,19 @@ async def test_the_doctor_calls_the_patient_from_the_room_and_hears_each_step(
     patient_phone = Sipp.callee(tmp_path / "answers", ANSWER_XML, trunk_port)
     await patient_phone.start()
     try:
-        made = await doc.call_phone()
+        # One call at a time: of two presses at once, one is refused. (A
+        # second press after the first's answer raced the call itself: SIPp
+        # answers at once, and a call that has joined the room no longer
+        # keeps another from being made, so a test process held up between
+        # the two presses saw the second one placed, in ci160.)
+        pressed = await asyncio.gather(doc.call_phone(), doc.call_phone(), return_exceptions=True)
+        refused = [p for p in pressed if isinstance(p, BaseException)]
+        assert len(refused) == 1, pressed
+        assert isinstance(refused[0], RequestFailed), refused
+        assert refused[0].code == "phone-call-refused"
+        (made,) = [p for p in pressed if isinstance(p, dict)]
         assert made["state"] == "requested" and made["number"] == "••34"
         assert made["to"] == "patient"
-        # One call at a time: a second press while it rings is refused.
-        with pytest.raises(RequestFailed) as second:
-            await doc.call_phone()
-        assert second.value.code == "phone-call-refused"
         # The patient answers (SIPp) and the phone comes into the room.
         await doc.wait_until(lambda: phone_of(doc) is not None, within=30)
         entry = phone_of(doc)
