@@ -19,7 +19,7 @@ asyncio call the protocol for each datagram right after reading it). The
 first ask turns time stamping on for the socket, so it is made once when the
 socket opens. The stamp is on the wall clock; :func:`rtc.stamps.on_loop_clock`
 carries it to the loop's clock through the difference of the two clocks read
-now (about 0.5 us in all, one system call).
+back to back when the stamp is (about 0.5 us in all, one system call).
 
 Where the socket cannot give stamps (not Linux, a sandbox without the
 ioctl, no datagram read yet), the loop's ``now`` stands.
@@ -66,4 +66,8 @@ class ArrivalClock:
             fcntl.ioctl(self._fd, SIOCGSTAMPNS, self._buffer)
         except OSError:
             return now
-        return on_loop_clock(self._buffer, now, time.time() - now)
+        # The wall clock's lead on the loop's (monotonic: asyncio's, and
+        # uvloop's to the millisecond), both read back to back. Against
+        # ``now`` a process held between the two reads would place the
+        # arrival that much too early.
+        return on_loop_clock(self._buffer, now, time.time() - time.monotonic())

@@ -84,3 +84,51 @@ def test_datagrams_read_late_keep_the_time_they_came(
     assert all(-0.002 < lag < held for lag in lags), lags
     assert arrivals[-1] - arrivals[0] > 0.5 * (sent[-1] - sent[0]), arrivals
     assert all(a <= r for r, a in reader.got)
+
+
+class HeldReader(asyncio.DatagramProtocol):
+    """Reads the loop's time, is held up (as a process descheduled by a busy
+    machine is), and only then asks for the arrival."""
+
+    HOLD = 0.05
+
+    def __init__(self) -> None:
+        self.clock: ArrivalClock | None = None
+        self.got = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.clock = ArrivalClock(transport.get_extra_info("socket"))
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.clock is not None
+        now = asyncio.get_running_loop().time()
+        time.sleep(self.HOLD)  # the hold itself, between the two reads
+        if not self.got.done():
+            self.got.set_result((now, self.clock(now)))
+
+
+async def held_between_now_and_the_ask() -> tuple[float, float, float]:
+    loop = asyncio.get_running_loop()
+    transport, reader = await loop.create_datagram_endpoint(HeldReader, local_addr=("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        before = time.monotonic()
+        s.sendto(b"x", transport.get_extra_info("sockname"))
+    async with asyncio.timeout(5):
+        now, arrival = await reader.got
+    transport.close()
+    return before, now, arrival
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_hold_after_the_loop_read_its_time_does_not_move_the_arrival(
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+) -> None:
+    """The wall clock's lead on the loop's is read when the stamp is, not
+    against the loop's ``now``: a process held between the two (ci161's
+    pure-Python pass) would otherwise place the arrival that much earlier,
+    here before the datagram was sent; a sender report's so placed made
+    the reports' delay since it too long and aiortc's round trip negative."""
+    before, now, arrival = run(held_between_now_and_the_ask())
+    # uvloop's clock counts whole milliseconds, so ``now`` and what is
+    # read against it may be up to one early.
+    assert before - 0.002 <= arrival <= now, (before, arrival, now)
