@@ -20,9 +20,14 @@ COUNT = 12
 
 
 class Reader(asyncio.DatagramProtocol):
-    """Each datagram with the loop's time it was read at and its arrival."""
+    """Each datagram with the loop's time it was read at and its arrival,
+    until ``count`` came. ``hold`` seconds between reading the loop's time
+    and asking for the arrival hold the process up there, as a busy
+    machine's scheduler may."""
 
-    def __init__(self) -> None:
+    def __init__(self, count: int = COUNT, hold: float = 0.0) -> None:
+        self.count = count
+        self.hold = hold
         self.clock: ArrivalClock | None = None
         self.got: list[tuple[float, float]] = []
         self.done = asyncio.Event()
@@ -33,8 +38,10 @@ class Reader(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         assert self.clock is not None
         now = asyncio.get_running_loop().time()
+        if self.hold:
+            time.sleep(self.hold)  # the hold itself, between the two reads
         self.got.append((now, self.clock(now)))
-        if len(self.got) == COUNT:
+        if len(self.got) == self.count:
             self.done.set()
 
 
@@ -86,36 +93,18 @@ def test_datagrams_read_late_keep_the_time_they_came(
     assert all(a <= r for r, a in reader.got)
 
 
-class HeldReader(asyncio.DatagramProtocol):
-    """Reads the loop's time, is held up (as a process descheduled by a busy
-    machine is), and only then asks for the arrival."""
-
-    HOLD = 0.05
-
-    def __init__(self) -> None:
-        self.clock: ArrivalClock | None = None
-        self.got = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.clock = ArrivalClock(transport.get_extra_info("socket"))
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        assert self.clock is not None
-        now = asyncio.get_running_loop().time()
-        time.sleep(self.HOLD)  # the hold itself, between the two reads
-        if not self.got.done():
-            self.got.set_result((now, self.clock(now)))
-
-
 async def held_between_now_and_the_ask() -> tuple[float, float, float]:
     loop = asyncio.get_running_loop()
-    transport, reader = await loop.create_datagram_endpoint(HeldReader, local_addr=("127.0.0.1", 0))
+    transport, reader = await loop.create_datagram_endpoint(
+        lambda: Reader(count=1, hold=0.05), local_addr=("127.0.0.1", 0)
+    )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         before = time.monotonic()
         s.sendto(b"x", transport.get_extra_info("sockname"))
     async with asyncio.timeout(5):
-        now, arrival = await reader.got
+        await reader.done.wait()
     transport.close()
+    ((now, arrival),) = reader.got
     return before, now, arrival
 
 
