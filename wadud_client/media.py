@@ -168,7 +168,13 @@ class CallMedia:
         tasks, for :meth:`close` to wait for."""
         tasks = [
             t
-            for t in (self._offer_task, self._retry_task, self._recovery, *self._consumers)
+            for t in (
+                self._offer_task,
+                self._retry_task,
+                self._recovery,
+                self._renegotiation,
+                *self._consumers,
+            )
             if t is not None
         ]
         for task in tasks:

@@ -977,3 +977,16 @@ async def test_a_closed_client_stops_reading_what_it_published(call: Call) -> No
     await asyncio.sleep(0.5)
     assert tone.reads == reads, f"{tone.reads - reads} frames read after the client closed"
     assert tone.readyState == "live"
+
+
+async def test_an_offer_under_way_when_the_client_leaves_is_not_an_error(call: Call) -> None:
+    """Others leaving make the server ask for offers (``renegotiate``); one
+    under way as the client leaves is stopped with the rest of its media,
+    not failed on the closed socket (``could not offer again``)."""
+    room = _room()
+    await call.join(room, "dr-amina", role="doctor", admin=True)
+    patient = await call.join(room, "pt-991")
+    await patient.wait_until(lambda: "publish" in patient.connected_at, 20)
+    patient.media.renegotiate({"audio": 1})
+    await patient.leave()
+    assert patient.errors == []
