@@ -5,9 +5,9 @@ interpreter whose invite is revoked mid-call.
 As tests/signalling/test_browser_call.py: each test runs this module as a
 driver inside a network namespace with only loopback; the driver serves the
 app, opens one headless Chromium per page participant and drives the call
-page as a user would, and runs the rest of the participants as the Python
-client (aiortc) in its own process. It prints one JSON line, which the test
-asserts on.
+page as a user would; the rest of the participants are on the Python client
+(aiortc), each in a process of its own (tests/signalling/python_guest.py).
+It prints one JSON line, which the test asserts on.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +106,6 @@ def _token_of(link: str) -> str:
     return link.split("token=")[1]
 
 
-def _loopback_aiortc() -> None:
-    """aioice leaves loopback out of its host candidates; here it is all there is."""
-    import aioice.ice
-
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
-
-
 async def _state(page: Page) -> dict[str, Any]:
     return dict(
         await page.eval(
@@ -169,29 +166,77 @@ async def scenario_revoke(world: World) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Guest:
+    """A participant on the Python client in its own process
+    (tests/signalling/python_guest.py), and what it has said so far."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    heard: dict[str, Any] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    listening: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, world: World, name: str, *flags: str) -> _Guest:
+        """Started without its token (:meth:`join` gives it)."""
+        # In the driver's process group: ended with it, whatever happens.
+        log = os.open(world.browsers.work / f"guest-{name}.log", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.signalling.python_guest",
+                "--url", f"{world.base}/ws", "--name", name, *flags,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+            )  # fmt: skip
+        finally:
+            os.close(log)
+        guest = cls(name, proc)
+        guest.listening = asyncio.create_task(guest._listen())
+        return guest
+
+    def join(self, token: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(token.encode() + b"\n")
+
+    async def _listen(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.heard.update(json.loads(line))
+            self.changed.set()
+        self.heard["exited"] = await self.proc.wait()
+        self.changed.set()
+
+    async def until(self, predicate: Callable[[dict[str, Any]], object], within: float) -> bool:
+        """Whether what it said met ``predicate`` within ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not predicate(self.heard):
+            if "exited" in self.heard or loop.time() >= deadline:
+                return False
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), deadline - loop.time())
+        return True
+
+    async def need(self, predicate: Callable[[dict[str, Any]], object], what: str) -> None:
+        if not await self.until(predicate, 30):
+            raise DriverError(f"{self.name}: {what} not within 30 s; it said {self.heard}")
+
+    async def stop(self) -> None:
+        """Close its stdin: it leaves the call and exits (or is killed)."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        if self.listening is not None:
+            await self.listening
+
+
 async def scenario_eight(world: World) -> dict[str, Any]:
-    from tests.signalling.test_roles import publish_offer
-    from wadud_client.call import CallClient
-    from wadud_client.errors import RequestFailed
-    from wadud_client.sources import TestPatternVideo, ToneAudio
-
-    _loopback_aiortc()
-    doctor_link = world.link("dr-amina", "Dr Amina", "doctor", admin=True)
-    host = _token_of(doctor_link)
-    doctor = await world.browsers.open("doctor", doctor_link + "&simulcast=0")
-    await join(doctor)
-    patient = await world.browsers.open(
-        "patient", world.link("pt-991", "Bilal", "patient") + "&simulcast=0"
-    )
-    await join(patient)
-    world.mark("doctor and patient joined")
-    interpreter_invite = await _invite(world, host, "interpreter", "Gul")
-    interpreter = await world.browsers.open(
-        "interpreter", interpreter_invite["url"] + "&simulcast=0"
-    )
-    await join(interpreter)
-    world.mark("interpreter joined")
-
     guests = [
         ("son", "family", True),
         ("daughter", "family", True),
@@ -199,58 +244,63 @@ async def scenario_eight(world: World) -> dict[str, Any]:
         ("trainee", "observer", False),
         ("auditor", "observer", False),
     ]
-    clients: dict[str, CallClient] = {}
+    clients: dict[str, _Guest] = {}
     approved = 0
     try:
-        for name, role, publishes in guests:
+        # Their processes first: their imports overlap the pages' start.
+        for name, _, publishes in guests:
+            flags = ["--publish"] if publishes else []
+            if name == "trainee":
+                flags.append("--try-publish")  # a hand-written offer, refused
+            clients[name] = await _Guest.start(world, name, *flags)
+        doctor_link = world.link("dr-amina", "Dr Amina", "doctor", admin=True)
+        host = _token_of(doctor_link)
+        doctor = await world.browsers.open("doctor", doctor_link + "&simulcast=0")
+        await join(doctor)
+        patient = await world.browsers.open(
+            "patient", world.link("pt-991", "Bilal", "patient") + "&simulcast=0"
+        )
+        await join(patient)
+        world.mark("doctor and patient joined")
+        interpreter_invite = await _invite(world, host, "interpreter", "Gul")
+        interpreter = await world.browsers.open(
+            "interpreter", interpreter_invite["url"] + "&simulcast=0"
+        )
+        await join(interpreter)
+        world.mark("interpreter joined")
+        for name, role, _ in guests:
             made = await _invite(world, host, role, name.title())
-            client = CallClient(f"{world.base}/ws", await _redeem(world, made["url"]), label=name)
-            clients[name] = client
-            await client.join()
+            client = clients[name]
+            client.join(await _redeem(world, made["url"]))
+            await client.need(lambda h: "state" in h, "join answered")
             if made["needs_approval"]:
                 # The patient's page asks; the patient lets them in.
                 asked = "!document.getElementById('guest-ask').hidden"
                 await patient.wait_for(asked, f"the patient asked about {name}")
                 await click(patient, "#guest-yes")
                 approved += 1
-            await client.wait_until(lambda c=client: c.state == "joined", within=15)
-            if publishes:
-                await client.publish(
-                    {"microphone": ToneAudio(), "camera": TestPatternVideo(160, 120, fps=10)}
-                )
+            await client.need(lambda h: h.get("in"), "in the room")
         world.mark("everyone in")
-        # An observer's hand-written offer is refused by the server.
-        try:
-            offer = publish_offer("video", "0")
-            await clients["trainee"].request("publish", sdp=offer, sources={"0": "camera"})
-            refused = "accepted"
-        except RequestFailed as exc:
-            refused = exc.code
+        await clients["trainee"].need(lambda h: "refused" in h, "the offer answered")
         pages = {"doctor": doctor, "patient": patient, "interpreter": interpreter}
         everyone = {n: await participant_id(p) for n, p in pages.items()}
-        everyone.update({n: c.participant_id or "" for n, c in clients.items()})
+        everyone.update({n: str(c.heard["participant"]) for n, c in clients.items()})
         publishers = [everyone[n] for n in ("doctor", "patient", "interpreter")]
         publishers += [everyone[n] for n, _, publishes in guests if publishes]
 
         def full(got: set[str], me: str) -> bool:
             return got == set(publishers) - {me}
 
+        def flowing(heard: dict[str, Any]) -> set[str]:
+            got = heard.get("receiving", {})
+            return {p for p in got if got[p] == ["audio", "video"]}
+
         received: dict[str, list[str]] = {}
         for name, client in clients.items():
             me = everyone[name]
-
-            def flowing(c: CallClient = client) -> set[str]:
-                return {
-                    p
-                    for p in publishers
-                    if all(t.frames > 0 for t in c.received_from(p))
-                    and {t.kind for t in c.received_from(p)} == {"audio", "video"}
-                }
-
             # Not all in time: the result says who was missing.
-            with contextlib.suppress(TimeoutError):
-                await client.wait_until(lambda f=flowing, m=me: full(f(), m), within=40)
-            received[name] = sorted(flowing())
+            await client.until(lambda h, m=me: full(flowing(h), m), within=40)
+            received[name] = sorted(flowing(client.heard))
         expr = (
             "window.wadudCall.stats().then(s => Object.entries(s.participants)"
             ".filter(([, v]) => v.framesDecoded > 0 && v.audioPackets > 0).map(([k]) => k))"
@@ -265,18 +315,17 @@ async def scenario_eight(world: World) -> dict[str, Any]:
                 await asyncio.sleep(0.3)
             received[name] = sorted(got)
         world.mark("everyone receiving")
-        tracks_by = sorted({str(t["participant"]) for t in clients["auditor"].room_tracks.values()})
         return {
             "everyone": everyone,
             "publishers": publishers,
             "received": received,
-            "tracks_by": tracks_by,
+            "tracks_by": clients["auditor"].heard.get("tracks_by"),
             "approved_by_patient": approved,
-            "refused_publish": refused,
+            "refused_publish": clients["trainee"].heard["refused"],
             "timings": world.timings,
         }
     finally:
-        await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
+        await asyncio.gather(*(c.stop() for c in clients.values()), return_exceptions=True)
 
 
 async def scenario_shots(world: World) -> dict[str, Any]:
