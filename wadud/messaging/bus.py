@@ -82,6 +82,15 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the bus's Redis could not be reached (refused,
+    cut, timed out, failing over), as against a fault in what was sent."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError)
+
+
 def encode(data: Mapping[str, Any]) -> str:
     """A message as the bus writes it (compact JSON); subscriptions decode
     with json.loads. Code that publishes to Redis itself (media RPC, the call

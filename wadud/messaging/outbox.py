@@ -36,7 +36,7 @@ from typing import Any
 import asyncpg
 
 from wadud.messaging import loops
-from wadud.messaging.bus import Bus
+from wadud.messaging.bus import Bus, unreachable
 from wadud.observe import metrics, tracing
 
 log = logging.getLogger("wadud.outbox")
@@ -202,6 +202,10 @@ class Listener:
         self._notified(payload)
 
 
+class _BusAway(Exception):
+    """The relay's batch found the bus unreachable (its ``__cause__``)."""
+
+
 class Gauges:
     """Backlog gauges refreshed by a query (``observe``) once every
     :data:`OBSERVE_EVERY` seconds while busy, after the first idle round
@@ -343,6 +347,8 @@ class Relay:
         self._gauges = Gauges(self.observe)
         self._last_prune = 0.0
         self._commits = _AfterCommit(self._wake.set)
+        #: Since when the bus could not be reached (the loop's time), or None.
+        self._bus_away: float | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -371,15 +377,26 @@ class Relay:
             await self._listener.round(
                 functools.partial(self._round, woke), "outbox relay round failed; retrying", log
             )
-            woke = await loops.woken(self._wake, self.poll_interval)
+            if self._bus_away is not None:
+                # The events wait in the outbox: try again at the poll, not
+                # at each commit that wakes us (one connect attempt each).
+                await asyncio.sleep(self.poll_interval)
+                woke = True
+            else:
+                woke = await loops.woken(self._wake, self.poll_interval)
 
     async def _round(self, woke: bool) -> None:
         relayed = n = 0
         # A poll no one woke asks first, in one statement outside a
         # transaction, whether any row waits (most find none).
         if woke or await self.pool.fetchval(_ANY_PENDING):
-            while (n := await self.relay_once()) >= self.batch:
-                relayed += n
+            try:
+                while (n := await self.relay_once()) >= self.batch:
+                    relayed += n
+            except _BusAway as away:
+                self._away(away.__cause__)
+                return
+            self._back()
         relayed += n
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_prune > 60:
@@ -387,8 +404,25 @@ class Relay:
             self._last_prune = loop.time()
         await self._gauges.after_round(busy=relayed > 0)
 
+    def _away(self, cause: BaseException | None) -> None:
+        """The bus could not be reached: said once an outage, with no
+        traceback (what failed is Redis, not this code)."""
+        if self._bus_away is None:
+            self._bus_away = asyncio.get_running_loop().time()
+            log.warning(
+                "outbox relay: the bus cannot be reached; events wait in the outbox",
+                extra={"error": repr(cause)},
+            )
+
+    def _back(self) -> None:
+        if self._bus_away is not None:
+            away = asyncio.get_running_loop().time() - self._bus_away
+            self._bus_away = None
+            log.info("outbox relay: the bus is back", extra={"away_seconds": round(away, 1)})
+
     async def relay_once(self) -> int:
-        """Publish one batch of pending events; return how many."""
+        """Publish one batch of pending events; return how many. A bus that
+        cannot be reached leaves the batch unpublished (:class:`_BusAway`)."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT id, topic, payload, created_at, trace FROM outbox
@@ -405,12 +439,17 @@ class Relay:
                 }
                 for row in rows
             ]
-            if tracing.enabled():
-                for row, event in zip(rows, events, strict=True):
-                    await self._publish_traced(event, row["trace"])
-            else:
-                # The whole batch at once (one round trip to Redis).
-                await self.bus.publish_all([(e["topic"], e) for e in events], stream=STREAM)
+            try:
+                if tracing.enabled():
+                    for row, event in zip(rows, events, strict=True):
+                        await self._publish_traced(event, row["trace"])
+                else:
+                    # The whole batch at once (one round trip to Redis).
+                    await self.bus.publish_all([(e["topic"], e) for e in events], stream=STREAM)
+            except Exception as exc:
+                if unreachable(exc):
+                    raise _BusAway from exc
+                raise
             if rows:
                 # One NOTIFY per batch, not per writer, tells the other
                 # processes that consume the outbox's tables (the notifier

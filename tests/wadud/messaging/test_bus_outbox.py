@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -199,3 +200,44 @@ async def test_a_process_with_no_relay_wakes_the_others_once_its_writer_committe
         finally:
             await listener.close()
         await pool.execute("DELETE FROM outbox WHERE topic = 'test.announced'")
+
+
+async def test_a_bus_away_is_said_once_and_its_events_wait_in_the_outbox(
+    settings: Settings, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stopped: the relay says so once, as a warning with no traceback,
+    however many commits wake it meanwhile (a chat test's node logged a
+    traceback at ERROR for each of 107 in 5 s); the events wait in the
+    outbox, and go out once Redis is back, which it says too."""
+    caplog.set_level(logging.INFO, logger="wadud.outbox")
+    app = build_app(
+        dataclasses.replace(settings, redis_url=redis_server.url, outbox_poll_interval=0.3)
+    )
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    pool = app[keys.DB]
+
+    def said() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "wadud.outbox"]
+
+    try:
+        redis_server.stop()
+        try:
+            async with pool.acquire() as conn:
+                for n in range(20):
+                    # Outside a transaction: each commits, and wakes the relay.
+                    await outbox.emit(conn, "test.away", {"n": n})
+                    await asyncio.sleep(0.05)
+            await wait_until(said, within=10)
+            pending = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            assert await pool.fetchval(pending) >= 20
+        finally:
+            redis_server.start()
+        await wait_until(lambda: len(said()) == 2, within=15)
+        assert await pool.fetchval(pending) == 0
+        records = said()
+        assert [r.levelname for r in records] == ["WARNING", "INFO"], records
+        assert "cannot be reached" in records[0].getMessage()
+        assert all(r.exc_info is None for r in records)
+    finally:
+        await client.close()
