@@ -172,7 +172,9 @@ def start_node(
         "WADUD_REDIS_URL": redis_url,
         "WADUD_SECRET_KEY": secret,
         "WADUD_DATA_DIR": str(data_dir),
-        "WADUD_LOG_LEVEL": "warning",
+        # What a node that is slow to be ready was doing (ci165: two nodes,
+        # not ready in 30 s on a starved run, with nothing in their logs).
+        "WADUD_LOG_LEVEL": "info",
         "WADUD_LOG_FORMAT": "text",
         "WADUD_CHAT_RATE_PER_SECOND": "100000",
         "WADUD_CHAT_RATE_BURST": "100000",
@@ -194,7 +196,9 @@ def start_node(
     return Node(port, proc, log)
 
 
-async def wait_ready(node: Node, within: float = 30.0) -> None:
+async def wait_ready(node: Node, within: float = 60.0) -> None:
+    """Until the node's /healthz answers 200: a couple of seconds here, and
+    over 30 s twice on a starved rehearsal, so a minute."""
     async with aiohttp.ClientSession() as s:
         if await answers_ready(s, node.url, within, node.proc, path="/healthz"):
             return
