@@ -534,6 +534,21 @@ async def flow(page: Page, peer: str, seconds: float = 1.5) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
+async def rises(page: Page, peer: str, least: dict[str, int], within: float = 15) -> dict[str, int]:
+    """How much each counter from ``peer`` rose from now until every one in
+    ``least`` rose by more than its figure, or ``within`` seconds passed: a
+    starved browser decodes in bursts, so a fixed window can catch a pause
+    (ci166: 8 frames in 2 s after two freezes)."""
+    before = await from_peer(page, peer)
+    deadline = time.monotonic() + within
+    while True:
+        await asyncio.sleep(0.25)
+        now = await from_peer(page, peer)
+        rise = {k: now[k] - before.get(k, 0) for k in now}
+        if all(rise.get(k, 0) > n for k, n in least.items()) or time.monotonic() > deadline:
+            return rise
+
+
 async def click(page: Page, selector: str) -> None:
     await page.eval(f"document.querySelector({json.dumps(selector)}).click(), true")
 

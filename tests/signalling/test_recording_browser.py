@@ -42,10 +42,10 @@ from tests.browser import (
     Page,
     click,
     driver_main,
-    flow,
     join,
     play,
     receiving,
+    rises,
     run_scenario,
 )
 from tests.signalling.call_world import HTTP_PORT, World, serving
@@ -447,7 +447,9 @@ async def scenario_fail(world: World) -> dict[str, Any]:
     world.mark("failed")
     ids = {p.name: await p.eval("window.wadudCall.me.id") for p in pages}
     after = {
-        f"{p.name}<-{q.name}": await flow(p, ids[q.name], 2.0)
+        f"{p.name}<-{q.name}": await rises(
+            p, ids[q.name], {"framesDecoded": 10, "audioPackets": 20}
+        )
         for p in pages
         for q in pages
         if p is not q
