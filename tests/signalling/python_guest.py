@@ -96,8 +96,9 @@ async def _run(args: argparse.Namespace) -> None:
             # frame from the server) or stdin's end.
             with contextlib.suppress(TimeoutError):
                 await client.wait_until(lambda was=last: closed.done() or seen() != was, within=60)
-            if seen() != last:
-                last = seen()
+            now = seen()
+            if now != last:
+                last = now
                 _say(**last)
         await client.leave()
     finally:

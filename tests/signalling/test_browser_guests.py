@@ -174,7 +174,6 @@ class _Guest:
     name: str
     proc: asyncio.subprocess.Process
     heard: dict[str, Any] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
     listening: asyncio.Task[None] | None = None
 
     @classmethod
@@ -203,21 +202,16 @@ class _Guest:
         async for line in self.proc.stdout:
             with contextlib.suppress(ValueError):
                 self.heard.update(json.loads(line))
-            self.changed.set()
         self.heard["exited"] = await self.proc.wait()
-        self.changed.set()
 
     async def until(self, predicate: Callable[[dict[str, Any]], object], within: float) -> bool:
-        """Whether what it said met ``predicate`` within ``within`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while not predicate(self.heard):
-            if "exited" in self.heard or loop.time() >= deadline:
-                return False
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), deadline - loop.time())
-        return True
+        """Whether what it said met ``predicate`` within ``within`` seconds
+        (no, at once, if it exited)."""
+        from tests.polling import wait_until
+
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: predicate(self.heard) or "exited" in self.heard, within)
+        return bool(predicate(self.heard))
 
     async def need(self, predicate: Callable[[dict[str, Any]], object], what: str) -> None:
         if not await self.until(predicate, 30):

@@ -88,7 +88,7 @@ def unreachable(exc: BaseException) -> bool:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError)
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError)  # TimeoutError too
 
 
 def encode(data: Mapping[str, Any]) -> str:
