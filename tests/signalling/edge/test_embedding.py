@@ -142,6 +142,9 @@ async def frame_shows(page: Page) -> list[str]:
 
 
 async def checked(page: Page) -> dict[str, Any]:
+    # A module script runs once its imports are fetched, which may be after
+    # the frame's load event (ci168: not yet a function when called).
+    await page.wait_for("typeof window.startCheck === 'function'", "the page's module script")
     await page.eval("window.startCheck()")
     return dict(await page.wait_for("window.checked", "the connection check", 40))
 
