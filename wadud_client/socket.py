@@ -127,8 +127,14 @@ class CallSocket:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns
             # the answer when the caller is cancelled as it arrives, and the
             # cancellation is lost.
-            async with asyncio.timeout(self.request_timeout):
-                return await fut
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    return await fut
+            except TimeoutError as exc:
+                # Named: a bare TimeoutError (ci168) says nothing of what waited.
+                raise TimeoutError(
+                    f"{self.label}: no answer to {type!r} within {self.request_timeout:g} s"
+                ) from exc
         finally:
             self._pending.pop(rid, None)
             self._on_answer.pop(rid, None)
