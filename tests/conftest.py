@@ -115,6 +115,45 @@ def _hypothesis_imported() -> None:
     _import_whole(hypothesis)
 
 
+#: Linux's SO_RCVBUFFORCE (not in Python's socket module): a receive buffer
+#: past net.core.rmem_max, for a process with CAP_NET_ADMIN (the suite's root).
+SO_RCVBUFFORCE = 33
+#: The receive buffer of each UDP socket an aiortc client of a test process
+#: gathers (aioice asks for 256 KB, capped at net.core.rmem_max).
+CLIENT_RECEIVE_BUFFER = 8 << 20
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _client_sockets_ride_out_a_stall() -> Iterator[None]:
+    """Widen the UDP receive buffers of the aiortc clients a test process
+    runs. Each stands for a phone or a browser with a CPU of its own; here
+    up to eight share one process, and a starved process reads none of
+    their sockets for a second or more. A socket whose buffer fills drops
+    what arrives, which the test then reads as the server losing media: in
+    tests/signalling/test_region_cut.py under load, the host with six
+    clients dropped a fifth of its datagrams (its namespace's Udp
+    RcvbufErrors: 3,437 of 17,152), they repaired it with NACK storms, their
+    connections failed and their decoders stalled for windows at a time,
+    while the host with two dropped none."""
+    import aioice.ice
+
+    gather = aioice.ice.Connection.gather_candidates
+
+    async def gather_wide(self: aioice.ice.Connection) -> None:
+        await gather(self)
+        for protocol in self._protocols:
+            sock = protocol.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, CLIENT_RECEIVE_BUFFER)
+
+    aioice.ice.Connection.gather_candidates = gather_wide  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        aioice.ice.Connection.gather_candidates = gather  # type: ignore[method-assign]
+
+
 #: Frames the call server sent in the running test that its contract does
 #: not describe (see :func:`_frames_keep_the_contract`).
 _OFF_CONTRACT: list[str] = []
