@@ -50,6 +50,32 @@ def test_three_pages_through_two_replicas(cluster: Driver) -> None:
     assert len(result["placed_on"]) == 1, result["placed_on"]
 
 
+def _why_missing(report: dict[str, Any]) -> str:
+    """What the pages that decode someone no more say of it, first and whole
+    (as a string, which pytest does not cut short): each one's receivers
+    (RECEIVERS: participant, paused, packets, frames received and decoded,
+    keyframes, PLIs, NACKs, width), its connections' times and the frames it
+    was sent since the kill (a ``track_paused`` among them); and what the
+    namespace's sockets dropped unread meanwhile (a starved reader)."""
+    pages = sorted({pair.split("<-")[0] for pair in report["missing"]})
+    why = {
+        name: {
+            "receivers": report.get("receivers", {}).get(name),
+            "connected": report["phases"]["connected"].get(name),
+            "frames": report.get("frames_after_kill", {}).get(name),
+        }
+        for name in pages
+    }
+    return json.dumps(
+        {
+            "missing": report["missing"],
+            "back": report["back"],
+            "udp_receive_drops": report.get("udp_receive_drops"),
+            **why,
+        }
+    )
+
+
 @pytest.mark.timeout(240)
 def test_media_node_killed(cluster: Driver) -> None:
     """``kill -9`` of the media node that hosts the room: every page decodes
@@ -57,7 +83,7 @@ def test_media_node_killed(cluster: Driver) -> None:
     result = cluster.run("media_kill", budget=150)
     report = result["report"]
     print(f"\nMEDIA NODE KILL -9: all pages decoding again after {report['gap']} s")
-    assert report["missing"] == [], report
+    assert report["missing"] == [], _why_missing(report)
     assert report["gap"] <= 10.0, report
     assert report["same_pages"], report
     assert report["node_group_gone"] and report["udp_ports_free"], report
