@@ -73,6 +73,19 @@ CONNECTING = 10.0
 CLOSE_STEP = 5.0
 
 
+async def close_connection(pc: Any, within: float = CLOSE_STEP) -> None:
+    """Close an aiortc peer connection, waiting for it ``within`` seconds at
+    most: a close must end, whatever the server or the connection does (a
+    test's clean-up hung on one for minutes). Shielded, so the wait's end
+    leaves the close going: aiortc closes a failed connection by itself, a
+    second ``close()`` waits on the first's future, and a cancelled wait
+    cancels that future, so the first close failed setting it ("Task
+    exception was never retrieved: InvalidStateError")."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await asyncio.shield(pc.close())
+
+
 class CallMedia:
     """One participant's two peer connections and what goes over them.
 
@@ -184,13 +197,9 @@ class CallMedia:
 
     async def close(self, stopped: list[asyncio.Task[None]]) -> None:
         """Close both peer connections and wait for the ``stopped`` tasks."""
-        # Each step is bounded: a close must end, whatever the server or a
-        # peer connection does (a test's clean-up hung on one for minutes).
         for pc in dict.fromkeys((self.publish_pc, self.subscribe_pc)):
             if pc is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CLOSE_STEP):
-                        await pc.close()
+                await close_connection(pc)
         if stopped:
             await asyncio.wait(stopped, timeout=CLOSE_STEP)
         self._consumers.clear()
@@ -359,7 +368,7 @@ class CallMedia:
             # Closing stops the senders' tracks: the relay's proxies, not ours
             # (see _relay); publish() gives the new connection new proxies.
             with contextlib.suppress(Exception):
-                await pc.close()
+                await close_connection(pc)
         moves = self.media_moves
         if self.single and self.view.state != "closed":
             self._slots = self._room_kinds()
