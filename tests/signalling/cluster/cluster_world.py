@@ -475,15 +475,6 @@ async def read_decodes(pages: list[Page], since: float) -> dict[str, Any]:
     return out
 
 
-def udp_receive_drops() -> int:
-    """Datagrams the kernel dropped for a full socket receive buffer in this
-    thread's network namespace (Udp RcvbufErrors): a page, a node or a worker
-    that read too late, not the server or the path losing them."""
-    with open("/proc/thread-self/net/snmp") as f:
-        rows = [line.split() for line in f if line.startswith("Udp:")]
-    return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))["RcvbufErrors"])
-
-
 async def wait_decoding(
     pages: list[Page], ids: dict[str, str], wall0: float, within: float
 ) -> tuple[dict[str, float | None], dict[str, Any]]:
