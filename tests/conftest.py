@@ -36,6 +36,7 @@ from wadud.config import Settings
 from wadud.state import db, migrate
 from wadud.web.api import Role
 from wadud.web.app import Installer
+from wadud_client.network import widen_receive_buffers
 
 TEMPLATE = "wadud_template"
 #: The password of the accounts :class:`Api` creates unless told otherwise.
@@ -115,14 +116,6 @@ def _hypothesis_imported() -> None:
     _import_whole(hypothesis)
 
 
-#: Linux's SO_RCVBUFFORCE (not in Python's socket module): a receive buffer
-#: past net.core.rmem_max, for a process with CAP_NET_ADMIN (the suite's root).
-SO_RCVBUFFORCE = 33
-#: The receive buffer of each UDP socket an aiortc client of a test process
-#: gathers (aioice asks for 256 KB, capped at net.core.rmem_max).
-CLIENT_RECEIVE_BUFFER = 8 << 20
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _client_sockets_ride_out_a_stall() -> Iterator[None]:
     """Widen the UDP receive buffers of the aiortc clients a test process
@@ -134,24 +127,13 @@ def _client_sockets_ride_out_a_stall() -> Iterator[None]:
     clients dropped a fifth of its datagrams (its namespace's Udp
     RcvbufErrors: 3,437 of 17,152), they repaired it with NACK storms, their
     connections failed and their decoders stalled for windows at a time,
-    while the host with two dropped none."""
-    import aioice.ice
-
-    gather = aioice.ice.Connection.gather_candidates
-
-    async def gather_wide(self: aioice.ice.Connection) -> None:
-        await gather(self)
-        for protocol in self._protocols:
-            sock = protocol.transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, CLIENT_RECEIVE_BUFFER)
-
-    aioice.ice.Connection.gather_candidates = gather_wide  # type: ignore[method-assign]
+    while the host with two dropped none (wadud_client.network's
+    widen_receive_buffers)."""
+    undo = widen_receive_buffers()
     try:
         yield
     finally:
-        aioice.ice.Connection.gather_candidates = gather  # type: ignore[method-assign]
+        undo()
 
 
 #: Frames the call server sent in the running test that its contract does

@@ -1,14 +1,21 @@
 """Where a Wadud server is and how this client reaches it: the WebSocket URL
-of a server or join link, the TURN relays of a transport, and loopback host
-candidates for a server on the same machine."""
+of a server or join link, the TURN relays of a transport, loopback host
+candidates for a server on the same machine, and receive buffers for a
+process that runs many clients."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-__all__ = ["allow_loopback_candidates", "relay_servers", "ws_url"]
+__all__ = ["allow_loopback_candidates", "relay_servers", "widen_receive_buffers", "ws_url"]
+
+#: Linux's SO_RCVBUFFORCE (not in Python's socket module): a receive buffer
+#: past net.core.rmem_max, for a process with CAP_NET_ADMIN.
+SO_RCVBUFFORCE = 33
 
 
 def ws_url(url: str) -> tuple[str, str | None, str | None]:
@@ -46,6 +53,40 @@ def allow_loopback_candidates() -> None:
         return found
 
     aioice.ice.get_host_addresses = with_loopback
+
+
+def widen_receive_buffers(size: int = 8 << 20) -> Callable[[], None]:
+    """Give each UDP socket aioice gathers from now on a receive buffer of
+    ``size`` bytes (aioice asks for 256 KB); returns what undoes it.
+
+    For a process that runs many clients (a test, a benchmark): where each
+    stands for a phone with a CPU of its own, one process here reads all
+    their sockets, and a busy one reads none for a second or more. A socket
+    whose buffer fills drops what arrives, which its client reads as the
+    server losing media (NACKs, keyframe requests, failed connections).
+    Past net.core.rmem_max where the process may (SO_RCVBUFFORCE), else as
+    far as that allows. This changes aioice for the whole process."""
+    import aioice.ice
+
+    gather = aioice.ice.Connection.gather_candidates
+
+    async def gather_wide(self: aioice.ice.Connection) -> None:
+        await gather(self)
+        for protocol in self._protocols:
+            sock = protocol.transport.get_extra_info("socket")
+            if sock is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    def undo() -> None:
+        aioice.ice.Connection.gather_candidates = gather  # type: ignore[method-assign]
+
+    aioice.ice.Connection.gather_candidates = gather_wide  # type: ignore[method-assign]
+    return undo
 
 
 def relay_servers(

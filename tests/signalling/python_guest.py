@@ -34,7 +34,7 @@ from typing import Any
 
 from wadud_client.call import CallClient
 from wadud_client.errors import RequestFailed
-from wadud_client.network import allow_loopback_candidates
+from wadud_client.network import allow_loopback_candidates, widen_receive_buffers
 from wadud_client.sources import TestPatternVideo, ToneAudio
 
 
@@ -57,6 +57,7 @@ def _receiving(client: CallClient) -> dict[str, list[str]]:
 
 async def _run(args: argparse.Namespace) -> None:
     allow_loopback_candidates()
+    widen_receive_buffers()  # its sockets read late on a starved machine, not lost
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
