@@ -193,10 +193,12 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 def udp_rcvbuf_errors() -> int:
-    """RcvbufErrors of /proc/net/snmp's Udp line: datagrams any socket dropped
-    because its receive buffer was full (0 where unavailable)."""
+    """RcvbufErrors of the Udp line of the calling thread's network namespace
+    (/proc/thread-self/net/snmp: a thread may run in a namespace of its own,
+    as tests/regions.py's hosts do): datagrams any socket dropped because
+    its receive buffer was full (0 where unavailable)."""
     try:
-        lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
+        lines = [ln.split() for ln in Path("/proc/thread-self/net/snmp").read_text().splitlines()]
     except OSError:
         return 0
     udp = [ln for ln in lines if ln and ln[0] == "Udp:"]

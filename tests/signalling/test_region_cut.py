@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from benchmarks.common import udp_rcvbuf_errors
 from tests.regions import Lab, Regions, start_redis, wait_tcp
 from tests.signalling.test_regions import Party, World, lab_world
 
@@ -127,8 +128,18 @@ async def _growing(parties: list[Party], window: float) -> list[list[int]]:
     for party, counts, then in zip(parties, seen, media, strict=True):
         if 0 in counts:
             now = await party.media()
-            print(f"{time.strftime('%H:%M:%S')} {party.host} nothing new: {then} -> {now}")
+            # Datagrams its host's sockets dropped unread so far: a starved
+            # test process, not the server (tests/conftest.py's buffers).
+            drops = await party.world.regions.run_in(party.host, _drops)
+            print(
+                f"{time.strftime('%H:%M:%S')} {party.host} nothing new"
+                f" (host's socket drops: {drops}): {then} -> {now}"
+            )
     return seen
+
+
+async def _drops() -> int:
+    return udp_rcvbuf_errors()
 
 
 async def _everyone_sees(parties: list[Party], others: int, within: float) -> float:
