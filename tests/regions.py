@@ -61,6 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wadud_client.network import widen_receive_buffer
+
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +146,7 @@ class Bridge:
             sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             with contextlib.suppress(OSError):  # Linux >= 4.20; else skipped by pkttype
                 sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            widen_receive_buffer(sock, 4 << 20)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             sock.bind((ifname, ETH_P_ALL))
             sock.setblocking(False)

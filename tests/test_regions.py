@@ -27,6 +27,7 @@ from tests.regions import (
     wait_tcp,
     where_tasks_are,
 )
+from wadud_client.network import widen_receive_buffer
 
 ECHO_PORT = 7000
 
@@ -55,7 +56,12 @@ async def _echo_server(address: str, port: int) -> None:
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
             self.transport.sendto(data, addr)  # type: ignore[attr-defined]
 
-    await loop.create_datagram_endpoint(Echo, local_addr=(address, port))
+    # A blast's datagrams come at once after the pair's delay: a default
+    # buffer held 762 of 787 on a starved run (ci169), the rest dropped.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    widen_receive_buffer(sock, 4 << 20)
+    sock.bind((address, port))
+    await loop.create_datagram_endpoint(Echo, sock=sock)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +136,7 @@ async def _blast(address: str, count: int, port: int = ECHO_PORT, *, lossy: bool
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     # The bridge hands back a burst's echoes at once, after the pair's delay:
     # a default buffer holds 256 of them, and the kernel drops the rest.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    widen_receive_buffer(sock, 4 << 20)
     sock.connect((address, port))
     transport, _ = await loop.create_datagram_endpoint(Client, sock=sock)
     try:

@@ -11,7 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-__all__ = ["allow_loopback_candidates", "relay_servers", "widen_receive_buffers", "ws_url"]
+__all__ = [
+    "allow_loopback_candidates",
+    "relay_servers",
+    "widen_receive_buffer",
+    "widen_receive_buffers",
+    "ws_url",
+]
 
 #: Linux's SO_RCVBUFFORCE (not in Python's socket module): a receive buffer
 #: past net.core.rmem_max, for a process with CAP_NET_ADMIN.
@@ -55,17 +61,28 @@ def allow_loopback_candidates() -> None:
     aioice.ice.get_host_addresses = with_loopback
 
 
+def widen_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Give ``sock`` a receive buffer of ``size`` bytes: past
+    net.core.rmem_max where the process may (SO_RCVBUFFORCE, with
+    CAP_NET_ADMIN), else as far as that allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def widen_receive_buffers(size: int = 8 << 20) -> Callable[[], None]:
     """Give each UDP socket aioice gathers from now on a receive buffer of
-    ``size`` bytes (aioice asks for 256 KB); returns what undoes it.
+    ``size`` bytes (aioice asks for 256 KB; :func:`widen_receive_buffer`);
+    returns what undoes it.
 
     For a process that runs many clients (a test, a benchmark): where each
     stands for a phone with a CPU of its own, one process here reads all
     their sockets, and a busy one reads none for a second or more. A socket
     whose buffer fills drops what arrives, which its client reads as the
     server losing media (NACKs, keyframe requests, failed connections).
-    Past net.core.rmem_max where the process may (SO_RCVBUFFORCE), else as
-    far as that allows. This changes aioice for the whole process."""
+    This changes aioice for the whole process."""
     import aioice.ice
 
     gather = aioice.ice.Connection.gather_candidates
@@ -74,13 +91,8 @@ def widen_receive_buffers(size: int = 8 << 20) -> Callable[[], None]:
         await gather(self)
         for protocol in self._protocols:
             sock = protocol.transport.get_extra_info("socket")
-            if sock is None:
-                continue
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            if sock is not None:
+                widen_receive_buffer(sock, size)
 
     def undo() -> None:
         aioice.ice.Connection.gather_candidates = gather  # type: ignore[method-assign]

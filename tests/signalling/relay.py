@@ -17,15 +17,14 @@ path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import re
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from wadud_client.load.drops import inode_of, udp_drops
+from wadud_client.network import widen_receive_buffer
 
 Address = tuple[str, int]
 Direction = Literal["up", "down"]  # up: client to server; down: server to client
@@ -35,18 +34,13 @@ Direction = Literal["up", "down"]  # up: client to server; down: server to clien
 #: for a few hundred milliseconds on a busy machine must not overflow it, or
 #: the path would lose what its schedule kept.
 _BUFFER = 4 * 1024 * 1024
-#: Linux's SO_RCVBUFFORCE (not in Python's socket module): root may pass
-#: net.core.rmem_max, as CI's root does.
-_SO_RCVBUFFORCE = 33
 
 
 def _roomy(transport: asyncio.DatagramTransport) -> int:
-    """Give ``transport``'s socket :data:`_BUFFER` to receive into; its inode."""
+    """Give ``transport``'s socket :data:`_BUFFER` to receive into (past
+    net.core.rmem_max: CI runs as root); its inode."""
     sock = transport.get_extra_info("socket")
-    for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, _BUFFER)
-            break
+    widen_receive_buffer(sock, _BUFFER)
     return inode_of(sock)
 
 
