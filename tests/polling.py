@@ -19,15 +19,29 @@ async def wait_until(
     check: Callable[[], T | Awaitable[T]], within: float = 10.0, every: float = 0.02
 ) -> T:
     """Call ``check`` (plain or async) every ``every`` seconds until it gives
-    something truthy and return that; TimeoutError after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while True:
-            got = check()
-            if inspect.isawaitable(got):
-                got = await got
-            if got:
-                return got
-            await asyncio.sleep(every)
+    something truthy and return that; TimeoutError after ``within`` seconds,
+    naming the check (a bare one says nothing in a rerun's one-line report:
+    ci160 and ci169 reran tests on one)."""
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                got = check()
+                if inspect.isawaitable(got):
+                    got = await got
+                if got:
+                    return got
+                await asyncio.sleep(every)
+    except TimeoutError as exc:
+        raise TimeoutError(f"not true within {within:g} s: {_named(check)}") from exc
+
+
+def _named(check: Callable[..., object]) -> str:
+    """Where ``check`` is written and its first line, or its name."""
+    with contextlib.suppress(OSError, TypeError):
+        lines, number = inspect.getsourcelines(check)
+        where = f"{os.path.basename(inspect.getsourcefile(check) or '?')}:{number}"
+        return f"{where} {lines[0].strip()}"
+    return getattr(check, "__qualname__", repr(check))
 
 
 class Steps:
