@@ -116,6 +116,7 @@ log = logging.getLogger("wadud.sfu.worker")
 R = TypeVar("R")
 
 _SOCKET_BUFFER = 4 * 1024 * 1024
+_BUFFERS = (socket.SO_RCVBUF, socket.SO_SNDBUF)
 # How late the report timer may run, so the reports of legs due close together
 # go out in one wake-up (see the module docstring).
 _REPORT_SLACK = 0.05
@@ -259,7 +260,7 @@ class MediaWorker(HotPath):
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            for option in _BUFFERS:
                 # Video bursts (a keyframe is dozens of packets times the fan-out).
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
@@ -274,16 +275,26 @@ class MediaWorker(HotPath):
         self.port = sock.getsockname()[1]
         self._fanout = self._fan = native.fanout(sock)
         metrics.register_worker(self)
+        # What the kernel granted (Linux reports twice the usable size): at
+        # most net.core.rmem_max and wmem_max, which docs/operations.md says
+        # to raise when these read below _SOCKET_BUFFER.
+        receive, send = (sock.getsockopt(socket.SOL_SOCKET, o) // 2 for o in _BUFFERS)
         log.info(
-            "media worker listening on %s:%d (arrival times: %s)",
+            "media worker listening on %s:%d (arrival times: %s; socket buffers"
+            " %d KB in, %d KB out of %d KB asked)",
             host,
             self.port,
             "kernel" if self.kernel_stamps else "when read",
+            receive >> 10,
+            send >> 10,
+            _SOCKET_BUFFER >> 10,
             extra={
                 "host": host,
                 "port": self.port,
                 "candidates": self.candidate_addresses,
                 "kernel_stamps": self.kernel_stamps,
+                "receive_buffer": receive,
+                "send_buffer": send,
             },
         )
 
