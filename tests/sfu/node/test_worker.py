@@ -568,18 +568,20 @@ def _check_sender_reports(log: ReceiverLog, clock_rate: int) -> None:
         # The SR's NTP time is when the worker sent it: this process reads it
         # that much later, more on a loaded machine (checked below, together).
         lags.append(arrival - _ntp_seconds(ntp))
-        # Each packet of the two seconds before the SR, advanced by the time
-        # between their arrivals, predicts the SR's timestamp. Arrival against
-        # arrival: on a loaded machine this process reads everything late (CI
-        # once saw a quarter of a second), and the SR's own NTP time would
-        # count that lag as an error. aiortc's sender catches up in bursts, so
-        # the median prediction is the one to hold the SR to.
+        # Each packet read in the two seconds before the SR, advanced from
+        # when it was read to the SR's own NTP time, predicts the SR's
+        # timestamp, short by how late this process read that packet (it was
+        # sent before the SR: one socket, in order). So the least of those
+        # predictions' errors is the SR's own, give or take the one packet
+        # this process read promptly. A starved process reads in bursts
+        # (ci171: the SR and the packets before it read together, a median
+        # over their read times off by 0.35 s both tries), which this does
+        # not count against the worker.
         recent = [(t, ts) for t, ts in media if arrival - 2.0 <= t <= arrival]
         if recent:
+            sent = _ntp_seconds(ntp)
             aheads.append(
-                statistics.median(
-                    _signed32(rtp_ts - ts) - round((arrival - t) * clock_rate) for t, ts in recent
-                )
+                min(_signed32(rtp_ts - ts) - round((sent - t) * clock_rate) for t, ts in recent)
             )
     # The worker's SRs follow the publisher's NTP/RTP pair, advanced from the
     # pair's own NTP time. aiortc pairs its last packet's send time with that
