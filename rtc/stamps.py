@@ -9,7 +9,7 @@ buffers, interarrival jitter and the senders' delay-based estimators, which
 must measure the network, not how long a busy loop took to read.
 
 The caller reads both clocks (``wall_lead``: the wall clock's lead on the
-loop's, ``time.time() - loop.time()``); this core only converts. A stamp is
+loop's, from :class:`wadud.clocks.WallLead`); this core only converts. A stamp is
 never later than ``now`` and never more than :data:`MAX_AGE` before it: a
 wall clock stepped by NTP moves the arrivals read across the step by at most
 that much, never past the present.

@@ -18,8 +18,9 @@ from ``datagram_received``, that is the one being handled (uvloop and
 asyncio call the protocol for each datagram right after reading it). The
 first ask turns time stamping on for the socket, so it is made once when the
 socket opens. The stamp is on the wall clock; :func:`rtc.stamps.on_loop_clock`
-carries it to the loop's clock through the difference of the two clocks read
-back to back when the stamp is (about 0.5 us in all, one system call).
+carries it to the loop's clock through the wall clock's lead on it
+(:class:`wadud.clocks.WallLead`, read afresh ten times a second between two
+monotonic reads close together).
 
 Where the socket cannot give stamps (not Linux, a sandbox without the
 ioctl, no datagram read yet), the loop's ``now`` stands.
@@ -30,9 +31,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import socket
-import time
 
 from rtc.stamps import TIMESPEC, on_loop_clock
+from wadud.clocks import WallLead
 
 __all__ = ["ArrivalClock"]
 
@@ -47,11 +48,12 @@ class ArrivalClock:
     ``now``); ``available`` says whether the socket gives stamps at all.
     """
 
-    __slots__ = ("_buffer", "_fd", "available")
+    __slots__ = ("_buffer", "_fd", "_lead", "available")
 
     def __init__(self, sock: socket.socket) -> None:
         self._fd = sock.fileno()
         self._buffer = bytearray(TIMESPEC.size)
+        self._lead = WallLead()
         try:
             fcntl.ioctl(self._fd, SIOCGSTAMPNS, self._buffer)
             self.available = True
@@ -67,7 +69,7 @@ class ArrivalClock:
         except OSError:
             return now
         # The wall clock's lead on the loop's (monotonic: asyncio's, and
-        # uvloop's to the millisecond), both read back to back. Against
-        # ``now`` a process held between the two reads would place the
-        # arrival that much too early.
-        return on_loop_clock(self._buffer, now, time.time() - time.monotonic())
+        # uvloop's to the millisecond), not read against ``now``: a process
+        # held between the two reads would place the arrival that much too
+        # early (and one held within WallLead's reads, too late).
+        return on_loop_clock(self._buffer, now, self._lead(now))

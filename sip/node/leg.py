@@ -69,7 +69,6 @@ import random
 import secrets
 import socket
 import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +92,7 @@ from sip.errors import DtmfParseError, MediaPortError
 from sip.formats import FRAME_MS, PHONE_CODECS, PhoneCodec
 from sip.node.sdes import SdesSession
 from sip.wire.sdp import PhoneMedia
+from wadud.clocks import WallLead
 
 __all__ = [
     "MEDIA_TIMEOUT",
@@ -266,6 +266,7 @@ class PhoneLeg:
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._sock = sock
+        self._lead = WallLead()
         self.port: int = sock.getsockname()[1]
         self._on_audio = on_audio
         self._on_digit = on_digit
@@ -459,7 +460,6 @@ class PhoneLeg:
         for the rest), each datagram with the time the kernel received it."""
         sock = self._sock
         now = self._loop.time()
-        offset: float | None = None
         for _ in range(_READ_BATCH):
             try:
                 data, ancillary, _flags, addr = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY)
@@ -472,11 +472,9 @@ class PhoneLeg:
             arrival = now
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(value) >= 16:
-                    if offset is None:
-                        # Both clocks read back to back, not against ``now``:
-                        # the wall clock's lead on the loop's, to a millisecond.
-                        offset = time.time() - self._loop.time()
-                    arrival = on_loop_clock(value, now, offset)
+                    # The wall clock's lead on the loop's (monotonic, to a
+                    # millisecond on uvloop), not read against ``now``.
+                    arrival = on_loop_clock(value, now, self._lead(now))
             self._datagram(data, addr, arrival)
 
     def _datagram(self, data: bytes, addr: Address, now: float) -> None:

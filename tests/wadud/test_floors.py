@@ -292,7 +292,7 @@ SUB_FLOORS = {
         ("node",),
     ),
     "wadud": (
-        ("errors", "principal", "certs", "signing", "totp", "migrations", "origins"),
+        ("errors", "principal", "certs", "signing", "totp", "migrations", "origins", "clocks"),
         ("jsonin",),
         ("frames",),
         ("config",),
