@@ -103,6 +103,7 @@ from tests.signalling.cluster.cluster_world import (
     ids_of,
     media_workers,
     pcs_connected,
+    per_second,
     poll_decoded,
     probes,
     same_pages,
@@ -328,6 +329,8 @@ async def back_and_result(
 #: What the media-kill scenario reads in the servers' logs, as phases of
 #: the recovery: the room's owner sees the worker gone and moves the room.
 MOVED = "call room site moves to another media worker"
+#: Seconds after the kill past which a pair's way back is reported in detail.
+SLOW = 6.0
 CONNECTED = "transport connected from"
 
 
@@ -340,6 +343,8 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     pages, ids, node = call.pages, call.ids, call.node
     for page in pages:
         await page.eval(DECODE_WATCH)
+        # What each page receives and sends, for a pair slow to come back.
+        await page.eval(RECORD)
     # The watch sees media flowing before the kill, so a stall after it shows.
     await asyncio.sleep(1.5)
     logs = world.cluster.log_sizes()
@@ -349,6 +354,7 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     world.mark(f"kill -9 {node.node_id}")
     back, decodes = await wait_decoding(pages, ids, wall0, within=25)
     world.mark("decoding again")
+    records = {page.name: await page.eval(RECORD_READ) for page in pages}
     read = await probes(pages)
     moved = world.cluster.logged(MOVED, since=logs)
     connected = world.cluster.logged(CONNECTED, since=logs)
@@ -390,6 +396,13 @@ async def scenario_media_kill(world: World) -> dict[str, Any]:
     }
     pairs = await receiving(world, pages) if not report["missing"] else []
     report["receivers"] = {p.name: await p.eval(RECEIVERS) for p in pages}
+    # Each pair back after SLOW or never: what its page received of the
+    # peer and what the peer sent, second by second from the kill.
+    report["slow"] = {
+        pair: per_second(around(records, ids, {"from": pair, "at": 0, "seconds": at or 25}, wall0))
+        for pair, at in back.items()
+        if at is None or at > SLOW
+    }
     report["tiles"] = {p.name: await p.eval(TILES) for p in pages}
     report["same_pages"] = same_pages(world, read)
     report["states_seen"] = {
