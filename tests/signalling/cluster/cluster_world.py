@@ -414,7 +414,10 @@ async def poll_decoded(pages: list[Page], ids: dict[str, str]) -> dict[tuple[str
 
 #: A tile that showed no new frame for this long has stopped receiving: at
 #: the frame rates of a call a flowing video shows several in that time.
+#: Longer for a tile that showed fewer before the kill (:func:`stall_for`).
 STALL_S = 0.5
+#: Seconds before the kill over which a tile's own pace is measured.
+PACE_S = 1.5
 #: ... and shows video again once new frames have kept coming for this long
 #: after such a stall: frames still in the jitter buffer at a kill are not a
 #: recovery, nor is a moment of media between two moves.
@@ -422,17 +425,21 @@ SUSTAIN_S = 1.0
 
 
 def decoding_again(
-    shown: list[float], wall0: float, tracks: list[list[Any]] | None = None
+    shown: list[float],
+    wall0: float,
+    tracks: list[list[Any]] | None = None,
+    stall_s: float = STALL_S,
 ) -> float | None:
     """Seconds from ``wall0`` (ms, the machine's clock) to the first frame a
     tile showed of a track it took after ``wall0`` (``tracks``: when the
-    tile first showed each track, DECODE_WATCH), else after a stall that
-    ended after ``wall0``, if frames then kept coming for SUSTAIN_S; None if
+    tile first showed each track, DECODE_WATCH), else after a stall (no
+    frame for ``stall_s``) that ended after ``wall0``, if frames then kept
+    coming for SUSTAIN_S without one; None if
     not (yet). ``shown``: the page's stamps (ms) of each frame the tile
     showed. By the track when there is a new one: a page whose new
     connections are up within half a second shows the new track's first
     frame less than STALL_S after the old one's last, with no stall between."""
-    stall, sustain = STALL_S * 1000, SUSTAIN_S * 1000
+    stall, sustain = stall_s * 1000, SUSTAIN_S * 1000
     new = next((at for at, _ in tracks or [] if at >= wall0), None)
     since = wall0 if new is None else new
     start: float | None = None
@@ -448,6 +455,21 @@ def decoding_again(
     return None
 
 
+def stall_for(shown: list[float], wall0: float) -> float:
+    """How long a tile may show no new frame before it counts as stopped:
+    :data:`STALL_S`, or longer as webrtc-stats defines a freeze (an
+    inter-frame delay over three times the average, and over it by 150 ms)
+    against the tile's own average over the :data:`PACE_S` before ``wall0``
+    (ms). A starved machine's pages decode 3 to 6 frames a second before
+    any kill (ci172's CI and here under load); held to 0.5 s, such a video
+    flowing again as it did before never counted as back."""
+    before = [at for at in shown if wall0 - PACE_S * 1000 <= at < wall0]
+    if len(before) < 3:
+        return STALL_S
+    mean = (before[-1] - before[0]) / (len(before) - 1) / 1000
+    return max(STALL_S, 3 * mean, mean + 0.15)
+
+
 def recovery_of(
     decodes: dict[str, Any], ids: dict[str, str], wall0: float
 ) -> dict[str, float | None]:
@@ -458,8 +480,9 @@ def recovery_of(
         tracks = (read or {}).get("tracks") or {}
         for peer, pid in ids.items():
             if peer != name:
+                shown = frames.get(pid) or []
                 out[f"{name}<-{peer}"] = decoding_again(
-                    frames.get(pid) or [], wall0, tracks.get(pid)
+                    shown, wall0, tracks.get(pid), stall_for(shown, wall0)
                 )
     return out
 
@@ -624,6 +647,22 @@ def around(
         "received": [r[:1] + r[2:] for r in rel(got, 1)],
         "sent": rel((records.get(peer) or {}).get("sent", []), 0),
     }
+
+
+def per_second(seen: dict[str, Any]) -> dict[str, Any]:
+    """An :func:`around` thinned to its first row in each second (per layer
+    for what was sent), short enough for an assertion's message."""
+    out: dict[str, Any] = {}
+    for side, rows in seen.items():
+        kept, last = [], set()
+        for row in rows:
+            # A sent row's layer (rid) is its second field; a received row has one track.
+            key = (math.floor(row[0]), row[1] if side == "sent" else "")
+            if key not in last:
+                last.add(key)
+                kept.append(row)
+        out[side] = kept
+    return out
 
 
 #: Each room track's participant, as a page knows them.

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from tests.signalling.cluster.cluster_world import (
     announced,
     bandwidth_pauses,
     chromium_freezes,
     decoding_again,
+    stall_for,
 )
 
 WALL0 = 1_000_000.0  # ms since the epoch
@@ -99,3 +102,31 @@ def test_a_new_track_that_stops_again_is_not_back_until_it_flows() -> None:
     shown = frames(-2.0, 0.0) + frames(0.5, 0.7) + frames(1.5, 2.6)
     assert decoding_again(shown, WALL0, tracks) == 1.5
     assert decoding_again(frames(-2.0, 0.0) + frames(0.5, 1.2), WALL0, tracks) is None
+
+
+def uneven(start: float, end: float) -> list[float]:
+    """Stamps (ms after WALL0) of frames shown 0.2 and 0.6 s apart in turn
+    (a starved decoder's 2.5 frames a second) from ``start`` to ``end`` s."""
+    out, at, step = [], start, 0.2
+    while at <= end + 1e-9:
+        out.append(WALL0 + at * 1000)
+        at += step
+        step = 0.8 - step
+    return out
+
+
+def test_a_tile_slow_before_the_kill_is_back_at_its_own_pace() -> None:
+    """A starved page showed a peer at 2.5 frames a second, unevenly, before
+    the kill (pages decode 3 to 6 a second on CI, with gaps over 0.5 s):
+    the new track at that pace again is back at its first frame."""
+    tracks = [[WALL0 - 2000, "old"], [WALL0 + 4000, "new"]]
+    shown = uneven(-2.0, -0.1) + uneven(4.0, 6.5)
+    stall = stall_for(shown, WALL0)
+    assert stall == pytest.approx(1.0)
+    assert decoding_again(shown, WALL0, tracks) is None
+    assert decoding_again(shown, WALL0, tracks, stall) == 4.0
+    # Stopping again for longer than its own pace allows is still a stall.
+    stopped = uneven(-2.0, -0.1) + uneven(4.0, 4.3) + uneven(6.0, 7.7)
+    assert decoding_again(stopped, WALL0, tracks, stall) == 6.0
+    # A tile at a call's pace keeps STALL_S.
+    assert stall_for(frames(-2.0, 0.0), WALL0) == 0.5
