@@ -45,6 +45,8 @@ class Run:
     targets: list[float] = field(default_factory=list)
     concealed: list[int] = field(default_factory=list)
     delays: list[float] = field(default_factory=list)
+    #: The frame numbers each pop's backlog cut threw away, in turn.
+    cut: list[int] = field(default_factory=list)
 
     @property
     def played(self) -> list[int]:
@@ -71,6 +73,7 @@ def simulate(
             run.buffer.put(packet.seq, packet.ts, packet.payload, when)
             continue
         payload = run.buffer.pop(when)
+        run.cut += [int.from_bytes(old, "big") for old in run.buffer.cut]
         run.ticks.append(None if payload is None else int.from_bytes(payload, "big"))
         run.targets.append(run.buffer.stats.target_ms)
         run.concealed.append(run.buffer.stats.concealed)
@@ -239,6 +242,11 @@ def test_a_long_hold_is_cut_to_the_target() -> None:
     assert run.buffer.stats.dropped > 30
     assert max(run.delays) <= 220
     assert run.played == sorted(run.played)
+    # What was cut is set aside in order, for a tone detector: with what
+    # was played, every frame once, none twice.
+    assert len(run.cut) == run.buffer.stats.dropped
+    assert run.cut == sorted(run.cut)
+    assert sorted(run.played + run.cut) == list(range(len(run.played) + len(run.cut)))
 
 
 def test_the_far_ends_clock_jumping_resynchronises() -> None:

@@ -451,6 +451,32 @@ async def test_a_pin_keyed_as_tones_is_heard_without_telephone_event(codec: str)
         await c.close()
 
 
+async def test_keys_keyed_while_the_loop_stalls_are_all_heard() -> None:
+    """The bridge's loop held up half a second while a PIN is keyed as
+    tones (its process starved; ci172's dial-in test, whose phone, bridge
+    and server share one loop, waited in vain for a PIN): the ticks the
+    stall skipped still hold keys. The room is spared that stale half
+    second, the tone detector is not, so every key is heard once."""
+    c = await call("PCMU", dtmf=False)
+    try:
+        gap = np.zeros(ROOM_RATE // 10, dtype=np.int16)
+        parts = [gap]
+        for digit in PIN:
+            parts += [key_tone(digit, 80, rate=ROOM_RATE), gap]
+        c.phone_ear.feed = feeder([c.phone], np.concatenate(parts))
+        await wait_until(lambda: len(c.bridge_ear.digits) >= 2)
+        # The bridge's loop stalls; the phone's, on its own thread, goes on.
+        time.sleep(0.5)  # noqa: ASYNC251 - the stall is the point
+        await wait_until(lambda: len(c.bridge_ear.digits) >= len(PIN), within=5.0)
+        # A jitter buffer's worth of ticks more: no key is heard twice.
+        played = len(c.bridge_ear.frames)
+        await wait_until(lambda: len(c.bridge_ear.frames) >= played + 15)
+        assert "".join(c.bridge_ear.digits) == PIN
+        assert c.bridge.stats.dtmf_digits == len(PIN)
+    finally:
+        await c.close()
+
+
 async def test_a_stalled_loop_neither_conceals_nor_grows_the_jitter_buffer() -> None:
     """The bridge's loop busy elsewhere for 100 ms (a burst of other calls'
     work): the phone's packets wait in the socket, and are read, with the
