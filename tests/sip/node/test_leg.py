@@ -354,19 +354,17 @@ async def test_a_phone_behind_nat_gets_audio_where_its_packets_come_from() -> No
     bridge = await open_leg(ear)
     try:
         bridge.start(media_to(sdp_address.address))
-        await asyncio.sleep(0.1)
         # Until something comes, the SDP's address is all the leg knows.
-        assert sdp_address.received
+        await wait_until(lambda: sdp_address.received)
         assert {addr for _, addr in sdp_address.received} == {(HOST, bridge.port)}
         silence = bytes([0xFF]) * 160
         for i in range(10):
             nat.transport.sendto(rtp(0, i, i * 160, 1111, silence), (HOST, bridge.port))
             await asyncio.sleep(FRAME)
-        assert bridge.stats.latched == nat.address
+        await wait_until(lambda: bridge.stats.latched == nat.address)
         sent_to_sdp = len(sdp_address.received)
         nat.received.clear()
-        await asyncio.sleep(0.1)
-        assert len(nat.received) >= 3
+        await wait_until(lambda: len(nat.received) >= 3)
         assert len(sdp_address.received) <= sent_to_sdp + 1  # one may have been under way
         header = struct.unpack("!BBHII", nat.received[0][0][:12])
         assert header[0] == 0x80 and header[1] & 0x7F == 0 and len(nat.received[0][0]) == 172
@@ -376,8 +374,8 @@ async def test_a_phone_behind_nat_gets_audio_where_its_packets_come_from() -> No
             stranger.transport.sendto(rtp(0, 50 + i, 0, 2222, silence), (HOST, bridge.port))
             nat.transport.sendto(rtp(0, 10 + i, (10 + i) * 160, 1111, silence), (HOST, bridge.port))
             await asyncio.sleep(FRAME)
+        await wait_until(lambda: bridge.stats.stray == 5)
         assert bridge.stats.latched == nat.address
-        assert bridge.stats.stray == 5
         # The phone's NAT gives it a new port: its stream, same SSRC, comes
         # from elsewhere while the old source falls silent. Once that has
         # lasted RELATCH_SILENCE, the leg follows it (one-way audio, else).
@@ -389,17 +387,16 @@ async def test_a_phone_behind_nat_gets_audio_where_its_packets_come_from() -> No
             await asyncio.sleep(FRAME)
             if bridge.stats.latched == moved.address:
                 break
-        assert bridge.stats.latched == moved.address
+        await wait_until(lambda: bridge.stats.latched == moved.address)
         assert bridge.stats.relatches == 1
         moved.received.clear()
-        await asyncio.sleep(0.1)
-        assert len(moved.received) >= 3  # the phone hears the bridge again
+        # The phone hears the bridge again.
+        await wait_until(lambda: len(moved.received) >= 3)
         # And then the provider moves the call to another media server, a
         # new stream, after the old one fell silent.
         await asyncio.sleep(0.6)
         stranger.transport.sendto(rtp(0, 61, 0, 3333, silence), (HOST, bridge.port))
-        await asyncio.sleep(0.05)
-        assert bridge.stats.latched == stranger.address
+        await wait_until(lambda: bridge.stats.latched == stranger.address)
         assert bridge.stats.relatches == 2
         moved.transport.close()
     finally:
