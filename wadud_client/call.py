@@ -30,17 +30,13 @@ import aiohttp
 
 from wadud_client.changes import Changes
 from wadud_client.errors import CallError
-from wadud_client.media import CallMedia, Direction, SdpFilter
+from wadud_client.media import CLOSE_STEP, CallMedia, Direction, SdpFilter
 from wadud_client.network import ws_url
 from wadud_client.received import ReceivedTrack
 from wadud_client.room import RoomView, State
 from wadud_client.socket import CallSocket
 
 __all__ = ["CallClient", "Event"]
-
-#: Seconds each step of close() may take (the socket, each peer connection,
-#: the tasks) before it is given up on.
-CLOSE_STEP = 5.0
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,8 @@ RECONNECT_WITHIN = 8.0
 RECONNECT_LIMIT = 30.0
 #: Seconds an offer waits for the connection the last answer is starting.
 CONNECTING = 10.0
-#: Seconds each step of closing may take (each peer connection, the tasks)
-#: before it is given up on.
+#: Seconds each step of closing a call may take (the socket, each peer
+#: connection, the tasks) before it is given up on.
 CLOSE_STEP = 5.0
 
 
