@@ -212,7 +212,9 @@ class _Codec:
 def _fit(pcm: Pcm, samples: int) -> Pcm:
     """A decoded payload cut or padded to one frame: a far end that ignored
     ``ptime:20`` is heard, a little wrong, rather than not at all."""
-    if pcm.shape[0] >= samples:
+    if pcm.shape[0] == samples:
+        return pcm
+    if pcm.shape[0] > samples:
         return pcm[:samples]
     return np.concatenate((pcm, np.zeros(samples - pcm.shape[0], dtype=np.int16)))
 
@@ -626,41 +628,29 @@ class PhoneLeg:
             self._on_dead(f"no RTP for {self._timeout:g} s")
 
     def _play_frame(self, codec: _Codec) -> None:
-        """The phone's next 20 ms, decoded or concealed, to ``on_audio``."""
-        pcm = self._next_frame(codec)
-        if pcm is None:
-            self._on_audio(codec.silence)
-            return
+        """The phone's next 20 ms, decoded or concealed, to ``on_audio``; searched for
+        keys after what the jitter buffer cut (a stall's backlog: unheard, keys kept)."""
+        jitter = codec.jitter
+        payload = jitter.pop(self._loop.time())
+        for old in jitter.cut if self._tones is not None and self._tones_wanted else ():
+            self._detect(codec, _fit(codec.transcoder.decode(old), codec.frame))
+        if payload is None:
+            if not codec.heard:
+                self._on_audio(codec.silence)
+                return
+            pcm = codec.concealer.conceal()
+        else:
+            codec.heard = True
+            pcm = codec.concealer.accept(_fit(codec.transcoder.decode(payload), codec.frame))
         self._detect(codec, pcm)
         self._on_audio(pcm)
 
-    def _next_frame(self, codec: _Codec) -> Pcm | None:
-        """The phone's next 20 ms from the jitter buffer, decoded or
-        concealed; None before it was first heard."""
-        jitter = codec.jitter
-        payload = jitter.pop(self._loop.time())
-        if jitter.cut:
-            # A backlog the buffer cut (a stall, of this loop or the path):
-            # the room is spared it, the tone detector is not, or a key
-            # keyed meanwhile is lost (it comes before this frame).
-            if self._tones is not None and self._tones_wanted:
-                for old in jitter.cut:
-                    self._detect(codec, _fit(codec.transcoder.decode(old), codec.frame))
-        if payload is None:
-            return codec.concealer.conceal() if codec.heard else None
-        codec.heard = True
-        pcm = codec.transcoder.decode(payload)
-        if pcm.shape[0] != codec.frame:
-            pcm = _fit(pcm, codec.frame)
-        return codec.concealer.accept(pcm)
-
-    def _detect(self, codec: _Codec, pcm: Pcm | None) -> None:
+    def _detect(self, codec: _Codec, pcm: Pcm) -> None:
         """Search a frame of the phone's audio for keys, while asked to."""
-        if pcm is None or self._tones is None or not self._tones_wanted:
+        if self._tones is None or not self._tones_wanted:
             return
-        # The detector works at 8 kHz; G.722's 16 kHz is halved by averaging
-        # pairs (a two-tap low-pass, -0.2 dB at 1633 Hz, the highest DTMF
-        # tone): plenty against aliasing for Q.24's checks.
+        # At 8 kHz: G.722's 16 kHz halved by averaging pairs (a two-tap low-pass,
+        # -0.2 dB at 1633 Hz, the top DTMF tone: plenty for Q.24's checks).
         low = pcm if codec.frame == 160 else (pcm[0::2] >> 1) + (pcm[1::2] >> 1)
         self._digits_found(self._tones.receive(low))
 

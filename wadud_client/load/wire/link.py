@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 
+from wadud_client.network import widen_receive_buffer
+
 __all__ = ["CONSENT_EVERY", "CONSENT_LOST", "Certificate", "Link", "LinkFailed", "Remote"]
 
 #: Seconds between consent checks once connected (RFC 7675 asks 4 to 6).
@@ -182,7 +184,10 @@ class Link(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in self.remote.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        # One process drives many links: a second's media of each waits
+        # while the loop is busy with the others (forced past rmem_max where
+        # allowed, which the stock 208 KB would otherwise cap it at).
+        widen_receive_buffer(sock, 1 << 20)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         self.inode = os.fstat(sock.fileno()).st_ino
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
