@@ -222,18 +222,24 @@ class ReceiveStatistics:
         """The stream's RTP timestamp at ``now``, as the publisher's clock would read it.
 
         From the latest SR's NTP/RTP pair, advanced by the clock rate since
-        the pair held (:attr:`sr_at`); before any SR, from the newest
-        packet's timestamp the same way (a lower bound: that packet was
-        captured before it arrived).
-        ``None`` before any packet or SR.
+        the pair held (:attr:`sr_at`), but never behind the newest packet's
+        timestamp advanced the same way from its arrival: that is a lower
+        bound (the packet was captured before it arrived), and a pair behind
+        it is one the publisher took from a packet it sent late (aiortc pairs
+        its last packet's send time with that packet's timestamp; a sender
+        stalled 0.2 s pairs a timestamp 0.2 s old with now). Before any SR,
+        the bound alone. ``None`` before any packet or SR.
         """
+        rate = self._rtp_rate
+        if self._last_timestamp >= 0:
+            ts = (self._last_timestamp + round((now - self.last_arrival) * rate)) & _U32
+            if self.sr_ntp < 0:
+                return ts
+            pair = (self.sr_rtp + round((now - self.sr_at) * rate)) & _U32
+            return ts if 0 < (ts - pair) & _U32 < 0x80000000 else pair
         if self.sr_ntp >= 0:
-            base, at = self.sr_rtp, self.sr_at
-        elif self._last_timestamp >= 0:
-            base, at = self._last_timestamp, self.last_arrival
-        else:
-            return None
-        return (base + round((now - at) * self._rtp_rate)) & _U32
+            return (self.sr_rtp + round((now - self.sr_at) * rate)) & _U32
+        return None
 
     def report_block(self, now: float) -> ReportBlock | None:
         """A reception report block for this stream at ``now`` (RFC 3550 6.4.1, A.3).

@@ -379,6 +379,25 @@ def test_a_publisher_whose_clock_stepped_back_is_read_on_its_new_clock() -> None
     assert audio.rtp_timestamp_at(2.5) == rtp(2.5)
 
 
+def test_a_pair_older_than_the_packets_is_lifted_to_them() -> None:
+    # aiortc pairs a packet's send time with its timestamp: a sender that
+    # sent one packet 0.2 s late pairs a timestamp 0.2 s behind its stream.
+    # The worker's SRs follow the packets it forwarded, never behind them.
+    def rtp(t: float) -> int:
+        return round(48000 * t) & 0xFFFFFFFF
+
+    # Packets come 25 ms after capture, an SR 5 ms after it leaves.
+    audio = ReceiveStatistics(0xA, 48000)
+    for i in range(50):
+        audio.on_packet(i, rtp(i * 0.02), i * 0.02 + 0.025)
+    audio.on_sender_report(ntp_timestamp(WALL + 1.0), rtp(0.8), 1.005)
+    assert ts_diff(audio.rtp_timestamp_at(1.5) or 0, rtp(1.5)) == -1200  # the packets' 25 ms
+    # A pair ahead of that bound (the packets' capture came before their
+    # arrival) is the one followed.
+    audio.on_sender_report(ntp_timestamp(WALL + 1.0), rtp(1.0), 1.005)
+    assert ts_diff(audio.rtp_timestamp_at(1.5) or 0, rtp(1.5)) == -240  # the SR's 5 ms
+
+
 def test_sender_report_extrapolates_before_the_first_publisher_sr() -> None:
     video = ReceiveStatistics(0xB, 90000)
     video.on_packet(1, 3000, 20.0)

@@ -587,7 +587,10 @@ def _check_sender_reports(log: ReceiverLog, clock_rate: int) -> None:
     # pair's own NTP time. aiortc pairs its last packet's send time with that
     # packet's timestamp, so after its encoder stalled (CI saw 0.7 and 1.6 s)
     # its SR leaves with an old pair; read as if it were fresh, the worker's
-    # next SRs were behind by the stall. What is left is this process reading
+    # next SRs were behind by the stall. Nor are they behind the newest
+    # packet the worker forwarded (a pair taken from a packet aiortc sent
+    # late: ci178 saw SRs 0.22 s behind the packets). What is left is this
+    # process reading
     # late, so most SRs agree with the packets closely, and none is off by the
     # gross errors (a wrong clock rate, no offset, a stale pair), which are
     # seconds or more.
