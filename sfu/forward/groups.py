@@ -129,9 +129,12 @@ class SimulcastGroups:
 
     def set_layer(self, subscriber: Key, gid: int, index: int | None, now: float) -> bool:
         """Forward layer ``index`` of group ``gid`` to ``subscriber`` (None:
-        nothing). Returns whether anything changed. A subscription that
-        forwards a layer keeps it until the new layer's keyframe (requested,
-        throttled); one that forwards nothing moves at once and waits there."""
+        nothing). Returns whether anything changed. A subscription on a
+        layer keeps it until the new layer's keyframe (requested, throttled);
+        one still waiting for its layer's first keyframe keeps waiting for it
+        too and takes whichever comes first, so an allocation that changes its
+        mind while a starved publisher's keyframes are slow does not restart
+        the wait each time. One on no layer, or paused, moves at once."""
         group = self._groups.get(gid)
         if group is None:
             raise SfuStateError(f"no simulcast group {gid}")
@@ -144,7 +147,7 @@ class SimulcastGroups:
         if target is sub.pending_on:
             return False
         current = sub.track
-        forwarding = current is not group.idle and not sub.waiting_keyframe and not sub.paused
+        holding = current is not group.idle and not sub.paused
         if target is current:
             if sub.pending_on is None:
                 return False
@@ -152,7 +155,7 @@ class SimulcastGroups:
             return True
         self._cancel_pending(sub)
         sub.switch_started = now
-        if target is group.idle or not forwarding:
+        if target is group.idle or not holding:
             self._move(sub, target, now)
             return True
         target.pending.append(sub)
@@ -189,6 +192,9 @@ class SimulcastGroups:
         for sub in track.pending:
             old = sub.track
             old.subscriptions = [s for s in old.subscriptions if s is not sub]
+            if sub.waiting_keyframe:  # this keyframe came before old's first
+                old.waiting -= 1
+                sub.waiting_keyframe = False
             track.subscriptions.append(sub)
             sub.track = track
             sub.pending_on = None

@@ -654,6 +654,35 @@ def test_a_layer_then_none_then_another_keeps_the_pictures_continuous() -> None:
         assert native_copies == [0, 1, 1, 0, 0, 1, 1]
 
 
+def test_a_subscriber_moved_while_waiting_takes_whichever_keyframe_comes_first() -> None:
+    # A new subscriber waits for its layer's first keyframe; the allocation
+    # then moves it (a starved publisher's layers come in bursts). It keeps
+    # waiting for the first layer too: its keyframe, coming first, starts
+    # the video, and the new layer's keyframe takes over later. Moving at
+    # once had dropped it and waited again from nothing.
+    fwd = Forwarder()
+    fwd.simulcast.add_group(PUB, GROUP, 2, codec="vp8", clock_rate=90000)
+    fwd.simulcast.add_layer(GROUP, 0, LOW)
+    fwd.simulcast.add_layer(GROUP, 1, HIGH)
+    fwd.subscribe("bob", GROUP, 0.0, ssrc=0x5555)
+    fwd.simulcast.set_layer("bob", GROUP, 1, 0.0)
+    got = [fwd.route(vp8_layer(HIGH, 500, 0, 70, 3, key=False), 0.01)]
+    fwd.simulcast.set_layer("bob", GROUP, 0, 0.02)
+    got.append(fwd.route(vp8_layer(LOW, 100, 3000, 10, 3, key=False), 0.03))
+    got.append(fwd.route(vp8_layer(HIGH, 501, 3000, 71, 3, key=True), 0.04))  # first
+    got.append(fwd.route(vp8_layer(HIGH, 502, 6000, 72, 3, key=False), 0.07))
+    got.append(fwd.route(vp8_layer(LOW, 101, 6000, 11, 3, key=False), 0.07))
+    got.append(fwd.route(vp8_layer(LOW, 102, 9000, 12, 4, key=True), 0.1))  # the switch
+    got.append(fwd.route(vp8_layer(HIGH, 503, 9000, 73, 4, key=False), 0.1))
+    got.append(fwd.route(vp8_layer(LOW, 103, 12000, 13, 4, key=False), 0.13))
+    assert [len(g) for g in got] == [0, 0, 1, 1, 0, 1, 0, 1]
+    sent = [copy for g in got for _, copy in g]
+    assert [header.sequence_number(p) for p in sent] == [501, 502, 503, 504]
+    assert [picture(p)[0] for p in sent] == [71, 72, 73, 74]
+    layers = fwd.simulcast._groups[GROUP].layers
+    assert [t.waiting for t in layers] == [0, 0]
+
+
 # -- micro-benchmark -----------------------------------------------------------------
 
 
