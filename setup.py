@@ -41,7 +41,12 @@ setup(
     ext_modules=[
         Extension(
             "sfu.forward._fanout",
-            ["sfu/forward/_fanout.c", "sfu/forward/_fanout_red.c", "sfu/forward/_unprotect.c"],
+            [
+                "sfu/forward/_fanout.c",
+                "sfu/forward/_fanout_red.c",
+                "sfu/forward/_unprotect.c",
+                "sfu/forward/_view.c",
+            ],
             depends=["sfu/forward/_fanout.h", "sfu/forward/_rings.h", "sfu/forward/_slots.h"],
             optional=True,
             extra_compile_args=_FLAGS,

@@ -1,4 +1,5 @@
-"""The SFU's native leaves (sfu/forward/_fanout.c, _fanout_red.c, _unprotect.c) on publisher RTP.
+"""The SFU's native leaves (sfu/forward/_fanout.c, _fanout_red.c, _unprotect.c, _view.c)
+on publisher RTP.
 
 The input's first byte picks a track, the rest is an RTP packet (its SSRC
 set to that track's). The packet goes through what the worker does with the
@@ -9,8 +10,9 @@ over loopback. A second forwarder, on the pure-Python path with SRTP
 sessions of the same keys, must make byte-identical datagrams: the leaf
 trusts offsets Python computed, and a disagreement between the two is where
 an out-of-bounds write would hide. RED's two native steps are held to their
-Python twins directly as well, and so is the receive side's unprotect
-(sfu/forward/_unprotect.c) to pylibsrtp's.
+Python twins directly as well, the receive side's unprotect
+(sfu/forward/_unprotect.c) to pylibsrtp's, and its header parse
+(sfu/forward/_view.c) to RtpView.parse.
 
 Two tracks: VP9 video with abs-send-time, transport-cc and mid (subscribers
 with other ids, as published, and fewer extensions) and Opus audio with RED
@@ -30,6 +32,7 @@ from fuzz import Finding
 from rtc import red
 from rtc.errors import RtpParseError
 from rtc.rtp.header import payload_range
+from rtc.rtp.view import RtpView
 from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
 from rtc.srtp import SrtpSession
 from sfu.forward import native
@@ -165,6 +168,22 @@ def _unprotect_twins(raw: bytes, packet: bytes) -> None:
                 raise Finding(f"the native {kind} unprotect disagrees with pylibsrtp's")
 
 
+def _view_fields(parse: Any, data: bytes) -> tuple[Any, ...]:
+    view = RtpView()
+    try:
+        parse(view, data)
+    except RtpParseError as exc:
+        return str(exc), tuple(getattr(view, name) for name in RtpView.__slots__)
+    return "", tuple(getattr(view, name) for name in RtpView.__slots__)
+
+
+def _parse_twins(raw: bytes) -> None:
+    """The native header parse against RtpView.parse: the same fields, the
+    same refusal (and the fields read before it)."""
+    if _view_fields(native.PARSE, raw) != _view_fields(RtpView.parse, raw):
+        raise Finding("sfu.forward._fanout.parse_view disagrees with RtpView.parse")
+
+
 def check(data: bytes) -> None:
     global _world
     if not native.AVAILABLE or len(data) < 13:
@@ -184,6 +203,8 @@ def check(data: bytes) -> None:
     packets = (bytes(first), bytes(packet))
     _red_twins(*packets)
     _unprotect_twins(data[1:], packets[1])
+    _parse_twins(data[1:])
+    _parse_twins(packets[1])
 
     # Real SRTP for one subscriber of each track (the leaf calls libsrtp on
     # its slot); a tag-appending stand-in, which the leaf calls back into

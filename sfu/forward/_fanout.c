@@ -896,13 +896,15 @@ static PyMethodDef module_methods[] = {
      "red_deepen(previous, prev_start, prev_end, delta, packet, start, end, depth) -> "
      "bytes | None | NotImplemented: rtc.red.deepen for one redundant frame in each at "
      "depth 2, NotImplemented for any other shape."},
+    {"parse_view", (PyCFunction)(void (*)(void))fanout_parse_view, METH_FASTCALL,
+     "parse_view(view, packet) -> None: rtc.rtp.view.RtpView.parse."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "sfu.forward._fanout",
     "The SFU's native fan-out (rewrite, SRTP protect, sendmmsg), RED's two per-packet "
-    "steps and the receive side's SRTP unprotect; see sfu/forward/native.py.", -1,
+    "steps and the receive side's SRTP unprotect and header parse; see sfu/forward/native.py.", -1,
     module_methods,
 };
 

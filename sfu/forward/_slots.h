@@ -71,7 +71,7 @@ static inline int slot_set(SlotCache *c, PyObject *obj, int i, PyObject *v) {
     return PyObject_SetAttr(obj, c->names[i], v);
 }
 
-static int slot_ll(SlotCache *c, PyObject *obj, int i, long long *out) {
+static inline int slot_ll(SlotCache *c, PyObject *obj, int i, long long *out) {
     PyObject *v = slot_get(c, obj, i);
     if (v == NULL) return -1;
     *out = PyLong_AsLongLong(v);
@@ -79,7 +79,7 @@ static int slot_ll(SlotCache *c, PyObject *obj, int i, long long *out) {
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-static int slot_set_ll(SlotCache *c, PyObject *obj, int i, long long value) {
+static inline int slot_set_ll(SlotCache *c, PyObject *obj, int i, long long value) {
     PyObject *v = PyLong_FromLongLong(value);
     if (v == NULL) return -1;
     int r = slot_set(c, obj, i, v);
@@ -88,7 +88,7 @@ static int slot_set_ll(SlotCache *c, PyObject *obj, int i, long long value) {
 }
 
 /* Truth of obj.<names[i]>: 1, 0, or -1 with an exception. */
-static int slot_true(SlotCache *c, PyObject *obj, int i) {
+static inline int slot_true(SlotCache *c, PyObject *obj, int i) {
     PyObject *v = slot_get(c, obj, i);
     if (v == NULL) return -1;
     int r = v == Py_True ? 1 : v == Py_False || v == Py_None ? 0 : PyObject_IsTrue(v);
@@ -96,7 +96,7 @@ static int slot_true(SlotCache *c, PyObject *obj, int i) {
     return r;
 }
 
-static int slot_add(SlotCache *c, PyObject *obj, int i, long long delta) {
+static inline int slot_add(SlotCache *c, PyObject *obj, int i, long long delta) {
     long long v;
     if (slot_ll(c, obj, i, &v) < 0) return -1;
     return slot_set_ll(c, obj, i, v + delta);

@@ -30,7 +30,9 @@ a new object.
 On the receive side, :func:`unprotector` gives the hot path a native SRTP
 (or SRTCP) unprotect bound to a pylibsrtp session (``sfu/forward/_unprotect.c``):
 one copy into the bytes it returns, libsrtp in place, none of pylibsrtp's
-per-call Python.
+per-call Python. :data:`PARSE` is :meth:`RtpView.parse` as a function of the
+view and the packet, in native code (``sfu/forward/_view.c``): the same
+fields, refusals and messages, written straight into the view's slots.
 
 The module also has the two per-packet steps of Opus RED (RFC 2198) as pure
 functions on the bytes (:data:`RED`, handed to the forwarder), twins of
@@ -51,9 +53,10 @@ from typing import Any, Protocol
 
 import pylibsrtp
 
+from rtc.rtp.view import RtpView
 from sfu.forward.fanout import NativeRed
 
-__all__ = ["AVAILABLE", "RED", "Fanout", "enabled", "fanout", "unprotector"]
+__all__ = ["AVAILABLE", "PARSE", "RED", "Fanout", "enabled", "fanout", "unprotector"]
 
 
 class Fanout(Protocol):
@@ -103,6 +106,9 @@ AVAILABLE: bool = _MODULE is not None
 
 RED: NativeRed | None = _MODULE
 """RED's per-packet steps in native code (pure functions), None without the extension."""
+
+PARSE: Callable[[RtpView, bytes], None] = RtpView.parse if _MODULE is None else _MODULE.parse_view
+"""``PARSE(view, packet)``: :meth:`RtpView.parse`, in native code with the extension."""
 
 
 def _session_pointer(protect: object) -> int:

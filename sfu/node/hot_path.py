@@ -119,6 +119,8 @@ class HotPath(asyncio.DatagramProtocol):
         self._routed: list[tuple[Any, bytes]] = []
         self._view = RtpView()
         """The packet being routed, parsed once (rtc/rtp/view.py), reused for every packet."""
+        self._parse = native.PARSE
+        """``RtpView.parse``, in native code when the extension is built and on."""
         self._transport: asyncio.DatagramTransport | None = None
         self._time: Callable[[], float] = _running_loop_time
         self._arrival: Callable[[float], float] = _as_read
@@ -267,7 +269,7 @@ class HotPath(asyncio.DatagramProtocol):
         # forwarder and the native leaf all read this view.
         view = self._view
         try:
-            view.parse(plain)
+            self._parse(view, plain)
             parsed = True
         except RtpParseError:
             # libsrtp refuses a packet shorter than its RTP header, and the

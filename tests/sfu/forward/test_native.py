@@ -22,9 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuzz.targets.fanout import Record, drain
+from rtc.errors import RtpParseError
+from rtc.rtp.view import RtpView
 from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
 from rtc.srtp import SrtpSession
 from sfu.forward import native
+from tests.rtc.test_rtp import packets
 
 needs_native = pytest.mark.skipif(not native.AVAILABLE, reason="native fan-out not built or off")
 
@@ -501,3 +504,49 @@ def test_bound_srtp_unprotects_natively() -> None:
     assert record.protect == session.outbound.protect
     bind_srtp(record, None)
     assert record.unprotect is record.unprotect_rtcp is None
+
+
+# -- the header parse ---------------------------------------------------------------
+
+
+def _parsed(parse: Any, data: bytes) -> tuple[Any, ...]:
+    """Every field of a view ``parse`` filled from ``data`` (those a refusal
+    left as they were included), and the refusal's message."""
+    view = RtpView()
+    refused = None
+    try:
+        parse(view, data)
+    except RtpParseError as e:
+        refused = str(e)
+    fields = tuple(getattr(view, name) for name in RtpView.__slots__)
+    return fields, refused
+
+
+@needs_native
+@settings(max_examples=300)
+@given(st.one_of(packets().map(bytes), st.binary(max_size=80)))
+def test_the_native_parse_fills_the_view_as_rtp_view_parse_does(data: bytes) -> None:
+    # Whole packets of every extension form, and any bytes (refusals, with
+    # their messages, and the fields read before them).
+    assert _parsed(native.PARSE, data) == _parsed(RtpView.parse, data)
+
+
+@needs_native
+def test_the_native_parse_refuses_each_malformed_header_with_python_s_message() -> None:
+    head = bytes([0x80, 96, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3])
+    cases = [
+        head[:11],
+        bytes([0x40]) + head[1:],
+        bytes([0x90]) + head[1:] + b"\xbe\xde",
+        bytes([0x90]) + head[1:] + b"\xbe\xde\x00\x02" + b"\x00" * 4,
+        bytes([0x90]) + head[1:] + b"\xbe\xde\x00\x01" + b"\x13\x00\x00\x00",
+        bytes([0x90]) + head[1:] + b"\x10\x00\x00\x01" + b"\x00\x00\x01\x05",
+        bytes([0x90]) + head[1:] + b"\x10\x00\x00\x01" + b"\x00\x00\x00\x01",
+        bytes([0x82]) + head[1:],
+        bytes([0xA0]) + head[1:] + b"\x00",
+        bytes([0xA0]) + head[1:] + b"\x05",
+    ]
+    for data in cases:
+        fields, refused = _parsed(native.PARSE, data)
+        assert refused is not None, data
+        assert (fields, refused) == _parsed(RtpView.parse, data), data
