@@ -46,6 +46,7 @@ setup(
                 "sfu/forward/_fanout_red.c",
                 "sfu/forward/_unprotect.c",
                 "sfu/forward/_view.c",
+                "sfu/forward/_stamp.c",
             ],
             depends=["sfu/forward/_fanout.h", "sfu/forward/_rings.h", "sfu/forward/_slots.h"],
             optional=True,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["MAX_AGE", "TIMESPEC", "on_loop_clock"]
+__all__ = ["MAX_AGE", "TIMESPEC", "on_loop_clock", "wall_on_loop_clock"]
 
 #: ``struct timespec`` as the kernel writes it (seconds, nanoseconds).
 TIMESPEC = struct.Struct("@qq")
@@ -31,5 +31,9 @@ MAX_AGE = 1.0
 def on_loop_clock(timespec: bytes | bytearray, now: float, wall_lead: float) -> float:
     """The arrival ``timespec`` records, on the loop's clock, within ``[now - MAX_AGE, now]``."""
     seconds, nanoseconds = TIMESPEC.unpack_from(timespec)
-    arrival: float = seconds + nanoseconds * 1e-9 - wall_lead
-    return min(now, max(now - MAX_AGE, arrival))
+    return wall_on_loop_clock(seconds + nanoseconds * 1e-9, now, wall_lead)
+
+
+def wall_on_loop_clock(wall: float, now: float, wall_lead: float) -> float:
+    """:func:`on_loop_clock` of a stamp already read as wall-clock seconds."""
+    return min(now, max(now - MAX_AGE, wall - wall_lead))

@@ -896,6 +896,9 @@ static PyMethodDef module_methods[] = {
      "red_deepen(previous, prev_start, prev_end, delta, packet, start, end, depth) -> "
      "bytes | None | NotImplemented: rtc.red.deepen for one redundant frame in each at "
      "depth 2, NotImplemented for any other shape."},
+    {"receive_stamp", (PyCFunction)fanout_receive_stamp, METH_O,
+     "receive_stamp(fd) -> float: the kernel's wall-clock stamp of the datagram last read "
+     "on fd (SIOCGSTAMPNS), -1.0 without one."},
     {"parse_view", (PyCFunction)(void (*)(void))fanout_parse_view, METH_FASTCALL,
      "parse_view(view, packet) -> None: rtc.rtp.view.RtpView.parse."},
     {NULL, NULL, 0, NULL},
@@ -904,7 +907,8 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "sfu.forward._fanout",
     "The SFU's native fan-out (rewrite, SRTP protect, sendmmsg), RED's two per-packet "
-    "steps and the receive side's SRTP unprotect and header parse; see sfu/forward/native.py.", -1,
+    "steps and the receive side's SRTP unprotect, header parse and kernel stamp; see "
+    "sfu/forward/native.py.", -1,
     module_methods,
 };
 

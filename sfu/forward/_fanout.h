@@ -1,8 +1,8 @@
 /* What the parts of the sfu.forward._fanout extension share: big-endian stores,
  * the VP8 payload descriptor read in place (inline: it runs per forwarded
  * VP8 packet), the RED module functions of sfu/forward/_fanout_red.c, the
- * header parse of sfu/forward/_view.c and the unprotect of
- * sfu/forward/_unprotect.c. */
+ * header parse of sfu/forward/_view.c, the receive stamp of
+ * sfu/forward/_stamp.c and the unprotect of sfu/forward/_unprotect.c. */
 #ifndef WADUD_FANOUT_H
 #define WADUD_FANOUT_H
 
@@ -66,6 +66,9 @@ static inline Picture vp8_picture(const unsigned char *d, Py_ssize_t size) {
 /* rtc.red.primary and rtc.red.deepen's fast path (RFC 2198); _fanout_red.c. */
 PyObject *fanout_red_primary(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *fanout_red_deepen(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* The kernel's receive stamp of the datagram last read on a socket; _stamp.c. */
+PyObject *fanout_receive_stamp(PyObject *module, PyObject *arg);
 
 /* rtc.rtp.view.RtpView.parse in native code; _view.c. */
 PyObject *fanout_parse_view(PyObject *module, PyObject *const *args, Py_ssize_t nargs);

@@ -33,6 +33,8 @@ one copy into the bytes it returns, libsrtp in place, none of pylibsrtp's
 per-call Python. :data:`PARSE` is :meth:`RtpView.parse` as a function of the
 view and the packet, in native code (``sfu/forward/_view.c``): the same
 fields, refusals and messages, written straight into the view's slots.
+:data:`STAMP` reads the kernel's receive stamp of the datagram last read on
+a socket (``sfu/forward/_stamp.c``) for :class:`sfu.node.arrival.ArrivalClock`.
 
 The module also has the two per-packet steps of Opus RED (RFC 2198) as pure
 functions on the bytes (:data:`RED`, handed to the forwarder), twins of
@@ -56,7 +58,7 @@ import pylibsrtp
 from rtc.rtp.view import RtpView
 from sfu.forward.fanout import NativeRed
 
-__all__ = ["AVAILABLE", "PARSE", "RED", "Fanout", "enabled", "fanout", "unprotector"]
+__all__ = ["AVAILABLE", "PARSE", "RED", "STAMP", "Fanout", "enabled", "fanout", "unprotector"]
 
 
 class Fanout(Protocol):
@@ -109,6 +111,10 @@ RED: NativeRed | None = _MODULE
 
 PARSE: Callable[[RtpView, bytes], None] = RtpView.parse if _MODULE is None else _MODULE.parse_view
 """``PARSE(view, packet)``: :meth:`RtpView.parse`, in native code with the extension."""
+
+STAMP: Callable[[int], float] | None = None if _MODULE is None else _MODULE.receive_stamp
+"""``STAMP(fd)``: the wall-clock seconds the kernel stamped the datagram last
+read on ``fd`` with (``SIOCGSTAMPNS``), -1.0 without one; None without the extension."""
 
 
 def _session_pointer(protect: object) -> int:

@@ -12,7 +12,8 @@ receive time stamp for the same reason (its physical socket server asks for
 it with ``SIOCGSTAMP`` after each read).
 
 The loop's datagram transport reads with ``recvfrom`` and hands no
-ancillary data on, so this asks the socket with ``SIOCGSTAMPNS`` (socket(7)),
+ancillary data on, so this asks the socket with ``SIOCGSTAMPNS`` (socket(7);
+in native code with the extension, :data:`sfu.forward.native.STAMP`),
 which gives the time stamp of the datagram the process read last: called
 from ``datagram_received``, that is the one being handled (uvloop and
 asyncio call the protocol for each datagram right after reading it). The
@@ -32,7 +33,8 @@ import errno
 import fcntl
 import socket
 
-from rtc.stamps import TIMESPEC, on_loop_clock
+from rtc.stamps import TIMESPEC, on_loop_clock, wall_on_loop_clock
+from sfu.forward import native
 from wadud.clocks import WallLead
 
 __all__ = ["ArrivalClock"]
@@ -48,12 +50,13 @@ class ArrivalClock:
     ``now``); ``available`` says whether the socket gives stamps at all.
     """
 
-    __slots__ = ("_buffer", "_fd", "_lead", "available")
+    __slots__ = ("_buffer", "_fd", "_lead", "_stamp", "available")
 
     def __init__(self, sock: socket.socket) -> None:
         self._fd = sock.fileno()
         self._buffer = bytearray(TIMESPEC.size)
         self._lead = WallLead()
+        self._stamp = native.STAMP
         try:
             fcntl.ioctl(self._fd, SIOCGSTAMPNS, self._buffer)
             self.available = True
@@ -64,6 +67,10 @@ class ArrivalClock:
     def __call__(self, now: float) -> float:
         if not self.available:
             return now
+        stamp = self._stamp
+        if stamp is not None:  # the same ioctl, in native code
+            wall = stamp(self._fd)
+            return now if wall < 0 else wall_on_loop_clock(wall, now, self._lead(now))
         try:
             fcntl.ioctl(self._fd, SIOCGSTAMPNS, self._buffer)
         except OSError:

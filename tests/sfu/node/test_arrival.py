@@ -4,6 +4,7 @@ loop and on uvloop (the servers' loop)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
 import threading
 import time
@@ -13,8 +14,9 @@ from typing import Any
 import pytest
 import uvloop
 
-from rtc.stamps import MAX_AGE
-from sfu.node.arrival import ArrivalClock
+from rtc.stamps import MAX_AGE, TIMESPEC
+from sfu.forward import native
+from sfu.node.arrival import SIOCGSTAMPNS, ArrivalClock
 
 GAP = 0.005
 COUNT = 12
@@ -131,3 +133,24 @@ def test_a_hold_after_the_loop_read_its_time_does_not_move_the_arrival(
     # uvloop's clock counts whole milliseconds, so ``now`` and what is
     # read against it may be up to one early.
     assert before - 0.002 <= arrival <= now, (before, arrival, now)
+
+
+@pytest.mark.skipif(native.STAMP is None, reason="native leaves not built or off")
+def test_the_native_stamp_is_the_python_read_of_the_same_datagram() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+    ):
+        rx.bind(("127.0.0.1", 0))
+        assert native.STAMP is not None
+        python = bytearray(TIMESPEC.size)
+        # Stamping is off until first asked for; no datagram read yet.
+        assert native.STAMP(rx.fileno()) == -1.0
+        for i in range(3):
+            tx.sendto(b"x%d" % i, rx.getsockname())
+            rx.recvfrom(16)
+            fcntl.ioctl(rx.fileno(), SIOCGSTAMPNS, python)
+            seconds, nanoseconds = TIMESPEC.unpack_from(python)
+            assert native.STAMP(rx.fileno()) == seconds + nanoseconds * 1e-9
+            assert abs(native.STAMP(rx.fileno()) - time.time()) < 5.0
+    assert native.STAMP(-1) == -1.0
