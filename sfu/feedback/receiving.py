@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 
 from rtc.rtcp.reports import ReportBlock, compact_ntp
+from rtc.rtp.sequence import ts_newer
 
 __all__ = ["ReceiveStatistics"]
 
@@ -231,15 +232,14 @@ class ReceiveStatistics:
         the bound alone. ``None`` before any packet or SR.
         """
         rate = self._rtp_rate
+        bound = pair = None
         if self._last_timestamp >= 0:
-            ts = (self._last_timestamp + round((now - self.last_arrival) * rate)) & _U32
-            if self.sr_ntp < 0:
-                return ts
-            pair = (self.sr_rtp + round((now - self.sr_at) * rate)) & _U32
-            return ts if 0 < (ts - pair) & _U32 < 0x80000000 else pair
+            bound = (self._last_timestamp + round((now - self.last_arrival) * rate)) & _U32
         if self.sr_ntp >= 0:
-            return (self.sr_rtp + round((now - self.sr_at) * rate)) & _U32
-        return None
+            pair = (self.sr_rtp + round((now - self.sr_at) * rate)) & _U32
+        if pair is None or (bound is not None and ts_newer(bound, pair)):
+            return bound
+        return pair
 
     def report_block(self, now: float) -> ReportBlock | None:
         """A reception report block for this stream at ``now`` (RFC 3550 6.4.1, A.3).
