@@ -168,19 +168,23 @@ def _unprotect_twins(raw: bytes, packet: bytes) -> None:
                 raise Finding(f"the native {kind} unprotect disagrees with pylibsrtp's")
 
 
-def _view_fields(parse: Any, data: bytes) -> tuple[Any, ...]:
+def view_fields(parse: Any, data: bytes) -> tuple[tuple[Any, ...], str | None]:
+    """Every field of a view ``parse`` filled from ``data`` (those a refusal
+    left as they were included), and the refusal's message (None without
+    one); also the native parse's tests (tests/sfu/forward/test_native.py)."""
     view = RtpView()
+    refused = None
     try:
         parse(view, data)
     except RtpParseError as exc:
-        return str(exc), tuple(getattr(view, name) for name in RtpView.__slots__)
-    return "", tuple(getattr(view, name) for name in RtpView.__slots__)
+        refused = str(exc)
+    return tuple(getattr(view, name) for name in RtpView.__slots__), refused
 
 
 def _parse_twins(raw: bytes) -> None:
     """The native header parse against RtpView.parse: the same fields, the
     same refusal (and the fields read before it)."""
-    if _view_fields(native.PARSE, raw) != _view_fields(RtpView.parse, raw):
+    if view_fields(native.PARSE, raw) != view_fields(RtpView.parse, raw):
         raise Finding("sfu.forward._fanout.parse_view disagrees with RtpView.parse")
 
 

@@ -21,8 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzz.targets.fanout import Record, drain
-from rtc.errors import RtpParseError
+from fuzz.targets.fanout import Record, drain, view_fields
 from rtc.rtp.view import RtpView
 from rtc.sdp.attributes import ABS_SEND_TIME, MID, TRANSPORT_CC
 from rtc.srtp import SrtpSession
@@ -509,26 +508,13 @@ def test_bound_srtp_unprotects_natively() -> None:
 # -- the header parse ---------------------------------------------------------------
 
 
-def _parsed(parse: Any, data: bytes) -> tuple[Any, ...]:
-    """Every field of a view ``parse`` filled from ``data`` (those a refusal
-    left as they were included), and the refusal's message."""
-    view = RtpView()
-    refused = None
-    try:
-        parse(view, data)
-    except RtpParseError as e:
-        refused = str(e)
-    fields = tuple(getattr(view, name) for name in RtpView.__slots__)
-    return fields, refused
-
-
 @needs_native
 @settings(max_examples=300)
 @given(st.one_of(packets().map(bytes), st.binary(max_size=80)))
 def test_the_native_parse_fills_the_view_as_rtp_view_parse_does(data: bytes) -> None:
     # Whole packets of every extension form, and any bytes (refusals, with
     # their messages, and the fields read before them).
-    assert _parsed(native.PARSE, data) == _parsed(RtpView.parse, data)
+    assert view_fields(native.PARSE, data) == view_fields(RtpView.parse, data)
 
 
 @needs_native
@@ -547,6 +533,6 @@ def test_the_native_parse_refuses_each_malformed_header_with_python_s_message() 
         bytes([0xA0]) + head[1:] + b"\x05",
     ]
     for data in cases:
-        fields, refused = _parsed(native.PARSE, data)
+        fields, refused = view_fields(native.PARSE, data)
         assert refused is not None, data
-        assert (fields, refused) == _parsed(RtpView.parse, data), data
+        assert (fields, refused) == view_fields(RtpView.parse, data), data
