@@ -189,17 +189,10 @@ async def test_relay_spares_what_lossy_excludes() -> None:
             client.sendto(b"\x90" + bytes([i]), address)  # RTP: may be lost
         # Every datagram through the relay and every echo of what it kept
         # back (ci181: a fixed 0.2 s on a loaded machine had 98 of 100).
-        stats = relay.stats
-
-        def settled() -> bool:
-            forwarded = stats.forwarded
-            return (
-                stats.received["up"] == 200
-                and forwarded["down"] == forwarded["up"]
-                and len(proto.got) == forwarded["down"]
-            )
-
-        await wait_until(settled)
+        stats, fwd = relay.stats, relay.stats.forwarded
+        await wait_until(
+            lambda: stats.received["up"] == 200 and len(proto.got) == fwd["down"] == fwd["up"]
+        )
         stun = [d for d in proto.got if d[0] == 0]
         rtp = [d for d in proto.got if d[0] == 0x90]
         assert len(stun) == 100
