@@ -266,8 +266,9 @@ class CallService:
                     log.info("call client silent; disconnecting", extra={"room": conn.room_name})
                     conn.close(errors.CLOSE_TIMEOUT, "ping timeout")
                     # Do not wait for a dead peer's close handshake to detach:
-                    # the resume grace starts now.
-                    self.rooms.disconnected(conn)
+                    # the resume grace runs from when the silence ran out,
+                    # not from however late a busy loop woke to see it.
+                    self.rooms.disconnected(conn, since=keep.silent_at)
                     return
                 if wake is Wake.PING:
                     conn.send(protocol.reply("ping"))

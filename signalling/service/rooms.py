@@ -396,16 +396,19 @@ class Rooms(Mapping[str, CallRoom]):
 
     # -- connections -----------------------------------------------------------
 
-    def disconnected(self, conn: AnyConnection, grace: float | None = None) -> None:
+    def disconnected(
+        self, conn: AnyConnection, grace: float | None = None, since: float | None = None
+    ) -> None:
         """The connection is over, however it ended; ``grace``: how long its
-        participant may resume (``call_resume_grace`` by default)."""
+        participant may resume (``call_resume_grace`` by default), from
+        ``since`` (loop time; now by default)."""
         if isinstance(conn, Connection):
             self.connections.discard(conn)
         if self.replicas is not None:
             self.replicas.forget(conn)
         room = conn.room
         if room is not None and self._rooms.get(room.name) is room:
-            now = asyncio.get_running_loop().time()
+            now = asyncio.get_running_loop().time() if since is None else since
             self.apply(room, room.core.disconnect(conn, now, grace))
         elif self.replicas is not None and conn.room_name is not None:
             # Its room runs elsewhere: the owner hears of it.

@@ -407,7 +407,6 @@ async def _browser_call(world: World) -> dict[str, Any]:
 
     try:
         for name, link in (("doctor", doctor_link), ("patient", patient_link)):
-            (world.work / f"browsers-{name}").mkdir()
 
             async def open_page(name: str = name, link: str = link) -> Any:
                 # An http:// origin other than localhost is no secure context:
