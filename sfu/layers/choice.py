@@ -50,7 +50,16 @@ from sfu.errors import SfuStateError
 from sfu.feedback.estimator import RAMP_REACH
 from sfu.forward.simulcast import AUDIO_BITRATE, Wanted, allocate
 from sfu.forward.table import Subscription
-from sfu.layers.published import HEADROOM, STALE, TICK, learn_layer, measure, offered, publishing
+from sfu.layers.published import (
+    HEADROOM,
+    TICK,
+    learn_layer,
+    measure,
+    newest_seen,
+    offered,
+    publishing,
+    sending,
+)
 from sfu.layers.qualities import Qualities
 from sfu.layers.subscribers import Reason, Sent, Subscriber, Subscribers, received_layer
 from sfu.rooms.actions import ArmRtcp, Emit, FlushRtcp
@@ -400,10 +409,14 @@ class Layers(Core):
             group = forwarder.simulcast.group(track.ssrc) if track.layers else None
             if group is None:
                 continue
+            # As for a local subscriber, a layer its publisher stopped alone
+            # is left once QUIET behind the others, not after STALE: the
+            # other region's viewers would see a frozen picture meanwhile.
+            newest = newest_seen(track)
             live = [
                 i
                 for i, info in enumerate(track.layers)
-                if info.ssrc and now - info.seen < STALE and group.layers[i] is not None
+                if info.ssrc and group.layers[i] is not None and sending(info, newest, now)
             ]
             if not live:
                 continue

@@ -43,8 +43,10 @@ __all__ = [
     "learn_layer",
     "measure",
     "measured",
+    "newest_seen",
     "offered",
     "publishing",
+    "sending",
     "smoothed",
 ]
 
@@ -188,6 +190,17 @@ def publishing(track: Track, now: float) -> bool:
     return any(x.seen == -math.inf or now - x.seen < STALE for x in known)
 
 
+def newest_seen(track: Track) -> float:
+    """When the newest packet of any of ``track``'s learnt layers came."""
+    return max((x.seen for x in track.layers if x.ssrc), default=-math.inf)
+
+
+def sending(info: LayerInfo, newest: float, now: float) -> bool:
+    """Whether a learnt layer is sending at ``now``: a packet within STALE,
+    and not QUIET behind its track's ``newest`` (:func:`newest_seen`)."""
+    return now - info.seen < STALE and newest - info.seen < QUIET
+
+
 def offered(group: SimulcastGroup | None, track: Track, now: float) -> Sequence[Layer]:
     """The layers allocation may choose for a track: known, and sending now
     (or stopped by dynacast, which resumes them when chosen)."""
@@ -201,14 +214,13 @@ def offered(group: SimulcastGroup | None, track: Track, now: float) -> Sequence[
         return [Layer(0, "", 0, 0, int(min(bitrate, SINGLE_LAYER_COST)))]
     group_layers = track.layers
     n = len(group_layers)
-    newest = max((x.seen for x in group_layers if x.ssrc), default=-math.inf)
+    newest = newest_seen(track)
     out: list[Layer] = []
     for i, info in enumerate(group_layers):
         if not info.ssrc:
             continue
         fresh = now - info.seen < STALE
-        dropped = newest - info.seen >= QUIET
-        if (dropped or not fresh) and info.active and info.seen > -math.inf:
+        if not sending(info, newest, now) and info.active and info.seen > -math.inf:
             continue  # the publisher stopped it on its own
         scale = 1 << (n - 1 - i)
         width, height = 1280 // scale, 720 // scale

@@ -29,10 +29,12 @@ from rtc.dtls import DtlsCertificate
 from sfu.control.messages import RelayedTrack, RelayPeer, RelayState, event_from_dict, event_to_dict
 from sfu.control.rpc import MediaClient, MediaServer
 from sfu.errors import SfuStateError
+from sfu.layers.published import QUIET, STALE, TICK
 from sfu.node.worker import MediaWorker
 from sfu.transport.relay import TRANSITIONS, LinkInput, LinkState, RelayLink
 from tests.polling import Steps, bounded, wait_until
 from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone
+from tests.sfu.layers.test_layers import CHROME_RID_OFFER, LAYERS, rid_ext, vp8_packet
 from wadud_client.load.drops import inode_of, udp_drops
 
 ROOM = "cross-region"
@@ -346,6 +348,51 @@ async def test_nack_over_a_lossy_link_is_answered_per_hop(
     assert fwd_b.stats.recovered > 0
     # The publisher itself lost nothing: the repair stayed on the link.
     assert fwd_a.stats.nack_requested == 0
+
+
+async def test_a_relayed_simulcast_track_leaves_a_layer_its_publisher_stops_within_quiet(
+    pair: tuple[MediaWorker, MediaWorker, Middle],
+) -> None:
+    """A simulcast track crosses a link as its best layer sending now. When
+    its publisher stops the top layer alone (a browser short of CPU), the
+    link moves down once that layer is QUIET behind the others, as a local
+    subscriber does; waiting for STALE froze the other region's picture
+    for two seconds (the regions rehearsal's patient saw two frames of the
+    doctor, then none)."""
+    a, b, middle = pair
+    events_a = Events()
+    a.add_listener(events_a)
+    fp = a.relay_identity()[1].split(" ", 1)[1]
+    offer = CHROME_RID_OFFER.format(fp=fp).replace("\n", "\r\n")
+    track_id = (await a.publish(ROOM, "doctor", offer, {})).added[0].track_id
+    room: Any = a.tables.rooms[ROOM]
+    pub = room.participants["doctor"].publish
+    # These packets never came through the socket, whose receive stamp (the
+    # link's last datagram) would be their arrival: they arrive when given.
+    a._arrival = lambda now: now
+    now = a._now()
+    for index, rid in enumerate("qhf"):
+        a._route(pub, vp8_packet(LAYERS[index], 1, 0, 1, key=True, ext=rid_ext(rid)), now)
+    await relay(a, b, middle, [track_id])
+    await wait_until(connected(events_a, b.settings.worker_id), within=5)
+    group = room.forwarder.simulcast.group(room.tracks[track_id].ssrc)
+    egress = {r.egress for r in room.relays.values()}
+    (sub,) = [s for s in group.subscriptions if s.key in egress]
+    start = now + TICK
+    a.layers.tick(start)
+    assert sub.target == 2  # the best layer sending
+    targets = {}
+    for frame in range(1, 16):  # 10 frames a second, q and h only
+        t = start + frame * 0.1
+        for index, rid in ((0, "q"), (1, "h")):
+            packet = vp8_packet(LAYERS[index], 1 + frame, 3000 * frame, 1 + frame, key=False,
+                                ext=rid_ext(rid))  # fmt: skip
+            a._route(pub, packet, t)
+        if frame % 5 == 0:
+            a.layers.tick(t)
+            targets[round(t - start, 1)] = sub.target
+    assert targets == {0.5: 1, 1.0: 1, 1.5: 1}, targets
+    assert QUIET == 0.5 and STALE > 1.5
 
 
 async def test_a_wrong_fingerprint_fails_the_link(
