@@ -292,6 +292,23 @@ async def test_dynacast_never_stops_a_layer_it_has_not_seen(
     assert wanted and wanted[-1].active_rids == ["q", "f"], wanted
 
 
+def top_layer_stopped(worker: MediaWorker, pub: Any, start: float, sub: Any) -> dict[float, Any]:
+    """From ``start``, 1.5 s of the lower two layers only (10 frames a
+    second; the top one stopped), the layers ticked every half second:
+    ``sub``'s target at each tick, by seconds after ``start``."""
+    targets = {}
+    for frame in range(1, 16):
+        t = start + frame * 0.1
+        for index, rid in ((0, "q"), (1, "h")):
+            packet = vp8_packet(LAYERS[index], 1 + frame, 3000 * frame, 1 + frame, key=False,
+                                ext=rid_ext(rid))  # fmt: skip
+            worker._route(pub, packet, t)
+        if frame % 5 == 0:
+            worker.layers.tick(t)
+            targets[round(t - start, 1)] = sub.target
+    return targets
+
+
 @dataclass
 class Watched:
     """A Chrome-shaped simulcast publisher whose three layers have each sent
@@ -436,16 +453,7 @@ async def test_a_layer_its_publisher_stops_alone_is_left_within_quiet(
     assert fsub.target == 2
     start = now + TICK
     worker.layers.tick(start)  # every layer measured, seen sending
-    targets = {}
-    for frame in range(1, 16):  # 10 frames a second, q and h only
-        t = start + frame * 0.1
-        for index, rid in ((0, "q"), (1, "h")):
-            packet = vp8_packet(LAYERS[index], 1 + frame, 3000 * frame, 1 + frame, key=False,
-                                ext=rid_ext(rid))  # fmt: skip
-            worker._route(w.pub, packet, t)
-        if frame % 5 == 0:
-            worker.layers.tick(t)
-            targets[round(t - start, 1)] = fsub.target
+    targets = top_layer_stopped(worker, w.pub, start, fsub)
     # Its last packet came just before the first tick: by the first tick
     # after it is QUIET behind the others' (a 100 ms frame gap is a dip,
     # half a second a stop), the subscriber moves down.

@@ -34,7 +34,13 @@ from sfu.node.worker import MediaWorker
 from sfu.transport.relay import TRANSITIONS, LinkInput, LinkState, RelayLink
 from tests.polling import Steps, bounded, wait_until
 from tests.sfu.conftest import Events, MovingVideo, Publisher, Subscriber, Tone
-from tests.sfu.layers.test_layers import CHROME_RID_OFFER, LAYERS, rid_ext, vp8_packet
+from tests.sfu.layers.test_layers import (
+    CHROME_RID_OFFER,
+    LAYERS,
+    rid_ext,
+    top_layer_stopped,
+    vp8_packet,
+)
 from wadud_client.load.drops import inode_of, udp_drops
 
 ROOM = "cross-region"
@@ -381,16 +387,7 @@ async def test_a_relayed_simulcast_track_leaves_a_layer_its_publisher_stops_with
     start = now + TICK
     a.layers.tick(start)
     assert sub.target == 2  # the best layer sending
-    targets = {}
-    for frame in range(1, 16):  # 10 frames a second, q and h only
-        t = start + frame * 0.1
-        for index, rid in ((0, "q"), (1, "h")):
-            packet = vp8_packet(LAYERS[index], 1 + frame, 3000 * frame, 1 + frame, key=False,
-                                ext=rid_ext(rid))  # fmt: skip
-            a._route(pub, packet, t)
-        if frame % 5 == 0:
-            a.layers.tick(t)
-            targets[round(t - start, 1)] = sub.target
+    targets = top_layer_stopped(a, pub, start, sub)
     assert targets == {0.5: 1, 1.0: 1, 1.5: 1}, targets
     assert QUIET == 0.5 and STALE > 1.5
 
