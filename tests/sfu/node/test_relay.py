@@ -373,17 +373,21 @@ async def test_a_relayed_simulcast_track_leaves_a_layer_its_publisher_stops_with
     track_id = (await a.publish(ROOM, "doctor", offer, {})).added[0].track_id
     room: Any = a.tables.rooms[ROOM]
     pub = room.participants["doctor"].publish
-    # These packets never came through the socket, whose receive stamp (the
-    # link's last datagram) would be their arrival: they arrive when given.
-    a._arrival = lambda now: now
-    now = a._now()
-    for index, rid in enumerate("qhf"):
-        a._route(pub, vp8_packet(LAYERS[index], 1, 0, 1, key=True, ext=rid_ext(rid)), now)
     await relay(a, b, middle, [track_id])
     await wait_until(connected(events_a, b.settings.worker_id), within=5)
     group = room.forwarder.simulcast.group(room.tracks[track_id].ssrc)
     egress = {r.egress for r in room.relays.values()}
     (sub,) = [s for s in group.subscriptions if s.key in egress]
+    # From here on nothing awaits, so the worker's own layer ticks (by its
+    # loop's clock) cannot come between these: a tick while the link came
+    # up later than ``start`` had made the first one below a no-op (CI's
+    # pure-Python pass). These packets never came through the socket, whose
+    # receive stamp (the link's last datagram) would be their arrival: they
+    # arrive when given.
+    a._arrival = lambda now: now
+    now = a._now()
+    for index, rid in enumerate("qhf"):
+        a._route(pub, vp8_packet(LAYERS[index], 1, 0, 1, key=True, ext=rid_ext(rid)), now)
     start = now + TICK
     a.layers.tick(start)
     assert sub.target == 2  # the best layer sending
