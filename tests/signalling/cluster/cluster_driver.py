@@ -776,6 +776,7 @@ async def _fail_over(
     records = {p.name: await p.eval(RECORD_READ) for p in everyone}
     began = first_decoded(records, ids)
     pairs = await receiving(world, everyone, within=10)
+    checked_ms = time.time() * 1000  # the flow check's second reading
     read = await probes(pages)
     # The three pages' views of each other, on their own clocks, from the
     # recorder's start (a second before the kill) to the fourth's media.
@@ -809,6 +810,7 @@ async def _fail_over(
         spans = [(a, b) for a, b in pauses_all.get(key, []) if a <= at]
         if spans:
             held[key] = [after(spans[-1][0]), after(spans[-1][1])]
+    over = sorted(k for k, v in pauses_all.items() if any(a < checked_ms < b + 2000 for a, b in v))
     report = {
         "failover_s": round(failed_over - t0, 2),
         "fourth_joined_after_failover_s": round(joined - failed_over, 2),
@@ -821,6 +823,7 @@ async def _fail_over(
         "killed_at_ms": round(wall0),
         "stalls": stalls,
         "bandwidth_paused": paused,
+        "paused_over_flow_check": over,  # told of a pause for bandwidth over its readings
         "pauses_told": {
             k: [[round((a - wall0) / 1000, 2), round((b - wall0) / 1000, 2)] for a, b in v]
             for k, v in pauses.items()

@@ -77,7 +77,15 @@ def test_a_call_carries_on_through_a_redis_failover(cluster: Driver) -> None:
     names = {"doctor", "patient", "interpreter", "fourth"}
     pairs = result["pairs"]
     assert {(p["to"], p["frm"]) for p in pairs} == {(a, b) for a in names for b in names if a != b}
-    assert_flowing(pairs)
+    # A pair whose video the page had been told was paused for bandwidth over
+    # the flow check's readings (the freezes' exemption: ci185 saw the
+    # patient's estimate pause the interpreter 7.9 s after the kill) owes
+    # audio only.
+    told = set(report["paused_over_flow_check"])
+    assert_flowing([p for p in pairs if f"{p['to']}<-{p['frm']}" not in told])
+    for p in pairs:
+        if f"{p['to']}<-{p['frm']}" in told:
+            assert p["after"]["audioPackets"] > p["before"]["audioPackets"] > 0, (p, report)
     # No room lost, no second owner: the same one worker, one owner, same pages.
     assert len(report["placed_before"]) == 1, report
     assert report["placed_after"] == report["placed_before"], report
