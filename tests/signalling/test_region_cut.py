@@ -19,6 +19,7 @@ everyone in it decodes everyone else again, with the same clients (no reload).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -157,7 +158,17 @@ async def _everyone_sees(parties: list[Party], others: int, within: float) -> fl
 #: What the processes' logs say of a moved or lost call, for the report:
 #: a site placed elsewhere, a worker that died, a transport that closed or
 #: failed, a heartbeat or cluster membership that lapsed and came back.
-SAID = ("site moves", "worker died", "transport closed", "transport failed", "back after", "lapsed")
+SAID = (
+    "site moves",
+    "worker died",
+    "transport closed",
+    "transport failed",
+    "back after",
+    "lapsed",
+    "asked back",
+    "call resumed",
+    "not routed",
+)
 
 
 async def _scenario(world: World) -> dict[str, Any]:
@@ -166,6 +177,8 @@ async def _scenario(world: World) -> dict[str, Any]:
     local = world.room("sa-visit")
     shared = world.room("pk-sa-visit")
     report: dict[str, Any] = {}
+    # Where a failure's story of each client starts: the cut, then the heal.
+    since = cut_at = time.monotonic()
     # The shared visit's sa side, whose site moves, keeps two peer
     # connections each: one room, both modes, and a move in each (the
     # browsers' media_kill in tests/signalling/cluster is the single one's).
@@ -189,7 +202,7 @@ async def _scenario(world: World) -> dict[str, Any]:
         new_links = await sa_new.links(new, "sn", publish=True, count=2, home="sa")
 
         _cut(regions, 1.0)
-        cut_at = time.monotonic()
+        cut_at = since = time.monotonic()
         # The sa-only visit decodes throughout; the shared one keeps each
         # side's own media (the other side's is cut).
         during: list[Any] = []
@@ -212,6 +225,7 @@ async def _scenario(world: World) -> dict[str, Any]:
         report["said_during"] = world.lab.cluster.lines(*SAID, since=logs)
 
         _cut(regions, 0.0)
+        since = time.monotonic()
         report["healed_to_everyone"] = await _everyone_sees([pk_side, sa_side], 3, HEAL_WITHIN)
         # Media crosses again before each owner has asked the cut side's
         # clients back (the lapse's held round); each then resumes and its
@@ -231,6 +245,13 @@ async def _scenario(world: World) -> dict[str, Any]:
         return report
     except BaseException as exc:
         exc.add_note(f"the servers said: {world.lab.cluster.lines(*SAID, since=logs)}")
+        # Each client's frames and resumes, in seconds from the cut or the
+        # heal, whichever came last: the servers' lines say what they did,
+        # this what reached the clients and when.
+        with contextlib.suppress(Exception):
+            for party in (sa_only, sa_new, pk_side, sa_side):
+                story = await party.story(since)
+                exc.add_note(f"{party.host}, from {since - cut_at:.1f} s after the cut: {story}")
         raise
     finally:
         _cut(regions, 0.0)

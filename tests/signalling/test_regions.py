@@ -175,6 +175,11 @@ async def _resume(c: Any) -> str:
 
 #: Seconds a client waits after a failed resume before it tries again.
 RESUME_RETRY = 1.0
+#: Server frames a client's story leaves out: each call has many, and they
+#: say nothing of how it moved or resumed.
+ROUTINE = frozenset({"ping", "pong", "ok", "active_speaker", "track_view", "stats"})
+#: Frames a client's story keeps, the last ones.
+STORY_FRAMES = 30
 
 
 @dataclass
@@ -193,6 +198,8 @@ class Party:
     clients: list[Any] = field(default_factory=list)
     #: What the clients did on being dropped, not yet reported (resume_dropped).
     resumed: list[str] = field(default_factory=list)
+    #: Every resume, kept for :meth:`story`: when it ended (monotonic), the line.
+    resumes: list[tuple[float, str]] = field(default_factory=list)
     _watchers: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def _resume_when_dropped(self, c: Any) -> None:
@@ -203,6 +210,7 @@ class Party:
             if c.state == "disconnected":
                 line = await _resume(c)
                 self.resumed.append(f"{time.strftime('%H:%M:%S')} {line}")
+                self.resumes.append((time.monotonic(), line))
                 if c.state == "disconnected":
                     await asyncio.sleep(RESUME_RETRY)
 
@@ -351,6 +359,40 @@ class Party:
                     }
                 )
             return out
+
+        return await self.world.regions.run_in(self.host, read)
+
+    async def story(self, since: float) -> list[dict[str, Any]]:
+        """Per client, what happened to it from ``since`` (monotonic) on, in
+        seconds from then: the server's frames but the routine ones, its
+        resumes, its media's state and errors; for a failure's report."""
+
+        async def read() -> list[dict[str, Any]]:
+            out = []
+            for c in self.clients:
+                frames = [
+                    (round(e.at - since, 2), e.type, e.data.get("reason") or e.data.get("code"))
+                    for e in c.history
+                    if e.at >= since and e.type not in ROUTINE
+                ]
+                out.append(
+                    {
+                        "me": c.label,
+                        "id": str(c.participant_id)[-4:],
+                        "frames": frames[-STORY_FRAMES:],
+                        "media": c.media_state,
+                        # Told to move, and asked for new connections itself.
+                        "moves": c.media_moves,
+                        "asked": c.media_reconnects,
+                        "pcs": [
+                            pc.connectionState if pc is not None else None
+                            for pc in (c.publish_pc, c.subscribe_pc)
+                        ],
+                        "errors": [repr(x) for x in c.media.errors[-3:]],
+                    }
+                )
+            resumes = [(round(at - since, 2), line) for at, line in self.resumes if at >= since]
+            return [*out, {"resumes": resumes}]
 
         return await self.world.regions.run_in(self.host, read)
 
