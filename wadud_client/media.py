@@ -273,11 +273,20 @@ class CallMedia:
     async def _recover(self) -> None:
         had_subscribe = self.subscribe_pc is not None
         pause = 1.0
+        # New connections made since the last we asked for (or since the
+        # path failed) came from the server: it moved the media, or a resume
+        # made us new. Those are waited for, not asked for again: asking
+        # would replace the transports they are answering (after a region
+        # cut healed, a client whose path had failed during it asked over
+        # the server's move and its media came back 10 s later).
+        moves = self.media_moves
         try:
             while self.view.state != "closed":
                 if self.view.state == "joined":
                     try:
-                        await self.reconnect_media()
+                        if self.media_moves == moves:
+                            await self.reconnect_media()
+                        moves = self.media_moves
                         await self._attempt(had_subscribe)
                         self.media_state = "connected"
                         self.changes.notify()
@@ -285,8 +294,10 @@ class CallMedia:
                     except (CallError, ConnectionError, TimeoutError) as exc:
                         log.info("%s: media not back yet: %r", self.changes.describe(), exc)
                 # Without signalling (the caller resumes it) nothing can be
-                # asked: look again in a moment, less often as failures mount.
-                await asyncio.sleep(pause)
+                # asked: look again in a moment, less often as failures mount,
+                # or as soon as the server moves the media.
+                with contextlib.suppress(TimeoutError):
+                    await self.changes.wait_until(lambda: self.media_moves != moves, pause)
                 pause = min(pause * 2, 10.0)
         finally:
             self._recovery = None

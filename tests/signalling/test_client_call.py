@@ -841,7 +841,7 @@ async def test_client_answers_pings_and_a_silent_one_is_dropped(
         assert await doctor.ping() < 1.0
 
 
-class _Muffled(CallClient):
+class Muffled(CallClient):
     """A client that stops answering the server's pings while ``muffled``."""
 
     muffled = False
@@ -864,7 +864,7 @@ async def test_a_resume_after_the_grace_starts_media_over_as_a_new_participant(
         doctor = await call.join(room, "dr-late", role="doctor", admin=True)
         await doctor.room_settings(require_admission=False)
         await doctor.publish({"camera": TestPatternVideo()})
-        patient = _Muffled(call.url, call.token(room, "pt-late"), label="pt-late")
+        patient = Muffled(call.url, call.token(room, "pt-late"), label="pt-late")
         call.clients.append(patient)
         assert (await patient.join())["type"] == "joined"
         await patient.publish({"camera": TestPatternVideo()})

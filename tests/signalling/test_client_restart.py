@@ -15,6 +15,7 @@ relays are gone), and media flows both ways again, the same participant.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
@@ -26,7 +27,15 @@ from rtc.demux import is_dtls
 from tests.signalling.relay import UdpRelay, rewrite_candidates
 
 # The server, loopback ICE and the participants of test_client_call.py.
-from tests.signalling.test_client_call import Call, call, loopback_aiortc, settings  # noqa: F401
+from tests.signalling.test_client_call import (  # noqa: F401
+    Call,
+    Muffled,
+    call,
+    loopback_aiortc,
+    own_call,
+    settings,
+)
+from wadud.config import Settings
 from wadud_client.call import CallClient
 from wadud_client.sources import TestPatternVideo, ToneAudio
 
@@ -192,3 +201,75 @@ async def test_a_new_connection_slow_to_finish_its_handshake_is_waited_for(
     assert patient.media_state == "connected"
     assert patient.errors == []
     new.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("connection", ["single", "pair"])
+async def test_a_client_recovering_its_path_takes_the_servers_new_connections(
+    settings: Settings,  # noqa: F811 - the fixture
+    loopback_aiortc: None,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+    connection: str,
+) -> None:
+    """The patient's signalling and then its path die: it cannot ask for new
+    connections while its socket is away, and the server forgets it meanwhile
+    (the resume grace). Its resume makes it a new participant, whose media
+    the server starts over on new connections; the client takes those and
+    does not ask for others on top (asking replaced the transports it was
+    answering: after a region cut, media came back 10 s later)."""
+    changed = dataclasses.replace(settings, call_ping_interval=1.0, call_resume_grace=1.0)
+    async with own_call(changed) as server:
+        room = "room-" + uuid.uuid4().hex[:8]
+        doctor = await server.join(room, "dr-amina", role="doctor", admin=True)
+        await doctor.room_settings(require_admission=False)
+        await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+
+        # A relay a leg (a single connection's SDP goes through as "publish").
+        legs = ("publish",) if connection == "single" else ("publish", "subscribe")
+        relays = {d: UdpRelay(("127.0.0.1", changed.media_port)) for d in legs}
+        for relay in relays.values():
+            await relay.start()
+        path = {"alive": True}
+
+        def through_relay(sdp: str, direction: str) -> str:
+            return rewrite_candidates(sdp, relays[direction].address) if path["alive"] else sdp
+
+        patient = Muffled(
+            server.url,
+            server.token(room, "pt-991"),
+            label="pt-991",
+            sdp_filter=through_relay,
+            connection=connection,
+        )
+        server.clients.append(patient)
+        assert (await patient.join())["type"] == "joined"
+        await patient.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+        await patient.wait_until(lambda: min(frames(patient, doctor)) >= 10, 20)
+        await doctor.wait_until(lambda: min(frames(doctor, patient)) >= 10, 20)
+        before = patient.participant_id
+
+        # Signalling first: the server closes the silent socket.
+        patient.muffled = True
+        await patient.wait_until(lambda: patient.state == "disconnected", 10)
+        # Then the path; the failure is noticed while nothing can be asked.
+        consent(monkeypatch, quick=True)
+        path["alive"] = False
+        for relay in relays.values():
+            relay.close()
+        await patient.wait_until(lambda: patient.media_state == "reconnecting", 20)
+        consent(monkeypatch, quick=False)
+        await doctor.wait_for(
+            "participant_left", lambda f: f.get("participant_id") == before, within=10
+        )
+        assert patient.media_reconnects == 0, "asked with its socket away"
+
+        patient.muffled = False
+        assert (await patient.resume())["type"] == "joined"
+        assert patient.participant_id != before
+        await patient.wait_until(lambda: min(frames(patient, doctor)) >= 10, 20)
+        await doctor.wait_until(lambda: min(frames(doctor, patient)) >= 10, 20)
+        # The recovery ends on the server's connections, without asking.
+        await patient.wait_until(lambda: patient.media_state == "connected", 20)
+        assert patient.media_reconnects == 0, patient.media_reconnects
+        assert patient.media_moves == 1, patient.media_moves
+        assert patient.errors == [], patient.errors
