@@ -297,10 +297,14 @@ class CallMedia:
                 # asked: look again in a moment, less often as failures mount,
                 # or as soon as the server moves the media.
                 with contextlib.suppress(TimeoutError):
-                    await self.changes.wait_until(lambda: self.media_moves != moves, pause)
+                    await self.changes.wait_until(self._moved_since(moves), pause)
                 pause = min(pause * 2, 10.0)
         finally:
             self._recovery = None
+
+    def _moved_since(self, moves: int) -> Callable[[], bool]:
+        """Whether media started over on new connections since :attr:`media_moves` was ``moves``."""
+        return lambda: self.media_moves != moves
 
     async def _attempt(self, subscribe: bool) -> None:
         """Wait for the new connections to connect; raise ``TimeoutError`` if
