@@ -15,9 +15,10 @@ and timed (:class:`ReceivedTrack`); video receivers recover from loss as
 browsers do (:class:`NackRetry`, :class:`KeyframeResync`).
 
 When a path dies (its peer connection goes ``failed``: ICE consent expired,
-or DTLS gave up) :class:`CallMedia` gets media back by itself with new peer
-connections (:meth:`CallMedia.reconnect_media`), the same tracks and
-participant; browsers first try an ICE restart, which aiortc cannot do.
+no answer for 30 s, :mod:`wadud_client.consent`; or DTLS gave up)
+:class:`CallMedia` gets media back by itself with new peer connections
+(:meth:`CallMedia.reconnect_media`), the same tracks and participant;
+browsers first try an ICE restart, which aiortc cannot do.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 
+from wadud_client import consent
 from wadud_client.changes import Changes
 from wadud_client.errors import CallError
 from wadud_client.jitter import KeyframeResync
@@ -238,12 +240,17 @@ class CallMedia:
                 if pc is self.subscribe_pc:  # a single connection is both
                     self.connected_at.setdefault("subscribe", now)
             # aiortc has no `disconnected`: a dead path shows as `failed` once
-            # consent freshness gives up (RFC 7675; aioice: 6 checks 5 s
-            # apart), and a connection that closes itself (its DTLS ended)
-            # while still ours is as dead.
+            # consent freshness gives up (RFC 7675: no answer for 30 s, see
+            # wadud_client.consent), and a connection that closes itself
+            # (its DTLS ended) while still ours is as dead.
             elif state in ("failed", "closed"):
                 self._path_failed(pc, f"{direction} connection {state}")
             self.changes.notify()
+
+        @pc.on("iceconnectionstatechange")
+        def on_ice() -> None:
+            if pc.iceConnectionState == "completed":
+                consent.keep(pc)
 
         return pc
 

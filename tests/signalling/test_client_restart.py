@@ -23,7 +23,7 @@ import aioice.ice
 import pytest
 
 import wadud_client.media
-from rtc.demux import is_dtls
+from rtc.demux import is_dtls, is_stun
 from tests.signalling.relay import UdpRelay, rewrite_candidates
 
 # The server, loopback ICE and the participants of test_client_call.py.
@@ -273,3 +273,47 @@ async def test_a_client_recovering_its_path_takes_the_servers_new_connections(
         assert patient.media_reconnects == 0, patient.media_reconnects
         assert patient.media_moves == 1, patient.media_moves
         assert patient.errors == [], patient.errors
+
+
+@pytest.mark.timeout(90)
+async def test_a_path_whose_answers_come_late_keeps_its_consent(
+    call: Call,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every answer to the patient's consent checks reaches it 0.8 s late, as
+    a starved client reads them: aioice alone counts each such check as
+    failed (its deadline is 0.5 s) and closes a path that answers them all;
+    the client keeps it (RFC 7675: consent lasts while answers come)."""
+    # A check every 0.5 s, consent gone after 2 s without an answer: aioice
+    # alone closes the path after four late answers in a row, some 4 s.
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.5)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 4)
+    late = {"on": False, "held": 0}
+
+    def hold(direction: str, data: bytes) -> float:
+        if late["on"] and direction == "down" and is_stun(data):
+            late["held"] += 1
+            return 0.8
+        return 0.0
+
+    relay = UdpRelay(("127.0.0.1", call.settings.media_port), hold=hold)
+    await relay.start()
+    room = "room-" + uuid.uuid4().hex[:8]
+    doctor = await call.join(room, "dr-amina", role="doctor", admin=True)
+    await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+    patient = await call.join(
+        room, "pt-991", sdp_filter=lambda sdp, _: rewrite_candidates(sdp, relay.address)
+    )
+    await patient.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
+    await patient.wait_until(lambda: min(frames(patient, doctor)) >= 10, 20)
+
+    late["on"] = True
+    # Four times the late answers aioice alone survives.
+    await patient.wait_until(lambda: late["held"] >= 16, 30)
+    seen = frames(patient, doctor)
+    await patient.wait_until(lambda: frames(patient, doctor)[0] > seen[0] + 10, 10)
+    assert patient.media_reconnects == 0, patient.media_reconnects
+    assert patient.media_moves == 0, patient.media_moves
+    assert patient.publish_pc.connectionState == "connected"
+    assert patient.errors == []
+    relay.close()
