@@ -150,6 +150,21 @@ def _redundant_blocks(worker: Any, track_id: str) -> dict[int, int]:
     return counts
 
 
+def _red_state(worker: Any, at: float) -> list[Any]:
+    """Seconds into the loss, then per subscriber of ``worker``: whether its
+    audio goes as RED now, the loss its estimator sees, and whether that loss
+    follows the rate (sfu.layers.choice ``_red_next`` decides from these)."""
+    now = {}
+    for peer, state in worker.layers.subscribers.by_peer.items():
+        estimator = state.estimator
+        now[peer.participant] = (
+            state.red,
+            None if estimator is None else round(estimator.loss, 3),
+            None if estimator is None else estimator.loss_follows_rate,
+        )
+    return [round(at, 1), now]
+
+
 def drop_at_random(port: int) -> None:
     """Lose ``LOSS`` of what arrives at ``port`` (this namespace's tables only)."""
     rule = ["INPUT", "-p", "udp", "--dport", str(port), "-m", "statistic"]
@@ -222,7 +237,13 @@ async def drive(work: Path) -> dict[str, Any]:
         for leg in before[:2]:  # the third, plain, stays clean
             drop_at_random(leg["port"])
         started = time.monotonic()
-        await asyncio.sleep(SECONDS)
+        # Whether the RED worker sent RED all along, read each second: a
+        # starved run once concealed 0.034 through RED, where independent
+        # loss leaves about 0.008 (ci186), and did not say why.
+        red_on = []
+        while (at := time.monotonic() - started) < SECONDS:
+            await asyncio.sleep(min(1.0, SECONDS - at))
+            red_on.append(_red_state(workers[0], time.monotonic() - started))
         after = await subscriber.eval("window.audioStats()")
         frames = aiortc.frames["audio"] - frames
         elapsed = time.monotonic() - started
@@ -251,6 +272,7 @@ async def drive(work: Path) -> dict[str, Any]:
             "clean": legs[2],
             "aiortc": {"frames": frames},
             "red_stripped": totals["red_stripped"],
+            "red_on": red_on,
             "seconds": round(elapsed, 1),
         }
     except DriverError as exc:
