@@ -24,6 +24,7 @@ import asyncio
 import logging
 import random
 import weakref
+from collections import Counter
 from typing import Any
 
 import aioice.ice
@@ -71,6 +72,8 @@ async def _consent(connection: Any) -> None:
     # ICE has just completed: its last check was answered now.
     answered = loop.time()
     checks: set[asyncio.Task[None]] = set()
+    #: How the checks since the last answer ended, for the log at expiry.
+    missed: Counter[str] = Counter()
 
     async def check(pair: Any) -> None:
         nonlocal answered
@@ -82,9 +85,15 @@ async def _consent(connection: Any) -> None:
                 integrity_key=connection.remote_password.encode("utf8"),
                 retransmissions=RETRANSMISSIONS,
             )
-        except (stun.TransactionError, ConnectionError, OSError):
+        except stun.TransactionFailed as exc:
+            # An error answer is no consent (RFC 7675 section 5.1).
+            missed[f"error {exc.response.error_code}"] += 1
+            return
+        except (stun.TransactionError, ConnectionError, OSError) as exc:
+            missed[type(exc).__name__] += 1
             return
         answered = max(answered, loop.time())
+        missed.clear()
 
     try:
         while True:
@@ -93,7 +102,12 @@ async def _consent(connection: Any) -> None:
             await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
             silent = loop.time() - answered
             if silent >= interval * aioice.ice.CONSENT_FAILURES:
-                log.info("consent to send expired: no answer for %.1f s", silent)
+                log.info(
+                    "consent to send expired: no answer for %.1f s from %s (%s)",
+                    silent,
+                    [pair.remote_addr for pair in connection._nominated.values()],
+                    ", ".join(f"{n} {why}" for why, n in missed.items()) or "no check ended",
+                )
                 connection._query_consent_task = None
                 await connection.close()
                 return

@@ -276,9 +276,11 @@ async def test_a_client_recovering_its_path_takes_the_servers_new_connections(
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("connection", ["single", "pair"])
 async def test_a_path_whose_answers_come_late_keeps_its_consent(
     call: Call,  # noqa: F811 - the fixture
     monkeypatch: pytest.MonkeyPatch,
+    connection: str,
 ) -> None:
     """Every answer to the patient's consent checks reaches it 0.8 s late, as
     a starved client reads them: aioice alone counts each such check as
@@ -296,24 +298,33 @@ async def test_a_path_whose_answers_come_late_keeps_its_consent(
             return 0.8
         return 0.0
 
-    relay = UdpRelay(("127.0.0.1", call.settings.media_port), hold=hold)
-    await relay.start()
+    # A relay a leg (a single connection's SDP goes through as "publish").
+    legs = ("publish",) if connection == "single" else ("publish", "subscribe")
+    relays = {d: UdpRelay(("127.0.0.1", call.settings.media_port), hold=hold) for d in legs}
+    for relay in relays.values():
+        await relay.start()
     room = "room-" + uuid.uuid4().hex[:8]
-    doctor = await call.join(room, "dr-amina", role="doctor", admin=True)
+    doctor = await call.join(room, "dr-amina", role="doctor", admin=True, connection=connection)
     await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
     patient = await call.join(
-        room, "pt-991", sdp_filter=lambda sdp, _: rewrite_candidates(sdp, relay.address)
+        room,
+        "pt-991",
+        sdp_filter=lambda sdp, leg: rewrite_candidates(sdp, relays[leg].address),
+        connection=connection,
     )
     await patient.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
     await patient.wait_until(lambda: min(frames(patient, doctor)) >= 10, 20)
 
     late["on"] = True
-    # Four times the late answers aioice alone survives.
-    await patient.wait_until(lambda: late["held"] >= 16, 30)
+    # Four times the late answers aioice alone survives, on each connection.
+    await patient.wait_until(lambda: late["held"] >= 16 * len(legs), 30)
     seen = frames(patient, doctor)
     await patient.wait_until(lambda: frames(patient, doctor)[0] > seen[0] + 10, 10)
     assert patient.media_reconnects == 0, patient.media_reconnects
     assert patient.media_moves == 0, patient.media_moves
-    assert patient.publish_pc.connectionState == "connected"
+    assert {pc.connectionState for pc in (patient.publish_pc, patient.subscribe_pc)} == {
+        "connected"
+    }
     assert patient.errors == []
-    relay.close()
+    for relay in relays.values():
+        relay.close()
