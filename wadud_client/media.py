@@ -302,9 +302,10 @@ class CallMedia:
                         log.info("%s: media not back yet: %r", self.changes.describe(), exc)
                 # Without signalling (the caller resumes it) nothing can be
                 # asked: look again in a moment, less often as failures mount,
-                # or as soon as the server moves the media.
+                # or as soon as the server moves the media (again: one that
+                # came while we could not look is not waited for twice).
                 with contextlib.suppress(TimeoutError):
-                    await self.changes.wait_until(self._moved_since(moves), pause)
+                    await self.changes.wait_until(self._moved_since(self.media_moves), pause)
                 pause = min(pause * 2, 10.0)
         finally:
             self._recovery = None
