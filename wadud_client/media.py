@@ -15,10 +15,10 @@ and timed (:class:`ReceivedTrack`); video receivers recover from loss as
 browsers do (:class:`NackRetry`, :class:`KeyframeResync`).
 
 When a path dies (its peer connection goes ``failed``: ICE consent expired,
-no answer for 30 s, :mod:`wadud_client.consent`; or DTLS gave up)
-:class:`CallMedia` gets media back by itself with new peer connections
-(:meth:`CallMedia.reconnect_media`), the same tracks and participant;
-browsers first try an ICE restart, which aiortc cannot do.
+no answer for 30 s, :func:`~wadud_client.network.keep_consent`; or DTLS
+gave up) :class:`CallMedia` gets media back by itself with new peer
+connections (:meth:`CallMedia.reconnect_media`), the same tracks and
+participant; browsers first try an ICE restart, which aiortc cannot do.
 """
 
 from __future__ import annotations
@@ -40,12 +40,11 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy, RTCIceTransportPolicy
 
-from wadud_client import consent
 from wadud_client.changes import Changes
 from wadud_client.errors import CallError
 from wadud_client.jitter import KeyframeResync
 from wadud_client.nack import NackRetry
-from wadud_client.network import relay_servers
+from wadud_client.network import keep_consent, relay_servers
 from wadud_client.received import ReceivedTrack
 from wadud_client.room import RoomView
 from wadud_client.simulcast import SimulcastMunger, layer_tracks
@@ -241,8 +240,8 @@ class CallMedia:
                     self.connected_at.setdefault("subscribe", now)
             # aiortc has no `disconnected`: a dead path shows as `failed` once
             # consent freshness gives up (RFC 7675: no answer for 30 s, see
-            # wadud_client.consent), and a connection that closes itself
-            # (its DTLS ended) while still ours is as dead.
+            # wadud_client.network.keep_consent), and a connection that
+            # closes itself (its DTLS ended) while still ours is as dead.
             elif state in ("failed", "closed"):
                 self._path_failed(pc, f"{direction} connection {state}")
             self.changes.notify()
@@ -250,7 +249,7 @@ class CallMedia:
         @pc.on("iceconnectionstatechange")
         def on_ice() -> None:
             if pc.iceConnectionState == "completed":
-                consent.keep(pc)
+                keep_consent(pc)
 
         return pc
 

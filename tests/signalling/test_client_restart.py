@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
 
 import aioice.ice
 import pytest
@@ -73,6 +74,18 @@ def frames(
     return (counts["video"], counts["audio"])
 
 
+async def leg_relays(
+    port: int, connection: str, hold: Callable[[str, bytes], float] | None = None
+) -> dict[str, UdpRelay]:
+    """A started relay to the worker on ``port`` for each of a client's legs
+    (a single connection's SDP goes through the filter as "publish")."""
+    legs = ("publish",) if connection == "single" else ("publish", "subscribe")
+    relays = {leg: UdpRelay(("127.0.0.1", port), hold=hold) for leg in legs}
+    for relay in relays.values():
+        await relay.start()
+    return relays
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("connection", ["single", "pair"])
 async def test_a_failed_connection_comes_back_on_new_ones(
@@ -86,12 +99,7 @@ async def test_a_failed_connection_comes_back_on_new_ones(
     doctor = await call.join(room, "dr-amina", role="doctor", admin=True, connection=connection)
     await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
 
-    worker = ("127.0.0.1", call.settings.media_port)
-    # A single connection's SDP goes through the filter as "publish".
-    legs = ("publish",) if connection == "single" else ("publish", "subscribe")
-    relays = {d: UdpRelay(worker) for d in legs}
-    for relay in relays.values():
-        await relay.start()
+    relays = await leg_relays(call.settings.media_port, connection)
     path = {"alive": True}
 
     def through_relay(sdp: str, direction: str) -> str:
@@ -224,11 +232,7 @@ async def test_a_client_recovering_its_path_takes_the_servers_new_connections(
         await doctor.room_settings(require_admission=False)
         await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
 
-        # A relay a leg (a single connection's SDP goes through as "publish").
-        legs = ("publish",) if connection == "single" else ("publish", "subscribe")
-        relays = {d: UdpRelay(("127.0.0.1", changed.media_port)) for d in legs}
-        for relay in relays.values():
-            await relay.start()
+        relays = await leg_relays(changed.media_port, connection)
         path = {"alive": True}
 
         def through_relay(sdp: str, direction: str) -> str:
@@ -298,11 +302,7 @@ async def test_a_path_whose_answers_come_late_keeps_its_consent(
             return 0.8
         return 0.0
 
-    # A relay a leg (a single connection's SDP goes through as "publish").
-    legs = ("publish",) if connection == "single" else ("publish", "subscribe")
-    relays = {d: UdpRelay(("127.0.0.1", call.settings.media_port), hold=hold) for d in legs}
-    for relay in relays.values():
-        await relay.start()
+    relays = await leg_relays(call.settings.media_port, connection, hold)
     room = "room-" + uuid.uuid4().hex[:8]
     doctor = await call.join(room, "dr-amina", role="doctor", admin=True, connection=connection)
     await doctor.publish({"microphone": ToneAudio(), "camera": TestPatternVideo()})
@@ -317,7 +317,7 @@ async def test_a_path_whose_answers_come_late_keeps_its_consent(
 
     late["on"] = True
     # Four times the late answers aioice alone survives, on each connection.
-    await patient.wait_until(lambda: late["held"] >= 16 * len(legs), 30)
+    await patient.wait_until(lambda: late["held"] >= 16 * len(relays), 30)
     seen = frames(patient, doctor)
     await patient.wait_until(lambda: frames(patient, doctor)[0] > seen[0] + 10, 10)
     assert patient.media_reconnects == 0, patient.media_reconnects
